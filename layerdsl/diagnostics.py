@@ -1,0 +1,96 @@
+"""Spec diagnostics: source spans, the SpecError type, and rendering in `path:line:col: error:` form."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Span:
+    """A range in a spec file; lines and columns are 1-based, the end column is exclusive."""
+
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    @staticmethod
+    def point(line: int, col: int) -> "Span":
+        return Span(line, col, line, col + 1)
+
+    def to(self, other: "Span") -> "Span":
+        return Span(self.line, self.col, other.end_line, other.end_col)
+
+
+@dataclass
+class Diagnostic:
+    """One problem in a spec: where, what, and optionally a hint."""
+
+    path: str
+    span: Span
+    message: str
+    hint: str | None = None
+    severity: str = "error"
+    source: str | None = field(default=None, repr=False)
+
+    def render(self) -> str:
+        head = f"{self.path}:{self.span.line}:{self.span.col}: {self.severity}: {self.message}"
+        lines = [head]
+        text = _source_line(self.source, self.span.line)
+        if text is not None:
+            width = self.span.end_col - self.span.col if self.span.end_line == self.span.line else len(text) - self.span.col + 1
+            prefix = "".join(ch if ch == "\t" else " " for ch in text[: self.span.col - 1])
+            lines.append(f"    {text}")
+            lines.append(f"    {prefix}{'^' * max(1, width)}")
+        if self.hint:
+            lines.append(f"  hint: {self.hint}")
+        return "\n".join(lines)
+
+
+def _source_line(source: str | None, line: int) -> str | None:
+    if source is None:
+        return None
+    lines = source.splitlines()
+    if 1 <= line <= len(lines):
+        return lines[line - 1].rstrip("\r")
+    return None
+
+
+class SpecError(Exception):
+    """Raised when one or more specs have errors; carries every diagnostic found."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]):
+        self.diagnostics = sorted(diagnostics, key=lambda d: (d.path, d.span.line, d.span.col))
+        super().__init__("\n".join(d.render() for d in self.diagnostics))
+
+
+class Reporter:
+    """Collects diagnostics for one spec file so that every independent error is reported in one run."""
+
+    def __init__(self, path: str, source: str):
+        self.path = path
+        self.source = source
+        self.diagnostics: list[Diagnostic] = []
+
+    def error(self, span: Span, message: str, hint: str | None = None) -> None:
+        self.diagnostics.append(Diagnostic(self.path, span, message, hint, source=self.source))
+
+    def raise_if_any(self) -> None:
+        if self.diagnostics:
+            raise SpecError(self.diagnostics)
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
+    """A `did you mean` hint naming the closest candidates, or None when nothing is close."""
+    pool = sorted(set(candidates))
+    lowered = {c.lower(): c for c in pool}
+    if name.lower() in lowered and lowered[name.lower()] != name:
+        return f"did you mean '{lowered[name.lower()]}'?"
+    close = difflib.get_close_matches(name, pool, n=3, cutoff=0.6)
+    if not close:
+        return None
+    if len(close) == 1:
+        return f"did you mean '{close[0]}'?"
+    return "did you mean " + ", ".join(f"'{c}'" for c in close[:-1]) + f" or '{close[-1]}'?"
