@@ -22,12 +22,16 @@ class Program:
 
     files: list[N.SpecFile]
     layers: dict[str, N.Layer] = field(default_factory=dict)
+    broken: set[str] = field(default_factory=set)  # layers lost to a syntax error: no follow-on errors
 
 
 def check_program(files: list[N.SpecFile]) -> Program:
+    """Checks every layer of one run; raises SpecError with every problem found, including those the
+    parser kept (`ParsedFile.problems`)."""
     program = Program(files)
     reporters = {f.path: Reporter(f.path, f.source) for f in files}
     for f in files:
+        program.broken |= getattr(f, "broken", set())
         for layer in f.layers:
             if layer.name in program.layers:
                 other = program.layers[layer.name]
@@ -41,10 +45,19 @@ def check_program(files: list[N.SpecFile]) -> Program:
     for f in files:
         for layer in f.layers:
             LayerChecker(layer, reporters[f.path], program).check()
-    diagnostics = [d for r in reporters.values() for d in r.diagnostics]
+    diagnostics = []
+    for f in files:
+        parsed = list(getattr(f, "problems", []))
+        # A construct the parser already reported gets no second, follow-on error at the same place.
+        checked = [d for d in reporters[f.path].diagnostics if not any(_inside(d.span, p.span) for p in parsed)]
+        diagnostics += parsed + checked
     if diagnostics:
         raise SpecError(diagnostics)
     return program
+
+
+def _inside(span: N.Span, outer: N.Span) -> bool:
+    return (outer.line, outer.col) <= (span.line, span.col) < (outer.end_line, outer.end_col)
 
 
 def name_problem(name: str) -> tuple[str, str | None] | None:
@@ -264,13 +277,15 @@ class LayerChecker:
         if call.func.startswith("nn."):
             cls = call.func[3:]
             if cls not in NN_LAYERS:
-                self.r.error(call.func_span, f"unknown torch.nn layer '{call.func}'", did_you_mean(cls, NN_LAYERS) and "did you mean " + ", ".join(f"'nn.{c}'" for c in _close(cls, NN_LAYERS)) + "?")
+                self.r.error(call.func_span, f"unknown torch.nn layer '{call.func}'", did_you_mean(cls, NN_LAYERS, prefix="nn."))
         elif call.func in self.program.layers:
             if call.func == self.layer.name:
                 self.r.error(call.func_span, f"layer '{call.func}' cannot contain itself")
             else:
                 self._check_layer_call(call)
-        elif top or call.func != "?":
+        elif call.func == "?" or call.func in self.program.broken:
+            pass  # reported by the parser
+        else:
             if "." in call.func:
                 self.r.error(call.func_span, f"'{call.func}' cannot be called", "a sub is another spec's layer or a torch.nn layer written `nn.X(...)`")
             else:
@@ -662,12 +677,6 @@ def _promote(a: str, b: str, op: str) -> str:
     if a in NUMERIC and b in NUMERIC:
         return "int"
     return a or b
-
-
-def _close(name, pool):
-    import difflib
-
-    return difflib.get_close_matches(name, list(pool), n=3, cutoff=0.6)
 
 
 def _count_returns(body: list[N.Stmt]) -> int:

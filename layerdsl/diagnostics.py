@@ -52,7 +52,7 @@ class Diagnostic:
 def _source_line(source: str | None, line: int) -> str | None:
     if source is None:
         return None
-    lines = source.splitlines()
+    lines = source.split("\n")  # as the lexer counts lines: only "\n" ends one
     if 1 <= line <= len(lines):
         return lines[line - 1].rstrip("\r")
     return None
@@ -82,15 +82,18 @@ class Reporter:
             raise SpecError(self.diagnostics)
 
 
-def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
-    """A `did you mean` hint naming the closest candidates, or None when nothing is close."""
+def did_you_mean(name: str, candidates: Iterable[str], prefix: str = "") -> str | None:
+    """A `did you mean` hint naming the closest candidates (shown with `prefix`, as in `nn.`), or None
+    when nothing is close."""
     pool = sorted(set(candidates))
     lowered = {c.lower(): c for c in pool}
     if name.lower() in lowered and lowered[name.lower()] != name:
-        return f"did you mean '{lowered[name.lower()]}'?"
-    close = difflib.get_close_matches(name, pool, n=3, cutoff=0.6)
+        close = [lowered[name.lower()]]
+    else:
+        close = difflib.get_close_matches(name, pool, n=3, cutoff=0.6)
     if not close:
         return None
-    if len(close) == 1:
-        return f"did you mean '{close[0]}'?"
-    return "did you mean " + ", ".join(f"'{c}'" for c in close[:-1]) + f" or '{close[-1]}'?"
+    quoted = [f"'{prefix}{c}'" for c in close]
+    if len(quoted) == 1:
+        return f"did you mean {quoted[0]}?"
+    return "did you mean " + ", ".join(quoted[:-1]) + f" or {quoted[-1]}?"

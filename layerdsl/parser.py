@@ -7,13 +7,17 @@ initialisers, `sub` calls); the builder below checks those shapes and reports th
 from __future__ import annotations
 
 import ast
+import bisect
+import difflib
 import functools
+import re
+from dataclasses import dataclass, field
 
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import nodes as N
-from .diagnostics import Reporter, Span, SpecError
+from .diagnostics import Diagnostic, Reporter, Span, SpecError
 from .resources import resource_dir
 
 GRAMMAR_FILE = "layer.lark"
@@ -38,7 +42,9 @@ class _Layout:
             last = tok
             yield tok
         if last is not None and last.type != "_NL":
-            yield Token.new_borrow_pos("_NL", "\n", last)
+            # Placed just after the last token; its empty value marks it as the end of the file.
+            end_line, end_col = last.end_line or last.line, last.end_column or last.column
+            yield Token("_NL", "", last.end_pos, end_line, end_col, end_line, end_col + 1, last.end_pos)
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,21 +62,91 @@ def lark_parser(strict: bool = False) -> Lark:
     )
 
 
-def parse_file(path: str, source: str) -> N.SpecFile:
-    """Parse one spec file; raises SpecError with every problem the builder finds."""
+@dataclass(eq=False)
+class ParsedFile(N.SpecFile):
+    """A parsed spec file with the problems found while parsing it, reported by `checker.check_program`
+    together with every semantic error, so that one run shows them all."""
+
+    problems: list[Diagnostic] = field(default_factory=list)
+    # Layers lost to a syntax error: other layers that use them get no follow-on "unknown layer" error.
+    broken: set[str] = field(default_factory=set)
+
+
+def parse_file(path: str, source: str, strict: bool = False) -> ParsedFile:
+    """Parse one spec file into IR.
+
+    At most one syntax error is reported per file; the layers it does not touch are still parsed. Problems
+    found while building the IR (a second forward, a misplaced docstring, ...) leave a usable IR. With
+    `strict=False` (what `compiler` uses) all of them are kept in `ParsedFile.problems` and raised by
+    `check_program` along with the semantic errors; with `strict=True` they are raised here as a SpecError.
+    """
     reporter = Reporter(path, source)
+    tree, broken = _parse_salvaging(source, reporter)
+    layers = []
+    if tree is not None:
+        try:
+            layers = _Builder(reporter).transform(tree)
+        except VisitError as exc:  # a builder bug, not a spec problem: let it surface as one
+            raise exc.orig_exc from None
+    if strict:
+        reporter.raise_if_any()
+    return ParsedFile(path, source, layers, list(reporter.diagnostics), broken)
+
+
+_LAYER_LINE = re.compile(r"layer\s+([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _parse_salvaging(source: str, reporter: Reporter) -> tuple[Tree | None, set[str]]:
+    """Parse `source`; on a syntax error, report it, then blank out the layer declaration that holds it
+    (and any other that still fails, without reporting those: they may only be follow-ons) so that the
+    remaining layers are still parsed and checked. Returns the tree (None when nothing is left) and the
+    names of the layers that were blanked out."""
     try:
-        tree = lark_parser().parse(source)
+        return lark_parser().parse(source), set()
     except UnexpectedInput as exc:
         span, message, hint = _describe_syntax_error(exc, source)
         reporter.error(span, message, hint)
-        reporter.raise_if_any()
-    try:
-        layers = _Builder(reporter).transform(tree)
-    except VisitError as exc:  # a builder bug, not a spec problem: let it surface as one
-        raise exc.orig_exc from None
-    reporter.raise_if_any()
-    return N.SpecFile(path, source, layers)
+        error_line = _error_line(exc, source)
+    lines = source.splitlines(keepends=True)
+    # Chunks: each layer declaration starts at a line beginning with `layer` (or its decorators); the
+    # text before the first one is a chunk of its own.
+    starts = [0]
+    for i, line in enumerate(lines):
+        if _LAYER_LINE.match(line):
+            first = i
+            while first > 0 and lines[first - 1].startswith("@"):
+                first -= 1
+            if first > starts[-1]:
+                starts.append(first)
+    bounds = list(zip(starts, starts[1:] + [len(lines)]))
+    blanked: set[int] = set()
+    broken: set[str] = set()
+    for _ in range(len(bounds)):
+        line_index = min(max(error_line - 1, 0), max(len(lines) - 1, 0))
+        chunk = max(i for i, (lo, _hi) in enumerate(bounds) if lo <= line_index or i == 0)
+        while chunk in blanked and chunk > 0:
+            chunk -= 1
+        if chunk in blanked:
+            break
+        blanked.add(chunk)
+        lo, hi = bounds[chunk]
+        for i in range(lo, hi):
+            m = _LAYER_LINE.match(lines[i].lstrip())
+            if m:
+                broken.add(m.group(1))
+            lines[i] = "\n" if lines[i].endswith("\n") else ""
+        try:
+            return lark_parser().parse("".join(lines)), broken
+        except UnexpectedInput as exc:
+            error_line = _error_line(exc, "".join(lines))
+    broken.update(m.group(1) for m in re.finditer(r"^[ \t]*layer\s+([A-Za-z_][A-Za-z0-9_]*)", source, re.M))
+    return None, broken
+
+
+def _error_line(exc: UnexpectedInput, source: str) -> int:
+    if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
+        return source.count("\n") + 1
+    return getattr(exc, "line", 1) or 1
 
 
 # ---------------------------------------------------------------- syntax errors
@@ -81,29 +157,95 @@ _DISPLAY = {
     "NUMBER": "a number",
     "STRING": "a string",
     "$END": "end of file",
-    "LPAR": "'('",
-    "RPAR": "')'",
-    "LSQB": "'['",
-    "RSQB": "']'",
-    "LBRACE": "'{'",
-    "RBRACE": "'}'",
-    "COMMA": "','",
-    "COLON": "':'",
-    "EQUAL": "'='",
-    "DOT": "'.'",
-    "AT": "'@'",
-    "ELLIPSIS": "'...'",
-    "__ANON_0": "'->'",
     "ADD_OP": "an operator",
     "MUL_OP": "an operator",
     "COMP_OP": "a comparison",
+}
+# Sets of terminals shown as one word: whatever can start an expression, a member or a statement.
+_EXPR_START = {"NAME", "NUMBER", "STRING", "LPAR", "LSQB", "ADD_OP", "NOT", "TRUE", "FALSE", "NONE"}
+_MEMBER_START = {"PARAM", "BUFFER", "TRANSIENT", "SUB", "LET", "EXAMPLE", "FORWARD", "BACKWARD"}
+_STMT_START = {"IF", "RETURN", "UPDATE", "GRAD"}
+_MEMBER_HINT = "a layer's body holds param, buffer, transient buffer, sub, let, example, forward and backward"
+_STMT_HINT = "a statement is `NAME = ...`, `update NAME = ...`, `if ... { }`, `return ...` or `grad NAME = ...`"
+_RESERVED = (
+    "layer param buffer transient sub let example forward backward update grad return if else and or not "
+    "true false none".split()
+)
+_CHAR_HINTS = {
+    "'": 'strings use double quotes: "..."',
+    "^": "write powers as `x ** 2`",
+    "&": "there are no bitwise operators: use `and` on arguments, where() or * on tensors",
+    "|": "there are no bitwise operators: use `or` on arguments, where() or maximum() on tensors",
+    "!": "write `not x`, or `a != b`",
+    ";": "statements end at a newline; drop the ';'",
+    "~": "there are no bitwise operators: write `not x` for arguments",
+    "`": "names are written without quotes",
+    "\\": "a backslash continues a line only at its very end",
+    "?": "there is no conditional expression: write an `if` statement or where(cond, a, b)",
 }
 
 
 def _display(term: str) -> str:
     if term in _DISPLAY:
         return _DISPLAY[term]
+    literal = _literals().get(term)
+    if literal is not None:
+        return f"'{literal}'"
     return f"'{term.lower()}'" if term.isalpha() else term
+
+
+@functools.lru_cache(maxsize=None)
+def _literals() -> dict[str, str]:
+    """The text of every terminal that is a fixed string (`LPAR` → `(`, `__ANON_0` → `->`)."""
+    return {t.name: t.pattern.value for t in lark_parser().terminals if t.pattern.type == "str"}
+
+
+def _expected(terms) -> list[str]:
+    terms = set(terms) - {"_BEFORE_ELSE"}
+    words = []
+    if {"PARAM", "FORWARD"} <= terms:
+        terms -= _MEMBER_START | {"STRING"}
+        words.append("a member")
+    if {"NAME", "NUMBER", "LPAR"} <= terms:
+        terms -= _EXPR_START
+        if {"RETURN", "IF"} <= terms:
+            terms -= _STMT_START
+            words.append("a statement")
+        else:
+            words.append("an expression")
+    words += sorted(_display(t) for t in terms)
+    return words
+
+
+def _brackets(source: str, upto: int | None = None) -> tuple[list[tuple[str, int]], tuple[str, int] | None]:
+    """Scans brackets outside strings and comments, up to offset `upto`: returns the openers left unclosed
+    (outermost first) and the first closer that has no opener, each with its offset."""
+    stack: list[tuple[str, int]] = []
+    pairs = {")": "(", "]": "[", "}": "{"}
+    for m in _BRACKET_SCAN.finditer(source, 0, len(source) if upto is None else upto):
+        ch = m.group()
+        if ch in "([{":
+            stack.append((ch, m.start()))
+        elif ch in pairs:
+            if not stack:
+                return stack, (ch, m.start())
+            stack.pop()
+    return stack, None
+
+
+_BRACKET_SCAN = re.compile(r'"""(?:[^"\\]|\\[\s\S]|"(?!""))*(?:"""|$)|"(?:[^"\\\n]|\\.)*"?|#[^\n]*|[()\[\]{}]')
+
+
+def _position(source: str, offset: int) -> tuple[int, int]:
+    """1-based line and column of an offset."""
+    line = source.count("\n", 0, offset) + 1
+    col = offset - (source.rfind("\n", 0, offset) + 1) + 1
+    return line, col
+
+
+def _word_before(source: str, offset: int) -> str:
+    m = re.search(r"([A-Za-z_][A-Za-z0-9_]*)[ \t]*$", source[max(0, offset - 80) : offset])
+    return m.group(1) if m else ""
 
 
 def _describe_syntax_error(exc: UnexpectedInput, source: str) -> tuple[Span, str, str | None]:
@@ -114,26 +256,80 @@ def _describe_syntax_error(exc: UnexpectedInput, source: str) -> tuple[Span, str
             return span, "unterminated string", "close it with a matching '\"' (or '\"\"\"' for a multi-line string)"
         if char == "'":
             return span, "strings use double quotes", 'write "..." instead of \'...\''
-        return span, f"unexpected character {char!r}", None
+        if char == "." and source.startswith("..", exc.pos_in_stream):
+            return span, "unexpected '..'", "write '...' for any number of leading dims"
+        hint = _CHAR_HINTS.get(char)
+        if hint is None and char.isalpha():
+            hint = "names use ASCII letters, digits and '_'"
+        return span, f"unexpected character {char!r}", hint
     if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
-        line = source.count("\n") + 1
-        col = len(source.rsplit("\n", 1)[-1]) + 1
-        return Span.point(line, col), "unexpected end of file", "is a '}' missing?"
+        return _describe_eof(exc, source, len(source))
     assert isinstance(exc, UnexpectedToken)
     tok = exc.token
-    expected = sorted(exc.expected, key=_display)
+    if tok.type == "_NL" and tok.value == "":  # the newline the post-lexer adds at the end of the file
+        return _describe_eof(exc, source, tok.start_pos or len(source))
+    accepts = getattr(exc, "accepts", None) or exc.expected
+    expected = _expected(accepts)
+    offset = tok.start_pos or 0
     if tok.type == "_NL":
         span = Span.point(tok.line, tok.column)
         what = "unexpected end of line"
     else:
         span = Span(tok.line, tok.column, tok.end_line or tok.line, tok.end_column or tok.column + 1)
         what = f"unexpected {tok.value!r}"
+    line_text = source[source.rfind("\n", 0, offset) + 1 : offset]
+    before = _word_before(source, offset)
     hint = None
+    opened, stray = _brackets(source, offset + 1)
+    if stray is not None and stray[1] == offset:
+        return span, f"unmatched {tok.value!r}", "there is no bracket for it to close"
     if tok.type == "NAME" and tok.value in ("True", "False", "None"):
         hint = f"did you mean '{tok.value.lower()}'?"
+    elif tok.value == "layer" and opened:
+        hint = "is a '}' missing above?"
+    elif tok.type == "IF" and "IF" not in accepts:
+        if re.search(r"\bif\b.*\belse\b", source[offset : source.find("\n", offset) % (len(source) + 1)]):
+            hint = "there is no conditional expression: write an `if` statement or where(cond, a, b)"
+        elif re.match(r"\s*(sub|let)\b", line_text):
+            hint = "only params and buffers can have a condition"
+    elif before == "elif":
+        hint = "write `else if`"
+    elif set(accepts) == {"DOT", "EQUAL", "LPAR", "LSQB"}:
+        hint = "an expression cannot stand alone: assign it (`y = ...`) or return it"
+    elif before in _RESERVED and tok.type in ("EQUAL", "COLON", "LPAR"):
+        hint = f"'{before}' is a reserved word and cannot be a name"
+    elif tok.value in _RESERVED and "NAME" in accepts:
+        hint = f"'{tok.value}' is a reserved word and cannot be a name"
+    elif tok.type == "COLON" and "LBRACE" in accepts:
+        hint = "blocks are written in braces: `{ ... }`"
+    elif tok.type == "NAME" and "PARAM" in accepts:
+        close = difflib.get_close_matches(tok.value.lower(), [*_MEMBER_START_WORDS, "transient"], n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else _MEMBER_HINT
+    elif tok.type == "NAME" and "RETURN" in accepts:
+        close = difflib.get_close_matches(tok.value.lower(), ["return", "update", "grad", "if"], n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else _STMT_HINT
     if len(expected) <= 6:
-        return span, f"{what}; expected {' or '.join(_display(e) for e in expected)}", hint
+        return span, f"{what}; expected {' or '.join(expected)}", hint
     return span, what, hint
+
+
+_MEMBER_START_WORDS = ["param", "buffer", "sub", "let", "example", "forward", "backward"]
+
+
+def _describe_eof(exc: UnexpectedInput, source: str, end: int) -> tuple[Span, str, str | None]:
+    opened, _ = _brackets(source)
+    if opened:
+        ch, offset = opened[-1]
+        line, col = _position(source, offset)
+        close = {"(": ")", "[": "]", "{": "}"}[ch]
+        return Span.point(line, col), f"'{ch}' was never closed", f"the file ends before its '{close}'"
+    body = source[:end].rstrip()
+    line, col = _position(source, len(body))
+    expected = _expected(getattr(exc, "accepts", None) or getattr(exc, "expected", None) or ())
+    message = "unexpected end of file"
+    if expected and len(expected) <= 6:
+        message += f"; expected {' or '.join(expected)}"
+    return Span.point(line, col), message, None
 
 
 # ---------------------------------------------------------------- tree → IR
@@ -163,6 +359,27 @@ class _Builder(Transformer):
     def __init__(self, reporter: Reporter):
         super().__init__()
         self.r = reporter
+
+    def _call_userfunc(self, tree, new_children=None):
+        # A dotted name is only valid as what is called (`nn.Conv2d(...)`): anywhere else, report it here
+        # and go on with a placeholder.
+        children = list(tree.children if new_children is None else new_children)
+        for i, child in enumerate(children):
+            if isinstance(child, AttrChain) and not (tree.data in ("call", "attr") and i == 0):
+                self._dotted_name(child)
+                children[i] = Invalid(child.span)
+        return super()._call_userfunc(tree, children)
+
+    def _dotted_name(self, chain: AttrChain) -> None:
+        base, _, last = chain.dotted.rpartition(".")
+        if chain.dotted.startswith("nn."):
+            self.r.error(chain.span, f"'{chain.dotted}' can only be constructed in a sub", f"write `sub name = {chain.dotted}(...)`")
+        elif base in ("torch", "math", "F", "np", "numpy"):
+            hint = f"did you mean '{last}'?" if last in ("pi", "inf") else "specs use the built-in names: see the operation table"
+            self.r.error(chain.span, f"unknown name '{chain.dotted}'", hint)
+        else:
+            hint = "write transpose(x, -2, -1)" if last in ("T", "mT") else "dotted names exist only as `nn.X(...)` in a sub"
+            self.r.error(chain.span, "attribute access is not part of the language", hint)
 
     # -- file and layer
 
@@ -402,8 +619,8 @@ class _Builder(Transformer):
                 return AttrChain(_span(meta), f"{base}.{name}")
             case AttrChain(dotted=base):
                 return AttrChain(_span(meta), f"{base}.{name}")
-        self.r.error(_span(meta), "attribute access is not part of the language", "only `nn.X` constructors are written with a dot")
-        return N.NoneLit(_span(meta))
+        self.r.error(_span(meta), "attribute access is not part of the language", "dotted names exist only as `nn.X(...)` in a sub")
+        return Invalid(_span(meta))
 
     def name(self, meta, items):
         (tok,) = items
@@ -453,6 +670,11 @@ class _Builder(Transformer):
 
     def __default__(self, data, children, meta):  # pragma: no cover - every rule has a method
         raise AssertionError(f"no builder for rule {data}")
+
+
+class Invalid(N.Expr):
+    """Stands in for an expression the parser already reported, so that checking can go on; it has no
+    kind, so it never causes a follow-on error."""
 
 
 class AttrChain(N.Expr):

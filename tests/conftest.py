@@ -1,0 +1,33 @@
+"""Shared fixtures: the shipped specs generated once per session into a temporary package."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from layerdsl import checks
+from layerdsl.compiler import check as check_specs
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = ROOT / "specs"
+PACKAGE = "layerdsl_generated_under_test"
+
+_sources, _files, _ = check_specs([str(SPECS)])
+CASES = {c.name: c for c in checks.cases(_files, _sources)}
+
+
+@pytest.fixture(scope="session")
+def package(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("gen")
+    checks.generate_package([str(SPECS)], root, PACKAGE)
+    return PACKAGE
+
+
+@pytest.fixture(scope="session")
+def gen(package):
+    """The generated package, imported."""
+    import importlib
+
+    return importlib.import_module(package)

@@ -1,0 +1,25 @@
+"""Every layer of every shipped spec, through every check that applies to it (see layerdsl/checks.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from layerdsl import checks
+
+from .conftest import CASES
+
+PARAMS = [(case, name) for case in CASES.values() for name in checks.applicable(case, checks.CHECKS)]
+
+
+@pytest.mark.parametrize(("case", "check"), PARAMS, ids=[f"{c.name}-{n}" for c, n in PARAMS])
+def test_layer(case, check, package):
+    try:
+        checks.CHECKS[check][0](case, package)
+    except checks.Skip as exc:
+        pytest.skip(str(exc))
+
+
+def test_every_spec_layer_is_checked():
+    names = {c.name for c, _ in PARAMS}
+    assert names == set(CASES)
+    assert {"MyLayer", "RMSNorm", "Swish", "LeNet", "Perceptron"} <= names
