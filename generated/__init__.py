@@ -2,25 +2,15 @@
 """Generated layers, re-exported from their modules."""
 
 from .centered_layer import CenteredLayer
-
 from .half_fourier import HalfFourier
-
 from .learned_offset import LearnedOffset
-
 from .lenet import LeNet
-
 from .my_layer import MyLayer
-
 from .my_linear import MyLinear
-
 from .perceptron import Linear, Perceptron
-
 from .rms_norm import RMSNorm
-
 from .running_center import RunningCenter
-
 from .sigmoid_activation import SigmoidActivation
-
 from .swish import Swish
 
 __all__ = [

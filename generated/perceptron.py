@@ -19,7 +19,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         raise ValueError(
             f"Linear: input 'x' has size {x.shape[-1]} at dim -1, expected in_features = {weight.shape[1]}"
         )
-    h = x @ torch.transpose(weight, dim0=0, dim1=1)
+    h = x @ torch.transpose(weight, 0, 1)
     if bias is not None:
         h = h + bias
     return h

@@ -45,7 +45,6 @@ class RunningCenter(nn.Module):
                 self.running_mean.copy_(
                     (1 - self.momentum) * self.running_mean + self.momentum * mu
                 )
-            with torch.no_grad():
                 self.num_batches_tracked.copy_(self.num_batches_tracked + 1)
         else:
             mu = self.running_mean
