@@ -2,28 +2,45 @@
 """Generated layers, re-exported from their modules."""
 
 from .centered_layer import CenteredLayer
+from .channel_norm import ChannelNorm
+from .fused_chain import FusedChain
 from .half_fourier import HalfFourier
 from .learned_offset import LearnedOffset
 from .lenet import LeNet
 from .my_layer import MyLayer
+from .my_layer_function import MyLayerFunctional
 from .my_linear import MyLinear
 from .perceptron import Linear, Perceptron
 from .rms_norm import RMSNorm
+from .rms_norm_function import RMSNormFunctional
 from .running_center import RunningCenter
+from .scaled_tanh import ScaledTanh
 from .sigmoid_activation import SigmoidActivation
+from .sigmoid_function import SigmoidFunction
+from .surrogates import GradientReversal, StraightThroughRound
 from .swish import Swish
+from .swish_function import SwishFunctional
 
 __all__ = [
     "CenteredLayer",
+    "ChannelNorm",
+    "FusedChain",
     "HalfFourier",
     "LearnedOffset",
     "LeNet",
     "MyLayer",
+    "MyLayerFunctional",
     "MyLinear",
     "Linear",
     "Perceptron",
     "RMSNorm",
+    "RMSNormFunctional",
     "RunningCenter",
+    "ScaledTanh",
     "SigmoidActivation",
+    "SigmoidFunction",
+    "GradientReversal",
+    "StraightThroughRound",
     "Swish",
+    "SwishFunctional",
 ]

@@ -138,21 +138,23 @@ class LayerEmitter:
     def emit(self) -> LayerCode:
         layer = self.layer
         functional = self.functional() if self.has_functional else None
+        function_class = None
+        if layer.is_function:
+            from .function import emit_function_class  # the @function issue's stage
+
+            function_class = emit_function_class(self, functional)
         code = LayerCode(
             name=layer.name,
             docstring=layer.docstring,
             init_params=self.init_params(),
             init_body=self.init_body(),
             reset_body=self.reset_body(),
-            forward=self.module_forward(functional),
+            forward=self.module_forward(functional, function_class),
             extra_repr=self.extra_repr(),
             functional=functional,
+            function_class=function_class,
             layer_subs={s.call.func for s in layer.subs if s.call.func in self.program.layers} | self.nested_layer_subs(),
         )
-        if layer.is_function:
-            from .function import emit_function_class  # the @function issue's stage
-
-            code.function_class = emit_function_class(self, functional)
         code.exports = [layer.name] + ([functional.name] if functional else []) + ([code.function_class["name"]] if code.function_class else [])
         return code
 
@@ -296,12 +298,16 @@ class LayerEmitter:
 
     # -- forward
 
-    def module_forward(self, functional: Func | None) -> Func:
+    def module_forward(self, functional: Func | None, function_class: dict | None) -> Func:
         fwd = self.layer.forward
         params = ["self"] + [f"{i.name}: Tensor" for i in fwd.inputs]
         returns = self.returns_hint()
-        if self.layer.is_function:
-            body = [f"return {self.layer.name}Function.apply({', '.join(self.function_apply_args())})"]
+        if function_class is not None:
+            call = f"{function_class['name']}.apply({', '.join(self.function_apply_args())})"
+            if function_class["extra"]:  # the Function also returns intermediates it saves
+                n = function_class["n_outputs"]
+                call = f"{call}[0]" if n == 1 else f"{call}[:{n}]"
+            body = self.shape_checks(self.module_spelling(), on_self=True) + [f"return {call}"]
             return Func("forward", params, returns, None, body)
         if functional is not None:
             call_args = [i.name for i in fwd.inputs] + [f"self.{t.name}" for t in self.layer.tensors]
@@ -312,7 +318,7 @@ class LayerEmitter:
 
     def function_apply_args(self) -> list[str]:
         args = [i.name for i in self.layer.forward.inputs] + [f"self.{t.name}" for t in self.layer.tensors]
-        return args + [f"self.{a}" if a != "training" else "self.training" for a in self.functional_kwargs()]
+        return args + [f"self.{a}" if a != "training" else "self.training" for a in self.functional_kwargs(include_backward=True)]
 
     def returns_hint(self) -> str:
         n = self.n_outputs()
@@ -332,9 +338,11 @@ class LayerEmitter:
         names.update({n: f"self.{n}" for n in [l.name for l in self.layer.lets] + [t.name for t in self.layer.tensors] + [s.name for s in self.layer.subs]})
         return Spelling(names)
 
-    def functional_kwargs(self) -> list[str]:
+    def functional_kwargs(self, include_backward: bool = False) -> list[str]:
         """Arguments the computation reads (directly or through lets), plus `training` when it matters."""
         used = self.names_used_by_forward()
+        if include_backward and self.layer.backward is not None:
+            used |= {n.id for s in self.layer.backward.body for n in N.walk(s) if isinstance(n, N.Name)}
         lets = {l.name: l for l in self.layer.lets}
         frontier = [n for n in used if n in lets]
         while frontier:

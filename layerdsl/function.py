@@ -1,0 +1,472 @@
+"""Emission of `<Name>Function(torch.autograd.Function)` for `@function` layers.
+
+The forward is the tape of `derive.linearize` with single-use cheap steps folded back into their
+consumer; costly intermediates the backward reads are returned as extra outputs (so double backward sees
+them) and saved. The backward is derived (`derive.derive`) or hand-written, guarded by
+`ctx.needs_input_grad`, and reads only what it needs: inputs and parameters, saved costly results, and
+cheap intermediates recomputed from them.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from . import nodes as N
+from .derive import NOWHERE, Linearizer, NotDerivable, Step, Tape, _name, derive, simplify
+from .diagnostics import SpecError
+from .ops import OPS
+from .pyexpr import PyExpr, Spelling
+
+SHAPE_ONLY = {"expand_reduced": (1,), "reduced_numel": (0,), "sum_to": (1,), "shape_of": (0,), "extremum_mask": ()}
+
+
+def emit_function_class(emitter, functional) -> dict:
+    layer = emitter.layer
+    try:
+        return FunctionEmitter(emitter).emit()
+    except NotDerivable as exc:
+        from .diagnostics import Diagnostic
+
+        raise SpecError([Diagnostic(layer.path, exc.span, exc.message, "write `backward(grad_y) { grad x = ... }`")])
+
+
+class FunctionEmitter:
+    def __init__(self, emitter):
+        self.e = emitter
+        self.layer = emitter.layer
+        self.kwargs = emitter.functional_kwargs(include_backward=True)  # non-tensor arguments passed through apply
+        dec = self.layer.decorator("function")
+        save = next((k.value.value for k in dec.kwargs if k.name == "save"), "auto")
+        self.save_inputs_only = save == "inputs"
+
+    # ---------------------------------------------------------------- the pieces
+
+    def emit(self) -> dict:
+        layer = self.layer
+        tape = Linearizer(layer, self.e.optional, deriving=layer.backward is None).run()
+        tape.shapes = infer_shapes(tape, layer)
+        n_out = len(tape.outputs)
+        grads = [n for n, _ in layer.backward.grads] if layer.backward else [f"grad_{_out_name(o, i)}" for i, o in enumerate(tape.outputs)]
+        if layer.backward is None:
+            body, reads = self.derived_backward(tape, derive(tape, grads))
+            saved, extra = self.saving(tape, reads)
+            if extra:  # returned intermediates get gradients of their own (for double backward)
+                extra_grads = {v: f"grad_{v}_out" for v in extra}
+                body, reads = self.derived_backward(tape, derive(tape, grads, extra_grads))
+                saved, extra = self.saving(tape, reads)
+        else:
+            body, reads = self.handwritten_backward(tape, grads)
+            saved, extra = self.saving(tape, reads)
+        fwd_body = self.forward_body(tape, extra)
+        leaves = tape.leaves
+        name = f"{layer.name}Function"
+        inputs_unpack = leaves + self.kwargs
+        return {
+            "name": name,
+            "doc": f"`{layer.name}` as an autograd.Function with a {'hand-written' if layer.backward else 'derived'} backward.",
+            "forward_params": [f"{l}: Tensor" if self._is_required(l) else f"{l}: Tensor | None" for l in leaves] + [self._kw_param(k) for k in self.kwargs],
+            "forward_body": fwd_body,
+            "returns": "Tensor" if n_out + len(extra) == 1 else f"tuple[{', '.join(['Tensor'] * (n_out + len(extra)))}]",
+            "setup_body": self.setup_body(tape, saved, extra, inputs_unpack),
+            "backward_params": ["ctx"] + grads + [f"grad_{x}_out" for x in extra],
+            "backward_body": body,
+            "apply_params": inputs_unpack,
+            "n_outputs": n_out,
+            "extra": extra,
+        }
+
+    def _is_required(self, leaf: str) -> bool:
+        return leaf not in self.e.optional
+
+    def _kw_param(self, k: str) -> str:
+        if k == "training":
+            return "training: bool"
+        return f"{k}: {self.layer.arg(k).type}"
+
+    # ---------------------------------------------------------------- saving
+
+    def saving(self, tape: Tape, reads: dict[str, set[str]]) -> tuple[list[tuple[str, set[str]]], list[str]]:
+        """(tensors to save with the leaves needing them, costly intermediates returned as extra outputs)."""
+        saved: dict[str, set[str]] = {}
+        extra: list[str] = []
+        for var, leaves in reads.items():
+            saved.setdefault(var, set()).update(leaves)
+        order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps])}
+        for var in saved:
+            if var not in tape.leaves and var not in [o.id for o in tape.outputs if isinstance(o, N.Name)]:
+                extra.append(var)
+        return sorted(saved.items(), key=lambda kv: order.get(kv[0], 1 << 30)), sorted(extra, key=order.get)
+
+    def needs(self, leaves: set[str], tape: Tape) -> str | None:
+        """The `ctx.needs_input_grad` condition for work that only these leaves' gradients need."""
+        wanted = [l for l in tape.leaves if l in tape.differentiable]
+        if not leaves or set(wanted) <= leaves:
+            return None
+        idx = [tape.leaves.index(l) for l in wanted if l in leaves]
+        return " or ".join(f"ctx.needs_input_grad[{i}]" for i in idx)
+
+    # ---------------------------------------------------------------- forward
+
+    def forward_body(self, tape: Tape, extra: list[str]) -> list[str]:
+        outputs = [o.id for o in tape.outputs if isinstance(o, N.Name)]
+        keep = set(extra) | {s.var for s in tape.steps if s.guard}
+        lines, exprs = [], {}
+        uses = _use_counts(tape)
+        spelling = Spelling({}, training="training")
+        ex = PyExpr(spelling, call_hook=self._internal)
+        for s in tape.steps:
+            if s.guard:
+                base = exprs.pop(s.base, None)
+                lines.append(f"{s.var} = {ex(base) if base is not None else s.base}")
+                lines += [f"if {s.guard} is not None:", f"    {s.var} = {ex(_replace_name(s.expr, s.base, s.var))}"]
+                continue
+            expr = _fold(s.expr, exprs)
+            if s.var in keep or uses.get(s.var, 0) != 1 or s.var in self._spec_locals():
+                lines.append(f"{s.var} = {ex(expr)}")
+            else:
+                exprs[s.var] = expr
+        outs = [ex(_fold(o, exprs)) if isinstance(o, N.Name) else ex(o) for o in tape.outputs]
+        return lines + [f"return {', '.join(outs + extra)}"]
+
+    def _spec_locals(self) -> set[str]:
+        return {s.target for s in self.layer.forward.body if isinstance(s, N.Assign)}
+
+    def setup_body(self, tape: Tape, saved, extra, unpack) -> list[str]:
+        shapes = getattr(self, "shape_on_ctx", {})
+        saved_names = {v for v, _ in saved}
+        used = saved_names | set(shapes) | set(self.kwargs)
+        lines = []
+        if any(u in used for u in unpack):
+            names = [u if u in used else "_" for u in unpack]
+            lines.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = inputs")
+        outs = [o.id if isinstance(o, N.Name) and o.id in saved_names else "_" for o in tape.outputs]
+        outs += [e if e in saved_names else "_" for e in extra]
+        if any(v in outs for v in saved_names):
+            lines.append(f"{outs[0]} = output" if len(outs) == 1 else f"{', '.join(outs)} = output")
+        for k in self.kwargs:
+            lines.append(f"ctx.{k} = {k}")
+        for name in shapes:
+            lines.append(f"ctx.{name}_shape = {name}.shape")
+        if saved:
+            items = []
+            for var, leaves in saved:
+                cond = self.needs(leaves, tape)
+                items.append(var if cond is None else f"{var} if {cond} else None")
+            lines.append(f"ctx.save_for_backward({', '.join(items)})")
+        return lines
+
+    # ---------------------------------------------------------------- derived backward
+
+    def derived_backward(self, tape: Tape, bwd) -> tuple[list[str], dict[str, set[str]]]:
+        """Lines of the backward and, for each forward tensor it reads, which leaves need it."""
+        for s in bwd.stmts:
+            s.expr = self._shape_only(s.expr, tape)
+        items = [(s.leaves, s.var, s.expr) for s in bwd.stmts]
+        items += [({l}, f"grad_{l}", _name(g)) for l, g in bwd.leaf_grads.items() if g != f"grad_{l}"]
+        return self._backward(tape, items, bwd.leaf_grads)
+
+    def _backward(self, tape: Tape, items, leaf_grads: dict[str, str]) -> tuple[list[str], dict[str, set[str]]]:
+        """Shared by derived and hand-written backwards: `items` are (leaves, target, expr) in order."""
+        recompute: dict[str, set[str]] = {}
+        reads: dict[str, set[str]] = {}
+        outputs = {o.id for o in tape.outputs if isinstance(o, N.Name)}
+
+        def read(var: str, leaves: set[str]):
+            step = tape.step(var)
+            keep = step is None or not self.save_inputs_only and (var in outputs or step.costly)
+            if keep:
+                reads.setdefault(var, set()).update(leaves)
+                return
+            grows = not leaves <= recompute.get(var, set())
+            recompute.setdefault(var, set()).update(leaves)
+            if grows:
+                for n in _value_names(step.expr):
+                    if tape.step(n) or n in tape.leaves:
+                        read(n, leaves)
+                if step.guard:
+                    read(step.guard, leaves)
+
+        shape_uses: dict[str, set[str]] = {}
+        for leaves, _, expr in items:
+            for n in _value_names(expr):
+                if tape.step(n) or n in tape.leaves:
+                    read(n, leaves)
+            for n in _shape_names(expr):
+                shape_uses.setdefault(n, set()).update(leaves)
+        self.shape_on_ctx = {n: l for n, l in shape_uses.items() if n not in reads and n not in recompute and n in tape.leaves}
+        for n, leaves in shape_uses.items():
+            if n not in self.shape_on_ctx and n not in recompute:
+                read(n, leaves)
+        ex = PyExpr(Spelling({k: f"ctx.{k}" for k in self.kwargs}, training="ctx.training"), call_hook=self._internal)
+        order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps])}
+        lines = []
+        saved = sorted(reads, key=lambda v: order.get(v, 1 << 30))
+        if saved:
+            lines.append(f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors")
+        blocks = [(recompute[s.var], self._recompute_line(s, ex)) for s in tape.steps if s.var in recompute]
+        blocks += [(leaves, [f"{target} = {ex(expr)}"]) for leaves, target, expr in items]
+        guarded = [f"grad_{l}" for l in tape.leaves if l in tape.differentiable
+                   if f"grad_{l}" not in {t for lv, t, _ in items if self.needs(lv, tape) is None}]
+        if guarded:
+            lines.append(" = ".join(guarded) + " = None")
+        lines += self._guarded(blocks, tape)
+        returns = [f"grad_{l}" if l in tape.differentiable else "None" for l in tape.leaves] + ["None"] * len(self.kwargs)
+        lines.append(f"return {', '.join(returns)}")
+        return lines, reads
+
+    def _recompute_line(self, s: Step, ex: PyExpr) -> list[str]:
+        if s.guard:
+            return [f"{s.var} = {s.base}", f"if {s.guard} is not None:", f"    {s.var} = {ex(_replace_name(s.expr, s.base, s.var))}"]
+        return [f"{s.var} = {ex(s.expr)}"]
+
+    def _guarded(self, items, tape: Tape) -> list[str]:
+        lines, current, block = [], None, []
+        for leaves, code in items + [(None, None)]:
+            cond = self.needs(leaves, tape) if leaves is not None else "<end>"
+            if cond != current and block:
+                lines += block if current is None else [f"if {current}:", *("    " + c for c in block)]
+                block = []
+            current = cond
+            if code:
+                block += code
+        return lines
+
+    def _shape_only(self, e: N.Expr, tape: Tape) -> N.Expr:
+        """Arguments of the internal helpers that only give a shape: use a leaf of the same static shape."""
+        for node in N.walk(e):
+            if isinstance(node, N.Call) and node.func in SHAPE_ONLY:
+                for i in SHAPE_ONLY[node.func]:
+                    arg = node.args[i]
+                    if isinstance(arg, N.Name) and arg.id not in tape.leaves:
+                        same = _same_shape_leaf(tape, arg.id)
+                        if same is not None:
+                            node.args[i] = _name(same)
+        return e
+
+    # ---------------------------------------------------------------- hand-written backward
+
+    def handwritten_backward(self, tape: Tape, grads: list[str]) -> tuple[list[str], dict[str, set[str]]]:
+        """The spec's backward block; forward locals it uses are recomputed or saved like derived ones."""
+        leaves_all = {l for l in tape.leaves if l in tape.differentiable}
+        env = self._local_vars(tape)
+        items = []
+        for stmt in self.layer.backward.body:
+            if not isinstance(stmt, N.Grad):
+                raise NotDerivable(stmt.span, "a backward block here holds only `grad NAME = ...` statements")
+            value = _rename_locals(stmt.value, env)
+            leaves = {stmt.target}
+            items.append((leaves, f"grad_{stmt.target}", value))
+        lines, reads = self._backward(tape, items, {})
+        return lines, reads
+
+    def _local_vars(self, tape: Tape) -> dict[str, str]:
+        """Which tape var holds each forward local at the end of forward."""
+        lin = getattr(tape, "env", {})
+        return dict(lin)
+
+    # ---------------------------------------------------------------- internal helpers
+
+    def _internal(self, c: N.Call, ex: PyExpr) -> str | None:
+        f = c.func
+        if f not in OPS or not OPS[f].internal:
+            return None
+        a = c.args
+        if f == "sum_to":
+            return f"{ex.wrap(a[0], 14)}.sum_to_size({self._shape(a[1], ex)})"
+        if f == "shape_of":
+            return self._shape(a[0], ex)
+        if f == "expand_reduced":
+            g, inp, dim, keepdim = a
+            return f"{self._unsqueeze(ex.wrap(g, 14), dim, keepdim, ex)}.expand({self._shape(inp, ex)})"
+        if f == "reduced_numel":
+            inp, dim = a
+            shape = self._shape(inp, ex)
+            if isinstance(dim, N.NoneLit):
+                return f"{shape}.numel()"
+            if isinstance(dim, N.ListExpr):
+                return "(" + " * ".join(f"{shape}[{ex(d)}]" for d in dim.items) + ")"
+            return f"{shape}[{ex(dim)}]"
+        if f == "extremum_mask":
+            inp, res, dim, keepdim = a
+            mask = f"({ex(inp)} == {self._unsqueeze(ex.wrap(res, 14), dim, keepdim, ex)})"
+            dims = ex(dim) if not isinstance(dim, N.NoneLit) else "None"
+            return f"({mask} / {mask}.sum({dims}, keepdim=True))"
+        return None
+
+    def _shape(self, e: N.Expr, ex: PyExpr) -> str:
+        """A tensor's shape: from the tensor when the backward has it, else as kept on ctx."""
+        if isinstance(e, N.Name) and e.id in getattr(self, "shape_on_ctx", ()):
+            return f"ctx.{e.id}_shape"
+        return f"{ex(e)}.shape"
+
+    def _unsqueeze(self, g: str, dim: N.Expr, keepdim: N.Expr, ex: PyExpr) -> str:
+        if isinstance(keepdim, N.Bool) and keepdim.value or isinstance(dim, N.NoneLit):
+            return g
+        if isinstance(dim, N.ListExpr):
+            for d in sorted(dim.items, key=lambda d: d.value if isinstance(d, N.Num) else 0):
+                g = f"{g}.unsqueeze({ex(d)})"
+            return g
+        if isinstance(keepdim, N.Bool):
+            return f"{g}.unsqueeze({ex(dim)})"
+        return f"({g} if {ex(keepdim)} else {g}.unsqueeze({ex(dim)}))"
+
+
+def _value_names(e) -> list[str]:
+    """Names read as values (not only for their shape)."""
+    out = []
+    def go(n):
+        if isinstance(n, N.Name):
+            out.append(n.id)
+            return
+        if isinstance(n, N.Call) and n.func in SHAPE_ONLY:
+            for i, a in enumerate(n.args):
+                if i not in SHAPE_ONLY[n.func]:
+                    go(a)
+            return
+        for c in N.children(n):
+            go(c)
+    go(e)
+    return out
+
+
+def _shape_names(e) -> list[str]:
+    out = []
+    for n in N.walk(e):
+        if isinstance(n, N.Call) and n.func in SHAPE_ONLY:
+            out += [n.args[i].id for i in SHAPE_ONLY[n.func] if isinstance(n.args[i], N.Name)]
+    return out
+
+
+def _rename_locals(e: N.Expr, env: dict[str, str]) -> N.Expr:
+    e = copy.deepcopy(e)
+    for n in N.walk(e):
+        if isinstance(n, N.Name) and n.ref == "local" and n.id in env:
+            n.id = env[n.id]
+    return e
+
+
+def _out_name(o, i) -> str:
+    return "out" if i == 0 else f"out{i}"
+
+
+def _use_counts(tape: Tape) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for s in tape.steps:
+        for n in N.walk(s.expr):
+            if isinstance(n, N.Name):
+                counts[n.id] = counts.get(n.id, 0) + 1
+    for o in tape.outputs:
+        if isinstance(o, N.Name):
+            counts[o.id] = counts.get(o.id, 0) + 1
+    return counts
+
+
+def _fold(e: N.Expr, exprs: dict[str, N.Expr]) -> N.Expr:
+    if isinstance(e, N.Name) and e.id in exprs:
+        return exprs.pop(e.id)
+    e = copy.copy(e)
+    for attr in ("left", "right", "operand"):
+        if isinstance(getattr(e, attr, None), N.Expr):
+            setattr(e, attr, _fold(getattr(e, attr), exprs))
+    if isinstance(e, N.Call):
+        e.args = [_fold(a, exprs) for a in e.args]
+        e.kwargs = [N.Keyword(k.name, _fold(k.value, exprs), k.span) for k in e.kwargs]
+    if isinstance(e, N.Compare):
+        e.operands = [_fold(o, exprs) for o in e.operands]
+    return e
+
+
+def _replace_name(e: N.Expr, old: str, new: str) -> N.Expr:
+    e = copy.deepcopy(e)
+    for n in N.walk(e):
+        if isinstance(n, N.Name) and n.id == old:
+            n.id = new
+    return e
+
+
+# ---------------------------------------------------------------- static shapes
+
+
+def infer_shapes(tape: Tape, layer: N.Layer) -> dict[str, tuple | None]:
+    """Symbolic shapes as tuples of dim texts ('...' for the leading group); None when unknown."""
+    from .pyexpr import PyExpr as P
+
+    render = P(Spelling())
+    shapes: dict[str, tuple | None] = {}
+    for inp in layer.forward.inputs:
+        # A shapeless input gets an opaque shape of its own: equal to itself, broadcast with scalars.
+        shapes[inp.name] = tuple("..." if isinstance(d, N.EllipsisItem) else render(d) for d in inp.shape.dims) if inp.shape else (f"<{inp.name}>",)
+    for t in layer.tensors:
+        shapes[t.name] = tuple(render(d) for d in t.shape.dims)
+    for s in tape.steps:
+        shapes[s.var] = _step_shape(s, shapes)
+    return shapes
+
+
+def _shape_of_operand(a, shapes):
+    if isinstance(a, N.Name) and a.kind == "tensor":
+        return shapes.get(a.id)
+    return ()  # a number
+
+
+def _broadcast(shapes_list):
+    out: list = []
+    for shape in shapes_list:
+        if shape is None:
+            return None
+        if not shape:
+            continue
+        if not out:
+            out = list(shape)
+            continue
+        if "..." in out and "..." in shape and len(out) != len(shape):
+            return None
+        long, short = (out, list(shape)) if len(out) >= len(shape) else (list(shape), out)
+        if "..." in short and len(short) != len(long) or any(d.startswith("<") for d in short) and short != long:
+            return None
+        for i in range(1, len(short) + 1):
+            if short[-i] != long[-i] and short[-i] != "1" and long[-i] != "1":
+                return None
+            if long[-i] == "1":
+                long[-i] = short[-i]
+        out = long
+    return tuple(out)
+
+
+def _step_shape(s: Step, shapes):
+    if s.op is None:
+        return None
+    args = s.args
+    if s.op.shape == "elementwise":
+        return _broadcast([_shape_of_operand(a, shapes) for k, a in args.items() if s.op.param(k) and s.op.param(k).tensor])
+    if s.op.shape == "softmax":
+        return _shape_of_operand(args["input"], shapes)
+    if s.op.shape == "reduce":
+        shape = _shape_of_operand(args["input"], shapes)
+        dim, keep = args.get("dim"), args.get("keepdim")
+        dims = [dim] if isinstance(dim, N.Num) else dim.items if isinstance(dim, N.ListExpr) else None
+        if shape is None or not dims or not all(isinstance(d, N.Num) for d in dims) or not isinstance(keep, N.Bool):
+            return None
+        if any(d.value >= 0 for d in dims) and "..." in shape:
+            return None
+        out = list(shape)
+        for d in sorted((d.value % len(shape) for d in dims), reverse=True):
+            if keep.value:
+                out[d] = "1"
+            else:
+                del out[d]
+        return tuple(out)
+    if s.op.shape == "matmul":
+        a, b = _shape_of_operand(args["input"], shapes), _shape_of_operand(args["other"], shapes)
+        if a is None or b is None or len(a) < 2 or len(b) != 2:
+            return None
+        return tuple(a[:-1]) + (b[-1],)
+    return None
+
+
+def _same_shape_leaf(tape: Tape, var: str) -> str | None:
+    shapes = getattr(tape, "shapes", {})
+    target = shapes.get(var)
+    if target is None:
+        return None
+    return next((l for l in tape.leaves if shapes.get(l) == target), None)
