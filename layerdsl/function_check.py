@@ -10,7 +10,8 @@ def compare_with_functional(case, module, functional, make_inputs) -> str:
     parameters requiring grad."""
     names = [t.name for t in case.layer.tensors]
     kwargs = {a: getattr(module, a) for a in _functional_kwargs(functional)}
-    for mode in ("all", "inputs", "params"):
+    modes = ("all", "inputs", "params") if names else ("all",)
+    for mode in modes:
         xs = make_inputs(case, requires_grad=mode != "params")
         params = [getattr(module, n) for n in names]
         params = [p.detach().requires_grad_(mode != "inputs") if p is not None else None for p in params]
