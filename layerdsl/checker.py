@@ -6,7 +6,9 @@ in place (`Name.ref`) and expressions get their kind (`Expr.kind`) for the emitt
 
 from __future__ import annotations
 
+import keyword
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
 from . import nodes as N
 from .diagnostics import Reporter, SpecError, did_you_mean
@@ -23,6 +25,8 @@ class Program:
     files: list[N.SpecFile]
     layers: dict[str, N.Layer] = field(default_factory=dict)
     broken: set[str] = field(default_factory=set)  # layers lost to a syntax error: no follow-on errors
+    # Per file: the names its generated module defines or imports (classes, functional forms, Functions).
+    module_names: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def check_program(files: list[N.SpecFile]) -> Program:
@@ -37,12 +41,14 @@ def check_program(files: list[N.SpecFile]) -> Program:
                 other = program.layers[layer.name]
                 reporters[f.path].error(
                     layer.span,
-                    f"layer '{layer.name}' is defined twice",
-                    f"the other definition is at {other.path}:{other.span.line}:{other.span.col}",
+                    f"layer '{layer.name}' is defined twice: here and at {other.path}:{other.span.line}:{other.span.col}",
+                    "layers of one run share one namespace: rename one of them",
                 )
             else:
                 program.layers[layer.name] = layer
+    check_module_names(files, reporters)
     for f in files:
+        check_generated_names(f, program, reporters[f.path])
         for layer in f.layers:
             LayerChecker(layer, reporters[f.path], program).check()
     diagnostics = []
@@ -54,6 +60,67 @@ def check_program(files: list[N.SpecFile]) -> Program:
     if diagnostics:
         raise SpecError(diagnostics)
     return program
+
+
+def check_module_names(files: list[N.SpecFile], reporters: dict[str, Reporter]) -> None:
+    """Each spec file becomes a Python module named after it (`specs/a/b.layer` → `a/b.py` when the folder
+    `specs` is given, `b.py` for the file alone): the names must make importable, distinct modules."""
+    seen: dict[tuple[str, ...], str] = {}
+    for f in files:
+        path = PurePosixPath(f.path)
+        parts = path.with_suffix("").parts
+        module = parts[1:] if len(parts) > 1 else parts
+        start = N.Span.point(1, 1)
+        for part in module if not path.is_absolute() else module[-1:]:  # (an editor may use absolute paths)
+            if keyword.iskeyword(part) or part in ("__init__", "__main__"):
+                why = "a Python keyword" if keyword.iskeyword(part) else "a name Python packages use"
+                reporters[f.path].error(start, f"'{part}' cannot name a generated module: it is {why}", "rename the spec file or folder")
+        if module in seen:
+            reporters[f.path].error(start, f"this spec and {seen[module]} would both generate {'/'.join(module)}.py", "rename one of them")
+        seen.setdefault(module, f.path)
+
+
+def check_generated_names(f: N.SpecFile, program: Program, r: Reporter) -> None:
+    """Besides its class, a layer generates a functional form (`my_layer`) and, with @function, a
+    `MyLayerFunction` class: these must not clash with each other, with another layer, or with Python."""
+    from .emit import snake_case  # the emitter's spelling of the functional form
+
+    owner: dict[str, N.Layer] = {}  # generated name -> the layer of this file that generates it
+    reported: set[frozenset[str]] = set()
+    for layer in f.layers:
+        if program.layers.get(layer.name) is not layer or name_problem(layer.name):
+            continue  # reported already
+        functional = snake_case(layer.name)
+        if keyword.iskeyword(functional) or functional in GENERATED_MODULE_NAMES:
+            why = "a Python keyword" if keyword.iskeyword(functional) else "used by the generated code"
+            r.error(layer.span, f"layer '{layer.name}' would get the functional form '{functional}', which is {why}", "choose another name")
+        generated = [layer.name, functional] + ([f"{layer.name}Function"] if layer.is_function else [])
+        for name in generated:
+            other = owner.get(name)
+            if other is None and name != layer.name and name in program.layers:
+                other = program.layers[name]
+            if other is not None and other is not layer and frozenset((layer.name, other.name)) not in reported:
+                reported.add(frozenset((layer.name, other.name)))
+                r.error(
+                    layer.span,
+                    f"layer '{layer.name}' would generate '{name}', which clashes with layer '{other.name}'",
+                    f"rename one of them (layer '{other.name}' is at {other.path}:{other.span.line}:{other.span.col})",
+                )
+                break
+        for name in generated:
+            owner.setdefault(name, layer)
+    names = program.module_names.setdefault(f.path, {})
+    for name, layer in owner.items():
+        names[name] = layer.name
+    for layer in f.layers:  # layers of other files used as subs are imported by name
+        for sub in layer.subs:
+            for node in N.walk(sub.call):
+                if isinstance(node, N.Call) and node.func in program.layers and program.layers[node.func].path != f.path:
+                    names.setdefault(node.func, node.func)
+
+
+# Module-level names of a generated file (imports and built-ins its code calls).
+GENERATED_MODULE_NAMES = frozenset({"torch", "nn", "math", "F", "Tensor", "ValueError", "max", "min", "super", "annotations"})
 
 
 def _inside(span: N.Span, outer: N.Span) -> bool:
@@ -74,6 +141,10 @@ def name_problem(name: str) -> tuple[str, str | None] | None:
         return f"'{name}' is used by the generated code and cannot be a name", "choose another name"
     if name in CALLABLE or name in OPS:
         return f"'{name}' is a built-in operation and cannot be a name", "choose another name"
+    if name in ("ValueError", "max", "min"):
+        return f"'{name}' is used by the generated code and cannot be a name", "choose another name"
+    if name in ARG_TYPES:
+        return f"'{name}' is a type and cannot be a name", "choose another name"
     return None
 
 
@@ -86,6 +157,7 @@ class LayerChecker:
         self.kinds: dict[str, str] = {}  # name -> value kind
         self.dims: list[str] = []  # symbolic dims, in order of first appearance
         self.optional: set[str] = set()
+        self.partly_bound: set[str] = set()  # locals bound on some paths of an `if` only
 
     # ------------------------------------------------------------ layer level
 
@@ -107,11 +179,22 @@ class LayerChecker:
         if problem:
             self.r.error(span, problem[0], problem[1])
             return False
+        module = self.program.module_names.get(self.layer.path, {})
+        if what in ("arg", "let", "input", "dim", "local", "gradient") and name in module:
+            owner = module[name]
+            if name == owner:
+                message = f"'{name}' is the name of a layer"
+            elif name == f"{owner}Function":
+                message = f"'{name}' is the autograd.Function of layer '{owner}' in the generated code"
+            else:
+                message = f"'{name}' is the functional form of layer '{owner}' in the generated code"
+            self.r.error(span, message, "choose another name")
+            return False
         return True
 
     def declare(self, name: str, span: N.Span, ref: str, kind: str) -> None:
-        if not self.check_name(name, span, ref):
-            return
+        # A bad name is reported once, here, and still declared: its uses get no follow-on errors.
+        self.check_name(name, span, ref)
         if name in self.scope:
             if ref in ("param", "buffer") and self.scope[name] == "arg" and self._shares_cond_arg(name):
                 self.scope[name] = ref
@@ -159,7 +242,7 @@ class LayerChecker:
 
     def check_args(self) -> None:
         for arg in self.layer.args:
-            self.declare(arg.name, arg.span, "arg", arg.type)
+            self.declare(arg.name, arg.span, "arg", arg.type if arg.type in ARG_TYPES else "")
             if arg.type not in ARG_TYPES:
                 hint = did_you_mean(arg.type, ARG_TYPES) or "argument types are int, float, bool and str"
                 self.r.error(arg.type_span, f"unknown argument type '{arg.type}'", hint)
@@ -178,15 +261,11 @@ class LayerChecker:
         d.kind = kind
         ok = kind == arg.type or (arg.type == "float" and kind == "int")
         if not ok and arg.type in ARG_TYPES:
-            self.r.error(d.span, f"default for {arg.type} argument '{arg.name}' is a {kind}")
+            self.r.error(d.span, f"default for {arg.type} argument '{arg.name}' is {_a(kind)}")
 
     def check_members(self) -> None:
         layer = self.layer
         for t in layer.tensors:
-            if t.dtype not in DTYPES:
-                self.r.error(t.shape.span, f"unknown dtype '{t.dtype}'", did_you_mean(t.dtype, DTYPES) or "dtypes are float, long, int and bool")
-            if t.kind == "param" and t.dtype != "float":
-                self.r.error(t.span, "parameters are floating point; only buffers take a dtype")
             self.check_member_shape(t.shape, t.name)
             if t.cond is not None:
                 self.check_construction_expr(t.cond, "a condition", want="bool")
@@ -210,6 +289,8 @@ class LayerChecker:
 
     def check_construction_expr(self, expr: N.Expr, what: str, want: str | None = None, dim_context=False) -> None:
         """Expressions evaluated in __init__: of arguments, earlier lets and literals only."""
+        if self.check_no_reductions(expr):
+            return
         for node in N.walk(expr):
             if isinstance(node, N.Name):
                 ref = self.scope.get(node.id)
@@ -219,11 +300,12 @@ class LayerChecker:
                 elif node.id in CONSTANTS:
                     node.ref, node.kind = "const", "float"
                 else:
+                    node.ref = "unknown"
                     if dim_context and ref is None:
                         msg = f"unknown dim '{node.id}'"
                         hint = did_you_mean(node.id, [a.name for a in self.layer.args]) or "sizes of members must come from int arguments"
                     elif ref is not None:
-                        msg, hint = f"{what} can only use arguments and lets, not the {ref} '{node.id}'", None
+                        msg, hint = f"{what} can only use arguments and lets, not the {_REF_WORDS.get(ref, ref)} '{node.id}'", None
                     else:
                         msg = f"unknown name '{node.id}'"
                         hint = did_you_mean(node.id, [a.name for a in self.layer.args] + [l.name for l in self.layer.lets])
@@ -231,12 +313,12 @@ class LayerChecker:
                         if problem and not hint:
                             hint = problem[1]
                     self.r.error(node.span, msg, hint)
-                    node.kind = "float"
+                    node.kind = ""  # unknown: no follow-on errors about its type
         self.infer(expr, construction=True)
         if want == "int" and expr.kind not in ("int", ""):
-            self.r.error(expr.span, f"a dim must be an int, this is a {expr.kind}")
+            self.r.error(expr.span, f"a dim must be an int, this is {_a(expr.kind)}")
         if want == "bool" and expr.kind not in ("bool", ""):
-            self.r.error(expr.span, f"a condition must be a bool, this is a {expr.kind}")
+            self.r.error(expr.span, f"a condition must be a bool, this is {_a(expr.kind)}")
 
     def check_init(self, t: N.Tensor) -> None:
         init = t.init
@@ -323,8 +405,6 @@ class LayerChecker:
                 continue
             seen_inputs.add(inp.name)
             self.declare(inp.name, inp.span, "input", "tensor")
-            if inp.dtype not in DTYPES:
-                self.r.error(inp.span, f"unknown dtype '{inp.dtype}'", did_you_mean(inp.dtype, DTYPES))
             if inp.shape is not None:
                 self.check_input_shape(inp.shape, bind=True)
         for shape in fwd.outputs or []:
@@ -332,7 +412,7 @@ class LayerChecker:
         locals_ = dict(self.scope)
         returns = self.check_block(fwd.body, locals_, in_forward=True)
         if not returns:
-            self.r.error(fwd.span, "forward does not return on every path", "end it with `return ...`")
+            self.r.error(_keyword(fwd.span, "forward"), "forward does not return on every path", "end it with `return ...`")
         self.forward_locals = locals_
 
     def check_input_shape(self, shape: N.Shape, bind: bool) -> None:
@@ -344,17 +424,19 @@ class LayerChecker:
                 continue
             if isinstance(d, N.Name) and d.id not in self.scope and d.id not in CONSTANTS:
                 if bind:
-                    if self.check_name(d.id, d.span, "dim"):
-                        self.scope[d.id] = "dim"
-                        self.kinds[d.id] = "int"
-                        self.dims.append(d.id)
+                    self.check_name(d.id, d.span, "dim")  # a bad name is still bound: no follow-on errors
+                    self.scope[d.id] = "dim"
+                    self.kinds[d.id] = "int"
+                    self.dims.append(d.id)
                 else:
                     hint = did_you_mean(d.id, [n for n, r in self.scope.items() if r in ("dim", "arg", "let")])
                     self.r.error(d.span, f"unknown dim '{d.id}'", hint or "output dims must be arguments or dims of the inputs")
                     continue
+            if self.check_no_reductions(d):
+                continue
             self.check_expr(d, self.scope, in_forward=True)
             if d.kind not in ("int", ""):
-                self.r.error(d.span, f"a dim must be an int, this is a {d.kind}")
+                self.r.error(d.span, f"a dim must be an int, this is {_a(d.kind)}")
 
     def check_block(self, body: list[N.Stmt], scope: dict[str, str], in_forward: bool) -> bool:
         """Checks statements; returns whether the block returns on every path."""
@@ -367,6 +449,11 @@ class LayerChecker:
         return False
 
     def check_stmt(self, stmt: N.Stmt, scope: dict[str, str], in_forward: bool) -> bool:
+        if not isinstance(stmt, (N.If, N.IndexAssign)) and self.check_no_reductions(stmt):
+            if isinstance(stmt, N.Assign):  # reported: bind the name, skip the rest
+                scope.setdefault(stmt.target, "local")
+                self.kinds.setdefault(stmt.target, "tensor")
+            return isinstance(stmt, N.Return)
         match stmt:
             case N.Assign(target=target, target_span=span, value=value):
                 self.check_expr(value, scope, in_forward)
@@ -381,12 +468,15 @@ class LayerChecker:
                     self.r.error(stmt.span, "update is only allowed in forward")
                 ref = scope.get(target)
                 if ref != "buffer":
-                    what = f"the {ref} '{target}'" if ref else f"unknown name '{target}'"
+                    what = f"the {_REF_WORDS.get(ref, ref)} '{target}'" if ref else f"unknown name '{target}'"
                     hint = did_you_mean(target, [b.name for b in self.layer.buffers]) or "declare it with `buffer NAME: [...]`"
-                    self.r.error(span, f"update needs a buffer, not {what}" if ref else f"update of {what}", hint)
+                    self.r.error(span, f"update needs a buffer, not {what}" if ref else f"unknown buffer '{target}'", hint)
+                elif target in self.optional:
+                    self.r.error(span, f"'{target}' is optional (it exists only if its condition holds) and cannot be updated", "make it unconditional")
                 self.check_expr(value, scope, in_forward)
             case N.If(cond=cond, body=then, orelse=orelse):
-                self.check_expr(cond, scope, in_forward)
+                if not self.check_no_reductions(cond):
+                    self.check_expr(cond, scope, in_forward)
                 if cond.kind == "tensor":
                     self.r.error(cond.span, "an if condition is an expression of arguments or `training`, not a tensor", "use where(cond, a, b) for elementwise choice")
                 then_scope, else_scope = dict(scope), dict(scope)
@@ -398,6 +488,8 @@ class LayerChecker:
                     # bound on one branch only: usable only if the other branch returned
                     if (name in then_scope and r2) or (name in else_scope and r1):
                         scope[name] = "local"
+                    else:
+                        self.partly_bound.add(name)
                 return r1 and r2
             case N.Return(values=values):
                 if not in_forward:
@@ -405,7 +497,7 @@ class LayerChecker:
                 for v in values:
                     self.check_expr(v, scope, in_forward)
                     if v.kind not in ("tensor", ""):
-                        self.r.error(v.span, f"forward returns tensors; this is a {v.kind}")
+                        self.r.error(v.span, f"forward returns tensors; this is {_a(v.kind)}")
                 outputs = self.layer.forward.outputs
                 if outputs is not None and len(outputs) != len(values):
                     self.r.error(stmt.span, f"forward declares {len(outputs)} output{'s' if len(outputs) != 1 else ''} but returns {len(values)}")
@@ -417,13 +509,25 @@ class LayerChecker:
                     self.check_expr(value, scope, in_forward)
         return False
 
+    def check_no_reductions(self, node) -> bool:
+        """`sum[i](...)` reductions belong to index statements only; reports one and returns True if found."""
+        for n in N.walk(node):
+            if isinstance(n, N.Reduce):
+                self.r.error(
+                    n.span,
+                    f"a {n.op}[...] reduction is only allowed in an index statement",
+                    f"write e.g. `y[b] = {n.op}[i](x[b, i])`, or {n.op}(x, dim = ...)",
+                )
+                return True
+        return False
+
     def bind_local(self, name: str, span: N.Span, scope: dict[str, str], kind: str) -> None:
         ref = scope.get(name)
         if ref not in (None, "local"):
-            self.r.error(span, f"cannot assign to the {ref} '{name}'", "use `update` for buffers" if ref == "buffer" else "choose a new name")
+            self.r.error(span, f"cannot assign to the {_REF_WORDS.get(ref, ref)} '{name}'", "use `update` for buffers" if ref == "buffer" else "choose a new name")
             return
-        if ref is None and not self.check_name(name, span, "local"):
-            return
+        if ref is None:
+            self.check_name(name, span, "local")  # a bad name is still bound: no follow-on errors
         scope[name] = "local"
         self.kinds[name] = kind or "tensor"
 
@@ -456,6 +560,8 @@ class LayerChecker:
             self.r.error(node.span, f"unknown name '{name}'", f"did you mean '{name.lower()}'?")
         elif name in CALLABLE:
             self.r.error(node.span, f"'{name}' is an operation; call it", f"write `{name}(...)`")
+        elif name in self.partly_bound:
+            self.r.error(node.span, f"'{name}' is not bound on every path", "bind it before the `if`, or on both branches")
         else:
             problem = name_problem(name)
             candidates = [n for n in scope if n not in ("training",)]
@@ -487,11 +593,22 @@ class LayerChecker:
             elif scope.get(node.func) == "sub":
                 if node.kwargs:
                     self.r.error(node.kwargs[0].span, "a sub is called with positional inputs only")
+                sub = next((s for s in self.layer.subs if s.name == node.func), None)
+                target = self.program.layers.get(sub.call.func) if sub is not None else None
+                if target is not None and target.forward is not None and len(node.args) != len(target.forward.inputs):
+                    n = len(target.forward.inputs)
+                    inputs = ", ".join(i.name for i in target.forward.inputs)
+                    self.r.error(node.span, f"'{node.func}' takes {n} input{'s' if n != 1 else ''}, got {len(node.args)}",
+                                 f"layer '{target.name}' has forward({inputs})")
+            elif node.func in scope:
+                self.r.error(node.func_span, f"'{node.func}' is {_a(_REF_WORDS.get(scope[node.func], scope[node.func]))}, not an operation", "only operations and subs can be called")
             elif node.func.startswith("nn."):
                 self.r.error(node.func_span, f"'{node.func}' can only be constructed in a `sub`", f"declare `sub name = {node.func}(...)` and call `name(x)`")
             elif node.func != "?":
                 if "." in node.func:
-                    self.r.error(node.func_span, f"'{node.func}' cannot be called", "only the built-in operations and subs can be called in forward")
+                    last = node.func.rsplit(".", 1)[-1]
+                    hint = f"did you mean '{last}'?" if last in CALLABLE else "only the built-in operations and subs can be called in forward"
+                    self.r.error(node.func_span, f"'{node.func}' cannot be called", hint)
                 else:
                     subs = [n for n, r in scope.items() if r == "sub"]
                     hint = did_you_mean(node.func, list(CALLABLE) + subs)
@@ -527,7 +644,8 @@ class LayerChecker:
             case N.NoneLit():
                 expr.kind = "none"
             case N.Name():
-                expr.kind = expr.kind or self.kinds.get(expr.id, "tensor")
+                if expr.ref != "unknown":
+                    expr.kind = expr.kind or self.kinds.get(expr.id, "tensor")
             case N.BinOp(op=op, left=l, right=r):
                 expr.kind = _promote(l.kind, r.kind, op)
             case N.UnaryOp(operand=o):
@@ -536,11 +654,11 @@ class LayerChecker:
                 expr.kind = "tensor" if any(o.kind == "tensor" for o in ops) else "bool"
             case N.BoolOp(left=l, right=r):
                 if "tensor" in (l.kind, r.kind):
-                    self.r.error(expr.span, f"'{expr.op}' works on arguments and `training`, not tensors", "use & / | on comparisons, or where()")
+                    self.r.error(expr.span, f"'{expr.op}' works on arguments and `training`, not tensors", "for elementwise choices use where(cond, a, b)")
                 expr.kind = "bool"
             case N.Not(operand=o):
                 if o.kind == "tensor":
-                    self.r.error(expr.span, "'not' works on arguments and `training`, not tensors")
+                    self.r.error(expr.span, "'not' works on arguments and `training`, not tensors", "for a tensor comparison write e.g. `x <= 0` instead of `not x > 0`")
                 expr.kind = "bool"
             case N.Call(func=func, args=args, kwargs=kwargs):
                 expr.kind = self._call_kind(expr, construction)
@@ -570,14 +688,14 @@ class LayerChecker:
 
     def check_backward(self, bwd: N.Backward) -> None:
         if not self.layer.is_function:
-            self.r.error(bwd.span, "backward is only allowed in @function layers", "add `@function` on the line above `layer`")
+            self.r.error(_keyword(bwd.span, "backward"), "backward is only allowed in @function layers", "add `@function` on the line above `layer`")
             return
         fwd = self.layer.forward
         if fwd is None:
             return
         n_out = len(fwd.outputs) if fwd.outputs is not None else _count_returns(fwd.body)
         if len(bwd.grads) != n_out:
-            self.r.error(bwd.span, f"backward takes one gradient per output: {n_out}, got {len(bwd.grads)}")
+            self.r.error(_keyword(bwd.span, "backward"), f"backward takes one gradient per output: {n_out}, got {len(bwd.grads)}")
         scope = dict(getattr(self, "forward_locals", self.scope))
         for name, span in bwd.grads:
             if self.check_name(name, span, "gradient"):
@@ -591,7 +709,7 @@ class LayerChecker:
             if isinstance(stmt, N.Grad):
                 ref = scope.get(stmt.target)
                 if ref not in ("input", "param"):
-                    what = f"the {ref} '{stmt.target}'" if ref else f"unknown name '{stmt.target}'"
+                    what = f"the {_REF_WORDS.get(ref, ref)} '{stmt.target}'" if ref else f"unknown name '{stmt.target}'"
                     self.r.error(stmt.target_span, f"grad needs an input or a parameter, not {what}",
                                  did_you_mean(stmt.target, [i.name for i in fwd.inputs] + [p.name for p in self.layer.params]))
                 elif stmt.target in given and given[stmt.target] is not stmt:
@@ -600,18 +718,23 @@ class LayerChecker:
         needed = [i.name for i in fwd.inputs if i.dtype == "float"] + [p.name for p in self.layer.params]
         for name in needed:
             if name not in given:
-                self.r.error(bwd.span, f"backward gives no gradient for '{name}'", f"add `grad {name} = ...` (or `grad {name} = none`)")
+                self.r.error(_keyword(bwd.span, "backward"), f"backward gives no gradient for '{name}'", f"add `grad {name} = ...` (or `grad {name} = none`)")
 
     def check_examples(self) -> None:
         inputs = {i.name for i in self.layer.forward.inputs} if self.layer.forward else set()
         known = [a.name for a in self.layer.args] + self.dims + sorted(inputs)
         seen = set()
+        given = {ex.name for ex in self.layer.examples}
+        suggested = set()  # names an unknown example is probably meant for: not reported as missing
         for ex in self.layer.examples:
             if ex.name in seen:
                 self.r.error(ex.span, f"example gives '{ex.name}' twice")
             seen.add(ex.name)
             if ex.name not in known:
-                self.r.error(ex.span, f"example names unknown argument, dim or input '{ex.name}'", did_you_mean(ex.name, known))
+                candidates = [k for k in known if k not in given]
+                hint = did_you_mean(ex.name, candidates) or did_you_mean(ex.name, known)
+                suggested.update(_close_names(ex.name, candidates)[:1])
+                self.r.error(ex.span, f"example names unknown argument, dim or input '{ex.name}'", hint)
                 continue
             if ex.name in inputs:
                 if not _is_distribution(ex.value):
@@ -624,10 +747,10 @@ class LayerChecker:
             ex.value.kind = kind
             arg = self.layer.arg(ex.name)
             want = arg.type if arg else "int"
-            if not (kind == want or (want == "float" and kind == "int")):
-                self.r.error(ex.value.span, f"example value for {want} '{ex.name}' is a {kind}")
+            if want in ARG_TYPES and not (kind == want or (want == "float" and kind == "int")):
+                self.r.error(ex.value.span, f"example value for {want} '{ex.name}' is {_a(kind)}")
         for a in self.layer.args:
-            if a.default is None and a.name not in seen:
+            if a.default is None and a.name not in seen | suggested and name_problem(a.name) is None:
                 self.r.error(self.layer.span, f"layer '{self.layer.name}' needs an example value for '{a.name}'", f"add `example({a.name} = ...)`")
 
 
@@ -665,6 +788,24 @@ def literal_value(e: N.Expr):
         case N.UnaryOp(op="-", operand=inner):
             return -literal_value(inner)
     raise ValueError("not a literal")
+
+
+def _close_names(name: str, candidates) -> list[str]:
+    import difflib
+
+    return difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
+
+
+_REF_WORDS = {"arg": "argument", "dim": "symbolic dim", "local": "local name"}
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[:1] in ("a", "e", "i", "o", "u") else f"a {kind}"
+
+
+def _keyword(span: N.Span, word: str) -> N.Span:
+    """The span of the keyword that starts a construct (not the whole, many-line block)."""
+    return N.Span(span.line, span.col, span.line, span.col + len(word))
 
 
 def _promote(a: str, b: str, op: str) -> str:

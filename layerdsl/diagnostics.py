@@ -38,7 +38,7 @@ class Diagnostic:
     def render(self) -> str:
         head = f"{self.path}:{self.span.line}:{self.span.col}: {self.severity}: {self.message}"
         lines = [head]
-        text = _source_line(self.source, self.span.line)
+        text = _source_line(self.source if self.source is not None else _SOURCES.get(self.path), self.span.line)
         if text is not None:
             width = self.span.end_col - self.span.col if self.span.end_line == self.span.line else len(text) - self.span.col + 1
             prefix = "".join(ch if ch == "\t" else " " for ch in text[: self.span.col - 1])
@@ -66,6 +66,11 @@ class SpecError(Exception):
         super().__init__("\n".join(d.render() for d in self.diagnostics))
 
 
+# The text of every spec file read in this process, by the path diagnostics show: a diagnostic made
+# without its source (by a later pass) still renders the offending line and a caret.
+_SOURCES: dict[str, str] = {}
+
+
 class Reporter:
     """Collects diagnostics for one spec file so that every independent error is reported in one run."""
 
@@ -73,6 +78,7 @@ class Reporter:
         self.path = path
         self.source = source
         self.diagnostics: list[Diagnostic] = []
+        _SOURCES[path] = source
 
     def error(self, span: Span, message: str, hint: str | None = None) -> None:
         self.diagnostics.append(Diagnostic(self.path, span, message, hint, source=self.source))

@@ -17,8 +17,9 @@ from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import nodes as N
-from .diagnostics import Diagnostic, Reporter, Span, SpecError
+from .diagnostics import Diagnostic, Reporter, Span, SpecError, did_you_mean
 from .resources import resource_dir
+from .tables import DTYPES
 
 GRAMMAR_FILE = "layer.lark"
 
@@ -80,8 +81,14 @@ def parse_file(path: str, source: str, strict: bool = False) -> ParsedFile:
     `strict=False` (what `compiler` uses) all of them are kept in `ParsedFile.problems` and raised by
     `check_program` along with the semantic errors; with `strict=True` they are raised here as a SpecError.
     """
+    if source.startswith("\ufeff"):  # a byte-order mark: read as a space, so that columns stay those of the text
+        source = " " + source[1:]
     reporter = Reporter(path, source)
     tree, broken = _parse_salvaging(source, reporter)
+    if tree is not None and (deep := _too_deep(tree)) is not None:
+        reporter.error(deep, "this expression is nested too deeply", f"split it into several statements (at most {MAX_DEPTH} levels)")
+        tree = None
+        broken |= {m.group(1) for m in re.finditer(r"^[ \t]*layer\s+([A-Za-z_][A-Za-z0-9_]*)", source, re.M)}
     layers = []
     if tree is not None:
         try:
@@ -141,6 +148,29 @@ def _parse_salvaging(source: str, reporter: Reporter) -> tuple[Tree | None, set[
             error_line = _error_line(exc, "".join(lines))
     broken.update(m.group(1) for m in re.finditer(r"^[ \t]*layer\s+([A-Za-z_][A-Za-z0-9_]*)", source, re.M))
     return None, broken
+
+
+MAX_DEPTH = 100  # levels of nesting in the tree: the passes after parsing recurse over it
+
+
+def _too_deep(tree: Tree) -> Span | None:
+    """The expression in which the tree is nested more than MAX_DEPTH levels, found without recursion."""
+    stack = [(tree, 0, tree)]
+    while stack:
+        node, depth, root = stack.pop()
+        if depth > MAX_DEPTH:
+            return Span(root.meta.line, root.meta.column, root.meta.end_line, root.meta.end_column)
+        for child in node.children:
+            if isinstance(child, Tree):
+                stack.append((child, depth + 1, child if node.data in _STRUCTURE else root))
+    return None
+
+
+# Rules that are not expressions: an expression starts below one of them.
+_STRUCTURE = frozenset(
+    "start layer decorator argdef param buffer sub let example forward backward input outputs shape block "
+    "assign update if_stmt return_stmt grad docstring".split()
+)
 
 
 def _error_line(exc: UnexpectedInput, source: str) -> int:
@@ -283,8 +313,22 @@ def _describe_syntax_error(exc: UnexpectedInput, source: str) -> tuple[Span, str
     opened, stray = _brackets(source, offset + 1)
     if stray is not None and stray[1] == offset:
         return span, f"unmatched {tok.value!r}", "there is no bracket for it to close"
+    unclosed, _ = _brackets(source, offset)
+    if unclosed and unclosed[-1][0] in "([" and (tok.value in _NEVER_IN_BRACKETS or tok.type == "RBRACE"):
+        ch, at = unclosed[-1]
+        if "\n" in source[at:offset]:  # the bracket runs on into the next declaration or statement
+            line, col = _position(source, at)
+            close = ")" if ch == "(" else "]"
+            return Span.point(line, col), f"'{ch}' was never closed", f"a '{close}' is missing before line {tok.line}"
+    next_text = source[offset:].lstrip(" \t\f\r\n")
     if tok.type == "NAME" and tok.value in ("True", "False", "None"):
         hint = f"did you mean '{tok.value.lower()}'?"
+    elif tok.type == "_NL" and "LBRACE" in accepts and next_text.startswith("{"):
+        hint = "the '{' goes on the same line"
+    elif tok.type == "_NL" and "an expression" in expected:
+        hint = "to continue an expression on the next line, wrap it in ( )"
+    elif tok.type == "LBRACE" and "LPAR" in accepts and re.search(r"\blayer\s+\w+\s*$", line_text):
+        hint = f"a layer without arguments is written `layer {before}() {{`"
     elif tok.value == "layer" and opened:
         hint = "is a '}' missing above?"
     elif tok.type == "IF" and "IF" not in accepts:
@@ -292,7 +336,7 @@ def _describe_syntax_error(exc: UnexpectedInput, source: str) -> tuple[Span, str
             hint = "there is no conditional expression: write an `if` statement or where(cond, a, b)"
         elif re.match(r"\s*(sub|let)\b", line_text):
             hint = "only params and buffers can have a condition"
-    elif before == "elif":
+    elif before == "elif" or tok.value == "elif":
         hint = "write `else if`"
     elif set(accepts) == {"DOT", "EQUAL", "LPAR", "LSQB"}:
         hint = "an expression cannot stand alone: assign it (`y = ...`) or return it"
@@ -302,6 +346,8 @@ def _describe_syntax_error(exc: UnexpectedInput, source: str) -> tuple[Span, str
         hint = f"'{tok.value}' is a reserved word and cannot be a name"
     elif tok.type == "COLON" and "LBRACE" in accepts:
         hint = "blocks are written in braces: `{ ... }`"
+    elif tok.type in ("NAME", "NUMBER", "STRING") and "COMMA" in accepts:
+        hint = "is a ',' missing before it?"
     elif tok.type == "NAME" and "PARAM" in accepts:
         close = difflib.get_close_matches(tok.value.lower(), [*_MEMBER_START_WORDS, "transient"], n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'?" if close else _MEMBER_HINT
@@ -314,6 +360,8 @@ def _describe_syntax_error(exc: UnexpectedInput, source: str) -> tuple[Span, str
 
 
 _MEMBER_START_WORDS = ["param", "buffer", "sub", "let", "example", "forward", "backward"]
+# Words that start a declaration or a statement: never inside ( ) or [ ].
+_NEVER_IN_BRACKETS = frozenset(_MEMBER_START_WORDS + ["transient", "update", "return", "grad", "layer", "if"])
 
 
 def _describe_eof(exc: UnexpectedInput, source: str, end: int) -> tuple[Span, str, str | None]:
@@ -343,6 +391,11 @@ def _tspan(tok: Token) -> Span:
     return Span(tok.line, tok.column, tok.end_line, tok.end_column)
 
 
+def _keyword(span: Span, word: str) -> Span:
+    """The span of the keyword that starts a construct."""
+    return Span(span.line, span.col, span.line, span.col + len(word))
+
+
 def _espan(node) -> Span:
     if isinstance(node, Token):
         return _tspan(node)
@@ -366,7 +419,10 @@ class _Builder(Transformer):
         children = list(tree.children if new_children is None else new_children)
         for i, child in enumerate(children):
             if isinstance(child, AttrChain) and not (tree.data in ("call", "attr") and i == 0):
-                self._dotted_name(child)
+                if tree.data == "sub":
+                    self.r.error(child.span, "a sub is a call to a layer", f"write `{child.dotted}(...)`")
+                else:
+                    self._dotted_name(child)
                 children[i] = Invalid(child.span)
         return super()._call_userfunc(tree, children)
 
@@ -407,7 +463,7 @@ class _Builder(Transformer):
         match member:
             case ("docstring", span, text):
                 if not first:
-                    self.r.error(span, "a docstring may only be the first item of a layer's body")
+                    self.r.error(span, "a docstring may only be the first item of a layer's body", "move it to the top of the body")
                 layer.docstring = text
             case N.Tensor():
                 layer.tensors.append(member)
@@ -419,12 +475,22 @@ class _Builder(Transformer):
                 layer.examples.extend(member)
             case N.Forward():
                 if layer.forward is not None:
-                    self.r.error(member.span, f"layer '{layer.name}' has a second forward", "a layer has exactly one forward")
+                    first = layer.forward.span
+                    self.r.error(
+                        _keyword(member.span, "forward"),
+                        f"layer '{layer.name}' has a second forward",
+                        f"a layer has exactly one; the first is at line {first.line}",
+                    )
                 else:
                     layer.forward = member
             case N.Backward():
                 if layer.backward is not None:
-                    self.r.error(member.span, f"layer '{layer.name}' has a second backward")
+                    first = layer.backward.span
+                    self.r.error(
+                        _keyword(member.span, "backward"),
+                        f"layer '{layer.name}' has a second backward",
+                        f"a layer has at most one; the first is at line {first.line}",
+                    )
                 else:
                     layer.backward = member
 
@@ -451,7 +517,7 @@ class _Builder(Transformer):
             "buffer",
             str(name),
             _tspan(name),
-            str(dtype) if dtype is not None else "float",
+            self._dtype(dtype),
             shape,
             self._init(init),
             cond,
@@ -460,7 +526,7 @@ class _Builder(Transformer):
 
     def _init(self, expr) -> N.Init | None:
         match expr:
-            case None:
+            case None | Invalid() | N.Call(func="?"):  # nothing, or already reported
                 return None
             case N.Name(id=name, span=span):
                 return N.Init(name, span, [], [])
@@ -472,7 +538,8 @@ class _Builder(Transformer):
     def sub(self, meta, items):
         name, expr = items
         if not isinstance(expr, N.Call):
-            self.r.error(expr.span, "a sub is a call to a layer", "e.g. `sub fc = Linear(in_features, 10)` or `sub act = nn.ReLU()`")
+            if not isinstance(expr, Invalid):
+                self.r.error(expr.span, "a sub is a call to a layer", "e.g. `sub fc = Linear(in_features, 10)` or `sub act = nn.ReLU()`")
             expr = N.Call(expr.span, "?", expr.span, [], [])
         return N.Sub(str(name), _tspan(name), expr)
 
@@ -497,7 +564,15 @@ class _Builder(Transformer):
 
     def input(self, meta, items):
         name, dtype, shape = items
-        return N.Input(str(name), _tspan(name), str(dtype) if dtype is not None else "float", shape)
+        return N.Input(str(name), _tspan(name), self._dtype(dtype), shape)
+
+    def _dtype(self, tok: Token | None) -> str:
+        if tok is None:
+            return "float"
+        if str(tok) not in DTYPES:
+            hint = did_you_mean(str(tok), DTYPES) or "dtypes are float, long, int and bool"
+            self.r.error(_tspan(tok), f"unknown dtype '{tok}'", hint)
+        return str(tok)
 
     def outputs(self, meta, items):
         return [s for s in items if s is not None]
@@ -528,7 +603,8 @@ class _Builder(Transformer):
                         span_i = i.span
                         self.r.error(span_i, "the left side of an index statement holds bare index names", "write e.g. `y[b, k] = ...`")
                 return N.IndexAssign(_span(meta), name, span, indices, value)
-        self.r.error(target.span, "cannot assign to this", "assign to a name: `y = ...`, or in index notation: `y[b, k] = ...`")
+        if not isinstance(target, Invalid):
+            self.r.error(target.span, "cannot assign to this", "assign to a name: `y = ...`, or in index notation: `y[b, k] = ...`")
         return None
 
     def update(self, meta, items):
@@ -586,7 +662,13 @@ class _Builder(Transformer):
                 return self._reduce(meta, name, idx, args, kwargs)
             case AttrChain(dotted=dotted, span=span):
                 return N.Call(_span(meta), dotted, span, args, kwargs)
-        self.r.error(func.span, "only operations, layers and nn.* constructors can be called")
+        match func:
+            case N.Call(func=inner) if inner.startswith("nn."):
+                self.r.error(func.span, f"'{inner}' can only be constructed in a sub", f"declare `sub name = {inner}(...)` and call `name(x)`")
+            case Invalid():
+                pass  # already reported
+            case _:
+                self.r.error(func.span, "only operations and subs can be called", "write e.g. `relu(x)` or `layer1(x)`")
         return N.Call(_span(meta), "?", func.span, args, kwargs)
 
     def _reduce(self, meta, name, idx, args, kwargs):
@@ -609,8 +691,9 @@ class _Builder(Transformer):
         return [self._ellipsis(i) for i in items if i is not None]
 
     def slice(self, meta, items):
-        lower, upper, step = items
-        return N.Slice(_span(meta) if not meta.empty else Span(0, 0, 0, 0), lower, upper, step)
+        # The grammar keeps the colons (`!slice`), so that even `:` alone has a position.
+        lower, _colon, upper, _colon2, step = items
+        return N.Slice(_span(meta), lower, upper, step)
 
     def attr(self, meta, items):
         value, name = items
