@@ -171,6 +171,7 @@ class LayerChecker:
             self.check_forward(layer.forward)
         if layer.backward is not None:
             self.check_backward(layer.backward)
+        self.check_function_body()
         self.check_examples()
         layer.symbolic_dims = list(self.dims)  # type: ignore[attr-defined]
 
@@ -671,20 +672,38 @@ class LayerChecker:
         return expr.kind
 
     def _call_kind(self, call: N.Call, construction: bool) -> str:
+        """A call is a tensor when any tensor operand is; on plain numbers it needs a `math` spelling."""
         op = CALLABLE.get(call.func)
         if op is None:
             return "tensor"
         operands = [call.args[i] for i, p in enumerate(op.params[: len(call.args)]) if p.tensor or p.tensors]
         operands += [k.value for k in call.kwargs if (p := op.param(k.name)) is not None and (p.tensor or p.tensors)]
-        if any(o.kind in ("tensor", "list") for o in operands):
+        kinds = [o.kind for o in operands]
+        if any(k in ("tensor", "list") for k in kinds):
+            if op.tensors_only:
+                for o in operands:
+                    if o.kind in ("int", "float", "bool"):
+                        self.r.error(o.span, f"{op.name}() takes tensors only, not a number",
+                                     f"use clamp(x, {'min' if op.name == 'maximum' else 'max'} = ...) to compare with a number")
             return "tensor"
         if op.scalar is None:
-            if construction:
-                self.r.error(call.span, f"{op.name}() needs a tensor; it cannot be used on numbers here")
+            self.r.error(call.span, f"{op.name}() needs a tensor; it cannot be used on numbers", "apply it to a tensor input or parameter")
             return "tensor"
-        return "float" if op.scalar.startswith("math.") and op.name not in ("floor", "ceil") else _promote(*(o.kind for o in operands[:2]), "+") if len(operands) > 1 else (operands[0].kind if operands else "float")
+        if op.scalar.startswith("math.") and op.name not in ("floor", "ceil"):
+            return "float"
+        return _promote(kinds[0], kinds[1], "+") if len(kinds) > 1 else (kinds[0] if kinds else "float")
 
     # ------------------------------------------------------------ backward and examples
+
+    def check_function_body(self) -> None:
+        """@function layers are one autograd.Function: no submodules, no buffer updates."""
+        if not self.layer.is_function or self.layer.forward is None:
+            return
+        for sub in self.layer.subs:
+            self.r.error(sub.span, "@function layers cannot have subs", "a sub is its own module; drop @function or inline the computation")
+        for stmt in _walk_stmts(self.layer.forward.body):
+            if isinstance(stmt, N.Update):
+                self.r.error(stmt.span, "@function layers cannot update buffers", "drop @function, or compute the update outside the layer")
 
     def check_backward(self, bwd: N.Backward) -> None:
         if not self.layer.is_function:

@@ -74,17 +74,30 @@ def check(paths: list[str]) -> tuple[list[Source], list[N.SpecFile], Program]:
 def generate(paths: list[str]) -> dict[Path, str]:
     """Every generated file (relative to the output folder) and its black-formatted content."""
     sources, files, program = check(paths)
+    outputs = emit_modules(sources, files, program)
+    outputs.update(_package_inits(sources, files, paths))
+    return {path: format_python(text) for path, text in sorted(outputs.items())}
+
+
+def emit_modules(sources: list[Source], files: list[N.SpecFile], program: Program) -> dict[Path, str]:
+    """Each spec's module source (before black). Problems only emission finds (a derived backward
+    through an op without a derivative) are collected from every file before raising."""
     module_of = {}  # layer name -> module path parts
     for src, f in zip(sources, files):
         for layer in f.layers:
             module_of[layer.name] = src.out.with_suffix("").parts
     outputs: dict[Path, str] = {}
+    problems: list[Diagnostic] = []
     for src, f in zip(sources, files):
         here = src.out.with_suffix("").parts
         imports = {name: _relative(here, parts) for name, parts in module_of.items() if parts != here}
-        outputs[src.out] = emit_file(f, program, src.shown, imports)
-    outputs.update(_package_inits(sources, files, paths))
-    return {path: format_python(text) for path, text in sorted(outputs.items())}
+        try:
+            outputs[src.out] = emit_file(f, program, src.shown, imports)
+        except SpecError as exc:
+            problems.extend(exc.diagnostics)
+    if problems:
+        raise SpecError(problems)
+    return outputs
 
 
 def _relative(here: tuple[str, ...], target: tuple[str, ...]) -> str:

@@ -59,11 +59,15 @@ def _lower_stmt(stmt: N.Stmt, optional: set[str], fresh) -> list[N.Stmt]:
                     temp = next(fresh)
                 tname = N.Name(e.span, temp)
                 tname.ref, tname.kind = "local", "tensor"
-                absent = other
                 if side == "left" and op in ("-", "/"):
+                    # `b - x` without b is `-x`, `b / x` is `1 / x`: two branches, not an update of t.
                     absent = N.UnaryOp(e.span, "-", other) if op == "-" else N.BinOp(e.span, "/", N.Num(e.span, 1, "1"), other)
-                    absent.kind = "tensor"
-                pre.append(N.Assign(e.span, temp, e.span, absent))
+                    present = N.BinOp(e.span, op, member, other)
+                    absent.kind = present.kind = "tensor"
+                    pre.append(N.If(e.span, IsPresent(e.span, member), [N.Assign(e.span, temp, e.span, present)],
+                                    [N.Assign(e.span, temp, e.span, absent)]))
+                    return tname
+                pre.append(N.Assign(e.span, temp, e.span, other))
                 present = N.BinOp(e.span, op, member, tname) if side == "left" else N.BinOp(e.span, op, tname, member)
                 present.kind = "tensor"
                 pre.append(N.If(e.span, IsPresent(e.span, member), [N.Assign(e.span, temp, e.span, present)], []))

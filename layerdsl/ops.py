@@ -38,6 +38,7 @@ class Op:
     internal: bool = False
     kwarg_spelling: dict[str, str] = field(default_factory=dict)  # spec keyword -> torch keyword
     positional: int | None = None  # how many leading arguments torch takes positionally (None: all)
+    tensors_only: bool = False  # torch rejects plain numbers as operands
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -117,10 +118,10 @@ TABLE: tuple[Op, ...] = (
        {"condition": None, "input": "where(condition, grad, 0)", "other": "where(condition, 0, grad)"}),
     Op("maximum", _sig("input*, other*"), "torch.maximum", "elementwise", "elementwise maximum",
        {"input": "where(input == other, grad / 2, grad * (input > other))",
-        "other": "where(input == other, grad / 2, grad * (other > input))"}, scalar="max"),
+        "other": "where(input == other, grad / 2, grad * (other > input))"}, scalar="max", tensors_only=True),
     Op("minimum", _sig("input*, other*"), "torch.minimum", "elementwise", "elementwise minimum",
        {"input": "where(input == other, grad / 2, grad * (input < other))",
-        "other": "where(input == other, grad / 2, grad * (other < input))"}, scalar="min"),
+        "other": "where(input == other, grad / 2, grad * (other < input))"}, scalar="min", tensors_only=True),
     # -- reductions
     _reduction("sum", "torch.sum", "sum over dim (all dims by default)", _EXPAND),
     _reduction("mean", "torch.mean", "mean over dim (all dims by default)", f"{_EXPAND} / reduced_numel(input, dim)"),

@@ -1,0 +1,140 @@
+"""`@function` layers: torch.func, torch.compile, surrogates, what is saved, and derivation errors."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from layerdsl.cli import main
+
+
+def _module(gen, name):
+    return importlib.import_module(f"{gen.__name__}.{name}")
+
+
+def _saved_storages(fn, *args) -> int:
+    """Bytes of the unique storages autograd keeps for backward."""
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*args)
+    return sum(seen.values())
+
+
+def test_vmap_and_func_grad_work_on_a_function(gen):
+    torch.manual_seed(0)
+    m = gen.SwishFunctional(5, dtype=torch.float64)
+    xs = torch.randn(3, 4, 5, dtype=torch.float64)
+    batched = torch.func.vmap(m)(xs)
+    assert torch.allclose(batched, torch.stack([m(x) for x in xs]))
+    beta = m.beta.detach()
+    fn = _module(gen, "swish_function").SwishFunctionalFunction.apply
+    g = torch.func.grad(lambda x: fn(x, beta).sum())(xs[0])
+    x = xs[0].clone().requires_grad_()
+    (m(x).sum()).backward()
+    assert torch.allclose(g, x.grad)
+
+
+def test_vmap_over_a_function_with_saved_intermediates(gen):
+    m = gen.RMSNormFunctional(6, dtype=torch.float64)
+    xs = torch.randn(2, 3, 6, dtype=torch.float64)
+    assert torch.allclose(torch.func.vmap(m)(xs), torch.stack([m(x) for x in xs]))
+
+
+def test_torch_compile_fullgraph(gen):
+    torch._dynamo.reset()
+    m = gen.SwishFunctional(5)
+    compiled = torch.compile(m, fullgraph=True, backend="eager")
+    x = torch.randn(4, 5, requires_grad=True)
+    out = compiled(x)
+    assert torch.allclose(out, m(x))
+    out.sum().backward()
+    assert x.grad is not None and m.beta.grad is not None
+
+
+def test_surrogates_return_their_declared_gradients(gen):
+    x = torch.randn(3, 4, requires_grad=True)
+    gen.GradientReversal(scale=0.5)(x).sum().backward()
+    assert torch.equal(x.grad, torch.full_like(x, -0.5))
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    y = gen.StraightThroughRound()(x)
+    assert torch.equal(y, torch.round(x))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x)) and x.grad.dtype == torch.float64
+
+
+def test_handwritten_backward_matches_autograd(gen):
+    m = gen.ScaledTanh(4, dtype=torch.float64)
+    with torch.no_grad():
+        m.scale.uniform_(0.5, 2)
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(m(x).sum(), x)
+    (ref,) = torch.autograd.grad((m.scale * torch.tanh(x)).sum(), x)
+    assert torch.allclose(g, ref)
+
+
+def test_function_saves_about_half_of_what_autograd_saves(gen):
+    x = torch.randn(256, 64, requires_grad=True)
+    for fn_layer, module_layer in [(gen.SwishFunctional(64), gen.Swish(64)), (gen.RMSNormFunctional(64), gen.RMSNorm(64))]:
+        saved_fn = _saved_storages(fn_layer, x)
+        saved_module = _saved_storages(module_layer, x)
+        assert saved_fn <= 0.55 * saved_module, (type(fn_layer).__name__, saved_fn, saved_module)
+    chain, x2 = gen.FusedChain(), torch.randn(256, 64, requires_grad=True)
+    from torch import tanh, sigmoid
+
+    plain = _saved_storages(lambda t: tanh(chain.a * t + chain.b) * sigmoid(chain.c * t), x2)
+    assert _saved_storages(chain, x2) <= 0.4 * plain
+
+
+def test_unneeded_gradients_save_less(gen):
+    m = gen.MyLayerFunctional(64, 32)
+    x = torch.rand(128, 64)
+    everything = _saved_storages(m, x.clone().requires_grad_())
+    m.bias.requires_grad_(False)
+    only_weight = _saved_storages(m, x)  # the weight itself is not needed for the weight's gradient
+    assert only_weight == everything - m.weight.numel() * 4
+    mod = _module(gen, "my_layer_function")
+    y = mod.MyLayerFunctionalFunction.apply(x.clone().requires_grad_(), m.weight, None)
+    assert torch.allclose(y, mod.my_layer_functional(x, m.weight, None))
+
+
+def test_optional_member_absent_in_a_function(gen):
+    m = gen.MyLayerFunctional(5, 3, bias=False, dtype=torch.float64)
+    x = torch.rand(4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(m, (x,))
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "where"),
+    [
+        ("return sign(x) * x", "sign() has no derivative", "7:16"),
+        ("return fft(x)", "fft() has no derivative", "7:16"),
+        ("if training {\n            return x\n        }\n        return -x", "cannot go through `if`", "7:9"),
+        ("return x[..., 0]", "indexing", "7:16"),
+    ],
+)
+def test_what_cannot_be_derived_is_a_located_error(tmp_path, capsys, body, message, where):
+    spec = tmp_path / "specs"
+    spec.mkdir()
+    (spec / "bad.layer").write_text(
+        "@function\nlayer Bad() {\n    \"\"\"A layer.\"\"\"\n    example()\n\n    forward(x) {\n        " + body + "\n    }\n}\n"
+    )
+    assert main(["gen", str(spec), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert f"specs/bad.layer:{where}: error:" in err and message in err and "backward" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_show_prints_the_derived_backward(capsys):
+    from .conftest import SPECS
+
+    assert main(["show", str(SPECS / "swish_function.layer"), "--layer", "SwishFunctional"]) == 0
+    out = capsys.readouterr().out
+    assert "class SwishFunctionalFunction(torch.autograd.Function):" in out
+    assert "def backward(ctx, grad_out):" in out and "ctx.needs_input_grad[1]" in out
