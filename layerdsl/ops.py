@@ -129,7 +129,7 @@ TABLE: tuple[Op, ...] = (
                f"2 * {_EXPAND} * (input - mean(input, dim, true)) / (reduced_numel(input, dim) - correction)",
                extra="correction = 1"),
     _reduction("std", "torch.std", "standard deviation over dim",
-               "expand_reduced(grad / result, input, dim, keepdim) * (input - mean(input, dim, true))"
+               "expand_reduced(where(result == 0, 0, grad / result), input, dim, keepdim) * (input - mean(input, dim, true))"
                " / (reduced_numel(input, dim) - correction)", extra="correction = 1"),
     _reduction("amax", "torch.amax", "maximum over dim",
                f"{_EXPAND} * extremum_mask(input, result, dim, keepdim)", dim_default="[]"),
@@ -139,7 +139,7 @@ TABLE: tuple[Op, ...] = (
        {"input": "expand_reduced(grad, input, dim, keepdim) * exp(input - expand_reduced(result, input, dim, keepdim))"},
        cost="costly"),
     Op("norm", _sig("input*, p = 2, dim = none, keepdim = false"), "torch.linalg.vector_norm", "reduce",
-       "vector p-norm over dim", {"input": "expand_reduced(grad / result ** (p - 1), input, dim, keepdim) * input * abs(input) ** (p - 2)"},
+       "vector p-norm over dim", {"input": "expand_reduced(where(result == 0, 0, grad / result ** (p - 1)), input, dim, keepdim) * input * abs(input) ** (p - 2)"},
        cost="costly", kwarg_spelling={"p": "ord"}),
     Op("softmax", _sig("input*, dim"), "torch.softmax", "softmax", "exp(x) / sum(exp(x)) over dim",
        {"input": "result * (grad - sum(grad * result, dim, true))"}, cost="costly"),

@@ -51,10 +51,8 @@ def expr(draw, depth: int = 3):
     if kind == "reduce":
         op = draw(st.sampled_from(["sum", "mean", "amax", "logsumexp", "var", "std", "norm"]))
         dim = draw(st.sampled_from(["-1", "0"]))
-        shape = ROW if dim == "-1" else VEC
-        if op == "norm":
-            return f"norm({full}, dim = {dim}, keepdim = true)", ROW if dim == "-1" else FULL
-        return f"{op}({full}, dim = {dim}, keepdim = true)", ROW if dim == "-1" else FULL
+        # keepdim: [B, 1] broadcasts like a row, [1, n] like a vector (never reduce a size-1 dim again)
+        return f"{op}({full}, dim = {dim}, keepdim = true)", ROW if dim == "-1" else VEC
     if kind == "softmax":
         return f"{draw(st.sampled_from(['softmax', 'log_softmax']))}({full}, dim = -1)", FULL
     return f"({full} @ m)", FULL
