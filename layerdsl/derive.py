@@ -27,6 +27,9 @@ from .resources import resource_dir
 NOWHERE = Span(0, 0, 0, 0)
 
 
+LOWERED = ("einsum", "permute", "align")  # ops that index notation lowers to
+
+
 class NotDerivable(Exception):
     """Forward uses something the derivation cannot go through; carries the location and a message."""
 
@@ -170,10 +173,15 @@ class Linearizer:
                 return self.add(OPERATORS["neg"], {"input": self.operand(o, hint)}, hint, e)
             case N.UnaryOp(op="+", operand=o):
                 return self.operand(o, hint)
-            case N.Call(func=f) if f in CALLABLE:
-                op = CALLABLE[f]
+            case N.Call(func=f) if f in CALLABLE or f in LOWERED:
+                op = OPS[f]
                 args = {}
                 for p, a in zip(op.params, e.args):
+                    if p.tensors and isinstance(a, N.ListExpr):
+                        items = N.ListExpr(a.span, [self.operand(i, hint) for i in a.items])
+                        items.kind = "list"
+                        args[p.name] = items
+                        continue
                     args[p.name] = self.operand(a, hint) if (p.tensor or p.tensors) else a
                 for k in e.kwargs:
                     p = op.param(k.name)
@@ -181,6 +189,8 @@ class Linearizer:
                 for p in op.params:
                     if p.name not in args and p.default is not None:
                         args[p.name] = parse_default(p.default)
+                if f == "align":
+                    return self.add(op, args, hint, e, items=e.items)
                 if self.deriving and any(isinstance(v, N.ListExpr) for v in args.values()) and op.shape == "concat":
                     raise NotDerivable(e.span, f"a derived backward cannot go through {f}() yet; write a backward block")
                 return self.add(op, args, hint, e)
@@ -194,7 +204,7 @@ class Linearizer:
                 raise NotDerivable(e.func_span, f"a derived backward cannot go through '{f}'")
         raise NotDerivable(e.span, "a derived backward cannot go through this expression")
 
-    def add(self, op: Op, args: dict[str, N.Expr], hint: str, source: N.Expr) -> N.Name:
+    def add(self, op: Op, args: dict[str, N.Expr], hint: str, source: N.Expr, items=None) -> N.Name:
         for pname, formula_text in op.grads.items():
             operand = args.get(pname)
             if self.deriving and formula_text is None and isinstance(operand, N.Name) and operand.kind == "tensor" and self._needs_grad(operand):
@@ -208,6 +218,8 @@ class Linearizer:
             if base is None or (op.operator in ("-", "/") and args["input"] is member):
                 raise NotDerivable(source.span, f"a derived backward needs the optional '{member.id}' on the right of {op.operator}")
         expr = _op_expr(op, args, source)
+        if items is not None:
+            expr.items = items
         if guard is None:  # the same operation on the same operands is computed once
             key = _key(expr)
             for s in self.steps:
@@ -242,6 +254,8 @@ def _op_expr(op: Op, args: dict[str, N.Expr], source: N.Expr) -> N.Expr:
         e = N.UnaryOp(source.span, "-", args["input"])
     elif op.operator:
         e = N.BinOp(source.span, op.operator, args["input"], args.get("other", args.get("exponent")))
+    elif op.template:  # written by its template: every argument in signature order
+        e = N.Call(source.span, op.name, source.span, [args[p.name] for p in op.params if p.name in args], [])
     else:
         e = N.Call(source.span, op.name, source.span, [], [N.Keyword(k, v, source.span) for k, v in args.items()])
         e.args = [v for p in op.params if (v := args.get(p.name)) is not None and (p.tensor or p.tensors)]
@@ -325,6 +339,11 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
         g = gradient_of(step.var)
         if g is None:
             continue
+        if step.op.name == "einsum":
+            for operand, expr in _einsum_grads(step, g):
+                if operand.id in requires:
+                    contributions.setdefault(operand.id, []).append((expr, None))
+            continue
         for pname, operand in step.args.items():
             if not (isinstance(operand, N.Name) and operand.id in requires):
                 continue
@@ -349,9 +368,17 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
 def _requires_grad(tape: Tape) -> set[str]:
     req = set(tape.differentiable)
     for step in tape.steps:
-        if step.op is not None and any(isinstance(a, N.Name) and a.id in req for a in step.args.values()):
+        if step.op is not None and any(isinstance(a, N.Name) and a.id in req for a in _flat(step.args.values())):
             req.add(step.var)
     return req
+
+
+def _flat(values):
+    for v in values:
+        if isinstance(v, N.ListExpr):
+            yield from v.items
+        else:
+            yield v
 
 
 def _may_broadcast(tape: Tape, step: Step, operand: N.Name) -> bool:
@@ -359,6 +386,28 @@ def _may_broadcast(tape: Tape, step: Step, operand: N.Name) -> bool:
     shapes = getattr(tape, "shapes", {})
     a, r = shapes.get(operand.id), shapes.get(step.var)
     return a is None or r is None or a != r
+
+
+def _einsum_grads(step: Step, grad: N.Expr):
+    """For y = einsum("s1,s2->so", a, b): the gradient of a is einsum("so,s2->s1", grad, b)."""
+    spec = step.args["equation"].value
+    ins, out = spec.split("->")
+    ins = ins.split(",")
+    operands = step.args["operands"].items
+    for k, operand in enumerate(operands):
+        if not isinstance(operand, N.Name):
+            continue
+        others = [(s, o) for j, (s, o) in enumerate(zip(ins, operands)) if j != k]
+        available = set(out) | {c for s, _ in others for c in s}
+        if not set(ins[k]) <= available:
+            raise NotDerivable(step.expr.span, "a derived backward cannot go through a sum over an index only one tensor has; write a backward block")
+        eq = N.Str(NOWHERE, ",".join([out] + [s for s, _ in others]) + "->" + ins[k])
+        eq.kind = "str"
+        tensors = N.ListExpr(NOWHERE, [copy.deepcopy(grad)] + [copy.deepcopy(o) for _, o in others])
+        tensors.kind = "list"
+        call = N.Call(NOWHERE, "einsum", NOWHERE, [eq, tensors], [])
+        call.kind = "tensor"
+        yield operand, call
 
 
 def _may_batch(tape: Tape, step: Step) -> bool:

@@ -403,7 +403,7 @@ class LayerEmitter:
                 if let.name in used or any(let.name in _names(l.value) for l in self.layer.lets if l.name in used):
                     lines.append(f"{let.name} = {ex(let.value)}")
         body = hoist_optionals(copy.deepcopy(self.layer.forward.body), self.optional, self.taken_names())
-        lines += StatementWriter(ex, spelling).block(body)
+        lines += StatementWriter(ex, spelling, self.layer).block(body)
         return lines
 
     def taken_names(self) -> set[str]:
@@ -517,9 +517,10 @@ def _all_stmts(body):
 class StatementWriter:
     """Forward statements as Python lines."""
 
-    def __init__(self, ex: PyExpr, spelling: Spelling):
+    def __init__(self, ex: PyExpr, spelling: Spelling, layer: N.Layer | None = None):
         self.ex = ex
         self.sp = spelling
+        self.layer = layer
 
     def block(self, body: list[N.Stmt]) -> list[str]:
         lines = []
@@ -540,9 +541,9 @@ class StatementWriter:
             case N.Assign(target=t, value=v):
                 return [f"{t} = {self.ex(v)}"]
             case N.IndexAssign():
-                from .index_notation import lower_index_assign
+                from .index_notation import emit_index_assign
 
-                return [f"{s.target} = {code}" if i == 0 else code for i, code in enumerate(lower_index_assign(s, self.ex))]
+                return emit_index_assign(s, self.ex, self.layer)
             case N.Update(target=t, value=v):
                 target = self.ex(N.Name(s.target_span, t))
                 return ["with torch.no_grad():", f"    {target}.copy_({self.ex(v)})"]

@@ -195,7 +195,7 @@ class FunctionEmitter:
                 shape_uses.setdefault(n, set()).update(leaves)
         self.shape_on_ctx = {n: l for n, l in shape_uses.items() if n not in reads and n not in recompute and n in tape.leaves}
         for n, leaves in shape_uses.items():
-            if n not in self.shape_on_ctx and n not in recompute:
+            if n not in self.shape_on_ctx:
                 read(n, leaves)
         ex = PyExpr(Spelling({k: f"ctx.{k}" for k in self.kwargs}, training="ctx.training"), call_hook=self._internal)
         order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps])}
@@ -373,6 +373,8 @@ def _fold(e: N.Expr, exprs: dict[str, N.Expr]) -> N.Expr:
         e.kwargs = [N.Keyword(k.name, _fold(k.value, exprs), k.span) for k in e.kwargs]
     if isinstance(e, N.Compare):
         e.operands = [_fold(o, exprs) for o in e.operands]
+    if isinstance(e, N.ListExpr):
+        e.items = [_fold(i, exprs) for i in e.items]
     return e
 
 
@@ -456,6 +458,28 @@ def _step_shape(s: Step, shapes):
             else:
                 del out[d]
         return tuple(out)
+    if s.op.name == "align":
+        shape = _shape_of_operand(args["input"], shapes)
+        if shape is None:
+            return None
+        out, rest = [], list(shape)
+        for item in s.expr.items:
+            out.append("1" if isinstance(item, N.NoneLit) else rest.pop(0))
+        return tuple(out + rest)
+    if s.op.name == "permute":
+        shape = _shape_of_operand(args["input"], shapes)
+        if shape is None or "..." in shape:
+            return None
+        return tuple(shape[d.value] for d in args["dims"].items)
+    if s.op.name == "einsum":
+        ins, out = args["equation"].value.split("->")
+        sizes = {}
+        for spec, operand in zip(ins.split(","), args["operands"].items):
+            shape = _shape_of_operand(operand, shapes)
+            if shape is None or "..." in shape or len(shape) != len(spec):
+                return None
+            sizes.update(zip(spec, shape))
+        return tuple(sizes[c] for c in out)
     if s.op.shape == "matmul":
         a, b = _shape_of_operand(args["input"], shapes), _shape_of_operand(args["other"], shapes)
         if a is None or b is None or len(a) < 2 or len(b) != 2:

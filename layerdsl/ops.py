@@ -39,6 +39,7 @@ class Op:
     kwarg_spelling: dict[str, str] = field(default_factory=dict)  # spec keyword -> torch keyword
     positional: int | None = None  # how many leading arguments torch takes positionally (None: all)
     tensors_only: bool = False  # torch rejects plain numbers as operands
+    template: str | None = None  # how to write the call when it is not `torch(args)`: {param}, {param*} splats a list
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -174,6 +175,13 @@ TABLE: tuple[Op, ...] = (
     Op("conv2d", _sig("input*, weight*, bias* = none, stride = 1, padding = 0, dilation = 1, groups = 1"),
        "torch.nn.functional.conv2d", "conv", "2-D convolution (torch.nn.functional.conv2d)",
        {"input": None, "weight": None, "bias": None}, cost="costly"),
+    # -- what index notation lowers to (not callable from specs)
+    Op("einsum", _sig("equation, operands[]"), "torch.einsum", "einsum", "a sum of products over named axes",
+       {"operands": "einsum"}, cost="costly", internal=True, template="torch.einsum({equation}, {operands*})"),
+    Op("permute", _sig("input*, dims, inverse"), "torch.permute", "view", "reorder dims (a view)",
+       {"input": "permute(grad, inverse, dims)"}, internal=True, template="{input}.permute({dims*})"),
+    Op("align", _sig("input*"), "", "view", "insert size-1 dims for broadcasting (a view, written x[:, None])",
+       {"input": "reshape(grad, shape_of(input))"}, internal=True),
     # -- helpers that only derivative formulas use
     Op("expand_reduced", _sig("grad*, input*, dim, keepdim"), "", "custom", "broadcast a reduction's gradient back", internal=True),
     Op("reduced_numel", _sig("input*, dim"), "", "custom", "how many elements a reduction combined", internal=True),

@@ -106,11 +106,21 @@ class PyExpr:
             hooked = self.call_hook(c, self)
             if hooked is not None:
                 return hooked
+        if c.func == "align":  # a broadcasting view: x[:, None]
+            return f"{self.wrap(c.args[0], PREC['atom'])}[{', '.join(self.item(i) for i in c.items)}]"
         op = CALLABLE.get(c.func) or OPS.get(c.func)
         if op is None:  # a sub
             return f"{self.sp.name(N.Name(c.func_span, c.func))}({', '.join(self(a) for a in c.args)})"
         if c.kind != "tensor" and op.scalar:
             return f"{op.scalar}({', '.join(self(a) for a in c.args)})"
+        if op.template:
+            values = dict(zip([p.name for p in op.params], c.args)) | {k.name: k.value for k in c.kwargs}
+            fields = {}
+            for name, v in values.items():
+                fields[name] = self(v)
+                if isinstance(v, N.ListExpr):
+                    fields[name + "*"] = ", ".join(self(i) for i in v.items)
+            return op.template.format(**fields)
         parts = []
         for index, (p, a) in enumerate(zip(op.params, c.args)):
             positional = op.positional is None or index < op.positional
