@@ -32,7 +32,7 @@ def attention_scores(queries: Tensor, keys: Tensor, *, head_dim: int) -> Tensor:
             f"AttentionScores: input 'keys' has size {keys.shape[2]} at dim 2, expected head_dim = {head_dim}"
         )
     scale = 1 / math.sqrt(head_dim)
-    scores = scale * torch.einsum("abc,adc->abd", queries, keys)
+    scores = scale * torch.einsum("bqd,bkd->bqk", queries, keys)
     return scores
 
 

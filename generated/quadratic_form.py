@@ -23,7 +23,7 @@ def quadratic_form(x: Tensor, weight: Tensor) -> Tensor:
         raise ValueError(
             f"QuadraticForm: input 'x' has size {x.shape[1]} at dim 1, expected in_features = {weight.shape[0]}"
         )
-    y = torch.einsum("abc,da,db->dc", weight, x, x)
+    y = torch.einsum("ijk,bi,bj->bk", weight, x, x)
     return y
 
 
@@ -62,7 +62,7 @@ def quadratic_form_functional(x: Tensor, weight: Tensor) -> Tensor:
         raise ValueError(
             f"QuadraticFormFunctional: input 'x' has size {x.shape[1]} at dim 1, expected in_features = {weight.shape[0]}"
         )
-    y = torch.einsum("abc,da,db->dc", weight, x, x)
+    y = torch.einsum("ijk,bi,bj->bk", weight, x, x)
     return y
 
 
@@ -73,7 +73,7 @@ class QuadraticFormFunctionalFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, weight: Tensor) -> Tensor:
-        return torch.einsum("abc,da,db->dc", weight, x, x)
+        return torch.einsum("ijk,bi,bj->bk", weight, x, x)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -85,11 +85,11 @@ class QuadraticFormFunctionalFunction(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.einsum("dc,abc,db->da", grad_out, weight, x) + torch.einsum(
-                "dc,abc,da->db", grad_out, weight, x
+            grad_x = torch.einsum("bk,ijk,bj->bi", grad_out, weight, x) + torch.einsum(
+                "bk,ijk,bi->bj", grad_out, weight, x
             )
         if ctx.needs_input_grad[1]:
-            grad_weight = torch.einsum("dc,da,db->abc", grad_out, x, x)
+            grad_weight = torch.einsum("bk,bi,bj->ijk", grad_out, x, x)
         return grad_x, grad_weight
 
     @classmethod

@@ -33,10 +33,11 @@ LOWERED = ("einsum", "permute", "align")  # ops that index notation lowers to
 class NotDerivable(Exception):
     """Forward uses something the derivation cannot go through; carries the location and a message."""
 
-    def __init__(self, span: Span, message: str):
+    def __init__(self, span: Span, message: str, hint: str = "write `backward(grad_y) { grad x = ... }`"):
         super().__init__(message)
         self.span = span
         self.message = message
+        self.hint = hint
 
 
 # ------------------------------------------------------------------ formulas

@@ -27,7 +27,7 @@ def emit_function_class(emitter, functional) -> dict:
     except NotDerivable as exc:
         from .diagnostics import Diagnostic
 
-        raise SpecError([Diagnostic(layer.path, exc.span, exc.message, "write `backward(grad_y) { grad x = ... }`")])
+        raise SpecError([Diagnostic(layer.path, exc.span, exc.message, exc.hint)])
 
 
 class FunctionEmitter:
@@ -251,11 +251,15 @@ class FunctionEmitter:
         env = self._local_vars(tape)
         items = []
         for stmt in self.layer.backward.body:
-            if not isinstance(stmt, N.Grad):
-                raise NotDerivable(stmt.span, "a backward block here holds only `grad NAME = ...` statements")
-            value = _rename_locals(stmt.value, env)
-            leaves = {stmt.target}
-            items.append((leaves, f"grad_{stmt.target}", value))
+            if isinstance(stmt, N.Assign):  # a local of the backward, needed by any gradient
+                items.append((set(leaves_all), stmt.target, _rename_locals(stmt.value, env)))
+            elif isinstance(stmt, N.Grad) and isinstance(stmt.value, N.NoneLit):
+                continue
+            elif isinstance(stmt, N.Grad):
+                items.append(({stmt.target}, f"grad_{stmt.target}", _rename_locals(stmt.value, env)))
+            else:
+                raise NotDerivable(stmt.span, "a backward block holds `NAME = ...` and `grad NAME = ...` statements",
+                                   "compute both branches and choose with where()")
         lines, reads = self._backward(tape, items, {})
         return lines, reads
 

@@ -212,6 +212,8 @@ def _einsum(body, reduced: list[str], want: list[str] | None) -> tuple[N.Expr, l
     for t in tensors:
         for i in t.indices:
             letters.setdefault(i.id, "abcdefghijklmnopqrstuvwxyz"[len(letters)])
+    if all(len(i) == 1 and i.islower() for i in letters):  # the spec's own index names read best
+        letters = {i: i for i in letters}
     out = [a for a in letters if a not in reduced]
     if want is not None and set(want) == set(out):
         out = list(want)
