@@ -5,6 +5,8 @@ Nothing here touches the output folder; `writer` decides what to write.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +123,28 @@ def _package_inits(sources: list[Source], files: list[N.SpecFile], paths: list[s
 
 
 def format_python(text: str) -> str:
-    import black  # imported here: `layerdsl check` never needs it
+    """black's formatting of `text`, remembered by content hash (black dominates `gen`'s run time)."""
+    key = hashlib.sha256(text.encode()).hexdigest()
+    cached = _cache_dir() / key[:2] / key
+    try:
+        return cached.read_text(encoding="utf-8")
+    except OSError:
+        pass
+    import black  # imported here: `layerdsl check` and a warm `gen` never need it
 
-    return black.format_str(text, mode=black.Mode())
+    formatted = black.format_str(text, mode=black.Mode())
+    try:
+        from .writer import write_atomic
+
+        write_atomic(cached, formatted)
+    except OSError:
+        pass  # a read-only or missing cache only costs time
+    return formatted
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_dir() -> Path:
+    from importlib.metadata import version
+
+    base = os.environ.get("LAYERDSL_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "layerdsl")
+    return Path(base) / f"black-{version('black')}"

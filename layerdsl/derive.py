@@ -46,7 +46,8 @@ class NotDerivable(Exception):
 @functools.lru_cache(maxsize=None)
 def _formula_parser() -> Lark:
     grammar = (resource_dir("grammars") / "layer.lark").read_text(encoding="utf-8")
-    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True, maybe_placeholders=True, start="expr")
+    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True, maybe_placeholders=True,
+                start="expr", cache=True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -544,7 +545,7 @@ def simplify(e: N.Expr) -> N.Expr:
             if op in ("*", "/") and _is(r, 1) or op in ("+", "-") and _is(r, 0) or op == "**" and _is(r, 1):
                 return l
             if op == "*" and _is(l, -1):
-                return simplify(N.UnaryOp(e.span, "-", r)) if _set_kind(r) else r
+                return simplify(_neg(r))
             if op == "-" and _is(l, 0):
                 return simplify(_neg(r))
             if op == "**" and _is(r, 2) and isinstance(l, N.Name):
@@ -565,10 +566,6 @@ def simplify(e: N.Expr) -> N.Expr:
             c.kwargs = [N.Keyword(k.name, simplify(k.value), k.span) for k in e.kwargs]
             return c
     return e
-
-
-def _set_kind(e) -> bool:
-    return True
 
 
 def _neg(o: N.Expr) -> N.Expr:

@@ -87,15 +87,11 @@ class FunctionEmitter:
 
     def saving(self, tape: Tape, reads: dict[str, set[str]]) -> tuple[list[tuple[str, set[str]]], list[str]]:
         """(tensors to save with the leaves needing them, costly intermediates returned as extra outputs)."""
-        saved: dict[str, set[str]] = {}
-        extra: list[str] = []
-        for var, leaves in reads.items():
-            saved.setdefault(var, set()).update(leaves)
         order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps])}
-        for var in saved:
-            if var not in tape.leaves and var not in [o.id for o in tape.outputs if isinstance(o, N.Name)]:
-                extra.append(var)
-        return sorted(saved.items(), key=lambda kv: order.get(kv[0], 1 << 30)), sorted(extra, key=order.get)
+        outputs = {o.id for o in tape.outputs if isinstance(o, N.Name)}
+        saved = sorted(reads.items(), key=lambda kv: order[kv[0]])
+        extra = [v for v, _ in saved if v not in tape.leaves and v not in outputs]
+        return saved, extra
 
     def needs(self, leaves: set[str], tape: Tape) -> str | None:
         """The `ctx.needs_input_grad` condition for work that only these leaves' gradients need."""
@@ -248,7 +244,7 @@ class FunctionEmitter:
     def handwritten_backward(self, tape: Tape, grads: list[str]) -> tuple[list[str], dict[str, set[str]]]:
         """The spec's backward block; forward locals it uses are recomputed or saved like derived ones."""
         leaves_all = {l for l in tape.leaves if l in tape.differentiable}
-        env = self._local_vars(tape)
+        env = tape.env  # forward local -> the tape var holding it
         items = []
         for stmt in self.layer.backward.body:
             if isinstance(stmt, N.Assign):  # a local of the backward, needed by any gradient
@@ -262,11 +258,6 @@ class FunctionEmitter:
                                    "compute both branches and choose with where()")
         lines, reads = self._backward(tape, items, {})
         return lines, reads
-
-    def _local_vars(self, tape: Tape) -> dict[str, str]:
-        """Which tape var holds each forward local at the end of forward."""
-        lin = getattr(tape, "env", {})
-        return dict(lin)
 
     # ---------------------------------------------------------------- internal helpers
 

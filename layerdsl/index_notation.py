@@ -43,6 +43,9 @@ def check_index_assign(chk, stmt: N.IndexAssign, scope: dict[str, str]) -> None:
 def _rewrite(chk, e: N.Expr, scope) -> N.Expr:
     """Subscripts of tensors become `Indexed`; names are resolved; reductions are checked."""
     match e:
+        case N.Indexed():  # checked before (the checker may run twice over one IR)
+            chk.resolve(e.name, scope, True)
+            return e
         case N.Subscript(value=N.Name() as name, items=items) if all(isinstance(i, N.Name) for i in items):
             chk.resolve(name, scope, True)
             for i in items:

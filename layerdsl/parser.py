@@ -402,9 +402,6 @@ def _espan(node) -> Span:
     return node.span
 
 
-_INIT_NAMES_AS_CALLS = True
-
-
 @v_args(meta=True)
 class _Builder(Transformer):
     """Builds IR nodes bottom-up; reports misplaced constructs instead of failing."""

@@ -76,10 +76,6 @@ def check_text(workdir: Path, text: str, generate: bool = False) -> None:
                 assert rendered.startswith(f"specs/fuzzed.layer:{d.span.line}:{d.span.col}: error: ")
                 assert "^" in rendered.split("\n")[2]
         return
-    except ModuleNotFoundError as exc:  # pragma: no cover - until the index-notation pass exists
-        if exc.name == "layerdsl.index_notation":
-            return
-        raise
     # Success: the IR is complete, and checks fine again.
     assert program is not None
     for f in files:
