@@ -45,6 +45,7 @@ class AttentionScores(nn.Module):
         self.scale = 1 / math.sqrt(head_dim)
 
     def forward(self, queries: Tensor, keys: Tensor) -> Tensor:
+        """Shapes: queries: [B, Q, head_dim], keys: [B, K, head_dim] -> [B, Q, K]."""
         return attention_scores(queries, keys, head_dim=self.head_dim)
 
     def extra_repr(self) -> str:

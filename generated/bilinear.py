@@ -61,6 +61,7 @@ class BilinearForm(nn.Module):
         nn.init.zeros_(self.bias)
 
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        """Shapes: x1: [B, in1_features], x2: [B, in2_features] -> [B, out_features]."""
         return bilinear_form(x1, x2, self.weight, self.bias)
 
     def extra_repr(self) -> str:

@@ -105,6 +105,7 @@ class ChannelNorm(nn.Module):
         nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: [B, channels, H, W] -> [B, channels, H, W]."""
         if x.dim() != 4:
             raise ValueError(
                 f"ChannelNorm: input 'x' must have 4 dims [B, channels, H, W], got {x.dim()}"

@@ -129,6 +129,7 @@ class ChannelNormIndexed(nn.Module):
         nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: [B, channels, H, W] -> [B, channels, H, W]."""
         if x.dim() != 4:
             raise ValueError(
                 f"ChannelNormIndexed: input 'x' must have 4 dims [B, channels, H, W], got {x.dim()}"

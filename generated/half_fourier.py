@@ -24,6 +24,7 @@ class HalfFourier(nn.Module):
         super().__init__()
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: [..., n] -> [..., n // 2]."""
         return half_fourier(x)
 
     def extra_repr(self) -> str:

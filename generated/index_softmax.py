@@ -26,6 +26,7 @@ class IndexSoftmax(nn.Module):
         super().__init__()
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: [B, N] -> [B, N]."""
         return index_softmax(x)
 
     def extra_repr(self) -> str:

@@ -34,6 +34,7 @@ class LearnedOffset(nn.Module):
         nn.init.zeros_(self.offset)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: [..., features] -> [..., features]."""
         return learned_offset(x, self.offset)
 
     def extra_repr(self) -> str:

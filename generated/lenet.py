@@ -31,6 +31,7 @@ class LeNet(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: [B, 1, 28, 28] -> [B, num_classes]."""
         if x.dim() != 4:
             raise ValueError(
                 f"LeNet: input 'x' must have 4 dims [B, 1, 28, 28], got {x.dim()}"

@@ -57,6 +57,7 @@ class MyLayer(nn.Module):
             nn.init.uniform_(self.bias, a=0.5, b=1.0)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: [..., in_features] -> [..., out_features]."""
         return my_layer(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:

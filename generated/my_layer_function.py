@@ -110,6 +110,7 @@ class MyLayerFunctional(nn.Module):
             nn.init.uniform_(self.bias, a=0.5, b=1.0)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: [B, in_features] -> [B, out_features]."""
         if x.dim() != 2:
             raise ValueError(
                 f"MyLayerFunctional: input 'x' must have 2 dims [B, in_features], got {x.dim()}"

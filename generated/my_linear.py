@@ -37,6 +37,7 @@ class MyLinear(nn.Module):
         nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: [B, in_units] -> [B, units]."""
         return my_linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:

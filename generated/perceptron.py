@@ -60,6 +60,7 @@ class Linear(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: [..., in_features] -> [..., out_features]."""
         return linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -87,6 +88,7 @@ class Perceptron(nn.Module):
         self.output_layer = Linear(hidden, out_features, **factory_kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: [B, in_features] -> [B, out_features]."""
         if x.dim() != 2:
             raise ValueError(
                 f"Perceptron: input 'x' must have 2 dims [B, in_features], got {x.dim()}"

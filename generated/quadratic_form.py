@@ -46,6 +46,7 @@ class QuadraticForm(nn.Module):
         nn.init.normal_(self.weight, mean=0, std=0.1)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: [B, in_features] -> [B, out_features]."""
         return quadratic_form(x, self.weight)
 
     def extra_repr(self) -> str:
@@ -121,6 +122,7 @@ class QuadraticFormFunctional(nn.Module):
         nn.init.normal_(self.weight, mean=0, std=0.1)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: [B, in_features] -> [B, out_features]."""
         if x.dim() != 2:
             raise ValueError(
                 f"QuadraticFormFunctional: input 'x' must have 2 dims [B, in_features], got {x.dim()}"

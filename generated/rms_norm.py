@@ -35,6 +35,7 @@ class RMSNorm(nn.Module):
         nn.init.ones_(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: [..., dim] -> [..., dim]."""
         return rms_norm(x, self.weight, eps=self.eps)
 
     def extra_repr(self) -> str:

@@ -81,6 +81,7 @@ class RMSNormFunctional(nn.Module):
         nn.init.ones_(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: [..., dim] -> [..., dim]."""
         if x.dim() < 1:
             raise ValueError(
                 f"RMSNormFunctional: input 'x' must have at least 1 dim [..., dim], got {x.dim()}"

@@ -31,6 +31,7 @@ class RunningCenter(nn.Module):
         nn.init.zeros_(self.num_batches_tracked)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: [B, num_features] -> [B, num_features]."""
         if x.dim() != 2:
             raise ValueError(
                 f"RunningCenter: input 'x' must have 2 dims [B, num_features], got {x.dim()}"

@@ -71,6 +71,7 @@ class ScaledTanh(nn.Module):
         nn.init.ones_(self.scale)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: [B, features] -> [B, features]."""
         if x.dim() != 2:
             raise ValueError(
                 f"ScaledTanh: input 'x' must have 2 dims [B, features], got {x.dim()}"

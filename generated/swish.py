@@ -34,6 +34,7 @@ class Swish(nn.Module):
         nn.init.ones_(self.beta)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: [..., num_features] -> [..., num_features]."""
         return swish(x, self.beta)
 
     def extra_repr(self) -> str:

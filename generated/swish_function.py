@@ -72,6 +72,7 @@ class SwishFunctional(nn.Module):
         nn.init.ones_(self.beta)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x: [..., num_features] -> [..., num_features]."""
         if x.dim() < 1:
             raise ValueError(
                 f"SwishFunctional: input 'x' must have at least 1 dim [..., num_features], got {x.dim()}"

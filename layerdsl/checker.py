@@ -266,6 +266,9 @@ class LayerChecker:
 
     def check_members(self) -> None:
         layer = self.layer
+        for let in layer.lets:  # first: shapes and initialisers may use them
+            self.check_construction_expr(let.value, "a let")
+            self.declare(let.name, let.span, "let", let.value.kind or "float")
         for t in layer.tensors:
             self.check_member_shape(t.shape, t.name)
             if t.cond is not None:
@@ -274,9 +277,6 @@ class LayerChecker:
             if t.init is not None:
                 self.check_init(t)
             self.declare(t.name, t.span, t.kind, "tensor")
-        for let in layer.lets:
-            self.check_construction_expr(let.value, "a let")
-            self.declare(let.name, let.span, "let", let.value.kind or "float")
         for sub in layer.subs:
             self.check_sub_call(sub.call, top=True)
             self.declare(sub.name, sub.span, "sub", "sub")
@@ -523,6 +523,10 @@ class LayerChecker:
         return False
 
     def bind_local(self, name: str, span: N.Span, scope: dict[str, str], kind: str) -> None:
+        if self.layer.is_function and name.startswith("grad_") and scope.get(name) is None:
+            self.r.error(span, f"'{name}': names starting with 'grad_' are the generated backward's in @function layers",
+                         "choose another name")
+            return
         ref = scope.get(name)
         if ref not in (None, "local"):
             self.r.error(span, f"cannot assign to the {_REF_WORDS.get(ref, ref)} '{name}'", "use `update` for buffers" if ref == "buffer" else "choose a new name")
@@ -653,6 +657,9 @@ class LayerChecker:
                 expr.kind = "int" if o.kind == "bool" else o.kind
             case N.Compare(operands=ops):
                 expr.kind = "tensor" if any(o.kind == "tensor" for o in ops) else "bool"
+                if expr.kind == "tensor" and len(ops) > 2:
+                    self.r.error(expr.span, "chained comparisons work on numbers, not tensors",
+                                 "compare once and combine with where(), e.g. where(x > 0, where(x < 1, a, b), b)")
             case N.BoolOp(left=l, right=r):
                 if "tensor" in (l.kind, r.kind):
                     self.r.error(expr.span, f"'{expr.op}' works on arguments and `training`, not tensors", "for elementwise choices use where(cond, a, b)")

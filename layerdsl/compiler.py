@@ -54,9 +54,14 @@ def load(sources: list[Source]) -> tuple[list[N.SpecFile], list[Diagnostic]]:
                 problems.append(Diagnostic(src.shown, Span.point(1, 1), f"'{part}' cannot be a Python module name",
                                            "name spec files and folders like Python modules: letters, digits, '_'", source=None))
         try:
-            files.append(parse_file(src.shown, text))
+            parsed = parse_file(src.shown, text)
         except SpecError as exc:
             problems.extend(exc.diagnostics)
+            continue
+        if not parsed.layers and not getattr(parsed, "problems", None):
+            problems.append(Diagnostic(src.shown, Span.point(1, 1), "this file defines no layer",
+                                       "add `layer Name(...) { ... }`, or remove the file", source=text))
+        files.append(parsed)
     return files, problems
 
 

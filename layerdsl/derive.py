@@ -111,6 +111,7 @@ class Linearizer:
         self.taken = {a.name for a in layer.args} | {t.name for t in layer.tensors} | {l.name for l in layer.lets}
         self.taken |= {i.name for i in layer.forward.inputs} | set(getattr(layer, "symbolic_dims", []))
         self.counter = itertools.count(1)
+        self.numbers: list[tuple[str, N.Expr]] = []
 
     def fresh(self, hint: str) -> str:
         name = hint
@@ -124,6 +125,8 @@ class Linearizer:
         outputs: list[N.Expr] = []
         for stmt in fwd.body:
             match stmt:
+                case N.Assign(target=t, value=v) if v.kind != "tensor":
+                    self.numbers.append((t, v))  # a number (from dims and arguments): computed as written
                 case N.Assign(target=t, value=v):
                     self.env[t] = self.value(v, hint=t, target=t)
                 case N.Return(values=vs):
@@ -140,6 +143,7 @@ class Linearizer:
         diff = {i.name for i in fwd.inputs if i.dtype == "float"} | {t.name for t in self.layer.params}
         tape = Tape(self.steps, outputs, leaves, diff)
         tape.env = dict(self.env)
+        tape.numbers = list(self.numbers)
         return tape
 
     def value(self, e: N.Expr, hint: str = "t", target: str | None = None) -> str:

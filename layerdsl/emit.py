@@ -183,10 +183,10 @@ class LayerEmitter:
         return out
 
     def construction_spelling(self, on_self: bool) -> Spelling:
-        names = {}
+        """In __init__ arguments are the parameters (`on_self=False`); lets are always attributes."""
+        names = {let.name: f"self.{let.name}" for let in self.layer.lets}
         if on_self:
             names.update({a.name: f"self.{a.name}" for a in self.stored_args})
-            names.update({let.name: f"self.{let.name}" for let in self.layer.lets})
         return Spelling(names)
 
     def init_body(self) -> list[str]:
@@ -261,10 +261,11 @@ class LayerEmitter:
                 return [f"nn.init.kaiming_uniform_({target}, a=math.sqrt(5))"]
             return [f"nn.init.zeros_({target})"]
         spec = INITS[init.name]
-        values = {name: default for name, default in spec.params}
         given = dict(zip([p for p, _ in spec.params], init.args))
         given.update({k.name: k.value for k in init.kwargs})
         rendered = {k: ex(v) for k, v in given.items()}
+        if init.name == "trunc_normal" and "std" not in rendered:
+            rendered["std"] = "0.02"  # the language's default; torch's own is 1.0
         fan_in, fan_out = rendered.pop("fan_in", None), rendered.pop("fan_out", None)
         if spec.fan_based and (fan_in or fan_out):
             return self.fan_init_lines(target, init.name, rendered, fan_in, fan_out)
@@ -298,27 +299,38 @@ class LayerEmitter:
 
     # -- forward
 
+    def shapes_doc(self) -> str | None:
+        """`x: [B, in] -> [B, out]`: forward's declared shapes, as its docstring."""
+        fwd = self.layer.forward
+        shown = lambda s: "[" + ", ".join("..." if isinstance(d, N.EllipsisItem) else _src(d) for d in s.dims) + "]"
+        ins = ", ".join(f"{i.name}: {shown(i.shape)}" for i in fwd.inputs if i.shape is not None)
+        if not ins and fwd.outputs is None:
+            return None
+        outs = " -> " + ", ".join(shown(s) for s in fwd.outputs) if fwd.outputs else ""
+        return f"Shapes: {ins or ', '.join(i.name for i in fwd.inputs)}{outs}."
+
     def module_forward(self, functional: Func | None, function_class: dict | None) -> Func:
         fwd = self.layer.forward
         params = ["self"] + [f"{i.name}: Tensor" for i in fwd.inputs]
         returns = self.returns_hint()
+        doc = self.shapes_doc()
         if function_class is not None:
             call = f"{function_class['name']}.apply({', '.join(self.function_apply_args())})"
             if function_class["extra"]:  # the Function also returns intermediates it saves
                 n = function_class["n_outputs"]
                 call = f"{call}[0]" if n == 1 else f"{call}[:{n}]"
-            body = self.shape_checks(self.module_spelling(), on_self=True) + [f"return {call}"]
-            return Func("forward", params, returns, None, body)
+            body = self.shape_checks(self.module_spelling(), on_self=True, bind=False) + [f"return {call}"]
+            return Func("forward", params, returns, doc, body)
         if functional is not None:
             call_args = [i.name for i in fwd.inputs] + [f"self.{t.name}" for t in self.layer.tensors]
             call_args += [f"{a}=self.{a}" if a != "training" else "training=self.training" for a in self.functional_kwargs()]
-            return Func("forward", params, returns, None, [f"return {functional.name}({', '.join(call_args)})"])
+            return Func("forward", params, returns, doc, [f"return {functional.name}({', '.join(call_args)})"])
         spelling = self.module_spelling()
-        return Func("forward", params, returns, None, self.body_lines(spelling, on_self=True))
+        return Func("forward", params, returns, doc, self.body_lines(spelling, on_self=True))
 
     def function_apply_args(self) -> list[str]:
         args = [i.name for i in self.layer.forward.inputs] + [f"self.{t.name}" for t in self.layer.tensors]
-        return args + [f"self.{a}" if a != "training" else "self.training" for a in self.functional_kwargs(include_backward=True)]
+        return args + [f"self.{a}" if a != "training" else "self.training" for a in self.function_kwargs()]
 
     def returns_hint(self) -> str:
         n = self.n_outputs()
@@ -338,11 +350,9 @@ class LayerEmitter:
         names.update({n: f"self.{n}" for n in [l.name for l in self.layer.lets] + [t.name for t in self.layer.tensors] + [s.name for s in self.layer.subs]})
         return Spelling(names)
 
-    def functional_kwargs(self, include_backward: bool = False) -> list[str]:
+    def functional_kwargs(self) -> list[str]:
         """Arguments the computation reads (directly or through lets), plus `training` when it matters."""
         used = self.names_used_by_forward()
-        if include_backward and self.layer.backward is not None:
-            used |= {n.id for s in self.layer.backward.body for n in N.walk(s) if isinstance(n, N.Name)}
         lets = {l.name: l for l in self.layer.lets}
         frontier = [n for n in used if n in lets]
         while frontier:
@@ -351,7 +361,33 @@ class LayerEmitter:
                     used.add(node.id)
                     if node.id in lets:
                         frontier.append(node.id)
+        used |= self.args_only_in_input_shapes()
         names = [a.name for a in self.stored_args if a.name in used]
+        if "training" in used or self.uses_dropout():
+            names.append("training")
+        return names
+
+    def args_only_in_input_shapes(self) -> set[str]:
+        """Arguments sizing an input that no required parameter's shape gives: passed, so they are checked."""
+        sourced = {d.id for t in self.layer.tensors if t.cond is None for d in t.shape.dims if isinstance(d, N.Name)}
+        out = set()
+        for inp in self.layer.forward.inputs:
+            for d in inp.shape.dims if inp.shape else []:
+                if isinstance(d, N.Expr):
+                    out |= {n.id for n in N.walk(d) if isinstance(n, N.Name) and n.ref in ("arg", "let")}
+        lets = {l.name: l for l in self.layer.lets}
+        for name in [n for n in out if n in lets]:
+            out |= {n.id for n in N.walk(lets[name].value) if isinstance(n, N.Name)}
+        return {n for n in out if n not in sourced}
+
+    def function_kwargs(self) -> list[str]:
+        """What `<Name>Function.apply` takes besides tensors: the arguments and lets that forward or
+        backward read directly, and `training`."""
+        used = self.names_used_by_forward()
+        if self.layer.backward is not None:
+            used |= {n.id for s in self.layer.backward.body for n in N.walk(s) if isinstance(n, N.Name)}
+        names = [a.name for a in self.stored_args if a.name in used]
+        names += [l.name for l in self.layer.lets if l.name in used]
         if "training" in used or self.uses_dropout():
             names.append("training")
         return names
@@ -428,7 +464,7 @@ class LayerEmitter:
 
     # -- run-time input checks
 
-    def shape_checks(self, spelling: Spelling, on_self: bool) -> list[str]:
+    def shape_checks(self, spelling: Spelling, on_self: bool, bind: bool = True) -> list[str]:
         """Check every input against its declared shape, binding symbolic dims the body uses."""
         layer = self.layer
         ex = PyExpr(spelling)
@@ -444,7 +480,7 @@ class LayerEmitter:
                 for j, d in enumerate(t.shape.dims):
                     if isinstance(d, N.Name) and d.id not in sources:
                         sources[d.id] = f"{t.name}.shape[{j}]"
-        used_in_body = self.names_used_by_forward()
+        used_in_body = self.names_used_by_forward() if bind else set()
         lines: list[str] = []
         for inp in layer.forward.inputs:
             if inp.shape is None:

@@ -34,7 +34,7 @@ class FunctionEmitter:
     def __init__(self, emitter):
         self.e = emitter
         self.layer = emitter.layer
-        self.kwargs = emitter.functional_kwargs(include_backward=True)  # non-tensor arguments passed through apply
+        self.kwargs = emitter.function_kwargs()  # numbers passed through apply: arguments, lets, training
         dec = self.layer.decorator("function")
         save = next((k.value.value for k in dec.kwargs if k.name == "save"), "auto")
         self.save_inputs_only = save == "inputs"
@@ -81,7 +81,8 @@ class FunctionEmitter:
     def _kw_param(self, k: str) -> str:
         if k == "training":
             return "training: bool"
-        return f"{k}: {self.layer.arg(k).type}"
+        arg = self.layer.arg(k)
+        return f"{k}: {arg.type}" if arg else f"{k}: float"
 
     # ---------------------------------------------------------------- saving
 
@@ -103,13 +104,45 @@ class FunctionEmitter:
 
     # ---------------------------------------------------------------- forward
 
+    def prelude(self, tape: Tape, names: set[str], ex: PyExpr, dim_spelling) -> list[str]:
+        """Dims and number locals the code reads, bound before it: `n = x.shape[-1]`, `h = n // 2`."""
+        numbers = dict(tape.numbers)
+        wanted, frontier = set(), [n for n in names if n in numbers or n in self.dim_source]
+        while frontier:
+            n = frontier.pop()
+            if n in wanted:
+                continue
+            wanted.add(n)
+            if n in numbers:
+                frontier += [m.id for m in N.walk(numbers[n]) if isinstance(m, N.Name)]
+        lines = [f"{d} = {dim_spelling(d)}" for d in self.dim_source if d in wanted]
+        lines += [f"{n} = {ex(e)}" for n, e in tape.numbers if n in wanted]
+        self.dims_read = getattr(self, "dims_read", set()) | {d for d in self.dim_source if d in wanted}
+        return lines
+
+    @property
+    def dim_source(self) -> dict[str, str]:
+        """Each symbolic dim, as read from the first input that declares it."""
+        out: dict[str, str] = {}
+        for inp in self.layer.forward.inputs:
+            dims = inp.shape.dims if inp.shape else []
+            ell = next((k for k, d in enumerate(dims) if isinstance(d, N.EllipsisItem)), None)
+            for k, d in enumerate(dims):
+                if isinstance(d, N.Name) and d.id in getattr(self.layer, "symbolic_dims", []) and d.id not in out:
+                    pos = k if ell is None or k < ell else k - len(dims)
+                    out[d.id] = f"{inp.name}.shape[{pos}]"
+        return out
+
     def forward_body(self, tape: Tape, extra: list[str]) -> list[str]:
         outputs = [o.id for o in tape.outputs if isinstance(o, N.Name)]
         keep = set(extra) | {s.var for s in tape.steps if s.guard}
-        lines, exprs = [], {}
+        exprs = {}
         uses = _use_counts(tape)
         spelling = Spelling({}, training="training")
         ex = PyExpr(spelling, call_hook=self._internal)
+        read = {n.id for s in tape.steps for n in N.walk(s.expr) if isinstance(n, N.Name)}
+        read |= {n.id for o in tape.outputs for n in N.walk(o) if isinstance(n, N.Name)}
+        lines = self.prelude(tape, read, ex, lambda d: self.dim_source[d])
         for s in tape.steps:
             if s.guard:
                 base = exprs.pop(s.base, None)
@@ -130,7 +163,8 @@ class FunctionEmitter:
     def setup_body(self, tape: Tape, saved, extra, unpack) -> list[str]:
         shapes = getattr(self, "shape_on_ctx", {})
         saved_names = {v for v, _ in saved}
-        used = saved_names | set(shapes) | set(self.kwargs)
+        dims = sorted(getattr(self, "backward_dims", set()))
+        used = saved_names | set(shapes) | set(self.kwargs) | {self.dim_source[d].split(".")[0] for d in dims}
         lines = []
         if any(u in used for u in unpack):
             names = [u if u in used else "_" for u in unpack]
@@ -143,6 +177,8 @@ class FunctionEmitter:
             lines.append(f"ctx.{k} = {k}")
         for name in shapes:
             lines.append(f"ctx.{name}_shape = {name}.shape")
+        for d in dims:
+            lines.append(f"ctx.{d} = {self.dim_source[d]}")
         if saved:
             items = []
             for var, leaves in saved:
@@ -169,7 +205,10 @@ class FunctionEmitter:
 
         def read(var: str, leaves: set[str]):
             step = tape.step(var)
-            keep = step is None or not self.save_inputs_only and (var in outputs or step.costly)
+            # A hand-written backward ignores the gradients of extra outputs, so for double backward to
+            # stay right it recomputes even costly intermediates from what it saves.
+            costly_saved = step is not None and step.costly and self.layer.backward is None
+            keep = step is None or not self.save_inputs_only and (var in outputs or costly_saved)
             if keep:
                 reads.setdefault(var, set()).update(leaves)
                 return
@@ -195,7 +234,11 @@ class FunctionEmitter:
                 read(n, leaves)
         ex = PyExpr(Spelling({k: f"ctx.{k}" for k in self.kwargs}, training="ctx.training"), call_hook=self._internal)
         order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps])}
-        lines = []
+        read_names = {n.id for _, _, e in items for n in N.walk(e) if isinstance(n, N.Name)}
+        read_names |= {n.id for s in tape.steps if s.var in recompute for n in N.walk(s.expr) if isinstance(n, N.Name)}
+        self.dims_read = set()
+        lines = self.prelude(tape, read_names, ex, lambda d: f"ctx.{d}")
+        self.backward_dims = set(self.dims_read)
         saved = sorted(reads, key=lambda v: order.get(v, 1 << 30))
         if saved:
             lines.append(f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors")

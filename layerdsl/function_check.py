@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 
@@ -10,12 +12,15 @@ def compare_with_functional(case, module, functional, make_inputs) -> str:
     parameters requiring grad."""
     names = [t.name for t in case.layer.tensors]
     kwargs = {a: getattr(module, a) for a in _functional_kwargs(functional)}
+    fn = module.__class__.forward.__globals__[f"{case.name}Function"]
+    n_tensors = len(case.layer.forward.inputs) + len(names)
+    numbers = [getattr(module, p) for p in list(inspect.signature(fn.forward).parameters)[n_tensors:]]
     modes = ("all", "inputs", "params") if names else ("all",)
     for mode in modes:
         xs = make_inputs(case, requires_grad=mode != "params")
         params = [getattr(module, n) for n in names]
         params = [p.detach().requires_grad_(mode != "inputs") if p is not None else None for p in params]
-        fn_out = module.__class__.forward.__globals__[f"{case.name}Function"].apply(*xs, *params, *kwargs.values())
+        fn_out = fn.apply(*xs, *params, *numbers)
         fn_out = fn_out if isinstance(fn_out, tuple) else (fn_out,)
         n_out = len(_as_tuple(functional(*xs, *params, **kwargs)))
         fn_out = fn_out[:n_out]
@@ -35,8 +40,6 @@ def compare_with_functional(case, module, functional, make_inputs) -> str:
 
 
 def _functional_kwargs(functional) -> list[str]:
-    import inspect
-
     return [p.name for p in inspect.signature(functional).parameters.values() if p.kind is p.KEYWORD_ONLY and p.name != "training"]
 
 

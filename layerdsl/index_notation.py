@@ -52,6 +52,9 @@ def _rewrite(chk, e: N.Expr, scope) -> N.Expr:
                 i.ref = "index"
             if name.kind not in ("tensor", ""):
                 chk.r.error(name.span, f"'{name.id}' is a number and takes no indices")
+            if name.id in chk.optional and name.ref in ("param", "buffer"):
+                chk.r.error(name.span, f"'{name.id}' is optional and cannot appear in an index statement",
+                            f"add it in an ordinary statement: `y = y + {name.id}`, where it is skipped when absent")
             rank = _rank(chk, name)
             if rank is not None and rank != len(items):
                 chk.r.error(e.span, f"'{name.id}' has {rank} dim{'s' if rank != 1 else ''} but is indexed with {len(items)}",

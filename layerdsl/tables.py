@@ -66,7 +66,14 @@ FORBIDDEN = frozenset(
     {"self", "ctx", "torch", "nn", "F", "math", "Tensor", "training", "factory_kwargs", "device", "dtype",
      "forward", "backward", "reset_parameters", "extra_repr", "setup_context", "apply", "register_buffer",
      "register_parameter", "state_dict", "parameters", "buffers", "children", "modules", "to", "cuda", "cpu",
-     "train", "eval", "zero_grad", "grad", "inf", "pi", "vmap", "super", "None", "True", "False"}
+     "train", "eval", "zero_grad", "grad", "inf", "pi", "vmap", "super", "None", "True", "False",
+     # the rest of nn.Module's attributes, so a member never shadows one
+     "half", "double", "float", "bfloat16", "type", "load_state_dict", "named_parameters", "named_buffers",
+     "named_children", "named_modules", "register_module", "register_forward_hook", "register_forward_pre_hook",
+     "register_full_backward_hook", "register_full_backward_pre_hook", "register_backward_hook", "get_parameter",
+     "get_buffer", "get_submodule", "get_extra_state", "set_extra_state", "requires_grad_", "share_memory",
+     "add_module", "xpu", "ipu", "mtia", "compile", "dump_patches", "call_super_init", "set_submodule",
+     "register_load_state_dict_post_hook", "register_state_dict_pre_hook", "T_destination"}
 )
 
 PYTHON_KEYWORDS = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist)
