@@ -264,8 +264,8 @@ class LayerEmitter:
         given = dict(zip([p for p, _ in spec.params], init.args))
         given.update({k.name: k.value for k in init.kwargs})
         rendered = {k: ex(v) for k, v in given.items()}
-        if init.name == "trunc_normal" and "std" not in rendered:
-            rendered["std"] = "0.02"  # the language's default; torch's own is 1.0
+        defaults = dict(spec.params)
+        rendered |= {p: defaults[p] for p in spec.always if p not in rendered}
         fan_in, fan_out = rendered.pop("fan_in", None), rendered.pop("fan_out", None)
         if spec.fan_based and (fan_in or fan_out):
             return self.fan_init_lines(target, init.name, rendered, fan_in, fan_out)

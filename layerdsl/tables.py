@@ -13,6 +13,7 @@ class InitSpec:
     fan_based: bool = False
     float_only: bool = True
     doc: str = ""
+    always: tuple[str, ...] = ()  # parameters whose default here differs from torch's: always written out
 
 
 INITS: dict[str, InitSpec] = {
@@ -24,7 +25,8 @@ INITS: dict[str, InitSpec] = {
         InitSpec("eye", (), float_only=False, doc="the identity matrix (2-D only)"),
         InitSpec("normal", (("mean", "0"), ("std", "1")), doc="N(mean, std²)"),
         InitSpec("uniform", (("a", "0"), ("b", "1")), doc="U(a, b)"),
-        InitSpec("trunc_normal", (("mean", "0"), ("std", "0.02"), ("a", "-2"), ("b", "2")), doc="N(mean, std²) truncated to [a, b]"),
+        InitSpec("trunc_normal", (("mean", "0"), ("std", "0.02"), ("a", "-2"), ("b", "2")), doc="N(mean, std²) truncated to [a, b]",
+                 always=("std",)),
         InitSpec("xavier_uniform", (("gain", "1"),), True, doc="U(-b, b), b = gain·√(6 / (fan_in + fan_out))"),
         InitSpec("xavier_normal", (("gain", "1"),), True, doc="N(0, σ²), σ = gain·√(2 / (fan_in + fan_out))"),
         InitSpec("kaiming_uniform", (("a", "0"), ("mode", '"fan_in"'), ("nonlinearity", '"leaky_relu"')), True,
