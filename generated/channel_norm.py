@@ -66,10 +66,10 @@ class ChannelNormFunction(torch.autograd.Function):
             grad_sqrt = (-grad_div * sub / (sqrt * sqrt)).sum_to_size(sqrt.shape)
             grad_add = grad_sqrt / (2 * sqrt)
             grad_sigma2 = grad_sigma2_out + grad_add
-            grad_pow = grad_sigma2.expand(x.shape) / (x.shape[2] * x.shape[3])
+            grad_pow = (grad_sigma2 / (x.shape[2] * x.shape[3])).expand(x.shape)
             grad_sub = grad_div / sqrt + grad_pow * 2 * sub
             grad_mu = grad_mu_out + (-grad_sub).sum_to_size(mu.shape)
-            grad_x = grad_sub + grad_mu.expand(x.shape) / (x.shape[2] * x.shape[3])
+            grad_x = grad_sub + (grad_mu / (x.shape[2] * x.shape[3])).expand(x.shape)
         if ctx.needs_input_grad[1]:
             grad_weight = (grad_out * div).sum_to_size(weight.shape)
         if ctx.needs_input_grad[2]:

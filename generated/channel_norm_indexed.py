@@ -85,15 +85,18 @@ class ChannelNormIndexedFunction(torch.autograd.Function):
             grad_sqrt = torch.reshape(grad_alig2, sqrt.shape)
             grad_add = grad_sqrt / (2 * sqrt)
             grad_sigma2 = grad_sigma2_out + grad_add
-            grad_pow = grad_sigma2.unsqueeze(2).unsqueeze(3).expand(x.shape) / (
-                x.shape[2] * x.shape[3]
+            grad_pow = (
+                (grad_sigma2 / (x.shape[2] * x.shape[3]))
+                .unsqueeze(2)
+                .unsqueeze(3)
+                .expand(x.shape)
             )
             grad_sub = grad_div / alig2 + grad_pow * 2 * sub
             grad_alig = (-grad_sub).sum_to_size(alig.shape)
             grad_mu = grad_mu_out + torch.reshape(grad_alig, mu.shape)
-            grad_x = grad_sub + grad_mu.unsqueeze(2).unsqueeze(3).expand(x.shape) / (
-                x.shape[2] * x.shape[3]
-            )
+            grad_x = grad_sub + (grad_mu / (x.shape[2] * x.shape[3])).unsqueeze(
+                2
+            ).unsqueeze(3).expand(x.shape)
         if ctx.needs_input_grad[1]:
             grad_weight = torch.reshape(grad_alig3, weight.shape)
         if ctx.needs_input_grad[2]:

@@ -50,8 +50,8 @@ class RMSNormFunctionalFunction(torch.autograd.Function):
             grad_rsqr = (grad_mul1 * x).sum_to_size(rsqr.shape)
             grad_add = -0.5 * grad_rsqr * rsqr**3
             grad_mean = grad_mean_out + grad_add
-            grad_mul = grad_mean.expand(x.shape) / x.shape[-1]
-            grad_x = grad_mul1 * rsqr + 2 * (grad_mul * x)
+            grad_mul = (grad_mean / x.shape[-1]).expand(x.shape)
+            grad_x = grad_mul1 * rsqr + 2 * grad_mul * x
         if ctx.needs_input_grad[1]:
             grad_weight = (grad_out * mul1).sum_to_size(weight.shape)
         return grad_x, grad_weight, None

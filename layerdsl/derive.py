@@ -333,7 +333,7 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
         total = None
         name = f"grad_{var}"
         for expr, count in _merge_terms([e for e, _ in parts]):
-            term = expr if count == 1 else _bin("*", _num(count), expr)
+            term = expr if count == 1 else _scale(count, expr)
             total = term if total is None else _bin("+", total, term)
         stmts.append(GradStmt(name, simplify(total)))
         grad_var[var] = name
@@ -430,6 +430,14 @@ def _key(e: N.Expr) -> str:
 
     render = PyExpr(Spelling(), call_hook=lambda c, ex: f"{c.func}({', '.join(ex(a) for a in c.args)}; {', '.join(k.name + '=' + ex(k.value) for k in c.kwargs)})")
     return render(e)
+
+
+def _scale(count: int, expr: N.Expr) -> N.Expr:
+    """`count * expr`, with the number applied to the leftmost factor (`2 * g * x`: the small tensor
+    is scaled before the product is formed)."""
+    if isinstance(expr, N.BinOp) and expr.op == "*":
+        return _bin("*", _scale(count, expr.left), expr.right)
+    return _bin("*", _num(count), expr)
 
 
 def _merge_terms(terms: list[N.Expr]) -> list[tuple[N.Expr, int]]:

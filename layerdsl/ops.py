@@ -125,13 +125,15 @@ TABLE: tuple[Op, ...] = (
         "other": "where(input == other, grad / 2, grad * (other < input))"}, scalar="min", tensors_only=True),
     # -- reductions
     _reduction("sum", "torch.sum", "sum over dim (all dims by default)", _EXPAND),
-    _reduction("mean", "torch.mean", "mean over dim (all dims by default)", f"{_EXPAND} / reduced_numel(input, dim)"),
+    # Scale the reduced gradient while it is small, then expand it (a view): one full-size pass fewer.
+    _reduction("mean", "torch.mean", "mean over dim (all dims by default)",
+               "expand_reduced(grad / reduced_numel(input, dim), input, dim, keepdim)"),
     _reduction("var", "torch.var", "variance over dim, with Bessel's correction by default",
-               f"2 * {_EXPAND} * (input - mean(input, dim, true)) / (reduced_numel(input, dim) - correction)",
-               extra="correction = 1"),
+               "expand_reduced(2 * grad / (reduced_numel(input, dim) - correction), input, dim, keepdim)"
+               " * (input - mean(input, dim, true))", extra="correction = 1"),
     _reduction("std", "torch.std", "standard deviation over dim",
-               "expand_reduced(where(result == 0, 0, grad / result), input, dim, keepdim) * (input - mean(input, dim, true))"
-               " / (reduced_numel(input, dim) - correction)", extra="correction = 1"),
+               "expand_reduced(where(result == 0, 0, grad / result) / (reduced_numel(input, dim) - correction), input, dim, keepdim)"
+               " * (input - mean(input, dim, true))", extra="correction = 1"),
     _reduction("amax", "torch.amax", "maximum over dim",
                f"{_EXPAND} * extremum_mask(input, result, dim, keepdim)", dim_default="[]"),
     _reduction("amin", "torch.amin", "minimum over dim",
