@@ -1286,29 +1286,30 @@ def _safe(default=None):
     return wrap
 
 
+def _republish(ls: LayerServer, uri: str) -> None:
+    """A document changed: diagnostics for it and for the open documents that may depend on it."""
+    ls.generation += 1
+    ls.publish(uri)
+    ls.publish_others(uri)
+
+
 @server.feature(T.TEXT_DOCUMENT_DID_OPEN)
 @_safe()
 def did_open(ls: LayerServer, params: T.DidOpenTextDocumentParams):
-    ls.generation += 1
-    ls.publish(params.text_document.uri)
-    ls.publish_others(params.text_document.uri)
+    _republish(ls, params.text_document.uri)
 
 
 @server.feature(T.TEXT_DOCUMENT_DID_CHANGE)
 @_safe()
 def did_change(ls: LayerServer, params: T.DidChangeTextDocumentParams):
-    ls.generation += 1
-    ls.publish(params.text_document.uri)
-    ls.publish_others(params.text_document.uri)
+    _republish(ls, params.text_document.uri)
 
 
 @server.feature(T.TEXT_DOCUMENT_DID_SAVE)
 @_safe()
 def did_save(ls: LayerServer, params: T.DidSaveTextDocumentParams):
-    ls.generation += 1
     ls._scan.clear()
-    ls.publish(params.text_document.uri)
-    ls.publish_others(params.text_document.uri)
+    _republish(ls, params.text_document.uri)
 
 
 @server.feature(T.TEXT_DOCUMENT_DID_CLOSE)
