@@ -208,6 +208,7 @@ class Candidate:
     name: str
     build: Callable[[dict[str, Tensor]], Prepared]
     vs: str | None = None  # name of the reference candidate for the ratio column
+    also_vs: tuple[str, ...] = ()  # further candidates to report a paired ratio against ("ratios")
 
 
 @dataclass
@@ -217,6 +218,7 @@ class Case:
     features: int
     state: Callable[[int, int], dict[str, Tensor]]  # (batch, features) -> {"x": ..., param: ...}
     candidates: list[Candidate]
+    out_tol: dict[str, float] | None = None  # rtol/atol of the output cross-check (default: assert_close's)
 
     @property
     def shape(self) -> str:
@@ -465,13 +467,13 @@ def run_case(
     for name, p in prepared.items():
         out = p.fn(*p.args)
         grads = torch.autograd.grad(out.sum(), p.wrt)
-        torch.testing.assert_close(out, ref_out, msg=lambda m: f"{case.layer} {name} output: {m}")
+        torch.testing.assert_close(out, ref_out, **(case.out_tol or {}), msg=lambda m: f"{case.layer} {name} output: {m}")
         for g, rg in zip(grads, ref_grads):
             torch.testing.assert_close(g, rg, rtol=1e-4, atol=1e-4, msg=lambda m: f"{case.layer} {name} grad: {m}")
     del ref_out, ref_grads
     ops = {n: aten_ops(p) for n, p in prepared.items()}
 
-    pairs = [(c.name, c.vs) for c in case.candidates if c.vs is not None]
+    pairs = [(c.name, v) for c in case.candidates for v in ((c.vs,) if c.vs else ()) + c.also_vs]
     del prepared
 
     def make_steps() -> dict[str, Callable[[], Any]]:
@@ -502,6 +504,11 @@ def run_case(
             "aten_ops": ops[c.name],
             "vs": c.vs,
         }
+        entry["ratios"] = {}
+        for v in ((c.vs,) if c.vs else ()) + c.also_vs:  # every paired ratio, by reference name
+            med, lo, hi = median_ci([a / b for a, b in zip(ts, times[v])])
+            entry["ratios"][v] = {"ratio": med, "ci95": [lo, hi],
+                                  "min_of_medians": min_of_medians(ts) / min_of_medians(times[v])}  # fmt: skip
         if c.vs is not None:
             ratios = [a / b for a, b in zip(ts, times[c.vs])]
             med, lo, hi = median_ci(ratios)
