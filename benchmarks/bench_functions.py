@@ -360,6 +360,14 @@ class HandQuadraticFormChunkedFn(QuadParam):
         return HandQuadraticFormChunkedFunction.apply(x, self.weight, 512)
 
 
+class QuadEinsumSpecOrder(QuadParam):
+    """Plain autograd, one einsum call with the operands in spec order (W, x, x), as generated before
+    68f82fc: torch.einsum (no opt_einsum) contracts W with x first."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.einsum("ijk,bi,bj->bk", self.weight, x, x)
+
+
 class QuadEinsumWxFirst(QuadParam):
     """Plain autograd, explicit pairwise order: t = W . x over i, then . x over j."""
 
@@ -814,6 +822,7 @@ def make_cases(gen: dict[str, Any], shapes: list[tuple[int, int]], quad_shapes: 
                 cand(MODULE, lambda f=f: qf.QuadraticForm(f, f)),
                 cand(HAND, lambda f=f: HandQuadraticFormFn(f, f), MODULE),
                 cand(GEN, lambda f=f: qf.QuadraticFormFunctional(f, f), HAND, MODULE),
+                cand('autograd, einsum("ijk,bi,bj->bk", W, x, x)', lambda f=f: QuadEinsumSpecOrder(f, f), MODULE),
                 cand("autograd, einsum W.x first, then .x", lambda f=f: QuadEinsumWxFirst(f, f), MODULE),
                 cand("autograd, einsum outer(x, x) first", lambda f=f: QuadEinsumOuterFirst(f, f), MODULE),
                 cand("autograd, outer(x, x) + matmul", lambda f=f: QuadMatmulOuterFirst(f, f), MODULE),
@@ -960,10 +969,10 @@ def contraction_orders(b: int, n: int, threads: int, clock: Callable[[], float],
     torch.manual_seed(0)
     x, w = torch.randn(b, n), 0.1 * torch.randn(n, n, n)
     variants = {
-        'einsum("ijk,bi,bj->bk", W, x, x)  (single call, as generated)': lambda: torch.einsum("ijk,bi,bj->bk", w, x, x),
+        'einsum("ijk,bi,bj->bk", W, x, x)  (single call, spec order)': lambda: torch.einsum("ijk,bi,bj->bk", w, x, x),
         'einsum("ijk,bi->bjk"), then einsum("bjk,bj->bk")': lambda: torch.einsum("bjk,bj->bk", torch.einsum("ijk,bi->bjk", w, x), x),
         'einsum("bi,bj->bij"), then einsum("bij,ijk->bk")': lambda: torch.einsum("bij,ijk->bk", torch.einsum("bi,bj->bij", x, x), w),
-        'einsum("bi,bj,ijk->bk", x, x, W)  (operands reordered)': lambda: torch.einsum("bi,bj,ijk->bk", x, x, w),
+        'einsum("bi,bj,ijk->bk", x, x, W)  (operands reordered, as generated since 68f82fc)': lambda: torch.einsum("bi,bj,ijk->bk", x, x, w),
         "(x[:, :, None] * x[:, None, :]).view(b, n*n) @ W.view(n*n, k)": lambda: (x.unsqueeze(2) * x.unsqueeze(1)).view(b, n * n) @ w.view(n * n, n),
     }  # fmt: skip
     ref = variants[next(iter(variants))]()
