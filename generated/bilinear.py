@@ -29,7 +29,7 @@ def bilinear_form(x1: Tensor, x2: Tensor, weight: Tensor, bias: Tensor) -> Tenso
         raise ValueError(
             f"BilinearForm: input 'x2' has size {x2.shape[1]} at dim 1, expected in2_features = {weight.shape[2]}"
         )
-    y = torch.einsum("bi,bj,oij->bo", x1, x2, weight) + bias
+    y = torch.einsum("bi,oij,bj->bo", x1, weight, x2) + bias
     return y
 
 

@@ -23,7 +23,7 @@ def quadratic_form(x: Tensor, weight: Tensor) -> Tensor:
         raise ValueError(
             f"QuadraticForm: input 'x' has size {x.shape[1]} at dim 1, expected in_features = {weight.shape[0]}"
         )
-    y = torch.einsum("bi,bj,ijk->bk", x, x, weight)
+    y = torch.einsum("ijk,bi,bj->bk", weight, x, x)
     return y
 
 
@@ -63,7 +63,7 @@ def quadratic_form_functional(x: Tensor, weight: Tensor) -> Tensor:
         raise ValueError(
             f"QuadraticFormFunctional: input 'x' has size {x.shape[1]} at dim 1, expected in_features = {weight.shape[0]}"
         )
-    y = torch.einsum("bi,bj,ijk->bk", x, x, weight)
+    y = torch.einsum("ijk,bi,bj->bk", weight, x, x)
     return y
 
 
@@ -74,7 +74,7 @@ class QuadraticFormFunctionalFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, weight: Tensor) -> Tensor:
-        return torch.einsum("bi,bj,ijk->bk", x, x, weight)
+        return torch.einsum("ijk,bi,bj->bk", weight, x, x)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -86,8 +86,8 @@ class QuadraticFormFunctionalFunction(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.einsum("bk,bj,ijk->bi", grad_out, x, weight) + torch.einsum(
-                "bk,bi,ijk->bj", grad_out, x, weight
+            grad_x = torch.einsum("bk,ijk,bj->bi", grad_out, weight, x) + torch.einsum(
+                "bk,ijk,bi->bj", grad_out, weight, x
             )
         if ctx.needs_input_grad[1]:
             grad_weight = torch.einsum("bk,bi,bj->ijk", grad_out, x, x)

@@ -407,7 +407,6 @@ def _einsum_grads(step: Step, grad: N.Expr):
         available = set(out) | {c for s, _ in others for c in s}
         if not set(ins[k]) <= available:
             raise NotDerivable(step.expr.span, "a derived backward cannot go through a sum over an index only one tensor has; write a backward block")
-        others = sorted(others, key=lambda so: len(so[0]))  # fewer-index operands first, as in the forward
         eq = N.Str(NOWHERE, ",".join([out] + [s for s, _ in others]) + "->" + ins[k])
         eq.kind = "str"
         tensors = N.ListExpr(NOWHERE, [copy.deepcopy(grad)] + [copy.deepcopy(o) for _, o in others])

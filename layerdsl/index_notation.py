@@ -212,9 +212,7 @@ def _factors(e):
 
 def _einsum(body, reduced: list[str], want: list[str] | None) -> tuple[N.Expr, list[str]]:
     factors = list(_factors(body))
-    # Fewer-index operands first: torch contracts left to right, and for QuadraticForm
-    # einsum("bi,bj,ijk->bk") ran about 24% faster than einsum("ijk,bi,bj->bk") (docs/benchmarks.md).
-    tensors = sorted((f for f in factors if isinstance(f, N.Indexed)), key=lambda t: len(t.indices))
+    tensors = [f for f in factors if isinstance(f, N.Indexed)]
     scalars = [f for f in factors if not isinstance(f, N.Indexed)]
     letters: dict[str, str] = {}
     for t in tensors:

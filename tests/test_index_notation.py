@@ -73,7 +73,7 @@ def test_quadratic_form_function_keeps_no_batch_by_in_by_out_intermediate(gen):
 def test_einsum_is_emitted_with_the_specs_index_names(gen):
     import inspect
 
-    assert 'torch.einsum("bi,bj,ijk->bk", x, x, weight)' in inspect.getsource(type(gen.QuadraticForm(2, 2)).forward.__globals__["quadratic_form"])
+    assert 'torch.einsum("ijk,bi,bj->bk", weight, x, x)' in inspect.getsource(type(gen.QuadraticForm(2, 2)).forward.__globals__["quadratic_form"])
 
 
 SPEC_MISMATCH = """
