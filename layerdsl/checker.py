@@ -278,7 +278,7 @@ class LayerChecker:
                 self.check_init(t)
             self.declare(t.name, t.span, t.kind, "tensor")
         for sub in layer.subs:
-            self.check_sub_call(sub.call, top=True)
+            self.check_sub_call(sub.call)
             self.declare(sub.name, sub.span, "sub", "sub")
 
     def check_member_shape(self, shape: N.Shape, owner: str) -> None:
@@ -356,7 +356,7 @@ class LayerChecker:
         if spec.fan_based and len(t.shape.dims) < 2 and not {k.name for k in init.kwargs} >= {"fan_in", "fan_out"}:
             self.r.error(init.span, f"'{init.name}' needs 2 or more dims, or both fan_in = and fan_out =")
 
-    def check_sub_call(self, call: N.Call, top: bool) -> None:
+    def check_sub_call(self, call: N.Call) -> None:
         if call.func.startswith("nn."):
             cls = call.func[3:]
             if cls not in NN_LAYERS:
@@ -376,7 +376,7 @@ class LayerChecker:
                 self.r.error(call.func_span, f"unknown layer '{call.func}'", hint)
         for value in [*call.args, *(k.value for k in call.kwargs)]:
             if isinstance(value, N.Call):
-                self.check_sub_call(value, top=False)
+                self.check_sub_call(value)
             elif isinstance(value, N.Str):
                 value.kind = "str"
             else:

@@ -175,10 +175,6 @@ def uses_randomness(case: Case) -> bool:
     return any(isinstance(n, N.Call) and n.func == "dropout" for s in case.layer.forward.body for n in N.walk(s))
 
 
-def differentiable_inputs(case: Case, xs):
-    return [x for x in xs if x.is_floating_point()]
-
-
 # ------------------------------------------------------------------ the checks
 
 

@@ -153,16 +153,13 @@ class Linearizer:
             return operand.id
         if isinstance(operand, N.Name):
             if target is not None and operand.id != target and operand.ref == "local" and self._is_fresh_step(operand.id):
-                self._rename(operand.id, self.fresh(target))
+                self.steps[-1].var = self.fresh(target)  # the last step is this local's value: name it so
                 return self.steps[-1].var
             return operand.id
         raise NotDerivable(e.span, "forward returns or binds a number, not a tensor")
 
     def _is_fresh_step(self, var: str) -> bool:
         return bool(self.steps) and self.steps[-1].var == var and var not in self.env.values()
-
-    def _rename(self, old: str, new: str) -> None:
-        self.steps[-1].var = new
 
     def operand(self, e: N.Expr, hint: str) -> N.Expr:
         if e.kind != "tensor":
@@ -299,14 +296,12 @@ class GradStmt:
     var: str  # the gradient variable it binds
     expr: N.Expr
     leaves: set[str] = field(default_factory=set)  # leaves whose gradient needs it
-    guard: str | None = None  # only when this optional member is present
 
 
 @dataclass
 class Backward:
     stmts: list[GradStmt]
     leaf_grads: dict[str, str]  # leaf -> gradient var
-    grad_outputs: list[str]
 
 
 def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None = None) -> Backward:
@@ -368,7 +363,7 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
                 stmts.append(GradStmt(f"grad_{leaf}", g))
                 grad_var[leaf] = f"grad_{leaf}"
     _mark_leaves(stmts, tape)
-    return Backward(stmts, {l: grad_var[l] for l in tape.leaves if l in grad_var}, grad_names)
+    return Backward(stmts, {l: grad_var[l] for l in tape.leaves if l in grad_var})
 
 
 def _requires_grad(tape: Tape) -> set[str]:

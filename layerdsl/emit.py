@@ -15,6 +15,7 @@ import jinja2
 from . import nodes as N
 from .checker import Program, literal_kind
 from .lower import IsPresent, hoist_optionals
+from .ops import CALLABLE
 from .pyexpr import PyExpr, Spelling
 from .resources import resource_dir
 from .tables import DTYPES, INITS, NN_LAYERS
@@ -401,7 +402,8 @@ class LayerEmitter:
         return used
 
     def uses_dropout(self) -> bool:
-        return any(isinstance(n, N.Call) and n.func == "dropout" for s in self.layer.forward.body for n in N.walk(s))
+        return any(isinstance(n, N.Call) and n.func in CALLABLE and CALLABLE[n.func].takes_training
+                   for s in self.layer.forward.body for n in N.walk(s))
 
     def functional(self) -> Func:
         layer = self.layer

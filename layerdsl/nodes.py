@@ -96,9 +96,6 @@ class Call(Expr):
     args: list[Expr]
     kwargs: list[Keyword]
 
-    def kwarg(self, name: str) -> Expr | None:
-        return next((k.value for k in self.kwargs if k.name == name), None)
-
 
 @dataclass(eq=False)
 class Slice:

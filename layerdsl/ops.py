@@ -39,6 +39,7 @@ class Op:
     kwarg_spelling: dict[str, str] = field(default_factory=dict)  # spec keyword -> torch keyword
     positional: int | None = None  # how many leading arguments torch takes positionally (None: all)
     tensors_only: bool = False  # torch rejects plain numbers as operands
+    takes_training: bool = False  # torch wants `training=` (the module's mode, or the functional form's flag)
     template: str | None = None  # how to write the call when it is not `torch(args)`: {param}, {param*} splats a list
 
     def param(self, name: str) -> Param | None:
@@ -170,7 +171,7 @@ TABLE: tuple[Op, ...] = (
     Op("irfft", _sig("input*, n = none, dim = -1"), "torch.fft.irfft", "fft", "inverse of rfft", {"input": None}, cost="costly"),
     # -- neural-network ops
     Op("dropout", _sig("input*, p = 0.5"), "torch.nn.functional.dropout", "elementwise",
-       "zero elements with probability p and rescale, in training mode only", {"input": None}),
+       "zero elements with probability p and rescale, in training mode only", {"input": None}, takes_training=True),
     Op("conv1d", _sig("input*, weight*, bias* = none, stride = 1, padding = 0, dilation = 1, groups = 1"),
        "torch.nn.functional.conv1d", "conv", "1-D convolution (torch.nn.functional.conv1d)",
        {"input": None, "weight": None, "bias": None}, cost="costly"),

@@ -127,6 +127,6 @@ class PyExpr:
             parts.append(self(a) if positional else f"{op.kwarg_spelling.get(p.name, p.name)}={self(a)}")
         for k in c.kwargs:
             parts.append(f"{op.kwarg_spelling.get(k.name, k.name)}={self(k.value)}")
-        if op.name == "dropout":
+        if op.takes_training:
             parts.append(f"training={self.sp.training}")
         return f"{shorten(op.torch)}({', '.join(parts)})"
