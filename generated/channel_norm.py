@@ -57,21 +57,20 @@ class ChannelNormFunction(torch.autograd.Function):
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             sub = x - mu
-            add = sigma2 + ctx.eps
-            sqrt = torch.sqrt(add)
-        if ctx.needs_input_grad[1]:
-            div = sub / sqrt
+            sqrt = (sigma2 + ctx.eps).sqrt_()
         if ctx.needs_input_grad[0]:
             grad_div = grad_out * weight
-            grad_sqrt = (-grad_div * sub / (sqrt * sqrt)).sum_to_size(sqrt.shape)
+            grad_sqrt = (-grad_div).mul_(sub).div_(sqrt * sqrt).sum_to_size(sqrt.shape)
             grad_add = grad_sqrt / (2 * sqrt)
-            grad_sigma2 = grad_sigma2_out + grad_add
-            grad_pow = (grad_sigma2 / (x.shape[2] * x.shape[3])).expand(x.shape)
-            grad_sub = grad_div / sqrt + grad_pow * 2 * sub
+            grad_sigma2 = grad_add.add_(grad_sigma2_out)
+            grad_sub = grad_div.div_(sqrt).addcmul_(
+                (grad_sigma2 / (x.shape[2] * x.shape[3])) * 2, sub
+            )
             grad_mu = grad_mu_out + (-grad_sub).sum_to_size(mu.shape)
-            grad_x = grad_sub + (grad_mu / (x.shape[2] * x.shape[3])).expand(x.shape)
+            grad_x = grad_sub.add_((grad_mu / (x.shape[2] * x.shape[3])))
         if ctx.needs_input_grad[1]:
-            grad_weight = (grad_out * div).sum_to_size(weight.shape)
+            grad_weight = (grad_out * (sub / sqrt)).sum_to_size(weight.shape)
+            del sub
         if ctx.needs_input_grad[2]:
             grad_bias = grad_out.sum_to_size(ctx.bias_shape)
         return grad_x, grad_weight, grad_bias, None

@@ -67,36 +67,32 @@ class ChannelNormIndexedFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             alig = mu[:, :, None, None]
             sub = x - alig
-            add = sigma2 + ctx.eps
-            sqrt = torch.sqrt(add)
+            sqrt = (sigma2 + ctx.eps).sqrt_()
             alig2 = sqrt[:, :, None, None]
-        if ctx.needs_input_grad[1]:
-            div = sub / alig2
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             alig3 = weight[:, None, None]
         if ctx.needs_input_grad[2]:
             alig4 = bias[:, None, None]
             grad_alig4 = grad_out.sum_to_size(alig4.shape)
         if ctx.needs_input_grad[1]:
-            grad_alig3 = (grad_out * div).sum_to_size(alig3.shape)
+            grad_alig3 = (grad_out * (sub / alig2)).sum_to_size(alig3.shape)
         if ctx.needs_input_grad[0]:
             grad_div = grad_out * alig3
-            grad_alig2 = (-grad_div * sub / (alig2 * alig2)).sum_to_size(alig2.shape)
+            grad_alig2 = (
+                (-grad_div).mul_(sub).div_(alig2 * alig2).sum_to_size(alig2.shape)
+            )
             grad_sqrt = torch.reshape(grad_alig2, sqrt.shape)
             grad_add = grad_sqrt / (2 * sqrt)
-            grad_sigma2 = grad_sigma2_out + grad_add
-            grad_pow = (
-                (grad_sigma2 / (x.shape[2] * x.shape[3]))
-                .unsqueeze(2)
-                .unsqueeze(3)
-                .expand(x.shape)
+            grad_sigma2 = grad_add.add_(grad_sigma2_out)
+            grad_sub = grad_div.div_(alig2).addcmul_(
+                (grad_sigma2 / (x.shape[2] * x.shape[3])).unsqueeze(2).unsqueeze(3) * 2,
+                sub,
             )
-            grad_sub = grad_div / alig2 + grad_pow * 2 * sub
+            del sub
             grad_alig = (-grad_sub).sum_to_size(alig.shape)
             grad_mu = grad_mu_out + torch.reshape(grad_alig, mu.shape)
-            grad_x = grad_sub + (grad_mu / (x.shape[2] * x.shape[3])).unsqueeze(
-                2
-            ).unsqueeze(3).expand(x.shape)
+            grad_x = grad_sub.add_(
+                (grad_mu / (x.shape[2] * x.shape[3])).unsqueeze(2).unsqueeze(3)
+            )
         if ctx.needs_input_grad[1]:
             grad_weight = torch.reshape(grad_alig3, weight.shape)
         if ctx.needs_input_grad[2]:

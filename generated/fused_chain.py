@@ -30,27 +30,28 @@ class FusedChainFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, a, b, c = ctx.saved_tensors
         grad_x = grad_a = grad_b = grad_c = None
-        mul = a * x
-        add = mul + b
-        th = torch.tanh(add)
-        mul1 = c * x
-        s = torch.sigmoid(mul1)
+        th = torch.addcmul(b, a, x).tanh_()
+        s = (c * x).sigmoid_()
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[3]:
             grad_s = grad_out * th
-            grad_mul1 = grad_s * s * (1 - s)
+            grad_mul1 = torch.ops.aten.sigmoid_backward(grad_s, s)
+            del grad_s
         if (
             ctx.needs_input_grad[0]
             or ctx.needs_input_grad[1]
             or ctx.needs_input_grad[2]
         ):
             grad_th = grad_out * s
-            grad_add = grad_th * (1 - th * th)
+            del s
+            grad_add = torch.ops.aten.tanh_backward(grad_th, th)
+            del th, grad_th
         if ctx.needs_input_grad[0]:
-            grad_x = grad_mul1 * c + grad_add * a
+            grad_x = (grad_mul1 * c).addcmul_(grad_add, a)
         if ctx.needs_input_grad[1]:
             grad_a = (grad_add * x).sum_to_size(a.shape)
         if ctx.needs_input_grad[2]:
             grad_b = grad_add.sum_to_size(b.shape)
+            del grad_add
         if ctx.needs_input_grad[3]:
             grad_c = (grad_mul1 * x).sum_to_size(c.shape)
         return grad_x, grad_a, grad_b, grad_c

@@ -52,18 +52,18 @@ class MyLayerFunctionalFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, bias = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
-        pow = x**2
-        add = pow
+        add = x**2
         if bias is not None:
             add = add + bias
-        sqrt = torch.sqrt(add)
+        sqrt = add.sqrt_()
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
             grad_sqrt = torch.matmul(grad_out, torch.transpose(weight, -1, -2))
-            grad_add = grad_sqrt / (2 * sqrt)
+            grad_add = grad_sqrt.div_(2 * sqrt)
         if ctx.needs_input_grad[0]:
-            grad_x = grad_add * 2 * x
+            grad_x = (grad_add * 2).mul_(x)
         if ctx.needs_input_grad[1]:
             grad_weight = torch.matmul(torch.transpose(sqrt, -1, -2), grad_out)
+            del sqrt
         if ctx.needs_input_grad[2]:
             grad_bias = grad_add.sum_to_size(bias.shape)
         return grad_x, grad_weight, grad_bias

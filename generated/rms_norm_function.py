@@ -41,19 +41,16 @@ class RMSNormFunctionalFunction(torch.autograd.Function):
     def backward(ctx, grad_out, grad_mean_out):
         x, weight, mean = ctx.saved_tensors
         grad_x = grad_weight = None
-        add = mean + ctx.eps
-        rsqr = torch.rsqrt(add)
-        if ctx.needs_input_grad[1]:
-            mul1 = x * rsqr
+        rsqr = (mean + ctx.eps).rsqrt_()
         if ctx.needs_input_grad[0]:
             grad_mul1 = grad_out * weight
             grad_rsqr = (grad_mul1 * x).sum_to_size(rsqr.shape)
-            grad_add = -0.5 * grad_rsqr * rsqr**3
-            grad_mean = grad_mean_out + grad_add
-            grad_mul = (grad_mean / x.shape[-1]).expand(x.shape)
-            grad_x = grad_mul1 * rsqr + 2 * grad_mul * x
+            grad_add = (-0.5 * grad_rsqr).mul_(rsqr**3)
+            grad_mean = grad_add.add_(grad_mean_out)
+            grad_x = (grad_mul1 * rsqr).addcmul_(2 * (grad_mean / x.shape[-1]), x)
+            del grad_mul1
         if ctx.needs_input_grad[1]:
-            grad_weight = (grad_out * mul1).sum_to_size(weight.shape)
+            grad_weight = (grad_out * (x * rsqr)).sum_to_size(weight.shape)
         return grad_x, grad_weight, None
 
     @classmethod

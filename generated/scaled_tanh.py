@@ -42,7 +42,7 @@ class ScaledTanhFunction(torch.autograd.Function):
         grad_x = grad_scale = None
         t = torch.tanh(x)
         if ctx.needs_input_grad[0]:
-            grad_x = grad_y * scale * (1 - t * t)
+            grad_x = (grad_y * scale).mul_(1 - t * t)
         if ctx.needs_input_grad[1]:
             grad_scale = torch.sum(grad_y * t, dim=0)
         return grad_x, grad_scale

@@ -29,7 +29,7 @@ class SigmoidFunctionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         (s,) = ctx.saved_tensors
-        grad_x = grad_out * s * (1 - s)
+        grad_x = torch.ops.aten.sigmoid_backward(grad_out, s)
         return grad_x
 
     @classmethod

@@ -38,12 +38,13 @@ class SwishFunctionalFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, beta = ctx.saved_tensors
         grad_x = grad_beta = None
-        mul = beta * x
-        s = torch.sigmoid(mul)
+        s = (beta * x).sigmoid_()
         grad_s = grad_out * x
-        grad_mul = grad_s * s * (1 - s)
+        grad_mul = torch.ops.aten.sigmoid_backward(grad_s, s)
+        del grad_s
         if ctx.needs_input_grad[0]:
-            grad_x = grad_out * s + grad_mul * beta
+            grad_x = (grad_out * s).addcmul_(grad_mul, beta)
+            del s
         if ctx.needs_input_grad[1]:
             grad_beta = (grad_mul * x).sum_to_size(beta.shape)
         return grad_x, grad_beta

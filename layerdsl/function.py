@@ -14,8 +14,10 @@ import copy
 from . import nodes as N
 from .derive import NOWHERE, Linearizer, NotDerivable, Step, Tape, _name, derive, simplify
 from .diagnostics import SpecError
+from .fuse import Facts, Stmt, dtype_sources, optimize
 from .ops import OPS
 from .pyexpr import PyExpr, Spelling
+from .shapes import infer_shapes, same_shape_leaf
 
 SHAPE_ONLY = {"expand_reduced": (1,), "reduced_numel": (0,), "sum_to": (1,), "shape_of": (0,), "extremum_mask": ()}
 
@@ -48,11 +50,13 @@ class FunctionEmitter:
         n_out = len(tape.outputs)
         grads = [n for n, _ in layer.backward.grads] if layer.backward else [f"grad_{_out_name(o, i)}" for i, o in enumerate(tape.outputs)]
         if layer.backward is None:
-            body, reads = self.derived_backward(tape, derive(tape, grads))
+            incoming = _incoming(tape, grads)
+            body, reads = self.derived_backward(tape, derive(tape, grads), incoming)
             saved, extra = self.saving(tape, reads)
             if extra:  # returned intermediates get gradients of their own (for double backward)
                 extra_grads = {v: f"grad_{v}_out" for v in extra}
-                body, reads = self.derived_backward(tape, derive(tape, grads, extra_grads))
+                incoming.update({g: v for v, g in extra_grads.items()})
+                body, reads = self.derived_backward(tape, derive(tape, grads, extra_grads), incoming)
                 saved, extra = self.saving(tape, reads)
         else:
             body, reads = self.handwritten_backward(tape, grads)
@@ -189,16 +193,17 @@ class FunctionEmitter:
 
     # ---------------------------------------------------------------- derived backward
 
-    def derived_backward(self, tape: Tape, bwd) -> tuple[list[str], dict[str, set[str]]]:
+    def derived_backward(self, tape: Tape, bwd, incoming: dict[str, str]) -> tuple[list[str], dict[str, set[str]]]:
         """Lines of the backward and, for each forward tensor it reads, which leaves need it."""
         for s in bwd.stmts:
             s.expr = self._shape_only(s.expr, tape)
         items = [(s.leaves, s.var, s.expr) for s in bwd.stmts]
         items += [({l}, f"grad_{l}", _name(g)) for l, g in bwd.leaf_grads.items() if g != f"grad_{l}"]
-        return self._backward(tape, items, bwd.leaf_grads)
+        return self._backward(tape, items, incoming)
 
-    def _backward(self, tape: Tape, items, leaf_grads: dict[str, str]) -> tuple[list[str], dict[str, set[str]]]:
-        """Shared by derived and hand-written backwards: `items` are (leaves, target, expr) in order."""
+    def _backward(self, tape: Tape, items, incoming: dict[str, str]) -> tuple[list[str], dict[str, set[str]]]:
+        """Shared by derived and hand-written backwards: `items` are (leaves, target, expr) in order;
+        `incoming` maps each incoming gradient to the forward value it is the gradient of."""
         recompute: dict[str, set[str]] = {}
         reads: dict[str, set[str]] = {}
         outputs = {o.id for o in tape.outputs if isinstance(o, N.Name)}
@@ -242,8 +247,10 @@ class FunctionEmitter:
         saved = sorted(reads, key=lambda v: order.get(v, 1 << 30))
         if saved:
             lines.append(f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors")
-        blocks = [(recompute[s.var], self._recompute_line(s, ex)) for s in tape.steps if s.var in recompute]
-        blocks += [(leaves, [f"{target} = {ex(expr)}"]) for leaves, target, expr in items]
+        stmts = [t for s in tape.steps if s.var in recompute for t in self._recompute_stmts(s, recompute[s.var])]
+        stmts += [Stmt(target, expr, leaves) for leaves, target, expr in items]
+        stmts = optimize(stmts, self._facts(tape, incoming, set(reads)))
+        blocks = [(s.leaves, _render(s, ex)) for s in stmts]
         guarded = [f"grad_{l}" for l in tape.leaves if l in tape.differentiable
                    if f"grad_{l}" not in {t for lv, t, _ in items if self.needs(lv, tape) is None}]
         if guarded:
@@ -253,10 +260,30 @@ class FunctionEmitter:
         lines.append(f"return {', '.join(returns)}")
         return lines, reads
 
-    def _recompute_line(self, s: Step, ex: PyExpr) -> list[str]:
-        if s.guard:
-            return [f"{s.var} = {s.base}", f"if {s.guard} is not None:", f"    {s.var} = {ex(_replace_name(s.expr, s.base, s.var))}"]
-        return [f"{s.var} = {ex(s.expr)}"]
+    def _recompute_stmts(self, s: Step, leaves: set[str]) -> list[Stmt]:
+        if s.guard:  # `var = base`, then `var = var + member` when the optional member is present
+            return [Stmt(s.var, _name(s.base), leaves, recompute=True),
+                    Stmt(s.var, _replace_name(s.expr, s.base, s.var), leaves, guard=s.guard)]
+        return [Stmt(s.var, s.expr, leaves, recompute=True)]
+
+    def _facts(self, tape: Tape, incoming: dict[str, str], saved: set[str]) -> Facts:
+        """What the fusion pass may assume about the names a backward starts with."""
+        shapes = {f"grad_{v}": shape for v, shape in tape.shapes.items()}  # a gradient has its value's shape
+        shapes.update(tape.shapes)
+        shapes.update({g: tape.shapes.get(v) for g, v in incoming.items()})
+        returned = {f"grad_{l}" for l in tape.leaves}
+        outputs = [o.id for o in tape.outputs if isinstance(o, N.Name)]
+        full = [tape.shapes.get(n) for n in [i.name for i in self.layer.forward.inputs] + outputs]
+        sources: dict[str, frozenset[str]] = {}
+        for step in tape.steps:
+            sources[step.var] = dtype_sources(step.expr, sources)
+        return Facts(
+            roots={**sources, **{g: sources.get(v, frozenset({v})) for g, v in incoming.items()}},
+            shapes=shapes,
+            kept=set(tape.leaves) | saved | set(incoming) | returned,
+            foldable={s.var for s in tape.steps} - set(tape.env.values()),
+            full=[f for f in full if f],
+        )
 
     def _guarded(self, items, tape: Tape) -> list[str]:
         lines, current, block = [], None, []
@@ -277,7 +304,7 @@ class FunctionEmitter:
                 for i in SHAPE_ONLY[node.func]:
                     arg = node.args[i]
                     if isinstance(arg, N.Name) and arg.id not in tape.leaves:
-                        same = _same_shape_leaf(tape, arg.id)
+                        same = same_shape_leaf(tape, arg.id)
                         if same is not None:
                             node.args[i] = _name(same)
         return e
@@ -299,8 +326,7 @@ class FunctionEmitter:
             else:
                 raise NotDerivable(stmt.span, "a backward block holds `NAME = ...` and `grad NAME = ...` statements",
                                    "compute both branches and choose with where()")
-        lines, reads = self._backward(tape, items, {})
-        return lines, reads
+        return self._backward(tape, items, _incoming(tape, grads))
 
     # ---------------------------------------------------------------- internal helpers
 
@@ -316,6 +342,9 @@ class FunctionEmitter:
         if f == "expand_reduced":
             g, inp, dim, keepdim = a
             return f"{self._unsqueeze(ex.wrap(g, 14), dim, keepdim, ex)}.expand({self._shape(inp, ex)})"
+        if f == "reduced_view":
+            g, _, dim, keepdim = a
+            return self._unsqueeze(ex.wrap(g, 14), dim, keepdim, ex)
         if f == "reduced_numel":
             inp, dim = a
             shape = self._shape(inp, ex)
@@ -347,6 +376,13 @@ class FunctionEmitter:
         if isinstance(keepdim, N.Bool):
             return f"{g}.unsqueeze({ex(dim)})"
         return f"({g} if {ex(keepdim)} else {g}.unsqueeze({ex(dim)}))"
+
+
+def _render(s: Stmt, ex: PyExpr) -> list[str]:
+    lines = [f"{s.target} = {ex(s.expr)}"]
+    if s.guard:
+        lines = [f"if {s.guard} is not None:", "    " + lines[0]]
+    return lines + ([f"del {', '.join(s.dels)}"] if s.dels else [])
 
 
 def _value_names(e) -> list[str]:
@@ -381,6 +417,11 @@ def _rename_locals(e: N.Expr, env: dict[str, str]) -> N.Expr:
         if isinstance(n, N.Name) and n.ref == "local" and n.id in env:
             n.id = env[n.id]
     return e
+
+
+def _incoming(tape: Tape, grads: list[str]) -> dict[str, str]:
+    """Each incoming gradient, with the forward value it is the gradient of."""
+    return {g: o.id for g, o in zip(grads, tape.outputs) if isinstance(o, N.Name)}
 
 
 def _out_name(o, i) -> str:
@@ -422,113 +463,3 @@ def _replace_name(e: N.Expr, old: str, new: str) -> N.Expr:
         if isinstance(n, N.Name) and n.id == old:
             n.id = new
     return e
-
-
-# ---------------------------------------------------------------- static shapes
-
-
-def infer_shapes(tape: Tape, layer: N.Layer) -> dict[str, tuple | None]:
-    """Symbolic shapes as tuples of dim texts ('...' for the leading group); None when unknown."""
-    from .pyexpr import PyExpr as P
-
-    render = P(Spelling())
-    shapes: dict[str, tuple | None] = {}
-    for inp in layer.forward.inputs:
-        # A shapeless input gets an opaque shape of its own: equal to itself, broadcast with scalars.
-        shapes[inp.name] = tuple("..." if isinstance(d, N.EllipsisItem) else render(d) for d in inp.shape.dims) if inp.shape else (f"<{inp.name}>",)
-    for t in layer.tensors:
-        shapes[t.name] = tuple(render(d) for d in t.shape.dims)
-    for s in tape.steps:
-        shapes[s.var] = _step_shape(s, shapes)
-    return shapes
-
-
-def _shape_of_operand(a, shapes):
-    if isinstance(a, N.Name) and a.kind == "tensor":
-        return shapes.get(a.id)
-    return ()  # a number
-
-
-def _broadcast(shapes_list):
-    out: list = []
-    for shape in shapes_list:
-        if shape is None:
-            return None
-        if not shape:
-            continue
-        if not out:
-            out = list(shape)
-            continue
-        if "..." in out and "..." in shape and len(out) != len(shape):
-            return None
-        long, short = (out, list(shape)) if len(out) >= len(shape) else (list(shape), out)
-        if "..." in short and len(short) != len(long) or any(d.startswith("<") for d in short) and short != long:
-            return None
-        for i in range(1, len(short) + 1):
-            if short[-i] != long[-i] and short[-i] != "1" and long[-i] != "1":
-                return None
-            if long[-i] == "1":
-                long[-i] = short[-i]
-        out = long
-    return tuple(out)
-
-
-def _step_shape(s: Step, shapes):
-    if s.op is None:
-        return None
-    args = s.args
-    if s.op.shape == "elementwise":
-        return _broadcast([_shape_of_operand(a, shapes) for k, a in args.items() if s.op.param(k) and s.op.param(k).tensor])
-    if s.op.shape == "softmax":
-        return _shape_of_operand(args["input"], shapes)
-    if s.op.shape == "reduce":
-        shape = _shape_of_operand(args["input"], shapes)
-        dim, keep = args.get("dim"), args.get("keepdim")
-        dims = [dim] if isinstance(dim, N.Num) else dim.items if isinstance(dim, N.ListExpr) else None
-        if shape is None or not dims or not all(isinstance(d, N.Num) for d in dims) or not isinstance(keep, N.Bool):
-            return None
-        if any(d.value >= 0 for d in dims) and "..." in shape:
-            return None
-        out = list(shape)
-        for d in sorted((d.value % len(shape) for d in dims), reverse=True):
-            if keep.value:
-                out[d] = "1"
-            else:
-                del out[d]
-        return tuple(out)
-    if s.op.name == "align":
-        shape = _shape_of_operand(args["input"], shapes)
-        if shape is None:
-            return None
-        out, rest = [], list(shape)
-        for item in s.expr.items:
-            out.append("1" if isinstance(item, N.NoneLit) else rest.pop(0))
-        return tuple(out + rest)
-    if s.op.name == "permute":
-        shape = _shape_of_operand(args["input"], shapes)
-        if shape is None or "..." in shape:
-            return None
-        return tuple(shape[d.value] for d in args["dims"].items)
-    if s.op.name == "einsum":
-        ins, out = args["equation"].value.split("->")
-        sizes = {}
-        for spec, operand in zip(ins.split(","), args["operands"].items):
-            shape = _shape_of_operand(operand, shapes)
-            if shape is None or "..." in shape or len(shape) != len(spec):
-                return None
-            sizes.update(zip(spec, shape))
-        return tuple(sizes[c] for c in out)
-    if s.op.shape == "matmul":
-        a, b = _shape_of_operand(args["input"], shapes), _shape_of_operand(args["other"], shapes)
-        if a is None or b is None or len(a) < 2 or len(b) != 2:
-            return None
-        return tuple(a[:-1]) + (b[-1],)
-    return None
-
-
-def _same_shape_leaf(tape: Tape, var: str) -> str | None:
-    shapes = getattr(tape, "shapes", {})
-    target = shapes.get(var)
-    if target is None:
-        return None
-    return next((l for l in tape.leaves if shapes.get(l) == target), None)

@@ -98,6 +98,15 @@ class Call(Expr):
 
 
 @dataclass(eq=False)
+class InPlace(Expr):
+    """`target.method(args)`: an in-place update that only generated backwards use (never parsed)."""
+
+    method: str  # "mul_", "sigmoid_", ...
+    target: Expr
+    args: list[Expr]
+
+
+@dataclass(eq=False)
 class Slice:
     span: Span
     lower: Expr | None
@@ -347,6 +356,8 @@ def children(node) -> list:
             return list(ops)
         case Call(args=args, kwargs=kwargs):
             return list(args) + [k.value for k in kwargs]
+        case InPlace(target=t, args=args):
+            return [t, *args]
         case Subscript(value=v, items=items):
             out = [v]
             for it in items:

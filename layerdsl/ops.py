@@ -41,6 +41,8 @@ class Op:
     tensors_only: bool = False  # torch rejects plain numbers as operands
     takes_training: bool = False  # torch wants `training=` (the module's mode, or the functional form's flag)
     template: str | None = None  # how to write the call when it is not `torch(args)`: {param}, {param*} splats a list
+    inplace: str | None = None  # the Tensor method updating the first operand in place (`mul_`)
+    commutes: bool = False  # the two tensor operands may swap (so either one can be updated in place)
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -63,7 +65,8 @@ def _sig(text: str) -> tuple[Param, ...]:
 
 
 def _unary(name, torch, doc, grad, scalar=None):
-    return Op(name, _sig("input*"), torch, "elementwise", doc, {"input": grad}, scalar)
+    inplace = f"{name}_" if torch == f"torch.{name}" else None
+    return Op(name, _sig("input*"), torch, "elementwise", doc, {"input": grad}, scalar, inplace=inplace)
 
 
 def _reduction(name, torch, doc, grad, extra="", cost="costly", dim_default="none"):
@@ -76,16 +79,19 @@ _EXPAND = "expand_reduced(grad, input, dim, keepdim)"
 
 TABLE: tuple[Op, ...] = (
     # -- operators: `a + b` is the row `add`, and so on
-    Op("add", _sig("input*, other*"), "torch.add", "elementwise", "a + b", {"input": "grad", "other": "grad"}, operator="+"),
-    Op("sub", _sig("input*, other*"), "torch.sub", "elementwise", "a - b", {"input": "grad", "other": "-grad"}, operator="-"),
-    Op("mul", _sig("input*, other*"), "torch.mul", "elementwise", "a * b", {"input": "grad * other", "other": "grad * input"}, operator="*"),
+    Op("add", _sig("input*, other*"), "torch.add", "elementwise", "a + b", {"input": "grad", "other": "grad"}, operator="+",
+       inplace="add_", commutes=True),
+    Op("sub", _sig("input*, other*"), "torch.sub", "elementwise", "a - b", {"input": "grad", "other": "-grad"}, operator="-",
+       inplace="sub_"),
+    Op("mul", _sig("input*, other*"), "torch.mul", "elementwise", "a * b", {"input": "grad * other", "other": "grad * input"},
+       operator="*", inplace="mul_", commutes=True),
     Op("div", _sig("input*, other*"), "torch.div", "elementwise", "a / b",
-       {"input": "grad / other", "other": "-grad * input / other ** 2"}, operator="/"),
+       {"input": "grad / other", "other": "-grad * input / other ** 2"}, operator="/", inplace="div_"),
     Op("floordiv", _sig("input*, other*"), "torch.floor_divide", "elementwise", "a // b", {"input": None, "other": None}, operator="//"),
     Op("mod", _sig("input*, other*"), "torch.remainder", "elementwise", "a % b", {"input": "grad", "other": None}, operator="%"),
-    Op("neg", _sig("input*"), "torch.neg", "elementwise", "-a", {"input": "-grad"}, operator="neg"),
+    Op("neg", _sig("input*"), "torch.neg", "elementwise", "-a", {"input": "-grad"}, operator="neg", inplace="neg_"),
     Op("pow", _sig("input*, exponent*"), "torch.pow", "elementwise", "a ** b: elementwise power",
-       {"input": "grad * exponent * input ** (exponent - 1)", "exponent": "grad * result * log(input)"}, operator="**"),
+       {"input": "grad * exponent * input ** (exponent - 1)", "exponent": "grad * result * log(input)"}, operator="**", inplace="pow_"),
     Op("matmul", _sig("input*, other*"), "torch.matmul", "matmul", "a @ b: matrix product (batched, broadcast)",
        {"input": "matmul(grad, transpose(other, -1, -2))", "other": "matmul(transpose(input, -1, -2), grad)"},
        operator="@", cost="costly"),
@@ -100,8 +106,8 @@ TABLE: tuple[Op, ...] = (
     _unary("sin", "torch.sin", "sine", "grad * cos(input)", "math.sin"),
     _unary("cos", "torch.cos", "cosine", "-grad * sin(input)", "math.cos"),
     _unary("tan", "torch.tan", "tangent", "grad * (1 + result ** 2)", "math.tan"),
-    _unary("tanh", "torch.tanh", "hyperbolic tangent", "grad * (1 - result ** 2)", "math.tanh"),
-    _unary("sigmoid", "torch.sigmoid", "1 / (1 + exp(-x))", "grad * result * (1 - result)"),
+    _unary("tanh", "torch.tanh", "hyperbolic tangent", "tanh_backward(grad, result)", "math.tanh"),
+    _unary("sigmoid", "torch.sigmoid", "1 / (1 + exp(-x))", "sigmoid_backward(grad, result)"),
     _unary("relu", "torch.relu", "max(x, 0)", "grad * (result > 0)"),
     _unary("gelu", "torch.nn.functional.gelu", "x * Φ(x), the exact (erf) GELU",
            "grad * (0.5 * (1 + erf(input / sqrt(2))) + input * exp(-0.5 * input ** 2) / sqrt(2 * pi))"),
@@ -185,8 +191,19 @@ TABLE: tuple[Op, ...] = (
        {"input": "permute(grad, inverse, dims)"}, internal=True, template="{input}.permute({dims*})"),
     Op("align", _sig("input*"), "", "view", "insert size-1 dims for broadcasting (a view, written x[:, None])",
        {"input": "reshape(grad, shape_of(input))"}, internal=True),
+    # -- ATen's fused derivative kernels: one pass where the formula written out takes three
+    Op("sigmoid_backward", _sig("grad_output*, output*"), "torch.ops.aten.sigmoid_backward", "elementwise",
+       "grad_output * output * (1 - output)",
+       {"grad_output": "sigmoid_backward(grad, output)", "output": "grad * grad_output * (1 - 2 * output)"}, internal=True),
+    Op("tanh_backward", _sig("grad_output*, output*"), "torch.ops.aten.tanh_backward", "elementwise",
+       "grad_output * (1 - output ** 2)",
+       {"grad_output": "tanh_backward(grad, output)", "output": "-2 * grad * grad_output * output"}, internal=True),
+    Op("addcmul", _sig("input*, tensor1*, tensor2*"), "torch.addcmul", "elementwise", "input + tensor1 * tensor2 in one pass",
+       {"input": "grad", "tensor1": "grad * tensor2", "tensor2": "grad * tensor1"}, internal=True, inplace="addcmul_"),
     # -- helpers that only derivative formulas use
     Op("expand_reduced", _sig("grad*, input*, dim, keepdim"), "", "custom", "broadcast a reduction's gradient back", internal=True),
+    Op("reduced_view", _sig("grad*, input*, dim, keepdim"), "", "custom",
+       "a reduction's gradient with the reduced dims back as size 1: broadcasts like expand_reduced", internal=True),
     Op("reduced_numel", _sig("input*, dim"), "", "custom", "how many elements a reduction combined", internal=True),
     Op("extremum_mask", _sig("input*, result*, dim, keepdim"), "", "custom", "where the extremum was, split evenly among ties", internal=True),
     Op("shape_of", _sig("input*"), "", "custom", "the shape of a tensor, kept on ctx", internal=True),

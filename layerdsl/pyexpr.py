@@ -82,6 +82,8 @@ class PyExpr:
                 return f"not {self.wrap(o, PREC['not'])}", PREC["not"]
             case N.Call():
                 return self.call(e), PREC["atom"]
+            case N.InPlace(method=m, target=t, args=args):
+                return f"{self.wrap(t, PREC['atom'])}.{m}({', '.join(self(a) for a in args)})", PREC["atom"]
             case N.Subscript(value=v, items=items):
                 return f"{self.wrap(v, PREC['atom'])}[{', '.join(self.item(i) for i in items)}]", PREC["atom"]
             case N.ListExpr(items=items):

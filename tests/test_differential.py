@@ -1,5 +1,6 @@
 """Differential test of the derivation pass: random well-typed forward expressions built from the op
-table, derived into an autograd.Function, compared with plain autograd on the functional form (float64)."""
+table, derived into an autograd.Function, compared with plain autograd on the functional form (float64):
+outputs, gradients, and second derivatives (the derived backward differentiated with create_graph)."""
 
 from __future__ import annotations
 
@@ -92,13 +93,30 @@ def _check(body: str) -> None:
     want = ns["random"](x, *params)
     assert torch.allclose(got, want, rtol=1e-9, atol=1e-10, equal_nan=True), body
     seed = torch.randn_like(want)
-    g1 = torch.autograd.grad(got, [x, *params], seed, allow_unused=True)
-    g2 = torch.autograd.grad(want, [x, *params], seed, allow_unused=True)
+    g1 = torch.autograd.grad(got, [x, *params], seed, retain_graph=True, allow_unused=True)
+    g2 = torch.autograd.grad(want, [x, *params], seed, retain_graph=True, allow_unused=True)
     for a, b in zip(g1, g2):
         if a is None or b is None:
             assert a is None and b is None or (a if b is None else b).abs().max() == 0, body
             continue
         assert torch.allclose(a, b, rtol=1e-7, atol=1e-9, equal_nan=True), f"{body}: {(a - b).abs().max():.3g}"
+    # Double backward: the derived backward (with its in-place updates) differentiated again.
+    inputs = [x, *params]
+    h1 = _second_order(got, inputs, seed)
+    h2 = _second_order(want, inputs, seed)
+    for a, b in zip(h1, h2):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-8, equal_nan=True), f"{body} (double backward): {(a - b).abs().max():.3g}"
+
+
+def _second_order(out, inputs, seed):
+    """d/d(inputs) of <v, d<seed, out>/d(inputs)> for a fixed random v; zeros where nothing flows."""
+    grads = torch.autograd.grad(out, inputs, seed, create_graph=True, allow_unused=True)
+    gen = torch.Generator().manual_seed(1)
+    total = sum((g * torch.randn(g.shape, generator=gen, dtype=g.dtype)).sum() for g in grads if g is not None and g.requires_grad)
+    if not isinstance(total, torch.Tensor):
+        return [torch.zeros_like(i) for i in inputs]
+    second = torch.autograd.grad(total, inputs, allow_unused=True)
+    return [torch.zeros_like(i) if s is None else s for s, i in zip(second, inputs)]
 
 
 _SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

@@ -1,0 +1,489 @@
+"""Fewer full-size passes in a generated backward: fused kernels and in-place updates.
+
+Runs on a backward's statements (IR) after derivation, before rendering. At large shapes a backward is
+bound by memory traffic, so its time follows the number of passes over full-size tensors and the number
+of fresh buffers. This pass:
+
+1. folds a recomputed intermediate that only one statement reads into that statement;
+2. keeps a reduction's gradient at its reduced shape (`[..., 1]`) where an elementwise operation would
+   broadcast it anyway, so scaling it costs nothing and only the final product is full-size;
+3. writes `p + q * r` as `torch.addcmul(p, q, r)` (one pass instead of two);
+4. lets an operation update its first operand in place (`(beta * x).sigmoid_()`, `t.mul_(x)`) when that
+   operand is a temporary the backward owns and nothing reads afterwards. It must stay right when the
+   backward itself is differentiated (`create_graph=True`), so the operand must not be a view or alias,
+   no operation recorded before may need its old value (the op table's formulas say which operands and
+   results an operation's own derivative reads), the result must have its shape, and the other operands
+   may not promote its dtype (they read only tensors it was computed from);
+5. deletes full-size temporaries after their last use, so their memory is reused.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass, field
+
+from . import nodes as N
+from .ops import OPERATORS, OPS, Op
+from .shapes import broadcast, matmul_shape
+
+ALIASING = ("sum_to", "expand_reduced", "unbind", "split_like")  # results that may share the operand's storage
+SHAPE_READS = {"expand_reduced": (1,), "reduced_view": (1,), "reduced_numel": (0,), "sum_to": (1,), "shape_of": (0,)}
+
+
+@dataclass(eq=False)
+class Stmt:
+    """`target = expr`, run when the gradients of `leaves` are needed."""
+
+    target: str
+    expr: N.Expr
+    leaves: set[str]
+    recompute: bool = False  # a forward intermediate computed again (may be folded into its reader)
+    guard: str | None = None  # run only when this optional member is present (`target` is also read)
+    dels: list[str] = field(default_factory=list)  # names dead after this statement
+
+
+@dataclass
+class Facts:
+    shapes: dict[str, tuple | None]  # what the backward starts with: leaves, saved values, incoming gradients
+    kept: set[str]  # names never updated or deleted: inputs, saved tensors, incoming gradients, results
+    foldable: set[str]  # recomputed intermediates without a spec name (spec locals stay named)
+    full: list[tuple]  # shapes worth freeing early (inputs' and outputs')
+    # Dtypes in terms of the leaves: a forward intermediate's is the promotion of the leaves it is computed
+    # from, and an incoming gradient's is its output's (autograd casts it so).
+    roots: dict[str, frozenset[str]] = field(default_factory=dict)
+
+
+def optimize(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
+    stmts = _fold(stmts, facts)
+    stmts = _narrow_expansions(stmts, facts)
+    for s in stmts:
+        s.expr = _addcmul(s.expr)
+    inplace = _Inplace(stmts, facts)
+    inplace.run()
+    _deletions(stmts, facts, inplace.shapes.shapes, inplace.updated)
+    return stmts
+
+
+# ------------------------------------------------------------------ folding
+
+
+def _names(e) -> list[str]:
+    return [n.id for n in N.walk(e) if isinstance(n, N.Name)]
+
+
+def _reads(s: Stmt) -> list[str]:
+    return _names(s.expr) + ([s.guard] if s.guard else [])
+
+
+def _fold(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
+    uses: dict[str, int] = {}
+    for s in stmts:
+        for n in _reads(s):
+            uses[n] = uses.get(n, 0) + 1
+        for n in _shape_reads(s.expr):
+            uses[n] = 2  # a value needed only for its shape stays a name
+    pending: dict[str, N.Expr] = {}
+    out = []
+    for s in stmts:
+        s.expr = _substitute(s.expr, pending)
+        if s.recompute and uses.get(s.target) == 1 and s.target in facts.foldable:
+            pending[s.target] = s.expr
+            continue
+        out.append(s)
+    return out
+
+
+def _shape_reads(e) -> list[str]:
+    return [a.id for n in N.walk(e) if isinstance(n, N.Call) and n.func in SHAPE_READS
+            for i in SHAPE_READS[n.func] if isinstance(a := n.args[i], N.Name)]
+
+
+def _substitute(e: N.Expr, pending: dict[str, N.Expr]) -> N.Expr:
+    if isinstance(e, N.Name) and e.id in pending:
+        return pending.pop(e.id)
+    e = copy.copy(e)
+    for attr in ("left", "right", "operand", "target"):
+        if isinstance(getattr(e, attr, None), N.Expr):
+            setattr(e, attr, _substitute(getattr(e, attr), pending))
+    if isinstance(e, (N.Call, N.InPlace)):
+        e.args = [_substitute(a, pending) for a in e.args]
+    if isinstance(e, N.Call):
+        e.kwargs = [N.Keyword(k.name, _substitute(k.value, pending), k.span) for k in e.kwargs]
+    if isinstance(e, N.Compare):
+        e.operands = [_substitute(o, pending) for o in e.operands]
+    if isinstance(e, N.ListExpr):
+        e.items = [_substitute(i, pending) for i in e.items]
+    return e
+
+
+# ------------------------------------------------------------------ reduced gradients stay small
+
+
+def _narrow_expansions(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
+    shapes = _Shapes(facts)
+    narrow: dict[str, N.Expr] = {}  # a statement binding an expanded gradient -> its reduced view
+    for s in stmts:
+        s.expr = _narrow(copy.deepcopy(s.expr), narrow, shapes)
+        if isinstance(s.expr, N.Call) and s.expr.func == "expand_reduced" and not s.guard:
+            narrow[s.target] = _reduced_view(s.expr, shapes)
+        shapes.learn(s)
+    read = {n for s in stmts for n in _reads(s)}
+    return [s for s in stmts if not (s.target in narrow and s.target not in read and s.target not in facts.kept)]
+
+
+def _narrow(root: N.Expr, narrow: dict[str, N.Expr], shapes: "_Shapes") -> N.Expr:
+    """Replace each expanded gradient by its reduced view where an elementwise ancestor keeps its shape
+    (another operand is full-size there, so broadcasting does the expansion)."""
+    holder = N.UnaryOp(root.span, "+", root)  # a parent for the root, so that it can be replaced too
+    for node, ancestors in list(_expansions(root, [holder], narrow)):
+        parent = ancestors[-1]
+        small = copy.deepcopy(narrow[node.id] if isinstance(node, N.Name) else _reduced_view(node, shapes))
+        _replace_child(parent, node, small)
+        for above in reversed(ancestors[1:]):
+            if not _elementwise(above):
+                break
+            narrowed = shapes.shape(above)
+            _replace_child(parent, small, node)
+            full = shapes.shape(above)
+            _replace_child(parent, node, small)
+            if full is not None and narrowed == full:
+                break
+        else:
+            _replace_child(parent, small, node)
+            continue
+        if not _elementwise(above) or narrowed != full or full is None:
+            _replace_child(parent, small, node)
+    return holder.operand
+
+
+def _reduced_view(expand: N.Call, shapes: "_Shapes") -> N.Expr:
+    """`expand_reduced(g, input, dim, keepdim)` without the expansion: `g` itself when it kept its dims."""
+    g, _, dim, keepdim = expand.args
+    if (isinstance(keepdim, N.Bool) and keepdim.value or isinstance(dim, N.NoneLit)) and shapes.shape(g) is not None:
+        return g
+    return _call("reduced_view", *expand.args)
+
+
+def _expansions(e, ancestors: list, narrow: dict[str, N.Expr]):
+    if isinstance(e, N.Name) and e.id in narrow or isinstance(e, N.Call) and e.func == "expand_reduced":
+        yield e, ancestors
+        return
+    for c in N.children(e):
+        yield from _expansions(c, ancestors + [e], narrow)
+
+
+def _elementwise(e) -> bool:
+    if isinstance(e, (N.BinOp, N.UnaryOp)):
+        return e.op in ("+", "-", "*", "/", "**")
+    return isinstance(e, N.Call) and e.func in OPS and OPS[e.func].shape == "elementwise" and bool(OPS[e.func].torch)
+
+
+def _replace_child(parent, old, new) -> None:
+    for attr in ("left", "right", "operand", "target"):
+        if getattr(parent, attr, None) is old:
+            setattr(parent, attr, new)
+            return
+    if isinstance(parent, (N.Call, N.InPlace)):
+        parent.args = [new if a is old else a for a in parent.args]
+    if isinstance(parent, N.Call):
+        parent.kwargs = [N.Keyword(k.name, new if k.value is old else k.value, k.span) for k in parent.kwargs]
+
+
+# ------------------------------------------------------------------ addcmul
+
+
+def _addcmul(e: N.Expr) -> N.Expr:
+    e = _map_children(e, _addcmul)
+    if isinstance(e, N.BinOp) and e.op == "+" and e.kind == "tensor":
+        for p, prod in ((e.left, e.right), (e.right, e.left)):
+            if _is_product(prod) and p.kind == "tensor":
+                return _call("addcmul", p, prod.left, prod.right)
+    return e
+
+
+def _is_product(e) -> bool:
+    return isinstance(e, N.BinOp) and e.op == "*" and e.left.kind == "tensor" and e.right.kind == "tensor"
+
+
+def _map_children(e: N.Expr, fn) -> N.Expr:
+    e = copy.copy(e)
+    for attr in ("left", "right", "operand", "target"):
+        if isinstance(getattr(e, attr, None), N.Expr):
+            setattr(e, attr, fn(getattr(e, attr)))
+    if isinstance(e, (N.Call, N.InPlace)):
+        e.args = [fn(a) for a in e.args]
+    if isinstance(e, N.Call):
+        e.kwargs = [N.Keyword(k.name, fn(k.value), k.span) for k in e.kwargs]
+    return e
+
+
+def _call(func: str, *args: N.Expr) -> N.Call:
+    c = N.Call(args[0].span, func, args[0].span, list(args), [])
+    c.kind = "tensor"
+    return c
+
+
+# ------------------------------------------------------------------ what an operation's derivative reads
+
+
+def _saved(node) -> frozenset[str]:
+    """Operands (and "result") that autograd keeps when it records this operation: what the derivative
+    formulas of its tensor operands read (a number operand gets no gradient, so its formula is not used)."""
+    row = _row(node)
+    if row is None:
+        return frozenset({"result"} | {p for p, _ in _operands(node) if p})
+    tensors = tuple(sorted(p for p, o in _operands(node) if p and o.kind == "tensor"))
+    return _saved_by(row.name, tensors)
+
+
+@functools.lru_cache(maxsize=None)
+def _saved_by(name: str, tensors: tuple[str, ...]) -> frozenset[str]:
+    from .derive import formula
+
+    op = OPS[name]
+    if op.name == "einsum" or not op.grads:
+        return frozenset(p.name for p in op.params) | {"result"}
+    names = set()
+    for param, text in op.grads.items():
+        if text is not None and param in tensors:
+            names |= set(_names(formula(op.name, param)))
+    return frozenset(names)
+
+
+def _row(e) -> Op | None:
+    match e:
+        case N.BinOp(op=op):
+            return OPERATORS.get(op)
+        case N.UnaryOp(op="-"):
+            return OPERATORS["neg"]
+        case N.Call(func=f) | N.InPlace(method=f):
+            return OPS.get(f) if isinstance(e, N.Call) else _row_of_method(f)
+    return None
+
+
+def _row_of_method(method: str) -> Op | None:
+    return next((op for op in OPS.values() if op.inplace == method), None)
+
+
+def _operands(e) -> list[tuple[str | None, N.Expr]]:
+    """(parameter name, operand) for each direct operand of an operation node."""
+    row = _row(e)
+    match e:
+        case N.BinOp(left=l, right=r):
+            return [("input", l), ("exponent" if e.op == "**" else "other", r)]
+        case N.UnaryOp(operand=o):
+            return [("input", o)]
+        case N.Call(args=args, kwargs=kwargs):
+            names = [p.name for p in row.params] if row else []
+            out = [(names[i] if i < len(names) else None, a) for i, a in enumerate(args)]
+            return out + [(k.name, k.value) for k in kwargs]
+        case N.InPlace(target=t, args=args):
+            names = [p.name for p in row.params] if row else []
+            return [(names[i] if i < len(names) else None, a) for i, a in enumerate([t, *args])]
+    return [(None, c) for c in N.children(e)]
+
+
+def _fresh_node(e) -> bool:
+    """An operation whose result is a new tensor (not a view of an operand)."""
+    if isinstance(e, N.InPlace):
+        return _fresh_node(e.target) or isinstance(e.target, N.Name)
+    if isinstance(e, (N.BinOp, N.UnaryOp)):
+        return e.kind == "tensor" and _row(e) is not None
+    if isinstance(e, N.Call):
+        row = OPS.get(e.func)
+        return row is not None and bool(row.torch) and row.shape in ("elementwise", "matmul", "reduce", "softmax")
+    return False
+
+
+def _result_saved(e) -> bool:
+    return "result" in _saved(e)
+
+
+# ------------------------------------------------------------------ in place
+
+
+class _Shapes:
+    """Static shapes of backward expressions, learning each statement's as it goes."""
+
+    def __init__(self, facts: Facts):
+        self.facts = facts
+        self.shapes = dict(facts.shapes)
+
+    def learn(self, s: Stmt) -> None:
+        self.shapes[s.target] = self.shape(s.expr) or self.facts.shapes.get(s.target)
+
+    def shape(self, e) -> tuple | None:
+        match e:
+            case N.Name(id=i) if e.kind == "tensor":
+                return self.shapes.get(i)
+            case N.Name() | N.Num() | N.Bool():
+                return ()
+            case N.BinOp(left=l, right=r):
+                return broadcast([self.shape(l), self.shape(r)])
+            case N.UnaryOp(operand=o):
+                return self.shape(o)
+            case N.InPlace(target=t):
+                return self.shape(t)
+            case N.Call(func="sum_to" | "expand_reduced", args=args):
+                return self.shape(args[1])
+            case N.Call(func="matmul", args=[a, b]):
+                return matmul_shape(self.shape(a), self.shape(b))
+            case N.Call(func="transpose", args=[a, N.Num(value=-1), N.Num(value=-2)]) | N.Call(
+                func="transpose", args=[a, N.Num(value=-2), N.Num(value=-1)]
+            ):
+                shape = self.shape(a)
+                return None if shape is None or len(shape) < 2 else shape[:-2] + (shape[-1], shape[-2])
+            case N.Call(func=f, args=args, kwargs=[]) if f in OPS and OPS[f].shape == "elementwise" and OPS[f].torch:
+                return broadcast([self.shape(a) for a in args])
+            case N.Call(func="reduced_view", args=[g, inp, dim, keep]):
+                return _reduced_shape(self.shape(inp), dim, keep)
+        return None
+
+
+def _reduced_shape(shape, dim, keepdim) -> tuple | None:
+    """The shape of a reduction's gradient with its reduced dims restored as size 1."""
+    if shape is None or isinstance(dim, N.NoneLit):
+        return None if shape is None else ()
+    dims = dim.items if isinstance(dim, N.ListExpr) else [dim]
+    if not all(isinstance(d, N.Num) for d in dims) or "..." in shape and any(d.value >= 0 for d in dims):
+        return None
+    out = list(shape)
+    for d in dims:
+        out[d.value % len(shape)] = "1"
+    return tuple(out)
+
+
+class _Inplace:
+    def __init__(self, stmts: list[Stmt], facts: Facts):
+        self.stmts = stmts
+        self.facts = facts
+        self.shapes = _Shapes(facts)
+        self.shape = self.shapes.shape
+        self.roots: dict[str, frozenset[str]] = dict(facts.roots)
+        self.fresh: set[str] = set()
+        self.updated: set[str] = set()
+        self.last_use: dict[str, int] = {}
+        for k, s in enumerate(stmts):
+            for n in _reads(s):
+                self.last_use[n] = k
+
+    def run(self) -> None:
+        for k, s in enumerate(self.stmts):
+            self.k = k
+            s.expr = self.rewrite(s.expr, s)
+            self.shapes.learn(s)
+            self.roots[s.target] = self.roots_of(s.expr)
+            if _fresh_node(s.expr) and not _result_saved(s.expr) and s.target not in self.facts.kept:
+                self.fresh.add(s.target)
+
+    def rewrite(self, e: N.Expr, stmt: Stmt) -> N.Expr:
+        e = _map_children(e, lambda c: self.rewrite(c, stmt))
+        row = _row(e)
+        if isinstance(e, N.InPlace) or row is None or row.inplace is None or isinstance(e, N.Call) and e.kwargs:
+            return e
+        operands = [o for _, o in _operands(e)]
+        candidates = [0, 1] if row.commutes else [0]
+        for i in candidates:
+            target = operands[i]
+            others = operands[:i] + operands[i + 1:]
+            if self.may_update(target, e, others, stmt):
+                if isinstance(target, N.Name):
+                    self.updated.add(target.id)  # its storage lives on under the new name
+                return self.inplace(row.inplace, target, others, e)
+        return e
+
+    @staticmethod
+    def inplace(method: str, target: N.Expr, others: list[N.Expr], e: N.Expr) -> N.InPlace:
+        node = N.InPlace(e.span, method, target, others)
+        node.kind = "tensor"
+        return node
+
+    def may_update(self, target: N.Expr, e: N.Expr, others: list[N.Expr], stmt: Stmt) -> bool:
+        shape = self.shape(target)
+        if shape is None or self.shape(e) != shape or target.kind != "tensor":
+            return False
+        if not all(self.roots_of(o) <= self.roots_of(target) for o in others):
+            return False  # another operand could have a wider dtype
+        if isinstance(target, N.Name):
+            return self.dead_after(target.id, stmt)
+        return _fresh_node(target) and not _result_saved(target)
+
+    def dead_after(self, name: str, stmt: Stmt) -> bool:
+        """A fresh temporary read for the last time here, once, and never kept by an earlier operation."""
+        rebound = stmt.target == name  # `t = t + b`: the old value dies here too
+        if name not in self.fresh or not (rebound or self.last_use.get(name) == self.k) or _names(stmt.expr).count(name) != 1:
+            return False
+        return not any(self.keeps(s, name) for s in self.stmts[: self.k])
+
+    def keeps(self, s: Stmt, name: str) -> bool:
+        """Whether statement `s` left `name`'s current value where a later read (or autograd) needs it."""
+        if isinstance(s.expr, N.Name):
+            return s.expr.id == name
+        for node in N.walk(s.expr):
+            for param, operand in _operands(node) if _row(node) or isinstance(node, N.Call) else []:
+                if not (isinstance(operand, N.Name) and operand.id == name):
+                    continue
+                if isinstance(node, N.Call) and node.func in SHAPE_READS and _position(node, operand) in SHAPE_READS[node.func]:
+                    continue  # only its shape is read
+                row = _row(node)
+                if row is None or isinstance(node, N.Call) and node.func in ALIASING or row.shape in ("view", "transpose"):
+                    return True
+                if param is None or param in _saved(node):
+                    return True
+        return False
+
+    # -------------------------------------------------------------- dtype roots
+
+    def roots_of(self, e) -> frozenset[str]:
+        return dtype_sources(e, self.roots)
+
+
+def dtype_sources(e, known: dict[str, frozenset[str]]) -> frozenset[str]:
+    """The tensors a backward starts from whose dtypes `e`'s dtype is promoted from (`known` expands names
+    bound on the way). Comparisons, `where`'s condition and arguments read only for their shape add
+    nothing; `extremum_mask` (a count ratio) has torch's default dtype, which nothing dominates."""
+    out: set[str] = set()
+
+    def go(n):
+        if isinstance(n, N.Name) and n.kind == "tensor":
+            out.update(known.get(n.id, {n.id}))
+        elif isinstance(n, N.Compare):
+            return
+        elif isinstance(n, N.Call) and n.func == "extremum_mask":
+            out.add("<default dtype>")
+        elif isinstance(n, N.Call):
+            skip = SHAPE_READS.get(n.func, (0,) if n.func == "where" else ())
+            for i, a in enumerate(n.args):
+                if i not in skip:
+                    go(a)
+            for k in n.kwargs:
+                go(k.value)
+        else:
+            for c in N.children(n):
+                go(c)
+
+    go(e)
+    return frozenset(out)
+
+
+def _position(call: N.Call, operand) -> int:
+    return next(i for i, a in enumerate(call.args) if a is operand)
+
+
+# ------------------------------------------------------------------ deletions
+
+
+def _deletions(stmts: list[Stmt], facts: Facts, shapes: dict[str, tuple | None], updated: set[str]) -> None:
+    """`del t` after the last read of a full-size temporary, when more statements follow.
+
+    The statement that last reads a temporary serves a subset of the gradients its producer serves, so
+    the `del` sits in a block that runs only where the name was bound."""
+    bound = {s.target for s in stmts}
+    last: dict[str, int] = {}
+    for k, s in enumerate(stmts):
+        for n in _reads(s):
+            last[n] = k
+    for name, k in sorted(last.items(), key=lambda kv: kv[1]):
+        if name in bound and name not in facts.kept | updated and k < len(stmts) - 1 and shapes.get(name) in facts.full:
+            stmts[k].dels.append(name)
