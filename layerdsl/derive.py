@@ -455,15 +455,7 @@ def instantiate(template: N.Expr | None, step: Step, grad: N.Expr) -> N.Expr:
     def go(e):
         if isinstance(e, N.Name) and e.id in subst:
             return copy.deepcopy(subst[e.id])
-        e = copy.copy(e)
-        for attr in ("left", "right", "operand", "body"):
-            if isinstance(getattr(e, attr, None), N.Expr):
-                setattr(e, attr, go(getattr(e, attr)))
-        if isinstance(e, N.Call):
-            e.args = [go(a) for a in e.args]
-            e.kwargs = [N.Keyword(k.name, go(k.value), k.span) for k in e.kwargs]
-        if isinstance(e, N.Compare):
-            e.operands = [go(o) for o in e.operands]
+        e = N.map_children(e, go)
         if isinstance(e, N.Name) and e.id in ("pi", "inf"):
             e.ref, e.kind = "const", "float"
         return e

@@ -14,12 +14,11 @@ import copy
 from . import nodes as N
 from .derive import NOWHERE, Linearizer, NotDerivable, Step, Tape, _name, derive, simplify
 from .diagnostics import SpecError
-from .fuse import Facts, Stmt, dtype_sources, optimize
-from .ops import OPS
+from .fuse import Facts, Stmt, dtype_sources, optimize, substitute
+from .ops import OPS, shape_args
 from .pyexpr import PyExpr, Spelling
 from .shapes import infer_shapes, same_shape_leaf
 
-SHAPE_ONLY = {"expand_reduced": (1,), "reduced_numel": (0,), "sum_to": (1,), "shape_of": (0,), "extremum_mask": ()}
 
 
 def emit_function_class(emitter, functional) -> dict:
@@ -153,12 +152,12 @@ class FunctionEmitter:
                 lines.append(f"{s.var} = {ex(base) if base is not None else s.base}")
                 lines += [f"if {s.guard} is not None:", f"    {s.var} = {ex(_replace_name(s.expr, s.base, s.var))}"]
                 continue
-            expr = _fold(s.expr, exprs)
+            expr = substitute(s.expr, exprs)
             if s.var in keep or uses.get(s.var, 0) != 1 or s.var in self._spec_locals():
                 lines.append(f"{s.var} = {ex(expr)}")
             else:
                 exprs[s.var] = expr
-        outs = [ex(_fold(o, exprs)) if isinstance(o, N.Name) else ex(o) for o in tape.outputs]
+        outs = [ex(substitute(o, exprs)) if isinstance(o, N.Name) else ex(o) for o in tape.outputs]
         return lines + [f"return {', '.join(outs + extra)}"]
 
     def _spec_locals(self) -> set[str]:
@@ -300,8 +299,8 @@ class FunctionEmitter:
     def _shape_only(self, e: N.Expr, tape: Tape) -> N.Expr:
         """Arguments of the internal helpers that only give a shape: use a leaf of the same static shape."""
         for node in N.walk(e):
-            if isinstance(node, N.Call) and node.func in SHAPE_ONLY:
-                for i in SHAPE_ONLY[node.func]:
+            if isinstance(node, N.Call):
+                for i in shape_args(node):
                     arg = node.args[i]
                     if isinstance(arg, N.Name) and arg.id not in tape.leaves:
                         same = same_shape_leaf(tape, arg.id)
@@ -392,9 +391,9 @@ def _value_names(e) -> list[str]:
         if isinstance(n, N.Name):
             out.append(n.id)
             return
-        if isinstance(n, N.Call) and n.func in SHAPE_ONLY:
+        if isinstance(n, N.Call) and shape_args(n):
             for i, a in enumerate(n.args):
-                if i not in SHAPE_ONLY[n.func]:
+                if i not in shape_args(n):
                     go(a)
             return
         for c in N.children(n):
@@ -406,8 +405,8 @@ def _value_names(e) -> list[str]:
 def _shape_names(e) -> list[str]:
     out = []
     for n in N.walk(e):
-        if isinstance(n, N.Call) and n.func in SHAPE_ONLY:
-            out += [n.args[i].id for i in SHAPE_ONLY[n.func] if isinstance(n.args[i], N.Name)]
+        if isinstance(n, N.Call):
+            out += [n.args[i].id for i in shape_args(n) if isinstance(n.args[i], N.Name)]
     return out
 
 
@@ -438,23 +437,6 @@ def _use_counts(tape: Tape) -> dict[str, int]:
         if isinstance(o, N.Name):
             counts[o.id] = counts.get(o.id, 0) + 1
     return counts
-
-
-def _fold(e: N.Expr, exprs: dict[str, N.Expr]) -> N.Expr:
-    if isinstance(e, N.Name) and e.id in exprs:
-        return exprs.pop(e.id)
-    e = copy.copy(e)
-    for attr in ("left", "right", "operand"):
-        if isinstance(getattr(e, attr, None), N.Expr):
-            setattr(e, attr, _fold(getattr(e, attr), exprs))
-    if isinstance(e, N.Call):
-        e.args = [_fold(a, exprs) for a in e.args]
-        e.kwargs = [N.Keyword(k.name, _fold(k.value, exprs), k.span) for k in e.kwargs]
-    if isinstance(e, N.Compare):
-        e.operands = [_fold(o, exprs) for o in e.operands]
-    if isinstance(e, N.ListExpr):
-        e.items = [_fold(i, exprs) for i in e.items]
-    return e
 
 
 def _replace_name(e: N.Expr, old: str, new: str) -> N.Expr:

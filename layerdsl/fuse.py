@@ -24,11 +24,10 @@ import functools
 from dataclasses import dataclass, field
 
 from . import nodes as N
-from .ops import OPERATORS, OPS, Op
+from .ops import OPERATORS, OPS, Op, shape_args
 from .shapes import broadcast, matmul_shape
 
 ALIASING = ("sum_to", "expand_reduced", "unbind", "split_like")  # results that may share the operand's storage
-SHAPE_READS = {"expand_reduced": (1,), "reduced_view": (1,), "reduced_numel": (0,), "sum_to": (1,), "shape_of": (0,)}
 
 
 @dataclass(eq=False)
@@ -86,7 +85,7 @@ def _fold(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
     pending: dict[str, N.Expr] = {}
     out = []
     for s in stmts:
-        s.expr = _substitute(s.expr, pending)
+        s.expr = substitute(s.expr, pending)
         if s.recompute and uses.get(s.target) == 1 and s.target in facts.foldable:
             pending[s.target] = s.expr
             continue
@@ -95,26 +94,14 @@ def _fold(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
 
 
 def _shape_reads(e) -> list[str]:
-    return [a.id for n in N.walk(e) if isinstance(n, N.Call) and n.func in SHAPE_READS
-            for i in SHAPE_READS[n.func] if isinstance(a := n.args[i], N.Name)]
+    return [a.id for n in N.walk(e) if isinstance(n, N.Call) for i in shape_args(n) if isinstance(a := n.args[i], N.Name)]
 
 
-def _substitute(e: N.Expr, pending: dict[str, N.Expr]) -> N.Expr:
+def substitute(e: N.Expr, pending: dict[str, N.Expr]) -> N.Expr:
+    """`e` with each name in `pending` replaced by its expression (each used once, so popped)."""
     if isinstance(e, N.Name) and e.id in pending:
         return pending.pop(e.id)
-    e = copy.copy(e)
-    for attr in ("left", "right", "operand", "target"):
-        if isinstance(getattr(e, attr, None), N.Expr):
-            setattr(e, attr, _substitute(getattr(e, attr), pending))
-    if isinstance(e, (N.Call, N.InPlace)):
-        e.args = [_substitute(a, pending) for a in e.args]
-    if isinstance(e, N.Call):
-        e.kwargs = [N.Keyword(k.name, _substitute(k.value, pending), k.span) for k in e.kwargs]
-    if isinstance(e, N.Compare):
-        e.operands = [_substitute(o, pending) for o in e.operands]
-    if isinstance(e, N.ListExpr):
-        e.items = [_substitute(i, pending) for i in e.items]
-    return e
+    return N.map_children(e, lambda c: substitute(c, pending))
 
 
 # ------------------------------------------------------------------ reduced gradients stay small
@@ -124,7 +111,7 @@ def _narrow_expansions(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
     shapes = _Shapes(facts)
     narrow: dict[str, N.Expr] = {}  # a statement binding an expanded gradient -> its reduced view
     for s in stmts:
-        s.expr = _narrow(copy.deepcopy(s.expr), narrow, shapes)
+        s.expr = _narrow(s.expr, narrow, shapes)
         if isinstance(s.expr, N.Call) and s.expr.func == "expand_reduced" and not s.guard:
             narrow[s.target] = _reduced_view(s.expr, shapes)
         shapes.learn(s)
@@ -132,29 +119,25 @@ def _narrow_expansions(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
     return [s for s in stmts if not (s.target in narrow and s.target not in read and s.target not in facts.kept)]
 
 
-def _narrow(root: N.Expr, narrow: dict[str, N.Expr], shapes: "_Shapes") -> N.Expr:
-    """Replace each expanded gradient by its reduced view where an elementwise ancestor keeps its shape
-    (another operand is full-size there, so broadcasting does the expansion)."""
-    holder = N.UnaryOp(root.span, "+", root)  # a parent for the root, so that it can be replaced too
-    for node, ancestors in list(_expansions(root, [holder], narrow)):
-        parent = ancestors[-1]
-        small = copy.deepcopy(narrow[node.id] if isinstance(node, N.Name) else _reduced_view(node, shapes))
-        _replace_child(parent, node, small)
-        for above in reversed(ancestors[1:]):
-            if not _elementwise(above):
-                break
-            narrowed = shapes.shape(above)
-            _replace_child(parent, small, node)
-            full = shapes.shape(above)
-            _replace_child(parent, node, small)
-            if full is not None and narrowed == full:
-                break
-        else:
-            _replace_child(parent, small, node)
-            continue
-        if not _elementwise(above) or narrowed != full or full is None:
-            _replace_child(parent, small, node)
-    return holder.operand
+def _narrow(e: N.Expr, narrow: dict[str, N.Expr], shapes: "_Shapes") -> N.Expr:
+    """Use reduced views for the expanded gradients in the largest elementwise region whose result keeps
+    its shape: elementwise operations commute with broadcasting, so the values are the same."""
+    if _elementwise(e):
+        full = shapes.shape(e)
+        small = _all_reduced(e, narrow, shapes)
+        if full is not None and shapes.shape(small) == full:
+            return small
+    return N.map_children(e, lambda c: _narrow(c, narrow, shapes))
+
+
+def _all_reduced(e: N.Expr, narrow: dict[str, N.Expr], shapes: "_Shapes") -> N.Expr:
+    if isinstance(e, N.Name) and e.id in narrow:
+        return copy.deepcopy(narrow[e.id])
+    if isinstance(e, N.Call) and e.func == "expand_reduced":
+        return _reduced_view(e, shapes)
+    if _elementwise(e):
+        return N.map_children(e, lambda c: _all_reduced(c, narrow, shapes))
+    return _narrow(e, narrow, shapes)
 
 
 def _reduced_view(expand: N.Call, shapes: "_Shapes") -> N.Expr:
@@ -165,36 +148,17 @@ def _reduced_view(expand: N.Call, shapes: "_Shapes") -> N.Expr:
     return _call("reduced_view", *expand.args)
 
 
-def _expansions(e, ancestors: list, narrow: dict[str, N.Expr]):
-    if isinstance(e, N.Name) and e.id in narrow or isinstance(e, N.Call) and e.func == "expand_reduced":
-        yield e, ancestors
-        return
-    for c in N.children(e):
-        yield from _expansions(c, ancestors + [e], narrow)
-
-
 def _elementwise(e) -> bool:
     if isinstance(e, (N.BinOp, N.UnaryOp)):
         return e.op in ("+", "-", "*", "/", "**")
     return isinstance(e, N.Call) and e.func in OPS and OPS[e.func].shape == "elementwise" and bool(OPS[e.func].torch)
 
 
-def _replace_child(parent, old, new) -> None:
-    for attr in ("left", "right", "operand", "target"):
-        if getattr(parent, attr, None) is old:
-            setattr(parent, attr, new)
-            return
-    if isinstance(parent, (N.Call, N.InPlace)):
-        parent.args = [new if a is old else a for a in parent.args]
-    if isinstance(parent, N.Call):
-        parent.kwargs = [N.Keyword(k.name, new if k.value is old else k.value, k.span) for k in parent.kwargs]
-
-
 # ------------------------------------------------------------------ addcmul
 
 
 def _addcmul(e: N.Expr) -> N.Expr:
-    e = _map_children(e, _addcmul)
+    e = N.map_children(e, _addcmul)
     if isinstance(e, N.BinOp) and e.op == "+" and e.kind == "tensor":
         for p, prod in ((e.left, e.right), (e.right, e.left)):
             if _is_product(prod) and p.kind == "tensor":
@@ -204,18 +168,6 @@ def _addcmul(e: N.Expr) -> N.Expr:
 
 def _is_product(e) -> bool:
     return isinstance(e, N.BinOp) and e.op == "*" and e.left.kind == "tensor" and e.right.kind == "tensor"
-
-
-def _map_children(e: N.Expr, fn) -> N.Expr:
-    e = copy.copy(e)
-    for attr in ("left", "right", "operand", "target"):
-        if isinstance(getattr(e, attr, None), N.Expr):
-            setattr(e, attr, fn(getattr(e, attr)))
-    if isinstance(e, (N.Call, N.InPlace)):
-        e.args = [fn(a) for a in e.args]
-    if isinstance(e, N.Call):
-        e.kwargs = [N.Keyword(k.name, fn(k.value), k.span) for k in e.kwargs]
-    return e
 
 
 def _call(func: str, *args: N.Expr) -> N.Call:
@@ -251,19 +203,21 @@ def _saved_by(name: str, tensors: tuple[str, ...]) -> frozenset[str]:
     return frozenset(names)
 
 
+_BY_METHOD = {op.inplace: op for op in OPS.values() if op.inplace}
+
+
 def _row(e) -> Op | None:
+    """The op table row of an operation node (None for anything else)."""
     match e:
         case N.BinOp(op=op):
             return OPERATORS.get(op)
         case N.UnaryOp(op="-"):
             return OPERATORS["neg"]
-        case N.Call(func=f) | N.InPlace(method=f):
-            return OPS.get(f) if isinstance(e, N.Call) else _row_of_method(f)
+        case N.Call(func=f):
+            return OPS.get(f)
+        case N.InPlace(method=m):
+            return _BY_METHOD.get(m)
     return None
-
-
-def _row_of_method(method: str) -> Op | None:
-    return next((op for op in OPS.values() if op.inplace == method), None)
 
 
 def _operands(e) -> list[tuple[str | None, N.Expr]]:
@@ -277,7 +231,8 @@ def _operands(e) -> list[tuple[str | None, N.Expr]]:
         case N.Call(args=args, kwargs=kwargs):
             names = [p.name for p in row.params] if row else []
             out = [(names[i] if i < len(names) else None, a) for i, a in enumerate(args)]
-            return out + [(k.name, k.value) for k in kwargs]
+            out += [(k.name, k.value) for k in kwargs]
+            return [(p, item) for p, a in out for item in (a.items if isinstance(a, N.ListExpr) else [a])]
         case N.InPlace(target=t, args=args):
             names = [p.name for p in row.params] if row else []
             return [(names[i] if i < len(names) else None, a) for i, a in enumerate([t, *args])]
@@ -300,7 +255,7 @@ def _result_saved(e) -> bool:
     return "result" in _saved(e)
 
 
-# ------------------------------------------------------------------ in place
+# ------------------------------------------------------------------ static shapes of backward expressions
 
 
 class _Shapes:
@@ -354,6 +309,9 @@ def _reduced_shape(shape, dim, keepdim) -> tuple | None:
     return tuple(out)
 
 
+# ------------------------------------------------------------------ in place
+
+
 class _Inplace:
     def __init__(self, stmts: list[Stmt], facts: Facts):
         self.stmts = stmts
@@ -378,7 +336,7 @@ class _Inplace:
                 self.fresh.add(s.target)
 
     def rewrite(self, e: N.Expr, stmt: Stmt) -> N.Expr:
-        e = _map_children(e, lambda c: self.rewrite(c, stmt))
+        e = N.map_children(e, lambda c: self.rewrite(c, stmt))
         row = _row(e)
         if isinstance(e, N.InPlace) or row is None or row.inplace is None or isinstance(e, N.Call) and e.kwargs:
             return e
@@ -419,18 +377,12 @@ class _Inplace:
     def keeps(self, s: Stmt, name: str) -> bool:
         """Whether statement `s` left `name`'s current value where a later read (or autograd) needs it."""
         if isinstance(s.expr, N.Name):
-            return s.expr.id == name
+            return s.expr.id == name  # an alias
         for node in N.walk(s.expr):
-            for param, operand in _operands(node) if _row(node) or isinstance(node, N.Call) else []:
-                if not (isinstance(operand, N.Name) and operand.id == name):
-                    continue
-                if isinstance(node, N.Call) and node.func in SHAPE_READS and _position(node, operand) in SHAPE_READS[node.func]:
-                    continue  # only its shape is read
-                row = _row(node)
-                if row is None or isinstance(node, N.Call) and node.func in ALIASING or row.shape in ("view", "transpose"):
-                    return True
-                if param is None or param in _saved(node):
-                    return True
+            if isinstance(node, (N.BinOp, N.UnaryOp, N.Call, N.InPlace)):
+                for param, operand in _operands(node):
+                    if isinstance(operand, N.Name) and operand.id == name and _keeps_operand(node, param, operand):
+                        return True
         return False
 
     # -------------------------------------------------------------- dtype roots
@@ -453,7 +405,7 @@ def dtype_sources(e, known: dict[str, frozenset[str]]) -> frozenset[str]:
         elif isinstance(n, N.Call) and n.func == "extremum_mask":
             out.add("<default dtype>")
         elif isinstance(n, N.Call):
-            skip = SHAPE_READS.get(n.func, (0,) if n.func == "where" else ())
+            skip = shape_args(n) or ((0,) if n.func == "where" else ())  # where's condition is a mask
             for i, a in enumerate(n.args):
                 if i not in skip:
                     go(a)
@@ -467,8 +419,14 @@ def dtype_sources(e, known: dict[str, frozenset[str]]) -> frozenset[str]:
     return frozenset(out)
 
 
-def _position(call: N.Call, operand) -> int:
-    return next(i for i, a in enumerate(call.args) if a is operand)
+def _keeps_operand(node, param: str | None, operand: N.Name) -> bool:
+    """Whether operation `node` keeps `operand`: autograd saves it, or the result may be a view of it."""
+    if isinstance(node, N.Call) and any(node.args[i] is operand for i in shape_args(node)):
+        return False  # only its shape is read
+    row = _row(node)
+    if row is None or param is None or row.name in ALIASING or row.shape in ("view", "transpose"):
+        return True
+    return param in _saved(node)
 
 
 # ------------------------------------------------------------------ deletions

@@ -7,6 +7,8 @@ statement lists; the emitter turns them into Python.
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -337,6 +339,23 @@ class SpecFile:
     path: str  # as shown in diagnostics and the generated header
     source: str
     layers: list[Layer]
+
+
+def map_children(e, fn):
+    """A shallow copy of expression `e` with `fn` applied to each direct sub-expression."""
+    e = copy.copy(e)
+    for attr in ("left", "right", "operand", "target"):
+        if isinstance(getattr(e, attr, None), Expr):
+            setattr(e, attr, fn(getattr(e, attr)))
+    if isinstance(e, (Call, InPlace)):
+        e.args = [fn(a) for a in e.args]
+    if isinstance(e, Call):
+        e.kwargs = [Keyword(k.name, fn(k.value), k.span) for k in e.kwargs]
+    if isinstance(e, Compare):
+        e.operands = [fn(o) for o in e.operands]
+    if isinstance(e, ListExpr):
+        e.items = [fn(i) for i in e.items]
+    return e
 
 
 def walk(node):

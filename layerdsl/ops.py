@@ -43,6 +43,7 @@ class Op:
     template: str | None = None  # how to write the call when it is not `torch(args)`: {param}, {param*} splats a list
     inplace: str | None = None  # the Tensor method updating the first operand in place (`mul_`)
     commutes: bool = False  # the two tensor operands may swap (so either one can be updated in place)
+    shape_args: tuple[int, ...] = ()  # positions of arguments read only for their shape (internal helpers)
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -201,13 +202,17 @@ TABLE: tuple[Op, ...] = (
     Op("addcmul", _sig("input*, tensor1*, tensor2*"), "torch.addcmul", "elementwise", "input + tensor1 * tensor2 in one pass",
        {"input": "grad", "tensor1": "grad * tensor2", "tensor2": "grad * tensor1"}, internal=True, inplace="addcmul_"),
     # -- helpers that only derivative formulas use
-    Op("expand_reduced", _sig("grad*, input*, dim, keepdim"), "", "custom", "broadcast a reduction's gradient back", internal=True),
+    Op("expand_reduced", _sig("grad*, input*, dim, keepdim"), "", "custom", "broadcast a reduction's gradient back",
+       internal=True, shape_args=(1,)),
     Op("reduced_view", _sig("grad*, input*, dim, keepdim"), "", "custom",
-       "a reduction's gradient with the reduced dims back as size 1: broadcasts like expand_reduced", internal=True),
-    Op("reduced_numel", _sig("input*, dim"), "", "custom", "how many elements a reduction combined", internal=True),
+       "a reduction's gradient with the reduced dims back as size 1: broadcasts like expand_reduced",
+       internal=True, shape_args=(1,)),
+    Op("reduced_numel", _sig("input*, dim"), "", "custom", "how many elements a reduction combined", internal=True,
+       shape_args=(0,)),
     Op("extremum_mask", _sig("input*, result*, dim, keepdim"), "", "custom", "where the extremum was, split evenly among ties", internal=True),
-    Op("shape_of", _sig("input*"), "", "custom", "the shape of a tensor, kept on ctx", internal=True),
-    Op("sum_to", _sig("grad*, input*"), "", "custom", "sum a broadcast gradient back to an operand's shape", internal=True),
+    Op("shape_of", _sig("input*"), "", "custom", "the shape of a tensor, kept on ctx", internal=True, shape_args=(0,)),
+    Op("sum_to", _sig("grad*, input*"), "", "custom", "sum a broadcast gradient back to an operand's shape",
+       internal=True, shape_args=(1,)),
     Op("split_like", _sig("grad*, tensors[], dim"), "", "custom", "split a gradient like cat's operands", internal=True),
     Op("unbind", _sig("grad*, dim"), "torch.unbind", "custom", "split along a dim", internal=True),
 )
@@ -219,4 +224,10 @@ CALLABLE: dict[str, Op] = {op.name: op for op in TABLE if not op.internal and no
 CALLABLE["pow"] = OPS["pow"]
 CALLABLE["matmul"] = OPS["matmul"]
 
-REDUCTIONS = ("sum", "mean", "amax", "amin")  # usable as index-notation reductions
+REDUCTIONS = ("sum", "mean", "amax", "amin")
+
+
+def shape_args(call) -> tuple[int, ...]:
+    """Positions of `call`'s arguments that are read only for their shape (never as values)."""
+    op = OPS.get(call.func)
+    return op.shape_args if op else ()  # usable as index-notation reductions
