@@ -60,19 +60,21 @@ class ChannelNormFunction(torch.autograd.Function):
             sqrt = (sigma2 + ctx.eps).sqrt_()
         if ctx.needs_input_grad[0]:
             grad_div = grad_out * weight
-            grad_sqrt = (-grad_div).mul_(sub).div_(sqrt * sqrt).sum_to_size(sqrt.shape)
-            grad_add = grad_sqrt / (2 * sqrt)
+            grad_sqrt = torch.sum(
+                (-grad_div).mul_(sub).div_(sqrt * sqrt), dim=[-2, -1], keepdim=True
+            )
+            grad_add = grad_sqrt.div_(2 * sqrt)
             grad_sigma2 = grad_add.add_(grad_sigma2_out)
             grad_sub = grad_div.div_(sqrt).addcmul_(
                 (grad_sigma2 / (x.shape[2] * x.shape[3])) * 2, sub
             )
-            grad_mu = grad_mu_out + (-grad_sub).sum_to_size(mu.shape)
+            grad_mu = grad_mu_out + torch.sum(-grad_sub, dim=[-2, -1], keepdim=True)
             grad_x = grad_sub.add_((grad_mu / (x.shape[2] * x.shape[3])))
         if ctx.needs_input_grad[1]:
-            grad_weight = (grad_out * (sub / sqrt)).sum_to_size(weight.shape)
+            grad_weight = (grad_out * (sub / sqrt)).sum_to_size(*weight.shape)
             del sub
         if ctx.needs_input_grad[2]:
-            grad_bias = grad_out.sum_to_size(ctx.bias_shape)
+            grad_bias = grad_out.sum_to_size(*ctx.bias_shape)
         return grad_x, grad_weight, grad_bias, None
 
     @classmethod

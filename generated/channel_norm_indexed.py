@@ -72,13 +72,13 @@ class ChannelNormIndexedFunction(torch.autograd.Function):
             alig3 = weight[:, None, None]
         if ctx.needs_input_grad[2]:
             alig4 = bias[:, None, None]
-            grad_alig4 = grad_out.sum_to_size(alig4.shape)
+            grad_alig4 = grad_out.sum_to_size(*alig4.shape)
         if ctx.needs_input_grad[1]:
-            grad_alig3 = (grad_out * (sub / alig2)).sum_to_size(alig3.shape)
+            grad_alig3 = (grad_out * (sub / alig2)).sum_to_size(*alig3.shape)
         if ctx.needs_input_grad[0]:
             grad_div = grad_out * alig3
-            grad_alig2 = (
-                (-grad_div).mul_(sub).div_(alig2 * alig2).sum_to_size(alig2.shape)
+            grad_alig2 = torch.sum(
+                (-grad_div).mul_(sub).div_(alig2 * alig2), dim=[-2, -1], keepdim=True
             )
             grad_sqrt = torch.reshape(grad_alig2, sqrt.shape)
             grad_add = grad_sqrt / (2 * sqrt)
@@ -88,7 +88,7 @@ class ChannelNormIndexedFunction(torch.autograd.Function):
                 sub,
             )
             del sub
-            grad_alig = (-grad_sub).sum_to_size(alig.shape)
+            grad_alig = torch.sum(-grad_sub, dim=[-2, -1], keepdim=True)
             grad_mu = grad_mu_out + torch.reshape(grad_alig, mu.shape)
             grad_x = grad_sub.add_(
                 (grad_mu / (x.shape[2] * x.shape[3])).unsqueeze(2).unsqueeze(3)

@@ -48,12 +48,12 @@ class FusedChainFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = (grad_mul1 * c).addcmul_(grad_add, a)
         if ctx.needs_input_grad[1]:
-            grad_a = (grad_add * x).sum_to_size(a.shape)
+            grad_a = torch.sum(grad_add * x)
         if ctx.needs_input_grad[2]:
-            grad_b = grad_add.sum_to_size(b.shape)
+            grad_b = torch.sum(grad_add)
             del grad_add
         if ctx.needs_input_grad[3]:
-            grad_c = (grad_mul1 * x).sum_to_size(c.shape)
+            grad_c = torch.sum(grad_mul1 * x)
         return grad_x, grad_a, grad_b, grad_c
 
     @classmethod

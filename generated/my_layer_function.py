@@ -65,7 +65,7 @@ class MyLayerFunctionalFunction(torch.autograd.Function):
             grad_weight = torch.matmul(torch.transpose(sqrt, -1, -2), grad_out)
             del sqrt
         if ctx.needs_input_grad[2]:
-            grad_bias = grad_add.sum_to_size(bias.shape)
+            grad_bias = grad_add.sum_to_size(*bias.shape)
         return grad_x, grad_weight, grad_bias
 
     @classmethod

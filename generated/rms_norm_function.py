@@ -44,13 +44,13 @@ class RMSNormFunctionalFunction(torch.autograd.Function):
         rsqr = (mean + ctx.eps).rsqrt_()
         if ctx.needs_input_grad[0]:
             grad_mul1 = grad_out * weight
-            grad_rsqr = (grad_mul1 * x).sum_to_size(rsqr.shape)
-            grad_add = (-0.5 * grad_rsqr).mul_(rsqr**3)
+            grad_rsqr = torch.sum(grad_mul1 * x, dim=-1, keepdim=True)
+            grad_add = grad_rsqr.mul_(-0.5).mul_(rsqr**3)
             grad_mean = grad_add.add_(grad_mean_out)
             grad_x = (grad_mul1 * rsqr).addcmul_(2 * (grad_mean / x.shape[-1]), x)
             del grad_mul1
         if ctx.needs_input_grad[1]:
-            grad_weight = (grad_out * (x * rsqr)).sum_to_size(weight.shape)
+            grad_weight = (grad_out * (x * rsqr)).sum_to_size(*weight.shape)
         return grad_x, grad_weight, None
 
     @classmethod

@@ -46,7 +46,7 @@ class SwishFunctionalFunction(torch.autograd.Function):
             grad_x = (grad_out * s).addcmul_(grad_mul, beta)
             del s
         if ctx.needs_input_grad[1]:
-            grad_beta = (grad_mul * x).sum_to_size(beta.shape)
+            grad_beta = (grad_mul * x).sum_to_size(*beta.shape)
         return grad_x, grad_beta
 
     @classmethod

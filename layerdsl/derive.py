@@ -24,7 +24,7 @@ from .diagnostics import Reporter, Span
 from .ops import CALLABLE, OPERATORS, OPS, Op
 from .resources import resource_dir
 
-NOWHERE = Span(0, 0, 0, 0)
+NOWHERE = N.NOWHERE
 
 
 LOWERED = ("einsum", "permute", "align")  # ops that index notation lowers to

@@ -46,6 +46,7 @@ class FunctionEmitter:
         layer = self.layer
         tape = Linearizer(layer, self.e.optional, deriving=layer.backward is None).run()
         tape.shapes = infer_shapes(tape, layer)
+        self.tape = tape
         n_out = len(tape.outputs)
         grads = [n for n, _ in layer.backward.grads] if layer.backward else [f"grad_{_out_name(o, i)}" for i, o in enumerate(tape.outputs)]
         if layer.backward is None:
@@ -335,7 +336,10 @@ class FunctionEmitter:
             return None
         a = c.args
         if f == "sum_to":
-            return f"{ex.wrap(a[0], 14)}.sum_to_size({self._shape(a[1], ex)})"
+            # `*shape` where the rank is known to be at least 1: torch parses separate ints faster than a Size.
+            rank = self.tape.shapes.get(a[1].id) if isinstance(a[1], N.Name) else None
+            star = "*" if rank else ""
+            return f"{ex.wrap(a[0], 14)}.sum_to_size({star}{self._shape(a[1], ex)})"
         if f == "shape_of":
             return self._shape(a[0], ex)
         if f == "expand_reduced":

@@ -24,6 +24,7 @@ import functools
 from dataclasses import dataclass, field
 
 from . import nodes as N
+from .nodes import NOWHERE
 from .ops import OPERATORS, OPS, Op, shape_args
 from .shapes import broadcast, matmul_shape
 
@@ -56,6 +57,7 @@ class Facts:
 def optimize(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
     stmts = _fold(stmts, facts)
     stmts = _narrow_expansions(stmts, facts)
+    _explicit_sums(stmts, facts)
     for s in stmts:
         s.expr = _addcmul(s.expr)
     inplace = _Inplace(stmts, facts)
@@ -152,6 +154,41 @@ def _elementwise(e) -> bool:
     if isinstance(e, (N.BinOp, N.UnaryOp)):
         return e.op in ("+", "-", "*", "/", "**")
     return isinstance(e, N.Call) and e.func in OPS and OPS[e.func].shape == "elementwise" and bool(OPS[e.func].torch)
+
+
+# ------------------------------------------------------------------ sums with known dims
+
+
+def _explicit_sums(stmts: list[Stmt], facts: Facts) -> None:
+    """`sum_to(g, t)` as the plain reduction it is where both shapes are known: `g.sum()` for a 0-dim
+    `t`, a sum over the dims where `t` has size 1 (keeping them) for a same-rank `t`. `sum_to_size` must
+    work out the dims at run time, which costs about 1 µs a call at small shapes."""
+    shapes = _Shapes(facts)
+    for s in stmts:
+        s.expr = _explicit_sum(s.expr, shapes)
+        shapes.learn(s)
+
+
+def _explicit_sum(e: N.Expr, shapes: "_Shapes") -> N.Expr:
+    e = N.map_children(e, lambda c: _explicit_sum(c, shapes))
+    if not (isinstance(e, N.Call) and e.func == "sum_to"):
+        return e
+    g, target = e.args
+    have, want = shapes.shape(g), shapes.shape(target)
+    if want == ():
+        return _call("sum", g)
+    if have is None or want is None or len(have) != len(want) or any(a != b and b != "1" for a, b in zip(have, want)):
+        return e
+    dims = [k - len(have) for k, (a, b) in enumerate(zip(have, want)) if a != b]
+    if not dims:
+        return g
+    dim = N.Num(NOWHERE, dims[0], str(dims[0])) if len(dims) == 1 else N.ListExpr(NOWHERE, [N.Num(NOWHERE, d, str(d)) for d in dims])
+    keep = N.Bool(NOWHERE, True)
+    for n in (dim, keep, *N.walk(dim)):
+        n.kind = "int" if isinstance(n, N.Num) else "bool" if isinstance(n, N.Bool) else "list"
+    out = _call("sum", g)
+    out.kwargs = [N.Keyword("dim", dim, NOWHERE), N.Keyword("keepdim", keep, NOWHERE)]
+    return out
 
 
 # ------------------------------------------------------------------ addcmul

@@ -13,7 +13,7 @@ from . import nodes as N
 from .diagnostics import did_you_mean
 from .ops import CALLABLE, OPS, REDUCTIONS
 
-NOWHERE = N.Span(0, 0, 0, 0)
+NOWHERE = N.NOWHERE
 
 
 # ------------------------------------------------------------------ checking

@@ -14,6 +14,8 @@ from typing import Union
 
 from .diagnostics import Span
 
+NOWHERE = Span(0, 0, 0, 0)  # the span of a node the compiler made (not from a spec)
+
 # ---------------------------------------------------------------- expressions
 
 
