@@ -35,13 +35,14 @@ class ChannelNormFunction(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor]:
         mu = torch.mean(x, dim=[2, 3], keepdim=True)
         sub = x - mu
-        sigma2 = torch.mean(sub**2, dim=[2, 3], keepdim=True)
+        sigma2 = torch.mean(sub * sub, dim=[2, 3], keepdim=True)
         return sub / torch.sqrt(sigma2 + eps) * weight + bias, mu, sigma2
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         x, weight, bias, eps = inputs
         _, mu, sigma2 = output
+        ctx.set_materialize_grads(False)
         ctx.eps = eps
         ctx.bias_shape = bias.shape
         ctx.save_for_backward(
@@ -55,26 +56,46 @@ class ChannelNormFunction(torch.autograd.Function):
     def backward(ctx, grad_out, grad_mu_out, grad_sigma2_out):
         x, weight, mu, sigma2 = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            sub = x - mu
-            sqrt = (sigma2 + ctx.eps).sqrt_()
-        if ctx.needs_input_grad[0]:
-            grad_div = grad_out * weight
-            grad_sqrt = torch.sum(
-                (-grad_div).mul_(sub).div_(sqrt * sqrt), dim=[-2, -1], keepdim=True
-            )
-            grad_add = grad_sqrt.div_(2 * sqrt)
-            grad_sigma2 = grad_add.add_(grad_sigma2_out)
-            grad_sub = grad_div.div_(sqrt).addcmul_(
-                (grad_sigma2 / (x.shape[2] * x.shape[3])) * 2, sub
-            )
-            grad_mu = grad_mu_out + torch.sum(-grad_sub, dim=[-2, -1], keepdim=True)
-            grad_x = grad_sub.add_((grad_mu / (x.shape[2] * x.shape[3])))
-        if ctx.needs_input_grad[1]:
-            grad_weight = (grad_out * (sub / sqrt)).sum_to_size(*weight.shape)
-            del sub
-        if ctx.needs_input_grad[2]:
-            grad_bias = grad_out.sum_to_size(*ctx.bias_shape)
+        if grad_out is not None:
+            if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+                sub = x - mu
+                sqrt = (sigma2 + ctx.eps).sqrt_()
+            if ctx.needs_input_grad[0]:
+                grad_div = grad_out * weight
+                grad_sqrt = torch.sum(
+                    (-grad_div).mul_(sub).div_(sqrt * sqrt), dim=[-2, -1], keepdim=True
+                )
+                grad_add = grad_sqrt.div_(2 * sqrt)
+                grad_sub = grad_div.div_(sqrt).addcmul_(
+                    (grad_add / (x.shape[2] * x.shape[3])) * 2, sub
+                )
+                grad_mu = torch.sum(-grad_sub, dim=[-2, -1], keepdim=True)
+                grad_x = grad_sub.add_((grad_mu / (x.shape[2] * x.shape[3])))
+            if ctx.needs_input_grad[1]:
+                grad_weight = (grad_out * (sub / sqrt)).sum_to_size(*weight.shape)
+                del sub
+            if ctx.needs_input_grad[2]:
+                grad_bias = grad_out.sum_to_size(*ctx.bias_shape)
+        if grad_mu_out is not None:
+            if ctx.needs_input_grad[0]:
+                grad_x_from_mu = (grad_mu_out / (x.shape[2] * x.shape[3])).expand(
+                    x.shape
+                )
+                grad_x = grad_x_from_mu if grad_x is None else grad_x + grad_x_from_mu
+        if grad_sigma2_out is not None:
+            if ctx.needs_input_grad[0]:
+                grad_sub = (x - mu).mul_(
+                    (grad_sigma2_out / (x.shape[2] * x.shape[3])) * 2
+                )
+                grad_mu = torch.sum(-grad_sub, dim=[-2, -1], keepdim=True)
+                grad_x_from_sigma2 = grad_sub.add_(
+                    (grad_mu / (x.shape[2] * x.shape[3]))
+                )
+                grad_x = (
+                    grad_x_from_sigma2
+                    if grad_x is None
+                    else grad_x + grad_x_from_sigma2
+                )
         return grad_x, grad_weight, grad_bias, None
 
     @classmethod

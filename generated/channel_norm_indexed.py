@@ -38,7 +38,7 @@ class ChannelNormIndexedFunction(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor]:
         mu = torch.mean(x, dim=[2, 3])
         sub = x - mu[:, :, None, None]
-        sigma2 = torch.mean(sub**2, dim=[2, 3])
+        sigma2 = torch.mean(sub * sub, dim=[2, 3])
         return (
             sub / torch.sqrt(sigma2 + eps)[:, :, None, None] * weight[:, None, None]
             + bias[:, None, None],
@@ -50,6 +50,7 @@ class ChannelNormIndexedFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output) -> None:
         x, weight, bias, eps = inputs
         _, mu, sigma2 = output
+        ctx.set_materialize_grads(False)
         ctx.eps = eps
         ctx.bias_shape = bias.shape
         ctx.save_for_backward(
@@ -64,39 +65,70 @@ class ChannelNormIndexedFunction(torch.autograd.Function):
     def backward(ctx, grad_out, grad_mu_out, grad_sigma2_out):
         x, weight, bias, mu, sigma2 = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            alig = mu[:, :, None, None]
-            sub = x - alig
-            sqrt = (sigma2 + ctx.eps).sqrt_()
-            alig2 = sqrt[:, :, None, None]
-            alig3 = weight[:, None, None]
-        if ctx.needs_input_grad[2]:
-            alig4 = bias[:, None, None]
-            grad_alig4 = grad_out.sum_to_size(*alig4.shape)
-        if ctx.needs_input_grad[1]:
-            grad_alig3 = (grad_out * (sub / alig2)).sum_to_size(*alig3.shape)
-        if ctx.needs_input_grad[0]:
-            grad_div = grad_out * alig3
-            grad_alig2 = torch.sum(
-                (-grad_div).mul_(sub).div_(alig2 * alig2), dim=[-2, -1], keepdim=True
-            )
-            grad_sqrt = torch.reshape(grad_alig2, sqrt.shape)
-            grad_add = grad_sqrt / (2 * sqrt)
-            grad_sigma2 = grad_add.add_(grad_sigma2_out)
-            grad_sub = grad_div.div_(alig2).addcmul_(
-                (grad_sigma2 / (x.shape[2] * x.shape[3])).unsqueeze(2).unsqueeze(3) * 2,
-                sub,
-            )
-            del sub
-            grad_alig = torch.sum(-grad_sub, dim=[-2, -1], keepdim=True)
-            grad_mu = grad_mu_out + torch.reshape(grad_alig, mu.shape)
-            grad_x = grad_sub.add_(
-                (grad_mu / (x.shape[2] * x.shape[3])).unsqueeze(2).unsqueeze(3)
-            )
-        if ctx.needs_input_grad[1]:
-            grad_weight = torch.reshape(grad_alig3, weight.shape)
-        if ctx.needs_input_grad[2]:
-            grad_bias = torch.reshape(grad_alig4, ctx.bias_shape)
+        if grad_out is not None:
+            if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+                alig = mu[:, :, None, None]
+                sub = x - alig
+                sqrt = (sigma2 + ctx.eps).sqrt_()
+                alig2 = sqrt[:, :, None, None]
+                alig3 = weight[:, None, None]
+            if ctx.needs_input_grad[2]:
+                alig4 = bias[:, None, None]
+                grad_alig4 = grad_out.sum_to_size(*alig4.shape)
+            if ctx.needs_input_grad[1]:
+                grad_alig3 = (grad_out * (sub / alig2)).sum_to_size(*alig3.shape)
+            if ctx.needs_input_grad[0]:
+                grad_div = grad_out * alig3
+                grad_alig2 = torch.sum(
+                    (-grad_div).mul_(sub).div_(alig2 * alig2),
+                    dim=[-2, -1],
+                    keepdim=True,
+                )
+                grad_sqrt = torch.reshape(grad_alig2, sqrt.shape)
+                grad_add = grad_sqrt / (2 * sqrt)
+                grad_sub = grad_div.div_(alig2).addcmul_(
+                    (grad_add / (x.shape[2] * x.shape[3])).unsqueeze(2).unsqueeze(3)
+                    * 2,
+                    sub,
+                )
+                del sub
+                grad_alig = torch.sum(-grad_sub, dim=[-2, -1], keepdim=True)
+                grad_mu = torch.reshape(grad_alig, mu.shape)
+                grad_x = grad_sub.add_(
+                    (grad_mu / (x.shape[2] * x.shape[3])).unsqueeze(2).unsqueeze(3)
+                )
+            if ctx.needs_input_grad[1]:
+                grad_weight = torch.reshape(grad_alig3, weight.shape)
+            if ctx.needs_input_grad[2]:
+                grad_bias = torch.reshape(grad_alig4, ctx.bias_shape)
+        if grad_mu_out is not None:
+            if ctx.needs_input_grad[0]:
+                grad_x_from_mu = (
+                    (grad_mu_out / (x.shape[2] * x.shape[3]))
+                    .unsqueeze(2)
+                    .unsqueeze(3)
+                    .expand(x.shape)
+                )
+                grad_x = grad_x_from_mu if grad_x is None else grad_x + grad_x_from_mu
+        if grad_sigma2_out is not None:
+            if ctx.needs_input_grad[0]:
+                alig = mu[:, :, None, None]
+                grad_sub = (x - alig).mul_(
+                    (grad_sigma2_out / (x.shape[2] * x.shape[3]))
+                    .unsqueeze(2)
+                    .unsqueeze(3)
+                    * 2
+                )
+                grad_alig = torch.sum(-grad_sub, dim=[-2, -1], keepdim=True)
+                grad_mu = torch.reshape(grad_alig, mu.shape)
+                grad_x_from_sigma2 = grad_sub.add_(
+                    (grad_mu / (x.shape[2] * x.shape[3])).unsqueeze(2).unsqueeze(3)
+                )
+                grad_x = (
+                    grad_x_from_sigma2
+                    if grad_x is None
+                    else grad_x + grad_x_from_sigma2
+                )
         return grad_x, grad_weight, grad_bias, None
 
     @classmethod

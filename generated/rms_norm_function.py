@@ -34,6 +34,7 @@ class RMSNormFunctionalFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output) -> None:
         x, weight, eps = inputs
         _, mean = output
+        ctx.set_materialize_grads(False)
         ctx.eps = eps
         ctx.save_for_backward(x, weight, mean)
 
@@ -41,16 +42,22 @@ class RMSNormFunctionalFunction(torch.autograd.Function):
     def backward(ctx, grad_out, grad_mean_out):
         x, weight, mean = ctx.saved_tensors
         grad_x = grad_weight = None
-        rsqr = (mean + ctx.eps).rsqrt_()
-        if ctx.needs_input_grad[0]:
-            grad_mul1 = grad_out * weight
-            grad_rsqr = torch.sum(grad_mul1 * x, dim=-1, keepdim=True)
-            grad_add = grad_rsqr.mul_(-0.5).mul_(rsqr**3)
-            grad_mean = grad_add.add_(grad_mean_out)
-            grad_x = (grad_mul1 * rsqr).addcmul_(2 * (grad_mean / x.shape[-1]), x)
-            del grad_mul1
-        if ctx.needs_input_grad[1]:
-            grad_weight = (grad_out * (x * rsqr)).sum_to_size(*weight.shape)
+        if grad_out is not None:
+            rsqr = (mean + ctx.eps).rsqrt_()
+            if ctx.needs_input_grad[0]:
+                grad_mul1 = grad_out * weight
+                grad_rsqr = torch.sum(grad_mul1 * x, dim=-1, keepdim=True)
+                grad_add = grad_rsqr.mul_(-0.5).mul_(rsqr**3)
+                grad_x = (grad_mul1 * rsqr).addcmul_(2 * (grad_add / x.shape[-1]), x)
+                del grad_mul1
+            if ctx.needs_input_grad[1]:
+                grad_weight = (grad_out * (x * rsqr)).sum_to_size(*weight.shape)
+        if grad_mean_out is not None:
+            if ctx.needs_input_grad[0]:
+                grad_x_from_mean = 2 * (grad_mean_out / x.shape[-1]) * x
+                grad_x = (
+                    grad_x_from_mean if grad_x is None else grad_x + grad_x_from_mean
+                )
         return grad_x, grad_weight, None
 
     @classmethod

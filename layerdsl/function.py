@@ -10,6 +10,7 @@ cheap intermediates recomputed from them.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 
 from . import nodes as N
 from .derive import NOWHERE, Linearizer, NotDerivable, Step, Tape, _name, derive, simplify
@@ -55,8 +56,15 @@ class FunctionEmitter:
             saved, extra = self.saving(tape, reads)
             if extra:  # returned intermediates get gradients of their own (for double backward)
                 extra_grads = {v: f"grad_{v}_out" for v in extra}
-                incoming.update({g: v for v, g in extra_grads.items()})
-                body, reads = self.derived_backward(tape, derive(tape, grads, extra_grads), incoming)
+                if n_out == 1:
+                    # Those gradients are None (grads are not materialised) except in double backward: the
+                    # main derivation ignores them, and each has its own section, run when it is given.
+                    self.split = True
+                    rare = [(v, g, derive(tape, [], {v: g})) for v, g in extra_grads.items()]
+                    body, reads = self.derived_backward(tape, derive(tape, grads), incoming, rare)
+                else:
+                    incoming.update({g: v for v, g in extra_grads.items()})
+                    body, reads = self.derived_backward(tape, derive(tape, grads, extra_grads), incoming)
                 saved, extra = self.saving(tape, reads)
         else:
             body, reads = self.handwritten_backward(tape, grads)
@@ -153,7 +161,7 @@ class FunctionEmitter:
                 lines.append(f"{s.var} = {ex(base) if base is not None else s.base}")
                 lines += [f"if {s.guard} is not None:", f"    {s.var} = {ex(_replace_name(s.expr, s.base, s.var))}"]
                 continue
-            expr = substitute(s.expr, exprs)
+            expr = _squares(substitute(s.expr, exprs))
             if s.var in keep or uses.get(s.var, 0) != 1 or s.var in self._spec_locals():
                 lines.append(f"{s.var} = {ex(expr)}")
             else:
@@ -177,6 +185,8 @@ class FunctionEmitter:
         outs += [e if e in saved_names else "_" for e in extra]
         if any(v in outs for v in saved_names):
             lines.append(f"{outs[0]} = output" if len(outs) == 1 else f"{', '.join(outs)} = output")
+        if getattr(self, "split", False):
+            lines.append("ctx.set_materialize_grads(False)")
         for k in self.kwargs:
             lines.append(f"ctx.{k} = {k}")
         for name in shapes:
@@ -193,80 +203,118 @@ class FunctionEmitter:
 
     # ---------------------------------------------------------------- derived backward
 
-    def derived_backward(self, tape: Tape, bwd, incoming: dict[str, str]) -> tuple[list[str], dict[str, set[str]]]:
-        """Lines of the backward and, for each forward tensor it reads, which leaves need it."""
+    def derived_backward(self, tape: Tape, bwd, incoming: dict[str, str], rare=()) -> tuple[list[str], dict[str, set[str]]]:
+        """Lines of the backward and, for each forward tensor it reads, which leaves need it. `rare`: the
+        derivations from extra outputs' gradients, each run only when that gradient is given."""
+        main = Section(self._derived_items(bwd, tape), incoming)
+        if rare:
+            main.cond = " and ".join(f"{g} is not None" for g in incoming)
+        sections = [main]
+        for var, grad, rbwd in rare:
+            renamed = {f"grad_{l}": self._fresh(tape, f"grad_{l}_from_{var}") for l in tape.leaves}
+            items = [(lv, renamed.get(t, t), _renamed(e, renamed)) for lv, t, e in self._derived_items(rbwd, tape)]
+            produced = {t for _, t, _ in items}
+            accumulate = {l: renamed[f"grad_{l}"] for l in tape.leaves if renamed[f"grad_{l}"] in produced}
+            sections.append(Section(items, {grad: var}, f"{grad} is not None", accumulate, rare=True))
+        return self._backward(tape, sections)
+
+    def _derived_items(self, bwd, tape: Tape) -> list[tuple[set[str], str, N.Expr]]:
         for s in bwd.stmts:
             s.expr = self._shape_only(s.expr, tape)
         items = [(s.leaves, s.var, s.expr) for s in bwd.stmts]
-        items += [({l}, f"grad_{l}", _name(g)) for l, g in bwd.leaf_grads.items() if g != f"grad_{l}"]
-        return self._backward(tape, items, incoming)
+        return items + [({l}, f"grad_{l}", _name(g)) for l, g in bwd.leaf_grads.items() if g != f"grad_{l}"]
 
-    def _backward(self, tape: Tape, items, incoming: dict[str, str]) -> tuple[list[str], dict[str, set[str]]]:
-        """Shared by derived and hand-written backwards: `items` are (leaves, target, expr) in order;
-        `incoming` maps each incoming gradient to the forward value it is the gradient of."""
-        recompute: dict[str, set[str]] = {}
+    @staticmethod
+    def _fresh(tape: Tape, name: str) -> str:
+        taken = set(tape.leaves) | {s.var for s in tape.steps}
+        while name in taken:
+            name += "_"
+        return name
+
+    def _backward(self, tape: Tape, sections: list["Section"]) -> tuple[list[str], dict[str, set[str]]]:
+        """Shared by derived and hand-written backwards. Each section's items are (leaves, target, expr) in
+        order, and its `incoming` maps each incoming gradient it reads to the forward value it is the
+        gradient of. Sections share what is saved; each recomputes what it needs itself."""
         reads: dict[str, set[str]] = {}
         outputs = {o.id for o in tape.outputs if isinstance(o, N.Name)}
 
-        def read(var: str, leaves: set[str]):
-            step = tape.step(var)
-            # A hand-written backward ignores the gradients of extra outputs, so for double backward to
-            # stay right it recomputes even costly intermediates from what it saves.
-            costly_saved = step is not None and step.costly and self.layer.backward is None
-            keep = step is None or not self.save_inputs_only and (var in outputs or costly_saved)
-            if keep:
-                reads.setdefault(var, set()).update(leaves)
-                return
-            grows = not leaves <= recompute.get(var, set())
-            recompute.setdefault(var, set()).update(leaves)
-            if grows:
-                for n in _value_names(step.expr):
+        def reader(recompute: dict[str, set[str]], rare: bool):
+            def read(var: str, leaves: set[str]):
+                step = tape.step(var)
+                # A hand-written backward ignores the gradients of extra outputs (and a rare section comes
+                # after the extra outputs are chosen), so for double backward to stay right they recompute
+                # even costly intermediates from what is saved.
+                costly_saved = step is not None and step.costly and self.layer.backward is None and not rare
+                keep = step is None or not self.save_inputs_only and (var in outputs or costly_saved) or rare and var in reads
+                if keep:
+                    reads.setdefault(var, set()).update(leaves)
+                    return
+                grows = not leaves <= recompute.get(var, set())
+                recompute.setdefault(var, set()).update(leaves)
+                if grows:
+                    for n in _value_names(step.expr):
+                        if tape.step(n) or n in tape.leaves:
+                            read(n, leaves)
+                    if step.guard:
+                        read(step.guard, leaves)
+            return read
+
+        readers = []
+        shape_uses: dict[str, set[str]] = {}
+        for sec in sections:
+            read = reader(sec.recompute, sec.rare)
+            readers.append(read)
+            for leaves, _, expr in sec.items:
+                for n in _value_names(expr):
                     if tape.step(n) or n in tape.leaves:
                         read(n, leaves)
-                if step.guard:
-                    read(step.guard, leaves)
-
-        shape_uses: dict[str, set[str]] = {}
-        for leaves, _, expr in items:
-            for n in _value_names(expr):
-                if tape.step(n) or n in tape.leaves:
-                    read(n, leaves)
-            for n in _shape_names(expr):
-                shape_uses.setdefault(n, set()).update(leaves)
-        self.shape_on_ctx = {n: l for n, l in shape_uses.items() if n not in reads and n not in recompute and n in tape.leaves}
-        for n, leaves in shape_uses.items():
-            if n not in self.shape_on_ctx:
-                read(n, leaves)
+                for n in _shape_names(expr):
+                    shape_uses.setdefault(n, set()).update(leaves)
+        recomputed = {v for sec in sections for v in sec.recompute}
+        self.shape_on_ctx = {n: l for n, l in shape_uses.items() if n not in reads and n not in recomputed and n in tape.leaves}
+        for sec, read in zip(sections, readers):
+            for leaves, _, expr in sec.items:
+                for n in _shape_names(expr):
+                    if n not in self.shape_on_ctx:
+                        read(n, leaves)
         ex = PyExpr(Spelling({k: f"ctx.{k}" for k in self.kwargs}, training="ctx.training"), call_hook=self._internal)
         order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps])}
-        read_names = {n.id for _, _, e in items for n in N.walk(e) if isinstance(n, N.Name)}
-        read_names |= {n.id for s in tape.steps if s.var in recompute for n in N.walk(s.expr) if isinstance(n, N.Name)}
+        read_names = {n.id for sec in sections for _, _, e in sec.items for n in N.walk(e) if isinstance(n, N.Name)}
+        read_names |= {n.id for s in tape.steps if s.var in recomputed for n in N.walk(s.expr) if isinstance(n, N.Name)}
         self.dims_read = set()
         lines = self.prelude(tape, read_names, ex, lambda d: f"ctx.{d}")
         self.backward_dims = set(self.dims_read)
         saved = sorted(reads, key=lambda v: order.get(v, 1 << 30))
         if saved:
             lines.append(f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors")
-        stmts = [t for s in tape.steps if s.var in recompute for t in self._recompute_stmts(s, recompute[s.var])]
-        stmts += [Stmt(target, expr, leaves) for leaves, target, expr in items]
-        stmts = optimize(stmts, self._facts(tape, incoming, set(reads)))
-        blocks = [(s.leaves, _render(s, ex)) for s in stmts]
-        guarded = [f"grad_{l}" for l in tape.leaves if l in tape.differentiable
-                   if f"grad_{l}" not in {t for lv, t, _ in items if self.needs(lv, tape) is None}]
+        grads = [f"grad_{l}" for l in tape.leaves if l in tape.differentiable]
+        always = {t for lv, t, _ in sections[0].items if self.needs(lv, tape) is None}
+        guarded = [g for g in grads if g not in always or len(sections) > 1]
         if guarded:
             lines.append(" = ".join(guarded) + " = None")
-        lines += self._guarded(blocks, tape)
+        for sec in sections:
+            body = self._section(tape, sec, ex, set(reads))
+            lines += body if sec.cond is None else [f"if {sec.cond}:", *("    " + line for line in body)]
         returns = [f"grad_{l}" if l in tape.differentiable else "None" for l in tape.leaves] + ["None"] * len(self.kwargs)
         lines.append(f"return {', '.join(returns)}")
         return lines, reads
+
+    def _section(self, tape: Tape, sec: "Section", ex: PyExpr, saved: set[str]) -> list[str]:
+        stmts = [t for s in tape.steps if s.var in sec.recompute for t in self._recompute_stmts(s, sec.recompute[s.var])]
+        stmts += [Stmt(target, expr, leaves) for leaves, target, expr in sec.items]
+        stmts = optimize(stmts, self._facts(tape, sec.incoming, saved | set(sec.accumulate.values())))
+        blocks = [(s.leaves, _render(s, ex)) for s in stmts]
+        for leaf, part in sec.accumulate.items():  # add to what the main section found (or None)
+            blocks.append(({leaf}, [f"grad_{leaf} = {part} if grad_{leaf} is None else grad_{leaf} + {part}"]))
+        return self._guarded(blocks, tape)
 
     def _recompute_stmts(self, s: Step, leaves: set[str]) -> list[Stmt]:
         if s.guard:  # `var = base`, then `var = var + member` when the optional member is present
             return [Stmt(s.var, _name(s.base), leaves, recompute=True),
                     Stmt(s.var, _replace_name(s.expr, s.base, s.var), leaves, guard=s.guard)]
-        return [Stmt(s.var, s.expr, leaves, recompute=True)]
+        return [Stmt(s.var, _squares(s.expr), leaves, recompute=True)]
 
-    def _facts(self, tape: Tape, incoming: dict[str, str], saved: set[str]) -> Facts:
+    def _facts(self, tape: Tape, incoming: dict[str, str], kept: set[str]) -> Facts:
         """What the fusion pass may assume about the names a backward starts with."""
         shapes = {f"grad_{v}": shape for v, shape in tape.shapes.items()}  # a gradient has its value's shape
         shapes.update(tape.shapes)
@@ -280,7 +328,7 @@ class FunctionEmitter:
         return Facts(
             roots={**sources, **{g: sources.get(v, frozenset({v})) for g, v in incoming.items()}},
             shapes=shapes,
-            kept=set(tape.leaves) | saved | set(incoming) | returned,
+            kept=set(tape.leaves) | kept | set(incoming) | returned,
             foldable={s.var for s in tape.steps} - set(tape.env.values()),
             full=[f for f in full if f],
         )
@@ -326,7 +374,7 @@ class FunctionEmitter:
             else:
                 raise NotDerivable(stmt.span, "a backward block holds `NAME = ...` and `grad NAME = ...` statements",
                                    "compute both branches and choose with where()")
-        return self._backward(tape, items, _incoming(tape, grads))
+        return self._backward(tape, [Section(items, _incoming(tape, grads))])
 
     # ---------------------------------------------------------------- internal helpers
 
@@ -381,11 +429,43 @@ class FunctionEmitter:
         return f"({g} if {ex(keepdim)} else {g}.unsqueeze({ex(dim)}))"
 
 
+@dataclass
+class Section:
+    """Statements of a backward that run together: the main derivation, or (run only when the gradient of
+    an extra output is given) the derivation from that gradient, added to the main one's results."""
+
+    items: list[tuple[set[str], str, N.Expr]]
+    incoming: dict[str, str]
+    cond: str | None = None
+    accumulate: dict[str, str] = field(default_factory=dict)  # leaf -> the name holding this section's part
+    rare: bool = False
+    recompute: dict[str, set[str]] = field(default_factory=dict)
+
+
+def _renamed(e: N.Expr, names: dict[str, str]) -> N.Expr:
+    e = copy.deepcopy(e)
+    for n in N.walk(e):
+        if isinstance(n, N.Name) and n.id in names:
+            n.id = names[n.id]
+    return e
+
+
 def _render(s: Stmt, ex: PyExpr) -> list[str]:
     lines = [f"{s.target} = {ex(s.expr)}"]
     if s.guard:
         lines = [f"if {s.guard} is not None:", "    " + lines[0]]
     return lines + ([f"del {', '.join(s.dels)}"] if s.dels else [])
+
+
+def _squares(e: N.Expr) -> N.Expr:
+    """`x ** 2` as `x * x`: the same value (ATen computes it so), without wrapping the 2 in a tensor,
+    which costs about 1 µs a call at small shapes."""
+    e = N.map_children(e, _squares)
+    if isinstance(e, N.BinOp) and e.op == "**" and isinstance(e.right, N.Num) and e.right.value == 2 and isinstance(e.left, N.Name):
+        out = N.BinOp(e.span, "*", e.left, copy.deepcopy(e.left))
+        out.kind = e.kind
+        return out
+    return e
 
 
 def _value_names(e) -> list[str]:

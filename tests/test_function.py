@@ -203,3 +203,30 @@ def _plain(m):
 
 def _numbers(m) -> dict:
     return {k: getattr(m, k) for k in ("eps",) if hasattr(m, k) and not isinstance(getattr(m, k), torch.Tensor)}
+
+
+@pytest.mark.parametrize(
+    ("module", "function", "args", "shape"),
+    [
+        ("rms_norm_function", "RMSNormFunctionalFunction", lambda: [torch.rand(6, dtype=torch.float64) + 0.5, 1e-6], (4, 6)),
+        ("channel_norm", "ChannelNormFunction", lambda: [torch.rand(3, 1, 1, dtype=torch.float64), torch.randn(3, 1, 1, dtype=torch.float64), 1e-5], (2, 3, 2, 2)),
+        ("channel_norm_indexed", "ChannelNormIndexedFunction", lambda: [torch.rand(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64), 1e-5], (2, 3, 2, 2)),
+    ],
+)
+def test_saved_intermediates_are_differentiable_outputs(gen, module, function, args, shape):
+    """A Function that saves a costly intermediate returns it as an extra output whose gradient (None
+    unless something reads it: double backward) has a section of its own; gradcheck over every output
+    checks each section alone, since it feeds one output's gradient at a time."""
+    torch.manual_seed(0)
+    fn = getattr(_module(gen, module), function).apply
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    *params, eps = args()
+    params = [p.requires_grad_() for p in params]
+    assert torch.autograd.gradcheck(lambda *t: fn(*t, eps), (x, *params))
+    out = fn(x, *params, eps)
+    assert len(out) > 1
+    g0, g1 = torch.randn_like(out[0]), torch.randn_like(out[1])
+    main = torch.autograd.grad(out[0], x, g0, retain_graph=True)[0]
+    only_extra = torch.autograd.grad(out[1], x, g1, retain_graph=True)[0]  # the main section does not run
+    both = torch.autograd.grad(out[:2], x, (g0, g1))[0]  # both sections, the second adding to the first
+    assert torch.allclose(both, main + only_extra)
