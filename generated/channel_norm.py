@@ -57,25 +57,28 @@ class ChannelNormFunction(torch.autograd.Function):
         x, weight, mu, sigma2 = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
         if grad_out is not None:
+            if ctx.needs_input_grad[2]:
+                grad_bias = grad_out.sum_to_size(*ctx.bias_shape)
             if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
                 sub = x - mu
                 sqrt = (sigma2 + ctx.eps).sqrt_()
-            if ctx.needs_input_grad[0]:
-                grad_div = grad_out * weight
-                grad_sqrt = torch.sum(
-                    (-grad_div).mul_(sub).div_(sqrt * sqrt), dim=[-2, -1], keepdim=True
-                )
-                grad_add = grad_sqrt.div_(2 * sqrt)
-                grad_sub = grad_div.div_(sqrt).addcmul_(
-                    (grad_add / (x.shape[2] * x.shape[3])) * 2, sub
-                )
-                grad_mu = torch.sum(-grad_sub, dim=[-2, -1], keepdim=True)
-                grad_x = grad_sub.add_((grad_mu / (x.shape[2] * x.shape[3])))
             if ctx.needs_input_grad[1]:
                 grad_weight = (grad_out * (sub / sqrt)).sum_to_size(*weight.shape)
-                del sub
-            if ctx.needs_input_grad[2]:
-                grad_bias = grad_out.sum_to_size(*ctx.bias_shape)
+            if ctx.needs_input_grad[0]:
+                grad_div = grad_out * weight
+                # grad_sqrt without the factor -1: its readers apply it
+                grad_sqrt = torch.sum(
+                    (grad_div * sub).div_(sqrt * sqrt), dim=[-2, -1], keepdim=True
+                )
+                # grad_add without the factor -0.5: its readers apply it
+                grad_add = grad_sqrt.div_(sqrt)
+                grad_sub = (grad_div / sqrt).addcmul_(
+                    grad_add.div_(-(x.shape[2] * x.shape[3])), sub
+                )
+                del sub, grad_div
+                # grad_mu without the factor -1: its readers apply it
+                grad_mu = torch.sum(grad_sub, dim=[-2, -1], keepdim=True)
+                grad_x = grad_sub.add_(grad_mu.div_(-(x.shape[2] * x.shape[3])))
         if grad_mu_out is not None:
             if ctx.needs_input_grad[0]:
                 grad_x_from_mu = (grad_mu_out / (x.shape[2] * x.shape[3])).expand(
@@ -85,11 +88,12 @@ class ChannelNormFunction(torch.autograd.Function):
         if grad_sigma2_out is not None:
             if ctx.needs_input_grad[0]:
                 grad_sub = (x - mu).mul_(
-                    (grad_sigma2_out / (x.shape[2] * x.shape[3])) * 2
+                    2 / (x.shape[2] * x.shape[3]) * grad_sigma2_out
                 )
-                grad_mu = torch.sum(-grad_sub, dim=[-2, -1], keepdim=True)
+                # grad_mu without the factor -1: its readers apply it
+                grad_mu = torch.sum(grad_sub, dim=[-2, -1], keepdim=True)
                 grad_x_from_sigma2 = grad_sub.add_(
-                    (grad_mu / (x.shape[2] * x.shape[3]))
+                    grad_mu.div_(-(x.shape[2] * x.shape[3]))
                 )
                 grad_x = (
                     grad_x_from_sigma2

@@ -72,27 +72,25 @@ class ChannelNormIndexedFunction(torch.autograd.Function):
                 sqrt = (sigma2 + ctx.eps).sqrt_()
                 alig2 = sqrt[:, :, None, None]
                 alig3 = weight[:, None, None]
+            if ctx.needs_input_grad[1]:
+                grad_alig3 = (grad_out * (sub / alig2)).sum_to_size(*alig3.shape)
             if ctx.needs_input_grad[2]:
                 alig4 = bias[:, None, None]
                 grad_alig4 = grad_out.sum_to_size(*alig4.shape)
-            if ctx.needs_input_grad[1]:
-                grad_alig3 = (grad_out * (sub / alig2)).sum_to_size(*alig3.shape)
             if ctx.needs_input_grad[0]:
                 grad_div = grad_out * alig3
                 grad_alig2 = torch.sum(
-                    (-grad_div).mul_(sub).div_(alig2 * alig2),
-                    dim=[-2, -1],
-                    keepdim=True,
-                )
+                    (grad_div * sub).div_(alig2 * alig2), dim=[-2, -1], keepdim=True
+                ).neg_()
                 grad_sqrt = torch.reshape(grad_alig2, sqrt.shape)
-                grad_add = grad_sqrt / (2 * sqrt)
-                grad_sub = grad_div.div_(alig2).addcmul_(
-                    (grad_add / (x.shape[2] * x.shape[3])).unsqueeze(2).unsqueeze(3)
-                    * 2,
+                # grad_add without the factor 0.5: its readers apply it
+                grad_add = grad_sqrt / sqrt
+                grad_sub = (grad_div / alig2).addcmul_(
+                    grad_add.div_((x.shape[2] * x.shape[3])).unsqueeze(2).unsqueeze(3),
                     sub,
                 )
-                del sub
-                grad_alig = torch.sum(-grad_sub, dim=[-2, -1], keepdim=True)
+                del sub, grad_div
+                grad_alig = torch.sum(grad_sub, dim=[-2, -1], keepdim=True).neg_()
                 grad_mu = torch.reshape(grad_alig, mu.shape)
                 grad_x = grad_sub.add_(
                     (grad_mu / (x.shape[2] * x.shape[3])).unsqueeze(2).unsqueeze(3)
@@ -114,12 +112,11 @@ class ChannelNormIndexedFunction(torch.autograd.Function):
             if ctx.needs_input_grad[0]:
                 alig = mu[:, :, None, None]
                 grad_sub = (x - alig).mul_(
-                    (grad_sigma2_out / (x.shape[2] * x.shape[3]))
+                    (2 / (x.shape[2] * x.shape[3]) * grad_sigma2_out)
                     .unsqueeze(2)
                     .unsqueeze(3)
-                    * 2
                 )
-                grad_alig = torch.sum(-grad_sub, dim=[-2, -1], keepdim=True)
+                grad_alig = torch.sum(grad_sub, dim=[-2, -1], keepdim=True).neg_()
                 grad_mu = torch.reshape(grad_alig, mu.shape)
                 grad_x_from_sigma2 = grad_sub.add_(
                     (grad_mu / (x.shape[2] * x.shape[3])).unsqueeze(2).unsqueeze(3)

@@ -36,6 +36,8 @@ class FusedChainFunction(torch.autograd.Function):
             grad_s = grad_out * th
             grad_mul1 = torch.ops.aten.sigmoid_backward(grad_s, s)
             del grad_s
+        if ctx.needs_input_grad[3]:
+            grad_c = torch.sum(grad_mul1 * x)
         if (
             ctx.needs_input_grad[0]
             or ctx.needs_input_grad[1]
@@ -45,15 +47,12 @@ class FusedChainFunction(torch.autograd.Function):
             del s
             grad_add = torch.ops.aten.tanh_backward(grad_th, th)
             del th, grad_th
-        if ctx.needs_input_grad[0]:
-            grad_x = (grad_mul1 * c).addcmul_(grad_add, a)
-        if ctx.needs_input_grad[1]:
-            grad_a = torch.sum(grad_add * x)
         if ctx.needs_input_grad[2]:
             grad_b = torch.sum(grad_add)
-            del grad_add
-        if ctx.needs_input_grad[3]:
-            grad_c = torch.sum(grad_mul1 * x)
+        if ctx.needs_input_grad[1]:
+            grad_a = torch.sum(grad_add * x)
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad_mul1 * c).addcmul_(grad_add, a)
         return grad_x, grad_a, grad_b, grad_c
 
     @classmethod

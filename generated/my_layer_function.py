@@ -58,14 +58,14 @@ class MyLayerFunctionalFunction(torch.autograd.Function):
         sqrt = add.sqrt_()
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
             grad_sqrt = torch.matmul(grad_out, torch.transpose(weight, -1, -2))
-            grad_add = grad_sqrt.div_(2 * sqrt)
+            # grad_add without the factor 0.5: its readers apply it
+            grad_add = grad_sqrt.div_(sqrt)
+        if ctx.needs_input_grad[2]:
+            grad_bias = 0.5 * grad_add.sum_to_size(*bias.shape)
         if ctx.needs_input_grad[0]:
-            grad_x = (grad_add * 2).mul_(x)
+            grad_x = grad_add.mul_(x)
         if ctx.needs_input_grad[1]:
             grad_weight = torch.matmul(torch.transpose(sqrt, -1, -2), grad_out)
-            del sqrt
-        if ctx.needs_input_grad[2]:
-            grad_bias = grad_add.sum_to_size(*bias.shape)
         return grad_x, grad_weight, grad_bias
 
     @classmethod

@@ -44,17 +44,17 @@ class RMSNormFunctionalFunction(torch.autograd.Function):
         grad_x = grad_weight = None
         if grad_out is not None:
             rsqr = (mean + ctx.eps).rsqrt_()
+            if ctx.needs_input_grad[1]:
+                grad_weight = (grad_out * (x * rsqr)).sum_to_size(*weight.shape)
             if ctx.needs_input_grad[0]:
                 grad_mul1 = grad_out * weight
                 grad_rsqr = torch.sum(grad_mul1 * x, dim=-1, keepdim=True)
-                grad_add = grad_rsqr.mul_(-0.5).mul_(rsqr**3)
-                grad_x = (grad_mul1 * rsqr).addcmul_(2 * (grad_add / x.shape[-1]), x)
-                del grad_mul1
-            if ctx.needs_input_grad[1]:
-                grad_weight = (grad_out * (x * rsqr)).sum_to_size(*weight.shape)
+                # grad_add without the factor -0.5: its readers apply it
+                grad_add = grad_rsqr.mul_(rsqr**3)
+                grad_x = (grad_mul1 * rsqr).addcmul_(grad_add.div_(-x.shape[-1]), x)
         if grad_mean_out is not None:
             if ctx.needs_input_grad[0]:
-                grad_x_from_mean = 2 * (grad_mean_out / x.shape[-1]) * x
+                grad_x_from_mean = 2 / x.shape[-1] * grad_mean_out * x
                 grad_x = (
                     grad_x_from_mean if grad_x is None else grad_x + grad_x_from_mean
                 )

@@ -41,10 +41,10 @@ class ScaledTanhFunction(torch.autograd.Function):
         x, scale = ctx.saved_tensors
         grad_x = grad_scale = None
         t = torch.tanh(x)
-        if ctx.needs_input_grad[0]:
-            grad_x = (grad_y * scale).mul_(1 - t * t)
         if ctx.needs_input_grad[1]:
             grad_scale = torch.sum(grad_y * t, dim=0)
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad_y * scale).mul_(1 - t * t)
         return grad_x, grad_scale
 
     @classmethod

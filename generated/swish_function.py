@@ -42,11 +42,10 @@ class SwishFunctionalFunction(torch.autograd.Function):
         grad_s = grad_out * x
         grad_mul = torch.ops.aten.sigmoid_backward(grad_s, s)
         del grad_s
-        if ctx.needs_input_grad[0]:
-            grad_x = (grad_out * s).addcmul_(grad_mul, beta)
-            del s
         if ctx.needs_input_grad[1]:
             grad_beta = (grad_mul * x).sum_to_size(*beta.shape)
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad_out * s).addcmul_(grad_mul, beta)
         return grad_x, grad_beta
 
     @classmethod

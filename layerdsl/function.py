@@ -311,7 +311,7 @@ class FunctionEmitter:
     def _recompute_stmts(self, s: Step, leaves: set[str]) -> list[Stmt]:
         if s.guard:  # `var = base`, then `var = var + member` when the optional member is present
             return [Stmt(s.var, _name(s.base), leaves, recompute=True),
-                    Stmt(s.var, _replace_name(s.expr, s.base, s.var), leaves, guard=s.guard)]
+                    Stmt(s.var, _replace_name(s.expr, s.base, s.var), leaves, recompute=True, guard=s.guard)]
         return [Stmt(s.var, _squares(s.expr), leaves, recompute=True)]
 
     def _facts(self, tape: Tape, incoming: dict[str, str], kept: set[str]) -> Facts:
@@ -331,6 +331,7 @@ class FunctionEmitter:
             kept=set(tape.leaves) | kept | set(incoming) | returned,
             foldable={s.var for s in tape.steps} - set(tape.env.values()),
             full=[f for f in full if f],
+            incoming=set(incoming),
         )
 
     def _guarded(self, items, tape: Tape) -> list[str]:
@@ -454,6 +455,8 @@ def _render(s: Stmt, ex: PyExpr) -> list[str]:
     lines = [f"{s.target} = {ex(s.expr)}"]
     if s.guard:
         lines = [f"if {s.guard} is not None:", "    " + lines[0]]
+    if s.unscaled is not None:
+        lines.insert(0, f"# {s.target} without the factor {ex(s.unscaled)}: its readers apply it")
     return lines + ([f"del {', '.join(s.dels)}"] if s.dels else [])
 
 

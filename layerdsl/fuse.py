@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from . import nodes as N
 from .nodes import NOWHERE
+from .scales import hoist_scales
 from .ops import OPERATORS, OPS, Op, shape_args
 from .shapes import broadcast, matmul_shape
 
@@ -41,6 +42,7 @@ class Stmt:
     recompute: bool = False  # a forward intermediate computed again (may be folded into its reader)
     guard: str | None = None  # run only when this optional member is present (`target` is also read)
     dels: list[str] = field(default_factory=list)  # names dead after this statement
+    unscaled: N.Expr | None = None  # the factor this value lacks, which its readers apply (scales.py)
 
 
 @dataclass
@@ -52,14 +54,19 @@ class Facts:
     # Dtypes in terms of the leaves: a forward intermediate's is the promotion of the leaves it is computed
     # from, and an incoming gradient's is its output's (autograd casts it so).
     roots: dict[str, frozenset[str]] = field(default_factory=dict)
+    incoming: set[str] = field(default_factory=set)  # the incoming gradients
 
 
 def optimize(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
     stmts = _fold(stmts, facts)
     stmts = _narrow_expansions(stmts, facts)
+    hoist_scales(stmts, facts.kept, facts.incoming)
     _explicit_sums(stmts, facts)
+    stmts = _reductions_early(stmts)
+    exact = _compared_exactly(stmts)
     for s in stmts:
-        s.expr = _addcmul(s.expr)
+        if s.target not in exact:
+            s.expr = _addcmul(s.expr)
     inplace = _Inplace(stmts, facts)
     inplace.run()
     _deletions(stmts, facts, inplace.shapes.shapes, inplace.updated)
@@ -191,16 +198,61 @@ def _explicit_sum(e: N.Expr, shapes: "_Shapes") -> N.Expr:
     return out
 
 
+# ------------------------------------------------------------------ order
+
+
+def _reductions_early(stmts: list[Stmt]) -> list[Stmt]:
+    """Each statement that sums a gradient down (a small result) moves up to just after what it reads,
+    so that a later full-size reader of the same temporary is its last one and may update it in place
+    (MyLayer: `grad_bias = 0.5 * grad_add.sum(0)` before `grad_x = grad_add.mul_(x)`)."""
+    out: list[Stmt] = []
+    for s in stmts:
+        at = len(out)
+        if _is_reduction(s.expr) and not s.guard:
+            reads = set(_reads(s)) | {s.target}
+            while at > 0 and out[at - 1].target not in reads and not out[at - 1].guard and s.target not in _reads(out[at - 1]):
+                at -= 1
+        out.insert(at, s)
+    return out
+
+
+def _is_reduction(e) -> bool:
+    while isinstance(e, N.BinOp) and e.op in ("*", "/") and e.left.kind != "tensor":
+        e = e.right  # `0.5 * sum(...)`
+    while isinstance(e, (N.BinOp, N.UnaryOp)) and e.kind == "tensor" and getattr(e, "right", None) is not None and e.right.kind != "tensor":
+        e = e.left  # `sum(...) / n`
+    if isinstance(e, N.UnaryOp) and e.op == "-":
+        e = e.operand
+    return isinstance(e, N.Call) and e.func in ("sum", "sum_to")
+
+
 # ------------------------------------------------------------------ addcmul
 
 
 def _addcmul(e: N.Expr) -> N.Expr:
+    if isinstance(e, N.Call) and e.func == "extremum_mask":
+        return e  # its input must round as the forward did: it is compared with the saved extremum
     e = N.map_children(e, _addcmul)
     if isinstance(e, N.BinOp) and e.op == "+" and e.kind == "tensor":
         for p, prod in ((e.left, e.right), (e.right, e.left)):
             if _is_product(prod) and p.kind == "tensor":
                 return _call("addcmul", p, prod.left, prod.right)
     return e
+
+
+def _compared_exactly(stmts: list[Stmt]) -> set[str]:
+    """Recomputed values an extremum mask compares with the saved extremum, directly or through other
+    recomputed values: addcmul rounds differently from `p + q * r`, so these stay as the forward wrote them."""
+    by_target = {s.target: s for s in stmts if s.recompute}
+    frontier = [n for s in stmts for c in N.walk(s.expr) if isinstance(c, N.Call) and c.func == "extremum_mask"
+                for n in _names(c.args[0])]
+    exact: set[str] = set()
+    while frontier:
+        name = frontier.pop()
+        if name in by_target and name not in exact:
+            exact.add(name)
+            frontier += _names(by_target[name].expr)
+    return exact
 
 
 def _is_product(e) -> bool:
@@ -236,8 +288,18 @@ def _saved_by(name: str, tensors: tuple[str, ...]) -> frozenset[str]:
     names = set()
     for param, text in op.grads.items():
         if text is not None and param in tensors:
-            names |= set(_names(formula(op.name, param)))
+            names |= set(_value_reads(formula(op.name, param)))
     return frozenset(names)
+
+
+def _value_reads(e) -> list[str]:
+    """Names a formula reads as values: `sum`'s derivative reads only its input's shape (autograd keeps
+    the sizes, not the tensor)."""
+    if isinstance(e, N.Name):
+        return [e.id]
+    skip = shape_args(e) if isinstance(e, N.Call) else ()
+    children = [c for i, c in enumerate(e.args) if i not in skip] + [k.value for k in e.kwargs] if isinstance(e, N.Call) else N.children(e)
+    return [n for c in children if isinstance(c, N.Expr) for n in _value_reads(c)]
 
 
 _BY_METHOD = {op.inplace: op for op in OPS.values() if op.inplace}
@@ -306,6 +368,8 @@ class _Shapes:
         self.shapes[s.target] = self.shape(s.expr) or self.facts.shapes.get(s.target)
 
     def shape(self, e) -> tuple | None:
+        if getattr(e, "kind", None) in ("int", "float", "bool"):
+            return ()  # a Python number
         match e:
             case N.Name(id=i) if e.kind == "tensor":
                 return self.shapes.get(i)
@@ -330,6 +394,10 @@ class _Shapes:
                 return broadcast([self.shape(a) for a in args])
             case N.Call(func="reduced_view", args=[g, inp, dim, keep]):
                 return _reduced_shape(self.shape(inp), dim, keep)
+            case N.Call(func="sum", args=[g], kwargs=[]):
+                return ()
+            case N.Call(func="sum", args=[g], kwargs=[N.Keyword(name="dim", value=dim), N.Keyword(name="keepdim", value=N.Bool(value=True))]):
+                return _reduced_shape(self.shape(g), dim, None)
         return None
 
 
@@ -417,10 +485,20 @@ class _Inplace:
             return s.expr.id == name  # an alias
         for node in N.walk(s.expr):
             if isinstance(node, (N.BinOp, N.UnaryOp, N.Call, N.InPlace)):
+                if self.fresh_sum(node):
+                    continue
                 for param, operand in _operands(node):
                     if isinstance(operand, N.Name) and operand.id == name and _keeps_operand(node, param, operand):
                         return True
         return False
+
+    def fresh_sum(self, node) -> bool:
+        """`sum_to_size` between shapes known to differ: a new tensor, not its operand (an alias only when
+        the shapes are equal), and its derivative needs no values."""
+        if not (isinstance(node, N.Call) and node.func == "sum_to"):
+            return False
+        have, want = self.shape(node.args[0]), self.shape(node.args[1])
+        return have is not None and want is not None and have != want
 
     # -------------------------------------------------------------- dtype roots
 
