@@ -11,6 +11,7 @@ import bisect
 import difflib
 import functools
 import re
+import warnings
 from dataclasses import dataclass, field
 
 from lark import Lark, Token, Transformer, Tree, v_args
@@ -715,10 +716,16 @@ class _Builder(Transformer):
     def string(self, meta, items):
         (tok,) = items
         try:
-            value = ast.literal_eval(str(tok))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                value = ast.literal_eval(str(tok))
         except (SyntaxError, ValueError) as exc:
             self.r.error(_tspan(tok), f"invalid string: {exc.msg if isinstance(exc, SyntaxError) else exc}")
             value = ""
+        for w in caught:  # Python keeps an unknown escape's backslash but warns that it will not for long
+            if issubclass(w.category, (DeprecationWarning, SyntaxWarning)):
+                self.r.error(_tspan(tok), str(w.message), "write `\\\\` for a backslash")
+                break
         return N.Str(_tspan(tok), value)
 
     def true(self, meta, items):
