@@ -24,9 +24,10 @@ import functools
 from dataclasses import dataclass, field
 
 from . import nodes as N
+from .derive import _num
 from .nodes import NOWHERE
-from .scales import hoist_scales
 from .ops import OPERATORS, OPS, Op, shape_args
+from .scales import hoist_scales
 from .shapes import broadcast, matmul_shape
 
 ALIASING = ("sum_to", "expand_reduced", "unbind", "split_like")  # results that may share the operand's storage
@@ -189,10 +190,10 @@ def _explicit_sum(e: N.Expr, shapes: "_Shapes") -> N.Expr:
     dims = [k - len(have) for k, (a, b) in enumerate(zip(have, want)) if a != b]
     if not dims:
         return g
-    dim = N.Num(NOWHERE, dims[0], str(dims[0])) if len(dims) == 1 else N.ListExpr(NOWHERE, [N.Num(NOWHERE, d, str(d)) for d in dims])
+    dim = _num(dims[0]) if len(dims) == 1 else N.ListExpr(NOWHERE, [_num(d) for d in dims])
+    dim.kind = dim.kind if len(dims) == 1 else "list"
     keep = N.Bool(NOWHERE, True)
-    for n in (dim, keep, *N.walk(dim)):
-        n.kind = "int" if isinstance(n, N.Num) else "bool" if isinstance(n, N.Bool) else "list"
+    keep.kind = "bool"
     out = _call("sum", g)
     out.kwargs = [N.Keyword("dim", dim, NOWHERE), N.Keyword("keepdim", keep, NOWHERE)]
     return out
@@ -217,12 +218,12 @@ def _reductions_early(stmts: list[Stmt]) -> list[Stmt]:
 
 
 def _is_reduction(e) -> bool:
-    while isinstance(e, N.BinOp) and e.op in ("*", "/") and e.left.kind != "tensor":
-        e = e.right  # `0.5 * sum(...)`
-    while isinstance(e, (N.BinOp, N.UnaryOp)) and e.kind == "tensor" and getattr(e, "right", None) is not None and e.right.kind != "tensor":
-        e = e.left  # `sum(...) / n`
-    if isinstance(e, N.UnaryOp) and e.op == "-":
-        e = e.operand
+    """A sum, perhaps scaled by a number (`0.5 * sum(...)`, `-sum(...)`, `sum(...) / n`)."""
+    while isinstance(e, (N.BinOp, N.UnaryOp)):
+        tensors = [c for c in N.children(e) if isinstance(c, N.Expr) and c.kind == "tensor"]
+        if len(tensors) != 1 or isinstance(e, N.BinOp) and e.op not in ("*", "/"):
+            return False
+        e = tensors[0]
     return isinstance(e, N.Call) and e.func in ("sum", "sum_to")
 
 

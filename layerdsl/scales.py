@@ -17,6 +17,7 @@ import functools
 from dataclasses import dataclass, field
 
 from . import nodes as N
+from .derive import _bin, _key, _num
 from .nodes import NOWHERE
 
 # Operations linear in the operand at these positions: a factor of that operand is a factor of the result.
@@ -37,11 +38,11 @@ class Scale:
         powers = dict(self.powers)
         for key, p in other.powers:
             powers[key] = powers.get(key, 0) + p
-        return Scale(_tidy(self.coef * other.coef), tuple(sorted((k, p) for k, p in powers.items() if p)),
+        return Scale(_num(self.coef * other.coef).value, tuple(sorted((k, p) for k, p in powers.items() if p)),
                      {**self.exprs, **other.exprs})
 
     def inverse(self) -> "Scale":
-        return Scale(_tidy(1 / self.coef), tuple((k, -p) for k, p in self.powers), self.exprs)
+        return Scale(_num(1 / self.coef).value, tuple((k, -p) for k, p in self.powers), self.exprs)
 
     @property
     def one(self) -> bool:
@@ -56,24 +57,7 @@ class Scale:
         """The factor as one Python-number expression: `coef * a / (b * c)`."""
         num, den = self.parts()
         out = _product([_num(self.coef)] + num if self.coef != 1 or not num else num)
-        return _bin("/", out, _product(den), "float") if den else out
-
-
-def _tidy(v):
-    return int(v) if isinstance(v, float) and v.is_integer() and abs(v) < 1e15 else v
-
-
-def _num(v) -> N.Num:
-    v = _tidy(v)
-    n = N.Num(NOWHERE, v, repr(v))
-    n.kind = "float" if isinstance(v, float) else "int"
-    return n
-
-
-def _bin(op: str, l: N.Expr, r: N.Expr, kind: str | None = None) -> N.BinOp:
-    e = N.BinOp(NOWHERE, op, l, r)
-    e.kind = kind or ("tensor" if "tensor" in (l.kind, r.kind) else "float")
-    return e
+        return _bin("/", out, _product(den)) if den else out
 
 
 def _product(items: list[N.Expr]) -> N.Expr:
@@ -81,12 +65,6 @@ def _product(items: list[N.Expr]) -> N.Expr:
     for e in items[1:]:
         out = _bin("*", out, e)
     return out
-
-
-def _key(e: N.Expr) -> str:
-    from .pyexpr import PyExpr, Spelling
-
-    return PyExpr(Spelling())(e)
 
 
 # ------------------------------------------------------------------ across statements
@@ -187,10 +165,10 @@ def apply_scale(scale: Scale, rest: N.Expr | None) -> N.Expr:
         out = copy.copy(rest)
         out.args = [apply_scale(scale, rest.args[0]), *rest.args[1:]]
         return out
-    if isinstance(rest, N.BinOp) and rest.op in ("*", "/") and rest.left.kind == "tensor" and not (rest.op == "/" and _is_one(rest.left)):
-        return _bin(rest.op, apply_scale(scale, rest.left), rest.right)
     if isinstance(rest, N.BinOp) and rest.op == "/" and _is_one(rest.left):
-        return _bin("/", scale.scalar(), rest.right)
+        return _bin("/", scale.scalar(), rest.right)  # `c / t`
+    if isinstance(rest, N.BinOp) and rest.op in ("*", "/") and rest.left.kind == "tensor":
+        return _bin(rest.op, apply_scale(scale, rest.left), rest.right)
     num, den = scale.parts()
     if scale.coef in (1, -1) and not num:
         if not den:  # -1
