@@ -36,7 +36,7 @@ class ChannelNormFunction(torch.autograd.Function):
         mu = torch.mean(x, dim=[2, 3], keepdim=True)
         sub = x - mu
         sigma2 = torch.mean(sub * sub, dim=[2, 3], keepdim=True)
-        return sub / torch.sqrt(sigma2 + eps) * weight + bias, mu, sigma2
+        return torch.addcmul(bias, sub / (sigma2 + eps).sqrt_(), weight), mu, sigma2
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -57,13 +57,9 @@ class ChannelNormFunction(torch.autograd.Function):
         x, weight, mu, sigma2 = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
         if grad_out is not None:
-            if ctx.needs_input_grad[2]:
-                grad_bias = grad_out.sum_to_size(*ctx.bias_shape)
             if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
                 sub = x - mu
                 sqrt = (sigma2 + ctx.eps).sqrt_()
-            if ctx.needs_input_grad[1]:
-                grad_weight = (grad_out * (sub / sqrt)).sum_to_size(*weight.shape)
             if ctx.needs_input_grad[0]:
                 grad_div = grad_out * weight
                 # grad_sqrt without the factor -1: its readers apply it
@@ -72,13 +68,28 @@ class ChannelNormFunction(torch.autograd.Function):
                 )
                 # grad_add without the factor -0.5: its readers apply it
                 grad_add = grad_sqrt.div_(sqrt)
-                grad_sub = (grad_div / sqrt).addcmul_(
-                    grad_add.div_(-(x.shape[2] * x.shape[3])), sub
-                )
-                del sub, grad_div
+                # create_graph=True: autograd records this backward, so nothing it saves is updated in place
+                if torch.is_grad_enabled():
+                    grad_sub = (grad_div / sqrt).addcmul_(
+                        grad_add.div_(-(x.shape[2] * x.shape[3])), sub
+                    )
+                    del grad_div
+                else:
+                    grad_sub = grad_div.div_(sqrt).addcmul_(
+                        grad_add.div_(-(x.shape[2] * x.shape[3])), sub
+                    )
                 # grad_mu without the factor -1: its readers apply it
                 grad_mu = torch.sum(grad_sub, dim=[-2, -1], keepdim=True)
                 grad_x = grad_sub.add_(grad_mu.div_(-(x.shape[2] * x.shape[3])))
+            if ctx.needs_input_grad[1]:
+                # create_graph=True: autograd records this backward, so nothing it saves is updated in place
+                if torch.is_grad_enabled():
+                    grad_weight = (grad_out * (sub / sqrt)).sum_to_size(*weight.shape)
+                    del sub
+                else:
+                    grad_weight = (grad_out * sub.div_(sqrt)).sum_to_size(*weight.shape)
+            if ctx.needs_input_grad[2]:
+                grad_bias = grad_out.sum_to_size(*ctx.bias_shape)
         if grad_mu_out is not None:
             if ctx.needs_input_grad[0]:
                 grad_x_from_mu = (grad_mu_out / (x.shape[2] * x.shape[3])).expand(
@@ -87,9 +98,7 @@ class ChannelNormFunction(torch.autograd.Function):
                 grad_x = grad_x_from_mu if grad_x is None else grad_x + grad_x_from_mu
         if grad_sigma2_out is not None:
             if ctx.needs_input_grad[0]:
-                grad_sub = (x - mu).mul_(
-                    2 / (x.shape[2] * x.shape[3]) * grad_sigma2_out
-                )
+                grad_sub = 2 / (x.shape[2] * x.shape[3]) * grad_sigma2_out * (x - mu)
                 # grad_mu without the factor -1: its readers apply it
                 grad_mu = torch.sum(grad_sub, dim=[-2, -1], keepdim=True)
                 grad_x_from_sigma2 = grad_sub.add_(

@@ -40,8 +40,11 @@ class ChannelNormIndexedFunction(torch.autograd.Function):
         sub = x - mu[:, :, None, None]
         sigma2 = torch.mean(sub * sub, dim=[2, 3])
         return (
-            sub / torch.sqrt(sigma2 + eps)[:, :, None, None] * weight[:, None, None]
-            + bias[:, None, None],
+            torch.addcmul(
+                bias[:, None, None],
+                sub / (sigma2 + eps).sqrt_()[:, :, None, None],
+                weight[:, None, None],
+            ),
             mu,
             sigma2,
         )
@@ -85,11 +88,23 @@ class ChannelNormIndexedFunction(torch.autograd.Function):
                 grad_sqrt = torch.reshape(grad_alig2, sqrt.shape)
                 # grad_add without the factor 0.5: its readers apply it
                 grad_add = grad_sqrt / sqrt
-                grad_sub = (grad_div / alig2).addcmul_(
-                    grad_add.div_((x.shape[2] * x.shape[3])).unsqueeze(2).unsqueeze(3),
-                    sub,
-                )
-                del sub, grad_div
+                # create_graph=True: autograd records this backward, so nothing it saves is updated in place
+                if torch.is_grad_enabled():
+                    grad_sub = (grad_div / alig2).addcmul_(
+                        grad_add.div_((x.shape[2] * x.shape[3]))
+                        .unsqueeze(2)
+                        .unsqueeze(3),
+                        sub,
+                    )
+                    del sub, grad_div
+                else:
+                    grad_sub = grad_div.div_(alig2).addcmul_(
+                        grad_add.div_((x.shape[2] * x.shape[3]))
+                        .unsqueeze(2)
+                        .unsqueeze(3),
+                        sub,
+                    )
+                    del sub
                 grad_alig = torch.sum(grad_sub, dim=[-2, -1], keepdim=True).neg_()
                 grad_mu = torch.reshape(grad_alig, mu.shape)
                 grad_x = grad_sub.add_(
@@ -111,11 +126,9 @@ class ChannelNormIndexedFunction(torch.autograd.Function):
         if grad_sigma2_out is not None:
             if ctx.needs_input_grad[0]:
                 alig = mu[:, :, None, None]
-                grad_sub = (x - alig).mul_(
-                    (2 / (x.shape[2] * x.shape[3]) * grad_sigma2_out)
-                    .unsqueeze(2)
-                    .unsqueeze(3)
-                )
+                grad_sub = (2 / (x.shape[2] * x.shape[3]) * grad_sigma2_out).unsqueeze(
+                    2
+                ).unsqueeze(3) * (x - alig)
                 grad_alig = torch.sum(grad_sub, dim=[-2, -1], keepdim=True).neg_()
                 grad_mu = torch.reshape(grad_alig, mu.shape)
                 grad_x_from_sigma2 = grad_sub.add_(

@@ -19,7 +19,7 @@ class FusedChainFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-        return torch.tanh(a * x + b) * torch.sigmoid(c * x)
+        return torch.addcmul(b, a, x).tanh_() * (c * x).sigmoid_()
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -33,9 +33,7 @@ class FusedChainFunction(torch.autograd.Function):
         th = torch.addcmul(b, a, x).tanh_()
         s = (c * x).sigmoid_()
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[3]:
-            grad_s = grad_out * th
-            grad_mul1 = torch.ops.aten.sigmoid_backward(grad_s, s)
-            del grad_s
+            grad_mul1 = torch.ops.aten.sigmoid_backward(grad_out, s).mul_(th)
         if ctx.needs_input_grad[3]:
             grad_c = torch.sum(grad_mul1 * x)
         if (
@@ -43,16 +41,18 @@ class FusedChainFunction(torch.autograd.Function):
             or ctx.needs_input_grad[1]
             or ctx.needs_input_grad[2]
         ):
-            grad_th = grad_out * s
-            del s
-            grad_add = torch.ops.aten.tanh_backward(grad_th, th)
-            del th, grad_th
+            grad_add = torch.ops.aten.tanh_backward(grad_out, th).mul_(s)
+            del s, th
         if ctx.needs_input_grad[2]:
             grad_b = torch.sum(grad_add)
         if ctx.needs_input_grad[1]:
             grad_a = torch.sum(grad_add * x)
         if ctx.needs_input_grad[0]:
-            grad_x = (grad_mul1 * c).addcmul_(grad_add, a)
+            # create_graph=True: autograd records this backward, so nothing it saves is updated in place
+            if torch.is_grad_enabled():
+                grad_x = (grad_mul1 * c).addcmul_(grad_add, a)
+            else:
+                grad_x = grad_mul1.mul_(c).addcmul_(grad_add, a)
         return grad_x, grad_a, grad_b, grad_c
 
     @classmethod

@@ -34,10 +34,11 @@ class MyLayerFunctionalFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        add = x * x
         if bias is not None:
-            add = add + bias
-        return torch.sqrt(add) @ weight
+            add = torch.addcmul(bias, x, x)
+        else:
+            add = x * x
+        return add.sqrt_() @ weight
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -52,9 +53,10 @@ class MyLayerFunctionalFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, bias = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
-        add = x * x
         if bias is not None:
-            add = add + bias
+            add = torch.addcmul(bias, x, x)
+        else:
+            add = x * x
         sqrt = add.sqrt_()
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
             grad_sqrt = torch.matmul(grad_out, torch.transpose(weight, -1, -2))

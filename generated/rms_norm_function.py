@@ -28,7 +28,7 @@ class RMSNormFunctionalFunction(torch.autograd.Function):
     @staticmethod
     def forward(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
         mean = torch.mean(x * x, dim=-1, keepdim=True)
-        return x * torch.rsqrt(mean + eps) * weight, mean
+        return x * (mean + eps).rsqrt_() * weight, mean
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -51,7 +51,13 @@ class RMSNormFunctionalFunction(torch.autograd.Function):
                 grad_rsqr = torch.sum(grad_mul1 * x, dim=-1, keepdim=True)
                 # grad_add without the factor -0.5: its readers apply it
                 grad_add = grad_rsqr.mul_(rsqr**3)
-                grad_x = (grad_mul1 * rsqr).addcmul_(grad_add.div_(-x.shape[-1]), x)
+                # create_graph=True: autograd records this backward, so nothing it saves is updated in place
+                if torch.is_grad_enabled():
+                    grad_x = (grad_mul1 * rsqr).addcmul_(grad_add.div_(-x.shape[-1]), x)
+                else:
+                    grad_x = grad_mul1.mul_(rsqr).addcmul_(
+                        grad_add.div_(-x.shape[-1]), x
+                    )
         if grad_mean_out is not None:
             if ctx.needs_input_grad[0]:
                 grad_x_from_mean = 2 / x.shape[-1] * grad_mean_out * x

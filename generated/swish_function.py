@@ -27,7 +27,7 @@ class SwishFunctionalFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, beta: Tensor) -> Tensor:
-        return x * torch.sigmoid(beta * x)
+        return x * (beta * x).sigmoid_()
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -39,13 +39,16 @@ class SwishFunctionalFunction(torch.autograd.Function):
         x, beta = ctx.saved_tensors
         grad_x = grad_beta = None
         s = (beta * x).sigmoid_()
-        grad_s = grad_out * x
-        grad_mul = torch.ops.aten.sigmoid_backward(grad_s, s)
-        del grad_s
-        if ctx.needs_input_grad[1]:
-            grad_beta = (grad_mul * x).sum_to_size(*beta.shape)
+        grad_mul = torch.ops.aten.sigmoid_backward(grad_out, s).mul_(x)
         if ctx.needs_input_grad[0]:
             grad_x = (grad_out * s).addcmul_(grad_mul, beta)
+            del s
+        if ctx.needs_input_grad[1]:
+            # create_graph=True: autograd records this backward, so nothing it saves is updated in place
+            if torch.is_grad_enabled():
+                grad_beta = (grad_mul * x).sum_to_size(*beta.shape)
+            else:
+                grad_beta = grad_mul.mul_(x).sum_to_size(*beta.shape)
         return grad_x, grad_beta
 
     @classmethod

@@ -10,12 +10,13 @@ cheap intermediates recomputed from them.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 from . import nodes as N
 from .derive import NOWHERE, Linearizer, NotDerivable, Step, Tape, _name, derive, simplify
 from .diagnostics import SpecError
-from .fuse import Facts, Stmt, dtype_sources, optimize, substitute
+from .fuse import Facts, Stmt, addcmul_form, fresh_node, dtype_sources, guarded_addcmul, optimize, substitute, unary_in_place
 from .ops import OPS, shape_args
 from .pyexpr import PyExpr, Spelling
 from .shapes import infer_shapes, same_shape_leaf
@@ -155,18 +156,36 @@ class FunctionEmitter:
         read = {n.id for s in tape.steps for n in N.walk(s.expr) if isinstance(n, N.Name)}
         read |= {n.id for o in tape.outputs for n in N.walk(o) if isinstance(n, N.Name)}
         lines = self.prelude(tape, read, ex, lambda d: self.dim_source[d])
+        exact = _compared_exactly(tape)
+        roots: dict[str, frozenset[str]] = {}
+        owned: set[str] = set()  # temporaries read once, holding a buffer of their own
+
+        def out(e: N.Expr) -> str:
+            return ex(unary_in_place(e, owned, lambda t: bool(dtype_sources(t, roots) & tape.differentiable)))
+
         for s in tape.steps:
+            roots[s.var] = roots.get(s.base, frozenset({s.base})) if s.guard else dtype_sources(s.expr, roots)
+            mine = uses.get(s.var, 0) == 1 and s.var not in extra
             if s.guard:
                 base = exprs.pop(s.base, None)
-                lines.append(f"{s.var} = {ex(base) if base is not None else s.base}")
-                lines += [f"if {s.guard} is not None:", f"    {s.var} = {ex(_replace_name(s.expr, s.base, s.var))}"]
+                merged = None if base is None or s.var in exact else guarded_addcmul(_squares(base), s.expr, s.base, s.guard)
+                if merged is not None:
+                    lines += [f"if {s.guard} is not None:", f"    {s.var} = {out(merged)}", "else:", f"    {s.var} = {out(_squares(base))}"]
+                    owned |= {s.var} if mine and fresh_node(base) else set()
+                    continue
+                lines.append(f"{s.var} = {out(base) if base is not None else s.base}")
+                lines += [f"if {s.guard} is not None:", f"    {s.var} = {out(_replace_name(s.expr, s.base, s.var))}"]
+                owned |= {s.var} if mine and base is not None and fresh_node(base) else set()
                 continue
             expr = _squares(substitute(s.expr, exprs))
-            if s.var in keep or uses.get(s.var, 0) != 1 or s.var in self._spec_locals():
-                lines.append(f"{s.var} = {ex(expr)}")
+            if s.var not in exact:  # a max/min reads the value as the backward recomputes it: as written
+                expr = addcmul_form(expr)
+            if s.var in keep | exact or uses.get(s.var, 0) != 1 or s.var in self._spec_locals():
+                lines.append(f"{s.var} = {out(expr)}")
+                owned |= {s.var} if mine and fresh_node(expr) else set()
             else:
                 exprs[s.var] = expr
-        outs = [ex(substitute(o, exprs)) if isinstance(o, N.Name) else ex(o) for o in tape.outputs]
+        outs = [out(substitute(o, exprs)) if isinstance(o, N.Name) else ex(o) for o in tape.outputs]
         return lines + [f"return {', '.join(outs + extra)}"]
 
     def _spec_locals(self) -> set[str]:
@@ -302,11 +321,17 @@ class FunctionEmitter:
     def _section(self, tape: Tape, sec: "Section", ex: PyExpr, saved: set[str]) -> list[str]:
         stmts = [t for s in tape.steps if s.var in sec.recompute for t in self._recompute_stmts(s, sec.recompute[s.var])]
         stmts += [Stmt(target, expr, leaves) for leaves, target, expr in sec.items]
-        stmts = optimize(stmts, self._facts(tape, sec.incoming, saved | set(sec.accumulate.values())))
+        facts = self._facts(tape, sec.incoming, saved | set(sec.accumulate.values()))
+        unrecorded, schedule = self._optimized(copy.deepcopy(stmts), dataclasses.replace(facts, graph=False), sec, ex, tape)
+        recorded, _ = self._optimized(stmts, facts, sec, ex, tape, schedule)
+        return _by_grad_mode(recorded, unrecorded)
+
+    def _optimized(self, stmts: list[Stmt], facts: Facts, sec: "Section", ex: PyExpr, tape: Tape, prefer: int = 0):
+        stmts, schedule = optimize(stmts, facts, prefer)
         blocks = [(s.leaves, _render(s, ex)) for s in stmts]
         for leaf, part in sec.accumulate.items():  # add to what the main section found (or None)
             blocks.append(({leaf}, [f"grad_{leaf} = {part} if grad_{leaf} is None else grad_{leaf} + {part}"]))
-        return self._guarded(blocks, tape)
+        return self._guarded(blocks, tape), schedule
 
     def _recompute_stmts(self, s: Step, leaves: set[str]) -> list[Stmt]:
         if s.guard:  # `var = base`, then `var = var + member` when the optional member is present
@@ -323,15 +348,16 @@ class FunctionEmitter:
         outputs = [o.id for o in tape.outputs if isinstance(o, N.Name)]
         full = [tape.shapes.get(n) for n in [i.name for i in self.layer.forward.inputs] + outputs]
         sources: dict[str, frozenset[str]] = {}
-        for step in tape.steps:
-            sources[step.var] = dtype_sources(step.expr, sources)
+        for step in tape.steps:  # with an optional member, only what holds when it is absent
+            sources[step.var] = sources.get(step.base, frozenset({step.base})) if step.guard else dtype_sources(step.expr, sources)
         return Facts(
-            roots={**sources, **{g: sources.get(v, frozenset({v})) for g, v in incoming.items()}},
+            roots={**sources, **{g: sources.get(v, frozenset({v})) | {g} for g, v in incoming.items()}},
             shapes=shapes,
             kept=set(tape.leaves) | kept | set(incoming) | returned,
             foldable={s.var for s in tape.steps} - set(tape.env.values()),
             full=[f for f in full if f],
             incoming=set(incoming),
+            floating=frozenset(tape.differentiable) | set(incoming),
         )
 
     def _guarded(self, items, tape: Tape) -> list[str]:
@@ -443,6 +469,75 @@ class Section:
     recompute: dict[str, set[str]] = field(default_factory=dict)
 
 
+def _compared_exactly(tape: Tape) -> set[str]:
+    """Values a max/min reads: the backward compares their recomputation with the saved extremum, so the
+    forward must round them as the backward does (see fuse._compared_exactly)."""
+    by_var = {s.var: s for s in tape.steps}
+    frontier = [n for s in tape.steps if s.op and any("extremum_mask" in (f or "") for f in s.op.grads.values())
+                for n in _value_names(s.expr)]
+    exact: set[str] = set()
+    while frontier:
+        name = frontier.pop()
+        if name in by_var and name not in exact:
+            exact.add(name)
+            frontier += _value_names(by_var[name].expr)
+    return exact
+
+
+def _by_grad_mode(recorded: list[str], unrecorded: list[str]) -> list[str]:
+    """One body when it is the same whether or not autograd records the backward; else the lines both
+    share once, and the rest in two branches. Grad mode is on in a backward exactly when it is being
+    recorded (`create_graph=True`); then no value an earlier operation keeps may be updated in place."""
+    if recorded == unrecorded:
+        return recorded
+    a, b = _blocks(recorded), _blocks(unrecorded)
+    head = 0
+    while head < min(len(a), len(b)) and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(a), len(b)) - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    only_a, only_b = a[head : len(a) - tail], b[head : len(b) - tail]
+    if len(only_a) == len(only_b) and all(x[0] == y[0] and _one_body(x) and _one_body(y) for x, y in zip(only_a, only_b)):
+        branch = []  # the same guards in the same order: branch inside each
+        for x, y in zip(only_a, only_b):
+            branch += [x[0], *("    " + line for line in _by_grad_mode(_dedented(x[1:]), _dedented(y[1:])))]
+    else:
+        branch = _branches(only_a, only_b)
+    return [line for block in a[:head] for line in block] + branch + [line for block in a[len(a) - tail :] for line in block]
+
+
+def _branches(only_a: list[list[str]], only_b: list[list[str]]) -> list[str]:
+    why = "# create_graph=True: autograd records this backward, so nothing it saves is updated in place"
+    if not only_a:
+        return [why, "if not torch.is_grad_enabled():", *_indented(only_b)]
+    return [why, "if torch.is_grad_enabled():", *_indented(only_a)] + (["else:", *_indented(only_b)] if only_b else [])
+
+
+def _blocks(lines: list[str]) -> list[list[str]]:
+    """Top-level statements, each with the indented lines it owns."""
+    out: list[list[str]] = []
+    for line in lines:
+        if (line.startswith(" ") or line.startswith(("else:", "elif "))) and out:
+            out[-1].append(line)
+        else:
+            out.append([line])
+    return out
+
+
+def _one_body(block: list[str]) -> bool:
+    """`if ...:` with an indented body and no `else`."""
+    return block[0].endswith(":") and all(line.startswith("    ") for line in block[1:])
+
+
+def _dedented(lines: list[str]) -> list[str]:
+    return [line[4:] for line in lines]
+
+
+def _indented(blocks: list[list[str]]) -> list[str]:
+    return ["    " + line for block in blocks for line in block]
+
+
 def _renamed(e: N.Expr, names: dict[str, str]) -> N.Expr:
     e = copy.deepcopy(e)
     for n in N.walk(e):
@@ -455,6 +550,8 @@ def _render(s: Stmt, ex: PyExpr) -> list[str]:
     lines = [f"{s.target} = {ex(s.expr)}"]
     if s.guard:
         lines = [f"if {s.guard} is not None:", "    " + lines[0]]
+        if s.otherwise is not None:
+            lines += ["else:", f"    {s.target} = {ex(s.otherwise)}"]
     if s.unscaled is not None:
         lines.insert(0, f"# {s.target} without the factor {ex(s.unscaled)}: its readers apply it")
     return lines + ([f"del {', '.join(s.dels)}"] if s.dels else [])

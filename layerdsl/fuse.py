@@ -15,6 +15,11 @@ of fresh buffers. This pass:
    results an operation's own derivative reads), the result must have its shape, and the other operands
    may not promote its dtype (they read only tensors it was computed from);
 5. deletes full-size temporaries after their last use, so their memory is reused.
+
+`Facts.graph` says whether autograd may record the backward; without a graph (grad mode off) nothing
+keeps a value for later, so rule 4 only asks that the temporary be dead and not aliased. The emitter
+runs both and branches on grad mode where they differ. Each run picks the statement order that makes
+the fewest fresh full-size buffers.
 """
 
 from __future__ import annotations
@@ -24,10 +29,10 @@ import functools
 from dataclasses import dataclass, field
 
 from . import nodes as N
-from .derive import _num
+from .derive import _bin, _num
 from .nodes import NOWHERE
 from .ops import OPERATORS, OPS, Op, shape_args
-from .scales import hoist_scales
+from .scales import LINEAR, hoist_scales
 from .shapes import broadcast, matmul_shape
 
 ALIASING = ("sum_to", "expand_reduced", "unbind", "split_like")  # results that may share the operand's storage
@@ -44,6 +49,7 @@ class Stmt:
     guard: str | None = None  # run only when this optional member is present (`target` is also read)
     dels: list[str] = field(default_factory=list)  # names dead after this statement
     unscaled: N.Expr | None = None  # the factor this value lacks, which its readers apply (scales.py)
+    otherwise: N.Expr | None = None  # with a guard: the value when the member is absent
 
 
 @dataclass
@@ -56,22 +62,51 @@ class Facts:
     # from, and an incoming gradient's is its output's (autograd casts it so).
     roots: dict[str, frozenset[str]] = field(default_factory=dict)
     incoming: set[str] = field(default_factory=set)  # the incoming gradients
+    # Whether autograd may record the backward (create_graph=True). Without a graph nothing keeps a value
+    # for later, so any temporary may be updated after its last read.
+    graph: bool = True
+    floating: frozenset[str] = frozenset()  # names declared floating-point (float inputs, parameters, gradients)
 
 
-def optimize(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
+def optimize(stmts: list[Stmt], facts: Facts, prefer: int = 0) -> tuple[list[Stmt], int]:
+    """The statements rewritten, and which schedule they follow (`prefer` breaks ties, so that the backward
+    with a graph and the one without share as many statements as they can)."""
     stmts = _fold(stmts, facts)
     stmts = _narrow_expansions(stmts, facts)
     hoist_scales(stmts, facts.kept, facts.incoming)
     _explicit_sums(stmts, facts)
-    stmts = _reductions_early(stmts)
+    stmts = _factors_out(stmts, facts)
+    # Sums first lets a temporary's last full-size reader update it; keeping the derivation's order can
+    # instead let a reader that autograd does not record update it (without a graph).
+    schedules = [_in_place(s, facts) for s in (_reductions_early(stmts), copy.deepcopy(stmts))]
+    cost = [_fresh_buffers(s, facts) for s in schedules]
+    best = min(range(len(schedules)), key=lambda k: (cost[k], k != prefer, k))
+    return schedules[best], best
+
+
+def _in_place(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
     exact = _compared_exactly(stmts)
+    stmts = _guarded_products(stmts, exact)
     for s in stmts:
         if s.target not in exact:
-            s.expr = _addcmul(s.expr)
+            s.expr = addcmul_form(s.expr)
     inplace = _Inplace(stmts, facts)
     inplace.run()
     _deletions(stmts, facts, inplace.shapes.shapes, inplace.updated)
     return stmts
+
+
+def _fresh_buffers(stmts: list[Stmt], facts: Facts) -> int:
+    """How many buffers of unknown or full size the statements allocate."""
+    shapes = _Shapes(facts)
+    count = 0
+    for s in stmts:
+        for node in [*N.walk(s.expr), *(N.walk(s.otherwise) if s.otherwise else [])]:
+            if fresh_node(node) and not isinstance(node, N.InPlace):
+                shape = shapes.shape(node)
+                count += shape is None or shape in facts.full
+        shapes.learn(s)
+    return count
 
 
 # ------------------------------------------------------------------ folding
@@ -82,7 +117,7 @@ def _names(e) -> list[str]:
 
 
 def _reads(s: Stmt) -> list[str]:
-    return _names(s.expr) + ([s.guard] if s.guard else [])
+    return _names(s.expr) + ([s.guard] if s.guard else []) + (_names(s.otherwise) if s.otherwise else [])
 
 
 def _fold(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
@@ -199,6 +234,47 @@ def _explicit_sum(e: N.Expr, shapes: "_Shapes") -> N.Expr:
     return out
 
 
+# ------------------------------------------------------------------ tensor factors out of linear kernels
+
+
+def _factors_out(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
+    """`sigmoid_backward(g * x, s)` as `sigmoid_backward(g, s) * x` when `x` has the result's shape: the
+    same passes, but the product may then update the kernel's fresh result instead of taking a buffer of
+    its own (the kernel is linear in its first operand). A product bound to a name read only there
+    moves in too."""
+    shapes = _Shapes(facts)
+    roots = dict(facts.roots)
+    uses: dict[str, int] = {}
+    for s in stmts:
+        for n in _reads(s):
+            uses[n] = uses.get(n, 0) + 1
+    bound: dict[str, Stmt] = {}
+    moved: set[int] = set()
+    for s in stmts:
+        e = s.expr
+        if isinstance(e, N.Call) and e.func in _LINEAR_KERNELS and not e.kwargs and not s.guard:
+            arg, src = e.args[0], None
+            if isinstance(arg, N.Name) and uses.get(arg.id) == 1 and arg.id in bound and arg.id not in facts.kept:
+                src = bound[arg.id]
+                arg = src.expr
+            for a, b in ((arg.left, arg.right), (arg.right, arg.left)) if _is_product(arg) else ():
+                inner = _call(e.func, a, *e.args[1:])
+                full = shapes.shape(e)
+                if full is not None and shapes.shape(b) == full == shapes.shape(inner) and dtype_sources(b, roots) <= dtype_sources(inner, roots):
+                    s.expr = _bin("*", inner, b)
+                    if src is not None:
+                        moved.add(id(src))
+                    break
+        shapes.learn(s)
+        roots[s.target] = dtype_sources(s.expr, roots)
+        if not s.guard:
+            bound[s.target] = s
+    return [s for s in stmts if id(s) not in moved]
+
+
+_LINEAR_KERNELS = tuple(f for f, at in LINEAR.items() if at == (0,) and OPS[f].shape == "elementwise" and OPS[f].internal)
+
+
 # ------------------------------------------------------------------ order
 
 
@@ -230,15 +306,42 @@ def _is_reduction(e) -> bool:
 # ------------------------------------------------------------------ addcmul
 
 
-def _addcmul(e: N.Expr) -> N.Expr:
+def addcmul_form(e: N.Expr) -> N.Expr:
     if isinstance(e, N.Call) and e.func == "extremum_mask":
         return e  # its input must round as the forward did: it is compared with the saved extremum
-    e = N.map_children(e, _addcmul)
+    e = N.map_children(e, addcmul_form)
     if isinstance(e, N.BinOp) and e.op == "+" and e.kind == "tensor":
         for p, prod in ((e.left, e.right), (e.right, e.left)):
             if _is_product(prod) and p.kind == "tensor":
                 return _call("addcmul", p, prod.left, prod.right)
     return e
+
+
+def _guarded_products(stmts: list[Stmt], exact: set[str]) -> list[Stmt]:
+    """`v = a * b` then `v = v + m` when the optional `m` is present: one statement, `addcmul` or `a * b`."""
+    out: list[Stmt] = []
+    for s in stmts:
+        prev = out[-1] if out else None
+        if s.guard and prev is not None and not prev.guard and prev.target == s.target and s.target not in exact:
+            merged = guarded_addcmul(prev.expr, s.expr, s.target, s.guard)
+            if merged is not None:
+                s.expr, s.otherwise, s.recompute = merged, prev.expr, prev.recompute
+                out[-1] = s
+                continue
+        out.append(s)
+    return out
+
+
+def guarded_addcmul(value: N.Expr, update: N.Expr, name: str, member: str) -> N.Expr | None:
+    """`addcmul(member, a, b)` for `name = a * b` followed by `name = name + member` (None otherwise).
+    The forward and the backward's recomputation both use it, so the two round alike."""
+    if not (_is_product(value) and isinstance(update, N.BinOp) and update.op == "+"):
+        return None
+    sides = [update.left, update.right]
+    if not all(isinstance(n, N.Name) for n in sides) or sorted(n.id for n in sides) != sorted([name, member]):
+        return None
+    m = next(n for n in sides if n.id == member)
+    return _call("addcmul", copy.deepcopy(m), value.left, value.right)
 
 
 def _compared_exactly(stmts: list[Stmt]) -> set[str]:
@@ -339,10 +442,10 @@ def _operands(e) -> list[tuple[str | None, N.Expr]]:
     return [(None, c) for c in N.children(e)]
 
 
-def _fresh_node(e) -> bool:
+def fresh_node(e) -> bool:
     """An operation whose result is a new tensor (not a view of an operand)."""
     if isinstance(e, N.InPlace):
-        return _fresh_node(e.target) or isinstance(e.target, N.Name)
+        return fresh_node(e.target) or isinstance(e.target, N.Name)
     if isinstance(e, (N.BinOp, N.UnaryOp)):
         return e.kind == "tensor" and _row(e) is not None
     if isinstance(e, N.Call):
@@ -437,8 +540,8 @@ class _Inplace:
             self.k = k
             s.expr = self.rewrite(s.expr, s)
             self.shapes.learn(s)
-            self.roots[s.target] = self.roots_of(s.expr)
-            if _fresh_node(s.expr) and not _result_saved(s.expr) and s.target not in self.facts.kept:
+            self.roots[s.target] = self.guaranteed_roots(s)
+            if fresh_node(s.expr) and not self.result_kept(s.expr) and s.target not in self.facts.kept:
                 self.fresh.add(s.target)
 
     def rewrite(self, e: N.Expr, stmt: Stmt) -> N.Expr:
@@ -467,11 +570,16 @@ class _Inplace:
         shape = self.shape(target)
         if shape is None or self.shape(e) != shape or target.kind != "tensor":
             return False
+        if not self.roots_of(target) & self.facts.floating:
+            return False  # an integer tensor: a floating result could not be written into it
         if not all(self.roots_of(o) <= self.roots_of(target) for o in others):
             return False  # another operand could have a wider dtype
         if isinstance(target, N.Name):
             return self.dead_after(target.id, stmt)
-        return _fresh_node(target) and not _result_saved(target)
+        return fresh_node(target) and not self.result_kept(target)
+
+    def result_kept(self, e) -> bool:
+        return self.facts.graph and _result_saved(e)
 
     def dead_after(self, name: str, stmt: Stmt) -> bool:
         """A fresh temporary read for the last time here, once, and never kept by an earlier operation."""
@@ -489,7 +597,7 @@ class _Inplace:
                 if self.fresh_sum(node):
                     continue
                 for param, operand in _operands(node):
-                    if isinstance(operand, N.Name) and operand.id == name and _keeps_operand(node, param, operand):
+                    if isinstance(operand, N.Name) and operand.id == name and _keeps_operand(node, param, operand, self.facts.graph):
                         return True
         return False
 
@@ -505,6 +613,14 @@ class _Inplace:
 
     def roots_of(self, e) -> frozenset[str]:
         return dtype_sources(e, self.roots)
+
+    def guaranteed_roots(self, s: Stmt) -> frozenset[str]:
+        """The roots of `s.target` whether or not its optional member is present."""
+        if not s.guard:
+            return self.roots_of(s.expr)
+        if s.otherwise is not None:
+            return self.roots_of(s.expr) & self.roots_of(s.otherwise)
+        return self.roots.get(s.target, frozenset())
 
 
 def dtype_sources(e, known: dict[str, frozenset[str]]) -> frozenset[str]:
@@ -535,14 +651,31 @@ def dtype_sources(e, known: dict[str, frozenset[str]]) -> frozenset[str]:
     return frozenset(out)
 
 
-def _keeps_operand(node, param: str | None, operand: N.Name) -> bool:
-    """Whether operation `node` keeps `operand`: autograd saves it, or the result may be a view of it."""
+def _keeps_operand(node, param: str | None, operand: N.Name, graph: bool) -> bool:
+    """Whether operation `node` keeps `operand`: the result may be a view of it, or autograd records
+    the operation (`graph`) and saves it."""
     if isinstance(node, N.Call) and any(node.args[i] is operand for i in shape_args(node)):
         return False  # only its shape is read
     row = _row(node)
     if row is None or param is None or row.name in ALIASING or row.shape in ("view", "transpose"):
         return True
-    return param in _saved(node)
+    return graph and param in _saved(node)
+
+
+def unary_in_place(e: N.Expr, owned: set[str], floating) -> N.Expr:
+    """For a forward: a one-operand operation on a temporary nothing else reads (a fresh result inline,
+    or a name in `owned`) updates it in place, `torch.sqrt(add)` as `add.sqrt_()`. `floating(e)`: whether
+    `e` is known to be floating-point (an integer buffer cannot take a floating result)."""
+    e = N.map_children(e, lambda c: unary_in_place(c, owned, floating))
+    row = _row(e)
+    if isinstance(e, N.InPlace) or row is None or row.inplace is None or isinstance(e, N.Call) and e.kwargs:
+        return e
+    operands = _operands(e)
+    if len(operands) != 1:
+        return e
+    target = operands[0][1]
+    mine = target.id in owned if isinstance(target, N.Name) else fresh_node(target) and not _result_saved(target)
+    return _Inplace.inplace(row.inplace, target, [], e) if mine and floating(target) else e
 
 
 # ------------------------------------------------------------------ deletions

@@ -162,16 +162,89 @@ def _full_size_buffers(step, shape) -> tuple[int, int]:
     return Count.fresh, Count.inplace
 
 
-@pytest.mark.parametrize(("layer", "at_most"), [("SwishFunctional", 5), ("FusedChain", 9), ("RMSNormFunctional", 5)])
-def test_derived_backward_reuses_its_temporaries(gen, layer, at_most):
+@pytest.mark.parametrize(
+    ("layer", "at_most", "recorded_at_most"), [("SwishFunctional", 3, 5), ("FusedChain", 6, 9), ("RMSNormFunctional", 4, 5)]
+)
+def test_derived_backward_reuses_its_temporaries(gen, layer, at_most, recorded_at_most):
     """The derived backward updates temporaries it owns in place and uses fused kernels; written out of
-    place (before the fusion pass) it allocated 10 (Swish), 18 (chain) and 8 (RMSNorm) full-size buffers."""
+    place (before the fusion pass) it allocated 10 (Swish), 18 (chain) and 8 (RMSNorm) full-size buffers.
+    Recorded (create_graph=True) it may not update what autograd keeps, so it takes more."""
     m = getattr(gen, layer)(*([64] if layer != "FusedChain" else []))
     x = torch.randn(256, 64, requires_grad=True)
     y = m(x)
     g = torch.randn_like(y)
-    fresh, inplace = _full_size_buffers(lambda: torch.autograd.grad(y, [x, *m.parameters()], g), (256, 64))
+    params = [x, *m.parameters()]
+    fresh, inplace = _full_size_buffers(lambda: torch.autograd.grad(y, params, g, retain_graph=True), (256, 64))
     assert fresh <= at_most and inplace > 0, (fresh, inplace)
+    fresh, _ = _full_size_buffers(lambda: torch.autograd.grad(y, params, g, create_graph=True), (256, 64))
+    assert fresh <= recorded_at_most, fresh
+
+
+def test_forward_updates_its_own_temporaries(gen):
+    """The Function's forward runs its one-operand operations on the temporaries it owns in place and
+    fuses `x * x + bias`: MyLayer's forward makes one [B, in] buffer (three before); Swish's makes two,
+    its output included (three before)."""
+    m = gen.MyLayerFunctional(64, 32)
+    x = torch.rand(256, 64)
+    assert _full_size_buffers(lambda: m(x), (256, 64))[0] == 1
+    assert _full_size_buffers(lambda: gen.SwishFunctional(64)(x), (256, 64))[0] == 2
+
+
+_BATCHED = {
+    "SwishFunctional": ([5], (3, 5)),
+    "FusedChain": ([], (3, 5)),
+    "RMSNormFunctional": ([5], (3, 5)),
+    "MyLayerFunctional": ([5, 4], (3, 5)),
+    "ChannelNorm": ([2], (2, 2, 3, 3)),
+    "ChannelNormIndexed": ([2], (2, 2, 3, 3)),
+}
+
+
+@pytest.mark.parametrize("create_graph", [False, True], ids=["first-order", "recorded"])
+@pytest.mark.parametrize("layer", sorted(_BATCHED))
+def test_batched_gradients_match_one_at_a_time(gen, layer, create_graph):
+    """`is_grads_batched` runs the backward under vmap with batched incoming gradients and unbatched
+    saved tensors: an in-place update may only write into a tensor at least as batched as what it reads."""
+    torch.manual_seed(0)
+    args, shape = _BATCHED[layer]
+    m = getattr(gen, layer)(*args, dtype=torch.float64)
+    x = torch.rand(*shape, dtype=torch.float64, requires_grad=True)
+    inputs = [x, *m.parameters()]
+    y = m(x)
+    seeds = torch.randn(4, *y.shape, dtype=torch.float64)
+    batched = torch.autograd.grad(y, inputs, seeds, is_grads_batched=True, retain_graph=True, create_graph=create_graph)
+    for k, seed in enumerate(seeds):
+        one = torch.autograd.grad(y, inputs, seed, retain_graph=True)
+        for b, o in zip(batched, one):
+            assert torch.allclose(b[k], o, rtol=1e-10, atol=1e-12)
+
+
+def test_jacrev_through_a_function(gen):
+    """torch.func.jacrev vmaps the backward over basis vectors while the saved input is unbatched."""
+    torch.manual_seed(0)
+    m = gen.FusedChain(dtype=torch.float64)
+    fn = _module(gen, "fused_chain").FusedChainFunction.apply
+    x = torch.randn(2, 3, dtype=torch.float64)
+    a, b, c = (p.detach() for p in (m.a, m.b, m.c))
+    jac = torch.func.jacrev(lambda t: fn(t, a, b, c))(x)
+    want = torch.autograd.functional.jacobian(lambda t: torch.tanh(a * t + b) * torch.sigmoid(c * t), x)
+    assert torch.allclose(jac, want)
+
+
+def test_both_grad_modes_give_the_same_gradients(gen):
+    """The backward branches on grad mode (recorded: nothing autograd keeps is updated in place); both
+    branches compute the same gradients."""
+    torch.manual_seed(0)
+    for layer, (args, shape) in _BATCHED.items():
+        m = getattr(gen, layer)(*args, dtype=torch.float64)
+        x = torch.rand(*shape, dtype=torch.float64, requires_grad=True)
+        inputs = [x, *m.parameters()]
+        y = m(x)
+        g = torch.randn_like(y)
+        plain = torch.autograd.grad(y, inputs, g, retain_graph=True)
+        recorded = torch.autograd.grad(y, inputs, g, retain_graph=True, create_graph=True)
+        for p, r in zip(plain, recorded):
+            assert torch.allclose(p, r, rtol=1e-12, atol=1e-14), layer
 
 
 @pytest.mark.parametrize("wide", ["input", "parameters"])
