@@ -219,6 +219,7 @@ def test_batched_gradients_match_one_at_a_time(gen, layer, create_graph):
             assert torch.allclose(b[k], o, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # torch.func's addcmul_ fallback
 def test_jacrev_through_a_function(gen):
     """torch.func.jacrev vmaps the backward over basis vectors while the saved input is unbatched."""
     torch.manual_seed(0)
