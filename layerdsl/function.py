@@ -358,6 +358,7 @@ class FunctionEmitter:
             full=[f for f in full if f],
             incoming=set(incoming),
             floating=frozenset(tape.differentiable) | set(incoming),
+            exact=frozenset(_compared_exactly(tape)),
         )
 
     def _guarded(self, items, tape: Tape) -> list[str]:
@@ -470,8 +471,8 @@ class Section:
 
 
 def _compared_exactly(tape: Tape) -> set[str]:
-    """Values a max/min reads: the backward compares their recomputation with the saved extremum, so the
-    forward must round them as the backward does (see fuse._compared_exactly)."""
+    """Values a max/min reads, directly or through other steps: the backward compares their recomputation
+    with the saved extremum, so forward and backward write them alike, as the spec does (`Facts.exact`)."""
     by_var = {s.var: s for s in tape.steps}
     frontier = [n for s in tape.steps if s.op and any("extremum_mask" in (f or "") for f in s.op.grads.values())
                 for n in _value_names(s.expr)]

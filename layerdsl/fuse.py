@@ -66,6 +66,9 @@ class Facts:
     # for later, so any temporary may be updated after its last read.
     graph: bool = True
     floating: frozenset[str] = frozenset()  # names declared floating-point (float inputs, parameters, gradients)
+    # Forward values a max/min reads: an extremum mask compares their recomputation with the saved
+    # extremum, so they round as the forward wrote them (no addcmul, which rounds once where `p + q * r` rounds twice).
+    exact: frozenset[str] = frozenset()
 
 
 def optimize(stmts: list[Stmt], facts: Facts, prefer: int = 0) -> tuple[list[Stmt], int]:
@@ -85,10 +88,9 @@ def optimize(stmts: list[Stmt], facts: Facts, prefer: int = 0) -> tuple[list[Stm
 
 
 def _in_place(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
-    exact = _compared_exactly(stmts)
-    stmts = _guarded_products(stmts, exact)
+    stmts = _guarded_products(stmts, facts.exact)
     for s in stmts:
-        if s.target not in exact:
+        if s.target not in facts.exact:
             s.expr = addcmul_form(s.expr)
     inplace = _Inplace(stmts, facts)
     inplace.run()
@@ -342,21 +344,6 @@ def guarded_addcmul(value: N.Expr, update: N.Expr, name: str, member: str) -> N.
         return None
     m = next(n for n in sides if n.id == member)
     return _call("addcmul", copy.deepcopy(m), value.left, value.right)
-
-
-def _compared_exactly(stmts: list[Stmt]) -> set[str]:
-    """Recomputed values an extremum mask compares with the saved extremum, directly or through other
-    recomputed values: addcmul rounds differently from `p + q * r`, so these stay as the forward wrote them."""
-    by_target = {s.target: s for s in stmts if s.recompute}
-    frontier = [n for s in stmts for c in N.walk(s.expr) if isinstance(c, N.Call) and c.func == "extremum_mask"
-                for n in _names(c.args[0])]
-    exact: set[str] = set()
-    while frontier:
-        name = frontier.pop()
-        if name in by_target and name not in exact:
-            exact.add(name)
-            frontier += _names(by_target[name].expr)
-    return exact
 
 
 def _is_product(e) -> bool:
