@@ -147,7 +147,6 @@ class FunctionEmitter:
         return out
 
     def forward_body(self, tape: Tape, extra: list[str]) -> list[str]:
-        outputs = [o.id for o in tape.outputs if isinstance(o, N.Name)]
         keep = set(extra) | {s.var for s in tape.steps if s.guard}
         exprs = {}
         uses = _use_counts(tape)
@@ -163,26 +162,29 @@ class FunctionEmitter:
         def out(e: N.Expr) -> str:
             return ex(unary_in_place(e, owned, lambda t: bool(dtype_sources(t, roots) & tape.differentiable)))
 
+        def bind(var: str, e: N.Expr | None) -> None:  # `var` now holds `e`'s result
+            if uses.get(var, 0) == 1 and var not in extra and e is not None and fresh_node(e):
+                owned.add(var)
+
         for s in tape.steps:
             roots[s.var] = roots.get(s.base, frozenset({s.base})) if s.guard else dtype_sources(s.expr, roots)
-            mine = uses.get(s.var, 0) == 1 and s.var not in extra
             if s.guard:
                 base = exprs.pop(s.base, None)
                 merged = None if base is None or s.var in exact else guarded_addcmul(_squares(base), s.expr, s.base, s.guard)
                 if merged is not None:
                     lines += [f"if {s.guard} is not None:", f"    {s.var} = {out(merged)}", "else:", f"    {s.var} = {out(_squares(base))}"]
-                    owned |= {s.var} if mine and fresh_node(base) else set()
+                    bind(s.var, base)
                     continue
                 lines.append(f"{s.var} = {out(base) if base is not None else s.base}")
                 lines += [f"if {s.guard} is not None:", f"    {s.var} = {out(_replace_name(s.expr, s.base, s.var))}"]
-                owned |= {s.var} if mine and base is not None and fresh_node(base) else set()
+                bind(s.var, base)
                 continue
             expr = _squares(substitute(s.expr, exprs))
             if s.var not in exact:  # a max/min reads the value as the backward recomputes it: as written
                 expr = addcmul_form(expr)
             if s.var in keep | exact or uses.get(s.var, 0) != 1 or s.var in self._spec_locals():
                 lines.append(f"{s.var} = {out(expr)}")
-                owned |= {s.var} if mine and fresh_node(expr) else set()
+                bind(s.var, expr)
             else:
                 exprs[s.var] = expr
         outs = [out(substitute(o, exprs)) if isinstance(o, N.Name) else ex(o) for o in tape.outputs]
