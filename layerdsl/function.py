@@ -49,6 +49,7 @@ class FunctionEmitter:
         tape = Linearizer(layer, self.e.optional, deriving=layer.backward is None).run()
         tape.shapes = infer_shapes(tape, layer)
         self.tape = tape
+        self.exact = frozenset(_compared_exactly(tape))  # rounded as written, in forward and backward alike
         n_out = len(tape.outputs)
         grads = [n for n, _ in layer.backward.grads] if layer.backward else [f"grad_{_out_name(o, i)}" for i, o in enumerate(tape.outputs)]
         if layer.backward is None:
@@ -155,7 +156,7 @@ class FunctionEmitter:
         read = {n.id for s in tape.steps for n in N.walk(s.expr) if isinstance(n, N.Name)}
         read |= {n.id for o in tape.outputs for n in N.walk(o) if isinstance(n, N.Name)}
         lines = self.prelude(tape, read, ex, lambda d: self.dim_source[d])
-        exact = _compared_exactly(tape)
+        exact = self.exact
         roots: dict[str, frozenset[str]] = {}
         owned: set[str] = set()  # temporaries read once, holding a buffer of their own
 
@@ -360,7 +361,7 @@ class FunctionEmitter:
             full=[f for f in full if f],
             incoming=set(incoming),
             floating=frozenset(tape.differentiable) | set(incoming),
-            exact=frozenset(_compared_exactly(tape)),
+            exact=self.exact,
         )
 
     def _guarded(self, items, tape: Tape) -> list[str]:
