@@ -50,8 +50,9 @@ import statistics
 import sys
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -761,40 +762,93 @@ def make_cases(gen: dict[str, Any], shapes: list[tuple[int, int]], quad_shapes: 
                 swf_fn, fcf, mlf_fn = swf.SwishFunctionalFunction, fc.FusedChainFunction, mlf.MyLayerFunctionalFunction
                 hand_body = "ablation: generated, hand-written backward body"
                 sw_c += [
-                    cand(hand_body, lambda f=f: via(swf.SwishFunctional,
-                                                    with_backward(swf_fn, "HandBody", HandSwishFunction.backward))(f),
-                         GEN, HAND, MODULE),
-                    cand("ablation: generated, dead temporaries freed",
-                         lambda f=f: via(swf.SwishFunctional, with_backward(swf_fn, "Freed", swish_freed))(f), GEN, HAND, MODULE),
-                    cand("ablation: generated, fused derivative kernels",
-                         lambda f=f: via(swf.SwishFunctional, with_backward(swf_fn, "Fused", swish_fused))(f), GEN, HAND, MODULE),
+                    cand(
+                        hand_body,
+                        lambda f=f: via(
+                            swf.SwishFunctional, with_backward(swf_fn, "HandBody", HandSwishFunction.backward)
+                        )(f),
+                        GEN,
+                        HAND,
+                        MODULE,
+                    ),
+                    cand(
+                        "ablation: generated, dead temporaries freed",
+                        lambda f=f: via(swf.SwishFunctional, with_backward(swf_fn, "Freed", swish_freed))(f),
+                        GEN,
+                        HAND,
+                        MODULE,
+                    ),
+                    cand(
+                        "ablation: generated, fused derivative kernels",
+                        lambda f=f: via(swf.SwishFunctional, with_backward(swf_fn, "Fused", swish_fused))(f),
+                        GEN,
+                        HAND,
+                        MODULE,
+                    ),
                 ]
                 fc_c += [
-                    cand(hand_body, lambda: via(fc.FusedChain, with_backward(fcf, "HandBody",
-                                                                               HandFusedChainFunction.backward))(),
-                         GEN, HAND, MODULE),
-                    cand("ablation: generated, dead temporaries freed",
-                         lambda: via(fc.FusedChain, with_backward(fcf, "Freed", chain_freed))(), GEN, HAND, MODULE),
-                    cand("ablation: generated, fused kernels + freed",
-                         lambda: via(fc.FusedChain, with_backward(fcf, "Fused", chain_fused))(), GEN, HAND, MODULE),
+                    cand(
+                        hand_body,
+                        lambda: via(fc.FusedChain, with_backward(fcf, "HandBody", HandFusedChainFunction.backward))(),
+                        GEN,
+                        HAND,
+                        MODULE,
+                    ),
+                    cand(
+                        "ablation: generated, dead temporaries freed",
+                        lambda: via(fc.FusedChain, with_backward(fcf, "Freed", chain_freed))(),
+                        GEN,
+                        HAND,
+                        MODULE,
+                    ),
+                    cand(
+                        "ablation: generated, fused kernels + freed",
+                        lambda: via(fc.FusedChain, with_backward(fcf, "Fused", chain_fused))(),
+                        GEN,
+                        HAND,
+                        MODULE,
+                    ),
                 ]
                 ml_c += [
-                    cand(hand_body, lambda f=f: via(mlf.MyLayerFunctional, with_backward(mlf_fn, "HandBody",
-                                                                                        HandMyLayerFunction.backward))(f, f),
-                         GEN, HAND, MODULE),
-                    cand("ablation: generated, dead temporaries freed",
-                         lambda f=f: via(mlf.MyLayerFunctional, with_backward(mlf_fn, "Freed", my_layer_freed))(f, f),
-                         GEN, HAND, MODULE),
-                    cand("ablation: generated, constants folded + freed",
-                         lambda f=f: via(mlf.MyLayerFunctional, with_backward(mlf_fn, "Folded", my_layer_folded))(f, f),
-                         GEN, HAND, MODULE),
+                    cand(
+                        hand_body,
+                        lambda f=f: via(
+                            mlf.MyLayerFunctional, with_backward(mlf_fn, "HandBody", HandMyLayerFunction.backward)
+                        )(f, f),
+                        GEN,
+                        HAND,
+                        MODULE,
+                    ),
+                    cand(
+                        "ablation: generated, dead temporaries freed",
+                        lambda f=f: via(mlf.MyLayerFunctional, with_backward(mlf_fn, "Freed", my_layer_freed))(f, f),
+                        GEN,
+                        HAND,
+                        MODULE,
+                    ),
+                    cand(
+                        "ablation: generated, constants folded + freed",
+                        lambda f=f: via(mlf.MyLayerFunctional, with_backward(mlf_fn, "Folded", my_layer_folded))(f, f),
+                        GEN,
+                        HAND,
+                        MODULE,
+                    ),
                 ]
                 if small:
                     sw_c += [
-                        cand("ablation: generated, plain Function.apply",
-                             lambda f=f: via(swf.SwishFunctional, plain_apply(swf_fn))(f), GEN, HAND, MODULE),
-                        cand("floor: Function with autograd's own ops and saves", lambda f=f: SwishAutogradOpsFn(f),
-                             MODULE, GEN),
+                        cand(
+                            "ablation: generated, plain Function.apply",
+                            lambda f=f: via(swf.SwishFunctional, plain_apply(swf_fn))(f),
+                            GEN,
+                            HAND,
+                            MODULE,
+                        ),
+                        cand(
+                            "floor: Function with autograd's own ops and saves",
+                            lambda f=f: SwishAutogradOpsFn(f),
+                            MODULE,
+                            GEN,
+                        ),
                     ]
                 rnf_fn = rnf.RMSNormFunctionalFunction
                 rn_c += [
@@ -826,7 +880,9 @@ def make_cases(gen: dict[str, Any], shapes: list[tuple[int, int]], quad_shapes: 
                 cand("autograd, einsum W.x first, then .x", lambda f=f: QuadEinsumWxFirst(f, f), MODULE),
                 cand("autograd, einsum outer(x, x) first", lambda f=f: QuadEinsumOuterFirst(f, f), MODULE),
                 cand("autograd, outer(x, x) + matmul", lambda f=f: QuadMatmulOuterFirst(f, f), MODULE),
-                cand("hand-written Function, 512-row blocks", lambda f=f: HandQuadraticFormChunkedFn(f, f), MODULE, GEN),
+                cand(
+                    "hand-written Function, 512-row blocks", lambda f=f: HandQuadraticFormChunkedFn(f, f), MODULE, GEN
+                ),
             ]
             if diagnose:
                 q_c.append(cand("ablation: generated, g.W contraction shared",
@@ -962,7 +1018,9 @@ def pieces(threads: int, clock: Callable[[], float], quick: bool) -> list[tuple[
     return [(n, statistics.median(v) * 1e9) for n, v in res.items()]
 
 
-def contraction_orders(b: int, n: int, threads: int, clock: Callable[[], float], quick: bool) -> list[tuple[str, float, float, int]]:
+def contraction_orders(
+    b: int, n: int, threads: int, clock: Callable[[], float], quick: bool
+) -> list[tuple[str, float, float, int]]:
     """Forward only, under no_grad (as inside a Function's forward): the single 3-operand einsum
     against explicit pairwise orders. (name, median and min seconds, peak heap bytes above start). The
     64 MiB temporaries are fresh mmaps whose page faults come and go with the heap's state, hence min."""
@@ -1091,12 +1149,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads <= 0:
         args.threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    clock = time.perf_counter if args.clock == "wall" else (time.thread_time if args.threads == 1 else time.process_time)
+    clock = (
+        time.perf_counter if args.clock == "wall" else (time.thread_time if args.threads == 1 else time.process_time)
+    )
     info = bm.machine() | {"threads": args.threads, "clock": clock.__name__, "rounds": rounds,
                            "block_ms": block_s * 1000, "argv": sys.argv[1:]}  # fmt: skip
     load = info["load_average"]
-    print(f"# {info['cpu']}, {info['logical_cpus']} logical CPUs; torch {info['torch']}, Python {info['python']}; "
-          f"{args.threads} torch thread(s); {rounds}+ interleaved rounds of ~{block_s * 1000:g} ms; clock {clock.__name__}")
+    print(
+        f"# {info['cpu']}, {info['logical_cpus']} logical CPUs; torch {info['torch']}, Python {info['python']}; "
+        f"{args.threads} torch thread(s); {rounds}+ interleaved rounds of ~{block_s * 1000:g} ms; clock {clock.__name__}"
+    )
     print(f"# git {info['git']['commit']}{' (dirty tree)' if info['git']['dirty'] else ''}; "
           f"load average at start {load[0]:.2f}" if load else "")  # fmt: skip
     print("# forward + backward (loss = out.sum(); grads w.r.t. input and parameters), float32 CPU\n", flush=True)

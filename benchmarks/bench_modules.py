@@ -51,9 +51,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -467,7 +468,9 @@ def run_case(
     for name, p in prepared.items():
         out = p.fn(*p.args)
         grads = torch.autograd.grad(out.sum(), p.wrt)
-        torch.testing.assert_close(out, ref_out, **(case.out_tol or {}), msg=lambda m: f"{case.layer} {name} output: {m}")
+        torch.testing.assert_close(
+            out, ref_out, **(case.out_tol or {}), msg=lambda m: f"{case.layer} {name} output: {m}"
+        )
         for g, rg in zip(grads, ref_grads):
             torch.testing.assert_close(g, rg, rtol=1e-4, atol=1e-4, msg=lambda m: f"{case.layer} {name} grad: {m}")
     del ref_out, ref_grads
@@ -565,7 +568,7 @@ def tool_times(repeats: int) -> dict[str, Any]:
         "gen_cmd": " ".join(gen_cmd + ["-o", "<fresh tmpdir>"]),
         "n_specs": len(list((REPO / "specs").rglob("*.layer"))),
         "gen": wall_times(gen_cmd, repeats, fresh_out=True),
-        "import_cli": wall_times([sys.executable, "-c", "import layerdsl.cli"], repeats),
+        "import_cli": wall_times([sys.executable, "-c", "import layerdsl.driver.cli"], repeats),
         "python_bare": wall_times([sys.executable, "-c", "pass"], repeats),
     }
 
@@ -576,7 +579,7 @@ def print_tools(tools: dict[str, Any], repeats: int) -> None:
     ok = "ok" if gw < TARGET_GEN_S else "OVER TARGET"
     print(f"`layerdsl gen specs -o <tmpdir>` ({tools['n_specs']} specs; subprocess, best of {repeats}): {gw * 1000:.0f} ms wall, "
           f"{gc * 1000:.0f} ms CPU (target < {TARGET_GEN_S * 1000:.0f} ms: {ok})")  # fmt: skip
-    print(f"`python -c \"import layerdsl.cli\"` (best of {repeats}): {iw * 1000:.0f} ms wall, {ic * 1000:.0f} ms CPU; "
+    print(f"`python -c \"import layerdsl.driver.cli\"` (best of {repeats}): {iw * 1000:.0f} ms wall, {ic * 1000:.0f} ms CPU; "
           f"bare `python -c pass`: {bw * 1000:.0f} ms wall, so the import itself ~{(iw - bw) * 1000:.0f} ms")  # fmt: skip
 
 

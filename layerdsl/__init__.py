@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from .diagnostics import Diagnostic, SpecError  # noqa: E402
+from layerdsl.diagnostics import Diagnostic, SpecError  # noqa: E402
 
 __all__ = ["Diagnostic", "SpecError", "__version__"]

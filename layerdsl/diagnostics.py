@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 
 @dataclass(frozen=True)
@@ -17,10 +17,10 @@ class Span:
     end_col: int
 
     @staticmethod
-    def point(line: int, col: int) -> "Span":
+    def point(line: int, col: int) -> Span:
         return Span(line, col, line, col + 1)
 
-    def to(self, other: "Span") -> "Span":
+    def to(self, other: Span) -> Span:
         return Span(self.line, self.col, other.end_line, other.end_col)
 
 
@@ -40,7 +40,11 @@ class Diagnostic:
         lines = [head]
         text = _source_line(self.source if self.source is not None else _SOURCES.get(self.path), self.span.line)
         if text is not None:
-            width = self.span.end_col - self.span.col if self.span.end_line == self.span.line else len(text) - self.span.col + 1
+            width = (
+                self.span.end_col - self.span.col
+                if self.span.end_line == self.span.line
+                else len(text) - self.span.col + 1
+            )
             prefix = "".join(ch if ch == "\t" else " " for ch in text[: self.span.col - 1])
             lines.append(f"    {text}")
             lines.append(f"    {prefix}{'^' * max(1, width)}")

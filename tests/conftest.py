@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from layerdsl import checks
-from layerdsl.compiler import check as check_specs
+from layerdsl.driver.pipeline import check as check_specs
+from layerdsl.testing import layer_checks as checks
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"

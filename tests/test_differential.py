@@ -9,9 +9,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from layerdsl.checker import check_program
-from layerdsl.emit import emit_file
-from layerdsl.parser import parse_file
+from layerdsl.codegen.module import emit_file
+from layerdsl.semantics.checker import check_program
+from layerdsl.syntax.parser import parse_file
 
 FULL, ROW, VEC, SCALAR = "full", "row", "vec", "scalar"  # [B, n], [B, 1], [n], []
 SMOOTH = ["exp", "tanh", "sigmoid", "sin", "cos", "softplus", "silu", "gelu", "erf", "abs"]
@@ -30,7 +30,11 @@ def expr(draw, depth: int = 3):
     """(text, shape class) of a random expression over x: [B, n], w: [n], s: [] and m: [n, n]."""
     if depth == 0 or draw(st.integers(0, 3)) == 0:
         return draw(st.sampled_from([("x", FULL), ("w", VEC), ("s", SCALAR), ("x", FULL)]))
-    kind = draw(st.sampled_from(["unary", "positive", "binary", "binary", "div", "pow", "reduce", "softmax", "matmul", "minmax", "where"]))
+    kind = draw(
+        st.sampled_from(
+            ["unary", "positive", "binary", "binary", "div", "pow", "reduce", "softmax", "matmul", "minmax", "where"]
+        )
+    )
     a, sa = draw(expr(depth - 1))
     if kind == "unary":
         return f"{draw(st.sampled_from(SMOOTH))}({a})", sa
@@ -108,14 +112,20 @@ def _check(body: str) -> None:
         # Where autograd's second derivative is not finite the point is not twice differentiable (a norm
         # at exactly zero): the derived backward's 0 there is as good, so only finite entries are compared.
         finite = torch.isfinite(b)
-        assert torch.allclose(a[finite], b[finite], rtol=1e-6, atol=1e-8), f"{body} (double backward): {(a - b)[finite].abs().max():.3g}"
+        assert torch.allclose(
+            a[finite], b[finite], rtol=1e-6, atol=1e-8
+        ), f"{body} (double backward): {(a - b)[finite].abs().max():.3g}"
 
 
 def _second_order(out, inputs, seed):
     """d/d(inputs) of <v, d<seed, out>/d(inputs)> for a fixed random v; zeros where nothing flows."""
     grads = torch.autograd.grad(out, inputs, seed, create_graph=True, allow_unused=True)
     gen = torch.Generator().manual_seed(1)
-    total = sum((g * torch.randn(g.shape, generator=gen, dtype=g.dtype)).sum() for g in grads if g is not None and g.requires_grad)
+    total = sum(
+        (g * torch.randn(g.shape, generator=gen, dtype=g.dtype)).sum()
+        for g in grads
+        if g is not None and g.requires_grad
+    )
     if not isinstance(total, torch.Tensor):
         return [torch.zeros_like(i) for i in inputs]
     second = torch.autograd.grad(total, inputs, allow_unused=True)
@@ -139,5 +149,10 @@ def test_derived_backward_matches_autograd_deep(case):
 
 
 def test_the_derivation_covers_every_operator_it_claims():
-    for body in ["tanh(x) * w + s", "sum(x * x, dim = -1, keepdim = true) * w", "softmax(x @ m, dim = -1)", "amax(x, dim = 0, keepdim = true) - x"]:
+    for body in [
+        "tanh(x) * w + s",
+        "sum(x * x, dim = -1, keepdim = true) * w",
+        "softmax(x @ m, dim = -1)",
+        "amax(x, dim = 0, keepdim = true) - x",
+    ]:
         _check(body)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerdsl.checker import check_program
-from layerdsl.cli import main
-from layerdsl.emit import emit_file
-from layerdsl.parser import parse_file
+from layerdsl.codegen.module import emit_file
+from layerdsl.driver.cli import main
+from layerdsl.semantics.checker import check_program
+from layerdsl.syntax.parser import parse_file
 
 SPEC = """
 layer Lets(d: int) {
@@ -89,10 +89,19 @@ def test_trunc_normal_defaults_to_the_languages_std(ns):
     ("body", "message"),
     [
         ("layer A() {\n    forward(x) {\n        return where(0 < x < 1, x, 0)\n    }\n}\n", "chained comparisons"),
-        ("@function\nlayer A() {\n    forward(x) {\n        grad_x = x * 2\n        return grad_x\n    }\n}\n", "'grad_x'"),
-        ("layer A(n: int, bias: bool = true) {\n    param bias: [n] = zeros if bias\n    example(n = 2)\n\n"
-         "    forward(x: [B, n]) -> [B, n] {\n        y[b, i] = x[b, i] + bias[i]\n        return y\n    }\n}\n", "optional"),
-        ("layer A(n: int) {\n    param half: [n]\n    example(n = 2)\n\n    forward(x) {\n        return x\n    }\n}\n", "'half'"),
+        (
+            "@function\nlayer A() {\n    forward(x) {\n        grad_x = x * 2\n        return grad_x\n    }\n}\n",
+            "'grad_x'",
+        ),
+        (
+            "layer A(n: int, bias: bool = true) {\n    param bias: [n] = zeros if bias\n    example(n = 2)\n\n"
+            "    forward(x: [B, n]) -> [B, n] {\n        y[b, i] = x[b, i] + bias[i]\n        return y\n    }\n}\n",
+            "optional",
+        ),
+        (
+            "layer A(n: int) {\n    param half: [n]\n    example(n = 2)\n\n    forward(x) {\n        return x\n    }\n}\n",
+            "'half'",
+        ),
         ("# nothing yet\n", "defines no layer"),
     ],
 )

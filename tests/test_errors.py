@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from layerdsl.cli import main
-from layerdsl.emit import HEADER_PREFIX
+from layerdsl.codegen.module import HEADER_PREFIX
+from layerdsl.driver.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "specs"
@@ -179,7 +179,7 @@ def test_check_on_the_shipped_specs_passes(capsys):
 
 # ---------------------------------------------------------------- several errors in one run
 
-SEVERAL = '''\
+SEVERAL = """\
 layer Broken(features: int, bias: bool = True) {
     param weight: [features, hidden] = xavier_unifrom
     param weight: [features]
@@ -192,7 +192,7 @@ layer Broken(features: int, bias: bool = True) {
         return sigmod(y) + sum(y, dims = 1)
     }
 }
-'''
+"""
 
 
 def test_every_independent_error_is_reported_in_one_run(tmp_path: Path, capsys):
@@ -225,7 +225,9 @@ def test_errors_in_several_files_are_all_reported(tmp_path: Path, capsys):
     specs.mkdir()
     (specs / "a.layer").write_text("layer A() {\n    forward(x) { return x + }\n}\n", encoding="utf-8")
     (specs / "b.layer").write_text("layer B() {\n    forward(x) { return exp(y) }\n}\n", encoding="utf-8")
-    (specs / "c.layer").write_text("layer C() {\n    sub a = A()\n    forward(x) { return a(x) }\n}\n", encoding="utf-8")
+    (specs / "c.layer").write_text(
+        "layer C() {\n    sub a = A()\n    forward(x) { return a(x) }\n}\n", encoding="utf-8"
+    )
     rc, _, err = run(capsys, "gen", str(specs), "-o", str(tmp_path / "out"))
     assert rc == 1
     assert_reported(err, Expected("specs/a.layer", specs / "a.layer", 2, 29, "unexpected '}'; expected an expression"))
@@ -249,27 +251,62 @@ def test_not_utf8_is_an_error_not_a_traceback(tmp_path: Path, capsys):
 @pytest.mark.parametrize(
     "source, where, message, hint",
     [
-        ("layer A(n: int = True) {\n    forward(x) { return x }\n}\n", "1:18", "a default must be a literal", "did you mean 'true'?"),
+        (
+            "layer A(n: int = True) {\n    forward(x) { return x }\n}\n",
+            "1:18",
+            "a default must be a literal",
+            "did you mean 'true'?",
+        ),
         ("layer A() {\n    forward(x) { return x * None }\n}\n", "2:29", "unknown name 'None'", "did you mean 'none'?"),
         ("layer A() {\n\tforward(x) { return y }\n}\n", "2:22", "unknown name 'y'", None),
         ("layer A() {\r\n    forward(x) { return y }\r\n}\r\n", "2:25", "unknown name 'y'", None),
         ('layer A() {\n    """doc\n', "2:5", "unterminated string", None),
         ("layer A() {\n    forward(x) { return x[:, 0] + q }\n}\n", "2:35", "unknown name 'q'", None),
         ("layer A() {\n    forward(x) {\n        return x\n", "2:16", "'{' was never closed", None),
-        ("layer A() {\n    forward(x) { return F.relu(x) }\n}\n", "2:25", "'F.relu' cannot be called", "did you mean 'relu'?"),
-        ("layer A() {\n    forward(x: [B, n]) { return mean[n](x) }\n}\n", "2:33", "only allowed in an index statement", None),
-        ("layer A(k: bool = true) {\n    forward(x) {\n        if k { y = x }\n        return y\n    }\n}\n", "4:16",
-         "'y' is not bound on every path", None),
+        (
+            "layer A() {\n    forward(x) { return F.relu(x) }\n}\n",
+            "2:25",
+            "'F.relu' cannot be called",
+            "did you mean 'relu'?",
+        ),
+        (
+            "layer A() {\n    forward(x: [B, n]) { return mean[n](x) }\n}\n",
+            "2:33",
+            "only allowed in an index statement",
+            None,
+        ),
+        (
+            "layer A(k: bool = true) {\n    forward(x) {\n        if k { y = x }\n        return y\n    }\n}\n",
+            "4:16",
+            "'y' is not bound on every path",
+            None,
+        ),
         ("layer A() {\n    forward(x) { y = x \u00b7 2 }\n}\n", "2:24", "unexpected character", None),
         ("\ufefflayer A() {\n    forward(x) { return y }\n}\n", "2:25", "unknown name 'y'", None),
-        ("layer A() {\n    forward(x) { return x }\n}\nlayer A() {\n    forward(x) { return x }\n}\n", "4:7",
-         "layer 'A' is defined twice: here and at a.layer:1:7", None),
-        ("layer A() {\n    sub s = nn.Linear\n    forward(x) { return s(x) }\n}\n", "2:13", "a sub is a call to a layer",
-         "write `nn.Linear(...)`"),
-        ("layer A() {\n    forward(x) { return x }\n}\nlayer B() {\n    forward(x) { return x }\n", "4:11",
-         "'{' was never closed", None),
-        ("layer A() {\n    param w: [2] = zeros\n    forward(x) { return x }\n    param w: [2] = ones\n}\n", "4:11",
-         "'w' is already defined", None),
+        (
+            "layer A() {\n    forward(x) { return x }\n}\nlayer A() {\n    forward(x) { return x }\n}\n",
+            "4:7",
+            "layer 'A' is defined twice: here and at a.layer:1:7",
+            None,
+        ),
+        (
+            "layer A() {\n    sub s = nn.Linear\n    forward(x) { return s(x) }\n}\n",
+            "2:13",
+            "a sub is a call to a layer",
+            "write `nn.Linear(...)`",
+        ),
+        (
+            "layer A() {\n    forward(x) { return x }\n}\nlayer B() {\n    forward(x) { return x }\n",
+            "4:11",
+            "'{' was never closed",
+            None,
+        ),
+        (
+            "layer A() {\n    param w: [2] = zeros\n    forward(x) { return x }\n    param w: [2] = ones\n}\n",
+            "4:11",
+            "'w' is already defined",
+            None,
+        ),
     ],
 )
 def test_small_cases(tmp_path: Path, capsys, source, where, message, hint):

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from layerdsl.cli import main
 from layerdsl.diagnostics import SpecError
-from layerdsl.formatter import LIMIT, _parse, _tokens, format_source
+from layerdsl.driver.cli import main
+from layerdsl.tools.fmt.formatter import LIMIT, _parse, _tokens, format_source
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.layer"))
@@ -47,8 +47,7 @@ def test_canonical_spacing_and_indentation():
         "  }\n"
         "}"
     )
-    assert format_source(ugly) == textwrap.dedent(
-        '''\
+    assert format_source(ugly) == textwrap.dedent('''\
         layer Ugly(n: int, eps: float = 1e-5) {
             """Doc   kept   as written."""
             buffer steps: long[] = zeros
@@ -66,8 +65,7 @@ def test_canonical_spacing_and_indentation():
                 }
             }
         }
-        '''
-    )
+        ''')
 
 
 def test_blank_lines_between_member_groups_and_layers():
@@ -75,8 +73,7 @@ def test_blank_lines_between_member_groups_and_layers():
         "layer A(n: int) {\n    param w: [n]\n    param b: [n]\n    let h = n // 2\n    sub f = nn.ReLU()\n"
         "    example(n = 2)\n    forward(x) {\n        return x\n    }\n}\n\n\n\nlayer B() {\n    forward(x) {\n        return x\n    }\n}\n"
     )
-    assert format_source(text) == textwrap.dedent(
-        """\
+    assert format_source(text) == textwrap.dedent("""\
         layer A(n: int) {
             param w: [n]
             param b: [n]
@@ -96,13 +93,11 @@ def test_blank_lines_between_member_groups_and_layers():
                 return x
             }
         }
-        """
-    )
+        """)
 
 
 def test_a_blank_line_inside_a_group_or_a_block_is_kept_once():
-    same(
-        """\
+    same("""\
         layer A(n: int) {
             param w: [n]
 
@@ -116,10 +111,8 @@ def test_a_blank_line_inside_a_group_or_a_block_is_kept_once():
                 return y
             }
         }
-        """
-    )
-    squeezed = fmt(
-        """\
+        """)
+    squeezed = fmt("""\
         layer A() {
             forward(x) {
 
@@ -131,14 +124,12 @@ def test_a_blank_line_inside_a_group_or_a_block_is_kept_once():
 
             }
         }
-        """
-    )
+        """)
     assert "    forward(x) {\n        y = x\n\n        return y\n    }\n" in squeezed
 
 
 def test_long_lists_are_wrapped_one_item_per_line_with_a_trailing_comma():
-    text = fmt(
-        """\
+    text = fmt("""\
         layer Wide(in_features: int, out_features: int, hidden_features: int, bias: bool = true, eps: float = 1e-5) {
             param weight: [in_features, out_features] = kaiming_uniform(a = sqrt(5), mode = "fan_in", nonlinearity = "relu")
             example(in_features = 2, out_features = 3, hidden_features = 4)
@@ -146,10 +137,8 @@ def test_long_lists_are_wrapped_one_item_per_line_with_a_trailing_comma():
                 return x @ weight
             }
         }
-        """
-    )
-    assert text == textwrap.dedent(
-        """\
+        """)
+    assert text == textwrap.dedent("""\
         layer Wide(
             in_features: int,
             out_features: int,
@@ -171,14 +160,12 @@ def test_long_lists_are_wrapped_one_item_per_line_with_a_trailing_comma():
                 return x @ weight
             }
         }
-        """
-    )
+        """)
     assert all(len(line) <= LIMIT for line in text.splitlines())
 
 
 def test_short_wrapped_lists_are_joined_and_a_lone_item_takes_no_comma():
-    assert fmt(
-        """\
+    assert fmt("""\
         layer J(n: int) {
             sub f = nn.Sequential(
                 nn.ReLU(),
@@ -189,16 +176,14 @@ def test_short_wrapped_lists_are_joined_and_a_lone_item_takes_no_comma():
                 return x
             }
         }
-        """
-    ).splitlines()[1] == "    sub f = nn.Sequential(nn.ReLU(), nn.Identity())"
+        """).splitlines()[1] == "    sub f = nn.Sequential(nn.ReLU(), nn.Identity())"
     long_string = '"' + "why " * 30 + '"'
     text = fmt(f"@function\n@surrogate({long_string})\nlayer S() {{\n    forward(x) {{\n        return x\n    }}\n}}\n")
     assert f"@surrogate(\n    {long_string}\n)\n" in text
 
 
 def test_docstrings_are_kept_as_written():
-    same(
-        '''\
+    same('''\
         layer D() {
             """First line.
 
@@ -208,16 +193,14 @@ def test_docstrings_are_kept_as_written():
                 return x
             }
         }
-        '''
-    )
+        ''')
 
 
 # ---------------------------------------------------------------- comments
 
 
 def test_whole_line_comments_between_members_stay_in_place():
-    same(
-        """\
+    same("""\
         # A header comment.
 
         # Another paragraph about the layer.
@@ -236,13 +219,11 @@ def test_whole_line_comments_between_members_stay_in_place():
             }
             # after the last member
         }
-        """
-    )
+        """)
 
 
 def test_end_of_line_comments_after_braces_and_statements():
-    text = fmt(
-        """\
+    text = fmt("""\
         @function # a decorator comment
         layer E(n: int) {   # after the layer's brace
             param w: [n]  # after a member
@@ -263,10 +244,8 @@ def test_end_of_line_comments_after_braces_and_statements():
                 grad w = none
             }
         }  # after the layer
-        """
-    )
-    assert text == textwrap.dedent(
-        """\
+        """)
+    assert text == textwrap.dedent("""\
         @function  # a decorator comment
         layer E(n: int) {  # after the layer's brace
             param w: [n]  # after a member
@@ -289,13 +268,11 @@ def test_end_of_line_comments_after_braces_and_statements():
                 grad w = none
             }
         }  # after the layer
-        """
-    )
+        """)
 
 
 def test_comments_inside_lists_wrap_them():
-    text = fmt(
-        """\
+    text = fmt("""\
         layer L(a: int, # the first
                 b: int) {
             sub f = nn.Sequential(nn.Linear(a, b), # project
@@ -307,10 +284,8 @@ def test_comments_inside_lists_wrap_them():
                 )
             }
         }
-        """
-    )
-    assert text == textwrap.dedent(
-        """\
+        """)
+    assert text == textwrap.dedent("""\
         layer L(
             a: int,  # the first
             b: int,
@@ -329,13 +304,11 @@ def test_comments_inside_lists_wrap_them():
                 )
             }
         }
-        """
-    )
+        """)
 
 
 def test_comments_before_a_closing_bracket_or_brace_and_before_else():
-    same(
-        """\
+    same("""\
         layer K(n: int) {
             example(
                 n = 2
@@ -355,13 +328,11 @@ def test_comments_before_a_closing_bracket_or_brace_and_before_else():
                 # the end of forward
             }
         }
-        """
-    )
+        """)
 
 
 def test_comments_at_the_end_of_the_file():
-    text = fmt(
-        """\
+    text = fmt("""\
         layer F() {
             forward(x) {
                 return x
@@ -371,8 +342,7 @@ def test_comments_at_the_end_of_the_file():
 
 
         # and another, after blank lines
-        """
-    )
+        """)
     assert text.endswith("}\n# trailing\n\n# and another, after blank lines\n")
     assert format_source("# only a comment") == "# only a comment\n"
     assert format_source("") == ""
@@ -436,7 +406,7 @@ def test_idempotent_on_every_spec(spec: Path):
 
 
 def _generated(paths: list[Path]) -> dict:
-    from layerdsl.compiler import generate
+    from layerdsl.driver.pipeline import generate
 
     return {path: text.split("\n", 1)[1] for path, text in generate([str(p) for p in paths]).items()}
 

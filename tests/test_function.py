@@ -7,7 +7,7 @@ import importlib
 import pytest
 import torch
 
-from layerdsl.cli import main
+from layerdsl.driver.cli import main
 
 
 def _module(gen, name):
@@ -81,12 +81,15 @@ def test_handwritten_backward_matches_autograd(gen):
 
 def test_function_saves_about_half_of_what_autograd_saves(gen):
     x = torch.randn(256, 64, requires_grad=True)
-    for fn_layer, module_layer in [(gen.SwishFunctional(64), gen.Swish(64)), (gen.RMSNormFunctional(64), gen.RMSNorm(64))]:
+    for fn_layer, module_layer in [
+        (gen.SwishFunctional(64), gen.Swish(64)),
+        (gen.RMSNormFunctional(64), gen.RMSNorm(64)),
+    ]:
         saved_fn = _saved_storages(fn_layer, x)
         saved_module = _saved_storages(module_layer, x)
         assert saved_fn <= 0.55 * saved_module, (type(fn_layer).__name__, saved_fn, saved_module)
     chain, x2 = gen.FusedChain(), torch.randn(256, 64, requires_grad=True)
-    from torch import tanh, sigmoid
+    from torch import sigmoid, tanh
 
     plain = _saved_storages(lambda t: tanh(chain.a * t + chain.b) * sigmoid(chain.c * t), x2)
     assert _saved_storages(chain, x2) <= 0.4 * plain
@@ -123,7 +126,9 @@ def test_what_cannot_be_derived_is_a_located_error(tmp_path, capsys, body, messa
     spec = tmp_path / "specs"
     spec.mkdir()
     (spec / "bad.layer").write_text(
-        "@function\nlayer Bad() {\n    \"\"\"A layer.\"\"\"\n    example()\n\n    forward(x) {\n        " + body + "\n    }\n}\n"
+        '@function\nlayer Bad() {\n    """A layer."""\n    example()\n\n    forward(x) {\n        '
+        + body
+        + "\n    }\n}\n"
     )
     assert main(["gen", str(spec), "-o", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
@@ -152,8 +157,17 @@ def _full_size_buffers(step, shape) -> tuple[int, int]:
             name = func._schema.name
             if name.endswith("_") and not name.endswith("__"):
                 Count.inplace += 1
-            elif isinstance(out, torch.Tensor) and tuple(out.shape) == shape and not out._is_view() and func._schema.is_mutable is False:
-                if all(out.untyped_storage().data_ptr() != a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)):
+            elif (
+                isinstance(out, torch.Tensor)
+                and tuple(out.shape) == shape
+                and not out._is_view()
+                and func._schema.is_mutable is False
+            ):
+                if all(
+                    out.untyped_storage().data_ptr() != a.untyped_storage().data_ptr()
+                    for a in args
+                    if isinstance(a, torch.Tensor)
+                ):
                     Count.fresh += 1
             return out
 
@@ -163,7 +177,8 @@ def _full_size_buffers(step, shape) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize(
-    ("layer", "at_most", "recorded_at_most"), [("SwishFunctional", 3, 5), ("FusedChain", 6, 9), ("RMSNormFunctional", 4, 5)]
+    ("layer", "at_most", "recorded_at_most"),
+    [("SwishFunctional", 3, 5), ("FusedChain", 6, 9), ("RMSNormFunctional", 4, 5)],
 )
 def test_derived_backward_reuses_its_temporaries(gen, layer, at_most, recorded_at_most):
     """The derived backward updates temporaries it owns in place and uses fused kernels; written out of
@@ -249,7 +264,9 @@ def test_both_grad_modes_give_the_same_gradients(gen):
 
 
 @pytest.mark.parametrize("wide", ["input", "parameters"])
-@pytest.mark.parametrize("layer", ["SwishFunctional", "FusedChain", "RMSNormFunctional", "ChannelNorm", "MyLayerFunctional"])
+@pytest.mark.parametrize(
+    "layer", ["SwishFunctional", "FusedChain", "RMSNormFunctional", "ChannelNorm", "MyLayerFunctional"]
+)
 def test_in_place_backward_with_mixed_dtypes(gen, layer, wide):
     """float64 input with float32 parameters and the reverse: an in-place update must never meet an
     operand of a wider dtype (the module with float64 parameters and a float32 input still works)."""
@@ -282,9 +299,24 @@ def _numbers(m) -> dict:
 @pytest.mark.parametrize(
     ("module", "function", "args", "shape"),
     [
-        ("rms_norm_function", "RMSNormFunctionalFunction", lambda: [torch.rand(6, dtype=torch.float64) + 0.5, 1e-6], (4, 6)),
-        ("channel_norm", "ChannelNormFunction", lambda: [torch.rand(3, 1, 1, dtype=torch.float64), torch.randn(3, 1, 1, dtype=torch.float64), 1e-5], (2, 3, 2, 2)),
-        ("channel_norm_indexed", "ChannelNormIndexedFunction", lambda: [torch.rand(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64), 1e-5], (2, 3, 2, 2)),
+        (
+            "rms_norm_function",
+            "RMSNormFunctionalFunction",
+            lambda: [torch.rand(6, dtype=torch.float64) + 0.5, 1e-6],
+            (4, 6),
+        ),
+        (
+            "channel_norm",
+            "ChannelNormFunction",
+            lambda: [torch.rand(3, 1, 1, dtype=torch.float64), torch.randn(3, 1, 1, dtype=torch.float64), 1e-5],
+            (2, 3, 2, 2),
+        ),
+        (
+            "channel_norm_indexed",
+            "ChannelNormIndexedFunction",
+            lambda: [torch.rand(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64), 1e-5],
+            (2, 3, 2, 2),
+        ),
     ],
 )
 def test_saved_intermediates_are_differentiable_outputs(gen, module, function, args, shape):

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from layerdsl import compiler
-from layerdsl.checker import check_program
 from layerdsl.diagnostics import SpecError
-from layerdsl.parser import lark_parser, parse_file
+from layerdsl.driver import pipeline as compiler
+from layerdsl.semantics.checker import check_program
+from layerdsl.syntax.parser import lark_parser, parse_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = {p.name: p.read_text(encoding="utf-8") for p in sorted((ROOT / "specs").glob("*.layer"))}
@@ -28,17 +28,114 @@ SPECS = {p.name: p.read_text(encoding="utf-8") for p in sorted((ROOT / "specs").
 TOKEN = re.compile(r'"""[\s\S]*?"""|"[^"\n]*"|[A-Za-z_]\w*|\d+(?:\.\d*)?(?:e-?\d+)?|\.\.\.|->|\*\*|//|[=!<>]=|\n|[^\s]')
 INSERTS = [
     # keywords, reserved and forbidden names, Python-isms
-    "layer", "param", "buffer", "transient", "sub", "let", "example", "forward", "backward", "update", "grad",
-    "return", "if", "else", "and", "or", "not", "true", "false", "none", "True", "False", "None", "self", "class",
-    "def", "lambda", "training", "inf", "pi", "_x", "__import__", "torch", "nn", "F", "math", "int", "float",
-    "bool", "str", "long", "mean", "sum", "relu", "zeros", "ones", "normal", "xavier_uniform", "fan_in", "B", "n",
-    "@function", "@surrogate", "nn.Linear", "nn.ReLU()", "torch.load", "elif",
+    "layer",
+    "param",
+    "buffer",
+    "transient",
+    "sub",
+    "let",
+    "example",
+    "forward",
+    "backward",
+    "update",
+    "grad",
+    "return",
+    "if",
+    "else",
+    "and",
+    "or",
+    "not",
+    "true",
+    "false",
+    "none",
+    "True",
+    "False",
+    "None",
+    "self",
+    "class",
+    "def",
+    "lambda",
+    "training",
+    "inf",
+    "pi",
+    "_x",
+    "__import__",
+    "torch",
+    "nn",
+    "F",
+    "math",
+    "int",
+    "float",
+    "bool",
+    "str",
+    "long",
+    "mean",
+    "sum",
+    "relu",
+    "zeros",
+    "ones",
+    "normal",
+    "xavier_uniform",
+    "fan_in",
+    "B",
+    "n",
+    "@function",
+    "@surrogate",
+    "nn.Linear",
+    "nn.ReLU()",
+    "torch.load",
+    "elif",
     # punctuation and operators
-    "(", ")", "[", "]", "{", "}", ",", ":", "=", ".", "...", "->", "+", "-", "*", "/", "//", "%", "**", "@",
-    "==", "<", "!", "'", '"', '"""', "#", "\\", ";", "\n", "\t", "\r\n",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    ":",
+    "=",
+    ".",
+    "...",
+    "->",
+    "+",
+    "-",
+    "*",
+    "/",
+    "//",
+    "%",
+    "**",
+    "@",
+    "==",
+    "<",
+    "!",
+    "'",
+    '"',
+    '"""',
+    "#",
+    "\\",
+    ";",
+    "\n",
+    "\t",
+    "\r\n",
     # literals and small constructs
-    "0", "1", "-1", "0.5", "1e-5", '"x"', "[]", "()", "x[0]", "x[:, 0]", "sum[i](x[i])", "y[b] = x[b]",
-    "if training { return x }", "grad x = none", "update q = x", "long[]", "bool[B, n]",
+    "0",
+    "1",
+    "-1",
+    "0.5",
+    "1e-5",
+    '"x"',
+    "[]",
+    "()",
+    "x[0]",
+    "x[:, 0]",
+    "sum[i](x[i])",
+    "y[b] = x[b]",
+    "if training { return x }",
+    "grad x = none",
+    "update q = x",
+    "long[]",
+    "bool[B, n]",
 ]
 
 
@@ -130,8 +227,12 @@ def mutate(items: list[str], mutations) -> list[str]:
     return items
 
 
-FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-SLOW = settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FAST = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+SLOW = settings(
+    max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 # ---------------------------------------------------------------- the grammar

@@ -13,7 +13,7 @@ import black
 import pytest
 import torch
 
-from layerdsl.compiler import generate
+from layerdsl.driver.pipeline import generate
 
 from .conftest import ROOT, SPECS
 
@@ -28,7 +28,9 @@ def test_output_is_deterministic():
 def test_shipped_generated_folder_is_current():
     for rel, text in OUTPUTS.items():
         shipped = ROOT / "generated" / rel
-        assert shipped.read_text(encoding="utf-8") == text, f"generated/{rel} is stale: run `layerdsl gen specs -o generated`"
+        assert (
+            shipped.read_text(encoding="utf-8") == text
+        ), f"generated/{rel} is stale: run `layerdsl gen specs -o generated`"
 
 
 @pytest.mark.parametrize("rel", sorted(OUTPUTS), ids=str)
@@ -51,7 +53,7 @@ def test_header_names_the_spec():
 
 def test_gen_does_not_import_torch(tmp_path):
     code = (
-        "import sys; from layerdsl.cli import main; "
+        "import sys; from layerdsl.driver.cli import main; "
         f"rc = main(['gen', {str(SPECS)!r}, '-o', {str(tmp_path / 'out')!r}]); "
         "assert 'torch' not in sys.modules, 'gen imported torch'; sys.exit(rc)"
     )
@@ -167,10 +169,9 @@ def _ddp_worker(rank, world, port, package_root, package, results):
 
 def test_ddp_averages_gradients(package, tmp_path):
     import socket
+    from importlib import import_module
 
     import torch.multiprocessing as mp
-
-    from importlib import import_module
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -198,14 +199,26 @@ def test_wheel_ships_grammar_and_templates_and_works_from_any_folder(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "layerdsl/grammars/layer.lark" in names and "layerdsl/templates/module.py.j2" in names
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
     run = subprocess.run(
-        [sys.executable, "-c", "import layerdsl, sys; from layerdsl.cli import main; print(layerdsl.__file__); sys.exit(main(sys.argv[1:]))",
-         "gen", str(SPECS), "-o", "out"],
-        cwd=elsewhere, env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import layerdsl, sys; from layerdsl.driver.cli import main; print(layerdsl.__file__); sys.exit(main(sys.argv[1:]))",
+            "gen",
+            str(SPECS),
+            "-o",
+            "out",
+        ],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith(str(target))

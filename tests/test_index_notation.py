@@ -8,9 +8,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from layerdsl.checker import check_program
-from layerdsl.emit import emit_file
-from layerdsl.parser import parse_file
+from layerdsl.codegen.module import emit_file
+from layerdsl.semantics.checker import check_program
+from layerdsl.syntax.parser import parse_file
 
 D = torch.float64
 
@@ -73,7 +73,9 @@ def test_quadratic_form_function_keeps_no_batch_by_in_by_out_intermediate(gen):
 def test_einsum_is_emitted_with_the_specs_index_names(gen):
     import inspect
 
-    assert 'torch.einsum("ijk,bi,bj->bk", weight, x, x)' in inspect.getsource(type(gen.QuadraticForm(2, 2)).forward.__globals__["quadratic_form"])
+    assert 'torch.einsum("ijk,bi,bj->bk", weight, x, x)' in inspect.getsource(
+        type(gen.QuadraticForm(2, 2)).forward.__globals__["quadratic_form"]
+    )
 
 
 SPEC_MISMATCH = """
@@ -111,7 +113,14 @@ def test_an_index_with_two_sizes_is_a_value_error_naming_both():
 @st.composite
 def index_rhs(draw, depth=2):
     """A random right side for y[b, i] over x[b, i], v[i], m[i, j], u[b, j], with bound indices."""
-    leaves = ["x[b, i]", "v[i]", "u[b, i]", "sum[j](m[i, j] * u[b, j])", "sum[j](x[b, j] * m[j, i])", "mean[j](m[i, j] * v[j])"]
+    leaves = [
+        "x[b, i]",
+        "v[i]",
+        "u[b, i]",
+        "sum[j](m[i, j] * u[b, j])",
+        "sum[j](x[b, j] * m[j, i])",
+        "mean[j](m[i, j] * v[j])",
+    ]
     if depth == 0 or draw(st.integers(0, 2)) == 0:
         return draw(st.sampled_from(leaves))
     kind = draw(st.sampled_from(["bin", "un", "red"]))
@@ -119,7 +128,12 @@ def index_rhs(draw, depth=2):
     if kind == "un":
         return f"{draw(st.sampled_from(['tanh', 'sigmoid', 'exp', 'sin']))}({a})"
     if kind == "red":
-        inner = a.replace("[b, i]", "[b, k]").replace("v[i]", "v[k]").replace("m[i, j]", "m[k, j]").replace("m[j, i]", "m[j, k]")
+        inner = (
+            a.replace("[b, i]", "[b, k]")
+            .replace("v[i]", "v[k]")
+            .replace("m[i, j]", "m[k, j]")
+            .replace("m[j, i]", "m[j, k]")
+        )
         return f"({a} - {draw(st.sampled_from(['amax', 'sum', 'mean']))}[k]({inner}))"
     b = draw(index_rhs(depth - 1))
     return f"({a} {draw(st.sampled_from(['+', '-', '*']))} {b})"
@@ -156,7 +170,10 @@ def test_derived_backward_through_index_statements_matches_autograd(rhs):
     assert torch.allclose(got, want, rtol=1e-9, atol=1e-10), rhs
     seed = torch.randn_like(want)
     targets = [x, u, layer.v, layer.m]
-    for a, b in zip(torch.autograd.grad(got, targets, seed, allow_unused=True), torch.autograd.grad(want, targets, seed, allow_unused=True)):
+    for a, b in zip(
+        torch.autograd.grad(got, targets, seed, allow_unused=True),
+        torch.autograd.grad(want, targets, seed, allow_unused=True),
+    ):
         if a is None or b is None:
             assert (a if b is None else b) is None or (a if b is None else b).abs().max() == 0, rhs
             continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from layerdsl import checks
+from layerdsl.testing import layer_checks as checks
 
 from .conftest import CASES
 

@@ -1,0 +1,119 @@
+"""Rewrites of checked forward bodies before emission.
+
+Optional members: `a + bias`, where `bias` may be absent, becomes a statement `t = a` followed by
+`if bias is not None: t = t + bias`, so the operation is skipped when the member is absent (its identity).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from layerdsl.ir import nodes as N
+
+
+class IsPresent(N.Expr):
+    """`NAME is not None`: the guard of an optional member."""
+
+    def __init__(self, span, name: N.Name):
+        super().__init__(span)
+        self.name = name
+
+
+def hoist_optionals(body: list[N.Stmt], optional: set[str], taken: set[str]) -> list[N.Stmt]:
+    """Return `body` with every use of an optional member turned into a guarded statement."""
+    if not optional:
+        return body
+    fresh = _fresh_names(taken)
+    out: list[N.Stmt] = []
+    for stmt in body:
+        out.extend(_lower_stmt(stmt, optional, fresh))
+    return out
+
+
+def _fresh_names(taken: set[str]):
+    for n in itertools.count():
+        name = "h" if n == 0 else f"h{n}"
+        if name not in taken:
+            taken.add(name)
+            yield name
+
+
+def _lower_stmt(stmt: N.Stmt, optional: set[str], fresh) -> list[N.Stmt]:
+    if isinstance(stmt, N.If):
+        stmt.body = [s for b in stmt.body for s in _lower_stmt(b, optional, fresh)]
+        stmt.orelse = [s for b in stmt.orelse for s in _lower_stmt(b, optional, fresh)]
+        return [stmt]
+    pre: list[N.Stmt] = []
+
+    def visit(e):
+        match e:
+            case N.BinOp(op=op, left=l, right=r):
+                e.left, e.right = visit(l), visit(r)
+                side = _optional_side(e, optional)
+                if side is None:
+                    return e
+                member, other = (e.left, e.right) if side == "left" else (e.right, e.left)
+                if isinstance(stmt, N.Assign) and e is stmt.value and stmt.target not in _names_in(e):
+                    temp = stmt.target
+                else:
+                    temp = next(fresh)
+                tname = N.Name(e.span, temp)
+                tname.ref, tname.kind = "local", "tensor"
+                if side == "left" and op in ("-", "/"):
+                    # `b - x` without b is `-x`, `b / x` is `1 / x`: two branches, not an update of t.
+                    absent = (
+                        N.UnaryOp(e.span, "-", other)
+                        if op == "-"
+                        else N.BinOp(e.span, "/", N.Num(e.span, 1, "1"), other)
+                    )
+                    present = N.BinOp(e.span, op, member, other)
+                    absent.kind = present.kind = "tensor"
+                    pre.append(
+                        N.If(
+                            e.span,
+                            IsPresent(e.span, member),
+                            [N.Assign(e.span, temp, e.span, present)],
+                            [N.Assign(e.span, temp, e.span, absent)],
+                        )
+                    )
+                    return tname
+                pre.append(N.Assign(e.span, temp, e.span, other))
+                present = N.BinOp(e.span, op, member, tname) if side == "left" else N.BinOp(e.span, op, tname, member)
+                present.kind = "tensor"
+                pre.append(N.If(e.span, IsPresent(e.span, member), [N.Assign(e.span, temp, e.span, present)], []))
+                return tname
+            case N.Expr():
+                for attr in ("operand", "value", "body"):
+                    if isinstance(getattr(e, attr, None), N.Expr):
+                        setattr(e, attr, visit(getattr(e, attr)))
+                if isinstance(e, N.Call):
+                    e.args = [visit(a) for a in e.args]
+                if isinstance(e, (N.Compare,)):
+                    e.operands = [visit(o) for o in e.operands]
+                if isinstance(e, N.ListExpr):
+                    e.items = [visit(i) for i in e.items]
+                return e
+        return e
+
+    match stmt:
+        case N.Assign() | N.Update() | N.Grad() | N.IndexAssign():
+            stmt.value = visit(stmt.value)
+        case N.Return():
+            stmt.values = [visit(v) for v in stmt.values]
+    if pre and isinstance(stmt, N.Assign) and isinstance(stmt.value, N.Name) and stmt.value.id == stmt.target:
+        return pre  # `y = y` after hoisting into y itself
+    return pre + [stmt]
+
+
+def _optional_side(e: N.BinOp, optional: set[str]) -> str | None:
+    if e.op not in ("+", "-", "*", "/"):
+        return None
+    if isinstance(e.left, N.Name) and e.left.id in optional and e.left.ref in ("param", "buffer"):
+        return "left"
+    if isinstance(e.right, N.Name) and e.right.id in optional and e.right.ref in ("param", "buffer"):
+        return "right"
+    return None
+
+
+def _names_in(e) -> set[str]:
+    return {n.id for n in N.walk(e) if isinstance(n, N.Name)}

@@ -1,0 +1,151 @@
+"""Rendering IR expressions as Python source, with only the parentheses Python needs.
+
+A `Spelling` maps each name to its Python form in one context: `self.weight` in a module, `weight` in a
+functional form. Calls to built-in operations use the table's PyTorch spelling; on plain numbers they use
+its `math` spelling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from layerdsl.ir import nodes as N
+from layerdsl.language.ops import CALLABLE, OPS
+from layerdsl.language.tables import CONSTANTS
+
+PREC = {
+    "or": 1,
+    "and": 2,
+    "not": 3,
+    "cmp": 4,
+    "|": 5,
+    "&": 7,
+    "+": 10,
+    "-": 10,
+    "*": 11,
+    "/": 11,
+    "//": 11,
+    "%": 11,
+    "@": 11,
+    "unary": 12,
+    "**": 13,
+    "atom": 14,
+}
+
+
+@dataclass
+class Spelling:
+    """How names are written in one generated function."""
+
+    names: dict[str, str] = field(default_factory=dict)  # explicit spellings (self.weight, ...)
+    training: str = "self.training"
+
+    def name(self, node: N.Name) -> str:
+        if node.id in self.names:
+            return self.names[node.id]
+        if node.ref == "training" or node.id == "training":
+            return self.training
+        if node.ref == "const" or (node.id in CONSTANTS and not node.ref):
+            return CONSTANTS[node.id]
+        return node.id
+
+
+def shorten(torch_name: str) -> str:
+    """`torch.nn.functional.gelu` is written `F.gelu` (the generated files import it so)."""
+    return torch_name.replace("torch.nn.functional.", "F.")
+
+
+class PyExpr:
+    def __init__(self, spelling: Spelling, call_hook: Callable[[N.Call, PyExpr], str | None] | None = None):
+        self.sp = spelling
+        self.call_hook = call_hook
+
+    def __call__(self, e) -> str:
+        return self.render(e)[0]
+
+    def render(self, e) -> tuple[str, int]:
+        match e:
+            case N.Num(value=v, text=text):
+                return text, PREC["unary"] if text.startswith("-") else PREC["atom"]
+            case N.Str(value=v):
+                return repr(v), PREC["atom"]
+            case N.Bool(value=v):
+                return ("True" if v else "False"), PREC["atom"]
+            case N.NoneLit():
+                return "None", PREC["atom"]
+            case N.Name():
+                return self.sp.name(e), PREC["atom"]
+            case N.BinOp(op=op, left=l, right=r):
+                p = PREC[op]
+                if op == "**":
+                    left = self.wrap(l, p + 1)
+                    right = self.wrap(r, p - 1)  # `2 ** -x` needs no parentheses
+                else:
+                    left = self.wrap(l, p)
+                    right = self.wrap(r, p + 1)
+                return f"{left} {op} {right}", p
+            case N.UnaryOp(op=op, operand=o):
+                return f"{op}{self.wrap(o, PREC['unary'])}", PREC["unary"]
+            case N.Compare(ops=ops, operands=operands):
+                parts = [self.wrap(operands[0], PREC["cmp"] + 1)]
+                for op, o in zip(ops, operands[1:]):
+                    parts.append(f"{op} {self.wrap(o, PREC['cmp'] + 1)}")
+                return " ".join(parts), PREC["cmp"]
+            case N.BoolOp(op=op, left=l, right=r):
+                p = PREC[op]
+                return f"{self.wrap(l, p)} {op} {self.wrap(r, p + 1)}", p
+            case N.Not(operand=o):
+                return f"not {self.wrap(o, PREC['not'])}", PREC["not"]
+            case N.Call():
+                return self.call(e), PREC["atom"]
+            case N.InPlace(method=m, target=t, args=args):
+                return f"{self.wrap(t, PREC['atom'])}.{m}({', '.join(self(a) for a in args)})", PREC["atom"]
+            case N.Subscript(value=v, items=items):
+                return f"{self.wrap(v, PREC['atom'])}[{', '.join(self.item(i) for i in items)}]", PREC["atom"]
+            case N.ListExpr(items=items):
+                return f"[{', '.join(self(i) for i in items)}]", PREC["atom"]
+        raise TypeError(f"cannot render {type(e).__name__}")
+
+    def wrap(self, e, min_prec: int) -> str:
+        text, p = self.render(e)
+        return f"({text})" if p < min_prec else text
+
+    def item(self, it) -> str:
+        match it:
+            case N.EllipsisItem():
+                return "..."
+            case N.Slice(lower=lo, upper=hi, step=st):
+                text = f"{self(lo) if lo else ''}:{self(hi) if hi else ''}"
+                return text + (f":{self(st)}" if st else "")
+        return self(it)
+
+    def call(self, c: N.Call) -> str:
+        if self.call_hook is not None:
+            hooked = self.call_hook(c, self)
+            if hooked is not None:
+                return hooked
+        if c.func == "align":  # a broadcasting view: x[:, None]
+            return f"{self.wrap(c.args[0], PREC['atom'])}[{', '.join(self.item(i) for i in c.items)}]"
+        op = CALLABLE.get(c.func) or OPS.get(c.func)
+        if op is None:  # a sub
+            return f"{self.sp.name(N.Name(c.func_span, c.func))}({', '.join(self(a) for a in c.args)})"
+        if c.kind != "tensor" and op.scalar:
+            return f"{op.scalar}({', '.join(self(a) for a in c.args)})"
+        if op.template:
+            values = dict(zip([p.name for p in op.params], c.args)) | {k.name: k.value for k in c.kwargs}
+            fields = {}
+            for name, v in values.items():
+                fields[name] = self(v)
+                if isinstance(v, N.ListExpr):
+                    fields[name + "*"] = ", ".join(self(i) for i in v.items)
+            return op.template.format(**fields)
+        parts = []
+        for index, (p, a) in enumerate(zip(op.params, c.args)):
+            positional = op.positional is None or index < op.positional
+            parts.append(self(a) if positional else f"{op.kwarg_spelling.get(p.name, p.name)}={self(a)}")
+        for k in c.kwargs:
+            parts.append(f"{op.kwarg_spelling.get(k.name, k.name)}={self(k.value)}")
+        if op.takes_training:
+            parts.append(f"training={self.sp.training}")
+        return f"{shorten(op.torch)}({', '.join(parts)})"

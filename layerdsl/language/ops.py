@@ -1,0 +1,572 @@
+"""The built-in operation table: the one place that says which operations a spec may call.
+
+Each row gives the spec name, its signature, its PyTorch spelling, its shape rule, its spelling on plain
+Python numbers (for `let` constants and dims) and, per differentiable input, a derivative formula written
+in the spec language itself. Formulas name the op's parameters, `grad` (the incoming gradient) and
+`result` (the op's output); the derivation pass parses them once into IR and substitutes. Helpers that
+exist only for formulas (`expand_reduced`, `reduced_numel`, `sum_to`, ...) are rows with `internal=True`.
+Adding an operation is adding a row.
+
+Shape rules: "elementwise" (broadcasts its tensor inputs), "reduce" (drops or keeps `dim`), "matmul",
+"transpose", "view" (reshape family), "softmax" (same shape as input), "concat", "fft", "conv", "where".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: str | None = None  # spec-language literal, or None when required
+    tensor: bool = False  # a tensor operand (broadcast, differentiated)
+    tensors: bool = False  # a list of tensors (cat, stack)
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    params: tuple[Param, ...]
+    torch: str  # the callable emitted for tensors
+    shape: str
+    doc: str
+    grads: dict[str, str | None] = field(default_factory=dict)  # tensor param -> formula (None: no derivative)
+    scalar: str | None = None  # the callable emitted when every operand is a Python number
+    operator: str | None = None  # "+" etc. for the operator rows
+    cost: str = "cheap"  # "costly" results are saved for backward rather than recomputed
+    internal: bool = False
+    kwarg_spelling: dict[str, str] = field(default_factory=dict)  # spec keyword -> torch keyword
+    positional: int | None = None  # how many leading arguments torch takes positionally (None: all)
+    tensors_only: bool = False  # torch rejects plain numbers as operands
+    takes_training: bool = False  # torch wants `training=` (the module's mode, or the functional form's flag)
+    template: str | None = None  # how to write the call when it is not `torch(args)`: {param}, {param*} splats a list
+    inplace: str | None = None  # the Tensor method updating the first operand in place (`mul_`)
+    commutes: bool = False  # the two tensor operands may swap (so either one can be updated in place)
+    shape_args: tuple[int, ...] = ()  # positions of arguments read only for their shape (internal helpers)
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    @property
+    def signature(self) -> str:
+        parts = [p.name if p.default is None else f"{p.name} = {p.default}" for p in self.params]
+        return f"{self.name}({', '.join(parts)})"
+
+
+def _sig(text: str) -> tuple[Param, ...]:
+    """`"input*, dim = none"`: a trailing `*` marks a tensor operand, `[]` a list of tensors."""
+    params = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, default = (s.strip() for s in part.partition("="))
+        tensors = name.endswith("[]")
+        tensor = name.endswith("*")
+        params.append(Param(name.rstrip("*[]"), default or None, tensor, tensors))
+    return tuple(params)
+
+
+def _unary(name, torch, doc, grad, scalar=None):
+    inplace = f"{name}_" if torch == f"torch.{name}" else None
+    return Op(name, _sig("input*"), torch, "elementwise", doc, {"input": grad}, scalar, inplace=inplace)
+
+
+def _reduction(name, torch, doc, grad, extra="", cost="costly", dim_default="none"):
+    sig = f"input*, dim = {dim_default}, keepdim = false" + (f", {extra}" if extra else "")
+    # torch.var/std have older overloads with `unbiased` in third place: name everything after dim.
+    return Op(name, _sig(sig), torch, "reduce", doc, {"input": grad}, cost=cost, positional=2 if extra else None)
+
+
+_EXPAND = "expand_reduced(grad, input, dim, keepdim)"
+
+TABLE: tuple[Op, ...] = (
+    # -- operators: `a + b` is the row `add`, and so on
+    Op(
+        "add",
+        _sig("input*, other*"),
+        "torch.add",
+        "elementwise",
+        "a + b",
+        {"input": "grad", "other": "grad"},
+        operator="+",
+        inplace="add_",
+        commutes=True,
+    ),
+    Op(
+        "sub",
+        _sig("input*, other*"),
+        "torch.sub",
+        "elementwise",
+        "a - b",
+        {"input": "grad", "other": "-grad"},
+        operator="-",
+        inplace="sub_",
+    ),
+    Op(
+        "mul",
+        _sig("input*, other*"),
+        "torch.mul",
+        "elementwise",
+        "a * b",
+        {"input": "grad * other", "other": "grad * input"},
+        operator="*",
+        inplace="mul_",
+        commutes=True,
+    ),
+    Op(
+        "div",
+        _sig("input*, other*"),
+        "torch.div",
+        "elementwise",
+        "a / b",
+        {"input": "grad / other", "other": "-grad * input / other ** 2"},
+        operator="/",
+        inplace="div_",
+    ),
+    Op(
+        "floordiv",
+        _sig("input*, other*"),
+        "torch.floor_divide",
+        "elementwise",
+        "a // b",
+        {"input": None, "other": None},
+        operator="//",
+    ),
+    Op(
+        "mod",
+        _sig("input*, other*"),
+        "torch.remainder",
+        "elementwise",
+        "a % b",
+        {"input": "grad", "other": None},
+        operator="%",
+    ),
+    Op("neg", _sig("input*"), "torch.neg", "elementwise", "-a", {"input": "-grad"}, operator="neg", inplace="neg_"),
+    Op(
+        "pow",
+        _sig("input*, exponent*"),
+        "torch.pow",
+        "elementwise",
+        "a ** b: elementwise power",
+        {"input": "grad * exponent * input ** (exponent - 1)", "exponent": "grad * result * log(input)"},
+        operator="**",
+        inplace="pow_",
+    ),
+    Op(
+        "matmul",
+        _sig("input*, other*"),
+        "torch.matmul",
+        "matmul",
+        "a @ b: matrix product (batched, broadcast)",
+        {"input": "matmul(grad, transpose(other, -1, -2))", "other": "matmul(transpose(input, -1, -2), grad)"},
+        operator="@",
+        cost="costly",
+    ),
+    # -- elementwise
+    _unary("abs", "torch.abs", "absolute value", "grad * sign(input)", "abs"),
+    _unary("exp", "torch.exp", "e ** x", "grad * result", "math.exp"),
+    _unary("log", "torch.log", "natural logarithm", "grad / input", "math.log"),
+    _unary("log1p", "torch.log1p", "log(1 + x), accurate near 0", "grad / (1 + input)", "math.log1p"),
+    _unary("expm1", "torch.expm1", "exp(x) - 1, accurate near 0", "grad * (result + 1)", "math.expm1"),
+    _unary("sqrt", "torch.sqrt", "square root", "grad / (2 * result)", "math.sqrt"),
+    _unary("rsqrt", "torch.rsqrt", "1 / sqrt(x)", "-0.5 * grad * result ** 3"),
+    _unary("sin", "torch.sin", "sine", "grad * cos(input)", "math.sin"),
+    _unary("cos", "torch.cos", "cosine", "-grad * sin(input)", "math.cos"),
+    _unary("tan", "torch.tan", "tangent", "grad * (1 + result ** 2)", "math.tan"),
+    _unary("tanh", "torch.tanh", "hyperbolic tangent", "tanh_backward(grad, result)", "math.tanh"),
+    _unary("sigmoid", "torch.sigmoid", "1 / (1 + exp(-x))", "sigmoid_backward(grad, result)"),
+    _unary("relu", "torch.relu", "max(x, 0)", "grad * (result > 0)"),
+    _unary(
+        "gelu",
+        "torch.nn.functional.gelu",
+        "x * Φ(x), the exact (erf) GELU",
+        "grad * (0.5 * (1 + erf(input / sqrt(2))) + input * exp(-0.5 * input ** 2) / sqrt(2 * pi))",
+    ),
+    _unary(
+        "silu",
+        "torch.nn.functional.silu",
+        "x * sigmoid(x)",
+        "grad * sigmoid(input) * (1 + input * (1 - sigmoid(input)))",
+    ),
+    Op(
+        "softplus",
+        _sig("input*, beta = 1"),
+        "torch.nn.functional.softplus",
+        "elementwise",
+        "log(1 + exp(beta * x)) / beta",
+        {"input": "grad * sigmoid(beta * input)"},
+    ),
+    _unary("erf", "torch.erf", "the error function", "grad * 2 / sqrt(pi) * exp(-input ** 2)", "math.erf"),
+    _unary("sign", "torch.sign", "-1, 0 or 1", None),
+    _unary("round", "torch.round", "round half to even", None, "round"),
+    _unary("floor", "torch.floor", "round down", None, "math.floor"),
+    _unary("ceil", "torch.ceil", "round up", None, "math.ceil"),
+    Op(
+        "clamp",
+        _sig("input*, min = none, max = none"),
+        "torch.clamp",
+        "elementwise",
+        "limit to [min, max]",
+        {"input": "grad * (result == input)"},
+    ),
+    Op(
+        "where",
+        _sig("condition*, input*, other*"),
+        "torch.where",
+        "elementwise",
+        "input where condition, else other",
+        {"condition": None, "input": "where(condition, grad, 0)", "other": "where(condition, 0, grad)"},
+    ),
+    Op(
+        "maximum",
+        _sig("input*, other*"),
+        "torch.maximum",
+        "elementwise",
+        "elementwise maximum",
+        {
+            "input": "where(input == other, grad / 2, grad * (input > other))",
+            "other": "where(input == other, grad / 2, grad * (other > input))",
+        },
+        scalar="max",
+        tensors_only=True,
+    ),
+    Op(
+        "minimum",
+        _sig("input*, other*"),
+        "torch.minimum",
+        "elementwise",
+        "elementwise minimum",
+        {
+            "input": "where(input == other, grad / 2, grad * (input < other))",
+            "other": "where(input == other, grad / 2, grad * (other < input))",
+        },
+        scalar="min",
+        tensors_only=True,
+    ),
+    # -- reductions
+    _reduction("sum", "torch.sum", "sum over dim (all dims by default)", _EXPAND),
+    # Scale the reduced gradient while it is small, then expand it (a view): one full-size pass fewer.
+    _reduction(
+        "mean",
+        "torch.mean",
+        "mean over dim (all dims by default)",
+        "expand_reduced(grad / reduced_numel(input, dim), input, dim, keepdim)",
+    ),
+    _reduction(
+        "var",
+        "torch.var",
+        "variance over dim, with Bessel's correction by default",
+        "expand_reduced(2 * grad / (reduced_numel(input, dim) - correction), input, dim, keepdim)"
+        " * (input - mean(input, dim, true))",
+        extra="correction = 1",
+    ),
+    _reduction(
+        "std",
+        "torch.std",
+        "standard deviation over dim",
+        "expand_reduced(where(result == 0, 0, grad / result) / (reduced_numel(input, dim) - correction), input, dim, keepdim)"
+        " * (input - mean(input, dim, true))",
+        extra="correction = 1",
+    ),
+    _reduction(
+        "amax",
+        "torch.amax",
+        "maximum over dim",
+        f"{_EXPAND} * extremum_mask(input, result, dim, keepdim)",
+        dim_default="[]",
+    ),
+    _reduction(
+        "amin",
+        "torch.amin",
+        "minimum over dim",
+        f"{_EXPAND} * extremum_mask(input, result, dim, keepdim)",
+        dim_default="[]",
+    ),
+    Op(
+        "logsumexp",
+        _sig("input*, dim, keepdim = false"),
+        "torch.logsumexp",
+        "reduce",
+        "log(sum(exp(x))) over dim, stably",
+        {
+            "input": "expand_reduced(grad, input, dim, keepdim) * exp(input - expand_reduced(result, input, dim, keepdim))"
+        },
+        cost="costly",
+    ),
+    Op(
+        "norm",
+        _sig("input*, p = 2, dim = none, keepdim = false"),
+        "torch.linalg.vector_norm",
+        "reduce",
+        "vector p-norm over dim",
+        {
+            "input": "expand_reduced(where(result == 0, 0, grad / result ** (p - 1)), input, dim, keepdim) * input * abs(input) ** (p - 2)"
+        },
+        cost="costly",
+        kwarg_spelling={"p": "ord"},
+    ),
+    Op(
+        "softmax",
+        _sig("input*, dim"),
+        "torch.softmax",
+        "softmax",
+        "exp(x) / sum(exp(x)) over dim",
+        {"input": "result * (grad - sum(grad * result, dim, true))"},
+        cost="costly",
+    ),
+    Op(
+        "log_softmax",
+        _sig("input*, dim"),
+        "torch.log_softmax",
+        "softmax",
+        "x - logsumexp(x) over dim",
+        {"input": "grad - exp(result) * sum(grad, dim, true)"},
+        cost="costly",
+    ),
+    # -- shapes
+    Op(
+        "transpose",
+        _sig("input*, dim0, dim1"),
+        "torch.transpose",
+        "transpose",
+        "swap two dims (a view)",
+        {"input": "transpose(grad, dim0, dim1)"},
+    ),
+    Op(
+        "reshape",
+        _sig("input*, shape"),
+        "torch.reshape",
+        "view",
+        "the same data in a new shape",
+        {"input": "reshape(grad, shape_of(input))"},
+    ),
+    Op(
+        "flatten",
+        _sig("input*, start_dim = 0, end_dim = -1"),
+        "torch.flatten",
+        "view",
+        "merge dims start_dim..end_dim",
+        {"input": "reshape(grad, shape_of(input))"},
+    ),
+    Op(
+        "unsqueeze",
+        _sig("input*, dim"),
+        "torch.unsqueeze",
+        "view",
+        "insert a dim of size 1",
+        {"input": "squeeze(grad, dim)"},
+    ),
+    Op(
+        "squeeze",
+        _sig("input*, dim = none"),
+        "torch.squeeze",
+        "view",
+        "drop dims of size 1",
+        {"input": "reshape(grad, shape_of(input))"},
+    ),
+    Op(
+        "cat",
+        _sig("tensors[], dim = 0"),
+        "torch.cat",
+        "concat",
+        "concatenate along an existing dim",
+        {"tensors": "split_like(grad, tensors, dim)"},
+    ),
+    Op(
+        "stack",
+        _sig("tensors[], dim = 0"),
+        "torch.stack",
+        "concat",
+        "stack along a new dim",
+        {"tensors": "unbind(grad, dim)"},
+    ),
+    # -- Fourier transforms over one dim (complex results)
+    Op(
+        "fft",
+        _sig("input*, n = none, dim = -1"),
+        "torch.fft.fft",
+        "fft",
+        "discrete Fourier transform",
+        {"input": None},
+        cost="costly",
+    ),
+    Op(
+        "ifft",
+        _sig("input*, n = none, dim = -1"),
+        "torch.fft.ifft",
+        "fft",
+        "inverse discrete Fourier transform",
+        {"input": None},
+        cost="costly",
+    ),
+    Op(
+        "rfft",
+        _sig("input*, n = none, dim = -1"),
+        "torch.fft.rfft",
+        "fft",
+        "Fourier transform of a real signal",
+        {"input": None},
+        cost="costly",
+    ),
+    Op(
+        "irfft",
+        _sig("input*, n = none, dim = -1"),
+        "torch.fft.irfft",
+        "fft",
+        "inverse of rfft",
+        {"input": None},
+        cost="costly",
+    ),
+    # -- neural-network ops
+    Op(
+        "dropout",
+        _sig("input*, p = 0.5"),
+        "torch.nn.functional.dropout",
+        "elementwise",
+        "zero elements with probability p and rescale, in training mode only",
+        {"input": None},
+        takes_training=True,
+    ),
+    Op(
+        "conv1d",
+        _sig("input*, weight*, bias* = none, stride = 1, padding = 0, dilation = 1, groups = 1"),
+        "torch.nn.functional.conv1d",
+        "conv",
+        "1-D convolution (torch.nn.functional.conv1d)",
+        {"input": None, "weight": None, "bias": None},
+        cost="costly",
+    ),
+    Op(
+        "conv2d",
+        _sig("input*, weight*, bias* = none, stride = 1, padding = 0, dilation = 1, groups = 1"),
+        "torch.nn.functional.conv2d",
+        "conv",
+        "2-D convolution (torch.nn.functional.conv2d)",
+        {"input": None, "weight": None, "bias": None},
+        cost="costly",
+    ),
+    # -- what index notation lowers to (not callable from specs)
+    Op(
+        "einsum",
+        _sig("equation, operands[]"),
+        "torch.einsum",
+        "einsum",
+        "a sum of products over named axes",
+        {"operands": "einsum"},
+        cost="costly",
+        internal=True,
+        template="torch.einsum({equation}, {operands*})",
+    ),
+    Op(
+        "permute",
+        _sig("input*, dims, inverse"),
+        "torch.permute",
+        "view",
+        "reorder dims (a view)",
+        {"input": "permute(grad, inverse, dims)"},
+        internal=True,
+        template="{input}.permute({dims*})",
+    ),
+    Op(
+        "align",
+        _sig("input*"),
+        "",
+        "view",
+        "insert size-1 dims for broadcasting (a view, written x[:, None])",
+        {"input": "reshape(grad, shape_of(input))"},
+        internal=True,
+    ),
+    # -- ATen's fused derivative kernels: one pass where the formula written out takes three
+    Op(
+        "sigmoid_backward",
+        _sig("grad_output*, output*"),
+        "torch.ops.aten.sigmoid_backward",
+        "elementwise",
+        "grad_output * output * (1 - output)",
+        {"grad_output": "sigmoid_backward(grad, output)", "output": "grad * grad_output * (1 - 2 * output)"},
+        internal=True,
+    ),
+    Op(
+        "tanh_backward",
+        _sig("grad_output*, output*"),
+        "torch.ops.aten.tanh_backward",
+        "elementwise",
+        "grad_output * (1 - output ** 2)",
+        {"grad_output": "tanh_backward(grad, output)", "output": "-2 * grad * grad_output * output"},
+        internal=True,
+    ),
+    Op(
+        "addcmul",
+        _sig("input*, tensor1*, tensor2*"),
+        "torch.addcmul",
+        "elementwise",
+        "input + tensor1 * tensor2 in one pass",
+        {"input": "grad", "tensor1": "grad * tensor2", "tensor2": "grad * tensor1"},
+        internal=True,
+        inplace="addcmul_",
+    ),
+    # -- helpers that only derivative formulas use
+    Op(
+        "expand_reduced",
+        _sig("grad*, input*, dim, keepdim"),
+        "",
+        "custom",
+        "broadcast a reduction's gradient back",
+        internal=True,
+        shape_args=(1,),
+    ),
+    Op(
+        "reduced_view",
+        _sig("grad*, input*, dim, keepdim"),
+        "",
+        "custom",
+        "a reduction's gradient with the reduced dims back as size 1: broadcasts like expand_reduced",
+        internal=True,
+        shape_args=(1,),
+    ),
+    Op(
+        "reduced_numel",
+        _sig("input*, dim"),
+        "",
+        "custom",
+        "how many elements a reduction combined",
+        internal=True,
+        shape_args=(0,),
+    ),
+    Op(
+        "extremum_mask",
+        _sig("input*, result*, dim, keepdim"),
+        "",
+        "custom",
+        "where the extremum was, split evenly among ties",
+        internal=True,
+    ),
+    Op("shape_of", _sig("input*"), "", "custom", "the shape of a tensor, kept on ctx", internal=True, shape_args=(0,)),
+    Op(
+        "sum_to",
+        _sig("grad*, input*"),
+        "",
+        "custom",
+        "sum a broadcast gradient back to an operand's shape",
+        internal=True,
+        shape_args=(1,),
+    ),
+    Op(
+        "split_like", _sig("grad*, tensors[], dim"), "", "custom", "split a gradient like cat's operands", internal=True
+    ),
+    Op("unbind", _sig("grad*, dim"), "torch.unbind", "custom", "split along a dim", internal=True),
+)
+
+OPS: dict[str, Op] = {op.name: op for op in TABLE}
+OPERATORS: dict[str, Op] = {op.operator: op for op in TABLE if op.operator}
+CALLABLE: dict[str, Op] = {op.name: op for op in TABLE if not op.internal and not op.operator}
+# The operator rows that are also callable by name.
+CALLABLE["pow"] = OPS["pow"]
+CALLABLE["matmul"] = OPS["matmul"]
+
+REDUCTIONS = ("sum", "mean", "amax", "amin")
+
+
+def shape_args(call) -> tuple[int, ...]:
+    """Positions of `call`'s arguments that are read only for their shape (never as values)."""
+    op = OPS.get(call.func)
+    return op.shape_args if op else ()  # usable as index-notation reductions

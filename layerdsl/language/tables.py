@@ -1,0 +1,162 @@
+"""Data tables besides the operation table: initialisers, `torch.nn` layers, reserved and forbidden names."""
+
+from __future__ import annotations
+
+import keyword
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    name: str
+    params: tuple[tuple[str, str], ...]  # (name, default as spec literal)
+    fan_based: bool = False
+    float_only: bool = True
+    doc: str = ""
+    always: tuple[str, ...] = ()  # parameters whose default here differs from torch's: always written out
+
+
+INITS: dict[str, InitSpec] = {
+    i.name: i
+    for i in (
+        InitSpec("zeros", (), float_only=False, doc="fill with 0"),
+        InitSpec("ones", (), float_only=False, doc="fill with 1"),
+        InitSpec("constant", (("value", ""),), float_only=False, doc="fill with value"),
+        InitSpec("eye", (), float_only=False, doc="the identity matrix (2-D only)"),
+        InitSpec("normal", (("mean", "0"), ("std", "1")), doc="N(mean, std²)"),
+        InitSpec("uniform", (("a", "0"), ("b", "1")), doc="U(a, b)"),
+        InitSpec(
+            "trunc_normal",
+            (("mean", "0"), ("std", "0.02"), ("a", "-2"), ("b", "2")),
+            doc="N(mean, std²) truncated to [a, b]",
+            always=("std",),
+        ),
+        InitSpec("xavier_uniform", (("gain", "1"),), True, doc="U(-b, b), b = gain·√(6 / (fan_in + fan_out))"),
+        InitSpec("xavier_normal", (("gain", "1"),), True, doc="N(0, σ²), σ = gain·√(2 / (fan_in + fan_out))"),
+        InitSpec(
+            "kaiming_uniform",
+            (("a", "0"), ("mode", '"fan_in"'), ("nonlinearity", '"leaky_relu"')),
+            True,
+            doc="U(-b, b), b = gain·√(3 / fan), gain from the nonlinearity and a",
+        ),
+        InitSpec(
+            "kaiming_normal",
+            (("a", "0"), ("mode", '"fan_in"'), ("nonlinearity", '"leaky_relu"')),
+            True,
+            doc="N(0, σ²), σ = gain / √fan",
+        ),
+        InitSpec("orthogonal", (("gain", "1"),), doc="a (semi-)orthogonal matrix scaled by gain"),
+    )
+}
+
+# torch.nn layers a `sub` may construct; True where the constructor takes device= and dtype=.
+NN_LAYERS: dict[str, bool] = {
+    **dict.fromkeys(
+        "Linear Bilinear LazyLinear Conv1d Conv2d Conv3d ConvTranspose1d ConvTranspose2d ConvTranspose3d "
+        "BatchNorm1d BatchNorm2d BatchNorm3d LayerNorm GroupNorm InstanceNorm1d InstanceNorm2d InstanceNorm3d "
+        "RMSNorm Embedding EmbeddingBag RNN LSTM GRU RNNCell LSTMCell GRUCell MultiheadAttention "
+        "Transformer TransformerEncoderLayer TransformerDecoderLayer PReLU".split(),
+        True,
+    ),
+    **dict.fromkeys(
+        "Identity Sequential ModuleList ModuleDict ReLU ReLU6 LeakyReLU ELU SELU CELU GELU SiLU Mish Sigmoid Tanh "
+        "Softplus Softsign Softmax LogSoftmax Hardtanh Hardswish Hardsigmoid Tanhshrink Threshold GLU "
+        "Dropout Dropout1d Dropout2d Dropout3d AlphaDropout MaxPool1d MaxPool2d MaxPool3d AvgPool1d AvgPool2d AvgPool3d "
+        "AdaptiveAvgPool1d AdaptiveAvgPool2d AdaptiveAvgPool3d AdaptiveMaxPool1d AdaptiveMaxPool2d AdaptiveMaxPool3d "
+        "LPPool1d LPPool2d Flatten Unflatten Upsample PixelShuffle PixelUnshuffle ZeroPad1d ZeroPad2d ConstantPad1d "
+        "ConstantPad2d ReflectionPad1d ReflectionPad2d ReplicationPad1d ReplicationPad2d ChannelShuffle "
+        "CosineSimilarity PairwiseDistance".split(),
+        False,
+    ),
+}
+
+RESERVED = frozenset(
+    "layer param buffer transient sub let example forward backward update grad return if else and or not "
+    "true false none".split()
+)
+
+# Names the generated code needs for itself, or that would shadow what it uses.
+FORBIDDEN = frozenset(
+    {
+        "self",
+        "ctx",
+        "torch",
+        "nn",
+        "F",
+        "math",
+        "Tensor",
+        "training",
+        "factory_kwargs",
+        "device",
+        "dtype",
+        "forward",
+        "backward",
+        "reset_parameters",
+        "extra_repr",
+        "setup_context",
+        "apply",
+        "register_buffer",
+        "register_parameter",
+        "state_dict",
+        "parameters",
+        "buffers",
+        "children",
+        "modules",
+        "to",
+        "cuda",
+        "cpu",
+        "train",
+        "eval",
+        "zero_grad",
+        "grad",
+        "inf",
+        "pi",
+        "vmap",
+        "super",
+        "None",
+        "True",
+        "False",
+        # the rest of nn.Module's attributes, so a member never shadows one
+        "half",
+        "double",
+        "float",
+        "bfloat16",
+        "type",
+        "load_state_dict",
+        "named_parameters",
+        "named_buffers",
+        "named_children",
+        "named_modules",
+        "register_module",
+        "register_forward_hook",
+        "register_forward_pre_hook",
+        "register_full_backward_hook",
+        "register_full_backward_pre_hook",
+        "register_backward_hook",
+        "get_parameter",
+        "get_buffer",
+        "get_submodule",
+        "get_extra_state",
+        "set_extra_state",
+        "requires_grad_",
+        "share_memory",
+        "add_module",
+        "xpu",
+        "ipu",
+        "mtia",
+        "compile",
+        "dump_patches",
+        "call_super_init",
+        "set_submodule",
+        "register_load_state_dict_post_hook",
+        "register_state_dict_pre_hook",
+        "T_destination",
+    }
+)
+
+PYTHON_KEYWORDS = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist)
+
+CONSTANTS = {"pi": "math.pi", "inf": "math.inf"}
+
+ARG_TYPES = ("int", "float", "bool", "str")
+DTYPES = {"float": None, "long": "torch.long", "int": "torch.int", "bool": "torch.bool"}

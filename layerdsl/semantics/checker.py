@@ -1,0 +1,1021 @@
+"""Semantic checks: names, scopes, types, members, initialisers, subs and examples.
+
+Every independent problem is reported; nothing here stops at the first error. Names are annotated
+in place (`Name.ref`) and expressions get their kind (`Expr.kind`) for the emitter and the derivation.
+"""
+
+from __future__ import annotations
+
+import keyword
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from layerdsl.diagnostics import Reporter, SpecError, did_you_mean
+from layerdsl.ir import nodes as N
+from layerdsl.language.ops import CALLABLE, OPS
+from layerdsl.language.tables import (
+    ARG_TYPES,
+    CONSTANTS,
+    FORBIDDEN,
+    INITS,
+    NN_LAYERS,
+    PYTHON_KEYWORDS,
+    RESERVED,
+)
+
+NUMERIC = ("int", "float", "bool")
+
+
+@dataclass
+class Program:
+    """Every checked layer of one run, by name, with the file it came from."""
+
+    files: list[N.SpecFile]
+    layers: dict[str, N.Layer] = field(default_factory=dict)
+    broken: set[str] = field(default_factory=set)  # layers lost to a syntax error: no follow-on errors
+    # Per file: the names its generated module defines or imports (classes, functional forms, Functions).
+    module_names: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def check_program(files: list[N.SpecFile]) -> Program:
+    """Checks every layer of one run; raises SpecError with every problem found, including those the
+    parser kept (`ParsedFile.problems`)."""
+    program = Program(files)
+    reporters = {f.path: Reporter(f.path, f.source) for f in files}
+    for f in files:
+        program.broken |= getattr(f, "broken", set())
+        for layer in f.layers:
+            if layer.name in program.layers:
+                other = program.layers[layer.name]
+                reporters[f.path].error(
+                    layer.span,
+                    f"layer '{layer.name}' is defined twice: here and at {other.path}:{other.span.line}:{other.span.col}",
+                    "layers of one run share one namespace: rename one of them",
+                )
+            else:
+                program.layers[layer.name] = layer
+    check_module_names(files, reporters)
+    for f in files:
+        check_generated_names(f, program, reporters[f.path])
+        for layer in f.layers:
+            LayerChecker(layer, reporters[f.path], program).check()
+    diagnostics = []
+    for f in files:
+        parsed = list(getattr(f, "problems", []))
+        # A construct the parser already reported gets no second, follow-on error at the same place.
+        checked = [d for d in reporters[f.path].diagnostics if not any(_inside(d.span, p.span) for p in parsed)]
+        diagnostics += parsed + checked
+    if diagnostics:
+        raise SpecError(diagnostics)
+    return program
+
+
+def check_module_names(files: list[N.SpecFile], reporters: dict[str, Reporter]) -> None:
+    """Each spec file becomes a Python module named after it (`specs/a/b.layer` → `a/b.py` when the folder
+    `specs` is given, `b.py` for the file alone): the names must make importable, distinct modules."""
+    seen: dict[tuple[str, ...], str] = {}
+    for f in files:
+        path = PurePosixPath(f.path)
+        parts = path.with_suffix("").parts
+        module = parts[1:] if len(parts) > 1 else parts
+        start = N.Span.point(1, 1)
+        for part in module if not path.is_absolute() else module[-1:]:  # (an editor may use absolute paths)
+            if keyword.iskeyword(part) or part in ("__init__", "__main__"):
+                why = "a Python keyword" if keyword.iskeyword(part) else "a name Python packages use"
+                reporters[f.path].error(
+                    start, f"'{part}' cannot name a generated module: it is {why}", "rename the spec file or folder"
+                )
+        if module in seen:
+            reporters[f.path].error(
+                start, f"this spec and {seen[module]} would both generate {'/'.join(module)}.py", "rename one of them"
+            )
+        seen.setdefault(module, f.path)
+
+
+def check_generated_names(f: N.SpecFile, program: Program, r: Reporter) -> None:
+    """Besides its class, a layer generates a functional form (`my_layer`) and, with @function, a
+    `MyLayerFunction` class: these must not clash with each other, with another layer, or with Python."""
+    from layerdsl.codegen.module import snake_case  # the emitter's spelling of the functional form
+
+    owner: dict[str, N.Layer] = {}  # generated name -> the layer of this file that generates it
+    reported: set[frozenset[str]] = set()
+    for layer in f.layers:
+        if program.layers.get(layer.name) is not layer or name_problem(layer.name):
+            continue  # reported already
+        functional = snake_case(layer.name)
+        if keyword.iskeyword(functional) or functional in GENERATED_MODULE_NAMES:
+            why = "a Python keyword" if keyword.iskeyword(functional) else "used by the generated code"
+            r.error(
+                layer.span,
+                f"layer '{layer.name}' would get the functional form '{functional}', which is {why}",
+                "choose another name",
+            )
+        generated = [layer.name, functional] + ([f"{layer.name}Function"] if layer.is_function else [])
+        for name in generated:
+            other = owner.get(name)
+            if other is None and name != layer.name and name in program.layers:
+                other = program.layers[name]
+            if other is not None and other is not layer and frozenset((layer.name, other.name)) not in reported:
+                reported.add(frozenset((layer.name, other.name)))
+                r.error(
+                    layer.span,
+                    f"layer '{layer.name}' would generate '{name}', which clashes with layer '{other.name}'",
+                    f"rename one of them (layer '{other.name}' is at {other.path}:{other.span.line}:{other.span.col})",
+                )
+                break
+        for name in generated:
+            owner.setdefault(name, layer)
+    names = program.module_names.setdefault(f.path, {})
+    for name, layer in owner.items():
+        names[name] = layer.name
+    for layer in f.layers:  # layers of other files used as subs are imported by name
+        for sub in layer.subs:
+            for node in N.walk(sub.call):
+                if (
+                    isinstance(node, N.Call)
+                    and node.func in program.layers
+                    and program.layers[node.func].path != f.path
+                ):
+                    names.setdefault(node.func, node.func)
+
+
+# Module-level names of a generated file (imports and built-ins its code calls).
+GENERATED_MODULE_NAMES = frozenset(
+    {"torch", "nn", "math", "F", "Tensor", "ValueError", "max", "min", "super", "annotations"}
+)
+
+
+def _inside(span: N.Span, outer: N.Span) -> bool:
+    return (outer.line, outer.col) <= (span.line, span.col) < (outer.end_line, outer.end_col)
+
+
+def name_problem(name: str) -> tuple[str, str | None] | None:
+    """Why `name` cannot name something in a spec, with a hint; None when it can."""
+    if name in RESERVED:
+        return f"'{name}' is a reserved word", "choose another name"
+    if name in ("True", "False", "None"):
+        return f"'{name}' cannot be a name", f"did you mean '{name.lower()}'?"
+    if name.startswith("_"):
+        return f"names may not start with '_': '{name}'", None
+    if name in PYTHON_KEYWORDS:
+        return f"'{name}' is a Python keyword and cannot be a name", "choose another name"
+    if name in FORBIDDEN:
+        return f"'{name}' is used by the generated code and cannot be a name", "choose another name"
+    if name in CALLABLE or name in OPS:
+        return f"'{name}' is a built-in operation and cannot be a name", "choose another name"
+    if name in ("ValueError", "max", "min"):
+        return f"'{name}' is used by the generated code and cannot be a name", "choose another name"
+    if name in ARG_TYPES:
+        return f"'{name}' is a type and cannot be a name", "choose another name"
+    return None
+
+
+class LayerChecker:
+    def __init__(self, layer: N.Layer, reporter: Reporter, program: Program):
+        self.layer = layer
+        self.r = reporter
+        self.program = program
+        self.scope: dict[str, str] = {}  # name -> ref kind, for names visible in forward
+        self.kinds: dict[str, str] = {}  # name -> value kind
+        self.dims: list[str] = []  # symbolic dims, in order of first appearance
+        self.optional: set[str] = set()
+        self.partly_bound: set[str] = set()  # locals bound on some paths of an `if` only
+
+    # ------------------------------------------------------------ layer level
+
+    def check(self) -> None:
+        layer = self.layer
+        self.check_name(layer.name, layer.span, "layer")
+        self.check_decorators()
+        self.check_args()
+        self.check_members()
+        if layer.forward is not None:
+            self.check_forward(layer.forward)
+        if layer.backward is not None:
+            self.check_backward(layer.backward)
+        self.check_function_body()
+        self.check_examples()
+        layer.symbolic_dims = list(self.dims)  # type: ignore[attr-defined]
+
+    def check_name(self, name: str, span: N.Span, what: str) -> bool:
+        problem = name_problem(name)
+        if problem:
+            self.r.error(span, problem[0], problem[1])
+            return False
+        module = self.program.module_names.get(self.layer.path, {})
+        if what in ("arg", "let", "input", "dim", "local", "gradient") and name in module:
+            owner = module[name]
+            if name == owner:
+                message = f"'{name}' is the name of a layer"
+            elif name == f"{owner}Function":
+                message = f"'{name}' is the autograd.Function of layer '{owner}' in the generated code"
+            else:
+                message = f"'{name}' is the functional form of layer '{owner}' in the generated code"
+            self.r.error(span, message, "choose another name")
+            return False
+        return True
+
+    def declare(self, name: str, span: N.Span, ref: str, kind: str) -> None:
+        # A bad name is reported once, here, and still declared: its uses get no follow-on errors.
+        self.check_name(name, span, ref)
+        if name in self.scope:
+            if ref in ("param", "buffer") and self.scope[name] == "arg" and self._shares_cond_arg(name):
+                self.scope[name] = ref
+                self.kinds[name] = kind
+                return
+            self.r.error(
+                span,
+                f"'{name}' is already defined in layer '{self.layer.name}'",
+                "each argument and member needs its own name",
+            )
+            return
+        self.scope[name] = ref
+        self.kinds[name] = kind
+
+    def _shares_cond_arg(self, name: str) -> bool:
+        tensor = self.layer.tensor(name)
+        arg = self.layer.arg(name)
+        return (
+            tensor is not None
+            and arg is not None
+            and arg.type == "bool"
+            and isinstance(tensor.cond, N.Name)
+            and tensor.cond.id == name
+        )
+
+    def check_decorators(self) -> None:
+        seen = set()
+        for dec in self.layer.decorators:
+            if dec.name in seen:
+                self.r.error(dec.span, f"decorator '@{dec.name}' is given twice")
+            seen.add(dec.name)
+            if dec.name == "function":
+                for a in dec.args:
+                    self.r.error(a.span, '@function takes only `save = "inputs"`')
+                for k in dec.kwargs:
+                    ok = k.name == "save" and isinstance(k.value, N.Str) and k.value.value in ("inputs", "auto")
+                    if not ok:
+                        self.r.error(k.span, '@function takes only `save = "inputs"` (or the default, `save = "auto"`)')
+            elif dec.name == "surrogate":
+                if len(dec.args) != 1 or not isinstance(dec.args[0], N.Str) or dec.kwargs:
+                    self.r.error(
+                        dec.span, '@surrogate takes one string saying why: @surrogate("straight-through estimator")'
+                    )
+            else:
+                hint = did_you_mean(dec.name, ["function", "surrogate"])
+                self.r.error(dec.span, f"unknown decorator '@{dec.name}'", hint)
+        if self.layer.decorator("surrogate") and not self.layer.is_function:
+            self.r.error(self.layer.decorator("surrogate").span, "@surrogate needs @function and a backward block")
+        if self.layer.decorator("surrogate") and self.layer.is_function and self.layer.backward is None:
+            self.r.error(self.layer.decorator("surrogate").span, "@surrogate needs a hand-written backward block")
+
+    def check_args(self) -> None:
+        for arg in self.layer.args:
+            self.declare(arg.name, arg.span, "arg", arg.type if arg.type in ARG_TYPES else "")
+            if arg.type not in ARG_TYPES:
+                hint = did_you_mean(arg.type, ARG_TYPES) or "argument types are int, float, bool and str"
+                self.r.error(arg.type_span, f"unknown argument type '{arg.type}'", hint)
+            if arg.default is not None:
+                self.check_default(arg)
+
+    def check_default(self, arg: N.Arg) -> None:
+        d = arg.default
+        kind = literal_kind(d)
+        if kind is None:
+            hint = None
+            if isinstance(d, N.Name) and d.id in ("True", "False", "None"):
+                hint = f"did you mean '{d.id.lower()}'?"
+            self.r.error(d.span, "a default must be a literal (a number, string, true, false, inf or pi)", hint)
+            return
+        d.kind = kind
+        ok = kind == arg.type or (arg.type == "float" and kind == "int")
+        if not ok and arg.type in ARG_TYPES:
+            self.r.error(d.span, f"default for {arg.type} argument '{arg.name}' is {_a(kind)}")
+
+    def check_members(self) -> None:
+        layer = self.layer
+        for let in layer.lets:  # first: shapes and initialisers may use them
+            self.check_construction_expr(let.value, "a let")
+            self.declare(let.name, let.span, "let", let.value.kind or "float")
+        for t in layer.tensors:
+            self.check_member_shape(t.shape, t.name)
+            if t.cond is not None:
+                self.check_construction_expr(t.cond, "a condition", want="bool")
+                self.optional.add(t.name)
+            if t.init is not None:
+                self.check_init(t)
+            self.declare(t.name, t.span, t.kind, "tensor")
+        for sub in layer.subs:
+            self.check_sub_call(sub.call)
+            self.declare(sub.name, sub.span, "sub", "sub")
+
+    def check_member_shape(self, shape: N.Shape, owner: str) -> None:
+        for d in shape.dims:
+            if isinstance(d, N.EllipsisItem):
+                self.r.error(d.span, f"'...' is only for inputs; '{owner}' needs a fixed shape")
+                continue
+            self.check_construction_expr(d, "a dim", want="int", dim_context=True)
+
+    def check_construction_expr(self, expr: N.Expr, what: str, want: str | None = None, dim_context=False) -> None:
+        """Expressions evaluated in __init__: of arguments, earlier lets and literals only."""
+        if self.check_no_reductions(expr):
+            return
+        for node in N.walk(expr):
+            if isinstance(node, N.Name):
+                ref = self.scope.get(node.id)
+                if ref in ("arg", "let"):
+                    node.ref = ref
+                    node.kind = self.kinds[node.id]
+                elif node.id in CONSTANTS:
+                    node.ref, node.kind = "const", "float"
+                else:
+                    node.ref = "unknown"
+                    if dim_context and ref is None:
+                        msg = f"unknown dim '{node.id}'"
+                        hint = (
+                            did_you_mean(node.id, [a.name for a in self.layer.args])
+                            or "sizes of members must come from int arguments"
+                        )
+                    elif ref is not None:
+                        msg, hint = (
+                            f"{what} can only use arguments and lets, not the {_REF_WORDS.get(ref, ref)} '{node.id}'",
+                            None,
+                        )
+                    else:
+                        msg = f"unknown name '{node.id}'"
+                        hint = did_you_mean(
+                            node.id, [a.name for a in self.layer.args] + [l.name for l in self.layer.lets]
+                        )
+                        problem = name_problem(node.id)
+                        if problem and not hint:
+                            hint = problem[1]
+                    self.r.error(node.span, msg, hint)
+                    node.kind = ""  # unknown: no follow-on errors about its type
+        self.infer(expr, construction=True)
+        if want == "int" and expr.kind not in ("int", ""):
+            self.r.error(expr.span, f"a dim must be an int, this is {_a(expr.kind)}")
+        if want == "bool" and expr.kind not in ("bool", ""):
+            self.r.error(expr.span, f"a condition must be a bool, this is {_a(expr.kind)}")
+
+    def check_init(self, t: N.Tensor) -> None:
+        init = t.init
+        spec = INITS.get(init.name)
+        if spec is None:
+            self.r.error(
+                init.span,
+                f"unknown initialiser '{init.name}'",
+                did_you_mean(init.name, INITS) or "see the list of initialisers in the language reference",
+            )
+            return
+        if spec.float_only and t.dtype in ("long", "int", "bool"):
+            self.r.error(init.span, f"'{init.name}' needs a float tensor; '{t.name}' is {t.dtype}")
+        names = [p for p, _ in spec.params]
+        if len(init.args) > len(names):
+            self.r.error(
+                init.args[len(names)].span,
+                f"'{init.name}' takes at most {len(names)} positional argument{'s' if len(names) != 1 else ''}",
+            )
+        required = [p for p, default in spec.params if default == ""]
+        given = names[: len(init.args)] + [k.name for k in init.kwargs]
+        for req in required:
+            if req not in given:
+                self.r.error(init.span, f"'{init.name}' needs '{req}'", f"write `{init.name}({req} = ...)`")
+        allowed = set(names) | ({"fan_in", "fan_out"} if spec.fan_based else set())
+        for k in init.kwargs:
+            if k.name not in allowed:
+                if k.name in ("fan_in", "fan_out"):
+                    self.r.error(k.span, f"'{init.name}' does not use fans; only xavier_* and kaiming_* take {k.name}")
+                else:
+                    self.r.error(k.span, f"'{init.name}' has no argument '{k.name}'", did_you_mean(k.name, allowed))
+        for value in [*init.args, *(k.value for k in init.kwargs)]:
+            if isinstance(value, N.Str):
+                value.kind = "str"
+                continue
+            self.check_construction_expr(value, "an initialiser argument")
+        if init.name == "eye" and len(t.shape.dims) != 2:
+            self.r.error(init.span, f"'eye' needs a 2-D tensor; '{t.name}' has {len(t.shape.dims)} dims")
+        if init.name == "orthogonal" and len(t.shape.dims) < 2:
+            self.r.error(init.span, f"'orthogonal' needs 2 or more dims; '{t.name}' has {len(t.shape.dims)}")
+        if spec.fan_based and len(t.shape.dims) < 2 and not {k.name for k in init.kwargs} >= {"fan_in", "fan_out"}:
+            self.r.error(init.span, f"'{init.name}' needs 2 or more dims, or both fan_in = and fan_out =")
+
+    def check_sub_call(self, call: N.Call) -> None:
+        if call.func.startswith("nn."):
+            cls = call.func[3:]
+            if cls not in NN_LAYERS:
+                self.r.error(
+                    call.func_span, f"unknown torch.nn layer '{call.func}'", did_you_mean(cls, NN_LAYERS, prefix="nn.")
+                )
+        elif call.func in self.program.layers:
+            if call.func == self.layer.name:
+                self.r.error(call.func_span, f"layer '{call.func}' cannot contain itself")
+            else:
+                self._check_layer_call(call)
+        elif call.func == "?" or call.func in self.program.broken:
+            pass  # reported by the parser
+        else:
+            if "." in call.func:
+                self.r.error(
+                    call.func_span,
+                    f"'{call.func}' cannot be called",
+                    "a sub is another spec's layer or a torch.nn layer written `nn.X(...)`",
+                )
+            else:
+                hint = did_you_mean(call.func, list(self.program.layers) + [f"nn.{c}" for c in NN_LAYERS])
+                self.r.error(call.func_span, f"unknown layer '{call.func}'", hint)
+        for value in [*call.args, *(k.value for k in call.kwargs)]:
+            if isinstance(value, N.Call):
+                self.check_sub_call(value)
+            elif isinstance(value, N.Str):
+                value.kind = "str"
+            else:
+                self.check_construction_expr(value, "a sub's argument")
+
+    def _check_layer_call(self, call: N.Call) -> None:
+        target = self.program.layers[call.func]
+        names = [a.name for a in target.args]
+        if len(call.args) > len(names):
+            self.r.error(
+                call.args[len(names)].span,
+                f"layer '{target.name}' takes {len(names)} argument{'s' if len(names) != 1 else ''}",
+            )
+        given = set(names[: len(call.args)])
+        for k in call.kwargs:
+            if k.name not in names:
+                self.r.error(k.span, f"layer '{target.name}' has no argument '{k.name}'", did_you_mean(k.name, names))
+            given.add(k.name)
+        for a in target.args:
+            if a.default is None and a.name not in given:
+                self.r.error(call.span, f"layer '{target.name}' needs argument '{a.name}'")
+
+    # ------------------------------------------------------------ forward
+
+    def check_forward(self, fwd: N.Forward) -> None:
+        seen_inputs = set()
+        for inp in fwd.inputs:
+            if inp.name in seen_inputs:
+                self.r.error(inp.span, f"input '{inp.name}' is given twice")
+                continue
+            seen_inputs.add(inp.name)
+            self.declare(inp.name, inp.span, "input", "tensor")
+            if inp.shape is not None:
+                self.check_input_shape(inp.shape, bind=True)
+        for shape in fwd.outputs or []:
+            self.check_input_shape(shape, bind=False)
+        locals_ = dict(self.scope)
+        returns = self.check_block(fwd.body, locals_, in_forward=True)
+        if not returns:
+            self.r.error(
+                _keyword(fwd.span, "forward"), "forward does not return on every path", "end it with `return ...`"
+            )
+        self.forward_locals = locals_
+
+    def check_input_shape(self, shape: N.Shape, bind: bool) -> None:
+        ellipses = [d for d in shape.dims if isinstance(d, N.EllipsisItem)]
+        for extra in ellipses[1:]:
+            self.r.error(extra.span, "'...' may appear at most once in a shape")
+        for d in shape.dims:
+            if isinstance(d, N.EllipsisItem):
+                continue
+            if isinstance(d, N.Name) and d.id not in self.scope and d.id not in CONSTANTS:
+                if bind:
+                    self.check_name(d.id, d.span, "dim")  # a bad name is still bound: no follow-on errors
+                    self.scope[d.id] = "dim"
+                    self.kinds[d.id] = "int"
+                    self.dims.append(d.id)
+                else:
+                    hint = did_you_mean(d.id, [n for n, r in self.scope.items() if r in ("dim", "arg", "let")])
+                    self.r.error(
+                        d.span, f"unknown dim '{d.id}'", hint or "output dims must be arguments or dims of the inputs"
+                    )
+                    continue
+            if self.check_no_reductions(d):
+                continue
+            self.check_expr(d, self.scope, in_forward=True)
+            if d.kind not in ("int", ""):
+                self.r.error(d.span, f"a dim must be an int, this is {_a(d.kind)}")
+
+    def check_block(self, body: list[N.Stmt], scope: dict[str, str], in_forward: bool) -> bool:
+        """Checks statements; returns whether the block returns on every path."""
+        for i, stmt in enumerate(body):
+            if self.check_stmt(stmt, scope, in_forward):
+                for dead in body[i + 1 :]:
+                    self.r.error(dead.span, "statement after return is never run")
+                    break
+                return True
+        return False
+
+    def check_stmt(self, stmt: N.Stmt, scope: dict[str, str], in_forward: bool) -> bool:
+        if not isinstance(stmt, (N.If, N.IndexAssign)) and self.check_no_reductions(stmt):
+            if isinstance(stmt, N.Assign):  # reported: bind the name, skip the rest
+                scope.setdefault(stmt.target, "local")
+                self.kinds.setdefault(stmt.target, "tensor")
+            return isinstance(stmt, N.Return)
+        match stmt:
+            case N.Assign(target=target, target_span=span, value=value):
+                self.check_expr(value, scope, in_forward)
+                self.bind_local(target, span, scope, value.kind)
+            case N.IndexAssign():
+                from layerdsl.semantics.index_notation import check_index_assign  # the index-notation issue's pass
+
+                check_index_assign(self, stmt, scope)
+                self.bind_local(stmt.target, stmt.target_span, scope, "tensor")
+            case N.Update(target=target, target_span=span, value=value):
+                if not in_forward:
+                    self.r.error(stmt.span, "update is only allowed in forward")
+                ref = scope.get(target)
+                if ref != "buffer":
+                    what = f"the {_REF_WORDS.get(ref, ref)} '{target}'" if ref else f"unknown name '{target}'"
+                    hint = (
+                        did_you_mean(target, [b.name for b in self.layer.buffers])
+                        or "declare it with `buffer NAME: [...]`"
+                    )
+                    self.r.error(
+                        span, f"update needs a buffer, not {what}" if ref else f"unknown buffer '{target}'", hint
+                    )
+                elif target in self.optional:
+                    self.r.error(
+                        span,
+                        f"'{target}' is optional (it exists only if its condition holds) and cannot be updated",
+                        "make it unconditional",
+                    )
+                self.check_expr(value, scope, in_forward)
+            case N.If(cond=cond, body=then, orelse=orelse):
+                if not self.check_no_reductions(cond):
+                    self.check_expr(cond, scope, in_forward)
+                if cond.kind == "tensor":
+                    self.r.error(
+                        cond.span,
+                        "an if condition is an expression of arguments or `training`, not a tensor",
+                        "use where(cond, a, b) for elementwise choice",
+                    )
+                then_scope, else_scope = dict(scope), dict(scope)
+                r1 = self.check_block(then, then_scope, in_forward)
+                r2 = self.check_block(orelse, else_scope, in_forward) if orelse else False
+                for name in then_scope.keys() & else_scope.keys() - scope.keys():
+                    scope[name] = "local"
+                for name in (then_scope.keys() ^ else_scope.keys()) - scope.keys():
+                    # bound on one branch only: usable only if the other branch returned
+                    if (name in then_scope and r2) or (name in else_scope and r1):
+                        scope[name] = "local"
+                    else:
+                        self.partly_bound.add(name)
+                return r1 and r2
+            case N.Return(values=values):
+                if not in_forward:
+                    self.r.error(stmt.span, "backward gives gradients with `grad NAME = ...`, not return")
+                for v in values:
+                    self.check_expr(v, scope, in_forward)
+                    if v.kind not in ("tensor", ""):
+                        self.r.error(v.span, f"forward returns tensors; this is {_a(v.kind)}")
+                outputs = self.layer.forward.outputs
+                if outputs is not None and len(outputs) != len(values):
+                    self.r.error(
+                        stmt.span,
+                        f"forward declares {len(outputs)} output{'s' if len(outputs) != 1 else ''} but returns {len(values)}",
+                    )
+                return True
+            case N.Grad(target=target, target_span=span, value=value):
+                if in_forward:
+                    self.r.error(stmt.span, "grad is only allowed in backward")
+                if not isinstance(value, N.NoneLit):
+                    self.check_expr(value, scope, in_forward)
+        return False
+
+    def check_no_reductions(self, node) -> bool:
+        """`sum[i](...)` reductions belong to index statements only; reports one and returns True if found."""
+        for n in N.walk(node):
+            if isinstance(n, N.Reduce):
+                self.r.error(
+                    n.span,
+                    f"a {n.op}[...] reduction is only allowed in an index statement",
+                    f"write e.g. `y[b] = {n.op}[i](x[b, i])`, or {n.op}(x, dim = ...)",
+                )
+                return True
+        return False
+
+    def bind_local(self, name: str, span: N.Span, scope: dict[str, str], kind: str) -> None:
+        if self.layer.is_function and name.startswith("grad_") and scope.get(name) is None:
+            self.r.error(
+                span,
+                f"'{name}': names starting with 'grad_' are the generated backward's in @function layers",
+                "choose another name",
+            )
+            return
+        ref = scope.get(name)
+        if ref not in (None, "local"):
+            self.r.error(
+                span,
+                f"cannot assign to the {_REF_WORDS.get(ref, ref)} '{name}'",
+                "use `update` for buffers" if ref == "buffer" else "choose a new name",
+            )
+            return
+        if ref is None:
+            self.check_name(name, span, "local")  # a bad name is still bound: no follow-on errors
+        scope[name] = "local"
+        self.kinds[name] = kind or "tensor"
+
+    # ------------------------------------------------------------ expressions
+
+    def check_expr(self, expr: N.Expr, scope: dict[str, str], in_forward: bool, parent: N.Expr | None = None) -> None:
+        for node in self._names(expr):
+            self.resolve(node, scope, in_forward)
+        self.check_optional_uses(expr, None)
+        self.check_calls(expr, scope)
+        self.infer(expr)
+
+    def _names(self, expr):
+        for node in N.walk(expr):
+            if isinstance(node, N.Name):
+                yield node
+
+    def resolve(self, node: N.Name, scope: dict[str, str], in_forward: bool) -> None:
+        name = node.id
+        if name in scope:
+            node.ref = scope[name]
+            node.kind = self.kinds.get(name, "tensor")
+            if node.ref == "sub":
+                self.r.error(node.span, f"the sub '{name}' can only be called", f"write `{name}(x)`")
+        elif name == "training":
+            node.ref, node.kind = "training", "bool"
+        elif name in CONSTANTS:
+            node.ref, node.kind = "const", "float"
+        elif name in ("True", "False", "None"):
+            self.r.error(node.span, f"unknown name '{name}'", f"did you mean '{name.lower()}'?")
+        elif name in CALLABLE:
+            self.r.error(node.span, f"'{name}' is an operation; call it", f"write `{name}(...)`")
+        elif name in self.partly_bound:
+            self.r.error(
+                node.span, f"'{name}' is not bound on every path", "bind it before the `if`, or on both branches"
+            )
+        else:
+            problem = name_problem(name)
+            candidates = [n for n in scope if n not in ("training",)]
+            hint = did_you_mean(name, candidates) or (problem[1] if problem else None)
+            self.r.error(node.span, f"unknown name '{name}'", hint)
+        if not node.kind:
+            node.kind = "tensor"
+
+    def check_optional_uses(self, expr: N.Expr, parent: N.Expr | None) -> None:
+        if isinstance(expr, N.Name) and expr.id in self.optional and expr.ref in ("param", "buffer"):
+            ok = isinstance(parent, N.BinOp) and parent.op in ("+", "-", "*", "/")
+            if not ok:
+                self.r.error(
+                    expr.span,
+                    f"'{expr.id}' is optional (it exists only if its condition holds) and may only be an operand of + - * /",
+                    "when it is absent the operation is skipped; for other uses make it unconditional",
+                )
+            return
+        for child in N.children(expr):
+            if isinstance(child, N.Expr):
+                self.check_optional_uses(child, expr)
+
+    def check_calls(self, expr: N.Expr, scope: dict[str, str]) -> None:
+        for node in N.walk(expr):
+            if not isinstance(node, N.Call):
+                continue
+            if node.func in CALLABLE:
+                self.check_op_call(node, CALLABLE[node.func])
+            elif scope.get(node.func) == "sub":
+                if node.kwargs:
+                    self.r.error(node.kwargs[0].span, "a sub is called with positional inputs only")
+                sub = next((s for s in self.layer.subs if s.name == node.func), None)
+                target = self.program.layers.get(sub.call.func) if sub is not None else None
+                if target is not None and target.forward is not None and len(node.args) != len(target.forward.inputs):
+                    n = len(target.forward.inputs)
+                    inputs = ", ".join(i.name for i in target.forward.inputs)
+                    self.r.error(
+                        node.span,
+                        f"'{node.func}' takes {n} input{'s' if n != 1 else ''}, got {len(node.args)}",
+                        f"layer '{target.name}' has forward({inputs})",
+                    )
+            elif node.func in scope:
+                self.r.error(
+                    node.func_span,
+                    f"'{node.func}' is {_a(_REF_WORDS.get(scope[node.func], scope[node.func]))}, not an operation",
+                    "only operations and subs can be called",
+                )
+            elif node.func.startswith("nn."):
+                self.r.error(
+                    node.func_span,
+                    f"'{node.func}' can only be constructed in a `sub`",
+                    f"declare `sub name = {node.func}(...)` and call `name(x)`",
+                )
+            elif node.func != "?":
+                if "." in node.func:
+                    last = node.func.rsplit(".", 1)[-1]
+                    hint = (
+                        f"did you mean '{last}'?"
+                        if last in CALLABLE
+                        else "only the built-in operations and subs can be called in forward"
+                    )
+                    self.r.error(node.func_span, f"'{node.func}' cannot be called", hint)
+                else:
+                    subs = [n for n, r in scope.items() if r == "sub"]
+                    hint = did_you_mean(node.func, list(CALLABLE) + subs)
+                    self.r.error(
+                        node.func_span,
+                        f"unknown operation '{node.func}'",
+                        hint or "see the operation table in the language reference",
+                    )
+
+    def check_op_call(self, call: N.Call, op) -> None:
+        params = op.params
+        if len(call.args) > len(params):
+            self.r.error(
+                call.args[len(params)].span,
+                f"{op.name}() takes at most {len(params)} argument{'s' if len(params) != 1 else ''}",
+                f"signature: {op.signature}",
+            )
+        given = {p.name for p in params[: len(call.args)]}
+        for k in call.kwargs:
+            if op.param(k.name) is None:
+                self.r.error(
+                    k.span,
+                    f"{op.name}() has no argument '{k.name}'",
+                    did_you_mean(k.name, [p.name for p in params]) or f"signature: {op.signature}",
+                )
+            elif k.name in given:
+                self.r.error(k.span, f"{op.name}() got '{k.name}' twice")
+            given.add(k.name)
+        for p in params:
+            if p.default is None and p.name not in given:
+                self.r.error(call.span, f"{op.name}() needs '{p.name}'", f"signature: {op.signature}")
+
+    def infer(self, expr: N.Expr, construction: bool = False) -> str:
+        """Bottom-up kinds: tensor wins over numbers; numbers promote int < float."""
+        for child in N.children(expr):
+            if isinstance(child, N.Expr):
+                self.infer(child, construction)
+        match expr:
+            case N.Num(value=v):
+                expr.kind = "float" if isinstance(v, float) else "int"
+            case N.Str():
+                expr.kind = "str"
+            case N.Bool():
+                expr.kind = "bool"
+            case N.NoneLit():
+                expr.kind = "none"
+            case N.Name():
+                if expr.ref != "unknown":
+                    expr.kind = expr.kind or self.kinds.get(expr.id, "tensor")
+            case N.BinOp(op=op, left=l, right=r):
+                expr.kind = _promote(l.kind, r.kind, op)
+            case N.UnaryOp(operand=o):
+                expr.kind = "int" if o.kind == "bool" else o.kind
+            case N.Compare(operands=ops):
+                expr.kind = "tensor" if any(o.kind == "tensor" for o in ops) else "bool"
+                if expr.kind == "tensor" and len(ops) > 2:
+                    self.r.error(
+                        expr.span,
+                        "chained comparisons work on numbers, not tensors",
+                        "compare once and combine with where(), e.g. where(x > 0, where(x < 1, a, b), b)",
+                    )
+            case N.BoolOp(left=l, right=r):
+                if "tensor" in (l.kind, r.kind):
+                    self.r.error(
+                        expr.span,
+                        f"'{expr.op}' works on arguments and `training`, not tensors",
+                        "for elementwise choices use where(cond, a, b)",
+                    )
+                expr.kind = "bool"
+            case N.Not(operand=o):
+                if o.kind == "tensor":
+                    self.r.error(
+                        expr.span,
+                        "'not' works on arguments and `training`, not tensors",
+                        "for a tensor comparison write e.g. `x <= 0` instead of `not x > 0`",
+                    )
+                expr.kind = "bool"
+            case N.Call():
+                expr.kind = self._call_kind(expr, construction)
+            case N.Subscript(value=v):
+                expr.kind = "tensor" if v.kind == "tensor" else v.kind
+            case N.ListExpr():
+                expr.kind = "list"
+            case N.Indexed() | N.Reduce():
+                expr.kind = "tensor"
+        return expr.kind
+
+    def _call_kind(self, call: N.Call, construction: bool) -> str:
+        """A call is a tensor when any tensor operand is; on plain numbers it needs a `math` spelling."""
+        op = CALLABLE.get(call.func)
+        if op is None:
+            return "tensor"
+        operands = [call.args[i] for i, p in enumerate(op.params[: len(call.args)]) if p.tensor or p.tensors]
+        operands += [k.value for k in call.kwargs if (p := op.param(k.name)) is not None and (p.tensor or p.tensors)]
+        kinds = [o.kind for o in operands]
+        if any(k in ("tensor", "list") for k in kinds):
+            if op.tensors_only:
+                for o in operands:
+                    if o.kind in ("int", "float", "bool"):
+                        self.r.error(
+                            o.span,
+                            f"{op.name}() takes tensors only, not a number",
+                            f"use clamp(x, {'min' if op.name == 'maximum' else 'max'} = ...) to compare with a number",
+                        )
+            return "tensor"
+        if op.scalar is None:
+            self.r.error(
+                call.span,
+                f"{op.name}() needs a tensor; it cannot be used on numbers",
+                "apply it to a tensor input or parameter",
+            )
+            return "tensor"
+        if op.scalar.startswith("math.") and op.name not in ("floor", "ceil"):
+            return "float"
+        return _promote(kinds[0], kinds[1], "+") if len(kinds) > 1 else (kinds[0] if kinds else "float")
+
+    # ------------------------------------------------------------ backward and examples
+
+    def check_function_body(self) -> None:
+        """@function layers are one autograd.Function: no submodules, no buffer updates."""
+        if not self.layer.is_function or self.layer.forward is None:
+            return
+        for sub in self.layer.subs:
+            self.r.error(
+                sub.span,
+                "@function layers cannot have subs",
+                "a sub is its own module; drop @function or inline the computation",
+            )
+        for stmt in _walk_stmts(self.layer.forward.body):
+            if isinstance(stmt, N.Update):
+                self.r.error(
+                    stmt.span,
+                    "@function layers cannot update buffers",
+                    "drop @function, or compute the update outside the layer",
+                )
+
+    def check_backward(self, bwd: N.Backward) -> None:
+        if not self.layer.is_function:
+            self.r.error(
+                _keyword(bwd.span, "backward"),
+                "backward is only allowed in @function layers",
+                "add `@function` on the line above `layer`",
+            )
+            return
+        fwd = self.layer.forward
+        if fwd is None:
+            return
+        n_out = len(fwd.outputs) if fwd.outputs is not None else _count_returns(fwd.body)
+        if len(bwd.grads) != n_out:
+            self.r.error(
+                _keyword(bwd.span, "backward"), f"backward takes one gradient per output: {n_out}, got {len(bwd.grads)}"
+            )
+        scope = dict(getattr(self, "forward_locals", self.scope))
+        for name, span in bwd.grads:
+            if self.check_name(name, span, "gradient"):
+                if name in scope:
+                    self.r.error(
+                        span,
+                        f"'{name}' is already defined in layer '{self.layer.name}'",
+                        "gradient names need their own names",
+                    )
+                scope[name] = "local"
+                self.kinds[name] = "tensor"
+        self.check_block(bwd.body, scope, in_forward=False)
+        given: dict[str, N.Grad] = {}
+        for stmt in _walk_stmts(bwd.body):
+            if isinstance(stmt, N.Grad):
+                ref = scope.get(stmt.target)
+                if ref not in ("input", "param"):
+                    what = f"the {_REF_WORDS.get(ref, ref)} '{stmt.target}'" if ref else f"unknown name '{stmt.target}'"
+                    self.r.error(
+                        stmt.target_span,
+                        f"grad needs an input or a parameter, not {what}",
+                        did_you_mean(stmt.target, [i.name for i in fwd.inputs] + [p.name for p in self.layer.params]),
+                    )
+                elif stmt.target in given and given[stmt.target] is not stmt:
+                    pass  # set on both branches of an if: fine
+                given[stmt.target] = stmt
+        needed = [i.name for i in fwd.inputs if i.dtype == "float"] + [p.name for p in self.layer.params]
+        for name in needed:
+            if name not in given:
+                self.r.error(
+                    _keyword(bwd.span, "backward"),
+                    f"backward gives no gradient for '{name}'",
+                    f"add `grad {name} = ...` (or `grad {name} = none`)",
+                )
+
+    def check_examples(self) -> None:
+        inputs = {i.name for i in self.layer.forward.inputs} if self.layer.forward else set()
+        known = [a.name for a in self.layer.args] + self.dims + sorted(inputs)
+        seen = set()
+        given = {ex.name for ex in self.layer.examples}
+        suggested = set()  # names an unknown example is probably meant for: not reported as missing
+        for ex in self.layer.examples:
+            if ex.name in seen:
+                self.r.error(ex.span, f"example gives '{ex.name}' twice")
+            seen.add(ex.name)
+            if ex.name not in known:
+                candidates = [k for k in known if k not in given]
+                hint = did_you_mean(ex.name, candidates) or did_you_mean(ex.name, known)
+                suggested.update(_close_names(ex.name, candidates)[:1])
+                self.r.error(ex.span, f"example names unknown argument, dim or input '{ex.name}'", hint)
+                continue
+            if ex.name in inputs:
+                if not _is_distribution(ex.value):
+                    self.r.error(
+                        ex.value.span, "an example input is a distribution: uniform(a, b) or normal(mean, std)"
+                    )
+                continue
+            kind = literal_kind(ex.value)
+            if kind is None:
+                self.r.error(ex.value.span, "example values are literals")
+                continue
+            ex.value.kind = kind
+            arg = self.layer.arg(ex.name)
+            want = arg.type if arg else "int"
+            if want in ARG_TYPES and not (kind == want or (want == "float" and kind == "int")):
+                self.r.error(ex.value.span, f"example value for {want} '{ex.name}' is {_a(kind)}")
+        for a in self.layer.args:
+            if a.default is None and a.name not in seen | suggested and name_problem(a.name) is None:
+                self.r.error(
+                    self.layer.span,
+                    f"layer '{self.layer.name}' needs an example value for '{a.name}'",
+                    f"add `example({a.name} = ...)`",
+                )
+
+
+def _is_distribution(v: N.Expr) -> bool:
+    return (
+        isinstance(v, N.Call)
+        and v.func in ("uniform", "normal")
+        and len(v.args) + len(v.kwargs) == 2
+        and all(literal_kind(a) in ("int", "float") for a in [*v.args, *(k.value for k in v.kwargs)])
+    )
+
+
+def literal_kind(e: N.Expr) -> str | None:
+    match e:
+        case N.Num(value=v):
+            return "float" if isinstance(v, float) else "int"
+        case N.Str():
+            return "str"
+        case N.Bool():
+            return "bool"
+        case N.Name(id=i) if i in CONSTANTS:
+            return "float"
+        case N.UnaryOp(op="-", operand=N.Name(id=i)) if i in CONSTANTS:
+            return "float"
+    return None
+
+
+def literal_value(e: N.Expr):
+    match e:
+        case N.Num(value=v) | N.Str(value=v) | N.Bool(value=v):
+            return v
+        case N.Name(id="inf"):
+            return float("inf")
+        case N.Name(id="pi"):
+            import math
+
+            return math.pi
+        case N.UnaryOp(op="-", operand=inner):
+            return -literal_value(inner)
+    raise ValueError("not a literal")
+
+
+def _close_names(name: str, candidates) -> list[str]:
+    import difflib
+
+    return difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
+
+
+_REF_WORDS = {"arg": "argument", "dim": "symbolic dim", "local": "local name"}
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[:1] in ("a", "e", "i", "o", "u") else f"a {kind}"
+
+
+def _keyword(span: N.Span, word: str) -> N.Span:
+    """The span of the keyword that starts a construct (not the whole, many-line block)."""
+    return N.Span(span.line, span.col, span.line, span.col + len(word))
+
+
+def _promote(a: str, b: str, op: str) -> str:
+    if "tensor" in (a, b) or "list" in (a, b):
+        return "tensor"
+    if op == "/":
+        return "float"
+    if "float" in (a, b):
+        return "float"
+    if a in NUMERIC and b in NUMERIC:
+        return "int"
+    return a or b
+
+
+def _count_returns(body: list[N.Stmt]) -> int:
+    for stmt in _walk_stmts(body):
+        if isinstance(stmt, N.Return):
+            return len(stmt.values)
+    return 1
+
+
+def _walk_stmts(body):
+    for stmt in body:
+        yield stmt
+        if isinstance(stmt, N.If):
+            yield from _walk_stmts(stmt.body)
+            yield from _walk_stmts(stmt.orelse)

@@ -1,0 +1,381 @@
+"""Index notation: `y[b, k] = sum[i](x[b, i] * w[i, k])`.
+
+Checking: subscripts hold index variables local to the statement; every right-side index is bound by
+the left side or by an enclosing reduction; every left-side index is used; tensors get one index per
+axis. Lowering turns the statement into ordinary IR that the emitter and the derivation already know:
+products under `sum` become one `einsum`, broadcasting becomes views (`x[:, None]`, `.permute`), other
+reductions become `torch.sum/mean/amax/amin` over the reduced dims.
+"""
+
+from __future__ import annotations
+
+from layerdsl.diagnostics import did_you_mean
+from layerdsl.ir import nodes as N
+from layerdsl.language.ops import CALLABLE, REDUCTIONS
+
+NOWHERE = N.NOWHERE
+
+
+# ------------------------------------------------------------------ checking
+
+
+def check_index_assign(chk, stmt: N.IndexAssign, scope: dict[str, str]) -> None:
+    seen = set()
+    for i in stmt.indices:
+        if i.id in seen:
+            chk.r.error(i.span, f"index '{i.id}' appears twice on the left side")
+        seen.add(i.id)
+        i.ref = "index"
+    stmt.value = _rewrite(chk, stmt.value, scope)
+    chk.infer(stmt.value)
+    lhs = {i.id for i in stmt.indices}
+    used: set[str] = set()
+    _check_bound(chk, stmt.value, lhs, [], used)
+    for i in stmt.indices:
+        if i.id not in used:
+            chk.r.error(
+                i.span,
+                f"index '{i.id}' on the left side appears nowhere on the right",
+                "every output axis must come from an indexed tensor on the right",
+            )
+    ranks = getattr(chk, "index_ranks", {})
+    ranks[stmt.target] = len(stmt.indices)
+    chk.index_ranks = ranks
+
+
+def _rewrite(chk, e: N.Expr, scope) -> N.Expr:
+    """Subscripts of tensors become `Indexed`; names are resolved; reductions are checked."""
+    match e:
+        case N.Indexed():  # checked before (the checker may run twice over one IR)
+            chk.resolve(e.name, scope, True)
+            return e
+        case N.Subscript(value=N.Name() as name, items=items) if all(isinstance(i, N.Name) for i in items):
+            chk.resolve(name, scope, True)
+            for i in items:
+                i.ref = "index"
+            if name.kind not in ("tensor", ""):
+                chk.r.error(name.span, f"'{name.id}' is a number and takes no indices")
+            if name.id in chk.optional and name.ref in ("param", "buffer"):
+                chk.r.error(
+                    name.span,
+                    f"'{name.id}' is optional and cannot appear in an index statement",
+                    f"add it in an ordinary statement: `y = y + {name.id}`, where it is skipped when absent",
+                )
+            rank = _rank(chk, name)
+            if rank is not None and rank != len(items):
+                chk.r.error(
+                    e.span,
+                    f"'{name.id}' has {rank} dim{'s' if rank != 1 else ''} but is indexed with {len(items)}",
+                    "write one index per axis",
+                )
+            names = [i.id for i in items]
+            for k, i in enumerate(items):
+                if i.id in names[:k]:
+                    chk.r.error(
+                        i.span,
+                        f"index '{i.id}' appears twice in '{name.id}'",
+                        "diagonals are not supported; use distinct indices",
+                    )
+            out = N.Indexed(e.span, name, list(items))
+            out.kind = "tensor"
+            return out
+        case N.Subscript():
+            chk.r.error(
+                e.span, "inside an index statement, tensors are written with one bare index per axis", "e.g. x[b, i]"
+            )
+            return e
+        case N.Reduce(indices=idx):
+            if e.op not in REDUCTIONS:
+                chk.r.error(e.span, f"unknown reduction '{e.op}'", did_you_mean(e.op, REDUCTIONS))
+            for i in idx:
+                i.ref = "index"
+            e.body = _rewrite(chk, e.body, scope)
+            return e
+        case N.Name():
+            chk.resolve(e, scope, True)
+            if e.kind == "tensor":
+                chk.r.error(e.span, f"'{e.id}' is a tensor: write it with one index per axis", f"e.g. {e.id}[...]")
+            return e
+        case N.BinOp():
+            e.left, e.right = _rewrite(chk, e.left, scope), _rewrite(chk, e.right, scope)
+            return e
+        case N.UnaryOp():
+            e.operand = _rewrite(chk, e.operand, scope)
+            return e
+        case N.Call(func=f):
+            op = CALLABLE.get(f)
+            if op is None or op.shape not in ("elementwise",):
+                chk.r.error(
+                    e.func_span,
+                    f"only elementwise operations and reductions can appear in an index statement, not '{f}'",
+                )
+            else:
+                chk.check_op_call(e, op)
+            e.args = [_rewrite(chk, a, scope) for a in e.args]
+            for k in e.kwargs:
+                k.value = _rewrite(chk, k.value, scope)
+            return e
+        case N.Num() | N.Bool():
+            return e
+    chk.r.error(e.span, "this cannot appear in an index statement")
+    return e
+
+
+def _rank(chk, name: N.Name) -> int | None:
+    layer = chk.layer
+    if name.ref == "input":
+        inp = next(i for i in layer.forward.inputs if i.name == name.id)
+        if inp.shape is None or inp.shape.has_ellipsis:
+            return None
+        return len(inp.shape.dims)
+    if name.ref in ("param", "buffer"):
+        return len(layer.tensor(name.id).shape.dims)
+    if name.ref == "local":
+        return getattr(chk, "index_ranks", {}).get(name.id)
+    return None
+
+
+def _check_bound(chk, e, lhs: set[str], reduced: list[str], used: set[str]) -> None:
+    match e:
+        case N.Indexed(indices=idx):
+            for i in idx:
+                if i.id in lhs or i.id in reduced:
+                    used.add(i.id)
+                else:
+                    chk.r.error(
+                        i.span,
+                        f"index '{i.id}' is neither on the left side nor reduced",
+                        f"sum over it: sum[{i.id}](...), or put it on the left side",
+                    )
+                    used.add(i.id)
+        case N.Reduce(indices=idx, body=body):
+            inner_used: set[str] = set()
+            for i in idx:
+                if i.id in lhs:
+                    chk.r.error(
+                        i.span,
+                        f"'{e.op}' reduces over '{i.id}', which is on the left side",
+                        "an output axis cannot also be reduced",
+                    )
+            _check_bound(chk, body, lhs, reduced + [i.id for i in idx], inner_used)
+            for i in idx:
+                if i.id not in inner_used:
+                    chk.r.error(i.span, f"'{e.op}' reduces over '{i.id}', which its argument does not use")
+            used |= inner_used
+        case _:
+            for c in N.children(e):
+                if isinstance(c, N.Expr):
+                    _check_bound(chk, c, lhs, reduced, used)
+
+
+# ------------------------------------------------------------------ lowering
+
+
+def lower(stmt: N.IndexAssign) -> tuple[N.Expr, list[tuple[str, list[tuple[N.Name, int]]]]]:
+    """(the right side as ordinary IR in the left side's axis order, indices seen on 2+ tensor axes)."""
+    occurrences: dict[str, list[tuple[N.Name, int]]] = {}
+    for node in N.walk(stmt.value):
+        if isinstance(node, N.Indexed):
+            for pos, i in enumerate(node.indices):
+                occurrences.setdefault(i.id, []).append((node.name, pos))
+    target = [i.id for i in stmt.indices]
+    expr, axes = _lower(stmt.value, target)
+    if axes != target:
+        expr = _permute(expr, axes, target)
+    shared = [(i, occ) for i, occ in occurrences.items() if len({(n.id, p) for n, p in occ}) > 1]
+    return expr, shared
+
+
+def _lower(e: N.Expr, want: list[str] | None) -> tuple[N.Expr, list[str]]:
+    match e:
+        case N.Indexed(name=name, indices=idx):
+            return name, [i.id for i in idx]
+        case N.Reduce(op="sum", indices=idx, body=body) if _is_product(body):
+            return _einsum(body, [i.id for i in idx], want)
+        case N.Reduce(op=op, indices=idx, body=body):
+            inner, axes = _lower(body, None)
+            dims = [axes.index(i.id) for i in idx if i.id in axes]
+            call = _call(op, [inner], [("dim", _list(dims))])
+            return call, [a for a in axes if a not in {i.id for i in idx}]
+        case N.BinOp(op=op, left=l, right=r):
+            (a, sa), (b, sb) = _lower(l, want), _lower(r, want)
+            axes = _union(sa, sb, want)
+            out = N.BinOp(e.span, op, _align(a, sa, axes), _align(b, sb, axes))
+            out.kind = "tensor" if axes or "tensor" in (a.kind, b.kind) else e.kind
+            return out, axes
+        case N.UnaryOp(op=op, operand=o):
+            a, sa = _lower(o, want)
+            out = N.UnaryOp(e.span, op, a)
+            out.kind = a.kind
+            return out, sa
+        case N.Call(args=args):
+            lowered = [_lower(a, want) for a in args]
+            axes: list[str] = []
+            for _, sa in lowered:
+                axes = _union(axes, sa, want)
+            out = N.Call(e.span, e.func, e.func_span, [_align(a, sa, axes) for a, sa in lowered], e.kwargs)
+            out.kind = "tensor" if axes else e.kind
+            return out, axes
+    return e, []
+
+
+def _is_product(e) -> bool:
+    """A product of indexed tensors and numbers, with at least two tensors: one einsum."""
+    factors = list(_factors(e))
+    return (
+        factors is not None
+        and sum(isinstance(f, N.Indexed) for f in factors) >= 2
+        and all(isinstance(f, N.Indexed) or f.kind in ("int", "float") for f in factors)
+    )
+
+
+def _factors(e):
+    if isinstance(e, N.BinOp) and e.op == "*":
+        yield from _factors(e.left)
+        yield from _factors(e.right)
+    else:
+        yield e
+
+
+def _einsum(body, reduced: list[str], want: list[str] | None) -> tuple[N.Expr, list[str]]:
+    factors = list(_factors(body))
+    tensors = [f for f in factors if isinstance(f, N.Indexed)]
+    scalars = [f for f in factors if not isinstance(f, N.Indexed)]
+    letters: dict[str, str] = {}
+    for t in tensors:
+        for i in t.indices:
+            letters.setdefault(i.id, "abcdefghijklmnopqrstuvwxyz"[len(letters)])
+    if all(len(i) == 1 and i.islower() for i in letters):  # the spec's own index names read best
+        letters = {i: i for i in letters}
+    out = [a for a in letters if a not in reduced]
+    if want is not None and set(want) == set(out):
+        out = list(want)
+    spec = (
+        ",".join("".join(letters[i.id] for i in t.indices) for t in tensors) + "->" + "".join(letters[a] for a in out)
+    )
+    eq = N.Str(NOWHERE, spec)
+    eq.kind = "str"
+    expr: N.Expr = _call("einsum", [eq, _list([t.name for t in tensors], kind="list")], [])
+    for s in scalars:
+        expr = _bin("*", s, expr)
+    return expr, out
+
+
+def _union(a: list[str], b: list[str], want: list[str] | None) -> list[str]:
+    merged = a + [x for x in b if x not in a]
+    if want is not None and set(merged) <= set(want):
+        return [x for x in want if x in merged]
+    return merged
+
+
+def _align(e: N.Expr, axes: list[str], target: list[str]) -> N.Expr:
+    """A view of `e` (axes in `axes`) that broadcasts against `target`: permute, then `[:, None]`."""
+    if not axes:
+        return e
+    order = [a for a in target if a in axes]
+    if order != axes:
+        e = _permute(e, axes, order)
+    first = target.index(order[0])
+    items = [_full_slice() if a in axes else _none() for a in target[first:]]
+    while items and isinstance(items[-1], N.Slice):
+        items.pop()
+    if not items:
+        return e
+    view = N.Call(NOWHERE, "align", NOWHERE, [e], [])
+    view.kind = "tensor"
+    view.items = items  # written e[:, None]; see pyexpr and derive
+    return view
+
+
+def _permute(e: N.Expr, axes: list[str], target: list[str]) -> N.Expr:
+    dims = [axes.index(a) for a in target]
+    inverse = [dims.index(k) for k in range(len(dims))]
+    return _call("permute", [e, _list(dims), _list(inverse)], [])
+
+
+def _call(func: str, args, kwargs) -> N.Call:
+    c = N.Call(NOWHERE, func, NOWHERE, list(args), [N.Keyword(k, v, NOWHERE) for k, v in kwargs])
+    c.kind = "tensor"
+    return c
+
+
+def _bin(op, l, r) -> N.BinOp:
+    b = N.BinOp(NOWHERE, op, l, r)
+    b.kind = "tensor"
+    return b
+
+
+def _list(values, kind="list") -> N.ListExpr:
+    items = []
+    for v in values:
+        if isinstance(v, int):
+            n = N.Num(NOWHERE, v, str(v))
+            n.kind = "int"
+            items.append(n)
+        else:
+            items.append(v)
+    out = N.ListExpr(NOWHERE, items)
+    out.kind = kind
+    return out
+
+
+def _full_slice() -> N.Slice:
+    return N.Slice(NOWHERE, None, None, None)
+
+
+def _none() -> N.NoneLit:
+    n = N.NoneLit(NOWHERE)
+    n.kind = "none"
+    return n
+
+
+# ------------------------------------------------------------------ emission
+
+
+def emit_index_assign(stmt: N.IndexAssign, ex, layer: N.Layer) -> list[str]:
+    """Run-time size checks for shared indices, then `target = <lowered right side>`.
+
+    Only inputs, parameters and buffers are checked, and only where their declared shapes do not
+    already say the two sizes are the same dim (those are checked with the inputs, or true by
+    construction); locals computed by earlier statements are consistent by construction."""
+    expr, shared = lower(stmt)
+    lines = []
+    for index, occ in shared:
+        occ = [(n, p) for n, p in occ if n.ref in ("input", "param", "buffer")]
+        if not occ:
+            continue
+        (n0, p0), rest = occ[0], occ[1:]
+        done = {(n0.id, p0)}
+        for n1, p1 in rest:
+            if (n1.id, p1) in done or _same_declared_dim(layer, n0, p0, n1, p1):
+                continue
+            done.add((n1.id, p1))
+            a, b = f"{ex(n0)}.shape[{p0}]", f"{ex(n1)}.shape[{p1}]"
+            lines += [
+                f"if {a} != {b}:",
+                f"    raise ValueError(f\"{layer.name}: index '{index}' has size {{{a}}} in '{n0.id}' but {{{b}}} in '{n1.id}'\")",
+            ]
+    lines.append(f"{stmt.target} = {ex(expr)}")
+    return lines
+
+
+def _declared_dim(layer: N.Layer, name: N.Name, pos: int) -> str | None:
+    from layerdsl.codegen.pyexpr import PyExpr, Spelling
+
+    if name.ref == "input":
+        shape = next(i.shape for i in layer.forward.inputs if i.name == name.id)
+    else:
+        shape = layer.tensor(name.id).shape
+    if shape is None or shape.has_ellipsis or pos >= len(shape.dims):
+        return None
+    return PyExpr(Spelling())(shape.dims[pos])
+
+
+def _same_declared_dim(layer, n0, p0, n1, p1) -> bool:
+    a, b = _declared_dim(layer, n0, p0), _declared_dim(layer, n1, p1)
+    return a is not None and a == b
+
+
+def linearize_index_assign(lin, stmt: N.IndexAssign) -> str:
+    expr, _ = lower(stmt)
+    return lin.value(expr, target=stmt.target)

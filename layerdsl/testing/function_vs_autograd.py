@@ -1,0 +1,51 @@
+"""The `function-vs-autograd` check: a generated autograd.Function against the plain functional form."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+
+def compare_with_functional(case, module, functional, make_inputs) -> str:
+    """Equal outputs and gradients (1e-10, float64) with everything, only the inputs, or only the
+    parameters requiring grad."""
+    names = [t.name for t in case.layer.tensors]
+    kwargs = {a: getattr(module, a) for a in _functional_kwargs(functional)}
+    fn = module.__class__.forward.__globals__[f"{case.name}Function"]
+    n_tensors = len(case.layer.forward.inputs) + len(names)
+    numbers = [getattr(module, p) for p in list(inspect.signature(fn.forward).parameters)[n_tensors:]]
+    modes = ("all", "inputs", "params") if names else ("all",)
+    for mode in modes:
+        xs = make_inputs(case, requires_grad=mode != "params")
+        params = [getattr(module, n) for n in names]
+        params = [p.detach().requires_grad_(mode != "inputs") if p is not None else None for p in params]
+        fn_out = fn.apply(*xs, *params, *numbers)
+        fn_out = fn_out if isinstance(fn_out, tuple) else (fn_out,)
+        n_out = len(_as_tuple(functional(*xs, *params, **kwargs)))
+        fn_out = fn_out[:n_out]
+        ref_out = _as_tuple(functional(*xs, *params, **kwargs))
+        for a, b in zip(fn_out, ref_out):
+            assert torch.allclose(a, b, rtol=0, atol=1e-10), f"outputs differ ({mode})"
+        targets = [t for t in [*xs, *params] if t is not None and t.requires_grad]
+        seeds = [torch.randn_like(o) for o in ref_out]
+        got = torch.autograd.grad(fn_out, targets, seeds, allow_unused=True)
+        want = torch.autograd.grad(ref_out, targets, seeds, allow_unused=True)
+        for g, w in zip(got, want):
+            g = torch.zeros_like(w) if g is None and w is not None else g
+            w = torch.zeros_like(g) if w is None and g is not None else w
+            if g is not None:
+                assert torch.allclose(g, w, rtol=0, atol=1e-10), f"gradients differ ({mode}): {(g - w).abs().max():.3g}"
+    return "outputs and gradients agree to 1e-10"
+
+
+def _functional_kwargs(functional) -> list[str]:
+    return [
+        p.name
+        for p in inspect.signature(functional).parameters.values()
+        if p.kind is p.KEYWORD_ONLY and p.name != "training"
+    ]
+
+
+def _as_tuple(x):
+    return x if isinstance(x, tuple) else (x,)

@@ -1,0 +1,416 @@
+"""Run-time checks of generated layers, shared by the test suite and `layerdsl test`.
+
+Each check builds a layer from its spec's `example`, feeds it inputs whose symbolic dims get distinct
+small sizes (so a transposition cannot hide), and asserts one property: declared output shapes,
+gradcheck in float64, state_dict round trip, hooks, reproducible initialisation, repr, and for
+`@function` layers gradgradcheck and agreement with the plain autograd form. This module imports torch;
+`layerdsl gen` never imports it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from layerdsl.codegen.module import snake_case
+from layerdsl.ir import nodes as N
+from layerdsl.semantics.checker import literal_value
+
+SIZES = (3, 4, 5, 2, 6, 7, 8, 9)
+
+
+class Skip(Exception):
+    """A check that does not apply here (no GPU, no parameters, ...)."""
+
+
+@dataclass
+class Case:
+    """One layer of a spec, with what the checks need to build and feed it."""
+
+    layer: N.Layer
+    module: str  # dotted module name under the generated package
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+    def example(self) -> dict:
+        return {e.name: e.value for e in self.layer.examples}
+
+    def args(self) -> dict:
+        ex = self.example()
+        out = {}
+        for a in self.layer.args:
+            if a.name in ex:
+                out[a.name] = literal_value(ex[a.name])
+            elif a.default is not None:
+                out[a.name] = literal_value(a.default)
+        return out
+
+    def dims(self) -> dict[str, int]:
+        """Sizes of symbolic dims: the example's, else distinct small sizes unlike every argument."""
+        ex = self.example()
+        taken = {v for v in self.args().values() if isinstance(v, int) and not isinstance(v, bool)}
+        sizes = {}
+        for d in [*getattr(self.layer, "symbolic_dims", []), "..."]:
+            if d in ex:
+                sizes[d] = literal_value(ex[d])
+            else:
+                sizes[d] = next(s for s in SIZES if s not in taken)
+            taken.add(sizes[d])
+        return sizes
+
+    @property
+    def is_function(self) -> bool:
+        return self.layer.is_function
+
+    @property
+    def surrogate(self) -> str | None:
+        dec = self.layer.decorator("surrogate")
+        return dec.args[0].value if dec else None
+
+
+def cases(files: list[N.SpecFile], sources) -> list[Case]:
+    out = []
+    for src, f in zip(sources, files):
+        module = ".".join(src.out.with_suffix("").parts)
+        out += [Case(layer, module) for layer in f.layers]
+    return out
+
+
+# ------------------------------------------------------------------ building and feeding
+
+
+def layer_class(case: Case, package: str):
+    return getattr(importlib.import_module(f"{package}.{case.module}"), case.name)
+
+
+def functional_form(case: Case, package: str):
+    return getattr(importlib.import_module(f"{package}.{case.module}"), snake_case(case.name), None)
+
+
+def build(case: Case, package: str, dtype=torch.float64, device="cpu", seed: int = 0):
+    torch.manual_seed(seed)
+    return layer_class(case, package)(**case.args(), device=device, dtype=dtype)
+
+
+def evaluate(expr, env: dict):
+    """A dim expression's value, given arguments and dim sizes."""
+    match expr:
+        case N.Num(value=v):
+            return v
+        case N.Name(id=i):
+            return env[i]
+        case N.UnaryOp(op="-", operand=o):
+            return -evaluate(o, env)
+        case N.BinOp(op=op, left=l, right=r):
+            a, b = evaluate(l, env), evaluate(r, env)
+            return {
+                "+": a + b,
+                "-": a - b,
+                "*": a * b,
+                "//": a // b if b else 0,
+                "/": a / b if b else 0,
+                "%": a % b if b else 0,
+                "**": a**b,
+            }[op]
+        case N.Call(func=f, args=[x]) if f in ("sqrt", "floor", "ceil"):
+            return getattr(math, f)(evaluate(x, env))
+    raise ValueError("cannot evaluate")
+
+
+def shape_of(shape: N.Shape | None, env: dict, lead: tuple[int, ...]) -> tuple[int, ...]:
+    if shape is None:
+        return lead + (env["..."] + 1,)
+    out: list[int] = []
+    for d in shape.dims:
+        if isinstance(d, N.EllipsisItem):
+            out += lead
+        else:
+            out.append(int(evaluate(d, env)))
+    return tuple(out)
+
+
+def inputs(case: Case, dtype=torch.float64, device="cpu", seed: int = 1, requires_grad=False) -> list[torch.Tensor]:
+    env = {**case.args(), **case.dims()}
+    lead = (env["..."],)
+    ex = case.example()
+    gen = torch.Generator().manual_seed(seed)
+    tensors = []
+    for inp in case.layer.forward.inputs:
+        shape = shape_of(inp.shape, env, lead)
+        if inp.dtype == "bool":
+            t = torch.rand(shape, generator=gen) > 0.5
+        elif inp.dtype in ("long", "int"):
+            t = torch.randint(0, 3, shape, generator=gen, dtype=torch.long if inp.dtype == "long" else torch.int)
+        else:
+            t = _sample(ex.get(inp.name), shape, gen).to(dtype)
+            t.requires_grad_(requires_grad)
+        tensors.append(t.to(device) if not t.requires_grad else t.detach().to(device).requires_grad_(True))
+    return tensors
+
+
+def _sample(dist: N.Expr | None, shape, gen) -> torch.Tensor:
+    if dist is None:
+        return torch.randn(shape, generator=gen, dtype=torch.float64)
+    values = [literal_value(a) for a in dist.args] + [literal_value(k.value) for k in dist.kwargs]
+    if dist.func == "uniform":
+        lo, hi = values
+        return torch.rand(shape, generator=gen, dtype=torch.float64) * (hi - lo) + lo
+    mean, std = values
+    return torch.randn(shape, generator=gen, dtype=torch.float64) * std + mean
+
+
+def expected_output_shapes(case: Case) -> list[tuple[int, ...]] | None:
+    outputs = case.layer.forward.outputs
+    if outputs is None:
+        return None
+    env = {**case.args(), **case.dims()}
+    return [shape_of(s, env, (env["..."],)) for s in outputs]
+
+
+def as_tuple(out) -> tuple:
+    return out if isinstance(out, tuple) else (out,)
+
+
+def uses_randomness(case: Case) -> bool:
+    return any(isinstance(n, N.Call) and n.func == "dropout" for s in case.layer.forward.body for n in N.walk(s))
+
+
+# ------------------------------------------------------------------ the checks
+
+
+def check_shapes(case: Case, package: str, device="cpu"):
+    m = build(case, package, device=device)
+    outs = as_tuple(m(*inputs(case, device=device)))
+    expected = expected_output_shapes(case)
+    if expected is None:
+        raise Skip("forward declares no output shapes")
+    got = [tuple(o.shape) for o in outs]
+    assert got == expected, f"output shapes {got}, declared {expected}"
+    return f"{got}"
+
+
+def _gradcheck_fn(module, names):
+    def fn(*args):
+        n_in = len(args) - len(names)
+        params = dict(zip(names, args[n_in:]))
+        return torch.func.functional_call(module, params, args[:n_in])
+
+    return fn
+
+
+def check_gradcheck(case: Case, package: str, device="cpu"):
+    if device == "cuda" and not torch.cuda.is_available():
+        raise Skip("no CUDA device on this machine")
+    if case.surrogate:
+        raise Skip(f"surrogate gradient: {case.surrogate}")
+    m = build(case, package, device=device)
+    if uses_randomness(case):
+        m.eval()
+    params = dict(m.named_parameters())
+    xs = inputs(case, device=device, requires_grad=True)
+    fn = _gradcheck_fn(m, list(params))
+    args = (*xs, *(p.detach().requires_grad_(True) for p in params.values()))
+    if not any(a.requires_grad for a in args):
+        raise Skip("nothing to differentiate")
+    n = sum(a.numel() for a in args if a.requires_grad)
+    # Big layers (LeNet has 61k parameters) take gradcheck's fast mode: a random projection of the Jacobian.
+    assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=n > 2000)
+    return f"{n} elements" + (" (fast mode)" if n > 2000 else "")
+
+
+def check_gradgradcheck(case: Case, package: str, device="cpu"):
+    if device == "cuda" and not torch.cuda.is_available():
+        raise Skip("no CUDA device on this machine")
+    if not case.is_function:
+        raise Skip("not a @function layer")
+    if case.surrogate:
+        raise Skip(f"surrogate gradient: {case.surrogate}")
+    m = build(case, package, device=device)
+    params = dict(m.named_parameters())
+    xs = inputs(case, device=device, requires_grad=True)
+    fn = _gradcheck_fn(m, list(params))
+    args = (*xs, *(p.detach().requires_grad_(True) for p in params.values()))
+    assert torch.autograd.gradgradcheck(fn, args, eps=1e-6, atol=1e-5, rtol=1e-4)
+    return "ok"
+
+
+def check_state_dict(case: Case, package: str, device="cpu"):
+    m = build(case, package, seed=0)
+    fresh = build(case, package, seed=123)
+    fresh.load_state_dict(m.state_dict())
+    keys = set(m.state_dict())
+    own = {k for k in keys if "." not in k}
+    assert own == {
+        t.name for t in case.layer.tensors if t.persistent and _present(m, t)
+    }, f"state_dict keys {sorted(own)}"
+    m.eval(), fresh.eval()
+    xs = inputs(case)
+    torch.manual_seed(5)
+    a = as_tuple(m(*xs))
+    torch.manual_seed(5)
+    b = as_tuple(fresh(*xs))
+    for x, y in zip(a, b):
+        assert torch.equal(x, y), "outputs differ after load_state_dict"
+    return f"{len(keys)} keys"
+
+
+def _present(m, t) -> bool:
+    return getattr(m, t.name, None) is not None
+
+
+def check_hooks(case: Case, package: str, device="cpu"):
+    m = build(case, package)
+    seen = []
+    handle = m.register_forward_hook(lambda mod, args, out: seen.append(out))
+    out = m(*inputs(case))
+    handle.remove()
+    assert len(seen) == 1, "forward hook did not fire once"
+    for x, y in zip(as_tuple(seen[0]), as_tuple(out)):
+        assert x is y
+    return "fired"
+
+
+def check_reset(case: Case, package: str, device="cpu"):
+    m1 = build(case, package, seed=7)
+    m2 = build(case, package, seed=7)
+    for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), f"{k} differs between two builds under the same seed"
+    own = [t.name for t in case.layer.tensors if _present(m1, t)]
+    with torch.no_grad():
+        for name in own:
+            getattr(m1, name).fill_(13)
+    # Construction draws exactly what reset_parameters draws: the same seed must give the same values.
+    torch.manual_seed(7)
+    m1.reset_parameters()
+    for name in own:
+        assert torch.equal(
+            getattr(m1, name), getattr(m2, name)
+        ), f"reset_parameters under a seed does not reproduce {name}"
+    return f"{len(own)} tensors"
+
+
+def check_repr(case: Case, package: str, device="cpu"):
+    m = build(case, package)
+    text = repr(m)
+    for name, value in case.args().items():
+        shown = f"{name}={value!r}" if isinstance(value, str) else f"{name}="
+        assert shown in text, f"repr lacks {shown!r}: {text}"
+    return text.splitlines()[0]
+
+
+def check_function_matches_autograd(case: Case, package: str, device="cpu"):
+    """The Function's outputs and gradients equal the plain functional form's (1e-10)."""
+    if not case.is_function:
+        raise Skip("not a @function layer")
+    if case.surrogate:
+        raise Skip(f"surrogate gradient: {case.surrogate}")
+    functional = functional_form(case, package)
+    if functional is None:
+        raise Skip("no functional form")
+    m = build(case, package)
+    from layerdsl.testing.function_vs_autograd import compare_with_functional
+
+    return compare_with_functional(case, m, functional, inputs)
+
+
+def check_surrogate(case: Case, package: str, device="cpu"):
+    if not case.surrogate:
+        raise Skip("not a surrogate")
+    m = build(case, package)
+    xs = inputs(case, requires_grad=True)
+    outs = as_tuple(m(*xs))
+    grads = [torch.ones_like(o) for o in outs]
+    targets = [x for x in xs if x.requires_grad] + [p for p in m.parameters()]
+    got = torch.autograd.grad(outs, targets, grads, allow_unused=True)
+    for t, g in zip(targets, got):
+        if g is not None:
+            assert (
+                g.shape == t.shape and g.dtype == t.dtype
+            ), f"gradient {tuple(g.shape)} {g.dtype} for {tuple(t.shape)} {t.dtype}"
+    return f"backward ran ({case.surrogate})"
+
+
+def _has_tensors(case: Case) -> bool:
+    return bool(case.layer.tensors)
+
+
+def _always(case: Case) -> bool:
+    return True
+
+
+# name -> (check, which layers it applies to)
+CHECKS = {
+    "shapes": (check_shapes, lambda c: c.layer.forward.outputs is not None),
+    "gradcheck": (check_gradcheck, lambda c: not c.surrogate),
+    "gradcheck-cuda": (lambda c, p: check_gradcheck(c, p, device="cuda"), lambda c: not c.surrogate),
+    "gradgradcheck": (check_gradgradcheck, lambda c: c.is_function and not c.surrogate),
+    "gradgradcheck-cuda": (
+        lambda c, p: check_gradgradcheck(c, p, device="cuda"),
+        lambda c: c.is_function and not c.surrogate,
+    ),
+    "function-vs-autograd": (check_function_matches_autograd, lambda c: c.is_function and not c.surrogate),
+    "surrogate": (check_surrogate, lambda c: bool(c.surrogate)),
+    "state_dict": (check_state_dict, _always),
+    "hooks": (check_hooks, _always),
+    "reset_parameters": (check_reset, _has_tensors),
+    "repr": (check_repr, _always),
+}
+
+
+def applicable(case: Case, names) -> list[str]:
+    return [n for n in names if CHECKS[n][1](case)]
+
+
+def run_check(name: str, case: Case, package: str) -> tuple[str, str]:
+    try:
+        detail = CHECKS[name][0](case, package)
+        return "ok", str(detail)
+    except Skip as exc:
+        return "skip", str(exc)
+    except AssertionError as exc:
+        return "FAIL", str(exc) or "assertion failed"
+    except Exception as exc:  # a generated layer that raises is a failed check, shown in the table
+        return "FAIL", f"{type(exc).__name__}: {exc}"
+
+
+# ------------------------------------------------------------------ `layerdsl test`
+
+
+def generate_package(paths: list[str], root: Path, package: str = "layerdsl_under_test"):
+    from layerdsl.driver.output import apply, plan
+    from layerdsl.driver.pipeline import check, generate
+
+    sources, files, _ = check(paths)
+    apply(plan(root / package, generate(paths)))
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return cases(files, sources)
+
+
+def run_cli(paths: list[str], device: str) -> int:
+    import tempfile
+
+    names = [n for n in CHECKS if not n.endswith("-cuda")]
+    if device in ("cuda", "all"):
+        names += ["gradcheck-cuda", "gradgradcheck-cuda"]
+    if device == "cuda":
+        names = [n for n in names if n.endswith("-cuda") or n in ("shapes",)]
+    with tempfile.TemporaryDirectory() as tmp:
+        all_cases = generate_package(paths, Path(tmp))
+        rows = [(c.name, n, *run_check(n, c, "layerdsl_under_test")) for c in all_cases for n in applicable(c, names)]
+    widths = [max(len(r[i]) for r in rows + [("layer", "check", "result", "")]) for i in range(3)]
+    print(f"{'layer':<{widths[0]}}  {'check':<{widths[1]}}  {'result':<{widths[2]}}  detail")
+    for layer, check, result, detail in rows:
+        print(f"{layer:<{widths[0]}}  {check:<{widths[1]}}  {result:<{widths[2]}}  {detail[:100]}")
+    failed = sum(r[2] == "FAIL" for r in rows)
+    passed = sum(r[2] == "ok" for r in rows)
+    skipped = sum(r[2] == "skip" for r in rows)
+    print(f"\n{passed} passed, {failed} failed, {skipped} skipped")
+    return 1 if failed else 0
