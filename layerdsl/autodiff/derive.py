@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from lark import Lark
 
 from layerdsl.diagnostics import Reporter, Span
+from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.language.ops import CALLABLE, OPERATORS, OPS, Op
 from layerdsl.resources import resource_dir
@@ -102,12 +103,6 @@ class Tape:
         return next((s for s in self.steps if s.var == var), None)
 
 
-def _name(var: str, span: Span = NOWHERE, ref: str = "local") -> N.Name:
-    n = N.Name(span, var)
-    n.ref, n.kind = ref, "tensor"
-    return n
-
-
 class Linearizer:
     def __init__(self, layer: N.Layer, optional: set[str], deriving: bool = True):
         self.deriving = deriving  # with a hand-written backward, ops without derivatives are fine
@@ -137,7 +132,7 @@ class Linearizer:
                 case N.Assign(target=t, value=v):
                     self.env[t] = self.value(v, hint=t, target=t)
                 case N.Return(values=vs):
-                    outputs = [_name(self.value(v, hint="out")) if v.kind == "tensor" else v for v in vs]
+                    outputs = [B.name(self.value(v, hint="out")) if v.kind == "tensor" else v for v in vs]
                 case N.If():
                     raise NotDerivable(stmt.span, "a derived backward cannot go through `if`; write a backward block")
                 case N.Update():
@@ -179,8 +174,8 @@ class Linearizer:
         match e:
             case N.Name(id=i, ref=ref):
                 if ref == "local":
-                    return _name(self.env[i], e.span)
-                return _name(i, e.span, ref)
+                    return B.name(self.env[i], e.span)
+                return B.name(i, e.span, ref)
             case N.BinOp(op=op, left=l, right=r):
                 row = OPERATORS[op]
                 return self.add(
@@ -254,18 +249,18 @@ class Linearizer:
         if items is not None:
             expr.items = items
         if guard is None:  # the same operation on the same operands is computed once
-            key = _key(expr)
+            key = B.key(expr)
             for s in self.steps:
-                if s.guard is None and s.op is op and _key(s.expr) == key:
-                    return _name(s.var, source.span)
+                if s.guard is None and s.op is op and B.key(s.expr) == key:
+                    return B.name(s.var, source.span)
         var = self.fresh(_hint_for(op, hint))
         self.steps.append(Step(var, op, args, expr, guard, base))
-        return _name(var, source.span)
+        return B.name(var, source.span)
 
     def opaque(self, expr: N.Expr, hint: str) -> N.Name:
         var = self.fresh("mask")
         self.steps.append(Step(var, None, {}, expr))
-        return _name(var, expr.span)
+        return B.name(var, expr.span)
 
     def _needs_grad(self, operand: N.Name) -> bool:
         diff = {i.name for i in self.layer.forward.inputs if i.dtype == "float"} | {t.name for t in self.layer.params}
@@ -350,10 +345,10 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
     requires = _requires_grad(tape)
     for out, g in zip(tape.outputs, grad_names):
         if isinstance(out, N.Name) and out.id in requires:
-            contributions.setdefault(out.id, []).append((_name(g), None))
+            contributions.setdefault(out.id, []).append((B.name(g), None))
     for var, g in (extra_grads or {}).items():
         if var in requires:
-            contributions.setdefault(var, []).append((_name(g), None))
+            contributions.setdefault(var, []).append((B.name(g), None))
     stmts: list[GradStmt] = []
     grad_var: dict[str, str] = {}
 
@@ -368,10 +363,10 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
         name = f"grad_{var}"
         for expr, count in _merge_terms([e for e, _ in parts]):
             term = expr if count == 1 else _scale(count, expr)
-            total = term if total is None else _bin("+", total, term)
+            total = term if total is None else B.binop("+", total, term)
         stmts.append(GradStmt(name, simplify(total)))
         grad_var[var] = name
-        return _name(name)
+        return B.name(name)
 
     for step in reversed(tape.steps):
         if step.op is None or step.var not in requires:
@@ -391,9 +386,9 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
             expr = instantiate(f and formula(step.op.name, pname), step, g)
             expr = simplify(expr)
             if step.op.shape == "elementwise" and _may_broadcast(tape, step, operand):
-                expr = _call("sum_to", expr, _name(operand.id))
+                expr = B.call("sum_to", expr, B.name(operand.id))
             elif step.op.shape == "matmul" and _may_batch(tape, step):
-                expr = _call("sum_to", expr, _name(operand.id))
+                expr = B.call("sum_to", expr, B.name(operand.id))
             contributions.setdefault(operand.id, []).append((expr, None))
     for leaf in tape.leaves:
         if leaf in tape.differentiable and leaf in requires:
@@ -461,30 +456,19 @@ def _may_batch(tape: Tape, step: Step) -> bool:
     return a is None or b is None or "..." in a or "..." in b or len(a) != len(b)
 
 
-def _key(e: N.Expr) -> str:
-    """A structural key: equal for expressions that compute the same thing."""
-    from layerdsl.codegen.pyexpr import PyExpr, Spelling
-
-    render = PyExpr(
-        Spelling(),
-        call_hook=lambda c, ex: f"{c.func}({', '.join(ex(a) for a in c.args)}; {', '.join(k.name + '=' + ex(k.value) for k in c.kwargs)})",
-    )
-    return render(e)
-
-
 def _scale(count: int, expr: N.Expr) -> N.Expr:
     """`count * expr`, with the number applied to the leftmost factor (`2 * g * x`: the small tensor
     is scaled before the product is formed)."""
     if isinstance(expr, N.BinOp) and expr.op == "*":
-        return _bin("*", _scale(count, expr.left), expr.right)
-    return _bin("*", _num(count), expr)
+        return B.binop("*", _scale(count, expr.left), expr.right)
+    return B.binop("*", B.num(count), expr)
 
 
 def _merge_terms(terms: list[N.Expr]) -> list[tuple[N.Expr, int]]:
     """Identical terms of a sum, counted: `g * x + g * x` becomes `2 * (g * x)`."""
     out: dict[str, list] = {}
     for t in terms:
-        key = _key(t)
+        key = B.key(t)
         if key in out:
             out[key][1] += 1
         else:
@@ -495,7 +479,7 @@ def _merge_terms(terms: list[N.Expr]) -> list[tuple[N.Expr, int]]:
 def instantiate(template: N.Expr | None, step: Step, grad: N.Expr) -> N.Expr:
     if template is None:
         raise NotDerivable(step.expr.span, f"{step.op.name}() has no derivative")
-    subst = {**step.args, "grad": grad, "result": _name(step.var)}
+    subst = {**step.args, "grad": grad, "result": B.name(step.var)}
 
     def go(e):
         if isinstance(e, N.Name) and e.id in subst:
@@ -529,18 +513,6 @@ def _kinds(e) -> str:
     return e.kind
 
 
-def _bin(op: str, l: N.Expr, r: N.Expr) -> N.Expr:
-    e = N.BinOp(NOWHERE, op, l, r)
-    e.kind = "tensor" if "tensor" in (l.kind, r.kind) else "float"
-    return e
-
-
-def _call(func: str, *args: N.Expr) -> N.Call:
-    c = N.Call(NOWHERE, func, NOWHERE, list(args), [])
-    c.kind = "tensor"
-    return c
-
-
 def _mark_leaves(stmts: list[GradStmt], tape: Tape) -> None:
     by_var = {s.var: s for s in stmts}
     for s in stmts:
@@ -561,14 +533,6 @@ def _mark(s: GradStmt, leaf: str, by_var, seen) -> None:
 # ------------------------------------------------------------------ simplification
 
 
-def _num(v) -> N.Num:
-    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
-        v = int(v)
-    n = N.Num(NOWHERE, v, repr(v))
-    n.kind = "float" if isinstance(v, float) else "int"
-    return n
-
-
 def _is(e, v) -> bool:
     return isinstance(e, N.Num) and e.value == v
 
@@ -580,7 +544,7 @@ def simplify(e: N.Expr) -> N.Expr:
             l, r = simplify(l), simplify(r)
             if isinstance(l, N.Num) and isinstance(r, N.Num) and op in ("+", "-", "*", "/", "**"):
                 try:
-                    return _num(
+                    return B.num(
                         {
                             "+": l.value + r.value,
                             "-": l.value - r.value,
@@ -600,14 +564,14 @@ def simplify(e: N.Expr) -> N.Expr:
             if op == "-" and _is(l, 0):
                 return simplify(_neg(r))
             if op == "**" and _is(r, 2) and isinstance(l, N.Name):
-                return _bin("*", l, copy.deepcopy(l))
+                return B.binop("*", l, copy.deepcopy(l))
             out = N.BinOp(e.span, op, l, r)
             out.kind = e.kind
             return out
         case N.UnaryOp(op="-", operand=o):
             o = simplify(o)
             if isinstance(o, N.Num):
-                return _num(-o.value)
+                return B.num(-o.value)
             if isinstance(o, N.UnaryOp) and o.op == "-":
                 return o.operand
             return _neg(o)

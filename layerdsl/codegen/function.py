@@ -13,10 +13,11 @@ import copy
 import dataclasses
 from dataclasses import dataclass, field
 
-from layerdsl.autodiff.derive import Linearizer, NotDerivable, Step, Tape, _name, derive
+from layerdsl.autodiff.derive import Linearizer, NotDerivable, Step, Tape, derive
 from layerdsl.autodiff.shapes import infer_shapes, same_shape_leaf
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.diagnostics import SpecError
+from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.language.ops import OPS, shape_args
 from layerdsl.optimize.fuse import (
@@ -269,7 +270,7 @@ class FunctionEmitter:
         for s in bwd.stmts:
             s.expr = self._shape_only(s.expr, tape)
         items = [(s.leaves, s.var, s.expr) for s in bwd.stmts]
-        return items + [({l}, f"grad_{l}", _name(g)) for l, g in bwd.leaf_grads.items() if g != f"grad_{l}"]
+        return items + [({l}, f"grad_{l}", B.name(g)) for l, g in bwd.leaf_grads.items() if g != f"grad_{l}"]
 
     @staticmethod
     def _fresh(tape: Tape, name: str) -> str:
@@ -379,7 +380,7 @@ class FunctionEmitter:
     def _recompute_stmts(self, s: Step, leaves: set[str]) -> list[Stmt]:
         if s.guard:  # `var = base`, then `var = var + member` when the optional member is present
             return [
-                Stmt(s.var, _name(s.base), leaves, recompute=True),
+                Stmt(s.var, B.name(s.base), leaves, recompute=True),
                 Stmt(s.var, _replace_name(s.expr, s.base, s.var), leaves, recompute=True, guard=s.guard),
             ]
         return [Stmt(s.var, _squares(s.expr), leaves, recompute=True)]
@@ -429,7 +430,7 @@ class FunctionEmitter:
                     if isinstance(arg, N.Name) and arg.id not in tape.leaves:
                         same = same_shape_leaf(tape, arg.id)
                         if same is not None:
-                            node.args[i] = _name(same)
+                            node.args[i] = B.name(same)
         return e
 
     # ---------------------------------------------------------------- hand-written backward

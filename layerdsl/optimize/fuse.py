@@ -28,8 +28,8 @@ import copy
 import functools
 from dataclasses import dataclass, field
 
-from layerdsl.autodiff.derive import _bin, _num
 from layerdsl.autodiff.shapes import broadcast, matmul_shape
+from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
 from layerdsl.language.ops import OPERATORS, OPS, Op, shape_args
@@ -194,7 +194,7 @@ def _reduced_view(expand: N.Call, shapes: _Shapes) -> N.Expr:
     g, _, dim, keepdim = expand.args
     if (isinstance(keepdim, N.Bool) and keepdim.value or isinstance(dim, N.NoneLit)) and shapes.shape(g) is not None:
         return g
-    return _call("reduced_view", *expand.args)
+    return B.call("reduced_view", *expand.args, span=expand.args[0].span)
 
 
 def _elementwise(e) -> bool:
@@ -223,17 +223,17 @@ def _explicit_sum(e: N.Expr, shapes: _Shapes) -> N.Expr:
     g, target = e.args
     have, want = shapes.shape(g), shapes.shape(target)
     if want == ():
-        return _call("sum", g)
+        return B.call("sum", g, span=g.span)
     if have is None or want is None or len(have) != len(want) or any(a != b and b != "1" for a, b in zip(have, want)):
         return e
     dims = [k - len(have) for k, (a, b) in enumerate(zip(have, want)) if a != b]
     if not dims:
         return g
-    dim = _num(dims[0]) if len(dims) == 1 else N.ListExpr(NOWHERE, [_num(d) for d in dims])
+    dim = B.num(dims[0]) if len(dims) == 1 else N.ListExpr(NOWHERE, [B.num(d) for d in dims])
     dim.kind = dim.kind if len(dims) == 1 else "list"
     keep = N.Bool(NOWHERE, True)
     keep.kind = "bool"
-    out = _call("sum", g)
+    out = B.call("sum", g, span=g.span)
     out.kwargs = [N.Keyword("dim", dim, NOWHERE), N.Keyword("keepdim", keep, NOWHERE)]
     return out
 
@@ -262,14 +262,14 @@ def _factors_out(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
                 src = bound[arg.id]
                 arg = src.expr
             for a, b in ((arg.left, arg.right), (arg.right, arg.left)) if _is_product(arg) else ():
-                inner = _call(e.func, a, *e.args[1:])
+                inner = B.call(e.func, a, *e.args[1:], span=a.span)
                 full = shapes.shape(e)
                 if (
                     full is not None
                     and shapes.shape(b) == full == shapes.shape(inner)
                     and dtype_sources(b, roots) <= dtype_sources(inner, roots)
                 ):
-                    s.expr = _bin("*", inner, b)
+                    s.expr = B.binop("*", inner, b)
                     if src is not None:
                         moved.add(id(src))
                     break
@@ -328,7 +328,7 @@ def addcmul_form(e: N.Expr) -> N.Expr:
     if isinstance(e, N.BinOp) and e.op == "+" and e.kind == "tensor":
         for p, prod in ((e.left, e.right), (e.right, e.left)):
             if _is_product(prod) and p.kind == "tensor":
-                return _call("addcmul", p, prod.left, prod.right)
+                return B.call("addcmul", p, prod.left, prod.right, span=p.span)
     return e
 
 
@@ -356,17 +356,11 @@ def guarded_addcmul(value: N.Expr, update: N.Expr, name: str, member: str) -> N.
     if not all(isinstance(n, N.Name) for n in sides) or sorted(n.id for n in sides) != sorted([name, member]):
         return None
     m = next(n for n in sides if n.id == member)
-    return _call("addcmul", copy.deepcopy(m), value.left, value.right)
+    return B.call("addcmul", copy.deepcopy(m), value.left, value.right, span=m.span)
 
 
 def _is_product(e) -> bool:
     return isinstance(e, N.BinOp) and e.op == "*" and e.left.kind == "tensor" and e.right.kind == "tensor"
-
-
-def _call(func: str, *args: N.Expr) -> N.Call:
-    c = N.Call(args[0].span, func, args[0].span, list(args), [])
-    c.kind = "tensor"
-    return c
 
 
 # ------------------------------------------------------------------ what an operation's derivative reads

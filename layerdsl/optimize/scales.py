@@ -16,7 +16,7 @@ import copy
 import functools
 from dataclasses import dataclass, field
 
-from layerdsl.autodiff.derive import _bin, _key, _num
+from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
 
@@ -49,13 +49,13 @@ class Scale:
         for key, p in other.powers:
             powers[key] = powers.get(key, 0) + p
         return Scale(
-            _num(self.coef * other.coef).value,
+            B.num(self.coef * other.coef).value,
             tuple(sorted((k, p) for k, p in powers.items() if p)),
             {**self.exprs, **other.exprs},
         )
 
     def inverse(self) -> Scale:
-        return Scale(_num(1 / self.coef).value, tuple((k, -p) for k, p in self.powers), self.exprs)
+        return Scale(B.num(1 / self.coef).value, tuple((k, -p) for k, p in self.powers), self.exprs)
 
     @property
     def one(self) -> bool:
@@ -69,14 +69,14 @@ class Scale:
     def scalar(self) -> N.Expr:
         """The factor as one Python-number expression: `coef * a / (b * c)`."""
         num, den = self.parts()
-        out = _product([_num(self.coef)] + num if self.coef != 1 or not num else num)
-        return _bin("/", out, _product(den)) if den else out
+        out = _product([B.num(self.coef)] + num if self.coef != 1 or not num else num)
+        return B.binop("/", out, _product(den)) if den else out
 
 
 def _product(items: list[N.Expr]) -> N.Expr:
     out = items[0]
     for e in items[1:]:
-        out = _bin("*", out, e)
+        out = B.binop("*", out, e)
     return out
 
 
@@ -133,28 +133,28 @@ def float_scale(e: N.Expr, pending: dict[str, Scale], carriers: frozenset[str]) 
     if e.kind != "tensor":
         if isinstance(e, N.Num):
             return Scale(e.value), None
-        key = _key(e)
+        key = B.key(e)
         return Scale(1, ((key, 1),), {key: e}), None
     match e:
         case N.Name(id=name) if name in pending:
             return pending[name], e
         case N.BinOp(op="*", left=l, right=r):
             (sl, rl), (sr, rr) = f(l), f(r)
-            rest = rl if rr is None else rr if rl is None else _bin("*", rl, rr)
+            rest = rl if rr is None else rr if rl is None else B.binop("*", rl, rr)
             return sl * sr, rest
         case N.BinOp(op="/", left=l, right=r):
             (sl, rl), (sr, rr) = f(l), f(r)
             if rr is None:
                 return sl * sr.inverse(), rl
-            return sl * sr.inverse(), _bin("/", rl if rl is not None else _num(1), rr)
+            return sl * sr.inverse(), B.binop("/", rl if rl is not None else B.num(1), rr)
         case N.UnaryOp(op="-", operand=o):
             s, r = f(o)
             return s * Scale(-1), r
         case N.BinOp(op="+" | "-", left=l, right=r):
             (sl, rl), (sr, rr) = f(l), f(r)
             if sl == sr and rl is not None and rr is not None:
-                return sl, _bin(e.op, rl, rr)
-            return Scale(), _bin(e.op, apply_scale(sl, rl), apply_scale(sr, rr))
+                return sl, B.binop(e.op, rl, rr)
+            return Scale(), B.binop(e.op, apply_scale(sl, rl), apply_scale(sr, rr))
         case N.Call(func=func) if func in LINEAR and e.args:
             scale, out = Scale(), N.map_children(e, settle)
             for i in LINEAR[func]:
@@ -181,9 +181,9 @@ def apply_scale(scale: Scale, rest: N.Expr | None) -> N.Expr:
         out.args = [apply_scale(scale, rest.args[0]), *rest.args[1:]]
         return out
     if isinstance(rest, N.BinOp) and rest.op == "/" and _is_one(rest.left):
-        return _bin("/", scale.scalar(), rest.right)  # `c / t`
+        return B.binop("/", scale.scalar(), rest.right)  # `c / t`
     if isinstance(rest, N.BinOp) and rest.op in ("*", "/") and rest.left.kind == "tensor":
-        return _bin(rest.op, apply_scale(scale, rest.left), rest.right)
+        return B.binop(rest.op, apply_scale(scale, rest.left), rest.right)
     num, den = scale.parts()
     if scale.coef in (1, -1) and not num:
         if not den:  # -1
@@ -194,8 +194,8 @@ def apply_scale(scale: Scale, rest: N.Expr | None) -> N.Expr:
         if scale.coef == -1:
             divisor = N.UnaryOp(NOWHERE, "-", divisor)
             divisor.kind = "float"
-        return _bin("/", rest, divisor)
-    return _bin("*", scale.scalar(), rest)
+        return B.binop("/", rest, divisor)
+    return B.binop("*", scale.scalar(), rest)
 
 
 def _is_one(e) -> bool:

@@ -1,0 +1,52 @@
+"""Building IR nodes that the compiler makes (not from a spec): numbers, names, operators, calls.
+
+Every pass that writes new expressions uses these, so a made node always carries the kind the checker
+would have given it.
+"""
+
+from __future__ import annotations
+
+from layerdsl.diagnostics import Span
+from layerdsl.ir import nodes as N
+from layerdsl.ir.nodes import NOWHERE
+
+
+def num(v: int | float) -> N.Num:
+    """A number literal; a float with an integer value becomes an int (`2.0` → `2`)."""
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        v = int(v)
+    n = N.Num(NOWHERE, v, repr(v))
+    n.kind = "float" if isinstance(v, float) else "int"
+    return n
+
+
+def name(var: str, span: Span = NOWHERE, ref: str = "local") -> N.Name:
+    """A tensor-valued name."""
+    n = N.Name(span, var)
+    n.ref, n.kind = ref, "tensor"
+    return n
+
+
+def binop(op: str, left: N.Expr, right: N.Expr) -> N.Expr:
+    """`left op right`: a tensor if either side is one, else a float."""
+    e = N.BinOp(NOWHERE, op, left, right)
+    e.kind = "tensor" if "tensor" in (left.kind, right.kind) else "float"
+    return e
+
+
+def call(func: str, *args: N.Expr, span: Span = NOWHERE) -> N.Call:
+    """`func(*args)`, tensor-valued."""
+    c = N.Call(span, func, span, list(args), [])
+    c.kind = "tensor"
+    return c
+
+
+def key(e: N.Expr) -> str:
+    """A structural key: equal for expressions that compute the same thing."""
+    from layerdsl.codegen.pyexpr import PyExpr, Spelling
+
+    render = PyExpr(
+        Spelling(),
+        call_hook=lambda c, ex: f"{c.func}({', '.join(ex(a) for a in c.args)}; {', '.join(k.name + '=' + ex(k.value) for k in c.kwargs)})",
+    )
+    return render(e)
