@@ -11,7 +11,7 @@ import pytest
 
 from layerdsl.diagnostics import SpecError
 from layerdsl.driver.cli import main
-from layerdsl.tools.fmt.formatter import LIMIT, _parse, _tokens, format_source
+from layerdsl.tools.fmt.formatter import LIMIT, format_source, parse_with_comments, source_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.layer"))
@@ -356,9 +356,9 @@ def test_windows_line_endings_are_normalised():
 
 def _with_random_comments(text: str, rng: random.Random) -> str:
     """Comments (and line breaks) inserted at random places inside brackets and at line ends."""
-    tree, _ = _parse(text)
+    tree, _ = parse_with_comments(text)
     out, pos, depth, n = [], 0, 0, 0
-    for tok in _tokens(tree):
+    for tok in source_tokens(tree):
         out.append(text[pos : tok.end_pos])
         pos = tok.end_pos
         depth += tok.type in ("LPAR", "LSQB")
@@ -387,7 +387,7 @@ def test_random_comments_survive_in_order_and_formatting_is_idempotent(seed):
     rng = random.Random(seed)
     text = _with_random_comments(rng.choice(SPECS).read_text(encoding="utf-8"), rng)
     once = format_source(text)  # checks internally: same tree, same comments in the same order
-    assert [c.text for c in _parse(once)[1]] == [c.text for c in _parse(text)[1]]
+    assert [c.text for c in parse_with_comments(once)[1]] == [c.text for c in parse_with_comments(text)[1]]
     assert format_source(once) == once
 
 

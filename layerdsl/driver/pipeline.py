@@ -111,7 +111,7 @@ def emit_modules(sources: list[Source], files: list[N.SpecFile], program: Progra
     problems: list[Diagnostic] = []
     for src, f in zip(sources, files):
         here = src.out.with_suffix("").parts
-        imports = {name: _relative(here, parts) for name, parts in module_of.items() if parts != here}
+        imports = {name: relative_import(here, parts) for name, parts in module_of.items() if parts != here}
         try:
             outputs[src.out] = emit_file(f, program, src.shown, imports)
         except SpecError as exc:
@@ -121,7 +121,9 @@ def emit_modules(sources: list[Source], files: list[N.SpecFile], program: Progra
     return outputs
 
 
-def _relative(here: tuple[str, ...], target: tuple[str, ...]) -> str:
+def relative_import(here: tuple[str, ...], target: tuple[str, ...]) -> str:
+    """The relative module path from the module `here` to the module `target` (path parts, no suffix):
+    `("a", "b")` → `("a", "c")` is `.c`."""
     package = here[:-1]
     common = 0
     while common < len(package) and common < len(target) - 1 and package[common] == target[common]:

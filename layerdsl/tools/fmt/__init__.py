@@ -1,0 +1,1 @@
+"""`layerdsl fmt`: the canonical layout of `.layer` specs (`formatter`)."""

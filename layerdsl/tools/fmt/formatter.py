@@ -25,21 +25,20 @@ from __future__ import annotations
 
 import bisect
 import difflib
-import functools
 import os
 import re
 import sys
-import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lark import Lark, Token, Tree
+from lark import Token, Tree
 from lark.exceptions import UnexpectedInput
 
-from layerdsl.diagnostics import Diagnostic, Reporter, Span, SpecError
-from layerdsl.resources import resource_dir
-from layerdsl.syntax.parser import GRAMMAR_FILE, _describe_syntax_error, _Layout
+from layerdsl.diagnostics import Diagnostic, Span, SpecError
+from layerdsl.driver.output import write_atomic
+from layerdsl.syntax import normalize_source
+from layerdsl.syntax.errors import syntax_diagnostic
+from layerdsl.syntax.grammar import parse_keeping_tokens
 
 LIMIT = 100  # columns
 STEP = 4  # spaces per indentation level
@@ -53,29 +52,6 @@ class FormatError(Exception):
 
 # ---------------------------------------------------------------- parsing with every token and comment
 
-_lock = threading.Lock()
-_sink: list[Token] = []
-
-
-def _collect(tok: Token) -> Token:
-    _sink.append(tok)
-    return tok
-
-
-@functools.cache
-def _full_parser() -> Lark:
-    grammar = (resource_dir("grammars") / GRAMMAR_FILE).read_text(encoding="utf-8")
-    return Lark(
-        grammar,
-        parser="lalr",
-        lexer="contextual",
-        postlex=_Layout(),
-        keep_all_tokens=True,
-        maybe_placeholders=False,
-        lexer_callbacks={"_NL": _collect, "_BEFORE_ELSE": _collect},
-        cache=True,
-    )
-
 
 @dataclass(eq=False)
 class Comment:
@@ -88,15 +64,9 @@ class Comment:
 _COMMENT = re.compile(r"#[^\n]*")
 
 
-def _parse(text: str) -> tuple[Tree, list[Comment]]:
+def parse_with_comments(text: str) -> tuple[Tree, list[Comment]]:
     """The full tree and every comment, in source order. Raises lark's UnexpectedInput."""
-    with _lock:
-        _sink.clear()
-        try:
-            tree = _full_parser().parse(text)
-            whitespace = list(_sink)
-        finally:
-            _sink.clear()
+    tree, whitespace = parse_keeping_tokens(text)
     comments: dict[int, Comment] = {}
     for tok in whitespace:
         for m in _COMMENT.finditer(tok.value):
@@ -105,7 +75,8 @@ def _parse(text: str) -> tuple[Tree, list[Comment]]:
     return tree, [comments[k] for k in sorted(comments)]
 
 
-def _tokens(tree: Tree) -> list[Token]:
+def source_tokens(tree: Tree) -> list[Token]:
+    """Every token of the full tree but the newlines, in source order."""
     return [t for t in tree.scan_values(lambda v: isinstance(v, Token)) if t.type != "_NL"]
 
 
@@ -182,7 +153,7 @@ class _Builder:
 
     def __init__(self, tree: Tree, comments: list[Comment], source: str):
         self.source = source
-        tokens = _tokens(tree)
+        tokens = source_tokens(tree)
         self.by_id: dict[int, Atom] = {id(t): Atom(t, str(t)) for t in tokens}
         self.eof: list[Comment] = []
         self._attach(tokens, comments)
@@ -613,21 +584,13 @@ def _shape(tree) -> tuple:
     )
 
 
-def _syntax_error(exc: UnexpectedInput, text: str, path: str) -> SpecError:
-    reporter = Reporter(path, text)
-    span, message, hint = _describe_syntax_error(exc, text)
-    reporter.error(span, message, hint)
-    return SpecError(reporter.diagnostics)
-
-
 def format_source(text: str, path: str = "<string>") -> str:
     """The canonical layout of a spec. Raises SpecError (located, like every diagnostic) when it does not parse."""
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    text = normalize_source(text)
     try:
-        tree, comments = _parse(text)
+        tree, comments = parse_with_comments(text)
     except UnexpectedInput as exc:
-        raise _syntax_error(exc, text, path) from None
+        raise SpecError([syntax_diagnostic(exc, path, text)]) from None
     builder = _Builder(tree, comments, text)
     printer = _Printer(builder)
     printer.file(tree)
@@ -641,7 +604,7 @@ def format_source(text: str, path: str = "<string>") -> str:
 
 def _verify(text: str, tree: Tree, comments: list[Comment], out: str) -> None:
     try:
-        tree2, comments2 = _parse(out)
+        tree2, comments2 = parse_with_comments(out)
     except UnexpectedInput as exc:  # pragma: no cover - a formatter bug
         raise FormatError(f"the formatted spec does not parse: {exc}") from None
     if _shape(tree) != _shape(tree2):  # pragma: no cover - a formatter bug
@@ -666,22 +629,10 @@ def _spec_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        try:
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        except OSError:
-            pass
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+def _write_keeping_mode(path: Path, text: str) -> None:
+    mode = path.stat().st_mode & 0o7777
+    write_atomic(path, text)
+    os.chmod(path, mode)  # write_atomic's new file has the temporary file's mode (0600)
 
 
 def run_cli(paths: list[str], check: bool, diff: bool) -> int:
@@ -726,7 +677,7 @@ def run_cli(paths: list[str], check: bool, diff: bool) -> int:
             if not diff:
                 print(f"would reformat {shown}", file=sys.stderr)
         elif not diff:
-            _write_atomically(path, formatted)
+            _write_keeping_mode(path, formatted)
     for d in problems:
         print(d.render(), file=sys.stderr)
     verb = "would be reformatted" if check or diff else "reformatted"

@@ -1,0 +1,452 @@
+"""The Lark tree → IR builder (`nodes.SpecFile`'s layers, or one expression).
+
+The grammar is permissive where a precise message beats a parse error (assignment targets, defaults,
+initialisers, `sub` calls); the builder checks those shapes and reports through the `Reporter`,
+building placeholders (`Invalid`) so that checking can go on.
+"""
+
+from __future__ import annotations
+
+import ast
+import warnings
+
+from lark import Token, Transformer, Tree, v_args
+
+from layerdsl.diagnostics import Reporter, Span, did_you_mean
+from layerdsl.ir import nodes as N
+from layerdsl.language.tables import DTYPES
+
+
+def _span(meta) -> Span:
+    return Span(meta.line, meta.column, meta.end_line, meta.end_column)
+
+
+def _tspan(tok: Token) -> Span:
+    return Span(tok.line, tok.column, tok.end_line, tok.end_column)
+
+
+def _keyword(span: Span, word: str) -> Span:
+    """The span of the keyword that starts a construct."""
+    return Span(span.line, span.col, span.line, span.col + len(word))
+
+
+def _espan(node) -> Span:
+    if isinstance(node, Token):
+        return _tspan(node)
+    return node.span
+
+
+@v_args(meta=True)
+class IRBuilder(Transformer):
+    """Builds IR nodes bottom-up; reports misplaced constructs instead of failing."""
+
+    def __init__(self, reporter: Reporter):
+        super().__init__()
+        self.r = reporter
+
+    def build_expression(self, tree: Tree) -> N.Expr:
+        """The IR of a tree parsed from the `expr` rule: a dotted name at its root (never valid there) is
+        reported like one anywhere else."""
+        expr = self.transform(tree)
+        if isinstance(expr, AttrChain):
+            self._dotted_name(expr)
+            return Invalid(expr.span)
+        return expr
+
+    def _call_userfunc(self, tree, new_children=None):
+        # A dotted name is only valid as what is called (`nn.Conv2d(...)`): anywhere else, report it here
+        # and go on with a placeholder.
+        children = list(tree.children if new_children is None else new_children)
+        for i, child in enumerate(children):
+            if isinstance(child, AttrChain) and not (tree.data in ("call", "attr") and i == 0):
+                if tree.data == "sub":
+                    self.r.error(child.span, "a sub is a call to a layer", f"write `{child.dotted}(...)`")
+                else:
+                    self._dotted_name(child)
+                children[i] = Invalid(child.span)
+        return super()._call_userfunc(tree, children)
+
+    def _dotted_name(self, chain: AttrChain) -> None:
+        base, _, last = chain.dotted.rpartition(".")
+        if chain.dotted.startswith("nn."):
+            self.r.error(
+                chain.span,
+                f"'{chain.dotted}' can only be constructed in a sub",
+                f"write `sub name = {chain.dotted}(...)`",
+            )
+        elif base in ("torch", "math", "F", "np", "numpy"):
+            hint = (
+                f"did you mean '{last}'?"
+                if last in ("pi", "inf")
+                else "specs use the built-in names: see the operation table"
+            )
+            self.r.error(chain.span, f"unknown name '{chain.dotted}'", hint)
+        else:
+            hint = (
+                "write transpose(x, -2, -1)"
+                if last in ("T", "mT")
+                else "dotted names exist only as `nn.X(...)` in a sub"
+            )
+            self.r.error(chain.span, "attribute access is not part of the language", hint)
+
+    # -- file and layer
+
+    def start(self, meta, layers):
+        return [layer for layer in layers if layer is not None]
+
+    def layer(self, meta, items):
+        decorators = [i for i in items if isinstance(i, N.Decorator)]
+        name_tok = next(i for i in items if isinstance(i, Token))
+        layer = N.Layer(
+            name=str(name_tok),
+            span=_tspan(name_tok),
+            path=self.r.path,
+            decorators=decorators,
+            args=[i for i in items if isinstance(i, N.Arg)],
+        )
+        members = [i for i in items if not isinstance(i, (N.Decorator, N.Arg, Token)) and i is not None]
+        for index, member in enumerate(members):
+            self._add_member(layer, member, first=index == 0)
+        if layer.forward is None:
+            self.r.error(layer.span, f"layer '{layer.name}' has no forward", "add `forward(x) { ... return ... }`")
+        return layer
+
+    def _add_member(self, layer: N.Layer, member, first: bool) -> None:
+        match member:
+            case ("docstring", span, text):
+                if not first:
+                    self.r.error(
+                        span,
+                        "a docstring may only be the first item of a layer's body",
+                        "move it to the top of the body",
+                    )
+                layer.docstring = text
+            case N.Tensor():
+                layer.tensors.append(member)
+            case N.Sub():
+                layer.subs.append(member)
+            case N.Let():
+                layer.lets.append(member)
+            case list():  # example(...)
+                layer.examples.extend(member)
+            case N.Forward():
+                if layer.forward is not None:
+                    first = layer.forward.span
+                    self.r.error(
+                        _keyword(member.span, "forward"),
+                        f"layer '{layer.name}' has a second forward",
+                        f"a layer has exactly one; the first is at line {first.line}",
+                    )
+                else:
+                    layer.forward = member
+            case N.Backward():
+                if layer.backward is not None:
+                    first = layer.backward.span
+                    self.r.error(
+                        _keyword(member.span, "backward"),
+                        f"layer '{layer.name}' has a second backward",
+                        f"a layer has at most one; the first is at line {first.line}",
+                    )
+                else:
+                    layer.backward = member
+
+    def decorator(self, meta, items):
+        name, callargs = items
+        args, kwargs = callargs if callargs is not None else ([], [])
+        return N.Decorator(str(name), _span(meta), args, kwargs)
+
+    def argdef(self, meta, items):
+        name, type_tok, default = items
+        return N.Arg(str(name), _tspan(name), str(type_tok), _tspan(type_tok), default)
+
+    def docstring(self, meta, items):
+        s = self.string(meta, items)
+        return ("docstring", s.span, s.value)
+
+    def param(self, meta, items):
+        name, shape, init, cond = items
+        return N.Tensor("param", str(name), _tspan(name), "float", shape, self._init(init), cond)
+
+    def buffer(self, meta, items):
+        transient, name, dtype, shape, init, cond = items
+        return N.Tensor(
+            "buffer",
+            str(name),
+            _tspan(name),
+            self._dtype(dtype),
+            shape,
+            self._init(init),
+            cond,
+            persistent=transient is None,
+        )
+
+    def _init(self, expr) -> N.Init | None:
+        match expr:
+            case None | Invalid() | N.Call(func="?"):  # nothing, or already reported
+                return None
+            case N.Name(id=name, span=span):
+                return N.Init(name, span, [], [])
+            case N.Call(func=name, func_span=span, args=args, kwargs=kwargs) if "." not in name:
+                return N.Init(name, span, args, kwargs)
+        self.r.error(expr.span, "an initialiser is a name or a call", "e.g. `= zeros` or `= normal(0, 0.02)`")
+        return None
+
+    def sub(self, meta, items):
+        name, expr = items
+        if not isinstance(expr, N.Call):
+            if not isinstance(expr, Invalid):
+                self.r.error(
+                    expr.span,
+                    "a sub is a call to a layer",
+                    "e.g. `sub fc = Linear(in_features, 10)` or `sub act = nn.ReLU()`",
+                )
+            expr = N.Call(expr.span, "?", expr.span, [], [])
+        return N.Sub(str(name), _tspan(name), expr)
+
+    def let(self, meta, items):
+        name, expr = items
+        return N.Let(str(name), _tspan(name), expr)
+
+    def example(self, meta, items):
+        (callargs,) = items
+        args, kwargs = callargs if callargs is not None else ([], [])
+        for a in args:
+            self.r.error(a.span, "example values are named", "write `example(in_features = 5)`")
+        return [N.ExampleValue(k.name, k.span, k.value) for k in kwargs]
+
+    def forward(self, meta, items):
+        *inputs, outputs, body = items
+        return N.Forward(_span(meta), [i for i in inputs if i is not None], outputs, body)
+
+    def backward(self, meta, items):
+        *names, body = items
+        return N.Backward(_span(meta), [(str(n), _tspan(n)) for n in names if n is not None], body)
+
+    def input(self, meta, items):
+        name, dtype, shape = items
+        return N.Input(str(name), _tspan(name), self._dtype(dtype), shape)
+
+    def _dtype(self, tok: Token | None) -> str:
+        if tok is None:
+            return "float"
+        if str(tok) not in DTYPES:
+            hint = did_you_mean(str(tok), DTYPES) or "dtypes are float, long, int and bool"
+            self.r.error(_tspan(tok), f"unknown dtype '{tok}'", hint)
+        return str(tok)
+
+    def outputs(self, meta, items):
+        return [s for s in items if s is not None]
+
+    def shape(self, meta, items):
+        dims = [self._ellipsis(d) for d in items if d is not None]
+        return N.Shape(_span(meta), dims)
+
+    def _ellipsis(self, item):
+        if isinstance(item, Token) and item.type == "ELLIPSIS":
+            return N.EllipsisItem(_tspan(item))
+        return item
+
+    # -- statements
+
+    def block(self, meta, items):
+        return [s for s in items if s is not None]
+
+    def assign(self, meta, items):
+        target, value = items
+        match target:
+            case N.Name(id=name, span=span):
+                return N.Assign(_span(meta), name, span, value)
+            case N.Subscript(value=N.Name(id=name, span=span), items=idx):
+                indices = [i for i in idx if isinstance(i, N.Name)]
+                for i in idx:
+                    if not isinstance(i, N.Name):
+                        span_i = i.span
+                        self.r.error(
+                            span_i,
+                            "the left side of an index statement holds bare index names",
+                            "write e.g. `y[b, k] = ...`",
+                        )
+                return N.IndexAssign(_span(meta), name, span, indices, value)
+        if not isinstance(target, Invalid):
+            self.r.error(
+                target.span,
+                "cannot assign to this",
+                "assign to a name: `y = ...`, or in index notation: `y[b, k] = ...`",
+            )
+        return None
+
+    def update(self, meta, items):
+        name, value = items
+        return N.Update(_span(meta), str(name), _tspan(name), value)
+
+    def if_stmt(self, meta, items):
+        cond, body, orelse = items
+        if isinstance(orelse, N.If):
+            orelse = [orelse]
+        return N.If(_span(meta), cond, body, orelse or [])
+
+    def return_stmt(self, meta, items):
+        return N.Return(_span(meta), [v for v in items if v is not None])
+
+    def grad(self, meta, items):
+        name, value = items
+        return N.Grad(_span(meta), str(name), _tspan(name), value)
+
+    # -- expressions
+
+    def or_(self, meta, items):
+        return N.BoolOp(_span(meta), "or", items[0], items[1])
+
+    def and_(self, meta, items):
+        return N.BoolOp(_span(meta), "and", items[0], items[1])
+
+    def not_(self, meta, items):
+        return N.Not(_span(meta), items[0])
+
+    def compare(self, meta, items):
+        return N.Compare(_span(meta), [str(t) for t in items[1::2]], items[0::2])
+
+    def binop(self, meta, items):
+        left, op, right = items
+        return N.BinOp(_span(meta), str(op), left, right)
+
+    def pow(self, meta, items):
+        left, right = items
+        return N.BinOp(_span(meta), "**", left, right)
+
+    def unary(self, meta, items):
+        op, operand = items
+        if isinstance(operand, N.Num) and str(op) == "-":
+            return N.Num(_span(meta), -operand.value, "-" + operand.text)
+        return N.UnaryOp(_span(meta), str(op), operand)
+
+    def call(self, meta, items):
+        func, callargs = items
+        args, kwargs = callargs if callargs is not None else ([], [])
+        match func:
+            case N.Name(id=name, span=span):
+                return N.Call(_span(meta), name, span, args, kwargs)
+            case N.Subscript(value=N.Name(id=name), items=idx) if name in ("sum", "mean", "amax", "amin"):
+                return self._reduce(meta, name, idx, args, kwargs)
+            case AttrChain(dotted=dotted, span=span):
+                return N.Call(_span(meta), dotted, span, args, kwargs)
+        match func:
+            case N.Call(func=inner) if inner.startswith("nn."):
+                self.r.error(
+                    func.span,
+                    f"'{inner}' can only be constructed in a sub",
+                    f"declare `sub name = {inner}(...)` and call `name(x)`",
+                )
+            case Invalid():
+                pass  # already reported
+            case _:
+                self.r.error(func.span, "only operations and subs can be called", "write e.g. `relu(x)` or `layer1(x)`")
+        return N.Call(_span(meta), "?", func.span, args, kwargs)
+
+    def _reduce(self, meta, name, idx, args, kwargs):
+        indices = []
+        for i in idx:
+            if isinstance(i, N.Name):
+                indices.append(i)
+            else:
+                self.r.error(_espan(i), f"a {name}[...] reduction lists bare index names")
+        if len(args) != 1 or kwargs:
+            self.r.error(_span(meta), f"{name}[...](...) takes exactly one argument")
+        body = args[0] if args else N.Num(_span(meta), 0, "0")
+        return N.Reduce(_span(meta), name, indices, body)
+
+    def subscript(self, meta, items):
+        value, subs = items
+        return N.Subscript(_span(meta), value, subs)
+
+    def subscripts(self, meta, items):
+        return [self._ellipsis(i) for i in items if i is not None]
+
+    def slice(self, meta, items):
+        # The grammar keeps the colons (`!slice`), so that even `:` alone has a position.
+        lower, _colon, upper, _colon2, step = items
+        return N.Slice(_span(meta), lower, upper, step)
+
+    def attr(self, meta, items):
+        value, name = items
+        match value:
+            case N.Name(id=base):
+                return AttrChain(_span(meta), f"{base}.{name}")
+            case AttrChain(dotted=base):
+                return AttrChain(_span(meta), f"{base}.{name}")
+        self.r.error(
+            _span(meta),
+            "attribute access is not part of the language",
+            "dotted names exist only as `nn.X(...)` in a sub",
+        )
+        return Invalid(_span(meta))
+
+    def name(self, meta, items):
+        (tok,) = items
+        return N.Name(_tspan(tok), str(tok))
+
+    def number(self, meta, items):
+        (tok,) = items
+        text = str(tok)
+        is_float = any(c in text for c in ".eE")
+        return N.Num(_tspan(tok), float(text) if is_float else int(text), text)
+
+    def string(self, meta, items):
+        (tok,) = items
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                value = ast.literal_eval(str(tok))
+        except (SyntaxError, ValueError) as exc:
+            self.r.error(_tspan(tok), f"invalid string: {exc.msg if isinstance(exc, SyntaxError) else exc}")
+            value = ""
+        for w in caught:  # Python keeps an unknown escape's backslash but warns that it will not for long
+            if issubclass(w.category, (DeprecationWarning, SyntaxWarning)):
+                self.r.error(_tspan(tok), str(w.message), "write `\\\\` for a backslash")
+                break
+        return N.Str(_tspan(tok), value)
+
+    def true(self, meta, items):
+        return N.Bool(_span(meta), True)
+
+    def false(self, meta, items):
+        return N.Bool(_span(meta), False)
+
+    def none(self, meta, items):
+        return N.NoneLit(_span(meta))
+
+    def list(self, meta, items):
+        return N.ListExpr(_span(meta), [i for i in items if i is not None])
+
+    def callargs(self, meta, items):
+        args, kwargs = [], []
+        for item in items:
+            if isinstance(item, N.Keyword):
+                kwargs.append(item)
+            elif kwargs:
+                self.r.error(item.span, "positional argument after a keyword argument")
+            else:
+                args.append(item)
+        return args, kwargs
+
+    def kwarg(self, meta, items):
+        name, value = items
+        return N.Keyword(str(name), value, _tspan(name))
+
+    def __default__(self, data, children, meta):  # pragma: no cover - every rule has a method
+        raise AssertionError(f"no builder for rule {data}")
+
+
+class Invalid(N.Expr):
+    """Stands in for an expression the parser already reported, so that checking can go on; it has no
+    kind, so it never causes a follow-on error."""
+
+
+class AttrChain(N.Expr):
+    """A dotted name while it is being built (`nn.Conv2d`); only valid as the callee of a call."""
+
+    def __init__(self, span: Span, dotted: str):
+        super().__init__(span)
+        self.dotted = dotted
+
+    __match_args__ = ("span", "dotted")

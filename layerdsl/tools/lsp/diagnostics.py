@@ -1,0 +1,77 @@
+"""Diagnostics: the analysis's diagnostics as LSP diagnostics, published for a document and for the
+open documents that may depend on it."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from lsprotocol import types as T
+
+from layerdsl.diagnostics import Diagnostic
+from layerdsl.tools.lsp.documents import LayerServer
+from layerdsl.tools.lsp.positions import to_range
+
+log = logging.getLogger(__name__)
+
+SOURCE = "layerdsl"
+
+
+def lsp_diagnostic(d: Diagnostic, text: str, codec) -> T.Diagnostic:
+    message = d.message + (f"\nhint: {d.hint}" if d.hint else "")
+    severity = T.DiagnosticSeverity.Warning if d.severity == "warning" else T.DiagnosticSeverity.Error
+    return T.Diagnostic(range=to_range(d.span, text, codec), message=message, severity=severity, source=SOURCE)
+
+
+def publish(ls: LayerServer, uri: str, force: bool = True) -> None:
+    """Publish the document's diagnostics (unless `force` is False and they have not changed)."""
+    try:
+        a = ls.analyze(uri)
+        diagnostics = [lsp_diagnostic(d, a.text, ls.codec()) for d in a.diagnostics]
+        version = a.version
+    except Exception as exc:
+        log.error("diagnostics failed:\n%s", traceback.format_exc())
+        diagnostics = [
+            T.Diagnostic(
+                T.Range(T.Position(0, 0), T.Position(0, 1)),
+                f"layerdsl internal error: {exc}",
+                severity=T.DiagnosticSeverity.Error,
+                source=SOURCE,
+            )
+        ]
+        version = None
+    key = [
+        (d.range.start.line, d.range.start.character, d.range.end.line, d.range.end.character, d.message)
+        for d in diagnostics
+    ]
+    if not force and ls.published.get(uri) == key:
+        return
+    ls.published[uri] = key
+    ls.text_document_publish_diagnostics(T.PublishDiagnosticsParams(uri=uri, diagnostics=diagnostics, version=version))
+
+
+def publish_others(ls: LayerServer, uri: str) -> None:
+    for other in list(ls.workspace.text_documents):
+        if other != uri and other.endswith(".layer"):
+            publish(ls, other, force=False)
+
+
+def republish(ls: LayerServer, uri: str) -> None:
+    """A document changed: diagnostics for it and for the open documents that may depend on it."""
+    ls.generation += 1
+    publish(ls, uri)
+    publish_others(ls, uri)
+
+
+def publish_all(ls: LayerServer) -> None:
+    """Files on disk changed: diagnostics for every open document whose diagnostics changed."""
+    ls.generation += 1
+    ls.forget_scans()
+    for uri in list(ls.workspace.text_documents):
+        publish(ls, uri, force=False)
+
+
+def clear(ls: LayerServer, uri: str) -> None:
+    """The document was closed: forget it and clear its diagnostics."""
+    ls.forget(uri)
+    ls.text_document_publish_diagnostics(T.PublishDiagnosticsParams(uri=uri, diagnostics=[]))
