@@ -479,6 +479,15 @@ def test_fmt_rewrites_files_in_place(tmp_path: Path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["ugly.layer"]  # no temporary files left behind
 
 
+def test_fmt_keeps_the_files_mode(tmp_path: Path):
+    ugly = tmp_path / "ugly.layer"
+    ugly.write_text(UGLY, encoding="utf-8")
+    ugly.chmod(0o640)
+    assert main(["fmt", str(ugly)]) == 0
+    assert ugly.read_text(encoding="utf-8") == format_source(UGLY)
+    assert ugly.stat().st_mode & 0o7777 == 0o640
+
+
 def test_fmt_reports_a_syntax_error_and_leaves_the_file_untouched(tmp_path: Path, capsys):
     broken = tmp_path / "broken.layer"
     source = "layer B(n: int) {\n    param w: [n] = \n}\n"

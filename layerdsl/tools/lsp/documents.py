@@ -167,10 +167,7 @@ class LayerServer(LanguageServer):
         hit = self._parsed.get(path)
         if hit is not None and hit[0] == text:
             return hit[1]
-        try:
-            spec, diags, _ = parse_document(path, text)
-        except Exception:
-            spec, diags = None, [None]
+        spec, diags, _ = parse_document(path, text)
         spec = spec if spec is not None and not diags else None
         self._parsed[path] = (text, spec)
         return spec
@@ -270,11 +267,7 @@ class LayerServer(LanguageServer):
 
     def _analyze(self, uri: str, version: int | None, text: str) -> Analysis:
         path = os.path.abspath(to_fs_path(uri) or uri)
-        try:
-            spec, diagnostics, tree = parse_document(path, text)
-        except Exception as exc:
-            log.error("parse failed:\n%s", traceback.format_exc())
-            return Analysis(uri, version, path, text, None, [_internal(path, text, exc)])
+        spec, diagnostics, tree = parse_document(path, text)
         analysis = Analysis(uri, version, path, text, spec, list(diagnostics))
         try:
             ws = self.workset(path, text, spec)
