@@ -1,9 +1,10 @@
 """Run-time checks of generated layers, shared by the test suite and `layerdsl test`.
 
 Each check builds a layer from its spec's `example`, feeds it inputs whose symbolic dims get distinct
-small sizes (so a transposition cannot hide), and asserts one property: declared output shapes,
+small sizes (so a transposition cannot hide), and checks one property: declared output shapes,
 gradcheck in float64, state_dict round trip, hooks, reproducible initialisation, repr, and for
-`@function` layers gradgradcheck and agreement with the plain autograd form. This module imports torch;
+`@function` layers gradgradcheck and agreement with the plain autograd form. A verdict is a raised
+`CheckFailed`, never an `assert`, so the checks still fail under `python -O`. This module imports torch;
 `layerdsl gen` never imports it.
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.autograd.gradcheck import GradcheckError
 
 from layerdsl.codegen.module import snake_case
 from layerdsl.ir import nodes as N
@@ -28,6 +30,12 @@ class Skip(Exception):
     """A check that does not apply here (no GPU, no parameters, ...)."""
 
 
+class CheckFailed(AssertionError):
+    """A generated layer does not have the property a check looks for; the message says what differs.
+
+    An AssertionError, so that pytest reports it as a failed assertion."""
+
+
 @dataclass
 class Case:
     """One layer of a spec, with what the checks need to build and feed it."""
@@ -38,6 +46,13 @@ class Case:
     @property
     def name(self) -> str:
         return self.layer.name
+
+    @property
+    def forward(self) -> N.Forward:
+        """The layer's forward, which every checked layer has (the parser reports a layer without one)."""
+        if self.layer.forward is None:
+            raise ValueError(f"layer {self.name} has no forward")
+        return self.layer.forward
 
     def example(self) -> dict:
         return {e.name: e.value for e in self.layer.examples}
@@ -72,7 +87,7 @@ class Case:
     @property
     def surrogate(self) -> str | None:
         dec = self.layer.decorator("surrogate")
-        return dec.args[0].value if dec else None
+        return literal_value(dec.args[0]) if dec else None
 
 
 def cases(files: list[N.SpecFile], sources) -> list[Case]:
@@ -142,7 +157,7 @@ def inputs(case: Case, dtype=torch.float64, device="cpu", seed: int = 1, require
     ex = case.example()
     gen = torch.Generator().manual_seed(seed)
     tensors = []
-    for inp in case.layer.forward.inputs:
+    for inp in case.forward.inputs:
         shape = shape_of(inp.shape, env, lead)
         if inp.dtype == "bool":
             t = torch.rand(shape, generator=gen) > 0.5
@@ -156,7 +171,9 @@ def inputs(case: Case, dtype=torch.float64, device="cpu", seed: int = 1, require
 
 
 def _sample(dist: N.Expr | None, shape, gen) -> torch.Tensor:
-    if dist is None:
+    """Values from the example's `uniform(lo, hi)` or `normal(mean, std)` (the only example inputs the
+    checker accepts), else from a standard normal."""
+    if not isinstance(dist, N.Call):
         return torch.randn(shape, generator=gen, dtype=torch.float64)
     values = [literal_value(a) for a in dist.args] + [literal_value(k.value) for k in dist.kwargs]
     if dist.func == "uniform":
@@ -167,7 +184,7 @@ def _sample(dist: N.Expr | None, shape, gen) -> torch.Tensor:
 
 
 def expected_output_shapes(case: Case) -> list[tuple[int, ...]] | None:
-    outputs = case.layer.forward.outputs
+    outputs = case.forward.outputs
     if outputs is None:
         return None
     env = {**case.args(), **case.dims()}
@@ -179,7 +196,7 @@ def as_tuple(out) -> tuple:
 
 
 def uses_randomness(case: Case) -> bool:
-    return any(isinstance(n, N.Call) and n.func == "dropout" for s in case.layer.forward.body for n in N.walk(s))
+    return any(isinstance(n, N.Call) and n.func == "dropout" for s in case.forward.body for n in N.walk(s))
 
 
 # ------------------------------------------------------------------ the checks
@@ -192,7 +209,8 @@ def check_shapes(case: Case, package: str, device="cpu"):
     if expected is None:
         raise Skip("forward declares no output shapes")
     got = [tuple(o.shape) for o in outs]
-    assert got == expected, f"output shapes {got}, declared {expected}"
+    if got != expected:
+        raise CheckFailed(f"output shapes {got}, declared {expected}")
     return f"{got}"
 
 
@@ -221,7 +239,7 @@ def check_gradcheck(case: Case, package: str, device="cpu"):
         raise Skip("nothing to differentiate")
     n = sum(a.numel() for a in args if a.requires_grad)
     # Big layers (LeNet has 61k parameters) take gradcheck's fast mode: a random projection of the Jacobian.
-    assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=n > 2000)
+    _gradcheck(torch.autograd.gradcheck, fn, args, fast_mode=n > 2000)
     return f"{n} elements" + (" (fast mode)" if n > 2000 else "")
 
 
@@ -237,8 +255,16 @@ def check_gradgradcheck(case: Case, package: str, device="cpu"):
     xs = inputs(case, device=device, requires_grad=True)
     fn = _gradcheck_fn(m, list(params))
     args = (*xs, *(p.detach().requires_grad_(True) for p in params.values()))
-    assert torch.autograd.gradgradcheck(fn, args, eps=1e-6, atol=1e-5, rtol=1e-4)
+    _gradcheck(torch.autograd.gradgradcheck, fn, args)
     return "ok"
+
+
+def _gradcheck(check, fn, args, **options) -> None:
+    """Run torch's gradcheck or gradgradcheck, its GradcheckError becoming a CheckFailed."""
+    try:
+        check(fn, args, eps=1e-6, atol=1e-5, rtol=1e-4, **options)
+    except GradcheckError as exc:
+        raise CheckFailed(str(exc)) from exc
 
 
 def check_state_dict(case: Case, package: str, device="cpu"):
@@ -247,17 +273,16 @@ def check_state_dict(case: Case, package: str, device="cpu"):
     fresh.load_state_dict(m.state_dict())
     keys = set(m.state_dict())
     own = {k for k in keys if "." not in k}
-    assert own == {
-        t.name for t in case.layer.tensors if t.persistent and _present(m, t)
-    }, f"state_dict keys {sorted(own)}"
+    if own != {t.name for t in case.layer.tensors if t.persistent and _present(m, t)}:
+        raise CheckFailed(f"state_dict keys {sorted(own)}")
     m.eval(), fresh.eval()
     xs = inputs(case)
     torch.manual_seed(5)
     a = as_tuple(m(*xs))
     torch.manual_seed(5)
     b = as_tuple(fresh(*xs))
-    for x, y in zip(a, b):
-        assert torch.equal(x, y), "outputs differ after load_state_dict"
+    if not all(torch.equal(x, y) for x, y in zip(a, b)):
+        raise CheckFailed("outputs differ after load_state_dict")
     return f"{len(keys)} keys"
 
 
@@ -271,9 +296,10 @@ def check_hooks(case: Case, package: str, device="cpu"):
     handle = m.register_forward_hook(lambda mod, args, out: seen.append(out))
     out = m(*inputs(case))
     handle.remove()
-    assert len(seen) == 1, "forward hook did not fire once"
-    for x, y in zip(as_tuple(seen[0]), as_tuple(out)):
-        assert x is y
+    if len(seen) != 1:
+        raise CheckFailed(f"forward hook fired {len(seen)} times, not once")
+    if not all(x is y for x, y in zip(as_tuple(seen[0]), as_tuple(out))):
+        raise CheckFailed("forward hook saw other tensors than forward returned")
     return "fired"
 
 
@@ -281,7 +307,8 @@ def check_reset(case: Case, package: str, device="cpu"):
     m1 = build(case, package, seed=7)
     m2 = build(case, package, seed=7)
     for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
-        assert torch.equal(a, b), f"{k} differs between two builds under the same seed"
+        if not torch.equal(a, b):
+            raise CheckFailed(f"{k} differs between two builds under the same seed")
     own = [t.name for t in case.layer.tensors if _present(m1, t)]
     with torch.no_grad():
         for name in own:
@@ -290,9 +317,8 @@ def check_reset(case: Case, package: str, device="cpu"):
     torch.manual_seed(7)
     m1.reset_parameters()
     for name in own:
-        assert torch.equal(
-            getattr(m1, name), getattr(m2, name)
-        ), f"reset_parameters under a seed does not reproduce {name}"
+        if not torch.equal(getattr(m1, name), getattr(m2, name)):
+            raise CheckFailed(f"reset_parameters under a seed does not reproduce {name}")
     return f"{len(own)} tensors"
 
 
@@ -301,7 +327,8 @@ def check_repr(case: Case, package: str, device="cpu"):
     text = repr(m)
     for name, value in case.args().items():
         shown = f"{name}={value!r}" if isinstance(value, str) else f"{name}="
-        assert shown in text, f"repr lacks {shown!r}: {text}"
+        if shown not in text:
+            raise CheckFailed(f"repr lacks {shown!r}: {text}")
     return text.splitlines()[0]
 
 
@@ -330,10 +357,8 @@ def check_surrogate(case: Case, package: str, device="cpu"):
     targets = [x for x in xs if x.requires_grad] + [p for p in m.parameters()]
     got = torch.autograd.grad(outs, targets, grads, allow_unused=True)
     for t, g in zip(targets, got):
-        if g is not None:
-            assert (
-                g.shape == t.shape and g.dtype == t.dtype
-            ), f"gradient {tuple(g.shape)} {g.dtype} for {tuple(t.shape)} {t.dtype}"
+        if g is not None and (g.shape != t.shape or g.dtype != t.dtype):
+            raise CheckFailed(f"gradient {tuple(g.shape)} {g.dtype} for {tuple(t.shape)} {t.dtype}")
     return f"backward ran ({case.surrogate})"
 
 
@@ -347,7 +372,7 @@ def _always(case: Case) -> bool:
 
 # name -> (check, which layers it applies to)
 CHECKS = {
-    "shapes": (check_shapes, lambda c: c.layer.forward.outputs is not None),
+    "shapes": (check_shapes, lambda c: c.forward.outputs is not None),
     "gradcheck": (check_gradcheck, lambda c: not c.surrogate),
     "gradcheck-cuda": (lambda c, p: check_gradcheck(c, p, device="cuda"), lambda c: not c.surrogate),
     "gradgradcheck": (check_gradgradcheck, lambda c: c.is_function and not c.surrogate),
@@ -374,8 +399,8 @@ def run_check(name: str, case: Case, package: str) -> tuple[str, str]:
         return "ok", str(detail)
     except Skip as exc:
         return "skip", str(exc)
-    except AssertionError as exc:
-        return "FAIL", str(exc) or "assertion failed"
+    except CheckFailed as exc:
+        return "FAIL", str(exc)
     except Exception as exc:  # a generated layer that raises is a failed check, shown in the table
         return "FAIL", f"{type(exc).__name__}: {exc}"
 
