@@ -105,7 +105,7 @@ def _report_internal_error(exc: Exception) -> None:
     )
 
 
-def cmd_gen(args) -> int:
+def cmd_gen(args: argparse.Namespace) -> int:
     from layerdsl.driver.output import RefusedOverwrite, apply, plan
     from layerdsl.driver.pipeline import generate
 
@@ -130,7 +130,7 @@ def cmd_gen(args) -> int:
     return EXIT_OK
 
 
-def cmd_check(args) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
     from layerdsl.driver.pipeline import check, emit_modules
 
     sources, files, program = check(args.paths)
@@ -140,7 +140,7 @@ def cmd_check(args) -> int:
     return EXIT_OK
 
 
-def cmd_show(args) -> int:
+def cmd_show(args: argparse.Namespace) -> int:
     from layerdsl.driver.pipeline import generate
 
     spec = Path(args.spec)
@@ -161,19 +161,19 @@ def cmd_show(args) -> int:
     return EXIT_OK
 
 
-def cmd_test(args) -> int:
+def cmd_test(args: argparse.Namespace) -> int:
     from layerdsl.testing.layer_checks import run_cli
 
     return run_cli(args.paths, args.device)
 
 
-def cmd_fmt(args) -> int:
+def cmd_fmt(args: argparse.Namespace) -> int:
     from layerdsl.tools.fmt.formatter import run_cli
 
     return run_cli(args.paths, check=args.check, diff=args.diff)
 
 
-def cmd_lsp(args) -> int:
+def cmd_lsp(args: argparse.Namespace) -> int:
     from layerdsl.tools.lsp.server import serve
 
     serve()

@@ -13,13 +13,16 @@ from __future__ import annotations
 import importlib
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.autograd.gradcheck import GradcheckError
 
 from layerdsl.codegen.module import snake_case
+from layerdsl.driver.pipeline import Source
 from layerdsl.ir import nodes as N
 from layerdsl.semantics.checker import literal_value
 
@@ -90,7 +93,7 @@ class Case:
         return literal_value(dec.args[0]) if dec else None
 
 
-def cases(files: list[N.SpecFile], sources) -> list[Case]:
+def cases(files: list[N.SpecFile], sources: list[Source]) -> list[Case]:
     out = []
     for src, f in zip(sources, files):
         module = ".".join(src.out.with_suffix("").parts)
@@ -101,15 +104,17 @@ def cases(files: list[N.SpecFile], sources) -> list[Case]:
 # ------------------------------------------------------------------ building and feeding
 
 
-def layer_class(case: Case, package: str):
+def layer_class(case: Case, package: str) -> type[torch.nn.Module]:
     return getattr(importlib.import_module(f"{package}.{case.module}"), case.name)
 
 
-def functional_form(case: Case, package: str):
+def functional_form(case: Case, package: str) -> Callable[..., Any] | None:
     return getattr(importlib.import_module(f"{package}.{case.module}"), snake_case(case.name), None)
 
 
-def build(case: Case, package: str, dtype=torch.float64, device="cpu", seed: int = 0):
+def build(
+    case: Case, package: str, dtype: torch.dtype = torch.float64, device: str = "cpu", seed: int = 0
+) -> torch.nn.Module:
     torch.manual_seed(seed)
     return layer_class(case, package)(**case.args(), device=device, dtype=dtype)
 
@@ -202,7 +207,7 @@ def uses_randomness(case: Case) -> bool:
 # ------------------------------------------------------------------ the checks
 
 
-def check_shapes(case: Case, package: str, device="cpu"):
+def check_shapes(case: Case, package: str, device: str = "cpu") -> str:
     m = build(case, package, device=device)
     outs = as_tuple(m(*inputs(case, device=device)))
     expected = expected_output_shapes(case)
@@ -223,7 +228,7 @@ def _gradcheck_fn(module, names):
     return fn
 
 
-def check_gradcheck(case: Case, package: str, device="cpu"):
+def check_gradcheck(case: Case, package: str, device: str = "cpu") -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise Skip("no CUDA device on this machine")
     if case.surrogate:
@@ -243,7 +248,7 @@ def check_gradcheck(case: Case, package: str, device="cpu"):
     return f"{n} elements" + (" (fast mode)" if n > 2000 else "")
 
 
-def check_gradgradcheck(case: Case, package: str, device="cpu"):
+def check_gradgradcheck(case: Case, package: str, device: str = "cpu") -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise Skip("no CUDA device on this machine")
     if not case.is_function:
@@ -267,7 +272,7 @@ def _gradcheck(check, fn, args, **options) -> None:
         raise CheckFailed(str(exc)) from exc
 
 
-def check_state_dict(case: Case, package: str, device="cpu"):
+def check_state_dict(case: Case, package: str, device: str = "cpu") -> str:
     m = build(case, package, seed=0)
     fresh = build(case, package, seed=123)
     fresh.load_state_dict(m.state_dict())
@@ -290,7 +295,7 @@ def _present(m, t) -> bool:
     return getattr(m, t.name, None) is not None
 
 
-def check_hooks(case: Case, package: str, device="cpu"):
+def check_hooks(case: Case, package: str, device: str = "cpu") -> str:
     m = build(case, package)
     seen = []
     handle = m.register_forward_hook(lambda mod, args, out: seen.append(out))
@@ -303,7 +308,7 @@ def check_hooks(case: Case, package: str, device="cpu"):
     return "fired"
 
 
-def check_reset(case: Case, package: str, device="cpu"):
+def check_reset(case: Case, package: str, device: str = "cpu") -> str:
     m1 = build(case, package, seed=7)
     m2 = build(case, package, seed=7)
     for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
@@ -314,15 +319,18 @@ def check_reset(case: Case, package: str, device="cpu"):
         for name in own:
             getattr(m1, name).fill_(13)
     # Construction draws exactly what reset_parameters draws: the same seed must give the same values.
+    reset = getattr(m1, "reset_parameters", None)
+    if not callable(reset):
+        raise CheckFailed("the layer has no reset_parameters()")
     torch.manual_seed(7)
-    m1.reset_parameters()
+    reset()
     for name in own:
         if not torch.equal(getattr(m1, name), getattr(m2, name)):
             raise CheckFailed(f"reset_parameters under a seed does not reproduce {name}")
     return f"{len(own)} tensors"
 
 
-def check_repr(case: Case, package: str, device="cpu"):
+def check_repr(case: Case, package: str, device: str = "cpu") -> str:
     m = build(case, package)
     text = repr(m)
     for name, value in case.args().items():
@@ -332,7 +340,7 @@ def check_repr(case: Case, package: str, device="cpu"):
     return text.splitlines()[0]
 
 
-def check_function_matches_autograd(case: Case, package: str, device="cpu"):
+def check_function_matches_autograd(case: Case, package: str, device: str = "cpu") -> str:
     """The Function's outputs and gradients equal the plain functional form's (1e-10)."""
     if not case.is_function:
         raise Skip("not a @function layer")
@@ -347,7 +355,7 @@ def check_function_matches_autograd(case: Case, package: str, device="cpu"):
     return compare_with_functional(case, m, functional, inputs)
 
 
-def check_surrogate(case: Case, package: str, device="cpu"):
+def check_surrogate(case: Case, package: str, device: str = "cpu") -> str:
     if not case.surrogate:
         raise Skip("not a surrogate")
     m = build(case, package)
@@ -408,7 +416,7 @@ def run_check(name: str, case: Case, package: str) -> tuple[str, str]:
 # ------------------------------------------------------------------ `layerdsl test`
 
 
-def generate_package(paths: list[str], root: Path, package: str = "layerdsl_under_test"):
+def generate_package(paths: list[str], root: Path, package: str = "layerdsl_under_test") -> list[Case]:
     from layerdsl.driver.output import apply, plan
     from layerdsl.driver.pipeline import check, generate
 
