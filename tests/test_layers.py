@@ -1,4 +1,4 @@
-"""Every layer of every shipped spec, through every check that applies to it (see layerdsl/checks.py)."""
+"""Every layer of every shipped spec, through every check that applies to it (see layerdsl/testing/layer_checks.py)."""
 
 from __future__ import annotations
 

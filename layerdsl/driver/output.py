@@ -1,13 +1,13 @@
-"""Writing generated files: atomically, only over files layerdsl generated, removing stale ones."""
+"""Writing files: the one atomic writer (used by `gen` and `fmt`), and `gen`'s plan of what to write: only
+over files layerdsl generated, removing stale ones."""
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from layerdsl.codegen.module import HEADER_PREFIX
 
 
 class RefusedOverwrite(Exception):
@@ -20,12 +20,17 @@ class RefusedOverwrite(Exception):
 
 @dataclass
 class Plan:
+    """What `gen` will do to the output folder."""
+
     write: dict[Path, str] = field(default_factory=dict)  # absolute path -> content (new or changed)
     remove: list[Path] = field(default_factory=list)  # generated files whose spec is gone
     unchanged: int = 0
 
 
 def is_generated(path: Path) -> bool:
+    """Whether `path` starts with the header layerdsl writes (so `gen` may overwrite or remove it)."""
+    from layerdsl.codegen.module import HEADER_PREFIX  # imported here: `fmt` writes files without loading codegen
+
     try:
         with path.open(encoding="utf-8") as f:
             return f.readline().startswith(HEADER_PREFIX)
@@ -34,6 +39,8 @@ def is_generated(path: Path) -> bool:
 
 
 def plan(out_dir: Path, outputs: dict[Path, str]) -> Plan:
+    """The writes and removals that make `out_dir` hold exactly `outputs` (paths relative to it); raises
+    RefusedOverwrite, before anything is written, if a target is a file layerdsl did not generate."""
     result = Plan()
     foreign = []
     for rel, content in outputs.items():
@@ -57,19 +64,33 @@ def plan(out_dir: Path, outputs: dict[Path, str]) -> Plan:
 
 
 def apply(p: Plan) -> None:
+    """Carry out a plan."""
     for target, content in p.write.items():
         write_atomic(target, content)
     for stale in p.remove:
         stale.unlink()
 
 
-def write_atomic(target: Path, content: str) -> None:
+def write_atomic(target: Path, content: str, keep_mode: bool = False) -> None:
+    """Replace `target` with `content` (UTF-8, newlines as given) in one step: a reader sees the old file or
+    the new one, never a part. Creates the folder. The file gets the temporary file's mode (0o600) unless
+    `keep_mode` is set and `target` exists: then it keeps the permission bits of the file it replaces."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(content)
+        if keep_mode:
+            _copy_mode(target, Path(tmp))
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _copy_mode(source: Path, dest: Path) -> None:
+    try:
+        mode = stat.S_IMODE(source.stat().st_mode)
+    except FileNotFoundError:
+        return  # a new file: nothing to keep
+    os.chmod(dest, mode)

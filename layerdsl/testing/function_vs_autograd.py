@@ -6,6 +6,8 @@ import inspect
 
 import torch
 
+from layerdsl.testing.layer_checks import CheckFailed
+
 
 def compare_with_functional(case, module, functional, make_inputs) -> str:
     """Equal outputs and gradients (1e-10, float64) with everything, only the inputs, or only the
@@ -13,7 +15,7 @@ def compare_with_functional(case, module, functional, make_inputs) -> str:
     names = [t.name for t in case.layer.tensors]
     kwargs = {a: getattr(module, a) for a in _functional_kwargs(functional)}
     fn = module.__class__.forward.__globals__[f"{case.name}Function"]
-    n_tensors = len(case.layer.forward.inputs) + len(names)
+    n_tensors = len(case.forward.inputs) + len(names)
     numbers = [getattr(module, p) for p in list(inspect.signature(fn.forward).parameters)[n_tensors:]]
     modes = ("all", "inputs", "params") if names else ("all",)
     for mode in modes:
@@ -25,8 +27,8 @@ def compare_with_functional(case, module, functional, make_inputs) -> str:
         n_out = len(_as_tuple(functional(*xs, *params, **kwargs)))
         fn_out = fn_out[:n_out]
         ref_out = _as_tuple(functional(*xs, *params, **kwargs))
-        for a, b in zip(fn_out, ref_out):
-            assert torch.allclose(a, b, rtol=0, atol=1e-10), f"outputs differ ({mode})"
+        if not all(torch.allclose(a, b, rtol=0, atol=1e-10) for a, b in zip(fn_out, ref_out)):
+            raise CheckFailed(f"outputs differ ({mode})")
         targets = [t for t in [*xs, *params] if t is not None and t.requires_grad]
         seeds = [torch.randn_like(o) for o in ref_out]
         got = torch.autograd.grad(fn_out, targets, seeds, allow_unused=True)
@@ -34,8 +36,8 @@ def compare_with_functional(case, module, functional, make_inputs) -> str:
         for g, w in zip(got, want):
             g = torch.zeros_like(w) if g is None and w is not None else g
             w = torch.zeros_like(g) if w is None and g is not None else w
-            if g is not None:
-                assert torch.allclose(g, w, rtol=0, atol=1e-10), f"gradients differ ({mode}): {(g - w).abs().max():.3g}"
+            if g is not None and not torch.allclose(g, w, rtol=0, atol=1e-10):
+                raise CheckFailed(f"gradients differ ({mode}): {(g - w).abs().max():.3g}")
     return "outputs and gradients agree to 1e-10"
 
 

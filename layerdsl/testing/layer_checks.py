@@ -1,9 +1,10 @@
 """Run-time checks of generated layers, shared by the test suite and `layerdsl test`.
 
 Each check builds a layer from its spec's `example`, feeds it inputs whose symbolic dims get distinct
-small sizes (so a transposition cannot hide), and asserts one property: declared output shapes,
+small sizes (so a transposition cannot hide), and checks one property: declared output shapes,
 gradcheck in float64, state_dict round trip, hooks, reproducible initialisation, repr, and for
-`@function` layers gradgradcheck and agreement with the plain autograd form. This module imports torch;
+`@function` layers gradgradcheck and agreement with the plain autograd form. A verdict is a raised
+`CheckFailed`, never an `assert`, so the checks still fail under `python -O`. This module imports torch;
 `layerdsl gen` never imports it.
 """
 
@@ -12,12 +13,16 @@ from __future__ import annotations
 import importlib
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.autograd.gradcheck import GradcheckError
 
 from layerdsl.codegen.module import snake_case
+from layerdsl.driver.pipeline import Source
 from layerdsl.ir import nodes as N
 from layerdsl.semantics.checker import literal_value
 
@@ -26,6 +31,12 @@ SIZES = (3, 4, 5, 2, 6, 7, 8, 9)
 
 class Skip(Exception):
     """A check that does not apply here (no GPU, no parameters, ...)."""
+
+
+class CheckFailed(AssertionError):
+    """A generated layer does not have the property a check looks for; the message says what differs.
+
+    An AssertionError, so that pytest reports it as a failed assertion."""
 
 
 @dataclass
@@ -38,6 +49,13 @@ class Case:
     @property
     def name(self) -> str:
         return self.layer.name
+
+    @property
+    def forward(self) -> N.Forward:
+        """The layer's forward, which every checked layer has (the parser reports a layer without one)."""
+        if self.layer.forward is None:
+            raise ValueError(f"layer {self.name} has no forward")
+        return self.layer.forward
 
     def example(self) -> dict:
         return {e.name: e.value for e in self.layer.examples}
@@ -72,10 +90,10 @@ class Case:
     @property
     def surrogate(self) -> str | None:
         dec = self.layer.decorator("surrogate")
-        return dec.args[0].value if dec else None
+        return literal_value(dec.args[0]) if dec else None
 
 
-def cases(files: list[N.SpecFile], sources) -> list[Case]:
+def cases(files: list[N.SpecFile], sources: list[Source]) -> list[Case]:
     out = []
     for src, f in zip(sources, files):
         module = ".".join(src.out.with_suffix("").parts)
@@ -86,15 +104,17 @@ def cases(files: list[N.SpecFile], sources) -> list[Case]:
 # ------------------------------------------------------------------ building and feeding
 
 
-def layer_class(case: Case, package: str):
+def layer_class(case: Case, package: str) -> type[torch.nn.Module]:
     return getattr(importlib.import_module(f"{package}.{case.module}"), case.name)
 
 
-def functional_form(case: Case, package: str):
+def functional_form(case: Case, package: str) -> Callable[..., Any] | None:
     return getattr(importlib.import_module(f"{package}.{case.module}"), snake_case(case.name), None)
 
 
-def build(case: Case, package: str, dtype=torch.float64, device="cpu", seed: int = 0):
+def build(
+    case: Case, package: str, dtype: torch.dtype = torch.float64, device: str = "cpu", seed: int = 0
+) -> torch.nn.Module:
     torch.manual_seed(seed)
     return layer_class(case, package)(**case.args(), device=device, dtype=dtype)
 
@@ -142,7 +162,7 @@ def inputs(case: Case, dtype=torch.float64, device="cpu", seed: int = 1, require
     ex = case.example()
     gen = torch.Generator().manual_seed(seed)
     tensors = []
-    for inp in case.layer.forward.inputs:
+    for inp in case.forward.inputs:
         shape = shape_of(inp.shape, env, lead)
         if inp.dtype == "bool":
             t = torch.rand(shape, generator=gen) > 0.5
@@ -156,7 +176,9 @@ def inputs(case: Case, dtype=torch.float64, device="cpu", seed: int = 1, require
 
 
 def _sample(dist: N.Expr | None, shape, gen) -> torch.Tensor:
-    if dist is None:
+    """Values from the example's `uniform(lo, hi)` or `normal(mean, std)` (the only example inputs the
+    checker accepts), else from a standard normal."""
+    if not isinstance(dist, N.Call):
         return torch.randn(shape, generator=gen, dtype=torch.float64)
     values = [literal_value(a) for a in dist.args] + [literal_value(k.value) for k in dist.kwargs]
     if dist.func == "uniform":
@@ -167,7 +189,7 @@ def _sample(dist: N.Expr | None, shape, gen) -> torch.Tensor:
 
 
 def expected_output_shapes(case: Case) -> list[tuple[int, ...]] | None:
-    outputs = case.layer.forward.outputs
+    outputs = case.forward.outputs
     if outputs is None:
         return None
     env = {**case.args(), **case.dims()}
@@ -179,20 +201,21 @@ def as_tuple(out) -> tuple:
 
 
 def uses_randomness(case: Case) -> bool:
-    return any(isinstance(n, N.Call) and n.func == "dropout" for s in case.layer.forward.body for n in N.walk(s))
+    return any(isinstance(n, N.Call) and n.func == "dropout" for s in case.forward.body for n in N.walk(s))
 
 
 # ------------------------------------------------------------------ the checks
 
 
-def check_shapes(case: Case, package: str, device="cpu"):
+def check_shapes(case: Case, package: str, device: str = "cpu") -> str:
     m = build(case, package, device=device)
     outs = as_tuple(m(*inputs(case, device=device)))
     expected = expected_output_shapes(case)
     if expected is None:
         raise Skip("forward declares no output shapes")
     got = [tuple(o.shape) for o in outs]
-    assert got == expected, f"output shapes {got}, declared {expected}"
+    if got != expected:
+        raise CheckFailed(f"output shapes {got}, declared {expected}")
     return f"{got}"
 
 
@@ -205,7 +228,7 @@ def _gradcheck_fn(module, names):
     return fn
 
 
-def check_gradcheck(case: Case, package: str, device="cpu"):
+def check_gradcheck(case: Case, package: str, device: str = "cpu") -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise Skip("no CUDA device on this machine")
     if case.surrogate:
@@ -221,11 +244,11 @@ def check_gradcheck(case: Case, package: str, device="cpu"):
         raise Skip("nothing to differentiate")
     n = sum(a.numel() for a in args if a.requires_grad)
     # Big layers (LeNet has 61k parameters) take gradcheck's fast mode: a random projection of the Jacobian.
-    assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=n > 2000)
+    _gradcheck(torch.autograd.gradcheck, fn, args, fast_mode=n > 2000)
     return f"{n} elements" + (" (fast mode)" if n > 2000 else "")
 
 
-def check_gradgradcheck(case: Case, package: str, device="cpu"):
+def check_gradgradcheck(case: Case, package: str, device: str = "cpu") -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise Skip("no CUDA device on this machine")
     if not case.is_function:
@@ -237,27 +260,34 @@ def check_gradgradcheck(case: Case, package: str, device="cpu"):
     xs = inputs(case, device=device, requires_grad=True)
     fn = _gradcheck_fn(m, list(params))
     args = (*xs, *(p.detach().requires_grad_(True) for p in params.values()))
-    assert torch.autograd.gradgradcheck(fn, args, eps=1e-6, atol=1e-5, rtol=1e-4)
+    _gradcheck(torch.autograd.gradgradcheck, fn, args)
     return "ok"
 
 
-def check_state_dict(case: Case, package: str, device="cpu"):
+def _gradcheck(check, fn, args, **options) -> None:
+    """Run torch's gradcheck or gradgradcheck, its GradcheckError becoming a CheckFailed."""
+    try:
+        check(fn, args, eps=1e-6, atol=1e-5, rtol=1e-4, **options)
+    except GradcheckError as exc:
+        raise CheckFailed(str(exc)) from exc
+
+
+def check_state_dict(case: Case, package: str, device: str = "cpu") -> str:
     m = build(case, package, seed=0)
     fresh = build(case, package, seed=123)
     fresh.load_state_dict(m.state_dict())
     keys = set(m.state_dict())
     own = {k for k in keys if "." not in k}
-    assert own == {
-        t.name for t in case.layer.tensors if t.persistent and _present(m, t)
-    }, f"state_dict keys {sorted(own)}"
+    if own != {t.name for t in case.layer.tensors if t.persistent and _present(m, t)}:
+        raise CheckFailed(f"state_dict keys {sorted(own)}")
     m.eval(), fresh.eval()
     xs = inputs(case)
     torch.manual_seed(5)
     a = as_tuple(m(*xs))
     torch.manual_seed(5)
     b = as_tuple(fresh(*xs))
-    for x, y in zip(a, b):
-        assert torch.equal(x, y), "outputs differ after load_state_dict"
+    if not all(torch.equal(x, y) for x, y in zip(a, b)):
+        raise CheckFailed("outputs differ after load_state_dict")
     return f"{len(keys)} keys"
 
 
@@ -265,47 +295,52 @@ def _present(m, t) -> bool:
     return getattr(m, t.name, None) is not None
 
 
-def check_hooks(case: Case, package: str, device="cpu"):
+def check_hooks(case: Case, package: str, device: str = "cpu") -> str:
     m = build(case, package)
     seen = []
     handle = m.register_forward_hook(lambda mod, args, out: seen.append(out))
     out = m(*inputs(case))
     handle.remove()
-    assert len(seen) == 1, "forward hook did not fire once"
-    for x, y in zip(as_tuple(seen[0]), as_tuple(out)):
-        assert x is y
+    if len(seen) != 1:
+        raise CheckFailed(f"forward hook fired {len(seen)} times, not once")
+    if not all(x is y for x, y in zip(as_tuple(seen[0]), as_tuple(out))):
+        raise CheckFailed("forward hook saw other tensors than forward returned")
     return "fired"
 
 
-def check_reset(case: Case, package: str, device="cpu"):
+def check_reset(case: Case, package: str, device: str = "cpu") -> str:
     m1 = build(case, package, seed=7)
     m2 = build(case, package, seed=7)
     for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
-        assert torch.equal(a, b), f"{k} differs between two builds under the same seed"
+        if not torch.equal(a, b):
+            raise CheckFailed(f"{k} differs between two builds under the same seed")
     own = [t.name for t in case.layer.tensors if _present(m1, t)]
     with torch.no_grad():
         for name in own:
             getattr(m1, name).fill_(13)
     # Construction draws exactly what reset_parameters draws: the same seed must give the same values.
+    reset = getattr(m1, "reset_parameters", None)
+    if not callable(reset):
+        raise CheckFailed("the layer has no reset_parameters()")
     torch.manual_seed(7)
-    m1.reset_parameters()
+    reset()
     for name in own:
-        assert torch.equal(
-            getattr(m1, name), getattr(m2, name)
-        ), f"reset_parameters under a seed does not reproduce {name}"
+        if not torch.equal(getattr(m1, name), getattr(m2, name)):
+            raise CheckFailed(f"reset_parameters under a seed does not reproduce {name}")
     return f"{len(own)} tensors"
 
 
-def check_repr(case: Case, package: str, device="cpu"):
+def check_repr(case: Case, package: str, device: str = "cpu") -> str:
     m = build(case, package)
     text = repr(m)
     for name, value in case.args().items():
         shown = f"{name}={value!r}" if isinstance(value, str) else f"{name}="
-        assert shown in text, f"repr lacks {shown!r}: {text}"
+        if shown not in text:
+            raise CheckFailed(f"repr lacks {shown!r}: {text}")
     return text.splitlines()[0]
 
 
-def check_function_matches_autograd(case: Case, package: str, device="cpu"):
+def check_function_matches_autograd(case: Case, package: str, device: str = "cpu") -> str:
     """The Function's outputs and gradients equal the plain functional form's (1e-10)."""
     if not case.is_function:
         raise Skip("not a @function layer")
@@ -320,7 +355,7 @@ def check_function_matches_autograd(case: Case, package: str, device="cpu"):
     return compare_with_functional(case, m, functional, inputs)
 
 
-def check_surrogate(case: Case, package: str, device="cpu"):
+def check_surrogate(case: Case, package: str, device: str = "cpu") -> str:
     if not case.surrogate:
         raise Skip("not a surrogate")
     m = build(case, package)
@@ -330,10 +365,8 @@ def check_surrogate(case: Case, package: str, device="cpu"):
     targets = [x for x in xs if x.requires_grad] + [p for p in m.parameters()]
     got = torch.autograd.grad(outs, targets, grads, allow_unused=True)
     for t, g in zip(targets, got):
-        if g is not None:
-            assert (
-                g.shape == t.shape and g.dtype == t.dtype
-            ), f"gradient {tuple(g.shape)} {g.dtype} for {tuple(t.shape)} {t.dtype}"
+        if g is not None and (g.shape != t.shape or g.dtype != t.dtype):
+            raise CheckFailed(f"gradient {tuple(g.shape)} {g.dtype} for {tuple(t.shape)} {t.dtype}")
     return f"backward ran ({case.surrogate})"
 
 
@@ -347,7 +380,7 @@ def _always(case: Case) -> bool:
 
 # name -> (check, which layers it applies to)
 CHECKS = {
-    "shapes": (check_shapes, lambda c: c.layer.forward.outputs is not None),
+    "shapes": (check_shapes, lambda c: c.forward.outputs is not None),
     "gradcheck": (check_gradcheck, lambda c: not c.surrogate),
     "gradcheck-cuda": (lambda c, p: check_gradcheck(c, p, device="cuda"), lambda c: not c.surrogate),
     "gradgradcheck": (check_gradgradcheck, lambda c: c.is_function and not c.surrogate),
@@ -374,8 +407,8 @@ def run_check(name: str, case: Case, package: str) -> tuple[str, str]:
         return "ok", str(detail)
     except Skip as exc:
         return "skip", str(exc)
-    except AssertionError as exc:
-        return "FAIL", str(exc) or "assertion failed"
+    except CheckFailed as exc:
+        return "FAIL", str(exc)
     except Exception as exc:  # a generated layer that raises is a failed check, shown in the table
         return "FAIL", f"{type(exc).__name__}: {exc}"
 
@@ -383,7 +416,7 @@ def run_check(name: str, case: Case, package: str) -> tuple[str, str]:
 # ------------------------------------------------------------------ `layerdsl test`
 
 
-def generate_package(paths: list[str], root: Path, package: str = "layerdsl_under_test"):
+def generate_package(paths: list[str], root: Path, package: str = "layerdsl_under_test") -> list[Case]:
     from layerdsl.driver.output import apply, plan
     from layerdsl.driver.pipeline import check, generate
 
