@@ -71,26 +71,26 @@ def apply(p: Plan) -> None:
         stale.unlink()
 
 
-def write_atomic(target: Path, content: str, keep_mode: bool = False) -> None:
+def write_atomic(target: Path, content: str) -> None:
     """Replace `target` with `content` (UTF-8, newlines as given) in one step: a reader sees the old file or
-    the new one, never a part. Creates the folder. The file gets the temporary file's mode (0o600) unless
-    `keep_mode` is set and `target` exists: then it keeps the permission bits of the file it replaces."""
+    the new one, never a part. Creates the folder. The file keeps the permission bits of the file it
+    replaces; a new file gets the umask's usual mode (0o644 under umask 022), as `open()` would give it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(content)
-        if keep_mode:
-            _copy_mode(target, Path(tmp))
+        os.chmod(tmp, _mode_for(target))
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _copy_mode(source: Path, dest: Path) -> None:
+def _mode_for(target: Path) -> int:
     try:
-        mode = stat.S_IMODE(source.stat().st_mode)
+        return stat.S_IMODE(target.stat().st_mode)
     except FileNotFoundError:
-        return  # a new file: nothing to keep
-    os.chmod(dest, mode)
+        umask = os.umask(0)  # the only portable way to read it
+        os.umask(umask)
+        return 0o666 & ~umask

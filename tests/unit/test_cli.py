@@ -109,6 +109,17 @@ def test_fmt_check_internal_error_exits_123(specs, capsys, monkeypatch):
     assert "layerdsl: internal error: RuntimeError: boom" in capsys.readouterr().err
 
 
+def test_fmt_refusing_its_own_output_exits_123(specs, capsys, monkeypatch):
+    """The formatter's self-check failed: a bug in layerdsl, not in the spec."""
+
+    def unsafe(text, path):
+        raise formatter.FormatError("the formatted spec would mean something else")
+
+    monkeypatch.setattr(formatter, "format_source", unsafe)
+    assert main(["fmt", str(specs), "--check"]) == 123
+    assert "cannot format: the formatted spec would mean something else" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- the other commands
 
 

@@ -31,29 +31,25 @@ def test_write_atomic_writes_newlines_as_given(tmp_path):
 
 
 @pytest.mark.skipif(os.name != "posix", reason="permission bits are POSIX")
-def test_keep_mode_keeps_the_replaced_files_permissions(tmp_path):
+def test_a_replaced_file_keeps_its_permissions(tmp_path):
     target = tmp_path / "spec.layer"
     target.write_text("old", encoding="utf-8")
     target.chmod(0o640)
-    write_atomic(target, "new", keep_mode=True)
+    write_atomic(target, "new")
     assert target.read_text(encoding="utf-8") == "new"
     assert _mode(target) == 0o640
 
 
 @pytest.mark.skipif(os.name != "posix", reason="permission bits are POSIX")
-def test_without_keep_mode_the_file_gets_the_temporary_files_mode(tmp_path):
-    """What `gen` has always done."""
-    target = tmp_path / "m.py"
-    target.write_text("old", encoding="utf-8")
-    target.chmod(0o644)
-    write_atomic(target, "new")
-    assert _mode(target) == 0o600
-
-
-def test_keep_mode_on_a_new_file(tmp_path):
-    target = tmp_path / "new.layer"
-    write_atomic(target, "text", keep_mode=True)
-    assert target.read_text(encoding="utf-8") == "text"
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_new_file_gets_the_umasks_usual_mode(tmp_path, umask):
+    """Not the temporary file's 0600: a generated module is as readable as any file the user writes."""
+    old = os.umask(umask)
+    try:
+        write_atomic(tmp_path / "m.py", "text")
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "m.py") == 0o666 & ~umask
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import bisect
 import difflib
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -629,19 +628,15 @@ def _spec_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def _write_keeping_mode(path: Path, text: str) -> None:
-    mode = path.stat().st_mode & 0o7777
-    write_atomic(path, text)
-    os.chmod(path, mode)  # write_atomic's new file has the temporary file's mode (0600)
-
-
 def run_cli(paths: list[str], check: bool, diff: bool) -> int:
     """`layerdsl fmt PATHS... [--check] [--diff]`: 0 when all is well, 1 when a file would change (with
-    --check) or a spec does not parse; files with syntax errors are reported and left alone."""
+    --check) or a spec does not parse, 123 when the formatter itself failed; files with errors are reported
+    and left alone."""
     files = _spec_files(paths)
     problems: list[Diagnostic] = []
     changed: list[Path] = []
     unchanged = 0
+    internal = False
     for path in files:
         shown = str(path)
         try:
@@ -656,6 +651,7 @@ def run_cli(paths: list[str], check: bool, diff: bool) -> int:
             problems.extend(exc.diagnostics)
             continue
         except FormatError as exc:
+            internal = True
             problems.append(
                 Diagnostic(shown, Span.point(1, 1), f"cannot format: {exc}", "please report this layerdsl bug")
             )
@@ -677,7 +673,7 @@ def run_cli(paths: list[str], check: bool, diff: bool) -> int:
             if not diff:
                 print(f"would reformat {shown}", file=sys.stderr)
         elif not diff:
-            _write_keeping_mode(path, formatted)
+            write_atomic(path, formatted)
     for d in problems:
         print(d.render(), file=sys.stderr)
     verb = "would be reformatted" if check or diff else "reformatted"
@@ -685,6 +681,8 @@ def run_cli(paths: list[str], check: bool, diff: bool) -> int:
     if problems:
         summary += f", {len(problems)} error{'s' if len(problems) != 1 else ''}"
     print(summary, file=sys.stderr)
+    if internal:
+        return 123  # black's convention: the tool failed, not the spec
     if problems:
         return 1
     return 1 if check and changed else 0
