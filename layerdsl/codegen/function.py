@@ -1,8 +1,8 @@
 """Emission of `<Name>Function(torch.autograd.Function)` for `@function` layers.
 
-The forward is the tape of `derive.linearize` with single-use cheap steps folded back into their
-consumer; costly intermediates the backward reads are returned as extra outputs (so double backward sees
-them) and saved. The backward is derived (`derive.derive`) or hand-written, guarded by
+Written from the layer's `BackwardPlan` (`autodiff.plan`). The forward is the plan's tape with single-use
+cheap steps folded back into their consumer; costly intermediates the backward reads are returned as
+extra outputs (so double backward sees them) and saved. The backward is derived or hand-written, guarded by
 `ctx.needs_input_grad`, and reads only what it needs: inputs and parameters, saved costly results, and
 cheap intermediates recomputed from them.
 """
@@ -13,10 +13,11 @@ import copy
 import dataclasses
 from dataclasses import dataclass, field
 
-from layerdsl.autodiff.derive import Linearizer, NotDerivable, Step, Tape, derive
-from layerdsl.autodiff.shapes import infer_shapes, same_shape_leaf
-from layerdsl.codegen.pyexpr import PyExpr, Spelling
-from layerdsl.diagnostics import SpecError
+from layerdsl.autodiff.derive import Backward, derive
+from layerdsl.autodiff.plan import BackwardPlan
+from layerdsl.autodiff.shapes import same_shape_leaf
+from layerdsl.autodiff.tape import Step, Tape
+from layerdsl.codegen.pyexpr import ATOM, PyExpr, Spelling
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.language.ops import OPS, shape_args
@@ -33,42 +34,36 @@ from layerdsl.optimize.fuse import (
 )
 
 
-def emit_function_class(emitter, functional) -> dict:
-    layer = emitter.layer
-    try:
-        return FunctionEmitter(emitter).emit()
-    except NotDerivable as exc:
-        from layerdsl.diagnostics import Diagnostic
-
-        raise SpecError([Diagnostic(layer.path, exc.span, exc.message, exc.hint)]) from None
+def emit_function_class(emitter, plan: BackwardPlan) -> dict:
+    """The pieces of `<Name>Function` for the template, from the layer's backward plan."""
+    return FunctionEmitter(emitter, plan).emit()
 
 
 class FunctionEmitter:
-    def __init__(self, emitter):
+    def __init__(self, emitter, plan: BackwardPlan):
         self.e = emitter
         self.layer = emitter.layer
+        self.plan = plan
+        self.tape = plan.tape
         self.kwargs = emitter.function_kwargs()  # numbers passed through apply: arguments, lets, training
         dec = self.layer.decorator("function")
         save = next((k.value.value for k in dec.kwargs if k.name == "save"), "auto")
         self.save_inputs_only = save == "inputs"
+        self.exact = frozenset(_compared_exactly(plan.tape))  # rounded as written, in forward and backward alike
+        # What writing the backward decides, read when writing `setup_context`:
+        self.split = False  # extra outputs' gradients have sections of their own (grads not materialised)
+        self.shape_on_ctx: dict[str, set[str]] = {}  # leaves the backward needs only the shape of
+        self.backward_dims: set[str] = set()  # symbolic dims the backward reads (kept on ctx)
 
     # ---------------------------------------------------------------- the pieces
 
     def emit(self) -> dict:
-        layer = self.layer
-        tape = Linearizer(layer, self.e.optional, deriving=layer.backward is None).run()
-        tape.shapes = infer_shapes(tape, layer)
-        self.tape = tape
-        self.exact = frozenset(_compared_exactly(tape))  # rounded as written, in forward and backward alike
+        layer, plan, tape = self.layer, self.plan, self.tape
         n_out = len(tape.outputs)
-        grads = (
-            [n for n, _ in layer.backward.grads]
-            if layer.backward
-            else [f"grad_{_out_name(o, i)}" for i, o in enumerate(tape.outputs)]
-        )
-        if layer.backward is None:
-            incoming = _incoming(tape, grads)
-            body, reads = self.derived_backward(tape, derive(tape, grads), incoming)
+        grads = plan.grads
+        if plan.derived is not None:
+            incoming = dict(plan.incoming)
+            body, reads = self.derived_backward(tape, plan.derived, incoming)
             saved, extra = self.saving(tape, reads)
             if extra:  # returned intermediates get gradients of their own (for double backward)
                 extra_grads = {v: f"grad_{v}_out" for v in extra}
@@ -77,13 +72,13 @@ class FunctionEmitter:
                     # main derivation ignores them, and each has its own section, run when it is given.
                     self.split = True
                     rare = [(v, g, derive(tape, [], {v: g})) for v, g in extra_grads.items()]
-                    body, reads = self.derived_backward(tape, derive(tape, grads), incoming, rare)
+                    body, reads = self.derived_backward(tape, plan.derived, incoming, rare)
                 else:
                     incoming.update({g: v for v, g in extra_grads.items()})
                     body, reads = self.derived_backward(tape, derive(tape, grads, extra_grads), incoming)
                 saved, extra = self.saving(tape, reads)
         else:
-            body, reads = self.handwritten_backward(tape, grads)
+            body, reads = self.handwritten_backward(tape)
             saved, extra = self.saving(tape, reads)
         fwd_body = self.forward_body(tape, extra)
         leaves = tape.leaves
@@ -135,8 +130,9 @@ class FunctionEmitter:
 
     # ---------------------------------------------------------------- forward
 
-    def prelude(self, tape: Tape, names: set[str], ex: PyExpr, dim_spelling) -> list[str]:
-        """Dims and number locals the code reads, bound before it: `n = x.shape[-1]`, `h = n // 2`."""
+    def prelude(self, tape: Tape, names: set[str], ex: PyExpr, dim_spelling) -> tuple[list[str], set[str]]:
+        """Dims and number locals the code reads, bound before it (`n = x.shape[-1]`, `h = n // 2`), and
+        the dims among them."""
         numbers = dict(tape.numbers)
         wanted, frontier = set(), [n for n in names if n in numbers or n in self.dim_source]
         while frontier:
@@ -148,8 +144,7 @@ class FunctionEmitter:
                 frontier += [m.id for m in N.walk(numbers[n]) if isinstance(m, N.Name)]
         lines = [f"{d} = {dim_spelling(d)}" for d in self.dim_source if d in wanted]
         lines += [f"{n} = {ex(e)}" for n, e in tape.numbers if n in wanted]
-        self.dims_read = getattr(self, "dims_read", set()) | {d for d in self.dim_source if d in wanted}
-        return lines
+        return lines, {d for d in self.dim_source if d in wanted}
 
     @property
     def dim_source(self) -> dict[str, str]:
@@ -172,7 +167,7 @@ class FunctionEmitter:
         ex = PyExpr(spelling, call_hook=self._internal)
         read = {n.id for s in tape.steps for n in N.walk(s.expr) if isinstance(n, N.Name)}
         read |= {n.id for o in tape.outputs for n in N.walk(o) if isinstance(n, N.Name)}
-        lines = self.prelude(tape, read, ex, lambda d: self.dim_source[d])
+        lines, _ = self.prelude(tape, read, ex, lambda d: self.dim_source[d])
         exact = self.exact
         roots: dict[str, frozenset[str]] = {}
         owned: set[str] = set()  # temporaries read once, holding a buffer of their own
@@ -219,9 +214,9 @@ class FunctionEmitter:
         return {s.target for s in self.layer.forward.body if isinstance(s, N.Assign)}
 
     def setup_body(self, tape: Tape, saved, extra, unpack) -> list[str]:
-        shapes = getattr(self, "shape_on_ctx", {})
+        shapes = self.shape_on_ctx
         saved_names = {v for v, _ in saved}
-        dims = sorted(getattr(self, "backward_dims", set()))
+        dims = sorted(self.backward_dims)
         used = saved_names | set(shapes) | set(self.kwargs) | {self.dim_source[d].split(".")[0] for d in dims}
         lines = []
         if any(u in used for u in unpack):
@@ -231,7 +226,7 @@ class FunctionEmitter:
         outs += [e if e in saved_names else "_" for e in extra]
         if any(v in outs for v in saved_names):
             lines.append(f"{outs[0]} = output" if len(outs) == 1 else f"{', '.join(outs)} = output")
-        if getattr(self, "split", False):
+        if self.split:
             lines.append("ctx.set_materialize_grads(False)")
         for k in self.kwargs:
             lines.append(f"ctx.{k} = {k}")
@@ -266,10 +261,9 @@ class FunctionEmitter:
             sections.append(Section(items, {grad: var}, f"{grad} is not None", accumulate, rare=True))
         return self._backward(tape, sections)
 
-    def _derived_items(self, bwd, tape: Tape) -> list[tuple[set[str], str, N.Expr]]:
-        for s in bwd.stmts:
-            s.expr = self._shape_only(s.expr, tape)
-        items = [(s.leaves, s.var, s.expr) for s in bwd.stmts]
+    def _derived_items(self, bwd: Backward, tape: Tape) -> list[tuple[set[str], str, N.Expr]]:
+        """The derivation's statements (copies: writing them out updates expressions in place)."""
+        items = [(set(s.leaves), s.var, self._shape_only(copy.deepcopy(s.expr), tape)) for s in bwd.stmts]
         return items + [({l}, f"grad_{l}", B.name(g)) for l, g in bwd.leaf_grads.items() if g != f"grad_{l}"]
 
     @staticmethod
@@ -338,9 +332,7 @@ class FunctionEmitter:
         order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps])}
         read_names = {n.id for sec in sections for _, _, e in sec.items for n in N.walk(e) if isinstance(n, N.Name)}
         read_names |= {n.id for s in tape.steps if s.var in recomputed for n in N.walk(s.expr) if isinstance(n, N.Name)}
-        self.dims_read = set()
-        lines = self.prelude(tape, read_names, ex, lambda d: f"ctx.{d}")
-        self.backward_dims = set(self.dims_read)
+        lines, self.backward_dims = self.prelude(tape, read_names, ex, lambda d: f"ctx.{d}")
         saved = sorted(reads, key=lambda v: order.get(v, 1 << 30))
         if saved:
             lines.append(f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors")
@@ -435,25 +427,10 @@ class FunctionEmitter:
 
     # ---------------------------------------------------------------- hand-written backward
 
-    def handwritten_backward(self, tape: Tape, grads: list[str]) -> tuple[list[str], dict[str, set[str]]]:
+    def handwritten_backward(self, tape: Tape) -> tuple[list[str], dict[str, set[str]]]:
         """The spec's backward block; forward locals it uses are recomputed or saved like derived ones."""
-        leaves_all = {l for l in tape.leaves if l in tape.differentiable}
-        env = tape.env  # forward local -> the tape var holding it
-        items = []
-        for stmt in self.layer.backward.body:
-            if isinstance(stmt, N.Assign):  # a local of the backward, needed by any gradient
-                items.append((set(leaves_all), stmt.target, _rename_locals(stmt.value, env)))
-            elif isinstance(stmt, N.Grad) and isinstance(stmt.value, N.NoneLit):
-                continue
-            elif isinstance(stmt, N.Grad):
-                items.append(({stmt.target}, f"grad_{stmt.target}", _rename_locals(stmt.value, env)))
-            else:
-                raise NotDerivable(
-                    stmt.span,
-                    "a backward block holds `NAME = ...` and `grad NAME = ...` statements",
-                    "compute both branches and choose with where()",
-                )
-        return self._backward(tape, [Section(items, _incoming(tape, grads))])
+        items = [(set(s.leaves), s.var, copy.deepcopy(s.expr)) for s in self.plan.written]
+        return self._backward(tape, [Section(items, self.plan.incoming)])
 
     # ---------------------------------------------------------------- internal helpers
 
@@ -466,15 +443,15 @@ class FunctionEmitter:
             # `*shape` where the rank is known to be at least 1: torch parses separate ints faster than a Size.
             rank = self.tape.shapes.get(a[1].id) if isinstance(a[1], N.Name) else None
             star = "*" if rank else ""
-            return f"{ex.wrap(a[0], 14)}.sum_to_size({star}{self._shape(a[1], ex)})"
+            return f"{ex.wrap(a[0], ATOM)}.sum_to_size({star}{self._shape(a[1], ex)})"
         if f == "shape_of":
             return self._shape(a[0], ex)
         if f == "expand_reduced":
             g, inp, dim, keepdim = a
-            return f"{self._unsqueeze(ex.wrap(g, 14), dim, keepdim, ex)}.expand({self._shape(inp, ex)})"
+            return f"{self._unsqueeze(ex.wrap(g, ATOM), dim, keepdim, ex)}.expand({self._shape(inp, ex)})"
         if f == "reduced_view":
             g, _, dim, keepdim = a
-            return self._unsqueeze(ex.wrap(g, 14), dim, keepdim, ex)
+            return self._unsqueeze(ex.wrap(g, ATOM), dim, keepdim, ex)
         if f == "reduced_numel":
             inp, dim = a
             shape = self._shape(inp, ex)
@@ -485,14 +462,14 @@ class FunctionEmitter:
             return f"{shape}[{ex(dim)}]"
         if f == "extremum_mask":
             inp, res, dim, keepdim = a
-            mask = f"({ex(inp)} == {self._unsqueeze(ex.wrap(res, 14), dim, keepdim, ex)})"
+            mask = f"({ex(inp)} == {self._unsqueeze(ex.wrap(res, ATOM), dim, keepdim, ex)})"
             dims = ex(dim) if not isinstance(dim, N.NoneLit) else "None"
             return f"({mask} / {mask}.sum({dims}, keepdim=True))"
         return None
 
     def _shape(self, e: N.Expr, ex: PyExpr) -> str:
         """A tensor's shape: from the tensor when the backward has it, else as kept on ctx."""
-        if isinstance(e, N.Name) and e.id in getattr(self, "shape_on_ctx", ()):
+        if isinstance(e, N.Name) and e.id in self.shape_on_ctx:
             return f"ctx.{e.id}_shape"
         return f"{ex(e)}.shape"
 
@@ -662,23 +639,6 @@ def _shape_names(e) -> list[str]:
         if isinstance(n, N.Call):
             out += [n.args[i].id for i in shape_args(n) if isinstance(n.args[i], N.Name)]
     return out
-
-
-def _rename_locals(e: N.Expr, env: dict[str, str]) -> N.Expr:
-    e = copy.deepcopy(e)
-    for n in N.walk(e):
-        if isinstance(n, N.Name) and n.ref == "local" and n.id in env:
-            n.id = env[n.id]
-    return e
-
-
-def _incoming(tape: Tape, grads: list[str]) -> dict[str, str]:
-    """Each incoming gradient, with the forward value it is the gradient of."""
-    return {g: o.id for g, o in zip(grads, tape.outputs) if isinstance(o, N.Name)}
-
-
-def _out_name(o, i) -> str:
-    return "out" if i == 0 else f"out{i}"
 
 
 def _use_counts(tape: Tape) -> dict[str, int]:
