@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 from dataclasses import dataclass, field
 
 from layerdsl.autodiff.derive import Backward, derive
@@ -360,14 +361,17 @@ class FunctionEmitter:
             copy.deepcopy(stmts), dataclasses.replace(facts, graph=False), sec, ex, tape
         )
         recorded, _ = self._optimized(stmts, facts, sec, ex, tape, schedule)
-        return _by_grad_mode(recorded, unrecorded)
+        return [line for code in by_grad_mode(recorded, unrecorded) for line in code.lines(ex)]
 
-    def _optimized(self, stmts: list[Stmt], facts: Facts, sec: Section, ex: PyExpr, tape: Tape, prefer: int = 0):
+    def _optimized(
+        self, stmts: list[Stmt], facts: Facts, sec: Section, ex: PyExpr, tape: Tape, prefer: int = 0
+    ) -> tuple[list[Code], int]:
+        """One grad mode's statements, each under the `ctx.needs_input_grad` guard of the leaves needing it."""
         stmts, schedule = optimize(stmts, facts, prefer)
-        blocks = [(s.leaves, _render(s, ex)) for s in stmts]
+        parts = [(s.leaves, _code(s)) for s in stmts]
         for leaf, part in sec.accumulate.items():  # add to what the main section found (or None)
-            blocks.append(({leaf}, [f"grad_{leaf} = {part} if grad_{leaf} is None else grad_{leaf} + {part}"]))
-        return self._guarded(blocks, tape), schedule
+            parts.append(({leaf}, [Accumulate(leaf, part)]))
+        return self._guarded(parts, tape), schedule
 
     def _recompute_stmts(self, s: Step, leaves: set[str]) -> list[Stmt]:
         if s.guard:  # `var = base`, then `var = var + member` when the optional member is present
@@ -401,17 +405,13 @@ class FunctionEmitter:
             exact=self.exact,
         )
 
-    def _guarded(self, items, tape: Tape) -> list[str]:
-        lines, current, block = [], None, []
-        for leaves, code in items + [(None, None)]:
-            cond = self.needs(leaves, tape) if leaves is not None else "<end>"
-            if cond != current and block:
-                lines += block if current is None else [f"if {current}:", *("    " + c for c in block)]
-                block = []
-            current = cond
-            if code:
-                block += code
-        return lines
+    def _guarded(self, parts: list[tuple[set[str], list[Code]]], tape: Tape) -> list[Code]:
+        """Consecutive statements needed by the same leaves share one guard."""
+        out: list[Code] = []
+        for cond, group in itertools.groupby(parts, key=lambda part: self.needs(part[0], tape)):
+            codes = [code for _, codes in group for code in codes]
+            out += codes if cond is None else [If(cond, codes)]
+        return out
 
     def _shape_only(self, e: N.Expr, tape: Tape) -> N.Expr:
         """Arguments of the internal helpers that only give a shape: use a leaf of the same static shape."""
@@ -517,83 +517,12 @@ def _compared_exactly(tape: Tape) -> set[str]:
     return exact
 
 
-def _by_grad_mode(recorded: list[str], unrecorded: list[str]) -> list[str]:
-    """One body when it is the same whether or not autograd records the backward; else the lines both
-    share once, and the rest in two branches. Grad mode is on in a backward exactly when it is being
-    recorded (`create_graph=True`); then no value an earlier operation keeps may be updated in place."""
-    if recorded == unrecorded:
-        return recorded
-    a, b = _blocks(recorded), _blocks(unrecorded)
-    head = 0
-    while head < min(len(a), len(b)) and a[head] == b[head]:
-        head += 1
-    tail = 0
-    while tail < min(len(a), len(b)) - head and a[-1 - tail] == b[-1 - tail]:
-        tail += 1
-    only_a, only_b = a[head : len(a) - tail], b[head : len(b) - tail]
-    if len(only_a) == len(only_b) and all(
-        x[0] == y[0] and _one_body(x) and _one_body(y) for x, y in zip(only_a, only_b)
-    ):
-        branch = []  # the same guards in the same order: branch inside each
-        for x, y in zip(only_a, only_b):
-            branch += [x[0], *("    " + line for line in _by_grad_mode(_dedented(x[1:]), _dedented(y[1:])))]
-    else:
-        branch = _branches(only_a, only_b)
-    return (
-        [line for block in a[:head] for line in block]
-        + branch
-        + [line for block in a[len(a) - tail :] for line in block]
-    )
-
-
-def _branches(only_a: list[list[str]], only_b: list[list[str]]) -> list[str]:
-    why = "# create_graph=True: autograd records this backward, so nothing it saves is updated in place"
-    if not only_a:
-        return [why, "if not torch.is_grad_enabled():", *_indented(only_b)]
-    return [why, "if torch.is_grad_enabled():", *_indented(only_a)] + (["else:", *_indented(only_b)] if only_b else [])
-
-
-def _blocks(lines: list[str]) -> list[list[str]]:
-    """Top-level statements, each with the indented lines it owns."""
-    out: list[list[str]] = []
-    for line in lines:
-        if (line.startswith(" ") or line.startswith(("else:", "elif "))) and out:
-            out[-1].append(line)
-        else:
-            out.append([line])
-    return out
-
-
-def _one_body(block: list[str]) -> bool:
-    """`if ...:` with an indented body and no `else`."""
-    return block[0].endswith(":") and all(line.startswith("    ") for line in block[1:])
-
-
-def _dedented(lines: list[str]) -> list[str]:
-    return [line[4:] for line in lines]
-
-
-def _indented(blocks: list[list[str]]) -> list[str]:
-    return ["    " + line for block in blocks for line in block]
-
-
 def _renamed(e: N.Expr, names: dict[str, str]) -> N.Expr:
     e = copy.deepcopy(e)
     for n in N.walk(e):
         if isinstance(n, N.Name) and n.id in names:
             n.id = names[n.id]
     return e
-
-
-def _render(s: Stmt, ex: PyExpr) -> list[str]:
-    lines = [f"{s.target} = {ex(s.expr)}"]
-    if s.guard:
-        lines = [f"if {s.guard} is not None:", "    " + lines[0]]
-        if s.otherwise is not None:
-            lines += ["else:", f"    {s.target} = {ex(s.otherwise)}"]
-    if s.unscaled is not None:
-        lines.insert(0, f"# {s.target} without the factor {ex(s.unscaled)}: its readers apply it")
-    return lines + ([f"del {', '.join(s.dels)}"] if s.dels else [])
 
 
 def _squares(e: N.Expr) -> N.Expr:
@@ -659,3 +588,137 @@ def _replace_name(e: N.Expr, old: str, new: str) -> N.Expr:
         if isinstance(n, N.Name) and n.id == old:
             n.id = new
     return e
+
+
+# ------------------------------------------------------------------ the backward's code, in both grad modes
+
+
+@dataclass(eq=False)
+class Assign:
+    target: str
+    expr: N.Expr
+
+    def key(self) -> tuple:
+        return ("=", self.target, B.key(self.expr))
+
+    def lines(self, ex: PyExpr) -> list[str]:
+        return [f"{self.target} = {ex(self.expr)}"]
+
+
+@dataclass(eq=False)
+class Unscaled:
+    """The note before a value that lacks a factor its readers apply (`optimize.scales`)."""
+
+    target: str
+    factor: N.Expr
+
+    def key(self) -> tuple:
+        return ("#", self.target, B.key(self.factor))
+
+    def lines(self, ex: PyExpr) -> list[str]:
+        return [f"# {self.target} without the factor {ex(self.factor)}: its readers apply it"]
+
+
+@dataclass(frozen=True)
+class Comment:
+    text: str
+
+    def key(self) -> tuple:
+        return ("#", self.text)
+
+    def lines(self, ex: PyExpr) -> list[str]:
+        return [f"# {self.text}"]
+
+
+@dataclass(frozen=True)
+class Delete:
+    names: tuple[str, ...]
+
+    def key(self) -> tuple:
+        return ("del", self.names)
+
+    def lines(self, ex: PyExpr) -> list[str]:
+        return [f"del {', '.join(self.names)}"]
+
+
+@dataclass(frozen=True)
+class Accumulate:
+    """A rare section's part of a leaf's gradient, added to what the main section found (or None)."""
+
+    leaf: str
+    part: str
+
+    def key(self) -> tuple:
+        return ("+=", self.leaf, self.part)
+
+    def lines(self, ex: PyExpr) -> list[str]:
+        g = f"grad_{self.leaf}"
+        return [f"{g} = {self.part} if {g} is None else {g} + {self.part}"]
+
+
+@dataclass(eq=False)
+class If:
+    cond: str
+    body: list[Code]
+    orelse: list[Code] = field(default_factory=list)
+
+    def key(self) -> tuple:
+        return ("if", self.cond, tuple(c.key() for c in self.body), tuple(c.key() for c in self.orelse))
+
+    def lines(self, ex: PyExpr) -> list[str]:
+        lines = [f"if {self.cond}:", *_indented(self.body, ex)]
+        return lines + (["else:", *_indented(self.orelse, ex)] if self.orelse else [])
+
+
+Code = Assign | Unscaled | Comment | Delete | Accumulate | If
+
+
+def _indented(codes: list[Code], ex: PyExpr) -> list[str]:
+    return ["    " + line for code in codes for line in code.lines(ex)]
+
+
+def _code(s: Stmt) -> list[Code]:
+    """One optimised statement as code: its note, the assignment (guarded by its optional member), its `del`."""
+    codes: list[Code] = [Unscaled(s.target, s.unscaled)] if s.unscaled is not None else []
+    assign = Assign(s.target, s.expr)
+    if s.guard:
+        codes.append(
+            If(f"{s.guard} is not None", [assign], [Assign(s.target, s.otherwise)] if s.otherwise is not None else [])
+        )
+    else:
+        codes.append(assign)
+    return codes + ([Delete(tuple(s.dels))] if s.dels else [])
+
+
+def by_grad_mode(recorded: list[Code], unrecorded: list[Code]) -> list[Code]:
+    """One body when it is the same whether or not autograd records the backward; else the statements
+    both share once, and the rest in two branches, as deep inside the guards both have as possible. Grad
+    mode is on in a backward exactly when it is being recorded (`create_graph=True`); then no value an
+    earlier operation keeps may be updated in place."""
+    a, b = [c.key() for c in recorded], [c.key() for c in unrecorded]
+    if a == b:
+        return recorded
+    head = 0
+    while head < min(len(a), len(b)) and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(a), len(b)) - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    only_a, only_b = recorded[head : len(a) - tail], unrecorded[head : len(b) - tail]
+    if len(only_a) == len(only_b) and all(_same_guard(x, y) for x, y in zip(only_a, only_b)):
+        branch = [If(x.cond, by_grad_mode(x.body, y.body)) for x, y in zip(only_a, only_b)]
+    else:
+        branch = _branches(only_a, only_b)
+    return recorded[:head] + branch + recorded[len(a) - tail :]
+
+
+def _same_guard(x: Code, y: Code) -> bool:
+    """Both `if COND:` with one body and no `else`: the grad modes can branch inside."""
+    return isinstance(x, If) and isinstance(y, If) and x.cond == y.cond and not x.orelse and not y.orelse
+
+
+def _branches(recorded: list[Code], unrecorded: list[Code]) -> list[Code]:
+    why = Comment("create_graph=True: autograd records this backward, so nothing it saves is updated in place")
+    if not recorded:
+        return [why, If("not torch.is_grad_enabled()", unrecorded)]
+    return [why, If("torch.is_grad_enabled()", recorded, unrecorded)]
