@@ -23,6 +23,8 @@ from layerdsl.language.ops import OPS
 
 @dataclass(eq=False)
 class GradStmt:
+    """`var = expr` in a backward, needed by the gradients of `leaves`."""
+
     var: str  # the gradient variable it binds
     expr: N.Expr
     leaves: set[str] = field(default_factory=set)  # leaves whose gradient needs it
@@ -30,6 +32,8 @@ class GradStmt:
 
 @dataclass
 class Backward:
+    """A derived backward: its statements in order, and the variable holding each leaf's gradient."""
+
     stmts: list[GradStmt]
     leaf_grads: dict[str, str]  # leaf -> gradient var
 

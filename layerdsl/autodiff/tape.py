@@ -31,6 +31,8 @@ class NotDerivable(Exception):
 
 @dataclass(eq=False)
 class Step:
+    """`var = op(args)`: one operation of the forward."""
+
     var: str
     op: Op | None  # None: a non-differentiable computation (comparisons) kept as written
     args: dict[str, N.Expr]  # op parameter -> operand (a Name of a var, or a constant expression)
@@ -45,6 +47,8 @@ class Step:
 
 @dataclass
 class Tape:
+    """The forward as steps, with what the derivation and the emitter need to know about its names."""
+
     steps: list[Step]
     outputs: list[N.Expr]  # Names of vars (or inputs)
     leaves: list[str]  # inputs and tensors, in Function.apply order
@@ -59,6 +63,8 @@ class Tape:
 
 
 class Linearizer:
+    """Turns a layer's forward into a tape (`run`); `semantics.index_notation` adds its statements' steps."""
+
     def __init__(self, layer: N.Layer, optional: set[str], deriving: bool = True):
         self.deriving = deriving  # with a hand-written backward, ops without derivatives are fine
         self.layer = layer

@@ -591,10 +591,14 @@ def _replace_name(e: N.Expr, old: str, new: str) -> N.Expr:
 
 
 # ------------------------------------------------------------------ the backward's code, in both grad modes
+# Each grad mode's optimised statements become code (below), written out once both are known: `key` says
+# whether two pieces of code are the same, so the statements both modes share are written once.
 
 
 @dataclass(eq=False)
 class Assign:
+    """`target = expr`."""
+
     target: str
     expr: N.Expr
 
@@ -621,6 +625,8 @@ class Unscaled:
 
 @dataclass(frozen=True)
 class Comment:
+    """`# text`."""
+
     text: str
 
     def key(self) -> tuple:
@@ -632,6 +638,8 @@ class Comment:
 
 @dataclass(frozen=True)
 class Delete:
+    """`del names`: temporaries dead from here on."""
+
     names: tuple[str, ...]
 
     def key(self) -> tuple:
@@ -658,6 +666,8 @@ class Accumulate:
 
 @dataclass(eq=False)
 class If:
+    """`if cond:` with its body, and an `else:` when `orelse` has code."""
+
     cond: str
     body: list[Code]
     orelse: list[Code] = field(default_factory=list)
