@@ -26,7 +26,10 @@ class BackwardPlan:
     tape: Tape  # the forward as single operations, with static shapes
     grads: list[str]  # the backward's incoming gradients, one per output, as the backward names them
     incoming: dict[str, str]  # each incoming gradient -> the forward value it is the gradient of
-    derived: Backward | None  # reverse mode from the outputs' gradients; None when the spec writes it
+    # Reverse mode from the outputs' gradients; None when the spec writes the backward. The emitter may
+    # derive again with the gradients of intermediates it returns too (to save them): those go through the
+    # same steps, so what could not be derived has been reported here.
+    derived: Backward | None
     written: list[GradStmt]  # the spec's backward block over tape vars; empty when derived
 
 
@@ -54,7 +57,7 @@ def plan_backward(layer: N.Layer) -> BackwardPlan:
     tape = dataclasses.replace(tape, shapes=infer_shapes(tape, layer))
     if layer.backward is not None:
         grads = [name for name, _ in layer.backward.grads]
-        return BackwardPlan(tape, grads, incoming_gradients(tape, grads), None, written_backward(layer, tape))
+        return BackwardPlan(tape, grads, incoming_gradients(tape, grads), None, written_backward(layer.backward, tape))
     grads = [f"grad_{'out' if i == 0 else f'out{i}'}" for i in range(len(tape.outputs))]
     return BackwardPlan(tape, grads, incoming_gradients(tape, grads), derive(tape, grads), [])
 
@@ -64,11 +67,11 @@ def incoming_gradients(tape: Tape, grads: list[str]) -> dict[str, str]:
     return {g: o.id for g, o in zip(grads, tape.outputs) if isinstance(o, N.Name)}
 
 
-def written_backward(layer: N.Layer, tape: Tape) -> list[GradStmt]:
+def written_backward(backward: N.Backward, tape: Tape) -> list[GradStmt]:
     """The spec's backward block; the forward locals it reads become the tape vars holding them."""
     every_leaf = {leaf for leaf in tape.leaves if leaf in tape.differentiable}
     stmts = []
-    for stmt in layer.backward.body:
+    for stmt in backward.body:
         if isinstance(stmt, N.Assign):  # a local of the backward, needed by any gradient
             stmts.append(GradStmt(stmt.target, _over_tape_vars(stmt.value, tape.env), set(every_leaf)))
         elif isinstance(stmt, N.Grad) and isinstance(stmt.value, N.NoneLit):
