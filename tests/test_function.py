@@ -336,3 +336,30 @@ def test_saved_intermediates_are_differentiable_outputs(gen, module, function, a
     only_extra = torch.autograd.grad(out[1], x, g1, retain_graph=True)[0]  # the main section does not run
     both = torch.autograd.grad(out[:2], x, (g0, g1))[0]  # both sections, the second adding to the first
     assert torch.allclose(both, main + only_extra)
+
+
+def test_grad_modes_share_their_common_statements_and_branch_inside_a_common_guard():
+    from layerdsl.codegen.function import Assign, Delete, If, by_grad_mode
+    from layerdsl.codegen.pyexpr import PyExpr, Spelling
+    from layerdsl.ir import build as B
+
+    ex = PyExpr(Spelling())
+    product = B.binop("*", B.name("grad_out"), B.name("t"))
+    in_place = B.call("mul_", B.name("t"), B.name("grad_out"))
+
+    def backward(value, *after):
+        return [Assign("t", B.name("x")), If("ctx.needs_input_grad[0]", [Assign("grad_x", value), *after])]
+
+    same = backward(product)
+    assert by_grad_mode(same, backward(product)) == same
+    merged = by_grad_mode(backward(product, Delete(("t",))), backward(in_place))
+    assert [line for code in merged for line in code.lines(ex)] == [
+        "t = x",
+        "if ctx.needs_input_grad[0]:",
+        "    # create_graph=True: autograd records this backward, so nothing it saves is updated in place",
+        "    if torch.is_grad_enabled():",
+        "        grad_x = grad_out * t",
+        "        del t",
+        "    else:",
+        "        grad_x = mul_(t, grad_out)",
+    ]

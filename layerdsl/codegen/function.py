@@ -1,8 +1,8 @@
 """Emission of `<Name>Function(torch.autograd.Function)` for `@function` layers.
 
-The forward is the tape of `derive.linearize` with single-use cheap steps folded back into their
-consumer; costly intermediates the backward reads are returned as extra outputs (so double backward sees
-them) and saved. The backward is derived (`derive.derive`) or hand-written, guarded by
+Written from the layer's `BackwardPlan` (`autodiff.plan`). The forward is the plan's tape with single-use
+cheap steps folded back into their consumer; costly intermediates the backward reads are returned as
+extra outputs (so double backward sees them) and saved. The backward is derived or hand-written, guarded by
 `ctx.needs_input_grad`, and reads only what it needs: inputs and parameters, saved costly results, and
 cheap intermediates recomputed from them.
 """
@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 from dataclasses import dataclass, field
 
-from layerdsl.autodiff.derive import Linearizer, NotDerivable, Step, Tape, derive
-from layerdsl.autodiff.shapes import infer_shapes, same_shape_leaf
-from layerdsl.codegen.pyexpr import PyExpr, Spelling
-from layerdsl.diagnostics import SpecError
+from layerdsl.autodiff.derive import Backward, derive
+from layerdsl.autodiff.plan import BackwardPlan
+from layerdsl.autodiff.shapes import same_shape_leaf
+from layerdsl.autodiff.tape import Step, Tape
+from layerdsl.codegen.pyexpr import ATOM, PyExpr, Spelling
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.language.ops import OPS, shape_args
@@ -33,42 +35,36 @@ from layerdsl.optimize.fuse import (
 )
 
 
-def emit_function_class(emitter, functional) -> dict:
-    layer = emitter.layer
-    try:
-        return FunctionEmitter(emitter).emit()
-    except NotDerivable as exc:
-        from layerdsl.diagnostics import Diagnostic
-
-        raise SpecError([Diagnostic(layer.path, exc.span, exc.message, exc.hint)]) from None
+def emit_function_class(emitter, plan: BackwardPlan) -> dict:
+    """The pieces of `<Name>Function` for the template, from the layer's backward plan."""
+    return FunctionEmitter(emitter, plan).emit()
 
 
 class FunctionEmitter:
-    def __init__(self, emitter):
+    def __init__(self, emitter, plan: BackwardPlan):
         self.e = emitter
         self.layer = emitter.layer
+        self.plan = plan
+        self.tape = plan.tape
         self.kwargs = emitter.function_kwargs()  # numbers passed through apply: arguments, lets, training
         dec = self.layer.decorator("function")
         save = next((k.value.value for k in dec.kwargs if k.name == "save"), "auto")
         self.save_inputs_only = save == "inputs"
+        self.exact = frozenset(_compared_exactly(plan.tape))  # rounded as written, in forward and backward alike
+        # What writing the backward decides, read when writing `setup_context`:
+        self.split = False  # extra outputs' gradients have sections of their own (grads not materialised)
+        self.shape_on_ctx: dict[str, set[str]] = {}  # leaves the backward needs only the shape of
+        self.backward_dims: set[str] = set()  # symbolic dims the backward reads (kept on ctx)
 
     # ---------------------------------------------------------------- the pieces
 
     def emit(self) -> dict:
-        layer = self.layer
-        tape = Linearizer(layer, self.e.optional, deriving=layer.backward is None).run()
-        tape.shapes = infer_shapes(tape, layer)
-        self.tape = tape
-        self.exact = frozenset(_compared_exactly(tape))  # rounded as written, in forward and backward alike
+        layer, plan, tape = self.layer, self.plan, self.tape
         n_out = len(tape.outputs)
-        grads = (
-            [n for n, _ in layer.backward.grads]
-            if layer.backward
-            else [f"grad_{_out_name(o, i)}" for i, o in enumerate(tape.outputs)]
-        )
-        if layer.backward is None:
-            incoming = _incoming(tape, grads)
-            body, reads = self.derived_backward(tape, derive(tape, grads), incoming)
+        grads = plan.grads
+        if plan.derived is not None:
+            incoming = dict(plan.incoming)
+            body, reads = self.derived_backward(tape, plan.derived, incoming)
             saved, extra = self.saving(tape, reads)
             if extra:  # returned intermediates get gradients of their own (for double backward)
                 extra_grads = {v: f"grad_{v}_out" for v in extra}
@@ -77,13 +73,13 @@ class FunctionEmitter:
                     # main derivation ignores them, and each has its own section, run when it is given.
                     self.split = True
                     rare = [(v, g, derive(tape, [], {v: g})) for v, g in extra_grads.items()]
-                    body, reads = self.derived_backward(tape, derive(tape, grads), incoming, rare)
+                    body, reads = self.derived_backward(tape, plan.derived, incoming, rare)
                 else:
                     incoming.update({g: v for v, g in extra_grads.items()})
                     body, reads = self.derived_backward(tape, derive(tape, grads, extra_grads), incoming)
                 saved, extra = self.saving(tape, reads)
         else:
-            body, reads = self.handwritten_backward(tape, grads)
+            body, reads = self.handwritten_backward(tape)
             saved, extra = self.saving(tape, reads)
         fwd_body = self.forward_body(tape, extra)
         leaves = tape.leaves
@@ -135,8 +131,9 @@ class FunctionEmitter:
 
     # ---------------------------------------------------------------- forward
 
-    def prelude(self, tape: Tape, names: set[str], ex: PyExpr, dim_spelling) -> list[str]:
-        """Dims and number locals the code reads, bound before it: `n = x.shape[-1]`, `h = n // 2`."""
+    def prelude(self, tape: Tape, names: set[str], ex: PyExpr, dim_spelling) -> tuple[list[str], set[str]]:
+        """Dims and number locals the code reads, bound before it (`n = x.shape[-1]`, `h = n // 2`), and
+        the dims among them."""
         numbers = dict(tape.numbers)
         wanted, frontier = set(), [n for n in names if n in numbers or n in self.dim_source]
         while frontier:
@@ -148,8 +145,7 @@ class FunctionEmitter:
                 frontier += [m.id for m in N.walk(numbers[n]) if isinstance(m, N.Name)]
         lines = [f"{d} = {dim_spelling(d)}" for d in self.dim_source if d in wanted]
         lines += [f"{n} = {ex(e)}" for n, e in tape.numbers if n in wanted]
-        self.dims_read = getattr(self, "dims_read", set()) | {d for d in self.dim_source if d in wanted}
-        return lines
+        return lines, {d for d in self.dim_source if d in wanted}
 
     @property
     def dim_source(self) -> dict[str, str]:
@@ -172,7 +168,7 @@ class FunctionEmitter:
         ex = PyExpr(spelling, call_hook=self._internal)
         read = {n.id for s in tape.steps for n in N.walk(s.expr) if isinstance(n, N.Name)}
         read |= {n.id for o in tape.outputs for n in N.walk(o) if isinstance(n, N.Name)}
-        lines = self.prelude(tape, read, ex, lambda d: self.dim_source[d])
+        lines, _ = self.prelude(tape, read, ex, lambda d: self.dim_source[d])
         exact = self.exact
         roots: dict[str, frozenset[str]] = {}
         owned: set[str] = set()  # temporaries read once, holding a buffer of their own
@@ -219,9 +215,9 @@ class FunctionEmitter:
         return {s.target for s in self.layer.forward.body if isinstance(s, N.Assign)}
 
     def setup_body(self, tape: Tape, saved, extra, unpack) -> list[str]:
-        shapes = getattr(self, "shape_on_ctx", {})
+        shapes = self.shape_on_ctx
         saved_names = {v for v, _ in saved}
-        dims = sorted(getattr(self, "backward_dims", set()))
+        dims = sorted(self.backward_dims)
         used = saved_names | set(shapes) | set(self.kwargs) | {self.dim_source[d].split(".")[0] for d in dims}
         lines = []
         if any(u in used for u in unpack):
@@ -231,7 +227,7 @@ class FunctionEmitter:
         outs += [e if e in saved_names else "_" for e in extra]
         if any(v in outs for v in saved_names):
             lines.append(f"{outs[0]} = output" if len(outs) == 1 else f"{', '.join(outs)} = output")
-        if getattr(self, "split", False):
+        if self.split:
             lines.append("ctx.set_materialize_grads(False)")
         for k in self.kwargs:
             lines.append(f"ctx.{k} = {k}")
@@ -266,10 +262,9 @@ class FunctionEmitter:
             sections.append(Section(items, {grad: var}, f"{grad} is not None", accumulate, rare=True))
         return self._backward(tape, sections)
 
-    def _derived_items(self, bwd, tape: Tape) -> list[tuple[set[str], str, N.Expr]]:
-        for s in bwd.stmts:
-            s.expr = self._shape_only(s.expr, tape)
-        items = [(s.leaves, s.var, s.expr) for s in bwd.stmts]
+    def _derived_items(self, bwd: Backward, tape: Tape) -> list[tuple[set[str], str, N.Expr]]:
+        """The derivation's statements (copies: writing them out updates expressions in place)."""
+        items = [(set(s.leaves), s.var, self._shape_only(copy.deepcopy(s.expr), tape)) for s in bwd.stmts]
         return items + [({l}, f"grad_{l}", B.name(g)) for l, g in bwd.leaf_grads.items() if g != f"grad_{l}"]
 
     @staticmethod
@@ -338,9 +333,7 @@ class FunctionEmitter:
         order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps])}
         read_names = {n.id for sec in sections for _, _, e in sec.items for n in N.walk(e) if isinstance(n, N.Name)}
         read_names |= {n.id for s in tape.steps if s.var in recomputed for n in N.walk(s.expr) if isinstance(n, N.Name)}
-        self.dims_read = set()
-        lines = self.prelude(tape, read_names, ex, lambda d: f"ctx.{d}")
-        self.backward_dims = set(self.dims_read)
+        lines, self.backward_dims = self.prelude(tape, read_names, ex, lambda d: f"ctx.{d}")
         saved = sorted(reads, key=lambda v: order.get(v, 1 << 30))
         if saved:
             lines.append(f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors")
@@ -368,14 +361,17 @@ class FunctionEmitter:
             copy.deepcopy(stmts), dataclasses.replace(facts, graph=False), sec, ex, tape
         )
         recorded, _ = self._optimized(stmts, facts, sec, ex, tape, schedule)
-        return _by_grad_mode(recorded, unrecorded)
+        return [line for code in by_grad_mode(recorded, unrecorded) for line in code.lines(ex)]
 
-    def _optimized(self, stmts: list[Stmt], facts: Facts, sec: Section, ex: PyExpr, tape: Tape, prefer: int = 0):
+    def _optimized(
+        self, stmts: list[Stmt], facts: Facts, sec: Section, ex: PyExpr, tape: Tape, prefer: int = 0
+    ) -> tuple[list[Code], int]:
+        """One grad mode's statements, each under the `ctx.needs_input_grad` guard of the leaves needing it."""
         stmts, schedule = optimize(stmts, facts, prefer)
-        blocks = [(s.leaves, _render(s, ex)) for s in stmts]
+        parts = [(s.leaves, _code(s)) for s in stmts]
         for leaf, part in sec.accumulate.items():  # add to what the main section found (or None)
-            blocks.append(({leaf}, [f"grad_{leaf} = {part} if grad_{leaf} is None else grad_{leaf} + {part}"]))
-        return self._guarded(blocks, tape), schedule
+            parts.append(({leaf}, [Accumulate(leaf, part)]))
+        return self._guarded(parts, tape), schedule
 
     def _recompute_stmts(self, s: Step, leaves: set[str]) -> list[Stmt]:
         if s.guard:  # `var = base`, then `var = var + member` when the optional member is present
@@ -409,17 +405,13 @@ class FunctionEmitter:
             exact=self.exact,
         )
 
-    def _guarded(self, items, tape: Tape) -> list[str]:
-        lines, current, block = [], None, []
-        for leaves, code in items + [(None, None)]:
-            cond = self.needs(leaves, tape) if leaves is not None else "<end>"
-            if cond != current and block:
-                lines += block if current is None else [f"if {current}:", *("    " + c for c in block)]
-                block = []
-            current = cond
-            if code:
-                block += code
-        return lines
+    def _guarded(self, parts: list[tuple[set[str], list[Code]]], tape: Tape) -> list[Code]:
+        """Consecutive statements needed by the same leaves share one guard."""
+        out: list[Code] = []
+        for cond, group in itertools.groupby(parts, key=lambda part: self.needs(part[0], tape)):
+            codes = [code for _, codes in group for code in codes]
+            out += codes if cond is None else [If(cond, codes)]
+        return out
 
     def _shape_only(self, e: N.Expr, tape: Tape) -> N.Expr:
         """Arguments of the internal helpers that only give a shape: use a leaf of the same static shape."""
@@ -435,25 +427,10 @@ class FunctionEmitter:
 
     # ---------------------------------------------------------------- hand-written backward
 
-    def handwritten_backward(self, tape: Tape, grads: list[str]) -> tuple[list[str], dict[str, set[str]]]:
+    def handwritten_backward(self, tape: Tape) -> tuple[list[str], dict[str, set[str]]]:
         """The spec's backward block; forward locals it uses are recomputed or saved like derived ones."""
-        leaves_all = {l for l in tape.leaves if l in tape.differentiable}
-        env = tape.env  # forward local -> the tape var holding it
-        items = []
-        for stmt in self.layer.backward.body:
-            if isinstance(stmt, N.Assign):  # a local of the backward, needed by any gradient
-                items.append((set(leaves_all), stmt.target, _rename_locals(stmt.value, env)))
-            elif isinstance(stmt, N.Grad) and isinstance(stmt.value, N.NoneLit):
-                continue
-            elif isinstance(stmt, N.Grad):
-                items.append(({stmt.target}, f"grad_{stmt.target}", _rename_locals(stmt.value, env)))
-            else:
-                raise NotDerivable(
-                    stmt.span,
-                    "a backward block holds `NAME = ...` and `grad NAME = ...` statements",
-                    "compute both branches and choose with where()",
-                )
-        return self._backward(tape, [Section(items, _incoming(tape, grads))])
+        items = [(set(s.leaves), s.var, copy.deepcopy(s.expr)) for s in self.plan.written]
+        return self._backward(tape, [Section(items, self.plan.incoming)])
 
     # ---------------------------------------------------------------- internal helpers
 
@@ -466,15 +443,15 @@ class FunctionEmitter:
             # `*shape` where the rank is known to be at least 1: torch parses separate ints faster than a Size.
             rank = self.tape.shapes.get(a[1].id) if isinstance(a[1], N.Name) else None
             star = "*" if rank else ""
-            return f"{ex.wrap(a[0], 14)}.sum_to_size({star}{self._shape(a[1], ex)})"
+            return f"{ex.wrap(a[0], ATOM)}.sum_to_size({star}{self._shape(a[1], ex)})"
         if f == "shape_of":
             return self._shape(a[0], ex)
         if f == "expand_reduced":
             g, inp, dim, keepdim = a
-            return f"{self._unsqueeze(ex.wrap(g, 14), dim, keepdim, ex)}.expand({self._shape(inp, ex)})"
+            return f"{self._unsqueeze(ex.wrap(g, ATOM), dim, keepdim, ex)}.expand({self._shape(inp, ex)})"
         if f == "reduced_view":
             g, _, dim, keepdim = a
-            return self._unsqueeze(ex.wrap(g, 14), dim, keepdim, ex)
+            return self._unsqueeze(ex.wrap(g, ATOM), dim, keepdim, ex)
         if f == "reduced_numel":
             inp, dim = a
             shape = self._shape(inp, ex)
@@ -485,14 +462,14 @@ class FunctionEmitter:
             return f"{shape}[{ex(dim)}]"
         if f == "extremum_mask":
             inp, res, dim, keepdim = a
-            mask = f"({ex(inp)} == {self._unsqueeze(ex.wrap(res, 14), dim, keepdim, ex)})"
+            mask = f"({ex(inp)} == {self._unsqueeze(ex.wrap(res, ATOM), dim, keepdim, ex)})"
             dims = ex(dim) if not isinstance(dim, N.NoneLit) else "None"
             return f"({mask} / {mask}.sum({dims}, keepdim=True))"
         return None
 
     def _shape(self, e: N.Expr, ex: PyExpr) -> str:
         """A tensor's shape: from the tensor when the backward has it, else as kept on ctx."""
-        if isinstance(e, N.Name) and e.id in getattr(self, "shape_on_ctx", ()):
+        if isinstance(e, N.Name) and e.id in self.shape_on_ctx:
             return f"ctx.{e.id}_shape"
         return f"{ex(e)}.shape"
 
@@ -540,83 +517,12 @@ def _compared_exactly(tape: Tape) -> set[str]:
     return exact
 
 
-def _by_grad_mode(recorded: list[str], unrecorded: list[str]) -> list[str]:
-    """One body when it is the same whether or not autograd records the backward; else the lines both
-    share once, and the rest in two branches. Grad mode is on in a backward exactly when it is being
-    recorded (`create_graph=True`); then no value an earlier operation keeps may be updated in place."""
-    if recorded == unrecorded:
-        return recorded
-    a, b = _blocks(recorded), _blocks(unrecorded)
-    head = 0
-    while head < min(len(a), len(b)) and a[head] == b[head]:
-        head += 1
-    tail = 0
-    while tail < min(len(a), len(b)) - head and a[-1 - tail] == b[-1 - tail]:
-        tail += 1
-    only_a, only_b = a[head : len(a) - tail], b[head : len(b) - tail]
-    if len(only_a) == len(only_b) and all(
-        x[0] == y[0] and _one_body(x) and _one_body(y) for x, y in zip(only_a, only_b)
-    ):
-        branch = []  # the same guards in the same order: branch inside each
-        for x, y in zip(only_a, only_b):
-            branch += [x[0], *("    " + line for line in _by_grad_mode(_dedented(x[1:]), _dedented(y[1:])))]
-    else:
-        branch = _branches(only_a, only_b)
-    return (
-        [line for block in a[:head] for line in block]
-        + branch
-        + [line for block in a[len(a) - tail :] for line in block]
-    )
-
-
-def _branches(only_a: list[list[str]], only_b: list[list[str]]) -> list[str]:
-    why = "# create_graph=True: autograd records this backward, so nothing it saves is updated in place"
-    if not only_a:
-        return [why, "if not torch.is_grad_enabled():", *_indented(only_b)]
-    return [why, "if torch.is_grad_enabled():", *_indented(only_a)] + (["else:", *_indented(only_b)] if only_b else [])
-
-
-def _blocks(lines: list[str]) -> list[list[str]]:
-    """Top-level statements, each with the indented lines it owns."""
-    out: list[list[str]] = []
-    for line in lines:
-        if (line.startswith(" ") or line.startswith(("else:", "elif "))) and out:
-            out[-1].append(line)
-        else:
-            out.append([line])
-    return out
-
-
-def _one_body(block: list[str]) -> bool:
-    """`if ...:` with an indented body and no `else`."""
-    return block[0].endswith(":") and all(line.startswith("    ") for line in block[1:])
-
-
-def _dedented(lines: list[str]) -> list[str]:
-    return [line[4:] for line in lines]
-
-
-def _indented(blocks: list[list[str]]) -> list[str]:
-    return ["    " + line for block in blocks for line in block]
-
-
 def _renamed(e: N.Expr, names: dict[str, str]) -> N.Expr:
     e = copy.deepcopy(e)
     for n in N.walk(e):
         if isinstance(n, N.Name) and n.id in names:
             n.id = names[n.id]
     return e
-
-
-def _render(s: Stmt, ex: PyExpr) -> list[str]:
-    lines = [f"{s.target} = {ex(s.expr)}"]
-    if s.guard:
-        lines = [f"if {s.guard} is not None:", "    " + lines[0]]
-        if s.otherwise is not None:
-            lines += ["else:", f"    {s.target} = {ex(s.otherwise)}"]
-    if s.unscaled is not None:
-        lines.insert(0, f"# {s.target} without the factor {ex(s.unscaled)}: its readers apply it")
-    return lines + ([f"del {', '.join(s.dels)}"] if s.dels else [])
 
 
 def _squares(e: N.Expr) -> N.Expr:
@@ -664,23 +570,6 @@ def _shape_names(e) -> list[str]:
     return out
 
 
-def _rename_locals(e: N.Expr, env: dict[str, str]) -> N.Expr:
-    e = copy.deepcopy(e)
-    for n in N.walk(e):
-        if isinstance(n, N.Name) and n.ref == "local" and n.id in env:
-            n.id = env[n.id]
-    return e
-
-
-def _incoming(tape: Tape, grads: list[str]) -> dict[str, str]:
-    """Each incoming gradient, with the forward value it is the gradient of."""
-    return {g: o.id for g, o in zip(grads, tape.outputs) if isinstance(o, N.Name)}
-
-
-def _out_name(o, i) -> str:
-    return "out" if i == 0 else f"out{i}"
-
-
 def _use_counts(tape: Tape) -> dict[str, int]:
     counts: dict[str, int] = {}
     for s in tape.steps:
@@ -699,3 +588,147 @@ def _replace_name(e: N.Expr, old: str, new: str) -> N.Expr:
         if isinstance(n, N.Name) and n.id == old:
             n.id = new
     return e
+
+
+# ------------------------------------------------------------------ the backward's code, in both grad modes
+# Each grad mode's optimised statements become code (below), written out once both are known: `key` says
+# whether two pieces of code are the same, so the statements both modes share are written once.
+
+
+@dataclass(eq=False)
+class Assign:
+    """`target = expr`."""
+
+    target: str
+    expr: N.Expr
+
+    def key(self) -> tuple:
+        return ("=", self.target, B.key(self.expr))
+
+    def lines(self, ex: PyExpr) -> list[str]:
+        return [f"{self.target} = {ex(self.expr)}"]
+
+
+@dataclass(eq=False)
+class Unscaled:
+    """The note before a value that lacks a factor its readers apply (`optimize.scales`)."""
+
+    target: str
+    factor: N.Expr
+
+    def key(self) -> tuple:
+        return ("#", self.target, B.key(self.factor))
+
+    def lines(self, ex: PyExpr) -> list[str]:
+        return [f"# {self.target} without the factor {ex(self.factor)}: its readers apply it"]
+
+
+@dataclass(frozen=True)
+class Comment:
+    """`# text`."""
+
+    text: str
+
+    def key(self) -> tuple:
+        return ("#", self.text)
+
+    def lines(self, ex: PyExpr) -> list[str]:
+        return [f"# {self.text}"]
+
+
+@dataclass(frozen=True)
+class Delete:
+    """`del names`: temporaries dead from here on."""
+
+    names: tuple[str, ...]
+
+    def key(self) -> tuple:
+        return ("del", self.names)
+
+    def lines(self, ex: PyExpr) -> list[str]:
+        return [f"del {', '.join(self.names)}"]
+
+
+@dataclass(frozen=True)
+class Accumulate:
+    """A rare section's part of a leaf's gradient, added to what the main section found (or None)."""
+
+    leaf: str
+    part: str
+
+    def key(self) -> tuple:
+        return ("+=", self.leaf, self.part)
+
+    def lines(self, ex: PyExpr) -> list[str]:
+        g = f"grad_{self.leaf}"
+        return [f"{g} = {self.part} if {g} is None else {g} + {self.part}"]
+
+
+@dataclass(eq=False)
+class If:
+    """`if cond:` with its body, and an `else:` when `orelse` has code."""
+
+    cond: str
+    body: list[Code]
+    orelse: list[Code] = field(default_factory=list)
+
+    def key(self) -> tuple:
+        return ("if", self.cond, tuple(c.key() for c in self.body), tuple(c.key() for c in self.orelse))
+
+    def lines(self, ex: PyExpr) -> list[str]:
+        lines = [f"if {self.cond}:", *_indented(self.body, ex)]
+        return lines + (["else:", *_indented(self.orelse, ex)] if self.orelse else [])
+
+
+Code = Assign | Unscaled | Comment | Delete | Accumulate | If
+
+
+def _indented(codes: list[Code], ex: PyExpr) -> list[str]:
+    return ["    " + line for code in codes for line in code.lines(ex)]
+
+
+def _code(s: Stmt) -> list[Code]:
+    """One optimised statement as code: its note, the assignment (guarded by its optional member), its `del`."""
+    codes: list[Code] = [Unscaled(s.target, s.unscaled)] if s.unscaled is not None else []
+    assign = Assign(s.target, s.expr)
+    if s.guard:
+        codes.append(
+            If(f"{s.guard} is not None", [assign], [Assign(s.target, s.otherwise)] if s.otherwise is not None else [])
+        )
+    else:
+        codes.append(assign)
+    return codes + ([Delete(tuple(s.dels))] if s.dels else [])
+
+
+def by_grad_mode(recorded: list[Code], unrecorded: list[Code]) -> list[Code]:
+    """One body when it is the same whether or not autograd records the backward; else the statements
+    both share once, and the rest in two branches, as deep inside the guards both have as possible. Grad
+    mode is on in a backward exactly when it is being recorded (`create_graph=True`); then no value an
+    earlier operation keeps may be updated in place."""
+    a, b = [c.key() for c in recorded], [c.key() for c in unrecorded]
+    if a == b:
+        return recorded
+    head = 0
+    while head < min(len(a), len(b)) and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(a), len(b)) - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    only_a, only_b = recorded[head : len(a) - tail], unrecorded[head : len(b) - tail]
+    if len(only_a) == len(only_b) and all(_same_guard(x, y) for x, y in zip(only_a, only_b)):
+        branch = [If(x.cond, by_grad_mode(x.body, y.body)) for x, y in zip(only_a, only_b)]
+    else:
+        branch = _branches(only_a, only_b)
+    return recorded[:head] + branch + recorded[len(a) - tail :]
+
+
+def _same_guard(x: Code, y: Code) -> bool:
+    """Both `if COND:` with one body and no `else`: the grad modes can branch inside."""
+    return isinstance(x, If) and isinstance(y, If) and x.cond == y.cond and not x.orelse and not y.orelse
+
+
+def _branches(recorded: list[Code], unrecorded: list[Code]) -> list[Code]:
+    why = Comment("create_graph=True: autograd records this backward, so nothing it saves is updated in place")
+    if not recorded:
+        return [why, If("not torch.is_grad_enabled()", unrecorded)]
+    return [why, If("torch.is_grad_enabled()", recorded, unrecorded)]

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 import jinja2
 
+from layerdsl.autodiff.plan import BackwardPlan, plan_backwards
 from layerdsl.codegen.optional_members import IsPresent, hoist_optionals
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
+from layerdsl.diagnostics import SpecError
 from layerdsl.ir import nodes as N
 from layerdsl.language.ops import CALLABLE
 from layerdsl.language.tables import DTYPES, INITS, NN_LAYERS
@@ -71,9 +73,20 @@ def snake_case(name: str) -> str:
 # ------------------------------------------------------------------ file
 
 
-def emit_file(spec: N.SpecFile, program: Program, spec_path: str, imports_for: dict[str, str]) -> str:
-    """`imports_for` maps each layer used as a sub from another file to its relative module path."""
-    layers = [LayerEmitter(layer, program).emit() for layer in spec.layers]
+def emit_file(
+    spec: N.SpecFile,
+    program: Program,
+    spec_path: str,
+    imports_for: dict[str, str],
+    plans: dict[str, BackwardPlan] | None = None,
+) -> str:
+    """`imports_for` maps each layer used as a sub from another file to its relative module path; `plans`
+    holds the backward plans of its `@function` layers (planned here when not given)."""
+    if plans is None:
+        plans, problems = plan_backwards([spec])
+        if problems:
+            raise SpecError(problems)
+    layers = [LayerEmitter(layer, program, plans.get(layer.name)).emit() for layer in spec.layers]
     used = "\n".join(layer.code_text() for layer in layers)
     foreign = sorted({(imports_for[s], s) for layer in layers for s in layer.layer_subs if s in imports_for})
     return render(
@@ -136,9 +149,10 @@ class LayerCode:
 
 
 class LayerEmitter:
-    def __init__(self, layer: N.Layer, program: Program):
+    def __init__(self, layer: N.Layer, program: Program, plan: BackwardPlan | None):
         self.layer = layer
         self.program = program
+        self.plan = plan  # a `@function` layer's backward
         self.optional = {t.name for t in layer.tensors if t.cond is not None}
         self.shared_cond = {t.name for t in layer.tensors if isinstance(t.cond, N.Name) and t.cond.id == t.name}
         self.stored_args = [a for a in layer.args if a.name not in self.shared_cond]
@@ -152,7 +166,7 @@ class LayerEmitter:
         if layer.is_function:
             from layerdsl.codegen.function import emit_function_class  # the @function issue's stage
 
-            function_class = emit_function_class(self, functional)
+            function_class = emit_function_class(self, self.plan)
         code = LayerCode(
             name=layer.name,
             docstring=layer.docstring,

@@ -14,6 +14,8 @@ from layerdsl.ir import nodes as N
 from layerdsl.language.ops import CALLABLE, OPS
 from layerdsl.language.tables import CONSTANTS
 
+ATOM = 14  # the precedence of what is never parenthesised: names, literals, calls, subscripts
+
 PREC = {
     "or": 1,
     "and": 2,
@@ -30,7 +32,7 @@ PREC = {
     "@": 11,
     "unary": 12,
     "**": 13,
-    "atom": 14,
+    "atom": ATOM,
 }
 
 

@@ -1,4 +1,4 @@
-"""The whole pipeline for one run: find specs, parse, check, emit, format with black.
+"""The whole pipeline for one run: find specs, parse, check, plan the backwards, emit, format with black.
 
 Nothing here touches the output folder; `writer` decides what to write.
 """
@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from layerdsl.autodiff.plan import BackwardPlan, plan_backwards
 from layerdsl.codegen.module import emit_file, emit_package_init
 from layerdsl.diagnostics import Diagnostic, Span, SpecError
 from layerdsl.ir import nodes as N
@@ -80,6 +81,13 @@ def load(sources: list[Source]) -> tuple[list[N.SpecFile], list[Diagnostic]]:
 
 
 def check(paths: list[str]) -> tuple[list[Source], list[N.SpecFile], Program]:
+    """Parse and check every spec and plan every `@function` layer's backward, without emitting; raises
+    SpecError with every problem found."""
+    sources, files, program, _ = _checked(paths)
+    return sources, files, program
+
+
+def _checked(paths: list[str]) -> tuple[list[Source], list[N.SpecFile], Program, dict[str, BackwardPlan]]:
     sources = find_sources(paths)
     files, problems = load(sources)
     try:
@@ -89,20 +97,28 @@ def check(paths: list[str]) -> tuple[list[Source], list[N.SpecFile], Program]:
         program = None
     if problems:
         raise SpecError(problems)
-    return sources, files, program
+    plans, problems = plan_backwards(files)
+    if problems:
+        raise SpecError(problems)
+    return sources, files, program, plans
 
 
 def generate(paths: list[str]) -> dict[Path, str]:
     """Every generated file (relative to the output folder) and its black-formatted content."""
-    sources, files, program = check(paths)
-    outputs = emit_modules(sources, files, program)
+    sources, files, program, plans = _checked(paths)
+    outputs = emit_modules(sources, files, program, plans)
     outputs.update(_package_inits(sources, files, paths))
     return {path: format_python(text) for path, text in sorted(outputs.items())}
 
 
-def emit_modules(sources: list[Source], files: list[N.SpecFile], program: Program) -> dict[Path, str]:
-    """Each spec's module source (before black). Problems only emission finds (a derived backward
-    through an op without a derivative) are collected from every file before raising."""
+def emit_modules(
+    sources: list[Source],
+    files: list[N.SpecFile],
+    program: Program,
+    plans: dict[str, BackwardPlan] | None = None,
+) -> dict[Path, str]:
+    """Each spec's module source (before black). Without `plans` each file plans its own backwards, and
+    what cannot be derived is collected from every file before raising."""
     module_of = {}  # layer name -> module path parts
     for src, f in zip(sources, files):
         for layer in f.layers:
@@ -113,7 +129,7 @@ def emit_modules(sources: list[Source], files: list[N.SpecFile], program: Progra
         here = src.out.with_suffix("").parts
         imports = {name: relative_import(here, parts) for name, parts in module_of.items() if parts != here}
         try:
-            outputs[src.out] = emit_file(f, program, src.shown, imports)
+            outputs[src.out] = emit_file(f, program, src.shown, imports, plans)
         except SpecError as exc:
             problems.extend(exc.diagnostics)
     if problems:

@@ -1,0 +1,65 @@
+"""Simplification of derived expressions: constant folding and the identities of one and zero."""
+
+from __future__ import annotations
+
+import copy
+
+from layerdsl.ir import build as B
+from layerdsl.ir import nodes as N
+from layerdsl.ir.nodes import NOWHERE
+
+
+def _is(e, v) -> bool:
+    return isinstance(e, N.Num) and e.value == v
+
+
+def simplify(e: N.Expr) -> N.Expr:
+    """Constant folding and the identities x*1, x+0, x-0, x/1, --x, x**1."""
+    match e:
+        case N.BinOp(op=op, left=l, right=r):
+            l, r = simplify(l), simplify(r)
+            if isinstance(l, N.Num) and isinstance(r, N.Num) and op in ("+", "-", "*", "/", "**"):
+                try:
+                    return B.num(
+                        {
+                            "+": l.value + r.value,
+                            "-": l.value - r.value,
+                            "*": l.value * r.value,
+                            "/": l.value / r.value,
+                            "**": l.value**r.value,
+                        }[op]
+                    )
+                except ZeroDivisionError:
+                    pass
+            if op == "*" and _is(l, 1) or op in ("+",) and _is(l, 0):
+                return r
+            if op in ("*", "/") and _is(r, 1) or op in ("+", "-") and _is(r, 0) or op == "**" and _is(r, 1):
+                return l
+            if op == "*" and _is(l, -1):
+                return simplify(_neg(r))
+            if op == "-" and _is(l, 0):
+                return simplify(_neg(r))
+            if op == "**" and _is(r, 2) and isinstance(l, N.Name):
+                return B.binop("*", l, copy.deepcopy(l))
+            out = N.BinOp(e.span, op, l, r)
+            out.kind = e.kind
+            return out
+        case N.UnaryOp(op="-", operand=o):
+            o = simplify(o)
+            if isinstance(o, N.Num):
+                return B.num(-o.value)
+            if isinstance(o, N.UnaryOp) and o.op == "-":
+                return o.operand
+            return _neg(o)
+        case N.Call():
+            c = copy.copy(e)
+            c.args = [simplify(a) for a in e.args]
+            c.kwargs = [N.Keyword(k.name, simplify(k.value), k.span) for k in e.kwargs]
+            return c
+    return e
+
+
+def _neg(o: N.Expr) -> N.Expr:
+    u = N.UnaryOp(NOWHERE, "-", o)
+    u.kind = o.kind
+    return u

@@ -1,0 +1,280 @@
+"""The tape: a `@function` layer's forward as single operations (SSA), each an op-table row on named operands.
+
+`Linearizer` walks forward's statements and binds every tensor operation to a step, keeping the spec's
+local names for the steps that bind them; numbers computed from dims and arguments are kept as written.
+What the derivation cannot go through is reported as `NotDerivable`, with its location.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from layerdsl.autodiff.formulas import parse_default
+from layerdsl.diagnostics import Span
+from layerdsl.ir import build as B
+from layerdsl.ir import nodes as N
+from layerdsl.language.ops import CALLABLE, OPERATORS, OPS, Op
+
+LOWERED = ("einsum", "permute", "align")  # ops that index notation lowers to
+
+
+class NotDerivable(Exception):
+    """Forward uses something the derivation cannot go through; carries the location and a message."""
+
+    def __init__(self, span: Span, message: str, hint: str = "write `backward(grad_y) { grad x = ... }`"):
+        super().__init__(message)
+        self.span = span
+        self.message = message
+        self.hint = hint
+
+
+@dataclass(eq=False)
+class Step:
+    """`var = op(args)`: one operation of the forward."""
+
+    var: str
+    op: Op | None  # None: a non-differentiable computation (comparisons) kept as written
+    args: dict[str, N.Expr]  # op parameter -> operand (a Name of a var, or a constant expression)
+    expr: N.Expr  # the step as one IR expression over operand names
+    guard: str | None = None  # an optional member: when it is None the step is `var = base`
+    base: str | None = None
+
+    @property
+    def costly(self) -> bool:
+        return self.op is not None and self.op.cost == "costly"
+
+
+@dataclass
+class Tape:
+    """The forward as steps, with what the derivation and the emitter need to know about its names."""
+
+    steps: list[Step]
+    outputs: list[N.Expr]  # Names of vars (or inputs)
+    leaves: list[str]  # inputs and tensors, in Function.apply order
+    differentiable: set[str]  # leaves that can have a gradient
+    env: dict[str, str] = field(default_factory=dict)  # spec local -> the var holding its final value
+    numbers: list[tuple[str, N.Expr]] = field(default_factory=list)  # number locals, computed as written
+    # Static shapes of leaves and steps (`autodiff.shapes`); empty until the plan stage infers them.
+    shapes: dict[str, tuple | None] = field(default_factory=dict)
+
+    def step(self, var: str) -> Step | None:
+        return next((s for s in self.steps if s.var == var), None)
+
+
+class Linearizer:
+    """Turns a layer's forward into a tape (`run`); `semantics.index_notation` adds its statements' steps."""
+
+    def __init__(self, layer: N.Layer, optional: set[str], deriving: bool = True):
+        self.deriving = deriving  # with a hand-written backward, ops without derivatives are fine
+        self.layer = layer
+        self.optional = optional
+        self.steps: list[Step] = []
+        self.env: dict[str, str] = {}  # spec local -> current var
+        self.taken = {a.name for a in layer.args} | {t.name for t in layer.tensors} | {l.name for l in layer.lets}
+        self.taken |= {i.name for i in layer.forward.inputs} | set(getattr(layer, "symbolic_dims", []))
+        self.counter = itertools.count(1)
+        self.numbers: list[tuple[str, N.Expr]] = []
+
+    def fresh(self, hint: str) -> str:
+        name = hint
+        while name in self.taken:
+            name = f"{hint}{next(self.counter)}"
+        self.taken.add(name)
+        return name
+
+    def run(self) -> Tape:
+        fwd = self.layer.forward
+        outputs: list[N.Expr] = []
+        for stmt in fwd.body:
+            match stmt:
+                case N.Assign(target=t, value=v) if v.kind != "tensor":
+                    self.numbers.append((t, v))  # a number (from dims and arguments): computed as written
+                case N.Assign(target=t, value=v):
+                    self.env[t] = self.value(v, hint=t, target=t)
+                case N.Return(values=vs):
+                    outputs = [B.name(self.value(v, hint="out")) if v.kind == "tensor" else v for v in vs]
+                case N.If():
+                    raise NotDerivable(stmt.span, "a derived backward cannot go through `if`; write a backward block")
+                case N.Update():
+                    raise NotDerivable(stmt.span, "@function layers cannot update buffers")
+                case N.IndexAssign():
+                    from layerdsl.semantics.index_notation import linearize_index_assign
+
+                    self.env[stmt.target] = linearize_index_assign(self, stmt)
+        leaves = [i.name for i in fwd.inputs] + [t.name for t in self.layer.tensors]
+        diff = {i.name for i in fwd.inputs if i.dtype == "float"} | {t.name for t in self.layer.params}
+        return Tape(self.steps, outputs, leaves, diff, env=dict(self.env), numbers=list(self.numbers))
+
+    def value(self, e: N.Expr, hint: str = "t", target: str | None = None) -> str:
+        """Emit steps computing `e`; return the var holding it (an input or param name for leaves)."""
+        operand = self.operand(e, "t")
+        if isinstance(operand, N.Name) and operand.ref in ("local",) and target is None:
+            return operand.id
+        if isinstance(operand, N.Name):
+            if (
+                target is not None
+                and operand.id != target
+                and operand.ref == "local"
+                and self._is_fresh_step(operand.id)
+            ):
+                self.steps[-1].var = self.fresh(target)  # the last step is this local's value: name it so
+                return self.steps[-1].var
+            return operand.id
+        raise NotDerivable(e.span, "forward returns or binds a number, not a tensor")
+
+    def _is_fresh_step(self, var: str) -> bool:
+        return bool(self.steps) and self.steps[-1].var == var and var not in self.env.values()
+
+    def operand(self, e: N.Expr, hint: str) -> N.Expr:
+        if e.kind != "tensor":
+            return e  # a number: an argument, let, dim or literal
+        match e:
+            case N.Name(id=i, ref=ref):
+                if ref == "local":
+                    return B.name(self.env[i], e.span)
+                return B.name(i, e.span, ref)
+            case N.BinOp(op=op, left=l, right=r):
+                row = OPERATORS[op]
+                return self.add(
+                    row,
+                    {"input": self.operand(l, hint), "other" if op != "**" else "exponent": self.operand(r, hint)},
+                    hint,
+                    e,
+                )
+            case N.UnaryOp(op="-", operand=o):
+                return self.add(OPERATORS["neg"], {"input": self.operand(o, hint)}, hint, e)
+            case N.UnaryOp(op="+", operand=o):
+                return self.operand(o, hint)
+            case N.Call(func=f) if f in CALLABLE or f in LOWERED:
+                op = OPS[f]
+                args = {}
+                for p, a in zip(op.params, e.args):
+                    if p.tensors and isinstance(a, N.ListExpr):
+                        items = N.ListExpr(a.span, [self.operand(i, hint) for i in a.items])
+                        items.kind = "list"
+                        args[p.name] = items
+                        continue
+                    args[p.name] = self.operand(a, hint) if (p.tensor or p.tensors) else a
+                for k in e.kwargs:
+                    p = op.param(k.name)
+                    args[k.name] = self.operand(k.value, hint) if (p.tensor or p.tensors) else k.value
+                for p in op.params:
+                    if p.name not in args and p.default is not None:
+                        args[p.name] = parse_default(p.default)
+                if f == "align":
+                    return self.add(op, args, hint, e, items=e.items)
+                if self.deriving and any(isinstance(v, N.ListExpr) for v in args.values()) and op.shape == "concat":
+                    raise NotDerivable(
+                        e.span, f"a derived backward cannot go through {f}() yet; write a backward block"
+                    )
+                return self.add(op, args, hint, e)
+            case N.Compare(ops=ops, operands=operands):
+                new = N.Compare(e.span, ops, [self.operand(o, hint) for o in operands])
+                new.kind = "tensor"
+                return self.opaque(new, hint)
+            case N.Subscript():
+                raise NotDerivable(e.span, "a derived backward cannot go through indexing yet; write a backward block")
+            case N.Call(func=f):
+                raise NotDerivable(e.func_span, f"a derived backward cannot go through '{f}'")
+        raise NotDerivable(e.span, "a derived backward cannot go through this expression")
+
+    def add(self, op: Op, args: dict[str, N.Expr], hint: str, source: N.Expr, items=None) -> N.Name:
+        for pname, formula_text in op.grads.items():
+            operand = args.get(pname)
+            if (
+                self.deriving
+                and formula_text is None
+                and isinstance(operand, N.Name)
+                and operand.kind == "tensor"
+                and self._needs_grad(operand)
+            ):
+                raise NotDerivable(
+                    source.span,
+                    f"{op.name}() has no derivative; write a backward block (or mark a deliberate surrogate with @surrogate)",
+                )
+        guard, base = None, None
+        member = next((a for a in args.values() if isinstance(a, N.Name) and a.id in self.optional), None)
+        if member is not None and op.operator in ("+", "-", "*", "/"):
+            guard = member.id
+            other = args["other"] if args["input"] is member else args["input"]
+            base = other.id if isinstance(other, N.Name) else None
+            if base is None or (op.operator in ("-", "/") and args["input"] is member):
+                raise NotDerivable(
+                    source.span, f"a derived backward needs the optional '{member.id}' on the right of {op.operator}"
+                )
+        expr = _op_expr(op, args, source)
+        if items is not None:
+            expr.items = items
+        if guard is None:  # the same operation on the same operands is computed once
+            key = B.key(expr)
+            for s in self.steps:
+                if s.guard is None and s.op is op and B.key(s.expr) == key:
+                    return B.name(s.var, source.span)
+        var = self.fresh(_hint_for(op, hint))
+        self.steps.append(Step(var, op, args, expr, guard, base))
+        return B.name(var, source.span)
+
+    def opaque(self, expr: N.Expr, hint: str) -> N.Name:
+        var = self.fresh("mask")
+        self.steps.append(Step(var, None, {}, expr))
+        return B.name(var, expr.span)
+
+    def _needs_grad(self, operand: N.Name) -> bool:
+        diff = {i.name for i in self.layer.forward.inputs if i.dtype == "float"} | {t.name for t in self.layer.params}
+        if operand.id in diff:
+            return True
+        step = next((s for s in self.steps if s.var == operand.id), None)
+        if step is None:
+            return False
+        return (
+            any(isinstance(a, N.Name) and a.kind == "tensor" and self._needs_grad(a) for a in step.args.values())
+            if step.op
+            else False
+        )
+
+
+def _hint_for(op: Op, hint: str) -> str:
+    return (
+        hint if hint not in ("t", "out") else {"matmul": "mm", "sigmoid": "s", "tanh": "th"}.get(op.name, op.name[:4])
+    )
+
+
+def _op_expr(op: Op, args: dict[str, N.Expr], source: N.Expr) -> N.Expr:
+    """The step as an expression, in operator form where the op is one."""
+    if op.operator == "neg":
+        e = N.UnaryOp(source.span, "-", args["input"])
+    elif op.operator:
+        e = N.BinOp(source.span, op.operator, args["input"], args.get("other", args.get("exponent")))
+    elif op.template:  # written by its template: every argument in signature order
+        e = N.Call(source.span, op.name, source.span, [args[p.name] for p in op.params if p.name in args], [])
+    else:
+        e = N.Call(source.span, op.name, source.span, [], [N.Keyword(k, v, source.span) for k, v in args.items()])
+        e.args = [v for p in op.params if (v := args.get(p.name)) is not None and (p.tensor or p.tensors)]
+        e.kwargs = [
+            N.Keyword(p.name, args[p.name], source.span)
+            for p in op.params
+            if not (p.tensor or p.tensors) and p.name in args and not _is_default(op, p.name, args[p.name])
+        ]
+    e.kind = "tensor"
+    return e
+
+
+def _is_default(op: Op, pname: str, value: N.Expr) -> bool:
+    p = op.param(pname)
+    if p.default is None:
+        return False
+    return _same(value, parse_default(p.default))
+
+
+def _same(a, b) -> bool:
+    match a, b:
+        case N.Num(value=x), N.Num(value=y):
+            return x == y
+        case N.Bool(value=x), N.Bool(value=y):
+            return x == y
+        case N.NoneLit(), N.NoneLit():
+            return True
+        case N.Name(id=x), N.Name(id=y):
+            return x == y
+    return False
