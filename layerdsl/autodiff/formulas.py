@@ -4,39 +4,19 @@ from __future__ import annotations
 
 import functools
 
-from lark import Lark
-
-from layerdsl.diagnostics import Reporter
 from layerdsl.ir import nodes as N
 from layerdsl.language.ops import OPS
-from layerdsl.resources import resource_dir
+from layerdsl.syntax import parse_expr
 
-
-@functools.cache
-def _formula_parser() -> Lark:
-    grammar = (resource_dir("grammars") / "layer.lark").read_text(encoding="utf-8")
-    return Lark(
-        grammar,
-        parser="lalr",
-        lexer="contextual",
-        propagate_positions=True,
-        maybe_placeholders=True,
-        start="expr",
-        cache=True,
-    )
+TABLE = "<ops.py>"  # where a broken formula is reported: the operation table, not a spec
 
 
 @functools.cache
 def formula(op_name: str, param: str) -> N.Expr:
     """The op table's derivative formula for one operand, as IR (cached; copy before use)."""
-    from layerdsl.syntax.parser import _Builder
-
-    text = OPS[op_name].grads[param]
-    tree = _formula_parser().parse(text)
-    return _Builder(Reporter("<ops.py>", text)).transform(tree)
+    return parse_expr(OPS[op_name].grads[param], TABLE)
 
 
 def parse_default(text: str) -> N.Expr:
-    from layerdsl.syntax.parser import _Builder
-
-    return _Builder(Reporter("<ops.py>", text)).transform(_formula_parser().parse(text))
+    """An op-table parameter default (`1`, `None`, `-1`) as IR."""
+    return parse_expr(text, TABLE)

@@ -93,8 +93,7 @@ def _checked(paths: list[str]) -> tuple[list[Source], list[N.SpecFile], Program,
     try:
         program = check_program(files)
     except SpecError as exc:
-        problems.extend(exc.diagnostics)
-        program = None
+        raise SpecError(problems + exc.diagnostics) from None
     if problems:
         raise SpecError(problems)
     plans, problems = plan_backwards(files)
@@ -115,25 +114,18 @@ def emit_modules(
     sources: list[Source],
     files: list[N.SpecFile],
     program: Program,
-    plans: dict[str, BackwardPlan] | None = None,
+    plans: dict[str, BackwardPlan],
 ) -> dict[Path, str]:
-    """Each spec's module source (before black). Without `plans` each file plans its own backwards, and
-    what cannot be derived is collected from every file before raising."""
-    module_of = {}  # layer name -> module path parts
+    """Each spec's module source (before black)."""
+    module_of: dict[str, tuple[str, ...]] = {}  # layer name -> module path parts
     for src, f in zip(sources, files):
         for layer in f.layers:
             module_of[layer.name] = src.out.with_suffix("").parts
     outputs: dict[Path, str] = {}
-    problems: list[Diagnostic] = []
     for src, f in zip(sources, files):
         here = src.out.with_suffix("").parts
         imports = {name: relative_import(here, parts) for name, parts in module_of.items() if parts != here}
-        try:
-            outputs[src.out] = emit_file(f, program, src.shown, imports, plans)
-        except SpecError as exc:
-            problems.extend(exc.diagnostics)
-    if problems:
-        raise SpecError(problems)
+        outputs[src.out] = emit_file(f, program, src.shown, imports, plans)
     return outputs
 
 

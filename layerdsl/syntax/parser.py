@@ -196,8 +196,3 @@ _STRUCTURE = frozenset(
     "start layer decorator argdef param buffer sub let example forward backward input outputs shape block "
     "assign update if_stmt return_stmt grad docstring".split()
 )
-
-
-# TEMPORARY, until autodiff/derive.py (not this branch's file) calls `parse_expr`: it still imports the
-# builder by its old name. Delete at merge.
-_Builder = IRBuilder
