@@ -15,6 +15,7 @@ import jinja2
 from layerdsl.codegen.optional_members import IsPresent, hoist_optionals
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import names_read, statements, walk
 from layerdsl.language.ops import CALLABLE
 from layerdsl.language.tables import DTYPES, INITS, NN_LAYERS
 from layerdsl.resources import resource_dir
@@ -176,14 +177,14 @@ class LayerEmitter:
     def nested_layer_subs(self) -> set[str]:
         out = set()
         for s in self.layer.subs:
-            for node in N.walk(s.call):
+            for node in walk(s.call):
                 if isinstance(node, N.Call) and node.func in self.program.layers:
                     out.add(node.func)
         return out
 
     @property
     def has_functional(self) -> bool:
-        return not self.layer.subs and not any(isinstance(s, N.Update) for s in _all_stmts(self.layer.forward.body))
+        return not self.layer.subs and not any(isinstance(s, N.Update) for s in statements(self.layer.forward.body))
 
     # -- __init__
 
@@ -220,7 +221,7 @@ class LayerEmitter:
             lines += self.tensor_init(t, ex)
         for s in layer.subs:
             lines.append(f"self.{s.name} = {self.sub_call(s.call, ex)}")
-        if any(t.kind == "param" or t.init is not None or t.kind == "buffer" for t in layer.tensors):
+        if any(t.kind in N.MEMBERS or t.init is not None for t in layer.tensors):
             lines.append("self.reset_parameters()")
         return lines
 
@@ -230,7 +231,7 @@ class LayerEmitter:
         torch_dtype = DTYPES[t.dtype]
         kwargs = "**factory_kwargs" if torch_dtype is None else f'device=factory_kwargs["device"], dtype={torch_dtype}'
         empty = f"torch.empty({shape}, {kwargs})"
-        if t.kind == "param":
+        if t.kind == N.Ref.PARAM:
             make = [f"self.{t.name} = nn.Parameter({empty})"]
             absent = [f'self.register_parameter("{t.name}", None)']
         else:
@@ -245,7 +246,7 @@ class LayerEmitter:
         return any(
             isinstance(n, N.Call)
             and (n.func in self.program.layers or NN_LAYERS.get(n.func[3:], False) and n.func.startswith("nn."))
-            for n in N.walk(call)
+            for n in walk(call)
         )
 
     def sub_call(self, call: N.Call, ex: PyExpr) -> str:
@@ -278,7 +279,7 @@ class LayerEmitter:
         target = f"self.{t.name}"
         init = t.init
         if init is None:
-            if t.kind == "param" and len(t.shape.dims) >= 2:
+            if t.kind == N.Ref.PARAM and len(t.shape.dims) >= 2:
                 return [f"nn.init.kaiming_uniform_({target}, a=math.sqrt(5))"]
             return [f"nn.init.zeros_({target})"]
         spec = INITS[init.name]
@@ -368,7 +369,7 @@ class LayerEmitter:
         fwd = self.layer.forward
         if fwd.outputs is not None:
             return len(fwd.outputs)
-        for s in _all_stmts(fwd.body):
+        for s in statements(fwd.body):
             if isinstance(s, N.Return):
                 return len(s.values)
         return 1
@@ -391,7 +392,7 @@ class LayerEmitter:
         lets = {l.name: l for l in self.layer.lets}
         frontier = [n for n in used if n in lets]
         while frontier:
-            for node in N.walk(lets[frontier.pop()].value):
+            for node in walk(lets[frontier.pop()].value):
                 if isinstance(node, N.Name) and node.id not in used:
                     used.add(node.id)
                     if node.id in lets:
@@ -409,10 +410,10 @@ class LayerEmitter:
         for inp in self.layer.forward.inputs:
             for d in inp.shape.dims if inp.shape else []:
                 if isinstance(d, N.Expr):
-                    out |= {n.id for n in N.walk(d) if isinstance(n, N.Name) and n.ref in ("arg", "let")}
+                    out |= {n.id for n in walk(d) if isinstance(n, N.Name) and n.ref in (N.Ref.ARG, N.Ref.LET)}
         lets = {l.name: l for l in self.layer.lets}
         for name in [n for n in out if n in lets]:
-            out |= {n.id for n in N.walk(lets[name].value) if isinstance(n, N.Name)}
+            out |= {n.id for n in walk(lets[name].value) if isinstance(n, N.Name)}
         return {n for n in out if n not in sourced}
 
     def function_kwargs(self) -> list[str]:
@@ -420,7 +421,7 @@ class LayerEmitter:
         backward read directly, and `training`."""
         used = self.names_used_by_forward()
         if self.layer.backward is not None:
-            used |= {n.id for s in self.layer.backward.body for n in N.walk(s) if isinstance(n, N.Name)}
+            used |= {n.id for s in self.layer.backward.body for n in walk(s) if isinstance(n, N.Name)}
         names = [a.name for a in self.stored_args if a.name in used]
         names += [l.name for l in self.layer.lets if l.name in used]
         if "training" in used or self.uses_dropout():
@@ -430,16 +431,16 @@ class LayerEmitter:
     def names_used_by_forward(self) -> set[str]:
         used = set()
         for stmt in self.layer.forward.body:
-            for node in N.walk(stmt):
+            for node in walk(stmt):
                 if isinstance(node, N.Name):
-                    used.add("training" if node.ref == "training" else node.id)
+                    used.add("training" if node.ref == N.Ref.TRAINING else node.id)
         return used
 
     def uses_dropout(self) -> bool:
         return any(
             isinstance(n, N.Call) and n.func in CALLABLE and CALLABLE[n.func].takes_training
             for s in self.layer.forward.body
-            for n in N.walk(s)
+            for n in walk(s)
         )
 
     def functional(self) -> Func:
@@ -475,7 +476,7 @@ class LayerEmitter:
         if not on_self:
             used = self.names_used_by_forward()
             for let in self.layer.lets:
-                if let.name in used or any(let.name in _names(l.value) for l in self.layer.lets if l.name in used):
+                if let.name in used or any(let.name in names_read(l.value) for l in self.layer.lets if l.name in used):
                     lines.append(f"{let.name} = {ex(let.value)}")
         body = hoist_optionals(copy.deepcopy(self.layer.forward.body), self.optional, self.taken_names())
         lines += StatementWriter(ex, spelling, self.layer).block(body)
@@ -484,8 +485,8 @@ class LayerEmitter:
     def taken_names(self) -> set[str]:
         names = {a.name for a in self.layer.args} | {t.name for t in self.layer.tensors}
         names |= {l.name for l in self.layer.lets} | {s.name for s in self.layer.subs}
-        names |= {i.name for i in self.layer.forward.inputs} | set(getattr(self.layer, "symbolic_dims", []))
-        for stmt in _all_stmts(self.layer.forward.body):
+        names |= {i.name for i in self.layer.forward.inputs} | set(self.layer.symbolic_dims)
+        for stmt in statements(self.layer.forward.body):
             if isinstance(stmt, (N.Assign, N.IndexAssign)):
                 names.add(stmt.target)
         return names
@@ -572,27 +573,15 @@ def _src(d: N.Expr) -> str:
 
 def _substitute(d: N.Expr, sources: dict[str, str], ex: PyExpr) -> str | None:
     """Render a dim expression with names replaced by where their values are known; None if unknown."""
-    names = [n for n in N.walk(d) if isinstance(n, N.Name)]
-    if any(n.id not in sources and n.ref != "const" for n in names):
+    names = [n for n in walk(d) if isinstance(n, N.Name)]
+    if any(n.id not in sources and n.ref != N.Ref.CONST for n in names):
         return None
     text = PyExpr(Spelling({n.id: sources[n.id] for n in names if n.id in sources}))(d)
     return text
 
 
-def _names(e) -> set[str]:
-    return {n.id for n in N.walk(e) if isinstance(n, N.Name)}
-
-
 def _indent(lines: list[str], n: int = 1) -> list[str]:
     return [("    " * n + line) if line else line for line in lines]
-
-
-def _all_stmts(body):
-    for s in body:
-        yield s
-        if isinstance(s, N.If):
-            yield from _all_stmts(s.body)
-            yield from _all_stmts(s.orelse)
 
 
 class StatementWriter:

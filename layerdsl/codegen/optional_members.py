@@ -10,7 +10,7 @@ import itertools
 from dataclasses import dataclass
 
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import replace_children, walk
+from layerdsl.ir.visit import names_read, replace_children
 
 
 @dataclass(eq=False)
@@ -53,7 +53,7 @@ def _lower_stmt(stmt: N.Stmt, optional: set[str], fresh) -> list[N.Stmt]:
         side = _optional_side(e, optional)
         if side is None:
             return e
-        own_target = isinstance(stmt, N.Assign) and e is stmt.value and stmt.target not in _names_in(e)
+        own_target = isinstance(stmt, N.Assign) and e is stmt.value and stmt.target not in names_read(e)
         return _guard(e, side, stmt.target if own_target else next(fresh), pre)
 
     replace_children(stmt, visit)
@@ -99,6 +99,3 @@ def _optional_side(e: N.BinOp, optional: set[str]) -> str | None:
         return "right"
     return None
 
-
-def _names_in(e) -> set[str]:
-    return {n.id for n in walk(e) if isinstance(n, N.Name)}

@@ -287,7 +287,7 @@ class Init(Node):
 class Tensor(Node):
     """A `param`, `buffer` or `transient buffer`."""
 
-    kind: str  # "param" | "buffer"
+    kind: Ref  # Ref.PARAM or Ref.BUFFER
     name: str
     span: Span
     dtype: str
@@ -381,11 +381,11 @@ class Layer(Node):
 
     @property
     def params(self) -> list[Tensor]:
-        return [t for t in self.tensors if t.kind == "param"]
+        return [t for t in self.tensors if t.kind == Ref.PARAM]
 
     @property
     def buffers(self) -> list[Tensor]:
-        return [t for t in self.tensors if t.kind == "buffer"]
+        return [t for t in self.tensors if t.kind == Ref.BUFFER]
 
 
 @dataclass(eq=False)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import fields
 from typing import Any, TypeVar
 
-from layerdsl.ir.nodes import Keyword, Node, Slice
+from layerdsl.ir.nodes import Keyword, Name, Node, Slice, Stmt
 
 Fn = Callable[[Node], Node]
 T = TypeVar("T", bound=Node)
@@ -92,3 +92,14 @@ def _map_item(item: Any, fn: Fn, fresh: bool) -> Any:
         item.lower, item.upper, item.step = bounds
         return item
     return item
+
+
+def statements(body: list[Stmt]) -> Iterator[Stmt]:
+    """Every statement of `body`, those in nested blocks too, in order."""
+    for stmt in body:
+        yield from (n for n in walk(stmt) if isinstance(n, Stmt))
+
+
+def names_read(node: Node) -> set[str]:
+    """The identifiers of every `Name` in or below `node`."""
+    return {n.id for n in walk(node) if isinstance(n, Name)}
