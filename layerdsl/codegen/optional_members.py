@@ -98,4 +98,3 @@ def _optional_side(e: N.BinOp, optional: set[str]) -> str | None:
     if isinstance(e.right, N.Name) and e.right.id in optional and e.right.ref in N.MEMBERS:
         return "right"
     return None
-

@@ -145,11 +145,11 @@ def scope_at(layer: N.Layer, line: int, col: int) -> Scope:
     for arg in layer.args:
         scope.declare(arg.name, Ref.ARG, arg, arg.span)
     for let in layer.lets:
-        if _inside(at, let.span):
+        if _holds(let, at):
             scope.construction = True
             return scope
         scope.declare(let.name, Ref.LET, let, let.span)
-    construction = any(_inside(at, t.span) for t in layer.tensors) or any(_inside(at, s.span) for s in layer.subs)
+    construction = any(_holds(member, at) for member in [*layer.tensors, *layer.subs])
     for t in layer.tensors:
         scope.declare(t.name, Ref(t.kind), t, t.span)
     for sub in layer.subs:
@@ -161,7 +161,7 @@ def scope_at(layer: N.Layer, line: int, col: int) -> Scope:
     if fwd is None:
         return scope
     _declare_inputs(scope, fwd)
-    if any(_inside(at, ex.span) for ex in layer.examples):
+    if any(_holds(ex, at) for ex in layer.examples):
         return scope
     if _inside(at, fwd.span):
         _bind_block(scope, fwd.body, at)
@@ -225,6 +225,14 @@ def _enter(scope: Scope, stmt: N.Stmt, at: tuple[int, int]) -> None:
                 if isinstance(node, N.Reduce) and _inside(at, node.span):
                     for i in node.indices:
                         scope.bindings.setdefault(i.id, Binding(Ref.INDEX, i, i.span))
+
+
+def _holds(decl: N.Node, at: tuple[int, int]) -> bool:
+    """Whether a declaration (its name and everything written after it) holds `at`."""
+    spans = [n.span for n in walk(decl) if hasattr(n, "span")]
+    start = min((s.line, s.col) for s in spans)
+    end = max((s.end_line, s.end_col) for s in spans)
+    return start <= at < end
 
 
 def _inside(at: tuple[int, int], span: Span) -> bool:
