@@ -1,7 +1,8 @@
 """Emission: checked IR → the Python source of one generated module (before black).
 
 This stage decides what each generated function says; the Jinja templates in `templates/` decide how
-the file is laid out. Expressions are rendered by `pyexpr`, optional members are lowered by `lower`.
+the file is laid out. Expressions are rendered by `pyexpr`, optional members are lowered by
+`optional_members`.
 """
 
 from __future__ import annotations

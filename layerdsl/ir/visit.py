@@ -9,10 +9,12 @@ are not children.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import fields
 from typing import Any, TypeVar
 
+from layerdsl.ir import nodes
 from layerdsl.ir.nodes import Keyword, Name, Node, Slice, Stmt
 
 Fn = Callable[[Node], Node]
@@ -24,8 +26,16 @@ def children(node: Node) -> list[Node]:
     out: list[Node] = []
     for name in _node_fields(node):
         value = getattr(node, name)
-        for item in value if isinstance(value, (list, tuple)) else (value,):
-            out.extend(_nodes_in(item))
+        if isinstance(value, Node):
+            out.append(value)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                if isinstance(item, Node):
+                    out.append(item)
+                else:
+                    out.extend(_parts(item))
+        elif value is not None:
+            out.extend(_parts(value))
     return out
 
 
@@ -58,18 +68,28 @@ def replace_children(node: T, fn: Fn, fresh_parts: bool = False) -> T:
 
 
 def _node_fields(node: Node) -> list[str]:
+    """The fields of `node`'s class whose declared type can hold a node (computed once per class)."""
     names = _FIELDS.get(type(node))
     if names is None:
-        names = _FIELDS[type(node)] = [f.name for f in fields(node) if f.name != "span"]
+        names = _FIELDS[type(node)] = [f.name for f in fields(node) if _may_hold_nodes(str(f.type))]
     return names
 
 
-_FIELDS: dict[type, list[str]] = {}  # per node class: its field names (fields() is slow)
+_FIELDS: dict[type, list[str]] = {}
 
 
-def _nodes_in(item: Any) -> list[Node]:
-    if isinstance(item, Node):
-        return [item]
+def _may_hold_nodes(annotation: str) -> bool:
+    return (
+        any(
+            isinstance(t := getattr(nodes, word, None), type) and issubclass(t, (Node, Keyword, Slice))
+            for word in re.findall(r"\w+", annotation)
+        )
+        or "SubscriptItem" in annotation
+    )
+
+
+def _parts(item: Any) -> list[Node]:
+    """The nodes of a keyword (its value) or a slice (its bounds); nothing for anything else."""
     if isinstance(item, Keyword):
         return [item.value]
     if isinstance(item, Slice):

@@ -10,6 +10,7 @@ reductions become `torch.sum/mean/amax/amin` over the reduced dims.
 from __future__ import annotations
 
 from layerdsl.diagnostics import did_you_mean
+from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import Kind, Ref
 from layerdsl.ir.visit import children, replace_children, walk
@@ -251,7 +252,7 @@ def _einsum(body, reduced: list[str], want: list[str] | None) -> tuple[N.Expr, l
     eq.kind = Kind.STR
     expr: N.Expr = _call("einsum", [eq, _list([t.name for t in tensors])], [])
     for s in scalars:
-        expr = _bin("*", s, expr)
+        expr = B.binop("*", s, expr)
     return expr, out
 
 
@@ -291,12 +292,6 @@ def _call(func: str, args, kwargs) -> N.Call:
     c = N.Call(NOWHERE, func, NOWHERE, list(args), [N.Keyword(k, v, NOWHERE) for k, v in kwargs])
     c.kind = Kind.TENSOR
     return c
-
-
-def _bin(op, l, r) -> N.BinOp:
-    b = N.BinOp(NOWHERE, op, l, r)
-    b.kind = Kind.TENSOR
-    return b
 
 
 def _list(values) -> N.ListExpr:
