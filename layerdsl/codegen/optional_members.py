@@ -50,11 +50,12 @@ def _lower_stmt(stmt: N.Stmt, optional: set[str], fresh) -> list[N.Stmt]:
         replace_children(e, visit)
         if not isinstance(e, N.BinOp):
             return e
-        side = _optional_side(e, optional)
-        if side is None:
+        member = _optional_member(e, optional)
+        if member is None:
             return e
-        own_target = isinstance(stmt, N.Assign) and e is stmt.value and stmt.target not in names_read(e)
-        return _guard(e, side, stmt.target if own_target else next(fresh), pre)
+        if isinstance(stmt, N.Assign) and e is stmt.value and stmt.target not in names_read(e):
+            return _guard(e, member, stmt.target, pre)  # computed straight into the statement's target
+        return _guard(e, member, next(fresh), pre)
 
     replace_children(stmt, visit)
     if pre and isinstance(stmt, N.Assign) and isinstance(stmt.value, N.Name) and stmt.value.id == stmt.target:
@@ -62,11 +63,12 @@ def _lower_stmt(stmt: N.Stmt, optional: set[str], fresh) -> list[N.Stmt]:
     return pre + [stmt]
 
 
-def _guard(e: N.BinOp, side: str, temp: str, pre: list[N.Stmt]) -> N.Name:
+def _guard(e: N.BinOp, member: N.Name, temp: str, pre: list[N.Stmt]) -> N.Name:
     """Append to `pre` the statements computing `e` into `temp` when its optional member is present,
     and its identity when absent; returns the name `temp`."""
     op = e.op
-    member, other = (e.left, e.right) if side == "left" else (e.right, e.left)
+    side = "left" if member is e.left else "right"
+    other = e.right if side == "left" else e.left
     tname = N.Name(e.span, temp)
     tname.ref, tname.kind = N.Ref.LOCAL, N.Kind.TENSOR
     if side == "left" and op in ("-", "/"):
@@ -90,11 +92,11 @@ def _guard(e: N.BinOp, side: str, temp: str, pre: list[N.Stmt]) -> N.Name:
     return tname
 
 
-def _optional_side(e: N.BinOp, optional: set[str]) -> str | None:
+def _optional_member(e: N.BinOp, optional: set[str]) -> N.Name | None:
+    """The optional member that is an operand of `e` (the left one first), if `e` can skip it."""
     if e.op not in ("+", "-", "*", "/"):
         return None
-    if isinstance(e.left, N.Name) and e.left.id in optional and e.left.ref in N.MEMBERS:
-        return "left"
-    if isinstance(e.right, N.Name) and e.right.id in optional and e.right.ref in N.MEMBERS:
-        return "right"
+    for operand in (e.left, e.right):
+        if isinstance(operand, N.Name) and operand.id in optional and operand.ref in N.MEMBERS:
+            return operand
     return None

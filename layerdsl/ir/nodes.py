@@ -19,8 +19,11 @@ NOWHERE = Span(0, 0, 0, 0)  # the span of a node the compiler made (not from a s
 class _Word(str, enum.Enum):
     """An enum of words that compares, hashes and formats as its word (`Kind.INT == "int"`)."""
 
-    __str__ = str.__str__
-    __format__ = str.__format__
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
 
 
 class Kind(_Word):

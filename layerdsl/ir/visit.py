@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from layerdsl.ir import nodes
 from layerdsl.ir.nodes import Keyword, Name, Node, Slice, Stmt
 
-Fn = Callable[[Node], Node]
+Fn = Callable[[Any], Any]  # a node -> its replacement
 T = TypeVar("T", bound=Node)
 
 
@@ -67,7 +67,7 @@ def replace_children(node: T, fn: Fn, fresh_parts: bool = False) -> T:
     return node
 
 
-def _node_fields(node: Node) -> list[str]:
+def _node_fields(node: Any) -> list[str]:
     """The fields of `node`'s class whose declared type can hold a node (computed once per class)."""
     names = _FIELDS.get(type(node))
     if names is None:

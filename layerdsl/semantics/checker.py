@@ -466,7 +466,7 @@ class LayerChecker:
         for d in shape.dims:
             if isinstance(d, N.EllipsisItem):
                 continue
-            if is_new_dim(self.scope, d):
+            if is_new_dim(d, self.scope):
                 if bind:
                     self.check_name(d.id, d.span, "dim")  # a bad name is still bound: no follow-on errors
                     self.scope.declare(d.id, Ref.DIM, d, d.span)

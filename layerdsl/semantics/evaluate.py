@@ -50,8 +50,8 @@ def evaluate(expr: N.Expr, env: Mapping[str, Any]) -> Any:
         case N.Compare(ops=ops, operands=operands):
             values = [evaluate(o, env) for o in operands]
             return all(_COMPARE[op](a, b) for op, a, b in zip(ops, values, values[1:]))
-        case N.Call(func=f, args=args, kwargs=[]) if f in CALLABLE and CALLABLE[f].scalar:
-            return _scalar_function(CALLABLE[f].scalar)(*[evaluate(a, env) for a in args])
+        case N.Call(func=f, args=args, kwargs=[]) if f in CALLABLE and (spelling := CALLABLE[f].scalar):
+            return _scalar_function(spelling)(*[evaluate(a, env) for a in args])
     raise NotConstant("not a constant expression")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 from layerdsl.diagnostics import Span
 from layerdsl.ir import nodes as N
@@ -109,7 +110,7 @@ def _takes_over_condition(ref: Ref, decl: N.Node | None, old: Binding) -> bool:
     )
 
 
-def is_new_dim(scope: Scope, d: N.Expr | N.EllipsisItem) -> bool:
+def is_new_dim(d: N.Expr | N.EllipsisItem, scope: Scope) -> TypeGuard[N.Name]:
     """Whether dim `d` of an input shape binds a symbolic dim (a bare name nothing declares yet)."""
     return isinstance(d, N.Name) and d.id not in scope and d.id not in CONSTANTS
 
@@ -186,7 +187,7 @@ def _declare_inputs(scope: Scope, fwd: N.Forward) -> None:
         scope.declare(inp.name, Ref.INPUT, inp, inp.span)
     for inp in fwd.inputs:
         for d in inp.shape.dims if inp.shape is not None else []:
-            if is_new_dim(scope, d):
+            if is_new_dim(d, scope):
                 scope.declare(d.id, Ref.DIM, d, d.span)
 
 
