@@ -1,12 +1,14 @@
 """Semantic checks: names, scopes, types, members, initialisers, subs and examples.
 
-Every independent problem is reported; nothing here stops at the first error. Names are annotated
-in place (`Name.ref`) and expressions get their kind (`Expr.kind`) for the emitter and the derivation.
+Every independent problem is reported; nothing here stops at the first error. Names are resolved with
+the rules of `scopes` and annotated in place (`Name.ref`); expressions get their kind (`Expr.kind`)
+for the emitter and the derivation; each layer gets its `symbolic_dims`.
 """
 
 from __future__ import annotations
 
 import keyword
+import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -96,8 +98,6 @@ def check_module_names(files: list[N.SpecFile], reporters: dict[str, Reporter]) 
 def check_generated_names(f: N.SpecFile, program: Program, r: Reporter) -> None:
     """Besides its class, a layer generates a functional form (`my_layer`) and, with @function, a
     `MyLayerFunction` class: these must not clash with each other, with another layer, or with Python."""
-    from layerdsl.codegen.module import snake_case  # the emitter's spelling of the functional form
-
     owner: dict[str, N.Layer] = {}  # generated name -> the layer of this file that generates it
     reported: set[frozenset[str]] = set()
     for layer in f.layers:
@@ -138,6 +138,13 @@ def check_generated_names(f: N.SpecFile, program: Program, r: Reporter) -> None:
                     and program.layers[node.func].path != f.path
                 ):
                     names.setdefault(node.func, node.func)
+
+
+def snake_case(name: str) -> str:
+    """The name of a layer's functional form in the generated code: `MyLayer` → `my_layer`."""
+    s = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name)
+    s = re.sub(r"(?<=[A-Z])([A-Z][a-z])", r"_\1", s)
+    return s.lower()
 
 
 # Module-level names of a generated file (imports and built-ins its code calls).

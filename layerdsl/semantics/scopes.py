@@ -55,10 +55,11 @@ class Scope:
         self.bindings[name] = Binding(ref, decl, span)
         return True
 
-    def bind_local(self, name: str, stmt: N.Stmt, span: Span) -> None:
-        """Binds `name` as a local (rebinding an existing local keeps its first binding)."""
+    def bind_local(self, name: str, decl: N.Stmt | N.Backward, span: Span) -> None:
+        """Binds `name` as a local, by a statement or as a gradient of a backward block (rebinding an
+        existing local keeps its first binding)."""
         if self.get(name) != Ref.LOCAL:
-            self.bindings[name] = Binding(Ref.LOCAL, stmt, span)
+            self.bindings[name] = Binding(Ref.LOCAL, decl, span)
 
     def get(self, name: str) -> Ref | None:
         """What `name` is declared as here (None when undeclared; see `lookup` for the full rule)."""
@@ -131,7 +132,7 @@ def merge_branches(scope: Scope, then: Scope, orelse: Scope, then_returns: bool,
             continue
         if then_returns:
             scope.bindings[name] = orelse.bindings[name]
-        elif name not in then:
+        else:
             partly.add(name)
     return partly
 
@@ -171,7 +172,7 @@ def scope_at(layer: N.Layer, line: int, col: int) -> Scope:
     bwd = layer.backward
     if bwd is not None and _inside(at, bwd.span):
         for name, span in bwd.grads:
-            scope.declare(name, Ref.LOCAL, bwd, span)
+            scope.bind_local(name, bwd, span)
         _bind_block(scope, bwd.body, at)
     return scope
 
@@ -183,9 +184,8 @@ def resolve(layer: N.Layer, name: str, line: int, col: int) -> Binding | None:
 
 
 def _declare_inputs(scope: Scope, fwd: N.Forward) -> None:
-    for inp in fwd.inputs:
+    for inp in fwd.inputs:  # an input, then the dims its shape binds
         scope.declare(inp.name, Ref.INPUT, inp, inp.span)
-    for inp in fwd.inputs:
         for d in inp.shape.dims if inp.shape is not None else []:
             if is_new_dim(d, scope):
                 scope.declare(d.id, Ref.DIM, d, d.span)
