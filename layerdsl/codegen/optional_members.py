@@ -7,16 +7,17 @@ Optional members: `a + bias`, where `bias` may be absent, becomes a statement `t
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import names_read, replace_children
 
 
+@dataclass(eq=False)
 class IsPresent(N.Expr):
     """`NAME is not None`: the guard of an optional member."""
 
-    def __init__(self, span, name: N.Name):
-        super().__init__(span)
-        self.name = name
+    name: N.Name
 
 
 def hoist_optionals(body: list[N.Stmt], optional: set[str], taken: set[str]) -> list[N.Stmt]:
@@ -45,75 +46,57 @@ def _lower_stmt(stmt: N.Stmt, optional: set[str], fresh) -> list[N.Stmt]:
         return [stmt]
     pre: list[N.Stmt] = []
 
-    def visit(e):
-        match e:
-            case N.BinOp(op=op, left=l, right=r):
-                e.left, e.right = visit(l), visit(r)
-                side = _optional_side(e, optional)
-                if side is None:
-                    return e
-                member, other = (e.left, e.right) if side == "left" else (e.right, e.left)
-                if isinstance(stmt, N.Assign) and e is stmt.value and stmt.target not in _names_in(e):
-                    temp = stmt.target
-                else:
-                    temp = next(fresh)
-                tname = N.Name(e.span, temp)
-                tname.ref, tname.kind = "local", "tensor"
-                if side == "left" and op in ("-", "/"):
-                    # `b - x` without b is `-x`, `b / x` is `1 / x`: two branches, not an update of t.
-                    absent = (
-                        N.UnaryOp(e.span, "-", other)
-                        if op == "-"
-                        else N.BinOp(e.span, "/", N.Num(e.span, 1, "1"), other)
-                    )
-                    present = N.BinOp(e.span, op, member, other)
-                    absent.kind = present.kind = "tensor"
-                    pre.append(
-                        N.If(
-                            e.span,
-                            IsPresent(e.span, member),
-                            [N.Assign(e.span, temp, e.span, present)],
-                            [N.Assign(e.span, temp, e.span, absent)],
-                        )
-                    )
-                    return tname
-                pre.append(N.Assign(e.span, temp, e.span, other))
-                present = N.BinOp(e.span, op, member, tname) if side == "left" else N.BinOp(e.span, op, tname, member)
-                present.kind = "tensor"
-                pre.append(N.If(e.span, IsPresent(e.span, member), [N.Assign(e.span, temp, e.span, present)], []))
-                return tname
-            case N.Expr():
-                for attr in ("operand", "value", "body"):
-                    if isinstance(getattr(e, attr, None), N.Expr):
-                        setattr(e, attr, visit(getattr(e, attr)))
-                if isinstance(e, N.Call):
-                    e.args = [visit(a) for a in e.args]
-                if isinstance(e, (N.Compare,)):
-                    e.operands = [visit(o) for o in e.operands]
-                if isinstance(e, N.ListExpr):
-                    e.items = [visit(i) for i in e.items]
-                return e
-        return e
+    def visit(e: N.Node) -> N.Node:
+        replace_children(e, visit)
+        if not isinstance(e, N.BinOp):
+            return e
+        member = _optional_member(e, optional)
+        if member is None:
+            return e
+        if isinstance(stmt, N.Assign) and e is stmt.value and stmt.target not in names_read(e):
+            return _guard(e, member, stmt.target, pre)  # computed straight into the statement's target
+        return _guard(e, member, next(fresh), pre)
 
-    match stmt:
-        case N.Assign() | N.Update() | N.Grad() | N.IndexAssign():
-            stmt.value = visit(stmt.value)
-        case N.Return():
-            stmt.values = [visit(v) for v in stmt.values]
+    replace_children(stmt, visit)
     if pre and isinstance(stmt, N.Assign) and isinstance(stmt.value, N.Name) and stmt.value.id == stmt.target:
         return pre  # `y = y` after hoisting into y itself
     return pre + [stmt]
 
 
-def _optional_side(e: N.BinOp, optional: set[str]) -> str | None:
+def _guard(e: N.BinOp, member: N.Name, temp: str, pre: list[N.Stmt]) -> N.Name:
+    """Append to `pre` the statements computing `e` into `temp` when its optional member is present,
+    and its identity when absent; returns the name `temp`."""
+    op = e.op
+    side = "left" if member is e.left else "right"
+    other = e.right if side == "left" else e.left
+    tname = N.Name(e.span, temp)
+    tname.ref, tname.kind = N.Ref.LOCAL, N.Kind.TENSOR
+    if side == "left" and op in ("-", "/"):
+        # `b - x` without b is `-x`, `b / x` is `1 / x`: two branches, not an update of t.
+        absent = N.UnaryOp(e.span, "-", other) if op == "-" else N.BinOp(e.span, "/", N.Num(e.span, 1, "1"), other)
+        present = N.BinOp(e.span, op, member, other)
+        absent.kind = present.kind = N.Kind.TENSOR
+        pre.append(
+            N.If(
+                e.span,
+                IsPresent(e.span, member),
+                [N.Assign(e.span, temp, e.span, present)],
+                [N.Assign(e.span, temp, e.span, absent)],
+            )
+        )
+        return tname
+    pre.append(N.Assign(e.span, temp, e.span, other))
+    present = N.BinOp(e.span, op, member, tname) if side == "left" else N.BinOp(e.span, op, tname, member)
+    present.kind = N.Kind.TENSOR
+    pre.append(N.If(e.span, IsPresent(e.span, member), [N.Assign(e.span, temp, e.span, present)], []))
+    return tname
+
+
+def _optional_member(e: N.BinOp, optional: set[str]) -> N.Name | None:
+    """The optional member that is an operand of `e` (the left one first), if `e` can skip it."""
     if e.op not in ("+", "-", "*", "/"):
         return None
-    if isinstance(e.left, N.Name) and e.left.id in optional and e.left.ref in ("param", "buffer"):
-        return "left"
-    if isinstance(e.right, N.Name) and e.right.id in optional and e.right.ref in ("param", "buffer"):
-        return "right"
+    for operand in (e.left, e.right):
+        if isinstance(operand, N.Name) and operand.id in optional and operand.ref in N.MEMBERS:
+            return operand
     return None
-
-
-def _names_in(e) -> set[str]:
-    return {n.id for n in N.walk(e) if isinstance(n, N.Name)}

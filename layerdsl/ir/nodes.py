@@ -1,27 +1,80 @@
 """The IR: plain dataclasses for layers, members, statements and expressions.
 
 The parser builds these from the Lark tree; the checker annotates names with what they refer to
-(`Name.ref`) and expressions with their kind (`Expr.kind`); the derivation and index passes rewrite
-statement lists; the emitter turns them into Python.
+(`Name.ref`, a `Ref`) and expressions with their kind (`Expr.kind`, a `Kind`); the derivation and index
+passes rewrite statement lists; the emitter turns them into Python. Every result a pass leaves on a
+node is a field declared here. `visit` traverses these nodes generically, from their fields.
 """
 
 from __future__ import annotations
 
-import copy
+import enum
 from dataclasses import dataclass, field
 
-from layerdsl.diagnostics import Span
+from layerdsl.diagnostics import Diagnostic, Span
 
 NOWHERE = Span(0, 0, 0, 0)  # the span of a node the compiler made (not from a spec)
+
+
+class _Word(str, enum.Enum):
+    """An enum of words that compares, hashes and formats as its word (`Kind.INT == "int"`)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Kind(_Word):
+    """What an expression's value is, as the checker infers it."""
+
+    UNKNOWN = ""  # not inferred yet, or unknown after an error (no follow-on errors about it)
+    TENSOR = "tensor"
+    INT = "int"
+    FLOAT = "float"
+    BOOL = "bool"
+    STR = "str"
+    NONE = "none"
+    LIST = "list"
+    SUB = "sub"  # the kind the checker gives a sub's name (it can only be called)
+
+
+class Ref(_Word):
+    """What a name refers to, as the checker resolves it."""
+
+    UNRESOLVED = ""  # not resolved yet
+    UNKNOWN = "unknown"  # no declaration: reported
+    INPUT = "input"
+    LOCAL = "local"
+    PARAM = "param"
+    BUFFER = "buffer"
+    ARG = "arg"
+    LET = "let"
+    DIM = "dim"
+    SUB = "sub"
+    TRAINING = "training"
+    CONST = "const"
+    INDEX = "index"
+
+
+NUMBERS = (Kind.INT, Kind.FLOAT, Kind.BOOL)
+MEMBERS = (Ref.PARAM, Ref.BUFFER)
+
+
+class Node:
+    """Base of every IR node: what `visit` descends into. A `Keyword` or a `Slice` is a part of its
+    node (`visit` descends through it to its expressions); an `EllipsisItem` is a marker."""
+
 
 # ---------------------------------------------------------------- expressions
 
 
 @dataclass(eq=False)
-class Expr:
+class Expr(Node):
     span: Span
-    # Filled in by the checker: "tensor", "int", "float", "bool", "str", "none" or "list".
-    kind: str = field(default="", init=False, repr=False, compare=False)
+    # Filled in by the checker.
+    kind: Kind = field(default=Kind.UNKNOWN, init=False, repr=False, compare=False)
 
 
 @dataclass(eq=False)
@@ -48,9 +101,8 @@ class NoneLit(Expr):
 @dataclass(eq=False)
 class Name(Expr):
     id: str
-    # Filled in by the checker: what the name refers to ("input", "local", "param", "buffer", "arg",
-    # "let", "dim", "sub", "training", "const", "index").
-    ref: str = field(default="", init=False, repr=False, compare=False)
+    # Filled in by the checker.
+    ref: Ref = field(default=Ref.UNRESOLVED, init=False, repr=False, compare=False)
 
 
 @dataclass(eq=False)
@@ -97,6 +149,9 @@ class Call(Expr):
     func_span: Span
     args: list[Expr]
     kwargs: list[Keyword]
+    # An `align` view made by the index-notation lowering: the subscript items it is written with
+    # (`e[:, None]`); None for every other call.
+    items: list[SubscriptItem] | None = field(default=None, init=False, repr=False, compare=False)
 
 
 @dataclass(eq=False)
@@ -156,7 +211,7 @@ class Reduce(Expr):
 
 
 @dataclass(eq=False)
-class Stmt:
+class Stmt(Node):
     span: Span
 
 
@@ -205,7 +260,7 @@ class Grad(Stmt):
 
 
 @dataclass(eq=False)
-class Shape:
+class Shape(Node):
     span: Span
     dims: list[Expr | EllipsisItem]
 
@@ -215,7 +270,7 @@ class Shape:
 
 
 @dataclass(eq=False)
-class Arg:
+class Arg(Node):
     name: str
     span: Span
     type: str
@@ -224,7 +279,7 @@ class Arg:
 
 
 @dataclass(eq=False)
-class Init:
+class Init(Node):
     name: str
     span: Span
     args: list[Expr]
@@ -232,10 +287,10 @@ class Init:
 
 
 @dataclass(eq=False)
-class Tensor:
+class Tensor(Node):
     """A `param`, `buffer` or `transient buffer`."""
 
-    kind: str  # "param" | "buffer"
+    kind: Ref  # Ref.PARAM or Ref.BUFFER
     name: str
     span: Span
     dtype: str
@@ -246,28 +301,28 @@ class Tensor:
 
 
 @dataclass(eq=False)
-class Sub:
+class Sub(Node):
     name: str
     span: Span
     call: Call
 
 
 @dataclass(eq=False)
-class Let:
+class Let(Node):
     name: str
     span: Span
     value: Expr
 
 
 @dataclass(eq=False)
-class ExampleValue:
+class ExampleValue(Node):
     name: str
     span: Span
     value: Expr  # a literal, or a Call to uniform/normal for an input
 
 
 @dataclass(eq=False)
-class Input:
+class Input(Node):
     name: str
     span: Span
     dtype: str
@@ -275,7 +330,7 @@ class Input:
 
 
 @dataclass(eq=False)
-class Forward:
+class Forward(Node):
     span: Span
     inputs: list[Input]
     outputs: list[Shape] | None
@@ -283,14 +338,14 @@ class Forward:
 
 
 @dataclass(eq=False)
-class Backward:
+class Backward(Node):
     span: Span
     grads: list[tuple[str, Span]]
     body: list[Stmt]
 
 
 @dataclass(eq=False)
-class Decorator:
+class Decorator(Node):
     name: str
     span: Span
     args: list[Expr]
@@ -298,7 +353,7 @@ class Decorator:
 
 
 @dataclass(eq=False)
-class Layer:
+class Layer(Node):
     name: str
     span: Span
     path: str
@@ -311,6 +366,8 @@ class Layer:
     examples: list[ExampleValue] = field(default_factory=list)
     forward: Forward | None = None
     backward: Backward | None = None
+    # Filled in by the checker: the symbolic dims its input shapes bind, in order of first appearance.
+    symbolic_dims: list[str] = field(default_factory=list, init=False, repr=False)
 
     def decorator(self, name: str) -> Decorator | None:
         return next((d for d in self.decorators if d.name == name), None)
@@ -327,74 +384,24 @@ class Layer:
 
     @property
     def params(self) -> list[Tensor]:
-        return [t for t in self.tensors if t.kind == "param"]
+        return [t for t in self.tensors if t.kind == Ref.PARAM]
 
     @property
     def buffers(self) -> list[Tensor]:
-        return [t for t in self.tensors if t.kind == "buffer"]
+        return [t for t in self.tensors if t.kind == Ref.BUFFER]
 
 
 @dataclass(eq=False)
-class SpecFile:
+class SpecFile(Node):
     path: str  # as shown in diagnostics and the generated header
     source: str
     layers: list[Layer]
+    # Filled in by the parser: problems that left a usable IR, reported with the checker's.
+    problems: list[Diagnostic] = field(default_factory=list)
+    # Filled in by the parser: layers lost to a syntax error (their uses get no follow-on errors).
+    broken: set[str] = field(default_factory=set)
 
 
-def map_children(e, fn):
-    """A shallow copy of expression `e` with `fn` applied to each direct sub-expression."""
-    e = copy.copy(e)
-    for attr in ("left", "right", "operand", "target"):
-        if isinstance(getattr(e, attr, None), Expr):
-            setattr(e, attr, fn(getattr(e, attr)))
-    if isinstance(e, (Call, InPlace)):
-        e.args = [fn(a) for a in e.args]
-    if isinstance(e, Call):
-        e.kwargs = [Keyword(k.name, fn(k.value), k.span) for k in e.kwargs]
-    if isinstance(e, Compare):
-        e.operands = [fn(o) for o in e.operands]
-    if isinstance(e, ListExpr):
-        e.items = [fn(i) for i in e.items]
-    return e
-
-
-def walk(node):
-    """Yield `node` and every expression below it (statements are descended into too)."""
-    yield node
-    for child in children(node):
-        yield from walk(child)
-
-
-def children(node) -> list:
-    match node:
-        case BinOp(left=l, right=r) | BoolOp(left=l, right=r):
-            return [l, r]
-        case UnaryOp(operand=o) | Not(operand=o):
-            return [o]
-        case Compare(operands=ops):
-            return list(ops)
-        case Call(args=args, kwargs=kwargs):
-            return list(args) + [k.value for k in kwargs]
-        case InPlace(target=t, args=args):
-            return [t, *args]
-        case Subscript(value=v, items=items):
-            out = [v]
-            for it in items:
-                if isinstance(it, Slice):
-                    out += [e for e in (it.lower, it.upper, it.step) if e is not None]
-                elif isinstance(it, Expr):
-                    out.append(it)
-            return out
-        case ListExpr(items=items):
-            return list(items)
-        case Indexed(name=n, indices=idx):
-            return [n, *idx]
-        case Reduce(indices=idx, body=b):
-            return [*idx, b]
-        case Assign(value=v) | IndexAssign(value=v) | Update(value=v) | Grad(value=v):
-            return [v]
-        case If(cond=c, body=b, orelse=o):
-            return [c, *b, *o]
-        case Return(values=vs):
-            return list(vs)
-    return []
+# The traversal lives in `visit`; these names stay importable from here until every stage imports it
+# from there (autodiff, optimize, codegen.function and the tools still call `N.walk` and friends).
+from layerdsl.ir.visit import children, map_children, walk  # noqa: E402, F401

@@ -1,17 +1,21 @@
 """Semantic checks: names, scopes, types, members, initialisers, subs and examples.
 
-Every independent problem is reported; nothing here stops at the first error. Names are annotated
-in place (`Name.ref`) and expressions get their kind (`Expr.kind`) for the emitter and the derivation.
+Every independent problem is reported; nothing here stops at the first error. Names are resolved with
+the rules of `scopes` and annotated in place (`Name.ref`); expressions get their kind (`Expr.kind`)
+for the emitter and the derivation; each layer gets its `symbolic_dims`.
 """
 
 from __future__ import annotations
 
 import keyword
+import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from layerdsl.diagnostics import Reporter, SpecError, did_you_mean
 from layerdsl.ir import nodes as N
+from layerdsl.ir.nodes import Kind, Ref
+from layerdsl.ir.visit import children, statements, walk
 from layerdsl.language.ops import CALLABLE, OPS
 from layerdsl.language.tables import (
     ARG_TYPES,
@@ -22,8 +26,7 @@ from layerdsl.language.tables import (
     PYTHON_KEYWORDS,
     RESERVED,
 )
-
-NUMERIC = ("int", "float", "bool")
+from layerdsl.semantics.scopes import CONSTRUCTION, Scope, is_new_dim, merge_branches
 
 
 @dataclass
@@ -39,11 +42,11 @@ class Program:
 
 def check_program(files: list[N.SpecFile]) -> Program:
     """Checks every layer of one run; raises SpecError with every problem found, including those the
-    parser kept (`ParsedFile.problems`)."""
+    parser kept (`SpecFile.problems`)."""
     program = Program(files)
     reporters = {f.path: Reporter(f.path, f.source) for f in files}
     for f in files:
-        program.broken |= getattr(f, "broken", set())
+        program.broken |= f.broken
         for layer in f.layers:
             if layer.name in program.layers:
                 other = program.layers[layer.name]
@@ -61,7 +64,7 @@ def check_program(files: list[N.SpecFile]) -> Program:
             LayerChecker(layer, reporters[f.path], program).check()
     diagnostics = []
     for f in files:
-        parsed = list(getattr(f, "problems", []))
+        parsed = list(f.problems)
         # A construct the parser already reported gets no second, follow-on error at the same place.
         checked = [d for d in reporters[f.path].diagnostics if not any(_inside(d.span, p.span) for p in parsed)]
         diagnostics += parsed + checked
@@ -95,8 +98,6 @@ def check_module_names(files: list[N.SpecFile], reporters: dict[str, Reporter]) 
 def check_generated_names(f: N.SpecFile, program: Program, r: Reporter) -> None:
     """Besides its class, a layer generates a functional form (`my_layer`) and, with @function, a
     `MyLayerFunction` class: these must not clash with each other, with another layer, or with Python."""
-    from layerdsl.codegen.module import snake_case  # the emitter's spelling of the functional form
-
     owner: dict[str, N.Layer] = {}  # generated name -> the layer of this file that generates it
     reported: set[frozenset[str]] = set()
     for layer in f.layers:
@@ -130,13 +131,20 @@ def check_generated_names(f: N.SpecFile, program: Program, r: Reporter) -> None:
         names[name] = layer.name
     for layer in f.layers:  # layers of other files used as subs are imported by name
         for sub in layer.subs:
-            for node in N.walk(sub.call):
+            for node in walk(sub.call):
                 if (
                     isinstance(node, N.Call)
                     and node.func in program.layers
                     and program.layers[node.func].path != f.path
                 ):
                     names.setdefault(node.func, node.func)
+
+
+def snake_case(name: str) -> str:
+    """The name of a layer's functional form in the generated code: `MyLayer` → `my_layer`."""
+    s = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name)
+    s = re.sub(r"(?<=[A-Z])([A-Z][a-z])", r"_\1", s)
+    return s.lower()
 
 
 # Module-level names of a generated file (imports and built-ins its code calls).
@@ -175,11 +183,13 @@ class LayerChecker:
         self.layer = layer
         self.r = reporter
         self.program = program
-        self.scope: dict[str, str] = {}  # name -> ref kind, for names visible in forward
-        self.kinds: dict[str, str] = {}  # name -> value kind
+        self.scope = Scope()  # the names visible in forward before its statements
+        self.kinds: dict[str, Kind] = {}  # name -> value kind
         self.dims: list[str] = []  # symbolic dims, in order of first appearance
         self.optional: set[str] = set()
         self.partly_bound: set[str] = set()  # locals bound on some paths of an `if` only
+        self.forward_locals: Scope | None = None  # the names visible at the end of forward (for backward)
+        self.index_ranks: dict[str, int] = {}  # local -> rank, for locals an index statement binds
 
     # ------------------------------------------------------------ layer level
 
@@ -195,7 +205,7 @@ class LayerChecker:
             self.check_backward(layer.backward)
         self.check_function_body()
         self.check_examples()
-        layer.symbolic_dims = list(self.dims)  # type: ignore[attr-defined]
+        layer.symbolic_dims = list(self.dims)
 
     def check_name(self, name: str, span: N.Span, what: str) -> bool:
         problem = name_problem(name)
@@ -215,33 +225,17 @@ class LayerChecker:
             return False
         return True
 
-    def declare(self, name: str, span: N.Span, ref: str, kind: str) -> None:
+    def declare(self, name: str, span: N.Span, ref: Ref, kind: Kind, decl: N.Node) -> None:
         # A bad name is reported once, here, and still declared: its uses get no follow-on errors.
         self.check_name(name, span, ref)
-        if name in self.scope:
-            if ref in ("param", "buffer") and self.scope[name] == "arg" and self._shares_cond_arg(name):
-                self.scope[name] = ref
-                self.kinds[name] = kind
-                return
+        if not self.scope.declare(name, ref, decl, span):
             self.r.error(
                 span,
                 f"'{name}' is already defined in layer '{self.layer.name}'",
                 "each argument and member needs its own name",
             )
             return
-        self.scope[name] = ref
         self.kinds[name] = kind
-
-    def _shares_cond_arg(self, name: str) -> bool:
-        tensor = self.layer.tensor(name)
-        arg = self.layer.arg(name)
-        return (
-            tensor is not None
-            and arg is not None
-            and arg.type == "bool"
-            and isinstance(tensor.cond, N.Name)
-            and tensor.cond.id == name
-        )
 
     def check_decorators(self) -> None:
         seen = set()
@@ -271,7 +265,7 @@ class LayerChecker:
 
     def check_args(self) -> None:
         for arg in self.layer.args:
-            self.declare(arg.name, arg.span, "arg", arg.type if arg.type in ARG_TYPES else "")
+            self.declare(arg.name, arg.span, Ref.ARG, Kind(arg.type) if arg.type in ARG_TYPES else Kind.UNKNOWN, arg)
             if arg.type not in ARG_TYPES:
                 hint = did_you_mean(arg.type, ARG_TYPES) or "argument types are int, float, bool and str"
                 self.r.error(arg.type_span, f"unknown argument type '{arg.type}'", hint)
@@ -288,7 +282,7 @@ class LayerChecker:
             self.r.error(d.span, "a default must be a literal (a number, string, true, false, inf or pi)", hint)
             return
         d.kind = kind
-        ok = kind == arg.type or (arg.type == "float" and kind == "int")
+        ok = kind == arg.type or (arg.type == Kind.FLOAT and kind == Kind.INT)
         if not ok and arg.type in ARG_TYPES:
             self.r.error(d.span, f"default for {arg.type} argument '{arg.name}' is {_a(kind)}")
 
@@ -296,40 +290,42 @@ class LayerChecker:
         layer = self.layer
         for let in layer.lets:  # first: shapes and initialisers may use them
             self.check_construction_expr(let.value, "a let")
-            self.declare(let.name, let.span, "let", let.value.kind or "float")
+            self.declare(let.name, let.span, Ref.LET, let.value.kind or Kind.FLOAT, let)
         for t in layer.tensors:
             self.check_member_shape(t.shape, t.name)
             if t.cond is not None:
-                self.check_construction_expr(t.cond, "a condition", want="bool")
+                self.check_construction_expr(t.cond, "a condition", want=Kind.BOOL)
                 self.optional.add(t.name)
             if t.init is not None:
                 self.check_init(t)
-            self.declare(t.name, t.span, t.kind, "tensor")
+            self.declare(t.name, t.span, Ref(t.kind), Kind.TENSOR, t)
         for sub in layer.subs:
             self.check_sub_call(sub.call)
-            self.declare(sub.name, sub.span, "sub", "sub")
+            self.declare(sub.name, sub.span, Ref.SUB, Kind.SUB, sub)
 
     def check_member_shape(self, shape: N.Shape, owner: str) -> None:
         for d in shape.dims:
             if isinstance(d, N.EllipsisItem):
                 self.r.error(d.span, f"'...' is only for inputs; '{owner}' needs a fixed shape")
                 continue
-            self.check_construction_expr(d, "a dim", want="int", dim_context=True)
+            self.check_construction_expr(d, "a dim", want=Kind.INT, dim_context=True)
 
-    def check_construction_expr(self, expr: N.Expr, what: str, want: str | None = None, dim_context=False) -> None:
+    def check_construction_expr(self, expr: N.Expr, what: str, want: Kind | None = None, dim_context=False) -> None:
         """Expressions evaluated in __init__: of arguments, earlier lets and literals only."""
         if self.check_no_reductions(expr):
             return
-        for node in N.walk(expr):
+        construction = Scope(self.scope.bindings, construction=True)
+        for node in walk(expr):
             if isinstance(node, N.Name):
-                ref = self.scope.get(node.id)
-                if ref in ("arg", "let"):
+                ref = construction.lookup(node.id)
+                if ref in CONSTRUCTION:
                     node.ref = ref
                     node.kind = self.kinds[node.id]
-                elif node.id in CONSTANTS:
-                    node.ref, node.kind = "const", "float"
+                elif ref == Ref.CONST:
+                    node.ref, node.kind = Ref.CONST, Kind.FLOAT
                 else:
-                    node.ref = "unknown"
+                    ref = self.scope.get(node.id)
+                    node.ref = Ref.UNKNOWN
                     if dim_context and ref is None:
                         msg = f"unknown dim '{node.id}'"
                         hint = (
@@ -350,11 +346,11 @@ class LayerChecker:
                         if problem and not hint:
                             hint = problem[1]
                     self.r.error(node.span, msg, hint)
-                    node.kind = ""  # unknown: no follow-on errors about its type
+                    node.kind = Kind.UNKNOWN  # no follow-on errors about its type
         self.infer(expr, construction=True)
-        if want == "int" and expr.kind not in ("int", ""):
+        if want == Kind.INT and expr.kind not in (Kind.INT, Kind.UNKNOWN):
             self.r.error(expr.span, f"a dim must be an int, this is {_a(expr.kind)}")
-        if want == "bool" and expr.kind not in ("bool", ""):
+        if want == Kind.BOOL and expr.kind not in (Kind.BOOL, Kind.UNKNOWN):
             self.r.error(expr.span, f"a condition must be a bool, this is {_a(expr.kind)}")
 
     def check_init(self, t: N.Tensor) -> None:
@@ -389,7 +385,7 @@ class LayerChecker:
                     self.r.error(k.span, f"'{init.name}' has no argument '{k.name}'", did_you_mean(k.name, allowed))
         for value in [*init.args, *(k.value for k in init.kwargs)]:
             if isinstance(value, N.Str):
-                value.kind = "str"
+                value.kind = Kind.STR
                 continue
             self.check_construction_expr(value, "an initialiser argument")
         if init.name == "eye" and len(t.shape.dims) != 2:
@@ -427,7 +423,7 @@ class LayerChecker:
             if isinstance(value, N.Call):
                 self.check_sub_call(value)
             elif isinstance(value, N.Str):
-                value.kind = "str"
+                value.kind = Kind.STR
             else:
                 self.check_construction_expr(value, "a sub's argument")
 
@@ -457,12 +453,12 @@ class LayerChecker:
                 self.r.error(inp.span, f"input '{inp.name}' is given twice")
                 continue
             seen_inputs.add(inp.name)
-            self.declare(inp.name, inp.span, "input", "tensor")
+            self.declare(inp.name, inp.span, Ref.INPUT, Kind.TENSOR, inp)
             if inp.shape is not None:
                 self.check_input_shape(inp.shape, bind=True)
         for shape in fwd.outputs or []:
             self.check_input_shape(shape, bind=False)
-        locals_ = dict(self.scope)
+        locals_ = self.scope.copy()
         returns = self.check_block(fwd.body, locals_, in_forward=True)
         if not returns:
             self.r.error(
@@ -477,14 +473,14 @@ class LayerChecker:
         for d in shape.dims:
             if isinstance(d, N.EllipsisItem):
                 continue
-            if isinstance(d, N.Name) and d.id not in self.scope and d.id not in CONSTANTS:
+            if is_new_dim(d, self.scope):
                 if bind:
                     self.check_name(d.id, d.span, "dim")  # a bad name is still bound: no follow-on errors
-                    self.scope[d.id] = "dim"
-                    self.kinds[d.id] = "int"
+                    self.scope.declare(d.id, Ref.DIM, d, d.span)
+                    self.kinds[d.id] = Kind.INT
                     self.dims.append(d.id)
                 else:
-                    hint = did_you_mean(d.id, [n for n, r in self.scope.items() if r in ("dim", "arg", "let")])
+                    hint = did_you_mean(d.id, self.scope.names(Ref.DIM, Ref.ARG, Ref.LET))
                     self.r.error(
                         d.span, f"unknown dim '{d.id}'", hint or "output dims must be arguments or dims of the inputs"
                     )
@@ -492,10 +488,10 @@ class LayerChecker:
             if self.check_no_reductions(d):
                 continue
             self.check_expr(d, self.scope, in_forward=True)
-            if d.kind not in ("int", ""):
+            if d.kind not in (Kind.INT, Kind.UNKNOWN):
                 self.r.error(d.span, f"a dim must be an int, this is {_a(d.kind)}")
 
-    def check_block(self, body: list[N.Stmt], scope: dict[str, str], in_forward: bool) -> bool:
+    def check_block(self, body: list[N.Stmt], scope: Scope, in_forward: bool) -> bool:
         """Checks statements; returns whether the block returns on every path."""
         for i, stmt in enumerate(body):
             if self.check_stmt(stmt, scope, in_forward):
@@ -505,26 +501,27 @@ class LayerChecker:
                 return True
         return False
 
-    def check_stmt(self, stmt: N.Stmt, scope: dict[str, str], in_forward: bool) -> bool:
+    def check_stmt(self, stmt: N.Stmt, scope: Scope, in_forward: bool) -> bool:
         if not isinstance(stmt, (N.If, N.IndexAssign)) and self.check_no_reductions(stmt):
             if isinstance(stmt, N.Assign):  # reported: bind the name, skip the rest
-                scope.setdefault(stmt.target, "local")
-                self.kinds.setdefault(stmt.target, "tensor")
+                if stmt.target not in scope:
+                    scope.bind_local(stmt.target, stmt, stmt.target_span)
+                self.kinds.setdefault(stmt.target, Kind.TENSOR)
             return isinstance(stmt, N.Return)
         match stmt:
             case N.Assign(target=target, target_span=span, value=value):
                 self.check_expr(value, scope, in_forward)
-                self.bind_local(target, span, scope, value.kind)
+                self.bind_local(stmt, scope, value.kind)
             case N.IndexAssign():
                 from layerdsl.semantics.index_notation import check_index_assign  # the index-notation issue's pass
 
                 check_index_assign(self, stmt, scope)
-                self.bind_local(stmt.target, stmt.target_span, scope, "tensor")
+                self.bind_local(stmt, scope, Kind.TENSOR)
             case N.Update(target=target, target_span=span, value=value):
                 if not in_forward:
                     self.r.error(stmt.span, "update is only allowed in forward")
                 ref = scope.get(target)
-                if ref != "buffer":
+                if ref != Ref.BUFFER:
                     what = f"the {_REF_WORDS.get(ref, ref)} '{target}'" if ref else f"unknown name '{target}'"
                     hint = (
                         did_you_mean(target, [b.name for b in self.layer.buffers])
@@ -543,30 +540,23 @@ class LayerChecker:
             case N.If(cond=cond, body=then, orelse=orelse):
                 if not self.check_no_reductions(cond):
                     self.check_expr(cond, scope, in_forward)
-                if cond.kind == "tensor":
+                if cond.kind == Kind.TENSOR:
                     self.r.error(
                         cond.span,
                         "an if condition is an expression of arguments or `training`, not a tensor",
                         "use where(cond, a, b) for elementwise choice",
                     )
-                then_scope, else_scope = dict(scope), dict(scope)
+                then_scope, else_scope = scope.copy(), scope.copy()
                 r1 = self.check_block(then, then_scope, in_forward)
                 r2 = self.check_block(orelse, else_scope, in_forward) if orelse else False
-                for name in then_scope.keys() & else_scope.keys() - scope.keys():
-                    scope[name] = "local"
-                for name in (then_scope.keys() ^ else_scope.keys()) - scope.keys():
-                    # bound on one branch only: usable only if the other branch returned
-                    if (name in then_scope and r2) or (name in else_scope and r1):
-                        scope[name] = "local"
-                    else:
-                        self.partly_bound.add(name)
+                self.partly_bound |= merge_branches(scope, then_scope, else_scope, r1, r2)
                 return r1 and r2
             case N.Return(values=values):
                 if not in_forward:
                     self.r.error(stmt.span, "backward gives gradients with `grad NAME = ...`, not return")
                 for v in values:
                     self.check_expr(v, scope, in_forward)
-                    if v.kind not in ("tensor", ""):
+                    if v.kind not in (Kind.TENSOR, Kind.UNKNOWN):
                         self.r.error(v.span, f"forward returns tensors; this is {_a(v.kind)}")
                 outputs = self.layer.forward.outputs
                 if outputs is not None and len(outputs) != len(values):
@@ -584,7 +574,7 @@ class LayerChecker:
 
     def check_no_reductions(self, node) -> bool:
         """`sum[i](...)` reductions belong to index statements only; reports one and returns True if found."""
-        for n in N.walk(node):
+        for n in walk(node):
             if isinstance(n, N.Reduce):
                 self.r.error(
                     n.span,
@@ -594,7 +584,8 @@ class LayerChecker:
                 return True
         return False
 
-    def bind_local(self, name: str, span: N.Span, scope: dict[str, str], kind: str) -> None:
+    def bind_local(self, stmt: N.Assign | N.IndexAssign, scope: Scope, kind: Kind) -> None:
+        name, span = stmt.target, stmt.target_span
         if self.layer.is_function and name.startswith("grad_") and scope.get(name) is None:
             self.r.error(
                 span,
@@ -603,43 +594,39 @@ class LayerChecker:
             )
             return
         ref = scope.get(name)
-        if ref not in (None, "local"):
+        if ref not in (None, Ref.LOCAL):
             self.r.error(
                 span,
                 f"cannot assign to the {_REF_WORDS.get(ref, ref)} '{name}'",
-                "use `update` for buffers" if ref == "buffer" else "choose a new name",
+                "use `update` for buffers" if ref == Ref.BUFFER else "choose a new name",
             )
             return
         if ref is None:
             self.check_name(name, span, "local")  # a bad name is still bound: no follow-on errors
-        scope[name] = "local"
-        self.kinds[name] = kind or "tensor"
+        scope.bind_local(name, stmt, span)
+        self.kinds[name] = kind or Kind.TENSOR
 
     # ------------------------------------------------------------ expressions
 
-    def check_expr(self, expr: N.Expr, scope: dict[str, str], in_forward: bool, parent: N.Expr | None = None) -> None:
-        for node in self._names(expr):
+    def check_expr(self, expr: N.Expr, scope: Scope, in_forward: bool) -> None:
+        for node in [n for n in walk(expr) if isinstance(n, N.Name)]:
             self.resolve(node, scope, in_forward)
         self.check_optional_uses(expr, None)
         self.check_calls(expr, scope)
         self.infer(expr)
 
-    def _names(self, expr):
-        for node in N.walk(expr):
-            if isinstance(node, N.Name):
-                yield node
-
-    def resolve(self, node: N.Name, scope: dict[str, str], in_forward: bool) -> None:
+    def resolve(self, node: N.Name, scope: Scope, in_forward: bool) -> None:
         name = node.id
-        if name in scope:
-            node.ref = scope[name]
-            node.kind = self.kinds.get(name, "tensor")
-            if node.ref == "sub":
+        ref = scope.lookup(name)
+        if ref == Ref.TRAINING:
+            node.ref, node.kind = ref, Kind.BOOL
+        elif ref == Ref.CONST:
+            node.ref, node.kind = ref, Kind.FLOAT
+        elif ref is not None:
+            node.ref = ref
+            node.kind = self.kinds.get(name, Kind.TENSOR)
+            if node.ref == Ref.SUB:
                 self.r.error(node.span, f"the sub '{name}' can only be called", f"write `{name}(x)`")
-        elif name == "training":
-            node.ref, node.kind = "training", "bool"
-        elif name in CONSTANTS:
-            node.ref, node.kind = "const", "float"
         elif name in ("True", "False", "None"):
             self.r.error(node.span, f"unknown name '{name}'", f"did you mean '{name.lower()}'?")
         elif name in CALLABLE:
@@ -650,14 +637,14 @@ class LayerChecker:
             )
         else:
             problem = name_problem(name)
-            candidates = [n for n in scope if n not in ("training",)]
+            candidates = scope.names()
             hint = did_you_mean(name, candidates) or (problem[1] if problem else None)
             self.r.error(node.span, f"unknown name '{name}'", hint)
         if not node.kind:
-            node.kind = "tensor"
+            node.kind = Kind.TENSOR
 
     def check_optional_uses(self, expr: N.Expr, parent: N.Expr | None) -> None:
-        if isinstance(expr, N.Name) and expr.id in self.optional and expr.ref in ("param", "buffer"):
+        if isinstance(expr, N.Name) and expr.id in self.optional and expr.ref in N.MEMBERS:
             ok = isinstance(parent, N.BinOp) and parent.op in ("+", "-", "*", "/")
             if not ok:
                 self.r.error(
@@ -666,17 +653,16 @@ class LayerChecker:
                     "when it is absent the operation is skipped; for other uses make it unconditional",
                 )
             return
-        for child in N.children(expr):
-            if isinstance(child, N.Expr):
-                self.check_optional_uses(child, expr)
+        for child in children(expr):
+            self.check_optional_uses(child, expr)
 
-    def check_calls(self, expr: N.Expr, scope: dict[str, str]) -> None:
-        for node in N.walk(expr):
+    def check_calls(self, expr: N.Expr, scope: Scope) -> None:
+        for node in walk(expr):
             if not isinstance(node, N.Call):
                 continue
             if node.func in CALLABLE:
                 self.check_op_call(node, CALLABLE[node.func])
-            elif scope.get(node.func) == "sub":
+            elif scope.get(node.func) == Ref.SUB:
                 if node.kwargs:
                     self.r.error(node.kwargs[0].span, "a sub is called with positional inputs only")
                 sub = next((s for s in self.layer.subs if s.name == node.func), None)
@@ -692,7 +678,7 @@ class LayerChecker:
             elif node.func in scope:
                 self.r.error(
                     node.func_span,
-                    f"'{node.func}' is {_a(_REF_WORDS.get(scope[node.func], scope[node.func]))}, not an operation",
+                    f"'{node.func}' is {_a(_REF_WORDS.get(scope.get(node.func), scope.get(node.func)))}, not an operation",
                     "only operations and subs can be called",
                 )
             elif node.func.startswith("nn."):
@@ -711,7 +697,7 @@ class LayerChecker:
                     )
                     self.r.error(node.func_span, f"'{node.func}' cannot be called", hint)
                 else:
-                    subs = [n for n, r in scope.items() if r == "sub"]
+                    subs = scope.names(Ref.SUB)
                     hint = did_you_mean(node.func, list(CALLABLE) + subs)
                     self.r.error(
                         node.func_span,
@@ -742,89 +728,88 @@ class LayerChecker:
             if p.default is None and p.name not in given:
                 self.r.error(call.span, f"{op.name}() needs '{p.name}'", f"signature: {op.signature}")
 
-    def infer(self, expr: N.Expr, construction: bool = False) -> str:
+    def infer(self, expr: N.Expr, construction: bool = False) -> Kind:
         """Bottom-up kinds: tensor wins over numbers; numbers promote int < float."""
-        for child in N.children(expr):
-            if isinstance(child, N.Expr):
-                self.infer(child, construction)
+        for child in children(expr):
+            self.infer(child, construction)
         match expr:
             case N.Num(value=v):
-                expr.kind = "float" if isinstance(v, float) else "int"
+                expr.kind = Kind.FLOAT if isinstance(v, float) else Kind.INT
             case N.Str():
-                expr.kind = "str"
+                expr.kind = Kind.STR
             case N.Bool():
-                expr.kind = "bool"
+                expr.kind = Kind.BOOL
             case N.NoneLit():
-                expr.kind = "none"
+                expr.kind = Kind.NONE
             case N.Name():
-                if expr.ref != "unknown":
-                    expr.kind = expr.kind or self.kinds.get(expr.id, "tensor")
+                if expr.ref != Ref.UNKNOWN:
+                    expr.kind = expr.kind or self.kinds.get(expr.id, Kind.TENSOR)
             case N.BinOp(op=op, left=l, right=r):
                 expr.kind = _promote(l.kind, r.kind, op)
             case N.UnaryOp(operand=o):
-                expr.kind = "int" if o.kind == "bool" else o.kind
+                expr.kind = Kind.INT if o.kind == Kind.BOOL else o.kind
             case N.Compare(operands=ops):
-                expr.kind = "tensor" if any(o.kind == "tensor" for o in ops) else "bool"
-                if expr.kind == "tensor" and len(ops) > 2:
+                expr.kind = Kind.TENSOR if any(o.kind == Kind.TENSOR for o in ops) else Kind.BOOL
+                if expr.kind == Kind.TENSOR and len(ops) > 2:
                     self.r.error(
                         expr.span,
                         "chained comparisons work on numbers, not tensors",
                         "compare once and combine with where(), e.g. where(x > 0, where(x < 1, a, b), b)",
                     )
             case N.BoolOp(left=l, right=r):
-                if "tensor" in (l.kind, r.kind):
+                if Kind.TENSOR in (l.kind, r.kind):
                     self.r.error(
                         expr.span,
                         f"'{expr.op}' works on arguments and `training`, not tensors",
                         "for elementwise choices use where(cond, a, b)",
                     )
-                expr.kind = "bool"
+                expr.kind = Kind.BOOL
             case N.Not(operand=o):
-                if o.kind == "tensor":
+                if o.kind == Kind.TENSOR:
                     self.r.error(
                         expr.span,
                         "'not' works on arguments and `training`, not tensors",
                         "for a tensor comparison write e.g. `x <= 0` instead of `not x > 0`",
                     )
-                expr.kind = "bool"
+                expr.kind = Kind.BOOL
             case N.Call():
                 expr.kind = self._call_kind(expr, construction)
             case N.Subscript(value=v):
-                expr.kind = "tensor" if v.kind == "tensor" else v.kind
+                expr.kind = Kind.TENSOR if v.kind == Kind.TENSOR else v.kind
             case N.ListExpr():
-                expr.kind = "list"
+                expr.kind = Kind.LIST
             case N.Indexed() | N.Reduce():
-                expr.kind = "tensor"
+                expr.kind = Kind.TENSOR
         return expr.kind
 
-    def _call_kind(self, call: N.Call, construction: bool) -> str:
+    def _call_kind(self, call: N.Call, construction: bool) -> Kind:
         """A call is a tensor when any tensor operand is; on plain numbers it needs a `math` spelling."""
         op = CALLABLE.get(call.func)
         if op is None:
-            return "tensor"
+            return Kind.TENSOR
         operands = [call.args[i] for i, p in enumerate(op.params[: len(call.args)]) if p.tensor or p.tensors]
         operands += [k.value for k in call.kwargs if (p := op.param(k.name)) is not None and (p.tensor or p.tensors)]
         kinds = [o.kind for o in operands]
-        if any(k in ("tensor", "list") for k in kinds):
+        if any(k in (Kind.TENSOR, Kind.LIST) for k in kinds):
             if op.tensors_only:
                 for o in operands:
-                    if o.kind in ("int", "float", "bool"):
+                    if o.kind in N.NUMBERS:
                         self.r.error(
                             o.span,
                             f"{op.name}() takes tensors only, not a number",
                             f"use clamp(x, {'min' if op.name == 'maximum' else 'max'} = ...) to compare with a number",
                         )
-            return "tensor"
+            return Kind.TENSOR
         if op.scalar is None:
             self.r.error(
                 call.span,
                 f"{op.name}() needs a tensor; it cannot be used on numbers",
                 "apply it to a tensor input or parameter",
             )
-            return "tensor"
+            return Kind.TENSOR
         if op.scalar.startswith("math.") and op.name not in ("floor", "ceil"):
-            return "float"
-        return _promote(kinds[0], kinds[1], "+") if len(kinds) > 1 else (kinds[0] if kinds else "float")
+            return Kind.FLOAT
+        return _promote(kinds[0], kinds[1], "+") if len(kinds) > 1 else (kinds[0] if kinds else Kind.FLOAT)
 
     # ------------------------------------------------------------ backward and examples
 
@@ -838,7 +823,7 @@ class LayerChecker:
                 "@function layers cannot have subs",
                 "a sub is its own module; drop @function or inline the computation",
             )
-        for stmt in _walk_stmts(self.layer.forward.body):
+        for stmt in statements(self.layer.forward.body):
             if isinstance(stmt, N.Update):
                 self.r.error(
                     stmt.span,
@@ -862,7 +847,7 @@ class LayerChecker:
             self.r.error(
                 _keyword(bwd.span, "backward"), f"backward takes one gradient per output: {n_out}, got {len(bwd.grads)}"
             )
-        scope = dict(getattr(self, "forward_locals", self.scope))
+        scope = self.forward_locals.copy()
         for name, span in bwd.grads:
             if self.check_name(name, span, "gradient"):
                 if name in scope:
@@ -871,14 +856,14 @@ class LayerChecker:
                         f"'{name}' is already defined in layer '{self.layer.name}'",
                         "gradient names need their own names",
                     )
-                scope[name] = "local"
-                self.kinds[name] = "tensor"
+                scope.bind_local(name, bwd, span)
+                self.kinds[name] = Kind.TENSOR
         self.check_block(bwd.body, scope, in_forward=False)
         given: dict[str, N.Grad] = {}
-        for stmt in _walk_stmts(bwd.body):
+        for stmt in statements(bwd.body):
             if isinstance(stmt, N.Grad):
                 ref = scope.get(stmt.target)
-                if ref not in ("input", "param"):
+                if ref not in (Ref.INPUT, Ref.PARAM):
                     what = f"the {_REF_WORDS.get(ref, ref)} '{stmt.target}'" if ref else f"unknown name '{stmt.target}'"
                     self.r.error(
                         stmt.target_span,
@@ -925,8 +910,8 @@ class LayerChecker:
                 continue
             ex.value.kind = kind
             arg = self.layer.arg(ex.name)
-            want = arg.type if arg else "int"
-            if want in ARG_TYPES and not (kind == want or (want == "float" and kind == "int")):
+            want = arg.type if arg else Kind.INT
+            if want in ARG_TYPES and not (kind == want or (want == Kind.FLOAT and kind == Kind.INT)):
                 self.r.error(ex.value.span, f"example value for {want} '{ex.name}' is {_a(kind)}")
         for a in self.layer.args:
             if a.default is None and a.name not in seen | suggested and name_problem(a.name) is None:
@@ -942,22 +927,23 @@ def _is_distribution(v: N.Expr) -> bool:
         isinstance(v, N.Call)
         and v.func in ("uniform", "normal")
         and len(v.args) + len(v.kwargs) == 2
-        and all(literal_kind(a) in ("int", "float") for a in [*v.args, *(k.value for k in v.kwargs)])
+        and all(literal_kind(a) in (Kind.INT, Kind.FLOAT) for a in [*v.args, *(k.value for k in v.kwargs)])
     )
 
 
-def literal_kind(e: N.Expr) -> str | None:
+def literal_kind(e: N.Expr) -> Kind | None:
+    """The kind of a literal (a number, string, bool, `inf` or `pi`, maybe negated); None for anything else."""
     match e:
         case N.Num(value=v):
-            return "float" if isinstance(v, float) else "int"
+            return Kind.FLOAT if isinstance(v, float) else Kind.INT
         case N.Str():
-            return "str"
+            return Kind.STR
         case N.Bool():
-            return "bool"
+            return Kind.BOOL
         case N.Name(id=i) if i in CONSTANTS:
-            return "float"
+            return Kind.FLOAT
         case N.UnaryOp(op="-", operand=N.Name(id=i)) if i in CONSTANTS:
-            return "float"
+            return Kind.FLOAT
     return None
 
 
@@ -982,7 +968,7 @@ def _close_names(name: str, candidates) -> list[str]:
     return difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
 
 
-_REF_WORDS = {"arg": "argument", "dim": "symbolic dim", "local": "local name"}
+_REF_WORDS = {Ref.ARG: "argument", Ref.DIM: "symbolic dim", Ref.LOCAL: "local name"}
 
 
 def _a(kind: str) -> str:
@@ -994,28 +980,20 @@ def _keyword(span: N.Span, word: str) -> N.Span:
     return N.Span(span.line, span.col, span.line, span.col + len(word))
 
 
-def _promote(a: str, b: str, op: str) -> str:
-    if "tensor" in (a, b) or "list" in (a, b):
-        return "tensor"
+def _promote(a: Kind, b: Kind, op: str) -> Kind:
+    if Kind.TENSOR in (a, b) or Kind.LIST in (a, b):
+        return Kind.TENSOR
     if op == "/":
-        return "float"
-    if "float" in (a, b):
-        return "float"
-    if a in NUMERIC and b in NUMERIC:
-        return "int"
+        return Kind.FLOAT
+    if Kind.FLOAT in (a, b):
+        return Kind.FLOAT
+    if a in N.NUMBERS and b in N.NUMBERS:
+        return Kind.INT
     return a or b
 
 
 def _count_returns(body: list[N.Stmt]) -> int:
-    for stmt in _walk_stmts(body):
+    for stmt in statements(body):
         if isinstance(stmt, N.Return):
             return len(stmt.values)
     return 1
-
-
-def _walk_stmts(body):
-    for stmt in body:
-        yield stmt
-        if isinstance(stmt, N.If):
-            yield from _walk_stmts(stmt.body)
-            yield from _walk_stmts(stmt.orelse)

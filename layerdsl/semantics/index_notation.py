@@ -10,8 +10,12 @@ reductions become `torch.sum/mean/amax/amin` over the reduced dims.
 from __future__ import annotations
 
 from layerdsl.diagnostics import did_you_mean
+from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
+from layerdsl.ir.nodes import Kind, Ref
+from layerdsl.ir.visit import children, replace_children, walk
 from layerdsl.language.ops import CALLABLE, REDUCTIONS
+from layerdsl.semantics.scopes import Scope
 
 NOWHERE = N.NOWHERE
 
@@ -19,13 +23,14 @@ NOWHERE = N.NOWHERE
 # ------------------------------------------------------------------ checking
 
 
-def check_index_assign(chk, stmt: N.IndexAssign, scope: dict[str, str]) -> None:
+def check_index_assign(chk, stmt: N.IndexAssign, scope: Scope) -> None:
+    """Checks an index statement (resolving its names in `scope`) and records the rank of its target."""
     seen = set()
     for i in stmt.indices:
         if i.id in seen:
             chk.r.error(i.span, f"index '{i.id}' appears twice on the left side")
         seen.add(i.id)
-        i.ref = "index"
+        i.ref = Ref.INDEX
     stmt.value = _rewrite(chk, stmt.value, scope)
     chk.infer(stmt.value)
     lhs = {i.id for i in stmt.indices}
@@ -38,12 +43,10 @@ def check_index_assign(chk, stmt: N.IndexAssign, scope: dict[str, str]) -> None:
                 f"index '{i.id}' on the left side appears nowhere on the right",
                 "every output axis must come from an indexed tensor on the right",
             )
-    ranks = getattr(chk, "index_ranks", {})
-    ranks[stmt.target] = len(stmt.indices)
-    chk.index_ranks = ranks
+    chk.index_ranks[stmt.target] = len(stmt.indices)
 
 
-def _rewrite(chk, e: N.Expr, scope) -> N.Expr:
+def _rewrite(chk, e: N.Expr, scope: Scope) -> N.Expr:
     """Subscripts of tensors become `Indexed`; names are resolved; reductions are checked."""
     match e:
         case N.Indexed():  # checked before (the checker may run twice over one IR)
@@ -52,10 +55,10 @@ def _rewrite(chk, e: N.Expr, scope) -> N.Expr:
         case N.Subscript(value=N.Name() as name, items=items) if all(isinstance(i, N.Name) for i in items):
             chk.resolve(name, scope, True)
             for i in items:
-                i.ref = "index"
-            if name.kind not in ("tensor", ""):
+                i.ref = Ref.INDEX
+            if name.kind not in (Kind.TENSOR, Kind.UNKNOWN):
                 chk.r.error(name.span, f"'{name.id}' is a number and takes no indices")
-            if name.id in chk.optional and name.ref in ("param", "buffer"):
+            if name.id in chk.optional and name.ref in N.MEMBERS:
                 chk.r.error(
                     name.span,
                     f"'{name.id}' is optional and cannot appear in an index statement",
@@ -77,7 +80,7 @@ def _rewrite(chk, e: N.Expr, scope) -> N.Expr:
                         "diagonals are not supported; use distinct indices",
                     )
             out = N.Indexed(e.span, name, list(items))
-            out.kind = "tensor"
+            out.kind = Kind.TENSOR
             return out
         case N.Subscript():
             chk.r.error(
@@ -88,20 +91,16 @@ def _rewrite(chk, e: N.Expr, scope) -> N.Expr:
             if e.op not in REDUCTIONS:
                 chk.r.error(e.span, f"unknown reduction '{e.op}'", did_you_mean(e.op, REDUCTIONS))
             for i in idx:
-                i.ref = "index"
+                i.ref = Ref.INDEX
             e.body = _rewrite(chk, e.body, scope)
             return e
         case N.Name():
             chk.resolve(e, scope, True)
-            if e.kind == "tensor":
+            if e.kind == Kind.TENSOR:
                 chk.r.error(e.span, f"'{e.id}' is a tensor: write it with one index per axis", f"e.g. {e.id}[...]")
             return e
-        case N.BinOp():
-            e.left, e.right = _rewrite(chk, e.left, scope), _rewrite(chk, e.right, scope)
-            return e
-        case N.UnaryOp():
-            e.operand = _rewrite(chk, e.operand, scope)
-            return e
+        case N.BinOp() | N.UnaryOp():
+            return replace_children(e, lambda c: _rewrite(chk, c, scope))
         case N.Call(func=f):
             op = CALLABLE.get(f)
             if op is None or op.shape not in ("elementwise",):
@@ -111,10 +110,7 @@ def _rewrite(chk, e: N.Expr, scope) -> N.Expr:
                 )
             else:
                 chk.check_op_call(e, op)
-            e.args = [_rewrite(chk, a, scope) for a in e.args]
-            for k in e.kwargs:
-                k.value = _rewrite(chk, k.value, scope)
-            return e
+            return replace_children(e, lambda c: _rewrite(chk, c, scope))
         case N.Num() | N.Bool():
             return e
     chk.r.error(e.span, "this cannot appear in an index statement")
@@ -123,15 +119,15 @@ def _rewrite(chk, e: N.Expr, scope) -> N.Expr:
 
 def _rank(chk, name: N.Name) -> int | None:
     layer = chk.layer
-    if name.ref == "input":
+    if name.ref == Ref.INPUT:
         inp = next(i for i in layer.forward.inputs if i.name == name.id)
         if inp.shape is None or inp.shape.has_ellipsis:
             return None
         return len(inp.shape.dims)
-    if name.ref in ("param", "buffer"):
+    if name.ref in N.MEMBERS:
         return len(layer.tensor(name.id).shape.dims)
-    if name.ref == "local":
-        return getattr(chk, "index_ranks", {}).get(name.id)
+    if name.ref == Ref.LOCAL:
+        return chk.index_ranks.get(name.id)
     return None
 
 
@@ -163,9 +159,8 @@ def _check_bound(chk, e, lhs: set[str], reduced: list[str], used: set[str]) -> N
                     chk.r.error(i.span, f"'{e.op}' reduces over '{i.id}', which its argument does not use")
             used |= inner_used
         case _:
-            for c in N.children(e):
-                if isinstance(c, N.Expr):
-                    _check_bound(chk, c, lhs, reduced, used)
+            for c in children(e):
+                _check_bound(chk, c, lhs, reduced, used)
 
 
 # ------------------------------------------------------------------ lowering
@@ -174,7 +169,7 @@ def _check_bound(chk, e, lhs: set[str], reduced: list[str], used: set[str]) -> N
 def lower(stmt: N.IndexAssign) -> tuple[N.Expr, list[tuple[str, list[tuple[N.Name, int]]]]]:
     """(the right side as ordinary IR in the left side's axis order, indices seen on 2+ tensor axes)."""
     occurrences: dict[str, list[tuple[N.Name, int]]] = {}
-    for node in N.walk(stmt.value):
+    for node in walk(stmt.value):
         if isinstance(node, N.Indexed):
             for pos, i in enumerate(node.indices):
                 occurrences.setdefault(i.id, []).append((node.name, pos))
@@ -201,7 +196,7 @@ def _lower(e: N.Expr, want: list[str] | None) -> tuple[N.Expr, list[str]]:
             (a, sa), (b, sb) = _lower(l, want), _lower(r, want)
             axes = _union(sa, sb, want)
             out = N.BinOp(e.span, op, _align(a, sa, axes), _align(b, sb, axes))
-            out.kind = "tensor" if axes or "tensor" in (a.kind, b.kind) else e.kind
+            out.kind = Kind.TENSOR if axes or Kind.TENSOR in (a.kind, b.kind) else e.kind
             return out, axes
         case N.UnaryOp(op=op, operand=o):
             a, sa = _lower(o, want)
@@ -214,7 +209,7 @@ def _lower(e: N.Expr, want: list[str] | None) -> tuple[N.Expr, list[str]]:
             for _, sa in lowered:
                 axes = _union(axes, sa, want)
             out = N.Call(e.span, e.func, e.func_span, [_align(a, sa, axes) for a, sa in lowered], e.kwargs)
-            out.kind = "tensor" if axes else e.kind
+            out.kind = Kind.TENSOR if axes else e.kind
             return out, axes
     return e, []
 
@@ -225,7 +220,7 @@ def _is_product(e) -> bool:
     return (
         factors is not None
         and sum(isinstance(f, N.Indexed) for f in factors) >= 2
-        and all(isinstance(f, N.Indexed) or f.kind in ("int", "float") for f in factors)
+        and all(isinstance(f, N.Indexed) or f.kind in (Kind.INT, Kind.FLOAT) for f in factors)
     )
 
 
@@ -254,10 +249,10 @@ def _einsum(body, reduced: list[str], want: list[str] | None) -> tuple[N.Expr, l
         ",".join("".join(letters[i.id] for i in t.indices) for t in tensors) + "->" + "".join(letters[a] for a in out)
     )
     eq = N.Str(NOWHERE, spec)
-    eq.kind = "str"
-    expr: N.Expr = _call("einsum", [eq, _list([t.name for t in tensors], kind="list")], [])
+    eq.kind = Kind.STR
+    expr: N.Expr = _call("einsum", [eq, _list([t.name for t in tensors])], [])
     for s in scalars:
-        expr = _bin("*", s, expr)
+        expr = B.binop("*", s, expr)
     return expr, out
 
 
@@ -282,8 +277,8 @@ def _align(e: N.Expr, axes: list[str], target: list[str]) -> N.Expr:
     if not items:
         return e
     view = N.Call(NOWHERE, "align", NOWHERE, [e], [])
-    view.kind = "tensor"
-    view.items = items  # written e[:, None]; see pyexpr and derive
+    view.kind = Kind.TENSOR
+    view.items = items
     return view
 
 
@@ -295,27 +290,21 @@ def _permute(e: N.Expr, axes: list[str], target: list[str]) -> N.Expr:
 
 def _call(func: str, args, kwargs) -> N.Call:
     c = N.Call(NOWHERE, func, NOWHERE, list(args), [N.Keyword(k, v, NOWHERE) for k, v in kwargs])
-    c.kind = "tensor"
+    c.kind = Kind.TENSOR
     return c
 
 
-def _bin(op, l, r) -> N.BinOp:
-    b = N.BinOp(NOWHERE, op, l, r)
-    b.kind = "tensor"
-    return b
-
-
-def _list(values, kind="list") -> N.ListExpr:
+def _list(values) -> N.ListExpr:
     items = []
     for v in values:
         if isinstance(v, int):
             n = N.Num(NOWHERE, v, str(v))
-            n.kind = "int"
+            n.kind = Kind.INT
             items.append(n)
         else:
             items.append(v)
     out = N.ListExpr(NOWHERE, items)
-    out.kind = kind
+    out.kind = Kind.LIST
     return out
 
 
@@ -325,7 +314,7 @@ def _full_slice() -> N.Slice:
 
 def _none() -> N.NoneLit:
     n = N.NoneLit(NOWHERE)
-    n.kind = "none"
+    n.kind = Kind.NONE
     return n
 
 
@@ -341,7 +330,7 @@ def emit_index_assign(stmt: N.IndexAssign, ex, layer: N.Layer) -> list[str]:
     expr, shared = lower(stmt)
     lines = []
     for index, occ in shared:
-        occ = [(n, p) for n, p in occ if n.ref in ("input", "param", "buffer")]
+        occ = [(n, p) for n, p in occ if n.ref in (Ref.INPUT, *N.MEMBERS)]
         if not occ:
             continue
         (n0, p0), rest = occ[0], occ[1:]

@@ -11,7 +11,6 @@ gradcheck in float64, state_dict round trip, hooks, reproducible initialisation,
 from __future__ import annotations
 
 import importlib
-import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from layerdsl.codegen.module import snake_case
 from layerdsl.driver.pipeline import Source
 from layerdsl.ir import nodes as N
 from layerdsl.semantics.checker import literal_value
+from layerdsl.semantics.evaluate import evaluate
 
 SIZES = (3, 4, 5, 2, 6, 7, 8, 9)
 
@@ -119,32 +119,9 @@ def build(
     return layer_class(case, package)(**case.args(), device=device, dtype=dtype)
 
 
-def evaluate(expr, env: dict):
-    """A dim expression's value, given arguments and dim sizes."""
-    match expr:
-        case N.Num(value=v):
-            return v
-        case N.Name(id=i):
-            return env[i]
-        case N.UnaryOp(op="-", operand=o):
-            return -evaluate(o, env)
-        case N.BinOp(op=op, left=l, right=r):
-            a, b = evaluate(l, env), evaluate(r, env)
-            return {
-                "+": a + b,
-                "-": a - b,
-                "*": a * b,
-                "//": a // b if b else 0,
-                "/": a / b if b else 0,
-                "%": a % b if b else 0,
-                "**": a**b,
-            }[op]
-        case N.Call(func=f, args=[x]) if f in ("sqrt", "floor", "ceil"):
-            return getattr(math, f)(evaluate(x, env))
-    raise ValueError("cannot evaluate")
-
-
 def shape_of(shape: N.Shape | None, env: dict, lead: tuple[int, ...]) -> tuple[int, ...]:
+    """The sizes of a declared shape from the values of arguments and dims (`...` stands for `lead`;
+    an input without a declared shape gets `lead` and one more axis)."""
     if shape is None:
         return lead + (env["..."] + 1,)
     out: list[int] = []

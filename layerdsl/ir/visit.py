@@ -1,0 +1,125 @@
+"""One generic traversal of the IR, found from the nodes' dataclass fields.
+
+A node's children are the nodes in its fields, in field order: expressions, statements (an `if`'s
+condition, then its branches) and layer parts, single or in lists and tuples. A `Keyword` stands for its
+value and a `Slice` for its bounds; an `EllipsisItem`, spans, strings and the checker's annotations
+are not children.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import fields
+from typing import Any, TypeVar
+
+from layerdsl.ir import nodes
+from layerdsl.ir.nodes import Keyword, Name, Node, Slice, Stmt
+
+Fn = Callable[[Any], Any]  # a node -> its replacement
+T = TypeVar("T", bound=Node)
+
+
+def children(node: Node) -> list[Node]:
+    """The direct child nodes of `node`, in field order."""
+    out: list[Node] = []
+    for name in _node_fields(node):
+        value = getattr(node, name)
+        if isinstance(value, Node):
+            out.append(value)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                if isinstance(item, Node):
+                    out.append(item)
+                else:
+                    out.extend(_parts(item))
+        elif value is not None:
+            out.extend(_parts(value))
+    return out
+
+
+def walk(node: Node) -> Iterator[Node]:
+    """`node` and every node below it, in pre-order (a node before its children, children in order)."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(reversed(children(n)))
+
+
+def map_children(node: T, fn: Fn) -> T:
+    """A shallow copy of `node` with each child replaced by `fn(child)` (keywords and slices are
+    copied too; `node` itself is left as it was)."""
+    return replace_children(copy.copy(node), fn, fresh_parts=True)
+
+
+def replace_children(node: T, fn: Fn, fresh_parts: bool = False) -> T:
+    """`node` itself with each child replaced by `fn(child)`; returns `node`."""
+    for name in _node_fields(node):
+        value = getattr(node, name)
+        if isinstance(value, list):
+            setattr(node, name, [_map_item(v, fn, fresh_parts) for v in value])
+        elif isinstance(value, tuple):
+            setattr(node, name, tuple(_map_item(v, fn, fresh_parts) for v in value))
+        else:
+            setattr(node, name, _map_item(value, fn, fresh_parts))
+    return node
+
+
+def _node_fields(node: Any) -> list[str]:
+    """The fields of `node`'s class whose declared type can hold a node (computed once per class)."""
+    names = _FIELDS.get(type(node))
+    if names is None:
+        names = _FIELDS[type(node)] = [f.name for f in fields(node) if _may_hold_nodes(str(f.type))]
+    return names
+
+
+_FIELDS: dict[type, list[str]] = {}
+
+
+def _may_hold_nodes(annotation: str) -> bool:
+    return (
+        any(
+            isinstance(t := getattr(nodes, word, None), type) and issubclass(t, (Node, Keyword, Slice))
+            for word in re.findall(r"\w+", annotation)
+        )
+        or "SubscriptItem" in annotation
+    )
+
+
+def _parts(item: Any) -> list[Node]:
+    """The nodes of a keyword (its value) or a slice (its bounds); nothing for anything else."""
+    if isinstance(item, Keyword):
+        return [item.value]
+    if isinstance(item, Slice):
+        return [e for e in (item.lower, item.upper, item.step) if e is not None]
+    return []
+
+
+def _map_item(item: Any, fn: Fn, fresh: bool) -> Any:
+    if isinstance(item, Node):
+        return fn(item)
+    if isinstance(item, Keyword):
+        if fresh:
+            return Keyword(item.name, fn(item.value), item.span)
+        item.value = fn(item.value)
+        return item
+    if isinstance(item, Slice):
+        bounds = [None if e is None else fn(e) for e in (item.lower, item.upper, item.step)]
+        if fresh:
+            return Slice(item.span, *bounds)
+        item.lower, item.upper, item.step = bounds
+        return item
+    return item
+
+
+def statements(body: list[Stmt]) -> Iterator[Stmt]:
+    """Every statement of `body`, those in nested blocks too, in order."""
+    for stmt in body:
+        yield from (n for n in walk(stmt) if isinstance(n, Stmt))
+
+
+def names_read(node: Node) -> set[str]:
+    """The identifiers of every `Name` in or below `node`."""
+    return {n.id for n in walk(node) if isinstance(n, Name)}

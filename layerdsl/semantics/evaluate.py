@@ -1,0 +1,104 @@
+"""Evaluating constant expressions: dims, lets and conditions, given the values of the names they use.
+
+What a construction expression may be (literals, `pi`, `inf`, arguments, lets, dims, arithmetic,
+comparisons, `and`/`or`/`not` and the operations that have a spelling on numbers) is computed here
+with Python's own arithmetic, as the generated module would compute it.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from layerdsl.ir import nodes as N
+from layerdsl.language.ops import CALLABLE
+from layerdsl.language.tables import CONSTANTS
+
+
+class NotConstant(ValueError):
+    """The expression cannot be evaluated from the values given (an unknown name, a tensor operation,
+    a division by zero, ...)."""
+
+
+def evaluate(expr: N.Expr, env: Mapping[str, Any]) -> Any:
+    """The value of `expr`, its names taken from `env` (then from the constants `pi` and `inf`)."""
+    match expr:
+        case N.Num(value=v) | N.Str(value=v) | N.Bool(value=v):
+            return v
+        case N.Name(id=i):
+            if i in env:
+                return env[i]
+            if i in CONSTANTS:
+                return getattr(math, i)
+            raise NotConstant(f"no value for '{i}'")
+        case N.UnaryOp(op=op, operand=o):
+            v = evaluate(o, env)
+            return -v if op == "-" else +v
+        case N.Not(operand=o):
+            return not evaluate(o, env)
+        case N.BoolOp(op="and", left=l, right=r):
+            return evaluate(l, env) and evaluate(r, env)
+        case N.BoolOp(op="or", left=l, right=r):
+            return evaluate(l, env) or evaluate(r, env)
+        case N.BinOp(op=op, left=l, right=r) if op in _BINARY:
+            try:
+                return _BINARY[op](evaluate(l, env), evaluate(r, env))
+            except ZeroDivisionError:
+                raise NotConstant("division by zero") from None
+        case N.Compare(ops=ops, operands=operands):
+            values = [evaluate(o, env) for o in operands]
+            return all(_COMPARE[op](a, b) for op, a, b in zip(ops, values, values[1:]))
+        case N.Call(func=f, args=args, kwargs=[]) if f in CALLABLE and (spelling := CALLABLE[f].scalar):
+            return _scalar_function(spelling)(*[evaluate(a, env) for a in args])
+    raise NotConstant("not a constant expression")
+
+
+def example_values(layer: N.Layer) -> dict[str, Any]:
+    """The values a layer's example gives: argument defaults, then its `example(...)` values, then
+    the lets computed from those (a value that cannot be computed is left out)."""
+    env: dict[str, Any] = {}
+    for a in layer.args:
+        if a.default is not None:
+            _put(env, a.name, a.default)
+    for ex in layer.examples:
+        _put(env, ex.name, ex.value)
+    for let in layer.lets:
+        _put(env, let.name, let.value)
+    return env
+
+
+def _put(env: dict[str, Any], name: str, expr: N.Expr) -> None:
+    try:
+        env[name] = evaluate(expr, env)
+    except (NotConstant, ArithmeticError, TypeError):
+        pass
+
+
+def _scalar_function(spelling: str) -> Callable[..., Any]:
+    if spelling.startswith("math."):
+        return getattr(math, spelling[len("math.") :])
+    return _BUILTINS[spelling]
+
+
+_BUILTINS: dict[str, Callable[..., Any]] = {"abs": abs, "round": round, "max": max, "min": min}
+
+_BINARY: dict[str, Callable[[Any, Any], Any]] = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.truediv,
+    "//": operator.floordiv,
+    "%": operator.mod,
+    "**": operator.pow,
+}
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}

@@ -1,0 +1,79 @@
+"""The one evaluator of constant expressions (dims, lets, conditions), shared by run-time checks and tools."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from layerdsl.ir import nodes as N
+from layerdsl.semantics.evaluate import NotConstant, evaluate, example_values
+from layerdsl.syntax.parser import parse_file
+from layerdsl.testing.layer_checks import shape_of
+
+SPEC = """\
+layer Sized(n: int, heads: int = 2, on: bool = false) {
+    let width = n * heads
+    let half = width // 4
+    let scale = 1 / sqrt(width)
+    let big = width > 10 and not on
+    let missing = n * tensor_size
+    example(n = 6)
+
+    forward(x: [B, width]) -> [B, half + 1, 2 ** heads] {
+        return x
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def layer() -> N.Layer:
+    return parse_file("sized.layer", SPEC).layers[0]
+
+
+def test_example_values_take_defaults_then_examples_then_lets(layer):
+    env = example_values(layer)
+    assert env == {
+        "n": 6,
+        "heads": 2,
+        "on": False,
+        "width": 12,
+        "half": 3,
+        "scale": pytest.approx(1 / math.sqrt(12)),
+        "big": True,
+    }  # `missing` needs a value nobody gives
+
+
+def test_dims_of_a_declared_shape(layer):
+    env = {**example_values(layer), "B": 5, "...": 4}
+    assert shape_of(layer.forward.outputs[0], env, (4,)) == (5, 4, 4)
+    assert shape_of(layer.forward.inputs[0].shape, env, (4,)) == (5, 12)
+
+
+def test_constants_and_scalar_operations(layer):
+    let_value = {let.name: let.value for let in layer.lets}
+    assert evaluate(let_value["scale"], {"width": 4}) == 0.5
+    assert evaluate(N.Name(N.NOWHERE, "pi"), {}) == math.pi
+
+
+@pytest.mark.parametrize(
+    "env, why",
+    [({"n": 1}, "no value for 'tensor_size'"), ({}, "no value for 'n'")],
+)
+def test_unknown_names_are_not_constant(layer, env, why):
+    missing = next(let.value for let in layer.lets if let.name == "missing")
+    with pytest.raises(NotConstant, match=why):
+        evaluate(missing, env)
+
+
+def test_division_by_zero_is_not_constant(layer):
+    half = next(let.value for let in layer.lets if let.name == "half")
+    with pytest.raises(NotConstant, match="division by zero"):
+        evaluate(N.BinOp(N.NOWHERE, "//", N.Num(N.NOWHERE, 1, "1"), half), {"width": 3})
+
+
+def test_tensor_operations_are_not_constant():
+    x = N.Name(N.NOWHERE, "x")
+    with pytest.raises(NotConstant):
+        evaluate(N.Call(N.NOWHERE, "relu", N.NOWHERE, [x], []), {"x": 1.0})
