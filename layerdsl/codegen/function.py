@@ -20,7 +20,7 @@ from layerdsl.diagnostics import SpecError
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.language.ops import OPS, shape_args
-from layerdsl.optimize.fuse import (
+from layerdsl.optimize import (
     Facts,
     Stmt,
     addcmul_form,
