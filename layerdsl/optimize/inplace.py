@@ -23,9 +23,10 @@ from layerdsl.optimize.operations import (
     row,
 )
 from layerdsl.optimize.statements import Facts, Shapes, Stmt, last_reads, names
+from layerdsl.semantics.shapes import Shape
 
 
-def update_in_place(stmts: list[Stmt], facts: Facts) -> tuple[set[str], dict]:
+def update_in_place(stmts: list[Stmt], facts: Facts) -> tuple[set[str], dict[str, Shape]]:
     """Rewrite the statements' operations to update dead temporaries in place. Returns the names whose
     storage lives on under another name, and the shapes of every name bound."""
     rewriter = _InPlaceRewriter(stmts, facts)

@@ -28,7 +28,7 @@ class Facts:
     shapes: dict[str, Shape]  # what the backward starts with: leaves, saved values, incoming gradients
     kept: set[str]  # names never updated or deleted: inputs, saved tensors, incoming gradients, results
     foldable: set[str]  # recomputed intermediates without a spec name (spec locals stay named)
-    full: list[tuple]  # shapes worth freeing early (inputs' and outputs')
+    full: list[Shape]  # shapes worth freeing early (inputs' and outputs')
     # Dtypes in terms of the leaves: a forward intermediate's is the promotion of the leaves it is computed
     # from, and an incoming gradient's is its output's (autograd casts it so).
     roots: dict[str, frozenset[str]] = field(default_factory=dict)

@@ -210,7 +210,7 @@ def op_shape(
     if op.name == "reduced_view":  # a reduction's gradient with the reduced dims back as size 1
         dims = _literal(op, args, "dim")
         if dims is None:
-            return None if shape_of(args["input"]) is None else ()
+            return shape_of(args["grad"])  # nothing to restore: the view is the gradient itself
         return reduce(shape_of(args["input"]), _as_list(dims), keepdim=True) if _dims(dims) else None
     return None
 

@@ -130,6 +130,8 @@ def test_expr_shape_of_calls():
     assert S.expr_shape(B.call("sum_to", tensor("x"), tensor("b")), ENV) == ("n",)
     reduced = B.call("reduced_view", tensor("g"), tensor("x"), B.num(-1), boolean(False))
     assert S.expr_shape(reduced, ENV) == ("B", "1")
+    whole = B.call("reduced_view", tensor("s"), tensor("x"), N.NoneLit(NOWHERE), boolean(False))
+    assert S.expr_shape(whole, {**ENV, "s": ()}) == ()  # over every dim: the gradient itself
     assert S.expr_shape(B.call("reshape", tensor("x"), tensor("w")), ENV) is None  # no rule: unknown
 
 
