@@ -22,7 +22,7 @@ from layerdsl.codegen.pyexpr import ATOM, PyExpr, Spelling
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.language.ops import OPS, shape_args
-from layerdsl.optimize.fuse import (
+from layerdsl.optimize import (
     Facts,
     Stmt,
     addcmul_form,

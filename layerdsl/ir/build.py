@@ -9,6 +9,7 @@ from __future__ import annotations
 from layerdsl.diagnostics import Span
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
+from layerdsl.ir.printer import spec_text
 
 
 def num(v: int | float) -> N.Num:
@@ -42,11 +43,5 @@ def call(func: str, *args: N.Expr, span: Span = NOWHERE) -> N.Call:
 
 
 def key(e: N.Expr) -> str:
-    """A structural key: equal for expressions that compute the same thing."""
-    from layerdsl.codegen.pyexpr import PyExpr, Spelling
-
-    render = PyExpr(
-        Spelling(),
-        call_hook=lambda c, ex: f"{c.func}({', '.join(ex(a) for a in c.args)}; {', '.join(k.name + '=' + ex(k.value) for k in c.kwargs)})",
-    )
-    return render(e)
+    """A structural key: equal for expressions of the same structure, different otherwise (their spec text)."""
+    return spec_text(e)

@@ -349,7 +349,7 @@ def emit_index_assign(stmt: N.IndexAssign, ex, layer: N.Layer) -> list[str]:
 
 
 def _declared_dim(layer: N.Layer, name: N.Name, pos: int) -> str | None:
-    from layerdsl.codegen.pyexpr import PyExpr, Spelling
+    from layerdsl.semantics.shapes import dim_text
 
     if name.ref == "input":
         shape = next(i.shape for i in layer.forward.inputs if i.name == name.id)
@@ -357,7 +357,7 @@ def _declared_dim(layer: N.Layer, name: N.Name, pos: int) -> str | None:
         shape = layer.tensor(name.id).shape
     if shape is None or shape.has_ellipsis or pos >= len(shape.dims):
         return None
-    return PyExpr(Spelling())(shape.dims[pos])
+    return dim_text(shape.dims[pos])
 
 
 def _same_declared_dim(layer, n0, p0, n1, p1) -> bool:

@@ -1,0 +1,223 @@
+"""Fewer passes over full-size tensors: folded intermediates, reduced gradients kept small, plain sums,
+factors out of linear kernels, and `addcmul` for `p + q * r`.
+
+At large shapes a backward is bound by memory traffic, so its time follows the number of passes over
+full-size tensors and the number of fresh buffers. These rewrites keep every value and cut the passes.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from layerdsl.ir import build as B
+from layerdsl.ir import nodes as N
+from layerdsl.ir.nodes import NOWHERE
+from layerdsl.language.ops import OPS, shape_args
+from layerdsl.optimize.operations import dtype_sources, is_product
+from layerdsl.optimize.scales import LINEAR
+from layerdsl.optimize.statements import Facts, Shapes, Stmt, reads, use_counts
+
+# ------------------------------------------------------------------ folding
+
+
+def fold(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
+    """A recomputed intermediate that only one statement reads is computed inside that statement."""
+    uses = use_counts(stmts)
+    for s in stmts:
+        for n in _shape_reads(s.expr):
+            uses[n] = 2  # a value needed only for its shape stays a name
+    pending: dict[str, N.Expr] = {}
+    out = []
+    for s in stmts:
+        s.expr = substitute(s.expr, pending)
+        if s.recompute and uses.get(s.target) == 1 and s.target in facts.foldable:
+            pending[s.target] = s.expr
+            continue
+        out.append(s)
+    return out
+
+
+def _shape_reads(e) -> list[str]:
+    return [
+        a.id for n in N.walk(e) if isinstance(n, N.Call) for i in shape_args(n) if isinstance(a := n.args[i], N.Name)
+    ]
+
+
+def substitute(e: N.Expr, pending: dict[str, N.Expr]) -> N.Expr:
+    """`e` with each name in `pending` replaced by its expression (each used once, so popped)."""
+    if isinstance(e, N.Name) and e.id in pending:
+        return pending.pop(e.id)
+    return N.map_children(e, lambda c: substitute(c, pending))
+
+
+# ------------------------------------------------------------------ reduced gradients stay small
+
+
+def narrow_expansions(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
+    """A reduction's gradient stays at its reduced shape (`[..., 1]`) where an elementwise operation would
+    broadcast it anyway, so scaling it costs nothing and only the final product is full-size."""
+    shapes = Shapes(facts)
+    narrow: dict[str, N.Expr] = {}  # a statement binding an expanded gradient -> its reduced view
+    for s in stmts:
+        s.expr = _narrow(s.expr, narrow, shapes)
+        if isinstance(s.expr, N.Call) and s.expr.func == "expand_reduced" and not s.guard:
+            narrow[s.target] = _reduced_view(s.expr, shapes)
+        shapes.learn(s)
+    read = {n for s in stmts for n in reads(s)}
+    return [s for s in stmts if not (s.target in narrow and s.target not in read and s.target not in facts.kept)]
+
+
+def _narrow(e: N.Expr, narrow: dict[str, N.Expr], shapes: Shapes) -> N.Expr:
+    """Use reduced views for the expanded gradients in the largest elementwise region whose result keeps
+    its shape: elementwise operations commute with broadcasting, so the values are the same."""
+    if _elementwise(e):
+        full = shapes.of(e)
+        small = _all_reduced(e, narrow, shapes)
+        if full is not None and shapes.of(small) == full:
+            return small
+    return N.map_children(e, lambda c: _narrow(c, narrow, shapes))
+
+
+def _all_reduced(e: N.Expr, narrow: dict[str, N.Expr], shapes: Shapes) -> N.Expr:
+    if isinstance(e, N.Name) and e.id in narrow:
+        return copy.deepcopy(narrow[e.id])
+    if isinstance(e, N.Call) and e.func == "expand_reduced":
+        return _reduced_view(e, shapes)
+    if _elementwise(e):
+        return N.map_children(e, lambda c: _all_reduced(c, narrow, shapes))
+    return _narrow(e, narrow, shapes)
+
+
+def _reduced_view(expand: N.Call, shapes: Shapes) -> N.Expr:
+    """`expand_reduced(g, input, dim, keepdim)` without the expansion: `g` itself when it kept its dims."""
+    g, _, dim, keepdim = expand.args
+    if (isinstance(keepdim, N.Bool) and keepdim.value or isinstance(dim, N.NoneLit)) and shapes.of(g) is not None:
+        return g
+    return B.call("reduced_view", *expand.args, span=expand.args[0].span)
+
+
+def _elementwise(e) -> bool:
+    if isinstance(e, (N.BinOp, N.UnaryOp)):
+        return e.op in ("+", "-", "*", "/", "**")
+    return isinstance(e, N.Call) and e.func in OPS and OPS[e.func].shape == "elementwise" and bool(OPS[e.func].torch)
+
+
+# ------------------------------------------------------------------ sums with known dims
+
+
+def explicit_sums(stmts: list[Stmt], facts: Facts) -> None:
+    """`sum_to(g, t)` as the plain reduction it is where both shapes are known: `g.sum()` for a 0-dim
+    `t`, a sum over the dims where `t` has size 1 (keeping them) for a same-rank `t`. `sum_to_size` must
+    work out the dims at run time, which costs about 1 µs a call at small shapes."""
+    shapes = Shapes(facts)
+    for s in stmts:
+        s.expr = _explicit_sum(s.expr, shapes)
+        shapes.learn(s)
+
+
+def _explicit_sum(e: N.Expr, shapes: Shapes) -> N.Expr:
+    e = N.map_children(e, lambda c: _explicit_sum(c, shapes))
+    if not (isinstance(e, N.Call) and e.func == "sum_to"):
+        return e
+    g, target = e.args
+    have, want = shapes.of(g), shapes.of(target)
+    if want == ():
+        return B.call("sum", g, span=g.span)
+    if have is None or want is None or len(have) != len(want) or any(a != b and b != "1" for a, b in zip(have, want)):
+        return e
+    dims = [k - len(have) for k, (a, b) in enumerate(zip(have, want)) if a != b]
+    if not dims:
+        return g
+    dim = B.num(dims[0]) if len(dims) == 1 else N.ListExpr(NOWHERE, [B.num(d) for d in dims])
+    dim.kind = dim.kind if len(dims) == 1 else "list"
+    keep = N.Bool(NOWHERE, True)
+    keep.kind = "bool"
+    out = B.call("sum", g, span=g.span)
+    out.kwargs = [N.Keyword("dim", dim, NOWHERE), N.Keyword("keepdim", keep, NOWHERE)]
+    return out
+
+
+# ------------------------------------------------------------------ tensor factors out of linear kernels
+
+
+def factors_out(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
+    """`sigmoid_backward(g * x, s)` as `sigmoid_backward(g, s) * x` when `x` has the result's shape: the
+    same passes, but the product may then update the kernel's fresh result instead of taking a buffer of
+    its own (the kernel is linear in its first operand). A product bound to a name read only there
+    moves in too."""
+    shapes = Shapes(facts)
+    roots = dict(facts.roots)
+    uses = use_counts(stmts)
+    bound: dict[str, Stmt] = {}
+    moved: set[int] = set()
+    for s in stmts:
+        e = s.expr
+        if isinstance(e, N.Call) and e.func in _LINEAR_KERNELS and not e.kwargs and not s.guard:
+            arg, src = e.args[0], None
+            if isinstance(arg, N.Name) and uses.get(arg.id) == 1 and arg.id in bound and arg.id not in facts.kept:
+                src = bound[arg.id]
+                arg = src.expr
+            for a, b in ((arg.left, arg.right), (arg.right, arg.left)) if is_product(arg) else ():
+                inner = B.call(e.func, a, *e.args[1:], span=a.span)
+                full = shapes.of(e)
+                if (
+                    full is not None
+                    and shapes.of(b) == full == shapes.of(inner)
+                    and dtype_sources(b, roots) <= dtype_sources(inner, roots)
+                ):
+                    s.expr = B.binop("*", inner, b)
+                    if src is not None:
+                        moved.add(id(src))
+                    break
+        shapes.learn(s)
+        roots[s.target] = dtype_sources(s.expr, roots)
+        if not s.guard:
+            bound[s.target] = s
+    return [s for s in stmts if id(s) not in moved]
+
+
+_LINEAR_KERNELS = tuple(
+    f for f, at in LINEAR.items() if at == (0,) and OPS[f].shape == "elementwise" and OPS[f].internal
+)
+
+
+# ------------------------------------------------------------------ addcmul
+
+
+def addcmul_form(e: N.Expr) -> N.Expr:
+    """`p + q * r` as `addcmul(p, q, r)`: one pass instead of two."""
+    if isinstance(e, N.Call) and e.func == "extremum_mask":
+        return e  # its input must round as the forward did: it is compared with the saved extremum
+    e = N.map_children(e, addcmul_form)
+    if isinstance(e, N.BinOp) and e.op == "+" and e.kind == "tensor":
+        for p, prod in ((e.left, e.right), (e.right, e.left)):
+            if is_product(prod) and p.kind == "tensor":
+                return B.call("addcmul", p, prod.left, prod.right, span=p.span)
+    return e
+
+
+def guarded_products(stmts: list[Stmt], exact: set[str]) -> list[Stmt]:
+    """`v = a * b` then `v = v + m` when the optional `m` is present: one statement, `addcmul` or `a * b`."""
+    out: list[Stmt] = []
+    for s in stmts:
+        prev = out[-1] if out else None
+        if s.guard and prev is not None and not prev.guard and prev.target == s.target and s.target not in exact:
+            merged = guarded_addcmul(prev.expr, s.expr, s.target, s.guard)
+            if merged is not None:
+                s.expr, s.otherwise, s.recompute = merged, prev.expr, prev.recompute
+                out[-1] = s
+                continue
+        out.append(s)
+    return out
+
+
+def guarded_addcmul(value: N.Expr, update: N.Expr, name: str, member: str) -> N.Expr | None:
+    """`addcmul(member, a, b)` for `name = a * b` followed by `name = name + member` (None otherwise).
+    The forward and the backward's recomputation both use it, so the two round alike."""
+    if not (is_product(value) and isinstance(update, N.BinOp) and update.op == "+"):
+        return None
+    sides = [update.left, update.right]
+    if not all(isinstance(n, N.Name) for n in sides) or sorted(n.id for n in sides) != sorted([name, member]):
+        return None
+    m = next(n for n in sides if n.id == member)
+    return B.call("addcmul", copy.deepcopy(m), value.left, value.right, span=m.span)

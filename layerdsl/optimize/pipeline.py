@@ -1,0 +1,62 @@
+"""The optimisation stage: a derived backward's statements rewritten to make fewer full-size passes.
+
+Runs on a backward's statements (IR) after derivation, before rendering. At large shapes a backward is
+bound by memory traffic, so its time follows the number of passes over full-size tensors and the number
+of fresh buffers. In order:
+
+1. fold a recomputed intermediate that only one statement reads into that statement (`fusion`);
+2. keep a reduction's gradient at its reduced shape where an elementwise operation would broadcast it
+   anyway (`fusion`), gather constant factors where they cost least (`scales`), write `sum_to` between
+   known shapes as a plain sum and move tensor factors out of linear kernels (`fusion`);
+3. for each candidate statement order (`schedule`): write `p + q * r` as `addcmul(p, q, r)` (`fusion`),
+   let operations update dead temporaries in place (`inplace`), and delete full-size temporaries after
+   their last use (`schedule`);
+4. keep the order that makes the fewest fresh full-size buffers.
+
+`Facts.graph` says whether autograd may record the backward; the emitter runs both and branches on grad
+mode where they differ.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from layerdsl.optimize.fusion import (
+    addcmul_form,
+    explicit_sums,
+    factors_out,
+    fold,
+    guarded_products,
+    narrow_expansions,
+)
+from layerdsl.optimize.inplace import update_in_place
+from layerdsl.optimize.scales import hoist_scales
+from layerdsl.optimize.schedule import fresh_buffers, place_deletions, reductions_early
+from layerdsl.optimize.statements import Facts, Stmt
+
+
+def optimize(stmts: list[Stmt], facts: Facts, prefer: int = 0) -> tuple[list[Stmt], int]:
+    """The statements rewritten, and which schedule they follow (`prefer` breaks ties, so that the backward
+    with a graph and the one without share as many statements as they can)."""
+    stmts = fold(stmts, facts)
+    stmts = narrow_expansions(stmts, facts)
+    hoist_scales(stmts, facts.kept, facts.incoming)
+    explicit_sums(stmts, facts)
+    stmts = factors_out(stmts, facts)
+    # Sums first lets a temporary's last full-size reader update it; keeping the derivation's order can
+    # instead let a reader that autograd does not record update it (without a graph).
+    schedules = [_fused_in_place(s, facts) for s in (reductions_early(stmts), copy.deepcopy(stmts))]
+    cost = [fresh_buffers(s, facts) for s in schedules]
+    best = min(range(len(schedules)), key=lambda k: (cost[k], k != prefer, k))
+    return schedules[best], best
+
+
+def _fused_in_place(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
+    """One schedule finished: products fused with their sums, dead temporaries updated, then deleted."""
+    stmts = guarded_products(stmts, facts.exact)
+    for s in stmts:
+        if s.target not in facts.exact:
+            s.expr = addcmul_form(s.expr)
+    updated, shapes = update_in_place(stmts, facts)
+    place_deletions(stmts, facts, shapes, updated)
+    return stmts

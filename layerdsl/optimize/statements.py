@@ -1,0 +1,82 @@
+"""A backward's statements as the optimisation stage sees them, what it may assume about them, and the names
+and shapes they read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from layerdsl.ir import nodes as N
+from layerdsl.semantics.shapes import Shape, expr_shape
+
+
+@dataclass(eq=False)
+class Stmt:
+    """`target = expr`, run when the gradients of `leaves` are needed."""
+
+    target: str
+    expr: N.Expr
+    leaves: set[str]
+    recompute: bool = False  # a forward intermediate computed again (may be folded into its reader)
+    guard: str | None = None  # run only when this optional member is present (`target` is also read)
+    dels: list[str] = field(default_factory=list)  # names dead after this statement
+    unscaled: N.Expr | None = None  # the factor this value lacks, which its readers apply (scales.py)
+    otherwise: N.Expr | None = None  # with a guard: the value when the member is absent
+
+
+@dataclass
+class Facts:
+    shapes: dict[str, Shape]  # what the backward starts with: leaves, saved values, incoming gradients
+    kept: set[str]  # names never updated or deleted: inputs, saved tensors, incoming gradients, results
+    foldable: set[str]  # recomputed intermediates without a spec name (spec locals stay named)
+    full: list[Shape]  # shapes worth freeing early (inputs' and outputs')
+    # Dtypes in terms of the leaves: a forward intermediate's is the promotion of the leaves it is computed
+    # from, and an incoming gradient's is its output's (autograd casts it so).
+    roots: dict[str, frozenset[str]] = field(default_factory=dict)
+    incoming: set[str] = field(default_factory=set)  # the incoming gradients
+    # Whether autograd may record the backward (create_graph=True). Without a graph nothing keeps a value
+    # for later, so any temporary may be updated after its last read.
+    graph: bool = True
+    floating: frozenset[str] = frozenset()  # names declared floating-point (float inputs, parameters, gradients)
+    # Forward values a max/min reads: an extremum mask compares their recomputation with the saved
+    # extremum, so they round as the forward wrote them (no addcmul, which rounds once where `p + q * r` rounds twice).
+    exact: frozenset[str] = frozenset()
+
+
+def names(e: N.Expr) -> list[str]:
+    """Every name `e` reads, once per occurrence."""
+    return [n.id for n in N.walk(e) if isinstance(n, N.Name)]
+
+
+def reads(s: Stmt) -> list[str]:
+    """Every name statement `s` reads, its guard and its value without the member included."""
+    return names(s.expr) + ([s.guard] if s.guard else []) + (names(s.otherwise) if s.otherwise else [])
+
+
+def use_counts(stmts: list[Stmt]) -> dict[str, int]:
+    """How many times the statements read each name."""
+    uses: dict[str, int] = {}
+    for s in stmts:
+        for n in reads(s):
+            uses[n] = uses.get(n, 0) + 1
+    return uses
+
+
+def last_reads(stmts: list[Stmt]) -> dict[str, int]:
+    """The index of the statement that reads each name last."""
+    return {n: k for k, s in enumerate(stmts) for n in reads(s)}
+
+
+class Shapes:
+    """The static shapes of a backward's values (the shape engine's rules), learning each statement's
+    result as the statements run."""
+
+    def __init__(self, facts: Facts):
+        self.facts = facts
+        self.env: dict[str, Shape] = dict(facts.shapes)
+
+    def of(self, e: N.Expr) -> Shape:
+        return expr_shape(e, self.env)
+
+    def learn(self, s: Stmt) -> None:
+        shape = self.of(s.expr)
+        self.env[s.target] = shape if shape is not None else self.facts.shapes.get(s.target)
