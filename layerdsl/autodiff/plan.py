@@ -12,11 +12,12 @@ import copy
 import dataclasses
 from dataclasses import dataclass
 
-from layerdsl.autodiff.derive import Backward, GradStmt, derive
+from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape
 from layerdsl.diagnostics import Diagnostic
 from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import walk
 
 
 @dataclass
@@ -89,7 +90,7 @@ def written_backward(backward: N.Backward, tape: Tape) -> list[GradStmt]:
 
 def _over_tape_vars(e: N.Expr, env: dict[str, str]) -> N.Expr:
     e = copy.deepcopy(e)
-    for n in N.walk(e):
+    for n in walk(e):
         if isinstance(n, N.Name) and n.ref == "local" and n.id in env:
             n.id = env[n.id]
     return e

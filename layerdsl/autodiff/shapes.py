@@ -6,7 +6,7 @@ the backward's optimisation uses them to decide where an operation may update on
 
 from __future__ import annotations
 
-from layerdsl.autodiff.derive import Step, Tape
+from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.ir import nodes as N
 from layerdsl.semantics.shapes import Shape, declared_shape, expr_shape, op_shape
 
@@ -24,12 +24,12 @@ def step_shape(s: Step, shapes: dict[str, Shape]) -> Shape:
     """The shape of a step's result, from the shapes of the names it reads."""
     if s.op is None:
         return None  # kept as written (a comparison)
-    return op_shape(s.op, s.args, lambda a: expr_shape(a, shapes), getattr(s.expr, "items", None))
+    return op_shape(s.op, s.args, lambda a: expr_shape(a, shapes), s.expr.items if isinstance(s.expr, N.Call) else None)
 
 
 def same_shape_leaf(tape: Tape, var: str) -> str | None:
     """A leaf (input or tensor) known to have the shape of `var`, if any."""
-    shapes = getattr(tape, "shapes", {})
+    shapes = tape.shapes
     target = shapes.get(var)
     if target is None:
         return None

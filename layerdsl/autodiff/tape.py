@@ -72,7 +72,7 @@ class Linearizer:
         self.steps: list[Step] = []
         self.env: dict[str, str] = {}  # spec local -> current var
         self.taken = {a.name for a in layer.args} | {t.name for t in layer.tensors} | {l.name for l in layer.lets}
-        self.taken |= {i.name for i in layer.forward.inputs} | set(getattr(layer, "symbolic_dims", []))
+        self.taken |= {i.name for i in layer.forward.inputs} | set(layer.symbolic_dims)
         self.counter = itertools.count(1)
         self.numbers: list[tuple[str, N.Expr]] = []
 

@@ -14,13 +14,14 @@ import dataclasses
 import itertools
 from dataclasses import dataclass, field
 
-from layerdsl.autodiff.derive import Backward, derive
 from layerdsl.autodiff.plan import BackwardPlan
+from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.shapes import same_shape_leaf
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen.pyexpr import ATOM, PyExpr, Spelling
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import children, map_children, walk
 from layerdsl.language.ops import OPS, shape_args
 from layerdsl.optimize import (
     Facts,
@@ -142,7 +143,7 @@ class FunctionEmitter:
                 continue
             wanted.add(n)
             if n in numbers:
-                frontier += [m.id for m in N.walk(numbers[n]) if isinstance(m, N.Name)]
+                frontier += [m.id for m in walk(numbers[n]) if isinstance(m, N.Name)]
         lines = [f"{d} = {dim_spelling(d)}" for d in self.dim_source if d in wanted]
         lines += [f"{n} = {ex(e)}" for n, e in tape.numbers if n in wanted]
         return lines, {d for d in self.dim_source if d in wanted}
@@ -155,7 +156,7 @@ class FunctionEmitter:
             dims = inp.shape.dims if inp.shape else []
             ell = next((k for k, d in enumerate(dims) if isinstance(d, N.EllipsisItem)), None)
             for k, d in enumerate(dims):
-                if isinstance(d, N.Name) and d.id in getattr(self.layer, "symbolic_dims", []) and d.id not in out:
+                if isinstance(d, N.Name) and d.id in self.layer.symbolic_dims and d.id not in out:
                     pos = k if ell is None or k < ell else k - len(dims)
                     out[d.id] = f"{inp.name}.shape[{pos}]"
         return out
@@ -166,8 +167,8 @@ class FunctionEmitter:
         uses = _use_counts(tape)
         spelling = Spelling({}, training="training")
         ex = PyExpr(spelling, call_hook=self._internal)
-        read = {n.id for s in tape.steps for n in N.walk(s.expr) if isinstance(n, N.Name)}
-        read |= {n.id for o in tape.outputs for n in N.walk(o) if isinstance(n, N.Name)}
+        read = {n.id for s in tape.steps for n in walk(s.expr) if isinstance(n, N.Name)}
+        read |= {n.id for o in tape.outputs for n in walk(o) if isinstance(n, N.Name)}
         lines, _ = self.prelude(tape, read, ex, lambda d: self.dim_source[d])
         exact = self.exact
         roots: dict[str, frozenset[str]] = {}
@@ -331,8 +332,8 @@ class FunctionEmitter:
                         read(n, leaves)
         ex = PyExpr(Spelling({k: f"ctx.{k}" for k in self.kwargs}, training="ctx.training"), call_hook=self._internal)
         order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps])}
-        read_names = {n.id for sec in sections for _, _, e in sec.items for n in N.walk(e) if isinstance(n, N.Name)}
-        read_names |= {n.id for s in tape.steps if s.var in recomputed for n in N.walk(s.expr) if isinstance(n, N.Name)}
+        read_names = {n.id for sec in sections for _, _, e in sec.items for n in walk(e) if isinstance(n, N.Name)}
+        read_names |= {n.id for s in tape.steps if s.var in recomputed for n in walk(s.expr) if isinstance(n, N.Name)}
         lines, self.backward_dims = self.prelude(tape, read_names, ex, lambda d: f"ctx.{d}")
         saved = sorted(reads, key=lambda v: order.get(v, 1 << 30))
         if saved:
@@ -415,7 +416,7 @@ class FunctionEmitter:
 
     def _shape_only(self, e: N.Expr, tape: Tape) -> N.Expr:
         """Arguments of the internal helpers that only give a shape: use a leaf of the same static shape."""
-        for node in N.walk(e):
+        for node in walk(e):
             if isinstance(node, N.Call):
                 for i in shape_args(node):
                     arg = node.args[i]
@@ -519,7 +520,7 @@ def _compared_exactly(tape: Tape) -> set[str]:
 
 def _renamed(e: N.Expr, names: dict[str, str]) -> N.Expr:
     e = copy.deepcopy(e)
-    for n in N.walk(e):
+    for n in walk(e):
         if isinstance(n, N.Name) and n.id in names:
             n.id = names[n.id]
     return e
@@ -528,7 +529,7 @@ def _renamed(e: N.Expr, names: dict[str, str]) -> N.Expr:
 def _squares(e: N.Expr) -> N.Expr:
     """`x ** 2` as `x * x`: the same value (ATen computes it so), without wrapping the 2 in a tensor,
     which costs about 1 µs a call at small shapes."""
-    e = N.map_children(e, _squares)
+    e = map_children(e, _squares)
     if (
         isinstance(e, N.BinOp)
         and e.op == "**"
@@ -555,7 +556,7 @@ def _value_names(e) -> list[str]:
                 if i not in shape_args(n):
                     go(a)
             return
-        for c in N.children(n):
+        for c in children(n):
             go(c)
 
     go(e)
@@ -564,7 +565,7 @@ def _value_names(e) -> list[str]:
 
 def _shape_names(e) -> list[str]:
     out = []
-    for n in N.walk(e):
+    for n in walk(e):
         if isinstance(n, N.Call):
             out += [n.args[i].id for i in shape_args(n) if isinstance(n.args[i], N.Name)]
     return out
@@ -573,7 +574,7 @@ def _shape_names(e) -> list[str]:
 def _use_counts(tape: Tape) -> dict[str, int]:
     counts: dict[str, int] = {}
     for s in tape.steps:
-        for n in N.walk(s.expr):
+        for n in walk(s.expr):
             if isinstance(n, N.Name):
                 counts[n.id] = counts.get(n.id, 0) + 1
     for o in tape.outputs:
@@ -584,7 +585,7 @@ def _use_counts(tape: Tape) -> dict[str, int]:
 
 def _replace_name(e: N.Expr, old: str, new: str) -> N.Expr:
     e = copy.deepcopy(e)
-    for n in N.walk(e):
+    for n in walk(e):
         if isinstance(n, N.Name) and n.id == old:
             n.id = new
     return e

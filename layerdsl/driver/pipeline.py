@@ -66,7 +66,7 @@ def load(sources: list[Source]) -> tuple[list[N.SpecFile], list[Diagnostic]]:
         except SpecError as exc:
             problems.extend(exc.diagnostics)
             continue
-        if not parsed.layers and not getattr(parsed, "problems", None):
+        if not parsed.layers and not parsed.problems:
             problems.append(
                 Diagnostic(
                     src.shown,

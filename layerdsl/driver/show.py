@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 
-from layerdsl.codegen.module import snake_case
+from layerdsl.language.naming import snake_case
 
 
 def select_layer(code: str, name: str) -> str | None:

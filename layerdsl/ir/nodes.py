@@ -400,8 +400,3 @@ class SpecFile(Node):
     problems: list[Diagnostic] = field(default_factory=list)
     # Filled in by the parser: layers lost to a syntax error (their uses get no follow-on errors).
     broken: set[str] = field(default_factory=set)
-
-
-# The traversal lives in `visit`; these names stay importable from here until every stage imports it
-# from there (autodiff, optimize, codegen.function and the tools still call `N.walk` and friends).
-from layerdsl.ir.visit import children, map_children, walk  # noqa: E402, F401

@@ -65,7 +65,7 @@ def _render(e: N.Expr) -> tuple[str, int]:
             parts = [_wrap(operands[0], p + 1)]
             parts += [f"{op} {_wrap(o, p + 1)}" for op, o in zip(ops, operands[1:])]
             return " ".join(parts), p
-        case N.Call(func="align", args=[operand]) if getattr(e, "items", None) is not None:
+        case N.Call(func="align", args=[operand]) if e.items is not None:
             return f"{_wrap(operand, ATOM)}[{_items(e.items)}]", ATOM  # a broadcasting view: x[:, none]
         case N.Call(func=func, args=args, kwargs=kwargs):
             parts = [spec_text(a) for a in args] + [f"{k.name} = {spec_text(k.value)}" for k in kwargs]

@@ -12,6 +12,7 @@ import copy
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
+from layerdsl.ir.visit import map_children, walk
 from layerdsl.language.ops import OPS, shape_args
 from layerdsl.optimize.operations import dtype_sources, is_product
 from layerdsl.optimize.scales import LINEAR
@@ -38,16 +39,14 @@ def fold(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
 
 
 def _shape_reads(e) -> list[str]:
-    return [
-        a.id for n in N.walk(e) if isinstance(n, N.Call) for i in shape_args(n) if isinstance(a := n.args[i], N.Name)
-    ]
+    return [a.id for n in walk(e) if isinstance(n, N.Call) for i in shape_args(n) if isinstance(a := n.args[i], N.Name)]
 
 
 def substitute(e: N.Expr, pending: dict[str, N.Expr]) -> N.Expr:
     """`e` with each name in `pending` replaced by its expression (each used once, so popped)."""
     if isinstance(e, N.Name) and e.id in pending:
         return pending.pop(e.id)
-    return N.map_children(e, lambda c: substitute(c, pending))
+    return map_children(e, lambda c: substitute(c, pending))
 
 
 # ------------------------------------------------------------------ reduced gradients stay small
@@ -75,7 +74,7 @@ def _narrow(e: N.Expr, narrow: dict[str, N.Expr], shapes: Shapes) -> N.Expr:
         small = _all_reduced(e, narrow, shapes)
         if full is not None and shapes.of(small) == full:
             return small
-    return N.map_children(e, lambda c: _narrow(c, narrow, shapes))
+    return map_children(e, lambda c: _narrow(c, narrow, shapes))
 
 
 def _all_reduced(e: N.Expr, narrow: dict[str, N.Expr], shapes: Shapes) -> N.Expr:
@@ -84,7 +83,7 @@ def _all_reduced(e: N.Expr, narrow: dict[str, N.Expr], shapes: Shapes) -> N.Expr
     if isinstance(e, N.Call) and e.func == "expand_reduced":
         return _reduced_view(e, shapes)
     if _elementwise(e):
-        return N.map_children(e, lambda c: _all_reduced(c, narrow, shapes))
+        return map_children(e, lambda c: _all_reduced(c, narrow, shapes))
     return _narrow(e, narrow, shapes)
 
 
@@ -116,7 +115,7 @@ def explicit_sums(stmts: list[Stmt], facts: Facts) -> None:
 
 
 def _explicit_sum(e: N.Expr, shapes: Shapes) -> N.Expr:
-    e = N.map_children(e, lambda c: _explicit_sum(c, shapes))
+    e = map_children(e, lambda c: _explicit_sum(c, shapes))
     if not (isinstance(e, N.Call) and e.func == "sum_to"):
         return e
     g, target = e.args
@@ -188,7 +187,7 @@ def addcmul_form(e: N.Expr) -> N.Expr:
     """`p + q * r` as `addcmul(p, q, r)`: one pass instead of two."""
     if isinstance(e, N.Call) and e.func == "extremum_mask":
         return e  # its input must round as the forward did: it is compared with the saved extremum
-    e = N.map_children(e, addcmul_form)
+    e = map_children(e, addcmul_form)
     if isinstance(e, N.BinOp) and e.op == "+" and e.kind == "tensor":
         for p, prod in ((e.left, e.right), (e.right, e.left)):
             if is_product(prod) and p.kind == "tensor":

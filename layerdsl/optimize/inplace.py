@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import map_children, walk
 from layerdsl.optimize.operations import (
     dtype_sources,
     fresh_node,
@@ -45,7 +46,7 @@ def unary_in_place(e: N.Expr, owned: set[str], floating: Callable[[N.Expr], bool
     """For a forward: a one-operand operation on a temporary nothing else reads (a fresh result inline,
     or a name in `owned`) updates it in place, `torch.sqrt(add)` as `add.sqrt_()`. `floating(e)`: whether
     `e` is known to be floating-point (an integer buffer cannot take a floating result)."""
-    e = N.map_children(e, lambda c: unary_in_place(c, owned, floating))
+    e = map_children(e, lambda c: unary_in_place(c, owned, floating))
     op = row(e)
     if isinstance(e, N.InPlace) or op is None or op.inplace is None or isinstance(e, N.Call) and e.kwargs:
         return e
@@ -80,7 +81,7 @@ class _InPlaceRewriter:
                 self.fresh.add(s.target)
 
     def rewrite(self, e: N.Expr, stmt: Stmt) -> N.Expr:
-        e = N.map_children(e, lambda c: self.rewrite(c, stmt))
+        e = map_children(e, lambda c: self.rewrite(c, stmt))
         op = row(e)
         if isinstance(e, N.InPlace) or op is None or op.inplace is None or isinstance(e, N.Call) and e.kwargs:
             return e
@@ -124,7 +125,7 @@ class _InPlaceRewriter:
         """Whether statement `s` left `name`'s current value where a later read (or autograd) needs it."""
         if isinstance(s.expr, N.Name):
             return s.expr.id == name  # an alias
-        for node in N.walk(s.expr):
+        for node in walk(s.expr):
             if isinstance(node, (N.BinOp, N.UnaryOp, N.Call, N.InPlace)):
                 if self.fresh_sum(node):
                     continue

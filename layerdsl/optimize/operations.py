@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import functools
 
-from layerdsl.autodiff.derive import formula
+from layerdsl.autodiff.formulas import formula
 from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import children
 from layerdsl.language.ops import OPERATORS, OPS, Op, shape_args
 
 ALIASING = ("sum_to", "expand_reduced", "unbind", "split_like")  # results that may share the operand's storage
@@ -44,7 +45,7 @@ def operands(e) -> list[tuple[str | None, N.Expr]]:
         case N.InPlace(target=t, args=args):
             params = [p.name for p in op.params] if op else []
             return [(params[i] if i < len(params) else None, a) for i, a in enumerate([t, *args])]
-    return [(None, c) for c in N.children(e)]
+    return [(None, c) for c in children(e)]
 
 
 def is_product(e) -> bool:
@@ -83,12 +84,12 @@ def _value_reads(e) -> list[str]:
     if isinstance(e, N.Name):
         return [e.id]
     skip = shape_args(e) if isinstance(e, N.Call) else ()
-    children = (
+    operands = (
         [c for i, c in enumerate(e.args) if i not in skip] + [k.value for k in e.kwargs]
         if isinstance(e, N.Call)
-        else N.children(e)
+        else children(e)
     )
-    return [n for c in children if isinstance(c, N.Expr) for n in _value_reads(c)]
+    return [n for c in operands if isinstance(c, N.Expr) for n in _value_reads(c)]
 
 
 def result_saved(e) -> bool:
@@ -143,7 +144,7 @@ def dtype_sources(e, known: dict[str, frozenset[str]]) -> frozenset[str]:
             for k in n.kwargs:
                 go(k.value)
         else:
-            for c in N.children(n):
+            for c in children(n):
                 go(c)
 
     go(e)

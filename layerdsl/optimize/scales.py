@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
+from layerdsl.ir.visit import map_children, walk
 
 # Operations linear in the operand at these positions: a factor of that operand is a factor of the result.
 LINEAR = {
@@ -96,7 +97,7 @@ def hoist_scales(stmts, kept: set[str], incoming: set[str]) -> None:
         if s.expr.kind != "tensor" or s.recompute or s.target not in carriers:
             continue
         scale, rest = float_scale(s.expr, pending, carriers)
-        readers = [r for r in stmts[k + 1 :] if any(isinstance(n, N.Name) and n.id == s.target for n in N.walk(r.expr))]
+        readers = [r for r in stmts[k + 1 :] if any(isinstance(n, N.Name) and n.id == s.target for n in walk(r.expr))]
         movable = not scale.one and binds[s.target] == 1 and s.target not in kept and not s.guard and readers
         pending_too = {**pending, s.target: scale}
         if movable and _cost(readers, pending_too, carriers) - _cost(readers, pending, carriers) < scalar_ops(
@@ -126,7 +127,7 @@ def float_scale(e: N.Expr, pending: dict[str, Scale], carriers: frozenset[str]) 
     def settle(c):  # a tensor operand of anything else gets its factor back (lists of operands included)
         if isinstance(c, N.Expr) and c.kind == "tensor":
             return apply_scale(*f(c)) if _carries(c, carriers) else c
-        return N.map_children(c, settle)
+        return map_children(c, settle)
 
     if e.kind == "tensor" and not _carries(e, carriers) and not (isinstance(e, N.BinOp) and e.op in ("*", "/")):
         return Scale(), e
@@ -156,18 +157,18 @@ def float_scale(e: N.Expr, pending: dict[str, Scale], carriers: frozenset[str]) 
                 return sl, B.binop(e.op, rl, rr)
             return Scale(), B.binop(e.op, apply_scale(sl, rl), apply_scale(sr, rr))
         case N.Call(func=func) if func in LINEAR and e.args:
-            scale, out = Scale(), N.map_children(e, settle)
+            scale, out = Scale(), map_children(e, settle)
             for i in LINEAR[func]:
                 if i < len(e.args) and e.args[i].kind == "tensor":
                     s, r = f(e.args[i])
                     if r is not None:
                         scale, out.args[i] = scale * s, r
             return scale, out
-    return Scale(), N.map_children(e, settle)
+    return Scale(), map_children(e, settle)
 
 
 def _carries(e, carriers: frozenset[str]) -> bool:
-    return any(isinstance(n, N.Name) and n.id in carriers for n in N.walk(e))
+    return any(isinstance(n, N.Name) and n.id in carriers for n in walk(e))
 
 
 def apply_scale(scale: Scale, rest: N.Expr | None) -> N.Expr:
@@ -205,7 +206,7 @@ def _is_one(e) -> bool:
 def scalar_ops(e) -> int:
     """How many operations combine a tensor with a Python number (each wraps the number in a tensor)."""
     count = 0
-    for n in N.walk(e):
+    for n in walk(e):
         if (
             isinstance(n, N.BinOp)
             and n.kind == "tensor"

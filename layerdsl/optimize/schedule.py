@@ -8,6 +8,7 @@ optimisation keeps the one that allocates the fewest fresh full-size buffers (`f
 from __future__ import annotations
 
 from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import children, walk
 from layerdsl.optimize.operations import fresh_node
 from layerdsl.optimize.statements import Facts, Shapes, Stmt, last_reads, reads
 from layerdsl.semantics.shapes import Shape
@@ -36,7 +37,7 @@ def reductions_early(stmts: list[Stmt]) -> list[Stmt]:
 def is_reduction(e: N.Expr) -> bool:
     """A sum, perhaps scaled by a number (`0.5 * sum(...)`, `-sum(...)`, `sum(...) / n`)."""
     while isinstance(e, (N.BinOp, N.UnaryOp)):
-        tensors = [c for c in N.children(e) if isinstance(c, N.Expr) and c.kind == "tensor"]
+        tensors = [c for c in children(e) if isinstance(c, N.Expr) and c.kind == "tensor"]
         if len(tensors) != 1 or isinstance(e, N.BinOp) and e.op not in ("*", "/"):
             return False
         e = tensors[0]
@@ -48,7 +49,7 @@ def fresh_buffers(stmts: list[Stmt], facts: Facts) -> int:
     shapes = Shapes(facts)
     count = 0
     for s in stmts:
-        for node in [*N.walk(s.expr), *(N.walk(s.otherwise) if s.otherwise else [])]:
+        for node in [*walk(s.expr), *(walk(s.otherwise) if s.otherwise else [])]:
             if fresh_node(node) and not isinstance(node, N.InPlace):
                 shape = shapes.of(node)
                 count += shape is None or shape in facts.full

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import walk
 from layerdsl.semantics.shapes import Shape, expr_shape
 
 
@@ -44,7 +45,7 @@ class Facts:
 
 def names(e: N.Expr) -> list[str]:
     """Every name `e` reads, once per occurrence."""
-    return [n.id for n in N.walk(e) if isinstance(n, N.Name)]
+    return [n.id for n in walk(e) if isinstance(n, N.Name)]
 
 
 def reads(s: Stmt) -> list[str]:

@@ -8,7 +8,6 @@ for the emitter and the derivation; each layer gets its `symbolic_dims`.
 from __future__ import annotations
 
 import keyword
-import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -16,6 +15,7 @@ from layerdsl.diagnostics import Reporter, SpecError, did_you_mean
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import Kind, Ref
 from layerdsl.ir.visit import children, statements, walk
+from layerdsl.language.naming import snake_case
 from layerdsl.language.ops import CALLABLE, OPS
 from layerdsl.language.tables import (
     ARG_TYPES,
@@ -138,13 +138,6 @@ def check_generated_names(f: N.SpecFile, program: Program, r: Reporter) -> None:
                     and program.layers[node.func].path != f.path
                 ):
                     names.setdefault(node.func, node.func)
-
-
-def snake_case(name: str) -> str:
-    """The name of a layer's functional form in the generated code: `MyLayer` → `my_layer`."""
-    s = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name)
-    s = re.sub(r"(?<=[A-Z])([A-Z][a-z])", r"_\1", s)
-    return s.lower()
 
 
 # Module-level names of a generated file (imports and built-ins its code calls).

@@ -16,6 +16,7 @@ from layerdsl.ir.nodes import Kind, Ref
 from layerdsl.ir.visit import children, replace_children, walk
 from layerdsl.language.ops import CALLABLE, REDUCTIONS
 from layerdsl.semantics.scopes import Scope
+from layerdsl.semantics.shapes import dim_text
 
 NOWHERE = N.NOWHERE
 
@@ -349,8 +350,6 @@ def emit_index_assign(stmt: N.IndexAssign, ex, layer: N.Layer) -> list[str]:
 
 
 def _declared_dim(layer: N.Layer, name: N.Name, pos: int) -> str | None:
-    from layerdsl.semantics.shapes import dim_text
-
     if name.ref == "input":
         shape = next(i.shape for i in layer.forward.inputs if i.name == name.id)
     else:

@@ -238,7 +238,7 @@ def expr_shape(e: N.Expr, env: Mapping[str, Shape]) -> Shape:
         case N.UnaryOp(operand=operand) | N.InPlace(target=operand):
             return shape_of(operand)
         case N.Call(func=func) if func in OPS:
-            return op_shape(OPS[func], call_args(OPS[func], e), shape_of, getattr(e, "items", None))
+            return op_shape(OPS[func], call_args(OPS[func], e), shape_of, e.items)
     return None
 
 

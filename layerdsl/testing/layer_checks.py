@@ -20,9 +20,10 @@ from typing import Any
 import torch
 from torch.autograd.gradcheck import GradcheckError
 
-from layerdsl.codegen.module import snake_case
 from layerdsl.driver.pipeline import Source
 from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import walk
+from layerdsl.language.naming import snake_case
 from layerdsl.semantics.checker import literal_value
 from layerdsl.semantics.evaluate import evaluate
 
@@ -75,7 +76,7 @@ class Case:
         ex = self.example()
         taken = {v for v in self.args().values() if isinstance(v, int) and not isinstance(v, bool)}
         sizes = {}
-        for d in [*getattr(self.layer, "symbolic_dims", []), "..."]:
+        for d in [*self.layer.symbolic_dims, "..."]:
             if d in ex:
                 sizes[d] = literal_value(ex[d])
             else:
@@ -178,7 +179,7 @@ def as_tuple(out) -> tuple:
 
 
 def uses_randomness(case: Case) -> bool:
-    return any(isinstance(n, N.Call) and n.func == "dropout" for s in case.forward.body for n in N.walk(s))
+    return any(isinstance(n, N.Call) and n.func == "dropout" for s in case.forward.body for n in walk(s))
 
 
 # ------------------------------------------------------------------ the checks

@@ -47,23 +47,23 @@ def test_a_product_of_a_value_with_itself_counts_its_terms():
 def test_sigmoid_uses_its_saved_result():
     plan = planned("return sigmoid(x)")
     assert [(s.var, s.op.name) for s in plan.tape.steps] == [("s", "sigmoid")]
-    assert gradients("return sigmoid(x)") == {"grad_x": "sigmoid_backward(grad_out, s; )"}
+    assert gradients("return sigmoid(x)") == {"grad_x": "sigmoid_backward(grad_out, s)"}
 
 
 def test_a_broadcast_operand_sums_its_gradient_back_to_its_shape():
-    assert gradients("return x * w") == {"grad_x": "grad_out * w", "grad_w": "sum_to(grad_out * x, w; )"}
+    assert gradients("return x * w") == {"grad_x": "grad_out * w", "grad_w": "sum_to(grad_out * x, w)"}
 
 
 def test_sum_expands_the_gradient_over_the_reduced_dim():
     grads = gradients("return sum(x * w, dim = -1, keepdim = true)")
-    assert grads["grad_mul"] == "expand_reduced(grad_out, mul, -1, True; )"
+    assert grads["grad_mul"] == "expand_reduced(grad_out, mul, -1, true)"
     assert grads["grad_x"] == "grad_mul * w"
 
 
 def test_matmul_multiplies_by_the_transposed_other_operand():
     assert gradients("return x @ m") == {
-        "grad_x": "matmul(grad_out, transpose(m, -1, -2; ); )",
-        "grad_m": "matmul(transpose(x, -1, -2; ), grad_out; )",
+        "grad_x": "matmul(grad_out, transpose(m, -1, -2))",
+        "grad_m": "matmul(transpose(x, -1, -2), grad_out)",
     }
 
 
@@ -99,7 +99,7 @@ x = B.name("x")
         (B.binop("-", B.num(0), x), "-x"),
         (B.binop("*", B.binop("+", B.num(2), B.num(3)), x), "5 * x"),
         (B.binop("/", B.num(1), B.num(0)), "1 / 0"),  # not folded: it would raise
-        (B.call("exp", B.binop("*", x, B.num(1))), "exp(x; )"),
+        (B.call("exp", B.binop("*", x, B.num(1))), "exp(x)"),
     ],
 )
 def test_simplify(expr, simplified):

@@ -6,6 +6,7 @@ import pytest
 
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import Ref
+from layerdsl.ir.visit import walk
 from layerdsl.semantics.checker import check_program
 from layerdsl.semantics.scopes import Scope, resolve, scope_at
 from layerdsl.syntax.parser import parse_file
@@ -127,7 +128,7 @@ def test_backward_sees_forward_locals_and_its_gradients(layers):
 def test_the_checker_annotates_names_as_scopes_resolve_them(layers):
     layer = layers["Scoped"]
     ret = layer.forward.body[-1]
-    refs = {n.id: n.ref for n in N.walk(ret) if isinstance(n, N.Name)}
+    refs = {n.id: n.ref for n in walk(ret) if isinstance(n, N.Name)}
     line, col = ret.span.line, ret.span.col
     assert refs == {name: scope_at(layer, line, col).lookup(name) for name in refs}
 
@@ -150,7 +151,7 @@ def test_scope_at_agrees_with_the_checker_on_every_name_of_the_shipped_specs():
     for layer in program.layers.values():
         blocks = [b for b in (layer.forward, layer.backward) if b is not None]
         for stmt in [s for b in blocks for s in b.body]:
-            for node in N.walk(stmt):
+            for node in walk(stmt):
                 if isinstance(node, N.Name) and node.ref not in (Ref.INDEX, Ref.UNRESOLVED):
                     assert scope_at(layer, node.span.line, node.span.col).lookup(node.id) == node.ref, (
                         layer.name,

@@ -16,6 +16,7 @@ from pygls.uris import to_fs_path
 
 from layerdsl.diagnostics import Diagnostic, Span, SpecError
 from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import walk
 from layerdsl.syntax import PartialParse, parse_partial
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def _sub_calls(layers) -> set[str]:
     names = set()
     for layer in layers:
         for sub in layer.subs:
-            for node in N.walk(sub.call):
+            for node in walk(sub.call):
                 if isinstance(node, N.Call) and not node.func.startswith("nn.") and node.func != "?":
                     names.add(node.func)
     return names

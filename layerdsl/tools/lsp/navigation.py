@@ -10,6 +10,7 @@ from pygls.uris import from_fs_path
 
 from layerdsl.diagnostics import Span
 from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import walk
 from layerdsl.language.ops import CALLABLE
 from layerdsl.language.tables import CONSTANTS, INITS
 from layerdsl.tools.lsp.documents import Analysis, LayerServer
@@ -104,7 +105,7 @@ def statements(body):
 
 
 def _expr_refs(expr, ctx: str, refs: list[Ref]) -> None:
-    for node in N.walk(expr):
+    for node in walk(expr):
         if isinstance(node, N.Name):
             refs.append(Ref(node.span, "name", node.id, node, ctx))
         elif isinstance(node, N.Call):

@@ -18,6 +18,7 @@ from layerdsl.autodiff.tape import NotDerivable, Step, Tape
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
+from layerdsl.ir.visit import children, map_children, walk
 from layerdsl.language.ops import OPS
 
 
@@ -184,7 +185,7 @@ def instantiate(template: N.Expr | None, step: Step, grad: N.Expr) -> N.Expr:
     def go(e):
         if isinstance(e, N.Name) and e.id in subst:
             return copy.deepcopy(subst[e.id])
-        e = N.map_children(e, go)
+        e = map_children(e, go)
         if isinstance(e, N.Name) and e.id in ("pi", "inf"):
             e.ref, e.kind = "const", "float"
         return e
@@ -196,7 +197,7 @@ def instantiate(template: N.Expr | None, step: Step, grad: N.Expr) -> N.Expr:
 
 def _kinds(e) -> str:
     """Re-derive kinds in an instantiated formula: tensor if any operand is."""
-    kids = [_kinds(c) for c in N.children(e) if isinstance(c, N.Expr)]
+    kids = [_kinds(c) for c in children(e) if isinstance(c, N.Expr)]
     if isinstance(e, N.Name):
         if not e.kind:
             e.kind = "tensor"
@@ -225,6 +226,6 @@ def _mark(s: GradStmt, leaf: str, by_var, seen) -> None:
         return
     seen.add(id(s))
     s.leaves.add(leaf)
-    for n in N.walk(s.expr):
+    for n in walk(s.expr):
         if isinstance(n, N.Name) and n.id in by_var:
             _mark(by_var[n.id], leaf, by_var, seen)
