@@ -1,0 +1,1 @@
+"""The driver: the pipeline of one run, writing its output, and the `layerdsl` command line."""

@@ -1,0 +1,1 @@
+"""The language's data: the operation table, initialisers, `torch.nn` layers, reserved names, naming rules."""

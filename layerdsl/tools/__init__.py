@@ -1,0 +1,1 @@
+"""Tools built on the pipeline: the formatter (`fmt`) and the language server (`lsp`)."""
