@@ -17,28 +17,28 @@ def num(v: int | float) -> N.Num:
     if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
         v = int(v)
     n = N.Num(NOWHERE, v, repr(v))
-    n.kind = "float" if isinstance(v, float) else "int"
+    n.kind = N.Kind.FLOAT if isinstance(v, float) else N.Kind.INT
     return n
 
 
-def name(var: str, span: Span = NOWHERE, ref: str = "local") -> N.Name:
+def name(var: str, span: Span = NOWHERE, ref: N.Ref = N.Ref.LOCAL) -> N.Name:
     """A tensor-valued name."""
     n = N.Name(span, var)
-    n.ref, n.kind = ref, "tensor"
+    n.ref, n.kind = ref, N.Kind.TENSOR
     return n
 
 
 def binop(op: str, left: N.Expr, right: N.Expr) -> N.Expr:
     """`left op right`: a tensor if either side is one, else a float."""
     e = N.BinOp(NOWHERE, op, left, right)
-    e.kind = "tensor" if "tensor" in (left.kind, right.kind) else "float"
+    e.kind = N.Kind.TENSOR if N.Kind.TENSOR in (left.kind, right.kind) else N.Kind.FLOAT
     return e
 
 
 def call(func: str, *args: N.Expr, span: Span = NOWHERE) -> N.Call:
     """`func(*args)`, tensor-valued."""
     c = N.Call(span, func, span, list(args), [])
-    c.kind = "tensor"
+    c.kind = N.Kind.TENSOR
     return c
 
 

@@ -15,7 +15,7 @@ from dataclasses import fields
 from typing import Any, TypeVar
 
 from layerdsl.ir import nodes
-from layerdsl.ir.nodes import Keyword, Name, Node, Slice, Stmt
+from layerdsl.ir.nodes import Expr, Keyword, Name, Node, Slice, Stmt
 
 Fn = Callable[[Any], Any]  # a node -> its replacement
 T = TypeVar("T", bound=Node)
@@ -37,6 +37,11 @@ def children(node: Node) -> list[Node]:
         elif value is not None:
             out.extend(_parts(value))
     return out
+
+
+def sub_expressions(expr: Expr) -> list[Expr]:
+    """The direct sub-expressions of `expr` (every child of an expression is one), in field order."""
+    return [c for c in children(expr) if isinstance(c, Expr)]
 
 
 def walk(node: Node) -> Iterator[Node]:

@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 from layerdsl.diagnostics import Reporter, SpecError, did_you_mean
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import Kind, Ref
-from layerdsl.ir.visit import children, statements, walk
+from layerdsl.ir.visit import statements, sub_expressions, walk
 from layerdsl.language.naming import snake_case
 from layerdsl.language.ops import CALLABLE, OPS
 from layerdsl.language.tables import (
@@ -181,7 +181,6 @@ class LayerChecker:
         self.dims: list[str] = []  # symbolic dims, in order of first appearance
         self.optional: set[str] = set()
         self.partly_bound: set[str] = set()  # locals bound on some paths of an `if` only
-        self.forward_locals: Scope | None = None  # the names visible at the end of forward (for backward)
         self.index_ranks: dict[str, int] = {}  # local -> rank, for locals an index statement binds
 
     # ------------------------------------------------------------ layer level
@@ -192,10 +191,9 @@ class LayerChecker:
         self.check_decorators()
         self.check_args()
         self.check_members()
-        if layer.forward is not None:
-            self.check_forward(layer.forward)
+        forward_locals = self.check_forward(layer.forward) if layer.forward is not None else None
         if layer.backward is not None:
-            self.check_backward(layer.backward)
+            self.check_backward(layer.backward, forward_locals)
         self.check_function_body()
         self.check_examples()
         layer.symbolic_dims = list(self.dims)
@@ -251,10 +249,11 @@ class LayerChecker:
             else:
                 hint = did_you_mean(dec.name, ["function", "surrogate"])
                 self.r.error(dec.span, f"unknown decorator '@{dec.name}'", hint)
-        if self.layer.decorator("surrogate") and not self.layer.is_function:
-            self.r.error(self.layer.decorator("surrogate").span, "@surrogate needs @function and a backward block")
-        if self.layer.decorator("surrogate") and self.layer.is_function and self.layer.backward is None:
-            self.r.error(self.layer.decorator("surrogate").span, "@surrogate needs a hand-written backward block")
+        surrogate = self.layer.decorator("surrogate")
+        if surrogate is not None and not self.layer.is_function:
+            self.r.error(surrogate.span, "@surrogate needs @function and a backward block")
+        if surrogate is not None and self.layer.is_function and self.layer.backward is None:
+            self.r.error(surrogate.span, "@surrogate needs a hand-written backward block")
 
     def check_args(self) -> None:
         for arg in self.layer.args:
@@ -263,10 +262,9 @@ class LayerChecker:
                 hint = did_you_mean(arg.type, ARG_TYPES) or "argument types are int, float, bool and str"
                 self.r.error(arg.type_span, f"unknown argument type '{arg.type}'", hint)
             if arg.default is not None:
-                self.check_default(arg)
+                self.check_default(arg, arg.default)
 
-    def check_default(self, arg: N.Arg) -> None:
-        d = arg.default
+    def check_default(self, arg: N.Arg, d: N.Expr) -> None:
         kind = literal_kind(d)
         if kind is None:
             hint = None
@@ -290,7 +288,7 @@ class LayerChecker:
                 self.check_construction_expr(t.cond, "a condition", want=Kind.BOOL)
                 self.optional.add(t.name)
             if t.init is not None:
-                self.check_init(t)
+                self.check_init(t, t.init)
             self.declare(t.name, t.span, Ref(t.kind), Kind.TENSOR, t)
         for sub in layer.subs:
             self.check_sub_call(sub.call)
@@ -346,8 +344,7 @@ class LayerChecker:
         if want == Kind.BOOL and expr.kind not in (Kind.BOOL, Kind.UNKNOWN):
             self.r.error(expr.span, f"a condition must be a bool, this is {_a(expr.kind)}")
 
-    def check_init(self, t: N.Tensor) -> None:
-        init = t.init
+    def check_init(self, t: N.Tensor, init: N.Init) -> None:
         spec = INITS.get(init.name)
         if spec is None:
             self.r.error(
@@ -439,7 +436,8 @@ class LayerChecker:
 
     # ------------------------------------------------------------ forward
 
-    def check_forward(self, fwd: N.Forward) -> None:
+    def check_forward(self, fwd: N.Forward) -> Scope:
+        """Checks forward; the names visible at its end (what backward sees)."""
         seen_inputs = set()
         for inp in fwd.inputs:
             if inp.name in seen_inputs:
@@ -457,7 +455,7 @@ class LayerChecker:
             self.r.error(
                 _keyword(fwd.span, "forward"), "forward does not return on every path", "end it with `return ...`"
             )
-        self.forward_locals = locals_
+        return locals_
 
     def check_input_shape(self, shape: N.Shape, bind: bool) -> None:
         ellipses = [d for d in shape.dims if isinstance(d, N.EllipsisItem)]
@@ -551,7 +549,7 @@ class LayerChecker:
                     self.check_expr(v, scope, in_forward)
                     if v.kind not in (Kind.TENSOR, Kind.UNKNOWN):
                         self.r.error(v.span, f"forward returns tensors; this is {_a(v.kind)}")
-                outputs = self.layer.forward.outputs
+                outputs = self.layer.forward.outputs if self.layer.forward is not None else None
                 if outputs is not None and len(outputs) != len(values):
                     self.r.error(
                         stmt.span,
@@ -646,7 +644,7 @@ class LayerChecker:
                     "when it is absent the operation is skipped; for other uses make it unconditional",
                 )
             return
-        for child in children(expr):
+        for child in sub_expressions(expr):
             self.check_optional_uses(child, expr)
 
     def check_calls(self, expr: N.Expr, scope: Scope) -> None:
@@ -668,10 +666,10 @@ class LayerChecker:
                         f"'{node.func}' takes {n} input{'s' if n != 1 else ''}, got {len(node.args)}",
                         f"layer '{target.name}' has forward({inputs})",
                     )
-            elif node.func in scope:
+            elif (ref := scope.get(node.func)) is not None:
                 self.r.error(
                     node.func_span,
-                    f"'{node.func}' is {_a(_REF_WORDS.get(scope.get(node.func), scope.get(node.func)))}, not an operation",
+                    f"'{node.func}' is {_a(_REF_WORDS.get(ref, ref))}, not an operation",
                     "only operations and subs can be called",
                 )
             elif node.func.startswith("nn."):
@@ -691,11 +689,11 @@ class LayerChecker:
                     self.r.error(node.func_span, f"'{node.func}' cannot be called", hint)
                 else:
                     subs = scope.names(Ref.SUB)
-                    hint = did_you_mean(node.func, list(CALLABLE) + subs)
+                    suggestion = did_you_mean(node.func, list(CALLABLE) + subs)
                     self.r.error(
                         node.func_span,
                         f"unknown operation '{node.func}'",
-                        hint or "see the operation table in the language reference",
+                        suggestion or "see the operation table in the language reference",
                     )
 
     def check_op_call(self, call: N.Call, op) -> None:
@@ -723,7 +721,7 @@ class LayerChecker:
 
     def infer(self, expr: N.Expr, construction: bool = False) -> Kind:
         """Bottom-up kinds: tensor wins over numbers; numbers promote int < float."""
-        for child in children(expr):
+        for child in sub_expressions(expr):
             self.infer(child, construction)
         match expr:
             case N.Num(value=v):
@@ -824,7 +822,7 @@ class LayerChecker:
                     "drop @function, or compute the update outside the layer",
                 )
 
-    def check_backward(self, bwd: N.Backward) -> None:
+    def check_backward(self, bwd: N.Backward, forward_locals: Scope | None) -> None:
         if not self.layer.is_function:
             self.r.error(
                 _keyword(bwd.span, "backward"),
@@ -833,14 +831,14 @@ class LayerChecker:
             )
             return
         fwd = self.layer.forward
-        if fwd is None:
+        if fwd is None or forward_locals is None:  # no forward (reported): nothing to differentiate
             return
         n_out = len(fwd.outputs) if fwd.outputs is not None else _count_returns(fwd.body)
         if len(bwd.grads) != n_out:
             self.r.error(
                 _keyword(bwd.span, "backward"), f"backward takes one gradient per output: {n_out}, got {len(bwd.grads)}"
             )
-        scope = self.forward_locals.copy()
+        scope = forward_locals.copy()
         for name, span in bwd.grads:
             if self.check_name(name, span, "gradient"):
                 if name in scope:

@@ -53,9 +53,9 @@ def _rewrite(chk, e: N.Expr, scope: Scope) -> N.Expr:
         case N.Indexed():  # checked before (the checker may run twice over one IR)
             chk.resolve(e.name, scope, True)
             return e
-        case N.Subscript(value=N.Name() as name, items=items) if all(isinstance(i, N.Name) for i in items):
+        case N.Subscript(value=N.Name() as name, items=items) if (indices := _bare_indices(items)) is not None:
             chk.resolve(name, scope, True)
-            for i in items:
+            for i in indices:
                 i.ref = Ref.INDEX
             if name.kind not in (Kind.TENSOR, Kind.UNKNOWN):
                 chk.r.error(name.span, f"'{name.id}' is a number and takes no indices")
@@ -66,23 +66,23 @@ def _rewrite(chk, e: N.Expr, scope: Scope) -> N.Expr:
                     f"add it in an ordinary statement: `y = y + {name.id}`, where it is skipped when absent",
                 )
             rank = _rank(chk, name)
-            if rank is not None and rank != len(items):
+            if rank is not None and rank != len(indices):
                 chk.r.error(
                     e.span,
-                    f"'{name.id}' has {rank} dim{'s' if rank != 1 else ''} but is indexed with {len(items)}",
+                    f"'{name.id}' has {rank} dim{'s' if rank != 1 else ''} but is indexed with {len(indices)}",
                     "write one index per axis",
                 )
-            names = [i.id for i in items]
-            for k, i in enumerate(items):
+            names = [i.id for i in indices]
+            for k, i in enumerate(indices):
                 if i.id in names[:k]:
                     chk.r.error(
                         i.span,
                         f"index '{i.id}' appears twice in '{name.id}'",
                         "diagonals are not supported; use distinct indices",
                     )
-            out = N.Indexed(e.span, name, list(items))
-            out.kind = Kind.TENSOR
-            return out
+            indexed = N.Indexed(e.span, name, indices)
+            indexed.kind = Kind.TENSOR
+            return indexed
         case N.Subscript():
             chk.r.error(
                 e.span, "inside an index statement, tensors are written with one bare index per axis", "e.g. x[b, i]"
@@ -196,22 +196,22 @@ def _lower(e: N.Expr, want: list[str] | None) -> tuple[N.Expr, list[str]]:
         case N.BinOp(op=op, left=l, right=r):
             (a, sa), (b, sb) = _lower(l, want), _lower(r, want)
             axes = _union(sa, sb, want)
-            out = N.BinOp(e.span, op, _align(a, sa, axes), _align(b, sb, axes))
-            out.kind = Kind.TENSOR if axes or Kind.TENSOR in (a.kind, b.kind) else e.kind
-            return out, axes
+            binop = N.BinOp(e.span, op, _align(a, sa, axes), _align(b, sb, axes))
+            binop.kind = Kind.TENSOR if axes or Kind.TENSOR in (a.kind, b.kind) else e.kind
+            return binop, axes
         case N.UnaryOp(op=op, operand=o):
             a, sa = _lower(o, want)
-            out = N.UnaryOp(e.span, op, a)
-            out.kind = a.kind
-            return out, sa
+            unary = N.UnaryOp(e.span, op, a)
+            unary.kind = a.kind
+            return unary, sa
         case N.Call(args=args):
             lowered = [_lower(a, want) for a in args]
-            axes: list[str] = []
+            axes = []
             for _, sa in lowered:
                 axes = _union(axes, sa, want)
-            out = N.Call(e.span, e.func, e.func_span, [_align(a, sa, axes) for a, sa in lowered], e.kwargs)
-            out.kind = Kind.TENSOR if axes else e.kind
-            return out, axes
+            call = N.Call(e.span, e.func, e.func_span, [_align(a, sa, axes) for a, sa in lowered], e.kwargs)
+            call.kind = Kind.TENSOR if axes else e.kind
+            return call, axes
     return e, []
 
 
@@ -272,7 +272,7 @@ def _align(e: N.Expr, axes: list[str], target: list[str]) -> N.Expr:
     if order != axes:
         e = _permute(e, axes, order)
     first = target.index(order[0])
-    items = [_full_slice() if a in axes else _none() for a in target[first:]]
+    items: list[N.SubscriptItem] = [_full_slice() if a in axes else _none() for a in target[first:]]
     while items and isinstance(items[-1], N.Slice):
         items.pop()
     if not items:
@@ -296,7 +296,7 @@ def _call(func: str, args, kwargs) -> N.Call:
 
 
 def _list(values) -> N.ListExpr:
-    items = []
+    items: list[N.Expr] = []
     for v in values:
         if isinstance(v, int):
             n = N.Num(NOWHERE, v, str(v))
@@ -307,6 +307,12 @@ def _list(values) -> N.ListExpr:
     out = N.ListExpr(NOWHERE, items)
     out.kind = Kind.LIST
     return out
+
+
+def _bare_indices(items: list[N.SubscriptItem]) -> list[N.Name] | None:
+    """The indices of `x[i, j]` when every one is a bare name, else None."""
+    names = [i for i in items if isinstance(i, N.Name)]
+    return names if len(names) == len(items) else None
 
 
 def _full_slice() -> N.Slice:
@@ -350,13 +356,19 @@ def emit_index_assign(stmt: N.IndexAssign, ex, layer: N.Layer) -> list[str]:
 
 
 def _declared_dim(layer: N.Layer, name: N.Name, pos: int) -> str | None:
-    if name.ref == "input":
-        shape = next(i.shape for i in layer.forward.inputs if i.name == name.id)
-    else:
-        shape = layer.tensor(name.id).shape
+    shape = _declared_shape(layer, name)
     if shape is None or shape.has_ellipsis or pos >= len(shape.dims):
         return None
     return dim_text(shape.dims[pos])
+
+
+def _declared_shape(layer: N.Layer, name: N.Name) -> N.Shape | None:
+    """The shape an input, parameter or buffer is declared with (None when it has none)."""
+    if name.ref == Ref.INPUT:
+        inputs = layer.forward.inputs if layer.forward is not None else []
+        return next((i.shape for i in inputs if i.name == name.id), None)
+    tensor = layer.tensor(name.id)
+    return tensor.shape if tensor is not None else None
 
 
 def _same_declared_dim(layer, n0, p0, n1, p1) -> bool:

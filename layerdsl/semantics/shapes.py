@@ -42,7 +42,7 @@ def declared_shape(shape: N.Shape | None, name: str) -> tuple[Dim, ...]:
     return tuple(dim_text(d) for d in shape.dims)
 
 
-def _opaque(shape: tuple[Dim, ...]) -> bool:
+def _opaque(shape: Sequence[Dim]) -> bool:
     return any(d.startswith("<") for d in shape)
 
 
@@ -99,8 +99,8 @@ def reduce(shape: Shape, dims: Sequence[int] | None, keepdim: bool) -> Shape:
         if not keepdim:
             return ()
         return None if GROUP in shape else (ONE,) * len(shape)
-    positions = [_position(shape, d) for d in dims]
-    if None in positions:
+    positions = [p for p in (_position(shape, d) for d in dims) if p is not None]
+    if len(positions) < len(dims):
         return None
     out = list(shape)
     for p in sorted(set(positions), reverse=True):
@@ -258,7 +258,7 @@ def _literal(op: Op, args: Mapping[str, N.Expr], name: str):
         return _value(args[name])
     p = op.param(name)
     default = p.default if p is not None else None
-    literals = {"none": None, "true": True, "false": False, "[]": []}
+    literals: dict[str, object] = {"none": None, "true": True, "false": False, "[]": []}
     if default in literals:
         return literals[default]
     return int(default) if default is not None and default.lstrip("-").isdigit() else _VARIABLE

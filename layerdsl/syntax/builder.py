@@ -22,6 +22,9 @@ def _span(meta) -> Span:
 
 
 def _tspan(tok: Token) -> Span:
+    # Lark types token positions as optional (a token can be built by hand); its lexer always sets them.
+    if tok.line is None or tok.column is None or tok.end_line is None or tok.end_column is None:
+        raise ValueError(f"token {tok.type} has no position")
     return Span(tok.line, tok.column, tok.end_line, tok.end_column)
 
 
@@ -131,21 +134,21 @@ class IRBuilder(Transformer):
                 layer.examples.extend(member)
             case N.Forward():
                 if layer.forward is not None:
-                    first = layer.forward.span
+                    earlier = layer.forward.span
                     self.r.error(
                         _keyword(member.span, "forward"),
                         f"layer '{layer.name}' has a second forward",
-                        f"a layer has exactly one; the first is at line {first.line}",
+                        f"a layer has exactly one; the first is at line {earlier.line}",
                     )
                 else:
                     layer.forward = member
             case N.Backward():
                 if layer.backward is not None:
-                    first = layer.backward.span
+                    earlier = layer.backward.span
                     self.r.error(
                         _keyword(member.span, "backward"),
                         f"layer '{layer.name}' has a second backward",
-                        f"a layer has at most one; the first is at line {first.line}",
+                        f"a layer has at most one; the first is at line {earlier.line}",
                     )
                 else:
                     layer.backward = member

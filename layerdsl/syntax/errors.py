@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from typing import cast
 
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
@@ -116,12 +117,14 @@ def describe_syntax_error(exc: UnexpectedInput, source: str) -> tuple[Span, str,
     """Where a syntax error is, what to say about it, and a hint (or None)."""
     if isinstance(exc, UnexpectedCharacters):
         span = Span.point(exc.line, exc.column)
-        char = source[exc.pos_in_stream] if exc.pos_in_stream < len(source) else ""
+        # Lark declares `pos_in_stream = None` on the base class; UnexpectedCharacters always sets it.
+        pos = cast(int, exc.pos_in_stream)
+        char = source[pos] if pos < len(source) else ""
         if char == '"':
             return span, "unterminated string", "close it with a matching '\"' (or '\"\"\"' for a multi-line string)"
         if char == "'":
             return span, "strings use double quotes", "write \"...\" instead of '...'"
-        if char == "." and source.startswith("..", exc.pos_in_stream):
+        if char == "." and source.startswith("..", pos):
             return span, "unexpected '..'", "write '...' for any number of leading dims"
         hint = _CHAR_HINTS.get(char)
         if hint is None and char.isalpha():
@@ -153,8 +156,8 @@ def describe_syntax_error(exc: UnexpectedInput, source: str) -> tuple[Span, str,
         ch, at = unclosed[-1]
         if "\n" in source[at:offset]:  # the bracket runs on into the next declaration or statement
             line, col = _position(source, at)
-            close = ")" if ch == "(" else "]"
-            return Span.point(line, col), f"'{ch}' was never closed", f"a '{close}' is missing before line {tok.line}"
+            closer = ")" if ch == "(" else "]"
+            return Span.point(line, col), f"'{ch}' was never closed", f"a '{closer}' is missing before line {tok.line}"
     next_text = source[offset:].lstrip(" \t\f\r\n")
     if tok.type == "NAME" and tok.value in ("True", "False", "None"):
         hint = f"did you mean '{tok.value.lower()}'?"

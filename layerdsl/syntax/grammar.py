@@ -43,8 +43,18 @@ class _Layout:
             yield tok
         if last is not None and last.type != "_NL":
             # Placed just after the last token; its empty value marks it as the end of the file.
-            end_line, end_col = last.end_line or last.line, last.end_column or last.column
+            end_line, end_col = _end_position(last)
             yield Token("_NL", "", last.end_pos, end_line, end_col, end_line, end_col + 1, last.end_pos)
+
+
+def _end_position(tok: Token) -> tuple[int, int]:
+    """Where a lexed token ends. Lark types token positions as optional (a token can be built by hand);
+    its lexer always sets them."""
+    line = tok.end_line or tok.line
+    col = tok.end_column or tok.column
+    if line is None or col is None:
+        raise ValueError(f"token {tok.type} has no position")
+    return line, col
 
 
 @functools.cache

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
-from layerdsl.ir.visit import children, map_children, names_read, replace_children, statements, walk
+from layerdsl.ir.visit import (
+    children,
+    map_children,
+    names_read,
+    replace_children,
+    statements,
+    sub_expressions,
+    walk,
+)
 from layerdsl.syntax.parser import parse_file
 
 
@@ -97,3 +105,11 @@ def test_annotations_are_not_children():
     n.kind, n.ref = N.Kind.TENSOR, N.Ref.INPUT
     assert children(n) == []
     assert N.Kind.TENSOR == "tensor" and f"{N.Kind.INT}" == "int" and N.Ref("param") is N.Ref.PARAM
+
+
+def test_sub_expressions_reach_through_slices_and_keywords_to_expressions_only():
+    sub = N.Subscript(NOWHERE, name("x"), [N.Slice(NOWHERE, num(1), None, num(2)), N.EllipsisItem(NOWHERE), name("i")])
+    assert ids(sub_expressions(sub)) == ["x", 1, 2, "i"]
+    c = call("clamp", [name("x")], min=num(0))
+    assert ids(sub_expressions(c)) == ["x", 0]
+    assert all(isinstance(e, N.Expr) for e in sub_expressions(sub) + sub_expressions(c))
