@@ -30,6 +30,7 @@ class Occurrence:
 
 
 def layer_occurrences(layer: N.Layer) -> list[Occurrence]:
+    """Every place in `layer` that names something, declarations and uses."""
     found: list[Occurrence] = [Occurrence(layer.span, "layer", layer.name, layer)]
     for dec in layer.decorators:
         at = dec.span
@@ -111,6 +112,7 @@ def _expr_occurrences(expr: N.Expr, found: list[Occurrence]) -> None:
 
 
 def layer_at(a: Analysis, line: int) -> N.Layer | None:
+    """The layer of the analysed document that holds `line` (the one above it, between layers)."""
     if a.spec is None:
         return None
     best = None
@@ -126,6 +128,7 @@ def layer_at(a: Analysis, line: int) -> N.Layer | None:
 
 
 def occurrence_at(a: Analysis, line: int, col: int) -> tuple[Occurrence, N.Layer] | None:
+    """The occurrence under the cursor at `line`:`col`, with its layer."""
     layer = layer_at(a, line)
     if layer is None:
         return None
