@@ -68,10 +68,25 @@ def parse_with_comments(text: str) -> tuple[Tree, list[Comment]]:
     tree, whitespace = parse_keeping_tokens(text)
     comments: dict[int, Comment] = {}
     for tok in whitespace:
+        offset = token_offsets(tok)[0]
         for m in _COMMENT.finditer(tok.value):
-            start = tok.start_pos + m.start()
-            comments.setdefault(start, Comment(m.group().rstrip(), start, tok.start_pos + m.end()))
+            start = offset + m.start()
+            comments.setdefault(start, Comment(m.group().rstrip(), start, offset + m.end()))
     return tree, [comments[k] for k in sorted(comments)]
+
+
+def token_offsets(tok: Token) -> tuple[int, int]:
+    """Where a token the parser read starts and ends in the source (the lexer always sets both)."""
+    if tok.start_pos is None or tok.end_pos is None:
+        raise FormatError(f"the token {tok.type} has no position")
+    return tok.start_pos, tok.end_pos
+
+
+def _token(child: Tree | Token, type_: str) -> Token:
+    """`child`, which the grammar makes a token of type `type_`."""
+    if not isinstance(child, Token) or child.type != type_:
+        raise FormatError(f"expected a {type_} token, found {child!r}")
+    return child
 
 
 def source_tokens(tree: Tree) -> list[Token]:
@@ -158,12 +173,14 @@ class _Builder:
         self._attach(tokens, comments)
 
     def _attach(self, tokens: list[Token], comments: list[Comment]) -> None:
-        starts = [t.start_pos for t in tokens]
+        offsets = [token_offsets(t) for t in tokens]
+        starts = [start for start, _ in offsets]
         # blank lines: between each thing (token or comment) and the one before it
-        things = sorted(
-            [(t.start_pos, t.end_pos, self.by_id[id(t)]) for t in tokens] + [(c.start, c.end, c) for c in comments],
-            key=lambda x: x[0],
-        )
+        things: list[tuple[int, int, Atom | Comment]] = [
+            (start, end, self.by_id[id(t)]) for t, (start, end) in zip(tokens, offsets)
+        ]
+        things += [(c.start, c.end, c) for c in comments]
+        things.sort(key=lambda x: x[0])
         prev_end = None
         for start, end, obj in things:
             if prev_end is not None:
@@ -171,7 +188,7 @@ class _Builder:
             prev_end = end
         for c in comments:
             i = bisect.bisect_left(starts, c.start)  # tokens[i] is the first token after the comment
-            if i > 0 and "\n" not in self.source[tokens[i - 1].end_pos : c.start]:
+            if i > 0 and "\n" not in self.source[offsets[i - 1][1] : c.start]:
                 atom = self.by_id[id(tokens[i - 1])]
                 if atom.trail is None:
                     atom.trail = c
@@ -486,8 +503,8 @@ class _Printer:
         start = len(decorators)
         lbrace = next(i for i, c in enumerate(ch) if isinstance(c, Token) and c.type == "LBRACE")
         rbrace = len(ch) - 1
-        assert isinstance(ch[rbrace], Token) and ch[rbrace].type == "RBRACE"
-        header = self.b.seq(ch[start:lbrace]) + [self.b.atom(ch[lbrace])]
+        closing = _token(ch[rbrace], "RBRACE")
+        header = self.b.seq(ch[start:lbrace]) + [self.b.atom(_token(ch[lbrace], "LBRACE"))]
         self.item(header, 0, blank if not decorators else "none")
         members = [c for c in ch[lbrace + 1 : rbrace] if isinstance(c, Tree)]
         for i, m in enumerate(members):
@@ -499,7 +516,7 @@ class _Printer:
                     "keep" if prev == "docstring" or _MEMBER_GROUP.get(prev) == _MEMBER_GROUP.get(m.data) else "force"
                 )
             self.member(m, 1, mode)
-        self.closing(self.b.atom(ch[rbrace]), 0, bool(members))
+        self.closing(self.b.atom(closing), 0, bool(members))
 
     def member(self, tree: Tree, level: int, blank: str) -> None:
         ch = [c for c in tree.children if not (isinstance(c, Token) and c.type == "_NL")]

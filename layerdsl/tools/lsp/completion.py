@@ -8,11 +8,12 @@ import re
 from lsprotocol import types as T
 
 from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import statements
 from layerdsl.language.ops import CALLABLE
 from layerdsl.language.tables import CONSTANTS, INITS, NN_LAYERS
 from layerdsl.tools.lsp.documents import Analysis, LayerServer
 from layerdsl.tools.lsp.hover import DECORATORS, init_signature
-from layerdsl.tools.lsp.navigation import layer_at, statements
+from layerdsl.tools.lsp.navigation import layer_at
 from layerdsl.tools.lsp.positions import from_position, text_lines
 
 MEMBER_KEYWORDS = ("param", "buffer", "transient", "sub", "let", "example", "forward", "backward")
@@ -124,11 +125,10 @@ def completion_items(server: LayerServer, uri: str, pos: T.Position) -> list[T.C
         return _keyword_items(ARG_TYPES)
     # a layer or nn.X after `sub NAME =`
     if re.match(r"^\s*sub\s+[A-Za-z_]\w*\s*=\s*[A-Za-z_]*$", prefix):
-        layers = sorted(a.layers) if a else []
+        layers = a.layers if a is not None else {}
         items = [_item("nn.", T.CompletionItemKind.Module, "torch.nn layers", sort="1")]
-        for name in layers:
-            target = a.layers[name]
-            items.append(_item(name, T.CompletionItemKind.Class, f"layer {name}", target.docstring, "2"))
+        for name in sorted(layers):
+            items.append(_item(name, T.CompletionItemKind.Class, f"layer {name}", layers[name].docstring, "2"))
         return items
     # `else` after the `}` of an if
     if brackets == 0 and braces >= 2 and before.strip() == "}":

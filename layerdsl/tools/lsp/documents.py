@@ -93,7 +93,7 @@ def _span_from_meta(meta) -> Span:
 class LayerServer(LanguageServer):
     """The language server's state: the workspace's documents and their analyses."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__("layerdsl", _version())
         self.analyses: dict[str, Analysis] = {}  # uri -> the latest analysis
         self.last_good: dict[str, Analysis] = {}  # uri -> the latest analysis that parsed
@@ -194,7 +194,9 @@ class LayerServer(LanguageServer):
             t = opened.get(p)
             if t is None:
                 t = self.disk_text(p)
-            other = self.pristine(p, t) if t is not None else None
+            if t is None:
+                continue
+            other = self.pristine(p, t)
             if other is None:
                 continue
             ws.sources[p] = t

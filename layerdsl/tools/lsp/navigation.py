@@ -1,5 +1,5 @@
-"""Navigation: what is where in a layer (references with their kind and context), what a name means
-there (`resolve_name`, `resolve`), and go to definition."""
+"""Navigation: what is where in a layer (the occurrences of names, with their kind), what each means
+(`resolve`: names through the checker's scoping, `semantics.scopes`), and go to definition."""
 
 from __future__ import annotations
 
@@ -10,114 +10,109 @@ from pygls.uris import from_fs_path
 
 from layerdsl.diagnostics import Span
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import walk
-from layerdsl.language.ops import CALLABLE
-from layerdsl.language.tables import CONSTANTS, INITS
+from layerdsl.ir.nodes import Ref
+from layerdsl.ir.visit import statements, walk
+from layerdsl.language.ops import CALLABLE, Op
+from layerdsl.language.tables import INITS
+from layerdsl.semantics import scopes
 from layerdsl.tools.lsp.documents import Analysis, LayerServer
 from layerdsl.tools.lsp.positions import contains, from_position, span_size, to_range
 
 
 @dataclass
-class Ref:
+class Occurrence:
+    """A place in a layer's text that names something."""
+
     span: Span
-    kind: str  # layer | arg | tensor | sub | let | input | grad | example | init | name | call | kwarg | reduce | target | decorator
+    kind: str  # layer | arg | tensor | sub | let | input | grad | example | init | name | call | kwarg | reduce | target | index | decorator
     name: str
-    node: object
-    ctx: str = ""  # construction | forward | backward | shape
+    node: N.Node  # the declaration, or the node the name is part of
 
 
-def layer_refs(layer: N.Layer) -> list[Ref]:
-    refs: list[Ref] = [Ref(layer.span, "layer", layer.name, layer)]
-    for d in layer.decorators:
-        refs.append(
-            Ref(Span(d.span.line, d.span.col, d.span.line, d.span.col + 1 + len(d.name)), "decorator", d.name, d)
-        )
+def layer_occurrences(layer: N.Layer) -> list[Occurrence]:
+    """Every place in `layer` that names something, declarations and uses."""
+    found: list[Occurrence] = [Occurrence(layer.span, "layer", layer.name, layer)]
+    for dec in layer.decorators:
+        at = dec.span
+        found.append(Occurrence(Span(at.line, at.col, at.line, at.col + 1 + len(dec.name)), "decorator", dec.name, dec))
     for a in layer.args:
-        refs.append(Ref(a.span, "arg", a.name, a))
+        found.append(Occurrence(a.span, "arg", a.name, a))
         if a.default is not None:
-            _expr_refs(a.default, "construction", refs)
+            _expr_occurrences(a.default, found)
     for t in layer.tensors:
-        refs.append(Ref(t.span, "tensor", t.name, t))
-        for d in t.shape.dims:
-            if isinstance(d, N.Expr):
-                _expr_refs(d, "construction", refs)
+        found.append(Occurrence(t.span, "tensor", t.name, t))
+        _shape_occurrences(t.shape, found)
         if t.init is not None:
-            refs.append(Ref(t.init.span, "init", t.init.name, t.init))
+            found.append(Occurrence(t.init.span, "init", t.init.name, t.init))
             for v in t.init.args:
-                _expr_refs(v, "construction", refs)
+                _expr_occurrences(v, found)
             for k in t.init.kwargs:
-                refs.append(Ref(k.span, "kwarg", k.name, t.init, "construction"))
-                _expr_refs(k.value, "construction", refs)
+                found.append(Occurrence(k.span, "kwarg", k.name, t.init))
+                _expr_occurrences(k.value, found)
         if t.cond is not None:
-            _expr_refs(t.cond, "construction", refs)
-    for s in layer.subs:
-        refs.append(Ref(s.span, "sub", s.name, s))
-        _expr_refs(s.call, "construction", refs)
+            _expr_occurrences(t.cond, found)
+    for sub in layer.subs:
+        found.append(Occurrence(sub.span, "sub", sub.name, sub))
+        _expr_occurrences(sub.call, found)
     for let in layer.lets:
-        refs.append(Ref(let.span, "let", let.name, let))
-        _expr_refs(let.value, "construction", refs)
+        found.append(Occurrence(let.span, "let", let.name, let))
+        _expr_occurrences(let.value, found)
     for ex in layer.examples:
-        refs.append(Ref(ex.span, "example", ex.name, ex))
-        _expr_refs(ex.value, "example", refs)
+        found.append(Occurrence(ex.span, "example", ex.name, ex))
+        _expr_occurrences(ex.value, found)
     if layer.forward is not None:
         fwd = layer.forward
         for inp in fwd.inputs:
-            refs.append(Ref(inp.span, "input", inp.name, inp))
+            found.append(Occurrence(inp.span, "input", inp.name, inp))
             if inp.shape is not None:
-                for d in inp.shape.dims:
-                    if isinstance(d, N.Expr):
-                        _expr_refs(d, "shape", refs)
+                _shape_occurrences(inp.shape, found)
         for shape in fwd.outputs or []:
-            for d in shape.dims:
-                if isinstance(d, N.Expr):
-                    _expr_refs(d, "shape", refs)
-        _body_refs(fwd.body, "forward", refs)
+            _shape_occurrences(shape, found)
+        _body_occurrences(fwd.body, found)
     if layer.backward is not None:
         for name, span in layer.backward.grads:
-            refs.append(Ref(span, "grad", name, layer.backward))
-        _body_refs(layer.backward.body, "backward", refs)
-    return refs
+            found.append(Occurrence(span, "grad", name, layer.backward))
+        _body_occurrences(layer.backward.body, found)
+    return found
 
 
-def _body_refs(body: list[N.Stmt], ctx: str, refs: list[Ref]) -> None:
+def _shape_occurrences(shape: N.Shape, found: list[Occurrence]) -> None:
+    for d in shape.dims:
+        if isinstance(d, N.Expr):
+            _expr_occurrences(d, found)
+
+
+def _body_occurrences(body: list[N.Stmt], found: list[Occurrence]) -> None:
     for stmt in statements(body):
-        if isinstance(stmt, (N.Assign, N.IndexAssign, N.Update, N.Grad)):
-            refs.append(Ref(stmt.target_span, "target", stmt.target, stmt, ctx))
-        if isinstance(stmt, N.IndexAssign):
-            for i in stmt.indices:
-                refs.append(Ref(i.span, "index", i.id, stmt, ctx))
         match stmt:
-            case N.Assign(value=v) | N.IndexAssign(value=v) | N.Update(value=v) | N.Grad(value=v):
-                _expr_refs(v, ctx, refs)
+            case N.Assign() | N.Update() | N.Grad():
+                found.append(Occurrence(stmt.target_span, "target", stmt.target, stmt))
+                _expr_occurrences(stmt.value, found)
+            case N.IndexAssign():
+                found.append(Occurrence(stmt.target_span, "target", stmt.target, stmt))
+                found += [Occurrence(i.span, "index", i.id, i) for i in stmt.indices]
+                _expr_occurrences(stmt.value, found)
             case N.If(cond=c):
-                _expr_refs(c, ctx, refs)
+                _expr_occurrences(c, found)
             case N.Return(values=vs):
                 for v in vs:
-                    _expr_refs(v, ctx, refs)
+                    _expr_occurrences(v, found)
 
 
-def statements(body):
-    for stmt in body:
-        yield stmt
-        if isinstance(stmt, N.If):
-            yield from statements(stmt.body)
-            yield from statements(stmt.orelse)
-
-
-def _expr_refs(expr, ctx: str, refs: list[Ref]) -> None:
+def _expr_occurrences(expr: N.Expr, found: list[Occurrence]) -> None:
     for node in walk(expr):
         if isinstance(node, N.Name):
-            refs.append(Ref(node.span, "name", node.id, node, ctx))
+            found.append(Occurrence(node.span, "name", node.id, node))
         elif isinstance(node, N.Call):
-            refs.append(Ref(node.func_span, "call", node.func, node, ctx))
-            for k in node.kwargs:
-                refs.append(Ref(k.span, "kwarg", k.name, node, ctx))
+            found.append(Occurrence(node.func_span, "call", node.func, node))
+            found += [Occurrence(k.span, "kwarg", k.name, node) for k in node.kwargs]
         elif isinstance(node, N.Reduce):
             s = node.span
-            refs.append(Ref(Span(s.line, s.col, s.line, s.col + len(node.op)), "reduce", node.op, node, ctx))
+            found.append(Occurrence(Span(s.line, s.col, s.line, s.col + len(node.op)), "reduce", node.op, node))
 
 
 def layer_at(a: Analysis, line: int) -> N.Layer | None:
+    """The layer of the analysed document that holds `line` (the one above it, between layers)."""
     if a.spec is None:
         return None
     best = None
@@ -132,195 +127,101 @@ def layer_at(a: Analysis, line: int) -> N.Layer | None:
     return best
 
 
-def ref_at(a: Analysis, line: int, col: int) -> tuple[Ref, N.Layer] | None:
+def occurrence_at(a: Analysis, line: int, col: int) -> tuple[Occurrence, N.Layer] | None:
+    """The occurrence under the cursor at `line`:`col`, with its layer."""
     layer = layer_at(a, line)
     if layer is None:
         return None
-    hits = [r for r in layer_refs(layer) if contains(r.span, line, col)]
+    hits = [o for o in layer_occurrences(layer) if contains(o.span, line, col)]
     if not hits:
         return None
     # a span under the cursor before one that just ends at it (the cursor after a word); then the innermost
-    hits.sort(key=lambda r: ((r.span.end_line, r.span.end_col) == (line, col), span_size(r.span)))
+    hits.sort(key=lambda o: ((o.span.end_line, o.span.end_col) == (line, col), span_size(o.span)))
     return hits[0], layer
 
 
-# ---------------------------------------------------------------- resolving names
+# ---------------------------------------------------------------- what an occurrence means
 
 
 @dataclass
 class Target:
-    kind: str  # arg | param | buffer | sub | let | input | local | dim | grad | index | layer | op | init | nn | const | training | reduce | decorator | example
+    """What an occurrence means: a declaration of `layer` (which may be another file's layer), an
+    operation, an initialiser, ...; `span` is where it is declared (None: nowhere to go)."""
+
+    kind: str  # arg | param | buffer | sub | let | input | local | dim | grad | index | layer | op | op-param | init | nn | const | training | reduce | decorator
     name: str
-    layer: N.Layer | None = None
-    node: object = None
-    span: Span | None = None  # where it is declared
-    path: str | None = None  # the file of that declaration (None: this document)
+    layer: N.Layer
+    node: N.Node | Op | None = None
+    span: Span | None = None
 
 
-def _first_binding(body: list[N.Stmt], name: str) -> N.Stmt | None:
-    for stmt in statements(body):
-        if isinstance(stmt, (N.Assign, N.IndexAssign)) and stmt.target == name:
-            return stmt
+def resolve(a: Analysis, occ: Occurrence, layer: N.Layer) -> Target | None:
+    """What the occurrence `occ` of `layer` means."""
+    node = occ.node
+    match occ.kind:
+        case "layer" | "arg" | "sub" | "let" | "input":
+            return Target(occ.kind, occ.name, layer, node, occ.span)
+        case "tensor" if isinstance(node, N.Tensor):
+            return Target(node.kind, occ.name, layer, node, occ.span)
+        case "grad":
+            return Target("grad", occ.name, layer, node, occ.span)
+        case "decorator" | "init" | "reduce":
+            return Target(occ.kind, occ.name, layer, node)
+        case "name" | "example" | "index":
+            return resolve_name(layer, occ.name, occ.span)
+        case "target":
+            bound = resolve_name(layer, occ.name, occ.span)
+            if bound is None and isinstance(node, (N.Assign, N.IndexAssign)):  # the first binding of a local
+                return Target(Ref.LOCAL, occ.name, layer, node, node.target_span)
+            return bound
+        case "call" if isinstance(node, N.Call):
+            return resolve_callee(a, layer, node)
+        case "kwarg":
+            return _resolve_keyword(a, layer, occ.name, node)
     return None
 
 
-def _dim_decl(layer: N.Layer, name: str) -> N.Name | None:
-    if layer.forward is None:
-        return None
-    for inp in layer.forward.inputs:
-        if inp.shape is None:
-            continue
-        for d in inp.shape.dims:
-            if isinstance(d, N.Name) and d.id == name:
-                return d
+def resolve_name(layer: N.Layer, name: str, at: Span) -> Target | None:
+    """What `name` written at `at` refers to, by the checker's scoping rules."""
+    binding = scopes.resolve(layer, name, at.line, at.col)
+    if binding is not None:
+        kind = "grad" if isinstance(binding.decl, N.Backward) else binding.ref
+        return Target(kind, name, layer, binding.decl, binding.span)
+    ref = scopes.scope_at(layer, at.line, at.col).lookup(name)
+    if ref in (Ref.TRAINING, Ref.CONST):
+        return Target(ref, name, layer)
     return None
 
 
-def resolve_name(layer: N.Layer, name: str, ctx: str, ref: str = "", at: N.Stmt | None = None) -> Target | None:
-    """What `name` means at a place of kind `ctx` in `layer` (`ref` is the checker's answer when it ran)."""
-    arg = layer.arg(name)
-    tensor = layer.tensor(name)
-    let = next((x for x in layer.lets if x.name == name), None)
-    sub = next((x for x in layer.subs if x.name == name), None)
-    fwd, bwd = layer.forward, layer.backward
-    inp = next((i for i in fwd.inputs if i.name == name), None) if fwd else None
-    candidates = {
-        "arg": (lambda: Target("arg", name, layer, arg, arg.span)) if arg else None,
-        "param": (lambda: Target(tensor.kind, name, layer, tensor, tensor.span)) if tensor else None,
-        "buffer": (lambda: Target(tensor.kind, name, layer, tensor, tensor.span)) if tensor else None,
-        "let": (lambda: Target("let", name, layer, let, let.span)) if let else None,
-        "sub": (lambda: Target("sub", name, layer, sub, sub.span)) if sub else None,
-        "input": (lambda: Target("input", name, layer, inp, inp.span)) if inp else None,
-    }
-    if ref in candidates and candidates[ref] is not None:
-        return candidates[ref]()
-    if ctx in ("construction", "example"):
-        order = ["arg", "let"]
-    else:
-        local_stmt = None
-        if fwd is not None:
-            local_stmt = _first_binding(fwd.body, name)
-        if local_stmt is None and bwd is not None and ctx == "backward":
-            local_stmt = _first_binding(bwd.body, name)
-        if ref in ("", "local") and local_stmt is not None:
-            return Target("local", name, layer, local_stmt, local_stmt.target_span)
-        if bwd is not None and ctx == "backward":
-            for g, span in bwd.grads:
-                if g == name:
-                    return Target("grad", name, layer, bwd, span)
-        if ref in ("", "dim") or ctx == "shape":
-            d = _dim_decl(layer, name)
-            if d is not None and not (arg or tensor or let or inp):
-                return Target("dim", name, layer, d, d.span)
-        order = ["input", "param", "let", "sub", "arg"]
-    for kind in order:
-        if candidates.get(kind) is not None:
-            return candidates[kind]()
-    if ctx == "example":
-        d = _dim_decl(layer, name)
-        if d is not None:
-            return Target("dim", name, layer, d, d.span)
-        if inp is not None:
-            return Target("input", name, layer, inp, inp.span)
-    if name == "training":
-        return Target("training", name, layer)
-    if name in CONSTANTS:
-        return Target("const", name, layer)
-    return None
-
-
-def resolve(a: Analysis, ref: Ref, layer: N.Layer) -> Target | None:
-    k = ref.kind
-    if k == "layer":
-        return Target("layer", ref.name, layer, layer, layer.span, layer.path)
-    if k in ("arg", "sub", "let", "input"):
-        return Target(k, ref.name, layer, ref.node, ref.span)
-    if k == "tensor":
-        return Target(ref.node.kind, ref.name, layer, ref.node, ref.span)
-    if k == "grad":
-        return Target("grad", ref.name, layer, ref.node, ref.span)
-    if k == "decorator":
-        return Target("decorator", ref.name, layer, ref.node)
-    if k == "init":
-        return Target("init", ref.name, layer, ref.node)
-    if k == "reduce":
-        return Target("reduce", ref.name, layer, ref.node)
-    if k == "example":
-        t = resolve_name(layer, ref.name, "example")
-        return t
-    if k == "index":
-        stmt = ref.node
-        first = next((i for i in stmt.indices if i.id == ref.name), None)
-        return Target("index", ref.name, layer, stmt, first.span if first else ref.span)
-    if k == "target":
-        stmt = ref.node
-        if isinstance(stmt, (N.Assign, N.IndexAssign)):
-            bound = resolve_name(layer, ref.name, ref.ctx, "local")
-            return bound or Target("local", ref.name, layer, stmt, stmt.target_span)
-        return resolve_name(layer, ref.name, ref.ctx, "buffer" if isinstance(stmt, N.Update) else "")
-    if k == "name":
-        node: N.Name = ref.node
-        if ref.ctx == "forward" or ref.ctx == "backward":
-            if node.ref == "index":
-                stmt = next(
-                    (
-                        s
-                        for s in statements(_body(layer, ref.ctx))
-                        if isinstance(s, N.IndexAssign) and within(node.span, s.span)
-                    ),
-                    None,
-                )
-                if stmt is not None:
-                    first = next((i for i in stmt.indices if i.id == node.id), None)
-                    return Target("index", node.id, layer, stmt, first.span if first else node.span)
-        return resolve_name(layer, node.id, ref.ctx, node.ref)
-    if k == "call":
-        return resolve_callee(a, layer, ref.name, ref.ctx)
-    if k == "kwarg":
-        call = ref.node
-        if isinstance(call, N.Init):
-            spec = INITS.get(call.name)
-            return Target("init", call.name, layer, call) if spec else None
-        callee = resolve_callee(a, layer, call.func, ref.ctx)
-        if callee is None:
-            return None
-        if callee.kind == "layer":
-            target_layer: N.Layer = callee.node
-            arg = target_layer.arg(ref.name)
-            if arg is not None:
-                return Target("arg", arg.name, target_layer, arg, arg.span, target_layer.path)
-            return callee
-        if callee.kind == "op":
-            return Target("op-param", ref.name, layer, callee.node)
-        return callee
-    return None
-
-
-def _body(layer: N.Layer, ctx: str) -> list[N.Stmt]:
-    if ctx == "backward" and layer.backward is not None:
-        return layer.backward.body
-    return layer.forward.body if layer.forward is not None else []
-
-
-def within(inner: Span, outer: Span) -> bool:
-    return (outer.line, outer.col) <= (inner.line, inner.col) and (inner.end_line, inner.end_col) <= (
-        outer.end_line,
-        outer.end_col,
-    )
-
-
-def resolve_callee(a: Analysis, layer: N.Layer, func: str, ctx: str) -> Target | None:
+def resolve_callee(a: Analysis, layer: N.Layer, call: N.Call) -> Target | None:
+    """What `call` calls: a torch.nn layer, an operation, a sub or a layer (in the checker's order)."""
+    func = call.func
     if func.startswith("nn."):
         return Target("nn", func[3:], layer)
-    sub = next((s for s in layer.subs if s.name == func), None)
-    if sub is not None and ctx in ("forward", "backward"):
-        return Target("sub", func, layer, sub, sub.span)
     if func in CALLABLE:
         return Target("op", func, layer, CALLABLE[func])
+    binding = scopes.resolve(layer, func, call.func_span.line, call.func_span.col)
+    if binding is not None and binding.ref == Ref.SUB:
+        return Target("sub", func, layer, binding.decl, binding.span)
     other = a.layers.get(func)
     if other is not None:
-        return Target("layer", func, other, other, other.span, other.path)
+        return Target("layer", func, other, other, other.span)
     return None
+
+
+def _resolve_keyword(a: Analysis, layer: N.Layer, name: str, owner: N.Node) -> Target | None:
+    """What the keyword `name` of an initialiser or a call names."""
+    if isinstance(owner, N.Init):
+        return Target("init", owner.name, layer, owner) if owner.name in INITS else None
+    if not isinstance(owner, N.Call):
+        return None
+    callee = resolve_callee(a, layer, owner)
+    if callee is not None and callee.kind == "layer":
+        arg = callee.layer.arg(name)
+        return Target("arg", arg.name, callee.layer, arg, arg.span) if arg is not None else callee
+    if callee is not None and callee.kind == "op":
+        return Target("op-param", name, layer, callee.node)
+    return callee
 
 
 def definition_at(ls: LayerServer, uri: str, position: T.Position) -> T.Location | None:
@@ -329,14 +230,13 @@ def definition_at(ls: LayerServer, uri: str, position: T.Position) -> T.Location
     if a is None:
         return None
     line, col = from_position(ls.workspace.get_text_document(uri).source, position, ls.codec())
-    hit = ref_at(a, line, col)
+    hit = occurrence_at(a, line, col)
     if hit is None:
         return None
-    ref, layer = hit
-    target = resolve(a, ref, layer)
+    target = resolve(a, *hit)
     if target is None or target.span is None:
         return None
-    path = target.path or (target.layer.path if target.layer is not None else a.path)
+    path = target.layer.path
     if path == a.path or not path:
         return T.Location(uri=a.uri, range=to_range(target.span, a.text, ls.codec()))
     source = a.sources.get(path) or ls.disk_text(path) or ""
