@@ -151,14 +151,13 @@ def scope_at(layer: N.Layer, line: int, col: int) -> Scope:
             scope.construction = True
             return scope
         scope.declare(let.name, Ref.LET, let, let.span)
-    construction = any(_holds(member, at) for member in [*layer.tensors, *layer.subs])
+    if any(_holds(member, at) for member in [*layer.tensors, *layer.subs]):
+        scope.construction = True  # a member's shape, initialiser or condition sees arguments and lets only
+        return scope
     for t in layer.tensors:
         scope.declare(t.name, Ref(t.kind), t, t.span)
     for sub in layer.subs:
         scope.declare(sub.name, Ref.SUB, sub, sub.span)
-    if construction:
-        scope.construction = True
-        return scope
     fwd = layer.forward
     if fwd is None:
         return scope

@@ -237,11 +237,6 @@ def test_construction_names_see_only_arguments_and_lets(served):
     assert cond is not None and cond.range.start == find("with_bias: bool")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="semantics.scopes.scope_at declares the members (so the member's takeover of its condition's name) "
-    "before it returns a construction scope, so the condition resolves to nothing; the checker says argument",
-)
 def test_a_condition_named_like_its_member_goes_to_the_argument(tmp_path: Path):
     text = "layer Opt(n: int, bias: bool = true) {\n    param bias: [n] = zeros if bias\n    example(n = 2)\n}\n"
     server, uri = serve(tmp_path, text)
