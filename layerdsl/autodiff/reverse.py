@@ -191,7 +191,7 @@ def instantiate(template: N.Expr, step: Step, grad: N.Expr) -> N.Expr:
             return copy.deepcopy(subst[e.id])
         e = map_children(e, go)
         if isinstance(e, N.Name) and e.id in ("pi", "inf"):
-            e.ref, e.kind = "const", "float"
+            e.ref, e.kind = N.Ref.CONST, N.Kind.FLOAT
         return e
 
     out = go(template)
