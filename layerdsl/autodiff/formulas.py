@@ -14,7 +14,10 @@ TABLE = "<ops.py>"  # where a broken formula is reported: the operation table, n
 @functools.cache
 def formula(op_name: str, param: str) -> N.Expr:
     """The op table's derivative formula for one operand, as IR (cached; copy before use)."""
-    return parse_expr(OPS[op_name].grads[param], TABLE)
+    text = OPS[op_name].grads[param]
+    if text is None:
+        raise ValueError(f"{op_name}() has no derivative with respect to {param}")
+    return parse_expr(text, TABLE)
 
 
 def parse_default(text: str) -> N.Expr:

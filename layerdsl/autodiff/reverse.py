@@ -10,6 +10,7 @@ only what the needed gradients read.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from layerdsl.autodiff.formulas import formula
@@ -44,12 +45,12 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
     name; those gradients are zero in a first backward and matter in double backward."""
     contributions: dict[str, list[tuple[N.Expr, str | None]]] = {}
     requires = _requires_grad(tape)
-    for out, g in zip(tape.outputs, grad_names):
+    for out, grad_name in zip(tape.outputs, grad_names):
         if isinstance(out, N.Name) and out.id in requires:
-            contributions.setdefault(out.id, []).append((B.name(g), None))
-    for var, g in (extra_grads or {}).items():
+            contributions.setdefault(out.id, []).append((B.name(grad_name), None))
+    for var, grad_name in (extra_grads or {}).items():
         if var in requires:
-            contributions.setdefault(var, []).append((B.name(g), None))
+            contributions.setdefault(var, []).append((B.name(grad_name), None))
     stmts: list[GradStmt] = []
     grad_var: dict[str, str] = {}
 
@@ -60,11 +61,11 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
         if len(parts) == 1 and parts[0][1] is None and isinstance(parts[0][0], N.Name):
             grad_var[var] = parts[0][0].id
             return parts[0][0]
-        total = None
         name = f"grad_{var}"
-        for expr, count in _merge_terms([e for e, _ in parts]):
-            term = expr if count == 1 else _scale(count, expr)
-            total = term if total is None else B.binop("+", total, term)
+        terms = [expr if count == 1 else _scale(count, expr) for expr, count in _merge_terms([e for e, _ in parts])]
+        total = terms[0]
+        for term in terms[1:]:
+            total = B.binop("+", total, term)
         stmts.append(GradStmt(name, simplify(total)))
         grad_var[var] = name
         return B.name(name)
@@ -76,16 +77,16 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
         if g is None:
             continue
         if step.op.name == "einsum":
-            for operand, expr in _einsum_grads(step, g):
-                if operand.id in requires:
-                    contributions.setdefault(operand.id, []).append((expr, None))
+            for einsum_operand, expr in _einsum_grads(step, g):
+                if einsum_operand.id in requires:
+                    contributions.setdefault(einsum_operand.id, []).append((expr, None))
             continue
         for pname, operand in step.args.items():
             if not (isinstance(operand, N.Name) and operand.id in requires):
                 continue
-            f = step.op.grads.get(pname)
-            expr = instantiate(f and formula(step.op.name, pname), step, g)
-            expr = simplify(expr)
+            if not step.op.grads.get(pname):
+                raise NotDerivable(step.expr.span, f"{step.op.name}() has no derivative")
+            expr = simplify(instantiate(formula(step.op.name, pname), step, g))
             if step.op.shape == "elementwise" and _may_broadcast(tape, step, operand):
                 expr = B.call("sum_to", expr, B.name(operand.id))
             elif step.op.shape == "matmul" and _may_batch(tape, step):
@@ -124,12 +125,13 @@ def _may_broadcast(tape: Tape, step: Step, operand: N.Name) -> bool:
     return a is None or r is None or a != r
 
 
-def _einsum_grads(step: Step, grad: N.Expr):
+def _einsum_grads(step: Step, grad: N.Expr) -> Iterator[tuple[N.Name, N.Expr]]:
     """For y = einsum("s1,s2->so", a, b): the gradient of a is einsum("so,s2->s1", grad, b)."""
-    spec = step.args["equation"].value
-    ins, out = spec.split("->")
-    ins = ins.split(",")
-    operands = step.args["operands"].items
+    equation, listed = step.args["equation"], step.args["operands"]
+    assert isinstance(equation, N.Str) and isinstance(listed, N.ListExpr), "how index notation lowers to einsum"
+    inputs, out = equation.value.split("->")
+    ins = inputs.split(",")
+    operands = listed.items
     for k, operand in enumerate(operands):
         if not isinstance(operand, N.Name):
             continue
@@ -141,20 +143,23 @@ def _einsum_grads(step: Step, grad: N.Expr):
                 "a derived backward cannot go through a sum over an index only one tensor has; write a backward block",
             )
         eq = N.Str(NOWHERE, ",".join([out] + [s for s, _ in others]) + "->" + ins[k])
-        eq.kind = "str"
+        eq.kind = N.Kind.STR
         tensors = N.ListExpr(NOWHERE, [copy.deepcopy(grad)] + [copy.deepcopy(o) for _, o in others])
-        tensors.kind = "list"
+        tensors.kind = N.Kind.LIST
         call = N.Call(NOWHERE, "einsum", NOWHERE, [eq, tensors], [])
-        call.kind = "tensor"
+        call.kind = N.Kind.TENSOR
         yield operand, call
 
 
 def _may_batch(tape: Tape, step: Step) -> bool:
     """Whether a matmul broadcasts batch dims (so an operand's gradient must be summed back)."""
-    shapes = tape.shapes
-    a = shapes.get(getattr(step.args["input"], "id", None))
-    b = shapes.get(getattr(step.args["other"], "id", None))
+    a, b = _shape_of(tape, step.args["input"]), _shape_of(tape, step.args["other"])
     return a is None or b is None or "..." in a or "..." in b or len(a) != len(b)
+
+
+def _shape_of(tape: Tape, operand: N.Expr) -> tuple | None:
+    """A tensor operand's static shape, when known."""
+    return tape.shapes.get(operand.id) if isinstance(operand, N.Name) else None
 
 
 def _scale(count: int, expr: N.Expr) -> N.Expr:
@@ -177,9 +182,8 @@ def _merge_terms(terms: list[N.Expr]) -> list[tuple[N.Expr, int]]:
     return [(t, n) for t, n in out.values()]
 
 
-def instantiate(template: N.Expr | None, step: Step, grad: N.Expr) -> N.Expr:
-    if template is None:
-        raise NotDerivable(step.expr.span, f"{step.op.name}() has no derivative")
+def instantiate(template: N.Expr, step: Step, grad: N.Expr) -> N.Expr:
+    """A derivative formula for one step: its parameters, `grad` and `result` replaced by what they are there."""
     subst = {**step.args, "grad": grad, "result": B.name(step.var)}
 
     def go(e):
@@ -187,7 +191,7 @@ def instantiate(template: N.Expr | None, step: Step, grad: N.Expr) -> N.Expr:
             return copy.deepcopy(subst[e.id])
         e = map_children(e, go)
         if isinstance(e, N.Name) and e.id in ("pi", "inf"):
-            e.ref, e.kind = "const", "float"
+            e.ref, e.kind = N.Ref.CONST, N.Kind.FLOAT
         return e
 
     out = go(template)
@@ -195,22 +199,24 @@ def instantiate(template: N.Expr | None, step: Step, grad: N.Expr) -> N.Expr:
     return out
 
 
-def _kinds(e) -> str:
+def _kinds(e: N.Expr) -> N.Kind:
     """Re-derive kinds in an instantiated formula: tensor if any operand is."""
     kids = [_kinds(c) for c in children(e) if isinstance(c, N.Expr)]
     if isinstance(e, N.Name):
         if not e.kind:
-            e.kind = "tensor"
+            e.kind = N.Kind.TENSOR
     elif isinstance(e, N.Num):
-        e.kind = "float" if isinstance(e.value, float) else "int"
+        e.kind = N.Kind.FLOAT if isinstance(e.value, float) else N.Kind.INT
     elif isinstance(e, (N.Bool,)):
-        e.kind = "bool"
+        e.kind = N.Kind.BOOL
     elif isinstance(e, N.NoneLit):
-        e.kind = "none"
+        e.kind = N.Kind.NONE
     elif isinstance(e, N.Call) and e.func in OPS and OPS[e.func].internal:
-        e.kind = "tensor" if e.func not in ("reduced_numel", "shape_of") else "int"
+        e.kind = N.Kind.TENSOR if e.func not in ("reduced_numel", "shape_of") else N.Kind.INT
+    elif N.Kind.TENSOR in kids:
+        e.kind = N.Kind.TENSOR
     else:
-        e.kind = "tensor" if "tensor" in kids else ("float" if "float" in kids else (kids[0] if kids else "float"))
+        e.kind = N.Kind.FLOAT if N.Kind.FLOAT in kids else (kids[0] if kids else N.Kind.FLOAT)
     return e.kind
 
 

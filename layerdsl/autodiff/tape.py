@@ -14,7 +14,7 @@ from layerdsl.autodiff.formulas import parse_default
 from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
-from layerdsl.language.ops import CALLABLE, OPERATORS, OPS, Op
+from layerdsl.language.ops import CALLABLE, OPERATORS, OPS, Op, Param
 
 LOWERED = ("einsum", "permute", "align")  # ops that index notation lowers to
 
@@ -66,13 +66,16 @@ class Linearizer:
     """Turns a layer's forward into a tape (`run`); `semantics.index_notation` adds its statements' steps."""
 
     def __init__(self, layer: N.Layer, optional: set[str], deriving: bool = True):
+        if layer.forward is None:
+            raise ValueError(f"layer '{layer.name}' has no forward")  # the parser reports it first
         self.deriving = deriving  # with a hand-written backward, ops without derivatives are fine
         self.layer = layer
+        self.forward: N.Forward = layer.forward
         self.optional = optional
         self.steps: list[Step] = []
         self.env: dict[str, str] = {}  # spec local -> current var
         self.taken = {a.name for a in layer.args} | {t.name for t in layer.tensors} | {l.name for l in layer.lets}
-        self.taken |= {i.name for i in layer.forward.inputs} | set(layer.symbolic_dims)
+        self.taken |= {i.name for i in self.forward.inputs} | set(layer.symbolic_dims)
         self.counter = itertools.count(1)
         self.numbers: list[tuple[str, N.Expr]] = []
 
@@ -84,7 +87,7 @@ class Linearizer:
         return name
 
     def run(self) -> Tape:
-        fwd = self.layer.forward
+        fwd = self.forward
         outputs: list[N.Expr] = []
         for stmt in fwd.body:
             match stmt:
@@ -147,31 +150,31 @@ class Linearizer:
             case N.UnaryOp(op="+", operand=o):
                 return self.operand(o, hint)
             case N.Call(func=f) if f in CALLABLE or f in LOWERED:
-                op = OPS[f]
-                args = {}
-                for p, a in zip(op.params, e.args):
+                row = OPS[f]
+                args: dict[str, N.Expr] = {}
+                for p, a in zip(row.params, e.args):
                     if p.tensors and isinstance(a, N.ListExpr):
                         items = N.ListExpr(a.span, [self.operand(i, hint) for i in a.items])
-                        items.kind = "list"
+                        items.kind = N.Kind.LIST
                         args[p.name] = items
                         continue
                     args[p.name] = self.operand(a, hint) if (p.tensor or p.tensors) else a
+                tensor_params = {p.name for p in row.params if p.tensor or p.tensors}
                 for k in e.kwargs:
-                    p = op.param(k.name)
-                    args[k.name] = self.operand(k.value, hint) if (p.tensor or p.tensors) else k.value
-                for p in op.params:
+                    args[k.name] = self.operand(k.value, hint) if k.name in tensor_params else k.value
+                for p in row.params:
                     if p.name not in args and p.default is not None:
                         args[p.name] = parse_default(p.default)
                 if f == "align":
-                    return self.add(op, args, hint, e, items=e.items)
-                if self.deriving and any(isinstance(v, N.ListExpr) for v in args.values()) and op.shape == "concat":
+                    return self.add(row, args, hint, e, items=e.items)
+                if self.deriving and any(isinstance(v, N.ListExpr) for v in args.values()) and row.shape == "concat":
                     raise NotDerivable(
                         e.span, f"a derived backward cannot go through {f}() yet; write a backward block"
                     )
-                return self.add(op, args, hint, e)
+                return self.add(row, args, hint, e)
             case N.Compare(ops=ops, operands=operands):
                 new = N.Compare(e.span, ops, [self.operand(o, hint) for o in operands])
-                new.kind = "tensor"
+                new.kind = N.Kind.TENSOR
                 return self.opaque(new, hint)
             case N.Subscript():
                 raise NotDerivable(e.span, "a derived backward cannot go through indexing yet; write a backward block")
@@ -179,7 +182,14 @@ class Linearizer:
                 raise NotDerivable(e.func_span, f"a derived backward cannot go through '{f}'")
         raise NotDerivable(e.span, "a derived backward cannot go through this expression")
 
-    def add(self, op: Op, args: dict[str, N.Expr], hint: str, source: N.Expr, items=None) -> N.Name:
+    def add(
+        self,
+        op: Op,
+        args: dict[str, N.Expr],
+        hint: str,
+        source: N.Expr,
+        items: list[N.SubscriptItem] | None = None,
+    ) -> N.Name:
         for pname, formula_text in op.grads.items():
             operand = args.get(pname)
             if (
@@ -205,6 +215,7 @@ class Linearizer:
                 )
         expr = _op_expr(op, args, source)
         if items is not None:
+            assert isinstance(expr, N.Call), "only align() takes items, and it is written as a call"
             expr.items = items
         if guard is None:  # the same operation on the same operands is computed once
             key = B.key(expr)
@@ -221,7 +232,7 @@ class Linearizer:
         return B.name(var, expr.span)
 
     def _needs_grad(self, operand: N.Name) -> bool:
-        diff = {i.name for i in self.layer.forward.inputs if i.dtype == "float"} | {t.name for t in self.layer.params}
+        diff = {i.name for i in self.forward.inputs if i.dtype == "float"} | {t.name for t in self.layer.params}
         if operand.id in diff:
             return True
         step = next((s for s in self.steps if s.var == operand.id), None)
@@ -242,10 +253,11 @@ def _hint_for(op: Op, hint: str) -> str:
 
 def _op_expr(op: Op, args: dict[str, N.Expr], source: N.Expr) -> N.Expr:
     """The step as an expression, in operator form where the op is one."""
+    e: N.UnaryOp | N.BinOp | N.Call
     if op.operator == "neg":
         e = N.UnaryOp(source.span, "-", args["input"])
     elif op.operator:
-        e = N.BinOp(source.span, op.operator, args["input"], args.get("other", args.get("exponent")))
+        e = N.BinOp(source.span, op.operator, args["input"], args["other"] if "other" in args else args["exponent"])
     elif op.template:  # written by its template: every argument in signature order
         e = N.Call(source.span, op.name, source.span, [args[p.name] for p in op.params if p.name in args], [])
     else:
@@ -254,14 +266,13 @@ def _op_expr(op: Op, args: dict[str, N.Expr], source: N.Expr) -> N.Expr:
         e.kwargs = [
             N.Keyword(p.name, args[p.name], source.span)
             for p in op.params
-            if not (p.tensor or p.tensors) and p.name in args and not _is_default(op, p.name, args[p.name])
+            if not (p.tensor or p.tensors) and p.name in args and not _is_default(p, args[p.name])
         ]
-    e.kind = "tensor"
+    e.kind = N.Kind.TENSOR
     return e
 
 
-def _is_default(op: Op, pname: str, value: N.Expr) -> bool:
-    p = op.param(pname)
+def _is_default(p: Param, value: N.Expr) -> bool:
     if p.default is None:
         return False
     return _same(value, parse_default(p.default))

@@ -152,7 +152,7 @@ class FunctionEmitter:
     def dim_source(self) -> dict[str, str]:
         """Each symbolic dim, as read from the first input that declares it."""
         out: dict[str, str] = {}
-        for inp in self.layer.forward.inputs:
+        for inp in self.e.forward.inputs:
             dims = inp.shape.dims if inp.shape else []
             ell = next((k for k, d in enumerate(dims) if isinstance(d, N.EllipsisItem)), None)
             for k, d in enumerate(dims):
@@ -163,7 +163,7 @@ class FunctionEmitter:
 
     def forward_body(self, tape: Tape, extra: list[str]) -> list[str]:
         keep = set(extra) | {s.var for s in tape.steps if s.guard}
-        exprs = {}
+        exprs: dict[str, N.Expr] = {}
         uses = _use_counts(tape)
         spelling = Spelling({}, training="training")
         ex = PyExpr(spelling, call_hook=self._internal)
@@ -182,13 +182,15 @@ class FunctionEmitter:
                 owned.add(var)
 
         for s in tape.steps:
-            roots[s.var] = roots.get(s.base, frozenset({s.base})) if s.guard else dtype_sources(s.expr, roots)
+            roots[s.var] = _step_sources(s, roots)
             if s.guard:
+                assert s.base is not None  # a step on an optional member always has a base (Linearizer.add)
                 base = exprs.pop(s.base, None)
-                merged = (
-                    None if base is None or s.var in exact else guarded_addcmul(_squares(base), s.expr, s.base, s.guard)
-                )
-                if merged is not None:
+                if (
+                    base is not None
+                    and s.var not in exact
+                    and (merged := guarded_addcmul(_squares(base), s.expr, s.base, s.guard)) is not None
+                ):
                     lines += [
                         f"if {s.guard} is not None:",
                         f"    {s.var} = {out(merged)}",
@@ -213,7 +215,7 @@ class FunctionEmitter:
         return lines + [f"return {', '.join(outs + extra)}"]
 
     def _spec_locals(self) -> set[str]:
-        return {s.target for s in self.layer.forward.body if isinstance(s, N.Assign)}
+        return {s.target for s in self.e.forward.body if isinstance(s, N.Assign)}
 
     def setup_body(self, tape: Tape, saved, extra, unpack) -> list[str]:
         shapes = self.shape_on_ctx
@@ -299,6 +301,7 @@ class FunctionEmitter:
                 if keep:
                     reads.setdefault(var, set()).update(leaves)
                     return
+                assert step is not None  # a leaf (no step) is always kept
                 grows = not leaves <= recompute.get(var, set())
                 recompute.setdefault(var, set()).update(leaves)
                 if grows:
@@ -376,6 +379,7 @@ class FunctionEmitter:
 
     def _recompute_stmts(self, s: Step, leaves: set[str]) -> list[Stmt]:
         if s.guard:  # `var = base`, then `var = var + member` when the optional member is present
+            assert s.base is not None  # a step on an optional member always has a base (Linearizer.add)
             return [
                 Stmt(s.var, B.name(s.base), leaves, recompute=True),
                 Stmt(s.var, _replace_name(s.expr, s.base, s.var), leaves, recompute=True, guard=s.guard),
@@ -389,12 +393,10 @@ class FunctionEmitter:
         shapes.update({g: tape.shapes.get(v) for g, v in incoming.items()})
         returned = {f"grad_{l}" for l in tape.leaves}
         outputs = [o.id for o in tape.outputs if isinstance(o, N.Name)]
-        full = [tape.shapes.get(n) for n in [i.name for i in self.layer.forward.inputs] + outputs]
+        full = [tape.shapes.get(n) for n in [i.name for i in self.e.forward.inputs] + outputs]
         sources: dict[str, frozenset[str]] = {}
         for step in tape.steps:  # with an optional member, only what holds when it is absent
-            sources[step.var] = (
-                sources.get(step.base, frozenset({step.base})) if step.guard else dtype_sources(step.expr, sources)
-            )
+            sources[step.var] = _step_sources(step, sources)
         return Facts(
             roots={**sources, **{g: sources.get(v, frozenset({v})) | {g} for g, v in incoming.items()}},
             shapes=shapes,
@@ -567,8 +569,17 @@ def _shape_names(e) -> list[str]:
     out = []
     for n in walk(e):
         if isinstance(n, N.Call):
-            out += [n.args[i].id for i in shape_args(n) if isinstance(n.args[i], N.Name)]
+            out += [a.id for i in shape_args(n) if isinstance(a := n.args[i], N.Name)]
     return out
+
+
+def _step_sources(step: Step, sources: dict[str, frozenset[str]]) -> frozenset[str]:
+    """The names a step's dtype comes from; for a step on an optional member, its base's (the member may
+    be absent)."""
+    if step.guard:
+        assert step.base is not None  # a step on an optional member always has a base (Linearizer.add)
+        return sources.get(step.base, frozenset({step.base}))
+    return dtype_sources(step.expr, sources)
 
 
 def _use_counts(tape: Tape) -> dict[str, int]:
@@ -716,16 +727,26 @@ def by_grad_mode(recorded: list[Code], unrecorded: list[Code]) -> list[Code]:
     while tail < min(len(a), len(b)) - head and a[-1 - tail] == b[-1 - tail]:
         tail += 1
     only_a, only_b = recorded[head : len(a) - tail], unrecorded[head : len(b) - tail]
-    if len(only_a) == len(only_b) and all(_same_guard(x, y) for x, y in zip(only_a, only_b)):
-        branch = [If(x.cond, by_grad_mode(x.body, y.body)) for x, y in zip(only_a, only_b)]
-    else:
-        branch = _branches(only_a, only_b)
+    guards = _same_guards(only_a, only_b)
+    branch: list[Code] = (
+        [If(x.cond, by_grad_mode(x.body, y.body)) for x, y in guards]
+        if guards is not None
+        else _branches(only_a, only_b)
+    )
     return recorded[:head] + branch + recorded[len(a) - tail :]
 
 
-def _same_guard(x: Code, y: Code) -> bool:
-    """Both `if COND:` with one body and no `else`: the grad modes can branch inside."""
-    return isinstance(x, If) and isinstance(y, If) and x.cond == y.cond and not x.orelse and not y.orelse
+def _same_guards(recorded: list[Code], unrecorded: list[Code]) -> list[tuple[If, If]] | None:
+    """The pairs when both are the same `if COND:`s, each with one body and no `else` (the grad modes can
+    branch inside); else None."""
+    if len(recorded) != len(unrecorded):
+        return None
+    pairs = []
+    for x, y in zip(recorded, unrecorded):
+        if not (isinstance(x, If) and isinstance(y, If) and x.cond == y.cond and not x.orelse and not y.orelse):
+            return None
+        pairs.append((x, y))
+    return pairs
 
 
 def _branches(recorded: list[Code], unrecorded: list[Code]) -> list[Code]:

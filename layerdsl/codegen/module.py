@@ -146,7 +146,10 @@ class LayerCode:
 
 class LayerEmitter:
     def __init__(self, layer: N.Layer, program: Program, plan: BackwardPlan | None):
+        if layer.forward is None:
+            raise ValueError(f"layer '{layer.name}' has no forward")  # the parser reports it first
         self.layer = layer
+        self.forward: N.Forward = layer.forward
         self.program = program
         self.plan = plan  # a `@function` layer's backward
         self.optional = {t.name for t in layer.tensors if t.cond is not None}
@@ -162,6 +165,7 @@ class LayerEmitter:
         if layer.is_function:
             from layerdsl.codegen.function import emit_function_class  # the @function issue's stage
 
+            assert self.plan is not None, "emit_file plans every @function layer"
             function_class = emit_function_class(self, self.plan)
         code = LayerCode(
             name=layer.name,
@@ -193,7 +197,7 @@ class LayerEmitter:
 
     @property
     def has_functional(self) -> bool:
-        return not self.layer.subs and not any(isinstance(s, N.Update) for s in statements(self.layer.forward.body))
+        return not self.layer.subs and not any(isinstance(s, N.Update) for s in statements(self.forward.body))
 
     # -- __init__
 
@@ -334,7 +338,7 @@ class LayerEmitter:
 
     def shapes_doc(self) -> str | None:
         """`x: [B, in] -> [B, out]`: forward's declared shapes, as its docstring."""
-        fwd = self.layer.forward
+        fwd = self.forward
 
         def shown(s):
             return "[" + ", ".join("..." if isinstance(d, N.EllipsisItem) else _src(d) for d in s.dims) + "]"
@@ -346,7 +350,7 @@ class LayerEmitter:
         return f"Shapes: {ins or ', '.join(i.name for i in fwd.inputs)}{outs}."
 
     def module_forward(self, functional: Func | None, function_class: dict | None) -> Func:
-        fwd = self.layer.forward
+        fwd = self.forward
         params = ["self"] + [f"{i.name}: Tensor" for i in fwd.inputs]
         returns = self.returns_hint()
         doc = self.shapes_doc()
@@ -367,7 +371,7 @@ class LayerEmitter:
         return Func("forward", params, returns, doc, self.body_lines(spelling, on_self=True))
 
     def function_apply_args(self) -> list[str]:
-        args = [i.name for i in self.layer.forward.inputs] + [f"self.{t.name}" for t in self.layer.tensors]
+        args = [i.name for i in self.forward.inputs] + [f"self.{t.name}" for t in self.layer.tensors]
         return args + [f"self.{a}" if a != "training" else "self.training" for a in self.function_kwargs()]
 
     def returns_hint(self) -> str:
@@ -375,7 +379,7 @@ class LayerEmitter:
         return "Tensor" if n == 1 else f"tuple[{', '.join(['Tensor'] * n)}]"
 
     def n_outputs(self) -> int:
-        fwd = self.layer.forward
+        fwd = self.forward
         if fwd.outputs is not None:
             return len(fwd.outputs)
         for s in statements(fwd.body):
@@ -416,7 +420,7 @@ class LayerEmitter:
         """Arguments sizing an input that no required parameter's shape gives: passed, so they are checked."""
         sourced = {d.id for t in self.layer.tensors if t.cond is None for d in t.shape.dims if isinstance(d, N.Name)}
         out = set()
-        for inp in self.layer.forward.inputs:
+        for inp in self.forward.inputs:
             for d in inp.shape.dims if inp.shape else []:
                 if isinstance(d, N.Expr):
                     out |= {n.id for n in walk(d) if isinstance(n, N.Name) and n.ref in (N.Ref.ARG, N.Ref.LET)}
@@ -439,7 +443,7 @@ class LayerEmitter:
 
     def names_used_by_forward(self) -> set[str]:
         used = set()
-        for stmt in self.layer.forward.body:
+        for stmt in self.forward.body:
             for node in walk(stmt):
                 if isinstance(node, N.Name):
                     used.add("training" if node.ref == N.Ref.TRAINING else node.id)
@@ -448,13 +452,13 @@ class LayerEmitter:
     def uses_dropout(self) -> bool:
         return any(
             isinstance(n, N.Call) and n.func in CALLABLE and CALLABLE[n.func].takes_training
-            for s in self.layer.forward.body
+            for s in self.forward.body
             for n in walk(s)
         )
 
     def functional(self) -> Func:
         layer = self.layer
-        fwd = layer.forward
+        fwd = self.forward
         name = snake_case(layer.name)
         params = [f"{i.name}: Tensor" for i in fwd.inputs]
         tensors = layer.tensors
@@ -464,14 +468,15 @@ class LayerEmitter:
                 params.append(f"{t.name}: Tensor | None" + (" = None" if trailing else ""))
             else:
                 params.append(f"{t.name}: Tensor")
-        kwargs = self.functional_kwargs()
+        kwargs = self.functional_kwargs()  # arguments, and `training`
+        args = {a.name: a for a in layer.args}
         if kwargs:
             params.append("*")
             for k in kwargs:
                 if k == "training":
                     params.append("training: bool = False")
                     continue
-                a = layer.arg(k)
+                a = args[k]
                 default = f" = {PyExpr(Spelling())(a.default)}" if a.default is not None else ""
                 params.append(f"{a.name}: {a.type}{default}")
         doc = f"Functional form of :class:`{layer.name}`."
@@ -487,15 +492,15 @@ class LayerEmitter:
             for let in self.layer.lets:
                 if let.name in used or any(let.name in names_read(l.value) for l in self.layer.lets if l.name in used):
                     lines.append(f"{let.name} = {ex(let.value)}")
-        body = hoist_optionals(copy.deepcopy(self.layer.forward.body), self.optional, self.taken_names())
+        body = hoist_optionals(copy.deepcopy(self.forward.body), self.optional, self.taken_names())
         lines += StatementWriter(ex, spelling, self.layer).block(body)
         return lines
 
     def taken_names(self) -> set[str]:
         names = {a.name for a in self.layer.args} | {t.name for t in self.layer.tensors}
         names |= {l.name for l in self.layer.lets} | {s.name for s in self.layer.subs}
-        names |= {i.name for i in self.layer.forward.inputs} | set(self.layer.symbolic_dims)
-        for stmt in statements(self.layer.forward.body):
+        names |= {i.name for i in self.forward.inputs} | set(self.layer.symbolic_dims)
+        for stmt in statements(self.forward.body):
             if isinstance(stmt, (N.Assign, N.IndexAssign)):
                 names.add(stmt.target)
         return names
@@ -531,14 +536,15 @@ class LayerEmitter:
                         sources[d.id] = f"{t.name}.shape[{j}]"
         used_in_body = self.names_used_by_forward() if bind else set()
         lines: list[str] = []
-        for inp in layer.forward.inputs:
-            if inp.shape is None:
-                continue
-            lines += self.input_checks(inp, sources, used_in_body, ex)
+        for inp in self.forward.inputs:
+            if inp.shape is not None:
+                lines += self.input_checks(inp.shape, inp, sources, used_in_body, ex)
         return lines
 
-    def input_checks(self, inp: N.Input, sources: dict[str, str], used_in_body: set[str], ex: PyExpr) -> list[str]:
-        dims = inp.shape.dims
+    def input_checks(
+        self, shape: N.Shape, inp: N.Input, sources: dict[str, str], used_in_body: set[str], ex: PyExpr
+    ) -> list[str]:
+        dims = shape.dims
         declared = "[" + ", ".join("..." if isinstance(d, N.EllipsisItem) else _src(d) for d in dims) + "]"
         where = f"{self.layer.name}: input '{inp.name}'"
         lines = []
@@ -596,7 +602,7 @@ def _indent(lines: list[str], n: int = 1) -> list[str]:
 class StatementWriter:
     """Forward statements as Python lines."""
 
-    def __init__(self, ex: PyExpr, spelling: Spelling, layer: N.Layer | None = None):
+    def __init__(self, ex: PyExpr, spelling: Spelling, layer: N.Layer):
         self.ex = ex
         self.sp = spelling
         self.layer = layer

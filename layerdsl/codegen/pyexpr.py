@@ -128,6 +128,7 @@ class PyExpr:
             if hooked is not None:
                 return hooked
         if c.func == "align":  # a broadcasting view: x[:, None]
+            assert c.items is not None, "index notation lowers to align() calls with their items"
             return f"{self.wrap(c.args[0], PREC['atom'])}[{', '.join(self.item(i) for i in c.items)}]"
         op = CALLABLE.get(c.func) or OPS.get(c.func)
         if op is None:  # a sub

@@ -43,7 +43,8 @@ def find_sources(paths: list[str]) -> list[Source]:
 
 def load(sources: list[Source]) -> tuple[list[N.SpecFile], list[Diagnostic]]:
     """Parse every source, collecting the diagnostics of all of them."""
-    files, problems = [], []
+    files: list[N.SpecFile] = []
+    problems: list[Diagnostic] = []
     for src in sources:
         try:
             text = src.file.read_text(encoding="utf-8")

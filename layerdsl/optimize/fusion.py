@@ -127,10 +127,14 @@ def _explicit_sum(e: N.Expr, shapes: Shapes) -> N.Expr:
     dims = [k - len(have) for k, (a, b) in enumerate(zip(have, want)) if a != b]
     if not dims:
         return g
-    dim = B.num(dims[0]) if len(dims) == 1 else N.ListExpr(NOWHERE, [B.num(d) for d in dims])
-    dim.kind = dim.kind if len(dims) == 1 else "list"
+    dim: N.Expr
+    if len(dims) == 1:
+        dim = B.num(dims[0])
+    else:
+        dim = N.ListExpr(NOWHERE, [B.num(d) for d in dims])
+        dim.kind = N.Kind.LIST
     keep = N.Bool(NOWHERE, True)
-    keep.kind = "bool"
+    keep.kind = N.Kind.BOOL
     out = B.call("sum", g, span=g.span)
     out.kwargs = [N.Keyword("dim", dim, NOWHERE), N.Keyword("keepdim", keep, NOWHERE)]
     return out
@@ -195,7 +199,7 @@ def addcmul_form(e: N.Expr) -> N.Expr:
     return e
 
 
-def guarded_products(stmts: list[Stmt], exact: set[str]) -> list[Stmt]:
+def guarded_products(stmts: list[Stmt], exact: set[str] | frozenset[str]) -> list[Stmt]:
     """`v = a * b` then `v = v + m` when the optional `m` is present: one statement, `addcmul` or `a * b`."""
     out: list[Stmt] = []
     for s in stmts:
@@ -215,8 +219,8 @@ def guarded_addcmul(value: N.Expr, update: N.Expr, name: str, member: str) -> N.
     The forward and the backward's recomputation both use it, so the two round alike."""
     if not (is_product(value) and isinstance(update, N.BinOp) and update.op == "+"):
         return None
-    sides = [update.left, update.right]
-    if not all(isinstance(n, N.Name) for n in sides) or sorted(n.id for n in sides) != sorted([name, member]):
+    sides = [n for n in (update.left, update.right) if isinstance(n, N.Name)]
+    if len(sides) != 2 or sorted(n.id for n in sides) != sorted([name, member]):
         return None
     m = next(n for n in sides if n.id == member)
     return B.call("addcmul", copy.deepcopy(m), value.left, value.right, span=m.span)

@@ -38,7 +38,7 @@ def update_in_place(stmts: list[Stmt], facts: Facts) -> tuple[set[str], dict[str
 def in_place(method: str, target: N.Expr, others: list[N.Expr], e: N.Expr) -> N.InPlace:
     """`target.method(*others)` in place of operation `e`."""
     node = N.InPlace(e.span, method, target, others)
-    node.kind = "tensor"
+    node.kind = N.Kind.TENSOR
     return node
 
 

@@ -4,6 +4,7 @@ it records the operation, whether the result is a fresh tensor, and which tensor
 from __future__ import annotations
 
 import functools
+from typing import TypeGuard
 
 from layerdsl.autodiff.formulas import formula
 from layerdsl.ir import nodes as N
@@ -45,10 +46,10 @@ def operands(e) -> list[tuple[str | None, N.Expr]]:
         case N.InPlace(target=t, args=args):
             params = [p.name for p in op.params] if op else []
             return [(params[i] if i < len(params) else None, a) for i, a in enumerate([t, *args])]
-    return [(None, c) for c in children(e)]
+    return [(None, c) for c in children(e) if isinstance(c, N.Expr)]
 
 
-def is_product(e) -> bool:
+def is_product(e: N.Expr) -> TypeGuard[N.BinOp]:
     """A product of two tensors."""
     return isinstance(e, N.BinOp) and e.op == "*" and e.left.kind == "tensor" and e.right.kind == "tensor"
 

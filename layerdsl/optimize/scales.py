@@ -149,8 +149,8 @@ def float_scale(e: N.Expr, pending: dict[str, Scale], carriers: frozenset[str]) 
                 return sl * sr.inverse(), rl
             return sl * sr.inverse(), B.binop("/", rl if rl is not None else B.num(1), rr)
         case N.UnaryOp(op="-", operand=o):
-            s, r = f(o)
-            return s * Scale(-1), r
+            so, ro = f(o)
+            return so * Scale(-1), ro
         case N.BinOp(op="+" | "-", left=l, right=r):
             (sl, rl), (sr, rr) = f(l), f(r)
             if sl == sr and rl is not None and rr is not None:
@@ -160,9 +160,9 @@ def float_scale(e: N.Expr, pending: dict[str, Scale], carriers: frozenset[str]) 
             scale, out = Scale(), map_children(e, settle)
             for i in LINEAR[func]:
                 if i < len(e.args) and e.args[i].kind == "tensor":
-                    s, r = f(e.args[i])
-                    if r is not None:
-                        scale, out.args[i] = scale * s, r
+                    sa, ra = f(e.args[i])
+                    if ra is not None:
+                        scale, out.args[i] = scale * sa, ra
             return scale, out
     return Scale(), map_children(e, settle)
 
@@ -189,12 +189,12 @@ def apply_scale(scale: Scale, rest: N.Expr | None) -> N.Expr:
     if scale.coef in (1, -1) and not num:
         if not den:  # -1
             u = N.UnaryOp(NOWHERE, "-", rest)
-            u.kind = "tensor"
+            u.kind = N.Kind.TENSOR
             return u
         divisor = _product(den)
         if scale.coef == -1:
             divisor = N.UnaryOp(NOWHERE, "-", divisor)
-            divisor.kind = "float"
+            divisor.kind = N.Kind.FLOAT
         return B.binop("/", rest, divisor)
     return B.binop("*", scale.scalar(), rest)
 

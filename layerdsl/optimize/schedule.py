@@ -50,7 +50,7 @@ def fresh_buffers(stmts: list[Stmt], facts: Facts) -> int:
     count = 0
     for s in stmts:
         for node in [*walk(s.expr), *(walk(s.otherwise) if s.otherwise else [])]:
-            if fresh_node(node) and not isinstance(node, N.InPlace):
+            if isinstance(node, N.Expr) and fresh_node(node) and not isinstance(node, N.InPlace):
                 shape = shapes.of(node)
                 count += shape is None or shape in facts.full
         shapes.learn(s)
