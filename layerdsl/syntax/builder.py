@@ -168,12 +168,12 @@ class IRBuilder(Transformer):
 
     def param(self, meta, items):
         name, shape, init, cond = items
-        return N.Tensor("param", str(name), _tspan(name), "float", shape, self._init(init), cond)
+        return N.Tensor(N.Ref.PARAM, str(name), _tspan(name), "float", shape, self._init(init), cond)
 
     def buffer(self, meta, items):
         transient, name, dtype, shape, init, cond = items
         return N.Tensor(
-            "buffer",
+            N.Ref.BUFFER,
             str(name),
             _tspan(name),
             self._dtype(dtype),
