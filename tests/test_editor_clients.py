@@ -166,6 +166,26 @@ def test_neovim_setup_from_the_docs(tmp_path: Path) -> None:
     assert "return x * weight" in generated
 
 
+@pytest.mark.skipif(shutil.which("nvim") is None, reason="nvim is not installed (CI installs Debian's neovim)")
+def test_every_lua_block_of_the_docs_compiles(tmp_path: Path) -> None:
+    """The 0.11 setup cannot run in Neovim 0.7, but every block must at least be valid Lua."""
+    docs = (ROOT / "docs" / "editors.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```lua\n(.*?)```", docs, re.S)
+    assert len(blocks) >= 3
+    files = []
+    for i, block in enumerate(blocks):
+        files.append(tmp_path / f"block{i}.lua")
+        files[-1].write_text(block, encoding="utf-8")
+    load = "; ".join(f"assert(loadfile({json.dumps(str(f))}))" for f in files)
+    done = subprocess.run(
+        ["nvim", "--headless", "--clean", "-u", "NONE", "-c", f"lua {load}", "-c", "qall!"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 0 and not done.stderr, done.stderr
+
+
 # ---------------------------------------------------------------- pre-commit hooks
 
 
