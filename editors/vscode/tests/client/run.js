@@ -226,6 +226,16 @@ async function run({ vscode, testing, context, extension, folder }) {
     assert.deepEqual([d.range.start.line, d.range.start.character], [4, 17]);
   });
 
+  await step('an edit that fixes the name clears the diagnostic', async () => {
+    const start = positionOf(vscode, BROKEN, 'wieght', 0);
+    testing.edit(scale, new vscode.Range(start, new vscode.Position(start.line, start.character + 6)), 'weight');
+    await waitFor('the diagnostics on scale.layer to clear', testing, () =>
+      [...testing.diagnostics.values()].some((c) => (c.get(scaleUri.toString()) || ['stale']).length === 0),
+    );
+    testing.edit(scale, new vscode.Range(start, new vscode.Position(start.line, start.character + 6)), 'wieght');
+    assert.equal(scale.getText(), BROKEN);
+  });
+
   await step('a correct spec gets no diagnostics', async () => {
     linear = testing.open(linearUri, 'layerdsl', LINEAR);
     const ds = await waitFor('diagnostics on linear.layer', testing, () => {
@@ -259,6 +269,17 @@ async function run({ vscode, testing, context, extension, folder }) {
     for (const expected of ['relu', 'weight', 'bias', 'x']) {
       assert.ok(labels.includes(expected), `${expected} in completion: ${labels.join(' ')}`);
     }
+  });
+
+  await step('go to definition jumps from a use to the param', async () => {
+    const result = await testing
+      .provider('definition')
+      .provideDefinition(linear, positionOf(vscode, LINEAR, 'weight, 0'), token);
+    const [location] = Array.isArray(result) ? result : [result];
+    const uri = location.uri || location.targetUri;
+    const range = location.range || location.targetSelectionRange || location.targetRange;
+    assert.equal(uri.toString(), linearUri.toString());
+    assert.equal(range.start.line, 2, 'the line of `param weight`');
   });
 
   await step('formatting returns the layout of layerdsl fmt', async () => {

@@ -324,6 +324,16 @@ function createVscode(options = {}) {
       testing.events.open.fire(doc);
       return doc;
     },
+    /** Replace `range` of an open document with `text`, as typing does: a new version, then onDidChangeTextDocument. */
+    edit(doc, range, text) {
+      const start = doc.offsetAt(range.start);
+      const end = doc.offsetAt(range.end);
+      doc.text = doc.text.slice(0, start) + text + doc.text.slice(end);
+      doc.version += 1;
+      doc.isDirty = true;
+      const change = { range, rangeOffset: start, rangeLength: end - start, text };
+      testing.events.change.fire({ document: doc, contentChanges: [change], reason: undefined });
+    },
     /** The provider of `kind` (e.g. `hover`) that the client registered for the document, or throw. */
     provider(kind) {
       const found = testing.providers.find((p) => p.kind === kind);
