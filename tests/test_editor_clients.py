@@ -136,7 +136,9 @@ def test_neovim_setup_from_the_docs(tmp_path: Path) -> None:
         "LAYERDSL_NVIM_SPEC": str(spec),
         "LAYERDSL_NVIM_RESULT": str(result_path),
         "LAYERDSL_NVIM_TIMEOUT_MS": "20000",
-        "XDG_STATE_HOME": str(tmp_path / "state"),  # the LSP log goes there, not into the user's
+        # Neovim's LSP log (cache in 0.7, state from 0.8) goes there, not into the user's folders.
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
     }
     check = ROOT / "tests" / "editors" / "nvim_check.lua"
     done = subprocess.run(
