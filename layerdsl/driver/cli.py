@@ -85,8 +85,27 @@ def _parser() -> argparse.ArgumentParser:
     fmt.set_defaults(run=cmd_fmt)
 
     lsp = sub.add_parser("lsp", help="run the language server on stdio")
+    # Clients append their transport flag (vscode-languageclient: `--stdio`); stdio is the only one served.
+    lsp.add_argument("--stdio", action="store_true", help="speak LSP on stdin/stdout (the default and only transport)")
+    for flag in ("--tcp", "--port", "--socket", "--pipe", "--node-ipc"):
+        lsp.add_argument(flag, nargs="?", action=_StdioOnly, help=argparse.SUPPRESS)
     lsp.set_defaults(run=cmd_lsp)
     return p
+
+
+class _StdioOnly(argparse.Action):
+    """A transport flag other than --stdio: a usage error that says what is served instead."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"{option_string} is not supported: the server speaks LSP over stdio only (use --stdio or no flag)"
+        )
 
 
 def _report(exc: SpecError) -> None:

@@ -6,7 +6,7 @@
 // (diagnostics, hovers, ...) comes from the server, started over stdio.
 
 const vscode = require('vscode');
-const { LanguageClient, TransportKind, ExecuteCommandRequest } = require('vscode-languageclient/node');
+const { LanguageClient, ExecuteCommandRequest } = require('vscode-languageclient/node');
 
 const LANGUAGE_ID = 'layerdsl';
 const SHOW_GENERATED = 'layerdsl.showGenerated';
@@ -61,7 +61,10 @@ function startClient() {
   const [command, ...args] = serverCommand();
   const cwd = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath;
   /** @type {import('vscode-languageclient/node').ServerOptions} */
-  const serverOptions = { command, args, transport: TransportKind.stdio, options: cwd ? { cwd } : {} };
+  // No `transport`: with TransportKind.stdio the client would append `--stdio` to the configured
+  // command. The server accepts that flag, but a user's own command (a wrapper script) may not; stdio
+  // is what an executable speaks when no transport is given.
+  const serverOptions = { command, args, options: cwd ? { cwd } : {} };
   /** @type {import('vscode-languageclient/node').LanguageClientOptions} */
   const clientOptions = {
     documentSelector: [
