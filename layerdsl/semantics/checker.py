@@ -23,6 +23,7 @@ from layerdsl.language.tables import (
     FORBIDDEN,
     INITS,
     NN_LAYERS,
+    OP_ALIASES,
     PYTHON_KEYWORDS,
     RESERVED,
 )
@@ -407,8 +408,7 @@ class LayerChecker:
                     "a sub is another spec's layer or a torch.nn layer written `nn.X(...)`",
                 )
             else:
-                hint = did_you_mean(call.func, list(self.program.layers) + [f"nn.{c}" for c in NN_LAYERS])
-                self.r.error(call.func_span, f"unknown layer '{call.func}'", hint)
+                self.r.error(call.func_span, f"unknown layer '{call.func}'", self._unknown_layer_hint(call.func))
         for value in [*call.args, *(k.value for k in call.kwargs)]:
             if isinstance(value, N.Call):
                 self.check_sub_call(value)
@@ -416,6 +416,16 @@ class LayerChecker:
                 value.kind = Kind.STR
             else:
                 self.check_construction_expr(value, "a sub's argument")
+
+    def _unknown_layer_hint(self, name: str) -> str:
+        """A close layer of this run if there is one; otherwise the likely cause, a layer of a spec file
+        that was not passed (then a close torch.nn layer is the second guess)."""
+        typo = did_you_mean(name, self.program.layers)
+        if typo:
+            return typo
+        hint = f"if '{name}' is defined in another spec file, pass that file too, or their folder"
+        close = did_you_mean(name, [f"nn.{c}" for c in NN_LAYERS])
+        return f"{hint}; or {close}" if close else hint
 
     def _check_layer_call(self, call: N.Call) -> None:
         target = self.program.layers[call.func]
@@ -479,7 +489,7 @@ class LayerChecker:
             if self.check_no_reductions(d):
                 continue
             self.check_expr(d, self.scope, in_forward=True)
-            if d.kind not in (Kind.INT, Kind.UNKNOWN):
+            if d.kind not in (Kind.INT, Kind.UNKNOWN) and not _has_unknown_name(d):
                 self.r.error(d.span, f"a dim must be an int, this is {_a(d.kind)}")
 
     def check_block(self, body: list[N.Stmt], scope: Scope, in_forward: bool) -> bool:
@@ -631,6 +641,7 @@ class LayerChecker:
             candidates = scope.names()
             hint = did_you_mean(name, candidates) or (problem[1] if problem else None)
             self.r.error(node.span, f"unknown name '{name}'", hint)
+            node.ref = Ref.UNKNOWN
         if not node.kind:
             node.kind = Kind.TENSOR
 
@@ -689,7 +700,7 @@ class LayerChecker:
                     self.r.error(node.func_span, f"'{node.func}' cannot be called", hint)
                 else:
                     subs = scope.names(Ref.SUB)
-                    suggestion = did_you_mean(node.func, list(CALLABLE) + subs)
+                    suggestion = alias_hint(node.func) or did_you_mean(node.func, list(CALLABLE) + subs)
                     self.r.error(
                         node.func_span,
                         f"unknown operation '{node.func}'",
@@ -969,6 +980,20 @@ def _a(kind: str) -> str:
 def _keyword(span: N.Span, word: str) -> N.Span:
     """The span of the keyword that starts a construct (not the whole, many-line block)."""
     return N.Span(span.line, span.col, span.line, span.col + len(word))
+
+
+def _has_unknown_name(expr: N.Expr) -> bool:
+    """Whether `expr` uses a name already reported unknown (its kind is a guess: no follow-on errors)."""
+    return any(isinstance(n, N.Name) and n.ref == Ref.UNKNOWN for n in walk(expr))
+
+
+def alias_hint(name: str) -> str | None:
+    """A hint by meaning for an operation spelt as other libraries spell it (`swish` → `silu`)."""
+    targets = OP_ALIASES.get(name.lower())
+    if not targets:
+        return None
+    ops = [f"'{t}'" for t in targets if t in CALLABLE]
+    return f"did you mean {' or '.join(ops)}?" if ops else f"write `{targets[0]}`"
 
 
 def _promote(a: Kind, b: Kind, op: str) -> Kind:
