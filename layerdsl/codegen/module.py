@@ -569,9 +569,10 @@ class LayerEmitter:
             expected = _substitute(d, sources, ex)
             if expected is None:
                 continue
+            stated = _src(d) if isinstance(d, N.Num) else f"{_src(d)} = {{{expected}}}"
             lines += [
                 f"if {actual} != {expected}:",
-                f'    raise ValueError(f"{where} has size {{{actual}}} at dim {pos}, expected {_src(d)} = {{{expected}}}")',
+                f'    raise ValueError(f"{where} has size {{{actual}}} at dim {pos}, expected {stated}")',
             ]
         return lines
 
@@ -589,6 +590,19 @@ def _substitute(d: N.Expr, sources: dict[str, str], ex: PyExpr) -> str | None:
     return text
 
 
+_NEGATED = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "=="}
+
+
+def _braces_escaped(text: str) -> str:
+    """`text` as literal text of an f-string."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _quoted(text: str) -> str:
+    """`text` as a double-quoted Python string literal's body, quoted."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
 def _indent(lines: list[str], n: int = 1) -> list[str]:
     return [("    " * n + line) if line else line for line in lines]
 
@@ -600,6 +614,20 @@ class StatementWriter:
         self.ex = ex
         self.sp = spelling
         self.layer = layer
+
+    def require(self, s: N.Require) -> list[str]:
+        """`require B > 1 if training, "..."`: one negated comparison (after the guard), then a ValueError
+        naming the layer, the requirement and where the spec states it, with the values compared."""
+        assert isinstance(s.cond, N.Compare) and self.layer is not None
+        left, right = s.cond.operands
+        failed = N.Compare(s.cond.span, [_NEGATED[s.cond.ops[0]]], [left, right])
+        test = self.ex(failed) if s.guard is None else f"{self.ex(s.guard)} and {self.ex(failed)}"
+        stated = _src(s.cond)
+        said = s.message.value if s.message is not None else f"requires {stated}"
+        where = f"{self.layer.path}:{s.span.line}"
+        text = _braces_escaped(f"{self.layer.name}: {said} (`require {stated}` at {where}; got ")
+        text += ", ".join(f"{_braces_escaped(_src(o))} = {{{self.ex(o)}}}" for o in (left, right) if not isinstance(o, N.Num))
+        return [f"if {test}:", f"    raise ValueError(f{_quoted(text + ')')})"]
 
     def block(self, body: list[N.Stmt]) -> list[str]:
         lines = []
@@ -636,4 +664,6 @@ class StatementWriter:
                 return lines
             case N.Return(values=vs):
                 return [f"return {', '.join(self.ex(v) for v in vs)}"]
+            case N.Require():
+                return self.require(s)
         raise TypeError(f"cannot emit {type(s).__name__}")

@@ -71,7 +71,7 @@ NN_LAYERS: dict[str, bool] = {
 }
 
 RESERVED = frozenset(
-    "layer param buffer transient sub let example forward backward update grad return if else and or not "
+    "layer param buffer transient sub let example forward backward update grad require return if else and or not "
     "true false none".split()
 )
 

@@ -14,6 +14,7 @@ from pathlib import PurePosixPath
 from layerdsl.diagnostics import Reporter, SpecError, did_you_mean
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import Kind, Ref
+from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import statements, sub_expressions, walk
 from layerdsl.language.naming import snake_case
 from layerdsl.language.ops import CALLABLE, OPS
@@ -27,6 +28,7 @@ from layerdsl.language.tables import (
     PYTHON_KEYWORDS,
     RESERVED,
 )
+from layerdsl.semantics.evaluate import NotConstant, evaluate, example_values
 from layerdsl.semantics.scopes import CONSTRUCTION, Scope, is_new_dim, merge_branches
 
 
@@ -552,6 +554,8 @@ class LayerChecker:
                 r2 = self.check_block(orelse, else_scope, in_forward) if orelse else False
                 self.partly_bound |= merge_branches(scope, then_scope, else_scope, r1, r2)
                 return r1 and r2
+            case N.Require():
+                self.check_require(stmt, scope, in_forward)
             case N.Return(values=values):
                 if not in_forward:
                     self.r.error(stmt.span, "backward gives gradients with `grad NAME = ...`, not return")
@@ -572,6 +576,49 @@ class LayerChecker:
                 if not isinstance(value, N.NoneLit):
                     self.check_expr(value, scope, in_forward)
         return False
+
+    def check_require(self, stmt: N.Require, scope: Scope, in_forward: bool) -> None:
+        """`require B > 1 if training, "..."`: one comparison of ints, a bool guard; a requirement of
+        arguments and lets only is checked against the example here."""
+        if not in_forward:
+            self.r.error(_keyword(stmt.span, "require"), "require is only allowed in forward")
+        cond, guard = stmt.cond, stmt.guard
+        self.check_expr(cond, scope, in_forward)
+        if not isinstance(cond, N.Compare) or len(cond.operands) != 2:
+            self.r.error(
+                cond.span, "require states one comparison", 'e.g. `require B > 1 if training, "a message"`'
+            )
+        elif any(o.kind not in (Kind.INT, Kind.UNKNOWN) for o in cond.operands):
+            bad = next(o for o in cond.operands if o.kind not in (Kind.INT, Kind.UNKNOWN))
+            self.r.error(
+                bad.span, f"require compares ints, this is {_a(bad.kind)}", "compare dims, int arguments or lets"
+            )
+        if guard is not None:
+            self.check_expr(guard, scope, in_forward)
+            if guard.kind not in (Kind.BOOL, Kind.UNKNOWN):
+                self.r.error(guard.span, f"a condition must be a bool, this is {_a(guard.kind)}")
+        if self.layer.decorators and any(d.name == "function" for d in self.layer.decorators):
+            self.r.error(
+                _keyword(stmt.span, "require"),
+                "require is not supported in @function layers yet",
+                "check the requirement in a layer that calls this one",
+            )
+        self.check_require_on_example(stmt)
+
+    def check_require_on_example(self, stmt: N.Require) -> None:
+        """A requirement the example's arguments decide is checked now, not at the first forward."""
+        env = example_values(self.layer)
+        try:
+            applies = stmt.guard is None or bool(evaluate(stmt.guard, env))
+            holds = bool(evaluate(stmt.cond, env))
+        except (NotConstant, ArithmeticError, TypeError):
+            return
+        if applies and not holds:
+            self.r.error(
+                stmt.cond.span,
+                f"the example breaks this requirement: {spec_text(stmt.cond)} is false",
+                stmt.message.value if stmt.message is not None else None,
+            )
 
     def check_no_reductions(self, node) -> bool:
         """`sum[i](...)` reductions belong to index statements only; reports one and returns True if found."""

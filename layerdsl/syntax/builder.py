@@ -299,6 +299,10 @@ class IRBuilder(Transformer):
     def return_stmt(self, meta, items):
         return N.Return(_span(meta), [v for v in items if v is not None])
 
+    def require(self, meta, items):
+        cond, guard, message = items
+        return N.Require(_span(meta), cond, guard, self.string(meta, [message]) if message is not None else None)
+
     def grad(self, meta, items):
         name, value = items
         return N.Grad(_span(meta), str(name), _tspan(name), value)
