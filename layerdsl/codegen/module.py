@@ -355,8 +355,11 @@ class LayerEmitter:
             if function_class["extra"]:  # the Function also returns intermediates it saves
                 n = function_class["n_outputs"]
                 call = f"{call}[0]" if n == 1 else f"{call}[:{n}]"
-            body = self.shape_checks(self.module_spelling(), on_self=True, bind=False) + [f"return {call}"]
-            return Func("forward", params, returns, doc, body)
+            requires = [s for s in fwd.body if isinstance(s, N.Require)]  # the Function's forward has none
+            spelling = self.module_spelling()
+            body = self.shape_checks(spelling, on_self=True, bind=bool(requires))
+            body += StatementWriter(PyExpr(spelling), spelling, self.layer).block(requires)
+            return Func("forward", params, returns, doc, body + [f"return {call}"])
         if functional is not None:
             call_args = [i.name for i in fwd.inputs] + [f"self.{t.name}" for t in self.layer.tensors]
             call_args += [
@@ -428,7 +431,7 @@ class LayerEmitter:
     def function_kwargs(self) -> list[str]:
         """What `<Name>Function.apply` takes besides tensors: the arguments and lets that forward or
         backward read directly, and `training`."""
-        used = self.names_used_by_forward()
+        used = self.names_used_by_forward(requires=False)  # the module checks them before `apply`
         if self.layer.backward is not None:
             used |= {n.id for s in self.layer.backward.body for n in walk(s) if isinstance(n, N.Name)}
         names = [a.name for a in self.stored_args if a.name in used]
@@ -437,9 +440,11 @@ class LayerEmitter:
             names.append("training")
         return names
 
-    def names_used_by_forward(self) -> set[str]:
+    def names_used_by_forward(self, requires: bool = True) -> set[str]:
         used = set()
         for stmt in self.layer.forward.body:
+            if isinstance(stmt, N.Require) and not requires:
+                continue
             for node in walk(stmt):
                 if isinstance(node, N.Name):
                     used.add("training" if node.ref == N.Ref.TRAINING else node.id)

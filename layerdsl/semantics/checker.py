@@ -597,12 +597,6 @@ class LayerChecker:
             self.check_expr(guard, scope, in_forward)
             if guard.kind not in (Kind.BOOL, Kind.UNKNOWN):
                 self.r.error(guard.span, f"a condition must be a bool, this is {_a(guard.kind)}")
-        if self.layer.decorators and any(d.name == "function" for d in self.layer.decorators):
-            self.r.error(
-                _keyword(stmt.span, "require"),
-                "require is not supported in @function layers yet",
-                "check the requirement in a layer that calls this one",
-            )
         self.check_require_on_example(stmt)
 
     def check_require_on_example(self, stmt: N.Require) -> None:
