@@ -161,9 +161,7 @@ def test_require_in_a_function_layer_is_checked_before_apply(tmp_path):
 def test_require_in_the_canonical_layout(tmp_path, capsys):
     spec = tmp_path / "a.layer"
     spec.write_text(
-        BATCH_NORM.replace(
-            'require B > 1 if training, "Expected', 'require   B>1  if training ,  "Expected'
-        ),
+        BATCH_NORM.replace('require B > 1 if training, "Expected', 'require   B>1  if training ,  "Expected'),
         encoding="utf-8",
     )
     assert main(["fmt", str(spec)]) == 0
@@ -173,8 +171,7 @@ def test_require_in_the_canonical_layout(tmp_path, capsys):
 def test_require_checks_the_example_statically(tmp_path, capsys):
     spec = tmp_path / "heads.layer"
     spec.write_text(
-        textwrap.dedent(
-            """\
+        textwrap.dedent("""\
             layer Heads(features: int, num_heads: int = 2) {
                 example(features = 8)
 
@@ -183,8 +180,7 @@ def test_require_checks_the_example_statically(tmp_path, capsys):
                     return x
                 }
             }
-            """
-        ),
+            """),
         encoding="utf-8",
     )
     assert main(["check", str(spec)]) == 0

@@ -355,7 +355,8 @@ class LayerEmitter:
             if function_class["extra"]:  # the Function also returns intermediates it saves
                 n = function_class["n_outputs"]
                 call = f"{call}[0]" if n == 1 else f"{call}[:{n}]"
-            requires = [s for s in fwd.body if isinstance(s, N.Require)]  # the Function's forward has none
+            # The Function's forward has no requirements: the module checks them before `apply`.
+            requires: list[N.Stmt] = [s for s in (fwd.body if fwd else []) if isinstance(s, N.Require)]
             spelling = self.module_spelling()
             body = self.shape_checks(spelling, on_self=True, bind=bool(requires))
             body += StatementWriter(PyExpr(spelling), spelling, self.layer).block(requires)
@@ -631,7 +632,9 @@ class StatementWriter:
         said = s.message.value if s.message is not None else f"requires {stated}"
         where = f"{self.layer.path}:{s.span.line}"
         text = _braces_escaped(f"{self.layer.name}: {said} (`require {stated}` at {where}; got ")
-        text += ", ".join(f"{_braces_escaped(_src(o))} = {{{self.ex(o)}}}" for o in (left, right) if not isinstance(o, N.Num))
+        text += ", ".join(
+            f"{_braces_escaped(_src(o))} = {{{self.ex(o)}}}" for o in (left, right) if not isinstance(o, N.Num)
+        )
         return [f"if {test}:", f"    raise ValueError(f{_quoted(text + ')')})"]
 
     def block(self, body: list[N.Stmt]) -> list[str]:

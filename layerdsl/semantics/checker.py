@@ -585,9 +585,7 @@ class LayerChecker:
         cond, guard = stmt.cond, stmt.guard
         self.check_expr(cond, scope, in_forward)
         if not isinstance(cond, N.Compare) or len(cond.operands) != 2:
-            self.r.error(
-                cond.span, "require states one comparison", 'e.g. `require B > 1 if training, "a message"`'
-            )
+            self.r.error(cond.span, "require states one comparison", 'e.g. `require B > 1 if training, "a message"`')
         elif any(o.kind not in (Kind.INT, Kind.UNKNOWN) for o in cond.operands):
             bad = next(o for o in cond.operands if o.kind not in (Kind.INT, Kind.UNKNOWN))
             self.r.error(
