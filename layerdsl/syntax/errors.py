@@ -190,9 +190,7 @@ def describe_syntax_error(exc: UnexpectedInput, source: str) -> tuple[Span, str,
         close = difflib.get_close_matches(tok.value.lower(), [*_MEMBER_START_WORDS, "transient"], n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'?" if close else _MEMBER_HINT
     elif tok.type == "NAME" and "RETURN" in accepts:
-        close = difflib.get_close_matches(
-            tok.value.lower(), ["return", "update", "grad", "require", "if"], n=1, cutoff=0.6
-        )
+        close = difflib.get_close_matches(tok.value.lower(), ["return", "update", "grad", "if"], n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'?" if close else _STMT_HINT
     if len(expected) <= 6:
         return span, f"{what}; expected {' or '.join(expected)}", hint
@@ -201,9 +199,7 @@ def describe_syntax_error(exc: UnexpectedInput, source: str) -> tuple[Span, str,
 
 _MEMBER_START_WORDS = ["param", "buffer", "sub", "let", "example", "forward", "backward"]
 # Words that start a declaration or a statement: never inside ( ) or [ ].
-_NEVER_IN_BRACKETS = frozenset(
-    _MEMBER_START_WORDS + ["transient", "update", "return", "grad", "require", "layer", "if"]
-)
+_NEVER_IN_BRACKETS = frozenset(_MEMBER_START_WORDS + ["transient", "update", "return", "grad", "layer", "if"])
 
 
 def _describe_eof(exc: UnexpectedInput, source: str, end: int) -> tuple[Span, str, str | None]:
