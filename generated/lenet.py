@@ -38,15 +38,15 @@ class LeNet(nn.Module):
             )
         if x.shape[1] != 1:
             raise ValueError(
-                f"LeNet: input 'x' has size {x.shape[1]} at dim 1, expected 1 = {1}"
+                f"LeNet: input 'x' has size {x.shape[1]} at dim 1, expected 1"
             )
         if x.shape[2] != 28:
             raise ValueError(
-                f"LeNet: input 'x' has size {x.shape[2]} at dim 2, expected 28 = {28}"
+                f"LeNet: input 'x' has size {x.shape[2]} at dim 2, expected 28"
             )
         if x.shape[3] != 28:
             raise ValueError(
-                f"LeNet: input 'x' has size {x.shape[3]} at dim 3, expected 28 = {28}"
+                f"LeNet: input 'x' has size {x.shape[3]} at dim 3, expected 28"
             )
         return self.classifier(torch.flatten(self.features(x), start_dim=1))
 

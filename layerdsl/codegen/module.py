@@ -359,8 +359,12 @@ class LayerEmitter:
             if function_class["extra"]:  # the Function also returns intermediates it saves
                 n = function_class["n_outputs"]
                 call = f"{call}[0]" if n == 1 else f"{call}[:{n}]"
-            body = self.shape_checks(self.module_spelling(), on_self=True, bind=False) + [f"return {call}"]
-            return Func("forward", params, returns, doc, body)
+            # The Function's forward has no requirements: the module checks them before `apply`.
+            requires: list[N.Stmt] = [s for s in (fwd.body if fwd else []) if isinstance(s, N.Require)]
+            spelling = self.module_spelling()
+            body = self.shape_checks(spelling, on_self=True, bind=bool(requires))
+            body += StatementWriter(PyExpr(spelling), spelling, self.layer).block(requires)
+            return Func("forward", params, returns, doc, body + [f"return {call}"])
         if functional is not None:
             call_args = [i.name for i in fwd.inputs] + [f"self.{t.name}" for t in self.layer.tensors]
             call_args += [
@@ -432,7 +436,7 @@ class LayerEmitter:
     def function_kwargs(self) -> list[str]:
         """What `<Name>Function.apply` takes besides tensors: the arguments and lets that forward or
         backward read directly, and `training`."""
-        used = self.names_used_by_forward()
+        used = self.names_used_by_forward(requires=False)  # the module checks them before `apply`
         if self.layer.backward is not None:
             used |= {n.id for s in self.layer.backward.body for n in walk(s) if isinstance(n, N.Name)}
         names = [a.name for a in self.stored_args if a.name in used]
@@ -441,9 +445,11 @@ class LayerEmitter:
             names.append("training")
         return names
 
-    def names_used_by_forward(self) -> set[str]:
+    def names_used_by_forward(self, requires: bool = True) -> set[str]:
         used = set()
         for stmt in self.forward.body:
+            if isinstance(stmt, N.Require) and not requires:
+                continue
             for node in walk(stmt):
                 if isinstance(node, N.Name):
                     used.add("training" if node.ref == N.Ref.TRAINING else node.id)
@@ -575,9 +581,10 @@ class LayerEmitter:
             expected = _substitute(d, sources, ex)
             if expected is None:
                 continue
+            stated = _src(d) if isinstance(d, N.Num) else f"{_src(d)} = {{{expected}}}"
             lines += [
                 f"if {actual} != {expected}:",
-                f'    raise ValueError(f"{where} has size {{{actual}}} at dim {pos}, expected {_src(d)} = {{{expected}}}")',
+                f'    raise ValueError(f"{where} has size {{{actual}}} at dim {pos}, expected {stated}")',
             ]
         return lines
 
@@ -595,6 +602,19 @@ def _substitute(d: N.Expr, sources: dict[str, str], ex: PyExpr) -> str | None:
     return text
 
 
+_NEGATED = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "=="}
+
+
+def _braces_escaped(text: str) -> str:
+    """`text` as literal text of an f-string."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _quoted(text: str) -> str:
+    """`text` as a double-quoted Python string literal's body, quoted."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
 def _indent(lines: list[str], n: int = 1) -> list[str]:
     return [("    " * n + line) if line else line for line in lines]
 
@@ -606,6 +626,22 @@ class StatementWriter:
         self.ex = ex
         self.sp = spelling
         self.layer = layer
+
+    def require(self, s: N.Require) -> list[str]:
+        """`require B > 1 if training, "..."`: one negated comparison (after the guard), then a ValueError
+        naming the layer, the requirement and where the spec states it, with the values compared."""
+        assert isinstance(s.cond, N.Compare) and self.layer is not None
+        left, right = s.cond.operands
+        failed = N.Compare(s.cond.span, [_NEGATED[s.cond.ops[0]]], [left, right])
+        test = self.ex(failed) if s.guard is None else f"{self.ex(s.guard)} and {self.ex(failed)}"
+        stated = _src(s.cond)
+        said = s.message.value if s.message is not None else f"requires {stated}"
+        where = f"{self.layer.path}:{s.span.line}"
+        text = _braces_escaped(f"{self.layer.name}: {said} (`require {stated}` at {where}; got ")
+        text += ", ".join(
+            f"{_braces_escaped(_src(o))} = {{{self.ex(o)}}}" for o in (left, right) if not isinstance(o, N.Num)
+        )
+        return [f"if {test}:", f"    raise ValueError(f{_quoted(text + ')')})"]
 
     def block(self, body: list[N.Stmt]) -> list[str]:
         lines = []
@@ -642,4 +678,6 @@ class StatementWriter:
                 return lines
             case N.Return(values=vs):
                 return [f"return {', '.join(self.ex(v) for v in vs)}"]
+            case N.Require():
+                return self.require(s)
         raise TypeError(f"cannot emit {type(s).__name__}")

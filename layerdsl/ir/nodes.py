@@ -245,6 +245,16 @@ class If(Stmt):
 
 
 @dataclass(eq=False)
+class Require(Stmt):
+    """`require B > 1 if training, "message"`: one integer comparison that must hold when `guard` does (always
+    when it is None); the generated forward raises a ValueError naming the layer when it fails."""
+
+    cond: Expr
+    guard: Expr | None
+    message: Str | None
+
+
+@dataclass(eq=False)
 class Return(Stmt):
     values: list[Expr]
 

@@ -71,7 +71,7 @@ NN_LAYERS: dict[str, bool] = {
 }
 
 RESERVED = frozenset(
-    "layer param buffer transient sub let example forward backward update grad return if else and or not "
+    "layer param buffer transient sub let example forward backward update grad require return if else and or not "
     "true false none".split()
 )
 
@@ -160,3 +160,39 @@ CONSTANTS = {"pi": "math.pi", "inf": "math.inf"}
 
 ARG_TYPES = ("int", "float", "bool", "str")
 DTYPES = {"float": None, "long": "torch.long", "int": "torch.int", "bool": "torch.bool"}
+
+# Names other libraries give to what the language spells differently: an unknown operation with one of these
+# names gets a hint by meaning, not by spelling. The value is what to write: an operation of the table, or a
+# short text (a torch.nn layer to declare as a sub, or an expression).
+OP_ALIASES: dict[str, tuple[str, ...]] = {
+    "swish": ("silu",),
+    "gelu_tanh": ("gelu",),
+    "gelu_new": ("gelu",),
+    "approx_gelu": ("gelu",),
+    "soft_plus": ("softplus",),
+    "softrelu": ("softplus",),
+    "smooth_relu": ("softplus",),
+    "logistic": ("sigmoid",),
+    "expit": ("sigmoid",),
+    "ln": ("log",),
+    "absolute": ("abs",),
+    "power": ("pow",),
+    "clip": ("clamp",),
+    "hardtanh": ("clamp",),
+    "max": ("amax", "maximum"),
+    "min": ("amin", "minimum"),
+    "concat": ("cat",),
+    "concatenate": ("cat",),
+    "permute": ("transpose",),
+    "view": ("reshape",),
+    "mm": ("matmul",),
+    "bmm": ("matmul",),
+    "einsum": ("y[b, k] = sum[i](w[i, k] * x[b, i])",),
+    "layer_norm": ("sub norm = nn.LayerNorm(...)",),
+    "layernorm": ("sub norm = nn.LayerNorm(...)",),
+    "batch_norm": ("sub norm = nn.BatchNorm1d(...)",),
+    "group_norm": ("sub norm = nn.GroupNorm(...)",),
+    "linear": ("sub fc = nn.Linear(...)",),
+    "square": ("x ** 2",),
+    "reciprocal": ("1 / x",),
+}

@@ -14,6 +14,7 @@ from pathlib import PurePosixPath
 from layerdsl.diagnostics import Reporter, SpecError, did_you_mean
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import Kind, Ref
+from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import statements, sub_expressions, walk
 from layerdsl.language.naming import snake_case
 from layerdsl.language.ops import CALLABLE, OPS
@@ -23,9 +24,11 @@ from layerdsl.language.tables import (
     FORBIDDEN,
     INITS,
     NN_LAYERS,
+    OP_ALIASES,
     PYTHON_KEYWORDS,
     RESERVED,
 )
+from layerdsl.semantics.evaluate import NotConstant, evaluate, example_values
 from layerdsl.semantics.scopes import CONSTRUCTION, Scope, is_new_dim, merge_branches
 
 
@@ -407,8 +410,7 @@ class LayerChecker:
                     "a sub is another spec's layer or a torch.nn layer written `nn.X(...)`",
                 )
             else:
-                hint = did_you_mean(call.func, list(self.program.layers) + [f"nn.{c}" for c in NN_LAYERS])
-                self.r.error(call.func_span, f"unknown layer '{call.func}'", hint)
+                self.r.error(call.func_span, f"unknown layer '{call.func}'", self._unknown_layer_hint(call.func))
         for value in [*call.args, *(k.value for k in call.kwargs)]:
             if isinstance(value, N.Call):
                 self.check_sub_call(value)
@@ -416,6 +418,16 @@ class LayerChecker:
                 value.kind = Kind.STR
             else:
                 self.check_construction_expr(value, "a sub's argument")
+
+    def _unknown_layer_hint(self, name: str) -> str:
+        """A close layer of this run if there is one; otherwise the likely cause, a layer of a spec file
+        that was not passed (then a close torch.nn layer is the second guess)."""
+        typo = did_you_mean(name, self.program.layers)
+        if typo:
+            return typo
+        hint = f"if '{name}' is defined in another spec file, pass that file too, or their folder"
+        close = did_you_mean(name, [f"nn.{c}" for c in NN_LAYERS])
+        return f"{hint}; or {close}" if close else hint
 
     def _check_layer_call(self, call: N.Call) -> None:
         target = self.program.layers[call.func]
@@ -479,7 +491,7 @@ class LayerChecker:
             if self.check_no_reductions(d):
                 continue
             self.check_expr(d, self.scope, in_forward=True)
-            if d.kind not in (Kind.INT, Kind.UNKNOWN):
+            if d.kind not in (Kind.INT, Kind.UNKNOWN) and not _has_unknown_name(d):
                 self.r.error(d.span, f"a dim must be an int, this is {_a(d.kind)}")
 
     def check_block(self, body: list[N.Stmt], scope: Scope, in_forward: bool) -> bool:
@@ -542,6 +554,8 @@ class LayerChecker:
                 r2 = self.check_block(orelse, else_scope, in_forward) if orelse else False
                 self.partly_bound |= merge_branches(scope, then_scope, else_scope, r1, r2)
                 return r1 and r2
+            case N.Require():
+                self.check_require(stmt, scope, in_forward)
             case N.Return(values=values):
                 if not in_forward:
                     self.r.error(stmt.span, "backward gives gradients with `grad NAME = ...`, not return")
@@ -562,6 +576,41 @@ class LayerChecker:
                 if not isinstance(value, N.NoneLit):
                     self.check_expr(value, scope, in_forward)
         return False
+
+    def check_require(self, stmt: N.Require, scope: Scope, in_forward: bool) -> None:
+        """`require B > 1 if training, "..."`: one comparison of ints, a bool guard; a requirement of
+        arguments and lets only is checked against the example here."""
+        if not in_forward:
+            self.r.error(_keyword(stmt.span, "require"), "require is only allowed in forward")
+        cond, guard = stmt.cond, stmt.guard
+        self.check_expr(cond, scope, in_forward)
+        if not isinstance(cond, N.Compare) or len(cond.operands) != 2:
+            self.r.error(cond.span, "require states one comparison", 'e.g. `require B > 1 if training, "a message"`')
+        elif any(o.kind not in (Kind.INT, Kind.UNKNOWN) for o in cond.operands):
+            bad = next(o for o in cond.operands if o.kind not in (Kind.INT, Kind.UNKNOWN))
+            self.r.error(
+                bad.span, f"require compares ints, this is {_a(bad.kind)}", "compare dims, int arguments or lets"
+            )
+        if guard is not None:
+            self.check_expr(guard, scope, in_forward)
+            if guard.kind not in (Kind.BOOL, Kind.UNKNOWN):
+                self.r.error(guard.span, f"a condition must be a bool, this is {_a(guard.kind)}")
+        self.check_require_on_example(stmt)
+
+    def check_require_on_example(self, stmt: N.Require) -> None:
+        """A requirement the example's arguments decide is checked now, not at the first forward."""
+        env = example_values(self.layer)
+        try:
+            applies = stmt.guard is None or bool(evaluate(stmt.guard, env))
+            holds = bool(evaluate(stmt.cond, env))
+        except (NotConstant, ArithmeticError, TypeError):
+            return
+        if applies and not holds:
+            self.r.error(
+                stmt.cond.span,
+                f"the example breaks this requirement: {spec_text(stmt.cond)} is false",
+                stmt.message.value if stmt.message is not None else None,
+            )
 
     def check_no_reductions(self, node) -> bool:
         """`sum[i](...)` reductions belong to index statements only; reports one and returns True if found."""
@@ -631,6 +680,7 @@ class LayerChecker:
             candidates = scope.names()
             hint = did_you_mean(name, candidates) or (problem[1] if problem else None)
             self.r.error(node.span, f"unknown name '{name}'", hint)
+            node.ref = Ref.UNKNOWN
         if not node.kind:
             node.kind = Kind.TENSOR
 
@@ -689,7 +739,7 @@ class LayerChecker:
                     self.r.error(node.func_span, f"'{node.func}' cannot be called", hint)
                 else:
                     subs = scope.names(Ref.SUB)
-                    suggestion = did_you_mean(node.func, list(CALLABLE) + subs)
+                    suggestion = alias_hint(node.func) or did_you_mean(node.func, list(CALLABLE) + subs)
                     self.r.error(
                         node.func_span,
                         f"unknown operation '{node.func}'",
@@ -969,6 +1019,20 @@ def _a(kind: str) -> str:
 def _keyword(span: N.Span, word: str) -> N.Span:
     """The span of the keyword that starts a construct (not the whole, many-line block)."""
     return N.Span(span.line, span.col, span.line, span.col + len(word))
+
+
+def _has_unknown_name(expr: N.Expr) -> bool:
+    """Whether `expr` uses a name already reported unknown (its kind is a guess: no follow-on errors)."""
+    return any(isinstance(n, N.Name) and n.ref == Ref.UNKNOWN for n in walk(expr))
+
+
+def alias_hint(name: str) -> str | None:
+    """A hint by meaning for an operation spelt as other libraries spell it (`swish` → `silu`)."""
+    targets = OP_ALIASES.get(name.lower())
+    if not targets:
+        return None
+    ops = [f"'{t}'" for t in targets if t in CALLABLE]
+    return f"did you mean {' or '.join(ops)}?" if ops else f"write `{targets[0]}`"
 
 
 def _promote(a: Kind, b: Kind, op: str) -> Kind:

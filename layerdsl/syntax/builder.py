@@ -14,7 +14,15 @@ from lark import Token, Transformer, Tree, v_args
 
 from layerdsl.diagnostics import Reporter, Span, did_you_mean
 from layerdsl.ir import nodes as N
-from layerdsl.language.tables import DTYPES
+from layerdsl.language.ops import REDUCTIONS
+from layerdsl.language.tables import DTYPES, OP_ALIASES
+
+
+def _reduction_hint(name: str) -> str:
+    """`max[d](...)`: the reduction meant (by meaning, then by spelling), and the list of reductions."""
+    meant = [t for t in OP_ALIASES.get(name.lower(), ()) if t in REDUCTIONS]
+    close = f"did you mean '{meant[0]}'? " if meant else (did_you_mean(name, REDUCTIONS) or "") + " "
+    return close.lstrip() + "the reductions are " + ", ".join(f"{r}[...]" for r in REDUCTIONS)
 
 
 def _span(meta) -> Span:
@@ -86,7 +94,7 @@ class IRBuilder(Transformer):
             self.r.error(chain.span, f"unknown name '{chain.dotted}'", hint)
         else:
             hint = (
-                "write transpose(x, -2, -1)"
+                f"write transpose({base}, -2, -1)"
                 if last in ("T", "mT")
                 else "dotted names exist only as `nn.X(...)` in a sub"
             )
@@ -291,6 +299,10 @@ class IRBuilder(Transformer):
     def return_stmt(self, meta, items):
         return N.Return(_span(meta), [v for v in items if v is not None])
 
+    def require(self, meta, items):
+        cond, guard, message = items
+        return N.Require(_span(meta), cond, guard, self.string(meta, [message]) if message is not None else None)
+
     def grad(self, meta, items):
         name, value = items
         return N.Grad(_span(meta), str(name), _tspan(name), value)
@@ -329,8 +341,12 @@ class IRBuilder(Transformer):
         match func:
             case N.Name(id=name, span=span):
                 return N.Call(_span(meta), name, span, args, kwargs)
-            case N.Subscript(value=N.Name(id=name), items=idx) if name in ("sum", "mean", "amax", "amin"):
+            case N.Subscript(value=N.Name(id=name), items=idx) if name in REDUCTIONS:
                 return self._reduce(meta, name, idx, args, kwargs)
+            case N.Subscript(value=N.Name(id=name, span=span), items=idx) if all(isinstance(i, N.Name) for i in idx):
+                # Reported once, then read as a sum so that its indices count as reduced (no follow-on errors).
+                self.r.error(span, f"'{name}[...]' is not a reduction", _reduction_hint(name))
+                return self._reduce(meta, "sum", idx, args, kwargs)
             case AttrChain(dotted=dotted, span=span):
                 return N.Call(_span(meta), dotted, span, args, kwargs)
         match func:

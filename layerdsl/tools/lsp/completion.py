@@ -17,7 +17,7 @@ from layerdsl.tools.lsp.navigation import layer_at
 from layerdsl.tools.lsp.positions import from_position, text_lines
 
 MEMBER_KEYWORDS = ("param", "buffer", "transient", "sub", "let", "example", "forward", "backward")
-STATEMENT_KEYWORDS = ("return", "if", "else", "update", "grad")
+STATEMENT_KEYWORDS = ("return", "if", "else", "update", "grad", "require")
 EXPRESSION_KEYWORDS = ("true", "false", "none", "and", "or", "not", "if")
 ARG_TYPES = ("int", "float", "bool", "str")
 DTYPE_NAMES = ("float", "long", "int", "bool")
