@@ -17,7 +17,7 @@ def bilinear_form(x1: Tensor, x2: Tensor, weight: Tensor, bias: Tensor) -> Tenso
         raise ValueError(
             f"BilinearForm: input 'x1' is on {x1.device} but the parameters are on {weight.device}"
         )
-    if x1.dtype != weight.dtype and not torch.is_autocast_enabled():
+    if x1.dtype != weight.dtype and not torch.is_autocast_enabled(x1.device.type):
         raise TypeError(
             f"BilinearForm: input 'x1' is {x1.dtype} but the parameters are {weight.dtype}"
         )
@@ -37,7 +37,7 @@ def bilinear_form(x1: Tensor, x2: Tensor, weight: Tensor, bias: Tensor) -> Tenso
         raise ValueError(
             f"BilinearForm: input 'x2' is on {x2.device} but the parameters are on {weight.device}"
         )
-    if x2.dtype != weight.dtype and not torch.is_autocast_enabled():
+    if x2.dtype != weight.dtype and not torch.is_autocast_enabled(x2.device.type):
         raise TypeError(
             f"BilinearForm: input 'x2' is {x2.dtype} but the parameters are {weight.dtype}"
         )

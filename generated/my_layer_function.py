@@ -21,7 +21,7 @@ def my_layer_functional(
         raise ValueError(
             f"MyLayerFunctional: input 'x' is on {x.device} but the parameters are on {weight.device}"
         )
-    if x.dtype != weight.dtype and not torch.is_autocast_enabled():
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
         raise TypeError(
             f"MyLayerFunctional: input 'x' is {x.dtype} but the parameters are {weight.dtype}"
         )
@@ -133,7 +133,9 @@ class MyLayerFunctional(nn.Module):
             raise ValueError(
                 f"MyLayerFunctional: input 'x' is on {x.device} but the parameters are on {self.weight.device}"
             )
-        if x.dtype != self.weight.dtype and not torch.is_autocast_enabled():
+        if x.dtype != self.weight.dtype and not torch.is_autocast_enabled(
+            x.device.type
+        ):
             raise TypeError(
                 f"MyLayerFunctional: input 'x' is {x.dtype} but the parameters are {self.weight.dtype}"
             )

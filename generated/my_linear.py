@@ -17,7 +17,7 @@ def my_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         raise ValueError(
             f"MyLinear: input 'x' is on {x.device} but the parameters are on {weight.device}"
         )
-    if x.dtype != weight.dtype and not torch.is_autocast_enabled():
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
         raise TypeError(
             f"MyLinear: input 'x' is {x.dtype} but the parameters are {weight.dtype}"
         )

@@ -19,7 +19,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         raise ValueError(
             f"Linear: input 'x' is on {x.device} but the parameters are on {weight.device}"
         )
-    if x.dtype != weight.dtype and not torch.is_autocast_enabled():
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
         raise TypeError(
             f"Linear: input 'x' is {x.dtype} but the parameters are {weight.dtype}"
         )

@@ -23,7 +23,7 @@ def quadratic_form(x: Tensor, weight: Tensor) -> Tensor:
         raise ValueError(
             f"QuadraticForm: input 'x' is on {x.device} but the parameters are on {weight.device}"
         )
-    if x.dtype != weight.dtype and not torch.is_autocast_enabled():
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
         raise TypeError(
             f"QuadraticForm: input 'x' is {x.dtype} but the parameters are {weight.dtype}"
         )
@@ -75,7 +75,7 @@ def quadratic_form_functional(x: Tensor, weight: Tensor) -> Tensor:
         raise ValueError(
             f"QuadraticFormFunctional: input 'x' is on {x.device} but the parameters are on {weight.device}"
         )
-    if x.dtype != weight.dtype and not torch.is_autocast_enabled():
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
         raise TypeError(
             f"QuadraticFormFunctional: input 'x' is {x.dtype} but the parameters are {weight.dtype}"
         )
@@ -155,7 +155,9 @@ class QuadraticFormFunctional(nn.Module):
             raise ValueError(
                 f"QuadraticFormFunctional: input 'x' is on {x.device} but the parameters are on {self.weight.device}"
             )
-        if x.dtype != self.weight.dtype and not torch.is_autocast_enabled():
+        if x.dtype != self.weight.dtype and not torch.is_autocast_enabled(
+            x.device.type
+        ):
             raise TypeError(
                 f"QuadraticFormFunctional: input 'x' is {x.dtype} but the parameters are {self.weight.dtype}"
             )

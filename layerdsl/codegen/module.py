@@ -570,7 +570,7 @@ class LayerEmitter:
         ]
         if self.has_unpromoting_op():
             lines += [
-                f"if {x}.dtype != {w}.dtype and not torch.is_autocast_enabled():",
+                f"if {x}.dtype != {w}.dtype and not torch.is_autocast_enabled({x}.device.type):",
                 f'    raise TypeError(f"{where} is {{{x}.dtype}} but the parameters are {{{w}.dtype}}")',
             ]
         return lines

@@ -218,3 +218,9 @@ def test_a_proven_output_gets_no_run_time_check():
     source = (ROOT / "specs" / "my_layer.layer").read_text(encoding="utf-8")
     spec = parse_file("my_layer.layer", source)
     assert "_out0" not in emit_file(spec, check_program([spec]), "my_layer.layer", {})
+
+
+def test_the_dtype_check_lets_autocast_through():
+    layer = _build(LET_BATCH)["Pairs"](3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(torch.ones(6, 3, dtype=torch.bfloat16)).shape == (6, 3)
