@@ -70,6 +70,17 @@ def shape_hints(shapes: LayerShapes) -> list[tuple[N.Span, str]]:
     return hints
 
 
+def binding_at(shapes: LayerShapes, line: int, col: int) -> Binding | None:
+    """The binding whose span holds the 1-based position `line:col` (the end column is exclusive), for
+    hover; None if none does."""
+    for b in shapes.bindings:
+        span = b.span
+        starts = (span.line, span.col) <= (line, col)
+        if starts and (line, col) < (span.end_line, span.end_col):
+            return b
+    return None
+
+
 class _ShapePass:
     def __init__(self, layer: N.Layer, layers: dict[str, N.Layer], reporter: Reporter, result: LayerShapes, lets: dict):
         self.layer = layer

@@ -14,7 +14,7 @@ from layerdsl.diagnostics import SpecError
 from layerdsl.driver.cli import main
 from layerdsl.semantics import shapes as S
 from layerdsl.semantics.checker import check_program
-from layerdsl.semantics.shape_check import shape_hints
+from layerdsl.semantics.shape_check import binding_at, shape_hints
 from layerdsl.syntax.parser import parse_expr, parse_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -224,3 +224,9 @@ def test_the_dtype_check_lets_autocast_through():
     layer = _build(LET_BATCH)["Pairs"](3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert layer(torch.ones(6, 3, dtype=torch.bfloat16)).shape == (6, 3)
+
+
+def test_binding_at_finds_the_shape_under_the_cursor():
+    shapes = _program(ROOT / "specs" / "channel_norm.layer").shapes["ChannelNorm"]
+    assert binding_at(shapes, 11, 9).shape == ("B", "channels", "1", "1")  # on `mu`
+    assert binding_at(shapes, 11, 8) is None
