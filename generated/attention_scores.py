@@ -11,6 +11,10 @@ __all__ = ["AttentionScores", "attention_scores"]
 
 def attention_scores(queries: Tensor, keys: Tensor, *, head_dim: int) -> Tensor:
     """Functional form of :class:`AttentionScores`."""
+    if not queries.is_floating_point():
+        raise TypeError(
+            f"AttentionScores: input 'queries' must be a floating-point tensor, got {queries.dtype}"
+        )
     if queries.dim() != 3:
         raise ValueError(
             f"AttentionScores: input 'queries' must have 3 dims [B, Q, head_dim], got {queries.dim()}"
@@ -18,6 +22,10 @@ def attention_scores(queries: Tensor, keys: Tensor, *, head_dim: int) -> Tensor:
     if queries.shape[2] != head_dim:
         raise ValueError(
             f"AttentionScores: input 'queries' has size {queries.shape[2]} at dim 2, expected head_dim = {head_dim}"
+        )
+    if not keys.is_floating_point():
+        raise TypeError(
+            f"AttentionScores: input 'keys' must be a floating-point tensor, got {keys.dtype}"
         )
     if keys.dim() != 3:
         raise ValueError(

@@ -9,6 +9,18 @@ __all__ = ["BilinearForm", "bilinear_form"]
 
 def bilinear_form(x1: Tensor, x2: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """Functional form of :class:`BilinearForm`."""
+    if not x1.is_floating_point():
+        raise TypeError(
+            f"BilinearForm: input 'x1' must be a floating-point tensor, got {x1.dtype}"
+        )
+    if x1.device != weight.device:
+        raise ValueError(
+            f"BilinearForm: input 'x1' is on {x1.device} but the parameters are on {weight.device}"
+        )
+    if x1.dtype != weight.dtype and not torch.is_autocast_enabled(x1.device.type):
+        raise TypeError(
+            f"BilinearForm: input 'x1' is {x1.dtype} but the parameters are {weight.dtype}"
+        )
     if x1.dim() != 2:
         raise ValueError(
             f"BilinearForm: input 'x1' must have 2 dims [B, in1_features], got {x1.dim()}"
@@ -16,6 +28,18 @@ def bilinear_form(x1: Tensor, x2: Tensor, weight: Tensor, bias: Tensor) -> Tenso
     if x1.shape[1] != weight.shape[1]:
         raise ValueError(
             f"BilinearForm: input 'x1' has size {x1.shape[1]} at dim 1, expected in1_features = {weight.shape[1]}"
+        )
+    if not x2.is_floating_point():
+        raise TypeError(
+            f"BilinearForm: input 'x2' must be a floating-point tensor, got {x2.dtype}"
+        )
+    if x2.device != weight.device:
+        raise ValueError(
+            f"BilinearForm: input 'x2' is on {x2.device} but the parameters are on {weight.device}"
+        )
+    if x2.dtype != weight.dtype and not torch.is_autocast_enabled(x2.device.type):
+        raise TypeError(
+            f"BilinearForm: input 'x2' is {x2.dtype} but the parameters are {weight.dtype}"
         )
     if x2.dim() != 2:
         raise ValueError(

@@ -9,6 +9,10 @@ __all__ = ["CenteredLayer", "centered_layer"]
 
 def centered_layer(x: Tensor) -> Tensor:
     """Functional form of :class:`CenteredLayer`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"CenteredLayer: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
     return x - torch.mean(x)
 
 

@@ -11,6 +11,14 @@ def channel_norm(
     x: Tensor, weight: Tensor, bias: Tensor, *, eps: float = 1e-5
 ) -> Tensor:
     """Functional form of :class:`ChannelNorm`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"ChannelNorm: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
+    if x.device != weight.device:
+        raise ValueError(
+            f"ChannelNorm: input 'x' is on {x.device} but the parameters are on {weight.device}"
+        )
     if x.dim() != 4:
         raise ValueError(
             f"ChannelNorm: input 'x' must have 4 dims [B, channels, H, W], got {x.dim()}"
@@ -141,6 +149,14 @@ class ChannelNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Shapes: x: [B, channels, H, W] -> [B, channels, H, W]."""
+        if not x.is_floating_point():
+            raise TypeError(
+                f"ChannelNorm: input 'x' must be a floating-point tensor, got {x.dtype}"
+            )
+        if x.device != self.weight.device:
+            raise ValueError(
+                f"ChannelNorm: input 'x' is on {x.device} but the parameters are on {self.weight.device}"
+            )
         if x.dim() != 4:
             raise ValueError(
                 f"ChannelNorm: input 'x' must have 4 dims [B, channels, H, W], got {x.dim()}"

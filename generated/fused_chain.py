@@ -9,6 +9,14 @@ __all__ = ["FusedChain", "fused_chain", "FusedChainFunction"]
 
 def fused_chain(x: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     """Functional form of :class:`FusedChain`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"FusedChain: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
+    if x.device != a.device:
+        raise ValueError(
+            f"FusedChain: input 'x' is on {x.device} but the parameters are on {a.device}"
+        )
     return torch.tanh(a * x + b) * torch.sigmoid(c * x)
 
 
@@ -82,6 +90,14 @@ class FusedChain(nn.Module):
         nn.init.ones_(self.c)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not x.is_floating_point():
+            raise TypeError(
+                f"FusedChain: input 'x' must be a floating-point tensor, got {x.dtype}"
+            )
+        if x.device != self.a.device:
+            raise ValueError(
+                f"FusedChain: input 'x' is on {x.device} but the parameters are on {self.a.device}"
+            )
         return FusedChainFunction.apply(x, self.a, self.b, self.c)
 
     def extra_repr(self) -> str:

@@ -9,6 +9,10 @@ __all__ = ["HalfFourier", "half_fourier"]
 
 def half_fourier(x: Tensor) -> Tensor:
     """Functional form of :class:`HalfFourier`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"HalfFourier: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
     if x.dim() < 1:
         raise ValueError(
             f"HalfFourier: input 'x' must have at least 1 dim [..., n], got {x.dim()}"

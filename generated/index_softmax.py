@@ -9,6 +9,10 @@ __all__ = ["IndexSoftmax", "index_softmax"]
 
 def index_softmax(x: Tensor) -> Tensor:
     """Functional form of :class:`IndexSoftmax`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"IndexSoftmax: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
     if x.dim() != 2:
         raise ValueError(
             f"IndexSoftmax: input 'x' must have 2 dims [B, N], got {x.dim()}"

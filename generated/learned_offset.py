@@ -9,6 +9,14 @@ __all__ = ["LearnedOffset", "learned_offset"]
 
 def learned_offset(x: Tensor, offset: Tensor) -> Tensor:
     """Functional form of :class:`LearnedOffset`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"LearnedOffset: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
+    if x.device != offset.device:
+        raise ValueError(
+            f"LearnedOffset: input 'x' is on {x.device} but the parameters are on {offset.device}"
+        )
     if x.dim() < 1:
         raise ValueError(
             f"LearnedOffset: input 'x' must have at least 1 dim [..., features], got {x.dim()}"

@@ -32,6 +32,10 @@ class LeNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Shapes: x: [B, 1, 28, 28] -> [B, num_classes]."""
+        if not x.is_floating_point():
+            raise TypeError(
+                f"LeNet: input 'x' must be a floating-point tensor, got {x.dtype}"
+            )
         if x.dim() != 4:
             raise ValueError(
                 f"LeNet: input 'x' must have 4 dims [B, 1, 28, 28], got {x.dim()}"

@@ -11,6 +11,18 @@ __all__ = ["MyLayer", "my_layer"]
 
 def my_layer(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """Functional form of :class:`MyLayer`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"MyLayer: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
+    if x.device != weight.device:
+        raise ValueError(
+            f"MyLayer: input 'x' is on {x.device} but the parameters are on {weight.device}"
+        )
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"MyLayer: input 'x' is {x.dtype} but the parameters are {weight.dtype}"
+        )
     if x.dim() < 1:
         raise ValueError(
             f"MyLayer: input 'x' must have at least 1 dim [..., in_features], got {x.dim()}"

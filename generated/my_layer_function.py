@@ -13,6 +13,18 @@ def my_layer_functional(
     x: Tensor, weight: Tensor, bias: Tensor | None = None
 ) -> Tensor:
     """Functional form of :class:`MyLayerFunctional`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"MyLayerFunctional: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
+    if x.device != weight.device:
+        raise ValueError(
+            f"MyLayerFunctional: input 'x' is on {x.device} but the parameters are on {weight.device}"
+        )
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"MyLayerFunctional: input 'x' is {x.dtype} but the parameters are {weight.dtype}"
+        )
     if x.dim() != 2:
         raise ValueError(
             f"MyLayerFunctional: input 'x' must have 2 dims [B, in_features], got {x.dim()}"
@@ -113,6 +125,20 @@ class MyLayerFunctional(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Shapes: x: [B, in_features] -> [B, out_features]."""
+        if not x.is_floating_point():
+            raise TypeError(
+                f"MyLayerFunctional: input 'x' must be a floating-point tensor, got {x.dtype}"
+            )
+        if x.device != self.weight.device:
+            raise ValueError(
+                f"MyLayerFunctional: input 'x' is on {x.device} but the parameters are on {self.weight.device}"
+            )
+        if x.dtype != self.weight.dtype and not torch.is_autocast_enabled(
+            x.device.type
+        ):
+            raise TypeError(
+                f"MyLayerFunctional: input 'x' is {x.dtype} but the parameters are {self.weight.dtype}"
+            )
         if x.dim() != 2:
             raise ValueError(
                 f"MyLayerFunctional: input 'x' must have 2 dims [B, in_features], got {x.dim()}"

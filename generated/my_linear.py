@@ -9,6 +9,18 @@ __all__ = ["MyLinear", "my_linear"]
 
 def my_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """Functional form of :class:`MyLinear`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"MyLinear: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
+    if x.device != weight.device:
+        raise ValueError(
+            f"MyLinear: input 'x' is on {x.device} but the parameters are on {weight.device}"
+        )
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"MyLinear: input 'x' is {x.dtype} but the parameters are {weight.dtype}"
+        )
     if x.dim() != 2:
         raise ValueError(
             f"MyLinear: input 'x' must have 2 dims [B, in_units], got {x.dim()}"

@@ -11,6 +11,18 @@ __all__ = ["Linear", "linear", "Perceptron"]
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """Functional form of :class:`Linear`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"Linear: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
+    if x.device != weight.device:
+        raise ValueError(
+            f"Linear: input 'x' is on {x.device} but the parameters are on {weight.device}"
+        )
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"Linear: input 'x' is {x.dtype} but the parameters are {weight.dtype}"
+        )
     if x.dim() < 1:
         raise ValueError(
             f"Linear: input 'x' must have at least 1 dim [..., in_features], got {x.dim()}"
@@ -89,6 +101,10 @@ class Perceptron(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Shapes: x: [B, in_features] -> [B, out_features]."""
+        if not x.is_floating_point():
+            raise TypeError(
+                f"Perceptron: input 'x' must be a floating-point tensor, got {x.dtype}"
+            )
         if x.dim() != 2:
             raise ValueError(
                 f"Perceptron: input 'x' must have 2 dims [B, in_features], got {x.dim()}"

@@ -15,6 +15,18 @@ __all__ = [
 
 def quadratic_form(x: Tensor, weight: Tensor) -> Tensor:
     """Functional form of :class:`QuadraticForm`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"QuadraticForm: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
+    if x.device != weight.device:
+        raise ValueError(
+            f"QuadraticForm: input 'x' is on {x.device} but the parameters are on {weight.device}"
+        )
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"QuadraticForm: input 'x' is {x.dtype} but the parameters are {weight.dtype}"
+        )
     if x.dim() != 2:
         raise ValueError(
             f"QuadraticForm: input 'x' must have 2 dims [B, in_features], got {x.dim()}"
@@ -55,6 +67,18 @@ class QuadraticForm(nn.Module):
 
 def quadratic_form_functional(x: Tensor, weight: Tensor) -> Tensor:
     """Functional form of :class:`QuadraticFormFunctional`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"QuadraticFormFunctional: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
+    if x.device != weight.device:
+        raise ValueError(
+            f"QuadraticFormFunctional: input 'x' is on {x.device} but the parameters are on {weight.device}"
+        )
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"QuadraticFormFunctional: input 'x' is {x.dtype} but the parameters are {weight.dtype}"
+        )
     if x.dim() != 2:
         raise ValueError(
             f"QuadraticFormFunctional: input 'x' must have 2 dims [B, in_features], got {x.dim()}"
@@ -123,6 +147,20 @@ class QuadraticFormFunctional(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Shapes: x: [B, in_features] -> [B, out_features]."""
+        if not x.is_floating_point():
+            raise TypeError(
+                f"QuadraticFormFunctional: input 'x' must be a floating-point tensor, got {x.dtype}"
+            )
+        if x.device != self.weight.device:
+            raise ValueError(
+                f"QuadraticFormFunctional: input 'x' is on {x.device} but the parameters are on {self.weight.device}"
+            )
+        if x.dtype != self.weight.dtype and not torch.is_autocast_enabled(
+            x.device.type
+        ):
+            raise TypeError(
+                f"QuadraticFormFunctional: input 'x' is {x.dtype} but the parameters are {self.weight.dtype}"
+            )
         if x.dim() != 2:
             raise ValueError(
                 f"QuadraticFormFunctional: input 'x' must have 2 dims [B, in_features], got {x.dim()}"

@@ -9,6 +9,14 @@ __all__ = ["RMSNorm", "rms_norm"]
 
 def rms_norm(x: Tensor, weight: Tensor, *, eps: float = 1e-6) -> Tensor:
     """Functional form of :class:`RMSNorm`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"RMSNorm: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
+    if x.device != weight.device:
+        raise ValueError(
+            f"RMSNorm: input 'x' is on {x.device} but the parameters are on {weight.device}"
+        )
     if x.dim() < 1:
         raise ValueError(
             f"RMSNorm: input 'x' must have at least 1 dim [..., dim], got {x.dim()}"

@@ -9,6 +9,14 @@ __all__ = ["RMSNormFunctional", "rms_norm_functional", "RMSNormFunctionalFunctio
 
 def rms_norm_functional(x: Tensor, weight: Tensor, *, eps: float = 1e-6) -> Tensor:
     """Functional form of :class:`RMSNormFunctional`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"RMSNormFunctional: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
+    if x.device != weight.device:
+        raise ValueError(
+            f"RMSNormFunctional: input 'x' is on {x.device} but the parameters are on {weight.device}"
+        )
     if x.dim() < 1:
         raise ValueError(
             f"RMSNormFunctional: input 'x' must have at least 1 dim [..., dim], got {x.dim()}"
@@ -92,6 +100,14 @@ class RMSNormFunctional(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Shapes: x: [..., dim] -> [..., dim]."""
+        if not x.is_floating_point():
+            raise TypeError(
+                f"RMSNormFunctional: input 'x' must be a floating-point tensor, got {x.dtype}"
+            )
+        if x.device != self.weight.device:
+            raise ValueError(
+                f"RMSNormFunctional: input 'x' is on {x.device} but the parameters are on {self.weight.device}"
+            )
         if x.dim() < 1:
             raise ValueError(
                 f"RMSNormFunctional: input 'x' must have at least 1 dim [..., dim], got {x.dim()}"

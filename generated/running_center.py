@@ -32,6 +32,10 @@ class RunningCenter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Shapes: x: [B, num_features] -> [B, num_features]."""
+        if not x.is_floating_point():
+            raise TypeError(
+                f"RunningCenter: input 'x' must be a floating-point tensor, got {x.dtype}"
+            )
         if x.dim() != 2:
             raise ValueError(
                 f"RunningCenter: input 'x' must have 2 dims [B, num_features], got {x.dim()}"

@@ -9,6 +9,14 @@ __all__ = ["ScaledTanh", "scaled_tanh", "ScaledTanhFunction"]
 
 def scaled_tanh(x: Tensor, scale: Tensor) -> Tensor:
     """Functional form of :class:`ScaledTanh`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"ScaledTanh: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
+    if x.device != scale.device:
+        raise ValueError(
+            f"ScaledTanh: input 'x' is on {x.device} but the parameters are on {scale.device}"
+        )
     if x.dim() != 2:
         raise ValueError(
             f"ScaledTanh: input 'x' must have 2 dims [B, features], got {x.dim()}"
@@ -72,6 +80,14 @@ class ScaledTanh(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Shapes: x: [B, features] -> [B, features]."""
+        if not x.is_floating_point():
+            raise TypeError(
+                f"ScaledTanh: input 'x' must be a floating-point tensor, got {x.dtype}"
+            )
+        if x.device != self.scale.device:
+            raise ValueError(
+                f"ScaledTanh: input 'x' is on {x.device} but the parameters are on {self.scale.device}"
+            )
         if x.dim() != 2:
             raise ValueError(
                 f"ScaledTanh: input 'x' must have 2 dims [B, features], got {x.dim()}"

@@ -9,6 +9,10 @@ __all__ = ["SigmoidActivation", "sigmoid_activation"]
 
 def sigmoid_activation(x: Tensor) -> Tensor:
     """Functional form of :class:`SigmoidActivation`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"SigmoidActivation: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
     return 1 / (1 + torch.exp(-x))
 
 

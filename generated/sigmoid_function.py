@@ -9,6 +9,10 @@ __all__ = ["SigmoidFunction", "sigmoid_function", "SigmoidFunctionFunction"]
 
 def sigmoid_function(x: Tensor) -> Tensor:
     """Functional form of :class:`SigmoidFunction`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"SigmoidFunction: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
     return torch.sigmoid(x)
 
 
@@ -49,6 +53,10 @@ class SigmoidFunction(nn.Module):
         super().__init__()
 
     def forward(self, x: Tensor) -> Tensor:
+        if not x.is_floating_point():
+            raise TypeError(
+                f"SigmoidFunction: input 'x' must be a floating-point tensor, got {x.dtype}"
+            )
         return SigmoidFunctionFunction.apply(x)
 
     def extra_repr(self) -> str:

@@ -16,6 +16,10 @@ __all__ = [
 
 def gradient_reversal(x: Tensor) -> Tensor:
     """Functional form of :class:`GradientReversal`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"GradientReversal: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
     return x * 1
 
 
@@ -56,6 +60,10 @@ class GradientReversal(nn.Module):
         self.scale = scale
 
     def forward(self, x: Tensor) -> Tensor:
+        if not x.is_floating_point():
+            raise TypeError(
+                f"GradientReversal: input 'x' must be a floating-point tensor, got {x.dtype}"
+            )
         return GradientReversalFunction.apply(x, self.scale)
 
     def extra_repr(self) -> str:
@@ -64,6 +72,10 @@ class GradientReversal(nn.Module):
 
 def straight_through_round(x: Tensor) -> Tensor:
     """Functional form of :class:`StraightThroughRound`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"StraightThroughRound: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
     return torch.round(x)
 
 
@@ -102,6 +114,10 @@ class StraightThroughRound(nn.Module):
         super().__init__()
 
     def forward(self, x: Tensor) -> Tensor:
+        if not x.is_floating_point():
+            raise TypeError(
+                f"StraightThroughRound: input 'x' must be a floating-point tensor, got {x.dtype}"
+            )
         return StraightThroughRoundFunction.apply(x)
 
     def extra_repr(self) -> str:

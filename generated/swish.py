@@ -9,6 +9,14 @@ __all__ = ["Swish", "swish"]
 
 def swish(x: Tensor, beta: Tensor) -> Tensor:
     """Functional form of :class:`Swish`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"Swish: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
+    if x.device != beta.device:
+        raise ValueError(
+            f"Swish: input 'x' is on {x.device} but the parameters are on {beta.device}"
+        )
     if x.dim() < 1:
         raise ValueError(
             f"Swish: input 'x' must have at least 1 dim [..., num_features], got {x.dim()}"

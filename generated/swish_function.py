@@ -9,6 +9,14 @@ __all__ = ["SwishFunctional", "swish_functional", "SwishFunctionalFunction"]
 
 def swish_functional(x: Tensor, beta: Tensor) -> Tensor:
     """Functional form of :class:`SwishFunctional`."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"SwishFunctional: input 'x' must be a floating-point tensor, got {x.dtype}"
+        )
+    if x.device != beta.device:
+        raise ValueError(
+            f"SwishFunctional: input 'x' is on {x.device} but the parameters are on {beta.device}"
+        )
     if x.dim() < 1:
         raise ValueError(
             f"SwishFunctional: input 'x' must have at least 1 dim [..., num_features], got {x.dim()}"
@@ -76,6 +84,14 @@ class SwishFunctional(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Shapes: x: [..., num_features] -> [..., num_features]."""
+        if not x.is_floating_point():
+            raise TypeError(
+                f"SwishFunctional: input 'x' must be a floating-point tensor, got {x.dtype}"
+            )
+        if x.device != self.beta.device:
+            raise ValueError(
+                f"SwishFunctional: input 'x' is on {x.device} but the parameters are on {self.beta.device}"
+            )
         if x.dim() < 1:
             raise ValueError(
                 f"SwishFunctional: input 'x' must have at least 1 dim [..., num_features], got {x.dim()}"

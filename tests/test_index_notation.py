@@ -83,12 +83,12 @@ layer Mix(n: int, m: int) {
     param w: [m, m] = ones
     example(n = 3, m = 3)
 
-    forward(x: [B, n]) -> [B, m] {
+    forward(x) {
         y[b, k] = sum[i](x[b, i] * w[i, k])
         return y
     }
 }
-"""
+"""  # `x` has no declared shape, so the sizes of `i` are compared at run time (declared, it is a static error)
 
 
 def _build(source: str) -> dict:

@@ -8,6 +8,7 @@ the file is laid out. Expressions are rendered by `pyexpr`, optional members are
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import jinja2
@@ -155,6 +156,8 @@ class LayerEmitter:
         self.optional = {t.name for t in layer.tensors if t.cond is not None}
         self.shared_cond = {t.name for t in layer.tensors if isinstance(t.cond, N.Name) and t.cond.id == t.name}
         self.stored_args = [a for a in layer.args if a.name not in self.shared_cond]
+        # Each dim's Python expression, as the input checks bind it: the output checks compare against these.
+        self.dim_sources: dict[str, str] = {}
 
     # -- the pieces
 
@@ -364,7 +367,8 @@ class LayerEmitter:
             spelling = self.module_spelling()
             body = self.shape_checks(spelling, on_self=True, bind=bool(requires))
             body += StatementWriter(PyExpr(spelling), spelling, self.layer).block(requires)
-            return Func("forward", params, returns, doc, body + [f"return {call}"])
+            body += self.output_checks([call]) or [f"return {call}"]
+            return Func("forward", params, returns, doc, body)
         if functional is not None:
             call_args = [i.name for i in fwd.inputs] + [f"self.{t.name}" for t in self.layer.tensors]
             call_args += [
@@ -499,7 +503,11 @@ class LayerEmitter:
                 if let.name in used or any(let.name in names_read(l.value) for l in self.layer.lets if l.name in used):
                     lines.append(f"{let.name} = {ex(let.value)}")
         body = hoist_optionals(copy.deepcopy(self.forward.body), self.optional, self.taken_names())
-        lines += StatementWriter(ex, spelling, self.layer).block(body)
+
+        def checks(ret: N.Return) -> list[str] | None:
+            return self.output_checks([ex(v) for v in ret.values])
+
+        lines += StatementWriter(ex, spelling, self.layer, checks).block(body)
         return lines
 
     def taken_names(self) -> set[str]:
@@ -540,11 +548,108 @@ class LayerEmitter:
                 for j, d in enumerate(t.shape.dims):
                     if isinstance(d, N.Name) and d.id not in sources:
                         sources[d.id] = f"{t.name}.shape[{j}]"
+        for let in layer.lets:  # a dim bound through a `let` is checked like the arguments it is made of
+            if let.value.kind == N.Kind.INT:
+                value = f"self.{let.name}" if on_self else _substitute(let.value, sources, ex)
+                if value is not None:
+                    sources[let.name] = value if on_self or isinstance(let.value, N.Name) else f"({value})"
         used_in_body = self.names_used_by_forward() if bind else set()
         lines: list[str] = []
         for inp in self.forward.inputs:
+            lines += self.type_checks(inp, ex)
             if inp.shape is not None:
                 lines += self.input_checks(inp.shape, inp, sources, used_in_body, ex)
+        self.dim_sources = sources
+        return lines
+
+    def type_checks(self, inp: N.Input, ex: PyExpr) -> list[str]:
+        """A float input must be a floating-point tensor on the parameters' device (and, where an operation
+        does not promote dtypes, of their dtype): the layer's own error rather than torch's."""
+        if inp.dtype != "float":
+            return []
+        where = f"{self.layer.name}: input '{inp.name}'"
+        x = inp.name
+        lines = [
+            f"if not {x}.is_floating_point():",
+            f'    raise TypeError(f"{where} must be a floating-point tensor, got {{{x}.dtype}}")',
+        ]
+        param = next((t for t in self.layer.params if t.cond is None), None)
+        if param is None:
+            return lines
+        w = ex(N.Name(N.NOWHERE, param.name))
+        lines += [
+            f"if {x}.device != {w}.device:",
+            f'    raise ValueError(f"{where} is on {{{x}.device}} but the parameters are on {{{w}.device}}")',
+        ]
+        if self.has_unpromoting_op():
+            lines += [
+                f"if {x}.dtype != {w}.dtype and not torch.is_autocast_enabled({x}.device.type):",
+                f'    raise TypeError(f"{where} is {{{x}.dtype}} but the parameters are {{{w}.dtype}}")',
+            ]
+        return lines
+
+    def has_unpromoting_op(self) -> bool:
+        """Whether forward multiplies matrices (`@`, convolutions, sums of products, subs): torch does not
+        promote dtypes there."""
+        for stmt in self.forward.body:
+            for node in walk(stmt):
+                if isinstance(node, N.BinOp) and node.op == "@":
+                    return True
+                if isinstance(node, N.Reduce) and node.op == "sum" and isinstance(node.body, N.BinOp):
+                    if node.body.op == "*":
+                        return True  # a sum of products is an einsum
+                if isinstance(node, N.Call) and node.func in ("matmul", "conv1d", "conv2d"):
+                    return True
+        return bool(self.layer.subs)
+
+    def output_checks(self, values: list[str]) -> list[str] | None:
+        """`return a, b` with a check of each declared output the static shape pass could not prove; None
+        when every one is proven (then the return is written as it is)."""
+        fwd = self.layer.forward
+        shapes = self.program.shapes.get(self.layer.name)
+        if (
+            fwd is None
+            or fwd.outputs is None
+            or shapes is None
+            or not shapes.unproven
+            or len(values) not in (1, len(fwd.outputs))
+        ):
+            return None
+        outs = [f"_out{k}" for k in range(len(fwd.outputs))]
+        if len(values) == len(outs):
+            lines = [f"{out} = {v}" for out, v in zip(outs, values)]
+        else:  # one call that returns every output
+            lines = [f"{', '.join(outs)} = {values[0]}"]
+        for k in sorted(shapes.unproven):
+            lines += self.output_check(f"_out{k}", fwd.outputs[k], k)
+        return lines + [f"return {', '.join(outs)}"]
+
+    def output_check(self, out: str, shape: N.Shape, k: int) -> list[str]:
+        """One output against its declared shape: its rank, then each dim whose size is known here."""
+        sources = self.dim_sources
+        ex = PyExpr(Spelling())
+        dims = shape.dims
+        declared = "[" + ", ".join("..." if isinstance(d, N.EllipsisItem) else _src(d) for d in dims) + "]"
+        several = self.layer.forward is not None and len(self.layer.forward.outputs or []) > 1
+        where = f"{self.layer.name}: output {k + 1}" if several else f"{self.layer.name}: the output"
+        ell = next((j for j, d in enumerate(dims) if isinstance(d, N.EllipsisItem)), None)
+        rank = len(dims) - (ell is not None)
+        compare = "!=" if ell is None else "<"
+        lines = [
+            f"if {out}.dim() {compare} {rank}:",
+            f'    raise ValueError(f"{where} has {{{out}.dim()}} dims, forward declares {declared}")',
+        ]
+        for j, d in enumerate(dims):
+            if isinstance(d, N.EllipsisItem):
+                continue
+            pos = j if ell is None or j < ell else j - len(dims)
+            expected = _substitute(d, sources, ex)
+            if expected is None:
+                continue
+            lines += [
+                f"if {out}.shape[{pos}] != {expected}:",
+                f'    raise ValueError(f"{where} has size {{{out}.shape[{pos}]}} at dim {pos}, forward declares {_src(d)} = {{{expected}}}")',
+            ]
         return lines
 
     def input_checks(
@@ -622,10 +727,17 @@ def _indent(lines: list[str], n: int = 1) -> list[str]:
 class StatementWriter:
     """Forward statements as Python lines."""
 
-    def __init__(self, ex: PyExpr, spelling: Spelling, layer: N.Layer):
+    def __init__(
+        self,
+        ex: PyExpr,
+        spelling: Spelling,
+        layer: N.Layer,
+        checks: Callable[[N.Return], list[str] | None] | None = None,
+    ):
         self.ex = ex
         self.sp = spelling
         self.layer = layer
+        self.checks = checks  # a return's lines with its run-time output checks (None: a plain return)
 
     def require(self, s: N.Require) -> list[str]:
         """`require B > 1 if training, "..."`: one negated comparison (after the guard), then a ValueError
@@ -677,7 +789,8 @@ class StatementWriter:
                     lines += ["else:", *_indent(self.block(o))]
                 return lines
             case N.Return(values=vs):
-                return [f"return {', '.join(self.ex(v) for v in vs)}"]
+                checked = self.checks(s) if self.checks else None
+                return checked or [f"return {', '.join(self.ex(v) for v in vs)}"]
             case N.Require():
                 return self.require(s)
         raise TypeError(f"cannot emit {type(s).__name__}")

@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print the generated Python for a spec")
     show.add_argument("spec", metavar="SPEC")
     show.add_argument("--layer", help="only this layer's code")
+    show.add_argument("--shapes", action="store_true", help="each forward statement with its inferred shape")
     show.set_defaults(run=cmd_show)
 
     test = sub.add_parser("test", help="generate into a temporary folder and run the checks of the test suite")
@@ -165,6 +166,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     if spec.is_dir():
         print(f"layerdsl: show takes one spec file, not a folder: {spec}", file=sys.stderr)
         return EXIT_USAGE
+    if args.shapes:
+        from layerdsl.driver.pipeline import check
+        from layerdsl.driver.show import shapes_listing
+
+        _, files, program = check([str(spec)])
+        listing = shapes_listing(files, program, args.layer)
+        if listing is None:
+            print(f"layerdsl: no layer '{args.layer}' in {spec}", file=sys.stderr)
+            return EXIT_USAGE
+        sys.stdout.write(listing)
+        return EXIT_OK
     outputs = generate([str(spec)])
     code = outputs[Path(spec.name).with_suffix(".py")]
     if args.layer:

@@ -1,10 +1,14 @@
-"""`layerdsl show --layer NAME`: cut one layer's code (functional form, Function, module) out of a module."""
+"""`layerdsl show`: cut one layer's code (functional form, Function, module) out of a module (`--layer`), or
+list each forward statement with its statically inferred shape (`--shapes`)."""
 
 from __future__ import annotations
 
 import ast
 
+from layerdsl.ir import nodes as N
 from layerdsl.language.naming import snake_case
+from layerdsl.semantics.checker import Program
+from layerdsl.semantics.shape_check import shape_hints
 
 
 def select_layer(code: str, name: str) -> str | None:
@@ -17,3 +21,27 @@ def select_layer(code: str, name: str) -> str | None:
             start = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
             parts.append("".join(lines[start : node.end_lineno]))
     return "\n\n".join(parts) if parts else None
+
+
+def shapes_listing(files: list[N.SpecFile], program: Program, only: str | None = None) -> str | None:
+    """Each layer's forward, one line per statement that binds or returns a value, with its inferred
+    shape (`?`: known only at run time), and what is checked at run time; None if layer `only` is not there."""
+    out: list[str] = []
+    for f in files:
+        lines = f.source.splitlines()
+        for layer in f.layers:
+            if only is not None and layer.name != only or layer.forward is None or layer.name not in program.shapes:
+                continue
+            shapes = program.shapes[layer.name]
+            out.append(f"{layer.name}  ({f.path}:{layer.span.line})")
+            hints = shape_hints(shapes)
+            width = max((len(lines[span.line - 1].strip()) for span, _ in hints), default=0)
+            for span, label in hints:
+                text = lines[span.line - 1].strip()
+                out.append(f"  {span.line:>4}  {text:<{width}}  {label}")
+            for k in sorted(shapes.unproven):
+                out.append(f"        output {k + 1}: not proven statically, checked at run time")
+            out.append("")
+    if only is not None and not out:
+        return None
+    return "\n".join(out)

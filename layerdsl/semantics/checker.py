@@ -30,6 +30,7 @@ from layerdsl.language.tables import (
 )
 from layerdsl.semantics.evaluate import NotConstant, evaluate, example_values
 from layerdsl.semantics.scopes import CONSTRUCTION, Scope, is_new_dim, merge_branches
+from layerdsl.semantics.shape_check import LayerShapes, check_layer_shapes
 
 
 @dataclass
@@ -41,6 +42,8 @@ class Program:
     broken: set[str] = field(default_factory=set)  # layers lost to a syntax error: no follow-on errors
     # Per file: the names its generated module defines or imports (classes, functional forms, Functions).
     module_names: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Per layer: its forward's inferred shapes and the declared outputs left to a run-time check.
+    shapes: dict[str, LayerShapes] = field(default_factory=dict)
 
 
 def check_program(files: list[N.SpecFile]) -> Program:
@@ -65,6 +68,10 @@ def check_program(files: list[N.SpecFile]) -> Program:
         check_generated_names(f, program, reporters[f.path])
         for layer in f.layers:
             LayerChecker(layer, reporters[f.path], program).check()
+    for f in files:  # after every layer is checked: a sub's declared shapes are read from its layer
+        for layer in f.layers:
+            if not any(_inside(d.span, layer.span) for d in reporters[f.path].diagnostics):
+                program.shapes[layer.name] = check_layer_shapes(layer, program.layers, reporters[f.path])
     diagnostics = []
     for f in files:
         parsed = list(f.problems)

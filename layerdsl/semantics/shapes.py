@@ -1,8 +1,9 @@
 """Static shapes over symbolic dims: the one set of shape rules every stage uses.
 
-A shape is a tuple of dims, or None when it is unknown. A dim is the canonical spec text of its expression
-(`"in_features"`, `"2 * n"`, `"1"`), so two dims are equal when they are written alike. Three texts are
-special:
+A shape is a tuple of dims, or None when it is unknown. A dim is the canonical text of its expression's
+polynomial normal form (`"in_features"`, `"2 * n"`, `"H - k + 1"`, `"1"`): `n + n`, `2 * n` and `n * 2` all
+read `"2 * n"`, so two dims are equal exactly when their polynomials are (what is not a polynomial, like
+`n // 2`, is one opaque factor). Three texts are special:
 
 - `"..."` stands for the leading group of an input declared `[..., n]`: zero or more dims, always first;
 - `"1"` is a dim of size 1, which broadcasts against any other;
@@ -30,20 +31,135 @@ GROUP = "..."  # the leading group of dims of an input declared `[..., n]`
 ONE = "1"  # a dim of size 1
 
 
-def dim_text(dim: N.Expr | N.EllipsisItem) -> Dim:
-    """The canonical text of a declared dim (`...` for the leading group)."""
-    return GROUP if isinstance(dim, N.EllipsisItem) else spec_text(dim)
+def dim_text(dim: N.Expr | N.EllipsisItem, subst: Mapping[str, Poly] | None = None) -> Dim:
+    """The canonical text of a declared dim (`...` for the leading group); `subst` replaces names."""
+    return GROUP if isinstance(dim, N.EllipsisItem) else poly_text(poly(dim, subst))
 
 
-def declared_shape(shape: N.Shape | None, name: str) -> tuple[Dim, ...]:
-    """The shape declared for input or tensor `name`; an input declared without one gets an opaque shape."""
+# ------------------------------------------------------------------ symbolic dims: a polynomial normal form
+
+Monomial = tuple[tuple[str, int], ...]  # (factor, power) pairs sorted by factor; () is the constant term
+Poly = tuple[tuple[Monomial, int], ...]  # (monomial, nonzero coefficient) pairs sorted by monomial
+
+_POLYS: dict[Dim, Poly] = {}  # canonical text -> its polynomial, for every text this module has written
+
+
+def _normal(terms: Mapping[Monomial, int]) -> Poly:
+    return tuple(sorted((m, c) for m, c in terms.items() if c != 0))
+
+
+def constant(value: int) -> Poly:
+    return _normal({(): value})
+
+
+def atom(name: str) -> Poly:
+    return ((((name, 1),), 1),)
+
+
+def poly_add(a: Poly, b: Poly, sign: int = 1) -> Poly:
+    terms = dict(a)
+    for m, c in b:
+        terms[m] = terms.get(m, 0) + sign * c
+    return _normal(terms)
+
+
+def poly_mul(a: Poly, b: Poly) -> Poly:
+    terms: dict[Monomial, int] = {}
+    for ma, ca in a:
+        for mb, cb in b:
+            powers = dict(ma)
+            for f, k in mb:
+                powers[f] = powers.get(f, 0) + k
+            m = tuple(sorted(powers.items()))
+            terms[m] = terms.get(m, 0) + ca * cb
+    return _normal(terms)
+
+
+def as_int(p: Poly) -> int | None:
+    """The value of a constant polynomial; None when it has a symbol."""
+    if not p:
+        return 0
+    return p[0][1] if len(p) == 1 and p[0][0] == () else None
+
+
+def poly(e: N.Expr, subst: Mapping[str, Poly] | None = None) -> Poly:
+    """The normal form of integer expression `e`; `subst` gives names a value. Operations that are not
+    sums, differences or products of whole numbers (`//`, `%`, calls) become one opaque factor."""
+    match e:
+        case N.Num(value=int() as v):
+            return constant(v)
+        case N.Name(id=name):
+            return subst[name] if subst and name in subst else atom(name)
+        case N.UnaryOp(op="-", operand=operand):
+            return poly_mul(constant(-1), poly(operand, subst))
+        case N.UnaryOp(op="+", operand=operand):
+            return poly(operand, subst)
+        case N.BinOp(op="+" | "-" | "*" as op, left=left, right=right):
+            a, b = poly(left, subst), poly(right, subst)
+            return poly_mul(a, b) if op == "*" else poly_add(a, b, 1 if op == "+" else -1)
+        case N.BinOp(op="**", left=left, right=N.Num(value=int() as k)) if 0 <= k <= 8:
+            out = constant(1)
+            for _ in range(k):
+                out = poly_mul(out, poly(left, subst))
+            return out
+        case N.BinOp(op="//", left=left, right=right):
+            a, b = poly(left, subst), poly(right, subst)
+            if as_int(a) is not None and as_int(b):
+                return constant(as_int(a) // as_int(b))  # type: ignore[operator]
+            return atom(f"{_operand(a)} // {_operand(b)}")
+    return atom(f"({spec_text(e)})")
+
+
+def _operand(p: Poly) -> str:
+    """`p`'s text as an operand of `//`: in parentheses unless it is a number or one symbol."""
+    text = poly_text(p)
+    return text if text.isidentifier() or text.isdigit() else f"({text})"
+
+
+def poly_text(p: Poly) -> Dim:
+    """The canonical spec text of a polynomial: terms with symbols in factor order, the constant last."""
+    if not p:
+        text = "0"
+    else:
+        parts: list[str] = []
+        for m, c in sorted(p, key=lambda t: (t[0] == (), t[0])):
+            factors = [f if k == 1 else f"{f} ** {k}" for f, k in m]
+            body = " * ".join(([str(abs(c))] if abs(c) != 1 or not factors else []) + factors)
+            if not parts:
+                parts.append(body if c > 0 else f"-{body}")
+            else:
+                parts.append(f"{'+' if c > 0 else '-'} {body}")
+        text = " ".join(parts)
+    _POLYS.setdefault(text, p)
+    return text
+
+
+def text_poly(dim: Dim) -> Poly:
+    """The polynomial of a dim this module wrote (an unknown text is one opaque factor)."""
+    if dim in _POLYS:
+        return _POLYS[dim]
+    return constant(int(dim)) if dim.lstrip("-").isdigit() else atom(dim)
+
+
+def dim_difference(a: Dim, b: Dim) -> int | None:
+    """`a - b` when it is a constant (then the dims are equal exactly when it is 0); None otherwise."""
+    return as_int(poly_add(text_poly(a), text_poly(b), -1))
+
+
+def declared_shape(shape: N.Shape | None, name: str, subst: Mapping[str, Poly] | None = None) -> tuple[Dim, ...]:
+    """The shape declared for input or tensor `name` (`subst` gives names such as lets a value); an input
+    declared without one gets an opaque shape."""
     if shape is None:
         return (f"<{name}>",)
-    return tuple(dim_text(d) for d in shape.dims)
+    return tuple(dim_text(d, subst) for d in shape.dims)
 
 
-def _opaque(shape: Sequence[Dim]) -> bool:
+def opaque(shape: Sequence[Dim]) -> bool:
+    """Whether `shape` is the whole shape of an input declared without one (`<x>`)."""
     return any(d.startswith("<") for d in shape)
+
+
+_opaque = opaque
 
 
 # ------------------------------------------------------------------ rules
@@ -169,6 +285,171 @@ def einsum(equation: str, shapes: Sequence[Shape]) -> Shape:
     return tuple(sizes[c] for c in output) if all(c in sizes for c in output) else None
 
 
+def show(shape: Shape) -> str:
+    """`[B, n]` (`?` when unknown; `<x>` for the shape of an input declared without one)."""
+    if shape is None:
+        return "?"
+    return shape[0] if len(shape) == 1 and opaque(shape) else "[" + ", ".join(shape) + "]"
+
+
+def mismatch(a: Shape, b: Shape) -> tuple[Dim, Dim] | None:
+    """The first pair of dims (from the right) that makes `a` and `b` fail to broadcast: neither equal
+    nor 1. Dims a `...` group or an opaque shape may cover are not compared."""
+    if a is None or b is None or _opaque(a) or _opaque(b):
+        return None
+    for i in range(1, min(len(a), len(b)) + 1):
+        da, db = a[-i], b[-i]
+        if GROUP in (da, db):
+            return None
+        if da != db and ONE not in (da, db):
+            return da, db
+    return None
+
+
+def inner_dims(a: Shape, b: Shape) -> tuple[Dim, Dim] | None:
+    """The two dims `a @ b` contracts (None when one may fall in a `...` group or is unknown)."""
+    if a is None or b is None or not a or not b or _opaque(a) or _opaque(b):
+        return None
+    left = a[-1]
+    if len(b) == 1:
+        right = b[0]
+    elif GROUP in b and len(b) < 3:
+        return None
+    else:
+        right = b[-2]
+    return None if GROUP in (left, right) else (left, right)
+
+
+def position(shape: Shape, dim: int) -> int | None:
+    """Where `dim` (negative counts from the end) is in `shape`; None when unknown or out of range."""
+    if shape is None or _opaque(shape):
+        return None
+    return _position(shape, dim)
+
+
+def in_range(shape: Shape, dim: int, extra: int = 0) -> bool:
+    """Whether `dim` can name a dim of `shape` (of `shape` with `extra` more dims); true when unknown."""
+    if shape is None or _opaque(shape) or GROUP in shape:
+        return True
+    rank = len(shape) + extra
+    return -max(rank, 1) <= dim < max(rank, 1)
+
+
+def flatten(shape: Shape, start: int, end: int) -> Shape:
+    """`flatten(x, start, end)`: the dims start..end as one, their product."""
+    if shape is None or _opaque(shape) or not shape:
+        return None if shape is None or _opaque(shape) else (ONE,)
+    p0, p1 = _position(shape, start), _position(shape, end)
+    if p0 is None or p1 is None or p0 > p1 or GROUP in shape[p0 : p1 + 1]:
+        return None
+    product = constant(1)
+    for d in shape[p0 : p1 + 1]:
+        product = poly_mul(product, text_poly(d))
+    return shape[:p0] + (poly_text(product),) + shape[p1 + 1 :]
+
+
+def unsqueeze(shape: Shape, dim: int) -> Shape:
+    if shape is None or _opaque(shape):
+        return None
+    if dim < 0:
+        dim += len(shape) + 1
+    if not 0 <= dim <= len(shape) or GROUP in shape[:dim]:
+        return None
+    return shape[:dim] + (ONE,) + shape[dim:]
+
+
+def squeeze(shape: Shape, dim: int | None) -> Shape:
+    """Size-1 dims dropped (only `dim` when given); None when a dim may or may not be 1."""
+    if shape is None or _opaque(shape):
+        return None
+    if dim is None:
+        if GROUP in shape or any(d != ONE and as_int(text_poly(d)) is None for d in shape):
+            return None
+        return tuple(d for d in shape if d != ONE)
+    p = _position(shape, dim)
+    if p is None:
+        return None
+    if shape[p] == ONE:
+        return shape[:p] + shape[p + 1 :]
+    return shape if as_int(text_poly(shape[p])) is not None else None
+
+
+def concat(shapes: Sequence[Shape], dim: int, new: bool) -> Shape:
+    """`cat` (`new`: `stack`) of operands that agree on every other dim (checked by `concat_mismatch`)."""
+    if not shapes or any(s is None or _opaque(s) or GROUP in s for s in shapes):
+        return None
+    first = shapes[0]
+    assert first is not None
+    if new:
+        stacked = unsqueeze(first, dim) if all(s == first for s in shapes) else None
+        p = None if stacked is None else (dim if dim >= 0 else dim + len(stacked))
+        return None if stacked is None or p is None else stacked[:p] + (str(len(shapes)),) + stacked[p + 1 :]
+    p = _position(first, dim)
+    if p is None or any(s is None or len(s) != len(first) for s in shapes):
+        return None
+    total = constant(0)
+    for s in shapes:
+        assert s is not None
+        total = poly_add(total, text_poly(s[p]))
+    return first[:p] + (poly_text(total),) + first[p + 1 :]
+
+
+def concat_mismatch(shapes: Sequence[Shape], dim: int, new: bool) -> tuple[int, Shape, Shape] | None:
+    """The first operand (its position) whose shape does not fit the first's for `cat`/`stack`."""
+    known = [(k, s) for k, s in enumerate(shapes) if s is not None and not _opaque(s) and GROUP not in s]
+    if len(known) < 2:
+        return None
+    k0, first = known[0]
+    p = _position(first, dim)
+    for k, s in known[1:]:
+        if len(s) != len(first):
+            return k, first, s
+        if any(a != b for j, (a, b) in enumerate(zip(first, s)) if new or j != p):
+            return k, first, s
+    return None
+
+
+def fft(name: str, shape: Shape, n: Dim | None, dim: int) -> Shape:
+    """The size of a transform's last dim: `n` (or the input's), halved plus one for `rfft`, `2 (n - 1)`
+    for `irfft`."""
+    if shape is None or _opaque(shape):
+        return None
+    p = _position(shape, dim)
+    if p is None:
+        return None
+    size = text_poly(n if n is not None else shape[p])
+    if name == "rfft":
+        out = poly_add(atom(f"{_operand(size)} // 2"), constant(1)) if as_int(size) is None else None
+        out = out if out is not None else constant(as_int(size) // 2 + 1)  # type: ignore[operator]
+    elif name == "irfft" and n is None:
+        out = poly_mul(constant(2), poly_add(size, constant(-1)))
+    else:
+        out = size
+    return shape[:p] + (poly_text(out),) + shape[p + 1 :]
+
+
+def conv(inp: Shape, weight: Shape, stride: int, padding: int, dilation: int, spatial: int) -> Shape:
+    """`conv1d`/`conv2d`: `[B, C, L...]` with weight `[O, C / groups, k...]` gives `[B, O, L'...]`,
+    L' = (L + 2 padding - dilation (k - 1) - 1) // stride + 1."""
+    if inp is None or weight is None or _opaque(inp) or _opaque(weight) or GROUP in weight:
+        return None
+    if len(weight) != spatial + 2 or len(inp) != spatial + 2 or GROUP in inp:
+        return None
+    sizes = []
+    for size, k in zip(inp[2:], weight[2:]):
+        span = poly_add(
+            text_poly(size),
+            poly_add(constant(2 * padding - 1), poly_mul(constant(-dilation), poly_add(text_poly(k), constant(-1)))),
+        )
+        if stride == 1:
+            sizes.append(poly_text(poly_add(span, constant(1))))
+        else:
+            whole = as_int(span)
+            quotient = constant(whole // stride) if whole is not None else atom(f"{_operand(span)} // {stride}")
+            sizes.append(poly_text(poly_add(quotient, constant(1))))
+    return (inp[0], weight[0], *sizes)
+
+
 # ------------------------------------------------------------------ operations and expressions
 
 
@@ -205,6 +486,36 @@ def op_shape(
         if not (isinstance(equation, N.Str) and isinstance(operands, N.ListExpr)):
             return None
         return einsum(equation.value, [shape_of(o) for o in operands.items])
+    if op.name == "flatten":
+        start, end = _literal(op, args, "start_dim"), _literal(op, args, "end_dim")
+        return flatten(shape_of(args["input"]), start, end) if type(start) is int and type(end) is int else None
+    if op.name in ("unsqueeze", "squeeze"):
+        dim = _literal(op, args, "dim")
+        if op.name == "unsqueeze":
+            return unsqueeze(shape_of(args["input"]), dim) if type(dim) is int else None
+        return squeeze(shape_of(args["input"]), dim) if dim is None or type(dim) is int else None
+    if op.name == "reshape" and isinstance(args.get("shape"), N.ListExpr):
+        items = args["shape"].items  # type: ignore[attr-defined]
+        if all(i.kind == "int" or isinstance(i, N.Num) for i in items) and not any(_value(i) == -1 for i in items):
+            return tuple(dim_text(i) for i in items)
+        return None
+    if op.shape == "concat":
+        dim, tensors = _literal(op, args, "dim"), args.get("tensors")
+        if type(dim) is not int or not isinstance(tensors, N.ListExpr):
+            return None
+        return concat([shape_of(t) for t in tensors.items], dim, new=op.name == "stack")
+    if op.shape == "fft":
+        dim, n = _literal(op, args, "dim"), args.get("n")
+        if type(dim) is not int:
+            return None
+        size = None if n is None or isinstance(n, N.NoneLit) else dim_text(n)
+        return fft(op.name, shape_of(args["input"]), size, dim)
+    if op.shape == "conv":
+        values = [_literal(op, args, k) for k in ("stride", "padding", "dilation", "groups")]
+        if not all(type(v) is int for v in values):
+            return None
+        stride, padding, dilation, _ = values
+        return conv(shape_of(args["input"]), shape_of(args["weight"]), stride, padding, dilation, int(op.name[4]))
     if op.name in ("sum_to", "expand_reduced"):
         return shape_of(args["input"])  # the gradient takes its input's shape
     if op.name == "reduced_view":  # a reduction's gradient with the reduced dims back as size 1
@@ -250,6 +561,12 @@ def call_args(op: Op, call: N.Call) -> dict[str, N.Expr]:
 
 
 _VARIABLE = object()  # an argument whose value is not known statically
+
+
+def literal(op: Op, args: Mapping[str, N.Expr], name: str):
+    """A constant argument as a Python value (a list for a list), its default when absent; otherwise a
+    marker that is neither None, an int, a bool nor a list."""
+    return _literal(op, args, name)
 
 
 def _literal(op: Op, args: Mapping[str, N.Expr], name: str):

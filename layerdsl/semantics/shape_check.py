@@ -1,0 +1,635 @@
+"""The static shape pass: every layer's forward checked over symbolic dims before any tensor exists.
+
+Each expression's shape is computed by the rules of `shapes` (the one engine) from the declared shapes
+of inputs, parameters and buffers; a spec sub contributes its declared forward shapes, common `nn.*` subs
+a rule from `NN_SHAPES`, other `nn.*` subs an unknown shape. A rule that fails is reported at the
+offending expression with both operand shapes; an unknown shape is no error (no follow-on errors
+either). At a `return` the inferred shape is compared with the declared one: equal is proven, different
+is an error, unknown is left to a run-time check in the generated code (`LayerShapes.unproven`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from layerdsl.diagnostics import Reporter
+from layerdsl.ir import nodes as N
+from layerdsl.ir.nodes import Kind, Ref
+from layerdsl.ir.printer import spec_text
+from layerdsl.ir.visit import walk
+from layerdsl.language.ops import OPS
+from layerdsl.semantics import shapes as S
+from layerdsl.semantics.shapes import GROUP, ONE, Poly, Shape, show
+
+
+@dataclass
+class Binding:
+    """A name a forward statement binds (or a value it returns), with its inferred shape."""
+
+    span: N.Span  # the statement's target (the returned expression for a return)
+    name: str  # the bound name; "return" for a returned value
+    shape: Shape
+
+
+@dataclass
+class LayerShapes:
+    """What the pass found in one layer: each binding's shape, and which declared outputs it could not
+    prove (their indices: the generated forward checks those at run time)."""
+
+    bindings: list[Binding] = field(default_factory=list)
+    unproven: set[int] = field(default_factory=set)
+
+
+def check_layer_shapes(layer: N.Layer, layers: dict[str, N.Layer], reporter: Reporter | None = None) -> LayerShapes:
+    """Checks `layer`'s forward (its names resolved by the checker); reports every shape error to
+    `reporter` (none: only the shapes are computed, as `show --shapes` and the language server want)."""
+    result = LayerShapes()
+    fwd = layer.forward
+    if fwd is None:
+        return result
+    lets: dict[str, Poly] = {}
+    for let in layer.lets:
+        if let.value.kind == Kind.INT:
+            lets[let.name] = S.poly(let.value, lets)
+    env: dict[str, Shape] = {i.name: S.declared_shape(i.shape, i.name, lets) for i in fwd.inputs}
+    env.update({t.name: S.declared_shape(t.shape, t.name, lets) for t in layer.tensors})
+    pass_ = _ShapePass(layer, layers, reporter or Reporter(layer.path, ""), result, lets)
+    pass_.block(fwd.body, env)
+    if fwd.outputs is not None:
+        result.unproven |= {k for k in range(len(fwd.outputs)) if k not in pass_.proven or k in pass_.open}
+    return result
+
+
+def shape_hints(shapes: LayerShapes) -> list[tuple[N.Span, str]]:
+    """Where each inferred shape belongs, and its text: `: [B, n]` after a bound name, `-> [B, n]` after a
+    returned value (what `show --shapes` prints and an editor shows as inlay hints)."""
+    hints = []
+    for b in shapes.bindings:
+        hints.append((b.span, f"{'-> ' if b.name == 'return' else ': '}{show(b.shape)}"))
+    return hints
+
+
+def binding_at(shapes: LayerShapes, line: int, col: int) -> Binding | None:
+    """The binding whose span holds the 1-based position `line:col` (the end column is exclusive), for
+    hover; None if none does."""
+    for b in shapes.bindings:
+        span = b.span
+        starts = (span.line, span.col) <= (line, col)
+        if starts and (line, col) < (span.end_line, span.end_col):
+            return b
+    return None
+
+
+class _ShapePass:
+    def __init__(self, layer: N.Layer, layers: dict[str, N.Layer], reporter: Reporter, result: LayerShapes, lets: dict):
+        self.layer = layer
+        self.lets = lets  # the int lets' values, as polynomials
+        self.layers = layers
+        self.r = reporter
+        self.result = result
+        self.subs = {s.name: s.call for s in layer.subs}
+        self.proven: set[int] = set()  # outputs some return proved
+        self.open: set[int] = set()  # outputs some return left unproven
+
+    # ------------------------------------------------------------ statements
+
+    def block(self, body: list[N.Stmt], env: dict[str, Shape]) -> dict[str, N.Span]:
+        """Checks `body`, updating `env`; the names it binds, with where."""
+        bound: dict[str, N.Span] = {}
+        for stmt in body:
+            match stmt:
+                case N.Assign(target=target, value=value):
+                    env[target] = self.shape(value, env)
+                    bound[target] = stmt.target_span
+                    self.result.bindings.append(Binding(stmt.target_span, target, env[target]))
+                case N.IndexAssign():
+                    env[stmt.target] = self.index_assign(stmt, env)
+                    bound[stmt.target] = stmt.target_span
+                    self.result.bindings.append(Binding(stmt.target_span, stmt.target, env[stmt.target]))
+                case N.Update(target=target, value=value):
+                    self.update(stmt, env.get(target), self.shape(value, env))
+                case N.If(body=then, orelse=orelse):
+                    self.branches(then, orelse, env, bound)
+                case N.Return(values=values):
+                    self.returns(values, env)
+        return bound
+
+    def branches(self, then: list[N.Stmt], orelse: list[N.Stmt], env: dict[str, Shape], bound: dict) -> None:
+        """Both branches of an `if`; a name both bind must get one shape."""
+        env_then, env_else = dict(env), dict(env)
+        bound_then, bound_else = self.block(then, env_then), self.block(orelse, env_else)
+        for name in bound_then.keys() | bound_else.keys():
+            a, b = env_then.get(name), env_else.get(name)
+            if name in bound_then and name in bound_else and a is not None and b is not None and a != b:
+                self.r.error(
+                    bound_else[name],
+                    f"'{name}' is {show(a)} on one branch of the `if` and {show(b)} on the other",
+                    "both branches must give a name the same shape",
+                )
+            env[name] = a if a == b else None
+            bound[name] = bound_else.get(name) or bound_then[name]
+
+    def returns(self, values: list[N.Expr], env: dict[str, Shape]) -> None:
+        outputs = self.layer.forward.outputs if self.layer.forward is not None else None
+        for k, value in enumerate(values):
+            got = self.shape(value, env)
+            self.result.bindings.append(Binding(value.span, "return", got))
+            if outputs is None or k >= len(outputs) or value.kind not in (Kind.TENSOR, Kind.UNKNOWN):
+                continue
+            declared = S.declared_shape(outputs[k], "", self.lets)
+            verdict = _compare(got, declared)
+            if verdict is True:
+                self.proven.add(k)
+                continue
+            self.open.add(k)
+            if verdict is False:
+                which = f"output {k + 1}" if len(outputs) > 1 else "the output"
+                self.r.error(
+                    value.span,
+                    f"forward returns {show(got)} but declares {show(declared)} for {which}",
+                    "fix the expression or the declared output shape after `->`",
+                )
+
+    def update(self, stmt: N.Update, target: Shape, value: Shape) -> None:
+        if target is None or value is None:
+            return
+        pair = S.mismatch(target, value)
+        too_many = not S.opaque(value) and GROUP not in value + target and len(value) > len(target)
+        if pair is not None or too_many:
+            self.r.error(
+                stmt.value.span,
+                f"update {stmt.target}: {show(value)} does not fit {show(target)}",
+                f"the new value must have the shape of '{stmt.target}' (or broadcast to it)",
+            )
+
+    def index_assign(self, stmt: N.IndexAssign, env: dict[str, Shape]) -> Shape:
+        """`y[b, i] = ...`: each index ranges over the dim it indexes; an index over two different dims
+        is an error."""
+        sizes: dict[str, S.Dim] = {}
+        where: dict[str, str] = {}
+        for node in walk(stmt.value):
+            if not isinstance(node, N.Indexed):
+                continue
+            shape = env.get(node.name.id)
+            if shape is None or GROUP in shape or S.opaque(shape) or len(shape) != len(node.indices):
+                continue
+            for index, dim in zip(node.indices, shape):
+                if dim == ONE:
+                    continue
+                if index.id in sizes and sizes[index.id] != dim:
+                    self.r.error(
+                        index.span,
+                        f"index '{index.id}' ranges over {sizes[index.id]} in '{where[index.id]}' "
+                        f"but over {dim} in '{node.name.id}'",
+                        "an index must range over the same dim everywhere it is used",
+                    )
+                    continue
+                sizes.setdefault(index.id, dim)
+                where.setdefault(index.id, node.name.id)
+        if not all(i.id in sizes for i in stmt.indices):
+            return None
+        return tuple(sizes[i.id] for i in stmt.indices)
+
+    # ------------------------------------------------------------ expressions
+
+    def shape(self, e: N.Expr, env: dict[str, Shape]) -> Shape:
+        """`e`'s shape; a rule that fails is reported here and gives None (no follow-on errors)."""
+        if e.kind in (Kind.INT, Kind.FLOAT, Kind.BOOL):
+            return ()
+        match e:
+            case N.Name(id=name) if e.kind == Kind.TENSOR or name in env:
+                return env.get(name)
+            case N.Name() | N.Num() | N.Bool():
+                return ()
+            case N.BinOp(op="@", left=left, right=right):
+                return self.matmul(e, left, right, env)
+            case N.BinOp(op=op, left=left, right=right):
+                return self.broadcast(e, [left, right], env, op)
+            case N.Compare(operands=operands):
+                return self.broadcast(e, operands, env, e.ops[0])
+            case N.UnaryOp(operand=operand):
+                return self.shape(operand, env)
+            case N.Subscript(value=value, items=items):
+                return self.subscript(e, self.shape(value, env), items, env)
+            case N.Call(func=func) if func in self.subs:
+                return self.sub_call(e, self.subs[func], env)
+            case N.Call(func=func) if func in OPS:
+                return self.op_call(e, env)
+        return None
+
+    def broadcast(self, e: N.Expr, operands: Sequence[N.Expr], env: dict[str, Shape], op: str) -> Shape:
+        shapes = [self.shape(o, env) for o in operands]
+        out: Shape = ()
+        for s in shapes:
+            pair = S.mismatch(out, s)
+            if pair is not None:
+                joined = (", " if op == "," else f" {op} ").join(show(x) for x in shapes)
+                self.r.error(
+                    e.span,
+                    f"{_text(e)}: {joined} — dims {pair[0]} and {pair[1]} differ",
+                    "two dims broadcast only when they are equal or one of them is 1",
+                )
+                return None
+            out = S.broadcast([out, s])
+        return out
+
+    def matmul(self, e: N.Expr, left: N.Expr, right: N.Expr, env: dict[str, Shape]) -> Shape:
+        a, b = self.shape(left, env), self.shape(right, env)
+        if a == () or b == ():
+            side = left if a == () else right
+            self.r.error(e.span, f"{_text(e)}: '{_text(side)}' is a scalar", "`@` needs operands with 1 or more dims")
+            return None
+        pair = S.inner_dims(a, b)
+        if pair is not None and pair[0] != pair[1]:
+            hint = None
+            if b is not None and len(b) == 2 and b[1] == pair[0]:
+                hint = f"did you mean transpose({_text(right)}, 0, 1)?"
+            elif a is not None and len(a) == 2 and a[0] == pair[1]:
+                hint = f"did you mean transpose({_text(left)}, 0, 1)?"
+            hint = hint or "the left operand's last dim must be the right one's first (a vector) or second to last"
+            self.r.error(e.span, f"{_text(e)}: {show(a)} @ {show(b)} — inner dims {pair[0]} and {pair[1]} differ", hint)
+            return None
+        if a is not None and b is not None and len(a) > 2 and len(b) > 2:
+            batch = S.mismatch(a[:-2], b[:-2])
+            if batch is not None:
+                self.r.error(
+                    e.span,
+                    f"{_text(e)}: {show(a)} @ {show(b)} — batch dims {batch[0]} and {batch[1]} differ",
+                    "batch dims broadcast only when they are equal or one of them is 1",
+                )
+                return None
+        return S.matmul(a, b)
+
+    def op_call(self, call: N.Call, env: dict[str, Shape]) -> Shape:
+        op = OPS[call.func]
+        args = S.call_args(op, call)
+        if op.shape == "elementwise":
+            operands = [args[p.name] for p in op.params if p.tensor and p.name in args]
+            return self.broadcast(call, operands, env, ",")  # shown as `[B, n], [m]`
+        if op.shape == "matmul" and "input" in args and "other" in args:
+            return self.matmul(call, args["input"], args["other"], env)
+        shapes: dict[int, Shape] = {}
+
+        def shape_of(x: N.Expr) -> Shape:
+            if id(x) not in shapes:
+                shapes[id(x)] = self.shape(x, env)
+            return shapes[id(x)]
+
+        if not self.check_dims(call, op, args, shape_of):
+            return None
+        if op.shape == "concat" and isinstance(args.get("tensors"), N.ListExpr):
+            dim = S.literal(op, args, "dim")
+            items = args["tensors"].items  # type: ignore[attr-defined]
+            if type(dim) is int:
+                bad = S.concat_mismatch([shape_of(t) for t in items], dim, new=op.name == "stack")
+                if bad is not None:
+                    k, first, other = bad
+                    rule = (
+                        "every operand the same shape" if op.name == "stack" else f"the same shape except at dim {dim}"
+                    )
+                    self.r.error(
+                        items[k].span,
+                        f"{op.name}: operand {k + 1} is {show(other)} but operand 1 is {show(first)}",
+                        f"{op.name} needs {rule}",
+                    )
+                    return None
+        if op.shape == "conv":
+            problem = _conv_problem(
+                op.name, shape_of(args["input"]), shape_of(args["weight"]), S.literal(op, args, "groups")
+            )
+            if problem:
+                self.r.error(
+                    call.span,
+                    f"{_text(call)}: {problem}",
+                    "conv weights are [out_channels, in_channels / groups, k...]",
+                )
+                return None
+        if op.shape == "reshape" or op.name == "reshape":
+            return self.reshape(call, args, shape_of)
+        return S.op_shape(op, args, shape_of, call.items)
+
+    def check_dims(self, call: N.Call, op, args: dict, shape_of: Callable[[N.Expr], Shape]) -> bool:
+        """A constant `dim` argument must name a dim of the input; reports it when it cannot."""
+        names = [n for n in ("dim", "dim0", "dim1", "start_dim", "end_dim") if op.param(n) is not None]
+        source = args.get("input")
+        if source is None:
+            return True
+        shape = shape_of(source)
+        extra = 1 if op.name in ("unsqueeze", "stack") else 0
+        for name in names:
+            value = S.literal(op, args, name)
+            values = value if isinstance(value, list) else [value]
+            for v in values:
+                if type(v) is int and not S.in_range(shape, v, extra):
+                    rank = len(shape or ()) + extra
+                    self.r.error(
+                        args[name].span if name in args else call.span,
+                        f"{call.func}: dim {v} is out of range for {show(shape)}",
+                        f"{name} is in {-rank}..{rank - 1} here" if rank else f"{show(shape)} has no dims",
+                    )
+                    return False
+        return True
+
+    def reshape(self, call: N.Call, args: dict, shape_of: Callable[[N.Expr], Shape]) -> Shape:
+        out = S.op_shape(OPS["reshape"], args, shape_of)
+        inp = shape_of(args["input"])
+        if out is None or inp is None or S.opaque(inp) or GROUP in inp:
+            return out
+        if _numel(inp) != _numel(out):
+            self.r.error(
+                call.span,
+                f"{_text(call)}: {show(inp)} has {S.poly_text(_numel(inp))} elements, {show(out)} has {S.poly_text(_numel(out))}",
+                "a reshape keeps the number of elements",
+            )
+            return None
+        return out
+
+    def subscript(self, e: N.Subscript, shape: Shape, items: list[N.SubscriptItem], env: dict) -> Shape:
+        """Indexing and slicing: an integer drops a dim, a slice sizes one, `none` adds a 1, `...` keeps
+        the dims it stands for."""
+        if shape is None or S.opaque(shape):
+            return None
+        for item in items:
+            if isinstance(item, N.Expr) and item.kind == Kind.TENSOR:
+                return None  # advanced indexing
+        ell = next((k for k, i in enumerate(items) if isinstance(i, N.EllipsisItem)), None)
+        consuming = [i for i in items if not isinstance(i, (N.EllipsisItem, N.NoneLit))]
+        if GROUP not in shape and len(consuming) > len(shape):
+            self.r.error(
+                e.span,
+                f"{_text(e)}: {len(consuming)} indices for {show(shape)}",
+                f"a tensor with {len(shape)} dims takes at most {len(shape)} indices (and `...`, `none`)",
+            )
+            return None
+        before = items if ell is None else items[:ell]
+        after = [] if ell is None else items[ell + 1 :]
+        n_before = sum(not isinstance(i, N.NoneLit) for i in before)
+        n_after = sum(not isinstance(i, N.NoneLit) for i in after)
+        if GROUP in shape:
+            g = shape.index(GROUP)
+            if ell is None or n_before > g or n_after > len(shape) - g - 1:
+                return None
+        head, rest = self._consume(before, list(shape))
+        if head is None:
+            return None
+        tail_dims = rest[len(rest) - n_after :] if n_after else []
+        middle = rest[: len(rest) - n_after] if n_after else rest
+        tail, _ = self._consume(after, tail_dims)
+        if tail is None:
+            return None
+        return tuple(head + middle + tail)
+
+    def _consume(self, items: Sequence[N.SubscriptItem], dims: list[str]) -> tuple[list[str] | None, list[str]]:
+        out: list[str] = []
+        dims = list(dims)
+        for item in items:
+            if isinstance(item, N.NoneLit):
+                out.append(ONE)
+                continue
+            dim = dims.pop(0)
+            if isinstance(item, N.Slice):
+                size = _slice_size(item, dim)
+                if size is None:
+                    return None, dims
+                out.append(size)
+        return out, dims
+
+    # ------------------------------------------------------------ subs
+
+    def sub_call(self, call: N.Call, construction: N.Call, env: dict) -> Shape:
+        inputs = [self.shape(a, env) for a in call.args]
+        if construction.func.startswith("nn."):
+            return _nn_shape(
+                construction,
+                inputs,
+                lambda msg: self.r.error(call.span, f"{_text(call)}: {msg}", f"see `sub {call.func} = ...`"),
+            )
+        target = self.layers.get(construction.func)
+        if target is None or target.forward is None or len(call.args) != len(target.forward.inputs):
+            return None
+        subst = _layer_args(target, construction, self.lets)
+        for arg, inp, actual in zip(call.args, target.forward.inputs, inputs):
+            if inp.shape is None or actual is None:
+                continue
+            problem = _bind(inp.shape, actual, subst)
+            if problem:
+                declared = show(tuple(S.dim_text(d, subst) for d in inp.shape.dims))
+                self.r.error(
+                    arg.span,
+                    f"{_text(arg)}: {show(actual)} does not fit {target.name}'s input '{inp.name}': {declared} — {problem}",
+                    f"{target.name} declares forward({inp.name}: {spec_text_shape(inp.shape)})",
+                )
+                return None
+        outputs = target.forward.outputs
+        if not outputs or len(outputs) != 1:
+            return None
+        out = []
+        for d in outputs[0].dims:
+            if isinstance(d, N.EllipsisItem):
+                if "..." not in subst:
+                    return None
+                out += [S.poly_text(p) for p in subst["..."]]
+                continue
+            if any(isinstance(n, N.Name) and n.ref == Ref.DIM and n.id not in subst for n in walk(d)):
+                return None
+            out.append(S.dim_text(d, subst))
+        return tuple(out)
+
+
+def spec_text_shape(shape: N.Shape) -> str:
+    return "[" + ", ".join("..." if isinstance(d, N.EllipsisItem) else spec_text(d) for d in shape.dims) + "]"
+
+
+def _layer_args(target: N.Layer, construction: N.Call, outer: dict[str, Poly]) -> dict:
+    """The sub's arguments as polynomials over the outer layer's names (`outer`: its lets); its lets too."""
+    subst: dict = {}
+    given = {a.name: v for a, v in zip(target.args, construction.args)}
+    given.update((k.name, k.value) for k in construction.kwargs)
+    for a in target.args:
+        if a.type != "int":
+            continue
+        if a.name in given:
+            subst[a.name] = S.poly(given[a.name], outer)  # written in the outer layer's names
+        elif a.default is not None:
+            subst[a.name] = S.poly(a.default, subst)  # written in the sub's names
+    for let in target.lets:
+        if let.value.kind == Kind.INT:
+            subst[let.name] = S.poly(let.value, subst)
+    return subst
+
+
+def _bind(declared: N.Shape, actual: tuple[str, ...], subst: dict) -> str | None:
+    """Matches an actual shape against a sub's declared input shape, binding its symbolic dims (and `...`)
+    in `subst`; the problem when they do not fit."""
+    dims = declared.dims
+    if S.opaque(actual) or GROUP in actual and not declared.has_ellipsis:
+        return None
+    ell = next((k for k, d in enumerate(dims) if isinstance(d, N.EllipsisItem)), None)
+    if ell is None:
+        if len(actual) != len(dims):
+            return f"{len(actual)} dims, not {len(dims)}"
+        pairs = list(zip(dims, actual))
+    else:
+        after = dims[ell + 1 :]
+        if len(actual) < len(dims) - 1:
+            return f"{len(actual)} dims, not at least {len(dims) - 1}"
+        lead = actual[: len(actual) - len(after)]
+        subst["..."] = tuple(S.text_poly(x) for x in lead)
+        pairs = list(zip(dims[:ell], actual)) + list(zip(after, actual[len(actual) - len(after) :]))
+    for d, got in pairs:
+        assert isinstance(d, N.Expr)
+        if got == GROUP:
+            return None
+        if isinstance(d, N.Name) and d.ref == Ref.DIM and d.id not in subst:
+            subst[d.id] = S.text_poly(got)
+            continue
+        if any(isinstance(n, N.Name) and n.ref == Ref.DIM and n.id not in subst for n in walk(d)):
+            continue
+        want = S.dim_text(d, subst)
+        if want != got:
+            return f"{want} and {got} differ"
+    return None
+
+
+# ------------------------------------------------------------------ torch.nn subs
+
+_SAME_SHAPE = set(
+    "Identity ReLU ReLU6 LeakyReLU ELU SELU CELU GELU SiLU Mish Sigmoid Tanh Softplus Softsign Softmax LogSoftmax "
+    "Hardtanh Hardswish Hardsigmoid Tanhshrink Threshold Dropout Dropout1d Dropout2d Dropout3d AlphaDropout PReLU "
+    "LayerNorm RMSNorm BatchNorm1d BatchNorm2d BatchNorm3d GroupNorm InstanceNorm1d InstanceNorm2d InstanceNorm3d".split()
+)
+
+
+def _nn_shape(construction: N.Call, inputs: list[Shape], error: Callable[[str], None]) -> Shape:
+    """The shape a common `torch.nn` layer gives (None for the others: they are opaque)."""
+    name = construction.func[3:]
+    if len(inputs) != 1:
+        return None
+    x = inputs[0]
+    args = [S.dim_text(a) if a.kind == Kind.INT else None for a in construction.args]
+    kwargs = {k.name: k.value for k in construction.kwargs}
+    if name in _SAME_SHAPE:
+        return x
+    if name == "Sequential":
+        for layer in construction.args:
+            if not isinstance(layer, N.Call) or not layer.func.startswith("nn."):
+                return None
+            x = _nn_shape(layer, [x], error)
+        return x
+    if name == "Linear" and len(args) >= 2 and x is not None and x and not S.opaque(x):
+        if x[-1] not in (GROUP,) and args[0] is not None and x[-1] != args[0]:
+            error(f"nn.Linear({args[0]}, {args[1]}) takes [..., {args[0]}], got {show(x)}")
+            return None
+        return None if args[1] is None else x[:-1] + (args[1],)
+    if name == "Flatten":
+        start = _int_kwarg(kwargs, "start_dim", construction.args, 0, 1)
+        end = _int_kwarg(kwargs, "end_dim", construction.args, 1, -1)
+        return S.flatten(x, start, end) if start is not None and end is not None else None
+    if name in ("Conv1d", "Conv2d") and len(args) >= 3 and x is not None and not S.opaque(x):
+        spatial = int(name[4])
+        if len(x) != spatial + 2 or GROUP in x or None in args[:3]:
+            return None
+        if x[1] != args[0]:
+            error(f"{construction.func}({args[0]}, ...) takes {args[0]} channels at dim 1, got {show(x)}")
+            return None
+        stride = _int_kwarg(kwargs, "stride", construction.args, 3, 1)
+        padding = _int_kwarg(kwargs, "padding", construction.args, 4, 0)
+        if stride is None or padding is None or "dilation" in kwargs or "groups" in kwargs:
+            return None
+        weight = (args[1], args[0]) + (args[2],) * spatial
+        return S.conv(x, weight, stride, padding, 1, spatial)  # type: ignore[arg-type]
+    if name in ("MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d") and construction.args and x is not None:
+        spatial = int(name[-2])
+        k = _int_kwarg(kwargs, "kernel_size", construction.args, 0, None)
+        stride = _int_kwarg(kwargs, "stride", construction.args, 1, k)
+        padding = _int_kwarg(kwargs, "padding", construction.args, 2, 0)
+        if k is None or stride is None or padding is None or S.opaque(x) or GROUP in x or len(x) < spatial + 1:
+            return None
+        sizes = []
+        for d in x[len(x) - spatial :]:
+            span = S.poly_add(S.text_poly(d), S.constant(2 * padding - k))
+            whole = S.as_int(span)
+            q = S.constant(whole // stride) if whole is not None else S.atom(f"({S.poly_text(span)}) // {stride}")
+            sizes.append(S.poly_text(S.poly_add(q, S.constant(1))))
+        return x[: len(x) - spatial] + tuple(sizes)
+    return None
+
+
+def _int_kwarg(kwargs: dict, name: str, args: list, pos: int, default: int | None) -> int | None:
+    value = kwargs.get(name, args[pos] if pos < len(args) else None)
+    if value is None:
+        return default
+    return value.value if isinstance(value, N.Num) and isinstance(value.value, int) else None
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _compare(got: Shape, declared: tuple[str, ...]) -> bool | None:
+    """Whether an inferred shape is the declared one: True (proven), False (proven wrong) or None."""
+    if got is None or S.opaque(got) or S.opaque(declared):
+        return None
+    if got == declared:
+        return True
+    if (GROUP in got) != (GROUP in declared):
+        return None
+    if len(got) != len(declared):
+        return False
+    return False if any(a != b and GROUP not in (a, b) for a, b in zip(got, declared)) else None
+
+
+def _conv_problem(name: str, inp: Shape, weight: Shape, groups) -> str | None:
+    spatial = int(name[4])
+    for what, shape in (("input", inp), ("weight", weight)):
+        if shape is not None and not S.opaque(shape) and GROUP not in shape and len(shape) != spatial + 2:
+            return f"the {what} is {show(shape)}; {name} needs {spatial + 2} dims"
+    if inp is None or weight is None or S.opaque(inp) or S.opaque(weight) or GROUP in inp or type(groups) is not int:
+        return None
+    channels = S.poly_text(S.poly_mul(S.text_poly(weight[1]), S.constant(groups)))
+    if inp[1] != channels:
+        return f"the input has {inp[1]} channels at dim 1, the weight {show(weight)} takes {channels}"
+    return None
+
+
+def _slice_size(item: N.Slice, dim: str) -> str | None:
+    if item.step is not None and not (isinstance(item.step, N.Num) and item.step.value == 1):
+        return None
+    size = S.text_poly(dim)
+
+    def bound(e: N.Expr | None, default: Poly) -> Poly | None:
+        if e is None:
+            return default
+        if e.kind not in (Kind.INT, Kind.UNKNOWN) and not isinstance(e, N.Num):
+            return None
+        p = S.poly(e)
+        value = S.as_int(p)
+        return S.poly_add(size, p) if value is not None and value < 0 else p
+
+    lower, upper = bound(item.lower, S.constant(0)), bound(item.upper, size)
+    if lower is None or upper is None or not _within(upper, dim):
+        return None  # a bound past the end is clamped: the size is then known only at run time
+    return S.poly_text(S.poly_add(upper, lower, -1))
+
+
+def _within(bound: Poly, dim: str) -> bool:
+    """Whether a slice bound is provably at most `dim` (dims are never negative): `dim - c` with c >= 0,
+    a constant no larger than a constant dim, or `dim // c`."""
+    gap = S.as_int(S.poly_add(S.text_poly(dim), bound, -1))
+    if gap is not None:
+        return gap >= 0
+    text = S.poly_text(bound)
+    head, _, divisor = text.rpartition(" // ")
+    return head in (dim, f"({dim})") and divisor.isdigit() and int(divisor) >= 1
+
+
+def _numel(shape: Sequence[str]) -> Poly:
+    out = S.constant(1)
+    for d in shape:
+        out = S.poly_mul(out, S.text_poly(d))
+    return out
+
+
+def _text(e: N.Expr) -> str:
+    text = spec_text(e)
+    return text if len(text) <= 60 else text[:57] + "..."
