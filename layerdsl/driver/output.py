@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MANIFEST = ".layerdsl-manifest"  # in an output folder: marks it as a package root and lists its files
-HASH_PREFIX = "# layerdsl-sha256: "  # the second line of a generated file: its content's hash, to see edits
+HASH_PREFIX = "# sha256 of the lines below: "  # a generated file's second line: the hash that reveals edits
 
 
 class RefusedOverwrite(Exception):

@@ -128,7 +128,7 @@ def test_stamp_puts_the_bodys_hash_on_the_second_line():
     text = stamp(_generated("x = 1\n"))
     head, hash_line, body = text.split("\n", 2)
     assert head.startswith(HEADER_PREFIX) and body == "x = 1\n"
-    assert hash_line == "# layerdsl-sha256: " + hashlib.sha256(body.encode()).hexdigest()[:16]
+    assert hash_line == output.HASH_PREFIX + hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
 def test_a_temporary_left_by_a_killed_run_is_cleaned_at_the_next(tmp_path):
