@@ -310,8 +310,12 @@ def test_the_same_hostile_specs_in_a_folder_are_all_reported_in_one_run(tmp_path
     specs.mkdir()
     for case, _ in HOSTILE:
         _hostile(specs, case)
+    (specs / "dangling.layer").symlink_to(tmp_path / "nowhere")
+    (specs / "folder.layer").mkdir()
     run = bounded(layerdsl("check", "specs", cwd=tmp_path))
     assert run.rc == 1
+    assert "specs/dangling.layer:1:1: error: cannot read this file: No such file or directory" in run.err
+    assert "specs/folder.layer:1:1: error: cannot read this file: Is a directory" in run.err
     for _, message in HOSTILE:
         assert re.search(message, run.err), message
 

@@ -54,6 +54,9 @@ def load(sources: list[Source]) -> tuple[list[N.SpecFile], list[Diagnostic]]:
         except Unreadable as exc:
             problems.append(Diagnostic(src.shown, Span.point(1, 1), str(exc)))
             continue
+        except OSError as exc:  # unreadable (permissions, a dangling link): reported with the rest
+            problems.append(Diagnostic(src.shown, Span.point(1, 1), f"cannot read this file: {exc.strerror or exc}"))
+            continue
         for part in src.out.with_suffix("").parts:
             if not part.isidentifier():
                 problems.append(

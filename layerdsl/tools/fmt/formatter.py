@@ -656,6 +656,9 @@ def run_cli(paths: list[str], check: bool, diff: bool) -> int:
         except Unreadable as exc:
             problems.append(Diagnostic(shown, Span.point(1, 1), str(exc)))
             continue
+        except OSError as exc:  # unreadable (permissions, a dangling link): reported with the rest
+            problems.append(Diagnostic(shown, Span.point(1, 1), f"cannot read this file: {exc.strerror or exc}"))
+            continue
         try:
             formatted = format_source(text, shown)
         except SpecError as exc:
