@@ -37,12 +37,13 @@ class Unreadable(Exception):
 
 def read_spec(path: Path, limit: int) -> str:
     """The UTF-8 text of the regular file `path`, of at most `limit` bytes. Raises Unreadable for a
-    device, FIFO, socket or folder (never read: `/dev/zero` has no end, a FIFO blocks) and for a larger
-    file (never read whole); UnicodeDecodeError and OSError as reading does."""
+    device, FIFO or socket (never read: `/dev/zero` has no end, a FIFO blocks; opened without blocking)
+    and for a larger file (never read whole); UnicodeDecodeError, and OSError as reading does (a folder
+    is IsADirectoryError)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise Unreadable("not a regular file (a folder, device, FIFO or socket): not read")
+            raise Unreadable("not a regular file (a device, FIFO or socket): not read")
         data = f.read(limit + 1)
     if len(data) > limit:
         raise Unreadable(f"this spec is over {limit:,} bytes long; split it into several spec files")
