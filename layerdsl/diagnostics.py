@@ -36,21 +36,34 @@ class Diagnostic:
     source: str | None = field(default=None, repr=False)
 
     def render(self) -> str:
-        head = f"{self.path}:{self.span.line}:{self.span.col}: {self.severity}: {self.message}"
+        """The diagnostic as terminal text: control characters from the spec or its path (a terminal's
+        escape sequences, line breaks) are shown escaped, never sent to the terminal."""
+        head = f"{printable(self.path)}:{self.span.line}:{self.span.col}: {self.severity}: {printable(self.message)}"
         lines = [head]
         text = _source_line(self.source if self.source is not None else _SOURCES.get(self.path), self.span.line)
         if text is not None:
-            width = (
-                self.span.end_col - self.span.col
-                if self.span.end_line == self.span.line
-                else len(text) - self.span.col + 1
-            )
-            prefix = "".join(ch if ch == "\t" else " " for ch in text[: self.span.col - 1])
-            lines.append(f"    {text}")
-            lines.append(f"    {prefix}{'^' * max(1, width)}")
+            start = self.span.col - 1
+            end = self.span.end_col - 1 if self.span.end_line == self.span.line else len(text)
+            prefix = "".join(ch if ch == "\t" else " " for ch in printable(text[:start]))
+            lines.append(f"    {printable(text)}")
+            lines.append(f"    {prefix}{'^' * max(1, len(printable(text[start:end])))}")
         if self.hint:
-            lines.append(f"  hint: {self.hint}")
+            lines.append(f"  hint: {printable(self.hint)}")
         return "\n".join(lines)
+
+
+def printable(text: str) -> str:
+    """`text` with every character a terminal or a Python comment would act on (control characters and
+    escape sequences, line breaks, lone surrogates from undecodable file names) written as a Python
+    escape (`\\x1b`, `\\u2028`, `\\udcff`); tabs and printable text are kept."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == "\t" else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def _source_line(source: str | None, line: int) -> str | None:

@@ -14,9 +14,10 @@ from pathlib import Path
 from layerdsl.autodiff.plan import BackwardPlan, plan_backwards
 from layerdsl.codegen.module import emit_file, emit_package_init
 from layerdsl.diagnostics import Diagnostic, Span, SpecError
+from layerdsl.driver.output import Unreadable, read_spec, stamp
 from layerdsl.ir import nodes as N
 from layerdsl.semantics.checker import Program, check_program
-from layerdsl.syntax.parser import parse_file
+from layerdsl.syntax.parser import MAX_SOURCE_CHARS, parse_file
 
 
 @dataclass
@@ -34,7 +35,7 @@ def find_sources(paths: list[str]) -> list[Source]:
             for f in sorted(root.rglob("*.layer")):
                 rel = f.relative_to(root)
                 sources.append(Source(f, (Path(root.resolve().name) / rel).as_posix(), rel.with_suffix(".py")))
-        elif root.is_file():
+        elif root.exists():  # a device or FIFO too: reading it is refused with a located error
             sources.append(Source(root, root.name, Path(root.name).with_suffix(".py")))
         else:
             raise FileNotFoundError(p)
@@ -47,9 +48,15 @@ def load(sources: list[Source]) -> tuple[list[N.SpecFile], list[Diagnostic]]:
     problems: list[Diagnostic] = []
     for src in sources:
         try:
-            text = src.file.read_text(encoding="utf-8")
+            text = read_spec(src.file, MAX_SOURCE_CHARS)
         except UnicodeDecodeError as exc:
             problems.append(Diagnostic(src.shown, Span.point(1, 1), f"not UTF-8 text: {exc.reason}"))
+            continue
+        except Unreadable as exc:
+            problems.append(Diagnostic(src.shown, Span.point(1, 1), str(exc)))
+            continue
+        except OSError as exc:  # unreadable (permissions, a dangling link): reported with the rest
+            problems.append(Diagnostic(src.shown, Span.point(1, 1), f"cannot read this file: {exc.strerror or exc}"))
             continue
         for part in src.out.with_suffix("").parts:
             if not part.isidentifier():
@@ -108,7 +115,7 @@ def generate(paths: list[str]) -> dict[Path, str]:
     sources, files, program, plans = _checked(paths)
     outputs = emit_modules(sources, files, program, plans)
     outputs.update(_package_inits(sources, files, paths))
-    return {path: format_python(text) for path, text in sorted(outputs.items())}
+    return {path: stamp(format_python(text)) for path, text in sorted(outputs.items())}
 
 
 def emit_modules(

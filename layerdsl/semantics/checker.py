@@ -388,12 +388,24 @@ class LayerChecker:
                 value.kind = Kind.STR
                 continue
             self.check_construction_expr(value, "an initialiser argument")
+        if init.name.startswith("kaiming"):
+            self.check_fan_mode(init)
         if init.name == "eye" and len(t.shape.dims) != 2:
             self.r.error(init.span, f"'eye' needs a 2-D tensor; '{t.name}' has {len(t.shape.dims)} dims")
         if init.name == "orthogonal" and len(t.shape.dims) < 2:
             self.r.error(init.span, f"'orthogonal' needs 2 or more dims; '{t.name}' has {len(t.shape.dims)}")
         if spec.fan_based and len(t.shape.dims) < 2 and not {k.name for k in init.kwargs} >= {"fan_in", "fan_out"}:
             self.r.error(init.span, f"'{init.name}' needs 2 or more dims, or both fan_in = and fan_out =")
+
+    def check_fan_mode(self, init: N.Init) -> None:
+        """kaiming_*'s `mode`: "fan_in" or "fan_out", or a `str` argument (checked when the layer is built)."""
+        names = [p for p, _ in INITS[init.name].params]
+        given = dict(zip(names, init.args)) | {k.name: k.value for k in init.kwargs}
+        mode = given.get("mode")
+        if isinstance(mode, N.Str) and mode.value not in ("fan_in", "fan_out"):
+            self.r.error(mode.span, f'mode must be "fan_in" or "fan_out", not {mode.value!r}')
+        elif mode is not None and not isinstance(mode, N.Str) and mode.kind not in (Kind.STR, Kind.UNKNOWN):
+            self.r.error(mode.span, f'mode must be a str ("fan_in" or "fan_out"), this is {_a(mode.kind)}')
 
     def check_sub_call(self, call: N.Call) -> None:
         if call.func.startswith("nn."):

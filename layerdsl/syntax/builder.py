@@ -423,6 +423,14 @@ class IRBuilder(Transformer):
             if issubclass(w.category, (DeprecationWarning, SyntaxWarning)):
                 self.r.error(_tspan(tok), str(w.message), "write `\\\\` for a backslash")
                 break
+        surrogate = next((c for c in value if 0xD800 <= ord(c) <= 0xDFFF), None)
+        if surrogate is not None:  # no UTF-8 for it: Python cannot even make it a class's docstring
+            self.r.error(
+                _tspan(tok),
+                f"a string cannot hold a lone surrogate (\\u{ord(surrogate):04x})",
+                "write the character itself, or a `\\U` escape of its code point",
+            )
+            value = ""
         return N.Str(_tspan(tok), value)
 
     def true(self, meta, items):

@@ -23,6 +23,17 @@ from layerdsl.resources import resource_dir
 GRAMMAR_FILE = "layer.lark"
 
 
+MAX_TOKENS = 10_000  # a spec's tokens: the LALR parser takes about 50 µs each
+
+
+class TooManyTokens(Exception):
+    """Raised by the post-lexer at the first token over MAX_TOKENS, before the parser spends seconds."""
+
+    def __init__(self, token: Token):
+        super().__init__(f"more than {MAX_TOKENS} tokens")
+        self.token = token
+
+
 class _Layout:
     """Post-lexer: newlines inside ( ) and [ ] and at the start of the file are dropped, and the file
     always ends with a newline token. It never looks ahead, which the contextual lexer relies on."""
@@ -32,7 +43,9 @@ class _Layout:
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
         depth = 0
         last = None
-        for tok in stream:
+        for count, tok in enumerate(stream):
+            if count >= MAX_TOKENS:
+                raise TooManyTokens(tok)
             if tok.type == "_NL" and (depth > 0 or last is None or last.type == "_NL"):
                 continue
             if tok.type in ("LPAR", "LSQB"):

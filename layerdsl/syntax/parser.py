@@ -9,17 +9,18 @@ through `normalize_source`, so that they agree on what a file says.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from lark import Tree
+from lark import Token, Tree
 from lark.exceptions import UnexpectedInput, VisitError
 
 from layerdsl.diagnostics import Diagnostic, Reporter, Span, SpecError
 from layerdsl.ir import nodes as N
 from layerdsl.syntax.builder import IRBuilder
 from layerdsl.syntax.errors import error_line, syntax_diagnostic
-from layerdsl.syntax.grammar import expression_parser, file_parser
+from layerdsl.syntax.grammar import MAX_TOKENS, TooManyTokens, expression_parser, file_parser
 
 BYTE_ORDER_MARK = "\ufeff"
 
@@ -52,8 +53,14 @@ def parse_file(path: str, source: str, strict: bool = False) -> ParsedFile:
     """
     source = normalize_source(source)
     reporter = Reporter(path, source)
-    tree, broken = _parse_salvaging(source, reporter)
-    if tree is not None and not _depth_allowed(tree, reporter):
+    try:
+        tree, broken = _parse_salvaging(source, reporter) if _size_allowed(source, reporter) else (None, set())
+    except TooManyTokens as exc:
+        reporter.diagnostics.append(too_many_tokens(exc, path, source))
+        tree, broken = None, set()
+    if tree is None:
+        broken |= _layer_names(source)
+    if tree is not None and not _within_bounds(tree, reporter):
         tree = None
         broken |= _layer_names(source)
     layers = _build(tree, reporter) if tree is not None else []
@@ -76,11 +83,15 @@ def parse_partial(path: str, source: str) -> PartialParse:
     after a syntax error, and keeping the tree (the server reads the layers' extents from it)."""
     source = normalize_source(source)
     reporter = Reporter(path, source)
+    if not _size_allowed(source, reporter):
+        return PartialParse(None, reporter.diagnostics, None)
     try:
         tree = file_parser().parse(source)
     except UnexpectedInput as exc:
         return PartialParse(None, [syntax_diagnostic(exc, path, source)], None)
-    if not _depth_allowed(tree, reporter):
+    except TooManyTokens as exc:
+        return PartialParse(None, [too_many_tokens(exc, path, source)], None)
+    if not _within_bounds(tree, reporter):
         return PartialParse(None, reporter.diagnostics, None)
     layers = _build(tree, reporter)
     return PartialParse(N.SpecFile(path, source, layers), reporter.diagnostics, tree)
@@ -162,20 +173,91 @@ def _parse_salvaging(source: str, reporter: Reporter) -> tuple[Tree | None, set[
     return None, broken
 
 
-MAX_DEPTH = 100  # levels of nesting in the tree: the passes after parsing recurse over it
+MAX_SOURCE_CHARS = 256 * 1024  # the largest spec read: far above any real one, far below what hurts
 
 
-def _depth_allowed(tree: Tree, reporter: Reporter) -> bool:
-    """False, with the error reported, when an expression is nested more than MAX_DEPTH levels."""
-    deep = _too_deep(tree)
-    if deep is None:
+def _size_allowed(source: str, reporter: Reporter) -> bool:
+    if len(source) <= MAX_SOURCE_CHARS:
         return True
-    reporter.error(
-        deep,
-        "this expression is nested too deeply",
-        f"split it into several statements (at most {MAX_DEPTH} levels)",
-    )
+    reporter.error(Span.point(1, 1), *size_problem(len(source)))
     return False
+
+
+def size_problem(size: int) -> tuple[str, str]:
+    """The message and hint for a spec of `size` characters (or bytes), over MAX_SOURCE_CHARS."""
+    return (
+        f"this spec is {size:,} characters long; the limit is {MAX_SOURCE_CHARS:,}",
+        "split it into several spec files",
+    )
+
+
+def too_many_tokens(exc: TooManyTokens, path: str, source: str) -> Diagnostic:
+    tok = exc.token
+    return Diagnostic(
+        path,
+        Span(tok.line or 1, tok.column or 1, tok.end_line or 1, tok.end_column or 1),
+        f"this spec has more than {MAX_TOKENS:,} tokens",
+        "split it into several spec files, long expressions into several statements",
+        source=source,
+    )
+
+
+MAX_DEPTH = 100  # levels of nesting in the tree: the passes after parsing recurse over it
+MAX_NUMBER_CHARS = 100  # a longer number is a mistake (and Python refuses integers of over 4,300 digits)
+MAX_STRING_CHARS = 65_536  # docstrings and reasons end up in generated source
+
+
+def _within_bounds(tree: Tree, reporter: Reporter) -> bool:
+    """False, with the errors reported, when an expression is nested more than MAX_DEPTH levels or a
+    literal is longer than its bound."""
+    problems = bound_problems(tree, reporter.path, reporter.source)
+    reporter.diagnostics.extend(problems)
+    return not problems
+
+
+def bound_problems(tree: Tree, path: str, source: str) -> list[Diagnostic]:
+    """The located errors of a tree that breaks the bounds on nesting and on literal sizes, found without
+    recursion, so that no pass after parsing (the formatter's included) can exceed Python's recursion
+    limit or spend its time on one huge literal."""
+    problems = []
+    deep = _too_deep(tree)
+    if deep is not None:
+        problems.append(
+            Diagnostic(
+                path,
+                deep,
+                "this expression is nested too deeply",
+                f"split it into several statements (at most {MAX_DEPTH} levels)",
+                source=source,
+            )
+        )
+    for tok in _tokens(tree):
+        limit = MAX_NUMBER_CHARS if tok.type == "NUMBER" else MAX_STRING_CHARS if tok.type == "STRING" else None
+        if limit is not None and len(tok) > limit:
+            kind = "number" if tok.type == "NUMBER" else "string"
+            problems.append(
+                Diagnostic(
+                    path,
+                    Span(tok.line or 1, tok.column or 1, tok.end_line or 1, tok.end_column or 1),
+                    f"this {kind} is {len(tok):,} characters long; the limit is {limit:,}",
+                    "a layer spec holds code and short documentation, not data",
+                    source=source,
+                )
+            )
+    return problems
+
+
+def _tokens(tree: Tree) -> list[Token]:
+    """Every token of the tree, without recursion."""
+    found, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        for child in node.children:
+            if isinstance(child, Tree):
+                stack.append(child)
+            elif isinstance(child, Token):
+                found.append(child)
+    return found
 
 
 def _too_deep(tree: Tree) -> Span | None:
@@ -184,11 +266,31 @@ def _too_deep(tree: Tree) -> Span | None:
     while stack:
         node, depth, root = stack.pop()
         if depth > MAX_DEPTH:
-            return Span(root.meta.line, root.meta.column, root.meta.end_line, root.meta.end_column)
+            return _span_of(root)
         for child in node.children:
             if isinstance(child, Tree):
                 stack.append((child, depth + 1, child if node.data in _STRUCTURE else root))
     return None
+
+
+def _span_of(tree: Tree) -> Span:
+    """Where `tree` is: its positions, or (in a tree built without them, the formatter's) its first token's."""
+    if getattr(tree.meta, "line", None) is not None:
+        return Span(tree.meta.line, tree.meta.column, tree.meta.end_line, tree.meta.end_column)
+    first = next(iter(_tokens_in_order(tree)), None)
+    if first is None or first.line is None or first.column is None:
+        return Span.point(1, 1)
+    return Span.point(first.line, first.column)
+
+
+def _tokens_in_order(tree: Tree) -> Iterator[Token]:
+    stack: list[Tree | Token] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Token):
+            yield node
+        elif isinstance(node, Tree):
+            stack.extend(reversed(node.children))
 
 
 # Rules that are not expressions: an expression starts below one of them.

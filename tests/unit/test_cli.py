@@ -175,3 +175,27 @@ def test_the_process_exits_with_the_code(tmp_path):
     run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 123, run.stderr
     assert "internal error: ZeroDivisionError" in run.stderr
+
+
+# ---------------------------------------------------------------- what reaches the terminal
+
+
+def test_a_diagnostic_shows_control_characters_escaped_with_the_caret_under_them(tmp_path, capsys):
+    spec = tmp_path / "esc\x1b[31m.layer"
+    spec.write_text(SPEC.replace("return x + offset", "return x\x1b[2J + ofset"), encoding="utf-8")
+    assert main(["check", str(spec)]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err
+    assert "error: 'esc\\x1b[31m' cannot be a Python module name" in err
+    lines = err.splitlines()
+    at = next(i for i, text in enumerate(lines) if text.startswith("esc\\x1b[31m.layer:8:"))
+    line, caret = lines[at + 1 : at + 3]
+    assert line == "            return x\\x1b[2J + ofset"
+    assert caret.index("^") == line.index("\\x1b") and caret.count("^") == len("\\x1b")  # under the escape
+
+
+def test_gen_force_is_an_option_and_a_clean_run_needs_no_force(specs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["gen", str(specs), "-o", str(out)]) == 0
+    assert main(["gen", str(specs), "-o", str(out), "--force"]) == 0
+    assert "0 written, 3 unchanged, 0 removed" in capsys.readouterr().out

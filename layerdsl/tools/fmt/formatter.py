@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import difflib
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -34,10 +35,11 @@ from lark import Token, Tree
 from lark.exceptions import UnexpectedInput
 
 from layerdsl.diagnostics import Diagnostic, Span, SpecError
-from layerdsl.driver.output import write_atomic
+from layerdsl.driver.output import Unreadable, read_spec, write_atomic
 from layerdsl.syntax import normalize_source
 from layerdsl.syntax.errors import syntax_diagnostic
-from layerdsl.syntax.grammar import parse_keeping_tokens
+from layerdsl.syntax.grammar import TooManyTokens, parse_keeping_tokens
+from layerdsl.syntax.parser import MAX_SOURCE_CHARS, bound_problems, size_problem, too_many_tokens
 
 LIMIT = 100  # columns
 STEP = 4  # spaces per indentation level
@@ -603,10 +605,17 @@ def _shape(tree) -> tuple:
 def format_source(text: str, path: str = "<string>") -> str:
     """The canonical layout of a spec. Raises SpecError (located, like every diagnostic) when it does not parse."""
     text = normalize_source(text)
+    if len(text) > MAX_SOURCE_CHARS:
+        raise SpecError([Diagnostic(path, Span.point(1, 1), *size_problem(len(text)))])
     try:
         tree, comments = parse_with_comments(text)
     except UnexpectedInput as exc:
         raise SpecError([syntax_diagnostic(exc, path, text)]) from None
+    except TooManyTokens as exc:
+        raise SpecError([too_many_tokens(exc, path, text)]) from None
+    problems = bound_problems(tree, path, text)  # the layout recurses over the tree
+    if problems:
+        raise SpecError(problems)
     builder = _Builder(tree, comments, text)
     printer = _Printer(builder)
     printer.file(tree)
@@ -638,7 +647,7 @@ def _spec_files(paths: list[str]) -> list[Path]:
         root = Path(p)
         if root.is_dir():
             files += sorted(root.rglob("*.layer"))
-        elif root.is_file():
+        elif root.exists():  # a device or FIFO too: reading it is refused with a located error
             files.append(root)
         else:
             raise FileNotFoundError(p)
@@ -657,10 +666,15 @@ def run_cli(paths: list[str], check: bool, diff: bool) -> int:
     for path in files:
         shown = str(path)
         try:
-            raw = path.read_bytes()
-            text = raw.decode("utf-8")
+            text = read_spec(path, MAX_SOURCE_CHARS)
         except UnicodeDecodeError as exc:
             problems.append(Diagnostic(shown, Span.point(1, 1), f"not UTF-8 text: {exc.reason}"))
+            continue
+        except Unreadable as exc:
+            problems.append(Diagnostic(shown, Span.point(1, 1), str(exc)))
+            continue
+        except OSError as exc:  # unreadable (permissions, a dangling link): reported with the rest
+            problems.append(Diagnostic(shown, Span.point(1, 1), f"cannot read this file: {exc.strerror or exc}"))
             continue
         try:
             formatted = format_source(text, shown)
@@ -690,7 +704,7 @@ def run_cli(paths: list[str], check: bool, diff: bool) -> int:
             if not diff:
                 print(f"would reformat {shown}", file=sys.stderr)
         elif not diff:
-            write_atomic(path, formatted)
+            write_atomic(Path(os.path.realpath(path)), formatted)  # through a symlink: the link stays one
     for d in problems:
         print(d.render(), file=sys.stderr)
     verb = "would be reformatted" if check or diff else "reformatted"
