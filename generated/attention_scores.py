@@ -32,8 +32,9 @@ def attention_scores(queries: Tensor, keys: Tensor, *, head_dim: int) -> Tensor:
             f"AttentionScores: input 'keys' has size {keys.shape[2]} at dim 2, expected head_dim = {head_dim}"
         )
     scale = 1 / math.sqrt(head_dim)
+    # attention_scores.layer:9
     scores = scale * torch.einsum("bqd,bkd->bqk", queries, keys)
-    return scores
+    return scores  # attention_scores.layer:10
 
 
 class AttentionScores(nn.Module):

@@ -29,8 +29,8 @@ def bilinear_form(x1: Tensor, x2: Tensor, weight: Tensor, bias: Tensor) -> Tenso
         raise ValueError(
             f"BilinearForm: input 'x2' has size {x2.shape[1]} at dim 1, expected in2_features = {weight.shape[2]}"
         )
-    y = torch.einsum("bi,oij,bj->bo", x1, weight, x2) + bias
-    return y
+    y = torch.einsum("bi,oij,bj->bo", x1, weight, x2) + bias  # bilinear.layer:10
+    return y  # bilinear.layer:11
 
 
 class BilinearForm(nn.Module):

@@ -9,7 +9,7 @@ __all__ = ["CenteredLayer", "centered_layer"]
 
 def centered_layer(x: Tensor) -> Tensor:
     """Functional form of :class:`CenteredLayer`."""
-    return x - torch.mean(x)
+    return x - torch.mean(x)  # centered_layer.layer:5
 
 
 class CenteredLayer(nn.Module):

@@ -19,8 +19,10 @@ def channel_norm(
         raise ValueError(
             f"ChannelNorm: input 'x' has size {x.shape[1]} at dim 1, expected channels = {weight.shape[0]}"
         )
-    mu = torch.mean(x, dim=[2, 3], keepdim=True)
+    mu = torch.mean(x, dim=[2, 3], keepdim=True)  # channel_norm.layer:11
+    # channel_norm.layer:12
     sigma2 = torch.mean((x - mu) ** 2, dim=[2, 3], keepdim=True)
+    # channel_norm.layer:13
     return (x - mu) / torch.sqrt(sigma2 + eps) * weight + bias
 
 
@@ -33,9 +35,11 @@ class ChannelNormFunction(torch.autograd.Function):
     def forward(
         x: Tensor, weight: Tensor, bias: Tensor, eps: float
     ) -> tuple[Tensor, Tensor, Tensor]:
-        mu = torch.mean(x, dim=[2, 3], keepdim=True)
-        sub = x - mu
+        mu = torch.mean(x, dim=[2, 3], keepdim=True)  # channel_norm.layer:11
+        sub = x - mu  # channel_norm.layer:12
+        # channel_norm.layer:12
         sigma2 = torch.mean(sub * sub, dim=[2, 3], keepdim=True)
+        # channel_norm.layer:13
         return torch.addcmul(bias, sub / (sigma2 + eps).sqrt_(), weight), mu, sigma2
 
     @staticmethod

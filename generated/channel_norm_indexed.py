@@ -19,12 +19,14 @@ def channel_norm_indexed(
         raise ValueError(
             f"ChannelNormIndexed: input 'x' has size {x.shape[1]} at dim 1, expected channels = {weight.shape[0]}"
         )
-    mu = torch.mean(x, dim=[2, 3])
+    mu = torch.mean(x, dim=[2, 3])  # channel_norm_indexed.layer:11
+    # channel_norm_indexed.layer:12
     sigma2 = torch.mean((x - mu[:, :, None, None]) ** 2, dim=[2, 3])
+    # channel_norm_indexed.layer:13
     y = (x - mu[:, :, None, None]) / torch.sqrt(sigma2 + eps)[
         :, :, None, None
     ] * weight[:, None, None] + bias[:, None, None]
-    return y
+    return y  # channel_norm_indexed.layer:14
 
 
 class ChannelNormIndexedFunction(torch.autograd.Function):
@@ -37,8 +39,9 @@ class ChannelNormIndexedFunction(torch.autograd.Function):
         x: Tensor, weight: Tensor, bias: Tensor, eps: float
     ) -> tuple[Tensor, Tensor, Tensor]:
         mu = torch.mean(x, dim=[2, 3])
-        sub = x - mu[:, :, None, None]
+        sub = x - mu[:, :, None, None]  # channel_norm_indexed.layer:12
         sigma2 = torch.mean(sub * sub, dim=[2, 3])
+        # channel_norm_indexed.layer:14
         return (
             torch.addcmul(
                 bias[:, None, None],

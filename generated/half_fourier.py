@@ -14,7 +14,7 @@ def half_fourier(x: Tensor) -> Tensor:
             f"HalfFourier: input 'x' must have at least 1 dim [..., n], got {x.dim()}"
         )
     n = x.shape[-1]
-    return torch.fft.fft(x)[..., : n // 2]
+    return torch.fft.fft(x)[..., : n // 2]  # half_fourier.layer:7
 
 
 class HalfFourier(nn.Module):

@@ -13,10 +13,10 @@ def index_softmax(x: Tensor) -> Tensor:
         raise ValueError(
             f"IndexSoftmax: input 'x' must have 2 dims [B, N], got {x.dim()}"
         )
-    m = torch.amax(x, dim=[1])
-    e = torch.exp(x - m[:, None])
-    y = e / torch.sum(e, dim=[1])[:, None]
-    return y
+    m = torch.amax(x, dim=[1])  # index_softmax.layer:5
+    e = torch.exp(x - m[:, None])  # index_softmax.layer:6
+    y = e / torch.sum(e, dim=[1])[:, None]  # index_softmax.layer:7
+    return y  # index_softmax.layer:8
 
 
 class IndexSoftmax(nn.Module):

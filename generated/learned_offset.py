@@ -17,7 +17,7 @@ def learned_offset(x: Tensor, offset: Tensor) -> Tensor:
         raise ValueError(
             f"LearnedOffset: input 'x' has size {x.shape[-1]} at dim -1, expected features = {offset.shape[0]}"
         )
-    return x + offset
+    return x + offset  # learned_offset.layer:8
 
 
 class LearnedOffset(nn.Module):

@@ -48,6 +48,7 @@ class LeNet(nn.Module):
             raise ValueError(
                 f"LeNet: input 'x' has size {x.shape[3]} at dim 3, expected 28 = {28}"
             )
+        # lenet.layer:23
         return self.classifier(torch.flatten(self.features(x), start_dim=1))
 
     def extra_repr(self) -> str:

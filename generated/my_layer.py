@@ -19,10 +19,10 @@ def my_layer(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         raise ValueError(
             f"MyLayer: input 'x' has size {x.shape[-1]} at dim -1, expected in_features = {weight.shape[0]}"
         )
-    h = x**2
-    if bias is not None:
-        h = h + bias
-    return torch.sqrt(h) @ weight
+    h = x**2  # my_layer.layer:13
+    if bias is not None:  # my_layer.layer:13
+        h = h + bias  # my_layer.layer:13
+    return torch.sqrt(h) @ weight  # my_layer.layer:13
 
 
 class MyLayer(nn.Module):

@@ -21,10 +21,10 @@ def my_layer_functional(
         raise ValueError(
             f"MyLayerFunctional: input 'x' has size {x.shape[1]} at dim 1, expected in_features = {weight.shape[0]}"
         )
-    h = x**2
-    if bias is not None:
-        h = h + bias
-    return torch.sqrt(h) @ weight
+    h = x**2  # my_layer_function.layer:13
+    if bias is not None:  # my_layer_function.layer:13
+        h = h + bias  # my_layer_function.layer:13
+    return torch.sqrt(h) @ weight  # my_layer_function.layer:13
 
 
 class MyLayerFunctionalFunction(torch.autograd.Function):
@@ -38,7 +38,7 @@ class MyLayerFunctionalFunction(torch.autograd.Function):
             add = torch.addcmul(bias, x, x)
         else:
             add = x * x
-        return add.sqrt_() @ weight
+        return add.sqrt_() @ weight  # my_layer_function.layer:13
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:

@@ -19,10 +19,10 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         raise ValueError(
             f"Linear: input 'x' has size {x.shape[-1]} at dim -1, expected in_features = {weight.shape[1]}"
         )
-    h = x @ torch.transpose(weight, 0, 1)
-    if bias is not None:
-        h = h + bias
-    return h
+    h = x @ torch.transpose(weight, 0, 1)  # perceptron.layer:10
+    if bias is not None:  # perceptron.layer:10
+        h = h + bias  # perceptron.layer:10
+    return h  # perceptron.layer:10
 
 
 class Linear(nn.Module):
@@ -97,6 +97,7 @@ class Perceptron(nn.Module):
             raise ValueError(
                 f"Perceptron: input 'x' has size {x.shape[1]} at dim 1, expected in_features = {self.in_features}"
             )
+        # perceptron.layer:22
         return self.output_layer(torch.sigmoid(self.hidden_layer(x)))
 
     def extra_repr(self) -> str:

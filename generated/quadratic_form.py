@@ -23,8 +23,8 @@ def quadratic_form(x: Tensor, weight: Tensor) -> Tensor:
         raise ValueError(
             f"QuadraticForm: input 'x' has size {x.shape[1]} at dim 1, expected in_features = {weight.shape[0]}"
         )
-    y = torch.einsum("ijk,bi,bj->bk", weight, x, x)
-    return y
+    y = torch.einsum("ijk,bi,bj->bk", weight, x, x)  # quadratic_form.layer:9
+    return y  # quadratic_form.layer:10
 
 
 class QuadraticForm(nn.Module):
@@ -63,8 +63,8 @@ def quadratic_form_functional(x: Tensor, weight: Tensor) -> Tensor:
         raise ValueError(
             f"QuadraticFormFunctional: input 'x' has size {x.shape[1]} at dim 1, expected in_features = {weight.shape[0]}"
         )
-    y = torch.einsum("ijk,bi,bj->bk", weight, x, x)
-    return y
+    y = torch.einsum("ijk,bi,bj->bk", weight, x, x)  # quadratic_form.layer:22
+    return y  # quadratic_form.layer:23
 
 
 class QuadraticFormFunctionalFunction(torch.autograd.Function):
@@ -74,7 +74,7 @@ class QuadraticFormFunctionalFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, weight: Tensor) -> Tensor:
-        return torch.einsum("ijk,bi,bj->bk", weight, x, x)
+        return torch.einsum("ijk,bi,bj->bk", weight, x, x)  # quadratic_form.layer:23
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:

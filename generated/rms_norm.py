@@ -17,6 +17,7 @@ def rms_norm(x: Tensor, weight: Tensor, *, eps: float = 1e-6) -> Tensor:
         raise ValueError(
             f"RMSNorm: input 'x' has size {x.shape[-1]} at dim -1, expected dim = {weight.shape[0]}"
         )
+    # rms_norm.layer:8
     return x * torch.rsqrt(torch.mean(x * x, dim=-1, keepdim=True) + eps) * weight
 
 

@@ -17,6 +17,7 @@ def rms_norm_functional(x: Tensor, weight: Tensor, *, eps: float = 1e-6) -> Tens
         raise ValueError(
             f"RMSNormFunctional: input 'x' has size {x.shape[-1]} at dim -1, expected dim = {weight.shape[0]}"
         )
+    # rms_norm_function.layer:9
     return x * torch.rsqrt(torch.mean(x * x, dim=-1, keepdim=True) + eps) * weight
 
 
@@ -27,8 +28,8 @@ class RMSNormFunctionalFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-        mean = torch.mean(x * x, dim=-1, keepdim=True)
-        return x * (mean + eps).rsqrt_() * weight, mean
+        mean = torch.mean(x * x, dim=-1, keepdim=True)  # rms_norm_function.layer:9
+        return x * (mean + eps).rsqrt_() * weight, mean  # rms_norm_function.layer:9
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:

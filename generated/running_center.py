@@ -40,16 +40,18 @@ class RunningCenter(nn.Module):
             raise ValueError(
                 f"RunningCenter: input 'x' has size {x.shape[1]} at dim 1, expected num_features = {self.num_features}"
             )
-        if self.training:
-            mu = torch.mean(x, dim=0)
+        if self.training:  # running_center.layer:10
+            mu = torch.mean(x, dim=0)  # running_center.layer:11
             with torch.no_grad():
+                # running_center.layer:12
                 self.running_mean.copy_(
                     (1 - self.momentum) * self.running_mean + self.momentum * mu
                 )
+                # running_center.layer:13
                 self.num_batches_tracked.copy_(self.num_batches_tracked + 1)
         else:
-            mu = self.running_mean
-        return x - mu
+            mu = self.running_mean  # running_center.layer:15
+        return x - mu  # running_center.layer:17
 
     def extra_repr(self) -> str:
         return f"num_features={self.num_features}, momentum={self.momentum}"

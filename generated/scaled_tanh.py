@@ -17,8 +17,8 @@ def scaled_tanh(x: Tensor, scale: Tensor) -> Tensor:
         raise ValueError(
             f"ScaledTanh: input 'x' has size {x.shape[1]} at dim 1, expected features = {scale.shape[0]}"
         )
-    t = torch.tanh(x)
-    return scale * t
+    t = torch.tanh(x)  # scaled_tanh.layer:10
+    return scale * t  # scaled_tanh.layer:11
 
 
 class ScaledTanhFunction(torch.autograd.Function):
@@ -28,8 +28,8 @@ class ScaledTanhFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, scale: Tensor) -> Tensor:
-        t = torch.tanh(x)
-        return scale * t
+        t = torch.tanh(x)  # scaled_tanh.layer:10
+        return scale * t  # scaled_tanh.layer:11
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:

@@ -9,7 +9,7 @@ __all__ = ["SigmoidActivation", "sigmoid_activation"]
 
 def sigmoid_activation(x: Tensor) -> Tensor:
     """Functional form of :class:`SigmoidActivation`."""
-    return 1 / (1 + torch.exp(-x))
+    return 1 / (1 + torch.exp(-x))  # sigmoid_activation.layer:4
 
 
 class SigmoidActivation(nn.Module):

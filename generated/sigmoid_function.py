@@ -9,7 +9,7 @@ __all__ = ["SigmoidFunction", "sigmoid_function", "SigmoidFunctionFunction"]
 
 def sigmoid_function(x: Tensor) -> Tensor:
     """Functional form of :class:`SigmoidFunction`."""
-    return torch.sigmoid(x)
+    return torch.sigmoid(x)  # sigmoid_function.layer:6
 
 
 class SigmoidFunctionFunction(torch.autograd.Function):
@@ -19,7 +19,7 @@ class SigmoidFunctionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor) -> Tensor:
-        return torch.sigmoid(x)
+        return torch.sigmoid(x)  # sigmoid_function.layer:6
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:

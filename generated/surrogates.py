@@ -16,7 +16,7 @@ __all__ = [
 
 def gradient_reversal(x: Tensor) -> Tensor:
     """Functional form of :class:`GradientReversal`."""
-    return x * 1
+    return x * 1  # surrogates.layer:9
 
 
 class GradientReversalFunction(torch.autograd.Function):
@@ -26,7 +26,7 @@ class GradientReversalFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, scale: float) -> Tensor:
-        return x * 1
+        return x * 1  # surrogates.layer:9
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -64,7 +64,7 @@ class GradientReversal(nn.Module):
 
 def straight_through_round(x: Tensor) -> Tensor:
     """Functional form of :class:`StraightThroughRound`."""
-    return torch.round(x)
+    return torch.round(x)  # surrogates.layer:22
 
 
 class StraightThroughRoundFunction(torch.autograd.Function):
@@ -74,7 +74,7 @@ class StraightThroughRoundFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor) -> Tensor:
-        return torch.round(x)
+        return torch.round(x)  # surrogates.layer:22
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:

@@ -17,7 +17,7 @@ def swish(x: Tensor, beta: Tensor) -> Tensor:
         raise ValueError(
             f"Swish: input 'x' has size {x.shape[-1]} at dim -1, expected num_features = {beta.shape[0]}"
         )
-    return x * torch.sigmoid(beta * x)
+    return x * torch.sigmoid(beta * x)  # swish.layer:8
 
 
 class Swish(nn.Module):

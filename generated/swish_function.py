@@ -17,7 +17,7 @@ def swish_functional(x: Tensor, beta: Tensor) -> Tensor:
         raise ValueError(
             f"SwishFunctional: input 'x' has size {x.shape[-1]} at dim -1, expected num_features = {beta.shape[0]}"
         )
-    return x * torch.sigmoid(beta * x)
+    return x * torch.sigmoid(beta * x)  # swish_function.layer:9
 
 
 class SwishFunctionalFunction(torch.autograd.Function):
@@ -27,7 +27,7 @@ class SwishFunctionalFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, beta: Tensor) -> Tensor:
-        return x * (beta * x).sigmoid_()
+        return x * (beta * x).sigmoid_()  # swish_function.layer:9
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
