@@ -87,15 +87,14 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
             if not step.op.grads.get(pname):
                 raise NotDerivable(step.expr.span, f"{step.op.name}() has no derivative")
             if step.op.name == "matmul" and pname == "other" and _vector_times_matrix(tape, step):
+                # Not the table's formula, which transposes `input`: that may be a vector here.
                 expr = _matrix_grad_of_vector_product(step.args["input"], g)
             else:
                 expr = simplify(instantiate(formula(step.op.name, pname), step, g))
-            if step.op.shape == "matmul" and pname == "other" and _vector_times_matrix(tape, step):
-                pass  # already the matrix's shape: the batch dims are summed by the product itself
-            elif step.op.shape == "elementwise" and _may_broadcast(tape, step, operand):
-                expr = B.call("sum_to", expr, B.name(operand.id))
-            elif step.op.shape == "matmul" and _may_batch(tape, step):
-                expr = B.call("sum_to", expr, B.name(operand.id))
+                if step.op.shape == "elementwise" and _may_broadcast(tape, step, operand):
+                    expr = B.call("sum_to", expr, B.name(operand.id))
+                elif step.op.shape == "matmul" and _may_batch(tape, step):
+                    expr = B.call("sum_to", expr, B.name(operand.id))
             contributions.setdefault(operand.id, []).append((expr, None))
     for leaf in tape.leaves:
         if leaf in tape.differentiable and leaf in requires:
@@ -174,7 +173,7 @@ def _vector_times_matrix(tape: Tape, step: Step) -> bool:
 def _matrix_grad_of_vector_product(operand: N.Expr, grad: N.Expr) -> N.Expr:
     """The gradient of `w` in `x @ w` for `x` of any rank >= 1: both flattened to matrices of rows
     (`unsqueeze(t, 0)` first, so a vector becomes one row), then one product `rows(x)^T @ rows(grad)`,
-    which also sums over the batch dims."""
+    which also sums over the batch dims (no `sum_to` after it, and no batch of products before it)."""
 
     def rows(t: N.Expr) -> N.Expr:
         return B.call("flatten", B.call("unsqueeze", copy.deepcopy(t), B.num(0)), B.num(0), B.num(-2))

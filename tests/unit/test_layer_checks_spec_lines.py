@@ -89,3 +89,13 @@ def _without_comments(source: str) -> str:
 def test_the_comments_cost_nothing(path):
     source = path.read_text(encoding="utf-8")
     assert _code_objects(source) == _code_objects(_without_comments(source))
+
+
+def test_a_statement_too_long_for_the_comment_has_it_on_the_line_above():
+    from layerdsl.codegen.spec_lines import with_spec_line
+
+    short = with_spec_line(["y = x"], 0, "specs/a.layer", 7)
+    assert short == ["y = x  # a.layer:7"]
+    long = "    y = " + " + ".join(["x"] * 30)
+    assert with_spec_line(["if c:", long], 1, "specs/a.layer", 7, depth=1) == ["if c:", "    # a.layer:7", long]
+    assert with_spec_line(["y = x"], 0, "specs/a.layer", 0) == ["y = x"]  # a statement the compiler made
