@@ -135,15 +135,25 @@ def test_the_summary_names_the_failing_configuration(cases):
     assert f"AddBias [{config.label()}] gradcheck: Jacobian mismatch" in text
 
 
-def test_layerdsl_test_runs_the_matrix():
-    run = subprocess.run(
-        [sys.executable, "-m", "layerdsl", "test", str(SPECS)],
+def _layerdsl_test(*options: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "layerdsl", "test", str(SPECS), *options],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
         env={"PYTHONPATH": str(ROOT), "PATH": ""},
     )
+
+
+def test_layerdsl_test_runs_the_matrix():
+    run = _layerdsl_test()
     assert run.returncode == 0, run.stdout + run.stderr
     assert "configuration matrix:" in run.stdout
     assert " 0 failed" in run.stdout
+
+
+def test_layerdsl_test_example_only_skips_the_matrix():
+    run = _layerdsl_test("--example-only")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "configuration matrix:" not in run.stdout and "AddBias" in run.stdout
