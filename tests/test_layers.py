@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from layerdsl.testing import configurations
 from layerdsl.testing import layer_checks as checks
 
 from .conftest import CASES
@@ -23,3 +24,11 @@ def test_every_spec_layer_is_checked():
     names = {c.name for c, _ in PARAMS}
     assert names == set(CASES)
     assert {"MyLayer", "RMSNorm", "Swish", "LeNet", "Perceptron"} <= names
+
+
+@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+def test_every_configuration(case, package):
+    """The configuration matrix (layerdsl/testing/configurations.py): no check fails in any configuration."""
+    outcomes = configurations.run_matrix([case], package)
+    failures = [f"[{o.case.config.label()}] {o.check}: {o.detail}" for o in outcomes if o.result == "FAIL"]
+    assert not failures, "\n".join(failures)

@@ -86,11 +86,15 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
                 continue
             if not step.op.grads.get(pname):
                 raise NotDerivable(step.expr.span, f"{step.op.name}() has no derivative")
-            expr = simplify(instantiate(formula(step.op.name, pname), step, g))
-            if step.op.shape == "elementwise" and _may_broadcast(tape, step, operand):
-                expr = B.call("sum_to", expr, B.name(operand.id))
-            elif step.op.shape == "matmul" and _may_batch(tape, step):
-                expr = B.call("sum_to", expr, B.name(operand.id))
+            if step.op.name == "matmul" and pname == "other" and _vector_times_matrix(tape, step):
+                # Not the table's formula, which transposes `input`: that may be a vector here.
+                expr = _matrix_grad_of_vector_product(step.args["input"], g)
+            else:
+                expr = simplify(instantiate(formula(step.op.name, pname), step, g))
+                if step.op.shape == "elementwise" and _may_broadcast(tape, step, operand):
+                    expr = B.call("sum_to", expr, B.name(operand.id))
+                elif step.op.shape == "matmul" and _may_batch(tape, step):
+                    expr = B.call("sum_to", expr, B.name(operand.id))
             contributions.setdefault(operand.id, []).append((expr, None))
     for leaf in tape.leaves:
         if leaf in tape.differentiable and leaf in requires:
@@ -155,6 +159,26 @@ def _may_batch(tape: Tape, step: Step) -> bool:
     """Whether a matmul broadcasts batch dims (so an operand's gradient must be summed back)."""
     a, b = _shape_of(tape, step.args["input"]), _shape_of(tape, step.args["other"])
     return a is None or b is None or "..." in a or "..." in b or len(a) != len(b)
+
+
+def _vector_times_matrix(tape: Tape, step: Step) -> bool:
+    """`x @ w` with `w` a matrix and `x` declared `[..., n]` (or `[n]`): `x` may be a vector, which the
+    table's `transpose(input, -1, -2)` cannot take."""
+    a, b = _shape_of(tape, step.args["input"]), _shape_of(tape, step.args["other"])
+    if b is None or len(b) != 2 or "..." in b:
+        return False
+    return a is not None and (len(a) == 1 or (len(a) == 2 and a[0] == "..."))
+
+
+def _matrix_grad_of_vector_product(operand: N.Expr, grad: N.Expr) -> N.Expr:
+    """The gradient of `w` in `x @ w` for `x` of any rank >= 1: both flattened to matrices of rows
+    (`unsqueeze(t, 0)` first, so a vector becomes one row), then one product `rows(x)^T @ rows(grad)`,
+    which also sums over the batch dims (no `sum_to` after it, and no batch of products before it)."""
+
+    def rows(t: N.Expr) -> N.Expr:
+        return B.call("flatten", B.call("unsqueeze", copy.deepcopy(t), B.num(0)), B.num(0), B.num(-2))
+
+    return B.call("matmul", B.call("transpose", rows(operand), B.num(0), B.num(1)), rows(grad))
 
 
 def _shape_of(tape: Tape, operand: N.Expr) -> tuple | None:

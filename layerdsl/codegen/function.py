@@ -19,6 +19,7 @@ from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.shapes import same_shape_leaf
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen.pyexpr import ATOM, PyExpr, Spelling
+from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import children, map_children, walk
@@ -207,12 +208,17 @@ class FunctionEmitter:
             if s.var not in exact:  # a max/min reads the value as the backward recomputes it: as written
                 expr = addcmul_form(expr)
             if s.var in keep | exact or uses.get(s.var, 0) != 1 or s.var in self._spec_locals():
-                lines.append(f"{s.var} = {out(expr)}")
+                lines += self.located([f"{s.var} = {out(expr)}"], s.expr.span.line)
                 bind(s.var, expr)
             else:
                 exprs[s.var] = expr
         outs = [out(substitute(o, exprs)) if isinstance(o, N.Name) else ex(o) for o in tape.outputs]
-        return lines + [f"return {', '.join(outs + extra)}"]
+        returns = [s.span.line for s in self.e.forward.body if isinstance(s, N.Return)]
+        return lines + self.located([f"return {', '.join(outs + extra)}"], returns[-1] if returns else 0)
+
+    def located(self, lines: list[str], line: int) -> list[str]:
+        """`lines` (one statement) naming the spec line it computes."""
+        return with_spec_line(lines, 0, self.e.spec_path, line)
 
     def _spec_locals(self) -> set[str]:
         return {s.target for s in self.e.forward.body if isinstance(s, N.Assign)}
@@ -235,7 +241,10 @@ class FunctionEmitter:
         for k in self.kwargs:
             lines.append(f"ctx.{k} = {k}")
         for name in shapes:
-            lines.append(f"ctx.{name}_shape = {name}.shape")
+            if name in self.e.optional:  # an absent member has no shape, and needs no gradient
+                lines.append(f"ctx.{name}_shape = None if {name} is None else {name}.shape")
+            else:
+                lines.append(f"ctx.{name}_shape = {name}.shape")
         for d in dims:
             lines.append(f"ctx.{d} = {self.dim_source[d]}")
         if saved:

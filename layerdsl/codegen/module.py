@@ -16,6 +16,7 @@ import jinja2
 from layerdsl.autodiff.plan import BackwardPlan, plan_backwards
 from layerdsl.codegen.optional_members import IsPresent, hoist_optionals
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
+from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.diagnostics import SpecError, printable
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import names_read, statements, walk
@@ -87,7 +88,7 @@ def emit_file(
         plans, problems = plan_backwards([spec])
         if problems:
             raise SpecError(problems)
-    layers = [LayerEmitter(layer, program, plans.get(layer.name)).emit() for layer in spec.layers]
+    layers = [LayerEmitter(layer, program, plans.get(layer.name), spec_path).emit() for layer in spec.layers]
     used = "\n".join(layer.code_text() for layer in layers)
     foreign = sorted({(imports_for[s], s) for layer in layers for s in layer.layer_subs if s in imports_for})
     return render(
@@ -150,13 +151,14 @@ class LayerCode:
 
 
 class LayerEmitter:
-    def __init__(self, layer: N.Layer, program: Program, plan: BackwardPlan | None):
+    def __init__(self, layer: N.Layer, program: Program, plan: BackwardPlan | None, spec_path: str | None = None):
         if layer.forward is None:
             raise ValueError(f"layer '{layer.name}' has no forward")  # the parser reports it first
         self.layer = layer
         self.forward: N.Forward = layer.forward
         self.program = program
         self.plan = plan  # a `@function` layer's backward
+        self.spec_path = spec_path  # named by each statement's `# path:LINE` comment
         self.optional = {t.name for t in layer.tensors if t.cond is not None}
         self.shared_cond = {t.name for t in layer.tensors if isinstance(t.cond, N.Name) and t.cond.id == t.name}
         self.stored_args = [a for a in layer.args if a.name not in self.shared_cond]
@@ -239,10 +241,12 @@ class LayerEmitter:
             lines.append(f"self.{let.name} = {ex(let.value)}")
         for t in layer.tensors:
             lines += self.tensor_init(t, ex)
-        for s in layer.subs:
-            lines.append(f"self.{s.name} = {self.sub_call(s.call, ex)}")
         if any(t.kind in N.MEMBERS or t.init is not None for t in layer.tensors):
             lines.append("self.reset_parameters()")
+        # Subs after this layer's own draws: building one draws random numbers too, and construction must
+        # draw what reset_parameters() draws, so that both give the same values under the same seed.
+        for s in layer.subs:
+            lines.append(f"self.{s.name} = {self.sub_call(s.call, ex)}")
         return lines
 
     def tensor_init(self, t: N.Tensor, ex: PyExpr) -> list[str]:
@@ -525,7 +529,7 @@ class LayerEmitter:
         def checks(ret: N.Return) -> list[str] | None:
             return self.output_checks([ex(v) for v in ret.values])
 
-        lines += StatementWriter(ex, spelling, self.layer, checks).block(body)
+        lines += StatementWriter(ex, spelling, self.layer, spec_path=self.spec_path, checks=checks).block(body)
         return lines
 
     def taken_names(self) -> set[str]:
@@ -735,7 +739,7 @@ def _braces_escaped(text: str) -> str:
 
 def _quoted(text: str) -> str:
     """`text` as a double-quoted Python string literal's body, quoted."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return '"' + printable(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 def _indent(lines: list[str], n: int = 1) -> list[str]:
@@ -743,19 +747,24 @@ def _indent(lines: list[str], n: int = 1) -> list[str]:
 
 
 class StatementWriter:
-    """Forward statements as Python lines."""
+    """Forward statements as Python lines, each ending in a `# file.layer:LINE` comment naming the spec statement
+    it comes from: a traceback shows the generated line, and with it where the spec says it (for free: a
+    comment costs nothing at run time)."""
 
     def __init__(
         self,
         ex: PyExpr,
         spelling: Spelling,
         layer: N.Layer,
+        spec_path: str | None = None,
         checks: Callable[[N.Return], list[str] | None] | None = None,
     ):
         self.ex = ex
         self.sp = spelling
         self.layer = layer
+        self.spec_path = spec_path
         self.checks = checks  # a return's lines with its run-time output checks (None: a plain return)
+        self.depth = -1  # how deep in `if` blocks the statement being written is (0: the body itself)
 
     def require(self, s: N.Require) -> list[str]:
         """`require B > 1 if training, "..."`: one negated comparison (after the guard), then a ValueError
@@ -774,6 +783,13 @@ class StatementWriter:
         return [f"if {test}:", f"    raise ValueError(f{_quoted(text + ')')})"]
 
     def block(self, body: list[N.Stmt]) -> list[str]:
+        self.depth += 1
+        try:
+            return self.statements(body)
+        finally:
+            self.depth -= 1
+
+    def statements(self, body: list[N.Stmt]) -> list[str]:
         lines = []
         for i, stmt in enumerate(body):
             if isinstance(stmt, N.Update) and i > 0 and isinstance(body[i - 1], N.Update):
@@ -788,6 +804,12 @@ class StatementWriter:
         return self.ex(e)
 
     def stmt(self, s: N.Stmt) -> list[str]:
+        lines = self.code(s)
+        # An update's line is its copy_ (the `with` cannot fail); an `if`'s, its condition.
+        at = 1 if isinstance(s, N.Update) else 0
+        return with_spec_line(lines, at, self.spec_path, s.span.line, self.depth + at)
+
+    def code(self, s: N.Stmt) -> list[str]:
         match s:
             case N.Assign(target=t, value=v):
                 return [f"{t} = {self.ex(v)}"]

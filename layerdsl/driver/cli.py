@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     test = sub.add_parser("test", help="generate into a temporary folder and run the checks of the test suite")
     test.add_argument("paths", nargs="+", metavar="PATH")
     test.add_argument("--device", choices=["cpu", "cuda", "all"], default="cpu")
+    test.add_argument(
+        "--example-only", action="store_true", help="check only the example's configuration, not the matrix"
+    )
     test.set_defaults(run=cmd_test)
 
     fmt = sub.add_parser("fmt", help="format specs in the canonical layout")
@@ -208,7 +211,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_test(args: argparse.Namespace) -> int:
     from layerdsl.testing.layer_checks import run_cli
 
-    return run_cli(args.paths, args.device)
+    return run_cli(args.paths, args.device, matrix=not args.example_only)
 
 
 def cmd_fmt(args: argparse.Namespace) -> int:

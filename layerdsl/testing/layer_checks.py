@@ -40,12 +40,33 @@ class CheckFailed(AssertionError):
     An AssertionError, so that pytest reports it as a failed assertion."""
 
 
+@dataclass(frozen=True)
+class Config:
+    """One point of a layer's configuration space (see configurations.py): what the example does not fix."""
+
+    args: dict[str, Any]  # argument values over the example's (the `bool` arguments)
+    dims: dict[str, int]  # every symbolic dim's size
+    lead: tuple[int, ...]  # the sizes `...` stands for
+    dtype: torch.dtype = torch.float64
+    training: bool | None = None  # the mode the layer runs in, where its forward reads `training`
+
+    def label(self) -> str:
+        """`bias=False, B=3, ...=(2, 4), float32, eval`: how the summary names a failing configuration."""
+        parts = [f"{k}={v}" for k, v in self.args.items()] + [f"{k}={v}" for k, v in self.dims.items() if k != "..."]
+        parts += [f"...={self.lead}", str(self.dtype).removeprefix("torch.")]
+        if self.training is not None:
+            parts.append("train" if self.training else "eval")
+        return ", ".join(parts)
+
+
 @dataclass
 class Case:
-    """One layer of a spec, with what the checks need to build and feed it."""
+    """One layer of a spec, with what the checks need to build and feed it: its example's values, or those
+    of one configuration."""
 
     layer: N.Layer
     module: str  # dotted module name under the generated package
+    config: Config | None = None
 
     @property
     def name(self) -> str:
@@ -69,10 +90,13 @@ class Case:
                 out[a.name] = literal_value(ex[a.name])
             elif a.default is not None:
                 out[a.name] = literal_value(a.default)
-        return out
+        return out | self.config.args if self.config else out
 
     def dims(self) -> dict[str, int]:
-        """Sizes of symbolic dims: the example's, else distinct small sizes unlike every argument."""
+        """Sizes of symbolic dims: the configuration's, else the example's, else distinct small sizes unlike
+        every argument (`...` included, as the size of its one dim)."""
+        if self.config:
+            return dict(self.config.dims)
         ex = self.example()
         taken = {v for v in self.args().values() if isinstance(v, int) and not isinstance(v, bool)}
         sizes = {}
@@ -83,6 +107,14 @@ class Case:
                 sizes[d] = next(s for s in SIZES if s not in taken)
             taken.add(sizes[d])
         return sizes
+
+    def lead(self) -> tuple[int, ...]:
+        """The sizes of the dims `...` stands for."""
+        return self.config.lead if self.config else (self.dims()["..."],)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.config.dtype if self.config else torch.float64
 
     @property
     def is_function(self) -> bool:
@@ -114,10 +146,13 @@ def functional_form(case: Case, package: str) -> Callable[..., Any] | None:
 
 
 def build(
-    case: Case, package: str, dtype: torch.dtype = torch.float64, device: str = "cpu", seed: int = 0
+    case: Case, package: str, dtype: torch.dtype | None = None, device: str = "cpu", seed: int = 0
 ) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return layer_class(case, package)(**case.args(), device=device, dtype=dtype)
+    module = layer_class(case, package)(**case.args(), device=device, dtype=dtype or case.dtype)
+    if case.config and case.config.training is not None:
+        module.train(case.config.training)
+    return module
 
 
 def shape_of(shape: N.Shape | None, env: dict, lead: tuple[int, ...]) -> tuple[int, ...]:
@@ -134,9 +169,10 @@ def shape_of(shape: N.Shape | None, env: dict, lead: tuple[int, ...]) -> tuple[i
     return tuple(out)
 
 
-def inputs(case: Case, dtype=torch.float64, device="cpu", seed: int = 1, requires_grad=False) -> list[torch.Tensor]:
+def inputs(case: Case, dtype=None, device="cpu", seed: int = 1, requires_grad=False) -> list[torch.Tensor]:
     env = {**case.args(), **case.dims()}
-    lead = (env["..."],)
+    lead = case.lead()
+    dtype = dtype or case.dtype
     ex = case.example()
     gen = torch.Generator().manual_seed(seed)
     tensors = []
@@ -171,7 +207,7 @@ def expected_output_shapes(case: Case) -> list[tuple[int, ...]] | None:
     if outputs is None:
         return None
     env = {**case.args(), **case.dims()}
-    return [shape_of(s, env, (env["..."],)) for s in outputs]
+    return [shape_of(s, env, case.lead()) for s in outputs]
 
 
 def as_tuple(out) -> tuple:
@@ -194,6 +230,9 @@ def check_shapes(case: Case, package: str, device: str = "cpu") -> str:
     got = [tuple(o.shape) for o in outs]
     if got != expected:
         raise CheckFailed(f"output shapes {got}, declared {expected}")
+    dtypes = {o.dtype for o in outs if o.is_floating_point()}
+    if dtypes - {case.dtype}:
+        raise CheckFailed(f"output dtype {sorted(map(str, dtypes))} from a {case.dtype} layer")
     return f"{got}"
 
 
@@ -206,9 +245,15 @@ def _gradcheck_fn(module, names):
     return fn
 
 
+def _needs_float64(case: Case) -> None:
+    if case.dtype != torch.float64:
+        raise Skip(f"gradcheck needs float64, not {case.dtype}")
+
+
 def check_gradcheck(case: Case, package: str, device: str = "cpu") -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise Skip("no CUDA device on this machine")
+    _needs_float64(case)
     if case.surrogate:
         raise Skip(f"surrogate gradient: {case.surrogate}")
     m = build(case, package, device=device)
@@ -233,6 +278,7 @@ def check_gradgradcheck(case: Case, package: str, device: str = "cpu") -> str:
         raise Skip("not a @function layer")
     if case.surrogate:
         raise Skip(f"surrogate gradient: {case.surrogate}")
+    _needs_float64(case)
     m = build(case, package, device=device)
     params = dict(m.named_parameters())
     xs = inputs(case, device=device, requires_grad=True)
@@ -258,7 +304,8 @@ def check_state_dict(case: Case, package: str, device: str = "cpu") -> str:
     own = {k for k in keys if "." not in k}
     if own != {t.name for t in case.layer.tensors if t.persistent and _present(m, t)}:
         raise CheckFailed(f"state_dict keys {sorted(own)}")
-    m.eval(), fresh.eval()
+    if case.config is None or case.config.training is None:
+        m.eval(), fresh.eval()
     xs = inputs(case)
     torch.manual_seed(5)
     a = as_tuple(m(*xs))
@@ -405,8 +452,12 @@ def generate_package(paths: list[str], root: Path, package: str = "layerdsl_unde
     return cases(files, sources)
 
 
-def run_cli(paths: list[str], device: str) -> int:
+def run_cli(paths: list[str], device: str, matrix: bool = True) -> int:
+    """`layerdsl test`: every check once per layer on its example, then (unless `matrix` is off) the
+    configuration matrix's checks on every configuration (configurations.py); a table of each."""
     import tempfile
+
+    from layerdsl.testing.configurations import run_matrix, summary
 
     names = [n for n in CHECKS if not n.endswith("-cuda")]
     if device in ("cuda", "all"):
@@ -416,12 +467,14 @@ def run_cli(paths: list[str], device: str) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         all_cases = generate_package(paths, Path(tmp))
         rows = [(c.name, n, *run_check(n, c, "layerdsl_under_test")) for c in all_cases for n in applicable(c, names)]
+        outcomes = run_matrix(all_cases, "layerdsl_under_test") if matrix and device != "cuda" else []
     widths = [max(len(r[i]) for r in rows + [("layer", "check", "result", "")]) for i in range(3)]
     print(f"{'layer':<{widths[0]}}  {'check':<{widths[1]}}  {'result':<{widths[2]}}  detail")
     for layer, check, result, detail in rows:
         print(f"{layer:<{widths[0]}}  {check:<{widths[1]}}  {result:<{widths[2]}}  {detail[:100]}")
-    failed = sum(r[2] == "FAIL" for r in rows)
-    passed = sum(r[2] == "ok" for r in rows)
-    skipped = sum(r[2] == "skip" for r in rows)
+    results = [r[2] for r in rows] + [o.result for o in outcomes]
+    if outcomes:
+        print(f"\nconfiguration matrix:\n{summary(outcomes)}")
+    failed, passed, skipped = results.count("FAIL"), results.count("ok"), results.count("skip")
     print(f"\n{passed} passed, {failed} failed, {skipped} skipped")
     return 1 if failed else 0

@@ -1,0 +1,131 @@
+"""A layer's configuration space, and the checks of layer_checks.py run over it.
+
+The example fixes one configuration; a layer's bugs hide in the others. The matrix is the product of:
+
+- every combination of the `bool` arguments the example does not give (so every optional member present
+  and absent); a `bool` the example gives is fixed (a spec narrows the matrix that way);
+- `training` true and false, where the forward reads `training`;
+- 0, 1 and 2 leading dims for `...`, where an input is declared `[..., n]`;
+- two sets of sizes for the symbolic dims (the example's, then other distinct small ones);
+- float32 and float64 (gradcheck and gradgradcheck run in float64 only: float32 has too few digits for
+  finite differences; the float32 configurations run the forward, agreement, reset and state_dict checks).
+
+Each configuration runs MATRIX_CHECKS; `summary` prints the configuration count per layer and every
+failure with the configuration that failed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import torch
+
+from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import walk
+from layerdsl.testing.layer_checks import SIZES, Case, Config, applicable, run_check
+
+# The checks each configuration runs; hooks, repr and surrogate do not depend on it and run once per layer.
+MATRIX_CHECKS = ("shapes", "gradcheck", "gradgradcheck", "function-vs-autograd", "reset_parameters", "state_dict")
+DTYPES = (torch.float64, torch.float32)
+LEAD_RANKS = (0, 1, 2)
+
+
+@dataclass
+class Outcome:
+    """One check of one configuration of one layer."""
+
+    case: Case
+    check: str
+    result: str  # "ok", "skip" or "FAIL"
+    detail: str
+
+
+def configurations(case: Case) -> list[Config]:
+    """Every configuration of the layer's matrix, the example's first."""
+    example = case.example()
+    flags = [a.name for a in case.layer.args if a.type == "bool" and a.name not in example]
+    trainings: tuple[bool | None, ...] = (True, False) if reads_training(case.layer) else (None,)
+    ranks = LEAD_RANKS if has_ellipsis_input(case.layer) else (1,)
+    out = []
+    for values, training, sizes, rank, dtype in itertools.product(
+        itertools.product((True, False), repeat=len(flags)), trainings, size_sets(case), ranks, DTYPES
+    ):
+        lead = lead_sizes(rank, sizes, case.args())
+        out.append(Config(dict(zip(flags, values)), sizes, lead, dtype, training))
+    return out
+
+
+def reads_training(layer: N.Layer) -> bool:
+    forward = layer.forward
+    return forward is not None and any(
+        isinstance(n, N.Name) and n.id == "training" for s in forward.body for n in walk(s)
+    )
+
+
+def has_ellipsis_input(layer: N.Layer) -> bool:
+    forward = layer.forward
+    return forward is not None and any(
+        inp.shape is not None and any(isinstance(d, N.EllipsisItem) for d in inp.shape.dims) for inp in forward.inputs
+    )
+
+
+def size_sets(case: Case) -> list[dict[str, int]]:
+    """The example's sizes, and a second set where every symbolic dim takes another size, distinct from
+    the arguments' and from each other (so a transposition cannot hide)."""
+    first = case.dims()
+    taken = {v for v in case.args().values() if isinstance(v, int) and not isinstance(v, bool)}
+    taken |= set(first.values())
+    second = {}
+    for d, size in first.items():
+        other = next((s for s in SIZES if s not in taken), size + 1)
+        second[d] = other
+        taken.add(other)
+    return [first, second]
+
+
+def lead_sizes(rank: int, sizes: dict[str, int], args: dict) -> tuple[int, ...]:
+    """`rank` sizes for `...`: its own size first, then one unlike every dim and argument."""
+    if rank == 0:
+        return ()
+    taken = {*sizes.values(), *args.values()}
+    spare = next(s for s in (*SIZES, 10, 11, 12, 13) if s not in taken)
+    return (sizes["..."], spare)[:rank]
+
+
+def configured_cases(case: Case) -> Iterator[Case]:
+    for config in configurations(case):
+        yield replace(case, config=config)
+
+
+def run_matrix(cases: list[Case], package: str) -> list[Outcome]:
+    outcomes = []
+    for case in cases:
+        for configured in configured_cases(case):
+            for check in applicable(configured, MATRIX_CHECKS):
+                outcomes.append(Outcome(configured, check, *run_check(check, configured, package)))
+    return outcomes
+
+
+def summary(outcomes: list[Outcome]) -> str:
+    """A table of configuration counts and results per layer, then each failure with its configuration."""
+    layers: dict[str, dict[str, int]] = {}
+    configs: dict[str, set[int]] = {}
+    for o in outcomes:
+        counts = layers.setdefault(o.case.name, {"ok": 0, "skip": 0, "FAIL": 0})
+        counts[o.result] += 1
+        configs.setdefault(o.case.name, set()).add(id(o.case.config))
+    width = max([len("layer"), *map(len, layers)])
+    lines = [f"{'layer':<{width}}  configurations  passed  failed  skipped"]
+    for name, counts in layers.items():
+        lines.append(
+            f"{name:<{width}}  {len(configs[name]):>14}  {counts['ok']:>6}  {counts['FAIL']:>6}  {counts['skip']:>7}"
+        )
+    failures = [o for o in outcomes if o.result == "FAIL"]
+    if failures:
+        lines += ["", "failures:"]
+        for o in failures:
+            label = o.case.config.label() if o.case.config else "example"
+            lines.append(f"  {o.case.name} [{label}] {o.check}: {o.detail[:160]}")
+    return "\n".join(lines)
