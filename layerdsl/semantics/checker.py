@@ -69,8 +69,9 @@ def check_program(files: list[N.SpecFile]) -> Program:
         for layer in f.layers:
             LayerChecker(layer, reporters[f.path], program).check()
     for f in files:  # after every layer is checked: a sub's declared shapes are read from its layer
-        for layer in f.layers:
-            if not any(_inside(d.span, layer.span) for d in reporters[f.path].diagnostics):
+        found = [*f.problems, *reporters[f.path].diagnostics]
+        for layer, extent in zip(f.layers, _extents(f.layers)):
+            if not any(_inside(d.span, extent) for d in found):  # no follow-on shape errors
                 program.shapes[layer.name] = check_layer_shapes(layer, program.layers, reporters[f.path])
     diagnostics = []
     for f in files:
@@ -154,6 +155,12 @@ def check_generated_names(f: N.SpecFile, program: Program, r: Reporter) -> None:
 GENERATED_MODULE_NAMES = frozenset(
     {"torch", "nn", "math", "F", "Tensor", "ValueError", "max", "min", "super", "annotations"}
 )
+
+
+def _extents(layers: list[N.Layer]) -> list[N.Span]:
+    """Where each layer of a file is: from its name to the next layer's name (or the end of the file)."""
+    ends = [(nxt.span.line, nxt.span.col) for nxt in layers[1:]] + [(1 << 30, 0)]
+    return [N.Span(layer.span.line, layer.span.col, line, col) for layer, (line, col) in zip(layers, ends)]
 
 
 def _inside(span: N.Span, outer: N.Span) -> bool:
