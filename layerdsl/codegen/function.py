@@ -18,10 +18,11 @@ from layerdsl.autodiff.plan import BackwardPlan
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.shapes import same_shape_leaf
 from layerdsl.autodiff.tape import Step, Tape
-from layerdsl.codegen.pyexpr import ATOM, PyExpr, Spelling
+from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import ATOM
 from layerdsl.ir.visit import children, map_children, walk
 from layerdsl.language.ops import OPS, shape_args
 from layerdsl.optimize import (

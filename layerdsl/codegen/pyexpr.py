@@ -11,29 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import PRECEDENCE
 from layerdsl.language.ops import CALLABLE, OPS
 from layerdsl.language.tables import CONSTANTS
 
-ATOM = 14  # the precedence of what is never parenthesised: names, literals, calls, subscripts
-
-PREC = {
-    "or": 1,
-    "and": 2,
-    "not": 3,
-    "cmp": 4,
-    "|": 5,
-    "&": 7,
-    "+": 10,
-    "-": 10,
-    "*": 11,
-    "/": 11,
-    "//": 11,
-    "%": 11,
-    "@": 11,
-    "unary": 12,
-    "**": 13,
-    "atom": ATOM,
-}
+# Python's binding strengths: the spec language's, plus the bitwise operators only generated code writes.
+PREC = {**PRECEDENCE, "|": 5, "&": 7}
 
 
 @dataclass
@@ -90,10 +73,10 @@ class PyExpr:
             case N.UnaryOp(op=op, operand=o):
                 return f"{op}{self.wrap(o, PREC['unary'])}", PREC["unary"]
             case N.Compare(ops=ops, operands=operands):
-                parts = [self.wrap(operands[0], PREC["cmp"] + 1)]
+                parts = [self.wrap(operands[0], PREC["compare"] + 1)]
                 for op, o in zip(ops, operands[1:]):
-                    parts.append(f"{op} {self.wrap(o, PREC['cmp'] + 1)}")
-                return " ".join(parts), PREC["cmp"]
+                    parts.append(f"{op} {self.wrap(o, PREC['compare'] + 1)}")
+                return " ".join(parts), PREC["compare"]
             case N.BoolOp(op=op, left=l, right=r):
                 p = PREC[op]
                 return f"{self.wrap(l, p)} {op} {self.wrap(r, p + 1)}", p
