@@ -23,6 +23,7 @@ from layerdsl.tools.lsp.completion import completion_items
 from layerdsl.tools.lsp.diagnostics import clear, publish_all, republish
 from layerdsl.tools.lsp.documents import LayerServer
 from layerdsl.tools.lsp.formatting import format_document
+from layerdsl.tools.lsp.framing import serve_stdio
 from layerdsl.tools.lsp.hover import hover_at
 from layerdsl.tools.lsp.navigation import definition_at
 from layerdsl.tools.lsp.show_generated import SHOW_GENERATED, show_generated
@@ -130,4 +131,4 @@ server.command(SHOW_GENERATED)(show_generated)
 def serve() -> None:
     """Run the language server on stdin/stdout until the client says exit."""
     logging.basicConfig(level=logging.WARNING, format="layerdsl-lsp %(levelname)s: %(message)s")
-    server.start_io()
+    serve_stdio(server)
