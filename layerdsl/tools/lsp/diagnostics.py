@@ -3,6 +3,7 @@ open documents that may depend on it."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import traceback
 
@@ -50,23 +51,44 @@ def publish(ls: LayerServer, uri: str, force: bool = True) -> None:
     ls.text_document_publish_diagnostics(T.PublishDiagnosticsParams(uri=uri, diagnostics=diagnostics, version=version))
 
 
-def publish_others(ls: LayerServer, uri: str) -> None:
-    for other in list(ls.workspace.text_documents):
-        if other != uri and other.endswith(".layer"):
-            publish(ls, other, force=False)
+DEBOUNCE_SECONDS = 0.15  # diagnostics wait this long after an edit; a newer edit restarts the wait
 
 
 def republish(ls: LayerServer, uri: str) -> None:
-    """A document changed: diagnostics for it and for the open documents that may depend on it."""
-    ls.generation += 1
+    """A document changed: diagnostics for it, then for the open documents that depend on it (those
+    that use or also define one of its layers, before or after the change)."""
+    before = ls.analyses.get(uri)
+    names = before.names if before is not None else set()
     publish(ls, uri)
-    publish_others(ls, uri)
+    after = ls.analyses.get(uri)
+    names |= after.names if after is not None else set()
+    for other in ls.dependents(uri, names):
+        ls.stale.add(other)
+        publish(ls, other, force=False)
+
+
+def schedule(ls: LayerServer, uri: str, delay: float = DEBOUNCE_SECONDS) -> None:
+    """Publish the document's diagnostics `delay` seconds from now, unless it changes again first."""
+    pending = ls.pending.pop(uri, None)
+    if pending is not None:
+        pending.cancel()
+    loop = asyncio.get_event_loop()
+
+    def run() -> None:
+        ls.pending.pop(uri, None)
+        try:
+            if uri in ls.workspace.text_documents:
+                republish(ls, uri)
+        except Exception:
+            log.error("diagnostics failed:\n%s", traceback.format_exc())
+
+    ls.pending[uri] = loop.call_later(delay, run)
 
 
 def publish_all(ls: LayerServer) -> None:
     """Files on disk changed: diagnostics for every open document whose diagnostics changed."""
-    ls.generation += 1
     ls.forget_scans()
+    ls.stale.update(ls.analyses)
     for uri in list(ls.workspace.text_documents):
         publish(ls, uri, force=False)
 

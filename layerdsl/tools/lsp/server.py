@@ -20,7 +20,7 @@ import traceback
 from lsprotocol import types as T
 
 from layerdsl.tools.lsp.completion import completion_items
-from layerdsl.tools.lsp.diagnostics import clear, publish_all, republish
+from layerdsl.tools.lsp.diagnostics import clear, publish_all, republish, schedule
 from layerdsl.tools.lsp.documents import LayerServer
 from layerdsl.tools.lsp.formatting import format_document
 from layerdsl.tools.lsp.framing import serve_stdio
@@ -69,7 +69,7 @@ def did_open(ls: LayerServer, params: T.DidOpenTextDocumentParams):
 @server.feature(T.TEXT_DOCUMENT_DID_CHANGE)
 @_safe()
 def did_change(ls: LayerServer, params: T.DidChangeTextDocumentParams):
-    republish(ls, params.text_document.uri)
+    schedule(ls, params.text_document.uri)
 
 
 @server.feature(T.TEXT_DOCUMENT_DID_SAVE)
