@@ -21,7 +21,10 @@ SOURCE = "layerdsl"
 def lsp_diagnostic(d: Diagnostic, text: str, codec) -> T.Diagnostic:
     message = d.message + (f"\nhint: {d.hint}" if d.hint else "")
     severity = T.DiagnosticSeverity.Warning if d.severity == "warning" else T.DiagnosticSeverity.Error
-    return T.Diagnostic(range=to_range(d.span, text, codec), message=message, severity=severity, source=SOURCE)
+    data = {"hint": d.hint} if d.hint else None  # what the quick fixes read (actions.py)
+    return T.Diagnostic(
+        range=to_range(d.span, text, codec), message=message, severity=severity, source=SOURCE, data=data
+    )
 
 
 def publish(ls: LayerServer, uri: str, force: bool = True) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import copy
 import logging
 import os
+import re
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pygls.uris import to_fs_path
 from layerdsl.diagnostics import Diagnostic, Span, SpecError
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import walk
-from layerdsl.syntax import PartialParse, parse_partial
+from layerdsl.syntax import PartialParse, parse_file, parse_partial
 
 log = logging.getLogger(__name__)
 
@@ -47,29 +48,43 @@ def parse_document(path: str, text: str) -> PartialParse:
         return PartialParse(None, [Diagnostic(path, Span.point(1, 1), message, source=text)], None)
 
 
-MAX_REPAIRS = 8  # lines blanked or braces appended while looking for a parse of a half-typed text
+MAX_REPAIRS = 8  # lines blanked while looking for a parse of a half-typed text
+_LAYER_HEADER = re.compile(r"^\s*(?:@.*)?\blayer\b")
+_STRINGS_AND_COMMENTS = re.compile(r'"""[\s\S]*?(?:"""|\Z)|"(?:\\.|[^"\\\n])*"?|#[^\n]*')
+
+
+def unclosed_braces(text: str) -> int:
+    """How many `{` are still open at the end of `text` (strings and comments skipped)."""
+    depth = 0
+    for c in _STRINGS_AND_COMMENTS.sub("", text):
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth = max(0, depth - 1)
+    return depth
 
 
 def recover(path: str, text: str, error: Diagnostic) -> PartialParse:
-    """A partial parse of a text with a syntax error, for the features: the failing line is blanked (or,
-    at the end of the text, a `}` appended) until the rest parses, so that every position in the IR is
-    the current text's. The result keeps the syntax error as its only diagnostic; (None, [error], None)
-    when no repair within MAX_REPAIRS parses."""
+    """A partial parse of a text with a syntax error, for the features, in which every position is the
+    current text's: the braces left open are closed after the end, and the failing line is blanked (never
+    a layer's header) until the rest parses; failing that, the layers the parser's own salvaging keeps
+    (without their extents). The syntax error stays the only diagnostic."""
     lines = text.split("\n")
-    tail = ""
-    line = error.span.line
-    for _ in range(MAX_REPAIRS):
-        if line > len(lines) or (line == len(lines) and not lines[-1].strip()):
-            tail += "\n}"
-        else:
+    line = None
+    for _ in range(MAX_REPAIRS + 1):
+        if line is not None:
+            if not 1 <= line <= len(lines) or _LAYER_HEADER.match(lines[line - 1]) or not lines[line - 1].strip():
+                break
             lines[line - 1] = ""
-        spec, diags, tree = parse_document(path, "\n".join(lines) + tail)
+        repaired = "\n".join(lines)
+        spec, diags, tree = parse_document(path, repaired + "\n}" * unclosed_braces(repaired))
         if spec is not None:
             return PartialParse(N.SpecFile(path, text, spec.layers), [error], tree)
         if not diags:
             break
         line = diags[0].span.line
-    return PartialParse(None, [error], None)
+    salvaged = parse_file(path, text)
+    return PartialParse(N.SpecFile(path, text, salvaged.layers) if salvaged.layers else None, [error], None)
 
 
 @dataclass
@@ -245,8 +260,10 @@ class LayerServer(LanguageServer):
         todo = list(_sub_calls(spec.layers)) if spec is not None else []
         needed: dict[str, list[N.Layer]] = {}
         done = set(mine)
+        wanted = set(todo)
         while todo:
             name = todo.pop()
+            wanted.add(name)
             if name in done or name not in index:
                 continue
             done.add(name)
@@ -254,7 +271,7 @@ class LayerServer(LanguageServer):
             needed.setdefault(p, []).append(layer)
             todo += _sub_calls([layer])
         ws.needed = [N.SpecFile(p, ws.sources[p], layers) for p, layers in needed.items()]
-        ws.uses = done - mine
+        ws.uses = wanted - mine  # found or not: a file that defines one later changes this one
         ws.clashing = [f for f in ws.near if any(layer.name in mine for layer in f.layers)]
         return ws
 
