@@ -135,7 +135,9 @@ async def test_quick_fixes_replace_misspelt_names_and_true(client: LanguageClien
     uri = _uri(workspace, "bad.layer")
     ds = await _open(client, uri, BAD, lambda ds: len(ds) >= 2)
     actions = await client.text_document_code_action_async(
-        T.CodeActionParams(_doc(uri), T.Range(T.Position(0, 0), T.Position(11, 0)), T.CodeActionContext(diagnostics=list(ds)))
+        T.CodeActionParams(
+            _doc(uri), T.Range(T.Position(0, 0), T.Position(11, 0)), T.CodeActionContext(diagnostics=list(ds))
+        )
     )
     by_title = {a.title: a for a in actions}
     assert "Replace with 'weight'" in by_title and "Replace with 'true'" in by_title
@@ -205,7 +207,9 @@ async def test_rename_a_layer_across_files(client: LanguageClient, workspace: Pa
 async def test_rename_an_argument_renames_keywords_in_other_files(client: LanguageClient, workspace: Path):
     uri = _uri(workspace, "linear.layer")
     user = _uri(workspace, "user.layer")
-    text = MLP.replace("MLP", "User").replace("Linear(in_features, hidden)", "Linear(in_features = in_features, out_features = hidden)")
+    text = MLP.replace("MLP", "User").replace(
+        "Linear(in_features, hidden)", "Linear(in_features = in_features, out_features = hidden)"
+    )
     await _open(client, user, text)
     await _open(client, uri, LINEAR)
     edit = await client.text_document_rename_async(
@@ -366,7 +370,9 @@ async def test_a_burst_of_edits_publishes_only_the_final_diagnostics(client: Lan
     assert all(ds == () for ds in seen)  # no edit of the burst was checked: each was superseded within 150 ms
 
 
-async def test_hover_after_a_syntax_error_above_answers_at_the_current_positions(client: LanguageClient, workspace: Path):
+async def test_hover_after_a_syntax_error_above_answers_at_the_current_positions(
+    client: LanguageClient, workspace: Path
+):
     uri = _uri(workspace, "moving.layer")
     text = SHAPES.replace("Shapes", "Moving")
     await _open(client, uri, text, lambda ds: len(ds) == 0)

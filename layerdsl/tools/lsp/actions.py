@@ -9,7 +9,6 @@ import re
 
 from lsprotocol import types as T
 
-from layerdsl.ir import nodes as N
 from layerdsl.tools.lsp.documents import Analysis, LayerServer
 from layerdsl.tools.lsp.navigation import layer_at
 from layerdsl.tools.lsp.positions import to_position
@@ -74,7 +73,7 @@ def _add_example(ls: LayerServer, uri: str, d: T.Diagnostic, name: str) -> T.Tex
         last = layer.examples[-1].value.span
         at = to_position(lines, last.end_line, last.end_col, codec)
         return T.TextEdit(range=T.Range(at, at), new_text=f", {name} = {value}")
-    anchor: N.Node | None = layer.forward or layer.backward
+    anchor = layer.forward or layer.backward
     if anchor is None:
         return None
     line = anchor.span.line

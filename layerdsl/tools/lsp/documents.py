@@ -361,7 +361,11 @@ class LayerServer(LanguageServer):
             return
         analysis.diagnostics += found
         if checked is not spec:  # re-parsed after a crash elsewhere (the tree is still this text's)
-            extents = {id(new): analysis.extents[id(old)] for old, new in zip(spec.layers, checked.layers) if id(old) in analysis.extents}
+            extents = {
+                id(new): analysis.extents[id(old)]
+                for old, new in zip(spec.layers, checked.layers)
+                if id(old) in analysis.extents
+            }
             analysis.spec, analysis.extents = checked, extents
             for layer in checked.layers:
                 analysis.layers[layer.name] = layer

@@ -74,6 +74,8 @@ def occurrences_of(ls: LayerServer, a: Analysis, target: Target) -> list[Found]:
     """Every occurrence meaning `target`: in this document for what is local to a layer, in every spec
     of the workspace for a layer and its arguments."""
     key = _key(target, a.path)
+    if key is None:
+        return []
     everywhere = target.kind in ("layer", "arg")  # other files name layers, and arguments as keywords
     found = []
     for path, text, layers in _files(ls, a, everywhere):

@@ -165,9 +165,7 @@ def rename_request(ls: LayerServer, params: T.RenameParams):
         return None
 
 
-@server.feature(
-    T.TEXT_DOCUMENT_CODE_ACTION, T.CodeActionOptions(code_action_kinds=[T.CodeActionKind.QuickFix])
-)
+@server.feature(T.TEXT_DOCUMENT_CODE_ACTION, T.CodeActionOptions(code_action_kinds=[T.CodeActionKind.QuickFix]))
 @_safe([])
 def code_action(ls: LayerServer, params: T.CodeActionParams):
     return code_actions(ls, params)

@@ -8,6 +8,7 @@ import os
 from lsprotocol import types as T
 from pygls.uris import from_fs_path, to_fs_path
 
+from layerdsl.diagnostics import Span
 from layerdsl.ir import nodes as N
 from layerdsl.tools.lsp.documents import LayerServer
 from layerdsl.tools.lsp.positions import to_range
@@ -31,11 +32,11 @@ def _roots(ls: LayerServer) -> list[str]:
     return roots
 
 
-def _members(layer: N.Layer) -> list[tuple[str, T.SymbolKind, N.Node]]:
-    out: list[tuple[str, T.SymbolKind, N.Node]] = []
-    out += [(t.name, T.SymbolKind.Field, t) for t in layer.tensors]
-    out += [(s.name, T.SymbolKind.Module, s) for s in layer.subs]
-    out += [(let.name, T.SymbolKind.Constant, let) for let in layer.lets]
+def _members(layer: N.Layer) -> list[tuple[str, T.SymbolKind, Span]]:
+    out: list[tuple[str, T.SymbolKind, Span]] = []
+    out += [(t.name, T.SymbolKind.Field, t.span) for t in layer.tensors]
+    out += [(s.name, T.SymbolKind.Module, s.span) for s in layer.subs]
+    out += [(let.name, T.SymbolKind.Constant, let.span) for let in layer.lets]
     return out
 
 
@@ -55,12 +56,14 @@ def workspace_symbols(ls: LayerServer, query: str) -> list[T.SymbolInformation]:
             continue
         uri = from_fs_path(path) or path
         for layer in spec.layers:
-            symbols = [(layer.name, T.SymbolKind.Class, layer, None)]
+            symbols: list[tuple[str, T.SymbolKind, N.Node, str | None]] = [
+                (layer.name, T.SymbolKind.Class, layer, None)
+            ]
             symbols += [(name, kind, node, layer.name) for name, kind, node in _members(layer)]
             for name, kind, node, container in symbols:
                 if not _matches(query, name):
                     continue
-                where = T.Location(uri=uri, range=to_range(node.span, text, ls.codec()))  # type: ignore[attr-defined]
+                where = T.Location(uri=uri, range=to_range(span, text, ls.codec()))
                 out.append(T.SymbolInformation(name=name, kind=kind, location=where, container_name=container))
                 if len(out) >= MAX_SYMBOLS:
                     return out
