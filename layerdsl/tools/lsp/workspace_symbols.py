@@ -56,11 +56,11 @@ def workspace_symbols(ls: LayerServer, query: str) -> list[T.SymbolInformation]:
             continue
         uri = from_fs_path(path) or path
         for layer in spec.layers:
-            symbols: list[tuple[str, T.SymbolKind, N.Node, str | None]] = [
-                (layer.name, T.SymbolKind.Class, layer, None)
+            symbols: list[tuple[str, T.SymbolKind, Span, str | None]] = [
+                (layer.name, T.SymbolKind.Class, layer.span, None)
             ]
-            symbols += [(name, kind, node, layer.name) for name, kind, node in _members(layer)]
-            for name, kind, node, container in symbols:
+            symbols += [(name, kind, span, layer.name) for name, kind, span in _members(layer)]
+            for name, kind, span, container in symbols:
                 if not _matches(query, name):
                     continue
                 where = T.Location(uri=uri, range=to_range(span, text, ls.codec()))
