@@ -367,7 +367,9 @@ async def test_a_burst_of_edits_publishes_only_the_final_diagnostics(client: Lan
     await asyncio.sleep(0.5)
     assert await _published(client, uri, lambda ds: len(ds) == 0, timeout=5) == ()
     assert time.monotonic() - t0 < 2
-    assert all(ds == () for ds in seen)  # no edit of the burst was checked: each was superseded within 150 ms
+    # the first edit after a pause is checked at once; the rest of the burst only after its last edit
+    messages = [d.message for ds in seen if ds for d in ds]
+    assert not any("yqq" in m for m in messages), messages
 
 
 async def test_hover_after_a_syntax_error_above_answers_at_the_current_positions(

@@ -13,6 +13,7 @@ from layerdsl.language.ops import CALLABLE
 from layerdsl.language.tables import CONSTANTS, INITS, NN_LAYERS
 from layerdsl.semantics import scopes
 from layerdsl.tools.lsp.documents import Analysis, LayerServer
+from layerdsl.tools.lsp.folding import string_end
 from layerdsl.tools.lsp.hover import DECORATORS, init_signature
 from layerdsl.tools.lsp.navigation import layer_at
 from layerdsl.tools.lsp.positions import from_position, text_lines
@@ -240,8 +241,7 @@ def open_bracket(text: str) -> tuple[str, int] | None:
             i = n if j < 0 else j
             continue
         if c == '"':
-            j = text.find('"""', i + 3) + 3 if text.startswith('"""', i) else text.find('"', i + 1) + 1
-            i = n if j <= 0 else j
+            i = string_end(text, i)
             continue
         if c in "([":
             stack.append((c, i))

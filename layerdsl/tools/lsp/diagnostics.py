@@ -71,11 +71,16 @@ def republish(ls: LayerServer, uri: str) -> None:
 
 
 def schedule(ls: LayerServer, uri: str, delay: float = DEBOUNCE_SECONDS) -> None:
-    """Publish the document's diagnostics `delay` seconds from now, unless it changes again first."""
+    """Publish the document's diagnostics after an edit: at once after a pause in typing (the edit
+    before it is more than `delay` seconds old), else `delay` seconds from now unless the document
+    changes again first, so that a burst of keystrokes is checked once, after its last one."""
+    loop = asyncio.get_event_loop()
+    now = loop.time()
     pending = ls.pending.pop(uri, None)
     if pending is not None:
         pending.cancel()
-    loop = asyncio.get_event_loop()
+    last = ls.last_edit.get(uri)
+    ls.last_edit[uri] = now
 
     def run() -> None:
         ls.pending.pop(uri, None)
@@ -85,7 +90,8 @@ def schedule(ls: LayerServer, uri: str, delay: float = DEBOUNCE_SECONDS) -> None
         except Exception:
             log.error("diagnostics failed:\n%s", traceback.format_exc())
 
-    ls.pending[uri] = loop.call_later(delay, run)
+    typing = pending is not None or (last is not None and now - last < delay)
+    ls.pending[uri] = loop.call_later(delay, run) if typing else loop.call_soon(run)
 
 
 def publish_all(ls: LayerServer) -> None:

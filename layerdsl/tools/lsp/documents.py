@@ -148,7 +148,8 @@ class LayerServer(LanguageServer):
     def __init__(self) -> None:
         super().__init__("layerdsl", _version())
         self.analyses: dict[str, Analysis] = {}  # uri -> the latest analysis
-        self.pending: dict[str, asyncio.TimerHandle] = {}  # uri -> its debounced diagnostics
+        self.pending: dict[str, asyncio.Handle] = {}  # uri -> its debounced diagnostics
+        self.last_edit: dict[str, float] = {}  # uri -> the event loop's time of its last edit
         self.stale: set[str] = set()  # uris whose analysis must be redone though their text is the same
         self._disk: dict[str, tuple[tuple[int, int], str]] = {}  # path -> ((mtime_ns, size), text)
         self._parsed: dict[str, tuple[str, N.SpecFile | None]] = {}  # path -> (text, pristine parse)

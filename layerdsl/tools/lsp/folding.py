@@ -9,6 +9,14 @@ from lsprotocol import types as T
 _OPEN = {"{": "}", "(": ")", "[": "]"}
 
 
+def string_end(text: str, i: int) -> int:
+    """Where the string literal that starts at `i` ends (after its closing quotes; the end of the text
+    when it is not closed)."""
+    quote = '"""' if text.startswith('"""', i) else '"'
+    j = text.find(quote, i + len(quote))
+    return len(text) if j < 0 else j + len(quote)
+
+
 def folding_ranges(text: str) -> list[T.FoldingRange]:
     out: list[T.FoldingRange] = []
     stack: list[tuple[str, int]] = []  # (closing bracket, line it opened on)
@@ -24,8 +32,7 @@ def folding_ranges(text: str) -> list[T.FoldingRange]:
             continue
         elif c == '"':
             triple = text.startswith('"""', i)
-            j = text.find('"""', i + 3) + 3 if triple else text.find('"', i + 1) + 1
-            end = n if j <= 0 else j
+            end = string_end(text, i)
             lines = text.count("\n", i, end)
             if triple and lines:
                 out.append(T.FoldingRange(start_line=line, end_line=line + lines, kind=T.FoldingRangeKind.Comment))
