@@ -172,6 +172,20 @@ async def test_quick_fix_adds_the_missing_example(client: LanguageClient, worksp
     assert await _published(client, uri, lambda ds: len(ds) == 0) == ()
 
 
+async def test_quick_fix_adds_function_above_the_layer(client: LanguageClient, workspace: Path):
+    uri = _uri(workspace, "needsfunction.layer")
+    text = "layer NeedsFunction() {\n    forward(x) {\n        return x\n    }\n    backward(g) {\n        grad x = g\n    }\n}\n"
+    ds = await _open(client, uri, text, lambda ds: len(ds) >= 1)
+    (d,) = [d for d in ds if "only allowed in @function" in d.message]
+    actions = await client.text_document_code_action_async(
+        T.CodeActionParams(_doc(uri), d.range, T.CodeActionContext(diagnostics=[d]))
+    )
+    fixed = _apply(text, actions[0].edit.changes[uri])
+    assert fixed.startswith("@function\nlayer NeedsFunction() {")
+    _edit(client, uri, fixed)
+    assert await _published(client, uri, lambda ds: len(ds) == 0) == ()
+
+
 # ---------------------------------------------------------------- references, rename, highlight
 
 

@@ -41,8 +41,9 @@ def code_actions(ls: LayerServer, params: T.CodeActionParams) -> list[T.CodeActi
             if edit is not None:
                 out.append(_fix(uri, d, f"Add an example value for '{m.group(1)}'", [edit]))
         elif hint == _FUNCTION:
-            start = T.Position(line=d.range.start.line, character=0)
-            out.append(_fix(uri, d, "Add @function", [T.TextEdit(range=T.Range(start, start), new_text="@function\n")]))
+            edit = _add_function(ls, uri, d)
+            if edit is not None:
+                out.append(_fix(uri, d, "Add @function", [edit]))
     if out:
         out[0].is_preferred = True
     return out
@@ -80,3 +81,14 @@ def _add_example(ls: LayerServer, uri: str, d: T.Diagnostic, name: str) -> T.Tex
     indent = re.match(r"[ \t]*", lines[line - 1]).group()  # type: ignore[union-attr]
     at = T.Position(line=line - 1, character=0)
     return T.TextEdit(range=T.Range(at, at), new_text=f"{indent}example({name} = {value})\n\n")
+
+
+def _add_function(ls: LayerServer, uri: str, d: T.Diagnostic) -> T.TextEdit | None:
+    """`@function` on a line of its own above the layer's header (above its other decorators)."""
+    a = ls.usable(uri)
+    layer = layer_at(a, d.range.start.line + 1) if a is not None else None
+    if layer is None:
+        return None
+    line = min([layer.span.line] + [dec.span.line for dec in layer.decorators])
+    at = T.Position(line=line - 1, character=0)
+    return T.TextEdit(range=T.Range(at, at), new_text="@function\n")
