@@ -152,15 +152,18 @@ def main() -> None:
     lines = base.split("\n")
     positions = [(n, m.start() + 1) for n, line in enumerate(lines) for m in re.finditer(r"\b[A-Za-z_]\w*", line)]
     hovers, completions = [], []
+    answered = 0
     for i in range(max(100, args.rounds * 4)):
         n, c = positions[i * 7 % len(positions)]
         where = {"textDocument": {"uri": target}, "position": {"line": n, "character": c}}
-        hovers.append(client.request("textDocument/hover", where)[0])
+        took, reply = client.request("textDocument/hover", where)
+        hovers.append(took)
+        answered += reply.get("result") is not None
         completions.append(client.request("textDocument/completion", where)[0])
     client.close()
     print(f"keystroke -> diagnostics:        {spread(keystrokes)}")
     print(f"burst of 10 (after the last):    {spread(bursts)}")
-    print(f"hover:                           {spread(hovers)}")
+    print(f"hover ({answered} with content):   {spread(hovers)}")
     print(f"completion:                      {spread(completions)}")
 
 
