@@ -400,3 +400,26 @@ async def test_hover_after_a_syntax_error_above_answers_at_the_current_positions
     assert hover.range.start.line == _pos(broken, "x @ weight").line
     symbols = await client.text_document_document_symbol_async(T.DocumentSymbolParams(_doc(uri)))
     assert symbols[0].children[0].name == "weight"
+
+
+async def test_hover_markdown_escapes_underscores_outside_code(client: LanguageClient, workspace: Path):
+    uri = _uri(workspace, "documented.layer")
+    text = textwrap.dedent('''\
+        layer Documented(n_in: int) {
+            """Scales by n_in, see `n_in`."""
+            example(n_in = 2)
+            forward(x) {
+                return x * n_in
+            }
+        }
+
+        layer UsesDocumented() {
+            sub inner = Documented(2)
+            forward(x) {
+                return inner(x)
+            }
+        }
+        ''')
+    await _open(client, uri, text, lambda ds: len(ds) == 0)
+    hover = await client.text_document_hover_async(T.HoverParams(_doc(uri), _pos(text, "Documented(2)", 1)))
+    assert "Scales by n\\_in, see `n_in`." in hover.contents.value
