@@ -423,3 +423,12 @@ async def test_hover_markdown_escapes_underscores_outside_code(client: LanguageC
     await _open(client, uri, text, lambda ds: len(ds) == 0)
     hover = await client.text_document_hover_async(T.HoverParams(_doc(uri), _pos(text, "Documented(2)", 1)))
     assert "Scales by n\\_in, see `n_in`." in hover.contents.value
+
+
+async def test_rename_a_dim_renames_its_uses_in_shapes(client: LanguageClient, workspace: Path):
+    uri = _uri(workspace, "dims.layer")
+    text = SHAPES.replace("Shapes", "Dims")
+    await _open(client, uri, text, lambda ds: len(ds) == 0)
+    edit = await client.text_document_rename_async(T.RenameParams(_doc(uri), _pos(text, "B, n]"), "batch"))
+    renamed = _apply(text, edit.changes[uri])
+    assert "forward(x: [batch, n]) -> [batch, m]" in renamed and "B" not in renamed.replace("Dims", "")
