@@ -19,7 +19,7 @@ from layerdsl.tools.lsp.navigation import layer_at
 from layerdsl.tools.lsp.positions import from_position, text_lines
 
 MEMBER_KEYWORDS = ("param", "buffer", "transient", "sub", "let", "example", "forward", "backward")
-STATEMENT_KEYWORDS = ("return", "if", "update", "grad")  # `else` only after an if's `}`
+STATEMENT_KEYWORDS = ("return", "if", "else", "update", "grad")
 EXPRESSION_KEYWORDS = ("true", "false", "none", "and", "or", "not", "if")
 ARG_TYPES = ("int", "float", "bool", "str")
 DTYPE_NAMES = ("float", "long", "int", "bool")
@@ -141,7 +141,8 @@ def completion_items(server: LayerServer, uri: str, pos: T.Position) -> list[T.C
             ]
         if braces == 1:
             return _keyword_items(MEMBER_KEYWORDS)
-        return _keyword_items(STATEMENT_KEYWORDS) + _name_items(a, line, col)
+        starts = [w for w in STATEMENT_KEYWORDS if w != "else"]  # `else` only after an if's `}` (above)
+        return _keyword_items(starts) + _name_items(a, line, col)
     opened = open_bracket(text[:offset])
     # dims inside a declared shape: arguments, lets and the dims bound so far
     if opened is not None and opened[0] == "[" and _declares_shape(text[: opened[1]]):
