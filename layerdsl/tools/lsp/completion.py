@@ -8,10 +8,12 @@ import re
 from lsprotocol import types as T
 
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import statements
+from layerdsl.ir.nodes import Ref
 from layerdsl.language.ops import CALLABLE
 from layerdsl.language.tables import CONSTANTS, INITS, NN_LAYERS
+from layerdsl.semantics import scopes
 from layerdsl.tools.lsp.documents import Analysis, LayerServer
+from layerdsl.tools.lsp.folding import string_end
 from layerdsl.tools.lsp.hover import DECORATORS, init_signature
 from layerdsl.tools.lsp.navigation import layer_at
 from layerdsl.tools.lsp.positions import from_position, text_lines
@@ -77,16 +79,6 @@ def _keyword_items(words) -> list[T.CompletionItem]:
     return [_item(w, T.CompletionItemKind.Keyword, sort="2") for w in words]
 
 
-def _regex_names(text: str) -> dict[str, str]:
-    """Names declared in the text, found without parsing (for half-typed documents)."""
-    names: dict[str, str] = {}
-    for m in re.finditer(r"^\s*(?:transient\s+)?(param|buffer|sub|let)\s+([A-Za-z_]\w*)", text, re.M):
-        names.setdefault(m.group(2), m.group(1))
-    for m in re.finditer(r"^\s*([A-Za-z_]\w*)\s*(?:\[[^\]]*\])?\s*=[^=]", text, re.M):
-        names.setdefault(m.group(1), "local")
-    return names
-
-
 def completion_items(server: LayerServer, uri: str, pos: T.Position) -> list[T.CompletionItem]:
     doc = server.workspace.get_text_document(uri)
     text = doc.source
@@ -149,11 +141,30 @@ def completion_items(server: LayerServer, uri: str, pos: T.Position) -> list[T.C
             ]
         if braces == 1:
             return _keyword_items(MEMBER_KEYWORDS)
-        return _keyword_items(STATEMENT_KEYWORDS) + _name_items(a, text, line, True)
+        starts = [w for w in STATEMENT_KEYWORDS if w != "else"]  # `else` only after an if's `}` (above)
+        return _keyword_items(starts) + _name_items(a, line, col)
+    opened = open_bracket(text[:offset])
+    # dims inside a declared shape: arguments, lets and the dims bound so far
+    if opened is not None and opened[0] == "[" and _declares_shape(text[: opened[1]]):
+        return _name_items(a, line, col, (Ref.ARG, Ref.LET, Ref.DIM))
     # an expression
-    in_body = braces >= 2
-    items = _op_items() + _keyword_items(EXPRESSION_KEYWORDS) + _name_items(a, text, line, in_body)
+    items = _op_items() + _keyword_items(EXPRESSION_KEYWORDS) + _name_items(a, line, col)
+    # the arguments of a call: its keywords first
+    if opened is not None and opened[0] == "(" and re.search(r"[(,]\s*$", before):
+        callee = CALLEE.search(text[: opened[1]])
+        if callee is not None:
+            items = _keyword_argument_items(a, callee.group(1)) + items
     return items
+
+
+def _declares_shape(text: str) -> bool:
+    """Whether a `[` written after `text` opens a declared shape: a member's, an input's or an output's."""
+    statement = text[text.rfind("\n") + 1 :]
+    return bool(
+        re.match(r"\s*(?:transient\s+)?(?:param|buffer)\s+\w+\s*:\s*(?:\w+\s*)?$", statement)
+        or re.search(r"^\s*forward\s*\(.*:\s*(?:\w+\s*)?$", statement)
+        or re.search(r"->\s*(?:\(\s*)?(?:\[[^\]]*\]\s*,\s*)*$", statement)
+    )
 
 
 def _example_items(a: Analysis | None, line: int) -> list[T.CompletionItem]:
@@ -184,43 +195,84 @@ def _dims(layer: N.Layer) -> list[str]:
     return out
 
 
-def _name_items(a: Analysis | None, text: str, line: int, in_body: bool) -> list[T.CompletionItem]:
+_REF_KINDS = {
+    Ref.ARG: T.CompletionItemKind.Variable,
+    Ref.PARAM: T.CompletionItemKind.Field,
+    Ref.BUFFER: T.CompletionItemKind.Field,
+    Ref.LET: T.CompletionItemKind.Constant,
+    Ref.SUB: T.CompletionItemKind.Module,
+    Ref.INPUT: T.CompletionItemKind.Variable,
+    Ref.LOCAL: T.CompletionItemKind.Variable,
+    Ref.DIM: T.CompletionItemKind.TypeParameter,
+    Ref.INDEX: T.CompletionItemKind.TypeParameter,
+}
+
+
+def _name_items(a: Analysis | None, line: int, col: int, only: tuple[Ref, ...] = ()) -> list[T.CompletionItem]:
+    """The names in scope at the cursor (by `semantics.scopes`, on the current text's IR), then
+    `training` where the module's mode is visible, and the constants; only kinds `only` when given."""
     names: dict[str, tuple[T.CompletionItemKind, str]] = {}
-    kinds = {
-        "arg": T.CompletionItemKind.Variable,
-        "param": T.CompletionItemKind.Field,
-        "buffer": T.CompletionItemKind.Field,
-        "let": T.CompletionItemKind.Constant,
-        "sub": T.CompletionItemKind.Module,
-        "input": T.CompletionItemKind.Variable,
-        "local": T.CompletionItemKind.Variable,
-        "dim": T.CompletionItemKind.TypeParameter,
-    }
     layer = layer_at(a, line) if a is not None else None
+    construction = bool(only) and not (set(only) - set(scopes.CONSTRUCTION))
     if layer is not None:
-        for arg in layer.args:
-            names[arg.name] = (kinds["arg"], f"argument: {arg.type}")
-        for let in layer.lets:
-            names[let.name] = (kinds["let"], "let")
-        if in_body:
-            for t in layer.tensors:
-                names[t.name] = (kinds[t.kind], t.kind)
-            for s in layer.subs:
-                names[s.name] = (kinds["sub"], "sub")
-            if layer.forward is not None:
-                for inp in layer.forward.inputs:
-                    names[inp.name] = (kinds["input"], "input")
-                    if inp.shape is not None:
-                        for d in inp.shape.dims:
-                            if isinstance(d, N.Name) and d.id not in names:
-                                names[d.id] = (kinds["dim"], "dim")
-                for stmt in statements(layer.forward.body):
-                    if isinstance(stmt, (N.Assign, N.IndexAssign)):
-                        names.setdefault(stmt.target, (kinds["local"], "local"))
-    if in_body:
-        for name, kind in _regex_names(text).items():
-            names.setdefault(name, (kinds.get(kind, T.CompletionItemKind.Variable), kind))
+        scope = scopes.scope_at(layer, line, col)
+        construction = construction or scope.construction
+        for name in scope:
+            binding = scope.binding(name)
+            if binding is None or (only and binding.ref not in only):
+                continue
+            detail = f"argument: {binding.decl.type}" if isinstance(binding.decl, N.Arg) else binding.ref.value
+            names[name] = (_REF_KINDS.get(binding.ref, T.CompletionItemKind.Variable), detail)
+    if not construction and not only:
         names.setdefault("training", (T.CompletionItemKind.Constant, "true in training mode"))
     for c in CONSTANTS:
         names.setdefault(c, (T.CompletionItemKind.Constant, "constant"))
     return [_item(n, k, d, sort="1") for n, (k, d) in names.items()]
+
+
+def open_bracket(text: str) -> tuple[str, int] | None:
+    """The innermost bracket left open at the end of `text` (strings and comments skipped): the bracket
+    and its offset; None when every bracket is closed."""
+    stack: list[tuple[str, int]] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        if c == '"':
+            i = string_end(text, i)
+            continue
+        if c in "([":
+            stack.append((c, i))
+        elif c in ")]" and stack:
+            stack.pop()
+        elif c in "{}":
+            stack.clear()
+        i += 1
+    return stack[-1] if stack else None
+
+
+CALLEE = re.compile(r"((?:nn\.)?[A-Za-z_]\w*)\s*$")
+
+
+def _keyword_argument_items(a: Analysis | None, callee: str) -> list[T.CompletionItem]:
+    """`name = ` for each keyword the callee takes: an operation's parameters, an initialiser's, a
+    layer's arguments."""
+    words: list[tuple[str, str]] = []
+    if callee in CALLABLE:
+        words = [(p.name, f"parameter of {callee}") for p in CALLABLE[callee].params]
+    elif callee in INITS:
+        spec = INITS[callee]
+        words = [(name, f"parameter of {callee}") for name, _ in spec.params]
+        if spec.fan_based:
+            words += [("fan_in", "the fan in, for a layout that is not [out, in]"), ("fan_out", "the fan out")]
+    elif a is not None and callee in a.layers:
+        words = [(arg.name, f"argument of {callee}: {arg.type}") for arg in a.layers[callee].args]
+    items = []
+    for name, detail in words:
+        item = _item(name, T.CompletionItemKind.Property, detail, sort="0")
+        item.insert_text = f"{name} = "
+        items.append(item)
+    return items

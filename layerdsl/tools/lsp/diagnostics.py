@@ -3,6 +3,7 @@ open documents that may depend on it."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import traceback
 
@@ -20,7 +21,10 @@ SOURCE = "layerdsl"
 def lsp_diagnostic(d: Diagnostic, text: str, codec) -> T.Diagnostic:
     message = d.message + (f"\nhint: {d.hint}" if d.hint else "")
     severity = T.DiagnosticSeverity.Warning if d.severity == "warning" else T.DiagnosticSeverity.Error
-    return T.Diagnostic(range=to_range(d.span, text, codec), message=message, severity=severity, source=SOURCE)
+    data = {"hint": d.hint} if d.hint else None  # what the quick fixes read (actions.py)
+    return T.Diagnostic(
+        range=to_range(d.span, text, codec), message=message, severity=severity, source=SOURCE, data=data
+    )
 
 
 def publish(ls: LayerServer, uri: str, force: bool = True) -> None:
@@ -50,23 +54,50 @@ def publish(ls: LayerServer, uri: str, force: bool = True) -> None:
     ls.text_document_publish_diagnostics(T.PublishDiagnosticsParams(uri=uri, diagnostics=diagnostics, version=version))
 
 
-def publish_others(ls: LayerServer, uri: str) -> None:
-    for other in list(ls.workspace.text_documents):
-        if other != uri and other.endswith(".layer"):
-            publish(ls, other, force=False)
+DEBOUNCE_SECONDS = 0.15  # diagnostics wait this long after an edit; a newer edit restarts the wait
 
 
 def republish(ls: LayerServer, uri: str) -> None:
-    """A document changed: diagnostics for it and for the open documents that may depend on it."""
-    ls.generation += 1
+    """A document changed: diagnostics for it, then for the open documents that depend on it (those
+    that use or also define one of its layers, before or after the change)."""
+    before = ls.analyses.get(uri)
+    names = before.names if before is not None else set()
     publish(ls, uri)
-    publish_others(ls, uri)
+    after = ls.analyses.get(uri)
+    names |= after.names if after is not None else set()
+    for other in ls.dependents(uri, names):
+        ls.stale.add(other)
+        publish(ls, other, force=False)
+
+
+def schedule(ls: LayerServer, uri: str, delay: float = DEBOUNCE_SECONDS) -> None:
+    """Publish the document's diagnostics after an edit: at once after a pause in typing (the edit
+    before it is more than `delay` seconds old), else `delay` seconds from now unless the document
+    changes again first, so that a burst of keystrokes is checked once, after its last one."""
+    loop = asyncio.get_event_loop()
+    now = loop.time()
+    pending = ls.pending.pop(uri, None)
+    if pending is not None:
+        pending.cancel()
+    last = ls.last_edit.get(uri)
+    ls.last_edit[uri] = now
+
+    def run() -> None:
+        ls.pending.pop(uri, None)
+        try:
+            if uri in ls.workspace.text_documents:
+                republish(ls, uri)
+        except Exception:
+            log.error("diagnostics failed:\n%s", traceback.format_exc())
+
+    typing = pending is not None or (last is not None and now - last < delay)
+    ls.pending[uri] = loop.call_later(delay, run) if typing else loop.call_soon(run)
 
 
 def publish_all(ls: LayerServer) -> None:
     """Files on disk changed: diagnostics for every open document whose diagnostics changed."""
-    ls.generation += 1
     ls.forget_scans()
+    ls.stale.update(ls.analyses)
     for uri in list(ls.workspace.text_documents):
         publish(ls, uri, force=False)
 

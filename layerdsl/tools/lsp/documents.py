@@ -3,9 +3,11 @@ check) of each document version, cached; the `LayerServer` that holds them."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import os
+import re
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from pygls.uris import to_fs_path
 from layerdsl.diagnostics import Diagnostic, Span, SpecError
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import walk
-from layerdsl.syntax import PartialParse, parse_partial
+from layerdsl.syntax import PartialParse, parse_file, parse_partial
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,45 @@ def parse_document(path: str, text: str) -> PartialParse:
         return PartialParse(None, [Diagnostic(path, Span.point(1, 1), message, source=text)], None)
 
 
+MAX_REPAIRS = 8  # lines blanked while looking for a parse of a half-typed text
+_LAYER_HEADER = re.compile(r"^\s*(?:@.*)?\blayer\b")
+_STRINGS_AND_COMMENTS = re.compile(r'"""[\s\S]*?(?:"""|\Z)|"(?:\\.|[^"\\\n])*"?|#[^\n]*')
+
+
+def unclosed_braces(text: str) -> int:
+    """How many `{` are still open at the end of `text` (strings and comments skipped)."""
+    depth = 0
+    for c in _STRINGS_AND_COMMENTS.sub("", text):
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth = max(0, depth - 1)
+    return depth
+
+
+def recover(path: str, text: str, error: Diagnostic) -> PartialParse:
+    """A partial parse of a text with a syntax error, for the features, in which every position is the
+    current text's: the braces left open are closed after the end, and the failing line is blanked (never
+    a layer's header) until the rest parses; failing that, the layers the parser's own salvaging keeps
+    (without their extents). The syntax error stays the only diagnostic."""
+    lines = text.split("\n")
+    line = None
+    for _ in range(MAX_REPAIRS + 1):
+        if line is not None:
+            if not 1 <= line <= len(lines) or _LAYER_HEADER.match(lines[line - 1]) or not lines[line - 1].strip():
+                break
+            lines[line - 1] = ""
+        repaired = "\n".join(lines)
+        spec, diags, tree = parse_document(path, repaired + "\n}" * unclosed_braces(repaired))
+        if spec is not None:
+            return PartialParse(N.SpecFile(path, text, spec.layers), [error], tree)
+        if not diags:
+            break
+        line = diags[0].span.line
+    salvaged = parse_file(path, text)
+    return PartialParse(N.SpecFile(path, text, salvaged.layers) if salvaged.layers else None, [error], None)
+
+
 @dataclass
 class Analysis:
     """Everything the features need about one version of one document."""
@@ -60,6 +101,15 @@ class Analysis:
     sources: dict[str, str] = field(default_factory=dict)  # path -> text of every file a layer came from
     extents: dict[int, Span] = field(default_factory=dict)  # id(layer) -> its whole extent in this file
     root: str = ""
+    partial: bool = False  # the IR is a repaired parse of a text with a syntax error
+    checked: bool = False  # the checker's diagnostics are in `diagnostics`
+    uses: set[str] = field(default_factory=set)  # the other files' layers it needs, transitively
+    workset: Workset | None = None
+
+    @property
+    def names(self) -> set[str]:
+        """The names of the layers this document defines."""
+        return {layer.name for layer in self.spec.layers} if self.spec is not None else set()
 
 
 @dataclass
@@ -69,6 +119,8 @@ class Workset:
     near: list[N.SpecFile] = field(default_factory=list)  # pristine
     needed: list[N.SpecFile] = field(default_factory=list)  # pristine, only the layers the document needs
     layers: dict[str, N.Layer] = field(default_factory=dict)  # pristine, every layer, nearest first
+    uses: set[str] = field(default_factory=set)  # names of the layers in `needed`
+    clashing: list[N.SpecFile] = field(default_factory=list)  # pristine near files defining one of its names
 
 
 def copy_spec(f: N.SpecFile) -> N.SpecFile:
@@ -96,12 +148,12 @@ class LayerServer(LanguageServer):
     def __init__(self) -> None:
         super().__init__("layerdsl", _version())
         self.analyses: dict[str, Analysis] = {}  # uri -> the latest analysis
-        self.last_good: dict[str, Analysis] = {}  # uri -> the latest analysis that parsed
+        self.pending: dict[str, asyncio.Handle] = {}  # uri -> its debounced diagnostics
+        self.last_edit: dict[str, float] = {}  # uri -> the event loop's time of its last edit
+        self.stale: set[str] = set()  # uris whose analysis must be redone though their text is the same
         self._disk: dict[str, tuple[tuple[int, int], str]] = {}  # path -> ((mtime_ns, size), text)
         self._parsed: dict[str, tuple[str, N.SpecFile | None]] = {}  # path -> (text, pristine parse)
         self._scan: dict[str, tuple[float, list[str]]] = {}  # root -> (time, spec paths)
-        self.generation = 0  # bumped whenever any spec may have changed
-        self._gen_of: dict[str, int] = {}
         self.published: dict[str, list] = {}  # uri -> the diagnostics last published (see diagnostics.publish)
 
     # -- files of the workspace
@@ -209,8 +261,10 @@ class LayerServer(LanguageServer):
         todo = list(_sub_calls(spec.layers)) if spec is not None else []
         needed: dict[str, list[N.Layer]] = {}
         done = set(mine)
+        wanted = set(todo)
         while todo:
             name = todo.pop()
+            wanted.add(name)
             if name in done or name not in index:
                 continue
             done.add(name)
@@ -218,17 +272,22 @@ class LayerServer(LanguageServer):
             needed.setdefault(p, []).append(layer)
             todo += _sub_calls([layer])
         ws.needed = [N.SpecFile(p, ws.sources[p], layers) for p, layers in needed.items()]
+        ws.uses = wanted - mine  # found or not: a file that defines one later changes this one
+        ws.clashing = [f for f in ws.near if any(layer.name in mine for layer in f.layers)]
         return ws
 
     def check(self, path: str, text: str, spec: N.SpecFile, ws: Workset) -> tuple[list[Diagnostic], N.SpecFile, object]:
-        """Check the document with its folder (and the layers it needs from elsewhere): its diagnostics,
-        the checked spec and the program. A checker crash caused by another file is retried without it."""
+        """Check the document with the layers it needs from other files (and the files of its folder that
+        define a layer of the same name, which `gen` on the folder would report): its diagnostics, the
+        checked spec and the program. Only this document is checked in full, so that a keystroke costs
+        one file's check. A checker crash caused by another file is retried without the others."""
         from layerdsl.semantics.checker import check_program
 
-        far_needed = [f for f in ws.needed if os.path.dirname(f.path) != os.path.dirname(path)]
+        needed = {f.path for f in ws.needed}
+        clashing = [f for f in ws.clashing if f.path not in needed]
         attempts = [
-            lambda s: [copy_spec(f) for f in ws.near] + [s] + [copy_spec(f) for f in far_needed],
-            lambda s: [s] + [copy_spec(f) for f in ws.needed],
+            lambda s: sorted([s] + [copy_spec(f) for f in clashing + ws.needed], key=lambda f: f.path),
+            lambda s: [s],
         ]
         crash: Exception | None = None
         for attempt, make in enumerate(attempts):
@@ -243,7 +302,7 @@ class LayerServer(LanguageServer):
                 return [], spec, program
             except SpecError as exc:
                 return [d for d in exc.diagnostics if os.path.abspath(d.path) == path], spec, None
-            except Exception as exc:  # a checker bug: try without the rest of the folder
+            except Exception as exc:  # a checker bug: try without the other files
                 log.error("check failed (attempt %d):\n%s", attempt + 1, traceback.format_exc())
                 crash = exc
         where = spec.layers[0].span if spec.layers else Span.point(1, 1)
@@ -251,56 +310,81 @@ class LayerServer(LanguageServer):
 
     # -- analysis
 
-    def analyze(self, uri: str) -> Analysis:
+    def analyze(self, uri: str, check: bool = True) -> Analysis:
+        """The document's current analysis, cached per version: its parse (repaired after a syntax
+        error), the workspace's layers it sees, and with `check` the checker's diagnostics."""
         doc = self.workspace.get_text_document(uri)
         cached = self.analyses.get(uri)
-        if (
-            cached is not None
-            and cached.version == doc.version
-            and cached.text == doc.source
-            and self._gen_of.get(uri) == self.generation
-        ):
-            return cached
-        analysis = self._analyze(uri, doc.version, doc.source)
-        self.analyses[uri] = analysis
-        self._gen_of[uri] = self.generation
-        if analysis.spec is not None:
-            self.last_good[uri] = analysis
-        return analysis
+        if cached is None or cached.version != doc.version or cached.text != doc.source or uri in self.stale:
+            cached = self._parse(uri, doc.version, doc.source)
+            self.analyses[uri] = cached
+            self.stale.discard(uri)
+        if check and not cached.checked:
+            self._check(cached)
+        return cached
 
-    def _analyze(self, uri: str, version: int | None, text: str) -> Analysis:
+    def _parse(self, uri: str, version: int | None, text: str) -> Analysis:
         path = os.path.abspath(to_fs_path(uri) or uri)
         spec, diagnostics, tree = parse_document(path, text)
-        analysis = Analysis(uri, version, path, text, spec, list(diagnostics))
+        partial = spec is None and bool(diagnostics)
+        if partial:
+            spec, diagnostics, tree = recover(path, text, diagnostics[0])
+        analysis = Analysis(uri, version, path, text, spec, list(diagnostics), partial=partial)
         try:
             ws = self.workset(path, text, spec)
+            analysis.workset, analysis.uses = ws, ws.uses
             analysis.sources, analysis.root = ws.sources, ws.root
             analysis.layers = dict(ws.layers)
             if spec is not None:
                 for layer in spec.layers:
                     analysis.layers[layer.name] = layer
-            if spec is not None and not diagnostics:
-                found, checked, _ = self.check(path, text, spec, ws)
-                analysis.diagnostics += found
-                if checked is not spec:  # re-parsed after a crash elsewhere (the tree is still this text's)
-                    analysis.spec = spec = checked
-                    for layer in spec.layers:
-                        analysis.layers[layer.name] = layer
         except Exception as exc:  # never crash: say so, keep serving
             log.error("analysis failed:\n%s", traceback.format_exc())
             analysis.diagnostics.append(_internal(path, text, exc))
+            analysis.checked = True
         if analysis.spec is not None and tree is not None:
             layer_trees = [c for c in tree.children if getattr(c, "data", None) == "layer"]
             for layer, lt in zip(analysis.spec.layers, layer_trees):
                 analysis.extents[id(layer)] = _span_from_meta(lt.meta)
         return analysis
 
+    def _check(self, analysis: Analysis) -> None:
+        """Add the checker's diagnostics (only for a document that parsed without problems)."""
+        analysis.checked = True
+        spec, ws = analysis.spec, analysis.workset
+        if spec is None or analysis.partial or analysis.diagnostics or ws is None:
+            return
+        try:
+            found, checked, _ = self.check(analysis.path, analysis.text, spec, ws)
+        except Exception as exc:  # never crash: say so, keep serving
+            log.error("check failed:\n%s", traceback.format_exc())
+            analysis.diagnostics.append(_internal(analysis.path, analysis.text, exc))
+            return
+        analysis.diagnostics += found
+        if checked is not spec:  # re-parsed after a crash elsewhere (the tree is still this text's)
+            extents = {
+                id(new): analysis.extents[id(old)]
+                for old, new in zip(spec.layers, checked.layers)
+                if id(old) in analysis.extents
+            }
+            analysis.spec, analysis.extents = checked, extents
+            for layer in checked.layers:
+                analysis.layers[layer.name] = layer
+
     def usable(self, uri: str) -> Analysis | None:
-        """The current analysis when it parsed, else the last one that did (for half-typed documents)."""
-        a = self.analyze(uri)
-        if a.spec is not None:
-            return a
-        return self.last_good.get(uri)
+        """The current text's analysis (unchecked is enough), when it has an IR: after a syntax error,
+        the repaired parse of the current text (never an older version's tree)."""
+        a = self.analyze(uri, check=False)
+        return a if a.spec is not None else None
+
+    def dependents(self, uri: str, names: set[str]) -> list[str]:
+        """The other open documents whose analysis may change when layers named `names` change: those
+        that use one of them, or define one (a clash)."""
+        out = []
+        for other, a in list(self.analyses.items()):
+            if other != uri and (a.uses & names or a.names & names):
+                out.append(other)
+        return out
 
     def codec(self):
         return self.workspace.position_codec
@@ -311,9 +395,11 @@ class LayerServer(LanguageServer):
 
     def forget(self, uri: str) -> None:
         """The document was closed."""
-        self.generation += 1
         self.analyses.pop(uri, None)
-        self.last_good.pop(uri, None)
+        self.stale.discard(uri)
+        pending = self.pending.pop(uri, None)
+        if pending is not None:
+            pending.cancel()
         self.published.pop(uri, None)
 
 

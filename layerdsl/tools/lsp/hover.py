@@ -101,6 +101,16 @@ def layer_signature(layer: N.Layer, source: str) -> str:
     return f"layer {layer.name}({', '.join(args)})"
 
 
+_MARKDOWN = re.compile(r"([\\*_\[\]<>#|~])")
+
+
+def prose(text: str) -> str:
+    """Text shown as markdown with its markdown characters escaped (`_` in `in_features` must not start
+    an emphasis), except inside `code` spans, which markdown shows as written."""
+    parts = text.split("`")
+    return "`".join(_MARKDOWN.sub(r"\\\1", p) if i % 2 == 0 else p for i, p in enumerate(parts))
+
+
 def _code(text: str) -> str:
     return f"```layer\n{text}\n```"
 
@@ -133,7 +143,7 @@ def hover_markdown(a: Analysis, target: Target) -> str | None:
         case Target(kind="index"):
             return _code(f"(index) {target.name}") + "\nan index variable of this index-notation statement"
         case Target(kind="op", node=Op() as op):
-            return "\n".join([_code(op.signature), op.doc, f"- PyTorch: `{op.torch}`"])
+            return "\n".join([_code(op.signature), prose(op.doc), f"- PyTorch: `{op.torch}`"])
         case Target(kind="op-param", node=Op() as op):
             p = op.param(target.name)
             if p is None:
@@ -144,7 +154,7 @@ def hover_markdown(a: Analysis, target: Target) -> str | None:
             reduction = OPS.get(target.name)
             return (
                 _code(f"{target.name}[INDEX, ...](EXPR)")
-                + f"\nindex-notation reduction: {reduction.doc if reduction else target.name} over the listed indices"
+                + f"\nindex-notation reduction: {prose(reduction.doc) if reduction else prose(target.name)} over the listed indices"
             )
         case Target(kind="init") if target.name in INITS:
             return _init_hover(target.name)
@@ -157,7 +167,9 @@ def hover_markdown(a: Analysis, target: Target) -> str | None:
         case Target(kind="training"):
             return _code("training: bool") + "\ntrue while the module is in training mode"
         case Target(kind="decorator"):
-            return _code(f"@{target.name}") + (f"\n{DECORATORS[target.name]}" if target.name in DECORATORS else "")
+            return _code(f"@{target.name}") + (
+                f"\n{prose(DECORATORS[target.name])}" if target.name in DECORATORS else ""
+            )
     return None
 
 
@@ -211,7 +223,7 @@ def _sub_hover(a: Analysis, src: str, sub: N.Sub, layer: N.Layer) -> str:
     lines = [_code(f"sub {sub.name} = {_expr_text(src, sub.call)}")]
     callee = resolve_callee(a, layer, sub.call)
     if callee is not None and callee.kind == "layer" and callee.layer.docstring:
-        lines.append(callee.layer.docstring)
+        lines.append(prose(callee.layer.docstring))
     elif callee is not None and callee.kind == "nn":
         lines.append(f"a `torch.nn.{callee.name}` submodule")
     return "\n".join(lines)
@@ -231,7 +243,7 @@ def _input_hover(src: str, inp: N.Input, layer: N.Layer) -> str:
 
 def _init_hover(name: str) -> str:
     spec = INITS[name]
-    lines = [_code(f"(initialiser) {init_signature(name)}"), spec.doc]
+    lines = [_code(f"(initialiser) {init_signature(name)}"), prose(spec.doc)]
     if spec.fan_based:
         lines.append("fan-based: `fan_in =` / `fan_out =` state the fans of a layout that is not torch's [out, in]")
     return "\n".join(lines)
@@ -241,9 +253,9 @@ def _layer_hover(a: Analysis, other: N.Layer) -> str:
     osrc = a.sources.get(other.path, a.text) if other.path != a.path else a.text
     lines = [_code(layer_signature(other, osrc))]
     if other.docstring:
-        lines.append(other.docstring)
+        lines.append(prose(other.docstring))
     if other.path != a.path:
-        lines.append(f"- defined in {os.path.relpath(other.path, a.root) if a.root else other.path}")
+        lines.append(f"- defined in `{os.path.relpath(other.path, a.root) if a.root else other.path}`")
     return "\n".join(lines)
 
 

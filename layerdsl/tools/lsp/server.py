@@ -1,14 +1,17 @@
 """`layerdsl lsp`: a language server for `.layer` specs (pygls 2), over stdio; this module only wires
 the features to the protocol.
 
-Features: diagnostics from the real parser and checker (with the other specs of the workspace folder, so
-that cross-file `sub` layers resolve: `documents`, `diagnostics`), hover (`hover`), completion
-(`completion`), go to definition (`navigation`), document symbols (`symbols`), formatting
-(`layerdsl fmt`'s layout: `formatting`) and the `layerdsl.showGenerated` command, which returns the
-generated Python (`show_generated`).
+Features: diagnostics from the real parser and checker, debounced and re-checked only for the changed
+document and the open documents that depend on it (`documents`, `diagnostics`), hover (`hover`),
+completion by context (`completion`), go to definition (`navigation`), find references, rename and
+document highlight (`references`), quick fixes (`actions`), semantic tokens (`semantic_tokens`), inlay
+hints with inferred shapes (`inlay_hints`), signature help (`signature_help`), folding ranges
+(`folding`), document and workspace symbols (`symbols`, `workspace_symbols`), formatting (`layerdsl
+fmt`'s layout: `formatting`) and the `layerdsl.showGenerated` command (`show_generated`). The stdio
+framing is hardened against hostile input (`framing`).
 
 Every analysis is cached per document version. No request may crash the server: a half-typed document
-gives diagnostics (and whatever features the last good parse still supports), never an exception.
+is parsed with its failing lines blanked, so every feature answers from the current text.
 """
 
 from __future__ import annotations
@@ -18,15 +21,24 @@ import logging
 import traceback
 
 from lsprotocol import types as T
+from pygls.exceptions import JsonRpcInvalidParams
 
+from layerdsl.tools.lsp.actions import code_actions
 from layerdsl.tools.lsp.completion import completion_items
-from layerdsl.tools.lsp.diagnostics import clear, publish_all, republish
+from layerdsl.tools.lsp.diagnostics import clear, publish_all, republish, schedule
 from layerdsl.tools.lsp.documents import LayerServer
+from layerdsl.tools.lsp.folding import folding_ranges
 from layerdsl.tools.lsp.formatting import format_document
+from layerdsl.tools.lsp.framing import serve_stdio
 from layerdsl.tools.lsp.hover import hover_at
+from layerdsl.tools.lsp.inlay_hints import inlay_hints
 from layerdsl.tools.lsp.navigation import definition_at
+from layerdsl.tools.lsp.references import RenameError, highlights, prepare_rename, references, rename
+from layerdsl.tools.lsp.semantic_tokens import LEGEND, semantic_tokens
 from layerdsl.tools.lsp.show_generated import SHOW_GENERATED, show_generated
+from layerdsl.tools.lsp.signature_help import signature_help
 from layerdsl.tools.lsp.symbols import document_symbols
+from layerdsl.tools.lsp.workspace_symbols import workspace_symbols
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +80,7 @@ def did_open(ls: LayerServer, params: T.DidOpenTextDocumentParams):
 @server.feature(T.TEXT_DOCUMENT_DID_CHANGE)
 @_safe()
 def did_change(ls: LayerServer, params: T.DidChangeTextDocumentParams):
-    republish(ls, params.text_document.uri)
+    schedule(ls, params.text_document.uri)
 
 
 @server.feature(T.TEXT_DOCUMENT_DID_SAVE)
@@ -124,10 +136,75 @@ def formatting(ls: LayerServer, params: T.DocumentFormattingParams):
     return format_document(ls, params.text_document.uri)
 
 
+@server.feature(T.TEXT_DOCUMENT_REFERENCES)
+@_safe([])
+def find_references(ls: LayerServer, params: T.ReferenceParams):
+    return references(ls, params)
+
+
+@server.feature(T.TEXT_DOCUMENT_DOCUMENT_HIGHLIGHT)
+@_safe([])
+def document_highlight(ls: LayerServer, params: T.DocumentHighlightParams):
+    return highlights(ls, params.text_document.uri, params.position)
+
+
+@server.feature(T.TEXT_DOCUMENT_PREPARE_RENAME)
+@_safe()
+def prepare_rename_request(ls: LayerServer, params: T.PrepareRenameParams):
+    return prepare_rename(ls, params.text_document.uri, params.position)
+
+
+@server.feature(T.TEXT_DOCUMENT_RENAME)
+def rename_request(ls: LayerServer, params: T.RenameParams):
+    try:
+        return rename(ls, params)
+    except RenameError as exc:
+        raise JsonRpcInvalidParams(str(exc)) from None
+    except Exception:
+        log.error("layerdsl rename failed:\n%s", traceback.format_exc())
+        return None
+
+
+@server.feature(T.TEXT_DOCUMENT_CODE_ACTION, T.CodeActionOptions(code_action_kinds=[T.CodeActionKind.QuickFix]))
+@_safe([])
+def code_action(ls: LayerServer, params: T.CodeActionParams):
+    return code_actions(ls, params)
+
+
+@server.feature(T.TEXT_DOCUMENT_SEMANTIC_TOKENS_FULL, LEGEND)
+@_safe()
+def semantic_tokens_full(ls: LayerServer, params: T.SemanticTokensParams):
+    return semantic_tokens(ls, params.text_document.uri)
+
+
+@server.feature(T.TEXT_DOCUMENT_INLAY_HINT)
+@_safe([])
+def inlay_hint(ls: LayerServer, params: T.InlayHintParams):
+    return inlay_hints(ls, params.text_document.uri, params.range)
+
+
+@server.feature(T.TEXT_DOCUMENT_SIGNATURE_HELP, T.SignatureHelpOptions(trigger_characters=["(", ","]))
+@_safe()
+def signature(ls: LayerServer, params: T.SignatureHelpParams):
+    return signature_help(ls, params.text_document.uri, params.position)
+
+
+@server.feature(T.TEXT_DOCUMENT_FOLDING_RANGE)
+@_safe([])
+def folding(ls: LayerServer, params: T.FoldingRangeParams):
+    return folding_ranges(ls.workspace.get_text_document(params.text_document.uri).source)
+
+
+@server.feature(T.WORKSPACE_SYMBOL)
+@_safe([])
+def workspace_symbol(ls: LayerServer, params: T.WorkspaceSymbolParams):
+    return workspace_symbols(ls, params.query)
+
+
 server.command(SHOW_GENERATED)(show_generated)
 
 
 def serve() -> None:
     """Run the language server on stdin/stdout until the client says exit."""
     logging.basicConfig(level=logging.WARNING, format="layerdsl-lsp %(levelname)s: %(message)s")
-    server.start_io()
+    serve_stdio(server)
