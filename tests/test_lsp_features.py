@@ -282,8 +282,20 @@ async def test_inlay_hints_show_inferred_shapes(client: LanguageClient, workspac
         T.InlayHintParams(_doc(uri), T.Range(T.Position(0, 0), T.Position(12, 0)))
     )
     by_line = {h.position.line: h.label for h in hints}
-    assert by_line == {6: ": [B, m]", 7: ": [B]", 8: ": [B, m]"}
+    assert by_line == {6: ": [B, m]", 7: ": [B]", 8: ": [B, m]", 9: "-> [B, m]"}  # the shape pass's, as `show --shapes`
     assert next(h for h in hints if h.position.line == 6).position.character == len("        h")
+    assert next(h for h in hints if h.position.line == 9).position.character == len("        return y")
+
+
+async def test_inlay_hints_while_the_spec_has_an_error(client: LanguageClient, workspace: Path):
+    """No clean check, no shape pass: the hints come from the declared shapes, and there are still some."""
+    uri = _uri(workspace, "shapes_broken.layer")
+    text = SHAPES.replace("return y", "return y + missing").replace("layer Shapes(", "layer BrokenShapes(")
+    await _open(client, uri, text, lambda ds: len(ds) == 1)
+    hints = await client.text_document_inlay_hint_async(
+        T.InlayHintParams(_doc(uri), T.Range(T.Position(0, 0), T.Position(12, 0)))
+    )
+    assert {h.position.line: h.label for h in hints} == {6: ": [B, m]", 7: ": [B]", 8: ": [B, m]"}
 
 
 async def test_signature_help_for_ops_initialisers_and_layers(client: LanguageClient, workspace: Path):

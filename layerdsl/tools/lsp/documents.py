@@ -19,6 +19,8 @@ from pygls.uris import to_fs_path
 from layerdsl.diagnostics import Diagnostic, Span, SpecError
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import walk
+from layerdsl.semantics.checker import Program
+from layerdsl.semantics.shape_check import LayerShapes
 from layerdsl.syntax import PartialParse, parse_file, parse_partial
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,7 @@ class Analysis:
     checked: bool = False  # the checker's diagnostics are in `diagnostics`
     uses: set[str] = field(default_factory=set)  # the other files' layers it needs, transitively
     workset: Workset | None = None
+    shapes: dict[str, LayerShapes] = field(default_factory=dict)  # the static shape pass's, once checked clean
 
     @property
     def names(self) -> set[str]:
@@ -276,7 +279,9 @@ class LayerServer(LanguageServer):
         ws.clashing = [f for f in ws.near if any(layer.name in mine for layer in f.layers)]
         return ws
 
-    def check(self, path: str, text: str, spec: N.SpecFile, ws: Workset) -> tuple[list[Diagnostic], N.SpecFile, object]:
+    def check(
+        self, path: str, text: str, spec: N.SpecFile, ws: Workset
+    ) -> tuple[list[Diagnostic], N.SpecFile, Program | None]:
         """Check the document with the layers it needs from other files (and the files of its folder that
         define a layer of the same name, which `gen` on the folder would report): its diagnostics, the
         checked spec and the program. Only this document is checked in full, so that a keystroke costs
@@ -355,12 +360,16 @@ class LayerServer(LanguageServer):
         if spec is None or analysis.partial or analysis.diagnostics or ws is None:
             return
         try:
-            found, checked, _ = self.check(analysis.path, analysis.text, spec, ws)
+            found, checked, program = self.check(analysis.path, analysis.text, spec, ws)
         except Exception as exc:  # never crash: say so, keep serving
             log.error("check failed:\n%s", traceback.format_exc())
             analysis.diagnostics.append(_internal(analysis.path, analysis.text, exc))
             return
         analysis.diagnostics += found
+        if program is not None:
+            analysis.shapes = {
+                layer.name: program.shapes[layer.name] for layer in checked.layers if layer.name in program.shapes
+            }
         if checked is not spec:  # re-parsed after a crash elsewhere (the tree is still this text's)
             extents = {
                 id(new): analysis.extents[id(old)]

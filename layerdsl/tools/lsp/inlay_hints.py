@@ -1,6 +1,7 @@
-"""Inlay hints: the shape of each local after the assignment that binds it, inferred by the shape engine
-(`semantics.shapes.expr_shape`) from the shapes the layer declares (members and inputs), in the spec's
-own dims (`: [B, out_features]`). A binding whose shape the engine cannot tell gets no hint."""
+"""Inlay hints: the shape of each binding after it, in the spec's own dims (`: [B, out_features]`, and
+`-> [B, out]` after a returned value). A layer that checked clean gets the static shape pass's shapes
+(`semantics.shape_check`, what `layerdsl show --shapes` prints); while it has errors, the shape engine infers
+what it can from the declared shapes (members and inputs). A binding whose shape is unknown gets no hint."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from lsprotocol import types as T
 
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import statements
+from layerdsl.semantics.shape_check import LayerShapes, shape_hints
 from layerdsl.semantics.shapes import Shape, declared_shape, expr_shape
 from layerdsl.tools.lsp.documents import LayerServer
 from layerdsl.tools.lsp.positions import to_position
@@ -45,14 +47,19 @@ def inlay_hints(ls: LayerServer, uri: str, visible: T.Range) -> list[T.InlayHint
     lines = a.text.split("\n")
     out = []
     for layer in a.spec.layers:
-        for stmt, shape in binding_shapes(layer):
-            if shape is None or any(d.startswith("<") for d in shape):
-                continue
-            span = stmt.target_span
+        for span, label in _hints(layer, a.shapes.get(layer.name)):
             if not visible.start.line <= span.line - 1 <= visible.end.line:
                 continue
-            at = to_position(lines, span.line, span.end_col, ls.codec())
-            out.append(
-                T.InlayHint(position=at, label=f": [{', '.join(shape)}]", kind=T.InlayHintKind.Type, padding_left=False)
-            )
+            at = to_position(lines, span.end_line, span.end_col, ls.codec())
+            out.append(T.InlayHint(position=at, label=label, kind=T.InlayHintKind.Type, padding_left=False))
     return out
+
+
+def _hints(layer: N.Layer, checked: LayerShapes | None) -> list[tuple[N.Span, str]]:
+    if checked is not None:
+        return [(span, label) for span, label in shape_hints(checked) if "<" not in label]
+    return [
+        (stmt.target_span, f": [{', '.join(shape)}]")
+        for stmt, shape in binding_shapes(layer)
+        if shape is not None and not any(d.startswith("<") for d in shape)
+    ]
