@@ -444,3 +444,14 @@ async def test_rename_a_dim_renames_its_uses_in_shapes(client: LanguageClient, w
     edit = await client.text_document_rename_async(T.RenameParams(_doc(uri), _pos(text, "B, n]"), "batch"))
     renamed = _apply(text, edit.changes[uri])
     assert "forward(x: [batch, n]) -> [batch, m]" in renamed and "B" not in renamed.replace("Dims", "")
+
+
+async def test_hover_on_a_local_shows_its_inferred_shape(client: LanguageClient, workspace: Path):
+    uri = _uri(workspace, "shapes_hover.layer")
+    text = SHAPES.replace("layer Shapes(", "layer HoverShapes(")
+    await _open(client, uri, text, lambda ds: len(ds) == 0)
+    line = text.split("\n").index("        y = softmax(h + bias, dim = -1)")
+    hover = await client.text_document_hover_async(
+        T.HoverParams(_doc(uri), T.Position(line, len("        y = softmax(h")))
+    )
+    assert hover is not None and "(local) h: [B, m]" in hover.contents.value

@@ -15,6 +15,8 @@ from layerdsl.ir import nodes as N
 from layerdsl.language.ops import OPS, Op
 from layerdsl.language.tables import INITS
 from layerdsl.semantics.evaluate import NotConstant, evaluate, example_values
+from layerdsl.semantics.shape_check import binding_at
+from layerdsl.semantics.shapes import show
 from layerdsl.tools.lsp.documents import Analysis, LayerServer
 from layerdsl.tools.lsp.navigation import Target, occurrence_at, resolve, resolve_callee
 from layerdsl.tools.lsp.positions import from_position, span_text, to_range
@@ -115,6 +117,18 @@ def _code(text: str) -> str:
     return f"```layer\n{text}\n```"
 
 
+def _local_shape(a: Analysis, target: Target) -> str | None:
+    """A forward local's shape as the static shape pass inferred it where it is first bound (None: the
+    document has not checked clean, or the shape is unknown)."""
+    checked = a.shapes.get(target.layer.name)
+    if checked is None or target.span is None:
+        return None
+    found = binding_at(checked, target.span.line, target.span.col)
+    if found is None or found.name != target.name or "<" in show(found.shape):
+        return None
+    return show(found.shape)
+
+
 def hover_markdown(a: Analysis, target: Target) -> str | None:
     """The hover text for `target` (None: nothing to say)."""
     layer = target.layer
@@ -131,7 +145,9 @@ def hover_markdown(a: Analysis, target: Target) -> str | None:
         case Target(node=N.Input() as inp):
             return _input_hover(src, inp, layer)
         case Target(kind="local"):
-            return _code(f"(local) {target.name}") + "\na name bound by an assignment in forward or backward"
+            shape = _local_shape(a, target)
+            head = f"(local) {target.name}" + (f": {shape}" if shape else "")
+            return _code(head) + "\na name bound by an assignment in forward or backward"
         case Target(kind="dim"):
             lines = [_code(f"(dim) {target.name}: int"), "a symbolic size, bound from the inputs' shapes at run time"]
             env = example_values(layer)
