@@ -3,15 +3,31 @@
 # headless Chromium into docs/img/spec-highlighted.png (the README picture).
 #
 #   editors/screenshot/make_screenshot.sh [SPEC.layer] [OUT.png] [THEME]
+#   editors/screenshot/make_screenshot.sh --annotate [SPEC.layer] [OUT.png] [THEME]
+#
+# --annotate draws what an editor shows over the spec, as layerdsl computes it (spec_annotations.py, run
+# with this checkout's layerdsl): squiggles and hover boxes for its diagnostics, and the inferred shapes as
+# inlay hints; by default diagnostics_sample.layer into docs/img/diagnostics-and-hints.png.
 #
 # Needs node + npm (installs shiki from editors/screenshot/package-lock.json) and Debian's `chromium`
-# (installed with apt-get when missing and running as root).
+# (installed with apt-get when missing and running as root); --annotate also $PYTHON (default python3)
+# with layerdsl's dependencies.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-spec="${1:-$here/sample.layer}"
-out="${2:-$root/docs/img/spec-highlighted.png}"
+annotate=""
+if [ "${1:-}" = "--annotate" ]; then
+  annotate=1
+  shift
+fi
+if [ -n "$annotate" ]; then
+  spec="${1:-$here/diagnostics_sample.layer}"
+  out="${2:-$root/docs/img/diagnostics-and-hints.png}"
+else
+  spec="${1:-$here/sample.layer}"
+  out="${2:-$root/docs/img/spec-highlighted.png}"
+fi
 theme="${3:-light-plus}"
 
 if ! command -v chromium >/dev/null 2>&1; then
@@ -32,7 +48,12 @@ work="$(mktemp -d)"
 profile="$(mktemp -d)"
 trap 'rm -rf "$work" "$profile"' EXIT
 
-size="$(node "$here/render.mjs" "$spec" "$work/spec.html" "$theme")"
+if [ -n "$annotate" ]; then
+  PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" "$here/spec_annotations.py" "$spec" >"$work/annotations.json"
+  size="$(node "$here/render.mjs" "$spec" "$work/spec.html" "$theme" "$work/annotations.json")"
+else
+  size="$(node "$here/render.mjs" "$spec" "$work/spec.html" "$theme")"
+fi
 mkdir -p "$(dirname "$out")"
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
