@@ -650,21 +650,15 @@ class LayerEmitter:
         """One output against its declared shape: its rank, then each dim whose size is known here."""
         sources = self.dim_sources
         ex = PyExpr(Spelling())
-        dims = shape.dims
-        declared = "[" + ", ".join("..." if isinstance(d, N.EllipsisItem) else _src(d) for d in dims) + "]"
+        declared, ell, rank = _layout(shape)
         several = self.layer.forward is not None and len(self.layer.forward.outputs or []) > 1
         where = f"{self.layer.name}: output {k + 1}" if several else f"{self.layer.name}: the output"
-        ell = next((j for j, d in enumerate(dims) if isinstance(d, N.EllipsisItem)), None)
-        rank = len(dims) - (ell is not None)
         compare = "!=" if ell is None else "<"
         lines = [
             f"if {out}.dim() {compare} {rank}:",
             f'    raise ValueError(f"{where} has {{{out}.dim()}} dims, forward declares {declared}")',
         ]
-        for j, d in enumerate(dims):
-            if isinstance(d, N.EllipsisItem):
-                continue
-            pos = j if ell is None or j < ell else j - len(dims)
+        for pos, d in _sized_dims(shape, ell):
             expected = _substitute(d, sources, ex)
             if expected is None:
                 continue
@@ -677,12 +671,9 @@ class LayerEmitter:
     def input_checks(
         self, shape: N.Shape, inp: N.Input, sources: dict[str, str], used_in_body: set[str], ex: PyExpr
     ) -> list[str]:
-        dims = shape.dims
-        declared = "[" + ", ".join("..." if isinstance(d, N.EllipsisItem) else _src(d) for d in dims) + "]"
+        declared, ell, rank = _layout(shape)
         where = f"{self.layer.name}: input '{inp.name}'"
         lines = []
-        ell = next((k for k, d in enumerate(dims) if isinstance(d, N.EllipsisItem)), None)
-        rank = len(dims) - (1 if ell is not None else 0)
         if ell is None:
             lines += [
                 f"if {inp.name}.dim() != {rank}:",
@@ -693,10 +684,7 @@ class LayerEmitter:
                 f"if {inp.name}.dim() < {rank}:",
                 f'    raise ValueError(f"{where} must have at least {rank} dim{"s" if rank != 1 else ""} {declared}, got {{{inp.name}.dim()}}")',
             ]
-        for k, d in enumerate(dims):
-            if isinstance(d, N.EllipsisItem):
-                continue
-            pos = k if ell is None or k < ell else k - len(dims)
+        for pos, d in _sized_dims(shape, ell):
             actual = f"{inp.name}.shape[{pos}]"
             if isinstance(d, N.Name) and d.id not in sources:
                 if d.id in used_in_body:
@@ -718,6 +706,24 @@ class LayerEmitter:
 
 def _src(d: N.Expr) -> str:
     return PyExpr(Spelling())(d)
+
+
+def _layout(shape: N.Shape) -> tuple[str, int | None, int]:
+    """A declared shape's text (`[..., n]`), where its `...` is (None: nowhere) and its rank besides the `...`."""
+    dims = shape.dims
+    declared = "[" + ", ".join("..." if isinstance(d, N.EllipsisItem) else _src(d) for d in dims) + "]"
+    ell = next((k for k, d in enumerate(dims) if isinstance(d, N.EllipsisItem)), None)
+    return declared, ell, len(dims) - (ell is not None)
+
+
+def _sized_dims(shape: N.Shape, ell: int | None) -> list[tuple[int, N.Expr]]:
+    """Each dim but the `...`, with the index a tensor's `.shape` has it at (negative after a `...`)."""
+    dims = shape.dims
+    return [
+        (k if ell is None or k < ell else k - len(dims), d)
+        for k, d in enumerate(dims)
+        if not isinstance(d, N.EllipsisItem)
+    ]
 
 
 def _substitute(d: N.Expr, sources: dict[str, str], ex: PyExpr) -> str | None:
