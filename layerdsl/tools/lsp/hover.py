@@ -18,8 +18,8 @@ from layerdsl.semantics.evaluate import NotConstant, evaluate, example_values
 from layerdsl.semantics.shape_check import binding_at
 from layerdsl.semantics.shapes import show
 from layerdsl.tools.lsp.documents import Analysis, LayerServer
-from layerdsl.tools.lsp.navigation import Target, occurrence_at, resolve, resolve_callee
-from layerdsl.tools.lsp.positions import from_position, span_text, to_range
+from layerdsl.tools.lsp.navigation import Target, resolve, resolve_callee, under_cursor
+from layerdsl.tools.lsp.positions import span_text, to_range
 
 DECORATORS = {
     "function": 'also emit a torch.autograd.Function; `@function(save = "inputs")` saves only the inputs',
@@ -284,14 +284,10 @@ def _init_text(source: str, init: N.Init) -> str:
 
 def hover_at(ls: LayerServer, uri: str, position: T.Position) -> T.Hover | None:
     """The hover for the cursor at `position`, from the last analysis that parsed."""
-    a = ls.usable(uri)
-    if a is None:
+    found = under_cursor(ls, uri, position)
+    if found is None:
         return None
-    line, col = from_position(ls.workspace.get_text_document(uri).source, position, ls.codec())
-    hit = occurrence_at(a, line, col)
-    if hit is None:
-        return None
-    occ, layer = hit
+    a, occ, layer = found
     target = resolve(a, occ, layer)
     if target is None:
         return None

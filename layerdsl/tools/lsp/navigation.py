@@ -224,16 +224,23 @@ def _resolve_keyword(a: Analysis, layer: N.Layer, name: str, owner: N.Node) -> T
     return callee
 
 
-def definition_at(ls: LayerServer, uri: str, position: T.Position) -> T.Location | None:
-    """Where what the cursor is on is declared, in this document or another spec file."""
+def under_cursor(ls: LayerServer, uri: str, position: T.Position) -> tuple[Analysis, Occurrence, N.Layer] | None:
+    """The document's current analysis and the occurrence at the client's `position`, with its layer."""
     a = ls.usable(uri)
     if a is None:
         return None
     line, col = from_position(ls.workspace.get_text_document(uri).source, position, ls.codec())
     hit = occurrence_at(a, line, col)
-    if hit is None:
+    return None if hit is None else (a, *hit)
+
+
+def definition_at(ls: LayerServer, uri: str, position: T.Position) -> T.Location | None:
+    """Where what the cursor is on is declared, in this document or another spec file."""
+    found = under_cursor(ls, uri, position)
+    if found is None:
         return None
-    target = resolve(a, *hit)
+    a, occ, layer = found
+    target = resolve(a, occ, layer)
     if target is None or target.span is None:
         return None
     path = target.layer.path
