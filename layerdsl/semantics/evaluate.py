@@ -44,7 +44,7 @@ def evaluate(expr: N.Expr, env: Mapping[str, Any]) -> Any:
             return evaluate(l, env) or evaluate(r, env)
         case N.BinOp(op=op, left=l, right=r) if op in _BINARY:
             try:
-                return _BINARY[op](evaluate(l, env), evaluate(r, env))
+                return _bounded(_BINARY[op](evaluate(l, env), evaluate(r, env)))
             except ZeroDivisionError:
                 raise NotConstant("division by zero") from None
         case N.Compare(ops=ops, operands=operands):
@@ -84,6 +84,25 @@ def _scalar_function(spelling: str) -> Callable[..., Any]:
 
 _BUILTINS: dict[str, Callable[..., Any]] = {"abs": abs, "round": round, "max": max, "min": min}
 
+# Integers a spec computes are sizes and counts: anything far beyond int64 is a mistake, and computing it
+# (`2 ** 99999999`) would take minutes and gigabytes.
+MAX_BITS = 1024
+
+
+def _bounded(value: Any) -> Any:
+    if isinstance(value, int) and value.bit_length() > MAX_BITS:
+        raise NotConstant(f"the value is too large (over {MAX_BITS} bits)")
+    return value
+
+
+def _power(base: Any, exponent: Any) -> Any:
+    """`base ** exponent`, refused before it is computed when an integer result would be too large."""
+    if isinstance(base, int) and isinstance(exponent, int) and abs(base) > 1 and exponent > 0:
+        if exponent * (abs(base).bit_length() - 1) > MAX_BITS:
+            raise NotConstant(f"the value is too large (over {MAX_BITS} bits)")
+    return operator.pow(base, exponent)
+
+
 _BINARY: dict[str, Callable[[Any, Any], Any]] = {
     "+": operator.add,
     "-": operator.sub,
@@ -91,8 +110,9 @@ _BINARY: dict[str, Callable[[Any, Any], Any]] = {
     "/": operator.truediv,
     "//": operator.floordiv,
     "%": operator.mod,
-    "**": operator.pow,
+    "**": _power,
 }
+
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "==": operator.eq,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 
 from layerdsl.ir import nodes as N
 from layerdsl.semantics.evaluate import NotConstant, evaluate, example_values
+from layerdsl.syntax import parse_expr
 from layerdsl.syntax.parser import parse_file
 from layerdsl.testing.layer_checks import shape_of
 
@@ -77,3 +79,17 @@ def test_tensor_operations_are_not_constant():
     x = N.Name(N.NOWHERE, "x")
     with pytest.raises(NotConstant):
         evaluate(N.Call(N.NOWHERE, "relu", N.NOWHERE, [x], []), {"x": 1.0})
+
+
+@pytest.mark.parametrize("text", ["2 ** 99999999", "(10 ** 300) * (10 ** 300) * (10 ** 300) * (10 ** 300)"])
+def test_a_huge_integer_is_refused_before_it_is_computed(text):
+    start = time.process_time()
+    with pytest.raises(NotConstant, match="too large"):
+        evaluate(parse_expr(text), {})
+    assert time.process_time() - start < 0.5
+
+
+def test_ordinary_powers_still_compute():
+    assert evaluate(parse_expr("2 ** 10"), {}) == 1024
+    assert evaluate(parse_expr("2.5 ** 2"), {}) == 6.25
+    assert evaluate(parse_expr("(-3) ** 3"), {}) == -27
