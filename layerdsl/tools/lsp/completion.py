@@ -13,10 +13,10 @@ from layerdsl.language.ops import CALLABLE
 from layerdsl.language.tables import CONSTANTS, INITS, NN_LAYERS
 from layerdsl.semantics import scopes
 from layerdsl.tools.lsp.documents import Analysis, LayerServer
-from layerdsl.tools.lsp.folding import string_end
 from layerdsl.tools.lsp.hover import DECORATORS, init_signature
 from layerdsl.tools.lsp.navigation import layer_at
 from layerdsl.tools.lsp.positions import from_position, text_lines
+from layerdsl.tools.lsp.scanning import depths, open_bracket
 
 MEMBER_KEYWORDS = ("param", "buffer", "transient", "sub", "let", "example", "forward", "backward")
 STATEMENT_KEYWORDS = ("return", "if", "else", "update", "grad", "require")
@@ -25,38 +25,6 @@ ARG_TYPES = ("int", "float", "bool", "str")
 DTYPE_NAMES = ("float", "long", "int", "bool")
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _scan_depths(text: str) -> tuple[int, int]:
-    """Brace depth and bracket depth at the end of `text`, skipping strings and comments."""
-    braces = brackets = 0
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "#":
-            j = text.find("\n", i)
-            i = n if j < 0 else j
-            continue
-        if c == '"':
-            if text.startswith('"""', i):
-                j = text.find('"""', i + 3)
-                i = n if j < 0 else j + 3
-            else:
-                j = i + 1
-                while j < n and text[j] not in '"\n':
-                    j += 2 if text[j] == "\\" else 1
-                i = j + 1
-            continue
-        if c == "{":
-            braces += 1
-        elif c == "}":
-            braces = max(0, braces - 1)
-        elif c in "([":
-            brackets += 1
-        elif c in ")]":
-            brackets = max(0, brackets - 1)
-        i += 1
-    return braces, brackets
 
 
 def _item(
@@ -87,7 +55,7 @@ def completion_items(server: LayerServer, uri: str, pos: T.Position) -> list[T.C
     current = lines[line - 1] if line - 1 < len(lines) else ""
     prefix = current[: col - 1]
     offset = sum(len(l) + 1 for l in lines[: line - 1]) + len(prefix)
-    braces, brackets = _scan_depths(text[:offset])
+    braces, brackets = depths(text[:offset])
     word = _WORD.search(prefix)
     before = prefix[: len(prefix) - len(word.group())] if word else prefix
     a = server.usable(uri)
@@ -228,30 +196,6 @@ def _name_items(a: Analysis | None, line: int, col: int, only: tuple[Ref, ...] =
     for c in CONSTANTS:
         names.setdefault(c, (T.CompletionItemKind.Constant, "constant"))
     return [_item(n, k, d, sort="1") for n, (k, d) in names.items()]
-
-
-def open_bracket(text: str) -> tuple[str, int] | None:
-    """The innermost bracket left open at the end of `text` (strings and comments skipped): the bracket
-    and its offset; None when every bracket is closed."""
-    stack: list[tuple[str, int]] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "#":
-            j = text.find("\n", i)
-            i = n if j < 0 else j
-            continue
-        if c == '"':
-            i = string_end(text, i)
-            continue
-        if c in "([":
-            stack.append((c, i))
-        elif c in ")]" and stack:
-            stack.pop()
-        elif c in "{}":
-            stack.clear()
-        i += 1
-    return stack[-1] if stack else None
 
 
 CALLEE = re.compile(r"((?:nn\.)?[A-Za-z_]\w*)\s*$")

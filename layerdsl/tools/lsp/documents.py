@@ -22,6 +22,7 @@ from layerdsl.ir.visit import walk
 from layerdsl.semantics.checker import Program
 from layerdsl.semantics.shape_check import LayerShapes
 from layerdsl.syntax import PartialParse, parse_file, parse_partial
+from layerdsl.tools.lsp.scanning import depths
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +53,6 @@ def parse_document(path: str, text: str) -> PartialParse:
 
 MAX_REPAIRS = 8  # lines blanked while looking for a parse of a half-typed text
 _LAYER_HEADER = re.compile(r"^\s*(?:@.*)?\blayer\b")
-_STRINGS_AND_COMMENTS = re.compile(r'"""[\s\S]*?(?:"""|\Z)|"(?:\\.|[^"\\\n])*"?|#[^\n]*')
-
-
-def unclosed_braces(text: str) -> int:
-    """How many `{` are still open at the end of `text` (strings and comments skipped)."""
-    depth = 0
-    for c in _STRINGS_AND_COMMENTS.sub("", text):
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth = max(0, depth - 1)
-    return depth
 
 
 def recover(path: str, text: str, error: Diagnostic) -> PartialParse:
@@ -79,7 +68,7 @@ def recover(path: str, text: str, error: Diagnostic) -> PartialParse:
                 break
             lines[line - 1] = ""
         repaired = "\n".join(lines)
-        spec, diags, tree = parse_document(path, repaired + "\n}" * unclosed_braces(repaired))
+        spec, diags, tree = parse_document(path, repaired + "\n}" * depths(repaired)[0])
         if spec is not None:
             return PartialParse(N.SpecFile(path, text, spec.layers), [error], tree)
         if not diags:

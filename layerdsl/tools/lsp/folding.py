@@ -6,40 +6,25 @@ from __future__ import annotations
 
 from lsprotocol import types as T
 
+from layerdsl.tools.lsp.scanning import STRINGS_AND_COMMENTS, code_characters
+
 _OPEN = {"{": "}", "(": ")", "[": "]"}
 
 
-def string_end(text: str, i: int) -> int:
-    """Where the string literal that starts at `i` ends (after its closing quotes; the end of the text
-    when it is not closed)."""
-    quote = '"""' if text.startswith('"""', i) else '"'
-    j = text.find(quote, i + len(quote))
-    return len(text) if j < 0 else j + len(quote)
-
-
 def folding_ranges(text: str) -> list[T.FoldingRange]:
-    out: list[T.FoldingRange] = []
+    out = _bracket_ranges(text) + _docstring_ranges(text) + _comment_runs(text)
+    return sorted(out, key=lambda r: (r.start_line, r.end_line))
+
+
+def _bracket_ranges(text: str) -> list[T.FoldingRange]:
+    """Brackets that open and close on different lines (the closing line stays visible)."""
+    out = []
     stack: list[tuple[str, int]] = []  # (closing bracket, line it opened on)
-    line = 0
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "\n":
-            line += 1
-        elif c == "#":
-            j = text.find("\n", i)
-            i = n if j < 0 else j
-            continue
-        elif c == '"':
-            triple = text.startswith('"""', i)
-            end = string_end(text, i)
-            lines = text.count("\n", i, end)
-            if triple and lines:
-                out.append(T.FoldingRange(start_line=line, end_line=line + lines, kind=T.FoldingRangeKind.Comment))
-            line += lines
-            i = end
-            continue
-        elif c in _OPEN:
+    line = seen = 0
+    for i, c in code_characters(text):
+        line += text.count("\n", seen, i)
+        seen = i
+        if c in _OPEN:
             stack.append((_OPEN[c], line))
         elif c in "})]":
             while stack and stack[-1][0] != c:
@@ -48,9 +33,17 @@ def folding_ranges(text: str) -> list[T.FoldingRange]:
                 _, start = stack.pop()
                 if line - 1 > start:
                     out.append(T.FoldingRange(start_line=start, end_line=line - 1))
-        i += 1
-    out += _comment_runs(text)
-    return sorted(out, key=lambda r: (r.start_line, r.end_line))
+    return out
+
+
+def _docstring_ranges(text: str) -> list[T.FoldingRange]:
+    out = []
+    for m in STRINGS_AND_COMMENTS.finditer(text):
+        lines = m.group().count("\n")
+        if m.group().startswith('"""') and lines:
+            start = text.count("\n", 0, m.start())
+            out.append(T.FoldingRange(start_line=start, end_line=start + lines, kind=T.FoldingRangeKind.Comment))
+    return out
 
 
 def _comment_runs(text: str) -> list[T.FoldingRange]:

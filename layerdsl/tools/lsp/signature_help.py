@@ -11,10 +11,11 @@ from layerdsl.ir.nodes import Ref
 from layerdsl.language.ops import CALLABLE
 from layerdsl.language.tables import INITS
 from layerdsl.semantics import scopes
-from layerdsl.tools.lsp.completion import CALLEE, open_bracket
+from layerdsl.tools.lsp.completion import CALLEE
 from layerdsl.tools.lsp.documents import Analysis, LayerServer
 from layerdsl.tools.lsp.navigation import layer_at
 from layerdsl.tools.lsp.positions import from_position
+from layerdsl.tools.lsp.scanning import open_bracket
 
 
 def _parameters(a: Analysis | None, callee: str, line: int, col: int) -> tuple[str, list[str], str] | None:
