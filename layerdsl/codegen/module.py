@@ -21,7 +21,7 @@ from layerdsl.diagnostics import SpecError, printable
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import names_read, statements, walk
 from layerdsl.language.naming import snake_case
-from layerdsl.language.ops import CALLABLE
+from layerdsl.language.ops import CALLABLE, OPERATORS, OPS
 from layerdsl.language.tables import DTYPES, INITS, NN_LAYERS
 from layerdsl.resources import resource_dir
 from layerdsl.semantics.checker import Program
@@ -611,18 +611,11 @@ class LayerEmitter:
         return lines
 
     def has_unpromoting_op(self) -> bool:
-        """Whether forward multiplies matrices (`@`, convolutions, sums of products, subs): torch does not
-        promote dtypes there."""
-        for stmt in self.forward.body:
-            for node in walk(stmt):
-                if isinstance(node, N.BinOp) and node.op == "@":
-                    return True
-                if isinstance(node, N.Reduce) and node.op == "sum" and isinstance(node.body, N.BinOp):
-                    if node.body.op == "*":
-                        return True  # a sum of products is an einsum
-                if isinstance(node, N.Call) and node.func in ("matmul", "conv1d", "conv2d"):
-                    return True
-        return bool(self.layer.subs)
+        """Whether forward has an operation torch does not promote mixed dtypes for (the op table's
+        `promotes`: `@`, convolutions, sums of products), or a sub (whose own layers may have one)."""
+        return bool(self.layer.subs) or any(
+            _refuses_mixed_dtypes(node) for stmt in self.forward.body for node in walk(stmt)
+        )
 
     def output_checks(self, values: list[str]) -> list[str] | None:
         """`return a, b` with a check of each declared output the static shape pass could not prove; None
@@ -706,6 +699,18 @@ class LayerEmitter:
 
 def _src(d: N.Expr) -> str:
     return PyExpr(Spelling())(d)
+
+
+def _refuses_mixed_dtypes(node: N.Node) -> bool:
+    if isinstance(node, N.BinOp):
+        row = OPERATORS.get(node.op)
+    elif isinstance(node, N.Call):
+        row = OPS.get(node.func)
+    elif isinstance(node, N.Reduce) and node.op == "sum" and isinstance(node.body, N.BinOp) and node.body.op == "*":
+        row = OPS["einsum"]  # index notation writes a sum of products as one einsum
+    else:
+        return False
+    return row is not None and not row.promotes
 
 
 def _layout(shape: N.Shape) -> tuple[str, int | None, int]:

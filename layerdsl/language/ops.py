@@ -44,6 +44,7 @@ class Op:
     inplace: str | None = None  # the Tensor method updating the first operand in place (`mul_`)
     commutes: bool = False  # the two tensor operands may swap (so either one can be updated in place)
     shape_args: tuple[int, ...] = ()  # positions of arguments read only for their shape (internal helpers)
+    promotes: bool = True  # torch promotes operands of mixed dtypes (False: it raises, as matmul does)
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -160,6 +161,7 @@ TABLE: tuple[Op, ...] = (
         {"input": "matmul(grad, transpose(other, -1, -2))", "other": "matmul(transpose(input, -1, -2), grad)"},
         operator="@",
         cost="costly",
+        promotes=False,
     ),
     # -- elementwise
     _unary("abs", "torch.abs", "absolute value", "grad * sign(input)", "abs"),
@@ -434,6 +436,7 @@ TABLE: tuple[Op, ...] = (
         "1-D convolution (torch.nn.functional.conv1d)",
         {"input": None, "weight": None, "bias": None},
         cost="costly",
+        promotes=False,
     ),
     Op(
         "conv2d",
@@ -443,6 +446,7 @@ TABLE: tuple[Op, ...] = (
         "2-D convolution (torch.nn.functional.conv2d)",
         {"input": None, "weight": None, "bias": None},
         cost="costly",
+        promotes=False,
     ),
     # -- what index notation lowers to (not callable from specs)
     Op(
@@ -455,6 +459,7 @@ TABLE: tuple[Op, ...] = (
         cost="costly",
         internal=True,
         template="torch.einsum({equation}, {operands*})",
+        promotes=False,
     ),
     Op(
         "permute",
