@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import warnings
+from typing import TypeVar
 
 from lark import Token, Transformer, Tree, v_args
 
@@ -45,6 +46,9 @@ def _espan(node) -> Span:
     if isinstance(node, Token):
         return _tspan(node)
     return node.span
+
+
+_Block = TypeVar("_Block", N.Forward, N.Backward)
 
 
 @v_args(meta=True)
@@ -141,25 +145,20 @@ class IRBuilder(Transformer):
             case list():  # example(...)
                 layer.examples.extend(member)
             case N.Forward():
-                if layer.forward is not None:
-                    earlier = layer.forward.span
-                    self.r.error(
-                        _keyword(member.span, "forward"),
-                        f"layer '{layer.name}' has a second forward",
-                        f"a layer has exactly one; the first is at line {earlier.line}",
-                    )
-                else:
-                    layer.forward = member
+                layer.forward = self._only(layer, layer.forward, member, "forward", "exactly one")
             case N.Backward():
-                if layer.backward is not None:
-                    earlier = layer.backward.span
-                    self.r.error(
-                        _keyword(member.span, "backward"),
-                        f"layer '{layer.name}' has a second backward",
-                        f"a layer has at most one; the first is at line {earlier.line}",
-                    )
-                else:
-                    layer.backward = member
+                layer.backward = self._only(layer, layer.backward, member, "backward", "at most one")
+
+    def _only(self, layer: N.Layer, earlier: _Block | None, member: _Block, word: str, how_many: str) -> _Block:
+        """The block a layer keeps: the first of its kind; a second is reported at its keyword."""
+        if earlier is None:
+            return member
+        self.r.error(
+            _keyword(member.span, word),
+            f"layer '{layer.name}' has a second {word}",
+            f"a layer has {how_many}; the first is at line {earlier.span.line}",
+        )
+        return earlier
 
     def decorator(self, meta, items):
         name, callargs = items
