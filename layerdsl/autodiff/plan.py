@@ -18,6 +18,7 @@ from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape
 from layerdsl.diagnostics import Diagnostic
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import walk
+from layerdsl.language.naming import fresh_name
 
 
 @dataclass
@@ -59,8 +60,19 @@ def plan_backward(layer: N.Layer) -> BackwardPlan:
     if layer.backward is not None:
         grads = [name for name, _ in layer.backward.grads]
         return BackwardPlan(tape, grads, incoming_gradients(tape, grads), None, written_backward(layer.backward, tape))
-    grads = [f"grad_{'out' if i == 0 else f'out{i}'}" for i in range(len(tape.outputs))]
+    grads = incoming_names(tape)
     return BackwardPlan(tape, grads, incoming_gradients(tape, grads), derive(tape, grads), [])
+
+
+def incoming_names(tape: Tape) -> list[str]:
+    """A derived backward's incoming gradients: `grad_out`, `grad_out1`, ..., unless the gradient of a
+    value of the tape has that name (an input named `out` has the gradient `grad_out`)."""
+    taken = {f"grad_{v}" for v in tape.leaves + [s.var for s in tape.steps]}
+    grads: list[str] = []
+    for i in range(len(tape.outputs)):
+        grads.append(fresh_name("grad_out" if i == 0 else f"grad_out{i}", taken))
+        taken.add(grads[-1])
+    return grads
 
 
 def incoming_gradients(tape: Tape, grads: list[str]) -> dict[str, str]:

@@ -15,6 +15,7 @@ from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.language.ops import CALLABLE, OPERATORS, OPS, Op, Param
+from layerdsl.language.tables import GENERATED_API, GENERATED_BUILTINS, GENERATED_IMPORTS
 
 LOWERED = ("einsum", "permute", "align")  # ops that index notation lowers to
 
@@ -76,6 +77,12 @@ class Linearizer:
         self.env: dict[str, str] = {}  # spec local -> current var
         self.taken = {a.name for a in layer.args} | {t.name for t in layer.tensors} | {l.name for l in layer.lets}
         self.taken |= {i.name for i in self.forward.inputs} | set(layer.symbolic_dims)
+        # A step is never named like a number local, a name of the backward block, or a module-level name.
+        self.taken |= {s.target for s in self.forward.body if isinstance(s, N.Assign) and s.value.kind != "tensor"}
+        if layer.backward is not None:
+            self.taken |= {g for g, _ in layer.backward.grads}
+            self.taken |= {s.target for s in layer.backward.body if isinstance(s, N.Assign)}
+        self.taken |= GENERATED_IMPORTS | GENERATED_BUILTINS | GENERATED_API
         self.counter = itertools.count(1)
         self.numbers: list[tuple[str, N.Expr]] = []
 

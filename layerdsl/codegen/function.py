@@ -18,6 +18,7 @@ from layerdsl.autodiff.plan import BackwardPlan
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.shapes import same_shape_leaf
 from layerdsl.autodiff.tape import Step, Tape
+from layerdsl.codegen.names import FunctionNames
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.ir import build as B
@@ -58,6 +59,22 @@ class FunctionEmitter:
         self.split = False  # extra outputs' gradients have sections of their own (grads not materialised)
         self.shape_on_ctx: dict[str, set[str]] = {}  # leaves the backward needs only the shape of
         self.backward_dims: set[str] = set()  # symbolic dims the backward reads (kept on ctx)
+        self.names = FunctionNames(self._scope_names(), self.kwargs + list(self.layer.symbolic_dims))
+        self.named: dict[tuple[str, ...], str] = {}  # the gradients this emitter names, by what they are of
+
+    def _scope_names(self) -> set[str]:
+        """Every name of the layer's spec and tape the Function's methods may hold."""
+        tape = self.tape
+        values = tape.leaves + [s.var for s in tape.steps]
+        names = set(values) | {f"grad_{v}" for v in values} | set(self.kwargs) | set(self.layer.symbolic_dims)
+        names |= {n for n, _ in tape.numbers} | set(self.plan.grads) | {s.var for s in self.plan.written}
+        return names
+
+    def gradient_name(self, hint: str, *of: str) -> str:
+        """The name of a gradient the emitter introduces (of a returned intermediate, or a part of one)."""
+        if of not in self.named:
+            self.named[of] = self.names.local(hint)
+        return self.named[of]
 
     # ---------------------------------------------------------------- the pieces
 
@@ -70,7 +87,7 @@ class FunctionEmitter:
             body, reads = self.derived_backward(tape, plan.derived, incoming)
             saved, extra = self.saving(tape, reads)
             if extra:  # returned intermediates get gradients of their own (for double backward)
-                extra_grads = {v: f"grad_{v}_out" for v in extra}
+                extra_grads = {v: self.gradient_name(f"grad_{v}_out", v) for v in extra}
                 if n_out == 1:
                     # Those gradients are None (grads are not materialised) except in double backward: the
                     # main derivation ignores them, and each has its own section, run when it is given.
@@ -98,10 +115,13 @@ class FunctionEmitter:
                 "Tensor" if n_out + len(extra) == 1 else f"tuple[{', '.join(['Tensor'] * (n_out + len(extra)))}]"
             ),
             "setup_body": self.setup_body(tape, saved, extra, inputs_unpack),
-            "backward_params": ["ctx"] + grads + [f"grad_{x}_out" for x in extra],
+            "backward_params": ["ctx"] + grads + [self.gradient_name(f"grad_{x}_out", x) for x in extra],
             "backward_body": body,
             "apply_params": inputs_unpack,
             "n_outputs": n_out,
+            "inputs": self.names.inputs,
+            "output": self.names.output,
+            "cls": self.names.cls,
             "extra": extra,
         }
 
@@ -232,22 +252,22 @@ class FunctionEmitter:
         lines = []
         if any(u in used for u in unpack):
             names = [u if u in used else "_" for u in unpack]
-            lines.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = inputs")
+            lines.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = {self.names.inputs}")
         outs = [o.id if isinstance(o, N.Name) and o.id in saved_names else "_" for o in tape.outputs]
         outs += [e if e in saved_names else "_" for e in extra]
         if any(v in outs for v in saved_names):
-            lines.append(f"{outs[0]} = output" if len(outs) == 1 else f"{', '.join(outs)} = output")
+            lines.append(f"{', '.join(outs)} = {self.names.output}")
         if self.split:
             lines.append("ctx.set_materialize_grads(False)")
         for k in self.kwargs:
-            lines.append(f"ctx.{k} = {k}")
+            lines.append(f"{self.names.ctx_value(k)} = {k}")
         for name in shapes:
             if name in self.e.optional:  # an absent member has no shape, and needs no gradient
-                lines.append(f"ctx.{name}_shape = None if {name} is None else {name}.shape")
+                lines.append(f"{self.names.ctx_shape(name)} = None if {name} is None else {name}.shape")
             else:
-                lines.append(f"ctx.{name}_shape = {name}.shape")
+                lines.append(f"{self.names.ctx_shape(name)} = {name}.shape")
         for d in dims:
-            lines.append(f"ctx.{d} = {self.dim_source[d]}")
+            lines.append(f"{self.names.ctx_value(d)} = {self.dim_source[d]}")
         if saved:
             items = []
             for var, leaves in saved:
@@ -268,7 +288,7 @@ class FunctionEmitter:
             main.cond = " and ".join(f"{g} is not None" for g in incoming)
         sections = [main]
         for var, grad, rbwd in rare:
-            renamed = {f"grad_{l}": self._fresh(tape, f"grad_{l}_from_{var}") for l in tape.leaves}
+            renamed = {f"grad_{l}": self.gradient_name(f"grad_{l}_from_{var}", l, var) for l in tape.leaves}
             items = [(lv, renamed.get(t, t), _renamed(e, renamed)) for lv, t, e in self._derived_items(rbwd, tape)]
             produced = {t for _, t, _ in items}
             accumulate = {l: renamed[f"grad_{l}"] for l in tape.leaves if renamed[f"grad_{l}"] in produced}
@@ -279,13 +299,6 @@ class FunctionEmitter:
         """The derivation's statements (copies: writing them out updates expressions in place)."""
         items = [(set(s.leaves), s.var, self._shape_only(copy.deepcopy(s.expr), tape)) for s in bwd.stmts]
         return items + [({l}, f"grad_{l}", B.name(g)) for l, g in bwd.leaf_grads.items() if g != f"grad_{l}"]
-
-    @staticmethod
-    def _fresh(tape: Tape, name: str) -> str:
-        taken = set(tape.leaves) | {s.var for s in tape.steps}
-        while name in taken:
-            name += "_"
-        return name
 
     def _backward(self, tape: Tape, sections: list[Section]) -> tuple[list[str], dict[str, set[str]]]:
         """Shared by derived and hand-written backwards. Each section's items are (leaves, target, expr) in
@@ -343,11 +356,12 @@ class FunctionEmitter:
                 for n in _shape_names(expr):
                     if n not in self.shape_on_ctx:
                         read(n, leaves)
-        ex = PyExpr(Spelling({k: f"ctx.{k}" for k in self.kwargs}, training="ctx.training"), call_hook=self._internal)
+        ctx = self.names.ctx_value
+        ex = PyExpr(Spelling({k: ctx(k) for k in self.kwargs}, training=ctx("training")), call_hook=self._internal)
         order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps])}
         read_names = {n.id for sec in sections for _, _, e in sec.items for n in walk(e) if isinstance(n, N.Name)}
         read_names |= {n.id for s in tape.steps if s.var in recomputed for n in walk(s.expr) if isinstance(n, N.Name)}
-        lines, self.backward_dims = self.prelude(tape, read_names, ex, lambda d: f"ctx.{d}")
+        lines, self.backward_dims = self.prelude(tape, read_names, ex, ctx)
         saved = sorted(reads, key=lambda v: order.get(v, 1 << 30))
         if saved:
             lines.append(f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors")
@@ -483,7 +497,7 @@ class FunctionEmitter:
     def _shape(self, e: N.Expr, ex: PyExpr) -> str:
         """A tensor's shape: from the tensor when the backward has it, else as kept on ctx."""
         if isinstance(e, N.Name) and e.id in self.shape_on_ctx:
-            return f"ctx.{e.id}_shape"
+            return self.names.ctx_shape(e.id)
         return f"{ex(e)}.shape"
 
     def _unsqueeze(self, g: str, dim: N.Expr, keepdim: N.Expr, ex: PyExpr) -> str:

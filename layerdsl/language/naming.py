@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 
 def snake_case(name: str) -> str:
@@ -10,3 +11,12 @@ def snake_case(name: str) -> str:
     s = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name)
     s = re.sub(r"(?<=[A-Z])([A-Z][a-z])", r"_\1", s)
     return s.lower()
+
+
+def fresh_name(hint: str, taken: Collection[str]) -> str:
+    """A name for something the generated code introduces: `hint` itself unless `taken` has it, else the
+    first of `hint_`, `hint__`, ... that it does not (`taken` holds the spec's names of the scope)."""
+    name = hint
+    while name in taken:
+        name += "_"
+    return name

@@ -75,83 +75,43 @@ RESERVED = frozenset(
     "true false none".split()
 )
 
-# Names the generated code needs for itself, or that would shadow what it uses.
-FORBIDDEN = frozenset(
-    {
-        "self",
-        "ctx",
-        "torch",
-        "nn",
-        "F",
-        "math",
-        "Tensor",
-        "training",
-        "factory_kwargs",
-        "device",
-        "dtype",
-        "forward",
-        "backward",
-        "reset_parameters",
-        "extra_repr",
-        "setup_context",
-        "apply",
-        "register_buffer",
-        "register_parameter",
-        "state_dict",
-        "parameters",
-        "buffers",
-        "children",
-        "modules",
-        "to",
-        "cuda",
-        "cpu",
-        "train",
-        "eval",
-        "zero_grad",
-        "grad",
-        "inf",
-        "pi",
-        "vmap",
-        "super",
-        "None",
-        "True",
-        "False",
-        # the rest of nn.Module's attributes, so a member never shadows one
-        "half",
-        "double",
-        "float",
-        "bfloat16",
-        "type",
-        "load_state_dict",
-        "named_parameters",
-        "named_buffers",
-        "named_children",
-        "named_modules",
-        "register_module",
-        "register_forward_hook",
-        "register_forward_pre_hook",
-        "register_full_backward_hook",
-        "register_full_backward_pre_hook",
-        "register_backward_hook",
-        "get_parameter",
-        "get_buffer",
-        "get_submodule",
-        "get_extra_state",
-        "set_extra_state",
-        "requires_grad_",
-        "share_memory",
-        "add_module",
-        "xpu",
-        "ipu",
-        "mtia",
-        "compile",
-        "dump_patches",
-        "call_super_init",
-        "set_submodule",
-        "register_load_state_dict_post_hook",
-        "register_state_dict_pre_hook",
-        "T_destination",
-    }
+# The names a spec may not use, because the generated code has them for itself (docs/language.md, "Names").
+# Every other name the generated code introduces (gradients, temporaries, `ctx` fields, the parameters of
+# `setup_context` and `apply`) is chosen around the spec's names (`language.naming.fresh_name`).
+
+# Module level: the generated module's imports, and the builtins its code calls or annotates with.
+GENERATED_IMPORTS = frozenset({"torch", "nn", "F", "math", "Tensor", "annotations"})
+GENERATED_BUILTINS = frozenset(
+    {"super", "ValueError", "TypeError", "int", "float", "bool", "str", "tuple", "staticmethod", "classmethod"}
+    | {"max", "min"}  # written by operations' Python spellings
+)
+# The generated classes' public API and the language's own names: `self` and `ctx`, `__init__`'s `device`,
+# `dtype` and `factory_kwargs` (as torch.nn writes them), `training`, the constants, `grad`.
+GENERATED_API = frozenset({"self", "ctx", "device", "dtype", "factory_kwargs", "training", "inf", "pi", "grad"})
+
+FORBIDDEN = GENERATED_IMPORTS | GENERATED_BUILTINS | GENERATED_API
+
+# What a name stored on the module (`self.NAME`: an argument, member, sub or let) must not be: every public
+# attribute of an `nn.Module` instance (tests/test_name_hygiene.py compares it with the installed torch).
+NN_MODULE_ATTRIBUTES = frozenset(
+    "T_destination add_module apply bfloat16 buffers call_super_init children compile cpu cuda double "
+    "dump_patches eval extra_repr float forward get_buffer get_extra_state get_parameter get_submodule half ipu "
+    "load_state_dict modules mtia named_buffers named_children named_modules named_parameters parameters "
+    "register_backward_hook register_buffer register_forward_hook register_forward_pre_hook "
+    "register_full_backward_hook register_full_backward_pre_hook register_load_state_dict_post_hook "
+    "register_load_state_dict_pre_hook register_module register_parameter register_state_dict_post_hook "
+    "register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_memory state_dict to "
+    "to_empty train training type xpu zero_grad".split()
+)
+GENERATED_METHODS = frozenset({"reset_parameters"})  # what the generated module class adds to them
+
+# The public attributes of an autograd.Function's `ctx`: a field the generated code keeps on `ctx` (an
+# argument, a dim, a shape) is named around them (tests/test_name_hygiene.py compares it with torch).
+FUNCTION_CTX_ATTRIBUTES = frozenset(
+    "apply apply_boxed apply_jvp dirty_tensors mark_dirty mark_non_differentiable mark_shared_storage "
+    "materialize_grads maybe_clear_saved_tensors metadata name needs_input_grad next_functions "
+    "non_differentiable register_hook register_prehook requires_grad save_for_backward save_for_forward "
+    "saved_for_forward saved_tensors saved_variables set_materialize_grads to_save".split()
 )
 
 PYTHON_KEYWORDS = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist)

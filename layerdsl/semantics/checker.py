@@ -7,6 +7,7 @@ for the emitter and the derivation; each layer gets its `symbolic_dims`.
 
 from __future__ import annotations
 
+import builtins
 import keyword
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -22,7 +23,11 @@ from layerdsl.language.tables import (
     ARG_TYPES,
     CONSTANTS,
     FORBIDDEN,
+    GENERATED_BUILTINS,
+    GENERATED_IMPORTS,
+    GENERATED_METHODS,
     INITS,
+    NN_MODULE_ATTRIBUTES,
     NN_LAYERS,
     OP_ALIASES,
     PYTHON_KEYWORDS,
@@ -123,6 +128,13 @@ def check_generated_names(f: N.SpecFile, program: Program, r: Reporter) -> None:
                 "choose another name",
             )
         generated = [layer.name, functional] + ([f"{layer.name}Function"] if layer.is_function else [])
+        shadowing = next((g for g in generated if g in PYTHON_BUILTINS and g not in GENERATED_MODULE_NAMES), None)
+        if shadowing is not None:  # a module-level name of the generated code shadowing a builtin
+            r.error(
+                layer.span,
+                f"layer '{layer.name}' would generate '{shadowing}', which would shadow Python's builtin '{shadowing}'",
+                "choose another name",
+            )
         for name in generated:
             other = owner.get(name)
             if other is None and name != layer.name and name in program.layers:
@@ -152,9 +164,8 @@ def check_generated_names(f: N.SpecFile, program: Program, r: Reporter) -> None:
 
 
 # Module-level names of a generated file (imports and built-ins its code calls).
-GENERATED_MODULE_NAMES = frozenset(
-    {"torch", "nn", "math", "F", "Tensor", "ValueError", "max", "min", "super", "annotations"}
-)
+GENERATED_MODULE_NAMES = GENERATED_IMPORTS | GENERATED_BUILTINS
+PYTHON_BUILTINS = frozenset(n for n in dir(builtins) if not n.startswith("_"))
 
 
 def _extents(layers: list[N.Layer]) -> list[N.Span]:
@@ -181,8 +192,6 @@ def name_problem(name: str) -> tuple[str, str | None] | None:
         return f"'{name}' is used by the generated code and cannot be a name", "choose another name"
     if name in CALLABLE or name in OPS:
         return f"'{name}' is a built-in operation and cannot be a name", "choose another name"
-    if name in ("ValueError", "max", "min"):
-        return f"'{name}' is used by the generated code and cannot be a name", "choose another name"
     if name in ARG_TYPES:
         return f"'{name}' is a type and cannot be a name", "choose another name"
     return None
@@ -216,12 +225,12 @@ class LayerChecker:
         layer.symbolic_dims = list(self.dims)
 
     def check_name(self, name: str, span: N.Span, what: str) -> bool:
-        problem = name_problem(name)
+        problem = name_problem(name) or self.generated_name_problem(name, what)
         if problem:
             self.r.error(span, problem[0], problem[1])
             return False
         module = self.program.module_names.get(self.layer.path, {})
-        if what in ("arg", "let", "input", "dim", "local", "gradient") and name in module:
+        if what in ("arg", "let", "input", "dim", "local", "gradient", "param", "buffer") and name in module:
             owner = module[name]
             if name == owner:
                 message = f"'{name}' is the name of a layer"
@@ -232,6 +241,28 @@ class LayerChecker:
             self.r.error(span, message, "choose another name")
             return False
         return True
+
+    def generated_name_problem(self, name: str, what: str) -> tuple[str, str | None] | None:
+        """Why `name` cannot name this `what` of this layer in the generated code; None when it can."""
+        if what in ("arg", "param", "buffer", "sub", "let") and name in NN_MODULE_ATTRIBUTES | GENERATED_METHODS:
+            return (
+                f"'{name}' is an attribute of nn.Module: a {what} stored as `self.{name}` would replace it",
+                "choose another name",
+            )
+        if not self.layer.is_function or not name.startswith("grad_"):
+            return None
+        if what != "gradient":
+            return (
+                f"'{name}': names starting with 'grad_' are the generated backward's in @function layers",
+                "choose another name",
+            )
+        leaves = [t.name for t in self.layer.tensors] + [i.name for i in self.layer.forward.inputs]
+        if name[5:] in leaves:
+            return (
+                f"'{name}' is the gradient of '{name[5:]}' in the generated backward",
+                "name the incoming gradient after the output, e.g. `grad_y`",
+            )
+        return None
 
     def declare(self, name: str, span: N.Span, ref: Ref, kind: Kind, decl: N.Node) -> None:
         # A bad name is reported once, here, and still declared: its uses get no follow-on errors.
@@ -652,13 +683,6 @@ class LayerChecker:
 
     def bind_local(self, stmt: N.Assign | N.IndexAssign, scope: Scope, kind: Kind) -> None:
         name, span = stmt.target, stmt.target_span
-        if self.layer.is_function and name.startswith("grad_") and scope.get(name) is None:
-            self.r.error(
-                span,
-                f"'{name}': names starting with 'grad_' are the generated backward's in @function layers",
-                "choose another name",
-            )
-            return
         ref = scope.get(name)
         if ref not in (None, Ref.LOCAL):
             self.r.error(
