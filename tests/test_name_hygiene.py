@@ -90,19 +90,23 @@ POOL = sorted(
 )
 
 
+PLAIN = dict(layer="Case", n="n", b="b", w="w", v="v", buf="buf", k="k", sub="act", d="B", x="x", y="y", t="t", u="u")
+
+
 @st.composite
 def names(draw) -> dict[str, str]:
-    """A name for each slot: from the pool, or made from a name drawn before (`grad_x`, `x_shape`, ...)."""
-    drawn: dict[str, str] = {}
-    for slot in SLOTS:
-        if drawn and draw(st.booleans()):
+    """A few slots renamed: from the pool, or after another slot's name (`grad_x`, `x_shape`, ...)."""
+    drawn = dict(PLAIN)
+    for slot in draw(st.lists(st.sampled_from(SLOTS), min_size=1, max_size=4, unique=True)):
+        if draw(st.integers(0, 3)) == 0:
             base = draw(st.sampled_from(sorted(drawn.values())))
             name = draw(st.sampled_from([f"grad_{base}", f"{base}_shape", f"{base}_out", f"{base}1", f"{base}_"]))
         else:
             name = draw(st.sampled_from(POOL))
         if slot == "layer" and draw(st.booleans()):
             name = "".join(part[:1].upper() + part[1:] for part in name.split("_")) or name
-        drawn[slot] = name
+        if name not in drawn.values():  # one name for two things is another spec (and another error)
+            drawn[slot] = name
     return drawn
 
 
@@ -188,8 +192,7 @@ def check_case(v: dict[str, str], function: bool) -> None:
 
 
 def _case(**given: str) -> dict[str, str]:
-    plain = dict(layer="Case", n="n", b="b", w="w", v="v", buf="buf", k="k", sub="act", d="B", x="x", y="y", t="t", u="u")
-    return plain | given
+    return PLAIN | given
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

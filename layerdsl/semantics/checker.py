@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import keyword
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -104,11 +105,20 @@ def check_module_names(files: list[N.SpecFile], reporters: dict[str, Reporter]) 
                 reporters[f.path].error(
                     start, f"'{part}' cannot name a generated module: it is {why}", "rename the spec file or folder"
                 )
-        if module in seen:
+        key = tuple(unicodedata.normalize("NFKC", part) for part in module)  # as Python reads identifiers
+        if key in seen:
             reporters[f.path].error(
-                start, f"this spec and {seen[module]} would both generate {'/'.join(module)}.py", "rename one of them"
+                start, f"this spec and {seen[key]} would both generate {'/'.join(key)}.py", "rename one of them"
             )
-        seen.setdefault(module, f.path)
+        seen.setdefault(key, f.path)
+    for key, path in seen.items():  # `a.layer` beside a folder `a/` of specs: `a.py` beside the package `a/`
+        inside = next((p for k, p in seen.items() if len(k) > len(key) and k[: len(key)] == key), None)
+        if inside is not None:
+            reporters[path].error(
+                N.Span.point(1, 1),
+                f"this spec would generate {'/'.join(key)}.py beside the package {'/'.join(key)}/ of {inside}",
+                "rename the spec file or the folder",
+            )
 
 
 def check_generated_names(f: N.SpecFile, program: Program, r: Reporter) -> None:

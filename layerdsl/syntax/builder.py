@@ -407,6 +407,8 @@ class IRBuilder(Transformer):
         (tok,) = items
         text = str(tok)
         is_float = any(c in text for c in ".eE")
+        if not is_float and text.startswith("0") and text.strip("0"):  # as in Python: 007 is not an integer
+            self.r.error(_tspan(tok), f"an integer cannot start with 0: '{text}'", f"write {text.lstrip('0')}")
         return N.Num(_tspan(tok), float(text) if is_float else int(text), text)
 
     def string(self, meta, items):
