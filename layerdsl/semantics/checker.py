@@ -950,15 +950,14 @@ class LayerChecker:
             )
         scope = forward_locals.copy()
         for name, span in bwd.grads:
-            if self.check_name(name, span, "gradient"):
-                if name in scope:
-                    self.r.error(
-                        span,
-                        f"'{name}' is already defined in layer '{self.layer.name}'",
-                        "gradient names need their own names",
-                    )
-                scope.bind_local(name, bwd, span)
-                self.kinds[name] = Kind.TENSOR
+            if self.check_name(name, span, "gradient") and name in scope:
+                self.r.error(
+                    span,
+                    f"'{name}' is already defined in layer '{self.layer.name}'",
+                    "gradient names need their own names",
+                )
+            scope.bind_local(name, bwd, span)  # a bad name is still bound: no follow-on errors
+            self.kinds[name] = Kind.TENSOR
         self.check_block(bwd.body, scope, in_forward=False)
         given: dict[str, N.Grad] = {}
         for stmt in statements(bwd.body):
