@@ -240,7 +240,7 @@ class LayerChecker:
             self.r.error(span, problem[0], problem[1])
             return False
         module = self.program.module_names.get(self.layer.path, {})
-        if what in ("arg", "let", "input", "dim", "local", "gradient", "param", "buffer") and name in module:
+        if what in ("arg", "let", "input", "dim", "local", "gradient") and name in module:
             owner = module[name]
             if name == owner:
                 message = f"'{name}' is the name of a layer"
