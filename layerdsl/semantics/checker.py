@@ -28,8 +28,8 @@ from layerdsl.language.tables import (
     GENERATED_IMPORTS,
     GENERATED_METHODS,
     INITS,
-    NN_MODULE_ATTRIBUTES,
     NN_LAYERS,
+    NN_MODULE_ATTRIBUTES,
     OP_ALIASES,
     PYTHON_KEYWORDS,
     RESERVED,
@@ -111,10 +111,10 @@ def check_module_names(files: list[N.SpecFile], reporters: dict[str, Reporter]) 
                 start, f"this spec and {seen[key]} would both generate {'/'.join(key)}.py", "rename one of them"
             )
         seen.setdefault(key, f.path)
-    for key, path in seen.items():  # `a.layer` beside a folder `a/` of specs: `a.py` beside the package `a/`
+    for key, spec in seen.items():  # `a.layer` beside a folder `a/` of specs: `a.py` beside the package `a/`
         inside = next((p for k, p in seen.items() if len(k) > len(key) and k[: len(key)] == key), None)
         if inside is not None:
-            reporters[path].error(
+            reporters[spec].error(
                 N.Span.point(1, 1),
                 f"this spec would generate {'/'.join(key)}.py beside the package {'/'.join(key)}/ of {inside}",
                 "rename the spec file or the folder",
@@ -266,7 +266,8 @@ class LayerChecker:
                 f"'{name}': names starting with 'grad_' are the generated backward's in @function layers",
                 "choose another name",
             )
-        leaves = [t.name for t in self.layer.tensors] + [i.name for i in self.layer.forward.inputs]
+        inputs = self.layer.forward.inputs if self.layer.forward is not None else []
+        leaves = [t.name for t in self.layer.tensors] + [i.name for i in inputs]
         if name[5:] in leaves:
             return (
                 f"'{name}' is the gradient of '{name[5:]}' in the generated backward",
