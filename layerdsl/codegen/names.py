@@ -12,6 +12,11 @@ or the first of `name_`, `name__`, ... that no spec name of the layer takes (`la
 - the fields kept on `ctx`: an argument, `let` or dim as `ctx.<name>`, a shape as `ctx.<input>_shape`,
   each named around the attributes `ctx` has itself (`tables.FUNCTION_CTX_ATTRIBUTES`) and each other.
 
+A module's methods add few names, each out of the spec's reach: `factory_kwargs` in `__init__` (refused as
+a spec name), `bound` in `reset_parameters` (which reads only `self.` attributes), the temporaries of
+optional members `h`, `h1`, ... (`codegen.optional_members`, around the layer's names) and `_out0`, ...
+(the language refuses names starting with `_`).
+
 What cannot be chosen around (`self`, `ctx`, the imports, the builtins the code uses, `nn.Module`'s
 attributes for members) the language refuses: `tables.FORBIDDEN`, docs/language.md "Names".
 """

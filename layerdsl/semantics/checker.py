@@ -1015,7 +1015,8 @@ class LayerChecker:
             if want in ARG_TYPES and not (kind == want or (want == Kind.FLOAT and kind == Kind.INT)):
                 self.r.error(ex.value.span, f"example value for {want} '{ex.name}' is {_a(kind)}")
         for a in self.layer.args:
-            if a.default is None and a.name not in seen | suggested and name_problem(a.name) is None:
+            refused = name_problem(a.name) or self.generated_name_problem(a.name, "arg")  # reported already
+            if a.default is None and a.name not in seen | suggested and refused is None:
                 self.r.error(
                     self.layer.span,
                     f"layer '{self.layer.name}' needs an example value for '{a.name}'",
