@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The template's slots, in the order names are drawn for them; the last five are the hand-written backward's.
 SLOTS = ("layer", "n", "b", "w", "v", "buf", "k", "sub", "d", "x", "y", "t", "u", "g", "gu", "gt", "gh", "gz")
-KINDS = ("module", "function", "backward")  # a module layer, @function derived, @function hand-written
+# A module layer; @function: derived, hand-written, derived through reductions (its extra outputs and `ctx` fields)
+KINDS = ("module", "function", "backward", "reduce")
 
 
 def shipped_generated_code() -> list[str]:
@@ -151,6 +152,18 @@ def spec_text(v: dict[str, str], kind: str) -> str:
         f"        grad {v['v']} = sum({v['gt']}, dim = 0)\n"
         "    }\n"
     )
+    body = (
+        f"        {v['t']} = {v['x']} * {s} * {v['buf']} + {v['b']} + {v['v']}\n"
+        f"        {v['u']} = {v['t']} * {v['t']} + tanh({v['x']} - {v['w']})\n"
+        f"        return ({result} * {v['k']} + {v['t']}) * {v['x']}\n"
+    )
+    if kind == "reduce":  # means the backward keeps (extra outputs), a dim it reads, a shape-only parameter
+        body = (
+            f"        {v['t']} = mean({v['x']} * {v['y']}, dim = -1, keepdim = true)\n"
+            f"        {v['u']} = mean(({v['x']} - {v['t']}) ** 2, dim = -1, keepdim = true)\n"
+            f"        return ({v['x']} - {v['t']}) / sqrt({v['u']} + {v['b']} + 1) * {v['w']} * {v['k']}"
+            f" + {v['v']} * {v['buf']} / {v['d']}\n"
+        )
     return (
         ("" if module else "@function\n")
         + f"layer {v['layer']}({v['n']}: int, {v['b']}: float = 0.5) {{\n"
@@ -161,9 +174,7 @@ def spec_text(v: dict[str, str], kind: str) -> str:
         + sub
         + f"    example({v['n']} = 3)\n\n"
         + f"    forward({v['x']}: [{v['d']}, {v['n']}], {v['y']}: [{v['d']}, {v['n']}]) -> [{v['d']}, {v['n']}] {{\n"
-        + f"        {v['t']} = {v['x']} * {s} * {v['buf']} + {v['b']} + {v['v']}\n"
-        + f"        {v['u']} = {v['t']} * {v['t']} + tanh({v['x']} - {v['w']})\n"
-        + f"        return ({result} * {v['k']} + {v['t']}) * {v['x']}\n"
+        + body
         + "    }\n"
         + (backward if kind == "backward" else "")
         + "}\n"
@@ -172,6 +183,10 @@ def spec_text(v: dict[str, str], kind: str) -> str:
 
 def reference(x, y, w, v, buf, b: float, k: int, kind: str):
     """The template's computation, in plain torch."""
+    if kind == "reduce":
+        t = (x * y).mean(-1, keepdim=True)
+        u = ((x - t) ** 2).mean(-1, keepdim=True)
+        return (x - t) / torch.sqrt(u + b + 1) * w * k + v * buf / x.shape[0]
     t = x * torch.sigmoid(w * y) * buf + b + v
     u = t * t + torch.tanh(x - w)
     return ((torch.tanh(u) if kind == "module" else u) * k + t) * x
@@ -208,10 +223,19 @@ def run_layer(source: str, v: dict[str, str], kind: str) -> None:
     got = layer(x, y)
     want = reference(x, y, w, p, getattr(layer, v["buf"]), 0.5, 6, kind)
     torch.testing.assert_close(got, want)
-    got_grads = torch.autograd.grad(got, (x, y, w, p), seed)
-    want_grads = torch.autograd.grad(want, (x, y, w, p), seed)
+    got_grads = torch.autograd.grad(got, (x, y, w, p), seed, create_graph=True)
+    want_grads = torch.autograd.grad(want, (x, y, w, p), seed, create_graph=True)
     for what, g, e in zip((v["x"], v["y"], v["w"], v["v"]), got_grads, want_grads):
         torch.testing.assert_close(g, e, msg=lambda m, what=what: f"gradient of {what!r}: {m}")
+    # Second order too: a Function's backward has sections run only then (the gradients of extra outputs).
+    probes = [torch.randn(g.shape, generator=gen, dtype=torch.float64) for g in got_grads]
+    second = []
+    for grads in (got_grads, want_grads):  # (a gradient that is constant has no graph, and none of its own)
+        total = sum((g * q).sum() for g, q in zip(grads, probes) if g.requires_grad)
+        second.append(torch.autograd.grad(total, (x, y, w), allow_unused=True, materialize_grads=True))
+    got_second, want_second = second
+    for what, g, e in zip((v["x"], v["y"], v["w"]), got_second, want_second):
+        torch.testing.assert_close(g, e, msg=lambda m, what=what: f"second-order gradient of {what!r}: {m}")
     if kind != "module":  # the layer really went through its autograd.Function
         assert isinstance(got.grad_fn, torch.autograd.function.BackwardCFunction)
 
@@ -256,6 +280,9 @@ def _case(**given: str) -> dict[str, str]:
 @example(v=_case(g="grad_x"), kind="backward")  # an incoming gradient named like a returned one
 @example(v=_case(g="grad_out", gu="inputs", gt="output", gh="mul", gz="cls"), kind="backward")
 @example(v=_case(t="grad_t"), kind="function")  # refused once, with no follow-on "unknown name"
+@example(v=_case(y="t_out"), kind="reduce")  # `grad_t_out`: of the extra output t, and of the input t_out
+@example(v=_case(w="x_from_t"), kind="reduce")  # `grad_x_from_t`: a part of x's, and the parameter's
+@example(v=_case(d="name", b="metadata"), kind="reduce")  # a dim and an argument kept on ctx
 def test_names_never_reach_generated_names(v: dict[str, str], kind: str) -> None:
     check_case(v, kind)
 
