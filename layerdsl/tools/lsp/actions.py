@@ -59,7 +59,7 @@ def _fix(uri: str, d: T.Diagnostic, title: str, edits: list[T.TextEdit]) -> T.Co
 
 
 def _add_example(ls: LayerServer, uri: str, d: T.Diagnostic, name: str) -> T.TextEdit | None:
-    """`, name = 1` in the layer's example, or a new `example(name = 1)` line before its forward."""
+    """`, name = 1` in the layer's first example, or a new `example(name = 1)` line before its forward."""
     a: Analysis | None = ls.usable(uri)
     if a is None:
         return None
@@ -70,8 +70,9 @@ def _add_example(ls: LayerServer, uri: str, d: T.Diagnostic, name: str) -> T.Tex
     value = _PLACEHOLDER.get(arg.type if arg is not None else "int", "1")
     lines = a.text.split("\n")
     codec = ls.codec()
-    if layer.examples:
-        last = layer.examples[-1].value.span
+    first = [e for e in layer.examples if e.group == 0]  # the line every argument is given on
+    if first:
+        last = first[-1].value.span
         at = to_position(lines, last.end_line, last.end_col, codec)
         return T.TextEdit(range=T.Range(at, at), new_text=f", {name} = {value}")
     anchor = layer.forward or layer.backward
