@@ -38,7 +38,7 @@ def layers(cases):
 
 def failures(case: checks.Case) -> list[str]:
     outcomes = matrix.run_matrix([case], PACKAGE)
-    return [f"[{o.case.config.label()}] {o.check}: {o.detail}" for o in outcomes if o.result == "FAIL"]
+    return [f"[{matrix.label(o.case)}] {o.check}: {o.detail}" for o in outcomes if o.result == "FAIL"]
 
 
 # ------------------------------------------------------------------ the four bugs

@@ -138,6 +138,13 @@ def run_matrix(cases: list[Case], package: str) -> list[Outcome]:
     return outcomes
 
 
+def label(case: Case) -> str:
+    """How a failure names its configuration: what its example gives differently from the first, then the
+    configuration (`n=8, bias=False, B=4, ...=(3,), float32`)."""
+    config = case.config.label() if case.config else "example"
+    return f"{case.seed_label()}, {config}" if case.seed else config
+
+
 def summary(outcomes: list[Outcome]) -> str:
     """A table of configuration counts and results per layer, then each failure with its configuration."""
     layers: dict[str, dict[str, int]] = {}
@@ -156,7 +163,5 @@ def summary(outcomes: list[Outcome]) -> str:
     if failures:
         lines += ["", "failures:"]
         for o in failures:
-            label = o.case.config.label() if o.case.config else "example"
-            label = f"{o.case.seed_label()}, {label}" if o.case.seed else label
-            lines.append(f"  {o.case.name} [{label}] {o.check}: {o.detail[:160]}")
+            lines.append(f"  {o.case.name} [{label(o.case)}] {o.check}: {o.detail[:160]}")
     return "\n".join(lines)
