@@ -53,6 +53,22 @@ layer TwoLineFunction(n: int, m: int, bias: bool = true) {
         return h @ w + bias
     }
 }
+
+@function
+layer Written(n: int) {
+    param w: [n] = ones
+
+    example(n = 3)
+
+    forward(x: [B, n]) -> [B, n] {
+        return x * w
+    }
+
+    backward(grad_y) {
+        grad x = grad_y * w
+        grad w = sum(grad_y * x, dim = 0)
+    }
+}
 """
 
 
@@ -106,6 +122,13 @@ def test_every_backward_statement_names_its_spec_line(module):
     for k in assignments:
         where = lines[k] if "  # " in lines[k] else lines[k - 1]
         assert where.endswith(("# project.layer:31", "# project.layer:32")), lines[k]
+
+
+def test_a_written_backward_names_its_own_lines(module):
+    source = Path(module.__file__).read_text(encoding="utf-8")
+    backward = source.split("class WrittenFunction")[1].split("def backward")[1].split("def apply")[0]
+    assert "grad_x = grad_y * w  # project.layer:47" in backward
+    assert "grad_w = torch.sum(grad_y * x, dim=0)  # project.layer:48" in backward
 
 
 def test_setup_context_names_the_declaration_it_reads(module):
