@@ -641,7 +641,8 @@ def _replace_name(e: N.Expr, old: str, new: str) -> N.Expr:
 
 @dataclass(eq=False)
 class Assign:
-    """`target = expr`, naming the spec line it comes from (`depth`: how many blocks it is nested in)."""
+    """`target = expr`, naming the spec line it comes from (`lines`' `depth`: how many blocks deeper than
+    the method body it is written, which decides whether the comment fits on its line)."""
 
     target: str
     expr: N.Expr
