@@ -38,7 +38,7 @@ def layers(cases):
 
 def failures(case: checks.Case) -> list[str]:
     outcomes = matrix.run_matrix([case], PACKAGE)
-    return [f"[{o.case.config.label()}] {o.check}: {o.detail}" for o in outcomes if o.result == "FAIL"]
+    return [f"[{matrix.label(o.case)}] {o.check}: {o.detail}" for o in outcomes if o.result == "FAIL"]
 
 
 # ------------------------------------------------------------------ the four bugs
@@ -133,6 +133,49 @@ def test_the_summary_names_the_failing_configuration(cases):
     text = matrix.summary(outcomes)
     assert "AddBias" in text and "24" in text.splitlines()[1]
     assert f"AddBias [{config.label()}] gradcheck: Jacobian mismatch" in text
+
+
+def _widened(tmp_path, examples: str) -> checks.Case:
+    """AddBias with its example line replaced by `examples`."""
+    from layerdsl.driver.pipeline import check
+
+    text = (SPECS / "issue16_bugs.layer").read_text(encoding="utf-8")
+    (tmp_path / "widened.layer").write_text(text.replace("example(n = 3)", examples, 1))
+    sources, files, _ = check([str(tmp_path)])
+    return next(c for c in checks.cases(files, sources) if c.name == "AddBias")
+
+
+def test_more_examples_widen_the_matrix(tmp_path):
+    """Each example is expanded like the first: bias free where the example leaves it, fixed where it gives it."""
+    case = _widened(tmp_path, "example(n = [3, 5])\n    example(n = 4, bias = false)")
+    configured = list(matrix.configured_cases(case))
+    assert len(configured) == 24 + 24 + 12
+    by_n = {n: [c for c in configured if c.args()["n"] == n] for n in (3, 4, 5)}
+    assert {c.args()["bias"] for c in by_n[5]} == {True, False}
+    assert {c.args()["bias"] for c in by_n[4]} == {False}
+    assert [c.seed_label() for c in matrix.seeded_cases(case)] == ["", "n=5", "n=4, bias=false"]
+
+
+def test_a_configuration_two_examples_share_runs_once(tmp_path):
+    case = _widened(tmp_path, "example(n = 3)\n    example(n = 3, bias = true)")
+    assert len(list(matrix.configured_cases(case))) == 24
+
+
+def test_the_summary_counts_every_example_and_names_the_failing_one(tmp_path):
+    case = _widened(tmp_path, "example(n = [3, 5])")
+    configured = list(matrix.configured_cases(case))
+    outcomes = [matrix.Outcome(c, "shapes", "ok", "") for c in configured]
+    failing = next(c for c in configured if c.seed == 1)
+    outcomes.append(matrix.Outcome(failing, "gradcheck", "FAIL", "Jacobian mismatch"))
+    text = matrix.summary(outcomes)
+    assert text.splitlines()[1].split()[:2] == ["AddBias", "48"]
+    assert f"AddBias [n=5, {failing.config.label()}] gradcheck: Jacobian mismatch" in text
+
+
+def test_an_example_of_an_input_distribution_feeds_the_layer(tmp_path):
+    case = _widened(tmp_path, "example(n = 3, x = [normal(0, 1), uniform(5, 6)])")
+    fed = [checks.inputs(seeded)[0] for seeded in matrix.seeded_cases(case)]
+    assert fed[0].min() < 5 and bool((fed[1] >= 5).all())
 
 
 def _layerdsl_test(*options: str) -> subprocess.CompletedProcess:

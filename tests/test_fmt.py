@@ -32,6 +32,26 @@ def same(text: str) -> str:
 # ---------------------------------------------------------------- layout
 
 
+def test_several_examples_and_lists_of_values_keep_their_lines():
+    ugly = (
+        "layer A(n: int, bias: bool = true) {\n"
+        "  example(n=[3,8])\n"
+        "      example( n = 4,bias=false,x=[ normal(0,1),uniform(0,1) ] )\n"
+        "  forward(x: [B, n]) -> [B, n] { return x }\n"
+        "}\n"
+    )
+    assert format_source(ugly) == textwrap.dedent("""\
+        layer A(n: int, bias: bool = true) {
+            example(n = [3, 8])
+            example(n = 4, bias = false, x = [normal(0, 1), uniform(0, 1)])
+
+            forward(x: [B, n]) -> [B, n] {
+                return x
+            }
+        }
+        """)
+
+
 def test_canonical_spacing_and_indentation():
     ugly = (
         "layer  Ugly( n:int,eps :float=1e-5 ){\n"

@@ -30,5 +30,5 @@ def test_every_spec_layer_is_checked():
 def test_every_configuration(case, package):
     """The configuration matrix (layerdsl/testing/configurations.py): no check fails in any configuration."""
     outcomes = configurations.run_matrix([case], package)
-    failures = [f"[{o.case.config.label()}] {o.check}: {o.detail}" for o in outcomes if o.result == "FAIL"]
+    failures = [f"[{configurations.label(o.case)}] {o.check}: {o.detail}" for o in outcomes if o.result == "FAIL"]
     assert not failures, "\n".join(failures)

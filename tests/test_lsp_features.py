@@ -172,6 +172,22 @@ async def test_quick_fix_adds_the_missing_example(client: LanguageClient, worksp
     assert await _published(client, uri, lambda ds: len(ds) == 0) == ()
 
 
+async def test_quick_fix_adds_the_missing_value_to_the_first_example(client: LanguageClient, workspace: Path):
+    """A later `example(...)` line gives what differs from the first: the first must give every argument."""
+    uri = _uri(workspace, "twoexamples.layer")
+    text = (
+        "layer TwoExamples(n: int, m: int) {\n    example(n = 3)\n    example(m = 2)\n\n"
+        "    forward(x: [B, n]) -> [B, n] {\n        return x\n    }\n}\n"
+    )
+    ds = await _open(client, uri, text, lambda ds: len(ds) >= 1)
+    (d,) = [d for d in ds if "example value for 'm'" in d.message]
+    actions = await client.text_document_code_action_async(
+        T.CodeActionParams(_doc(uri), d.range, T.CodeActionContext(diagnostics=[d]))
+    )
+    fixed = _apply(text, actions[0].edit.changes[uri])
+    assert "    example(n = 3, m = 1)\n    example(m = 2)\n" in fixed
+
+
 async def test_quick_fix_adds_function_above_the_layer(client: LanguageClient, workspace: Path):
     uri = _uri(workspace, "needsfunction.layer")
     text = "layer NeedsFunction() {\n    forward(x) {\n        return x\n    }\n    backward(g) {\n        grad x = g\n    }\n}\n"

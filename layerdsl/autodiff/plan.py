@@ -86,11 +86,13 @@ def written_backward(backward: N.Backward, tape: Tape) -> list[GradStmt]:
     stmts = []
     for stmt in backward.body:
         if isinstance(stmt, N.Assign):  # a local of the backward, needed by any gradient
-            stmts.append(GradStmt(stmt.target, _over_tape_vars(stmt.value, tape.env), set(every_leaf)))
+            stmts.append(GradStmt(stmt.target, _over_tape_vars(stmt.value, tape.env), set(every_leaf), stmt.span))
         elif isinstance(stmt, N.Grad) and isinstance(stmt.value, N.NoneLit):
             continue
         elif isinstance(stmt, N.Grad):
-            stmts.append(GradStmt(f"grad_{stmt.target}", _over_tape_vars(stmt.value, tape.env), {stmt.target}))
+            stmts.append(
+                GradStmt(f"grad_{stmt.target}", _over_tape_vars(stmt.value, tape.env), {stmt.target}, stmt.span)
+            )
         else:
             raise NotDerivable(
                 stmt.span,

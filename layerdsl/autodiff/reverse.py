@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from layerdsl.autodiff.formulas import formula
 from layerdsl.autodiff.simplify import simplify
 from layerdsl.autodiff.tape import NotDerivable, Step, Tape
+from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
@@ -30,6 +31,7 @@ class GradStmt:
     var: str  # the gradient variable it binds
     expr: N.Expr
     leaves: set[str] = field(default_factory=set)  # leaves whose gradient needs it
+    span: Span = NOWHERE  # the spec expression it comes from (its generated line names that line)
 
 
 @dataclass
@@ -53,6 +55,8 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
             contributions.setdefault(var, []).append((B.name(grad_name), None))
     stmts: list[GradStmt] = []
     grad_var: dict[str, str] = {}
+    # The spec expression a gradient comes from: its last reader in the forward (the first one derived).
+    source: dict[str, Span] = {}
 
     def gradient_of(var: str) -> N.Expr | None:
         parts = contributions.get(var)
@@ -66,7 +70,7 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
         total = terms[0]
         for term in terms[1:]:
             total = B.binop("+", total, term)
-        stmts.append(GradStmt(name, simplify(total)))
+        stmts.append(GradStmt(name, simplify(total), span=source.get(var, NOWHERE)))
         grad_var[var] = name
         return B.name(name)
 
@@ -80,6 +84,7 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
             for einsum_operand, expr in _einsum_grads(step, g):
                 if einsum_operand.id in requires:
                     contributions.setdefault(einsum_operand.id, []).append((expr, None))
+                    source.setdefault(einsum_operand.id, step.expr.span)
             continue
         for pname, operand in step.args.items():
             if not (isinstance(operand, N.Name) and operand.id in requires):
@@ -96,11 +101,12 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
                 elif step.op.shape == "matmul" and _may_batch(tape, step):
                     expr = B.call("sum_to", expr, B.name(operand.id))
             contributions.setdefault(operand.id, []).append((expr, None))
+            source.setdefault(operand.id, step.expr.span)
     for leaf in tape.leaves:
         if leaf in tape.differentiable and leaf in requires:
             g = gradient_of(leaf)
             if g is not None and not (isinstance(g, N.Name) and g.id == f"grad_{leaf}"):
-                stmts.append(GradStmt(f"grad_{leaf}", g))
+                stmts.append(GradStmt(f"grad_{leaf}", g, span=source.get(leaf, NOWHERE)))
                 grad_var[leaf] = f"grad_{leaf}"
     _mark_leaves(stmts, tape)
     return Backward(stmts, {l: grad_var[l] for l in tape.leaves if l in grad_var})

@@ -21,8 +21,10 @@ from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen.names import FunctionNames
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
+from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
+from layerdsl.ir.nodes import NOWHERE
 from layerdsl.ir.printer import ATOM
 from layerdsl.ir.visit import children, map_children, walk
 from layerdsl.language.ops import OPS, shape_args
@@ -167,7 +169,9 @@ class FunctionEmitter:
             if n in numbers:
                 frontier += [m.id for m in walk(numbers[n]) if isinstance(m, N.Name)]
         lines = [f"{d} = {dim_spelling(d)}" for d in self.dim_source if d in wanted]
-        lines += [f"{n} = {ex(e)}" for n, e in tape.numbers if n in wanted]
+        for n, e in tape.numbers:
+            if n in wanted:
+                lines += self.located([f"{n} = {ex(e)}"], e.span.line)
         return lines, {d for d in self.dim_source if d in wanted}
 
     @property
@@ -221,8 +225,11 @@ class FunctionEmitter:
                     ]
                     bind(s.var, base)
                     continue
-                lines.append(f"{s.var} = {out(base) if base is not None else s.base}")
-                lines += [f"if {s.guard} is not None:", f"    {s.var} = {out(_replace_name(s.expr, s.base, s.var))}"]
+                lines += self.located([f"{s.var} = {out(base) if base is not None else s.base}"], s.expr.span.line)
+                update = f"    {s.var} = {out(_replace_name(s.expr, s.base, s.var))}"
+                lines += with_spec_line(
+                    [f"if {s.guard} is not None:", update], 1, self.e.spec_path, s.expr.span.line, 1
+                )
                 bind(s.var, base)
                 continue
             expr = _squares(substitute(s.expr, exprs))
@@ -240,6 +247,11 @@ class FunctionEmitter:
     def located(self, lines: list[str], line: int) -> list[str]:
         """`lines` (one statement) naming the spec line it computes."""
         return with_spec_line(lines, 0, self.e.spec_path, line)
+
+    def _declared_line(self, name: str) -> int:
+        """The spec line declaring an input or a tensor member."""
+        declared = [*self.e.forward.inputs, *self.layer.tensors]
+        return next((d.span.line for d in declared if d.name == name), 0)
 
     def _spec_locals(self) -> set[str]:
         return {s.target for s in self.e.forward.body if isinstance(s, N.Assign)}
@@ -263,11 +275,13 @@ class FunctionEmitter:
             lines.append(f"{self.names.ctx_value(k)} = {k}")
         for name in shapes:
             if name in self.e.optional:  # an absent member has no shape, and needs no gradient
-                lines.append(f"{self.names.ctx_shape(name)} = None if {name} is None else {name}.shape")
+                kept = f"{self.names.ctx_shape(name)} = None if {name} is None else {name}.shape"
             else:
-                lines.append(f"{self.names.ctx_shape(name)} = {name}.shape")
+                kept = f"{self.names.ctx_shape(name)} = {name}.shape"
+            lines += self.located([kept], self._declared_line(name))
         for d in dims:
-            lines.append(f"{self.names.ctx_value(d)} = {self.dim_source[d]}")
+            source = self.dim_source[d]
+            lines += self.located([f"{self.names.ctx_value(d)} = {source}"], self._declared_line(source.split(".")[0]))
         if saved:
             items = []
             for var, leaves in saved:
@@ -289,19 +303,22 @@ class FunctionEmitter:
         sections = [main]
         for var, grad, rbwd in rare:
             renamed = {f"grad_{l}": self.gradient_name(f"grad_{l}_from_{var}", l, var) for l in tape.leaves}
-            items = [(lv, renamed.get(t, t), _renamed(e, renamed)) for lv, t, e in self._derived_items(rbwd, tape)]
-            produced = {t for _, t, _ in items}
+            items = [
+                (lv, renamed.get(t, t), _renamed(e, renamed), span)
+                for lv, t, e, span in self._derived_items(rbwd, tape)
+            ]
+            produced = {t for _, t, _, _ in items}
             accumulate = {l: renamed[f"grad_{l}"] for l in tape.leaves if renamed[f"grad_{l}"] in produced}
             sections.append(Section(items, {grad: var}, f"{grad} is not None", accumulate, rare=True))
         return self._backward(tape, sections)
 
-    def _derived_items(self, bwd: Backward, tape: Tape) -> list[tuple[set[str], str, N.Expr]]:
+    def _derived_items(self, bwd: Backward, tape: Tape) -> list[Item]:
         """The derivation's statements (copies: writing them out updates expressions in place)."""
-        items = [(set(s.leaves), s.var, self._shape_only(copy.deepcopy(s.expr), tape)) for s in bwd.stmts]
-        return items + [({l}, f"grad_{l}", B.name(g)) for l, g in bwd.leaf_grads.items() if g != f"grad_{l}"]
+        items = [(set(s.leaves), s.var, self._shape_only(copy.deepcopy(s.expr), tape), s.span) for s in bwd.stmts]
+        return items + [({l}, f"grad_{l}", B.name(g), NOWHERE) for l, g in bwd.leaf_grads.items() if g != f"grad_{l}"]
 
     def _backward(self, tape: Tape, sections: list[Section]) -> tuple[list[str], dict[str, set[str]]]:
-        """Shared by derived and hand-written backwards. Each section's items are (leaves, target, expr) in
+        """Shared by derived and hand-written backwards. Each section's items are (leaves, target, expr, span) in
         order, and its `incoming` maps each incoming gradient it reads to the forward value it is the
         gradient of. Sections share what is saved; each recomputes what it needs itself."""
         reads: dict[str, set[str]] = {}
@@ -341,7 +358,7 @@ class FunctionEmitter:
         for sec in sections:
             read = reader(sec.recompute, sec.rare)
             readers.append(read)
-            for leaves, _, expr in sec.items:
+            for leaves, _, expr, _ in sec.items:
                 for n in _value_names(expr):
                     if tape.step(n) or n in tape.leaves:
                         read(n, leaves)
@@ -352,26 +369,26 @@ class FunctionEmitter:
             n: l for n, l in shape_uses.items() if n not in reads and n not in recomputed and n in tape.leaves
         }
         for sec, read in zip(sections, readers):
-            for leaves, _, expr in sec.items:
+            for leaves, _, expr, _ in sec.items:
                 for n in _shape_names(expr):
                     if n not in self.shape_on_ctx:
                         read(n, leaves)
         ctx = self.names.ctx_value
         ex = PyExpr(Spelling({k: ctx(k) for k in self.kwargs}, training=ctx("training")), call_hook=self._internal)
         order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps])}
-        read_names = {n.id for sec in sections for _, _, e in sec.items for n in walk(e) if isinstance(n, N.Name)}
+        read_names = {n.id for sec in sections for _, _, e, _ in sec.items for n in walk(e) if isinstance(n, N.Name)}
         read_names |= {n.id for s in tape.steps if s.var in recomputed for n in walk(s.expr) if isinstance(n, N.Name)}
         lines, self.backward_dims = self.prelude(tape, read_names, ex, ctx)
         saved = sorted(reads, key=lambda v: order.get(v, 1 << 30))
         if saved:
             lines.append(f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors")
         grads = [f"grad_{l}" for l in tape.leaves if l in tape.differentiable]
-        always = {t for lv, t, _ in sections[0].items if self.needs(lv, tape) is None}
+        always = {t for lv, t, _, _ in sections[0].items if self.needs(lv, tape) is None}
         guarded = [g for g in grads if g not in always or len(sections) > 1]
         if guarded:
             lines.append(" = ".join(guarded) + " = None")
         for sec in sections:
-            body = self._section(tape, sec, ex, set(reads))
+            body = self._section(tape, sec, ex, set(reads), depth=0 if sec.cond is None else 1)
             lines += body if sec.cond is None else [f"if {sec.cond}:", *("    " + line for line in body)]
         returns = [f"grad_{l}" if l in tape.differentiable else "None" for l in tape.leaves] + ["None"] * len(
             self.kwargs
@@ -379,24 +396,24 @@ class FunctionEmitter:
         lines.append(f"return {', '.join(returns)}")
         return lines, reads
 
-    def _section(self, tape: Tape, sec: Section, ex: PyExpr, saved: set[str]) -> list[str]:
+    def _section(self, tape: Tape, sec: Section, ex: PyExpr, saved: set[str], depth: int) -> list[str]:
         stmts = [
             t for s in tape.steps if s.var in sec.recompute for t in self._recompute_stmts(s, sec.recompute[s.var])
         ]
-        stmts += [Stmt(target, expr, leaves) for leaves, target, expr in sec.items]
+        stmts += [Stmt(target, expr, leaves, span=span) for leaves, target, expr, span in sec.items]
         facts = self._facts(tape, sec.incoming, saved | set(sec.accumulate.values()))
         unrecorded, schedule = self._optimized(
             copy.deepcopy(stmts), dataclasses.replace(facts, graph=False), sec, ex, tape
         )
         recorded, _ = self._optimized(stmts, facts, sec, ex, tape, schedule)
-        return [line for code in by_grad_mode(recorded, unrecorded) for line in code.lines(ex)]
+        return [line for code in by_grad_mode(recorded, unrecorded) for line in code.lines(ex, depth)]
 
     def _optimized(
         self, stmts: list[Stmt], facts: Facts, sec: Section, ex: PyExpr, tape: Tape, prefer: int = 0
     ) -> tuple[list[Code], int]:
         """One grad mode's statements, each under the `ctx.needs_input_grad` guard of the leaves needing it."""
         stmts, schedule = optimize(stmts, facts, prefer)
-        parts = [(s.leaves, _code(s)) for s in stmts]
+        parts = [(s.leaves, _code(s, self.e.spec_path)) for s in stmts]
         for leaf, part in sec.accumulate.items():  # add to what the main section found (or None)
             parts.append(({leaf}, [Accumulate(leaf, part)]))
         return self._guarded(parts, tape), schedule
@@ -405,10 +422,12 @@ class FunctionEmitter:
         if s.guard:  # `var = base`, then `var = var + member` when the optional member is present
             assert s.base is not None  # a step on an optional member always has a base (Linearizer.add)
             return [
-                Stmt(s.var, B.name(s.base), leaves, recompute=True),
-                Stmt(s.var, _replace_name(s.expr, s.base, s.var), leaves, recompute=True, guard=s.guard),
+                Stmt(s.var, B.name(s.base), leaves, recompute=True, span=s.expr.span),
+                Stmt(
+                    s.var, _replace_name(s.expr, s.base, s.var), leaves, recompute=True, guard=s.guard, span=s.expr.span
+                ),
             ]
-        return [Stmt(s.var, _squares(s.expr), leaves, recompute=True)]
+        return [Stmt(s.var, _squares(s.expr), leaves, recompute=True, span=s.expr.span)]
 
     def _facts(self, tape: Tape, incoming: dict[str, str], kept: set[str]) -> Facts:
         """What the fusion pass may assume about the names a backward starts with."""
@@ -456,7 +475,7 @@ class FunctionEmitter:
 
     def handwritten_backward(self, tape: Tape) -> tuple[list[str], dict[str, set[str]]]:
         """The spec's backward block; forward locals it uses are recomputed or saved like derived ones."""
-        items = [(set(s.leaves), s.var, copy.deepcopy(s.expr)) for s in self.plan.written]
+        items = [(set(s.leaves), s.var, copy.deepcopy(s.expr), s.span) for s in self.plan.written]
         return self._backward(tape, [Section(items, self.plan.incoming)])
 
     # ---------------------------------------------------------------- internal helpers
@@ -512,12 +531,15 @@ class FunctionEmitter:
         return f"({g} if {ex(keepdim)} else {g}.unsqueeze({ex(dim)}))"
 
 
+Item = tuple[set[str], str, N.Expr, Span]  # a backward statement: (leaves needing it, target, value, spec source)
+
+
 @dataclass
 class Section:
     """Statements of a backward that run together: the main derivation, or (run only when the gradient of
     an extra output is given) the derivation from that gradient, added to the main one's results."""
 
-    items: list[tuple[set[str], str, N.Expr]]
+    items: list[Item]
     incoming: dict[str, str]
     cond: str | None = None
     accumulate: dict[str, str] = field(default_factory=dict)  # leaf -> the name holding this section's part
@@ -633,16 +655,19 @@ def _replace_name(e: N.Expr, old: str, new: str) -> N.Expr:
 
 @dataclass(eq=False)
 class Assign:
-    """`target = expr`."""
+    """`target = expr`, naming the spec line it comes from (`lines`' `depth`: how many blocks deeper than
+    the method body it is written, which decides whether the comment fits on its line)."""
 
     target: str
     expr: N.Expr
+    spec_path: str | None = None
+    spec_line: int = 0
 
     def key(self) -> tuple:
         return ("=", self.target, B.key(self.expr))
 
-    def lines(self, ex: PyExpr) -> list[str]:
-        return [f"{self.target} = {ex(self.expr)}"]
+    def lines(self, ex: PyExpr, depth: int = 0) -> list[str]:
+        return with_spec_line([f"{self.target} = {ex(self.expr)}"], 0, self.spec_path, self.spec_line, depth)
 
 
 @dataclass(eq=False)
@@ -655,7 +680,7 @@ class Unscaled:
     def key(self) -> tuple:
         return ("#", self.target, B.key(self.factor))
 
-    def lines(self, ex: PyExpr) -> list[str]:
+    def lines(self, ex: PyExpr, depth: int = 0) -> list[str]:
         return [f"# {self.target} without the factor {ex(self.factor)}: its readers apply it"]
 
 
@@ -668,7 +693,7 @@ class Comment:
     def key(self) -> tuple:
         return ("#", self.text)
 
-    def lines(self, ex: PyExpr) -> list[str]:
+    def lines(self, ex: PyExpr, depth: int = 0) -> list[str]:
         return [f"# {self.text}"]
 
 
@@ -681,7 +706,7 @@ class Delete:
     def key(self) -> tuple:
         return ("del", self.names)
 
-    def lines(self, ex: PyExpr) -> list[str]:
+    def lines(self, ex: PyExpr, depth: int = 0) -> list[str]:
         return [f"del {', '.join(self.names)}"]
 
 
@@ -695,7 +720,7 @@ class Accumulate:
     def key(self) -> tuple:
         return ("+=", self.leaf, self.part)
 
-    def lines(self, ex: PyExpr) -> list[str]:
+    def lines(self, ex: PyExpr, depth: int = 0) -> list[str]:
         g = f"grad_{self.leaf}"
         return [f"{g} = {self.part} if {g} is None else {g} + {self.part}"]
 
@@ -711,26 +736,27 @@ class If:
     def key(self) -> tuple:
         return ("if", self.cond, tuple(c.key() for c in self.body), tuple(c.key() for c in self.orelse))
 
-    def lines(self, ex: PyExpr) -> list[str]:
-        lines = [f"if {self.cond}:", *_indented(self.body, ex)]
-        return lines + (["else:", *_indented(self.orelse, ex)] if self.orelse else [])
+    def lines(self, ex: PyExpr, depth: int = 0) -> list[str]:
+        lines = [f"if {self.cond}:", *_indented(self.body, ex, depth + 1)]
+        return lines + (["else:", *_indented(self.orelse, ex, depth + 1)] if self.orelse else [])
 
 
 Code = Assign | Unscaled | Comment | Delete | Accumulate | If
 
 
-def _indented(codes: list[Code], ex: PyExpr) -> list[str]:
-    return ["    " + line for code in codes for line in code.lines(ex)]
+def _indented(codes: list[Code], ex: PyExpr, depth: int) -> list[str]:
+    return ["    " + line for code in codes for line in code.lines(ex, depth)]
 
 
-def _code(s: Stmt) -> list[Code]:
+def _code(s: Stmt, spec_path: str | None) -> list[Code]:
     """One optimised statement as code: its note, the assignment (guarded by its optional member), its `del`."""
     codes: list[Code] = [Unscaled(s.target, s.unscaled)] if s.unscaled is not None else []
-    assign = Assign(s.target, s.expr)
+    assign = Assign(s.target, s.expr, spec_path, s.span.line)
     if s.guard:
-        codes.append(
-            If(f"{s.guard} is not None", [assign], [Assign(s.target, s.otherwise)] if s.otherwise is not None else [])
+        otherwise: list[Code] = (
+            [Assign(s.target, s.otherwise, spec_path, s.span.line)] if s.otherwise is not None else []
         )
+        codes.append(If(f"{s.guard} is not None", [assign], otherwise))
     else:
         codes.append(assign)
     return codes + ([Delete(tuple(s.dels))] if s.dels else [])

@@ -162,8 +162,6 @@ class LayerEmitter:
         self.optional = {t.name for t in layer.tensors if t.cond is not None}
         self.shared_cond = {t.name for t in layer.tensors if isinstance(t.cond, N.Name) and t.cond.id == t.name}
         self.stored_args = [a for a in layer.args if a.name not in self.shared_cond]
-        # Each dim's Python expression, as the input checks bind it: the output checks compare against these.
-        self.dim_sources: dict[str, str] = {}
 
     # -- the pieces
 
@@ -389,7 +387,7 @@ class LayerEmitter:
             spelling = self.module_spelling()
             body = self.shape_checks(spelling, on_self=True, bind=bool(requires))
             body += StatementWriter(PyExpr(spelling), spelling, self.layer).block(requires)
-            body += self.output_checks([call]) or [f"return {call}"]
+            body += self.output_checks([call], spelling, on_self=True, bind=bool(requires)) or [f"return {call}"]
             return Func("forward", params, returns, doc, body)
         if functional is not None:
             call_args = [i.name for i in fwd.inputs] + [f"self.{t.name}" for t in self.layer.tensors]
@@ -527,7 +525,7 @@ class LayerEmitter:
         body = hoist_optionals(copy.deepcopy(self.forward.body), self.optional, self.taken_names())
 
         def checks(ret: N.Return) -> list[str] | None:
-            return self.output_checks([ex(v) for v in ret.values])
+            return self.output_checks([ex(v) for v in ret.values], spelling, on_self)
 
         lines += StatementWriter(ex, spelling, self.layer, spec_path=self.spec_path, checks=checks).block(body)
         return lines
@@ -556,6 +554,14 @@ class LayerEmitter:
 
     def shape_checks(self, spelling: Spelling, on_self: bool, bind: bool = True) -> list[str]:
         """Check every input against its declared shape, binding symbolic dims the body uses."""
+        return self.checks_and_dim_sources(spelling, on_self, bind)[0]
+
+    def dim_sources(self, spelling: Spelling, on_self: bool, bind: bool = True) -> dict[str, str]:
+        """Each dim's Python expression once the input checks have run (arguments, member shapes, lets, then
+        the dims the inputs bind): what the output checks compare against."""
+        return self.checks_and_dim_sources(spelling, on_self, bind)[1]
+
+    def checks_and_dim_sources(self, spelling: Spelling, on_self: bool, bind: bool) -> tuple[list[str], dict[str, str]]:
         layer = self.layer
         ex = PyExpr(spelling)
         sources: dict[str, str] = {}
@@ -581,8 +587,7 @@ class LayerEmitter:
             lines += self.type_checks(inp, ex)
             if inp.shape is not None:
                 lines += self.input_checks(inp.shape, inp, sources, used_in_body, ex)
-        self.dim_sources = sources
-        return lines
+        return lines, sources
 
     def type_checks(self, inp: N.Input, ex: PyExpr) -> list[str]:
         """A float input must be a floating-point tensor on the parameters' device (and, where an operation
@@ -617,7 +622,9 @@ class LayerEmitter:
             _refuses_mixed_dtypes(node) for stmt in self.forward.body for node in walk(stmt)
         )
 
-    def output_checks(self, values: list[str]) -> list[str] | None:
+    def output_checks(
+        self, values: list[str], spelling: Spelling, on_self: bool, bind: bool = True
+    ) -> list[str] | None:
         """`return a, b` with a check of each declared output the static shape pass could not prove; None
         when every one is proven (then the return is written as it is)."""
         fwd = self.layer.forward
@@ -635,13 +642,13 @@ class LayerEmitter:
             lines = [f"{out} = {v}" for out, v in zip(outs, values)]
         else:  # one call that returns every output
             lines = [f"{', '.join(outs)} = {values[0]}"]
+        sources = self.dim_sources(spelling, on_self, bind)
         for k in sorted(shapes.unproven):
-            lines += self.output_check(f"_out{k}", fwd.outputs[k], k)
+            lines += self.output_check(f"_out{k}", fwd.outputs[k], k, sources)
         return lines + [f"return {', '.join(outs)}"]
 
-    def output_check(self, out: str, shape: N.Shape, k: int) -> list[str]:
-        """One output against its declared shape: its rank, then each dim whose size is known here."""
-        sources = self.dim_sources
+    def output_check(self, out: str, shape: N.Shape, k: int, sources: dict[str, str]) -> list[str]:
+        """One output against its declared shape: its rank, then each dim whose size is known from `sources`."""
         ex = PyExpr(Spelling())
         declared, ell, rank = _layout(shape)
         several = self.layer.forward is not None and len(self.layer.forward.outputs or []) > 1

@@ -328,7 +328,8 @@ class Let(Node):
 class ExampleValue(Node):
     name: str
     span: Span
-    value: Expr  # a literal, or a Call to uniform/normal for an input
+    value: Expr  # a literal, or a Call to uniform/normal for an input; or a list of those (one per configuration)
+    group: int = 0  # which `example(...)` line of the layer it is on (0: the first)
 
 
 @dataclass(eq=False)

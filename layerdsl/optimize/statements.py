@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from layerdsl.diagnostics import Span
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import walk
 from layerdsl.semantics.shapes import Shape, expr_shape
@@ -22,6 +23,7 @@ class Stmt:
     dels: list[str] = field(default_factory=list)  # names dead after this statement
     unscaled: N.Expr | None = None  # the factor this value lacks, which its readers apply (scales.py)
     otherwise: N.Expr | None = None  # with a guard: the value when the member is absent
+    span: Span = N.NOWHERE  # the spec expression it comes from (its generated line names that line)
 
 
 @dataclass

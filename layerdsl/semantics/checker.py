@@ -34,7 +34,7 @@ from layerdsl.language.tables import (
     PYTHON_KEYWORDS,
     RESERVED,
 )
-from layerdsl.semantics.evaluate import NotConstant, evaluate, example_values
+from layerdsl.semantics.evaluate import NotConstant, evaluate, example_seeds, example_values, seed_differences
 from layerdsl.semantics.scopes import CONSTRUCTION, Scope, is_new_dim, merge_branches
 from layerdsl.semantics.shape_check import LayerShapes, check_layer_shapes
 
@@ -666,19 +666,25 @@ class LayerChecker:
         self.check_require_on_example(stmt)
 
     def check_require_on_example(self, stmt: N.Require) -> None:
-        """A requirement the example's arguments decide is checked now, not at the first forward."""
-        env = example_values(self.layer)
-        try:
-            applies = stmt.guard is None or bool(evaluate(stmt.guard, env))
-            holds = bool(evaluate(stmt.cond, env))
-        except (NotConstant, ArithmeticError, TypeError):
-            return
-        if applies and not holds:
-            self.r.error(
-                stmt.cond.span,
-                f"the example breaks this requirement: {spec_text(stmt.cond)} is false",
-                stmt.message.value if stmt.message is not None else None,
-            )
+        """A requirement the examples' arguments decide is checked now, not at the first forward (the
+        first example that breaks it is reported)."""
+        seeds = example_seeds(self.layer)
+        for seed in seeds:
+            env = example_values(self.layer, seed)
+            try:
+                applies = stmt.guard is None or bool(evaluate(stmt.guard, env))
+                holds = bool(evaluate(stmt.cond, env))
+            except (NotConstant, ArithmeticError, TypeError):
+                continue
+            if applies and not holds:
+                which = ", ".join(f"{n} = {v}" for n, v in seed_differences(seed, seeds[0]))
+                self.r.error(
+                    stmt.cond.span,
+                    f"the example{f' with {which}' if which else ''} breaks this requirement: "
+                    f"{spec_text(stmt.cond)} is false",
+                    stmt.message.value if stmt.message is not None else None,
+                )
+                return
 
     def check_no_reductions(self, node) -> bool:
         """`sum[i](...)` reductions belong to index statements only; reports one and returns True if found."""
@@ -984,44 +990,66 @@ class LayerChecker:
                 )
 
     def check_examples(self) -> None:
+        """Each `example(...)` line names each thing once; the first gives every argument without a default
+        (a later one gives what differs from it); a value is a literal, or a list of them (one configuration
+        per item)."""
         inputs = {i.name for i in self.layer.forward.inputs} if self.layer.forward else set()
         known = [a.name for a in self.layer.args] + self.dims + sorted(inputs)
-        seen = set()
         given = {ex.name for ex in self.layer.examples}
+        seen: set[tuple[int, str]] = set()
         suggested = set()  # names an unknown example is probably meant for: not reported as missing
         for ex in self.layer.examples:
-            if ex.name in seen:
+            if (ex.group, ex.name) in seen:
                 self.r.error(ex.span, f"example gives '{ex.name}' twice")
-            seen.add(ex.name)
+            seen.add((ex.group, ex.name))
             if ex.name not in known:
                 candidates = [k for k in known if k not in given]
                 hint = did_you_mean(ex.name, candidates) or did_you_mean(ex.name, known)
                 suggested.update(_close_names(ex.name, candidates)[:1])
                 self.r.error(ex.span, f"example names unknown argument, dim or input '{ex.name}'", hint)
                 continue
-            if ex.name in inputs:
-                if not _is_distribution(ex.value):
-                    self.r.error(
-                        ex.value.span, "an example input is a distribution: uniform(a, b) or normal(mean, std)"
-                    )
-                continue
-            kind = literal_kind(ex.value)
-            if kind is None:
-                self.r.error(ex.value.span, "example values are literals")
-                continue
-            ex.value.kind = kind
-            arg = self.layer.arg(ex.name)
-            want = arg.type if arg else Kind.INT
-            if want in ARG_TYPES and not (kind == want or (want == Kind.FLOAT and kind == Kind.INT)):
-                self.r.error(ex.value.span, f"example value for {want} '{ex.name}' is {_a(kind)}")
+            for value in self.example_choices(ex):
+                self.check_example_value(ex.name, value, ex.name in inputs)
+        first = {name for group, name in seen if group == 0}
         for a in self.layer.args:
             refused = name_problem(a.name) or self.generated_name_problem(a.name, "arg")  # reported already
-            if a.default is None and a.name not in seen | suggested and refused is None:
+            if a.default is None and a.name not in first | suggested and refused is None:
                 self.r.error(
                     self.layer.span,
                     f"layer '{self.layer.name}' needs an example value for '{a.name}'",
-                    f"add `example({a.name} = ...)`",
+                    f"add `{a.name} = ...` to the first `example(...)`" if seen else f"add `example({a.name} = ...)`",
                 )
+
+    def example_choices(self, ex: N.ExampleValue) -> list[N.Expr]:
+        """An example's value, or the items of a list of values (each checked, none twice)."""
+        if not isinstance(ex.value, N.ListExpr):
+            return [ex.value]
+        items = ex.value.items
+        if not items:
+            self.r.error(ex.value.span, f"example gives no value for '{ex.name}'", "write one or more: `[3, 8]`")
+        texts: set[str] = set()
+        for item in items:
+            if isinstance(item, N.ListExpr):
+                self.r.error(item.span, "an example list holds values, not lists", "write `[3, 8]`")
+            elif spec_text(item) in texts:
+                self.r.error(item.span, f"example gives {spec_text(item)} twice for '{ex.name}'")
+            texts.add(spec_text(item))
+        return [item for item in items if not isinstance(item, N.ListExpr)]
+
+    def check_example_value(self, name: str, value: N.Expr, is_input: bool) -> None:
+        if is_input:
+            if not _is_distribution(value):
+                self.r.error(value.span, "an example input is a distribution: uniform(a, b) or normal(mean, std)")
+            return
+        kind = literal_kind(value)
+        if kind is None:
+            self.r.error(value.span, "example values are literals", "or a list of literals: `[3, 8]`")
+            return
+        value.kind = kind
+        arg = self.layer.arg(name)
+        want = arg.type if arg else Kind.INT
+        if want in ARG_TYPES and not (kind == want or (want == Kind.FLOAT and kind == Kind.INT)):
+            self.r.error(value.span, f"example value for {want} '{name}' is {_a(kind)}")
 
 
 def _is_distribution(v: N.Expr) -> bool:

@@ -7,12 +7,14 @@ with Python's own arithmetic, as the generated module would compute it.
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import spec_text
 from layerdsl.language.ops import CALLABLE
 from layerdsl.language.tables import CONSTANTS
 
@@ -55,15 +57,41 @@ def evaluate(expr: N.Expr, env: Mapping[str, Any]) -> Any:
     raise NotConstant("not a constant expression")
 
 
-def example_values(layer: N.Layer) -> dict[str, Any]:
-    """The values a layer's example gives: argument defaults, then its `example(...)` values, then
-    the lets computed from those (a value that cannot be computed is left out)."""
+def example_seeds(layer: N.Layer) -> list[dict[str, N.Expr]]:
+    """The configurations a layer's `example(...)` lines give, the first line's first: a later line gives
+    what differs from the first (the rest is the first's), and a value written as a list (`n = [3, 8]`)
+    gives one configuration per item (several lists: every combination). Repeats are left out."""
+    lines: dict[int, dict[str, N.Expr]] = {}
+    for ex in layer.examples:
+        lines.setdefault(ex.group, {})[ex.name] = ex.value
+    first = lines.pop(min(lines), {}) if lines else {}
+    seeds, seen = [], set()
+    for line in [first, *(lines[g] for g in sorted(lines))]:
+        given = first | line
+        choices = [v.items if isinstance(v, N.ListExpr) else [v] for v in given.values()]
+        for values in itertools.product(*choices):
+            seed = dict(zip(given, values))
+            key = tuple((name, spec_text(value)) for name, value in seed.items())
+            if key not in seen:
+                seen.add(key)
+                seeds.append(seed)
+    return seeds
+
+
+def seed_differences(seed: Mapping[str, N.Expr], first: Mapping[str, N.Expr]) -> list[tuple[str, str]]:
+    """What an example gives differently from the first: (name, value as spec text)."""
+    return [(k, spec_text(v)) for k, v in seed.items() if k not in first or spec_text(v) != spec_text(first[k])]
+
+
+def example_values(layer: N.Layer, seed: Mapping[str, N.Expr] | None = None) -> dict[str, Any]:
+    """The values an example gives (the first, unless `seed` is one of `example_seeds`): argument
+    defaults, then its values, then the lets computed from those (a value that cannot be computed is left out)."""
     env: dict[str, Any] = {}
     for a in layer.args:
         if a.default is not None:
             _put(env, a.name, a.default)
-    for ex in layer.examples:
-        _put(env, ex.name, ex.value)
+    for name, value in (example_seeds(layer)[0] if seed is None else seed).items():
+        _put(env, name, value)
     for let in layer.lets:
         _put(env, let.name, let.value)
     return env

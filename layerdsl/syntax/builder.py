@@ -142,7 +142,10 @@ class IRBuilder(Transformer):
                 layer.subs.append(member)
             case N.Let():
                 layer.lets.append(member)
-            case list():  # example(...)
+            case list():  # example(...): each line seeds configurations of its own
+                group = max((e.group for e in layer.examples), default=-1) + 1
+                for value in member:
+                    value.group = group
                 layer.examples.extend(member)
             case N.Forward():
                 layer.forward = self._only(layer, layer.forward, member, "forward", "exactly one")

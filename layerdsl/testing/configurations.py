@@ -1,6 +1,7 @@
 """A layer's configuration space, and the checks of layer_checks.py run over it.
 
-The example fixes one configuration; a layer's bugs hide in the others. The matrix is the product of:
+The example fixes one configuration; a layer's bugs hide in the others. Each of the layer's examples
+(`example_seeds`: every `example(...)` line, every value of a list) has its own matrix, the product of:
 
 - every combination of the `bool` arguments the example does not give (so every optional member present
   and absent); a `bool` the example gives is fixed (a spec narrows the matrix that way);
@@ -10,8 +11,8 @@ The example fixes one configuration; a layer's bugs hide in the others. The matr
 - float32 and float64 (gradcheck and gradgradcheck run in float64 only: float32 has too few digits for
   finite differences; the float32 configurations run the forward, agreement, reset and state_dict checks).
 
-Each configuration runs MATRIX_CHECKS; `summary` prints the configuration count per layer and every
-failure with the configuration that failed.
+A configuration two examples' matrices share runs once. Each configuration runs MATRIX_CHECKS; `summary`
+prints the configuration count per layer and every failure with the configuration that failed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import walk
+from layerdsl.semantics.evaluate import example_seeds
 from layerdsl.testing.layer_checks import SIZES, Case, Config, applicable, run_check
 
 # The checks each configuration runs; hooks, repr and surrogate do not depend on it and run once per layer.
@@ -43,7 +46,7 @@ class Outcome:
 
 
 def configurations(case: Case) -> list[Config]:
-    """Every configuration of the layer's matrix, the example's first."""
+    """Every configuration of the matrix of the case's example (`Case.seed`), the example's own first."""
     example = case.example()
     flags = [a.name for a in case.layer.args if a.type == "bool" and a.name not in example]
     trainings: tuple[bool | None, ...] = (True, False) if reads_training(case.layer) else (None,)
@@ -94,9 +97,36 @@ def lead_sizes(rank: int, sizes: dict[str, int], args: dict) -> tuple[int, ...]:
     return (sizes["..."], spare)[:rank]
 
 
+def seeded_cases(case: Case) -> list[Case]:
+    """The layer once per configuration its `example(...)` lines give (`example_seeds`), the first's first."""
+    return [replace(case, seed=k) for k in range(len(example_seeds(case.layer)))]
+
+
 def configured_cases(case: Case) -> Iterator[Case]:
-    for config in configurations(case):
-        yield replace(case, config=config)
+    """Every configuration of every example, each once (two examples' matrices may share configurations)."""
+    seen = set()
+    for seeded in seeded_cases(case):
+        for config in configurations(seeded):
+            configured = replace(seeded, config=config)
+            key = _identity(configured)
+            if key not in seen:
+                seen.add(key)
+                yield configured
+
+
+def _identity(case: Case) -> tuple:
+    """What a configured case runs with: equal for two that build and feed the layer alike."""
+    inputs = tuple(spec_text(case.example()[i.name]) for i in case.forward.inputs if i.name in case.example())
+    config = case.config
+    assert config is not None  # only configured cases are compared
+    return (
+        repr(sorted(case.args().items())),
+        repr(sorted(case.dims().items())),
+        case.lead(),
+        config.dtype,
+        config.training,
+        inputs,
+    )
 
 
 def run_matrix(cases: list[Case], package: str) -> list[Outcome]:
@@ -106,6 +136,13 @@ def run_matrix(cases: list[Case], package: str) -> list[Outcome]:
             for check in applicable(configured, MATRIX_CHECKS):
                 outcomes.append(Outcome(configured, check, *run_check(check, configured, package)))
     return outcomes
+
+
+def label(case: Case) -> str:
+    """How a failure names its configuration: what its example gives differently from the first, then the
+    configuration (`n=8, bias=False, B=4, ...=(3,), float32`)."""
+    config = case.config.label() if case.config else "example"
+    return f"{case.seed_label()}, {config}" if case.seed else config
 
 
 def summary(outcomes: list[Outcome]) -> str:
@@ -126,6 +163,5 @@ def summary(outcomes: list[Outcome]) -> str:
     if failures:
         lines += ["", "failures:"]
         for o in failures:
-            label = o.case.config.label() if o.case.config else "example"
-            lines.append(f"  {o.case.name} [{label}] {o.check}: {o.detail[:160]}")
+            lines.append(f"  {o.case.name} [{label(o.case)}] {o.check}: {o.detail[:160]}")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import walk
 from layerdsl.language.naming import snake_case
 from layerdsl.semantics.checker import literal_value
-from layerdsl.semantics.evaluate import evaluate
+from layerdsl.semantics.evaluate import evaluate, example_seeds, seed_differences
 
 SIZES = (3, 4, 5, 2, 6, 7, 8, 9)
 
@@ -67,6 +67,12 @@ class Case:
     layer: N.Layer
     module: str  # dotted module name under the generated package
     config: Config | None = None
+    seed: int = 0  # which of the layer's examples (`example_seeds`) it starts from: 0 is the first
+
+    def seed_label(self) -> str:
+        """What this case's example gives differently from the first (`n=8`); empty for the first."""
+        seeds = example_seeds(self.layer)
+        return ", ".join(f"{k}={v}" for k, v in seed_differences(seeds[self.seed], seeds[0]))
 
     @property
     def name(self) -> str:
@@ -80,7 +86,7 @@ class Case:
         return self.layer.forward
 
     def example(self) -> dict:
-        return {e.name: e.value for e in self.layer.examples}
+        return example_seeds(self.layer)[self.seed]
 
     def args(self) -> dict:
         ex = self.example()

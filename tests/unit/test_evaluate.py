@@ -93,3 +93,50 @@ def test_ordinary_powers_still_compute():
     assert evaluate(parse_expr("2 ** 10"), {}) == 1024
     assert evaluate(parse_expr("2.5 ** 2"), {}) == 6.25
     assert evaluate(parse_expr("(-3) ** 3"), {}) == -27
+
+
+SEEDED = """\
+layer Proj(n: int, m: int, bias: bool = true) {
+    param w: [n, m] = ones
+
+    example(n = [5, 1], m = 3)
+    example(m = 1, bias = false)
+    example(n = 5)
+
+    forward(x: [B, n]) -> [B, m] {
+        return x @ w
+    }
+}
+"""
+
+
+def _seeds(text: str) -> list[dict]:
+    from layerdsl.ir.printer import spec_text
+    from layerdsl.semantics.evaluate import example_seeds
+
+    layer = parse_file("seeded.layer", text).layers[0]
+    return [{k: spec_text(v) for k, v in seed.items()} for seed in example_seeds(layer)]
+
+
+def test_each_example_line_and_each_listed_value_is_an_example():
+    """A later line takes what it does not give from the first (lists included); a repeat is dropped
+    (`example(n = 5)` is the first line's first example again)."""
+    assert _seeds(SEEDED) == [
+        {"n": "5", "m": "3"},
+        {"n": "1", "m": "3"},
+        {"n": "5", "m": "1", "bias": "false"},
+        {"n": "1", "m": "1", "bias": "false"},
+    ]
+
+
+def test_example_values_are_the_first_examples_unless_told():
+    from layerdsl.semantics.evaluate import example_seeds
+
+    layer = parse_file("seeded.layer", SEEDED).layers[0]
+    seeds = example_seeds(layer)
+    assert example_values(layer) == {"n": 5, "m": 3, "bias": True}
+    assert example_values(layer, seeds[3]) == {"n": 1, "m": 1, "bias": False}
+
+
+def test_a_layer_without_an_example_has_one_empty_example():
+    assert _seeds("layer Id() {\n    forward(x) {\n        return x\n    }\n}\n") == [{}]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import re
 import tokenize
 import traceback
 import types
@@ -39,6 +40,35 @@ layer ProjectFunction(n: int, m: int) {
         return tanh(x) @ w
     }
 }
+
+@function
+layer TwoLineFunction(n: int, m: int, bias: bool = true) {
+    param w: [n, m] = normal(0.0, 1.0)
+    param bias: [m] = zeros if bias
+
+    example(n = 3, m = 2)
+
+    forward(x) {
+        h = tanh(x)
+        return h @ w + bias
+    }
+}
+
+@function
+layer Written(n: int) {
+    param w: [n] = ones
+
+    example(n = 3)
+
+    forward(x: [B, n]) -> [B, n] {
+        return x * w
+    }
+
+    backward(grad_y) {
+        grad x = grad_y * w
+        grad w = sum(grad_y * x, dim = 0)
+    }
+}
 """
 
 
@@ -47,7 +77,7 @@ def module(tmp_path_factory):
     root = tmp_path_factory.mktemp("spec_lines")
     (root / "specs").mkdir()
     (root / "specs" / "project.layer").write_text(SPEC, encoding="utf-8")
-    case, _ = checks.generate_package([str(root / "specs")], root, PACKAGE)
+    case, *_ = checks.generate_package([str(root / "specs")], root, PACKAGE)
     return importlib.import_module(f"{PACKAGE}.{case.module}")
 
 
@@ -65,6 +95,45 @@ def test_a_forward_that_raises_names_its_spec_line(module):
 def test_a_function_forward_that_raises_names_its_spec_line(module):
     text = raised_traceback(module.ProjectFunction(3, 2), torch.randn(4, 5))
     assert "project.layer:19" in text
+
+
+def test_a_function_backward_that_raises_names_its_spec_line(module, monkeypatch):
+    layer = module.TwoLineFunction(3, 2)
+    y = layer(torch.randn(4, 3, requires_grad=True))
+
+    def broken_tanh(*args, **kwargs):
+        raise RuntimeError("tanh broke")
+
+    monkeypatch.setattr(torch, "tanh", broken_tanh)  # the backward recomputes `h = tanh(x)`
+    with pytest.raises(RuntimeError, match="tanh broke") as failure:
+        y.sum().backward()
+    text = "".join(traceback.format_exception(failure.value))
+    assert "in backward" in text
+    assert "h = torch.tanh(x)  # project.layer:31" in text
+
+
+def test_every_backward_statement_names_its_spec_line(module):
+    """On its line, or (when black's line length leaves no room) on a line of its own above it."""
+    source = Path(module.__file__).read_text(encoding="utf-8")
+    backward = source.split("class TwoLineFunctionFunction")[1].split("def backward")[1].split("def apply")[0]
+    lines = [line.strip() for line in backward.splitlines()]
+    assignments = [k for k, line in enumerate(lines) if re.match(r"grad_\w+ = |h = ", line) and "None" not in line]
+    assert len(assignments) >= 8
+    for k in assignments:
+        where = lines[k] if "  # " in lines[k] else lines[k - 1]
+        assert where.endswith(("# project.layer:31", "# project.layer:32")), lines[k]
+
+
+def test_a_written_backward_names_its_own_lines(module):
+    source = Path(module.__file__).read_text(encoding="utf-8")
+    backward = source.split("class WrittenFunction")[1].split("def backward")[1].split("def apply")[0]
+    assert "grad_x = grad_y * w  # project.layer:47" in backward
+    assert "grad_w = torch.sum(grad_y * x, dim=0)  # project.layer:48" in backward
+
+
+def test_setup_context_names_the_declaration_it_reads(module):
+    source = Path(module.__file__).read_text(encoding="utf-8")
+    assert "ctx.bias_shape = None if bias is None else bias.shape  # project.layer:26" in source
 
 
 def _code_objects(source: str) -> dict[str, bytes]:

@@ -14,7 +14,7 @@ from layerdsl.tools.lsp.navigation import layer_at
 from layerdsl.tools.lsp.positions import to_position
 
 _SUGGESTED = re.compile(r"'([^']+)'")
-_EXAMPLE = re.compile(r"add `example\((\w+) = \.\.\.\)`")
+_EXAMPLE = re.compile(r"add `example\((\w+) = \.\.\.\)`|add `(\w+) = \.\.\.` to the first `example")
 _FUNCTION = "add `@function` on the line above `layer`"
 _PLACEHOLDER = {"int": "1", "float": "1.0", "bool": "true", "str": '""'}
 
@@ -37,9 +37,10 @@ def code_actions(ls: LayerServer, params: T.CodeActionParams) -> list[T.CodeActi
             for name in _SUGGESTED.findall(hint):
                 out.append(_fix(uri, d, f"Replace with '{name}'", [T.TextEdit(range=d.range, new_text=name)]))
         elif (m := _EXAMPLE.search(hint)) is not None:
-            edit = _add_example(ls, uri, d, m.group(1))
+            name = m.group(1) or m.group(2)
+            edit = _add_example(ls, uri, d, name)
             if edit is not None:
-                out.append(_fix(uri, d, f"Add an example value for '{m.group(1)}'", [edit]))
+                out.append(_fix(uri, d, f"Add an example value for '{name}'", [edit]))
         elif hint == _FUNCTION:
             edit = _add_function(ls, uri, d)
             if edit is not None:
@@ -59,7 +60,7 @@ def _fix(uri: str, d: T.Diagnostic, title: str, edits: list[T.TextEdit]) -> T.Co
 
 
 def _add_example(ls: LayerServer, uri: str, d: T.Diagnostic, name: str) -> T.TextEdit | None:
-    """`, name = 1` in the layer's example, or a new `example(name = 1)` line before its forward."""
+    """`, name = 1` in the layer's first example, or a new `example(name = 1)` line before its forward."""
     a: Analysis | None = ls.usable(uri)
     if a is None:
         return None
@@ -70,8 +71,9 @@ def _add_example(ls: LayerServer, uri: str, d: T.Diagnostic, name: str) -> T.Tex
     value = _PLACEHOLDER.get(arg.type if arg is not None else "int", "1")
     lines = a.text.split("\n")
     codec = ls.codec()
-    if layer.examples:
-        last = layer.examples[-1].value.span
+    first = [e for e in layer.examples if e.group == 0]  # the line every argument is given on
+    if first:
+        last = first[-1].value.span
         at = to_position(lines, last.end_line, last.end_col, codec)
         return T.TextEdit(range=T.Range(at, at), new_text=f", {name} = {value}")
     anchor = layer.forward or layer.backward
