@@ -8,16 +8,21 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from layerdsl.autodiff.plan import BackwardPlan, plan_backwards
-from layerdsl.codegen.module import emit_file, emit_package_init
 from layerdsl.diagnostics import Diagnostic, Span, SpecError
-from layerdsl.driver.output import Unreadable, read_spec, stamp
-from layerdsl.ir import nodes as N
-from layerdsl.semantics.checker import Program, check_program
-from layerdsl.syntax.parser import MAX_SOURCE_CHARS, parse_file
+from layerdsl.driver.cache import OutputCache, key, text_hash, tool_fingerprint
+from layerdsl.driver.output import READ_LIMIT, Unreadable, read_spec, stamp
+
+# The stages are imported where they are used: a `gen` whose outputs are all cached loads none of them.
+if TYPE_CHECKING:
+    from layerdsl.autodiff.plan import BackwardPlan
+    from layerdsl.ir import nodes as N
+    from layerdsl.semantics.checker import Program
 
 
 @dataclass
@@ -42,21 +47,34 @@ def find_sources(paths: list[str]) -> list[Source]:
     return sources
 
 
-def load(sources: list[Source]) -> tuple[list[N.SpecFile], list[Diagnostic]]:
-    """Parse every source, collecting the diagnostics of all of them."""
-    files: list[N.SpecFile] = []
+def read_texts(sources: list[Source]) -> tuple[list[str | None], list[Diagnostic]]:
+    """Each source's text (None where it cannot be read), and a located problem for each unreadable one."""
+    texts: list[str | None] = []
     problems: list[Diagnostic] = []
     for src in sources:
+        text = None
         try:
-            text = read_spec(src.file, MAX_SOURCE_CHARS)
+            text = read_spec(src.file, READ_LIMIT)
         except UnicodeDecodeError as exc:
             problems.append(Diagnostic(src.shown, Span.point(1, 1), f"not UTF-8 text: {exc.reason}"))
-            continue
         except Unreadable as exc:
             problems.append(Diagnostic(src.shown, Span.point(1, 1), str(exc)))
-            continue
         except OSError as exc:  # unreadable (permissions, a dangling link): reported with the rest
             problems.append(Diagnostic(src.shown, Span.point(1, 1), f"cannot read this file: {exc.strerror or exc}"))
+        texts.append(text)
+    return texts, problems
+
+
+def load(sources: list[Source], texts: list[str | None] | None = None) -> tuple[list[N.SpecFile], list[Diagnostic]]:
+    """Parse every source (its text read here unless given), collecting the diagnostics of all of them."""
+    from layerdsl.syntax.parser import parse_file
+
+    files: list[N.SpecFile] = []
+    problems: list[Diagnostic] = []
+    if texts is None:
+        texts, problems = read_texts(sources)
+    for src, text in zip(sources, texts):
+        if text is None:
             continue
         for part in src.out.with_suffix("").parts:
             if not part.isidentifier():
@@ -95,9 +113,20 @@ def check(paths: list[str]) -> tuple[list[Source], list[N.SpecFile], Program]:
     return sources, files, program
 
 
-def _checked(paths: list[str]) -> tuple[list[Source], list[N.SpecFile], Program, dict[str, BackwardPlan]]:
-    sources = find_sources(paths)
-    files, problems = load(sources)
+def _checked(
+    paths: list[str],
+    sources: list[Source] | None = None,
+    texts: list[str | None] | None = None,
+    unreadable: list[Diagnostic] | None = None,
+) -> tuple[list[Source], list[N.SpecFile], Program, dict[str, BackwardPlan]]:
+    """`texts` (read by `read_texts`, with its `unreadable` problems) when the caller has them already."""
+    from layerdsl.autodiff.plan import plan_backwards
+    from layerdsl.semantics.checker import check_program
+
+    if sources is None:
+        sources = find_sources(paths)
+    files, problems = load(sources, texts)
+    problems = (unreadable or []) + problems
     try:
         program = check_program(files)
     except SpecError as exc:
@@ -110,12 +139,90 @@ def _checked(paths: list[str]) -> tuple[list[Source], list[N.SpecFile], Program,
     return sources, files, program, plans
 
 
-def generate(paths: list[str]) -> dict[Path, str]:
-    """Every generated file (relative to the output folder) and its black-formatted content."""
-    sources, files, program, plans = _checked(paths)
-    outputs = emit_modules(sources, files, program, plans)
-    outputs.update(_package_inits(sources, files, paths))
-    return {path: stamp(format_python(text)) for path, text in sorted(outputs.items())}
+def generate(paths: list[str], cache: OutputCache | None = None) -> dict[Path, str]:
+    """Every generated file (relative to the output folder) and its formatted content. Whole files come
+    from `cache` (the user's, by default) where their inputs are unchanged (driver/cache.py)."""
+    if cache is None:
+        cache = OutputCache.default()
+    sources = find_sources(paths)
+    texts, unreadable = read_texts(sources)
+    package = _package_name(paths)
+    run = None
+    if not unreadable:
+        run = key(
+            "run",
+            package,
+            tool_fingerprint(),
+            [f"{src.shown}\0{src.out.as_posix()}\0{text_hash(text or '')}" for src, text in zip(sources, texts)],
+        )
+        outputs = cache.load_run(run)
+        if outputs is not None:
+            return outputs
+    sources, files, program, plans = _checked(paths, sources, texts, unreadable)
+    entries: dict[Path, str] = {}
+    outputs = {}
+    for src, text, raw in zip(sources, texts, _lazy_modules(sources, files, program, plans)):
+        entry = key(
+            "module",
+            tool_fingerprint(),
+            src.shown,
+            src.out.as_posix(),
+            text or "",
+            _dependencies(src, text or "", sources, texts, files),
+        )
+        outputs[src.out] = cache.get(entry) or _finished(cache, entry, raw())
+        entries[src.out] = entry
+    for path, init in _package_inits(sources, files, paths).items():
+        entry = key("init", tool_fingerprint(), init)
+        outputs[path] = cache.get(entry) or _finished(cache, entry, init)
+        entries[path] = entry
+    if run is not None:
+        cache.save_run(run, entries)
+    return dict(sorted(outputs.items()))
+
+
+def _finished(cache: OutputCache, entry: str, text: str) -> str:
+    """`text` formatted and stamped with its hash, and remembered as `entry`."""
+    final = stamp(format_python(text))
+    cache.put(entry, final)
+    return final
+
+
+def _lazy_modules(
+    sources: list[Source], files: list[N.SpecFile], program: Program, plans: dict[str, BackwardPlan]
+) -> list[Callable[[], str]]:
+    """For each source, a function that emits its module (called only on a cache miss)."""
+    from layerdsl.codegen.module import emit_file
+
+    module_of: dict[str, tuple[str, ...]] = {}  # layer name -> module path parts
+    for src, f in zip(sources, files):
+        for layer in f.layers:
+            module_of[layer.name] = src.out.with_suffix("").parts
+
+    def emitter(src: Source, f: N.SpecFile) -> Callable[[], str]:
+        here = src.out.with_suffix("").parts
+        imports = {name: relative_import(here, parts) for name, parts in module_of.items() if parts != here}
+        return lambda: emit_file(f, program, src.shown, imports, plans)
+
+    return [emitter(src, f) for src, f in zip(sources, files)]
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _dependencies(
+    src: Source, text: str, sources: list[Source], texts: list[str | None], files: list[N.SpecFile]
+) -> list[str]:
+    """What a module's code depends on besides its own spec: each other spec defining a layer whose name
+    occurs in this spec's text (its module path and text), by that layer's name."""
+    words = set(_WORD.findall(text))
+    found = []
+    for other, other_text, f in zip(sources, texts, files):
+        if other is not src:
+            for layer in f.layers:
+                if layer.name in words:
+                    found.append(f"{layer.name}\0{other.out.as_posix()}\0{text_hash(other_text or '')}")
+    return sorted(found)
 
 
 def emit_modules(
@@ -124,17 +231,8 @@ def emit_modules(
     program: Program,
     plans: dict[str, BackwardPlan],
 ) -> dict[Path, str]:
-    """Each spec's module source (before black)."""
-    module_of: dict[str, tuple[str, ...]] = {}  # layer name -> module path parts
-    for src, f in zip(sources, files):
-        for layer in f.layers:
-            module_of[layer.name] = src.out.with_suffix("").parts
-    outputs: dict[Path, str] = {}
-    for src, f in zip(sources, files):
-        here = src.out.with_suffix("").parts
-        imports = {name: relative_import(here, parts) for name, parts in module_of.items() if parts != here}
-        outputs[src.out] = emit_file(f, program, src.shown, imports, plans)
-    return outputs
+    """Each spec's module source (before formatting)."""
+    return {src.out: emit() for src, emit in zip(sources, _lazy_modules(sources, files, program, plans))}
 
 
 def relative_import(here: tuple[str, ...], target: tuple[str, ...]) -> str:
@@ -148,6 +246,8 @@ def relative_import(here: tuple[str, ...], target: tuple[str, ...]) -> str:
 
 
 def _package_inits(sources: list[Source], files: list[N.SpecFile], paths: list[str]) -> dict[Path, str]:
+    from layerdsl.codegen.module import emit_package_init
+
     packages: dict[Path, list[tuple[str, list[str]]]] = {}
     for src, f in zip(sources, files):
         names = [layer.name for layer in f.layers]
@@ -155,8 +255,13 @@ def _package_inits(sources: list[Source], files: list[N.SpecFile], paths: list[s
         for depth in range(len(module.parts)):
             pkg = Path(*module.parts[:depth])
             packages.setdefault(pkg, []).append((".".join(module.parts[depth:]), names))
-    shown = Path(paths[0]).resolve().name + "/" if len(paths) == 1 and Path(paths[0]).is_dir() else "the specs"
+    shown = _package_name(paths)
     return {pkg / "__init__.py": emit_package_init(sorted(mods), shown) for pkg, mods in packages.items()}
+
+
+def _package_name(paths: list[str]) -> str:
+    """How the package `__init__`s name the specs: the folder's name, or "the specs"."""
+    return Path(paths[0]).resolve().name + "/" if len(paths) == 1 and Path(paths[0]).is_dir() else "the specs"
 
 
 def format_python(text: str) -> str:
