@@ -350,7 +350,9 @@ class FunctionEmitter:
         lines, self.backward_dims = self.prelude(tape, read_names, ex, lambda d: f"ctx.{d}")
         saved = sorted(reads, key=lambda v: order.get(v, 1 << 30))
         if saved:
-            lines.append(f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors")
+            lines.append(
+                f"({saved[0]},) = ctx.saved_tensors" if len(saved) == 1 else f"{', '.join(saved)} = ctx.saved_tensors"
+            )
         grads = [f"grad_{l}" for l in tape.leaves if l in tape.differentiable]
         always = {t for lv, t, _ in sections[0].items if self.needs(lv, tape) is None}
         guarded = [g for g in grads if g not in always or len(sections) > 1]

@@ -1,13 +1,10 @@
-"""The whole pipeline for one run: find specs, parse, check, plan the backwards, emit, format with black.
+"""The whole pipeline for one run: find specs, parse, check, plan the backwards, emit, lay out as black does.
 
 Nothing here touches the output folder; `writer` decides what to write.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -265,30 +262,8 @@ def _package_name(paths: list[str]) -> str:
 
 
 def format_python(text: str) -> str:
-    """black's formatting of `text`, remembered by content hash (black dominates `gen`'s run time)."""
-    key = hashlib.sha256(text.encode()).hexdigest()
-    cached = _cache_dir() / key[:2] / key
-    try:
-        return cached.read_text(encoding="utf-8")
-    except OSError:
-        pass
-    import black  # imported here: `layerdsl check` and a warm `gen` never need it
+    """The emitted `text` laid out as black formats it (driver/layout.py: black runs only on the lines that
+    need it)."""
+    from layerdsl.driver.layout import format_python as layout
 
-    formatted = black.format_str(text, mode=black.Mode())
-    try:
-        from layerdsl.driver.output import write_atomic
-
-        write_atomic(cached, formatted)
-    except OSError:
-        pass  # a read-only or missing cache only costs time
-    return formatted
-
-
-@functools.cache
-def _cache_dir() -> Path:
-    from importlib.metadata import version
-
-    base = os.environ.get("LAYERDSL_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "layerdsl"
-    )
-    return Path(base) / f"black-{version('black')}"
+    return layout(text)

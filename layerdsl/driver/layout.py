@@ -1,0 +1,223 @@
+"""The generated code laid out as black lays it out, without running black on most of it.
+
+black costs about 45 ms per generated module, most of `gen`'s time. The emitter already writes black's
+spacing, quotes and parentheses; what it leaves is the layout of lines longer than black's 88 columns and a
+few blank lines. This module does that:
+
+- blank lines: at most two in a row before top-level code, one inside a block, none at the end;
+- the long lines of three forms the emitter writes often are split here exactly as black splits them:
+  `raise Error(f"...")` (the string on a line of its own), a `def` signature (black's left-hand split: the
+  parameters on one line, or one per line with a trailing comma), and a statement that is one call
+  (its arguments on one line, or one per line with a trailing comma);
+- every other long line goes to black, all of a module's in one call, each statement at its own depth.
+
+tests/test_layout.py checks that black leaves the result unchanged over the shipped specs, the test corpora
+and random specs, so the output stays black's.
+"""
+
+from __future__ import annotations
+
+import re
+
+LINE_LENGTH = 88  # black's default, which the generated code is formatted with
+INDENT = "    "
+
+_RAISE_STRING = re.compile(r'(?P<head>raise [A-Za-z_][\w.]*\()(?P<arg>[rRbBuUfF]{0,2}"(?:[^"\\]|\\.)*")\)')
+_DEF = re.compile(r"(?P<head>def [A-Za-z_]\w*\()(?P<body>.*)(?P<tail>\) -> [^()]*:)")
+_CALL = re.compile(r"(?P<head>[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*\()(?P<body>.*)(?P<tail>\))")
+_F_STRING = re.compile(r"(?<![\w\"'])[rR]?[fF][rR]?[\"']")
+_OPEN = "([{"
+_CLOSE = ")]}"
+
+
+def format_python(text: str) -> str:
+    """`text` (generated Python, one statement per line) as black formats it."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    out: list[str] = []
+    deferred: list[tuple[int, str]] = []  # (index in `out`, statement) for black
+    has_f_strings = False
+    in_string = False
+    blank = 0
+    for line in lines:
+        if in_string:  # inside a docstring: black leaves its lines as the emitter wrote them
+            out.append(line)
+            in_string = line.count('"""') % 2 == 0
+            continue
+        if not line.strip():
+            blank += 1
+            continue
+        if blank and out:
+            depth_zero = not line.startswith(" ")
+            out.extend([""] * min(blank, 2 if depth_zero else 1))
+        blank = 0
+        stripped = line.lstrip()
+        if stripped.startswith('"""') or stripped.startswith('r"""'):
+            in_string = line.count('"""') % 2 == 1
+            out.append(line)
+            continue
+        if stripped.startswith("#"):
+            out.append(line)
+            continue
+        has_f_strings = has_f_strings or _F_STRING.search(line) is not None
+        if _width(line) <= LINE_LENGTH:
+            out.append(line)
+            continue
+        out.append(line)  # replaced below, once the whole module is known
+        deferred.append((len(out) - 1, line))
+    to_black = []
+    for index, line in deferred:
+        split = _split(line, has_f_strings)
+        if split is None:
+            to_black.append((index, line))
+        else:
+            out[index] = split
+    _black_lines(out, to_black, has_f_strings)
+    return "\n".join(out) + "\n"
+
+
+def _width(line: str) -> int:
+    """The width black measures: characters, except that a non-ASCII line counts as too long (black weighs
+    East Asian characters double), so it goes to black."""
+    return len(line) if line.isascii() else LINE_LENGTH + 1
+
+
+def _split(line: str, has_f_strings: bool) -> str | None:
+    """`line` split as black splits it, when it has one of the forms handled here; None otherwise."""
+    indent = line[: len(line) - len(line.lstrip())]
+    code = line[len(indent) :]
+    inner = indent + INDENT
+    if "#" in code and not _RAISE_STRING.fullmatch(code):
+        return None  # a trailing comment moves with black's split: left to black
+    m = _RAISE_STRING.fullmatch(code)
+    if m:
+        return f"{indent}{m['head']}\n{inner}{m['arg']}\n{indent})"
+    m = _DEF.fullmatch(code)
+    if m:
+        return _bracket_split(indent, m["head"], m["body"], m["tail"], has_f_strings, is_def=True)
+    m = _CALL.fullmatch(code)
+    if m and _closes_at_end(m["head"] + m["body"] + m["tail"]):
+        return _bracket_split(indent, m["head"], m["body"], m["tail"], has_f_strings, is_def=False)
+    return None
+
+
+def _bracket_split(indent: str, head: str, body: str, tail: str, has_f_strings: bool, is_def: bool) -> str | None:
+    """`head(` / `body` / `)tail`, the body on one line when it fits, else one item per line with a trailing
+    comma (black's bracket split followed by its split at commas); None when a piece would still be too
+    long or the body holds something black treats specially."""
+    items = _top_level_items(body)
+    if items is None or not items or any(not item for item in items):
+        return None
+    inner = indent + INDENT
+    if len(indent) + len(head) > LINE_LENGTH or len(indent) + len(tail) > LINE_LENGTH:
+        return None
+    if any(item.startswith("*") for item in items) and not has_f_strings:
+        return None  # whether black adds a comma after `*args` depends on the Python versions it infers
+    if is_def and len(items) == 1:
+        lines = [inner + items[0] + ","]  # black adds a comma to a lone parameter, which then explodes
+    elif len(inner) + len(body) <= LINE_LENGTH:
+        lines = [inner + body]
+    elif len(items) == 1:
+        return None  # one long argument: black splits inside it
+    else:
+        lines = [inner + item + "," for item in items]
+    if any(len(x) > LINE_LENGTH for x in lines):
+        return None
+    return "\n".join([indent + head, *lines, indent + tail])
+
+
+def _top_level_items(body: str) -> list[str] | None:
+    """`body` cut at its top-level commas (items stripped); None if it holds what a plain scan cannot judge
+    (a quote character other than a plain double-quoted string, a lambda, a comprehension, a trailing comma
+    or unbalanced brackets)."""
+    items: list[str] = []
+    depth = 0
+    start = 0
+    i = 0
+    n = len(body)
+    while i < n:
+        ch = body[i]
+        if ch == '"':
+            j = i + 1
+            while j < n and body[j] != '"':
+                j += 2 if body[j] == "\\" else 1
+            if j >= n:
+                return None
+            i = j + 1
+            continue
+        if ch in "'#":
+            return None
+        if ch in _OPEN:
+            depth += 1
+        elif ch in _CLOSE:
+            depth -= 1
+            if depth < 0:
+                return None
+        elif ch == "," and depth == 0:
+            items.append(body[start:i].strip())
+            start = i + 1
+        i += 1
+    if depth != 0:
+        return None
+    last = body[start:].strip()
+    if not last:
+        return None  # a trailing comma: black's magic trailing comma
+    items.append(last)
+    if any(re.search(r"\b(lambda|for|async|await|yield)\b", item) for item in items):
+        return None
+    return items
+
+
+def _closes_at_end(code: str) -> bool:
+    """Whether the bracket opened by the first `(` of `code` is the one its last character closes."""
+    depth = 0
+    i = 0
+    first = code.index("(")
+    while i < len(code):
+        ch = code[i]
+        if ch == '"':
+            j = i + 1
+            while j < len(code) and code[j] != '"':
+                j += 2 if code[j] == "\\" else 1
+            i = j + 1
+            continue
+        if ch in "'":
+            return False
+        if ch in _OPEN:
+            depth += 1
+        elif ch in _CLOSE:
+            depth -= 1
+            if depth == 0:
+                return i == len(code) - 1 and i > first
+        i += 1
+    return False
+
+
+_MARK = "# layerdsl-layout "
+
+
+def _black_lines(out: list[str], todo: list[tuple[int, str]], has_f_strings: bool) -> None:
+    """Format the statements `todo` (index in `out`, line) with black, in one call: each is written at its
+    own depth (under `if x:` lines), which is all black's split of a statement depends on besides the
+    Python versions it infers from the module (an f-string stands in for the module's)."""
+    if not todo:
+        return
+    import black  # imported here: most modules never need it
+
+    parts = ['f"{x}"\n'] if has_f_strings else []
+    for number, (_, line) in enumerate(todo):
+        depth = (len(line) - len(line.lstrip())) // 4
+        parts.append(f"{_MARK}{number}\n")
+        parts.extend(f"{INDENT * d}if x:\n" for d in range(depth))
+        parts.append(line + "\n")
+        if line.rstrip().endswith(":"):
+            parts.append(f"{INDENT * (depth + 1)}pass\n")
+    formatted = black.format_str("".join(parts), mode=black.Mode(line_length=LINE_LENGTH))
+    chunks = re.split(rf"^{re.escape(_MARK)}\d+\n", formatted, flags=re.M)[1:]
+    for (index, line), chunk in zip(todo, chunks):
+        depth = (len(line) - len(line.lstrip())) // 4
+        body = [x for x in chunk.split("\n") if x.strip()][depth:]
+        if line.rstrip().endswith(":"):
+            body = body[:-1]  # the `pass`
+        out[index] = "\n".join(body)
