@@ -24,7 +24,10 @@ INDENT = "    "
 
 _RAISE_STRING = re.compile(r'(?P<head>raise [A-Za-z_][\w.]*\()(?P<arg>[rRbBuUfF]{0,2}"(?:[^"\\]|\\.)*")\)')
 _DEF = re.compile(r"(?P<head>def [A-Za-z_]\w*\()(?P<body>.*)(?P<tail>\) -> [^()]*:)")
-_CALL = re.compile(r"(?P<head>[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*\()(?P<body>.*)(?P<tail>\))")
+_DOTTED = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
+_CALL = re.compile(rf"(?P<head>(?:{_DOTTED} = )?{_DOTTED}\()(?P<body>.*)(?P<tail>\))")
+_LIST = re.compile(rf"(?P<head>{_DOTTED} = \[)(?P<body>.*)(?P<tail>\])")
+_RETURN_STRING = re.compile(r'return (?P<arg>[rRbBuUfF]{0,2}"(?:[^"\\]|\\.)*")')
 _F_STRING = re.compile(r"(?<![\w\"'])[rR]?[fF][rR]?[\"']")
 _OPEN = "([{"
 _CLOSE = ")]}"
@@ -60,6 +63,10 @@ def format_python(text: str) -> str:
         if stripped.startswith("#"):
             out.append(line)
             continue
+        if _unbalanced(line):  # a statement over several lines: not what this module lays out
+            import black
+
+            return black.format_str(text, mode=black.Mode(line_length=LINE_LENGTH))
         has_f_strings = has_f_strings or _F_STRING.search(line) is not None
         if _width(line) <= LINE_LENGTH:
             out.append(line)
@@ -97,8 +104,18 @@ def _split(line: str, has_f_strings: bool) -> str | None:
     if m:
         return _bracket_split(indent, m["head"], m["body"], m["tail"], has_f_strings, is_def=True)
     m = _CALL.fullmatch(code)
-    if m and _closes_at_end(m["head"] + m["body"] + m["tail"]):
+    if m:  # the body's brackets balance (checked below), so the last `)` closes the call
+        # a call, or a name assigned a call: black omits the optional parentheses around a lone call
         return _bracket_split(indent, m["head"], m["body"], m["tail"], has_f_strings, is_def=False)
+    m = _LIST.fullmatch(code)
+    if m:
+        items = _top_level_items(m["body"])
+        if items is not None and len(items) > 1 and all(len(inner) + len(i) + 1 <= LINE_LENGTH for i in items):
+            return "\n".join([indent + m["head"], *(f"{inner}{i}," for i in items), indent + m["tail"]])
+        return None  # a list of several items explodes, one per line (black's magic for literals)
+    m = _RETURN_STRING.fullmatch(code)
+    if m and len(inner) + len(m["arg"]) <= LINE_LENGTH:
+        return f"{indent}return (\n{inner}{m['arg']}\n{indent})"
     return None
 
 
@@ -169,29 +186,37 @@ def _top_level_items(body: str) -> list[str] | None:
     return items
 
 
-def _closes_at_end(code: str) -> bool:
-    """Whether the bracket opened by the first `(` of `code` is the one its last character closes."""
+def _unbalanced(line: str) -> bool:
+    """Whether `line` leaves a bracket open or closes one it did not open (counted outside strings)."""
+    if sum(line.count(c) for c in _OPEN) == sum(line.count(c) for c in _CLOSE) and "'" not in line:
+        return False  # the common case, decided without a scan (a bracket in a string comes with its pair)
+    return _top_level_items(line.replace("'", '"')) is None and _scan_depth(line) != 0
+
+
+def _scan_depth(line: str) -> int | None:
+    """The bracket depth at the end of `line` (None when it closes more than it opened), outside strings."""
     depth = 0
+    quote = ""
     i = 0
-    first = code.index("(")
-    while i < len(code):
-        ch = code[i]
-        if ch == '"':
-            j = i + 1
-            while j < len(code) and code[j] != '"':
-                j += 2 if code[j] == "\\" else 1
-            i = j + 1
-            continue
-        if ch in "'":
-            return False
-        if ch in _OPEN:
+    while i < len(line):
+        ch = line[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            break
+        elif ch in _OPEN:
             depth += 1
         elif ch in _CLOSE:
             depth -= 1
-            if depth == 0:
-                return i == len(code) - 1 and i > first
+            if depth < 0:
+                return None
         i += 1
-    return False
+    return depth
 
 
 _MARK = "# layerdsl-layout "
