@@ -23,7 +23,7 @@ from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import ATOM
-from layerdsl.ir.visit import children, map_children, walk
+from layerdsl.ir.visit import children, clone, map_children, walk
 from layerdsl.language.ops import OPS, shape_args
 from layerdsl.optimize import (
     Facts,
@@ -277,7 +277,7 @@ class FunctionEmitter:
 
     def _derived_items(self, bwd: Backward, tape: Tape) -> list[tuple[set[str], str, N.Expr]]:
         """The derivation's statements (copies: writing them out updates expressions in place)."""
-        items = [(set(s.leaves), s.var, self._shape_only(copy.deepcopy(s.expr), tape)) for s in bwd.stmts]
+        items = [(set(s.leaves), s.var, self._shape_only(clone(s.expr), tape)) for s in bwd.stmts]
         return items + [({l}, f"grad_{l}", B.name(g)) for l, g in bwd.leaf_grads.items() if g != f"grad_{l}"]
 
     @staticmethod
@@ -373,9 +373,7 @@ class FunctionEmitter:
         ]
         stmts += [Stmt(target, expr, leaves) for leaves, target, expr in sec.items]
         facts = self._facts(tape, sec.incoming, saved | set(sec.accumulate.values()))
-        unrecorded, schedule = self._optimized(
-            copy.deepcopy(stmts), dataclasses.replace(facts, graph=False), sec, ex, tape
-        )
+        unrecorded, schedule = self._optimized(clone(stmts), dataclasses.replace(facts, graph=False), sec, ex, tape)
         recorded, _ = self._optimized(stmts, facts, sec, ex, tape, schedule)
         return [line for code in by_grad_mode(recorded, unrecorded) for line in code.lines(ex)]
 

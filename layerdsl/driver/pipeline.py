@@ -5,6 +5,7 @@ Nothing here touches the output folder; `writer` decides what to write.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -156,33 +157,75 @@ def generate(paths: list[str], cache: OutputCache | None = None) -> dict[Path, s
         if outputs is not None:
             return outputs
     sources, files, program, plans = _checked(paths, sources, texts, unreadable)
+    definers = _definers(sources, texts, files)
     entries: dict[Path, str] = {}
     outputs = {}
-    for src, text, raw in zip(sources, texts, _lazy_modules(sources, files, program, plans)):
+    misses: list[tuple[Path, str, Callable[[], str]]] = []
+    for src, text, emit in zip(sources, texts, _lazy_modules(sources, files, program, plans)):
         entry = key(
-            "module",
-            tool_fingerprint(),
-            src.shown,
-            src.out.as_posix(),
-            text or "",
-            _dependencies(src, text or "", sources, texts, files),
+            "module", tool_fingerprint(), src.shown, src.out.as_posix(), text or "", _dependencies(src, text, definers)
         )
-        outputs[src.out] = cache.get(entry) or _finished(cache, entry, raw())
         entries[src.out] = entry
+        cached = cache.get(entry)
+        if cached is None:
+            misses.append((src.out, entry, emit))
+        else:
+            outputs[src.out] = cached
+    for (path, entry, _), final in zip(misses, _finish_all([emit for _, _, emit in misses])):
+        cache.put(entry, final)
+        outputs[path] = final
     for path, init in _package_inits(sources, files, paths).items():
         entry = key("init", tool_fingerprint(), init)
-        outputs[path] = cache.get(entry) or _finished(cache, entry, init)
+        final = cache.get(entry) or _finished(init)
+        cache.put(entry, final)
+        outputs[path] = final
         entries[path] = entry
     if run is not None:
         cache.save_run(run, entries)
     return dict(sorted(outputs.items()))
 
 
-def _finished(cache: OutputCache, entry: str, text: str) -> str:
-    """`text` formatted and stamped with its hash, and remembered as `entry`."""
-    final = stamp(format_python(text))
-    cache.put(entry, final)
-    return final
+def _finished(text: str) -> str:
+    """`text` laid out and stamped with its hash."""
+    return stamp(format_python(text))
+
+
+MIN_JOBS_PER_WORKER = 8  # below this, forking a worker costs more than it saves
+_JOBS: list[Callable[[], str]] = []  # what forked workers emit (inherited, not pickled: closures over the Program)
+
+
+def _finish_all(jobs: list[Callable[[], str]]) -> list[str]:
+    """Each job's module, emitted and laid out: in forked worker processes when there are enough jobs and
+    cores (`LAYERDSL_JOBS` sets the number of processes; 1 emits here). Workers inherit the checked program,
+    so only the finished texts travel back."""
+    workers = min(_cores(), len(jobs) // MIN_JOBS_PER_WORKER)
+    if workers < 2:
+        return [_finished(job()) for job in jobs]
+    import multiprocessing
+
+    global _JOBS
+    _JOBS = jobs
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return pool.map(_finish_job, range(len(jobs)), chunksize=max(1, len(jobs) // (workers * 8)))
+    finally:
+        _JOBS = []
+
+
+def _finish_job(index: int) -> str:
+    return _finished(_JOBS[index]())
+
+
+def _cores() -> int:
+    """How many processes `gen` may use: `LAYERDSL_JOBS`, else the cores this process may run on (1 where
+    processes cannot be forked)."""
+    if os.environ.get("LAYERDSL_JOBS", "").isdigit():
+        return max(1, int(os.environ["LAYERDSL_JOBS"]))
+    if not hasattr(os, "fork"):
+        return 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _lazy_modules(
@@ -207,19 +250,21 @@ def _lazy_modules(
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _dependencies(
-    src: Source, text: str, sources: list[Source], texts: list[str | None], files: list[N.SpecFile]
-) -> list[str]:
+def _definers(sources: list[Source], texts: list[str | None], files: list[N.SpecFile]) -> dict[str, tuple[Source, str]]:
+    """Each layer's name -> the source defining it, and how a module using it depends on that source."""
+    found = {}
+    for src, text, f in zip(sources, texts, files):
+        for layer in f.layers:
+            found[layer.name] = (src, f"{layer.name}\0{src.out.as_posix()}\0{text_hash(text or '')}")
+    return found
+
+
+def _dependencies(src: Source, text: str | None, definers: dict[str, tuple[Source, str]]) -> list[str]:
     """What a module's code depends on besides its own spec: each other spec defining a layer whose name
     occurs in this spec's text (its module path and text), by that layer's name."""
-    words = set(_WORD.findall(text))
-    found = []
-    for other, other_text, f in zip(sources, texts, files):
-        if other is not src:
-            for layer in f.layers:
-                if layer.name in words:
-                    found.append(f"{layer.name}\0{other.out.as_posix()}\0{text_hash(other_text or '')}")
-    return sorted(found)
+    words = set(_WORD.findall(text or ""))
+    found = (definers.get(word) for word in words)
+    return sorted(dep for other, dep in filter(None, found) if other is not src)
 
 
 def emit_modules(

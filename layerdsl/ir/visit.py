@@ -9,11 +9,13 @@ are not children.
 from __future__ import annotations
 
 import copy
+import enum
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from typing import Any, TypeVar
 
+from layerdsl.diagnostics import Span
 from layerdsl.ir import nodes
 from layerdsl.ir.nodes import Expr, Keyword, Name, Node, Slice, Stmt
 
@@ -128,3 +130,41 @@ def statements(body: list[Stmt]) -> Iterator[Stmt]:
 def names_read(node: Node) -> set[str]:
     """The identifiers of every `Name` in or below `node`."""
     return {n.id for n in walk(node) if isinstance(n, Name)}
+
+
+def clone(value: Any) -> Any:
+    """A deep copy of IR (nodes, statements, the optimiser's statement lists), as `copy.deepcopy` makes
+    it but several times faster: lists, tuples, sets, dicts and dataclass instances are copied, an object
+    reached twice is copied once; strings, numbers, enums and spans (immutable) are shared."""
+    return _clone(value, {})
+
+
+_SHARED = (str, int, float, bool, type(None), enum.Enum, Span)
+
+
+def _clone(value: Any, memo: dict[int, Any]) -> Any:
+    if isinstance(value, _SHARED):
+        return value
+    seen = memo.get(id(value))
+    if seen is not None:
+        return seen
+    cls = type(value)
+    if cls is list:
+        copied: Any = []
+        memo[id(value)] = copied
+        copied.extend(_clone(item, memo) for item in value)
+    elif cls is dict:
+        copied = {}
+        memo[id(value)] = copied
+        copied.update((_clone(k, memo), _clone(v, memo)) for k, v in value.items())
+    elif cls in (tuple, set, frozenset):
+        copied = cls(_clone(item, memo) for item in value)
+        memo[id(value)] = copied
+    elif hasattr(value, "__dict__") and is_dataclass(value):
+        copied = object.__new__(cls)
+        memo[id(value)] = copied
+        copied.__dict__.update((k, _clone(v, memo)) for k, v in value.__dict__.items())
+    else:
+        copied = copy.deepcopy(value)
+        memo[id(value)] = copied
+    return copied
