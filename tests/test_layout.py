@@ -72,6 +72,14 @@ def test_random_expressions_are_laid_out_as_black_does(case):
         "        ctx.save_for_backward(x if ctx.needs_input_grad[0] else None, weight if ctx.needs_input_grad[1] else None)",
         '__all__ = ["AttentionScores", "attention_scores", "AttentionScoresFunctional", "attention_scores_functional"]',
         '        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias}"',
+        "        grad_x = grad_x_from_sigma2 if grad_x is None else grad_x + grad_x_from_sigma2_and_a_bit_more",
+        "        return grad_x_from_sigma2 if grad_x is None else grad_x + grad_x_from_sigma2_and_a_bit_more",
+        "        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2] or done:",
+        "        if x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type) and y is None:",
+        "        if x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type) and y:",
+        "            while first_condition_is_long and second_condition_is_long or third_condition_here(x):",
+        '        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias}, more"',
+        "        grad_x = grad_x_from_sigma2 if grad_x is None else grad_x + grad_x_from_sigma2  # spec.layer:3",
         "        y = torch.einsum('bi,bj->bij', x, x) + something_long_enough_to_need_a_split * another_factor_here",
     ],
 )
@@ -94,3 +102,9 @@ def test_gen_reads_specs_with_the_parsers_size_bound():
     from layerdsl.syntax.parser import MAX_SOURCE_CHARS
 
     assert READ_LIMIT == MAX_SOURCE_CHARS
+
+
+def test_a_long_clause_that_cannot_stand_alone_is_left_to_black():
+    cond = " or ".join(f"ctx.needs_input_grad[{i}]" for i in range(5))
+    text = f"if a:\n    pass\nelif {cond} and (x := 1):\n    pass\n"
+    assert format_python(text) == _black(text)

@@ -27,6 +27,8 @@ _DEF = re.compile(r"(?P<head>def [A-Za-z_]\w*\()(?P<body>.*)(?P<tail>\) -> [^()]
 _DOTTED = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
 _CALL = re.compile(rf"(?P<head>(?:{_DOTTED} = )?{_DOTTED}\()(?P<body>.*)(?P<tail>\))")
 _LIST = re.compile(rf"(?P<head>{_DOTTED} = \[)(?P<body>.*)(?P<tail>\])")
+_ASSIGN_OR_RETURN = re.compile(rf"(?P<head>{_DOTTED} =|return) (?P<value>.+)")
+_CONDITION = re.compile(r"(?P<keyword>if|elif|while) (?P<condition>.+):")
 _RETURN_STRING = re.compile(r'return (?P<arg>[rRbBuUfF]{0,2}"(?:[^"\\]|\\.)*")')
 _F_STRING = re.compile(r"(?<![\w\"'])[rR]?[fF][rR]?[\"']")
 _OPEN = "([{"
@@ -80,6 +82,10 @@ def format_python(text: str) -> str:
             to_black.append((index, line))
         else:
             out[index] = split
+    if any(line.lstrip().startswith(_CONTINUATIONS) for _, line in to_black):
+        import black  # a clause that cannot stand alone: black formats the module
+
+        return black.format_str(text, mode=black.Mode(line_length=LINE_LENGTH))
     _black_lines(out, to_black, has_f_strings)
     return "\n".join(out) + "\n"
 
@@ -114,9 +120,76 @@ def _split(line: str, has_f_strings: bool) -> str | None:
             return "\n".join([indent + m["head"], *(f"{inner}{i}," for i in items), indent + m["tail"]])
         return None  # a list of several items explodes, one per line (black's magic for literals)
     m = _RETURN_STRING.fullmatch(code)
-    if m and len(inner) + len(m["arg"]) <= LINE_LENGTH:
-        return f"{indent}return (\n{inner}{m['arg']}\n{indent})"
+    if m:  # black wraps a returned string in parentheses only if that makes it fit
+        return f"{indent}return (\n{inner}{m['arg']}\n{indent})" if len(inner) + len(m["arg"]) <= LINE_LENGTH else line
+    m = _ASSIGN_OR_RETURN.fullmatch(code)
+    if m and _is_ternary(m["value"]) and len(inner) + len(m["value"]) <= LINE_LENGTH:
+        # `a if b else c` has two delimiters, so black keeps the optional parentheses around it
+        return f"{indent}{m['head']} (\n{inner}{m['value']}\n{indent})"
+    m = _CONDITION.fullmatch(code)
+    if m:
+        return _condition_split(indent, m["keyword"], m["condition"])
     return None
+
+
+def _is_ternary(value: str) -> bool:
+    flat = _flat(value)
+    return (
+        flat is not None
+        and re.search(r"\bif\b", flat) is not None
+        and re.search(r"\belse\b", flat) is not None
+        and not re.search(r",| = |:=|\b(lambda|for|async|await|yield)\b", flat)
+    )
+
+
+def _condition_split(indent: str, keyword: str, condition: str) -> str | None:
+    """`if a and b or c:` with two or more `and`/`or` outside brackets: black keeps the optional parentheses
+    around the condition (several delimiters of one priority), on one line or one operand per line."""
+    flat = _flat(condition)
+    if flat is None or re.search(r",| = |:=|\b(if|else|lambda|for|async|await|yield)\b", flat):
+        return None
+    cuts = [m.start() for m in re.finditer(r"\b(and|or)\b", flat)]
+    if len(cuts) < 2:
+        return None
+    inner = indent + INDENT
+    if len(inner) + len(condition) <= LINE_LENGTH:
+        body = [inner + condition]
+    else:
+        bounds = [0, *cuts, len(condition)]
+        body = [inner + condition[a:b].strip() for a, b in zip(bounds, bounds[1:])]
+        if any(len(x) > LINE_LENGTH for x in body):
+            return None
+    return "\n".join([f"{indent}{keyword} (", *body, f"{indent}):"])
+
+
+def _flat(code: str) -> str | None:
+    """`code` with what is inside brackets and strings blanked out (same length), so that what is left is
+    its top level; None if it has a single-quoted string or unbalanced brackets."""
+    out = []
+    depth = 0
+    i = 0
+    while i < len(code):
+        ch = code[i]
+        if ch == "'":
+            return None
+        if ch == '"':
+            j = i + 1
+            while j < len(code) and code[j] != '"':
+                j += 2 if code[j] == "\\" else 1
+            if j >= len(code):
+                return None
+            out.append("_" * (j + 1 - i))
+            i = j + 1
+            continue
+        if ch in _OPEN:
+            depth += 1
+        elif ch in _CLOSE:
+            depth -= 1
+            if depth < 0:
+                return None
+        out.append(ch if depth == 0 and ch not in _CLOSE else "_")
+        i += 1
+    return "".join(out) if depth == 0 else None
 
 
 def _bracket_split(indent: str, head: str, body: str, tail: str, has_f_strings: bool, is_def: bool) -> str | None:
@@ -220,6 +293,7 @@ def _scan_depth(line: str) -> int | None:
 
 
 _MARK = "# layerdsl-layout "
+_CONTINUATIONS = ("elif ", "else", "except", "finally", "case ")
 
 
 def _black_lines(out: list[str], todo: list[tuple[int, str]], has_f_strings: bool) -> None:
