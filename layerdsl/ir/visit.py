@@ -58,7 +58,15 @@ def walk(node: Node) -> Iterator[Node]:
 def map_children(node: T, fn: Fn) -> T:
     """A shallow copy of `node` with each child replaced by `fn(child)` (keywords and slices are
     copied too; `node` itself is left as it was)."""
-    return replace_children(copy.copy(node), fn, fresh_parts=True)
+    return replace_children(_shallow_copy(node), fn, fresh_parts=True)
+
+
+def _shallow_copy(node: T) -> T:
+    """`copy.copy(node)` for a node (a plain dataclass instance), without its generic protocol: this runs
+    for every node each pass rewrites, so it is a good part of derivation's and fusion's time."""
+    new = object.__new__(type(node))
+    new.__dict__.update(node.__dict__)
+    return new
 
 
 def replace_children(node: T, fn: Fn, fresh_parts: bool = False) -> T:
