@@ -299,13 +299,25 @@ _CONTINUATIONS = ("elif ", "else", "except", "finally", "case ")
 def _black_lines(out: list[str], todo: list[tuple[int, str]], has_f_strings: bool) -> None:
     """Format the statements `todo` (index in `out`, line) with black, in one call: each is written at its
     own depth (under `if x:` lines), which is all black's split of a statement depends on besides the
-    Python versions it infers from the module (an f-string stands in for the module's)."""
-    if not todo:
-        return
+    Python versions it infers from the module (an f-string stands in for the module's). Statements seen
+    before in this process (modules of one program repeat many) are not formatted again."""
+    if len(_FORMATTED) > 20_000:  # a long-lived process (the language server) keeps it bounded
+        _FORMATTED.clear()
+    fresh = sorted({line for _, line in todo if (line, has_f_strings) not in _FORMATTED})
+    if fresh:
+        _format_statements(fresh, has_f_strings)
+    for index, line in todo:
+        out[index] = _FORMATTED[line, has_f_strings]
+
+
+_FORMATTED: dict[tuple[str, bool], str] = {}  # (statement, module has f-strings) -> black's lines
+
+
+def _format_statements(lines: list[str], has_f_strings: bool) -> None:
     import black  # imported here: most modules never need it
 
     parts = ['f"{x}"\n'] if has_f_strings else []
-    for number, (_, line) in enumerate(todo):
+    for number, line in enumerate(lines):
         depth = (len(line) - len(line.lstrip())) // 4
         parts.append(f"{_MARK}{number}\n")
         parts.extend(f"{INDENT * d}if x:\n" for d in range(depth))
@@ -314,9 +326,9 @@ def _black_lines(out: list[str], todo: list[tuple[int, str]], has_f_strings: boo
             parts.append(f"{INDENT * (depth + 1)}pass\n")
     formatted = black.format_str("".join(parts), mode=black.Mode(line_length=LINE_LENGTH))
     chunks = re.split(rf"^{re.escape(_MARK)}\d+\n", formatted, flags=re.M)[1:]
-    for (index, line), chunk in zip(todo, chunks):
+    for line, chunk in zip(lines, chunks, strict=True):
         depth = (len(line) - len(line.lstrip())) // 4
         body = [x for x in chunk.split("\n") if x.strip()][depth:]
         if line.rstrip().endswith(":"):
             body = body[:-1]  # the `pass`
-        out[index] = "\n".join(body)
+        _FORMATTED[line, has_f_strings] = "\n".join(body)
