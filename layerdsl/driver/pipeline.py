@@ -161,7 +161,7 @@ def generate(paths: list[str], cache: OutputCache | None = None) -> dict[Path, s
     entries: dict[Path, str] = {}
     outputs = {}
     misses: list[tuple[Path, str, Callable[[], str]]] = []
-    for src, text, emit in zip(sources, texts, _lazy_modules(sources, files, program, plans)):
+    for src, text, emit in zip(sources, texts, _lazy_modules(sources, files, program, plans, texts)):
         entry = key(
             "module", tool_fingerprint(), src.shown, src.out.as_posix(), text or "", _dependencies(src, text, definers)
         )
@@ -229,9 +229,15 @@ def _cores() -> int:
 
 
 def _lazy_modules(
-    sources: list[Source], files: list[N.SpecFile], program: Program, plans: dict[str, BackwardPlan]
+    sources: list[Source],
+    files: list[N.SpecFile],
+    program: Program,
+    plans: dict[str, BackwardPlan],
+    texts: list[str | None] | None = None,
 ) -> list[Callable[[], str]]:
-    """For each source, a function that emits its module (called only on a cache miss)."""
+    """For each source, a function that emits its module (called only on a cache miss). With the specs'
+    `texts`, a module is told the import paths of only the layers its text names (the ones it can use),
+    not of every layer of the program (quadratic in the number of files)."""
     from layerdsl.codegen.module import emit_file
 
     module_of: dict[str, tuple[str, ...]] = {}  # layer name -> module path parts
@@ -239,12 +245,13 @@ def _lazy_modules(
         for layer in f.layers:
             module_of[layer.name] = src.out.with_suffix("").parts
 
-    def emitter(src: Source, f: N.SpecFile) -> Callable[[], str]:
+    def emitter(src: Source, f: N.SpecFile, text: str | None) -> Callable[[], str]:
         here = src.out.with_suffix("").parts
-        imports = {name: relative_import(here, parts) for name, parts in module_of.items() if parts != here}
+        names = module_of.keys() if text is None else module_of.keys() & set(_WORD.findall(text))
+        imports = {name: relative_import(here, module_of[name]) for name in names if module_of[name] != here}
         return lambda: emit_file(f, program, src.shown, imports, plans)
 
-    return [emitter(src, f) for src, f in zip(sources, files)]
+    return [emitter(src, f, t) for src, f, t in zip(sources, files, texts or [None] * len(files))]
 
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
