@@ -109,27 +109,194 @@ def _split(line: str, has_f_strings: bool) -> str | None:
     m = _DEF.fullmatch(code)
     if m:
         return _bracket_split(indent, m["head"], m["body"], m["tail"], has_f_strings, is_def=True)
+    m = _RETURN_STRING.fullmatch(code)
+    if m:  # black wraps a returned string in parentheses only if that makes it fit
+        return f"{indent}return (\n{inner}{m['arg']}\n{indent})" if len(inner) + len(m["arg"]) <= LINE_LENGTH else line
     m = _CALL.fullmatch(code)
-    if m:  # the body's brackets balance (checked below), so the last `)` closes the call
-        # a call, or a name assigned a call: black omits the optional parentheses around a lone call
-        return _bracket_split(indent, m["head"], m["body"], m["tail"], has_f_strings, is_def=False)
+    if m:  # a call, or a name assigned a call (black omits the optional parentheses around a lone call)
+        split = _bracket_split(indent, m["head"], m["body"], m["tail"], has_f_strings, is_def=False)
+        if split is not None or _top_level_items(m["body"]) is not None:
+            return split  # else the last `)` does not close the first `(`: not one call
     m = _LIST.fullmatch(code)
     if m:
         items = _top_level_items(m["body"])
         if items is not None and len(items) > 1 and all(len(inner) + len(i) + 1 <= LINE_LENGTH for i in items):
             return "\n".join([indent + m["head"], *(f"{inner}{i}," for i in items), indent + m["tail"]])
         return None  # a list of several items explodes, one per line (black's magic for literals)
-    m = _RETURN_STRING.fullmatch(code)
-    if m:  # black wraps a returned string in parentheses only if that makes it fit
-        return f"{indent}return (\n{inner}{m['arg']}\n{indent})" if len(inner) + len(m["arg"]) <= LINE_LENGTH else line
-    m = _ASSIGN_OR_RETURN.fullmatch(code)
-    if m and _is_ternary(m["value"]) and len(inner) + len(m["value"]) <= LINE_LENGTH:
-        # `a if b else c` has two delimiters, so black keeps the optional parentheses around it
-        return f"{indent}{m['head']} (\n{inner}{m['value']}\n{indent})"
     m = _CONDITION.fullmatch(code)
     if m:
-        return _condition_split(indent, m["keyword"], m["condition"])
+        split = _condition_split(indent, m["keyword"], m["condition"])
+        if split is None:
+            split = _optional_parens_split(indent, m["keyword"], m["condition"], ":", has_f_strings)
+        return split
+    m = _ASSIGN_OR_RETURN.fullmatch(code)
+    if m and _is_ternary(m["value"]):
+        return _ternary_split(indent, m["head"], m["value"])
+    if m:
+        return _optional_parens_split(indent, m["head"], m["value"], "", has_f_strings)
     return None
+
+
+def _ternary_split(indent: str, head: str, value: str) -> str | None:
+    """`x = a if b else c`: two delimiters, so black keeps the optional parentheses, with the value on a line
+    of its own, or cut before `if` and before `else`."""
+    inner = indent + INDENT
+    if len(inner) + len(value) <= LINE_LENGTH:
+        body = [inner + value]
+    else:
+        flat = _flat(value) or ""
+        cuts = [m.start() for m in re.finditer(r"\b(if|else)\b", flat)]
+        if len(cuts) != 2:
+            return None
+        bounds = [0, *cuts, len(value)]
+        body = [inner + value[a:b].strip() for a, b in zip(bounds, bounds[1:])]
+        if any(len(x) > LINE_LENGTH for x in body):
+            return None
+    return "\n".join([f"{indent}{head} (", *body, f"{indent})"])
+
+
+# black's delimiter priorities (black/brackets.py) for what can stand at the top level of an expression
+_LOGIC, _COMPARATOR, _POWER, _DOT = 14, 10, 2, 1
+_MATH = {"|": 9, "^": 8, "&": 7, "<<": 6, ">>": 6, "+": 5, "-": 5, "*": 4, "/": 4, "//": 4, "%": 4, "@": 4, "**": 2}
+_COMPARISONS = {"<", ">", "==", "!=", "<=", ">="}
+_TOKEN = re.compile(
+    r"(?P<space>\s+)|(?P<word>[A-Za-z_]\w*)|(?P<number>(?:\d[\w]*(?:\.\w*)?|\.\d\w*)(?:[eE][-+]?\d+)?)"
+    r"|(?P<group>[\x01\x02]+)|(?P<op>\*\*|//|<<|>>|<=|>=|==|!=|[-+*/%@|&^~<>.])"
+)
+
+
+def _delimiters(flat: str) -> list[tuple[int, int]] | None:
+    """The top-level delimiters of an expression (`flat`: its bracket and string contents blanked), as
+    (black's priority, position); None for anything this module does not judge (commas, keywords other
+    than and/or/not/in/is, a lambda, implicitly joined strings, `*` unpacking)."""
+    found: list[tuple[int, int]] = []
+    operand = False  # whether the previous token ends an operand (so an operator after it is binary)
+    previous_group = ""  # the blanked text of the previous token, if it was a bracket or string
+    skip_next = ""
+    pos = 0
+    for m in _TOKEN.finditer(flat):
+        if m.start() != pos:
+            return None
+        pos = m.end()
+        kind, text = m.lastgroup, m.group()
+        if kind == "space":
+            continue
+        if skip_next:
+            if text != skip_next:
+                return None
+            skip_next = ""
+            continue
+        if kind == "word":
+            if text in ("and", "or"):
+                found.append((_LOGIC, m.start()))
+                operand = False
+            elif text in ("is", "in") or text == "not" and operand:
+                if not operand:
+                    return None
+                found.append((_COMPARATOR, m.start()))
+                skip_next = "in" if text == "not" else ""
+                operand = False
+            elif text == "not":
+                operand = False  # unary
+            elif text in ("if", "else", "lambda", "for", "async", "await", "yield"):
+                return None
+            else:
+                operand = True
+            previous_group = ""
+        elif kind == "number":
+            operand, previous_group = True, ""
+        elif kind == "group":
+            if previous_group and not operand:
+                return None
+            if previous_group.endswith("\x02") and text.startswith("\x02"):
+                return None  # implicitly joined strings
+            operand, previous_group = True, text
+        elif text == ".":
+            if previous_group.endswith("\x01"):
+                found.append((_DOT, m.start()))  # a method called on a bracketed expression's result
+            operand, previous_group = False, ""
+        elif text in _COMPARISONS:
+            found.append((_COMPARATOR, m.start()))
+            operand, previous_group = False, ""
+        else:
+            if not operand:
+                if text not in ("-", "+", "~"):
+                    return None  # `*args`, `**kwargs`
+            else:
+                found.append((_MATH[text], m.start()))
+            operand, previous_group = False, ""
+    if pos != len(flat) or skip_next:
+        return None
+    return found
+
+
+def _optional_parens_split(indent: str, head: str, value: str, tail: str, has_f_strings: bool) -> str | None:
+    """`head value tail` where black puts invisible parentheses around `value` (after `=`, `return`, `if`):
+    kept (the value on a line of its own, or cut before each top-level delimiter of its highest priority) or
+    omitted (split at the call that ends the value), as black's right-hand split decides; None where that
+    decision needs more than this module models."""
+    flat = _flat(value)
+    delimiters = None if flat is None else _delimiters(flat)
+    if flat is None or delimiters is None:
+        return None
+    inner = indent + INDENT
+    top = max((p for p, _ in delimiters), default=0)
+    cuts = [at for p, at in delimiters if p == top]
+    if not cuts or len(cuts) == 1 and top == _DOT:
+        omit = True  # without delimiters, or a single method call, the parentheses are not needed
+    elif len(cuts) > 1:
+        omit = False
+    elif value.startswith(("(", "[", "{")):
+        return None  # black then weighs omitting the opening bracket's pair: not modelled here
+    elif value.endswith(")") and not value.endswith("()"):
+        opening = _last_opening(value)
+        if opening is None:
+            return None
+        seen_other_brackets = any(c in _OPEN for c in flat[:opening] if c not in "\x01\x02") or "\x01" in flat[:opening]
+        omit = seen_other_brackets or len(inner) + opening + 1 <= LINE_LENGTH
+    elif value.endswith(("]", "}")):
+        return None
+    else:
+        omit = False
+    if omit:
+        if not value.endswith(")"):
+            return None
+        opening = _last_opening(value)
+        if opening is None or opening == 0 or not (value[opening - 1].isalnum() or value[opening - 1] in "_)]"):
+            return None  # not a call: a parenthesised expression or a tuple
+        return _bracket_split(
+            indent, f"{head} {value[: opening + 1]}", value[opening + 1 : -1], ")" + tail, has_f_strings, False
+        )
+    if len(inner) + len(value) <= LINE_LENGTH:
+        body = [inner + value]
+    elif top in (_DOT, _POWER):
+        return None
+    else:
+        bounds = [0, *cuts, len(value)]
+        body = [inner + value[a:b].strip() for a, b in zip(bounds, bounds[1:])]
+        if any(len(x) > LINE_LENGTH for x in body):
+            return None
+    return "\n".join([f"{indent}{head} (", *body, f"{indent}){tail}"])
+
+
+def _last_opening(value: str) -> int | None:
+    """The position of the bracket that the last character of `value` closes."""
+    depth = 0
+    opening = None
+    quote = False
+    for i, ch in enumerate(value):
+        if ch == '"':
+            quote = not quote
+        elif quote:
+            if ch == "\\":
+                return None  # an escape inside a string: not scanned here
+        elif ch in _OPEN:
+            if depth == 0:
+                opening = i
+            depth += 1
+        elif ch in _CLOSE:
+            depth -= 1
+    return opening if depth == 0 and not quote else None
 
 
 def _is_ternary(value: str) -> bool:
@@ -178,7 +345,7 @@ def _flat(code: str) -> str | None:
                 j += 2 if code[j] == "\\" else 1
             if j >= len(code):
                 return None
-            out.append("_" * (j + 1 - i))
+            out.append("\x02" * (j + 1 - i))
             i = j + 1
             continue
         if ch in _OPEN:
@@ -187,7 +354,7 @@ def _flat(code: str) -> str | None:
             depth -= 1
             if depth < 0:
                 return None
-        out.append(ch if depth == 0 and ch not in _CLOSE else "_")
+        out.append(ch if depth == 0 and ch not in _CLOSE else "\x01")
         i += 1
     return "".join(out) if depth == 0 else None
 
