@@ -1,18 +1,21 @@
 """The generated code laid out as black lays it out, without running black on most of it.
 
-black costs about 45 ms per generated module, most of `gen`'s time. The emitter already writes black's
-spacing, quotes and parentheses; what it leaves is the layout of lines longer than black's 88 columns and a
-few blank lines. This module does that:
+black took about 45 ms per generated module, most of `gen`'s time. The emitter writes black's spacing,
+quotes and parentheses itself, so a line within black's 88 columns is already black's; what is left is
+blank lines and long lines:
 
 - blank lines: at most two in a row before top-level code, one inside a block, none at the end;
-- the long lines of three forms the emitter writes often are split here exactly as black splits them:
-  `raise Error(f"...")` (the string on a line of its own), a `def` signature (black's left-hand split: the
-  parameters on one line, or one per line with a trailing comma), and a statement that is one call
-  (its arguments on one line, or one per line with a trailing comma);
-- every other long line goes to black, all of a module's in one call, each statement at its own depth.
+- long lines of the forms the emitter writes are split here exactly as black splits them: `raise E("...")`
+  (the string on a line of its own), `def` signatures (black's left-hand split), calls and names assigned
+  a call (the arguments on one line, or one per line with a trailing comma), lists, returned strings,
+  and the values black puts in invisible parentheses after `=`, `return`, `if`, `elif` and `while`:
+  the parentheses kept (the value on a line of its own, or cut before its top-level delimiters of the
+  highest priority) or omitted for a value that ends in a call (split inside that call);
+- every other long line goes to black, all of a module's in one call, each statement at its own depth;
+  a module with a statement over several lines goes to black whole.
 
-tests/test_layout.py checks that black leaves the result unchanged over the shipped specs, the test corpora
-and random specs, so the output stays black's.
+tests/test_layout.py checks that black leaves the result unchanged for every spec the tests know, for
+each form and for random derived backwards, so the output stays black's.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def format_python(text: str) -> str:
     if lines and lines[-1] == "":
         lines.pop()
     out: list[str] = []
-    deferred: list[tuple[int, str]] = []  # (index in `out`, statement) for black
+    deferred: list[tuple[int, str]] = []  # (index in `out`, long statement) to split
     has_f_strings = False
     in_string = False
     blank = 0
@@ -428,9 +431,9 @@ def _top_level_items(body: str) -> list[str] | None:
 
 def _unbalanced(line: str) -> bool:
     """Whether `line` leaves a bracket open or closes one it did not open (counted outside strings)."""
-    if sum(line.count(c) for c in _OPEN) == sum(line.count(c) for c in _CLOSE) and "'" not in line:
-        return False  # the common case, decided without a scan (a bracket in a string comes with its pair)
-    return _top_level_items(line.replace("'", '"')) is None and _scan_depth(line) != 0
+    if sum(line.count(c) for c in _OPEN) == sum(line.count(c) for c in _CLOSE):
+        return False  # the common case, decided without a scan (the emitter's strings hold bracket pairs)
+    return _scan_depth(line) != 0
 
 
 def _scan_depth(line: str) -> int | None:
