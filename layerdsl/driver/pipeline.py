@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,11 +219,11 @@ def _finish_job(index: int) -> str:
 
 def _cores() -> int:
     """How many processes `gen` may use: `LAYERDSL_JOBS`, else the cores this process may run on (1 where
-    processes cannot be forked)."""
+    processes cannot be forked safely)."""
     if os.environ.get("LAYERDSL_JOBS", "").isdigit():
         return max(1, int(os.environ["LAYERDSL_JOBS"]))
-    if not hasattr(os, "fork"):
-        return 1
+    if not hasattr(os, "fork") or "torch" in sys.modules:
+        return 1  # no fork, or a process with torch's thread pools (`layerdsl test`), which fork does not copy
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
