@@ -119,3 +119,13 @@ def test_a_long_clause_that_cannot_stand_alone_is_left_to_black():
     cond = " or ".join(f"ctx.needs_input_grad[{i}]" for i in range(5))
     text = f"if a:\n    pass\nelif {cond} and (x := 1):\n    pass\n"
     assert format_python(text) == _black(text)
+
+
+@pytest.mark.parametrize("value", ["fan_in", "it's", 'say "hi"', "both ' and \"", "two '' one \"", "a\\b'", "\n\t"])
+def test_string_literals_are_written_in_blacks_quotes(value):
+    from layerdsl.codegen.pyexpr import PyExpr, Spelling
+    from layerdsl.ir import nodes as N
+
+    literal = PyExpr(Spelling())(N.Str(N.NOWHERE, value))
+    assert eval(literal) == value
+    assert _black(f"x = {literal}\n") == f"x = {literal}\n"

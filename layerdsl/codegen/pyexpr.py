@@ -48,9 +48,9 @@ _SIMPLE_BOUND = re.compile(rf"[-+~]*(?:[A-Za-z_]\w*|{_NUMBER})")
 def _string_literal(value: str) -> str:
     """`value` as a Python literal in black's quotes: double quotes unless that needs more escapes."""
     text = repr(value)
-    if text.startswith("'") and '"' not in value:
-        return f'"{text[1:-1]}"'
-    return text
+    if not text.startswith("'") or value.count('"') > value.count("'"):
+        return text
+    return '"' + text[1:-1].replace("\\'", "'").replace('"', '\\"') + '"'
 
 
 def shorten(torch_name: str) -> str:
