@@ -20,7 +20,7 @@ from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
-from layerdsl.ir.visit import children, map_children, walk
+from layerdsl.ir.visit import children, clone, map_children, walk
 from layerdsl.language.ops import OPS
 
 
@@ -218,7 +218,7 @@ def instantiate(template: N.Expr, step: Step, grad: N.Expr) -> N.Expr:
 
     def go(e):
         if isinstance(e, N.Name) and e.id in subst:
-            return copy.deepcopy(subst[e.id])
+            return clone(subst[e.id])
         e = map_children(e, go)
         if isinstance(e, N.Name) and e.id in ("pi", "inf"):
             e.ref, e.kind = N.Ref.CONST, N.Kind.FLOAT

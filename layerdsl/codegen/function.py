@@ -26,7 +26,7 @@ from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
 from layerdsl.ir.printer import ATOM
-from layerdsl.ir.visit import children, map_children, walk
+from layerdsl.ir.visit import children, clone, map_children, walk
 from layerdsl.language.ops import OPS, shape_args
 from layerdsl.optimize import (
     Facts,
@@ -314,7 +314,7 @@ class FunctionEmitter:
 
     def _derived_items(self, bwd: Backward, tape: Tape) -> list[Item]:
         """The derivation's statements (copies: writing them out updates expressions in place)."""
-        items = [(set(s.leaves), s.var, self._shape_only(copy.deepcopy(s.expr), tape), s.span) for s in bwd.stmts]
+        items = [(set(s.leaves), s.var, self._shape_only(clone(s.expr), tape), s.span) for s in bwd.stmts]
         return items + [({l}, f"grad_{l}", B.name(g), NOWHERE) for l, g in bwd.leaf_grads.items() if g != f"grad_{l}"]
 
     def _backward(self, tape: Tape, sections: list[Section]) -> tuple[list[str], dict[str, set[str]]]:
@@ -381,7 +381,9 @@ class FunctionEmitter:
         lines, self.backward_dims = self.prelude(tape, read_names, ex, ctx)
         saved = sorted(reads, key=lambda v: order.get(v, 1 << 30))
         if saved:
-            lines.append(f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors")
+            lines.append(
+                f"({saved[0]},) = ctx.saved_tensors" if len(saved) == 1 else f"{', '.join(saved)} = ctx.saved_tensors"
+            )
         grads = [f"grad_{l}" for l in tape.leaves if l in tape.differentiable]
         always = {t for lv, t, _, _ in sections[0].items if self.needs(lv, tape) is None}
         guarded = [g for g in grads if g not in always or len(sections) > 1]
@@ -402,9 +404,7 @@ class FunctionEmitter:
         ]
         stmts += [Stmt(target, expr, leaves, span=span) for leaves, target, expr, span in sec.items]
         facts = self._facts(tape, sec.incoming, saved | set(sec.accumulate.values()))
-        unrecorded, schedule = self._optimized(
-            copy.deepcopy(stmts), dataclasses.replace(facts, graph=False), sec, ex, tape
-        )
+        unrecorded, schedule = self._optimized(clone(stmts), dataclasses.replace(facts, graph=False), sec, ex, tape)
         recorded, _ = self._optimized(stmts, facts, sec, ex, tape, schedule)
         return [line for code in by_grad_mode(recorded, unrecorded) for line in code.lines(ex, depth)]
 

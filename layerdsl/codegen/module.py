@@ -7,7 +7,6 @@ the file is laid out. Expressions are rendered by `pyexpr`, optional members are
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,7 +18,7 @@ from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.diagnostics import SpecError, printable
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import names_read, statements, walk
+from layerdsl.ir.visit import clone, names_read, statements, walk
 from layerdsl.language.naming import snake_case
 from layerdsl.language.ops import CALLABLE, OPERATORS, OPS
 from layerdsl.language.tables import DTYPES, INITS, NN_LAYERS
@@ -522,7 +521,7 @@ class LayerEmitter:
             for let in self.layer.lets:
                 if let.name in used or any(let.name in names_read(l.value) for l in self.layer.lets if l.name in used):
                     lines.append(f"{let.name} = {ex(let.value)}")
-        body = hoist_optionals(copy.deepcopy(self.forward.body), self.optional, self.taken_names())
+        body = hoist_optionals(clone(self.forward.body), self.optional, self.taken_names())
 
         def checks(ret: N.Return) -> list[str] | None:
             return self.output_checks([ex(v) for v in ret.values], spelling, on_self)

@@ -7,6 +7,7 @@ its `math` spelling.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,6 +37,22 @@ class Spelling:
         return node.id
 
 
+# The operands black writes `**` between without spaces, and slice bounds it writes `:` beside without spaces
+# (emitting black's spelling lets `gen` skip black for most lines: driver/layout.py).
+_NUMBER = r"(?:\d[\d_]*\.?[\d_]*|\.\d[\d_]*)(?:[eE][-+]?\d+)?[jJ]?"
+_SIMPLE_BASE = re.compile(rf"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*|{_NUMBER}")
+_SIMPLE_EXPONENT = re.compile(rf"[-+~]?(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*|{_NUMBER})")
+_SIMPLE_BOUND = re.compile(rf"[-+~]*(?:[A-Za-z_]\w*|{_NUMBER})")
+
+
+def _string_literal(value: str) -> str:
+    """`value` as a Python literal in black's quotes: double quotes unless that needs more escapes."""
+    text = repr(value)
+    if not text.startswith("'") or value.count('"') > value.count("'"):
+        return text
+    return '"' + text[1:-1].replace("\\'", "'").replace('"', '\\"') + '"'
+
+
 def shorten(torch_name: str) -> str:
     """`torch.nn.functional.gelu` is written `F.gelu` (the generated files import it so)."""
     return torch_name.replace("torch.nn.functional.", "F.")
@@ -54,7 +71,7 @@ class PyExpr:
             case N.Num(value=v, text=text):
                 return text, PREC["unary"] if text.startswith("-") else PREC["atom"]
             case N.Str(value=v):
-                return repr(v), PREC["atom"]
+                return _string_literal(v), PREC["atom"]
             case N.Bool(value=v):
                 return ("True" if v else "False"), PREC["atom"]
             case N.NoneLit():
@@ -66,6 +83,8 @@ class PyExpr:
                 if op == "**":
                     left = self.wrap(l, p + 1)
                     right = self.wrap(r, p - 1)  # `2 ** -x` needs no parentheses
+                    if _SIMPLE_BASE.fullmatch(left) and _SIMPLE_EXPONENT.fullmatch(right):
+                        return f"{left}**{right}", p  # black hugs `**` between simple operands
                 else:
                     left = self.wrap(l, p)
                     right = self.wrap(r, p + 1)
@@ -101,8 +120,16 @@ class PyExpr:
             case N.EllipsisItem():
                 return "..."
             case N.Slice(lower=lo, upper=hi, step=st):
-                text = f"{self(lo) if lo else ''}:{self(hi) if hi else ''}"
-                return text + (f":{self(st)}" if st else "")
+                bounds = [self(b) if b else "" for b in (lo, hi, st)]
+                if st is None:
+                    bounds.pop()
+                if all(_SIMPLE_BOUND.fullmatch(b) for b in bounds if b):
+                    return ":".join(bounds)
+                # black spaces the colons of a slice with a complex bound like a binary operator
+                text = bounds[0]
+                for b in bounds[1:]:
+                    text += (" :" if text and not text.endswith(":") else ":") + (f" {b}" if b else "")
+                return text
         return self(it)
 
     def call(self, c: N.Call) -> str:

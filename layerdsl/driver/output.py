@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MANIFEST = ".layerdsl-manifest"  # in an output folder: marks it as a package root and lists its files
+READ_LIMIT = 256 * 1024  # bytes of a spec read: syntax.parser's MAX_SOURCE_CHARS (a test checks they agree)
 HASH_PREFIX = "# sha256 of the lines below: "  # a generated file's second line: the hash that reveals edits
 
 

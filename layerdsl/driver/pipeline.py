@@ -1,23 +1,27 @@
-"""The whole pipeline for one run: find specs, parse, check, plan the backwards, emit, format with black.
+"""The whole pipeline for one run: find specs, parse, check, plan the backwards, emit, lay out as black does.
 
 Nothing here touches the output folder; `writer` decides what to write.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
+import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from layerdsl.autodiff.plan import BackwardPlan, plan_backwards
-from layerdsl.codegen.module import emit_file, emit_package_init
 from layerdsl.diagnostics import Diagnostic, Span, SpecError
-from layerdsl.driver.output import Unreadable, read_spec, stamp
-from layerdsl.ir import nodes as N
-from layerdsl.semantics.checker import Program, check_program
-from layerdsl.syntax.parser import MAX_SOURCE_CHARS, parse_file
+from layerdsl.driver.cache import OutputCache, key, text_hash, tool_fingerprint
+from layerdsl.driver.output import READ_LIMIT, Unreadable, read_spec, stamp
+
+# The stages are imported where they are used: a `gen` whose outputs are all cached loads none of them.
+if TYPE_CHECKING:
+    from layerdsl.autodiff.plan import BackwardPlan
+    from layerdsl.ir import nodes as N
+    from layerdsl.semantics.checker import Program
 
 
 @dataclass
@@ -42,21 +46,34 @@ def find_sources(paths: list[str]) -> list[Source]:
     return sources
 
 
-def load(sources: list[Source]) -> tuple[list[N.SpecFile], list[Diagnostic]]:
-    """Parse every source, collecting the diagnostics of all of them."""
-    files: list[N.SpecFile] = []
+def read_texts(sources: list[Source]) -> tuple[list[str | None], list[Diagnostic]]:
+    """Each source's text (None where it cannot be read), and a located problem for each unreadable one."""
+    texts: list[str | None] = []
     problems: list[Diagnostic] = []
     for src in sources:
+        text = None
         try:
-            text = read_spec(src.file, MAX_SOURCE_CHARS)
+            text = read_spec(src.file, READ_LIMIT)
         except UnicodeDecodeError as exc:
             problems.append(Diagnostic(src.shown, Span.point(1, 1), f"not UTF-8 text: {exc.reason}"))
-            continue
         except Unreadable as exc:
             problems.append(Diagnostic(src.shown, Span.point(1, 1), str(exc)))
-            continue
         except OSError as exc:  # unreadable (permissions, a dangling link): reported with the rest
             problems.append(Diagnostic(src.shown, Span.point(1, 1), f"cannot read this file: {exc.strerror or exc}"))
+        texts.append(text)
+    return texts, problems
+
+
+def load(sources: list[Source], texts: list[str | None] | None = None) -> tuple[list[N.SpecFile], list[Diagnostic]]:
+    """Parse every source (its text read here unless given), collecting the diagnostics of all of them."""
+    from layerdsl.syntax.parser import parse_file
+
+    files: list[N.SpecFile] = []
+    problems: list[Diagnostic] = []
+    if texts is None:
+        texts, problems = read_texts(sources)
+    for src, text in zip(sources, texts):
+        if text is None:
             continue
         for part in src.out.with_suffix("").parts:
             if not part.isidentifier():
@@ -95,9 +112,20 @@ def check(paths: list[str]) -> tuple[list[Source], list[N.SpecFile], Program]:
     return sources, files, program
 
 
-def _checked(paths: list[str]) -> tuple[list[Source], list[N.SpecFile], Program, dict[str, BackwardPlan]]:
-    sources = find_sources(paths)
-    files, problems = load(sources)
+def _checked(
+    paths: list[str],
+    sources: list[Source] | None = None,
+    texts: list[str | None] | None = None,
+    unreadable: list[Diagnostic] | None = None,
+) -> tuple[list[Source], list[N.SpecFile], Program, dict[str, BackwardPlan]]:
+    """`texts` (read by `read_texts`, with its `unreadable` problems) when the caller has them already."""
+    from layerdsl.autodiff.plan import plan_backwards
+    from layerdsl.semantics.checker import check_program
+
+    if sources is None:
+        sources = find_sources(paths)
+    files, problems = load(sources, texts)
+    problems = (unreadable or []) + problems
     try:
         program = check_program(files)
     except SpecError as exc:
@@ -110,12 +138,141 @@ def _checked(paths: list[str]) -> tuple[list[Source], list[N.SpecFile], Program,
     return sources, files, program, plans
 
 
-def generate(paths: list[str]) -> dict[Path, str]:
-    """Every generated file (relative to the output folder) and its black-formatted content."""
-    sources, files, program, plans = _checked(paths)
-    outputs = emit_modules(sources, files, program, plans)
-    outputs.update(_package_inits(sources, files, paths))
-    return {path: stamp(format_python(text)) for path, text in sorted(outputs.items())}
+def generate(paths: list[str], cache: OutputCache | None = None) -> dict[Path, str]:
+    """Every generated file (relative to the output folder) and its formatted content. Whole files come
+    from `cache` (the user's, by default) where their inputs are unchanged (driver/cache.py)."""
+    if cache is None:
+        cache = OutputCache.default()
+    sources = find_sources(paths)
+    texts, unreadable = read_texts(sources)
+    package = _package_name(paths)
+    run = None
+    if not unreadable:
+        run = key(
+            "run",
+            package,
+            tool_fingerprint(),
+            [f"{src.shown}\0{src.out.as_posix()}\0{text_hash(text or '')}" for src, text in zip(sources, texts)],
+        )
+        outputs = cache.load_run(run)
+        if outputs is not None:
+            return outputs
+    sources, files, program, plans = _checked(paths, sources, texts, unreadable)
+    definers = _definers(sources, texts, files)
+    entries: dict[Path, str] = {}
+    outputs = {}
+    misses: list[tuple[Path, str, Callable[[], str]]] = []
+    for src, text, emit in zip(sources, texts, _lazy_modules(sources, files, program, plans, texts)):
+        entry = key(
+            "module", tool_fingerprint(), src.shown, src.out.as_posix(), text or "", _dependencies(src, text, definers)
+        )
+        entries[src.out] = entry
+        cached = cache.get(entry)
+        if cached is None:
+            misses.append((src.out, entry, emit))
+        else:
+            outputs[src.out] = cached
+    for (path, entry, _), final in zip(misses, _finish_all([emit for _, _, emit in misses])):
+        cache.put(entry, final)
+        outputs[path] = final
+    for path, init in _package_inits(sources, files, paths).items():
+        entry = key("init", tool_fingerprint(), init)
+        final = cache.get(entry) or _finished(init)
+        cache.put(entry, final)
+        outputs[path] = final
+        entries[path] = entry
+    if run is not None:
+        cache.save_run(run, entries)
+    return dict(sorted(outputs.items()))
+
+
+def _finished(text: str) -> str:
+    """`text` laid out and stamped with its hash."""
+    return stamp(format_python(text))
+
+
+MIN_JOBS_PER_WORKER = 8  # below this, forking a worker costs more than it saves
+_JOBS: list[Callable[[], str]] = []  # what forked workers emit (inherited, not pickled: closures over the Program)
+
+
+def _finish_all(jobs: list[Callable[[], str]]) -> list[str]:
+    """Each job's module, emitted and laid out: in forked worker processes when there are enough jobs and
+    cores (`LAYERDSL_JOBS` sets the number of processes; 1 emits here). Workers inherit the checked program,
+    so only the finished texts travel back."""
+    workers = min(_cores(), len(jobs) // MIN_JOBS_PER_WORKER)
+    if workers < 2:
+        return [_finished(job()) for job in jobs]
+    import multiprocessing
+
+    global _JOBS
+    _JOBS = jobs
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return pool.map(_finish_job, range(len(jobs)), chunksize=max(1, len(jobs) // (workers * 8)))
+    finally:
+        _JOBS = []
+
+
+def _finish_job(index: int) -> str:
+    return _finished(_JOBS[index]())
+
+
+def _cores() -> int:
+    """How many processes `gen` may use: `LAYERDSL_JOBS`, else the cores this process may run on (1 where
+    processes cannot be forked safely)."""
+    if os.environ.get("LAYERDSL_JOBS", "").isdigit():
+        return max(1, int(os.environ["LAYERDSL_JOBS"]))
+    if not hasattr(os, "fork") or "torch" in sys.modules:
+        return 1  # no fork, or a process with torch's thread pools (`layerdsl test`), which fork does not copy
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _lazy_modules(
+    sources: list[Source],
+    files: list[N.SpecFile],
+    program: Program,
+    plans: dict[str, BackwardPlan],
+    texts: list[str | None] | None = None,
+) -> list[Callable[[], str]]:
+    """For each source, a function that emits its module (called only on a cache miss). With the specs'
+    `texts`, a module is told the import paths of only the layers its text names (the ones it can use),
+    not of every layer of the program (quadratic in the number of files)."""
+    from layerdsl.codegen.module import emit_file
+
+    module_of: dict[str, tuple[str, ...]] = {}  # layer name -> module path parts
+    for src, f in zip(sources, files):
+        for layer in f.layers:
+            module_of[layer.name] = src.out.with_suffix("").parts
+
+    def emitter(src: Source, f: N.SpecFile, text: str | None) -> Callable[[], str]:
+        here = src.out.with_suffix("").parts
+        names = module_of.keys() if text is None else module_of.keys() & set(_WORD.findall(text))
+        imports = {name: relative_import(here, module_of[name]) for name in names if module_of[name] != here}
+        return lambda: emit_file(f, program, src.shown, imports, plans)
+
+    return [emitter(src, f, t) for src, f, t in zip(sources, files, texts or [None] * len(files))]
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _definers(sources: list[Source], texts: list[str | None], files: list[N.SpecFile]) -> dict[str, tuple[Source, str]]:
+    """Each layer's name -> the source defining it, and how a module using it depends on that source."""
+    found = {}
+    for src, text, f in zip(sources, texts, files):
+        for layer in f.layers:
+            found[layer.name] = (src, f"{layer.name}\0{src.out.as_posix()}\0{text_hash(text or '')}")
+    return found
+
+
+def _dependencies(src: Source, text: str | None, definers: dict[str, tuple[Source, str]]) -> list[str]:
+    """What a module's code depends on besides its own spec: each other spec defining a layer whose name
+    occurs in this spec's text (its module path and text), by that layer's name."""
+    words = set(_WORD.findall(text or ""))
+    found = (definers.get(word) for word in words)
+    return sorted(dep for other, dep in filter(None, found) if other is not src)
 
 
 def emit_modules(
@@ -124,17 +281,8 @@ def emit_modules(
     program: Program,
     plans: dict[str, BackwardPlan],
 ) -> dict[Path, str]:
-    """Each spec's module source (before black)."""
-    module_of: dict[str, tuple[str, ...]] = {}  # layer name -> module path parts
-    for src, f in zip(sources, files):
-        for layer in f.layers:
-            module_of[layer.name] = src.out.with_suffix("").parts
-    outputs: dict[Path, str] = {}
-    for src, f in zip(sources, files):
-        here = src.out.with_suffix("").parts
-        imports = {name: relative_import(here, parts) for name, parts in module_of.items() if parts != here}
-        outputs[src.out] = emit_file(f, program, src.shown, imports, plans)
-    return outputs
+    """Each spec's module source (before formatting)."""
+    return {src.out: emit() for src, emit in zip(sources, _lazy_modules(sources, files, program, plans))}
 
 
 def relative_import(here: tuple[str, ...], target: tuple[str, ...]) -> str:
@@ -148,6 +296,8 @@ def relative_import(here: tuple[str, ...], target: tuple[str, ...]) -> str:
 
 
 def _package_inits(sources: list[Source], files: list[N.SpecFile], paths: list[str]) -> dict[Path, str]:
+    from layerdsl.codegen.module import emit_package_init
+
     packages: dict[Path, list[tuple[str, list[str]]]] = {}
     for src, f in zip(sources, files):
         names = [layer.name for layer in f.layers]
@@ -155,35 +305,18 @@ def _package_inits(sources: list[Source], files: list[N.SpecFile], paths: list[s
         for depth in range(len(module.parts)):
             pkg = Path(*module.parts[:depth])
             packages.setdefault(pkg, []).append((".".join(module.parts[depth:]), names))
-    shown = Path(paths[0]).resolve().name + "/" if len(paths) == 1 and Path(paths[0]).is_dir() else "the specs"
+    shown = _package_name(paths)
     return {pkg / "__init__.py": emit_package_init(sorted(mods), shown) for pkg, mods in packages.items()}
 
 
+def _package_name(paths: list[str]) -> str:
+    """How the package `__init__`s name the specs: the folder's name, or "the specs"."""
+    return Path(paths[0]).resolve().name + "/" if len(paths) == 1 and Path(paths[0]).is_dir() else "the specs"
+
+
 def format_python(text: str) -> str:
-    """black's formatting of `text`, remembered by content hash (black dominates `gen`'s run time)."""
-    key = hashlib.sha256(text.encode()).hexdigest()
-    cached = _cache_dir() / key[:2] / key
-    try:
-        return cached.read_text(encoding="utf-8")
-    except OSError:
-        pass
-    import black  # imported here: `layerdsl check` and a warm `gen` never need it
+    """The emitted `text` laid out as black formats it (driver/layout.py: black runs only on the lines that
+    need it)."""
+    from layerdsl.driver.layout import format_python as layout
 
-    formatted = black.format_str(text, mode=black.Mode())
-    try:
-        from layerdsl.driver.output import write_atomic
-
-        write_atomic(cached, formatted)
-    except OSError:
-        pass  # a read-only or missing cache only costs time
-    return formatted
-
-
-@functools.cache
-def _cache_dir() -> Path:
-    from importlib.metadata import version
-
-    base = os.environ.get("LAYERDSL_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "layerdsl"
-    )
-    return Path(base) / f"black-{version('black')}"
+    return layout(text)

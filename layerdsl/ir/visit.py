@@ -9,11 +9,13 @@ are not children.
 from __future__ import annotations
 
 import copy
+import enum
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from typing import Any, TypeVar
 
+from layerdsl.diagnostics import Span
 from layerdsl.ir import nodes
 from layerdsl.ir.nodes import Expr, Keyword, Name, Node, Slice, Stmt
 
@@ -56,7 +58,15 @@ def walk(node: Node) -> Iterator[Node]:
 def map_children(node: T, fn: Fn) -> T:
     """A shallow copy of `node` with each child replaced by `fn(child)` (keywords and slices are
     copied too; `node` itself is left as it was)."""
-    return replace_children(copy.copy(node), fn, fresh_parts=True)
+    return replace_children(_shallow_copy(node), fn, fresh_parts=True)
+
+
+def _shallow_copy(node: T) -> T:
+    """`copy.copy(node)` for a node (a plain dataclass instance), without its generic protocol: this runs
+    for every node each pass rewrites, so it is a good part of derivation's and fusion's time."""
+    new = object.__new__(type(node))
+    new.__dict__.update(node.__dict__)
+    return new
 
 
 def replace_children(node: T, fn: Fn, fresh_parts: bool = False) -> T:
@@ -128,3 +138,41 @@ def statements(body: list[Stmt]) -> Iterator[Stmt]:
 def names_read(node: Node) -> set[str]:
     """The identifiers of every `Name` in or below `node`."""
     return {n.id for n in walk(node) if isinstance(n, Name)}
+
+
+def clone(value: Any) -> Any:
+    """A deep copy of IR (nodes, statements, the optimiser's statement lists), as `copy.deepcopy` makes
+    it but several times faster: lists, tuples, sets, dicts and dataclass instances are copied, an object
+    reached twice is copied once; strings, numbers, enums and spans (immutable) are shared."""
+    return _clone(value, {})
+
+
+_SHARED = (str, int, float, bool, type(None), enum.Enum, Span)
+
+
+def _clone(value: Any, memo: dict[int, Any]) -> Any:
+    if isinstance(value, _SHARED):
+        return value
+    seen = memo.get(id(value))
+    if seen is not None:
+        return seen
+    cls = type(value)
+    if cls is list:
+        copied: Any = []
+        memo[id(value)] = copied
+        copied.extend(_clone(item, memo) for item in value)
+    elif cls is dict:
+        copied = {}
+        memo[id(value)] = copied
+        copied.update((_clone(k, memo), _clone(v, memo)) for k, v in value.items())
+    elif cls in (tuple, set, frozenset):
+        copied = cls(_clone(item, memo) for item in value)
+        memo[id(value)] = copied
+    elif hasattr(value, "__dict__") and is_dataclass(value):
+        copied = object.__new__(cls)
+        memo[id(value)] = copied
+        copied.__dict__.update((k, _clone(v, memo)) for k, v in value.__dict__.items())
+    else:
+        copied = copy.deepcopy(value)
+        memo[id(value)] = copied
+    return copied

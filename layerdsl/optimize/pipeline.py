@@ -19,8 +19,7 @@ mode where they differ.
 
 from __future__ import annotations
 
-import copy
-
+from layerdsl.ir.visit import clone
 from layerdsl.optimize.fusion import (
     addcmul_form,
     explicit_sums,
@@ -45,7 +44,7 @@ def optimize(stmts: list[Stmt], facts: Facts, prefer: int = 0) -> tuple[list[Stm
     stmts = factors_out(stmts, facts)
     # Sums first lets a temporary's last full-size reader update it; keeping the derivation's order can
     # instead let a reader that autograd does not record update it (without a graph).
-    schedules = [_fused_in_place(s, facts) for s in (reductions_early(stmts), copy.deepcopy(stmts))]
+    schedules = [_fused_in_place(s, facts) for s in (reductions_early(stmts), clone(stmts))]
     cost = [fresh_buffers(s, facts) for s in schedules]
     best = min(range(len(schedules)), key=lambda k: (cost[k], k != prefer, k))
     return schedules[best], best

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
-from layerdsl.ir.visit import map_children, walk
+from layerdsl.ir.visit import clone, map_children, walk
 
 # Operations linear in the operand at these positions: a factor of that operand is a factor of the result.
 LINEAR = {
@@ -63,8 +63,8 @@ class Scale:
         return self.coef == 1 and not self.powers
 
     def parts(self) -> tuple[list[N.Expr], list[N.Expr]]:
-        num = [copy.deepcopy(self.exprs[k]) for k, p in self.powers for _ in range(p)]
-        den = [copy.deepcopy(self.exprs[k]) for k, p in self.powers for _ in range(-p)]
+        num = [clone(self.exprs[k]) for k, p in self.powers for _ in range(p)]
+        den = [clone(self.exprs[k]) for k, p in self.powers for _ in range(-p)]
         return num, den
 
     def scalar(self) -> N.Expr:
