@@ -27,12 +27,16 @@ from layerdsl.ir.visit import children, map_children, walk
 from layerdsl.language.ops import OPS, shape_args
 from layerdsl.optimize import (
     Facts,
+    Mask,
     Stmt,
     addcmul_form,
     dtype_sources,
+    explicit_sums,
     fresh_node,
     guarded_addcmul,
+    mask_candidates,
     optimize,
+    replaced,
     substitute,
     unary_in_place,
 )
@@ -58,6 +62,8 @@ class FunctionEmitter:
         self.split = False  # extra outputs' gradients have sections of their own (grads not materialised)
         self.shape_on_ctx: dict[str, set[str]] = {}  # leaves the backward needs only the shape of
         self.backward_dims: set[str] = set()  # symbolic dims the backward reads (kept on ctx)
+        self.masks: dict[str, Mask] = {}  # comparisons and signs saved small, by name
+        self.mask_values: dict[str, N.Expr] = {}  # each mask as setup_context computes it
 
     # ---------------------------------------------------------------- the pieces
 
@@ -118,10 +124,10 @@ class FunctionEmitter:
 
     def saving(self, tape: Tape, reads: dict[str, set[str]]) -> tuple[list[tuple[str, set[str]]], list[str]]:
         """(tensors to save with the leaves needing them, costly intermediates returned as extra outputs)."""
-        order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps])}
+        order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps] + list(self.masks))}
         outputs = {o.id for o in tape.outputs if isinstance(o, N.Name)}
         saved = sorted(reads.items(), key=lambda kv: order[kv[0]])
-        extra = [v for v, _ in saved if v not in tape.leaves and v not in outputs]
+        extra = [v for v, _ in saved if v not in tape.leaves and v not in outputs and v not in self.masks]
         return saved, extra
 
     def needs(self, leaves: set[str], tape: Tape) -> str | None:
@@ -229,13 +235,15 @@ class FunctionEmitter:
         saved_names = {v for v, _ in saved}
         dims = sorted(self.backward_dims)
         used = saved_names | set(shapes) | set(self.kwargs) | {self.dim_source[d].split(".")[0] for d in dims}
+        masks = {v: self.mask_values[v] for v in saved_names if v in self.masks}
+        used |= {n.id for e in masks.values() for n in walk(e) if isinstance(n, N.Name)}
         lines = []
         if any(u in used for u in unpack):
             names = [u if u in used else "_" for u in unpack]
             lines.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = inputs")
-        outs = [o.id if isinstance(o, N.Name) and o.id in saved_names else "_" for o in tape.outputs]
+        outs = [o.id if isinstance(o, N.Name) and o.id in used else "_" for o in tape.outputs]
         outs += [e if e in saved_names else "_" for e in extra]
-        if any(v in outs for v in saved_names):
+        if any(v != "_" for v in outs):
             lines.append(f"{outs[0]} = output" if len(outs) == 1 else f"{', '.join(outs)} = output")
         if self.split:
             lines.append("ctx.set_materialize_grads(False)")
@@ -250,10 +258,36 @@ class FunctionEmitter:
             lines.append(f"ctx.{d} = {self.dim_source[d]}")
         if saved:
             items = []
+            ex = PyExpr(Spelling(), call_hook=self._internal)
             for var, leaves in saved:
                 cond = self.needs(leaves, tape)
-                items.append(var if cond is None else f"{var} if {cond} else None")
+                if var in masks:
+                    value = ex(masks[var]) + (".to(torch.int8)" if self.masks[var].dtype == "int8" else "")
+                    lines.append(f"{var} = {value}" if cond is None else f"{var} = {value} if {cond} else None")
+                    items.append(var)
+                else:
+                    items.append(var if cond is None else f"{var} if {cond} else None")
+            lines += self._why_saved(tape, saved)
             lines.append(f"ctx.save_for_backward({', '.join(items)})")
+        return lines
+
+    def _why_saved(self, tape: Tape, saved) -> list[str]:
+        """One comment line per saved tensor: what it holds and which gradients read it."""
+        ex = PyExpr(Spelling())
+        every = [l for l in tape.leaves if l in tape.differentiable]
+        lines = []
+        for var, leaves in saved:
+            readers = "every gradient" if set(every) <= leaves else ", ".join(f"grad_{l}" for l in every if l in leaves)
+            what = var
+            if var in self.masks:
+                what = f"{var} = {ex(self.mask_values[var])}, as {self.masks[var].dtype}"
+            elif var not in tape.leaves:
+                what = (
+                    f"{var} (an output)"
+                    if any(isinstance(o, N.Name) and o.id == var for o in tape.outputs)
+                    else f"{var} (costly to recompute)"
+                )
+            lines.append(f"# saves {what}: read by {readers}")
         return lines
 
     # ---------------------------------------------------------------- derived backward
@@ -291,6 +325,35 @@ class FunctionEmitter:
         """Shared by derived and hand-written backwards. Each section's items are (leaves, target, expr) in
         order, and its `incoming` maps each incoming gradient it reads to the forward value it is the
         gradient of. Sections share what is saved; each recomputes what it needs itself."""
+        sections = [self._sums_resolved(tape, sec) for sec in sections]
+        sections = self._masked(tape, sections)
+        reads = self._reads(tape, sections, self.masks)
+        recomputed = {v for sec in sections for v in sec.recompute}
+        ex = PyExpr(Spelling({k: f"ctx.{k}" for k in self.kwargs}, training="ctx.training"), call_hook=self._internal)
+        order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps] + list(self.masks))}
+        read_names = {n.id for sec in sections for _, _, e in sec.items for n in walk(e) if isinstance(n, N.Name)}
+        read_names |= {n.id for s in tape.steps if s.var in recomputed for n in walk(s.expr) if isinstance(n, N.Name)}
+        lines, self.backward_dims = self.prelude(tape, read_names, ex, lambda d: f"ctx.{d}")
+        saved = sorted(reads, key=lambda v: order.get(v, 1 << 30))
+        if saved:
+            lines.append(f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors")
+        grads = [f"grad_{l}" for l in tape.leaves if l in tape.differentiable]
+        always = {t for lv, t, _ in sections[0].items if self.needs(lv, tape) is None}
+        guarded = [g for g in grads if g not in always or len(sections) > 1]
+        if guarded:
+            lines.append(" = ".join(guarded) + " = None")
+        for sec in sections:
+            body = self._section(tape, sec, ex, set(reads))
+            lines += body if sec.cond is None else [f"if {sec.cond}:", *("    " + line for line in body)]
+        returns = [f"grad_{l}" if l in tape.differentiable else "None" for l in tape.leaves] + ["None"] * len(
+            self.kwargs
+        )
+        lines.append(f"return {', '.join(returns)}")
+        return lines, reads
+
+    def _reads(self, tape: Tape, sections: list[Section], masks: dict[str, Mask]) -> dict[str, set[str]]:
+        """For each forward tensor the backward reads (saved, or a mask computed when saving), which leaves
+        need it; fills each section's `recompute` and `self.shape_on_ctx`."""
         reads: dict[str, set[str]] = {}
         outputs = {o.id for o in tape.outputs if isinstance(o, N.Name)}
 
@@ -302,7 +365,8 @@ class FunctionEmitter:
                 # even costly intermediates from what is saved.
                 costly_saved = step is not None and step.costly and self.layer.backward is None and not rare
                 keep = (
-                    step is None
+                    var in masks
+                    or step is None
                     or not self.save_inputs_only
                     and (var in outputs or costly_saved)
                     or rare
@@ -326,11 +390,12 @@ class FunctionEmitter:
         readers = []
         shape_uses: dict[str, set[str]] = {}
         for sec in sections:
+            sec.recompute.clear()
             read = reader(sec.recompute, sec.rare)
             readers.append(read)
             for leaves, _, expr in sec.items:
                 for n in _value_names(expr):
-                    if tape.step(n) or n in tape.leaves:
+                    if tape.step(n) or n in tape.leaves or n in masks:
                         read(n, leaves)
                 for n in _shape_names(expr):
                     shape_uses.setdefault(n, set()).update(leaves)
@@ -343,27 +408,94 @@ class FunctionEmitter:
                 for n in _shape_names(expr):
                     if n not in self.shape_on_ctx:
                         read(n, leaves)
-        ex = PyExpr(Spelling({k: f"ctx.{k}" for k in self.kwargs}, training="ctx.training"), call_hook=self._internal)
-        order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps])}
-        read_names = {n.id for sec in sections for _, _, e in sec.items for n in walk(e) if isinstance(n, N.Name)}
-        read_names |= {n.id for s in tape.steps if s.var in recomputed for n in walk(s.expr) if isinstance(n, N.Name)}
-        lines, self.backward_dims = self.prelude(tape, read_names, ex, lambda d: f"ctx.{d}")
-        saved = sorted(reads, key=lambda v: order.get(v, 1 << 30))
-        if saved:
-            lines.append(f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors")
-        grads = [f"grad_{l}" for l in tape.leaves if l in tape.differentiable]
-        always = {t for lv, t, _ in sections[0].items if self.needs(lv, tape) is None}
-        guarded = [g for g in grads if g not in always or len(sections) > 1]
-        if guarded:
-            lines.append(" = ".join(guarded) + " = None")
-        for sec in sections:
-            body = self._section(tape, sec, ex, set(reads))
-            lines += body if sec.cond is None else [f"if {sec.cond}:", *("    " + line for line in body)]
-        returns = [f"grad_{l}" if l in tape.differentiable else "None" for l in tape.leaves] + ["None"] * len(
-            self.kwargs
-        )
-        lines.append(f"return {', '.join(returns)}")
-        return lines, reads
+        return reads
+
+    def _sums_resolved(self, tape: Tape, sec: Section) -> Section:
+        """`sum_to(g, t)` between known shapes as the plain sum it is, before deciding what to save: `t`
+        is then not read at all (`x - mean(x)` saves nothing)."""
+        stmts = [Stmt(target, expr, leaves) for leaves, target, expr in sec.items]
+        explicit_sums(stmts, self._facts(tape, sec.incoming, set()))
+        return dataclasses.replace(sec, items=[(s.leaves, s.target, s.expr) for s in stmts])
+
+    def _masked(self, tape: Tape, sections: list[Section]) -> list[Section]:
+        """The sections with comparisons (and signs) of forward values read from masks saved in their
+        smallest form, each where that saves fewer bytes than the float tensors it is computed from;
+        sets `self.masks`."""
+        outputs = {o.id for o in tape.outputs if isinstance(o, N.Name)}
+
+        def available(var: str) -> bool:  # at hand in setup_context
+            return var in tape.leaves or not self.save_inputs_only and var in outputs
+
+        def opaque(var: str) -> bool:
+            step = tape.step(var)
+            return step is not None and step.op is None and not available(var)
+
+        exprs = [e for sec in sections for _, _, e in sec.items]
+        forward = lambda n: tape.step(n) is not None or n in tape.leaves  # noqa: E731
+        found: dict[str, Mask] = {}
+        computed: dict[str, N.Expr] = {}
+        for mask in mask_candidates(exprs, forward, opaque):
+            value = self._computed_from(mask.expr, tape, available)
+            if value is None:
+                continue
+            if not opaque(mask.name):
+                name = mask.name
+                while name in found or name in tape.leaves or tape.step(name) is not None:
+                    name += "_"
+                mask = dataclasses.replace(mask, name=name)
+            found[mask.name] = mask
+            computed[mask.name] = value
+
+        def weight(masks: dict[str, Mask]) -> int:
+            return _saved_weight(self._reads(tape, self._with_masks(sections, masks), masks), masks)
+
+        # All masks at once (a `maximum` needs three before its operand is no longer read), then each one
+        # dropped that saves nothing (`relu(x) * x` reads x anyway).
+        chosen = dict(found)
+        for name in list(found):
+            fewer = {k: m for k, m in chosen.items() if k != name}
+            if weight(fewer) <= weight(chosen):
+                chosen = fewer
+        sections = self._with_masks(sections, chosen)
+        self._reads(tape, sections, chosen)
+        self.masks = chosen
+        self.mask_values = {k: computed[k] for k in chosen}
+        return sections
+
+    @staticmethod
+    def _with_masks(sections: list[Section], masks: dict[str, Mask]) -> list[Section]:
+        def masked(e: N.Expr) -> N.Expr:
+            for mask in masks.values():
+                e = replaced(e, mask)
+            return e
+
+        return [
+            dataclasses.replace(sec, items=[(lv, t, masked(e)) for lv, t, e in sec.items], recompute={})
+            for sec in sections
+        ]
+
+    def _computed_from(self, e: N.Expr, tape: Tape, available) -> N.Expr | None:
+        """`e` in terms of what setup_context has (inputs, outputs, arguments), through cheap steps only;
+        None when it would need a costly one or an optional member."""
+        if isinstance(e, N.Name) and e.kind == "tensor":
+            step = tape.step(e.id)
+            if available(e.id) or step is None and e.id in tape.leaves:
+                return e
+            if step is None or step.costly or step.guard:
+                return None
+            return self._computed_from(_squares(copy.deepcopy(step.expr)), tape, available)
+        if isinstance(e, N.Name) and e.id not in self.kwargs:
+            return None  # a dim or number local: not at hand in setup_context
+        failed = False
+
+        def go(c):
+            nonlocal failed
+            out = self._computed_from(c, tape, available) if isinstance(c, N.Expr) else c
+            failed = failed or out is None
+            return c if out is None else out
+
+        out = map_children(e, go)
+        return None if failed else out
 
     def _section(self, tape: Tape, sec: Section, ex: PyExpr, saved: set[str]) -> list[str]:
         stmts = [
@@ -408,7 +540,11 @@ class FunctionEmitter:
         for step in tape.steps:  # with an optional member, only what holds when it is absent
             sources[step.var] = _step_sources(step, sources)
         return Facts(
-            roots={**sources, **{g: sources.get(v, frozenset({v})) | {g} for g, v in incoming.items()}},
+            roots={
+                **sources,
+                **{g: sources.get(v, frozenset({v})) | {g} for g, v in incoming.items()},
+                **{m: frozenset() for m in self.masks},  # a bool or int8 mask: any float operand dominates it
+            },
             shapes=shapes,
             kept=set(tape.leaves) | kept | set(incoming) | returned,
             foldable={s.var for s in tape.steps} - set(tape.env.values()),
@@ -528,6 +664,11 @@ def _compared_exactly(tape: Tape) -> set[str]:
             exact.add(name)
             frontier += _value_names(by_var[name].expr)
     return exact
+
+
+def _saved_weight(reads: dict[str, set[str]], masks: dict[str, Mask]) -> int:
+    """What saving these costs, counting a float tensor as four masks (a bool or an int8 per element)."""
+    return sum(1 if v in masks else 4 for v in reads)
 
 
 def _renamed(e: N.Expr, names: dict[str, str]) -> N.Expr:
