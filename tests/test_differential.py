@@ -33,6 +33,7 @@ def expr(draw, depth: int = 3):
     kind = draw(
         st.sampled_from(
             ["unary", "positive", "binary", "binary", "div", "pow", "reduce", "softmax", "matmul", "minmax", "where"]
+            + ["index", "cat", "stack"]
         )
     )
     a, sa = draw(expr(depth - 1))
@@ -53,6 +54,37 @@ def expr(draw, depth: int = 3):
     if kind == "where":
         return f"where(x > 1, {a}, {b})", _join(FULL, _join(sa, sb))
     full = a if sa == FULL else f"(x * {a})"
+    other = f"({b})" if sb == FULL else f"(x * {b})"
+    if kind in ("index", "cat", "stack"):
+        full = f"({full})"
+    if kind == "index":
+        return draw(
+            st.sampled_from(
+                [
+                    (f"{full}[:, 1:2]", ROW),
+                    (f"{full}[..., -1, none]", ROW),
+                    (f"{full}[1:2]", VEC),
+                    (f"{full}[-1]", VEC),
+                    (f"{full}[..., :3][:, -1:]", ROW),
+                ]
+            )
+        )
+    if kind == "cat":
+        return (
+            draw(
+                st.sampled_from([f"cat([{full}[:, :1], {other}[:, 1:]], dim = -1)", f"cat([{full}[:2], {other}[2:]])"])
+            ),
+            FULL,
+        )
+    if kind == "stack":
+        return (
+            draw(
+                st.sampled_from(
+                    [f"stack([{full}, {other}], dim = -1)[..., 1]", f"amax(stack([{full}, {other}]), dim = 0)"]
+                )
+            ),
+            FULL,
+        )
     if kind == "reduce":
         op = draw(st.sampled_from(["sum", "mean", "amax", "logsumexp", "var", "std", "norm"]))
         dim = draw(st.sampled_from(["-1", "0"]))
@@ -154,5 +186,8 @@ def test_the_derivation_covers_every_operator_it_claims():
         "sum(x * x, dim = -1, keepdim = true) * w",
         "softmax(x @ m, dim = -1)",
         "amax(x, dim = 0, keepdim = true) - x",
+        "tanh(x)[:, 1:2] * x[-1] + x[..., 0, none]",
+        "cat([sin(x)[:, :1], (x * w)[:, 1:]], dim = -1)",
+        "stack([x * w, exp(x)], dim = -1)[..., 1] + stack([x, x * s])[0]",
     ]:
         _check(body)

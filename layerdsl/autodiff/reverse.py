@@ -10,6 +10,7 @@ only what the needed gradients read.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -81,6 +82,12 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
                 if einsum_operand.id in requires:
                     contributions.setdefault(einsum_operand.id, []).append((expr, None))
             continue
+        for pname, listed in step.args.items():
+            param = step.op.param(pname)
+            if isinstance(listed, N.ListExpr) and param is not None and param.tensors:  # cat, stack
+                for item, part in _list_grads(step, pname, listed, g):
+                    if item.id in requires:
+                        contributions.setdefault(item.id, []).append((part, None))
         for pname, operand in step.args.items():
             if not (isinstance(operand, N.Name) and operand.id in requires):
                 continue
@@ -153,6 +160,23 @@ def _einsum_grads(step: Step, grad: N.Expr) -> Iterator[tuple[N.Name, N.Expr]]:
         call = N.Call(NOWHERE, "einsum", NOWHERE, [eq, tensors], [])
         call.kind = N.Kind.TENSOR
         yield operand, call
+
+
+def _list_grads(step: Step, pname: str, listed: N.ListExpr, grad: N.Expr) -> Iterator[tuple[N.Name, N.Expr]]:
+    """The table's formula for a list operand, once per tensor in it: `item` is that tensor, `index` its
+    position, `offset` where it starts along `dim` (the sizes of the ones before it, for cat)."""
+    assert step.op is not None  # only operations have list operands
+    if step.op.grads.get(pname) is None:
+        raise NotDerivable(step.expr.span, f"{step.op.name}() has no derivative")
+    offset: N.Expr = B.num(0)
+    for k, item in enumerate(listed.items):
+        if isinstance(item, N.Name):
+            bound = dataclasses.replace(step, args={**step.args, "item": item, "index": B.num(k), "offset": offset})
+            yield item, simplify(instantiate(formula(step.op.name, pname), bound, grad))
+        size = B.call("reduced_numel", copy.deepcopy(item), copy.deepcopy(step.args["dim"]))
+        size.kind = N.Kind.INT
+        offset = simplify(B.binop("+", offset, size)) if not (isinstance(offset, N.Num) and offset.value == 0) else size
+        offset.kind = N.Kind.INT
 
 
 def _may_batch(tape: Tape, step: Step) -> bool:

@@ -20,8 +20,10 @@ from layerdsl.autodiff.shapes import same_shape_leaf
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
+from layerdsl.diagnostics import SpecError
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
+from layerdsl.ir.nodes import NOWHERE
 from layerdsl.ir.printer import ATOM
 from layerdsl.ir.visit import children, map_children, walk
 from layerdsl.language.ops import OPS, shape_args
@@ -40,6 +42,7 @@ from layerdsl.optimize import (
     substitute,
     unary_in_place,
 )
+from layerdsl.syntax import parse_expr
 
 
 def emit_function_class(emitter, plan: BackwardPlan) -> dict:
@@ -326,6 +329,7 @@ class FunctionEmitter:
         order, and its `incoming` maps each incoming gradient it reads to the forward value it is the
         gradient of. Sections share what is saved; each recomputes what it needs itself."""
         sections = [self._sums_resolved(tape, sec) for sec in sections]
+        sections = [self._static_shapes(tape, sec) for sec in sections]
         sections = self._masked(tape, sections)
         reads = self._reads(tape, sections, self.masks)
         recomputed = {v for sec in sections for v in sec.recompute}
@@ -416,6 +420,59 @@ class FunctionEmitter:
         stmts = [Stmt(target, expr, leaves) for leaves, target, expr in sec.items]
         explicit_sums(stmts, self._facts(tape, sec.incoming, set()))
         return dataclasses.replace(sec, items=[(s.leaves, s.target, s.expr) for s in stmts])
+
+    def _static_shapes(self, tape: Tape, sec: Section) -> Section:
+        """An intermediate read only for its shape, with no input or parameter of that shape, as its static
+        shape in the symbolic dims (`(3 * B, n)`): the intermediate is then not recomputed, nor what it is
+        computed from saved."""
+        dims = self.dim_source
+
+        def leaf_dim(dim: str) -> N.Expr | None:  # the size of an input's or parameter's dim
+            for leaf in tape.leaves:
+                shape = tape.shapes.get(leaf) or () if leaf not in self.e.optional else ()
+                if dim in shape and "..." not in shape[shape.index(dim) :]:
+                    size = B.call("reduced_numel", B.name(leaf), B.num(shape.index(dim) - len(shape)))
+                    size.kind = N.Kind.INT
+                    return size
+            return None
+
+        def dim_expr(dim: str) -> N.Expr | None:  # a polynomial in the symbolic dims
+            try:
+                size = parse_expr(dim)
+            except SpecError:
+                return None
+            for n in walk(size):
+                if isinstance(n, N.Name):
+                    if n.id not in dims:
+                        return None
+                    n.ref, n.kind = N.Ref.DIM, N.Kind.INT
+            return size
+
+        def static(name: str) -> N.Expr | None:
+            shape = tape.shapes.get(name)
+            if shape is None or any(d == "..." or d.startswith("<") for d in shape):
+                return None
+            sizes = [size for d in shape if (size := leaf_dim(d) or dim_expr(d)) is not None]
+            if len(sizes) < len(shape):
+                return None
+            out = N.ListExpr(NOWHERE, sizes)
+            out.kind = N.Kind.LIST
+            return out
+
+        def go(e: N.Expr) -> N.Expr:
+            e = map_children(e, go)
+            if isinstance(e, N.Call):
+                for i in shape_args(e):
+                    arg = e.args[i]
+                    if (
+                        isinstance(arg, N.Name)
+                        and tape.step(arg.id) is not None
+                        and same_shape_leaf(tape, arg.id) is None
+                    ):
+                        e.args[i] = static(arg.id) or arg
+            return e
+
+        return dataclasses.replace(sec, items=[(lv, t, go(e)) for lv, t, e in sec.items])
 
     def _masked(self, tape: Tape, sections: list[Section]) -> list[Section]:
         """The sections with comparisons (and signs) of forward values read from masks saved in their
@@ -595,6 +652,15 @@ class FunctionEmitter:
             return f"{ex.wrap(a[0], ATOM)}.sum_to_size({star}{self._shape(a[1], ex)})"
         if f == "shape_of":
             return self._shape(a[0], ex)
+        if f == "select":  # stack's gradient: one operand's part
+            return f"{ex.wrap(a[0], ATOM)}.select({ex(a[1])}, {ex(a[2])})"
+        if f in ("slice_backward", "select_backward"):  # the ATen kernels take the input's sizes
+            bounds = [ex(b) if not isinstance(b, N.NoneLit) else "0" for b in a[2:]]
+            if f == "slice_backward" and isinstance(a[4], N.NoneLit):  # to the end of the dim
+                bounds[2] = f"{self._shape(a[1], ex)}[{ex(a[2])}]"
+            if f == "slice_backward" and isinstance(a[5], N.NoneLit):
+                bounds[3] = "1"
+            return f"torch.ops.aten.{f}({ex(a[0])}, {self._shape(a[1], ex)}, {', '.join(bounds)})"
         if f == "expand_reduced":
             g, inp, dim, keepdim = a
             return f"{self._unsqueeze(ex.wrap(g, ATOM), dim, keepdim, ex)}.expand({self._shape(inp, ex)})"
@@ -617,7 +683,10 @@ class FunctionEmitter:
         return None
 
     def _shape(self, e: N.Expr, ex: PyExpr) -> str:
-        """A tensor's shape: from the tensor when the backward has it, else as kept on ctx."""
+        """A tensor's shape: from the tensor when the backward has it, else as kept on ctx (or its static
+        shape in the dims, a list)."""
+        if isinstance(e, N.ListExpr):
+            return f"({', '.join(ex(d) for d in e.items)}{',' if len(e.items) == 1 else ''})"
         if isinstance(e, N.Name) and e.id in self.shape_on_ctx:
             return f"ctx.{e.id}_shape"
         return f"{ex(e)}.shape"

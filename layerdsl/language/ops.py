@@ -371,7 +371,8 @@ TABLE: tuple[Op, ...] = (
         "torch.cat",
         "concat",
         "concatenate along an existing dim",
-        {"tensors": "split_like(grad, tensors, dim)"},
+        # per operand (`item`), which starts at `offset` along dim
+        {"tensors": "narrow(grad, dim, offset, reduced_numel(item, dim))"},
     ),
     Op(
         "stack",
@@ -379,7 +380,7 @@ TABLE: tuple[Op, ...] = (
         "torch.stack",
         "concat",
         "stack along a new dim",
-        {"tensors": "unbind(grad, dim)"},
+        {"tensors": "select(grad, dim, index)"},  # per operand, the `index`-th
     ),
     # -- Fourier transforms over one dim (complex results)
     Op(
@@ -556,9 +557,50 @@ TABLE: tuple[Op, ...] = (
         shape_args=(1,),
     ),
     Op(
-        "split_like", _sig("grad*, tensors[], dim"), "", "custom", "split a gradient like cat's operands", internal=True
+        "narrow",
+        _sig("input*, dim, start, length"),
+        "torch.narrow",
+        "custom",
+        "length elements from start along dim",
+        internal=True,
     ),
-    Op("unbind", _sig("grad*, dim"), "torch.unbind", "custom", "split along a dim", internal=True),
+    # -- indexing and slicing, one dim per step (`x[1:, 0]` is a slice, then a select), written `x[..., a:b]`
+    Op(
+        "slice",
+        _sig("input*, dim, start = none, end = none, step = 1"),
+        "",
+        "view",
+        "input[start:end:step] along dim (a view)",
+        {"input": "slice_backward(grad, input, dim, start, end, step)"},
+        internal=True,
+    ),
+    Op(
+        "select",
+        _sig("input*, dim, index"),
+        "",
+        "view",
+        "input[index] along dim, which it drops (a view)",
+        {"input": "select_backward(grad, input, dim, index)"},
+        internal=True,
+    ),
+    Op(
+        "slice_backward",
+        _sig("grad*, input*, dim, start, end, step"),
+        "torch.ops.aten.slice_backward",
+        "custom",
+        "zeros of input's shape with grad written into the slice: slicing's gradient",
+        internal=True,
+        shape_args=(1,),
+    ),
+    Op(
+        "select_backward",
+        _sig("grad*, input*, dim, index"),
+        "torch.ops.aten.select_backward",
+        "custom",
+        "zeros of input's shape with grad written at index along dim: indexing's gradient",
+        internal=True,
+        shape_args=(1,),
+    ),
 )
 
 OPS: dict[str, Op] = {op.name: op for op in TABLE}

@@ -11,7 +11,7 @@ from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import children
 from layerdsl.language.ops import OPERATORS, OPS, Op, shape_args
 
-ALIASING = ("sum_to", "expand_reduced", "unbind", "split_like")  # results that may share the operand's storage
+ALIASING = ("sum_to", "expand_reduced", "narrow", "select")  # results that may share the operand's storage
 
 _BY_METHOD = {op.inplace: op for op in OPS.values() if op.inplace}
 
