@@ -39,6 +39,7 @@ class Step:
     expr: N.Expr  # the step as one IR expression over operand names
     guard: str | None = None  # an optional member: when it is None the step is `var = base`
     base: str | None = None
+    conj_result: bool = False  # formulas read `result` conjugated (a complex value: `autodiff.reverse`)
 
     @property
     def costly(self) -> bool:

@@ -18,7 +18,7 @@ from layerdsl.autodiff.plan import BackwardPlan
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.shapes import same_shape_leaf
 from layerdsl.autodiff.tape import Step, Tape
-from layerdsl.codegen.pyexpr import PyExpr, Spelling
+from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.diagnostics import SpecError
 from layerdsl.ir import build as B
@@ -652,6 +652,16 @@ class FunctionEmitter:
             return f"{ex.wrap(a[0], ATOM)}.sum_to_size({star}{self._shape(a[1], ex)})"
         if f == "shape_of":
             return self._shape(a[0], ex)
+        if f == "transform_length":  # n, else the input's size along dim
+            n, inp, dim = a
+            return f"{self._shape(inp, ex)}[{ex(dim)}]" if isinstance(n, N.NoneLit) else ex(n)
+        if f == "resize":
+            return self._resized(a, ex)
+        if f == "hermitian_weights":
+            grad, length = ex.wrap(a[0], ATOM), ex.wrap(a[2], ATOM)
+            ones, twos = f"{grad}.new_ones", f"{grad}.new_full((({length} - 1) // 2,), 2)"
+            weights = f"torch.cat([{ones}(1), {twos}, {ones}(1 - {length} % 2)])"
+            return f"{weights}.reshape({self._trailing_ones(a[1], f'{grad}.dim()', ex)})"
         if f == "select":  # stack's gradient: one operand's part
             return f"{ex.wrap(a[0], ATOM)}.select({ex(a[1])}, {ex(a[2])})"
         if f in ("slice_backward", "select_backward"):  # the ATen kernels take the input's sizes
@@ -669,6 +679,9 @@ class FunctionEmitter:
             return self._unsqueeze(ex.wrap(g, ATOM), dim, keepdim, ex)
         if f == "reduced_numel":
             inp, dim = a
+            at = _int_literal(dim)
+            if isinstance(inp, N.ListExpr) and at is not None and -len(inp.items) <= at < len(inp.items):
+                return ex.wrap(inp.items[at], ATOM)  # a static shape's dim
             shape = self._shape(inp, ex)
             if isinstance(dim, N.NoneLit):
                 return f"{shape}.numel()"
@@ -681,6 +694,31 @@ class FunctionEmitter:
             dims = ex(dim) if not isinstance(dim, N.NoneLit) else "None"
             return f"({mask} / {mask}.sum({dims}, keepdim=True))"
         return None
+
+    def _resized(self, a: list[N.Expr], ex: PyExpr) -> str:
+        """`resize(g, like, dim, size, length)`: `g` cut or zero-padded along dim from `size` to `length`
+        (F.pad pads the last dims first; a negative amount cuts)."""
+        g, like, dim, size, length = a
+        if ex(size) == ex(length):
+            return ex(g)
+        rank = f"len({self._shape(like, ex)})"
+        before = self._trailing_ones(dim, rank, ex, pairs=True)
+        return f"F.pad({ex(g)}, {before}(0, {ex(length)} - {ex.wrap(size, PREC['*'] + 1)}))"
+
+    @staticmethod
+    def _trailing_ones(dim: N.Expr, rank: str, ex: PyExpr, pairs: bool = False) -> str:
+        """For a dim: the shape `(-1, 1, 1)` that puts a vector along it (`pairs`: the `(0, 0) * k + `
+        F.pad needs to skip the dims after it). `rank` is the rank's Python, for a dim counted from the front."""
+        value = _int_literal(dim)
+        if value is not None and value < 0:
+            after = -value - 1
+            if pairs:
+                return f"(0, 0) * {after} + " if after else ""
+            return ", ".join(["-1"] + ["1"] * after)
+        after_text = f"({rank} - {ex(dim)} - 1)"
+        if pairs:
+            return f"(0, 0) * {after_text} + "
+        return f"(-1,) + (1,) * {after_text}"
 
     def _shape(self, e: N.Expr, ex: PyExpr) -> str:
         """A tensor's shape: from the tensor when the backward has it, else as kept on ctx (or its static
@@ -733,6 +771,14 @@ def _compared_exactly(tape: Tape) -> set[str]:
             exact.add(name)
             frontier += _value_names(by_var[name].expr)
     return exact
+
+
+def _int_literal(e: N.Expr) -> int | None:
+    """`3` or `-1` as an int; None for anything else."""
+    if isinstance(e, N.UnaryOp) and e.op == "-":
+        inner = _int_literal(e.operand)
+        return None if inner is None else -inner
+    return e.value if isinstance(e, N.Num) and isinstance(e.value, int) else None
 
 
 def _saved_weight(reads: dict[str, set[str]], masks: dict[str, Mask]) -> int:

@@ -389,7 +389,9 @@ TABLE: tuple[Op, ...] = (
         "torch.fft.fft",
         "fft",
         "discrete Fourier transform",
-        {"input": None},
+        {
+            "input": "resize(ifft(grad, dim = dim) * transform_length(n, input, dim), input, dim, transform_length(n, input, dim), reduced_numel(input, dim))"
+        },
         cost="costly",
     ),
     Op(
@@ -398,7 +400,9 @@ TABLE: tuple[Op, ...] = (
         "torch.fft.ifft",
         "fft",
         "inverse discrete Fourier transform",
-        {"input": None},
+        {
+            "input": "resize(fft(grad, dim = dim) / transform_length(n, input, dim), input, dim, transform_length(n, input, dim), reduced_numel(input, dim))"
+        },
         cost="costly",
     ),
     Op(
@@ -407,7 +411,9 @@ TABLE: tuple[Op, ...] = (
         "torch.fft.rfft",
         "fft",
         "Fourier transform of a real signal",
-        {"input": None},
+        {
+            "input": "resize(ifft(resize(grad, input, dim, transform_length(n, input, dim) // 2 + 1, transform_length(n, input, dim)), dim = dim) * transform_length(n, input, dim), input, dim, transform_length(n, input, dim), reduced_numel(input, dim))"
+        },
         cost="costly",
     ),
     Op(
@@ -416,7 +422,9 @@ TABLE: tuple[Op, ...] = (
         "torch.fft.irfft",
         "fft",
         "inverse of rfft",
-        {"input": None},
+        {
+            "input": "resize(rfft(grad, dim = dim) * hermitian_weights(grad, dim, reduced_numel(result, dim)) / reduced_numel(result, dim), input, dim, reduced_numel(result, dim) // 2 + 1, reduced_numel(input, dim))"
+        },
         cost="costly",
     ),
     # -- neural-network ops
@@ -562,6 +570,43 @@ TABLE: tuple[Op, ...] = (
         "torch.narrow",
         "custom",
         "length elements from start along dim",
+        internal=True,
+    ),
+    # -- helpers of the Fourier transforms' formulas (the gradient of a real input is the real part)
+    Op("real", _sig("input*"), "torch.real", "elementwise", "the real part", {"input": "grad"}, internal=True),
+    Op(
+        "conj",
+        _sig("input*"),
+        "torch.conj",
+        "elementwise",
+        "the complex conjugate",
+        {"input": "conj(grad)"},
+        internal=True,
+    ),
+    Op(
+        "transform_length",
+        _sig("n, input*, dim"),
+        "",
+        "custom",
+        "the length a Fourier transform works on: n, else input's size along dim",
+        internal=True,
+        shape_args=(1,),
+    ),
+    Op(
+        "resize",
+        _sig("input*, like*, dim, size, length"),
+        "",
+        "custom",
+        "input (of size `size` along dim) cut or zero-padded to `length` there; like gives the rank",
+        internal=True,
+        shape_args=(1,),
+    ),
+    Op(
+        "hermitian_weights",
+        _sig("grad*, dim, length"),
+        "",
+        "custom",
+        "1, then 2 for the bins a one-sided spectrum of `length` points stands for twice, along dim",
         internal=True,
     ),
     # -- indexing and slicing, one dim per step (`x[1:, 0]` is a slice, then a select), written `x[..., a:b]`

@@ -124,6 +124,9 @@ def fresh_node(e) -> bool:
 # ------------------------------------------------------------------ dtypes
 
 
+COMPLEX = "<complex>"  # a dtype source: the value is complex (a Fourier transform's)
+
+
 def dtype_sources(e, known: dict[str, frozenset[str]]) -> frozenset[str]:
     """The tensors a backward starts from whose dtypes `e`'s dtype is promoted from (`known` expands names
     bound on the way). Comparisons, `where`'s condition and arguments read only for their shape add
@@ -137,6 +140,10 @@ def dtype_sources(e, known: dict[str, frozenset[str]]) -> frozenset[str]:
             return
         elif isinstance(n, N.Call) and n.func == "extremum_mask":
             out.add("<default dtype>")
+        elif isinstance(n, N.Call) and n.func in ("real", "irfft"):  # complex in, real out
+            out.update(dtype_sources(n.args[0], known) - {COMPLEX})
+        elif isinstance(n, N.Call) and n.func in ("fft", "ifft", "rfft"):  # a complex result: nothing real dominates it
+            out.update(dtype_sources(n.args[0], known) | {COMPLEX})
         elif isinstance(n, N.Call):
             skip = shape_args(n) or ((0,) if n.func == "where" else ())  # where's condition is a mask
             for i, a in enumerate(n.args):
