@@ -133,3 +133,48 @@ def test_what_still_cannot_be_derived_says_which_op_and_why(tmp_path, capsys, bo
     )
     assert main(["check", str(spec)]) == 1
     assert message in capsys.readouterr().err
+
+
+CONV = """
+@function
+layer Conv(c: int, k: int) {{
+    param weight: {weight} = uniform(-0.5, 0.5)
+    param bias: [k] = uniform(-0.5, 0.5)
+    example(c = 2, k = 3)
+
+    forward(x: {x}) {{
+        return {body}
+    }}
+}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("weight", "x", "body", "shape"),
+    [
+        ("[k, c, 3, 3]", "[N, c, H, W]", "tanh(conv2d(x, weight, bias, padding = 1))", (2, 2, 5, 4)),
+        ("[k, c, 2, 2]", "[N, c, H, W]", "conv2d(x * x, weight, bias, stride = 2)", (2, 2, 5, 4)),
+        ("[k, c, 3]", "[N, c, L]", "conv1d(sin(x), weight, bias, stride = 2, dilation = 2) * 2", (3, 2, 9)),
+    ],
+)
+def test_convolutions_derive(weight, x, body, shape):
+    spec = parse_file("conv.layer", CONV.format(weight=weight, x=x, body=body))
+    ns: dict = {}
+    exec(compile(emit_file(spec, check_program([spec]), "conv.layer", {}), "conv.py", "exec"), ns)
+    torch.manual_seed(0)
+    layer = ns["Conv"](2, 3, dtype=torch.float64)
+    fn = ns["ConvFunction"].apply
+    inputs = (torch.randn(*shape, dtype=torch.float64, requires_grad=True), layer.weight, layer.bias)
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
+    seed = torch.randn_like(fn(*inputs))
+    got = torch.autograd.grad(fn(*inputs), inputs, seed)
+    want = torch.autograd.grad(ns["conv"](*inputs), inputs, seed)
+    assert all(torch.allclose(a, b) for a, b in zip(got, want))
+    w, b = layer.weight.detach(), layer.bias.detach()
+    xs = torch.randn(2, *shape, dtype=torch.float64)
+    batched = torch.func.vmap(torch.func.grad(lambda t: fn(t, w, b).square().sum()))(xs)
+    for i in range(2):
+        t = xs[i].clone().requires_grad_()
+        (g,) = torch.autograd.grad(ns["conv"](t, w, b).square().sum(), t)
+        assert torch.allclose(batched[i], g)

@@ -652,6 +652,9 @@ class FunctionEmitter:
             return f"{ex.wrap(a[0], ATOM)}.sum_to_size({star}{self._shape(a[1], ex)})"
         if f == "shape_of":
             return self._shape(a[0], ex)
+        if OPS[f].torch.startswith("torch.nn.grad."):  # its input or weight given by the shape
+            shaped = [self._shape(x, ex) if i in OPS[f].shape_args else ex(x) for i, x in enumerate(a)]
+            return f"{OPS[f].torch}({', '.join(shaped)})"
         if f == "transform_length":  # n, else the input's size along dim
             n, inp, dim = a
             return f"{self._shape(inp, ex)}[{ex(dim)}]" if isinstance(n, N.NoneLit) else ex(n)

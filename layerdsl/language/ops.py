@@ -443,7 +443,11 @@ TABLE: tuple[Op, ...] = (
         "torch.nn.functional.conv1d",
         "conv",
         "1-D convolution (torch.nn.functional.conv1d)",
-        {"input": None, "weight": None, "bias": None},
+        {
+            "input": "conv1d_input(input, weight, grad, stride, padding, dilation, groups)",
+            "weight": "conv1d_weight(input, weight, grad, stride, padding, dilation, groups)",
+            "bias": "sum(grad, dim = [0, 2])",
+        },
         cost="costly",
         promotes=False,
     ),
@@ -453,7 +457,11 @@ TABLE: tuple[Op, ...] = (
         "torch.nn.functional.conv2d",
         "conv",
         "2-D convolution (torch.nn.functional.conv2d)",
-        {"input": None, "weight": None, "bias": None},
+        {
+            "input": "conv2d_input(input, weight, grad, stride, padding, dilation, groups)",
+            "weight": "conv2d_weight(input, weight, grad, stride, padding, dilation, groups)",
+            "bias": "sum(grad, dim = [0, 2, 3])",
+        },
         cost="costly",
         promotes=False,
     ),
@@ -571,6 +579,20 @@ TABLE: tuple[Op, ...] = (
         "custom",
         "length elements from start along dim",
         internal=True,
+    ),
+    # -- a convolution's gradients (torch.nn.grad: differentiable again, for double backward)
+    *(
+        Op(
+            f"conv{k}d_{of}",
+            _sig("input*, weight*, grad*, stride, padding, dilation, groups"),
+            f"torch.nn.grad.conv{k}d_{of}",
+            "custom",
+            f"the gradient of conv{k}d's {of} (torch.nn.grad.conv{k}d_{of})",
+            internal=True,
+            shape_args=(0,) if of == "input" else (1,),
+        )
+        for k in (1, 2)
+        for of in ("input", "weight")
     ),
     # -- helpers of the Fourier transforms' formulas (the gradient of a real input is the real part)
     Op("real", _sig("input*"), "torch.real", "elementwise", "the real part", {"input": "grad"}, internal=True),
