@@ -178,3 +178,49 @@ def test_convolutions_derive(weight, x, body, shape):
         t = xs[i].clone().requires_grad_()
         (g,) = torch.autograd.grad(ns["conv"](t, w, b).square().sum(), t)
         assert torch.allclose(batched[i], g)
+
+
+DROPOUT = """
+@function
+layer Drop(n: int) {
+    param w: [n, n] = uniform(-0.5, 0.5)
+    example(n = 4)
+
+    forward(x: [B, n]) -> [B, n] {
+        return dropout(tanh(x @ w), p = 0.25) * 2
+    }
+}
+"""
+
+
+def test_dropout_derives_with_its_mask_saved_as_bool():
+    spec = parse_file("drop.layer", DROPOUT)
+    ns: dict = {}
+    exec(compile(emit_file(spec, check_program([spec]), "drop.layer", {}), "drop.py", "exec"), ns)
+    torch.manual_seed(0)
+    layer = ns["Drop"](4, dtype=torch.float64)
+    fn = ns["DropFunction"].apply
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+
+    def seeded(t, w):  # the same mask on every call, so that gradcheck sees one function
+        torch.manual_seed(1)
+        return fn(t, w, True)[0]
+
+    assert torch.autograd.gradcheck(seeded, (x, layer.w))
+    assert torch.autograd.gradgradcheck(seeded, (x, layer.w))
+    saved: list[torch.dtype] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
+        out, _, keep = fn(x, layer.w, True)
+    assert keep.dtype == torch.bool and saved.count(torch.bool) == 1
+    assert 0 < keep.sum() < keep.numel()
+    want = torch.where(keep, torch.tanh(x @ layer.w) / 0.75, 0) * 2
+    assert torch.allclose(out, want)
+    seed = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, layer.w), seed)
+    ref = torch.autograd.grad(want, (x, layer.w), seed)
+    assert all(torch.allclose(a, b) for a, b in zip(got, ref))
+    out = fn(x, layer.w, False)[0]  # eval mode: the mask is not applied
+    assert torch.allclose(out, torch.tanh(x @ layer.w) * 2)
+    (g,) = torch.autograd.grad(out.sum(), x)
+    (r,) = torch.autograd.grad((torch.tanh(x @ layer.w) * 2).sum(), x)
+    assert torch.allclose(g, r)

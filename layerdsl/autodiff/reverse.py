@@ -171,7 +171,9 @@ def _value_reads(e: N.Expr) -> list[str]:
 def _requires_grad(tape: Tape) -> set[str]:
     req = set(tape.differentiable)
     for step in tape.steps:
-        if step.op is not None and any(isinstance(a, N.Name) and a.id in req for a in _flat(step.args.values())):
+        if step.op is None or not step.op.grads:  # a comparison, a dropout mask: no gradient flows
+            continue
+        if any(isinstance(a, N.Name) and a.id in req for a in _flat(step.args.values())):
             req.add(step.var)
     return req
 

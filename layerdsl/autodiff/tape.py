@@ -168,6 +168,9 @@ class Linearizer:
                         args[p.name] = parse_default(p.default)
                 if f == "align":
                     return self.add(row, args, hint, e, items=e.items)
+                if f == "dropout" and self.deriving:  # the mask is drawn once, saved, and applied
+                    keep = self.add(OPS["dropout_mask"], {"input": args["input"], "p": args["p"]}, "keep", e)
+                    return self.add(OPS["dropout_apply"], {**args, "mask": keep}, hint, e)
                 return self.add(row, args, hint, e)
             case N.Compare(ops=ops, operands=operands):
                 new = N.Compare(e.span, ops, [self.operand(o, hint) for o in operands])
@@ -280,7 +283,14 @@ def _hint_for(op: Op, hint: str) -> str:
     return (
         hint
         if hint not in ("t", "out")
-        else {"matmul": "mm", "sigmoid": "s", "tanh": "th", "slice": "part", "select": "part"}.get(op.name, op.name[:4])
+        else {
+            "matmul": "mm",
+            "sigmoid": "s",
+            "tanh": "th",
+            "slice": "part",
+            "select": "part",
+            "dropout_apply": "dropped",
+        }.get(op.name, op.name[:4])
     )
 
 

@@ -85,6 +85,7 @@ class FunctionEmitter:
                     # main derivation ignores them, and each has its own section, run when it is given.
                     self.split = True
                     rare = [(v, g, derive(tape, [], {v: g})) for v, g in extra_grads.items()]
+                    rare = [(v, g, b) for v, g, b in rare if b.stmts or b.leaf_grads]  # not a dropout mask
                     body, reads = self.derived_backward(tape, plan.derived, incoming, rare)
                 else:
                     incoming.update({g: v for v, g in extra_grads.items()})
@@ -285,11 +286,13 @@ class FunctionEmitter:
             if var in self.masks:
                 what = f"{var} = {ex(self.mask_values[var])}, as {self.masks[var].dtype}"
             elif var not in tape.leaves:
-                what = (
-                    f"{var} (an output)"
-                    if any(isinstance(o, N.Name) and o.id == var for o in tape.outputs)
-                    else f"{var} (costly to recompute)"
-                )
+                step = tape.step(var)
+                if any(isinstance(o, N.Name) and o.id == var for o in tape.outputs):
+                    what = f"{var} (an output)"
+                elif step is not None and step.op is not None and step.op.cost == "random":
+                    what = f"{var} (drawn at random, as bool: never recomputed)"
+                else:
+                    what = f"{var} (costly to recompute)"
             lines.append(f"# saves {what}: read by {readers}")
         return lines
 
@@ -371,6 +374,8 @@ class FunctionEmitter:
                 keep = (
                     var in masks
                     or step is None
+                    or step.op is not None
+                    and step.op.cost == "random"  # drawn once: recomputing would draw again
                     or not self.save_inputs_only
                     and (var in outputs or costly_saved)
                     or rare
@@ -655,6 +660,13 @@ class FunctionEmitter:
         if OPS[f].torch.startswith("torch.nn.grad."):  # its input or weight given by the shape
             shaped = [self._shape(x, ex) if i in OPS[f].shape_args else ex(x) for i, x in enumerate(a)]
             return f"{OPS[f].torch}({', '.join(shaped)})"
+        if f in ("dropout_mask", "dropout_apply"):  # p may be a keyword (the tape writes it so)
+            args = dict(zip([p.name for p in OPS[f].params], a)) | {k.name: k.value for k in c.kwargs}
+            p = ex.wrap(args["p"], PREC["-"] + 1) if "p" in args else "0.5"
+            if f == "dropout_mask":
+                return f"torch.empty_like({ex(args['input'])}, dtype=torch.bool).bernoulli_(1 - {p})"
+            x, keep = args["input"], ex(args["mask"])
+            return f"(torch.where({keep}, {ex.wrap(x, PREC['/'])} / (1 - {p}), 0) if {ex.sp.training} else {ex(x)})"
         if f == "transform_length":  # n, else the input's size along dim
             n, inp, dim = a
             return f"{self._shape(inp, ex)}[{ex(dim)}]" if isinstance(n, N.NoneLit) else ex(n)

@@ -34,7 +34,7 @@ class Op:
     grads: dict[str, str | None] = field(default_factory=dict)  # tensor param -> formula (None: no derivative)
     scalar: str | None = None  # the callable emitted when every operand is a Python number
     operator: str | None = None  # "+" etc. for the operator rows
-    cost: str = "cheap"  # "costly" results are saved for backward rather than recomputed
+    cost: str = "cheap"  # "costly" results are saved for backward rather than recomputed ("random": always)
     internal: bool = False
     kwarg_spelling: dict[str, str] = field(default_factory=dict)  # spec keyword -> torch keyword
     positional: int | None = None  # how many leading arguments torch takes positionally (None: all)
@@ -578,6 +578,26 @@ TABLE: tuple[Op, ...] = (
         "torch.narrow",
         "custom",
         "length elements from start along dim",
+        internal=True,
+    ),
+    # -- dropout as a derived backward sees it: the mask drawn once (saved as bool, never recomputed), then
+    # applied; in eval mode the mask is not read and the input passes through
+    Op(
+        "dropout_mask",
+        _sig("input*, p"),
+        "",
+        "elementwise",
+        "the elements dropout keeps: bool, True with probability 1 - p",
+        cost="random",
+        internal=True,
+    ),
+    Op(
+        "dropout_apply",
+        _sig("input*, mask*, p"),
+        "",
+        "elementwise",
+        "input where mask, scaled by 1 / (1 - p), in training mode; input otherwise",
+        {"input": "dropout_apply(grad, mask, p)"},
         internal=True,
     ),
     # -- a convolution's gradients (torch.nn.grad: differentiable again, for double backward)
