@@ -99,7 +99,11 @@ class Linearizer:
                 case N.Return(values=vs):
                     outputs = [B.name(self.value(v, hint="out")) if v.kind == "tensor" else v for v in vs]
                 case N.If():
-                    raise NotDerivable(stmt.span, "a derived backward cannot go through `if`; write a backward block")
+                    raise NotDerivable(
+                        stmt.span,
+                        "a derived backward cannot go through `if` (it derives one straight-line forward);"
+                        " write a backward block",
+                    )
                 case N.Update():
                     raise NotDerivable(stmt.span, "@function layers cannot update buffers")
                 case N.IndexAssign():
@@ -179,7 +183,10 @@ class Linearizer:
             case N.Subscript(value=v, items=items):
                 return self.subscript(self.operand(v, hint), items, hint, e)
             case N.Call(func=f):
-                raise NotDerivable(e.func_span, f"a derived backward cannot go through '{f}'")
+                raise NotDerivable(
+                    e.func_span,
+                    f"a derived backward cannot go through '{f}' (a sub-layer: its forward is not on the tape)",
+                )
         raise NotDerivable(e.span, "a derived backward cannot go through this expression")
 
     def subscript(self, value: N.Expr, items: list[N.SubscriptItem], hint: str, source: N.Expr) -> N.Expr:
@@ -187,7 +194,10 @@ class Linearizer:
         a `...` count dims from the front, the ones after it from the back."""
         for item in items:
             if isinstance(item, N.Expr) and item.kind == "tensor":
-                raise NotDerivable(item.span, "a derived backward cannot go through indexing by a tensor")
+                raise NotDerivable(
+                    item.span,
+                    "a derived backward cannot go through indexing by a tensor (the elements it picks are data)",
+                )
         ell = next((k for k, i in enumerate(items) if isinstance(i, N.EllipsisItem)), len(items))
         dim = 0
         for item in items[:ell]:
