@@ -40,7 +40,6 @@ FAMILIES = {
     "irfft_default_n": ("irfft(fft(x) * w, dim = -1)", "n", "[B, 2 * n - 2]"),
     "irfft_n_odd": ("irfft(rfft(x * w), n = 7)", "n", "[B, 7]"),
     "complex_product": ("ifft(fft(x) * fft(x * w)) * 2", "n", "[B, n]"),
-    "flip": ("flip(tanh(x) * w, [0, 1])[:, 1:] + flip(x, [-1])[:, :-1]", "n", "[B, n - 1]"),
 }
 
 

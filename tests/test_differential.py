@@ -68,7 +68,6 @@ def expr(draw, depth: int = 3):
                     (f"{full}[1:2]", VEC),
                     (f"{full}[-1]", VEC),
                     (f"{full}[..., :3][:, -1:]", ROW),
-                    (f"flip({full}, [0, -1])", FULL),
                 ]
             )
         )

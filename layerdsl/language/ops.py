@@ -366,14 +366,6 @@ TABLE: tuple[Op, ...] = (
         {"input": "reshape(grad, shape_of(input))"},
     ),
     Op(
-        "flip",
-        _sig("input*, dims"),
-        "torch.flip",
-        "softmax",  # the input's shape
-        "reverse the order of elements along dims",
-        {"input": "flip(grad, dims)"},
-    ),
-    Op(
         "cat",
         _sig("tensors[], dim = 0"),
         "torch.cat",
