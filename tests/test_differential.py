@@ -4,6 +4,8 @@ outputs, gradients, and second derivatives (the derived backward differentiated 
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -33,6 +35,7 @@ def expr(draw, depth: int = 3):
     kind = draw(
         st.sampled_from(
             ["unary", "positive", "binary", "binary", "div", "pow", "reduce", "softmax", "matmul", "minmax", "where"]
+            + ["index", "cat", "stack", "fourier"]
         )
     )
     a, sa = draw(expr(depth - 1))
@@ -53,6 +56,51 @@ def expr(draw, depth: int = 3):
     if kind == "where":
         return f"where(x > 1, {a}, {b})", _join(FULL, _join(sa, sb))
     full = a if sa == FULL else f"(x * {a})"
+    other = f"({b})" if sb == FULL else f"(x * {b})"
+    if kind in ("index", "cat", "stack", "fourier"):
+        full = f"({full})"
+    if kind == "index":
+        return draw(
+            st.sampled_from(
+                [
+                    (f"{full}[:, 1:2]", ROW),
+                    (f"{full}[..., -1, none]", ROW),
+                    (f"{full}[1:2]", VEC),
+                    (f"{full}[-1]", VEC),
+                    (f"{full}[..., :3][:, -1:]", ROW),
+                ]
+            )
+        )
+    if kind == "cat":
+        return (
+            draw(
+                st.sampled_from([f"cat([{full}[:, :1], {other}[:, 1:]], dim = -1)", f"cat([{full}[:2], {other}[2:]])"])
+            ),
+            FULL,
+        )
+    if kind == "fourier":  # complex in the middle, real at the end
+        return (
+            draw(
+                st.sampled_from(
+                    [
+                        f"irfft(rfft({full}) * 2, n = n)",
+                        f"irfft(fft({full}), n = n)",
+                        f"irfft(rfft({full}) * rfft({other}), n = n)",
+                        f"irfft(ifft(fft({full}, dim = 0), dim = 0)[:, :3], n = n)",
+                    ]
+                )
+            ),
+            FULL,
+        )
+    if kind == "stack":
+        return (
+            draw(
+                st.sampled_from(
+                    [f"stack([{full}, {other}], dim = -1)[..., 1]", f"amax(stack([{full}, {other}]), dim = 0)"]
+                )
+            ),
+            FULL,
+        )
     if kind == "reduce":
         op = draw(st.sampled_from(["sum", "mean", "amax", "logsumexp", "var", "std", "norm"]))
         dim = draw(st.sampled_from(["-1", "0"]))
@@ -92,9 +140,10 @@ def _check(body: str) -> None:
     layer = ns["Random"](4, dtype=torch.float64)
     x = (torch.rand(3, 4, dtype=torch.float64) + 0.5).requires_grad_()
     params = [layer.w, layer.s, layer.m]
-    got = ns["RandomFunction"].apply(x, *params)
+    numbers = [4] if "n" in inspect.signature(ns["RandomFunction"].forward).parameters else []  # n, when read
+    got = ns["RandomFunction"].apply(x, *params, *numbers)
     got = got[0] if isinstance(got, tuple) else got
-    want = ns["random"](x, *params)
+    want = ns["random"](x, *params, **({"n": 4} if "n" in inspect.signature(ns["random"]).parameters else {}))
     assert torch.allclose(got, want, rtol=1e-9, atol=1e-10, equal_nan=True), body
     seed = torch.randn_like(want)
     g1 = torch.autograd.grad(got, [x, *params], seed, retain_graph=True, allow_unused=True)
@@ -154,5 +203,9 @@ def test_the_derivation_covers_every_operator_it_claims():
         "sum(x * x, dim = -1, keepdim = true) * w",
         "softmax(x @ m, dim = -1)",
         "amax(x, dim = 0, keepdim = true) - x",
+        "tanh(x)[:, 1:2] * x[-1] + x[..., 0, none]",
+        "cat([sin(x)[:, :1], (x * w)[:, 1:]], dim = -1)",
+        "stack([x * w, exp(x)], dim = -1)[..., 1] + stack([x, x * s])[0]",
+        "irfft(rfft(tanh(x)) * rfft(x * w), n = n) + irfft(fft(x * s, n = 6)[:, :3], n = n)",
     ]:
         _check(body)

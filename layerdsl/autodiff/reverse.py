@@ -10,6 +10,7 @@ only what the needed gradients read.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -47,6 +48,7 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
     name; those gradients are zero in a first backward and matter in double backward."""
     contributions: dict[str, list[tuple[N.Expr, str | None]]] = {}
     requires = _requires_grad(tape)
+    complex_vars = complex_values(tape)
     for out, grad_name in zip(tape.outputs, grad_names):
         if isinstance(out, N.Name) and out.id in requires:
             contributions.setdefault(out.id, []).append((B.name(grad_name), None))
@@ -86,6 +88,12 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
                     contributions.setdefault(einsum_operand.id, []).append((expr, None))
                     source.setdefault(einsum_operand.id, step.expr.span)
             continue
+        for pname, listed in step.args.items():
+            param = step.op.param(pname)
+            if isinstance(listed, N.ListExpr) and param is not None and param.tensors:  # cat, stack
+                for item, part in _list_grads(step, pname, listed, g):
+                    if item.id in requires:
+                        contributions.setdefault(item.id, []).append((part, None))
         for pname, operand in step.args.items():
             if not (isinstance(operand, N.Name) and operand.id in requires):
                 continue
@@ -95,7 +103,10 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
                 # Not the table's formula, which transposes `input`: that may be a vector here.
                 expr = _matrix_grad_of_vector_product(step.args["input"], g)
             else:
-                expr = simplify(instantiate(formula(step.op.name, pname), step, g))
+                template = formula(step.op.name, pname)
+                expr = simplify(instantiate(template, _conjugated(step, complex_vars, template), g))
+                if step.var in complex_vars and operand.id not in complex_vars:
+                    expr = B.call("real", expr)  # a real operand's gradient is the real part
                 if step.op.shape == "elementwise" and _may_broadcast(tape, step, operand):
                     expr = B.call("sum_to", expr, B.name(operand.id))
                 elif step.op.shape == "matmul" and _may_batch(tape, step):
@@ -112,10 +123,63 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
     return Backward(stmts, {l: grad_var[l] for l in tape.leaves if l in grad_var})
 
 
+_TRANSFORMS = ("fft", "ifft", "rfft", "irfft")
+# Not holomorphic: on complex values their formulas (written for real ones) do not hold.
+_REAL_ONLY = ("abs", "relu", "clamp", "maximum", "minimum", "amax", "amin", "sign", "softmax", "log_softmax")
+
+
+def complex_values(tape: Tape) -> set[str]:
+    """Tape vars holding complex values: what `fft`, `ifft` and `rfft` return, and what is computed from
+    it (`irfft` returns a real signal)."""
+    out: set[str] = set()
+    for step in tape.steps:
+        if step.op is None or step.op.name in ("irfft", "real"):
+            continue
+        operands = [a for a in _flat(step.args.values()) if isinstance(a, N.Name)]
+        if step.op.name in _TRANSFORMS or any(a.id in out for a in operands):
+            if step.op.name in _REAL_ONLY and step.op.name != "abs":
+                raise NotDerivable(step.expr.span, f"{step.op.name}() of a complex value has no derivative")
+            out.add(step.var)
+    return out
+
+
+def _conjugated(step: Step, complex_vars: set[str], template: N.Expr) -> Step:
+    """The step with the complex operands (and result) that `template` reads as values conjugated: for a
+    function that is holomorphic in them, torch's gradient is the incoming one times the conjugate
+    derivative. The Fourier transforms' formulas are written as adjoints already."""
+    if step.op is None or step.op.name in _TRANSFORMS or not complex_vars:
+        return step
+    if step.op.name == "abs" and any(isinstance(a, N.Name) and a.id in complex_vars for a in step.args.values()):
+        raise NotDerivable(step.expr.span, "abs() of a complex value has no derivative here")
+    values = set(_value_reads(template))
+    args = {
+        p: B.call("conj", a) if isinstance(a, N.Name) and a.id in complex_vars and p in values else a
+        for p, a in step.args.items()
+    }
+    conj_result = step.var in complex_vars and "result" in values
+    if args == step.args and not conj_result:
+        return step
+    return dataclasses.replace(step, args=args, conj_result=conj_result)
+
+
+def _value_reads(e: N.Expr) -> list[str]:
+    """Names a formula reads as values (not only for their shape)."""
+    if isinstance(e, N.Name):
+        return [e.id]
+    if isinstance(e, N.Call):
+        skip = OPS[e.func].shape_args if e.func in OPS else ()
+        kids = [c for i, c in enumerate(e.args) if i not in skip] + [k.value for k in e.kwargs]
+    else:
+        kids = [c for c in children(e) if isinstance(c, N.Expr)]
+    return [n for c in kids for n in _value_reads(c)]
+
+
 def _requires_grad(tape: Tape) -> set[str]:
     req = set(tape.differentiable)
     for step in tape.steps:
-        if step.op is not None and any(isinstance(a, N.Name) and a.id in req for a in _flat(step.args.values())):
+        if step.op is None or not step.op.grads:  # a comparison, a dropout mask: no gradient flows
+            continue
+        if any(isinstance(a, N.Name) and a.id in req for a in _flat(step.args.values())):
             req.add(step.var)
     return req
 
@@ -159,6 +223,23 @@ def _einsum_grads(step: Step, grad: N.Expr) -> Iterator[tuple[N.Name, N.Expr]]:
         call = N.Call(NOWHERE, "einsum", NOWHERE, [eq, tensors], [])
         call.kind = N.Kind.TENSOR
         yield operand, call
+
+
+def _list_grads(step: Step, pname: str, listed: N.ListExpr, grad: N.Expr) -> Iterator[tuple[N.Name, N.Expr]]:
+    """The table's formula for a list operand, once per tensor in it: `item` is that tensor, `index` its
+    position, `offset` where it starts along `dim` (the sizes of the ones before it, for cat)."""
+    assert step.op is not None  # only operations have list operands
+    if step.op.grads.get(pname) is None:
+        raise NotDerivable(step.expr.span, f"{step.op.name}() has no derivative")
+    offset: N.Expr = B.num(0)
+    for k, item in enumerate(listed.items):
+        if isinstance(item, N.Name):
+            bound = dataclasses.replace(step, args={**step.args, "item": item, "index": B.num(k), "offset": offset})
+            yield item, simplify(instantiate(formula(step.op.name, pname), bound, grad))
+        size = B.call("reduced_numel", copy.deepcopy(item), copy.deepcopy(step.args["dim"]))
+        size.kind = N.Kind.INT
+        offset = simplify(B.binop("+", offset, size)) if not (isinstance(offset, N.Num) and offset.value == 0) else size
+        offset.kind = N.Kind.INT
 
 
 def _may_batch(tape: Tape, step: Step) -> bool:
@@ -214,7 +295,8 @@ def _merge_terms(terms: list[N.Expr]) -> list[tuple[N.Expr, int]]:
 
 def instantiate(template: N.Expr, step: Step, grad: N.Expr) -> N.Expr:
     """A derivative formula for one step: its parameters, `grad` and `result` replaced by what they are there."""
-    subst = {**step.args, "grad": grad, "result": B.name(step.var)}
+    result: N.Expr = B.call("conj", B.name(step.var)) if step.conj_result else B.name(step.var)
+    subst = {**step.args, "grad": grad, "result": result}
 
     def go(e):
         if isinstance(e, N.Name) and e.id in subst:

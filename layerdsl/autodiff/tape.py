@@ -40,6 +40,7 @@ class Step:
     expr: N.Expr  # the step as one IR expression over operand names
     guard: str | None = None  # an optional member: when it is None the step is `var = base`
     base: str | None = None
+    conj_result: bool = False  # formulas read `result` conjugated (a complex value: `autodiff.reverse`)
 
     @property
     def costly(self) -> bool:
@@ -105,7 +106,11 @@ class Linearizer:
                 case N.Return(values=vs):
                     outputs = [B.name(self.value(v, hint="out")) if v.kind == "tensor" else v for v in vs]
                 case N.If():
-                    raise NotDerivable(stmt.span, "a derived backward cannot go through `if`; write a backward block")
+                    raise NotDerivable(
+                        stmt.span,
+                        "a derived backward cannot go through `if` (it derives one straight-line forward);"
+                        " write a backward block",
+                    )
                 case N.Update():
                     raise NotDerivable(stmt.span, "@function layers cannot update buffers")
                 case N.IndexAssign():
@@ -174,20 +179,59 @@ class Linearizer:
                         args[p.name] = parse_default(p.default)
                 if f == "align":
                     return self.add(row, args, hint, e, items=e.items)
-                if self.deriving and any(isinstance(v, N.ListExpr) for v in args.values()) and row.shape == "concat":
-                    raise NotDerivable(
-                        e.span, f"a derived backward cannot go through {f}() yet; write a backward block"
-                    )
+                if f == "dropout" and self.deriving:  # the mask is drawn once, saved, and applied
+                    keep = self.add(OPS["dropout_mask"], {"input": args["input"], "p": args["p"]}, "keep", e)
+                    return self.add(OPS["dropout_apply"], {**args, "mask": keep}, hint, e)
                 return self.add(row, args, hint, e)
             case N.Compare(ops=ops, operands=operands):
                 new = N.Compare(e.span, ops, [self.operand(o, hint) for o in operands])
                 new.kind = N.Kind.TENSOR
                 return self.opaque(new, hint)
-            case N.Subscript():
-                raise NotDerivable(e.span, "a derived backward cannot go through indexing yet; write a backward block")
+            case N.Subscript(value=v, items=items):
+                return self.subscript(self.operand(v, hint), items, hint, e)
             case N.Call(func=f):
-                raise NotDerivable(e.func_span, f"a derived backward cannot go through '{f}'")
+                raise NotDerivable(
+                    e.func_span,
+                    f"a derived backward cannot go through '{f}' (a sub-layer: its forward is not on the tape)",
+                )
         raise NotDerivable(e.span, "a derived backward cannot go through this expression")
+
+    def subscript(self, value: N.Expr, items: list[N.SubscriptItem], hint: str, source: N.Expr) -> N.Expr:
+        """`x[a:b, i, none]` as one step per dim it changes (a slice, a select, an unsqueeze): items before
+        a `...` count dims from the front, the ones after it from the back."""
+        for item in items:
+            if isinstance(item, N.Expr) and item.kind == "tensor":
+                raise NotDerivable(
+                    item.span,
+                    "a derived backward cannot go through indexing by a tensor (the elements it picks are data)",
+                )
+        ell = next((k for k, i in enumerate(items) if isinstance(i, N.EllipsisItem)), len(items))
+        dim = 0
+        for item in items[:ell]:
+            value, dim = self._index_one(value, item, dim, hint, source)
+        dim = -1
+        for item in reversed(items[ell + 1 :]):
+            value, dim = self._index_one(value, item, dim, hint, source)
+        return value
+
+    def _index_one(self, value: N.Expr, item: N.SubscriptItem, dim: int, hint: str, source: N.Expr):
+        """One item of a subscript at `dim`: the value it gives and the dim the next item indexes (the
+        next one to the right from the front, to the left from the back)."""
+        step = 1 if dim >= 0 else -1
+        at = B.num(dim)
+        if isinstance(item, N.NoneLit):
+            return self.add(OPS["unsqueeze"], {"input": value, "dim": at}, hint, source), dim + step
+        if isinstance(item, N.Slice):
+            if item.lower is None and item.upper is None and item.step is None:
+                return value, dim + step
+            bounds = {"start": item.lower, "end": item.upper, "step": item.step}
+            args: dict[str, N.Expr] = {"input": value, "dim": at}
+            args |= {
+                k: b if b is not None else parse_default("1" if k == "step" else "none") for k, b in bounds.items()
+            }
+            return self.add(OPS["slice"], args, hint, source), dim + step
+        assert isinstance(item, N.Expr)  # an integer index: the dim goes, the next one takes its place
+        return self.add(OPS["select"], {"input": value, "dim": at, "index": item}, hint, source), (dim)
 
     def add(
         self,
@@ -254,14 +298,25 @@ class Linearizer:
 
 def _hint_for(op: Op, hint: str) -> str:
     return (
-        hint if hint not in ("t", "out") else {"matmul": "mm", "sigmoid": "s", "tanh": "th"}.get(op.name, op.name[:4])
+        hint
+        if hint not in ("t", "out")
+        else {
+            "matmul": "mm",
+            "sigmoid": "s",
+            "tanh": "th",
+            "slice": "part",
+            "select": "part",
+            "dropout_apply": "dropped",
+        }.get(op.name, op.name[:4])
     )
 
 
 def _op_expr(op: Op, args: dict[str, N.Expr], source: N.Expr) -> N.Expr:
     """The step as an expression, in operator form where the op is one."""
-    e: N.UnaryOp | N.BinOp | N.Call
-    if op.operator == "neg":
+    e: N.UnaryOp | N.BinOp | N.Call | N.Subscript
+    if op.name in ("slice", "select"):
+        e = _subscript_expr(args, source)
+    elif op.operator == "neg":
         e = N.UnaryOp(source.span, "-", args["input"])
     elif op.operator:
         e = N.BinOp(source.span, op.operator, args["input"], args["other"] if "other" in args else args["exponent"])
@@ -277,6 +332,23 @@ def _op_expr(op: Op, args: dict[str, N.Expr], source: N.Expr) -> N.Expr:
         ]
     e.kind = N.Kind.TENSOR
     return e
+
+
+def _subscript_expr(args: dict[str, N.Expr], source: N.Expr) -> N.Subscript:
+    """A one-dim slice or select as the subscript Python writes: `x[:, 0]`, `x[..., : n // 2]`."""
+    dim = args["dim"]
+    assert isinstance(dim, N.Num) and isinstance(dim.value, int), "Linearizer.subscript numbers the dims"
+    item: N.SubscriptItem
+    if "index" in args:
+        item = args["index"]
+    else:
+        start, end, step = (None if isinstance(b, N.NoneLit) else b for b in (args["start"], args["end"], args["step"]))
+        item = N.Slice(source.span, start, end, None if isinstance(step, N.Num) and step.value == 1 else step)
+    whole: list[N.SubscriptItem] = [N.Slice(source.span, None, None, None)]
+    items: list[N.SubscriptItem] = (
+        whole * dim.value + [item] if dim.value >= 0 else [N.EllipsisItem(source.span), item] + whole * (-dim.value - 1)
+    )
+    return N.Subscript(source.span, args["input"], items)
 
 
 def _is_default(p: Param, value: N.Expr) -> bool:

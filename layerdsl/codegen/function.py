@@ -19,9 +19,9 @@ from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.shapes import same_shape_leaf
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen.names import FunctionNames
-from layerdsl.codegen.pyexpr import PyExpr, Spelling
+from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
-from layerdsl.diagnostics import Span
+from layerdsl.diagnostics import Span, SpecError
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
@@ -30,15 +30,20 @@ from layerdsl.ir.visit import children, clone, map_children, walk
 from layerdsl.language.ops import OPS, shape_args
 from layerdsl.optimize import (
     Facts,
+    Mask,
     Stmt,
     addcmul_form,
     dtype_sources,
+    explicit_sums,
     fresh_node,
     guarded_addcmul,
+    mask_candidates,
     optimize,
+    replaced,
     substitute,
     unary_in_place,
 )
+from layerdsl.syntax import parse_expr
 
 
 def emit_function_class(emitter, plan: BackwardPlan) -> dict:
@@ -63,6 +68,8 @@ class FunctionEmitter:
         self.backward_dims: set[str] = set()  # symbolic dims the backward reads (kept on ctx)
         self.names = FunctionNames(self._scope_names(), self.kwargs + list(self.layer.symbolic_dims))
         self.named: dict[tuple[str, ...], str] = {}  # the gradients this emitter names, by what they are of
+        self.masks: dict[str, Mask] = {}  # comparisons and signs saved small, by name
+        self.mask_values: dict[str, N.Expr] = {}  # each mask as setup_context computes it
 
     def _scope_names(self) -> set[str]:
         """Every name of the layer's spec and tape the Function's methods may hold."""
@@ -95,6 +102,7 @@ class FunctionEmitter:
                     # main derivation ignores them, and each has its own section, run when it is given.
                     self.split = True
                     rare = [(v, g, derive(tape, [], {v: g})) for v, g in extra_grads.items()]
+                    rare = [(v, g, b) for v, g, b in rare if b.stmts or b.leaf_grads]  # not a dropout mask
                     body, reads = self.derived_backward(tape, plan.derived, incoming, rare)
                 else:
                     incoming.update({g: v for v, g in extra_grads.items()})
@@ -140,10 +148,10 @@ class FunctionEmitter:
 
     def saving(self, tape: Tape, reads: dict[str, set[str]]) -> tuple[list[tuple[str, set[str]]], list[str]]:
         """(tensors to save with the leaves needing them, costly intermediates returned as extra outputs)."""
-        order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps])}
+        order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps] + list(self.masks))}
         outputs = {o.id for o in tape.outputs if isinstance(o, N.Name)}
         saved = sorted(reads.items(), key=lambda kv: order[kv[0]])
-        extra = [v for v, _ in saved if v not in tape.leaves and v not in outputs]
+        extra = [v for v, _ in saved if v not in tape.leaves and v not in outputs and v not in self.masks]
         return saved, extra
 
     def needs(self, leaves: set[str], tape: Tape) -> str | None:
@@ -261,14 +269,18 @@ class FunctionEmitter:
         saved_names = {v for v, _ in saved}
         dims = sorted(self.backward_dims)
         used = saved_names | set(shapes) | set(self.kwargs) | {self.dim_source[d].split(".")[0] for d in dims}
+        masks = {v: self.mask_values[v] for v in saved_names if v in self.masks}
+        used |= {n.id for e in masks.values() for n in walk(e) if isinstance(n, N.Name)}
         lines = []
         if any(u in used for u in unpack):
             names = [u if u in used else "_" for u in unpack]
             lines.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = {self.names.inputs}")
-        outs = [o.id if isinstance(o, N.Name) and o.id in saved_names else "_" for o in tape.outputs]
+        outs = [o.id if isinstance(o, N.Name) and o.id in used else "_" for o in tape.outputs]
         outs += [e if e in saved_names else "_" for e in extra]
-        if any(v in outs for v in saved_names):
-            lines.append(f"{', '.join(outs)} = {self.names.output}")
+        if any(v != "_" for v in outs):
+            lines.append(
+                f"{outs[0]} = {self.names.output}" if len(outs) == 1 else f"{', '.join(outs)} = {self.names.output}"
+            )
         if self.split:
             lines.append("ctx.set_materialize_grads(False)")
         for k in self.kwargs:
@@ -284,10 +296,38 @@ class FunctionEmitter:
             lines += self.located([f"{self.names.ctx_value(d)} = {source}"], self._declared_line(source.split(".")[0]))
         if saved:
             items = []
+            ex = PyExpr(Spelling(), call_hook=self._internal)
             for var, leaves in saved:
                 cond = self.needs(leaves, tape)
-                items.append(var if cond is None else f"{var} if {cond} else None")
+                if var in masks:
+                    value = ex(masks[var]) + (".to(torch.int8)" if self.masks[var].dtype == "int8" else "")
+                    lines.append(f"{var} = {value}" if cond is None else f"{var} = {value} if {cond} else None")
+                    items.append(var)
+                else:
+                    items.append(var if cond is None else f"{var} if {cond} else None")
+            lines += self._why_saved(tape, saved)
             lines.append(f"ctx.save_for_backward({', '.join(items)})")
+        return lines
+
+    def _why_saved(self, tape: Tape, saved) -> list[str]:
+        """One comment line per saved tensor: what it holds and which gradients read it."""
+        ex = PyExpr(Spelling())
+        every = [l for l in tape.leaves if l in tape.differentiable]
+        lines = []
+        for var, leaves in saved:
+            readers = "every gradient" if set(every) <= leaves else ", ".join(f"grad_{l}" for l in every if l in leaves)
+            what = var
+            if var in self.masks:
+                what = f"{var} = {ex(self.mask_values[var])}, as {self.masks[var].dtype}"
+            elif var not in tape.leaves:
+                step = tape.step(var)
+                if any(isinstance(o, N.Name) and o.id == var for o in tape.outputs):
+                    what = f"{var} (an output)"
+                elif step is not None and step.op is not None and step.op.cost == "random":
+                    what = f"{var} (drawn at random, as bool: never recomputed)"
+                else:
+                    what = f"{var} (costly to recompute)"
+            lines.append(f"# saves {what}: read by {readers}")
         return lines
 
     # ---------------------------------------------------------------- derived backward
@@ -321,6 +361,39 @@ class FunctionEmitter:
         """Shared by derived and hand-written backwards. Each section's items are (leaves, target, expr, span) in
         order, and its `incoming` maps each incoming gradient it reads to the forward value it is the
         gradient of. Sections share what is saved; each recomputes what it needs itself."""
+        sections = [self._sums_resolved(tape, sec) for sec in sections]
+        sections = [self._static_shapes(tape, sec) for sec in sections]
+        sections = self._masked(tape, sections)
+        reads = self._reads(tape, sections, self.masks)
+        recomputed = {v for sec in sections for v in sec.recompute}
+        ctx = self.names.ctx_value
+        ex = PyExpr(Spelling({k: ctx(k) for k in self.kwargs}, training=ctx("training")), call_hook=self._internal)
+        order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps] + list(self.masks))}
+        read_names = {n.id for sec in sections for _, _, e, _ in sec.items for n in walk(e) if isinstance(n, N.Name)}
+        read_names |= {n.id for s in tape.steps if s.var in recomputed for n in walk(s.expr) if isinstance(n, N.Name)}
+        lines, self.backward_dims = self.prelude(tape, read_names, ex, ctx)
+        saved = sorted(reads, key=lambda v: order.get(v, 1 << 30))
+        if saved:
+            lines.append(
+                f"({saved[0]},) = ctx.saved_tensors" if len(saved) == 1 else f"{', '.join(saved)} = ctx.saved_tensors"
+            )
+        grads = [f"grad_{l}" for l in tape.leaves if l in tape.differentiable]
+        always = {t for lv, t, _, _ in sections[0].items if self.needs(lv, tape) is None}
+        guarded = [g for g in grads if g not in always or len(sections) > 1]
+        if guarded:
+            lines.append(" = ".join(guarded) + " = None")
+        for sec in sections:
+            body = self._section(tape, sec, ex, set(reads), depth=0 if sec.cond is None else 1)
+            lines += body if sec.cond is None else [f"if {sec.cond}:", *("    " + line for line in body)]
+        returns = [f"grad_{l}" if l in tape.differentiable else "None" for l in tape.leaves] + ["None"] * len(
+            self.kwargs
+        )
+        lines.append(f"return {', '.join(returns)}")
+        return lines, reads
+
+    def _reads(self, tape: Tape, sections: list[Section], masks: dict[str, Mask]) -> dict[str, set[str]]:
+        """For each forward tensor the backward reads (saved, or a mask computed when saving), which leaves
+        need it; fills each section's `recompute` and `self.shape_on_ctx`."""
         reads: dict[str, set[str]] = {}
         outputs = {o.id for o in tape.outputs if isinstance(o, N.Name)}
 
@@ -332,7 +405,10 @@ class FunctionEmitter:
                 # even costly intermediates from what is saved.
                 costly_saved = step is not None and step.costly and self.layer.backward is None and not rare
                 keep = (
-                    step is None
+                    var in masks
+                    or step is None
+                    or step.op is not None
+                    and step.op.cost == "random"  # drawn once: recomputing would draw again
                     or not self.save_inputs_only
                     and (var in outputs or costly_saved)
                     or rare
@@ -356,11 +432,12 @@ class FunctionEmitter:
         readers = []
         shape_uses: dict[str, set[str]] = {}
         for sec in sections:
+            sec.recompute.clear()
             read = reader(sec.recompute, sec.rare)
             readers.append(read)
             for leaves, _, expr, _ in sec.items:
                 for n in _value_names(expr):
-                    if tape.step(n) or n in tape.leaves:
+                    if tape.step(n) or n in tape.leaves or n in masks:
                         read(n, leaves)
                 for n in _shape_names(expr):
                     shape_uses.setdefault(n, set()).update(leaves)
@@ -373,30 +450,144 @@ class FunctionEmitter:
                 for n in _shape_names(expr):
                     if n not in self.shape_on_ctx:
                         read(n, leaves)
-        ctx = self.names.ctx_value
-        ex = PyExpr(Spelling({k: ctx(k) for k in self.kwargs}, training=ctx("training")), call_hook=self._internal)
-        order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps])}
-        read_names = {n.id for sec in sections for _, _, e, _ in sec.items for n in walk(e) if isinstance(n, N.Name)}
-        read_names |= {n.id for s in tape.steps if s.var in recomputed for n in walk(s.expr) if isinstance(n, N.Name)}
-        lines, self.backward_dims = self.prelude(tape, read_names, ex, ctx)
-        saved = sorted(reads, key=lambda v: order.get(v, 1 << 30))
-        if saved:
-            lines.append(
-                f"({saved[0]},) = ctx.saved_tensors" if len(saved) == 1 else f"{', '.join(saved)} = ctx.saved_tensors"
-            )
-        grads = [f"grad_{l}" for l in tape.leaves if l in tape.differentiable]
-        always = {t for lv, t, _, _ in sections[0].items if self.needs(lv, tape) is None}
-        guarded = [g for g in grads if g not in always or len(sections) > 1]
-        if guarded:
-            lines.append(" = ".join(guarded) + " = None")
-        for sec in sections:
-            body = self._section(tape, sec, ex, set(reads), depth=0 if sec.cond is None else 1)
-            lines += body if sec.cond is None else [f"if {sec.cond}:", *("    " + line for line in body)]
-        returns = [f"grad_{l}" if l in tape.differentiable else "None" for l in tape.leaves] + ["None"] * len(
-            self.kwargs
-        )
-        lines.append(f"return {', '.join(returns)}")
-        return lines, reads
+        return reads
+
+    def _sums_resolved(self, tape: Tape, sec: Section) -> Section:
+        """`sum_to(g, t)` between known shapes as the plain sum it is, before deciding what to save: `t`
+        is then not read at all (`x - mean(x)` saves nothing)."""
+        stmts = [Stmt(target, expr, leaves, span=span) for leaves, target, expr, span in sec.items]
+        explicit_sums(stmts, self._facts(tape, sec.incoming, set()))
+        return dataclasses.replace(sec, items=[(s.leaves, s.target, s.expr, s.span) for s in stmts])
+
+    def _static_shapes(self, tape: Tape, sec: Section) -> Section:
+        """An intermediate read only for its shape, with no input or parameter of that shape, as its static
+        shape in the symbolic dims (`(3 * B, n)`): the intermediate is then not recomputed, nor what it is
+        computed from saved."""
+        dims = self.dim_source
+
+        def leaf_dim(dim: str) -> N.Expr | None:  # the size of an input's or parameter's dim
+            for leaf in tape.leaves:
+                shape = tape.shapes.get(leaf) or () if leaf not in self.e.optional else ()
+                if dim in shape and "..." not in shape[shape.index(dim) :]:
+                    size = B.call("reduced_numel", B.name(leaf), B.num(shape.index(dim) - len(shape)))
+                    size.kind = N.Kind.INT
+                    return size
+            return None
+
+        def dim_expr(dim: str) -> N.Expr | None:  # a polynomial in the symbolic dims
+            try:
+                size = parse_expr(dim)
+            except SpecError:
+                return None
+            for n in walk(size):
+                if isinstance(n, N.Name):
+                    if n.id not in dims:
+                        return None
+                    n.ref, n.kind = N.Ref.DIM, N.Kind.INT
+            return size
+
+        def static(name: str) -> N.Expr | None:
+            shape = tape.shapes.get(name)
+            if shape is None or any(d == "..." or d.startswith("<") for d in shape):
+                return None
+            sizes = [size for d in shape if (size := leaf_dim(d) or dim_expr(d)) is not None]
+            if len(sizes) < len(shape):
+                return None
+            out = N.ListExpr(NOWHERE, sizes)
+            out.kind = N.Kind.LIST
+            return out
+
+        def go(e: N.Expr) -> N.Expr:
+            e = map_children(e, go)
+            if isinstance(e, N.Call):
+                for i in shape_args(e):
+                    arg = e.args[i]
+                    if (
+                        isinstance(arg, N.Name)
+                        and tape.step(arg.id) is not None
+                        and same_shape_leaf(tape, arg.id) is None
+                    ):
+                        e.args[i] = static(arg.id) or arg
+            return e
+
+        return dataclasses.replace(sec, items=[(lv, t, go(e), span) for lv, t, e, span in sec.items])
+
+    def _masked(self, tape: Tape, sections: list[Section]) -> list[Section]:
+        """The sections with comparisons (and signs) of forward values read from masks saved in their
+        smallest form, each where that saves fewer bytes than the float tensors it is computed from;
+        sets `self.masks`."""
+        outputs = {o.id for o in tape.outputs if isinstance(o, N.Name)}
+
+        def available(var: str) -> bool:  # at hand in setup_context
+            return var in tape.leaves or not self.save_inputs_only and var in outputs
+
+        def opaque(var: str) -> bool:
+            step = tape.step(var)
+            return step is not None and step.op is None and not available(var)
+
+        exprs = [e for sec in sections for _, _, e, _ in sec.items]
+        forward = lambda n: tape.step(n) is not None or n in tape.leaves  # noqa: E731
+        found: dict[str, Mask] = {}
+        computed: dict[str, N.Expr] = {}
+        for mask in mask_candidates(exprs, forward, opaque):
+            value = self._computed_from(mask.expr, tape, available)
+            if value is None:
+                continue
+            if not opaque(mask.name):
+                mask = dataclasses.replace(mask, name=self.names.local(mask.name))
+            found[mask.name] = mask
+            computed[mask.name] = value
+
+        def weight(masks: dict[str, Mask]) -> int:
+            return _saved_weight(self._reads(tape, self._with_masks(sections, masks), masks), masks)
+
+        # All masks at once (a `maximum` needs three before its operand is no longer read), then each one
+        # dropped that saves nothing (`relu(x) * x` reads x anyway).
+        chosen = dict(found)
+        for name in list(found):
+            fewer = {k: m for k, m in chosen.items() if k != name}
+            if weight(fewer) <= weight(chosen):
+                chosen = fewer
+        sections = self._with_masks(sections, chosen)
+        self._reads(tape, sections, chosen)
+        self.masks = chosen
+        self.mask_values = {k: computed[k] for k in chosen}
+        return sections
+
+    @staticmethod
+    def _with_masks(sections: list[Section], masks: dict[str, Mask]) -> list[Section]:
+        def masked(e: N.Expr) -> N.Expr:
+            for mask in masks.values():
+                e = replaced(e, mask)
+            return e
+
+        return [
+            dataclasses.replace(sec, items=[(lv, t, masked(e), span) for lv, t, e, span in sec.items], recompute={})
+            for sec in sections
+        ]
+
+    def _computed_from(self, e: N.Expr, tape: Tape, available) -> N.Expr | None:
+        """`e` in terms of what setup_context has (inputs, outputs, arguments), through cheap steps only;
+        None when it would need a costly one or an optional member."""
+        if isinstance(e, N.Name) and e.kind == "tensor":
+            step = tape.step(e.id)
+            if available(e.id) or step is None and e.id in tape.leaves:
+                return e
+            if step is None or step.costly or step.guard:
+                return None
+            return self._computed_from(_squares(copy.deepcopy(step.expr)), tape, available)
+        if isinstance(e, N.Name) and e.id not in self.kwargs:
+            return None  # a dim or number local: not at hand in setup_context
+        failed = False
+
+        def go(c):
+            nonlocal failed
+            out = self._computed_from(c, tape, available) if isinstance(c, N.Expr) else c
+            failed = failed or out is None
+            return c if out is None else out
+
+        out = map_children(e, go)
+        return None if failed else out
 
     def _section(self, tape: Tape, sec: Section, ex: PyExpr, saved: set[str], depth: int) -> list[str]:
         stmts = [
@@ -441,7 +632,11 @@ class FunctionEmitter:
         for step in tape.steps:  # with an optional member, only what holds when it is absent
             sources[step.var] = _step_sources(step, sources)
         return Facts(
-            roots={**sources, **{g: sources.get(v, frozenset({v})) | {g} for g, v in incoming.items()}},
+            roots={
+                **sources,
+                **{g: sources.get(v, frozenset({v})) | {g} for g, v in incoming.items()},
+                **{m: frozenset() for m in self.masks},  # a bool or int8 mask: any float operand dominates it
+            },
             shapes=shapes,
             kept=set(tape.leaves) | kept | set(incoming) | returned,
             foldable={s.var for s in tape.steps} - set(tape.env.values()),
@@ -492,6 +687,35 @@ class FunctionEmitter:
             return f"{ex.wrap(a[0], ATOM)}.sum_to_size({star}{self._shape(a[1], ex)})"
         if f == "shape_of":
             return self._shape(a[0], ex)
+        if OPS[f].torch.startswith("torch.nn.grad."):  # its input or weight given by the shape
+            shaped = [self._shape(x, ex) if i in OPS[f].shape_args else ex(x) for i, x in enumerate(a)]
+            return f"{OPS[f].torch}({', '.join(shaped)})"
+        if f in ("dropout_mask", "dropout_apply"):  # p may be a keyword (the tape writes it so)
+            args = dict(zip([p.name for p in OPS[f].params], a)) | {k.name: k.value for k in c.kwargs}
+            p = ex.wrap(args["p"], PREC["-"] + 1) if "p" in args else "0.5"
+            if f == "dropout_mask":
+                return f"torch.empty_like({ex(args['input'])}, dtype=torch.bool).bernoulli_(1 - {p})"
+            x, keep = args["input"], ex(args["mask"])
+            return f"(torch.where({keep}, {ex.wrap(x, PREC['/'])} / (1 - {p}), 0) if {ex.sp.training} else {ex(x)})"
+        if f == "transform_length":  # n, else the input's size along dim
+            n, inp, dim = a
+            return f"{self._shape(inp, ex)}[{ex(dim)}]" if isinstance(n, N.NoneLit) else ex(n)
+        if f == "resize":
+            return self._resized(a, ex)
+        if f == "hermitian_weights":
+            grad, length = ex.wrap(a[0], ATOM), ex.wrap(a[2], ATOM)
+            ones, twos = f"{grad}.new_ones", f"{grad}.new_full((({length} - 1) // 2,), 2)"
+            weights = f"torch.cat([{ones}(1), {twos}, {ones}(1 - {length} % 2)])"
+            return f"{weights}.reshape({self._trailing_ones(a[1], f'{grad}.dim()', ex)})"
+        if f == "select":  # stack's gradient: one operand's part
+            return f"{ex.wrap(a[0], ATOM)}.select({ex(a[1])}, {ex(a[2])})"
+        if f in ("slice_backward", "select_backward"):  # the ATen kernels take the input's sizes
+            bounds = [ex(b) if not isinstance(b, N.NoneLit) else "0" for b in a[2:]]
+            if f == "slice_backward" and isinstance(a[4], N.NoneLit):  # to the end of the dim
+                bounds[2] = f"{self._shape(a[1], ex)}[{ex(a[2])}]"
+            if f == "slice_backward" and isinstance(a[5], N.NoneLit):
+                bounds[3] = "1"
+            return f"torch.ops.aten.{f}({ex(a[0])}, {self._shape(a[1], ex)}, {', '.join(bounds)})"
         if f == "expand_reduced":
             g, inp, dim, keepdim = a
             return f"{self._unsqueeze(ex.wrap(g, ATOM), dim, keepdim, ex)}.expand({self._shape(inp, ex)})"
@@ -500,6 +724,9 @@ class FunctionEmitter:
             return self._unsqueeze(ex.wrap(g, ATOM), dim, keepdim, ex)
         if f == "reduced_numel":
             inp, dim = a
+            at = _int_literal(dim)
+            if isinstance(inp, N.ListExpr) and at is not None and -len(inp.items) <= at < len(inp.items):
+                return ex.wrap(inp.items[at], ATOM)  # a static shape's dim
             shape = self._shape(inp, ex)
             if isinstance(dim, N.NoneLit):
                 return f"{shape}.numel()"
@@ -513,8 +740,36 @@ class FunctionEmitter:
             return f"({mask} / {mask}.sum({dims}, keepdim=True))"
         return None
 
+    def _resized(self, a: list[N.Expr], ex: PyExpr) -> str:
+        """`resize(g, like, dim, size, length)`: `g` cut or zero-padded along dim from `size` to `length`
+        (F.pad pads the last dims first; a negative amount cuts)."""
+        g, like, dim, size, length = a
+        if ex(size) == ex(length):
+            return ex(g)
+        rank = f"len({self._shape(like, ex)})"
+        before = self._trailing_ones(dim, rank, ex, pairs=True)
+        return f"F.pad({ex(g)}, {before}(0, {ex(length)} - {ex.wrap(size, PREC['*'] + 1)}))"
+
+    @staticmethod
+    def _trailing_ones(dim: N.Expr, rank: str, ex: PyExpr, pairs: bool = False) -> str:
+        """For a dim: the shape `(-1, 1, 1)` that puts a vector along it (`pairs`: the `(0, 0) * k + `
+        F.pad needs to skip the dims after it). `rank` is the rank's Python, for a dim counted from the front."""
+        value = _int_literal(dim)
+        if value is not None and value < 0:
+            after = -value - 1
+            if pairs:
+                return f"(0, 0) * {after} + " if after else ""
+            return ", ".join(["-1"] + ["1"] * after)
+        after_text = f"({rank} - {ex(dim)} - 1)"
+        if pairs:
+            return f"(0, 0) * {after_text} + "
+        return f"(-1,) + (1,) * {after_text}"
+
     def _shape(self, e: N.Expr, ex: PyExpr) -> str:
-        """A tensor's shape: from the tensor when the backward has it, else as kept on ctx."""
+        """A tensor's shape: from the tensor when the backward has it, else as kept on ctx (or its static
+        shape in the dims, a list)."""
+        if isinstance(e, N.ListExpr):
+            return f"({', '.join(ex(d) for d in e.items)}{',' if len(e.items) == 1 else ''})"
         if isinstance(e, N.Name) and e.id in self.shape_on_ctx:
             return self.names.ctx_shape(e.id)
         return f"{ex(e)}.shape"
@@ -564,6 +819,19 @@ def _compared_exactly(tape: Tape) -> set[str]:
             exact.add(name)
             frontier += _value_names(by_var[name].expr)
     return exact
+
+
+def _int_literal(e: N.Expr) -> int | None:
+    """`3` or `-1` as an int; None for anything else."""
+    if isinstance(e, N.UnaryOp) and e.op == "-":
+        inner = _int_literal(e.operand)
+        return None if inner is None else -inner
+    return e.value if isinstance(e, N.Num) and isinstance(e.value, int) else None
+
+
+def _saved_weight(reads: dict[str, set[str]], masks: dict[str, Mask]) -> int:
+    """What saving these costs, counting a float tensor as four masks (a bool or an int8 per element)."""
+    return sum(1 if v in masks else 4 for v in reads)
 
 
 def _renamed(e: N.Expr, names: dict[str, str]) -> N.Expr:

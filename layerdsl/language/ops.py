@@ -34,7 +34,7 @@ class Op:
     grads: dict[str, str | None] = field(default_factory=dict)  # tensor param -> formula (None: no derivative)
     scalar: str | None = None  # the callable emitted when every operand is a Python number
     operator: str | None = None  # "+" etc. for the operator rows
-    cost: str = "cheap"  # "costly" results are saved for backward rather than recomputed
+    cost: str = "cheap"  # "costly" results are saved for backward rather than recomputed ("random": always)
     internal: bool = False
     kwarg_spelling: dict[str, str] = field(default_factory=dict)  # spec keyword -> torch keyword
     positional: int | None = None  # how many leading arguments torch takes positionally (None: all)
@@ -371,7 +371,8 @@ TABLE: tuple[Op, ...] = (
         "torch.cat",
         "concat",
         "concatenate along an existing dim",
-        {"tensors": "split_like(grad, tensors, dim)"},
+        # per operand (`item`), which starts at `offset` along dim
+        {"tensors": "narrow(grad, dim, offset, reduced_numel(item, dim))"},
     ),
     Op(
         "stack",
@@ -379,7 +380,7 @@ TABLE: tuple[Op, ...] = (
         "torch.stack",
         "concat",
         "stack along a new dim",
-        {"tensors": "unbind(grad, dim)"},
+        {"tensors": "select(grad, dim, index)"},  # per operand, the `index`-th
     ),
     # -- Fourier transforms over one dim (complex results)
     Op(
@@ -388,7 +389,9 @@ TABLE: tuple[Op, ...] = (
         "torch.fft.fft",
         "fft",
         "discrete Fourier transform",
-        {"input": None},
+        {
+            "input": "resize(ifft(grad, dim = dim) * transform_length(n, input, dim), input, dim, transform_length(n, input, dim), reduced_numel(input, dim))"
+        },
         cost="costly",
     ),
     Op(
@@ -397,7 +400,9 @@ TABLE: tuple[Op, ...] = (
         "torch.fft.ifft",
         "fft",
         "inverse discrete Fourier transform",
-        {"input": None},
+        {
+            "input": "resize(fft(grad, dim = dim) / transform_length(n, input, dim), input, dim, transform_length(n, input, dim), reduced_numel(input, dim))"
+        },
         cost="costly",
     ),
     Op(
@@ -406,7 +411,9 @@ TABLE: tuple[Op, ...] = (
         "torch.fft.rfft",
         "fft",
         "Fourier transform of a real signal",
-        {"input": None},
+        {
+            "input": "resize(ifft(resize(grad, input, dim, transform_length(n, input, dim) // 2 + 1, transform_length(n, input, dim)), dim = dim) * transform_length(n, input, dim), input, dim, transform_length(n, input, dim), reduced_numel(input, dim))"
+        },
         cost="costly",
     ),
     Op(
@@ -415,7 +422,9 @@ TABLE: tuple[Op, ...] = (
         "torch.fft.irfft",
         "fft",
         "inverse of rfft",
-        {"input": None},
+        {
+            "input": "resize(rfft(grad, dim = dim) * hermitian_weights(grad, dim, reduced_numel(result, dim)) / reduced_numel(result, dim), input, dim, reduced_numel(result, dim) // 2 + 1, reduced_numel(input, dim))"
+        },
         cost="costly",
     ),
     # -- neural-network ops
@@ -434,7 +443,11 @@ TABLE: tuple[Op, ...] = (
         "torch.nn.functional.conv1d",
         "conv",
         "1-D convolution (torch.nn.functional.conv1d)",
-        {"input": None, "weight": None, "bias": None},
+        {
+            "input": "conv1d_input(input, weight, grad, stride, padding, dilation, groups)",
+            "weight": "conv1d_weight(input, weight, grad, stride, padding, dilation, groups)",
+            "bias": "sum(grad, dim = [0, 2])",
+        },
         cost="costly",
         promotes=False,
     ),
@@ -444,7 +457,11 @@ TABLE: tuple[Op, ...] = (
         "torch.nn.functional.conv2d",
         "conv",
         "2-D convolution (torch.nn.functional.conv2d)",
-        {"input": None, "weight": None, "bias": None},
+        {
+            "input": "conv2d_input(input, weight, grad, stride, padding, dilation, groups)",
+            "weight": "conv2d_weight(input, weight, grad, stride, padding, dilation, groups)",
+            "bias": "sum(grad, dim = [0, 2, 3])",
+        },
         cost="costly",
         promotes=False,
     ),
@@ -556,9 +573,121 @@ TABLE: tuple[Op, ...] = (
         shape_args=(1,),
     ),
     Op(
-        "split_like", _sig("grad*, tensors[], dim"), "", "custom", "split a gradient like cat's operands", internal=True
+        "narrow",
+        _sig("input*, dim, start, length"),
+        "torch.narrow",
+        "custom",
+        "length elements from start along dim",
+        internal=True,
     ),
-    Op("unbind", _sig("grad*, dim"), "torch.unbind", "custom", "split along a dim", internal=True),
+    # -- dropout as a derived backward sees it: the mask drawn once (saved as bool, never recomputed), then
+    # applied; in eval mode the mask is not read and the input passes through
+    Op(
+        "dropout_mask",
+        _sig("input*, p"),
+        "",
+        "elementwise",
+        "the elements dropout keeps: bool, True with probability 1 - p",
+        cost="random",
+        internal=True,
+    ),
+    Op(
+        "dropout_apply",
+        _sig("input*, mask*, p"),
+        "",
+        "elementwise",
+        "input where mask, scaled by 1 / (1 - p), in training mode; input otherwise",
+        {"input": "dropout_apply(grad, mask, p)"},
+        internal=True,
+    ),
+    # -- a convolution's gradients (torch.nn.grad: differentiable again, for double backward)
+    *(
+        Op(
+            f"conv{k}d_{of}",
+            _sig("input*, weight*, grad*, stride, padding, dilation, groups"),
+            f"torch.nn.grad.conv{k}d_{of}",
+            "custom",
+            f"the gradient of conv{k}d's {of} (torch.nn.grad.conv{k}d_{of})",
+            internal=True,
+            shape_args=(0,) if of == "input" else (1,),
+        )
+        for k in (1, 2)
+        for of in ("input", "weight")
+    ),
+    # -- helpers of the Fourier transforms' formulas (the gradient of a real input is the real part)
+    Op("real", _sig("input*"), "torch.real", "elementwise", "the real part", {"input": "grad"}, internal=True),
+    Op(
+        "conj",
+        _sig("input*"),
+        "torch.conj",
+        "elementwise",
+        "the complex conjugate",
+        {"input": "conj(grad)"},
+        internal=True,
+    ),
+    Op(
+        "transform_length",
+        _sig("n, input*, dim"),
+        "",
+        "custom",
+        "the length a Fourier transform works on: n, else input's size along dim",
+        internal=True,
+        shape_args=(1,),
+    ),
+    Op(
+        "resize",
+        _sig("input*, like*, dim, size, length"),
+        "",
+        "custom",
+        "input (of size `size` along dim) cut or zero-padded to `length` there; like gives the rank",
+        internal=True,
+        shape_args=(1,),
+    ),
+    Op(
+        "hermitian_weights",
+        _sig("grad*, dim, length"),
+        "",
+        "custom",
+        "1, then 2 for the bins a one-sided spectrum of `length` points stands for twice, along dim",
+        internal=True,
+    ),
+    # -- indexing and slicing, one dim per step (`x[1:, 0]` is a slice, then a select), written `x[..., a:b]`
+    Op(
+        "slice",
+        _sig("input*, dim, start = none, end = none, step = 1"),
+        "",
+        "view",
+        "input[start:end:step] along dim (a view)",
+        {"input": "slice_backward(grad, input, dim, start, end, step)"},
+        internal=True,
+    ),
+    Op(
+        "select",
+        _sig("input*, dim, index"),
+        "",
+        "view",
+        "input[index] along dim, which it drops (a view)",
+        {"input": "select_backward(grad, input, dim, index)"},
+        internal=True,
+    ),
+    Op(
+        "slice_backward",
+        _sig("grad*, input*, dim, start, end, step"),
+        "torch.ops.aten.slice_backward",
+        "custom",
+        "zeros of input's shape with grad written into the slice: slicing's gradient",
+        internal=True,
+        shape_args=(1,),
+    ),
+    Op(
+        "select_backward",
+        _sig("grad*, input*, dim, index"),
+        "torch.ops.aten.select_backward",
+        "custom",
+        "zeros of input's shape with grad written at index along dim: indexing's gradient",
+        internal=True,
+        shape_args=(1,),
+    ),
 )
 
 OPS: dict[str, Op] = {op.name: op for op in TABLE}

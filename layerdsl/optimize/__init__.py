@@ -1,19 +1,25 @@
 """The optimisation stage (see `pipeline`): what the emitter uses from it."""
 
-from layerdsl.optimize.fusion import addcmul_form, guarded_addcmul, substitute
+from layerdsl.optimize.fusion import addcmul_form, explicit_sums, guarded_addcmul, substitute
 from layerdsl.optimize.inplace import unary_in_place
+from layerdsl.optimize.masks import Mask, replaced
+from layerdsl.optimize.masks import candidates as mask_candidates
 from layerdsl.optimize.operations import dtype_sources, fresh_node
 from layerdsl.optimize.pipeline import optimize
 from layerdsl.optimize.statements import Facts, Stmt
 
 __all__ = [
     "Facts",
+    "Mask",
     "Stmt",
     "addcmul_form",
     "dtype_sources",
+    "explicit_sums",
     "fresh_node",
     "guarded_addcmul",
+    "mask_candidates",
     "optimize",
+    "replaced",
     "substitute",
     "unary_in_place",
 ]

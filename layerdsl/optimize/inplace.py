@@ -126,7 +126,7 @@ class _InPlaceRewriter:
         if isinstance(s.expr, N.Name):
             return s.expr.id == name  # an alias
         for node in walk(s.expr):
-            if isinstance(node, (N.BinOp, N.UnaryOp, N.Call, N.InPlace)):
+            if isinstance(node, (N.BinOp, N.UnaryOp, N.Call, N.InPlace, N.Subscript)):  # a subscript: a view
                 if self.fresh_sum(node):
                     continue
                 for param, operand in operands(node):

@@ -11,7 +11,7 @@ from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import children
 from layerdsl.language.ops import OPERATORS, OPS, Op, shape_args
 
-ALIASING = ("sum_to", "expand_reduced", "unbind", "split_like")  # results that may share the operand's storage
+ALIASING = ("sum_to", "expand_reduced", "narrow", "select")  # results that may share the operand's storage
 
 _BY_METHOD = {op.inplace: op for op in OPS.values() if op.inplace}
 
@@ -124,6 +124,9 @@ def fresh_node(e) -> bool:
 # ------------------------------------------------------------------ dtypes
 
 
+COMPLEX = "<complex>"  # a dtype source: the value is complex (a Fourier transform's)
+
+
 def dtype_sources(e, known: dict[str, frozenset[str]]) -> frozenset[str]:
     """The tensors a backward starts from whose dtypes `e`'s dtype is promoted from (`known` expands names
     bound on the way). Comparisons, `where`'s condition and arguments read only for their shape add
@@ -137,6 +140,10 @@ def dtype_sources(e, known: dict[str, frozenset[str]]) -> frozenset[str]:
             return
         elif isinstance(n, N.Call) and n.func == "extremum_mask":
             out.add("<default dtype>")
+        elif isinstance(n, N.Call) and n.func in ("real", "irfft"):  # complex in, real out
+            out.update(dtype_sources(n.args[0], known) - {COMPLEX})
+        elif isinstance(n, N.Call) and n.func in ("fft", "ifft", "rfft"):  # a complex result: nothing real dominates it
+            out.update(dtype_sources(n.args[0], known) | {COMPLEX})
         elif isinstance(n, N.Call):
             skip = shape_args(n) or ((0,) if n.func == "where" else ())  # where's condition is a mask
             for i, a in enumerate(n.args):

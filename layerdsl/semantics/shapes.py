@@ -516,6 +516,8 @@ def op_shape(
             return None
         stride, padding, dilation, _ = values
         return conv(shape_of(args["input"]), shape_of(args["weight"]), stride, padding, dilation, int(op.name[4]))
+    if op.name in ("slice", "select"):
+        return _one_dim_index(op, args, shape_of(args["input"]))
     if op.name in ("sum_to", "expand_reduced"):
         return shape_of(args["input"])  # the gradient takes its input's shape
     if op.name == "reduced_view":  # a reduction's gradient with the reduced dims back as size 1
@@ -524,6 +526,52 @@ def op_shape(
             return shape_of(args["grad"])  # nothing to restore: the view is the gradient itself
         return reduce(shape_of(args["input"]), _as_list(dims), keepdim=True) if _dims(dims) else None
     return None
+
+
+def _one_dim_index(op: Op, args: Mapping[str, N.Expr], shape: Shape) -> Shape:
+    """`slice` (a dim sized by its bounds) or `select` (a dim dropped) along one dim."""
+    dim = _literal(op, args, "dim")
+    if shape is None or _opaque(shape) or type(dim) is not int:
+        return None
+    p = _position(shape, dim)
+    if p is None:
+        return None
+    if op.name == "select":
+        return shape[:p] + shape[p + 1 :]
+    size = slice_size(args.get("start"), args.get("end"), args.get("step"), shape[p])
+    return None if size is None else shape[:p] + (size,) + shape[p + 1 :]
+
+
+def slice_size(lower: N.Expr | None, upper: N.Expr | None, step: N.Expr | None, dim: Dim) -> Dim | None:
+    """The size of `[lower:upper:step]` over a dim of size `dim`: None when the step is not 1 or a bound
+    may pass the end (then the size is known only at run time)."""
+    if step is not None and not isinstance(step, N.NoneLit) and not (isinstance(step, N.Num) and step.value == 1):
+        return None
+    size = text_poly(dim)
+
+    def bound(e: N.Expr | None, default: Poly) -> Poly | None:
+        if e is None or isinstance(e, N.NoneLit):
+            return default
+        if e.kind not in ("int", "unknown") and not isinstance(e, N.Num):
+            return None
+        p = poly(e)
+        value = as_int(p)
+        return poly_add(size, p) if value is not None and value < 0 else p
+
+    low, high = bound(lower, constant(0)), bound(upper, size)
+    if low is None or high is None or not _at_most(high, dim):
+        return None
+    return poly_text(poly_add(high, low, -1))
+
+
+def _at_most(bound: Poly, dim: Dim) -> bool:
+    """Whether a slice bound is provably at most `dim` (dims are never negative): `dim - c` with c >= 0,
+    a constant no larger than a constant dim, or `dim // c`."""
+    gap = as_int(poly_add(text_poly(dim), bound, -1))
+    if gap is not None:
+        return gap >= 0
+    head, _, divisor = poly_text(bound).rpartition(" // ")
+    return head in (dim, f"({dim})") and divisor.isdigit() and int(divisor) >= 1
 
 
 def expr_shape(e: N.Expr, env: Mapping[str, Shape]) -> Shape:

@@ -1,0 +1,226 @@
+"""Derived backwards through the op families that used to need a backward block: indexing and slicing,
+`cat`/`stack`, the Fourier transforms (complex intermediates, real or complex outputs, `n` and `dim`).
+For one spec per family: the Function against plain autograd, gradcheck and gradgradcheck, and
+torch.func.vmap of torch.func.grad and jacrev."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from layerdsl.codegen.module import emit_file
+from layerdsl.driver.cli import main
+from layerdsl.semantics.checker import check_program
+from layerdsl.syntax.parser import parse_file
+
+SPEC = """
+@function
+layer Probe(n: int) {{
+    param w: [{w}] = uniform(0.5, 1.5)
+    example(n = 8)
+
+    forward(x: [B, n]) -> {out} {{
+        return {body}
+    }}
+}}
+"""
+
+FAMILIES = {
+    "slicing": ("tanh(x)[:, 1:3] * w + x[-1, none][..., 2:4] + x[..., 0, none]", "n // 4", "[B, 2]"),
+    "negative_bounds": ("sin(x * w)[1:, -3:-1]", "n", "[B - 1, 2]"),
+    "cat": ("cat([tanh(x)[:, :2], x * w, exp(x)[:, 2:]], dim = -1)", "n", "[B, 2 * n]"),
+    "cat_rows": ("cat([tanh(x), x * w], dim = 0)", "n", "[2 * B, n]"),
+    "stack": ("stack([x * w, exp(x)], dim = -1)[..., 1] + stack([x, x * w])[0]", "n", "[B, n]"),
+    "half_fourier": ("fft(x * w)[..., : n // 2]", "n", "[B, n // 2]"),
+    "spectral_filter": ("irfft(rfft(x) * w, n = n)", "n // 2 + 1", "[B, n]"),
+    "fft_n_dim": ("ifft(fft(x * w, n = 5, dim = 0), dim = 0)[:, 1:]", "n", "[5, n - 1]"),
+    "rfft_n": ("rfft(x * w, n = 6)", "n", "[B, 4]"),
+    "irfft_default_n": ("irfft(fft(x) * w, dim = -1)", "n", "[B, 2 * n - 2]"),
+    "irfft_n_odd": ("irfft(rfft(x * w), n = 7)", "n", "[B, 7]"),
+    "complex_product": ("ifft(fft(x) * fft(x * w)) * 2", "n", "[B, n]"),
+}
+
+
+def _compile(body: str, w: str, out: str) -> dict:
+    spec = parse_file("probe.layer", SPEC.format(body=body, w=w, out=out))
+    namespace: dict = {}
+    exec(compile(emit_file(spec, check_program([spec]), "probe.layer", {}), "probe.py", "exec"), namespace)
+    return namespace
+
+
+@pytest.fixture(params=sorted(FAMILIES), name="family")
+def _family(request):
+    body, w, out = FAMILIES[request.param]
+    ns = _compile(body, w, out)
+    torch.manual_seed(0)
+    layer = ns["Probe"](8, dtype=torch.float64)
+    fn = ns["ProbeFunction"].apply
+
+    through_apply = [8] if "n" in _kwargs(ns) else []
+    numbers = {"n": 8} if "n" in inspect.signature(ns["probe"]).parameters else {}
+
+    def apply(x, weight):
+        y = fn(x, weight, *through_apply)
+        return y[0] if isinstance(y, tuple) else y
+
+    def plain(x, weight):
+        return ns["probe"](x, weight, **numbers)
+
+    return plain, layer, apply
+
+
+def _kwargs(ns) -> list[str]:
+    return list(inspect.signature(ns["ProbeFunction"].forward).parameters)[2:]
+
+
+def test_derived_backward_matches_autograd(family):
+    plain, layer, apply = family
+    x = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    got, want = apply(x, layer.w), plain(x, layer.w)
+    assert torch.allclose(got, want)
+    seed = torch.randn_like(want)
+    for a, b in zip(
+        torch.autograd.grad(got, [x, layer.w], seed, create_graph=True),
+        torch.autograd.grad(want, [x, layer.w], seed, create_graph=True),
+    ):
+        assert torch.allclose(a, b)
+        v = torch.randn_like(a)
+        second = torch.autograd.grad((a * v).sum(), [x, layer.w], allow_unused=True, retain_graph=True)
+        ref = torch.autograd.grad((b * v).sum(), [x, layer.w], allow_unused=True, retain_graph=True)
+        for s, r in zip(second, ref):
+            assert (s is None and (r is None or r.abs().max() == 0)) or torch.allclose(s, r)
+
+
+def test_gradcheck_and_gradgradcheck(family):
+    _, layer, apply = family
+    x = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(apply, (x, layer.w))
+    assert torch.autograd.gradgradcheck(apply, (x, layer.w))
+
+
+def test_vmap_of_grad_and_jacrev(family):
+    plain, layer, apply = family
+    w = layer.w.detach()
+    xs = torch.randn(3, 4, 8, dtype=torch.float64)
+
+    def loss(f):
+        return lambda t: torch.view_as_real(f(t, w).to(torch.complex128)).square().sum()
+
+    batched = torch.func.vmap(torch.func.grad(loss(apply)))(xs)
+    want = torch.func.vmap(torch.func.grad(loss(plain)))(xs)
+    assert torch.allclose(batched, want)
+    jac = torch.func.jacrev(lambda t: apply(t, w).real)(xs[0])
+    ref = torch.func.jacrev(lambda t: plain(t, w).real)(xs[0])
+    assert torch.allclose(jac, ref)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("return x[x > 0]", "indexing by a tensor"),
+        ("return abs(fft(x))", "abs() of a complex value"),
+        ("return round(x)", "round() has no derivative"),
+    ],
+)
+def test_what_still_cannot_be_derived_says_which_op_and_why(tmp_path, capsys, body, message):
+    spec = tmp_path / "bad.layer"
+    spec.write_text(
+        '@function\nlayer Bad() {\n    """A layer."""\n    example()\n\n    forward(x) {\n        '
+        + body
+        + "\n    }\n}\n"
+    )
+    assert main(["check", str(spec)]) == 1
+    assert message in capsys.readouterr().err
+
+
+CONV = """
+@function
+layer Conv(c: int, k: int) {{
+    param weight: {weight} = uniform(-0.5, 0.5)
+    param bias: [k] = uniform(-0.5, 0.5)
+    example(c = 2, k = 3)
+
+    forward(x: {x}) {{
+        return {body}
+    }}
+}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("weight", "x", "body", "shape"),
+    [
+        ("[k, c, 3, 3]", "[N, c, H, W]", "tanh(conv2d(x, weight, bias, padding = 1))", (2, 2, 5, 4)),
+        ("[k, c, 2, 2]", "[N, c, H, W]", "conv2d(x * x, weight, bias, stride = 2)", (2, 2, 5, 4)),
+        ("[k, c, 3]", "[N, c, L]", "conv1d(sin(x), weight, bias, stride = 2, dilation = 2) * 2", (3, 2, 9)),
+    ],
+)
+def test_convolutions_derive(weight, x, body, shape):
+    spec = parse_file("conv.layer", CONV.format(weight=weight, x=x, body=body))
+    ns: dict = {}
+    exec(compile(emit_file(spec, check_program([spec]), "conv.layer", {}), "conv.py", "exec"), ns)
+    torch.manual_seed(0)
+    layer = ns["Conv"](2, 3, dtype=torch.float64)
+    fn = ns["ConvFunction"].apply
+    inputs = (torch.randn(*shape, dtype=torch.float64, requires_grad=True), layer.weight, layer.bias)
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
+    seed = torch.randn_like(fn(*inputs))
+    got = torch.autograd.grad(fn(*inputs), inputs, seed)
+    want = torch.autograd.grad(ns["conv"](*inputs), inputs, seed)
+    assert all(torch.allclose(a, b) for a, b in zip(got, want))
+    w, b = layer.weight.detach(), layer.bias.detach()
+    xs = torch.randn(2, *shape, dtype=torch.float64)
+    batched = torch.func.vmap(torch.func.grad(lambda t: fn(t, w, b).square().sum()))(xs)
+    for i in range(2):
+        t = xs[i].clone().requires_grad_()
+        (g,) = torch.autograd.grad(ns["conv"](t, w, b).square().sum(), t)
+        assert torch.allclose(batched[i], g)
+
+
+DROPOUT = """
+@function
+layer Drop(n: int) {
+    param w: [n, n] = uniform(-0.5, 0.5)
+    example(n = 4)
+
+    forward(x: [B, n]) -> [B, n] {
+        return dropout(tanh(x @ w), p = 0.25) * 2
+    }
+}
+"""
+
+
+def test_dropout_derives_with_its_mask_saved_as_bool():
+    spec = parse_file("drop.layer", DROPOUT)
+    ns: dict = {}
+    exec(compile(emit_file(spec, check_program([spec]), "drop.layer", {}), "drop.py", "exec"), ns)
+    torch.manual_seed(0)
+    layer = ns["Drop"](4, dtype=torch.float64)
+    fn = ns["DropFunction"].apply
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+
+    def seeded(t, w):  # the same mask on every call, so that gradcheck sees one function
+        torch.manual_seed(1)
+        return fn(t, w, True)[0]
+
+    assert torch.autograd.gradcheck(seeded, (x, layer.w))
+    assert torch.autograd.gradgradcheck(seeded, (x, layer.w))
+    saved: list[torch.dtype] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
+        out, _, keep = fn(x, layer.w, True)
+    assert keep.dtype == torch.bool and saved.count(torch.bool) == 1
+    assert 0 < keep.sum() < keep.numel()
+    want = torch.where(keep, torch.tanh(x @ layer.w) / 0.75, 0) * 2
+    assert torch.allclose(out, want)
+    seed = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, layer.w), seed)
+    ref = torch.autograd.grad(want, (x, layer.w), seed)
+    assert all(torch.allclose(a, b) for a, b in zip(got, ref))
+    out = fn(x, layer.w, False)[0]  # eval mode: the mask is not applied
+    assert torch.allclose(out, torch.tanh(x @ layer.w) * 2)
+    (g,) = torch.autograd.grad(out.sum(), x)
+    (r,) = torch.autograd.grad((torch.tanh(x @ layer.w) * 2).sum(), x)
+    assert torch.allclose(g, r)

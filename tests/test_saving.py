@@ -1,0 +1,124 @@
+"""What a `@function` layer saves for backward: only what the backward reads, in its smallest form (a
+comparison as a `bool` mask, a sign as `int8`), measured with saved_tensors_hooks; and the comment lines
+that say what is saved and why."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from layerdsl.codegen.module import emit_file
+from layerdsl.semantics.checker import check_program
+from layerdsl.syntax.parser import parse_file
+
+SPEC = """
+@function{save}
+layer Probe(n: int) {{
+    param w: [n, n] = uniform(-0.5, 0.5)
+    param b: [n] = uniform(-0.5, 0.5)
+    example(n = 4)
+
+    forward(x: [B, n]) -> [B, n] {{
+        return {body}
+    }}
+}}
+"""
+
+
+def _compile(body: str, save: str = "") -> tuple[str, dict]:
+    text = SPEC.format(body=body, save=f'(save = "{save}")' if save else "")
+    spec = parse_file("probe.layer", text)
+    source = emit_file(spec, check_program([spec]), "probe.layer", {})
+    namespace: dict = {}
+    exec(compile(source, "probe.py", "exec"), namespace)
+    return source, namespace
+
+
+def _saved(body: str, save: str = "", dtype=torch.float64) -> list[tuple[torch.dtype, tuple[int, ...]]]:
+    """(dtype, shape) of each tensor the Function saves, for x: [8, 4] with every gradient needed."""
+    _, ns = _compile(body, save)
+    torch.manual_seed(0)
+    layer = ns["Probe"](4, dtype=dtype)
+    x = torch.randn(8, 4, dtype=dtype, requires_grad=True)
+    saved: list[tuple[torch.dtype, tuple[int, ...]]] = []
+
+    def pack(t):
+        saved.append((t.dtype, tuple(t.shape)))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = layer(x)
+    _matches_autograd(ns, layer, x, out)
+    return saved
+
+
+def _matches_autograd(ns, layer, x, out) -> None:
+    want = ns["probe"](x, layer.w, layer.b)
+    seed = torch.randn_like(want)
+    got = torch.autograd.grad(out, [x, layer.w, layer.b], seed, allow_unused=True)
+    ref = torch.autograd.grad(want, [x, layer.w, layer.b], seed, allow_unused=True)
+    for a, r in zip(got, ref):
+        assert (a is None) == (r is None) or (a if r is None else r).abs().max() == 0
+        if a is not None and r is not None:
+            assert torch.allclose(a, r)
+
+
+@pytest.mark.parametrize("save", ["", "inputs"])
+def test_a_centering_layer_saves_no_tensor(save):
+    assert _saved("x - mean(x, dim = -1, keepdim = true)", save) == []
+    assert _saved("x - mean(x)", save) == []
+
+
+def test_a_relu_layer_saves_one_bool_mask():
+    assert _saved("relu(x)") == [(torch.bool, (8, 4))]
+    assert _saved("relu(x)", "inputs") == [(torch.bool, (8, 4))]
+    # the linear part needs x and w as values; the relu adds a mask, not its float output
+    saved = _saved("relu(x @ w + b)")
+    assert sorted(saved, key=str) == sorted(
+        [(torch.float64, (8, 4)), (torch.float64, (4, 4)), (torch.bool, (8, 4))], key=str
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["clamp(x * 2, -1, 1)", "clamp(x, min = 0)", "where(x > 0, x * 2, x * 3)", "maximum(x * 2, x * 3)"],
+)
+def test_piecewise_linear_layers_save_bool_masks_only(body):
+    saved = _saved(body)
+    assert saved and all(dtype == torch.bool for dtype, _ in saved), saved
+
+
+def test_abs_saves_its_sign_as_int8():
+    assert _saved("abs(x) * 3") == [(torch.int8, (8, 4))]
+
+
+def test_a_mask_is_not_saved_where_the_float_tensor_is_needed_anyway():
+    # x is read as a value by the product's gradient: a mask beside it would only add bytes
+    assert _saved("relu(x) * x") == [(torch.float64, (8, 4))]
+
+
+def test_masks_keep_double_backward_and_vmap_right():
+    _, ns = _compile("relu(x @ w + b)")
+    torch.manual_seed(0)
+    layer = ns["Probe"](4, dtype=torch.float64)
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    fn = ns["ProbeFunction"].apply
+    assert torch.autograd.gradcheck(fn, (x, layer.w, layer.b))
+    assert torch.autograd.gradgradcheck(fn, (x, layer.w, layer.b))
+    xs = torch.randn(3, 5, 4, dtype=torch.float64)
+    w, b = layer.w.detach(), layer.b.detach()
+    batched = torch.func.vmap(lambda t: torch.func.grad(lambda u: fn(u, w, b).sum())(t))(xs)
+    for k in range(3):
+        t = xs[k].clone().requires_grad_()
+        (g,) = torch.autograd.grad(ns["probe"](t, w, b).sum(), t)
+        assert torch.allclose(batched[k], g)
+
+
+def test_setup_context_says_what_is_saved_and_why():
+    source, _ = _compile("relu(x @ w + b)")
+    lines = [line.strip() for line in source.splitlines() if line.strip().startswith("# saves")]
+    assert lines == [
+        "# saves x: read by grad_w",
+        "# saves w: read by grad_x",
+        "# saves relu_positive = relu > 0, as bool: read by every gradient",
+    ]
