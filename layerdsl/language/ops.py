@@ -448,6 +448,14 @@ TABLE: tuple[Op, ...] = (
         cost="costly",
         promotes=False,
     ),
+    Op(
+        "prelu",
+        _sig("input*, weight*"),
+        "torch.nn.functional.prelu",
+        "softmax",
+        "x where x >= 0, else weight * x, one weight per channel (dim 1) or one for all",
+        {"input": None, "weight": None},
+    ),
     # -- what index notation lowers to (not callable from specs)
     Op(
         "einsum",

@@ -713,7 +713,7 @@ class LayerChecker:
     def check_optional_uses(self, expr: N.Expr, parent: N.Expr | None) -> None:
         if isinstance(expr, N.Name) and expr.id in self.optional and expr.ref in N.MEMBERS:
             ok = isinstance(parent, N.BinOp) and parent.op in ("+", "-", "*", "/")
-            if not ok:
+            if not ok and not takes_none(parent, expr):
                 self.r.error(
                     expr.span,
                     f"'{expr.id}' is optional (it exists only if its condition holds) and may only be an operand of + - * /",
@@ -1012,6 +1012,19 @@ def literal_kind(e: N.Expr) -> Kind | None:
         case N.UnaryOp(op="-", operand=N.Name(id=i)) if i in CONSTANTS:
             return Kind.FLOAT
     return None
+
+
+def takes_none(parent: N.Expr | None, operand: N.Expr) -> bool:
+    """Whether `operand` is an argument of an operation whose tensor parameter defaults to `none` (conv's
+    `bias`): an optional member may be passed there as it is, `None` when absent."""
+    if not isinstance(parent, N.Call) or parent.func not in CALLABLE:
+        return False
+    op = CALLABLE[parent.func]
+    names = [p.name for p in op.params]
+    name = next((names[i] for i, a in enumerate(parent.args) if a is operand and i < len(names)), None)
+    name = next((k.name for k in parent.kwargs if k.value is operand), name)
+    param = op.param(name) if name else None
+    return param is not None and param.tensor and param.default == "none"
 
 
 def literal_value(e: N.Expr):
