@@ -45,6 +45,18 @@ def test_every_class_is_written_or_explained():
     assert infos == set(SPEC_CLASSES) | parity.NOT_WRITTEN.keys()
 
 
+def test_arguments_come_in_torch_order():
+    """A spec's arguments are torch's, in torch's order (those it leaves out aside)."""
+    import inspect
+
+    infos = parity.module_infos()
+    for case in parity.spec_cases(CASES.values()):
+        theirs = list(inspect.signature(infos[case.name].module_cls.__init__).parameters)
+        ours = [a.name for a in case.layer.args]
+        assert set(ours) <= set(theirs), f"{case.name}: {sorted(set(ours) - set(theirs))} are not torch's"
+        assert ours == sorted(ours, key=theirs.index), f"{case.name}: {ours}, torch: {theirs}"
+
+
 def test_unsupported_samples_say_why(reports):
     for report in reports.values():
         for o in report.outcomes:
@@ -54,25 +66,31 @@ def test_unsupported_samples_say_why(reports):
 def test_an_unsupported_sample_is_found_from_the_spec():
     """A tuple where the spec has an int, a missing argument, an input of another rank: each is refused with
     the reason, before anything runs."""
-    from torch.testing._internal.common_modules import FunctionInput, ModuleInput
     import torch
+    from torch import nn
+    from torch.testing._internal.common_modules import FunctionInput, ModuleInput
 
     linear = CASES["Linear"].layer
     sample = ModuleInput(FunctionInput((2, 3), 4), FunctionInput(torch.ones(2, 3)))
-    assert parity.unsupported(linear, sample) == "`in_features` given a tuple: a `int` argument cannot hold it"
-    sample = ModuleInput(FunctionInput(2, 3, foo=1), FunctionInput(torch.ones(2, 3)))
-    assert parity.unsupported(linear, sample) == "no argument `foo`"
+    assert (
+        parity.unsupported(linear, nn.Linear, sample) == "`in_features` given a tuple: a `int` argument cannot hold it"
+    )
+    sample = ModuleInput(FunctionInput(2, 3, device="cpu"), FunctionInput(torch.ones(2, 3)))
+    assert parity.unsupported(linear, nn.Linear, sample) == "no argument `device`"
+    norm = CASES["BatchNorm1d"].layer  # torch's fifth positional argument is track_running_stats
+    sample = ModuleInput(FunctionInput(3, 1e-3, 0.1, True, False), FunctionInput(torch.ones(2, 3)))
+    assert parity.unsupported(norm, nn.BatchNorm1d, sample) == "no argument `track_running_stats`"
     softmax2d = CASES["Softmax2d"].layer
     sample = ModuleInput(FunctionInput(), FunctionInput(torch.ones(2, 3)))
-    assert parity.unsupported(softmax2d, sample) == "input `input` has 2 dims, the spec needs at least 3"
+    assert parity.unsupported(softmax2d, nn.Softmax2d, sample) == "input `input` has 2 dims, the spec needs at least 3"
 
 
 def test_parity_page_is_current(reports):
     expected = parity.render(reports)
     page = ROOT / parity.DOC
-    assert page.exists() and page.read_text(encoding="utf-8") == expected, (
-        "docs/torch-nn-parity.md is stale: run `python -m layerdsl.testing.torch_nn_parity`"
-    )
+    assert (
+        page.exists() and page.read_text(encoding="utf-8") == expected
+    ), "docs/torch-nn-parity.md is stale: run `python -m layerdsl.testing.torch_nn_parity`"
 
 
 def test_a_wrong_spec_fails(tmp_path):

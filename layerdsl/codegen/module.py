@@ -160,7 +160,7 @@ class LayerEmitter:
         self.plan = plan  # a `@function` layer's backward
         self.spec_path = spec_path  # named by each statement's `# path:LINE` comment
         self.optional = {t.name for t in layer.tensors if t.cond is not None}
-        self.shared_cond = {t.name for t in layer.tensors if isinstance(t.cond, N.Name) and t.cond.id == t.name}
+        self.shared_cond = {t.name for t in layer.tensors if t.named_by_condition}
         self.stored_args = [a for a in layer.args if a.name not in self.shared_cond]
         # Each dim's Python expression, as the input checks bind it: the output checks compare against these.
         self.dim_sources: dict[str, str] = {}

@@ -309,6 +309,18 @@ class Tensor(Node):
     cond: Expr | None
     persistent: bool = True
 
+    @property
+    def named_by_condition(self) -> bool:
+        """`param bias: [n] = zeros if bias`, or `... if affine and bias`: the member takes the name of a
+        `bool` argument that its condition requires (the condition, or one of its `and` terms)."""
+        terms, found = [self.cond], False
+        while terms:
+            term = terms.pop()
+            if isinstance(term, BoolOp) and term.op == "and":
+                terms += [term.left, term.right]
+            found = found or (isinstance(term, Name) and term.id == self.name)
+        return found
+
 
 @dataclass(eq=False)
 class Sub(Node):

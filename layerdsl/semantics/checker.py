@@ -237,11 +237,10 @@ class LayerChecker:
         # A bad name is reported once, here, and still declared: its uses get no follow-on errors.
         self.check_name(name, span, ref)
         if not self.scope.declare(name, ref, decl, span):
-            self.r.error(
-                span,
-                f"'{name}' is already defined in layer '{self.layer.name}'",
-                "each argument and member needs its own name",
-            )
+            hint = "each argument and member needs its own name"
+            if isinstance(decl, N.Tensor) and decl.cond is not None and self.kinds.get(name) == Kind.BOOL:
+                hint = f"a member takes a bool argument's name only where its condition requires it (`if {name}`, `if ... and {name}`)"
+            self.r.error(span, f"'{name}' is already defined in layer '{self.layer.name}'", hint)
             return
         self.kinds[name] = kind
 

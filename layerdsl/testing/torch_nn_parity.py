@@ -20,6 +20,7 @@ of docs/torch-nn-parity.md; `--check` says whether the committed one is current.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import tempfile
 import warnings
@@ -151,10 +152,20 @@ def spec_cases(cases: Iterable[Case]) -> list[Case]:
 # ------------------------------------------------------------------ what the spec can take
 
 
-def unsupported(layer: N.Layer, sample) -> str | None:
+def unsupported(layer: N.Layer, torch_cls: type, sample) -> str | None:
     """Why the spec cannot take this sample, or None: the constructor's values against the argument
     types, the forward's values against the declared inputs."""
-    return _constructor_problem(layer, sample.constructor_input) or _forward_problem(layer, sample.forward_input)
+    ctor = sample.constructor_input
+    return _constructor_problem(layer, torch_arguments(torch_cls, ctor.args, ctor.kwargs)) or _forward_problem(
+        layer, sample.forward_input
+    )
+
+
+def torch_arguments(torch_cls: type, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The constructor's values by the names torch's signature gives them (a spec is built by keyword, so
+    a positional value reaches the argument of torch's name even where torch has one the spec lacks)."""
+    bound = inspect.signature(torch_cls.__init__).bind(None, *args, **kwargs).arguments
+    return {k: v for k, v in list(bound.items())[1:]}
 
 
 def _bind(names: list[str], args: tuple, kwargs: dict, what: str) -> tuple[dict, str | None]:
@@ -168,9 +179,9 @@ def _bind(names: list[str], args: tuple, kwargs: dict, what: str) -> tuple[dict,
     return bound, None
 
 
-def _constructor_problem(layer: N.Layer, ctor) -> str | None:
+def _constructor_problem(layer: N.Layer, values: dict[str, Any]) -> str | None:
     types = {a.name: a.type for a in layer.args}
-    bound, problem = _bind(list(types), ctor.args, ctor.kwargs, "arguments")
+    bound, problem = _bind(list(types), (), values, "arguments")
     if problem:
         return problem
     for name, value in bound.items():
@@ -235,7 +246,7 @@ def run_sample(torch_cls: type, ours: type, sample) -> None:
     torch.manual_seed(0)
     theirs = torch_cls(*ctor.args, **ctor.kwargs)
     torch.manual_seed(0)
-    mine = ours(*ctor.args, **ctor.kwargs)
+    mine = ours(**torch_arguments(torch_cls, ctor.args, ctor.kwargs))
     _same_state(theirs, mine, "at construction (reset_parameters)", exact=True)
     theirs.to(torch.float64)
     mine.to(torch.float64)
@@ -296,7 +307,9 @@ def _close(a, b, what: str) -> None:
             _close(x, y, f"{what} {i}")
         return
     if (a is None) != (b is None):
-        raise Mismatch(f"{what}: {'none' if a is None else 'present'} in torch, {'none' if b is None else 'present'} here")
+        raise Mismatch(
+            f"{what}: {'none' if a is None else 'present'} in torch, {'none' if b is None else 'present'} here"
+        )
     if a is None:
         return
     try:
@@ -311,7 +324,9 @@ def _same_state(theirs: torch.nn.Module, mine: torch.nn.Module, when: str, exact
         raise Mismatch(f"state_dict names {when}: torch {list(t)}, spec {list(m)}")
     for key in t:
         if t[key].shape != m[key].shape or t[key].dtype != m[key].dtype:
-            raise Mismatch(f"{key} {when}: torch {t[key].dtype}{list(t[key].shape)}, spec {m[key].dtype}{list(m[key].shape)}")
+            raise Mismatch(
+                f"{key} {when}: torch {t[key].dtype}{list(t[key].shape)}, spec {m[key].dtype}{list(m[key].shape)}"
+            )
         if exact and not torch.equal(t[key], m[key]):
             raise Mismatch(f"{key} {when}: drawn differently from torch's")
         if not exact:
@@ -334,7 +349,7 @@ def run(cases: Iterable[Case], package: str) -> dict[str, ClassReport]:
             if case is None:
                 report.outcomes.append(Outcome(desc, "unsupported", "no spec"))
                 continue
-            reason = unsupported(case.layer, sample)
+            reason = unsupported(case.layer, info.module_cls, sample)
             if reason:
                 report.outcomes.append(Outcome(desc, "unsupported", reason))
                 continue
