@@ -164,8 +164,7 @@ def unsupported(layer: N.Layer, torch_cls: type, sample) -> str | None:
 def torch_arguments(torch_cls: type, args: tuple, kwargs: dict) -> dict[str, Any]:
     """The constructor's values by the names torch's signature gives them (a spec is built by keyword, so
     a positional value reaches the argument of torch's name even where torch has one the spec lacks)."""
-    bound = inspect.signature(torch_cls.__init__).bind(None, *args, **kwargs).arguments
-    return {k: v for k, v in list(bound.items())[1:]}
+    return dict(inspect.signature(torch_cls).bind(*args, **kwargs).arguments)
 
 
 def _bind(names: list[str], args: tuple, kwargs: dict, what: str) -> tuple[dict, str | None]:
