@@ -22,7 +22,7 @@ from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import names_read, statements, walk
 from layerdsl.language.naming import snake_case
 from layerdsl.language.ops import CALLABLE, OPERATORS, OPS
-from layerdsl.language.tables import DTYPES, INITS, NN_LAYERS
+from layerdsl.language.tables import DTYPES, INITS, NN_LAYERS, python_type
 from layerdsl.resources import resource_dir
 from layerdsl.semantics.checker import Program
 
@@ -213,9 +213,9 @@ class LayerEmitter:
     def init_params(self) -> list[str]:
         out = []
         for a in self.layer.args:
-            hint = a.type
+            hint = python_type(a.type)
             if a.default is not None:
-                out.append(f"{a.name}: {hint} = {PyExpr(Spelling())(a.default)}")
+                out.append(f"{a.name}: {hint} = {default_text(a.default)}")
             else:
                 out.append(f"{a.name}: {hint}")
         return out
@@ -509,8 +509,8 @@ class LayerEmitter:
                     params.append("training: bool = False")
                     continue
                 a = args[k]
-                default = f" = {PyExpr(Spelling())(a.default)}" if a.default is not None else ""
-                params.append(f"{a.name}: {a.type}{default}")
+                default = f" = {default_text(a.default)}" if a.default is not None else ""
+                params.append(f"{a.name}: {python_type(a.type)}{default}")
         doc = f"Functional form of :class:`{layer.name}`."
         spelling = Spelling({}, training="training")
         return Func(name, params, self.returns_hint(), doc, self.body_lines(spelling, on_self=False))
@@ -845,3 +845,11 @@ class StatementWriter:
             case N.Require():
                 return self.require(s)
         raise TypeError(f"cannot emit {type(s).__name__}")
+
+
+def default_text(default: N.Expr) -> str:
+    """An argument's default in a signature: an `ints` list as a tuple (`(2, 2)`), never a mutable list."""
+    if isinstance(default, N.ListExpr):
+        items = [PyExpr(Spelling())(i) for i in default.items]
+        return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+    return PyExpr(Spelling())(default)

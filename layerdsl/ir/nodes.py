@@ -283,9 +283,18 @@ class Shape(Node):
 class Arg(Node):
     name: str
     span: Span
-    type: str
+    type: str  # "int", "float", "bool", "str", "ints", each maybe with "?" (`float?`: may be none)
     type_span: Span
     default: Expr | None
+
+    @property
+    def maybe_none(self) -> bool:
+        return self.type.endswith("?")
+
+    @property
+    def base_type(self) -> str:
+        """The type without its `?`."""
+        return self.type.removesuffix("?")
 
 
 @dataclass(eq=False)

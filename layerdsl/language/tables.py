@@ -158,7 +158,18 @@ PYTHON_KEYWORDS = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist)
 
 CONSTANTS = {"pi": "math.pi", "inf": "math.inf"}
 
-ARG_TYPES = ("int", "float", "bool", "str")
+ARG_TYPES = ("int", "float", "bool", "str", "ints")
+# The Python type of each argument type in generated signatures; `T?` adds `| None`.
+PY_TYPES = {"ints": "int | tuple[int, ...]"}
+
+
+def python_type(arg_type: str) -> str:
+    """`float?` -> `float | None`, `ints` -> `int | tuple[int, ...]`."""
+    base = arg_type.removesuffix("?")
+    py = PY_TYPES.get(base, base)
+    return f"{py} | None" if arg_type.endswith("?") else py
+
+
 DTYPES = {"float": None, "long": "torch.long", "int": "torch.int", "bool": "torch.bool"}
 
 # Names other libraries give to what the language spells differently: an unknown operation with one of these

@@ -197,6 +197,8 @@ class LayerChecker:
         self.kinds: dict[str, Kind] = {}  # name -> value kind
         self.dims: list[str] = []  # symbolic dims, in order of first appearance
         self.optional: set[str] = set()
+        self.maybe_none: set[str] = set()  # `T?` arguments
+        self.not_none: set[str] = set()  # `T?` arguments known not to be none here (`if x != none { ... }`)
         self.partly_bound: set[str] = set()  # locals bound on some paths of an `if` only
         self.index_ranks: dict[str, int] = {}  # local -> rank, for locals an index statement binds
 
@@ -273,10 +275,15 @@ class LayerChecker:
 
     def check_args(self) -> None:
         for arg in self.layer.args:
-            self.declare(arg.name, arg.span, Ref.ARG, Kind(arg.type) if arg.type in ARG_TYPES else Kind.UNKNOWN, arg)
-            if arg.type not in ARG_TYPES:
-                hint = did_you_mean(arg.type, ARG_TYPES) or "argument types are int, float, bool and str"
-                self.r.error(arg.type_span, f"unknown argument type '{arg.type}'", hint)
+            self.declare(arg.name, arg.span, Ref.ARG, _arg_kind(arg), arg)
+            if arg.base_type not in ARG_TYPES:
+                hint = (
+                    did_you_mean(arg.base_type, ARG_TYPES)
+                    or "argument types are int, float, bool, str and ints, each with `?` if it may be none"
+                )
+                self.r.error(arg.type_span, f"unknown argument type '{arg.base_type}'", hint)
+            if arg.maybe_none:
+                self.maybe_none.add(arg.name)
             if arg.default is not None:
                 self.check_default(arg, arg.default)
 
@@ -289,9 +296,9 @@ class LayerChecker:
             self.r.error(d.span, "a default must be a literal (a number, string, true, false, inf or pi)", hint)
             return
         d.kind = kind
-        ok = kind == arg.type or (arg.type == Kind.FLOAT and kind == Kind.INT)
-        if not ok and arg.type in ARG_TYPES:
-            self.r.error(d.span, f"default for {arg.type} argument '{arg.name}' is {_a(kind)}")
+        if not fits_type(kind, arg) and arg.base_type in ARG_TYPES:
+            hint = f"write `{arg.type}?` if it may be none" if kind == Kind.NONE else None
+            self.r.error(d.span, f"default for {arg.type} argument '{arg.name}' is {_a(kind)}", hint)
 
     def check_members(self) -> None:
         layer = self.layer
@@ -354,6 +361,7 @@ class LayerChecker:
                             hint = problem[1]
                     self.r.error(node.span, msg, hint)
                     node.kind = Kind.UNKNOWN  # no follow-on errors about its type
+        self.check_argument_uses(expr, None)
         self.infer(expr, construction=True)
         if want == Kind.INT and expr.kind not in (Kind.INT, Kind.UNKNOWN):
             self.r.error(expr.span, f"a dim must be an int, this is {_a(expr.kind)}")
@@ -575,8 +583,12 @@ class LayerChecker:
                         "use where(cond, a, b) for elementwise choice",
                     )
                 then_scope, else_scope = scope.copy(), scope.copy()
+                outer = set(self.not_none)
+                self.not_none = outer | _none_checked(cond, "!=")
                 r1 = self.check_block(then, then_scope, in_forward)
+                self.not_none = outer | _none_checked(cond, "==")
                 r2 = self.check_block(orelse, else_scope, in_forward) if orelse else False
+                self.not_none = outer
                 self.partly_bound |= merge_branches(scope, then_scope, else_scope, r1, r2)
                 return r1 and r2
             case N.Require():
@@ -677,6 +689,7 @@ class LayerChecker:
         for node in [n for n in walk(expr) if isinstance(n, N.Name)]:
             self.resolve(node, scope, in_forward)
         self.check_optional_uses(expr, None)
+        self.check_argument_uses(expr, None)
         self.check_calls(expr, scope)
         self.infer(expr)
 
@@ -712,7 +725,7 @@ class LayerChecker:
     def check_optional_uses(self, expr: N.Expr, parent: N.Expr | None) -> None:
         if isinstance(expr, N.Name) and expr.id in self.optional and expr.ref in N.MEMBERS:
             ok = isinstance(parent, N.BinOp) and parent.op in ("+", "-", "*", "/")
-            if not ok and not takes_none(parent, expr):
+            if not ok and not takes_none(parent, expr, tensor=True):
                 self.r.error(
                     expr.span,
                     f"'{expr.id}' is optional (it exists only if its condition holds) and may only be an operand of + - * /",
@@ -721,6 +734,29 @@ class LayerChecker:
             return
         for child in sub_expressions(expr):
             self.check_optional_uses(child, expr)
+
+    def check_argument_uses(self, expr: N.Expr, parent: N.Expr | None) -> None:
+        """A `T?` argument is compared with none, passed where an operation takes none, or used where an
+        `if x != none` holds; an `ints` argument is passed to an operation or a sub, never computed with."""
+        if isinstance(expr, N.Name) and expr.ref == Ref.ARG:
+            passed = isinstance(parent, N.Call) and (parent.func not in CALLABLE or takes_none(parent, expr))
+            if expr.id in self.maybe_none and expr.id not in self.not_none and not passed:
+                if not _compares_with_none(parent):
+                    self.r.error(
+                        expr.span,
+                        f"'{expr.id}' may be none here",
+                        f"use it inside `if {expr.id} != none {{ ... }}`, or pass it where an operation takes none",
+                    )
+            elif self.kinds.get(expr.id) == Kind.LIST and not isinstance(parent, N.Call):
+                self.r.error(
+                    expr.span,
+                    f"'{expr.id}' is an `ints` argument (an int or a tuple of ints): it can only be passed to an"
+                    " operation or a sub",
+                    "for a number, declare it `int`",
+                )
+            return
+        for child in sub_expressions(expr):
+            self.check_argument_uses(child, expr)
 
     def check_calls(self, expr: N.Expr, scope: Scope) -> None:
         for node in walk(expr):
@@ -976,9 +1012,10 @@ class LayerChecker:
                 continue
             ex.value.kind = kind
             arg = self.layer.arg(ex.name)
-            want = arg.type if arg else Kind.INT
-            if want in ARG_TYPES and not (kind == want or (want == Kind.FLOAT and kind == Kind.INT)):
-                self.r.error(ex.value.span, f"example value for {want} '{ex.name}' is {_a(kind)}")
+            if arg is None and kind != Kind.INT:
+                self.r.error(ex.value.span, f"example value for int '{ex.name}' is {_a(kind)}")
+            elif arg is not None and arg.base_type in ARG_TYPES and not fits_type(kind, arg):
+                self.r.error(ex.value.span, f"example value for {arg.type} '{ex.name}' is {_a(kind)}")
         for a in self.layer.args:
             if a.default is None and a.name not in seen | suggested and name_problem(a.name) is None:
                 self.r.error(
@@ -1010,12 +1047,51 @@ def literal_kind(e: N.Expr) -> Kind | None:
             return Kind.FLOAT
         case N.UnaryOp(op="-", operand=N.Name(id=i)) if i in CONSTANTS:
             return Kind.FLOAT
+        case N.NoneLit():
+            return Kind.NONE
+        case N.ListExpr(items=items) if items and all(literal_kind(i) == Kind.INT for i in items):
+            return Kind.LIST  # an `ints` value: [2, 2]
     return None
 
 
-def takes_none(parent: N.Expr | None, operand: N.Expr) -> bool:
-    """Whether `operand` is an argument of an operation whose tensor parameter defaults to `none` (conv's
-    `bias`): an optional member may be passed there as it is, `None` when absent."""
+def _arg_kind(arg: N.Arg) -> Kind:
+    if arg.base_type == "ints":
+        return Kind.LIST
+    return Kind(arg.base_type) if arg.base_type in ARG_TYPES else Kind.UNKNOWN
+
+
+def fits_type(kind: Kind, arg: N.Arg) -> bool:
+    """Whether a literal of `kind` is a value of `arg`'s type: an int is a float and an `ints`, none is a
+    `T?`."""
+    if kind == Kind.NONE:
+        return arg.maybe_none
+    if arg.base_type == "ints":
+        return kind in (Kind.INT, Kind.LIST)
+    return kind == arg.base_type or (arg.base_type == Kind.FLOAT and kind == Kind.INT)
+
+
+def _compares_with_none(parent: N.Expr | None) -> bool:
+    return (
+        isinstance(parent, N.Compare)
+        and set(parent.ops) <= {"==", "!="}
+        and any(isinstance(o, N.NoneLit) for o in parent.operands)
+    )
+
+
+def _none_checked(cond: N.Expr, op: str) -> set[str]:
+    """The names a condition proves not none: `x != none` (and its `and` terms) for op "!="; `x == none` for
+    op "==" (its else branch)."""
+    if op == "!=" and isinstance(cond, N.BoolOp) and cond.op == "and":
+        return _none_checked(cond.left, op) | _none_checked(cond.right, op)
+    if isinstance(cond, N.Compare) and cond.ops == [op] and _compares_with_none(cond):
+        return {o.id for o in cond.operands if isinstance(o, N.Name)}
+    return set()
+
+
+def takes_none(parent: N.Expr | None, operand: N.Expr, tensor: bool = False) -> bool:
+    """Whether `operand` is an argument of an operation whose parameter (a tensor one, with `tensor`)
+    defaults to `none` (conv's `bias`, pooling's `stride`): an optional member or a `T?` argument may be
+    passed there as it is, `None` when absent."""
     if not isinstance(parent, N.Call) or parent.func not in CALLABLE:
         return False
     op = CALLABLE[parent.func]
@@ -1023,7 +1099,7 @@ def takes_none(parent: N.Expr | None, operand: N.Expr) -> bool:
     name = next((names[i] for i, a in enumerate(parent.args) if a is operand and i < len(names)), None)
     name = next((k.name for k in parent.kwargs if k.value is operand), name)
     param = op.param(name) if name else None
-    return param is not None and param.tensor and param.default == "none"
+    return param is not None and (param.tensor or not tensor) and param.default == "none"
 
 
 def literal_value(e: N.Expr):
@@ -1038,6 +1114,10 @@ def literal_value(e: N.Expr):
             return math.pi
         case N.UnaryOp(op="-", operand=inner):
             return -literal_value(inner)
+        case N.NoneLit():
+            return None
+        case N.ListExpr(items=items):
+            return tuple(literal_value(i) for i in items)
     raise ValueError("not a literal")
 
 
@@ -1051,6 +1131,8 @@ _REF_WORDS = {Ref.ARG: "argument", Ref.DIM: "symbolic dim", Ref.LOCAL: "local na
 
 
 def _a(kind: str) -> str:
+    if kind == Kind.NONE:
+        return "none"
     return f"an {kind}" if kind[:1] in ("a", "e", "i", "o", "u") else f"a {kind}"
 
 

@@ -166,8 +166,9 @@ class IRBuilder(Transformer):
         return N.Decorator(str(name), _span(meta), args, kwargs)
 
     def argdef(self, meta, items):
-        name, type_tok, default = items
-        return N.Arg(str(name), _tspan(name), str(type_tok), _tspan(type_tok), default)
+        name, type_tok, maybe_none, default = items
+        type_span = _tspan(type_tok) if maybe_none is None else _tspan(type_tok).to(_tspan(maybe_none))
+        return N.Arg(str(name), _tspan(name), str(type_tok) + ("?" if maybe_none else ""), type_span, default)
 
     def docstring(self, meta, items):
         s = self.string(meta, items)

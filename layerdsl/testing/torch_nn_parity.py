@@ -196,16 +196,22 @@ def _value_kind(value) -> str:
     if isinstance(value, torch.Tensor):
         return "a tensor"
     if isinstance(value, (tuple, list)):
-        return "a tuple"
+        ints = all(type(v) is int for v in value)
+        return "a tuple of ints" if ints else "a tuple"
     if callable(value):
         return "a callable"
     return type(value).__name__
 
 
 def _fits(declared: str, kind: str) -> bool:
-    if declared == "float":
+    if kind == "None":
+        return declared.endswith("?")
+    base = declared.removesuffix("?")
+    if base == "float":
         return kind in ("float", "int")
-    return declared == kind
+    if base == "ints":
+        return kind in ("int", "a tuple of ints")
+    return base == kind
 
 
 def _forward_problem(layer: N.Layer, fwd) -> str | None:
