@@ -73,7 +73,8 @@ def test_an_unsupported_sample_is_found_from_the_spec():
     linear = CASES["Linear"].layer
     sample = ModuleInput(FunctionInput((2, 3), 4), FunctionInput(torch.ones(2, 3)))
     assert (
-        parity.unsupported(linear, nn.Linear, sample) == "`in_features` given a tuple: a `int` argument cannot hold it"
+        parity.unsupported(linear, nn.Linear, sample)
+        == "`in_features` given a tuple of ints: a `int` argument cannot hold it"
     )
     sample = ModuleInput(FunctionInput(2, 3, device="cpu"), FunctionInput(torch.ones(2, 3)))
     assert parity.unsupported(linear, nn.Linear, sample) == "no argument `device`"

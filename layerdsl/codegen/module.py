@@ -236,6 +236,7 @@ class LayerEmitter:
             lines.append('factory_kwargs = {"device": device, "dtype": dtype}')
         lines.append("super().__init__()")
         for a in self.stored_args:
+            lines += _normalised_ints(a, layer.name)
             lines.append(f"self.{a.name} = {a.name}")
         for let in layer.lets:
             lines.append(f"self.{let.name} = {ex(let.value)}")
@@ -853,3 +854,23 @@ def default_text(default: N.Expr) -> str:
         items = [PyExpr(Spelling())(i) for i in default.items]
         return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
     return PyExpr(Spelling())(default)
+
+
+def _normalised_ints(a: N.Arg, layer: str) -> list[str]:
+    """`padding: ints[4]` in __init__: an int repeated to a tuple of 4 (torch's `_quadruple`), a sequence of
+    another length refused."""
+    n = a.length
+    if n is None:
+        return []
+    check = f"{a.name} is not None and " if a.maybe_none else ""
+    return [
+        f"if {check}isinstance({a.name}, int):",
+        f"    {a.name} = ({a.name},) * {n}",
+        f"if {check}len({a.name}) != {n}:",
+        f'    raise ValueError(f"{layer}: {a.name} must be an int or {n} ints, got {{{a.name}!r}}")',
+        (
+            f"{a.name} = {a.name} if {a.name} is None else tuple({a.name})"
+            if a.maybe_none
+            else f"{a.name} = tuple({a.name})"
+        ),
+    ]

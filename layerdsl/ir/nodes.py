@@ -293,8 +293,14 @@ class Arg(Node):
 
     @property
     def base_type(self) -> str:
-        """The type without its `?`."""
-        return self.type.removesuffix("?")
+        """The type without its `?` and its length: `ints` for `ints[4]?`."""
+        return self.type.removesuffix("?").split("[")[0]
+
+    @property
+    def length(self) -> int | None:
+        """`ints[4]`: the number of ints (an int given is repeated to it); None without a length."""
+        text = self.type.removesuffix("?")
+        return int(text[text.index("[") + 1 : -1]) if "[" in text else None
 
 
 @dataclass(eq=False)

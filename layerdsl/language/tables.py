@@ -165,7 +165,7 @@ PY_TYPES = {"ints": "int | tuple[int, ...]"}
 
 def python_type(arg_type: str) -> str:
     """`float?` -> `float | None`, `ints` -> `int | tuple[int, ...]`."""
-    base = arg_type.removesuffix("?")
+    base = arg_type.removesuffix("?").split("[")[0]
     py = PY_TYPES.get(base, base)
     return f"{py} | None" if arg_type.endswith("?") else py
 

@@ -284,6 +284,8 @@ class LayerChecker:
                 self.r.error(arg.type_span, f"unknown argument type '{arg.base_type}'", hint)
             if arg.maybe_none:
                 self.maybe_none.add(arg.name)
+            if arg.length is not None and (arg.base_type != "ints" or arg.length < 1):
+                self.r.error(arg.type_span, f"only `ints` takes a length, of at least 1: `{arg.name}: ints[2]`")
             if arg.default is not None:
                 self.check_default(arg, arg.default)
 
@@ -299,6 +301,10 @@ class LayerChecker:
         if not fits_type(kind, arg) and arg.base_type in ARG_TYPES:
             hint = f"write `{arg.type}?` if it may be none" if kind == Kind.NONE else None
             self.r.error(d.span, f"default for {arg.type} argument '{arg.name}' is {_a(kind)}", hint)
+        elif isinstance(d, N.ListExpr) and arg.length is not None and len(d.items) != arg.length:
+            self.r.error(
+                d.span, f"default for {arg.type} argument '{arg.name}' has {len(d.items)} ints, not {arg.length}"
+            )
 
     def check_members(self) -> None:
         layer = self.layer

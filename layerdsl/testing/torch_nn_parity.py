@@ -48,21 +48,6 @@ NOT_WRITTEN: dict[str, str] = {
     "LazyConvTranspose1d": "lazy parameters and conv_transpose ops are not in the language",
     "LazyConvTranspose2d": "lazy parameters and conv_transpose ops are not in the language",
     "LazyConvTranspose3d": "lazy parameters and conv_transpose ops are not in the language",
-    "ReflectionPad1d": "needs a pad op and tuple arguments",
-    "ReflectionPad2d": "needs a pad op and tuple arguments",
-    "ReflectionPad3d": "needs a pad op and tuple arguments",
-    "ReplicationPad1d": "needs a pad op and tuple arguments",
-    "ReplicationPad2d": "needs a pad op and tuple arguments",
-    "ReplicationPad3d": "needs a pad op and tuple arguments",
-    "ZeroPad1d": "needs a pad op and tuple arguments",
-    "ZeroPad2d": "needs a pad op and tuple arguments",
-    "ZeroPad3d": "needs a pad op and tuple arguments",
-    "CircularPad1d": "needs a pad op and tuple arguments",
-    "CircularPad2d": "needs a pad op and tuple arguments",
-    "CircularPad3d": "needs a pad op and tuple arguments",
-    "ConstantPad1d": "needs a pad op and tuple arguments",
-    "ConstantPad2d": "needs a pad op and tuple arguments",
-    "ConstantPad3d": "needs a pad op and tuple arguments",
     "LayerNorm": "`normalized_shape` is a tuple of ints (needs `ints` arguments)",
     "RMSNorm": "`normalized_shape` is a tuple of ints and `eps` may be None (needs `ints` and `float?`)",
     "GaussianNLLLoss": "clamps `var` in place under no_grad (the gradient passes the clamp unchanged)",
@@ -187,7 +172,7 @@ def _fits(declared: str, kind: str) -> bool:
     base = declared.removesuffix("?")
     if base == "float":
         return kind in ("float", "int")
-    if base == "ints":
+    if base.startswith("ints"):
         return kind in ("int", "a tuple of ints")
     return base == kind
 
