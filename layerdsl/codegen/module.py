@@ -237,7 +237,10 @@ class LayerEmitter:
         lines.append("super().__init__()")
         for a in self.stored_args:
             lines += _normalised_ints(a, layer.name)
-            lines.append(f"self.{a.name} = {a.name}")
+            if a.base_type == "tensor":  # torch's loss `weight`: a buffer, in state_dict when given
+                lines.append(f'self.register_buffer("{a.name}", {a.name})')
+            else:
+                lines.append(f"self.{a.name} = {a.name}")
         for let in layer.lets:
             lines.append(f"self.{let.name} = {ex(let.value)}")
         for t in layer.tensors:

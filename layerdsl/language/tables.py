@@ -158,9 +158,9 @@ PYTHON_KEYWORDS = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist)
 
 CONSTANTS = {"pi": "math.pi", "inf": "math.inf"}
 
-ARG_TYPES = ("int", "float", "bool", "str", "ints")
+ARG_TYPES = ("int", "float", "bool", "str", "ints", "tensor")
 # The Python type of each argument type in generated signatures; `T?` adds `| None`.
-PY_TYPES = {"ints": "int | tuple[int, ...]"}
+PY_TYPES = {"ints": "int | tuple[int, ...]", "tensor": "Tensor"}
 
 
 def python_type(arg_type: str) -> str:

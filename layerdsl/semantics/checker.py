@@ -279,11 +279,17 @@ class LayerChecker:
             if arg.base_type not in ARG_TYPES:
                 hint = (
                     did_you_mean(arg.base_type, ARG_TYPES)
-                    or "argument types are int, float, bool, str and ints, each with `?` if it may be none"
+                    or "argument types are int, float, bool, str, ints and tensor, each with `?` if it may be none"
                 )
                 self.r.error(arg.type_span, f"unknown argument type '{arg.base_type}'", hint)
             if arg.maybe_none:
                 self.maybe_none.add(arg.name)
+            if arg.base_type == "tensor" and not (arg.maybe_none and isinstance(arg.default, N.NoneLit)):
+                self.r.error(
+                    arg.type_span,
+                    "a tensor argument is optional: `tensor? = none` (it becomes a buffer, None when not given)",
+                    f"write `{arg.name}: tensor? = none`",
+                )
             if arg.length is not None and (arg.base_type != "ints" or arg.length < 1):
                 self.r.error(arg.type_span, f"only `ints` takes a length, of at least 1: `{arg.name}: ints[2]`")
             if arg.default is not None:
@@ -857,7 +863,8 @@ class LayerChecker:
             case N.UnaryOp(operand=o):
                 expr.kind = Kind.INT if o.kind == Kind.BOOL else o.kind
             case N.Compare(operands=ops):
-                expr.kind = Kind.TENSOR if any(o.kind == Kind.TENSOR for o in ops) else Kind.BOOL
+                tensor = any(o.kind == Kind.TENSOR for o in ops) and not _compares_with_none(expr)  # `w != none`
+                expr.kind = Kind.TENSOR if tensor else Kind.BOOL
                 if expr.kind == Kind.TENSOR and len(ops) > 2:
                     self.r.error(
                         expr.span,
@@ -1063,6 +1070,8 @@ def literal_kind(e: N.Expr) -> Kind | None:
 def _arg_kind(arg: N.Arg) -> Kind:
     if arg.base_type == "ints":
         return Kind.LIST
+    if arg.base_type == "tensor":
+        return Kind.TENSOR
     return Kind(arg.base_type) if arg.base_type in ARG_TYPES else Kind.UNKNOWN
 
 

@@ -178,6 +178,8 @@ def _fits(declared: str, kind: str) -> bool:
         return kind in ("float", "int")
     if base.startswith("ints"):
         return kind in ("int", "a tuple of ints")
+    if base == "tensor":
+        return kind == "a tensor"
     return base == kind
 
 
