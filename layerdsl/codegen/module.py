@@ -528,7 +528,7 @@ class LayerEmitter:
             for let in self.layer.lets:
                 if let.name in used or any(let.name in names_read(l.value) for l in self.layer.lets if l.name in used):
                     lines.append(f"{let.name} = {ex(let.value)}")
-        body = hoist_optionals(copy.deepcopy(self.forward.body), self.optional, self.taken_names())
+        body = hoist_optionals(copy.deepcopy(self.forward.body), self.optional, self.taken_names(), self.layer.tensors)
 
         def checks(ret: N.Return) -> list[str] | None:
             return self.output_checks([ex(v) for v in ret.values])

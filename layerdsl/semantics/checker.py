@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 from layerdsl.diagnostics import Reporter, SpecError, did_you_mean
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import Kind, Ref
-from layerdsl.ir.printer import spec_text
+from layerdsl.ir.printer import members_present, spec_text
 from layerdsl.ir.visit import statements, sub_expressions, walk
 from layerdsl.language.naming import snake_case
 from layerdsl.language.ops import CALLABLE, OPS
@@ -199,6 +199,7 @@ class LayerChecker:
         self.optional: set[str] = set()
         self.maybe_none: set[str] = set()  # `T?` arguments
         self.not_none: set[str] = set()  # `T?` arguments known not to be none here (`if x != none { ... }`)
+        self.present: set[str] = set()  # optional members known to exist here (`if track_running_stats { ... }`)
         self.partly_bound: set[str] = set()  # locals bound on some paths of an `if` only
         self.index_ranks: dict[str, int] = {}  # local -> rank, for locals an index statement binds
 
@@ -578,11 +579,11 @@ class LayerChecker:
                     self.r.error(
                         span, f"update needs a buffer, not {what}" if ref else f"unknown buffer '{target}'", hint
                     )
-                elif target in self.optional:
+                elif target in self.optional and target not in self.present:
                     self.r.error(
                         span,
                         f"'{target}' is optional (it exists only if its condition holds) and cannot be updated",
-                        "make it unconditional",
+                        "make it unconditional, or update it inside an `if` on its condition (`if track and training { ... }`)",
                     )
                 self.check_expr(value, scope, in_forward)
             case N.If(cond=cond, body=then, orelse=orelse):
@@ -595,10 +596,11 @@ class LayerChecker:
                         "use where(cond, a, b) for elementwise choice",
                     )
                 then_scope, else_scope = scope.copy(), scope.copy()
-                outer = set(self.not_none)
+                outer, present = set(self.not_none), set(self.present)
                 self.not_none = outer | _none_checked(cond, "!=")
+                self.present = present | members_present(cond, self.layer.tensors)
                 r1 = self.check_block(then, then_scope, in_forward)
-                self.not_none = outer | _none_checked(cond, "==")
+                self.not_none, self.present = outer | _none_checked(cond, "=="), present
                 r2 = self.check_block(orelse, else_scope, in_forward) if orelse else False
                 self.not_none = outer
                 self.partly_bound |= merge_branches(scope, then_scope, else_scope, r1, r2)
@@ -735,7 +737,12 @@ class LayerChecker:
             node.kind = Kind.TENSOR
 
     def check_optional_uses(self, expr: N.Expr, parent: N.Expr | None) -> None:
-        if isinstance(expr, N.Name) and expr.id in self.optional and expr.ref in N.MEMBERS:
+        if (
+            isinstance(expr, N.Name)
+            and expr.id in self.optional
+            and expr.ref in N.MEMBERS
+            and expr.id not in self.present
+        ):
             ok = isinstance(parent, N.BinOp) and parent.op in ("+", "-", "*", "/")
             if not ok and not takes_none(parent, expr, tensor=True):
                 self.r.error(
