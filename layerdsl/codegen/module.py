@@ -235,8 +235,15 @@ class LayerEmitter:
         if needs_factory:
             lines.append('factory_kwargs = {"device": device, "dtype": dtype}')
         lines.append("super().__init__()")
+        spread = {t.shape.spread.id for t in layer.tensors if t.shape.spread is not None}
         for a in self.stored_args:
             lines += _normalised_ints(a, layer.name)
+            if a.name in spread:  # a shape: an int is one dim, as torch's LayerNorm takes it
+                lines += [
+                    f"if isinstance({a.name}, int):",
+                    f"    {a.name} = ({a.name},)",
+                    f"{a.name} = tuple({a.name})",
+                ]
             if a.base_type == "tensor":  # torch's loss `weight`: a buffer, in state_dict when given
                 lines.append(f'self.register_buffer("{a.name}", {a.name})')
             else:
@@ -256,6 +263,8 @@ class LayerEmitter:
     def tensor_init(self, t: N.Tensor, ex: PyExpr) -> list[str]:
         dims = [ex(d) for d in t.shape.dims]
         shape = f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
+        if t.shape.spread is not None:  # an `ints` argument, a tuple by now (spread_shapes)
+            shape = ex(t.shape.spread)
         torch_dtype = DTYPES[t.dtype]
         kwargs = "**factory_kwargs" if torch_dtype is None else f'device=factory_kwargs["device"], dtype={torch_dtype}'
         empty = f"torch.empty({shape}, {kwargs})"

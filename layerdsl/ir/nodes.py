@@ -273,6 +273,8 @@ class Grad(Stmt):
 class Shape(Node):
     span: Span
     dims: list[Expr | EllipsisItem]
+    # `param weight: normalized_shape`: a member whose shape is an `ints` argument (then `dims` is empty).
+    spread: Name | None = None
 
     @property
     def has_ellipsis(self) -> bool:

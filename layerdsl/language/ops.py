@@ -741,6 +741,24 @@ TABLE: tuple[Op, ...] = (
         {"input": None, "target": None, "var": None},
         cost="costly",
     ),
+    Op(
+        "layer_norm",
+        _sig("input*, normalized_shape, weight* = none, bias* = none, eps = 1e-5"),
+        "torch.nn.functional.layer_norm",
+        "softmax",
+        "normalise over the last dims (normalized_shape), then scale and shift elementwise",
+        {"input": None, "weight": None, "bias": None},
+        cost="costly",
+    ),
+    Op(
+        "rms_norm",
+        _sig("input*, normalized_shape, weight* = none, eps = none"),
+        "torch.nn.functional.rms_norm",
+        "softmax",
+        "divide by the root mean square over the last dims (normalized_shape), then scale elementwise",
+        {"input": None, "weight": None},
+        cost="costly",
+    ),
     # -- what index notation lowers to (not callable from specs)
     Op(
         "einsum",

@@ -331,6 +331,17 @@ class LayerChecker:
             self.declare(sub.name, sub.span, Ref.SUB, Kind.SUB, sub)
 
     def check_member_shape(self, shape: N.Shape, owner: str) -> None:
+        if shape.spread is not None:
+            name = shape.spread
+            arg = self.layer.arg(name.id)
+            if arg is None or arg.base_type != "ints" or arg.maybe_none:
+                self.r.error(
+                    name.span,
+                    f"'{name.id}' is not an `ints` argument: a shape is `[dims]`, or an `ints` argument",
+                    f"write `[{name.id}]` for one dim",
+                )
+            else:
+                name.ref, name.kind = Ref.ARG, Kind.LIST
         for d in shape.dims:
             if isinstance(d, N.EllipsisItem):
                 self.r.error(d.span, f"'...' is only for inputs; '{owner}' needs a fixed shape")

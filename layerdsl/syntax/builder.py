@@ -184,6 +184,9 @@ class IRBuilder(Transformer):
         s = self.string(meta, items)
         return ("docstring", s.span, s.value)
 
+    def spread_shape(self, meta, items):
+        return N.Shape(_span(meta), [], N.Name(_tspan(items[0]), str(items[0])))
+
     def param(self, meta, items):
         name, shape, init, cond = items
         return N.Tensor(N.Ref.PARAM, str(name), _tspan(name), "float", shape, self._init(init), cond)

@@ -50,8 +50,8 @@ NOT_WRITTEN: dict[str, str] = {
     "LazyConvTranspose1d": "lazy parameters (a dim taken from the first input) are not in the language",
     "LazyConvTranspose2d": "lazy parameters (a dim taken from the first input) are not in the language",
     "LazyConvTranspose3d": "lazy parameters (a dim taken from the first input) are not in the language",
-    "LayerNorm": "its parameters' shape is the tuple `normalized_shape` (needs `ints` in member and input shapes)",
-    "RMSNorm": "its parameters' shape is the tuple `normalized_shape` (needs `ints` in member and input shapes)",
+    "RMSNorm": "specs/rms_norm.layer (the tutorial's RMSNorm) holds the name, and the layers of one run share one"
+    " namespace; written like LayerNorm it is `rms_norm(input, normalized_shape, weight, eps)` with `eps: float?`",
     "Threshold": "its argument `threshold` is also the name of its functional form (generated names clash)",
     "RNNCell": "takes an optional hidden state (optional forward inputs)",
     "GRUCell": "takes an optional hidden state (optional forward inputs)",
