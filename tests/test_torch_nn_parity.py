@@ -78,9 +78,9 @@ def test_an_unsupported_sample_is_found_from_the_spec():
     )
     sample = ModuleInput(FunctionInput(2, 3, device="cpu", bias=True), FunctionInput(torch.ones(2, 3)))
     assert parity.unsupported(linear, nn.Linear, sample) is None  # every generated layer takes device=
-    norm = CASES["BatchNorm1d"].layer  # torch's fifth positional argument is track_running_stats
-    sample = ModuleInput(FunctionInput(3, 1e-3, 0.1, True, False), FunctionInput(torch.ones(2, 3)))
-    assert parity.unsupported(norm, nn.BatchNorm1d, sample) == "no argument `track_running_stats`"
+    pool = CASES["MaxPool1d"].layer  # torch's fifth positional argument is return_indices, not ceil_mode
+    sample = ModuleInput(FunctionInput(2, 2, 0, 1, True), FunctionInput(torch.ones(2, 3, 4)))
+    assert parity.unsupported(pool, nn.MaxPool1d, sample) == "no argument `return_indices`"
     softmax2d = CASES["Softmax2d"].layer
     sample = ModuleInput(FunctionInput(), FunctionInput(torch.ones(2, 3)))
     assert parity.unsupported(softmax2d, nn.Softmax2d, sample) == "input `input` has 2 dims, the spec needs at least 3"
