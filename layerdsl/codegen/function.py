@@ -28,6 +28,7 @@ from layerdsl.ir.nodes import NOWHERE
 from layerdsl.ir.printer import ATOM
 from layerdsl.ir.visit import children, clone, map_children, walk
 from layerdsl.language.ops import OPS, shape_args
+from layerdsl.language.tables import python_type
 from layerdsl.optimize import (
     Facts,
     Mask,
@@ -142,7 +143,7 @@ class FunctionEmitter:
         if k == "training":
             return "training: bool"
         arg = self.layer.arg(k)
-        return f"{k}: {arg.type}" if arg else f"{k}: float"
+        return f"{k}: {python_type(arg.type)}" if arg else f"{k}: float"
 
     # ---------------------------------------------------------------- saving
 

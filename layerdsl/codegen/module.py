@@ -21,7 +21,7 @@ from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import clone, names_read, statements, walk
 from layerdsl.language.naming import snake_case
 from layerdsl.language.ops import CALLABLE, OPERATORS, OPS
-from layerdsl.language.tables import DTYPES, INITS, NN_LAYERS
+from layerdsl.language.tables import DTYPES, INITS, NN_LAYERS, python_type
 from layerdsl.resources import resource_dir
 from layerdsl.semantics.checker import Program
 
@@ -159,7 +159,7 @@ class LayerEmitter:
         self.plan = plan  # a `@function` layer's backward
         self.spec_path = spec_path  # named by each statement's `# path:LINE` comment
         self.optional = {t.name for t in layer.tensors if t.cond is not None}
-        self.shared_cond = {t.name for t in layer.tensors if isinstance(t.cond, N.Name) and t.cond.id == t.name}
+        self.shared_cond = {t.name for t in layer.tensors if t.named_by_condition}
         self.stored_args = [a for a in layer.args if a.name not in self.shared_cond]
 
     # -- the pieces
@@ -210,9 +210,9 @@ class LayerEmitter:
     def init_params(self) -> list[str]:
         out = []
         for a in self.layer.args:
-            hint = a.type
+            hint = python_type(a.type)
             if a.default is not None:
-                out.append(f"{a.name}: {hint} = {PyExpr(Spelling())(a.default)}")
+                out.append(f"{a.name}: {hint} = {default_text(a.default)}")
             else:
                 out.append(f"{a.name}: {hint}")
         return out
@@ -232,8 +232,19 @@ class LayerEmitter:
         if needs_factory:
             lines.append('factory_kwargs = {"device": device, "dtype": dtype}')
         lines.append("super().__init__()")
+        spread = {t.shape.spread.id for t in layer.tensors if t.shape.spread is not None}
         for a in self.stored_args:
-            lines.append(f"self.{a.name} = {a.name}")
+            lines += _normalised_ints(a, layer.name)
+            if a.name in spread:  # a shape: an int is one dim, as torch's LayerNorm takes it
+                lines += [
+                    f"if isinstance({a.name}, int):",
+                    f"    {a.name} = ({a.name},)",
+                    f"{a.name} = tuple({a.name})",
+                ]
+            if a.base_type == "tensor":  # torch's loss `weight`: a buffer, in state_dict when given
+                lines.append(f'self.register_buffer("{a.name}", {a.name})')
+            else:
+                lines.append(f"self.{a.name} = {a.name}")
         for let in layer.lets:
             lines.append(f"self.{let.name} = {ex(let.value)}")
         for t in layer.tensors:
@@ -249,6 +260,8 @@ class LayerEmitter:
     def tensor_init(self, t: N.Tensor, ex: PyExpr) -> list[str]:
         dims = [ex(d) for d in t.shape.dims]
         shape = f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
+        if t.shape.spread is not None:  # an `ints` argument, a tuple by now (spread_shapes)
+            shape = ex(t.shape.spread)
         torch_dtype = DTYPES[t.dtype]
         kwargs = "**factory_kwargs" if torch_dtype is None else f'device=factory_kwargs["device"], dtype={torch_dtype}'
         empty = f"torch.empty({shape}, {kwargs})"
@@ -506,8 +519,8 @@ class LayerEmitter:
                     params.append("training: bool = False")
                     continue
                 a = args[k]
-                default = f" = {PyExpr(Spelling())(a.default)}" if a.default is not None else ""
-                params.append(f"{a.name}: {a.type}{default}")
+                default = f" = {default_text(a.default)}" if a.default is not None else ""
+                params.append(f"{a.name}: {python_type(a.type)}{default}")
         doc = f"Functional form of :class:`{layer.name}`."
         spelling = Spelling({}, training="training")
         return Func(name, params, self.returns_hint(), doc, self.body_lines(spelling, on_self=False))
@@ -521,7 +534,7 @@ class LayerEmitter:
             for let in self.layer.lets:
                 if let.name in used or any(let.name in names_read(l.value) for l in self.layer.lets if l.name in used):
                     lines.append(f"{let.name} = {ex(let.value)}")
-        body = hoist_optionals(clone(self.forward.body), self.optional, self.taken_names())
+        body = hoist_optionals(clone(self.forward.body), self.optional, self.taken_names(), self.layer.tensors)
 
         def checks(ret: N.Return) -> list[str] | None:
             return self.output_checks([ex(v) for v in ret.values], spelling, on_self)
@@ -851,3 +864,31 @@ class StatementWriter:
             case N.Require():
                 return self.require(s)
         raise TypeError(f"cannot emit {type(s).__name__}")
+
+
+def default_text(default: N.Expr) -> str:
+    """An argument's default in a signature: an `ints` list as a tuple (`(2, 2)`), never a mutable list."""
+    if isinstance(default, N.ListExpr):
+        items = [PyExpr(Spelling())(i) for i in default.items]
+        return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+    return PyExpr(Spelling())(default)
+
+
+def _normalised_ints(a: N.Arg, layer: str) -> list[str]:
+    """`padding: ints[4]` in __init__: an int repeated to a tuple of 4 (torch's `_quadruple`), a sequence of
+    another length refused."""
+    n = a.length
+    if n is None:
+        return []
+    check = f"{a.name} is not None and " if a.maybe_none else ""
+    return [
+        f"if {check}isinstance({a.name}, int):",
+        f"    {a.name} = ({a.name},) * {n}",
+        f"if {check}len({a.name}) != {n}:",
+        f'    raise ValueError(f"{layer}: {a.name} must be an int or {n} ints, got {{{a.name}!r}}")',
+        (
+            f"{a.name} = {a.name} if {a.name} is None else tuple({a.name})"
+            if a.maybe_none
+            else f"{a.name} = tuple({a.name})"
+        ),
+    ]

@@ -10,6 +10,7 @@ import itertools
 from dataclasses import dataclass
 
 from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import members_present
 from layerdsl.ir.visit import names_read, replace_children
 
 
@@ -20,14 +21,17 @@ class IsPresent(N.Expr):
     name: N.Name
 
 
-def hoist_optionals(body: list[N.Stmt], optional: set[str], taken: set[str]) -> list[N.Stmt]:
-    """Return `body` with every use of an optional member turned into a guarded statement."""
+def hoist_optionals(
+    body: list[N.Stmt], optional: set[str], taken: set[str], tensors: list[N.Tensor] | None = None
+) -> list[N.Stmt]:
+    """Return `body` with every use of an optional member turned into a guarded statement, except inside
+    an `if` whose condition proves the member present (`tensors`: the members, with their conditions)."""
     if not optional:
         return body
     fresh = _fresh_names(taken)
     out: list[N.Stmt] = []
     for stmt in body:
-        out.extend(_lower_stmt(stmt, optional, fresh))
+        out.extend(_lower_stmt(stmt, optional, fresh, tensors or []))
     return out
 
 
@@ -39,10 +43,11 @@ def _fresh_names(taken: set[str]):
             yield name
 
 
-def _lower_stmt(stmt: N.Stmt, optional: set[str], fresh) -> list[N.Stmt]:
+def _lower_stmt(stmt: N.Stmt, optional: set[str], fresh, tensors: list[N.Tensor]) -> list[N.Stmt]:
     if isinstance(stmt, N.If):
-        stmt.body = [s for b in stmt.body for s in _lower_stmt(b, optional, fresh)]
-        stmt.orelse = [s for b in stmt.orelse for s in _lower_stmt(b, optional, fresh)]
+        present = members_present(stmt.cond, tensors) if not isinstance(stmt.cond, IsPresent) else set()
+        stmt.body = [s for b in stmt.body for s in _lower_stmt(b, optional - present, fresh, tensors)]
+        stmt.orelse = [s for b in stmt.orelse for s in _lower_stmt(b, optional, fresh, tensors)]
         return [stmt]
     pre: list[N.Stmt] = []
 

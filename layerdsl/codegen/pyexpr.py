@@ -93,8 +93,10 @@ class PyExpr:
                 return f"{op}{self.wrap(o, PREC['unary'])}", PREC["unary"]
             case N.Compare(ops=ops, operands=operands):
                 parts = [self.wrap(operands[0], PREC["compare"] + 1)]
-                for op, o in zip(ops, operands[1:]):
-                    parts.append(f"{op} {self.wrap(o, PREC['compare'] + 1)}")
+                for op, o, before in zip(ops, operands[1:], operands):
+                    none = isinstance(o, N.NoneLit) or isinstance(before, N.NoneLit)  # `x == none`: `x is None`
+                    spelled = {"==": "is", "!=": "is not"}.get(op, op) if none else op
+                    parts.append(f"{spelled} {self.wrap(o, PREC['compare'] + 1)}")
                 return " ".join(parts), PREC["compare"]
             case N.BoolOp(op=op, left=l, right=r):
                 p = PREC[op]

@@ -273,6 +273,8 @@ class Grad(Stmt):
 class Shape(Node):
     span: Span
     dims: list[Expr | EllipsisItem]
+    # `param weight: normalized_shape`: a member whose shape is an `ints` argument (then `dims` is empty).
+    spread: Name | None = None
 
     @property
     def has_ellipsis(self) -> bool:
@@ -283,9 +285,24 @@ class Shape(Node):
 class Arg(Node):
     name: str
     span: Span
-    type: str
+    type: str  # "int", "float", "bool", "str", "ints", each maybe with "?" (`float?`: may be none)
     type_span: Span
     default: Expr | None
+
+    @property
+    def maybe_none(self) -> bool:
+        return self.type.endswith("?")
+
+    @property
+    def base_type(self) -> str:
+        """The type without its `?` and its length: `ints` for `ints[4]?`."""
+        return self.type.removesuffix("?").split("[")[0]
+
+    @property
+    def length(self) -> int | None:
+        """`ints[4]`: the number of ints (an int given is repeated to it); None without a length."""
+        text = self.type.removesuffix("?")
+        return int(text[text.index("[") + 1 : -1]) if "[" in text else None
 
 
 @dataclass(eq=False)
@@ -308,6 +325,18 @@ class Tensor(Node):
     init: Init | None
     cond: Expr | None
     persistent: bool = True
+
+    @property
+    def named_by_condition(self) -> bool:
+        """`param bias: [n] = zeros if bias`, or `... if affine and bias`: the member takes the name of a
+        `bool` argument that its condition requires (the condition, or one of its `and` terms)."""
+        terms, found = [self.cond], False
+        while terms:
+            term = terms.pop()
+            if isinstance(term, BoolOp) and term.op == "and":
+                terms += [term.left, term.right]
+            found = found or (isinstance(term, Name) and term.id == self.name)
+        return found
 
 
 @dataclass(eq=False)

@@ -100,3 +100,17 @@ def _item(item: N.SubscriptItem) -> str:
             text = f"{spec_text(lower) if lower else ''}:{spec_text(upper) if upper else ''}"
             return text + (f":{spec_text(step)}" if step else "")
     return spec_text(item)
+
+
+def and_terms(cond: N.Expr) -> list[N.Expr]:
+    """`a and b and c`: [a, b, c]; anything else is its own one term."""
+    if isinstance(cond, N.BoolOp) and cond.op == "and":
+        return and_terms(cond.left) + and_terms(cond.right)
+    return [cond]
+
+
+def members_present(cond: N.Expr, tensors: list[N.Tensor]) -> set[str]:
+    """The optional members an `if` condition proves present: those whose condition's `and` terms are all
+    terms of it (`if track_running_stats and training` for a buffer `if track_running_stats`)."""
+    terms = {spec_text(t) for t in and_terms(cond)}
+    return {t.name for t in tensors if t.cond is not None and {spec_text(c) for c in and_terms(t.cond)} <= terms}

@@ -118,7 +118,18 @@ PYTHON_KEYWORDS = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist)
 
 CONSTANTS = {"pi": "math.pi", "inf": "math.inf"}
 
-ARG_TYPES = ("int", "float", "bool", "str")
+ARG_TYPES = ("int", "float", "bool", "str", "ints", "tensor")
+# The Python type of each argument type in generated signatures; `T?` adds `| None`.
+PY_TYPES = {"ints": "int | tuple[int, ...]", "tensor": "Tensor"}
+
+
+def python_type(arg_type: str) -> str:
+    """`float?` -> `float | None`, `ints` -> `int | tuple[int, ...]`."""
+    base = arg_type.removesuffix("?").split("[")[0]
+    py = PY_TYPES.get(base, base)
+    return f"{py} | None" if arg_type.endswith("?") else py
+
+
 DTYPES = {"float": None, "long": "torch.long", "int": "torch.int", "bool": "torch.bool"}
 
 # Names other libraries give to what the language spells differently: an unknown operation with one of these
@@ -148,10 +159,8 @@ OP_ALIASES: dict[str, tuple[str, ...]] = {
     "mm": ("matmul",),
     "bmm": ("matmul",),
     "einsum": ("y[b, k] = sum[i](w[i, k] * x[b, i])",),
-    "layer_norm": ("sub norm = nn.LayerNorm(...)",),
-    "layernorm": ("sub norm = nn.LayerNorm(...)",),
+    "layernorm": ("layer_norm",),
     "batch_norm": ("sub norm = nn.BatchNorm1d(...)",),
-    "group_norm": ("sub norm = nn.GroupNorm(...)",),
     "linear": ("sub fc = nn.Linear(...)",),
     "square": ("x ** 2",),
     "reciprocal": ("1 / x",),

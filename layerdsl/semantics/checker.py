@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 from layerdsl.diagnostics import Reporter, SpecError, did_you_mean
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import Kind, Ref
-from layerdsl.ir.printer import spec_text
+from layerdsl.ir.printer import members_present, spec_text
 from layerdsl.ir.visit import statements, sub_expressions, walk
 from layerdsl.language.naming import snake_case
 from layerdsl.language.ops import CALLABLE, OPS
@@ -216,6 +216,9 @@ class LayerChecker:
         self.kinds: dict[str, Kind] = {}  # name -> value kind
         self.dims: list[str] = []  # symbolic dims, in order of first appearance
         self.optional: set[str] = set()
+        self.maybe_none: set[str] = set()  # `T?` arguments
+        self.not_none: set[str] = set()  # `T?` arguments known not to be none here (`if x != none { ... }`)
+        self.present: set[str] = set()  # optional members known to exist here (`if track_running_stats { ... }`)
         self.partly_bound: set[str] = set()  # locals bound on some paths of an `if` only
         self.index_ranks: dict[str, int] = {}  # local -> rank, for locals an index statement binds
 
@@ -279,11 +282,10 @@ class LayerChecker:
         # A bad name is reported once, here, and still declared: its uses get no follow-on errors.
         self.check_name(name, span, ref)
         if not self.scope.declare(name, ref, decl, span):
-            self.r.error(
-                span,
-                f"'{name}' is already defined in layer '{self.layer.name}'",
-                "each argument and member needs its own name",
-            )
+            hint = "each argument and member needs its own name"
+            if isinstance(decl, N.Tensor) and decl.cond is not None and self.kinds.get(name) == Kind.BOOL:
+                hint = f"a member takes a bool argument's name only where its condition requires it (`if {name}`, `if ... and {name}`)"
+            self.r.error(span, f"'{name}' is already defined in layer '{self.layer.name}'", hint)
             return
         self.kinds[name] = kind
 
@@ -316,10 +318,23 @@ class LayerChecker:
 
     def check_args(self) -> None:
         for arg in self.layer.args:
-            self.declare(arg.name, arg.span, Ref.ARG, Kind(arg.type) if arg.type in ARG_TYPES else Kind.UNKNOWN, arg)
-            if arg.type not in ARG_TYPES:
-                hint = did_you_mean(arg.type, ARG_TYPES) or "argument types are int, float, bool and str"
-                self.r.error(arg.type_span, f"unknown argument type '{arg.type}'", hint)
+            self.declare(arg.name, arg.span, Ref.ARG, _arg_kind(arg), arg)
+            if arg.base_type not in ARG_TYPES:
+                hint = (
+                    did_you_mean(arg.base_type, ARG_TYPES)
+                    or "argument types are int, float, bool, str, ints and tensor, each with `?` if it may be none"
+                )
+                self.r.error(arg.type_span, f"unknown argument type '{arg.base_type}'", hint)
+            if arg.maybe_none:
+                self.maybe_none.add(arg.name)
+            if arg.base_type == "tensor" and not (arg.maybe_none and isinstance(arg.default, N.NoneLit)):
+                self.r.error(
+                    arg.type_span,
+                    "a tensor argument is optional: `tensor? = none` (it becomes a buffer, None when not given)",
+                    f"write `{arg.name}: tensor? = none`",
+                )
+            if arg.length is not None and (arg.base_type != "ints" or arg.length < 1):
+                self.r.error(arg.type_span, f"only `ints` takes a length, of at least 1: `{arg.name}: ints[2]`")
             if arg.default is not None:
                 self.check_default(arg, arg.default)
 
@@ -332,9 +347,13 @@ class LayerChecker:
             self.r.error(d.span, "a default must be a literal (a number, string, true, false, inf or pi)", hint)
             return
         d.kind = kind
-        ok = kind == arg.type or (arg.type == Kind.FLOAT and kind == Kind.INT)
-        if not ok and arg.type in ARG_TYPES:
-            self.r.error(d.span, f"default for {arg.type} argument '{arg.name}' is {_a(kind)}")
+        if not fits_type(kind, arg) and arg.base_type in ARG_TYPES:
+            hint = f"write `{arg.type}?` if it may be none" if kind == Kind.NONE else None
+            self.r.error(d.span, f"default for {arg.type} argument '{arg.name}' is {_a(kind)}", hint)
+        elif isinstance(d, N.ListExpr) and arg.length is not None and len(d.items) != arg.length:
+            self.r.error(
+                d.span, f"default for {arg.type} argument '{arg.name}' has {len(d.items)} ints, not {arg.length}"
+            )
 
     def check_members(self) -> None:
         layer = self.layer
@@ -354,6 +373,17 @@ class LayerChecker:
             self.declare(sub.name, sub.span, Ref.SUB, Kind.SUB, sub)
 
     def check_member_shape(self, shape: N.Shape, owner: str) -> None:
+        if shape.spread is not None:
+            name = shape.spread
+            arg = self.layer.arg(name.id)
+            if arg is None or arg.base_type != "ints" or arg.maybe_none:
+                self.r.error(
+                    name.span,
+                    f"'{name.id}' is not an `ints` argument: a shape is `[dims]`, or an `ints` argument",
+                    f"write `[{name.id}]` for one dim",
+                )
+            else:
+                name.ref, name.kind = Ref.ARG, Kind.LIST
         for d in shape.dims:
             if isinstance(d, N.EllipsisItem):
                 self.r.error(d.span, f"'...' is only for inputs; '{owner}' needs a fixed shape")
@@ -397,6 +427,7 @@ class LayerChecker:
                             hint = problem[1]
                     self.r.error(node.span, msg, hint)
                     node.kind = Kind.UNKNOWN  # no follow-on errors about its type
+        self.check_argument_uses(expr, None)
         self.infer(expr, construction=True)
         if want == Kind.INT and expr.kind not in (Kind.INT, Kind.UNKNOWN):
             self.r.error(expr.span, f"a dim must be an int, this is {_a(expr.kind)}")
@@ -601,11 +632,11 @@ class LayerChecker:
                     self.r.error(
                         span, f"update needs a buffer, not {what}" if ref else f"unknown buffer '{target}'", hint
                     )
-                elif target in self.optional:
+                elif target in self.optional and target not in self.present:
                     self.r.error(
                         span,
                         f"'{target}' is optional (it exists only if its condition holds) and cannot be updated",
-                        "make it unconditional",
+                        "make it unconditional, or update it inside an `if` on its condition (`if track and training { ... }`)",
                     )
                 self.check_expr(value, scope, in_forward)
             case N.If(cond=cond, body=then, orelse=orelse):
@@ -618,8 +649,13 @@ class LayerChecker:
                         "use where(cond, a, b) for elementwise choice",
                     )
                 then_scope, else_scope = scope.copy(), scope.copy()
+                outer, present = set(self.not_none), set(self.present)
+                self.not_none = outer | _none_checked(cond, "!=")
+                self.present = present | members_present(cond, self.layer.tensors)
                 r1 = self.check_block(then, then_scope, in_forward)
+                self.not_none, self.present = outer | _none_checked(cond, "=="), present
                 r2 = self.check_block(orelse, else_scope, in_forward) if orelse else False
+                self.not_none = outer
                 self.partly_bound |= merge_branches(scope, then_scope, else_scope, r1, r2)
                 return r1 and r2
             case N.Require():
@@ -719,6 +755,7 @@ class LayerChecker:
         for node in [n for n in walk(expr) if isinstance(n, N.Name)]:
             self.resolve(node, scope, in_forward)
         self.check_optional_uses(expr, None)
+        self.check_argument_uses(expr, None)
         self.check_calls(expr, scope)
         self.infer(expr)
 
@@ -752,9 +789,14 @@ class LayerChecker:
             node.kind = Kind.TENSOR
 
     def check_optional_uses(self, expr: N.Expr, parent: N.Expr | None) -> None:
-        if isinstance(expr, N.Name) and expr.id in self.optional and expr.ref in N.MEMBERS:
+        if (
+            isinstance(expr, N.Name)
+            and expr.id in self.optional
+            and expr.ref in N.MEMBERS
+            and expr.id not in self.present
+        ):
             ok = isinstance(parent, N.BinOp) and parent.op in ("+", "-", "*", "/")
-            if not ok:
+            if not ok and not takes_none(parent, expr, tensor=True):
                 self.r.error(
                     expr.span,
                     f"'{expr.id}' is optional (it exists only if its condition holds) and may only be an operand of + - * /",
@@ -763,6 +805,29 @@ class LayerChecker:
             return
         for child in sub_expressions(expr):
             self.check_optional_uses(child, expr)
+
+    def check_argument_uses(self, expr: N.Expr, parent: N.Expr | None) -> None:
+        """A `T?` argument is compared with none, passed where an operation takes none, or used where an
+        `if x != none` holds; an `ints` argument is passed to an operation or a sub, never computed with."""
+        if isinstance(expr, N.Name) and expr.ref == Ref.ARG:
+            passed = isinstance(parent, N.Call) and (parent.func not in CALLABLE or takes_none(parent, expr))
+            if expr.id in self.maybe_none and expr.id not in self.not_none and not passed:
+                if not _compares_with_none(parent):
+                    self.r.error(
+                        expr.span,
+                        f"'{expr.id}' may be none here",
+                        f"use it inside `if {expr.id} != none {{ ... }}`, or pass it where an operation takes none",
+                    )
+            elif self.kinds.get(expr.id) == Kind.LIST and not isinstance(parent, N.Call):
+                self.r.error(
+                    expr.span,
+                    f"'{expr.id}' is an `ints` argument (an int or a tuple of ints): it can only be passed to an"
+                    " operation or a sub",
+                    "for a number, declare it `int`",
+                )
+            return
+        for child in sub_expressions(expr):
+            self.check_argument_uses(child, expr)
 
     def check_calls(self, expr: N.Expr, scope: Scope) -> None:
         for node in walk(expr):
@@ -857,7 +922,8 @@ class LayerChecker:
             case N.UnaryOp(operand=o):
                 expr.kind = Kind.INT if o.kind == Kind.BOOL else o.kind
             case N.Compare(operands=ops):
-                expr.kind = Kind.TENSOR if any(o.kind == Kind.TENSOR for o in ops) else Kind.BOOL
+                tensor = any(o.kind == Kind.TENSOR for o in ops) and not _compares_with_none(expr)  # `w != none`
+                expr.kind = Kind.TENSOR if tensor else Kind.BOOL
                 if expr.kind == Kind.TENSOR and len(ops) > 2:
                     self.r.error(
                         expr.span,
@@ -1047,9 +1113,10 @@ class LayerChecker:
             return
         value.kind = kind
         arg = self.layer.arg(name)
-        want = arg.type if arg else Kind.INT
-        if want in ARG_TYPES and not (kind == want or (want == Kind.FLOAT and kind == Kind.INT)):
-            self.r.error(value.span, f"example value for {want} '{name}' is {_a(kind)}")
+        if arg is None and kind != Kind.INT:
+            self.r.error(value.span, f"example value for int '{name}' is {_a(kind)}")
+        elif arg is not None and arg.base_type in ARG_TYPES and not fits_type(kind, arg):
+            self.r.error(value.span, f"example value for {arg.type} '{name}' is {_a(kind)}")
 
 
 def _is_distribution(v: N.Expr) -> bool:
@@ -1074,7 +1141,61 @@ def literal_kind(e: N.Expr) -> Kind | None:
             return Kind.FLOAT
         case N.UnaryOp(op="-", operand=N.Name(id=i)) if i in CONSTANTS:
             return Kind.FLOAT
+        case N.NoneLit():
+            return Kind.NONE
+        case N.ListExpr(items=items) if items and all(literal_kind(i) == Kind.INT for i in items):
+            return Kind.LIST  # an `ints` value: [2, 2]
     return None
+
+
+def _arg_kind(arg: N.Arg) -> Kind:
+    if arg.base_type == "ints":
+        return Kind.LIST
+    if arg.base_type == "tensor":
+        return Kind.TENSOR
+    return Kind(arg.base_type) if arg.base_type in ARG_TYPES else Kind.UNKNOWN
+
+
+def fits_type(kind: Kind, arg: N.Arg) -> bool:
+    """Whether a literal of `kind` is a value of `arg`'s type: an int is a float and an `ints`, none is a
+    `T?`."""
+    if kind == Kind.NONE:
+        return arg.maybe_none
+    if arg.base_type == "ints":
+        return kind in (Kind.INT, Kind.LIST)
+    return kind == arg.base_type or (arg.base_type == Kind.FLOAT and kind == Kind.INT)
+
+
+def _compares_with_none(parent: N.Expr | None) -> bool:
+    return (
+        isinstance(parent, N.Compare)
+        and set(parent.ops) <= {"==", "!="}
+        and any(isinstance(o, N.NoneLit) for o in parent.operands)
+    )
+
+
+def _none_checked(cond: N.Expr, op: str) -> set[str]:
+    """The names a condition proves not none: `x != none` (and its `and` terms) for op "!="; `x == none` for
+    op "==" (its else branch)."""
+    if op == "!=" and isinstance(cond, N.BoolOp) and cond.op == "and":
+        return _none_checked(cond.left, op) | _none_checked(cond.right, op)
+    if isinstance(cond, N.Compare) and cond.ops == [op] and _compares_with_none(cond):
+        return {o.id for o in cond.operands if isinstance(o, N.Name)}
+    return set()
+
+
+def takes_none(parent: N.Expr | None, operand: N.Expr, tensor: bool = False) -> bool:
+    """Whether `operand` is an argument of an operation whose parameter (a tensor one, with `tensor`)
+    defaults to `none` (conv's `bias`, pooling's `stride`): an optional member or a `T?` argument may be
+    passed there as it is, `None` when absent."""
+    if not isinstance(parent, N.Call) or parent.func not in CALLABLE:
+        return False
+    op = CALLABLE[parent.func]
+    names = [p.name for p in op.params]
+    name = next((names[i] for i, a in enumerate(parent.args) if a is operand and i < len(names)), None)
+    name = next((k.name for k in parent.kwargs if k.value is operand), name)
+    param = op.param(name) if name else None
+    return param is not None and (param.tensor or not tensor) and param.default == "none"
 
 
 def literal_value(e: N.Expr):
@@ -1089,6 +1210,10 @@ def literal_value(e: N.Expr):
             return math.pi
         case N.UnaryOp(op="-", operand=inner):
             return -literal_value(inner)
+        case N.NoneLit():
+            return None
+        case N.ListExpr(items=items):
+            return tuple(literal_value(i) for i in items)
     raise ValueError("not a literal")
 
 
@@ -1102,6 +1227,8 @@ _REF_WORDS = {Ref.ARG: "argument", Ref.DIM: "symbolic dim", Ref.LOCAL: "local na
 
 
 def _a(kind: str) -> str:
+    if kind == Kind.NONE:
+        return "none"
     return f"an {kind}" if kind[:1] in ("a", "e", "i", "o", "u") else f"a {kind}"
 
 

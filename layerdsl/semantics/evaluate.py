@@ -29,6 +29,10 @@ def evaluate(expr: N.Expr, env: Mapping[str, Any]) -> Any:
     match expr:
         case N.Num(value=v) | N.Str(value=v) | N.Bool(value=v):
             return v
+        case N.NoneLit():
+            return None
+        case N.ListExpr(items=items):
+            return tuple(evaluate(i, env) for i in items)
         case N.Name(id=i):
             if i in env:
                 return env[i]
@@ -51,6 +55,8 @@ def evaluate(expr: N.Expr, env: Mapping[str, Any]) -> Any:
                 raise NotConstant("division by zero") from None
         case N.Compare(ops=ops, operands=operands):
             values = [evaluate(o, env) for o in operands]
+            if None in values and set(ops) <= {"==", "!="}:  # `momentum == none`
+                return all((a is b) == (op == "==") for op, a, b in zip(ops, values, values[1:]))
             return all(_COMPARE[op](a, b) for op, a, b in zip(ops, values, values[1:]))
         case N.Call(func=f, args=args, kwargs=[]) if f in CALLABLE and (spelling := CALLABLE[f].scalar):
             return _scalar_function(spelling)(*[evaluate(a, env) for a in args])

@@ -99,15 +99,15 @@ class Scope:
 
 
 def _takes_over_condition(ref: Ref, decl: N.Node | None, old: Binding) -> bool:
-    """`param bias: [n] = ... if bias` with `bias: bool`: the member takes the argument's name."""
+    """`param bias: [n] = ... if bias` (or `if affine and bias`) with `bias: bool`: the member takes the
+    argument's name."""
     return (
         ref in N.MEMBERS
         and old.ref == Ref.ARG
         and isinstance(decl, N.Tensor)
         and isinstance(old.decl, N.Arg)
         and old.decl.type == "bool"
-        and isinstance(decl.cond, N.Name)
-        and decl.cond.id == decl.name
+        and decl.named_by_condition
     )
 
 

@@ -148,8 +148,8 @@ def dim_difference(a: Dim, b: Dim) -> int | None:
 
 def declared_shape(shape: N.Shape | None, name: str, subst: Mapping[str, Poly] | None = None) -> tuple[Dim, ...]:
     """The shape declared for input or tensor `name` (`subst` gives names such as lets a value); an input
-    declared without one gets an opaque shape."""
-    if shape is None:
+    declared without one, or a member shaped by an `ints` argument, gets an opaque shape."""
+    if shape is None or shape.spread is not None:
         return (f"<{name}>",)
     return tuple(dim_text(d, subst) for d in shape.dims)
 

@@ -169,12 +169,26 @@ class IRBuilder(Transformer):
         return N.Decorator(str(name), _span(meta), args, kwargs)
 
     def argdef(self, meta, items):
-        name, type_tok, default = items
-        return N.Arg(str(name), _tspan(name), str(type_tok), _tspan(type_tok), default)
+        name, type_tok, length, maybe_none, default = items
+        type_span = _tspan(type_tok)
+        text = str(type_tok)
+        if length is not None:  # `ints[4]`: the type's text and span cover the length
+            text += f"[{length[0]}]"
+            type_span = type_span.to(length[1])
+        if maybe_none is not None:  # `float?`
+            text += "?"
+            type_span = type_span.to(_tspan(maybe_none))
+        return N.Arg(str(name), _tspan(name), text, type_span, default)
+
+    def arg_length(self, meta, items):
+        return str(items[0]), _span(meta)
 
     def docstring(self, meta, items):
         s = self.string(meta, items)
         return ("docstring", s.span, s.value)
+
+    def spread_shape(self, meta, items):
+        return N.Shape(_span(meta), [], N.Name(_tspan(items[0]), str(items[0])))
 
     def param(self, meta, items):
         name, shape, init, cond = items

@@ -295,6 +295,6 @@ def _tokens_in_order(tree: Tree) -> Iterator[Token]:
 
 # Rules that are not expressions: an expression starts below one of them.
 _STRUCTURE = frozenset(
-    "start layer decorator argdef param buffer sub let example forward backward input outputs shape block "
+    "start layer decorator argdef arg_length spread_shape param buffer sub let example forward backward input outputs shape block "
     "assign update if_stmt return_stmt grad docstring".split()
 )

@@ -159,7 +159,7 @@ def _atoms(pieces: list):
 
 # Tokens after which an opening bracket hugs: calls `f(x)`, subscripts `x[0]`, dtypes `long[]`, headers.
 _HUG_AFTER = {"NAME", "NUMBER", "STRING", "TRUE", "FALSE", "NONE", "RPAR", "RSQB", "FORWARD", "BACKWARD", "EXAMPLE"}
-_NO_SPACE_BEFORE = {"COLON", "COMMA", "RPAR", "RSQB", "DOT"}
+_NO_SPACE_BEFORE = {"COLON", "COMMA", "RPAR", "RSQB", "DOT", "MAYBE_NONE"}
 _SIMPLE = {"name", "number", "string", "true", "false", "none"}
 
 
