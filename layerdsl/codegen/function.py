@@ -39,6 +39,7 @@ from layerdsl.optimize import (
     substitute,
     unary_in_place,
 )
+from layerdsl.semantics.evaluate import example_values
 
 
 def emit_function_class(emitter, plan: BackwardPlan) -> dict:
@@ -449,6 +450,7 @@ class FunctionEmitter:
             incoming=set(incoming),
             floating=frozenset(tape.differentiable) | set(incoming),
             exact=self.exact,
+            sizes=_example_sizes(self.layer),
         )
 
     def _guarded(self, parts: list[tuple[set[str], list[Code]]], tape: Tape) -> list[Code]:
@@ -545,6 +547,11 @@ class Section:
     accumulate: dict[str, str] = field(default_factory=dict)  # leaf -> the name holding this section's part
     rare: bool = False
     recompute: dict[str, set[str]] = field(default_factory=dict)
+
+
+def _example_sizes(layer: N.Layer) -> dict[str, int]:
+    """The integer arguments and dims the layer's first example gives (the sizes cost models price at)."""
+    return {k: v for k, v in example_values(layer).items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
 def _compared_exactly(tape: Tape) -> set[str]:
