@@ -159,3 +159,14 @@ def test_the_shipped_quadratic_form_builds_the_outer_product_once(gen):
     source = inspect.getsource(module.QuadraticFormFunctionalFunction.backward)
     assert source.count("torch.einsum") == 3  # x ⊗ g, then one contraction per gradient
     assert "weight + weight.permute(1, 0, 2)" in source
+
+
+def test_a_functions_forward_takes_its_operands_in_the_cheapest_left_to_right_order():
+    from layerdsl.optimize import einsum_operands_in_cheapest_order
+
+    shapes = {"w": ("n", "n", "o"), "x": ("B", "n")}
+    forward = einsum("ijk,bi,bj->bk", "w", "x", "x")
+    outer_first = einsum_operands_in_cheapest_order(forward, shapes, {"n": 4, "o": 3})
+    assert spec_text(outer_first) == 'einsum("bi,bj,ijk->bk", [x, x, w])'  # x ⊗ x, then one large product
+    one_output = einsum_operands_in_cheapest_order(forward, shapes, {"n": 64, "o": 1})
+    assert spec_text(one_output) == 'einsum("ijk,bi,bj->bk", [w, x, x])'  # w·x is [B, n, 1]: small, first

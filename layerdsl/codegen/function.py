@@ -33,6 +33,7 @@ from layerdsl.optimize import (
     Stmt,
     addcmul_form,
     dtype_sources,
+    einsum_operands_in_cheapest_order,
     fresh_node,
     guarded_addcmul,
     optimize,
@@ -126,6 +127,7 @@ class FunctionEmitter:
             "output": self.names.output,
             "cls": self.names.cls,
             "extra": extra,
+            "probes": (self.names.local("transforms_active"), self.names.local("compiling")),  # apply's fast path
         }
 
     def _is_required(self, leaf: str) -> bool:
@@ -234,6 +236,7 @@ class FunctionEmitter:
                 bind(s.var, base)
                 continue
             expr = _squares(substitute(s.expr, exprs))
+            expr = einsum_operands_in_cheapest_order(expr, tape.shapes, _example_sizes(self.layer))  # no graph here
             if s.var not in exact:  # a max/min reads the value as the backward recomputes it: as written
                 expr = addcmul_form(expr)
             if s.var in keep | exact or uses.get(s.var, 0) != 1 or s.var in self._spec_locals():

@@ -1,5 +1,6 @@
 """The optimisation stage (see `pipeline`): what the emitter uses from it."""
 
+from layerdsl.optimize.contractions import einsum_operands_in_cheapest_order
 from layerdsl.optimize.fusion import addcmul_form, guarded_addcmul, substitute
 from layerdsl.optimize.inplace import unary_in_place
 from layerdsl.optimize.operations import dtype_sources, fresh_node
@@ -11,6 +12,7 @@ __all__ = [
     "Stmt",
     "addcmul_form",
     "dtype_sources",
+    "einsum_operands_in_cheapest_order",
     "fresh_node",
     "guarded_addcmul",
     "optimize",

@@ -27,19 +27,23 @@ give take `DEFAULT_SIZE`.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
+from layerdsl.ir.visit import map_children
 from layerdsl.language.naming import fresh_name
 from layerdsl.language.tables import FORBIDDEN
 from layerdsl.optimize.statements import Facts, Shapes, Stmt, names
-from layerdsl.semantics.shapes import text_poly
+from layerdsl.semantics.shapes import Shape, expr_shape, text_poly
 
 DEFAULT_SIZE = 64  # a dim the example leaves open (a batch)
 MOVED = 1  # the cost of an element read or written, in multiply-adds
+# A batched product that also sums (`bij,bj->bi`) runs as one small matrix product per batch element, several
+# times slower per multiply-add than one large product (bench_functions.py, QuadraticForm's forward orders).
+BATCHED = 4
 MAX_PLANS = 4096  # combinations priced jointly; beyond, each product picks its order alone
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -84,7 +88,7 @@ def plan_contractions(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
         if any(t is not None for t in terms):
             for t in terms:
                 if t is not None:
-                    _learn_sizes(t, shapes, facts.sizes, sized)
+                    _learn_sizes(t, shapes.of, facts.sizes, sized)
             merged = _merged(terms)
             merged_any = merged_any or merged != terms
             found.append((s, parts, merged))
@@ -175,10 +179,10 @@ def _einsum_term(e: N.Expr) -> Term | None:
     return Term(letters, [Operand(o, B.key(o)) for o in listed.items], out)
 
 
-def _learn_sizes(t: Term, shapes: Shapes, given: Mapping[str, int], sized: dict[str, int]) -> None:
+def _learn_sizes(t: Term, shape_of: Callable[[N.Expr], Shape], given: Mapping[str, int], sized: dict[str, int]) -> None:
     """The size of each of the term's letters at the example's sizes, under the operand's key and letter."""
     for letters, o in zip(t.letters, t.operands):
-        shape = shapes.of(o.expr)
+        shape = shape_of(o.expr)
         for pos in range(len(letters)):
             size = _size(shape[pos], given) if shape is not None and pos < len(shape) else DEFAULT_SIZE
             sized.setdefault(f"{o.key}#{pos}", size)
@@ -192,6 +196,24 @@ def _size(dim: str, given: Mapping[str, int]) -> int:
             value *= given.get(factor, DEFAULT_SIZE) ** power
         total += value
     return max(total, 1)
+
+
+def einsum_operands_in_cheapest_order(e: N.Expr, shapes: Mapping[str, Shape], given: Mapping[str, int]) -> N.Expr:
+    """`e` with each einsum of three or more operands given them in the order whose left-to-right contraction
+    the cost model prices cheapest (torch.einsum contracts left to right unless opt_einsum is installed). For a
+    Function's forward, which runs without a graph: under autograd the order also decides what is kept."""
+    if isinstance(e, N.Call) and (t := _einsum_term(e)) is not None and 3 <= len(t.operands) <= 6:
+        sized: dict[str, int] = {}
+        _learn_sizes(t, lambda o: expr_shape(o, shapes), given, sized)
+        orders = list(itertools.permutations(range(len(t.operands))))  # the spec's order first: it wins ties
+        order = min(orders, key=lambda order: _chain_cost(t, order, sized))
+        return _einsum([t.letters[k] for k in order], [t.operands[k].expr for k in order], t.out)
+    return map_children(e, lambda c: einsum_operands_in_cheapest_order(c, shapes, given))
+
+
+def _chain_cost(t: Term, order: tuple[int, ...], sized: Mapping[str, int]) -> int:
+    reordered = Term([t.letters[k] for k in order], [t.operands[k] for k in order], t.out)
+    return sum(_cost(pair, reordered, sized) for pair in _pairs(_left_to_right(reordered)))
 
 
 # ------------------------------------------------------------------ like terms
@@ -339,6 +361,9 @@ def _cost(pair: Pair, term: Term, sized: Mapping[str, int]) -> int:
 
     left, right = _indices(pair.left, term), _indices(pair.right, term)
     flops = elements("".join(dict.fromkeys(left + right)))
+    batch = set(left) & set(right) & set(pair.kept)
+    if batch and set(left + right) - set(pair.kept):
+        flops *= BATCHED  # one small matrix product per batch element: at memory speed, not a GEMM's
     copy = 0 if _gemm_order(left, right, pair.kept) is not None else elements(pair.kept)
     return flops + MOVED * (elements(left) + elements(right) + elements(pair.kept) + copy)
 
