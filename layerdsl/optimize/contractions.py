@@ -45,6 +45,7 @@ MOVED = 1  # the cost of an element read or written, in multiply-adds
 # times slower per multiply-add than one large product (bench_functions.py, QuadraticForm's forward orders).
 BATCHED = 4
 MAX_PLANS = 4096  # combinations priced jointly; beyond, each product picks its order alone
+MAX_SPLIT = 5  # products of more tensors keep the left-to-right order
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
@@ -390,18 +391,25 @@ def _product(values) -> int:
 
 def _choose(products: list[Term], sized: Mapping[str, int]) -> dict[int, Pair]:
     """A tree per product (by `id`): the cheapest combination, a pair shared between trees priced once;
-    ties keep the earlier tree (the spec's left-to-right order first)."""
-    options = [list(_trees(list(range(len(t.operands))), t)) for t in products]
-    for opts, t in zip(options, products):
-        opts.sort(key=lambda tree: 0 if tree == _left_to_right(t) else 1)
+    ties keep the earlier tree (the spec's left-to-right order first). A product of more than `MAX_SPLIT`
+    tensors keeps the left-to-right order (the trees grow as (2n - 3)!!)."""
+    options = [
+        (
+            [_left_to_right(t)]
+            + [tree for tree in _trees(list(range(len(t.operands))), t) if tree != _left_to_right(t)]
+            if len(t.operands) <= MAX_SPLIT
+            else [_left_to_right(t)]
+        )
+        for t in products
+    ]
+    priced = {  # each tree's pairs: (a key equal for pairs computing the same tensor, cost)
+        id(tree): [(_canonical(p, t)[0] if p is not tree else str(id(t)), _cost(p, t, sized)) for p in _pairs(tree)]
+        for opts, t in zip(options, products)
+        for tree in opts
+    }
 
     def total(trees: list[Pair]) -> int:
-        priced: dict[str, int] = {}
-        for tree, t in zip(trees, products):
-            for pair in _pairs(tree):
-                key = _canonical(pair, t)[0] if pair is not tree else f"{id(t)}"
-                priced[key] = _cost(pair, t, sized)
-        return sum(priced.values())
+        return sum(dict(item for tree in trees for item in priced[id(tree)]).values())
 
     if _product(len(o) for o in options) <= MAX_PLANS:
         best = min(itertools.product(*options), key=lambda trees: total(list(trees)))
