@@ -35,6 +35,7 @@ from layerdsl.optimize import (
     Stmt,
     addcmul_form,
     dtype_sources,
+    einsum_operands_in_cheapest_order,
     explicit_sums,
     fresh_node,
     guarded_addcmul,
@@ -44,6 +45,7 @@ from layerdsl.optimize import (
     substitute,
     unary_in_place,
 )
+from layerdsl.semantics.evaluate import example_values
 from layerdsl.syntax import parse_expr
 
 
@@ -134,6 +136,7 @@ class FunctionEmitter:
             "output": self.names.output,
             "cls": self.names.cls,
             "extra": extra,
+            "probes": (self.names.local("transforms_active"), self.names.local("compiling")),  # apply's fast path
         }
 
     def _is_required(self, leaf: str) -> bool:
@@ -242,6 +245,7 @@ class FunctionEmitter:
                 bind(s.var, base)
                 continue
             expr = _squares(substitute(s.expr, exprs))
+            expr = einsum_operands_in_cheapest_order(expr, tape.shapes, _example_sizes(self.layer))  # no graph here
             if s.var not in exact:  # a max/min reads the value as the backward recomputes it: as written
                 expr = addcmul_form(expr)
             if s.var in keep | exact or uses.get(s.var, 0) != 1 or s.var in self._spec_locals():
@@ -645,6 +649,7 @@ class FunctionEmitter:
             incoming=set(incoming),
             floating=frozenset(tape.differentiable) | set(incoming),
             exact=self.exact,
+            sizes=_example_sizes(self.layer),
         )
 
     def _guarded(self, parts: list[tuple[set[str], list[Code]]], tape: Tape) -> list[Code]:
@@ -801,6 +806,11 @@ class Section:
     accumulate: dict[str, str] = field(default_factory=dict)  # leaf -> the name holding this section's part
     rare: bool = False
     recompute: dict[str, set[str]] = field(default_factory=dict)
+
+
+def _example_sizes(layer: N.Layer) -> dict[str, int]:
+    """The integer arguments and dims the layer's first example gives (the sizes cost models price at)."""
+    return {k: v for k, v in example_values(layer).items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
 def _compared_exactly(tape: Tape) -> set[str]:

@@ -1,5 +1,6 @@
 """The optimisation stage (see `pipeline`): what the emitter uses from it."""
 
+from layerdsl.optimize.contractions import einsum_operands_in_cheapest_order
 from layerdsl.optimize.fusion import addcmul_form, explicit_sums, guarded_addcmul, substitute
 from layerdsl.optimize.inplace import unary_in_place
 from layerdsl.optimize.masks import Mask, replaced
@@ -15,6 +16,7 @@ __all__ = [
     "addcmul_form",
     "dtype_sources",
     "explicit_sums",
+    "einsum_operands_in_cheapest_order",
     "fresh_node",
     "guarded_addcmul",
     "mask_candidates",

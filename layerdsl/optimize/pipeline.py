@@ -4,7 +4,9 @@ Runs on a backward's statements (IR) after derivation, before rendering. At larg
 bound by memory traffic, so its time follows the number of passes over full-size tensors and the number
 of fresh buffers. In order:
 
-1. fold a recomputed intermediate that only one statement reads into that statement (`fusion`);
+1. fold a recomputed intermediate that only one statement reads into that statement (`fusion`); merge like
+   einsum terms and split products of three or more tensors into pairs, shared where they can be, in the
+   order a cost model picks (`contractions`);
 2. keep a reduction's gradient at its reduced shape where an elementwise operation would broadcast it
    anyway (`fusion`), gather constant factors where they cost least (`scales`), write `sum_to` between
    known shapes as a plain sum and move tensor factors out of linear kernels (`fusion`);
@@ -20,6 +22,7 @@ mode where they differ.
 from __future__ import annotations
 
 from layerdsl.ir.visit import clone
+from layerdsl.optimize.contractions import plan_contractions
 from layerdsl.optimize.fusion import (
     addcmul_form,
     explicit_sums,
@@ -38,6 +41,7 @@ def optimize(stmts: list[Stmt], facts: Facts, prefer: int = 0) -> tuple[list[Stm
     """The statements rewritten, and which schedule they follow (`prefer` breaks ties, so that the backward
     with a graph and the one without share as many statements as they can)."""
     stmts = fold(stmts, facts)
+    stmts = plan_contractions(stmts, facts)
     stmts = narrow_expansions(stmts, facts)
     hoist_scales(stmts, facts.kept, facts.incoming)
     explicit_sums(stmts, facts)

@@ -43,6 +43,7 @@ class Facts:
     # Forward values a max/min reads: an extremum mask compares their recomputation with the saved
     # extremum, so they round as the forward wrote them (no addcmul, which rounds once where `p + q * r` rounds twice).
     exact: frozenset[str] = frozenset()
+    sizes: dict[str, int] = field(default_factory=dict)  # the example's value of each argument and dim (cost models)
 
 
 def names(e: N.Expr) -> list[str]:
