@@ -27,6 +27,7 @@ each form and for random derived backwards, so the output stays black's.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 LINE_LENGTH = 88  # black's default, which the generated code is formatted with
 INDENT = "    "
@@ -89,6 +90,8 @@ def format_python(text: str) -> str:
     above: dict[int, str] = {}  # index in `out` -> a spec comment that goes on a line of its own above it
     for index, line in deferred:
         commented = _SPEC_COMMENT.fullmatch(line)
+        if commented and _display_width(line) <= LINE_LENGTH:
+            continue  # a spec file name not in ASCII, on a line that fits
         if commented:
             split = _split_with_spec_comment(commented["code"], commented["comment"], has_f_strings)
             if split is not None:
@@ -117,6 +120,13 @@ def _width(line: str) -> int:
     """The width black measures: characters, except that a non-ASCII line counts as too long (black weighs
     East Asian characters double), so it goes to black."""
     return len(line) if line.isascii() else LINE_LENGTH + 1
+
+
+def _display_width(line: str) -> int:
+    """At least the width black measures (it weighs East Asian wide characters double)."""
+    if line.isascii():
+        return len(line)
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line)
 
 
 def _split(line: str, has_f_strings: bool) -> str | None:
@@ -176,7 +186,7 @@ def _with_comment_first(split: str, comment: str) -> str | None:
     """`split` (a statement over several lines) with `comment` after the bracket that ends its first line,
     where black keeps it there: a call's or subscript's bracket (not optional parentheses), room left."""
     first, _, rest = split.partition("\n")
-    if not rest or len(first) + 2 + len(comment) > LINE_LENGTH or not first.endswith(tuple(_OPEN)):
+    if not rest or _display_width(f"{first}  {comment}") > LINE_LENGTH or not first.endswith(tuple(_OPEN)):
         return None
     if len(first) < 2 or not (first[-2].isalnum() or first[-2] in "_)]"):
         return None  # parentheses around a value: the line that raises is one inside them
