@@ -201,7 +201,7 @@ def _trailer_split(code: str, room: int, has_f_strings: bool) -> str | None:
     """`code` (short enough alone) split in the last bracket pair of its trailing calls whose first line
     leaves `room` for the comment, as black's right-hand split omitting trailers does; None where black
     would keep the optional parentheses around an assigned or returned value."""
-    indent = code[: len(code) - len(code.lstrip())]
+    indent = _indent(code)
     statement = code[len(indent) :]
     m = _ASSIGN_OR_RETURN.fullmatch(statement)
     head, value = (f"{m['head']} ", m["value"]) if m else ("", statement)
@@ -236,7 +236,8 @@ def _last_call_split(indent: str, head: str, value: str, flat: str, room: int, h
     if opening is None or opening == 0 or not (value[opening - 1].isalnum() or value[opening - 1] in "_)]"):
         return None
     seen_other_brackets = any(c in _OPEN for c in flat[:opening] if c not in "\x01\x02") or "\x01" in flat[:opening]
-    if not seen_other_brackets and len(indent) + len(INDENT) + opening + 1 + LINE_LENGTH - room > LINE_LENGTH:
+    comment_width = LINE_LENGTH - room  # black counts a comment with the bracket it follows
+    if not seen_other_brackets and len(indent) + len(INDENT) + opening + 1 + comment_width > LINE_LENGTH:
         return None
     if len(indent) + len(head) + opening + 1 > room:
         return None
