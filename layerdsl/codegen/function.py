@@ -239,9 +239,7 @@ class FunctionEmitter:
                     continue
                 lines += self.located([f"{s.var} = {out(base) if base is not None else s.base}"], s.expr.span.line)
                 update = f"    {s.var} = {out(_replace_name(s.expr, s.base, s.var))}"
-                lines += with_spec_line(
-                    [f"if {s.guard} is not None:", update], 1, self.e.spec_path, s.expr.span.line, 1
-                )
+                lines += with_spec_line([f"if {s.guard} is not None:", update], 1, self.e.spec_path, s.expr.span.line)
                 bind(s.var, base)
                 continue
             expr = _squares(substitute(s.expr, exprs))
@@ -934,8 +932,7 @@ def _replace_name(e: N.Expr, old: str, new: str) -> N.Expr:
 
 @dataclass(eq=False)
 class Assign:
-    """`target = expr`, naming the spec line it comes from (`lines`' `depth`: how many blocks deeper than
-    the method body it is written, which decides whether the comment fits on its line)."""
+    """`target = expr`, naming the spec line it comes from."""
 
     target: str
     expr: N.Expr
@@ -946,7 +943,7 @@ class Assign:
         return ("=", self.target, B.key(self.expr))
 
     def lines(self, ex: PyExpr, depth: int = 0) -> list[str]:
-        return with_spec_line([f"{self.target} = {ex(self.expr)}"], 0, self.spec_path, self.spec_line, depth)
+        return with_spec_line([f"{self.target} = {ex(self.expr)}"], 0, self.spec_path, self.spec_line)
 
 
 @dataclass(eq=False)

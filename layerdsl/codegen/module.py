@@ -794,7 +794,6 @@ class StatementWriter:
         self.layer = layer
         self.spec_path = spec_path
         self.checks = checks  # a return's lines with its run-time output checks (None: a plain return)
-        self.depth = -1  # how deep in `if` blocks the statement being written is (0: the body itself)
 
     def require(self, s: N.Require) -> list[str]:
         """`require B > 1 if training, "..."`: one negated comparison (after the guard), then a ValueError
@@ -813,11 +812,7 @@ class StatementWriter:
         return [f"if {test}:", f"    raise ValueError(f{_quoted(text + ')')})"]
 
     def block(self, body: list[N.Stmt]) -> list[str]:
-        self.depth += 1
-        try:
-            return self.statements(body)
-        finally:
-            self.depth -= 1
+        return self.statements(body)
 
     def statements(self, body: list[N.Stmt]) -> list[str]:
         lines = []
@@ -837,7 +832,7 @@ class StatementWriter:
         lines = self.code(s)
         # An update's line is its copy_ (the `with` cannot fail); an `if`'s, its condition.
         at = 1 if isinstance(s, N.Update) else 0
-        return with_spec_line(lines, at, self.spec_path, s.span.line, self.depth + at)
+        return with_spec_line(lines, at, self.spec_path, s.span.line)
 
     def code(self, s: N.Stmt) -> list[str]:
         match s:

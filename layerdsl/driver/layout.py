@@ -11,6 +11,12 @@ blank lines and long lines:
   and the values black puts in invisible parentheses after `=`, `return`, `if`, `elif` and `while`:
   the parentheses kept (the value on a line of its own, or cut before its top-level delimiters of the
   highest priority) or omitted for a value that ends in a call (split inside that call);
+- a statement that its `# file.layer:LINE` comment (codegen/spec_lines.py) makes too long is split with the
+  comment after the call's bracket that ends its first line (a traceback shows that line only; black keeps
+  a comment there): the split black makes of the statement alone, or, for a statement that fits alone, the
+  right-hand split in the last call with room for the comment. Where the first line has no room for it, or
+  is optional parentheses black keeps (the line that raises is then one inside them), the comment goes on a
+  line of its own above the statement;
 - every other long line goes to black, all of a module's in one call, each statement at its own depth;
   a module with a statement over several lines goes to black whole.
 
@@ -21,6 +27,7 @@ each form and for random derived backwards, so the output stays black's.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 LINE_LENGTH = 88  # black's default, which the generated code is formatted with
 INDENT = "    "
@@ -34,6 +41,7 @@ _ASSIGN_OR_RETURN = re.compile(rf"(?P<head>{_DOTTED} =|return) (?P<value>.+)")
 _CONDITION = re.compile(r"(?P<keyword>if|elif|while) (?P<condition>.+):")
 _RETURN_STRING = re.compile(r'return (?P<arg>[rRbBuUfF]{0,2}"(?:[^"\\]|\\.)*")')
 _F_STRING = re.compile(r"(?<![\w\"'])[rR]?[fF][rR]?[\"']")
+_SPEC_COMMENT = re.compile(r"(?P<code>.*\S)  (?P<comment># [\w.-]+\.layer:\d+)")
 _OPEN = "([{"
 _CLOSE = ")]}"
 
@@ -79,7 +87,20 @@ def format_python(text: str) -> str:
         out.append(line)  # replaced below, once the whole module is known
         deferred.append((len(out) - 1, line))
     to_black = []
+    above: dict[int, str] = {}  # index in `out` -> a spec comment that goes on a line of its own above it
     for index, line in deferred:
+        commented = _SPEC_COMMENT.fullmatch(line)
+        if commented and _display_width(line) <= LINE_LENGTH:
+            continue  # a spec file name not in ASCII, on a line that fits
+        if commented:
+            split = _split_with_spec_comment(commented["code"], commented["comment"], has_f_strings)
+            if split is not None:
+                out[index] = split
+                continue
+            line = out[index] = commented["code"]
+            above[index] = commented["comment"]
+            if _width(line) <= LINE_LENGTH:
+                continue
         split = _split(line, has_f_strings)
         if split is None:
             to_black.append((index, line))
@@ -90,6 +111,8 @@ def format_python(text: str) -> str:
 
         return black.format_str(text, mode=black.Mode(line_length=LINE_LENGTH))
     _black_lines(out, to_black, has_f_strings)
+    for index, comment in above.items():
+        out[index] = _with_comment_first(out[index], comment) or f"{_indent(out[index])}{comment}\n{out[index]}"
     return "\n".join(out) + "\n"
 
 
@@ -97,6 +120,13 @@ def _width(line: str) -> int:
     """The width black measures: characters, except that a non-ASCII line counts as too long (black weighs
     East Asian characters double), so it goes to black."""
     return len(line) if line.isascii() else LINE_LENGTH + 1
+
+
+def _display_width(line: str) -> int:
+    """At least the width black measures (it weighs East Asian wide characters double)."""
+    if line.isascii():
+        return len(line)
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line)
 
 
 def _split(line: str, has_f_strings: bool) -> str | None:
@@ -138,6 +168,109 @@ def _split(line: str, has_f_strings: bool) -> str | None:
     if m:
         return _optional_parens_split(indent, m["head"], m["value"], "", has_f_strings)
     return None
+
+
+def _split_with_spec_comment(code: str, comment: str, has_f_strings: bool) -> str | None:
+    """`code  # spec.layer:N` split over several lines with the comment at the end of the first, after the
+    opening bracket where black splits (a traceback shows a statement's first line only); None where the
+    split keeps the optional parentheses (the line that raises is then the value's, not the first) or the
+    comment does not fit."""
+    if _width(code) > LINE_LENGTH:
+        split = _split(code, has_f_strings)
+    else:  # the comment alone makes the line too long: black splits at a trailer, from the right
+        split = _trailer_split(code, LINE_LENGTH - 2 - len(comment), has_f_strings)
+    return None if split is None else _with_comment_first(split, comment)
+
+
+def _with_comment_first(split: str, comment: str) -> str | None:
+    """`split` (a statement over several lines) with `comment` after the bracket that ends its first line,
+    where black keeps it there: a call's or subscript's bracket (not optional parentheses), room left."""
+    first, _, rest = split.partition("\n")
+    if not rest or _display_width(f"{first}  {comment}") > LINE_LENGTH or not first.endswith(tuple(_OPEN)):
+        return None
+    if len(first) < 2 or not (first[-2].isalnum() or first[-2] in "_)]"):
+        return None  # parentheses around a value: the line that raises is one inside them
+    return f"{first}  {comment}\n{rest}"
+
+
+def _indent(line: str) -> str:
+    return line[: len(line) - len(line.lstrip())]
+
+
+def _trailer_split(code: str, room: int, has_f_strings: bool) -> str | None:
+    """`code` (short enough alone) split in the last bracket pair of its trailing calls whose first line
+    leaves `room` for the comment, as black's right-hand split omitting trailers does; None where black
+    would keep the optional parentheses around an assigned or returned value."""
+    indent = _indent(code)
+    statement = code[len(indent) :]
+    m = _ASSIGN_OR_RETURN.fullmatch(statement)
+    head, value = (f"{m['head']} ", m["value"]) if m else ("", statement)
+    flat = _flat(value)
+    delimiters = None if flat is None else _delimiters(flat)
+    if flat is None or delimiters is None:
+        return None
+    if m and len(delimiters) == 1 and delimiters[0][0] != _DOT:
+        return _last_call_split(indent, head, value, flat, room, has_f_strings)
+    if any(p != _DOT for p, _ in delimiters):
+        return None
+    if m and len(delimiters) > 1 or not delimiters and value.startswith(tuple(_OPEN)):
+        return None  # several method calls after brackets: black keeps the optional parentheses
+    for opening, closing in reversed(_top_level_pairs(value)):
+        if not _TRAILERS.fullmatch(flat[closing + 1 :]) or closing == opening + 1:
+            continue
+        if len(indent) + len(head) + opening + 1 > room:
+            continue
+        return _bracket_split(
+            indent, head + value[: opening + 1], value[opening + 1 : closing], value[closing:], has_f_strings, False
+        )
+    return None
+
+
+def _last_call_split(indent: str, head: str, value: str, flat: str, room: int, has_f_strings: bool) -> str | None:
+    """`x = a * f(b)` (one delimiter) split in its last call, where black omits the optional parentheses:
+    other brackets before that call, or the call's opening bracket (with the comment on it) within the line
+    length; None where black keeps them."""
+    if value.startswith(tuple(_OPEN)) or not value.endswith(")") or value.endswith("()"):
+        return None
+    opening = _last_opening(value)
+    if opening is None or opening == 0 or not (value[opening - 1].isalnum() or value[opening - 1] in "_)]"):
+        return None
+    seen_other_brackets = any(c in _OPEN for c in flat[:opening] if c not in "\x01\x02") or "\x01" in flat[:opening]
+    comment_width = LINE_LENGTH - room  # black counts a comment with the bracket it follows
+    if not seen_other_brackets and len(indent) + len(INDENT) + opening + 1 + comment_width > LINE_LENGTH:
+        return None
+    if len(indent) + len(head) + opening + 1 > room:
+        return None
+    return _bracket_split(indent, head + value[: opening + 1], value[opening + 1 : -1], ")", has_f_strings, False)
+
+
+_TRAILERS = re.compile(r"(?:\.[A-Za-z_]\w*|\x01)*")
+
+
+def _top_level_pairs(value: str) -> list[tuple[int, int]]:
+    """The positions of the top-level bracket pairs of `value` (outside double-quoted strings), left to right."""
+    pairs = []
+    depth = 0
+    opening = 0
+    i = 0
+    while i < len(value):
+        ch = value[i]
+        if ch == '"':
+            j = i + 1
+            while j < len(value) and value[j] != '"':
+                j += 2 if value[j] == "\\" else 1
+            i = j + 1
+            continue
+        if ch in _OPEN:
+            if depth == 0:
+                opening = i
+            depth += 1
+        elif ch in _CLOSE:
+            depth -= 1
+            if depth == 0:
+                pairs.append((opening, i))
+        i += 1
+    return pairs
 
 
 def _ternary_split(indent: str, head: str, value: str) -> str | None:
