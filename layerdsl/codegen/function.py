@@ -40,8 +40,9 @@ from layerdsl.optimize import (
     fresh_node,
     guarded_addcmul,
     mask_candidates,
-    optimize,
+    prepared,
     replaced,
+    scheduled,
     substitute,
     unary_in_place,
 )
@@ -598,6 +599,7 @@ class FunctionEmitter:
         ]
         stmts += [Stmt(target, expr, leaves, span=span) for leaves, target, expr, span in sec.items]
         facts = self._facts(tape, sec.incoming, saved | set(sec.accumulate.values()))
+        stmts = prepared(stmts, facts)  # the same for both grad modes
         unrecorded, schedule = self._optimized(clone(stmts), dataclasses.replace(facts, graph=False), sec, ex, tape)
         recorded, _ = self._optimized(stmts, facts, sec, ex, tape, schedule)
         return [line for code in by_grad_mode(recorded, unrecorded) for line in code.lines(ex, depth)]
@@ -605,8 +607,9 @@ class FunctionEmitter:
     def _optimized(
         self, stmts: list[Stmt], facts: Facts, sec: Section, ex: PyExpr, tape: Tape, prefer: int = 0
     ) -> tuple[list[Code], int]:
-        """One grad mode's statements, each under the `ctx.needs_input_grad` guard of the leaves needing it."""
-        stmts, schedule = optimize(stmts, facts, prefer)
+        """One grad mode's statements (`prepared`), each under the `ctx.needs_input_grad` guard of the leaves
+        needing it."""
+        stmts, schedule = scheduled(stmts, facts, prefer)
         parts = [(s.leaves, _code(s, self.e.spec_path)) for s in stmts]
         for leaf, part in sec.accumulate.items():  # add to what the main section found (or None)
             parts.append(({leaf}, [Accumulate(leaf, part)]))

@@ -65,44 +65,86 @@ def read_texts(sources: list[Source]) -> tuple[list[str | None], list[Diagnostic
 
 
 def load(sources: list[Source], texts: list[str | None] | None = None) -> tuple[list[N.SpecFile], list[Diagnostic]]:
-    """Parse every source (its text read here unless given), collecting the diagnostics of all of them."""
-    from layerdsl.syntax.parser import parse_file
-
+    """Parse every source (its text read here unless given), collecting the diagnostics of all of them,
+    in the sources' order. Many files are parsed in forked worker processes too (`_parse_all`)."""
     files: list[N.SpecFile] = []
     problems: list[Diagnostic] = []
     if texts is None:
         texts, problems = read_texts(sources)
-    for src, text in zip(sources, texts):
-        if text is None:
-            continue
-        for part in src.out.with_suffix("").parts:
-            if not part.isidentifier():
-                problems.append(
-                    Diagnostic(
-                        src.shown,
-                        Span.point(1, 1),
-                        f"'{part}' cannot be a Python module name",
-                        "name spec files and folders like Python modules: letters, digits, '_'",
-                        source=None,
-                    )
-                )
-        try:
-            parsed = parse_file(src.shown, text)
-        except SpecError as exc:
-            problems.extend(exc.diagnostics)
-            continue
-        if not parsed.layers and not parsed.problems:
+    readable = [(src, text) for src, text in zip(sources, texts) if text is not None]
+    for parsed, found in _parse_all(readable):
+        problems.extend(found)
+        if parsed is not None:
+            files.append(parsed)
+    return files, problems
+
+
+def parse_source(src: Source, text: str) -> tuple[N.SpecFile | None, list[Diagnostic]]:
+    """One source's IR (None on a syntax error) and its problems."""
+    from layerdsl.syntax.parser import parse_file
+
+    problems = []
+    for part in src.out.with_suffix("").parts:
+        if not part.isidentifier():
             problems.append(
                 Diagnostic(
                     src.shown,
                     Span.point(1, 1),
-                    "this file defines no layer",
-                    "add `layer Name(...) { ... }`, or remove the file",
-                    source=text,
+                    f"'{part}' cannot be a Python module name",
+                    "name spec files and folders like Python modules: letters, digits, '_'",
+                    source=None,
                 )
             )
-        files.append(parsed)
-    return files, problems
+    try:
+        parsed = parse_file(src.shown, text)
+    except SpecError as exc:
+        return None, problems + exc.diagnostics
+    if not parsed.layers and not parsed.problems:
+        problems.append(
+            Diagnostic(
+                src.shown,
+                Span.point(1, 1),
+                "this file defines no layer",
+                "add `layer Name(...) { ... }`, or remove the file",
+                source=text,
+            )
+        )
+    return parsed, problems
+
+
+MIN_FILES_PER_PARSER = 48  # below this, a parsing worker's fork and pickled results cost more than it saves
+# The main process parses a share of the files while it unpickles what the workers send back (about 0.7 ms
+# a file, against 2.4 ms to parse one): this share balances the two on two cores.
+MAIN_PARSE_SHARE = 0.9
+_PARSE_JOBS: list[tuple[Source, str]] = []  # what forked workers parse (inherited, not pickled)
+
+
+def _parse_all(jobs: list[tuple[Source, str]]) -> list[tuple[N.SpecFile | None, list[Diagnostic]]]:
+    """`parse_source` of each job, in order: the first part of the list in forked worker processes when there
+    are enough files and cores (`LAYERDSL_JOBS`, as for emission), the rest here meanwhile. The files are
+    independent until `check_program` resolves layer names across them; the IR travels back pickled."""
+    processes = min(_cores(), len(jobs) // MIN_FILES_PER_PARSER)
+    if processes < 2:
+        return [parse_source(src, text) for src, text in jobs]
+    import multiprocessing
+
+    global _PARSE_JOBS
+    first = [parse_source(*jobs[0])]  # loads the parser before the fork, so that no worker loads it again
+    here = int(len(jobs) * MAIN_PARSE_SHARE / processes)
+    split = len(jobs) - here
+    workers = processes - 1
+    _PARSE_JOBS = jobs
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            sent = pool.map_async(_parse_job, range(1, split), chunksize=max(1, split // (workers * 8)))
+            mine = [parse_source(src, text) for src, text in jobs[split:]]
+            return first + sent.get() + mine
+    finally:
+        _PARSE_JOBS = []
+
+
+def _parse_job(index: int) -> tuple[N.SpecFile | None, list[Diagnostic]]:
+    return parse_source(*_PARSE_JOBS[index])
 
 
 def check(paths: list[str]) -> tuple[list[Source], list[N.SpecFile], Program]:

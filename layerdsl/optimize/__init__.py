@@ -6,7 +6,7 @@ from layerdsl.optimize.inplace import unary_in_place
 from layerdsl.optimize.masks import Mask, replaced
 from layerdsl.optimize.masks import candidates as mask_candidates
 from layerdsl.optimize.operations import dtype_sources, fresh_node
-from layerdsl.optimize.pipeline import optimize
+from layerdsl.optimize.pipeline import optimize, prepared, scheduled
 from layerdsl.optimize.statements import Facts, Stmt
 
 __all__ = [
@@ -21,7 +21,9 @@ __all__ = [
     "guarded_addcmul",
     "mask_candidates",
     "optimize",
+    "prepared",
     "replaced",
+    "scheduled",
     "substitute",
     "unary_in_place",
 ]

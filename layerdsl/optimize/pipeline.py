@@ -40,12 +40,22 @@ from layerdsl.optimize.statements import Facts, Stmt
 def optimize(stmts: list[Stmt], facts: Facts, prefer: int = 0) -> tuple[list[Stmt], int]:
     """The statements rewritten, and which schedule they follow (`prefer` breaks ties, so that the backward
     with a graph and the one without share as many statements as they can)."""
+    return scheduled(prepared(stmts, facts), facts, prefer)
+
+
+def prepared(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
+    """Steps 1 and 2, which do not read `Facts.graph`: the emitter runs them once for both grad modes."""
     stmts = fold(stmts, facts)
     stmts = plan_contractions(stmts, facts)
     stmts = narrow_expansions(stmts, facts)
     hoist_scales(stmts, facts.kept, facts.incoming)
     explicit_sums(stmts, facts)
-    stmts = factors_out(stmts, facts)
+    return factors_out(stmts, facts)
+
+
+def scheduled(stmts: list[Stmt], facts: Facts, prefer: int = 0) -> tuple[list[Stmt], int]:
+    """Steps 3 and 4 on `prepared` statements (rewritten in place): the statements in the best schedule,
+    and which one it is."""
     # Sums first lets a temporary's last full-size reader update it; keeping the derivation's order can
     # instead let a reader that autograd does not record update it (without a graph).
     schedules = [_fused_in_place(s, facts) for s in (reductions_early(stmts), clone(stmts))]
