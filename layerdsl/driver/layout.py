@@ -284,10 +284,10 @@ def _ternary_split(indent: str, head: str, value: str) -> str | None:
         cuts = [m.start() for m in re.finditer(r"\b(if|else)\b", flat)]
         if len(cuts) != 2:
             return None
-        bounds = [0, *cuts, len(value)]
-        body = [inner + value[a:b].strip() for a, b in zip(bounds, bounds[1:])]
-        if any(len(x) > LINE_LENGTH for x in body):
+        cut = _cut_lines(inner, value, cuts)
+        if cut is None:
             return None
+        body = cut
     return "\n".join([f"{indent}{head} (", *body, f"{indent})"])
 
 
@@ -408,11 +408,19 @@ def _optional_parens_split(indent: str, head: str, value: str, tail: str, has_f_
     elif top in (_DOT, _POWER):
         return None
     else:
-        bounds = [0, *cuts, len(value)]
-        body = [inner + value[a:b].strip() for a, b in zip(bounds, bounds[1:])]
-        if any(len(x) > LINE_LENGTH for x in body):
+        cut = _cut_lines(inner, value, cuts)
+        if cut is None:
             return None
+        body = cut
     return "\n".join([f"{indent}{head} (", *body, f"{indent}){tail}"])
+
+
+def _cut_lines(inner: str, text: str, cuts: list[int]) -> list[str] | None:
+    """`text` cut before each position in `cuts`, one piece per line at indent `inner`; None when a piece
+    is still too long."""
+    bounds = [0, *cuts, len(text)]
+    lines = [inner + text[a:b].strip() for a, b in zip(bounds, bounds[1:])]
+    return None if any(len(line) > LINE_LENGTH for line in lines) else lines
 
 
 def _last_opening(value: str) -> int | None:
@@ -458,10 +466,10 @@ def _condition_split(indent: str, keyword: str, condition: str) -> str | None:
     if len(inner) + len(condition) <= LINE_LENGTH:
         body = [inner + condition]
     else:
-        bounds = [0, *cuts, len(condition)]
-        body = [inner + condition[a:b].strip() for a, b in zip(bounds, bounds[1:])]
-        if any(len(x) > LINE_LENGTH for x in body):
+        cut = _cut_lines(inner, condition, cuts)
+        if cut is None:
             return None
+        body = cut
     return "\n".join([f"{indent}{keyword} (", *body, f"{indent}):"])
 
 
