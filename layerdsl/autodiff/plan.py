@@ -8,7 +8,6 @@ emitting anything.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape
 from layerdsl.diagnostics import Diagnostic
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import walk
+from layerdsl.ir.visit import clone, walk
 from layerdsl.language.naming import fresh_name
 
 
@@ -103,7 +102,7 @@ def written_backward(backward: N.Backward, tape: Tape) -> list[GradStmt]:
 
 
 def _over_tape_vars(e: N.Expr, env: dict[str, str]) -> N.Expr:
-    e = copy.deepcopy(e)
+    e = clone(e)
     for n in walk(e):
         if isinstance(n, N.Name) and n.ref == "local" and n.id in env:
             n.id = env[n.id]

@@ -9,7 +9,6 @@ only what the needed gradients read.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -218,7 +217,7 @@ def _einsum_grads(step: Step, grad: N.Expr) -> Iterator[tuple[N.Name, N.Expr]]:
             )
         eq = N.Str(NOWHERE, ",".join([out] + [s for s, _ in others]) + "->" + ins[k])
         eq.kind = N.Kind.STR
-        tensors = N.ListExpr(NOWHERE, [copy.deepcopy(grad)] + [copy.deepcopy(o) for _, o in others])
+        tensors = N.ListExpr(NOWHERE, [clone(grad)] + [clone(o) for _, o in others])
         tensors.kind = N.Kind.LIST
         call = N.Call(NOWHERE, "einsum", NOWHERE, [eq, tensors], [])
         call.kind = N.Kind.TENSOR
@@ -236,7 +235,7 @@ def _list_grads(step: Step, pname: str, listed: N.ListExpr, grad: N.Expr) -> Ite
         if isinstance(item, N.Name):
             bound = dataclasses.replace(step, args={**step.args, "item": item, "index": B.num(k), "offset": offset})
             yield item, simplify(instantiate(formula(step.op.name, pname), bound, grad))
-        size = B.call("reduced_numel", copy.deepcopy(item), copy.deepcopy(step.args["dim"]))
+        size = B.call("reduced_numel", clone(item), clone(step.args["dim"]))
         size.kind = N.Kind.INT
         offset = simplify(B.binop("+", offset, size)) if not (isinstance(offset, N.Num) and offset.value == 0) else size
         offset.kind = N.Kind.INT
@@ -263,7 +262,7 @@ def _matrix_grad_of_vector_product(operand: N.Expr, grad: N.Expr) -> N.Expr:
     which also sums over the batch dims (no `sum_to` after it, and no batch of products before it)."""
 
     def rows(t: N.Expr) -> N.Expr:
-        return B.call("flatten", B.call("unsqueeze", copy.deepcopy(t), B.num(0)), B.num(0), B.num(-2))
+        return B.call("flatten", B.call("unsqueeze", clone(t), B.num(0)), B.num(0), B.num(-2))
 
     return B.call("matmul", B.call("transpose", rows(operand), B.num(0), B.num(1)), rows(grad))
 

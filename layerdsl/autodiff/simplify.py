@@ -7,6 +7,7 @@ import copy
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
+from layerdsl.ir.visit import clone
 
 
 def _is(e, v) -> bool:
@@ -40,7 +41,7 @@ def simplify(e: N.Expr) -> N.Expr:
             if op == "-" and _is(l, 0):
                 return simplify(_neg(r))
             if op == "**" and _is(r, 2) and isinstance(l, N.Name):
-                return B.binop("*", l, copy.deepcopy(l))
+                return B.binop("*", l, clone(l))
             out = N.BinOp(e.span, op, l, r)
             out.kind = e.kind
             return out

@@ -9,7 +9,6 @@ cheap intermediates recomputed from them.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
 from dataclasses import dataclass, field
@@ -579,7 +578,7 @@ class FunctionEmitter:
                 return e
             if step is None or step.costly or step.guard:
                 return None
-            return self._computed_from(_squares(copy.deepcopy(step.expr)), tape, available)
+            return self._computed_from(_squares(clone(step.expr)), tape, available)
         if isinstance(e, N.Name) and e.id not in self.kwargs:
             return None  # a dim or number local: not at hand in setup_context
         failed = False
@@ -677,7 +676,7 @@ class FunctionEmitter:
 
     def handwritten_backward(self, tape: Tape) -> tuple[list[str], dict[str, set[str]]]:
         """The spec's backward block; forward locals it uses are recomputed or saved like derived ones."""
-        items = [(set(s.leaves), s.var, copy.deepcopy(s.expr), s.span) for s in self.plan.written]
+        items = [(set(s.leaves), s.var, clone(s.expr), s.span) for s in self.plan.written]
         return self._backward(tape, [Section(items, self.plan.incoming)])
 
     # ---------------------------------------------------------------- internal helpers
@@ -847,7 +846,7 @@ def _saved_weight(reads: dict[str, set[str]], masks: dict[str, Mask]) -> int:
 
 
 def _renamed(e: N.Expr, names: dict[str, str]) -> N.Expr:
-    e = copy.deepcopy(e)
+    e = clone(e)
     for n in walk(e):
         if isinstance(n, N.Name) and n.id in names:
             n.id = names[n.id]
@@ -865,7 +864,7 @@ def _squares(e: N.Expr) -> N.Expr:
         and e.right.value == 2
         and isinstance(e.left, N.Name)
     ):
-        out = N.BinOp(e.span, "*", e.left, copy.deepcopy(e.left))
+        out = N.BinOp(e.span, "*", e.left, clone(e.left))
         out.kind = e.kind
         return out
     return e
@@ -921,7 +920,7 @@ def _use_counts(tape: Tape) -> dict[str, int]:
 
 
 def _replace_name(e: N.Expr, old: str, new: str) -> N.Expr:
-    e = copy.deepcopy(e)
+    e = clone(e)
     for n in walk(e):
         if isinstance(n, N.Name) and n.id == old:
             n.id = new

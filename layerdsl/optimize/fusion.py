@@ -7,12 +7,10 @@ full-size tensors and the number of fresh buffers. These rewrites keep every val
 
 from __future__ import annotations
 
-import copy
-
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
-from layerdsl.ir.visit import map_children, walk
+from layerdsl.ir.visit import clone, map_children, walk
 from layerdsl.language.ops import OPS, shape_args
 from layerdsl.optimize.operations import dtype_sources, is_product
 from layerdsl.optimize.scales import LINEAR
@@ -79,7 +77,7 @@ def _narrow(e: N.Expr, narrow: dict[str, N.Expr], shapes: Shapes) -> N.Expr:
 
 def _all_reduced(e: N.Expr, narrow: dict[str, N.Expr], shapes: Shapes) -> N.Expr:
     if isinstance(e, N.Name) and e.id in narrow:
-        return copy.deepcopy(narrow[e.id])
+        return clone(narrow[e.id])
     if isinstance(e, N.Call) and e.func == "expand_reduced":
         return _reduced_view(e, shapes)
     if _elementwise(e):
@@ -223,4 +221,4 @@ def guarded_addcmul(value: N.Expr, update: N.Expr, name: str, member: str) -> N.
     if len(sides) != 2 or sorted(n.id for n in sides) != sorted([name, member]):
         return None
     m = next(n for n in sides if n.id == member)
-    return B.call("addcmul", copy.deepcopy(m), value.left, value.right, span=m.span)
+    return B.call("addcmul", clone(m), value.left, value.right, span=m.span)

@@ -389,7 +389,7 @@ class _ShapePass:
                 continue
             dim = dims.pop(0)
             if isinstance(item, N.Slice):
-                size = _slice_size(item, dim)
+                size = S.slice_size(item.lower, item.upper, item.step, dim)
                 if size is None:
                     return None, dims
                 out.append(size)
@@ -590,37 +590,6 @@ def _conv_problem(name: str, inp: Shape, weight: Shape, groups) -> str | None:
     if inp[1] != channels:
         return f"the input has {inp[1]} channels at dim 1, the weight {show(weight)} takes {channels}"
     return None
-
-
-def _slice_size(item: N.Slice, dim: str) -> str | None:
-    if item.step is not None and not (isinstance(item.step, N.Num) and item.step.value == 1):
-        return None
-    size = S.text_poly(dim)
-
-    def bound(e: N.Expr | None, default: Poly) -> Poly | None:
-        if e is None:
-            return default
-        if e.kind not in (Kind.INT, Kind.UNKNOWN) and not isinstance(e, N.Num):
-            return None
-        p = S.poly(e)
-        value = S.as_int(p)
-        return S.poly_add(size, p) if value is not None and value < 0 else p
-
-    lower, upper = bound(item.lower, S.constant(0)), bound(item.upper, size)
-    if lower is None or upper is None or not _within(upper, dim):
-        return None  # a bound past the end is clamped: the size is then known only at run time
-    return S.poly_text(S.poly_add(upper, lower, -1))
-
-
-def _within(bound: Poly, dim: str) -> bool:
-    """Whether a slice bound is provably at most `dim` (dims are never negative): `dim - c` with c >= 0,
-    a constant no larger than a constant dim, or `dim // c`."""
-    gap = S.as_int(S.poly_add(S.text_poly(dim), bound, -1))
-    if gap is not None:
-        return gap >= 0
-    text = S.poly_text(bound)
-    head, _, divisor = text.rpartition(" // ")
-    return head in (dim, f"({dim})") and divisor.isdigit() and int(divisor) >= 1
 
 
 def _numel(shape: Sequence[str]) -> Poly:
