@@ -34,7 +34,14 @@ from layerdsl.language.tables import (
     PYTHON_KEYWORDS,
     RESERVED,
 )
-from layerdsl.semantics.evaluate import NotConstant, evaluate, example_seeds, example_values, seed_differences
+from layerdsl.semantics.evaluate import (
+    NotConstant,
+    evaluate,
+    example_choices,
+    example_seeds,
+    example_values,
+    seed_differences,
+)
 from layerdsl.semantics.scopes import CONSTRUCTION, Scope, is_new_dim, merge_branches
 from layerdsl.semantics.shape_check import LayerShapes, check_layer_shapes
 
@@ -1088,19 +1095,21 @@ class LayerChecker:
 
     def example_choices(self, ex: N.ExampleValue) -> list[N.Expr]:
         """An example's value, or the items of a list of values (each checked, none twice)."""
-        if not isinstance(ex.value, N.ListExpr):
-            return [ex.value]
-        items = ex.value.items
+        choices = example_choices(self.layer, ex.name, ex.value)
+        if choices == [ex.value]:
+            return choices
+        items = ex.value.items if isinstance(ex.value, N.ListExpr) else []
+        of_ints = (arg := self.layer.arg(ex.name)) is not None and arg.base_type == "ints"
         if not items:
             self.r.error(ex.value.span, f"example gives no value for '{ex.name}'", "write one or more: `[3, 8]`")
         texts: set[str] = set()
         for item in items:
-            if isinstance(item, N.ListExpr):
+            if isinstance(item, N.ListExpr) and not of_ints:
                 self.r.error(item.span, "an example list holds values, not lists", "write `[3, 8]`")
             elif spec_text(item) in texts:
                 self.r.error(item.span, f"example gives {spec_text(item)} twice for '{ex.name}'")
             texts.add(spec_text(item))
-        return [item for item in items if not isinstance(item, N.ListExpr)]
+        return [item for item in items if of_ints or not isinstance(item, N.ListExpr)]
 
     def check_example_value(self, name: str, value: N.Expr, is_input: bool) -> None:
         if is_input:

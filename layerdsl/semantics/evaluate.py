@@ -74,7 +74,7 @@ def example_seeds(layer: N.Layer) -> list[dict[str, N.Expr]]:
     seeds, seen = [], set()
     for line in [first, *(lines[g] for g in sorted(lines))]:
         given = first | line
-        choices = [v.items if isinstance(v, N.ListExpr) else [v] for v in given.values()]
+        choices = [example_choices(layer, name, v) for name, v in given.items()]
         for values in itertools.product(*choices):
             seed = dict(zip(given, values))
             key = tuple((name, spec_text(value)) for name, value in seed.items())
@@ -82,6 +82,17 @@ def example_seeds(layer: N.Layer) -> list[dict[str, N.Expr]]:
                 seen.add(key)
                 seeds.append(seed)
     return seeds
+
+
+def example_choices(layer: N.Layer, name: str, value: N.Expr) -> list[N.Expr]:
+    """The values an example's `name = value` gives: the items of a list, except where the list is itself
+    the value (an `ints` argument's `[2, 3]`; several of those are a list of lists)."""
+    if not isinstance(value, N.ListExpr):
+        return [value]
+    arg = layer.arg(name)
+    if arg is not None and arg.base_type == "ints" and not any(isinstance(i, N.ListExpr) for i in value.items):
+        return [value]
+    return list(value.items)
 
 
 def seed_differences(seed: Mapping[str, N.Expr], first: Mapping[str, N.Expr]) -> list[tuple[str, str]]:

@@ -140,3 +140,12 @@ def test_example_values_are_the_first_examples_unless_told():
 
 def test_a_layer_without_an_example_has_one_empty_example():
     assert _seeds("layer Id() {\n    forward(x) {\n        return x\n    }\n}\n") == [{}]
+
+
+def test_a_list_given_to_an_ints_argument_is_its_value_and_a_list_of_lists_its_examples():
+    text = (
+        "layer Pool(k: ints, j: ints) {{\n    example(k = {k}, j = 2)\n"
+        "    forward(x: [B, C, L]) {{\n        return max_pool1d(x, k)\n    }}\n}}\n"
+    )
+    assert _seeds(text.format(k="[2, 3]")) == [{"k": "[2, 3]", "j": "2"}]
+    assert _seeds(text.format(k="[[2, 3], 4]")) == [{"k": "[2, 3]", "j": "2"}, {"k": "4", "j": "2"}]
