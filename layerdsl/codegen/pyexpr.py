@@ -30,6 +30,9 @@ class Spelling:
     def name(self, node: N.Name) -> str:
         if node.id in self.names:
             return self.names[node.id]
+        if node.ref == N.Ref.SUB_MEMBER:  # `linear.weight` -> `self.linear.weight`
+            base, member = node.id.split(".", 1)
+            return f"{self.names.get(base, base)}.{member}"
         if node.ref == "training" or node.id == "training":
             return self.training
         if node.ref == "const" or (node.id in CONSTANTS and not node.ref):

@@ -38,6 +38,7 @@ class Kind(_Word):
     NONE = "none"
     LIST = "list"
     SUB = "sub"  # the kind the checker gives a sub's name (it can only be called)
+    OBJECT = "object"  # an `object` argument: an opaque Python value, only passed on to an operation
 
 
 class Ref(_Word):
@@ -53,6 +54,7 @@ class Ref(_Word):
     LET = "let"
     DIM = "dim"
     SUB = "sub"
+    SUB_MEMBER = "sub member"  # `linear.weight`: a param or buffer of a sub that is a spec layer
     TRAINING = "training"
     CONST = "const"
     INDEX = "index"

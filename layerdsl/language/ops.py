@@ -46,6 +46,7 @@ class Op:
     commutes: bool = False  # the two tensor operands may swap (so either one can be updated in place)
     shape_args: tuple[int, ...] = ()  # positions of arguments read only for their shape (internal helpers)
     promotes: bool = True  # torch promotes operands of mixed dtypes (False: it raises, as matmul does)
+    objects: tuple[str, ...] = ()  # parameters that take an opaque Python value (an `object` argument)
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -696,6 +697,20 @@ TABLE: tuple[Op, ...] = (
         {"input": None, "target": None, "weight": None},
         cost="costly",
         positional=2,
+    ),
+    Op(
+        "linear_cross_entropy",
+        _sig(
+            "input*, linear_weight*, target*, linear_bias* = none, weight* = none, "
+            'reduction = "mean", ignore_index = none, label_smoothing = 0.0, options = none'
+        ),
+        "torch.nn.functional.linear_cross_entropy",
+        "opaque",
+        "cross_entropy(linear(input, linear_weight, linear_bias), target, ...), chunked as `options` says",
+        {"input": None, "linear_weight": None, "target": None, "linear_bias": None, "weight": None},
+        cost="costly",
+        positional=3,
+        objects=("options",),
     ),
     Op(
         "nll_loss",

@@ -120,8 +120,10 @@ PYTHON_KEYWORDS = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist)
 
 CONSTANTS = {"pi": "math.pi", "inf": "math.inf"}
 
-ARG_TYPES = ("int", "float", "bool", "str", "ints", "tensor")
-# The Python type of each argument type in generated signatures; `T?` adds `| None`.
+ARG_TYPES = ("int", "float", "bool", "str", "ints", "tensor", "object")
+# The Python type of each argument type in generated signatures; `T?` adds `| None`. An `object` is an
+# opaque Python value (torch's `LinearCrossEntropyOptions`): stored, and passed on to an operation
+# parameter that takes one (`Op.objects`), nothing else.
 PY_TYPES = {"ints": "int | tuple[int, ...]", "tensor": "Tensor"}
 
 

@@ -329,7 +329,7 @@ class LayerChecker:
             if arg.base_type not in ARG_TYPES:
                 hint = (
                     did_you_mean(arg.base_type, ARG_TYPES)
-                    or "argument types are int, float, bool, str, ints and tensor, each with `?` if it may be none"
+                    or "argument types are int, float, bool, str, ints, tensor and object, each with `?` if it may be none"
                 )
                 self.r.error(arg.type_span, f"unknown argument type '{arg.base_type}'", hint)
             if arg.maybe_none:
@@ -356,6 +356,8 @@ class LayerChecker:
         d.kind = kind
         if not fits_type(kind, arg) and arg.base_type in ARG_TYPES:
             hint = f"write `{arg.type}?` if it may be none" if kind == Kind.NONE else None
+            if arg.base_type == "object":
+                hint = f"an `object` argument has no literals: write `{arg.name}: object? = none`"
             self.r.error(d.span, f"default for {arg.type} argument '{arg.name}' is {_a(kind)}", hint)
         elif isinstance(d, N.ListExpr) and arg.length is not None and len(d.items) != arg.length:
             self.r.error(
@@ -520,6 +522,8 @@ class LayerChecker:
         for value in [*call.args, *(k.value for k in call.kwargs)]:
             if isinstance(value, N.Call):
                 self.check_sub_call(value)
+            elif isinstance(value, N.Name) and self.kinds.get(value.id) == Kind.OBJECT:
+                value.ref, value.kind = Ref.ARG, Kind.OBJECT  # passed on whole, as torch passes `options`
             elif isinstance(value, N.Str):
                 value.kind = Kind.STR
             else:
@@ -768,6 +772,9 @@ class LayerChecker:
 
     def resolve(self, node: N.Name, scope: Scope, in_forward: bool) -> None:
         name = node.id
+        if "." in name:
+            self.resolve_sub_member(node, scope)
+            return
         ref = scope.lookup(name)
         if ref == Ref.TRAINING:
             node.ref, node.kind = ref, Kind.BOOL
@@ -795,15 +802,52 @@ class LayerChecker:
         if not node.kind:
             node.kind = Kind.TENSOR
 
+    def resolve_sub_member(self, node: N.Name, scope: Scope) -> None:
+        """`linear.weight`: a param or buffer of a sub that is a spec layer (optional where its own is)."""
+        base, member = node.id.split(".", 1)
+        node.ref, node.kind = Ref.UNKNOWN, Kind.UNKNOWN
+        sub = next((s for s in self.layer.subs if s.name == base), None)
+        if sub is None or scope.lookup(base) != Ref.SUB:
+            self.r.error(
+                node.span,
+                "attribute access is not part of the language",
+                "dotted names exist only as `nn.X(...)` in a sub, and as `sub.param` for a sub's parameter or buffer",
+            )
+            return
+        target = self.program.layers.get(sub.call.func)
+        if target is None:
+            if sub.call.func.startswith("nn."):
+                self.r.error(
+                    node.span,
+                    f"the parameters of the torch.nn sub '{base}' are not known to the spec",
+                    f"make '{base}' a spec layer (e.g. `sub {base} = Linear(...)`) to use its parameters",
+                )
+            return
+        tensor = next((t for t in target.tensors if t.name == member), None)
+        if tensor is None:
+            hint = did_you_mean(member, [t.name for t in target.tensors])
+            self.r.error(node.span, f"layer '{target.name}' (the sub '{base}') has no param or buffer '{member}'", hint)
+            return
+        node.ref, node.kind = Ref.SUB_MEMBER, Kind.TENSOR
+        if tensor.cond is not None:
+            self.optional.add(node.id)
+
     def check_optional_uses(self, expr: N.Expr, parent: N.Expr | None) -> None:
         if (
             isinstance(expr, N.Name)
             and expr.id in self.optional
-            and expr.ref in N.MEMBERS
+            and expr.ref in (*N.MEMBERS, Ref.SUB_MEMBER)
             and expr.id not in self.present
         ):
-            ok = isinstance(parent, N.BinOp) and parent.op in ("+", "-", "*", "/")
-            if not ok and not takes_none(parent, expr, tensor=True):
+            # A sub's optional member is only passed where an operation takes none (no lowering of `a + b`).
+            ok = isinstance(parent, N.BinOp) and parent.op in ("+", "-", "*", "/") and expr.ref in N.MEMBERS
+            if not ok and not takes_none(parent, expr, tensor=True) and expr.ref == Ref.SUB_MEMBER:
+                self.r.error(
+                    expr.span,
+                    f"'{expr.id}' is optional (it exists only if its condition holds in the sub)",
+                    "a sub's optional member can only be passed where an operation takes none",
+                )
+            elif not ok and not takes_none(parent, expr, tensor=True):
                 self.r.error(
                     expr.span,
                     f"'{expr.id}' is optional (it exists only if its condition holds) and may only be an operand of + - * /",
@@ -816,6 +860,15 @@ class LayerChecker:
     def check_argument_uses(self, expr: N.Expr, parent: N.Expr | None) -> None:
         """A `T?` argument is compared with none, passed where an operation takes none, or used where an
         `if x != none` holds; an `ints` argument is passed to an operation or a sub, never computed with."""
+        if isinstance(expr, N.Name) and expr.ref == Ref.ARG and self.kinds.get(expr.id) == Kind.OBJECT:
+            if not (_passed_as_object(parent, expr) or _compares_with_none(parent)):
+                self.r.error(
+                    expr.span,
+                    f"'{expr.id}' is an `object` argument (an opaque Python value): it can only be passed to an"
+                    " operation parameter that takes one, or to a sub",
+                    "operations that take one: " + ", ".join(sorted(_OBJECT_PARAMS)),
+                )
+            return
         if isinstance(expr, N.Name) and expr.ref == Ref.ARG:
             passed = isinstance(parent, N.Call) and (parent.func not in CALLABLE or takes_none(parent, expr))
             if expr.id in self.maybe_none and expr.id not in self.not_none and not passed:
@@ -1162,6 +1215,8 @@ def _arg_kind(arg: N.Arg) -> Kind:
         return Kind.LIST
     if arg.base_type == "tensor":
         return Kind.TENSOR
+    if arg.base_type == "object":
+        return Kind.OBJECT
     return Kind(arg.base_type) if arg.base_type in ARG_TYPES else Kind.UNKNOWN
 
 
@@ -1173,6 +1228,22 @@ def fits_type(kind: Kind, arg: N.Arg) -> bool:
     if arg.base_type == "ints":
         return kind in (Kind.INT, Kind.LIST)
     return kind == arg.base_type or (arg.base_type == Kind.FLOAT and kind == Kind.INT)
+
+
+# `linear_cross_entropy(options = ...)`: the operation parameters that take an `object` argument.
+_OBJECT_PARAMS = {f"{op.name}({name} = ...)" for op in CALLABLE.values() for name in op.objects}
+
+
+def _passed_as_object(parent: N.Expr | None, operand: N.Expr) -> bool:
+    """Whether `operand` is given whole to an operation parameter that takes an opaque Python value."""
+    if not isinstance(parent, N.Call) or parent.func not in CALLABLE:
+        return False
+    op = CALLABLE[parent.func]
+    for k in parent.kwargs:
+        if k.value is operand:
+            return k.name in op.objects
+    index = next((i for i, a in enumerate(parent.args) if a is operand), len(op.params))
+    return index < len(op.params) and op.params[index].name in op.objects
 
 
 def _compares_with_none(parent: N.Expr | None) -> bool:

@@ -71,6 +71,8 @@ class Scope:
         ref = self.get(name)
         if self.construction:
             return ref if ref in CONSTRUCTION else (Ref.CONST if name in CONSTANTS else None)
+        if "." in name:  # `linear.weight`: a sub's member (the checker finds it in the sub's layer)
+            return Ref.SUB_MEMBER if self.get(name.split(".")[0]) == Ref.SUB else None
         if ref is not None:
             return ref
         if name == "training":

@@ -76,6 +76,9 @@ class IRBuilder(Transformer):
             if isinstance(child, AttrChain) and not (tree.data in ("call", "attr") and i == 0):
                 if tree.data == "sub":
                     self.r.error(child.span, "a sub is a call to a layer", f"write `{child.dotted}(...)`")
+                elif _could_be_sub_member(child.dotted):
+                    children[i] = N.Name(child.span, child.dotted)  # `linear.weight`: the checker resolves it
+                    continue
                 else:
                     self._dotted_name(child)
                 children[i] = Invalid(child.span)
@@ -485,6 +488,12 @@ class IRBuilder(Transformer):
 class Invalid(N.Expr):
     """Stands in for an expression the parser already reported, so that checking can go on; it has no
     kind, so it never causes a follow-on error."""
+
+
+def _could_be_sub_member(dotted: str) -> bool:
+    """`linear.weight` may name a sub's parameter (the checker knows the subs); `x.T`, `torch.pi` never do."""
+    base, _, last = dotted.partition(".")
+    return "." not in last and base not in ("nn", "torch", "math", "F", "np", "numpy") and last not in ("T", "mT")
 
 
 class AttrChain(N.Expr):

@@ -180,6 +180,8 @@ def _fits(declared: str, kind: str) -> bool:
         return kind in ("int", "a tuple of ints")
     if base == "tensor":
         return kind == "a tensor"
+    if base == "object":  # an opaque value, passed on as it is
+        return True
     return base == kind
 
 

@@ -21,7 +21,7 @@ from layerdsl.tools.lsp.scanning import depths, open_bracket
 MEMBER_KEYWORDS = ("param", "buffer", "transient", "sub", "let", "example", "forward", "backward")
 STATEMENT_KEYWORDS = ("return", "if", "else", "update", "grad", "require")
 EXPRESSION_KEYWORDS = ("true", "false", "none", "and", "or", "not", "if")
-ARG_TYPES = ("int", "float", "bool", "str", "ints", "tensor")
+ARG_TYPES = ("int", "float", "bool", "str", "ints", "tensor", "object")
 DTYPE_NAMES = ("float", "long", "int", "bool")
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
