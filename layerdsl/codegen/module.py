@@ -232,7 +232,7 @@ class LayerEmitter:
         if needs_factory:
             lines.append('factory_kwargs = {"device": device, "dtype": dtype}')
         lines.append("super().__init__()")
-        spread = {t.shape.spread.id for t in layer.tensors if t.shape.spread is not None}
+        spread = {t.shape.spread.id for t in layer.tensors if t.shape.spread is not None} | _spread_in_lists(layer)
         for a in self.stored_args:
             lines += _normalised_ints(a, layer.name)
             if a.name in spread:  # a shape: an int is one dim, as torch's LayerNorm takes it
@@ -859,6 +859,14 @@ class StatementWriter:
             case N.Require():
                 return self.require(s)
         raise TypeError(f"cannot emit {type(s).__name__}")
+
+
+def _spread_in_lists(layer: N.Layer) -> set[str]:
+    """The `ints` arguments written `*name` in a list: stored as tuples (an int is one item)."""
+    roots: list[N.Node] = [*layer.lets, *layer.subs]
+    if layer.forward is not None:
+        roots.append(layer.forward)
+    return {n.value.id for root in roots for n in walk(root) if isinstance(n, N.Spread)}
 
 
 def default_text(default: N.Expr) -> str:

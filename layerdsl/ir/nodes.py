@@ -193,6 +193,13 @@ class ListExpr(Expr):
 
 
 @dataclass(eq=False)
+class Spread(Expr):
+    """`*out_features` in a list: an `ints` argument's ints, in place."""
+
+    value: Name
+
+
+@dataclass(eq=False)
 class Indexed(Expr):
     """A tensor written with one index per axis inside an index statement: `x[b, i]`."""
 

@@ -713,6 +713,14 @@ TABLE: tuple[Op, ...] = (
         objects=("options",),
     ),
     Op(
+        "prod",
+        _sig("sizes"),
+        "math.prod",
+        "opaque",
+        "the product of an `ints` argument or a list of ints (a size): `num_classes * prod(out_features)`",
+        scalar="math.prod",
+    ),
+    Op(
         "nll_loss",
         _sig('input*, target*, weight* = none, ignore_index = -100, reduction = "mean"'),
         "torch.nn.functional.nll_loss",

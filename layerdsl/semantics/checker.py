@@ -347,6 +347,8 @@ class LayerChecker:
 
     def check_default(self, arg: N.Arg, d: N.Expr) -> None:
         kind = literal_kind(d)
+        if isinstance(d, N.ListExpr) and not d.items and arg.base_type == "ints" and arg.length is None:
+            kind = Kind.LIST  # `out_features: ints = []`: no ints (torch's `()`)
         if kind is None:
             hint = None
             if isinstance(d, N.Name) and d.id in ("True", "False", "None"):
@@ -841,11 +843,13 @@ class LayerChecker:
         ):
             # A sub's optional member is only passed where an operation takes none (no lowering of `a + b`).
             ok = isinstance(parent, N.BinOp) and parent.op in ("+", "-", "*", "/") and expr.ref in N.MEMBERS
+            # `if linear.bias != none { ... }`, as torch's modules test `self.linear.bias is not None`
+            ok = ok or (expr.ref == Ref.SUB_MEMBER and (expr.id in self.not_none or _compares_with_none(parent)))
             if not ok and not takes_none(parent, expr, tensor=True) and expr.ref == Ref.SUB_MEMBER:
                 self.r.error(
                     expr.span,
                     f"'{expr.id}' is optional (it exists only if its condition holds in the sub)",
-                    "a sub's optional member can only be passed where an operation takes none",
+                    f"use it inside `if {expr.id} != none {{ ... }}`, or pass it where an operation takes none",
                 )
             elif not ok and not takes_none(parent, expr, tensor=True):
                 self.r.error(
@@ -860,6 +864,17 @@ class LayerChecker:
     def check_argument_uses(self, expr: N.Expr, parent: N.Expr | None) -> None:
         """A `T?` argument is compared with none, passed where an operation takes none, or used where an
         `if x != none` holds; an `ints` argument is passed to an operation or a sub, never computed with."""
+        if isinstance(expr, N.Spread):
+            arg = self.layer.arg(expr.value.id)
+            if expr.value.ref == Ref.ARG and arg is not None and arg.base_type == "ints" and not arg.maybe_none:
+                return
+            if expr.value.ref not in (Ref.UNKNOWN, Ref.UNRESOLVED):
+                self.r.error(
+                    expr.span,
+                    f"only an `ints` argument can be spread into a list, not '{expr.value.id}'",
+                    "write `[a, *sizes, b]` with `sizes: ints`",
+                )
+            return
         if isinstance(expr, N.Name) and expr.ref == Ref.ARG and self.kinds.get(expr.id) == Kind.OBJECT:
             if not (_passed_as_object(parent, expr) or _compares_with_none(parent)):
                 self.r.error(
@@ -1010,7 +1025,7 @@ class LayerChecker:
                 expr.kind = self._call_kind(expr, construction)
             case N.Subscript(value=v):
                 expr.kind = Kind.TENSOR if v.kind == Kind.TENSOR else v.kind
-            case N.ListExpr():
+            case N.ListExpr() | N.Spread():
                 expr.kind = Kind.LIST
             case N.Indexed() | N.Reduce():
                 expr.kind = Kind.TENSOR
@@ -1021,6 +1036,15 @@ class LayerChecker:
         op = CALLABLE.get(call.func)
         if op is None:
             return Kind.TENSOR
+        if op.name == "prod":  # of a size: the ints of an `ints` argument or a list
+            for value in [*call.args, *(k.value for k in call.kwargs)]:
+                if value.kind not in (Kind.LIST, Kind.UNKNOWN):
+                    self.r.error(
+                        value.span,
+                        f"prod() takes an `ints` argument or a list of ints, not {_a(value.kind)}",
+                        "for a tensor's product, multiply its entries or use index notation",
+                    )
+            return Kind.INT
         operands = [call.args[i] for i, p in enumerate(op.params[: len(call.args)]) if p.tensor or p.tensors]
         operands += [k.value for k in call.kwargs if (p := op.param(k.name)) is not None and (p.tensor or p.tensors)]
         kinds = [o.kind for o in operands]

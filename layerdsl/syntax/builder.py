@@ -463,6 +463,10 @@ class IRBuilder(Transformer):
     def none(self, meta, items):
         return N.NoneLit(_span(meta))
 
+    def starred(self, meta, items):
+        (tok,) = items
+        return N.Spread(_span(meta), N.Name(_tspan(tok), str(tok)))
+
     def list(self, meta, items):
         return N.ListExpr(_span(meta), [i for i in items if i is not None])
 

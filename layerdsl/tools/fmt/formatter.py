@@ -273,7 +273,7 @@ class _Builder:
         ch = [c for c in node.children if not (isinstance(c, Token) and c.type == "_NL")]
         if data in _SIMPLE:
             return [self.atom(ch[0])]
-        if data == "unary":
+        if data in ("unary", "starred"):
             return [self.atom(ch[0])] + _set_space(self.ex(ch[1]), False)
         if data == "attr":
             return self.ex(ch[0]) + [self.atom(ch[1], False), self.atom(ch[2], False)]
