@@ -250,7 +250,10 @@ class LayerChecker:
             self.r.error(span, problem[0], problem[1])
             return False
         module = self.program.module_names.get(self.layer.path, {})
-        if what in ("arg", "let", "input", "dim", "local", "gradient") and name in module:
+        # An argument is a parameter only of functions that never call a functional form (`__init__`, the
+        # functional forms, a Function's methods), so it may share one's name: Threshold's `threshold`.
+        functional_only = what == "arg" and name in module and name not in (module[name], f"{module[name]}Function")
+        if what in ("arg", "let", "input", "dim", "local", "gradient") and name in module and not functional_only:
             owner = module[name]
             if name == owner:
                 message = f"'{name}' is the name of a layer"

@@ -52,7 +52,6 @@ NOT_WRITTEN: dict[str, str] = {
     "LazyConvTranspose3d": "lazy parameters (a dim taken from the first input) are not in the language",
     "RMSNorm": "specs/rms_norm.layer (the tutorial's RMSNorm) holds the name, and the layers of one run share one"
     " namespace; written like LayerNorm it is `rms_norm(input, normalized_shape, weight, eps)` with `eps: float?`",
-    "Threshold": "its argument `threshold` is also the name of its functional form (generated names clash)",
     "RNNCell": "takes an optional hidden state (optional forward inputs)",
     "GRUCell": "takes an optional hidden state (optional forward inputs)",
     "LSTMCell": "takes an optional tuple hidden state (optional and tuple forward inputs)",
