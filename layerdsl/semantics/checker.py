@@ -349,6 +349,9 @@ class LayerChecker:
                 self.check_default(arg, arg.default)
 
     def check_default(self, arg: N.Arg, d: N.Expr) -> None:
+        if is_expression_default(d):
+            self.check_expression_default(arg, d)
+            return
         kind = literal_kind(d)
         if isinstance(d, N.ListExpr) and not d.items and arg.base_type == "ints" and arg.length is None:
             kind = Kind.LIST  # `out_features: ints = []`: no ints (torch's `()`)
@@ -368,6 +371,49 @@ class LayerChecker:
             self.r.error(
                 d.span, f"default for {arg.type} argument '{arg.name}' has {len(d.items)} ints, not {arg.length}"
             )
+
+    def check_expression_default(self, arg: N.Arg, d: N.Expr) -> None:
+        """`hidden: int = 4 * dim`: computed in __init__ from earlier int, float and bool arguments."""
+        names = [a.name for a in self.layer.args]
+        earlier = names[: names.index(arg.name)]
+        # `stride: ints = kernel_size`, as torch's pooling defaults its stride
+        ints_of = arg.base_type == "ints" and isinstance(d, N.Name) and d.id in earlier
+        if (arg.base_type not in ("int", "float", "bool") and not ints_of) or arg.maybe_none:
+            self.r.error(
+                d.span,
+                f"a default computed from other arguments is for an int, float or bool argument, not {arg.type}",
+                "write a literal default",
+            )
+            return
+        computable = ("int", "float", "bool", "ints") if ints_of else ("int", "float", "bool")
+        ok = True
+        for node in [n for n in walk(d) if isinstance(n, N.Name)]:
+            other = self.layer.arg(node.id) if node.id in earlier else None
+            if node.id in CONSTANTS:
+                node.ref, node.kind = Ref.CONST, Kind.FLOAT
+            elif other is not None and other.base_type in computable and not other.maybe_none:
+                node.ref, node.kind = Ref.ARG, _arg_kind(other)
+            elif other is not None:
+                ok = False
+                self.r.error(
+                    node.span, f"a default computes with int, float and bool arguments; '{node.id}' is {other.type}"
+                )
+            elif node.id in names:
+                ok = False
+                self.r.error(
+                    node.span,
+                    f"a default can only use earlier arguments: '{node.id}' comes after '{arg.name}'",
+                    f"declare '{node.id}' before '{arg.name}'",
+                )
+            else:
+                ok = False
+                hint = did_you_mean(node.id, earlier) or "a default may use literals and earlier arguments"
+                self.r.error(node.span, f"unknown name '{node.id}'", hint)
+        if not ok:
+            return
+        kind = self.infer(d, construction=True)
+        if kind != Kind.UNKNOWN and not fits_type(kind, arg):
+            self.r.error(d.span, f"default for {arg.type} argument '{arg.name}' is {_a(kind)}")
 
     def check_members(self) -> None:
         layer = self.layer
@@ -1235,6 +1281,15 @@ def literal_kind(e: N.Expr) -> Kind | None:
         case N.ListExpr(items=items) if items and all(literal_kind(i) == Kind.INT for i in items):
             return Kind.LIST  # an `ints` value: [2, 2]
     return None
+
+
+def is_expression_default(d: N.Expr) -> bool:
+    """`4 * dim`: a default computed from earlier arguments (in __init__), not a literal."""
+    if literal_kind(d) is not None or (isinstance(d, N.ListExpr) and not d.items):
+        return False
+    if isinstance(d, N.Name) and d.id in ("True", "False", "None"):
+        return False  # Python's spelling of a literal: reported as one
+    return any(isinstance(n, N.Name) and n.id not in CONSTANTS for n in walk(d)) or isinstance(d, (N.BinOp, N.Call))
 
 
 def _arg_kind(arg: N.Arg) -> Kind:

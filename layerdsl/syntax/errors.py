@@ -182,6 +182,8 @@ def describe_syntax_error(exc: UnexpectedInput, source: str) -> tuple[Span, str,
         hint = f"'{before}' is a reserved word and cannot be a name"
     elif tok.value in RESERVED and "NAME" in accepts:
         hint = f"'{tok.value}' is a reserved word and cannot be a name"
+    elif tok.type == "COMMA" and "RPAR" in accepts and "COMMA" not in accepts and unclosed and unclosed[-1][0] == "(":
+        hint = "there are no tuples: write a list, `[1, 2]` (a tuple in Python)"
     elif tok.type == "COLON" and "LBRACE" in accepts:
         hint = "blocks are written in braces: `{ ... }`"
     elif tok.type in ("NAME", "NUMBER", "STRING") and "COMMA" in accepts:

@@ -24,7 +24,7 @@ from layerdsl.driver.pipeline import Source
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import walk
 from layerdsl.language.naming import snake_case
-from layerdsl.semantics.checker import literal_value
+from layerdsl.semantics.checker import is_expression_default, literal_value
 from layerdsl.semantics.evaluate import evaluate, example_seeds, seed_differences
 
 SIZES = (3, 4, 5, 2, 6, 7, 8, 9)
@@ -94,7 +94,7 @@ class Case:
         for a in self.layer.args:
             if a.name in ex:
                 out[a.name] = literal_value(ex[a.name])
-            elif a.default is not None:
+            elif a.default is not None and not is_expression_default(a.default):  # (computed by the module)
                 out[a.name] = literal_value(a.default)
         return out | self.config.args if self.config else out
 
