@@ -7,6 +7,7 @@ the file is laid out. Expressions are rendered by `pyexpr`, optional members are
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -210,7 +211,7 @@ class LayerEmitter:
     def init_params(self) -> list[str]:
         out = []
         for a in self.layer.args:
-            hint = python_type(a.type)
+            hint = python_type(a.type) + (" | str" if a.choices else "")
             if a.default is not None and is_expression_default(a.default):
                 out.append(f"{a.name}: {hint} | None = None")  # computed from earlier arguments in the body
             elif a.default is not None:
@@ -237,6 +238,7 @@ class LayerEmitter:
         lines += _computed_defaults(layer.args, ex)
         spread = {t.shape.spread.id for t in layer.tensors if t.shape.spread is not None} | _spread_in_lists(layer)
         for a in self.stored_args:
+            lines += _checked_choice(a, layer.name)
             lines += _normalised_ints(a, layer.name)
             if a.name in spread:  # a shape: an int is one dim, as torch's LayerNorm takes it
                 lines += [
@@ -525,11 +527,12 @@ class LayerEmitter:
                     params.append("training: bool = False")
                     continue
                 a = args[k]
+                hint = python_type(a.type) + (" | str" if a.choices else "")
                 if a.default is not None and is_expression_default(a.default):
-                    params.append(f"{a.name}: {python_type(a.type)} | None = None")
+                    params.append(f"{a.name}: {hint} | None = None")
                     continue
                 default = f" = {default_text(a.default)}" if a.default is not None else ""
-                params.append(f"{a.name}: {python_type(a.type)}{default}")
+                params.append(f"{a.name}: {hint}{default}")
         doc = f"Functional form of :class:`{layer.name}`."
         spelling = Spelling({}, training="training")
         return Func(name, params, self.returns_hint(), doc, self.body_lines(spelling, on_self=False))
@@ -875,6 +878,19 @@ class StatementWriter:
         raise TypeError(f"cannot emit {type(s).__name__}")
 
 
+def _checked_choice(a: N.Arg, layer: str) -> list[str]:
+    """`padding: int | "same" | "valid"`: a string among the choices, as torch's Conv2d checks it."""
+    if not a.choices:
+        return []
+    quoted = ", ".join(json.dumps(c) for c in a.choices)  # black's quotes
+    choices = f"({quoted},)" if len(a.choices) == 1 else f"({quoted})"
+    named = ", ".join(repr(c) for c in a.choices)
+    return [
+        f"if isinstance({a.name}, str) and {a.name} not in {choices}:",
+        f'    raise ValueError(f"{layer}: {a.name} must be an {a.base_type} or one of {named}, got {{{a.name}!r}}")',
+    ]
+
+
 def _computed_defaults(args: list[N.Arg], ex: PyExpr) -> list[str]:
     """`hidden: int = 4 * dim`: None in the signature, computed first thing from the earlier arguments."""
     lines = []
@@ -907,14 +923,15 @@ def _normalised_ints(a: N.Arg, layer: str) -> list[str]:
     if n is None:
         return []
     check = f"{a.name} is not None and " if a.maybe_none else ""
+    if a.choices:  # one of its strings is kept as it is
+        check += f"not isinstance({a.name}, str) and "
+    keep = " or ".join(
+        ([f"{a.name} is None"] if a.maybe_none else []) + ([f"isinstance({a.name}, str)"] if a.choices else [])
+    )
     return [
         f"if {check}isinstance({a.name}, int):",
         f"    {a.name} = ({a.name},) * {n}",
         f"if {check}len({a.name}) != {n}:",
         f'    raise ValueError(f"{layer}: {a.name} must be an int or {n} ints, got {{{a.name}!r}}")',
-        (
-            f"{a.name} = {a.name} if {a.name} is None else tuple({a.name})"
-            if a.maybe_none
-            else f"{a.name} = tuple({a.name})"
-        ),
+        f"{a.name} = {a.name} if {keep} else tuple({a.name})" if keep else f"{a.name} = tuple({a.name})",
     ]

@@ -297,6 +297,7 @@ class Arg(Node):
     type: str  # "int", "float", "bool", "str", "ints", each maybe with "?" (`float?`: may be none)
     type_span: Span
     default: Expr | None
+    choices: tuple[str, ...] = ()  # `padding: int | "same" | "valid"`: the strings it may also be
 
     @property
     def maybe_none(self) -> bool:

@@ -343,6 +343,8 @@ class LayerChecker:
                     "a tensor argument is optional: `tensor? = none` (it becomes a buffer, None when not given)",
                     f"write `{arg.name}: tensor? = none`",
                 )
+            if arg.choices and arg.base_type not in ("int", "ints"):
+                self.r.error(arg.type_span, f"only an int or ints argument takes string choices, not {arg.base_type}")
             if arg.length is not None and (arg.base_type != "ints" or arg.length < 1):
                 self.r.error(arg.type_span, f"only `ints` takes a length, of at least 1: `{arg.name}: ints[2]`")
             if arg.default is not None:
@@ -367,6 +369,12 @@ class LayerChecker:
             if arg.base_type == "object":
                 hint = f"an `object` argument has no literals: write `{arg.name}: object? = none`"
             self.r.error(d.span, f"default for {arg.type} argument '{arg.name}' is {_a(kind)}", hint)
+        elif isinstance(d, N.Str) and arg.choices and d.value not in arg.choices:
+            self.r.error(
+                d.span,
+                f"default for '{arg.name}' is not one of its strings: {', '.join(map(repr, arg.choices))}",
+                did_you_mean(d.value, arg.choices),
+            )
         elif isinstance(d, N.ListExpr) and arg.length is not None and len(d.items) != arg.length:
             self.r.error(
                 d.span, f"default for {arg.type} argument '{arg.name}' has {len(d.items)} ints, not {arg.length}"
@@ -924,6 +932,16 @@ class LayerChecker:
                     "write `[a, *sizes, b]` with `sizes: ints`",
                 )
             return
+        arg = self.layer.arg(expr.id) if isinstance(expr, N.Name) and expr.ref == Ref.ARG else None
+        choices = arg.choices if arg is not None else ()
+        if choices and not isinstance(parent, (N.Call, N.Compare)):
+            self.r.error(
+                expr.span,
+                f"'{expr.id}' may be one of its strings ({', '.join(map(repr, choices))}) here: it can only be passed"
+                " to an operation or a sub, or compared",
+                "to compute with it, declare it without strings",
+            )
+            return
         if isinstance(expr, N.Name) and expr.ref == Ref.ARG and self.kinds.get(expr.id) == Kind.OBJECT:
             if not (_passed_as_object(parent, expr) or _compares_with_none(parent)):
                 self.r.error(
@@ -1307,6 +1325,8 @@ def fits_type(kind: Kind, arg: N.Arg) -> bool:
     `T?`."""
     if kind == Kind.NONE:
         return arg.maybe_none
+    if kind == Kind.STR and arg.choices:
+        return True
     if arg.base_type == "ints":
         return kind in (Kind.INT, Kind.LIST)
     return kind == arg.base_type or (arg.base_type == Kind.FLOAT and kind == Kind.INT)

@@ -172,7 +172,7 @@ class IRBuilder(Transformer):
         return N.Decorator(str(name), _span(meta), args, kwargs)
 
     def argdef(self, meta, items):
-        name, type_tok, length, maybe_none, default = items
+        name, type_tok, length, maybe_none, choices, default = items
         type_span = _tspan(type_tok)
         text = str(type_tok)
         if length is not None:  # `ints[4]`: the type's text and span cover the length
@@ -181,7 +181,12 @@ class IRBuilder(Transformer):
         if maybe_none is not None:  # `float?`
             text += "?"
             type_span = type_span.to(_tspan(maybe_none))
-        return N.Arg(str(name), _tspan(name), text, type_span, default)
+        if choices is not None:  # `int | "same" | "valid"`: the span covers the strings
+            type_span = type_span.to(choices[-1].span)
+        return N.Arg(str(name), _tspan(name), text, type_span, default, tuple(c.value for c in choices or ()))
+
+    def arg_choices(self, meta, items):
+        return [self.string(meta, [tok]) for tok in items]
 
     def arg_length(self, meta, items):
         return str(items[0]), _span(meta)

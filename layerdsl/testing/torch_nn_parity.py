@@ -144,15 +144,18 @@ def _bind(names: list[str], args: tuple, kwargs: dict, what: str) -> tuple[dict,
 
 
 def _constructor_problem(layer: N.Layer, values: dict[str, Any]) -> str | None:
-    types = {a.name: a.type for a in layer.args}
+    args = {a.name: a for a in layer.args}
     values = {k: v for k, v in values.items() if k not in ("device", "dtype")}  # every generated layer takes them
-    bound, problem = _bind(list(types), (), values, "arguments")
+    bound, problem = _bind(list(args), (), values, "arguments")
     if problem:
         return problem
     for name, value in bound.items():
-        kind = _value_kind(value)
-        if not _fits(types[name], kind):
-            return f"`{name}` given {kind}: a `{types[name]}` argument cannot hold it"
+        kind, arg = _value_kind(value), args[name]
+        if isinstance(value, str) and arg.choices:
+            if value not in arg.choices:
+                return f"`{name}` given {value!r}: not one of its strings {', '.join(map(repr, arg.choices))}"
+        elif not _fits(arg.type, kind):
+            return f"`{name}` given {kind}: a `{arg.type}` argument cannot hold it"
     return None
 
 
