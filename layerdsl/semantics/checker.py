@@ -934,10 +934,10 @@ class LayerChecker:
             return
         arg = self.layer.arg(expr.id) if isinstance(expr, N.Name) and expr.ref == Ref.ARG else None
         choices = arg.choices if arg is not None else ()
-        if choices and not isinstance(parent, (N.Call, N.Compare)):
+        if arg is not None and choices and not isinstance(parent, (N.Call, N.Compare)):
             self.r.error(
                 expr.span,
-                f"'{expr.id}' may be one of its strings ({', '.join(map(repr, choices))}) here: it can only be passed"
+                f"'{arg.name}' may be one of its strings ({', '.join(map(repr, choices))}) here: it can only be passed"
                 " to an operation or a sub, or compared",
                 "to compute with it, declare it without strings",
             )
