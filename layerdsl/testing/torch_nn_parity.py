@@ -155,7 +155,8 @@ def _constructor_problem(layer: N.Layer, values: dict[str, Any]) -> str | None:
             if value not in arg.choices:
                 return f"`{name}` given {value!r}: not one of its strings {', '.join(map(repr, arg.choices))}"
         elif not _fits(arg.type, kind):
-            return f"`{name}` given {kind}: a `{arg.type}` argument cannot hold it"
+            article = "an" if arg.type[0] in "aeiou" else "a"
+            return f"`{name}` given {kind}: {article} `{arg.type}` argument cannot hold it"
     return None
 
 
@@ -165,8 +166,11 @@ def _value_kind(value) -> str:
     if isinstance(value, torch.Tensor):
         return "a tensor"
     if isinstance(value, (tuple, list)):
-        ints = all(type(v) is int for v in value)
-        return "a tuple of ints" if ints else "a tuple"
+        if all(type(v) is int for v in value):
+            return "a tuple of ints"
+        if all(type(v) is int or v is None for v in value):
+            return "a tuple of ints and None (None: keep the input's size)"
+        return "a tuple"
     if callable(value):
         return "a callable"
     return type(value).__name__
