@@ -74,7 +74,12 @@ def test_an_unsupported_sample_is_found_from_the_spec():
     sample = ModuleInput(FunctionInput((2, 3), 4), FunctionInput(torch.ones(2, 3)))
     assert (
         parity.unsupported(linear, nn.Linear, sample)
-        == "`in_features` given a tuple of ints: a `int` argument cannot hold it"
+        == "`in_features` given a tuple of ints: an `int` argument cannot hold it"
+    )
+    conv = CASES["Conv1d"].layer  # torch's padding strings are "same" and "valid"
+    sample = ModuleInput(FunctionInput(2, 2, 3, padding="full"), FunctionInput(torch.ones(2, 2, 4)))
+    assert (
+        parity.unsupported(conv, nn.Conv1d, sample) == "`padding` given 'full': not one of its strings 'same', 'valid'"
     )
     sample = ModuleInput(FunctionInput(2, 3, device="cpu", bias=True), FunctionInput(torch.ones(2, 3)))
     assert parity.unsupported(linear, nn.Linear, sample) is None  # every generated layer takes device=
