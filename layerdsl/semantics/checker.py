@@ -971,6 +971,8 @@ class LayerChecker:
         operands = [call.args[i] for i, p in enumerate(op.params[: len(call.args)]) if p.tensor or p.tensors]
         operands += [k.value for k in call.kwargs if (p := op.param(k.name)) is not None and (p.tensor or p.tensors)]
         kinds = [o.kind for o in operands]
+        if not any(p.tensor or p.tensors for p in op.params):  # a tensor made from numbers (arange)
+            return Kind.TENSOR
         if any(k in (Kind.TENSOR, Kind.LIST) for k in kinds):
             if op.tensors_only:
                 for o in operands:
