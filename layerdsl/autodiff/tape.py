@@ -382,6 +382,9 @@ def _leading_params(op: Op, args: dict[str, N.Expr]) -> tuple[Param, ...]:
     """The parameters to pass positionally when a number comes between two tensor operands (torch takes
     `gather(input, dim, index)` so): every one up to the last tensor given; () when the tensors lead."""
     given = [k for k, p in enumerate(op.params) if (p.tensor or p.tensors) and p.name in args]
+    if not any(p.tensor or p.tensors for p in op.params):  # made from numbers (arange): torch takes them in order
+        given = [k for k, p in enumerate(op.params) if p.name in args and not _is_default(p, args[p.name])]
+        return op.params[: given[-1] + 1] if given else ()
     leading = op.params[: given[-1] + 1] if given and op.positional is None else ()
     if all(p.tensor or p.tensors for p in leading) or not all(p.name in args for p in leading):
         return ()

@@ -679,6 +679,8 @@ def _index_problem(op, args: dict, shape_of: Callable[[N.Expr], Shape]) -> tuple
         shape = shape_of(x) if x is not None else None
         return None if shape is None or S.opaque(shape) or GROUP in shape else shape
 
+    if op.name == "arange" and "step" in args and isinstance(args.get("end", N.NoneLit(args["step"].span)), N.NoneLit):
+        return "a step needs a start and an end", "write arange(0, n, step)"
     if op.name == "flip" and type(S.literal(op, args, "dims")) is int:
         return "flip takes a list of dims", f"write flip({_text(args['input'])}, [{S.literal(op, args, 'dims')}])"
     inp, index = known(args.get("input")), known(args.get("index"))

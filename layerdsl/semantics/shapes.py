@@ -575,6 +575,11 @@ def _indexing(op: Op, args: Mapping[str, N.Expr], shape_of: Callable[[N.Expr], S
         sizes = args.get("sizes")
         if not isinstance(sizes, N.ListExpr) or any(_value(i) == -1 for i in sizes.items):
             return None
+        product = constant(1)
+        for i in sizes.items:
+            product = poly_mul(product, poly(i))
+        if product != text_poly(inp[p]):
+            return None  # `[2, n // 2]` splits n only when n is even: known at run time
         return inp[:p] + tuple(dim_text(i) for i in sizes.items) + inp[p + 1 :]
     index = shape_of(args["index"])
     if index is None or _opaque(index) or GROUP in index:
