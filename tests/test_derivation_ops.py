@@ -357,3 +357,34 @@ def test_embedding_padding_row_gets_no_gradient_and_max_norm_renormalises_in_pla
     (g,) = torch.autograd.grad(got, ours.weight, seed)
     (r,) = torch.autograd.grad(want, theirs.weight, seed)
     assert torch.allclose(g, r) and g[1].abs().max() == 0 and g[2].abs().max() == 0
+
+
+HEADS = """
+@function
+layer Heads(h: int, d: int) {
+    param w: [h * d, h * d] = uniform(-0.5, 0.5)
+    example(h = 2, d = 3)
+
+    forward(x: [B, T, h * d]) -> [B, T, h * d] {
+        q = reshape(x @ w, [..., h, d])
+        return reshape(softmax(q, dim = -1) * q, [..., h * d])
+    }
+}
+"""
+
+
+def test_reshape_with_kept_leading_dims_is_unflatten_and_flatten_and_derives():
+    spec = parse_file("heads.layer", HEADS)
+    source = emit_file(spec, check_program([spec]), "heads.layer", {})
+    assert "torch.unflatten(x @ w, -1, [h, d])" in source and "torch.flatten(torch.softmax(q, dim=-1) * q, -2)" in source
+    ns: dict = {}
+    exec(compile(source, "heads.py", "exec"), ns)
+    torch.manual_seed(0)
+    layer = ns["Heads"](2, 3, dtype=torch.float64)
+    x = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
+    def fn(a, b, h, d):
+        return ns["HeadsFunction"].apply(a, b, h, d)[0]
+
+    assert torch.allclose(fn(x, layer.w, 2, 3), ns["heads"](x, layer.w, h=2, d=3))
+    assert torch.autograd.gradcheck(lambda a, b: fn(a, b, 2, 3), (x, layer.w))
+    assert torch.autograd.gradgradcheck(lambda a, b: fn(a, b, 2, 3), (x, layer.w))

@@ -764,7 +764,25 @@ class LayerChecker:
         self.check_optional_uses(expr, None)
         self.check_argument_uses(expr, None)
         self.check_calls(expr, scope)
+        self.check_ellipsis_lists(expr)
         self.infer(expr)
+
+    def check_ellipsis_lists(self, expr: N.Expr) -> None:
+        """`...` in a list is reshape's only (`reshape(x, [..., h, d])`: the input's leading dims), first."""
+        kept = set()
+        for node in walk(expr):
+            if isinstance(node, N.Call) and node.func == "reshape":
+                shape = node.args[1] if len(node.args) > 1 else next((k.value for k in node.kwargs if k.name == "shape"), None)
+                if isinstance(shape, N.ListExpr) and shape.items and isinstance(shape.items[0], N.EllipsisItem):
+                    kept.add(id(shape.items[0]))
+        for node in walk(expr):
+            for item in node.items if isinstance(node, N.ListExpr) else []:
+                if isinstance(item, N.EllipsisItem) and id(item) not in kept:
+                    self.r.error(
+                        item.span,
+                        "`...` in a list stands only for the kept leading dims of reshape's shape",
+                        "write it first: reshape(x, [..., h, d])",
+                    )
 
     def resolve(self, node: N.Name, scope: Scope, in_forward: bool) -> None:
         name = node.id

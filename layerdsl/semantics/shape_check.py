@@ -306,12 +306,52 @@ class _ShapePass:
                     "conv weights are [out_channels, in_channels / groups, k...]",
                 )
                 return None
+        if op.name == "reshape" and _kept_leading(args.get("shape")):
+            if not self.reshape_kept(call, args, shape_of):
+                return None
+            return self.op_call(call, env)  # now flatten/unflatten
         if op.shape == "reshape" or op.name == "reshape":
             return self.reshape(call, args, shape_of)
         if op.shape in S.INDEX_RULES or op.name in ("flip", "unflatten"):
             if not self.check_indexing(call, op, args, shape_of):
                 return None
         return S.op_shape(op, args, shape_of, call.items)
+
+    def reshape_kept(self, call: N.Call, args: dict, shape_of: Callable[[N.Expr], Shape]) -> bool:
+        """`reshape(x, [..., h, d])`: `...` keeps x's leading dims and the sizes listed replace its last
+        dims, the fewest whose product they make; rewritten as `unflatten(flatten(x, -m), -1, [h, d])`
+        (just one of the two where that is all it takes). Which dims those are is decided here, from the
+        static shapes: where they cannot tell, it is an error."""
+        inp, sizes = shape_of(args["input"]), args["shape"].items[1:]
+        product = S.constant(1)
+        for size in sizes:
+            product = S.poly_mul(product, S.poly(size))
+        trailing = [] if inp is None or S.opaque(inp) else list(inp[inp.index(GROUP) + 1 :] if GROUP in inp else inp)
+        kept, running = None, S.constant(1)
+        for m in range(1, len(trailing) + 1):
+            running = S.poly_mul(running, S.text_poly(trailing[-m]))
+            if running == product:
+                kept = m
+                break
+        if kept is None or any(S.literal(OPS["reshape"], {"x": s}, "x") == -1 for s in sizes) or not sizes:
+            what = f"{_text(args['input'])} is {show(inp)}" if inp is not None else f"the shape of {_text(args['input'])} is not known here"
+            self.r.error(
+                call.span,
+                f"{_text(call)}: no last dims multiply to {S.poly_text(product)} ({what})",
+                "`...` keeps the leading dims; the sizes after it replace the last dims they multiply to "
+                "(else write unflatten(x, dim, sizes) or flatten(x, start_dim))",
+            )
+            return False
+        value = args["input"]
+        if kept > 1:
+            value = _call("flatten", [value, B.num(-kept)], call)
+        if len(sizes) > 1 or kept == 1:
+            sizes_list = N.ListExpr(args["shape"].span, list(sizes))
+            sizes_list.kind = Kind.LIST
+            value = _call("unflatten", [value, B.num(-1), sizes_list], call)
+        assert isinstance(value, N.Call)
+        call.func, call.args, call.kwargs = value.func, value.args, value.kwargs
+        return True
 
     def check_indexing(self, call: N.Call, op, args: dict, shape_of: Callable[[N.Expr], Shape]) -> bool:
         """The index ops' rules torch enforces at run time, reported here where the shapes tell: integer
@@ -709,3 +749,14 @@ def _index_problem(op, args: dict, shape_of: Callable[[N.Expr], Shape]) -> tuple
                     "unflatten splits one dim: its sizes multiply to that dim (one of them may be -1)",
                 )
     return None
+
+
+def _kept_leading(shape: N.Expr | None) -> bool:
+    """Whether reshape's shape starts with `...` (the input's leading dims kept)."""
+    return isinstance(shape, N.ListExpr) and bool(shape.items) and isinstance(shape.items[0], N.EllipsisItem)
+
+
+def _call(func: str, args: list[N.Expr], at: N.Call) -> N.Call:
+    call = N.Call(at.span, func, at.func_span, args, [])
+    call.kind = Kind.TENSOR
+    return call

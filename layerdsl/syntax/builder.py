@@ -497,7 +497,7 @@ class IRBuilder(Transformer):
         return N.NoneLit(_span(meta))
 
     def list(self, meta, items):
-        return N.ListExpr(_span(meta), [i for i in items if i is not None])
+        return N.ListExpr(_span(meta), [self._ellipsis(i) for i in items if i is not None])  # `...`: reshape's
 
     def callargs(self, meta, items):
         args, kwargs = [], []
