@@ -376,12 +376,15 @@ layer Heads(h: int, d: int) {
 def test_reshape_with_kept_leading_dims_is_unflatten_and_flatten_and_derives():
     spec = parse_file("heads.layer", HEADS)
     source = emit_file(spec, check_program([spec]), "heads.layer", {})
-    assert "torch.unflatten(x @ w, -1, [h, d])" in source and "torch.flatten(torch.softmax(q, dim=-1) * q, -2)" in source
+    assert (
+        "torch.unflatten(x @ w, -1, [h, d])" in source and "torch.flatten(torch.softmax(q, dim=-1) * q, -2)" in source
+    )
     ns: dict = {}
     exec(compile(source, "heads.py", "exec"), ns)
     torch.manual_seed(0)
     layer = ns["Heads"](2, 3, dtype=torch.float64)
     x = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
+
     def fn(a, b, h, d):
         return ns["HeadsFunction"].apply(a, b, h, d)[0]
 

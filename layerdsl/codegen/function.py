@@ -773,10 +773,10 @@ class FunctionEmitter:
         if at is not None and at < 0 and rank is not None:
             at += len(rank)
         if at is not None and at >= 0:
-            indices = f"[{'None, ' * at}{ex(index)}]"
+            places = f"[{'None, ' * at}{ex(index)}]"
         else:
-            indices = f"[None] * (len({self._shape(inp, ex)}) + {ex.wrap(dim, PREC['+'] + 1)}) + [{ex(index)}]"
-        return f"torch.ops.aten.index_put({zeros}, {indices}, {ex(grad)}, True)"
+            places = f"[None] * (len({self._shape(inp, ex)}) + {ex.wrap(dim, PREC['+'] + 1)}) + [{ex(index)}]"
+        return f"torch.ops.aten.index_put({zeros}, {places}, {ex(grad)}, True)"
 
     def _resized(self, a: list[N.Expr], ex: PyExpr) -> str:
         """`resize(g, like, dim, size, length)`: `g` cut or zero-padded along dim from `size` to `length`

@@ -75,7 +75,10 @@ def _render(e: N.Expr) -> tuple[str, int]:
         case N.Subscript(value=value, items=items):
             return f"{_wrap(value, ATOM)}[{_items(items)}]", ATOM
         case N.ListExpr(items=items):
-            return f"[{_items(items)}]", ATOM  # `[..., h, d]`: reshape's shape may start with `...`
+            return (
+                f"[{', '.join(_item(i) for i in items)}]",
+                ATOM,
+            )  # `[..., h, d]`: reshape's shape may start with `...`
         case N.Indexed(name=name, indices=indices):
             return f"{name.id}[{', '.join(i.id for i in indices)}]", ATOM
         case N.Reduce(op=op, indices=indices, body=body):

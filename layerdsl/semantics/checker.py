@@ -772,7 +772,11 @@ class LayerChecker:
         kept = set()
         for node in walk(expr):
             if isinstance(node, N.Call) and node.func == "reshape":
-                shape = node.args[1] if len(node.args) > 1 else next((k.value for k in node.kwargs if k.name == "shape"), None)
+                shape = (
+                    node.args[1]
+                    if len(node.args) > 1
+                    else next((k.value for k in node.kwargs if k.name == "shape"), None)
+                )
                 if isinstance(shape, N.ListExpr) and shape.items and isinstance(shape.items[0], N.EllipsisItem):
                     kept.add(id(shape.items[0]))
         for node in walk(expr):

@@ -334,7 +334,11 @@ class _ShapePass:
                 kept = m
                 break
         if kept is None or any(S.literal(OPS["reshape"], {"x": s}, "x") == -1 for s in sizes) or not sizes:
-            what = f"{_text(args['input'])} is {show(inp)}" if inp is not None else f"the shape of {_text(args['input'])} is not known here"
+            what = (
+                f"{_text(args['input'])} is {show(inp)}"
+                if inp is not None
+                else f"the shape of {_text(args['input'])} is not known here"
+            )
             self.r.error(
                 call.span,
                 f"{_text(call)}: no last dims multiply to {S.poly_text(product)} ({what})",
@@ -485,7 +489,7 @@ class _ShapePass:
 
     def declared_dtype(self, e: N.Expr) -> str | None:
         fwd = self.layer.forward
-        declared = [*(fwd.inputs if fwd is not None else []), *self.layer.tensors]
+        declared: list[N.Input | N.Tensor] = [*(fwd.inputs if fwd is not None else []), *self.layer.tensors]
         return next((d.dtype for d in declared if isinstance(e, N.Name) and d.name == e.id), None)
 
     def _consume(self, items: Sequence[N.SubscriptItem], dims: list[str]) -> tuple[list[str] | None, list[str]]:
