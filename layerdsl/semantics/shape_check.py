@@ -333,7 +333,7 @@ class _ShapePass:
             if running == product:
                 kept = m
                 break
-        if kept is None or any(S.literal(OPS["reshape"], {"x": s}, "x") == -1 for s in sizes) or not sizes:
+        if kept is None or any(_minus_one(s) for s in sizes) or not sizes:
             what = (
                 f"{_text(args['input'])} is {show(inp)}"
                 if inp is not None
@@ -723,7 +723,8 @@ def _index_problem(op, args: dict, shape_of: Callable[[N.Expr], Shape]) -> tuple
         shape = shape_of(x) if x is not None else None
         return None if shape is None or S.opaque(shape) or GROUP in shape else shape
 
-    if op.name == "arange" and "step" in args and isinstance(args.get("end", N.NoneLit(args["step"].span)), N.NoneLit):
+    end = args.get("end")
+    if op.name == "arange" and "step" in args and (end is None or isinstance(end, N.NoneLit)):
         return "a step needs a start and an end", "write arange(0, n, step)"
     if op.name == "flip" and type(S.literal(op, args, "dims")) is int:
         return "flip takes a list of dims", f"write flip({_text(args['input'])}, [{S.literal(op, args, 'dims')}])"
@@ -742,7 +743,7 @@ def _index_problem(op, args: dict, shape_of: Callable[[N.Expr], Shape]) -> tuple
     if op.name == "unflatten" and inp is not None and isinstance(args.get("sizes"), N.ListExpr):
         dim, items = S.literal(op, args, "dim"), args["sizes"].items
         p = S.position(inp, dim) if type(dim) is int else None
-        if p is not None and not any(S.literal(op, {"x": i}, "x") == -1 for i in items):
+        if p is not None and not any(_minus_one(i) for i in items):
             product = S.constant(1)
             for i in items:
                 product = S.poly_mul(product, S.poly(i))
@@ -753,6 +754,10 @@ def _index_problem(op, args: dict, shape_of: Callable[[N.Expr], Shape]) -> tuple
                     "unflatten splits one dim: its sizes multiply to that dim (one of them may be -1)",
                 )
     return None
+
+
+def _minus_one(e: N.Expr) -> bool:
+    return isinstance(e, N.UnaryOp) and e.op == "-" and isinstance(e.operand, N.Num) and e.operand.value == 1
 
 
 def _kept_leading(shape: N.Expr | None) -> bool:
