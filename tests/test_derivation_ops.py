@@ -121,7 +121,7 @@ def test_vmap_of_grad_and_jacrev(family):
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("return x[x > 0]", "indexing by a tensor"),
+        ("return x[x > 0]", "a bool mask index (how many elements it picks is data)"),
         ("return abs(fft(x))", "abs() of a complex value"),
         ("return round(x)", "round() has no derivative"),
     ],
@@ -226,3 +226,168 @@ def test_dropout_derives_with_its_mask_saved_as_bool():
     (g,) = torch.autograd.grad(out.sum(), x)
     (r,) = torch.autograd.grad((torch.tanh(x @ layer.w) * 2).sum(), x)
     assert torch.allclose(g, r)
+
+
+# -- the index ops (issue 14's): index tensors are inputs of their own, integer data never differentiated
+INDEXING = """
+@function
+layer Picks(n: int) {{
+    param w: [n, n] = uniform(0.5, 1.5)
+    example(n = 6)
+
+    forward(x: [B, n], idx: long[B, 2], sel: long[3], ids: long[B, 2]) {{
+        return {body}
+    }}
+}}
+"""
+
+INDEX_FAMILIES = {
+    "flip": "flip(tanh(x), [0, 1]) * x[::-1] + sin(x)[:, ::-2][..., :1] * w[0, ::-1]",
+    "gather": "gather(x * x, 1, idx) * gather(w, 0, idx[:, :1])",
+    "scatter": "scatter(tanh(x), 1, idx, x[:, :2] * w[:4, 2:4]) + scatter_add(x, 0, idx, sin(x)[:, :2])",
+    "index_select": "index_select(x * w[:, 0], 1, sel) * index_select(tanh(x), 0, idx[:, 0])[:, :3]",
+    "tensor_index": "x[:, sel] * tanh(x)[..., sel] + w[idx[:, :1]][:, 0, :3] * x[idx[:, 0]][:, 1:4]",
+    "unflatten": "sum(unflatten(x * x, 1, [2, n // 2]) * unflatten(w[0], 0, [2, -1]), dim = -1)",
+    "embedding": "embedding(ids, w * x[:1], padding_idx = 5)[:, 1] * x + embedding(ids, tanh(w), padding_idx = -1)[:, 0]",
+}
+
+
+def _index_inputs() -> dict:
+    g = torch.Generator().manual_seed(1)
+    return {
+        # below B and n (it indexes both), distinct in each row (scatter writes each place once)
+        "idx": torch.tensor([[0, 3], [2, 1], [1, 0], [3, 2]]),
+        "sel": torch.tensor([4, 0, 4]),  # a repeated index: its gradients add up
+        "ids": torch.randint(0, 5, (4, 2), generator=g),  # not the padding row 5: gradcheck sees its value read
+    }
+
+
+@pytest.fixture(params=sorted(INDEX_FAMILIES), name="index_family")
+def _index_family(request):
+    spec = parse_file("picks.layer", INDEXING.format(body=INDEX_FAMILIES[request.param]))
+    ns: dict = {}
+    exec(compile(emit_file(spec, check_program([spec]), "picks.layer", {}), "picks.py", "exec"), ns)
+    torch.manual_seed(0)
+    layer = ns["Picks"](6, dtype=torch.float64)
+    fn = ns["PicksFunction"].apply
+    extra = [6] if len(inspect.signature(ns["PicksFunction"].forward).parameters) > 5 else []
+    numbers = {"n": 6} if "n" in inspect.signature(ns["picks"]).parameters else {}
+
+    def apply(x, w, ints):
+        return fn(x, ints["idx"], ints["sel"], ints["ids"], w, *extra)
+
+    def plain(x, w, ints):
+        return ns["picks"](x, ints["idx"], ints["sel"], ints["ids"], w, **numbers)
+
+    return plain, layer.w.detach(), apply
+
+
+def test_index_ops_derive_like_autograd_to_second_order(index_family):
+    plain, w0, apply = index_family
+    ints = _index_inputs()
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    w = w0.clone().requires_grad_()
+    got, want = apply(x, w, ints), plain(x, w, ints)
+    assert torch.allclose(got, want)
+    seed = torch.randn_like(want)
+    firsts = torch.autograd.grad(got, [x, w], seed, create_graph=True)
+    refs = torch.autograd.grad(want, [x, w], seed, create_graph=True)
+    for a, b in zip(firsts, refs):
+        assert torch.allclose(a, b)
+        v = torch.randn_like(a)
+        second = torch.autograd.grad((a * v).sum(), [x, w], allow_unused=True, retain_graph=True)
+        ref = torch.autograd.grad((b * v).sum(), [x, w], allow_unused=True, retain_graph=True)
+        for s, r in zip(second, ref):
+            assert (s is None and (r is None or r.abs().max() == 0)) or torch.allclose(s, r)
+
+
+def test_index_ops_pass_gradcheck_and_gradgradcheck(index_family):
+    _, w0, apply = index_family
+    ints = _index_inputs()
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    w = w0.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: apply(a, b, ints), (x, w))
+    assert torch.autograd.gradgradcheck(lambda a, b: apply(a, b, ints), (x, w))
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
+def test_index_ops_under_vmap_of_grad_and_jacrev(index_family):
+    plain, w, apply = index_family
+    ints = _index_inputs()
+    xs = torch.randn(3, 4, 6, dtype=torch.float64)
+
+    def loss(f):
+        return lambda t: f(t, w, ints).square().sum()
+
+    assert torch.allclose(
+        torch.func.vmap(torch.func.grad(loss(apply)))(xs), torch.func.vmap(torch.func.grad(loss(plain)))(xs)
+    )
+    jac = torch.func.jacrev(lambda t: apply(t, w, ints))(xs[0])
+    assert torch.allclose(jac, torch.func.jacrev(lambda t: plain(t, w, ints))(xs[0]))
+
+
+EMBEDDING = """
+@function
+layer Lookup(num: int, dim: int) {
+    param weight: [num, dim] = normal
+    example(num = 5, dim = 3)
+
+    forward(ids: long[B, T]) -> [B, T, dim] {
+        return embedding(ids, weight, padding_idx = 1, max_norm = 1.0) * 2
+    }
+}
+"""
+
+
+def test_embedding_padding_row_gets_no_gradient_and_max_norm_renormalises_in_place_like_torch():
+    spec = parse_file("lookup.layer", EMBEDDING)
+    ns: dict = {}
+    exec(compile(emit_file(spec, check_program([spec]), "lookup.layer", {}), "lookup.py", "exec"), ns)
+    torch.manual_seed(0)
+    ours = ns["Lookup"](5, 3, dtype=torch.float64)
+    theirs = torch.nn.Embedding(5, 3, padding_idx=1, max_norm=1.0, dtype=torch.float64)
+    theirs.weight.data.copy_(ours.weight.data * 3)  # rows longer than max_norm: renormalised
+    ours.weight.data.copy_(theirs.weight.data)
+    ids = torch.tensor([[0, 1, 1], [3, 0, 4]])
+    got, want = ours(ids), theirs(ids) * 2
+    assert torch.allclose(got, want)
+    assert torch.allclose(ours.weight, theirs.weight)  # rows 0, 1, 3, 4 renormalised in place, row 2 kept
+    assert torch.allclose(ours.weight[2], theirs.weight[2]) and ours.weight[0].norm() <= 1.0 + 1e-12
+    seed = torch.randn_like(got)
+    (g,) = torch.autograd.grad(got, ours.weight, seed)
+    (r,) = torch.autograd.grad(want, theirs.weight, seed)
+    assert torch.allclose(g, r) and g[1].abs().max() == 0 and g[2].abs().max() == 0
+
+
+HEADS = """
+@function
+layer Heads(h: int, d: int) {
+    param w: [h * d, h * d] = uniform(-0.5, 0.5)
+    example(h = 2, d = 3)
+
+    forward(x: [B, T, h * d]) -> [B, T, h * d] {
+        q = reshape(x @ w, [..., h, d])
+        return reshape(softmax(q, dim = -1) * q, [..., h * d])
+    }
+}
+"""
+
+
+def test_reshape_with_kept_leading_dims_is_unflatten_and_flatten_and_derives():
+    spec = parse_file("heads.layer", HEADS)
+    source = emit_file(spec, check_program([spec]), "heads.layer", {})
+    assert (
+        "torch.unflatten(x @ w, -1, [h, d])" in source and "torch.flatten(torch.softmax(q, dim=-1) * q, -2)" in source
+    )
+    ns: dict = {}
+    exec(compile(source, "heads.py", "exec"), ns)
+    torch.manual_seed(0)
+    layer = ns["Heads"](2, 3, dtype=torch.float64)
+    x = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
+
+    def fn(a, b, h, d):
+        return ns["HeadsFunction"].apply(a, b, h, d)[0]
+
+    assert torch.allclose(fn(x, layer.w, 2, 3), ns["heads"](x, layer.w, h=2, d=3))
+    assert torch.autograd.gradcheck(lambda a, b: fn(a, b, 2, 3), (x, layer.w))
+    assert torch.autograd.gradgradcheck(lambda a, b: fn(a, b, 2, 3), (x, layer.w))

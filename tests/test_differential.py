@@ -35,7 +35,7 @@ def expr(draw, depth: int = 3):
     kind = draw(
         st.sampled_from(
             ["unary", "positive", "binary", "binary", "div", "pow", "reduce", "softmax", "matmul", "minmax", "where"]
-            + ["index", "cat", "stack", "fourier"]
+            + ["index", "cat", "stack", "fourier", "picks"]
         )
     )
     a, sa = draw(expr(depth - 1))
@@ -57,7 +57,7 @@ def expr(draw, depth: int = 3):
         return f"where(x > 1, {a}, {b})", _join(FULL, _join(sa, sb))
     full = a if sa == FULL else f"(x * {a})"
     other = f"({b})" if sb == FULL else f"(x * {b})"
-    if kind in ("index", "cat", "stack", "fourier"):
+    if kind in ("index", "cat", "stack", "fourier", "picks"):
         full = f"({full})"
     if kind == "index":
         return draw(
@@ -68,6 +68,20 @@ def expr(draw, depth: int = 3):
                     (f"{full}[1:2]", VEC),
                     (f"{full}[-1]", VEC),
                     (f"{full}[..., :3][:, -1:]", ROW),
+                ]
+            )
+        )
+    if kind == "picks":  # index tensors made by arange: the differentiated operand is the one indexed
+        return draw(
+            st.sampled_from(
+                [
+                    (f"{full}[::-1]", FULL),
+                    (f"flip({full}, [0, 1])", FULL),
+                    (f"index_select({full}, 1, flip(arange(n), [0]))", FULL),
+                    (f"{full}[:, arange(n) % 2]", FULL),
+                    (f"gather({full}, 0, (arange(n) % 2)[none, :])", VEC),
+                    (f"scatter_add({full}, 1, (arange(n) % 2)[none, :], {other}[:1])", FULL),
+                    (f"flatten(unflatten({full}, -1, [2, n // 2]), 1)", FULL),
                 ]
             )
         )
@@ -207,5 +221,6 @@ def test_the_derivation_covers_every_operator_it_claims():
         "cat([sin(x)[:, :1], (x * w)[:, 1:]], dim = -1)",
         "stack([x * w, exp(x)], dim = -1)[..., 1] + stack([x, x * s])[0]",
         "irfft(rfft(tanh(x)) * rfft(x * w), n = n) + irfft(fft(x * s, n = 6)[:, :3], n = n)",
+        "(x * w)[::-1] + index_select(tanh(x), 1, arange(n) % 3) + gather(x * s, 0, (arange(n) % 2)[none, :])",
     ]:
         _check(body)

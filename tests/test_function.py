@@ -119,7 +119,7 @@ def test_optional_member_absent_in_a_function(gen):
         ("return sign(x) * x", "sign() has no derivative", "7:16"),
         ("return abs(fft(x))", "abs() of a complex value has no derivative", "7:16"),
         ("if training {\n            return x\n        }\n        return -x", "cannot go through `if`", "7:9"),
-        ("return x[x > 0]", "indexing by a tensor", "7:18"),
+        ("return x[x > 0]", "a bool mask index", "7:18"),
     ],
 )
 def test_what_cannot_be_derived_is_a_located_error(tmp_path, capsys, body, message, where):

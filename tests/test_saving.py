@@ -122,3 +122,48 @@ def test_setup_context_says_what_is_saved_and_why():
         "# saves w: read by grad_x",
         "# saves relu_positive = relu > 0, as bool: read by every gradient",
     ]
+
+
+INDEXED = """
+@function
+layer Picks(n: int) {
+    param b: [n] = uniform(-0.5, 0.5)
+    example(n = 4)
+
+    forward(x: [B, n], idx: long[B, 2]) {
+        return BODY
+    }
+}
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "kept"),
+    [
+        ("flip(x, [1]) * 2 + b", []),  # reversing needs nothing kept
+        ("x[:, ::-1] + b", []),
+        ("gather(x + b, 1, idx)", [(torch.int64, (8, 2))]),  # the index, not the input
+        ("x[:, idx[0]] * 2 + b[0]", [(torch.int64, (8, 2))]),  # idx, its row picked again in backward
+        ("index_select(x + b, 1, idx[0])", [(torch.int64, (8, 2))]),
+    ],
+)
+def test_index_ops_save_the_index_only(body, kept):
+    spec = parse_file("picks.layer", INDEXED.replace("BODY", body))
+    ns: dict = {}
+    exec(compile(emit_file(spec, check_program([spec]), "picks.layer", {}), "picks.py", "exec"), ns)
+    layer = ns["Picks"](4, dtype=torch.float64)
+    x = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
+    idx = torch.tensor([[0, 3], [2, 1]] * 4)
+    saved: list[tuple[torch.dtype, tuple[int, ...]]] = []
+
+    def pack(t):
+        saved.append((t.dtype, tuple(t.shape)))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = layer(x, idx)
+    assert saved == kept
+    seed = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, layer.b], seed)
+    want = torch.autograd.grad(ns["picks"](x, idx, layer.b), [x, layer.b], seed)
+    assert all(torch.allclose(a, r) for a, r in zip(got, want))

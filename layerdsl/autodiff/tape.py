@@ -199,12 +199,9 @@ class Linearizer:
     def subscript(self, value: N.Expr, items: list[N.SubscriptItem], hint: str, source: N.Expr) -> N.Expr:
         """`x[a:b, i, none]` as one step per dim it changes (a slice, a select, an unsqueeze): items before
         a `...` count dims from the front, the ones after it from the back."""
-        for item in items:
-            if isinstance(item, N.Expr) and item.kind == "tensor":
-                raise NotDerivable(
-                    item.span,
-                    "a derived backward cannot go through indexing by a tensor (the elements it picks are data)",
-                )
+        tensors = [k for k, i in enumerate(items) if isinstance(i, N.Expr) and i.kind == "tensor"]
+        if tensors:
+            return self._index_by_tensor(value, items, tensors, hint, source)
         ell = next((k for k, i in enumerate(items) if isinstance(i, N.EllipsisItem)), len(items))
         dim = 0
         for item in items[:ell]:
@@ -213,6 +210,29 @@ class Linearizer:
         for item in reversed(items[ell + 1 :]):
             value, dim = self._index_one(value, item, dim, hint, source)
         return value
+
+    def _index_by_tensor(
+        self, value: N.Expr, items: list[N.SubscriptItem], tensors: list[int], hint: str, source: N.Expr
+    ) -> N.Expr:
+        """`x[idx]`, `x[:, idx]`, `x[..., idx]`: one index tensor, whole dims (`:`, `...`) elsewhere."""
+        whole = all(isinstance(i, N.EllipsisItem) or _whole(i) for k, i in enumerate(items) if k not in tensors)
+        if len(tensors) > 1 or not whole:
+            raise NotDerivable(
+                items[tensors[0]].span,
+                "a derived backward goes through one index tensor with `:` or `...` for the other dims; "
+                "index the other dims in a statement of their own",
+            )
+        k = tensors[0]
+        if _bool_mask(items[k], self.forward.inputs):
+            raise NotDerivable(
+                items[k].span,
+                "a derived backward cannot go through a bool mask index (how many elements it picks is data); "
+                "use where(mask, x, 0)",
+            )
+        ell = next((j for j, i in enumerate(items) if isinstance(i, N.EllipsisItem)), None)
+        dim = k if ell is None or k < ell else k - len(items)
+        index = self.operand(items[k], hint)  # type: ignore[arg-type]
+        return self.add(OPS["index"], {"input": value, "dim": B.num(dim), "index": index}, hint, source)
 
     def _index_one(self, value: N.Expr, item: N.SubscriptItem, dim: int, hint: str, source: N.Expr):
         """One item of a subscript at `dim`: the value it gives and the dim the next item indexes (the
@@ -307,6 +327,11 @@ def _hint_for(op: Op, hint: str) -> str:
             "slice": "part",
             "select": "part",
             "dropout_apply": "dropped",
+            "index": "picked",
+            "gather": "picked",
+            "index_select": "picked",
+            "flip": "flipped",
+            "embedding": "rows",
         }.get(op.name, op.name[:4])
     )
 
@@ -314,7 +339,7 @@ def _hint_for(op: Op, hint: str) -> str:
 def _op_expr(op: Op, args: dict[str, N.Expr], source: N.Expr) -> N.Expr:
     """The step as an expression, in operator form where the op is one."""
     e: N.UnaryOp | N.BinOp | N.Call | N.Subscript
-    if op.name in ("slice", "select"):
+    if op.name in ("slice", "select", "index"):
         e = _subscript_expr(args, source)
     elif op.operator == "neg":
         e = N.UnaryOp(source.span, "-", args["input"])
@@ -325,10 +350,12 @@ def _op_expr(op: Op, args: dict[str, N.Expr], source: N.Expr) -> N.Expr:
     else:
         e = N.Call(source.span, op.name, source.span, [], [N.Keyword(k, v, source.span) for k, v in args.items()])
         e.args = [v for p in op.params if (v := args.get(p.name)) is not None and (p.tensor or p.tensors)]
+        leading = _leading_params(op, args)  # `gather(x, dim, index)`: a number between tensors
+        e.args = [args[p.name] for p in leading] if leading else e.args
         e.kwargs = [
             N.Keyword(p.name, args[p.name], source.span)
             for p in op.params
-            if not (p.tensor or p.tensors) and p.name in args and not _is_default(p, args[p.name])
+            if not (p.tensor or p.tensors or p in leading) and p.name in args and not _is_default(p, args[p.name])
         ]
     e.kind = N.Kind.TENSOR
     return e
@@ -349,6 +376,30 @@ def _subscript_expr(args: dict[str, N.Expr], source: N.Expr) -> N.Subscript:
         whole * dim.value + [item] if dim.value >= 0 else [N.EllipsisItem(source.span), item] + whole * (-dim.value - 1)
     )
     return N.Subscript(source.span, args["input"], items)
+
+
+def _leading_params(op: Op, args: dict[str, N.Expr]) -> tuple[Param, ...]:
+    """The parameters to pass positionally when a number comes between two tensor operands (torch takes
+    `gather(input, dim, index)` so): every one up to the last tensor given; () when the tensors lead."""
+    given = [k for k, p in enumerate(op.params) if (p.tensor or p.tensors) and p.name in args]
+    if not any(p.tensor or p.tensors for p in op.params):  # made from numbers (arange): torch takes them in order
+        given = [k for k, p in enumerate(op.params) if p.name in args and not _is_default(p, args[p.name])]
+        return op.params[: given[-1] + 1] if given else ()
+    leading = op.params[: given[-1] + 1] if given and op.positional is None else ()
+    if all(p.tensor or p.tensors for p in leading) or not all(p.name in args for p in leading):
+        return ()
+    return leading
+
+
+def _bool_mask(index: N.SubscriptItem, inputs: list[N.Input]) -> bool:
+    """A comparison, or an input declared bool: its True elements pick, however many there are."""
+    if isinstance(index, N.Compare):
+        return True
+    return isinstance(index, N.Name) and any(i.name == index.id and i.dtype == "bool" for i in inputs)
+
+
+def _whole(item: N.SubscriptItem) -> bool:
+    return isinstance(item, N.Slice) and item.lower is None and item.upper is None and item.step is None
 
 
 def _is_default(p: Param, value: N.Expr) -> bool:

@@ -722,6 +722,8 @@ class FunctionEmitter:
             if f == "slice_backward" and isinstance(a[5], N.NoneLit):
                 bounds[3] = "1"
             return f"torch.ops.aten.{f}({ex(a[0])}, {self._shape(a[1], ex)}, {', '.join(bounds)})"
+        if f in ("gather_backward", "index_select_backward", "index_backward", "embedding_backward"):
+            return self._index_gradient(f, a, ex)
         if f == "expand_reduced":
             g, inp, dim, keepdim = a
             return f"{self._unsqueeze(ex.wrap(g, ATOM), dim, keepdim, ex)}.expand({self._shape(inp, ex)})"
@@ -745,6 +747,36 @@ class FunctionEmitter:
             dims = ex(dim) if not isinstance(dim, N.NoneLit) else "None"
             return f"({mask} / {mask}.sum({dims}, keepdim=True))"
         return None
+
+    def _index_gradient(self, f: str, a: list[N.Expr], ex: PyExpr) -> str:
+        """The gradient of an op that picks elements by index: zeros of the input's shape (only the shape is
+        kept) with the gradient added where the elements came from."""
+        if f == "embedding_backward":  # ATen's: padding_idx -1 for none, a negative one counted from the end
+            grad, indices, weight, padding_idx, scale = a
+            rows = f"{self._shape(weight, ex)}[0]"
+            pad = ex.wrap(padding_idx, PREC["%"] + 1)
+            if isinstance(padding_idx, N.NoneLit):
+                pad = "-1"
+            elif padding_idx.kind != "int" and not isinstance(padding_idx, N.Num):
+                pad = f"(-1 if {ex(padding_idx)} is None else {pad} % {rows})"
+            elif not (isinstance(padding_idx, N.Num) and padding_idx.value >= 0):
+                pad = f"{pad} % {rows}"
+            return f"torch.ops.aten.embedding_backward({ex(grad)}, {ex(indices)}, {rows}, {pad}, {ex(scale)}, False)"
+        grad, inp, dim, index = a
+        zeros = f"{ex.wrap(grad, ATOM)}.new_zeros({self._shape(inp, ex)})"
+        if f == "gather_backward":
+            return f"{zeros}.scatter_add({ex(dim)}, {ex(index)}, {ex(grad)})"
+        if f == "index_select_backward":
+            return f"{zeros}.index_add({ex(dim)}, {ex(index)}, {ex(grad)})"
+        at = _int_literal(dim)  # index_put takes one index per leading dim: None for a whole one
+        rank = inp.items if isinstance(inp, N.ListExpr) else self.tape.shapes.get(getattr(inp, "id", ""))
+        if at is not None and at < 0 and rank is not None:
+            at += len(rank)
+        if at is not None and at >= 0:
+            places = f"[{'None, ' * at}{ex(index)}]"
+        else:
+            places = f"[None] * (len({self._shape(inp, ex)}) + {ex.wrap(dim, PREC['+'] + 1)}) + [{ex(index)}]"
+        return f"torch.ops.aten.index_put({zeros}, {places}, {ex(grad)}, True)"
 
     def _resized(self, a: list[N.Expr], ex: PyExpr) -> str:
         """`resize(g, like, dim, size, length)`: `g` cut or zero-padded along dim from `size` to `length`

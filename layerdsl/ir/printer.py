@@ -75,7 +75,8 @@ def _render(e: N.Expr) -> tuple[str, int]:
         case N.Subscript(value=value, items=items):
             return f"{_wrap(value, ATOM)}[{_items(items)}]", ATOM
         case N.ListExpr(items=items):
-            return f"[{', '.join(spec_text(i) for i in items)}]", ATOM
+            # `[..., h, d]`: reshape's shape may start with `...`
+            return f"[{', '.join(_item(i) for i in items)}]", ATOM
         case N.Spread(value=value):
             return f"*{spec_text(value)}", ATOM
         case N.Indexed(name=name, indices=indices):

@@ -827,7 +827,29 @@ class LayerChecker:
         self.check_optional_uses(expr, None)
         self.check_argument_uses(expr, None)
         self.check_calls(expr, scope)
+        self.check_ellipsis_lists(expr)
         self.infer(expr)
+
+    def check_ellipsis_lists(self, expr: N.Expr) -> None:
+        """`...` in a list is reshape's only (`reshape(x, [..., h, d])`: the input's leading dims), first."""
+        kept = set()
+        for node in walk(expr):
+            if isinstance(node, N.Call) and node.func == "reshape":
+                shape = (
+                    node.args[1]
+                    if len(node.args) > 1
+                    else next((k.value for k in node.kwargs if k.name == "shape"), None)
+                )
+                if isinstance(shape, N.ListExpr) and shape.items and isinstance(shape.items[0], N.EllipsisItem):
+                    kept.add(id(shape.items[0]))
+        for node in walk(expr):
+            for item in node.items if isinstance(node, N.ListExpr) else []:
+                if isinstance(item, N.EllipsisItem) and id(item) not in kept:
+                    self.r.error(
+                        item.span,
+                        "`...` in a list stands only for the kept leading dims of reshape's shape",
+                        "write it first: reshape(x, [..., h, d])",
+                    )
 
     def resolve(self, node: N.Name, scope: Scope, in_forward: bool) -> None:
         name = node.id
@@ -1115,6 +1137,8 @@ class LayerChecker:
         operands = [call.args[i] for i, p in enumerate(op.params[: len(call.args)]) if p.tensor or p.tensors]
         operands += [k.value for k in call.kwargs if (p := op.param(k.name)) is not None and (p.tensor or p.tensors)]
         kinds = [o.kind for o in operands]
+        if not any(p.tensor or p.tensors for p in op.params):  # a tensor made from numbers (arange)
+            return Kind.TENSOR
         if any(k in (Kind.TENSOR, Kind.LIST) for k in kinds):
             if op.tensors_only:
                 for o in operands:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from layerdsl.diagnostics import Reporter
+from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import Kind, Ref
 from layerdsl.ir.printer import spec_text
@@ -305,13 +306,83 @@ class _ShapePass:
                     "conv weights are [out_channels, in_channels / groups, k...]",
                 )
                 return None
+        if op.name == "reshape" and _kept_leading(args.get("shape")):
+            if not self.reshape_kept(call, args, shape_of):
+                return None
+            return self.op_call(call, env)  # now flatten/unflatten
         if op.shape == "reshape" or op.name == "reshape":
             return self.reshape(call, args, shape_of)
+        if op.shape in S.INDEX_RULES or op.name in ("flip", "unflatten"):
+            if not self.check_indexing(call, op, args, shape_of):
+                return None
         return S.op_shape(op, args, shape_of, call.items)
+
+    def reshape_kept(self, call: N.Call, args: dict, shape_of: Callable[[N.Expr], Shape]) -> bool:
+        """`reshape(x, [..., h, d])`: `...` keeps x's leading dims and the sizes listed replace its last
+        dims, the fewest whose product they make; rewritten as `unflatten(flatten(x, -m), -1, [h, d])`
+        (just one of the two where that is all it takes). Which dims those are is decided here, from the
+        static shapes: where they cannot tell, it is an error."""
+        inp, sizes = shape_of(args["input"]), args["shape"].items[1:]
+        product = S.constant(1)
+        for size in sizes:
+            product = S.poly_mul(product, S.poly(size))
+        trailing = [] if inp is None or S.opaque(inp) else list(inp[inp.index(GROUP) + 1 :] if GROUP in inp else inp)
+        kept, running = None, S.constant(1)
+        for m in range(1, len(trailing) + 1):
+            running = S.poly_mul(running, S.text_poly(trailing[-m]))
+            if running == product:
+                kept = m
+                break
+        if kept is None or any(_minus_one(s) for s in sizes) or not sizes:
+            what = (
+                f"{_text(args['input'])} is {show(inp)}"
+                if inp is not None
+                else f"the shape of {_text(args['input'])} is not known here"
+            )
+            self.r.error(
+                call.span,
+                f"{_text(call)}: no last dims multiply to {S.poly_text(product)} ({what})",
+                "`...` keeps the leading dims; the sizes after it replace the last dims they multiply to "
+                "(else write unflatten(x, dim, sizes) or flatten(x, start_dim))",
+            )
+            return False
+        value = args["input"]
+        if kept > 1:
+            value = _call("flatten", [value, B.num(-kept)], call)
+        if len(sizes) > 1 or kept == 1:
+            sizes_list = N.ListExpr(args["shape"].span, list(sizes))
+            sizes_list.kind = Kind.LIST
+            value = _call("unflatten", [value, B.num(-1), sizes_list], call)
+        assert isinstance(value, N.Call)
+        call.func, call.args, call.kwargs = value.func, value.args, value.kwargs
+        return True
+
+    def check_indexing(self, call: N.Call, op, args: dict, shape_of: Callable[[N.Expr], Shape]) -> bool:
+        """The index ops' rules torch enforces at run time, reported here where the shapes tell: integer
+        index tensors, gather's index of the input's rank, index_select's 1-d index, a 2-d embedding
+        weight, flip's list of dims, unflatten's sizes multiplying to the dim they split."""
+        index = args.get("index") if op.name != "one_hot" else args.get("input")
+        index = index if index is not None else (args.get("input") if op.name == "embedding" else None)
+        if index is not None and self.float_tensor(index):
+            self.r.error(
+                index.span,
+                f"{op.name}: the index '{_text(index)}' is a float tensor",
+                "indices are integers: declare it `long[...]` (or `int[...]`)",
+            )
+            return False
+        problem = _index_problem(op, args, shape_of)
+        if problem:
+            self.r.error(call.span, f"{_text(call)}: {problem[0]}", problem[1])
+            return False
+        return True
+
+    def float_tensor(self, e: N.Expr) -> bool:
+        """Whether `e` is an input, parameter or buffer declared float (a computed value: not known)."""
+        return self.declared_dtype(e) in ("float", "double", "half", "bfloat16")
 
     def check_dims(self, call: N.Call, op, args: dict, shape_of: Callable[[N.Expr], Shape]) -> bool:
         """A constant `dim` argument must name a dim of the input; reports it when it cannot."""
-        names = [n for n in ("dim", "dim0", "dim1", "start_dim", "end_dim") if op.param(n) is not None]
+        names = [n for n in ("dim", "dim0", "dim1", "start_dim", "end_dim", "dims") if op.param(n) is not None]
         source = args.get("input")
         if source is None:
             return True
@@ -350,9 +421,9 @@ class _ShapePass:
         the dims it stands for."""
         if shape is None or S.opaque(shape):
             return None
-        for item in items:
-            if isinstance(item, N.Expr) and item.kind == Kind.TENSOR:
-                return None  # advanced indexing
+        tensors = [i for i in items if isinstance(i, N.Expr) and i.kind == Kind.TENSOR]
+        if tensors:
+            return self.tensor_index(e, shape, items, tensors, env)
         ell = next((k for k, i in enumerate(items) if isinstance(i, N.EllipsisItem)), None)
         consuming = [i for i in items if not isinstance(i, (N.EllipsisItem, N.NoneLit))]
         if GROUP not in shape and len(consuming) > len(shape):
@@ -379,6 +450,47 @@ class _ShapePass:
         if tail is None:
             return None
         return tuple(head + middle + tail)
+
+    def tensor_index(
+        self, e: N.Subscript, shape: Shape, items: list[N.SubscriptItem], tensors: list[N.Expr], env: dict
+    ) -> Shape:
+        """Advanced indexing: an index tensor's dims take the place of the dim it indexes; known statically
+        for one integer index tensor with whole dims (`:`, `...`) elsewhere."""
+        for index in tensors:
+            if self.float_tensor(index):
+                self.r.error(
+                    index.span,
+                    f"{_text(e)}: the index '{_text(index)}' is a float tensor",
+                    "index with integers (`long[...]`) or a bool mask",
+                )
+                return None
+        whole = all(
+            isinstance(i, N.EllipsisItem) or (isinstance(i, N.Slice) and i.lower is i.upper is i.step is None)
+            for i in items
+            if not any(i is t for t in tensors)
+        )
+        index = tensors[0]
+        bool_mask = isinstance(index, N.Compare) or self.declared_dtype(index) == "bool"
+        if len(tensors) > 1 or not whole or bool_mask or shape is None or GROUP in shape:
+            return None
+        k = next(j for j, i in enumerate(items) if i is index)
+        ell = next((j for j, i in enumerate(items) if isinstance(i, N.EllipsisItem)), None)
+        dim = k if ell is None or k < ell else k - len(items)
+        n_dims = len(items) - (ell is not None)
+        if n_dims > len(shape):
+            self.r.error(
+                e.span,
+                f"{_text(e)}: {n_dims} indices for {show(shape)}",
+                f"a tensor with {len(shape)} dims takes at most {len(shape)} indices (and `...`, `none`)",
+            )
+            return None
+        shapes = {id(e.value): shape, id(index): self.shape(index, env)}
+        return S.op_shape(OPS["index"], {"input": e.value, "dim": B.num(dim), "index": index}, lambda x: shapes[id(x)])
+
+    def declared_dtype(self, e: N.Expr) -> str | None:
+        fwd = self.layer.forward
+        declared: list[N.Input | N.Tensor] = [*(fwd.inputs if fwd is not None else []), *self.layer.tensors]
+        return next((d.dtype for d in declared if isinstance(e, N.Name) and d.name == e.id), None)
 
     def _consume(self, items: Sequence[N.SubscriptItem], dims: list[str]) -> tuple[list[str] | None, list[str]]:
         out: list[str] = []
@@ -602,3 +714,58 @@ def _numel(shape: Sequence[str]) -> Poly:
 def _text(e: N.Expr) -> str:
     text = spec_text(e)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _index_problem(op, args: dict, shape_of: Callable[[N.Expr], Shape]) -> tuple[str, str] | None:
+    """What is wrong with an index op's operands (message, hint), as far as the static shapes tell."""
+
+    def known(x: N.Expr | None) -> Shape:
+        shape = shape_of(x) if x is not None else None
+        return None if shape is None or S.opaque(shape) or GROUP in shape else shape
+
+    end = args.get("end")
+    if op.name == "arange" and "step" in args and (end is None or isinstance(end, N.NoneLit)):
+        return "a step needs a start and an end", "write arange(0, n, step)"
+    if op.name == "flip" and type(S.literal(op, args, "dims")) is int:
+        return "flip takes a list of dims", f"write flip({_text(args['input'])}, [{S.literal(op, args, 'dims')}])"
+    inp, index = known(args.get("input")), known(args.get("index"))
+    if op.name in ("gather", "scatter", "scatter_add") and inp is not None and index is not None:
+        if len(inp) != len(index):
+            return (
+                f"index is {show(index)} but input is {show(inp)}",
+                f"{op.name}'s index has as many dims as its input (unsqueeze it)",
+            )
+    if op.name == "index_select" and index is not None and len(index) != 1:
+        return f"index is {show(index)}", "index_select takes a 1-d index (flatten it, or use gather)"
+    weight = known(args.get("weight"))
+    if op.name == "embedding" and weight is not None and len(weight) != 2:
+        return f"weight is {show(weight)}", "an embedding weight is [num_embeddings, embedding_dim]"
+    if op.name == "unflatten" and inp is not None and isinstance(args.get("sizes"), N.ListExpr):
+        dim, items = S.literal(op, args, "dim"), args["sizes"].items
+        p = S.position(inp, dim) if type(dim) is int else None
+        if p is not None and not any(_minus_one(i) for i in items):
+            product = S.constant(1)
+            for i in items:
+                product = S.poly_mul(product, S.poly(i))
+            gap = S.as_int(S.poly_add(product, S.text_poly(inp[p]), -1))
+            if gap:  # provably different (`2 * (n // 2)` may be n)
+                return (
+                    f"sizes multiply to {S.poly_text(product)}, not {inp[p]}",
+                    "unflatten splits one dim: its sizes multiply to that dim (one of them may be -1)",
+                )
+    return None
+
+
+def _minus_one(e: N.Expr) -> bool:
+    return isinstance(e, N.UnaryOp) and e.op == "-" and isinstance(e.operand, N.Num) and e.operand.value == 1
+
+
+def _kept_leading(shape: N.Expr | None) -> bool:
+    """Whether reshape's shape starts with `...` (the input's leading dims kept)."""
+    return isinstance(shape, N.ListExpr) and bool(shape.items) and isinstance(shape.items[0], N.EllipsisItem)
+
+
+def _call(func: str, args: list[N.Expr], at: N.Call) -> N.Call:
+    call = N.Call(at.span, func, at.func_span, args, [])
+    call.kind = Kind.TENSOR
+    return call

@@ -518,6 +518,8 @@ def op_shape(
         return conv(shape_of(args["input"]), shape_of(args["weight"]), stride, padding, dilation, int(op.name[4]))
     if op.name in ("slice", "select"):
         return _one_dim_index(op, args, shape_of(args["input"]))
+    if op.shape in INDEX_RULES or op.name == "unflatten":
+        return _indexing(op, args, shape_of)
     if op.name in ("sum_to", "expand_reduced"):
         return shape_of(args["input"])  # the gradient takes its input's shape
     if op.name == "reduced_view":  # a reduction's gradient with the reduced dims back as size 1
@@ -542,11 +544,71 @@ def _one_dim_index(op: Op, args: Mapping[str, N.Expr], shape: Shape) -> Shape:
     return None if size is None else shape[:p] + (size,) + shape[p + 1 :]
 
 
+INDEX_RULES = ("gather", "scatter", "index_select", "one_hot", "arange", "embedding", "index")
+
+
+def _indexing(op: Op, args: Mapping[str, N.Expr], shape_of: Callable[[N.Expr], Shape]) -> Shape:
+    """The ops that pick or place elements by an index tensor, and the ones that make indices."""
+    if op.shape == "arange":
+        return arange(args.get("start"), args.get("end"), args.get("step"))
+    if op.shape == "one_hot":
+        n = args.get("num_classes")
+        inp = shape_of(args["input"])
+        if inp is None or _opaque(inp) or n is None or _value(n) == -1 or n.kind not in ("int", "unknown"):
+            return None  # -1: the largest class index plus one, known only at run time
+        return inp + (dim_text(n),)
+    if op.shape == "embedding":
+        inp, weight = shape_of(args["input"]), shape_of(args["weight"])
+        if inp is None or weight is None or _opaque(inp) or _opaque(weight) or len(weight) != 2:
+            return None
+        return inp + (weight[1],)
+    if op.shape in ("gather", "scatter"):  # gather: index's shape; scatter: input's
+        return shape_of(args["index" if op.shape == "gather" else "input"])
+    dim = _literal(op, args, "dim")
+    inp = shape_of(args["input"])
+    if inp is None or _opaque(inp) or type(dim) is not int:
+        return None
+    p = _position(inp, dim)
+    if p is None:
+        return None
+    if op.name == "unflatten":
+        sizes = args.get("sizes")
+        if not isinstance(sizes, N.ListExpr) or any(_value(i) == -1 for i in sizes.items):
+            return None
+        product = constant(1)
+        for i in sizes.items:
+            product = poly_mul(product, poly(i))
+        if product != text_poly(inp[p]):
+            return None  # `[2, n // 2]` splits n only when n is even: known at run time
+        return inp[:p] + tuple(dim_text(i) for i in sizes.items) + inp[p + 1 :]
+    index = shape_of(args["index"])
+    if index is None or _opaque(index) or GROUP in index:
+        return None
+    return inp[:p] + index + inp[p + 1 :]  # index_select (a 1-d index) and one tensor index at dim
+
+
+def arange(start: N.Expr | None, end: N.Expr | None, step: N.Expr | None) -> Shape:
+    """`arange(n)`: [n]; `arange(a, b)`: [b - a]; another step: known at run time."""
+    if step is not None and not isinstance(step, N.NoneLit) and _value(step) != 1:
+        return None
+    if start is None or any(e is not None and e.kind not in ("int", "unknown") for e in (start, end)):
+        return None
+    if end is None or isinstance(end, N.NoneLit):
+        return (dim_text(start),)
+    return (poly_text(poly_add(poly(end), poly(start), -1)),)
+
+
 def slice_size(lower: N.Expr | None, upper: N.Expr | None, step: N.Expr | None, dim: Dim) -> Dim | None:
     """The size of `[lower:upper:step]` over a dim of size `dim`: None when the step is not 1 or a bound
     may pass the end (then the size is known only at run time)."""
     if step is not None and not isinstance(step, N.NoneLit) and not (isinstance(step, N.Num) and step.value == 1):
-        return None
+        whole = all(b is None or isinstance(b, N.NoneLit) for b in (lower, upper))
+        if not (whole and isinstance(step, N.Num) and type(step.value) is int and step.value > 1):
+            return None
+        last = poly_add(text_poly(dim), constant(-1))  # `[::s]` keeps (dim - 1) // s + 1 elements
+        known = as_int(last)
+        quotient = constant(known // step.value) if known is not None else atom(f"{_operand(last)} // {step.value}")
+        return poly_text(poly_add(quotient, constant(1)))
     size = text_poly(dim)
 
     def bound(e: N.Expr | None, default: Poly) -> Poly | None:

@@ -400,7 +400,43 @@ class IRBuilder(Transformer):
 
     def subscript(self, meta, items):
         value, subs = items
+        flips = [k for k, i in enumerate(subs) if isinstance(i, N.Slice) and _negative(i.step)]
+        if flips:
+            return self._reversed(_span(meta), value, subs, flips)
         return N.Subscript(_span(meta), value, subs)
+
+    def _reversed(self, span: Span, value: N.Expr, subs: list, flips: list[int]) -> N.Expr:
+        """`x[::-1]` is `flip(x, [0])` (torch slices take positive steps only) and `x[i, ::-2]` is
+        `flip(x, [1])[i, ::2]`: the dims are reversed first, then indexed with the steps made positive."""
+        ell = next((k for k, i in enumerate(subs) if isinstance(i, N.EllipsisItem)), len(subs))
+        dims: list[N.Expr] = []
+        for k in flips:
+            item = subs[k]
+            if item.lower is not None or item.upper is not None:
+                self.r.error(
+                    item.span,
+                    "a negative step is written without bounds here",
+                    "slice first, then reverse: x[a:b][::-1], or flip(x[a:b], [dim])",
+                )
+            consumed = [i for i in (subs[:k] if k < ell else subs[k + 1 :]) if not isinstance(i, N.NoneLit)]
+            dims.append(
+                N.Num(item.span, len(consumed), str(len(consumed)))
+                if k < ell
+                else _negative_num(item.span, len(consumed) + 1)
+            )
+            step = (
+                item.step.operand
+                if isinstance(item.step, N.UnaryOp)
+                else N.Num(item.step.span, -item.step.value, str(-item.step.value))
+            )
+            subs[k] = N.Slice(item.span, None, None, None if _is_one(step) else step)
+        flipped = N.Call(span, "flip", span, [value, N.ListExpr(span, dims)], [])
+        if all(
+            isinstance(i, N.EllipsisItem) or (isinstance(i, N.Slice) and i.lower is i.upper is i.step is None)
+            for i in subs
+        ):
+            return flipped
+        return N.Subscript(span, flipped, subs)
 
     def subscripts(self, meta, items):
         return [self._ellipsis(i) for i in items if i is not None]
@@ -473,7 +509,7 @@ class IRBuilder(Transformer):
         return N.Spread(_span(meta), N.Name(_tspan(tok), str(tok)))
 
     def list(self, meta, items):
-        return N.ListExpr(_span(meta), [i for i in items if i is not None])
+        return N.ListExpr(_span(meta), [self._ellipsis(i) for i in items if i is not None])  # `...`: reshape's
 
     def callargs(self, meta, items):
         args, kwargs = [], []
@@ -513,3 +549,21 @@ class AttrChain(N.Expr):
         self.dotted = dotted
 
     __match_args__ = ("span", "dotted")
+
+
+def _negative(step: N.Expr | None) -> bool:
+    """A step written as a negative number (`-1`, `-2`)."""
+    match step:
+        case N.UnaryOp(op="-", operand=N.Num(value=v)):
+            return v > 0
+        case N.Num(value=v):
+            return v < 0
+    return False
+
+
+def _negative_num(span: Span, value: int) -> N.Expr:
+    return N.UnaryOp(span, "-", N.Num(span, value, str(value)))
+
+
+def _is_one(e: N.Expr) -> bool:
+    return isinstance(e, N.Num) and e.value == 1
