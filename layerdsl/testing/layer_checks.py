@@ -175,24 +175,31 @@ def shape_of(shape: N.Shape | None, env: dict, lead: tuple[int, ...]) -> tuple[i
     return tuple(out)
 
 
-def inputs(case: Case, dtype=None, device="cpu", seed: int = 1, requires_grad=False) -> list[torch.Tensor]:
+def inputs(case: Case, dtype=None, device="cpu", seed: int = 1, requires_grad=False) -> list:
+    """A value for each input: optional ones given (the checks run the path that uses them), a tuple input
+    as a tuple of tensors."""
     env = {**case.args(), **case.dims()}
     lead = case.lead()
     dtype = dtype or case.dtype
     ex = case.example()
     gen = torch.Generator().manual_seed(seed)
-    tensors = []
+    values: list = []
     for inp in case.forward.inputs:
-        shape = shape_of(inp.shape, env, lead)
-        if inp.dtype == "bool":
-            t = torch.rand(shape, generator=gen) > 0.5
-        elif inp.dtype in ("long", "int"):
-            t = torch.randint(0, 3, shape, generator=gen, dtype=torch.long if inp.dtype == "long" else torch.int)
-        else:
-            t = _sample(ex.get(inp.name), shape, gen).to(dtype)
-            t.requires_grad_(requires_grad)
-        tensors.append(t.to(device) if not t.requires_grad else t.detach().to(device).requires_grad_(True))
-    return tensors
+        parts = [_input(p, env, lead, dtype, ex, gen, device, requires_grad) for p in inp.parts or [inp]]
+        values.append(tuple(parts) if inp.parts else parts[0])
+    return values
+
+
+def _input(inp: N.Input, env: dict, lead, dtype, ex: dict, gen, device: str, requires_grad: bool) -> torch.Tensor:
+    shape = shape_of(inp.shape, env, lead)
+    if inp.dtype == "bool":
+        t = torch.rand(shape, generator=gen) > 0.5
+    elif inp.dtype in ("long", "int"):
+        t = torch.randint(0, 3, shape, generator=gen, dtype=torch.long if inp.dtype == "long" else torch.int)
+    else:
+        t = _sample(ex.get(inp.name), shape, gen).to(dtype)
+        t.requires_grad_(requires_grad)
+    return t.to(device) if not t.requires_grad else t.detach().to(device).requires_grad_(True)
 
 
 def _sample(dist: N.Expr | None, shape, gen) -> torch.Tensor:

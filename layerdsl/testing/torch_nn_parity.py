@@ -189,21 +189,36 @@ def _forward_problem(layer: N.Layer, fwd) -> str | None:
     bound, problem = _bind(list(inputs), fwd.args, fwd.kwargs, "inputs")
     if problem:
         return problem
-    missing = [n for n in inputs if n not in bound]
+    missing = [n for n, i in inputs.items() if n not in bound and not i.optional]
     if missing:
         return f"no value for input `{missing[0]}`"
     for name, value in bound.items():
-        if not isinstance(value, torch.Tensor):
-            return f"input `{name}` is {_value_kind(value)}"
         declared = inputs[name]
-        if declared.dtype == "float" and not value.is_floating_point():
-            return f"input `{name}` is {value.dtype}, the spec declares a float input"
-        if declared.shape is not None:
-            rank = len(declared.shape.dims)
-            if declared.shape.has_ellipsis and value.dim() < rank - 1:
-                return f"input `{name}` has {value.dim()} dims, the spec needs at least {rank - 1}"
-            if not declared.shape.has_ellipsis and value.dim() != rank:
-                return f"input `{name}` has {value.dim()} dims, the spec declares {rank}"
+        if value is None and declared.optional:
+            continue
+        if declared.parts and isinstance(value, (tuple, list)) and len(value) == len(declared.parts):
+            problems = (_tensor_problem(f"{name}[{k}]", v, p) for k, (v, p) in enumerate(zip(value, declared.parts)))
+            problem = next((p for p in problems if p), None)
+        elif declared.parts:
+            problem = f"input `{name}` is {_value_kind(value)}, the spec declares a tuple of {len(declared.parts)}"
+        else:
+            problem = _tensor_problem(name, value, declared)
+        if problem:
+            return problem
+    return None
+
+
+def _tensor_problem(name: str, value, declared: N.Input) -> str | None:
+    if not isinstance(value, torch.Tensor):
+        return f"input `{name}` is {_value_kind(value)}"
+    if declared.dtype == "float" and not value.is_floating_point():
+        return f"input `{name}` is {value.dtype}, the spec declares a float input"
+    if declared.shape is not None:
+        rank = len(declared.shape.dims)
+        if declared.shape.has_ellipsis and value.dim() < rank - 1:
+            return f"input `{name}` has {value.dim()} dims, the spec needs at least {rank - 1}"
+        if not declared.shape.has_ellipsis and value.dim() != rank:
+            return f"input `{name}` has {value.dim()} dims, the spec declares {rank}"
     return None
 
 
