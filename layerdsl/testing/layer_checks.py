@@ -249,13 +249,25 @@ def check_shapes(case: Case, package: str, device: str = "cpu") -> str:
     return f"{got}"
 
 
-def _gradcheck_fn(module, names):
+def _gradcheck_fn(module, names, xs: list):
+    """The module as a function of flat tensors: the inputs (a tuple input's tensors one by one), then
+    the parameters `names`."""
+    sizes = [len(x) if isinstance(x, tuple) else None for x in xs]
+
     def fn(*args):
-        n_in = len(args) - len(names)
-        params = dict(zip(names, args[n_in:]))
-        return torch.func.functional_call(module, params, args[:n_in])
+        flat, at = args[: len(args) - len(names)], 0
+        params = dict(zip(names, args[len(flat) :]))
+        inputs = []
+        for size in sizes:
+            inputs.append(flat[at] if size is None else tuple(flat[at : at + size]))
+            at += 1 if size is None else size
+        return torch.func.functional_call(module, params, tuple(inputs))
 
     return fn
+
+
+def _flat(xs: list) -> list[torch.Tensor]:
+    return [t for x in xs for t in (x if isinstance(x, tuple) else (x,))]
 
 
 def _needs_float64(case: Case) -> None:
@@ -274,8 +286,8 @@ def check_gradcheck(case: Case, package: str, device: str = "cpu") -> str:
         m.eval()
     params = dict(m.named_parameters())
     xs = inputs(case, device=device, requires_grad=True)
-    fn = _gradcheck_fn(m, list(params))
-    args = (*xs, *(p.detach().requires_grad_(True) for p in params.values()))
+    fn = _gradcheck_fn(m, list(params), xs)
+    args = (*_flat(xs), *(p.detach().requires_grad_(True) for p in params.values()))
     if not any(a.requires_grad for a in args):
         raise Skip("nothing to differentiate")
     n = sum(a.numel() for a in args if a.requires_grad)
@@ -295,8 +307,8 @@ def check_gradgradcheck(case: Case, package: str, device: str = "cpu") -> str:
     m = build(case, package, device=device)
     params = dict(m.named_parameters())
     xs = inputs(case, device=device, requires_grad=True)
-    fn = _gradcheck_fn(m, list(params))
-    args = (*xs, *(p.detach().requires_grad_(True) for p in params.values()))
+    fn = _gradcheck_fn(m, list(params), xs)
+    args = (*_flat(xs), *(p.detach().requires_grad_(True) for p in params.values()))
     _gradcheck(torch.autograd.gradgradcheck, fn, args)
     return "ok"
 

@@ -53,9 +53,6 @@ NOT_WRITTEN: dict[str, str] = {
     "RMSNorm": "specs/rms_norm.layer (the tutorial's RMSNorm) holds the name, and the layers of one run share one"
     " namespace; written like LayerNorm it is `rms_norm(input, normalized_shape, weight, eps)` with `eps: float?`",
     "Threshold": "its argument `threshold` is also the name of its functional form (generated names clash)",
-    "RNNCell": "takes an optional hidden state (optional forward inputs)",
-    "GRUCell": "takes an optional hidden state (optional forward inputs)",
-    "LSTMCell": "takes an optional tuple hidden state (optional and tuple forward inputs)",
     "RNN": "needs loops over layers and time, lists of parameters and optional inputs",
     "GRU": "needs loops over layers and time, lists of parameters and optional inputs",
     "LSTM": "needs loops over layers and time, lists of parameters and optional tuple inputs",
