@@ -195,8 +195,9 @@ def _inside(span: N.Span, outer: N.Span) -> bool:
     return (outer.line, outer.col) <= (span.line, span.col) < (outer.end_line, outer.end_col)
 
 
-def name_problem(name: str) -> tuple[str, str | None] | None:
-    """Why `name` cannot name something in a spec, with a hint; None when it can."""
+def name_problem(name: str, arg: bool = False) -> tuple[str, str | None] | None:
+    """Why `name` cannot name something in a spec, with a hint; None when it can. An argument (`arg`) may
+    share an operation's name, as torch's `dropout` does: a call is the operation, a name the argument."""
     if name in RESERVED:
         return f"'{name}' is a reserved word", "choose another name"
     if name in ("True", "False", "None"):
@@ -207,7 +208,7 @@ def name_problem(name: str) -> tuple[str, str | None] | None:
         return f"'{name}' is a Python keyword and cannot be a name", "choose another name"
     if name in FORBIDDEN:
         return f"'{name}' is used by the generated code and cannot be a name", "choose another name"
-    if name in CALLABLE or name in OPS:
+    if (name in CALLABLE or name in OPS) and not (arg and name in OPS):
         return f"'{name}' is a built-in operation and cannot be a name", "choose another name"
     if name in ARG_TYPES:
         return f"'{name}' is a type and cannot be a name", "choose another name"
@@ -246,7 +247,7 @@ class LayerChecker:
         layer.symbolic_dims = list(self.dims)
 
     def check_name(self, name: str, span: N.Span, what: str) -> bool:
-        problem = name_problem(name) or self.generated_name_problem(name, what)
+        problem = name_problem(name, arg=what == Ref.ARG) or self.generated_name_problem(name, what)
         if problem:
             self.r.error(span, problem[0], problem[1])
             return False
@@ -1186,7 +1187,7 @@ class LayerChecker:
                 self.check_example_value(ex.name, value, ex.name in inputs)
         first = {name for group, name in seen if group == 0}
         for a in self.layer.args:
-            refused = name_problem(a.name) or self.generated_name_problem(a.name, "arg")  # reported already
+            refused = name_problem(a.name, arg=True) or self.generated_name_problem(a.name, "arg")  # reported already
             if a.default is None and a.name not in first | suggested and refused is None:
                 self.r.error(
                     self.layer.span,

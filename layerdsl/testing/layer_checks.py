@@ -176,15 +176,15 @@ def shape_of(shape: N.Shape | None, env: dict, lead: tuple[int, ...]) -> tuple[i
 
 
 def inputs(case: Case, dtype=None, device="cpu", seed: int = 1, requires_grad=False) -> list:
-    """A value for each input: optional ones given (the checks run the path that uses them), a tuple input
-    as a tuple of tensors."""
+    """A value for each required input, a tuple input as a tuple of tensors. Optional inputs are left out:
+    random values are no masks or states (a mask may hide every key); the parity samples give them."""
     env = {**case.args(), **case.dims()}
     lead = case.lead()
     dtype = dtype or case.dtype
     ex = case.example()
     gen = torch.Generator().manual_seed(seed)
     values: list = []
-    for inp in case.forward.inputs:
+    for inp in [i for i in case.forward.inputs if not i.optional]:
         parts = [_input(p, env, lead, dtype, ex, gen, device, requires_grad) for p in inp.parts or [inp]]
         values.append(tuple(parts) if inp.parts else parts[0])
     return values

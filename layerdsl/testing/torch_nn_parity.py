@@ -57,8 +57,6 @@ NOT_WRITTEN: dict[str, str] = {
     "GRU": "needs loops over layers and time, lists of parameters and optional inputs",
     "LSTM": "needs loops over layers and time, lists of parameters and optional tuple inputs",
     "MultiheadAttention": "needs optional mask inputs, tuple outputs and None-able arguments",
-    "TransformerEncoderLayer": "needs optional mask inputs and a callable activation argument",
-    "TransformerDecoderLayer": "needs optional mask inputs and a callable activation argument",
     "TransformerEncoder": "takes a layer instance as an argument and repeats it (needs lists of subs)",
     "Transformer": "needs lists of sub layers, optional mask inputs and a callable activation",
 }
