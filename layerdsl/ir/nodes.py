@@ -187,6 +187,13 @@ class Subscript(Expr):
 
 
 @dataclass(eq=False)
+class Rank(Expr):
+    """`x.ndim`: the number of dims of a tensor, an int known at run time (`if x.ndim == 2 { ... }`)."""
+
+    value: Name
+
+
+@dataclass(eq=False)
 class ListExpr(Expr):
     items: list[Expr]
 

@@ -1061,6 +1061,15 @@ class LayerChecker:
                 expr.kind = Kind.TENSOR if v.kind == Kind.TENSOR else v.kind
             case N.ListExpr():
                 expr.kind = Kind.LIST
+            case N.Rank(value=v):
+                if v.kind not in (Kind.TENSOR, Kind.UNKNOWN) or v.ref in (Ref.SUB, Ref.UNKNOWN):
+                    if v.ref != Ref.UNKNOWN:
+                        self.r.error(
+                            v.span,
+                            f"'.ndim' is the number of dims of a tensor; '{v.id}' is {_a(v.kind)}",
+                            "write `x.ndim` of an input, a parameter, a buffer or a local tensor",
+                        )
+                expr.kind = Kind.INT
             case N.Indexed() | N.Reduce():
                 expr.kind = Kind.TENSOR
         return expr.kind

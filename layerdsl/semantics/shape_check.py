@@ -95,6 +95,7 @@ class _ShapePass:
         self.proven: set[int] = set()  # outputs some return proved
         self.open: set[int] = set()  # outputs some return left unproven
         self.tuples: dict[str, list[Shape]] = {}  # each tuple input's declared shapes
+        self.no_group = False  # inside an `if x.ndim == k` that proves the `...` group empty
 
     # ------------------------------------------------------------ statements
 
@@ -121,16 +122,25 @@ class _ShapePass:
                     self.result.bindings.append(Binding(stmt.target_span, stmt.target, env[stmt.target]))
                 case N.Update(target=target, value=value):
                     self.update(stmt, env.get(target), self.shape(value, env))
-                case N.If(body=then, orelse=orelse):
-                    self.branches(then, orelse, env, bound)
+                case N.If(cond=cond, body=then, orelse=orelse):
+                    self.branches(then, orelse, env, bound, _empties_group(cond, env))
                 case N.Return(values=values):
                     self.returns(values, env)
         return bound
 
-    def branches(self, then: list[N.Stmt], orelse: list[N.Stmt], env: dict[str, Shape], bound: dict) -> None:
-        """Both branches of an `if`; a name both bind must get one shape."""
+    def branches(
+        self, then: list[N.Stmt], orelse: list[N.Stmt], env: dict[str, Shape], bound: dict, no_group: bool = False
+    ) -> None:
+        """Both branches of an `if`; a name both bind must get one shape. Under `if x.ndim == 2` where x is
+        `[..., L, n]`, the `...` group is empty: the branch's shapes and declared outputs lose it."""
         env_then, env_else = dict(env), dict(env)
-        bound_then, bound_else = self.block(then, env_then), self.block(orelse, env_else)
+        outer = self.no_group
+        if no_group:
+            env_then = {k: _without_group(v) for k, v in env_then.items()}
+            self.no_group = True
+        bound_then = self.block(then, env_then)
+        self.no_group = outer
+        bound_else = self.block(orelse, env_else)
         for name in bound_then.keys() | bound_else.keys():
             a, b = env_then.get(name), env_else.get(name)
             if name in bound_then and name in bound_else and a is not None and b is not None and a != b:
@@ -150,6 +160,7 @@ class _ShapePass:
             if outputs is None or k >= len(outputs) or value.kind not in (Kind.TENSOR, Kind.UNKNOWN):
                 continue
             declared = S.declared_shape(outputs[k], "", self.lets)
+            declared = _without_group(declared) if self.no_group else declared
             verdict = _compare(got, declared)
             if verdict is True:
                 self.proven.add(k)
@@ -578,6 +589,20 @@ def _int_kwarg(kwargs: dict, name: str, args: list, pos: int, default: int | Non
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _empties_group(cond: N.Expr, env: dict[str, Shape]) -> bool:
+    """Whether `cond` is `x.ndim == k` for an `x` declared with `...` and k other dims (so `...` is empty)."""
+    if not isinstance(cond, N.Compare) or cond.ops != ["=="]:
+        return False
+    ranks = [o for o in cond.operands if isinstance(o, N.Rank)]
+    counts = [o.value for o in cond.operands if isinstance(o, N.Num)]
+    shape = env.get(ranks[0].value.id) if ranks else None
+    return bool(shape and counts and GROUP in shape and len(shape) - 1 == counts[0])
+
+
+def _without_group(shape):
+    return tuple(d for d in shape if d != GROUP) if shape is not None and GROUP in shape else shape
 
 
 def _compare(got: Shape, declared: tuple[str, ...]) -> bool | None:

@@ -429,6 +429,8 @@ class IRBuilder(Transformer):
     def attr(self, meta, items):
         value, name = items
         match value:
+            case N.Name(id=base) if name == "ndim" and base not in ("nn", "torch", "math", "F", "np", "numpy"):
+                return N.Rank(_span(meta), value)  # a tensor's number of dims: rank branching
             case N.Name(id=base):
                 return AttrChain(_span(meta), f"{base}.{name}")
             case AttrChain(dotted=base):
