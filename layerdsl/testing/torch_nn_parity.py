@@ -56,7 +56,9 @@ NOT_WRITTEN: dict[str, str] = {
     "RNN": "needs loops over layers and time, lists of parameters and optional inputs",
     "GRU": "needs loops over layers and time, lists of parameters and optional inputs",
     "LSTM": "needs loops over layers and time, lists of parameters and optional tuple inputs",
-    "MultiheadAttention": "needs optional mask inputs, tuple outputs and None-able arguments",
+    "MultiheadAttention": "its reset re-initialises a member of its sub (`out_proj.bias` zeroed after Linear drew"
+    " it), which a spec cannot say; add_bias_kv and add_zero_attn also need expand and zeros ops"
+    " (TransformerEncoderLayer/DecoderLayer use torch's as a sub)",
     "TransformerEncoder": "takes a layer instance as an argument and repeats it (needs lists of subs)",
     "Transformer": "needs lists of sub layers, optional mask inputs and a callable activation",
 }
