@@ -1,6 +1,7 @@
 """Optional forward inputs (`mask: bool[B, T]? = none`) and tuple inputs (`hx: ([B, n], [B, n])? = none`):
 the generated signature, the paths with and without the input, a `+` skipped when it is none, unpacking,
-a sub called with and without its optional input, and the run-time checks of a given optional input."""
+a sub called with and without its optional input and with a tuple built in place (`cell(x, (h, c))`), and
+the run-time checks of a given optional input."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ layer TwoSteps(n: int) {
     forward(x: [B, n], hx: ([B, n], [B, n])) -> [B, n] {
         h0, c0 = cell(x)
         h, c = cell(x, hx)
-        return h + c + h0
+        h2, c2 = cell(x, (h, c0))
+        return h + c + h0 + h2
     }
 }
 """
@@ -104,4 +106,5 @@ def test_tuple_input_is_unpacked_and_a_sub_takes_it_or_not(ns):
     torch.testing.assert_close(c1, c0 + x)
     steps = ns["TwoSteps"](4, dtype=torch.float64)
     steps.cell.load_state_dict(cell.state_dict())
-    torch.testing.assert_close(steps(x, (h0, c0)), h1 + c1 + h0)
+    h2, _ = cell(x, (h1, c0))
+    torch.testing.assert_close(steps(x, (h0, c0)), h1 + c1 + h0 + h2)

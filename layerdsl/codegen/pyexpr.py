@@ -111,6 +111,8 @@ class PyExpr:
                 return f"{self.wrap(v, PREC['atom'])}[{', '.join(self.item(i) for i in items)}]", PREC["atom"]
             case N.ListExpr(items=items):
                 return f"[{', '.join(self(i) for i in items)}]", PREC["atom"]
+            case N.TupleExpr(items=items):
+                return f"({', '.join(self(i) for i in items)}{',' if len(items) == 1 else ''})", PREC["atom"]
             case N.Rank(value=v):
                 return f"{self.wrap(v, PREC['atom'])}.dim()", PREC["atom"]
         raise TypeError(f"cannot render {type(e).__name__}")

@@ -187,6 +187,13 @@ class Subscript(Expr):
 
 
 @dataclass(eq=False)
+class TupleExpr(Expr):
+    """`(h, c)`: tensors passed together to a sub's tuple input."""
+
+    items: list[Expr]
+
+
+@dataclass(eq=False)
 class Rank(Expr):
     """`x.ndim`: the number of dims of a tensor, an int known at run time (`if x.ndim == 2 { ... }`)."""
 

@@ -76,6 +76,8 @@ def _render(e: N.Expr) -> tuple[str, int]:
             return f"{_wrap(value, ATOM)}[{_items(items)}]", ATOM
         case N.ListExpr(items=items):
             return f"[{', '.join(spec_text(i) for i in items)}]", ATOM
+        case N.TupleExpr(items=items):
+            return f"({', '.join(spec_text(i) for i in items)}{',' if len(items) == 1 else ''})", ATOM
         case N.Rank(value=value):
             return f"{value.id}.ndim", ATOM
         case N.Indexed(name=name, indices=indices):

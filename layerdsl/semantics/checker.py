@@ -709,7 +709,7 @@ class LayerChecker:
                     self.r.error(stmt.span, "backward gives gradients with `grad NAME = ...`, not return")
                 for v in values:
                     self.check_expr(v, scope, in_forward)
-                    if v.kind not in (Kind.TENSOR, Kind.UNKNOWN):
+                    if v.kind not in (Kind.TENSOR, Kind.UNKNOWN, Kind.TUPLE):  # a tuple: reported where it is
                         self.r.error(v.span, f"forward returns tensors; this is {_a(v.kind)}")
                 outputs = self.layer.forward.outputs if self.layer.forward is not None else None
                 if outputs is not None and len(outputs) != len(values):
@@ -893,6 +893,10 @@ class LayerChecker:
         if isinstance(expr, N.Name) and expr.ref == Ref.INPUT:
             self.check_input_use(expr, parent)
             return
+        if isinstance(expr, N.TupleExpr) and not (isinstance(parent, N.Call) and parent.func not in CALLABLE):
+            self.r.error(
+                expr.span, "a tuple of tensors is only passed to a sub", "e.g. a state: `h, c = cell(x, (h, c))`"
+            )
         if isinstance(expr, N.Name) and expr.ref == Ref.ARG:
             passed = isinstance(parent, N.Call) and (parent.func not in CALLABLE or takes_none(parent, expr))
             if expr.id in self.maybe_none and expr.id not in self.not_none and not passed:
@@ -1061,6 +1065,8 @@ class LayerChecker:
                 expr.kind = Kind.TENSOR if v.kind == Kind.TENSOR else v.kind
             case N.ListExpr():
                 expr.kind = Kind.LIST
+            case N.TupleExpr():
+                expr.kind = Kind.TUPLE
             case N.Rank(value=v):
                 if v.kind not in (Kind.TENSOR, Kind.UNKNOWN) or v.ref in (Ref.SUB, Ref.UNKNOWN):
                     if v.ref != Ref.UNKNOWN:

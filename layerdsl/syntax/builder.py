@@ -486,6 +486,9 @@ class IRBuilder(Transformer):
     def none(self, meta, items):
         return N.NoneLit(_span(meta))
 
+    def tuple(self, meta, items):
+        return N.TupleExpr(_span(meta), [i for i in items if i is not None])
+
     def list(self, meta, items):
         return N.ListExpr(_span(meta), [i for i in items if i is not None])
 
