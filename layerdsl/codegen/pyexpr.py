@@ -116,6 +116,10 @@ class PyExpr:
                 return f"[{', '.join(self(i) for i in items)}]", PREC["atom"]
             case N.Spread(value=value):
                 return f"*{self(value)}", PREC["atom"]
+            case N.TupleExpr(items=items):
+                return f"({', '.join(self(i) for i in items)}{',' if len(items) == 1 else ''})", PREC["atom"]
+            case N.Rank(value=v):
+                return f"{self.wrap(v, PREC['atom'])}.dim()", PREC["atom"]
         raise TypeError(f"cannot render {type(e).__name__}")
 
     def wrap(self, e, min_prec: int) -> str:

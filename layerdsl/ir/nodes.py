@@ -37,6 +37,7 @@ class Kind(_Word):
     STR = "str"
     NONE = "none"
     LIST = "list"
+    TUPLE = "tuple"  # a tuple input (`hx: ([B, H], [B, H])`): unpacked with `h, c = hx`
     SUB = "sub"  # the kind the checker gives a sub's name (it can only be called)
     OBJECT = "object"  # an `object` argument: an opaque Python value, only passed on to an operation
 
@@ -188,6 +189,20 @@ class Subscript(Expr):
 
 
 @dataclass(eq=False)
+class TupleExpr(Expr):
+    """`(h, c)`: tensors passed together to a sub's tuple input."""
+
+    items: list[Expr]
+
+
+@dataclass(eq=False)
+class Rank(Expr):
+    """`x.ndim`: the number of dims of a tensor, an int known at run time (`if x.ndim == 2 { ... }`)."""
+
+    value: Name
+
+
+@dataclass(eq=False)
 class ListExpr(Expr):
     items: list[Expr]
 
@@ -236,6 +251,14 @@ class IndexAssign(Stmt):
     target: str
     target_span: Span
     indices: list[Name]
+    value: Expr
+
+
+@dataclass(eq=False)
+class Unpack(Stmt):
+    """`h, c = hx`: a tuple input, or a call of a sub that returns several tensors, one name each."""
+
+    targets: list[tuple[str, Span]]
     value: Expr
 
 
@@ -377,6 +400,11 @@ class Input(Node):
     span: Span
     dtype: str
     shape: Shape | None
+    # `mask: bool[B, T]? = none`: the input may be left out (None in Python); the checker proves it present
+    # (`if mask != none { ... }`) before most uses.
+    optional: bool = False
+    # `hx: ([B, H], [B, H])`: a tuple of tensors (then `dtype` and `shape` are the first one's).
+    parts: list[Input] | None = None
 
 
 @dataclass(eq=False)

@@ -79,6 +79,10 @@ def _render(e: N.Expr) -> tuple[str, int]:
             return f"[{', '.join(_item(i) for i in items)}]", ATOM
         case N.Spread(value=value):
             return f"*{spec_text(value)}", ATOM
+        case N.TupleExpr(items=items):
+            return f"({', '.join(spec_text(i) for i in items)}{',' if len(items) == 1 else ''})", ATOM
+        case N.Rank(value=value):
+            return f"{value.id}.ndim", ATOM
         case N.Indexed(name=name, indices=indices):
             return f"{name.id}[{', '.join(i.id for i in indices)}]", ATOM
         case N.Reduce(op=op, indices=indices, body=body):

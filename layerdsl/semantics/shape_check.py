@@ -53,9 +53,12 @@ def check_layer_shapes(layer: N.Layer, layers: dict[str, N.Layer], reporter: Rep
     for let in layer.lets:
         if let.value.kind == Kind.INT:
             lets[let.name] = S.poly(let.value, lets)
-    env: dict[str, Shape] = {i.name: S.declared_shape(i.shape, i.name, lets) for i in fwd.inputs}
+    env: dict[str, Shape] = {i.name: S.declared_shape(i.shape, i.name, lets) for i in fwd.inputs if not i.parts}
     env.update({t.name: S.declared_shape(t.shape, t.name, lets) for t in layer.tensors})
     pass_ = _ShapePass(layer, layers, reporter or Reporter(layer.path, ""), result, lets)
+    for i in fwd.inputs:
+        if i.parts:  # a tuple input: the shapes `h, c = hx` gives its names
+            pass_.tuples[i.name] = [S.declared_shape(p.shape, p.name, lets) for p in i.parts]
     pass_.block(fwd.body, env)
     if fwd.outputs is not None:
         result.unproven |= {k for k in range(len(fwd.outputs)) if k not in pass_.proven or k in pass_.open}
@@ -92,6 +95,8 @@ class _ShapePass:
         self.subs = {s.name: s.call for s in layer.subs}
         self.proven: set[int] = set()  # outputs some return proved
         self.open: set[int] = set()  # outputs some return left unproven
+        self.tuples: dict[str, list[Shape]] = {}  # each tuple input's declared shapes
+        self.no_group = False  # inside an `if x.ndim == k` that proves the `...` group empty
 
     # ------------------------------------------------------------ statements
 
@@ -104,22 +109,39 @@ class _ShapePass:
                     env[target] = self.shape(value, env)
                     bound[target] = stmt.target_span
                     self.result.bindings.append(Binding(stmt.target_span, target, env[target]))
+                case N.Unpack(targets=targets, value=value):
+                    shapes = self.tuples.get(value.id, []) if isinstance(value, N.Name) else []
+                    if isinstance(value, N.Call):
+                        self.shape(value, env)  # the sub's inputs are checked; its outputs are not known here
+                    for k, (target, span) in enumerate(targets):
+                        env[target] = shapes[k] if k < len(shapes) else None
+                        bound[target] = span
+                        self.result.bindings.append(Binding(span, target, env[target]))
                 case N.IndexAssign():
                     env[stmt.target] = self.index_assign(stmt, env)
                     bound[stmt.target] = stmt.target_span
                     self.result.bindings.append(Binding(stmt.target_span, stmt.target, env[stmt.target]))
                 case N.Update(target=target, value=value):
                     self.update(stmt, env.get(target), self.shape(value, env))
-                case N.If(body=then, orelse=orelse):
-                    self.branches(then, orelse, env, bound)
+                case N.If(cond=cond, body=then, orelse=orelse):
+                    self.branches(then, orelse, env, bound, _empties_group(cond, env))
                 case N.Return(values=values):
                     self.returns(values, env)
         return bound
 
-    def branches(self, then: list[N.Stmt], orelse: list[N.Stmt], env: dict[str, Shape], bound: dict) -> None:
-        """Both branches of an `if`; a name both bind must get one shape."""
+    def branches(
+        self, then: list[N.Stmt], orelse: list[N.Stmt], env: dict[str, Shape], bound: dict, no_group: bool = False
+    ) -> None:
+        """Both branches of an `if`; a name both bind must get one shape. Under `if x.ndim == 2` where x is
+        `[..., L, n]`, the `...` group is empty: the branch's shapes and declared outputs lose it."""
         env_then, env_else = dict(env), dict(env)
-        bound_then, bound_else = self.block(then, env_then), self.block(orelse, env_else)
+        outer = self.no_group
+        if no_group:
+            env_then = {k: _without_group(v) for k, v in env_then.items()}
+            self.no_group = True
+        bound_then = self.block(then, env_then)
+        self.no_group = outer
+        bound_else = self.block(orelse, env_else)
         for name in bound_then.keys() | bound_else.keys():
             a, b = env_then.get(name), env_else.get(name)
             if name in bound_then and name in bound_else and a is not None and b is not None and a != b:
@@ -139,6 +161,7 @@ class _ShapePass:
             if outputs is None or k >= len(outputs) or value.kind not in (Kind.TENSOR, Kind.UNKNOWN):
                 continue
             declared = S.declared_shape(outputs[k], "", self.lets)
+            declared = _without_group(declared) if self.no_group else declared
             verdict = _compare(got, declared)
             if verdict is True:
                 self.proven.add(k)
@@ -199,6 +222,8 @@ class _ShapePass:
         if e.kind in (Kind.INT, Kind.FLOAT, Kind.BOOL):
             return ()
         match e:
+            case N.Name() if e.kind == Kind.TUPLE:
+                return None  # a tuple input passed to a sub: its tensors are checked where they are unpacked
             case N.Name(id=name) if e.kind == Kind.TENSOR or name in env:
                 return env.get(name)
             case N.Name() | N.Num() | N.Bool():
@@ -518,7 +543,7 @@ class _ShapePass:
                 lambda msg: self.r.error(call.span, f"{_text(call)}: {msg}", f"see `sub {call.func} = ...`"),
             )
         target = self.layers.get(construction.func)
-        if target is None or target.forward is None or len(call.args) != len(target.forward.inputs):
+        if target is None or target.forward is None or len(call.args) > len(target.forward.inputs):
             return None
         subst = _layer_args(target, construction, self.lets)
         for arg, inp, actual in zip(call.args, target.forward.inputs, inputs):
@@ -676,6 +701,20 @@ def _int_kwarg(kwargs: dict, name: str, args: list, pos: int, default: int | Non
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _empties_group(cond: N.Expr, env: dict[str, Shape]) -> bool:
+    """Whether `cond` is `x.ndim == k` for an `x` declared with `...` and k other dims (so `...` is empty)."""
+    if not isinstance(cond, N.Compare) or cond.ops != ["=="]:
+        return False
+    ranks = [o for o in cond.operands if isinstance(o, N.Rank)]
+    counts = [o.value for o in cond.operands if isinstance(o, N.Num)]
+    shape = env.get(ranks[0].value.id) if ranks else None
+    return bool(shape and counts and GROUP in shape and len(shape) - 1 == counts[0])
+
+
+def _without_group(shape):
+    return tuple(d for d in shape if d != GROUP) if shape is not None and GROUP in shape else shape
 
 
 def _compare(got: Shape, declared: tuple[str, ...]) -> bool | None:

@@ -64,8 +64,9 @@ def layer_occurrences(layer: N.Layer) -> list[Occurrence]:
         fwd = layer.forward
         for inp in fwd.inputs:
             found.append(Occurrence(inp.span, "input", inp.name, inp))
-            if inp.shape is not None:
-                _shape_occurrences(inp.shape, found)
+            for part in inp.parts or [inp]:  # a tuple input's shapes, each
+                if part.shape is not None:
+                    _shape_occurrences(part.shape, found)
         for shape in fwd.outputs or []:
             _shape_occurrences(shape, found)
         _body_occurrences(fwd.body, found)
@@ -92,6 +93,9 @@ def _body_occurrences(body: list[N.Stmt], found: list[Occurrence]) -> None:
                 found.append(Occurrence(stmt.target_span, "target", stmt.target, stmt))
                 found += [Occurrence(i.span, "index", i.id, i) for i in stmt.indices]
                 _expr_occurrences(stmt.value, found)
+            case N.Unpack(targets=targets, value=value):
+                found += [Occurrence(span, "target", name, stmt) for name, span in targets]
+                _expr_occurrences(value, found)
             case N.If(cond=c):
                 _expr_occurrences(c, found)
             case N.Return(values=vs):
@@ -173,6 +177,8 @@ def resolve(a: Analysis, occ: Occurrence, layer: N.Layer) -> Target | None:
             bound = resolve_name(layer, occ.name, occ.span)
             if bound is None and isinstance(node, (N.Assign, N.IndexAssign)):  # the first binding of a local
                 return Target(Ref.LOCAL, occ.name, layer, node, node.target_span)
+            if bound is None and isinstance(node, N.Unpack):
+                return Target(Ref.LOCAL, occ.name, layer, node, occ.span)
             return bound
         case "call" if isinstance(node, N.Call):
             return resolve_callee(a, layer, node)
