@@ -363,6 +363,9 @@ class LayerChecker:
             hint = None
             if isinstance(d, N.Name) and d.id in ("True", "False", "None"):
                 hint = f"did you mean '{d.id.lower()}'?"
+            elif isinstance(d, N.TupleExpr):
+                items = ", ".join(spec_text(i) for i in d.items)
+                hint = f"there are no tuples: write a list, `[{items}]`"
             self.r.error(d.span, "a default must be a literal (a number, string, true, false, inf or pi)", hint)
             return
         d.kind = kind
