@@ -254,8 +254,16 @@ class LayerEmitter:
         # Subs after this layer's own draws: building one draws random numbers too, and construction must
         # draw what reset_parameters() draws, so that both give the same values under the same seed.
         for s in layer.subs:
-            lines.append(f"self.{s.name} = {self.sub_call(s.call, ex)}")
+            lines.append(f"self.{s.name} = {self.sub_construction(s, ex)}")
         return lines
+
+    def sub_construction(self, s: N.Sub, ex: PyExpr) -> str:
+        """A sub's module; a list of subs is an nn.ModuleList, built as torch's `_get_clones` builds it
+        (`layers.0.weight`, ... in state_dict)."""
+        if s.repeat is None:
+            return self.sub_call(s.call, ex)
+        bounds = ", ".join(ex(a) for a in s.repeat.iter.args)
+        return f"nn.ModuleList([{self.sub_call(s.call, ex)} for {s.repeat.var.id} in range({bounds})])"
 
     def tensor_init(self, t: N.Tensor, ex: PyExpr) -> list[str]:
         dims = [ex(d) for d in t.shape.dims]
@@ -853,6 +861,14 @@ class StatementWriter:
                 elif o:
                     lines += ["else:", *_indent(self.block(o))]
                 return lines
+            case N.For(var=var, iter=it, body=b):
+                if isinstance(it, N.Call):  # range(...)
+                    it_text = f"range({', '.join(self.ex(a) for a in it.args)})"
+                else:  # a list of subs
+                    it_text = self.ex(it)
+                return [f"for {var} in {it_text}:", *_indent(self.block(b) or ["pass"])]
+            case N.Append(target=t, value=v):
+                return [f"{t}.append({self.ex(v)})"]
             case N.Return(values=vs):
                 checked = self.checks(s) if self.checks else None
                 return checked or [f"return {', '.join(self.ex(v) for v in vs)}"]

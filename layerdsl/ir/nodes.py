@@ -38,6 +38,7 @@ class Kind(_Word):
     NONE = "none"
     LIST = "list"
     SUB = "sub"  # the kind the checker gives a sub's name (it can only be called)
+    SUBS = "subs"  # a list of subs (`sub layers = [Block(d) for i in range(n)]`): iterated by `for`
 
 
 class Ref(_Word):
@@ -191,6 +192,15 @@ class ListExpr(Expr):
 
 
 @dataclass(eq=False)
+class ListComp(Expr):
+    """`[Block(d) for i in range(n)]`: only a sub's value (a list of layers, an nn.ModuleList)."""
+
+    item: Expr
+    var: Name
+    iter: Expr
+
+
+@dataclass(eq=False)
 class Indexed(Expr):
     """A tensor written with one index per axis inside an index statement: `x[b, i]`."""
 
@@ -242,6 +252,26 @@ class If(Stmt):
     cond: Expr
     body: list[Stmt]
     orelse: list[Stmt]
+
+
+@dataclass(eq=False)
+class For(Stmt):
+    """`for t in range(T) { ... }` (`range` with 1 to 3 int bounds) or `for layer in layers { ... }` (a list
+    of subs): the loop variable is an int, or a sub that can only be called."""
+
+    var: str
+    var_span: Span
+    iter: Expr
+    body: list[Stmt]
+
+
+@dataclass(eq=False)
+class Append(Stmt):
+    """`outputs.append(h)`: a list local (`outputs = []`) grows by one tensor (stacked or cat-ed later)."""
+
+    target: str
+    target_span: Span
+    value: Expr
 
 
 @dataclass(eq=False)
@@ -344,6 +374,16 @@ class Sub(Node):
     name: str
     span: Span
     call: Call
+    # `sub layers = [Block(d) for i in range(n)]`: the list's loop (`call` is its item); an nn.ModuleList.
+    repeat: Repeat | None = None
+
+
+@dataclass(eq=False)
+class Repeat(Node):
+    """The `for i in range(n)` of a list of subs: the loop variable and its `range(...)` call."""
+
+    var: Name
+    iter: Call
 
 
 @dataclass(eq=False)

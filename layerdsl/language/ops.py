@@ -343,6 +343,15 @@ TABLE: tuple[Op, ...] = (
         {"input": "reshape(grad, shape_of(input))"},
     ),
     Op(
+        "new_zeros",
+        _sig("input*, size"),
+        "Tensor.new_zeros",
+        "view",
+        "zeros of the given size, with input's dtype and device (input's values are not read)",
+        {"input": None},
+        template="{input}.new_zeros({size})",
+    ),
+    Op(
         "flatten",
         _sig("input*, start_dim = 0, end_dim = -1"),
         "torch.flatten",

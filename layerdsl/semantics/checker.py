@@ -228,6 +228,8 @@ class LayerChecker:
         self.present: set[str] = set()  # optional members known to exist here (`if track_running_stats { ... }`)
         self.partly_bound: set[str] = set()  # locals bound on some paths of an `if` only
         self.index_ranks: dict[str, int] = {}  # local -> rank, for locals an index statement binds
+        self.loop_vars: set[str] = set()  # the `for` variables of the loops around the statement checked
+        self.loop_bound: set[str] = set()  # locals first bound in a loop body (not bound after it)
 
     # ------------------------------------------------------------ layer level
 
@@ -376,8 +378,21 @@ class LayerChecker:
                 self.check_init(t, t.init)
             self.declare(t.name, t.span, Ref(t.kind), Kind.TENSOR, t)
         for sub in layer.subs:
+            if sub.repeat is not None:
+                self.check_repeat(sub.repeat)
             self.check_sub_call(sub.call)
             self.declare(sub.name, sub.span, Ref.SUB, Kind.SUB, sub)
+
+    def check_repeat(self, repeat: N.Repeat) -> None:
+        """`[Block(d) for i in range(n)]`: `range` of int arguments or lets; the items do not use `i`
+        (each is built alike, as torch's `_get_clones` builds them)."""
+        if repeat.iter.func != "range":
+            return  # reported by the parser
+        if repeat.iter.kwargs or not 1 <= len(repeat.iter.args) <= 3:
+            self.r.error(repeat.iter.span, "range takes 1 to 3 ints (stop; start, stop; start, stop, step)")
+        for bound in repeat.iter.args:
+            self.check_construction_expr(bound, "a list's range", want=Kind.INT)
+        self.check_name(repeat.var.id, repeat.var.span, "local")
 
     def check_member_shape(self, shape: N.Shape, owner: str) -> None:
         if shape.spread is not None:
@@ -681,12 +696,96 @@ class LayerChecker:
                         f"forward declares {len(outputs)} output{'s' if len(outputs) != 1 else ''} but returns {len(values)}",
                     )
                 return True
+            case N.For():
+                self.check_for(stmt, scope, in_forward)
+            case N.Append():
+                self.check_append(stmt, scope, in_forward)
             case N.Grad(target=target, target_span=span, value=value):
                 if in_forward:
                     self.r.error(stmt.span, "grad is only allowed in backward")
                 if not isinstance(value, N.NoneLit):
                     self.check_expr(value, scope, in_forward)
         return False
+
+    def check_for(self, stmt: N.For, scope: Scope, in_forward: bool) -> None:
+        """`for t in range(...)` (int bounds) or `for layer in layers` (a list of subs). The loop variable
+        is bound in the body only; a local first bound in the body is not bound after the loop (it may run
+        zero times)."""
+        if not in_forward:
+            self.r.error(_keyword(stmt.span, "for"), "for is only allowed in forward")
+        var_ref, var_kind = self.check_loop_iter(stmt.iter, scope, in_forward)
+        body_scope = scope.copy()
+        self.check_name(stmt.var, stmt.var_span, "local")  # a bad name is still bound: no follow-on errors
+        if not body_scope.declare(stmt.var, var_ref, stmt, stmt.var_span):
+            self.r.error(
+                stmt.var_span, f"the loop variable '{stmt.var}' hides a name already defined", "choose another name"
+            )
+        outer_kind = self.kinds.get(stmt.var)
+        self.kinds[stmt.var] = var_kind
+        self.loop_vars.add(stmt.var)
+        if self.check_block(stmt.body, body_scope, in_forward):
+            returns = next(s for s in statements(stmt.body) if isinstance(s, N.Return))
+            self.r.error(
+                returns.span, "a loop body cannot return", "collect what the loop computes and return after it"
+            )
+        self.loop_vars.discard(stmt.var)
+        if outer_kind is not None:
+            self.kinds[stmt.var] = outer_kind
+        self.loop_bound |= {n for n in body_scope if n not in scope and n != stmt.var}
+
+    def check_loop_iter(self, it: N.Expr, scope: Scope, in_forward: bool) -> tuple[Ref, Kind]:
+        """What a `for` iterates over, checked; the loop variable's ref and kind."""
+        if isinstance(it, N.Call) and it.func == "range":
+            if it.kwargs or not 1 <= len(it.args) <= 3:
+                self.r.error(it.span, "range takes 1 to 3 ints (stop; start, stop; start, stop, step)")
+            for bound in it.args:
+                self.check_expr(bound, scope, in_forward)
+                if bound.kind not in (Kind.INT, Kind.UNKNOWN):
+                    self.r.error(
+                        bound.span,
+                        f"range takes ints, this is {_a(bound.kind)}",
+                        "loop over an int argument, a let or a dim of an input (`for t in range(T)`)",
+                    )
+            return Ref.LOCAL, Kind.INT
+        if isinstance(it, N.Name) and scope.get(it.id) == Ref.SUB:
+            it.ref, it.kind = Ref.SUB, Kind.SUBS
+            sub = next((s for s in self.layer.subs if s.name == it.id), None)
+            if sub is not None and sub.repeat is None:
+                self.r.error(
+                    it.span,
+                    f"the sub '{it.id}' is one layer, not a list of layers",
+                    f"declare a list: `sub {it.id} = [{sub.call.func}(...) for i in range(n)]`",
+                )
+            return Ref.SUB, Kind.SUB
+        self.check_expr(it, scope, in_forward)
+        what = _a(it.kind) if it.kind else "this"
+        self.r.error(
+            it.span,
+            f"cannot loop over {what}: a `for` runs over `range(...)` or a list of subs",
+            "write `for t in range(T) { ... }`, or declare `sub layers = [Block(d) for i in range(n)]`",
+        )
+        return Ref.LOCAL, Kind.UNKNOWN
+
+    def check_append(self, stmt: N.Append, scope: Scope, in_forward: bool) -> None:
+        """`outputs.append(h)`: `outputs` is a local list (`outputs = []`), `h` a tensor."""
+        if not in_forward:
+            self.r.error(stmt.span, "append is only allowed in forward")
+        ref = scope.get(stmt.target)
+        if ref is None:
+            self.r.error(
+                stmt.target_span,
+                f"unknown name '{stmt.target}'",
+                f"start the list before: `{stmt.target} = []`",
+            )
+        elif ref != Ref.LOCAL or self.kinds.get(stmt.target) != Kind.LIST:
+            self.r.error(
+                stmt.target_span,
+                f"'{stmt.target}' is not a list: only a local list (`{stmt.target} = []`) can be appended to",
+                "start a list with `outputs = []` and pass it to stack() or cat() after the loop",
+            )
+        self.check_expr(stmt.value, scope, in_forward)
+        if stmt.value.kind not in (Kind.TENSOR, Kind.UNKNOWN):
+            self.r.error(stmt.value.span, f"a list holds tensors; this is {_a(stmt.value.kind)}")
 
     def check_require(self, stmt: N.Require, scope: Scope, in_forward: bool) -> None:
         """`require B > 1 if training, "..."`: one comparison of ints, a bool guard; a requirement of
@@ -730,8 +829,16 @@ class LayerChecker:
                 return
 
     def check_no_reductions(self, node) -> bool:
-        """`sum[i](...)` reductions belong to index statements only; reports one and returns True if found."""
+        """`sum[i](...)` reductions belong to index statements only, `[... for i in range(n)]` to a list of
+        subs only; reports one and returns True if found."""
         for n in walk(node):
+            if isinstance(n, N.ListComp):
+                self.r.error(
+                    n.span,
+                    "a list comprehension only builds a list of subs",
+                    "write `sub layers = [Block(d) for i in range(n)]`; in forward, loop with `for`",
+                )
+                return True
             if isinstance(n, N.Reduce):
                 self.r.error(
                     n.span,
@@ -743,6 +850,9 @@ class LayerChecker:
 
     def bind_local(self, stmt: N.Assign | N.IndexAssign, scope: Scope, kind: Kind) -> None:
         name, span = stmt.target, stmt.target_span
+        if name in self.loop_vars:
+            self.r.error(span, f"cannot assign to the loop variable '{name}'", "choose a new name")
+            return
         ref = scope.get(name)
         if ref not in (None, Ref.LOCAL):
             self.r.error(
@@ -782,6 +892,12 @@ class LayerChecker:
             self.r.error(node.span, f"unknown name '{name}'", f"did you mean '{name.lower()}'?")
         elif name in CALLABLE:
             self.r.error(node.span, f"'{name}' is an operation; call it", f"write `{name}(...)`")
+        elif name in self.loop_bound:
+            self.r.error(
+                node.span,
+                f"'{name}' is bound only inside a loop (which may run zero times)",
+                f"bind it before the `for` (e.g. `{name} = ...`), and rebind it in the body",
+            )
         elif name in self.partly_bound:
             self.r.error(
                 node.span, f"'{name}' is not bound on every path", "bind it before the `if`, or on both branches"
@@ -846,6 +962,12 @@ class LayerChecker:
                 if node.kwargs:
                     self.r.error(node.kwargs[0].span, "a sub is called with positional inputs only")
                 sub = next((s for s in self.layer.subs if s.name == node.func), None)
+                if sub is not None and sub.repeat is not None:
+                    self.r.error(
+                        node.func_span,
+                        f"'{node.func}' is a list of subs: call each in a loop",
+                        f"write `for block in {node.func} {{ h = block(h) }}`",
+                    )
                 target = self.program.layers.get(sub.call.func) if sub is not None else None
                 if target is not None and target.forward is not None and len(node.args) != len(target.forward.inputs):
                     n = len(target.forward.inputs)
@@ -1005,6 +1127,12 @@ class LayerChecker:
                 "a sub is its own module; drop @function or inline the computation",
             )
         for stmt in statements(self.layer.forward.body):
+            if isinstance(stmt, N.For):
+                self.r.error(
+                    _keyword(stmt.span, "for"),
+                    "cannot derive: @function layers cannot loop",
+                    "drop @function (autograd derives the loop), or write the steps out",
+                )
             if isinstance(stmt, N.Update):
                 self.r.error(
                     stmt.span,

@@ -111,6 +111,10 @@ class _ShapePass:
                     self.update(stmt, env.get(target), self.shape(value, env))
                 case N.If(body=then, orelse=orelse):
                     self.branches(then, orelse, env, bound)
+                case N.For():
+                    self.loop(stmt, env, bound)
+                case N.Append(value=value):
+                    self.shape(value, env)
                 case N.Return(values=values):
                     self.returns(values, env)
         return bound
@@ -129,6 +133,19 @@ class _ShapePass:
                 )
             env[name] = a if a == b else None
             bound[name] = bound_else.get(name) or bound_then[name]
+
+    def loop(self, stmt: N.For, env: dict[str, Shape], bound: dict) -> None:
+        """A `for` body, once: a name it rebinds keeps its shape only if the body gives it the same one
+        (then every step does); a list of subs' loop variable is called like one of them."""
+        if isinstance(stmt.iter, N.Name) and stmt.iter.id in self.subs:
+            self.subs[stmt.var] = self.subs[stmt.iter.id]
+        inner = dict(env)
+        inner[stmt.var] = ()
+        for name, span in self.block(stmt.body, inner).items():
+            if name in env:
+                env[name] = env[name] if inner.get(name) == env[name] else None
+                bound[name] = span
+        self.subs.pop(stmt.var, None)
 
     def returns(self, values: list[N.Expr], env: dict[str, Shape]) -> None:
         outputs = self.layer.forward.outputs if self.layer.forward is not None else None

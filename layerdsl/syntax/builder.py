@@ -73,7 +73,7 @@ class IRBuilder(Transformer):
         # and go on with a placeholder.
         children = list(tree.children if new_children is None else new_children)
         for i, child in enumerate(children):
-            if isinstance(child, AttrChain) and not (tree.data in ("call", "attr") and i == 0):
+            if isinstance(child, AttrChain) and not (tree.data in ("call", "attr", "append") and i == 0):
                 if tree.data == "sub":
                     self.r.error(child.span, "a sub is a call to a layer", f"write `{child.dotted}(...)`")
                 else:
@@ -220,6 +220,10 @@ class IRBuilder(Transformer):
 
     def sub(self, meta, items):
         name, expr = items
+        repeat = None
+        if isinstance(expr, N.ListComp):
+            repeat = self._repeat(expr)
+            expr = expr.item
         if not isinstance(expr, N.Call):
             if not isinstance(expr, Invalid):
                 self.r.error(
@@ -228,7 +232,17 @@ class IRBuilder(Transformer):
                     "e.g. `sub fc = Linear(in_features, 10)` or `sub act = nn.ReLU()`",
                 )
             expr = N.Call(expr.span, "?", expr.span, [], [])
-        return N.Sub(str(name), _tspan(name), expr)
+        return N.Sub(str(name), _tspan(name), expr, repeat)
+
+    def _repeat(self, comp: N.ListComp) -> N.Repeat:
+        if not (isinstance(comp.iter, N.Call) and comp.iter.func == "range"):
+            self.r.error(
+                comp.iter.span,
+                "a list of subs repeats over `range(...)`",
+                "write e.g. `sub layers = [Block(d) for i in range(num_layers)]`",
+            )
+            return N.Repeat(comp.var, N.Call(comp.iter.span, "?", comp.iter.span, [], []))
+        return N.Repeat(comp.var, comp.iter)
 
     def let(self, meta, items):
         name, expr = items
@@ -311,6 +325,28 @@ class IRBuilder(Transformer):
         if isinstance(orelse, N.If):
             orelse = [orelse]
         return N.If(_span(meta), cond, body, orelse or [])
+
+    def for_stmt(self, meta, items):
+        var, iterable, body = items
+        return N.For(_span(meta), str(var), _tspan(var), iterable, body)
+
+    def append(self, meta, items):
+        target, callargs = items
+        args, kwargs = callargs if callargs is not None else ([], [])
+        if isinstance(target, AttrChain) and target.dotted.count(".") == 1 and target.dotted.endswith(".append"):
+            if len(args) == 1 and not kwargs:
+                name = target.dotted.removesuffix(".append")
+                at = target.span
+                return N.Append(_span(meta), name, Span(at.line, at.col, at.line, at.col + len(name)), args[0])
+            self.r.error(_span(meta), "append takes one tensor", "write e.g. `outputs.append(h)`")
+            return None
+        if not isinstance(target, Invalid):
+            self.r.error(
+                _span(meta),
+                "a call is not a statement",
+                "assign its value (`y = f(x)`); the one call statement is `outputs.append(h)`",
+            )
+        return None
 
     def return_stmt(self, meta, items):
         return N.Return(_span(meta), [v for v in items if v is not None])
@@ -462,6 +498,10 @@ class IRBuilder(Transformer):
 
     def list(self, meta, items):
         return N.ListExpr(_span(meta), [i for i in items if i is not None])
+
+    def list_comp(self, meta, items):
+        item, var, iterable = items
+        return N.ListComp(_span(meta), item, N.Name(_tspan(var), str(var)), iterable)
 
     def callargs(self, meta, items):
         args, kwargs = [], []

@@ -281,6 +281,11 @@ class _Builder:
             return [Group(self.atom(ch[0]), [(self.ex(ch[1]), None)], self.atom(ch[2], False), comma_ok=False)]
         if data == "slice":
             return self.slice(ch)
+        if data == "list_comp":  # [item for i in range(n)]: one item, never split at its words
+            open_, item, for_, var, in_, iterable, close = ch
+            words = [self.atom(for_), self.atom(var), self.atom(in_)]
+            inner = _set_space(self.ex(item), False) + words + self.ex(iterable)
+            return [Group(self.atom(open_), [(inner, None)], self.atom(close, False), comma_ok=False)]
         return self.seq(ch)
 
     def slice(self, ch) -> list:
@@ -545,6 +550,12 @@ class _Printer:
     def stmt(self, tree: Tree, level: int, blank: str) -> None:
         if tree.data == "if_stmt":
             self.if_stmt(tree, level, blank)
+            return
+        if tree.data == "for_stmt":
+            for_, var, in_, iterable, body = _children(tree)
+            header = [self.b.atom(for_), self.b.atom(var), self.b.atom(in_)] + self.b.ex(iterable)
+            self.item(header + [self.b.atom(_children(body)[0])], level, blank)
+            self.block(body, level)
             return
         ch = _children(tree)
         if tree.data == "return_stmt" and isinstance(ch[-1], Token) and ch[-1].type == "COMMA":
