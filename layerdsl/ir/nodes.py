@@ -107,6 +107,35 @@ class Name(Expr):
 
 
 @dataclass(eq=False)
+class FamilyName(Name):
+    """`weight_ih_l{k}`: the member of a family (params declared in a `for` over the layer's members) that
+    the int `index` picks; `id` is the family's key, `weight_ih_l{}`."""
+
+    prefix: str = ""
+    index: Name | None = None
+    suffix: str = ""
+
+    @property
+    def written(self) -> str:
+        return f"{self.prefix}{{{self.index.id if self.index else ''}}}{self.suffix}"
+
+
+def family_key(written: str) -> str:
+    """`weight_ih_l{k}_reverse` -> `weight_ih_l{}_reverse`: what names a family whatever its index is called."""
+    head, _, rest = written.partition("{")
+    return f"{head}{{}}{rest.partition('}')[2]}" if rest else written
+
+
+@dataclass(eq=False)
+class IfExp(Expr):
+    """`input_size if k == 0 else hidden_size`: only in a member's dims and a `let` (construction values)."""
+
+    cond: Expr
+    then: Expr
+    orelse: Expr
+
+
+@dataclass(eq=False)
 class BinOp(Expr):
     op: str
     left: Expr
@@ -355,6 +384,10 @@ class Tensor(Node):
     init: Init | None
     cond: Expr | None
     persistent: bool = True
+    # A member of a family: declared in `for k in range(n) { param weight_l{k}: ... }` (`name` is the family's
+    # key, `weight_l{}`; `written` as in the spec); one loop's members share one Repeat.
+    repeat: Repeat | None = None
+    written: str = ""
 
     @property
     def named_by_condition(self) -> bool:

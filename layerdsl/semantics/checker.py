@@ -369,19 +369,48 @@ class LayerChecker:
         for let in layer.lets:  # first: shapes and initialisers may use them
             self.check_construction_expr(let.value, "a let")
             self.declare(let.name, let.span, Ref.LET, let.value.kind or Kind.FLOAT, let)
+        checked: set[int] = set()
         for t in layer.tensors:
+            if t.written and t.repeat is None:
+                var = t.written[t.written.index("{") + 1 : t.written.index("}")]
+                self.r.error(
+                    t.span,
+                    f"'{t.written}' names a family of params: declare it in a member loop",
+                    f"write `for {var} in range(n) {{ param {t.written}: ... }}`",
+                )
+            index = self.enter_family(t, first=id(t.repeat) not in checked) if t.repeat is not None else None
+            checked.add(id(t.repeat))
             self.check_member_shape(t.shape, t.name)
             if t.cond is not None:
                 self.check_construction_expr(t.cond, "a condition", want=Kind.BOOL)
                 self.optional.add(t.name)
             if t.init is not None:
                 self.check_init(t, t.init)
+            if index is not None:
+                del self.scope.bindings[index]
             self.declare(t.name, t.span, Ref(t.kind), Kind.TENSOR, t)
         for sub in layer.subs:
             if sub.repeat is not None:
                 self.check_repeat(sub.repeat)
             self.check_sub_call(sub.call)
             self.declare(sub.name, sub.span, Ref.SUB, Kind.SUB, sub)
+
+    def enter_family(self, t: N.Tensor, first: bool) -> str | None:
+        """A family member's loop (`for k in range(n) { param w_l{k}: ... }`): its range checked once per
+        loop; its variable bound as an int for the member's shape, initialiser and condition. Returns the
+        variable to unbind after them (None when it could not be bound)."""
+        assert t.repeat is not None
+        var = t.repeat.var
+        if first:
+            self.check_repeat(t.repeat)
+        if not self.scope.declare(var.id, Ref.LET, var, var.span):
+            if first:
+                self.r.error(
+                    var.span, f"the loop variable '{var.id}' hides a name already defined", "choose another name"
+                )
+            return None
+        self.kinds[var.id] = Kind.INT
+        return var.id
 
     def check_repeat(self, repeat: N.Repeat) -> None:
         """`[Block(d) for i in range(n)]`: `range` of int arguments or lets; the items do not use `i`
@@ -871,6 +900,13 @@ class LayerChecker:
     def check_expr(self, expr: N.Expr, scope: Scope, in_forward: bool) -> None:
         for node in [n for n in walk(expr) if isinstance(n, N.Name)]:
             self.resolve(node, scope, in_forward)
+        for family in [n for n in walk(expr) if isinstance(n, N.FamilyName) and n.index is not None]:
+            if family.index.kind not in (Kind.INT, Kind.UNKNOWN):
+                self.r.error(
+                    family.index.span,
+                    f"a family's member is picked by an int, this is {_a(family.index.kind)}",
+                    f"loop over the members: `for k in range(n) {{ ... {family.prefix}{{k}}{family.suffix} ... }}`",
+                )
         self.check_optional_uses(expr, None)
         self.check_argument_uses(expr, None)
         self.check_calls(expr, scope)
@@ -879,6 +915,14 @@ class LayerChecker:
     def resolve(self, node: N.Name, scope: Scope, in_forward: bool) -> None:
         name = node.id
         ref = scope.lookup(name)
+        if isinstance(node, N.FamilyName) and ref is None:
+            families = [t.written for t in self.layer.tensors if t.repeat is not None]
+            hint = did_you_mean(node.written, families) or (
+                f"the families are {', '.join(families)}" if families else "declare it in a member loop"
+            )
+            self.r.error(node.span, f"unknown family '{node.written}'", hint)
+            node.ref, node.kind = Ref.UNKNOWN, Kind.TENSOR
+            return
         if ref == Ref.TRAINING:
             node.ref, node.kind = ref, Kind.BOOL
         elif ref == Ref.CONST:
@@ -906,6 +950,9 @@ class LayerChecker:
             problem = name_problem(name)
             candidates = scope.names()
             hint = did_you_mean(name, candidates) or (problem[1] if problem else None)
+            family = next((t for t in self.layer.tensors if t.repeat is not None and _in_family(name, t)), None)
+            if family is not None:
+                hint = f"'{name}' is a member of the family '{family.written}': read it as {family.written} in a loop"
             self.r.error(node.span, f"unknown name '{name}'", hint)
             node.ref = Ref.UNKNOWN
         if not node.kind:
@@ -1081,6 +1128,10 @@ class LayerChecker:
                 expr.kind = Kind.TENSOR if v.kind == Kind.TENSOR else v.kind
             case N.ListExpr():
                 expr.kind = Kind.LIST
+            case N.IfExp(cond=c, then=a, orelse=b):
+                if c.kind not in (Kind.BOOL, Kind.UNKNOWN):
+                    self.r.error(c.span, f"a condition must be a bool, this is {_a(c.kind)}")
+                expr.kind = a.kind if a.kind == b.kind else _promote(a.kind, b.kind, "+")
             case N.Indexed() | N.Reduce():
                 expr.kind = Kind.TENSOR
         return expr.kind
@@ -1254,6 +1305,13 @@ class LayerChecker:
             self.r.error(value.span, f"example value for int '{name}' is {_a(kind)}")
         elif arg is not None and arg.base_type in ARG_TYPES and not fits_type(kind, arg):
             self.r.error(value.span, f"example value for {arg.type} '{name}' is {_a(kind)}")
+
+
+def _in_family(name: str, t: N.Tensor) -> bool:
+    """Whether `name` is one member of family `t` (`weight_l0` of `weight_l{k}`)."""
+    head, _, rest = t.name.partition("{}")
+    middle = name[len(head) : len(name) - len(rest)] if len(name) > len(head) + len(rest) else ""
+    return name.startswith(head) and name.endswith(rest) and middle.isdigit()
 
 
 def _is_distribution(v: N.Expr) -> bool:

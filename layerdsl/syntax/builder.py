@@ -138,6 +138,8 @@ class IRBuilder(Transformer):
                 layer.docstring = text
             case N.Tensor():
                 layer.tensors.append(member)
+            case ("member_loop", tensors):
+                layer.tensors.extend(tensors)
             case N.Sub():
                 layer.subs.append(member)
             case N.Let():
@@ -192,7 +194,50 @@ class IRBuilder(Transformer):
 
     def param(self, meta, items):
         name, shape, init, cond = items
-        return N.Tensor(N.Ref.PARAM, str(name), _tspan(name), "float", shape, self._init(init), cond)
+        tensor = N.Tensor(N.Ref.PARAM, N.family_key(str(name)), _tspan(name), "float", shape, self._init(init), cond)
+        if name.type == "FAMILY":
+            tensor.written = str(name)
+        return tensor
+
+    def member_loop(self, meta, items):
+        """`for k in range(n) { param ... }`: the params it declares, sharing one Repeat; each family's
+        index must be the loop's variable."""
+        var, iterable, *members = items
+        loop_var = N.Name(_tspan(var), str(var))
+        if not (isinstance(iterable, N.Call) and iterable.func == "range"):
+            self.r.error(
+                iterable.span,
+                "a family of params repeats over `range(...)`",
+                "write e.g. `for k in range(num_layers) { param weight_l{k}: [...] }`",
+            )
+            iterable = N.Call(iterable.span, "?", iterable.span, [], [])
+        repeat = N.Repeat(loop_var, iterable)
+        tensors = []
+        for member in members:
+            if member is None:
+                continue
+            if not isinstance(member, N.Tensor) or member.kind != N.Ref.PARAM:
+                span = member[1] if isinstance(member, tuple) else getattr(member, "span", _span(meta))
+                if isinstance(member, list):
+                    span = _span(meta)
+                self.r.error(span, "a member `for` declares params only", "move it out of the loop")
+                continue
+            index = member.written[member.written.find("{") + 1 : member.written.find("}")]
+            if index != loop_var.id:
+                self.r.error(
+                    member.span,
+                    f"'{member.written or member.name}' in a loop over '{loop_var.id}' is one of a family: "
+                    "name it by the loop variable",
+                    (
+                        f"write e.g. `param {member.name}_l{{{loop_var.id}}}: ...`"
+                        if not member.written
+                        else f"write `{member.written.replace('{' + index + '}', '{' + loop_var.id + '}')}`"
+                    ),
+                )
+                continue
+            member.repeat = repeat
+            tensors.append(member)
+        return ("member_loop", tensors)
 
     def buffer(self, meta, items):
         transient, name, dtype, shape, init, cond = items
@@ -455,6 +500,19 @@ class IRBuilder(Transformer):
     def name(self, meta, items):
         (tok,) = items
         return N.Name(_tspan(tok), str(tok))
+
+    def family(self, meta, items):
+        (tok,) = items
+        text, at = str(tok), _tspan(tok)
+        prefix, _, rest = text.partition("{")
+        index, _, suffix = rest.partition("}")
+        col = at.col + len(prefix) + 1
+        name = N.Name(Span(at.line, col, at.line, col + len(index)), index)
+        return N.FamilyName(at, N.family_key(text), prefix, name, suffix)
+
+    def if_exp(self, meta, items):
+        then, cond, orelse = items
+        return N.IfExp(_span(meta), cond, then, orelse)
 
     def number(self, meta, items):
         (tok,) = items

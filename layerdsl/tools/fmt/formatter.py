@@ -455,7 +455,17 @@ def _flat_lines(pieces: list, indent: int, suffix: str, trails: list[Comment]) -
 
 # ---------------------------------------------------------------- laying out the file
 
-_MEMBER_GROUP = {"docstring": 0, "param": 1, "buffer": 1, "sub": 2, "let": 2, "example": 3, "forward": 4, "backward": 5}
+_MEMBER_GROUP = {
+    "docstring": 0,
+    "param": 1,
+    "buffer": 1,
+    "member_loop": 1,
+    "sub": 2,
+    "let": 2,
+    "example": 3,
+    "forward": 4,
+    "backward": 5,
+}
 
 
 class _Printer:
@@ -527,6 +537,14 @@ class _Printer:
 
     def member(self, tree: Tree, level: int, blank: str) -> None:
         ch = [c for c in tree.children if not (isinstance(c, Token) and c.type == "_NL")]
+        if tree.data == "member_loop":  # for k in range(n) { param ... }
+            lbrace = next(i for i, c in enumerate(ch) if isinstance(c, Token) and c.type == "LBRACE")
+            self.item(self.b.seq(ch[: lbrace + 1]), level, blank)
+            members = [c for c in ch[lbrace + 1 : -1] if isinstance(c, Tree)]
+            for i, m in enumerate(members):
+                self.member(m, level + 1, "none" if i == 0 else "keep")
+            self.closing(self.b.atom(ch[-1]), level, bool(members))
+            return
         if tree.data in ("forward", "backward"):
             block = ch[-1]
             header = self.b.seq(ch[:-1]) + [self.b.atom(_children(block)[0])]
