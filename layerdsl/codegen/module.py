@@ -159,6 +159,7 @@ class LayerEmitter:
         self.plan = plan  # a `@function` layer's backward
         self.spec_path = spec_path  # named by each statement's `# path:LINE` comment
         self.optional = {t.name for t in layer.tensors if t.cond is not None}
+        self.optional |= {i.name for i in layer.forward.inputs if i.optional} if layer.forward is not None else set()
         self.shared_cond = {t.name for t in layer.tensors if t.named_by_condition}
         self.stored_args = [a for a in layer.args if a.name not in self.shared_cond]
 
@@ -396,7 +397,11 @@ class LayerEmitter:
         def shown(s):
             return "[" + ", ".join("..." if isinstance(d, N.EllipsisItem) else _src(d) for d in s.dims) + "]"
 
-        ins = ", ".join(f"{i.name}: {shown(i.shape)}" for i in fwd.inputs if i.shape is not None)
+        def shown_input(i: N.Input) -> str:
+            text = "(" + ", ".join(shown(p.shape) for p in i.parts) + ")" if i.parts else shown(i.shape)
+            return f"{i.name}: {text}" + (" or None" if i.optional else "")
+
+        ins = ", ".join(shown_input(i) for i in fwd.inputs if i.shape is not None)
         if not ins and fwd.outputs is None:
             return None
         outs = " -> " + ", ".join(shown(s) for s in fwd.outputs) if fwd.outputs else ""
@@ -404,7 +409,7 @@ class LayerEmitter:
 
     def module_forward(self, functional: Func | None, function_class: dict | None) -> Func:
         fwd = self.forward
-        params = ["self"] + [f"{i.name}: Tensor" for i in fwd.inputs]
+        params = ["self"] + [input_param(i) for i in fwd.inputs]
         returns = self.returns_hint()
         doc = self.shapes_doc()
         if function_class is not None:
@@ -420,7 +425,8 @@ class LayerEmitter:
             body += self.output_checks([call], spelling, on_self=True, bind=bool(requires)) or [f"return {call}"]
             return Func("forward", params, returns, doc, body)
         if functional is not None:
-            call_args = [i.name for i in fwd.inputs] + [f"self.{t.name}" for t in self.layer.tensors]
+            call_args = [i.name for i in fwd.inputs if not i.optional] + [f"self.{t.name}" for t in self.layer.tensors]
+            call_args += [f"{i.name}={i.name}" for i in fwd.inputs if i.optional]
             call_args += [
                 f"{a}=self.{a}" if a != "training" else "training=self.training" for a in self.functional_kwargs()
             ]
@@ -520,7 +526,7 @@ class LayerEmitter:
         layer = self.layer
         fwd = self.forward
         name = snake_case(layer.name)
-        params = [f"{i.name}: Tensor" for i in fwd.inputs]
+        params = [input_param(i) for i in fwd.inputs if not i.optional]
         tensors = layer.tensors
         for i, t in enumerate(tensors):
             if t.cond is not None:
@@ -530,8 +536,9 @@ class LayerEmitter:
                 params.append(f"{t.name}: Tensor")
         kwargs = self.functional_kwargs()  # arguments, and `training`
         args = {a.name: a for a in layer.args}
-        if kwargs:
-            params.append("*")
+        optional_inputs = [input_param(i) for i in fwd.inputs if i.optional]  # keywords, after the members
+        if kwargs or optional_inputs:
+            params += ["*", *optional_inputs]
             for k in kwargs:
                 if k == "training":
                     params.append("training: bool = False")
@@ -567,6 +574,8 @@ class LayerEmitter:
         for stmt in statements(self.forward.body):
             if isinstance(stmt, (N.Assign, N.IndexAssign)):
                 names.add(stmt.target)
+            elif isinstance(stmt, N.Unpack):
+                names |= {t for t, _ in stmt.targets}
         return names
 
     def extra_repr(self) -> str:
@@ -614,9 +623,13 @@ class LayerEmitter:
         used_in_body = self.names_used_by_forward() if bind else set()
         lines: list[str] = []
         for inp in self.forward.inputs:
-            lines += self.type_checks(inp, ex)
-            if inp.shape is not None:
-                lines += self.input_checks(inp.shape, inp, sources, used_in_body, ex)
+            checks = []
+            for part in inp.parts or [inp]:  # a tuple input's tensors are checked one by one: `hx[0]`
+                checks += self.type_checks(part, ex)
+                if part.shape is not None:
+                    checks += self.input_checks(part.shape, part, sources, used_in_body, ex)
+            # An optional input binds no new dims (the checker's rule): its checks only compare.
+            lines += [f"if {inp.name} is not None:", *_indent(checks)] if inp.optional and checks else checks
         return lines, sources
 
     def type_checks(self, inp: N.Input, ex: PyExpr) -> list[str]:
@@ -755,6 +768,12 @@ def _member(t: N.Tensor) -> str:
     return f'getattr(self, f"{t.written}")' if t.repeat is not None else f"self.{t.name}"
 
 
+def input_param(inp: N.Input) -> str:
+    """A forward input in the signature: `x: Tensor`, `mask: Tensor | None = None`, `hx: tuple[Tensor, Tensor]`."""
+    hint = f"tuple[{', '.join(['Tensor'] * len(inp.parts))}]" if inp.parts else "Tensor"
+    return f"{inp.name}: {hint} | None = None" if inp.optional else f"{inp.name}: {hint}"
+
+
 def _src(d: N.Expr) -> str:
     return PyExpr(Spelling())(d)
 
@@ -877,6 +896,8 @@ class StatementWriter:
         match s:
             case N.Assign(target=t, value=v):
                 return [f"{t} = {self.ex(v)}"]
+            case N.Unpack(targets=ts, value=v):
+                return [f"{', '.join(t for t, _ in ts)} = {self.ex(v)}"]
             case N.IndexAssign():
                 from layerdsl.semantics.index_notation import emit_index_assign
 

@@ -2,6 +2,7 @@
 
 Optional members: `a + bias`, where `bias` may be absent, becomes a statement `t = a` followed by
 `if bias is not None: t = t + bias`, so the operation is skipped when the member is absent (its identity).
+An optional input (`mask: [B, T]? = none`) is lowered the same way.
 """
 
 from __future__ import annotations
@@ -45,9 +46,12 @@ def _fresh_names(taken: set[str]):
 
 def _lower_stmt(stmt: N.Stmt, optional: set[str], fresh, tensors: list[N.Tensor]) -> list[N.Stmt]:
     if isinstance(stmt, N.If):
-        present = members_present(stmt.cond, tensors) if not isinstance(stmt.cond, IsPresent) else set()
+        present, absent = set(), set()
+        if not isinstance(stmt.cond, IsPresent):
+            present = members_present(stmt.cond, tensors) | inputs_checked(stmt.cond, "!=")
+            absent = inputs_checked(stmt.cond, "==")
         stmt.body = [s for b in stmt.body for s in _lower_stmt(b, optional - present, fresh, tensors)]
-        stmt.orelse = [s for b in stmt.orelse for s in _lower_stmt(b, optional, fresh, tensors)]
+        stmt.orelse = [s for b in stmt.orelse for s in _lower_stmt(b, optional - absent, fresh, tensors)]
         return [stmt]
     if isinstance(stmt, N.For):  # each step guards its own uses
         stmt.body = [s for b in stmt.body for s in _lower_stmt(b, optional, fresh, tensors)]
@@ -100,11 +104,21 @@ def _guard(e: N.BinOp, member: N.Name, temp: str, pre: list[N.Stmt]) -> N.Name:
     return tname
 
 
+def inputs_checked(cond: N.Expr, op: str) -> set[str]:
+    """The optional inputs a condition proves present: `x != none` or an `and` term of it (op "!="); for
+    the else branch, `x == none` (op "==")."""
+    if op == "!=" and isinstance(cond, N.BoolOp) and cond.op == "and":
+        return inputs_checked(cond.left, op) | inputs_checked(cond.right, op)
+    if isinstance(cond, N.Compare) and cond.ops == [op] and any(isinstance(o, N.NoneLit) for o in cond.operands):
+        return {o.id for o in cond.operands if isinstance(o, N.Name) and o.ref == N.Ref.INPUT}
+    return set()
+
+
 def _optional_member(e: N.BinOp, optional: set[str]) -> N.Name | None:
     """The optional member that is an operand of `e` (the left one first), if `e` can skip it."""
     if e.op not in ("+", "-", "*", "/"):
         return None
     for operand in (e.left, e.right):
-        if isinstance(operand, N.Name) and operand.id in optional and operand.ref in N.MEMBERS:
+        if isinstance(operand, N.Name) and operand.id in optional and operand.ref in (*N.MEMBERS, N.Ref.INPUT):
             return operand
     return None

@@ -37,6 +37,7 @@ class Kind(_Word):
     STR = "str"
     NONE = "none"
     LIST = "list"
+    TUPLE = "tuple"  # a tuple input (`hx: ([B, H], [B, H])`): unpacked with `h, c = hx`
     SUB = "sub"  # the kind the checker gives a sub's name (it can only be called)
     SUBS = "subs"  # a list of subs (`sub layers = [Block(d) for i in range(n)]`): iterated by `for`
 
@@ -270,6 +271,14 @@ class IndexAssign(Stmt):
 
 
 @dataclass(eq=False)
+class Unpack(Stmt):
+    """`h, c = hx`: a tuple input, or a call of a sub that returns several tensors, one name each."""
+
+    targets: list[tuple[str, Span]]
+    value: Expr
+
+
+@dataclass(eq=False)
 class Update(Stmt):
     target: str
     target_span: Span
@@ -440,6 +449,11 @@ class Input(Node):
     span: Span
     dtype: str
     shape: Shape | None
+    # `mask: bool[B, T]? = none`: the input may be left out (None in Python); the checker proves it present
+    # (`if mask != none { ... }`) before most uses.
+    optional: bool = False
+    # `hx: ([B, H], [B, H])`: a tuple of tensors (then `dtype` and `shape` are the first one's).
+    parts: list[Input] | None = None
 
 
 @dataclass(eq=False)

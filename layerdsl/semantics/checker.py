@@ -230,6 +230,7 @@ class LayerChecker:
         self.index_ranks: dict[str, int] = {}  # local -> rank, for locals an index statement binds
         self.loop_vars: set[str] = set()  # the `for` variables of the loops around the statement checked
         self.loop_bound: set[str] = set()  # locals first bound in a loop body (not bound after it)
+        self.unpacking: N.Expr | None = None  # the value of the `h, c = hx` being checked (it may be a tuple)
 
     # ------------------------------------------------------------ layer level
 
@@ -606,9 +607,11 @@ class LayerChecker:
                 self.r.error(inp.span, f"input '{inp.name}' is given twice")
                 continue
             seen_inputs.add(inp.name)
-            self.declare(inp.name, inp.span, Ref.INPUT, Kind.TENSOR, inp)
-            if inp.shape is not None:
-                self.check_input_shape(inp.shape, bind=True)
+            self.declare(inp.name, inp.span, Ref.INPUT, Kind.TUPLE if inp.parts else Kind.TENSOR, inp)
+            self.check_input_kind(inp, fwd)
+            for shape in [p.shape for p in inp.parts] if inp.parts else [inp.shape]:
+                if shape is not None:
+                    self.check_input_shape(shape, bind=not inp.optional, optional=inp.optional)
         for shape in fwd.outputs or []:
             self.check_input_shape(shape, bind=False)
         locals_ = self.scope.copy()
@@ -619,7 +622,26 @@ class LayerChecker:
             )
         return locals_
 
-    def check_input_shape(self, shape: N.Shape, bind: bool) -> None:
+    def check_input_kind(self, inp: N.Input, fwd: N.Forward) -> None:
+        """An optional input (`mask: bool[B, T]? = none`) comes after the required ones; it and a tuple input
+        are not yet derived through in an @function layer."""
+        if inp.optional:
+            self.maybe_none.add(inp.name)
+        elif any(i.optional for i in fwd.inputs[: fwd.inputs.index(inp)]):
+            self.r.error(
+                inp.span,
+                f"required input '{inp.name}' follows an optional one",
+                "put the optional inputs (`? = none`) last, as Python's defaults are",
+            )
+        if self.layer.is_function and (inp.optional or inp.parts):
+            what = "an optional input" if inp.optional else "a tuple input"
+            self.r.error(
+                inp.span,
+                f"an @function layer cannot take {what} yet: the derived backward does not pass through it",
+                "drop @function (autograd then derives the backward), or take the tensors as required inputs",
+            )
+
+    def check_input_shape(self, shape: N.Shape, bind: bool, optional: bool = False) -> None:
         ellipses = [d for d in shape.dims if isinstance(d, N.EllipsisItem)]
         for extra in ellipses[1:]:
             self.r.error(extra.span, "'...' may appear at most once in a shape")
@@ -635,7 +657,14 @@ class LayerChecker:
                 else:
                     hint = did_you_mean(d.id, self.scope.names(Ref.DIM, Ref.ARG, Ref.LET))
                     self.r.error(
-                        d.span, f"unknown dim '{d.id}'", hint or "output dims must be arguments or dims of the inputs"
+                        d.span,
+                        f"unknown dim '{d.id}'",
+                        hint
+                        or (
+                            "an optional input's dims must be arguments or dims of the required inputs"
+                            if optional
+                            else "output dims must be arguments or dims of the inputs"
+                        ),
                     )
                     continue
             if self.check_no_reductions(d):
@@ -646,12 +675,17 @@ class LayerChecker:
 
     def check_block(self, body: list[N.Stmt], scope: Scope, in_forward: bool) -> bool:
         """Checks statements; returns whether the block returns on every path."""
+        outer = set(self.not_none)
         for i, stmt in enumerate(body):
             if self.check_stmt(stmt, scope, in_forward):
                 for dead in body[i + 1 :]:
                     self.r.error(dead.span, "statement after return is never run")
                     break
+                self.not_none = outer
                 return True
+            if isinstance(stmt, N.If) and not stmt.orelse and _always_returns(stmt.body):
+                self.not_none |= _none_checked(stmt.cond, "==")  # `if x == none { return ... }`: x is given after
+        self.not_none = outer
         return False
 
     def check_stmt(self, stmt: N.Stmt, scope: Scope, in_forward: bool) -> bool:
@@ -665,6 +699,8 @@ class LayerChecker:
             case N.Assign(target=target, target_span=span, value=value):
                 self.check_expr(value, scope, in_forward)
                 self.bind_local(stmt, scope, value.kind)
+            case N.Unpack():
+                self.check_unpack(stmt, scope, in_forward)
             case N.IndexAssign():
                 from layerdsl.semantics.index_notation import check_index_assign  # the index-notation issue's pass
 
@@ -877,8 +913,45 @@ class LayerChecker:
                 return True
         return False
 
-    def bind_local(self, stmt: N.Assign | N.IndexAssign, scope: Scope, kind: Kind) -> None:
-        name, span = stmt.target, stmt.target_span
+    def check_unpack(self, stmt: N.Unpack, scope: Scope, in_forward: bool) -> None:
+        """`h, c = hx`: a tuple input (as many names as it has tensors) or a sub's call (as many as its
+        spec layer's forward returns)."""
+        value = stmt.value
+        self.unpacking = value
+        self.check_expr(value, scope, in_forward)
+        self.unpacking = None
+        n = len(stmt.targets)
+        if isinstance(value, N.Name) and value.kind == Kind.TUPLE:
+            decl = self.layer.forward.inputs if self.layer.forward is not None else []
+            parts = next((i.parts for i in decl if i.name == value.id), None) or []
+            if len(parts) != n:
+                self.r.error(stmt.span, f"'{value.id}' holds {len(parts)} tensors, unpacked into {n} names")
+        elif isinstance(value, N.Call) and scope.get(value.func) == Ref.SUB:
+            sub = next((s for s in self.layer.subs if s.name == value.func), None)
+            target = self.program.layers.get(sub.call.func) if sub is not None else None
+            outputs = target.forward.outputs if target is not None and target.forward is not None else None
+            if outputs is not None and len(outputs) != n:
+                self.r.error(
+                    stmt.span,
+                    f"'{value.func}' returns {len(outputs)} tensor{'s' if len(outputs) != 1 else ''}, unpacked into {n} names",
+                )
+        elif value.kind != Kind.UNKNOWN:
+            self.r.error(
+                value.span,
+                "only a tuple input or a sub's call can be unpacked into names",
+                "assign one value to one name: `y = ...`",
+            )
+        for name, span in stmt.targets:
+            self.bind_local(stmt, scope, Kind.TENSOR, (name, span))
+
+    def bind_local(
+        self,
+        stmt: N.Assign | N.IndexAssign | N.Unpack,
+        scope: Scope,
+        kind: Kind,
+        target: tuple[str, N.Span] | None = None,
+    ) -> None:
+        name, span = target if target is not None else (stmt.target, stmt.target_span)  # type: ignore[union-attr]
         if name in self.loop_vars:
             self.r.error(span, f"cannot assign to the loop variable '{name}'", "choose a new name")
             return
@@ -900,11 +973,12 @@ class LayerChecker:
     def check_expr(self, expr: N.Expr, scope: Scope, in_forward: bool) -> None:
         for node in [n for n in walk(expr) if isinstance(n, N.Name)]:
             self.resolve(node, scope, in_forward)
-        for family in [n for n in walk(expr) if isinstance(n, N.FamilyName) and n.index is not None]:
-            if family.index.kind not in (Kind.INT, Kind.UNKNOWN):
+        for family in [n for n in walk(expr) if isinstance(n, N.FamilyName)]:
+            index = family.index
+            if index is not None and index.kind not in (Kind.INT, Kind.UNKNOWN):
                 self.r.error(
-                    family.index.span,
-                    f"a family's member is picked by an int, this is {_a(family.index.kind)}",
+                    index.span,
+                    f"a family's member is picked by an int, this is {_a(index.kind)}",
                     f"loop over the members: `for k in range(n) {{ ... {family.prefix}{{k}}{family.suffix} ... }}`",
                 )
         self.check_optional_uses(expr, None)
@@ -949,7 +1023,7 @@ class LayerChecker:
         else:
             problem = name_problem(name)
             candidates = scope.names()
-            hint = did_you_mean(name, candidates) or (problem[1] if problem else None)
+            hint: str | None = did_you_mean(name, candidates) or (problem[1] if problem else None)
             family = next((t for t in self.layer.tensors if t.repeat is not None and _in_family(name, t)), None)
             if family is not None:
                 hint = f"'{name}' is a member of the family '{family.written}': read it as {family.written} in a loop"
@@ -979,6 +1053,9 @@ class LayerChecker:
     def check_argument_uses(self, expr: N.Expr, parent: N.Expr | None) -> None:
         """A `T?` argument is compared with none, passed where an operation takes none, or used where an
         `if x != none` holds; an `ints` argument is passed to an operation or a sub, never computed with."""
+        if isinstance(expr, N.Name) and expr.ref == Ref.INPUT:
+            self.check_input_use(expr, parent)
+            return
         if isinstance(expr, N.Name) and expr.ref == Ref.ARG:
             passed = isinstance(parent, N.Call) and (parent.func not in CALLABLE or takes_none(parent, expr))
             if expr.id in self.maybe_none and expr.id not in self.not_none and not passed:
@@ -999,6 +1076,28 @@ class LayerChecker:
         for child in sub_expressions(expr):
             self.check_argument_uses(child, expr)
 
+    def check_input_use(self, name: N.Name, parent: N.Expr | None) -> None:
+        """An optional input is compared with none, passed where it may be none (a sub, an operation's
+        parameter that defaults to none), an operand of + - * / (skipped when none), or used where
+        `if x != none` proves it present; a tuple input is unpacked (`h, c = hx`) or passed to a sub."""
+        passed = isinstance(parent, N.Call) and parent.func not in CALLABLE
+        if name.id in self.maybe_none and name.id not in self.not_none:
+            skipped = isinstance(parent, N.BinOp) and parent.op in ("+", "-", "*", "/") and name.kind == Kind.TENSOR
+            if not (passed or skipped or _compares_with_none(parent) or takes_none(parent, name, tensor=True)):
+                self.r.error(
+                    name.span,
+                    f"optional input '{name.id}' may be none here",
+                    f"use it inside `if {name.id} != none {{ ... }}`, as an operand of + - * / (skipped when none),"
+                    " or pass it where none is taken",
+                )
+                return
+        if name.kind == Kind.TUPLE and not (passed or name is self.unpacking or _compares_with_none(parent)):
+            self.r.error(
+                name.span,
+                f"'{name.id}' is a tuple of tensors",
+                f"unpack it into names: `a, b = {name.id}`, or pass it to a sub",
+            )
+
     def check_calls(self, expr: N.Expr, scope: Scope) -> None:
         for node in walk(expr):
             if not isinstance(node, N.Call):
@@ -1016,12 +1115,15 @@ class LayerChecker:
                         f"write `for block in {node.func} {{ h = block(h) }}`",
                     )
                 target = self.program.layers.get(sub.call.func) if sub is not None else None
-                if target is not None and target.forward is not None and len(node.args) != len(target.forward.inputs):
-                    n = len(target.forward.inputs)
-                    inputs = ", ".join(i.name for i in target.forward.inputs)
+                declared = target.forward.inputs if target is not None and target.forward is not None else None
+                required = len([i for i in declared if not i.optional]) if declared is not None else 0
+                if target is not None and declared is not None and not required <= len(node.args) <= len(declared):
+                    n = len(declared)
+                    inputs = ", ".join(i.name for i in declared)
+                    counted = f"{required} to {n} inputs" if required < n else f"{n} input{'s' if n != 1 else ''}"
                     self.r.error(
                         node.span,
-                        f"'{node.func}' takes {n} input{'s' if n != 1 else ''}, got {len(node.args)}",
+                        f"'{node.func}' takes {counted}, got {len(node.args)}",
                         f"layer '{target.name}' has forward({inputs})",
                     )
             elif (ref := scope.get(node.func)) is not None:
@@ -1456,6 +1558,17 @@ def _promote(a: Kind, b: Kind, op: str) -> Kind:
     if a in N.NUMBERS and b in N.NUMBERS:
         return Kind.INT
     return a or b
+
+
+def _always_returns(body: list[N.Stmt]) -> bool:
+    """Whether `body` returns on every path (its last statement is a return, or an `if` both of whose
+    branches always return)."""
+    if not body:
+        return False
+    last = body[-1]
+    if isinstance(last, N.If):
+        return _always_returns(last.body) and _always_returns(last.orelse)
+    return isinstance(last, N.Return)
 
 
 def _count_returns(body: list[N.Stmt]) -> int:

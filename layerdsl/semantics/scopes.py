@@ -186,7 +186,7 @@ def resolve(layer: N.Layer, name: str, line: int, col: int) -> Binding | None:
 def _declare_inputs(scope: Scope, fwd: N.Forward) -> None:
     for inp in fwd.inputs:  # an input, then the dims its shape binds
         scope.declare(inp.name, Ref.INPUT, inp, inp.span)
-        for d in inp.shape.dims if inp.shape is not None else []:
+        for d in [d for p in inp.parts or [inp] if p.shape is not None for d in p.shape.dims]:
             if is_new_dim(d, scope):
                 scope.declare(d.id, Ref.DIM, d, d.span)
 
@@ -203,6 +203,9 @@ def _bind_block(scope: Scope, body: list[N.Stmt], at: tuple[int, int] | None) ->
         match stmt:
             case N.Assign() | N.IndexAssign():
                 scope.bind_local(stmt.target, stmt, stmt.target_span)
+            case N.Unpack():
+                for name, span in stmt.targets:
+                    scope.bind_local(name, stmt, span)
             case N.If(body=then, orelse=orelse):
                 then_scope, else_scope = scope.copy(), scope.copy()
                 r1, r2 = _bind_block(then_scope, then, None), _bind_block(else_scope, orelse, None)

@@ -52,10 +52,13 @@ def check_layer_shapes(layer: N.Layer, layers: dict[str, N.Layer], reporter: Rep
     for let in layer.lets:
         if let.value.kind == Kind.INT:
             lets[let.name] = S.poly(let.value, lets)
-    env: dict[str, Shape] = {i.name: S.declared_shape(i.shape, i.name, lets) for i in fwd.inputs}
+    env: dict[str, Shape] = {i.name: S.declared_shape(i.shape, i.name, lets) for i in fwd.inputs if not i.parts}
     env.update({t.name: S.declared_shape(t.shape, t.name, lets) for t in layer.tensors if t.repeat is None})
     env.update({t.name: _family_shape(t, lets) for t in layer.tensors if t.repeat is not None})
     pass_ = _ShapePass(layer, layers, reporter or Reporter(layer.path, ""), result, lets)
+    for i in fwd.inputs:
+        if i.parts:  # a tuple input: the shapes `h, c = hx` gives its names
+            pass_.tuples[i.name] = [S.declared_shape(p.shape, p.name, lets) for p in i.parts]
     pass_.block(fwd.body, env)
     if fwd.outputs is not None:
         result.unproven |= {k for k in range(len(fwd.outputs)) if k not in pass_.proven or k in pass_.open}
@@ -92,6 +95,7 @@ class _ShapePass:
         self.subs = {s.name: s.call for s in layer.subs}
         self.proven: set[int] = set()  # outputs some return proved
         self.open: set[int] = set()  # outputs some return left unproven
+        self.tuples: dict[str, list[Shape]] = {}  # each tuple input's declared shapes
 
     # ------------------------------------------------------------ statements
 
@@ -104,6 +108,14 @@ class _ShapePass:
                     env[target] = self.shape(value, env)
                     bound[target] = stmt.target_span
                     self.result.bindings.append(Binding(stmt.target_span, target, env[target]))
+                case N.Unpack(targets=targets, value=value):
+                    shapes = self.tuples.get(value.id, []) if isinstance(value, N.Name) else []
+                    if isinstance(value, N.Call):
+                        self.shape(value, env)  # the sub's inputs are checked; its outputs are not known here
+                    for k, (target, span) in enumerate(targets):
+                        env[target] = shapes[k] if k < len(shapes) else None
+                        bound[target] = span
+                        self.result.bindings.append(Binding(span, target, env[target]))
                 case N.IndexAssign():
                     env[stmt.target] = self.index_assign(stmt, env)
                     bound[stmt.target] = stmt.target_span
@@ -223,6 +235,8 @@ class _ShapePass:
         if e.kind in (Kind.INT, Kind.FLOAT, Kind.BOOL):
             return ()
         match e:
+            case N.Name() if e.kind == Kind.TUPLE:
+                return None  # a tuple input passed to a sub: its tensors are checked where they are unpacked
             case N.Name(id=name) if e.kind == Kind.TENSOR or name in env:
                 return env.get(name)
             case N.Name() | N.Num() | N.Bool():
@@ -431,7 +445,7 @@ class _ShapePass:
                 lambda msg: self.r.error(call.span, f"{_text(call)}: {msg}", f"see `sub {call.func} = ...`"),
             )
         target = self.layers.get(construction.func)
-        if target is None or target.forward is None or len(call.args) != len(target.forward.inputs):
+        if target is None or target.forward is None or len(call.args) > len(target.forward.inputs):
             return None
         subst = _layer_args(target, construction, self.lets)
         for arg, inp, actual in zip(call.args, target.forward.inputs, inputs):

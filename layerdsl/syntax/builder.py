@@ -309,8 +309,28 @@ class IRBuilder(Transformer):
         return N.Backward(_span(meta), [(str(n), _tspan(n)) for n in names if n is not None], body)
 
     def input(self, meta, items):
-        name, dtype, shape = items
-        return N.Input(str(name), _tspan(name), self._dtype(dtype), shape)
+        name, declared, maybe_none, default = items
+        span = _tspan(name)
+        if isinstance(declared, list):  # a tuple of tensors
+            dtype, shape = declared[0].dtype, declared[0].shape
+        else:
+            dtype, shape = declared if declared is not None else ("float", None)
+        inp = N.Input(str(name), span, dtype, shape, optional=maybe_none is not None)
+        if isinstance(declared, list):
+            inp.parts = [N.Input(f"{name}[{k}]", span, p.dtype, p.shape) for k, p in enumerate(declared)]
+        if default is not None and not (inp.optional and isinstance(default, N.NoneLit)):
+            hint = f"write `{name}: ...? = none`" if not inp.optional else None
+            self.r.error(default.span, "an input's only default is `none`, for an optional input (`T? = none`)", hint)
+        elif inp.optional and default is None:
+            self.r.error(_tspan(maybe_none), f"optional input '{name}' needs its default", "write `? = none`")
+        return inp
+
+    def tensor_type(self, meta, items):
+        dtype, shape = items
+        return self._dtype(dtype), shape
+
+    def tuple_type(self, meta, items):
+        return [N.Input("", _span(meta), dtype, shape) for dtype, shape in items if shape is not None]
 
     def _dtype(self, tok: Token | None) -> str:
         if tok is None:
@@ -360,6 +380,10 @@ class IRBuilder(Transformer):
                 "assign to a name: `y = ...`, or in index notation: `y[b, k] = ...`",
             )
         return None
+
+    def unpack(self, meta, items):
+        *names, value = [i for i in items if i is not None]
+        return N.Unpack(_span(meta), [(str(n), _tspan(n)) for n in names], value)
 
     def update(self, meta, items):
         name, value = items

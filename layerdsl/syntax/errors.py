@@ -177,7 +177,7 @@ def describe_syntax_error(exc: UnexpectedInput, source: str) -> tuple[Span, str,
             hint = "only params and buffers can have a condition"
     elif before == "elif" or tok.value == "elif":
         hint = "write `else if`"
-    elif set(accepts) == {"DOT", "EQUAL", "LPAR", "LSQB"}:
+    elif set(accepts) - {"COMMA"} == {"DOT", "EQUAL", "LPAR", "LSQB"}:  # a comma: `h, c = hx`
         hint = "an expression cannot stand alone: assign it (`y = ...`) or return it"
     elif before in RESERVED and tok.type in ("EQUAL", "COLON", "LPAR"):
         hint = f"'{before}' is a reserved word and cannot be a name"

@@ -53,9 +53,6 @@ NOT_WRITTEN: dict[str, str] = {
     "RMSNorm": "specs/rms_norm.layer (the tutorial's RMSNorm) holds the name, and the layers of one run share one"
     " namespace; written like LayerNorm it is `rms_norm(input, normalized_shape, weight, eps)` with `eps: float?`",
     "Threshold": "its argument `threshold` is also the name of its functional form (generated names clash)",
-    "RNNCell": "takes an optional hidden state (optional forward inputs)",
-    "GRUCell": "takes an optional hidden state (optional forward inputs)",
-    "LSTMCell": "takes an optional tuple hidden state (optional and tuple forward inputs)",
     "RNN": "needs loops over layers and time, lists of parameters and optional inputs",
     "GRU": "needs loops over layers and time, lists of parameters and optional inputs",
     "LSTM": "needs loops over layers and time, lists of parameters and optional tuple inputs",
@@ -189,21 +186,36 @@ def _forward_problem(layer: N.Layer, fwd) -> str | None:
     bound, problem = _bind(list(inputs), fwd.args, fwd.kwargs, "inputs")
     if problem:
         return problem
-    missing = [n for n in inputs if n not in bound]
+    missing = [n for n, i in inputs.items() if n not in bound and not i.optional]
     if missing:
         return f"no value for input `{missing[0]}`"
     for name, value in bound.items():
-        if not isinstance(value, torch.Tensor):
-            return f"input `{name}` is {_value_kind(value)}"
         declared = inputs[name]
-        if declared.dtype == "float" and not value.is_floating_point():
-            return f"input `{name}` is {value.dtype}, the spec declares a float input"
-        if declared.shape is not None:
-            rank = len(declared.shape.dims)
-            if declared.shape.has_ellipsis and value.dim() < rank - 1:
-                return f"input `{name}` has {value.dim()} dims, the spec needs at least {rank - 1}"
-            if not declared.shape.has_ellipsis and value.dim() != rank:
-                return f"input `{name}` has {value.dim()} dims, the spec declares {rank}"
+        if value is None and declared.optional:
+            continue
+        if declared.parts and isinstance(value, (tuple, list)) and len(value) == len(declared.parts):
+            problems = (_tensor_problem(f"{name}[{k}]", v, p) for k, (v, p) in enumerate(zip(value, declared.parts)))
+            problem = next((p for p in problems if p), None)
+        elif declared.parts:
+            problem = f"input `{name}` is {_value_kind(value)}, the spec declares a tuple of {len(declared.parts)}"
+        else:
+            problem = _tensor_problem(name, value, declared)
+        if problem:
+            return problem
+    return None
+
+
+def _tensor_problem(name: str, value, declared: N.Input) -> str | None:
+    if not isinstance(value, torch.Tensor):
+        return f"input `{name}` is {_value_kind(value)}"
+    if declared.dtype == "float" and not value.is_floating_point():
+        return f"input `{name}` is {value.dtype}, the spec declares a float input"
+    if declared.shape is not None:
+        rank = len(declared.shape.dims)
+        if declared.shape.has_ellipsis and value.dim() < rank - 1:
+            return f"input `{name}` has {value.dim()} dims, the spec needs at least {rank - 1}"
+        if not declared.shape.has_ellipsis and value.dim() != rank:
+            return f"input `{name}` has {value.dim()} dims, the spec declares {rank}"
     return None
 
 

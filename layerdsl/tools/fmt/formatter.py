@@ -543,7 +543,7 @@ class _Printer:
             members = [c for c in ch[lbrace + 1 : -1] if isinstance(c, Tree)]
             for i, m in enumerate(members):
                 self.member(m, level + 1, "none" if i == 0 else "keep")
-            self.closing(self.b.atom(ch[-1]), level, bool(members))
+            self.closing(self.b.atom(_token(ch[-1], "RBRACE")), level, bool(members))
             return
         if tree.data in ("forward", "backward"):
             block = ch[-1]
