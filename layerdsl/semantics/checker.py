@@ -991,10 +991,10 @@ class LayerChecker:
         ref = scope.lookup(name)
         if isinstance(node, N.FamilyName) and ref is None:
             families = [t.written for t in self.layer.tensors if t.repeat is not None]
-            hint = did_you_mean(node.written, families) or (
+            close = did_you_mean(node.written, families) or (
                 f"the families are {', '.join(families)}" if families else "declare it in a member loop"
             )
-            self.r.error(node.span, f"unknown family '{node.written}'", hint)
+            self.r.error(node.span, f"unknown family '{node.written}'", close)
             node.ref, node.kind = Ref.UNKNOWN, Kind.TENSOR
             return
         if ref == Ref.TRAINING:
@@ -1023,7 +1023,7 @@ class LayerChecker:
         else:
             problem = name_problem(name)
             candidates = scope.names()
-            hint: str | None = did_you_mean(name, candidates) or (problem[1] if problem else None)
+            hint = did_you_mean(name, candidates) or (problem[1] if problem else None)
             family = next((t for t in self.layer.tensors if t.repeat is not None and _in_family(name, t)), None)
             if family is not None:
                 hint = f"'{name}' is a member of the family '{family.written}': read it as {family.written} in a loop"
