@@ -343,6 +343,15 @@ TABLE: tuple[Op, ...] = (
         {"input": "reshape(grad, shape_of(input))"},
     ),
     Op(
+        "size_at",
+        _sig("input*, dim"),
+        "Tensor.size",
+        "size",
+        "the size of input's dim `dim`, an int (a loop's trip count: `for t in range(size_at(x, 0))`)",
+        {"input": None},
+        template="{input}.size({dim})",
+    ),
+    Op(
         "new_zeros",
         _sig("input*, size"),
         "Tensor.new_zeros",

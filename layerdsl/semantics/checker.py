@@ -1043,7 +1043,8 @@ class LayerChecker:
             if not ok and not takes_none(parent, expr, tensor=True):
                 self.r.error(
                     expr.span,
-                    f"'{expr.id}' is optional (it exists only if its condition holds) and may only be an operand of + - * /",
+                    f"'{expr.written if isinstance(expr, N.FamilyName) else expr.id}' is optional (it exists only if its"
+                    " condition holds) and may only be an operand of + - * /",
                     "when it is absent the operation is skipped; for other uses make it unconditional",
                 )
             return
@@ -1226,6 +1227,17 @@ class LayerChecker:
                 expr.kind = Kind.BOOL
             case N.Call():
                 expr.kind = self._call_kind(expr, construction)
+            case N.Subscript(value=v, items=items) if v.kind == Kind.LIST and isinstance(v, N.Name):
+                # `outputs[t]`: one tensor of a local list, by an int
+                if (
+                    v.ref == Ref.LOCAL
+                    and len(items) == 1
+                    and getattr(items[0], "kind", None) in (Kind.INT, Kind.UNKNOWN)
+                ):
+                    expr.kind = Kind.TENSOR
+                else:
+                    self.r.error(expr.span, f"a list is indexed by one int: `{v.id}[t]`")
+                    expr.kind = Kind.UNKNOWN
             case N.Subscript(value=v):
                 expr.kind = Kind.TENSOR if v.kind == Kind.TENSOR else v.kind
             case N.ListExpr():
@@ -1243,6 +1255,8 @@ class LayerChecker:
         op = CALLABLE.get(call.func)
         if op is None:
             return Kind.TENSOR
+        if op.shape == "size":  # size_at(x, d): an int read from a tensor's shape
+            return Kind.INT
         operands = [call.args[i] for i, p in enumerate(op.params[: len(call.args)]) if p.tensor or p.tensors]
         operands += [k.value for k in call.kwargs if (p := op.param(k.name)) is not None and (p.tensor or p.tensors)]
         kinds = [o.kind for o in operands]

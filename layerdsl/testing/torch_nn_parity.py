@@ -53,9 +53,6 @@ NOT_WRITTEN: dict[str, str] = {
     "RMSNorm": "specs/rms_norm.layer (the tutorial's RMSNorm) holds the name, and the layers of one run share one"
     " namespace; written like LayerNorm it is `rms_norm(input, normalized_shape, weight, eps)` with `eps: float?`",
     "Threshold": "its argument `threshold` is also the name of its functional form (generated names clash)",
-    "RNN": "needs loops over layers and time, lists of parameters and optional inputs",
-    "GRU": "needs loops over layers and time, lists of parameters and optional inputs",
-    "LSTM": "needs loops over layers and time, lists of parameters and optional tuple inputs",
     "MultiheadAttention": "needs optional mask inputs, tuple outputs and None-able arguments",
     "TransformerEncoderLayer": "needs optional mask inputs and a callable activation argument",
     "TransformerDecoderLayer": "needs optional mask inputs and a callable activation argument",
@@ -121,7 +118,12 @@ def torch_arguments(torch_cls: type, args: tuple, kwargs: dict) -> dict[str, Any
     A value given as torch's own default is left out: it is what not giving it means (`options=None`)."""
     signature = inspect.signature(torch_cls)
     bound = signature.bind(*args, **kwargs).arguments
-    return {k: v for k, v in bound.items() if not _is_default(v, signature.parameters[k].default)}
+    extra = {}  # `RNN(*args, **kwargs)`: the keywords themselves (no defaults known to leave out)
+    for name, parameter in signature.parameters.items():
+        if parameter.kind == inspect.Parameter.VAR_KEYWORD:
+            extra = bound.pop(name, {})
+    values = {k: v for k, v in bound.items() if not _is_default(v, signature.parameters[k].default)}
+    return values | extra
 
 
 def _is_default(value, default) -> bool:
