@@ -61,3 +61,46 @@ def test_a_loop_over_a_time_dim_equals_torchs_rnn(tmp_path):
     (grad_theirs,) = torch.autograd.grad(theirs.sum(), x)
     torch.testing.assert_close(grad_ours, grad_theirs)
     assert torch.autograd.gradcheck(elman, (x,))
+
+
+FAMILY = """
+layer Stacked(input_size: int, hidden_size: int, num_layers: int = 2, bias: bool = true) {
+    let stdv = 1 / sqrt(hidden_size)
+    for k in range(num_layers) {
+        param weight_ih_l{k}: [hidden_size, input_size if k == 0 else hidden_size] = uniform(-stdv, stdv)
+        param weight_hh_l{k}: [hidden_size, hidden_size] = uniform(-stdv, stdv)
+        param bias_ih_l{k}: [hidden_size] = uniform(-stdv, stdv) if bias
+        param bias_hh_l{k}: [hidden_size] = uniform(-stdv, stdv) if bias
+    }
+    example(input_size = 3, hidden_size = 4)
+    forward(input: [T, B, input_size]) -> [T, B, hidden_size] {
+        x = input
+        for k in range(num_layers) {
+            h = new_zeros(x, [B, hidden_size])
+            outputs = []
+            for t in range(T) {
+                h = tanh(x[t] @ transpose(weight_ih_l{k}, 0, 1) + bias_ih_l{k} + h @ transpose(weight_hh_l{k}, 0, 1) + bias_hh_l{k})
+                outputs.append(h)
+            }
+            x = stack(outputs, dim = 0)
+        }
+        return x
+    }
+}
+"""
+
+
+def test_a_family_of_params_is_named_registered_and_drawn_as_torchs_rnn(tmp_path):
+    cls, outputs = _build(tmp_path, FAMILY, "Stacked", "loops_family")
+    code = "".join(outputs[Path("loops.py")].split())
+    assert 'setattr(self,f"weight_ih_l{k}",' in code and 'getattr(self,f"weight_hh_l{k}")' in code
+    for layers, bias in ((1, True), (3, True), (2, False)):
+        torch.manual_seed(0)
+        ours = cls(3, 4, num_layers=layers, bias=bias)
+        torch.manual_seed(0)
+        theirs = torch.nn.RNN(3, 4, num_layers=layers, bias=bias)
+        assert list(ours.state_dict()) == list(theirs.state_dict())
+        for name, value in theirs.state_dict().items():
+            assert torch.equal(ours.state_dict()[name], value), name  # same draws, same order
+        x = torch.randn(5, 2, 3)
+        torch.testing.assert_close(ours(x), theirs(x)[0])
