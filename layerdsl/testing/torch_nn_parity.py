@@ -44,20 +44,23 @@ NOT_WRITTEN: dict[str, str] = {
     " example (random log_probs) fails; the op row `ctc_loss` exists",
     "FractionalMaxPool2d": "random pooling regions from a private `_random_samples` tensor argument",
     "FractionalMaxPool3d": "random pooling regions from a private `_random_samples` tensor argument",
-    "LazyConv1d": "lazy parameters (a dim taken from the first input) are not in the language",
-    "LazyConv2d": "lazy parameters (a dim taken from the first input) are not in the language",
-    "LazyConv3d": "lazy parameters (a dim taken from the first input) are not in the language",
-    "LazyConvTranspose1d": "lazy parameters (a dim taken from the first input) are not in the language",
-    "LazyConvTranspose2d": "lazy parameters (a dim taken from the first input) are not in the language",
-    "LazyConvTranspose3d": "lazy parameters (a dim taken from the first input) are not in the language",
+    "LazyConv1d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
+    "LazyConv2d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
+    "LazyConv3d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
+    "LazyConvTranspose1d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
+    "LazyConvTranspose2d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
+    "LazyConvTranspose3d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
     "RMSNorm": "specs/rms_norm.layer (the tutorial's RMSNorm) holds the name, and the layers of one run share one"
     " namespace; written like LayerNorm it is `rms_norm(input, normalized_shape, weight, eps)` with `eps: float?`",
     "Threshold": "its argument `threshold` is also the name of its functional form (generated names clash)",
     "MultiheadAttention": "needs optional mask inputs, tuple outputs and None-able arguments",
     "TransformerEncoderLayer": "needs optional mask inputs and a callable activation argument",
     "TransformerDecoderLayer": "needs optional mask inputs and a callable activation argument",
-    "TransformerEncoder": "takes a layer instance as an argument and repeats it (needs lists of subs)",
-    "Transformer": "needs lists of sub layers, optional mask inputs and a callable activation",
+    "TransformerEncoder": "takes a layer instance as an argument and repeats it: a `module` argument type and"
+    " `[copy(encoder_layer) for i in range(n)]` would say it (the list of subs exists); its masks' shapes depend on"
+    " the given layer's batch_first, which the spec cannot see",
+    "Transformer": "needs a callable activation argument and TransformerEncoder's layer-instance argument (lists of"
+    " subs and optional masks exist)",
 }
 
 
