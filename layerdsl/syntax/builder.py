@@ -202,7 +202,7 @@ class IRBuilder(Transformer):
     def member_loop(self, meta, items):
         """`for k in range(n) { param ... }`: the params it declares, sharing one Repeat; each family's
         index must be the loop's variable."""
-        var, iterable, *members = items
+        var, iterable, *members = _without_keywords(items)
         loop_var = N.Name(_tspan(var), str(var))
         if not (isinstance(iterable, N.Call) and iterable.func == "range"):
             self.r.error(
@@ -396,7 +396,7 @@ class IRBuilder(Transformer):
         return N.If(_span(meta), cond, body, orelse or [])
 
     def for_stmt(self, meta, items):
-        var, iterable, body = items
+        var, iterable, body = _without_keywords(items)
         return N.For(_span(meta), str(var), _tspan(var), iterable, body)
 
     def append(self, meta, items):
@@ -582,7 +582,7 @@ class IRBuilder(Transformer):
         return N.ListExpr(_span(meta), [i for i in items if i is not None])
 
     def list_comp(self, meta, items):
-        item, var, iterable = items
+        item, var, iterable = _without_keywords(items)
         return N.ListComp(_span(meta), item, N.Name(_tspan(var), str(var)), iterable)
 
     def callargs(self, meta, items):
@@ -602,6 +602,11 @@ class IRBuilder(Transformer):
 
     def __default__(self, data, children, meta):  # pragma: no cover - every rule has a method
         raise AssertionError(f"no builder for rule {data}")
+
+
+def _without_keywords(items: list) -> list:
+    """A rule's children without its `for` and `in` (named terminals, so Lark keeps them)."""
+    return [i for i in items if not (isinstance(i, Token) and i.type in ("FOR", "IN"))]
 
 
 class Invalid(N.Expr):

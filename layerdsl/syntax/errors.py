@@ -17,6 +17,8 @@ _DISPLAY = {
     "_NL": "a newline",
     "NAME": "a name",
     "FAMILY": "a family's member (`weight_l{k}`)",
+    "FOR": "'for'",
+    "IN": "'in'",
     "NUMBER": "a number",
     "STRING": "a string",
     "$END": "end of file",
