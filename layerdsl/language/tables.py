@@ -86,7 +86,7 @@ GENERATED_BUILTINS = frozenset(
     | {"max", "min"}  # written by operations' Python spellings
     | {"getattr"}  # a Function's `apply` probes torch internals that a torch release may lack
     | {"isinstance", "len"}  # an `ints` argument given as one int is repeated to its length
-    | {"range"}  # `for t in range(T)` and a list of subs
+    | {"range", "setattr"}  # `for t in range(T)`, a list of subs; a family of params: `setattr(self, f"w_l{k}", ...)`
 )
 # The generated classes' public API and the language's own names: `self` and `ctx`, `__init__`'s `device`,
 # `dtype` and `factory_kwargs` (as torch.nn writes them), `training`, the constants, `grad`.
