@@ -471,3 +471,35 @@ async def test_hover_on_a_local_shows_its_inferred_shape(client: LanguageClient,
         T.HoverParams(_doc(uri), T.Position(line, len("        y = softmax(h")))
     )
     assert hover is not None and "(local) h: [B, m]" in hover.contents.value
+
+
+LOOPS = textwrap.dedent("""\
+    layer Stacked(n: int, d: int) {
+        for k in range(n) {
+            param weight_l{k}: [d, d if k == 0 else d]
+        }
+        example(n = 2, d = 3)
+        forward(x: [B, d]) -> [B, d] {
+            h = x
+            outputs = []
+            for k in range(n) {
+                h = tanh(h @ weight_l{k})
+                outputs.append(h)
+            }
+            return h
+        }
+    }
+    """)
+
+
+async def test_loops_and_families_are_analysed(client: LanguageClient, workspace: Path):
+    uri = _uri(workspace, "loops.layer")
+    await _open(client, uri, LOOPS, lambda ds: len(ds) == 0)
+    tokens = await client.text_document_semantic_tokens_full_async(T.SemanticTokensParams(_doc(uri)))
+    got = _decode(LOOPS, tokens.data)
+    assert got[(1, "for")] == "keyword" and got[(1, "in")] == "keyword"
+    assert got[(9, "tanh")] == "function"
+    hints = await client.text_document_inlay_hint_async(
+        T.InlayHintParams(_doc(uri), T.Range(T.Position(0, 0), T.Position(15, 0)))
+    )
+    assert {h.position.line: h.label for h in hints}[6] == ": [B, d]"

@@ -205,6 +205,8 @@ class LayerEmitter:
 
     @property
     def has_functional(self) -> bool:
+        if any(t.repeat is not None for t in self.layer.tensors):  # a family's size is an argument's value
+            return False
         return not self.layer.subs and not any(isinstance(s, N.Update) for s in statements(self.forward.body))
 
     # -- __init__
@@ -253,15 +255,24 @@ class LayerEmitter:
                 lines.append(f"self.{a.name} = {a.name}")
         for let in layer.lets:
             lines.append(f"self.{let.name} = {ex(let.value)}")
-        for t in layer.tensors:
-            lines += self.tensor_init(t, ex)
+        for repeat, tensors in _by_loop(layer.tensors):
+            body = [line for t in tensors for line in self.tensor_init(t, ex)]
+            lines += body if repeat is None else [_loop_header(repeat, ex), *_indent(body)]
         if any(t.kind in N.MEMBERS or t.init is not None for t in layer.tensors):
             lines.append("self.reset_parameters()")
         # Subs after this layer's own draws: building one draws random numbers too, and construction must
         # draw what reset_parameters() draws, so that both give the same values under the same seed.
         for s in layer.subs:
-            lines.append(f"self.{s.name} = {self.sub_call(s.call, ex)}")
+            lines.append(f"self.{s.name} = {self.sub_construction(s, ex)}")
         return lines
+
+    def sub_construction(self, s: N.Sub, ex: PyExpr) -> str:
+        """A sub's module; a list of subs is an nn.ModuleList, built as torch's `_get_clones` builds it
+        (`layers.0.weight`, ... in state_dict)."""
+        if s.repeat is None:
+            return self.sub_call(s.call, ex)
+        bounds = ", ".join(ex(a) for a in s.repeat.iter.args)
+        return f"nn.ModuleList([{self.sub_call(s.call, ex)} for {s.repeat.var.id} in range({bounds})])"
 
     def tensor_init(self, t: N.Tensor, ex: PyExpr) -> list[str]:
         dims = [ex(d) for d in t.shape.dims]
@@ -271,7 +282,11 @@ class LayerEmitter:
         torch_dtype = DTYPES[t.dtype]
         kwargs = "**factory_kwargs" if torch_dtype is None else f'device=factory_kwargs["device"], dtype={torch_dtype}'
         empty = f"torch.empty({shape}, {kwargs})"
-        if t.kind == N.Ref.PARAM:
+        if t.repeat is not None:  # a family's member, named as torch's RNN names its params (setattr)
+            name = f'f"{t.written}"'
+            make = [f"setattr(self, {name}, nn.Parameter({empty}))"]
+            absent = [f"self.register_parameter({name}, None)"]
+        elif t.kind == N.Ref.PARAM:
             make = [f"self.{t.name} = nn.Parameter({empty})"]
             absent = [f'self.register_parameter("{t.name}", None)']
         else:
@@ -307,16 +322,19 @@ class LayerEmitter:
     def reset_body(self) -> list[str]:
         ex = PyExpr(self.construction_spelling(on_self=True))
         lines = []
-        for t in self.layer.tensors:
-            body = self.init_lines(t, ex)
-            if t.cond is not None:
-                lines += [f"if self.{t.name} is not None:", *_indent(body)]
-            else:
-                lines += body
+        for repeat, tensors in _by_loop(self.layer.tensors):
+            body = []
+            for t in tensors:
+                inits = self.init_lines(t, ex)
+                if t.cond is not None:
+                    body += [f"if {_member(t)} is not None:", *_indent(inits)]
+                else:
+                    body += inits
+            lines += body if repeat is None else [_loop_header(repeat, ex), *_indent(body)]
         return lines
 
     def init_lines(self, t: N.Tensor, ex: PyExpr) -> list[str]:
-        target = f"self.{t.name}"
+        target = _member(t)
         init = t.init
         if init is None:
             if t.kind == N.Ref.PARAM and len(t.shape.dims) >= 2:
@@ -642,7 +660,7 @@ class LayerEmitter:
             f"if not {x}.is_floating_point():",
             f'    raise TypeError(f"{where} must be a floating-point tensor, got {{{x}.dtype}}")',
         ]
-        param = next((t for t in self.layer.params if t.cond is None), None)
+        param = next((t for t in self.layer.params if t.cond is None and t.repeat is None), None)
         if param is None:
             return lines
         w = ex(N.Name(N.NOWHERE, param.name))
@@ -744,6 +762,27 @@ class LayerEmitter:
                 f'    raise ValueError(f"{where} has size {{{actual}}} at dim {pos}, expected {stated}")',
             ]
         return lines
+
+
+def _by_loop(tensors: list[N.Tensor]) -> list[tuple[N.Repeat | None, list[N.Tensor]]]:
+    """The members in order, those of one member loop together (a family's loop is one `for` in __init__ and
+    one in reset_parameters: torch's RNN registers and draws its params layer by layer, in this order)."""
+    out: list[tuple[N.Repeat | None, list[N.Tensor]]] = []
+    for t in tensors:
+        if out and t.repeat is not None and out[-1][0] is t.repeat:
+            out[-1][1].append(t)
+        else:
+            out.append((t.repeat, [t]))
+    return out
+
+
+def _loop_header(repeat: N.Repeat, ex: PyExpr) -> str:
+    return f"for {repeat.var.id} in range({', '.join(ex(a) for a in repeat.iter.args)}):"
+
+
+def _member(t: N.Tensor) -> str:
+    """A member as __init__ and reset_parameters read it: `self.weight`, or `getattr(self, f"weight_l{k}")`."""
+    return f'getattr(self, f"{t.written}")' if t.repeat is not None else f"self.{t.name}"
 
 
 def input_param(inp: N.Input) -> str:
@@ -891,6 +930,14 @@ class StatementWriter:
                 elif o:
                     lines += ["else:", *_indent(self.block(o))]
                 return lines
+            case N.For(var=var, iter=it, body=b):
+                if isinstance(it, N.Call):  # range(...)
+                    it_text = f"range({', '.join(self.ex(a) for a in it.args)})"
+                else:  # a list of subs
+                    it_text = self.ex(it)
+                return [f"for {var} in {it_text}:", *_indent(self.block(b) or ["pass"])]
+            case N.Append(target=t, value=v):
+                return [f"{t}.append({self.ex(v)})"]
             case N.Return(values=vs):
                 checked = self.checks(s) if self.checks else None
                 return checked or [f"return {', '.join(self.ex(v) for v in vs)}"]

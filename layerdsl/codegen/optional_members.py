@@ -53,6 +53,9 @@ def _lower_stmt(stmt: N.Stmt, optional: set[str], fresh, tensors: list[N.Tensor]
         stmt.body = [s for b in stmt.body for s in _lower_stmt(b, optional - present, fresh, tensors)]
         stmt.orelse = [s for b in stmt.orelse for s in _lower_stmt(b, optional - absent, fresh, tensors)]
         return [stmt]
+    if isinstance(stmt, N.For):  # each step guards its own uses
+        stmt.body = [s for b in stmt.body for s in _lower_stmt(b, optional, fresh, tensors)]
+        return [stmt]
     pre: list[N.Stmt] = []
 
     def visit(e: N.Node) -> N.Node:

@@ -79,6 +79,10 @@ class PyExpr:
                 return ("True" if v else "False"), PREC["atom"]
             case N.NoneLit():
                 return "None", PREC["atom"]
+            case N.FamilyName(index=index) if index is not None:  # one member of a family: torch's getattr
+                return f'getattr(self, f"{e.prefix}{{{self(index)}}}{e.suffix}")', PREC["atom"]
+            case N.IfExp(cond=c, then=a, orelse=b):
+                return f"{self.wrap(a, 1)} if {self.wrap(c, 1)} else {self.wrap(b, 0)}", 0
             case N.Name():
                 return self.sp.name(e), PREC["atom"]
             case N.BinOp(op=op, left=l, right=r):

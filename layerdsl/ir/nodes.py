@@ -40,6 +40,7 @@ class Kind(_Word):
     TUPLE = "tuple"  # a tuple input (`hx: ([B, H], [B, H])`): unpacked with `h, c = hx`
     SUB = "sub"  # the kind the checker gives a sub's name (it can only be called)
     OBJECT = "object"  # an `object` argument: an opaque Python value, only passed on to an operation
+    SUBS = "subs"  # a list of subs (`sub layers = [Block(d) for i in range(n)]`): iterated by `for`
 
 
 class Ref(_Word):
@@ -106,6 +107,35 @@ class Name(Expr):
     id: str
     # Filled in by the checker.
     ref: Ref = field(default=Ref.UNRESOLVED, init=False, repr=False, compare=False)
+
+
+@dataclass(eq=False)
+class FamilyName(Name):
+    """`weight_ih_l{k}`: the member of a family (params declared in a `for` over the layer's members) that
+    the int `index` picks; `id` is the family's key, `weight_ih_l{}`."""
+
+    prefix: str = ""
+    index: Name | None = None
+    suffix: str = ""
+
+    @property
+    def written(self) -> str:
+        return f"{self.prefix}{{{self.index.id if self.index else ''}}}{self.suffix}"
+
+
+def family_key(written: str) -> str:
+    """`weight_ih_l{k}_reverse` -> `weight_ih_l{}_reverse`: what names a family whatever its index is called."""
+    head, _, rest = written.partition("{")
+    return f"{head}{{}}{rest.partition('}')[2]}" if rest else written
+
+
+@dataclass(eq=False)
+class IfExp(Expr):
+    """`input_size if k == 0 else hidden_size`: only in a member's dims and a `let` (construction values)."""
+
+    cond: Expr
+    then: Expr
+    orelse: Expr
 
 
 @dataclass(eq=False)
@@ -215,6 +245,15 @@ class Spread(Expr):
 
 
 @dataclass(eq=False)
+class ListComp(Expr):
+    """`[Block(d) for i in range(n)]`: only a sub's value (a list of layers, an nn.ModuleList)."""
+
+    item: Expr
+    var: Name
+    iter: Expr
+
+
+@dataclass(eq=False)
 class Indexed(Expr):
     """A tensor written with one index per axis inside an index statement: `x[b, i]`."""
 
@@ -274,6 +313,26 @@ class If(Stmt):
     cond: Expr
     body: list[Stmt]
     orelse: list[Stmt]
+
+
+@dataclass(eq=False)
+class For(Stmt):
+    """`for t in range(T) { ... }` (`range` with 1 to 3 int bounds) or `for layer in layers { ... }` (a list
+    of subs): the loop variable is an int, or a sub that can only be called."""
+
+    var: str
+    var_span: Span
+    iter: Expr
+    body: list[Stmt]
+
+
+@dataclass(eq=False)
+class Append(Stmt):
+    """`outputs.append(h)`: a list local (`outputs = []`) grows by one tensor (stacked or cat-ed later)."""
+
+    target: str
+    target_span: Span
+    value: Expr
 
 
 @dataclass(eq=False)
@@ -358,6 +417,10 @@ class Tensor(Node):
     init: Init | None
     cond: Expr | None
     persistent: bool = True
+    # A member of a family: declared in `for k in range(n) { param weight_l{k}: ... }` (`name` is the family's
+    # key, `weight_l{}`; `written` as in the spec); one loop's members share one Repeat.
+    repeat: Repeat | None = None
+    written: str = ""
 
     @property
     def named_by_condition(self) -> bool:
@@ -377,6 +440,16 @@ class Sub(Node):
     name: str
     span: Span
     call: Call
+    # `sub layers = [Block(d) for i in range(n)]`: the list's loop (`call` is its item); an nn.ModuleList.
+    repeat: Repeat | None = None
+
+
+@dataclass(eq=False)
+class Repeat(Node):
+    """The `for i in range(n)` of a list of subs: the loop variable and its `range(...)` call."""
+
+    var: Name
+    iter: Call
 
 
 @dataclass(eq=False)

@@ -49,6 +49,10 @@ def _render(e: N.Expr) -> tuple[str, int]:
             return ("true" if v else "false"), ATOM
         case N.NoneLit():
             return "none", ATOM
+        case N.FamilyName():
+            return e.written, ATOM
+        case N.IfExp(cond=cond, then=then, orelse=orelse):  # below `or`, as in Python
+            return f"{_wrap(then, 1)} if {_wrap(cond, 1)} else {_wrap(orelse, 0)}", 0
         case N.Name(id=name):
             return name, ATOM
         case N.BinOp(op=op, left=left, right=right) | N.BoolOp(op=op, left=left, right=right):

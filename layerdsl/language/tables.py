@@ -72,7 +72,7 @@ NN_LAYERS: dict[str, bool] = {
 
 RESERVED = frozenset(
     "layer param buffer transient sub let example forward backward update grad require return if else and or not "
-    "true false none".split()
+    "true false none for in".split()
 )
 
 # The names a spec may not use, because the generated code has them for itself (docs/language.md, "Names").
@@ -87,6 +87,7 @@ GENERATED_BUILTINS = frozenset(
     | {"getattr"}  # a Function's `apply` probes torch internals that a torch release may lack
     | {"isinstance", "len"}  # an `ints` argument given as one int is repeated to its length
     | {"object"}  # the annotation of an `object` argument
+    | {"range", "setattr"}  # `for t in range(T)`, a list of subs; a family of params: `setattr(self, f"w_l{k}", ...)`
 )
 # The generated classes' public API and the language's own names: `self` and `ctx`, `__init__`'s `device`,
 # `dtype` and `factory_kwargs` (as torch.nn writes them), `training`, the constants, `grad`.

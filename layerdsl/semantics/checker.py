@@ -229,6 +229,8 @@ class LayerChecker:
         self.present: set[str] = set()  # optional members known to exist here (`if track_running_stats { ... }`)
         self.partly_bound: set[str] = set()  # locals bound on some paths of an `if` only
         self.index_ranks: dict[str, int] = {}  # local -> rank, for locals an index statement binds
+        self.loop_vars: set[str] = set()  # the `for` variables of the loops around the statement checked
+        self.loop_bound: set[str] = set()  # locals first bound in a loop body (not bound after it)
         self.unpacking: N.Expr | None = None  # the value of the `h, c = hx` being checked (it may be a tuple)
 
     # ------------------------------------------------------------ layer level
@@ -433,17 +435,59 @@ class LayerChecker:
         for let in layer.lets:  # first: shapes and initialisers may use them
             self.check_construction_expr(let.value, "a let")
             self.declare(let.name, let.span, Ref.LET, let.value.kind or Kind.FLOAT, let)
+        checked: set[int] = set()
         for t in layer.tensors:
+            if t.written and t.repeat is None:
+                var = t.written[t.written.index("{") + 1 : t.written.index("}")]
+                self.r.error(
+                    t.span,
+                    f"'{t.written}' names a family of params: declare it in a member loop",
+                    f"write `for {var} in range(n) {{ param {t.written}: ... }}`",
+                )
+            index = self.enter_family(t, first=id(t.repeat) not in checked) if t.repeat is not None else None
+            checked.add(id(t.repeat))
             self.check_member_shape(t.shape, t.name)
             if t.cond is not None:
                 self.check_construction_expr(t.cond, "a condition", want=Kind.BOOL)
                 self.optional.add(t.name)
             if t.init is not None:
                 self.check_init(t, t.init)
+            if index is not None:
+                del self.scope.bindings[index]
             self.declare(t.name, t.span, Ref(t.kind), Kind.TENSOR, t)
         for sub in layer.subs:
+            if sub.repeat is not None:
+                self.check_repeat(sub.repeat)
             self.check_sub_call(sub.call)
             self.declare(sub.name, sub.span, Ref.SUB, Kind.SUB, sub)
+
+    def enter_family(self, t: N.Tensor, first: bool) -> str | None:
+        """A family member's loop (`for k in range(n) { param w_l{k}: ... }`): its range checked once per
+        loop; its variable bound as an int for the member's shape, initialiser and condition. Returns the
+        variable to unbind after them (None when it could not be bound)."""
+        assert t.repeat is not None
+        var = t.repeat.var
+        if first:
+            self.check_repeat(t.repeat)
+        if not self.scope.declare(var.id, Ref.LET, var, var.span):
+            if first:
+                self.r.error(
+                    var.span, f"the loop variable '{var.id}' hides a name already defined", "choose another name"
+                )
+            return None
+        self.kinds[var.id] = Kind.INT
+        return var.id
+
+    def check_repeat(self, repeat: N.Repeat) -> None:
+        """`[Block(d) for i in range(n)]`: `range` of int arguments or lets; the items do not use `i`
+        (each is built alike, as torch's `_get_clones` builds them)."""
+        if repeat.iter.func != "range":
+            return  # reported by the parser
+        if repeat.iter.kwargs or not 1 <= len(repeat.iter.args) <= 3:
+            self.r.error(repeat.iter.span, "range takes 1 to 3 ints (stop; start, stop; start, stop, step)")
+        for bound in repeat.iter.args:
+            self.check_construction_expr(bound, "a list's range", want=Kind.INT)
+        self.check_name(repeat.var.id, repeat.var.span, "local")
 
     def check_member_shape(self, shape: N.Shape, owner: str) -> None:
         if shape.spread is not None:
@@ -784,12 +828,96 @@ class LayerChecker:
                         f"forward declares {len(outputs)} output{'s' if len(outputs) != 1 else ''} but returns {len(values)}",
                     )
                 return True
+            case N.For():
+                self.check_for(stmt, scope, in_forward)
+            case N.Append():
+                self.check_append(stmt, scope, in_forward)
             case N.Grad(target=target, target_span=span, value=value):
                 if in_forward:
                     self.r.error(stmt.span, "grad is only allowed in backward")
                 if not isinstance(value, N.NoneLit):
                     self.check_expr(value, scope, in_forward)
         return False
+
+    def check_for(self, stmt: N.For, scope: Scope, in_forward: bool) -> None:
+        """`for t in range(...)` (int bounds) or `for layer in layers` (a list of subs). The loop variable
+        is bound in the body only; a local first bound in the body is not bound after the loop (it may run
+        zero times)."""
+        if not in_forward:
+            self.r.error(_keyword(stmt.span, "for"), "for is only allowed in forward")
+        var_ref, var_kind = self.check_loop_iter(stmt.iter, scope, in_forward)
+        body_scope = scope.copy()
+        self.check_name(stmt.var, stmt.var_span, "local")  # a bad name is still bound: no follow-on errors
+        if not body_scope.declare(stmt.var, var_ref, stmt, stmt.var_span):
+            self.r.error(
+                stmt.var_span, f"the loop variable '{stmt.var}' hides a name already defined", "choose another name"
+            )
+        outer_kind = self.kinds.get(stmt.var)
+        self.kinds[stmt.var] = var_kind
+        self.loop_vars.add(stmt.var)
+        if self.check_block(stmt.body, body_scope, in_forward):
+            returns = next(s for s in statements(stmt.body) if isinstance(s, N.Return))
+            self.r.error(
+                returns.span, "a loop body cannot return", "collect what the loop computes and return after it"
+            )
+        self.loop_vars.discard(stmt.var)
+        if outer_kind is not None:
+            self.kinds[stmt.var] = outer_kind
+        self.loop_bound |= {n for n in body_scope if n not in scope and n != stmt.var}
+
+    def check_loop_iter(self, it: N.Expr, scope: Scope, in_forward: bool) -> tuple[Ref, Kind]:
+        """What a `for` iterates over, checked; the loop variable's ref and kind."""
+        if isinstance(it, N.Call) and it.func == "range":
+            if it.kwargs or not 1 <= len(it.args) <= 3:
+                self.r.error(it.span, "range takes 1 to 3 ints (stop; start, stop; start, stop, step)")
+            for bound in it.args:
+                self.check_expr(bound, scope, in_forward)
+                if bound.kind not in (Kind.INT, Kind.UNKNOWN):
+                    self.r.error(
+                        bound.span,
+                        f"range takes ints, this is {_a(bound.kind)}",
+                        "loop over an int argument, a let or a dim of an input (`for t in range(T)`)",
+                    )
+            return Ref.LOCAL, Kind.INT
+        if isinstance(it, N.Name) and scope.get(it.id) == Ref.SUB:
+            it.ref, it.kind = Ref.SUB, Kind.SUBS
+            sub = next((s for s in self.layer.subs if s.name == it.id), None)
+            if sub is not None and sub.repeat is None:
+                self.r.error(
+                    it.span,
+                    f"the sub '{it.id}' is one layer, not a list of layers",
+                    f"declare a list: `sub {it.id} = [{sub.call.func}(...) for i in range(n)]`",
+                )
+            return Ref.SUB, Kind.SUB
+        self.check_expr(it, scope, in_forward)
+        what = _a(it.kind) if it.kind else "this"
+        self.r.error(
+            it.span,
+            f"cannot loop over {what}: a `for` runs over `range(...)` or a list of subs",
+            "write `for t in range(T) { ... }`, or declare `sub layers = [Block(d) for i in range(n)]`",
+        )
+        return Ref.LOCAL, Kind.UNKNOWN
+
+    def check_append(self, stmt: N.Append, scope: Scope, in_forward: bool) -> None:
+        """`outputs.append(h)`: `outputs` is a local list (`outputs = []`), `h` a tensor."""
+        if not in_forward:
+            self.r.error(stmt.span, "append is only allowed in forward")
+        ref = scope.get(stmt.target)
+        if ref is None:
+            self.r.error(
+                stmt.target_span,
+                f"unknown name '{stmt.target}'",
+                f"start the list before: `{stmt.target} = []`",
+            )
+        elif ref != Ref.LOCAL or self.kinds.get(stmt.target) != Kind.LIST:
+            self.r.error(
+                stmt.target_span,
+                f"'{stmt.target}' is not a list: only a local list (`{stmt.target} = []`) can be appended to",
+                "start a list with `outputs = []` and pass it to stack() or cat() after the loop",
+            )
+        self.check_expr(stmt.value, scope, in_forward)
+        if stmt.value.kind not in (Kind.TENSOR, Kind.UNKNOWN):
+            self.r.error(stmt.value.span, f"a list holds tensors; this is {_a(stmt.value.kind)}")
 
     def check_require(self, stmt: N.Require, scope: Scope, in_forward: bool) -> None:
         """`require B > 1 if training, "..."`: one comparison of ints, a bool guard; a requirement of
@@ -833,8 +961,16 @@ class LayerChecker:
                 return
 
     def check_no_reductions(self, node) -> bool:
-        """`sum[i](...)` reductions belong to index statements only; reports one and returns True if found."""
+        """`sum[i](...)` reductions belong to index statements only, `[... for i in range(n)]` to a list of
+        subs only; reports one and returns True if found."""
         for n in walk(node):
+            if isinstance(n, N.ListComp):
+                self.r.error(
+                    n.span,
+                    "a list comprehension only builds a list of subs",
+                    "write `sub layers = [Block(d) for i in range(n)]`; in forward, loop with `for`",
+                )
+                return True
             if isinstance(n, N.Reduce):
                 self.r.error(
                     n.span,
@@ -883,6 +1019,9 @@ class LayerChecker:
         target: tuple[str, N.Span] | None = None,
     ) -> None:
         name, span = target if target is not None else (stmt.target, stmt.target_span)  # type: ignore[union-attr]
+        if name in self.loop_vars:
+            self.r.error(span, f"cannot assign to the loop variable '{name}'", "choose a new name")
+            return
         ref = scope.get(name)
         if ref not in (None, Ref.LOCAL):
             self.r.error(
@@ -901,6 +1040,14 @@ class LayerChecker:
     def check_expr(self, expr: N.Expr, scope: Scope, in_forward: bool) -> None:
         for node in [n for n in walk(expr) if isinstance(n, N.Name)]:
             self.resolve(node, scope, in_forward)
+        for family in [n for n in walk(expr) if isinstance(n, N.FamilyName)]:
+            index = family.index
+            if index is not None and index.kind not in (Kind.INT, Kind.UNKNOWN):
+                self.r.error(
+                    index.span,
+                    f"a family's member is picked by an int, this is {_a(index.kind)}",
+                    f"loop over the members: `for k in range(n) {{ ... {family.prefix}{{k}}{family.suffix} ... }}`",
+                )
         self.check_optional_uses(expr, None)
         self.check_argument_uses(expr, None)
         self.check_calls(expr, scope)
@@ -934,6 +1081,14 @@ class LayerChecker:
             self.resolve_sub_member(node, scope)
             return
         ref = scope.lookup(name)
+        if isinstance(node, N.FamilyName) and ref is None:
+            families = [t.written for t in self.layer.tensors if t.repeat is not None]
+            close = did_you_mean(node.written, families) or (
+                f"the families are {', '.join(families)}" if families else "declare it in a member loop"
+            )
+            self.r.error(node.span, f"unknown family '{node.written}'", close)
+            node.ref, node.kind = Ref.UNKNOWN, Kind.TENSOR
+            return
         if ref == Ref.TRAINING:
             node.ref, node.kind = ref, Kind.BOOL
         elif ref == Ref.CONST:
@@ -947,6 +1102,12 @@ class LayerChecker:
             self.r.error(node.span, f"unknown name '{name}'", f"did you mean '{name.lower()}'?")
         elif name in CALLABLE:
             self.r.error(node.span, f"'{name}' is an operation; call it", f"write `{name}(...)`")
+        elif name in self.loop_bound:
+            self.r.error(
+                node.span,
+                f"'{name}' is bound only inside a loop (which may run zero times)",
+                f"bind it before the `for` (e.g. `{name} = ...`), and rebind it in the body",
+            )
         elif name in self.partly_bound:
             self.r.error(
                 node.span, f"'{name}' is not bound on every path", "bind it before the `if`, or on both branches"
@@ -955,6 +1116,9 @@ class LayerChecker:
             problem = name_problem(name)
             candidates = scope.names()
             hint = did_you_mean(name, candidates) or (problem[1] if problem else None)
+            family = next((t for t in self.layer.tensors if t.repeat is not None and _in_family(name, t)), None)
+            if family is not None:
+                hint = f"'{name}' is a member of the family '{family.written}': read it as {family.written} in a loop"
             self.r.error(node.span, f"unknown name '{name}'", hint)
             node.ref = Ref.UNKNOWN
         if not node.kind:
@@ -1010,7 +1174,8 @@ class LayerChecker:
             elif not ok and not takes_none(parent, expr, tensor=True):
                 self.r.error(
                     expr.span,
-                    f"'{expr.id}' is optional (it exists only if its condition holds) and may only be an operand of + - * /",
+                    f"'{expr.written if isinstance(expr, N.FamilyName) else expr.id}' is optional (it exists only if its"
+                    " condition holds) and may only be an operand of + - * /",
                     "when it is absent the operation is skipped; for other uses make it unconditional",
                 )
             return
@@ -1109,6 +1274,12 @@ class LayerChecker:
                 if node.kwargs:
                     self.r.error(node.kwargs[0].span, "a sub is called with positional inputs only")
                 sub = next((s for s in self.layer.subs if s.name == node.func), None)
+                if sub is not None and sub.repeat is not None:
+                    self.r.error(
+                        node.func_span,
+                        f"'{node.func}' is a list of subs: call each in a loop",
+                        f"write `for block in {node.func} {{ h = block(h) }}`",
+                    )
                 target = self.program.layers.get(sub.call.func) if sub is not None else None
                 declared = target.forward.inputs if target is not None and target.forward is not None else None
                 required = len([i for i in declared if not i.optional]) if declared is not None else 0
@@ -1221,6 +1392,17 @@ class LayerChecker:
                 expr.kind = Kind.BOOL
             case N.Call():
                 expr.kind = self._call_kind(expr, construction)
+            case N.Subscript(value=v, items=items) if v.kind == Kind.LIST and isinstance(v, N.Name):
+                # `outputs[t]`: one tensor of a local list, by an int
+                if (
+                    v.ref == Ref.LOCAL
+                    and len(items) == 1
+                    and getattr(items[0], "kind", None) in (Kind.INT, Kind.UNKNOWN)
+                ):
+                    expr.kind = Kind.TENSOR
+                else:
+                    self.r.error(expr.span, f"a list is indexed by one int: `{v.id}[t]`")
+                    expr.kind = Kind.UNKNOWN
             case N.Subscript(value=v):
                 expr.kind = Kind.TENSOR if v.kind == Kind.TENSOR else v.kind
             case N.ListExpr() | N.Spread():
@@ -1236,6 +1418,10 @@ class LayerChecker:
                             "write `x.ndim` of an input, a parameter, a buffer or a local tensor",
                         )
                 expr.kind = Kind.INT
+            case N.IfExp(cond=c, then=a, orelse=b):
+                if c.kind not in (Kind.BOOL, Kind.UNKNOWN):
+                    self.r.error(c.span, f"a condition must be a bool, this is {_a(c.kind)}")
+                expr.kind = a.kind if a.kind == b.kind else _promote(a.kind, b.kind, "+")
             case N.Indexed() | N.Reduce():
                 expr.kind = Kind.TENSOR
         return expr.kind
@@ -1253,6 +1439,8 @@ class LayerChecker:
                         f"prod() takes an `ints` argument or a list of ints, not {_a(value.kind)}",
                         "for a tensor's product, multiply its entries or use index notation",
                     )
+            return Kind.INT
+        if op.shape == "size":  # size_at(x, d): an int read from a tensor's shape
             return Kind.INT
         operands = [call.args[i] for i, p in enumerate(op.params[: len(call.args)]) if p.tensor or p.tensors]
         operands += [k.value for k in call.kwargs if (p := op.param(k.name)) is not None and (p.tensor or p.tensors)]
@@ -1292,7 +1480,20 @@ class LayerChecker:
                 "@function layers cannot have subs",
                 "a sub is its own module; drop @function or inline the computation",
             )
+        for call in [n for s in self.layer.forward.body for n in walk(s) if isinstance(n, N.Call)]:
+            if call.func == "size_at":
+                self.r.error(
+                    call.func_span,
+                    "cannot derive: size_at() in an @function layer",
+                    "name the size in the input's shape (`x: [B, d]` gives B) and use that dim",
+                )
         for stmt in statements(self.layer.forward.body):
+            if isinstance(stmt, N.For):
+                self.r.error(
+                    _keyword(stmt.span, "for"),
+                    "cannot derive: @function layers cannot loop",
+                    "drop @function (autograd derives the loop), or write the steps out",
+                )
             if isinstance(stmt, N.Update):
                 self.r.error(
                     stmt.span,
@@ -1414,6 +1615,13 @@ class LayerChecker:
             self.r.error(value.span, f"example value for int '{name}' is {_a(kind)}")
         elif arg is not None and arg.base_type in ARG_TYPES and not fits_type(kind, arg):
             self.r.error(value.span, f"example value for {arg.type} '{name}' is {_a(kind)}")
+
+
+def _in_family(name: str, t: N.Tensor) -> bool:
+    """Whether `name` is one member of family `t` (`weight_l0` of `weight_l{k}`)."""
+    head, _, rest = t.name.partition("{}")
+    middle = name[len(head) : len(name) - len(rest)] if len(name) > len(head) + len(rest) else ""
+    return name.startswith(head) and name.endswith(rest) and middle.isdigit()
 
 
 def _is_distribution(v: N.Expr) -> bool:

@@ -31,6 +31,8 @@ def evaluate(expr: N.Expr, env: Mapping[str, Any]) -> Any:
             return v
         case N.NoneLit():
             return None
+        case N.IfExp(cond=c, then=a, orelse=b):
+            return evaluate(a, env) if evaluate(c, env) else evaluate(b, env)
         case N.ListExpr(items=items):
             return tuple(evaluate(i, env) for i in items)
         case N.Name(id=i):

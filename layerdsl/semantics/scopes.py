@@ -4,7 +4,8 @@ The rules, in the order names are declared (a later declaration of a taken name 
 member named after the bool argument that is its condition, which takes the name over):
 arguments, lets (each sees the arguments and the lets before it), members (params, buffers), subs,
 forward inputs, the symbolic dims their shapes bind, then forward locals, statement by statement (a
-local bound on both branches of an `if`, or on one whose other branch returns, is bound after it).
+local bound on both branches of an `if`, or on one whose other branch returns, is bound after it; a
+`for` variable, and a local first bound in its body, are bound in the body only).
 Backward sees the forward's locals, its gradients and its own locals. Inside an index statement the
 indices of the left side and of the enclosing reductions are index variables. A name no declaration
 gives is `training` or a constant (`pi`, `inf`). Construction expressions (lets, member shapes,
@@ -223,6 +224,11 @@ def _enter(scope: Scope, stmt: N.Stmt, at: tuple[int, int]) -> None:
         case N.If(body=then, orelse=orelse):
             in_else = bool(orelse) and at >= (orelse[0].span.line, orelse[0].span.col)
             _bind_block(scope, orelse if in_else else then, at)
+        case N.For(body=body):
+            if at >= (stmt.var_span.end_line, stmt.var_span.end_col):
+                ref = Ref.SUB if scope.get(_iterated(stmt)) == Ref.SUB else Ref.LOCAL
+                scope.bindings[stmt.var] = Binding(ref, stmt, stmt.var_span)
+            _bind_block(scope, body, at)
         case N.IndexAssign():
             for i in stmt.indices:
                 scope.bindings.setdefault(i.id, Binding(Ref.INDEX, i, i.span))
@@ -230,6 +236,11 @@ def _enter(scope: Scope, stmt: N.Stmt, at: tuple[int, int]) -> None:
                 if isinstance(node, N.Reduce) and _inside(at, node.span):
                     for i in node.indices:
                         scope.bindings.setdefault(i.id, Binding(Ref.INDEX, i, i.span))
+
+
+def _iterated(stmt: N.For) -> str:
+    """The name a `for` runs over (a list of subs), or "" for `range(...)`."""
+    return stmt.iter.id if isinstance(stmt.iter, N.Name) else ""
 
 
 def _holds(decl: N.Node, at: tuple[int, int]) -> bool:

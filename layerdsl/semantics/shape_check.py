@@ -54,7 +54,8 @@ def check_layer_shapes(layer: N.Layer, layers: dict[str, N.Layer], reporter: Rep
         if let.value.kind == Kind.INT:
             lets[let.name] = S.poly(let.value, lets)
     env: dict[str, Shape] = {i.name: S.declared_shape(i.shape, i.name, lets) for i in fwd.inputs if not i.parts}
-    env.update({t.name: S.declared_shape(t.shape, t.name, lets) for t in layer.tensors})
+    env.update({t.name: S.declared_shape(t.shape, t.name, lets) for t in layer.tensors if t.repeat is None})
+    env.update({t.name: _family_shape(t, lets) for t in layer.tensors if t.repeat is not None})
     pass_ = _ShapePass(layer, layers, reporter or Reporter(layer.path, ""), result, lets)
     for i in fwd.inputs:
         if i.parts:  # a tuple input: the shapes `h, c = hx` gives its names
@@ -125,6 +126,10 @@ class _ShapePass:
                     self.update(stmt, env.get(target), self.shape(value, env))
                 case N.If(cond=cond, body=then, orelse=orelse):
                     self.branches(then, orelse, env, bound, _empties_group(cond, env))
+                case N.For():
+                    self.loop(stmt, env, bound)
+                case N.Append(value=value):
+                    self.shape(value, env)
                 case N.Return(values=values):
                     self.returns(values, env)
         return bound
@@ -152,6 +157,26 @@ class _ShapePass:
                 )
             env[name] = a if a == b else None
             bound[name] = bound_else.get(name) or bound_then[name]
+
+    def loop(self, stmt: N.For, env: dict[str, Shape], bound: dict) -> None:
+        """A `for` body, once: a name it rebinds keeps its shape only if the body gives it the same one
+        (then every step does); a list of subs' loop variable is called like one of them."""
+        if isinstance(stmt.iter, N.Name) and stmt.iter.id in self.subs:
+            self.subs[stmt.var] = self.subs[stmt.iter.id]
+        # A silent first pass finds the names a step changes the shape of (the second step starts from
+        # those): they are unknown in the pass that reports.
+        reporter, mark = self.r, len(self.result.bindings)
+        trial = dict(env, **{stmt.var: ()})
+        self.r = Reporter(self.layer.path, "")
+        changed = [n for n in self.block(stmt.body, trial) if n in env and trial.get(n) != env[n]]
+        self.r = reporter
+        del self.result.bindings[mark:]
+        inner = dict(env, **{stmt.var: ()}, **{n: None for n in changed})
+        for name, span in self.block(stmt.body, inner).items():
+            if name in env:
+                env[name] = env[name] if inner.get(name) == env[name] else None
+                bound[name] = span
+        self.subs.pop(stmt.var, None)
 
     def returns(self, values: list[N.Expr], env: dict[str, Shape]) -> None:
         outputs = self.layer.forward.outputs if self.layer.forward is not None else None
@@ -572,6 +597,15 @@ class _ShapePass:
                 return None
             out.append(S.dim_text(d, subst))
         return tuple(out)
+
+
+def _family_shape(t: N.Tensor, lets: dict[str, Poly]) -> Shape:
+    """A family member's shape, when it is the same for every member (no dim reads the loop variable)."""
+    assert t.repeat is not None
+    for node in walk(t.shape):
+        if isinstance(node, N.IfExp) or (isinstance(node, N.Name) and node.id == t.repeat.var.id):
+            return None
+    return S.declared_shape(t.shape, t.name, lets)
 
 
 def spec_text_shape(shape: N.Shape) -> str:

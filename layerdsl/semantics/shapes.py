@@ -494,6 +494,9 @@ def op_shape(
         if op.name == "unsqueeze":
             return unsqueeze(shape_of(args["input"]), dim) if type(dim) is int else None
         return squeeze(shape_of(args["input"]), dim) if dim is None or type(dim) is int else None
+    if op.name == "new_zeros" and isinstance(args.get("size"), N.ListExpr):
+        sizes = args["size"].items  # type: ignore[attr-defined]
+        return tuple(dim_text(i) for i in sizes) if all(i.kind == "int" for i in sizes) else None
     if op.name == "reshape" and isinstance(args.get("shape"), N.ListExpr):
         items = args["shape"].items  # type: ignore[attr-defined]
         if all(i.kind == "int" or isinstance(i, N.Num) for i in items) and not any(_value(i) == -1 for i in items):

@@ -73,7 +73,7 @@ class IRBuilder(Transformer):
         # and go on with a placeholder.
         children = list(tree.children if new_children is None else new_children)
         for i, child in enumerate(children):
-            if isinstance(child, AttrChain) and not (tree.data in ("call", "attr") and i == 0):
+            if isinstance(child, AttrChain) and not (tree.data in ("call", "attr", "append") and i == 0):
                 if tree.data == "sub":
                     self.r.error(child.span, "a sub is a call to a layer", f"write `{child.dotted}(...)`")
                 elif _could_be_sub_member(child.dotted):
@@ -141,6 +141,8 @@ class IRBuilder(Transformer):
                 layer.docstring = text
             case N.Tensor():
                 layer.tensors.append(member)
+            case ("member_loop", tensors):
+                layer.tensors.extend(tensors)
             case N.Sub():
                 layer.subs.append(member)
             case N.Let():
@@ -200,7 +202,50 @@ class IRBuilder(Transformer):
 
     def param(self, meta, items):
         name, shape, init, cond = items
-        return N.Tensor(N.Ref.PARAM, str(name), _tspan(name), "float", shape, self._init(init), cond)
+        tensor = N.Tensor(N.Ref.PARAM, N.family_key(str(name)), _tspan(name), "float", shape, self._init(init), cond)
+        if name.type == "FAMILY":
+            tensor.written = str(name)
+        return tensor
+
+    def member_loop(self, meta, items):
+        """`for k in range(n) { param ... }`: the params it declares, sharing one Repeat; each family's
+        index must be the loop's variable."""
+        var, iterable, *members = _without_keywords(items)
+        loop_var = N.Name(_tspan(var), str(var))
+        if not (isinstance(iterable, N.Call) and iterable.func == "range"):
+            self.r.error(
+                iterable.span,
+                "a family of params repeats over `range(...)`",
+                "write e.g. `for k in range(num_layers) { param weight_l{k}: [...] }`",
+            )
+            iterable = N.Call(iterable.span, "?", iterable.span, [], [])
+        repeat = N.Repeat(loop_var, iterable)
+        tensors = []
+        for member in members:
+            if member is None:
+                continue
+            if not isinstance(member, N.Tensor) or member.kind != N.Ref.PARAM:
+                span = member[1] if isinstance(member, tuple) else getattr(member, "span", _span(meta))
+                if isinstance(member, list):
+                    span = _span(meta)
+                self.r.error(span, "a member `for` declares params only", "move it out of the loop")
+                continue
+            index = member.written[member.written.find("{") + 1 : member.written.find("}")]
+            if index != loop_var.id:
+                self.r.error(
+                    member.span,
+                    f"'{member.written or member.name}' in a loop over '{loop_var.id}' is one of a family: "
+                    "name it by the loop variable",
+                    (
+                        f"write e.g. `param {member.name}_l{{{loop_var.id}}}: ...`"
+                        if not member.written
+                        else f"write `{member.written.replace('{' + index + '}', '{' + loop_var.id + '}')}`"
+                    ),
+                )
+                continue
+            member.repeat = repeat
+            tensors.append(member)
+        return ("member_loop", tensors)
 
     def buffer(self, meta, items):
         transient, name, dtype, shape, init, cond = items
@@ -228,6 +273,10 @@ class IRBuilder(Transformer):
 
     def sub(self, meta, items):
         name, expr = items
+        repeat = None
+        if isinstance(expr, N.ListComp):
+            repeat = self._repeat(expr)
+            expr = expr.item
         if not isinstance(expr, N.Call):
             if not isinstance(expr, Invalid):
                 self.r.error(
@@ -236,7 +285,17 @@ class IRBuilder(Transformer):
                     "e.g. `sub fc = Linear(in_features, 10)` or `sub act = nn.ReLU()`",
                 )
             expr = N.Call(expr.span, "?", expr.span, [], [])
-        return N.Sub(str(name), _tspan(name), expr)
+        return N.Sub(str(name), _tspan(name), expr, repeat)
+
+    def _repeat(self, comp: N.ListComp) -> N.Repeat:
+        if not (isinstance(comp.iter, N.Call) and comp.iter.func == "range"):
+            self.r.error(
+                comp.iter.span,
+                "a list of subs repeats over `range(...)`",
+                "write e.g. `sub layers = [Block(d) for i in range(num_layers)]`",
+            )
+            return N.Repeat(comp.var, N.Call(comp.iter.span, "?", comp.iter.span, [], []))
+        return N.Repeat(comp.var, comp.iter)
 
     def let(self, meta, items):
         name, expr = items
@@ -343,6 +402,28 @@ class IRBuilder(Transformer):
         if isinstance(orelse, N.If):
             orelse = [orelse]
         return N.If(_span(meta), cond, body, orelse or [])
+
+    def for_stmt(self, meta, items):
+        var, iterable, body = _without_keywords(items)
+        return N.For(_span(meta), str(var), _tspan(var), iterable, body)
+
+    def append(self, meta, items):
+        target, callargs = items
+        args, kwargs = callargs if callargs is not None else ([], [])
+        if isinstance(target, AttrChain) and target.dotted.count(".") == 1 and target.dotted.endswith(".append"):
+            if len(args) == 1 and not kwargs:
+                name = target.dotted.removesuffix(".append")
+                at = target.span
+                return N.Append(_span(meta), name, Span(at.line, at.col, at.line, at.col + len(name)), args[0])
+            self.r.error(_span(meta), "append takes one tensor", "write e.g. `outputs.append(h)`")
+            return None
+        if not isinstance(target, Invalid):
+            self.r.error(
+                _span(meta),
+                "a call is not a statement",
+                "assign its value (`y = f(x)`); the one call statement is `outputs.append(h)`",
+            )
+        return None
 
     def return_stmt(self, meta, items):
         return N.Return(_span(meta), [v for v in items if v is not None])
@@ -490,6 +571,19 @@ class IRBuilder(Transformer):
         (tok,) = items
         return N.Name(_tspan(tok), str(tok))
 
+    def family(self, meta, items):
+        (tok,) = items
+        text, at = str(tok), _tspan(tok)
+        prefix, _, rest = text.partition("{")
+        index, _, suffix = rest.partition("}")
+        col = at.col + len(prefix) + 1
+        name = N.Name(Span(at.line, col, at.line, col + len(index)), index)
+        return N.FamilyName(at, N.family_key(text), prefix, name, suffix)
+
+    def if_exp(self, meta, items):
+        then, cond, orelse = items
+        return N.IfExp(_span(meta), cond, then, orelse)
+
     def number(self, meta, items):
         (tok,) = items
         text = str(tok)
@@ -540,6 +634,10 @@ class IRBuilder(Transformer):
     def list(self, meta, items):
         return N.ListExpr(_span(meta), [self._ellipsis(i) for i in items if i is not None])  # `...`: reshape's
 
+    def list_comp(self, meta, items):
+        item, var, iterable = _without_keywords(items)
+        return N.ListComp(_span(meta), item, N.Name(_tspan(var), str(var)), iterable)
+
     def callargs(self, meta, items):
         args, kwargs = [], []
         for item in items:
@@ -557,6 +655,11 @@ class IRBuilder(Transformer):
 
     def __default__(self, data, children, meta):  # pragma: no cover - every rule has a method
         raise AssertionError(f"no builder for rule {data}")
+
+
+def _without_keywords(items: list) -> list:
+    """A rule's children without its `for` and `in` (named terminals, so Lark keeps them)."""
+    return [i for i in items if not (isinstance(i, Token) and i.type in ("FOR", "IN"))]
 
 
 class Invalid(N.Expr):

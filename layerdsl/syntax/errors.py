@@ -16,6 +16,9 @@ from layerdsl.syntax.grammar import terminal_literals
 _DISPLAY = {
     "_NL": "a newline",
     "NAME": "a name",
+    "FAMILY": "a family's member (`weight_l{k}`)",
+    "FOR": "'for'",
+    "IN": "'in'",
     "NUMBER": "a number",
     "STRING": "a string",
     "$END": "end of file",
@@ -24,9 +27,9 @@ _DISPLAY = {
     "COMP_OP": "a comparison",
 }
 # Sets of terminals shown as one word: whatever can start an expression, a member or a statement.
-_EXPR_START = {"NAME", "NUMBER", "STRING", "LPAR", "LSQB", "ADD_OP", "NOT", "TRUE", "FALSE", "NONE"}
-_MEMBER_START = {"PARAM", "BUFFER", "TRANSIENT", "SUB", "LET", "EXAMPLE", "FORWARD", "BACKWARD"}
-_STMT_START = {"IF", "RETURN", "UPDATE", "GRAD"}
+_EXPR_START = {"NAME", "NUMBER", "STRING", "LPAR", "LSQB", "ADD_OP", "NOT", "TRUE", "FALSE", "NONE", "FAMILY"}
+_MEMBER_START = {"PARAM", "BUFFER", "TRANSIENT", "SUB", "LET", "EXAMPLE", "FORWARD", "BACKWARD", "FOR"}
+_STMT_START = {"IF", "RETURN", "UPDATE", "GRAD", "FOR"}
 _MEMBER_HINT = "a layer's body holds param, buffer, transient buffer, sub, let, example, forward and backward"
 _STMT_HINT = "a statement is `NAME = ...`, `update NAME = ...`, `if ... { }`, `return ...` or `grad NAME = ...`"
 _CHAR_HINTS = {

@@ -25,7 +25,7 @@ from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import walk
 from layerdsl.language.naming import snake_case
 from layerdsl.semantics.checker import is_expression_default, literal_value
-from layerdsl.semantics.evaluate import evaluate, example_seeds, seed_differences
+from layerdsl.semantics.evaluate import NotConstant, evaluate, example_seeds, seed_differences
 
 SIZES = (3, 4, 5, 2, 6, 7, 8, 9)
 
@@ -179,6 +179,11 @@ def inputs(case: Case, dtype=None, device="cpu", seed: int = 1, requires_grad=Fa
     """A value for each required input, a tuple input as a tuple of tensors. Optional inputs are left out:
     random values are no masks or states (a mask may hide every key); the parity samples give them."""
     env = {**case.args(), **case.dims()}
+    for let in case.layer.lets:  # an input's dim may be a let (`[..., real_hidden]`)
+        try:
+            env[let.name] = evaluate(let.value, env)
+        except (NotConstant, ArithmeticError, TypeError):
+            pass
     lead = case.lead()
     dtype = dtype or case.dtype
     ex = case.example()
@@ -327,7 +332,7 @@ def check_state_dict(case: Case, package: str, device: str = "cpu") -> str:
     fresh.load_state_dict(m.state_dict())
     keys = set(m.state_dict())
     own = {k for k in keys if "." not in k}
-    if own != {t.name for t in case.layer.tensors if t.persistent and _present(m, t)}:
+    if own != {n for t in case.layer.tensors if t.persistent for n in _member_names(m, t)}:
         raise CheckFailed(f"state_dict keys {sorted(own)}")
     if case.config is None or case.config.training is None:
         m.eval(), fresh.eval()
@@ -341,8 +346,15 @@ def check_state_dict(case: Case, package: str, device: str = "cpu") -> str:
     return f"{len(keys)} keys"
 
 
-def _present(m, t) -> bool:
-    return getattr(m, t.name, None) is not None
+def _member_names(m: torch.nn.Module, t: N.Tensor) -> list[str]:
+    """The attribute names member `t` has on module `m` (one per value of a family's loop), those present."""
+    names = [t.name]
+    if t.repeat is not None:  # `weight_l{k}` for k in range(...): the range from the module's arguments
+        env = {n: v for n, v in vars(m).items() if not n.startswith("_")}
+        bounds = [evaluate(a, env) for a in t.repeat.iter.args]
+        var = "{" + t.repeat.var.id + "}"
+        names = [t.written.replace(var, str(k)) for k in range(*bounds)]
+    return [n for n in names if getattr(m, n, None) is not None]
 
 
 def check_hooks(case: Case, package: str, device: str = "cpu") -> str:
@@ -364,7 +376,7 @@ def check_reset(case: Case, package: str, device: str = "cpu") -> str:
     for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
         if not torch.equal(a, b):
             raise CheckFailed(f"{k} differs between two builds under the same seed")
-    own = [t.name for t in case.layer.tensors if _present(m1, t)]
+    own = [n for t in case.layer.tensors for n in _member_names(m1, t)]
     with torch.no_grad():
         for name in own:
             getattr(m1, name).fill_(13)

@@ -44,22 +44,22 @@ NOT_WRITTEN: dict[str, str] = {
     " example (random log_probs) fails; the op row `ctc_loss` exists",
     "FractionalMaxPool2d": "random pooling regions from a private `_random_samples` tensor argument",
     "FractionalMaxPool3d": "random pooling regions from a private `_random_samples` tensor argument",
-    "LazyConv1d": "lazy parameters (a dim taken from the first input) are not in the language",
-    "LazyConv2d": "lazy parameters (a dim taken from the first input) are not in the language",
-    "LazyConv3d": "lazy parameters (a dim taken from the first input) are not in the language",
-    "LazyConvTranspose1d": "lazy parameters (a dim taken from the first input) are not in the language",
-    "LazyConvTranspose2d": "lazy parameters (a dim taken from the first input) are not in the language",
-    "LazyConvTranspose3d": "lazy parameters (a dim taken from the first input) are not in the language",
+    "LazyConv1d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
+    "LazyConv2d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
+    "LazyConv3d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
+    "LazyConvTranspose1d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
+    "LazyConvTranspose2d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
+    "LazyConvTranspose3d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
     "RMSNorm": "specs/rms_norm.layer (the tutorial's RMSNorm) holds the name, and the layers of one run share one"
     " namespace; written like LayerNorm it is `rms_norm(input, normalized_shape, weight, eps)` with `eps: float?`",
-    "RNN": "needs loops over layers and time, lists of parameters and optional inputs",
-    "GRU": "needs loops over layers and time, lists of parameters and optional inputs",
-    "LSTM": "needs loops over layers and time, lists of parameters and optional tuple inputs",
     "MultiheadAttention": "its reset re-initialises a member of its sub (`out_proj.bias` zeroed after Linear drew"
     " it), which a spec cannot say; add_bias_kv and add_zero_attn also need expand and zeros ops"
     " (TransformerEncoderLayer/DecoderLayer use torch's as a sub)",
-    "TransformerEncoder": "takes a layer instance as an argument and repeats it (needs lists of subs)",
-    "Transformer": "needs lists of sub layers, optional mask inputs and a callable activation",
+    "TransformerEncoder": "takes a layer instance as an argument and repeats it: a `module` argument type and"
+    " `[copy(encoder_layer) for i in range(n)]` would say it (the list of subs exists); its masks' shapes depend on"
+    " the given layer's batch_first, which the spec cannot see",
+    "Transformer": "needs a callable activation argument and TransformerEncoder's layer-instance argument (lists of"
+    " subs and optional masks exist)",
 }
 
 
@@ -120,7 +120,12 @@ def torch_arguments(torch_cls: type, args: tuple, kwargs: dict) -> dict[str, Any
     A value given as torch's own default is left out: it is what not giving it means (`options=None`)."""
     signature = inspect.signature(torch_cls)
     bound = signature.bind(*args, **kwargs).arguments
-    return {k: v for k, v in bound.items() if not _is_default(v, signature.parameters[k].default)}
+    extra = {}  # `RNN(*args, **kwargs)`: the keywords themselves (no defaults known to leave out)
+    for name, parameter in signature.parameters.items():
+        if parameter.kind == inspect.Parameter.VAR_KEYWORD:
+            extra = bound.pop(name, {})
+    values = {k: v for k, v in bound.items() if not _is_default(v, signature.parameters[k].default)}
+    return values | extra
 
 
 def _is_default(value, default) -> bool:

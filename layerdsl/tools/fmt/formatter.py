@@ -281,6 +281,11 @@ class _Builder:
             return [Group(self.atom(ch[0]), [(self.ex(ch[1]), None)], self.atom(ch[2], False), comma_ok=False)]
         if data == "slice":
             return self.slice(ch)
+        if data == "list_comp":  # [item for i in range(n)]: one item, never split at its words
+            open_, item, for_, var, in_, iterable, close = ch
+            words = [self.atom(for_), self.atom(var), self.atom(in_)]
+            inner = _set_space(self.ex(item), False) + words + self.ex(iterable)
+            return [Group(self.atom(open_), [(inner, None)], self.atom(close, False), comma_ok=False)]
         return self.seq(ch)
 
     def slice(self, ch) -> list:
@@ -450,7 +455,17 @@ def _flat_lines(pieces: list, indent: int, suffix: str, trails: list[Comment]) -
 
 # ---------------------------------------------------------------- laying out the file
 
-_MEMBER_GROUP = {"docstring": 0, "param": 1, "buffer": 1, "sub": 2, "let": 2, "example": 3, "forward": 4, "backward": 5}
+_MEMBER_GROUP = {
+    "docstring": 0,
+    "param": 1,
+    "buffer": 1,
+    "member_loop": 1,
+    "sub": 2,
+    "let": 2,
+    "example": 3,
+    "forward": 4,
+    "backward": 5,
+}
 
 
 class _Printer:
@@ -522,6 +537,14 @@ class _Printer:
 
     def member(self, tree: Tree, level: int, blank: str) -> None:
         ch = [c for c in tree.children if not (isinstance(c, Token) and c.type == "_NL")]
+        if tree.data == "member_loop":  # for k in range(n) { param ... }
+            lbrace = next(i for i, c in enumerate(ch) if isinstance(c, Token) and c.type == "LBRACE")
+            self.item(self.b.seq(ch[: lbrace + 1]), level, blank)
+            members = [c for c in ch[lbrace + 1 : -1] if isinstance(c, Tree)]
+            for i, m in enumerate(members):
+                self.member(m, level + 1, "none" if i == 0 else "keep")
+            self.closing(self.b.atom(_token(ch[-1], "RBRACE")), level, bool(members))
+            return
         if tree.data in ("forward", "backward"):
             block = ch[-1]
             header = self.b.seq(ch[:-1]) + [self.b.atom(_children(block)[0])]
@@ -545,6 +568,12 @@ class _Printer:
     def stmt(self, tree: Tree, level: int, blank: str) -> None:
         if tree.data == "if_stmt":
             self.if_stmt(tree, level, blank)
+            return
+        if tree.data == "for_stmt":
+            for_, var, in_, iterable, body = _children(tree)
+            header = [self.b.atom(for_), self.b.atom(var), self.b.atom(in_)] + self.b.ex(iterable)
+            self.item(header + [self.b.atom(_children(body)[0])], level, blank)
+            self.block(body, level)
             return
         ch = _children(tree)
         if tree.data == "return_stmt" and isinstance(ch[-1], Token) and ch[-1].type == "COMMA":

@@ -34,7 +34,7 @@ LEGEND = T.SemanticTokensLegend(token_types=TOKEN_TYPES, token_modifiers=TOKEN_M
 
 KEYWORDS = frozenset(
     "layer param buffer transient sub let example forward backward return if else update grad "
-    "true false none and or not".split()
+    "true false none and or not for in".split()
 )
 TYPES = frozenset("int float bool str long".split())
 
