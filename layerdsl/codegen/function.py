@@ -31,10 +31,13 @@ from layerdsl.language.tables import python_type
 from layerdsl.optimize import (
     Facts,
     Mask,
+    SavingCost,
     Stmt,
     addcmul_form,
+    chosen_saves,
     dtype_sources,
     einsum_operands_in_cheapest_order,
+    elements,
     explicit_sums,
     fresh_node,
     guarded_addcmul,
@@ -78,6 +81,7 @@ class FunctionEmitter:
         self.names = FunctionNames(scope or self._scope_names(), self.kwargs + list(self.layer.symbolic_dims))
         self.returned = returned
         self.in_training = False  # a side of `if training`: dropout needs no mode check of its own
+        self.saved_cheap: frozenset[str] | None = None  # cheap intermediates saved, not recomputed (`_backward`)
         self.named: dict[tuple[str, ...], str] = {}  # the gradients this emitter names, by what they are of
         self.masks: dict[str, Mask] = {}  # comparisons and signs saved small, by name
         self.mask_values: dict[str, N.Expr] = {}  # each mask as setup_context computes it
@@ -383,6 +387,8 @@ class FunctionEmitter:
                     what = f"{var} (an output)"
                 elif step is not None and step.op is not None and step.op.cost == "random":
                     what = f"{var} (drawn at random, as bool: never recomputed)"
+                elif var in (self.saved_cheap or ()):
+                    what = f"{var} (saved: recomputing it would keep as many bytes or more)"
                 else:
                     what = f"{var} (costly to recompute)"
             lines.append(f"# saves {what}: read by {readers}")
@@ -422,6 +428,8 @@ class FunctionEmitter:
         sections = [self._sums_resolved(tape, sec) for sec in sections]
         sections = [self._static_shapes(tape, sec) for sec in sections]
         sections = self._masked(tape, sections)
+        if self.saved_cheap is None:  # chosen once, by the first derivation: later ones save alike
+            self.saved_cheap = self._chosen_saves(tape, sections)
         reads = self._reads(tape, sections, self.masks)
         recomputed = {v for sec in sections for v in sec.recompute}
         ctx = self.names.ctx_value
@@ -449,6 +457,28 @@ class FunctionEmitter:
         lines.append(f"return {', '.join(returns)}")
         return lines, reads
 
+    def _chosen_saves(self, tape: Tape, sections: list[Section]) -> frozenset[str]:
+        """The cheap intermediates worth saving (`optimize.saving`): each is returned as an extra output, as
+        a costly one is. None for a hand-written backward or `save = "inputs"`."""
+        self.saved_cheap = frozenset()
+        if self.layer.backward is not None or self.save_inputs_only:
+            return self.saved_cheap
+        sizes = _example_sizes(self.layer)
+
+        def cost(saved: frozenset[str]) -> SavingCost:
+            self.saved_cheap = saved
+            reads = self._reads(tape, sections, self.masks)
+            kept = sum(elements(tape.shapes.get(v), sizes) for v in reads if v not in self.masks)
+            redone = sum(elements(tape.shapes.get(v), sizes) for sec in sections for v in sec.recompute if passes(v))
+            return SavingCost(4 * kept, redone)
+
+        def passes(var: str) -> bool:  # recomputing it is a pass over memory (a view is not)
+            step = tape.step(var)
+            return step is not None and step.op is not None and not step.guard and step.op.shape not in VIEWS
+
+        cost(frozenset())
+        return chosen_saves([v for sec in sections for v in sec.recompute if passes(v)], cost)
+
     def _reads(self, tape: Tape, sections: list[Section], masks: dict[str, Mask]) -> dict[str, set[str]]:
         """For each forward tensor the backward reads (saved, or a mask computed when saving), which leaves
         need it; fills each section's `recompute` and `self.shape_on_ctx`."""
@@ -468,7 +498,7 @@ class FunctionEmitter:
                     or step.op is not None
                     and step.op.cost == "random"  # drawn once: recomputing would draw again
                     or not self.save_inputs_only
-                    and (var in outputs or costly_saved)
+                    and (var in outputs or costly_saved or var in (self.saved_cheap or ()) and not rare)
                     or rare
                     and var in reads
                 )
@@ -848,6 +878,7 @@ class FunctionEmitter:
         return f"({g} if {ex(keepdim)} else {g}.unsqueeze({ex(dim)}))"
 
 
+VIEWS = ("view", "transpose")  # shape rules of ops that only view their operand (no pass over memory)
 Item = tuple[set[str], str, N.Expr, Span]  # a backward statement: (leaves needing it, target, value, spec source)
 
 
