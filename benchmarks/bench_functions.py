@@ -1165,6 +1165,26 @@ def print_tables(results: list[dict[str, Any]]) -> None:
     print(markdown(head, rows))
 
 
+def round_spread(results: list[dict[str, Any]]) -> str:
+    """The generated Function's per-round time ratios (one per interleaved round, paired): median [min, max]
+    against the hand-written Function and the autograd Module, the spread a loaded machine shows."""
+    head = ["family", "layer", "shape", "rounds", "gen / hand: median [min, max]", "gen / Module: median [min, max]"]
+    family_of = {fam.layer: fam.family for fam in [*FAMILIES, CONTRACTION]}
+    rows = []
+    for res in results:
+        c = res["candidates"]
+        if GEN not in c:
+            continue
+        spreads = []
+        for ref in (HAND, MODULE):
+            r = [g / h for g, h in zip(c[GEN]["times_us"], c[ref]["times_us"])]
+            spreads.append(f"{statistics.median(r):.3f} [{min(r):.3f}, {max(r):.3f}]")
+        rows.append(
+            [family_of.get(res["layer"], ""), res["layer"], res["shape"], str(len(c[GEN]["times_us"])), *spreads]
+        )
+    return markdown(head, rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", choices=["A", "B", "all"], default="all")
@@ -1229,6 +1249,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"#   {case.layer} {case.shape}: {res['rounds']} rounds of {res['number']} calls, "
               f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
     print_tables(results)
+    print("\nPer-round ratios of the generated Function (paired within each round):")
+    print(round_spread(results))
     orders = None
     if args.task in ("B", "all") and (not args.only or "QuadraticForm" in args.only):
         qb, qn = parse(args.quad_shape, [(4096, 64)])[0]
