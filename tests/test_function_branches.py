@@ -133,6 +133,7 @@ def test_eval_mode_saves_no_mask(ns):
     assert all(t.dtype != torch.bool for t in saved) and len(saved) == 2  # x and w
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # torch.func's addcmul_ fallback
 def test_vmap_and_jacrev_follow_the_branch(ns):
     layer = ns["Chosen"](4, mode=0, dtype=torch.float64)
     x = torch.rand(3, 4, dtype=torch.float64)
