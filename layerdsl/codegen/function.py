@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan
@@ -1224,7 +1225,7 @@ def _union_returns(pieces: list[dict]) -> str:
     return next(t for t in types if "None" in t)  # `Tensor | None` where some side has no such extra
 
 
-def _chosen(plan: Plan, sides, cond, ends_in_return: bool = True) -> list[str]:
+def _chosen(plan: Plan, sides: Iterator[list[str]], cond: PyExpr, ends_in_return: bool = True) -> list[str]:
     """The sides' lines (taken in order from `sides`), each under the conditions choosing it; `cond`
     spells a condition. Sides that return are written `if c: <then> <else>`, the others `if/else`."""
     if not isinstance(plan, BranchPlan):
