@@ -51,6 +51,7 @@ import sys
 import time
 import types
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -696,10 +697,82 @@ def gradchecks(gen) -> list[tuple[str, bool, float]]:
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# The targets table: one family per op family. To add one, write its hand-written Function (and a
+# module around it) above, then a Family at the end of FAMILIES: its task-A cases, the gradcheck-free
+# cross-check, `--only` and the targets table all read the list.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Family:
+    """An op family's row of the targets: its generated `@function` layer against plain autograd and
+    a hand-written expert Function, each built for `features` (the case's second size)."""
+
+    family: str  # what the targets table calls it
+    layer: str  # the case's name (what --only selects)
+    modules: tuple[str, ...]  # the generated files it reads (generated/<name>.py); missing: the family is skipped
+    state: Callable[[int, int], dict[str, Tensor]]  # (batch, features) -> {"x": ..., param: ...}
+    autograd: Callable[[dict[str, Any], int], nn.Module]  # (generated modules, features) -> plain autograd
+    hand: Callable[[int], nn.Module]  # features -> the hand-written Function's module
+    generated: Callable[[dict[str, Any], int], nn.Module]  # (generated modules, features) -> the @function one
+    out_tol: dict[str, float] | None = None  # rtol/atol of the output cross-check (default: assert_close's)
+
+
+def swish_state(bt: int, f: int) -> dict[str, Tensor]:
+    return {"x": torch.randn(bt, f), "beta": 1 + 0.1 * torch.randn(f)}
+
+
+def rms_state(bt: int, f: int) -> dict[str, Tensor]:
+    return {"x": torch.randn(bt, f), "weight": 1 + 0.1 * torch.randn(f)}
+
+
+def chain_state(bt: int, f: int) -> dict[str, Tensor]:
+    return {"x": torch.randn(bt, f), "a": torch.tensor(0.9), "b": torch.tensor(0.1), "c": torch.tensor(1.1)}
+
+
+def my_layer_state(bt: int, f: int) -> dict[str, Tensor]:
+    bound = math.sqrt(6 / (f + f))
+    return {"x": torch.randn(bt, f), "weight": torch.empty(f, f).uniform_(-bound, bound),
+            "bias": torch.empty(f).uniform_(0.5, 1.0)}  # fmt: skip
+
+
+def quad_state(bt: int, f: int) -> dict[str, Tensor]:
+    return {"x": torch.randn(bt, f), "weight": 0.1 * torch.randn(f, f, f)}
+
+
+def chain_autograd(gen: dict[str, Any]) -> nn.Module:
+    """The chain has no plain module: its generated functional form, in a module with the same a, b, c."""
+
+    class FusedChainAutograd(ScalarABC):
+        fn = staticmethod(gen["fused_chain"].fused_chain)
+
+    return FusedChainAutograd()
+
+
+FAMILIES = [
+    Family("activation with a learned parameter", "Swish", ("swish", "swish_function"), swish_state,
+           lambda g, f: g["swish"].Swish(f), HandSwishFn, lambda g, f: g["swish_function"].SwishFunctional(f)),
+    Family("normalisation (a reduction read twice)", "RMSNorm", ("rms_norm", "rms_norm_function"), rms_state,
+           lambda g, f: g["rms_norm"].RMSNorm(f), HandRMSNormFn,
+           lambda g, f: g["rms_norm_function"].RMSNormFunctional(f)),
+    Family("elementwise chain", "FusedChain", ("fused_chain",), chain_state,
+           lambda g, f: chain_autograd(g), lambda f: HandFusedChainFn(), lambda g, f: g["fused_chain"].FusedChain()),
+    Family("matmul after elementwise", "MyLayer", ("my_layer", "my_layer_function"), my_layer_state,
+           lambda g, f: g["my_layer"].MyLayer(f, f), lambda f: HandMyLayerFn(f, f),
+           lambda g, f: g["my_layer_function"].MyLayerFunctional(f, f)),
+]  # fmt: skip
+# Task B's family (its own shapes and candidates: `make_cases`).
+CONTRACTION = Family("einsum contraction (index notation)", "QuadraticForm", ("quadratic_form",), quad_state,
+                     lambda g, f: g["quadratic_form"].QuadraticForm(f, f), lambda f: HandQuadraticFormFn(f, f),
+                     lambda g, f: g["quadratic_form"].QuadraticFormFunctional(f, f),
+                     {"rtol": 1e-4, "atol": 1e-4})  # fmt: skip
+
+
 def gen_modules(gen_dir: Path) -> dict[str, Any]:
-    names = ["swish", "swish_function", "rms_norm", "rms_norm_function", "fused_chain", "my_layer",
-             "my_layer_function", "quadratic_form"]  # fmt: skip
-    return {n: bm.import_generated(gen_dir, n) for n in names}
+    """The generated modules the families read (those present in `gen_dir`)."""
+    names = dict.fromkeys(n for fam in [*FAMILIES, CONTRACTION] for n in fam.modules)
+    return {n: bm.import_generated(gen_dir, n) for n in names if (gen_dir / f"{n}.py").exists()}
 
 
 def cand(name: str, make: Callable[[], nn.Module], vs: str | None = None, *also: str) -> bm.Candidate:
@@ -710,54 +783,23 @@ def cand(name: str, make: Callable[[], nn.Module], vs: str | None = None, *also:
 
 def make_cases(gen: dict[str, Any], shapes: list[tuple[int, int]], quad_shapes: list[tuple[int, int]],
                tasks: str, diagnose: bool) -> list[bm.Case]:  # fmt: skip
-    sw, swf, rn, rnf = gen["swish"], gen["swish_function"], gen["rms_norm"], gen["rms_norm_function"]
-    fc, ml, mlf, qf = gen["fused_chain"], gen["my_layer"], gen["my_layer_function"], gen["quadratic_form"]
-
-    class FusedChainAutograd(ScalarABC):  # the generated functional form, plain autograd
-        fn = staticmethod(fc.fused_chain)
-
-    def swish_state(bt: int, f: int) -> dict[str, Tensor]:
-        return {"x": torch.randn(bt, f), "beta": 1 + 0.1 * torch.randn(f)}
-
-    def rms_state(bt: int, f: int) -> dict[str, Tensor]:
-        return {"x": torch.randn(bt, f), "weight": 1 + 0.1 * torch.randn(f)}
-
-    def chain_state(bt: int, f: int) -> dict[str, Tensor]:
-        return {"x": torch.randn(bt, f), "a": torch.tensor(0.9), "b": torch.tensor(0.1), "c": torch.tensor(1.1)}
-
-    def my_layer_state(bt: int, f: int) -> dict[str, Tensor]:
-        bound = math.sqrt(6 / (f + f))
-        return {"x": torch.randn(bt, f), "weight": torch.empty(f, f).uniform_(-bound, bound),
-                "bias": torch.empty(f).uniform_(0.5, 1.0)}  # fmt: skip
-
-    def quad_state(bt: int, f: int) -> dict[str, Tensor]:
-        return {"x": torch.randn(bt, f), "weight": 0.1 * torch.randn(f, f, f)}
-
+    swf, rnf, fc = gen["swish_function"], gen["rms_norm_function"], gen["fused_chain"]
+    mlf, qf = gen["my_layer_function"], gen["quadratic_form"]
     cases: list[bm.Case] = []
     if tasks in ("A", "all"):
         for b, f in shapes:
             small = b * f <= 1 << 16
-            sw_c = [
-                cand(MODULE, lambda f=f: sw.Swish(f)),
-                cand(HAND, lambda f=f: HandSwishFn(f), MODULE),
-                cand(GEN, lambda f=f: swf.SwishFunctional(f), HAND, MODULE),
-            ]
-            rn_c = [
-                cand(MODULE, lambda f=f: rn.RMSNorm(f)),
-                cand(HAND, lambda f=f: HandRMSNormFn(f), MODULE),
-                cand(GEN, lambda f=f: rnf.RMSNormFunctional(f), HAND, MODULE),
-            ]
-            fc_c = [
-                cand(MODULE, FusedChainAutograd),
-                cand(HAND, HandFusedChainFn, MODULE),
-                cand(GEN, fc.FusedChain, HAND, MODULE),
-            ]
-            ml_c = [
-                cand(MODULE, lambda f=f: ml.MyLayer(f, f)),
-                cand(HAND, lambda f=f: HandMyLayerFn(f, f), MODULE),
-                cand(GEN, lambda f=f: mlf.MyLayerFunctional(f, f), HAND, MODULE),
-                cand("hand-written Function, saves sqrt", lambda f=f: HandMyLayerSaveSqrtFn(f, f), MODULE, GEN),
-            ]
+            by_layer = {
+                fam.layer: [
+                    cand(MODULE, lambda fam=fam, f=f: fam.autograd(gen, f)),
+                    cand(HAND, lambda fam=fam, f=f: fam.hand(f), MODULE),
+                    cand(GEN, lambda fam=fam, f=f: fam.generated(gen, f), HAND, MODULE),
+                ]
+                for fam in FAMILIES
+                if all(m in gen for m in fam.modules)
+            }
+            sw_c, rn_c, fc_c, ml_c = (by_layer[k] for k in ("Swish", "RMSNorm", "FusedChain", "MyLayer"))
+            ml_c.append(cand("hand-written Function, saves sqrt", lambda f=f: HandMyLayerSaveSqrtFn(f, f), MODULE, GEN))
             if diagnose:
                 swf_fn, fcf, mlf_fn = swf.SwishFunctionalFunction, fc.FusedChainFunction, mlf.MyLayerFunctionalFunction
                 hand_body = "ablation: generated, hand-written backward body"
@@ -865,10 +907,9 @@ def make_cases(gen: dict[str, Any], shapes: list[tuple[int, int]], quad_shapes: 
                                      lambda f=f: via(rnf.RMSNormFunctional, plain_apply(rnf_fn))(f),
                                      GEN, HAND, MODULE))  # fmt: skip
             cases += [
-                bm.Case("Swish", b, f, swish_state, sw_c),
-                bm.Case("RMSNorm", b, f, rms_state, rn_c),
-                bm.Case("FusedChain", b, f, chain_state, fc_c),
-                bm.Case("MyLayer", b, f, my_layer_state, ml_c),
+                bm.Case(fam.layer, b, f, fam.state, by_layer[fam.layer], fam.out_tol)
+                for fam in FAMILIES
+                if fam.layer in by_layer
             ]
     if tasks in ("B", "all"):
         for b, f in quad_shapes:
@@ -894,7 +935,7 @@ def make_cases(gen: dict[str, Any], shapes: list[tuple[int, int]], quad_shapes: 
                                                 quad_shared_outer(qf.QuadraticFormFunctionalFunction))(f, f),
                                 GEN, HAND, MODULE))  # fmt: skip
             # other contraction orders round differently: sums of 4096 float32 terms
-            cases.append(bm.Case("QuadraticForm", b, f, quad_state, q_c, out_tol={"rtol": 1e-4, "atol": 1e-4}))
+            cases.append(bm.Case(CONTRACTION.layer, b, f, CONTRACTION.state, q_c, CONTRACTION.out_tol))
     return cases
 
 
@@ -1101,7 +1142,8 @@ def print_tables(results: list[dict[str, Any]]) -> None:
     print(markdown(head, rows))
     print()
 
-    head = ["layer", "shape", "saved: gen / hand / Module", "gen saved ≤ hand", "gen saved / Module",
+    family_of = {fam.layer: fam.family for fam in [*FAMILIES, CONTRACTION]}
+    head = ["family", "layer", "shape", "saved: gen / hand / Module", "gen saved ≤ hand", "gen saved / Module",
             "time gen / hand", "gen ≤ hand (large shape)", "time gen / Module", "gen ≤ 1.2× Module (32x64)"]  # fmt: skip
     rows = []
     for res in results:
@@ -1111,7 +1153,7 @@ def print_tables(results: list[dict[str, Any]]) -> None:
         g, h, m = c[GEN], c[HAND], c[MODULE]
         big = res["shape"] != "32x64"
         rows.append([
-            res["layer"], res["shape"],
+            family_of.get(res["layer"], ""), res["layer"], res["shape"],
             " / ".join(bm.fmt_bytes(e["saved_bytes"]) for e in (g, h, m)),
             "PASS" if g["saved_bytes"] <= h["saved_bytes"] else "FAIL",
             f"{g['saved_bytes'] / m['saved_bytes']:.2f}",
@@ -1121,6 +1163,26 @@ def print_tables(results: list[dict[str, Any]]) -> None:
             verdict(g["ratios"][MODULE], 1.2) if not big else "-",
         ])  # fmt: skip
     print(markdown(head, rows))
+
+
+def round_spread(results: list[dict[str, Any]]) -> str:
+    """The generated Function's per-round time ratios (one per interleaved round, paired): median [min, max]
+    against the hand-written Function and the autograd Module, the spread a loaded machine shows."""
+    head = ["family", "layer", "shape", "rounds", "gen / hand: median [min, max]", "gen / Module: median [min, max]"]
+    family_of = {fam.layer: fam.family for fam in [*FAMILIES, CONTRACTION]}
+    rows = []
+    for res in results:
+        c = res["candidates"]
+        if GEN not in c:
+            continue
+        spreads = []
+        for ref in (HAND, MODULE):
+            r = [g / h for g, h in zip(c[GEN]["times_us"], c[ref]["times_us"])]
+            spreads.append(f"{statistics.median(r):.3f} [{min(r):.3f}, {max(r):.3f}]")
+        rows.append(
+            [family_of.get(res["layer"], ""), res["layer"], res["shape"], str(len(c[GEN]["times_us"])), *spreads]
+        )
+    return markdown(head, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1187,6 +1249,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"#   {case.layer} {case.shape}: {res['rounds']} rounds of {res['number']} calls, "
               f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
     print_tables(results)
+    print("\nPer-round ratios of the generated Function (paired within each round):")
+    print(round_spread(results))
     orders = None
     if args.task in ("B", "all") and (not args.only or "QuadraticForm" in args.only):
         qb, qn = parse(args.quad_shape, [(4096, 64)])[0]

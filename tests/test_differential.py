@@ -140,24 +140,28 @@ layer Random(n: int) {{
 """
 
 
-def _compile(body: str) -> dict:
-    spec = parse_file("random.layer", SPEC.format(body=body))
+def _compile(body: str, template: str = SPEC) -> dict:
+    spec = parse_file("random.layer", template.format(body=body))
     program = check_program([spec])
     namespace: dict = {}
     exec(compile(emit_file(spec, program, "random.layer", {}), "random.py", "exec"), namespace)
     return namespace
 
 
-def _check(body: str) -> None:
-    ns = _compile(body)
+def _check(body: str, template: str = SPEC, config: dict | None = None) -> None:
+    """The derived Function of `body` (in `template`) against plain autograd, with the arguments `config`
+    (n = 4 and the template's defaults otherwise)."""
+    ns = _compile(body, template)
+    config = {"n": 4, **(config or {})}
     torch.manual_seed(0)
-    layer = ns["Random"](4, dtype=torch.float64)
+    layer = ns["Random"](**config, dtype=torch.float64)
     x = (torch.rand(3, 4, dtype=torch.float64) + 0.5).requires_grad_()
     params = [layer.w, layer.s, layer.m]
-    numbers = [4] if "n" in inspect.signature(ns["RandomFunction"].forward).parameters else []  # n, when read
-    got = ns["RandomFunction"].apply(x, *params, *numbers)
+    read = inspect.signature(ns["RandomFunction"].forward).parameters  # the numbers it reads, in order
+    got = ns["RandomFunction"].apply(x, *params, *[getattr(layer, k) for k in read if k in config])
     got = got[0] if isinstance(got, tuple) else got
-    want = ns["random"](x, *params, **({"n": 4} if "n" in inspect.signature(ns["random"]).parameters else {}))
+    wanted = inspect.signature(ns["random"]).parameters
+    want = ns["random"](x, *params, **{k: v for k, v in config.items() if k in wanted})
     assert torch.allclose(got, want, rtol=1e-9, atol=1e-10, equal_nan=True), body
     seed = torch.randn_like(want)
     g1 = torch.autograd.grad(got, [x, *params], seed, retain_graph=True, allow_unused=True)
@@ -224,3 +228,36 @@ def test_the_derivation_covers_every_operator_it_claims():
         "(x * w)[::-1] + index_select(tanh(x), 1, arange(n) % 3) + gather(x * s, 0, (arange(n) % 2)[none, :])",
     ]:
         _check(body)
+
+
+# ---------------------------------------------------------------- `if` on configuration values
+
+BRANCHES = """
+@function
+layer Random(n: int, flip: bool = false) {{
+    param w: [n] = uniform(0.5, 1.5)
+    param s: [] = uniform(0.5, 1.5)
+    param m: [n, n] = uniform(-0.5, 0.5)
+    example(n = 4)
+
+    forward(x: [B, n]) -> [B, n] {{
+        {body}
+    }}
+}}
+"""
+
+
+@st.composite
+def branches(draw):
+    """Two random expressions, chosen by `flip` (one side may bind a local the return reads)."""
+    (a, _), (b, _) = draw(expr()), draw(expr())
+    if draw(st.booleans()):
+        return f"if flip {{\n            return x * 0 + {a}\n        }}\n        return x * 0 + {b}"
+    return f"h = x * 0 + {b}\n        if flip {{\n            h = h * 0 + {a}\n        }}\n        return h"
+
+
+@settings(max_examples=20, **_SETTINGS)
+@given(branches())
+def test_derived_backward_through_if_matches_autograd_on_each_side(body):
+    for flip in (False, True):
+        _check(body, BRANCHES, {"flip": flip})

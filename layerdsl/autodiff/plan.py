@@ -4,6 +4,10 @@ A plan holds what the Function emitter writes out: the tape of the forward (with
 backward's incoming gradients, and the backward itself, derived by reverse mode or written in the spec.
 What cannot be derived is reported here as located diagnostics, so `layerdsl check` finds it without
 emitting anything.
+
+A forward with `if`s on configuration values (arguments, lets, `training`, dims) is planned once per
+branch: a `BranchPlan` holds the condition and the plan of each side, and the Function chooses the same
+side in forward, setup_context and backward. Each side is a straight-line forward, derived as any other.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape
 from layerdsl.diagnostics import Diagnostic
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import clone, walk
+from layerdsl.ir.visit import clone, map_children, walk
 from layerdsl.language.naming import fresh_name
 
 
@@ -34,10 +38,33 @@ class BackwardPlan:
     written: list[GradStmt]  # the spec's backward block over tape vars; empty when derived
 
 
-def plan_backwards(files: list[N.SpecFile]) -> tuple[dict[str, BackwardPlan], list[Diagnostic]]:
+@dataclass
+class BranchPlan:
+    """A forward that branches on configuration values: the plan of each side of its first `if`."""
+
+    cond: N.Expr  # over arguments, lets, `training` and dims (number locals written out)
+    then: Plan
+    orelse: Plan
+
+    def sides(self) -> list[BackwardPlan]:
+        """Every straight-line plan, then-sides first."""
+        return [p for side in (self.then, self.orelse) for p in straight_plans(side)]
+
+
+Plan = BackwardPlan | BranchPlan
+
+MAX_BRANCH_PLANS = 8  # sides of one Function: each is a forward, a setup_context and a backward of its own
+
+
+def straight_plans(plan: Plan) -> list[BackwardPlan]:
+    """The straight-line plans of `plan`: itself, or every side of its branches."""
+    return plan.sides() if isinstance(plan, BranchPlan) else [plan]
+
+
+def plan_backwards(files: list[N.SpecFile]) -> tuple[dict[str, Plan], list[Diagnostic]]:
     """The plan of every `@function` layer, by layer name, and what cannot be derived. A file's layers
     after the first that cannot be derived are not planned: one such error per file is reported."""
-    plans: dict[str, BackwardPlan] = {}
+    plans: dict[str, Plan] = {}
     problems: list[Diagnostic] = []
     for f in files:
         for layer in f.layers:
@@ -51,8 +78,22 @@ def plan_backwards(files: list[N.SpecFile]) -> tuple[dict[str, BackwardPlan], li
     return plans, problems
 
 
-def plan_backward(layer: N.Layer) -> BackwardPlan:
+def plan_backward(layer: N.Layer) -> Plan:
     """One `@function` layer's plan; raises NotDerivable for what the derivation cannot go through."""
+    assert layer.forward is not None, "the parser reports a layer without forward"
+    if layer.backward is None and (branch := _first_if(layer.forward.body)) is not None:
+        plan = _branch_plan(layer, branch)
+        if len(plan.sides()) > MAX_BRANCH_PLANS:
+            raise NotDerivable(
+                branch[1].span,
+                f"a derived backward goes through at most {MAX_BRANCH_PLANS} combinations of `if` branches",
+                "write a backward block, or choose with where(cond, a, b)",
+            )
+        return plan
+    return _straight_plan(layer)
+
+
+def _straight_plan(layer: N.Layer) -> BackwardPlan:
     optional = {t.name for t in layer.tensors if t.cond is not None}
     tape = Linearizer(layer, optional, deriving=layer.backward is None).run()
     tape = dataclasses.replace(tape, shapes=infer_shapes(tape, layer))
@@ -61,6 +102,56 @@ def plan_backward(layer: N.Layer) -> BackwardPlan:
         return BackwardPlan(tape, grads, incoming_gradients(tape, grads), None, written_backward(layer.backward, tape))
     grads = incoming_names(tape)
     return BackwardPlan(tape, grads, incoming_gradients(tape, grads), derive(tape, grads), [])
+
+
+def _first_if(body: list[N.Stmt]) -> tuple[int, N.If] | None:
+    return next(((i, s) for i, s in enumerate(body) if isinstance(s, N.If)), None)
+
+
+def _branch_plan(layer: N.Layer, branch: tuple[int, N.If]) -> BranchPlan:
+    """The plan of each side of the forward's first `if` (a side's own `if`s branch again)."""
+    assert layer.forward is not None
+    at, stmt = branch
+    body = layer.forward.body
+    cond = _configuration_condition(stmt.cond, body[:at], layer)
+    sides = []
+    for chosen in (stmt.body, stmt.orelse):
+        side_body = _until_return(body[:at] + chosen + body[at + 1 :])
+        forward = dataclasses.replace(layer.forward, body=side_body)
+        sides.append(plan_backward(dataclasses.replace(layer, forward=forward)))
+    return BranchPlan(cond, sides[0], sides[1])
+
+
+def _until_return(body: list[N.Stmt]) -> list[N.Stmt]:
+    """`body` up to its first `return` (a side that returns ends the forward)."""
+    end = next((i for i, s in enumerate(body) if isinstance(s, N.Return)), len(body) - 1)
+    return body[: end + 1]
+
+
+def _configuration_condition(cond: N.Expr, before: list[N.Stmt], layer: N.Layer) -> N.Expr:
+    """`cond` over arguments, lets, `training` and dims, with the number locals bound before it written
+    out (so setup_context and backward can evaluate it); NotDerivable for a condition on tensors."""
+    numbers = {s.target: s.value for s in before if isinstance(s, N.Assign) and s.value.kind != "tensor"}
+    optional = {t.name for t in layer.tensors if t.cond is not None}
+
+    def written_out(e: N.Expr) -> N.Expr:
+        if isinstance(e, N.Name) and e.ref == "local" and e.id in numbers:
+            return written_out(clone(numbers[e.id]))
+        return map_children(e, written_out)
+
+    cond = written_out(cond)
+    for n in walk(cond):
+        if not isinstance(n, N.Expr):
+            continue
+        names_tensor = isinstance(n, N.Name) and (n.ref in ("input", "param", "buffer", "local") or n.id in optional)
+        if names_tensor or n.kind == "tensor":
+            raise NotDerivable(
+                n.span,
+                "a derived backward branches only on arguments, lets, dims and `training`"
+                " (this condition reads a tensor or whether one is given)",
+                "write a backward block; for an elementwise choice use where(cond, a, b)",
+            )
+    return cond
 
 
 def incoming_names(tape: Tape) -> list[str]:

@@ -105,11 +105,11 @@ class Linearizer:
                     self.env[t] = self.value(v, hint=t, target=t)
                 case N.Return(values=vs):
                     outputs = [B.name(self.value(v, hint="out")) if v.kind == "tensor" else v for v in vs]
-                case N.If():
+                case N.If():  # a derived backward is planned per branch (`autodiff.plan`): a written one is not
                     raise NotDerivable(
                         stmt.span,
-                        "a derived backward cannot go through `if` (it derives one straight-line forward);"
-                        " write a backward block",
+                        "a backward block cannot follow an `if` of forward (it is one straight-line backward)",
+                        "leave the backward out: a derived backward follows the branch forward took",
                     )
                 case N.Update():
                     raise NotDerivable(stmt.span, "@function layers cannot update buffers")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from layerdsl.autodiff.plan import BackwardPlan
+from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.shapes import same_shape_leaf
 from layerdsl.autodiff.tape import Step, Tape
@@ -31,10 +32,13 @@ from layerdsl.language.tables import python_type
 from layerdsl.optimize import (
     Facts,
     Mask,
+    SavingCost,
     Stmt,
     addcmul_form,
+    chosen_saves,
     dtype_sources,
     einsum_operands_in_cheapest_order,
+    elements,
     explicit_sums,
     fresh_node,
     guarded_addcmul,
@@ -49,13 +53,19 @@ from layerdsl.semantics.evaluate import example_values
 from layerdsl.syntax import parse_expr
 
 
-def emit_function_class(emitter, plan: BackwardPlan) -> dict:
+def emit_function_class(emitter, plan: Plan) -> dict:
     """The pieces of `<Name>Function` for the template, from the layer's backward plan."""
+    if isinstance(plan, BranchPlan):
+        return emit_branching_function(emitter, plan)
     return FunctionEmitter(emitter, plan).emit()
 
 
 class FunctionEmitter:
-    def __init__(self, emitter, plan: BackwardPlan):
+    """One straight-line plan's Function. A side of a branching forward (`emit_branching_function`) is
+    emitted with the names of every side in `scope`, and returns every side's extra outputs (`returned`,
+    None for those it does not compute) so that all sides share one signature."""
+
+    def __init__(self, emitter, plan: BackwardPlan, scope: set[str] | None = None, returned: list[str] | None = None):
         self.e = emitter
         self.layer = emitter.layer
         self.plan = plan
@@ -69,7 +79,10 @@ class FunctionEmitter:
         self.split = False  # extra outputs' gradients have sections of their own (grads not materialised)
         self.shape_on_ctx: dict[str, set[str]] = {}  # leaves the backward needs only the shape of
         self.backward_dims: set[str] = set()  # symbolic dims the backward reads (kept on ctx)
-        self.names = FunctionNames(self._scope_names(), self.kwargs + list(self.layer.symbolic_dims))
+        self.names = FunctionNames(scope or self._scope_names(), self.kwargs + list(self.layer.symbolic_dims))
+        self.returned = returned
+        self.in_training = False  # a side of `if training`: dropout needs no mode check of its own
+        self.saved_cheap: frozenset[str] | None = None  # cheap intermediates saved, not recomputed (`_backward`)
         self.named: dict[tuple[str, ...], str] = {}  # the gradients this emitter names, by what they are of
         self.masks: dict[str, Mask] = {}  # comparisons and signs saved small, by name
         self.mask_values: dict[str, N.Expr] = {}  # each mask as setup_context computes it
@@ -103,9 +116,9 @@ class FunctionEmitter:
                 if n_out == 1:
                     # Those gradients are None (grads are not materialised) except in double backward: the
                     # main derivation ignores them, and each has its own section, run when it is given.
-                    self.split = True
                     rare = [(v, g, derive(tape, [], {v: g})) for v, g in extra_grads.items()]
                     rare = [(v, g, b) for v, g, b in rare if b.stmts or b.leaf_grads]  # not a dropout mask
+                    self.split = bool(rare)  # else grad_out is materialised: the main section reads it as given
                     body, reads = self.derived_backward(tape, plan.derived, incoming, rare)
                 else:
                     incoming.update({g: v for v, g in extra_grads.items()})
@@ -114,7 +127,8 @@ class FunctionEmitter:
         else:
             body, reads = self.handwritten_backward(tape)
             saved, extra = self.saving(tape, reads)
-        fwd_body = self.forward_body(tape, extra)
+        returned = extra if self.returned is None else self.returned
+        fwd_body = self.forward_body(tape, extra, returned)
         leaves = tape.leaves
         name = f"{layer.name}Function"
         inputs_unpack = leaves + self.kwargs
@@ -125,17 +139,20 @@ class FunctionEmitter:
             + [self._kw_param(k) for k in self.kwargs],
             "forward_body": fwd_body,
             "returns": (
-                "Tensor" if n_out + len(extra) == 1 else f"tuple[{', '.join(['Tensor'] * (n_out + len(extra)))}]"
+                "Tensor"
+                if n_out + len(returned) == 1
+                else f"tuple[{', '.join(['Tensor'] * n_out + [_returned_type(x, extra) for x in returned])}]"
             ),
-            "setup_body": self.setup_body(tape, saved, extra, inputs_unpack),
-            "backward_params": ["ctx"] + grads + [self.gradient_name(f"grad_{x}_out", x) for x in extra],
+            "setup_body": self.setup_body(tape, saved, returned, inputs_unpack),
+            "backward_params": ["ctx"] + grads + [self.gradient_name(f"grad_{x}_out", x) for x in returned],
             "backward_body": body,
             "apply_params": inputs_unpack,
             "n_outputs": n_out,
             "inputs": self.names.inputs,
             "output": self.names.output,
             "cls": self.names.cls,
-            "extra": extra,
+            "extra": returned,
+            "computed_extra": extra,
             "probes": (self.names.local("transforms_active"), self.names.local("compiling")),  # apply's fast path
         }
 
@@ -147,6 +164,48 @@ class FunctionEmitter:
             return "training: bool"
         arg = self.layer.arg(k)
         return f"{k}: {python_type(arg.type)}" if arg else f"{k}: float"
+
+    # ---------------------------------------------------------------- choosing a side
+
+    def branch_condition(self, method: str):
+        """How `forward`/`setup_context` (arguments and input shapes at hand) or `backward` (`ctx`) spell
+        a branch condition."""
+        if method == "backward":
+            ctx = self.names.ctx_value
+            kept = {k: ctx(k) for k in [*self.kwargs, *self.layer.symbolic_dims]}
+            spelling = Spelling(kept, training=ctx("training"))
+        else:
+            spelling = Spelling(dict(self.dim_source), training="training")
+        return PyExpr(spelling, call_hook=self._internal)
+
+    def branching_setup(self, plan: BranchPlan, bodies: list[list[str]]) -> list[str]:
+        """setup_context of a branching forward: the arguments and dims the conditions read, kept on `ctx`
+        for backward, then each side's own saving under its conditions."""
+        read = {
+            "training" if n.ref == "training" else n.id
+            for cond in _conditions(plan)
+            for n in walk(cond)
+            if isinstance(n, N.Name)
+        }
+        dims = [d for d in self.dim_source if d in read]
+        kept = [f"{self.names.ctx_value(k)} = {k}" for k in self.kwargs]  # every side keeps them all
+        for d in dims:
+            source = self.dim_source[d]
+            kept += self.located([f"{self.names.ctx_value(d)} = {source}"], self._declared_line(source.split(".")[0]))
+        used = (read & set(self.kwargs)) | {self.dim_source[d].split(".")[0] for d in dims}
+        unpacking = f" = {self.names.inputs}"
+        own: list[list[str]] = []
+        for body in bodies:
+            own.append([])
+            for line in body:
+                if line.endswith(unpacking):
+                    used |= {n.strip() for n in line[: -len(unpacking)].split(",")}
+                elif line not in kept:
+                    own[-1].append(line)
+        unpack = self.tape.leaves + self.kwargs
+        names = [u if u in used else "_" for u in unpack]
+        head = [f"{', '.join(names)}{',' if len(names) == 1 else ''}{unpacking}"] if used - {"_"} else []
+        return head + kept + _chosen(plan, iter(own), self.branch_condition("setup_context"), ends_in_return=False)
 
     # ---------------------------------------------------------------- saving
 
@@ -199,7 +258,7 @@ class FunctionEmitter:
                     out[d.id] = f"{inp.name}.shape[{pos}]"
         return out
 
-    def forward_body(self, tape: Tape, extra: list[str]) -> list[str]:
+    def forward_body(self, tape: Tape, extra: list[str], returned: list[str]) -> list[str]:
         keep = set(extra) | {s.var for s in tape.steps if s.guard}
         exprs: dict[str, N.Expr] = {}
         uses = _use_counts(tape)
@@ -253,7 +312,8 @@ class FunctionEmitter:
                 exprs[s.var] = expr
         outs = [out(substitute(o, exprs)) if isinstance(o, N.Name) else ex(o) for o in tape.outputs]
         returns = [s.span.line for s in self.e.forward.body if isinstance(s, N.Return)]
-        return lines + self.located([f"return {', '.join(outs + extra)}"], returns[-1] if returns else 0)
+        outs += [x if x in extra else "None" for x in returned]
+        return lines + self.located([f"return {', '.join(outs)}"], returns[-1] if returns else 0)
 
     def located(self, lines: list[str], line: int) -> list[str]:
         """`lines` (one statement) naming the spec line it computes."""
@@ -328,6 +388,8 @@ class FunctionEmitter:
                     what = f"{var} (an output)"
                 elif step is not None and step.op is not None and step.op.cost == "random":
                     what = f"{var} (drawn at random, as bool: never recomputed)"
+                elif var in (self.saved_cheap or ()):
+                    what = f"{var} (saved: recomputing it would keep as many bytes or more)"
                 else:
                     what = f"{var} (costly to recompute)"
             lines.append(f"# saves {what}: read by {readers}")
@@ -367,6 +429,8 @@ class FunctionEmitter:
         sections = [self._sums_resolved(tape, sec) for sec in sections]
         sections = [self._static_shapes(tape, sec) for sec in sections]
         sections = self._masked(tape, sections)
+        if self.saved_cheap is None:  # chosen once, by the first derivation: later ones save alike
+            self.saved_cheap = self._chosen_saves(tape, sections)
         reads = self._reads(tape, sections, self.masks)
         recomputed = {v for sec in sections for v in sec.recompute}
         ctx = self.names.ctx_value
@@ -394,6 +458,28 @@ class FunctionEmitter:
         lines.append(f"return {', '.join(returns)}")
         return lines, reads
 
+    def _chosen_saves(self, tape: Tape, sections: list[Section]) -> frozenset[str]:
+        """The cheap intermediates worth saving (`optimize.saving`): each is returned as an extra output, as
+        a costly one is. None for a hand-written backward or `save = "inputs"`."""
+        self.saved_cheap = frozenset()
+        if self.layer.backward is not None or self.save_inputs_only:
+            return self.saved_cheap
+        sizes = _example_sizes(self.layer)
+
+        def cost(saved: frozenset[str]) -> SavingCost:
+            self.saved_cheap = saved
+            reads = self._reads(tape, sections, self.masks)
+            kept = sum(elements(tape.shapes.get(v), sizes) for v in reads if v not in self.masks)
+            redone = sum(elements(tape.shapes.get(v), sizes) for sec in sections for v in sec.recompute if passes(v))
+            return SavingCost(4 * kept, redone)
+
+        def passes(var: str) -> bool:  # recomputing it is a pass over memory (a view is not)
+            step = tape.step(var)
+            return step is not None and step.op is not None and not step.guard and step.op.shape not in VIEWS
+
+        cost(frozenset())
+        return chosen_saves([v for sec in sections for v in sec.recompute if passes(v)], cost)
+
     def _reads(self, tape: Tape, sections: list[Section], masks: dict[str, Mask]) -> dict[str, set[str]]:
         """For each forward tensor the backward reads (saved, or a mask computed when saving), which leaves
         need it; fills each section's `recompute` and `self.shape_on_ctx`."""
@@ -413,7 +499,7 @@ class FunctionEmitter:
                     or step.op is not None
                     and step.op.cost == "random"  # drawn once: recomputing would draw again
                     or not self.save_inputs_only
-                    and (var in outputs or costly_saved)
+                    and (var in outputs or costly_saved or var in (self.saved_cheap or ()) and not rare)
                     or rare
                     and var in reads
                 )
@@ -702,7 +788,8 @@ class FunctionEmitter:
             if f == "dropout_mask":
                 return f"torch.empty_like({ex(args['input'])}, dtype=torch.bool).bernoulli_(1 - {p})"
             x, keep = args["input"], ex(args["mask"])
-            return f"(torch.where({keep}, {ex.wrap(x, PREC['/'])} / (1 - {p}), 0) if {ex.sp.training} else {ex(x)})"
+            dropped = f"torch.where({keep}, {ex.wrap(x, PREC['/'])} / (1 - {p}), 0)"
+            return dropped if self.in_training else f"({dropped} if {ex.sp.training} else {ex(x)})"
         if f == "transform_length":  # n, else the input's size along dim
             n, inp, dim = a
             return f"{self._shape(inp, ex)}[{ex(dim)}]" if isinstance(n, N.NoneLit) else ex(n)
@@ -824,6 +911,7 @@ class FunctionEmitter:
         return f"({g} if {ex(keepdim)} else {g}.unsqueeze({ex(dim)}))"
 
 
+VIEWS = ("view", "transpose")  # shape rules of ops that only view their operand (no pass over memory)
 Item = tuple[set[str], str, N.Expr, Span]  # a backward statement: (leaves needing it, target, value, spec source)
 
 
@@ -838,6 +926,10 @@ class Section:
     accumulate: dict[str, str] = field(default_factory=dict)  # leaf -> the name holding this section's part
     rare: bool = False
     recompute: dict[str, set[str]] = field(default_factory=dict)
+
+
+def _returned_type(var: str, extra: list[str]) -> str:
+    return "Tensor" if var in extra else "Tensor | None"
 
 
 def _example_sizes(layer: N.Layer) -> dict[str, int]:
@@ -1114,3 +1206,85 @@ def _branches(recorded: list[Code], unrecorded: list[Code]) -> list[Code]:
     if not recorded:
         return [why, If("not torch.is_grad_enabled()", unrecorded)]
     return [why, If("torch.is_grad_enabled()", recorded, unrecorded)]
+
+
+# ---------------------------------------------------------------- a forward that branches
+
+
+def emit_branching_function(emitter, plan: BranchPlan) -> dict:
+    """The Function of a forward with `if`s on configuration values: each side of the branches is emitted
+    as a straight-line Function, and forward, setup_context and backward each choose the side by the same
+    condition (forward and setup_context from the arguments and input shapes, backward from `ctx`). All
+    sides return the same outputs (None for an intermediate only another side saves)."""
+    sides = plan.sides()
+    first = [FunctionEmitter(emitter, side) for side in sides]
+    scope = set().union(*(f._scope_names() for f in first))
+    returned = list(dict.fromkeys(x for f in first for x in f.emit()["computed_extra"]))
+    emitters = [FunctionEmitter(emitter, side, scope, returned) for side in sides]
+    for f, in_training in zip(emitters, _training_sides(plan)):
+        f.in_training = in_training
+    pieces = [f.emit() for f in emitters]
+    head = emitters[0]
+    fn = dict(pieces[0])
+    for key in ("forward_params", "backward_params", "inputs", "output"):
+        assert all(p[key] == fn[key] for p in pieces), f"the sides of a branching Function differ in {key}"
+    fn["returns"] = _union_returns(pieces)
+    fn["forward_body"] = _chosen(plan, iter(p["forward_body"] for p in pieces), head.branch_condition("forward"))
+    fn["backward_body"] = _chosen(plan, iter(p["backward_body"] for p in pieces), head.branch_condition("backward"))
+    fn["setup_body"] = head.branching_setup(plan, [p["setup_body"] for p in pieces])
+    return fn
+
+
+def _training_sides(plan: Plan, known: bool = False) -> list[bool]:
+    """For each side, whether the branches choosing it hold only in training (`if training`)."""
+    if not isinstance(plan, BranchPlan):
+        return [known]
+    cond = plan.cond
+    training = isinstance(cond, N.Name) and cond.ref == "training"
+    return _training_sides(plan.then, known or training) + _training_sides(plan.orelse, known)
+
+
+def _conditions(plan: Plan) -> list[N.Expr]:
+    if not isinstance(plan, BranchPlan):
+        return []
+    return [plan.cond, *_conditions(plan.then), *_conditions(plan.orelse)]
+
+
+def _union_returns(pieces: list[dict]) -> str:
+    types = [p["returns"] for p in pieces]
+    if all(t == types[0] for t in types):
+        return types[0]
+    return next(t for t in types if "None" in t)  # `Tensor | None` where some side has no such extra
+
+
+def _chosen(plan: Plan, sides: Iterator[list[str]], cond: PyExpr, ends_in_return: bool = True) -> list[str]:
+    """The sides' lines (taken in order from `sides`), each under the conditions choosing it; `cond`
+    spells a condition. Sides that return are written `if c: <then> <else>`, the others `if/else`."""
+    if not isinstance(plan, BranchPlan):
+        return list(next(sides))
+    then = _chosen(plan.then, sides, cond, ends_in_return)
+    orelse = _chosen(plan.orelse, sides, cond, ends_in_return)
+    shared = _shared_statements(then, orelse)
+    prefix, then, orelse = then[:shared], then[shared:], orelse[shared:]
+    if not then:  # only setup_context's sides (which do not return) can have nothing left
+        return prefix + ([f"if not ({cond(plan.cond)}):", *("    " + line for line in orelse)] if orelse else [])
+    lines = [*prefix, f"if {cond(plan.cond)}:", *("    " + line for line in then)]
+    if not ends_in_return and orelse:
+        lines += ["else:", *("    " + line for line in orelse)]
+    elif ends_in_return:
+        lines += orelse
+    return lines
+
+
+def _shared_statements(a: list[str], b: list[str]) -> int:
+    """How many leading lines `a` and `b` share as whole statements before any `return` (computed once,
+    before the condition: a condition on configuration values does not depend on them)."""
+    shared = 0
+    for k, (x, y) in enumerate(zip(a, b)):
+        if x != y or x.startswith("return"):
+            break
+        if x.startswith("#"):  # a comment goes with the statement after it
+            continue
+        if k + 1 == min(len(a), len(b)) or not (a[k + 1][:1].isspace() or b[k + 1][:1].isspace()):
+            shared = k + 1
+    return shared

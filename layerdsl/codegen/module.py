@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import jinja2
 
-from layerdsl.autodiff.plan import BackwardPlan, plan_backwards
+from layerdsl.autodiff.plan import Plan, plan_backwards
 from layerdsl.codegen.optional_members import IsPresent, hoist_optionals
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
@@ -80,7 +80,7 @@ def emit_file(
     program: Program,
     spec_path: str,
     imports_for: dict[str, str],
-    plans: dict[str, BackwardPlan] | None = None,
+    plans: dict[str, Plan] | None = None,
 ) -> str:
     """`imports_for` maps each layer used as a sub from another file to its relative module path; `plans`
     holds the backward plans of its `@function` layers (planned here when not given)."""
@@ -151,7 +151,7 @@ class LayerCode:
 
 
 class LayerEmitter:
-    def __init__(self, layer: N.Layer, program: Program, plan: BackwardPlan | None, spec_path: str | None = None):
+    def __init__(self, layer: N.Layer, program: Program, plan: Plan | None, spec_path: str | None = None):
         if layer.forward is None:
             raise ValueError(f"layer '{layer.name}' has no forward")  # the parser reports it first
         self.layer = layer

@@ -19,7 +19,7 @@ from layerdsl.driver.output import READ_LIMIT, Unreadable, read_spec, stamp
 
 # The stages are imported where they are used: a `gen` whose outputs are all cached loads none of them.
 if TYPE_CHECKING:
-    from layerdsl.autodiff.plan import BackwardPlan
+    from layerdsl.autodiff.plan import Plan
     from layerdsl.ir import nodes as N
     from layerdsl.semantics.checker import Program
 
@@ -159,7 +159,7 @@ def _checked(
     sources: list[Source] | None = None,
     texts: list[str | None] | None = None,
     unreadable: list[Diagnostic] | None = None,
-) -> tuple[list[Source], list[N.SpecFile], Program, dict[str, BackwardPlan]]:
+) -> tuple[list[Source], list[N.SpecFile], Program, dict[str, Plan]]:
     """`texts` (read by `read_texts`, with its `unreadable` problems) when the caller has them already."""
     from layerdsl.autodiff.plan import plan_backwards
     from layerdsl.semantics.checker import check_program
@@ -275,7 +275,7 @@ def _lazy_modules(
     sources: list[Source],
     files: list[N.SpecFile],
     program: Program,
-    plans: dict[str, BackwardPlan],
+    plans: dict[str, Plan],
     texts: list[str | None] | None = None,
 ) -> list[Callable[[], str]]:
     """For each source, a function that emits its module (called only on a cache miss). With the specs'
@@ -321,7 +321,7 @@ def emit_modules(
     sources: list[Source],
     files: list[N.SpecFile],
     program: Program,
-    plans: dict[str, BackwardPlan],
+    plans: dict[str, Plan],
 ) -> dict[Path, str]:
     """Each spec's module source (before formatting)."""
     return {src.out: emit() for src, emit in zip(sources, _lazy_modules(sources, files, program, plans))}

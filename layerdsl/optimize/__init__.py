@@ -7,14 +7,18 @@ from layerdsl.optimize.masks import Mask, replaced
 from layerdsl.optimize.masks import candidates as mask_candidates
 from layerdsl.optimize.operations import dtype_sources, fresh_node
 from layerdsl.optimize.pipeline import optimize, prepared, scheduled
+from layerdsl.optimize.saving import SavingCost, chosen_saves, elements
 from layerdsl.optimize.statements import Facts, Stmt
 
 __all__ = [
     "Facts",
     "Mask",
+    "SavingCost",
     "Stmt",
     "addcmul_form",
+    "chosen_saves",
     "dtype_sources",
+    "elements",
     "explicit_sums",
     "einsum_operands_in_cheapest_order",
     "fresh_node",

@@ -799,8 +799,8 @@ class LayerChecker:
                 if cond.kind == Kind.TENSOR:
                     self.r.error(
                         cond.span,
-                        "an if condition is an expression of arguments or `training`, not a tensor",
-                        "use where(cond, a, b) for elementwise choice",
+                        "an if condition is an expression of arguments, lets, dims or `training`: there is no `if` on tensors",
+                        "choose elementwise with where(cond, a, b)",
                     )
                 then_scope, else_scope = scope.copy(), scope.copy()
                 outer, present = set(self.not_none), set(self.present)

@@ -102,15 +102,16 @@ def test_a_function_backward_that_raises_names_its_spec_line(module, monkeypatch
     layer = module.TwoLineFunction(3, 2)
     y = layer(torch.randn(4, 3, requires_grad=True))
 
-    def broken_tanh(*args, **kwargs):
-        raise RuntimeError("tanh broke")
+    def broken_tanh_backward(*args, **kwargs):
+        raise RuntimeError("tanh_backward broke")
 
-    monkeypatch.setattr(torch, "tanh", broken_tanh)  # the backward recomputes `h = tanh(x)`
-    with pytest.raises(RuntimeError, match="tanh broke") as failure:
+    # the backward's `grad_x = tanh_backward(grad_h, h)` (h = tanh(x) is saved, not recomputed)
+    monkeypatch.setattr(torch.ops.aten, "tanh_backward", broken_tanh_backward)
+    with pytest.raises(RuntimeError, match="tanh_backward broke") as failure:
         y.sum().backward()
     text = "".join(traceback.format_exception(failure.value))
     assert "in backward" in text
-    assert "h = torch.tanh(x)  # project.layer:31" in text
+    assert "grad_x = torch.ops.aten.tanh_backward(grad_h, h)  # project.layer:31" in text
 
 
 def test_every_backward_statement_names_its_spec_line(module):
