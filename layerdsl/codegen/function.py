@@ -781,7 +781,7 @@ class FunctionEmitter:
                 return weight if len(rank) <= 2 else f"{weight}.view(-1{', 1' * (len(rank) - 2)})"
             return f"{weight}.view(-1, *(1,) * (len({self._shape(inp, ex)}) - 2))"
         grad, shape = ex.wrap(a[0], ATOM), self._shape(a[1], ex)
-        stand_in = f"{grad}.new_empty(()).expand({shape})"
+        stand_in = f"{_dtype_name(a[0], ex)}.new_empty(()).expand({shape})"
         if f == "max_pool_backward":  # the gradient added where the maxima were, in the flattened pooled dims
             _, _, indices, dims = a
             d = ex(dims)
@@ -799,20 +799,20 @@ class FunctionEmitter:
                 return f"torch.ops.aten.{kernel}{len(widths.items) // 2}d_backward({grad}, {stand_in}, {ex(widths)})"
             kernels = ", ".join(f"torch.ops.aten.{kernel}{k}d_backward" for k in (1, 2, 3))
             return f"({kernels})[len({ex(widths)}) // 2 - 1]({grad}, {stand_in}, {ex(widths)})"
-        dims = _int_literal(a[-1])
-        assert dims in (1, 2, 3), "the pooling rows name their dims"
-        if dims == 1:  # ATen's 1-D pooling is its 2-D pooling over a dim of size 1
+        spatial = _int_literal(a[-1])
+        assert spatial in (1, 2, 3), "the pooling rows name their dims"
+        if spatial == 1:  # ATen's 1-D pooling is its 2-D pooling over a dim of size 1
             grad, stand_in = f"{grad}.unsqueeze(-2)", f"{stand_in}.unsqueeze(-2)"
-        kernel = f"{'avg_pool' if f == 'avg_pool_backward' else '_adaptive_avg_pool'}{max(dims, 2)}d_backward"
+        kernel = f"{'avg_pool' if f == 'avg_pool_backward' else '_adaptive_avg_pool'}{max(spatial, 2)}d_backward"
         args = [grad, stand_in]
         if f == "avg_pool_backward":
             size, stride, padding, ceil_mode, count_include_pad, divisor = a[2:8]
             if isinstance(stride, N.NoneLit):
                 stride = N.ListExpr(NOWHERE, [])  # ATen's default: the kernel size
-            args += [self._pooling_arg(x, dims, lead, ex) for x, lead in ((size, 1), (stride, 1), (padding, 0))]
+            args += [self._pooling_arg(x, spatial, lead, ex) for x, lead in ((size, 1), (stride, 1), (padding, 0))]
             args += [ex(ceil_mode), ex(count_include_pad), ex(divisor)]
         call = f"torch.ops.aten.{kernel}({', '.join(args)})"
-        return f"{call}.squeeze(-2)" if dims == 1 else call
+        return f"{call}.squeeze(-2)" if spatial == 1 else call
 
     @staticmethod
     def _pooling_arg(value: N.Expr, dims: int, lead: int, ex: PyExpr) -> str:
@@ -887,6 +887,12 @@ class Section:
     recompute: dict[str, set[str]] = field(default_factory=dict)
 
 
+def _dtype_name(grad: N.Expr, ex: PyExpr) -> str:
+    """A tensor with the dtype and device of gradient expression `grad`, written once: a gradient it reads."""
+    names = [n for n in walk(grad) if isinstance(n, N.Name) and n.kind == "tensor"]
+    return ex(next((n for n in names if n.id.startswith("grad")), names[0])) if names else ex.wrap(grad, ATOM)
+
+
 def _negated(e: N.Expr, ex: PyExpr) -> str:
     value = _int_literal(e)
     return str(-value) if value is not None else f"-{ex.wrap(e, PREC['unary'])}"
@@ -905,9 +911,9 @@ _POOLING_GRADIENTS = (
 def _with_second_results(tape: Tape) -> dict[str, str]:
     """Steps that are a call's second result (a max pooling's indices), and the step of its first."""
     return {
-        s.args["indices"].id: s.var
+        indices.id: s.var
         for s in tape.steps
-        if isinstance(s.args.get("indices"), N.Name) and s.op is not None and f"{s.op.name}_indices" in OPS
+        if isinstance(indices := s.args.get("indices"), N.Name) and s.op is not None and f"{s.op.name}_indices" in OPS
     }
 
 

@@ -541,7 +541,7 @@ TABLE: tuple[Op, ...] = (
             "pool",
             f"{k}-D average pooling; stride defaults to kernel_size",
             {
-                "input": f"avg_pool_backward(grad, input, kernel_size, stride, padding, ceil_mode, count_include_pad, "
+                "input": "avg_pool_backward(grad, input, kernel_size, stride, padding, ceil_mode, count_include_pad, "
                 + ("divisor_override" if k > 1 else "none")
                 + f", {k})"
             },

@@ -482,12 +482,24 @@ def pool(inp: Shape, spatial: int, kernel, stride, padding, dilation, ceil_mode)
     """max/avg/lp pooling over the last `spatial` dims of `[N, C, L...]` or `[C, L...]` (stride none: the
     kernel size)."""
     sizes = [_per_dim(v, spatial) for v in (kernel, kernel if stride is None else stride, padding, dilation)]
-    if inp is None or _opaque(inp) or len(inp) < spatial + 1 or GROUP in inp[-spatial:] or not isinstance(ceil_mode, bool):
+    if (
+        inp is None
+        or _opaque(inp)
+        or len(inp) < spatial + 1
+        or GROUP in inp[-spatial:]
+        or not isinstance(ceil_mode, bool)
+    ):
         return None
-    if any(v is None for v in sizes):
+    kernels, strides, paddings, dilations = sizes
+    if kernels is None or strides is None or paddings is None or dilations is None:
         return None
-    out = [_windows(d, *vs, ceil_mode) for d, *vs in zip(inp[-spatial:], *sizes)]  # type: ignore[call-arg]
-    return None if any(o is None for o in out) else inp[:-spatial] + tuple(out)  # type: ignore[operator]
+    out: list[Dim] = []
+    for d, k, s, p, dil in zip(inp[-spatial:], kernels, strides, paddings, dilations):
+        size = _windows(d, k, s, p, dil, ceil_mode)
+        if size is None:
+            return None
+        out.append(size)
+    return inp[:-spatial] + tuple(out)
 
 
 def adaptive_pool(inp: Shape, spatial: int, output_size) -> Shape:
@@ -517,13 +529,15 @@ def padded(inp: Shape, widths) -> Shape:
 def conv_transpose(inp: Shape, weight: Shape, spatial: int, stride, padding, output_padding, groups, dilation) -> Shape:
     """`[B, C, L...]` with weight `[C, O / groups, k...]` gives `[B, O, L'...]`,
     L' = (L - 1) stride - 2 padding + dilation (k - 1) + output_padding + 1."""
-    values = [_per_dim(v, spatial) for v in (stride, padding, output_padding, dilation)]
+    strides, paddings, extra, dilations = (_per_dim(v, spatial) for v in (stride, padding, output_padding, dilation))
     if inp is None or weight is None or _opaque(inp) or _opaque(weight) or GROUP in weight or GROUP in inp:
         return None
-    if len(weight) != spatial + 2 or len(inp) != spatial + 2 or type(groups) is not int or None in values:
+    if len(weight) != spatial + 2 or len(inp) != spatial + 2 or type(groups) is not int:
+        return None
+    if strides is None or paddings is None or extra is None or dilations is None:
         return None
     sizes = []
-    for size, k, s, p, op, d in zip(inp[2:], weight[2:], *values):  # type: ignore[call-overload]
+    for size, k, s, p, op, d in zip(inp[2:], weight[2:], strides, paddings, extra, dilations):
         grown = poly_add(poly_mul(poly_add(text_poly(size), constant(-1)), constant(s)), constant(op + 1 - 2 * p - d))
         sizes.append(poly_text(poly_add(grown, poly_mul(constant(d), text_poly(k)))))
     return (inp[0], poly_text(poly_mul(constant(groups), text_poly(weight[1]))), *sizes)
@@ -537,8 +551,11 @@ def halved(inp: Shape, dim) -> Shape:
     if p is None:
         return None
     size = text_poly(inp[p])
-    whole = as_int(size)
-    half = constant(whole // 2) if whole is not None else atom(f"{_operand(size)} // 2")
+    if all(c % 2 == 0 for _, c in size):  # `2 * n` halves to `n`
+        half = tuple((m, c // 2) for m, c in size)
+    else:
+        whole = as_int(size)
+        half = constant(whole // 2) if whole is not None else atom(f"{_operand(size)} // 2")
     return inp[:p] + (poly_text(half),) + inp[p + 1 :]
 
 
