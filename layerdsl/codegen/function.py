@@ -393,7 +393,7 @@ class FunctionEmitter:
             )
         grads = [f"grad_{l}" for l in tape.leaves if l in tape.differentiable]
         always = {t for lv, t, _, _ in sections[0].items if self.needs(lv, tape) is None}
-        guarded = [g for g in grads if g not in always or len(sections) > 1]
+        guarded = [g for g in grads if g not in always or len(sections) > 1 or sections[0].cond]
         if guarded:
             lines.append(" = ".join(guarded) + " = None")
         for sec in sections:
