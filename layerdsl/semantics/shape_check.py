@@ -305,6 +305,9 @@ class _ShapePass:
                     "conv weights are [out_channels, in_channels / groups, k...]",
                 )
                 return None
+        if op.shape in ("pool", "pad", "glu") and (window := S.window_problem(op, args, shape_of)):
+            self.r.error(call.span, f"{_text(call)}: {window[0]}", window[1])
+            return None
         if op.shape == "reshape" or op.name == "reshape":
             return self.reshape(call, args, shape_of)
         return S.op_shape(op, args, shape_of, call.items)

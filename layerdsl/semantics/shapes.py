@@ -643,6 +643,47 @@ def op_shape(
     return None
 
 
+def window_problem(op: Op, args: Mapping[str, N.Expr], shape_of: Callable[[N.Expr], Shape]) -> tuple[str, str] | None:
+    """(message, hint) when a pooling window, a padding or glu's halving cannot fit the input's known sizes."""
+    inp = shape_of(args["input"])
+    if inp is None or _opaque(inp):
+        return None
+    if op.shape == "glu":
+        dim = _literal(op, args, "dim")
+        p = _position(inp, dim) if type(dim) is int else None
+        size = as_int(text_poly(inp[p])) if p is not None else None
+        if size is not None and size % 2:
+            return f"glu halves dim {dim}, of odd size {size}", "glu splits input into two equal halves along dim"
+        return None
+    if op.shape == "pad":
+        widths = _literal(op, args, "pad")
+        if isinstance(widths, list) and len(widths) % 2:
+            return (
+                f"pad takes pairs of widths, got {len(widths)}",
+                "(left, right) for the last dim, then the one before",
+            )
+        return None
+    if op.shape != "pool":
+        return None
+    spatial = int(op.name[-2])
+    kernel, padding = _per_dim(_literal(op, args, "kernel_size"), spatial), _per_dim(
+        _literal(op, args, "padding"), spatial
+    )
+    dilation = _per_dim(_literal(op, args, "dilation"), spatial) if op.param("dilation") else [1] * spatial
+    if kernel is None or padding is None or dilation is None or len(inp) < spatial + 1 or GROUP in inp[-spatial:]:
+        return None
+    for k, p, d, size in zip(kernel, padding, dilation, inp[-spatial:]):
+        if p > k // 2:
+            return f"padding {p} is more than half the kernel size {k}", "torch pads at most half a window"
+        known = as_int(text_poly(size))
+        if known is not None and known + 2 * p < d * (k - 1) + 1:
+            return (
+                f"a window of {d * (k - 1) + 1} does not fit a dim of size {known} padded by {p}",
+                "make the input larger or the kernel smaller",
+            )
+    return None
+
+
 def _pooling_shape(op: Op, args: Mapping[str, N.Expr], shape_of: Callable[[N.Expr], Shape]) -> Shape:
     """Pooling (`max_pool2d`, `adaptive_avg_pool1d`, ...) and transposed convolution: the digit before the
     final `d` of the name is the number of spatial dims."""
