@@ -666,16 +666,15 @@ def window_problem(op: Op, args: Mapping[str, N.Expr], shape_of: Callable[[N.Exp
     if op.shape != "pool":
         return None
     spatial = int(op.name[-2])
-    kernel, padding = _per_dim(_literal(op, args, "kernel_size"), spatial), _per_dim(
-        _literal(op, args, "padding"), spatial
-    )
+    kernel = _per_dim(_literal(op, args, "kernel_size"), spatial)
+    padding = _per_dim(_literal(op, args, "padding"), spatial)
     dilation = _per_dim(_literal(op, args, "dilation"), spatial) if op.param("dilation") else [1] * spatial
     if kernel is None or padding is None or dilation is None or len(inp) < spatial + 1 or GROUP in inp[-spatial:]:
         return None
-    for k, p, d, size in zip(kernel, padding, dilation, inp[-spatial:]):
+    for k, p, d, dim_size in zip(kernel, padding, dilation, inp[-spatial:]):
         if p > k // 2:
             return f"padding {p} is more than half the kernel size {k}", "torch pads at most half a window"
-        known = as_int(text_poly(size))
+        known = as_int(text_poly(dim_size))
         if known is not None and known + 2 * p < d * (k - 1) + 1:
             return (
                 f"a window of {d * (k - 1) + 1} does not fit a dim of size {known} padded by {p}",
