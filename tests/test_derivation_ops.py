@@ -125,6 +125,7 @@ def test_vmap_of_grad_and_jacrev(family):
         ("return x[x > 0]", "indexing by a tensor"),
         ("return abs(fft(x))", "abs() of a complex value"),
         ("return round(x)", "round() has no derivative"),
+        ('return pad(x, [1, 1], "circular")', "pad() in circular mode has no derived backward yet"),
     ],
 )
 def test_what_still_cannot_be_derived_says_which_op_and_why(tmp_path, capsys, body, message):
