@@ -9,7 +9,8 @@ Adding an operation is adding a row.
 
 Shape rules: "elementwise" (broadcasts its tensor inputs), "reduce" (drops or keeps `dim`), "matmul",
 "transpose", "view" (reshape family), "softmax" (same shape as input), "concat", "fft", "conv", "where",
-"opaque" (the static pass leaves the result's shape to run time: pooling, padding, transposed convolution).
+"pool" and "adaptive_pool" (the last spatial dims), "conv_transpose", "pad", "glu" (halves `dim`),
+"opaque" (the static pass leaves the result's shape to run time: the losses).
 """
 
 from __future__ import annotations
