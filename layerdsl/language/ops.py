@@ -495,100 +495,221 @@ TABLE: tuple[Op, ...] = (
         cost="costly",
         promotes=False,
     ),
-    # A transposed convolution is the adjoint of the convolution with the same weight: its input's gradient
-    # is that convolution of the gradient, its weight's the convolution's weight gradient with the roles of
-    # input and gradient swapped.
-    *(
-        Op(
-            f"conv_transpose{k}d",
-            _sig(
-                "input*, weight*, bias* = none, stride = 1, padding = 0, output_padding = 0, groups = 1, dilation = 1"
-            ),
-            f"torch.nn.functional.conv_transpose{k}d",
-            "conv_transpose",
-            f"{k}-D transposed convolution (torch.nn.functional.conv_transpose{k}d)",
-            {
-                "input": f"conv{k}d(grad, weight, none, stride, padding, dilation, groups)",
-                "weight": f"conv{k}d_weight(grad, weight, input, stride, padding, dilation, groups)",
-                "bias": f"sum(grad, dim = {[0, *range(2, k + 2)]})",
-            },
-            cost="costly",
-            promotes=False,
-        )
-        for k in (1, 2, 3)
+    # A transposed convolution is the adjoint of the convolution with the same weight: its input's gradient is
+    # that convolution of the gradient, its weight's the convolution's weight gradient, input and gradient swapped.
+    Op(
+        "conv_transpose1d",
+        _sig("input*, weight*, bias* = none, stride = 1, padding = 0, output_padding = 0, groups = 1, dilation = 1"),
+        "torch.nn.functional.conv_transpose1d",
+        "conv_transpose",
+        "1-D transposed convolution (torch.nn.functional.conv_transpose1d)",
+        {
+            "input": "conv1d(grad, weight, none, stride, padding, dilation, groups)",
+            "weight": "conv1d_weight(grad, weight, input, stride, padding, dilation, groups)",
+            "bias": "sum(grad, dim = [0, 2])",
+        },
+        cost="costly",
+        promotes=False,
+    ),
+    Op(
+        "conv_transpose2d",
+        _sig("input*, weight*, bias* = none, stride = 1, padding = 0, output_padding = 0, groups = 1, dilation = 1"),
+        "torch.nn.functional.conv_transpose2d",
+        "conv_transpose",
+        "2-D transposed convolution (torch.nn.functional.conv_transpose2d)",
+        {
+            "input": "conv2d(grad, weight, none, stride, padding, dilation, groups)",
+            "weight": "conv2d_weight(grad, weight, input, stride, padding, dilation, groups)",
+            "bias": "sum(grad, dim = [0, 2, 3])",
+        },
+        cost="costly",
+        promotes=False,
+    ),
+    Op(
+        "conv_transpose3d",
+        _sig("input*, weight*, bias* = none, stride = 1, padding = 0, output_padding = 0, groups = 1, dilation = 1"),
+        "torch.nn.functional.conv_transpose3d",
+        "conv_transpose",
+        "3-D transposed convolution (torch.nn.functional.conv_transpose3d)",
+        {
+            "input": "conv3d(grad, weight, none, stride, padding, dilation, groups)",
+            "weight": "conv3d_weight(grad, weight, input, stride, padding, dilation, groups)",
+            "bias": "sum(grad, dim = [0, 2, 3, 4])",
+        },
+        cost="costly",
+        promotes=False,
     ),
     # Max pooling's forward also returns where each maximum was (`max_pool2d_indices`, saved as int64): the
-    # backward writes the gradient back there, reading neither the input nor the output.
-    *(
-        Op(
-            f"max_pool{k}d",
-            _sig(_MAX_POOL),
-            f"torch.nn.functional.max_pool{k}d",
-            "pool",
-            f"{k}-D max pooling; stride defaults to kernel_size",
-            {"input": f"max_pool_backward(grad, input, indices, {k})"},
-            cost="costly",
-        )
-        for k in (1, 2, 3)
+    # backward adds the gradient there, reading neither the input nor the output.
+    Op(
+        "max_pool1d",
+        _sig("input*, kernel_size, stride = none, padding = 0, dilation = 1, ceil_mode = false"),
+        "torch.nn.functional.max_pool1d",
+        "pool",
+        "1-D max pooling; stride defaults to kernel_size",
+        {
+            "input": "max_pool_backward(grad, input, indices, 1)",
+        },
+        cost="costly",
     ),
-    *(
-        Op(
-            f"avg_pool{k}d",
-            _sig(
-                "input*, kernel_size, stride = none, padding = 0, ceil_mode = false, count_include_pad = true"
-                + (", divisor_override = none" if k > 1 else "")
-            ),
-            f"torch.nn.functional.avg_pool{k}d",
-            "pool",
-            f"{k}-D average pooling; stride defaults to kernel_size",
-            {
-                "input": "avg_pool_backward(grad, input, kernel_size, stride, padding, ceil_mode, count_include_pad, "
-                + ("divisor_override" if k > 1 else "none")
-                + f", {k})"
-            },
-            cost="costly",
-        )
-        for k in (1, 2, 3)
+    Op(
+        "max_pool2d",
+        _sig("input*, kernel_size, stride = none, padding = 0, dilation = 1, ceil_mode = false"),
+        "torch.nn.functional.max_pool2d",
+        "pool",
+        "2-D max pooling; stride defaults to kernel_size",
+        {
+            "input": "max_pool_backward(grad, input, indices, 2)",
+        },
+        cost="costly",
+    ),
+    Op(
+        "max_pool3d",
+        _sig("input*, kernel_size, stride = none, padding = 0, dilation = 1, ceil_mode = false"),
+        "torch.nn.functional.max_pool3d",
+        "pool",
+        "3-D max pooling; stride defaults to kernel_size",
+        {
+            "input": "max_pool_backward(grad, input, indices, 3)",
+        },
+        cost="costly",
+    ),
+    Op(
+        "avg_pool1d",
+        _sig("input*, kernel_size, stride = none, padding = 0, ceil_mode = false, count_include_pad = true"),
+        "torch.nn.functional.avg_pool1d",
+        "pool",
+        "1-D average pooling; stride defaults to kernel_size",
+        {
+            "input": "avg_pool_backward(grad, input, kernel_size, stride, padding, ceil_mode, count_include_pad, none, 1)",
+        },
+        cost="costly",
+    ),
+    Op(
+        "avg_pool2d",
+        _sig(
+            "input*, kernel_size, stride = none, padding = 0, ceil_mode = false, count_include_pad = true, divisor_override = none"
+        ),
+        "torch.nn.functional.avg_pool2d",
+        "pool",
+        "2-D average pooling; stride defaults to kernel_size",
+        {
+            "input": "avg_pool_backward(grad, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, 2)",
+        },
+        cost="costly",
+    ),
+    Op(
+        "avg_pool3d",
+        _sig(
+            "input*, kernel_size, stride = none, padding = 0, ceil_mode = false, count_include_pad = true, divisor_override = none"
+        ),
+        "torch.nn.functional.avg_pool3d",
+        "pool",
+        "3-D average pooling; stride defaults to kernel_size",
+        {
+            "input": "avg_pool_backward(grad, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, 3)",
+        },
+        cost="costly",
     ),
     # lp_pool is (kernel numel * avg_pool(x ** p)) ** (1 / p): its gradient goes back through avg_pool's.
-    *(
-        Op(
-            f"lp_pool{k}d",
-            _sig("input*, norm_type, kernel_size, stride = none, ceil_mode = false"),
-            f"torch.nn.functional.lp_pool{k}d",
-            "pool",
-            f"{k}-D power-average pooling: (sum of x ** p over each window) ** (1 / p)",
-            {
-                "input": f"avg_pool_backward(grad * kernel_numel(kernel_size, {k}) * result ** (1 - norm_type), input,"
-                f" kernel_size, stride, 0, ceil_mode, true, none, {k}) * input ** (norm_type - 1)"
-            },
-            cost="costly",
-        )
-        for k in (1, 2, 3)
+    Op(
+        "lp_pool1d",
+        _sig("input*, norm_type, kernel_size, stride = none, ceil_mode = false"),
+        "torch.nn.functional.lp_pool1d",
+        "pool",
+        "1-D power-average pooling: (sum of x ** p over each window) ** (1 / p)",
+        {
+            "input": "avg_pool_backward(grad * kernel_numel(kernel_size, 1) * result ** (1 - norm_type), input, kernel_size, stride, 0, ceil_mode, true, none, 1) * input ** (norm_type - 1)",
+        },
+        cost="costly",
     ),
-    *(
-        Op(
-            f"adaptive_avg_pool{k}d",
-            _sig(_ADAPTIVE_POOL),
-            f"torch.nn.functional.adaptive_avg_pool{k}d",
-            "adaptive_pool",
-            f"{k}-D adaptive average pooling to output_size (none keeps a dim)",
-            {"input": f"adaptive_avg_pool_backward(grad, input, {k})"},
-            cost="costly",
-        )
-        for k in (1, 2, 3)
+    Op(
+        "lp_pool2d",
+        _sig("input*, norm_type, kernel_size, stride = none, ceil_mode = false"),
+        "torch.nn.functional.lp_pool2d",
+        "pool",
+        "2-D power-average pooling: (sum of x ** p over each window) ** (1 / p)",
+        {
+            "input": "avg_pool_backward(grad * kernel_numel(kernel_size, 2) * result ** (1 - norm_type), input, kernel_size, stride, 0, ceil_mode, true, none, 2) * input ** (norm_type - 1)",
+        },
+        cost="costly",
     ),
-    *(
-        Op(
-            f"adaptive_max_pool{k}d",
-            _sig(_ADAPTIVE_POOL),
-            f"torch.nn.functional.adaptive_max_pool{k}d",
-            "adaptive_pool",
-            f"{k}-D adaptive max pooling to output_size (none keeps a dim)",
-            {"input": f"max_pool_backward(grad, input, indices, {k})"},
-            cost="costly",
-        )
-        for k in (1, 2, 3)
+    Op(
+        "lp_pool3d",
+        _sig("input*, norm_type, kernel_size, stride = none, ceil_mode = false"),
+        "torch.nn.functional.lp_pool3d",
+        "pool",
+        "3-D power-average pooling: (sum of x ** p over each window) ** (1 / p)",
+        {
+            "input": "avg_pool_backward(grad * kernel_numel(kernel_size, 3) * result ** (1 - norm_type), input, kernel_size, stride, 0, ceil_mode, true, none, 3) * input ** (norm_type - 1)",
+        },
+        cost="costly",
+    ),
+    Op(
+        "adaptive_avg_pool1d",
+        _sig("input*, output_size"),
+        "torch.nn.functional.adaptive_avg_pool1d",
+        "adaptive_pool",
+        "1-D adaptive average pooling to output_size (none keeps a dim)",
+        {
+            "input": "adaptive_avg_pool_backward(grad, input, 1)",
+        },
+        cost="costly",
+    ),
+    Op(
+        "adaptive_avg_pool2d",
+        _sig("input*, output_size"),
+        "torch.nn.functional.adaptive_avg_pool2d",
+        "adaptive_pool",
+        "2-D adaptive average pooling to output_size (none keeps a dim)",
+        {
+            "input": "adaptive_avg_pool_backward(grad, input, 2)",
+        },
+        cost="costly",
+    ),
+    Op(
+        "adaptive_avg_pool3d",
+        _sig("input*, output_size"),
+        "torch.nn.functional.adaptive_avg_pool3d",
+        "adaptive_pool",
+        "3-D adaptive average pooling to output_size (none keeps a dim)",
+        {
+            "input": "adaptive_avg_pool_backward(grad, input, 3)",
+        },
+        cost="costly",
+    ),
+    Op(
+        "adaptive_max_pool1d",
+        _sig("input*, output_size"),
+        "torch.nn.functional.adaptive_max_pool1d",
+        "adaptive_pool",
+        "1-D adaptive max pooling to output_size (none keeps a dim)",
+        {
+            "input": "max_pool_backward(grad, input, indices, 1)",
+        },
+        cost="costly",
+    ),
+    Op(
+        "adaptive_max_pool2d",
+        _sig("input*, output_size"),
+        "torch.nn.functional.adaptive_max_pool2d",
+        "adaptive_pool",
+        "2-D adaptive max pooling to output_size (none keeps a dim)",
+        {
+            "input": "max_pool_backward(grad, input, indices, 2)",
+        },
+        cost="costly",
+    ),
+    Op(
+        "adaptive_max_pool3d",
+        _sig("input*, output_size"),
+        "torch.nn.functional.adaptive_max_pool3d",
+        "adaptive_pool",
+        "3-D adaptive max pooling to output_size (none keeps a dim)",
+        {
+            "input": "max_pool_backward(grad, input, indices, 3)",
+        },
+        cost="costly",
     ),
     Op(
         "pad",
@@ -596,7 +717,9 @@ TABLE: tuple[Op, ...] = (
         "torch.nn.functional.pad",
         "pad",
         "pad the last dims by (left, right, top, bottom, ...): constant, reflect, replicate or circular",
-        {"input": "pad_backward(grad, input, pad, mode)"},
+        {
+            "input": "pad_backward(grad, input, pad, mode)",
+        },
     ),
     Op(
         "glu",
@@ -604,7 +727,9 @@ TABLE: tuple[Op, ...] = (
         "torch.nn.functional.glu",
         "glu",
         "a * sigmoid(b), a and b the two halves of input along dim",
-        {"input": "glu_backward(grad, input, dim)"},
+        {
+            "input": "glu_backward(grad, input, dim)",
+        },
     ),
     Op(
         "local_response_norm",
