@@ -645,6 +645,126 @@ def via(module_cls: type[nn.Module], fn_cls: type[Function]) -> type[nn.Module]:
 
 
 # --------------------------------------------------------------------------------------------
+# Pooling family (issue 15): a max pooling and a transposed convolution, derived and by hand
+# --------------------------------------------------------------------------------------------
+
+POOLING_SPECS = """
+@function
+layer MaxPoolFunctional() {
+    \"\"\"Max pooling over pairs along the last dim: the backward reads where the maxima were.\"\"\"
+    example()
+
+    forward(x: [C, L]) {
+        return max_pool1d(x, 2)
+    }
+}
+
+@function
+layer ConvTransposeFunctional(channels: int) {
+    \"\"\"A stride-2 transposed convolution that doubles the length.\"\"\"
+    param weight: [channels, channels, 2] = uniform(-0.1, 0.1)
+    param bias: [channels] = zeros
+    example(channels = 4)
+
+    forward(x: [N, channels, L]) -> [N, channels, 2 * L] {
+        return conv_transpose1d(x, weight, bias, stride = 2)
+    }
+}
+"""
+
+
+def pooling_module() -> types.ModuleType:
+    """POOLING_SPECS compiled as `layerdsl gen` compiles a spec file."""
+    sys.path.insert(0, str(bm.REPO))
+    try:
+        from layerdsl.codegen.module import emit_file
+        from layerdsl.semantics.checker import check_program
+        from layerdsl.syntax.parser import parse_file
+    finally:
+        sys.path.pop(0)
+    spec = parse_file("pooling_function.layer", POOLING_SPECS)
+    module = types.ModuleType("pooling_function")
+    exec(compile(emit_file(spec, check_program([spec]), "pooling_function.layer", {}), "pooling_function.py", "exec"),
+         module.__dict__)  # fmt: skip
+    return module
+
+
+class HandMaxPoolFunction(Function):
+    """y = max_pool1d(x, 2). Saves the argmax indices (int64) and x's shape; the backward is ATen's
+    max_pool2d_with_indices_backward (what autograd runs), given a stand-in of x's shape."""
+
+    @staticmethod
+    def forward(x: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.nn.functional.max_pool1d(x, 2, return_indices=True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
+        ctx.x_shape = inputs[0].shape
+        ctx.save_for_backward(output[1])
+
+    @staticmethod
+    def backward(ctx, g, _g_indices):
+        if g is None:
+            return None
+        (indices,) = ctx.saved_tensors
+        stand_in = g.new_empty(()).expand(ctx.x_shape).unsqueeze(-2)
+        grad = aten.max_pool2d_with_indices_backward(
+            g.unsqueeze(-2), stand_in, [1, 2], [1, 2], [0, 0], [1, 1], False, indices.unsqueeze(-2)
+        )
+        return grad.squeeze(-2)
+
+
+class HandMaxPoolFn(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return HandMaxPoolFunction.apply(x)[0]
+
+
+class MaxPoolAutograd(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.max_pool1d(x, 2)
+
+
+class HandConvTransposeFunction(Function):
+    """y = conv_transpose1d(x, weight, bias, stride=2). Saves x and weight; the backward is one
+    ATen convolution_backward for all three gradients (what autograd runs)."""
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        return torch.nn.functional.conv_transpose1d(x, weight, bias, stride=2)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, _ = inputs
+        ctx.save_for_backward(x, weight)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        return aten.convolution_backward(
+            g, x, weight, [weight.shape[1]], [2], [0], [1], True, [0], 1, list(ctx.needs_input_grad)
+        )
+
+
+class ConvTransposeModule(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(channels, channels, 2))
+        self.bias = nn.Parameter(torch.empty(channels))
+
+
+class ConvTransposeAutograd(ConvTransposeModule):
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.conv_transpose1d(x, self.weight, self.bias, stride=2)
+
+
+class HandConvTransposeFn(ConvTransposeModule):
+    def forward(self, x: Tensor) -> Tensor:
+        return HandConvTransposeFunction.apply(x, self.weight, self.bias)
+
+
+# --------------------------------------------------------------------------------------------
 # gradcheck (float64, small shapes)
 # --------------------------------------------------------------------------------------------
 
@@ -660,6 +780,7 @@ def gradchecks(gen) -> list[tuple[str, bool, float]]:
     wm = torch.randn(5, 4, **d)
     bias = (torch.rand(5, dtype=torch.float64) + 0.5).requires_grad_()
     wq = torch.randn(5, 5, 4, **d)
+    xc, wc, bc = torch.randn(2, 3, 4, **d), torch.randn(3, 3, 2, **d), torch.randn(3, **d)
     checks = [
         ("HandSwishFunction", lambda: HandSwishFunction.apply, (x, beta)),
         ("HandRMSNormFunction", lambda: lambda x, w: HandRMSNormFunction.apply(x, w, 1e-6)[0], (x, w)),
@@ -679,6 +800,12 @@ def gradchecks(gen) -> list[tuple[str, bool, float]]:
          lambda: gen["my_layer_function"].MyLayerFunctionalFunction.apply, (x, wm, bias)),
         ("generated QuadraticFormFunctionalFunction",
          lambda: gen["quadratic_form"].QuadraticFormFunctionalFunction.apply, (x, wq)),
+        ("HandMaxPoolFunction", lambda: lambda x: HandMaxPoolFunction.apply(x)[0], (x,)),
+        ("HandConvTransposeFunction", lambda: HandConvTransposeFunction.apply, (xc, wc, bc)),
+        ("generated MaxPoolFunctionalFunction",
+         lambda: lambda x: gen["pooling_function"].MaxPoolFunctionalFunction.apply(x)[0], (x,)),
+        ("generated ConvTransposeFunctionalFunction",
+         lambda: gen["pooling_function"].ConvTransposeFunctionalFunction.apply, (xc, wc, bc)),
     ]  # fmt: skip
     out = []
     for name, get, args in checks:
@@ -750,6 +877,11 @@ def chain_autograd(gen: dict[str, Any]) -> nn.Module:
     return FusedChainAutograd()
 
 
+def conv_transpose_state(bt: int, f: int) -> dict[str, Tensor]:  # [B/32, 32, F]: B x F input elements
+    return {"x": torch.randn(max(bt // 32, 1), 32, f), "weight": 0.1 * torch.randn(32, 32, 2),
+            "bias": 0.1 * torch.randn(32)}  # fmt: skip
+
+
 FAMILIES = [
     Family("activation with a learned parameter", "Swish", ("swish", "swish_function"), swish_state,
            lambda g, f: g["swish"].Swish(f), HandSwishFn, lambda g, f: g["swish_function"].SwishFunctional(f)),
@@ -761,6 +893,11 @@ FAMILIES = [
     Family("matmul after elementwise", "MyLayer", ("my_layer", "my_layer_function"), my_layer_state,
            lambda g, f: g["my_layer"].MyLayer(f, f), lambda f: HandMyLayerFn(f, f),
            lambda g, f: g["my_layer_function"].MyLayerFunctional(f, f)),
+    Family("max pooling (saves argmax indices)", "MaxPool", ("pooling_function",), lambda bt, f: {"x": torch.randn(bt, f)},
+           lambda g, f: MaxPoolAutograd(), lambda f: HandMaxPoolFn(), lambda g, f: g["pooling_function"].MaxPoolFunctional()),
+    Family("transposed convolution", "ConvTranspose1d", ("pooling_function",), conv_transpose_state,
+           lambda g, f: ConvTransposeAutograd(32), lambda f: HandConvTransposeFn(32),
+           lambda g, f: g["pooling_function"].ConvTransposeFunctional(32)),
 ]  # fmt: skip
 # Task B's family (its own shapes and candidates: `make_cases`).
 CONTRACTION = Family("einsum contraction (index notation)", "QuadraticForm", ("quadratic_form",), quad_state,
@@ -771,8 +908,9 @@ CONTRACTION = Family("einsum contraction (index notation)", "QuadraticForm", ("q
 
 def gen_modules(gen_dir: Path) -> dict[str, Any]:
     """The generated modules the families read (those present in `gen_dir`)."""
-    names = dict.fromkeys(n for fam in [*FAMILIES, CONTRACTION] for n in fam.modules)
-    return {n: bm.import_generated(gen_dir, n) for n in names if (gen_dir / f"{n}.py").exists()}
+    names = dict.fromkeys(n for fam in [*FAMILIES, CONTRACTION] for n in fam.modules if n != "pooling_function")
+    found = {n: bm.import_generated(gen_dir, n) for n in names if (gen_dir / f"{n}.py").exists()}
+    return found | {"pooling_function": pooling_module()}  # compiled here: POOLING_SPECS
 
 
 def cand(name: str, make: Callable[[], nn.Module], vs: str | None = None, *also: str) -> bm.Candidate:

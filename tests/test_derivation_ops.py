@@ -6,6 +6,7 @@ torch.func.vmap of torch.func.grad and jacrev."""
 from __future__ import annotations
 
 import inspect
+import math
 
 import pytest
 import torch
@@ -124,6 +125,7 @@ def test_vmap_of_grad_and_jacrev(family):
         ("return x[x > 0]", "a bool mask index (how many elements it picks is data)"),
         ("return abs(fft(x))", "abs() of a complex value"),
         ("return round(x)", "round() has no derivative"),
+        ('return pad(x, [1, 1], "circular")', "pad() in circular mode has no derived backward yet"),
     ],
 )
 def test_what_still_cannot_be_derived_says_which_op_and_why(tmp_path, capsys, body, message):
@@ -236,6 +238,19 @@ layer Picks(n: int) {{
     example(n = 6)
 
     forward(x: [B, n], idx: long[B, 2], sel: long[3], ids: long[B, 2]) {{
+        return {body}
+    }}
+}}
+"""
+
+POOLING = """
+@function
+layer Pooling(c: int) {{
+    param weight: {weight} = uniform(0.5, 1.5)
+    param bias: [c] = uniform(-0.5, 0.5)
+    example(c = 2)
+
+    forward(x: {x}) -> {out} {{
         return {body}
     }}
 }}
@@ -391,3 +406,219 @@ def test_reshape_with_kept_leading_dims_is_unflatten_and_flatten_and_derives():
     assert torch.allclose(fn(x, layer.w, 2, 3), ns["heads"](x, layer.w, h=2, d=3))
     assert torch.autograd.gradcheck(lambda a, b: fn(a, b, 2, 3), (x, layer.w))
     assert torch.autograd.gradgradcheck(lambda a, b: fn(a, b, 2, 3), (x, layer.w))
+
+
+# One spec per family: (weight shape, input shape declared, body, declared output, an input's size).
+POOLING_FAMILIES = {
+    "max_pool1d": (
+        "[c]",
+        "[N, c, L]",
+        "max_pool1d(tanh(x), 3, stride = 2, padding = 1) * 2",
+        "[N, c, (L - 1) // 2 + 1]",
+        (2, 2, 9),
+    ),
+    "max_pool2d": (
+        "[c]",
+        "[N, c, H, W]",
+        "max_pool2d(x * x, 2) + 1",
+        "[N, c, (H - 2) // 2 + 1, (W - 2) // 2 + 1]",
+        (2, 2, 6, 5),
+    ),
+    "max_pool2d_overlap": (
+        "[c]",
+        "[N, c, H, W]",
+        "max_pool2d(sin(x), [3, 2], stride = 1, dilation = [1, 2], ceil_mode = true)",
+        "[N, c, H - 2, W - 2]",
+        (2, 2, 6, 5),
+    ),
+    "max_pool3d": (
+        "[c]",
+        "[N, c, D, H, W]",
+        "max_pool3d(exp(x), 2, stride = 1)",
+        "[N, c, D - 1, H - 1, W - 1]",
+        (1, 2, 3, 4, 3),
+    ),
+    "avg_pool1d": (
+        "[c]",
+        "[N, c, L]",
+        "avg_pool1d(x * x, 3, stride = 2, padding = 1)",
+        "[N, c, (L - 1) // 2 + 1]",
+        (2, 2, 9),
+    ),
+    "avg_pool2d": (
+        "[c]",
+        "[N, c, H, W]",
+        "avg_pool2d(tanh(x), 3, stride = 2, padding = 1, ceil_mode = true, count_include_pad = false)",
+        "[N, c, 4, 3]",
+        (2, 2, 7, 5),
+    ),
+    "avg_pool3d": (
+        "[c]",
+        "[N, c, D, H, W]",
+        "avg_pool3d(x * x, 2, divisor_override = 3)",
+        "[N, c, (D - 2) // 2 + 1, (H - 2) // 2 + 1, (W - 2) // 2 + 1]",
+        (1, 2, 3, 4, 3),
+    ),
+    "lp_pool1d": ("[c]", "[N, c, L]", "lp_pool1d(exp(x), 2, 3, stride = 2)", "[N, c, (L - 3) // 2 + 1]", (2, 2, 9)),
+    "lp_pool2d": (
+        "[c]",
+        "[N, c, H, W]",
+        "lp_pool2d(exp(x), 3, 2)",
+        "[N, c, (H - 2) // 2 + 1, (W - 2) // 2 + 1]",
+        (2, 2, 6, 5),
+    ),
+    "adaptive_avg_pool1d": ("[c]", "[N, c, L]", "adaptive_avg_pool1d(x * x, 4)", "[N, c, 4]", (2, 2, 9)),
+    "adaptive_avg_pool2d": (
+        "[c]",
+        "[N, c, H, W]",
+        "adaptive_avg_pool2d(tanh(x), [3, 2])",
+        "[N, c, 3, 2]",
+        (2, 2, 7, 5),
+    ),
+    "adaptive_max_pool1d": ("[c]", "[N, c, L]", "adaptive_max_pool1d(sin(x), 4)", "[N, c, 4]", (2, 2, 9)),
+    "adaptive_max_pool2d": (
+        "[c]",
+        "[N, c, H, W]",
+        "adaptive_max_pool2d(x * x, [3, none])",
+        "[N, c, 3, W]",
+        (2, 2, 7, 5),
+    ),
+    "adaptive_max_pool3d": (
+        "[c]",
+        "[N, c, D, H, W]",
+        "adaptive_max_pool3d(x * x, 2)",
+        "[N, c, 2, 2, 2]",
+        (1, 2, 3, 4, 5),
+    ),
+    "pad_constant": (
+        "[c]",
+        "[N, c, H, W]",
+        'pad(tanh(x), [1, 2, 0, 1], "constant", 0.5)',
+        "[N, c, H + 1, W + 3]",
+        (2, 2, 4, 3),
+    ),
+    "pad_crop": ("[c]", "[N, c, L]", "pad(x * x, [-1, 2])", "[N, c, L + 1]", (2, 2, 5)),
+    "pad_reflect": (
+        "[c]",
+        "[N, c, H, W]",
+        'pad(sin(x), [2, 1, 1, 1], "reflect")',
+        "[N, c, H + 2, W + 3]",
+        (2, 2, 4, 3),
+    ),
+    "pad_replicate1d": ("[c]", "[N, c, L]", 'pad(x * x, [2, 3], "replicate")', "[N, c, L + 5]", (2, 2, 4)),
+    "pad_replicate3d": (
+        "[c]",
+        "[N, c, D, H, W]",
+        'pad(tanh(x), [1, 0, 0, 1, 1, 1], "replicate")',
+        "[N, c, D + 2, H + 1, W + 1]",
+        (1, 2, 2, 3, 2),
+    ),
+    "prelu_channels": ("[c]", "[N, c, H, W]", "prelu(x, weight) * 2", "[N, c, H, W]", (2, 2, 3, 4)),
+    "prelu_one": ("[1]", "[N, c, L]", "prelu(x * x - 1, weight)", "[N, c, L]", (2, 2, 5)),
+    "glu": ("[c]", "[N, c, L]", "glu(x * x, dim = 1)", "[N, c // 2, L]", (2, 2, 5)),
+    "glu_last": ("[c]", "[N, c, L]", "glu(tanh(x))", "[N, c, L // 2]", (2, 2, 6)),
+    "conv3d": (
+        "[c, c, 2, 1, 2]",
+        "[N, c, D, H, W]",
+        "conv3d(tanh(x), weight, bias, stride = [1, 2, 1], padding = 1)",
+        "[N, c, D + 1, 3, W + 1]",
+        (1, 2, 3, 4, 3),
+    ),
+    "conv_transpose1d": (
+        "[c, c, 3]",
+        "[N, c, L]",
+        "conv_transpose1d(x * x, weight, bias, stride = 2, padding = 1, output_padding = 1)",
+        "[N, c, 2 * L]",
+        (2, 2, 4),
+    ),
+    "conv_transpose2d": (
+        "[c, 1, 3, 2]",
+        "[N, c, H, W]",
+        "conv_transpose2d(tanh(x), weight, bias, stride = [2, 1], groups = 2, dilation = 2)",
+        "[N, 2, 2 * H + 3, W + 2]",
+        (2, 2, 3, 4),
+    ),
+    "conv_transpose3d": (
+        "[c, c, 2, 2, 2]",
+        "[N, c, D, H, W]",
+        "conv_transpose3d(x * x, weight, bias, stride = 2)",
+        "[N, c, 2 * D, 2 * H, 2 * W]",
+        (1, 2, 2, 3, 2),
+    ),
+}
+
+
+# The numerical checks (slow) on one or two specs per family; every spec above is compared with autograd.
+CHECKED = sorted(set(POOLING_FAMILIES) - {"max_pool2d", "avg_pool1d", "lp_pool2d", "adaptive_avg_pool1d"}
+                 - {"adaptive_max_pool1d", "pad_replicate1d", "glu_last", "conv_transpose3d"})  # fmt: skip
+
+
+def _pooling_family(name: str):
+    weight, x, body, out, shape = POOLING_FAMILIES[name]
+    spec = parse_file("pooling.layer", POOLING.format(weight=weight, x=x, body=body, out=out))
+    ns: dict = {}
+    exec(compile(emit_file(spec, check_program([spec]), "pooling.layer", {}), "pooling.py", "exec"), ns)
+    torch.manual_seed(0)
+    layer = ns["Pooling"](2, dtype=torch.float64)
+    fn = ns["PoolingFunction"].apply
+
+    def apply(*inputs):
+        y = fn(*inputs)
+        return y[0] if isinstance(y, tuple) else y
+
+    # distinct values, so that no window of a max pooling has a tie (where the two sides differ)
+    x = (torch.randperm(math.prod(shape), dtype=torch.float64) / math.prod(shape) - 0.4).reshape(shape)
+    return ns["pooling"], apply, (x.requires_grad_(), layer.weight, layer.bias)
+
+
+@pytest.fixture(params=sorted(POOLING_FAMILIES), name="pooling")
+def _pooling(request):
+    return _pooling_family(request.param)
+
+
+@pytest.fixture(params=CHECKED, name="checked")
+def _checked(request):
+    return _pooling_family(request.param)
+
+
+def test_pooling_family_matches_autograd_to_second_order(pooling):
+    plain, apply, inputs = pooling
+    got, want = apply(*inputs), plain(*inputs)
+    assert torch.allclose(got, want)
+    seed = torch.randn_like(want)
+    firsts = torch.autograd.grad(got, inputs, seed, create_graph=True, materialize_grads=True)
+    refs = torch.autograd.grad(want, inputs, seed, create_graph=True, materialize_grads=True)
+    for a, b in zip(firsts, refs):
+        assert torch.allclose(a, b)
+        v = torch.randn_like(a)
+        for s, r in zip(_second(a, v, inputs), _second(b, v, inputs)):
+            assert torch.allclose(s, r)
+
+
+def _second(first: torch.Tensor, v: torch.Tensor, inputs) -> list[torch.Tensor]:
+    """The gradients of `first . v` (zeros where it does not depend on an input)."""
+    if not first.requires_grad:
+        return [torch.zeros_like(t) for t in inputs]
+    return list(torch.autograd.grad((first * v).sum(), inputs, retain_graph=True, materialize_grads=True))
+
+
+def test_pooling_family_gradcheck_and_gradgradcheck(checked):
+    _, apply, inputs = checked
+    assert torch.autograd.gradcheck(apply, inputs)
+    assert torch.autograd.gradgradcheck(apply, inputs)
+
+
+def test_pooling_family_vmap_of_grad_and_jacrev(checked):
+    plain, apply, (x, weight, bias) = checked
+    w, b = weight.detach(), bias.detach()
+    xs = torch.stack([x.detach(), x.detach().flip(-1) * 2])
+
+    def loss(f):
+        return lambda t: f(t, w, b).square().sum()
+
+    batched = torch.func.vmap(torch.func.grad(loss(apply)))(xs)
+    want = torch.func.vmap(torch.func.grad(loss(plain)))(xs)
+    assert torch.allclose(batched, want)
+    assert torch.allclose(
+        torch.func.jacrev(lambda t: apply(t, w, b))(xs[0]), torch.func.jacrev(lambda t: plain(t, w, b))(xs[0])
+    )

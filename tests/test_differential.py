@@ -36,6 +36,7 @@ def expr(draw, depth: int = 3):
         st.sampled_from(
             ["unary", "positive", "binary", "binary", "div", "pow", "reduce", "softmax", "matmul", "minmax", "where"]
             + ["index", "cat", "stack", "fourier", "picks"]
+            + ["pooling"]
         )
     )
     a, sa = draw(expr(depth - 1))
@@ -57,7 +58,7 @@ def expr(draw, depth: int = 3):
         return f"where(x > 1, {a}, {b})", _join(FULL, _join(sa, sb))
     full = a if sa == FULL else f"(x * {a})"
     other = f"({b})" if sb == FULL else f"(x * {b})"
-    if kind in ("index", "cat", "stack", "fourier", "picks"):
+    if kind in ("index", "cat", "stack", "fourier", "picks", "pooling"):
         full = f"({full})"
     if kind == "index":
         return draw(
@@ -101,6 +102,25 @@ def expr(draw, depth: int = 3):
                         f"irfft(fft({full}), n = n)",
                         f"irfft(rfft({full}) * rfft({other}), n = n)",
                         f"irfft(ifft(fft({full}, dim = 0), dim = 0)[:, :3], n = n)",
+                    ]
+                )
+            ),
+            FULL,
+        )
+    if kind == "pooling":  # [B, n] pooled as n-long rows of B channels, padded back to n where it shrinks
+        return (
+            draw(
+                st.sampled_from(
+                    [
+                        f"max_pool1d({full}, 3, stride = 1, padding = 1)",
+                        f'pad(max_pool1d({full}, 2, stride = 1), [1, 0], "replicate")',
+                        f"avg_pool1d({full}, 3, stride = 1, padding = 1, count_include_pad = false)",
+                        f"pad(lp_pool1d(1 + {full} * {full}, 2, 3, stride = 1), [1, 1])",
+                        f'pad(adaptive_avg_pool1d({full}, n - 1), [1, 0], "reflect")',
+                        f'adaptive_max_pool1d({full}, n) + pad({other}[:, 1:], [0, 1], "reflect")',
+                        f'pad({full}, [-1, 1], "constant", 0.5)',
+                        f"glu(cat([{full}, {other}], dim = -1))",
+                        f"prelu({full} - 1, w)",
                     ]
                 )
             ),
@@ -226,6 +246,8 @@ def test_the_derivation_covers_every_operator_it_claims():
         "stack([x * w, exp(x)], dim = -1)[..., 1] + stack([x, x * s])[0]",
         "irfft(rfft(tanh(x)) * rfft(x * w), n = n) + irfft(fft(x * s, n = 6)[:, :3], n = n)",
         "(x * w)[::-1] + index_select(tanh(x), 1, arange(n) % 3) + gather(x * s, 0, (arange(n) % 2)[none, :])",
+        'max_pool1d(tanh(x), 3, stride = 1, padding = 1) + pad(avg_pool1d(x * w, 2, stride = 1), [0, 1], "reflect")',
+        "glu(cat([x, x * w], dim = -1)) + prelu(x - 1, w) + adaptive_max_pool1d(sin(x), n)",
     ]:
         _check(body)
 

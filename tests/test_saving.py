@@ -167,3 +167,59 @@ def test_index_ops_save_the_index_only(body, kept):
     got = torch.autograd.grad(out, [x, layer.b], seed)
     want = torch.autograd.grad(ns["picks"](x, idx, layer.b), [x, layer.b], seed)
     assert all(torch.allclose(a, r) for a, r in zip(got, want))
+
+
+POOLING = """
+@function{save}
+layer Pool(c: int) {{
+    param w: [c] = uniform(0.5, 1.5)
+    example(c = 3)
+
+    forward(x: [N, c, H, W]) {{
+        return {body}
+    }}
+}}
+"""
+
+
+def _pooling_saved(body: str, save: str = "") -> tuple[list[tuple[torch.dtype, tuple[int, ...]]], str]:
+    """What a pooling layer's Function saves for x: [2, 3, 8, 6], checked against autograd; and its source."""
+    spec = parse_file("pool.layer", POOLING.format(body=body, save=f'(save = "{save}")' if save else ""))
+    source = emit_file(spec, check_program([spec]), "pool.layer", {})
+    ns: dict = {}
+    exec(compile(source, "pool.py", "exec"), ns)
+    layer = ns["Pool"](3, dtype=torch.float64)
+    x = torch.randn(2, 3, 8, 6, dtype=torch.float64, requires_grad=True)
+    saved: list[tuple[torch.dtype, tuple[int, ...]]] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append((t.dtype, tuple(t.shape))) or t, lambda t: t):
+        out = layer(x)
+    seed = torch.randn_like(out)
+    want = ns["pool"](x, layer.w)
+    got, ref = torch.autograd.grad(out, x, seed), torch.autograd.grad(want, x, seed)
+    assert torch.allclose(got[0], ref[0])
+    return saved, source
+
+
+@pytest.mark.parametrize("save", ["", "inputs"])
+@pytest.mark.parametrize(
+    ("body", "pooled"),
+    [("max_pool2d(x, 2)", (2, 3, 4, 3)), ("adaptive_max_pool2d(x, [3, 2])", (2, 3, 3, 2))],
+)
+def test_max_pooling_saves_its_argmax_indices_not_floats(body, pooled, save):
+    saved, source = _pooling_saved(body, save)
+    assert saved == [(torch.int64, pooled)]
+    assert "return_indices=True" in source
+
+
+@pytest.mark.parametrize(
+    "body", ["avg_pool2d(x, 2)", "adaptive_avg_pool2d(x, 3)", 'pad(x, [1, 1, 2, 0], "reflect")', "pad(x, [1, 2])"]
+)
+def test_average_pooling_and_padding_save_only_the_input_shape(body):
+    saved, source = _pooling_saved(body)
+    assert saved == []
+    assert "x.shape" in source.split("def setup_context")[1].split("def backward")[0]
+
+
+def test_prelu_saves_a_mask_for_the_input_and_the_input_for_the_weight():
+    saved, _ = _pooling_saved("prelu(x, w)")
+    assert sorted(saved, key=str) == sorted([(torch.float64, (2, 3, 8, 6)), (torch.float64, (3,))], key=str)

@@ -182,6 +182,11 @@ class Linearizer:
                 if f == "dropout" and self.deriving:  # the mask is drawn once, saved, and applied
                     keep = self.add(OPS["dropout_mask"], {"input": args["input"], "p": args["p"]}, "keep", e)
                     return self.add(OPS["dropout_apply"], {**args, "mask": keep}, hint, e)
+                if f"{f}_indices" in OPS and self.deriving:  # the maxima's indices: computed with them, saved
+                    where = self.add(OPS[f"{f}_indices"], args, "argmax", e)
+                    return self.add(row, {**args, "indices": where}, hint, e)
+                if f == "pad" and self.deriving:
+                    _check_pad_mode(args, e)
                 return self.add(row, args, hint, e)
             case N.Compare(ops=ops, operands=operands):
                 new = N.Compare(e.span, ops, [self.operand(o, hint) for o in operands])
@@ -316,6 +321,15 @@ class Linearizer:
         )
 
 
+def _check_pad_mode(args: dict[str, N.Expr], source: N.Call) -> None:
+    """A derived backward through `pad` needs its mode when generating (its gradient differs by mode)."""
+    mode = args["mode"]
+    if not isinstance(mode, N.Str):
+        raise NotDerivable(source.span, "a derived backward through pad() needs its mode written as a string")
+    if mode.value == "circular":
+        raise NotDerivable(source.span, "pad() in circular mode has no derived backward yet")
+
+
 def _hint_for(op: Op, hint: str) -> str:
     return (
         hint
@@ -332,7 +346,8 @@ def _hint_for(op: Op, hint: str) -> str:
             "index_select": "picked",
             "flip": "flipped",
             "embedding": "rows",
-        }.get(op.name, op.name[:4])
+            "pad": "padded",
+        }.get(op.name, "pooled" if "_pool" in op.name else op.name[:4])
     )
 
 

@@ -278,8 +278,17 @@ class FunctionEmitter:
             if uses.get(var, 0) == 1 and var not in extra and e is not None and fresh_node(e):
                 owned.add(var)
 
+        paired = _with_second_results(tape)
         for s in tape.steps:
             roots[s.var] = _step_sources(s, roots)
+            if s.var in paired.values():
+                continue  # bound with its second result, below
+            if s.var in paired:  # one call returns both: `pool, argmax = F.max_pool2d(..., return_indices=True)`
+                first = next(t for t in tape.steps if t.var == paired[s.var])
+                call = _returning_indices(substitute(first.expr, exprs))
+                lines += self.located([f"{first.var}, {s.var} = {out(call)}"], s.expr.span.line)
+                roots[first.var] = roots[s.var]
+                continue
             if s.guard:
                 assert s.base is not None  # a step on an optional member always has a base (Linearizer.add)
                 base = exprs.pop(s.base, None)
@@ -388,6 +397,8 @@ class FunctionEmitter:
                     what = f"{var} (an output)"
                 elif step is not None and step.op is not None and step.op.cost == "random":
                     what = f"{var} (drawn at random, as bool: never recomputed)"
+                elif step is not None and step.op is not None and step.op.cost == "kept":
+                    what = f"{var} (where the maxima are, as int64: read instead of the input)"
                 elif var in (self.saved_cheap or ()):
                     what = f"{var} (saved: recomputing it would keep as many bytes or more)"
                 else:
@@ -403,7 +414,7 @@ class FunctionEmitter:
         """Lines of the backward and, for each forward tensor it reads, which leaves need it. `rare`: the
         derivations from extra outputs' gradients, each run only when that gradient is given."""
         main = Section(self._derived_items(bwd, tape), incoming)
-        if rare:
+        if rare or self.split:  # grads are not materialised: the main one may be None too
             main.cond = " and ".join(f"{g} is not None" for g in incoming)
         sections = [main]
         for var, grad, rbwd in rare:
@@ -446,7 +457,7 @@ class FunctionEmitter:
             )
         grads = [f"grad_{l}" for l in tape.leaves if l in tape.differentiable]
         always = {t for lv, t, _, _ in sections[0].items if self.needs(lv, tape) is None}
-        guarded = [g for g in grads if g not in always or len(sections) > 1]
+        guarded = [g for g in grads if g not in always or len(sections) > 1 or sections[0].cond]
         if guarded:
             lines.append(" = ".join(guarded) + " = None")
         for sec in sections:
@@ -497,7 +508,7 @@ class FunctionEmitter:
                     var in masks
                     or step is None
                     or step.op is not None
-                    and step.op.cost == "random"  # drawn once: recomputing would draw again
+                    and step.op.cost in ("random", "kept")  # drawn once, or a second result: never recomputed
                     or not self.save_inputs_only
                     and (var in outputs or costly_saved or var in (self.saved_cheap or ()) and not rare)
                     or rare
@@ -790,6 +801,8 @@ class FunctionEmitter:
             x, keep = args["input"], ex(args["mask"])
             dropped = f"torch.where({keep}, {ex.wrap(x, PREC['/'])} / (1 - {p}), 0)"
             return dropped if self.in_training else f"({dropped} if {ex.sp.training} else {ex(x)})"
+        if f.endswith("_indices") or f in _POOLING_GRADIENTS:
+            return self._pooling(c, ex)
         if f == "transform_length":  # n, else the input's size along dim
             n, inp, dim = a
             return f"{self._shape(inp, ex)}[{ex(dim)}]" if isinstance(n, N.NoneLit) else ex(n)
@@ -865,6 +878,72 @@ class FunctionEmitter:
             places = f"[None] * (len({self._shape(inp, ex)}) + {ex.wrap(dim, PREC['+'] + 1)}) + [{ex(index)}]"
         return f"torch.ops.aten.index_put({zeros}, {places}, {ex(grad)}, True)"
 
+    def _pooling(self, c: N.Call, ex: PyExpr) -> str:
+        """Pooling's, padding's and prelu's helpers. ATen's backward kernels read the input only for its
+        shape: they get a stand-in of that shape (one element, expanded), so that the input is not saved."""
+        f, a = c.func, c.args
+        if f.endswith("_indices"):  # alone (the forward binds it with the pooled values)
+            first = N.Call(c.span, f.removesuffix("_indices"), c.func_span, c.args, c.kwargs)
+            first.kind = c.kind
+            return f"{ex(_returning_indices(first))}[1]"
+        if f == "kernel_numel":
+            size, dims = a
+            if isinstance(size, N.ListExpr):
+                return "(" + " * ".join(ex.wrap(i, PREC["*"] + 1) for i in size.items) + ")"
+            if size.kind in ("int", "float") or isinstance(size, N.Num):
+                return ex.wrap(size, ATOM) if ex(dims) == "1" else f"{ex.wrap(size, PREC['**'] + 1)} ** {ex(dims)}"
+            return f"torch.Size({ex(size)}).numel()"  # a list argument
+        if f == "channel_view":  # weight [C] (or [1]) along dim 1 of input: `weight.view(-1, 1, 1)`
+            weight, inp = ex.wrap(a[0], ATOM), a[1]
+            rank = self.tape.shapes.get(inp.id) if isinstance(inp, N.Name) else None
+            if rank is not None and "..." not in rank:
+                return weight if len(rank) <= 2 else f"{weight}.view(-1{', 1' * (len(rank) - 2)})"
+            return f"{weight}.view(-1, *(1,) * (len({self._shape(inp, ex)}) - 2))"
+        grad, shape = ex.wrap(a[0], ATOM), self._shape(a[1], ex)
+        stand_in = f"{_dtype_name(a[0], ex)}.new_empty(()).expand({shape})"
+        if f == "max_pool_backward":  # the gradient added where the maxima were, in the flattened pooled dims
+            _, _, indices, dims = a
+            d = ex(dims)
+            flat = f"{grad}.new_zeros({shape}).flatten(-{d})"
+            return f"{flat}.scatter_add(-1, {ex.wrap(indices, ATOM)}.flatten(-{d}), {grad}.flatten(-{d})).view({shape})"
+        if f == "pad_backward":
+            _, _, widths, mode = a
+            assert isinstance(mode, N.Str), "the tape checks pad's mode"
+            if mode.value == "constant":  # a negative width crops
+                if isinstance(widths, N.ListExpr):
+                    return f"F.pad({ex(a[0])}, [{', '.join(_negated(w, ex) for w in widths.items)}])"
+                return f"F.pad({ex(a[0])}, [-w for w in {ex(widths)}])"
+            kernel = {"reflect": "reflection_pad", "replicate": "replication_pad"}[mode.value]
+            if isinstance(widths, N.ListExpr):
+                return f"torch.ops.aten.{kernel}{len(widths.items) // 2}d_backward({grad}, {stand_in}, {ex(widths)})"
+            kernels = ", ".join(f"torch.ops.aten.{kernel}{k}d_backward" for k in (1, 2, 3))
+            return f"({kernels})[len({ex(widths)}) // 2 - 1]({grad}, {stand_in}, {ex(widths)})"
+        spatial = _int_literal(a[-1])
+        assert spatial in (1, 2, 3), "the pooling rows name their dims"
+        if spatial == 1:  # ATen's 1-D pooling is its 2-D pooling over a dim of size 1
+            grad, stand_in = f"{grad}.unsqueeze(-2)", f"{stand_in}.unsqueeze(-2)"
+        kernel = f"{'avg_pool' if f == 'avg_pool_backward' else '_adaptive_avg_pool'}{max(spatial, 2)}d_backward"
+        args = [grad, stand_in]
+        if f == "avg_pool_backward":
+            size, stride, padding, ceil_mode, count_include_pad, divisor = a[2:8]
+            if isinstance(stride, N.NoneLit):
+                stride = N.ListExpr(NOWHERE, [])  # ATen's default: the kernel size
+            args += [self._pooling_arg(x, spatial, lead, ex) for x, lead in ((size, 1), (stride, 1), (padding, 0))]
+            args += [ex(ceil_mode), ex(count_include_pad), ex(divisor)]
+        call = f"torch.ops.aten.{kernel}({', '.join(args)})"
+        return f"{call}.squeeze(-2)" if spatial == 1 else call
+
+    @staticmethod
+    def _pooling_arg(value: N.Expr, dims: int, lead: int, ex: PyExpr) -> str:
+        """A size, stride or padding for ATen's kernel: 1-D ones get a leading `lead` (for the dim of size 1)."""
+        if dims > 1:
+            return ex(value)
+        if isinstance(value, N.ListExpr):
+            return f"[{', '.join([str(lead)] * bool(value.items) + [ex(i) for i in value.items])}]"
+        if value.kind in ("int",) or isinstance(value, N.Num):
+            return f"[{lead}, {ex(value)}]"
+        return f"[{lead}, *{ex(value)}]"
+
     def _resized(self, a: list[N.Expr], ex: PyExpr) -> str:
         """`resize(g, like, dim, size, length)`: `g` cut or zero-padded along dim from `size` to `length`
         (F.pad pads the last dims first; a negative amount cuts)."""
@@ -930,6 +1009,46 @@ class Section:
 
 def _returned_type(var: str, extra: list[str]) -> str:
     return "Tensor" if var in extra else "Tensor | None"
+
+
+def _dtype_name(grad: N.Expr, ex: PyExpr) -> str:
+    """A tensor with the dtype and device of gradient expression `grad`, written once: a gradient it reads."""
+    names = [n for n in walk(grad) if isinstance(n, N.Name) and n.kind == "tensor"]
+    return ex(next((n for n in names if n.id.startswith("grad")), names[0])) if names else ex.wrap(grad, ATOM)
+
+
+def _negated(e: N.Expr, ex: PyExpr) -> str:
+    value = _int_literal(e)
+    return str(-value) if value is not None else f"-{ex.wrap(e, PREC['unary'])}"
+
+
+_POOLING_GRADIENTS = (
+    "max_pool_backward",
+    "avg_pool_backward",
+    "adaptive_avg_pool_backward",
+    "pad_backward",
+    "channel_view",
+    "kernel_numel",
+)
+
+
+def _with_second_results(tape: Tape) -> dict[str, str]:
+    """Steps that are a call's second result (a max pooling's indices), and the step of its first."""
+    return {
+        indices.id: s.var
+        for s in tape.steps
+        if isinstance(indices := s.args.get("indices"), N.Name) and s.op is not None and f"{s.op.name}_indices" in OPS
+    }
+
+
+def _returning_indices(call: N.Expr) -> N.Call:
+    """A max pooling call that also returns where the maxima are."""
+    assert isinstance(call, N.Call), "a pooling step is a call"
+    flag = N.Bool(NOWHERE, True)
+    flag.kind = N.Kind.BOOL
+    out = dataclasses.replace(call, kwargs=[*call.kwargs, N.Keyword("return_indices", flag, NOWHERE)])
+    out.kind = call.kind
+    return out
 
 
 def _example_sizes(layer: N.Layer) -> dict[str, int]:

@@ -9,7 +9,8 @@ Adding an operation is adding a row.
 
 Shape rules: "elementwise" (broadcasts its tensor inputs), "reduce" (drops or keeps `dim`), "matmul",
 "transpose", "view" (reshape family), "softmax" (same shape as input), "concat", "fft", "conv", "where",
-"opaque" (the static pass leaves the result's shape to run time: pooling, padding, transposed convolution).
+"pool" and "adaptive_pool" (the last spatial dims), "conv_transpose", "pad", "glu" (halves `dim`),
+"opaque" (the static pass leaves the result's shape to run time: the losses).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class Op:
     grads: dict[str, str | None] = field(default_factory=dict)  # tensor param -> formula (None: no derivative)
     scalar: str | None = None  # the callable emitted when every operand is a Python number
     operator: str | None = None  # "+" etc. for the operator rows
-    cost: str = "cheap"  # "costly" results are saved for backward rather than recomputed ("random": always)
+    # "costly" results are saved for backward rather than recomputed ("random", "kept": always, never recomputed)
+    cost: str = "cheap"
     internal: bool = False
     kwarg_spelling: dict[str, str] = field(default_factory=dict)  # spec keyword -> torch keyword
     positional: int | None = None  # how many leading arguments torch takes positionally (None: all)
@@ -80,6 +82,8 @@ def _reduction(name, torch, doc, grad, extra="", cost="costly", dim_default="non
 
 
 _EXPAND = "expand_reduced(grad, input, dim, keepdim)"
+_MAX_POOL = "input*, kernel_size, stride = none, padding = 0, dilation = 1, ceil_mode = false"
+_ADAPTIVE_POOL = "input*, output_size"
 
 TABLE: tuple[Op, ...] = (
     # -- operators: `a + b` is the row `add`, and so on
@@ -491,7 +495,10 @@ TABLE: tuple[Op, ...] = (
         "torch.nn.functional.prelu",
         "softmax",
         "x where x >= 0, else weight * x, one weight per channel (dim 1) or one for all",
-        {"input": None, "weight": None},
+        {
+            "input": "where(input > 0, grad, grad * channel_view(weight, input))",
+            "weight": "reshape(sum_to(where(input > 0, 0, grad * input), channel_view(weight, input)), shape_of(weight))",
+        },
     ),
     Op(
         "conv3d",
@@ -499,17 +506,27 @@ TABLE: tuple[Op, ...] = (
         "torch.nn.functional.conv3d",
         "conv",
         "3-D convolution (torch.nn.functional.conv3d)",
-        {"input": None, "weight": None, "bias": None},
+        {
+            "input": "conv3d_input(input, weight, grad, stride, padding, dilation, groups)",
+            "weight": "conv3d_weight(input, weight, grad, stride, padding, dilation, groups)",
+            "bias": "sum(grad, dim = [0, 2, 3, 4])",
+        },
         cost="costly",
         promotes=False,
     ),
+    # A transposed convolution is the adjoint of the convolution with the same weight: its input's gradient is
+    # that convolution of the gradient, its weight's the convolution's weight gradient, input and gradient swapped.
     Op(
         "conv_transpose1d",
         _sig("input*, weight*, bias* = none, stride = 1, padding = 0, output_padding = 0, groups = 1, dilation = 1"),
         "torch.nn.functional.conv_transpose1d",
-        "opaque",
+        "conv_transpose",
         "1-D transposed convolution (torch.nn.functional.conv_transpose1d)",
-        {"input": None, "weight": None, "bias": None},
+        {
+            "input": "conv1d(grad, weight, none, stride, padding, dilation, groups)",
+            "weight": "conv1d_weight(grad, weight, input, stride, padding, dilation, groups)",
+            "bias": "sum(grad, dim = [0, 2])",
+        },
         cost="costly",
         promotes=False,
     ),
@@ -517,9 +534,13 @@ TABLE: tuple[Op, ...] = (
         "conv_transpose2d",
         _sig("input*, weight*, bias* = none, stride = 1, padding = 0, output_padding = 0, groups = 1, dilation = 1"),
         "torch.nn.functional.conv_transpose2d",
-        "opaque",
+        "conv_transpose",
         "2-D transposed convolution (torch.nn.functional.conv_transpose2d)",
-        {"input": None, "weight": None, "bias": None},
+        {
+            "input": "conv2d(grad, weight, none, stride, padding, dilation, groups)",
+            "weight": "conv2d_weight(grad, weight, input, stride, padding, dilation, groups)",
+            "bias": "sum(grad, dim = [0, 2, 3])",
+        },
         cost="costly",
         promotes=False,
     ),
@@ -527,46 +548,60 @@ TABLE: tuple[Op, ...] = (
         "conv_transpose3d",
         _sig("input*, weight*, bias* = none, stride = 1, padding = 0, output_padding = 0, groups = 1, dilation = 1"),
         "torch.nn.functional.conv_transpose3d",
-        "opaque",
+        "conv_transpose",
         "3-D transposed convolution (torch.nn.functional.conv_transpose3d)",
-        {"input": None, "weight": None, "bias": None},
+        {
+            "input": "conv3d(grad, weight, none, stride, padding, dilation, groups)",
+            "weight": "conv3d_weight(grad, weight, input, stride, padding, dilation, groups)",
+            "bias": "sum(grad, dim = [0, 2, 3, 4])",
+        },
         cost="costly",
         promotes=False,
     ),
+    # Max pooling's forward also returns where each maximum was (`max_pool2d_indices`, saved as int64): the
+    # backward adds the gradient there, reading neither the input nor the output.
     Op(
         "max_pool1d",
         _sig("input*, kernel_size, stride = none, padding = 0, dilation = 1, ceil_mode = false"),
         "torch.nn.functional.max_pool1d",
-        "opaque",
+        "pool",
         "1-D max pooling; stride defaults to kernel_size",
-        {"input": None},
+        {
+            "input": "max_pool_backward(grad, input, indices, 1)",
+        },
         cost="costly",
     ),
     Op(
         "max_pool2d",
         _sig("input*, kernel_size, stride = none, padding = 0, dilation = 1, ceil_mode = false"),
         "torch.nn.functional.max_pool2d",
-        "opaque",
+        "pool",
         "2-D max pooling; stride defaults to kernel_size",
-        {"input": None},
+        {
+            "input": "max_pool_backward(grad, input, indices, 2)",
+        },
         cost="costly",
     ),
     Op(
         "max_pool3d",
         _sig("input*, kernel_size, stride = none, padding = 0, dilation = 1, ceil_mode = false"),
         "torch.nn.functional.max_pool3d",
-        "opaque",
+        "pool",
         "3-D max pooling; stride defaults to kernel_size",
-        {"input": None},
+        {
+            "input": "max_pool_backward(grad, input, indices, 3)",
+        },
         cost="costly",
     ),
     Op(
         "avg_pool1d",
         _sig("input*, kernel_size, stride = none, padding = 0, ceil_mode = false, count_include_pad = true"),
         "torch.nn.functional.avg_pool1d",
-        "opaque",
+        "pool",
         "1-D average pooling; stride defaults to kernel_size",
-        {"input": None},
+        {
+            "input": "avg_pool_backward(grad, input, kernel_size, stride, padding, ceil_mode, count_include_pad, none, 1)",
+        },
         cost="costly",
     ),
     Op(
@@ -575,9 +610,11 @@ TABLE: tuple[Op, ...] = (
             "input*, kernel_size, stride = none, padding = 0, ceil_mode = false, count_include_pad = true, divisor_override = none"
         ),
         "torch.nn.functional.avg_pool2d",
-        "opaque",
+        "pool",
         "2-D average pooling; stride defaults to kernel_size",
-        {"input": None},
+        {
+            "input": "avg_pool_backward(grad, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, 2)",
+        },
         cost="costly",
     ),
     Op(
@@ -586,107 +623,132 @@ TABLE: tuple[Op, ...] = (
             "input*, kernel_size, stride = none, padding = 0, ceil_mode = false, count_include_pad = true, divisor_override = none"
         ),
         "torch.nn.functional.avg_pool3d",
-        "opaque",
+        "pool",
         "3-D average pooling; stride defaults to kernel_size",
-        {"input": None},
+        {
+            "input": "avg_pool_backward(grad, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, 3)",
+        },
         cost="costly",
     ),
+    # lp_pool is (kernel numel * avg_pool(x ** p)) ** (1 / p): its gradient goes back through avg_pool's.
     Op(
         "lp_pool1d",
         _sig("input*, norm_type, kernel_size, stride = none, ceil_mode = false"),
         "torch.nn.functional.lp_pool1d",
-        "opaque",
+        "pool",
         "1-D power-average pooling: (sum of x ** p over each window) ** (1 / p)",
-        {"input": None},
+        {
+            "input": "avg_pool_backward(grad * kernel_numel(kernel_size, 1) * result ** (1 - norm_type), input, kernel_size, stride, 0, ceil_mode, true, none, 1) * input ** (norm_type - 1)",
+        },
         cost="costly",
     ),
     Op(
         "lp_pool2d",
         _sig("input*, norm_type, kernel_size, stride = none, ceil_mode = false"),
         "torch.nn.functional.lp_pool2d",
-        "opaque",
+        "pool",
         "2-D power-average pooling: (sum of x ** p over each window) ** (1 / p)",
-        {"input": None},
+        {
+            "input": "avg_pool_backward(grad * kernel_numel(kernel_size, 2) * result ** (1 - norm_type), input, kernel_size, stride, 0, ceil_mode, true, none, 2) * input ** (norm_type - 1)",
+        },
         cost="costly",
     ),
     Op(
         "lp_pool3d",
         _sig("input*, norm_type, kernel_size, stride = none, ceil_mode = false"),
         "torch.nn.functional.lp_pool3d",
-        "opaque",
+        "pool",
         "3-D power-average pooling: (sum of x ** p over each window) ** (1 / p)",
-        {"input": None},
+        {
+            "input": "avg_pool_backward(grad * kernel_numel(kernel_size, 3) * result ** (1 - norm_type), input, kernel_size, stride, 0, ceil_mode, true, none, 3) * input ** (norm_type - 1)",
+        },
         cost="costly",
     ),
     Op(
         "adaptive_avg_pool1d",
         _sig("input*, output_size"),
         "torch.nn.functional.adaptive_avg_pool1d",
-        "opaque",
+        "adaptive_pool",
         "1-D adaptive average pooling to output_size (none keeps a dim)",
-        {"input": None},
+        {
+            "input": "adaptive_avg_pool_backward(grad, input, 1)",
+        },
         cost="costly",
     ),
     Op(
         "adaptive_avg_pool2d",
         _sig("input*, output_size"),
         "torch.nn.functional.adaptive_avg_pool2d",
-        "opaque",
+        "adaptive_pool",
         "2-D adaptive average pooling to output_size (none keeps a dim)",
-        {"input": None},
+        {
+            "input": "adaptive_avg_pool_backward(grad, input, 2)",
+        },
         cost="costly",
     ),
     Op(
         "adaptive_avg_pool3d",
         _sig("input*, output_size"),
         "torch.nn.functional.adaptive_avg_pool3d",
-        "opaque",
+        "adaptive_pool",
         "3-D adaptive average pooling to output_size (none keeps a dim)",
-        {"input": None},
+        {
+            "input": "adaptive_avg_pool_backward(grad, input, 3)",
+        },
         cost="costly",
     ),
     Op(
         "adaptive_max_pool1d",
         _sig("input*, output_size"),
         "torch.nn.functional.adaptive_max_pool1d",
-        "opaque",
+        "adaptive_pool",
         "1-D adaptive max pooling to output_size (none keeps a dim)",
-        {"input": None},
+        {
+            "input": "max_pool_backward(grad, input, indices, 1)",
+        },
         cost="costly",
     ),
     Op(
         "adaptive_max_pool2d",
         _sig("input*, output_size"),
         "torch.nn.functional.adaptive_max_pool2d",
-        "opaque",
+        "adaptive_pool",
         "2-D adaptive max pooling to output_size (none keeps a dim)",
-        {"input": None},
+        {
+            "input": "max_pool_backward(grad, input, indices, 2)",
+        },
         cost="costly",
     ),
     Op(
         "adaptive_max_pool3d",
         _sig("input*, output_size"),
         "torch.nn.functional.adaptive_max_pool3d",
-        "opaque",
+        "adaptive_pool",
         "3-D adaptive max pooling to output_size (none keeps a dim)",
-        {"input": None},
+        {
+            "input": "max_pool_backward(grad, input, indices, 3)",
+        },
         cost="costly",
     ),
     Op(
         "pad",
         _sig('input*, pad, mode = "constant", value = none'),
         "torch.nn.functional.pad",
-        "opaque",
+        "pad",
         "pad the last dims by (left, right, top, bottom, ...): constant, reflect, replicate or circular",
-        {"input": None},
+        {
+            "input": "pad_backward(grad, input, pad, mode)",
+        },
     ),
     Op(
         "glu",
         _sig("input*, dim = -1"),
         "torch.nn.functional.glu",
-        "opaque",
+        "glu",
         "a * sigmoid(b), a and b the two halves of input along dim",
-        {"input": None},
+        {
+            "input": "glu_backward(grad, input, dim)",
+        },
     ),
     Op(
         "local_response_norm",
@@ -1082,8 +1144,83 @@ TABLE: tuple[Op, ...] = (
             internal=True,
             shape_args=(0,) if of == "input" else (1,),
         )
-        for k in (1, 2)
+        for k in (1, 2, 3)
         for of in ("input", "weight")
+    ),
+    # -- pooling's, padding's and glu's gradients (ATen's kernels: differentiable again). The input is read
+    # only for its shape: ATen's kernels take a stand-in of its shape (`grad.new_empty(()).expand(shape)`).
+    *(
+        Op(
+            f"{pool}_indices",
+            _sig(_ADAPTIVE_POOL if pool.startswith("adaptive") else _MAX_POOL),
+            f"torch.nn.functional.{pool}",
+            "pool" if pool.startswith("max") else "adaptive_pool",
+            f"where each maximum of {pool} is (int64, into the flattened pooled dims): the forward's second result",
+            cost="kept",
+            internal=True,
+        )
+        for pool in (*(f"max_pool{k}d" for k in (1, 2, 3)), *(f"adaptive_max_pool{k}d" for k in (1, 2, 3)))
+    ),
+    Op(
+        "max_pool_backward",
+        _sig("grad*, input*, indices*, dims"),
+        "",
+        "custom",
+        "zeros of input's shape with grad added where the maxima were (indices into the last `dims` dims)",
+        internal=True,
+        shape_args=(1,),
+    ),
+    Op(
+        "avg_pool_backward",
+        _sig("grad*, input*, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, dims"),
+        "torch.ops.aten.avg_pool2d_backward",
+        "custom",
+        "avg_pool's gradient (ATen's avg_pool2d_backward/avg_pool3d_backward; 1-D through 2-D)",
+        internal=True,
+        shape_args=(1,),
+    ),
+    Op(
+        "adaptive_avg_pool_backward",
+        _sig("grad*, input*, dims"),
+        "torch.ops.aten._adaptive_avg_pool2d_backward",
+        "custom",
+        "adaptive_avg_pool's gradient (ATen's _adaptive_avg_pool2d_backward/3d; 1-D through 2-D)",
+        internal=True,
+        shape_args=(1,),
+    ),
+    Op(
+        "pad_backward",
+        _sig("grad*, input*, pad, mode"),
+        "",
+        "custom",
+        "pad's gradient: grad cropped (constant), or folded back (ATen's reflection_/replication_padNd_backward)",
+        internal=True,
+        shape_args=(1,),
+    ),
+    Op(
+        "glu_backward",
+        _sig("grad*, input*, dim"),
+        "torch.ops.aten.glu_backward",
+        "custom",
+        "glu's gradient (ATen's glu_backward)",
+        internal=True,
+    ),
+    Op(
+        "channel_view",
+        _sig("weight*, input*"),
+        "",
+        "custom",
+        "prelu's weight viewed along input's channel dim (dim 1), so that it broadcasts",
+        internal=True,
+        shape_args=(1,),
+    ),
+    Op(
+        "kernel_numel",
+        _sig("kernel_size, dims"),
+        "",
+        "custom",
+        "how many elements a pooling window of kernel_size covers in `dims` dims",
+        internal=True,
     ),
     # -- helpers of the Fourier transforms' formulas (the gradient of a real input is the real part)
     Op("real", _sig("input*"), "torch.real", "elementwise", "the real part", {"input": "grad"}, internal=True),

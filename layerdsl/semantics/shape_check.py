@@ -360,6 +360,9 @@ class _ShapePass:
             if not self.reshape_kept(call, args, shape_of):
                 return None
             return self.op_call(call, env)  # now flatten/unflatten
+        if op.shape in ("pool", "pad", "glu") and (window := S.window_problem(op, args, shape_of)):
+            self.r.error(call.span, f"{_text(call)}: {window[0]}", window[1])
+            return None
         if op.shape == "reshape" or op.name == "reshape":
             return self.reshape(call, args, shape_of)
         if op.shape in S.INDEX_RULES or op.name in ("flip", "unflatten"):

@@ -450,6 +450,115 @@ def conv(inp: Shape, weight: Shape, stride: int, padding: int, dilation: int, sp
     return (inp[0], weight[0], *sizes)
 
 
+def _windows(size: Dim, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool = False) -> Dim | None:
+    """How many windows of `kernel` (dilated, stride apart) fit in `size` padded on both sides: pooling's
+    output size. With ceil_mode a last partial window counts if it starts inside the input or the left
+    padding (decidable only for a known size)."""
+    span = poly_add(text_poly(size), constant(2 * padding - dilation * (kernel - 1) - 1))
+    whole = as_int(span)
+    if whole is not None:
+        if whole < 0:
+            return None
+        count = -(-whole // stride) + 1 if ceil_mode else whole // stride + 1
+        if ceil_mode and (count - 1) * stride >= whole - padding + dilation * (kernel - 1) + 1:
+            count -= 1  # the last window would start in the right padding
+        return str(count)
+    if ceil_mode and stride != 1:
+        return None
+    quotient = span if stride == 1 else atom(f"{_operand(span)} // {stride}")
+    return poly_text(poly_add(quotient, constant(1)))
+
+
+def _per_dim(value, spatial: int) -> list[int] | None:
+    """A pooling or convolution argument for each of `spatial` dims: an int for all, or one each."""
+    if type(value) is int:
+        return [value] * spatial
+    if isinstance(value, list) and len(value) == spatial and all(type(v) is int for v in value):
+        return value
+    return None
+
+
+def pool(inp: Shape, spatial: int, kernel, stride, padding, dilation, ceil_mode) -> Shape:
+    """max/avg/lp pooling over the last `spatial` dims of `[N, C, L...]` or `[C, L...]` (stride none: the
+    kernel size)."""
+    sizes = [_per_dim(v, spatial) for v in (kernel, kernel if stride is None else stride, padding, dilation)]
+    if (
+        inp is None
+        or _opaque(inp)
+        or len(inp) < spatial + 1
+        or GROUP in inp[-spatial:]
+        or not isinstance(ceil_mode, bool)
+    ):
+        return None
+    kernels, strides, paddings, dilations = sizes
+    if kernels is None or strides is None or paddings is None or dilations is None:
+        return None
+    out: list[Dim] = []
+    for d, k, s, p, dil in zip(inp[-spatial:], kernels, strides, paddings, dilations):
+        size = _windows(d, k, s, p, dil, ceil_mode)
+        if size is None:
+            return None
+        out.append(size)
+    return inp[:-spatial] + tuple(out)
+
+
+def adaptive_pool(inp: Shape, spatial: int, output_size) -> Shape:
+    """Adaptive pooling: the last `spatial` dims become output_size (an int for all, or one each; none
+    keeps a dim)."""
+    if inp is None or _opaque(inp) or len(inp) < spatial + 1 or GROUP in inp[-spatial:]:
+        return None
+    sizes = [output_size] * spatial if type(output_size) is int else output_size
+    if not isinstance(sizes, list) or len(sizes) != spatial or not all(v is None or type(v) is int for v in sizes):
+        return None
+    return inp[:-spatial] + tuple(d if v is None else str(v) for d, v in zip(inp[-spatial:], sizes))
+
+
+def padded(inp: Shape, widths) -> Shape:
+    """`pad(x, [left, right, top, bottom, ...])`: the last dim grows by the first pair, the one before by
+    the second, and so on."""
+    if inp is None or _opaque(inp) or not isinstance(widths, list) or len(widths) % 2:
+        return None
+    if not all(type(w) is int for w in widths) or len(widths) // 2 > len(inp) or GROUP in inp[-(len(widths) // 2) :]:
+        return None
+    out = list(inp)
+    for k in range(len(widths) // 2):
+        out[-1 - k] = poly_text(poly_add(text_poly(out[-1 - k]), constant(widths[2 * k] + widths[2 * k + 1])))
+    return tuple(out)
+
+
+def conv_transpose(inp: Shape, weight: Shape, spatial: int, stride, padding, output_padding, groups, dilation) -> Shape:
+    """`[B, C, L...]` with weight `[C, O / groups, k...]` gives `[B, O, L'...]`,
+    L' = (L - 1) stride - 2 padding + dilation (k - 1) + output_padding + 1."""
+    strides, paddings, extra, dilations = (_per_dim(v, spatial) for v in (stride, padding, output_padding, dilation))
+    if inp is None or weight is None or _opaque(inp) or _opaque(weight) or GROUP in weight or GROUP in inp:
+        return None
+    if len(weight) != spatial + 2 or len(inp) != spatial + 2 or type(groups) is not int:
+        return None
+    if strides is None or paddings is None or extra is None or dilations is None:
+        return None
+    sizes = []
+    for size, k, s, p, op, d in zip(inp[2:], weight[2:], strides, paddings, extra, dilations):
+        grown = poly_add(poly_mul(poly_add(text_poly(size), constant(-1)), constant(s)), constant(op + 1 - 2 * p - d))
+        sizes.append(poly_text(poly_add(grown, poly_mul(constant(d), text_poly(k)))))
+    return (inp[0], poly_text(poly_mul(constant(groups), text_poly(weight[1]))), *sizes)
+
+
+def halved(inp: Shape, dim) -> Shape:
+    """glu: the two halves of `dim` make one."""
+    if inp is None or _opaque(inp) or type(dim) is not int:
+        return None
+    p = _position(inp, dim)
+    if p is None:
+        return None
+    size = text_poly(inp[p])
+    if all(c % 2 == 0 for _, c in size):  # `2 * n` halves to `n`
+        half = tuple((m, c // 2) for m, c in size)
+    else:
+        whole = as_int(size)
+        half = constant(whole // 2) if whole is not None else atom(f"{_operand(size)} // 2")
+    return inp[:p] + (poly_text(half),) + inp[p + 1 :]
+
+
 # ------------------------------------------------------------------ operations and expressions
 
 
@@ -519,6 +628,12 @@ def op_shape(
             return None
         stride, padding, dilation, _ = values
         return conv(shape_of(args["input"]), shape_of(args["weight"]), stride, padding, dilation, int(op.name[4]))
+    if op.shape in ("pool", "adaptive_pool", "conv_transpose"):
+        return _pooling_shape(op, args, shape_of)
+    if op.shape == "pad":
+        return padded(shape_of(args["input"]), _literal(op, args, "pad"))
+    if op.shape == "glu":
+        return halved(shape_of(args["input"]), _literal(op, args, "dim"))
     if op.name in ("slice", "select"):
         return _one_dim_index(op, args, shape_of(args["input"]))
     if op.shape in INDEX_RULES or op.name == "unflatten":
@@ -531,6 +646,61 @@ def op_shape(
             return shape_of(args["grad"])  # nothing to restore: the view is the gradient itself
         return reduce(shape_of(args["input"]), _as_list(dims), keepdim=True) if _dims(dims) else None
     return None
+
+
+def window_problem(op: Op, args: Mapping[str, N.Expr], shape_of: Callable[[N.Expr], Shape]) -> tuple[str, str] | None:
+    """(message, hint) when a pooling window, a padding or glu's halving cannot fit the input's known sizes."""
+    inp = shape_of(args["input"])
+    if inp is None or _opaque(inp):
+        return None
+    if op.shape == "glu":
+        dim = _literal(op, args, "dim")
+        p = _position(inp, dim) if type(dim) is int else None
+        size = as_int(text_poly(inp[p])) if p is not None else None
+        if size is not None and size % 2:
+            return f"glu halves dim {dim}, of odd size {size}", "glu splits input into two equal halves along dim"
+        return None
+    if op.shape == "pad":
+        widths = _literal(op, args, "pad")
+        if isinstance(widths, list) and len(widths) % 2:
+            return (
+                f"pad takes pairs of widths, got {len(widths)}",
+                "(left, right) for the last dim, then the one before",
+            )
+        return None
+    if op.shape != "pool":
+        return None
+    spatial = int(op.name[-2])
+    kernel = _per_dim(_literal(op, args, "kernel_size"), spatial)
+    padding = _per_dim(_literal(op, args, "padding"), spatial)
+    dilation = _per_dim(_literal(op, args, "dilation"), spatial) if op.param("dilation") else [1] * spatial
+    if kernel is None or padding is None or dilation is None or len(inp) < spatial + 1 or GROUP in inp[-spatial:]:
+        return None
+    for k, p, d, dim_size in zip(kernel, padding, dilation, inp[-spatial:]):
+        if p > k // 2:
+            return f"padding {p} is more than half the kernel size {k}", "torch pads at most half a window"
+        known = as_int(text_poly(dim_size))
+        if known is not None and known + 2 * p < d * (k - 1) + 1:
+            return (
+                f"a window of {d * (k - 1) + 1} does not fit a dim of size {known} padded by {p}",
+                "make the input larger or the kernel smaller",
+            )
+    return None
+
+
+def _pooling_shape(op: Op, args: Mapping[str, N.Expr], shape_of: Callable[[N.Expr], Shape]) -> Shape:
+    """Pooling (`max_pool2d`, `adaptive_avg_pool1d`, ...) and transposed convolution: the digit before the
+    final `d` of the name is the number of spatial dims."""
+    spatial = int(op.name.removesuffix("_indices")[-2])
+    value = {p.name: _literal(op, args, p.name) for p in op.params if not p.tensor}
+    inp = shape_of(args["input"])
+    if op.shape == "adaptive_pool":
+        return adaptive_pool(inp, spatial, value["output_size"])
+    if op.shape == "conv_transpose":
+        names = ("stride", "padding", "output_padding", "groups", "dilation")
+        return conv_transpose(inp, shape_of(args["weight"]), spatial, *(value[n] for n in names))
+    names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+    return pool(inp, spatial, *(value.get(n, 1 if n == "dilation" else 0) for n in names))
 
 
 def _one_dim_index(op: Op, args: Mapping[str, N.Expr], shape: Shape) -> Shape:
