@@ -240,3 +240,22 @@ def test_vmap_of_grad_and_jacrev(built):
     jac = torch.func.jacrev(lambda t: built.apply(t, *rest))(first)
     ref = torch.func.jacrev(lambda t: built.plain(t, *rest))(first)
     assert torch.allclose(jac, ref)
+
+
+@pytest.mark.parametrize(
+    ("call", "shape"),
+    [
+        ('cross_entropy(x, t, reduction = "none")', ("B", "L")),
+        ("cross_entropy(x, t)", ()),
+        ('nll_loss(x, t, reduction = "sum")', ()),
+        ('multi_margin_loss(s, u, reduction = "none")', ("B",)),
+        ('multilabel_soft_margin_loss(s, s, reduction = "none")', ("B",)),
+        ('gaussian_nll_loss(s, s, s * s, reduction = "none")', ("B", "c")),
+        ('ctc_loss(log_softmax(x, 2), t, u, u, reduction = "none")', ("c",)),
+        ("layer_norm(x, [L])", ("B", "c", "L")),
+    ],
+)
+def test_loss_shapes_follow_the_reduction(call, shape):
+    text = SPEC.format(members="", inputs="x: [B, c, L], t: long[B, L], s: [B, c], u: long[B]", body=call)
+    program = check_program([parse_file("probe.layer", text)])
+    assert program.shapes["Probe"].bindings[-1].shape == shape

@@ -9,6 +9,7 @@ Adding an operation is adding a row.
 
 Shape rules: "elementwise" (broadcasts its tensor inputs), "reduce" (drops or keeps `dim`), "matmul",
 "transpose", "view" (reshape family), "softmax" (same shape as input), "concat", "fft", "conv", "where",
+"loss" (`[]` for the reductions "mean" and "sum", the per-sample shape for "none"),
 "opaque" (the static pass leaves the result's shape to run time: pooling, padding, transposed convolution).
 """
 
@@ -695,7 +696,7 @@ TABLE: tuple[Op, ...] = (
         "cross_entropy",
         _sig('input*, target*, weight* = none, ignore_index = -100, reduction = "mean", label_smoothing = 0.0'),
         "torch.nn.functional.cross_entropy",
-        "opaque",
+        "loss",
         "the cross entropy of softmax(input) against class indices or class probabilities",
         {
             "input": "cross_entropy_input_grad(grad, input, target, weight, ignore_index, reduction, label_smoothing)",
@@ -709,7 +710,7 @@ TABLE: tuple[Op, ...] = (
         "nll_loss",
         _sig('input*, target*, weight* = none, ignore_index = -100, reduction = "mean"'),
         "torch.nn.functional.nll_loss",
-        "opaque",
+        "loss",
         "the negative log likelihood of log-probabilities at class indices",
         {
             "input": "nll_loss_input_grad(grad, input, target, weight, ignore_index, reduction)",
@@ -723,7 +724,7 @@ TABLE: tuple[Op, ...] = (
         "multi_margin_loss",
         _sig('input*, target*, p = 1, margin = 1.0, weight* = none, reduction = "mean"'),
         "torch.nn.functional.multi_margin_loss",
-        "opaque",
+        "loss",
         "the multi-class hinge loss of scores against class indices",
         {
             "input": "multi_margin_loss_backward(grad, input, target, p, margin, weight, reduction)",
@@ -737,7 +738,7 @@ TABLE: tuple[Op, ...] = (
         "multilabel_margin_loss",
         _sig('input*, target*, reduction = "mean"'),
         "torch.nn.functional.multilabel_margin_loss",
-        "opaque",
+        "loss",
         "the multi-label hinge loss of scores against lists of class indices",
         {"input": "multilabel_margin_loss_backward(grad, input, target, reduction)", "target": None},
         cost="costly",
@@ -747,7 +748,7 @@ TABLE: tuple[Op, ...] = (
         "multilabel_soft_margin_loss",
         _sig('input*, target*, weight* = none, reduction = "mean"'),
         "torch.nn.functional.multilabel_soft_margin_loss",
-        "opaque",
+        "loss",
         "the multi-label logistic loss of scores against 0/1 targets",
         {
             "input": "multilabel_soft_margin_loss_input_grad(grad, input, target, weight, reduction)",
@@ -763,7 +764,7 @@ TABLE: tuple[Op, ...] = (
             'log_probs*, targets*, input_lengths*, target_lengths*, blank = 0, reduction = "mean", zero_infinity = false'
         ),
         "torch.nn.functional.ctc_loss",
-        "opaque",
+        "loss",
         "the connectionist temporal classification loss over every alignment",
         {
             "log_probs": "ctc_loss_backward(grad, log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity)",
@@ -778,7 +779,7 @@ TABLE: tuple[Op, ...] = (
         "gaussian_nll_loss",
         _sig('input*, target*, var*, full = false, eps = 1e-6, reduction = "mean"'),
         "torch.nn.functional.gaussian_nll_loss",
-        "opaque",
+        "loss",
         "the negative log likelihood of target under N(input, var); var is clamped to eps, the gradient passing",
         {
             "input": "gaussian_nll_loss_input_grad(grad, input, target, var, eps, reduction)",

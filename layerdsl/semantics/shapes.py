@@ -510,6 +510,8 @@ def op_shape(
             return None
         size = None if n is None or isinstance(n, N.NoneLit) else dim_text(n)
         return fft(op.name, shape_of(args["input"]), size, dim)
+    if op.shape == "loss":
+        return _loss(op, args, shape_of)
     if op.shape == "conv":
         values = [_literal(op, args, k) for k in ("stride", "padding", "dilation", "groups")]
         if not all(type(v) is int for v in values):
@@ -526,6 +528,41 @@ def op_shape(
             return shape_of(args["grad"])  # nothing to restore: the view is the gradient itself
         return reduce(shape_of(args["input"]), _as_list(dims), keepdim=True) if _dims(dims) else None
     return None
+
+
+def _loss(op: Op, args: Mapping[str, N.Expr], shape_of: Callable[[N.Expr], Shape]) -> Shape:
+    """A loss: a scalar for the reductions "mean" and "sum"; for "none", one value per sample: the input
+    without its class dim (dim 1, or the only one), without its last dim (the multi-label and margin losses:
+    a row of class scores), log_probs without its time and class dims (ctc_loss), or the broadcast of input
+    and target (gaussian_nll_loss). None when the reduction is known only at run time."""
+    given = args.get("reduction")
+    param = op.param("reduction")
+    if isinstance(given, N.Str):
+        reduction = given.value
+    elif given is None and param is not None and param.default is not None:
+        reduction = param.default.strip('"')
+    else:
+        return None
+    if reduction in ("mean", "sum"):
+        return ()
+    if reduction != "none":
+        return None
+    if op.name == "gaussian_nll_loss":
+        return broadcast([shape_of(args["input"]), shape_of(args["target"])])
+    shape = shape_of(args["log_probs" if op.name == "ctc_loss" else "input"])
+    if shape is None or _opaque(shape):
+        return None
+    if op.name == "ctc_loss":  # log_probs [T, N, C] -> [N]; unbatched [T, C] -> []
+        if GROUP in shape or len(shape) not in (2, 3):
+            return None
+        return shape[1:2] if len(shape) == 3 else ()
+    if op.name in ("cross_entropy", "nll_loss"):
+        if GROUP not in shape and len(shape) == 1:
+            return ()
+        p = _position(shape, 1)
+        return None if p is None else shape[:p] + shape[p + 1 :]
+    p = _position(shape, -1)
+    return None if p is None else shape[:p]
 
 
 def _one_dim_index(op: Op, args: Mapping[str, N.Expr], shape: Shape) -> Shape:
