@@ -126,7 +126,7 @@ FAMILIES = {
         second_order=False,
     ),
     "multilabel_soft_margin_loss": Family(
-        WEIGHT,
+        "param w: [c] = uniform(0.5, 1.5)",
         "x: [B, c], y: [B, c]",
         'multilabel_soft_margin_loss(x, sigmoid(y), w, reduction = "none")',
         lambda: [_randn(B, C), _randn(B, C)],

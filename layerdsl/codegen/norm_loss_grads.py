@@ -80,6 +80,19 @@ def _tuple_shape(a: _Call, name: str) -> str:
     return f"(({a[name]},) if isinstance({a[name]}, int) else {a[name]})"
 
 
+def _trailing_dims(a: _Call, name: str) -> str:
+    """The dims a `normalized_shape` covers, counted from the end: `(-2, -1)`."""
+    node = a.nodes[name]
+    if isinstance(node, N.ListExpr):
+        return (
+            "("
+            + ", ".join(str(k - len(node.items)) for k in range(len(node.items)))
+            + ("," if len(node.items) == 1 else "")
+            + ")"
+        )
+    return f"tuple(range(-len({_tuple_shape(a, name)}), 0))"
+
+
 def _class_dim(x: str) -> str:
     return f"(1 if {x}.dim() > 1 else 0)"
 
@@ -88,17 +101,19 @@ def _class_dim(x: str) -> str:
 
 
 def _layer_norm(a: _Call, _) -> str:
-    x, shape = a["input"], _tuple_shape(a, "normalized_shape")
-    stats = f"torch.ops.aten.native_layer_norm({a.atom('input')}.detach(), {shape}, None, None, {a['eps']})[1:]"
+    x, shape, dims = a["input"], _tuple_shape(a, "normalized_shape"), _trailing_dims(a, "normalized_shape")
+    detached = f"{a.atom('input')}.detach()"  # the kernel's double backward accounts for mean and rstd
+    mean = f"{detached}.mean({dims}, keepdim=True)"
+    rstd = f"({detached}.var({dims}, correction=0, keepdim=True) + {a['eps']}).rsqrt()"
     return (
-        f"torch.ops.aten.native_layer_norm_backward({a['grad']}, {x}, {shape}, *{stats}, {a['weight']}, None,"
+        f"torch.ops.aten.native_layer_norm_backward({a['grad']}, {x}, {shape}, {mean}, {rstd}, {a['weight']}, None,"
         " (True, False, False))[0]"
     )
 
 
 def _rms_norm(a: _Call, _) -> str:
     x = a.atom("input")
-    dims = f"tuple(range(-len({_tuple_shape(a, 'normalized_shape')}), 0))"
+    dims = _trailing_dims(a, "normalized_shape")
     eps = f"torch.finfo({x}.dtype).eps" if a.none("eps") else a["eps"]
     rstd = f"torch.rsqrt({x}.pow(2).mean({dims}, keepdim=True) + {eps})"
     g = a.atom("grad") if a.none("weight") else f"({a.atom('grad')} * {a.atom('weight')})"
@@ -259,12 +274,16 @@ def _multilabel_margin(a: _Call, _) -> str:
     return f"torch.ops.aten.multilabel_margin_loss_backward({a['grad']}, {x}, {t}, {red}, {is_target})"
 
 
-def _per_class(a: _Call) -> str:
-    """multilabel_soft_margin_loss's incoming gradient per element, with the class weights, over C."""
+def _per_element(a: _Call) -> str:
+    """multilabel_soft_margin_loss's incoming gradient per element (a sample's loss is its mean over C)."""
     x, grad = a.atom("input"), a.atom("grad")
     classes = f"{x}.shape[-1]"
-    scale = _by_reduction(a, f"{grad}.unsqueeze(-1) / {classes}", f"{grad} / {x}.numel()", f"{grad} / {classes}")
-    return scale if a.none("weight") else f"{a.atom('weight')} * {scale}"
+    return _by_reduction(a, f"{grad}.unsqueeze(-1) / {classes}", f"{grad} / {x}.numel()", f"{grad} / {classes}")
+
+
+def _per_class(a: _Call) -> str:
+    """That with the class weights."""
+    return _per_element(a) if a.none("weight") else f"{a.atom('weight')} * {_per_element(a)}"
 
 
 def _multilabel_soft_margin_input(a: _Call, _) -> str:
@@ -275,6 +294,12 @@ def _multilabel_soft_margin_input(a: _Call, _) -> str:
 def _multilabel_soft_margin_target(a: _Call, _) -> str:
     x = a.atom("input")
     return f"-{x} * {_per_class(a)}"
+
+
+def _multilabel_soft_margin_weight(a: _Call, _) -> str:
+    x, t, w = a.atom("input"), a.atom("target"), a.atom("weight")
+    loss = f"F.binary_cross_entropy_with_logits({x}, {t}, reduction='none')"
+    return f"({loss} * {_per_element(a)}).sum_to_size({w}.shape)"
 
 
 # ---------------------------------------------------------------- ctc and gaussian
@@ -337,6 +362,7 @@ _WRITERS: dict[str, Callable[[_Call, dict[str, bool]], str]] = {
     "multilabel_margin_loss_backward": _multilabel_margin,
     "multilabel_soft_margin_loss_input_grad": _multilabel_soft_margin_input,
     "multilabel_soft_margin_loss_target_grad": _multilabel_soft_margin_target,
+    "multilabel_soft_margin_loss_weight_grad": _multilabel_soft_margin_weight,
     "ctc_loss_backward": _ctc,
     "gaussian_nll_loss_input_grad": _gaussian_input,
     "gaussian_nll_loss_var_grad": _gaussian_var,

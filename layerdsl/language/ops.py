@@ -753,7 +753,7 @@ TABLE: tuple[Op, ...] = (
         {
             "input": "multilabel_soft_margin_loss_input_grad(grad, input, target, weight, reduction)",
             "target": "multilabel_soft_margin_loss_target_grad(grad, input, target, weight, reduction)",
-            "weight": None,
+            "weight": "multilabel_soft_margin_loss_weight_grad(grad, input, target, weight, reduction)",
         },
         cost="costly",
         positional=2,
@@ -869,6 +869,11 @@ TABLE: tuple[Op, ...] = (
                 "multilabel_soft_margin_loss_target_grad",
                 "grad*, input*, target*, weight*, reduction",
                 "-x * weight / C * grad",
+            ),
+            (
+                "multilabel_soft_margin_loss_weight_grad",
+                "grad*, input*, target*, weight*, reduction",
+                "the logistic loss of each element / C * grad, summed to weight's shape",
             ),
             (
                 "ctc_loss_backward",
