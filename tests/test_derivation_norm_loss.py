@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from layerdsl.codegen.module import emit_file
+from layerdsl.driver.cli import main
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
 
@@ -259,3 +260,13 @@ def test_loss_shapes_follow_the_reduction(call, shape):
     text = SPEC.format(members="", inputs="x: [B, c, L], t: long[B, L], s: [B, c], u: long[B]", body=call)
     program = check_program([parse_file("probe.layer", text)])
     assert program.shapes["Probe"].bindings[-1].shape == shape
+
+
+def test_a_class_weight_that_needs_a_gradient_is_named(tmp_path, capsys):
+    """torch has no derivative for cross_entropy's class weight either: the error says which operand."""
+    spec = tmp_path / "bad.layer"
+    spec.write_text(
+        SPEC.format(members="param w: [c] = ones", inputs="x: [B, c], t: long[B]", body="cross_entropy(x, t, w)")
+    )
+    assert main(["check", str(spec)]) == 1
+    assert "cross_entropy() has no derivative with respect to 'weight'" in capsys.readouterr().err

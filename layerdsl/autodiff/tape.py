@@ -250,9 +250,11 @@ class Linearizer:
                 and operand.kind == "tensor"
                 and self._needs_grad(operand)
             ):
+                which = f" with respect to '{pname}'" if any(op.grads.values()) else ""  # a loss's class weight
                 raise NotDerivable(
                     source.span,
-                    f"{op.name}() has no derivative; write a backward block (or mark a deliberate surrogate with @surrogate)",
+                    f"{op.name}() has no derivative{which}; write a backward block (or mark a deliberate surrogate"
+                    " with @surrogate)",
                 )
         guard, base = None, None
         member = next((a for a in args.values() if isinstance(a, N.Name) and a.id in self.optional), None)

@@ -565,6 +565,39 @@ def _loss(op: Op, args: Mapping[str, N.Expr], shape_of: Callable[[N.Expr], Shape
     return None if p is None else shape[:p]
 
 
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def loss_problem(
+    op: Op, args: Mapping[str, N.Expr], shape_of: Callable[[N.Expr], Shape]
+) -> tuple[N.Expr | None, str, str] | None:
+    """What is statically wrong with a loss call, as (the argument at fault, message, hint): a reduction
+    that is not "mean", "sum" or "none", or (cross_entropy, nll_loss) a class-index target whose shape is
+    not the input's without its class dim."""
+    given = args.get("reduction")
+    if isinstance(given, N.Str) and given.value not in REDUCTIONS:
+        return (
+            given,
+            f'reduction "{given.value}" is not one of "mean", "sum", "none"',
+            'reduction is "mean", "sum" or "none"',
+        )
+    if op.name not in ("cross_entropy", "nll_loss"):
+        return None
+    inp, target = shape_of(args["input"]), shape_of(args["target"])
+    if inp is None or target is None or _opaque(inp) or _opaque(target) or GROUP in inp or GROUP in target:
+        return None
+    if op.name == "cross_entropy" and len(target) == len(inp):
+        return None  # class probabilities: broadcast with input (checked like an elementwise operation)
+    per_sample = inp[:1] + inp[2:] if len(inp) > 1 else ()
+    if target != per_sample:
+        return (
+            args["target"],
+            f"target is {show(target)} but input {show(inp)} takes class indices of shape {show(per_sample)}",
+            "the target has the input's shape without its class dim (dim 1)",
+        )
+    return None
+
+
 def _one_dim_index(op: Op, args: Mapping[str, N.Expr], shape: Shape) -> Shape:
     """`slice` (a dim sized by its bounds) or `select` (a dim dropped) along one dim."""
     dim = _literal(op, args, "dim")
