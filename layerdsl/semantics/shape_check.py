@@ -305,8 +305,8 @@ class _ShapePass:
                     "conv weights are [out_channels, in_channels / groups, k...]",
                 )
                 return None
-        if op.shape == "loss" and (problem := S.loss_problem(op, args, shape_of)) is not None:
-            at, message, hint = problem
+        if op.shape == "loss" and (fault := S.loss_problem(op, args, shape_of)) is not None:
+            at, message, hint = fault
             self.r.error(at.span if at is not None else call.span, f"{op.name}: {message}", hint)
             return None
         if op.shape == "reshape" or op.name == "reshape":
