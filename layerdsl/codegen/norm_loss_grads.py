@@ -101,12 +101,12 @@ def _class_dim(x: str) -> str:
 
 
 def _layer_norm(a: _Call, _) -> str:
-    x, shape, dims = a["input"], _tuple_shape(a, "normalized_shape"), _trailing_dims(a, "normalized_shape")
-    detached = f"{a.atom('input')}.detach()"  # the kernel's double backward accounts for mean and rstd
-    mean = f"{detached}.mean({dims}, keepdim=True)"
-    rstd = f"({detached}.var({dims}, correction=0, keepdim=True) + {a['eps']}).rsqrt()"
+    x, shape = a["input"], _tuple_shape(a, "normalized_shape")
+    # mean and rstd as the forward's kernel computes them (one pass; torch's var over the last dim is
+    # several times slower), of the detached input: the kernel's double backward accounts for them
+    stats = f"torch.ops.aten.native_layer_norm({a.atom('input')}.detach(), {shape}, None, None, {a['eps']})[1:]"
     return (
-        f"torch.ops.aten.native_layer_norm_backward({a['grad']}, {x}, {shape}, {mean}, {rstd}, {a['weight']}, None,"
+        f"torch.ops.aten.native_layer_norm_backward({a['grad']}, {x}, {shape}, *{stats}, {a['weight']}, None,"
         " (True, False, False))[0]"
     )
 
