@@ -1078,6 +1078,145 @@ def make_cases(gen: dict[str, Any], shapes: list[tuple[int, int]], quad_shapes: 
 
 
 # --------------------------------------------------------------------------------------------
+# Norms and losses (issue 15): a layer_norm and a cross_entropy @function layer, generated from the
+# spec text below (in memory, by the same compiler as generated/), against expert Functions.
+# --------------------------------------------------------------------------------------------
+
+NORM_LOSS_SPECS = """
+@function
+layer LayerNormFn(n: int) {
+    param weight: [n] = ones
+    param bias: [n] = zeros
+    example(n = 8)
+
+    forward(x: [B, n]) -> [B, n] {
+        return layer_norm(x, [n], weight, bias)
+    }
+}
+
+@function
+layer CrossEntropyFn(n: int) {
+    example(n = 8)
+
+    forward(x: [B, n], target: long[B]) -> [] {
+        return cross_entropy(x, target)
+    }
+}
+"""
+
+
+def norm_loss_generated() -> dict[str, Any]:
+    from layerdsl.codegen.module import emit_file
+    from layerdsl.semantics.checker import check_program
+    from layerdsl.syntax.parser import parse_file
+
+    spec = parse_file("norm_loss.layer", NORM_LOSS_SPECS)
+    namespace: dict[str, Any] = {}
+    exec(compile(emit_file(spec, check_program([spec]), "norm_loss.layer", {}), "norm_loss.py", "exec"), namespace)
+    return namespace
+
+
+class HandLayerNormFunction(Function):
+    """ATen's fused kernels; saves x, weight, bias and the per-row mean and rstd."""
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return torch.native_layer_norm(x, (x.shape[-1],), weight, bias, 1e-5)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, bias = inputs
+        _, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mean, _grad_rstd):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        mask = list(ctx.needs_input_grad)
+        return torch.ops.aten.native_layer_norm_backward(grad_out, x, (x.shape[-1],), mean, rstd, weight, bias, mask)
+
+
+class HandCrossEntropyFunction(Function):
+    """Saves the log-probabilities (the softmax the gradient needs) and the target."""
+
+    @staticmethod
+    def forward(x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        log_probs = torch.log_softmax(x, 1)
+        return torch.nn.functional.nll_loss(log_probs, target), log_probs
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, target = inputs
+        _, log_probs = output
+        ctx.mark_non_differentiable(log_probs)
+        ctx.save_for_backward(log_probs, target)
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_log_probs):
+        log_probs, target = ctx.saved_tensors
+        grad = log_probs.exp()
+        grad[torch.arange(len(target)), target] -= 1
+        return grad.mul_(grad_out / len(target)), None
+
+
+class AutogradLayerNorm(nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(n)), nn.Parameter(torch.zeros(n))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.layer_norm(x, (x.shape[-1],), self.weight, self.bias)
+
+
+class HandLayerNormFn(AutogradLayerNorm):
+    def forward(self, x: Tensor) -> Tensor:
+        return HandLayerNormFunction.apply(x, self.weight, self.bias)[0]
+
+
+def cross_entropy_candidate(name: str, loss: Callable[[Tensor, Tensor], Tensor], *vs: str) -> bm.Candidate:
+    """A loss of (x, target): gradients with respect to x."""
+
+    def build(state: dict[str, Tensor]) -> bm.Prepared:
+        x = state["x"].detach().clone().requires_grad_(True)
+        return bm.Prepared(loss, (x, state["target"]), (x,))
+
+    return bm.Candidate(name, build, vs[0] if vs else None, tuple(vs[1:]))
+
+
+def norm_loss_cases(shapes: list[tuple[int, int]]) -> list[bm.Case]:
+    gen = norm_loss_generated()
+    for name, fn, args in [
+        ("HandLayerNormFunction", lambda x, w, b: HandLayerNormFunction.apply(x, w, b)[0], 3),
+        ("HandCrossEntropyFunction", lambda x: HandCrossEntropyFunction.apply(x, torch.tensor([0, 2, 1]))[0], 1),
+    ]:
+        d = dict(dtype=torch.float64, requires_grad=True)
+        inputs = (torch.randn(3, 5, **d), 1 + 0.1 * torch.randn(5, **d), torch.randn(5, **d))[:args]
+        assert torch.autograd.gradcheck(fn, inputs), name
+
+    def ln_state(bt: int, f: int) -> dict[str, Tensor]:
+        return {"x": torch.randn(bt, f), "weight": 1 + 0.1 * torch.randn(f), "bias": 0.1 * torch.randn(f)}
+
+    def ce_state(bt: int, f: int) -> dict[str, Tensor]:
+        return {"x": torch.randn(bt, f), "target": torch.randint(0, f, (bt,))}
+
+    cases = []
+    for b, f in shapes:
+        ln_c = [
+            cand(MODULE, lambda f=f: AutogradLayerNorm(f)),
+            cand(HAND, lambda f=f: HandLayerNormFn(f), MODULE),
+            cand(GEN, lambda f=f: gen["LayerNormFn"](f), HAND, MODULE),
+        ]
+        ce_c = [
+            cross_entropy_candidate(MODULE, torch.nn.functional.cross_entropy),
+            cross_entropy_candidate(HAND, lambda x, t: HandCrossEntropyFunction.apply(x, t)[0], MODULE),
+            cross_entropy_candidate(GEN, gen["CrossEntropyFn"](f), HAND, MODULE),
+        ]
+        cases += [bm.Case("LayerNorm", b, f, ln_state, ln_c), bm.Case("CrossEntropy", b, f, ce_state, ce_c)]
+    return cases
+
+
+# --------------------------------------------------------------------------------------------
 # Memory during a step: peak heap in use (glibc mallinfo2, sampled after every ATen op) and minor
 # page faults per step (fresh pages the kernel had to zero: temporaries that glibc returned to the
 # OS and took back), both beyond what saved_bytes sees.
@@ -1375,6 +1514,8 @@ def main(argv: list[str] | None = None) -> int:
     parse = lambda shs, dflt: [tuple(int(v) for v in s.lower().split("x")) for s in shs] if shs else dflt  # noqa: E731
     cases = make_cases(gen, parse(args.shape, [(32, 64), (4096, 1024)]), parse(args.quad_shape, [(4096, 64)]),
                        args.task, args.diagnose)  # fmt: skip
+    if args.task in ("A", "all"):
+        cases += norm_loss_cases(parse(args.shape, [(32, 64), (4096, 1024)]))
     if args.only:
         cases = [c for c in cases if c.layer in args.only]
     results = []

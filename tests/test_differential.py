@@ -37,6 +37,7 @@ def expr(draw, depth: int = 3):
             ["unary", "positive", "binary", "binary", "div", "pow", "reduce", "softmax", "matmul", "minmax", "where"]
             + ["index", "cat", "stack", "fourier", "picks"]
             + ["pooling"]
+            + ["norm_loss"]
         )
     )
     a, sa = draw(expr(depth - 1))
@@ -125,6 +126,20 @@ def expr(draw, depth: int = 3):
                 )
             ),
             FULL,
+        )
+    if kind == "norm_loss":
+        return draw(
+            st.sampled_from(
+                [
+                    (f"layer_norm({full}, [n], w, w)", FULL),
+                    (f"rms_norm({full}, [n], w)", FULL),
+                    (f"group_norm({full}, 2, w, w)", FULL),
+                    (f"local_response_norm({full}[:, :, none], 3, alpha = 0.5)[:, :, 0]", FULL),
+                    (f"cross_entropy({full}, softmax({other}, dim = -1), label_smoothing = 0.1)", SCALAR),
+                    (f'gaussian_nll_loss({full}, {other}, 1 + {other} * {other}, reduction = "none")', FULL),
+                    (f'multilabel_soft_margin_loss({full}, sigmoid({other}), w, reduction = "none")[:, none]', ROW),
+                ]
+            )
         )
     if kind == "stack":
         return (

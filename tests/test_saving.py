@@ -182,6 +182,19 @@ layer Pool(c: int) {{
 """
 
 
+NORM_LOSS = """
+@function
+layer NormLoss(c: int) {{
+    {members}
+    example(c = 4)
+
+    forward({inputs}) {{
+        return {body}
+    }}
+}}
+"""
+
+
 def _pooling_saved(body: str, save: str = "") -> tuple[list[tuple[torch.dtype, tuple[int, ...]]], str]:
     """What a pooling layer's Function saves for x: [2, 3, 8, 6], checked against autograd; and its source."""
     spec = parse_file("pool.layer", POOLING.format(body=body, save=f'(save = "{save}")' if save else ""))
@@ -223,3 +236,56 @@ def test_average_pooling_and_padding_save_only_the_input_shape(body):
 def test_prelu_saves_a_mask_for_the_input_and_the_input_for_the_weight():
     saved, _ = _pooling_saved("prelu(x, w)")
     assert sorted(saved, key=str) == sorted([(torch.float64, (2, 3, 8, 6)), (torch.float64, (3,))], key=str)
+
+
+@pytest.mark.parametrize(
+    ("members", "inputs", "body", "make"),
+    [
+        (
+            "param weight: [c] = ones\n    param bias: [c] = zeros",
+            "x: [B, c]",
+            "layer_norm(x, [c], weight, bias)",
+            lambda: [torch.randn(8, 4)],
+        ),
+        ("param weight: [c] = ones", "x: [B, c]", "rms_norm(x, [c], weight)", lambda: [torch.randn(8, 4)]),
+        (
+            "param weight: [c] = ones\n    param bias: [c] = zeros",
+            "x: [B, c, L]",
+            "group_norm(x, 2, weight, bias)",
+            lambda: [torch.randn(8, 4, 3)],
+        ),
+        (
+            "buffer w: [c] = ones",
+            "x: [B, c], t: long[B]",
+            "cross_entropy(x, t, w, label_smoothing = 0.1)",
+            lambda: [torch.randn(8, 4), torch.randint(0, 4, (8,))],
+        ),
+        (
+            "",
+            "x: [B, c], t: [B, c], v: [B, c]",
+            "gaussian_nll_loss(x, t, v)",
+            lambda: [torch.randn(8, 4), torch.randn(8, 4), torch.rand(8, 4) + 0.5],
+        ),
+    ],
+)
+def test_norms_and_losses_save_only_their_inputs(members, inputs, body, make):
+    """An expert's Function saves the input and its statistics (layer norm: mean and rstd; cross entropy:
+    the log-probabilities); the derived one saves the inputs alone, which are alive anyway, and recomputes
+    the statistics in backward: the forward allocates nothing that outlives it."""
+    spec = parse_file("norm_loss.layer", NORM_LOSS.format(members=members, inputs=inputs, body=body))
+    namespace: dict = {}
+    exec(compile(emit_file(spec, check_program([spec]), "norm_loss.layer", {}), "norm_loss.py", "exec"), namespace)
+    layer = namespace["NormLoss"](4)
+    values = [t.requires_grad_() if t.is_floating_point() else t for t in make()]
+    leaves = {t.data_ptr() for t in [*values, *layer.parameters(), *layer.buffers()]}
+    saved: list[int] = []
+
+    def pack(t):
+        saved.append(t.data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = layer(*values)
+    assert saved and set(saved) <= leaves
+    out.sum().backward()
+    assert values[0].grad is not None

@@ -275,9 +275,11 @@ class Linearizer:
                 and operand.kind == "tensor"
                 and self._needs_grad(operand)
             ):
+                which = f" with respect to '{pname}'" if any(op.grads.values()) else ""  # a loss's class weight
                 raise NotDerivable(
                     source.span,
-                    f"{op.name}() has no derivative; write a backward block (or mark a deliberate surrogate with @surrogate)",
+                    f"{op.name}() has no derivative{which}; write a backward block (or mark a deliberate surrogate"
+                    " with @surrogate)",
                 )
         guard, base = None, None
         member = next((a for a in args.values() if isinstance(a, N.Name) and a.id in self.optional), None)
@@ -362,6 +364,11 @@ def _op_expr(op: Op, args: dict[str, N.Expr], source: N.Expr) -> N.Expr:
         e = N.BinOp(source.span, op.operator, args["input"], args["other"] if "other" in args else args["exponent"])
     elif op.template:  # written by its template: every argument in signature order
         e = N.Call(source.span, op.name, source.span, [args[p.name] for p in op.params if p.name in args], [])
+    elif _number_before_tensor(op, args):  # layer_norm(input, normalized_shape, weight): in signature order
+        given = [p for p in op.params if p.name in args]
+        while given and _is_default(given[-1], args[given[-1].name]):
+            given.pop()
+        e = N.Call(source.span, op.name, source.span, [args[p.name] for p in given], [])
     else:
         e = N.Call(source.span, op.name, source.span, [], [N.Keyword(k, v, source.span) for k, v in args.items()])
         e.args = [v for p in op.params if (v := args.get(p.name)) is not None and (p.tensor or p.tensors)]
@@ -374,6 +381,13 @@ def _op_expr(op: Op, args: dict[str, N.Expr], source: N.Expr) -> N.Expr:
         ]
     e.kind = N.Kind.TENSOR
     return e
+
+
+def _number_before_tensor(op: Op, args: dict[str, N.Expr]) -> bool:
+    """Whether a number parameter comes before a tensor operand the call gives (so the tensors cannot be
+    written first, positionally)."""
+    tensors = [k for k, p in enumerate(op.params) if (p.tensor or p.tensors) and p.name in args]
+    return any(not (p.tensor or p.tensors) for p in op.params[: tensors[-1]]) if tensors else False
 
 
 def _subscript_expr(args: dict[str, N.Expr], source: N.Expr) -> N.Subscript:

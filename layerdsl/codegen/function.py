@@ -19,6 +19,7 @@ from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.shapes import same_shape_leaf
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen.names import FunctionNames
+from layerdsl.codegen.norm_loss_grads import norm_loss_grad
 from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.diagnostics import Span, SpecError
@@ -782,6 +783,10 @@ class FunctionEmitter:
         f = c.func
         if f not in OPS or not OPS[f].internal:
             return None
+        leaves = [*self.e.forward.inputs, *self.layer.tensors]
+        written = norm_loss_grad(c, ex, {leaf.name: leaf.dtype == "float" for leaf in leaves})
+        if written is not None:  # a norm's or a loss's gradient
+            return written
         a = c.args
         if f == "sum_to":
             # `*shape` where the rank is known to be at least 1: torch parses separate ints faster than a Size.

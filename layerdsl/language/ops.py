@@ -10,7 +10,8 @@ Adding an operation is adding a row.
 Shape rules: "elementwise" (broadcasts its tensor inputs), "reduce" (drops or keeps `dim`), "matmul",
 "transpose", "view" (reshape family), "softmax" (same shape as input), "concat", "fft", "conv", "where",
 "pool" and "adaptive_pool" (the last spatial dims), "conv_transpose", "pad", "glu" (halves `dim`),
-"opaque" (the static pass leaves the result's shape to run time: the losses).
+"loss" (`[]` for the reductions "mean" and "sum", the per-sample shape for "none"),
+"opaque" (the static pass leaves the result's shape to run time).
 """
 
 from __future__ import annotations
@@ -756,7 +757,7 @@ TABLE: tuple[Op, ...] = (
         "torch.nn.functional.local_response_norm",
         "softmax",
         "x / (k + alpha * mean of x ** 2 over size neighbouring channels) ** beta",
-        {"input": None},
+        {"input": "local_response_norm_input_grad(grad, input, size, alpha, beta, k)"},
         cost="costly",
     ),
     Op(
@@ -765,16 +766,24 @@ TABLE: tuple[Op, ...] = (
         "torch.nn.functional.group_norm",
         "softmax",
         "normalise each of num_groups channel groups of each sample, then scale and shift per channel",
-        {"input": None, "weight": None, "bias": None},
+        {
+            "input": "group_norm_input_grad(grad, input, num_groups, weight, eps)",
+            "weight": "channel_sum(grad * group_norm(input, num_groups, eps = eps))",
+            "bias": "channel_sum(grad)",
+        },
         cost="costly",
     ),
     Op(
         "cross_entropy",
         _sig('input*, target*, weight* = none, ignore_index = -100, reduction = "mean", label_smoothing = 0.0'),
         "torch.nn.functional.cross_entropy",
-        "opaque",
+        "loss",
         "the cross entropy of softmax(input) against class indices or class probabilities",
-        {"input": None, "target": None, "weight": None},
+        {
+            "input": "cross_entropy_input_grad(grad, input, target, weight, ignore_index, reduction, label_smoothing)",
+            "target": "cross_entropy_target_grad(grad, input, target, weight, reduction, label_smoothing)",
+            "weight": None,
+        },
         cost="costly",
         positional=2,
     ),
@@ -804,9 +813,13 @@ TABLE: tuple[Op, ...] = (
         "nll_loss",
         _sig('input*, target*, weight* = none, ignore_index = -100, reduction = "mean"'),
         "torch.nn.functional.nll_loss",
-        "opaque",
+        "loss",
         "the negative log likelihood of log-probabilities at class indices",
-        {"input": None, "target": None, "weight": None},
+        {
+            "input": "nll_loss_input_grad(grad, input, target, weight, ignore_index, reduction)",
+            "target": None,
+            "weight": None,
+        },
         cost="costly",
         positional=2,
     ),
@@ -814,9 +827,13 @@ TABLE: tuple[Op, ...] = (
         "multi_margin_loss",
         _sig('input*, target*, p = 1, margin = 1.0, weight* = none, reduction = "mean"'),
         "torch.nn.functional.multi_margin_loss",
-        "opaque",
+        "loss",
         "the multi-class hinge loss of scores against class indices",
-        {"input": None, "target": None, "weight": None},
+        {
+            "input": "multi_margin_loss_backward(grad, input, target, p, margin, weight, reduction)",
+            "target": None,
+            "weight": None,
+        },
         cost="costly",
         positional=2,
     ),
@@ -824,9 +841,9 @@ TABLE: tuple[Op, ...] = (
         "multilabel_margin_loss",
         _sig('input*, target*, reduction = "mean"'),
         "torch.nn.functional.multilabel_margin_loss",
-        "opaque",
+        "loss",
         "the multi-label hinge loss of scores against lists of class indices",
-        {"input": None, "target": None},
+        {"input": "multilabel_margin_loss_backward(grad, input, target, reduction)", "target": None},
         cost="costly",
         positional=2,
     ),
@@ -834,9 +851,13 @@ TABLE: tuple[Op, ...] = (
         "multilabel_soft_margin_loss",
         _sig('input*, target*, weight* = none, reduction = "mean"'),
         "torch.nn.functional.multilabel_soft_margin_loss",
-        "opaque",
+        "loss",
         "the multi-label logistic loss of scores against 0/1 targets",
-        {"input": None, "target": None, "weight": None},
+        {
+            "input": "multilabel_soft_margin_loss_input_grad(grad, input, target, weight, reduction)",
+            "target": "multilabel_soft_margin_loss_target_grad(grad, input, target, weight, reduction)",
+            "weight": "multilabel_soft_margin_loss_weight_grad(grad, input, target, weight, reduction)",
+        },
         cost="costly",
         positional=2,
     ),
@@ -846,9 +867,14 @@ TABLE: tuple[Op, ...] = (
             'log_probs*, targets*, input_lengths*, target_lengths*, blank = 0, reduction = "mean", zero_infinity = false'
         ),
         "torch.nn.functional.ctc_loss",
-        "opaque",
+        "loss",
         "the connectionist temporal classification loss over every alignment",
-        {"log_probs": None, "targets": None, "input_lengths": None, "target_lengths": None},
+        {
+            "log_probs": "ctc_loss_backward(grad, log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity)",
+            "targets": None,
+            "input_lengths": None,
+            "target_lengths": None,
+        },
         cost="costly",
         positional=4,
     ),
@@ -856,9 +882,13 @@ TABLE: tuple[Op, ...] = (
         "gaussian_nll_loss",
         _sig('input*, target*, var*, full = false, eps = 1e-6, reduction = "mean"'),
         "torch.nn.functional.gaussian_nll_loss",
-        "opaque",
+        "loss",
         "the negative log likelihood of target under N(input, var); var is clamped to eps, the gradient passing",
-        {"input": None, "target": None, "var": None},
+        {
+            "input": "gaussian_nll_loss_input_grad(grad, input, target, var, eps, reduction)",
+            "target": "-gaussian_nll_loss_input_grad(grad, input, target, var, eps, reduction)",
+            "var": "gaussian_nll_loss_var_grad(grad, input, target, var, eps, reduction)",
+        },
         cost="costly",
     ),
     Op(
@@ -867,7 +897,11 @@ TABLE: tuple[Op, ...] = (
         "torch.nn.functional.layer_norm",
         "softmax",
         "normalise over the last dims (normalized_shape), then scale and shift elementwise",
-        {"input": None, "weight": None, "bias": None},
+        {
+            "input": "layer_norm_input_grad(grad, input, normalized_shape, weight, eps)",
+            "weight": "sum_to(grad * layer_norm(input, normalized_shape, eps = eps), weight)",
+            "bias": "sum_to(grad, bias)",
+        },
         cost="costly",
     ),
     Op(
@@ -876,7 +910,10 @@ TABLE: tuple[Op, ...] = (
         "torch.nn.functional.rms_norm",
         "softmax",
         "divide by the root mean square over the last dims (normalized_shape), then scale elementwise",
-        {"input": None, "weight": None},
+        {
+            "input": "rms_norm_input_grad(grad, input, normalized_shape, weight, eps)",
+            "weight": "sum_to(grad * rms_norm(input, normalized_shape, eps = eps), weight)",
+        },
         cost="costly",
     ),
     # -- indices and their gathers (issue 14's ops): index tensors are integer data, never differentiated
@@ -997,6 +1034,85 @@ TABLE: tuple[Op, ...] = (
         "zeros of input's shape with grad added at index along dim (index_put, accumulating): indexing's gradient",
         internal=True,
         shape_args=(1,),
+    ),
+    # -- the norms' and losses' gradients (`codegen.norm_loss_grads` writes each as one expression): ATen's
+    # backward kernels where torch has one, the statistics they take recomputed from the saved input
+    *(
+        Op(name, _sig(sig), "", "custom", doc, internal=True)
+        for name, sig, doc in (
+            (
+                "layer_norm_input_grad",
+                "grad*, input*, normalized_shape, weight*, eps",
+                "ATen's native_layer_norm_backward",
+            ),
+            (
+                "rms_norm_input_grad",
+                "grad*, input*, normalized_shape, weight*, eps",
+                "rstd * (g - x * rstd ** 2 * mean(g * x))",
+            ),
+            ("group_norm_input_grad", "grad*, input*, num_groups, weight*, eps", "layer norm's over each group"),
+            ("channel_sum", "input*", "the sum over every dim but dim 1 (a per-channel parameter's gradient)"),
+            (
+                "local_response_norm_input_grad",
+                "grad*, input*, size, alpha, beta, k",
+                "g * d ** -beta - 2 * alpha * beta * x * window_mean'(g * x * d ** (-beta - 1))",
+            ),
+            (
+                "nll_loss_input_grad",
+                "grad*, input*, target*, weight*, ignore_index, reduction",
+                "-(weight[target] * grad) scattered at the targets along the class dim",
+            ),
+            (
+                "cross_entropy_input_grad",
+                "grad*, input*, target*, weight*, ignore_index, reduction, label_smoothing",
+                "the gradient of the log-probabilities through log_softmax's backward",
+            ),
+            (
+                "cross_entropy_target_grad",
+                "grad*, input*, target*, weight*, reduction, label_smoothing",
+                "-(1 - label_smoothing) * weight * log_softmax(input) * grad, for class probabilities",
+            ),
+            (
+                "multi_margin_loss_backward",
+                "grad*, input*, target*, p, margin, weight*, reduction",
+                "ATen's multi_margin_loss_backward",
+            ),
+            (
+                "multilabel_margin_loss_backward",
+                "grad*, input*, target*, reduction",
+                "ATen's multilabel_margin_loss_backward, is_target recomputed",
+            ),
+            (
+                "multilabel_soft_margin_loss_input_grad",
+                "grad*, input*, target*, weight*, reduction",
+                "(sigmoid(x) - y) * weight / C * grad",
+            ),
+            (
+                "multilabel_soft_margin_loss_target_grad",
+                "grad*, input*, target*, weight*, reduction",
+                "-x * weight / C * grad",
+            ),
+            (
+                "multilabel_soft_margin_loss_weight_grad",
+                "grad*, input*, target*, weight*, reduction",
+                "the logistic loss of each element / C * grad, summed to weight's shape",
+            ),
+            (
+                "ctc_loss_backward",
+                "grad*, log_probs*, targets*, input_lengths*, target_lengths*, blank, reduction, zero_infinity",
+                "ATen's _ctc_loss_backward, log_alpha recomputed",
+            ),
+            (
+                "gaussian_nll_loss_input_grad",
+                "grad*, input*, target*, var*, eps, reduction",
+                "(input - target) / var * grad",
+            ),
+            (
+                "gaussian_nll_loss_var_grad",
+                "grad*, input*, target*, var*, eps, reduction",
+                "(1 / var - (input - target) ** 2 / var ** 2) / 2 * grad, summed to var's shape",
+            ),
+        )
     ),
     # -- what index notation lowers to (not callable from specs)
     Op(

@@ -363,6 +363,10 @@ class _ShapePass:
         if op.shape in ("pool", "pad", "glu") and (window := S.window_problem(op, args, shape_of)):
             self.r.error(call.span, f"{_text(call)}: {window[0]}", window[1])
             return None
+        if op.shape == "loss" and (fault := S.loss_problem(op, args, shape_of)) is not None:
+            at, message, hint = fault
+            self.r.error(at.span if at is not None else call.span, f"{op.name}: {message}", hint)
+            return None
         if op.shape == "reshape" or op.name == "reshape":
             return self.reshape(call, args, shape_of)
         if op.shape in S.INDEX_RULES or op.name in ("flip", "unflatten"):

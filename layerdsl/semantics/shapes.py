@@ -622,6 +622,8 @@ def op_shape(
             return None
         size = None if n is None or isinstance(n, N.NoneLit) else dim_text(n)
         return fft(op.name, shape_of(args["input"]), size, dim)
+    if op.shape == "loss":
+        return _loss(op, args, shape_of)
     if op.shape == "conv":
         values = [_literal(op, args, k) for k in ("stride", "padding", "dilation", "groups")]
         if not all(type(v) is int for v in values):
@@ -701,6 +703,74 @@ def _pooling_shape(op: Op, args: Mapping[str, N.Expr], shape_of: Callable[[N.Exp
         return conv_transpose(inp, shape_of(args["weight"]), spatial, *(value[n] for n in names))
     names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
     return pool(inp, spatial, *(value.get(n, 1 if n == "dilation" else 0) for n in names))
+
+
+def _loss(op: Op, args: Mapping[str, N.Expr], shape_of: Callable[[N.Expr], Shape]) -> Shape:
+    """A loss: a scalar for the reductions "mean" and "sum"; for "none", one value per sample: the input
+    without its class dim (dim 1, or the only one), without its last dim (the multi-label and margin losses:
+    a row of class scores), log_probs without its time and class dims (ctc_loss), or the broadcast of input
+    and target (gaussian_nll_loss). None when the reduction is known only at run time."""
+    given = args.get("reduction")
+    param = op.param("reduction")
+    if isinstance(given, N.Str):
+        reduction = given.value
+    elif given is None and param is not None and param.default is not None:
+        reduction = param.default.strip('"')
+    else:
+        return None
+    if reduction in ("mean", "sum"):
+        return ()
+    if reduction != "none":
+        return None
+    if op.name == "gaussian_nll_loss":
+        return broadcast([shape_of(args["input"]), shape_of(args["target"])])
+    shape = shape_of(args["log_probs" if op.name == "ctc_loss" else "input"])
+    if shape is None or _opaque(shape):
+        return None
+    if op.name == "ctc_loss":  # log_probs [T, N, C] -> [N]; unbatched [T, C] -> []
+        if GROUP in shape or len(shape) not in (2, 3):
+            return None
+        return shape[1:2] if len(shape) == 3 else ()
+    if op.name in ("cross_entropy", "nll_loss"):
+        if GROUP not in shape and len(shape) == 1:
+            return ()
+        p = _position(shape, 1)
+        return None if p is None else shape[:p] + shape[p + 1 :]
+    p = _position(shape, -1)
+    return None if p is None else shape[:p]
+
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def loss_problem(
+    op: Op, args: Mapping[str, N.Expr], shape_of: Callable[[N.Expr], Shape]
+) -> tuple[N.Expr | None, str, str] | None:
+    """What is statically wrong with a loss call, as (the argument at fault, message, hint): a reduction
+    that is not "mean", "sum" or "none", or (cross_entropy, nll_loss) a class-index target whose shape is
+    not the input's without its class dim."""
+    given = args.get("reduction")
+    if isinstance(given, N.Str) and given.value not in REDUCTIONS:
+        return (
+            given,
+            f'reduction "{given.value}" is not one of "mean", "sum", "none"',
+            'reduction is "mean", "sum" or "none"',
+        )
+    if op.name not in ("cross_entropy", "nll_loss"):
+        return None
+    inp, target = shape_of(args["input"]), shape_of(args["target"])
+    if inp is None or target is None or _opaque(inp) or _opaque(target) or GROUP in inp or GROUP in target:
+        return None
+    if op.name == "cross_entropy" and len(target) == len(inp):
+        return None  # class probabilities: broadcast with input (checked like an elementwise operation)
+    per_sample = inp[:1] + inp[2:] if len(inp) > 1 else ()
+    if target != per_sample:
+        return (
+            args["target"],
+            f"target is {show(target)} but input {show(inp)} takes class indices of shape {show(per_sample)}",
+            "the target has the input's shape without its class dim (dim 1)",
+        )
+    return None
 
 
 def _one_dim_index(op: Op, args: Mapping[str, N.Expr], shape: Shape) -> Shape:

@@ -1,0 +1,369 @@
+"""The Python of the norms' and losses' gradient rows (`*_input_grad`, `channel_sum`, ... in the op table).
+
+Each gradient is one expression over what the backward has: the saved input (and target, weight), the
+incoming gradient and the call's numbers. Where ATen has a backward kernel it is called, with the small
+statistics it takes (mean, rstd, log_alpha, is_target) recomputed from the saved input rather than saved:
+the input is alive anyway, so the Function keeps no tensor of its own. Every expression is differentiable
+again where torch's own backward is (double backward), the recomputed statistics detached where ATen's
+kernel already accounts for them.
+
+A `reduction` known when generating selects its branch; one passed at run time is a conditional expression.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import ATOM
+from layerdsl.language.ops import OPS
+
+Render = Callable[[N.Expr], str]
+
+
+class _Call:
+    """One gradient call: its arguments by parameter name, rendered (`self[x]`) or as IR (`self.node(x)`)."""
+
+    def __init__(self, c: N.Call, ex):
+        params = [p.name for p in OPS[c.func].params]
+        self.nodes = dict(zip(params, c.args)) | {k.name: k.value for k in c.kwargs}
+        self.ex = ex
+
+    def __getitem__(self, name: str) -> str:
+        return self.ex(self.nodes[name])
+
+    def atom(self, name: str) -> str:
+        return self.ex.wrap(self.nodes[name], ATOM)
+
+    def none(self, name: str) -> bool:
+        return isinstance(self.nodes.get(name), N.NoneLit)
+
+    def literal(self, name: str):
+        e = self.nodes.get(name)
+        return e.value if isinstance(e, (N.Str, N.Num, N.Bool)) else None
+
+
+def norm_loss_grad(c: N.Call, ex, floating: dict[str, bool]) -> str | None:
+    """The Python of a call to one of the rows below, or None for any other call. `floating`: whether each
+    input and tensor member is floating-point (a cross_entropy target that is holds class probabilities,
+    one that is not class indices; a computed target is told apart at run time)."""
+    write = _WRITERS.get(c.func)
+    return write(_Call(c, ex), floating) if write is not None else None
+
+
+# ---------------------------------------------------------------- shared pieces
+
+
+def _by_reduction(a: _Call, none: str, mean: str, total: str) -> str:
+    """The per-element scale of a loss's gradient: `none` when reduction is "none", `mean` for "mean",
+    `total` for "sum" (a reduction passed at run time is tested there)."""
+    value = a.literal("reduction")
+    if value is not None:
+        return {"none": none, "mean": mean}.get(value, total)
+    red = a["reduction"]
+    return f"({none} if {red} == 'none' else {mean} if {red} == 'mean' else {total})"
+
+
+def _reduction_enum(a: _Call) -> str:
+    """ATen's number for a reduction (0 none, 1 mean, 2 sum)."""
+    value = a.literal("reduction")
+    if value is not None:
+        return str(("none", "mean", "sum").index(value))
+    return f"('none', 'mean', 'sum').index({a['reduction']})"
+
+
+def _tuple_shape(a: _Call, name: str) -> str:
+    """A `normalized_shape` as the list ATen's kernels take (the functional form accepts an int too)."""
+    node = a.nodes[name]
+    if isinstance(node, N.ListExpr):
+        return a[name]
+    return f"(({a[name]},) if isinstance({a[name]}, int) else {a[name]})"
+
+
+def _trailing_dims(a: _Call, name: str) -> str:
+    """The dims a `normalized_shape` covers, counted from the end: `(-2, -1)`."""
+    node = a.nodes[name]
+    if isinstance(node, N.ListExpr):
+        return (
+            "("
+            + ", ".join(str(k - len(node.items)) for k in range(len(node.items)))
+            + ("," if len(node.items) == 1 else "")
+            + ")"
+        )
+    return f"tuple(range(-len({_tuple_shape(a, name)}), 0))"
+
+
+def _class_dim(x: str) -> str:
+    return f"(1 if {x}.dim() > 1 else 0)"
+
+
+# ---------------------------------------------------------------- norms
+
+
+def _layer_norm(a: _Call, _) -> str:
+    x, shape = a["input"], _tuple_shape(a, "normalized_shape")
+    # mean and rstd as the forward's kernel computes them (one pass; torch's var over the last dim is
+    # several times slower), of the detached input: the kernel's double backward accounts for them
+    stats = f"torch.ops.aten.native_layer_norm({a.atom('input')}.detach(), {shape}, None, None, {a['eps']})[1:]"
+    return (
+        f"torch.ops.aten.native_layer_norm_backward({a['grad']}, {x}, {shape}, *{stats}, {a['weight']}, None,"
+        " (True, False, False))[0]"
+    )
+
+
+def _rms_norm(a: _Call, _) -> str:
+    x = a.atom("input")
+    dims = _trailing_dims(a, "normalized_shape")
+    eps = f"torch.finfo({x}.dtype).eps" if a.none("eps") else a["eps"]
+    rstd = f"torch.rsqrt({x}.pow(2).mean({dims}, keepdim=True) + {eps})"
+    g = a.atom("grad") if a.none("weight") else f"({a.atom('grad')} * {a.atom('weight')})"
+    return f"({g} - {x} * {rstd}.pow(2) * ({g} * {x}).mean({dims}, keepdim=True)) * {rstd}"
+
+
+def _channel_view(weight: str, x: str) -> str:
+    """A per-channel vector viewed to broadcast along dim 1 of `x`."""
+    return f"{weight}.view(-1, *(1,) * ({x}.dim() - 2))"
+
+
+def _group_norm(a: _Call, _) -> str:
+    x, groups, grad = a.atom("input"), a.atom("num_groups"), a.atom("grad")
+    g = grad if a.none("weight") else f"({grad} * {_channel_view(a.atom('weight'), x)})"
+    shape = f"{x}.shape[0], {groups}, -1"
+    size = f"[{x}[0].numel() // {groups}]"
+    stats = f"torch.ops.aten.native_layer_norm({x}.detach().reshape({shape}), {size}, None, None, {a['eps']})[1:]"
+    grads = (
+        f"torch.ops.aten.native_layer_norm_backward({g}.reshape({shape}), {x}.reshape({shape}), {size}, *{stats},"
+        " None, None, (True, False, False))"
+    )
+    return f"{grads}[0].reshape({x}.shape)"
+
+
+def _channel_sum(a: _Call, _) -> str:
+    return f"{a.atom('input')}.transpose(0, 1).flatten(1).sum(1)"
+
+
+def _local_response_norm(a: _Call, _) -> str:
+    x, size, alpha, beta, k = a.atom("input"), a.atom("size"), a.atom("alpha"), a.atom("beta"), a.atom("k")
+
+    def window_mean(t: str, before: str, after: str) -> str:  # over `size` channels, as torch pads them
+        padded = f"F.pad({t}.flatten(2).unsqueeze(1), (0, 0, {before}, {after}))"
+        return f"F.avg_pool2d({padded}, ({size}, 1), stride=1).reshape({x}.shape)"
+
+    d = f"({k} + {alpha} * {window_mean(f'{x}.pow(2)', f'{size} // 2', f'({size} - 1) // 2')})"
+    adjoint = window_mean(f"({a.atom('grad')} * {x} * {d}.pow(-{beta} - 1))", f"({size} - 1) // 2", f"{size} // 2")
+    return f"{a.atom('grad')} * {d}.pow(-{beta}) - 2 * {alpha} * {beta} * {x} * {adjoint}"
+
+
+# ---------------------------------------------------------------- losses over classes
+
+
+def _kept(a: _Call) -> tuple[str, str, str]:
+    """(the targets not ignored as a mask, the targets with ignored ones at 0, each target's weight)."""
+    t, ii = a.atom("target"), a.atom("ignore_index")
+    kept = f"({t} != {ii})"
+    safe = f"({t} * {kept})"
+    weight = kept if a.none("weight") else f"({a.atom('weight')}[{safe}] * {kept})"
+    return kept, safe, weight
+
+
+def _index_grad(a: _Call, scale: str) -> str:
+    """The gradient with respect to log-probabilities of the weighted negative log likelihood at the
+    target indices: `-scale * weight[target]` at each target, 0 elsewhere; `scale` the targets' shape."""
+    x, grad = a.atom("input"), a.atom("grad")
+    _, safe, weight = _kept(a)
+    cdim = _class_dim(x)
+    per_target = _by_reduction(a, f"{grad} * {weight}", f"{grad} * {weight} / {weight}.sum()", f"{grad} * {weight}")
+    if scale != "1":
+        per_target = f"{scale} * {per_target}"
+    return f"torch.zeros_like({x}).scatter({cdim}, {safe}.unsqueeze({cdim}), -({per_target}).unsqueeze({cdim}))"
+
+
+def _nll_loss(a: _Call, _) -> str:
+    return _index_grad(a, "1")
+
+
+def _probabilities(a: _Call, floating: dict[str, bool]) -> bool | None:
+    """Whether cross_entropy's target holds class probabilities (None: decided at run time)."""
+    t = a.nodes["target"]
+    return floating.get(t.id) if isinstance(t, N.Name) else None
+
+
+def _smoothing(a: _Call) -> float | None:
+    value = a.literal("label_smoothing")
+    return float(value) if value is not None else None
+
+
+def _class_weight(a: _Call, x: str) -> str:
+    """The class weights viewed along the class dim of `x` (1 without weights)."""
+    if a.none("weight"):
+        return "1"
+    w, cdim = a.atom("weight"), _class_dim(x)
+    return f"{w}.view(-1, *(1,) * ({x}.dim() - 1 - {cdim}))"
+
+
+def _log_prob_grad_of_indices(a: _Call) -> str:
+    """cross_entropy's gradient with respect to log_softmax(input), for class-index targets."""
+    x, grad, eps = a.atom("input"), a.atom("grad"), a.atom("label_smoothing")
+    smoothing = _smoothing(a)
+    if smoothing == 0.0:
+        return _index_grad(a, "1")
+    kept, _, weight = _kept(a)
+    cdim = _class_dim(x)
+    spread = _by_reduction(
+        a,
+        f"({grad} * {kept}).unsqueeze({cdim})",
+        f"({grad} * {kept} / {weight}.sum()).unsqueeze({cdim})",
+        f"({grad} * {kept}).unsqueeze({cdim})",
+    )
+    classes = f"{x}.shape[{cdim}]"
+    smooth = f"{eps} / {classes} * {_class_weight(a, x)} * {spread}"
+    return f"({_index_grad(a, f'(1 - {eps})')} - {smooth})"
+
+
+def _smoothed_target(a: _Call, x: str) -> str:
+    t, eps = a.atom("target"), a.atom("label_smoothing")
+    if _smoothing(a) == 0.0:
+        return t
+    return f"({t} * (1 - {eps}) + {eps} / {x}.shape[{_class_dim(x)}])"
+
+
+def _probability_scale(a: _Call, x: str) -> str:
+    """The incoming gradient per element, for probability targets (mean: over the samples)."""
+    grad, cdim = a.atom("grad"), _class_dim(x)
+    return _by_reduction(a, f"{grad}.unsqueeze({cdim})", f"{grad} / ({x}.numel() // {x}.shape[{cdim}])", grad)
+
+
+def _log_prob_grad_of_probabilities(a: _Call) -> str:
+    x = a.atom("input")
+    weight = _class_weight(a, x)
+    weighted = _smoothed_target(a, x) if weight == "1" else f"{weight} * {_smoothed_target(a, x)}"
+    return f"-{weighted} * {_probability_scale(a, x)}"
+
+
+def _cross_entropy_input(a: _Call, floating: dict[str, bool]) -> str:
+    x = a.atom("input")
+    probabilities = _probabilities(a, floating)
+    if probabilities is None:
+        target = a.atom("target")
+        g = f"({_log_prob_grad_of_probabilities(a)} if {target}.is_floating_point() else {_log_prob_grad_of_indices(a)})"
+    else:
+        g = _log_prob_grad_of_probabilities(a) if probabilities else _log_prob_grad_of_indices(a)
+    cdim = _class_dim(x)
+    return f"torch.ops.aten._log_softmax_backward_data({g}, torch.log_softmax({x}, {cdim}), {cdim}, {x}.dtype)"
+
+
+def _cross_entropy_target(a: _Call, _) -> str:
+    x = a.atom("input")
+    cdim = _class_dim(x)
+    keep = "" if _smoothing(a) == 0.0 else f"(1 - {a.atom('label_smoothing')}) * "
+    weight = _class_weight(a, x)
+    weighted = "" if weight == "1" else f"{weight} * "
+    return f"-{keep}{weighted}torch.log_softmax({x}, {cdim}) * {_probability_scale(a, x)}"
+
+
+def _multi_margin(a: _Call, _) -> str:
+    return (
+        f"torch.ops.aten.multi_margin_loss_backward({a['grad']}, {a['input']}, {a['target']}, {a['p']},"
+        f" {a['margin']}, {a['weight']}, {_reduction_enum(a)})"
+    )
+
+
+def _multilabel_margin(a: _Call, _) -> str:
+    x, t, red = a["input"], a["target"], _reduction_enum(a)
+    is_target = f"torch.ops.aten.multilabel_margin_loss_forward({x}, {t}, {red})[1]"
+    return f"torch.ops.aten.multilabel_margin_loss_backward({a['grad']}, {x}, {t}, {red}, {is_target})"
+
+
+def _per_element(a: _Call) -> str:
+    """multilabel_soft_margin_loss's incoming gradient per element (a sample's loss is its mean over C)."""
+    x, grad = a.atom("input"), a.atom("grad")
+    classes = f"{x}.shape[-1]"
+    return _by_reduction(a, f"{grad}.unsqueeze(-1) / {classes}", f"{grad} / {x}.numel()", f"{grad} / {classes}")
+
+
+def _per_class(a: _Call) -> str:
+    """That with the class weights."""
+    return _per_element(a) if a.none("weight") else f"{a.atom('weight')} * {_per_element(a)}"
+
+
+def _multilabel_soft_margin_input(a: _Call, _) -> str:
+    x, t = a.atom("input"), a.atom("target")
+    return f"(torch.sigmoid({x}) - {t}) * {_per_class(a)}"
+
+
+def _multilabel_soft_margin_target(a: _Call, _) -> str:
+    x = a.atom("input")
+    return f"-{x} * {_per_class(a)}"
+
+
+def _multilabel_soft_margin_weight(a: _Call, _) -> str:
+    x, t, w = a.atom("input"), a.atom("target"), a.atom("weight")
+    loss = f"F.binary_cross_entropy_with_logits({x}, {t}, reduction='none')"
+    return f"({loss} * {_per_element(a)}).sum_to_size({w}.shape)"
+
+
+# ---------------------------------------------------------------- ctc and gaussian
+
+
+def _ctc(a: _Call, _) -> str:
+    lp, targets, il, tl = a.atom("log_probs"), a["targets"], a["input_lengths"], a["target_lengths"]
+    blank, zero_inf, grad = a["blank"], a["zero_infinity"], a.atom("grad")
+    lengths = (f"torch.as_tensor({il}, device={lp}.device)", f"torch.as_tensor({tl}, device={lp}.device)")
+    forward = f"torch.ops.aten._ctc_loss({lp}.detach(), {targets}, {lengths[0]}, {lengths[1]}, {blank}, {zero_inf})"
+    batch = f"{lp}.shape[1]"
+    per_sample = _by_reduction(
+        a, grad, f"{grad} / {lengths[1]}.clamp(min=1).to({lp}.dtype) / {batch}", f"{grad}.expand({batch})"
+    )
+    return (
+        f"torch.ops.aten._ctc_loss_backward({per_sample}, {lp}, {targets}, {lengths[0]}, {lengths[1]},"
+        f" *{forward}, {blank}, {zero_inf})"
+    )
+
+
+def _viewed_shape(a: _Call) -> str:
+    """var's shape with 1s for the dims of input it lacks (var [B] against input [B, C] is [B, 1], as torch
+    views it)."""
+    x, var = a.atom("input"), a.atom("var")
+    return f"{var}.shape + (1,) * ({x}.dim() - {var}.dim())"
+
+
+def _variance(a: _Call) -> str:
+    """var viewed to broadcast with input and clamped to eps (as a value: its gradient is that of var
+    where var >= eps, which is what torch's clamp under no_grad gives)."""
+    return f"{a.atom('var')}.reshape({_viewed_shape(a)}).clamp(min={a['eps']})"
+
+
+def _gaussian_scale(a: _Call) -> str:
+    x, t, grad = a.atom("input"), a.atom("target"), a.atom("grad")
+    return _by_reduction(a, grad, f"{grad} / torch.broadcast_shapes({x}.shape, {t}.shape).numel()", grad)
+
+
+def _gaussian_input(a: _Call, _) -> str:
+    return f"{_gaussian_scale(a)} * ({a.atom('input')} - {a.atom('target')}) / {_variance(a)}"
+
+
+def _gaussian_var(a: _Call, _) -> str:
+    x, t, var = a.atom("input"), a.atom("target"), a.atom("var")
+    v = _variance(a)
+    g = f"{_gaussian_scale(a)} * 0.5 * (1 - ({x} - {t}).pow(2) / {v}) / {v}"
+    return f"({g}).sum_to_size({_viewed_shape(a)}).reshape({var}.shape)"
+
+
+_WRITERS: dict[str, Callable[[_Call, dict[str, bool]], str]] = {
+    "layer_norm_input_grad": _layer_norm,
+    "rms_norm_input_grad": _rms_norm,
+    "group_norm_input_grad": _group_norm,
+    "channel_sum": _channel_sum,
+    "local_response_norm_input_grad": _local_response_norm,
+    "nll_loss_input_grad": _nll_loss,
+    "cross_entropy_input_grad": _cross_entropy_input,
+    "cross_entropy_target_grad": _cross_entropy_target,
+    "multi_margin_loss_backward": _multi_margin,
+    "multilabel_margin_loss_backward": _multilabel_margin,
+    "multilabel_soft_margin_loss_input_grad": _multilabel_soft_margin_input,
+    "multilabel_soft_margin_loss_target_grad": _multilabel_soft_margin_target,
+    "multilabel_soft_margin_loss_weight_grad": _multilabel_soft_margin_weight,
+    "ctc_loss_backward": _ctc,
+    "gaussian_nll_loss_input_grad": _gaussian_input,
+    "gaussian_nll_loss_var_grad": _gaussian_var,
+}
