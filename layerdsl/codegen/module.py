@@ -525,7 +525,7 @@ class LayerEmitter:
 
     def uses_dropout(self) -> bool:
         return any(
-            isinstance(n, N.Call) and n.func in CALLABLE and CALLABLE[n.func].takes_training
+            isinstance(n, N.Call) and not n.sub and n.func in CALLABLE and CALLABLE[n.func].takes_training
             for s in self.forward.body
             for n in walk(s)
         )
@@ -799,7 +799,7 @@ def _refuses_mixed_dtypes(node: N.Node) -> bool:
     if isinstance(node, N.BinOp):
         row = OPERATORS.get(node.op)
     elif isinstance(node, N.Call):
-        row = OPS.get(node.func)
+        row = None if node.sub else OPS.get(node.func)
     elif isinstance(node, N.Reduce) and node.op == "sum" and isinstance(node.body, N.BinOp) and node.body.op == "*":
         row = OPS["einsum"]  # index notation writes a sum of products as one einsum
     else:

@@ -155,7 +155,7 @@ class PyExpr:
         if c.func == "align":  # a broadcasting view: x[:, None]
             assert c.items is not None, "index notation lowers to align() calls with their items"
             return f"{self.wrap(c.args[0], PREC['atom'])}[{', '.join(self.item(i) for i in c.items)}]"
-        op = CALLABLE.get(c.func) or OPS.get(c.func)
+        op = None if c.sub else CALLABLE.get(c.func) or OPS.get(c.func)
         if op is None:  # a sub
             return f"{self.sp.name(N.Name(c.func_span, c.func))}({', '.join(self(a) for a in c.args)})"
         if c.kind != "tensor" and op.scalar:

@@ -185,6 +185,9 @@ class Call(Expr):
     # An `align` view made by the index-notation lowering: the subscript items it is written with
     # (`e[:, None]`); None for every other call.
     items: list[SubscriptItem] | None = field(default=None, init=False, repr=False, compare=False)
+    # A call of one of the layer's subs (set by the checker): a sub may be named like an operation
+    # (`sub norm = LayerNorm(d)`), and then `norm(x)` calls the sub.
+    sub: bool = field(default=False, init=False, repr=False, compare=False)
 
 
 @dataclass(eq=False)

@@ -195,9 +195,11 @@ def _inside(span: N.Span, outer: N.Span) -> bool:
     return (outer.line, outer.col) <= (span.line, span.col) < (outer.end_line, outer.end_col)
 
 
-def name_problem(name: str, arg: bool = False) -> tuple[str, str | None] | None:
+def name_problem(name: str, arg: bool = False, member: bool = False) -> tuple[str, str | None] | None:
     """Why `name` cannot name something in a spec, with a hint; None when it can. An argument (`arg`) may
-    share an operation's name, as torch's `dropout` does: a call is the operation, a name the argument."""
+    share an operation's name, as torch's `dropout` does: a call is the operation, a name the argument.
+    A param, buffer or sub (`member`) may too, as torch's `self.norm` and `self.dropout` do: it hides the
+    operation in its layer (`norm(x)` calls the sub)."""
     if name in RESERVED:
         return f"'{name}' is a reserved word", "choose another name"
     if name in ("True", "False", "None"):
@@ -208,7 +210,7 @@ def name_problem(name: str, arg: bool = False) -> tuple[str, str | None] | None:
         return f"'{name}' is a Python keyword and cannot be a name", "choose another name"
     if name in FORBIDDEN:
         return f"'{name}' is used by the generated code and cannot be a name", "choose another name"
-    if (name in CALLABLE or name in OPS) and not (arg and name in OPS):
+    if (name in CALLABLE or name in OPS) and not ((arg or member) and name in OPS):
         return f"'{name}' is a built-in operation and cannot be a name", "choose another name"
     if name in ARG_TYPES:
         return f"'{name}' is a type and cannot be a name", "choose another name"
@@ -241,6 +243,7 @@ class LayerChecker:
         self.check_decorators()
         self.check_args()
         self.check_members()
+        self.mark_sub_calls()
         forward_locals = self.check_forward(layer.forward) if layer.forward is not None else None
         if layer.backward is not None:
             self.check_backward(layer.backward, forward_locals)
@@ -248,8 +251,19 @@ class LayerChecker:
         self.check_examples()
         layer.symbolic_dims = list(self.dims)
 
+    def mark_sub_calls(self) -> None:
+        """A call of one of the layer's subs calls the sub, even where an operation has its name."""
+        subs = {s.name for s in self.layer.subs}
+        if self.layer.forward is None or not subs:
+            return
+        for stmt in statements(self.layer.forward.body):
+            for node in walk(stmt):
+                if isinstance(node, N.Call) and node.func in subs:
+                    node.sub = True
+
     def check_name(self, name: str, span: N.Span, what: str) -> bool:
-        problem = name_problem(name, arg=what == Ref.ARG) or self.generated_name_problem(name, what)
+        member = what in (Ref.PARAM, Ref.BUFFER, Ref.SUB)
+        problem = name_problem(name, arg=what == Ref.ARG, member=member) or self.generated_name_problem(name, what)
         if problem:
             self.r.error(span, problem[0], problem[1])
             return False
@@ -1268,9 +1282,10 @@ class LayerChecker:
         for node in walk(expr):
             if not isinstance(node, N.Call):
                 continue
-            if node.func in CALLABLE:
+            ref = scope.get(node.func)
+            if node.func in CALLABLE and ref in (None, Ref.ARG):  # an argument may share an op's name
                 self.check_op_call(node, CALLABLE[node.func])
-            elif scope.get(node.func) == Ref.SUB:
+            elif ref == Ref.SUB:
                 if node.kwargs:
                     self.r.error(node.kwargs[0].span, "a sub is called with positional inputs only")
                 sub = next((s for s in self.layer.subs if s.name == node.func), None)
@@ -1292,10 +1307,11 @@ class LayerChecker:
                         f"'{node.func}' takes {counted}, got {len(node.args)}",
                         f"layer '{target.name}' has forward({inputs})",
                     )
-            elif (ref := scope.get(node.func)) is not None:
+            elif ref is not None:
+                hides = f" (it hides the operation '{node.func}' in this layer)" if node.func in CALLABLE else ""
                 self.r.error(
                     node.func_span,
-                    f"'{node.func}' is {_a(_REF_WORDS.get(ref, ref))}, not an operation",
+                    f"'{node.func}' is {_a(_REF_WORDS.get(ref, ref))}, not an operation{hides}",
                     "only operations and subs can be called",
                 )
             elif node.func.startswith("nn."):
@@ -1428,7 +1444,7 @@ class LayerChecker:
 
     def _call_kind(self, call: N.Call, construction: bool) -> Kind:
         """A call is a tensor when any tensor operand is; on plain numbers it needs a `math` spelling."""
-        op = CALLABLE.get(call.func)
+        op = None if call.sub else CALLABLE.get(call.func)
         if op is None:
             return Kind.TENSOR
         if op.name == "prod":  # of a size: the ints of an `ints` argument or a list

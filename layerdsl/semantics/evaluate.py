@@ -60,7 +60,7 @@ def evaluate(expr: N.Expr, env: Mapping[str, Any]) -> Any:
             if None in values and set(ops) <= {"==", "!="}:  # `momentum == none`
                 return all((a is b) == (op == "==") for op, a, b in zip(ops, values, values[1:]))
             return all(_COMPARE[op](a, b) for op, a, b in zip(ops, values, values[1:]))
-        case N.Call(func=f, args=args, kwargs=[]) if f in CALLABLE and (spelling := CALLABLE[f].scalar):
+        case N.Call(func=f, args=args, kwargs=[], sub=False) if f in CALLABLE and (spelling := CALLABLE[f].scalar):
             return _scalar_function(spelling)(*[evaluate(a, env) for a in args])
     raise NotConstant("not a constant expression")
 

@@ -901,7 +901,7 @@ def expr_shape(e: N.Expr, env: Mapping[str, Shape]) -> Shape:
             return broadcast(shape_of(o) for o in operands)
         case N.UnaryOp(operand=operand) | N.InPlace(target=operand):
             return shape_of(operand)
-        case N.Call(func=func) if func in OPS:
+        case N.Call(func=func) if func in OPS and not e.sub:
             return op_shape(OPS[func], call_args(OPS[func], e), shape_of, e.items)
     return None
 

@@ -204,11 +204,11 @@ def resolve_callee(a: Analysis, layer: N.Layer, call: N.Call) -> Target | None:
     func = call.func
     if func.startswith("nn."):
         return Target("nn", func[3:], layer)
+    binding = scopes.resolve(layer, func, call.func_span.line, call.func_span.col)
+    if binding is not None and binding.ref == Ref.SUB:  # a sub named like an operation hides it
+        return Target("sub", func, layer, binding.decl, binding.span)
     if func in CALLABLE:
         return Target("op", func, layer, CALLABLE[func])
-    binding = scopes.resolve(layer, func, call.func_span.line, call.func_span.col)
-    if binding is not None and binding.ref == Ref.SUB:
-        return Target("sub", func, layer, binding.decl, binding.span)
     other = a.layers.get(func)
     if other is not None:
         return Target("layer", func, other, other, other.span)
