@@ -227,6 +227,7 @@ def test_gradcheck_and_gradgradcheck(built):
         assert torch.autograd.gradgradcheck(built.apply, tuple(built.diff))
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 def test_vmap_of_grad_and_jacrev(built):
     first = built.diff[0].detach()
     rest = [t.detach() for t in built.diff[1:]]

@@ -288,8 +288,9 @@ def _index_family(request):
     extra = [6] if len(inspect.signature(ns["PicksFunction"].forward).parameters) > 5 else []
     numbers = {"n": 6} if "n" in inspect.signature(ns["picks"]).parameters else {}
 
-    def apply(x, w, ints):
-        return fn(x, ints["idx"], ints["sel"], ints["ids"], w, *extra)
+    def apply(x, w, ints):  # the Function may return saved intermediates after the output
+        y = fn(x, ints["idx"], ints["sel"], ints["ids"], w, *extra)
+        return y[0] if isinstance(y, tuple) else y
 
     def plain(x, w, ints):
         return ns["picks"](x, ints["idx"], ints["sel"], ints["ids"], w, **numbers)
