@@ -125,7 +125,6 @@ def test_vmap_of_grad_and_jacrev(family):
         ("return x[x > 0]", "a bool mask index (how many elements it picks is data)"),
         ("return abs(fft(x))", "abs() of a complex value"),
         ("return round(x)", "round() has no derivative"),
-        ('return pad(x, [1, 1], "circular")', "pad() in circular mode has no derived backward yet"),
     ],
 )
 def test_what_still_cannot_be_derived_says_which_op_and_why(tmp_path, capsys, body, message):
@@ -137,6 +136,18 @@ def test_what_still_cannot_be_derived_says_which_op_and_why(tmp_path, capsys, bo
     )
     assert main(["check", str(spec)]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_circular_pad_with_widths_from_an_argument_asks_for_a_list(tmp_path, capsys):
+    spec = tmp_path / "bad.layer"
+    spec.write_text(
+        '@function\nlayer Bad(widths: ints[2]) {\n    """A layer."""\n    example(widths = [1, 1])\n\n'
+        '    forward(x) {\n        return pad(x, widths, "circular")\n    }\n}\n'
+    )
+    assert main(["check", str(spec)]) == 1
+    assert "bad.layer:7:16: error: a derived backward through circular pad() needs its widths written as a list" in (
+        capsys.readouterr().err
+    )
 
 
 CONV = """
@@ -506,6 +517,15 @@ POOLING_FAMILIES = {
         (2, 2, 4, 3),
     ),
     "pad_replicate1d": ("[c]", "[N, c, L]", 'pad(x * x, [2, 3], "replicate")', "[N, c, L + 5]", (2, 2, 4)),
+    "pad_circular1d": ("[c]", "[N, c, L]", 'pad(x * x, [2, 3], "circular")', "[N, c, L + 5]", (2, 2, 4)),
+    "pad_circular_crop": ("[c]", "[N, c, L]", 'pad(x * x, [-1, 2], "circular")', "[N, c, L + 1]", (2, 2, 5)),
+    "pad_circular3d": (
+        "[c]",
+        "[N, c, D, H, W]",
+        'pad(tanh(x), [1, 0, 2, -1, 1, 1], "circular")',
+        "[N, c, D + 2, H + 1, W + 1]",
+        (1, 2, 2, 3, 2),
+    ),
     "pad_replicate3d": (
         "[c]",
         "[N, c, D, H, W]",
@@ -550,7 +570,8 @@ POOLING_FAMILIES = {
 
 # The numerical checks (slow) on one or two specs per family; every spec above is compared with autograd.
 CHECKED = sorted(set(POOLING_FAMILIES) - {"max_pool2d", "avg_pool1d", "lp_pool2d", "adaptive_avg_pool1d"}
-                 - {"adaptive_max_pool1d", "pad_replicate1d", "glu_last", "conv_transpose3d"})  # fmt: skip
+                 - {"adaptive_max_pool1d", "pad_replicate1d", "pad_circular1d", "pad_circular_crop"}
+                 - {"glu_last", "conv_transpose3d"})  # fmt: skip
 
 
 def _pooling_family(name: str):

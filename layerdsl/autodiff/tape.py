@@ -328,8 +328,8 @@ def _check_pad_mode(args: dict[str, N.Expr], source: N.Call) -> None:
     mode = args["mode"]
     if not isinstance(mode, N.Str):
         raise NotDerivable(source.span, "a derived backward through pad() needs its mode written as a string")
-    if mode.value == "circular":
-        raise NotDerivable(source.span, "pad() in circular mode has no derived backward yet")
+    if mode.value == "circular" and not isinstance(args["pad"], N.ListExpr):
+        raise NotDerivable(source.span, "a derived backward through circular pad() needs its widths written as a list")
 
 
 def _hint_for(op: Op, hint: str) -> str:
