@@ -643,3 +643,53 @@ def test_pooling_family_vmap_of_grad_and_jacrev(checked):
     assert torch.allclose(
         torch.func.jacrev(lambda t: apply(t, w, b))(xs[0]), torch.func.jacrev(lambda t: plain(t, w, b))(xs[0])
     )
+
+
+PARTS = """
+@function
+layer Parts(d: int) {
+    param w: [2 * d] = uniform(0.5, 1.5)
+    example(d = 3)
+
+    forward(x: [B, 2 * d]) -> [B, d] {
+        a, b = chunk(x * w, 2, dim = -1)
+        q, k, v = split(tanh(x), [d, 1, d - 1], dim = 1)
+        top, bottom = split(x, 2, dim = 0)
+        return a * sigmoid(b) + q * cat([k, v], dim = -1) + sum(top * bottom, dim = 0, keepdim = true)[..., :d]
+    }
+}
+"""
+
+
+def _parts():
+    spec = parse_file("parts.layer", PARTS)
+    source = emit_file(spec, check_program([spec]), "parts.layer", {})
+    ns: dict = {}
+    exec(compile(source, "parts.py", "exec"), ns)
+    torch.manual_seed(0)
+    layer = ns["Parts"](3, dtype=torch.float64)
+    function = ns["PartsFunction"].apply
+
+    def apply(*inputs):
+        y = function(*inputs)
+        return y[0] if isinstance(y, tuple) else y  # an intermediate it saves may be an extra output
+
+    return source, ns, layer.w.detach().clone().requires_grad_(), apply
+
+
+def test_chunk_and_split_derive_like_autograd_to_second_order():
+    source, ns, w, apply = _parts()
+    assert "torch.chunk(x * w, 2, dim=-1)" in source and "torch.split(torch.tanh(x), [d, 1, d - 1], dim=1)" in source
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    got, want = apply(x, w, 3), ns["parts"](x, w, d=3)
+    assert torch.allclose(got, want)
+    seed = torch.randn_like(want)
+    firsts = torch.autograd.grad(got, [x, w], seed, create_graph=True)
+    refs = torch.autograd.grad(want, [x, w], seed, create_graph=True)
+    for a, b in zip(firsts, refs):
+        assert torch.allclose(a, b)
+        v = torch.randn_like(a)
+        for s, r in zip(_second(a, v, [x, w]), _second(b, v, [x, w])):
+            assert torch.allclose(s, r)
+    assert torch.autograd.gradcheck(lambda a, b: apply(a, b, 3), (x, w))
+    assert torch.autograd.gradgradcheck(lambda a, b: apply(a, b, 3), (x, w))
