@@ -125,7 +125,6 @@ def test_vmap_of_grad_and_jacrev(family):
         ("return x[x > 0]", "a bool mask index (how many elements it picks is data)"),
         ("return abs(fft(x))", "abs() of a complex value"),
         ("return round(x)", "round() has no derivative"),
-        ('return pad(x, [1, 1], "circular")', "pad() in circular mode has no derived backward yet"),
     ],
 )
 def test_what_still_cannot_be_derived_says_which_op_and_why(tmp_path, capsys, body, message):
@@ -137,6 +136,18 @@ def test_what_still_cannot_be_derived_says_which_op_and_why(tmp_path, capsys, bo
     )
     assert main(["check", str(spec)]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_circular_pad_with_widths_from_an_argument_asks_for_a_list(tmp_path, capsys):
+    spec = tmp_path / "bad.layer"
+    spec.write_text(
+        '@function\nlayer Bad(widths: ints[2]) {\n    """A layer."""\n    example(widths = [1, 1])\n\n'
+        '    forward(x) {\n        return pad(x, widths, "circular")\n    }\n}\n'
+    )
+    assert main(["check", str(spec)]) == 1
+    assert "bad.layer:7:16: error: a derived backward through circular pad() needs its widths written as a list" in (
+        capsys.readouterr().err
+    )
 
 
 CONV = """
@@ -507,6 +518,15 @@ POOLING_FAMILIES = {
         (2, 2, 4, 3),
     ),
     "pad_replicate1d": ("[c]", "[N, c, L]", 'pad(x * x, [2, 3], "replicate")', "[N, c, L + 5]", (2, 2, 4)),
+    "pad_circular1d": ("[c]", "[N, c, L]", 'pad(x * x, [2, 3], "circular")', "[N, c, L + 5]", (2, 2, 4)),
+    "pad_circular_crop": ("[c]", "[N, c, L]", 'pad(x * x, [-1, 2], "circular")', "[N, c, L + 1]", (2, 2, 5)),
+    "pad_circular3d": (
+        "[c]",
+        "[N, c, D, H, W]",
+        'pad(tanh(x), [1, 0, 2, -1, 1, 1], "circular")',
+        "[N, c, D + 2, H + 1, W + 1]",
+        (1, 2, 2, 3, 2),
+    ),
     "pad_replicate3d": (
         "[c]",
         "[N, c, D, H, W]",
@@ -551,7 +571,8 @@ POOLING_FAMILIES = {
 
 # The numerical checks (slow) on one or two specs per family; every spec above is compared with autograd.
 CHECKED = sorted(set(POOLING_FAMILIES) - {"max_pool2d", "avg_pool1d", "lp_pool2d", "adaptive_avg_pool1d"}
-                 - {"adaptive_max_pool1d", "pad_replicate1d", "glu_last", "conv_transpose3d"})  # fmt: skip
+                 - {"adaptive_max_pool1d", "pad_replicate1d", "pad_circular1d", "pad_circular_crop"}
+                 - {"glu_last", "conv_transpose3d"})  # fmt: skip
 
 
 def _pooling_family(name: str):
@@ -623,3 +644,53 @@ def test_pooling_family_vmap_of_grad_and_jacrev(checked):
     assert torch.allclose(
         torch.func.jacrev(lambda t: apply(t, w, b))(xs[0]), torch.func.jacrev(lambda t: plain(t, w, b))(xs[0])
     )
+
+
+PARTS = """
+@function
+layer Parts(d: int) {
+    param w: [2 * d] = uniform(0.5, 1.5)
+    example(d = 3)
+
+    forward(x: [B, 2 * d]) -> [B, d] {
+        a, b = chunk(x * w, 2, dim = -1)
+        q, k, v = split(tanh(x), [d, 1, d - 1], dim = 1)
+        top, bottom = split(x, 2, dim = 0)
+        return a * sigmoid(b) + q * cat([k, v], dim = -1) + sum(top * bottom, dim = 0, keepdim = true)[..., :d]
+    }
+}
+"""
+
+
+def _parts():
+    spec = parse_file("parts.layer", PARTS)
+    source = emit_file(spec, check_program([spec]), "parts.layer", {})
+    ns: dict = {}
+    exec(compile(source, "parts.py", "exec"), ns)
+    torch.manual_seed(0)
+    layer = ns["Parts"](3, dtype=torch.float64)
+    function = ns["PartsFunction"].apply
+
+    def apply(*inputs):
+        y = function(*inputs)
+        return y[0] if isinstance(y, tuple) else y  # an intermediate it saves may be an extra output
+
+    return source, ns, layer.w.detach().clone().requires_grad_(), apply
+
+
+def test_chunk_and_split_derive_like_autograd_to_second_order():
+    source, ns, w, apply = _parts()
+    assert "torch.chunk(x * w, 2, dim=-1)" in source and "torch.split(torch.tanh(x), [d, 1, d - 1], dim=1)" in source
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    got, want = apply(x, w, 3), ns["parts"](x, w, d=3)
+    assert torch.allclose(got, want)
+    seed = torch.randn_like(want)
+    firsts = torch.autograd.grad(got, [x, w], seed, create_graph=True)
+    refs = torch.autograd.grad(want, [x, w], seed, create_graph=True)
+    for a, b in zip(firsts, refs):
+        assert torch.allclose(a, b)
+        v = torch.randn_like(a)
+        for s, r in zip(_second(a, v, [x, w]), _second(b, v, [x, w])):
+            assert torch.allclose(s, r)
+    assert torch.autograd.gradcheck(lambda a, b: apply(a, b, 3), (x, w))
+    assert torch.autograd.gradgradcheck(lambda a, b: apply(a, b, 3), (x, w))

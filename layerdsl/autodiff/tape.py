@@ -111,6 +111,12 @@ class Linearizer:
                         "a backward block cannot follow an `if` of forward (it is one straight-line backward)",
                         "leave the backward out: a derived backward follows the branch forward took",
                     )
+                case N.Unpack(targets=targets, value=N.Call(func="chunk" | "split") as v) if v.func in OPS:
+                    source = self.operand(v.args[0], "t")  # a name: each part slices it
+                    if isinstance(source, N.Name) and source.ref == "local":
+                        self.env.setdefault(source.id, source.id)  # a step's var, read as a local by the slices
+                    for (t, _), part in zip(targets, _part_slices(v, source, len(targets))):
+                        self.env[t] = self.value(part, hint=t, target=t)
                 case N.Update():
                     raise NotDerivable(stmt.span, "@function layers cannot update buffers")
                 case N.IndexAssign():
@@ -323,13 +329,61 @@ class Linearizer:
         )
 
 
+def _part_slices(call: N.Call, source: N.Expr, count: int) -> list[N.Expr]:
+    """`a, b = chunk(x, 2, dim = d)` and `split(x, sizes, dim = d)` as one slice of x per name (whose
+    gradients the slice rows give): `x[..., start:end]`, the last one running to the end."""
+    words = {k.name: k.value for k in call.kwargs}
+    cut = call.args[1] if len(call.args) > 1 else words.get("chunks", words.get("sizes"))
+    dim = call.args[2] if len(call.args) > 2 else words.get("dim", B.num(0))
+    assert cut is not None, "the checker checks the call's arguments"
+    if isinstance(cut, N.ListExpr):
+        sizes = list(cut.items)
+    else:
+        each = cut
+        if call.func == "chunk":  # the checker proved the dim's size divisible by the count
+            each = _int(N.BinOp(N.NOWHERE, "//", _int(N.Call(N.NOWHERE, "size_at", N.NOWHERE, [source, dim], [])), cut))
+        sizes = [each] * count
+    d = _int_literal(dim)
+    if d is None:
+        raise NotDerivable(call.span, f"a derived backward through {call.func}() needs its dim written as an int")
+    parts: list[N.Expr] = []
+    start: N.Expr = B.num(0)
+    for k, size in enumerate(sizes):
+        end = None if k == len(sizes) - 1 else size if k == 0 else _int(N.BinOp(N.NOWHERE, "+", start, size))
+        parts.append(_sliced(source, d, N.Slice(N.NOWHERE, start, end, None)))
+        start = end if end is not None else start
+    return parts
+
+
+def _int_literal(e: N.Expr) -> int | None:
+    if isinstance(e, N.UnaryOp) and e.op == "-" and isinstance(e.operand, N.Num):
+        return -int(e.operand.value)
+    return int(e.value) if isinstance(e, N.Num) and isinstance(e.value, int) else None
+
+
+def _sliced(source: N.Expr, d: int, cut: N.Slice) -> N.Expr:
+    """`source` cut along dim `d`: `x[:, a:b]`, `x[..., a:b, :]`."""
+    whole = N.Slice(N.NOWHERE, None, None, None)
+    items: list[N.SubscriptItem] = (
+        [*[whole] * d, cut] if d >= 0 else [N.EllipsisItem(N.NOWHERE), cut, *[whole] * (-d - 1)]
+    )
+    e = N.Subscript(N.NOWHERE, source, items)
+    e.kind = N.Kind.TENSOR
+    return e
+
+
+def _int(e: N.Expr) -> N.Expr:
+    e.kind = N.Kind.INT
+    return e
+
+
 def _check_pad_mode(args: dict[str, N.Expr], source: N.Call) -> None:
     """A derived backward through `pad` needs its mode when generating (its gradient differs by mode)."""
     mode = args["mode"]
     if not isinstance(mode, N.Str):
         raise NotDerivable(source.span, "a derived backward through pad() needs its mode written as a string")
-    if mode.value == "circular":
-        raise NotDerivable(source.span, "pad() in circular mode has no derived backward yet")
+    if mode.value == "circular" and not isinstance(args["pad"], N.ListExpr):
+        raise NotDerivable(source.span, "a derived backward through circular pad() needs its widths written as a list")
 
 
 def _hint_for(op: Op, hint: str) -> str:

@@ -918,6 +918,9 @@ class FunctionEmitter:
                 if isinstance(widths, N.ListExpr):
                     return f"F.pad({ex(a[0])}, [{', '.join(_negated(w, ex) for w in widths.items)}])"
                 return f"F.pad({ex(a[0])}, [-w for w in {ex(widths)}])"
+            if mode.value == "circular":
+                assert isinstance(widths, N.ListExpr), "the tape checks circular pad's widths"
+                return _circular_pad_gradient(ex(a[0]), shape, widths.items, _dtype_name(a[0], ex), ex)
             kernel = {"reflect": "reflection_pad", "replicate": "replication_pad"}[mode.value]
             if isinstance(widths, N.ListExpr):
                 return f"torch.ops.aten.{kernel}{len(widths.items) // 2}d_backward({grad}, {stand_in}, {ex(widths)})"
@@ -1020,6 +1023,45 @@ def _dtype_name(grad: N.Expr, ex: PyExpr) -> str:
     """A tensor with the dtype and device of gradient expression `grad`, written once: a gradient it reads."""
     names = [n for n in walk(grad) if isinstance(n, N.Name) and n.kind == "tensor"]
     return ex(next((n for n in names if n.id.startswith("grad")), names[0])) if names else ex.wrap(grad, ATOM)
+
+
+def _circular_pad_gradient(grad: str, shape: str, widths: list[N.Expr], like: str, ex: PyExpr) -> str:
+    """Circular pad's gradient: for each padded dim from the last, every element of `grad` is added to the
+    input element it copies (`index_add` at the wrapped positions: the borders fold back onto the ends; a
+    negative width crops first, as F.pad does, and the rest wraps within what is left)."""
+    pairs = len(widths) // 2
+    sizes = [f"{shape}[{-k - 1}]" for k in range(pairs)]  # the input's, dim -1 first
+    padded = [_sum_of(sizes[k], widths[2 * k], widths[2 * k + 1], ex) for k in range(pairs)]
+    for k in range(pairs):
+        left, right = widths[2 * k], widths[2 * k + 1]
+        crop_left, crop_right, shift = (
+            _clipped(w, ex, negate) for w, negate in ((left, True), (right, True), (left, False))
+        )
+        period = sizes[k] + "".join(f" - {c}" for c in (crop_left, crop_right) if c != "0")
+        positions = f"torch.arange({padded[k]}, device={like}.device)" + (f" - {shift}" if shift != "0" else "")
+        positions = f"({positions}) % ({period})" if period != sizes[k] else f"({positions}) % {period}"
+        positions += f" + {crop_left}" if crop_left != "0" else ""
+        folded = [f"*{shape}[:-{pairs}]", *reversed(padded[k + 1 :]), *reversed(sizes[: k + 1])]
+        zeros = shape if k == pairs - 1 else f"({', '.join(folded)})"  # the last fold gives the input's shape
+        grad = f"{like}.new_zeros({zeros}).index_add({-k - 1}, {positions}, {grad})"
+    return grad
+
+
+def _sum_of(size: str, left: N.Expr, right: N.Expr, ex: PyExpr) -> str:
+    """`size + left + right`, the literal widths added up."""
+    literals = [_int_literal(w) for w in (left, right)]
+    if None not in literals:
+        total = sum(w for w in literals if w is not None)
+        return size if total == 0 else f"{size} {'+' if total > 0 else '-'} {abs(total)}"
+    return f"{size} + {ex.wrap(left, PREC['+'] + 1)} + {ex.wrap(right, PREC['+'] + 1)}"
+
+
+def _clipped(width: N.Expr, ex: PyExpr, negate: bool) -> str:
+    """`max(width, 0)` (`max(-width, 0)` when negate), worked out for a literal width."""
+    value = _int_literal(width)
+    if value is not None:
+        return str(max(-value if negate else value, 0))
+    return f"max({_negated(width, ex) if negate else ex(width)}, 0)"
 
 
 def _negated(e: N.Expr, ex: PyExpr) -> str:

@@ -742,6 +742,20 @@ TABLE: tuple[Op, ...] = (
         },
     ),
     Op(
+        "chunk",
+        _sig("input*, chunks, dim = 0"),
+        "torch.chunk",
+        "parts",
+        "input cut into `chunks` equal parts along dim, unpacked into as many names: `a, b = chunk(x, 2, dim = -1)`",
+    ),
+    Op(
+        "split",
+        _sig("input*, sizes, dim = 0"),
+        "torch.split",
+        "parts",
+        "input cut along dim into parts of the listed sizes (or of size `sizes` each), unpacked into names",
+    ),
+    Op(
         "glu",
         _sig("input*, dim = -1"),
         "torch.nn.functional.glu",

@@ -1016,10 +1016,14 @@ class LayerChecker:
                     stmt.span,
                     f"'{value.func}' returns {len(outputs)} tensor{'s' if len(outputs) != 1 else ''}, unpacked into {n} names",
                 )
+        elif isinstance(value, N.Call) and value.func in ("chunk", "split") and scope.get(value.func) is None:
+            count = _parts_written(value)
+            if count is not None and count != n:
+                self.r.error(stmt.span, f"{value.func}() gives {count} tensors here, unpacked into {n} names")
         elif value.kind != Kind.UNKNOWN:
             self.r.error(
                 value.span,
-                "only a tuple input or a sub's call can be unpacked into names",
+                "only a tuple input, a sub's call or chunk()/split() can be unpacked into names",
                 "assign one value to one name: `y = ...`",
             )
         for name, span in stmt.targets:
@@ -1458,6 +1462,12 @@ class LayerChecker:
             return Kind.INT
         if op.shape == "size":  # size_at(x, d): an int read from a tensor's shape
             return Kind.INT
+        if op.shape == "parts" and call is not self.unpacking:
+            self.r.error(
+                call.func_span,
+                f"{op.name}() gives several tensors, which are unpacked into names",
+                f"write e.g. `a, b = {op.name}(...)`",
+            )
         operands = [call.args[i] for i, p in enumerate(op.params[: len(call.args)]) if p.tensor or p.tensors]
         operands += [k.value for k in call.kwargs if (p := op.param(k.name)) is not None and (p.tensor or p.tensors)]
         kinds = [o.kind for o in operands]
@@ -1829,3 +1839,17 @@ def _count_returns(body: list[N.Stmt]) -> int:
         if isinstance(stmt, N.Return):
             return len(stmt.values)
     return 1
+
+
+def _parts_written(call: N.Call) -> int | None:
+    """How many parts a chunk()/split() call gives, when its arguments say so (`chunk(x, 2)`, `split(x, [d, d])`)."""
+    count = (
+        call.args[1]
+        if len(call.args) > 1
+        else next((k.value for k in call.kwargs if k.name in ("chunks", "sizes")), None)
+    )
+    if call.func == "chunk" and isinstance(count, N.Num) and isinstance(count.value, int):
+        return count.value
+    if call.func == "split" and isinstance(count, N.ListExpr):
+        return len(count.items)
+    return None

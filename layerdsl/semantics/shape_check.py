@@ -97,6 +97,7 @@ class _ShapePass:
         self.proven: set[int] = set()  # outputs some return proved
         self.open: set[int] = set()  # outputs some return left unproven
         self.tuples: dict[str, list[Shape]] = {}  # each tuple input's declared shapes
+        self.parts: dict[int, list[Shape]] = {}  # each chunk()/split() call's parts, where known
         self.no_group = False  # inside an `if x.ndim == k` that proves the `...` group empty
 
     # ------------------------------------------------------------ statements
@@ -113,7 +114,13 @@ class _ShapePass:
                 case N.Unpack(targets=targets, value=value):
                     shapes = self.tuples.get(value.id, []) if isinstance(value, N.Name) else []
                     if isinstance(value, N.Call):
-                        self.shape(value, env)  # the sub's inputs are checked; its outputs are not known here
+                        self.shape(value, env)  # a sub's inputs are checked; its outputs are not known here
+                        shapes = self.parts.get(id(value), [])
+                        if shapes and len(shapes) != len(targets):
+                            self.r.error(
+                                stmt.span,
+                                f"{_text(value)} gives {len(shapes)} tensors, unpacked into {len(targets)} names",
+                            )
                     for k, (target, span) in enumerate(targets):
                         env[target] = shapes[k] if k < len(shapes) else None
                         bound[target] = span
@@ -360,6 +367,13 @@ class _ShapePass:
             if not self.reshape_kept(call, args, shape_of):
                 return None
             return self.op_call(call, env)  # now flatten/unflatten
+        if op.shape == "parts":
+            found, problem = S.parts(op, args, shape_of(args["input"]))
+            if problem is not None:
+                self.r.error(call.span, f"{_text(call)}: {problem}", _PARTS_HINT[op.name])
+            if found is not None:
+                self.parts[id(call)] = found
+            return None
         if op.shape in ("pool", "pad", "glu") and (window := S.window_problem(op, args, shape_of)):
             self.r.error(call.span, f"{_text(call)}: {window[0]}", window[1])
             return None
@@ -849,3 +863,9 @@ def _call(func: str, args: list[N.Expr], at: N.Call) -> N.Call:
     call = N.Call(at.span, func, at.func_span, args, [])
     call.kind = Kind.TENSOR
     return call
+
+
+_PARTS_HINT = {
+    "chunk": "chunk() cuts equal parts: a dim of a size the count divides; split(x, [...]) cuts unequal ones",
+    "split": "list sizes that add up to the dim's size",
+}

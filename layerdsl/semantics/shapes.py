@@ -543,6 +543,38 @@ def conv_transpose(inp: Shape, weight: Shape, spatial: int, stride, padding, out
     return (inp[0], poly_text(poly_mul(constant(groups), text_poly(weight[1]))), *sizes)
 
 
+def parts(op: Op, args: Mapping[str, N.Expr], inp: Shape) -> tuple[list[Shape] | None, str | None]:
+    """chunk/split: the shape of each part (None when not known here), or why the dim does not cut so."""
+    dim = _literal(op, args, "dim")
+    p = None if inp is None or _opaque(inp) or type(dim) is not int else _position(inp, dim)
+    if inp is None or p is None:
+        return None, None
+    size, whole = text_poly(inp[p]), as_int(text_poly(inp[p]))
+    if op.name == "chunk":
+        chunks = _literal(op, args, "chunks")
+        if type(chunks) is not int or chunks < 1:
+            return None, None
+        if whole is not None and whole % chunks:
+            return None, f"dim {dim} has size {whole}, which does not cut into {chunks} equal parts"
+        if not all(c % chunks == 0 for _, c in size):
+            return None, f"dim {dim} has size {inp[p]}, which does not cut into {chunks} equal parts"
+        sizes = [tuple((m, c // chunks) for m, c in size)] * chunks
+    else:
+        sections = args.get("sizes")
+        if isinstance(sections, N.ListExpr) and all(i.kind == "int" or isinstance(i, N.Num) for i in sections.items):
+            sizes = [text_poly(dim_text(i)) for i in sections.items]
+            total: Poly = constant(0)
+            for part in sizes:
+                total = poly_add(total, part)
+            if total != size:
+                return None, f"the parts add up to {poly_text(total)}, dim {dim} has size {inp[p]}"
+        elif (step := _literal(op, args, "sizes")) is not None and type(step) is int and step > 0 and whole is not None:
+            sizes = [constant(min(step, whole - k)) for k in range(0, whole, step)]
+        else:
+            return None, None
+    return [inp[:p] + (poly_text(part),) + inp[p + 1 :] for part in sizes], None
+
+
 def halved(inp: Shape, dim) -> Shape:
     """glu: the two halves of `dim` make one."""
     if inp is None or _opaque(inp) or type(dim) is not int:
