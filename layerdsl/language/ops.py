@@ -50,6 +50,9 @@ class Op:
     shape_args: tuple[int, ...] = ()  # positions of arguments read only for their shape (internal helpers)
     promotes: bool = True  # torch promotes operands of mixed dtypes (False: it raises, as matmul does)
     objects: tuple[str, ...] = ()  # parameters that take an opaque Python value (an `object` argument)
+    # operands whose derivative torch gives only at log-probabilities over the last dim (ctc_loss's log_probs):
+    # the run-time checks draw them as log_softmax(normal) and differentiate them through log_softmax
+    log_probs: tuple[str, ...] = ()
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -891,6 +894,7 @@ TABLE: tuple[Op, ...] = (
         },
         cost="costly",
         positional=4,
+        log_probs=("log_probs",),
     ),
     Op(
         "gaussian_nll_loss",

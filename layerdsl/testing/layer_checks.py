@@ -24,6 +24,7 @@ from layerdsl.driver.pipeline import Source
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import walk
 from layerdsl.language.naming import snake_case
+from layerdsl.language.ops import OPS
 from layerdsl.semantics.checker import is_expression_default, literal_value
 from layerdsl.semantics.evaluate import NotConstant, evaluate, example_seeds, seed_differences
 
@@ -189,10 +190,33 @@ def inputs(case: Case, dtype=None, device="cpu", seed: int = 1, requires_grad=Fa
     ex = case.example()
     gen = torch.Generator().manual_seed(seed)
     values: list = []
+    log_probs = log_prob_inputs(case)
     for inp in [i for i in case.forward.inputs if not i.optional]:
         parts = [_input(p, env, lead, dtype, ex, gen, device, requires_grad) for p in inp.parts or [inp]]
+        if inp.name in log_probs:
+            parts = [_as_log_probs(p) for p in parts]
         values.append(tuple(parts) if inp.parts else parts[0])
     return values
+
+
+def log_prob_inputs(case: Case) -> set[str]:
+    """The inputs the forward passes straight to an operand that the op table marks as log-probabilities
+    (`ctc_loss(log_probs, ...)`): torch's derivative holds there only, so the checks draw them normalised."""
+    names = set()
+    for statement in case.forward.body:
+        for node in walk(statement):
+            if not isinstance(node, N.Call) or node.func not in OPS or not OPS[node.func].log_probs:
+                continue
+            op = OPS[node.func]
+            given = [(p.name, a) for p, a in zip(op.params, node.args)] + [(k.name, k.value) for k in node.kwargs]
+            names |= {a.id for name, a in given if name in op.log_probs and isinstance(a, N.Name)}
+    return names
+
+
+def _as_log_probs(t: torch.Tensor) -> torch.Tensor:
+    """`t` normalised to log-probabilities over its last dim, still a leaf when `t` is one."""
+    normalised = torch.log_softmax(t.detach(), dim=-1)
+    return normalised.requires_grad_(t.requires_grad)
 
 
 def _input(inp: N.Input, env: dict, lead, dtype, ex: dict, gen, device: str, requires_grad: bool) -> torch.Tensor:
@@ -254,13 +278,17 @@ def check_shapes(case: Case, package: str, device: str = "cpu") -> str:
     return f"{got}"
 
 
-def _gradcheck_fn(module, names, xs: list):
+def _gradcheck_fn(module, names, xs: list, log_probs: tuple[bool, ...] = ()):
     """The module as a function of flat tensors: the inputs (a tuple input's tensors one by one), then
-    the parameters `names`."""
+    the parameters `names`. An input whose flag in `log_probs` is set passes through log_softmax over its
+    last dim first (the identity on the normalised values `inputs` draws), so that gradcheck's perturbations
+    stay log-probabilities, where torch's derivative of such an operand holds."""
     sizes = [len(x) if isinstance(x, tuple) else None for x in xs]
 
     def fn(*args):
         flat, at = args[: len(args) - len(names)], 0
+        flags = log_probs + (False,) * len(flat)
+        flat = tuple(torch.log_softmax(t, dim=-1) if normalise else t for t, normalise in zip(flat, flags))
         params = dict(zip(names, args[len(flat) :]))
         inputs = []
         for size in sizes:
@@ -269,6 +297,13 @@ def _gradcheck_fn(module, names, xs: list):
         return torch.func.functional_call(module, params, tuple(inputs))
 
     return fn
+
+
+def _log_prob_flags(case: Case, xs: list) -> tuple[bool, ...]:
+    """For each flat input tensor (a tuple input's one by one), whether it is drawn as log-probabilities."""
+    names = log_prob_inputs(case)
+    required = [i for i in case.forward.inputs if not i.optional]
+    return tuple(i.name in names for i, x in zip(required, xs) for _ in (x if isinstance(x, tuple) else (x,)))
 
 
 def _flat(xs: list) -> list[torch.Tensor]:
@@ -291,7 +326,7 @@ def check_gradcheck(case: Case, package: str, device: str = "cpu") -> str:
         m.eval()
     params = dict(m.named_parameters())
     xs = inputs(case, device=device, requires_grad=True)
-    fn = _gradcheck_fn(m, list(params), xs)
+    fn = _gradcheck_fn(m, list(params), xs, _log_prob_flags(case, xs))
     args = (*_flat(xs), *(p.detach().requires_grad_(True) for p in params.values()))
     if not any(a.requires_grad for a in args):
         raise Skip("nothing to differentiate")
@@ -312,7 +347,7 @@ def check_gradgradcheck(case: Case, package: str, device: str = "cpu") -> str:
     m = build(case, package, device=device)
     params = dict(m.named_parameters())
     xs = inputs(case, device=device, requires_grad=True)
-    fn = _gradcheck_fn(m, list(params), xs)
+    fn = _gradcheck_fn(m, list(params), xs, _log_prob_flags(case, xs))
     args = (*_flat(xs), *(p.detach().requires_grad_(True) for p in params.values()))
     _gradcheck(torch.autograd.gradgradcheck, fn, args)
     return "ok"

@@ -40,8 +40,6 @@ SPEC_FOLDER = "torch_nn"
 
 # module_db classes without a spec, and why. Every module_db class is either written or listed here.
 NOT_WRITTEN: dict[str, str] = {
-    "CTCLoss": "torch's ctc_loss gradient holds for log-softmax inputs only, so the suite's gradcheck of the"
-    " example (random log_probs) fails; the op row `ctc_loss` exists",
     "FractionalMaxPool2d": "random pooling regions from a private `_random_samples` tensor argument",
     "FractionalMaxPool3d": "random pooling regions from a private `_random_samples` tensor argument",
     "LazyConv1d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",

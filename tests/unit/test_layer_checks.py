@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.autograd.gradcheck import GradcheckError
 
 from layerdsl.testing import layer_checks as checks
 
@@ -117,3 +118,31 @@ def test_checks_fail_under_python_dash_O(tmp_path):
     assert set(report["verdicts"]) == set(BREAKAGES)
     for check, (result, detail) in report["verdicts"].items():
         assert result == "FAIL" and detail, f"{check} under -O: {result} {detail!r}"
+
+
+CTC_SPEC = """\
+layer Ctc(blank: int = 4) {
+    example(C = 5)
+
+    forward(log_probs: [T, N, C], targets: long[N, S], input_lengths: long[N], target_lengths: long[N]) {
+        return ctc_loss(log_probs, targets, input_lengths, target_lengths, blank = blank, zero_infinity = true)
+    }
+}
+"""
+
+
+def test_log_probs_operands_are_drawn_and_checked_as_log_probabilities(tmp_path):
+    """torch's ctc_loss derivative holds only at log-probabilities: the checks draw `log_probs` normalised
+    and differentiate it through log_softmax, so gradcheck passes; plain random values would fail it."""
+    spec = tmp_path / "specs" / "ctc.layer"
+    spec.parent.mkdir(parents=True)
+    spec.write_text(CTC_SPEC, encoding="utf-8")
+    (case,) = checks.generate_package([str(spec.parent)], tmp_path, "layerdsl_ctc_under_test")
+    assert checks.log_prob_inputs(case) == {"log_probs"}
+    log_probs = checks.inputs(case)[0]
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(log_probs.shape[:-1], dtype=log_probs.dtype))
+    checks.check_gradcheck(case, "layerdsl_ctc_under_test")
+    m = checks.build(case, "layerdsl_ctc_under_test")
+    raw = [torch.randn(log_probs.shape, dtype=torch.float64, requires_grad=True), *checks.inputs(case)[1:]]
+    with pytest.raises(GradcheckError):
+        torch.autograd.gradcheck(lambda x: m(x, *raw[1:]), (raw[0],), eps=1e-6, atol=1e-5, rtol=1e-4)
