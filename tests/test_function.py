@@ -362,3 +362,38 @@ def test_grad_modes_share_their_common_statements_and_branch_inside_a_common_gua
         "    else:",
         "        grad_x = mul_(t, grad_out)",
     ]
+
+
+LINEAR_CE = """@function
+layer Lce(d: int, c: int) {
+    \"\"\"Logits of a linear map scored by cross entropy.\"\"\"
+    param w: [c, d] = normal
+    example(d = 4, c = 3)
+
+    forward(x: [B, d], t: long[B]) {
+        return BODY
+    }
+}
+"""
+
+
+def test_an_op_not_derived_yet_says_how_to_write_it_so_that_it_derives(tmp_path, capsys):
+    spec = tmp_path / "specs"
+    spec.mkdir()
+    (spec / "lce.layer").write_text(LINEAR_CE.replace("BODY", "linear_cross_entropy(x, w, t)"))
+    assert main(["gen", str(spec), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "specs/lce.layer:8:16: error: linear_cross_entropy() is not derived yet" in err
+    assert "hint: under @function, write `cross_entropy(input @ transpose(linear_weight, 0, 1)" in err
+    # the rewrite the hint gives derives, and agrees with torch's linear_cross_entropy
+    (spec / "lce.layer").write_text(LINEAR_CE.replace("BODY", "cross_entropy(x @ transpose(w, 0, 1), t)"))
+    assert main(["gen", str(spec), "-o", str(tmp_path / "out")]) == 0
+    ns: dict = {}
+    exec(compile((tmp_path / "out" / "lce.py").read_text(), "lce.py", "exec"), ns)
+    layer = ns["Lce"](4, 3, dtype=torch.float64)
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 3, (5,))
+    want = torch.nn.functional.linear_cross_entropy(x, layer.w, t)
+    got = layer(x, t)
+    assert torch.allclose(got, want)
+    assert torch.autograd.gradcheck(lambda a, w: ns["LceFunction"].apply(a, t, w), (x, layer.w))

@@ -281,6 +281,10 @@ class Linearizer:
                 and operand.kind == "tensor"
                 and self._needs_grad(operand)
             ):
+                if op.not_derived_yet is not None:
+                    raise NotDerivable(
+                        source.span, f"{op.name}() is not derived yet", f"under @function, {op.not_derived_yet}"
+                    )
                 which = f" with respect to '{pname}'" if any(op.grads.values()) else ""  # a loss's class weight
                 raise NotDerivable(
                     source.span,
