@@ -7,14 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerdsl.codegen.module import emit_file
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
 from layerdsl.optimize import Facts, Stmt
 from layerdsl.optimize.contractions import plan_contractions
-from layerdsl.semantics.checker import check_program
-from layerdsl.syntax.parser import parse_file
+
+from .support import compile_spec
 
 D = torch.float64
 
@@ -128,9 +127,7 @@ PRODUCTS = [
 
 @pytest.mark.parametrize("rhs", PRODUCTS)
 def test_split_products_match_autograd_at_sizes_unlike_the_example(rhs):
-    spec = parse_file("contract.layer", SPEC.format(rhs=rhs))
-    ns: dict = {}
-    exec(compile(emit_file(spec, check_program([spec]), "contract.layer", {}), "contract.py", "exec"), ns)
+    ns = compile_spec(SPEC.format(rhs=rhs), "contract")
     torch.manual_seed(0)
     layer = ns["Contract"](5, 2, dtype=D)
     x = torch.randn(7, 5, dtype=D, requires_grad=True)

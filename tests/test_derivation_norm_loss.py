@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from layerdsl.codegen.module import emit_file
 from layerdsl.driver.cli import main
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
+
+from .support import compile_spec
 
 SPEC = """
 @function
@@ -155,10 +156,7 @@ FAMILIES = {
 
 def _compile(family: Family) -> dict:
     text = SPEC.format(members=family.members, inputs=family.inputs, body=family.body)
-    spec = parse_file("probe.layer", text)
-    namespace: dict = {}
-    exec(compile(emit_file(spec, check_program([spec]), "probe.layer", {}), "probe.py", "exec"), namespace)
-    return namespace
+    return compile_spec(text, "probe")
 
 
 @dataclass

@@ -16,6 +16,8 @@ from layerdsl.driver.cli import main
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
 
+from .support import compile_spec
+
 SPEC = """
 @function
 layer Probe(n: int) {{
@@ -45,10 +47,7 @@ FAMILIES = {
 
 
 def _compile(body: str, w: str, out: str) -> dict:
-    spec = parse_file("probe.layer", SPEC.format(body=body, w=w, out=out))
-    namespace: dict = {}
-    exec(compile(emit_file(spec, check_program([spec]), "probe.layer", {}), "probe.py", "exec"), namespace)
-    return namespace
+    return compile_spec(SPEC.format(body=body, w=w, out=out), "probe")
 
 
 @pytest.fixture(params=sorted(FAMILIES), name="family")
@@ -173,9 +172,7 @@ layer Conv(c: int, k: int) {{
     ],
 )
 def test_convolutions_derive(weight, x, body, shape):
-    spec = parse_file("conv.layer", CONV.format(weight=weight, x=x, body=body))
-    ns: dict = {}
-    exec(compile(emit_file(spec, check_program([spec]), "conv.layer", {}), "conv.py", "exec"), ns)
+    ns = compile_spec(CONV.format(weight=weight, x=x, body=body), "conv")
     torch.manual_seed(0)
     layer = ns["Conv"](2, 3, dtype=torch.float64)
     fn = ns["ConvFunction"].apply
@@ -209,9 +206,7 @@ layer Drop(n: int) {
 
 
 def test_dropout_derives_with_its_mask_saved_as_bool():
-    spec = parse_file("drop.layer", DROPOUT)
-    ns: dict = {}
-    exec(compile(emit_file(spec, check_program([spec]), "drop.layer", {}), "drop.py", "exec"), ns)
+    ns = compile_spec(DROPOUT, "drop")
     torch.manual_seed(0)
     layer = ns["Drop"](4, dtype=torch.float64)
     fn = ns["DropFunction"].apply
@@ -290,9 +285,7 @@ def _index_inputs() -> dict:
 
 @pytest.fixture(params=sorted(INDEX_FAMILIES), name="index_family")
 def _index_family(request):
-    spec = parse_file("picks.layer", INDEXING.format(body=INDEX_FAMILIES[request.param]))
-    ns: dict = {}
-    exec(compile(emit_file(spec, check_program([spec]), "picks.layer", {}), "picks.py", "exec"), ns)
+    ns = compile_spec(INDEXING.format(body=INDEX_FAMILIES[request.param]), "picks")
     torch.manual_seed(0)
     layer = ns["Picks"](6, dtype=torch.float64)
     fn = ns["PicksFunction"].apply
@@ -367,9 +360,7 @@ layer Lookup(num: int, dim: int) {
 
 
 def test_embedding_padding_row_gets_no_gradient_and_max_norm_renormalises_in_place_like_torch():
-    spec = parse_file("lookup.layer", EMBEDDING)
-    ns: dict = {}
-    exec(compile(emit_file(spec, check_program([spec]), "lookup.layer", {}), "lookup.py", "exec"), ns)
+    ns = compile_spec(EMBEDDING, "lookup")
     torch.manual_seed(0)
     ours = ns["Lookup"](5, 3, dtype=torch.float64)
     theirs = torch.nn.Embedding(5, 3, padding_idx=1, max_norm=1.0, dtype=torch.float64)
@@ -577,9 +568,7 @@ CHECKED = sorted(set(POOLING_FAMILIES) - {"max_pool2d", "avg_pool1d", "lp_pool2d
 
 def _pooling_family(name: str):
     weight, x, body, out, shape = POOLING_FAMILIES[name]
-    spec = parse_file("pooling.layer", POOLING.format(weight=weight, x=x, body=body, out=out))
-    ns: dict = {}
-    exec(compile(emit_file(spec, check_program([spec]), "pooling.layer", {}), "pooling.py", "exec"), ns)
+    ns = compile_spec(POOLING.format(weight=weight, x=x, body=body, out=out), "pooling")
     torch.manual_seed(0)
     layer = ns["Pooling"](2, dtype=torch.float64)
     fn = ns["PoolingFunction"].apply

@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerdsl.codegen.module import emit_file
 from layerdsl.driver.cli import main
-from layerdsl.semantics.checker import check_program
-from layerdsl.syntax.parser import parse_file
+
+from .support import compile_spec
 
 SPEC = """
 layer Lets(d: int) {
@@ -55,10 +54,7 @@ layer Trunc(d: int) {
 
 @pytest.fixture(scope="module")
 def ns() -> dict:
-    spec = parse_file("edge.layer", SPEC)
-    namespace: dict = {}
-    exec(compile(emit_file(spec, check_program([spec]), "edge.layer", {}), "edge.py", "exec"), namespace)
-    return namespace
+    return compile_spec(SPEC, "edge")
 
 
 def test_a_let_may_use_an_earlier_let(ns):

@@ -8,9 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from layerdsl.codegen.module import emit_file
-from layerdsl.semantics.checker import check_program
-from layerdsl.syntax.parser import parse_file
+from .support import compile_spec
 
 D = torch.float64
 
@@ -92,10 +90,7 @@ layer Mix(n: int, m: int) {
 
 
 def _build(source: str) -> dict:
-    spec = parse_file("mix.layer", source)
-    namespace: dict = {}
-    exec(compile(emit_file(spec, check_program([spec]), "mix.layer", {}), "mix.py", "exec"), namespace)
-    return namespace
+    return compile_spec(source, "mix")
 
 
 def test_an_index_with_two_sizes_is_a_value_error_naming_both():
@@ -157,9 +152,7 @@ layer Ix(n: int) {{
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(index_rhs())
 def test_derived_backward_through_index_statements_matches_autograd(rhs):
-    spec = parse_file("ix.layer", DIFF_SPEC.format(rhs=rhs))
-    ns: dict = {}
-    exec(compile(emit_file(spec, check_program([spec]), "ix.layer", {}), "ix.py", "exec"), ns)
+    ns = compile_spec(DIFF_SPEC.format(rhs=rhs), "ix")
     torch.manual_seed(0)
     layer = ns["Ix"](4, dtype=D)
     x = torch.randn(3, 4, dtype=D, requires_grad=True)

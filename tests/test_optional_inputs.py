@@ -10,9 +10,7 @@ import inspect
 import pytest
 import torch
 
-from layerdsl.codegen.module import emit_file
-from layerdsl.semantics.checker import check_program
-from layerdsl.syntax.parser import parse_file
+from .support import compile_spec
 
 SPEC = """
 layer Masked(n: int) {
@@ -60,10 +58,7 @@ layer TwoSteps(n: int) {
 
 @pytest.fixture(scope="module")
 def ns() -> dict:
-    spec = parse_file("optional.layer", SPEC)
-    namespace: dict = {}
-    exec(compile(emit_file(spec, check_program([spec]), "optional.layer", {}), "optional.py", "exec"), namespace)
-    return namespace
+    return compile_spec(SPEC, "optional")
 
 
 def test_signature_takes_optional_and_tuple_inputs_as_torch_does(ns):

@@ -11,6 +11,8 @@ from layerdsl.codegen.module import emit_file
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
 
+from .support import compile_spec
+
 SPEC = """
 @function{save}
 layer Probe(n: int) {{
@@ -148,9 +150,7 @@ layer Picks(n: int) {
     ],
 )
 def test_index_ops_save_the_index_only(body, kept):
-    spec = parse_file("picks.layer", INDEXED.replace("BODY", body))
-    ns: dict = {}
-    exec(compile(emit_file(spec, check_program([spec]), "picks.layer", {}), "picks.py", "exec"), ns)
+    ns = compile_spec(INDEXED.replace("BODY", body), "picks")
     layer = ns["Picks"](4, dtype=torch.float64)
     x = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
     idx = torch.tensor([[0, 3], [2, 1]] * 4)
@@ -272,9 +272,7 @@ def test_norms_and_losses_save_only_their_inputs(members, inputs, body, make):
     """An expert's Function saves the input and its statistics (layer norm: mean and rstd; cross entropy:
     the log-probabilities); the derived one saves the inputs alone, which are alive anyway, and recomputes
     the statistics in backward: the forward allocates nothing that outlives it."""
-    spec = parse_file("norm_loss.layer", NORM_LOSS.format(members=members, inputs=inputs, body=body))
-    namespace: dict = {}
-    exec(compile(emit_file(spec, check_program([spec]), "norm_loss.layer", {}), "norm_loss.py", "exec"), namespace)
+    namespace = compile_spec(NORM_LOSS.format(members=members, inputs=inputs, body=body), "norm_loss")
     layer = namespace["NormLoss"](4)
     values = [t.requires_grad_() if t.is_floating_point() else t for t in make()]
     leaves = {t.data_ptr() for t in [*values, *layer.parameters(), *layer.buffers()]}

@@ -6,9 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerdsl.codegen.module import emit_file
-from layerdsl.semantics.checker import check_program
-from layerdsl.syntax.parser import parse_file
+from ..support import compile_spec
 
 SPEC = """
 layer FeedForward(dim: int, mult: int = 4, hidden: int = mult * dim, scale: float = 1 / sqrt(hidden)) {
@@ -24,10 +22,7 @@ layer FeedForward(dim: int, mult: int = 4, hidden: int = mult * dim, scale: floa
 
 @pytest.fixture(scope="module")
 def namespace() -> dict:
-    spec = parse_file("ffn.layer", SPEC)
-    out: dict = {}
-    exec(compile(emit_file(spec, check_program([spec]), "ffn.layer", {}), "ffn.py", "exec"), out)
-    return out
+    return compile_spec(SPEC, "ffn")
 
 
 def test_defaults_are_computed_from_the_earlier_arguments(namespace):

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from layerdsl.codegen.module import emit_file
 from layerdsl.diagnostics import SpecError
-from layerdsl.semantics.checker import check_program
-from layerdsl.syntax.parser import parse_file
+
+from ..support import compile_spec
 
 SPEC = """
 layer Block(d: int, dropout: float = 0.0) {
@@ -26,10 +25,7 @@ layer Block(d: int, dropout: float = 0.0) {
 
 
 def _compile(text: str) -> dict:
-    spec = parse_file("block.layer", text)
-    ns: dict = {}
-    exec(compile(emit_file(spec, check_program([spec]), "block.layer", {}), "block.py", "exec"), ns)
-    return ns
+    return compile_spec(text, "block")
 
 
 def test_a_param_named_like_an_op_cannot_be_called():

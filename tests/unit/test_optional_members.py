@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerdsl.codegen.module import emit_file
-from layerdsl.semantics.checker import check_program
-from layerdsl.syntax.parser import parse_file
+from ..support import compile_spec
 
 SPEC = """
 layer Clamped(n: int, bias: bool) {
@@ -23,9 +21,7 @@ layer Clamped(n: int, bias: bool) {
 
 @pytest.fixture(scope="module")
 def clamped() -> type:
-    spec = parse_file("clamped.layer", SPEC)
-    namespace: dict = {}
-    exec(compile(emit_file(spec, check_program([spec]), "clamped.layer", {}), "clamped.py", "exec"), namespace)
+    namespace = compile_spec(SPEC, "clamped")
     return namespace["Clamped"]
 
 

@@ -17,6 +17,8 @@ from layerdsl.semantics.checker import check_program
 from layerdsl.semantics.shape_check import binding_at, shape_hints
 from layerdsl.syntax.parser import parse_expr, parse_file
 
+from ..support import compile_spec
+
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = sorted((ROOT / "specs").glob("*.layer")) + sorted((ROOT / "tests" / "shape_corpus").glob("*.layer"))
 BAD = sorted((ROOT / "tests" / "error_corpus").glob("shape_*.layer"))
@@ -143,10 +145,7 @@ def test_show_shapes_prints_each_statement_with_its_shape(capsys):
 
 
 def _build(source: str) -> dict:
-    spec = parse_file("t.layer", source)
-    namespace: dict = {}
-    exec(compile(emit_file(spec, check_program([spec]), "t.layer", {}), "t.py", "exec"), namespace)
-    return namespace
+    return compile_spec(source, "t")
 
 
 LET_BATCH = """
