@@ -820,8 +820,9 @@ def _index_problem(op, args: dict, shape_of: Callable[[N.Expr], Shape]) -> tuple
     end = args.get("end")
     if op.name == "arange" and "step" in args and (end is None or isinstance(end, N.NoneLit)):
         return "a step needs a start and an end", "write arange(0, n, step)"
-    if op.name == "flip" and type(S.literal(op, args, "dims")) is int:
-        return "flip takes a list of dims", f"write flip({_text(args['input'])}, [{S.literal(op, args, 'dims')}])"
+    dims = args.get("dims")
+    if op.name == "flip" and dims is not None and (type(S.literal(op, args, "dims")) is int or dims.kind == Kind.INT):
+        return "flip takes a list of dims", f"write flip({_text(args['input'])}, [{_text(dims)}])"
     inp, index = known(args.get("input")), known(args.get("index"))
     if op.name in ("gather", "scatter", "scatter_add") and inp is not None and index is not None:
         if len(inp) != len(index):

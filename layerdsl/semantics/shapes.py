@@ -711,6 +711,8 @@ def window_problem(op: Op, args: Mapping[str, N.Expr], shape_of: Callable[[N.Exp
     if kernel is None or padding is None or dilation is None or len(inp) < spatial + 1 or GROUP in inp[-spatial:]:
         return None
     for k, p, d, dim_size in zip(kernel, padding, dilation, inp[-spatial:]):
+        if k < 1:
+            return f"a kernel size must be positive, got {k}", "a window covers at least one element"
         if p > k // 2:
             return f"padding {p} is more than half the kernel size {k}", "torch pads at most half a window"
         known = as_int(text_poly(dim_size))
@@ -772,7 +774,7 @@ def _loss(op: Op, args: Mapping[str, N.Expr], shape_of: Callable[[N.Expr], Shape
     return None if p is None else shape[:p]
 
 
-REDUCTIONS = ("mean", "sum", "none")
+LOSS_REDUCTIONS = ("mean", "sum", "none")
 
 
 def loss_problem(
@@ -782,7 +784,7 @@ def loss_problem(
     that is not "mean", "sum" or "none", or (cross_entropy, nll_loss) a class-index target whose shape is
     not the input's without its class dim."""
     given = args.get("reduction")
-    if isinstance(given, N.Str) and given.value not in REDUCTIONS:
+    if isinstance(given, N.Str) and given.value not in LOSS_REDUCTIONS:
         return (
             given,
             f'reduction "{given.value}" is not one of "mean", "sum", "none"',

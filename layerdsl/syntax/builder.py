@@ -505,6 +505,11 @@ class IRBuilder(Transformer):
 
     def subscript(self, meta, items):
         value, subs = items
+        for item in subs:
+            if isinstance(item, N.Slice) and isinstance(item.step, N.Num) and item.step.value == 0:
+                self.r.error(
+                    item.step.span, "a slice step cannot be zero", "write a step of 1 or more, or -1 to reverse"
+                )
         flips = [k for k, i in enumerate(subs) if isinstance(i, N.Slice) and _negative(i.step)]
         if flips:
             return self._reversed(_span(meta), value, subs, flips)
