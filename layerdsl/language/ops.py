@@ -1436,6 +1436,19 @@ TABLE: tuple[Op, ...] = (
     ),
 )
 
+# Operands torch's autograd keeps when it records the op, although the derivative formula above reads only
+# their shape (torch's backward kernel takes the tensor itself). A backward differentiated again must not
+# update such an operand in place after the op read it; tests/unit/test_kept_by_autograd.py checks each
+# entry, and each shape-only read not listed, against torch.
+KEPT_BY_AUTOGRAD: dict[str, tuple[str, ...]] = {
+    "gather": ("input",),
+    "fft": ("input",),  # a real input: torch records _fft_r2c, which keeps it
+    "rfft": ("input",),
+    "layer_norm": ("bias",),
+    "pad": ("input",),  # reflect and replicate keep it (constant and circular do not)
+    **{f"{kind}_pool{d}d": ("input",) for kind in ("max", "avg", "adaptive_avg", "adaptive_max") for d in (1, 2, 3)},
+}
+
 OPS: dict[str, Op] = {op.name: op for op in TABLE}
 OPERATORS: dict[str, Op] = {op.operator: op for op in TABLE if op.operator}
 CALLABLE: dict[str, Op] = {op.name: op for op in TABLE if not op.internal and not op.operator}

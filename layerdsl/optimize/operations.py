@@ -9,7 +9,7 @@ from typing import TypeGuard
 from layerdsl.autodiff.formulas import formula
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import children
-from layerdsl.language.ops import OPERATORS, OPS, Op, shape_args
+from layerdsl.language.ops import KEPT_BY_AUTOGRAD, OPERATORS, OPS, Op, shape_args
 
 ALIASING = ("sum_to", "expand_reduced", "narrow", "select")  # results that may share the operand's storage
 
@@ -72,7 +72,7 @@ def _saved_by(name: str, tensors: tuple[str, ...]) -> frozenset[str]:
     op = OPS[name]
     if op.name == "einsum" or not op.grads:
         return frozenset(p.name for p in op.params) | {"result"}
-    out = set()
+    out = set(KEPT_BY_AUTOGRAD.get(name, ())) & set(tensors)
     for param, text in op.grads.items():
         if text is not None and param in tensors:
             out |= set(_value_reads(formula(op.name, param)))
