@@ -51,7 +51,7 @@ def expr(draw, depth: int = 3):
     if kind == "div":
         return f"({a} / (1 + {b} * {b}))", _join(sa, sb)
     if kind == "pow":
-        return f"({a}) ** {draw(st.sampled_from(['2', '3']))}", sa
+        return f"(({a}) ** {draw(st.sampled_from(['2', '3']))})", sa
     if kind == "minmax":
         c, sc = draw(expr(depth - 1))  # torch.maximum takes tensors only
         return f"{draw(st.sampled_from(['maximum', 'minimum']))}({a}, {c})", _join(sa, sc)
