@@ -50,6 +50,7 @@ class Op:
     shape_args: tuple[int, ...] = ()  # positions of arguments read only for their shape (internal helpers)
     promotes: bool = True  # torch promotes operands of mixed dtypes (False: it raises, as matmul does)
     objects: tuple[str, ...] = ()  # parameters that take an opaque Python value (an `object` argument)
+    none_entries: tuple[str, ...] = ()  # `ints` parameters whose entries may be none (a `[int?]` argument)
     # A differentiable op without derivative rows yet: how to write it so that a backward derives
     not_derived_yet: str | None = None
     # operands whose derivative torch gives only at log-probabilities over the last dim (ctc_loss's log_probs):
@@ -691,6 +692,7 @@ TABLE: tuple[Op, ...] = (
             "input": "adaptive_avg_pool_backward(grad, input, 2)",
         },
         cost="costly",
+        none_entries=("output_size",),
     ),
     Op(
         "adaptive_avg_pool3d",
@@ -702,6 +704,7 @@ TABLE: tuple[Op, ...] = (
             "input": "adaptive_avg_pool_backward(grad, input, 3)",
         },
         cost="costly",
+        none_entries=("output_size",),
     ),
     Op(
         "adaptive_max_pool1d",
@@ -724,6 +727,7 @@ TABLE: tuple[Op, ...] = (
             "input": "max_pool_backward(grad, input, indices, 2)",
         },
         cost="costly",
+        none_entries=("output_size",),
     ),
     Op(
         "adaptive_max_pool3d",
@@ -735,6 +739,7 @@ TABLE: tuple[Op, ...] = (
             "input": "max_pool_backward(grad, input, indices, 3)",
         },
         cost="costly",
+        none_entries=("output_size",),
     ),
     Op(
         "pad",

@@ -372,7 +372,7 @@ class LayerChecker:
         if is_expression_default(d):
             self.check_expression_default(arg, d)
             return
-        kind = literal_kind(d)
+        kind = literal_kind(d, none_entries=arg.none_entries)
         if isinstance(d, N.ListExpr) and not d.items and arg.base_type == "ints" and arg.length is None:
             kind = Kind.LIST  # `out_features: ints = []`: no ints (torch's `()`)
         if kind is None:
@@ -507,7 +507,7 @@ class LayerChecker:
         if shape.spread is not None:
             name = shape.spread
             arg = self.layer.arg(name.id)
-            if arg is None or arg.base_type != "ints" or arg.maybe_none:
+            if arg is None or arg.base_type != "ints" or arg.maybe_none or arg.none_entries:
                 self.r.error(
                     name.span,
                     f"'{name.id}' is not an `ints` argument: a shape is `[dims]`, or an `ints` argument",
@@ -1206,6 +1206,12 @@ class LayerChecker:
         if isinstance(expr, N.Spread):
             arg = self.layer.arg(expr.value.id)
             if expr.value.ref == Ref.ARG and arg is not None and arg.base_type == "ints" and not arg.maybe_none:
+                if arg.none_entries:
+                    self.r.error(
+                        expr.span,
+                        f"'{arg.name}' is `[int?]`: an entry may be none, so it cannot be spread into a list",
+                        "pass it to an operation that takes none entries (adaptive pooling's output_size)",
+                    )
                 return
             if expr.value.ref not in (Ref.UNKNOWN, Ref.UNRESOLVED):
                 self.r.error(
@@ -1255,6 +1261,12 @@ class LayerChecker:
                     f"'{expr.id}' is an `ints` argument (an int or a tuple of ints): it can only be passed to an"
                     " operation or a sub",
                     "for a number, declare it `int`",
+                )
+            elif arg is not None and arg.none_entries and not _takes_none_entries(parent, expr):
+                self.r.error(
+                    expr.span,
+                    f"'{expr.id}' is `[int?]`: an entry may be none, which only some operation parameters take",
+                    "parameters that take none entries: " + ", ".join(sorted(_NONE_ENTRY_PARAMS)),
                 )
             return
         for child in sub_expressions(expr):
@@ -1453,7 +1465,10 @@ class LayerChecker:
             return Kind.TENSOR
         if op.name == "prod":  # of a size: the ints of an `ints` argument or a list
             for value in [*call.args, *(k.value for k in call.kwargs)]:
-                if value.kind not in (Kind.LIST, Kind.UNKNOWN):
+                arg = self.layer.arg(value.id) if isinstance(value, N.Name) else None
+                if arg is not None and arg.none_entries:
+                    self.r.error(value.span, f"prod() of '{arg.name}', whose entries may be none (`[int?]`)")
+                elif value.kind not in (Kind.LIST, Kind.UNKNOWN):
                     self.r.error(
                         value.span,
                         f"prod() takes an `ints` argument or a list of ints, not {_a(value.kind)}",
@@ -1631,12 +1646,12 @@ class LayerChecker:
             if not _is_distribution(value):
                 self.r.error(value.span, "an example input is a distribution: uniform(a, b) or normal(mean, std)")
             return
-        kind = literal_kind(value)
+        arg = self.layer.arg(name)
+        kind = literal_kind(value, none_entries=arg is not None and arg.none_entries)
         if kind is None:
             self.r.error(value.span, "example values are literals", "or a list of literals: `[3, 8]`")
             return
         value.kind = kind
-        arg = self.layer.arg(name)
         if arg is None and kind != Kind.INT:
             self.r.error(value.span, f"example value for int '{name}' is {_a(kind)}")
         elif arg is not None and arg.base_type in ARG_TYPES and not fits_type(kind, arg):
@@ -1659,8 +1674,9 @@ def _is_distribution(v: N.Expr) -> bool:
     )
 
 
-def literal_kind(e: N.Expr) -> Kind | None:
-    """The kind of a literal (a number, string, bool, `inf` or `pi`, maybe negated); None for anything else."""
+def literal_kind(e: N.Expr, none_entries: bool = False) -> Kind | None:
+    """The kind of a literal (a number, string, bool, `inf` or `pi`, maybe negated); None for anything else.
+    With `none_entries` (a `[int?]` argument's value) a list's entries may be none: `[3, none]`."""
     match e:
         case N.Num(value=v):
             return Kind.FLOAT if isinstance(v, float) else Kind.INT
@@ -1676,6 +1692,10 @@ def literal_kind(e: N.Expr) -> Kind | None:
             return Kind.NONE
         case N.ListExpr(items=items) if items and all(literal_kind(i) == Kind.INT for i in items):
             return Kind.LIST  # an `ints` value: [2, 2]
+        case N.ListExpr(items=items) if none_entries and items and all(
+            literal_kind(i) in (Kind.INT, Kind.NONE) for i in items
+        ):
+            return Kind.LIST  # a `[int?]` value: [3, none]
     return None
 
 
@@ -1742,6 +1762,23 @@ def _none_checked(cond: N.Expr, op: str) -> set[str]:
     if isinstance(cond, N.Compare) and cond.ops == [op] and _compares_with_none(cond):
         return {o.id for o in cond.operands if isinstance(o, N.Name)}
     return set()
+
+
+def _takes_none_entries(parent: N.Expr | None, operand: N.Expr) -> bool:
+    """Whether `operand` is passed to a sub, or to an operation parameter whose ints may be none
+    (`Op.none_entries`: adaptive pooling's output_size)."""
+    if not isinstance(parent, N.Call):
+        return False
+    if parent.func not in CALLABLE:
+        return True
+    op = CALLABLE[parent.func]
+    names = [p.name for p in op.params]
+    name = next((names[i] for i, a in enumerate(parent.args) if a is operand and i < len(names)), None)
+    name = next((k.name for k in parent.kwargs if k.value is operand), name)
+    return name in op.none_entries
+
+
+_NONE_ENTRY_PARAMS = {f"{op.name}({name})" for op in CALLABLE.values() for name in op.none_entries}
 
 
 def takes_none(parent: N.Expr | None, operand: N.Expr, tensor: bool = False) -> bool:

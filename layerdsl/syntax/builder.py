@@ -174,9 +174,12 @@ class IRBuilder(Transformer):
         return N.Decorator(str(name), _span(meta), args, kwargs)
 
     def argdef(self, meta, items):
-        name, type_tok, length, maybe_none, choices, default = items
-        type_span = _tspan(type_tok)
-        text = str(type_tok)
+        if len(items) == 5:  # `output_size: [int?]`
+            name, (text, type_span), maybe_none, choices, default = items
+            length = None
+        else:
+            name, type_tok, length, maybe_none, choices, default = items
+            type_span, text = _tspan(type_tok), str(type_tok)
         if length is not None:  # `ints[4]`: the type's text and span cover the length
             text += f"[{length[0]}]"
             type_span = type_span.to(length[1])
@@ -186,6 +189,17 @@ class IRBuilder(Transformer):
         if choices is not None:  # `int | "same" | "valid"`: the span covers the strings
             type_span = type_span.to(choices[-1].span)
         return N.Arg(str(name), _tspan(name), text, type_span, default, tuple(c.value for c in choices or ()))
+
+    def none_entries(self, meta, items):
+        """`[int?]`: ints whose entries may be none; only int entries are."""
+        entry = str(items[0])
+        if entry != "int":
+            self.r.error(
+                _tspan(items[0]),
+                f"only int entries may be none: `[int?]`, not `[{entry}?]`",
+                "write `[int?]` (an int or a tuple of ints and none)",
+            )
+        return "[int?]", _span(meta)
 
     def arg_choices(self, meta, items):
         return [self.string(meta, [tok]) for tok in items]

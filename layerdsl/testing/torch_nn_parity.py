@@ -184,6 +184,8 @@ def _fits(declared: str, kind: str) -> bool:
         return kind in ("float", "int")
     if base.startswith("ints"):
         return kind in ("int", "a tuple of ints")
+    if base == "[int?]":
+        return kind in ("int", "a tuple of ints", "a tuple of ints and None (None: keep the input's size)")
     if base == "tensor":
         return kind == "a tensor"
     if base == "object":  # an opaque value, passed on as it is
