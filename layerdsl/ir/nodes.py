@@ -486,6 +486,12 @@ class Input(Node):
     optional: bool = False
     # `hx: ([B, H], [B, H])`: a tuple of tensors (then `dtype` and `shape` are the first one's).
     parts: list[Input] | None = None
+    # `targets: long[N, S] | long[L]`: tensors of different ranks, one of which is given (then `dtype` and
+    # `shape` are the first one's); a dim first named in one binds nothing outside it.
+    alternatives: list[Input] | None = None
+    # `lengths: long[N] | ints`: a tuple of ints may be given instead, passed on to an operation parameter
+    # that takes one (`Op.int_tuples`).
+    takes_ints: bool = False
 
 
 @dataclass(eq=False)

@@ -51,6 +51,7 @@ class Op:
     promotes: bool = True  # torch promotes operands of mixed dtypes (False: it raises, as matmul does)
     objects: tuple[str, ...] = ()  # parameters that take an opaque Python value (an `object` argument)
     none_entries: tuple[str, ...] = ()  # `ints` parameters whose entries may be none (a `[int?]` argument)
+    int_tuples: tuple[str, ...] = ()  # tensor parameters that also take a tuple of ints (an input `T | ints`)
     # A differentiable op without derivative rows yet: how to write it so that a backward derives
     not_derived_yet: str | None = None
     # operands whose derivative torch gives only at log-probabilities over the last dim (ctc_loss's log_probs):
@@ -904,6 +905,7 @@ TABLE: tuple[Op, ...] = (
         cost="costly",
         positional=4,
         log_probs=("log_probs",),
+        int_tuples=("input_lengths", "target_lengths"),
     ),
     Op(
         "gaussian_nll_loss",

@@ -227,6 +227,7 @@ class LayerChecker:
         self.dims: list[str] = []  # symbolic dims, in order of first appearance
         self.optional: set[str] = set()
         self.maybe_none: set[str] = set()  # `T?` arguments
+        self.maybe_ints: set[str] = set()  # inputs that may be a tuple of ints (`lengths: long[N] | ints`)
         self.not_none: set[str] = set()  # `T?` arguments known not to be none here (`if x != none { ... }`)
         self.present: set[str] = set()  # optional members known to exist here (`if track_running_stats { ... }`)
         self.partly_bound: set[str] = set()  # locals bound on some paths of an `if` only
@@ -690,6 +691,11 @@ class LayerChecker:
             seen_inputs.add(inp.name)
             self.declare(inp.name, inp.span, Ref.INPUT, Kind.TUPLE if inp.parts else Kind.TENSOR, inp)
             self.check_input_kind(inp, fwd)
+            if inp.alternatives:  # each alternative's new dims are its own: they bind nothing
+                for alt in inp.alternatives:
+                    if alt.shape is not None:
+                        self.check_input_shape(alt.shape, bind=False, alternative=True)
+                continue
             for shape in [p.shape for p in inp.parts] if inp.parts else [inp.shape]:
                 if shape is not None:
                     self.check_input_shape(shape, bind=not inp.optional, optional=inp.optional)
@@ -714,15 +720,17 @@ class LayerChecker:
                 f"required input '{inp.name}' follows an optional one",
                 "put the optional inputs (`? = none`) last, as Python's defaults are",
             )
-        if self.layer.is_function and (inp.optional or inp.parts):
-            what = "an optional input" if inp.optional else "a tuple input"
+        if inp.takes_ints:
+            self.maybe_ints.add(inp.name)
+        if self.layer.is_function and (inp.optional or inp.parts or inp.alternatives or inp.takes_ints):
+            what = "an optional input" if inp.optional else "a tuple input" if inp.parts else "an input of alternatives"
             self.r.error(
                 inp.span,
                 f"an @function layer cannot take {what} yet: the derived backward does not pass through it",
                 "drop @function (autograd then derives the backward), or take the tensors as required inputs",
             )
 
-    def check_input_shape(self, shape: N.Shape, bind: bool, optional: bool = False) -> None:
+    def check_input_shape(self, shape: N.Shape, bind: bool, optional: bool = False, alternative: bool = False) -> None:
         ellipses = [d for d in shape.dims if isinstance(d, N.EllipsisItem)]
         for extra in ellipses[1:]:
             self.r.error(extra.span, "'...' may appear at most once in a shape")
@@ -730,6 +738,9 @@ class LayerChecker:
             if isinstance(d, N.EllipsisItem):
                 continue
             if is_new_dim(d, self.scope):
+                if alternative:  # `long[L]` of `long[N, S] | long[L]`: its size is not checked or known
+                    self.check_name(d.id, d.span, "dim")
+                    continue
                 if bind:
                     self.check_name(d.id, d.span, "dim")  # a bad name is still bound: no follow-on errors
                     self.scope.declare(d.id, Ref.DIM, d, d.span)
@@ -1277,6 +1288,13 @@ class LayerChecker:
         parameter that defaults to none), an operand of + - * / (skipped when none), or used where
         `if x != none` proves it present; a tuple input is unpacked (`h, c = hx`) or passed to a sub."""
         passed = isinstance(parent, N.Call) and parent.func not in CALLABLE
+        if name.id in self.maybe_ints and not (_passed_as_int_tuple(parent, name) or _compares_with_none(parent)):
+            self.r.error(
+                name.span,
+                f"input '{name.id}' may be a tuple of ints here",
+                "pass it to an operation parameter that takes one: " + ", ".join(sorted(_INT_TUPLE_PARAMS)),
+            )
+            return
         if name.id in self.maybe_none and name.id not in self.not_none:
             skipped = isinstance(parent, N.BinOp) and parent.op in ("+", "-", "*", "/") and name.kind == Kind.TENSOR
             if not (passed or skipped or _compares_with_none(parent) or takes_none(parent, name, tensor=True)):
@@ -1762,6 +1780,20 @@ def _none_checked(cond: N.Expr, op: str) -> set[str]:
     if isinstance(cond, N.Compare) and cond.ops == [op] and _compares_with_none(cond):
         return {o.id for o in cond.operands if isinstance(o, N.Name)}
     return set()
+
+
+def _passed_as_int_tuple(parent: N.Expr | None, operand: N.Expr) -> bool:
+    """Whether `operand` is given to an operation parameter that takes a tuple of ints too (`Op.int_tuples`)."""
+    if not isinstance(parent, N.Call) or parent.func not in CALLABLE:
+        return False
+    op = CALLABLE[parent.func]
+    names = [p.name for p in op.params]
+    name = next((names[i] for i, a in enumerate(parent.args) if a is operand and i < len(names)), None)
+    name = next((k.name for k in parent.kwargs if k.value is operand), name)
+    return name in op.int_tuples
+
+
+_INT_TUPLE_PARAMS = {f"{op.name}({name})" for op in CALLABLE.values() for name in op.int_tuples}
 
 
 def _takes_none_entries(parent: N.Expr | None, operand: N.Expr) -> bool:

@@ -219,10 +219,17 @@ def _forward_problem(layer: N.Layer, fwd) -> str | None:
 
 
 def _tensor_problem(name: str, value, declared: N.Input) -> str | None:
+    if declared.takes_ints and _value_kind(value) == "a tuple of ints":
+        return None
     if not isinstance(value, torch.Tensor):
         return f"input `{name}` is {_value_kind(value)}"
     if declared.dtype == "float" and not value.is_floating_point():
         return f"input `{name}` is {value.dtype}, the spec declares a float input"
+    if declared.alternatives:
+        ranks = sorted(len(a.shape.dims) for a in declared.alternatives if a.shape is not None)
+        if value.dim() not in ranks:
+            return f"input `{name}` has {value.dim()} dims, the spec declares {' or '.join(map(str, ranks))}"
+        return None
     if declared.shape is not None:
         rank = len(declared.shape.dims)
         if declared.shape.has_ellipsis and value.dim() < rank - 1:
