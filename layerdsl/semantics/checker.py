@@ -374,6 +374,9 @@ class LayerChecker:
             self.check_expression_default(arg, d)
             return
         kind = literal_kind(d, none_entries=arg.none_entries)
+        if kind is None and arg.base_type == "ints" and literal_kind(d, none_entries=True) == Kind.LIST:
+            self.r.error(d.span, f"an entry of ints argument '{arg.name}' is none", _NONE_ENTRY_HINT.format(arg.name))
+            return
         if isinstance(d, N.ListExpr) and not d.items and arg.base_type == "ints" and arg.length is None:
             kind = Kind.LIST  # `out_features: ints = []`: no ints (torch's `()`)
         if kind is None:
@@ -1666,6 +1669,9 @@ class LayerChecker:
             return
         arg = self.layer.arg(name)
         kind = literal_kind(value, none_entries=arg is not None and arg.none_entries)
+        if kind is None and arg is not None and arg.base_type == "ints" and literal_kind(value, True) == Kind.LIST:
+            self.r.error(value.span, f"an entry of ints argument '{name}' is none", _NONE_ENTRY_HINT.format(name))
+            return
         if kind is None:
             self.r.error(value.span, "example values are literals", "or a list of literals: `[3, 8]`")
             return
@@ -1810,6 +1816,7 @@ def _takes_none_entries(parent: N.Expr | None, operand: N.Expr) -> bool:
     return name in op.none_entries
 
 
+_NONE_ENTRY_HINT = "declare it `{}: [int?]` if an entry may be none (adaptive pooling: keep that size)"
 _NONE_ENTRY_PARAMS = {f"{op.name}({name})" for op in CALLABLE.values() for name in op.none_entries}
 
 
