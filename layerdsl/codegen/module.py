@@ -406,7 +406,11 @@ class LayerEmitter:
             text = "(" + ", ".join(shown(p.shape) for p in i.parts) + ")" if i.parts else shown(i.shape)
             if i.alternatives:
                 text = " or ".join(shown(a.shape) for a in i.alternatives if a.shape is not None)
-            return f"{i.name}: {text}" + (" or a tuple of ints" if i.takes_ints else "") + (" or None" if i.optional else "")
+            return (
+                f"{i.name}: {text}"
+                + (" or a tuple of ints" if i.takes_ints else "")
+                + (" or None" if i.optional else "")
+            )
 
         ins = ", ".join(shown_input(i) for i in fwd.inputs if i.shape is not None)
         if not ins and fwd.outputs is None:
@@ -659,16 +663,16 @@ class LayerEmitter:
     def alternative_checks(self, inp: N.Input, sources: dict[str, str], ex: PyExpr) -> list[str]:
         """`targets: long[N, S] | long[L]`: its rank is one of the alternatives'; each alternative's sizes are
         checked under its rank (a dim new in one binds nothing: it is compared within that one only)."""
-        alternatives = [a for a in inp.alternatives or [] if a.shape is not None]
-        ranks = [len(a.shape.dims) for a in alternatives]
-        declared = " or ".join(f"{r} dim{'s' if r != 1 else ''} {_layout(a.shape)[0]}" for a, r in zip(alternatives, ranks))
+        shapes = [a.shape for a in inp.alternatives or [] if a.shape is not None]
+        ranks = [len(shape.dims) for shape in shapes]
+        declared = " or ".join(f"{r} dim{'s' if r != 1 else ''} {_layout(sh)[0]}" for sh, r in zip(shapes, ranks))
         where = f"{self.layer.name}: input '{inp.name}'"
         lines = [
             f"if {inp.name}.dim() not in ({', '.join(map(str, ranks))}):",
             f'    raise ValueError(f"{where} must have {declared}, got {{{inp.name}.dim()}} dims")',
         ]
-        for alt, rank in zip(alternatives, ranks):
-            checks = self.input_checks(alt.shape, inp, dict(sources), set(), ex, rank_check=False)
+        for shape, rank in zip(shapes, ranks):
+            checks = self.input_checks(shape, inp, dict(sources), set(), ex, rank_check=False)
             if checks:
                 lines += [f"if {inp.name}.dim() == {rank}:", *_indent(checks)]
         return lines

@@ -1716,8 +1716,8 @@ def literal_kind(e: N.Expr, none_entries: bool = False) -> Kind | None:
             return Kind.NONE
         case N.ListExpr(items=items) if items and all(literal_kind(i) == Kind.INT for i in items):
             return Kind.LIST  # an `ints` value: [2, 2]
-        case N.ListExpr(items=items) if none_entries and items and all(
-            literal_kind(i) in (Kind.INT, Kind.NONE) for i in items
+        case N.ListExpr(items=items) if (
+            none_entries and items and all(literal_kind(i) in (Kind.INT, Kind.NONE) for i in items)
         ):
             return Kind.LIST  # a `[int?]` value: [3, none]
     return None

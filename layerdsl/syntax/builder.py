@@ -374,9 +374,7 @@ class IRBuilder(Transformer):
             if isinstance(item, Token):
                 if str(item) != "ints" or alternatives.ints:
                     why = "`ints` is given twice" if str(item) == "ints" else f"unknown input type '{item}'"
-                    self.r.error(
-                        _tspan(item), why, "an input is a tensor type (`[B, n]`, `long[N]`), or `T | ints`"
-                    )
+                    self.r.error(_tspan(item), why, "an input is a tensor type (`[B, n]`, `long[N]`), or `T | ints`")
                 alternatives.ints = True
                 continue
             dtype, shape = item
