@@ -9,7 +9,7 @@ Adding an operation is adding a row.
 
 Shape rules: "elementwise" (broadcasts its tensor inputs), "reduce" (drops or keeps `dim`), "matmul",
 "transpose", "view" (reshape family), "softmax" (same shape as input), "concat", "fft", "conv", "where",
-"pool" and "adaptive_pool" (the last spatial dims), "conv_transpose", "pad", "glu" (halves `dim`),
+"pool", "adaptive_pool" and "fractional_pool" (the last spatial dims), "conv_transpose", "pad", "glu" (halves `dim`),
 "loss" (`[]` for the reductions "mean" and "sum", the per-sample shape for "none"),
 "opaque" (the static pass leaves the result's shape to run time).
 """
@@ -92,6 +92,7 @@ def _reduction(name, torch, doc, grad, extra="", cost="costly", dim_default="non
 _EXPAND = "expand_reduced(grad, input, dim, keepdim)"
 _MAX_POOL = "input*, kernel_size, stride = none, padding = 0, dilation = 1, ceil_mode = false"
 _ADAPTIVE_POOL = "input*, output_size"
+_FRACTIONAL_POOL = "input*, kernel_size, output_size = none, output_ratio = none, random_samples* = none"
 
 TABLE: tuple[Op, ...] = (
     # -- operators: `a + b` is the row `add`, and so on
@@ -743,6 +744,36 @@ TABLE: tuple[Op, ...] = (
         none_entries=("output_size",),
     ),
     Op(
+        "fractional_max_pool2d",
+        _sig(_FRACTIONAL_POOL),
+        "torch.nn.functional.fractional_max_pool2d",
+        "fractional_pool",
+        "2-D max pooling over pseudo-random windows to output_size (or input size * output_ratio); the windows'"
+        " offsets are random_samples [N, C, 2] in [0, 1), drawn as torch draws them when none",
+        {
+            "input": "max_pool_backward(grad, input, indices, 2)",
+            "random_samples": None,
+        },
+        cost="costly",
+        positional=4,
+        kwarg_spelling={"random_samples": "_random_samples"},
+    ),
+    Op(
+        "fractional_max_pool3d",
+        _sig(_FRACTIONAL_POOL),
+        "torch.nn.functional.fractional_max_pool3d",
+        "fractional_pool",
+        "3-D max pooling over pseudo-random windows to output_size (or input size * output_ratio); the windows'"
+        " offsets are random_samples [N, C, 3] in [0, 1), drawn as torch draws them when none",
+        {
+            "input": "max_pool_backward(grad, input, indices, 3)",
+            "random_samples": None,
+        },
+        cost="costly",
+        positional=4,
+        kwarg_spelling={"random_samples": "_random_samples"},
+    ),
+    Op(
         "pad",
         _sig('input*, pad, mode = "constant", value = none'),
         "torch.nn.functional.pad",
@@ -1305,6 +1336,20 @@ TABLE: tuple[Op, ...] = (
             internal=True,
         )
         for pool in (*(f"max_pool{k}d" for k in (1, 2, 3)), *(f"adaptive_max_pool{k}d" for k in (1, 2, 3)))
+    ),
+    *(
+        Op(
+            f"fractional_max_pool{k}d_indices",
+            _sig(_FRACTIONAL_POOL),
+            f"torch.nn.functional.fractional_max_pool{k}d",
+            "fractional_pool",
+            f"where each maximum of fractional_max_pool{k}d is (int64, into the flattened pooled dims)",
+            cost="kept",
+            internal=True,
+            positional=4,
+            kwarg_spelling={"random_samples": "_random_samples"},
+        )
+        for k in (2, 3)
     ),
     Op(
         "max_pool_backward",

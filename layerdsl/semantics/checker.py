@@ -195,17 +195,28 @@ def _inside(span: N.Span, outer: N.Span) -> bool:
     return (outer.line, outer.col) <= (span.line, span.col) < (outer.end_line, outer.end_col)
 
 
-def name_problem(name: str, arg: bool = False, member: bool = False) -> tuple[str, str | None] | None:
+def _private_buffer_name(name: str) -> bool:
+    """`_random_samples`: one `_`, then a lowercase name, and none of the generated code's own `_` names."""
+    body = name[1:]
+    own = body == "reverse" or (body.startswith("out") and body[3:].isdigit())
+    return not own and body[:1].isalpha() and body.islower() and body.replace("_", "").isalnum()
+
+
+def name_problem(
+    name: str, arg: bool = False, member: bool = False, private: bool = False
+) -> tuple[str, str | None] | None:
     """Why `name` cannot name something in a spec, with a hint; None when it can. An argument (`arg`) may
     share an operation's name, as torch's `dropout` does: a call is the operation, a name the argument.
     A param, buffer or sub (`member`) may too, as torch's `self.norm` and `self.dropout` do: it hides the
-    operation in its layer (`norm(x)` calls the sub)."""
+    operation in its layer (`norm(x)` calls the sub). A tensor argument (`private`) may start with one `_`,
+    as torch's private `_random_samples` does: it names the buffer, and so the state_dict key."""
     if name in RESERVED:
         return f"'{name}' is a reserved word", "choose another name"
     if name in ("True", "False", "None"):
         return f"'{name}' cannot be a name", f"did you mean '{name.lower()}'?"
-    if name.startswith("_"):
-        return f"names may not start with '_': '{name}'", None
+    if name.startswith("_") and not (private and _private_buffer_name(name)):
+        hint = "only a tensor argument may, with one `_`: `_random_samples: tensor? = none`" if arg else None
+        return f"names may not start with '_': '{name}'", hint
     if name in PYTHON_KEYWORDS:
         return f"'{name}' is a Python keyword and cannot be a name", "choose another name"
     if name in FORBIDDEN:
@@ -264,7 +275,9 @@ class LayerChecker:
 
     def check_name(self, name: str, span: N.Span, what: str) -> bool:
         member = what in (Ref.PARAM, Ref.BUFFER, Ref.SUB)
-        problem = name_problem(name, arg=what == Ref.ARG, member=member) or self.generated_name_problem(name, what)
+        private = what == Ref.ARG and (arg := self.layer.arg(name)) is not None and arg.base_type == "tensor"
+        problem = name_problem(name, arg=what == Ref.ARG, member=member, private=private)
+        problem = problem or self.generated_name_problem(name, what)
         if problem:
             self.r.error(span, problem[0], problem[1])
             return False

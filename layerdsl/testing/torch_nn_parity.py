@@ -40,8 +40,6 @@ SPEC_FOLDER = "torch_nn"
 
 # module_db classes without a spec, and why. Every module_db class is either written or listed here.
 NOT_WRITTEN: dict[str, str] = {
-    "FractionalMaxPool2d": "random pooling regions from a private `_random_samples` tensor argument",
-    "FractionalMaxPool3d": "random pooling regions from a private `_random_samples` tensor argument",
     "LazyConv1d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
     "LazyConv2d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
     "LazyConv3d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
