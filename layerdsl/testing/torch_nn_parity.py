@@ -47,7 +47,9 @@ NOT_WRITTEN: dict[str, str] = {
     "LazyConvTranspose2d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
     "LazyConvTranspose3d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
     "RMSNorm": "specs/rms_norm.layer (the tutorial's RMSNorm) holds the name, and the layers of one run share one"
-    " namespace; written like LayerNorm it is `rms_norm(input, normalized_shape, weight, eps)` with `eps: float?`",
+    " namespace; the fix decided: a folder is a namespace (a sub's layer found in its own folder first, then the"
+    " folders above, as the language server resolves; a name defined in two other folders an error), not built"
+    " yet; written like LayerNorm it is `rms_norm(input, normalized_shape, weight, eps)` with `eps: float?`",
     "MultiheadAttention": "its reset re-initialises a member of its sub (`out_proj.bias` zeroed after Linear drew"
     " it), which a spec cannot say; add_bias_kv and add_zero_attn also need expand and zeros ops"
     " (TransformerEncoderLayer/DecoderLayer use torch's as a sub)",
