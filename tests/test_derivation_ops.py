@@ -486,6 +486,21 @@ POOLING_FAMILIES = {
         "[N, c, 3, W]",
         (2, 2, 7, 5),
     ),
+    # output sizes that fit the input evenly: the pseudo-random windows are then the same on every call
+    "fractional_max_pool2d": (
+        "[c]",
+        "[N, c, H, W]",
+        "fractional_max_pool2d(x * x, 2, output_size = [3, 2])",
+        "[N, c, 3, 2]",
+        (2, 2, 6, 4),
+    ),
+    "fractional_max_pool3d": (
+        "[c]",
+        "[N, c, D, H, W]",
+        "fractional_max_pool3d(sin(x), 2, output_size = 2)",
+        "[N, c, 2, 2, 2]",
+        (1, 2, 4, 4, 4),
+    ),
     "adaptive_max_pool3d": (
         "[c]",
         "[N, c, D, H, W]",
@@ -619,7 +634,8 @@ def test_pooling_family_gradcheck_and_gradgradcheck(checked):
     assert torch.autograd.gradgradcheck(apply, inputs)
 
 
-def test_pooling_family_vmap_of_grad_and_jacrev(checked):
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # fractional pooling's fallback
+def test_pooling_family_vmap_of_grad_and_jacrev(checked, request):
     plain, apply, (x, weight, bias) = checked
     w, b = weight.detach(), bias.detach()
     xs = torch.stack([x.detach(), x.detach().flip(-1) * 2])
@@ -627,8 +643,10 @@ def test_pooling_family_vmap_of_grad_and_jacrev(checked):
     def loss(f):
         return lambda t: f(t, w, b).square().sum()
 
-    batched = torch.func.vmap(torch.func.grad(loss(apply)))(xs)
-    want = torch.func.vmap(torch.func.grad(loss(plain)))(xs)
+    # fractional pooling draws its windows' offsets (torch.rand): vmap must be told how
+    randomness = "same" if "fractional" in request.node.callspec.id else "error"
+    batched = torch.func.vmap(torch.func.grad(loss(apply)), randomness=randomness)(xs)
+    want = torch.func.vmap(torch.func.grad(loss(plain)), randomness=randomness)(xs)
     assert torch.allclose(batched, want)
     assert torch.allclose(
         torch.func.jacrev(lambda t: apply(t, w, b))(xs[0]), torch.func.jacrev(lambda t: plain(t, w, b))(xs[0])

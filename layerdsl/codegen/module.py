@@ -404,7 +404,13 @@ class LayerEmitter:
 
         def shown_input(i: N.Input) -> str:
             text = "(" + ", ".join(shown(p.shape) for p in i.parts) + ")" if i.parts else shown(i.shape)
-            return f"{i.name}: {text}" + (" or None" if i.optional else "")
+            if i.alternatives:
+                text = " or ".join(shown(a.shape) for a in i.alternatives if a.shape is not None)
+            return (
+                f"{i.name}: {text}"
+                + (" or a tuple of ints" if i.takes_ints else "")
+                + (" or None" if i.optional else "")
+            )
 
         ins = ", ".join(shown_input(i) for i in fwd.inputs if i.shape is not None)
         if not ins and fwd.outputs is None:
@@ -641,13 +647,35 @@ class LayerEmitter:
         lines: list[str] = []
         for inp in self.forward.inputs:
             checks = []
-            for part in inp.parts or [inp]:  # a tuple input's tensors are checked one by one: `hx[0]`
-                checks += self.type_checks(part, ex)
-                if part.shape is not None:
-                    checks += self.input_checks(part.shape, part, sources, used_in_body, ex)
+            if inp.alternatives:
+                checks += self.type_checks(inp, ex) + self.alternative_checks(inp, sources, ex)
+            else:
+                for part in inp.parts or [inp]:  # a tuple input's tensors are checked one by one: `hx[0]`
+                    checks += self.type_checks(part, ex)
+                    if part.shape is not None:
+                        checks += self.input_checks(part.shape, part, sources, used_in_body, ex)
+            if inp.takes_ints and checks:  # a tuple of ints is passed on as it is
+                checks = [f"if isinstance({inp.name}, Tensor):", *_indent(checks)]
             # An optional input binds no new dims (the checker's rule): its checks only compare.
             lines += [f"if {inp.name} is not None:", *_indent(checks)] if inp.optional and checks else checks
         return lines, sources
+
+    def alternative_checks(self, inp: N.Input, sources: dict[str, str], ex: PyExpr) -> list[str]:
+        """`targets: long[N, S] | long[L]`: its rank is one of the alternatives'; each alternative's sizes are
+        checked under its rank (a dim new in one binds nothing: it is compared within that one only)."""
+        shapes = [a.shape for a in inp.alternatives or [] if a.shape is not None]
+        ranks = [len(shape.dims) for shape in shapes]
+        declared = " or ".join(f"{r} dim{'s' if r != 1 else ''} {_layout(sh)[0]}" for sh, r in zip(shapes, ranks))
+        where = f"{self.layer.name}: input '{inp.name}'"
+        lines = [
+            f"if {inp.name}.dim() not in ({', '.join(map(str, ranks))}):",
+            f'    raise ValueError(f"{where} must have {declared}, got {{{inp.name}.dim()}} dims")',
+        ]
+        for shape, rank in zip(shapes, ranks):
+            checks = self.input_checks(shape, inp, dict(sources), set(), ex, rank_check=False)
+            if checks:
+                lines += [f"if {inp.name}.dim() == {rank}:", *_indent(checks)]
+        return lines
 
     def type_checks(self, inp: N.Input, ex: PyExpr) -> list[str]:
         """A float input must be a floating-point tensor on the parameters' device (and, where an operation
@@ -729,12 +757,20 @@ class LayerEmitter:
         return lines
 
     def input_checks(
-        self, shape: N.Shape, inp: N.Input, sources: dict[str, str], used_in_body: set[str], ex: PyExpr
+        self,
+        shape: N.Shape,
+        inp: N.Input,
+        sources: dict[str, str],
+        used_in_body: set[str],
+        ex: PyExpr,
+        rank_check: bool = True,
     ) -> list[str]:
         declared, ell, rank = _layout(shape)
         where = f"{self.layer.name}: input '{inp.name}'"
         lines = []
-        if ell is None:
+        if not rank_check:
+            pass
+        elif ell is None:
             lines += [
                 f"if {inp.name}.dim() != {rank}:",
                 f'    raise ValueError(f"{where} must have {rank} dim{"s" if rank != 1 else ""} {declared}, got {{{inp.name}.dim()}}")',
@@ -788,6 +824,8 @@ def _member(t: N.Tensor) -> str:
 def input_param(inp: N.Input) -> str:
     """A forward input in the signature: `x: Tensor`, `mask: Tensor | None = None`, `hx: tuple[Tensor, Tensor]`."""
     hint = f"tuple[{', '.join(['Tensor'] * len(inp.parts))}]" if inp.parts else "Tensor"
+    if inp.takes_ints:
+        hint = "Tensor | tuple[int, ...]"
     return f"{inp.name}: {hint} | None = None" if inp.optional else f"{inp.name}: {hint}"
 
 

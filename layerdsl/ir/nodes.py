@@ -379,7 +379,7 @@ class Shape(Node):
 class Arg(Node):
     name: str
     span: Span
-    type: str  # "int", "float", "bool", "str", "ints", each maybe with "?" (`float?`: may be none)
+    type: str  # "int", "float", "bool", "str", "ints", each maybe with "?" (`float?`: may be none); "[int?]"
     type_span: Span
     default: Expr | None
     choices: tuple[str, ...] = ()  # `padding: int | "same" | "valid"`: the strings it may also be
@@ -389,15 +389,20 @@ class Arg(Node):
         return self.type.endswith("?")
 
     @property
+    def none_entries(self) -> bool:
+        """`output_size: [int?]`: an `ints` whose entries may be none (torch's `(None, 7)`: keep that size)."""
+        return self.type.startswith("[int?]")
+
+    @property
     def base_type(self) -> str:
-        """The type without its `?` and its length: `ints` for `ints[4]?`."""
-        return self.type.removesuffix("?").split("[")[0]
+        """The type without its `?` and its length: `ints` for `ints[4]?` (and for `[int?]`)."""
+        return "ints" if self.none_entries else self.type.removesuffix("?").split("[")[0]
 
     @property
     def length(self) -> int | None:
         """`ints[4]`: the number of ints (an int given is repeated to it); None without a length."""
         text = self.type.removesuffix("?")
-        return int(text[text.index("[") + 1 : -1]) if "[" in text else None
+        return int(text[text.index("[") + 1 : -1]) if "[" in text and not self.none_entries else None
 
 
 @dataclass(eq=False)
@@ -481,6 +486,12 @@ class Input(Node):
     optional: bool = False
     # `hx: ([B, H], [B, H])`: a tuple of tensors (then `dtype` and `shape` are the first one's).
     parts: list[Input] | None = None
+    # `targets: long[N, S] | long[L]`: tensors of different ranks, one of which is given (then `dtype` and
+    # `shape` are the first one's); a dim first named in one binds nothing outside it.
+    alternatives: list[Input] | None = None
+    # `lengths: long[N] | ints`: a tuple of ints may be given instead, passed on to an operation parameter
+    # that takes one (`Op.int_tuples`).
+    takes_ints: bool = False
 
 
 @dataclass(eq=False)

@@ -9,7 +9,7 @@ Adding an operation is adding a row.
 
 Shape rules: "elementwise" (broadcasts its tensor inputs), "reduce" (drops or keeps `dim`), "matmul",
 "transpose", "view" (reshape family), "softmax" (same shape as input), "concat", "fft", "conv", "where",
-"pool" and "adaptive_pool" (the last spatial dims), "conv_transpose", "pad", "glu" (halves `dim`),
+"pool", "adaptive_pool" and "fractional_pool" (the last spatial dims), "conv_transpose", "pad", "glu" (halves `dim`),
 "loss" (`[]` for the reductions "mean" and "sum", the per-sample shape for "none"),
 "opaque" (the static pass leaves the result's shape to run time).
 """
@@ -50,6 +50,8 @@ class Op:
     shape_args: tuple[int, ...] = ()  # positions of arguments read only for their shape (internal helpers)
     promotes: bool = True  # torch promotes operands of mixed dtypes (False: it raises, as matmul does)
     objects: tuple[str, ...] = ()  # parameters that take an opaque Python value (an `object` argument)
+    none_entries: tuple[str, ...] = ()  # `ints` parameters whose entries may be none (a `[int?]` argument)
+    int_tuples: tuple[str, ...] = ()  # tensor parameters that also take a tuple of ints (an input `T | ints`)
     # A differentiable op without derivative rows yet: how to write it so that a backward derives
     not_derived_yet: str | None = None
     # operands whose derivative torch gives only at log-probabilities over the last dim (ctc_loss's log_probs):
@@ -90,6 +92,7 @@ def _reduction(name, torch, doc, grad, extra="", cost="costly", dim_default="non
 _EXPAND = "expand_reduced(grad, input, dim, keepdim)"
 _MAX_POOL = "input*, kernel_size, stride = none, padding = 0, dilation = 1, ceil_mode = false"
 _ADAPTIVE_POOL = "input*, output_size"
+_FRACTIONAL_POOL = "input*, kernel_size, output_size = none, output_ratio = none, random_samples* = none"
 
 TABLE: tuple[Op, ...] = (
     # -- operators: `a + b` is the row `add`, and so on
@@ -691,6 +694,7 @@ TABLE: tuple[Op, ...] = (
             "input": "adaptive_avg_pool_backward(grad, input, 2)",
         },
         cost="costly",
+        none_entries=("output_size",),
     ),
     Op(
         "adaptive_avg_pool3d",
@@ -702,6 +706,7 @@ TABLE: tuple[Op, ...] = (
             "input": "adaptive_avg_pool_backward(grad, input, 3)",
         },
         cost="costly",
+        none_entries=("output_size",),
     ),
     Op(
         "adaptive_max_pool1d",
@@ -724,6 +729,7 @@ TABLE: tuple[Op, ...] = (
             "input": "max_pool_backward(grad, input, indices, 2)",
         },
         cost="costly",
+        none_entries=("output_size",),
     ),
     Op(
         "adaptive_max_pool3d",
@@ -735,6 +741,37 @@ TABLE: tuple[Op, ...] = (
             "input": "max_pool_backward(grad, input, indices, 3)",
         },
         cost="costly",
+        none_entries=("output_size",),
+    ),
+    Op(
+        "fractional_max_pool2d",
+        _sig(_FRACTIONAL_POOL),
+        "torch.nn.functional.fractional_max_pool2d",
+        "fractional_pool",
+        "2-D max pooling over pseudo-random windows to output_size (or input size * output_ratio); the windows'"
+        " offsets are random_samples [N, C, 2] in [0, 1), drawn as torch draws them when none",
+        {
+            "input": "max_pool_backward(grad, input, indices, 2)",
+            "random_samples": None,
+        },
+        cost="costly",
+        positional=4,
+        kwarg_spelling={"random_samples": "_random_samples"},
+    ),
+    Op(
+        "fractional_max_pool3d",
+        _sig(_FRACTIONAL_POOL),
+        "torch.nn.functional.fractional_max_pool3d",
+        "fractional_pool",
+        "3-D max pooling over pseudo-random windows to output_size (or input size * output_ratio); the windows'"
+        " offsets are random_samples [N, C, 3] in [0, 1), drawn as torch draws them when none",
+        {
+            "input": "max_pool_backward(grad, input, indices, 3)",
+            "random_samples": None,
+        },
+        cost="costly",
+        positional=4,
+        kwarg_spelling={"random_samples": "_random_samples"},
     ),
     Op(
         "pad",
@@ -899,6 +936,7 @@ TABLE: tuple[Op, ...] = (
         cost="costly",
         positional=4,
         log_probs=("log_probs",),
+        int_tuples=("input_lengths", "target_lengths"),
     ),
     Op(
         "gaussian_nll_loss",
@@ -1298,6 +1336,20 @@ TABLE: tuple[Op, ...] = (
             internal=True,
         )
         for pool in (*(f"max_pool{k}d" for k in (1, 2, 3)), *(f"adaptive_max_pool{k}d" for k in (1, 2, 3)))
+    ),
+    *(
+        Op(
+            f"fractional_max_pool{k}d_indices",
+            _sig(_FRACTIONAL_POOL),
+            f"torch.nn.functional.fractional_max_pool{k}d",
+            "fractional_pool",
+            f"where each maximum of fractional_max_pool{k}d is (int64, into the flattened pooled dims)",
+            cost="kept",
+            internal=True,
+            positional=4,
+            kwarg_spelling={"random_samples": "_random_samples"},
+        )
+        for k in (2, 3)
     ),
     Op(
         "max_pool_backward",

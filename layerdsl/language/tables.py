@@ -131,8 +131,11 @@ PY_TYPES = {"ints": "int | tuple[int, ...]", "tensor": "Tensor"}
 
 def python_type(arg_type: str) -> str:
     """`float?` -> `float | None`, `ints` -> `int | tuple[int, ...]`."""
-    base = arg_type.removesuffix("?").split("[")[0]
-    py = PY_TYPES.get(base, base)
+    if arg_type.startswith("[int?]"):  # ints whose entries may be none
+        py = "int | tuple[int | None, ...]"
+    else:
+        base = arg_type.removesuffix("?").split("[")[0]
+        py = PY_TYPES.get(base, base)
     return f"{py} | None" if arg_type.endswith("?") else py
 
 

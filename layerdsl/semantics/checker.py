@@ -195,17 +195,28 @@ def _inside(span: N.Span, outer: N.Span) -> bool:
     return (outer.line, outer.col) <= (span.line, span.col) < (outer.end_line, outer.end_col)
 
 
-def name_problem(name: str, arg: bool = False, member: bool = False) -> tuple[str, str | None] | None:
+def _private_buffer_name(name: str) -> bool:
+    """`_random_samples`: one `_`, then a lowercase name, and none of the generated code's own `_` names."""
+    body = name[1:]
+    own = body == "reverse" or (body.startswith("out") and body[3:].isdigit())
+    return not own and body[:1].isalpha() and body.islower() and body.replace("_", "").isalnum()
+
+
+def name_problem(
+    name: str, arg: bool = False, member: bool = False, private: bool = False
+) -> tuple[str, str | None] | None:
     """Why `name` cannot name something in a spec, with a hint; None when it can. An argument (`arg`) may
     share an operation's name, as torch's `dropout` does: a call is the operation, a name the argument.
     A param, buffer or sub (`member`) may too, as torch's `self.norm` and `self.dropout` do: it hides the
-    operation in its layer (`norm(x)` calls the sub)."""
+    operation in its layer (`norm(x)` calls the sub). A tensor argument (`private`) may start with one `_`,
+    as torch's private `_random_samples` does: it names the buffer, and so the state_dict key."""
     if name in RESERVED:
         return f"'{name}' is a reserved word", "choose another name"
     if name in ("True", "False", "None"):
         return f"'{name}' cannot be a name", f"did you mean '{name.lower()}'?"
-    if name.startswith("_"):
-        return f"names may not start with '_': '{name}'", None
+    if name.startswith("_") and not (private and _private_buffer_name(name)):
+        hint = "only a tensor argument may, with one `_`: `_random_samples: tensor? = none`" if arg else None
+        return f"names may not start with '_': '{name}'", hint
     if name in PYTHON_KEYWORDS:
         return f"'{name}' is a Python keyword and cannot be a name", "choose another name"
     if name in FORBIDDEN:
@@ -227,6 +238,7 @@ class LayerChecker:
         self.dims: list[str] = []  # symbolic dims, in order of first appearance
         self.optional: set[str] = set()
         self.maybe_none: set[str] = set()  # `T?` arguments
+        self.maybe_ints: set[str] = set()  # inputs that may be a tuple of ints (`lengths: long[N] | ints`)
         self.not_none: set[str] = set()  # `T?` arguments known not to be none here (`if x != none { ... }`)
         self.present: set[str] = set()  # optional members known to exist here (`if track_running_stats { ... }`)
         self.partly_bound: set[str] = set()  # locals bound on some paths of an `if` only
@@ -263,7 +275,9 @@ class LayerChecker:
 
     def check_name(self, name: str, span: N.Span, what: str) -> bool:
         member = what in (Ref.PARAM, Ref.BUFFER, Ref.SUB)
-        problem = name_problem(name, arg=what == Ref.ARG, member=member) or self.generated_name_problem(name, what)
+        private = what == Ref.ARG and (arg := self.layer.arg(name)) is not None and arg.base_type == "tensor"
+        problem = name_problem(name, arg=what == Ref.ARG, member=member, private=private)
+        problem = problem or self.generated_name_problem(name, what)
         if problem:
             self.r.error(span, problem[0], problem[1])
             return False
@@ -372,7 +386,10 @@ class LayerChecker:
         if is_expression_default(d):
             self.check_expression_default(arg, d)
             return
-        kind = literal_kind(d)
+        kind = literal_kind(d, none_entries=arg.none_entries)
+        if kind is None and arg.base_type == "ints" and literal_kind(d, none_entries=True) == Kind.LIST:
+            self.r.error(d.span, f"an entry of ints argument '{arg.name}' is none", _NONE_ENTRY_HINT.format(arg.name))
+            return
         if isinstance(d, N.ListExpr) and not d.items and arg.base_type == "ints" and arg.length is None:
             kind = Kind.LIST  # `out_features: ints = []`: no ints (torch's `()`)
         if kind is None:
@@ -507,7 +524,7 @@ class LayerChecker:
         if shape.spread is not None:
             name = shape.spread
             arg = self.layer.arg(name.id)
-            if arg is None or arg.base_type != "ints" or arg.maybe_none:
+            if arg is None or arg.base_type != "ints" or arg.maybe_none or arg.none_entries:
                 self.r.error(
                     name.span,
                     f"'{name.id}' is not an `ints` argument: a shape is `[dims]`, or an `ints` argument",
@@ -690,6 +707,11 @@ class LayerChecker:
             seen_inputs.add(inp.name)
             self.declare(inp.name, inp.span, Ref.INPUT, Kind.TUPLE if inp.parts else Kind.TENSOR, inp)
             self.check_input_kind(inp, fwd)
+            if inp.alternatives:  # each alternative's new dims are its own: they bind nothing
+                for alt in inp.alternatives:
+                    if alt.shape is not None:
+                        self.check_input_shape(alt.shape, bind=False, alternative=True)
+                continue
             for shape in [p.shape for p in inp.parts] if inp.parts else [inp.shape]:
                 if shape is not None:
                     self.check_input_shape(shape, bind=not inp.optional, optional=inp.optional)
@@ -714,15 +736,17 @@ class LayerChecker:
                 f"required input '{inp.name}' follows an optional one",
                 "put the optional inputs (`? = none`) last, as Python's defaults are",
             )
-        if self.layer.is_function and (inp.optional or inp.parts):
-            what = "an optional input" if inp.optional else "a tuple input"
+        if inp.takes_ints:
+            self.maybe_ints.add(inp.name)
+        if self.layer.is_function and (inp.optional or inp.parts or inp.alternatives or inp.takes_ints):
+            what = "an optional input" if inp.optional else "a tuple input" if inp.parts else "an input of alternatives"
             self.r.error(
                 inp.span,
                 f"an @function layer cannot take {what} yet: the derived backward does not pass through it",
                 "drop @function (autograd then derives the backward), or take the tensors as required inputs",
             )
 
-    def check_input_shape(self, shape: N.Shape, bind: bool, optional: bool = False) -> None:
+    def check_input_shape(self, shape: N.Shape, bind: bool, optional: bool = False, alternative: bool = False) -> None:
         ellipses = [d for d in shape.dims if isinstance(d, N.EllipsisItem)]
         for extra in ellipses[1:]:
             self.r.error(extra.span, "'...' may appear at most once in a shape")
@@ -730,6 +754,9 @@ class LayerChecker:
             if isinstance(d, N.EllipsisItem):
                 continue
             if is_new_dim(d, self.scope):
+                if alternative:  # `long[L]` of `long[N, S] | long[L]`: its size is not checked or known
+                    self.check_name(d.id, d.span, "dim")
+                    continue
                 if bind:
                     self.check_name(d.id, d.span, "dim")  # a bad name is still bound: no follow-on errors
                     self.scope.declare(d.id, Ref.DIM, d, d.span)
@@ -1206,6 +1233,12 @@ class LayerChecker:
         if isinstance(expr, N.Spread):
             arg = self.layer.arg(expr.value.id)
             if expr.value.ref == Ref.ARG and arg is not None and arg.base_type == "ints" and not arg.maybe_none:
+                if arg.none_entries:
+                    self.r.error(
+                        expr.span,
+                        f"'{arg.name}' is `[int?]`: an entry may be none, so it cannot be spread into a list",
+                        "pass it to an operation that takes none entries (adaptive pooling's output_size)",
+                    )
                 return
             if expr.value.ref not in (Ref.UNKNOWN, Ref.UNRESOLVED):
                 self.r.error(
@@ -1256,6 +1289,12 @@ class LayerChecker:
                     " operation or a sub",
                     "for a number, declare it `int`",
                 )
+            elif arg is not None and arg.none_entries and not _takes_none_entries(parent, expr):
+                self.r.error(
+                    expr.span,
+                    f"'{expr.id}' is `[int?]`: an entry may be none, which only some operation parameters take",
+                    "parameters that take none entries: " + ", ".join(sorted(_NONE_ENTRY_PARAMS)),
+                )
             return
         for child in sub_expressions(expr):
             self.check_argument_uses(child, expr)
@@ -1265,6 +1304,13 @@ class LayerChecker:
         parameter that defaults to none), an operand of + - * / (skipped when none), or used where
         `if x != none` proves it present; a tuple input is unpacked (`h, c = hx`) or passed to a sub."""
         passed = isinstance(parent, N.Call) and parent.func not in CALLABLE
+        if name.id in self.maybe_ints and not (_passed_as_int_tuple(parent, name) or _compares_with_none(parent)):
+            self.r.error(
+                name.span,
+                f"input '{name.id}' may be a tuple of ints here",
+                "pass it to an operation parameter that takes one: " + ", ".join(sorted(_INT_TUPLE_PARAMS)),
+            )
+            return
         if name.id in self.maybe_none and name.id not in self.not_none:
             skipped = isinstance(parent, N.BinOp) and parent.op in ("+", "-", "*", "/") and name.kind == Kind.TENSOR
             if not (passed or skipped or _compares_with_none(parent) or takes_none(parent, name, tensor=True)):
@@ -1453,7 +1499,10 @@ class LayerChecker:
             return Kind.TENSOR
         if op.name == "prod":  # of a size: the ints of an `ints` argument or a list
             for value in [*call.args, *(k.value for k in call.kwargs)]:
-                if value.kind not in (Kind.LIST, Kind.UNKNOWN):
+                arg = self.layer.arg(value.id) if isinstance(value, N.Name) else None
+                if arg is not None and arg.none_entries:
+                    self.r.error(value.span, f"prod() of '{arg.name}', whose entries may be none (`[int?]`)")
+                elif value.kind not in (Kind.LIST, Kind.UNKNOWN):
                     self.r.error(
                         value.span,
                         f"prod() takes an `ints` argument or a list of ints, not {_a(value.kind)}",
@@ -1631,12 +1680,15 @@ class LayerChecker:
             if not _is_distribution(value):
                 self.r.error(value.span, "an example input is a distribution: uniform(a, b) or normal(mean, std)")
             return
-        kind = literal_kind(value)
+        arg = self.layer.arg(name)
+        kind = literal_kind(value, none_entries=arg is not None and arg.none_entries)
+        if kind is None and arg is not None and arg.base_type == "ints" and literal_kind(value, True) == Kind.LIST:
+            self.r.error(value.span, f"an entry of ints argument '{name}' is none", _NONE_ENTRY_HINT.format(name))
+            return
         if kind is None:
             self.r.error(value.span, "example values are literals", "or a list of literals: `[3, 8]`")
             return
         value.kind = kind
-        arg = self.layer.arg(name)
         if arg is None and kind != Kind.INT:
             self.r.error(value.span, f"example value for int '{name}' is {_a(kind)}")
         elif arg is not None and arg.base_type in ARG_TYPES and not fits_type(kind, arg):
@@ -1659,8 +1711,9 @@ def _is_distribution(v: N.Expr) -> bool:
     )
 
 
-def literal_kind(e: N.Expr) -> Kind | None:
-    """The kind of a literal (a number, string, bool, `inf` or `pi`, maybe negated); None for anything else."""
+def literal_kind(e: N.Expr, none_entries: bool = False) -> Kind | None:
+    """The kind of a literal (a number, string, bool, `inf` or `pi`, maybe negated); None for anything else.
+    With `none_entries` (a `[int?]` argument's value) a list's entries may be none: `[3, none]`."""
     match e:
         case N.Num(value=v):
             return Kind.FLOAT if isinstance(v, float) else Kind.INT
@@ -1676,6 +1729,10 @@ def literal_kind(e: N.Expr) -> Kind | None:
             return Kind.NONE
         case N.ListExpr(items=items) if items and all(literal_kind(i) == Kind.INT for i in items):
             return Kind.LIST  # an `ints` value: [2, 2]
+        case N.ListExpr(items=items) if (
+            none_entries and items and all(literal_kind(i) in (Kind.INT, Kind.NONE) for i in items)
+        ):
+            return Kind.LIST  # a `[int?]` value: [3, none]
     return None
 
 
@@ -1742,6 +1799,38 @@ def _none_checked(cond: N.Expr, op: str) -> set[str]:
     if isinstance(cond, N.Compare) and cond.ops == [op] and _compares_with_none(cond):
         return {o.id for o in cond.operands if isinstance(o, N.Name)}
     return set()
+
+
+def _passed_as_int_tuple(parent: N.Expr | None, operand: N.Expr) -> bool:
+    """Whether `operand` is given to an operation parameter that takes a tuple of ints too (`Op.int_tuples`)."""
+    if not isinstance(parent, N.Call) or parent.func not in CALLABLE:
+        return False
+    op = CALLABLE[parent.func]
+    names = [p.name for p in op.params]
+    name = next((names[i] for i, a in enumerate(parent.args) if a is operand and i < len(names)), None)
+    name = next((k.name for k in parent.kwargs if k.value is operand), name)
+    return name in op.int_tuples
+
+
+_INT_TUPLE_PARAMS = {f"{op.name}({name})" for op in CALLABLE.values() for name in op.int_tuples}
+
+
+def _takes_none_entries(parent: N.Expr | None, operand: N.Expr) -> bool:
+    """Whether `operand` is passed to a sub, or to an operation parameter whose ints may be none
+    (`Op.none_entries`: adaptive pooling's output_size)."""
+    if not isinstance(parent, N.Call):
+        return False
+    if parent.func not in CALLABLE:
+        return True
+    op = CALLABLE[parent.func]
+    names = [p.name for p in op.params]
+    name = next((names[i] for i, a in enumerate(parent.args) if a is operand and i < len(names)), None)
+    name = next((k.name for k in parent.kwargs if k.value is operand), name)
+    return name in op.none_entries
+
+
+_NONE_ENTRY_HINT = "declare it `{}: [int?]` if an entry may be none (adaptive pooling: keep that size)"
+_NONE_ENTRY_PARAMS = {f"{op.name}({name})" for op in CALLABLE.values() for name in op.none_entries}
 
 
 def takes_none(parent: N.Expr | None, operand: N.Expr, tensor: bool = False) -> bool:

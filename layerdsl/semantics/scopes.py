@@ -188,6 +188,8 @@ def resolve(layer: N.Layer, name: str, line: int, col: int) -> Binding | None:
 def _declare_inputs(scope: Scope, fwd: N.Forward) -> None:
     for inp in fwd.inputs:  # an input, then the dims its shape binds
         scope.declare(inp.name, Ref.INPUT, inp, inp.span)
+        if inp.alternatives:  # `long[N, S] | long[L]`: a dim new in an alternative binds nothing
+            continue
         for d in [d for p in inp.parts or [inp] if p.shape is not None for d in p.shape.dims]:
             if is_new_dim(d, scope):
                 scope.declare(d.id, Ref.DIM, d, d.span)

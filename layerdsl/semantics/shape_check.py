@@ -53,7 +53,10 @@ def check_layer_shapes(layer: N.Layer, layers: dict[str, N.Layer], reporter: Rep
     for let in layer.lets:
         if let.value.kind == Kind.INT:
             lets[let.name] = S.poly(let.value, lets)
-    env: dict[str, Shape] = {i.name: S.declared_shape(i.shape, i.name, lets) for i in fwd.inputs if not i.parts}
+    # an input of several ranks (`long[N, S] | long[L]`) has no one static shape
+    env: dict[str, Shape] = {
+        i.name: S.declared_shape(None if i.alternatives else i.shape, i.name, lets) for i in fwd.inputs if not i.parts
+    }
     env.update({t.name: S.declared_shape(t.shape, t.name, lets) for t in layer.tensors if t.repeat is None})
     env.update({t.name: _family_shape(t, lets) for t in layer.tensors if t.repeat is not None})
     pass_ = _ShapePass(layer, layers, reporter or Reporter(layer.path, ""), result, lets)

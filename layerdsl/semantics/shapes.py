@@ -513,6 +513,25 @@ def adaptive_pool(inp: Shape, spatial: int, output_size) -> Shape:
     return inp[:-spatial] + tuple(d if v is None else str(v) for d, v in zip(inp[-spatial:], sizes))
 
 
+def fractional_pool(inp: Shape, spatial: int, output_size, output_ratio) -> Shape:
+    """Fractional max pooling: the last `spatial` dims become output_size (an int for all, or one each), or
+    int(size * output_ratio) where the size is known."""
+    if inp is None or _opaque(inp) or len(inp) < spatial + 1 or GROUP in inp[-spatial:]:
+        return None
+    sizes = _per_dim(output_size, spatial)
+    if sizes is not None:
+        return inp[:-spatial] + tuple(str(v) for v in sizes)
+    ratios = [output_ratio] * spatial if isinstance(output_ratio, (int, float)) else output_ratio
+    if not isinstance(ratios, list) or len(ratios) != spatial:
+        return None
+    if not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in ratios):
+        return None
+    known = [as_int(text_poly(d)) for d in inp[-spatial:]]
+    if any(k is None for k in known):
+        return None
+    return inp[:-spatial] + tuple(str(int(k * r)) for k, r in zip(known, ratios) if k is not None)
+
+
 def padded(inp: Shape, widths) -> Shape:
     """`pad(x, [left, right, top, bottom, ...])`: the last dim grows by the first pair, the one before by
     the second, and so on."""
@@ -664,6 +683,10 @@ def op_shape(
         return conv(shape_of(args["input"]), shape_of(args["weight"]), stride, padding, dilation, int(op.name[4]))
     if op.shape in ("pool", "adaptive_pool", "conv_transpose"):
         return _pooling_shape(op, args, shape_of)
+    if op.shape == "fractional_pool":
+        spatial = int(op.name.removesuffix("_indices")[-2])
+        size, ratio = _literal(op, args, "output_size"), _literal(op, args, "output_ratio")
+        return fractional_pool(shape_of(args["input"]), spatial, size, ratio)
     if op.shape == "pad":
         return padded(shape_of(args["input"]), _literal(op, args, "pad"))
     if op.shape == "glu":

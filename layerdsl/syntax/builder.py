@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import warnings
+from dataclasses import dataclass
 from typing import TypeVar
 
 from lark import Token, Transformer, Tree, v_args
@@ -49,6 +50,14 @@ def _espan(node) -> Span:
 
 
 _Block = TypeVar("_Block", N.Forward, N.Backward)
+
+
+@dataclass
+class _Alternatives:
+    """An input's declared alternatives: its tensor types (dtype, shape), and whether a tuple of ints is one."""
+
+    tensors: list[tuple[str, N.Shape]]
+    ints: bool
 
 
 @v_args(meta=True)
@@ -174,9 +183,12 @@ class IRBuilder(Transformer):
         return N.Decorator(str(name), _span(meta), args, kwargs)
 
     def argdef(self, meta, items):
-        name, type_tok, length, maybe_none, choices, default = items
-        type_span = _tspan(type_tok)
-        text = str(type_tok)
+        if len(items) == 5:  # `output_size: [int?]`
+            name, (text, type_span), maybe_none, choices, default = items
+            length = None
+        else:
+            name, type_tok, length, maybe_none, choices, default = items
+            type_span, text = _tspan(type_tok), str(type_tok)
         if length is not None:  # `ints[4]`: the type's text and span cover the length
             text += f"[{length[0]}]"
             type_span = type_span.to(length[1])
@@ -186,6 +198,17 @@ class IRBuilder(Transformer):
         if choices is not None:  # `int | "same" | "valid"`: the span covers the strings
             type_span = type_span.to(choices[-1].span)
         return N.Arg(str(name), _tspan(name), text, type_span, default, tuple(c.value for c in choices or ()))
+
+    def none_entries(self, meta, items):
+        """`[int?]`: ints whose entries may be none; only int entries are."""
+        entry = str(items[0])
+        if entry != "int":
+            self.r.error(
+                _tspan(items[0]),
+                f"only int entries may be none: `[int?]`, not `[{entry}?]`",
+                "write `[int?]` (an int or a tuple of ints and none)",
+            )
+        return "[int?]", _span(meta)
 
     def arg_choices(self, meta, items):
         return [self.string(meta, [tok]) for tok in items]
@@ -319,6 +342,11 @@ class IRBuilder(Transformer):
     def input(self, meta, items):
         name, declared, maybe_none, default = items
         span = _tspan(name)
+        if isinstance(declared, Token):  # `x: ints` (one alternative, alone)
+            declared = self.input_type(meta, [declared])
+        alternatives = declared if isinstance(declared, _Alternatives) else None
+        if alternatives is not None:
+            declared = alternatives.tensors[0] if alternatives.tensors else ("long", None)
         if isinstance(declared, list):  # a tuple of tensors
             dtype, shape = declared[0].dtype, declared[0].shape
         else:
@@ -326,12 +354,49 @@ class IRBuilder(Transformer):
         inp = N.Input(str(name), span, dtype, shape, optional=maybe_none is not None)
         if isinstance(declared, list):
             inp.parts = [N.Input(f"{name}[{k}]", span, p.dtype, p.shape) for k, p in enumerate(declared)]
+        if alternatives is not None:
+            inp.takes_ints = alternatives.ints
+            if len(alternatives.tensors) > 1:
+                inp.alternatives = [N.Input(str(name), span, d, sh) for d, sh in alternatives.tensors]
         if default is not None and not (inp.optional and isinstance(default, N.NoneLit)):
             hint = f"write `{name}: ...? = none`" if not inp.optional else None
             self.r.error(default.span, "an input's only default is `none`, for an optional input (`T? = none`)", hint)
         elif inp.optional and default is None:
             self.r.error(_tspan(maybe_none), f"optional input '{name}' needs its default", "write `? = none`")
         return inp
+
+    def input_type(self, meta, items):
+        """`long[N, S] | long[L]` (tensors of different ranks, each without `...`) and `long[N] | ints` (or a
+        tuple of ints): an input's alternatives."""
+        alternatives = _Alternatives([], False)
+        ranks: set[int] = set()
+        for item in items:
+            if isinstance(item, Token):
+                if str(item) != "ints" or alternatives.ints:
+                    why = "`ints` is given twice" if str(item) == "ints" else f"unknown input type '{item}'"
+                    self.r.error(_tspan(item), why, "an input is a tensor type (`[B, n]`, `long[N]`), or `T | ints`")
+                alternatives.ints = True
+                continue
+            dtype, shape = item
+            alternatives.tensors.append(item)
+            rank = len(shape.dims)
+            if len([i for i in items if not isinstance(i, Token)]) > 1:
+                if any(isinstance(d, N.EllipsisItem) for d in shape.dims):
+                    self.r.error(shape.span, "an input's alternatives have fixed ranks: no `...`")
+                elif rank in ranks:
+                    self.r.error(
+                        shape.span,
+                        f"an input's alternatives differ in rank: two have {rank} dim{'s' if rank != 1 else ''}",
+                        "for any rank, write one shape with `...`",
+                    )
+                ranks.add(rank)
+        if not alternatives.tensors:
+            self.r.error(
+                _span(meta),
+                "an input that is only a tuple of ints is not supported",
+                "write the tensor it may also be: `lengths: long[N] | ints`",
+            )
+        return alternatives
 
     def tensor_type(self, meta, items):
         dtype, shape = items

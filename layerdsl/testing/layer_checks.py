@@ -185,6 +185,10 @@ def inputs(case: Case, dtype=None, device="cpu", seed: int = 1, requires_grad=Fa
             env[let.name] = evaluate(let.value, env)
         except (NotConstant, ArithmeticError, TypeError):
             pass
+    for inp in case.forward.inputs:  # `long[N, S] | long[L]`: the first alternative is drawn; its new dims
+        for d in inp.alternatives[0].shape.dims if inp.alternatives and inp.alternatives[0].shape else []:
+            if isinstance(d, N.Name) and d.id not in env:
+                env[d.id] = next(s for s in SIZES if s not in env.values())
     lead = case.lead()
     dtype = dtype or case.dtype
     ex = case.example()

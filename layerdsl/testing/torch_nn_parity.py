@@ -40,8 +40,6 @@ SPEC_FOLDER = "torch_nn"
 
 # module_db classes without a spec, and why. Every module_db class is either written or listed here.
 NOT_WRITTEN: dict[str, str] = {
-    "FractionalMaxPool2d": "random pooling regions from a private `_random_samples` tensor argument",
-    "FractionalMaxPool3d": "random pooling regions from a private `_random_samples` tensor argument",
     "LazyConv1d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
     "LazyConv2d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
     "LazyConv3d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
@@ -49,7 +47,9 @@ NOT_WRITTEN: dict[str, str] = {
     "LazyConvTranspose2d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
     "LazyConvTranspose3d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
     "RMSNorm": "specs/rms_norm.layer (the tutorial's RMSNorm) holds the name, and the layers of one run share one"
-    " namespace; written like LayerNorm it is `rms_norm(input, normalized_shape, weight, eps)` with `eps: float?`",
+    " namespace; the fix decided: a folder is a namespace (a sub's layer found in its own folder first, then the"
+    " folders above, as the language server resolves; a name defined in two other folders an error), not built"
+    " yet; written like LayerNorm it is `rms_norm(input, normalized_shape, weight, eps)` with `eps: float?`",
     "MultiheadAttention": "its reset re-initialises a member of its sub (`out_proj.bias` zeroed after Linear drew"
     " it), which a spec cannot say; add_bias_kv and add_zero_attn also need expand and zeros ops"
     " (TransformerEncoderLayer/DecoderLayer use torch's as a sub)",
@@ -184,6 +184,8 @@ def _fits(declared: str, kind: str) -> bool:
         return kind in ("float", "int")
     if base.startswith("ints"):
         return kind in ("int", "a tuple of ints")
+    if base == "[int?]":
+        return kind in ("int", "a tuple of ints", "a tuple of ints and None (None: keep the input's size)")
     if base == "tensor":
         return kind == "a tensor"
     if base == "object":  # an opaque value, passed on as it is
@@ -217,10 +219,17 @@ def _forward_problem(layer: N.Layer, fwd) -> str | None:
 
 
 def _tensor_problem(name: str, value, declared: N.Input) -> str | None:
+    if declared.takes_ints and _value_kind(value) == "a tuple of ints":
+        return None
     if not isinstance(value, torch.Tensor):
         return f"input `{name}` is {_value_kind(value)}"
     if declared.dtype == "float" and not value.is_floating_point():
         return f"input `{name}` is {value.dtype}, the spec declares a float input"
+    if declared.alternatives:
+        ranks = sorted(len(a.shape.dims) for a in declared.alternatives if a.shape is not None)
+        if value.dim() not in ranks:
+            return f"input `{name}` has {value.dim()} dims, the spec declares {' or '.join(map(str, ranks))}"
+        return None
     if declared.shape is not None:
         rank = len(declared.shape.dims)
         if declared.shape.has_ellipsis and value.dim() < rank - 1:

@@ -281,6 +281,10 @@ class _Builder:
             return [Group(self.atom(ch[0]), [(self.ex(ch[1]), None)], self.atom(ch[2], False), comma_ok=False)]
         if data == "slice":
             return self.slice(ch)
+        if data == "none_entries":  # the argument type `[int?]`
+            open_, entry, maybe_none, close = ch
+            inner = [self.atom(entry, False), self.atom(maybe_none, False)]
+            return [Group(self.atom(open_), [(inner, None)], self.atom(close, False), comma_ok=False)]
         if data == "list_comp":  # [item for i in range(n)]: one item, never split at its words
             open_, item, for_, var, in_, iterable, close = ch
             words = [self.atom(for_), self.atom(var), self.atom(in_)]

@@ -64,7 +64,7 @@ def layer_occurrences(layer: N.Layer) -> list[Occurrence]:
         fwd = layer.forward
         for inp in fwd.inputs:
             found.append(Occurrence(inp.span, "input", inp.name, inp))
-            for part in inp.parts or [inp]:  # a tuple input's shapes, each
+            for part in inp.parts or inp.alternatives or [inp]:  # a tuple input's shapes, or its alternatives
                 if part.shape is not None:
                     _shape_occurrences(part.shape, found)
         for shape in fwd.outputs or []:
