@@ -1499,6 +1499,7 @@ KEPT_BY_AUTOGRAD: dict[str, tuple[str, ...]] = {
     "layer_norm": ("bias",),
     "pad": ("input",),  # reflect and replicate keep it (constant and circular do not)
     **{f"{kind}_pool{d}d": ("input",) for kind in ("max", "avg", "adaptive_avg", "adaptive_max") for d in (1, 2, 3)},
+    **{f"fractional_max_pool{d}d": ("input",) for d in (2, 3)},
 }
 
 OPS: dict[str, Op] = {op.name: op for op in TABLE}

@@ -41,6 +41,10 @@ PROBES = {
     **{f"max_pool{d}d": ("input", lambda x, d=d: getattr(F, f"max_pool{d}d")(_rank(x, d), 2)) for d in (1, 2, 3)},
     **{f"avg_pool{d}d": ("input", lambda x, d=d: getattr(F, f"avg_pool{d}d")(_rank(x, d), 2)) for d in (1, 2, 3)},
     **{
+        f"fractional_max_pool{d}d": ("input", lambda x, d=d: _fractional(d)(_rank(x, d), 1, output_size=[1] * d))
+        for d in (2, 3)
+    },
+    **{
         f"adaptive_{kind}_pool{d}d": (
             "input",
             lambda x, k=kind, d=d: getattr(F, f"adaptive_{k}_pool{d}d")(_rank(x, d), 2),
@@ -54,6 +58,10 @@ PROBES = {
 def _rank(x: torch.Tensor, d: int) -> torch.Tensor:
     """x as a batch of d-dimensional signals (size-2 dims added in front of its last dim)."""
     return x.reshape(*x.shape[:-1], *([1] * (d - 1)), 8).expand(*x.shape[:-1], *([2] * (d - 1)), 8)
+
+
+def _fractional(d: int):
+    return getattr(F, f"fractional_max_pool{d}d")
 
 
 def _shape_only_reads() -> set[tuple[str, str]]:
