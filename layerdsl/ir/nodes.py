@@ -504,7 +504,8 @@ class Forward(Node):
     inputs: list[Input]
     outputs: list[Shape] | None
     body: list[Stmt]
-    # `-> ([L, E], [L, S]?)`: the positions of the outputs that may be none (`return out, none`)
+    # `-> ([L, E], [L, S]?)`: the positions of the outputs that may be none (`return out, none`); without `->`,
+    # the checker adds those that a `return` leaves none
     optional_outputs: set[int] = field(default_factory=set)
 
 

@@ -866,10 +866,13 @@ class LayerChecker:
             case N.Return(values=values):
                 if not in_forward:
                     self.r.error(stmt.span, "backward gives gradients with `grad NAME = ...`, not return")
-                optional = self.layer.forward.optional_outputs if self.layer.forward is not None else set()
+                fwd = self.layer.forward
+                optional = fwd.optional_outputs if fwd is not None else set()
                 for k, v in enumerate(values):
                     self.check_expr(v, scope, in_forward)
-                    if isinstance(v, N.NoneLit) and k not in optional:
+                    if isinstance(v, N.NoneLit) and fwd is not None and fwd.outputs is None:
+                        optional.add(k)  # no `->`: an output some return leaves none may be none
+                    elif isinstance(v, N.NoneLit) and k not in optional:
                         self.r.error(
                             v.span,
                             f"output {k} is not declared optional, so it cannot be none",
