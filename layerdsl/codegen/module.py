@@ -433,7 +433,12 @@ class LayerEmitter:
         ins = ", ".join(shown_input(i) for i in fwd.inputs if i.shape is not None)
         if not ins and fwd.outputs is None:
             return None
-        outs = " -> " + ", ".join(shown(s) for s in fwd.outputs) if fwd.outputs else ""
+        outs = ""
+        if fwd.outputs:
+            shown_outputs = [
+                shown(s) + (" or None" if k in fwd.optional_outputs else "") for k, s in enumerate(fwd.outputs)
+            ]
+            outs = " -> " + ", ".join(shown_outputs)
         return f"Shapes: {ins or ', '.join(i.name for i in fwd.inputs)}{outs}."
 
     def module_forward(self, functional: Func | None, function_class: dict | None) -> Func:

@@ -875,7 +875,7 @@ class LayerChecker:
                     elif isinstance(v, N.NoneLit) and k not in optional:
                         self.r.error(
                             v.span,
-                            f"output {k} is not declared optional, so it cannot be none",
+                            f"output {k + 1} is not declared optional, so it cannot be none",
                             "mark it in forward's outputs with `?`: `-> ([B, n], [B, m]?)`",
                         )
                     elif v.kind not in (
