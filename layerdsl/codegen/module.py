@@ -322,10 +322,10 @@ class LayerEmitter:
 
     def reset_body(self) -> list[str]:
         ex = PyExpr(self.construction_spelling(on_self=True))
-        lines = []
+        lines: list[str] = []
         drawn = 0  # this layer's own members so far: a sub's member re-initialised after them comes there
         for repeat, tensors in _by_loop(self.layer.tensors):
-            body = []
+            body: list[str] = []
             if repeat is not None:
                 lines += self.reinit_lines(drawn, ex)
             for t in tensors:
