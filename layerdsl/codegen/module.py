@@ -258,13 +258,14 @@ class LayerEmitter:
         for repeat, tensors in _by_loop(layer.tensors):
             body = [line for t in tensors for line in self.tensor_init(t, ex)]
             lines += body if repeat is None else [_loop_header(repeat, ex), *_indent(body)]
-        if any(t.kind in N.MEMBERS or t.init is not None for t in layer.tensors):
+        subs = [f"self.{s.name} = {self.sub_construction(s, ex)}" for s in layer.subs]
+        if layer.reinits:  # reset_parameters re-initialises members of subs: they exist first (torch's order)
+            lines += subs
+        if any(t.kind in N.MEMBERS or t.init is not None for t in layer.tensors) or layer.reinits:
             lines.append("self.reset_parameters()")
-        # Subs after this layer's own draws: building one draws random numbers too, and construction must
-        # draw what reset_parameters() draws, so that both give the same values under the same seed.
-        for s in layer.subs:
-            lines.append(f"self.{s.name} = {self.sub_construction(s, ex)}")
-        return lines
+        # Otherwise subs after this layer's own draws: building one draws random numbers too, and construction
+        # must draw what reset_parameters() draws, so that both give the same values under the same seed.
+        return lines if layer.reinits else lines + subs
 
     def sub_construction(self, s: N.Sub, ex: PyExpr) -> str:
         """A sub's module; a list of subs is an nn.ModuleList, built as torch's `_get_clones` builds it
@@ -321,16 +322,39 @@ class LayerEmitter:
 
     def reset_body(self) -> list[str]:
         ex = PyExpr(self.construction_spelling(on_self=True))
-        lines = []
+        lines: list[str] = []
+        drawn = 0  # this layer's own members so far: a sub's member re-initialised after them comes there
         for repeat, tensors in _by_loop(self.layer.tensors):
-            body = []
+            body: list[str] = []
+            if repeat is not None:
+                lines += self.reinit_lines(drawn, ex)
             for t in tensors:
+                if repeat is None:
+                    lines += body + self.reinit_lines(drawn, ex)
+                    body = []
                 inits = self.init_lines(t, ex)
                 if t.cond is not None:
                     body += [f"if {_member(t)} is not None:", *_indent(inits)]
                 else:
                     body += inits
+                drawn += 1
             lines += body if repeat is None else [_loop_header(repeat, ex), *_indent(body)]
+        return lines + self.reinit_lines(drawn, ex)
+
+    def reinit_lines(self, after: int, ex: PyExpr) -> list[str]:
+        """The members of subs re-initialised after `after` of this layer's own (`init out_proj.bias = zeros`),
+        in place, under a presence check where the sub may lack the member."""
+        lines = []
+        for reinit in self.layer.reinits:
+            if reinit.after != after:
+                continue
+            sub = next(s for s in self.layer.subs if s.name == reinit.sub)
+            member = self.program.layers[sub.call.func].tensor(reinit.member)
+            assert member is not None, "the checker found the member"
+            name = f"{reinit.sub}.{reinit.member}"
+            target = N.Tensor(member.kind, name, reinit.span, member.dtype, member.shape, reinit.init, None)
+            inits = self.init_lines(target, ex)
+            lines += [f"if self.{name} is not None:", *_indent(inits)] if member.cond is not None else inits
         return lines
 
     def init_lines(self, t: N.Tensor, ex: PyExpr) -> list[str]:
@@ -415,7 +439,12 @@ class LayerEmitter:
         ins = ", ".join(shown_input(i) for i in fwd.inputs if i.shape is not None)
         if not ins and fwd.outputs is None:
             return None
-        outs = " -> " + ", ".join(shown(s) for s in fwd.outputs) if fwd.outputs else ""
+        outs = ""
+        if fwd.outputs:
+            shown_outputs = [
+                shown(s) + (" or None" if k in fwd.optional_outputs else "") for k, s in enumerate(fwd.outputs)
+            ]
+            outs = " -> " + ", ".join(shown_outputs)
         return f"Shapes: {ins or ', '.join(i.name for i in fwd.inputs)}{outs}."
 
     def module_forward(self, functional: Func | None, function_class: dict | None) -> Func:
@@ -436,8 +465,9 @@ class LayerEmitter:
             body += self.output_checks([call], spelling, on_self=True, bind=bool(requires)) or [f"return {call}"]
             return Func("forward", params, returns, doc, body)
         if functional is not None:
-            call_args = [i.name for i in fwd.inputs if not i.optional] + [f"self.{t.name}" for t in self.layer.tensors]
-            call_args += [f"{i.name}={i.name}" for i in fwd.inputs if i.optional]
+            call_args = [i.name for i in fwd.inputs if not i.optional and i.flag is None]
+            call_args += [f"self.{t.name}" for t in self.layer.tensors]
+            call_args += [f"{i.name}={i.name}" for i in fwd.inputs if i.optional or i.flag is not None]
             call_args += [
                 f"{a}=self.{a}" if a != "training" else "training=self.training" for a in self.functional_kwargs()
             ]
@@ -451,7 +481,9 @@ class LayerEmitter:
 
     def returns_hint(self) -> str:
         n = self.n_outputs()
-        return "Tensor" if n == 1 else f"tuple[{', '.join(['Tensor'] * n)}]"
+        optional = self.forward.optional_outputs
+        hints = ["Tensor | None" if k in optional else "Tensor" for k in range(n)]
+        return hints[0] if n == 1 else f"tuple[{', '.join(hints)}]"
 
     def n_outputs(self) -> int:
         fwd = self.forward
@@ -540,7 +572,7 @@ class LayerEmitter:
         layer = self.layer
         fwd = self.forward
         name = snake_case(layer.name)
-        params = [input_param(i) for i in fwd.inputs if not i.optional]
+        params = [input_param(i) for i in fwd.inputs if not i.optional and i.flag is None]
         tensors = layer.tensors
         for i, t in enumerate(tensors):
             if t.cond is not None:
@@ -550,7 +582,8 @@ class LayerEmitter:
                 params.append(f"{t.name}: Tensor")
         kwargs = self.functional_kwargs()  # arguments, and `training`
         args = {a.name: a for a in layer.args}
-        optional_inputs = [input_param(i) for i in fwd.inputs if i.optional]  # keywords, after the members
+        # optional inputs and flags: keywords, after the members
+        optional_inputs = [input_param(i) for i in fwd.inputs if i.optional or i.flag is not None]
         if kwargs or optional_inputs:
             params += ["*", *optional_inputs]
             for k in kwargs:
@@ -732,7 +765,10 @@ class LayerEmitter:
             lines = [f"{', '.join(outs)} = {values[0]}"]
         sources = self.dim_sources(spelling, on_self, bind)
         for k in sorted(shapes.unproven):
-            lines += self.output_check(f"_out{k}", fwd.outputs[k], k, sources)
+            check = self.output_check(f"_out{k}", fwd.outputs[k], k, sources)
+            if k in fwd.optional_outputs and check:  # `[L, S]?`: checked when it is given
+                check = [f"if _out{k} is not None:", *_indent(check)]
+            lines += check
         return lines + [f"return {', '.join(outs)}"]
 
     def output_check(self, out: str, shape: N.Shape, k: int, sources: dict[str, str]) -> list[str]:
@@ -742,6 +778,8 @@ class LayerEmitter:
         several = self.layer.forward is not None and len(self.layer.forward.outputs or []) > 1
         where = f"{self.layer.name}: output {k + 1}" if several else f"{self.layer.name}: the output"
         compare = "!=" if ell is None else "<"
+        if ell is not None and rank == 0:
+            return []  # `[...]`: any shape
         lines = [
             f"if {out}.dim() {compare} {rank}:",
             f'    raise ValueError(f"{where} has {{{out}.dim()}} dims, forward declares {declared}")',
@@ -822,7 +860,10 @@ def _member(t: N.Tensor) -> str:
 
 
 def input_param(inp: N.Input) -> str:
-    """A forward input in the signature: `x: Tensor`, `mask: Tensor | None = None`, `hx: tuple[Tensor, Tensor]`."""
+    """A forward input in the signature: `x: Tensor`, `mask: Tensor | None = None`, `hx: tuple[Tensor, Tensor]`,
+    `need_weights: bool = True`."""
+    if inp.flag is not None:
+        return f"{inp.name}: bool = {inp.flag.value}"
     hint = f"tuple[{', '.join(['Tensor'] * len(inp.parts))}]" if inp.parts else "Tensor"
     if inp.takes_ints:
         hint = "Tensor | tuple[int, ...]"

@@ -11,7 +11,7 @@ import itertools
 from dataclasses import dataclass
 
 from layerdsl.ir import nodes as N
-from layerdsl.ir.printer import members_present
+from layerdsl.ir.printer import members_present, members_present_otherwise
 from layerdsl.ir.visit import names_read, replace_children
 
 
@@ -49,7 +49,7 @@ def _lower_stmt(stmt: N.Stmt, optional: set[str], fresh, tensors: list[N.Tensor]
         present, absent = set(), set()
         if not isinstance(stmt.cond, IsPresent):
             present = members_present(stmt.cond, tensors) | inputs_checked(stmt.cond, "!=")
-            absent = inputs_checked(stmt.cond, "==")
+            absent = inputs_checked(stmt.cond, "==") | members_present_otherwise(stmt.cond, tensors)
         stmt.body = [s for b in stmt.body for s in _lower_stmt(b, optional - present, fresh, tensors)]
         stmt.orelse = [s for b in stmt.orelse for s in _lower_stmt(b, optional - absent, fresh, tensors)]
         return [stmt]

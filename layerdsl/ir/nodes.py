@@ -453,6 +453,19 @@ class Sub(Node):
 
 
 @dataclass(eq=False)
+class Reinit(Node):
+    """`init out_proj.bias = zeros`: reset_parameters re-initialises a member of a sub (a spec layer), as
+    torch's MultiheadAttention zeroes `out_proj.bias` after its Linear drew it. `after` is the number of
+    this layer's own params and buffers declared before it: the re-initialisation comes after their draws."""
+
+    sub: str
+    member: str
+    span: Span
+    init: Init | None
+    after: int = 0
+
+
+@dataclass(eq=False)
 class Repeat(Node):
     """The `for i in range(n)` of a list of subs: the loop variable and its `range(...)` call."""
 
@@ -492,6 +505,8 @@ class Input(Node):
     # `lengths: long[N] | ints`: a tuple of ints may be given instead, passed on to an operation parameter
     # that takes one (`Op.int_tuples`).
     takes_ints: bool = False
+    # `need_weights: bool = true`: a flag, a plain bool rather than a tensor (then `shape` is None); its default.
+    flag: Bool | None = None
 
 
 @dataclass(eq=False)
@@ -500,6 +515,9 @@ class Forward(Node):
     inputs: list[Input]
     outputs: list[Shape] | None
     body: list[Stmt]
+    # `-> ([L, E], [L, S]?)`: the positions of the outputs that may be none (`return out, none`); without `->`,
+    # the checker adds those that a `return` leaves none
+    optional_outputs: set[int] = field(default_factory=set)
 
 
 @dataclass(eq=False)
@@ -527,6 +545,7 @@ class Layer(Node):
     docstring: str | None = None
     tensors: list[Tensor] = field(default_factory=list)
     subs: list[Sub] = field(default_factory=list)
+    reinits: list[Reinit] = field(default_factory=list)
     lets: list[Let] = field(default_factory=list)
     examples: list[ExampleValue] = field(default_factory=list)
     forward: Forward | None = None

@@ -125,3 +125,11 @@ def members_present(cond: N.Expr, tensors: list[N.Tensor]) -> set[str]:
     terms of it (`if track_running_stats and training` for a buffer `if track_running_stats`)."""
     terms = {spec_text(t) for t in and_terms(cond)}
     return {t.name for t in tensors if t.cond is not None and {spec_text(c) for c in and_terms(t.cond)} <= terms}
+
+
+def members_present_otherwise(cond: N.Expr, tensors: list[N.Tensor]) -> set[str]:
+    """The optional members the `else` of an `if` proves present: those whose condition is `not` the `if`'s
+    (`if not (kdim == embed_dim) ... else`), and, for `if not X`, those that X proves."""
+    text = spec_text(cond)
+    negated = {t.name for t in tensors if isinstance(t.cond, N.Not) and spec_text(t.cond.operand) == text}
+    return negated | (members_present(cond.operand, tensors) if isinstance(cond, N.Not) else set())

@@ -10,6 +10,7 @@ Adding an operation is adding a row.
 Shape rules: "elementwise" (broadcasts its tensor inputs), "reduce" (drops or keeps `dim`), "matmul",
 "transpose", "view" (reshape family), "softmax" (same shape as input), "concat", "fft", "conv", "where",
 "pool", "adaptive_pool" and "fractional_pool" (the last spatial dims), "conv_transpose", "pad", "glu" (halves `dim`),
+"size" (an int read from a shape), "predicate" (a bool read from a dtype),
 "loss" (`[]` for the reductions "mean" and "sum", the per-sample shape for "none"),
 "opaque" (the static pass leaves the result's shape to run time).
 """
@@ -373,6 +374,23 @@ TABLE: tuple[Op, ...] = (
         "zeros of the given size, with input's dtype and device (input's values are not read)",
         {"input": None},
         template="{input}.new_zeros({size})",
+    ),
+    Op(
+        "expand",
+        _sig("input*, size"),
+        "Tensor.expand",
+        "view",
+        "a view of input repeated along its dims of size 1 to the given size (-1 keeps a dim), copying nothing",
+        {"input": "sum_to(grad, input)"},
+        template="{input}.expand({size})",
+    ),
+    Op(
+        "is_floating_point",
+        _sig("input*"),
+        "torch.is_floating_point",
+        "predicate",
+        "whether input's dtype is a floating-point one, a bool (an `if` on it picks by dtype: a float mask or a bool one)",
+        {"input": None},
     ),
     Op(
         "flatten",

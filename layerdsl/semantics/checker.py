@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 from layerdsl.diagnostics import Reporter, SpecError, did_you_mean
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import Kind, Ref
-from layerdsl.ir.printer import members_present, spec_text
+from layerdsl.ir.printer import members_present, members_present_otherwise, spec_text
 from layerdsl.ir.visit import statements, sub_expressions, walk
 from layerdsl.language.naming import snake_case
 from layerdsl.language.ops import CALLABLE, OPS
@@ -491,6 +491,39 @@ class LayerChecker:
                 self.check_repeat(sub.repeat)
             self.check_sub_call(sub.call)
             self.declare(sub.name, sub.span, Ref.SUB, Kind.SUB, sub)
+        for reinit in layer.reinits:
+            self.check_reinit(reinit)
+
+    def check_reinit(self, reinit: N.Reinit) -> None:
+        """`init out_proj.bias = zeros`: a param or buffer of a sub that is one spec layer, and an initialiser
+        that fits it (its shape and dtype are the sub's declaration)."""
+        sub = next((s for s in self.layer.subs if s.name == reinit.sub), None)
+        target = self.program.layers.get(sub.call.func) if sub is not None else None
+        written = f"{reinit.sub}.{reinit.member}"
+        if sub is None:
+            hint = (
+                did_you_mean(reinit.sub, [s.name for s in self.layer.subs]) or "declare it with `sub NAME = Layer(...)`"
+            )
+            self.r.error(reinit.span, f"unknown sub '{reinit.sub}' in `init {written}`", hint)
+            return
+        if sub.repeat is not None or target is None:
+            if sub.call.func != "?" and sub.call.func not in self.program.broken:
+                self.r.error(
+                    reinit.span,
+                    f"`init` re-initialises a member of a sub that is one spec layer; '{reinit.sub}' is "
+                    + ("a list of subs" if sub.repeat is not None else f"{sub.call.func}"),
+                    "write the sub as a spec layer (specs/torch_nn/ has torch.nn's), or initialise in that layer",
+                )
+            return
+        member = target.tensor(reinit.member)
+        if member is None or member.repeat is not None:
+            hint = did_you_mean(reinit.member, [t.name for t in target.tensors]) or (
+                f"layer '{target.name}' has " + (", ".join(t.name for t in target.tensors) or "no params or buffers")
+            )
+            self.r.error(reinit.span, f"layer '{target.name}' has no param or buffer '{reinit.member}'", hint)
+            return
+        if reinit.init is not None:
+            self.check_init(member, reinit.init)
 
     def enter_family(self, t: N.Tensor, first: bool) -> str | None:
         """A family member's loop (`for k in range(n) { param w_l{k}: ... }`): its range checked once per
@@ -705,7 +738,8 @@ class LayerChecker:
                 self.r.error(inp.span, f"input '{inp.name}' is given twice")
                 continue
             seen_inputs.add(inp.name)
-            self.declare(inp.name, inp.span, Ref.INPUT, Kind.TUPLE if inp.parts else Kind.TENSOR, inp)
+            kind = Kind.BOOL if inp.flag is not None else Kind.TUPLE if inp.parts else Kind.TENSOR
+            self.declare(inp.name, inp.span, Ref.INPUT, kind, inp)
             self.check_input_kind(inp, fwd)
             if inp.alternatives:  # each alternative's new dims are its own: they bind nothing
                 for alt in inp.alternatives:
@@ -730,16 +764,20 @@ class LayerChecker:
         are not yet derived through in an @function layer."""
         if inp.optional:
             self.maybe_none.add(inp.name)
-        elif any(i.optional for i in fwd.inputs[: fwd.inputs.index(inp)]):
+        elif inp.flag is None and any(i.optional or i.flag for i in fwd.inputs[: fwd.inputs.index(inp)]):
             self.r.error(
                 inp.span,
                 f"required input '{inp.name}' follows an optional one",
-                "put the optional inputs (`? = none`) last, as Python's defaults are",
+                "put the optional inputs (`? = none`) and flags (`: bool = true`) last, as Python's defaults are",
             )
         if inp.takes_ints:
             self.maybe_ints.add(inp.name)
-        if self.layer.is_function and (inp.optional or inp.parts or inp.alternatives or inp.takes_ints):
-            what = "an optional input" if inp.optional else "a tuple input" if inp.parts else "an input of alternatives"
+        if self.layer.is_function and (inp.optional or inp.parts or inp.alternatives or inp.takes_ints or inp.flag):
+            what = (
+                "an optional input"
+                if inp.optional
+                else "a tuple input" if inp.parts else "a flag input" if inp.flag else "an input of alternatives"
+            )
             self.r.error(
                 inp.span,
                 f"an @function layer cannot take {what} yet: the derived backward does not pass through it",
@@ -848,7 +886,8 @@ class LayerChecker:
                 self.not_none = outer | _none_checked(cond, "!=")
                 self.present = present | members_present(cond, self.layer.tensors)
                 r1 = self.check_block(then, then_scope, in_forward)
-                self.not_none, self.present = outer | _none_checked(cond, "=="), present
+                self.not_none = outer | _none_checked(cond, "==")
+                self.present = present | members_present_otherwise(cond, self.layer.tensors)
                 r2 = self.check_block(orelse, else_scope, in_forward) if orelse else False
                 self.not_none = outer
                 self.partly_bound |= merge_branches(scope, then_scope, else_scope, r1, r2)
@@ -858,9 +897,24 @@ class LayerChecker:
             case N.Return(values=values):
                 if not in_forward:
                     self.r.error(stmt.span, "backward gives gradients with `grad NAME = ...`, not return")
-                for v in values:
+                fwd = self.layer.forward
+                optional = fwd.optional_outputs if fwd is not None else set()
+                for k, v in enumerate(values):
                     self.check_expr(v, scope, in_forward)
-                    if v.kind not in (Kind.TENSOR, Kind.UNKNOWN, Kind.TUPLE):  # a tuple: reported where it is
+                    if isinstance(v, N.NoneLit) and fwd is not None and fwd.outputs is None:
+                        optional.add(k)  # no `->`: an output some return leaves none may be none
+                    elif isinstance(v, N.NoneLit) and k not in optional:
+                        self.r.error(
+                            v.span,
+                            f"output {k + 1} is not declared optional, so it cannot be none",
+                            "mark it in forward's outputs with `?`: `-> ([B, n], [B, m]?)`",
+                        )
+                    elif v.kind not in (
+                        Kind.TENSOR,
+                        Kind.UNKNOWN,
+                        Kind.TUPLE,
+                        Kind.NONE,
+                    ):  # a tuple: reported where it is
                         self.r.error(v.span, f"forward returns tensors; this is {_a(v.kind)}")
                 outputs = self.layer.forward.outputs if self.layer.forward is not None else None
                 if outputs is not None and len(outputs) != len(values):
@@ -1347,7 +1401,9 @@ class LayerChecker:
                     )
                 target = self.program.layers.get(sub.call.func) if sub is not None else None
                 declared = target.forward.inputs if target is not None and target.forward is not None else None
-                required = len([i for i in declared if not i.optional]) if declared is not None else 0
+                required = (
+                    len([i for i in declared if not i.optional and i.flag is None]) if declared is not None else 0
+                )
                 if target is not None and declared is not None and not required <= len(node.args) <= len(declared):
                     n = len(declared)
                     inputs = ", ".join(i.name for i in declared)
@@ -1511,6 +1567,8 @@ class LayerChecker:
             return Kind.INT
         if op.shape == "size":  # size_at(x, d): an int read from a tensor's shape
             return Kind.INT
+        if op.shape == "predicate":  # is_floating_point(x): a bool read from a tensor's dtype
+            return Kind.BOOL
         if op.shape == "parts" and call is not self.unpacking:
             self.r.error(
                 call.func_span,
@@ -1556,11 +1614,15 @@ class LayerChecker:
                 "a sub is its own module; drop @function or inline the computation",
             )
         for call in [n for s in self.layer.forward.body for n in walk(s) if isinstance(n, N.Call)]:
-            if call.func == "size_at":
+            if call.func in ("size_at", "is_floating_point"):
                 self.r.error(
                     call.func_span,
-                    "cannot derive: size_at() in an @function layer",
-                    "name the size in the input's shape (`x: [B, d]` gives B) and use that dim",
+                    f"cannot derive: {call.func}() in an @function layer",
+                    (
+                        "name the size in the input's shape (`x: [B, d]` gives B) and use that dim"
+                        if call.func == "size_at"
+                        else "declare the input's dtype instead (`mask: bool[B, T]`), or drop @function"
+                    ),
                 )
         for stmt in statements(self.layer.forward.body):
             if isinstance(stmt, N.For):

@@ -17,7 +17,7 @@ from layerdsl.diagnostics import Reporter
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import Kind, Ref
-from layerdsl.ir.printer import spec_text
+from layerdsl.ir.printer import and_terms, spec_text
 from layerdsl.ir.visit import walk
 from layerdsl.language.ops import OPS
 from layerdsl.semantics import shapes as S
@@ -135,7 +135,7 @@ class _ShapePass:
                 case N.Update(target=target, value=value):
                     self.update(stmt, env.get(target), self.shape(value, env))
                 case N.If(cond=cond, body=then, orelse=orelse):
-                    self.branches(then, orelse, env, bound, _empties_group(cond, env))
+                    self.branches(then, orelse, env, bound, _empties_group(cond, env), _equal_dims(cond))
                 case N.For():
                     self.loop(stmt, env, bound)
                 case N.Append(value=value):
@@ -145,11 +145,18 @@ class _ShapePass:
         return bound
 
     def branches(
-        self, then: list[N.Stmt], orelse: list[N.Stmt], env: dict[str, Shape], bound: dict, no_group: bool = False
+        self,
+        then: list[N.Stmt],
+        orelse: list[N.Stmt],
+        env: dict[str, Shape],
+        bound: dict,
+        no_group: bool = False,
+        equal: dict[str, str] | None = None,
     ) -> None:
         """Both branches of an `if`; a name both bind must get one shape. Under `if x.ndim == 2` where x is
-        `[..., L, n]`, the `...` group is empty: the branch's shapes and declared outputs lose it."""
-        env_then, env_else = dict(env), dict(env)
+        `[..., L, n]`, the `...` group is empty: the branch's shapes and declared outputs lose it. Under
+        `if kdim == embed_dim` (an `and` term of the condition), kdim is embed_dim in the branch's shapes."""
+        env_then, env_else = {k: S.renamed(v, equal or {}) for k, v in env.items()}, dict(env)
         outer = self.no_group
         if no_group:
             env_then = {k: _without_group(v) for k, v in env_then.items()}
@@ -769,6 +776,18 @@ def _empties_group(cond: N.Expr, env: dict[str, Shape]) -> bool:
     counts = [o.value for o in cond.operands if isinstance(o, N.Num)]
     shape = env.get(ranks[0].value.id) if ranks else None
     return bool(shape and counts and GROUP in shape and len(shape) - 1 == counts[0])
+
+
+def _equal_dims(cond: N.Expr) -> dict[str, str]:
+    """`kdim == embed_dim` and the like among the `and` terms of `cond`: each int name on the left mapped
+    to the one on the right (then-branch shapes are renamed by it)."""
+    equal = {}
+    for term in and_terms(cond):
+        if isinstance(term, N.Compare) and term.ops == ["=="]:
+            left, right = term.operands
+            if isinstance(left, N.Name) and isinstance(right, N.Name) and Kind.INT == left.kind == right.kind:
+                equal[left.id] = right.id
+    return equal
 
 
 def _without_group(shape):

@@ -110,6 +110,26 @@ def poly(e: N.Expr, subst: Mapping[str, Poly] | None = None) -> Poly:
     return atom(f"({spec_text(e)})")
 
 
+def renamed(shape: Shape, equal: Mapping[str, str]) -> Shape:
+    """`shape` with the symbols of `equal` replaced by theirs (under `if kdim == embed_dim`, kdim is embed_dim)."""
+    if shape is None or not equal:
+        return shape
+    out = []
+    for d in shape:
+        if d == GROUP:
+            out.append(d)
+            continue
+        total: Poly = constant(0)
+        for monomial, c in text_poly(d):
+            term = constant(c)
+            for factor, k in monomial:
+                for _ in range(k):
+                    term = poly_mul(term, atom(equal.get(factor, factor)))
+            total = poly_add(total, term)
+        out.append(poly_text(total))
+    return tuple(out)
+
+
 def _operand(p: Poly) -> str:
     """`p`'s text as an operand of `//`: in parentheses unless it is a number or one symbol."""
     text = poly_text(p)
@@ -654,8 +674,10 @@ def op_shape(
         if op.name == "unsqueeze":
             return unsqueeze(shape_of(args["input"]), dim) if type(dim) is int else None
         return squeeze(shape_of(args["input"]), dim) if dim is None or type(dim) is int else None
-    if op.name == "new_zeros" and isinstance(args.get("size"), N.ListExpr):
+    if op.name in ("new_zeros", "expand") and isinstance(args.get("size"), N.ListExpr):
         sizes = args["size"].items  # type: ignore[attr-defined]
+        if op.name == "expand" and any(_value(i) == -1 for i in sizes):
+            return None  # -1 keeps the input's dim: left to run time
         return tuple(dim_text(i) for i in sizes) if all(i.kind == "int" for i in sizes) else None
     if op.name == "reshape" and isinstance(args.get("shape"), N.ListExpr):
         items = args["shape"].items  # type: ignore[attr-defined]

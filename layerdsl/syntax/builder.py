@@ -154,6 +154,9 @@ class IRBuilder(Transformer):
                 layer.tensors.extend(tensors)
             case N.Sub():
                 layer.subs.append(member)
+            case N.Reinit():
+                member.after = len(layer.tensors)
+                layer.reinits.append(member)
             case N.Let():
                 layer.lets.append(member)
             case list():  # example(...): each line seeds configurations of its own
@@ -310,6 +313,15 @@ class IRBuilder(Transformer):
             expr = N.Call(expr.span, "?", expr.span, [], [])
         return N.Sub(str(name), _tspan(name), expr, repeat)
 
+    def reinit(self, meta, items):
+        (sub, member, span), expr = items
+        init = self._init(expr)
+        return N.Reinit(sub, member, span, init)
+
+    def member_ref(self, meta, items):
+        sub, member = items
+        return str(sub), str(member), _span(meta)
+
     def _repeat(self, comp: N.ListComp) -> N.Repeat:
         if not (isinstance(comp.iter, N.Call) and comp.iter.func == "range"):
             self.r.error(
@@ -333,7 +345,11 @@ class IRBuilder(Transformer):
 
     def forward(self, meta, items):
         *inputs, outputs, body = items
-        return N.Forward(_span(meta), [i for i in inputs if i is not None], outputs, body)
+        optional = set()
+        if outputs is not None:
+            optional = {k for k, (_, maybe_none) in enumerate(outputs) if maybe_none}
+            outputs = [shape for shape, _ in outputs]
+        return N.Forward(_span(meta), [i for i in inputs if i is not None], outputs, body, optional)
 
     def backward(self, meta, items):
         *names, body = items
@@ -342,6 +358,8 @@ class IRBuilder(Transformer):
     def input(self, meta, items):
         name, declared, maybe_none, default = items
         span = _tspan(name)
+        if isinstance(declared, Token) and str(declared) != "ints":  # `need_weights: bool = true`: a flag
+            return self._flag(name, declared, maybe_none, default)
         if isinstance(declared, Token):  # `x: ints` (one alternative, alone)
             declared = self.input_type(meta, [declared])
         alternatives = declared if isinstance(declared, _Alternatives) else None
@@ -397,6 +415,28 @@ class IRBuilder(Transformer):
                 "write the tensor it may also be: `lengths: long[N] | ints`",
             )
         return alternatives
+
+    def _flag(self, name: Token, type_tok: Token, maybe_none: Token | None, default) -> N.Input:
+        """`need_weights: bool = true`: a plain bool input with its default, as torch's forwards take flags."""
+        flag = default if isinstance(default, N.Bool) else N.Bool(_tspan(type_tok), False)
+        if str(type_tok) != "bool" or maybe_none is not None:
+            self.r.error(
+                _tspan(type_tok),
+                f"an input is a tensor (`{name}: [B, n]`) or a bool flag (`{name}: bool = true`), not '{type_tok}'"
+                + ("?" if maybe_none is not None else ""),
+                "give a tensor input its shape, e.g. `x: [B, n]`",
+            )
+        elif not isinstance(default, N.Bool):
+            self.r.error(
+                default.span if default is not None else _tspan(type_tok),
+                f"flag '{name}' needs its default, `true` or `false`",
+                f"write `{name}: bool = false`",
+            )
+        return N.Input(str(name), _tspan(name), "bool", None, flag=flag)
+
+    def output(self, meta, items):
+        shape, maybe_none = items
+        return shape, maybe_none is not None
 
     def tensor_type(self, meta, items):
         dtype, shape = items

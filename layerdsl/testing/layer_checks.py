@@ -180,6 +180,9 @@ def inputs(case: Case, dtype=None, device="cpu", seed: int = 1, requires_grad=Fa
     """A value for each required input, a tuple input as a tuple of tensors. Optional inputs are left out:
     random values are no masks or states (a mask may hide every key); the parity samples give them."""
     env = {**case.args(), **case.dims()}
+    for a in case.layer.args:  # an argument computed from others (`kdim: int = embed_dim`) may size an input
+        if a.name not in env and a.default is not None and is_expression_default(a.default):
+            env[a.name] = evaluate(a.default, env)
     for let in case.layer.lets:  # an input's dim may be a let (`[..., real_hidden]`)
         try:
             env[let.name] = evaluate(let.value, env)
@@ -195,7 +198,7 @@ def inputs(case: Case, dtype=None, device="cpu", seed: int = 1, requires_grad=Fa
     gen = torch.Generator().manual_seed(seed)
     values: list = []
     log_probs = log_prob_inputs(case)
-    for inp in [i for i in case.forward.inputs if not i.optional]:
+    for inp in [i for i in case.forward.inputs if not i.optional and i.flag is None]:  # flags keep their defaults
         parts = [_input(p, env, lead, dtype, ex, gen, device, requires_grad) for p in inp.parts or [inp]]
         if inp.name in log_probs:
             parts = [_as_log_probs(p) for p in parts]
@@ -424,6 +427,11 @@ def check_reset(case: Case, package: str, device: str = "cpu") -> str:
     if not callable(reset):
         raise CheckFailed("the layer has no reset_parameters()")
     torch.manual_seed(7)
+    if case.layer.reinits:  # its subs were built (and drew) before its own reset: draw theirs again first
+        for sub in case.layer.subs:
+            sub_reset = getattr(getattr(m1, sub.name), "reset_parameters", None)
+            if callable(sub_reset):
+                sub_reset()
     reset()
     for name in own:
         if not torch.equal(getattr(m1, name), getattr(m2, name)):

@@ -50,9 +50,6 @@ NOT_WRITTEN: dict[str, str] = {
     " namespace; the fix decided: a folder is a namespace (a sub's layer found in its own folder first, then the"
     " folders above, as the language server resolves; a name defined in two other folders an error), not built"
     " yet; written like LayerNorm it is `rms_norm(input, normalized_shape, weight, eps)` with `eps: float?`",
-    "MultiheadAttention": "its reset re-initialises a member of its sub (`out_proj.bias` zeroed after Linear drew"
-    " it), which a spec cannot say; add_bias_kv and add_zero_attn also need expand and zeros ops"
-    " (TransformerEncoderLayer/DecoderLayer use torch's as a sub)",
     "TransformerEncoder": "takes a layer instance as an argument and repeats it: a `module` argument type and"
     " `[copy(encoder_layer) for i in range(n)]` would say it (the list of subs exists); its masks' shapes depend on"
     " the given layer's batch_first, which the spec cannot see",
@@ -199,12 +196,16 @@ def _forward_problem(layer: N.Layer, fwd) -> str | None:
     bound, problem = _bind(list(inputs), fwd.args, fwd.kwargs, "inputs")
     if problem:
         return problem
-    missing = [n for n, i in inputs.items() if n not in bound and not i.optional]
+    missing = [n for n, i in inputs.items() if n not in bound and not i.optional and i.flag is None]
     if missing:
         return f"no value for input `{missing[0]}`"
     for name, value in bound.items():
         declared = inputs[name]
         if value is None and declared.optional:
+            continue
+        if declared.flag is not None:  # `need_weights: bool = true`
+            if not isinstance(value, bool):
+                return f"input `{name}` is {_value_kind(value)}, the spec declares a bool flag"
             continue
         if declared.parts and isinstance(value, (tuple, list)) and len(value) == len(declared.parts):
             problems = (_tensor_problem(f"{name}[{k}]", v, p) for k, (v, p) in enumerate(zip(value, declared.parts)))

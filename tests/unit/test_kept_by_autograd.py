@@ -26,6 +26,7 @@ PROBES = {
     "squeeze": ("input", lambda x: x[:, :1].squeeze(1)),
     "unflatten": ("input", lambda x: x.unflatten(-1, (2, 4))),
     "align": ("input", lambda x: x[:, None]),
+    "expand": ("input", lambda x: x.expand(4, 2, 3, 8)),
     "fft": ("input", lambda x: torch.fft.fft(x).real),
     "rfft": ("input", lambda x: torch.fft.rfft(x).real),
     "ifft": ("input", lambda x: torch.fft.ifft(x.to(torch.complex128)).real),

@@ -275,7 +275,7 @@ class _Builder:
             return [self.atom(ch[0])]
         if data in ("unary", "starred"):
             return [self.atom(ch[0])] + _set_space(self.ex(ch[1]), False)
-        if data == "attr":
+        if data in ("attr", "member_ref"):  # `x.ndim`, `init out_proj.bias = ...`
             return self.ex(ch[0]) + [self.atom(ch[1], False), self.atom(ch[2], False)]
         if data == "atom":  # ( expr )
             return [Group(self.atom(ch[0]), [(self.ex(ch[1]), None)], self.atom(ch[2], False), comma_ok=False)]
@@ -465,6 +465,7 @@ _MEMBER_GROUP = {
     "buffer": 1,
     "member_loop": 1,
     "sub": 2,
+    "reinit": 2,
     "let": 2,
     "example": 3,
     "forward": 4,
