@@ -10,7 +10,9 @@ Candidates per case, all called as ``nn.Module``s (``module(x)``), float32 CPU:
 
 - **autograd Module**: the generated plain module (``generated/swish.py`` ...); for the chain, which
   has no plain module, the generated functional form ``fused_chain`` wrapped in a module with the
-  same parameters; for QuadraticForm, ``generated.quadratic_form.QuadraticForm``.
+  same parameters; for QuadraticForm, ``generated.quadratic_form.QuadraticForm``; for MaxPool and
+  ConvTranspose1d (compiled in the script), their generated functional forms, whose input checks are
+  those of every generated module (the bare torch call is timed too: "autograd, no input checks").
 - **hand-written Function**: an ``autograd.Function`` written here the way an expert would (modern
   ``forward`` + ``setup_context`` style, minimal saving, recomputation of cheap elementwise
   intermediates, plain ``Function.apply``), wrapped in an unchecked module.
@@ -65,6 +67,7 @@ import bench_modules as bm  # noqa: E402  (shared harness: timing, cross-check, 
 
 Function = torch.autograd.Function
 MODULE, HAND, GEN = "autograd Module", "hand-written Function", "generated Function"
+UNCHECKED = "autograd, no input checks"
 
 
 # --------------------------------------------------------------------------------------------
@@ -722,8 +725,22 @@ class HandMaxPoolFn(nn.Module):
 
 
 class MaxPoolAutograd(nn.Module):
+    """The bare `F.max_pool1d` under autograd, without the input checks every generated module makes."""
+
     def forward(self, x: Tensor) -> Tensor:
         return torch.nn.functional.max_pool1d(x, 2)
+
+
+class MaxPoolChecked(nn.Module):
+    """The generated functional form (the input checks, then `F.max_pool1d` under autograd): the autograd
+    Module of the family, checked as the generated plain modules of the other families are."""
+
+    def __init__(self, gen: dict[str, Any]) -> None:
+        super().__init__()
+        self.fn = gen["pooling_function"].max_pool_functional
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
 
 
 class HandConvTransposeFunction(Function):
@@ -755,8 +772,21 @@ class ConvTransposeModule(nn.Module):
 
 
 class ConvTransposeAutograd(ConvTransposeModule):
+    """The bare `F.conv_transpose1d` under autograd, without the generated module's input checks."""
+
     def forward(self, x: Tensor) -> Tensor:
         return torch.nn.functional.conv_transpose1d(x, self.weight, self.bias, stride=2)
+
+
+class ConvTransposeChecked(ConvTransposeModule):
+    """The generated functional form (the input checks, then `F.conv_transpose1d` under autograd)."""
+
+    def __init__(self, gen: dict[str, Any], channels: int) -> None:
+        super().__init__(channels)
+        self.fn = gen["pooling_function"].conv_transpose_functional
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x, self.weight, self.bias)
 
 
 class HandConvTransposeFn(ConvTransposeModule):
@@ -844,6 +874,9 @@ class Family:
     hand: Callable[[int], nn.Module]  # features -> the hand-written Function's module
     generated: Callable[[dict[str, Any], int], nn.Module]  # (generated modules, features) -> the @function one
     out_tol: dict[str, float] | None = None  # rtol/atol of the output cross-check (default: assert_close's)
+    # For a family whose autograd Module is the generated functional form: the bare torch call without its
+    # input checks, timed too (`UNCHECKED`), so that what the checks cost is seen apart from the Function's.
+    unchecked: Callable[[int], nn.Module] | None = None
 
 
 def swish_state(bt: int, f: int) -> dict[str, Tensor]:
@@ -894,10 +927,11 @@ FAMILIES = [
            lambda g, f: g["my_layer"].MyLayer(f, f), lambda f: HandMyLayerFn(f, f),
            lambda g, f: g["my_layer_function"].MyLayerFunctional(f, f)),
     Family("max pooling (saves argmax indices)", "MaxPool", ("pooling_function",), lambda bt, f: {"x": torch.randn(bt, f)},
-           lambda g, f: MaxPoolAutograd(), lambda f: HandMaxPoolFn(), lambda g, f: g["pooling_function"].MaxPoolFunctional()),
+           lambda g, f: MaxPoolChecked(g), lambda f: HandMaxPoolFn(), lambda g, f: g["pooling_function"].MaxPoolFunctional(),
+           unchecked=lambda f: MaxPoolAutograd()),
     Family("transposed convolution", "ConvTranspose1d", ("pooling_function",), conv_transpose_state,
-           lambda g, f: ConvTransposeAutograd(32), lambda f: HandConvTransposeFn(32),
-           lambda g, f: g["pooling_function"].ConvTransposeFunctional(32)),
+           lambda g, f: ConvTransposeChecked(g, 32), lambda f: HandConvTransposeFn(32),
+           lambda g, f: g["pooling_function"].ConvTransposeFunctional(32), unchecked=lambda f: ConvTransposeAutograd(32)),
 ]  # fmt: skip
 # Task B's family (its own shapes and candidates: `make_cases`).
 CONTRACTION = Family("einsum contraction (index notation)", "QuadraticForm", ("quadratic_form",), quad_state,
@@ -919,6 +953,21 @@ def cand(name: str, make: Callable[[], nn.Module], vs: str | None = None, *also:
     return c
 
 
+def family_candidates(fam: Family, gen: dict[str, Any], f: int) -> list[bm.Candidate]:
+    """A family's task-A candidates at `f` features: the autograd Module, the hand-written and the generated
+    Function (and the unchecked torch call, where the family has one)."""
+    cands = [
+        cand(MODULE, lambda: fam.autograd(gen, f)),
+        cand(HAND, lambda: fam.hand(f), MODULE),
+        cand(GEN, lambda: fam.generated(gen, f), HAND, MODULE),
+    ]
+    if fam.unchecked is not None:
+        unchecked = fam.unchecked
+        cands[-1].also_vs += (UNCHECKED,)
+        cands.append(cand(UNCHECKED, lambda: unchecked(f), MODULE))
+    return cands
+
+
 def make_cases(gen: dict[str, Any], shapes: list[tuple[int, int]], quad_shapes: list[tuple[int, int]],
                tasks: str, diagnose: bool) -> list[bm.Case]:  # fmt: skip
     swf, rnf, fc = gen["swish_function"], gen["rms_norm_function"], gen["fused_chain"]
@@ -928,13 +977,7 @@ def make_cases(gen: dict[str, Any], shapes: list[tuple[int, int]], quad_shapes: 
         for b, f in shapes:
             small = b * f <= 1 << 16
             by_layer = {
-                fam.layer: [
-                    cand(MODULE, lambda fam=fam, f=f: fam.autograd(gen, f)),
-                    cand(HAND, lambda fam=fam, f=f: fam.hand(f), MODULE),
-                    cand(GEN, lambda fam=fam, f=f: fam.generated(gen, f), HAND, MODULE),
-                ]
-                for fam in FAMILIES
-                if all(m in gen for m in fam.modules)
+                fam.layer: family_candidates(fam, gen, f) for fam in FAMILIES if all(m in gen for m in fam.modules)
             }
             sw_c, rn_c, fc_c, ml_c = (by_layer[k] for k in ("Swish", "RMSNorm", "FusedChain", "MyLayer"))
             ml_c.append(cand("hand-written Function, saves sqrt", lambda f=f: HandMyLayerSaveSqrtFn(f, f), MODULE, GEN))

@@ -78,6 +78,7 @@ class FunctionEmitter:
         self.exact = frozenset(_compared_exactly(plan.tape))  # rounded as written, in forward and backward alike
         # What writing the backward decides, read when writing `setup_context`:
         self.split = False  # extra outputs' gradients have sections of their own (grads not materialised)
+        self.unmaterialised = False  # the extra outputs are all indices or masks: their grads not materialised
         self.shape_on_ctx: dict[str, set[str]] = {}  # leaves the backward needs only the shape of
         self.backward_dims: set[str] = set()  # symbolic dims the backward reads (kept on ctx)
         self.names = FunctionNames(scope or self._scope_names(), self.kwargs + list(self.layer.symbolic_dims))
@@ -120,6 +121,9 @@ class FunctionEmitter:
                     rare = [(v, g, derive(tape, [], {v: g})) for v, g in extra_grads.items()]
                     rare = [(v, g, b) for v, g, b in rare if b.stmts or b.leaf_grads]  # not a dropout mask
                     self.split = bool(rare)  # else grad_out is materialised: the main section reads it as given
+                    # Indices and masks (int64, bool) never get a gradient: not materialising theirs (zeros)
+                    # leaves grad_out, the only one there can be, defined whenever backward runs.
+                    self.unmaterialised = not rare and all(self._never_differentiable(v, tape) for v in extra)
                     body, reads = self.derived_backward(tape, plan.derived, incoming, rare)
                 else:
                     incoming.update({g: v for v, g in extra_grads.items()})
@@ -156,6 +160,12 @@ class FunctionEmitter:
             "computed_extra": extra,
             "probes": (self.names.local("transforms_active"), self.names.local("compiling")),  # apply's fast path
         }
+
+    @staticmethod
+    def _never_differentiable(var: str, tape: Tape) -> bool:
+        """An intermediate of an integer or bool dtype: max pooling's indices, a dropout mask."""
+        step = tape.step(var)
+        return step is not None and step.op is not None and step.op.cost in ("kept", "random")
 
     def _is_required(self, leaf: str) -> bool:
         return leaf not in self.e.optional
@@ -354,7 +364,7 @@ class FunctionEmitter:
             lines.append(
                 f"{outs[0]} = {self.names.output}" if len(outs) == 1 else f"{', '.join(outs)} = {self.names.output}"
             )
-        if self.split:
+        if self.split or self.unmaterialised:
             lines.append("ctx.set_materialize_grads(False)")
         for k in self.kwargs:
             lines.append(f"{self.names.ctx_value(k)} = {k}")
@@ -415,7 +425,7 @@ class FunctionEmitter:
         """Lines of the backward and, for each forward tensor it reads, which leaves need it. `rare`: the
         derivations from extra outputs' gradients, each run only when that gradient is given."""
         main = Section(self._derived_items(bwd, tape), incoming)
-        if rare or self.split:  # grads are not materialised: the main one may be None too
+        if rare or self.split or self.unmaterialised:  # grads are not materialised: the main one may be None too
             main.cond = " and ".join(f"{g} is not None" for g in incoming)
         sections = [main]
         for var, grad, rbwd in rare:
@@ -908,9 +918,11 @@ class FunctionEmitter:
         stand_in = f"{_dtype_name(a[0], ex)}.new_empty(()).expand({shape})"
         if f == "max_pool_backward":  # the gradient added where the maxima were, in the flattened pooled dims
             _, _, indices, dims = a
-            d = ex(dims)
-            flat = f"{grad}.new_zeros({shape}).flatten(-{d})"
-            return f"{flat}.scatter_add(-1, {ex.wrap(indices, ATOM)}.flatten(-{d}), {grad}.flatten(-{d})).view({shape})"
+            d, at = ex(dims), ex.wrap(indices, ATOM)
+            zeros = f"{grad}.new_zeros({shape})"  # a fresh buffer: added to in place
+            if d == "1":  # one pooled dim, the last: the indices count along it as they are
+                return f"{zeros}.scatter_add_(-1, {at}, {grad})"
+            return f"{zeros}.flatten(-{d}).scatter_add_(-1, {at}.flatten(-{d}), {grad}.flatten(-{d})).view({shape})"
         if f == "pad_backward":
             _, _, widths, mode = a
             assert isinstance(mode, N.Str), "the tape checks pad's mode"

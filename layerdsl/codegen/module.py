@@ -19,10 +19,10 @@ from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.diagnostics import SpecError, printable
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import clone, names_read, statements, walk
-from layerdsl.language.naming import snake_case
+from layerdsl.ir.visit import clone, map_children, names_read, statements, walk
+from layerdsl.language.naming import fresh_name, snake_case
 from layerdsl.language.ops import CALLABLE, OPERATORS, OPS
-from layerdsl.language.tables import DTYPES, INITS, NN_LAYERS, python_type
+from layerdsl.language.tables import DTYPES, FORBIDDEN, INITS, NN_LAYERS, PYTHON_KEYWORDS, python_type
 from layerdsl.resources import resource_dir
 from layerdsl.semantics.checker import Program, is_expression_default
 
@@ -948,6 +948,7 @@ class StatementWriter:
         self.layer = layer
         self.spec_path = spec_path
         self.checks = checks  # a return's lines with its run-time output checks (None: a plain return)
+        self.bound: set[str] = set()  # the locals bound to family members before loops (each bound once)
 
     def require(self, s: N.Require) -> list[str]:
         """`require B > 1 if training, "..."`: one negated comparison (after the guard), then a ValueError
@@ -984,9 +985,48 @@ class StatementWriter:
 
     def stmt(self, s: N.Stmt) -> list[str]:
         lines = self.code(s)
-        # An update's line is its copy_ (the `with` cannot fail); an `if`'s, its condition.
+        # An update's line is its copy_ (the `with` cannot fail); an `if`'s, its condition; a loop's, its `for`.
         at = 1 if isinstance(s, N.Update) else 0
+        if isinstance(s, N.For):
+            at = next(i for i, line in enumerate(lines) if line.startswith("for "))
         return with_spec_line(lines, at, self.spec_path, s.span.line)
+
+    def _names_in_scope(self) -> set[str]:
+        """Every name the forward's code may hold: the spec's, and those the generated code uses."""
+        layer = self.layer
+        taken = {
+            n.id for st in (layer.forward.body if layer.forward else []) for n in walk(st) if isinstance(n, N.Name)
+        }
+        declared: list[N.Arg | N.Tensor | N.Sub | N.Let] = [*layer.args, *layer.tensors, *layer.subs, *layer.lets]
+        return taken | {d.name for d in declared} | set(layer.symbolic_dims) | FORBIDDEN | PYTHON_KEYWORDS
+
+    def family_members_bound(self, var: str, body: list[N.Stmt]) -> tuple[list[str], list[N.Stmt]]:
+        """The family members a loop reads at an index the loop does not change (`bias_hh_l{k}` in a loop
+        over time steps), each bound to a local before the loop (one getattr, not one per iteration), and
+        the body reading those locals."""
+        changed = {var} | {n for st in statements(body) for n in _assigned_names(st)}
+        members: dict[str, N.FamilyName] = {}
+        for st in body:
+            for n in walk(st):
+                if isinstance(n, N.FamilyName) and n.index is not None and n.index.id not in changed:
+                    members.setdefault(self.ex(n), n)
+        if not members:
+            return [], body
+        taken = self._names_in_scope() | self.bound
+        local: dict[str, str] = {}
+        for text, n in members.items():
+            local[text] = fresh_name(f"{n.prefix.rstrip('_')}{n.suffix}", taken)
+            taken.add(local[text])
+        self.bound |= set(local.values())
+
+        def read_locally(e):
+            if isinstance(e, N.FamilyName) and self.ex(e) in local:
+                bound = N.Name(e.span, local[self.ex(e)])
+                bound.ref = N.Ref.LOCAL
+                return bound
+            return map_children(e, read_locally)
+
+        return [f"{local[t]} = {t}" for t in members], [read_locally(st) for st in body]
 
     def code(self, s: N.Stmt) -> list[str]:
         match s:
@@ -1014,7 +1054,8 @@ class StatementWriter:
                     it_text = f"range({', '.join(self.ex(a) for a in it.args)})"
                 else:  # a list of subs
                     it_text = self.ex(it)
-                return [f"for {var} in {it_text}:", *_indent(self.block(b) or ["pass"])]
+                bound, b = self.family_members_bound(var, b)
+                return [*bound, f"for {var} in {it_text}:", *_indent(self.block(b) or ["pass"])]
             case N.Append(target=t, value=v):
                 return [f"{t}.append({self.ex(v)})"]
             case N.Return(values=vs):
@@ -1023,6 +1064,18 @@ class StatementWriter:
             case N.Require():
                 return self.require(s)
         raise TypeError(f"cannot emit {type(s).__name__}")
+
+
+def _assigned_names(s: N.Stmt) -> set[str]:
+    """The locals a statement (not its nested blocks) assigns."""
+    match s:
+        case N.Assign(target=t) | N.IndexAssign(target=t):
+            return {t}
+        case N.Unpack(targets=ts):
+            return {t for t, _ in ts}
+        case N.For(var=v):
+            return {v}
+    return set()
 
 
 def _checked_choice(a: N.Arg, layer: str) -> list[str]:
