@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from layerdsl.codegen.module import emit_file
 from layerdsl.driver.cli import main
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
@@ -269,3 +270,26 @@ def test_a_class_weight_that_needs_a_gradient_is_named(tmp_path, capsys):
     )
     assert main(["check", str(spec)]) == 1
     assert "cross_entropy() has no derivative with respect to 'weight'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("family", "forward_call", "not_in_backward"),
+    [
+        ("layer_norm", "torch.native_layer_norm(", ("native_layer_norm(", "F.layer_norm(")),
+        ("layer_norm_two_dims", "torch.native_layer_norm(", ("native_layer_norm(", "F.layer_norm(")),
+        ("group_norm", "torch.native_group_norm(", ("native_layer_norm(x.detach()", "native_group_norm(")),
+        ("cross_entropy_plain", "torch.log_softmax(", ("log_softmax(",)),
+        ("cross_entropy_probabilities", "torch.log_softmax(", ("log_softmax(",)),
+    ],
+)
+def test_statistics_are_computed_by_the_forward_and_read_saved(family, forward_call, not_in_backward):
+    """The forward's kernel returns the statistics with the result (`out, mean, rstd = ...`) and the
+    backward reads them saved: it recomputes no statistic (layer norm's mean and rstd, the log-softmax)."""
+    f = FAMILIES[family]
+    text = SPEC.format(members=f.members, inputs=f.inputs, body=f.body)
+    spec = parse_file("probe.layer", text)
+    source = emit_file(spec, check_program([spec]), "probe.layer", {})
+    function = source.split("class ProbeFunction")[1]
+    forward, backward = function.split("def setup_context")[0], function.split("def backward")[1]
+    assert forward.count(forward_call) == 1
+    assert not [call for call in not_in_backward if call in backward.split("def apply")[0]]

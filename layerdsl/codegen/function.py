@@ -286,8 +286,10 @@ class FunctionEmitter:
                 continue  # bound with its second result, below
             if s.var in paired:  # one call returns both: `pool, argmax = F.max_pool2d(..., return_indices=True)`
                 first = next(t for t in tape.steps if t.var == paired[s.var])
-                call = _returning_indices(substitute(first.expr, exprs))
-                lines += self.located([f"{first.var}, {s.var} = {out(call)}"], s.expr.span.line)
+                seconds = [v for v, m in paired.items() if m == first.var]  # `out, mean, rstd = ...`
+                if s.var == seconds[0]:
+                    call = _returning_second_results(first, exprs)
+                    lines += self.located([f"{', '.join([first.var, *seconds])} = {out(call)}"], s.expr.span.line)
                 roots[first.var] = roots[s.var]
                 continue
             if s.guard:
@@ -354,6 +356,11 @@ class FunctionEmitter:
             lines.append(
                 f"{outs[0]} = {self.names.output}" if len(outs) == 1 else f"{', '.join(outs)} = {self.names.output}"
             )
+        seconds = [
+            e for e in extra if e in saved_names and (step := tape.step(e)) and step.op and step.op.cost == "kept"
+        ]
+        if seconds:  # indices, statistics: no gradient of their own (ATen's kernels differentiate through them)
+            lines.append(f"ctx.mark_non_differentiable({', '.join(seconds)})")
         if self.split:
             lines.append("ctx.set_materialize_grads(False)")
         for k in self.kwargs:
@@ -399,7 +406,7 @@ class FunctionEmitter:
                 elif step is not None and step.op is not None and step.op.cost == "random":
                     what = f"{var} (drawn at random, as bool: never recomputed)"
                 elif step is not None and step.op is not None and step.op.cost == "kept":
-                    what = f"{var} (where the maxima are, as int64: read instead of the input)"
+                    what = f"{var} ({_KEPT.get(step.op.name.rsplit('_', 1)[-1], step.op.doc)})"
                 elif var in (self.saved_cheap or ()):
                     what = f"{var} (saved: recomputing it would keep as many bytes or more)"
                 else:
@@ -1069,6 +1076,8 @@ def _negated(e: N.Expr, ex: PyExpr) -> str:
     return str(-value) if value is not None else f"-{ex.wrap(e, PREC['unary'])}"
 
 
+_KEPT = {"indices": "where the maxima are, as int64: read instead of the input"}  # else the row's doc
+
 _POOLING_GRADIENTS = (
     "max_pool_backward",
     "avg_pool_backward",
@@ -1080,12 +1089,25 @@ _POOLING_GRADIENTS = (
 
 
 def _with_second_results(tape: Tape) -> dict[str, str]:
-    """Steps that are a call's second result (a max pooling's indices), and the step of its first."""
+    """Steps that are a call's second result (a max pooling's indices, a norm's statistics), and the step
+    of its first, in the order the call returns them."""
     return {
-        indices.id: s.var
+        second.id: s.var
         for s in tape.steps
-        if isinstance(indices := s.args.get("indices"), N.Name) and s.op is not None and f"{s.op.name}_indices" in OPS
+        if s.op is not None
+        for k in (("indices",) if f"{s.op.name}_indices" in OPS else s.op.statistics)
+        if isinstance(second := s.args.get(k), N.Name)
     }
+
+
+def _returning_second_results(first: Step, exprs: dict[str, N.Expr]) -> N.Call:
+    """The call that returns a step's result with its second results (`Op.statistics`, or max pooling's
+    indices)."""
+    assert first.op is not None, "a step with second results is an op's"
+    if not first.op.statistics:
+        return _returning_indices(substitute(first.expr, exprs))
+    row = OPS[f"{first.op.name}_with_statistics"]
+    return B.call(row.name, *[substitute(first.args[p.name], exprs) for p in row.params], span=first.expr.span)
 
 
 def _returning_indices(call: N.Expr) -> N.Call:

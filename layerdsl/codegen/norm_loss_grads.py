@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from layerdsl.autodiff.formulas import parse_default
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import ATOM
 from layerdsl.language.ops import OPS
@@ -25,9 +26,18 @@ class _Call:
     """One gradient call: its arguments by parameter name, rendered (`self[x]`) or as IR (`self.node(x)`)."""
 
     def __init__(self, c: N.Call, ex):
-        params = [p.name for p in OPS[c.func].params]
-        self.nodes = dict(zip(params, c.args)) | {k.name: k.value for k in c.kwargs}
+        params = OPS[c.func].params
+        self.nodes = dict(zip([p.name for p in params], c.args)) | {k.name: k.value for k in c.kwargs}
+        # a forward step leaves out the arguments at their defaults
+        self.defaults = {p.name: parse_default(p.default) for p in params if p.default is not None}
+        for name, default in self.defaults.items():
+            self.nodes.setdefault(name, default)
         self.ex = ex
+
+    def given(self, name: str) -> bool:
+        """Whether an argument differs from its default (an option worth writing)."""
+        default = self.defaults.get(name)
+        return default is None or self[name] != self.ex(default)
 
     def __getitem__(self, name: str) -> str:
         return self.ex(self.nodes[name])
@@ -100,14 +110,28 @@ def _class_dim(x: str) -> str:
 # ---------------------------------------------------------------- norms
 
 
+def _layer_norm_with_statistics(a: _Call, _) -> str:
+    """`out, mean, rstd = ...`: the forward's kernel, which computes the statistics anyway."""
+    shape = _tuple_shape(a, "normalized_shape")
+    return f"torch.native_layer_norm({a['input']}, {shape}, {a['weight']}, {a['bias']}, {a['eps']})"
+
+
+def _layer_norm_statistic(index: int) -> Callable[[_Call, dict[str, bool]], str]:
+    def write(a: _Call, floating: dict[str, bool]) -> str:  # alone (the forward binds it with the result)
+        return f"{_layer_norm_with_statistics(a, floating)}[{index}]"
+
+    return write
+
+
 def _layer_norm(a: _Call, _) -> str:
-    x, shape = a["input"], _tuple_shape(a, "normalized_shape")
-    # mean and rstd as the forward's kernel computes them (one pass; torch's var over the last dim is
-    # several times slower), of the detached input: the kernel's double backward accounts for them
-    stats = f"torch.ops.aten.native_layer_norm({a.atom('input')}.detach(), {shape}, None, None, {a['eps']})[1:]"
+    """One gradient from ATen's kernel, given the saved mean and rstd (its double backward differentiates
+    through them: they are not differentiable outputs of the Function)."""
+    x, shape, which = a["input"], _tuple_shape(a, "normalized_shape"), a.literal("which")
+    assert which in (0, 1), "layer_norm's rows ask for the input's (0) or the weight's (1) gradient"
+    mask = ("True, False, False", "False, True, False")[which]
     return (
-        f"torch.ops.aten.native_layer_norm_backward({a['grad']}, {x}, {shape}, *{stats}, {a['weight']}, None,"
-        " (True, False, False))[0]"
+        f"torch.ops.aten.native_layer_norm_backward({a['grad']}, {x}, {shape}, {a['mean']}, {a['rstd']},"
+        f" {a['weight']}, None, ({mask}))[{which}]"
     )
 
 
@@ -125,14 +149,30 @@ def _channel_view(weight: str, x: str) -> str:
     return f"{weight}.view(-1, *(1,) * ({x}.dim() - 2))"
 
 
+def _group_norm_with_statistics(a: _Call, _) -> str:
+    """`out, mean, rstd = ...`: the forward's kernel; mean and rstd are [N, num_groups]."""
+    x = a.atom("input")
+    sizes = f"{x}.shape[0], {x}.shape[1], {x}[0, 0].numel()"  # N, C and the elements per channel
+    return f"torch.native_group_norm({x}, {a['weight']}, {a['bias']}, {sizes}, {a['num_groups']}, {a['eps']})"
+
+
+def _group_norm_statistic(index: int) -> Callable[[_Call, dict[str, bool]], str]:
+    def write(a: _Call, floating: dict[str, bool]) -> str:  # alone (the forward binds it with the result)
+        return f"{_group_norm_with_statistics(a, floating)}[{index}]"
+
+    return write
+
+
 def _group_norm(a: _Call, _) -> str:
+    """Layer norm's gradient over each sample's groups, given the saved statistics (ATen's group norm
+    backward has no double backward; layer norm's has)."""
     x, groups, grad = a.atom("input"), a.atom("num_groups"), a.atom("grad")
     g = grad if a.none("weight") else f"({grad} * {_channel_view(a.atom('weight'), x)})"
     shape = f"{x}.shape[0], {groups}, -1"
     size = f"[{x}[0].numel() // {groups}]"
-    stats = f"torch.ops.aten.native_layer_norm({x}.detach().reshape({shape}), {size}, None, None, {a['eps']})[1:]"
+    stats = f"{a.atom('mean')}.unsqueeze(-1), {a.atom('rstd')}.unsqueeze(-1)"
     grads = (
-        f"torch.ops.aten.native_layer_norm_backward({g}.reshape({shape}), {x}.reshape({shape}), {size}, *{stats},"
+        f"torch.ops.aten.native_layer_norm_backward({g}.reshape({shape}), {x}.reshape({shape}), {size}, {stats},"
         " None, None, (True, False, False))"
     )
     return f"{grads}[0].reshape({x}.shape)"
@@ -240,25 +280,45 @@ def _log_prob_grad_of_probabilities(a: _Call) -> str:
     return f"-{weighted} * {_probability_scale(a, x)}"
 
 
-def _cross_entropy_input(a: _Call, floating: dict[str, bool]) -> str:
+def _class_log_softmax(a: _Call, _) -> str:
     x = a.atom("input")
+    return f"torch.log_softmax({x}, {_class_dim(x)})"
+
+
+def _class_log_softmax_backward(a: _Call, _) -> str:
+    """log_softmax's gradient from its result alone (ATen's kernel: differentiable again in both)."""
+    result = a.atom("result")
+    return f"torch.ops.aten._log_softmax_backward_data({a['grad']}, {result}, {_class_dim(result)}, {result}.dtype)"
+
+
+def _cross_entropy_of_log_probs(a: _Call, floating: dict[str, bool]) -> str:
+    """cross_entropy's value from the log-probabilities: nll_loss for class indices without smoothing, else
+    cross_entropy itself (log_softmax leaves log-probabilities as they are)."""
+    lp, t = a["input"], a["target"]
+    options = "".join(f", {k}={a[k]}" for k in ("weight", "ignore_index", "reduction") if a.given(k))
+    if _probabilities(a, floating) is False and _smoothing(a) == 0.0:
+        return f"F.nll_loss({lp}, {t}{options})"
+    if a.given("label_smoothing"):
+        options += f", label_smoothing={a['label_smoothing']}"
+    return f"F.cross_entropy({lp}, {t}{options})"
+
+
+def _cross_entropy_log_probs(a: _Call, floating: dict[str, bool]) -> str:
+    """cross_entropy's gradient with respect to the log-probabilities (its `input` here)."""
     probabilities = _probabilities(a, floating)
     if probabilities is None:
         target = a.atom("target")
-        g = f"({_log_prob_grad_of_probabilities(a)} if {target}.is_floating_point() else {_log_prob_grad_of_indices(a)})"
-    else:
-        g = _log_prob_grad_of_probabilities(a) if probabilities else _log_prob_grad_of_indices(a)
-    cdim = _class_dim(x)
-    return f"torch.ops.aten._log_softmax_backward_data({g}, torch.log_softmax({x}, {cdim}), {cdim}, {x}.dtype)"
+        return f"({_log_prob_grad_of_probabilities(a)} if {target}.is_floating_point() else {_log_prob_grad_of_indices(a)})"
+    return _log_prob_grad_of_probabilities(a) if probabilities else _log_prob_grad_of_indices(a)
 
 
 def _cross_entropy_target(a: _Call, _) -> str:
-    x = a.atom("input")
-    cdim = _class_dim(x)
+    """With respect to class probabilities: -(1 - label_smoothing) * weight * log_probs * grad."""
+    lp = a.atom("input")
     keep = "" if _smoothing(a) == 0.0 else f"(1 - {a.atom('label_smoothing')}) * "
-    weight = _class_weight(a, x)
+    weight = _class_weight(a, lp)
     weighted = "" if weight == "1" else f"{weight} * "
-    return f"-{keep}{weighted}torch.log_softmax({x}, {cdim}) * {_probability_scale(a, x)}"
+    return f"-{keep}{weighted}{lp} * {_probability_scale(a, lp)}"
 
 
 def _multi_margin(a: _Call, _) -> str:
@@ -350,13 +410,22 @@ def _gaussian_var(a: _Call, _) -> str:
 
 
 _WRITERS: dict[str, Callable[[_Call, dict[str, bool]], str]] = {
-    "layer_norm_input_grad": _layer_norm,
+    "layer_norm_with_statistics": _layer_norm_with_statistics,
+    "layer_norm_mean": _layer_norm_statistic(1),
+    "layer_norm_rstd": _layer_norm_statistic(2),
+    "layer_norm_backward": _layer_norm,
     "rms_norm_input_grad": _rms_norm,
+    "group_norm_with_statistics": _group_norm_with_statistics,
+    "group_norm_mean": _group_norm_statistic(1),
+    "group_norm_rstd": _group_norm_statistic(2),
     "group_norm_input_grad": _group_norm,
     "channel_sum": _channel_sum,
     "local_response_norm_input_grad": _local_response_norm,
     "nll_loss_input_grad": _nll_loss,
-    "cross_entropy_input_grad": _cross_entropy_input,
+    "class_log_softmax": _class_log_softmax,
+    "class_log_softmax_backward": _class_log_softmax_backward,
+    "cross_entropy_of_log_probs": _cross_entropy_of_log_probs,
+    "cross_entropy_log_probs_grad": _cross_entropy_log_probs,
     "cross_entropy_target_grad": _cross_entropy_target,
     "multi_margin_loss_backward": _multi_margin,
     "multilabel_margin_loss_backward": _multilabel_margin,

@@ -55,6 +55,10 @@ class Op:
     # operands whose derivative torch gives only at log-probabilities over the last dim (ctc_loss's log_probs):
     # the run-time checks draw them as log_softmax(normal) and differentiate them through log_softmax
     log_probs: tuple[str, ...] = ()
+    # small second results of the op's kernel that its backward reads (layer_norm's mean and rstd): under
+    # @function the forward computes them with the result (the internal row `{op}_with_statistics`) and
+    # saves them, each the internal row `{op}_{name}`, instead of the backward recomputing them
+    statistics: tuple[str, ...] = ()
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -90,6 +94,8 @@ def _reduction(name, torch, doc, grad, extra="", cost="costly", dim_default="non
 _EXPAND = "expand_reduced(grad, input, dim, keepdim)"
 _MAX_POOL = "input*, kernel_size, stride = none, padding = 0, dilation = 1, ceil_mode = false"
 _ADAPTIVE_POOL = "input*, output_size"
+_LAYER_NORM = "input*, normalized_shape, weight* = none, bias* = none, eps = 1e-5"
+_GROUP_NORM = "input*, num_groups, weight* = none, bias* = none, eps = 1e-5"
 
 TABLE: tuple[Op, ...] = (
     # -- operators: `a + b` is the row `add`, and so on
@@ -781,16 +787,17 @@ TABLE: tuple[Op, ...] = (
     ),
     Op(
         "group_norm",
-        _sig("input*, num_groups, weight* = none, bias* = none, eps = 1e-5"),
+        _sig(_GROUP_NORM),
         "torch.nn.functional.group_norm",
         "softmax",
         "normalise each of num_groups channel groups of each sample, then scale and shift per channel",
         {
-            "input": "group_norm_input_grad(grad, input, num_groups, weight, eps)",
+            "input": "group_norm_input_grad(grad, input, num_groups, mean, rstd, weight)",
             "weight": "channel_sum(grad * group_norm(input, num_groups, eps = eps))",
             "bias": "channel_sum(grad)",
         },
         cost="costly",
+        statistics=("mean", "rstd"),
     ),
     Op(
         "cross_entropy",
@@ -798,9 +805,10 @@ TABLE: tuple[Op, ...] = (
         "torch.nn.functional.cross_entropy",
         "loss",
         "the cross entropy of softmax(input) against class indices or class probabilities",
-        {
-            "input": "cross_entropy_input_grad(grad, input, target, weight, ignore_index, reduction, label_smoothing)",
-            "target": "cross_entropy_target_grad(grad, input, target, weight, reduction, label_smoothing)",
+        {  # a derived backward takes it as the loss over class_log_softmax(input), saved (`autodiff.tape`)
+            "input": "class_log_softmax_backward(cross_entropy_log_probs_grad(grad, class_log_softmax(input), target,"
+            " weight, ignore_index, reduction, label_smoothing), class_log_softmax(input))",
+            "target": "cross_entropy_target_grad(grad, class_log_softmax(input), target, weight, reduction, label_smoothing)",
             "weight": None,
         },
         cost="costly",
@@ -915,16 +923,17 @@ TABLE: tuple[Op, ...] = (
     ),
     Op(
         "layer_norm",
-        _sig("input*, normalized_shape, weight* = none, bias* = none, eps = 1e-5"),
+        _sig(_LAYER_NORM),
         "torch.nn.functional.layer_norm",
         "softmax",
         "normalise over the last dims (normalized_shape), then scale and shift elementwise",
         {
-            "input": "layer_norm_input_grad(grad, input, normalized_shape, weight, eps)",
-            "weight": "sum_to(grad * layer_norm(input, normalized_shape, eps = eps), weight)",
+            "input": "layer_norm_backward(grad, input, normalized_shape, mean, rstd, weight, 0)",
+            "weight": "layer_norm_backward(grad, input, normalized_shape, mean, rstd, weight, 1)",
             "bias": "sum_to(grad, bias)",
         },
         cost="costly",
+        statistics=("mean", "rstd"),
     ),
     Op(
         "rms_norm",
@@ -1057,22 +1066,77 @@ TABLE: tuple[Op, ...] = (
         internal=True,
         shape_args=(1,),
     ),
+    # -- the norms' statistics, computed by the forward's kernel with the result and saved (`Op.statistics`)
+    *(
+        Op(
+            f"{norm}_with_statistics",
+            _sig(sig),
+            "",
+            "opaque",
+            f"{norm}'s result, mean and rstd in one call (torch.native_{norm})",
+            internal=True,
+        )
+        for norm, sig in (("layer_norm", _LAYER_NORM), ("group_norm", _GROUP_NORM))
+    ),
+    *(
+        Op(
+            f"{norm}_{name}",
+            _sig(sig),
+            "",
+            "opaque",
+            f"{norm}'s {doc} per {unit}, computed with its result",
+            cost="kept",
+            internal=True,
+        )
+        for norm, sig, unit in (("layer_norm", _LAYER_NORM, "row"), ("group_norm", _GROUP_NORM, "sample and group"))
+        for name, doc in (("mean", "mean"), ("rstd", "1 / standard deviation"))
+    ),
+    # -- cross_entropy as a derived backward sees it: the log-probabilities along the class dim (1, or 0
+    # for one sample), then the loss over them
+    Op(
+        "class_log_softmax",
+        _sig("input*"),
+        "",
+        "softmax",
+        "log_softmax over the class dim",
+        {"input": "class_log_softmax_backward(grad, result)"},
+        cost="costly",
+        internal=True,
+    ),
+    Op(
+        "cross_entropy_of_log_probs",
+        _sig('input*, target*, weight* = none, ignore_index = -100, reduction = "mean", label_smoothing = 0.0'),
+        "",
+        "loss",
+        "cross_entropy of log-probabilities (nll_loss for class indices without smoothing)",
+        {
+            "input": "cross_entropy_log_probs_grad(grad, input, target, weight, ignore_index, reduction, label_smoothing)",
+            "target": "cross_entropy_target_grad(grad, input, target, weight, reduction, label_smoothing)",
+            "weight": None,
+        },
+        cost="costly",
+        internal=True,
+    ),
     # -- the norms' and losses' gradients (`codegen.norm_loss_grads` writes each as one expression): ATen's
-    # backward kernels where torch has one, the statistics they take recomputed from the saved input
+    # backward kernels where torch has one, given the forward's statistics where it saved them
     *(
         Op(name, _sig(sig), "", "custom", doc, internal=True)
         for name, sig, doc in (
             (
-                "layer_norm_input_grad",
-                "grad*, input*, normalized_shape, weight*, eps",
-                "ATen's native_layer_norm_backward",
+                "layer_norm_backward",
+                "grad*, input*, normalized_shape, mean*, rstd*, weight*, which",
+                "ATen's native_layer_norm_backward: the gradient of the input (which 0) or of the weight (1)",
             ),
             (
                 "rms_norm_input_grad",
                 "grad*, input*, normalized_shape, weight*, eps",
                 "rstd * (g - x * rstd ** 2 * mean(g * x))",
             ),
-            ("group_norm_input_grad", "grad*, input*, num_groups, weight*, eps", "layer norm's over each group"),
+            (
+                "group_norm_input_grad",
+                "grad*, input*, num_groups, mean*, rstd*, weight*",
+                "layer norm's over each group (ATen's native_layer_norm_backward), given the saved statistics",
+            ),
             ("channel_sum", "input*", "the sum over every dim but dim 1 (a per-channel parameter's gradient)"),
             (
                 "local_response_norm_input_grad",
@@ -1085,14 +1149,19 @@ TABLE: tuple[Op, ...] = (
                 "-(weight[target] * grad) scattered at the targets along the class dim",
             ),
             (
-                "cross_entropy_input_grad",
+                "class_log_softmax_backward",
+                "grad*, result*",
+                "log_softmax's gradient over the class dim from its result (ATen's _log_softmax_backward_data)",
+            ),
+            (
+                "cross_entropy_log_probs_grad",
                 "grad*, input*, target*, weight*, ignore_index, reduction, label_smoothing",
-                "the gradient of the log-probabilities through log_softmax's backward",
+                "cross_entropy's gradient with respect to the log-probabilities (`input`)",
             ),
             (
                 "cross_entropy_target_grad",
                 "grad*, input*, target*, weight*, reduction, label_smoothing",
-                "-(1 - label_smoothing) * weight * log_softmax(input) * grad, for class probabilities",
+                "-(1 - label_smoothing) * weight * input * grad, for class probabilities (input: log-probabilities)",
             ),
             (
                 "multi_margin_loss_backward",
