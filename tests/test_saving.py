@@ -244,12 +244,12 @@ F32, I64 = torch.float32, torch.int64
 @pytest.mark.parametrize(
     ("members", "inputs", "body", "make", "expected"),
     [
-        (  # the expert's: x, weight and the per-row mean and rstd, computed by the forward's kernel
+        (  # the expert's: x, weight, bias and the per-row mean and rstd, computed by the forward's kernel
             "param weight: [c] = ones\n    param bias: [c] = zeros",
             "x: [B, c]",
             "layer_norm(x, [c], weight, bias)",
             lambda: [torch.randn(8, 4)],
-            [(F32, (8, 4)), (F32, (4,)), (F32, (8, 1)), (F32, (8, 1))],
+            [(F32, (8, 4)), (F32, (4,)), (F32, (4,)), (F32, (8, 1)), (F32, (8, 1))],
         ),
         (
             "param weight: [c] = ones",
@@ -279,6 +279,13 @@ F32, I64 = torch.float32, torch.int64
             lambda: [torch.randn(8, 4), torch.randint(0, 4, (8,))],
             [(I64, (8,)), (F32, (8, 4))],
         ),
+        (  # the targets; the input only for its shape
+            "",
+            "x: [B, c], t: long[B]",
+            "nll_loss(x, t)",
+            lambda: [torch.randn(8, 4), torch.randint(0, 4, (8,))],
+            [(I64, (8,))],
+        ),
         (
             "",
             "x: [B, c], t: [B, c], v: [B, c]",
@@ -290,8 +297,9 @@ F32, I64 = torch.float32, torch.int64
 )
 def test_norms_and_losses_save_what_an_expert_saves(members, inputs, body, make, expected):
     """An expert's Function saves the input and the small statistics its kernel computed with the result
-    (layer and group norm: mean and rstd), or the log-probabilities in place of the logits (cross entropy):
-    the derived one saves exactly that, with the order of the Function's save_for_backward."""
+    (layer and group norm: mean and rstd), or the log-probabilities in place of the logits (cross entropy),
+    and no input read only for its shape (nll_loss): the derived one saves exactly that, in the order of the
+    Function's save_for_backward."""
     namespace = compile_spec(NORM_LOSS.format(members=members, inputs=inputs, body=body), "norm_loss")
     layer = namespace["NormLoss"](4)
     values = [t.requires_grad_() if t.is_floating_point() else t for t in make()]

@@ -18,6 +18,7 @@ from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.shapes import same_shape_leaf
 from layerdsl.autodiff.tape import Step, Tape
+from layerdsl.codegen.joint_gradients import joint_calls
 from layerdsl.codegen.names import FunctionNames
 from layerdsl.codegen.norm_loss_grads import norm_loss_grad
 from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling
@@ -714,6 +715,7 @@ class FunctionEmitter:
         """One grad mode's statements (`prepared`), each under the `ctx.needs_input_grad` guard of the leaves
         needing it."""
         stmts, schedule = scheduled(stmts, facts, prefer)
+        stmts = joint_calls(stmts, lambda leaves: self.needs(leaves, tape))  # one kernel's gradients: one call
         parts = [(s.leaves, _code(s, self.e.spec_path)) for s in stmts]
         for leaf, part in sec.accumulate.items():  # add to what the main section found (or None)
             parts.append(({leaf}, [Accumulate(leaf, part)]))
@@ -791,7 +793,8 @@ class FunctionEmitter:
         if f not in OPS or not OPS[f].internal:
             return None
         leaves = [*self.e.forward.inputs, *self.layer.tensors]
-        written = norm_loss_grad(c, ex, {leaf.name: leaf.dtype == "float" for leaf in leaves})
+        floating = {leaf.name: leaf.dtype == "float" for leaf in leaves}
+        written = norm_loss_grad(c, ex, floating, lambda e: self._shape(e, ex), self._static_rank)
         if written is not None:  # a norm's or a loss's gradient
             return written
         a = c.args
@@ -859,6 +862,10 @@ class FunctionEmitter:
             dims = ex(dim) if not isinstance(dim, N.NoneLit) else "None"
             return f"({mask} / {mask}.sum({dims}, keepdim=True))"
         return None
+
+    def _static_rank(self, e: N.Expr) -> int | None:
+        shape = self.tape.shapes.get(e.id) if isinstance(e, N.Name) else None
+        return len(shape) if shape is not None and "..." not in shape else None
 
     def _index_gradient(self, f: str, a: list[N.Expr], ex: PyExpr) -> str:
         """The gradient of an op that picks elements by index: zeros of the input's shape (only the shape is

@@ -1,11 +1,12 @@
-"""The Python of the norms' and losses' gradient rows (`*_input_grad`, `channel_sum`, ... in the op table).
+"""The Python of the norms', losses' and transposed convolutions' gradient rows (`*_backward`, `*_grad`,
+`channel_sum`, ... in the op table), and of the forward rows that compute a norm's statistics with it.
 
-Each gradient is one expression over what the backward has: the saved input (and target, weight), the
-incoming gradient and the call's numbers. Where ATen has a backward kernel it is called, with the small
-statistics it takes (mean, rstd, log_alpha, is_target) recomputed from the saved input rather than saved:
-the input is alive anyway, so the Function keeps no tensor of its own. Every expression is differentiable
-again where torch's own backward is (double backward), the recomputed statistics detached where ATen's
-kernel already accounts for them.
+Each is one expression over what the backward has: the saved input (and target, weight), the statistics
+the forward's kernel computed with the result and the Function saved (layer and group norm's mean and rstd,
+cross entropy's log-probabilities), the incoming gradient and the call's numbers. Where ATen has a backward
+kernel it is called; the statistics saved from the forward are not differentiable outputs of the Function,
+and ATen's kernels' own double backward accounts for them. The statistics still recomputed (rms_norm's,
+local_response_norm's, ctc's log_alpha, multilabel_margin's is_target) are recomputed from the saved input.
 
 A `reduction` known when generating selects its branch; one passed at run time is a conditional expression.
 """
@@ -20,12 +21,15 @@ from layerdsl.ir.printer import ATOM
 from layerdsl.language.ops import OPS
 
 Render = Callable[[N.Expr], str]
+Shape = Callable[[N.Expr], str]
+Rank = Callable[[N.Expr], "int | None"]
 
 
 class _Call:
     """One gradient call: its arguments by parameter name, rendered (`self[x]`) or as IR (`self.node(x)`)."""
 
-    def __init__(self, c: N.Call, ex):
+    def __init__(self, c: N.Call, ex, shape: Shape, rank: Rank):
+        self.shape_of, self.rank_of = shape, rank
         params = OPS[c.func].params
         self.nodes = dict(zip([p.name for p in params], c.args)) | {k.name: k.value for k in c.kwargs}
         # a forward step leaves out the arguments at their defaults
@@ -33,6 +37,18 @@ class _Call:
         for name, default in self.defaults.items():
             self.nodes.setdefault(name, default)
         self.ex = ex
+
+    def shape(self, name: str) -> str:
+        """An operand's shape, where the backward has it (on ctx for an operand read only for its shape)."""
+        node = self.nodes[name]
+        return self.shape_of(node) if isinstance(node, N.Name) else f"{self.atom(name)}.shape"
+
+    def class_dim(self, name: str) -> str:
+        """The class dim of a loss's operand: 1, or 0 for one sample (class scores alone)."""
+        rank = self.rank_of(self.nodes[name])
+        if rank is not None:
+            return "1" if rank > 1 else "0"
+        return f"(1 if len({self.shape(name)}) > 1 else 0)"
 
     def given(self, name: str) -> bool:
         """Whether an argument differs from its default (an option worth writing)."""
@@ -53,12 +69,17 @@ class _Call:
         return e.value if isinstance(e, (N.Str, N.Num, N.Bool)) else None
 
 
-def norm_loss_grad(c: N.Call, ex, floating: dict[str, bool]) -> str | None:
+def norm_loss_grad(
+    c: N.Call, ex, floating: dict[str, bool], shape: Shape | None = None, rank: Rank | None = None
+) -> str | None:
     """The Python of a call to one of the rows below, or None for any other call. `floating`: whether each
     input and tensor member is floating-point (a cross_entropy target that is holds class probabilities,
-    one that is not class indices; a computed target is told apart at run time)."""
+    one that is not class indices; a computed target is told apart at run time). `shape`: a tensor's shape
+    as the code has it; `rank`: its static rank, None where unknown."""
     write = _WRITERS.get(c.func)
-    return write(_Call(c, ex), floating) if write is not None else None
+    if write is None:
+        return None
+    return write(_Call(c, ex, shape or (lambda e: f"{ex.wrap(e, ATOM)}.shape"), rank or (lambda e: None)), floating)
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -103,10 +124,6 @@ def _trailing_dims(a: _Call, name: str) -> str:
     return f"tuple(range(-len({_tuple_shape(a, name)}), 0))"
 
 
-def _class_dim(x: str) -> str:
-    return f"(1 if {x}.dim() > 1 else 0)"
-
-
 # ---------------------------------------------------------------- norms
 
 
@@ -124,15 +141,19 @@ def _layer_norm_statistic(index: int) -> Callable[[_Call, dict[str, bool]], str]
 
 
 def _layer_norm(a: _Call, _) -> str:
-    """One gradient from ATen's kernel, given the saved mean and rstd (its double backward differentiates
-    through them: they are not differentiable outputs of the Function)."""
-    x, shape, which = a["input"], _tuple_shape(a, "normalized_shape"), a.literal("which")
-    assert which in (0, 1), "layer_norm's rows ask for the input's (0) or the weight's (1) gradient"
-    mask = ("True, False, False", "False, True, False")[which]
-    return (
-        f"torch.ops.aten.native_layer_norm_backward({a['grad']}, {x}, {shape}, {a['mean']}, {a['rstd']},"
-        f" {a['weight']}, None, ({mask}))[{which}]"
+    """Gradients from ATen's kernel, given the saved mean and rstd (its double backward differentiates
+    through them: they are not differentiable outputs of the Function): the one `which` names, or those
+    a mask asks for. The bias is read for its shape, when its gradient is asked for."""
+    x, shape = a["input"], _tuple_shape(a, "normalized_shape")
+    call = (
+        f"torch.ops.aten.native_layer_norm_backward({a['grad']}, {x}, {shape}, {a['mean']}, {a['rstd']}, {a['weight']}"
     )
+    if isinstance(a.nodes["which"], N.TupleExpr):  # several results (`codegen.joint_gradients`)
+        return f"{call}, {a['bias']}, {a['which']})"
+    which = a.literal("which")
+    assert which in (0, 1, 2), "layer_norm's rows ask for the input's, the weight's or the bias's gradient"
+    mask = ", ".join(str(k == which) for k in range(3))
+    return f"{call}, {a['bias'] if which == 2 else None}, ({mask}))[{which}]"
 
 
 def _rms_norm(a: _Call, _) -> str:
@@ -209,13 +230,14 @@ def _kept(a: _Call) -> tuple[str, str, str]:
 def _index_grad(a: _Call, scale: str) -> str:
     """The gradient with respect to log-probabilities of the weighted negative log likelihood at the
     target indices: `-scale * weight[target]` at each target, 0 elsewhere; `scale` the targets' shape."""
-    x, grad = a.atom("input"), a.atom("grad")
+    grad = a.atom("grad")
     _, safe, weight = _kept(a)
-    cdim = _class_dim(x)
+    cdim = a.class_dim("input")
     per_target = _by_reduction(a, f"{grad} * {weight}", f"{grad} * {weight} / {weight}.sum()", f"{grad} * {weight}")
     if scale != "1":
         per_target = f"{scale} * {per_target}"
-    return f"torch.zeros_like({x}).scatter({cdim}, {safe}.unsqueeze({cdim}), -({per_target}).unsqueeze({cdim}))"
+    zeros = f"{grad}.new_zeros({a.shape('input')})"  # the input is read for its shape only
+    return f"{zeros}.scatter({cdim}, {safe}.unsqueeze({cdim}), -({per_target}).unsqueeze({cdim}))"
 
 
 def _nll_loss(a: _Call, _) -> str:
@@ -234,11 +256,13 @@ def _smoothing(a: _Call) -> float | None:
 
 
 def _class_weight(a: _Call, x: str) -> str:
-    """The class weights viewed along the class dim of `x` (1 without weights)."""
+    """The class weights viewed along the class dim of the input `x` (1 without weights)."""
     if a.none("weight"):
         return "1"
-    w, cdim = a.atom("weight"), _class_dim(x)
-    return f"{w}.view(-1, *(1,) * ({x}.dim() - 1 - {cdim}))"
+    w, rank = a.atom("weight"), a.rank_of(a.nodes["input"])
+    if rank is not None:
+        return w if rank <= 2 else f"{w}.view(-1{', 1' * (rank - 2)})"
+    return f"{w}.view(-1, *(1,) * ({x}.dim() - 1 - {a.class_dim('input')}))"
 
 
 def _log_prob_grad_of_indices(a: _Call) -> str:
@@ -248,7 +272,7 @@ def _log_prob_grad_of_indices(a: _Call) -> str:
     if smoothing == 0.0:
         return _index_grad(a, "1")
     kept, _, weight = _kept(a)
-    cdim = _class_dim(x)
+    cdim = a.class_dim("input")
     spread = _by_reduction(
         a,
         f"({grad} * {kept}).unsqueeze({cdim})",
@@ -264,12 +288,12 @@ def _smoothed_target(a: _Call, x: str) -> str:
     t, eps = a.atom("target"), a.atom("label_smoothing")
     if _smoothing(a) == 0.0:
         return t
-    return f"({t} * (1 - {eps}) + {eps} / {x}.shape[{_class_dim(x)}])"
+    return f"({t} * (1 - {eps}) + {eps} / {x}.shape[{a.class_dim('input')}])"
 
 
 def _probability_scale(a: _Call, x: str) -> str:
     """The incoming gradient per element, for probability targets (mean: over the samples)."""
-    grad, cdim = a.atom("grad"), _class_dim(x)
+    grad, cdim = a.atom("grad"), a.class_dim("input")
     return _by_reduction(a, f"{grad}.unsqueeze({cdim})", f"{grad} / ({x}.numel() // {x}.shape[{cdim}])", grad)
 
 
@@ -282,13 +306,14 @@ def _log_prob_grad_of_probabilities(a: _Call) -> str:
 
 def _class_log_softmax(a: _Call, _) -> str:
     x = a.atom("input")
-    return f"torch.log_softmax({x}, {_class_dim(x)})"
+    return f"torch.log_softmax({x}, {a.class_dim('input')})"
 
 
 def _class_log_softmax_backward(a: _Call, _) -> str:
     """log_softmax's gradient from its result alone (ATen's kernel: differentiable again in both)."""
     result = a.atom("result")
-    return f"torch.ops.aten._log_softmax_backward_data({a['grad']}, {result}, {_class_dim(result)}, {result}.dtype)"
+    cdim = a.class_dim("result")
+    return f"torch.ops.aten._log_softmax_backward_data({a['grad']}, {result}, {cdim}, {result}.dtype)"
 
 
 def _cross_entropy_of_log_probs(a: _Call, floating: dict[str, bool]) -> str:
@@ -409,6 +434,38 @@ def _gaussian_var(a: _Call, _) -> str:
     return f"({g}).sum_to_size({_viewed_shape(a)}).reshape({var}.shape)"
 
 
+# ---------------------------------------------------------------- transposed convolutions
+
+
+def _per_dim(a: _Call, name: str, dims: int) -> str:
+    """A stride, padding or dilation as the list ATen's kernel takes: one entry per spatial dim."""
+    node = a.nodes[name]
+    if isinstance(node, N.ListExpr):
+        return a[name]
+    if isinstance(node, N.Num):
+        return f"[{', '.join([a[name]] * dims)}]"
+    value = a.atom(name)
+    return f"([{value}] * {dims} if isinstance({value}, int) else {value})"
+
+
+def _conv_transpose(a: _Call, _) -> str:
+    """The gradients of a transposed convolution from ATen's convolution_backward (differentiable again):
+    the one `which` names, or those a mask asks for, in one call."""
+    dims = a.literal("dims")
+    assert isinstance(dims, int), "the conv_transpose rows name their dims"
+    stride, padding, output_padding, dilation = (
+        _per_dim(a, k, dims) for k in ("stride", "padding", "output_padding", "dilation")
+    )
+    bias = "None" if a.none("bias") else f"{a.shape('bias')}"
+    head = f"torch.ops.aten.convolution_backward({a['grad']}, {a['input']}, {a['weight']}, {bias}, {stride}, {padding}"
+    tail = f"{dilation}, True, {output_padding}, {a['groups']}"
+    if isinstance(a.nodes["which"], N.TupleExpr):  # several results (`codegen.joint_gradients`)
+        return f"{head}, {tail}, {a['which']})"
+    which = a.literal("which")
+    mask = ", ".join(str(k == which) for k in range(3))
+    return f"{head}, {tail}, ({mask}))[{which}]"
+
+
 _WRITERS: dict[str, Callable[[_Call, dict[str, bool]], str]] = {
     "layer_norm_with_statistics": _layer_norm_with_statistics,
     "layer_norm_mean": _layer_norm_statistic(1),
@@ -433,6 +490,7 @@ _WRITERS: dict[str, Callable[[_Call, dict[str, bool]], str]] = {
     "multilabel_soft_margin_loss_target_grad": _multilabel_soft_margin_target,
     "multilabel_soft_margin_loss_weight_grad": _multilabel_soft_margin_weight,
     "ctc_loss_backward": _ctc,
+    "conv_transpose_backward": _conv_transpose,
     "gaussian_nll_loss_input_grad": _gaussian_input,
     "gaussian_nll_loss_var_grad": _gaussian_var,
 }

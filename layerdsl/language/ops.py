@@ -59,6 +59,9 @@ class Op:
     # @function the forward computes them with the result (the internal row `{op}_with_statistics`) and
     # saves them, each the internal row `{op}_{name}`, instead of the backward recomputing them
     statistics: tuple[str, ...] = ()
+    # a backward kernel's results (every operand's gradient), of which the row's last argument `which` picks
+    # one: statements asking for several of the same call become one call (`codegen.joint_gradients`)
+    results: int = 1
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -535,9 +538,9 @@ TABLE: tuple[Op, ...] = (
         "conv_transpose",
         "1-D transposed convolution (torch.nn.functional.conv_transpose1d)",
         {
-            "input": "conv1d(grad, weight, none, stride, padding, dilation, groups)",
-            "weight": "conv1d_weight(grad, weight, input, stride, padding, dilation, groups)",
-            "bias": "sum(grad, dim = [0, 2])",
+            "input": "conv_transpose_backward(grad, input, weight, bias, stride, padding, output_padding, groups, dilation, 1, 0)",
+            "weight": "conv_transpose_backward(grad, input, weight, bias, stride, padding, output_padding, groups, dilation, 1, 1)",
+            "bias": "conv_transpose_backward(grad, input, weight, bias, stride, padding, output_padding, groups, dilation, 1, 2)",
         },
         cost="costly",
         promotes=False,
@@ -549,9 +552,9 @@ TABLE: tuple[Op, ...] = (
         "conv_transpose",
         "2-D transposed convolution (torch.nn.functional.conv_transpose2d)",
         {
-            "input": "conv2d(grad, weight, none, stride, padding, dilation, groups)",
-            "weight": "conv2d_weight(grad, weight, input, stride, padding, dilation, groups)",
-            "bias": "sum(grad, dim = [0, 2, 3])",
+            "input": "conv_transpose_backward(grad, input, weight, bias, stride, padding, output_padding, groups, dilation, 2, 0)",
+            "weight": "conv_transpose_backward(grad, input, weight, bias, stride, padding, output_padding, groups, dilation, 2, 1)",
+            "bias": "conv_transpose_backward(grad, input, weight, bias, stride, padding, output_padding, groups, dilation, 2, 2)",
         },
         cost="costly",
         promotes=False,
@@ -563,9 +566,9 @@ TABLE: tuple[Op, ...] = (
         "conv_transpose",
         "3-D transposed convolution (torch.nn.functional.conv_transpose3d)",
         {
-            "input": "conv3d(grad, weight, none, stride, padding, dilation, groups)",
-            "weight": "conv3d_weight(grad, weight, input, stride, padding, dilation, groups)",
-            "bias": "sum(grad, dim = [0, 2, 3, 4])",
+            "input": "conv_transpose_backward(grad, input, weight, bias, stride, padding, output_padding, groups, dilation, 3, 0)",
+            "weight": "conv_transpose_backward(grad, input, weight, bias, stride, padding, output_padding, groups, dilation, 3, 1)",
+            "bias": "conv_transpose_backward(grad, input, weight, bias, stride, padding, output_padding, groups, dilation, 3, 2)",
         },
         cost="costly",
         promotes=False,
@@ -928,9 +931,9 @@ TABLE: tuple[Op, ...] = (
         "softmax",
         "normalise over the last dims (normalized_shape), then scale and shift elementwise",
         {
-            "input": "layer_norm_backward(grad, input, normalized_shape, mean, rstd, weight, 0)",
-            "weight": "layer_norm_backward(grad, input, normalized_shape, mean, rstd, weight, 1)",
-            "bias": "sum_to(grad, bias)",
+            "input": "layer_norm_backward(grad, input, normalized_shape, mean, rstd, weight, bias, 0)",
+            "weight": "layer_norm_backward(grad, input, normalized_shape, mean, rstd, weight, bias, 1)",
+            "bias": "layer_norm_backward(grad, input, normalized_shape, mean, rstd, weight, bias, 2)",
         },
         cost="costly",
         statistics=("mean", "rstd"),
@@ -1117,16 +1120,40 @@ TABLE: tuple[Op, ...] = (
         cost="costly",
         internal=True,
     ),
+    Op(
+        "layer_norm_backward",
+        _sig("grad*, input*, normalized_shape, mean*, rstd*, weight*, bias*, which"),
+        "",
+        "custom",
+        "ATen's native_layer_norm_backward: the gradient of the input (which 0), the weight (1) or the bias (2)",
+        internal=True,
+        results=3,
+    ),
+    Op(
+        "conv_transpose_backward",
+        _sig("grad*, input*, weight*, bias*, stride, padding, output_padding, groups, dilation, dims, which"),
+        "",
+        "custom",
+        "ATen's convolution_backward of a `dims`-D transposed convolution: the gradient of the input (which 0),"
+        " the weight (1) or the bias (2) (the bias read for its shape)",
+        internal=True,
+        shape_args=(3,),
+        results=3,
+    ),
+    Op(
+        "nll_loss_input_grad",
+        _sig("grad*, input*, target*, weight*, ignore_index, reduction"),
+        "",
+        "custom",
+        "-(weight[target] * grad) scattered at the targets along the class dim (the input read for its shape)",
+        internal=True,
+        shape_args=(1,),
+    ),
     # -- the norms' and losses' gradients (`codegen.norm_loss_grads` writes each as one expression): ATen's
     # backward kernels where torch has one, given the forward's statistics where it saved them
     *(
         Op(name, _sig(sig), "", "custom", doc, internal=True)
         for name, sig, doc in (
-            (
-                "layer_norm_backward",
-                "grad*, input*, normalized_shape, mean*, rstd*, weight*, which",
-                "ATen's native_layer_norm_backward: the gradient of the input (which 0) or of the weight (1)",
-            ),
             (
                 "rms_norm_input_grad",
                 "grad*, input*, normalized_shape, weight*, eps",
@@ -1142,11 +1169,6 @@ TABLE: tuple[Op, ...] = (
                 "local_response_norm_input_grad",
                 "grad*, input*, size, alpha, beta, k",
                 "g * d ** -beta - 2 * alpha * beta * x * window_mean'(g * x * d ** (-beta - 1))",
-            ),
-            (
-                "nll_loss_input_grad",
-                "grad*, input*, target*, weight*, ignore_index, reduction",
-                "-(weight[target] * grad) scattered at the targets along the class dim",
             ),
             (
                 "class_log_softmax_backward",
