@@ -237,7 +237,8 @@ def _index_grad(a: _Call, scale: str) -> str:
     if scale != "1":
         per_target = f"{scale} * {per_target}"
     zeros = f"{grad}.new_zeros({a.shape('input')})"  # the input is read for its shape only
-    return f"{zeros}.scatter({cdim}, {safe}.unsqueeze({cdim}), -({per_target}).unsqueeze({cdim}))"
+    # in place: the zeros are fresh, and autograd records scatter_ into a tensor of its own as it does scatter
+    return f"{zeros}.scatter_({cdim}, {safe}.unsqueeze({cdim}), -({per_target}).unsqueeze({cdim}))"
 
 
 def _nll_loss(a: _Call, _) -> str:
