@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from layerdsl.codegen.module import emit_file
 from layerdsl.driver.cli import main
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
@@ -269,3 +270,63 @@ def test_a_class_weight_that_needs_a_gradient_is_named(tmp_path, capsys):
     )
     assert main(["check", str(spec)]) == 1
     assert "cross_entropy() has no derivative with respect to 'weight'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("family", "forward_call", "not_in_backward"),
+    [
+        ("layer_norm", "torch.native_layer_norm(", ("native_layer_norm(", "F.layer_norm(")),
+        ("layer_norm_two_dims", "torch.native_layer_norm(", ("native_layer_norm(", "F.layer_norm(")),
+        ("group_norm", "torch.native_group_norm(", ("native_layer_norm(x.detach()", "native_group_norm(")),
+        ("cross_entropy_plain", "torch.log_softmax(", ("log_softmax(",)),
+        ("cross_entropy_probabilities", "torch.log_softmax(", ("log_softmax(",)),
+    ],
+)
+def test_statistics_are_computed_by_the_forward_and_read_saved(family, forward_call, not_in_backward):
+    """The forward's kernel returns the statistics with the result (`out, mean, rstd = ...`) and the
+    backward reads them saved: it recomputes no statistic (layer norm's mean and rstd, the log-softmax)."""
+    f = FAMILIES[family]
+    text = SPEC.format(members=f.members, inputs=f.inputs, body=f.body)
+    spec = parse_file("probe.layer", text)
+    source = emit_file(spec, check_program([spec]), "probe.layer", {})
+    function = source.split("class ProbeFunction")[1]
+    forward, backward = function.split("def setup_context")[0], function.split("def backward")[1]
+    assert forward.count(forward_call) == 1
+    assert not [call for call in not_in_backward if call in backward.split("def apply")[0]]
+
+
+JOINT = {
+    "layer_norm": ("native_layer_norm_backward(", AFFINE, "x: [B, c]", "layer_norm(x, [c], weight, bias)", (B, C)),
+    "conv_transpose": (
+        "convolution_backward(",
+        "param weight: [c, c, 2] = uniform(-0.5, 0.5)\n    param bias: [c] = uniform(-0.5, 0.5)",
+        "x: [B, c, L]",
+        "conv_transpose1d(x, weight, bias, stride = 2, padding = 1)",
+        (B, C, L),
+    ),
+}
+
+
+@pytest.mark.parametrize("op", sorted(JOINT))
+@pytest.mark.parametrize("frozen", [(), ("x",), ("weight", "bias"), ("x", "bias")])
+def test_one_kernel_call_gives_the_gradients_asked_for(op, frozen):
+    """Layer norm's and a transposed convolution's gradients come from one ATen call whose output_mask asks
+    for those needed: right whichever operands are frozen."""
+    kernel, members, inputs, body, shape = JOINT[op]
+    text = SPEC.format(members=members, inputs=inputs, body=body)
+    spec = parse_file("probe.layer", text)
+    source = emit_file(spec, check_program([spec]), "probe.layer", {})
+    assert source.split("def backward")[1].split("def apply")[0].count(kernel) == 1
+    ns = compile_spec(text, "probe")
+    torch.manual_seed(0)
+    layer = ns["Probe"](C, dtype=torch.float64)
+    x = _randn(*shape).requires_grad_("x" not in frozen)
+    for name in frozen:
+        if name != "x":
+            getattr(layer, name).requires_grad_(False)
+    leaves = [t for t in (x, layer.weight, layer.bias) if t.requires_grad]
+    got = torch.autograd.grad(layer(x).square().sum(), leaves)
+    keywords = {"c": C} if "c" in inspect.signature(ns["probe"]).parameters else {}
+    want = torch.autograd.grad(ns["probe"](x, layer.weight, layer.bias, **keywords).square().sum(), leaves)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)

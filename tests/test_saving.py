@@ -238,52 +238,79 @@ def test_prelu_saves_a_mask_for_the_input_and_the_input_for_the_weight():
     assert sorted(saved, key=str) == sorted([(torch.float64, (2, 3, 8, 6)), (torch.float64, (3,))], key=str)
 
 
+F32, I64 = torch.float32, torch.int64
+
+
 @pytest.mark.parametrize(
-    ("members", "inputs", "body", "make"),
+    ("members", "inputs", "body", "make", "expected"),
     [
-        (
+        (  # the expert's: x, weight, bias and the per-row mean and rstd, computed by the forward's kernel
             "param weight: [c] = ones\n    param bias: [c] = zeros",
             "x: [B, c]",
             "layer_norm(x, [c], weight, bias)",
             lambda: [torch.randn(8, 4)],
+            [(F32, (8, 4)), (F32, (4,)), (F32, (4,)), (F32, (8, 1)), (F32, (8, 1))],
         ),
-        ("param weight: [c] = ones", "x: [B, c]", "rms_norm(x, [c], weight)", lambda: [torch.randn(8, 4)]),
         (
+            "param weight: [c] = ones",
+            "x: [B, c]",
+            "rms_norm(x, [c], weight)",
+            lambda: [torch.randn(8, 4)],
+            [(F32, (8, 4)), (F32, (4,))],
+        ),
+        (  # mean and rstd per sample and group
             "param weight: [c] = ones\n    param bias: [c] = zeros",
             "x: [B, c, L]",
             "group_norm(x, 2, weight, bias)",
             lambda: [torch.randn(8, 4, 3)],
+            [(F32, (8, 4, 3)), (F32, (4,)), (F32, (8, 2)), (F32, (8, 2))],
         ),
-        (
+        (  # the log-probabilities instead of the logits, the targets and the class weights
             "buffer w: [c] = ones",
             "x: [B, c], t: long[B]",
             "cross_entropy(x, t, w, label_smoothing = 0.1)",
             lambda: [torch.randn(8, 4), torch.randint(0, 4, (8,))],
+            [(I64, (8,)), (F32, (4,)), (F32, (8, 4))],
+        ),
+        (
+            "",
+            "x: [B, c], t: long[B]",
+            "cross_entropy(x, t)",
+            lambda: [torch.randn(8, 4), torch.randint(0, 4, (8,))],
+            [(I64, (8,)), (F32, (8, 4))],
+        ),
+        (  # the targets; the input only for its shape
+            "",
+            "x: [B, c], t: long[B]",
+            "nll_loss(x, t)",
+            lambda: [torch.randn(8, 4), torch.randint(0, 4, (8,))],
+            [(I64, (8,))],
         ),
         (
             "",
             "x: [B, c], t: [B, c], v: [B, c]",
             "gaussian_nll_loss(x, t, v)",
             lambda: [torch.randn(8, 4), torch.randn(8, 4), torch.rand(8, 4) + 0.5],
+            [(F32, (8, 4))] * 3,
         ),
     ],
 )
-def test_norms_and_losses_save_only_their_inputs(members, inputs, body, make):
-    """An expert's Function saves the input and its statistics (layer norm: mean and rstd; cross entropy:
-    the log-probabilities); the derived one saves the inputs alone, which are alive anyway, and recomputes
-    the statistics in backward: the forward allocates nothing that outlives it."""
+def test_norms_and_losses_save_what_an_expert_saves(members, inputs, body, make, expected):
+    """An expert's Function saves the input and the small statistics its kernel computed with the result
+    (layer and group norm: mean and rstd), or the log-probabilities in place of the logits (cross entropy),
+    and no input read only for its shape (nll_loss): the derived one saves exactly that, in the order of the
+    Function's save_for_backward."""
     namespace = compile_spec(NORM_LOSS.format(members=members, inputs=inputs, body=body), "norm_loss")
     layer = namespace["NormLoss"](4)
     values = [t.requires_grad_() if t.is_floating_point() else t for t in make()]
-    leaves = {t.data_ptr() for t in [*values, *layer.parameters(), *layer.buffers()]}
-    saved: list[int] = []
+    saved: list[tuple[torch.dtype, tuple[int, ...]]] = []
 
     def pack(t):
-        saved.append(t.data_ptr())
+        saved.append((t.dtype, tuple(t.shape)))
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = layer(*values)
-    assert saved and set(saved) <= leaves
+    assert saved == expected
     out.sum().backward()
     assert values[0].grad is not None

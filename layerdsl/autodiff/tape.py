@@ -185,12 +185,24 @@ class Linearizer:
                         args[p.name] = parse_default(p.default)
                 if f == "align":
                     return self.add(row, args, hint, e, items=e.items)
+                weight = args.get("weight")  # cross_entropy's, needing a gradient: refused below
+                if (
+                    f == "cross_entropy"
+                    and self.deriving
+                    and not (isinstance(weight, N.Name) and self._needs_grad(weight))
+                ):
+                    # the log-probabilities computed once and saved (an expert's form), the loss taken over them
+                    log_probs = self.add(OPS["class_log_softmax"], {"input": args["input"]}, "log_probs", e)
+                    return self.add(OPS["cross_entropy_of_log_probs"], {**args, "input": log_probs}, hint, e)
                 if f == "dropout" and self.deriving:  # the mask is drawn once, saved, and applied
                     keep = self.add(OPS["dropout_mask"], {"input": args["input"], "p": args["p"]}, "keep", e)
                     return self.add(OPS["dropout_apply"], {**args, "mask": keep}, hint, e)
                 if f"{f}_indices" in OPS and self.deriving:  # the maxima's indices: computed with them, saved
                     where = self.add(OPS[f"{f}_indices"], args, "argmax", e)
                     return self.add(row, {**args, "indices": where}, hint, e)
+                if row.statistics and self.deriving:  # computed with the result, saved (layer_norm's mean, rstd)
+                    stats = {k: self.add(OPS[f"{f}_{k}"], args, k, e) for k in row.statistics}
+                    return self.add(row, {**args, **stats}, hint, e)
                 if f == "pad" and self.deriving:
                     _check_pad_mode(args, e)
                 return self.add(row, args, hint, e)
@@ -407,6 +419,8 @@ def _hint_for(op: Op, hint: str) -> str:
             "flip": "flipped",
             "embedding": "rows",
             "pad": "padded",
+            "layer_norm": "normed",
+            "group_norm": "normed",
         }.get(op.name, "pooled" if "_pool" in op.name else op.name[:4])
     )
 

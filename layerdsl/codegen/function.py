@@ -18,6 +18,7 @@ from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.shapes import same_shape_leaf
 from layerdsl.autodiff.tape import Step, Tape
+from layerdsl.codegen.joint_gradients import joint_calls
 from layerdsl.codegen.names import FunctionNames
 from layerdsl.codegen.norm_loss_grads import norm_loss_grad
 from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling
@@ -296,8 +297,10 @@ class FunctionEmitter:
                 continue  # bound with its second result, below
             if s.var in paired:  # one call returns both: `pool, argmax = F.max_pool2d(..., return_indices=True)`
                 first = next(t for t in tape.steps if t.var == paired[s.var])
-                call = _returning_indices(substitute(first.expr, exprs))
-                lines += self.located([f"{first.var}, {s.var} = {out(call)}"], s.expr.span.line)
+                seconds = [v for v, m in paired.items() if m == first.var]  # `out, mean, rstd = ...`
+                if s.var == seconds[0]:
+                    call = _returning_second_results(first, exprs)
+                    lines += self.located([f"{', '.join([first.var, *seconds])} = {out(call)}"], s.expr.span.line)
                 roots[first.var] = roots[s.var]
                 continue
             if s.guard:
@@ -364,6 +367,11 @@ class FunctionEmitter:
             lines.append(
                 f"{outs[0]} = {self.names.output}" if len(outs) == 1 else f"{', '.join(outs)} = {self.names.output}"
             )
+        seconds = [
+            e for e in extra if e in saved_names and (step := tape.step(e)) and step.op and step.op.cost == "kept"
+        ]
+        if seconds:  # indices, statistics: no gradient of their own (ATen's kernels differentiate through them)
+            lines.append(f"ctx.mark_non_differentiable({', '.join(seconds)})")
         if self.split or self.unmaterialised:
             lines.append("ctx.set_materialize_grads(False)")
         for k in self.kwargs:
@@ -409,7 +417,7 @@ class FunctionEmitter:
                 elif step is not None and step.op is not None and step.op.cost == "random":
                     what = f"{var} (drawn at random, as bool: never recomputed)"
                 elif step is not None and step.op is not None and step.op.cost == "kept":
-                    what = f"{var} (where the maxima are, as int64: read instead of the input)"
+                    what = f"{var} ({_KEPT.get(step.op.name.rsplit('_', 1)[-1], step.op.doc)})"
                 elif var in (self.saved_cheap or ()):
                     what = f"{var} (saved: recomputing it would keep as many bytes or more)"
                 else:
@@ -717,6 +725,7 @@ class FunctionEmitter:
         """One grad mode's statements (`prepared`), each under the `ctx.needs_input_grad` guard of the leaves
         needing it."""
         stmts, schedule = scheduled(stmts, facts, prefer)
+        stmts = joint_calls(stmts, lambda leaves: self.needs(leaves, tape))  # one kernel's gradients: one call
         parts = [(s.leaves, _code(s, self.e.spec_path)) for s in stmts]
         for leaf, part in sec.accumulate.items():  # add to what the main section found (or None)
             parts.append(({leaf}, [Accumulate(leaf, part)]))
@@ -794,7 +803,8 @@ class FunctionEmitter:
         if f not in OPS or not OPS[f].internal:
             return None
         leaves = [*self.e.forward.inputs, *self.layer.tensors]
-        written = norm_loss_grad(c, ex, {leaf.name: leaf.dtype == "float" for leaf in leaves})
+        floating = {leaf.name: leaf.dtype == "float" for leaf in leaves}
+        written = norm_loss_grad(c, ex, floating, lambda e: self._shape(e, ex), self._static_rank)
         if written is not None:  # a norm's or a loss's gradient
             return written
         a = c.args
@@ -862,6 +872,10 @@ class FunctionEmitter:
             dims = ex(dim) if not isinstance(dim, N.NoneLit) else "None"
             return f"({mask} / {mask}.sum({dims}, keepdim=True))"
         return None
+
+    def _static_rank(self, e: N.Expr) -> int | None:
+        shape = self.tape.shapes.get(e.id) if isinstance(e, N.Name) else None
+        return len(shape) if shape is not None and "..." not in shape else None
 
     def _index_gradient(self, f: str, a: list[N.Expr], ex: PyExpr) -> str:
         """The gradient of an op that picks elements by index: zeros of the input's shape (only the shape is
@@ -1081,6 +1095,8 @@ def _negated(e: N.Expr, ex: PyExpr) -> str:
     return str(-value) if value is not None else f"-{ex.wrap(e, PREC['unary'])}"
 
 
+_KEPT = {"indices": "where the maxima are, as int64: read instead of the input"}  # else the row's doc
+
 _POOLING_GRADIENTS = (
     "max_pool_backward",
     "avg_pool_backward",
@@ -1092,12 +1108,25 @@ _POOLING_GRADIENTS = (
 
 
 def _with_second_results(tape: Tape) -> dict[str, str]:
-    """Steps that are a call's second result (a max pooling's indices), and the step of its first."""
+    """Steps that are a call's second result (a max pooling's indices, a norm's statistics), and the step
+    of its first, in the order the call returns them."""
     return {
-        indices.id: s.var
+        second.id: s.var
         for s in tape.steps
-        if isinstance(indices := s.args.get("indices"), N.Name) and s.op is not None and f"{s.op.name}_indices" in OPS
+        if s.op is not None
+        for k in (("indices",) if f"{s.op.name}_indices" in OPS else s.op.statistics)
+        if isinstance(second := s.args.get(k), N.Name)
     }
+
+
+def _returning_second_results(first: Step, exprs: dict[str, N.Expr]) -> N.Call:
+    """The call that returns a step's result with its second results (`Op.statistics`, or max pooling's
+    indices)."""
+    assert first.op is not None, "a step with second results is an op's"
+    if not first.op.statistics:
+        return _returning_indices(substitute(first.expr, exprs))
+    row = OPS[f"{first.op.name}_with_statistics"]
+    return B.call(row.name, *[substitute(first.args[p.name], exprs) for p in row.params], span=first.expr.span)
 
 
 def _returning_indices(call: N.Expr) -> N.Call:

@@ -1,11 +1,12 @@
-"""The Python of the norms' and losses' gradient rows (`*_input_grad`, `channel_sum`, ... in the op table).
+"""The Python of the norms', losses' and transposed convolutions' gradient rows (`*_backward`, `*_grad`,
+`channel_sum`, ... in the op table), and of the forward rows that compute a norm's statistics with it.
 
-Each gradient is one expression over what the backward has: the saved input (and target, weight), the
-incoming gradient and the call's numbers. Where ATen has a backward kernel it is called, with the small
-statistics it takes (mean, rstd, log_alpha, is_target) recomputed from the saved input rather than saved:
-the input is alive anyway, so the Function keeps no tensor of its own. Every expression is differentiable
-again where torch's own backward is (double backward), the recomputed statistics detached where ATen's
-kernel already accounts for them.
+Each is one expression over what the backward has: the saved input (and target, weight), the statistics
+the forward's kernel computed with the result and the Function saved (layer and group norm's mean and rstd,
+cross entropy's log-probabilities), the incoming gradient and the call's numbers. Where ATen has a backward
+kernel it is called; the statistics saved from the forward are not differentiable outputs of the Function,
+and ATen's kernels' own double backward accounts for them. The statistics still recomputed (rms_norm's,
+local_response_norm's, ctc's log_alpha, multilabel_margin's is_target) are recomputed from the saved input.
 
 A `reduction` known when generating selects its branch; one passed at run time is a conditional expression.
 """
@@ -14,20 +15,45 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from layerdsl.autodiff.formulas import parse_default
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import ATOM
 from layerdsl.language.ops import OPS
 
 Render = Callable[[N.Expr], str]
+Shape = Callable[[N.Expr], str]
+Rank = Callable[[N.Expr], "int | None"]
 
 
 class _Call:
     """One gradient call: its arguments by parameter name, rendered (`self[x]`) or as IR (`self.node(x)`)."""
 
-    def __init__(self, c: N.Call, ex):
-        params = [p.name for p in OPS[c.func].params]
-        self.nodes = dict(zip(params, c.args)) | {k.name: k.value for k in c.kwargs}
+    def __init__(self, c: N.Call, ex, shape: Shape, rank: Rank):
+        self.shape_of, self.rank_of = shape, rank
+        params = OPS[c.func].params
+        self.nodes = dict(zip([p.name for p in params], c.args)) | {k.name: k.value for k in c.kwargs}
+        # a forward step leaves out the arguments at their defaults
+        self.defaults = {p.name: parse_default(p.default) for p in params if p.default is not None}
+        for name, default in self.defaults.items():
+            self.nodes.setdefault(name, default)
         self.ex = ex
+
+    def shape(self, name: str) -> str:
+        """An operand's shape, where the backward has it (on ctx for an operand read only for its shape)."""
+        node = self.nodes[name]
+        return self.shape_of(node) if isinstance(node, N.Name) else f"{self.atom(name)}.shape"
+
+    def class_dim(self, name: str) -> str:
+        """The class dim of a loss's operand: 1, or 0 for one sample (class scores alone)."""
+        rank = self.rank_of(self.nodes[name])
+        if rank is not None:
+            return "1" if rank > 1 else "0"
+        return f"(1 if len({self.shape(name)}) > 1 else 0)"
+
+    def given(self, name: str) -> bool:
+        """Whether an argument differs from its default (an option worth writing)."""
+        default = self.defaults.get(name)
+        return default is None or self[name] != self.ex(default)
 
     def __getitem__(self, name: str) -> str:
         return self.ex(self.nodes[name])
@@ -43,12 +69,17 @@ class _Call:
         return e.value if isinstance(e, (N.Str, N.Num, N.Bool)) else None
 
 
-def norm_loss_grad(c: N.Call, ex, floating: dict[str, bool]) -> str | None:
+def norm_loss_grad(
+    c: N.Call, ex, floating: dict[str, bool], shape: Shape | None = None, rank: Rank | None = None
+) -> str | None:
     """The Python of a call to one of the rows below, or None for any other call. `floating`: whether each
     input and tensor member is floating-point (a cross_entropy target that is holds class probabilities,
-    one that is not class indices; a computed target is told apart at run time)."""
+    one that is not class indices; a computed target is told apart at run time). `shape`: a tensor's shape
+    as the code has it; `rank`: its static rank, None where unknown."""
     write = _WRITERS.get(c.func)
-    return write(_Call(c, ex), floating) if write is not None else None
+    if write is None:
+        return None
+    return write(_Call(c, ex, shape or (lambda e: f"{ex.wrap(e, ATOM)}.shape"), rank or (lambda e: None)), floating)
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -93,22 +124,36 @@ def _trailing_dims(a: _Call, name: str) -> str:
     return f"tuple(range(-len({_tuple_shape(a, name)}), 0))"
 
 
-def _class_dim(x: str) -> str:
-    return f"(1 if {x}.dim() > 1 else 0)"
-
-
 # ---------------------------------------------------------------- norms
 
 
+def _layer_norm_with_statistics(a: _Call, _) -> str:
+    """`out, mean, rstd = ...`: the forward's kernel, which computes the statistics anyway."""
+    shape = _tuple_shape(a, "normalized_shape")
+    return f"torch.native_layer_norm({a['input']}, {shape}, {a['weight']}, {a['bias']}, {a['eps']})"
+
+
+def _layer_norm_statistic(index: int) -> Callable[[_Call, dict[str, bool]], str]:
+    def write(a: _Call, floating: dict[str, bool]) -> str:  # alone (the forward binds it with the result)
+        return f"{_layer_norm_with_statistics(a, floating)}[{index}]"
+
+    return write
+
+
 def _layer_norm(a: _Call, _) -> str:
+    """Gradients from ATen's kernel, given the saved mean and rstd (its double backward differentiates
+    through them: they are not differentiable outputs of the Function): the one `which` names, or those
+    a mask asks for. The bias is read for its shape, when its gradient is asked for."""
     x, shape = a["input"], _tuple_shape(a, "normalized_shape")
-    # mean and rstd as the forward's kernel computes them (one pass; torch's var over the last dim is
-    # several times slower), of the detached input: the kernel's double backward accounts for them
-    stats = f"torch.ops.aten.native_layer_norm({a.atom('input')}.detach(), {shape}, None, None, {a['eps']})[1:]"
-    return (
-        f"torch.ops.aten.native_layer_norm_backward({a['grad']}, {x}, {shape}, *{stats}, {a['weight']}, None,"
-        " (True, False, False))[0]"
+    call = (
+        f"torch.ops.aten.native_layer_norm_backward({a['grad']}, {x}, {shape}, {a['mean']}, {a['rstd']}, {a['weight']}"
     )
+    if isinstance(a.nodes["which"], N.TupleExpr):  # several results (`codegen.joint_gradients`)
+        return f"{call}, {a['bias']}, {a['which']})"
+    which = a.literal("which")
+    assert which in (0, 1, 2), "layer_norm's rows ask for the input's, the weight's or the bias's gradient"
+    mask = ", ".join(str(k == which) for k in range(3))
+    return f"{call}, {a['bias'] if which == 2 else None}, ({mask}))[{which}]"
 
 
 def _rms_norm(a: _Call, _) -> str:
@@ -125,14 +170,30 @@ def _channel_view(weight: str, x: str) -> str:
     return f"{weight}.view(-1, *(1,) * ({x}.dim() - 2))"
 
 
+def _group_norm_with_statistics(a: _Call, _) -> str:
+    """`out, mean, rstd = ...`: the forward's kernel; mean and rstd are [N, num_groups]."""
+    x = a.atom("input")
+    sizes = f"{x}.shape[0], {x}.shape[1], {x}[0, 0].numel()"  # N, C and the elements per channel
+    return f"torch.native_group_norm({x}, {a['weight']}, {a['bias']}, {sizes}, {a['num_groups']}, {a['eps']})"
+
+
+def _group_norm_statistic(index: int) -> Callable[[_Call, dict[str, bool]], str]:
+    def write(a: _Call, floating: dict[str, bool]) -> str:  # alone (the forward binds it with the result)
+        return f"{_group_norm_with_statistics(a, floating)}[{index}]"
+
+    return write
+
+
 def _group_norm(a: _Call, _) -> str:
+    """Layer norm's gradient over each sample's groups, given the saved statistics (ATen's group norm
+    backward has no double backward; layer norm's has)."""
     x, groups, grad = a.atom("input"), a.atom("num_groups"), a.atom("grad")
     g = grad if a.none("weight") else f"({grad} * {_channel_view(a.atom('weight'), x)})"
     shape = f"{x}.shape[0], {groups}, -1"
     size = f"[{x}[0].numel() // {groups}]"
-    stats = f"torch.ops.aten.native_layer_norm({x}.detach().reshape({shape}), {size}, None, None, {a['eps']})[1:]"
+    stats = f"{a.atom('mean')}.unsqueeze(-1), {a.atom('rstd')}.unsqueeze(-1)"
     grads = (
-        f"torch.ops.aten.native_layer_norm_backward({g}.reshape({shape}), {x}.reshape({shape}), {size}, *{stats},"
+        f"torch.ops.aten.native_layer_norm_backward({g}.reshape({shape}), {x}.reshape({shape}), {size}, {stats},"
         " None, None, (True, False, False))"
     )
     return f"{grads}[0].reshape({x}.shape)"
@@ -169,13 +230,15 @@ def _kept(a: _Call) -> tuple[str, str, str]:
 def _index_grad(a: _Call, scale: str) -> str:
     """The gradient with respect to log-probabilities of the weighted negative log likelihood at the
     target indices: `-scale * weight[target]` at each target, 0 elsewhere; `scale` the targets' shape."""
-    x, grad = a.atom("input"), a.atom("grad")
+    grad = a.atom("grad")
     _, safe, weight = _kept(a)
-    cdim = _class_dim(x)
+    cdim = a.class_dim("input")
     per_target = _by_reduction(a, f"{grad} * {weight}", f"{grad} * {weight} / {weight}.sum()", f"{grad} * {weight}")
     if scale != "1":
         per_target = f"{scale} * {per_target}"
-    return f"torch.zeros_like({x}).scatter({cdim}, {safe}.unsqueeze({cdim}), -({per_target}).unsqueeze({cdim}))"
+    zeros = f"{grad}.new_zeros({a.shape('input')})"  # the input is read for its shape only
+    # in place: the zeros are fresh, and autograd records scatter_ into a tensor of its own as it does scatter
+    return f"{zeros}.scatter_({cdim}, {safe}.unsqueeze({cdim}), -({per_target}).unsqueeze({cdim}))"
 
 
 def _nll_loss(a: _Call, _) -> str:
@@ -194,11 +257,13 @@ def _smoothing(a: _Call) -> float | None:
 
 
 def _class_weight(a: _Call, x: str) -> str:
-    """The class weights viewed along the class dim of `x` (1 without weights)."""
+    """The class weights viewed along the class dim of the input `x` (1 without weights)."""
     if a.none("weight"):
         return "1"
-    w, cdim = a.atom("weight"), _class_dim(x)
-    return f"{w}.view(-1, *(1,) * ({x}.dim() - 1 - {cdim}))"
+    w, rank = a.atom("weight"), a.rank_of(a.nodes["input"])
+    if rank is not None:
+        return w if rank <= 2 else f"{w}.view(-1{', 1' * (rank - 2)})"
+    return f"{w}.view(-1, *(1,) * ({x}.dim() - 1 - {a.class_dim('input')}))"
 
 
 def _log_prob_grad_of_indices(a: _Call) -> str:
@@ -208,7 +273,7 @@ def _log_prob_grad_of_indices(a: _Call) -> str:
     if smoothing == 0.0:
         return _index_grad(a, "1")
     kept, _, weight = _kept(a)
-    cdim = _class_dim(x)
+    cdim = a.class_dim("input")
     spread = _by_reduction(
         a,
         f"({grad} * {kept}).unsqueeze({cdim})",
@@ -224,12 +289,12 @@ def _smoothed_target(a: _Call, x: str) -> str:
     t, eps = a.atom("target"), a.atom("label_smoothing")
     if _smoothing(a) == 0.0:
         return t
-    return f"({t} * (1 - {eps}) + {eps} / {x}.shape[{_class_dim(x)}])"
+    return f"({t} * (1 - {eps}) + {eps} / {x}.shape[{a.class_dim('input')}])"
 
 
 def _probability_scale(a: _Call, x: str) -> str:
     """The incoming gradient per element, for probability targets (mean: over the samples)."""
-    grad, cdim = a.atom("grad"), _class_dim(x)
+    grad, cdim = a.atom("grad"), a.class_dim("input")
     return _by_reduction(a, f"{grad}.unsqueeze({cdim})", f"{grad} / ({x}.numel() // {x}.shape[{cdim}])", grad)
 
 
@@ -240,25 +305,46 @@ def _log_prob_grad_of_probabilities(a: _Call) -> str:
     return f"-{weighted} * {_probability_scale(a, x)}"
 
 
-def _cross_entropy_input(a: _Call, floating: dict[str, bool]) -> str:
+def _class_log_softmax(a: _Call, _) -> str:
     x = a.atom("input")
+    return f"torch.log_softmax({x}, {a.class_dim('input')})"
+
+
+def _class_log_softmax_backward(a: _Call, _) -> str:
+    """log_softmax's gradient from its result alone (ATen's kernel: differentiable again in both)."""
+    result = a.atom("result")
+    cdim = a.class_dim("result")
+    return f"torch.ops.aten._log_softmax_backward_data({a['grad']}, {result}, {cdim}, {result}.dtype)"
+
+
+def _cross_entropy_of_log_probs(a: _Call, floating: dict[str, bool]) -> str:
+    """cross_entropy's value from the log-probabilities: nll_loss for class indices without smoothing, else
+    cross_entropy itself (log_softmax leaves log-probabilities as they are)."""
+    lp, t = a["input"], a["target"]
+    options = "".join(f", {k}={a[k]}" for k in ("weight", "ignore_index", "reduction") if a.given(k))
+    if _probabilities(a, floating) is False and _smoothing(a) == 0.0:
+        return f"F.nll_loss({lp}, {t}{options})"
+    if a.given("label_smoothing"):
+        options += f", label_smoothing={a['label_smoothing']}"
+    return f"F.cross_entropy({lp}, {t}{options})"
+
+
+def _cross_entropy_log_probs(a: _Call, floating: dict[str, bool]) -> str:
+    """cross_entropy's gradient with respect to the log-probabilities (its `input` here)."""
     probabilities = _probabilities(a, floating)
     if probabilities is None:
         target = a.atom("target")
-        g = f"({_log_prob_grad_of_probabilities(a)} if {target}.is_floating_point() else {_log_prob_grad_of_indices(a)})"
-    else:
-        g = _log_prob_grad_of_probabilities(a) if probabilities else _log_prob_grad_of_indices(a)
-    cdim = _class_dim(x)
-    return f"torch.ops.aten._log_softmax_backward_data({g}, torch.log_softmax({x}, {cdim}), {cdim}, {x}.dtype)"
+        return f"({_log_prob_grad_of_probabilities(a)} if {target}.is_floating_point() else {_log_prob_grad_of_indices(a)})"
+    return _log_prob_grad_of_probabilities(a) if probabilities else _log_prob_grad_of_indices(a)
 
 
 def _cross_entropy_target(a: _Call, _) -> str:
-    x = a.atom("input")
-    cdim = _class_dim(x)
+    """With respect to class probabilities: -(1 - label_smoothing) * weight * log_probs * grad."""
+    lp = a.atom("input")
     keep = "" if _smoothing(a) == 0.0 else f"(1 - {a.atom('label_smoothing')}) * "
-    weight = _class_weight(a, x)
+    weight = _class_weight(a, lp)
     weighted = "" if weight == "1" else f"{weight} * "
-    return f"-{keep}{weighted}torch.log_softmax({x}, {cdim}) * {_probability_scale(a, x)}"
+    return f"-{keep}{weighted}{lp} * {_probability_scale(a, lp)}"
 
 
 def _multi_margin(a: _Call, _) -> str:
@@ -349,14 +435,55 @@ def _gaussian_var(a: _Call, _) -> str:
     return f"({g}).sum_to_size({_viewed_shape(a)}).reshape({var}.shape)"
 
 
+# ---------------------------------------------------------------- transposed convolutions
+
+
+def _per_dim(a: _Call, name: str, dims: int) -> str:
+    """A stride, padding or dilation as the list ATen's kernel takes: one entry per spatial dim."""
+    node = a.nodes[name]
+    if isinstance(node, N.ListExpr):
+        return a[name]
+    if isinstance(node, N.Num):
+        return f"[{', '.join([a[name]] * dims)}]"
+    value = a.atom(name)
+    return f"([{value}] * {dims} if isinstance({value}, int) else {value})"
+
+
+def _conv_transpose(a: _Call, _) -> str:
+    """The gradients of a transposed convolution from ATen's convolution_backward (differentiable again):
+    the one `which` names, or those a mask asks for, in one call."""
+    dims = a.literal("dims")
+    assert isinstance(dims, int), "the conv_transpose rows name their dims"
+    stride, padding, output_padding, dilation = (
+        _per_dim(a, k, dims) for k in ("stride", "padding", "output_padding", "dilation")
+    )
+    bias = "None" if a.none("bias") else f"{a.shape('bias')}"
+    head = f"torch.ops.aten.convolution_backward({a['grad']}, {a['input']}, {a['weight']}, {bias}, {stride}, {padding}"
+    tail = f"{dilation}, True, {output_padding}, {a['groups']}"
+    if isinstance(a.nodes["which"], N.TupleExpr):  # several results (`codegen.joint_gradients`)
+        return f"{head}, {tail}, {a['which']})"
+    which = a.literal("which")
+    mask = ", ".join(str(k == which) for k in range(3))
+    return f"{head}, {tail}, ({mask}))[{which}]"
+
+
 _WRITERS: dict[str, Callable[[_Call, dict[str, bool]], str]] = {
-    "layer_norm_input_grad": _layer_norm,
+    "layer_norm_with_statistics": _layer_norm_with_statistics,
+    "layer_norm_mean": _layer_norm_statistic(1),
+    "layer_norm_rstd": _layer_norm_statistic(2),
+    "layer_norm_backward": _layer_norm,
     "rms_norm_input_grad": _rms_norm,
+    "group_norm_with_statistics": _group_norm_with_statistics,
+    "group_norm_mean": _group_norm_statistic(1),
+    "group_norm_rstd": _group_norm_statistic(2),
     "group_norm_input_grad": _group_norm,
     "channel_sum": _channel_sum,
     "local_response_norm_input_grad": _local_response_norm,
     "nll_loss_input_grad": _nll_loss,
-    "cross_entropy_input_grad": _cross_entropy_input,
+    "class_log_softmax": _class_log_softmax,
+    "class_log_softmax_backward": _class_log_softmax_backward,
+    "cross_entropy_of_log_probs": _cross_entropy_of_log_probs,
+    "cross_entropy_log_probs_grad": _cross_entropy_log_probs,
     "cross_entropy_target_grad": _cross_entropy_target,
     "multi_margin_loss_backward": _multi_margin,
     "multilabel_margin_loss_backward": _multilabel_margin,
@@ -364,6 +491,7 @@ _WRITERS: dict[str, Callable[[_Call, dict[str, bool]], str]] = {
     "multilabel_soft_margin_loss_target_grad": _multilabel_soft_margin_target,
     "multilabel_soft_margin_loss_weight_grad": _multilabel_soft_margin_weight,
     "ctc_loss_backward": _ctc,
+    "conv_transpose_backward": _conv_transpose,
     "gaussian_nll_loss_input_grad": _gaussian_input,
     "gaussian_nll_loss_var_grad": _gaussian_var,
 }

@@ -58,6 +58,13 @@ class Op:
     # operands whose derivative torch gives only at log-probabilities over the last dim (ctc_loss's log_probs):
     # the run-time checks draw them as log_softmax(normal) and differentiate them through log_softmax
     log_probs: tuple[str, ...] = ()
+    # small second results of the op's kernel that its backward reads (layer_norm's mean and rstd): under
+    # @function the forward computes them with the result (the internal row `{op}_with_statistics`) and
+    # saves them, each the internal row `{op}_{name}`, instead of the backward recomputing them
+    statistics: tuple[str, ...] = ()
+    # a backward kernel's results (every operand's gradient), of which the row's last argument `which` picks
+    # one: statements asking for several of the same call become one call (`codegen.joint_gradients`)
+    results: int = 1
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -94,6 +101,8 @@ _EXPAND = "expand_reduced(grad, input, dim, keepdim)"
 _MAX_POOL = "input*, kernel_size, stride = none, padding = 0, dilation = 1, ceil_mode = false"
 _ADAPTIVE_POOL = "input*, output_size"
 _FRACTIONAL_POOL = "input*, kernel_size, output_size = none, output_ratio = none, random_samples* = none"
+_LAYER_NORM = "input*, normalized_shape, weight* = none, bias* = none, eps = 1e-5"
+_GROUP_NORM = "input*, num_groups, weight* = none, bias* = none, eps = 1e-5"
 
 TABLE: tuple[Op, ...] = (
     # -- operators: `a + b` is the row `add`, and so on
@@ -550,9 +559,9 @@ TABLE: tuple[Op, ...] = (
         "conv_transpose",
         "1-D transposed convolution (torch.nn.functional.conv_transpose1d)",
         {
-            "input": "conv1d(grad, weight, none, stride, padding, dilation, groups)",
-            "weight": "conv1d_weight(grad, weight, input, stride, padding, dilation, groups)",
-            "bias": "sum(grad, dim = [0, 2])",
+            "input": "conv_transpose_backward(grad, input, weight, bias, stride, padding, output_padding, groups, dilation, 1, 0)",
+            "weight": "conv_transpose_backward(grad, input, weight, bias, stride, padding, output_padding, groups, dilation, 1, 1)",
+            "bias": "conv_transpose_backward(grad, input, weight, bias, stride, padding, output_padding, groups, dilation, 1, 2)",
         },
         cost="costly",
         promotes=False,
@@ -564,9 +573,9 @@ TABLE: tuple[Op, ...] = (
         "conv_transpose",
         "2-D transposed convolution (torch.nn.functional.conv_transpose2d)",
         {
-            "input": "conv2d(grad, weight, none, stride, padding, dilation, groups)",
-            "weight": "conv2d_weight(grad, weight, input, stride, padding, dilation, groups)",
-            "bias": "sum(grad, dim = [0, 2, 3])",
+            "input": "conv_transpose_backward(grad, input, weight, bias, stride, padding, output_padding, groups, dilation, 2, 0)",
+            "weight": "conv_transpose_backward(grad, input, weight, bias, stride, padding, output_padding, groups, dilation, 2, 1)",
+            "bias": "conv_transpose_backward(grad, input, weight, bias, stride, padding, output_padding, groups, dilation, 2, 2)",
         },
         cost="costly",
         promotes=False,
@@ -578,9 +587,9 @@ TABLE: tuple[Op, ...] = (
         "conv_transpose",
         "3-D transposed convolution (torch.nn.functional.conv_transpose3d)",
         {
-            "input": "conv3d(grad, weight, none, stride, padding, dilation, groups)",
-            "weight": "conv3d_weight(grad, weight, input, stride, padding, dilation, groups)",
-            "bias": "sum(grad, dim = [0, 2, 3, 4])",
+            "input": "conv_transpose_backward(grad, input, weight, bias, stride, padding, output_padding, groups, dilation, 3, 0)",
+            "weight": "conv_transpose_backward(grad, input, weight, bias, stride, padding, output_padding, groups, dilation, 3, 1)",
+            "bias": "conv_transpose_backward(grad, input, weight, bias, stride, padding, output_padding, groups, dilation, 3, 2)",
         },
         cost="costly",
         promotes=False,
@@ -836,16 +845,17 @@ TABLE: tuple[Op, ...] = (
     ),
     Op(
         "group_norm",
-        _sig("input*, num_groups, weight* = none, bias* = none, eps = 1e-5"),
+        _sig(_GROUP_NORM),
         "torch.nn.functional.group_norm",
         "softmax",
         "normalise each of num_groups channel groups of each sample, then scale and shift per channel",
         {
-            "input": "group_norm_input_grad(grad, input, num_groups, weight, eps)",
+            "input": "group_norm_input_grad(grad, input, num_groups, mean, rstd, weight)",
             "weight": "channel_sum(grad * group_norm(input, num_groups, eps = eps))",
             "bias": "channel_sum(grad)",
         },
         cost="costly",
+        statistics=("mean", "rstd"),
     ),
     Op(
         "cross_entropy",
@@ -853,9 +863,10 @@ TABLE: tuple[Op, ...] = (
         "torch.nn.functional.cross_entropy",
         "loss",
         "the cross entropy of softmax(input) against class indices or class probabilities",
-        {
-            "input": "cross_entropy_input_grad(grad, input, target, weight, ignore_index, reduction, label_smoothing)",
-            "target": "cross_entropy_target_grad(grad, input, target, weight, reduction, label_smoothing)",
+        {  # a derived backward takes it as the loss over class_log_softmax(input), saved (`autodiff.tape`)
+            "input": "class_log_softmax_backward(cross_entropy_log_probs_grad(grad, class_log_softmax(input), target,"
+            " weight, ignore_index, reduction, label_smoothing), class_log_softmax(input))",
+            "target": "cross_entropy_target_grad(grad, class_log_softmax(input), target, weight, reduction, label_smoothing)",
             "weight": None,
         },
         cost="costly",
@@ -971,16 +982,17 @@ TABLE: tuple[Op, ...] = (
     ),
     Op(
         "layer_norm",
-        _sig("input*, normalized_shape, weight* = none, bias* = none, eps = 1e-5"),
+        _sig(_LAYER_NORM),
         "torch.nn.functional.layer_norm",
         "softmax",
         "normalise over the last dims (normalized_shape), then scale and shift elementwise",
         {
-            "input": "layer_norm_input_grad(grad, input, normalized_shape, weight, eps)",
-            "weight": "sum_to(grad * layer_norm(input, normalized_shape, eps = eps), weight)",
-            "bias": "sum_to(grad, bias)",
+            "input": "layer_norm_backward(grad, input, normalized_shape, mean, rstd, weight, bias, 0)",
+            "weight": "layer_norm_backward(grad, input, normalized_shape, mean, rstd, weight, bias, 1)",
+            "bias": "layer_norm_backward(grad, input, normalized_shape, mean, rstd, weight, bias, 2)",
         },
         cost="costly",
+        statistics=("mean", "rstd"),
     ),
     Op(
         "rms_norm",
@@ -1113,22 +1125,101 @@ TABLE: tuple[Op, ...] = (
         internal=True,
         shape_args=(1,),
     ),
+    # -- the norms' statistics, computed by the forward's kernel with the result and saved (`Op.statistics`)
+    *(
+        Op(
+            f"{norm}_with_statistics",
+            _sig(sig),
+            "",
+            "opaque",
+            f"{norm}'s result, mean and rstd in one call (torch.native_{norm})",
+            internal=True,
+        )
+        for norm, sig in (("layer_norm", _LAYER_NORM), ("group_norm", _GROUP_NORM))
+    ),
+    *(
+        Op(
+            f"{norm}_{name}",
+            _sig(sig),
+            "",
+            "opaque",
+            f"{norm}'s {doc} per {unit}, computed with its result",
+            cost="kept",
+            internal=True,
+        )
+        for norm, sig, unit in (("layer_norm", _LAYER_NORM, "row"), ("group_norm", _GROUP_NORM, "sample and group"))
+        for name, doc in (("mean", "mean"), ("rstd", "1 / standard deviation"))
+    ),
+    # -- cross_entropy as a derived backward sees it: the log-probabilities along the class dim (1, or 0
+    # for one sample), then the loss over them
+    Op(
+        "class_log_softmax",
+        _sig("input*"),
+        "",
+        "softmax",
+        "log_softmax over the class dim",
+        {"input": "class_log_softmax_backward(grad, result)"},
+        cost="costly",
+        internal=True,
+    ),
+    Op(
+        "cross_entropy_of_log_probs",
+        _sig('input*, target*, weight* = none, ignore_index = -100, reduction = "mean", label_smoothing = 0.0'),
+        "",
+        "loss",
+        "cross_entropy of log-probabilities (nll_loss for class indices without smoothing)",
+        {
+            "input": "cross_entropy_log_probs_grad(grad, input, target, weight, ignore_index, reduction, label_smoothing)",
+            "target": "cross_entropy_target_grad(grad, input, target, weight, reduction, label_smoothing)",
+            "weight": None,
+        },
+        cost="costly",
+        internal=True,
+    ),
+    Op(
+        "layer_norm_backward",
+        _sig("grad*, input*, normalized_shape, mean*, rstd*, weight*, bias*, which"),
+        "",
+        "custom",
+        "ATen's native_layer_norm_backward: the gradient of the input (which 0), the weight (1) or the bias (2)",
+        internal=True,
+        results=3,
+    ),
+    Op(
+        "conv_transpose_backward",
+        _sig("grad*, input*, weight*, bias*, stride, padding, output_padding, groups, dilation, dims, which"),
+        "",
+        "custom",
+        "ATen's convolution_backward of a `dims`-D transposed convolution: the gradient of the input (which 0),"
+        " the weight (1) or the bias (2) (the bias read for its shape)",
+        internal=True,
+        shape_args=(3,),
+        results=3,
+    ),
+    Op(
+        "nll_loss_input_grad",
+        _sig("grad*, input*, target*, weight*, ignore_index, reduction"),
+        "",
+        "custom",
+        "-(weight[target] * grad) scattered at the targets along the class dim (the input read for its shape)",
+        internal=True,
+        shape_args=(1,),
+    ),
     # -- the norms' and losses' gradients (`codegen.norm_loss_grads` writes each as one expression): ATen's
-    # backward kernels where torch has one, the statistics they take recomputed from the saved input
+    # backward kernels where torch has one, given the forward's statistics where it saved them
     *(
         Op(name, _sig(sig), "", "custom", doc, internal=True)
         for name, sig, doc in (
-            (
-                "layer_norm_input_grad",
-                "grad*, input*, normalized_shape, weight*, eps",
-                "ATen's native_layer_norm_backward",
-            ),
             (
                 "rms_norm_input_grad",
                 "grad*, input*, normalized_shape, weight*, eps",
                 "rstd * (g - x * rstd ** 2 * mean(g * x))",
             ),
-            ("group_norm_input_grad", "grad*, input*, num_groups, weight*, eps", "layer norm's over each group"),
+            (
+                "group_norm_input_grad",
+                "grad*, input*, num_groups, mean*, rstd*, weight*",
+                "layer norm's over each group (ATen's native_layer_norm_backward), given the saved statistics",
+            ),
             ("channel_sum", "input*", "the sum over every dim but dim 1 (a per-channel parameter's gradient)"),
             (
                 "local_response_norm_input_grad",
@@ -1136,19 +1227,19 @@ TABLE: tuple[Op, ...] = (
                 "g * d ** -beta - 2 * alpha * beta * x * window_mean'(g * x * d ** (-beta - 1))",
             ),
             (
-                "nll_loss_input_grad",
-                "grad*, input*, target*, weight*, ignore_index, reduction",
-                "-(weight[target] * grad) scattered at the targets along the class dim",
+                "class_log_softmax_backward",
+                "grad*, result*",
+                "log_softmax's gradient over the class dim from its result (ATen's _log_softmax_backward_data)",
             ),
             (
-                "cross_entropy_input_grad",
+                "cross_entropy_log_probs_grad",
                 "grad*, input*, target*, weight*, ignore_index, reduction, label_smoothing",
-                "the gradient of the log-probabilities through log_softmax's backward",
+                "cross_entropy's gradient with respect to the log-probabilities (`input`)",
             ),
             (
                 "cross_entropy_target_grad",
                 "grad*, input*, target*, weight*, reduction, label_smoothing",
-                "-(1 - label_smoothing) * weight * log_softmax(input) * grad, for class probabilities",
+                "-(1 - label_smoothing) * weight * input * grad, for class probabilities (input: log-probabilities)",
             ),
             (
                 "multi_margin_loss_backward",
@@ -1515,6 +1606,7 @@ KEPT_BY_AUTOGRAD: dict[str, tuple[str, ...]] = {
     "fft": ("input",),  # a real input: torch records _fft_r2c, which keeps it
     "rfft": ("input",),
     "layer_norm": ("bias",),
+    "nll_loss": ("input",),
     "pad": ("input",),  # reflect and replicate keep it (constant and circular do not)
     **{f"{kind}_pool{d}d": ("input",) for kind in ("max", "avg", "adaptive_avg", "adaptive_max") for d in (1, 2, 3)},
     **{f"fractional_max_pool{d}d": ("input",) for d in (2, 3)},

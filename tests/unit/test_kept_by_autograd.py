@@ -38,6 +38,14 @@ PROBES = {
     "select": ("input", lambda x: x[:, 1]),
     "embedding": ("weight", lambda w: F.embedding(torch.tensor([0, 1]), w[0])),
     "pad": ("input", lambda x: F.pad(x, [1, 1], mode="reflect")),
+    "nll_loss": ("input", lambda x: F.nll_loss(x, torch.tensor([[0, 1] * 4, [2, 0] * 4]))),
+    **{
+        f"conv_transpose{d}d": (
+            "bias",
+            lambda b, d=d: _conv_transpose(d)(torch.ones(1, 2, *[3] * d), torch.ones(2, 8, *[1] * d), b[0, 0]),
+        )
+        for d in (1, 2, 3)
+    },
     "layer_norm": ("bias", lambda b: F.layer_norm(torch.ones(2, 3, 8, dtype=b.dtype), [8], None, b[0, 0])),
     **{f"max_pool{d}d": ("input", lambda x, d=d: getattr(F, f"max_pool{d}d")(_rank(x, d), 2)) for d in (1, 2, 3)},
     **{f"avg_pool{d}d": ("input", lambda x, d=d: getattr(F, f"avg_pool{d}d")(_rank(x, d), 2)) for d in (1, 2, 3)},
@@ -59,6 +67,10 @@ PROBES = {
 def _rank(x: torch.Tensor, d: int) -> torch.Tensor:
     """x as a batch of d-dimensional signals (size-2 dims added in front of its last dim)."""
     return x.reshape(*x.shape[:-1], *([1] * (d - 1)), 8).expand(*x.shape[:-1], *([2] * (d - 1)), 8)
+
+
+def _conv_transpose(d: int):
+    return lambda x, w, b: getattr(F, f"conv_transpose{d}d")(x.to(b.dtype), w.to(b.dtype), b)
 
 
 def _fractional(d: int):
