@@ -25,7 +25,25 @@ layer Probe(n: int) {{
     example(n = 8)
 
     forward(x: [B, n]) -> {out} {{
-        return {body}
+{statements}        return {body}
+    }}
+}}
+"""
+
+LOOP = """h = x
+outputs = []
+for t in range(3) {
+    if t > 0 {
+        h = h * w
+    }
+    h = tanh(h + x[:, t : t + 1])
+    outputs.append(h)
+}
+"""
+REVERSED = f"""{LOOP}rev = []
+for t in range(1, 3) {{
+    for u in range(2) {{
+        rev.append(outputs[3 - t] * (u + 1))
     }}
 }}
 """
@@ -43,11 +61,17 @@ FAMILIES = {
     "irfft_default_n": ("irfft(fft(x) * w, dim = -1)", "n", "[B, 2 * n - 2]"),
     "irfft_n_odd": ("irfft(rfft(x * w), n = 7)", "n", "[B, 7]"),
     "complex_product": ("ifft(fft(x) * fft(x * w)) * 2", "n", "[B, n]"),
+    # loops with a trip count written in the spec, unrolled (`autodiff.unroll`); a body's last line returns
+    "unrolled_loop": (LOOP + "stack(outputs, dim = 1)[:, 2] + cat(outputs, dim = -1)[:, :n]", "n", "[B, n]"),
+    "list_read_backwards": (REVERSED + "sum(stack(rev), dim = 0) * w", "n", "[B, n]"),
+    "size_at": ("x * w / size_at(x, 0) + size_at(x, -2)", "n", "[B, n]"),
 }
 
 
 def _compile(body: str, w: str, out: str) -> dict:
-    return compile_spec(SPEC.format(body=body, w=w, out=out), "probe")
+    *lines, result = body.strip().split("\n")
+    statements = "".join(f"        {line}\n" for line in lines)
+    return compile_spec(SPEC.format(statements=statements, body=result, w=w, out=out), "probe")
 
 
 @pytest.fixture(params=sorted(FAMILIES), name="family")

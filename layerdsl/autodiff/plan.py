@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape
+from layerdsl.autodiff.unroll import prepared_forward
 from layerdsl.diagnostics import Diagnostic
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import clone, map_children, walk
@@ -71,9 +72,9 @@ def plan_backwards(files: list[N.SpecFile]) -> tuple[dict[str, Plan], list[Diagn
             if not layer.is_function:
                 continue
             try:
-                plans[layer.name] = plan_backward(layer)
+                plans[layer.name] = plan_backward(prepared_forward(layer))
             except NotDerivable as exc:
-                problems.append(Diagnostic(layer.path, exc.span, exc.message, exc.hint))
+                problems.append(Diagnostic(layer.path, exc.span, exc.message, exc.hint, source=f.source))
                 break
     return plans, problems
 

@@ -16,6 +16,7 @@ from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.language.ops import CALLABLE, OPERATORS, OPS, Op, Param
 from layerdsl.language.tables import GENERATED_API, GENERATED_BUILTINS, GENERATED_IMPORTS
+from layerdsl.semantics.evaluate import NotConstant, evaluate
 
 LOWERED = ("einsum", "permute", "align")  # ops that index notation lowers to
 
@@ -86,6 +87,7 @@ class Linearizer:
         self.taken |= GENERATED_IMPORTS | GENERATED_BUILTINS | GENERATED_API
         self.counter = itertools.count(1)
         self.numbers: list[tuple[str, N.Expr]] = []
+        self.lists: dict[str, list[N.Expr]] = {}  # a list local (`outputs = []`) -> the vars appended to it
 
     def fresh(self, hint: str) -> str:
         name = hint
@@ -99,6 +101,10 @@ class Linearizer:
         outputs: list[N.Expr] = []
         for stmt in fwd.body:
             match stmt:
+                case N.Assign(target=t, value=N.ListExpr(items=items)):  # a list an unrolled loop appends to
+                    self.lists[t] = [self.operand(i, "t") for i in items]
+                case N.Append(target=t, value=v):
+                    self.lists[t].append(self.operand(v, "t"))
                 case N.Assign(target=t, value=v) if v.kind != "tensor":
                     self.numbers.append((t, v))  # a number (from dims and arguments): computed as written
                 case N.Assign(target=t, value=v):
@@ -145,7 +151,8 @@ class Linearizer:
         raise NotDerivable(e.span, "forward returns or binds a number, not a tensor")
 
     def _is_fresh_step(self, var: str) -> bool:
-        return bool(self.steps) and self.steps[-1].var == var and var not in self.env.values()
+        collected = {v.id for items in self.lists.values() for v in items if isinstance(v, N.Name)}
+        return bool(self.steps) and self.steps[-1].var == var and var not in {*self.env.values(), *collected}
 
     def operand(self, e: N.Expr, hint: str) -> N.Expr:
         if e.kind != "tensor":
@@ -171,6 +178,10 @@ class Linearizer:
                 row = OPS[f]
                 args: dict[str, N.Expr] = {}
                 for p, a in zip(row.params, e.args):
+                    if p.tensors and isinstance(a, N.Name) and a.id in self.lists:  # its items are vars
+                        args[p.name] = N.ListExpr(a.span, list(self.lists[a.id]))
+                        args[p.name].kind = N.Kind.LIST
+                        continue
                     if p.tensors and isinstance(a, N.ListExpr):
                         items = N.ListExpr(a.span, [self.operand(i, hint) for i in a.items])
                         items.kind = N.Kind.LIST
@@ -198,6 +209,8 @@ class Linearizer:
                 new = N.Compare(e.span, ops, [self.operand(o, hint) for o in operands])
                 new.kind = N.Kind.TENSOR
                 return self.opaque(new, hint)
+            case N.Subscript(value=N.Name(id=i), items=[N.Expr() as at]) if i in self.lists:
+                return self.lists[i][self._list_position(at)]
             case N.Subscript(value=v, items=items):
                 return self.subscript(self.operand(v, hint), items, hint, e)
             case N.Call(func=f):
@@ -206,6 +219,15 @@ class Linearizer:
                     f"a derived backward cannot go through '{f}' (a sub-layer: its forward is not on the tape)",
                 )
         raise NotDerivable(e.span, "a derived backward cannot go through this expression")
+
+    def _list_position(self, at: N.Expr) -> int:
+        """`outputs[T - 1 - t]` in an unrolled loop: the position, a number once `t` is written out."""
+        try:
+            return int(evaluate(at, {}))
+        except NotConstant:
+            raise NotDerivable(
+                at.span, "a derived backward picks from a list at positions known when generating"
+            ) from None
 
     def subscript(self, value: N.Expr, items: list[N.SubscriptItem], hint: str, source: N.Expr) -> N.Expr:
         """`x[a:b, i, none]` as one step per dim it changes (a slice, a select, an unsqueeze): items before

@@ -1506,20 +1506,7 @@ class LayerChecker:
                 "@function layers cannot have subs",
                 "a sub is its own module; drop @function or inline the computation",
             )
-        for call in [n for s in self.layer.forward.body for n in walk(s) if isinstance(n, N.Call)]:
-            if call.func == "size_at":
-                self.r.error(
-                    call.func_span,
-                    "cannot derive: size_at() in an @function layer",
-                    "name the size in the input's shape (`x: [B, d]` gives B) and use that dim",
-                )
         for stmt in statements(self.layer.forward.body):
-            if isinstance(stmt, N.For):
-                self.r.error(
-                    _keyword(stmt.span, "for"),
-                    "cannot derive: @function layers cannot loop",
-                    "drop @function (autograd derives the loop), or write the steps out",
-                )
             if isinstance(stmt, N.Update):
                 self.r.error(
                     stmt.span,
