@@ -145,7 +145,8 @@ def test_vmap_of_grad_and_jacrev(family):
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("return x[x > 0]", "a bool mask index (how many elements it picks is data)"),
+        ("return x[x > 0, x < 1]", "several index tensors when they are ints, side by side"),
+        ("return x[x > 0, 1:]", "index tensors with `:` or `...` for the other dims"),
         ("return abs(fft(x))", "abs() of a complex value"),
         ("return round(x)", "round() has no derivative"),
     ],
@@ -161,16 +162,42 @@ def test_what_still_cannot_be_derived_says_which_op_and_why(tmp_path, capsys, bo
     assert message in capsys.readouterr().err
 
 
-def test_circular_pad_with_widths_from_an_argument_asks_for_a_list(tmp_path, capsys):
+def test_circular_pad_with_widths_of_no_declared_length_asks_for_one(tmp_path, capsys):
     spec = tmp_path / "bad.layer"
     spec.write_text(
-        '@function\nlayer Bad(widths: ints[2]) {\n    """A layer."""\n    example(widths = [1, 1])\n\n'
+        '@function\nlayer Bad(widths: ints) {\n    """A layer."""\n    example(widths = [1, 1])\n\n'
         '    forward(x) {\n        return pad(x, widths, "circular")\n    }\n}\n'
     )
     assert main(["check", str(spec)]) == 1
-    assert "bad.layer:7:16: error: a derived backward through circular pad() needs its widths written as a list" in (
-        capsys.readouterr().err
-    )
+    err = capsys.readouterr().err
+    assert "bad.layer:7:16: error: a derived backward through circular pad() needs how many widths there are" in err
+    assert "`widths: ints[4]`" in err
+
+
+CIRCULAR = """
+@function
+layer CircularPad(widths: ints[4]) {
+    \"\"\"Circular padding by widths from an argument of a declared length.\"\"\"
+    example(widths = [1, 2, 0, 1])
+
+    forward(x: [N, C, H, W]) {
+        return sin(pad(x, widths, "circular")) * 2
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("widths", [[1, 2, 0, 1], [2, 0, 1, -1], [0, 0, 3, 1]])
+def test_circular_pad_with_widths_from_an_argument_derives(widths):
+    ns = compile_spec(CIRCULAR, "circular")
+    x = torch.randn(2, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    layer = ns["CircularPad"](widths)
+    assert torch.autograd.gradcheck(layer, (x,))
+    assert torch.autograd.gradgradcheck(layer, (x,))
+    seed = torch.randn_like(layer(x))
+    (got,) = torch.autograd.grad(layer(x), x, seed)
+    (want,) = torch.autograd.grad(ns["circular_pad"](x, widths=widths), x, seed)
+    assert torch.allclose(got, want)
 
 
 CONV = """
@@ -294,6 +321,7 @@ INDEX_FAMILIES = {
     "tensor_index": "x[:, sel] * tanh(x)[..., sel] + w[idx[:, :1]][:, 0, :3] * x[idx[:, 0]][:, 1:4]",
     "unflatten": "sum(unflatten(x * x, 1, [2, n // 2]) * unflatten(w[0], 0, [2, -1]), dim = -1)",
     "embedding": "embedding(ids, w * x[:1], padding_idx = 5)[:, 1] * x + embedding(ids, tanh(w), padding_idx = -1)[:, 0]",
+    "several_index_tensors": "x[idx[:, 0], sel[:1] + 1] * 2 + w[idx[:, 0], idx[:, 1]] * tanh(x)[idx[:, 1], sel[1:2]]",
 }
 
 
@@ -707,3 +735,37 @@ def test_chunk_and_split_derive_like_autograd_to_second_order():
             assert torch.allclose(s, r)
     assert torch.autograd.gradcheck(lambda a, b: apply(a, b, 3), (x, w))
     assert torch.autograd.gradgradcheck(lambda a, b: apply(a, b, 3), (x, w))
+
+
+MASKED = """
+@function
+layer Masked(n: int) {
+    \"\"\"Bool-mask indexes: an input mask, a comparison of a parameter, a comparison of the input.\"\"\"
+    param w: [n] = uniform(0.5, 1.5)
+    example(n = 4)
+
+    forward(x: [B, n], m: bool[B]) {
+        return sum(tanh(x * w)[m] * 2, dim = 0) + sum(x[:, w > 1] ** 2) + sum(exp(x)[x > 0])
+    }
+}
+"""
+
+
+def test_a_bool_mask_index_derives():
+    """How many elements a mask picks is data: the backward puts the gradient back where the mask is True."""
+    ns = compile_spec(MASKED, "masked")
+    torch.manual_seed(0)
+    layer = ns["Masked"](4, dtype=torch.float64)
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([True, False, True, True, False])
+
+    def apply(a, w):
+        y = ns["MaskedFunction"].apply(a, mask, w)
+        return y[0] if isinstance(y, tuple) else y
+
+    assert torch.autograd.gradcheck(apply, (x, layer.w))
+    assert torch.autograd.gradgradcheck(apply, (x, layer.w))
+    seed = torch.randn(4, dtype=torch.float64)
+    got = torch.autograd.grad(apply(x, layer.w), [x, layer.w], seed)
+    want = torch.autograd.grad(ns["masked"](x, mask, layer.w), [x, layer.w], seed)
+    assert all(torch.allclose(a, b) for a, b in zip(got, want))

@@ -42,6 +42,7 @@ class Step:
     guard: str | None = None  # an optional member: when it is None the step is `var = base`
     base: str | None = None
     conj_result: bool = False  # formulas read `result` conjugated (a complex value: `autodiff.reverse`)
+    by_mask: bool = False  # an index by a bool mask: its result's length is data (no static shape)
 
     @property
     def costly(self) -> bool:
@@ -203,6 +204,8 @@ class Linearizer:
                     where = self.add(OPS[f"{f}_indices"], args, "argmax", e)
                     return self.add(row, {**args, "indices": where}, hint, e)
                 if f == "pad" and self.deriving:
+                    if isinstance(args["mode"], N.Str) and args["mode"].value == "circular":
+                        args["pad"] = _listed_widths(args["pad"], self.layer)
                     _check_pad_mode(args, e)
                 return self.add(row, args, hint, e)
             case N.Compare(ops=ops, operands=operands):
@@ -249,23 +252,41 @@ class Linearizer:
     ) -> N.Expr:
         """`x[idx]`, `x[:, idx]`, `x[..., idx]`: one index tensor, whole dims (`:`, `...`) elsewhere."""
         whole = all(isinstance(i, N.EllipsisItem) or _whole(i) for k, i in enumerate(items) if k not in tensors)
-        if len(tensors) > 1 or not whole:
+        if not whole:
             raise NotDerivable(
                 items[tensors[0]].span,
-                "a derived backward goes through one index tensor with `:` or `...` for the other dims; "
+                "a derived backward goes through index tensors with `:` or `...` for the other dims; "
                 "index the other dims in a statement of their own",
             )
+        if len(tensors) > 1:
+            return self._index_by_tensors(value, items, tensors, hint, source)
         k = tensors[0]
-        if _bool_mask(items[k], self.forward.inputs):
-            raise NotDerivable(
-                items[k].span,
-                "a derived backward cannot go through a bool mask index (how many elements it picks is data); "
-                "use where(mask, x, 0)",
-            )
         ell = next((j for j, i in enumerate(items) if isinstance(i, N.EllipsisItem)), None)
         dim = k if ell is None or k < ell else k - len(items)
         index = self.operand(items[k], hint)  # type: ignore[arg-type]
-        return self.add(OPS["index"], {"input": value, "dim": B.num(dim), "index": index}, hint, source)
+        picked = self.add(OPS["index"], {"input": value, "dim": B.num(dim), "index": index}, hint, source)
+        if _bool_mask(items[k], self.forward.inputs):  # how many elements it picks is data: no static shape
+            step = self.step_of(picked.id)
+            if step is not None:
+                step.by_mask = True
+        return picked
+
+    def _index_by_tensors(
+        self, value: N.Expr, items: list[N.SubscriptItem], tensors: list[int], hint: str, source: N.Expr
+    ) -> N.Expr:
+        """`x[i, j]`, `x[:, i, j, :]`: several int index tensors side by side, after whole dims only."""
+        ell = next((j for j, i in enumerate(items) if isinstance(i, N.EllipsisItem)), len(items))
+        side_by_side = tensors == list(range(tensors[0], tensors[-1] + 1)) and tensors[-1] < ell
+        masks = [k for k in tensors if _bool_mask(items[k], self.forward.inputs)]
+        if not side_by_side or masks:
+            raise NotDerivable(
+                items[tensors[0] if side_by_side else tensors[-1]].span,
+                "a derived backward goes through several index tensors when they are ints, side by side,"
+                " before any `...`; index in two statements",
+            )
+        listed = N.ListExpr(source.span, [self.operand(items[k], hint) for k in tensors])  # type: ignore[arg-type]
+        listed.kind = N.Kind.LIST
+        return self.add(OPS["index_many"], {"input": value, "dim": B.num(tensors[0]), "indices": listed}, hint, source)
 
     def _index_one(self, value: N.Expr, item: N.SubscriptItem, dim: int, hint: str, source: N.Expr):
         """One item of a subscript at `dim`: the value it gives and the dim the next item indexes (the
@@ -336,6 +357,9 @@ class Linearizer:
         self.steps.append(Step(var, op, args, expr, guard, base))
         return B.name(var, source.span)
 
+    def step_of(self, var: str) -> Step | None:
+        return next((s for s in self.steps if s.var == var), None)
+
     def opaque(self, expr: N.Expr, hint: str) -> N.Name:
         var = self.fresh("mask")
         self.steps.append(Step(var, None, {}, expr))
@@ -403,13 +427,33 @@ def _int(e: N.Expr) -> N.Expr:
     return e
 
 
+def _listed_widths(widths: N.Expr, layer: N.Layer) -> N.Expr:
+    """An `ints[N]` argument's widths as the list `[widths[0], ..., widths[N - 1]]` (circular pad's gradient
+    folds each dim by its own pair)."""
+    arg = layer.arg(widths.id) if isinstance(widths, N.Name) and widths.ref == N.Ref.ARG else None
+    if arg is None or arg.length is None or arg.maybe_none:
+        return widths
+    items: list[N.Expr] = []
+    for k in range(arg.length):
+        item = N.Subscript(widths.span, widths, [B.num(k)])
+        item.kind = N.Kind.INT
+        items.append(item)
+    listed = N.ListExpr(widths.span, items)
+    listed.kind = N.Kind.LIST
+    return listed
+
+
 def _check_pad_mode(args: dict[str, N.Expr], source: N.Call) -> None:
     """A derived backward through `pad` needs its mode when generating (its gradient differs by mode)."""
     mode = args["mode"]
     if not isinstance(mode, N.Str):
         raise NotDerivable(source.span, "a derived backward through pad() needs its mode written as a string")
     if mode.value == "circular" and not isinstance(args["pad"], N.ListExpr):
-        raise NotDerivable(source.span, "a derived backward through circular pad() needs its widths written as a list")
+        raise NotDerivable(
+            source.span,
+            "a derived backward through circular pad() needs how many widths there are: write them as a list,"
+            " or declare the argument with its length (`widths: ints[4]`)",
+        )
 
 
 def _hint_for(op: Op, hint: str) -> str:
@@ -424,6 +468,7 @@ def _hint_for(op: Op, hint: str) -> str:
             "select": "part",
             "dropout_apply": "dropped",
             "index": "picked",
+            "index_many": "picked",
             "gather": "picked",
             "index_select": "picked",
             "flip": "flipped",
@@ -438,6 +483,11 @@ def _op_expr(op: Op, args: dict[str, N.Expr], source: N.Expr) -> N.Expr:
     e: N.UnaryOp | N.BinOp | N.Call | N.Subscript
     if op.name in ("slice", "select", "index"):
         e = _subscript_expr(args, source)
+    elif op.name == "index_many":
+        dim, listed = args["dim"], args["indices"]
+        assert isinstance(dim, N.Num) and isinstance(listed, N.ListExpr), "Linearizer.subscript lists them"
+        whole: list[N.SubscriptItem] = [N.Slice(source.span, None, None, None)] * int(dim.value)
+        e = N.Subscript(source.span, args["input"], [*whole, *listed.items])
     elif op.operator == "neg":
         e = N.UnaryOp(source.span, "-", args["input"])
     elif op.operator:

@@ -829,6 +829,12 @@ class FunctionEmitter:
             return f"torch.ops.aten.{f}({ex(a[0])}, {self._shape(a[1], ex)}, {', '.join(bounds)})"
         if f in ("gather_backward", "index_select_backward", "index_backward", "embedding_backward"):
             return self._index_gradient(f, a, ex)
+        if f == "index_many_backward":  # `x[:, i, j]`: one index per dim from dim, None for a whole one before
+            grad, inp, dim, indices = a
+            assert isinstance(indices, N.ListExpr), "the tape lists the index tensors"
+            places = ["None"] * (_int_literal(dim) or 0) + [ex(i) for i in indices.items]
+            zeros = f"{ex.wrap(grad, ATOM)}.new_zeros({self._shape(inp, ex)})"
+            return f"torch.ops.aten.index_put({zeros}, [{', '.join(places)}], {ex(grad)}, True)"
         if f == "expand_reduced":
             g, inp, dim, keepdim = a
             return f"{self._unsqueeze(ex.wrap(g, ATOM), dim, keepdim, ex)}.expand({self._shape(inp, ex)})"
