@@ -769,3 +769,64 @@ def test_a_bool_mask_index_derives():
     got = torch.autograd.grad(apply(x, layer.w), [x, layer.w], seed)
     want = torch.autograd.grad(ns["masked"](x, mask, layer.w), [x, layer.w], seed)
     assert all(torch.allclose(a, b) for a, b in zip(got, want))
+
+
+LINEAR_CROSS_ENTROPY = """
+@function
+layer Scored(d: int, c: int) {{
+    \"\"\"Logits of a linear map scored by cross entropy, as one op.\"\"\"
+    param w: [c, d] = normal
+    param b: [c] = normal
+    example(d = 4, c = 3)
+
+    forward(x: {x}, t: {t}) {{
+        return linear_cross_entropy(x, w, t, {options})
+    }}
+}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("x", "t", "options", "torch_options"),
+    [
+        ("[B, d]", "long[B]", "linear_bias = b", {"linear_bias": "b"}),
+        ("[B, d]", "long[B]", 'ignore_index = 1, reduction = "sum"', {"ignore_index": 1, "reduction": "sum"}),
+        ("[B, d]", "long[B]", "linear_bias = b, label_smoothing = 0.25", {"linear_bias": "b", "label_smoothing": 0.25}),
+        ("[B, d]", "[B, c]", 'linear_bias = b, reduction = "none"', {"linear_bias": "b", "reduction": "none"}),
+        ("[d]", "long[]", "linear_bias = b", {"linear_bias": "b"}),
+    ],
+)
+def test_linear_cross_entropy_derives_like_torch(x, t, options, torch_options):
+    ns = compile_spec(LINEAR_CROSS_ENTROPY.format(x=x, t=t, options=options), "scored")
+    torch.manual_seed(0)
+    layer = ns["Scored"](4, 3, dtype=torch.float64)
+    inp = torch.randn(*((5, 4) if x == "[B, d]" else (4,)), dtype=torch.float64, requires_grad=True)
+    if t == "[B, c]":
+        target = torch.softmax(torch.randn(5, 3, dtype=torch.float64), -1)
+    else:
+        target = torch.tensor([0, 1, 2, 1, 0]) if x == "[B, d]" else torch.tensor(2)
+    kwargs = {k: (layer.b if v == "b" else v) for k, v in torch_options.items()}
+    want = torch.nn.functional.linear_cross_entropy(inp, layer.w, target, **kwargs)
+    got = layer(inp, target)
+    assert torch.allclose(got, want)
+    seed = torch.randn_like(want)
+    params = [inp, layer.w, layer.b] if "linear_bias" in kwargs else [inp, layer.w]
+    firsts = torch.autograd.grad(got, params, seed, create_graph=True)
+    refs = torch.autograd.grad(want, params, seed, create_graph=True)
+    assert all(torch.allclose(a, r) for a, r in zip(firsts, refs))
+    seconds = torch.autograd.grad(sum((g * g).sum() for g in firsts), params)
+    ref_seconds = torch.autograd.grad(sum((g * g).sum() for g in refs), params)
+    assert all(torch.allclose(a, r) for a, r in zip(seconds, ref_seconds))
+    assert torch.autograd.gradcheck(lambda a, w, b: _scored(ns, a, target, w, b), (inp, layer.w, layer.b))
+    batched = torch.func.vmap(
+        torch.func.grad(lambda a: _scored(ns, a, target, layer.w.detach(), layer.b.detach()).sum())
+    )(torch.stack([inp.detach(), inp.detach() * 2]))
+    for k, scale in enumerate((1, 2)):
+        a = (inp.detach() * scale).requires_grad_()
+        (g,) = torch.autograd.grad(ns["scored"](a, target, layer.w, layer.b).sum(), a)
+        assert torch.allclose(batched[k], g)
+
+
+def _scored(ns, a, target, w, b):
+    y = ns["ScoredFunction"].apply(a, target, w, b)
+    return y[0] if isinstance(y, tuple) else y

@@ -200,6 +200,8 @@ class Linearizer:
                 if f == "dropout" and self.deriving:  # the mask is drawn once, saved, and applied
                     keep = self.add(OPS["dropout_mask"], {"input": args["input"], "p": args["p"]}, "keep", e)
                     return self.add(OPS["dropout_apply"], {**args, "mask": keep}, hint, e)
+                if f == "linear_cross_entropy" and self.deriving:
+                    return self._linear_cross_entropy(args, hint, e)
                 if f"{f}_indices" in OPS and self.deriving:  # the maxima's indices: computed with them, saved
                     where = self.add(OPS[f"{f}_indices"], args, "argmax", e)
                     return self.add(row, {**args, "indices": where}, hint, e)
@@ -222,6 +224,38 @@ class Linearizer:
                     f"a derived backward cannot go through '{f}' (a sub-layer: its forward is not on the tape)",
                 )
         raise NotDerivable(e.span, "a derived backward cannot go through this expression")
+
+    def _linear_cross_entropy(self, args: dict[str, N.Expr], hint: str, source: N.Call) -> N.Name:
+        """`linear_cross_entropy(x, w, t, linear_bias = b, ...)` as what it computes, whose rows derive:
+        `cross_entropy(x @ transpose(w, 0, 1) + b, t, ...)` (the logits whole: `options` chunks the same
+        values, to save memory, which a Function that keeps what its backward reads does not)."""
+        weight = args["linear_weight"]
+        if self._declared_rank(weight) != 2:
+            raise NotDerivable(
+                source.span,
+                "linear_cross_entropy() is derived for a linear_weight declared with 2 dims, [classes, features]"
+                " (a K-dimensional one is not derived yet)",
+            )
+        transposed = self.add(OPS["transpose"], {"input": weight, "dim0": B.num(0), "dim1": B.num(1)}, "w_t", source)
+        logits = self.add(OPERATORS["@"], {"input": args["input"], "other": transposed}, "logits", source)
+        if not isinstance(args["linear_bias"], N.NoneLit):
+            logits = self.add(OPERATORS["+"], {"input": logits, "other": args["linear_bias"]}, "logits", source)
+        ignore_index = args["ignore_index"]
+        if isinstance(ignore_index, N.NoneLit):  # torch's default for linear_cross_entropy is cross_entropy's -100
+            ignore_index = parse_default("-100")
+        loss = {"input": logits, "target": args["target"], "weight": args["weight"], "ignore_index": ignore_index}
+        loss |= {k: args[k] for k in ("reduction", "label_smoothing")}
+        return self.add(OPS["cross_entropy"], loss, hint, source)
+
+    def _declared_rank(self, tensor: N.Expr) -> int | None:
+        """How many dims an input or parameter is declared with (None: not a leaf, or `...`)."""
+        shapes = {i.name: i.shape for i in self.forward.inputs if not i.parts} | {
+            t.name: t.shape for t in self.layer.tensors
+        }
+        shape = shapes.get(tensor.id) if isinstance(tensor, N.Name) else None
+        if shape is None or any(isinstance(d, N.EllipsisItem) for d in shape.dims):
+            return None
+        return len(shape.dims)
 
     def _list_position(self, at: N.Expr) -> int:
         """`outputs[T - 1 - t]` in an unrolled loop: the position, a number once `t` is written out."""
@@ -324,10 +358,6 @@ class Linearizer:
                 and operand.kind == "tensor"
                 and self._needs_grad(operand)
             ):
-                if op.not_derived_yet is not None:
-                    raise NotDerivable(
-                        source.span, f"{op.name}() is not derived yet", f"under @function, {op.not_derived_yet}"
-                    )
                 which = f" with respect to '{pname}'" if any(op.grads.values()) else ""  # a loss's class weight
                 raise NotDerivable(
                     source.span,

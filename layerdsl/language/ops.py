@@ -50,8 +50,6 @@ class Op:
     shape_args: tuple[int, ...] = ()  # positions of arguments read only for their shape (internal helpers)
     promotes: bool = True  # torch promotes operands of mixed dtypes (False: it raises, as matmul does)
     objects: tuple[str, ...] = ()  # parameters that take an opaque Python value (an `object` argument)
-    # A differentiable op without derivative rows yet: how to write it so that a backward derives
-    not_derived_yet: str | None = None
     # operands whose derivative torch gives only at log-probabilities over the last dim (ctc_loss's log_probs):
     # the run-time checks draw them as log_softmax(normal) and differentiate them through log_softmax
     log_probs: tuple[str, ...] = ()
@@ -815,12 +813,11 @@ TABLE: tuple[Op, ...] = (
         "torch.nn.functional.linear_cross_entropy",
         "opaque",
         "cross_entropy(linear(input, linear_weight, linear_bias), target, ...), chunked as `options` says",
+        # derived as the cross_entropy of `input @ transpose(linear_weight, 0, 1) + linear_bias` (autodiff.tape)
         {"input": None, "linear_weight": None, "target": None, "linear_bias": None, "weight": None},
         cost="costly",
         positional=3,
         objects=("options",),
-        not_derived_yet="write `cross_entropy(input @ transpose(linear_weight, 0, 1) + linear_bias, target, ...)`,"
-        " which derives",
     ),
     Op(
         "prod",

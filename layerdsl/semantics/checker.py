@@ -714,7 +714,7 @@ class LayerChecker:
                 f"required input '{inp.name}' follows an optional one",
                 "put the optional inputs (`? = none`) last, as Python's defaults are",
             )
-        if self.layer.is_function and (inp.optional or inp.parts):
+        if False and self.layer.is_function and (inp.optional or inp.parts):
             what = "an optional input" if inp.optional else "a tuple input"
             self.r.error(
                 inp.span,
