@@ -830,3 +830,55 @@ def test_linear_cross_entropy_derives_like_torch(x, t, options, torch_options):
 def _scored(ns, a, target, w, b):
     y = ns["ScoredFunction"].apply(a, target, w, b)
     return y[0] if isinstance(y, tuple) else y
+
+
+OPTIONAL_INPUTS = """
+@function
+layer Gated(n: int) {
+    \"\"\"Optional inputs: a gate applied where given, a shift added where given.\"\"\"
+    param w: [n] = uniform(0.5, 1.5)
+    example(n = 4)
+
+    forward(x: [B, n], gate: [B, n]? = none, shift: [n]? = none) -> [B, n] {
+        h = tanh(x * w)
+        if gate != none {
+            h = h * sigmoid(gate)
+        }
+        return h * 2 + shift
+    }
+}
+"""
+
+
+@pytest.mark.parametrize(("with_gate", "with_shift"), [(True, True), (True, False), (False, True), (False, False)])
+def test_optional_inputs_derive_given_or_not(with_gate, with_shift):
+    """The Function takes the optional inputs (None when absent, with a None gradient); `if gate != none`
+    chooses the same side in backward (`ctx.gate_shape`), and `+ shift` is `x` when shift is None."""
+    ns = compile_spec(OPTIONAL_INPUTS, "gated")
+    torch.manual_seed(0)
+    layer = ns["Gated"](4, dtype=torch.float64)
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    gate = torch.randn(3, 4, dtype=torch.float64, requires_grad=True) if with_gate else None
+    shift = torch.randn(4, dtype=torch.float64, requires_grad=True) if with_shift else None
+    tensors = [t for t in (x, gate, shift, layer.w) if t is not None]
+
+    def apply(*given):
+        it = iter(given)
+        args = [next(it), next(it) if with_gate else None, next(it) if with_shift else None, next(it)]
+        y = ns["GatedFunction"].apply(*args)
+        return y[0] if isinstance(y, tuple) else y
+
+    assert torch.allclose(apply(*tensors), ns["gated"](x, layer.w, gate=gate, shift=shift))
+    assert torch.autograd.gradcheck(apply, tuple(tensors))
+    assert torch.autograd.gradgradcheck(apply, tuple(tensors))
+    grads = torch.autograd.grad(layer(x, gate, shift).sum(), [x, layer.w])
+    want = torch.autograd.grad(ns["gated"](x, layer.w, gate=gate, shift=shift).sum(), [x, layer.w])
+    assert all(torch.allclose(a, b) for a, b in zip(grads, want))
+    w = layer.w.detach()
+    xs = torch.randn(2, 3, 4, dtype=torch.float64)
+    detached = [None if t is None else t.detach() for t in (gate, shift)]
+    batched = torch.func.vmap(torch.func.grad(lambda t: ns["GatedFunction"].apply(t, *detached, w)[0].sum()))(xs)
+    for k in range(2):
+        t = xs[k].clone().requires_grad_()
+        (g,) = torch.autograd.grad(ns["gated"](t, w, gate=detached[0], shift=detached[1]).sum(), t)
+        assert torch.allclose(batched[k], g)

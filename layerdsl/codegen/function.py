@@ -174,6 +174,7 @@ class FunctionEmitter:
         if method == "backward":
             ctx = self.names.ctx_value
             kept = {k: ctx(k) for k in [*self.kwargs, *self.layer.symbolic_dims]}
+            kept |= {i: self.names.ctx_shape(i) for i in self._optional_inputs}  # None when not given
             spelling = Spelling(kept, training=ctx("training"))
         else:
             spelling = Spelling(dict(self.dim_source), training="training")
@@ -193,7 +194,9 @@ class FunctionEmitter:
         for d in dims:
             source = self.dim_source[d]
             kept += self.located([f"{self.names.ctx_value(d)} = {source}"], self._declared_line(source.split(".")[0]))
-        used = (read & set(self.kwargs)) | {self.dim_source[d].split(".")[0] for d in dims}
+        tested = [i for i in self._optional_inputs if i in read]  # `if m != none`: backward tests m's shape
+        kept += [f"{self.names.ctx_shape(i)} = None if {i} is None else {i}.shape" for i in tested]
+        used = (read & set(self.kwargs)) | {self.dim_source[d].split(".")[0] for d in dims} | set(tested)
         unpacking = f" = {self.names.inputs}"
         own: list[list[str]] = []
         for body in bodies:
@@ -207,6 +210,10 @@ class FunctionEmitter:
         names = [u if u in used else "_" for u in unpack]
         head = [f"{', '.join(names)}{',' if len(names) == 1 else ''}{unpacking}"] if used - {"_"} else []
         return head + kept + _chosen(plan, iter(own), self.branch_condition("setup_context"), ends_in_return=False)
+
+    @property
+    def _optional_inputs(self) -> list[str]:
+        return [i.name for i in self.e.forward.inputs if i.optional]
 
     # ---------------------------------------------------------------- saving
 

@@ -704,8 +704,8 @@ class LayerChecker:
         return locals_
 
     def check_input_kind(self, inp: N.Input, fwd: N.Forward) -> None:
-        """An optional input (`mask: bool[B, T]? = none`) comes after the required ones; it and a tuple input
-        are not yet derived through in an @function layer."""
+        """An optional input (`mask: bool[B, T]? = none`) comes after the required ones; a tuple input is
+        not yet derived through in an @function layer."""
         if inp.optional:
             self.maybe_none.add(inp.name)
         elif any(i.optional for i in fwd.inputs[: fwd.inputs.index(inp)]):
@@ -714,12 +714,11 @@ class LayerChecker:
                 f"required input '{inp.name}' follows an optional one",
                 "put the optional inputs (`? = none`) last, as Python's defaults are",
             )
-        if False and self.layer.is_function and (inp.optional or inp.parts):
-            what = "an optional input" if inp.optional else "a tuple input"
+        if self.layer.is_function and inp.parts:
             self.r.error(
                 inp.span,
-                f"an @function layer cannot take {what} yet: the derived backward does not pass through it",
-                "drop @function (autograd then derives the backward), or take the tensors as required inputs",
+                "an @function layer cannot take a tuple input yet: the derived backward does not pass through it",
+                "take the tensors as inputs of their own (`h: [B, H]? = none, c: [B, H]? = none`), or drop @function",
             )
 
     def check_input_shape(self, shape: N.Shape, bind: bool, optional: bool = False) -> None:
