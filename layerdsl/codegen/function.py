@@ -837,11 +837,11 @@ class FunctionEmitter:
         if f in ("gather_backward", "index_select_backward", "index_backward", "embedding_backward"):
             return self._index_gradient(f, a, ex)
         if f == "index_many_backward":  # `x[:, i, j]`: one index per dim from dim, None for a whole one before
-            grad, inp, dim, indices = a
+            picked_grad, picked_from, first, indices = a
             assert isinstance(indices, N.ListExpr), "the tape lists the index tensors"
-            places = ["None"] * (_int_literal(dim) or 0) + [ex(i) for i in indices.items]
-            zeros = f"{ex.wrap(grad, ATOM)}.new_zeros({self._shape(inp, ex)})"
-            return f"torch.ops.aten.index_put({zeros}, [{', '.join(places)}], {ex(grad)}, True)"
+            places = ["None"] * (_int_literal(first) or 0) + [ex(i) for i in indices.items]
+            zeros = f"{ex.wrap(picked_grad, ATOM)}.new_zeros({self._shape(picked_from, ex)})"
+            return f"torch.ops.aten.index_put({zeros}, [{', '.join(places)}], {ex(picked_grad)}, True)"
         if f == "expand_reduced":
             g, inp, dim, keepdim = a
             return f"{self._unsqueeze(ex.wrap(g, ATOM), dim, keepdim, ex)}.expand({self._shape(inp, ex)})"
