@@ -72,7 +72,7 @@ def plan_backwards(files: list[N.SpecFile]) -> tuple[dict[str, Plan], list[Diagn
             if not layer.is_function:
                 continue
             try:
-                plans[layer.name] = plan_backward(prepared_forward(layer))
+                plans[layer.name] = plan_backward(layer)
             except NotDerivable as exc:
                 problems.append(Diagnostic(layer.path, exc.span, exc.message, exc.hint, source=f.source))
                 break
@@ -83,6 +83,8 @@ def plan_backward(layer: N.Layer, given: frozenset[str] = frozenset()) -> Plan:
     """One `@function` layer's plan; raises NotDerivable for what the derivation cannot go through.
     `given`: the optional inputs that the `if`s choosing this side prove given."""
     assert layer.forward is not None, "the parser reports a layer without forward"
+    layer = prepared_forward(layer)  # loops unrolled, sizes named (again for a side: nothing left to do)
+    assert layer.forward is not None
     if layer.backward is None and (branch := _first_if(layer.forward.body)) is not None:
         plan = _branch_plan(layer, branch, given)
         if len(plan.sides()) > MAX_BRANCH_PLANS:
