@@ -76,7 +76,14 @@ def _saved_by(name: str, tensors: tuple[str, ...]) -> frozenset[str]:
     for param, text in op.grads.items():
         if text is not None and param in tensors:
             out |= set(_value_reads(formula(op.name, param)))
+    if op.name in KEPT_WHOLE and "input" in tensors:
+        out.add("input")
     return frozenset(out)
+
+
+# Operations whose autograd node keeps the input tensor although their derivative reads only its sizes
+# (torch's gather saves `self` for gather_backward): an update in place after them breaks double backward.
+KEPT_WHOLE = ("gather",)
 
 
 def _value_reads(e) -> list[str]:
