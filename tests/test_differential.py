@@ -61,7 +61,7 @@ def expr(draw, depth: int = 3):
         return f"where(x > 1, {a}, {b})", _join(FULL, _join(sa, sb))
     full = a if sa == FULL else f"(x * {a})"
     other = f"({b})" if sb == FULL else f"(x * {b})"
-    if kind in ("index", "cat", "stack", "fourier", "picks", "pooling", "masks"):
+    if kind in ("index", "cat", "stack", "fourier", "picks", "pooling", "masks", "norm_loss", "linear_loss"):
         full = f"({full})"
     if kind == "index":
         return draw(
