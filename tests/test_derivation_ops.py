@@ -882,3 +882,28 @@ def test_optional_inputs_derive_given_or_not(with_gate, with_shift):
         t = xs[k].clone().requires_grad_()
         (g,) = torch.autograd.grad(ns["gated"](t, w, gate=detached[0], shift=detached[1]).sum(), t)
         assert torch.allclose(batched[k], g)
+
+
+SHAPE_ONLY = """
+@function
+layer PerRow(n: int) {
+    \"\"\"A shape-only use: the mean over rows by the row count.\"\"\"
+    example(n = 4)
+
+    forward(x: [B, n]) -> [B, n] {
+        rows = size_at(x, 0)
+        return x * 2 / rows
+    }
+}
+"""
+
+
+def test_size_at_saves_no_tensor():
+    """`size_at(x, 0)` of `x: [B, n]` is the dim B, kept on ctx as a number: the backward reads no tensor."""
+    ns = compile_spec(SHAPE_ONLY, "per_row")
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    y = ns["PerRowFunction"].apply(x)
+    y = y[0] if isinstance(y, tuple) else y
+    assert len(y.grad_fn.saved_tensors) == 0
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert torch.allclose(g, torch.full_like(x, 2 / 5))
