@@ -25,7 +25,25 @@ layer Probe(n: int) {{
     example(n = 8)
 
     forward(x: [B, n]) -> {out} {{
-        return {body}
+{statements}        return {body}
+    }}
+}}
+"""
+
+LOOP = """h = x
+outputs = []
+for t in range(3) {
+    if t > 0 {
+        h = h * w
+    }
+    h = tanh(h + x[:, t : t + 1])
+    outputs.append(h)
+}
+"""
+REVERSED = f"""{LOOP}rev = []
+for t in range(1, 3) {{
+    for u in range(2) {{
+        rev.append(outputs[3 - t] * (u + 1))
     }}
 }}
 """
@@ -43,11 +61,17 @@ FAMILIES = {
     "irfft_default_n": ("irfft(fft(x) * w, dim = -1)", "n", "[B, 2 * n - 2]"),
     "irfft_n_odd": ("irfft(rfft(x * w), n = 7)", "n", "[B, 7]"),
     "complex_product": ("ifft(fft(x) * fft(x * w)) * 2", "n", "[B, n]"),
+    # loops with a trip count written in the spec, unrolled (`autodiff.unroll`); a body's last line returns
+    "unrolled_loop": (LOOP + "stack(outputs, dim = 1)[:, 2] + cat(outputs, dim = -1)[:, :n]", "n", "[B, n]"),
+    "list_read_backwards": (REVERSED + "sum(stack(rev), dim = 0) * w", "n", "[B, n]"),
+    "size_at": ("x * w / size_at(x, 0) + size_at(x, -2)", "n", "[B, n]"),
 }
 
 
 def _compile(body: str, w: str, out: str) -> dict:
-    return compile_spec(SPEC.format(body=body, w=w, out=out), "probe")
+    *lines, result = body.strip().split("\n")
+    statements = "".join(f"        {line}\n" for line in lines)
+    return compile_spec(SPEC.format(statements=statements, body=result, w=w, out=out), "probe")
 
 
 @pytest.fixture(params=sorted(FAMILIES), name="family")
@@ -121,7 +145,8 @@ def test_vmap_of_grad_and_jacrev(family):
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("return x[x > 0]", "a bool mask index (how many elements it picks is data)"),
+        ("return x[x > 0, x < 1]", "several index tensors when they are ints, side by side"),
+        ("return x[x > 0, 1:]", "index tensors with `:` or `...` for the other dims"),
         ("return abs(fft(x))", "abs() of a complex value"),
         ("return round(x)", "round() has no derivative"),
     ],
@@ -137,16 +162,42 @@ def test_what_still_cannot_be_derived_says_which_op_and_why(tmp_path, capsys, bo
     assert message in capsys.readouterr().err
 
 
-def test_circular_pad_with_widths_from_an_argument_asks_for_a_list(tmp_path, capsys):
+def test_circular_pad_with_widths_of_no_declared_length_asks_for_one(tmp_path, capsys):
     spec = tmp_path / "bad.layer"
     spec.write_text(
-        '@function\nlayer Bad(widths: ints[2]) {\n    """A layer."""\n    example(widths = [1, 1])\n\n'
+        '@function\nlayer Bad(widths: ints) {\n    """A layer."""\n    example(widths = [1, 1])\n\n'
         '    forward(x) {\n        return pad(x, widths, "circular")\n    }\n}\n'
     )
     assert main(["check", str(spec)]) == 1
-    assert "bad.layer:7:16: error: a derived backward through circular pad() needs its widths written as a list" in (
-        capsys.readouterr().err
-    )
+    err = capsys.readouterr().err
+    assert "bad.layer:7:16: error: a derived backward through circular pad() needs how many widths there are" in err
+    assert "`widths: ints[4]`" in err
+
+
+CIRCULAR = """
+@function
+layer CircularPad(widths: ints[4]) {
+    \"\"\"Circular padding by widths from an argument of a declared length.\"\"\"
+    example(widths = [1, 2, 0, 1])
+
+    forward(x: [N, C, H, W]) {
+        return sin(pad(x, widths, "circular")) * 2
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("widths", [[1, 2, 0, 1], [2, 0, 1, -1], [0, 0, 3, 1]])
+def test_circular_pad_with_widths_from_an_argument_derives(widths):
+    ns = compile_spec(CIRCULAR, "circular")
+    x = torch.randn(2, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    layer = ns["CircularPad"](widths)
+    assert torch.autograd.gradcheck(layer, (x,))
+    assert torch.autograd.gradgradcheck(layer, (x,))
+    seed = torch.randn_like(layer(x))
+    (got,) = torch.autograd.grad(layer(x), x, seed)
+    (want,) = torch.autograd.grad(ns["circular_pad"](x, widths=widths), x, seed)
+    assert torch.allclose(got, want)
 
 
 CONV = """
@@ -270,6 +321,7 @@ INDEX_FAMILIES = {
     "tensor_index": "x[:, sel] * tanh(x)[..., sel] + w[idx[:, :1]][:, 0, :3] * x[idx[:, 0]][:, 1:4]",
     "unflatten": "sum(unflatten(x * x, 1, [2, n // 2]) * unflatten(w[0], 0, [2, -1]), dim = -1)",
     "embedding": "embedding(ids, w * x[:1], padding_idx = 5)[:, 1] * x + embedding(ids, tanh(w), padding_idx = -1)[:, 0]",
+    "several_index_tensors": "x[idx[:, 0], sel[:1] + 1] * 2 + w[idx[:, 0], idx[:, 1]] * tanh(x)[idx[:, 1], sel[1:2]]",
 }
 
 
@@ -701,3 +753,175 @@ def test_chunk_and_split_derive_like_autograd_to_second_order():
             assert torch.allclose(s, r)
     assert torch.autograd.gradcheck(lambda a, b: apply(a, b, 3), (x, w))
     assert torch.autograd.gradgradcheck(lambda a, b: apply(a, b, 3), (x, w))
+
+
+MASKED = """
+@function
+layer Masked(n: int) {
+    \"\"\"Bool-mask indexes: an input mask, a comparison of a parameter, a comparison of the input.\"\"\"
+    param w: [n] = uniform(0.5, 1.5)
+    example(n = 4)
+
+    forward(x: [B, n], m: bool[B]) {
+        return sum(tanh(x * w)[m] * 2, dim = 0) + sum(x[:, w > 1] ** 2) + sum(exp(x)[x > 0])
+    }
+}
+"""
+
+
+def test_a_bool_mask_index_derives():
+    """How many elements a mask picks is data: the backward puts the gradient back where the mask is True."""
+    ns = compile_spec(MASKED, "masked")
+    torch.manual_seed(0)
+    layer = ns["Masked"](4, dtype=torch.float64)
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([True, False, True, True, False])
+
+    def apply(a, w):
+        y = ns["MaskedFunction"].apply(a, mask, w)
+        return y[0] if isinstance(y, tuple) else y
+
+    assert torch.autograd.gradcheck(apply, (x, layer.w))
+    assert torch.autograd.gradgradcheck(apply, (x, layer.w))
+    seed = torch.randn(4, dtype=torch.float64)
+    got = torch.autograd.grad(apply(x, layer.w), [x, layer.w], seed)
+    want = torch.autograd.grad(ns["masked"](x, mask, layer.w), [x, layer.w], seed)
+    assert all(torch.allclose(a, b) for a, b in zip(got, want))
+
+
+LINEAR_CROSS_ENTROPY = """
+@function
+layer Scored(d: int, c: int) {{
+    \"\"\"Logits of a linear map scored by cross entropy, as one op.\"\"\"
+    param w: [c, d] = normal
+    param b: [c] = normal
+    example(d = 4, c = 3)
+
+    forward(x: {x}, t: {t}) {{
+        return linear_cross_entropy(x, w, t, {options})
+    }}
+}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("x", "t", "options", "torch_options"),
+    [
+        ("[B, d]", "long[B]", "linear_bias = b", {"linear_bias": "b"}),
+        ("[B, d]", "long[B]", 'ignore_index = 1, reduction = "sum"', {"ignore_index": 1, "reduction": "sum"}),
+        ("[B, d]", "long[B]", "linear_bias = b, label_smoothing = 0.25", {"linear_bias": "b", "label_smoothing": 0.25}),
+        ("[B, d]", "[B, c]", 'linear_bias = b, reduction = "none"', {"linear_bias": "b", "reduction": "none"}),
+        ("[d]", "long[]", "linear_bias = b", {"linear_bias": "b"}),
+    ],
+)
+def test_linear_cross_entropy_derives_like_torch(x, t, options, torch_options):
+    ns = compile_spec(LINEAR_CROSS_ENTROPY.format(x=x, t=t, options=options), "scored")
+    torch.manual_seed(0)
+    layer = ns["Scored"](4, 3, dtype=torch.float64)
+    inp = torch.randn(*((5, 4) if x == "[B, d]" else (4,)), dtype=torch.float64, requires_grad=True)
+    if t == "[B, c]":
+        target = torch.softmax(torch.randn(5, 3, dtype=torch.float64), -1)
+    else:
+        target = torch.tensor([0, 1, 2, 1, 0]) if x == "[B, d]" else torch.tensor(2)
+    kwargs = {k: (layer.b if v == "b" else v) for k, v in torch_options.items()}
+    want = torch.nn.functional.linear_cross_entropy(inp, layer.w, target, **kwargs)
+    got = layer(inp, target)
+    assert torch.allclose(got, want)
+    seed = torch.randn_like(want)
+    params = [inp, layer.w, layer.b] if "linear_bias" in kwargs else [inp, layer.w]
+    firsts = torch.autograd.grad(got, params, seed, create_graph=True)
+    refs = torch.autograd.grad(want, params, seed, create_graph=True)
+    assert all(torch.allclose(a, r) for a, r in zip(firsts, refs))
+    seconds = torch.autograd.grad(sum((g * g).sum() for g in firsts), params)
+    ref_seconds = torch.autograd.grad(sum((g * g).sum() for g in refs), params)
+    assert all(torch.allclose(a, r) for a, r in zip(seconds, ref_seconds))
+    assert torch.autograd.gradcheck(lambda a, w, b: _scored(ns, a, target, w, b), (inp, layer.w, layer.b))
+    batched = torch.func.vmap(
+        torch.func.grad(lambda a: _scored(ns, a, target, layer.w.detach(), layer.b.detach()).sum())
+    )(torch.stack([inp.detach(), inp.detach() * 2]))
+    for k, scale in enumerate((1, 2)):
+        a = (inp.detach() * scale).requires_grad_()
+        (g,) = torch.autograd.grad(ns["scored"](a, target, layer.w, layer.b).sum(), a)
+        assert torch.allclose(batched[k], g)
+
+
+def _scored(ns, a, target, w, b):
+    y = ns["ScoredFunction"].apply(a, target, w, b)
+    return y[0] if isinstance(y, tuple) else y
+
+
+OPTIONAL_INPUTS = """
+@function
+layer Gated(n: int) {
+    \"\"\"Optional inputs: a gate applied where given, a shift added where given.\"\"\"
+    param w: [n] = uniform(0.5, 1.5)
+    example(n = 4)
+
+    forward(x: [B, n], gate: [B, n]? = none, shift: [n]? = none) -> [B, n] {
+        h = tanh(x * w)
+        if gate != none {
+            h = h * sigmoid(gate)
+        }
+        return h * 2 + shift
+    }
+}
+"""
+
+
+@pytest.mark.parametrize(("with_gate", "with_shift"), [(True, True), (True, False), (False, True), (False, False)])
+def test_optional_inputs_derive_given_or_not(with_gate, with_shift):
+    """The Function takes the optional inputs (None when absent, with a None gradient); `if gate != none`
+    chooses the same side in backward (`ctx.gate_shape`), and `+ shift` is `x` when shift is None."""
+    ns = compile_spec(OPTIONAL_INPUTS, "gated")
+    torch.manual_seed(0)
+    layer = ns["Gated"](4, dtype=torch.float64)
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    gate = torch.randn(3, 4, dtype=torch.float64, requires_grad=True) if with_gate else None
+    shift = torch.randn(4, dtype=torch.float64, requires_grad=True) if with_shift else None
+    tensors = [t for t in (x, gate, shift, layer.w) if t is not None]
+
+    def apply(*given):
+        it = iter(given)
+        args = [next(it), next(it) if with_gate else None, next(it) if with_shift else None, next(it)]
+        y = ns["GatedFunction"].apply(*args)
+        return y[0] if isinstance(y, tuple) else y
+
+    assert torch.allclose(apply(*tensors), ns["gated"](x, layer.w, gate=gate, shift=shift))
+    assert torch.autograd.gradcheck(apply, tuple(tensors))
+    assert torch.autograd.gradgradcheck(apply, tuple(tensors))
+    grads = torch.autograd.grad(layer(x, gate, shift).sum(), [x, layer.w])
+    want = torch.autograd.grad(ns["gated"](x, layer.w, gate=gate, shift=shift).sum(), [x, layer.w])
+    assert all(torch.allclose(a, b) for a, b in zip(grads, want))
+    w = layer.w.detach()
+    xs = torch.randn(2, 3, 4, dtype=torch.float64)
+    detached = [None if t is None else t.detach() for t in (gate, shift)]
+    batched = torch.func.vmap(torch.func.grad(lambda t: ns["GatedFunction"].apply(t, *detached, w)[0].sum()))(xs)
+    for k in range(2):
+        t = xs[k].clone().requires_grad_()
+        (g,) = torch.autograd.grad(ns["gated"](t, w, gate=detached[0], shift=detached[1]).sum(), t)
+        assert torch.allclose(batched[k], g)
+
+
+SHAPE_ONLY = """
+@function
+layer PerRow(n: int) {
+    \"\"\"A shape-only use: the mean over rows by the row count.\"\"\"
+    example(n = 4)
+
+    forward(x: [B, n]) -> [B, n] {
+        rows = size_at(x, 0)
+        return x * 2 / rows
+    }
+}
+"""
+
+
+def test_size_at_saves_no_tensor():
+    """`size_at(x, 0)` of `x: [B, n]` is the dim B, kept on ctx as a number: the backward reads no tensor."""
+    ns = compile_spec(SHAPE_ONLY, "per_row")
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    y = ns["PerRowFunction"].apply(x)
+    y = y[0] if isinstance(y, tuple) else y
+    assert len(y.grad_fn.saved_tensors) == 0
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert torch.allclose(g, torch.full_like(x, 2 / 5))

@@ -5,6 +5,7 @@ outputs, gradients, and second derivatives (the derived backward differentiated 
 from __future__ import annotations
 
 import inspect
+import re
 
 import pytest
 import torch
@@ -38,6 +39,7 @@ def expr(draw, depth: int = 3):
             + ["index", "cat", "stack", "fourier", "picks"]
             + ["pooling"]
             + ["norm_loss"]
+            + ["masks", "linear_loss"]
         )
     )
     a, sa = draw(expr(depth - 1))
@@ -59,7 +61,7 @@ def expr(draw, depth: int = 3):
         return f"where(x > 1, {a}, {b})", _join(FULL, _join(sa, sb))
     full = a if sa == FULL else f"(x * {a})"
     other = f"({b})" if sb == FULL else f"(x * {b})"
-    if kind in ("index", "cat", "stack", "fourier", "picks", "pooling"):
+    if kind in ("index", "cat", "stack", "fourier", "picks", "pooling", "masks", "norm_loss", "linear_loss"):
         full = f"({full})"
     if kind == "index":
         return draw(
@@ -84,6 +86,29 @@ def expr(draw, depth: int = 3):
                     (f"gather({full}, 0, (arange(n) % 2)[none, :])", VEC),
                     (f"scatter_add({full}, 1, (arange(n) % 2)[none, :], {other}[:1])", FULL),
                     (f"flatten(unflatten({full}, -1, [2, n // 2]), 1)", FULL),
+                ]
+            )
+        )
+    if kind == "masks":  # bool masks (how many they pick is data), several index tensors, a size
+        return draw(
+            st.sampled_from(
+                [
+                    (f"sum({full}[x > 1])", SCALAR),
+                    (f"sum({full}[:, w > 1], dim = -1, keepdim = true)", ROW),
+                    (f"{full}[arange(n) % 2, flip(arange(n), [0])]", VEC),
+                    (f"{full}[:, arange(n) % 2][(arange(n) + 1) % 2, arange(n) % 3]", VEC),
+                    (f"{full} / size_at(x, 0)", FULL),
+                ]
+            )
+        )
+    if kind == "linear_loss":  # the logits x @ transpose(m, 0, 1) (+ w) scored against class probabilities
+        target = f"softmax({other}, dim = -1)"
+        return draw(
+            st.sampled_from(
+                [
+                    (f"linear_cross_entropy({full}, m, {target}, linear_bias = w)", SCALAR),
+                    (f'linear_cross_entropy({full}, m, {target}, reduction = "none")[:, none]', ROW),
+                    (f"linear_cross_entropy({full}, m, {target}, label_smoothing = 0.2)", SCALAR),
                 ]
             )
         )
@@ -265,6 +290,54 @@ def test_the_derivation_covers_every_operator_it_claims():
         "max_pool1d(x, 3, stride = 1, padding = 1) + avg_pool1d(x, 3, stride = 1, padding = 1) + exp(w)",
     ]:
         _check(body)
+
+
+# ---------------------------------------------------------------- loops of a trip count written in the spec
+
+LOOPS = """
+@function
+layer Random(n: int) {{
+    param w: [n] = uniform(0.5, 1.5)
+    param s: [] = uniform(0.5, 1.5)
+    param m: [n, n] = uniform(-0.5, 0.5)
+    example(n = 4)
+
+    forward(x: [B, n]) -> [B, n] {{
+        h = x
+        outputs = []
+        for t in range({steps}) {{
+            h = x * 0 + {step}
+            outputs.append(h * (t + 1))
+        }}
+        return x * 0 + {result}
+    }}
+}}
+"""
+
+
+@st.composite
+def loops(draw):
+    """A recurrence `h = f(h)` unrolled 1 to 3 times (`x` in f read as the state `h` or the input), and
+    what is returned from the states collected."""
+    step, _ = draw(expr(depth=2))
+    step = re.sub(r"\bx\b", lambda _: draw(st.sampled_from(["h", "h", "x"])), step)
+    result = draw(
+        st.sampled_from(
+            ["h", "sum(stack(outputs), dim = 0)", "stack(outputs, dim = 1)[:, -1]", "cat(outputs, dim = -1)[:, :n]"]
+        )
+    )
+    return {"steps": draw(st.integers(1, 3)), "step": step, "result": result}
+
+
+@settings(max_examples=40, **_SETTINGS)
+@given(loops())
+def test_derived_backward_through_an_unrolled_loop_matches_autograd(case):
+    _check(
+        "",
+        LOOPS.replace("{steps}", str(case["steps"]))
+        .replace("{step}", case["step"])
+        .replace("{result}", case["result"]),
+    )
 
 
 # ---------------------------------------------------------------- `if` on configuration values

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape
+from layerdsl.autodiff.unroll import prepared_forward
 from layerdsl.diagnostics import Diagnostic
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import clone, map_children, walk
@@ -73,16 +74,19 @@ def plan_backwards(files: list[N.SpecFile]) -> tuple[dict[str, Plan], list[Diagn
             try:
                 plans[layer.name] = plan_backward(layer)
             except NotDerivable as exc:
-                problems.append(Diagnostic(layer.path, exc.span, exc.message, exc.hint))
+                problems.append(Diagnostic(layer.path, exc.span, exc.message, exc.hint, source=f.source))
                 break
     return plans, problems
 
 
-def plan_backward(layer: N.Layer) -> Plan:
-    """One `@function` layer's plan; raises NotDerivable for what the derivation cannot go through."""
+def plan_backward(layer: N.Layer, given: frozenset[str] = frozenset()) -> Plan:
+    """One `@function` layer's plan; raises NotDerivable for what the derivation cannot go through.
+    `given`: the optional inputs that the `if`s choosing this side prove given."""
     assert layer.forward is not None, "the parser reports a layer without forward"
+    layer = prepared_forward(layer)  # loops unrolled, sizes named (again for a side: nothing left to do)
+    assert layer.forward is not None
     if layer.backward is None and (branch := _first_if(layer.forward.body)) is not None:
-        plan = _branch_plan(layer, branch)
+        plan = _branch_plan(layer, branch, given)
         if len(plan.sides()) > MAX_BRANCH_PLANS:
             raise NotDerivable(
                 branch[1].span,
@@ -90,12 +94,15 @@ def plan_backward(layer: N.Layer) -> Plan:
                 "write a backward block, or choose with where(cond, a, b)",
             )
         return plan
-    return _straight_plan(layer)
+    return _straight_plan(layer, given)
 
 
-def _straight_plan(layer: N.Layer) -> BackwardPlan:
+def _straight_plan(layer: N.Layer, given: frozenset[str]) -> BackwardPlan:
     optional = {t.name for t in layer.tensors if t.cond is not None}
+    optional |= {i.name for i in layer.forward.inputs if i.optional} - given if layer.forward else set()
     tape = Linearizer(layer, optional, deriving=layer.backward is None).run()
+    if layer.backward is None:
+        _check_given(tape, layer, given)
     tape = dataclasses.replace(tape, shapes=infer_shapes(tape, layer))
     if layer.backward is not None:
         grads = [name for name, _ in layer.backward.grads]
@@ -108,18 +115,52 @@ def _first_if(body: list[N.Stmt]) -> tuple[int, N.If] | None:
     return next(((i, s) for i, s in enumerate(body) if isinstance(s, N.If)), None)
 
 
-def _branch_plan(layer: N.Layer, branch: tuple[int, N.If]) -> BranchPlan:
+def _branch_plan(layer: N.Layer, branch: tuple[int, N.If], given: frozenset[str]) -> BranchPlan:
     """The plan of each side of the forward's first `if` (a side's own `if`s branch again)."""
     assert layer.forward is not None
     at, stmt = branch
     body = layer.forward.body
     cond = _configuration_condition(stmt.cond, body[:at], layer)
     sides = []
-    for chosen in (stmt.body, stmt.orelse):
+    for chosen, holds in ((stmt.body, True), (stmt.orelse, False)):
         side_body = _until_return(body[:at] + chosen + body[at + 1 :])
         forward = dataclasses.replace(layer.forward, body=side_body)
-        sides.append(plan_backward(dataclasses.replace(layer, forward=forward)))
+        proven = given | _proven_given(cond, holds)
+        sides.append(plan_backward(dataclasses.replace(layer, forward=forward), proven))
     return BranchPlan(cond, sides[0], sides[1])
+
+
+def _proven_given(cond: N.Expr, holds: bool) -> frozenset[str]:
+    """The optional inputs that `cond` holding (or failing, for `m == none`) proves given."""
+    if isinstance(cond, N.BoolOp) and cond.op == ("and" if holds else "or"):
+        return _proven_given(cond.left, holds) | _proven_given(cond.right, holds)
+    if isinstance(cond, N.Not):
+        return _proven_given(cond.operand, not holds)
+    if isinstance(cond, N.Compare) and len(cond.ops) == 1 and cond.ops[0] == ("!=" if holds else "=="):
+        names = [o.id for o in cond.operands if isinstance(o, N.Name)]
+        if len(names) == 1 and any(isinstance(o, N.NoneLit) for o in cond.operands):
+            return frozenset(names)
+    return frozenset()
+
+
+def _check_given(tape: Tape, layer: N.Layer, given: frozenset[str]) -> None:
+    """A derived backward reads an optional input only where an `if` proves it given: its formulas take
+    a tensor (an operation that takes none would be passed None, which no formula reads)."""
+    assert layer.forward is not None
+    optional = {i.name for i in layer.forward.inputs if i.optional} - given
+    for step in tape.steps:
+        if step.guard is not None:  # `x + bias`: x when bias is None (`Linearizer.add`)
+            continue
+        for operand in step.args.values():
+            items = operand.items if isinstance(operand, N.ListExpr) else [operand]
+            for n in items:
+                if isinstance(n, N.Name) and n.id in optional:
+                    raise NotDerivable(
+                        step.expr.span,
+                        f"a derived backward reads the optional input '{n.id}' only inside"
+                        f" `if {n.id} != none {{ ... }}`",
+                        f"test `{n.id} != none` around this use (or write a backward block)",
+                    )
 
 
 def _until_return(body: list[N.Stmt]) -> list[N.Stmt]:
@@ -140,18 +181,33 @@ def _configuration_condition(cond: N.Expr, before: list[N.Stmt], layer: N.Layer)
         return map_children(e, written_out)
 
     cond = written_out(cond)
+    given = _presence_tests(cond, layer)
     for n in walk(cond):
-        if not isinstance(n, N.Expr):
+        if not isinstance(n, N.Expr) or id(n) in given:
             continue
         names_tensor = isinstance(n, N.Name) and (n.ref in ("input", "param", "buffer", "local") or n.id in optional)
         if names_tensor or n.kind == "tensor":
             raise NotDerivable(
                 n.span,
-                "a derived backward branches only on arguments, lets, dims and `training`"
-                " (this condition reads a tensor or whether one is given)",
+                "a derived backward branches only on arguments, lets, dims, `training` and whether an optional"
+                " input is given (this condition reads a tensor or whether a member is given)",
                 "write a backward block; for an elementwise choice use where(cond, a, b)",
             )
     return cond
+
+
+def _presence_tests(cond: N.Expr, layer: N.Layer) -> set[int]:
+    """The nodes of `m != none` and `m == none` tests of optional inputs in `cond` (the Function keeps
+    whether `m` was given on `ctx`, as its shape or None, for backward to choose the same side)."""
+    assert layer.forward is not None
+    optional = {i.name for i in layer.forward.inputs if i.optional}
+    found: set[int] = set()
+    for n in walk(cond):
+        if isinstance(n, N.Compare) and len(n.ops) == 1 and n.ops[0] in ("==", "!="):
+            names = [o for o in n.operands if isinstance(o, N.Name) and o.id in optional]
+            if len(names) == 1 and any(isinstance(o, N.NoneLit) for o in n.operands):
+                found |= {id(n), id(names[0])} | {id(o) for o in n.operands}
+    return found
 
 
 def incoming_names(tape: Tape) -> list[str]:

@@ -89,7 +89,12 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
             continue
         for pname, listed in step.args.items():
             param = step.op.param(pname)
-            if isinstance(listed, N.ListExpr) and param is not None and param.tensors:  # cat, stack
+            if (
+                isinstance(listed, N.ListExpr)
+                and param is not None
+                and param.tensors  # cat, stack; not the index tensors of `x[i, j]`, which need none
+                and any(isinstance(i, N.Name) and i.id in requires for i in listed.items)
+            ):
                 for item, part in _list_grads(step, pname, listed, g):
                     if item.id in requires:
                         contributions.setdefault(item.id, []).append((part, None))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.ir import nodes as N
-from layerdsl.semantics.shapes import Shape, declared_shape, expr_shape, op_shape
+from layerdsl.semantics.shapes import GROUP, Shape, broadcast, declared_shape, expr_shape, op_shape
 
 
 def infer_shapes(tape: Tape, layer: N.Layer) -> dict[str, Shape]:
@@ -24,9 +24,22 @@ def infer_shapes(tape: Tape, layer: N.Layer) -> dict[str, Shape]:
 
 def step_shape(s: Step, shapes: dict[str, Shape]) -> Shape:
     """The shape of a step's result, from the shapes of the names it reads."""
-    if s.op is None:
-        return None  # kept as written (a comparison)
+    if s.op is None or s.by_mask:
+        return None  # kept as written (a comparison), or as long as a mask has True elements
+    if s.op.name == "index_many":
+        return _picked_by_indices(s, shapes)
     return op_shape(s.op, s.args, lambda a: expr_shape(a, shapes), s.expr.items if isinstance(s.expr, N.Call) else None)
+
+
+def _picked_by_indices(s: Step, shapes: dict[str, Shape]) -> Shape:
+    """`x[:, i, j]`: x's dims before, the index tensors' broadcast shape, x's dims after."""
+    inp, dim, listed = expr_shape(s.args["input"], shapes), s.args["dim"], s.args["indices"]
+    assert isinstance(dim, N.Num) and isinstance(listed, N.ListExpr), "Linearizer.subscript lists them"
+    picked = broadcast(expr_shape(i, shapes) for i in listed.items)
+    after = int(dim.value) + len(listed.items)
+    if inp is None or picked is None or GROUP in inp[:after] or len(inp) < after:
+        return None
+    return inp[: int(dim.value)] + picked + inp[after:]
 
 
 def same_shape_leaf(tape: Tape, var: str) -> str | None:

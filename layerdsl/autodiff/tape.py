@@ -16,6 +16,7 @@ from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.language.ops import CALLABLE, OPERATORS, OPS, Op, Param
 from layerdsl.language.tables import GENERATED_API, GENERATED_BUILTINS, GENERATED_IMPORTS
+from layerdsl.semantics.evaluate import NotConstant, evaluate
 
 LOWERED = ("einsum", "permute", "align")  # ops that index notation lowers to
 
@@ -41,6 +42,7 @@ class Step:
     guard: str | None = None  # an optional member: when it is None the step is `var = base`
     base: str | None = None
     conj_result: bool = False  # formulas read `result` conjugated (a complex value: `autodiff.reverse`)
+    by_mask: bool = False  # an index by a bool mask: its result's length is data (no static shape)
 
     @property
     def costly(self) -> bool:
@@ -86,6 +88,7 @@ class Linearizer:
         self.taken |= GENERATED_IMPORTS | GENERATED_BUILTINS | GENERATED_API
         self.counter = itertools.count(1)
         self.numbers: list[tuple[str, N.Expr]] = []
+        self.lists: dict[str, list[N.Expr]] = {}  # a list local (`outputs = []`) -> the vars appended to it
 
     def fresh(self, hint: str) -> str:
         name = hint
@@ -99,6 +102,10 @@ class Linearizer:
         outputs: list[N.Expr] = []
         for stmt in fwd.body:
             match stmt:
+                case N.Assign(target=t, value=N.ListExpr(items=items)):  # a list an unrolled loop appends to
+                    self.lists[t] = [self.operand(i, "t") for i in items]
+                case N.Append(target=t, value=v):
+                    self.lists[t].append(self.operand(v, "t"))
                 case N.Assign(target=t, value=v) if v.kind != "tensor":
                     self.numbers.append((t, v))  # a number (from dims and arguments): computed as written
                 case N.Assign(target=t, value=v):
@@ -145,7 +152,8 @@ class Linearizer:
         raise NotDerivable(e.span, "forward returns or binds a number, not a tensor")
 
     def _is_fresh_step(self, var: str) -> bool:
-        return bool(self.steps) and self.steps[-1].var == var and var not in self.env.values()
+        collected = {v.id for items in self.lists.values() for v in items if isinstance(v, N.Name)}
+        return bool(self.steps) and self.steps[-1].var == var and var not in {*self.env.values(), *collected}
 
     def operand(self, e: N.Expr, hint: str) -> N.Expr:
         if e.kind != "tensor":
@@ -171,6 +179,10 @@ class Linearizer:
                 row = OPS[f]
                 args: dict[str, N.Expr] = {}
                 for p, a in zip(row.params, e.args):
+                    if p.tensors and isinstance(a, N.Name) and a.id in self.lists:  # its items are vars
+                        args[p.name] = N.ListExpr(a.span, list(self.lists[a.id]))
+                        args[p.name].kind = N.Kind.LIST
+                        continue
                     if p.tensors and isinstance(a, N.ListExpr):
                         items = N.ListExpr(a.span, [self.operand(i, hint) for i in a.items])
                         items.kind = N.Kind.LIST
@@ -197,6 +209,8 @@ class Linearizer:
                 if f == "dropout" and self.deriving:  # the mask is drawn once, saved, and applied
                     keep = self.add(OPS["dropout_mask"], {"input": args["input"], "p": args["p"]}, "keep", e)
                     return self.add(OPS["dropout_apply"], {**args, "mask": keep}, hint, e)
+                if f == "linear_cross_entropy" and self.deriving:
+                    return self._linear_cross_entropy(args, hint, e)
                 if f"{f}_indices" in OPS and self.deriving:  # the maxima's indices: computed with them, saved
                     where = self.add(OPS[f"{f}_indices"], args, "argmax", e)
                     return self.add(row, {**args, "indices": where}, hint, e)
@@ -204,12 +218,16 @@ class Linearizer:
                     stats = {k: self.add(OPS[f"{f}_{k}"], args, k, e) for k in row.statistics}
                     return self.add(row, {**args, **stats}, hint, e)
                 if f == "pad" and self.deriving:
+                    if isinstance(args["mode"], N.Str) and args["mode"].value == "circular":
+                        args["pad"] = _listed_widths(args["pad"], self.layer)
                     _check_pad_mode(args, e)
                 return self.add(row, args, hint, e)
             case N.Compare(ops=ops, operands=operands):
                 new = N.Compare(e.span, ops, [self.operand(o, hint) for o in operands])
                 new.kind = N.Kind.TENSOR
                 return self.opaque(new, hint)
+            case N.Subscript(value=N.Name(id=i), items=[N.Expr() as at]) if i in self.lists:
+                return self.lists[i][self._list_position(at)]
             case N.Subscript(value=v, items=items):
                 return self.subscript(self.operand(v, hint), items, hint, e)
             case N.Call(func=f):
@@ -218,6 +236,47 @@ class Linearizer:
                     f"a derived backward cannot go through '{f}' (a sub-layer: its forward is not on the tape)",
                 )
         raise NotDerivable(e.span, "a derived backward cannot go through this expression")
+
+    def _linear_cross_entropy(self, args: dict[str, N.Expr], hint: str, source: N.Call) -> N.Name:
+        """`linear_cross_entropy(x, w, t, linear_bias = b, ...)` as what it computes, whose rows derive:
+        `cross_entropy(x @ transpose(w, 0, 1) + b, t, ...)` (the logits whole: `options` chunks the same
+        values, to save memory, which a Function that keeps what its backward reads does not)."""
+        weight = args["linear_weight"]
+        if self._declared_rank(weight) != 2:
+            raise NotDerivable(
+                source.span,
+                "linear_cross_entropy() is derived for a linear_weight declared with 2 dims, [classes, features]"
+                " (a K-dimensional one is not derived yet)",
+            )
+        transposed = self.add(OPS["transpose"], {"input": weight, "dim0": B.num(0), "dim1": B.num(1)}, "w_t", source)
+        logits = self.add(OPERATORS["@"], {"input": args["input"], "other": transposed}, "logits", source)
+        if not isinstance(args["linear_bias"], N.NoneLit):
+            logits = self.add(OPERATORS["+"], {"input": logits, "other": args["linear_bias"]}, "logits", source)
+        ignore_index = args["ignore_index"]
+        if isinstance(ignore_index, N.NoneLit):  # torch's default for linear_cross_entropy is cross_entropy's -100
+            ignore_index = parse_default("-100")
+        loss = {"input": logits, "target": args["target"], "weight": args["weight"], "ignore_index": ignore_index}
+        loss |= {k: args[k] for k in ("reduction", "label_smoothing")}
+        return self.add(OPS["cross_entropy"], loss, hint, source)
+
+    def _declared_rank(self, tensor: N.Expr) -> int | None:
+        """How many dims an input or parameter is declared with (None: not a leaf, or `...`)."""
+        shapes = {i.name: i.shape for i in self.forward.inputs if not i.parts} | {
+            t.name: t.shape for t in self.layer.tensors
+        }
+        shape = shapes.get(tensor.id) if isinstance(tensor, N.Name) else None
+        if shape is None or any(isinstance(d, N.EllipsisItem) for d in shape.dims):
+            return None
+        return len(shape.dims)
+
+    def _list_position(self, at: N.Expr) -> int:
+        """`outputs[T - 1 - t]` in an unrolled loop: the position, a number once `t` is written out."""
+        try:
+            return int(evaluate(at, {}))
+        except NotConstant:
+            raise NotDerivable(
+                at.span, "a derived backward picks from a list at positions known when generating"
+            ) from None
 
     def subscript(self, value: N.Expr, items: list[N.SubscriptItem], hint: str, source: N.Expr) -> N.Expr:
         """`x[a:b, i, none]` as one step per dim it changes (a slice, a select, an unsqueeze): items before
@@ -239,23 +298,41 @@ class Linearizer:
     ) -> N.Expr:
         """`x[idx]`, `x[:, idx]`, `x[..., idx]`: one index tensor, whole dims (`:`, `...`) elsewhere."""
         whole = all(isinstance(i, N.EllipsisItem) or _whole(i) for k, i in enumerate(items) if k not in tensors)
-        if len(tensors) > 1 or not whole:
+        if not whole:
             raise NotDerivable(
                 items[tensors[0]].span,
-                "a derived backward goes through one index tensor with `:` or `...` for the other dims; "
+                "a derived backward goes through index tensors with `:` or `...` for the other dims; "
                 "index the other dims in a statement of their own",
             )
+        if len(tensors) > 1:
+            return self._index_by_tensors(value, items, tensors, hint, source)
         k = tensors[0]
-        if _bool_mask(items[k], self.forward.inputs):
-            raise NotDerivable(
-                items[k].span,
-                "a derived backward cannot go through a bool mask index (how many elements it picks is data); "
-                "use where(mask, x, 0)",
-            )
         ell = next((j for j, i in enumerate(items) if isinstance(i, N.EllipsisItem)), None)
         dim = k if ell is None or k < ell else k - len(items)
         index = self.operand(items[k], hint)  # type: ignore[arg-type]
-        return self.add(OPS["index"], {"input": value, "dim": B.num(dim), "index": index}, hint, source)
+        picked = self.add(OPS["index"], {"input": value, "dim": B.num(dim), "index": index}, hint, source)
+        if _bool_mask(items[k], self.forward.inputs):  # how many elements it picks is data: no static shape
+            step = self.step_of(picked.id)
+            if step is not None:
+                step.by_mask = True
+        return picked
+
+    def _index_by_tensors(
+        self, value: N.Expr, items: list[N.SubscriptItem], tensors: list[int], hint: str, source: N.Expr
+    ) -> N.Expr:
+        """`x[i, j]`, `x[:, i, j, :]`: several int index tensors side by side, after whole dims only."""
+        ell = next((j for j, i in enumerate(items) if isinstance(i, N.EllipsisItem)), len(items))
+        side_by_side = tensors == list(range(tensors[0], tensors[-1] + 1)) and tensors[-1] < ell
+        masks = [k for k in tensors if _bool_mask(items[k], self.forward.inputs)]
+        if not side_by_side or masks:
+            raise NotDerivable(
+                items[tensors[0] if side_by_side else tensors[-1]].span,
+                "a derived backward goes through several index tensors when they are ints, side by side,"
+                " before any `...`; index in two statements",
+            )
+        listed = N.ListExpr(source.span, [self.operand(items[k], hint) for k in tensors])  # type: ignore[arg-type]
+        listed.kind = N.Kind.LIST
+        return self.add(OPS["index_many"], {"input": value, "dim": B.num(tensors[0]), "indices": listed}, hint, source)
 
     def _index_one(self, value: N.Expr, item: N.SubscriptItem, dim: int, hint: str, source: N.Expr):
         """One item of a subscript at `dim`: the value it gives and the dim the next item indexes (the
@@ -293,10 +370,6 @@ class Linearizer:
                 and operand.kind == "tensor"
                 and self._needs_grad(operand)
             ):
-                if op.not_derived_yet is not None:
-                    raise NotDerivable(
-                        source.span, f"{op.name}() is not derived yet", f"under @function, {op.not_derived_yet}"
-                    )
                 which = f" with respect to '{pname}'" if any(op.grads.values()) else ""  # a loss's class weight
                 raise NotDerivable(
                     source.span,
@@ -325,6 +398,9 @@ class Linearizer:
         var = self.fresh(_hint_for(op, hint))
         self.steps.append(Step(var, op, args, expr, guard, base))
         return B.name(var, source.span)
+
+    def step_of(self, var: str) -> Step | None:
+        return next((s for s in self.steps if s.var == var), None)
 
     def opaque(self, expr: N.Expr, hint: str) -> N.Name:
         var = self.fresh("mask")
@@ -393,13 +469,33 @@ def _int(e: N.Expr) -> N.Expr:
     return e
 
 
+def _listed_widths(widths: N.Expr, layer: N.Layer) -> N.Expr:
+    """An `ints[N]` argument's widths as the list `[widths[0], ..., widths[N - 1]]` (circular pad's gradient
+    folds each dim by its own pair)."""
+    arg = layer.arg(widths.id) if isinstance(widths, N.Name) and widths.ref == N.Ref.ARG else None
+    if arg is None or arg.length is None or arg.maybe_none:
+        return widths
+    items: list[N.Expr] = []
+    for k in range(arg.length):
+        item = N.Subscript(widths.span, widths, [B.num(k)])
+        item.kind = N.Kind.INT
+        items.append(item)
+    listed = N.ListExpr(widths.span, items)
+    listed.kind = N.Kind.LIST
+    return listed
+
+
 def _check_pad_mode(args: dict[str, N.Expr], source: N.Call) -> None:
     """A derived backward through `pad` needs its mode when generating (its gradient differs by mode)."""
     mode = args["mode"]
     if not isinstance(mode, N.Str):
         raise NotDerivable(source.span, "a derived backward through pad() needs its mode written as a string")
     if mode.value == "circular" and not isinstance(args["pad"], N.ListExpr):
-        raise NotDerivable(source.span, "a derived backward through circular pad() needs its widths written as a list")
+        raise NotDerivable(
+            source.span,
+            "a derived backward through circular pad() needs how many widths there are: write them as a list,"
+            " or declare the argument with its length (`widths: ints[4]`)",
+        )
 
 
 def _hint_for(op: Op, hint: str) -> str:
@@ -414,6 +510,7 @@ def _hint_for(op: Op, hint: str) -> str:
             "select": "part",
             "dropout_apply": "dropped",
             "index": "picked",
+            "index_many": "picked",
             "gather": "picked",
             "index_select": "picked",
             "flip": "flipped",
@@ -430,6 +527,11 @@ def _op_expr(op: Op, args: dict[str, N.Expr], source: N.Expr) -> N.Expr:
     e: N.UnaryOp | N.BinOp | N.Call | N.Subscript
     if op.name in ("slice", "select", "index"):
         e = _subscript_expr(args, source)
+    elif op.name == "index_many":
+        dim, listed = args["dim"], args["indices"]
+        assert isinstance(dim, N.Num) and isinstance(listed, N.ListExpr), "Linearizer.subscript lists them"
+        whole: list[N.SubscriptItem] = [N.Slice(source.span, None, None, None)] * int(dim.value)
+        e = N.Subscript(source.span, args["input"], [*whole, *listed.items])
     elif op.operator == "neg":
         e = N.UnaryOp(source.span, "-", args["input"])
     elif op.operator:

@@ -185,6 +185,7 @@ class FunctionEmitter:
         if method == "backward":
             ctx = self.names.ctx_value
             kept = {k: ctx(k) for k in [*self.kwargs, *self.layer.symbolic_dims]}
+            kept |= {i: self.names.ctx_shape(i) for i in self._optional_inputs}  # None when not given
             spelling = Spelling(kept, training=ctx("training"))
         else:
             spelling = Spelling(dict(self.dim_source), training="training")
@@ -204,7 +205,9 @@ class FunctionEmitter:
         for d in dims:
             source = self.dim_source[d]
             kept += self.located([f"{self.names.ctx_value(d)} = {source}"], self._declared_line(source.split(".")[0]))
-        used = (read & set(self.kwargs)) | {self.dim_source[d].split(".")[0] for d in dims}
+        tested = [i for i in self._optional_inputs if i in read]  # `if m != none`: backward tests m's shape
+        kept += [f"{self.names.ctx_shape(i)} = None if {i} is None else {i}.shape" for i in tested]
+        used = (read & set(self.kwargs)) | {self.dim_source[d].split(".")[0] for d in dims} | set(tested)
         unpacking = f" = {self.names.inputs}"
         own: list[list[str]] = []
         for body in bodies:
@@ -218,6 +221,10 @@ class FunctionEmitter:
         names = [u if u in used else "_" for u in unpack]
         head = [f"{', '.join(names)}{',' if len(names) == 1 else ''}{unpacking}"] if used - {"_"} else []
         return head + kept + _chosen(plan, iter(own), self.branch_condition("setup_context"), ends_in_return=False)
+
+    @property
+    def _optional_inputs(self) -> list[str]:
+        return [i.name for i in self.e.forward.inputs if i.optional]
 
     # ---------------------------------------------------------------- saving
 
@@ -849,6 +856,12 @@ class FunctionEmitter:
             return f"torch.ops.aten.{f}({ex(a[0])}, {self._shape(a[1], ex)}, {', '.join(bounds)})"
         if f in ("gather_backward", "index_select_backward", "index_backward", "embedding_backward"):
             return self._index_gradient(f, a, ex)
+        if f == "index_many_backward":  # `x[:, i, j]`: one index per dim from dim, None for a whole one before
+            picked_grad, picked_from, first, indices = a
+            assert isinstance(indices, N.ListExpr), "the tape lists the index tensors"
+            places = ["None"] * (_int_literal(first) or 0) + [ex(i) for i in indices.items]
+            zeros = f"{ex.wrap(picked_grad, ATOM)}.new_zeros({self._shape(picked_from, ex)})"
+            return f"torch.ops.aten.index_put({zeros}, [{', '.join(places)}], {ex(picked_grad)}, True)"
         if f == "expand_reduced":
             g, inp, dim, keepdim = a
             return f"{self._unsqueeze(ex.wrap(g, ATOM), dim, keepdim, ex)}.expand({self._shape(inp, ex)})"

@@ -171,7 +171,9 @@ def _checked(
     try:
         program = check_program(files)
     except SpecError as exc:
-        raise SpecError(problems + exc.diagnostics) from None
+        failed = {d.path for d in problems + exc.diagnostics}  # the other files' derivations are reported too
+        _, underivable = plan_backwards([f for f in files if f.path not in failed])
+        raise SpecError(problems + exc.diagnostics + underivable) from None
     if problems:
         raise SpecError(problems)
     plans, problems = plan_backwards(files)

@@ -53,8 +53,6 @@ class Op:
     objects: tuple[str, ...] = ()  # parameters that take an opaque Python value (an `object` argument)
     none_entries: tuple[str, ...] = ()  # `ints` parameters whose entries may be none (a `[int?]` argument)
     int_tuples: tuple[str, ...] = ()  # tensor parameters that also take a tuple of ints (an input `T | ints`)
-    # A differentiable op without derivative rows yet: how to write it so that a backward derives
-    not_derived_yet: str | None = None
     # operands whose derivative torch gives only at log-probabilities over the last dim (ctc_loss's log_probs):
     # the run-time checks draw them as log_softmax(normal) and differentiate them through log_softmax
     log_probs: tuple[str, ...] = ()
@@ -881,12 +879,11 @@ TABLE: tuple[Op, ...] = (
         "torch.nn.functional.linear_cross_entropy",
         "opaque",
         "cross_entropy(linear(input, linear_weight, linear_bias), target, ...), chunked as `options` says",
+        # derived as the cross_entropy of `input @ transpose(linear_weight, 0, 1) + linear_bias` (autodiff.tape)
         {"input": None, "linear_weight": None, "target": None, "linear_bias": None, "weight": None},
         cost="costly",
         positional=3,
         objects=("options",),
-        not_derived_yet="write `cross_entropy(input @ transpose(linear_weight, 0, 1) + linear_bias, target, ...)`,"
-        " which derives",
     ),
     Op(
         "prod",
@@ -1115,6 +1112,24 @@ TABLE: tuple[Op, ...] = (
         "input[..., index, ...]: a tensor of ints (or a bool mask) at dim, written x[:, index]",
         {"input": "index_backward(grad, input, dim, index)", "index": None},
         internal=True,
+    ),
+    Op(
+        "index_many",
+        _sig("input*, dim, indices[]"),
+        "",
+        "opaque",
+        "input[:, i, j]: several index tensors (ints, broadcast together) at consecutive dims from dim",
+        {"input": "index_many_backward(grad, input, dim, indices)", "indices": None},
+        internal=True,
+    ),
+    Op(
+        "index_many_backward",
+        _sig("grad*, input*, dim, indices[]"),
+        "",
+        "custom",
+        "zeros of input's shape with grad added at the indexed elements (index_put, accumulating)",
+        internal=True,
+        shape_args=(1,),
     ),
     Op(
         "index_backward",

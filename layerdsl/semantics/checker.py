@@ -760,8 +760,8 @@ class LayerChecker:
         return locals_
 
     def check_input_kind(self, inp: N.Input, fwd: N.Forward) -> None:
-        """An optional input (`mask: bool[B, T]? = none`) comes after the required ones; it and a tuple input
-        are not yet derived through in an @function layer."""
+        """An optional input (`mask: bool[B, T]? = none`) comes after the required ones; a tuple input is
+        not yet derived through in an @function layer."""
         if inp.optional:
             self.maybe_none.add(inp.name)
         elif inp.flag is None and any(i.optional or i.flag for i in fwd.inputs[: fwd.inputs.index(inp)]):
@@ -772,12 +772,14 @@ class LayerChecker:
             )
         if inp.takes_ints:
             self.maybe_ints.add(inp.name)
-        if self.layer.is_function and (inp.optional or inp.parts or inp.alternatives or inp.takes_ints or inp.flag):
-            what = (
-                "an optional input"
-                if inp.optional
-                else "a tuple input" if inp.parts else "a flag input" if inp.flag else "an input of alternatives"
+        if self.layer.is_function and inp.parts:
+            self.r.error(
+                inp.span,
+                "an @function layer cannot take a tuple input yet: the derived backward does not pass through it",
+                "take the tensors as inputs of their own (`h: [B, H]? = none, c: [B, H]? = none`), or drop @function",
             )
+        elif self.layer.is_function and (inp.alternatives or inp.takes_ints or inp.flag):
+            what = "a flag input" if inp.flag else "an input of alternatives"
             self.r.error(
                 inp.span,
                 f"an @function layer cannot take {what} yet: the derived backward does not pass through it",
@@ -1614,23 +1616,13 @@ class LayerChecker:
                 "a sub is its own module; drop @function or inline the computation",
             )
         for call in [n for s in self.layer.forward.body for n in walk(s) if isinstance(n, N.Call)]:
-            if call.func in ("size_at", "is_floating_point"):
+            if call.func == "is_floating_point":
                 self.r.error(
                     call.func_span,
-                    f"cannot derive: {call.func}() in an @function layer",
-                    (
-                        "name the size in the input's shape (`x: [B, d]` gives B) and use that dim"
-                        if call.func == "size_at"
-                        else "declare the input's dtype instead (`mask: bool[B, T]`), or drop @function"
-                    ),
+                    "cannot derive: is_floating_point() in an @function layer",
+                    "declare the input's dtype instead (`mask: bool[B, T]`), or drop @function",
                 )
         for stmt in statements(self.layer.forward.body):
-            if isinstance(stmt, N.For):
-                self.r.error(
-                    _keyword(stmt.span, "for"),
-                    "cannot derive: @function layers cannot loop",
-                    "drop @function (autograd derives the loop), or write the steps out",
-                )
             if isinstance(stmt, N.Update):
                 self.r.error(
                     stmt.span,

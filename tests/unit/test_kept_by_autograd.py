@@ -34,6 +34,7 @@ PROBES = {
     "gather": ("input", lambda x: torch.gather(x, 2, _IDX)),
     "index_select": ("input", lambda x: torch.index_select(x, 2, torch.tensor([0, 2]))),
     "index": ("input", lambda x: x[:, torch.tensor([0, 2])]),
+    "index_many": ("input", lambda x: x[:, torch.tensor([0, 2]), torch.tensor([1, 5])]),
     "slice": ("input", lambda x: x[:, :, 1:3]),
     "select": ("input", lambda x: x[:, 1]),
     "embedding": ("weight", lambda w: F.embedding(torch.tensor([0, 1]), w[0])),
