@@ -462,6 +462,7 @@ _MEMBER_GROUP = {
     "member_loop": 1,
     "sub": 2,
     "let": 2,
+    "reinit": 2,
     "example": 3,
     "forward": 4,
     "backward": 5,
