@@ -56,22 +56,29 @@ NOT_WRITTEN: dict[str, str] = {
 }
 
 
+# torch.nn classes with a spec but no module_db samples: the layers another spec builds (Transformer's
+# decoder). tests/test_torch_nn_parity.py compares them on samples of its own.
+WITHOUT_SAMPLES = {"TransformerDecoder"}
+
+
 # A torch module given to a constructor (TransformerEncoder's `encoder_layer`, its `norm`) is given to the
 # generated layer as the generated layer of the same class: built from the arguments read off the instance
 # (per class: each spec argument, and how torch keeps it), then loaded with the instance's state. A torch
 # callable (`activation=F.gelu`) is given as it is.
+TRANSFORMER_LAYER_ARGUMENTS: dict[str, Callable[[Any], Any]] = {
+    "d_model": lambda m: m.linear1.in_features,
+    "nhead": lambda m: m.self_attn.num_heads,
+    "dim_feedforward": lambda m: m.linear1.out_features,
+    "dropout": lambda m: m.dropout.p,
+    "activation": lambda m: m.activation,
+    "layer_norm_eps": lambda m: m.norm1.eps,
+    "batch_first": lambda m: m.self_attn.batch_first,
+    "norm_first": lambda m: m.norm_first,
+    "bias": lambda m: m.linear1.bias is not None,
+}
 INSTANCE_ARGUMENTS: dict[str, dict[str, Callable[[Any], Any]]] = {
-    "TransformerEncoderLayer": {
-        "d_model": lambda m: m.linear1.in_features,
-        "nhead": lambda m: m.self_attn.num_heads,
-        "dim_feedforward": lambda m: m.linear1.out_features,
-        "dropout": lambda m: m.dropout.p,
-        "activation": lambda m: m.activation,
-        "layer_norm_eps": lambda m: m.norm1.eps,
-        "batch_first": lambda m: m.self_attn.batch_first,
-        "norm_first": lambda m: m.norm_first,
-        "bias": lambda m: m.linear1.bias is not None,
-    },
+    "TransformerEncoderLayer": TRANSFORMER_LAYER_ARGUMENTS,
+    "TransformerDecoderLayer": TRANSFORMER_LAYER_ARGUMENTS,
     "LayerNorm": {
         "normalized_shape": lambda m: m.normalized_shape,
         "eps": lambda m: m.eps,
