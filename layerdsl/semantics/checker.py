@@ -569,10 +569,9 @@ class LayerChecker:
         given = sub.given
         arg = self.layer.arg(given.id)
         if arg is None or self.kinds.get(given.id) != Kind.LAYER:
-            what = "unknown name" if arg is None else f"'{given.id}' is {arg.type}, not a layer argument:"
             self.r.error(
                 given.span,
-                f"{what} '{given.id}'" if arg is None else what,
+                f"unknown layer argument '{given.id}'" if arg is None else f"'{given.id}' is {arg.type}, not a layer",
                 "a sub holds a layer argument (`norm: LayerNorm? = none`, then `sub norm = norm`),"
                 " or calls a layer: `sub norm = LayerNorm(d)`",
             )
@@ -878,17 +877,19 @@ class LayerChecker:
 
     def check_block(self, body: list[N.Stmt], scope: Scope, in_forward: bool) -> bool:
         """Checks statements; returns whether the block returns on every path."""
-        outer = set(self.not_none)
+        outer, strings = set(self.not_none), self.not_strings
         for i, stmt in enumerate(body):
             if self.check_stmt(stmt, scope, in_forward):
                 for dead in body[i + 1 :]:
                     self.r.error(dead.span, "statement after return is never run")
                     break
-                self.not_none = outer
+                self.not_none, self.not_strings = outer, strings
                 return True
             if isinstance(stmt, N.If) and not stmt.orelse and _always_returns(stmt.body):
                 self.not_none |= _none_checked(stmt.cond, "==")  # `if x == none { return ... }`: x is given after
-        self.not_none = outer
+            if isinstance(stmt, N.If):  # `if f == "relu" { return ... } else if f == "tanh" { return ... }`
+                self.not_strings = _strings_ruled_out_after(stmt, self.not_strings)
+        self.not_none, self.not_strings = outer, strings
         return False
 
     def check_stmt(self, stmt: N.Stmt, scope: Scope, in_forward: bool) -> bool:
@@ -1340,7 +1341,7 @@ class LayerChecker:
             return
         arg = self.layer.arg(expr.id) if isinstance(expr, N.Name) and expr.ref == Ref.ARG else None
         choices = arg.choices if arg is not None else ()
-        if arg is not None and choices and not isinstance(parent, (N.Call, N.Compare)):
+        if arg is not None and choices and arg.base_type != "fn" and not isinstance(parent, (N.Call, N.Compare)):
             self.r.error(
                 expr.span,
                 f"'{arg.name}' may be one of its strings ({', '.join(map(repr, choices))}) here: it can only be passed"
@@ -1501,7 +1502,7 @@ class LayerChecker:
             self.r.error(
                 call.func_span,
                 f"'{call.func}' may be the string {left[0]!r} here, which cannot be called",
-                f"call it in the `else` of `if {call.func} == {left[0]!r} {{ ... }}`",
+                f'call it in the `else` of `if {call.func} == "{left[0]}" {{ ... }}`',
             )
         elif call.func in self.maybe_none and call.func not in self.not_none:
             self.r.error(
@@ -1937,6 +1938,17 @@ def _strings_excluded(cond: N.Expr, op: str, known: dict[str, set[str]]) -> dict
         if isinstance(name, N.Name) and isinstance(value, N.Str):
             out.setdefault(name.id, set()).add(value.value)
     return out
+
+
+def _strings_ruled_out_after(stmt: N.If, known: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The strings an `if f == "a" { return ... } else if f == "b" { return ... }` rules out after it: each
+    condition whose branch returns was false on the path that goes on."""
+    if not _always_returns(stmt.body):
+        return known
+    known = _strings_excluded(stmt.cond, "==", known)
+    if len(stmt.orelse) == 1 and isinstance(stmt.orelse[0], N.If):
+        return _strings_ruled_out_after(stmt.orelse[0], known)
+    return known
 
 
 def takes_none(parent: N.Expr | None, operand: N.Expr, tensor: bool = False) -> bool:
