@@ -152,3 +152,17 @@ def test_fmt_lays_out_the_new_members():
         "\n"
         "    forward(x: [B, d]) -> [B, d] {\n        return x\n    }\n}\n"
     )
+
+
+def test_the_docs_example_compiles_and_copies():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "language.md").read_text(encoding="utf-8")
+    match = re.search(r"```layer\n(layer Block\(.*?)```", text, re.S)
+    assert match, "docs/language.md has no example starting with layer Block"
+    ns = compile_spec(match.group(1), "stack")
+    block = ns["Block"](3)
+    stack = ns["Stack"](block, 2, ns["Block"](3))
+    assert list(stack.state_dict()) == ["layers.0.weight", "layers.1.weight", "norm.weight"]
+    assert stack(torch.randn(2, 3)).shape == (2, 3)

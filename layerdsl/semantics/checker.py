@@ -1497,6 +1497,12 @@ class LayerChecker:
         assert arg is not None
         if call.kwargs or len(call.args) != 1:
             self.r.error(call.span, f"'{call.func}' is an fn argument: it is called on one tensor, `{call.func}(x)`")
+        if self.layer.is_function:
+            self.r.error(
+                call.func_span,
+                f"an @function layer cannot call the fn argument '{call.func}': its derivative is not known",
+                "drop @function (autograd derives through the callable), or call an operation",
+            )
         left = [c for c in arg.choices if c not in self.not_strings.get(call.func, set())]
         if left:
             self.r.error(
