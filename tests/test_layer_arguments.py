@@ -166,3 +166,22 @@ def test_the_docs_example_compiles_and_copies():
     stack = ns["Stack"](block, 2, ns["Block"](3))
     assert list(stack.state_dict()) == ["layers.0.weight", "layers.1.weight", "norm.weight"]
     assert stack(torch.randn(2, 3)).shape == (2, 3)
+
+
+def test_a_layer_argument_is_passed_on_to_a_sub():
+    ns = compile_spec(
+        SPEC + """
+layer Wrapper(block: Block) {
+    sub stack = Stack(block, 2)
+    example(block = Block(3))
+    forward(x: [B, 3]) -> [B, 3] {
+        return stack(x)
+    }
+}
+""",
+        "stack",
+    )
+    block = ns["Block"](3)
+    wrapper = ns["Wrapper"](block)
+    assert list(wrapper.state_dict()) == ["stack.layers.0.weight", "stack.layers.1.weight"]
+    assert torch.equal(wrapper.stack.layers[1].weight, block.weight)

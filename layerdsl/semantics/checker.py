@@ -369,7 +369,9 @@ class LayerChecker:
                 )
             if arg.choices and arg.base_type not in ("int", "ints", "fn"):
                 self.r.error(
-                    arg.type_span, f"only an int, ints or fn argument takes string choices, not {arg.base_type}"
+                    arg.type_span,
+                    f"only an int or ints argument takes string choices, not {arg.base_type}",
+                    'and an fn argument: `activation: fn | "relu" = "relu"`',
                 )
             if arg.length is not None and (arg.base_type != "ints" or arg.length < 1):
                 self.r.error(arg.type_span, f"only `ints` takes a length, of at least 1: `{arg.name}: ints[2]`")
@@ -765,7 +767,7 @@ class LayerChecker:
         for value in [*call.args, *(k.value for k in call.kwargs)]:
             if isinstance(value, N.Call):
                 self.check_sub_call(value)
-            elif isinstance(value, N.Name) and self.kinds.get(value.id) in (Kind.OBJECT, Kind.FN):
+            elif isinstance(value, N.Name) and self.kinds.get(value.id) in (Kind.OBJECT, Kind.FN, Kind.LAYER):
                 value.ref, value.kind = Ref.ARG, self.kinds[value.id]  # passed on whole, as torch passes `options`
             elif isinstance(value, N.Str):
                 value.kind = Kind.STR
@@ -798,6 +800,20 @@ class LayerChecker:
         for a in target.args:
             if a.default is None and a.name not in given:
                 self.r.error(call.span, f"layer '{target.name}' needs argument '{a.name}'")
+        values = [*zip(names, call.args), *((k.name, k.value) for k in call.kwargs)]
+        for name, value in values:
+            arg = target.arg(name)
+            if arg is None or arg.base_type not in self.program.layers:
+                continue
+            given_layer = value.func if isinstance(value, N.Call) else None
+            if isinstance(value, N.Name) and (own := self.layer.arg(value.id)) is not None:
+                given_layer = own.base_type
+            if given_layer is not None and given_layer != arg.base_type:
+                self.r.error(
+                    value.span,
+                    f"'{name}' of layer '{target.name}' is an instance of {arg.base_type}, not of {given_layer}",
+                    f"give it `{arg.base_type}(...)`",
+                )
 
     # ------------------------------------------------------------ forward
 

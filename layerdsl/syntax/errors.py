@@ -28,9 +28,11 @@ _DISPLAY = {
 }
 # Sets of terminals shown as one word: whatever can start an expression, a member or a statement.
 _EXPR_START = {"NAME", "NUMBER", "STRING", "LPAR", "LSQB", "ADD_OP", "NOT", "TRUE", "FALSE", "NONE", "FAMILY"}
-_MEMBER_START = {"PARAM", "BUFFER", "TRANSIENT", "SUB", "LET", "EXAMPLE", "FORWARD", "BACKWARD", "FOR"}
+_MEMBER_START = {"PARAM", "BUFFER", "TRANSIENT", "SUB", "LET", "EXAMPLE", "FORWARD", "BACKWARD", "FOR", "INIT"}
 _STMT_START = {"IF", "RETURN", "UPDATE", "GRAD", "FOR"}
-_MEMBER_HINT = "a layer's body holds param, buffer, transient buffer, sub, let, example, forward and backward"
+_MEMBER_HINT = (
+    "a layer's body holds param, buffer, transient buffer, sub, let, init parameters, example, forward and backward"
+)
 _STMT_HINT = "a statement is `NAME = ...`, `update NAME = ...`, `if ... { }`, `return ...` or `grad NAME = ...`"
 _CHAR_HINTS = {
     "'": 'strings use double quotes: "..."',
