@@ -570,6 +570,9 @@ class LayerChecker:
         assert sub.given is not None
         given = sub.given
         arg = self.layer.arg(given.id)
+        if arg is not None and arg.base_type not in ARG_TYPES and self.kinds.get(given.id) != Kind.LAYER:
+            sub.call.func = "?"  # an unknown argument type, reported with the argument
+            return
         if arg is None or self.kinds.get(given.id) != Kind.LAYER:
             self.r.error(
                 given.span,
