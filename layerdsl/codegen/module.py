@@ -99,6 +99,9 @@ def emit_file(
         names=[n for layer in layers for n in layer.exports],
         uses_math="math." in used,
         uses_f="F." in used,
+        # Only where a layer copies a layer argument, or takes a callable: most modules import torch and math only.
+        uses_copy="copy.deepcopy(" in used,
+        uses_callable=any("Callable[" in p for layer in layers for p in layer.init_params),
         foreign_imports=foreign,
     )
 
@@ -162,7 +165,9 @@ class LayerEmitter:
         self.optional = {t.name for t in layer.tensors if t.cond is not None}
         self.optional |= {i.name for i in layer.forward.inputs if i.optional} if layer.forward is not None else set()
         self.shared_cond = {t.name for t in layer.tensors if t.named_by_condition}
-        self.stored_args = [a for a in layer.args if a.name not in self.shared_cond]
+        # A layer argument is not stored: a sub holds it or its copies (`sub norm = norm`), as torch does.
+        self.layer_args = {a.name for a in layer.args if a.base_type in program.layers}
+        self.stored_args = [a for a in layer.args if a.name not in self.shared_cond | self.layer_args]
 
     # -- the pieces
 
@@ -186,7 +191,8 @@ class LayerEmitter:
             functional=functional,
             function_class=function_class,
             layer_subs={s.call.func for s in layer.subs if s.call.func in self.program.layers}
-            | self.nested_layer_subs(),
+            | self.nested_layer_subs()
+            | {a.base_type for a in layer.args if a.name in self.layer_args},
         )
         code.exports = (
             [layer.name]
@@ -234,7 +240,9 @@ class LayerEmitter:
         layer = self.layer
         ex = PyExpr(self.construction_spelling(on_self=False))
         lines = []
-        needs_factory = bool(layer.tensors) or any(self._sub_uses_factory(s.call) for s in layer.subs)
+        needs_factory = bool(layer.tensors) or any(
+            self._sub_uses_factory(s.call) for s in layer.subs if s.given is None
+        )
         if needs_factory:
             lines.append('factory_kwargs = {"device": device, "dtype": dtype}')
         lines.append("super().__init__()")
@@ -265,15 +273,42 @@ class LayerEmitter:
             lines.append("self.reset_parameters()")
         # Otherwise subs after this layer's own draws: building one draws random numbers too, and construction
         # must draw what reset_parameters() draws, so that both give the same values under the same seed.
-        return lines if layer.reinits else lines + subs
+        lines += [] if layer.reinits else subs
+        for redraw in layer.redraws:
+            lines += self.redraw_lines(redraw, ex)
+        return lines
+
+    def redraw_lines(self, redraw: N.Redraw, ex: PyExpr) -> list[str]:
+        """`init parameters = xavier_uniform if ndim > 1`: every parameter drawn again once the subs have
+        drawn theirs, as torch's Transformer ends its __init__ with `_reset_parameters()`."""
+        init = redraw.init
+        assert init is not None, "the checker reports an init without an initialiser"
+        spec = INITS[init.name]
+        given = dict(zip([p for p, _ in spec.params], init.args)) | {k.name: k.value for k in init.kwargs}
+        rendered = {k: ex(v) for k, v in given.items()}
+        rendered |= {p: default for p, default in spec.params if p in spec.always and p not in rendered}
+        if init.name == "constant":
+            args = ["parameter", rendered["value"]]
+        else:
+            args = ["parameter", *(f"{k}={v}" for k, v in rendered.items())]
+        draw = f"nn.init.{init.name}_({', '.join(args)})"
+        if redraw.cond is None:
+            return ["for parameter in self.parameters():", f"    {draw}"]
+        assert isinstance(redraw.cond, N.Compare)
+        rank = f"parameter.dim() {redraw.cond.ops[0]} {ex(redraw.cond.operands[1])}"
+        return ["for parameter in self.parameters():", f"    if {rank}:", f"        {draw}"]
 
     def sub_construction(self, s: N.Sub, ex: PyExpr) -> str:
         """A sub's module; a list of subs is an nn.ModuleList, built as torch's `_get_clones` builds it
         (`layers.0.weight`, ... in state_dict)."""
+        if s.given is not None:  # a layer argument: the instance itself, or deep copies (torch's `_get_clones`)
+            item = f"copy.deepcopy({s.given.id})" if s.copied else s.given.id
+        else:
+            item = self.sub_call(s.call, ex)
         if s.repeat is None:
-            return self.sub_call(s.call, ex)
+            return item
         bounds = ", ".join(ex(a) for a in s.repeat.iter.args)
-        return f"nn.ModuleList([{self.sub_call(s.call, ex)} for {s.repeat.var.id} in range({bounds})])"
+        return f"nn.ModuleList([{item} for {s.repeat.var.id} in range({bounds})])"
 
     def tensor_init(self, t: N.Tensor, ex: PyExpr) -> list[str]:
         dims = [ex(d) for d in t.shape.dims]
@@ -637,9 +672,11 @@ class LayerEmitter:
     def extra_repr(self) -> str:
         parts = []
         for a in self.layer.args:
+            if a.name in self.layer_args:  # a sub: printed by nn.Module's own repr
+                continue
             if a.name in self.shared_cond:
                 parts.append(f"{a.name}={{self.{a.name} is not None}}")
-            elif a.type == "str":
+            elif a.type == "str" or a.base_type == "fn":
                 parts.append(f"{a.name}={{self.{a.name}!r}}")
             else:
                 parts.append(f"{a.name}={{self.{a.name}}}")
@@ -1085,9 +1122,10 @@ def _checked_choice(a: N.Arg, layer: str) -> list[str]:
     quoted = ", ".join(json.dumps(c) for c in a.choices)  # black's quotes
     choices = f"({quoted},)" if len(a.choices) == 1 else f"({quoted})"
     named = ", ".join(repr(c) for c in a.choices)
+    what = "a callable" if a.base_type == "fn" else f"an {a.base_type}"
     return [
         f"if isinstance({a.name}, str) and {a.name} not in {choices}:",
-        f'    raise ValueError(f"{layer}: {a.name} must be an {a.base_type} or one of {named}, got {{{a.name}!r}}")',
+        f'    raise ValueError(f"{layer}: {a.name} must be {what} or one of {named}, got {{{a.name}!r}}")',
     ]
 
 

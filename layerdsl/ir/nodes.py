@@ -41,6 +41,8 @@ class Kind(_Word):
     SUB = "sub"  # the kind the checker gives a sub's name (it can only be called)
     OBJECT = "object"  # an `object` argument: an opaque Python value, only passed on to an operation
     SUBS = "subs"  # a list of subs (`sub layers = [Block(d) for i in range(n)]`): iterated by `for`
+    LAYER = "layer"  # a layer-instance argument (`encoder_layer: TransformerEncoderLayer`): held or copied by a sub
+    FN = "fn"  # a callable argument (`activation: fn | "relu"`): called on one tensor
 
 
 class Ref(_Word):
@@ -450,6 +452,11 @@ class Sub(Node):
     call: Call
     # `sub layers = [Block(d) for i in range(n)]`: the list's loop (`call` is its item); an nn.ModuleList.
     repeat: Repeat | None = None
+    # `sub norm = norm` (the instance as given) or `copy(encoder_layer)` (a deep copy, `copied`): the
+    # layer argument the sub holds. The checker then sets `call` to its layer with no arguments, which is
+    # what the forward's calls of the sub are checked against.
+    given: Name | None = None
+    copied: bool = False
 
 
 @dataclass(eq=False)
@@ -471,6 +478,17 @@ class Repeat(Node):
 
     var: Name
     iter: Call
+
+
+@dataclass(eq=False)
+class Redraw(Node):
+    """`init parameters = xavier_uniform if ndim > 1`: at the end of __init__, every parameter of the layer
+    and its subs (in `parameters()` order) whose number of dims passes `cond` is drawn again by `init`."""
+
+    span: Span
+    target: Name  # `parameters`, the one target there is
+    init: Init | None
+    cond: Expr | None
 
 
 @dataclass(eq=False)
@@ -547,6 +565,7 @@ class Layer(Node):
     subs: list[Sub] = field(default_factory=list)
     reinits: list[Reinit] = field(default_factory=list)
     lets: list[Let] = field(default_factory=list)
+    redraws: list[Redraw] = field(default_factory=list)
     examples: list[ExampleValue] = field(default_factory=list)
     forward: Forward | None = None
     backward: Backward | None = None

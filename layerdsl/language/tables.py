@@ -80,7 +80,7 @@ RESERVED = frozenset(
 # `setup_context` and `apply`) is chosen around the spec's names (`language.naming.fresh_name`).
 
 # Module level: the generated module's imports, and the builtins its code calls or annotates with.
-GENERATED_IMPORTS = frozenset({"torch", "nn", "F", "math", "Tensor", "annotations"})
+GENERATED_IMPORTS = frozenset({"torch", "nn", "F", "math", "Tensor", "annotations", "copy", "Callable"})
 GENERATED_BUILTINS = frozenset(
     {"super", "ValueError", "TypeError", "int", "float", "bool", "str", "tuple", "staticmethod", "classmethod"}
     | {"max", "min"}  # written by operations' Python spellings
@@ -122,11 +122,13 @@ PYTHON_KEYWORDS = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist)
 
 CONSTANTS = {"pi": "math.pi", "inf": "math.inf"}
 
-ARG_TYPES = ("int", "float", "bool", "str", "ints", "tensor", "object")
+ARG_TYPES = ("int", "float", "bool", "str", "ints", "tensor", "object", "fn")
 # The Python type of each argument type in generated signatures; `T?` adds `| None`. An `object` is an
 # opaque Python value (torch's `LinearCrossEntropyOptions`): stored, and passed on to an operation
 # parameter that takes one (`Op.objects`), nothing else.
-PY_TYPES = {"ints": "int | tuple[int, ...]", "tensor": "Tensor"}
+# An `fn` is a callable of one tensor (torch's `activation=F.relu`). A spec layer's name is also an argument
+# type: an instance of that layer, its own name in the signature.
+PY_TYPES = {"ints": "int | tuple[int, ...]", "tensor": "Tensor", "fn": "Callable[[Tensor], Tensor]"}
 
 
 def python_type(arg_type: str) -> str:

@@ -240,6 +240,7 @@ class LayerChecker:
         self.maybe_none: set[str] = set()  # `T?` arguments
         self.maybe_ints: set[str] = set()  # inputs that may be a tuple of ints (`lengths: long[N] | ints`)
         self.not_none: set[str] = set()  # `T?` arguments known not to be none here (`if x != none { ... }`)
+        self.not_strings: dict[str, set[str]] = {}  # an fn argument's strings it is known not to be here
         self.present: set[str] = set()  # optional members known to exist here (`if track_running_stats { ... }`)
         self.partly_bound: set[str] = set()  # locals bound on some paths of an `if` only
         self.index_ranks: dict[str, int] = {}  # local -> rank, for locals an index statement binds
@@ -360,11 +361,16 @@ class LayerChecker:
 
     def check_args(self) -> None:
         for arg in self.layer.args:
-            self.declare(arg.name, arg.span, Ref.ARG, _arg_kind(arg), arg)
+            is_layer = arg.base_type in self.program.layers
+            self.declare(arg.name, arg.span, Ref.ARG, Kind.LAYER if is_layer else _arg_kind(arg), arg)
+            if is_layer:
+                self.check_layer_arg(arg)
+                continue
             if arg.base_type not in ARG_TYPES:
                 hint = (
-                    did_you_mean(arg.base_type, ARG_TYPES)
-                    or "argument types are int, float, bool, str, ints, tensor and object, each with `?` if it may be none"
+                    did_you_mean(arg.base_type, [*ARG_TYPES, *self.program.layers])
+                    or "argument types are int, float, bool, str, ints, tensor, object, fn and the spec layers,"
+                    " each with `?` if it may be none"
                 )
                 self.r.error(arg.type_span, f"unknown argument type '{arg.base_type}'", hint)
             if arg.maybe_none:
@@ -375,12 +381,30 @@ class LayerChecker:
                     "a tensor argument is optional: `tensor? = none` (it becomes a buffer, None when not given)",
                     f"write `{arg.name}: tensor? = none`",
                 )
-            if arg.choices and arg.base_type not in ("int", "ints"):
-                self.r.error(arg.type_span, f"only an int or ints argument takes string choices, not {arg.base_type}")
+            if arg.choices and arg.base_type not in ("int", "ints", "fn"):
+                self.r.error(
+                    arg.type_span,
+                    f"only an int or ints argument takes string choices, not {arg.base_type}",
+                    'and an fn argument: `activation: fn | "relu" = "relu"`',
+                )
             if arg.length is not None and (arg.base_type != "ints" or arg.length < 1):
                 self.r.error(arg.type_span, f"only `ints` takes a length, of at least 1: `{arg.name}: ints[2]`")
             if arg.default is not None:
                 self.check_default(arg, arg.default)
+
+    def check_layer_arg(self, arg: N.Arg) -> None:
+        """`encoder_layer: TransformerEncoderLayer`, `norm: LayerNorm? = none`: an instance of a spec layer,
+        which only a `sub` holds (`sub norm = norm`) or copies (`copy(encoder_layer)`)."""
+        if arg.base_type == self.layer.name:
+            self.r.error(arg.type_span, f"layer '{self.layer.name}' cannot take an instance of itself")
+        if arg.choices or arg.length is not None:
+            self.r.error(arg.type_span, f"a layer argument is an instance of '{arg.base_type}': no strings, no length")
+        if arg.default is not None and not (arg.maybe_none and isinstance(arg.default, N.NoneLit)):
+            self.r.error(
+                arg.default.span,
+                "a layer argument's only default is none",
+                f"write `{arg.name}: {arg.base_type}? = none`, or no default",
+            )
 
     def check_default(self, arg: N.Arg, d: N.Expr) -> None:
         if is_expression_default(d):
@@ -486,13 +510,21 @@ class LayerChecker:
             if index is not None:
                 del self.scope.bindings[index]
             self.declare(t.name, t.span, Ref(t.kind), Kind.TENSOR, t)
+        held: dict[str, N.Sub] = {}
         for sub in layer.subs:
             if sub.repeat is not None:
                 self.check_repeat(sub.repeat)
-            self.check_sub_call(sub.call)
+            if sub.given is not None:
+                self.check_given_sub(sub, held)
+            else:
+                self.check_sub_call(sub.call)
+            if sub.given is not None and sub.given.id == sub.name:  # `sub norm = norm`: the argument, registered
+                self.scope.bindings.pop(sub.name, None)
             self.declare(sub.name, sub.span, Ref.SUB, Kind.SUB, sub)
         for reinit in layer.reinits:
             self.check_reinit(reinit)
+        for redraw in layer.redraws:
+            self.check_redraw(redraw)
 
     def check_reinit(self, reinit: N.Reinit) -> None:
         """`init out_proj.bias = zeros`: a param or buffer of a sub that is one spec layer, and an initialiser
@@ -524,6 +556,100 @@ class LayerChecker:
             return
         if reinit.init is not None:
             self.check_init(member, reinit.init)
+
+    def check_redraw(self, redraw: N.Redraw) -> None:
+        """`init parameters = xavier_uniform if ndim > 1`: for a layer whose parameters are all its subs' (its
+        own are drawn by reset_parameters(), which this pass would overwrite); an initialiser without fans
+        of its own (each parameter's are torch's); a condition on `ndim` alone."""
+        if redraw.target.id != "parameters":
+            self.r.error(
+                redraw.target.span,
+                f"init draws 'parameters' (every parameter of the layer and its subs), not '{redraw.target.id}'",
+                "write `init parameters = xavier_uniform if ndim > 1`; one param's initialiser is written after it",
+            )
+        if self.layer.params:
+            self.r.error(
+                _keyword(redraw.span, "init"),
+                "`init parameters` is for a layer whose parameters are all its subs', as torch's Transformer",
+                f"give '{self.layer.params[0].name}' its initialiser: `param {self.layer.params[0].name}: [...] = INIT`",
+            )
+        init = redraw.init
+        if init is not None and init.name not in INITS:
+            self.r.error(
+                init.span,
+                f"unknown initialiser '{init.name}'",
+                did_you_mean(init.name, INITS) or "see the list of initialisers in the language reference",
+            )
+        elif init is not None:
+            names = [p for p, _ in INITS[init.name].params]
+            if len(init.args) > len(names):
+                self.r.error(
+                    init.args[len(names)].span, f"'{init.name}' takes at most {len(names)} positional arguments"
+                )
+            for k in init.kwargs:
+                if k.name not in names:
+                    hint = "each parameter's fans are torch's" if k.name in ("fan_in", "fan_out") else None
+                    self.r.error(
+                        k.span, f"'{init.name}' has no argument '{k.name}' here", hint or did_you_mean(k.name, names)
+                    )
+            for value in [*init.args, *(k.value for k in init.kwargs)]:
+                if isinstance(value, N.Str):
+                    value.kind = Kind.STR
+                else:
+                    self.check_construction_expr(value, "an initialiser argument")
+        cond = redraw.cond
+        ranked = (
+            isinstance(cond, N.Compare)
+            and len(cond.ops) == 1
+            and isinstance(cond.operands[0], N.Name)
+            and cond.operands[0].id == "ndim"
+            and isinstance(cond.operands[1], N.Num)
+            and isinstance(cond.operands[1].value, int)
+        )
+        if cond is not None and not ranked:
+            self.r.error(
+                cond.span,
+                "the condition of `init parameters` compares `ndim` (a parameter's number of dims) with an int",
+                "e.g. `if ndim > 1`, as torch's Transformer draws its matrices",
+            )
+
+    def check_given_sub(self, sub: N.Sub, held: dict[str, N.Sub]) -> None:
+        """`sub norm = norm` or `copy(encoder_layer)`: a layer argument, held once as given (torch's
+        `self.norm = norm`) or copied (each item of a list a deep copy, as torch's `_get_clones`). The sub
+        is then a sub of the argument's layer: its forward checks the calls."""
+        assert sub.given is not None
+        given = sub.given
+        arg = self.layer.arg(given.id)
+        if arg is not None and arg.base_type not in ARG_TYPES and self.kinds.get(given.id) != Kind.LAYER:
+            sub.call.func = "?"  # an unknown argument type, reported with the argument
+            return
+        if arg is None or self.kinds.get(given.id) != Kind.LAYER:
+            self.r.error(
+                given.span,
+                f"unknown layer argument '{given.id}'" if arg is None else f"'{given.id}' is {arg.type}, not a layer",
+                "a sub holds a layer argument (`norm: LayerNorm? = none`, then `sub norm = norm`),"
+                " or calls a layer: `sub norm = LayerNorm(d)`",
+            )
+            sub.call.func = "?"
+            return
+        given.ref, given.kind = Ref.ARG, Kind.LAYER
+        if arg.maybe_none:
+            self.maybe_none.add(sub.name)  # called only inside `if NAME != none { ... }`
+        if not sub.copied:
+            if sub.repeat is not None:
+                self.r.error(
+                    given.span,
+                    f"the items of a list of subs are copies: `copy({given.id})`",
+                    f"write `sub {sub.name} = [copy({given.id}) for i in range(n)]`",
+                )
+            elif given.id in held:
+                self.r.error(
+                    given.span,
+                    f"'{given.id}' is already held by sub '{held[given.id].name}': one module has one place",
+                    f"hold a copy: `sub {sub.name} = copy({given.id})`",
+                )
+            held[given.id] = sub
+        sub.call.func, sub.call.args = arg.base_type, []
 
     def enter_family(self, t: N.Tensor, first: bool) -> str | None:
         """A family member's loop (`for k in range(n) { param w_l{k}: ... }`): its range checked once per
@@ -694,8 +820,8 @@ class LayerChecker:
         for value in [*call.args, *(k.value for k in call.kwargs)]:
             if isinstance(value, N.Call):
                 self.check_sub_call(value)
-            elif isinstance(value, N.Name) and self.kinds.get(value.id) == Kind.OBJECT:
-                value.ref, value.kind = Ref.ARG, Kind.OBJECT  # passed on whole, as torch passes `options`
+            elif isinstance(value, N.Name) and self.kinds.get(value.id) in (Kind.OBJECT, Kind.FN, Kind.LAYER):
+                value.ref, value.kind = Ref.ARG, self.kinds[value.id]  # passed on whole, as torch passes `options`
             elif isinstance(value, N.Str):
                 value.kind = Kind.STR
             else:
@@ -727,6 +853,20 @@ class LayerChecker:
         for a in target.args:
             if a.default is None and a.name not in given:
                 self.r.error(call.span, f"layer '{target.name}' needs argument '{a.name}'")
+        values = [*zip(names, call.args), *((k.name, k.value) for k in call.kwargs)]
+        for name, value in values:
+            arg = target.arg(name)
+            if arg is None or arg.base_type not in self.program.layers:
+                continue
+            given_layer = value.func if isinstance(value, N.Call) else None
+            if isinstance(value, N.Name) and (own := self.layer.arg(value.id)) is not None:
+                given_layer = own.base_type
+            if given_layer is not None and given_layer != arg.base_type:
+                self.r.error(
+                    value.span,
+                    f"'{name}' of layer '{target.name}' is an instance of {arg.base_type}, not of {given_layer}",
+                    f"give it `{arg.base_type}(...)`",
+                )
 
     # ------------------------------------------------------------ forward
 
@@ -823,17 +963,19 @@ class LayerChecker:
 
     def check_block(self, body: list[N.Stmt], scope: Scope, in_forward: bool) -> bool:
         """Checks statements; returns whether the block returns on every path."""
-        outer = set(self.not_none)
+        outer, strings = set(self.not_none), self.not_strings
         for i, stmt in enumerate(body):
             if self.check_stmt(stmt, scope, in_forward):
                 for dead in body[i + 1 :]:
                     self.r.error(dead.span, "statement after return is never run")
                     break
-                self.not_none = outer
+                self.not_none, self.not_strings = outer, strings
                 return True
             if isinstance(stmt, N.If) and not stmt.orelse and _always_returns(stmt.body):
                 self.not_none |= _none_checked(stmt.cond, "==")  # `if x == none { return ... }`: x is given after
-        self.not_none = outer
+            if isinstance(stmt, N.If):  # `if f == "relu" { return ... } else if f == "tanh" { return ... }`
+                self.not_strings = _strings_ruled_out_after(stmt, self.not_strings)
+        self.not_none, self.not_strings = outer, strings
         return False
 
     def check_stmt(self, stmt: N.Stmt, scope: Scope, in_forward: bool) -> bool:
@@ -884,14 +1026,16 @@ class LayerChecker:
                         "choose elementwise with where(cond, a, b)",
                     )
                 then_scope, else_scope = scope.copy(), scope.copy()
-                outer, present = set(self.not_none), set(self.present)
+                outer, present, strings = set(self.not_none), set(self.present), self.not_strings
                 self.not_none = outer | _none_checked(cond, "!=")
                 self.present = present | members_present(cond, self.layer.tensors)
+                self.not_strings = _strings_excluded(cond, "!=", strings)
                 r1 = self.check_block(then, then_scope, in_forward)
                 self.not_none = outer | _none_checked(cond, "==")
                 self.present = present | members_present_otherwise(cond, self.layer.tensors)
+                self.not_strings = _strings_excluded(cond, "==", strings)
                 r2 = self.check_block(orelse, else_scope, in_forward) if orelse else False
-                self.not_none = outer
+                self.not_none, self.not_strings = outer, strings
                 self.partly_bound |= merge_branches(scope, then_scope, else_scope, r1, r2)
                 return r1 and r2
             case N.Require():
@@ -1197,7 +1341,7 @@ class LayerChecker:
         elif ref is not None:
             node.ref = ref
             node.kind = self.kinds.get(name, Kind.TENSOR)
-            if node.ref == Ref.SUB:
+            if node.ref == Ref.SUB and name not in self.maybe_none:  # (an optional one is compared with none)
                 self.r.error(node.span, f"the sub '{name}' can only be called", f"write `{name}(x)`")
         elif name in ("True", "False", "None"):
             self.r.error(node.span, f"unknown name '{name}'", f"did you mean '{name.lower()}'?")
@@ -1305,7 +1449,7 @@ class LayerChecker:
             return
         arg = self.layer.arg(expr.id) if isinstance(expr, N.Name) and expr.ref == Ref.ARG else None
         choices = arg.choices if arg is not None else ()
-        if arg is not None and choices and not isinstance(parent, (N.Call, N.Compare)):
+        if arg is not None and choices and arg.base_type != "fn" and not isinstance(parent, (N.Call, N.Compare)):
             self.r.error(
                 expr.span,
                 f"'{arg.name}' may be one of its strings ({', '.join(map(repr, choices))}) here: it can only be passed"
@@ -1324,6 +1468,21 @@ class LayerChecker:
             return
         if isinstance(expr, N.Name) and expr.ref == Ref.INPUT:
             self.check_input_use(expr, parent)
+            return
+        if isinstance(expr, N.Name) and expr.ref == Ref.SUB and expr.id in self.maybe_none:
+            if not _compares_with_none(parent):
+                self.r.error(expr.span, f"the sub '{expr.id}' can only be called, or compared with none")
+            return
+        if isinstance(expr, N.Name) and expr.ref == Ref.ARG and expr.kind in (Kind.LAYER, Kind.FN):
+            passed = isinstance(parent, N.Call) and parent.func not in CALLABLE  # to a sub's construction
+            compared = isinstance(parent, N.Compare) and expr.kind == Kind.FN  # with one of its strings
+            if not (passed or compared or _compares_with_none(parent)):
+                what = (
+                    "a layer argument: a sub holds it (`sub NAME = ARG`) or copies it (`copy(ARG)`)"
+                    if expr.kind == Kind.LAYER
+                    else "an fn argument: it can only be called, compared with its strings or passed to a sub"
+                )
+                self.r.error(expr.span, f"'{expr.id}' is {what}")
             return
         if isinstance(expr, N.TupleExpr) and not (isinstance(parent, N.Call) and parent.func not in CALLABLE):
             self.r.error(
@@ -1391,9 +1550,17 @@ class LayerChecker:
             ref = scope.get(node.func)
             if node.func in CALLABLE and ref in (None, Ref.ARG):  # an argument may share an op's name
                 self.check_op_call(node, CALLABLE[node.func])
+            elif ref == Ref.ARG and self.kinds.get(node.func) == Kind.FN:
+                self.check_fn_call(node)
             elif ref == Ref.SUB:
                 if node.kwargs:
                     self.r.error(node.kwargs[0].span, "a sub is called with positional inputs only")
+                if node.func in self.maybe_none and node.func not in self.not_none:
+                    self.r.error(
+                        node.func_span,
+                        f"the sub '{node.func}' may be none here",
+                        f"call it inside `if {node.func} != none {{ ... }}`",
+                    )
                 sub = next((s for s in self.layer.subs if s.name == node.func), None)
                 if sub is not None and sub.repeat is not None:
                     self.r.error(
@@ -1445,6 +1612,31 @@ class LayerChecker:
                         f"unknown operation '{node.func}'",
                         suggestion or "see the operation table in the language reference",
                     )
+
+    def check_fn_call(self, call: N.Call) -> None:
+        """`activation(hidden)`: an `fn` argument called on one tensor, where none of its strings can be it
+        (the `else` of `if activation == "relu" { ... }`, for each string) and where it is not none."""
+        arg = self.layer.arg(call.func)
+        assert arg is not None
+        if call.kwargs or len(call.args) != 1:
+            self.r.error(call.span, f"'{call.func}' is an fn argument: it is called on one tensor, `{call.func}(x)`")
+        if self.layer.is_function:
+            self.r.error(
+                call.func_span,
+                f"an @function layer cannot call the fn argument '{call.func}': its derivative is not known",
+                "drop @function (autograd derives through the callable), or call an operation",
+            )
+        left = [c for c in arg.choices if c not in self.not_strings.get(call.func, set())]
+        if left:
+            self.r.error(
+                call.func_span,
+                f"'{call.func}' may be the string {left[0]!r} here, which cannot be called",
+                f'call it in the `else` of `if {call.func} == "{left[0]}" {{ ... }}`',
+            )
+        elif call.func in self.maybe_none and call.func not in self.not_none:
+            self.r.error(
+                call.func_span, f"'{call.func}' may be none here", f"call it inside `if {call.func} != none {{ ... }}`"
+            )
 
     def check_op_call(self, call: N.Call, op) -> None:
         params = op.params
@@ -1735,6 +1927,9 @@ class LayerChecker:
                 self.r.error(value.span, "an example input is a distribution: uniform(a, b) or normal(mean, std)")
             return
         arg = self.layer.arg(name)
+        if arg is not None and self.kinds.get(name) == Kind.LAYER and not isinstance(value, N.NoneLit):
+            self.check_example_layer(arg, value)
+            return
         kind = literal_kind(value, none_entries=arg is not None and arg.none_entries)
         if kind is None and arg is not None and arg.base_type == "ints" and literal_kind(value, True) == Kind.LIST:
             self.r.error(value.span, f"an entry of ints argument '{name}' is none", _NONE_ENTRY_HINT.format(name))
@@ -1747,6 +1942,21 @@ class LayerChecker:
             self.r.error(value.span, f"example value for int '{name}' is {_a(kind)}")
         elif arg is not None and arg.base_type in ARG_TYPES and not fits_type(kind, arg):
             self.r.error(value.span, f"example value for {arg.type} '{name}' is {_a(kind)}")
+
+    def check_example_layer(self, arg: N.Arg, value: N.Expr) -> None:
+        """A layer argument's example: its layer built from literals, `TransformerEncoderLayer(4, 2)`."""
+        if not isinstance(value, N.Call) or value.func != arg.base_type:
+            self.r.error(
+                value.span,
+                f"example value for '{arg.name}' is an instance of its layer",
+                f"write `{arg.name} = {arg.base_type}(...)` with literal arguments",
+            )
+            return
+        self._check_layer_call(value)
+        for v in [*value.args, *(k.value for k in value.kwargs)]:
+            v.kind = literal_kind(v) or Kind.UNKNOWN
+            if v.kind == Kind.UNKNOWN:
+                self.r.error(v.span, "the arguments of an example's layer are literals")
 
 
 def _in_family(name: str, t: N.Tensor) -> bool:
@@ -1885,6 +2095,28 @@ def _takes_none_entries(parent: N.Expr | None, operand: N.Expr) -> bool:
 
 _NONE_ENTRY_HINT = "declare it `{}: [int?]` if an entry may be none (adaptive pooling: keep that size)"
 _NONE_ENTRY_PARAMS = {f"{op.name}({name})" for op in CALLABLE.values() for name in op.none_entries}
+
+
+def _strings_excluded(cond: N.Expr, op: str, known: dict[str, set[str]]) -> dict[str, set[str]]:
+    """`known` with the strings a condition rules out: `name != "s"` where it holds (op "!="), `name == "s"`
+    in its else branch (op "==")."""
+    out = {name: set(strings) for name, strings in known.items()}
+    if isinstance(cond, N.Compare) and cond.ops == [op] and len(cond.operands) == 2:
+        name, value = cond.operands
+        if isinstance(name, N.Name) and isinstance(value, N.Str):
+            out.setdefault(name.id, set()).add(value.value)
+    return out
+
+
+def _strings_ruled_out_after(stmt: N.If, known: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The strings an `if f == "a" { return ... } else if f == "b" { return ... }` rules out after it: each
+    condition whose branch returns was false on the path that goes on."""
+    if not _always_returns(stmt.body):
+        return known
+    known = _strings_excluded(stmt.cond, "==", known)
+    if len(stmt.orelse) == 1 and isinstance(stmt.orelse[0], N.If):
+        return _strings_ruled_out_after(stmt.orelse[0], known)
+    return known
 
 
 def takes_none(parent: N.Expr | None, operand: N.Expr, tensor: bool = False) -> bool:

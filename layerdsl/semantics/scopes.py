@@ -160,6 +160,8 @@ def scope_at(layer: N.Layer, line: int, col: int) -> Scope:
     for t in layer.tensors:
         scope.declare(t.name, Ref(t.kind), t, t.span)
     for sub in layer.subs:
+        if sub.given is not None and sub.given.id == sub.name:  # `sub norm = norm`: the argument, registered
+            scope.bindings.pop(sub.name, None)
         scope.declare(sub.name, Ref.SUB, sub, sub.span)
     fwd = layer.forward
     if fwd is None:

@@ -683,10 +683,12 @@ def _bind(declared: N.Shape, actual: tuple[str, ...], subst: dict) -> str | None
         assert isinstance(d, N.Expr)
         if got == GROUP:
             return None
-        if isinstance(d, N.Name) and d.ref == Ref.DIM and d.id not in subst:
+        # A dim, or an argument whose value is not known here (a layer argument's instance: `sub norm = norm`)
+        unknown = (Ref.DIM, Ref.ARG)
+        if isinstance(d, N.Name) and d.ref in unknown and d.id not in subst:
             subst[d.id] = S.text_poly(got)
             continue
-        if any(isinstance(n, N.Name) and n.ref == Ref.DIM and n.id not in subst for n in walk(d)):
+        if any(isinstance(n, N.Name) and n.ref in unknown and n.id not in subst for n in walk(d)):
             continue
         want = S.dim_text(d, subst)
         if want != got:

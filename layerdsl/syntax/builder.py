@@ -159,6 +159,8 @@ class IRBuilder(Transformer):
                 layer.reinits.append(member)
             case N.Let():
                 layer.lets.append(member)
+            case N.Redraw():
+                layer.redraws.append(member)
             case list():  # example(...): each line seeds configurations of its own
                 group = max((e.group for e in layer.examples), default=-1) + 1
                 for value in member:
@@ -303,6 +305,14 @@ class IRBuilder(Transformer):
         if isinstance(expr, N.ListComp):
             repeat = self._repeat(expr)
             expr = expr.item
+        given, copied = None, False
+        if isinstance(expr, N.Name):  # `sub norm = norm`: a layer argument, held as given
+            given, expr = expr, N.Call(expr.span, expr.id, expr.span, [], [])
+        elif isinstance(expr, N.Call) and expr.func == "copy":  # `copy(encoder_layer)`: a deep copy of one
+            if len(expr.args) != 1 or not isinstance(expr.args[0], N.Name) or expr.kwargs:
+                self.r.error(expr.span, "copy takes one layer argument", "e.g. `copy(encoder_layer)`")
+            else:
+                given, copied = expr.args[0], True
         if not isinstance(expr, N.Call):
             if not isinstance(expr, Invalid):
                 self.r.error(
@@ -311,7 +321,7 @@ class IRBuilder(Transformer):
                     "e.g. `sub fc = Linear(in_features, 10)` or `sub act = nn.ReLU()`",
                 )
             expr = N.Call(expr.span, "?", expr.span, [], [])
-        return N.Sub(str(name), _tspan(name), expr, repeat)
+        return N.Sub(str(name), _tspan(name), expr, repeat, given, copied)
 
     def reinit(self, meta, items):
         (sub, member, span), expr = items
@@ -331,6 +341,10 @@ class IRBuilder(Transformer):
             )
             return N.Repeat(comp.var, N.Call(comp.iter.span, "?", comp.iter.span, [], []))
         return N.Repeat(comp.var, comp.iter)
+
+    def redraw(self, meta, items):
+        target, init, cond = items
+        return N.Redraw(_span(meta), N.Name(_tspan(target), str(target)), self._init(init), cond)
 
     def let(self, meta, items):
         name, expr = items

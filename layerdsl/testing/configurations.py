@@ -78,6 +78,8 @@ def size_sets(case: Case) -> list[dict[str, int]]:
     """The example's sizes, and a second set where every symbolic dim takes another size, distinct from
     the arguments' and from each other (so a transposition cannot hide)."""
     first = case.dims()
+    if any(isinstance(v, N.Call) for v in case.args().values()):
+        return [first]  # a layer argument's instance takes the sizes its example gives (its own arguments')
     taken = {v for v in case.args().values() if isinstance(v, int) and not isinstance(v, bool)}
     taken |= set(first.values())
     second = {}

@@ -25,6 +25,7 @@ from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import walk
 from layerdsl.language.naming import snake_case
 from layerdsl.language.ops import OPS
+from layerdsl.language.tables import ARG_TYPES
 from layerdsl.semantics.checker import is_expression_default, literal_value
 from layerdsl.semantics.evaluate import NotConstant, evaluate, example_seeds, seed_differences
 
@@ -93,7 +94,9 @@ class Case:
         ex = self.example()
         out = {}
         for a in self.layer.args:
-            if a.name in ex:
+            if a.name in ex and isinstance(ex[a.name], N.Call):  # a layer argument's instance: built by `build`
+                out[a.name] = ex[a.name]
+            elif a.name in ex:
                 out[a.name] = literal_value(ex[a.name])
             elif a.default is not None and not is_expression_default(a.default):  # (computed by the module)
                 out[a.name] = literal_value(a.default)
@@ -156,10 +159,23 @@ def build(
     case: Case, package: str, dtype: torch.dtype | None = None, device: str = "cpu", seed: int = 0
 ) -> torch.nn.Module:
     torch.manual_seed(seed)
-    module = layer_class(case, package)(**case.args(), device=device, dtype=dtype or case.dtype)
+    cls = layer_class(case, package)
+    args = {
+        k: _instance(v, cls, device, dtype or case.dtype) if isinstance(v, N.Call) else v
+        for k, v in case.args().items()
+    }
+    module = cls(**args, device=device, dtype=dtype or case.dtype)
     if case.config and case.config.training is not None:
         module.train(case.config.training)
     return module
+
+
+def _instance(call: N.Call, cls: type, device: str, dtype: torch.dtype) -> torch.nn.Module:
+    """An example's `TransformerEncoderLayer(4, 2)`: the generated layer of that name (the module of `cls`
+    has it, for its argument's type hint), built from the literals."""
+    layer = getattr(sys.modules[cls.__module__], call.func)
+    kwargs = {k.name: literal_value(k.value) for k in call.kwargs}
+    return layer(*[literal_value(a) for a in call.args], **kwargs, device=device, dtype=dtype)
 
 
 def shape_of(shape: N.Shape | None, env: dict, lead: tuple[int, ...]) -> tuple[int, ...]:
@@ -442,7 +458,10 @@ def check_reset(case: Case, package: str, device: str = "cpu") -> str:
 def check_repr(case: Case, package: str, device: str = "cpu") -> str:
     m = build(case, package)
     text = repr(m)
+    layer_args = {a.name for a in case.layer.args if a.base_type not in ARG_TYPES}
     for name, value in case.args().items():
+        if name in layer_args:  # an instance of a layer: shown as the sub that holds it (or its copies)
+            continue
         shown = f"{name}={value!r}" if isinstance(value, str) else f"{name}="
         if shown not in text:
             raise CheckFailed(f"repr lacks {shown!r}: {text}")

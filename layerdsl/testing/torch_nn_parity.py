@@ -25,7 +25,7 @@ import sys
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,11 +50,38 @@ NOT_WRITTEN: dict[str, str] = {
     " namespace; the fix decided: a folder is a namespace (a sub's layer found in its own folder first, then the"
     " folders above, as the language server resolves; a name defined in two other folders an error), not built"
     " yet; written like LayerNorm it is `rms_norm(input, normalized_shape, weight, eps)` with `eps: float?`",
-    "TransformerEncoder": "takes a layer instance as an argument and repeats it: a `module` argument type and"
-    " `[copy(encoder_layer) for i in range(n)]` would say it (the list of subs exists); its masks' shapes depend on"
-    " the given layer's batch_first, which the spec cannot see",
-    "Transformer": "needs a callable activation argument and TransformerEncoder's layer-instance argument (lists of"
-    " subs and optional masks exist)",
+}
+
+
+# torch.nn classes with a spec but no module_db samples: the layers another spec builds (Transformer's
+# decoder). tests/test_torch_nn_parity.py compares them on samples of its own.
+WITHOUT_SAMPLES = {"TransformerDecoder"}
+
+
+# A torch module given to a constructor (TransformerEncoder's `encoder_layer`, its `norm`) is given to the
+# generated layer as the generated layer of the same class: built from the arguments read off the instance
+# (per class: each spec argument, and how torch keeps it), then loaded with the instance's state. A torch
+# callable (`activation=F.gelu`) is given as it is.
+TRANSFORMER_LAYER_ARGUMENTS: dict[str, Callable[[Any], Any]] = {
+    "d_model": lambda m: m.linear1.in_features,
+    "nhead": lambda m: m.self_attn.num_heads,
+    "dim_feedforward": lambda m: m.linear1.out_features,
+    "dropout": lambda m: m.dropout.p,
+    "activation": lambda m: m.activation,
+    "layer_norm_eps": lambda m: m.norm1.eps,
+    "batch_first": lambda m: m.self_attn.batch_first,
+    "norm_first": lambda m: m.norm_first,
+    "bias": lambda m: m.linear1.bias is not None,
+}
+INSTANCE_ARGUMENTS: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "TransformerEncoderLayer": TRANSFORMER_LAYER_ARGUMENTS,
+    "TransformerDecoderLayer": TRANSFORMER_LAYER_ARGUMENTS,
+    "LayerNorm": {
+        "normalized_shape": lambda m: m.normalized_shape,
+        "eps": lambda m: m.eps,
+        "elementwise_affine": lambda m: m.elementwise_affine,
+        "bias": lambda m: m.bias is not None,
+    },
 }
 
 
@@ -168,6 +195,8 @@ def _value_kind(value) -> str:
         if all(type(v) is int or v is None for v in value):
             return "a tuple of ints and None (None: keep the input's size)"
         return "a tuple"
+    if isinstance(value, torch.nn.Module):
+        return type(value).__name__  # fits a layer argument of the spec of that name
     if callable(value):
         return "a callable"
     return type(value).__name__
@@ -187,6 +216,10 @@ def _fits(declared: str, kind: str) -> bool:
         return kind == "a tensor"
     if base == "object":  # an opaque value, passed on as it is
         return True
+    if base == "fn":
+        return kind == "a callable"
+    if kind in INSTANCE_ARGUMENTS:  # a torch module given as the generated layer of its class
+        return base == kind
     return base == kind
 
 
@@ -250,10 +283,11 @@ class Mismatch(AssertionError):
 def run_sample(torch_cls: type, ours: type, sample) -> None:
     """Raises Mismatch where the generated module differs from torch's on this sample."""
     ctor = sample.constructor_input
+    arguments = {k: generated_value(v, ours) for k, v in torch_arguments(torch_cls, ctor.args, ctor.kwargs).items()}
     torch.manual_seed(0)
     theirs = torch_cls(*ctor.args, **ctor.kwargs)
     torch.manual_seed(0)
-    mine = ours(**torch_arguments(torch_cls, ctor.args, ctor.kwargs))
+    mine = ours(**arguments)
     _same_state(theirs, mine, "at construction (reset_parameters)", exact=True)
     theirs.to(torch.float64)
     mine.to(torch.float64)
@@ -268,6 +302,19 @@ def run_sample(torch_cls: type, ours: type, sample) -> None:
         for key in grads_t.keys() | grads_m.keys():
             _close(grads_t.get(key), grads_m.get(key), f"{mode} gradient of {key}")
         _same_state(theirs, mine, f"after a {mode} step")
+
+
+def generated_value(value, ours: type):
+    """A constructor's value for the generated layer `ours`: a torch module as the generated layer of its
+    class (INSTANCE_ARGUMENTS), with the instance's state and dtype; anything else as it is."""
+    if not isinstance(value, torch.nn.Module):
+        return value
+    cls = getattr(sys.modules[ours.__module__], type(value).__name__)
+    read = INSTANCE_ARGUMENTS[type(value).__name__]
+    dtype = next((p.dtype for p in value.parameters()), None)
+    layer = cls(**{name: get(value) for name, get in read.items()}, dtype=dtype)
+    layer.load_state_dict(value.state_dict(), strict=True)
+    return layer
 
 
 def _step(module: torch.nn.Module, fwd) -> tuple[list[torch.Tensor], dict[str, torch.Tensor | None]]:

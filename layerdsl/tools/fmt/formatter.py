@@ -467,6 +467,7 @@ _MEMBER_GROUP = {
     "sub": 2,
     "reinit": 2,
     "let": 2,
+    "redraw": 2,
     "example": 3,
     "forward": 4,
     "backward": 5,

@@ -21,7 +21,7 @@ from layerdsl.tools.lsp.scanning import depths, open_bracket
 MEMBER_KEYWORDS = ("param", "buffer", "transient", "sub", "init", "let", "example", "forward", "backward", "for")
 STATEMENT_KEYWORDS = ("return", "if", "else", "update", "grad", "require", "for")
 EXPRESSION_KEYWORDS = ("true", "false", "none", "and", "or", "not", "if")
-ARG_TYPES = ("int", "float", "bool", "str", "ints", "tensor", "object")
+ARG_TYPES = ("int", "float", "bool", "str", "ints", "tensor", "object", "fn")
 DTYPE_NAMES = ("float", "long", "int", "bool")
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")

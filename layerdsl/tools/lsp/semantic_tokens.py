@@ -36,7 +36,7 @@ KEYWORDS = frozenset(
     "layer param buffer transient sub let example forward backward return if else update grad "
     "true false none and or not for in".split()
 )
-TYPES = frozenset("int float bool str long".split())
+TYPES = frozenset("int float bool str long fn".split())
 
 # what a name means -> (token type, modifiers)
 _BY_KIND: dict[str, tuple[str, tuple[str, ...]]] = {
