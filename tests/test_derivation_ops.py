@@ -804,6 +804,7 @@ layer Scored(d: int, c: int) {{
 """
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 @pytest.mark.parametrize(
     ("x", "t", "options", "torch_options"),
     [

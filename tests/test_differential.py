@@ -320,7 +320,8 @@ def loops(draw):
     """A recurrence `h = f(h)` unrolled 1 to 3 times (`x` in f read as the state `h` or the input), and
     what is returned from the states collected."""
     step, _ = draw(expr(depth=2))
-    step = re.sub(r"\bx\b", lambda _: draw(st.sampled_from(["h", "h", "x"])), step)
+    # size_at reads a dim an input's shape names, so its operand stays the input
+    step = re.sub(r"\bx\b(?!, 0\))", lambda _: draw(st.sampled_from(["h", "h", "x"])), step)
     result = draw(
         st.sampled_from(
             ["h", "sum(stack(outputs), dim = 0)", "stack(outputs, dim = 1)[:, -1]", "cat(outputs, dim = -1)[:, :n]"]
