@@ -341,6 +341,12 @@ def test_derived_backward_through_an_unrolled_loop_matches_autograd(case):
     )
 
 
+def test_every_section_of_an_extra_output_gradient_has_its_output():
+    """The slow run's counterexample: the sections for the returned intermediates' gradients changed what
+    backward reads, so `s - 0.5` was no longer returned while backward still read its gradient."""
+    _check("minimum(w, (minimum(maximum(w, w), (s - 0.5)) - (x @ m)))")
+
+
 # ---------------------------------------------------------------- `if` on configuration values
 
 BRANCHES = """

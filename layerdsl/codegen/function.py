@@ -111,25 +111,21 @@ class FunctionEmitter:
         n_out = len(tape.outputs)
         grads = plan.grads
         if plan.derived is not None:
-            incoming = dict(plan.incoming)
-            body, reads = self.derived_backward(tape, plan.derived, incoming)
+            body, reads = self.derived_backward(tape, plan.derived, dict(plan.incoming))
             saved, extra = self.saving(tape, reads)
-            if extra:  # returned intermediates get gradients of their own (for double backward)
-                extra_grads = {v: self.gradient_name(f"grad_{v}_out", v) for v in extra}
-                if n_out == 1:
-                    # Those gradients are None (grads are not materialised) except in double backward: the
-                    # main derivation ignores them, and each has its own section, run when it is given.
-                    rare = [(v, g, derive(tape, [], {v: g})) for v, g in extra_grads.items()]
-                    rare = [(v, g, b) for v, g, b in rare if b.stmts or b.leaf_grads]  # not a dropout mask
-                    self.split = bool(rare)  # else grad_out is materialised: the main section reads it as given
-                    # Indices and masks (int64, bool) never get a gradient: not materialising theirs (zeros)
-                    # leaves grad_out, the only one there can be, defined whenever backward runs.
-                    self.unmaterialised = not rare and all(self._never_differentiable(v, tape) for v in extra)
-                    body, reads = self.derived_backward(tape, plan.derived, incoming, rare)
-                else:
-                    incoming.update({g: v for v, g in extra_grads.items()})
-                    body, reads = self.derived_backward(tape, derive(tape, grads, extra_grads), incoming)
-                saved, extra = self.saving(tape, reads)
+            # The extra outputs' gradients get sections of their own, which change what backward reads, and so
+            # which intermediates are returned. Sections are added until every returned one has its own
+            # (a growing set: this ends); if they leave some unread, returning only the rest is tried.
+            sections: list[str] = []
+            while not set(extra) <= set(sections):
+                sections = list(dict.fromkeys(sections + extra))
+                body, reads, saved, extra = self.settle(tape, sections)
+            if extra != sections:
+                trial = self.settle(tape, extra)
+                if trial[3] == extra:
+                    sections = extra
+                body, reads, saved, extra = trial if sections == extra else self.settle(tape, sections)
+            extra = sections
         else:
             body, reads = self.handwritten_backward(tape)
             saved, extra = self.saving(tape, reads)
@@ -225,6 +221,34 @@ class FunctionEmitter:
     @property
     def _optional_inputs(self) -> list[str]:
         return [i.name for i in self.e.forward.inputs if i.optional]
+
+    def settle(self, tape: Tape, extra: list[str]):
+        """The backward derived with sections for the returned intermediates `extra`, what it reads, and the
+        saving that follows: (body, reads, saved, intermediates worth returning)."""
+        body, reads = self.backward_with_extra_grads(tape, extra)
+        saved, returned = self.saving(tape, reads)
+        return body, reads, saved, returned
+
+    def backward_with_extra_grads(self, tape: Tape, extra: list[str]) -> tuple[list[str], dict[str, set[str]]]:
+        """The derived backward when the intermediates `extra` are returned as outputs: each gets a gradient
+        of its own (for double backward), in a section of its own when the layer has one output."""
+        incoming = dict(self.plan.incoming)
+        self.split = self.unmaterialised = False
+        if not extra:
+            return self.derived_backward(tape, self.plan.derived, incoming)
+        extra_grads = {v: self.gradient_name(f"grad_{v}_out", v) for v in extra}
+        if len(tape.outputs) == 1:
+            # Those gradients are None (grads are not materialised) except in double backward: the main
+            # derivation ignores them, and each has its own section, run when it is given.
+            rare = [(v, g, derive(tape, [], {v: g})) for v, g in extra_grads.items()]
+            rare = [(v, g, b) for v, g, b in rare if b.stmts or b.leaf_grads]  # not a dropout mask
+            self.split = bool(rare)  # else grad_out is materialised: the main section reads it as given
+            # Indices and masks (int64, bool) never get a gradient: not materialising theirs (zeros) leaves
+            # grad_out, the only one there can be, defined whenever backward runs.
+            self.unmaterialised = not rare and all(self._never_differentiable(v, tape) for v in extra)
+            return self.derived_backward(tape, self.plan.derived, incoming, rare)
+        incoming.update({g: v for v, g in extra_grads.items()})
+        return self.derived_backward(tape, derive(tape, self.plan.grads, extra_grads), incoming)
 
     # ---------------------------------------------------------------- saving
 
