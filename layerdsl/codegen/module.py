@@ -1122,6 +1122,8 @@ def _checked_choice(a: N.Arg, layer: str) -> list[str]:
     quoted = ", ".join(json.dumps(c) for c in a.choices)  # black's quotes
     choices = f"({quoted},)" if len(a.choices) == 1 else f"({quoted})"
     named = ", ".join(repr(c) for c in a.choices)
+    # the strings are literal text inside an f"..." message: escape its quotes, backslashes and braces
+    named = named.replace("\\", "\\\\").replace('"', '\\"').replace("{", "{{").replace("}", "}}")
     what = "a callable" if a.base_type == "fn" else f"an {a.base_type}"
     return [
         f"if isinstance({a.name}, str) and {a.name} not in {choices}:",
