@@ -206,3 +206,32 @@ layer Quoted(n: int, mode: int | "it's" | "a{n}b" | "c{zz}d" = 0) {
         assert """one of "it's", 'a{n}b', 'c{zz}d', got 'other'""" in str(exc)
     else:
         raise AssertionError("an unknown string was taken")
+
+
+def test_init_of_a_held_argument_that_may_be_none_is_skipped_when_none():
+    ns = compile_spec(
+        """
+layer Lin(n: int) {
+    param weight: [n, n]
+    example(n = 3)
+    forward(x: [B, n]) -> [B, n] {
+        return x @ weight
+    }
+}
+
+layer Held(n: int, norm: Lin? = none) {
+    sub norm = norm
+    init norm.weight = ones
+    example(n = 3)
+    forward(x: [B, n]) -> [B, n] {
+        if norm != none {
+            return norm(x)
+        }
+        return x
+    }
+}
+""",
+        "held",
+    )
+    assert ns["Held"](3).norm is None
+    assert torch.equal(ns["Held"](3, ns["Lin"](3)).norm.weight, torch.ones(3, 3))
