@@ -820,7 +820,12 @@ class LayerChecker:
         for value in [*call.args, *(k.value for k in call.kwargs)]:
             if isinstance(value, N.Call):
                 self.check_sub_call(value)
-            elif isinstance(value, N.Name) and self.kinds.get(value.id) in (Kind.OBJECT, Kind.FN, Kind.LAYER):
+            elif isinstance(value, N.Name) and self.kinds.get(value.id) in (
+                Kind.OBJECT,
+                Kind.FN,
+                Kind.LAYER,
+                Kind.LIST,
+            ):
                 value.ref, value.kind = Ref.ARG, self.kinds[value.id]  # passed on whole, as torch passes `options`
             elif isinstance(value, N.Str):
                 value.kind = Kind.STR
