@@ -94,3 +94,29 @@ def test_a_none_entry_keeps_the_input_size(ns):
     x = torch.randn(2, 3, 6, 5, dtype=torch.float64)
     assert ns["Pool"]()(x).shape == (2, 3, 2, 5)
     torch.testing.assert_close(ns["Pool"]((None, 3))(x), torch.nn.AdaptiveAvgPool2d((None, 3))(x))
+
+
+def test_ints_arguments_are_passed_on_to_subs():
+    spec = compile_spec(
+        """
+layer Keep(output_size: [int?] = 3) {
+    forward(input: [N, C, H, W]) {
+        return adaptive_avg_pool2d(input, output_size)
+    }
+}
+
+layer Pools(output_size: [int?] = [4, none], kernel_size: ints = 2) {
+    sub keep = Keep(output_size)
+    sub adaptive = nn.AdaptiveAvgPool2d(output_size)
+    sub pool = nn.MaxPool2d(kernel_size)
+    forward(input: [N, C, H, W]) {
+        return keep(input) + adaptive(input) + pool(pool(input))
+    }
+}
+""",
+        "pools",
+    )
+    x = torch.randn(1, 2, 16, 5)
+    # two (2, 1) poolings of non-overlapping windows are one (4, 1) pooling
+    want = 2 * torch.nn.functional.adaptive_avg_pool2d(x, (4, None)) + torch.nn.functional.max_pool2d(x, (4, 1))
+    assert torch.allclose(spec["Pools"](kernel_size=(2, 1))(x), want)

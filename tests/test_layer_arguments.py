@@ -185,3 +185,53 @@ layer Wrapper(block: Block) {
     wrapper = ns["Wrapper"](block)
     assert list(wrapper.state_dict()) == ["stack.layers.0.weight", "stack.layers.1.weight"]
     assert torch.equal(wrapper.stack.layers[1].weight, block.weight)
+
+
+def test_a_choice_string_with_quotes_or_braces_is_named_as_written():
+    ns = compile_spec(
+        """
+layer Quoted(n: int, mode: int | "it's" | "a{n}b" | "c{zz}d" = 0) {
+    example(n = 3)
+    forward(x: [B, n]) -> [B, n] {
+        return x
+    }
+}
+""",
+        "quoted",
+    )
+    assert ns["Quoted"](3, "a{n}b").mode == "a{n}b"
+    try:
+        ns["Quoted"](3, "other")
+    except ValueError as exc:
+        assert """one of "it's", 'a{n}b', 'c{zz}d', got 'other'""" in str(exc)
+    else:
+        raise AssertionError("an unknown string was taken")
+
+
+def test_init_of_a_held_argument_that_may_be_none_is_skipped_when_none():
+    ns = compile_spec(
+        """
+layer Lin(n: int) {
+    param weight: [n, n]
+    example(n = 3)
+    forward(x: [B, n]) -> [B, n] {
+        return x @ weight
+    }
+}
+
+layer Held(n: int, norm: Lin? = none) {
+    sub norm = norm
+    init norm.weight = ones
+    example(n = 3)
+    forward(x: [B, n]) -> [B, n] {
+        if norm != none {
+            return norm(x)
+        }
+        return x
+    }
+}
+""",
+        "held",
+    )
+    assert ns["Held"](3).norm is None
+    assert torch.equal(ns["Held"](3, ns["Lin"](3)).norm.weight, torch.ones(3, 3))

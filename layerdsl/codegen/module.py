@@ -389,7 +389,11 @@ class LayerEmitter:
             name = f"{reinit.sub}.{reinit.member}"
             target = N.Tensor(member.kind, name, reinit.span, member.dtype, member.shape, reinit.init, None)
             inits = self.init_lines(target, ex)
-            lines += [f"if self.{name} is not None:", *_indent(inits)] if member.cond is not None else inits
+            if member.cond is not None:
+                inits = [f"if self.{name} is not None:", *_indent(inits)]
+            if sub.given is not None and any(a.name == sub.given.id and a.maybe_none for a in self.layer.args):
+                inits = [f"if self.{reinit.sub} is not None:", *_indent(inits)]  # `sub norm = norm`, none given
+            lines += inits
         return lines
 
     def init_lines(self, t: N.Tensor, ex: PyExpr) -> list[str]:
@@ -1122,6 +1126,8 @@ def _checked_choice(a: N.Arg, layer: str) -> list[str]:
     quoted = ", ".join(json.dumps(c) for c in a.choices)  # black's quotes
     choices = f"({quoted},)" if len(a.choices) == 1 else f"({quoted})"
     named = ", ".join(repr(c) for c in a.choices)
+    # the strings are literal text inside an f"..." message: escape its quotes, backslashes and braces
+    named = named.replace("\\", "\\\\").replace('"', '\\"').replace("{", "{{").replace("}", "}}")
     what = "a callable" if a.base_type == "fn" else f"an {a.base_type}"
     return [
         f"if isinstance({a.name}, str) and {a.name} not in {choices}:",

@@ -820,7 +820,12 @@ class LayerChecker:
         for value in [*call.args, *(k.value for k in call.kwargs)]:
             if isinstance(value, N.Call):
                 self.check_sub_call(value)
-            elif isinstance(value, N.Name) and self.kinds.get(value.id) in (Kind.OBJECT, Kind.FN, Kind.LAYER):
+            elif isinstance(value, N.Name) and self.kinds.get(value.id) in (
+                Kind.OBJECT,
+                Kind.FN,
+                Kind.LAYER,
+                Kind.LIST,
+            ):
                 value.ref, value.kind = Ref.ARG, self.kinds[value.id]  # passed on whole, as torch passes `options`
             elif isinstance(value, N.Str):
                 value.kind = Kind.STR
@@ -856,6 +861,15 @@ class LayerChecker:
         values = [*zip(names, call.args), *((k.name, k.value) for k in call.kwargs)]
         for name, value in values:
             arg = target.arg(name)
+            own_arg = self.layer.arg(value.id) if isinstance(value, N.Name) else None
+            if arg is not None and own_arg is not None and own_arg.base_type in self.program.layers:
+                if arg.base_type not in self.program.layers:  # `Linear(encoder_layer)`: an instance for an int
+                    self.r.error(
+                        value.span,
+                        f"'{name}' of layer '{target.name}' is {arg.type}; '{own_arg.name}' is an instance of {own_arg.base_type}",
+                        "a layer argument is held by a sub (`sub NAME = ARG`) or copied (`copy(ARG)`)",
+                    )
+                    continue
             if arg is None or arg.base_type not in self.program.layers:
                 continue
             given_layer = value.func if isinstance(value, N.Call) else None
