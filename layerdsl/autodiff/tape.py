@@ -124,6 +124,12 @@ class Linearizer:
                         self.env.setdefault(source.id, source.id)  # a step's var, read as a local by the slices
                     for (t, _), part in zip(targets, _part_slices(v, source, len(targets))):
                         self.env[t] = self.value(part, hint=t, target=t)
+                case N.Unpack(value=N.Call(func=func)) if func in OPS and OPS[func].with_indices:
+                    raise NotDerivable(
+                        stmt.span,
+                        f"{func}() is not derived under @function",
+                        f"call {func.removesuffix('_with_indices')}(): the derived backward keeps its indices itself",
+                    )
                 case N.Update():
                     raise NotDerivable(stmt.span, "@function layers cannot update buffers")
                 case N.IndexAssign():

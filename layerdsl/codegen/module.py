@@ -519,10 +519,16 @@ class LayerEmitter:
         return args + [f"self.{a}" if a != "training" else "self.training" for a in self.function_kwargs()]
 
     def returns_hint(self) -> str:
-        n = self.n_outputs()
-        optional = self.forward.optional_outputs
-        hints = ["Tensor | None" if k in optional else "Tensor" for k in range(n)]
-        return hints[0] if n == 1 else f"tuple[{', '.join(hints)}]"
+        """`Tensor`, `tuple[Tensor, Tensor | None]`; `Tensor | tuple[Tensor, Tensor]` when an argument picks how
+        many outputs the returns give (`return_indices`)."""
+        fwd = self.forward
+        arities = [self.n_outputs()] if fwd.outputs is not None else _return_arities(fwd.body)
+        optional = fwd.optional_outputs
+        hints = []
+        for n in arities:
+            tensors = ["Tensor | None" if k in optional else "Tensor" for k in range(n)]
+            hints.append(tensors[0] if n == 1 else f"tuple[{', '.join(tensors)}]")
+        return " | ".join(hints)
 
     def n_outputs(self) -> int:
         fwd = self.forward
@@ -925,6 +931,11 @@ def _refuses_mixed_dtypes(node: N.Node) -> bool:
     else:
         return False
     return row is not None and not row.promotes
+
+
+def _return_arities(body: list[N.Stmt]) -> list[int]:
+    """How many outputs the returns give, each count once, fewest first ([1] without a return)."""
+    return sorted({len(s.values) for s in statements(body) if isinstance(s, N.Return)}) or [1]
 
 
 def _layout(shape: N.Shape) -> tuple[str, int | None, int]:

@@ -63,6 +63,8 @@ class Op:
     # a backward kernel's results (every operand's gradient), of which the row's last argument `which` picks
     # one: statements asking for several of the same call become one call (`codegen.joint_gradients`)
     results: int = 1
+    # the row gives (result, int64 indices of the same shape), unpacked into two names (`max_pool2d_with_indices`)
+    with_indices: bool = False
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -767,6 +769,35 @@ TABLE: tuple[Op, ...] = (
         },
         cost="costly",
         none_entries=("output_size",),
+    ),
+    # The pooling rows that also give where each maximum was, as torch's modules do for return_indices=True:
+    # `pooled, indices = max_pool2d_with_indices(x, 2)`. Their result is unpacked, never differentiated.
+    *(
+        Op(
+            f"max_pool{k}d_with_indices",
+            _sig(_MAX_POOL),
+            f"torch.nn.functional.max_pool{k}d_with_indices",
+            "pool",
+            f"max_pool{k}d and where each maximum is (int64, same shape, into the flattened pooled dims),"
+            " unpacked into two names",
+            cost="costly",
+            with_indices=True,
+        )
+        for k in (1, 2, 3)
+    ),
+    *(
+        Op(
+            f"fractional_max_pool{k}d_with_indices",
+            _sig(_FRACTIONAL_POOL),
+            f"torch.nn.functional.fractional_max_pool{k}d_with_indices",
+            "fractional_pool",
+            f"fractional_max_pool{k}d and where each maximum is (int64, same shape), unpacked into two names",
+            cost="costly",
+            positional=4,
+            kwarg_spelling={"random_samples": "_random_samples"},
+            with_indices=True,
+        )
+        for k in (2, 3)
     ),
     Op(
         "fractional_max_pool2d",

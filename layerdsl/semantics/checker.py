@@ -911,7 +911,42 @@ class LayerChecker:
             self.r.error(
                 _keyword(fwd.span, "forward"), "forward does not return on every path", "end it with `return ...`"
             )
+        if fwd.outputs is None:  # with `->`, every return gives the declared number (checked at each)
+            self.check_output_count(fwd)
         return locals_
+
+    def check_output_count(self, fwd: N.Forward) -> None:
+        """Returns of several arities (`return pooled, indices` / `return pooled`, as torch's
+        `return_indices=True`): each `if` around them must test only arguments and flags, so that the
+        number of outputs is fixed when the module is built."""
+        arities = {len(s.values) for s in statements(fwd.body) if isinstance(s, N.Return)}
+        if len(arities) < 2:
+            return
+        if self.layer.is_function:
+            first = next(s for s in statements(fwd.body) if isinstance(s, N.Return))
+            other = next(
+                s for s in statements(fwd.body) if isinstance(s, N.Return) and len(s.values) != len(first.values)
+            )
+            self.r.error(
+                other.span,
+                f"an @function layer returns one number of outputs: this return gives {len(other.values)},"
+                f" an earlier one {len(first.values)}",
+                "its Function's backward takes one gradient per output",
+            )
+            return
+        settled = {a.name for a in self.layer.args} | {i.name for i in fwd.inputs if i.flag is not None}
+        for stmt in statements(fwd.body):
+            if not isinstance(stmt, N.If) or not any(isinstance(s, N.Return) for s in statements([stmt])):
+                continue
+            read = next((n for n in walk(stmt.cond) if isinstance(n, N.Name) and n.id not in settled), None)
+            if read is not None:
+                counts = " or ".join(str(a) for a in sorted(arities))
+                self.r.error(
+                    read.span,
+                    f"forward returns {counts} outputs, so which one may depend only on arguments and flags;"
+                    f" this condition reads '{read.id}'",
+                    "test an argument (`if return_indices { return out, indices }`) or give every return as many outputs",
+                )
 
     def check_input_kind(self, inp: N.Input, fwd: N.Forward) -> None:
         """An optional input (`mask: bool[B, T]? = none`) comes after the required ones; a tuple input is
@@ -1261,10 +1296,17 @@ class LayerChecker:
             count = _parts_written(value)
             if count is not None and count != n:
                 self.r.error(stmt.span, f"{value.func}() gives {count} tensors here, unpacked into {n} names")
+        elif isinstance(value, N.Call) and _gives_indices(value) and scope.get(value.func) is None:
+            if n != 2:
+                self.r.error(
+                    stmt.span,
+                    f"{value.func}() gives 2 tensors (the result and its indices), unpacked into {n} names",
+                    f"write `pooled, indices = {value.func}(...)`",
+                )
         elif value.kind != Kind.UNKNOWN:
             self.r.error(
                 value.span,
-                "only a tuple input, a sub's call or chunk()/split() can be unpacked into names",
+                "only a tuple input, a sub's call, chunk()/split() or a *_with_indices() op can be unpacked into names",
                 "assign one value to one name: `y = ...`",
             )
         for name, span in stmt.targets:
@@ -1777,7 +1819,7 @@ class LayerChecker:
             return Kind.INT
         if op.shape == "predicate":  # is_floating_point(x): a bool read from a tensor's dtype
             return Kind.BOOL
-        if op.shape == "parts" and call is not self.unpacking:
+        if (op.shape == "parts" or op.with_indices) and call is not self.unpacking:
             self.r.error(
                 call.func_span,
                 f"{op.name}() gives several tensors, which are unpacked into names",
@@ -2228,6 +2270,12 @@ def _count_returns(body: list[N.Stmt]) -> int:
         if isinstance(stmt, N.Return):
             return len(stmt.values)
     return 1
+
+
+def _gives_indices(call: N.Call) -> bool:
+    """`max_pool2d_with_indices(...)`: an op giving its result and the indices of its maxima."""
+    op = OPS.get(call.func)
+    return op is not None and op.with_indices
 
 
 def _parts_written(call: N.Call) -> int | None:

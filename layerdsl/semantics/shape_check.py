@@ -117,8 +117,10 @@ class _ShapePass:
                 case N.Unpack(targets=targets, value=value):
                     shapes = self.tuples.get(value.id, []) if isinstance(value, N.Name) else []
                     if isinstance(value, N.Call):
-                        self.shape(value, env)  # a sub's inputs are checked; its outputs are not known here
+                        found = self.shape(value, env)  # a sub's inputs are checked; its outputs are not known here
                         shapes = self.parts.get(id(value), [])
+                        if (op := OPS.get(value.func)) is not None and op.with_indices:
+                            shapes = [found, found]  # the indices have the result's shape
                         if shapes and len(shapes) != len(targets):
                             self.r.error(
                                 stmt.span,

@@ -582,6 +582,11 @@ def conv_transpose(inp: Shape, weight: Shape, spatial: int, stride, padding, out
     return (inp[0], poly_text(poly_mul(constant(groups), text_poly(weight[1]))), *sizes)
 
 
+def _spatial_dims(op: Op) -> int:
+    """How many dims a pooling row pools: the k of `max_pool{k}d`, `max_pool{k}d_indices`, `..._with_indices`."""
+    return int(op.name.removesuffix("_indices").removesuffix("_with")[-2])
+
+
 def parts(op: Op, args: Mapping[str, N.Expr], inp: Shape) -> tuple[list[Shape] | None, str | None]:
     """chunk/split: the shape of each part (None when not known here), or why the dim does not cut so."""
     dim = _literal(op, args, "dim")
@@ -706,7 +711,7 @@ def op_shape(
     if op.shape in ("pool", "adaptive_pool", "conv_transpose"):
         return _pooling_shape(op, args, shape_of)
     if op.shape == "fractional_pool":
-        spatial = int(op.name.removesuffix("_indices")[-2])
+        spatial = _spatial_dims(op)
         size, ratio = _literal(op, args, "output_size"), _literal(op, args, "output_ratio")
         return fractional_pool(shape_of(args["input"]), spatial, size, ratio)
     if op.shape == "pad":
@@ -749,7 +754,7 @@ def window_problem(op: Op, args: Mapping[str, N.Expr], shape_of: Callable[[N.Exp
         return None
     if op.shape != "pool":
         return None
-    spatial = int(op.name[-2])
+    spatial = _spatial_dims(op)
     kernel = _per_dim(_literal(op, args, "kernel_size"), spatial)
     padding = _per_dim(_literal(op, args, "padding"), spatial)
     dilation = _per_dim(_literal(op, args, "dilation"), spatial) if op.param("dilation") else [1] * spatial
@@ -772,7 +777,7 @@ def window_problem(op: Op, args: Mapping[str, N.Expr], shape_of: Callable[[N.Exp
 def _pooling_shape(op: Op, args: Mapping[str, N.Expr], shape_of: Callable[[N.Expr], Shape]) -> Shape:
     """Pooling (`max_pool2d`, `adaptive_avg_pool1d`, ...) and transposed convolution: the digit before the
     final `d` of the name is the number of spatial dims."""
-    spatial = int(op.name.removesuffix("_indices")[-2])
+    spatial = _spatial_dims(op)
     value = {p.name: _literal(op, args, p.name) for p in op.params if not p.tensor}
     inp = shape_of(args["input"])
     if op.shape == "adaptive_pool":
