@@ -347,6 +347,12 @@ def test_every_section_of_an_extra_output_gradient_has_its_output():
     _check("minimum(w, (minimum(maximum(w, w), (s - 0.5)) - (x @ m)))")
 
 
+def test_the_norms_take_a_non_contiguous_input():
+    """CI's counterexample: ATen's group norm kernel takes a contiguous input only."""
+    _check("group_norm((stack([(x), (x * 0.5)], dim = -1)[..., 1]), 2, w, w)")
+    _check("layer_norm(stack([x, x * 0.5], dim = -1)[..., 1], [n], w, w)")
+
+
 # ---------------------------------------------------------------- `if` on configuration values
 
 BRANCHES = """

@@ -174,7 +174,10 @@ def _group_norm_with_statistics(a: _Call, _) -> str:
     """`out, mean, rstd = ...`: the forward's kernel; mean and rstd are [N, num_groups]."""
     x = a.atom("input")
     sizes = f"{x}.shape[0], {x}.shape[1], {x}[0, 0].numel()"  # N, C and the elements per channel
-    return f"torch.native_group_norm({x}, {a['weight']}, {a['bias']}, {sizes}, {a['num_groups']}, {a['eps']})"
+    # ATen's kernel takes a contiguous input only (F.group_norm makes it so first)
+    return (
+        f"torch.native_group_norm({x}.contiguous(), {a['weight']}, {a['bias']}, {sizes}, {a['num_groups']}, {a['eps']})"
+    )
 
 
 def _group_norm_statistic(index: int) -> Callable[[_Call, dict[str, bool]], str]:

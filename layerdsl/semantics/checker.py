@@ -612,6 +612,23 @@ class LayerChecker:
                 "the condition of `init parameters` compares `ndim` (a parameter's number of dims) with an int",
                 "e.g. `if ndim > 1`, as torch's Transformer draws its matrices",
             )
+            return
+        needs_matrix = (
+            init is not None and init.name in INITS and (INITS[init.name].fan_based or init.name == "orthogonal")
+        )
+        small = cond is None or (
+            isinstance(cond, N.Compare)
+            and isinstance(bound := cond.operands[1], N.Num)
+            and any(_holds(cond.ops[0], ndim, int(bound.value)) for ndim in (0, 1))
+        )
+        if needs_matrix and small:
+            assert init is not None
+            self.r.error(
+                init.span,
+                f"'{init.name}' draws only tensors of 2 or more dims, and this `init parameters` gives it "
+                + ("every parameter (biases too)" if cond is None else "parameters of fewer dims"),
+                "write `init parameters = " + init.name + " if ndim > 1`, as torch's Transformer does",
+            )
 
     def check_given_sub(self, sub: N.Sub, held: dict[str, N.Sub]) -> None:
         """`sub norm = norm` or `copy(encoder_layer)`: a layer argument, held once as given (torch's
@@ -2108,6 +2125,13 @@ def _compares_with_none(parent: N.Expr | None) -> bool:
         isinstance(parent, N.Compare)
         and set(parent.ops) <= {"==", "!="}
         and any(isinstance(o, N.NoneLit) for o in parent.operands)
+    )
+
+
+def _holds(op: str, left: int, right: int) -> bool:
+    """`left op right` for a comparison operator of the language."""
+    return {"<": left < right, "<=": left <= right, ">": left > right, ">=": left >= right, "==": left == right}.get(
+        op, left != right
     )
 
 
