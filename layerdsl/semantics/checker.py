@@ -19,7 +19,7 @@ from layerdsl.ir.nodes import Kind, Ref
 from layerdsl.ir.printer import members_present, members_present_otherwise, spec_text
 from layerdsl.ir.visit import statements, sub_expressions, walk
 from layerdsl.language.naming import snake_case
-from layerdsl.language.ops import CALLABLE, OPS
+from layerdsl.language.ops import CALLABLE, OPS, Op
 from layerdsl.language.tables import (
     ARG_TYPES,
     CONSTANTS,
@@ -2145,14 +2145,19 @@ def _none_checked(cond: N.Expr, op: str) -> set[str]:
     return set()
 
 
+def _bound_param(op: Op, call: N.Call, operand: N.Expr) -> str | None:
+    """The name of `op`'s parameter that `operand`, an argument of `call`, is given to."""
+    names = [p.name for p in op.params]
+    name = next((names[i] for i, a in enumerate(call.args) if a is operand and i < len(names)), None)
+    return next((k.name for k in call.kwargs if k.value is operand), name)
+
+
 def _passed_as_int_tuple(parent: N.Expr | None, operand: N.Expr) -> bool:
     """Whether `operand` is given to an operation parameter that takes a tuple of ints too (`Op.int_tuples`)."""
     if not isinstance(parent, N.Call) or parent.func not in CALLABLE:
         return False
     op = CALLABLE[parent.func]
-    names = [p.name for p in op.params]
-    name = next((names[i] for i, a in enumerate(parent.args) if a is operand and i < len(names)), None)
-    name = next((k.name for k in parent.kwargs if k.value is operand), name)
+    name = _bound_param(op, parent, operand)
     return name in op.int_tuples
 
 
@@ -2167,9 +2172,7 @@ def _takes_none_entries(parent: N.Expr | None, operand: N.Expr) -> bool:
     if parent.func not in CALLABLE:
         return True
     op = CALLABLE[parent.func]
-    names = [p.name for p in op.params]
-    name = next((names[i] for i, a in enumerate(parent.args) if a is operand and i < len(names)), None)
-    name = next((k.name for k in parent.kwargs if k.value is operand), name)
+    name = _bound_param(op, parent, operand)
     return name in op.none_entries
 
 
@@ -2206,9 +2209,7 @@ def takes_none(parent: N.Expr | None, operand: N.Expr, tensor: bool = False) -> 
     if not isinstance(parent, N.Call) or parent.func not in CALLABLE:
         return False
     op = CALLABLE[parent.func]
-    names = [p.name for p in op.params]
-    name = next((names[i] for i, a in enumerate(parent.args) if a is operand and i < len(names)), None)
-    name = next((k.name for k in parent.kwargs if k.value is operand), name)
+    name = _bound_param(op, parent, operand)
     param = op.param(name) if name else None
     return param is not None and (param.tensor or not tensor) and param.default == "none"
 
