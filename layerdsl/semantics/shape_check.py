@@ -605,6 +605,13 @@ class _ShapePass:
             return None
         subst = _layer_args(target, construction, self.lets)
         for arg, inp, actual in zip(call.args, target.forward.inputs, inputs):
+            if inp.flag is not None and arg.kind == Kind.TENSOR:
+                self.r.error(
+                    arg.span,
+                    f"{_text(arg)} is a tensor; {target.name}'s input '{inp.name}' is a flag (a bool)",
+                    f"give '{inp.name}' `true`, `false` or a bool argument, in {target.name}'s forward order",
+                )
+                return None
             if inp.shape is None or actual is None:
                 continue
             problem = _bind(inp.shape, actual, subst)
