@@ -185,14 +185,17 @@ def expr(draw, depth: int = 3):
     return f"({full} @ m)", FULL
 
 
-SPEC = """
+# The random layer's head: the parameters every drawn expression may read
+HEAD = """
 @function
 layer Random(n: int) {{
     param w: [n] = uniform(0.5, 1.5)
     param s: [] = uniform(0.5, 1.5)
     param m: [n, n] = uniform(-0.5, 0.5)
     example(n = 4)
+"""
 
+SPEC = HEAD + """
     forward(x: [B, n]) -> [B, n] {{
         return x * 0 + {body}
     }}
@@ -294,14 +297,7 @@ def test_the_derivation_covers_every_operator_it_claims():
 
 # ---------------------------------------------------------------- loops of a trip count written in the spec
 
-LOOPS = """
-@function
-layer Random(n: int) {{
-    param w: [n] = uniform(0.5, 1.5)
-    param s: [] = uniform(0.5, 1.5)
-    param m: [n, n] = uniform(-0.5, 0.5)
-    example(n = 4)
-
+LOOPS = HEAD + """
     forward(x: [B, n]) -> [B, n] {{
         h = x
         outputs = []

@@ -222,7 +222,9 @@ class FunctionEmitter:
     def _optional_inputs(self) -> list[str]:
         return [i.name for i in self.e.forward.inputs if i.optional]
 
-    def settle(self, tape: Tape, extra: list[str]):
+    def settle(
+        self, tape: Tape, extra: list[str]
+    ) -> tuple[list[str], dict[str, set[str]], list[tuple[str, set[str]]], list[str]]:
         """The backward derived with sections for the returned intermediates `extra`, what it reads, and the
         saving that follows: (body, reads, saved, intermediates worth returning)."""
         body, reads = self.backward_with_extra_grads(tape, extra)

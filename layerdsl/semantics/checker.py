@@ -616,11 +616,7 @@ class LayerChecker:
         needs_matrix = (
             init is not None and init.name in INITS and (INITS[init.name].fan_based or init.name == "orthogonal")
         )
-        small = cond is None or (
-            isinstance(cond, N.Compare)
-            and isinstance(bound := cond.operands[1], N.Num)
-            and any(_holds(cond.ops[0], ndim, int(bound.value)) for ndim in (0, 1))
-        )
+        small = cond is None or any(evaluate(cond, {"ndim": ndim}) for ndim in (0, 1))
         if needs_matrix and small:
             assert init is not None
             self.r.error(
@@ -2125,13 +2121,6 @@ def _compares_with_none(parent: N.Expr | None) -> bool:
         isinstance(parent, N.Compare)
         and set(parent.ops) <= {"==", "!="}
         and any(isinstance(o, N.NoneLit) for o in parent.operands)
-    )
-
-
-def _holds(op: str, left: int, right: int) -> bool:
-    """`left op right` for a comparison operator of the language."""
-    return {"<": left < right, "<=": left <= right, ">": left > right, ">=": left >= right, "==": left == right}.get(
-        op, left != right
     )
 
 
