@@ -259,6 +259,33 @@ async def test_rename_a_local_stays_in_its_layer_and_refuses_a_bad_name(client: 
         await client.text_document_rename_async(T.RenameParams(_doc(uri), _pos(MLP, "h = relu"), "2x"))
 
 
+async def test_init_of_a_sub_member_is_renamed_with_the_sub_and_with_the_member(
+    client: LanguageClient, workspace: Path
+):
+    uri = _uri(workspace, "linear.layer")
+    zeroed = _uri(workspace, "zeroed.layer")
+    text = MLP.replace("MLP", "Zeroed").replace(
+        "    example(", "    init second.bias = zeros\n    example("
+    )
+    await _open(client, zeroed, text)
+    await _open(client, uri, LINEAR)
+    # The sub: its declaration, its call in forward and the `init` line.
+    edit = await client.text_document_rename_async(T.RenameParams(_doc(zeroed), _pos(text, "second.bias"), "last"))
+    renamed = _apply(text, edit.changes[zeroed])
+    assert "init last.bias = zeros" in renamed and "sub last = " in renamed and "return last(h)" in renamed
+    # The member, from its declaration in another file: the `init` line names it.
+    edit = await client.text_document_rename_async(T.RenameParams(_doc(uri), _pos(LINEAR, "bias: [", 0), "offset"))
+    assert "init second.offset = zeros" in _apply(text, edit.changes[zeroed])
+    assert "param offset: [out_features]" in _apply(LINEAR, edit.changes[uri])
+    # Go to definition from the member and from the initialiser's name.
+    found = await client.text_document_definition_async(
+        T.DefinitionParams(_doc(zeroed), _pos(text, "second.bias", len("second.")))
+    )
+    assert isinstance(found, T.Location) and found.uri == uri and found.range.start.line == LINEAR.count(
+        "\n", 0, LINEAR.index("param bias")
+    )
+
+
 # ---------------------------------------------------------------- semantic tokens, inlay hints, signatures
 
 

@@ -470,6 +470,8 @@ class Reinit(Node):
     span: Span
     init: Init | None
     after: int = 0
+    sub_span: Span | None = None  # where `out_proj` and `bias` are written (the language server's names)
+    member_span: Span | None = None
 
 
 @dataclass(eq=False)

@@ -326,11 +326,11 @@ class IRBuilder(Transformer):
     def reinit(self, meta, items):
         (sub, member, span), expr = items
         init = self._init(expr)
-        return N.Reinit(sub, member, span, init)
+        return N.Reinit(str(sub), str(member), span, init, sub_span=_tspan(sub), member_span=_tspan(member))
 
     def member_ref(self, meta, items):
         sub, member = items
-        return str(sub), str(member), _span(meta)
+        return sub, member, _span(meta)
 
     def _repeat(self, comp: N.ListComp) -> N.Repeat:
         if not (isinstance(comp.iter, N.Call) and comp.iter.func == "range"):

@@ -24,7 +24,7 @@ class Occurrence:
     """A place in a layer's text that names something."""
 
     span: Span
-    kind: str  # layer | arg | tensor | sub | let | input | grad | example | init | name | call | kwarg | reduce | target | index | decorator
+    kind: str  # layer | arg | tensor | sub | sub-ref | member | let | input | grad | example | init | name | call | kwarg | reduce | target | index | decorator
     name: str
     node: N.Node  # the declaration, or the node the name is part of
 
@@ -43,17 +43,21 @@ def layer_occurrences(layer: N.Layer) -> list[Occurrence]:
         found.append(Occurrence(t.span, "tensor", t.name, t))
         _shape_occurrences(t.shape, found)
         if t.init is not None:
-            found.append(Occurrence(t.init.span, "init", t.init.name, t.init))
-            for v in t.init.args:
-                _expr_occurrences(v, found)
-            for k in t.init.kwargs:
-                found.append(Occurrence(k.span, "kwarg", k.name, t.init))
-                _expr_occurrences(k.value, found)
+            _init_occurrences(t.init, found)
         if t.cond is not None:
             _expr_occurrences(t.cond, found)
     for sub in layer.subs:
         found.append(Occurrence(sub.span, "sub", sub.name, sub))
         _expr_occurrences(sub.call, found)
+    for reinit in layer.reinits:
+        if reinit.sub_span is not None and reinit.member_span is not None:
+            found.append(Occurrence(reinit.sub_span, "sub-ref", reinit.sub, reinit))
+            found.append(Occurrence(reinit.member_span, "member", reinit.member, reinit))
+        if reinit.init is not None:
+            _init_occurrences(reinit.init, found)
+    for redraw in layer.redraws:
+        if redraw.init is not None:
+            _init_occurrences(redraw.init, found)
     for let in layer.lets:
         found.append(Occurrence(let.span, "let", let.name, let))
         _expr_occurrences(let.value, found)
@@ -75,6 +79,15 @@ def layer_occurrences(layer: N.Layer) -> list[Occurrence]:
             found.append(Occurrence(span, "grad", name, layer.backward))
         _body_occurrences(layer.backward.body, found)
     return found
+
+
+def _init_occurrences(init: N.Init, found: list[Occurrence]) -> None:
+    found.append(Occurrence(init.span, "init", init.name, init))
+    for v in init.args:
+        _expr_occurrences(v, found)
+    for k in init.kwargs:
+        found.append(Occurrence(k.span, "kwarg", k.name, init))
+        _expr_occurrences(k.value, found)
 
 
 def _shape_occurrences(shape: N.Shape, found: list[Occurrence]) -> None:
@@ -184,7 +197,23 @@ def resolve(a: Analysis, occ: Occurrence, layer: N.Layer) -> Target | None:
             return resolve_callee(a, layer, node)
         case "kwarg":
             return _resolve_keyword(a, layer, occ.name, node)
+        case "sub-ref" | "member" if isinstance(node, N.Reinit):
+            return _resolve_member_ref(a, layer, node, occ.kind == "member")
     return None
+
+
+def _resolve_member_ref(a: Analysis, layer: N.Layer, reinit: N.Reinit, member: bool) -> Target | None:
+    """`init out_proj.bias = ...`: the sub `out_proj`, or the member `bias` of the sub's layer."""
+    sub = next((s for s in layer.subs if s.name == reinit.sub), None)
+    if sub is None:
+        return None
+    if not member:
+        return Target("sub", sub.name, layer, sub, sub.span)
+    other = a.layers.get(sub.call.func)
+    tensor = other.tensor(reinit.member) if other is not None else None
+    if other is None or tensor is None:
+        return None
+    return Target(tensor.kind, tensor.name, other, tensor, tensor.span)
 
 
 def resolve_name(layer: N.Layer, name: str, at: Span) -> Target | None:

@@ -76,7 +76,8 @@ def occurrences_of(ls: LayerServer, a: Analysis, target: Target) -> list[Found]:
     key = _key(target, a.path)
     if key is None:
         return []
-    everywhere = target.kind in ("layer", "arg")  # other files name layers, and arguments as keywords
+    # Other files name layers, arguments (as keywords) and members (`init out_proj.bias = ...`).
+    everywhere = target.kind in ("layer", "arg", "param", "buffer")
     found = []
     for path, text, layers in _files(ls, a, everywhere):
         for layer in layers:
