@@ -18,6 +18,7 @@ from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.shapes import same_shape_leaf
 from layerdsl.autodiff.tape import Step, Tape
+from layerdsl.codegen.function_buffers import always_updated, returned_values, updated_buffers
 from layerdsl.codegen.joint_gradients import joint_calls
 from layerdsl.codegen.names import FunctionNames
 from layerdsl.codegen.norm_loss_grads import norm_loss_grad
@@ -67,7 +68,14 @@ class FunctionEmitter:
     emitted with the names of every side in `scope`, and returns every side's extra outputs (`returned`,
     None for those it does not compute) so that all sides share one signature."""
 
-    def __init__(self, emitter, plan: BackwardPlan, scope: set[str] | None = None, returned: list[str] | None = None):
+    def __init__(
+        self,
+        emitter,
+        plan: BackwardPlan,
+        scope: set[str] | None = None,
+        returned: list[str] | None = None,
+        buffers: list[str] | None = None,
+    ):
         self.e = emitter
         self.layer = emitter.layer
         self.plan = plan
@@ -84,6 +92,9 @@ class FunctionEmitter:
         self.backward_dims: set[str] = set()  # symbolic dims the backward reads (kept on ctx)
         self.names = FunctionNames(scope or self._scope_names(), self.kwargs + list(self.layer.symbolic_dims))
         self.returned = returned
+        # The buffers whose new values forward returns last (`codegen.function_buffers`): every side's.
+        self.buffers = updated_buffers(plan, [b.name for b in self.layer.buffers]) if buffers is None else buffers
+        self.sometimes_updated: set[str] = set()  # the buffers some side of the forward leaves as they are
         self.in_training = False  # a side of `if training`: dropout needs no mode check of its own
         self.saved_cheap: frozenset[str] | None = None  # cheap intermediates saved, not recomputed (`_backward`)
         self.named: dict[tuple[str, ...], str] = {}  # the gradients this emitter names, by what they are of
@@ -140,13 +151,12 @@ class FunctionEmitter:
             "forward_params": [f"{l}: Tensor" if self._is_required(l) else f"{l}: Tensor | None" for l in leaves]
             + [self._kw_param(k) for k in self.kwargs],
             "forward_body": fwd_body,
-            "returns": (
-                "Tensor"
-                if n_out + len(returned) == 1
-                else f"tuple[{', '.join(['Tensor'] * n_out + [_returned_type(x, extra) for x in returned])}]"
-            ),
+            "returns": self._returns_hint(n_out, returned, extra),
             "setup_body": self.setup_body(tape, saved, returned, inputs_unpack),
-            "backward_params": ["ctx"] + grads + [self.gradient_name(f"grad_{x}_out", x) for x in returned],
+            "backward_params": ["ctx"]
+            + grads
+            + [self.gradient_name(f"grad_{x}_out", x) for x in returned]
+            + (["*_"] if self.buffers else []),  # the new buffer values: not differentiable
             "backward_body": body,
             "apply_params": inputs_unpack,
             "n_outputs": n_out,
@@ -155,8 +165,19 @@ class FunctionEmitter:
             "cls": self.names.cls,
             "extra": returned,
             "computed_extra": extra,
+            "updates": self.buffers,
             "probes": (self.names.local("transforms_active"), self.names.local("compiling")),  # apply's fast path
         }
+
+    def _returns_hint(self, n_out: int, returned: list[str], extra: list[str]) -> str:
+        types = ["Tensor"] * n_out + [_returned_type(x, extra) for x in returned]
+        types += ["Tensor | None" if b in self.sometimes_updated else "Tensor" for b in self.buffers]
+        return types[0] if len(types) == 1 else f"tuple[{', '.join(types)}]"
+
+    def _updated_names(self) -> list[str]:
+        """The name setup_context gives each new buffer value this side returns (`_` for None)."""
+        values = returned_values(self.tape.updates, self.buffers, self.tape.leaves)
+        return [v if v.isidentifier() and v != "None" else "_" for v in values]
 
     @staticmethod
     def _never_differentiable(var: str, tape: Tape) -> bool:
@@ -369,6 +390,7 @@ class FunctionEmitter:
         outs = [out(substitute(o, exprs)) if isinstance(o, N.Name) else ex(o) for o in tape.outputs]
         returns = [s.span.line for s in self.e.forward.body if isinstance(s, N.Return)]
         outs += [x if x in extra else "None" for x in returned]
+        outs += returned_values(tape.updates, self.buffers, tape.leaves)
         return lines + self.located([f"return {', '.join(outs)}"], returns[-1] if returns else 0)
 
     def located(self, lines: list[str], line: int) -> list[str]:
@@ -396,6 +418,8 @@ class FunctionEmitter:
             lines.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = {self.names.inputs}")
         outs = [o.id if isinstance(o, N.Name) and o.id in used else "_" for o in tape.outputs]
         outs += [e if e in saved_names else "_" for e in extra]
+        updated = [v for v in self._updated_names() if v != "_"]
+        outs += self._updated_names()
         if any(v != "_" for v in outs):
             lines.append(
                 f"{outs[0]} = {self.names.output}" if len(outs) == 1 else f"{', '.join(outs)} = {self.names.output}"
@@ -405,6 +429,8 @@ class FunctionEmitter:
         ]
         if seconds:  # indices, statistics: no gradient of their own (ATen's kernels differentiate through them)
             lines.append(f"ctx.mark_non_differentiable({', '.join(seconds)})")
+        if updated:  # no gradient flows into a buffer
+            lines.append(f"ctx.mark_non_differentiable({', '.join(updated)})")
         if self.split or self.unmaterialised:
             lines.append("ctx.set_materialize_grads(False)")
         for k in self.kwargs:
@@ -1466,9 +1492,11 @@ def emit_branching_function(emitter, plan: BranchPlan) -> dict:
     first = [FunctionEmitter(emitter, side) for side in sides]
     scope = set().union(*(f._scope_names() for f in first))
     returned = list(dict.fromkeys(x for f in first for x in f.emit()["computed_extra"]))
-    emitters = [FunctionEmitter(emitter, side, scope, returned) for side in sides]
+    buffers = updated_buffers(plan, [b.name for b in emitter.layer.buffers])
+    emitters = [FunctionEmitter(emitter, side, scope, returned, buffers) for side in sides]
     for f, in_training in zip(emitters, _training_sides(plan)):
         f.in_training = in_training
+        f.sometimes_updated = {b for b in buffers if not always_updated(plan, b)}
     pieces = [f.emit() for f in emitters]
     head = emitters[0]
     fn = dict(pieces[0])

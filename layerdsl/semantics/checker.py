@@ -1867,7 +1867,7 @@ class LayerChecker:
     # ------------------------------------------------------------ backward and examples
 
     def check_function_body(self) -> None:
-        """@function layers are one autograd.Function: no submodules, no buffer updates."""
+        """@function layers are one autograd.Function: no submodules."""
         if not self.layer.is_function or self.layer.forward is None:
             return
         for sub in self.layer.subs:
@@ -1882,13 +1882,6 @@ class LayerChecker:
                     call.func_span,
                     "cannot derive: is_floating_point() in an @function layer",
                     "declare the input's dtype instead (`mask: bool[B, T]`), or drop @function",
-                )
-        for stmt in statements(self.layer.forward.body):
-            if isinstance(stmt, N.Update):
-                self.r.error(
-                    stmt.span,
-                    "@function layers cannot update buffers",
-                    "drop @function, or compute the update outside the layer",
                 )
 
     def check_backward(self, bwd: N.Backward, forward_locals: Scope | None) -> None:
