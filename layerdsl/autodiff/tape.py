@@ -129,12 +129,18 @@ class Linearizer:
                         self.env.setdefault(source.id, source.id)  # a step's var, read as a local by the slices
                     for (t, _), part in zip(targets, _part_slices(v, source, len(targets))):
                         self.env[t] = self.value(part, hint=t, target=t)
-                case N.Unpack(value=N.Call(func=func)) if func in OPS and OPS[func].with_indices:
-                    raise NotDerivable(
-                        stmt.span,
-                        f"{func}() is not derived under @function",
-                        f"call {func.removesuffix('_with_indices')}(): the derived backward keeps its indices itself",
-                    )
+                case N.Unpack(targets=[(result, _), (indices, _)], value=N.Call(func=func) as v) if (
+                    func in OPS and OPS[func].with_indices
+                ):
+                    # `pooled, indices = max_pool2d_with_indices(...)`: the pooling step with its indices
+                    # step, as a plain max_pool2d() makes them (one call computes both); the indices are
+                    # an output of no gradient
+                    base = N.Call(v.span, func.removesuffix("_with_indices"), v.func_span, v.args, v.kwargs)
+                    base.kind = N.Kind.TENSOR
+                    self.env[result] = self.value(base, hint=result, target=result)
+                    step = self.step_of(self.env[result])
+                    assert step is not None and isinstance(step.args.get("indices"), N.Name), "max pooling's"
+                    self.env[indices] = step.args["indices"].id
                 case N.Update(target=t, value=v):
                     self.updates[t] = self.updated_value(t, v)
                 case N.IndexAssign():

@@ -95,6 +95,9 @@ class FunctionEmitter:
         # The buffers whose new values forward returns last (`codegen.function_buffers`): every side's.
         self.buffers = updated_buffers(plan, [b.name for b in self.layer.buffers]) if buffers is None else buffers
         self.sometimes_updated: set[str] = set()  # the buffers some side of the forward leaves as they are
+        # A side returning fewer outputs than another (`return_indices`) returns None for the rest, whose
+        # gradients backward takes under these names.
+        self.padding: list[str] = []
         self.in_training = False  # a side of `if training`: dropout needs no mode check of its own
         self.saved_cheap: frozenset[str] | None = None  # cheap intermediates saved, not recomputed (`_backward`)
         self.named: dict[tuple[str, ...], str] = {}  # the gradients this emitter names, by what they are of
@@ -151,10 +154,12 @@ class FunctionEmitter:
             "forward_params": [f"{l}: Tensor" if self._is_required(l) else f"{l}: Tensor | None" for l in leaves]
             + [self._kw_param(k) for k in self.kwargs],
             "forward_body": fwd_body,
-            "returns": self._returns_hint(n_out, returned, extra),
+            "returns": _tuple_hint(self._return_types(n_out, returned, extra)),
+            "return_types": self._return_types(n_out, returned, extra),
             "setup_body": self.setup_body(tape, saved, returned, inputs_unpack),
             "backward_params": ["ctx"]
             + grads
+            + self.padding
             + [self.gradient_name(f"grad_{x}_out", x) for x in returned]
             + (["*_"] if self.buffers else []),  # the new buffer values: not differentiable
             "backward_body": body,
@@ -169,10 +174,9 @@ class FunctionEmitter:
             "probes": (self.names.local("transforms_active"), self.names.local("compiling")),  # apply's fast path
         }
 
-    def _returns_hint(self, n_out: int, returned: list[str], extra: list[str]) -> str:
-        types = ["Tensor"] * n_out + [_returned_type(x, extra) for x in returned]
-        types += ["Tensor | None" if b in self.sometimes_updated else "Tensor" for b in self.buffers]
-        return types[0] if len(types) == 1 else f"tuple[{', '.join(types)}]"
+    def _return_types(self, n_out: int, returned: list[str], extra: list[str]) -> list[str]:
+        types = ["Tensor"] * n_out + ["None"] * len(self.padding) + [_returned_type(x, extra) for x in returned]
+        return types + ["Tensor | None" if b in self.sometimes_updated else "Tensor" for b in self.buffers]
 
     def _updated_names(self) -> list[str]:
         """The name setup_context gives each new buffer value this side returns (`_` for None)."""
@@ -388,6 +392,7 @@ class FunctionEmitter:
             else:
                 exprs[s.var] = expr
         outs = [out(substitute(o, exprs)) if isinstance(o, N.Name) else ex(o) for o in tape.outputs]
+        outs += ["None"] * len(self.padding)
         returns = [s.span.line for s in self.e.forward.body if isinstance(s, N.Return)]
         outs += [x if x in extra else "None" for x in returned]
         outs += returned_values(tape.updates, self.buffers, tape.leaves)
@@ -416,8 +421,10 @@ class FunctionEmitter:
         if any(u in used for u in unpack):
             names = [u if u in used else "_" for u in unpack]
             lines.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = {self.names.inputs}")
-        outs = [o.id if isinstance(o, N.Name) and o.id in used else "_" for o in tape.outputs]
-        outs += [e if e in saved_names else "_" for e in extra]
+        indices = [o.id for o in tape.outputs if isinstance(o, N.Name) and self._never_differentiable(o.id, tape)]
+        outs = [o.id if isinstance(o, N.Name) and o.id in used | set(indices) else "_" for o in tape.outputs]
+        outs += ["_"] * len(self.padding)
+        outs += [e if e in saved_names and e not in outs else "_" for e in extra]  # None if another side's output
         updated = [v for v in self._updated_names() if v != "_"]
         outs += self._updated_names()
         if any(v != "_" for v in outs):
@@ -427,6 +434,7 @@ class FunctionEmitter:
         seconds = [
             e for e in extra if e in saved_names and (step := tape.step(e)) and step.op and step.op.cost == "kept"
         ]
+        seconds = list(dict.fromkeys(indices + seconds))
         if seconds:  # indices, statistics: no gradient of their own (ATen's kernels differentiate through them)
             lines.append(f"ctx.mark_non_differentiable({', '.join(seconds)})")
         if updated:  # no gradient flows into a buffer
@@ -1494,8 +1502,10 @@ def emit_branching_function(emitter, plan: BranchPlan) -> dict:
     returned = list(dict.fromkeys(x for f in first for x in f.emit()["computed_extra"]))
     buffers = updated_buffers(plan, [b.name for b in emitter.layer.buffers])
     emitters = [FunctionEmitter(emitter, side, scope, returned, buffers) for side in sides]
+    longest = max(sides, key=lambda side: len(side.tape.outputs))
     for f, in_training in zip(emitters, _training_sides(plan)):
         f.in_training = in_training
+        f.padding = longest.grads[len(f.tape.outputs) :]
         f.sometimes_updated = {b for b in buffers if not always_updated(plan, b)}
     pieces = [f.emit() for f in emitters]
     head = emitters[0]
@@ -1503,6 +1513,7 @@ def emit_branching_function(emitter, plan: BranchPlan) -> dict:
     for key in ("forward_params", "backward_params", "inputs", "output"):
         assert all(p[key] == fn[key] for p in pieces), f"the sides of a branching Function differ in {key}"
     fn["returns"] = _union_returns(pieces)
+    fn["n_outputs"] = len(longest.tape.outputs)
     fn["forward_body"] = _chosen(plan, iter(p["forward_body"] for p in pieces), head.branch_condition("forward"))
     fn["backward_body"] = _chosen(plan, iter(p["backward_body"] for p in pieces), head.branch_condition("backward"))
     fn["setup_body"] = head.branching_setup(plan, [p["setup_body"] for p in pieces])
@@ -1525,10 +1536,16 @@ def _conditions(plan: Plan) -> list[N.Expr]:
 
 
 def _union_returns(pieces: list[dict]) -> str:
-    types = [p["returns"] for p in pieces]
-    if all(t == types[0] for t in types):
-        return types[0]
-    return next(t for t in types if "None" in t)  # `Tensor | None` where some side has no such extra
+    """Each returned value's type over the sides: `Tensor | None` where some side returns None for it."""
+    types = []
+    for each in zip(*(p["return_types"] for p in pieces)):
+        both = {part for t in each for part in t.split(" | ")}
+        types.append(each[0] if len(set(each)) == 1 else "Tensor | None" if both == {"Tensor", "None"} else each[0])
+    return _tuple_hint(types)
+
+
+def _tuple_hint(types: list[str]) -> str:
+    return types[0] if len(types) == 1 else f"tuple[{', '.join(types)}]"
 
 
 def _chosen(plan: Plan, sides: Iterator[list[str]], cond: PyExpr, ends_in_return: bool = True) -> list[str]:

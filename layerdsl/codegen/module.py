@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import jinja2
 
 from layerdsl.autodiff.plan import Plan, plan_backwards
+from layerdsl.codegen.function_arity import arities, returned_by_arity
 from layerdsl.codegen.function_buffers import module_call_lines
 from layerdsl.codegen.optional_members import IsPresent, hoist_optionals
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
@@ -501,6 +502,13 @@ class LayerEmitter:
                 updating, call = module_call_lines(
                     call, function_class["n_outputs"], n_extra, function_class["updates"], self.plan, taken
                 )
+            elif len(arities(self.plan)) > 1:  # as many outputs as the side it ran gives
+                outputs = [fresh_name(f"output{k}", self.taken_names()) for k in range(function_class["n_outputs"])]
+                ex = PyExpr(self.module_spelling())
+                unpacked = ", ".join(outputs + ["_"] * len(function_class["extra"]))
+                body = self.shape_checks(self.module_spelling(), on_self=True, bind=True)
+                body += [f"{unpacked} = {call}", *returned_by_arity(self.plan, outputs, ex)]
+                return Func("forward", params, returns, doc, body)
             elif function_class["extra"]:  # the Function also returns intermediates it saves
                 n = function_class["n_outputs"]
                 call = f"{call}[0]" if n == 1 else f"{call}[:{n}]"

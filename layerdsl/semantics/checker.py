@@ -935,18 +935,6 @@ class LayerChecker:
         arities = {len(s.values) for s in statements(fwd.body) if isinstance(s, N.Return)}
         if len(arities) < 2:
             return
-        if self.layer.is_function:
-            first = next(s for s in statements(fwd.body) if isinstance(s, N.Return))
-            other = next(
-                s for s in statements(fwd.body) if isinstance(s, N.Return) and len(s.values) != len(first.values)
-            )
-            self.r.error(
-                other.span,
-                f"an @function layer returns one number of outputs: this return gives {len(other.values)},"
-                f" an earlier one {len(first.values)}",
-                "its Function's backward takes one gradient per output",
-            )
-            return
         settled = {a.name for a in self.layer.args} | {i.name for i in fwd.inputs if i.flag is not None}
         for stmt in statements(fwd.body):
             if not isinstance(stmt, N.If) or not any(isinstance(s, N.Return) for s in statements([stmt])):
