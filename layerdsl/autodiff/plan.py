@@ -21,8 +21,10 @@ from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape
 from layerdsl.autodiff.unroll import prepared_forward
 from layerdsl.diagnostics import Diagnostic
 from layerdsl.ir import nodes as N
+from layerdsl.ir import build as B
 from layerdsl.ir.visit import clone, map_children, walk
 from layerdsl.language.naming import fresh_name
+from layerdsl.language.ops import OPS
 
 
 @dataclass
@@ -180,8 +182,8 @@ def _configuration_condition(cond: N.Expr, before: list[N.Stmt], layer: N.Layer)
             return written_out(clone(numbers[e.id]))
         return map_children(e, written_out)
 
-    cond = written_out(cond)
-    given = _presence_tests(cond, layer)
+    cond = _dtype_tests_of_leaves(written_out(cond), before, layer)
+    given = _presence_tests(cond, layer) | _dtype_tests(cond, layer)
     for n in walk(cond):
         if not isinstance(n, N.Expr) or id(n) in given:
             continue
@@ -194,6 +196,71 @@ def _configuration_condition(cond: N.Expr, before: list[N.Stmt], layer: N.Layer)
                 "write a backward block; for an elementwise choice use where(cond, a, b)",
             )
     return cond
+
+
+DTYPE_KEEPING = ("view", "transpose", "pad")  # op shapes whose result has its input's dtype
+
+
+def _dtype_tests_of_leaves(cond: N.Expr, before: list[N.Stmt], layer: N.Layer) -> N.Expr:
+    """`is_floating_point(mask)` of a local computed from an input or member by views and `pad` (attention's
+    mask, reshaped and padded) as the same test of that input: its dtype is the local's, and the Function
+    can keep it on `ctx`. A test of anything else is left as written (a tensor the condition reads)."""
+    assert layer.forward is not None
+    leaves = {i.name for i in layer.forward.inputs} | {t.name for t in layer.tensors}
+
+    def source(e: N.Expr, upto: int) -> str | None:
+        if isinstance(e, N.Name) and e.id in leaves:
+            return e.id
+        if isinstance(e, N.Name) and e.ref == "local":
+            at = next((k for k in range(upto - 1, -1, -1) if _assigns(before[k], e.id)), None)
+            value = before[at].value if at is not None else None  # type: ignore[union-attr]
+            return source(value, at) if value is not None and at is not None else None
+        if isinstance(e, N.Call) and e.func in OPS and OPS[e.func].shape in DTYPE_KEEPING and e.args:
+            return source(e.args[0], upto)
+        return None
+
+    def rewritten(e: N.Expr) -> N.Expr:
+        if isinstance(e, N.Call) and e.func == "is_floating_point" and len(e.args) == 1:
+            leaf = source(e.args[0], len(before))
+            if leaf is not None:
+                test = N.Call(e.span, e.func, e.func_span, [B.name(leaf, e.args[0].span, _leaf_ref(leaf, layer))], [])
+                test.kind = e.kind
+                return test
+        return map_children(e, rewritten)
+
+    return rewritten(cond)
+
+
+def _assigns(stmt: N.Stmt, name: str) -> bool:
+    return isinstance(stmt, N.Assign) and stmt.target == name
+
+
+def _leaf_ref(leaf: str, layer: N.Layer) -> N.Ref:
+    member = next((t for t in layer.tensors if t.name == leaf), None)
+    return member.kind if member is not None else N.Ref.INPUT
+
+
+def _dtype_tests(cond: N.Expr, layer: N.Layer) -> set[int]:
+    """The nodes of `is_floating_point(x)` tests of inputs and members in `cond` (the Function keeps each
+    on `ctx` for backward to choose the same side): a dtype is no tensor value, and no gradient."""
+    assert layer.forward is not None
+    leaves = {i.name for i in layer.forward.inputs} | {t.name for t in layer.tensors}
+    found: set[int] = set()
+    for n in walk(cond):
+        if isinstance(n, N.Call) and n.func == "is_floating_point" and len(n.args) == 1:
+            if isinstance(n.args[0], N.Name) and n.args[0].id in leaves:
+                found |= {id(n), id(n.args[0])}
+    return found
+
+
+def dtype_tested(cond: N.Expr) -> list[str]:
+    """The inputs and members whose dtype `cond` tests (`is_floating_point(mask)`), in order."""
+    names = [
+        n.args[0].id
+        for n in walk(cond)
+        if isinstance(n, N.Call) and n.func == "is_floating_point" and isinstance(n.args[0], N.Name)
+    ]
+    return list(dict.fromkeys(names))
 
 
 def _presence_tests(cond: N.Expr, layer: N.Layer) -> set[int]:

@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan
+from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan, dtype_tested
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.shapes import same_shape_leaf
 from layerdsl.autodiff.tape import Step, Tape
@@ -208,9 +208,18 @@ class FunctionEmitter:
             kept = {k: ctx(k) for k in [*self.kwargs, *self.layer.symbolic_dims]}
             kept |= {i: self.names.ctx_shape(i) for i in self._optional_inputs}  # None when not given
             spelling = Spelling(kept, training=ctx("training"))
-        else:
-            spelling = Spelling(dict(self.dim_source), training="training")
+
+            def dtype_kept(c: N.Call, ex: PyExpr) -> str | None:  # `is_floating_point(mask)`, kept on ctx
+                if c.func == "is_floating_point" and isinstance(c.args[0], N.Name):
+                    return self._dtype_field(c.args[0].id)
+                return self._internal(c, ex)
+
+            return PyExpr(spelling, call_hook=dtype_kept)
+        spelling = Spelling(dict(self.dim_source), training="training")
         return PyExpr(spelling, call_hook=self._internal)
+
+    def _dtype_field(self, leaf: str) -> str:
+        return self.names.ctx_value(f"{leaf}_is_floating_point")
 
     def branching_setup(self, plan: BranchPlan, bodies: list[list[str]]) -> list[str]:
         """setup_context of a branching forward: the arguments and dims the conditions read, kept on `ctx`
@@ -228,7 +237,11 @@ class FunctionEmitter:
             kept += self.located([f"{self.names.ctx_value(d)} = {source}"], self._declared_line(source.split(".")[0]))
         tested = [i for i in self._optional_inputs if i in read]  # `if m != none`: backward tests m's shape
         kept += [f"{self.names.ctx_shape(i)} = None if {i} is None else {i}.shape" for i in tested]
-        used = (read & set(self.kwargs)) | {self.dim_source[d].split(".")[0] for d in dims} | set(tested)
+        typed = list(dict.fromkeys(leaf for cond in _conditions(plan) for leaf in dtype_tested(cond)))
+        for leaf in typed:  # `if is_floating_point(m)`: backward tests what forward found
+            test = f"{leaf}.is_floating_point()"
+            kept.append(f"{self._dtype_field(leaf)} = {leaf} is not None and {test}" if leaf in self.e.optional else f"{self._dtype_field(leaf)} = {test}")
+        used = (read & set(self.kwargs)) | {self.dim_source[d].split(".")[0] for d in dims} | set(tested) | set(typed)
         unpacking = f" = {self.names.inputs}"
         own: list[list[str]] = []
         for body in bodies:

@@ -1864,13 +1864,6 @@ class LayerChecker:
                 "@function layers cannot have subs",
                 "a sub is its own module; drop @function or inline the computation",
             )
-        for call in [n for s in self.layer.forward.body for n in walk(s) if isinstance(n, N.Call)]:
-            if call.func == "is_floating_point":
-                self.r.error(
-                    call.func_span,
-                    "cannot derive: is_floating_point() in an @function layer",
-                    "declare the input's dtype instead (`mask: bool[B, T]`), or drop @function",
-                )
 
     def check_backward(self, bwd: N.Backward, forward_locals: Scope | None) -> None:
         if not self.layer.is_function:
