@@ -107,6 +107,10 @@ class Linearizer:
         outputs: list[N.Expr] = []
         for stmt in fwd.body:
             match stmt:
+                case N.Assign(target=t, value=N.ListExpr(items=items) as v) if items and all(
+                    i.kind != "tensor" for i in items
+                ):
+                    self.numbers.append((t, v))  # a list of numbers (fractional pooling's `[ratio, ratio]`)
                 case N.Assign(target=t, value=N.ListExpr(items=items)):  # a list an unrolled loop appends to
                     self.lists[t] = [self.operand(i, "t") for i in items]
                 case N.Append(target=t, value=v):
@@ -139,8 +143,9 @@ class Linearizer:
                     base.kind = N.Kind.TENSOR
                     self.env[result] = self.value(base, hint=result, target=result)
                     step = self.step_of(self.env[result])
-                    assert step is not None and isinstance(step.args.get("indices"), N.Name), "max pooling's"
-                    self.env[indices] = step.args["indices"].id
+                    where = step.args.get("indices") if step is not None else None
+                    assert isinstance(where, N.Name), "a max pooling step has its indices step"
+                    self.env[indices] = where.id
                 case N.Update(target=t, value=v):
                     self.updates[t] = self.updated_value(t, v)
                 case N.IndexAssign():

@@ -240,7 +240,11 @@ class FunctionEmitter:
         typed = list(dict.fromkeys(leaf for cond in _conditions(plan) for leaf in dtype_tested(cond)))
         for leaf in typed:  # `if is_floating_point(m)`: backward tests what forward found
             test = f"{leaf}.is_floating_point()"
-            kept.append(f"{self._dtype_field(leaf)} = {leaf} is not None and {test}" if leaf in self.e.optional else f"{self._dtype_field(leaf)} = {test}")
+            kept.append(
+                f"{self._dtype_field(leaf)} = {leaf} is not None and {test}"
+                if leaf in self.e.optional
+                else f"{self._dtype_field(leaf)} = {test}"
+            )
         used = (read & set(self.kwargs)) | {self.dim_source[d].split(".")[0] for d in dims} | set(tested) | set(typed)
         unpacking = f" = {self.names.inputs}"
         own: list[list[str]] = []

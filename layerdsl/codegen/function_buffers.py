@@ -35,11 +35,12 @@ def always_updated(plan: Plan, buffer: str) -> bool:
     return all(buffer in side.tape.updates for side in straight_plans(plan))
 
 
-def module_call_lines(
+def unpacked_call(
     call: str, n_outputs: int, n_extra: int, buffers: list[str], plan: Plan, taken: set[str]
-) -> tuple[list[str], str]:
-    """The module's `Function.apply` call when the Function returns new buffer values: the outputs and
-    new values unpacked, each new value written into its buffer under no_grad; and what the module returns."""
+) -> tuple[list[str], list[str]]:
+    """The module's `Function.apply` call unpacked into its outputs and the new buffer values, each new value
+    written into its buffer under no_grad (the intermediates the Function saves are dropped); and the
+    names of the outputs."""
     outputs = [fresh_name("output" if n_outputs == 1 else f"output{k}", taken) for k in range(n_outputs)]
     taken = taken | set(outputs)
     new = {}
@@ -47,10 +48,11 @@ def module_call_lines(
         new[b] = fresh_name(f"new_{b}", taken)
         taken.add(new[b])
     lines = [f"{', '.join(outputs + ['_'] * n_extra + list(new.values()))} = {call}"]
-    lines += ["# the new values the Function computed (no gradient flows into a buffer)", "with torch.no_grad():"]
+    if new:
+        lines += ["# the new values the Function computed (no gradient flows into a buffer)", "with torch.no_grad():"]
     for b, value in new.items():
         if always_updated(plan, b):
             lines.append(f"    self.{b}.copy_({value})")
         else:
             lines += [f"    if {value} is not None:", f"        self.{b}.copy_({value})"]
-    return lines, ", ".join(outputs)
+    return lines, outputs
