@@ -287,3 +287,35 @@ def test_a_dtype_test_picks_the_same_side_in_forward_and_backward(mask):
     torch.testing.assert_close(torch.autograd.grad(got, x, seed), torch.autograd.grad(want, x, seed))
     assert torch.autograd.gradcheck(lambda x: function(x, given), (x,))
     assert torch.autograd.gradgradcheck(lambda x: function(x, given), (x,))
+
+
+COUNTED = """
+@function
+layer CountedScale(n: int) {
+    param w: [n] = ones
+    buffer calls: long[] = zeros
+    buffer last_mean: [n] = zeros
+    example(n = 3)
+
+    forward(x: [B, n]) -> [B, n] {
+        update calls = calls + 1
+        update last_mean = mean(x, dim = 0)
+        return x * w
+    }
+
+    backward(grad_y) {
+        grad x = grad_y * w
+        grad w = sum(grad_y * x, dim = 0)
+    }
+}
+"""
+
+
+def test_a_hand_written_backward_updates_buffers_too():
+    layer = compile_spec(COUNTED, "counted")["CountedScale"](3, dtype=torch.float64)
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    for _ in range(3):
+        layer(x).sum().backward()
+    assert layer.calls.dtype == torch.long and int(layer.calls) == 3
+    torch.testing.assert_close(layer.last_mean, x.detach().mean(0))
+    torch.testing.assert_close(x.grad, torch.full_like(x, 3.0))
