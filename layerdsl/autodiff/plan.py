@@ -20,9 +20,11 @@ from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape
 from layerdsl.autodiff.unroll import prepared_forward
 from layerdsl.diagnostics import Diagnostic
+from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import clone, map_children, walk
 from layerdsl.language.naming import fresh_name
+from layerdsl.language.ops import OPS
 
 
 @dataclass
@@ -79,15 +81,16 @@ def plan_backwards(files: list[N.SpecFile]) -> tuple[dict[str, Plan], list[Diagn
     return plans, problems
 
 
-def plan_backward(layer: N.Layer, given: frozenset[str] = frozenset()) -> Plan:
+def plan_backward(layer: N.Layer, given: frozenset[str] = frozenset(), known: Facts = ()) -> Plan:
     """One `@function` layer's plan; raises NotDerivable for what the derivation cannot go through.
-    `given`: the optional inputs that the `if`s choosing this side prove given."""
+    `given`: the optional inputs that the `if`s choosing this side prove given; `known`: what their
+    conditions prove (a later `if` they decide has one side only)."""
     assert layer.forward is not None, "the parser reports a layer without forward"
     layer = prepared_forward(layer)  # loops unrolled, sizes named (again for a side: nothing left to do)
     assert layer.forward is not None
     if layer.backward is None and (branch := _first_if(layer.forward.body)) is not None:
-        plan = _branch_plan(layer, branch, given)
-        if len(plan.sides()) > MAX_BRANCH_PLANS:
+        plan = _branch_plan(layer, branch, given, known)
+        if isinstance(plan, BranchPlan) and len(plan.sides()) > MAX_BRANCH_PLANS:
             raise NotDerivable(
                 branch[1].span,
                 f"a derived backward goes through at most {MAX_BRANCH_PLANS} combinations of `if` branches",
@@ -103,6 +106,7 @@ def _straight_plan(layer: N.Layer, given: frozenset[str]) -> BackwardPlan:
     tape = Linearizer(layer, optional, deriving=layer.backward is None).run()
     if layer.backward is None:
         _check_given(tape, layer, given)
+        tape = _without_dead_steps(tape)
     tape = dataclasses.replace(tape, shapes=infer_shapes(tape, layer))
     if layer.backward is not None:
         grads = [name for name, _ in layer.backward.grads]
@@ -115,19 +119,51 @@ def _first_if(body: list[N.Stmt]) -> tuple[int, N.If] | None:
     return next(((i, s) for i, s in enumerate(body) if isinstance(s, N.If)), None)
 
 
-def _branch_plan(layer: N.Layer, branch: tuple[int, N.If], given: frozenset[str]) -> BranchPlan:
-    """The plan of each side of the forward's first `if` (a side's own `if`s branch again)."""
+def _branch_plan(layer: N.Layer, branch: tuple[int, N.If], given: frozenset[str], known: Facts) -> Plan:
+    """The plan of each side of the forward's first `if` (a side's own `if`s branch again); only the side
+    that can be taken when the `if`s around it decide the condition (`track and training` inside
+    `if track and not training`)."""
     assert layer.forward is not None
     at, stmt = branch
     body = layer.forward.body
     cond = _configuration_condition(stmt.cond, body[:at], layer)
+    decided = _truth(cond, known)
     sides = []
     for chosen, holds in ((stmt.body, True), (stmt.orelse, False)):
+        if decided is not None and decided != holds:
+            continue
         side_body = _until_return(body[:at] + chosen + body[at + 1 :])
         forward = dataclasses.replace(layer.forward, body=side_body)
         proven = given | _proven_given(cond, holds)
-        sides.append(plan_backward(dataclasses.replace(layer, forward=forward), proven))
-    return BranchPlan(cond, sides[0], sides[1])
+        side = dataclasses.replace(layer, forward=forward)
+        sides.append(plan_backward(side, proven, known if decided is not None else known + _facts(cond, holds)))
+    return sides[0] if len(sides) == 1 else BranchPlan(cond, sides[0], sides[1])
+
+
+Facts = tuple[tuple[str, bool], ...]  # conditions' terms (by their structural key) known to hold or fail
+
+
+def _facts(cond: N.Expr, holds: bool) -> Facts:
+    """What `cond` holding (or failing) proves of its terms: each term of a holding `and`, of a failing `or`."""
+    if isinstance(cond, N.BoolOp) and cond.op == ("and" if holds else "or"):
+        return _facts(cond.left, holds) + _facts(cond.right, holds)
+    if isinstance(cond, N.Not):
+        return _facts(cond.operand, not holds)
+    return ((B.key(cond), holds),)
+
+
+def _truth(cond: N.Expr, known: Facts) -> bool | None:
+    """Whether `cond` holds given `known`, or None when they do not decide it."""
+    if isinstance(cond, N.BoolOp):
+        left, right = _truth(cond.left, known), _truth(cond.right, known)
+        if cond.op == "and":
+            return False if False in (left, right) else True if left is right is True else None
+        return True if True in (left, right) else False if left is right is False else None
+    if isinstance(cond, N.Not):
+        inner = _truth(cond.operand, known)
+        return None if inner is None else not inner
+    key = B.key(cond)
+    return next((holds for term, holds in known if term == key), None)
 
 
 def _proven_given(cond: N.Expr, holds: bool) -> frozenset[str]:
@@ -141,6 +177,21 @@ def _proven_given(cond: N.Expr, holds: bool) -> frozenset[str]:
         if len(names) == 1 and any(isinstance(o, N.NoneLit) for o in cond.operands):
             return frozenset(names)
     return frozenset()
+
+
+def _without_dead_steps(tape: Tape) -> Tape:
+    """The tape without the steps no output and no buffer update reads (a statistic only another side's
+    update needs: batch norm's unbiased variance when it tracks no running statistics)."""
+    live = {n.id for o in tape.outputs for n in walk(o) if isinstance(n, N.Name)} | set(tape.updates.values())
+    kept = []
+    for step in reversed(tape.steps):
+        if step.var not in live:
+            continue
+        kept.append(step)
+        live |= {n.id for n in walk(step.expr) if isinstance(n, N.Name)}
+        live |= {n.id for a in step.args.values() for n in walk(a) if isinstance(n, N.Name)}
+        live |= {v for v in (step.base, step.guard) if v is not None}
+    return dataclasses.replace(tape, steps=kept[::-1])
 
 
 def _check_given(tape: Tape, layer: N.Layer, given: frozenset[str]) -> None:
@@ -180,8 +231,8 @@ def _configuration_condition(cond: N.Expr, before: list[N.Stmt], layer: N.Layer)
             return written_out(clone(numbers[e.id]))
         return map_children(e, written_out)
 
-    cond = written_out(cond)
-    given = _presence_tests(cond, layer)
+    cond = _dtype_tests_of_leaves(written_out(cond), before, layer)
+    given = _presence_tests(cond, layer) | _dtype_tests(cond, layer)
     for n in walk(cond):
         if not isinstance(n, N.Expr) or id(n) in given:
             continue
@@ -194,6 +245,71 @@ def _configuration_condition(cond: N.Expr, before: list[N.Stmt], layer: N.Layer)
                 "write a backward block; for an elementwise choice use where(cond, a, b)",
             )
     return cond
+
+
+DTYPE_KEEPING = ("view", "transpose", "pad")  # op shapes whose result has its input's dtype
+
+
+def _dtype_tests_of_leaves(cond: N.Expr, before: list[N.Stmt], layer: N.Layer) -> N.Expr:
+    """`is_floating_point(mask)` of a local computed from an input or member by views and `pad` (attention's
+    mask, reshaped and padded) as the same test of that input: its dtype is the local's, and the Function
+    can keep it on `ctx`. A test of anything else is left as written (a tensor the condition reads)."""
+    assert layer.forward is not None
+    leaves = {i.name for i in layer.forward.inputs} | {t.name for t in layer.tensors}
+
+    def source(e: N.Expr, upto: int) -> str | None:
+        if isinstance(e, N.Name) and e.id in leaves:
+            return e.id
+        if isinstance(e, N.Name) and e.ref == "local":
+            at = next((k for k in range(upto - 1, -1, -1) if _assigns(before[k], e.id)), None)
+            stmt = before[at] if at is not None else None
+            return source(stmt.value, at) if isinstance(stmt, N.Assign) and at is not None else None
+        if isinstance(e, N.Call) and e.func in OPS and OPS[e.func].shape in DTYPE_KEEPING and e.args:
+            return source(e.args[0], upto)
+        return None
+
+    def rewritten(e: N.Expr) -> N.Expr:
+        if isinstance(e, N.Call) and e.func == "is_floating_point" and len(e.args) == 1:
+            leaf = source(e.args[0], len(before))
+            if leaf is not None:
+                test = N.Call(e.span, e.func, e.func_span, [B.name(leaf, e.args[0].span, _leaf_ref(leaf, layer))], [])
+                test.kind = e.kind
+                return test
+        return map_children(e, rewritten)
+
+    return rewritten(cond)
+
+
+def _assigns(stmt: N.Stmt, name: str) -> bool:
+    return isinstance(stmt, N.Assign) and stmt.target == name
+
+
+def _leaf_ref(leaf: str, layer: N.Layer) -> N.Ref:
+    member = next((t for t in layer.tensors if t.name == leaf), None)
+    return member.kind if member is not None else N.Ref.INPUT
+
+
+def _dtype_tests(cond: N.Expr, layer: N.Layer) -> set[int]:
+    """The nodes of `is_floating_point(x)` tests of inputs and members in `cond` (the Function keeps each
+    on `ctx` for backward to choose the same side): a dtype is no tensor value, and no gradient."""
+    assert layer.forward is not None
+    leaves = {i.name for i in layer.forward.inputs} | {t.name for t in layer.tensors}
+    found: set[int] = set()
+    for n in walk(cond):
+        if isinstance(n, N.Call) and n.func == "is_floating_point" and len(n.args) == 1:
+            if isinstance(n.args[0], N.Name) and n.args[0].id in leaves:
+                found |= {id(n), id(n.args[0])}
+    return found
+
+
+def dtype_tested(cond: N.Expr) -> list[str]:
+    """The inputs and members whose dtype `cond` tests (`is_floating_point(mask)`), in order."""
+    names = [
+        n.args[0].id
+        for n in walk(cond)
+        if isinstance(n, N.Call) and n.func == "is_floating_point" and isinstance(n.args[0], N.Name)
+    ]
+    return list(dict.fromkeys(names))
 
 
 def _presence_tests(cond: N.Expr, layer: N.Layer) -> set[int]:

@@ -115,6 +115,8 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
                     expr = B.call("sum_to", expr, B.name(operand.id))
                 elif step.op.shape == "matmul" and _may_batch(tape, step):
                     expr = B.call("sum_to", expr, B.name(operand.id))
+            if step.guard is not None and operand.id == step.base and step.op.operator in ("*", "/"):
+                expr = _unless_absent(step.guard, g, expr)
             contributions.setdefault(operand.id, []).append((expr, None))
             source.setdefault(operand.id, step.expr.span)
     for leaf in tape.leaves:
@@ -125,6 +127,15 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
                 grad_var[leaf] = f"grad_{leaf}"
     _mark_leaves(stmts, tape)
     return Backward(stmts, {l: grad_var[l] for l in tape.leaves if l in grad_var})
+
+
+def _unless_absent(member: str, grad: N.Expr, expr: N.Expr) -> N.Expr:
+    """`base * member` with an optional member is `base` when it is None: its gradient passes unchanged."""
+    absent = N.Compare(NOWHERE, ["=="], [B.name(member), N.NoneLit(NOWHERE)])
+    absent.kind = N.Kind.BOOL
+    chosen = N.IfExp(NOWHERE, absent, grad, expr)
+    chosen.kind = N.Kind.TENSOR
+    return chosen
 
 
 _TRANSFORMS = ("fft", "ifft", "rfft", "irfft")

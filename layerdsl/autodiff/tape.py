@@ -14,6 +14,7 @@ from layerdsl.autodiff.formulas import parse_default
 from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import walk
 from layerdsl.language.ops import CALLABLE, OPERATORS, OPS, Op, Param
 from layerdsl.language.tables import GENERATED_API, GENERATED_BUILTINS, GENERATED_IMPORTS
 from layerdsl.semantics.evaluate import NotConstant, evaluate
@@ -61,6 +62,9 @@ class Tape:
     numbers: list[tuple[str, N.Expr]] = field(default_factory=list)  # number locals, computed as written
     # Static shapes of leaves and steps (`autodiff.shapes`); empty until the plan stage infers them.
     shapes: dict[str, tuple | None] = field(default_factory=dict)
+    # `update b = ...`: each buffer -> the var holding its new value, which the Function returns (not
+    # differentiable) and the module writes into the buffer (`codegen.function_buffers`).
+    updates: dict[str, str] = field(default_factory=dict)
 
     def step(self, var: str) -> Step | None:
         return next((s for s in self.steps if s.var == var), None)
@@ -89,6 +93,7 @@ class Linearizer:
         self.counter = itertools.count(1)
         self.numbers: list[tuple[str, N.Expr]] = []
         self.lists: dict[str, list[N.Expr]] = {}  # a list local (`outputs = []`) -> the vars appended to it
+        self.updates: dict[str, str] = {}  # a buffer -> the var holding the value `update` gave it
 
     def fresh(self, hint: str) -> str:
         name = hint
@@ -102,6 +107,10 @@ class Linearizer:
         outputs: list[N.Expr] = []
         for stmt in fwd.body:
             match stmt:
+                case N.Assign(target=t, value=N.ListExpr(items=items) as v) if items and all(
+                    i.kind != "tensor" for i in items
+                ):
+                    self.numbers.append((t, v))  # a list of numbers (fractional pooling's `[ratio, ratio]`)
                 case N.Assign(target=t, value=N.ListExpr(items=items)):  # a list an unrolled loop appends to
                     self.lists[t] = [self.operand(i, "t") for i in items]
                 case N.Append(target=t, value=v):
@@ -124,21 +133,40 @@ class Linearizer:
                         self.env.setdefault(source.id, source.id)  # a step's var, read as a local by the slices
                     for (t, _), part in zip(targets, _part_slices(v, source, len(targets))):
                         self.env[t] = self.value(part, hint=t, target=t)
-                case N.Unpack(value=N.Call(func=func)) if func in OPS and OPS[func].with_indices:
-                    raise NotDerivable(
-                        stmt.span,
-                        f"{func}() is not derived under @function",
-                        f"call {func.removesuffix('_with_indices')}(): the derived backward keeps its indices itself",
-                    )
-                case N.Update():
-                    raise NotDerivable(stmt.span, "@function layers cannot update buffers")
+                case N.Unpack(targets=[(result, _), (indices, _)], value=N.Call(func=func) as v) if (
+                    func in OPS and OPS[func].with_indices
+                ):
+                    # `pooled, indices = max_pool2d_with_indices(...)`: the pooling step with its indices
+                    # step, as a plain max_pool2d() makes them (one call computes both); the indices are
+                    # an output of no gradient
+                    base = N.Call(v.span, func.removesuffix("_with_indices"), v.func_span, v.args, v.kwargs)
+                    base.kind = N.Kind.TENSOR
+                    self.env[result] = self.value(base, hint=result, target=result)
+                    step = self.step_of(self.env[result])
+                    where = step.args.get("indices") if step is not None else None
+                    assert isinstance(where, N.Name), "a max pooling step has its indices step"
+                    self.env[indices] = where.id
+                case N.Update(target=t, value=v):
+                    self.updates[t] = self.updated_value(t, v)
                 case N.IndexAssign():
                     from layerdsl.semantics.index_notation import linearize_index_assign
 
                     self.env[stmt.target] = linearize_index_assign(self, stmt)
         leaves = [i.name for i in fwd.inputs] + [t.name for t in self.layer.tensors]
         diff = {i.name for i in fwd.inputs if i.dtype == "float"} | {t.name for t in self.layer.params}
-        return Tape(self.steps, outputs, leaves, diff, env=dict(self.env), numbers=list(self.numbers))
+        tape = Tape(self.steps, outputs, leaves, diff, env=dict(self.env), numbers=list(self.numbers))
+        tape.updates = dict(self.updates)
+        return tape
+
+    def updated_value(self, buffer: str, value: N.Expr) -> str:
+        """The steps of `update buffer = value`: the buffer exists where the spec updates it, so its own
+        optional members are read as given; later reads of the buffer read the new value."""
+        read = {n.id for n in walk(value) if isinstance(n, N.Name) and n.ref == "buffer"}
+        optional, self.optional = self.optional, self.optional - read - {buffer}
+        try:
+            return self.value(value, hint=buffer, target=f"new_{buffer}")
+        finally:
+            self.optional = optional
 
     def value(self, e: N.Expr, hint: str = "t", target: str | None = None) -> str:
         """Emit steps computing `e`; return the var holding it (an input or param name for leaves)."""
@@ -168,6 +196,8 @@ class Linearizer:
             case N.Name(id=i, ref=ref):
                 if ref == "local":
                     return B.name(self.env[i], e.span)
+                if ref == "buffer" and i in self.updates:  # read after its update: the new value
+                    return B.name(self.updates[i], e.span)
                 return B.name(i, e.span, ref)
             case N.BinOp(op=op, left=l, right=r):
                 row = OPERATORS[op]

@@ -14,10 +14,11 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan
+from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan, dtype_tested
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.shapes import same_shape_leaf
 from layerdsl.autodiff.tape import Step, Tape
+from layerdsl.codegen.function_buffers import always_updated, returned_values, updated_buffers
 from layerdsl.codegen.joint_gradients import joint_calls
 from layerdsl.codegen.names import FunctionNames
 from layerdsl.codegen.norm_loss_grads import norm_loss_grad
@@ -67,7 +68,14 @@ class FunctionEmitter:
     emitted with the names of every side in `scope`, and returns every side's extra outputs (`returned`,
     None for those it does not compute) so that all sides share one signature."""
 
-    def __init__(self, emitter, plan: BackwardPlan, scope: set[str] | None = None, returned: list[str] | None = None):
+    def __init__(
+        self,
+        emitter,
+        plan: BackwardPlan,
+        scope: set[str] | None = None,
+        returned: list[str] | None = None,
+        buffers: list[str] | None = None,
+    ):
         self.e = emitter
         self.layer = emitter.layer
         self.plan = plan
@@ -84,6 +92,12 @@ class FunctionEmitter:
         self.backward_dims: set[str] = set()  # symbolic dims the backward reads (kept on ctx)
         self.names = FunctionNames(scope or self._scope_names(), self.kwargs + list(self.layer.symbolic_dims))
         self.returned = returned
+        # The buffers whose new values forward returns last (`codegen.function_buffers`): every side's.
+        self.buffers = updated_buffers(plan, [b.name for b in self.layer.buffers]) if buffers is None else buffers
+        self.sometimes_updated: set[str] = set()  # the buffers some side of the forward leaves as they are
+        # A side returning fewer outputs than another (`return_indices`) returns None for the rest, whose
+        # gradients backward takes under these names.
+        self.padding: list[str] = []
         self.in_training = False  # a side of `if training`: dropout needs no mode check of its own
         self.saved_cheap: frozenset[str] | None = None  # cheap intermediates saved, not recomputed (`_backward`)
         self.named: dict[tuple[str, ...], str] = {}  # the gradients this emitter names, by what they are of
@@ -140,13 +154,14 @@ class FunctionEmitter:
             "forward_params": [f"{l}: Tensor" if self._is_required(l) else f"{l}: Tensor | None" for l in leaves]
             + [self._kw_param(k) for k in self.kwargs],
             "forward_body": fwd_body,
-            "returns": (
-                "Tensor"
-                if n_out + len(returned) == 1
-                else f"tuple[{', '.join(['Tensor'] * n_out + [_returned_type(x, extra) for x in returned])}]"
-            ),
+            "returns": _tuple_hint(self._return_types(n_out, returned, extra)),
+            "return_types": self._return_types(n_out, returned, extra),
             "setup_body": self.setup_body(tape, saved, returned, inputs_unpack),
-            "backward_params": ["ctx"] + grads + [self.gradient_name(f"grad_{x}_out", x) for x in returned],
+            "backward_params": ["ctx"]
+            + grads
+            + self.padding
+            + [self.gradient_name(f"grad_{x}_out", x) for x in returned]
+            + (["*_"] if self.buffers else []),  # the new buffer values: not differentiable
             "backward_body": body,
             "apply_params": inputs_unpack,
             "n_outputs": n_out,
@@ -155,8 +170,18 @@ class FunctionEmitter:
             "cls": self.names.cls,
             "extra": returned,
             "computed_extra": extra,
+            "updates": self.buffers,
             "probes": (self.names.local("transforms_active"), self.names.local("compiling")),  # apply's fast path
         }
+
+    def _return_types(self, n_out: int, returned: list[str], extra: list[str]) -> list[str]:
+        types = ["Tensor"] * n_out + ["None"] * len(self.padding) + [_returned_type(x, extra) for x in returned]
+        return types + ["Tensor | None" if b in self.sometimes_updated else "Tensor" for b in self.buffers]
+
+    def _updated_names(self) -> list[str]:
+        """The name setup_context gives each new buffer value this side returns (`_` for None)."""
+        values = returned_values(self.tape.updates, self.buffers, self.tape.leaves)
+        return [v if v.isidentifier() and v != "None" else "_" for v in values]
 
     @staticmethod
     def _never_differentiable(var: str, tape: Tape) -> bool:
@@ -183,9 +208,18 @@ class FunctionEmitter:
             kept = {k: ctx(k) for k in [*self.kwargs, *self.layer.symbolic_dims]}
             kept |= {i: self.names.ctx_shape(i) for i in self._optional_inputs}  # None when not given
             spelling = Spelling(kept, training=ctx("training"))
-        else:
-            spelling = Spelling(dict(self.dim_source), training="training")
+
+            def dtype_kept(c: N.Call, ex: PyExpr) -> str | None:  # `is_floating_point(mask)`, kept on ctx
+                if c.func == "is_floating_point" and isinstance(c.args[0], N.Name):
+                    return self._dtype_field(c.args[0].id)
+                return self._internal(c, ex)
+
+            return PyExpr(spelling, call_hook=dtype_kept)
+        spelling = Spelling(dict(self.dim_source), training="training")
         return PyExpr(spelling, call_hook=self._internal)
+
+    def _dtype_field(self, leaf: str) -> str:
+        return self.names.ctx_value(f"{leaf}_is_floating_point")
 
     def branching_setup(self, plan: BranchPlan, bodies: list[list[str]]) -> list[str]:
         """setup_context of a branching forward: the arguments and dims the conditions read, kept on `ctx`
@@ -203,7 +237,15 @@ class FunctionEmitter:
             kept += self.located([f"{self.names.ctx_value(d)} = {source}"], self._declared_line(source.split(".")[0]))
         tested = [i for i in self._optional_inputs if i in read]  # `if m != none`: backward tests m's shape
         kept += [f"{self.names.ctx_shape(i)} = None if {i} is None else {i}.shape" for i in tested]
-        used = (read & set(self.kwargs)) | {self.dim_source[d].split(".")[0] for d in dims} | set(tested)
+        typed = list(dict.fromkeys(leaf for cond in _conditions(plan) for leaf in dtype_tested(cond)))
+        for leaf in typed:  # `if is_floating_point(m)`: backward tests what forward found
+            test = f"{leaf}.is_floating_point()"
+            kept.append(
+                f"{self._dtype_field(leaf)} = {leaf} is not None and {test}"
+                if leaf in self.e.optional
+                else f"{self._dtype_field(leaf)} = {test}"
+            )
+        used = (read & set(self.kwargs)) | {self.dim_source[d].split(".")[0] for d in dims} | set(tested) | set(typed)
         unpacking = f" = {self.names.inputs}"
         own: list[list[str]] = []
         for body in bodies:
@@ -367,8 +409,10 @@ class FunctionEmitter:
             else:
                 exprs[s.var] = expr
         outs = [out(substitute(o, exprs)) if isinstance(o, N.Name) else ex(o) for o in tape.outputs]
+        outs += ["None"] * len(self.padding)
         returns = [s.span.line for s in self.e.forward.body if isinstance(s, N.Return)]
         outs += [x if x in extra else "None" for x in returned]
+        outs += returned_values(tape.updates, self.buffers, tape.leaves)
         return lines + self.located([f"return {', '.join(outs)}"], returns[-1] if returns else 0)
 
     def located(self, lines: list[str], line: int) -> list[str]:
@@ -394,8 +438,12 @@ class FunctionEmitter:
         if any(u in used for u in unpack):
             names = [u if u in used else "_" for u in unpack]
             lines.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = {self.names.inputs}")
-        outs = [o.id if isinstance(o, N.Name) and o.id in used else "_" for o in tape.outputs]
-        outs += [e if e in saved_names else "_" for e in extra]
+        indices = [o.id for o in tape.outputs if isinstance(o, N.Name) and self._never_differentiable(o.id, tape)]
+        outs = [o.id if isinstance(o, N.Name) and o.id in used | set(indices) else "_" for o in tape.outputs]
+        outs += ["_"] * len(self.padding)
+        outs += [e if e in saved_names and e not in outs else "_" for e in extra]  # None if another side's output
+        updated = [v for v in self._updated_names() if v != "_"]
+        outs += self._updated_names()
         if any(v != "_" for v in outs):
             lines.append(
                 f"{outs[0]} = {self.names.output}" if len(outs) == 1 else f"{', '.join(outs)} = {self.names.output}"
@@ -403,8 +451,11 @@ class FunctionEmitter:
         seconds = [
             e for e in extra if e in saved_names and (step := tape.step(e)) and step.op and step.op.cost == "kept"
         ]
+        seconds = list(dict.fromkeys(indices + seconds))
         if seconds:  # indices, statistics: no gradient of their own (ATen's kernels differentiate through them)
             lines.append(f"ctx.mark_non_differentiable({', '.join(seconds)})")
+        if updated:  # no gradient flows into a buffer
+            lines.append(f"ctx.mark_non_differentiable({', '.join(updated)})")
         if self.split or self.unmaterialised:
             lines.append("ctx.set_materialize_grads(False)")
         for k in self.kwargs:
@@ -1466,15 +1517,20 @@ def emit_branching_function(emitter, plan: BranchPlan) -> dict:
     first = [FunctionEmitter(emitter, side) for side in sides]
     scope = set().union(*(f._scope_names() for f in first))
     returned = list(dict.fromkeys(x for f in first for x in f.emit()["computed_extra"]))
-    emitters = [FunctionEmitter(emitter, side, scope, returned) for side in sides]
+    buffers = updated_buffers(plan, [b.name for b in emitter.layer.buffers])
+    emitters = [FunctionEmitter(emitter, side, scope, returned, buffers) for side in sides]
+    longest = max(sides, key=lambda side: len(side.tape.outputs))
     for f, in_training in zip(emitters, _training_sides(plan)):
         f.in_training = in_training
+        f.padding = longest.grads[len(f.tape.outputs) :]
+        f.sometimes_updated = {b for b in buffers if not always_updated(plan, b)}
     pieces = [f.emit() for f in emitters]
     head = emitters[0]
     fn = dict(pieces[0])
     for key in ("forward_params", "backward_params", "inputs", "output"):
         assert all(p[key] == fn[key] for p in pieces), f"the sides of a branching Function differ in {key}"
     fn["returns"] = _union_returns(pieces)
+    fn["n_outputs"] = len(longest.tape.outputs)
     fn["forward_body"] = _chosen(plan, iter(p["forward_body"] for p in pieces), head.branch_condition("forward"))
     fn["backward_body"] = _chosen(plan, iter(p["backward_body"] for p in pieces), head.branch_condition("backward"))
     fn["setup_body"] = head.branching_setup(plan, [p["setup_body"] for p in pieces])
@@ -1497,10 +1553,16 @@ def _conditions(plan: Plan) -> list[N.Expr]:
 
 
 def _union_returns(pieces: list[dict]) -> str:
-    types = [p["returns"] for p in pieces]
-    if all(t == types[0] for t in types):
-        return types[0]
-    return next(t for t in types if "None" in t)  # `Tensor | None` where some side has no such extra
+    """Each returned value's type over the sides: `Tensor | None` where some side returns None for it."""
+    types = []
+    for each in zip(*(p["return_types"] for p in pieces)):
+        both = {part for t in each for part in t.split(" | ")}
+        types.append(each[0] if len(set(each)) == 1 else "Tensor | None" if both == {"Tensor", "None"} else each[0])
+    return _tuple_hint(types)
+
+
+def _tuple_hint(types: list[str]) -> str:
+    return types[0] if len(types) == 1 else f"tuple[{', '.join(types)}]"
 
 
 def _chosen(plan: Plan, sides: Iterator[list[str]], cond: PyExpr, ends_in_return: bool = True) -> list[str]:

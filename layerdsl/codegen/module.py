@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import jinja2
 
 from layerdsl.autodiff.plan import Plan, plan_backwards
+from layerdsl.codegen.function_arity import arities, returned_by_arity
+from layerdsl.codegen.function_buffers import unpacked_call
 from layerdsl.codegen.optional_members import IsPresent, hoist_optionals
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
@@ -493,7 +495,17 @@ class LayerEmitter:
         doc = self.shapes_doc()
         if function_class is not None:
             call = f"{function_class['name']}.apply({', '.join(self.function_apply_args())})"
-            if function_class["extra"]:  # the Function also returns intermediates it saves
+            assert self.plan is not None, "emit_file plans every @function layer"
+            several = len(arities(self.plan)) > 1  # as many outputs as the side it ran gives
+            unpacking: list[str] = []
+            if function_class["updates"] or several:  # and the new buffer values, written here
+                n_extra = len(function_class["extra"])
+                taken = self.taken_names() | {i.name for i in fwd.inputs}
+                unpacking, outputs = unpacked_call(
+                    call, function_class["n_outputs"], n_extra, function_class["updates"], self.plan, taken
+                )
+                call = ", ".join(outputs)
+            elif function_class["extra"]:  # the Function also returns intermediates it saves
                 n = function_class["n_outputs"]
                 call = f"{call}[0]" if n == 1 else f"{call}[:{n}]"
             # The Function's forward has no requirements: the module checks them before `apply`.
@@ -501,6 +513,10 @@ class LayerEmitter:
             spelling = self.module_spelling()
             body = self.shape_checks(spelling, on_self=True, bind=bool(requires))
             body += StatementWriter(PyExpr(spelling), spelling, self.layer).block(requires)
+            body += unpacking
+            if several:
+                body += returned_by_arity(self.plan, outputs, PyExpr(spelling))
+                return Func("forward", params, returns, doc, body)
             body += self.output_checks([call], spelling, on_self=True, bind=bool(requires)) or [f"return {call}"]
             return Func("forward", params, returns, doc, body)
         if functional is not None:

@@ -935,18 +935,6 @@ class LayerChecker:
         arities = {len(s.values) for s in statements(fwd.body) if isinstance(s, N.Return)}
         if len(arities) < 2:
             return
-        if self.layer.is_function:
-            first = next(s for s in statements(fwd.body) if isinstance(s, N.Return))
-            other = next(
-                s for s in statements(fwd.body) if isinstance(s, N.Return) and len(s.values) != len(first.values)
-            )
-            self.r.error(
-                other.span,
-                f"an @function layer returns one number of outputs: this return gives {len(other.values)},"
-                f" an earlier one {len(first.values)}",
-                "its Function's backward takes one gradient per output",
-            )
-            return
         settled = {a.name for a in self.layer.args} | {i.name for i in fwd.inputs if i.flag is not None}
         for stmt in statements(fwd.body):
             if not isinstance(stmt, N.If) or not any(isinstance(s, N.Return) for s in statements([stmt])):
@@ -1867,7 +1855,7 @@ class LayerChecker:
     # ------------------------------------------------------------ backward and examples
 
     def check_function_body(self) -> None:
-        """@function layers are one autograd.Function: no submodules, no buffer updates."""
+        """@function layers are one autograd.Function: no submodules."""
         if not self.layer.is_function or self.layer.forward is None:
             return
         for sub in self.layer.subs:
@@ -1876,20 +1864,6 @@ class LayerChecker:
                 "@function layers cannot have subs",
                 "a sub is its own module; drop @function or inline the computation",
             )
-        for call in [n for s in self.layer.forward.body for n in walk(s) if isinstance(n, N.Call)]:
-            if call.func == "is_floating_point":
-                self.r.error(
-                    call.func_span,
-                    "cannot derive: is_floating_point() in an @function layer",
-                    "declare the input's dtype instead (`mask: bool[B, T]`), or drop @function",
-                )
-        for stmt in statements(self.layer.forward.body):
-            if isinstance(stmt, N.Update):
-                self.r.error(
-                    stmt.span,
-                    "@function layers cannot update buffers",
-                    "drop @function, or compute the update outside the layer",
-                )
 
     def check_backward(self, bwd: N.Backward, forward_locals: Scope | None) -> None:
         if not self.layer.is_function:

@@ -1,0 +1,58 @@
+"""Buffer updates of a `@function` layer: computed by the Function, written by the module.
+
+No gradient flows into a buffer, so `update b = expr` is a side effect of the forward, not part of the
+function it differentiates. The Function's forward computes each new value once, from the values the
+forward computes anyway (the batch statistics that normalisation uses), and returns it as an extra output
+marked non-differentiable; the module writes it into the buffer under `no_grad`, as the plain module does.
+The Function itself stays pure: gradcheck, double backward and torch.func transforms call its forward again
+without touching the module's state, and the buffers end with the values the plain module gives them.
+"""
+
+from __future__ import annotations
+
+from layerdsl.autodiff.plan import Plan, straight_plans
+from layerdsl.language.naming import fresh_name
+
+
+def updated_buffers(plan: Plan, declared: list[str]) -> list[str]:
+    """The buffers some side of the forward updates, in declaration order (the Function returns them last)."""
+    updated = {b for side in straight_plans(plan) for b in side.tape.updates}
+    return [b for b in declared if b in updated]
+
+
+def returned_values(updates: dict[str, str], buffers: list[str], leaves: list[str]) -> list[str]:
+    """What the forward returns for each updated buffer: the var holding its new value (a copy when it is
+    an input or member as it is: a Function returns no input unchanged), None where this side updates none."""
+    values = []
+    for b in buffers:
+        var = updates.get(b)
+        values.append("None" if var is None else f"{var}.clone()" if var in leaves else var)
+    return values
+
+
+def always_updated(plan: Plan, buffer: str) -> bool:
+    """Whether every side of the forward updates `buffer` (else the module tests for None)."""
+    return all(buffer in side.tape.updates for side in straight_plans(plan))
+
+
+def unpacked_call(
+    call: str, n_outputs: int, n_extra: int, buffers: list[str], plan: Plan, taken: set[str]
+) -> tuple[list[str], list[str]]:
+    """The module's `Function.apply` call unpacked into its outputs and the new buffer values, each new value
+    written into its buffer under no_grad (the intermediates the Function saves are dropped); and the
+    names of the outputs."""
+    outputs = [fresh_name("output" if n_outputs == 1 else f"output{k}", taken) for k in range(n_outputs)]
+    taken = taken | set(outputs)
+    new = {}
+    for b in buffers:
+        new[b] = fresh_name(f"new_{b}", taken)
+        taken.add(new[b])
+    lines = [f"{', '.join(outputs + ['_'] * n_extra + list(new.values()))} = {call}"]
+    if new:
+        lines += ["# the new values the Function computed (no gradient flows into a buffer)", "with torch.no_grad():"]
+    for b, value in new.items():
+        if always_updated(plan, b):
+            lines.append(f"    self.{b}.copy_({value})")
+        else:
+            lines += [f"    if {value} is not None:", f"        self.{b}.copy_({value})"]
+    return lines, outputs
