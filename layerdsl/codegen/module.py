@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import jinja2
 
+from layerdsl.autodiff.inputs import tuple_parts
 from layerdsl.autodiff.plan import Plan, plan_backwards
 from layerdsl.codegen.optional_members import IsPresent, hoist_optionals
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
@@ -501,6 +502,7 @@ class LayerEmitter:
             spelling = self.module_spelling()
             body = self.shape_checks(spelling, on_self=True, bind=bool(requires))
             body += StatementWriter(PyExpr(spelling), spelling, self.layer).block(requires)
+            body += self.tuple_unpacking()
             body += self.output_checks([call], spelling, on_self=True, bind=bool(requires)) or [f"return {call}"]
             return Func("forward", params, returns, doc, body)
         if functional is not None:
@@ -515,8 +517,20 @@ class LayerEmitter:
         return Func("forward", params, returns, doc, self.body_lines(spelling, on_self=True))
 
     def function_apply_args(self) -> list[str]:
-        args = [i.name for i in self.forward.inputs] + [f"self.{t.name}" for t in self.layer.tensors]
+        parts = tuple_parts(self.layer)  # a tuple input's tensors: arguments of their own
+        args = [p for i in self.forward.inputs for p in parts.get(i.name, [i.name])]
+        args += [f"self.{t.name}" for t in self.layer.tensors]
         return args + [f"self.{a}" if a != "training" else "self.training" for a in self.function_kwargs()]
+
+    def tuple_unpacking(self) -> list[str]:
+        """`hx_0, hx_1 = hx`: a tuple input's tensors, each an argument of `Function.apply`."""
+        lines = []
+        for inp in self.forward.inputs:
+            names = tuple_parts(self.layer).get(inp.name)
+            if names is not None:
+                given = f"{inp.name} if {inp.name} is not None else ({', '.join(['None'] * len(names))})"
+                lines.append(f"{', '.join(names)} = {given if inp.optional else inp.name}")
+        return lines
 
     def returns_hint(self) -> str:
         """`Tensor`, `tuple[Tensor, Tensor | None]`; `Tensor | tuple[Tensor, Tensor]` when an argument picks how

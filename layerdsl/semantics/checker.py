@@ -974,17 +974,11 @@ class LayerChecker:
             )
         if inp.takes_ints:
             self.maybe_ints.add(inp.name)
-        if self.layer.is_function and inp.parts:
+        if self.layer.is_function and (inp.alternatives or inp.takes_ints):
             self.r.error(
                 inp.span,
-                "an @function layer cannot take a tuple input yet: the derived backward does not pass through it",
-                "take the tensors as inputs of their own (`h: [B, H]? = none, c: [B, H]? = none`), or drop @function",
-            )
-        elif self.layer.is_function and (inp.alternatives or inp.takes_ints or inp.flag):
-            what = "a flag input" if inp.flag else "an input of alternatives"
-            self.r.error(
-                inp.span,
-                f"an @function layer cannot take {what} yet: the derived backward does not pass through it",
+                "an @function layer cannot take an input of alternatives yet: the derived backward does not pass"
+                " through it",
                 "drop @function (autograd then derives the backward), or take the tensors as required inputs",
             )
 

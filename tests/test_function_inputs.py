@@ -1,0 +1,173 @@
+"""`@function` layers taking every input form torch.nn's specs use: flags (`scaled: bool = true`), tuple
+inputs (`hx: ([B, n], [B, n])? = none`), inputs of alternatives (`targets: long[N, S] | long[L]`, `lengths:
+long[N] | ints`) and an `fn | "relu" | "gelu"` argument. Each layer's Function is compared with its
+functional form (plain autograd): outputs, gradients, and gradcheck and gradgradcheck in float64, for each
+flag value, alternative and choice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from .support import compile_spec
+
+SPEC = """
+@function
+layer FlagScale(n: int) {
+    param w: [n] = ones
+
+    example(n = 4)
+
+    forward(x: [B, n], scaled: bool = true, squash: bool = false) -> [B, n] {
+        h = x * w
+        if scaled {
+            h = h * sigmoid(x)
+        }
+        if not squash {
+            return h
+        }
+        return tanh(h)
+    }
+}
+
+@function
+layer FlagSum(n: int) {
+    example(n = 4)
+
+    forward(x: [B, n], keep: bool = false) {
+        return sum(x * x, dim = -1, keepdim = keep)
+    }
+}
+
+@function
+layer Cell(input_size: int, hidden_size: int) {
+    param weight_ih: [4 * hidden_size, input_size] = uniform(-0.5, 0.5)
+    param weight_hh: [4 * hidden_size, hidden_size] = uniform(-0.5, 0.5)
+
+    example(input_size = 3, hidden_size = 2)
+
+    forward(
+        input: [..., input_size],
+        hx: ([..., hidden_size], [..., hidden_size])? = none,
+    ) -> ([..., hidden_size], [..., hidden_size]) {
+        gates = input @ transpose(weight_ih, 0, 1)
+        if hx != none {
+            h, c = hx
+            gates = gates + h @ transpose(weight_hh, 0, 1)
+        }
+        i = sigmoid(gates[..., 0:hidden_size])
+        f = sigmoid(gates[..., hidden_size : 2 * hidden_size])
+        g = tanh(gates[..., 2 * hidden_size : 3 * hidden_size])
+        o = sigmoid(gates[..., 3 * hidden_size : 4 * hidden_size])
+        c_next = i * g
+        if hx != none {
+            h, c = hx
+            c_next = f * c + c_next
+        }
+        return o * tanh(c_next), c_next
+    }
+}
+
+@function
+layer PairProduct(n: int) {
+    param w: [n] = ones
+
+    example(n = 4)
+
+    forward(x: [B, n], pair: ([B, n], [B, n])) -> [B, n] {
+        a, b = pair
+        return x * w + a * b
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def ns() -> dict:
+    return compile_spec(SPEC, "function_inputs")
+
+
+def _double(*shape: int, lo: float = -1.0, hi: float = 1.0) -> torch.Tensor:
+    return torch.empty(*shape, dtype=torch.float64).uniform_(lo, hi).requires_grad_()
+
+
+def _agree(got, want, inputs: list[torch.Tensor]) -> None:
+    """Equal outputs, and equal first and second derivatives with respect to `inputs`."""
+    got, want = (g if isinstance(g, tuple) else (g,) for g in (got, want))
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    seeds = [torch.randn_like(w) for w in want]
+    first = [torch.autograd.grad(list(outs), inputs, seeds, create_graph=True) for outs in (got, want)]
+    for a, b in zip(*first):
+        torch.testing.assert_close(a, b)
+    weights = [torch.linspace(-1, 1, g.numel(), dtype=g.dtype).view_as(g) for g in first[1]]
+    second = [torch.autograd.grad(sum((g * w).sum() for g, w in zip(gs, weights)), inputs) for gs in first]
+    for a, b in zip(*second):
+        torch.testing.assert_close(a, b)
+
+
+def _checked(fn, inputs: list[torch.Tensor]) -> None:
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+@pytest.mark.parametrize("squash", [True, False])
+def test_a_flag_chooses_the_side_in_forward_and_backward(ns, scaled, squash):
+    torch.manual_seed(0)
+    layer = ns["FlagScale"](4, dtype=torch.float64)
+    with torch.no_grad():
+        layer.w.uniform_(0.5, 1.5)
+    x = _double(3, 4)
+    got = layer(x, scaled=scaled, squash=squash)
+    _agree(got, ns["flag_scale"](x, layer.w, scaled=scaled, squash=squash), [x, layer.w])
+    _checked(lambda x, w: ns["FlagScaleFunction"].apply(x, scaled, squash, w), [x, layer.w])
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_flag_given_to_an_operation_is_kept_for_backward(ns, keep):
+    torch.manual_seed(0)
+    layer = ns["FlagSum"](4)
+    x = _double(3, 4)
+    got = layer(x, keep=keep)
+    assert got.shape == ((3, 1) if keep else (3,))
+    _agree(got, ns["flag_sum"](x, keep=keep, n=4), [x])
+    _checked(lambda x: ns["FlagSumFunction"].apply(x, keep), [x])
+
+
+def test_a_flag_is_a_bool_of_the_function_with_no_gradient(ns):
+    source = ns["FlagScaleFunction"].forward.__annotations__
+    assert source["scaled"] == "bool" and source["squash"] == "bool"
+    x = _double(2, 4)
+    w = torch.ones(4, dtype=torch.float64, requires_grad=True)
+    y = ns["FlagScaleFunction"].apply(x, True, False, w)
+    assert y.grad_fn is not None
+    (gx, gw) = torch.autograd.grad(y.sum(), [x, w])
+    assert gx.shape == x.shape and gw.shape == w.shape
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_a_tuple_input_is_taken_as_its_tensors(ns, given):
+    torch.manual_seed(0)
+    layer = ns["Cell"](3, 2, dtype=torch.float64)
+    x = _double(5, 3)
+    hx = (_double(5, 2), _double(5, 2)) if given else None
+    got = layer(x, hx)
+    want = ns["cell"](x, layer.weight_ih, layer.weight_hh, hx=hx, hidden_size=2)
+    read = [layer.weight_ih, layer.weight_hh] if given else [layer.weight_ih]  # weight_hh multiplies h
+    _agree(got, want, [x, *read, *(hx or ())])
+
+    def apply(x, weight_ih, *parts):
+        h, c = parts if given else (None, None)
+        return ns["CellFunction"].apply(x, h, c, weight_ih, layer.weight_hh, 2)[:2]
+
+    _checked(apply, [x, layer.weight_ih, *(hx or ())])
+
+
+def test_a_required_tuple_input_gives_a_gradient_to_each_tensor(ns):
+    torch.manual_seed(0)
+    layer = ns["PairProduct"](4, dtype=torch.float64)
+    x, a, b = _double(3, 4), _double(3, 4), _double(3, 4)
+    _agree(layer(x, (a, b)), ns["pair_product"](x, (a, b), layer.w), [x, a, b, layer.w])
+    _checked(lambda x, a, b, w: ns["PairProductFunction"].apply(x, a, b, w), [x, a, b, layer.w])
