@@ -79,6 +79,39 @@ layer PairProduct(n: int) {
         return x * w + a * b
     }
 }
+
+@function
+layer CTCLoss(blank: int = 0, reduction: str = "mean", zero_infinity: bool = false) {
+    example(blank = 4, zero_infinity = true, C = 5)
+
+    forward(
+        log_probs: [T, N, C],
+        targets: long[N, S] | long[L],
+        input_lengths: long[N] | ints,
+        target_lengths: long[N] | ints,
+    ) {
+        return ctc_loss(
+            log_probs,
+            targets,
+            input_lengths,
+            target_lengths,
+            blank = blank,
+            reduction = reduction,
+            zero_infinity = zero_infinity,
+        )
+    }
+}
+
+@function
+layer EitherRank(n: int) {
+    param w: [n] = ones
+
+    example(n = 4)
+
+    forward(x: [B, n] | [n], y: [B, n]) {
+        return sum(x * w, dim = -1) * sum(y, dim = -1)
+    }
+}
 """
 
 
@@ -171,3 +204,52 @@ def test_a_required_tuple_input_gives_a_gradient_to_each_tensor(ns):
     x, a, b = _double(3, 4), _double(3, 4), _double(3, 4)
     _agree(layer(x, (a, b)), ns["pair_product"](x, (a, b), layer.w), [x, a, b, layer.w])
     _checked(lambda x, a, b, w: ns["PairProductFunction"].apply(x, a, b, w), [x, a, b, layer.w])
+
+
+def _ctc_case(padded: bool, as_ints: bool):
+    torch.manual_seed(0)
+    log_probs = torch.randn(6, 2, 5, dtype=torch.float64).log_softmax(-1).detach().requires_grad_()
+    target_lengths = torch.tensor([3, 2])
+    if padded:
+        targets = torch.randint(0, 4, (2, 3))
+    else:
+        targets = torch.randint(0, 4, (int(target_lengths.sum()),))
+    input_lengths = torch.tensor([6, 5])
+    if as_ints:
+        return log_probs, targets, tuple(input_lengths.tolist()), tuple(target_lengths.tolist())
+    return log_probs, targets, input_lengths, target_lengths
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("as_ints", [True, False])
+def test_inputs_of_alternatives_and_tuples_of_ints_pass_through(ns, reduction, padded, as_ints):
+    log_probs, targets, input_lengths, target_lengths = _ctc_case(padded, as_ints)
+    layer = ns["CTCLoss"](blank=4, reduction=reduction)
+    got = layer(log_probs, targets, input_lengths, target_lengths)
+    want = ns["ctc_loss"](log_probs, targets, input_lengths, target_lengths, blank=4, reduction=reduction)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(
+        want, torch.nn.functional.ctc_loss(log_probs, targets, input_lengths, target_lengths, 4, reduction)
+    )
+    seed = torch.randn_like(want)
+    torch.testing.assert_close(
+        torch.autograd.grad(got, log_probs, seed)[0], torch.autograd.grad(want, log_probs, seed)[0]
+    )
+    function = ns["CTCLossFunction"]
+    args = (targets, input_lengths, target_lengths, 4, reduction, False)
+    # torch's CTC gradient assumes normalised log-probabilities: checked through log_softmax, as torch's are
+    scores = torch.randn(6, 2, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s: function.apply(s.log_softmax(-1), *args), [scores])
+    # torch's own CTC backward (`_ctc_loss_backward`) has no derivative: neither has the plain module's
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_a_float_input_of_alternatives_derives_at_either_rank(ns, rank):
+    torch.manual_seed(0)
+    layer = ns["EitherRank"](4, dtype=torch.float64)
+    with torch.no_grad():
+        layer.w.uniform_(0.5, 1.5)
+    x, y = _double(*([3, 4] if rank == 2 else [4])), _double(3, 4)
+    _agree(layer(x, y), ns["either_rank"](x, y, layer.w), [x, y, layer.w])
+    _checked(lambda x, y, w: ns["EitherRankFunction"].apply(x, y, w), [x, y, layer.w])

@@ -86,10 +86,11 @@ class FunctionEmitter:
         self.unmaterialised = False  # the extra outputs are all indices or masks: their grads not materialised
         self.shape_on_ctx: dict[str, set[str]] = {}  # leaves the backward needs only the shape of
         self.backward_dims: set[str] = set()  # symbolic dims the backward reads (kept on ctx)
-        self.flags = [i.name for i in self.forward.inputs if i.flag is not None]  # plain bools, not tensors
-        self.backward_flags: set[str] = set()  # flag inputs the backward reads (kept on ctx)
+        # Flags and inputs that may be a tuple of ints: passed as they are, kept on ctx (not saved) for backward
+        self.plain_inputs = [i.name for i in self.forward.inputs if i.flag is not None or i.takes_ints]
+        self.backward_plain: set[str] = set()  # those the backward reads
         self.names = FunctionNames(
-            scope or self._scope_names(), self.kwargs + self.flags + list(self.layer.symbolic_dims)
+            scope or self._scope_names(), self.kwargs + self.plain_inputs + list(self.layer.symbolic_dims)
         )
         self.returned = returned
         self.in_training = False  # a side of `if training`: dropout needs no mode check of its own
@@ -175,8 +176,11 @@ class FunctionEmitter:
         return leaf not in self.optional
 
     def _leaf_param(self, leaf: str) -> str:
-        if leaf in self.flags:
+        inp = next((i for i in self.forward.inputs if i.name == leaf), None)
+        if inp is not None and inp.flag is not None:
             return f"{leaf}: bool"
+        if inp is not None and inp.takes_ints:
+            return f"{leaf}: Tensor | tuple[int, ...]"
         return f"{leaf}: Tensor" if self._is_required(leaf) else f"{leaf}: Tensor | None"
 
     def _kw_param(self, k: str) -> str:
@@ -192,7 +196,7 @@ class FunctionEmitter:
         a branch condition."""
         if method == "backward":
             ctx = self.names.ctx_value
-            kept = {k: ctx(k) for k in [*self.kwargs, *self.flags, *self.layer.symbolic_dims]}
+            kept = {k: ctx(k) for k in [*self.kwargs, *self.plain_inputs, *self.layer.symbolic_dims]}
             kept |= {i: self.names.ctx_shape(i) for i in self._optional_inputs}  # None when not given
             spelling = Spelling(kept, training=ctx("training"))
         else:
@@ -215,7 +219,7 @@ class FunctionEmitter:
             kept += self.located([f"{self.names.ctx_value(d)} = {source}"], self._declared_line(source.split(".")[0]))
         tested = [i for i in self._optional_inputs if i in read]  # `if m != none`: backward tests m's shape
         kept += [f"{self.names.ctx_shape(i)} = None if {i} is None else {i}.shape" for i in tested]
-        flags = [f for f in self.flags if f in read]  # `if need_weights`: backward tests the flag kept
+        flags = [f for f in self.plain_inputs if f in read]  # `if need_weights`: backward tests the flag kept
         kept += [f"{self.names.ctx_value(f)} = {f}" for f in flags]
         used = (read & set(self.kwargs)) | {self.dim_source[d].split(".")[0] for d in dims} | set(tested) | set(flags)
         unpacking = f" = {self.names.inputs}"
@@ -402,7 +406,7 @@ class FunctionEmitter:
         saved_names = {v for v, _ in saved}
         dims = sorted(self.backward_dims)
         used = saved_names | set(shapes) | set(self.kwargs) | {self.dim_source[d].split(".")[0] for d in dims}
-        used |= self.backward_flags
+        used |= self.backward_plain
         masks = {v: self.mask_values[v] for v in saved_names if v in self.masks}
         used |= {n.id for e in masks.values() for n in walk(e) if isinstance(n, N.Name)}
         lines = []
@@ -424,7 +428,7 @@ class FunctionEmitter:
             lines.append("ctx.set_materialize_grads(False)")
         for k in self.kwargs:
             lines.append(f"{self.names.ctx_value(k)} = {k}")
-        for f in sorted(self.backward_flags):
+        for f in sorted(self.backward_plain):
             lines.append(f"{self.names.ctx_value(f)} = {f}")
         for name in shapes:
             if name in self.optional:  # an absent member has no shape, and needs no gradient
@@ -514,13 +518,13 @@ class FunctionEmitter:
         reads = self._reads(tape, sections, self.masks)
         recomputed = {v for sec in sections for v in sec.recompute}
         ctx = self.names.ctx_value
-        kept = {k: ctx(k) for k in [*self.kwargs, *self.flags]}
+        kept = {k: ctx(k) for k in [*self.kwargs, *self.plain_inputs]}
         ex = PyExpr(Spelling(kept, training=ctx("training")), call_hook=self._internal)
         order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps] + list(self.masks))}
         read_names = {n.id for sec in sections for _, _, e, _ in sec.items for n in walk(e) if isinstance(n, N.Name)}
         read_names |= {n.id for s in tape.steps if s.var in recomputed for n in walk(s.expr) if isinstance(n, N.Name)}
         lines, self.backward_dims = self.prelude(tape, read_names, ex, ctx)
-        self.backward_flags = {f for f in self.flags if f in read_names}
+        self.backward_plain = {f for f in self.plain_inputs if f in read_names}
         saved = sorted(reads, key=lambda v: order.get(v, 1 << 30))
         if saved:
             lines.append(
@@ -570,7 +574,7 @@ class FunctionEmitter:
 
         def reader(recompute: dict[str, set[str]], rare: bool):
             def read(var: str, leaves: set[str]):
-                if var in self.flags:  # a bool, kept on ctx (`backward_flags`)
+                if var in self.plain_inputs:  # a bool or ints, kept on ctx (`backward_plain`)
                     return
                 step = tape.step(var)
                 # A hand-written backward ignores the gradients of extra outputs (and a rare section comes

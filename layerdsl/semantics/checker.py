@@ -962,8 +962,7 @@ class LayerChecker:
                 )
 
     def check_input_kind(self, inp: N.Input, fwd: N.Forward) -> None:
-        """An optional input (`mask: bool[B, T]? = none`) comes after the required ones; a tuple input is
-        not yet derived through in an @function layer."""
+        """An optional input (`mask: bool[B, T]? = none`) comes after the required ones."""
         if inp.optional:
             self.maybe_none.add(inp.name)
         elif inp.flag is None and any(i.optional or i.flag for i in fwd.inputs[: fwd.inputs.index(inp)]):
@@ -974,13 +973,6 @@ class LayerChecker:
             )
         if inp.takes_ints:
             self.maybe_ints.add(inp.name)
-        if self.layer.is_function and (inp.alternatives or inp.takes_ints):
-            self.r.error(
-                inp.span,
-                "an @function layer cannot take an input of alternatives yet: the derived backward does not pass"
-                " through it",
-                "drop @function (autograd then derives the backward), or take the tensors as required inputs",
-            )
 
     def check_input_shape(self, shape: N.Shape, bind: bool, optional: bool = False, alternative: bool = False) -> None:
         ellipses = [d for d in shape.dims if isinstance(d, N.EllipsisItem)]
