@@ -112,6 +112,35 @@ layer EitherRank(n: int) {
         return sum(x * w, dim = -1) * sum(y, dim = -1)
     }
 }
+
+@function
+layer FeedForward(n: int, activation: fn | "relu" | "gelu" = "relu") {
+    param w: [n, n] = uniform(-0.5, 0.5)
+
+    example(n = 4)
+
+    forward(x: [B, n]) -> [B, n] {
+        h = x @ w
+        if activation == "relu" {
+            h = relu(h)
+        } else if activation == "gelu" {
+            h = gelu(h)
+        } else {
+            h = activation(h)
+        }
+        return h * x
+    }
+}
+
+@function
+layer MaybeActivated(activation: fn? = none) {
+    forward(x: [B, N]) -> [B, N] {
+        if activation != none {
+            return activation(x)
+        }
+        return x * x
+    }
+}
 """
 
 
@@ -253,3 +282,29 @@ def test_a_float_input_of_alternatives_derives_at_either_rank(ns, rank):
     x, y = _double(*([3, 4] if rank == 2 else [4])), _double(3, 4)
     _agree(layer(x, y), ns["either_rank"](x, y, layer.w), [x, y, layer.w])
     _checked(lambda x, y, w: ns["EitherRankFunction"].apply(x, y, w), [x, y, layer.w])
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", torch.nn.functional.silu])
+def test_each_string_choice_derives_and_a_callable_runs_the_plain_forward(ns, activation):
+    torch.manual_seed(0)
+    layer = ns["FeedForward"](4, activation=activation, dtype=torch.float64)
+    x = _double(3, 4)
+    got = layer(x)
+    backward = type(got.grad_fn).__name__
+    if isinstance(activation, str):
+        assert backward.startswith("FeedForwardFunction"), backward
+        _checked(lambda x, w: ns["FeedForwardFunction"].apply(x, w, activation)[0], [x, layer.w])
+    else:  # a callable has no derivative the Function knows: autograd's
+        assert "FeedForwardFunction" not in backward
+        _checked(layer, [x])
+    _agree(got, ns["feed_forward"](x, layer.w, activation=activation), [x, layer.w])
+
+
+@pytest.mark.parametrize("activation", [None, torch.tanh])
+def test_an_optional_callable_derives_when_none(ns, activation):
+    layer = ns["MaybeActivated"](activation=activation)
+    x = _double(3, 4)
+    got = layer(x)
+    assert ("MaybeActivatedFunction" in type(got.grad_fn).__name__) == (activation is None)
+    _agree(got, ns["maybe_activated"](x, activation=activation), [x])
+    _checked(layer, [x])

@@ -1,4 +1,4 @@
-"""A `@function` layer's forward inputs as its autograd.Function takes them.
+"""A `@function` layer's forward inputs and callable arguments as its autograd.Function takes them.
 
 A Function's gradients are one per tensor argument of `apply`, so a tuple input (`hx: ([B, H], [B, H])? =
 none`) is taken as its tensors, each an input of its own (`hx_0`, `hx_1`, optional when the tuple is):
@@ -7,6 +7,12 @@ the module unpacks the tuple before `apply`, and the backward returns a gradient
 
 Flags (`need_weights: bool = true`) and a tuple of ints given for a tensor (`lengths: long[N] | ints`) are
 passed to `apply` as they are: non-tensor arguments, whose gradient is None.
+
+A callable argument (`activation: fn | "relu" | "gelu"`) has no derivative the compiler knows. The checker
+proves that a call of it runs only where the argument is neither one of its strings nor none (`else` of
+`if activation == "relu"`), so the Function is planned for the strings and none alone: a side calling it
+is dropped (`without_callable_sides`), and the module runs its plain forward, derived by autograd, when a
+callable is given (`codegen.module`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import dataclasses
 
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import map_children
+from layerdsl.ir.visit import map_children, walk
 from layerdsl.language.naming import fresh_name
 
 
@@ -90,3 +96,43 @@ def _assigned(body: list[N.Stmt]) -> set[str]:
         for block in ("body", "orelse"):
             names |= _assigned(getattr(stmt, block, None) or [])
     return names
+
+
+def called_fn_args(layer: N.Layer) -> list[str]:
+    """The `fn` arguments `layer`'s forward calls (`activation(hidden)`)."""
+    assert layer.forward is not None
+    fns = {a.name for a in layer.args if a.base_type == "fn"}
+    called = {n.func for s in layer.forward.body for n in walk(s) if isinstance(n, N.Call) and n.func in fns}
+    return [a.name for a in layer.args if a.name in called]
+
+
+def without_callable_sides(layer: N.Layer) -> N.Layer:
+    """`layer` with each `if` side that calls an `fn` argument replaced by the other side: such a side runs
+    only when a callable is given, which the Function never is (a string or none is)."""
+    fns = set(called_fn_args(layer))
+    if not fns:
+        return layer
+    assert layer.forward is not None
+    body = _dropped(layer.forward.body, fns)
+    return dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
+
+
+def _dropped(body: list[N.Stmt], fns: set[str]) -> list[N.Stmt]:
+    """Inner `if`s first: a side that still calls then calls at its top, so runs only with a callable."""
+    out: list[N.Stmt] = []
+    for stmt in body:
+        if isinstance(stmt, N.If):
+            then, orelse = _dropped(stmt.body, fns), _dropped(stmt.orelse, fns)
+            if _calls(then, fns):
+                out += orelse
+                continue
+            if _calls(orelse, fns):
+                out += then
+                continue
+            stmt = dataclasses.replace(stmt, body=then, orelse=orelse)
+        out.append(stmt)
+    return out
+
+
+def _calls(body: list[N.Stmt], fns: set[str]) -> bool:
+    return any(isinstance(n, N.Call) and n.func in fns for s in body for n in walk(s))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from layerdsl.autodiff.inputs import with_tuples_split
+from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape
@@ -84,7 +84,8 @@ def plan_backward(layer: N.Layer, given: frozenset[str] = frozenset()) -> Plan:
     """One `@function` layer's plan; raises NotDerivable for what the derivation cannot go through.
     `given`: the optional inputs that the `if`s choosing this side prove given."""
     assert layer.forward is not None, "the parser reports a layer without forward"
-    layer = prepared_forward(with_tuples_split(layer))  # tuple inputs as tensors, loops unrolled, sizes named
+    # tuple inputs as tensors, sides calling a callable argument dropped, loops unrolled, sizes named
+    layer = prepared_forward(without_callable_sides(with_tuples_split(layer)))
     assert layer.forward is not None
     if layer.backward is None and (branch := _first_if(layer.forward.body)) is not None:
         plan = _branch_plan(layer, branch, given)

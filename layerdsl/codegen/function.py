@@ -187,6 +187,9 @@ class FunctionEmitter:
         if k == "training":
             return "training: bool"
         arg = self.layer.arg(k)
+        if arg is not None and arg.base_type == "fn":  # a callable runs the plain forward (`codegen.module`)
+            given = (["str"] if arg.choices else []) + (["None"] if arg.maybe_none else [])
+            return f"{k}: {' | '.join(given)}"
         return f"{k}: {python_type(arg.type)}" if arg else f"{k}: float"
 
     # ---------------------------------------------------------------- choosing a side

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import jinja2
 
-from layerdsl.autodiff.inputs import tuple_parts
+from layerdsl.autodiff.inputs import called_fn_args, tuple_parts, without_callable_sides
 from layerdsl.autodiff.plan import Plan, plan_backwards
 from layerdsl.codegen.optional_members import IsPresent, hoist_optionals
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
@@ -504,7 +504,12 @@ class LayerEmitter:
             body += StatementWriter(PyExpr(spelling), spelling, self.layer).block(requires)
             body += self.tuple_unpacking()
             body += self.output_checks([call], spelling, on_self=True, bind=bool(requires)) or [f"return {call}"]
-            return Func("forward", params, returns, doc, body)
+            return Func("forward", params, returns, doc, self.callable_fallback(functional) + body)
+        return Func("forward", params, returns, doc, self.plain_forward(functional))
+
+    def plain_forward(self, functional: Func | None) -> list[str]:
+        """The module's forward without a Function: a call of the functional form, or the statements."""
+        fwd = self.forward
         if functional is not None:
             call_args = [i.name for i in fwd.inputs if not i.optional and i.flag is None]
             call_args += [f"self.{t.name}" for t in self.layer.tensors]
@@ -512,9 +517,18 @@ class LayerEmitter:
             call_args += [
                 f"{a}=self.{a}" if a != "training" else "training=self.training" for a in self.functional_kwargs()
             ]
-            return Func("forward", params, returns, doc, [f"return {functional.name}({', '.join(call_args)})"])
-        spelling = self.module_spelling()
-        return Func("forward", params, returns, doc, self.body_lines(spelling, on_self=True))
+            return [f"return {functional.name}({', '.join(call_args)})"]
+        return self.body_lines(self.module_spelling(), on_self=True)
+
+    def callable_fallback(self, functional: Func | None) -> list[str]:
+        """`if callable(self.activation): <the plain forward>`: a callable argument has no derivative the
+        Function knows (it is planned for the argument's strings and none), so autograd derives it."""
+        fns = called_fn_args(self.layer)
+        if not fns:
+            return []
+        test = " or ".join(f"callable(self.{a})" for a in fns)
+        why = "# a callable has no derivative the Function knows: autograd derives this forward"
+        return [why, f"if {test}:", *("    " + line for line in self.plain_forward(functional))]
 
     def function_apply_args(self) -> list[str]:
         parts = tuple_parts(self.layer)  # a tuple input's tensors: arguments of their own
@@ -604,6 +618,10 @@ class LayerEmitter:
         used = self.names_used_by_forward(requires=False)  # the module checks them before `apply`
         if self.layer.backward is not None:
             used |= {n.id for s in self.layer.backward.body for n in walk(s) if isinstance(n, N.Name)}
+        planned = without_callable_sides(self.layer).forward  # an fn argument only a dropped side reads: not passed
+        assert planned is not None
+        read = {n.id for s in planned.body for n in walk(s) if isinstance(n, N.Name)}
+        used -= {a.name for a in self.layer.args if a.base_type == "fn" and a.name not in read}
         names = [a.name for a in self.stored_args if a.name in used]
         names += [l.name for l in self.layer.lets if l.name in used]
         if "training" in used or self.uses_dropout():

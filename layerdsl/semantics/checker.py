@@ -1675,11 +1675,14 @@ class LayerChecker:
         assert arg is not None
         if call.kwargs or len(call.args) != 1:
             self.r.error(call.span, f"'{call.func}' is an fn argument: it is called on one tensor, `{call.func}(x)`")
-        if self.layer.is_function:
+        if self.layer.is_function and not arg.choices and not arg.maybe_none:
+            # else its Function runs when a string or none is given, and a callable runs the plain forward
             self.r.error(
                 call.func_span,
-                f"an @function layer cannot call the fn argument '{call.func}': its derivative is not known",
-                "drop @function (autograd derives through the callable), or call an operation",
+                f"an @function layer cannot call the fn argument '{call.func}', which is always a callable:"
+                " its derivative is not known",
+                f'give it a string choice or none (`{call.func}: fn | "relu"`, `fn?`) and call it in the other'
+                " branch, drop @function (autograd derives through the callable), or call an operation",
             )
         left = [c for c in arg.choices if c not in self.not_strings.get(call.func, set())]
         if left:
