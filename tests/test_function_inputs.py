@@ -133,6 +133,18 @@ layer FeedForward(n: int, activation: fn | "relu" | "gelu" = "relu") {
 }
 
 @function
+layer MixedIndex(n: int) {
+    param w: [n, n, n] = uniform(0.5, 1.5)
+
+    example(n = 4)
+
+    forward(x: [n, n, n], idx: long[K], pairs: long[P, Q]) {
+        y = x * w
+        return y[idx, 1:], y[:, 0, idx], y[1:, idx, -1], y[..., pairs, 2:], y[0, pairs, pairs]
+    }
+}
+
+@function
 layer MaybeActivated(activation: fn? = none) {
     forward(x: [B, N]) -> [B, N] {
         if activation != none {
@@ -308,3 +320,17 @@ def test_an_optional_callable_derives_when_none(ns, activation):
     assert ("MaybeActivatedFunction" in type(got.grad_fn).__name__) == (activation is None)
     _agree(got, ns["maybe_activated"](x, activation=activation), [x])
     _checked(layer, [x])
+
+
+def test_index_tensors_mixed_with_slices_and_adjacent_ints(ns):
+    torch.manual_seed(0)
+    layer = ns["MixedIndex"](4, dtype=torch.float64)
+    x = _double(4, 4, 4)
+    idx, pairs = torch.tensor([3, 0, 3]), torch.tensor([[1, 2], [0, 0]])
+    got = layer(x, idx, pairs)
+    want = ns["mixed_index"](x, idx, pairs, layer.w)
+    y = x * layer.w
+    expected = (y[idx, 1:], y[:, 0, idx], y[1:, idx, -1], y[..., pairs, 2:], y[0, pairs, pairs])
+    assert [tuple(g.shape) for g in got] == [tuple(e.shape) for e in expected]
+    _agree(got, want, [x, layer.w])
+    _checked(lambda x, w: ns["MixedIndexFunction"].apply(x, idx, pairs, w)[:5], [x, layer.w])
