@@ -145,6 +145,18 @@ layer MixedIndex(n: int) {
 }
 
 @function
+layer KDimLoss(n: int, c: int, d: int, reduction: str = "mean") {
+    param w: [c, d, n] = uniform(-0.5, 0.5)
+    param b: [c, d] = uniform(-0.5, 0.5)
+
+    example(n = 4, c = 3, d = 2)
+
+    forward(x: [B, n], t: long[B, d]) {
+        return linear_cross_entropy(x, w, t, linear_bias = b, reduction = reduction)
+    }
+}
+
+@function
 layer MaybeActivated(activation: fn? = none) {
     forward(x: [B, N]) -> [B, N] {
         if activation != none {
@@ -334,3 +346,18 @@ def test_index_tensors_mixed_with_slices_and_adjacent_ints(ns):
     assert [tuple(g.shape) for g in got] == [tuple(e.shape) for e in expected]
     _agree(got, want, [x, layer.w])
     _checked(lambda x, w: ns["MixedIndexFunction"].apply(x, idx, pairs, w)[:5], [x, layer.w])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_a_k_dimensional_linear_cross_entropy_derives(ns, reduction):
+    torch.manual_seed(0)
+    layer = ns["KDimLoss"](4, 3, 2, reduction=reduction, dtype=torch.float64)
+    x, t = _double(5, 4), torch.randint(0, 3, (5, 2))
+    got = layer(x, t)
+    members = [layer.w, layer.b]
+    torch.testing.assert_close(
+        got, torch.nn.functional.linear_cross_entropy(x, *members[:1], t, linear_bias=layer.b, reduction=reduction)
+    )
+    _agree(got, ns["k_dim_loss"](x, t, *members, reduction=reduction), [x, *members])
+    function = ns["KDimLossFunction"]
+    _checked(lambda x, w, b: function.apply(x, t, w, b, reduction)[0], [x, *members])

@@ -248,14 +248,26 @@ class Linearizer:
         `cross_entropy(x @ transpose(w, 0, 1) + b, t, ...)` (the logits whole: `options` chunks the same
         values, to save memory, which a Function that keeps what its backward reads does not)."""
         weight = args["linear_weight"]
-        if self._declared_rank(weight) != 2:
+        rank = self._declared_rank(weight)
+        if rank is None or rank < 2:
             raise NotDerivable(
                 source.span,
-                "linear_cross_entropy() is derived for a linear_weight declared with 2 dims, [classes, features]"
-                " (a K-dimensional one is not derived yet)",
+                "linear_cross_entropy() is derived for a linear_weight declared with its dims written out,"
+                " [classes, features] or [classes, d1, ..., features] (a K-dimensional loss)",
+                "declare the weight's dims without `...`, or write a backward block",
             )
-        transposed = self.add(OPS["transpose"], {"input": weight, "dim0": B.num(0), "dim1": B.num(1)}, "w_t", source)
-        logits = self.add(OPERATORS["@"], {"input": args["input"], "other": transposed}, "logits", source)
+        if rank == 2:
+            transposed = self.add(
+                OPS["transpose"], {"input": weight, "dim0": B.num(0), "dim1": B.num(1)}, "w_t", source
+            )
+            logits = self.add(OPERATORS["@"], {"input": args["input"], "other": transposed}, "logits", source)
+        else:  # [N, features] and [classes, d1, ..., dK, features]: logits [N, classes, d1, ..., dK]
+            dims = "cdefghjklm"[: rank - 1]
+            equation = N.Str(source.span, f"ni,{dims}i->n{dims}")
+            equation.kind = N.Kind.STR
+            operands = N.ListExpr(source.span, [args["input"], weight])
+            operands.kind = N.Kind.LIST
+            logits = self.add(OPS["einsum"], {"equation": equation, "operands": operands}, "logits", source)
         if not isinstance(args["linear_bias"], N.NoneLit):
             logits = self.add(OPERATORS["+"], {"input": logits, "other": args["linear_bias"]}, "logits", source)
         ignore_index = args["ignore_index"]
