@@ -229,7 +229,7 @@ def test_a_flag_is_a_bool_of_the_function_with_no_gradient(ns):
     w = torch.ones(4, dtype=torch.float64, requires_grad=True)
     y = ns["FlagScaleFunction"].apply(x, True, False, w)
     assert y.grad_fn is not None
-    (gx, gw) = torch.autograd.grad(y.sum(), [x, w])
+    gx, gw = torch.autograd.grad(y.sum(), [x, w])
     assert gx.shape == x.shape and gw.shape == w.shape
 
 

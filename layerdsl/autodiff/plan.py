@@ -106,7 +106,7 @@ def _straight_plan(layer: N.Layer, given: frozenset[str]) -> BackwardPlan:
     if layer.backward is None:
         _check_given(tape, layer, given)
     shapes = infer_shapes(tape, layer)
-    absent = {i.name for i in layer.forward.inputs if i.optional} - given  # no shape a gradient may take
+    absent = optional - {t.name for t in layer.tensors}  # optional inputs not given: no shape a gradient takes
     tape = dataclasses.replace(tape, shapes={v: None if v in absent else s for v, s in shapes.items()})
     if layer.backward is not None:
         grads = [name for name, _ in layer.backward.grads]
@@ -186,6 +186,7 @@ def _configuration_condition(cond: N.Expr, before: list[N.Stmt], layer: N.Layer)
 
     cond = written_out(cond)
     given = _presence_tests(cond, layer)
+    assert layer.forward is not None
     flags = {i.name for i in layer.forward.inputs if i.flag is not None}  # plain bools, as arguments are
     for n in walk(cond):
         if not isinstance(n, N.Expr) or id(n) in given or (isinstance(n, N.Name) and n.id in flags):

@@ -71,8 +71,9 @@ class FunctionEmitter:
     def __init__(self, emitter, plan: BackwardPlan, scope: set[str] | None = None, returned: list[str] | None = None):
         self.e = emitter
         self.layer = emitter.layer
-        self.forward = with_tuples_split(self.layer).forward  # a tuple input's tensors: inputs of their own
-        assert self.forward is not None
+        forward = with_tuples_split(self.layer).forward  # a tuple input's tensors: inputs of their own
+        assert forward is not None
+        self.forward: N.Forward = forward
         self.optional = emitter.optional | {i.name for i in self.forward.inputs if i.optional}
         self.plan = plan
         self.tape = plan.tape
