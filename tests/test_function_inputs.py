@@ -31,6 +31,25 @@ layer FlagScale(n: int) {
 }
 
 @function
+layer Attend(n: int) {
+    param w: [n, n] = uniform(-0.5, 0.5)
+
+    example(n = 4)
+
+    forward(x: [B, T, n], need_weights: bool = true, average_attn_weights: bool = true) {
+        weights = softmax((x @ w) @ transpose(x, -2, -1), -1)
+        out = weights @ x
+        if not need_weights {
+            return out, none
+        }
+        if average_attn_weights {
+            weights = mean(weights, dim = 0)
+        }
+        return out, weights
+    }
+}
+
+@function
 layer FlagSum(n: int) {
     example(n = 4)
 
@@ -209,6 +228,25 @@ def test_a_flag_chooses_the_side_in_forward_and_backward(ns, scaled, squash):
     got = layer(x, scaled=scaled, squash=squash)
     _agree(got, ns["flag_scale"](x, layer.w, scaled=scaled, squash=squash), [x, layer.w])
     _checked(lambda x, w: ns["FlagScaleFunction"].apply(x, scaled, squash, w), [x, layer.w])
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+@pytest.mark.parametrize("average", [True, False])
+def test_flags_choose_whether_an_output_is_none_as_multihead_attention_does(ns, need_weights, average):
+    torch.manual_seed(0)
+    layer = ns["Attend"](4, dtype=torch.float64)
+    x = _double(2, 3, 4)
+    got = layer(x, need_weights=need_weights, average_attn_weights=average)
+    want = ns["attend"](x, layer.w, need_weights=need_weights, average_attn_weights=average)
+    assert (got[1] is None) == (not need_weights) == (want[1] is None)
+    given = [o for o in got if o is not None]
+    _agree(tuple(given), tuple(o for o in want if o is not None), [x, layer.w])
+
+    def apply(x, w):
+        outs = ns["AttendFunction"].apply(x, need_weights, average, w)[:2]
+        return tuple(o for o in outs if o is not None)
+
+    _checked(apply, [x, layer.w])
 
 
 @pytest.mark.parametrize("keep", [True, False])

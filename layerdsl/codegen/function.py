@@ -418,7 +418,7 @@ class FunctionEmitter:
             names = [u if u in used else "_" for u in unpack]
             lines.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = {self.names.inputs}")
         outs = [o.id if isinstance(o, N.Name) and o.id in used else "_" for o in tape.outputs]
-        outs += [e if e in saved_names else "_" for e in extra]
+        outs += [e if e in saved_names and e not in outs else "_" for e in extra]  # None where an output is it
         if any(v != "_" for v in outs):
             lines.append(
                 f"{outs[0]} = {self.names.output}" if len(outs) == 1 else f"{', '.join(outs)} = {self.names.output}"
