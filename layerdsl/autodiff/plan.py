@@ -5,9 +5,9 @@ backward's incoming gradients, and the backward itself, derived by reverse mode 
 What cannot be derived is reported here as located diagnostics, so `layerdsl check` finds it without
 emitting anything.
 
-A forward with `if`s on configuration values (arguments, lets, `training`, dims, flag inputs) is planned once per
-branch: a `BranchPlan` holds the condition and the plan of each side, and the Function chooses the same
-side in forward, setup_context and backward. Each side is a straight-line forward, derived as any other.
+A forward with `if`s on configuration values (arguments, lets, `training`, dims, flag inputs) is planned
+once per branch: a `BranchPlan` holds the condition and the plan of each side, and the Function chooses the
+same side in forward, setup_context and backward. Each side is a straight-line forward, derived as any other.
 """
 
 from __future__ import annotations
