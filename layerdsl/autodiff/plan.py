@@ -5,9 +5,9 @@ backward's incoming gradients, and the backward itself, derived by reverse mode 
 What cannot be derived is reported here as located diagnostics, so `layerdsl check` finds it without
 emitting anything.
 
-A forward with `if`s on configuration values (arguments, lets, `training`, dims) is planned once per
-branch: a `BranchPlan` holds the condition and the plan of each side, and the Function chooses the same
-side in forward, setup_context and backward. Each side is a straight-line forward, derived as any other.
+A forward with `if`s on configuration values (arguments, lets, `training`, dims, flag inputs) is planned
+once per branch: a `BranchPlan` holds the condition and the plan of each side, and the Function chooses the
+same side in forward, setup_context and backward. Each side is a straight-line forward, derived as any other.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape
@@ -86,7 +87,8 @@ def plan_backward(layer: N.Layer, given: frozenset[str] = frozenset(), known: Fa
     `given`: the optional inputs that the `if`s choosing this side prove given; `known`: what their
     conditions prove (a later `if` they decide has one side only)."""
     assert layer.forward is not None, "the parser reports a layer without forward"
-    layer = prepared_forward(layer)  # loops unrolled, sizes named (again for a side: nothing left to do)
+    # tuple inputs as tensors, sides calling a callable argument dropped, loops unrolled, sizes named
+    layer = prepared_forward(without_callable_sides(with_tuples_split(layer)))
     assert layer.forward is not None
     if layer.backward is None and (branch := _first_if(layer.forward.body)) is not None:
         plan = _branch_plan(layer, branch, given, known)
@@ -107,7 +109,9 @@ def _straight_plan(layer: N.Layer, given: frozenset[str]) -> BackwardPlan:
     if layer.backward is None:
         _check_given(tape, layer, given)
         tape = _without_dead_steps(tape)
-    tape = dataclasses.replace(tape, shapes=infer_shapes(tape, layer))
+    shapes = infer_shapes(tape, layer)
+    absent = optional - {t.name for t in layer.tensors}  # optional inputs not given: no shape a gradient takes
+    tape = dataclasses.replace(tape, shapes={v: None if v in absent else s for v, s in shapes.items()})
     if layer.backward is not None:
         grads = [name for name, _ in layer.backward.grads]
         return BackwardPlan(tape, grads, incoming_gradients(tape, grads), None, written_backward(layer.backward, tape))
@@ -233,8 +237,10 @@ def _configuration_condition(cond: N.Expr, before: list[N.Stmt], layer: N.Layer)
 
     cond = _dtype_tests_of_leaves(written_out(cond), before, layer)
     given = _presence_tests(cond, layer) | _dtype_tests(cond, layer)
+    assert layer.forward is not None
+    flags = {i.name for i in layer.forward.inputs if i.flag is not None}  # plain bools, as arguments are
     for n in walk(cond):
-        if not isinstance(n, N.Expr) or id(n) in given:
+        if not isinstance(n, N.Expr) or id(n) in given or (isinstance(n, N.Name) and n.id in flags):
             continue
         names_tensor = isinstance(n, N.Name) and (n.ref in ("input", "param", "buffer", "local") or n.id in optional)
         if names_tensor or n.kind == "tensor":

@@ -15,7 +15,10 @@ def infer_shapes(tape: Tape, layer: N.Layer) -> dict[str, Shape]:
     """The shape of every input, tensor and tape variable (None when unknown)."""
     if layer.forward is None:
         raise ValueError(f"layer '{layer.name}' has no forward")  # the parser reports it first
-    shapes: dict[str, Shape] = {i.name: declared_shape(i.shape, i.name) for i in layer.forward.inputs}
+    # an input of alternatives (`x: [B, n] | [n]`) has one of several shapes: none is known
+    shapes: dict[str, Shape] = {
+        i.name: None if i.alternatives else declared_shape(i.shape, i.name) for i in layer.forward.inputs
+    }
     shapes.update({t.name: declared_shape(t.shape, t.name) for t in layer.tensors})
     for s in tape.steps:
         shapes[s.var] = step_shape(s, shapes)

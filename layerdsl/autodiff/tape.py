@@ -278,14 +278,26 @@ class Linearizer:
         `cross_entropy(x @ transpose(w, 0, 1) + b, t, ...)` (the logits whole: `options` chunks the same
         values, to save memory, which a Function that keeps what its backward reads does not)."""
         weight = args["linear_weight"]
-        if self._declared_rank(weight) != 2:
+        rank = self._declared_rank(weight)
+        if rank is None or rank < 2:
             raise NotDerivable(
                 source.span,
-                "linear_cross_entropy() is derived for a linear_weight declared with 2 dims, [classes, features]"
-                " (a K-dimensional one is not derived yet)",
+                "linear_cross_entropy() is derived for a linear_weight declared with its dims written out,"
+                " [classes, features] or [classes, d1, ..., features] (a K-dimensional loss)",
+                "declare the weight's dims without `...`, or write a backward block",
             )
-        transposed = self.add(OPS["transpose"], {"input": weight, "dim0": B.num(0), "dim1": B.num(1)}, "w_t", source)
-        logits = self.add(OPERATORS["@"], {"input": args["input"], "other": transposed}, "logits", source)
+        if rank == 2:
+            transposed = self.add(
+                OPS["transpose"], {"input": weight, "dim0": B.num(0), "dim1": B.num(1)}, "w_t", source
+            )
+            logits = self.add(OPERATORS["@"], {"input": args["input"], "other": transposed}, "logits", source)
+        else:  # [N, features] and [classes, d1, ..., dK, features]: logits [N, classes, d1, ..., dK]
+            dims = "cdefghjklm"[: rank - 1]
+            equation = N.Str(source.span, f"ni,{dims}i->n{dims}")
+            equation.kind = N.Kind.STR
+            operands = N.ListExpr(source.span, [args["input"], weight])
+            operands.kind = N.Kind.LIST
+            logits = self.add(OPS["einsum"], {"equation": equation, "operands": operands}, "logits", source)
         if not isinstance(args["linear_bias"], N.NoneLit):
             logits = self.add(OPERATORS["+"], {"input": logits, "other": args["linear_bias"]}, "logits", source)
         ignore_index = args["ignore_index"]
@@ -332,14 +344,11 @@ class Linearizer:
     def _index_by_tensor(
         self, value: N.Expr, items: list[N.SubscriptItem], tensors: list[int], hint: str, source: N.Expr
     ) -> N.Expr:
-        """`x[idx]`, `x[:, idx]`, `x[..., idx]`: one index tensor, whole dims (`:`, `...`) elsewhere."""
+        """`x[idx]`, `x[:, idx]`, `x[..., idx]`: one index tensor, whole dims (`:`, `...`) elsewhere; slices and
+        ints of other dims (`x[idx, 1:]`, `x[:, 0, idx]`) are taken first (`_basic_items_first`)."""
         whole = all(isinstance(i, N.EllipsisItem) or _whole(i) for k, i in enumerate(items) if k not in tensors)
         if not whole:
-            raise NotDerivable(
-                items[tensors[0]].span,
-                "a derived backward goes through index tensors with `:` or `...` for the other dims; "
-                "index the other dims in a statement of their own",
-            )
+            value, items, tensors = self._basic_items_first(value, items, tensors, hint, source)
         if len(tensors) > 1:
             return self._index_by_tensors(value, items, tensors, hint, source)
         k = tensors[0]
@@ -352,6 +361,42 @@ class Linearizer:
             if step is not None:
                 step.by_mask = True
         return picked
+
+    def _basic_items_first(
+        self, value: N.Expr, items: list[N.SubscriptItem], tensors: list[int], hint: str, source: N.Expr
+    ) -> tuple[N.Expr, list[N.SubscriptItem], list[int]]:
+        """`x[idx, 1:]` as `x[:, 1:][idx, :]`, `x[:, 0, idx]` as `x[:, 0][:, idx]`: the slices and ints of a
+        subscript with index tensors, each a step of its own, then the tensors with `:` for the rest. A slice
+        commutes with the index; an int does when it is next to the tensors (torch then puts the picked dims
+        where the tensors are, as after the select), so ints elsewhere are refused."""
+        mask = next((k for k in tensors if _bool_mask(items[k], self.forward.inputs)), None)
+        if mask is not None:  # it indexes as many dims as it has: which dim each item has is data
+            raise NotDerivable(
+                items[mask].span,
+                "a derived backward goes through index tensors with `:` or `...` for the other dims when one is"
+                " a bool mask; index the other dims in a statement of their own",
+            )
+        ints = [k for k, i in enumerate(items) if isinstance(i, N.Expr) and k not in tensors]
+        advanced = sorted(ints + tensors)
+        unsqueezed = next((i for i in items if isinstance(i, N.NoneLit)), None)
+        if unsqueezed is not None or (ints and advanced != list(range(advanced[0], advanced[-1] + 1))):
+            raise NotDerivable(
+                (unsqueezed or items[ints[0]]).span,
+                "a derived backward goes through index tensors mixed with slices, and with ints only next to"
+                " them (torch moves the picked dims to the front otherwise)",
+                "index the other dims in a statement of their own (`y = x[1]`, then `y[:, idx]`)",
+            )
+        ell = next((j for j, i in enumerate(items) if isinstance(i, N.EllipsisItem)), len(items))
+        dims = {k: k if k < ell else k - len(items) for k in range(len(items)) if k != ell}
+        for k, item in enumerate(items):  # a slice keeps its dim: every dim keeps its number
+            if isinstance(item, N.Slice) and not _whole(item):
+                value, _ = self._index_one(value, item, dims[k], hint, source)
+        # an int removes its dim: from the front the last first, from the back the first first
+        for k in sorted(ints, key=lambda k: (dims[k] < 0, -dims[k] if dims[k] >= 0 else dims[k])):
+            value, _ = self._index_one(value, items[k], dims[k], hint, source)
+        whole = N.Slice(source.span, None, None, None)
+        rest = [whole if isinstance(i, N.Slice) else i for k, i in enumerate(items) if k not in ints]
+        return value, rest, [k for k, i in enumerate(rest) if isinstance(i, N.Expr) and i.kind == "tensor"]
 
     def _index_by_tensors(
         self, value: N.Expr, items: list[N.SubscriptItem], tensors: list[int], hint: str, source: N.Expr

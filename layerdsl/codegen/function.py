@@ -14,6 +14,7 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from layerdsl.autodiff.inputs import with_tuples_split
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan, dtype_tested
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.shapes import same_shape_leaf
@@ -78,6 +79,10 @@ class FunctionEmitter:
     ):
         self.e = emitter
         self.layer = emitter.layer
+        forward = with_tuples_split(self.layer).forward  # a tuple input's tensors: inputs of their own
+        assert forward is not None
+        self.forward: N.Forward = forward
+        self.optional = emitter.optional | {i.name for i in self.forward.inputs if i.optional}
         self.plan = plan
         self.tape = plan.tape
         self.kwargs = emitter.function_kwargs()  # numbers passed through apply: arguments, lets, training
@@ -90,7 +95,12 @@ class FunctionEmitter:
         self.unmaterialised = False  # the extra outputs are all indices or masks: their grads not materialised
         self.shape_on_ctx: dict[str, set[str]] = {}  # leaves the backward needs only the shape of
         self.backward_dims: set[str] = set()  # symbolic dims the backward reads (kept on ctx)
-        self.names = FunctionNames(scope or self._scope_names(), self.kwargs + list(self.layer.symbolic_dims))
+        # Flags and inputs that may be a tuple of ints: passed as they are, kept on ctx (not saved) for backward
+        self.plain_inputs = [i.name for i in self.forward.inputs if i.flag is not None or i.takes_ints]
+        self.backward_plain: set[str] = set()  # those the backward reads
+        self.names = FunctionNames(
+            scope or self._scope_names(), self.kwargs + self.plain_inputs + list(self.layer.symbolic_dims)
+        )
         self.returned = returned
         # The buffers whose new values forward returns last (`codegen.function_buffers`): every side's.
         self.buffers = updated_buffers(plan, [b.name for b in self.layer.buffers]) if buffers is None else buffers
@@ -151,8 +161,7 @@ class FunctionEmitter:
         return {
             "name": name,
             "doc": f"`{layer.name}` as an autograd.Function with a {'hand-written' if layer.backward else 'derived'} backward.",
-            "forward_params": [f"{l}: Tensor" if self._is_required(l) else f"{l}: Tensor | None" for l in leaves]
-            + [self._kw_param(k) for k in self.kwargs],
+            "forward_params": [self._leaf_param(l) for l in leaves] + [self._kw_param(k) for k in self.kwargs],
             "forward_body": fwd_body,
             "returns": _tuple_hint(self._return_types(n_out, returned, extra)),
             "return_types": self._return_types(n_out, returned, extra),
@@ -190,12 +199,23 @@ class FunctionEmitter:
         return step is not None and step.op is not None and step.op.cost in ("kept", "random")
 
     def _is_required(self, leaf: str) -> bool:
-        return leaf not in self.e.optional
+        return leaf not in self.optional
+
+    def _leaf_param(self, leaf: str) -> str:
+        inp = next((i for i in self.forward.inputs if i.name == leaf), None)
+        if inp is not None and inp.flag is not None:
+            return f"{leaf}: bool"
+        if inp is not None and inp.takes_ints:
+            return f"{leaf}: Tensor | tuple[int, ...]"
+        return f"{leaf}: Tensor" if self._is_required(leaf) else f"{leaf}: Tensor | None"
 
     def _kw_param(self, k: str) -> str:
         if k == "training":
             return "training: bool"
         arg = self.layer.arg(k)
+        if arg is not None and arg.base_type == "fn":  # a callable runs the plain forward (`codegen.module`)
+            given = (["str"] if arg.choices else []) + (["None"] if arg.maybe_none else [])
+            return f"{k}: {' | '.join(given)}"
         return f"{k}: {python_type(arg.type)}" if arg else f"{k}: float"
 
     # ---------------------------------------------------------------- choosing a side
@@ -205,7 +225,7 @@ class FunctionEmitter:
         a branch condition."""
         if method == "backward":
             ctx = self.names.ctx_value
-            kept = {k: ctx(k) for k in [*self.kwargs, *self.layer.symbolic_dims]}
+            kept = {k: ctx(k) for k in [*self.kwargs, *self.plain_inputs, *self.layer.symbolic_dims]}
             kept |= {i: self.names.ctx_shape(i) for i in self._optional_inputs}  # None when not given
             spelling = Spelling(kept, training=ctx("training"))
 
@@ -245,7 +265,10 @@ class FunctionEmitter:
                 if leaf in self.e.optional
                 else f"{self._dtype_field(leaf)} = {test}"
             )
+        flags = [f for f in self.plain_inputs if f in read]  # `if need_weights`: backward tests the flag kept
+        kept += [f"{self.names.ctx_value(f)} = {f}" for f in flags]
         used = (read & set(self.kwargs)) | {self.dim_source[d].split(".")[0] for d in dims} | set(tested) | set(typed)
+        used |= set(flags)
         unpacking = f" = {self.names.inputs}"
         own: list[list[str]] = []
         for body in bodies:
@@ -262,7 +285,7 @@ class FunctionEmitter:
 
     @property
     def _optional_inputs(self) -> list[str]:
-        return [i.name for i in self.e.forward.inputs if i.optional]
+        return [i.name for i in self.forward.inputs if i.optional]
 
     def settle(
         self, tape: Tape, extra: list[str]
@@ -336,7 +359,7 @@ class FunctionEmitter:
     def dim_source(self) -> dict[str, str]:
         """Each symbolic dim, as read from the first input that declares it."""
         out: dict[str, str] = {}
-        for inp in self.e.forward.inputs:
+        for inp in self.forward.inputs:
             dims = inp.shape.dims if inp.shape else []
             ell = next((k for k, d in enumerate(dims) if isinstance(d, N.EllipsisItem)), None)
             for k, d in enumerate(dims):
@@ -410,7 +433,7 @@ class FunctionEmitter:
                 exprs[s.var] = expr
         outs = [out(substitute(o, exprs)) if isinstance(o, N.Name) else ex(o) for o in tape.outputs]
         outs += ["None"] * len(self.padding)
-        returns = [s.span.line for s in self.e.forward.body if isinstance(s, N.Return)]
+        returns = [s.span.line for s in self.forward.body if isinstance(s, N.Return)]
         outs += [x if x in extra else "None" for x in returned]
         outs += returned_values(tape.updates, self.buffers, tape.leaves)
         return lines + self.located([f"return {', '.join(outs)}"], returns[-1] if returns else 0)
@@ -421,17 +444,18 @@ class FunctionEmitter:
 
     def _declared_line(self, name: str) -> int:
         """The spec line declaring an input or a tensor member."""
-        declared = [*self.e.forward.inputs, *self.layer.tensors]
+        declared = [*self.forward.inputs, *self.layer.tensors]
         return next((d.span.line for d in declared if d.name == name), 0)
 
     def _spec_locals(self) -> set[str]:
-        return {s.target for s in self.e.forward.body if isinstance(s, N.Assign)}
+        return {s.target for s in self.forward.body if isinstance(s, N.Assign)}
 
     def setup_body(self, tape: Tape, saved, extra, unpack) -> list[str]:
         shapes = self.shape_on_ctx
         saved_names = {v for v, _ in saved}
         dims = sorted(self.backward_dims)
         used = saved_names | set(shapes) | set(self.kwargs) | {self.dim_source[d].split(".")[0] for d in dims}
+        used |= self.backward_plain
         masks = {v: self.mask_values[v] for v in saved_names if v in self.masks}
         used |= {n.id for e in masks.values() for n in walk(e) if isinstance(n, N.Name)}
         lines = []
@@ -460,8 +484,10 @@ class FunctionEmitter:
             lines.append("ctx.set_materialize_grads(False)")
         for k in self.kwargs:
             lines.append(f"{self.names.ctx_value(k)} = {k}")
+        for f in sorted(self.backward_plain):
+            lines.append(f"{self.names.ctx_value(f)} = {f}")
         for name in shapes:
-            if name in self.e.optional:  # an absent member has no shape, and needs no gradient
+            if name in self.optional:  # an absent member has no shape, and needs no gradient
                 kept = f"{self.names.ctx_shape(name)} = None if {name} is None else {name}.shape"
             else:
                 kept = f"{self.names.ctx_shape(name)} = {name}.shape"
@@ -548,11 +574,13 @@ class FunctionEmitter:
         reads = self._reads(tape, sections, self.masks)
         recomputed = {v for sec in sections for v in sec.recompute}
         ctx = self.names.ctx_value
-        ex = PyExpr(Spelling({k: ctx(k) for k in self.kwargs}, training=ctx("training")), call_hook=self._internal)
+        kept = {k: ctx(k) for k in [*self.kwargs, *self.plain_inputs]}
+        ex = PyExpr(Spelling(kept, training=ctx("training")), call_hook=self._internal)
         order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps] + list(self.masks))}
         read_names = {n.id for sec in sections for _, _, e, _ in sec.items for n in walk(e) if isinstance(n, N.Name)}
         read_names |= {n.id for s in tape.steps if s.var in recomputed for n in walk(s.expr) if isinstance(n, N.Name)}
         lines, self.backward_dims = self.prelude(tape, read_names, ex, ctx)
+        self.backward_plain = {f for f in self.plain_inputs if f in read_names}
         saved = sorted(reads, key=lambda v: order.get(v, 1 << 30))
         if saved:
             lines.append(
@@ -602,6 +630,8 @@ class FunctionEmitter:
 
         def reader(recompute: dict[str, set[str]], rare: bool):
             def read(var: str, leaves: set[str]):
+                if var in self.plain_inputs:  # a bool or ints, kept on ctx (`backward_plain`)
+                    return
                 step = tape.step(var)
                 # A hand-written backward ignores the gradients of extra outputs (and a rare section comes
                 # after the extra outputs are chosen), so for double backward to stay right they recompute
@@ -670,7 +700,7 @@ class FunctionEmitter:
 
         def leaf_dim(dim: str) -> N.Expr | None:  # the size of an input's or parameter's dim
             for leaf in tape.leaves:
-                shape = tape.shapes.get(leaf) or () if leaf not in self.e.optional else ()
+                shape = tape.shapes.get(leaf) or () if leaf not in self.optional else ()
                 if dim in shape and "..." not in shape[shape.index(dim) :]:
                     size = B.call("reduced_numel", B.name(leaf), B.num(shape.index(dim) - len(shape)))
                     size.kind = N.Kind.INT
@@ -833,7 +863,7 @@ class FunctionEmitter:
         shapes.update({g: tape.shapes.get(v) for g, v in incoming.items()})
         returned = {f"grad_{l}" for l in tape.leaves}
         outputs = [o.id for o in tape.outputs if isinstance(o, N.Name)]
-        full = [tape.shapes.get(n) for n in [i.name for i in self.e.forward.inputs] + outputs]
+        full = [tape.shapes.get(n) for n in [i.name for i in self.forward.inputs] + outputs]
         sources: dict[str, frozenset[str]] = {}
         for step in tape.steps:  # with an optional member, only what holds when it is absent
             sources[step.var] = _step_sources(step, sources)
@@ -886,7 +916,7 @@ class FunctionEmitter:
         f = c.func
         if f not in OPS or not OPS[f].internal:
             return None
-        leaves = [*self.e.forward.inputs, *self.layer.tensors]
+        leaves = [*self.forward.inputs, *self.layer.tensors]
         floating = {leaf.name: leaf.dtype == "float" for leaf in leaves}
         written = norm_loss_grad(c, ex, floating, lambda e: self._shape(e, ex), self._static_rank)
         if written is not None:  # a norm's or a loss's gradient

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import jinja2
 
+from layerdsl.autodiff.inputs import called_fn_args, tuple_parts, without_callable_sides
 from layerdsl.autodiff.plan import Plan, plan_backwards
 from layerdsl.codegen.function_arity import arities, returned_by_arity
 from layerdsl.codegen.function_buffers import unpacked_call
@@ -513,12 +514,18 @@ class LayerEmitter:
             spelling = self.module_spelling()
             body = self.shape_checks(spelling, on_self=True, bind=bool(requires))
             body += StatementWriter(PyExpr(spelling), spelling, self.layer).block(requires)
+            body += self.tuple_unpacking()
             body += unpacking
             if several:
                 body += returned_by_arity(self.plan, outputs, PyExpr(spelling))
-                return Func("forward", params, returns, doc, body)
+                return Func("forward", params, returns, doc, self.callable_fallback(functional) + body)
             body += self.output_checks([call], spelling, on_self=True, bind=bool(requires)) or [f"return {call}"]
-            return Func("forward", params, returns, doc, body)
+            return Func("forward", params, returns, doc, self.callable_fallback(functional) + body)
+        return Func("forward", params, returns, doc, self.plain_forward(functional))
+
+    def plain_forward(self, functional: Func | None) -> list[str]:
+        """The module's forward without a Function: a call of the functional form, or the statements."""
+        fwd = self.forward
         if functional is not None:
             call_args = [i.name for i in fwd.inputs if not i.optional and i.flag is None]
             call_args += [f"self.{t.name}" for t in self.layer.tensors]
@@ -526,13 +533,34 @@ class LayerEmitter:
             call_args += [
                 f"{a}=self.{a}" if a != "training" else "training=self.training" for a in self.functional_kwargs()
             ]
-            return Func("forward", params, returns, doc, [f"return {functional.name}({', '.join(call_args)})"])
-        spelling = self.module_spelling()
-        return Func("forward", params, returns, doc, self.body_lines(spelling, on_self=True))
+            return [f"return {functional.name}({', '.join(call_args)})"]
+        return self.body_lines(self.module_spelling(), on_self=True)
+
+    def callable_fallback(self, functional: Func | None) -> list[str]:
+        """`if callable(self.activation): <the plain forward>`: a callable argument has no derivative the
+        Function knows (it is planned for the argument's strings and none), so autograd derives it."""
+        fns = called_fn_args(self.layer)
+        if not fns:
+            return []
+        test = " or ".join(f"callable(self.{a})" for a in fns)
+        why = "# a callable has no derivative the Function knows: autograd derives this forward"
+        return [why, f"if {test}:", *("    " + line for line in self.plain_forward(functional))]
 
     def function_apply_args(self) -> list[str]:
-        args = [i.name for i in self.forward.inputs] + [f"self.{t.name}" for t in self.layer.tensors]
+        parts = tuple_parts(self.layer)  # a tuple input's tensors: arguments of their own
+        args = [p for i in self.forward.inputs for p in parts.get(i.name, [i.name])]
+        args += [f"self.{t.name}" for t in self.layer.tensors]
         return args + [f"self.{a}" if a != "training" else "self.training" for a in self.function_kwargs()]
+
+    def tuple_unpacking(self) -> list[str]:
+        """`hx_0, hx_1 = hx`: a tuple input's tensors, each an argument of `Function.apply`."""
+        lines = []
+        for inp in self.forward.inputs:
+            names = tuple_parts(self.layer).get(inp.name)
+            if names is not None:
+                given = f"{inp.name} if {inp.name} is not None else ({', '.join(['None'] * len(names))})"
+                lines.append(f"{', '.join(names)} = {given if inp.optional else inp.name}")
+        return lines
 
     def returns_hint(self) -> str:
         """`Tensor`, `tuple[Tensor, Tensor | None]`; `Tensor | tuple[Tensor, Tensor]` when an argument picks how
@@ -606,6 +634,10 @@ class LayerEmitter:
         used = self.names_used_by_forward(requires=False)  # the module checks them before `apply`
         if self.layer.backward is not None:
             used |= {n.id for s in self.layer.backward.body for n in walk(s) if isinstance(n, N.Name)}
+        planned = without_callable_sides(self.layer).forward  # an fn argument only a dropped side reads: not passed
+        assert planned is not None
+        read = {n.id for s in planned.body for n in walk(s) if isinstance(n, N.Name)}
+        used -= {a.name for a in self.layer.args if a.base_type == "fn" and a.name not in read}
         names = [a.name for a in self.stored_args if a.name in used]
         names += [l.name for l in self.layer.lets if l.name in used]
         if "training" in used or self.uses_dropout():

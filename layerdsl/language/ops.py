@@ -65,6 +65,8 @@ class Op:
     results: int = 1
     # the row gives (result, int64 indices of the same shape), unpacked into two names (`max_pool2d_with_indices`)
     with_indices: bool = False
+    # torch's backward kernel has no derivative of its own (ctc_loss's): no double backward, derived or not
+    once_differentiable: bool = False
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -994,6 +996,7 @@ TABLE: tuple[Op, ...] = (
         positional=4,
         log_probs=("log_probs",),
         int_tuples=("input_lengths", "target_lengths"),
+        once_differentiable=True,
     ),
     Op(
         "gaussian_nll_loss",

@@ -950,8 +950,7 @@ class LayerChecker:
                 )
 
     def check_input_kind(self, inp: N.Input, fwd: N.Forward) -> None:
-        """An optional input (`mask: bool[B, T]? = none`) comes after the required ones; a tuple input is
-        not yet derived through in an @function layer."""
+        """An optional input (`mask: bool[B, T]? = none`) comes after the required ones."""
         if inp.optional:
             self.maybe_none.add(inp.name)
         elif inp.flag is None and any(i.optional or i.flag for i in fwd.inputs[: fwd.inputs.index(inp)]):
@@ -962,19 +961,6 @@ class LayerChecker:
             )
         if inp.takes_ints:
             self.maybe_ints.add(inp.name)
-        if self.layer.is_function and inp.parts:
-            self.r.error(
-                inp.span,
-                "an @function layer cannot take a tuple input yet: the derived backward does not pass through it",
-                "take the tensors as inputs of their own (`h: [B, H]? = none, c: [B, H]? = none`), or drop @function",
-            )
-        elif self.layer.is_function and (inp.alternatives or inp.takes_ints or inp.flag):
-            what = "a flag input" if inp.flag else "an input of alternatives"
-            self.r.error(
-                inp.span,
-                f"an @function layer cannot take {what} yet: the derived backward does not pass through it",
-                "drop @function (autograd then derives the backward), or take the tensors as required inputs",
-            )
 
     def check_input_shape(self, shape: N.Shape, bind: bool, optional: bool = False, alternative: bool = False) -> None:
         ellipses = [d for d in shape.dims if isinstance(d, N.EllipsisItem)]
@@ -1677,11 +1663,14 @@ class LayerChecker:
         assert arg is not None
         if call.kwargs or len(call.args) != 1:
             self.r.error(call.span, f"'{call.func}' is an fn argument: it is called on one tensor, `{call.func}(x)`")
-        if self.layer.is_function:
+        if self.layer.is_function and not arg.choices and not arg.maybe_none:
+            # else its Function runs when a string or none is given, and a callable runs the plain forward
             self.r.error(
                 call.func_span,
-                f"an @function layer cannot call the fn argument '{call.func}': its derivative is not known",
-                "drop @function (autograd derives through the callable), or call an operation",
+                f"an @function layer cannot call the fn argument '{call.func}', which is always a callable:"
+                " its derivative is not known",
+                f'give it a string choice or none (`{call.func}: fn | "relu"`, `fn?`) and call it in the other'
+                " branch, drop @function (autograd derives through the callable), or call an operation",
             )
         left = [c for c in arg.choices if c not in self.not_strings.get(call.func, set())]
         if left:
