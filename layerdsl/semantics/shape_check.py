@@ -289,6 +289,13 @@ class _ShapePass:
         return None
 
     def broadcast(self, e: N.Expr, operands: Sequence[N.Expr], env: dict[str, Shape], op: str) -> Shape:
+        if e.kind == Kind.TENSOR and (flag := next((o for o in operands if self.is_flag(o)), None)) is not None:
+            self.r.error(
+                flag.span,
+                f"'{_text(flag)}' is a flag (a Python bool the caller passes), not a tensor operand",
+                f"choose with it: `if {_text(flag)} {{ ... }}`, or make it a bool argument of the layer",
+            )
+            return None
         shapes = [self.shape(o, env) for o in operands]
         out: Shape = ()
         for s in shapes:
@@ -303,6 +310,11 @@ class _ShapePass:
                 return None
             out = S.broadcast([out, s])
         return out
+
+    def is_flag(self, e: N.Expr) -> bool:
+        """Whether `e` names a flag input (`need_weights: bool = true`)."""
+        inputs = self.layer.forward.inputs if self.layer.forward is not None else []
+        return isinstance(e, N.Name) and e.ref == Ref.INPUT and any(i.name == e.id and i.flag is not None for i in inputs)
 
     def matmul(self, e: N.Expr, left: N.Expr, right: N.Expr, env: dict[str, Shape]) -> Shape:
         a, b = self.shape(left, env), self.shape(right, env)
