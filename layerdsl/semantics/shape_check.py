@@ -314,7 +314,9 @@ class _ShapePass:
     def is_flag(self, e: N.Expr) -> bool:
         """Whether `e` names a flag input (`need_weights: bool = true`)."""
         inputs = self.layer.forward.inputs if self.layer.forward is not None else []
-        return isinstance(e, N.Name) and e.ref == Ref.INPUT and any(i.name == e.id and i.flag is not None for i in inputs)
+        return (
+            isinstance(e, N.Name) and e.ref == Ref.INPUT and any(i.name == e.id and i.flag is not None for i in inputs)
+        )
 
     def matmul(self, e: N.Expr, left: N.Expr, right: N.Expr, env: dict[str, Shape]) -> Shape:
         a, b = self.shape(left, env), self.shape(right, env)
@@ -405,6 +407,15 @@ class _ShapePass:
             at, message, hint = fault
             self.r.error(at.span if at is not None else call.span, f"{op.name}: {message}", hint)
             return None
+        if op.name == "expand" and isinstance(args.get("size"), N.ListExpr):
+            sizes = S.expand_sizes(args["size"].items)  # type: ignore[attr-defined]
+            if sizes is not None and (problem := S.expand_problem(shape_of(args["input"]), sizes)) is not None:
+                self.r.error(
+                    call.span,
+                    f"{_text(call)}: {show(shape_of(args['input']))} cannot expand: {problem}",
+                    "each size equals the input's dim or the input's dim is 1; -1 keeps a dim; new dims go first",
+                )
+                return None
         if op.shape == "reshape" or op.name == "reshape":
             return self.reshape(call, args, shape_of)
         if op.shape in S.INDEX_RULES or op.name in ("flip", "unflatten"):
