@@ -61,7 +61,11 @@ def render(template: str, **context) -> str:
 
 
 def pydoc(text: str) -> str:
-    """A triple-quoted Python string literal holding `text` exactly; nothing in `text` can end it early."""
+    """A triple-quoted Python string literal holding `text` exactly; nothing in `text` can end it early.
+    Text with backslashes (LaTeX's `\\frac`) is written raw where a raw literal holds it exactly, as
+    torch writes its docstrings; otherwise escaped."""
+    if "\\" in text and _raw_safe(text):
+        return f'r"""{text}"""'
     body = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
     body = "".join(
         ch if ch in "\n\t" or ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}"
@@ -70,6 +74,13 @@ def pydoc(text: str) -> str:
     if body.endswith('"'):
         body = body[:-1] + '\\"'
     return f'"""{body}"""'
+
+
+def _raw_safe(text: str) -> bool:
+    """Whether `r\"\"\"text\"\"\"` is a literal whose value is `text`: no `\"\"\"` to end it early, no `\"` or
+    backslash at the end to join or escape its closing quotes, and no character that needs an escape."""
+    printable = all(ch in "\n\t" or ch.isprintable() for ch in text)
+    return printable and '"""' not in text and not text.endswith(("\\", '"'))
 
 
 # ------------------------------------------------------------------ file
