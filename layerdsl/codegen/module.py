@@ -298,16 +298,18 @@ class LayerEmitter:
         given = dict(zip([p for p, _ in spec.params], init.args)) | {k.name: k.value for k in init.kwargs}
         rendered = {k: ex(v) for k, v in given.items()}
         rendered |= {p: default for p, default in spec.params if p in spec.always and p not in rendered}
+        # The loop's name is never an argument's: `__init__(self, parameter)` keeps its `parameter`.
+        each = fresh_name("parameter", {a.name for a in self.layer.args})
         if init.name == "constant":
-            args = ["parameter", rendered["value"]]
+            args = [each, rendered["value"]]
         else:
-            args = ["parameter", *(f"{k}={v}" for k, v in rendered.items())]
+            args = [each, *(f"{k}={v}" for k, v in rendered.items())]
         draw = f"nn.init.{init.name}_({', '.join(args)})"
         if redraw.cond is None:
-            return ["for parameter in self.parameters():", f"    {draw}"]
+            return [f"for {each} in self.parameters():", f"    {draw}"]
         assert isinstance(redraw.cond, N.Compare)
-        rank = f"parameter.dim() {redraw.cond.ops[0]} {ex(redraw.cond.operands[1])}"
-        return ["for parameter in self.parameters():", f"    if {rank}:", f"        {draw}"]
+        rank = f"{each}.dim() {redraw.cond.ops[0]} {ex(redraw.cond.operands[1])}"
+        return [f"for {each} in self.parameters():", f"    if {rank}:", f"        {draw}"]
 
     def sub_construction(self, s: N.Sub, ex: PyExpr) -> str:
         """A sub's module; a list of subs is an nn.ModuleList, built as torch's `_get_clones` builds it
