@@ -773,10 +773,15 @@ class LayerEmitter:
     def type_checks(self, inp: N.Input, ex: PyExpr) -> list[str]:
         """A float input must be a floating-point tensor on the parameters' device (and, where an operation
         does not promote dtypes, of their dtype): the layer's own error rather than torch's."""
-        if inp.dtype != "float":
-            return []
         where = f"{self.layer.name}: input '{inp.name}'"
         x = inp.name
+        if inp.dtype == "bool" and inp.flag is None and not inp.alternatives and not self.takes_float_masks(inp):
+            return [
+                f"if {x}.dtype != torch.bool:",
+                f'    raise TypeError(f"{where} must be a bool tensor, got {{{x}.dtype}}")',
+            ]
+        if inp.dtype != "float":
+            return []
         lines = [
             f"if not {x}.is_floating_point():",
             f'    raise TypeError(f"{where} must be a floating-point tensor, got {{{x}.dtype}}")',
@@ -795,6 +800,26 @@ class LayerEmitter:
                 f'    raise TypeError(f"{where} is {{{x}.dtype}} but the parameters are {{{w}.dtype}}")',
             ]
         return lines
+
+    def takes_float_masks(self, inp: N.Input) -> bool:
+        """Whether a `bool` input may be a float mask too: forward asks `is_floating_point` of it (or of a
+        value computed from it), as torch's attention adds a float mask and fills by a bool one, or passes
+        it to a sub, whose forward decides."""
+        derived = {inp.name}
+        assigns = [n for stmt in self.forward.body for n in walk(stmt) if isinstance(n, N.Assign)]
+        grown = True
+        while grown:
+            new = {a.target for a in assigns if a.target not in derived and _reads_any(a.value, derived)}
+            derived |= new
+            grown = bool(new)
+        subs = {s.name for s in self.layer.subs}
+        return any(
+            isinstance(n, N.Call)
+            and (n.func == "is_floating_point" or n.func in subs)
+            and any(_reads_any(a, derived) for a in [*n.args, *(k.value for k in n.kwargs)])
+            for stmt in self.forward.body
+            for n in walk(stmt)
+        )
 
     def has_unpromoting_op(self) -> bool:
         """Whether forward has an operation torch does not promote mixed dtypes for (the op table's
@@ -932,6 +957,10 @@ def input_param(inp: N.Input) -> str:
 
 def _src(d: N.Expr) -> str:
     return PyExpr(Spelling())(d)
+
+
+def _reads_any(e: N.Node, names: set[str]) -> bool:
+    return any(isinstance(n, N.Name) and n.id in names for n in walk(e))
 
 
 def _refuses_mixed_dtypes(node: N.Node) -> bool:
