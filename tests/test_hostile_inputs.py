@@ -138,7 +138,10 @@ def test_diagnostics_show_terminal_escapes_escaped(tmp_path: Path):
 
 
 def test_a_docstring_cannot_end_its_python_string(tmp_path: Path):
-    spec = spec_with(tmp_path, "doc.layer", "Square, shift", 'Ends \\"\\"\\" here\\\\N{x} \\x1b and')
+    """A docstring is the text as written (`docs/language.md`): escapes, quotes and `\\N{...}` stay as
+    they are, and none of them ends the generated literal."""
+    written = 'Ends \\"\\"\\" here\\\\N{x} \\x1b \u2028 and'
+    spec = spec_with(tmp_path, "doc.layer", "Square, shift", written)
     run = bounded(layerdsl("gen", str(spec), "-o", "o", cwd=tmp_path))
     assert run.rc == 0, run.err
     got = subprocess.run(
@@ -148,15 +151,16 @@ def test_a_docstring_cannot_end_its_python_string(tmp_path: Path):
         text=True,
     )
     assert got.returncode == 0, got.stderr
-    assert got.stdout.strip().startswith('\'Ends """ here\\\\N{x} \\x1b and')
+    assert got.stdout.strip().startswith(ascii(written)[:-1])
 
 
 def test_a_lone_surrogate_in_a_string_is_a_located_error(tmp_path: Path):
-    """Python cannot make it a class's docstring (no UTF-8 for it): `check` must not pass it."""
-    spec = spec_with(tmp_path, "doc.layer", "Square, shift", "Half of a pair: \\ud800.")
+    """Python cannot make it a string of generated code (no UTF-8 for it): `check` must not pass it."""
+    require = 'require in_features > 0, "Half of a pair: \\ud800."\n        return'
+    spec = spec_with(tmp_path, "doc.layer", "return", require)
     run = bounded(layerdsl("check", str(spec), cwd=tmp_path))
     assert run.rc == 1
-    assert "doc.layer:3:5: error: a string cannot hold a lone surrogate (\\ud800)" in run.err
+    assert "doc.layer:13:34: error: a string cannot hold a lone surrogate (\\ud800)" in run.err
 
 
 # ---------------------------------------------------------------- the output folder

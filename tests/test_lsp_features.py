@@ -264,9 +264,7 @@ async def test_init_of_a_sub_member_is_renamed_with_the_sub_and_with_the_member(
 ):
     uri = _uri(workspace, "linear.layer")
     zeroed = _uri(workspace, "zeroed.layer")
-    text = MLP.replace("MLP", "Zeroed").replace(
-        "    example(", "    init second.bias = zeros\n    example("
-    )
+    text = MLP.replace("MLP", "Zeroed").replace("    example(", "    init second.bias = zeros\n    example(")
     await _open(client, zeroed, text)
     await _open(client, uri, LINEAR)
     # The sub: its declaration, its call in forward and the `init` line.
@@ -281,8 +279,10 @@ async def test_init_of_a_sub_member_is_renamed_with_the_sub_and_with_the_member(
     found = await client.text_document_definition_async(
         T.DefinitionParams(_doc(zeroed), _pos(text, "second.bias", len("second.")))
     )
-    assert isinstance(found, T.Location) and found.uri == uri and found.range.start.line == LINEAR.count(
-        "\n", 0, LINEAR.index("param bias")
+    assert (
+        isinstance(found, T.Location)
+        and found.uri == uri
+        and found.range.start.line == LINEAR.count("\n", 0, LINEAR.index("param bias"))
     )
 
 

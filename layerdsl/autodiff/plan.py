@@ -3,7 +3,8 @@
 A plan holds what the Function emitter writes out: the tape of the forward (with static shapes), the
 backward's incoming gradients, and the backward itself, derived by reverse mode or written in the spec.
 What cannot be derived is reported here as located diagnostics, so `layerdsl check` finds it without
-emitting anything.
+emitting anything: every independent one of every layer (a value that cannot be derived goes on as opaque,
+and the branches of an `if` are each checked).
 
 A forward with `if`s on configuration values (arguments, lets, `training`, dims, flag inputs) is planned
 once per branch: a `BranchPlan` holds the condition and the plan of each side, and the Function chooses the
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
-from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape
+from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape, refusal
 from layerdsl.autodiff.unroll import prepared_forward
 from layerdsl.diagnostics import Diagnostic
 from layerdsl.ir import build as B
@@ -66,10 +67,11 @@ def straight_plans(plan: Plan) -> list[BackwardPlan]:
 
 
 def plan_backwards(files: list[N.SpecFile]) -> tuple[dict[str, Plan], list[Diagnostic]]:
-    """The plan of every `@function` layer, by layer name, and what cannot be derived. A file's layers
-    after the first that cannot be derived are not planned: one such error per file is reported."""
+    """The plan of every `@function` layer, by layer name, and every problem that keeps one from being
+    derived (each location once: a sub-layer's problem is not repeated by each layer that uses it)."""
     plans: dict[str, Plan] = {}
     problems: list[Diagnostic] = []
+    reported: set[tuple[str, int, int, str]] = set()
     for f in files:
         for layer in f.layers:
             if not layer.is_function:
@@ -77,15 +79,18 @@ def plan_backwards(files: list[N.SpecFile]) -> tuple[dict[str, Plan], list[Diagn
             try:
                 plans[layer.name] = plan_backward(layer)
             except NotDerivable as exc:
-                problems.append(Diagnostic(layer.path, exc.span, exc.message, exc.hint, source=f.source))
-                break
+                for p in exc.every():
+                    if (layer.path, p.span.line, p.span.col, p.message) not in reported:
+                        reported.add((layer.path, p.span.line, p.span.col, p.message))
+                        problems.append(Diagnostic(layer.path, p.span, p.message, p.hint, source=f.source))
     return plans, problems
 
 
 def plan_backward(layer: N.Layer, given: frozenset[str] = frozenset(), known: Facts = ()) -> Plan:
-    """One `@function` layer's plan; raises NotDerivable for what the derivation cannot go through.
-    `given`: the optional inputs that the `if`s choosing this side prove given; `known`: what their
-    conditions prove (a later `if` they decide has one side only)."""
+    """One `@function` layer's plan; raises NotDerivable for what the derivation cannot go through (the
+    first problem, carrying the others: `NotDerivable.every`). `given`: the optional inputs that the `if`s
+    choosing this side prove given; `known`: what their conditions prove (a later `if` they decide has one
+    side only)."""
     assert layer.forward is not None, "the parser reports a layer without forward"
     # tuple inputs as tensors, sides calling a callable argument dropped, loops unrolled, sizes named
     layer = prepared_forward(without_callable_sides(with_tuples_split(layer)))
@@ -105,18 +110,31 @@ def plan_backward(layer: N.Layer, given: frozenset[str] = frozenset(), known: Fa
 def _straight_plan(layer: N.Layer, given: frozenset[str]) -> BackwardPlan:
     optional = {t.name for t in layer.tensors if t.cond is not None}
     optional |= {i.name for i in layer.forward.inputs if i.optional} - given if layer.forward else set()
-    tape = Linearizer(layer, optional, deriving=layer.backward is None).run()
+    linearizer = Linearizer(layer, optional, deriving=layer.backward is None)
+    try:
+        tape = linearizer.run()
+    except NotDerivable as exc:  # a statement the tape cannot hold: the linearizer stopped there
+        raise refusal([*linearizer.problems, exc]) from None
+    problems = list(linearizer.problems)
     if layer.backward is None:
-        _check_given(tape, layer, given)
+        problems += _unproven_optional_reads(tape, layer, given)
         tape = _without_dead_steps(tape)
     shapes = infer_shapes(tape, layer)
     absent = optional - {t.name for t in layer.tensors}  # optional inputs not given: no shape a gradient takes
     tape = dataclasses.replace(tape, shapes={v: None if v in absent else s for v, s in shapes.items()})
     if layer.backward is not None:
+        if problems:
+            raise refusal(problems)
         grads = [name for name, _ in layer.backward.grads]
         return BackwardPlan(tape, grads, incoming_gradients(tape, grads), None, written_backward(layer.backward, tape))
     grads = incoming_names(tape)
-    return BackwardPlan(tape, grads, incoming_gradients(tape, grads), derive(tape, grads), [])
+    try:  # reverse mode over the opaque values too: what it refuses is independent of them
+        derived = derive(tape, grads)
+    except NotDerivable as exc:
+        problems.append(exc)
+    if problems:
+        raise refusal(problems)
+    return BackwardPlan(tape, grads, incoming_gradients(tape, grads), derived, [])
 
 
 def _first_if(body: list[N.Stmt]) -> tuple[int, N.If] | None:
@@ -130,7 +148,12 @@ def _branch_plan(layer: N.Layer, branch: tuple[int, N.If], given: frozenset[str]
     assert layer.forward is not None
     at, stmt = branch
     body = layer.forward.body
-    cond = _configuration_condition(stmt.cond, body[:at], layer)
+    problems: list[NotDerivable] = []
+    try:
+        cond = _configuration_condition(stmt.cond, body[:at], layer)
+    except NotDerivable as exc:  # each side is still checked
+        problems.append(exc)
+        cond = stmt.cond
     decided = _truth(cond, known)
     sides = []
     for chosen, holds in ((stmt.body, True), (stmt.orelse, False)):
@@ -140,7 +163,12 @@ def _branch_plan(layer: N.Layer, branch: tuple[int, N.If], given: frozenset[str]
         forward = dataclasses.replace(layer.forward, body=side_body)
         proven = given | _proven_given(cond, holds)
         side = dataclasses.replace(layer, forward=forward)
-        sides.append(plan_backward(side, proven, known if decided is not None else known + _facts(cond, holds)))
+        try:
+            sides.append(plan_backward(side, proven, known if decided is not None else known + _facts(cond, holds)))
+        except NotDerivable as exc:  # the statements both sides share are reported once (`refusal`)
+            problems.append(exc)
+    if problems:
+        raise refusal(problems)
     return sides[0] if len(sides) == 1 else BranchPlan(cond, sides[0], sides[1])
 
 
@@ -198,11 +226,13 @@ def _without_dead_steps(tape: Tape) -> Tape:
     return dataclasses.replace(tape, steps=kept[::-1])
 
 
-def _check_given(tape: Tape, layer: N.Layer, given: frozenset[str]) -> None:
+def _unproven_optional_reads(tape: Tape, layer: N.Layer, given: frozenset[str]) -> list[NotDerivable]:
     """A derived backward reads an optional input only where an `if` proves it given: its formulas take
-    a tensor (an operation that takes none would be passed None, which no formula reads)."""
+    a tensor (an operation that takes none would be passed None, which no formula reads). Each read
+    that no `if` proves given."""
     assert layer.forward is not None
     optional = {i.name for i in layer.forward.inputs if i.optional} - given
+    problems: list[NotDerivable] = []
     for step in tape.steps:
         if step.guard is not None:  # `x + bias`: x when bias is None (`Linearizer.add`)
             continue
@@ -210,12 +240,15 @@ def _check_given(tape: Tape, layer: N.Layer, given: frozenset[str]) -> None:
             items = operand.items if isinstance(operand, N.ListExpr) else [operand]
             for n in items:
                 if isinstance(n, N.Name) and n.id in optional:
-                    raise NotDerivable(
-                        step.expr.span,
-                        f"a derived backward reads the optional input '{n.id}' only inside"
-                        f" `if {n.id} != none {{ ... }}`",
-                        f"test `{n.id} != none` around this use (or write a backward block)",
+                    problems.append(
+                        NotDerivable(
+                            step.expr.span,
+                            f"a derived backward reads the optional input '{n.id}' only inside"
+                            f" `if {n.id} != none {{ ... }}`",
+                            f"test `{n.id} != none` around this use (or write a backward block)",
+                        )
                     )
+    return problems
 
 
 def _until_return(body: list[N.Stmt]) -> list[N.Stmt]:

@@ -2,7 +2,9 @@
 
 `Linearizer` walks forward's statements and binds every tensor operation to a step, keeping the spec's
 local names for the steps that bind them; numbers computed from dims and arguments are kept as written.
-What the derivation cannot go through is reported as `NotDerivable`, with its location.
+What the derivation cannot go through is reported as `NotDerivable`, with its location; the Linearizer
+records each such operation (`Linearizer.problems`) and goes on with its result as an opaque value, so one
+run reports every independent one.
 """
 
 from __future__ import annotations
@@ -30,6 +32,24 @@ class NotDerivable(Exception):
         self.span = span
         self.message = message
         self.hint = hint
+        self.others: list[NotDerivable] = []  # further independent problems of the same layer
+
+    def every(self) -> list[NotDerivable]:
+        """This problem and the others it carries, in the order they were found."""
+        return [self, *(p for other in self.others for p in other.every())]
+
+
+def refusal(problems: list[NotDerivable]) -> NotDerivable:
+    """One exception carrying every problem of `problems` (at least one) once each, in order."""
+    seen: set[tuple[int, int, str]] = set()
+    unique: list[NotDerivable] = []
+    for p in (q for problem in problems for q in problem.every()):
+        if (p.span.line, p.span.col, p.message) not in seen:
+            seen.add((p.span.line, p.span.col, p.message))
+            unique.append(p)
+    first = NotDerivable(unique[0].span, unique[0].message, unique[0].hint)
+    first.others = [NotDerivable(p.span, p.message, p.hint) for p in unique[1:]]
+    return first
 
 
 @dataclass(eq=False)
@@ -94,6 +114,7 @@ class Linearizer:
         self.numbers: list[tuple[str, N.Expr]] = []
         self.lists: dict[str, list[N.Expr]] = {}  # a list local (`outputs = []`) -> the vars appended to it
         self.updates: dict[str, str] = {}  # a buffer -> the var holding the value `update` gave it
+        self.problems: list[NotDerivable] = []  # what could not be derived; its values went on as opaque
 
     def fresh(self, hint: str) -> str:
         name = hint
@@ -169,8 +190,13 @@ class Linearizer:
             self.optional = optional
 
     def value(self, e: N.Expr, hint: str = "t", target: str | None = None) -> str:
-        """Emit steps computing `e`; return the var holding it (an input or param name for leaves)."""
-        operand = self.operand(e, "t")
+        """Emit steps computing `e`; return the var holding it (an input or param name for leaves). What
+        cannot be derived is recorded, and the value goes on as opaque (later statements are checked too)."""
+        try:
+            operand = self.operand(e, "t")
+        except NotDerivable as exc:
+            self.problems.append(exc)
+            return self.opaque(e, hint).id
         if isinstance(operand, N.Name) and operand.ref in ("local",) and target is None:
             return operand.id
         if isinstance(operand, N.Name):
@@ -452,11 +478,14 @@ class Linearizer:
                 and self._needs_grad(operand)
             ):
                 which = f" with respect to '{pname}'" if any(op.grads.values()) else ""  # a loss's class weight
-                raise NotDerivable(
-                    source.span,
-                    f"{op.name}() has no derivative{which}; write a backward block (or mark a deliberate surrogate"
-                    " with @surrogate)",
+                self.problems.append(
+                    NotDerivable(
+                        source.span,
+                        f"{op.name}() has no derivative{which}; write a backward block (or mark a deliberate"
+                        " surrogate with @surrogate)",
+                    )
                 )
+                return self.opaque(_op_expr(op, args, source), hint)  # no gradient flows through it
         guard, base = None, None
         member = next((a for a in args.values() if isinstance(a, N.Name) and a.id in self.optional), None)
         if member is not None and op.operator in ("+", "-", "*", "/"):

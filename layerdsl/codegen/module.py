@@ -64,7 +64,11 @@ def render(template: str, **context) -> str:
 
 
 def pydoc(text: str) -> str:
-    """A triple-quoted Python string literal holding `text` exactly; nothing in `text` can end it early."""
+    """A triple-quoted Python string literal holding `text` exactly; nothing in `text` can end it early.
+    Text with backslashes (LaTeX's `\\frac`) is written raw where a raw literal holds it exactly, as
+    torch writes its docstrings; otherwise escaped."""
+    if "\\" in text and _raw_safe(text):
+        return f'r"""{text}"""'
     body = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
     body = "".join(
         ch if ch in "\n\t" or ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}"
@@ -73,6 +77,13 @@ def pydoc(text: str) -> str:
     if body.endswith('"'):
         body = body[:-1] + '\\"'
     return f'"""{body}"""'
+
+
+def _raw_safe(text: str) -> bool:
+    """Whether `r\"\"\"text\"\"\"` is a literal whose value is `text`: no `\"\"\"` to end it early, no `\"` or
+    backslash at the end to join or escape its closing quotes, and no character that needs an escape."""
+    printable = all(ch in "\n\t" or ch.isprintable() for ch in text)
+    return printable and '"""' not in text and not text.endswith(("\\", '"'))
 
 
 # ------------------------------------------------------------------ file
@@ -290,16 +301,18 @@ class LayerEmitter:
         given = dict(zip([p for p, _ in spec.params], init.args)) | {k.name: k.value for k in init.kwargs}
         rendered = {k: ex(v) for k, v in given.items()}
         rendered |= {p: default for p, default in spec.params if p in spec.always and p not in rendered}
+        # The loop's name is never an argument's: `__init__(self, parameter)` keeps its `parameter`.
+        each = fresh_name("parameter", {a.name for a in self.layer.args})
         if init.name == "constant":
-            args = ["parameter", rendered["value"]]
+            args = [each, rendered["value"]]
         else:
-            args = ["parameter", *(f"{k}={v}" for k, v in rendered.items())]
+            args = [each, *(f"{k}={v}" for k, v in rendered.items())]
         draw = f"nn.init.{init.name}_({', '.join(args)})"
         if redraw.cond is None:
-            return ["for parameter in self.parameters():", f"    {draw}"]
+            return [f"for {each} in self.parameters():", f"    {draw}"]
         assert isinstance(redraw.cond, N.Compare)
-        rank = f"parameter.dim() {redraw.cond.ops[0]} {ex(redraw.cond.operands[1])}"
-        return ["for parameter in self.parameters():", f"    if {rank}:", f"        {draw}"]
+        rank = f"{each}.dim() {redraw.cond.ops[0]} {ex(redraw.cond.operands[1])}"
+        return [f"for {each} in self.parameters():", f"    if {rank}:", f"        {draw}"]
 
     def sub_construction(self, s: N.Sub, ex: PyExpr) -> str:
         """A sub's module; a list of subs is an nn.ModuleList, built as torch's `_get_clones` builds it
@@ -808,10 +821,15 @@ class LayerEmitter:
     def type_checks(self, inp: N.Input, ex: PyExpr) -> list[str]:
         """A float input must be a floating-point tensor on the parameters' device (and, where an operation
         does not promote dtypes, of their dtype): the layer's own error rather than torch's."""
-        if inp.dtype != "float":
-            return []
         where = f"{self.layer.name}: input '{inp.name}'"
         x = inp.name
+        if inp.dtype == "bool" and inp.flag is None and not inp.alternatives and not self.takes_float_masks(inp):
+            return [
+                f"if {x}.dtype != torch.bool:",
+                f'    raise TypeError(f"{where} must be a bool tensor, got {{{x}.dtype}}")',
+            ]
+        if inp.dtype != "float":
+            return []
         lines = [
             f"if not {x}.is_floating_point():",
             f'    raise TypeError(f"{where} must be a floating-point tensor, got {{{x}.dtype}}")',
@@ -830,6 +848,26 @@ class LayerEmitter:
                 f'    raise TypeError(f"{where} is {{{x}.dtype}} but the parameters are {{{w}.dtype}}")',
             ]
         return lines
+
+    def takes_float_masks(self, inp: N.Input) -> bool:
+        """Whether a `bool` input may be a float mask too: forward asks `is_floating_point` of it (or of a
+        value computed from it), as torch's attention adds a float mask and fills by a bool one, or passes
+        it to a sub, whose forward decides."""
+        derived = {inp.name}
+        assigns = [n for stmt in self.forward.body for n in walk(stmt) if isinstance(n, N.Assign)]
+        grown = True
+        while grown:
+            new = {a.target for a in assigns if a.target not in derived and _reads_any(a.value, derived)}
+            derived |= new
+            grown = bool(new)
+        subs = {s.name for s in self.layer.subs}
+        return any(
+            isinstance(n, N.Call)
+            and (n.func == "is_floating_point" or n.func in subs)
+            and any(_reads_any(a, derived) for a in [*n.args, *(k.value for k in n.kwargs)])
+            for stmt in self.forward.body
+            for n in walk(stmt)
+        )
 
     def has_unpromoting_op(self) -> bool:
         """Whether forward has an operation torch does not promote mixed dtypes for (the op table's
@@ -967,6 +1005,10 @@ def input_param(inp: N.Input) -> str:
 
 def _src(d: N.Expr) -> str:
     return PyExpr(Spelling())(d)
+
+
+def _reads_any(e: N.Node, names: set[str]) -> bool:
+    return any(isinstance(n, N.Name) and n.id in names for n in walk(e))
 
 
 def _refuses_mixed_dtypes(node: N.Node) -> bool:

@@ -521,8 +521,16 @@ class LayerChecker:
             if sub.given is not None and sub.given.id == sub.name:  # `sub norm = norm`: the argument, registered
                 self.scope.bindings.pop(sub.name, None)
             self.declare(sub.name, sub.span, Ref.SUB, Kind.SUB, sub)
+        first_reinits: dict[tuple[str, str], N.Reinit] = {}
         for reinit in layer.reinits:
             self.check_reinit(reinit)
+            first = first_reinits.setdefault((reinit.sub, reinit.member), reinit)
+            if first is not reinit:  # the later one would silently win
+                self.r.error(
+                    reinit.span,
+                    f"`init {reinit.sub}.{reinit.member}` is given twice (first at line {first.span.line}:{first.span.col})",
+                    "keep one `init` per member",
+                )
         for redraw in layer.redraws:
             self.check_redraw(redraw)
 

@@ -289,6 +289,13 @@ class _ShapePass:
         return None
 
     def broadcast(self, e: N.Expr, operands: Sequence[N.Expr], env: dict[str, Shape], op: str) -> Shape:
+        if e.kind == Kind.TENSOR and (flag := next((o for o in operands if self.is_flag(o)), None)) is not None:
+            self.r.error(
+                flag.span,
+                f"'{_text(flag)}' is a flag (a Python bool the caller passes), not a tensor operand",
+                f"choose with it: `if {_text(flag)} {{ ... }}`, or make it a bool argument of the layer",
+            )
+            return None
         shapes = [self.shape(o, env) for o in operands]
         out: Shape = ()
         for s in shapes:
@@ -303,6 +310,13 @@ class _ShapePass:
                 return None
             out = S.broadcast([out, s])
         return out
+
+    def is_flag(self, e: N.Expr) -> bool:
+        """Whether `e` names a flag input (`need_weights: bool = true`)."""
+        inputs = self.layer.forward.inputs if self.layer.forward is not None else []
+        return (
+            isinstance(e, N.Name) and e.ref == Ref.INPUT and any(i.name == e.id and i.flag is not None for i in inputs)
+        )
 
     def matmul(self, e: N.Expr, left: N.Expr, right: N.Expr, env: dict[str, Shape]) -> Shape:
         a, b = self.shape(left, env), self.shape(right, env)
@@ -393,6 +407,15 @@ class _ShapePass:
             at, message, hint = fault
             self.r.error(at.span if at is not None else call.span, f"{op.name}: {message}", hint)
             return None
+        if op.name == "expand" and isinstance(args.get("size"), N.ListExpr):
+            sizes = S.expand_sizes(args["size"].items)  # type: ignore[attr-defined]
+            if sizes is not None and (problem := S.expand_problem(shape_of(args["input"]), sizes)) is not None:
+                self.r.error(
+                    call.span,
+                    f"{_text(call)}: {show(shape_of(args['input']))} cannot expand: {problem}",
+                    "each size equals the input's dim or the input's dim is 1; -1 keeps a dim; new dims go first",
+                )
+                return None
         if op.shape == "reshape" or op.name == "reshape":
             return self.reshape(call, args, shape_of)
         if op.shape in S.INDEX_RULES or op.name in ("flip", "unflatten"):

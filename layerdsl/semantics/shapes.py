@@ -312,6 +312,49 @@ def show(shape: Shape) -> str:
     return shape[0] if len(shape) == 1 and opaque(shape) else "[" + ", ".join(shape) + "]"
 
 
+KEEP = "-1"  # an expand() size that keeps the input's dim
+
+
+def expand_sizes(items: Sequence[N.Expr]) -> list[Dim] | None:
+    """An expand() call's target sizes as dims (`KEEP` for -1); None when one is not an int expression."""
+    if not all(i.kind == "int" or isinstance(i, N.Num) for i in items):
+        return None
+    return [KEEP if _value(i) == -1 else dim_text(i) for i in items]
+
+
+def expand_problem(shape: Shape, sizes: Sequence[Dim]) -> str | None:
+    """What breaks torch's rule for `expand(x, sizes)`, if anything: aligned from the right, each size equals
+    the input's dim, or the input's dim is 1, or it is -1 (keeps it); sizes before the input's dims add
+    new leading dims, which -1 cannot give. Dims a `...` group may cover are not compared."""
+    if shape is None or _opaque(shape):
+        return None
+    if len(sizes) < len(shape) and GROUP not in shape:
+        given = f"{len(sizes)} size" + ("s" if len(sizes) != 1 else "")
+        return f"{given} for {len(shape)} dims (expand() keeps every dim and may add leading ones)"
+    for i, size in enumerate(reversed(sizes), start=1):
+        if i > len(shape):
+            if size == KEEP and GROUP not in shape:
+                return "-1 at a new leading dim (it keeps an input dim; a new one needs its size)"
+            continue
+        dim = shape[-i]
+        if dim == GROUP:
+            return None
+        if size not in (KEEP, dim) and dim != ONE:
+            return f"size {size} at dim {len(sizes) - i} of an input whose dim there is {dim} (not 1)"
+    return None
+
+
+def expand(shape: Shape, sizes: Sequence[Dim]) -> Shape:
+    """The shape of `expand(x, sizes)`: the sizes, -1 replaced by the input's dim (None where unknown)."""
+    if KEEP not in sizes:
+        return tuple(sizes)
+    if shape is None or GROUP in shape or len(sizes) < len(shape):
+        return None
+    kept = [None] * (len(sizes) - len(shape)) + list(shape)
+    out = [dim if size == KEEP else size for size, dim in zip(sizes, kept)]
+    return None if None in out else tuple(d for d in out if d is not None)
+
+
 def mismatch(a: Shape, b: Shape) -> tuple[Dim, Dim] | None:
     """The first pair of dims (from the right) that makes `a` and `b` fail to broadcast: neither equal
     nor 1. Dims a `...` group or an opaque shape may cover are not compared."""
@@ -679,10 +722,11 @@ def op_shape(
         if op.name == "unsqueeze":
             return unsqueeze(shape_of(args["input"]), dim) if type(dim) is int else None
         return squeeze(shape_of(args["input"]), dim) if dim is None or type(dim) is int else None
-    if op.name in ("new_zeros", "expand") and isinstance(args.get("size"), N.ListExpr):
+    if op.name == "expand" and isinstance(args.get("size"), N.ListExpr):
+        sizes = expand_sizes(args["size"].items)  # type: ignore[attr-defined]
+        return expand(shape_of(args["input"]), sizes) if sizes is not None else None
+    if op.name == "new_zeros" and isinstance(args.get("size"), N.ListExpr):
         sizes = args["size"].items  # type: ignore[attr-defined]
-        if op.name == "expand" and any(_value(i) == -1 for i in sizes):
-            return None  # -1 keeps the input's dim: left to run time
         return tuple(dim_text(i) for i in sizes) if all(i.kind == "int" for i in sizes) else None
     if op.name == "reshape" and isinstance(args.get("shape"), N.ListExpr):
         items = args["shape"].items  # type: ignore[attr-defined]

@@ -222,8 +222,16 @@ class IRBuilder(Transformer):
         return str(items[0]), _span(meta)
 
     def docstring(self, meta, items):
-        s = self.string(meta, items)
-        return ("docstring", s.span, s.value)
+        r"""The text as written, as torch's raw docstrings hold it (LaTeX's `\frac` stays itself: as an escape
+        it would be a form feed); line breaks as Python reads them."""
+        (tok,) = items
+        quotes = 3 if str(tok).startswith('"""') else 1
+        text = str(tok)[quotes:-quotes].replace("\r\n", "\n").replace("\r", "\n")
+        surrogate = next((c for c in text if 0xD800 <= ord(c) <= 0xDFFF), None)
+        if surrogate is not None:  # an editor's text (a file's is UTF-8): Python cannot make it a docstring
+            self.r.error(_tspan(tok), f"a string cannot hold a lone surrogate (\\u{ord(surrogate):04x})")
+            text = ""
+        return ("docstring", _tspan(tok), text)
 
     def spread_shape(self, meta, items):
         return N.Shape(_span(meta), [], N.Name(_tspan(items[0]), str(items[0])))

@@ -92,9 +92,21 @@ def test_a_statement_a_backward_block_cannot_hold_is_a_located_diagnostic():
     assert problem.span.line == 14 and "a backward block holds" in problem.message
 
 
-def test_one_problem_per_file_as_emission_reported_them():
-    bad = DERIVED.format(name="Bad", body="sign(x) * x") + "\n" + DERIVED.format(name="Worse", body="fft(x)")
-    _, problems = plan_backwards([checked(bad)])
+def test_every_layer_of_a_file_reports_what_it_cannot_derive():
+    bad = DERIVED.format(name="Bad", body="sign(x) * x") + "\n" + DERIVED.format(name="Worse", body="round(x) * x")
+    plans, problems = plan_backwards([checked(bad)])
+    assert plans == {} and [p.message.split("(")[0] for p in problems] == ["sign", "round"]
+
+
+def test_every_underivable_operation_of_a_layer_is_reported_and_its_value_goes_on_as_opaque():
+    body = "floor(round(x) * sign(x) * x) + tanh(x)"  # round * sign: no gradient flows, floor's operand needs one
+    _, problems = plan_backwards([checked(DERIVED.format(name="Three", body=body))])
+    assert [(p.message.split("(")[0], p.span.col) for p in problems] == [("round", 22), ("sign", 33), ("floor", 16)]
+
+
+def test_an_operation_on_values_no_gradient_reaches_is_not_reported():
+    body = "round(sign(x)) + x"  # sign is reported; round's operand needs no gradient once sign stops it
+    _, problems = plan_backwards([checked(DERIVED.format(name="Stopped", body=body))])
     assert [p.message.split("(")[0] for p in problems] == ["sign"]
 
 

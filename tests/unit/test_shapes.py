@@ -141,3 +141,20 @@ def test_declared_dims_are_canonical_spec_text():
     shape = N.Shape(NOWHERE, [N.EllipsisItem(NOWHERE), B.binop("*", B.num(2), n), B.num(1)])
     assert S.declared_shape(shape, "x") == ("...", "2 * n", "1")
     assert S.declared_shape(None, "x") == ("<x>",)
+
+
+@pytest.mark.parametrize(
+    "shape, sizes, expanded, problem",
+    [
+        (("1", "n"), ["4", "B", "-1"], ("4", "B", "n"), None),  # a new leading dim, a 1 grown, -1 kept
+        (("B", "n"), ["B", "n"], ("B", "n"), None),
+        (("...", "n"), ["B", "T", "-1"], None, None),  # the group may cover B and T: left to run time
+        (("B", "n"), ["B", "m"], ("B", "m"), "size m at dim 1"),
+        (("B", "n"), ["n"], ("n",), "1 size for 2 dims"),
+        (("1", "n"), ["-1", "B", "n"], None, "-1 at a new leading dim"),
+    ],
+)
+def test_expand_follows_torchs_rule(shape, sizes, expanded, problem):
+    assert S.expand(shape, sizes) == expanded
+    found = S.expand_problem(shape, sizes)
+    assert (found is None) if problem is None else (found is not None and problem in found)
