@@ -24,7 +24,6 @@ import re
 import sys
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -109,7 +108,6 @@ def survey(specs: Path, work: Path) -> Coverage:
     """Every layer of `specs` compiled with `@function` (copies under `work`): the refusals, by layer."""
     from layerdsl.autodiff.plan import plan_backward
     from layerdsl.autodiff.tape import NotDerivable
-    from layerdsl.driver.pipeline import load
 
     coverage, shipped = shipped_layers(specs)
     copy_root = work / specs.resolve().name
