@@ -190,9 +190,9 @@ def refuse(coverage: Coverage, files: list[N.SpecFile], copies: dict[str, SpecCo
     by_path = {f.path: f for f in files}
     for d in found:
         layer = owner(by_path[d.path], d.span.line) if d.path in by_path else None
-        name = shipped_name(layer.name) if layer is not None else None
-        if layer is None or not layer.is_function or name in coverage.written:
+        if layer is None or not layer.is_function or shipped_name(layer.name) in coverage.written:
             raise SpecError([d])
+        name = shipped_name(layer.name)
         line = copies[d.path].original_line[d.span.line]
         refusal = Refusal(name, d.path, line, d.span.col, d.message, d.hint)
         coverage.refusals.setdefault(name, []).append(refusal)
