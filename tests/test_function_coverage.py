@@ -121,6 +121,130 @@ def test_the_comparison_can_fail_and_refusals_are_recorded(tmp_path):
     assert "## Differences from autograd" in text and "`WrongBackward`" in text
 
 
+def test_a_backward_without_second_derivatives_is_caught(tmp_path, monkeypatch):
+    """The double-backward comparison fails for a Function whose backward autograd cannot go through."""
+    import torch
+
+    from layerdsl.testing.function_vs_autograd import compare_second_derivatives, compare_with_functional
+    from layerdsl.testing.layer_checks import CheckFailed, build, functional_form, inputs
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "few.layer").write_text(WRONG, encoding="utf-8")
+    coverage = coverage_page.survey(specs, tmp_path / "work")
+    package = "layerdsl_function_coverage_detached"
+    [case] = [
+        c for c in coverage_page.derived_cases(coverage, specs, tmp_path / "work", package) if c.name == "Derived"
+    ]
+    module, functional = build(case, package), functional_form(case, package)
+    function = type(module).forward.__globals__["DerivedFunction"]
+    derived_backward = function.backward
+
+    def detached(ctx, *grads):
+        with torch.no_grad():
+            return derived_backward(ctx, *grads)
+
+    monkeypatch.setattr(function, "backward", staticmethod(detached))
+    compare_with_functional(case, module, functional, inputs)  # first derivatives still agree
+    with pytest.raises(CheckFailed, match="second derivatives differ"):
+        compare_second_derivatives(case, module, functional, inputs)
+
+
+# What the coverage run found, each the smallest layer that showed it (all agree with autograd now):
+# an `ints` size given as an int and a stride left none (pooling's ATen backward took neither); an
+# optional padding_idx or loss weight left none (read unconditionally); the sum over `dim = [-2, -1]`
+# unsqueezed back in the wrong order; an optional input, absent, standing in for another value's shape;
+# an input declared without a shape taken for a vector (nll_loss's class dim 0).
+FOUND = """\
+@function
+layer PoolIntKernel(kernel_size: ints, stride: ints? = none) {
+    example(kernel_size = 2)
+    forward(x: [C, L]) {
+        return avg_pool1d(x, kernel_size, stride)
+    }
+}
+
+@function
+layer Pool2dNoStride(kernel_size: ints, stride: ints? = none) {
+    example(kernel_size = 2)
+    forward(x: [C, H, W]) {
+        return avg_pool2d(x, kernel_size, stride)
+    }
+}
+
+@function
+layer LpPoolIntKernel(kernel_size: ints) {
+    example(kernel_size = 2)
+    forward(x: [C, L]) {
+        return lp_pool1d(x, 2.0, kernel_size)
+    }
+}
+
+@function
+layer LookupNoPadding(num: int, dim: int, padding_idx: int? = none) {
+    param weight: [num, dim] = normal
+    example(num = 5, dim = 3)
+    forward(i: long[...]) -> [..., dim] {
+        return embedding(i, weight, padding_idx)
+    }
+}
+
+@function
+layer SumLastTwo(n: int) {
+    param w: [n, 1, 3] = normal
+    example(n = 4)
+    forward(x: [..., 3]) -> [..., n] {
+        return sum(unsqueeze(unsqueeze(x, -2), -2) * w, dim = [-2, -1])
+    }
+}
+
+@function
+layer OptionalStateShape(n: int, d: int) {
+    param w: [n, 2 * d] = normal
+    param s: [d] = ones
+    example(n = 3, d = 4)
+    forward(x: [..., n], h: [..., d]? = none) -> [..., d] {
+        g = x @ w
+        a = g[..., 0:d]
+        if h != none {
+            return a * h
+        }
+        return tanh(a + g[..., d : 2 * d] * s)
+    }
+}
+"""
+
+# Under torch_nn/: compared on their example only (an input without a declared shape is drawn [..., k],
+# which the matrix's other ranks of `...` do not fit with the target).
+FOUND_LOSSES = """\
+@function
+layer NllNoWeight(weight: tensor? = none, reduction: str = "none") {
+    forward(input, target: long[...]) {
+        return nll_loss(input, target, weight, reduction = reduction)
+    }
+}
+
+@function
+layer NllClassDim(reduction: str = "none") {
+    forward(input, target: long[...]) {
+        return nll_loss(input, target, reduction = reduction)
+    }
+}
+"""
+
+
+def test_what_the_coverage_found_stays_fixed(tmp_path):
+    specs = tmp_path / "specs"
+    (specs / "torch_nn").mkdir(parents=True)
+    (specs / "found.layer").write_text(FOUND, encoding="utf-8")
+    (specs / "torch_nn" / "losses.layer").write_text(FOUND_LOSSES, encoding="utf-8")
+    coverage, comparisons = coverage_page.run(specs, tmp_path / "work", "layerdsl_function_coverage_found")
+    assert not coverage.refusals
+    assert len(comparisons) == FOUND.count("@function") + FOUND_LOSSES.count("@function")
+    failures = [f"{c.layer} {f}" for c in comparisons for f in c.failures]
+    assert not failures, "\n".join(failures)
+
+
 def test_with_function_keeps_the_lines_of_the_spec():
     from layerdsl.syntax.parser import parse_file
 

@@ -64,6 +64,12 @@ class _Call:
     def none(self, name: str) -> bool:
         return isinstance(self.nodes.get(name), N.NoneLit)
 
+    def maybe_none(self, name: str) -> bool:
+        """Whether an operand is a tensor argument of the layer (`weight: tensor? = none`): none at run time
+        where the layer is built without it."""
+        node = self.nodes.get(name)
+        return isinstance(node, N.Name) and node.ref == N.Ref.ARG
+
     def literal(self, name: str):
         e = self.nodes.get(name)
         return e.value if isinstance(e, (N.Str, N.Num, N.Bool)) else None
@@ -227,6 +233,8 @@ def _kept(a: _Call) -> tuple[str, str, str]:
     kept = f"({t} != {ii})"
     safe = f"({t} * {kept})"
     weight = kept if a.none("weight") else f"({a.atom('weight')}[{safe}] * {kept})"
+    if a.maybe_none("weight"):
+        weight = f"({kept} if {a.atom('weight')} is None else {weight})"
     return kept, safe, weight
 
 
@@ -265,8 +273,10 @@ def _class_weight(a: _Call, x: str) -> str:
         return "1"
     w, rank = a.atom("weight"), a.rank_of(a.nodes["input"])
     if rank is not None:
-        return w if rank <= 2 else f"{w}.view(-1{', 1' * (rank - 2)})"
-    return f"{w}.view(-1, *(1,) * ({x}.dim() - 1 - {a.class_dim('input')}))"
+        along = w if rank <= 2 else f"{w}.view(-1{', 1' * (rank - 2)})"
+    else:
+        along = f"{w}.view(-1, *(1,) * ({x}.dim() - 1 - {a.class_dim('input')}))"
+    return f"(1 if {w} is None else {along})" if a.maybe_none("weight") else along
 
 
 def _log_prob_grad_of_indices(a: _Call) -> str:
@@ -372,7 +382,10 @@ def _per_element(a: _Call) -> str:
 
 def _per_class(a: _Call) -> str:
     """That with the class weights."""
-    return _per_element(a) if a.none("weight") else f"{a.atom('weight')} * {_per_element(a)}"
+    if a.none("weight"):
+        return _per_element(a)
+    weighted = f"{a.atom('weight')} * {_per_element(a)}"
+    return f"({_per_element(a)} if {a.atom('weight')} is None else {weighted})" if a.maybe_none("weight") else weighted
 
 
 def _multilabel_soft_margin_input(a: _Call, _) -> str:

@@ -21,7 +21,9 @@ def compare_with_functional(case, module, functional, make_inputs) -> str:
         xs = make_inputs(case, requires_grad=mode != "params")
         # Only parameters take gradients: a buffer is a constant of the Function, which returns None for it.
         params = [_member(module, t, trainable=mode != "inputs") for t in case.layer.tensors]
+        torch.manual_seed(0)  # a dropout draws the same mask in both
         fn_out = _through_function(case, module, xs, params)
+        torch.manual_seed(0)
         ref_out = _as_tuple(functional(*xs, *params, **kwargs))
         if not all(torch.allclose(a, b, rtol=tol, atol=tol) for a, b in zip(fn_out, ref_out)):
             raise CheckFailed(f"outputs differ ({mode})")
@@ -69,6 +71,7 @@ def _second_derivatives(run, targets: list, seed: int) -> list:
     """The gradients of `<d(outputs · seeds)/d targets, directions>` with respect to `targets` (zeros where
     a target does not reach it), the seeds and directions drawn under `seed`."""
     draw = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # a dropout draws the same mask in both runs
     outs = [o for o in _as_tuple(run()) if o.requires_grad]
     seeds = [torch.randn(o.shape, generator=draw, dtype=o.dtype) for o in outs]
     firsts = torch.autograd.grad(outs, targets, seeds, create_graph=True, allow_unused=True)
@@ -95,13 +98,13 @@ def _member(module, tensor, trainable: bool):
 
 
 def _functional_kwargs(functional, case) -> list[str]:
-    """The functional form's keyword arguments that the module holds: its arguments, not its optional
-    inputs (left out, as `make_inputs` leaves them out) nor `training`."""
+    """The functional form's keyword arguments that the module holds (its arguments, and `training`, its
+    mode), not its optional inputs (left out, as `make_inputs` leaves them out)."""
     inputs = {i.name for i in case.forward.inputs}
     return [
         p.name
         for p in inspect.signature(functional).parameters.values()
-        if p.kind is p.KEYWORD_ONLY and p.name != "training" and p.name not in inputs
+        if p.kind is p.KEYWORD_ONLY and p.name not in inputs
     ]
 
 
