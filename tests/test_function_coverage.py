@@ -154,8 +154,18 @@ def test_a_backward_without_second_derivatives_is_caught(tmp_path, monkeypatch):
 # an `ints` size given as an int and a stride left none (pooling's ATen backward took neither); an
 # optional padding_idx or loss weight left none (read unconditionally); the sum over `dim = [-2, -1]`
 # unsqueezed back in the wrong order; an optional input, absent, standing in for another value's shape;
-# an input declared without a shape taken for a vector (nll_loss's class dim 0).
+# an input declared without a shape taken for a vector (nll_loss's class dim 0); a norm's weight declared
+# with `if`, absent (group norm's gradient multiplied by it).
 FOUND = """\
+@function
+layer GroupNormNoAffine(groups: int, channels: int, affine: bool = true) {
+    param weight: [channels] = ones if affine
+    example(groups = 2, channels = 4)
+    forward(x: [B, channels, L]) -> [B, channels, L] {
+        return group_norm(x, groups, weight)
+    }
+}
+
 @function
 layer PoolIntKernel(kernel_size: ints, stride: ints? = none) {
     example(kernel_size = 2)

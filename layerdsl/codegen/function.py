@@ -841,7 +841,7 @@ class FunctionEmitter:
             return None
         leaves = [*self.e.forward.inputs, *self.layer.tensors]
         floating = {leaf.name: leaf.dtype == "float" for leaf in leaves}
-        written = norm_loss_grad(c, ex, floating, lambda e: self._shape(e, ex), self._static_rank)
+        written = norm_loss_grad(c, ex, floating, lambda e: self._shape(e, ex), self._static_rank, self.maybe_absent)
         if written is not None:  # a norm's or a loss's gradient
             return written
         a = c.args

@@ -24,12 +24,12 @@ import re
 import sys
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerdsl.diagnostics import Diagnostic, SpecError
 from layerdsl.ir import nodes as N
-from layerdsl.testing.layer_checks import Case, Config
+from layerdsl.testing.layer_checks import Case
 
 DOC = Path("docs/function-coverage.md")
 PACKAGE = "layerdsl_function_coverage"
@@ -237,16 +237,18 @@ def derived_cases(coverage: Coverage, specs: Path, work: Path, package: str = PA
 
 
 def configured(case: Case) -> list[Case]:
-    """What a derived layer is compared on, in float64: its configuration matrix (configurations.py), or
-    for a spec of torch_nn/ its example, in training and eval where its forward reads `training`."""
+    """What a derived layer is compared on, in float64: its configuration matrix (configurations.py); for
+    a spec of torch_nn/, whose examples are drawn for their own sizes (an even dim for GLU, layer norm's
+    `normalized_shape`) and one leading dim (an input without a declared shape and its target), the
+    matrix's configurations with the example's sizes: its `bool` arguments, training and eval."""
     import torch
 
-    from layerdsl.testing.configurations import configured_cases, reads_training
+    from layerdsl.testing.configurations import configured_cases
 
-    if case.module.split(".")[0] != TORCH_NN:
-        return [c for c in configured_cases(case) if c.dtype == torch.float64]
-    trainings: tuple[bool | None, ...] = (True, False) if reads_training(case.layer) else (None,)
-    return [replace(case, config=Config({}, case.dims(), case.lead(), torch.float64, t)) for t in trainings]
+    cases = [c for c in configured_cases(case) if c.dtype == torch.float64]
+    if case.module.split(".")[0] == TORCH_NN:
+        cases = [c for c in cases if len(c.lead()) == 1 and c.dims() == case.dims()]
+    return cases
 
 
 def compare(case: Case, package: str) -> Comparison:
