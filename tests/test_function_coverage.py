@@ -27,6 +27,16 @@ def test_every_derived_layer_agrees_with_autograd(result):
     _, comparisons = result
     failures = [f"{c.layer} {f}" for c in comparisons for f in c.failures]
     assert not failures, "\n".join(failures)
+    import importlib
+
+    import torch
+
+    found = importlib.import_module("layerdsl_function_coverage_found.found")
+    weight = torch.rand(3, dtype=torch.float64)
+    x = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    layer = found.WeightedSquare(weight=weight)
+    assert torch.autograd.gradcheck(layer, (x,)) and torch.autograd.gradgradcheck(layer, (x,))
+    assert torch.allclose(layer(x), x * x * weight)
 
 
 def test_every_layer_is_derived_or_refused(result):
@@ -155,8 +165,20 @@ def test_a_backward_without_second_derivatives_is_caught(tmp_path, monkeypatch):
 # optional padding_idx or loss weight left none (read unconditionally); the sum over `dim = [-2, -1]`
 # unsqueezed back in the wrong order; an optional input, absent, standing in for another value's shape;
 # an input declared without a shape taken for a vector (nll_loss's class dim 0); a norm's weight declared
-# with `if`, absent (group norm's gradient multiplied by it).
+# with `if`, absent (group norm's gradient multiplied by it). And one refusal that was a bug: `if weight
+# != none` on a tensor argument (fixed at construction, as whether an optional input is given).
 FOUND = """\
+@function
+layer WeightedSquare(weight: tensor? = none) {
+    forward(x: [N]) -> [N] {
+        loss = x * x
+        if weight != none {
+            loss = loss * weight
+        }
+        return loss
+    }
+}
+
 @function
 layer GroupNormNoAffine(groups: int, channels: int, affine: bool = true) {
     param weight: [channels] = ones if affine
@@ -253,6 +275,16 @@ def test_what_the_coverage_found_stays_fixed(tmp_path):
     assert len(comparisons) == FOUND.count("@function") + FOUND_LOSSES.count("@function")
     failures = [f"{c.layer} {f}" for c in comparisons for f in c.failures]
     assert not failures, "\n".join(failures)
+    import importlib
+
+    import torch
+
+    found = importlib.import_module("layerdsl_function_coverage_found.found")
+    weight = torch.rand(3, dtype=torch.float64)
+    x = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    layer = found.WeightedSquare(weight=weight)
+    assert torch.autograd.gradcheck(layer, (x,)) and torch.autograd.gradgradcheck(layer, (x,))
+    assert torch.allclose(layer(x), x * x * weight)
 
 
 def test_with_function_keeps_the_lines_of_the_spec():
