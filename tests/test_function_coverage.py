@@ -160,6 +160,38 @@ def test_a_backward_without_second_derivatives_is_caught(tmp_path, monkeypatch):
         compare_second_derivatives(case, module, functional, inputs)
 
 
+def test_a_layer_without_functional_form_is_compared_with_its_plain_module(tmp_path):
+    """A layer with subs has no functional form: its Function is compared with the plain module of the
+    shipped spec, given the same state (here layers that have one, to see the comparison agree, and fail
+    for the written backward that forgets a factor 2)."""
+    from layerdsl.testing.function_vs_autograd import compare_with_functional
+    from layerdsl.testing.layer_checks import CheckFailed, build, generate_package, inputs
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "few.layer").write_text(WRONG, encoding="utf-8")
+    coverage = coverage_page.survey(specs, tmp_path / "work")
+    package = "layerdsl_function_coverage_plain_few"
+    cases = {c.name: c for c in coverage_page.derived_cases(coverage, specs, tmp_path / "work", package)}
+    plain = f"{package}_plain"
+    plain_specs = tmp_path / "plain_specs" / "specs"
+    plain_specs.mkdir(parents=True)
+    backward = WRONG[WRONG.index("    backward") : WRONG.index("}\n\nlayer Derived")]
+    (plain_specs / "few.layer").write_text(WRONG.replace("@function\n", "").replace(backward, ""), encoding="utf-8")
+    generate_package([str(plain_specs)], tmp_path / "plain", plain)
+    module = build(cases["Derived"], package)
+    compare_with_functional(
+        cases["Derived"],
+        module,
+        coverage_page.as_functional(cases["Derived"], module, build(cases["Derived"], plain)),
+        inputs,
+    )
+    module = build(cases["WrongBackward"], package)
+    reference = coverage_page.as_functional(cases["WrongBackward"], module, build(cases["WrongBackward"], plain))
+    with pytest.raises(CheckFailed, match="gradients differ"):
+        compare_with_functional(cases["WrongBackward"], module, reference, inputs)
+
+
 # What the coverage run found, each the smallest layer that showed it (all agree with autograd now):
 # an `ints` size given as an int and a stride left none (pooling's ATen backward took neither); an
 # optional padding_idx or loss weight left none (read unconditionally); the sum over `dim = [-2, -1]`

@@ -24,6 +24,7 @@ import re
 import sys
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,9 +252,11 @@ def configured(case: Case) -> list[Case]:
     return cases
 
 
-def compare(case: Case, package: str) -> Comparison:
+def compare(case: Case, package: str, plain: Callable[[], str] | None = None) -> Comparison:
     """The layer's Function against its plain functional form on every configuration: outputs, first and
-    second derivatives. A layer with a `@surrogate` backward differs from autograd by design: not compared."""
+    second derivatives. A layer without a functional form (one with subs) is compared with its plain
+    module, from the package `plain()` generates from the shipped specs. A layer with a `@surrogate`
+    backward differs from autograd by design: not compared."""
     from layerdsl.testing.function_vs_autograd import compare_second_derivatives, compare_with_functional
     from layerdsl.testing.layer_checks import build, functional_form, inputs
 
@@ -266,18 +269,50 @@ def compare(case: Case, package: str) -> Comparison:
     for c in cases:
         try:
             module = build(c, package)
-            compare_with_functional(c, module, functional, inputs)
-            compare_second_derivatives(c, module, functional, inputs)
+            reference = functional
+            if reference is None:
+                if plain is None:
+                    raise ValueError("no functional form, and no plain module to compare with")
+                reference = as_functional(c, module, build(c, plain()))
+            compare_with_functional(c, module, reference, inputs)
+            compare_second_derivatives(c, module, reference, inputs)
         except Exception as exc:  # a mismatch (CheckFailed) or a crash of the generated code
             label = c.config.label() if c.config else "example"
             comparison.failures.append(f"[{label}] {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
     return comparison
 
 
+def as_functional(case: Case, module, plain) -> Callable:
+    """The plain module `plain` (given the state of `module`, the @function one) as a functional form:
+    the inputs, then the layer's own tensors."""
+    import torch
+
+    plain.load_state_dict(module.state_dict())
+    plain.train(module.training)
+    names = [t.name for t in case.layer.tensors]
+
+    def functional(*args):
+        xs, members = args[: len(args) - len(names)], args[len(args) - len(names) :]
+        given = {k: v for k, v in zip(names, members) if v is not None}
+        return torch.func.functional_call(plain, given, tuple(xs))
+
+    return functional
+
+
 def run(specs: Path, work: Path, package: str = PACKAGE) -> tuple[Coverage, list[Comparison]]:
     """The survey of `specs`, and every derived layer compared with autograd (generated under `work`)."""
+    from layerdsl.testing.layer_checks import generate_package
+
     coverage = survey(specs, work)
-    comparisons = [compare(case, package) for case in derived_cases(coverage, specs, work, package)]
+    plain: list[str] = []
+
+    def plain_package() -> str:  # generated once, where a layer needs it
+        if not plain:
+            generate_package([str(specs)], work / "plain", f"{package}_plain")
+            plain.append(f"{package}_plain")
+        return plain[0]
+
+    comparisons = [compare(case, package, plain_package) for case in derived_cases(coverage, specs, work, package)]
     return coverage, comparisons
 
 
