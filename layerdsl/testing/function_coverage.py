@@ -3,18 +3,20 @@
 For each layer of specs/ (specs/torch_nn/ included) the layer is compiled with `@function` added (a layer
 that has it already, as it is). Then either
 
-- it derives: its generated autograd.Function is compared with the plain functional form in float64, on
-  its example and over its configuration matrix (configurations.py; the example alone, in training and
-  eval, for the specs of torch_nn/, whose matrices are large): the outputs, the gradients of the inputs
-  and parameters (function_vs_autograd.compare_with_functional), and the second derivatives
+- it derives: its generated autograd.Function is compared with the plain functional form (or, for a layer
+  without one, the shipped spec's plain module) in float64 over its configuration matrix (configurations.py;
+  for a spec of torch_nn/, the configurations at its example's sizes): the outputs, the gradients of the
+  inputs and parameters (function_vs_autograd.compare_with_functional), and the second derivatives
   (function_vs_autograd.compare_second_derivatives, a double backward through both); or
 - it is refused: the diagnostics the checker or the derivation gives, with their locations in the
   shipped spec, grouped by message on the page.
 
 All layers are compiled in one run (the specs' names are one namespace, as in `layerdsl gen specs`): the
 copies of the specs carry `@function` on every layer, a layer the checker refuses loses it again, and the
-derivation is tried on each of the others. `python -m layerdsl.testing.function_coverage` compares every
-derived layer and writes docs/function-coverage.md; `--check` says whether the committed page is current.
+derivation is tried on each of the others (its first "cannot derive" error is its refusal).
+`python -m layerdsl.testing.function_coverage` compares every derived layer and writes
+docs/function-coverage.md; `--check` says whether the committed page is current. The page lists what the
+comparisons found: nothing, as long as tests/test_function_coverage.py passes.
 """
 
 from __future__ import annotations
@@ -332,10 +334,10 @@ def render(coverage: Coverage, comparisons: list[Comparison]) -> str:
         "added (a layer that has it, as it is): either its backward is derived, and the generated",
         "autograd.Function is compared with the plain functional form in float64 (outputs, input and parameter",
         "gradients, and second derivatives through a double backward; over the layer's configuration matrix,",
-        "or for a spec of `torch_nn/` its example in training and eval mode), or the compiler refuses it, and",
-        "its diagnostics are listed by reason. Written by `python -m layerdsl.testing.function_coverage` (do",
-        "not edit); `tests/test_function_coverage.py` runs the same comparisons and checks that this page is",
-        "current.",
+        "for a spec of `torch_nn/` at its example's sizes: its `bool` arguments, training and eval), or the",
+        "compiler refuses it, and its diagnostics are listed by reason. Written by",
+        "`python -m layerdsl.testing.function_coverage` (do not edit); `tests/test_function_coverage.py` runs",
+        "the same comparisons and checks that this page is current.",
         "",
         f"- layers: {len(coverage.layers)}",
         f"- derived under `@function`: {len(derived)} ({len(failing)} differ from autograd)",
