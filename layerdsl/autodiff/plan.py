@@ -352,10 +352,12 @@ def dtype_tested(cond: N.Expr) -> list[str]:
 
 
 def _presence_tests(cond: N.Expr, layer: N.Layer) -> set[int]:
-    """The nodes of `m != none` and `m == none` tests of optional inputs in `cond` (the Function keeps
-    whether `m` was given on `ctx`, as its shape or None, for backward to choose the same side)."""
+    """The nodes of `m != none` and `m == none` tests of optional inputs and tensor arguments in `cond`
+    (the Function keeps whether an input `m` was given on `ctx`, as its shape or None, for backward to
+    choose the same side; an argument is on `ctx` as it is)."""
     assert layer.forward is not None
     optional = {i.name for i in layer.forward.inputs if i.optional}
+    optional |= {a.name for a in layer.args if a.maybe_none and a.base_type == "tensor"}
     found: set[int] = set()
     for n in walk(cond):
         if isinstance(n, N.Compare) and len(n.ops) == 1 and n.ops[0] in ("==", "!="):

@@ -54,6 +54,7 @@ from layerdsl.optimize import (
     unary_in_place,
 )
 from layerdsl.semantics.evaluate import example_values
+from layerdsl.semantics.shapes import opaque
 from layerdsl.syntax import parse_expr
 
 
@@ -113,6 +114,9 @@ class FunctionEmitter:
         self.named: dict[tuple[str, ...], str] = {}  # the gradients this emitter names, by what they are of
         self.masks: dict[str, Mask] = {}  # comparisons and signs saved small, by name
         self.mask_values: dict[str, N.Expr] = {}  # each mask as setup_context computes it
+        # Leaves that may be none: no stand-in for another value's shape (`same_shape_leaf`).
+        optional = [i.name for i in emitter.forward.inputs if i.optional]
+        self.maybe_absent = {*optional, *(t.name for t in self.layer.tensors if t.cond is not None)}
 
     def _scope_names(self) -> set[str]:
         """Every name of the layer's spec and tape the Function's methods may hold."""
@@ -738,7 +742,7 @@ class FunctionEmitter:
                     if (
                         isinstance(arg, N.Name)
                         and tape.step(arg.id) is not None
-                        and same_shape_leaf(tape, arg.id) is None
+                        and same_shape_leaf(tape, arg.id, self.maybe_absent) is None
                     ):
                         e.args[i] = static(arg.id) or arg
             return e
@@ -898,7 +902,7 @@ class FunctionEmitter:
                 for i in shape_args(node):
                     arg = node.args[i]
                     if isinstance(arg, N.Name) and arg.id not in tape.leaves:
-                        same = same_shape_leaf(tape, arg.id)
+                        same = same_shape_leaf(tape, arg.id, self.maybe_absent)
                         if same is not None:
                             node.args[i] = B.name(same)
         return e
@@ -918,7 +922,7 @@ class FunctionEmitter:
             return None
         leaves = [*self.forward.inputs, *self.layer.tensors]
         floating = {leaf.name: leaf.dtype == "float" for leaf in leaves}
-        written = norm_loss_grad(c, ex, floating, lambda e: self._shape(e, ex), self._static_rank)
+        written = norm_loss_grad(c, ex, floating, lambda e: self._shape(e, ex), self._static_rank, self.maybe_absent)
         if written is not None:  # a norm's or a loss's gradient
             return written
         a = c.args
@@ -995,7 +999,7 @@ class FunctionEmitter:
 
     def _static_rank(self, e: N.Expr) -> int | None:
         shape = self.tape.shapes.get(e.id) if isinstance(e, N.Name) else None
-        return len(shape) if shape is not None and "..." not in shape else None
+        return len(shape) if shape is not None and "..." not in shape and not opaque(shape) else None
 
     def _index_gradient(self, f: str, a: list[N.Expr], ex: PyExpr) -> str:
         """The gradient of an op that picks elements by index: zeros of the input's shape (only the shape is
@@ -1006,7 +1010,11 @@ class FunctionEmitter:
             pad = ex.wrap(padding_idx, PREC["%"] + 1)
             if isinstance(padding_idx, N.NoneLit):
                 pad = "-1"
-            elif padding_idx.kind != "int" and not isinstance(padding_idx, N.Num):
+            elif (
+                padding_idx.kind != "int"
+                and not isinstance(padding_idx, N.Num)
+                or self._argument(padding_idx, "maybe_none")
+            ):
                 pad = f"(-1 if {ex(padding_idx)} is None else {pad} % {rows})"
             elif not (isinstance(padding_idx, N.Num) and padding_idx.value >= 0):
                 pad = f"{pad} % {rows}"
@@ -1018,9 +1026,9 @@ class FunctionEmitter:
         if f == "index_select_backward":
             return f"{zeros}.index_add({ex(dim)}, {ex(index)}, {ex(grad)})"
         at = _int_literal(dim)  # index_put takes one index per leading dim: None for a whole one
-        rank = inp.items if isinstance(inp, N.ListExpr) else self.tape.shapes.get(getattr(inp, "id", ""))
+        rank = len(inp.items) if isinstance(inp, N.ListExpr) else self._static_rank(inp)
         if at is not None and at < 0 and rank is not None:
-            at += len(rank)
+            at += rank
         if at is not None and at >= 0:
             places = f"[{'None, ' * at}{ex(index)}]"
         else:
@@ -1041,12 +1049,15 @@ class FunctionEmitter:
                 return "(" + " * ".join(ex.wrap(i, PREC["*"] + 1) for i in size.items) + ")"
             if size.kind in ("int", "float") or isinstance(size, N.Num):
                 return ex.wrap(size, ATOM) if ex(dims) == "1" else f"{ex.wrap(size, PREC['**'] + 1)} ** {ex(dims)}"
+            if self._argument(size, "ints"):  # an int or a tuple of ints
+                power = ex(size) if ex(dims) == "1" else f"{ex.wrap(size, PREC['**'] + 1)} ** {ex(dims)}"
+                return f"({power} if isinstance({ex(size)}, int) else torch.Size({ex(size)}).numel())"
             return f"torch.Size({ex(size)}).numel()"  # a list argument
         if f == "channel_view":  # weight [C] (or [1]) along dim 1 of input: `weight.view(-1, 1, 1)`
             weight, inp = ex.wrap(a[0], ATOM), a[1]
-            rank = self.tape.shapes.get(inp.id) if isinstance(inp, N.Name) else None
-            if rank is not None and "..." not in rank:
-                return weight if len(rank) <= 2 else f"{weight}.view(-1{', 1' * (len(rank) - 2)})"
+            rank = self._static_rank(inp)
+            if rank is not None:
+                return weight if rank <= 2 else f"{weight}.view(-1{', 1' * (rank - 2)})"
             return f"{weight}.view(-1, *(1,) * (len({self._shape(inp, ex)}) - 2))"
         grad, shape = ex.wrap(a[0], ATOM), self._shape(a[1], ex)
         stand_in = f"{_dtype_name(a[0], ex)}.new_empty(()).expand({shape})"
@@ -1083,12 +1094,13 @@ class FunctionEmitter:
             if isinstance(stride, N.NoneLit):
                 stride = N.ListExpr(NOWHERE, [])  # ATen's default: the kernel size
             args += [self._pooling_arg(x, spatial, lead, ex) for x, lead in ((size, 1), (stride, 1), (padding, 0))]
+            if self._argument(stride, "maybe_none"):  # `stride: ints? = none`: the kernel size when none
+                args[3] = f"{self._pooling_arg(size, spatial, 1, ex)} if {ex(stride)} is None else {args[3]}"
             args += [ex(ceil_mode), ex(count_include_pad), ex(divisor)]
         call = f"torch.ops.aten.{kernel}({', '.join(args)})"
         return f"{call}.squeeze(-2)" if spatial == 1 else call
 
-    @staticmethod
-    def _pooling_arg(value: N.Expr, dims: int, lead: int, ex: PyExpr) -> str:
+    def _pooling_arg(self, value: N.Expr, dims: int, lead: int, ex: PyExpr) -> str:
         """A size, stride or padding for ATen's kernel: 1-D ones get a leading `lead` (for the dim of size 1)."""
         if dims > 1:
             return ex(value)
@@ -1096,7 +1108,17 @@ class FunctionEmitter:
             return f"[{', '.join([str(lead)] * bool(value.items) + [ex(i) for i in value.items])}]"
         if value.kind in ("int",) or isinstance(value, N.Num):
             return f"[{lead}, {ex(value)}]"
+        if self._argument(value, "ints"):  # an int or a tuple of ints
+            return f"[{lead}, *(({ex(value)},) if isinstance({ex(value)}, int) else {ex(value)})]"
         return f"[{lead}, *{ex(value)}]"
+
+    def _argument(self, value: N.Expr, what: str) -> bool:
+        """Whether `value` is an argument of the layer that may hold none (`maybe_none`), or an int as well
+        as a tuple of ints (`ints`)."""
+        arg = self.layer.arg(value.id) if isinstance(value, N.Name) and value.ref == N.Ref.ARG else None
+        if arg is None:
+            return False
+        return arg.maybe_none if what == "maybe_none" else arg.base_type == "ints"
 
     def _resized(self, a: list[N.Expr], ex: PyExpr) -> str:
         """`resize(g, like, dim, size, length)`: `g` cut or zero-padded along dim from `size` to `length`
@@ -1136,7 +1158,9 @@ class FunctionEmitter:
         if isinstance(keepdim, N.Bool) and keepdim.value or isinstance(dim, N.NoneLit):
             return g
         if isinstance(dim, N.ListExpr):
-            for d in sorted(dim.items, key=lambda d: d.value if isinstance(d, N.Num) else 0):
+            # Dims counted from the front in increasing order, then those from the end from the last one
+            # back: each is then where it ends up (`[-2, -1]` is `unsqueeze(-1).unsqueeze(-2)`).
+            for d in sorted(dim.items, key=_unsqueeze_order):
                 g = f"{g}.unsqueeze({ex(d)})"
             return g
         if isinstance(keepdim, N.Bool):
@@ -1281,6 +1305,11 @@ def _compared_exactly(tape: Tape) -> set[str]:
             exact.add(name)
             frontier += _value_names(by_var[name].expr)
     return exact
+
+
+def _unsqueeze_order(dim: N.Expr) -> tuple[bool, int]:
+    value = _int_literal(dim) or 0
+    return (value < 0, abs(value))
 
 
 def _int_literal(e: N.Expr) -> int | None:

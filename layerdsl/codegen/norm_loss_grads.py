@@ -13,7 +13,7 @@ A `reduction` known when generating selects its branch; one passed at run time i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from layerdsl.autodiff.formulas import parse_default
 from layerdsl.ir import nodes as N
@@ -28,8 +28,8 @@ Rank = Callable[[N.Expr], "int | None"]
 class _Call:
     """One gradient call: its arguments by parameter name, rendered (`self[x]`) or as IR (`self.node(x)`)."""
 
-    def __init__(self, c: N.Call, ex, shape: Shape, rank: Rank):
-        self.shape_of, self.rank_of = shape, rank
+    def __init__(self, c: N.Call, ex, shape: Shape, rank: Rank, absent: Collection[str] = ()):
+        self.shape_of, self.rank_of, self.absent = shape, rank, absent
         params = OPS[c.func].params
         self.nodes = dict(zip([p.name for p in params], c.args)) | {k.name: k.value for k in c.kwargs}
         # a forward step leaves out the arguments at their defaults
@@ -64,22 +64,34 @@ class _Call:
     def none(self, name: str) -> bool:
         return isinstance(self.nodes.get(name), N.NoneLit)
 
+    def maybe_none(self, name: str) -> bool:
+        """Whether an operand may be none at run time: a tensor argument of the layer (`weight: tensor? =
+        none`), or one of `absent` (an optional input, a member declared with `if`)."""
+        node = self.nodes.get(name)
+        return isinstance(node, N.Name) and (node.ref == N.Ref.ARG or node.id in self.absent)
+
     def literal(self, name: str):
         e = self.nodes.get(name)
         return e.value if isinstance(e, (N.Str, N.Num, N.Bool)) else None
 
 
 def norm_loss_grad(
-    c: N.Call, ex, floating: dict[str, bool], shape: Shape | None = None, rank: Rank | None = None
+    c: N.Call,
+    ex,
+    floating: dict[str, bool],
+    shape: Shape | None = None,
+    rank: Rank | None = None,
+    absent: Collection[str] = (),
 ) -> str | None:
     """The Python of a call to one of the rows below, or None for any other call. `floating`: whether each
     input and tensor member is floating-point (a cross_entropy target that is holds class probabilities,
     one that is not class indices; a computed target is told apart at run time). `shape`: a tensor's shape
-    as the code has it; `rank`: its static rank, None where unknown."""
+    as the code has it; `rank`: its static rank, None where unknown; `absent`: the leaves that may be none."""
     write = _WRITERS.get(c.func)
     if write is None:
         return None
-    return write(_Call(c, ex, shape or (lambda e: f"{ex.wrap(e, ATOM)}.shape"), rank or (lambda e: None)), floating)
+    shape = shape or (lambda e: f"{ex.wrap(e, ATOM)}.shape")
+    return write(_Call(c, ex, shape, rank or (lambda e: None), absent), floating)
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -161,8 +173,17 @@ def _rms_norm(a: _Call, _) -> str:
     dims = _trailing_dims(a, "normalized_shape")
     eps = f"torch.finfo({x}.dtype).eps" if a.none("eps") else a["eps"]
     rstd = f"torch.rsqrt({x}.pow(2).mean({dims}, keepdim=True) + {eps})"
-    g = a.atom("grad") if a.none("weight") else f"({a.atom('grad')} * {a.atom('weight')})"
+    g = _weighted(a, a.atom("grad"), a.atom("weight"))
     return f"({g} - {x} * {rstd}.pow(2) * ({g} * {x}).mean({dims}, keepdim=True)) * {rstd}"
+
+
+def _weighted(a: _Call, grad: str, weight: str) -> str:
+    """`grad` times the norm's `weight` (as given: viewed along the channels), none where none is given."""
+    if a.none("weight"):
+        return grad
+    if a.maybe_none("weight"):
+        return f"({grad} if {a.atom('weight')} is None else {grad} * {weight})"
+    return f"({grad} * {weight})"
 
 
 def _channel_view(weight: str, x: str) -> str:
@@ -191,7 +212,7 @@ def _group_norm(a: _Call, _) -> str:
     """Layer norm's gradient over each sample's groups, given the saved statistics (ATen's group norm
     backward has no double backward; layer norm's has)."""
     x, groups, grad = a.atom("input"), a.atom("num_groups"), a.atom("grad")
-    g = grad if a.none("weight") else f"({grad} * {_channel_view(a.atom('weight'), x)})"
+    g = _weighted(a, grad, _channel_view(a.atom("weight"), x))
     shape = f"{x}.shape[0], {groups}, -1"
     size = f"[{x}[0].numel() // {groups}]"
     stats = f"{a.atom('mean')}.unsqueeze(-1), {a.atom('rstd')}.unsqueeze(-1)"
@@ -227,6 +248,8 @@ def _kept(a: _Call) -> tuple[str, str, str]:
     kept = f"({t} != {ii})"
     safe = f"({t} * {kept})"
     weight = kept if a.none("weight") else f"({a.atom('weight')}[{safe}] * {kept})"
+    if a.maybe_none("weight"):
+        weight = f"({kept} if {a.atom('weight')} is None else {weight})"
     return kept, safe, weight
 
 
@@ -265,8 +288,10 @@ def _class_weight(a: _Call, x: str) -> str:
         return "1"
     w, rank = a.atom("weight"), a.rank_of(a.nodes["input"])
     if rank is not None:
-        return w if rank <= 2 else f"{w}.view(-1{', 1' * (rank - 2)})"
-    return f"{w}.view(-1, *(1,) * ({x}.dim() - 1 - {a.class_dim('input')}))"
+        along = w if rank <= 2 else f"{w}.view(-1{', 1' * (rank - 2)})"
+    else:
+        along = f"{w}.view(-1, *(1,) * ({x}.dim() - 1 - {a.class_dim('input')}))"
+    return f"(1 if {w} is None else {along})" if a.maybe_none("weight") else along
 
 
 def _log_prob_grad_of_indices(a: _Call) -> str:
@@ -372,7 +397,10 @@ def _per_element(a: _Call) -> str:
 
 def _per_class(a: _Call) -> str:
     """That with the class weights."""
-    return _per_element(a) if a.none("weight") else f"{a.atom('weight')} * {_per_element(a)}"
+    if a.none("weight"):
+        return _per_element(a)
+    weighted = f"{a.atom('weight')} * {_per_element(a)}"
+    return f"({_per_element(a)} if {a.atom('weight')} is None else {weighted})" if a.maybe_none("weight") else weighted
 
 
 def _multilabel_soft_margin_input(a: _Call, _) -> str:

@@ -14,32 +14,28 @@ def compare_with_functional(case, module, functional, make_inputs) -> str:
     """Equal outputs and gradients (to 1e-10 in float64, 1e-5 in float32) with everything, only the inputs,
     or only the parameters requiring grad."""
     tol = 1e-10 if case.dtype == torch.float64 else 1e-5
-    names = [t.name for t in case.layer.tensors]
-    inputs = {i.name for i in case.forward.inputs}  # flags and optional inputs keep their defaults
-    kwargs = {a: getattr(module, a) for a in _functional_kwargs(functional) if a not in inputs}
-    fn = module.__class__.forward.__globals__[f"{case.name}Function"]
-    n_tensors = sum(len(i.parts or [i]) for i in case.forward.inputs) + len(names)
-    numbers = [getattr(module, p) for p in list(inspect.signature(fn.forward).parameters)[n_tensors:]]
+    kwargs = {a: getattr(module, a) for a in _functional_kwargs(functional, case)}
     has_params = any(t.kind == Ref.PARAM for t in case.layer.tensors)
     modes = ("all", "inputs", "params") if has_params else ("all",)
     for mode in modes:
         xs = make_inputs(case, requires_grad=mode != "params")
         # Only parameters take gradients: a buffer is a constant of the Function, which returns None for it.
         params = [_member(module, t, trainable=mode != "inputs") for t in case.layer.tensors]
-        fn_out = fn.apply(*_function_inputs(case, xs), *params, *numbers)
-        fn_out = fn_out if isinstance(fn_out, tuple) else (fn_out,)
-        n_out = len(_as_tuple(functional(*xs, *params, **kwargs)))
-        fn_out = fn_out[:n_out]
+        torch.manual_seed(0)  # a dropout draws the same mask in both
+        fn_out = _through_function(case, module, xs, params)
+        torch.manual_seed(0)
         ref_out = _as_tuple(functional(*xs, *params, **kwargs))
-        if not all(torch.allclose(a, b, rtol=tol, atol=tol) for a, b in zip(fn_out, ref_out)):
+        if not all(_same(a, b, tol) for a, b in zip(fn_out, ref_out)):
             raise CheckFailed(f"outputs differ ({mode})")
         flat = [t for x in xs for t in (x if isinstance(x, tuple) else (x,))]
-        targets = [t for t in [*flat, *params] if isinstance(t, torch.Tensor) and t.requires_grad]
-        if not targets:  # "params" with every parameter an absent optional member
+        targets = [t for t in [*flat, *params] if t is not None and t.requires_grad]
+        # Gradients flow into the floating outputs only (not indices, not an output left None).
+        graded = [(a, b) for a, b in zip(fn_out, ref_out) if b is not None and b.requires_grad]
+        if not targets or not graded:  # "params" with every parameter an absent optional member
             continue
-        seeds = [torch.randn_like(o) for o in ref_out]
-        got = torch.autograd.grad(fn_out, targets, seeds, allow_unused=True)
-        want = torch.autograd.grad(ref_out, targets, seeds, allow_unused=True)
+        seeds = [torch.randn_like(b) for _, b in graded]
+        got = torch.autograd.grad([a for a, _ in graded], targets, seeds, allow_unused=True)
+        want = torch.autograd.grad([b for _, b in graded], targets, seeds, allow_unused=True)
         for g, w in zip(got, want):
             g = torch.zeros_like(w) if g is None and w is not None else g
             w = torch.zeros_like(g) if w is None and g is not None else w
@@ -48,20 +44,52 @@ def compare_with_functional(case, module, functional, make_inputs) -> str:
     return f"outputs and gradients agree to {tol:g}"
 
 
-def _function_inputs(case, xs: list) -> list:
-    """The Function's inputs from the required ones `xs`: a tuple's tensors one by one, a flag at its
-    default, an optional input left out (None)."""
-    given = iter(xs)
-    out: list = []
-    for inp in case.forward.inputs:
-        if inp.flag is not None:
-            out.append(inp.flag.value)
-        elif inp.optional:
-            out += [None] * len(inp.parts or [inp])
-        else:
-            x = next(given)
-            out += list(x) if inp.parts else [x]
-    return out
+def compare_second_derivatives(case, module, functional, make_inputs, seed: int = 0) -> str:
+    """Equal second derivatives (to 1e-8, float64): the gradients of `<first gradients, v>` (v random) with
+    respect to every input and parameter, through the Function's derived backward (a double backward) and
+    through autograd's plain form. Where torch has no second derivative of an op of the plain form (a
+    loss's ATen backward), there is nothing to compare with."""
+    tol = 1e-8
+    kwargs = {a: getattr(module, a) for a in _functional_kwargs(functional, case)}
+    xs = make_inputs(case, requires_grad=True)
+    params = [_member(module, t, trainable=True) for t in case.layer.tensors]
+    flat = [t for x in xs for t in (x if isinstance(x, tuple) else (x,))]
+    targets = [t for t in [*flat, *params] if t is not None and t.requires_grad]
+    if not targets:
+        return "nothing to differentiate"
+    try:
+        want = _second_derivatives(lambda: functional(*xs, *params, **kwargs), targets, seed)
+    except RuntimeError as exc:
+        if "not implemented" not in str(exc):
+            raise
+        return f"torch has no second derivative here: {str(exc).splitlines()[0]}"
+    got = _second_derivatives(lambda: _through_function(case, module, xs, params), targets, seed)
+    for k, (g, w) in enumerate(zip(got, want)):
+        if not torch.allclose(g, w, rtol=tol, atol=tol):
+            raise CheckFailed(f"second derivatives differ (operand {k}): {(g - w).abs().max():.3g}")
+    return f"second derivatives agree to {tol:g}"
+
+
+def _second_derivatives(run, targets: list, seed: int) -> list:
+    """The gradients of `<d(outputs · seeds)/d targets, directions>` with respect to `targets` (zeros where
+    a target does not reach it), the seeds and directions drawn under `seed`."""
+    draw = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # a dropout draws the same mask in both runs
+    outs = [o for o in _as_tuple(run()) if o.requires_grad]
+    seeds = [torch.randn(o.shape, generator=draw, dtype=o.dtype) for o in outs]
+    firsts = torch.autograd.grad(outs, targets, seeds, create_graph=True, allow_unused=True)
+    directions = [torch.randn(t.shape, generator=draw, dtype=t.dtype) for t in targets]
+    total = sum((g * v).sum() for g, v in zip(firsts, directions) if g is not None and g.requires_grad)
+    seconds = (
+        torch.autograd.grad(total, targets, allow_unused=True) if torch.is_tensor(total) else [None] * len(targets)
+    )
+    return [torch.zeros_like(t) if s is None else s.detach() for t, s in zip(targets, seconds)]
+
+
+def _through_function(case, module, xs: list, members: list) -> tuple:
+    """The module's outputs (its forward applies the Function) with `members` in place of its tensors."""
+    given = {t.name: m for t, m in zip(case.layer.tensors, members) if m is not None}
+    return _as_tuple(torch.func.functional_call(module, given, tuple(xs)))
 
 
 def _member(module, tensor, trainable: bool):
@@ -72,12 +100,24 @@ def _member(module, tensor, trainable: bool):
     return value.detach().requires_grad_(trainable and tensor.kind == Ref.PARAM)
 
 
-def _functional_kwargs(functional) -> list[str]:
+def _functional_kwargs(functional, case) -> list[str]:
+    """The functional form's keyword arguments that the module holds (its arguments, and `training`, its
+    mode), not its optional inputs (left out, as `make_inputs` leaves them out)."""
+    inputs = {i.name for i in case.forward.inputs}
     return [
         p.name
         for p in inspect.signature(functional).parameters.values()
-        if p.kind is p.KEYWORD_ONLY and p.name != "training"
+        if p.kind is p.KEYWORD_ONLY and p.name not in inputs
     ]
+
+
+def _same(a, b, tol: float) -> bool:
+    """Equal outputs: close for floating ones, equal for indices, both None for an output not given."""
+    if a is None or b is None:
+        return a is None and b is None
+    if a.is_floating_point() or a.is_complex():
+        return torch.allclose(a, b, rtol=tol, atol=tol)
+    return torch.equal(a, b)
 
 
 def _as_tuple(x):
