@@ -337,6 +337,13 @@ def test_derived_backward_through_an_unrolled_loop_matches_autograd(case):
     )
 
 
+def test_a_recomputed_input_of_an_extremum_mask_is_not_updated_in_place():
+    """A counterexample of the loop test: a tie-split mask's input is written twice in the Python
+    (`mask / mask.sum(...)`), so an in-place update inside it ran twice and the gradient was NaN."""
+    step = "(amax(stack([(h), (x)]), dim = 0) + h)"
+    _check("", LOOPS.replace("{steps}", "3").replace("{step}", step).replace("{result}", "h"))
+
+
 def test_every_section_of_an_extra_output_gradient_has_its_output():
     """The slow run's counterexample: the sections for the returned intermediates' gradients changed what
     backward reads, so `s - 0.5` was no longer returned while backward still read its gradient."""

@@ -81,6 +81,8 @@ class _InPlaceRewriter:
                 self.fresh.add(s.target)
 
     def rewrite(self, e: N.Expr, stmt: Stmt) -> N.Expr:
+        if isinstance(e, N.Call) and e.func == "extremum_mask":
+            return e  # its Python reads the input twice (`mask / mask.sum(...)`): an update there would run twice
         e = map_children(e, lambda c: self.rewrite(c, stmt))
         op = row(e)
         if isinstance(e, N.InPlace) or op is None or op.inplace is None or isinstance(e, N.Call) and e.kwargs:
