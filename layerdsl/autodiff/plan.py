@@ -13,8 +13,10 @@ side in forward, setup_context and backward. Each side is a straight-line forwar
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from layerdsl.autodiff.inline import Inlined, inline_subs
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape
@@ -62,19 +64,29 @@ def straight_plans(plan: Plan) -> list[BackwardPlan]:
     return plan.sides() if isinstance(plan, BranchPlan) else [plan]
 
 
-def plan_backwards(files: list[N.SpecFile]) -> tuple[dict[str, Plan], list[Diagnostic]]:
+def plan_backwards(
+    files: list[N.SpecFile], layers: Mapping[str, N.Layer] | None = None
+) -> tuple[dict[str, Plan], list[Diagnostic]]:
     """The plan of every `@function` layer, by layer name, and what cannot be derived. A file's layers
-    after the first that cannot be derived are not planned: one such error per file is reported."""
+    after the first that cannot be derived are not planned: one such error per file is reported.
+    `layers`: every layer a sub may be built from (by default, those of `files`)."""
     plans: dict[str, Plan] = {}
     problems: list[Diagnostic] = []
+    if layers is None:
+        layers = {layer.name: layer for f in files for layer in f.layers}
     for f in files:
         for layer in f.layers:
             if not layer.is_function:
                 continue
+            inlined = Inlined(layer)
             try:
-                plans[layer.name] = plan_backward(layer)
+                inlined = inline_subs(layer, layers)  # subs' forwards written into this one
+                plans[layer.name] = plan_backward(inlined.layer)
             except NotDerivable as exc:
-                problems.append(Diagnostic(layer.path, exc.span, exc.message, exc.hint, source=f.source))
+                message = exc.message
+                if exc.span in inlined.origins:  # in a sub's forward: shown there, naming the sub
+                    message += f" (in the sub '{inlined.origins[exc.span]}', inlined into '{layer.name}')"
+                problems.append(Diagnostic(layer.path, exc.span, message, exc.hint, source=f.source))
                 break
     return plans, problems
 

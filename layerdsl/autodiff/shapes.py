@@ -6,6 +6,8 @@ the backward's optimisation uses them to decide where an operation may update on
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.ir import nodes as N
 from layerdsl.semantics.shapes import GROUP, Shape, broadcast, declared_shape, expr_shape, op_shape
@@ -42,10 +44,11 @@ def _picked_by_indices(s: Step, shapes: dict[str, Shape]) -> Shape:
     return inp[: int(dim.value)] + picked + inp[after:]
 
 
-def same_shape_leaf(tape: Tape, var: str) -> str | None:
-    """A leaf (input or tensor) known to have the shape of `var`, if any."""
+def same_shape_leaf(tape: Tape, var: str, optional: Collection[str] = ()) -> str | None:
+    """A leaf (input or tensor) known to have the shape of `var`, if any; not one of the `optional` ones
+    (a member or input that may be None has no shape to read)."""
     shapes = tape.shapes
     target = shapes.get(var)
     if target is None:
         return None
-    return next((leaf for leaf in tape.leaves if shapes.get(leaf) == target), None)
+    return next((leaf for leaf in tape.leaves if shapes.get(leaf) == target and leaf not in optional), None)

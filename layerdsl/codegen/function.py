@@ -657,7 +657,7 @@ class FunctionEmitter:
                     if (
                         isinstance(arg, N.Name)
                         and tape.step(arg.id) is not None
-                        and same_shape_leaf(tape, arg.id) is None
+                        and same_shape_leaf(tape, arg.id, self.e.optional) is None
                     ):
                         e.args[i] = static(arg.id) or arg
             return e
@@ -817,7 +817,7 @@ class FunctionEmitter:
                 for i in shape_args(node):
                     arg = node.args[i]
                     if isinstance(arg, N.Name) and arg.id not in tape.leaves:
-                        same = same_shape_leaf(tape, arg.id)
+                        same = same_shape_leaf(tape, arg.id, self.e.optional)
                         if same is not None:
                             node.args[i] = B.name(same)
         return e

@@ -1867,15 +1867,10 @@ class LayerChecker:
     # ------------------------------------------------------------ backward and examples
 
     def check_function_body(self) -> None:
-        """@function layers are one autograd.Function: no submodules, no buffer updates."""
+        """@function layers are one autograd.Function: no buffer updates (subs are inlined by
+        autodiff/inline.py, which reports those it cannot inline)."""
         if not self.layer.is_function or self.layer.forward is None:
             return
-        for sub in self.layer.subs:
-            self.r.error(
-                sub.span,
-                "@function layers cannot have subs",
-                "a sub is its own module; drop @function or inline the computation",
-            )
         for call in [n for s in self.layer.forward.body for n in walk(s) if isinstance(n, N.Call)]:
             if call.func == "is_floating_point":
                 self.r.error(

@@ -1,0 +1,447 @@
+"""A `@function` layer's subs inlined: one forward over the layer's own tensors and its subs'.
+
+A sub that is a spec layer built in this layer (`sub fc = Dense(d, h)`, or an item of a list of subs
+built by a comprehension of a count written in the spec) has its forward written into this layer's
+forward where it is called: its arguments and lets as the expressions its construction gives them (over
+this layer's arguments), its inputs as what the call passes, its locals renamed around this layer's
+names, its `training` this module's. Its params and buffers become tensors of the layer (`fc_weight`)
+that the module passes as `self.fc.weight`: one Function, whose gradients flow to the sub's own
+parameters, under the state_dict names of the plain module.
+
+A sub that cannot be inlined is reported with why: a layer argument held or copied (its layer is known,
+its arguments are not), a torch.nn layer (no forward in the spec language), a list of subs whose count
+is set at construction, a sub that updates buffers or writes its own backward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from layerdsl.autodiff.tape import NotDerivable
+from layerdsl.diagnostics import Span
+from layerdsl.ir import build as B
+from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import clone, map_children, statements, walk
+from layerdsl.language.naming import fresh_name
+from layerdsl.semantics.evaluate import NotConstant, evaluate
+
+HINT = "write the sub's computation in this layer, or drop @function (autograd goes through the sub)"
+
+
+@dataclass
+class Inlined:
+    """A layer with its subs inlined, and where the module holds each tensor that came from a sub."""
+
+    layer: N.Layer  # no subs: its forward reads the subs' tensors as its own
+    paths: dict[str, str] = field(default_factory=dict)  # `fc_weight` -> `fc.weight`, `blocks_0_w1` -> `blocks[0].w1`
+    # The spans of the inlined statements of subs declared in the layer's own file, with the sub they came
+    # from: an error in one is shown where the sub's spec writes it.
+    origins: dict[Span, str] = field(default_factory=dict)
+
+
+def inline_subs(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
+    """`layer` with every call of a sub replaced by the sub's forward (the layer itself when it has no
+    subs); raises NotDerivable, at the sub, for a sub that cannot be inlined."""
+    if not layer.subs or layer.forward is None:
+        return Inlined(layer)
+    return _Inliner(layer, layers).run()
+
+
+@dataclass
+class _Instance:
+    """One module the forward calls: a sub, or one item of a list of subs."""
+
+    sub: N.Sub
+    index: int | None
+    spec: Inlined  # the sub's layer, its own subs inlined
+    values: dict[str, N.Expr]  # its arguments and lets, as expressions of the outer layer's
+    tensors: dict[str, str]  # its params and buffers -> the outer layer's names for them
+    prefix: str  # `fc`, `blocks_0`: the start of the names made for it
+
+    @property
+    def shown(self) -> str:
+        return self.sub.name if self.index is None else f"{self.sub.name}[{self.index}]"
+
+
+class _Inliner:
+    def __init__(self, layer: N.Layer, layers: Mapping[str, N.Layer]):
+        assert layer.forward is not None
+        self.layer = layer
+        self.layers = layers
+        self.subs = {s.name: s for s in layer.subs}
+        self.taken = {a.name for a in layer.args} | {t.name for t in layer.tensors} | {l.name for l in layer.lets}
+        self.taken |= {i.name for i in layer.forward.inputs} | set(layer.symbolic_dims) | {"training"}
+        self.taken |= {n for s in statements(layer.forward.body) for n in _bound(s)}
+        self.instances: dict[tuple[str, int | None], _Instance] = {}
+        self.tensors: list[N.Tensor] = []
+        self.paths: dict[str, str] = {}
+        self.origins: dict[Span, str] = {}
+        self.bound: dict[str, _Instance | N.Sub] = {}  # a `for block in blocks` variable -> its item
+
+    def fresh(self, hint: str) -> str:
+        name = fresh_name(hint, self.taken)
+        self.taken.add(name)
+        return name
+
+    def run(self) -> Inlined:
+        assert self.layer.forward is not None
+        body = self.block(self.layer.forward.body)
+        for sub in self.layer.subs:  # a sub only read by its members (`fc.weight`) is not inlined
+            if sub.repeat is None and (sub.name, None) not in self.instances and self._member_reads(sub):
+                self.instance(sub, None)
+        forward = dataclasses.replace(self.layer.forward, body=body)
+        layer = dataclasses.replace(
+            self.layer, subs=[], reinits=[], tensors=self.layer.tensors + self.tensors, forward=forward
+        )
+        layer.symbolic_dims = list(self.layer.symbolic_dims)
+        return Inlined(layer, self.paths, self.origins)
+
+    def _member_reads(self, sub: N.Sub) -> bool:
+        assert self.layer.forward is not None
+        return any(
+            isinstance(n, N.Name) and n.ref == N.Ref.SUB_MEMBER and n.id.split(".")[0] == sub.name
+            for n in walk(self.layer.forward)
+        )
+
+    # -- the outer forward's statements
+
+    def block(self, body: list[N.Stmt]) -> list[N.Stmt]:
+        out: list[N.Stmt] = []
+        for stmt in body:
+            if isinstance(stmt, N.For) and isinstance(stmt.iter, N.Name) and stmt.iter.id in self.subs:
+                out += self.unrolled_over_subs(stmt, self.subs[stmt.iter.id])
+            elif isinstance(stmt, N.For):
+                out.append(dataclasses.replace(stmt, body=self.block(stmt.body)))
+            elif isinstance(stmt, N.If):
+                pre: list[N.Stmt] = []
+                cond = self.hoisted(stmt.cond, pre)
+                out += pre + [dataclasses.replace(stmt, cond=cond, body=self.block(stmt.body), orelse=self.block(stmt.orelse))]
+            elif isinstance(stmt, N.Unpack) and isinstance(stmt.value, N.Call) and self.callee(stmt.value):
+                pre = []
+                results = self.inlined_call(stmt.value, pre)
+                out += pre
+                for (target, span), value in zip(stmt.targets, results):
+                    out.append(_assign(target, span, value))
+            else:
+                pre = []
+                stmt = map_children(stmt, lambda e: self.hoisted(e, pre))
+                out += pre + [stmt]
+        return out
+
+    def unrolled_over_subs(self, loop: N.For, sub: N.Sub) -> list[N.Stmt]:
+        """`for block in blocks { ... }`: the body once per item of the list, `block` that item."""
+        assert sub.repeat is not None, "the checker loops over lists of subs only"
+        try:
+            count = range(*(int(evaluate(b, {})) for b in sub.repeat.iter.args))
+        except (NotConstant, TypeError, ValueError):
+            names = [n.id for b in sub.repeat.iter.args for n in walk(b) if isinstance(n, N.Name)]
+            raise NotDerivable(
+                loop.iter.span,
+                f"cannot inline the list of subs '{sub.name}' under @function: its length depends on"
+                f" {_quoted(names)}, set when the layer is constructed (the items are inlined one by one,"
+                " so the length is a number written in the spec)",
+                f"write the count (`[... for i in range(3)]`), or drop @function",
+            ) from None
+        out: list[N.Stmt] = []
+        for i in count:
+            self.bound[loop.var] = self.instance(sub, i)
+            out += self.block(loop.body)
+        self.bound.pop(loop.var, None)
+        return out
+
+    def callee(self, call: N.Call) -> _Instance | None:
+        """The module a call calls, or None for an operation."""
+        if call.func in self.bound:
+            item = self.bound[call.func]
+            return item if isinstance(item, _Instance) else None
+        sub = self.subs.get(call.func)
+        if sub is None or not call.sub:
+            return None
+        if sub.repeat is not None:
+            raise NotDerivable(call.func_span, f"'{sub.name}' is a list of subs", "call its items in a `for` loop")
+        return self.instance(sub, None)
+
+    def hoisted(self, e: N.Node, pre: list[N.Stmt]) -> N.Node:
+        """`e` with each sub call replaced by the local holding its result (its statements put in `pre`)."""
+        if isinstance(e, N.Name) and e.ref == N.Ref.SUB_MEMBER:
+            sub_name, member = e.id.split(".", 1)
+            inst = self.instance(self.subs[sub_name], None)
+            return _renamed_name(e, inst.tensors[member], N.Ref.PARAM if _is_param(inst, member) else N.Ref.BUFFER)
+        if not isinstance(e, (N.Expr, N.Stmt)):
+            return e
+        e = map_children(e, lambda c: self.hoisted(c, pre))
+        if isinstance(e, N.Call) and (inst := self.callee(e)) is not None:
+            results = self.inlined_call(e, pre, inst)
+            if len(results) != 1:
+                raise NotDerivable(
+                    e.span,
+                    f"the sub '{inst.shown}' returns {len(results)} tensors: unpack them (`a, b = {e.func}(...)`)",
+                    HINT,
+                )
+            return results[0]
+        return e
+
+    # -- one sub
+
+    def instance(self, sub: N.Sub, index: int | None) -> _Instance:
+        key = (sub.name, index)
+        if key in self.instances:
+            return self.instances[key]
+        spec = self._inlinable_layer(sub)
+        values = _argument_values(spec.layer, sub, index)
+        prefix = sub.name if index is None else f"{sub.name}_{index}"
+        path = sub.name if index is None else f"{sub.name}[{index}]"
+        tensors: dict[str, str] = {}
+        for t in spec.layer.tensors:
+            if t.repeat is not None:
+                raise NotDerivable(
+                    sub.span,
+                    f"cannot inline the sub '{sub.name}' under @function: its layer '{spec.layer.name}' declares a"
+                    " family of members (`for` over its members)",
+                    HINT,
+                )
+            name = self.fresh(f"{prefix}_{t.name}")
+            tensors[t.name] = name
+            self.paths[name] = f"{path}.{spec.paths.get(t.name, t.name)}"
+            self.tensors.append(_outer_tensor(t, name, sub.span, values))
+        inst = _Instance(sub, index, spec, values, tensors, prefix)
+        self.instances[key] = inst
+        return inst
+
+    def _inlinable_layer(self, sub: N.Sub) -> Inlined:
+        """The sub's layer with its own subs inlined; NotDerivable, at the sub, when it cannot be."""
+        why = _why_not_inlined(sub, self.layers)
+        if why is not None:
+            raise NotDerivable(sub.span, f"cannot inline the sub '{sub.name}' under @function: {why}", HINT)
+        spec = self.layers[sub.call.func]
+        assert spec.forward is not None
+        for stmt in statements(spec.forward.body):
+            if isinstance(stmt, N.Update):
+                raise NotDerivable(
+                    sub.span,
+                    f"cannot inline the sub '{sub.name}' under @function: its layer '{spec.name}' updates the buffer"
+                    f" '{stmt.target}' (at {spec.path}:{stmt.span.line}:{stmt.span.col})",
+                    "drop @function here, or compute the update outside the sub",
+                )
+        if spec.backward is not None:
+            raise NotDerivable(
+                sub.span,
+                f"cannot inline the sub '{sub.name}' under @function: its layer '{spec.name}' writes its own"
+                " backward, which one derived Function cannot hold",
+                HINT,
+            )
+        try:
+            return inline_subs(spec, self.layers)
+        except NotDerivable as exc:
+            raise NotDerivable(
+                sub.span,
+                f"cannot inline the sub '{sub.name}' ({spec.name}, {spec.path}:{exc.span.line}:{exc.span.col}):"
+                f" {exc.message}",
+                exc.hint,
+            ) from None
+
+    def inlined_call(self, call: N.Call, pre: list[N.Stmt], inst: _Instance | None = None) -> list[N.Expr]:
+        """The sub's forward put in `pre`, for this call; the names holding its results."""
+        inst = inst or self.callee(call)
+        assert inst is not None
+        spec = inst.spec.layer
+        assert spec.forward is not None
+        here = spec.path == self.layer.path
+        locals_: dict[str, str] = {}
+        for inp in spec.forward.inputs:
+            if inp.parts is not None or inp.alternatives is not None or inp.flag is not None:
+                raise NotDerivable(
+                    call.span,
+                    f"cannot inline the sub '{inst.shown}' under @function: its input '{inp.name}' is a tuple, a"
+                    " flag or has alternatives",
+                    HINT,
+                )
+        passed = _passed_inputs(spec.forward, call)
+        uses = {i.name: 0 for i in spec.forward.inputs}
+        for n in walk(spec.forward):
+            if isinstance(n, N.Name) and n.ref == N.Ref.INPUT and n.id in uses:
+                uses[n.id] += 1
+        inputs: dict[str, N.Expr] = {}
+        for inp in spec.forward.inputs:
+            value = passed.get(inp.name)
+            if value is None:
+                value = N.NoneLit(call.span)
+                value.kind = N.Kind.NONE
+            if isinstance(value, (N.Name, N.NoneLit, N.Num)) or value.kind != N.Kind.TENSOR or uses[inp.name] <= 1:
+                inputs[inp.name] = value
+            else:  # read more than once: computed once
+                local = self.fresh(f"{inst.prefix}_{inp.name}")
+                pre.append(_assign(local, call.span, value))
+                inputs[inp.name] = B.name(local, call.span)
+        for s in statements(spec.forward.body):
+            for name in _bound(s):
+                if name not in locals_:
+                    locals_[name] = self.fresh(f"{inst.prefix}_{name}")
+        if _returns(spec.forward.body) == 0:
+            raise NotDerivable(call.span, f"the sub '{inst.shown}' returns nothing", HINT)
+        n_out = _arity(spec.forward.body)
+        results = [self.fresh(inst.prefix if n_out == 1 else f"{inst.prefix}_{k}") for k in range(n_out)]
+
+        def renamed(e: N.Node) -> N.Node:
+            if isinstance(e, N.Name):
+                if e.ref in (N.Ref.ARG, N.Ref.LET) and e.id in inst.values:
+                    return clone(inst.values[e.id])
+                if e.ref in N.MEMBERS and e.id in inst.tensors:
+                    return _renamed_name(e, inst.tensors[e.id], e.ref)
+                if e.ref == N.Ref.INPUT and e.id in inputs:
+                    return clone(inputs[e.id])
+                if e.ref == N.Ref.DIM:
+                    raise NotDerivable(
+                        call.span,
+                        f"cannot inline the sub '{inst.shown}' under @function: its forward reads the size"
+                        f" '{e.id}' of its input's shape",
+                        "pass the size as an argument of the sub, or drop @function",
+                    )
+                if e.id in locals_ and e.ref not in (N.Ref.TRAINING, N.Ref.CONST):
+                    return _renamed_name(e, locals_[e.id], e.ref)
+                return clone(e)
+            e = map_children(e, renamed)
+            for attr in ("target", "var"):  # the names statements bind
+                if isinstance(getattr(e, attr, None), str) and getattr(e, attr) in locals_:
+                    setattr(e, attr, locals_[getattr(e, attr)])
+            if isinstance(e, N.Unpack):
+                e.targets = [(locals_.get(t, t), span) for t, span in e.targets]
+            return e
+
+        body = [renamed(s) for s in spec.forward.body]
+        if here:
+            self.origins.update({n.span: inst.sub.name for s in body for n in walk(s) if hasattr(n, "span")})
+        pre += _returns_assigned(body, results, call.span)
+        return [B.name(r, call.span) for r in results]
+
+
+# -------------------------------------------------------------------- helpers
+
+
+def _why_not_inlined(sub: N.Sub, layers: Mapping[str, N.Layer]) -> str | None:
+    if sub.given is not None:
+        how = "copies" if sub.copied else "holds"
+        return (
+            f"it {how} the layer argument '{sub.given.id}', whose layer is known but whose arguments are not"
+            " (they are the caller's)"
+        )
+    if sub.call.func.startswith("nn."):
+        return (
+            f"{sub.call.func} is a torch.nn layer, whose forward is not written in the spec language (specs/torch_nn/"
+            " has spec layers for many of them)"
+        )
+    spec = layers.get(sub.call.func)
+    if spec is None or spec.forward is None:
+        return f"its layer '{sub.call.func}' is not in this run"
+    return None
+
+
+def _argument_values(spec: N.Layer, sub: N.Sub, index: int | None) -> dict[str, N.Expr]:
+    """The sub layer's arguments and lets as the construction gives them, over the outer layer's names."""
+    call = sub.call
+    given: dict[str, N.Expr] = dict(zip([a.name for a in spec.args], call.args))
+    given |= {k.name: k.value for k in call.kwargs}
+    values: dict[str, N.Expr] = {}
+
+    def over_outer(e: N.Expr, outer: bool) -> N.Expr:
+        if isinstance(e, N.Name):
+            if outer and sub.repeat is not None and e.id == sub.repeat.var.id and index is not None:
+                return B.num(index)
+            if not outer and e.ref in (N.Ref.ARG, N.Ref.LET) and e.id in values:
+                return clone(values[e.id])
+            return clone(e)
+        return map_children(e, lambda c: over_outer(c, outer) if isinstance(c, N.Expr) else c)
+
+    for a in spec.args:
+        if a.name in given:
+            values[a.name] = over_outer(given[a.name], outer=True)
+        elif a.default is not None:
+            values[a.name] = over_outer(a.default, outer=False)
+        else:  # the checker reports a missing argument
+            raise NotDerivable(call.span, f"the sub '{sub.name}' is not given its argument '{a.name}'", HINT)
+    for let in spec.lets:
+        values[let.name] = over_outer(let.value, outer=False)
+    return values
+
+
+def _outer_tensor(t: N.Tensor, name: str, span: Span, values: dict[str, N.Expr]) -> N.Tensor:
+    """A sub's param or buffer as the outer layer's: its shape and condition over the outer's names."""
+
+    def over_outer(e: N.Node) -> N.Node:
+        if isinstance(e, N.Name) and e.ref in (N.Ref.ARG, N.Ref.LET) and e.id in values:
+            return clone(values[e.id])
+        return map_children(e, over_outer)
+
+    if t.shape.spread is not None:
+        raise NotDerivable(span, f"cannot inline this sub under @function: its member '{t.name}' has a spread shape", HINT)
+    shape = dataclasses.replace(t.shape, dims=[over_outer(d) if isinstance(d, N.Expr) else d for d in t.shape.dims])
+    cond = over_outer(t.cond) if t.cond is not None else None
+    if cond is not None:
+        try:
+            if evaluate(cond, {}) is True:
+                cond = None  # always built: a required member
+        except NotConstant:
+            pass
+    return dataclasses.replace(t, name=name, span=span, shape=shape, cond=cond, init=None)
+
+
+def _renamed_name(e: N.Name, new: str, ref: N.Ref) -> N.Name:
+    n = N.Name(e.span, new)
+    n.ref, n.kind = ref, e.kind if e.kind != N.Kind.UNKNOWN else N.Kind.TENSOR
+    return n
+
+
+def _is_param(inst: _Instance, member: str) -> bool:
+    return any(t.name == member and t.kind == N.Ref.PARAM for t in inst.spec.layer.tensors)
+
+
+def _passed_inputs(forward: N.Forward, call: N.Call) -> dict[str, N.Expr]:
+    passed = dict(zip([i.name for i in forward.inputs], call.args))
+    return passed | {k.name: k.value for k in call.kwargs}
+
+
+def _assign(target: str, span: Span, value: N.Expr) -> N.Assign:
+    return N.Assign(span, target, span, value)
+
+
+def _bound(stmt: N.Stmt) -> list[str]:
+    """The names a statement binds."""
+    if isinstance(stmt, (N.Assign, N.IndexAssign, N.Append)):
+        return [stmt.target]
+    if isinstance(stmt, N.Unpack):
+        return [t for t, _ in stmt.targets]
+    if isinstance(stmt, N.For):
+        return [stmt.var]
+    return []
+
+
+def _returns(body: list[N.Stmt]) -> int:
+    return sum(1 for s in statements(body) if isinstance(s, N.Return))
+
+
+def _arity(body: list[N.Stmt]) -> int:
+    return next(len(s.values) for s in statements(body) if isinstance(s, N.Return))
+
+
+def _returns_assigned(body: list[N.Stmt], results: list[str], span: Span) -> list[N.Stmt]:
+    """`body` with each `return` written as assignments to `results` (the statements after an `if` that
+    returns on one side go into its other side)."""
+    out: list[N.Stmt] = []
+    for k, stmt in enumerate(body):
+        if isinstance(stmt, N.Return):
+            return out + [_assign(r, span, v) for r, v in zip(results, stmt.values)]
+        if isinstance(stmt, N.If) and _returns(stmt.body + stmt.orelse):
+            rest = body[k + 1 :]
+            then = _returns_assigned(stmt.body + rest, results, span)
+            orelse = _returns_assigned(stmt.orelse + rest, results, span)
+            return out + [dataclasses.replace(stmt, body=then, orelse=orelse)]
+        if isinstance(stmt, N.For) and _returns(stmt.body):
+            raise NotDerivable(stmt.span, "cannot inline a forward that returns from inside a loop", HINT)
+        out.append(stmt)
+    return out
+
+
+def _quoted(names: list[str]) -> str:
+    return ", ".join(f"'{n}'" for n in dict.fromkeys(names)) or "a value"
