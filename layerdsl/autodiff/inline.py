@@ -36,8 +36,9 @@ class Inlined:
 
     layer: N.Layer  # no subs: its forward reads the subs' tensors as its own
     paths: dict[str, str] = field(default_factory=dict)  # `fc_weight` -> `fc.weight`, `blocks_0_w1` -> `blocks[0].w1`
-    # The spans of the inlined statements of subs declared in the layer's own file, with the sub they came
-    # from: an error in one is shown where the sub's spec writes it.
+    # Where inlined statements came from, by span: `the sub 'fc'` for the statements of a layer of this
+    # file (an error in one is shown where its spec writes it); a layer of another file's are spanned as
+    # the call, which names the sub and that file.
     origins: dict[Span, str] = field(default_factory=dict)
 
 
@@ -311,8 +312,12 @@ class _Inliner:
             return e
 
         body = [renamed(s) for s in spec.forward.body]
-        if here:
-            self.origins.update({n.span: inst.sub.name for s in body for n in walk(s) if hasattr(n, "span")})
+        if here:  # an error in the sub's statements is shown where its spec writes them
+            origin = f"the sub '{inst.shown}'"
+            self.origins.update({n.span: origin for s in body for n in walk(s) if hasattr(n, "span")})
+        else:  # another file's lines: the generated code and the errors name the call instead
+            _respanned(body, call.span)
+            self.origins[call.span] = f"the sub '{inst.shown}', whose layer {spec.name} is in {spec.path}"
         pre += _returns_assigned(body, results, call.span)
         return [B.name(r, call.span) for r in results]
 
@@ -441,6 +446,17 @@ def _returns_assigned(body: list[N.Stmt], results: list[str], span: Span) -> lis
             raise NotDerivable(stmt.span, "cannot inline a forward that returns from inside a loop", HINT)
         out.append(stmt)
     return out
+
+
+def _respanned(body: list[N.Stmt], span: Span) -> None:
+    """Every node of `body` located at `span`."""
+    for stmt in body:
+        for n in walk(stmt):
+            for attr in ("span", "func_span", "target_span", "var_span"):
+                if isinstance(getattr(n, attr, None), Span):
+                    setattr(n, attr, span)
+            if isinstance(n, N.Unpack):
+                n.targets = [(t, span) for t, _ in n.targets]
 
 
 def _quoted(names: list[str]) -> str:

@@ -84,8 +84,8 @@ def plan_backwards(
                 plans[layer.name] = plan_backward(inlined.layer)
             except NotDerivable as exc:
                 message = exc.message
-                if exc.span in inlined.origins:  # in a sub's forward: shown there, naming the sub
-                    message += f" (in the sub '{inlined.origins[exc.span]}', inlined into '{layer.name}')"
+                if exc.span in inlined.origins:  # in a sub's forward: naming the sub
+                    message += f" (in {inlined.origins[exc.span]}, inlined into '{layer.name}')"
                 problems.append(Diagnostic(layer.path, exc.span, message, exc.hint, source=f.source))
                 break
     return plans, problems
