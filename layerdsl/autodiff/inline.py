@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from layerdsl.autodiff.tape import NotDerivable
+from layerdsl.autodiff.torch_nn_forwards import inlined_torch_nn, torch_nn_layer
 from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
@@ -52,18 +53,24 @@ def inline_subs(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
 
 @dataclass
 class _Instance:
-    """One module the forward calls: a sub, or one item of a list of subs."""
+    """One module the forward calls: a sub, an item of a list of subs or of an nn.Sequential."""
 
-    sub: N.Sub
-    index: int | None
-    spec: Inlined  # the sub's layer, its own subs inlined
+    shown: str  # `fc`, `blocks[0]`, `features[3]`: where the module holds it, after `self.`
+    prefix: str  # `fc`, `blocks_0`, `features_3`: the start of the names made for it
+    spec: Inlined  # its layer, its own subs inlined
     values: dict[str, N.Expr]  # its arguments and lets, as expressions of the outer layer's
     tensors: dict[str, str]  # its params and buffers -> the outer layer's names for them
-    prefix: str  # `fc`, `blocks_0`: the start of the names made for it
 
-    @property
-    def shown(self) -> str:
-        return self.sub.name if self.index is None else f"{self.sub.name}[{self.index}]"
+
+@dataclass
+class _Sequence:
+    """An nn.Sequential: its items called one after another."""
+
+    shown: str
+    items: list[_Instance | _Sequence]
+
+
+_Module = _Instance | _Sequence
 
 
 class _Inliner:
@@ -75,11 +82,11 @@ class _Inliner:
         self.taken = {a.name for a in layer.args} | {t.name for t in layer.tensors} | {l.name for l in layer.lets}
         self.taken |= {i.name for i in layer.forward.inputs} | set(layer.symbolic_dims) | {"training"}
         self.taken |= {n for s in statements(layer.forward.body) for n in _bound(s)}
-        self.instances: dict[tuple[str, int | None], _Instance] = {}
+        self.instances: dict[tuple[str, int | None], _Module] = {}
         self.tensors: list[N.Tensor] = []
         self.paths: dict[str, str] = {}
         self.origins: dict[Span, str] = {}
-        self.bound: dict[str, _Instance | N.Sub] = {}  # a `for block in blocks` variable -> its item
+        self.bound: dict[str, _Module] = {}  # a `for block in blocks` variable -> its item
 
     def fresh(self, hint: str) -> str:
         name = fresh_name(hint, self.taken)
@@ -121,7 +128,7 @@ class _Inliner:
                 out += pre + [dataclasses.replace(stmt, cond=cond, body=self.block(stmt.body), orelse=self.block(stmt.orelse))]
             elif isinstance(stmt, N.Unpack) and isinstance(stmt.value, N.Call) and self.callee(stmt.value):
                 pre = []
-                results = self.inlined_call(stmt.value, pre)
+                results = self.inlined_call(stmt.value, pre, self.callee(stmt.value))
                 out += pre
                 for (target, span), value in zip(stmt.targets, results):
                     out.append(_assign(target, span, value))
@@ -152,11 +159,10 @@ class _Inliner:
         self.bound.pop(loop.var, None)
         return out
 
-    def callee(self, call: N.Call) -> _Instance | None:
+    def callee(self, call: N.Call) -> _Module | None:
         """The module a call calls, or None for an operation."""
         if call.func in self.bound:
-            item = self.bound[call.func]
-            return item if isinstance(item, _Instance) else None
+            return self.bound[call.func]
         sub = self.subs.get(call.func)
         if sub is None or not call.sub:
             return None
@@ -169,16 +175,17 @@ class _Inliner:
         if isinstance(e, N.Name) and e.ref == N.Ref.SUB_MEMBER:
             sub_name, member = e.id.split(".", 1)
             inst = self.instance(self.subs[sub_name], None)
+            assert isinstance(inst, _Instance), "a sub's member is read of a spec layer only"
             return _renamed_name(e, inst.tensors[member], N.Ref.PARAM if _is_param(inst, member) else N.Ref.BUFFER)
         if not isinstance(e, (N.Expr, N.Stmt)):
             return e
         e = map_children(e, lambda c: self.hoisted(c, pre))
-        if isinstance(e, N.Call) and (inst := self.callee(e)) is not None:
-            results = self.inlined_call(e, pre, inst)
+        if isinstance(e, N.Call) and (module := self.callee(e)) is not None:
+            results = self.inlined_call(e, pre, module)
             if len(results) != 1:
                 raise NotDerivable(
                     e.span,
-                    f"the sub '{inst.shown}' returns {len(results)} tensors: unpack them (`a, b = {e.func}(...)`)",
+                    f"the sub '{module.shown}' returns {len(results)} tensors: unpack them (`a, b = {e.func}(...)`)",
                     HINT,
                 )
             return results[0]
@@ -186,67 +193,92 @@ class _Inliner:
 
     # -- one sub
 
-    def instance(self, sub: N.Sub, index: int | None) -> _Instance:
+    def instance(self, sub: N.Sub, index: int | None) -> _Module:
+        """The sub, or its item `index`, as a module to inline (made once: its calls share its tensors)."""
         key = (sub.name, index)
-        if key in self.instances:
-            return self.instances[key]
-        spec = self._inlinable_layer(sub)
-        values = _argument_values(spec.layer, sub, index)
-        prefix = sub.name if index is None else f"{sub.name}_{index}"
-        path = sub.name if index is None else f"{sub.name}[{index}]"
+        if key not in self.instances:
+            if sub.given is not None:
+                how = "copies" if sub.copied else "holds"
+                raise NotDerivable(
+                    sub.span,
+                    f"cannot inline the sub '{sub.name}' under @function: it {how} the layer argument"
+                    f" '{sub.given.id}', whose layer is known but whose arguments are not (they are the caller's)",
+                    HINT,
+                )
+            shown = sub.name if index is None else f"{sub.name}[{index}]"
+            prefix = sub.name if index is None else f"{sub.name}_{index}"
+            loop = {sub.repeat.var.id: B.num(index)} if sub.repeat is not None and index is not None else {}
+            self.instances[key] = self.module(sub.call, shown, prefix, sub.span, loop)
+        return self.instances[key]
+
+    def module(self, call: N.Call, shown: str, prefix: str, span: Span, loop: dict[str, N.Expr]) -> _Module:
+        if call.func == "nn.Sequential":
+            items = [
+                self.module(item, f"{shown}[{k}]", f"{prefix}_{k}", span, loop)
+                for k, item in enumerate(call.args)
+                if isinstance(item, N.Call)
+            ]
+            return _Sequence(shown, items)
+        spec = self._inlinable_layer(call, shown, span)
+        values = _argument_values(spec.layer, call, shown, span, loop)
         tensors: dict[str, str] = {}
         for t in spec.layer.tensors:
             if t.repeat is not None:
                 raise NotDerivable(
-                    sub.span,
-                    f"cannot inline the sub '{sub.name}' under @function: its layer '{spec.layer.name}' declares a"
+                    span,
+                    f"cannot inline the sub '{shown}' under @function: its layer '{spec.layer.name}' declares a"
                     " family of members (`for` over its members)",
                     HINT,
                 )
             name = self.fresh(f"{prefix}_{t.name}")
             tensors[t.name] = name
-            self.paths[name] = f"{path}.{spec.paths.get(t.name, t.name)}"
-            self.tensors.append(_outer_tensor(t, name, sub.span, values))
-        inst = _Instance(sub, index, spec, values, tensors, prefix)
-        self.instances[key] = inst
-        return inst
+            self.paths[name] = f"{shown}.{spec.paths.get(t.name, t.name)}"
+            self.tensors.append(_outer_tensor(t, name, span, values))
+        return _Instance(shown, prefix, spec, values, tensors)
 
-    def _inlinable_layer(self, sub: N.Sub) -> Inlined:
-        """The sub's layer with its own subs inlined; NotDerivable, at the sub, when it cannot be."""
-        why = _why_not_inlined(sub, self.layers)
-        if why is not None:
-            raise NotDerivable(sub.span, f"cannot inline the sub '{sub.name}' under @function: {why}", HINT)
-        spec = self.layers[sub.call.func]
-        assert spec.forward is not None
+    def _inlinable_layer(self, call: N.Call, shown: str, span: Span) -> Inlined:
+        """The layer `call` builds, its own subs inlined; NotDerivable, at the sub, when it cannot be."""
+        cannot = f"cannot inline the sub '{shown}' under @function"
+        spec = torch_nn_layer(call.func) if call.func.startswith("nn.") else self.layers.get(call.func)
+        if spec is None and call.func.startswith("nn."):
+            raise NotDerivable(
+                span,
+                f"{cannot}: {call.func} is a torch.nn layer whose forward is not written for inlining (those that"
+                f" are: {', '.join(inlined_torch_nn())})",
+                "write the sub as a spec layer (specs/torch_nn/ has many of torch.nn's), or drop @function",
+            )
+        if spec is None or spec.forward is None:
+            raise NotDerivable(span, f"{cannot}: its layer '{call.func}' is not in this run", HINT)
         for stmt in statements(spec.forward.body):
             if isinstance(stmt, N.Update):
                 raise NotDerivable(
-                    sub.span,
-                    f"cannot inline the sub '{sub.name}' under @function: its layer '{spec.name}' updates the buffer"
-                    f" '{stmt.target}' (at {spec.path}:{stmt.span.line}:{stmt.span.col})",
+                    span,
+                    f"{cannot}: its layer '{spec.name}' updates the buffer '{stmt.target}'"
+                    f" (at {spec.path}:{stmt.span.line}:{stmt.span.col})",
                     "drop @function here, or compute the update outside the sub",
                 )
         if spec.backward is not None:
             raise NotDerivable(
-                sub.span,
-                f"cannot inline the sub '{sub.name}' under @function: its layer '{spec.name}' writes its own"
-                " backward, which one derived Function cannot hold",
-                HINT,
+                span, f"{cannot}: its layer '{spec.name}' writes its own backward, which one derived Function cannot hold", HINT
             )
         try:
             return inline_subs(spec, self.layers)
         except NotDerivable as exc:
             raise NotDerivable(
-                sub.span,
-                f"cannot inline the sub '{sub.name}' ({spec.name}, {spec.path}:{exc.span.line}:{exc.span.col}):"
+                span,
+                f"cannot inline the sub '{shown}' ({spec.name}, {spec.path}:{exc.span.line}:{exc.span.col}):"
                 f" {exc.message}",
                 exc.hint,
             ) from None
 
-    def inlined_call(self, call: N.Call, pre: list[N.Stmt], inst: _Instance | None = None) -> list[N.Expr]:
-        """The sub's forward put in `pre`, for this call; the names holding its results."""
-        inst = inst or self.callee(call)
-        assert inst is not None
+    def inlined_call(self, call: N.Call, pre: list[N.Stmt], module: _Module) -> list[N.Expr]:
+        """The module's forward put in `pre`, for this call; the names holding its results."""
+        if isinstance(module, _Sequence):  # each item called on what the one before returned
+            results = list(call.args)
+            for item in module.items:
+                results = self.inlined_call(dataclasses.replace(call, args=results, kwargs=[]), pre, item)
+            return results
+        inst = module
         spec = inst.spec.layer
         assert spec.forward is not None
         here = spec.path == self.layer.path
@@ -325,35 +357,26 @@ class _Inliner:
 # -------------------------------------------------------------------- helpers
 
 
-def _why_not_inlined(sub: N.Sub, layers: Mapping[str, N.Layer]) -> str | None:
-    if sub.given is not None:
-        how = "copies" if sub.copied else "holds"
-        return (
-            f"it {how} the layer argument '{sub.given.id}', whose layer is known but whose arguments are not"
-            " (they are the caller's)"
-        )
-    if sub.call.func.startswith("nn."):
-        return (
-            f"{sub.call.func} is a torch.nn layer, whose forward is not written in the spec language (specs/torch_nn/"
-            " has spec layers for many of them)"
-        )
-    spec = layers.get(sub.call.func)
-    if spec is None or spec.forward is None:
-        return f"its layer '{sub.call.func}' is not in this run"
-    return None
-
-
-def _argument_values(spec: N.Layer, sub: N.Sub, index: int | None) -> dict[str, N.Expr]:
-    """The sub layer's arguments and lets as the construction gives them, over the outer layer's names."""
-    call = sub.call
-    given: dict[str, N.Expr] = dict(zip([a.name for a in spec.args], call.args))
-    given |= {k.name: k.value for k in call.kwargs}
+def _argument_values(
+    spec: N.Layer, call: N.Call, shown: str, span: Span, loop: dict[str, N.Expr]
+) -> dict[str, N.Expr]:
+    """The layer's arguments and lets as `call` gives them, over the outer layer's names (`loop`: the
+    value of a list of subs' comprehension variable for this item)."""
+    cannot = f"cannot inline the sub '{shown}' under @function"
+    names = [a.name for a in spec.args]
+    if len(call.args) > len(names):
+        raise NotDerivable(span, f"{cannot}: {call.func} is given more arguments than it takes here ({len(names)})", HINT)
+    given: dict[str, N.Expr] = dict(zip(names, call.args))
+    for k in call.kwargs:
+        if k.name not in names:  # a torch.nn layer's argument that its spec form does not take
+            raise NotDerivable(span, f"{cannot}: {call.func}'s argument '{k.name}' is not inlined", HINT)
+        given[k.name] = k.value
     values: dict[str, N.Expr] = {}
 
     def over_outer(e: N.Expr, outer: bool) -> N.Expr:
         if isinstance(e, N.Name):
-            if outer and sub.repeat is not None and e.id == sub.repeat.var.id and index is not None:
-                return B.num(index)
+            if outer and e.id in loop:
+                return clone(loop[e.id])
             if not outer and e.ref in (N.Ref.ARG, N.Ref.LET) and e.id in values:
                 return clone(values[e.id])
             return clone(e)
@@ -361,11 +384,16 @@ def _argument_values(spec: N.Layer, sub: N.Sub, index: int | None) -> dict[str, 
 
     for a in spec.args:
         if a.name in given:
-            values[a.name] = over_outer(given[a.name], outer=True)
+            value = given[a.name]
+            if value.kind in (N.Kind.LIST, N.Kind.TUPLE) and "ints" not in a.type:
+                raise NotDerivable(
+                    value.span, f"{cannot}: its '{a.name}' is inlined as one {a.type}, not a tuple of them", HINT
+                )
+            values[a.name] = over_outer(value, outer=True)
         elif a.default is not None:
             values[a.name] = over_outer(a.default, outer=False)
         else:  # the checker reports a missing argument
-            raise NotDerivable(call.span, f"the sub '{sub.name}' is not given its argument '{a.name}'", HINT)
+            raise NotDerivable(span, f"{cannot}: it is not given its argument '{a.name}'", HINT)
     for let in spec.lets:
         values[let.name] = over_outer(let.value, outer=False)
     return values
