@@ -17,7 +17,7 @@ from layerdsl.autodiff.inline import inline_subs
 from layerdsl.autodiff.plan import plan_backwards
 from layerdsl.codegen.module import emit_file
 from layerdsl.diagnostics import SpecError
-from layerdsl.ir.printer import spec_text
+from layerdsl.ir import nodes as N
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
 from tests.support import compile_spec
@@ -71,7 +71,8 @@ def _modules(text: str, layer: str, *args, **kwargs):
     return a, b
 
 
-def _compare(a, b, x: torch.Tensor) -> None:
+def _compare(a, b, x: torch.Tensor, fast: bool = False) -> None:
+    """`fast`: gradcheck's fast mode (a random projection of the Jacobian), for many parameters."""
     assert list(a.state_dict()) == list(b.state_dict())
     for (name, p), (other, q) in zip(a.state_dict().items(), b.state_dict().items()):
         assert name == other and torch.equal(p, q), name
@@ -86,9 +87,12 @@ def _compare(a, b, x: torch.Tensor) -> None:
     grads_a = {n: p.grad for n, p in a.named_parameters()}
     grads_b = {n: p.grad for n, p in b.named_parameters()}
     assert list(grads_a) == list(grads_b)
-    for name in grads_a:
-        assert grads_b[name] is not None, name
-        torch.testing.assert_close(grads_b[name], grads_a[name], msg=name)
+    assert any(g is not None for g in grads_a.values())
+    for name, grad in grads_a.items():
+        if grad is None:  # a parameter the forward does not read
+            assert grads_b[name] is None, name
+        else:
+            torch.testing.assert_close(grads_b[name], grad, msg=name)
     names = [n for n, _ in b.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_() for _, p in b.named_parameters())
 
@@ -96,8 +100,8 @@ def _compare(a, b, x: torch.Tensor) -> None:
         return torch.func.functional_call(b, dict(zip(names, ps)), (x,))
 
     inputs = (x.clone().requires_grad_(), *params)
-    assert torch.autograd.gradcheck(call, inputs)
-    assert torch.autograd.gradgradcheck(call, inputs)
+    assert torch.autograd.gradcheck(call, inputs, fast_mode=fast)
+    assert torch.autograd.gradgradcheck(call, inputs, fast_mode=fast)
 
 
 def test_perceptron_as_one_function():
@@ -118,3 +122,91 @@ def test_subs_with_optional_members_lets_and_branches(with_bias):
     a, b = _modules(AFFINE, "TwoAffine", 4, with_bias=with_bias)
     assert (b.mix.bias is None) == (not with_bias)
     _compare(a, b, torch.randn(5, 4, dtype=torch.float64))
+
+
+def test_lenet_of_torch_nn_layers_as_one_function():
+    text = (SPECS / "lenet.layer").read_text()
+    a, b = _modules(text, "LeNet")
+    assert list(b.state_dict())[:2] == ["features.0.weight", "features.0.bias"]
+    torch.manual_seed(1)
+    _compare(a, b, torch.randn(2, 1, 28, 28, dtype=torch.float64), fast=True)
+
+
+def _function_source(text: str, layer: str) -> str:
+    spec = parse_file("perceptron.layer", _as_function(text, layer))
+    return emit_file(spec, check_program([spec]), "perceptron.layer", {})
+
+
+def test_the_inlined_forward_reads_as_the_subs_wrote_it():
+    source = _function_source((SPECS / "perceptron.layer").read_text(), "Perceptron")
+    forward = source[source.index("class PerceptronFunction") : source.index("def setup_context")]
+    # Each sub's statement under its sub's name, located at the sub's spec line; its params by name.
+    assert re.search(r"hidden_layer = x @ torch\.transpose\(hidden_layer_weight.*\+ hidden_layer_bias", forward)
+    assert forward.count("# perceptron.layer:10") == 2  # Dense's `return`, once per sub
+    apply = re.search(r"PerceptronFunction\.apply\(([^)]*)\)", source)
+    assert apply is not None
+    assert [a.strip() for a in apply[1].split(",")] == [
+        "x",
+        "self.hidden_layer.weight",
+        "self.hidden_layer.bias",
+        "self.output_layer.weight",
+        "self.output_layer.bias",
+    ]
+
+
+def test_a_sub_read_by_its_member_is_an_input_too():
+    text = AFFINE.replace("return out(h) * mix.weight[0]", "return h * out.weight[0]")
+    a, b = _modules(text, "TwoAffine", 4)
+    layers = _checked(_as_function(text, "TwoAffine"))
+    inlined = inline_subs(layers["TwoAffine"], layers)
+    assert inlined.paths["out_weight"] == "out.weight"
+    _compare(a, b, torch.randn(3, 4, dtype=torch.float64))
+
+
+def _checked(text: str) -> dict:
+    spec = parse_file("spec.layer", text)
+    return check_program([spec]).layers
+
+
+def test_inlined_names_keep_clear_of_the_layer_s_own():
+    text = AFFINE.replace(
+        "h = mix(tanh(mix(x)))\n        return out(h) * mix.weight[0]",
+        "mix_h = mix(x)\n        return out(mix_h) + mix_h",
+    )
+    layers = _checked(_as_function(text, "TwoAffine"))
+    inlined = inline_subs(layers["TwoAffine"], layers)
+    assert inlined.layer.forward is not None
+    bound = [s.target for s in inlined.layer.forward.body if isinstance(s, N.Assign)]
+    assert bound.count("mix_h") == 1 and "mix_h_" in bound  # the sub's `h`, renamed around the layer's `mix_h`
+    a, b = _modules(text, "TwoAffine", 4)
+    _compare(a, b, torch.randn(3, 4, dtype=torch.float64))
+
+
+def test_a_sub_from_another_file_is_located_at_the_call():
+    other = parse_file(
+        "scale.layer",
+        "layer Scale(d: int) {\n    param g: [d]\n    example(d = 3)\n"
+        "    forward(x: [..., d]) -> [..., d] {\n        return round(x * g)\n    }\n}\n",
+    )
+    here = parse_file(
+        "net.layer",
+        "@function\nlayer Net(d: int) {\n    sub s = Scale(d)\n    example(d = 3)\n"
+        "    forward(x: [B, d]) -> [B, d] {\n        return tanh(s(x))\n    }\n}\n",
+    )
+    check_program([other, here])
+    _, problems = plan_backwards([other, here])
+    assert len(problems) == 1
+    (p,) = problems
+    assert p.path == "net.layer" and (p.span.line, p.span.col) == (6, 21), p.render()
+    assert "round() has no derivative" in p.message
+    assert "the sub 's', whose layer Scale is in scale.layer" in p.message
+
+
+def test_a_torch_nn_layer_without_a_written_forward_is_refused():
+    spec = parse_file(
+        "x.layer",
+        "@function\nlayer Normed(d: int) {\n    sub n = nn.LayerNorm(d)\n    example(d = 3)\n"
+        "    forward(x: [B, d]) -> [B, d] {\n        return n(x)\n    }\n}\n",
+    )
+    with pytest.raises(SpecError, match="nn.LayerNorm is a torch.nn layer whose forward is not written"):
+        emit_file(spec, check_program([spec]), "x.layer", {})

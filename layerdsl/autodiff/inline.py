@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.autodiff.torch_nn_forwards import inlined_torch_nn, torch_nn_layer
@@ -124,19 +125,25 @@ class _Inliner:
                 out.append(dataclasses.replace(stmt, body=self.block(stmt.body)))
             elif isinstance(stmt, N.If):
                 pre: list[N.Stmt] = []
-                cond = self.hoisted(stmt.cond, pre)
-                out += pre + [dataclasses.replace(stmt, cond=cond, body=self.block(stmt.body), orelse=self.block(stmt.orelse))]
-            elif isinstance(stmt, N.Unpack) and isinstance(stmt.value, N.Call) and self.callee(stmt.value):
+                cond = cast(N.Expr, self.hoisted(stmt.cond, pre))
+                out += pre + [
+                    dataclasses.replace(stmt, cond=cond, body=self.block(stmt.body), orelse=self.block(stmt.orelse))
+                ]
+            elif isinstance(stmt, N.Unpack) and isinstance(stmt.value, N.Call) and (module := self.callee(stmt.value)):
                 pre = []
-                results = self.inlined_call(stmt.value, pre, self.callee(stmt.value))
+                results = self.inlined_call(stmt.value, pre, module)
                 out += pre
                 for (target, span), value in zip(stmt.targets, results):
                     out.append(_assign(target, span, value))
             else:
-                pre = []
-                stmt = map_children(stmt, lambda e: self.hoisted(e, pre))
-                out += pre + [stmt]
+                out += self.with_calls_hoisted(stmt)
         return out
+
+    def with_calls_hoisted(self, stmt: N.Stmt) -> list[N.Stmt]:
+        """The statements of the sub calls in `stmt`, then `stmt` reading their results."""
+        pre: list[N.Stmt] = []
+        stmt = map_children(stmt, lambda e: self.hoisted(e, pre))
+        return pre + [stmt]
 
     def unrolled_over_subs(self, loop: N.For, sub: N.Sub) -> list[N.Stmt]:
         """`for block in blocks { ... }`: the body once per item of the list, `block` that item."""
@@ -150,7 +157,7 @@ class _Inliner:
                 f"cannot inline the list of subs '{sub.name}' under @function: its length depends on"
                 f" {_quoted(names)}, set when the layer is constructed (the items are inlined one by one,"
                 " so the length is a number written in the spec)",
-                f"write the count (`[... for i in range(3)]`), or drop @function",
+                "write the count (`[... for i in range(3)]`), or drop @function",
             ) from None
         out: list[N.Stmt] = []
         for i in count:
@@ -207,7 +214,9 @@ class _Inliner:
                 )
             shown = sub.name if index is None else f"{sub.name}[{index}]"
             prefix = sub.name if index is None else f"{sub.name}_{index}"
-            loop = {sub.repeat.var.id: B.num(index)} if sub.repeat is not None and index is not None else {}
+            loop: dict[str, N.Expr] = {}
+            if sub.repeat is not None and index is not None:
+                loop[sub.repeat.var.id] = B.num(index)
             self.instances[key] = self.module(sub.call, shown, prefix, sub.span, loop)
         return self.instances[key]
 
@@ -259,7 +268,9 @@ class _Inliner:
                 )
         if spec.backward is not None:
             raise NotDerivable(
-                span, f"{cannot}: its layer '{spec.name}' writes its own backward, which one derived Function cannot hold", HINT
+                span,
+                f"{cannot}: its layer '{spec.name}' writes its own backward, which one derived Function cannot hold",
+                HINT,
             )
         try:
             return inline_subs(spec, self.layers)
@@ -315,7 +326,7 @@ class _Inliner:
         if _returns(spec.forward.body) == 0:
             raise NotDerivable(call.span, f"the sub '{inst.shown}' returns nothing", HINT)
         n_out = _arity(spec.forward.body)
-        results = [self.fresh(inst.prefix if n_out == 1 else f"{inst.prefix}_{k}") for k in range(n_out)]
+        names = [self.fresh(inst.prefix if n_out == 1 else f"{inst.prefix}_{k}") for k in range(n_out)]
 
         def renamed(e: N.Node) -> N.Node:
             if isinstance(e, N.Name):
@@ -343,29 +354,29 @@ class _Inliner:
                 e.targets = [(locals_.get(t, t), span) for t, span in e.targets]
             return e
 
-        body = [renamed(s) for s in spec.forward.body]
+        body = [cast(N.Stmt, renamed(s)) for s in spec.forward.body]
         if here:  # an error in the sub's statements is shown where its spec writes them
             origin = f"the sub '{inst.shown}'"
             self.origins.update({n.span: origin for s in body for n in walk(s) if hasattr(n, "span")})
         else:  # another file's lines: the generated code and the errors name the call instead
             _respanned(body, call.span)
             self.origins[call.span] = f"the sub '{inst.shown}', whose layer {spec.name} is in {spec.path}"
-        pre += _returns_assigned(body, results, call.span)
-        return [B.name(r, call.span) for r in results]
+        pre += _returns_assigned(body, names, call.span)
+        return [B.name(r, call.span) for r in names]
 
 
 # -------------------------------------------------------------------- helpers
 
 
-def _argument_values(
-    spec: N.Layer, call: N.Call, shown: str, span: Span, loop: dict[str, N.Expr]
-) -> dict[str, N.Expr]:
+def _argument_values(spec: N.Layer, call: N.Call, shown: str, span: Span, loop: dict[str, N.Expr]) -> dict[str, N.Expr]:
     """The layer's arguments and lets as `call` gives them, over the outer layer's names (`loop`: the
     value of a list of subs' comprehension variable for this item)."""
     cannot = f"cannot inline the sub '{shown}' under @function"
     names = [a.name for a in spec.args]
     if len(call.args) > len(names):
-        raise NotDerivable(span, f"{cannot}: {call.func} is given more arguments than it takes here ({len(names)})", HINT)
+        raise NotDerivable(
+            span, f"{cannot}: {call.func} is given more arguments than it takes here ({len(names)})", HINT
+        )
     given: dict[str, N.Expr] = dict(zip(names, call.args))
     for k in call.kwargs:
         if k.name not in names:  # a torch.nn layer's argument that its spec form does not take
@@ -402,13 +413,15 @@ def _argument_values(
 def _outer_tensor(t: N.Tensor, name: str, span: Span, values: dict[str, N.Expr]) -> N.Tensor:
     """A sub's param or buffer as the outer layer's: its shape and condition over the outer's names."""
 
-    def over_outer(e: N.Node) -> N.Node:
+    def over_outer(e: N.Expr) -> N.Expr:
         if isinstance(e, N.Name) and e.ref in (N.Ref.ARG, N.Ref.LET) and e.id in values:
             return clone(values[e.id])
-        return map_children(e, over_outer)
+        return map_children(e, lambda c: over_outer(c) if isinstance(c, N.Expr) else c)
 
     if t.shape.spread is not None:
-        raise NotDerivable(span, f"cannot inline this sub under @function: its member '{t.name}' has a spread shape", HINT)
+        raise NotDerivable(
+            span, f"cannot inline this sub under @function: its member '{t.name}' has a spread shape", HINT
+        )
     shape = dataclasses.replace(t.shape, dims=[over_outer(d) if isinstance(d, N.Expr) else d for d in t.shape.dims])
     cond = over_outer(t.cond) if t.cond is not None else None
     if cond is not None:
