@@ -210,3 +210,28 @@ def test_a_torch_nn_layer_without_a_written_forward_is_refused():
     )
     with pytest.raises(SpecError, match="nn.LayerNorm is a torch.nn layer whose forward is not written"):
         emit_file(spec, check_program([spec]), "x.layer", {})
+
+
+SEQUENTIAL = """
+layer DropMLP(d: int, p: float = 0.5) {
+    sub body = nn.Sequential(nn.Linear(d, d), nn.Dropout(p), nn.Tanh(), nn.Identity())
+    example(d = 4)
+    forward(x: [B, d]) -> [B, d] {
+        return body(x)
+    }
+}
+"""
+
+
+def test_a_sub_s_dropout_follows_the_module_s_training_mode():
+    a, b = _modules(SEQUENTIAL, "DropMLP", 8)
+    a.eval()
+    b.eval()
+    _compare(a, b, torch.randn(3, 8, dtype=torch.float64))
+    b.train()
+    x = torch.randn(64, 8, dtype=torch.float64, requires_grad=True)
+    y = b(x)
+    dropped = y == 0  # tanh(0): where the dropout mask dropped the linear layer's output
+    assert dropped.any() and not dropped.all()
+    y.sum().backward()
+    assert b.body[0].weight.grad is not None and torch.isfinite(b.body[0].weight.grad).all()

@@ -49,6 +49,14 @@ def inline_subs(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
     subs); raises NotDerivable, at the sub, for a sub that cannot be inlined."""
     if not layer.subs or layer.forward is None:
         return Inlined(layer)
+    if layer.backward is not None:
+        at = layer.backward.span
+        raise NotDerivable(
+            Span(at.line, at.col, at.line, at.col + len("backward")),
+            "a @function layer with subs derives its backward: a written one cannot give the gradients of the"
+            " subs' parameters",
+            "leave the backward block out, or write the subs' computation in this layer",
+        )
     return _Inliner(layer, layers).run()
 
 
