@@ -6,11 +6,12 @@ forward where it is called: its arguments and lets as the expressions its constr
 this layer's arguments), its inputs as what the call passes, its locals renamed around this layer's
 names, its `training` this module's. Its params and buffers become tensors of the layer (`fc_weight`)
 that the module passes as `self.fc.weight`: one Function, whose gradients flow to the sub's own
-parameters, under the state_dict names of the plain module.
+parameters, under the state_dict names of the plain module. An `nn.Sequential` is its items one after
+another; a torch.nn layer is inlined by its forward as `torch_nn_forwards.py` writes it.
 
-A sub that cannot be inlined is reported with why: a layer argument held or copied (its layer is known,
-its arguments are not), a torch.nn layer (no forward in the spec language), a list of subs whose count
-is set at construction, a sub that updates buffers or writes its own backward.
+A sub that cannot be inlined is reported, at its declaration, with why: a layer argument held or copied
+(its layer is known, its arguments are not), a torch.nn layer with no forward written there, a list of
+subs whose count is set at construction, a sub that updates buffers or writes its own backward.
 """
 
 from __future__ import annotations
@@ -104,23 +105,13 @@ class _Inliner:
 
     def run(self) -> Inlined:
         assert self.layer.forward is not None
-        body = self.block(self.layer.forward.body)
-        for sub in self.layer.subs:  # a sub only read by its members (`fc.weight`) is not inlined
-            if sub.repeat is None and (sub.name, None) not in self.instances and self._member_reads(sub):
-                self.instance(sub, None)
+        body = self.block(self.layer.forward.body)  # a sub read by its members only (`fc.weight`) passes them
         forward = dataclasses.replace(self.layer.forward, body=body)
         layer = dataclasses.replace(
             self.layer, subs=[], reinits=[], tensors=self.layer.tensors + self.tensors, forward=forward
         )
         layer.symbolic_dims = list(self.layer.symbolic_dims)
         return Inlined(layer, self.paths, self.origins)
-
-    def _member_reads(self, sub: N.Sub) -> bool:
-        assert self.layer.forward is not None
-        return any(
-            isinstance(n, N.Name) and n.ref == N.Ref.SUB_MEMBER and n.id.split(".")[0] == sub.name
-            for n in walk(self.layer.forward)
-        )
 
     # -- the outer forward's statements
 
