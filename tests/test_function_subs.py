@@ -235,3 +235,29 @@ def test_a_sub_s_dropout_follows_the_module_s_training_mode():
     assert dropped.any() and not dropped.all()
     y.sum().backward()
     assert b.body[0].weight.grad is not None and torch.isfinite(b.body[0].weight.grad).all()
+
+
+def test_a_sub_whose_layer_has_subs_is_inlined_through():
+    text = (SPECS / "perceptron.layer").read_text() + """
+layer Twice(d: int) {
+    sub first = Perceptron(d, 2 * d, d)
+    sub second = Perceptron(d, 3, d)
+    example(d = 3)
+    forward(x: [B, d]) -> [B, d] {
+        return second(first(x))
+    }
+}
+"""
+    a, b = _modules(text, "Twice", 3)
+    assert "second.output_layer.bias" in b.state_dict()
+    _compare(a, b, torch.randn(4, 3, dtype=torch.float64))
+
+
+def test_a_sub_of_a_file_that_failed_to_check_adds_no_error():
+    net = parse_file(
+        "net.layer",
+        "@function\nlayer Net(d: int) {\n    sub s = Scale(d)\n    example(d = 3)\n"
+        "    forward(x: [B, d]) -> [B, d] {\n        return tanh(s(x))\n    }\n}\n",
+    )
+    plans, problems = plan_backwards([net])  # Scale's file failed: the checker reports it
+    assert plans == {} and problems == []

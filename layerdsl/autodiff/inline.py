@@ -33,6 +33,10 @@ from layerdsl.semantics.evaluate import NotConstant, evaluate
 HINT = "write the sub's computation in this layer, or drop @function (autograd goes through the sub)"
 
 
+class LayerNotGiven(NotDerivable):
+    """A sub's layer is not among the layers given: its file failed to check (reported there)."""
+
+
 @dataclass
 class Inlined:
     """A layer with its subs inlined, and where the module holds each tensor that came from a sub."""
@@ -256,7 +260,7 @@ class _Inliner:
                 "write the sub as a spec layer (specs/torch_nn/ has many of torch.nn's), or drop @function",
             )
         if spec is None or spec.forward is None:
-            raise NotDerivable(span, f"{cannot}: its layer '{call.func}' is not in this run", HINT)
+            raise LayerNotGiven(span, f"{cannot}: its layer '{call.func}' is not in this run", HINT)
         for stmt in statements(spec.forward.body):
             if isinstance(stmt, N.Update):
                 raise NotDerivable(
@@ -273,6 +277,8 @@ class _Inliner:
             )
         try:
             return inline_subs(spec, self.layers)
+        except LayerNotGiven:
+            raise
         except NotDerivable as exc:
             raise NotDerivable(
                 span,

@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from layerdsl.autodiff.inline import Inlined, inline_subs
+from layerdsl.autodiff.inline import Inlined, LayerNotGiven, inline_subs
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape
@@ -82,6 +82,8 @@ def plan_backwards(
             try:
                 inlined = inline_subs(layer, layers)  # subs' forwards written into this one
                 plans[layer.name] = plan_backward(inlined.layer)
+            except LayerNotGiven:  # the checker reports the sub's layer
+                continue
             except NotDerivable as exc:
                 message = exc.message
                 if exc.span in inlined.origins:  # in a sub's forward: naming the sub
