@@ -259,5 +259,12 @@ def test_a_sub_of_a_file_that_failed_to_check_adds_no_error():
         "@function\nlayer Net(d: int) {\n    sub s = Scale(d)\n    example(d = 3)\n"
         "    forward(x: [B, d]) -> [B, d] {\n        return tanh(s(x))\n    }\n}\n",
     )
-    plans, problems = plan_backwards([net])  # Scale's file failed: the checker reports it
+    scale = parse_file(
+        "scale.layer",
+        "layer Scale(d: int) {\n    param g: [d]\n    example(d = 3)\n"
+        "    forward(x: [..., d]) -> [..., d] {\n        return x * g + unknown\n    }\n}\n",
+    )
+    with pytest.raises(SpecError, match="unknown name 'unknown'"):
+        check_program([scale, net])
+    plans, problems = plan_backwards([net])  # as the driver plans the files that checked
     assert plans == {} and problems == []
