@@ -14,8 +14,10 @@ same side in forward, setup_context and backward. Each side is a straight-line f
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from layerdsl.autodiff.inline import Inlined, LayerNotGiven, inline_subs
 from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
@@ -66,23 +68,35 @@ def straight_plans(plan: Plan) -> list[BackwardPlan]:
     return plan.sides() if isinstance(plan, BranchPlan) else [plan]
 
 
-def plan_backwards(files: list[N.SpecFile]) -> tuple[dict[str, Plan], list[Diagnostic]]:
+def plan_backwards(
+    files: list[N.SpecFile], layers: Mapping[str, N.Layer] | None = None
+) -> tuple[dict[str, Plan], list[Diagnostic]]:
     """The plan of every `@function` layer, by layer name, and every problem that keeps one from being
-    derived (each location once: a sub-layer's problem is not repeated by each layer that uses it)."""
+    derived (each location once: a sub-layer's problem is not repeated by each layer that uses it).
+    `layers`: every layer a sub may be built from (by default, those of `files`)."""
     plans: dict[str, Plan] = {}
     problems: list[Diagnostic] = []
     reported: set[tuple[str, int, int, str]] = set()
+    if layers is None:
+        layers = {layer.name: layer for f in files for layer in f.layers}
     for f in files:
         for layer in f.layers:
             if not layer.is_function:
                 continue
+            inlined = Inlined(layer)
             try:
-                plans[layer.name] = plan_backward(layer)
+                inlined = inline_subs(layer, layers)  # subs' forwards written into this one
+                plans[layer.name] = plan_backward(inlined.layer)
+            except LayerNotGiven:  # the checker reports the sub's layer
+                continue
             except NotDerivable as exc:
                 for p in exc.every():
-                    if (layer.path, p.span.line, p.span.col, p.message) not in reported:
-                        reported.add((layer.path, p.span.line, p.span.col, p.message))
-                        problems.append(Diagnostic(layer.path, p.span, p.message, p.hint, source=f.source))
+                    message = p.message
+                    if p.span in inlined.origins:  # in a sub's forward: naming the sub
+                        message += f" (in {inlined.origins[p.span]}, inlined into '{layer.name}')"
+                    if (layer.path, p.span.line, p.span.col, message) not in reported:
+                        reported.add((layer.path, p.span.line, p.span.col, message))
+                        problems.append(Diagnostic(layer.path, p.span, message, p.hint, source=f.source))
     return plans, problems
 
 

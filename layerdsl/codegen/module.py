@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import jinja2
 
+from layerdsl.autodiff.inline import inline_subs
 from layerdsl.autodiff.inputs import called_fn_args, tuple_parts, without_callable_sides
 from layerdsl.autodiff.plan import Plan, plan_backwards
 from layerdsl.codegen.function_arity import arities, returned_by_arity
@@ -99,7 +101,7 @@ def emit_file(
     """`imports_for` maps each layer used as a sub from another file to its relative module path; `plans`
     holds the backward plans of its `@function` layers (planned here when not given)."""
     if plans is None:
-        plans, problems = plan_backwards([spec])
+        plans, problems = plan_backwards([spec], program.layers)
         if problems:
             raise SpecError(problems)
     layers = [LayerEmitter(layer, program, plans.get(layer.name), spec_path).emit() for layer in spec.layers]
@@ -168,7 +170,14 @@ class LayerCode:
 
 
 class LayerEmitter:
-    def __init__(self, layer: N.Layer, program: Program, plan: Plan | None, spec_path: str | None = None):
+    def __init__(
+        self,
+        layer: N.Layer,
+        program: Program,
+        plan: Plan | None,
+        spec_path: str | None = None,
+        member_paths: dict[str, str] | None = None,
+    ):
         if layer.forward is None:
             raise ValueError(f"layer '{layer.name}' has no forward")  # the parser reports it first
         self.layer = layer
@@ -182,6 +191,7 @@ class LayerEmitter:
         # A layer argument is not stored: a sub holds it or its copies (`sub norm = norm`), as torch does.
         self.layer_args = {a.name for a in layer.args if a.base_type in program.layers}
         self.stored_args = [a for a in layer.args if a.name not in self.shared_cond | self.layer_args]
+        self.member_paths = member_paths or {}  # a sub's tensor in a Function's inlined forward -> `fc.weight`
 
     # -- the pieces
 
@@ -193,7 +203,7 @@ class LayerEmitter:
             from layerdsl.codegen.function import emit_function_class  # the @function issue's stage
 
             assert self.plan is not None, "emit_file plans every @function layer"
-            function_class = emit_function_class(self, self.plan)
+            function_class = emit_function_class(self.function_emitter, self.plan)
         code = LayerCode(
             name=layer.name,
             docstring=layer.docstring,
@@ -214,6 +224,14 @@ class LayerEmitter:
             + ([code.function_class["name"]] if code.function_class else [])
         )
         return code
+
+    @cached_property
+    def function_emitter(self) -> LayerEmitter:
+        """The emitter of the Function's forward: this layer's, its subs inlined (autodiff/inline.py)."""
+        if not self.layer.subs:
+            return self
+        inlined = inline_subs(self.layer, self.program.layers)
+        return LayerEmitter(inlined.layer, self.program, self.plan, self.spec_path, inlined.paths)
 
     def nested_layer_subs(self) -> set[str]:
         out = set()
@@ -508,7 +526,7 @@ class LayerEmitter:
         returns = self.returns_hint()
         doc = self.shapes_doc()
         if function_class is not None:
-            call = f"{function_class['name']}.apply({', '.join(self.function_apply_args())})"
+            call = f"{function_class['name']}.apply({', '.join(self.function_emitter.function_apply_args())})"
             assert self.plan is not None, "emit_file plans every @function layer"
             several = len(arities(self.plan)) > 1  # as many outputs as the side it ran gives
             unpacking: list[str] = []
@@ -562,7 +580,7 @@ class LayerEmitter:
     def function_apply_args(self) -> list[str]:
         parts = tuple_parts(self.layer)  # a tuple input's tensors: arguments of their own
         args = [p for i in self.forward.inputs for p in parts.get(i.name, [i.name])]
-        args += [f"self.{t.name}" for t in self.layer.tensors]
+        args += [f"self.{self.member_paths.get(t.name, t.name)}" for t in self.layer.tensors]
         return args + [f"self.{a}" if a != "training" else "self.training" for a in self.function_kwargs()]
 
     def tuple_unpacking(self) -> list[str]:

@@ -260,7 +260,6 @@ class LayerChecker:
         forward_locals = self.check_forward(layer.forward) if layer.forward is not None else None
         if layer.backward is not None:
             self.check_backward(layer.backward, forward_locals)
-        self.check_function_body()
         self.check_examples()
         layer.symbolic_dims = list(self.dims)
 
@@ -1850,17 +1849,6 @@ class LayerChecker:
         return _promote(kinds[0], kinds[1], "+") if len(kinds) > 1 else (kinds[0] if kinds else Kind.FLOAT)
 
     # ------------------------------------------------------------ backward and examples
-
-    def check_function_body(self) -> None:
-        """@function layers are one autograd.Function: no submodules."""
-        if not self.layer.is_function or self.layer.forward is None:
-            return
-        for sub in self.layer.subs:
-            self.r.error(
-                sub.span,
-                "@function layers cannot have subs",
-                "a sub is its own module; drop @function or inline the computation",
-            )
 
     def check_backward(self, bwd: N.Backward, forward_locals: Scope | None) -> None:
         if not self.layer.is_function:

@@ -1,0 +1,509 @@
+"""A `@function` layer's subs inlined: one forward over the layer's own tensors and its subs'.
+
+A sub that is a spec layer built in this layer (`sub fc = Dense(d, h)`, or an item of a list of subs
+built by a comprehension of a count written in the spec) has its forward written into this layer's
+forward where it is called: its arguments and lets as the expressions its construction gives them (over
+this layer's arguments), its inputs as what the call passes, its locals renamed around this layer's
+names, its `training` this module's. Its params and buffers become tensors of the layer (`fc_weight`)
+that the module passes as `self.fc.weight`: one Function, whose gradients flow to the sub's own
+parameters, under the state_dict names of the plain module. An `nn.Sequential` is its items one after
+another; a torch.nn layer is inlined by its forward as `torch_nn_forwards.py` writes it.
+
+A sub that cannot be inlined is reported, at its declaration, with why: a layer argument held or copied
+(its layer is known, its arguments are not), a torch.nn layer with no forward written there, a list of
+subs whose count is set at construction, a sub that updates buffers or writes its own backward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import cast
+
+from layerdsl.autodiff.tape import NotDerivable
+from layerdsl.autodiff.torch_nn_forwards import inlined_torch_nn, torch_nn_layer
+from layerdsl.diagnostics import Span
+from layerdsl.ir import build as B
+from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import clone, map_children, statements, walk
+from layerdsl.language.naming import fresh_name
+from layerdsl.semantics.evaluate import NotConstant, evaluate
+
+HINT = "write the sub's computation in this layer, or drop @function (autograd goes through the sub)"
+
+
+class LayerNotGiven(NotDerivable):
+    """A sub's layer is not among the layers given: its file failed to check (reported there)."""
+
+
+@dataclass
+class Inlined:
+    """A layer with its subs inlined, and where the module holds each tensor that came from a sub."""
+
+    layer: N.Layer  # no subs: its forward reads the subs' tensors as its own
+    paths: dict[str, str] = field(default_factory=dict)  # `fc_weight` -> `fc.weight`, `blocks_0_w1` -> `blocks[0].w1`
+    # Where inlined statements came from, by span: `the sub 'fc'` for the statements of a layer of this
+    # file (an error in one is shown where its spec writes it); a layer of another file's are spanned as
+    # the call, which names the sub and that file.
+    origins: dict[Span, str] = field(default_factory=dict)
+
+
+def inline_subs(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
+    """`layer` with every call of a sub replaced by the sub's forward (the layer itself when it has no
+    subs); raises NotDerivable, at the sub, for a sub that cannot be inlined."""
+    if not layer.subs or layer.forward is None:
+        return Inlined(layer)
+    if layer.backward is not None:
+        at = layer.backward.span
+        raise NotDerivable(
+            Span(at.line, at.col, at.line, at.col + len("backward")),
+            "a @function layer with subs derives its backward: a written one cannot give the gradients of the"
+            " subs' parameters",
+            "leave the backward block out, or write the subs' computation in this layer",
+        )
+    return _Inliner(layer, layers).run()
+
+
+@dataclass
+class _Instance:
+    """One module the forward calls: a sub, an item of a list of subs or of an nn.Sequential."""
+
+    shown: str  # `fc`, `blocks[0]`, `features[3]`: where the module holds it, after `self.`
+    prefix: str  # `fc`, `blocks_0`, `features_3`: the start of the names made for it
+    spec: Inlined  # its layer, its own subs inlined
+    values: dict[str, N.Expr]  # its arguments and lets, as expressions of the outer layer's
+    tensors: dict[str, str]  # its params and buffers -> the outer layer's names for them
+
+
+@dataclass
+class _Sequence:
+    """An nn.Sequential: its items called one after another."""
+
+    shown: str
+    items: list[_Instance | _Sequence]
+
+
+_Module = _Instance | _Sequence
+
+
+class _Inliner:
+    def __init__(self, layer: N.Layer, layers: Mapping[str, N.Layer]):
+        assert layer.forward is not None
+        self.layer = layer
+        self.layers = layers
+        self.subs = {s.name: s for s in layer.subs}
+        self.taken = {a.name for a in layer.args} | {t.name for t in layer.tensors} | {l.name for l in layer.lets}
+        self.taken |= {i.name for i in layer.forward.inputs} | set(layer.symbolic_dims) | {"training"}
+        self.taken |= {n for s in statements(layer.forward.body) for n in _bound(s)}
+        self.instances: dict[tuple[str, int | None], _Module] = {}
+        self.tensors: list[N.Tensor] = []
+        self.paths: dict[str, str] = {}
+        self.origins: dict[Span, str] = {}
+        self.bound: dict[str, _Module] = {}  # a `for block in blocks` variable -> its item
+
+    def fresh(self, hint: str) -> str:
+        name = fresh_name(hint, self.taken)
+        self.taken.add(name)
+        return name
+
+    def run(self) -> Inlined:
+        assert self.layer.forward is not None
+        body = self.block(self.layer.forward.body)  # a sub read by its members only (`fc.weight`) passes them
+        forward = dataclasses.replace(self.layer.forward, body=body)
+        layer = dataclasses.replace(
+            self.layer, subs=[], reinits=[], tensors=self.layer.tensors + self.tensors, forward=forward
+        )
+        layer.symbolic_dims = list(self.layer.symbolic_dims)
+        return Inlined(layer, self.paths, self.origins)
+
+    # -- the outer forward's statements
+
+    def block(self, body: list[N.Stmt]) -> list[N.Stmt]:
+        out: list[N.Stmt] = []
+        for stmt in body:
+            if isinstance(stmt, N.For) and isinstance(stmt.iter, N.Name) and stmt.iter.id in self.subs:
+                out += self.unrolled_over_subs(stmt, self.subs[stmt.iter.id])
+            elif isinstance(stmt, N.For):
+                out.append(dataclasses.replace(stmt, body=self.block(stmt.body)))
+            elif isinstance(stmt, N.If):
+                pre: list[N.Stmt] = []
+                cond = cast(N.Expr, self.hoisted(stmt.cond, pre))
+                out += pre + [
+                    dataclasses.replace(stmt, cond=cond, body=self.block(stmt.body), orelse=self.block(stmt.orelse))
+                ]
+            elif isinstance(stmt, N.Unpack) and isinstance(stmt.value, N.Call) and (module := self.callee(stmt.value)):
+                pre = []
+                results = self.inlined_call(stmt.value, pre, module)
+                out += pre
+                for (target, span), value in zip(stmt.targets, results):
+                    out.append(_assign(target, span, value))
+            else:
+                out += self.with_calls_hoisted(stmt)
+        return out
+
+    def with_calls_hoisted(self, stmt: N.Stmt) -> list[N.Stmt]:
+        """The statements of the sub calls in `stmt`, then `stmt` reading their results."""
+        pre: list[N.Stmt] = []
+        stmt = map_children(stmt, lambda e: self.hoisted(e, pre))
+        return pre + [stmt]
+
+    def unrolled_over_subs(self, loop: N.For, sub: N.Sub) -> list[N.Stmt]:
+        """`for block in blocks { ... }`: the body once per item of the list, `block` that item."""
+        assert sub.repeat is not None, "the checker loops over lists of subs only"
+        try:
+            count = range(*(int(evaluate(b, {})) for b in sub.repeat.iter.args))
+        except (NotConstant, TypeError, ValueError):
+            names = [n.id for b in sub.repeat.iter.args for n in walk(b) if isinstance(n, N.Name)]
+            raise NotDerivable(
+                loop.iter.span,
+                f"cannot inline the list of subs '{sub.name}' under @function: its length depends on"
+                f" {_quoted(names)}, set when the layer is constructed (the items are inlined one by one,"
+                " so the length is a number written in the spec)",
+                "write the count (`[... for i in range(3)]`), or drop @function",
+            ) from None
+        out: list[N.Stmt] = []
+        for i in count:
+            self.bound[loop.var] = self.instance(sub, i)
+            out += self.block(loop.body)
+        self.bound.pop(loop.var, None)
+        return out
+
+    def callee(self, call: N.Call) -> _Module | None:
+        """The module a call calls, or None for an operation."""
+        if call.func in self.bound:
+            return self.bound[call.func]
+        sub = self.subs.get(call.func)
+        if sub is None or not call.sub:
+            return None
+        if sub.repeat is not None:
+            raise NotDerivable(call.func_span, f"'{sub.name}' is a list of subs", "call its items in a `for` loop")
+        return self.instance(sub, None)
+
+    def hoisted(self, e: N.Node, pre: list[N.Stmt]) -> N.Node:
+        """`e` with each sub call replaced by the local holding its result (its statements put in `pre`)."""
+        if isinstance(e, N.Name) and e.ref == N.Ref.SUB_MEMBER:
+            sub_name, member = e.id.split(".", 1)
+            inst = self.instance(self.subs[sub_name], None)
+            assert isinstance(inst, _Instance), "a sub's member is read of a spec layer only"
+            return _renamed_name(e, inst.tensors[member], N.Ref.PARAM if _is_param(inst, member) else N.Ref.BUFFER)
+        if not isinstance(e, (N.Expr, N.Stmt)):
+            return e
+        e = map_children(e, lambda c: self.hoisted(c, pre))
+        if isinstance(e, N.Call) and (module := self.callee(e)) is not None:
+            results = self.inlined_call(e, pre, module)
+            if len(results) != 1:
+                raise NotDerivable(
+                    e.span,
+                    f"the sub '{module.shown}' returns {len(results)} tensors: unpack them (`a, b = {e.func}(...)`)",
+                    HINT,
+                )
+            return results[0]
+        return e
+
+    # -- one sub
+
+    def instance(self, sub: N.Sub, index: int | None) -> _Module:
+        """The sub, or its item `index`, as a module to inline (made once: its calls share its tensors)."""
+        key = (sub.name, index)
+        if key not in self.instances:
+            if sub.given is not None:
+                how = "copies" if sub.copied else "holds"
+                raise NotDerivable(
+                    sub.span,
+                    f"cannot inline the sub '{sub.name}' under @function: it {how} the layer argument"
+                    f" '{sub.given.id}', whose layer is known but whose arguments are not (they are the caller's)",
+                    HINT,
+                )
+            shown = sub.name if index is None else f"{sub.name}[{index}]"
+            prefix = sub.name if index is None else f"{sub.name}_{index}"
+            loop: dict[str, N.Expr] = {}
+            if sub.repeat is not None and index is not None:
+                loop[sub.repeat.var.id] = B.num(index)
+            self.instances[key] = self.module(sub.call, shown, prefix, sub.span, loop)
+        return self.instances[key]
+
+    def module(self, call: N.Call, shown: str, prefix: str, span: Span, loop: dict[str, N.Expr]) -> _Module:
+        if call.func == "nn.Sequential":
+            items = [
+                self.module(item, f"{shown}[{k}]", f"{prefix}_{k}", span, loop)
+                for k, item in enumerate(call.args)
+                if isinstance(item, N.Call)
+            ]
+            return _Sequence(shown, items)
+        spec = self._inlinable_layer(call, shown, span)
+        values = _argument_values(spec.layer, call, shown, span, loop)
+        tensors: dict[str, str] = {}
+        for t in spec.layer.tensors:
+            if t.repeat is not None:
+                raise NotDerivable(
+                    span,
+                    f"cannot inline the sub '{shown}' under @function: its layer '{spec.layer.name}' declares a"
+                    " family of members (`for` over its members)",
+                    HINT,
+                )
+            name = self.fresh(f"{prefix}_{t.name}")
+            tensors[t.name] = name
+            self.paths[name] = f"{shown}.{spec.paths.get(t.name, t.name)}"
+            self.tensors.append(_outer_tensor(t, name, span, values))
+        return _Instance(shown, prefix, spec, values, tensors)
+
+    def _inlinable_layer(self, call: N.Call, shown: str, span: Span) -> Inlined:
+        """The layer `call` builds, its own subs inlined; NotDerivable, at the sub, when it cannot be."""
+        cannot = f"cannot inline the sub '{shown}' under @function"
+        spec = torch_nn_layer(call.func) if call.func.startswith("nn.") else self.layers.get(call.func)
+        if spec is None and call.func.startswith("nn."):
+            raise NotDerivable(
+                span,
+                f"{cannot}: {call.func} is a torch.nn layer whose forward is not written for inlining (those that"
+                f" are: {', '.join(inlined_torch_nn())})",
+                "write the sub as a spec layer (specs/torch_nn/ has many of torch.nn's), or drop @function",
+            )
+        if spec is None or spec.forward is None:
+            raise LayerNotGiven(span, f"{cannot}: its layer '{call.func}' is not in this run", HINT)
+        for stmt in statements(spec.forward.body):
+            if isinstance(stmt, N.Update):
+                raise NotDerivable(
+                    span,
+                    f"{cannot}: its layer '{spec.name}' updates the buffer '{stmt.target}'"
+                    f" (at {spec.path}:{stmt.span.line}:{stmt.span.col})",
+                    "drop @function here, or compute the update outside the sub",
+                )
+        if spec.backward is not None:
+            raise NotDerivable(
+                span,
+                f"{cannot}: its layer '{spec.name}' writes its own backward, which one derived Function cannot hold",
+                HINT,
+            )
+        try:
+            return inline_subs(spec, self.layers)
+        except LayerNotGiven:
+            raise
+        except NotDerivable as exc:
+            raise NotDerivable(
+                span,
+                f"cannot inline the sub '{shown}' ({spec.name}, {spec.path}:{exc.span.line}:{exc.span.col}):"
+                f" {exc.message}",
+                exc.hint,
+            ) from None
+
+    def inlined_call(self, call: N.Call, pre: list[N.Stmt], module: _Module) -> list[N.Expr]:
+        """The module's forward put in `pre`, for this call; the names holding its results."""
+        if isinstance(module, _Sequence):  # each item called on what the one before returned
+            results = list(call.args)
+            for item in module.items:
+                results = self.inlined_call(dataclasses.replace(call, args=results, kwargs=[]), pre, item)
+            return results
+        inst = module
+        spec = inst.spec.layer
+        assert spec.forward is not None
+        here = spec.path == self.layer.path
+        locals_: dict[str, str] = {}
+        for inp in spec.forward.inputs:
+            if inp.parts is not None or inp.alternatives is not None or inp.flag is not None:
+                raise NotDerivable(
+                    call.span,
+                    f"cannot inline the sub '{inst.shown}' under @function: its input '{inp.name}' is a tuple, a"
+                    " flag or has alternatives",
+                    HINT,
+                )
+        passed = _passed_inputs(spec.forward, call)
+        uses = {i.name: 0 for i in spec.forward.inputs}
+        for n in walk(spec.forward):
+            if isinstance(n, N.Name) and n.ref == N.Ref.INPUT and n.id in uses:
+                uses[n.id] += 1
+        inputs: dict[str, N.Expr] = {}
+        for inp in spec.forward.inputs:
+            value = passed.get(inp.name)
+            if value is None:
+                value = N.NoneLit(call.span)
+                value.kind = N.Kind.NONE
+            if isinstance(value, (N.Name, N.NoneLit, N.Num)) or value.kind != N.Kind.TENSOR or uses[inp.name] <= 1:
+                inputs[inp.name] = value
+            else:  # read more than once: computed once
+                local = self.fresh(f"{inst.prefix}_{inp.name}")
+                pre.append(_assign(local, call.span, value))
+                inputs[inp.name] = B.name(local, call.span)
+        for s in statements(spec.forward.body):
+            for name in _bound(s):
+                if name not in locals_:
+                    locals_[name] = self.fresh(f"{inst.prefix}_{name}")
+        if _returns(spec.forward.body) == 0:
+            raise NotDerivable(call.span, f"the sub '{inst.shown}' returns nothing", HINT)
+        n_out = _arity(spec.forward.body)
+        names = [self.fresh(inst.prefix if n_out == 1 else f"{inst.prefix}_{k}") for k in range(n_out)]
+
+        def renamed(e: N.Node) -> N.Node:
+            if isinstance(e, N.Name):
+                if e.ref in (N.Ref.ARG, N.Ref.LET) and e.id in inst.values:
+                    return clone(inst.values[e.id])
+                if e.ref in N.MEMBERS and e.id in inst.tensors:
+                    return _renamed_name(e, inst.tensors[e.id], e.ref)
+                if e.ref == N.Ref.INPUT and e.id in inputs:
+                    return clone(inputs[e.id])
+                if e.ref == N.Ref.DIM:
+                    raise NotDerivable(
+                        call.span,
+                        f"cannot inline the sub '{inst.shown}' under @function: its forward reads the size"
+                        f" '{e.id}' of its input's shape",
+                        "pass the size as an argument of the sub, or drop @function",
+                    )
+                if e.id in locals_ and e.ref not in (N.Ref.TRAINING, N.Ref.CONST):
+                    return _renamed_name(e, locals_[e.id], e.ref)
+                return clone(e)
+            e = map_children(e, renamed)
+            for attr in ("target", "var"):  # the names statements bind
+                if isinstance(getattr(e, attr, None), str) and getattr(e, attr) in locals_:
+                    setattr(e, attr, locals_[getattr(e, attr)])
+            if isinstance(e, N.Unpack):
+                e.targets = [(locals_.get(t, t), span) for t, span in e.targets]
+            return e
+
+        body = [cast(N.Stmt, renamed(s)) for s in spec.forward.body]
+        if here:  # an error in the sub's statements is shown where its spec writes them
+            origin = f"the sub '{inst.shown}'"
+            self.origins.update({n.span: origin for s in body for n in walk(s) if hasattr(n, "span")})
+        else:  # another file's lines: the generated code and the errors name the call instead
+            _respanned(body, call.span)
+            self.origins[call.span] = f"the sub '{inst.shown}', whose layer {spec.name} is in {spec.path}"
+        pre += _returns_assigned(body, names, call.span)
+        return [B.name(r, call.span) for r in names]
+
+
+# -------------------------------------------------------------------- helpers
+
+
+def _argument_values(spec: N.Layer, call: N.Call, shown: str, span: Span, loop: dict[str, N.Expr]) -> dict[str, N.Expr]:
+    """The layer's arguments and lets as `call` gives them, over the outer layer's names (`loop`: the
+    value of a list of subs' comprehension variable for this item)."""
+    cannot = f"cannot inline the sub '{shown}' under @function"
+    names = [a.name for a in spec.args]
+    if len(call.args) > len(names):
+        raise NotDerivable(
+            span, f"{cannot}: {call.func} is given more arguments than it takes here ({len(names)})", HINT
+        )
+    given: dict[str, N.Expr] = dict(zip(names, call.args))
+    for k in call.kwargs:
+        if k.name not in names:  # a torch.nn layer's argument that its spec form does not take
+            raise NotDerivable(span, f"{cannot}: {call.func}'s argument '{k.name}' is not inlined", HINT)
+        given[k.name] = k.value
+    values: dict[str, N.Expr] = {}
+
+    def over_outer(e: N.Expr, outer: bool) -> N.Expr:
+        if isinstance(e, N.Name):
+            if outer and e.id in loop:
+                return clone(loop[e.id])
+            if not outer and e.ref in (N.Ref.ARG, N.Ref.LET) and e.id in values:
+                return clone(values[e.id])
+            return clone(e)
+        return map_children(e, lambda c: over_outer(c, outer) if isinstance(c, N.Expr) else c)
+
+    for a in spec.args:
+        if a.name in given:
+            value = given[a.name]
+            if value.kind in (N.Kind.LIST, N.Kind.TUPLE) and "ints" not in a.type:
+                raise NotDerivable(
+                    value.span, f"{cannot}: its '{a.name}' is inlined as one {a.type}, not a tuple of them", HINT
+                )
+            values[a.name] = over_outer(value, outer=True)
+        elif a.default is not None:
+            values[a.name] = over_outer(a.default, outer=False)
+        else:  # the checker reports a missing argument
+            raise NotDerivable(span, f"{cannot}: it is not given its argument '{a.name}'", HINT)
+    for let in spec.lets:
+        values[let.name] = over_outer(let.value, outer=False)
+    return values
+
+
+def _outer_tensor(t: N.Tensor, name: str, span: Span, values: dict[str, N.Expr]) -> N.Tensor:
+    """A sub's param or buffer as the outer layer's: its shape and condition over the outer's names."""
+
+    def over_outer(e: N.Expr) -> N.Expr:
+        if isinstance(e, N.Name) and e.ref in (N.Ref.ARG, N.Ref.LET) and e.id in values:
+            return clone(values[e.id])
+        return map_children(e, lambda c: over_outer(c) if isinstance(c, N.Expr) else c)
+
+    if t.shape.spread is not None:
+        raise NotDerivable(
+            span, f"cannot inline this sub under @function: its member '{t.name}' has a spread shape", HINT
+        )
+    shape = dataclasses.replace(t.shape, dims=[over_outer(d) if isinstance(d, N.Expr) else d for d in t.shape.dims])
+    cond = over_outer(t.cond) if t.cond is not None else None
+    if cond is not None:
+        try:
+            if evaluate(cond, {}) is True:
+                cond = None  # always built: a required member
+        except NotConstant:
+            pass
+    return dataclasses.replace(t, name=name, span=span, shape=shape, cond=cond, init=None)
+
+
+def _renamed_name(e: N.Name, new: str, ref: N.Ref) -> N.Name:
+    n = N.Name(e.span, new)
+    n.ref, n.kind = ref, e.kind if e.kind != N.Kind.UNKNOWN else N.Kind.TENSOR
+    return n
+
+
+def _is_param(inst: _Instance, member: str) -> bool:
+    return any(t.name == member and t.kind == N.Ref.PARAM for t in inst.spec.layer.tensors)
+
+
+def _passed_inputs(forward: N.Forward, call: N.Call) -> dict[str, N.Expr]:
+    passed = dict(zip([i.name for i in forward.inputs], call.args))
+    return passed | {k.name: k.value for k in call.kwargs}
+
+
+def _assign(target: str, span: Span, value: N.Expr) -> N.Assign:
+    return N.Assign(span, target, span, value)
+
+
+def _bound(stmt: N.Stmt) -> list[str]:
+    """The names a statement binds."""
+    if isinstance(stmt, (N.Assign, N.IndexAssign, N.Append)):
+        return [stmt.target]
+    if isinstance(stmt, N.Unpack):
+        return [t for t, _ in stmt.targets]
+    if isinstance(stmt, N.For):
+        return [stmt.var]
+    return []
+
+
+def _returns(body: list[N.Stmt]) -> int:
+    return sum(1 for s in statements(body) if isinstance(s, N.Return))
+
+
+def _arity(body: list[N.Stmt]) -> int:
+    return next(len(s.values) for s in statements(body) if isinstance(s, N.Return))
+
+
+def _returns_assigned(body: list[N.Stmt], results: list[str], span: Span) -> list[N.Stmt]:
+    """`body` with each `return` written as assignments to `results` (the statements after an `if` that
+    returns on one side go into its other side)."""
+    out: list[N.Stmt] = []
+    for k, stmt in enumerate(body):
+        if isinstance(stmt, N.Return):
+            return out + [_assign(r, span, v) for r, v in zip(results, stmt.values)]
+        if isinstance(stmt, N.If) and _returns(stmt.body + stmt.orelse):
+            rest = body[k + 1 :]
+            then = _returns_assigned(stmt.body + rest, results, span)
+            orelse = _returns_assigned(stmt.orelse + rest, results, span)
+            return out + [dataclasses.replace(stmt, body=then, orelse=orelse)]
+        if isinstance(stmt, N.For) and _returns(stmt.body):
+            raise NotDerivable(stmt.span, "cannot inline a forward that returns from inside a loop", HINT)
+        out.append(stmt)
+    return out
+
+
+def _respanned(body: list[N.Stmt], span: Span) -> None:
+    """Every node of `body` located at `span`."""
+    for stmt in body:
+        for n in walk(stmt):
+            for attr in ("span", "func_span", "target_span", "var_span"):
+                if isinstance(getattr(n, attr, None), Span):
+                    setattr(n, attr, span)
+            if isinstance(n, N.Unpack):
+                n.targets = [(t, span) for t, _ in n.targets]
+
+
+def _quoted(names: list[str]) -> str:
+    return ", ".join(f"'{n}'" for n in dict.fromkeys(names)) or "a value"
