@@ -109,6 +109,7 @@ def with_function(text: str, layers: list[N.Layer], functions: set[str], renames
 
 def survey(specs: Path, work: Path) -> Coverage:
     """Every layer of `specs` compiled with `@function` (copies under `work`): the refusals, by layer."""
+    from layerdsl.autodiff.inline import LayerNotGiven, inline_subs
     from layerdsl.autodiff.plan import plan_backward
     from layerdsl.autodiff.tape import NotDerivable
 
@@ -120,11 +121,14 @@ def survey(specs: Path, work: Path) -> Coverage:
         if not found:
             break
         refuse(coverage, files, copies, found)
+    layers = {layer.name: layer for f in files for layer in f.layers}
     for f in files:
         for layer in f.layers:
             if layer.is_function:
                 try:
-                    plan_backward(layer)
+                    plan_backward(inline_subs(layer, layers).layer)  # as `gen` plans it: its subs inlined
+                except LayerNotGiven:
+                    continue
                 except NotDerivable as exc:
                     refuse(coverage, files, copies, [Diagnostic(f.path, exc.span, exc.message, exc.hint)])
     write_copies(shipped, set(coverage.derived), copy_root)  # the derived layers alone, for `generate`
