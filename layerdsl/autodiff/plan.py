@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from layerdsl.autodiff.loops import LoopPlan, has_loop, plan_loops
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape
@@ -52,13 +53,15 @@ class BranchPlan:
         return [p for side in (self.then, self.orelse) for p in straight_plans(side)]
 
 
-Plan = BackwardPlan | BranchPlan
+Plan = BackwardPlan | BranchPlan | LoopPlan
 
 MAX_BRANCH_PLANS = 8  # sides of one Function: each is a forward, a setup_context and a backward of its own
 
 
 def straight_plans(plan: Plan) -> list[BackwardPlan]:
-    """The straight-line plans of `plan`: itself, or every side of its branches."""
+    """The straight-line plans of `plan`: itself, or every side of its branches (none for a loop's)."""
+    if isinstance(plan, LoopPlan):
+        return []
     return plan.sides() if isinstance(plan, BranchPlan) else [plan]
 
 
@@ -97,9 +100,11 @@ def plan_backward(layer: N.Layer, given: frozenset[str] = frozenset()) -> Plan:
     return _straight_plan(layer, given)
 
 
-def _straight_plan(layer: N.Layer, given: frozenset[str]) -> BackwardPlan:
+def _straight_plan(layer: N.Layer, given: frozenset[str]) -> BackwardPlan | LoopPlan:
     optional = {t.name for t in layer.tensors if t.cond is not None}
     optional |= {i.name for i in layer.forward.inputs if i.optional} - given if layer.forward else set()
+    if layer.forward is not None and has_loop(layer.forward.body):  # a loop kept as one (`autodiff.loops`)
+        return _loop_plan(layer, optional)
     tape = Linearizer(layer, optional, deriving=layer.backward is None).run()
     if layer.backward is None:
         _check_given(tape, layer, given)
@@ -109,6 +114,25 @@ def _straight_plan(layer: N.Layer, given: frozenset[str]) -> BackwardPlan:
         return BackwardPlan(tape, grads, incoming_gradients(tape, grads), None, written_backward(layer.backward, tape))
     grads = incoming_names(tape)
     return BackwardPlan(tape, grads, incoming_gradients(tape, grads), derive(tape, grads), [])
+
+
+def _loop_plan(layer: N.Layer, optional: set[str]) -> LoopPlan:
+    assert layer.forward is not None
+    loop = next(s for s in layer.forward.body if isinstance(s, N.For))
+    if layer.backward is not None:
+        raise NotDerivable(
+            loop.iter.span,
+            "a backward block follows a straight-line forward: this loop's count is known only when forward"
+            " runs (or it is longer than a derived backward unrolls)",
+            "leave the backward block out: the derived backward runs the loop's body backwards",
+        )
+    if optional:
+        raise NotDerivable(
+            loop.iter.span,
+            "a derived backward through this loop reads no optional input or member (not derived yet)",
+            "drop @function (autograd derives the loop)",
+        )
+    return plan_loops(layer, optional, incoming_names)
 
 
 def _first_if(body: list[N.Stmt]) -> tuple[int, N.If] | None:
@@ -126,7 +150,17 @@ def _branch_plan(layer: N.Layer, branch: tuple[int, N.If], given: frozenset[str]
         side_body = _until_return(body[:at] + chosen + body[at + 1 :])
         forward = dataclasses.replace(layer.forward, body=side_body)
         proven = given | _proven_given(cond, holds)
-        sides.append(plan_backward(dataclasses.replace(layer, forward=forward), proven))
+        side = plan_backward(dataclasses.replace(layer, forward=forward), proven)
+        if isinstance(side, LoopPlan) or isinstance(side, BranchPlan) and any(
+            isinstance(p, LoopPlan) for p in side.sides()
+        ):
+            raise NotDerivable(
+                stmt.span,
+                "a derived backward goes through a loop whose count is known only when forward runs in a forward"
+                " without `if`s on configuration values (not derived yet)",
+                "drop @function (autograd derives the loop)",
+            )
+        sides.append(side)
     return BranchPlan(cond, sides[0], sides[1])
 
 

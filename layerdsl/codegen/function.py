@@ -14,6 +14,7 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from layerdsl.autodiff.loops import LoopPlan
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.shapes import same_shape_leaf
@@ -59,6 +60,10 @@ def emit_function_class(emitter, plan: Plan) -> dict:
     """The pieces of `<Name>Function` for the template, from the layer's backward plan."""
     if isinstance(plan, BranchPlan):
         return emit_branching_function(emitter, plan)
+    if isinstance(plan, LoopPlan):
+        from layerdsl.codegen.function_loops import emit_loop_function  # it builds on FunctionEmitter
+
+        return emit_loop_function(emitter, plan)
     return FunctionEmitter(emitter, plan).emit()
 
 
@@ -103,6 +108,10 @@ class FunctionEmitter:
         if of not in self.named:
             self.named[of] = self.names.local(hint)
         return self.named[of]
+
+    def python(self, spelling: Spelling) -> PyExpr:
+        """IR expressions of this Function as Python, the internal ops (`sum_to`, ...) written out."""
+        return PyExpr(spelling, call_hook=self._internal)
 
     # ---------------------------------------------------------------- the pieces
 
