@@ -102,8 +102,9 @@ class _Planner:
         self.alias: dict[str, str] = {}  # spec local -> the value name holding it now
         self.lists: set[str] = set()
         self.loops: dict[str, Loop] = {}  # list local -> the loop appending to it
-        self.taken: set[str] = {s.target for s in walk_stmts(self.forward.body) if isinstance(s, N.Assign)}
-        self.taken |= {s.var for s in walk_stmts(self.forward.body) if isinstance(s, N.For)}
+        # the loop variables and lists are Python names of the Function too
+        self.taken: set[str] = {s.var for s in walk_stmts(self.forward.body) if isinstance(s, N.For)}
+        self.taken |= {s.target for s in walk_stmts(self.forward.body) if isinstance(s, N.Append)}
         self.shapes: dict[str, Shape] = {i.name: declared_shape(i.shape, i.name) for i in self.forward.inputs}
         self.shapes.update({t.name: declared_shape(t.shape, t.name) for t in layer.tensors})
         self.leaves = [i.name for i in self.forward.inputs] + [t.name for t in layer.tensors]

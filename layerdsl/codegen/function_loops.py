@@ -295,21 +295,20 @@ class _BackwardWriter:
         return [f"{target} = {grad} if {target} is None else {target} + {grad}"]
 
     def statements(self, bwd: Backward, tape: Tape, where: str) -> tuple[list[str], dict[str, str]]:
-        """The derived statements, each leaf's gradient renamed (not to overwrite the gradient summed so
-        far: the segment's share is added to it), and each leaf's gradient var."""
+        """The derived statements, each leaf's gradient written to a name of its own where the gradient
+        summed so far (or, in a loop, the incoming one of the same name) must stay; and each leaf's
+        gradient var. A leaf's gradient is never read by the statements after it."""
         renamed: dict[str, str] = {}
         lines = []
         for s in bwd.stmts:
-            expr = _renamed(s.expr, renamed) if renamed else s.expr
             target = s.var
             leaf = target.removeprefix("grad_")
             direct = where != "t" and self.state.get(target) is None
             if target.startswith("grad_") and leaf in bwd.leaf_grads and leaf in tape.leaves and not direct:
-                # from here on, the segment's share (a read before is of the incoming gradient)
                 hint = f"grad_{leaf}_t" if where == "t" else f"grad_{leaf}_part"
                 target = renamed[s.var] = self.fn.name(hint, key=(where, leaf))
-            self.read(expr)
-            lines += with_spec_line([f"{target} = {self.ex(expr)}"], 0, self.fn.e.spec_path, s.span.line)
+            self.read(s.expr)
+            lines += with_spec_line([f"{target} = {self.ex(s.expr)}"], 0, self.fn.e.spec_path, s.span.line)
         return lines, {leaf: renamed.get(g, g) for leaf, g in bwd.leaf_grads.items()}
 
     def read(self, expr: N.Expr) -> None:
@@ -364,7 +363,7 @@ class _BackwardWriter:
         for j in loop.joins:
             if self.state.get(self.acc(j.name)) is None:
                 continue
-            parts = self.fn.name(f"grad_{j.items}_parts")
+            parts = self.fn.name(f"grad_{j.name}_parts")
             count = f"len({self.fn.trip(loop, self.ex)})"
             cut = f"unbind({self.ex(j.dim)})" if j.func == "stack" else f"tensor_split({count}, {self.ex(j.dim)})"
             if self.state[self.acc(j.name)] == "maybe":
@@ -415,14 +414,3 @@ class _BackwardWriter:
     @staticmethod
     def _plain_range(loop: Loop) -> bool:
         return len(loop.bounds) == 1
-
-
-def _renamed(e: N.Expr, names: dict[str, str]) -> N.Expr:
-    from layerdsl.ir.visit import map_children
-
-    def go(n):
-        if isinstance(n, N.Name) and n.id in names:
-            return B.name(names[n.id])
-        return map_children(n, go)
-
-    return go(e)
