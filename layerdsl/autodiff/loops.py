@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 
 from layerdsl.autodiff.reverse import derive
 from layerdsl.autodiff.shapes import step_shape
-from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape
+from layerdsl.autodiff.tape import Linearizer, NotDerivable, Step, Tape
 from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import map_children, walk
 from layerdsl.semantics.shapes import Shape, declared_shape
 
@@ -66,6 +67,7 @@ class Loop:
     appended: dict[str, N.Expr]  # list local -> the value each step appends to it
     joins: list[Join] = field(default_factory=list)
     numbers: list[tuple[str, N.Expr]] = field(default_factory=list)  # number locals of the body (per step)
+    picks: dict[str, Step] = field(default_factory=dict)  # leaves of the body: `x[t]` of x from outside
 
 
 @dataclass
@@ -121,7 +123,7 @@ class _Planner:
                 if chunk:
                     segments.append(self.straight(chunk))
                     chunk = []
-                segments.append(self.loop(stmt))
+                segments += self.loop(stmt)
             elif isinstance(stmt, N.Assign) and isinstance(stmt.value, N.ListExpr) and not stmt.value.items:
                 self.lists.add(stmt.target)
             elif isinstance(stmt, N.Append):
@@ -188,7 +190,7 @@ class _Planner:
 
     # ---------------------------------------------------------------- loops
 
-    def loop(self, stmt: N.For) -> Loop:
+    def loop(self, stmt: N.For) -> list[Straight | Loop]:
         it = stmt.iter
         if not (isinstance(it, N.Call) and it.func == "range"):
             raise NotDerivable(it.span, "a derived backward cannot go through a loop over sub-layers", HINT)
@@ -196,13 +198,16 @@ class _Planner:
             if isinstance(s, N.For):
                 raise NotDerivable(
                     s.span,
-                    "a derived backward goes through one loop level whose count is known only when forward"
-                    " runs (this loop is inside another: not derived yet)",
-                    HINT,
+                    "cannot derive through this loop yet: its count is known only when forward runs, and it is"
+                    " inside another such loop",
+                    "write one of the counts in the spec (up to 64 steps are unrolled), or drop @function",
                 )
             if isinstance(s, N.If):
                 raise NotDerivable(
-                    s.span, "a derived backward goes through a loop whose body has no `if` (not derived yet)", HINT
+                    s.span,
+                    "cannot derive through this `if` yet: it is in the body of a loop whose count is known only"
+                    " when forward runs",
+                    "choose with where(cond, a, b), or put the `if` around the loop",
                 )
             if isinstance(s, N.Append) and s.target not in self.lists:
                 raise NotDerivable(s.span, "a derived backward collects into a list made before the loop", HINT)
@@ -226,6 +231,9 @@ class _Planner:
         updates = {carried[local]: tape.env[local] for local in carried}
         for local, name in carried.items():
             self.shapes[name] = self.shapes.get(self.alias[local])
+        hoisted, tape = self.hoisted(tape, set(carried.values()) | {stmt.var})
+        picks = self.picks(tape, it, stmt.var)
+        tape = dataclasses.replace(tape, steps=[s for s in tape.steps if s.var not in picks])
         # A carried value needs a gradient if it starts as one that does, or a step computes it from one.
         self.requires |= {c for local, c in carried.items() if self.alias[local] in self.requires}
         for _ in range(len(carried) + 1):
@@ -233,7 +241,7 @@ class _Planner:
             self.requires |= {c for c, v in updates.items() if v in self.requires}
         read = self.pseudo_leaves(tape)
         outputs = [B.name(v) for v in updates.values()] + list(appended.values())
-        tape = self.finished(tape, read | set(carried.values()), outputs)
+        tape = self.finished(tape, read | set(carried.values()) | set(picks), outputs)
         loop = Loop(
             stmt.var,
             list(it.args),
@@ -243,6 +251,7 @@ class _Planner:
             updates,
             appended,
             numbers=list(tape.numbers),
+            picks=picks,
         )
         for name in appended:
             if name in self.loops:
@@ -250,7 +259,50 @@ class _Planner:
             self.loops[name] = loop
         for local, c in carried.items():
             self.alias[local] = c  # after the loop, the carried name holds the last step's value
-        return loop
+        return [hoisted, loop] if hoisted is not None else [loop]
+
+    def hoisted(self, tape: Tape, variant: set[str]) -> tuple[Straight | None, Tape]:
+        """The steps of a loop's body that every step computes alike (from no carried value, no loop
+        variable, nothing drawn at random), as a straight segment before the loop; and the rest."""
+        variant = variant | {n for n, _ in tape.numbers}
+        hoisted, kept = [], []
+        for s in tape.steps:
+            names = {n.id for n in walk(s.expr) if isinstance(n, N.Name)}
+            names |= {n.id for a in s.args.values() for n in walk(a) if isinstance(n, N.Name)}
+            if names & variant or s.op is not None and s.op.cost == "random":
+                variant.add(s.var)
+                kept.append(s)
+            else:
+                hoisted.append(s)
+        if not hoisted:
+            return None, tape
+        before = dataclasses.replace(tape, steps=hoisted, numbers=[], outputs=[], env={})
+        straight = Straight(self.finished(before, self.pseudo_leaves(before), []))
+        return straight, dataclasses.replace(tape, steps=kept)
+
+    def picks(self, tape: Tape, it: N.Call, var: str) -> dict[str, Step]:
+        """The body's `x[t]` of a value from outside the loop whose dim the loop runs over, all of it
+        (`for t in range(T)` over `[T, B, n]`): each step's gradient of it is one slice of x's."""
+        if len(it.args) != 1:
+            return {}
+        count = spec_text(it.args[0])
+        inside = {s.var for s in tape.steps}
+        out: dict[str, Step] = {}
+        for s in tape.steps:
+            if s.op is None or s.op.name != "select":
+                continue
+            src, dim, index = s.args["input"], s.args["dim"], s.args["index"]
+            if not (isinstance(index, N.Name) and index.id == var and isinstance(src, N.Name)):
+                continue
+            shape = self.shapes.get(src.id)
+            if src.id in inside or shape is None or "..." in shape or not isinstance(dim, N.Num):
+                continue
+            if -len(shape) <= int(dim.value) < len(shape) and shape[int(dim.value)] == count:
+                out[s.var] = s
+                self.shapes[s.var] = step_shape(s, self.shapes)
+                if src.id in self.requires:
+                    self.requires.add(s.var)
+        return out
 
     # ---------------------------------------------------------------- shared
 

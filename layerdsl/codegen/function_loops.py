@@ -20,7 +20,7 @@ from layerdsl.autodiff.loops import Loop, LoopPlan, Straight
 from layerdsl.autodiff.plan import BackwardPlan
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.tape import Tape
-from layerdsl.codegen.function import FunctionEmitter
+from layerdsl.codegen.function import VIEWS, FunctionEmitter
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.ir import build as B
@@ -179,6 +179,7 @@ class LoopFunction:
         lines += [f"{name} = []" for name in [*loop.appended, *(self.stacked(v) for v in kept)]]
         body = [f"{n} = {ex(e)}" for n, e in loop.numbers]
         body += [f"{self.stacked(c)}.append({c})" for c in loop.carried if c in per_step]
+        body += self.steps(Tape(list(loop.picks.values()), [], [], set()), ex)
         body += self.steps(loop.tape, ex)
         body += [f"{self.stacked(s.var)}.append({s.var})" for s in loop.tape.steps if s.var in per_step]
         body += [f"{name}.append({ex(item)})" for name, item in loop.appended.items()]
@@ -239,6 +240,16 @@ class _BackwardWriter:
         self.ex = fn.helper.python(spelling)
         self.values = set(self.plan.shapes) | set(self.plan.leaves)
         self.current = self.reads.once  # where `read` records what the statements read
+        # Views of inputs and parameters (`transpose(w, 0, 1)`): recomputed in backward, not returned
+        leaves = set(self.plan.leaves)
+        self.views = {
+            s.var: s
+            for seg in self.plan.segments
+            if isinstance(seg, Straight)
+            for s in seg.tape.steps
+            if s.op is not None and s.op.shape in VIEWS and _operands(s) <= leaves
+        }
+        self.recomputed: set[str] = set()
 
     def write(self) -> list[str]:
         lines: list[str] = []
@@ -254,6 +265,9 @@ class _BackwardWriter:
         if saved:
             head.append(f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors")
         head += self.fn.prelude(self.ex, lambda d: self.fn.names.ctx_value(d))
+        for var, step in self.views.items():
+            if var in self.recomputed:
+                head += with_spec_line([f"{var} = {self.ex(step.expr)}"], 0, self.fn.e.spec_path, step.expr.span.line)
         self.fn.backward_dims = self._dims_read(lines + head)
         grads = [f"grad_{l}" for l in self.plan.leaves if l in self.plan.differentiable]
         declared = [g for g in grads if self.state.get(g) != "set"] + sorted(self.maybe_none - set(grads))
@@ -281,8 +295,10 @@ class _BackwardWriter:
     def accumulate(self, value: str, grad: str, conditional: bool) -> list[str]:
         """`grad` added to the gradient of `value` (or that gradient, when it is the first)."""
         target = self.acc(value)
-        if target == grad:  # written as the gradient itself (the first share, unconditionally)
-            self.state[target] = "set"
+        if target == grad:  # written as the gradient itself (the first share)
+            self.state[target] = "maybe" if conditional else "set"
+            if conditional:
+                self.maybe_none.add(target)
             return []
         st = self.state.get(target)
         if st == "set":
@@ -294,7 +310,9 @@ class _BackwardWriter:
         self.state[target] = "maybe"
         return [f"{target} = {grad} if {target} is None else {target} + {grad}"]
 
-    def statements(self, bwd: Backward, tape: Tape, where: str) -> tuple[list[str], dict[str, str]]:
+    def statements(
+        self, bwd: Backward, tape: Tape, where: str, conditional: bool = True
+    ) -> tuple[list[str], dict[str, str]]:
         """The derived statements, each leaf's gradient written to a name of its own where the gradient
         summed so far (or, in a loop, the incoming one of the same name) must stay; and each leaf's
         gradient var. A leaf's gradient is never read by the statements after it."""
@@ -303,7 +321,7 @@ class _BackwardWriter:
         for s in bwd.stmts:
             target = s.var
             leaf = target.removeprefix("grad_")
-            direct = where != "t" and self.state.get(target) is None
+            direct = where != "t" and self.state.get(target) is None  # the first share: the gradient itself
             if target.startswith("grad_") and leaf in bwd.leaf_grads and leaf in tape.leaves and not direct:
                 hint = f"grad_{leaf}_t" if where == "t" else f"grad_{leaf}_part"
                 target = renamed[s.var] = self.fn.name(hint, key=(where, leaf))
@@ -312,7 +330,12 @@ class _BackwardWriter:
         return lines, {leaf: renamed.get(g, g) for leaf, g in bwd.leaf_grads.items()}
 
     def read(self, expr: N.Expr) -> None:
-        self.current |= {n.id for n in walk(expr) if isinstance(n, N.Name) and n.id in self.values}
+        for n in walk(expr):
+            if isinstance(n, N.Name) and n.id in self.views:  # recomputed from the leaves it views
+                self.recomputed.add(n.id)
+                self.read(self.views[n.id].expr)
+            elif isinstance(n, N.Name) and n.id in self.values:
+                self.current.add(n.id)
 
     # ---------------------------------------------------------------- segments
 
@@ -335,7 +358,7 @@ class _BackwardWriter:
             outs = dataclasses.replace(tape, outputs=[o for o, _ in group])
             bwd = derive(outs, [g for _, g in group], extra if cond is None else None)
             where = f"{self.plan.segments.index(seg)}" + ("" if cond is None else f" {group[0][1]}")
-            body, grads = self.statements(bwd, tape, where)
+            body, grads = self.statements(bwd, tape, where, conditional=cond is not None)
             for leaf, g in grads.items():
                 if leaf not in own:
                     body += self.accumulate(leaf, g, conditional=cond is not None)
@@ -387,13 +410,20 @@ class _BackwardWriter:
         bwd = derive(tape, [g for _, g in outputs], extra_grads)
         self.current = set()
         derived, grads = self.statements(bwd, tape, "t")
-        body += derived
+        picked = [p for p in loop.picks if p in self.current]  # picked again from what is saved once
+        for p in picked:
+            self.read(loop.picks[p].expr)
+        body += [f"{p} = {self.ex(loop.picks[p].expr)}" for p in picked] + derived
         body_values = set(loop.carried) | {s.var for s in loop.tape.steps}
         self.reads.per_step.setdefault(k, set()).update(self.current & body_values)
-        self.reads.once |= self.current - body_values
+        self.reads.once |= self.current - body_values - set(loop.picks)
         self.current = self.reads.once
+        rows: dict[str, str] = {}
         for leaf, g in grads.items():
-            if leaf not in loop.carried:
+            if leaf in loop.picks:  # one slice of the picked value's gradient per step
+                rows[leaf] = self.fn.name(f"grad_{leaf}_steps")
+                body.append(f"{rows[leaf]}.append({g})")
+            elif leaf not in loop.carried:
                 body += self.accumulate(leaf, g, conditional=True)
         # The carried values' gradients, for the step before (at once: one may be another's)
         new = [(self.acc(c), grads.get(c, f"torch.zeros_like({self.acc(c)})")) for c in requiring]
@@ -404,8 +434,18 @@ class _BackwardWriter:
             head = f"for {loop.var} in reversed({self.fn.trip(loop, self.ex)}):"
         else:
             head = f"for {step_index}, {loop.var} in reversed(list(enumerate({self.fn.trip(loop, self.ex)}))):"
+        lines += [f"{r} = []" for r in rows.values()]
         lines += with_spec_line([head], 0, self.fn.e.spec_path, loop.span.line)
         lines += ["    " + line for line in body or ["pass"]]
+        for p, r in rows.items():  # the slices in order: the value's gradient, when the loop took a step
+            step = loop.picks[p]
+            src, dim = step.args["input"], step.args["dim"]
+            assert isinstance(src, N.Name)
+            fresh = self.state.get(self.acc(src.id)) is None
+            whole = self.acc(src.id) if fresh else self.fn.name(f"grad_{src.id}_picked")
+            taken = self.accumulate(src.id, whole, conditional=True)
+            lines += [f"if {r}:", f"    {whole} = torch.stack({r}[::-1], dim={self.ex(dim)})"]
+            lines += ["    " + t for t in taken]
         for c in requiring:  # the gradient of the value the carried one starts as
             if loop.carried[c] in self.plan.requires:
                 lines += self.accumulate(loop.carried[c], self.acc(c), conditional=False)
@@ -414,3 +454,8 @@ class _BackwardWriter:
     @staticmethod
     def _plain_range(loop: Loop) -> bool:
         return len(loop.bounds) == 1
+
+
+def _operands(step) -> set[str]:
+    """The names of the tensors a step reads."""
+    return {n.id for a in step.args.values() for n in walk(a) if isinstance(n, N.Name) and n.kind == N.Kind.TENSOR}
