@@ -152,3 +152,33 @@ def test_a_loop_over_an_input_size_equals_torchs_rnn(length):
 
     assert torch.autograd.gradcheck(run, (x, *params))
     assert torch.autograd.gradgradcheck(run, (x, *params))
+
+
+LONG = """
+@function
+layer LongChain(d: int) {
+    param w: [d] = uniform(0.5, 1.5)
+    example(d = 3)
+    forward(x: [B, d]) -> [B, d] {
+        h = x
+        for t in range(70) {
+            h = sin(h) * w
+        }
+        return h
+    }
+}
+"""
+
+
+def test_a_written_loop_longer_than_unrolling_takes_stays_a_loop():
+    ns = compile_spec(LONG, "long")
+    spec = parse_file("long.layer", LONG)
+    code = emit_file(spec, check_program([spec]), "long.layer", {})
+    assert "for t in reversed(range(70)):" in code and code.count("torch.sin(") == 2  # Function, functional
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(3, dtype=torch.float64).add(0.5).requires_grad_()
+    run = lambda x, w: ns["LongChainFunction"].apply(x, w)[0]  # noqa: E731
+    torch.testing.assert_close(run(x, w), ns["long_chain"](x, w))
+    assert torch.autograd.gradcheck(run, (x, w))
+    assert torch.autograd.gradgradcheck(run, (x, w))

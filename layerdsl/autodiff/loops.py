@@ -376,7 +376,6 @@ def walk_stmts(body: list[N.Stmt]):
             yield from walk_stmts(s.orelse)
 
 
-
 def _joined_shape(join: Join, loop: Loop, shapes: dict[str, Shape]) -> Shape:
     """`stack(L, dim = d)`'s shape: an item's with a dim of the step count at d (`_steps`, no dim of
     the spec); None for `cat` or an item of unknown shape."""

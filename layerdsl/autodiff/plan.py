@@ -151,8 +151,10 @@ def _branch_plan(layer: N.Layer, branch: tuple[int, N.If], given: frozenset[str]
         forward = dataclasses.replace(layer.forward, body=side_body)
         proven = given | _proven_given(cond, holds)
         side = plan_backward(dataclasses.replace(layer, forward=forward), proven)
-        if isinstance(side, LoopPlan) or isinstance(side, BranchPlan) and any(
-            isinstance(p, LoopPlan) for p in side.sides()
+        if (
+            isinstance(side, LoopPlan)
+            or isinstance(side, BranchPlan)
+            and any(isinstance(p, LoopPlan) for p in side.sides())
         ):
             raise NotDerivable(
                 stmt.span,

@@ -1,11 +1,13 @@
-"""A `@function` layer's forward made ready for the tape: loops unrolled, `size_at` of declared dims named.
+"""A `@function` layer's forward made ready for the tape: short loops unrolled, `size_at` of declared dims named.
 
-A derived backward is straight-line (`autodiff.tape`), so a `for t in range(...)` whose trip count is a
-number written in the spec is unrolled here: one copy of the body per value of `t`, with `t` written as
-that number, and an `if` whose condition then becomes constant (`if t > 0`) replaced by the side it takes.
-What such a loop collects (`outputs.append(h)`, then `stack(outputs)`) the tape keeps as a list of vars.
-A loop whose trip count is only known later (an argument, a dim of an input) is reported with what its
-count depends on.
+A `for t in range(...)` whose trip count is a number written in the spec, of at most MAX_UNROLLED steps,
+is unrolled here: one copy of the body per value of `t`, with `t` written as that number, and an `if`
+whose condition then becomes constant (`if t > 0`) replaced by the side it takes. What such a loop
+collects (`outputs.append(h)`, then `stack(outputs)`) the tape keeps as a list of vars. Short written
+loops are unrolled rather than kept (measured: a 3-step recurrence's unrolled Function runs in 0.75-0.8x
+the time of the loop's, which keeps and stacks every step's values). Any other loop (its count an
+argument or an input's size, known when forward runs, or longer) is kept, its body made ready alike,
+for `autodiff.loops`.
 
 `size_at(x, d)` of an input or parameter whose shape names that dim becomes the dim itself (`B`, `n`), so
 a shape-only use keeps no tensor for the backward.

@@ -69,9 +69,10 @@ class LoopFunction:
 
     def name(self, hint: str, key: tuple = ()) -> str:
         """A name this Function introduces: the same for the same hint (and key) in every writing."""
-        if (hint, *key) not in self.own:
-            self.own[(hint, *key)] = self.names.local(hint)
-        return self.own[(hint, *key)]
+        which = (hint, *key)
+        if which not in self.own:
+            self.own[which] = self.names.local(hint)
+        return self.own[which]
 
     # ---------------------------------------------------------------- the pieces
 
@@ -86,6 +87,8 @@ class LoopFunction:
                 break
             once |= grown
             per_step = new_steps
+        else:  # not settled in MAX_ROUNDS: written once more with everything read so far
+            body, reads = self.backward(once, per_step)
         extra = self.extra_outputs(once, per_step)
         saved_leaves = [l for l in self.plan.leaves if l in reads.once]
         layer, plan = self.layer, self.plan
@@ -97,7 +100,9 @@ class LoopFunction:
             "forward_params": [f"{l}: Tensor" for l in leaves] + [self._kw_param(k) for k in self.kwargs],
             "forward_body": self.forward(extra, per_step),
             "returns": (
-                "Tensor" if n_out + len(extra) == 1 else f"tuple[{', '.join(['Tensor'] * n_out + ['Tensor'] * len(extra))}]"
+                "Tensor"
+                if n_out + len(extra) == 1
+                else f"tuple[{', '.join(['Tensor'] * n_out + ['Tensor'] * len(extra))}]"
             ),
             "setup_body": self.setup(saved_leaves, extra, reads),
             "backward_params": ["ctx", *plan.grads, *(self.grad_out(x) for x in extra)],
@@ -156,7 +161,9 @@ class LoopFunction:
     def prelude(self, ex: PyExpr, dim_spelling) -> list[str]:
         """The dims and number locals (outside loops) that forward or backward read."""
         tape = Tape([], [], [], set(), numbers=list(self.plan.numbers))
-        read = {n.id for seg in self.plan.segments for s in seg.tape.steps for n in walk(s.expr) if isinstance(n, N.Name)}
+        read = {
+            n.id for seg in self.plan.segments for s in seg.tape.steps for n in walk(s.expr) if isinstance(n, N.Name)
+        }
         read |= {n.id for loop in self.loops for b in loop.bounds for n in walk(b) if isinstance(n, N.Name)}
         read |= {n.id for loop in self.loops for _, e in loop.numbers for n in walk(e) if isinstance(n, N.Name)}
         read |= {n.id for loop in self.loops for j in loop.joins for n in walk(j.dim) if isinstance(n, N.Name)}
