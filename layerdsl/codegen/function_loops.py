@@ -42,7 +42,6 @@ class _Reads:
 
     once: set[str] = dataclasses.field(default_factory=set)  # values read as they are after forward
     per_step: dict[int, set[str]] = dataclasses.field(default_factory=dict)  # loop index -> body values
-    forced: set[str] = dataclasses.field(default_factory=set)  # carried values returned for their gradient
 
 
 class LoopFunction:
@@ -81,7 +80,7 @@ class LoopFunction:
         per_step: dict[int, set[str]] = {}
         for _ in range(MAX_ROUNDS):
             body, reads = self.backward(once, per_step)
-            grown = (reads.once | reads.forced) - set(self.plan.leaves) - self.outputs
+            grown = reads.once - set(self.plan.leaves) - self.outputs
             new_steps = {k: v | per_step.get(k, set()) for k, v in reads.per_step.items()}
             if grown <= once and all(new_steps[k] <= per_step.get(k, set()) for k in new_steps):
                 break
@@ -215,6 +214,8 @@ class LoopFunction:
         outs = saved_outputs + extra
         if any(v != "_" for v in outs):
             lines.append(f"{', '.join(outs)}{',' if len(outs) == 1 else ''} = {self.names.output}")
+        if extra and len(self.plan.outputs) == 1:  # the extra outputs' gradients: None unless given
+            lines.append("ctx.set_materialize_grads(False)")
         lines += [f"{self.names.ctx_value(k)} = {k}" for k in self.kwargs]
         lines += [f"{self.names.ctx_value(d)} = {self.helper.dim_source[d]}" for d in dims]
         tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + extra
@@ -224,17 +225,59 @@ class LoopFunction:
 
     # ---------------------------------------------------------------- backward
 
+    def split(self, once: set[str], per_step: dict[int, set[str]]) -> bool:
+        """Whether the extra outputs' gradients get a section of their own, run only when one is given
+        (double backward): with one output, whose gradient is then the only one of a first backward."""
+        return len(self.plan.outputs) == 1 and bool(self.extra_outputs(once, per_step))
+
     def backward(self, once: set[str], per_step: dict[int, set[str]]) -> tuple[list[str], _Reads]:
-        writer = _BackwardWriter(self, once, per_step)
-        body = writer.write()
-        return body, writer.reads
+        lines, reads = self.backward_lines(once, per_step)
+        text = "\n".join(lines)
+        self.backward_dims = {d for d in self.layer.symbolic_dims if self.names.ctx_value(d) in text}
+        return lines, reads
+
+    def backward_lines(self, once: set[str], per_step: dict[int, set[str]]) -> tuple[list[str], _Reads]:
+        if not self.split(once, per_step):
+            writer = _BackwardWriter(self, once, per_step, "all")
+            lines = writer.write()
+            return writer.head([writer]) + writer.declared() + lines + self.returns(), writer.reads
+        main = _BackwardWriter(self, once, per_step, "main")
+        main_lines = main.write()
+        rare = _BackwardWriter(self, once, per_step, "rare")
+        rare_lines = rare.write()
+        reads = _Reads(main.reads.once | rare.reads.once, dict(main.reads.per_step))
+        for k, v in rare.reads.per_step.items():
+            reads.per_step[k] = reads.per_step.get(k, set()) | v
+        extra = self.extra_outputs(once, per_step)
+        given = [self.grad_out(x) for x in extra]
+        # unused extra outputs' gradients are None (not materialised): zeros where another is given
+        stacks = {self.stacked(v) for k, loop in enumerate(self.loops) for v in per_step.get(k, set())}
+        zeros = [  # a stack is None after a loop of no steps (whose backward runs no step)
+            f"{g} = torch.zeros_like({x}) if {g} is None {'and ' + x + ' is not None ' if x in stacks else ''}else {g}"
+            for g, x in zip(given, extra)
+        ]
+        reset = sorted(rare.maybe_none - set(main.leaf_grads()))
+        zeros += [" = ".join(reset) + " = None"] if reset else []
+        lines = [f"if {self.plan.grads[0]} is not None:", *("    " + line for line in main_lines)]
+        lines.append("# double backward: what the extra outputs' gradients add")
+        lines.append("if " + " or ".join(f"{g} is not None" for g in given) + ":")
+        lines += ["    " + line for line in zeros + rare_lines]
+        declared = main.leaf_grads() + sorted(main.maybe_none - set(main.leaf_grads()))
+        head = main.head([main, rare]) + [" = ".join(declared) + " = None"]
+        return head + lines + self.returns(), reads
+
+    def returns(self) -> list[str]:
+        grads = [f"grad_{l}" if l in self.plan.differentiable else "None" for l in self.plan.leaves]
+        return [f"return {', '.join(grads + ['None'] * len(self.kwargs))}"]
 
 
 class _BackwardWriter:
-    """One writing of the backward, given the values returned as extra outputs (whose gradients it takes)."""
+    """One writing of the backward (or of one section of it), given the values returned as extra outputs."""
 
-    def __init__(self, fn: LoopFunction, once: set[str], per_step: dict[int, set[str]]):
+    def __init__(self, fn: LoopFunction, once: set[str], per_step: dict[int, set[str]], mode: str):
         self.fn = fn
+        # "all": every incoming gradient; "main": the outputs' only; "rare": the extra outputs' only
+        self.mode = mode
         self.plan = fn.plan
         self.once = once
         self.per_step = per_step
@@ -244,6 +287,7 @@ class _BackwardWriter:
         ctx = fn.names.ctx_value
         dims = list(self.fn.layer.symbolic_dims)
         spelling = Spelling({k: ctx(k) for k in [*fn.kwargs, *dims]}, training=ctx("training"))
+        self.spelling = spelling
         self.ex = fn.helper.python(spelling)
         self.values = set(self.plan.shapes) | set(self.plan.leaves)
         self.current = self.reads.once  # where `read` records what the statements read
@@ -260,37 +304,44 @@ class _BackwardWriter:
 
     def write(self) -> list[str]:
         lines: list[str] = []
-        for g in self.plan.grads:
-            self.state[g] = "set"
+        if self.mode != "rare":
+            for g in self.plan.grads:
+                self.state[g] = "set"
+        else:  # added to what the outputs' gradients gave (or None)
+            for g in self.leaf_grads():
+                self.state[g] = "maybe"
         for seg in reversed(self.plan.segments):
             if isinstance(seg, Straight):
                 lines += self.straight(seg)
             else:
                 lines += self.loop(seg)
-        saved = self.saved_names()
+        return lines
+
+    def leaf_grads(self) -> list[str]:
+        return [f"grad_{l}" for l in self.plan.leaves if l in self.plan.differentiable]
+
+    def declared(self) -> list[str]:
+        grads = self.leaf_grads()
+        declared = [g for g in grads if self.state.get(g) != "set"] + sorted(self.maybe_none - set(grads))
+        return [" = ".join(declared) + " = None"] if declared else []
+
+    def head(self, writers: list[_BackwardWriter]) -> list[str]:
+        """The saved tensors unpacked, the dims and numbers, the views recomputed (for every section)."""
+        saved = self.saved_names([w.reads for w in writers])
         head: list[str] = []
         if saved:
             head.append(f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors")
         head += self.fn.prelude(self.ex, lambda d: self.fn.names.ctx_value(d))
+        recomputed = {v for w in writers for v in w.recomputed}
         for var, step in self.views.items():
-            if var in self.recomputed:
+            if var in recomputed:
                 head += with_spec_line([f"{var} = {self.ex(step.expr)}"], 0, self.fn.e.spec_path, step.expr.span.line)
-        self.fn.backward_dims = self._dims_read(lines + head)
-        grads = [f"grad_{l}" for l in self.plan.leaves if l in self.plan.differentiable]
-        declared = [g for g in grads if self.state.get(g) != "set"] + sorted(self.maybe_none - set(grads))
-        if declared:
-            head.append(" = ".join(declared) + " = None")
-        returns = [f"grad_{l}" if l in self.plan.differentiable else "None" for l in self.plan.leaves]
-        returns += ["None"] * len(self.fn.kwargs)
-        return head + lines + [f"return {', '.join(returns)}"]
+        return head
 
-    def _dims_read(self, lines: list[str]) -> set[str]:
-        text = "\n".join(lines)
-        return {d for d in self.fn.layer.symbolic_dims if self.fn.names.ctx_value(d) in text}
-
-    def saved_names(self) -> list[str]:
-        leaves = [l for l in self.plan.leaves if l in self.reads.once]
-        outputs = [o.id for o in self.plan.outputs if isinstance(o, N.Name) and o.id in self.reads.once]
+    def saved_names(self, reads: list[_Reads]) -> list[str]:
+        once = {v for r in reads for v in r.once}
+        leaves = [l for l in self.plan.leaves if l in once]
+        outputs = [o.id for o in self.plan.outputs if isinstance(o, N.Name) and o.id in once]
         extra = self.fn.extra_outputs(self.once, self.per_step)
         return leaves + outputs + extra
 
@@ -351,7 +402,7 @@ class _BackwardWriter:
         own = {s.var for s in tape.steps}
         sure: list[tuple[N.Expr, str]] = []
         maybe: list[tuple[N.Expr, str]] = []
-        if seg.returns:
+        if seg.returns and self.mode != "rare":
             sure += list(zip(self.plan.outputs, self.plan.grads))
         for s in tape.steps:
             st = self.state.get(self.acc(s.var))
@@ -359,8 +410,15 @@ class _BackwardWriter:
                 sure.append((B.name(s.var), self.acc(s.var)))
             elif st == "maybe":
                 maybe.append((B.name(s.var), self.acc(s.var)))
-        extra = {v: self.fn.grad_out(v) for v in own if v in self.once and v not in self.fn.outputs}
+        # A gradient only a loop gave keeps a name of its own: the sections' statements name the
+        # segment's own gradients `grad_<var>` too.
         lines: list[str] = []
+        for k, (var, g) in enumerate(maybe):
+            kept = self.fn.name(f"{g}_from_loop")
+            lines.append(f"{kept} = {g}")
+            maybe[k] = (var, kept)
+        extra = {v: self.fn.grad_out(v) for v in own if v in self.once and v not in self.fn.outputs}
+        extra = {} if self.mode == "main" else extra
         for group, cond in [(sure, None)] + [([m], f"{m[1]} is not None") for m in maybe]:
             outs = dataclasses.replace(tape, outputs=[o for o, _ in group])
             bwd = derive(outs, [g for _, g in group], extra if cond is None else None)
@@ -376,16 +434,18 @@ class _BackwardWriter:
         k = self.fn.loops.index(loop)
         kept = self.per_step.get(k, set())
         lines: list[str] = []
-        for c in loop.carried:
-            if c in self.once and c not in self.fn.outputs:
-                lines += self.accumulate(c, self.fn.grad_out(c), conditional=False)
-        for j in loop.joins:
-            if j.name in self.once and j.name not in self.fn.outputs:
-                lines += self.accumulate(j.name, self.fn.grad_out(j.name), conditional=False)
+        if self.mode != "main":
+            for c in loop.carried:
+                if c in self.once and c not in self.fn.outputs:
+                    lines += self.accumulate(c, self.fn.grad_out(c), conditional=False)
+            for j in loop.joins:
+                if j.name in self.once and j.name not in self.fn.outputs:
+                    lines += self.accumulate(j.name, self.fn.grad_out(j.name), conditional=False)
         requiring = [c for c in loop.carried if c in self.plan.requires]
         for c in requiring:
-            if self.state.get(self.acc(c)) != "set":
-                self.reads.forced.add(c)  # returned, so that its gradient is given (zeros when unused)
+            if self.state.get(self.acc(c)) != "set":  # nothing after the loop reads it: zeros to start
+                self.read(B.name(c))
+                lines.append(f"{self.acc(c)} = torch.zeros_like({c})")
                 self.state[self.acc(c)] = "set"
         # Each step's share of the gradient of what the loop's lists are joined into
         items: dict[str, list[str]] = {}
@@ -408,19 +468,23 @@ class _BackwardWriter:
             outputs.append((loop.appended[name], item_grad))
         body = [f"{n} = {self.ex(e)}" for n, e in loop.numbers] + body
         extra_grads: dict[str, str] = {}
+        per_step_names = {c: self.fn.name(f"{c}_t") for c in loop.carried}
         for v in self.fn.per_step_order(loop, kept):
-            body.append(f"{v} = {self.fn.stacked(v)}[{step_index}]")
-            if v in self.plan.requires:
+            body.append(f"{per_step_names.get(v, v)} = {self.fn.stacked(v)}[{step_index}]")
+            if v in self.plan.requires and self.mode != "main":
                 extra_grads[v] = self.fn.name(f"grad_{v}_step")
                 body.append(f"{extra_grads[v]} = {self.fn.grad_out(self.fn.stacked(v))}[{step_index}]")
         tape = dataclasses.replace(loop.tape, outputs=[o for o, _ in outputs])
         bwd = derive(tape, [g for _, g in outputs], extra_grads)
         self.current = set()
+        after_loop = self.ex  # a carried value read per step by a name of its own (its own holds the last)
+        self.ex = self.fn.helper.python(dataclasses.replace(self.spelling, names=self.spelling.names | per_step_names))
         derived, grads = self.statements(bwd, tape, "t")
         picked = [p for p in loop.picks if p in self.current]  # picked again from what is saved once
         for p in picked:
             self.read(loop.picks[p].expr)
         body += [f"{p} = {self.ex(loop.picks[p].expr)}" for p in picked] + derived
+        self.ex = after_loop
         body_values = set(loop.carried) | {s.var for s in loop.tape.steps}
         self.reads.per_step.setdefault(k, set()).update(self.current & body_values)
         self.reads.once |= self.current - body_values - set(loop.picks)
