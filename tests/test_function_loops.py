@@ -53,6 +53,25 @@ layer Carried(d: int, steps: int = 3) {
 }
 """
 
+TWO_LOOPS = """
+@function
+layer TwoLoops(d: int, steps: int = 3) {
+    param w: [d, d]
+    example(d = 3)
+    forward(x: [B, T, d]) -> [B, d] {
+        h = x[:, 0]
+        for t in range(T) {
+            h = tanh(h @ w + x[:, t])
+        }
+        g = h * 2
+        for k in range(steps) {
+            g = sin(g) * h
+        }
+        return g + h
+    }
+}
+"""
+
 ELMAN = """
 @function
 layer Elman(input_size: int, hidden_size: int) {
@@ -117,6 +136,12 @@ def test_a_loop_over_a_constructor_argument_derives_with_lists_stacked_and_cat()
 def test_carried_values_read_each_other_and_a_loop_of_no_steps_passes_its_gradient_through():
     ns = compile_spec(CARRIED, "carried")
     _check_against_functional(ns, "Carried", "carried", [0, 1, 4], (2, 3), d=3)
+
+
+def test_two_loops_one_over_a_named_input_size_one_reading_the_others_last_state():
+    ns = compile_spec(TWO_LOOPS, "two_loops")
+    for length in (1, 4):
+        _check_against_functional(ns, "TwoLoops", "two_loops", [0, 2], (2, length, 3), d=3)
 
 
 def test_the_generated_function_runs_the_body_once_forward_and_once_backward():

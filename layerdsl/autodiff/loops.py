@@ -157,6 +157,14 @@ class _Planner:
 
     def straight(self, stmts: list[N.Stmt], returns: bool = False) -> Straight:
         stmts = [self.joined(s) for s in stmts]
+        for n in (n for s in stmts for n in walk(s)):
+            if isinstance(n, N.Name) and n.id in self.loops:
+                raise NotDerivable(
+                    n.span,
+                    f"a derived backward reads the list '{n.id}' a loop whose count is known only when forward"
+                    " runs appends to as a whole: stack() or cat() it",
+                    f"stack({n.id}, dim = ...) and index that",
+                )
         lin = self.linearizer(stmts, dict(self.alias))
         tape = lin.run()
         for s in tape.steps:
@@ -210,7 +218,9 @@ class _Planner:
                     "choose with where(cond, a, b), or put the `if` around the loop",
                 )
             if isinstance(s, N.Append) and s.target not in self.lists:
-                raise NotDerivable(s.span, "a derived backward collects into a list made before the loop", HINT)
+                raise NotDerivable(
+                    s.span, "a derived backward through this loop collects into a list made empty before it", HINT
+                )
             if isinstance(s, N.Assign) and isinstance(s.value, N.ListExpr):
                 raise NotDerivable(s.span, "a derived backward collects into a list made before the loop", HINT)
         assigned = {s.target for s in stmt.body if isinstance(s, N.Assign) and s.value.kind == "tensor"}

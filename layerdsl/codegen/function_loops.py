@@ -443,10 +443,13 @@ class _BackwardWriter:
                     lines += self.accumulate(j.name, self.fn.grad_out(j.name), conditional=False)
         requiring = [c for c in loop.carried if c in self.plan.requires]
         for c in requiring:
-            if self.state.get(self.acc(c)) != "set":  # nothing after the loop reads it: zeros to start
+            st = self.state.get(self.acc(c))
+            if st != "set":  # nothing after the loop reads it (or only a loop after it): zeros to start
                 self.read(B.name(c))
-                lines.append(f"{self.acc(c)} = torch.zeros_like({c})")
-                self.state[self.acc(c)] = "set"
+                g = self.acc(c)
+                zeros = f"torch.zeros_like({c})"
+                lines.append(f"{g} = {zeros}" if st is None else f"{g} = {zeros} if {g} is None else {g}")
+                self.state[g] = "set"
         # Each step's share of the gradient of what the loop's lists are joined into
         items: dict[str, list[str]] = {}
         step_index = loop.var if self._plain_range(loop) else self.fn.name("step")
