@@ -207,3 +207,20 @@ def test_a_written_loop_longer_than_unrolling_takes_stays_a_loop():
     torch.testing.assert_close(run(x, w), ns["long_chain"](x, w))
     assert torch.autograd.gradcheck(run, (x, w))
     assert torch.autograd.gradgradcheck(run, (x, w))
+
+
+def test_torch_func_transforms_go_through_the_loop():
+    ns = compile_spec(SCAN, "scan")
+    torch.manual_seed(0)
+    w = ns["Scan"](3).double().w.detach()
+    xs = torch.randn(4, 2, 3, dtype=torch.float64)
+
+    def ours(x):
+        return ns["ScanFunction"].apply(x, w, 3, 3)[0]
+
+    def plain(x):
+        return ns["scan"](x, w, d=3, steps=3)
+
+    grads = torch.func.vmap(torch.func.grad(lambda x: ours(x).sum()))(xs)
+    torch.testing.assert_close(grads, torch.func.vmap(torch.func.grad(lambda x: plain(x).sum()))(xs))
+    torch.testing.assert_close(torch.func.jacrev(ours)(xs[0]), torch.func.jacrev(plain)(xs[0]))
