@@ -72,6 +72,28 @@ layer TwoLoops(d: int, steps: int = 3) {
 }
 """
 
+JOIN_READ_BY_LOOP = """
+@function
+layer JoinReadByLoop(d: int, steps: int = 3) {
+    param w: [d, d]
+    example(d = 3)
+    forward(x: [B, d]) -> [B, d] {
+        h = x
+        outputs = []
+        for t in range(steps) {
+            h = tanh(h @ w + x)
+            outputs.append(h)
+        }
+        s = sum(stack(outputs, dim = 0), dim = 0)
+        g = x
+        for k in range(steps) {
+            g = sin(g) * s
+        }
+        return g
+    }
+}
+"""
+
 ELMAN = """
 @function
 layer Elman(input_size: int, hidden_size: int) {
@@ -142,6 +164,11 @@ def test_two_loops_one_over_a_named_input_size_one_reading_the_others_last_state
     ns = compile_spec(TWO_LOOPS, "two_loops")
     for length in (1, 4):
         _check_against_functional(ns, "TwoLoops", "two_loops", [0, 2], (2, length, 3), d=3)
+
+
+def test_a_stacked_list_read_by_a_later_loop():
+    ns = compile_spec(JOIN_READ_BY_LOOP, "join_read_by_loop")
+    _check_against_functional(ns, "JoinReadByLoop", "join_read_by_loop", [1, 3], (2, 3), d=3)
 
 
 def test_the_generated_function_runs_the_body_once_forward_and_once_backward():

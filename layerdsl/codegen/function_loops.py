@@ -459,8 +459,11 @@ class _BackwardWriter:
             parts = self.fn.name(f"grad_{j.name}_parts")
             count = f"len({self.fn.trip(loop, self.ex)})"
             cut = f"unbind({self.ex(j.dim)})" if j.func == "stack" else f"tensor_split({count}, {self.ex(j.dim)})"
-            if self.state[self.acc(j.name)] == "maybe":
-                raise NotImplementedError("a joined list's gradient given only by another loop")
+            if self.state[self.acc(j.name)] == "maybe":  # given only by a later loop, which may take no step
+                self.read(B.name(j.name))
+                g = self.acc(j.name)
+                lines.append(f"{g} = torch.zeros_like({j.name}) if {g} is None else {g}")
+                self.state[g] = "set"
             lines.append(f"{parts} = {self.acc(j.name)}.{cut}")
             items.setdefault(j.items, []).append(f"{parts}[{step_index}]")
         outputs: list[tuple[N.Expr, str]] = [(B.name(loop.updates[c]), self.acc(c)) for c in requiring]
