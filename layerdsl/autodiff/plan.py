@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from layerdsl.autodiff.inline import Inlined, LayerNotGiven, inline_subs
 from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
+from layerdsl.autodiff.loops import LoopPlan, has_loop, plan_loops
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape, refusal
@@ -26,7 +27,7 @@ from layerdsl.autodiff.unroll import prepared_forward
 from layerdsl.diagnostics import Diagnostic
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import clone, map_children, walk
+from layerdsl.ir.visit import clone, map_children, statements, walk
 from layerdsl.language.naming import fresh_name
 from layerdsl.language.ops import OPS
 
@@ -58,13 +59,15 @@ class BranchPlan:
         return [p for side in (self.then, self.orelse) for p in straight_plans(side)]
 
 
-Plan = BackwardPlan | BranchPlan
+Plan = BackwardPlan | BranchPlan | LoopPlan
 
 MAX_BRANCH_PLANS = 8  # sides of one Function: each is a forward, a setup_context and a backward of its own
 
 
 def straight_plans(plan: Plan) -> list[BackwardPlan]:
-    """The straight-line plans of `plan`: itself, or every side of its branches."""
+    """The straight-line plans of `plan`: itself, or every side of its branches (none for a loop's)."""
+    if isinstance(plan, LoopPlan):
+        return []
     return plan.sides() if isinstance(plan, BranchPlan) else [plan]
 
 
@@ -121,9 +124,11 @@ def plan_backward(layer: N.Layer, given: frozenset[str] = frozenset(), known: Fa
     return _straight_plan(layer, given)
 
 
-def _straight_plan(layer: N.Layer, given: frozenset[str]) -> BackwardPlan:
+def _straight_plan(layer: N.Layer, given: frozenset[str]) -> BackwardPlan | LoopPlan:
     optional = {t.name for t in layer.tensors if t.cond is not None}
     optional |= {i.name for i in layer.forward.inputs if i.optional} - given if layer.forward else set()
+    if layer.forward is not None and has_loop(layer.forward.body):  # a loop kept as one (`autodiff.loops`)
+        return _loop_plan(layer, optional)
     linearizer = Linearizer(layer, optional, deriving=layer.backward is None)
     try:
         tape = linearizer.run()
@@ -149,6 +154,32 @@ def _straight_plan(layer: N.Layer, given: frozenset[str]) -> BackwardPlan:
     if problems:
         raise refusal(problems)
     return BackwardPlan(tape, grads, incoming_gradients(tape, grads), derived, [])
+
+
+def _loop_plan(layer: N.Layer, optional: set[str]) -> LoopPlan:
+    assert layer.forward is not None
+    loop = next(s for s in layer.forward.body if isinstance(s, N.For))
+    if layer.backward is not None:
+        raise NotDerivable(
+            loop.iter.span,
+            "a backward block follows a straight-line forward: this loop's count is known only when forward"
+            " runs (or it is longer than a derived backward unrolls)",
+            "leave the backward block out: the derived backward runs the loop's body backwards",
+        )
+    if optional:
+        raise NotDerivable(
+            loop.iter.span,
+            "a derived backward through this loop reads no optional input or member (not derived yet)",
+            "drop @function (autograd derives the loop)",
+        )
+    update = next((s for s in statements(layer.forward.body) if isinstance(s, N.Update)), None)
+    if update is not None:
+        raise NotDerivable(
+            update.span,
+            "a forward that keeps a loop updates no buffer under @function (not derived yet)",
+            "drop @function, or move the update out of this layer",
+        )
+    return plan_loops(layer, optional, incoming_names)
 
 
 def _first_if(body: list[N.Stmt]) -> tuple[int, N.If] | None:
@@ -178,7 +209,15 @@ def _branch_plan(layer: N.Layer, branch: tuple[int, N.If], given: frozenset[str]
         proven = given | _proven_given(cond, holds)
         side = dataclasses.replace(layer, forward=forward)
         try:
-            sides.append(plan_backward(side, proven, known if decided is not None else known + _facts(cond, holds)))
+            planned = plan_backward(side, proven, known if decided is not None else known + _facts(cond, holds))
+            if decided is None and _keeps_a_loop(planned):
+                raise NotDerivable(
+                    stmt.span,
+                    "a derived backward goes through a loop whose count is known only when forward runs in a"
+                    " forward without `if`s on configuration values (not derived yet)",
+                    "drop @function (autograd derives the loop)",
+                )
+            sides.append(planned)
         except NotDerivable as exc:  # the statements both sides share are reported once (`refusal`)
             problems.append(exc)
     if problems:
@@ -210,6 +249,12 @@ def _truth(cond: N.Expr, known: Facts) -> bool | None:
         return None if inner is None else not inner
     key = B.key(cond)
     return next((holds for term, holds in known if term == key), None)
+
+
+def _keeps_a_loop(plan: Plan) -> bool:
+    return (
+        isinstance(plan, LoopPlan) or isinstance(plan, BranchPlan) and any(map(_keeps_a_loop, (plan.then, plan.orelse)))
+    )
 
 
 def _proven_given(cond: N.Expr, holds: bool) -> frozenset[str]:

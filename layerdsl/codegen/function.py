@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from layerdsl.autodiff.inputs import with_tuples_split
+from layerdsl.autodiff.loops import LoopPlan
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan, dtype_tested
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.shapes import same_shape_leaf
@@ -62,6 +63,10 @@ def emit_function_class(emitter, plan: Plan) -> dict:
     """The pieces of `<Name>Function` for the template, from the layer's backward plan."""
     if isinstance(plan, BranchPlan):
         return emit_branching_function(emitter, plan)
+    if isinstance(plan, LoopPlan):
+        from layerdsl.codegen.function_loops import emit_loop_function  # it builds on FunctionEmitter
+
+        return emit_loop_function(emitter, plan)
     return FunctionEmitter(emitter, plan).emit()
 
 
@@ -131,6 +136,10 @@ class FunctionEmitter:
         if of not in self.named:
             self.named[of] = self.names.local(hint)
         return self.named[of]
+
+    def python(self, spelling: Spelling) -> PyExpr:
+        """IR expressions of this Function as Python, the internal ops (`sum_to`, ...) written out."""
+        return PyExpr(spelling, call_hook=self._internal)
 
     # ---------------------------------------------------------------- the pieces
 

@@ -383,7 +383,7 @@ TABLE: tuple[Op, ...] = (
         "Tensor.new_zeros",
         "view",
         "zeros of the given size, with input's dtype and device (input's values are not read)",
-        {"input": None},
+        {},  # constant zeros: no gradient flows to input
         template="{input}.new_zeros({size})",
     ),
     Op(

@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""`@function` layers whose loop stays a loop, against the same loop unrolled and plain autograd.
+
+One step is forward + ``backward`` of ``out.sum()``. Each case runs its variants in alternating rounds (the
+order rotating every round); printed: the median time of each, and its ratio to the first variant with the
+min and max of the per-round ratios. One thread, float32, CPU.
+
+    python benchmarks/bench_function_loops.py            # every case, 15 rounds
+    python benchmarks/bench_function_loops.py --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.benchmark import Timer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from layerdsl.codegen.module import emit_file  # noqa: E402
+from layerdsl.semantics.checker import check_program  # noqa: E402
+from layerdsl.syntax.parser import parse_file  # noqa: E402
+
+SCAN = """
+@function
+layer {name}(d: int, steps: int = 3) {{
+    param w: [d, d]
+    example(d = 3)
+    forward(x: [B, d]) -> [B, d] {{
+        h = x
+        outputs = []
+        for t in range({count}) {{
+            h = tanh(h @ w + x)
+            outputs.append(h)
+        }}
+        return h + sum(stack(outputs, dim = 0), dim = 0)
+    }}
+}}
+"""
+
+ELMAN = """
+@function
+layer Elman(input_size: int, hidden_size: int) {
+    param weight_ih_l0: [hidden_size, input_size]
+    param weight_hh_l0: [hidden_size, hidden_size]
+    param bias_ih_l0: [hidden_size]
+    param bias_hh_l0: [hidden_size]
+    example(input_size = 3, hidden_size = 4)
+    forward(input: [T, B, input_size]) -> [T, B, hidden_size] {
+        gi = input @ transpose(weight_ih_l0, 0, 1) + bias_ih_l0
+        h = new_zeros(input, [size_at(input, 1), hidden_size])
+        outputs = []
+        for t in range(size_at(input, 0)) {
+            h = tanh(gi[t] + h @ transpose(weight_hh_l0, 0, 1) + bias_hh_l0)
+            outputs.append(h)
+        }
+        return stack(outputs, dim = 0)
+    }
+}
+"""
+
+
+def compiled(text: str, stem: str) -> dict:
+    spec = parse_file(f"{stem}.layer", text)
+    namespace: dict = {}
+    exec(compile(emit_file(spec, check_program([spec]), f"{stem}.layer", {}), f"{stem}.py", "exec"), namespace)
+    return namespace
+
+
+def step(fn, *tensors):
+    def run():
+        for t in tensors:
+            t.grad = None
+        fn().sum().backward()
+
+    return run
+
+
+def cases():
+    loop = compiled(SCAN.format(name="Looped", count="steps"), "looped")
+    unrolled = compiled(SCAN.format(name="Unrolled", count="3"), "unrolled")
+    for b, d in ((32, 64), (512, 512)):
+        torch.manual_seed(0)
+        looped = loop["Looped"](d, steps=3)
+        unrolled_layer = unrolled["Unrolled"](d)
+        unrolled_layer.load_state_dict(looped.state_dict())
+        x = torch.randn(b, d, requires_grad=True)
+        yield f"3-step scan {b}x{d}", {
+            "loop Function": step(lambda: looped(x), x, looped.w),
+            "unrolled Function": step(lambda: unrolled_layer(x), x, looped.w),
+            "plain autograd": step(lambda: loop["looped"](x, looped.w, steps=3), x, looped.w),
+        }
+    elman = compiled(ELMAN, "elman")
+    for t, b, n, h in ((16, 8, 32, 64), (64, 32, 128, 128)):
+        torch.manual_seed(0)
+        ours = elman["Elman"](n, h)
+        rnn = torch.nn.RNN(n, h)
+        rnn.load_state_dict(ours.state_dict())
+        x = torch.randn(t, b, n, requires_grad=True)
+        params = list(ours.parameters())
+        yield f"Elman RNN T={t} B={b} {n}->{h}", {
+            "loop Function": step(lambda: ours(x), x, *params),
+            "plain autograd": step(lambda: elman["elman"](x, *params, hidden_size=h), x, *params),
+            "torch.nn.RNN": step(lambda: rnn(x)[0], x, *rnn.parameters()),
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for name, variants in cases():
+        timers = {k: Timer("run()", globals={"run": run}) for k, run in variants.items()}
+        for run in variants.values():
+            run()
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        keys = list(variants)
+        for r in range(args.rounds):
+            for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
+                times[k].append(timers[k].blocked_autorange(min_run_time=0.05).median)
+        first = keys[0]
+        print(name)
+        for k in keys:
+            ratios = sorted(a / b for a, b in zip(times[k], times[first]))
+            print(
+                f"  {k:20s} {statistics.median(times[k]) * 1e6:10.1f} us   {statistics.median(ratios):.2f}x"
+                f" [{ratios[0]:.2f}, {ratios[-1]:.2f}] of {first}"
+            )
+
+
+if __name__ == "__main__":
+    main()

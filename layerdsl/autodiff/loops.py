@@ -1,0 +1,398 @@
+"""The plan of a `@function` layer whose forward keeps a loop: the body derived once, run in reverse.
+
+A loop whose trip count is known only when forward runs (a constructor argument, an input's size) or is
+longer than `unroll.MAX_UNROLLED` stays a loop. The forward is cut at its loops into segments: straight
+runs of statements (`Straight`) and loops (`Loop`). Each is linearized on its own tape, whose leaves are
+the layer's inputs and parameters and the values of earlier segments it reads (by the name that holds
+them), so each derives by reverse mode as a straight-line forward does:
+
+- a straight segment's outputs are the values later segments read (and, for the last, the layer's);
+- a loop's body has as leaves the values it carries from step to step (`h` in `h = tanh(h @ w + x)`, by
+  a name of their own) and the values it reads from outside; its outputs are the carried values' updates
+  and what each step appends to a list. After the loop, `stack(outputs, dim = d)` and `cat(outputs, ...)`
+  are values of their own (`Join`), whose gradient is cut back into one per step.
+
+The Function (`codegen.function_loops`) runs the body once per step, keeping what its backward reads per
+step, and its backward runs the body's derived backward for t = T - 1, ..., 0, carrying the carried
+values' gradients and summing those of the values read from outside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from layerdsl.autodiff.reverse import derive
+from layerdsl.autodiff.shapes import step_shape
+from layerdsl.autodiff.tape import Linearizer, NotDerivable, Step, Tape
+from layerdsl.diagnostics import Span
+from layerdsl.ir import build as B
+from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import spec_text
+from layerdsl.ir.visit import map_children, walk
+from layerdsl.semantics.shapes import Shape, declared_shape
+
+HINT = "write the loop's body without it, or drop @function (autograd derives the loop)"
+
+
+@dataclass
+class Join:
+    """`stack(L, dim = d)` or `cat(L, dim = d)` of a list a loop appends to, as the value `name`."""
+
+    name: str
+    func: str  # "stack" or "cat"
+    dim: N.Expr
+    items: str  # the list local
+
+
+@dataclass
+class Straight:
+    """Statements between loops, as one tape (outputs: what later segments read, or the layer's)."""
+
+    tape: Tape
+    returns: bool = False  # its outputs start with the layer's (it holds the `return`)
+
+
+@dataclass
+class Loop:
+    """`for var in range(bounds) { body }`, the body as one tape."""
+
+    var: str
+    bounds: list[N.Expr]
+    span: Span
+    tape: Tape  # leaves: the layer's, the carried values, the values read from outside
+    carried: dict[str, str]  # the name a carried value has across steps -> the value it starts as
+    updates: dict[str, str]  # carried name -> the body's var holding its next value
+    appended: dict[str, N.Expr]  # list local -> the value each step appends to it
+    joins: list[Join] = field(default_factory=list)
+    numbers: list[tuple[str, N.Expr]] = field(default_factory=list)  # number locals of the body (per step)
+    picks: dict[str, Step] = field(default_factory=dict)  # leaves of the body: `x[t]` of x from outside
+
+
+@dataclass
+class LoopPlan:
+    """A forward with loops, as segments; the layer's leaves and outputs, as a straight plan has them."""
+
+    segments: list[Straight | Loop]
+    outputs: list[N.Expr]
+    grads: list[str]  # the incoming gradients, one per output
+    leaves: list[str]
+    differentiable: set[str]
+    numbers: list[tuple[str, N.Expr]]  # number locals outside loops (from dims and arguments)
+    shapes: dict[str, Shape]
+    requires: set[str]  # values that may need a gradient (computed from a differentiable leaf)
+
+
+def has_loop(body: list[N.Stmt]) -> bool:
+    return any(isinstance(s, N.For) for s in body)
+
+
+def plan_loops(layer: N.Layer, optional: set[str], grads_for: Callable[[Tape], list[str]]) -> LoopPlan:
+    """The segments of `layer`'s forward (its loops kept, `unroll.prepared_forward`). `grads_for(tape)`:
+    the names of the incoming gradients of a tape's outputs (around the names of its values)."""
+    assert layer.forward is not None
+    return _Planner(layer, optional).run(grads_for)
+
+
+class _Planner:
+    def __init__(self, layer: N.Layer, optional: set[str]):
+        assert layer.forward is not None
+        self.layer = layer
+        self.forward: N.Forward = layer.forward
+        self.optional = optional
+        self.alias: dict[str, str] = {}  # spec local -> the value name holding it now
+        self.lists: set[str] = set()
+        self.loops: dict[str, Loop] = {}  # list local -> the loop appending to it
+        # the loop variables and lists are Python names of the Function too
+        self.taken: set[str] = {s.var for s in walk_stmts(self.forward.body) if isinstance(s, N.For)}
+        self.taken |= {s.target for s in walk_stmts(self.forward.body) if isinstance(s, N.Append)}
+        self.shapes: dict[str, Shape] = {i.name: declared_shape(i.shape, i.name) for i in self.forward.inputs}
+        self.shapes.update({t.name: declared_shape(t.shape, t.name) for t in layer.tensors})
+        self.leaves = [i.name for i in self.forward.inputs] + [t.name for t in layer.tensors]
+        self.differentiable = {i.name for i in self.forward.inputs if i.dtype == "float"}
+        self.differentiable |= {t.name for t in layer.params}
+        self.requires = set(self.differentiable)
+        self.numbers: list[tuple[str, N.Expr]] = []
+
+    def run(self, grads_for) -> LoopPlan:
+        segments: list[Straight | Loop] = []
+        chunk: list[N.Stmt] = []
+        for stmt in self.forward.body:
+            if isinstance(stmt, N.For):
+                if chunk:
+                    segments.append(self.straight(chunk))
+                    chunk = []
+                segments += self.loop(stmt)
+            elif isinstance(stmt, N.Assign) and isinstance(stmt.value, N.ListExpr) and not stmt.value.items:
+                self.lists.add(stmt.target)
+            elif isinstance(stmt, N.Append):
+                raise NotDerivable(
+                    stmt.span,
+                    "a derived backward collects a list's values in the loop that appends to it (this append"
+                    " is outside a loop whose count is known only when forward runs)",
+                    HINT,
+                )
+            else:
+                chunk.append(stmt)
+        segments.append(self.straight(chunk, returns=True))
+        last = segments[-1]
+        assert isinstance(last, Straight)
+        outputs = last.tape.outputs
+        every = Tape([s for seg in segments for s in seg.tape.steps], outputs, sorted(self.shapes), set())
+        plan = LoopPlan(
+            segments,
+            outputs,
+            grads_for(every),
+            self.leaves,
+            self.differentiable,
+            self.numbers,
+            self.shapes,
+            self.requires,
+        )
+        _check_derivable(plan)
+        return plan
+
+    # ---------------------------------------------------------------- straight segments
+
+    def straight(self, stmts: list[N.Stmt], returns: bool = False) -> Straight:
+        stmts = [self.joined(s) for s in stmts]
+        for n in (n for s in stmts for n in walk(s)):
+            if isinstance(n, N.Name) and n.id in self.loops:
+                raise NotDerivable(
+                    n.span,
+                    f"a derived backward reads the list '{n.id}' a loop whose count is known only when forward"
+                    " runs appends to as a whole: stack() or cat() it",
+                    f"stack({n.id}, dim = ...) and index that",
+                )
+        lin = self.linearizer(stmts, dict(self.alias))
+        tape = lin.run()
+        for s in tape.steps:
+            self.taken.add(s.var)
+        self.numbers += tape.numbers
+        self.alias.update(tape.env)
+        read = self.pseudo_leaves(tape)
+        tape = self.finished(tape, read, tape.outputs if returns else [])
+        return Straight(tape, returns)
+
+    def joined(self, stmt: N.Stmt) -> N.Stmt:
+        """`stmt` with `stack(L, dim = d)` / `cat(L, dim = d)` of a loop's list as the value they join."""
+
+        def go(e):
+            e = map_children(e, go)
+            if isinstance(e, N.Call) and e.func in ("stack", "cat") and e.args:
+                listed = e.args[0]
+                if isinstance(listed, N.Name) and listed.id in self.loops:
+                    dim = e.args[1] if len(e.args) > 1 else next((k.value for k in e.kwargs if k.name == "dim"), None)
+                    join = Join(self.fresh(f"{e.func}ed_{listed.id}"), e.func, dim or B.num(0), listed.id)
+                    self.loops[listed.id].joins.append(join)
+                    self.shapes[join.name] = _joined_shape(join, self.loops[listed.id], self.shapes)
+                    self.requires.add(join.name)
+                    name = B.name(join.name, e.span)
+                    name.ref, name.kind = N.Ref.LOCAL, N.Kind.TENSOR
+                    self.alias[join.name] = join.name
+                    return name
+            return e
+
+        return go(stmt)
+
+    # ---------------------------------------------------------------- loops
+
+    def loop(self, stmt: N.For) -> list[Straight | Loop]:
+        it = stmt.iter
+        if not (isinstance(it, N.Call) and it.func == "range"):
+            raise NotDerivable(it.span, "a derived backward cannot go through a loop over sub-layers", HINT)
+        for s in walk_stmts(stmt.body):
+            if isinstance(s, N.For):
+                raise NotDerivable(
+                    s.span,
+                    "cannot derive through this loop yet: its count is known only when forward runs, and it is"
+                    " inside another such loop",
+                    "write one of the counts in the spec (up to 64 steps are unrolled), or drop @function",
+                )
+            if isinstance(s, N.If):
+                raise NotDerivable(
+                    s.span,
+                    "cannot derive through this `if` yet: it is in the body of a loop whose count is known only"
+                    " when forward runs",
+                    "choose with where(cond, a, b), or put the `if` around the loop",
+                )
+            if isinstance(s, N.Append) and s.target not in self.lists:
+                raise NotDerivable(
+                    s.span, "a derived backward through this loop collects into a list made empty before it", HINT
+                )
+            if isinstance(s, N.Assign) and isinstance(s.value, N.ListExpr):
+                raise NotDerivable(s.span, "a derived backward collects into a list made before the loop", HINT)
+        assigned = {s.target for s in stmt.body if isinstance(s, N.Assign) and s.value.kind == "tensor"}
+        assigned |= {t for s in stmt.body if isinstance(s, N.Unpack) for t, _ in s.targets}
+        carried = {local: self.fresh(local) for local in self.alias if local in assigned}
+        env = dict(self.alias) | carried
+        lin = self.linearizer(stmt.body, env, loop_var=stmt.var)
+        lin.lists = {name: [] for name in self.lists}
+        tape = lin.run()
+        for s in tape.steps:
+            self.taken.add(s.var)
+        appended: dict[str, N.Expr] = {}
+        for name, items in lin.lists.items():
+            if len(items) > 1:
+                raise NotDerivable(stmt.span, f"a derived backward appends to '{name}' once per step", HINT)
+            if items:
+                appended[name] = items[0]
+        updates = {carried[local]: tape.env[local] for local in carried}
+        for local, name in carried.items():
+            self.shapes[name] = self.shapes.get(self.alias[local])
+        hoisted, tape = self.hoisted(tape, set(carried.values()) | {stmt.var})
+        picks = self.picks(tape, it, stmt.var)
+        tape = dataclasses.replace(tape, steps=[s for s in tape.steps if s.var not in picks])
+        # A carried value needs a gradient if it starts as one that does, or a step computes it from one.
+        self.requires |= {c for local, c in carried.items() if self.alias[local] in self.requires}
+        for _ in range(len(carried) + 1):
+            self.requires = _requiring(tape, self.requires)
+            self.requires |= {c for c, v in updates.items() if v in self.requires}
+        read = self.pseudo_leaves(tape)
+        outputs = [B.name(v) for v in updates.values()] + list(appended.values())
+        tape = self.finished(tape, read | set(carried.values()) | set(picks), outputs)
+        loop = Loop(
+            stmt.var,
+            list(it.args),
+            it.span,
+            tape,
+            {c: self.alias[local] for local, c in carried.items()},
+            updates,
+            appended,
+            numbers=list(tape.numbers),
+            picks=picks,
+        )
+        for name in appended:
+            if name in self.loops:
+                raise NotDerivable(stmt.span, f"a derived backward collects '{name}' in one loop", HINT)
+            self.loops[name] = loop
+        for local, c in carried.items():
+            self.alias[local] = c  # after the loop, the carried name holds the last step's value
+        return [hoisted, loop] if hoisted is not None else [loop]
+
+    def hoisted(self, tape: Tape, variant: set[str]) -> tuple[Straight | None, Tape]:
+        """The steps of a loop's body that every step computes alike (from no carried value, no loop
+        variable, nothing drawn at random), as a straight segment before the loop; and the rest."""
+        variant = variant | {n for n, _ in tape.numbers}
+        hoisted, kept = [], []
+        for s in tape.steps:
+            names = {n.id for n in walk(s.expr) if isinstance(n, N.Name)}
+            names |= {n.id for a in s.args.values() for n in walk(a) if isinstance(n, N.Name)}
+            if names & variant or s.op is not None and s.op.cost == "random":
+                variant.add(s.var)
+                kept.append(s)
+            else:
+                hoisted.append(s)
+        if not hoisted:
+            return None, tape
+        before = dataclasses.replace(tape, steps=hoisted, numbers=[], outputs=[], env={})
+        straight = Straight(self.finished(before, self.pseudo_leaves(before), []))
+        return straight, dataclasses.replace(tape, steps=kept)
+
+    def picks(self, tape: Tape, it: N.Call, var: str) -> dict[str, Step]:
+        """The body's `x[t]` of a value from outside the loop whose dim the loop runs over, all of it
+        (`for t in range(T)` over `[T, B, n]`): each step's gradient of it is one slice of x's."""
+        if len(it.args) != 1:
+            return {}
+        count = spec_text(it.args[0])
+        inside = {s.var for s in tape.steps}
+        out: dict[str, Step] = {}
+        for s in tape.steps:
+            if s.op is None or s.op.name != "select":
+                continue
+            src, dim, index = s.args["input"], s.args["dim"], s.args["index"]
+            if not (isinstance(index, N.Name) and index.id == var and isinstance(src, N.Name)):
+                continue
+            shape = self.shapes.get(src.id)
+            if src.id in inside or shape is None or "..." in shape or not isinstance(dim, N.Num):
+                continue
+            if -len(shape) <= int(dim.value) < len(shape) and shape[int(dim.value)] == count:
+                out[s.var] = s
+                self.shapes[s.var] = step_shape(s, self.shapes)
+                if src.id in self.requires:
+                    self.requires.add(s.var)
+        return out
+
+    # ---------------------------------------------------------------- shared
+
+    def linearizer(self, stmts: list[N.Stmt], env: dict[str, str], loop_var: str | None = None) -> Linearizer:
+        forward = dataclasses.replace(self.forward, body=stmts)
+        layer = dataclasses.replace(self.layer, forward=forward, backward=None)
+        lin = Linearizer(layer, self.optional)
+        lin.taken |= self.taken | set(env.values()) | ({loop_var} if loop_var else set())
+        lin.env = dict(env)
+        return lin
+
+    def pseudo_leaves(self, tape: Tape) -> set[str]:
+        """The values of earlier segments that `tape` reads (leaves besides the layer's)."""
+        own = {s.var for s in tape.steps} | set(self.leaves)
+        names = {n.id for s in tape.steps for a in s.args.values() for n in walk(a) if isinstance(n, N.Name)}
+        names |= {n.id for o in tape.outputs for n in walk(o) if isinstance(n, N.Name)}
+        names |= {n.id for s in tape.steps for n in walk(s.expr) if isinstance(n, N.Name)}
+        values = set(self.alias.values()) | set(self.shapes)
+        return {n for n in names if n not in own and n in values}
+
+    def finished(self, tape: Tape, read: set[str], outputs: list[N.Expr]) -> Tape:
+        """`tape` with the values it reads from earlier segments as leaves, and the given outputs."""
+        extra = sorted(read - set(self.leaves))
+        shapes = dict(self.shapes)
+        for s in tape.steps:
+            shapes[s.var] = step_shape(s, shapes)
+        self.shapes.update({s.var: shapes[s.var] for s in tape.steps})
+        requires = self.requires | {v for v in extra if v in self.requires}
+        diff = set(self.differentiable) | {v for v in extra if v in requires}
+        tape = dataclasses.replace(
+            tape, leaves=self.leaves + extra, differentiable=diff, outputs=list(outputs), shapes=shapes
+        )
+        self.requires |= _requiring(tape, self.requires)
+        return tape
+
+    def fresh(self, hint: str) -> str:
+        name, k = hint, 1
+        while name in self.taken or name in self.shapes:
+            name, k = f"{hint}{k}", k + 1
+        self.taken.add(name)
+        return name
+
+
+def _requiring(tape: Tape, requires: set[str]) -> set[str]:
+    """The steps of `tape` computed from a value in `requires` by an op with a derivative."""
+    out = set(requires)
+    for step in tape.steps:
+        if step.op is None or not step.op.grads:
+            continue
+        operands = [i for a in step.args.values() for i in (a.items if isinstance(a, N.ListExpr) else [a])]
+        if any(isinstance(a, N.Name) and a.id in out for a in operands):
+            out.add(step.var)
+    return out
+
+
+def _check_derivable(plan: LoopPlan) -> None:
+    """Derive each segment once, so that what cannot be derived is reported at plan time."""
+    for seg in plan.segments:
+        tape = seg.tape
+        derive(tape, [f"_g{k}" for k in range(len(tape.outputs))])
+
+
+def walk_stmts(body: list[N.Stmt]):
+    """Every statement of `body`, in loops' bodies too."""
+    for s in body:
+        yield s
+        if isinstance(s, N.For):
+            yield from walk_stmts(s.body)
+        elif isinstance(s, N.If):
+            yield from walk_stmts(s.body)
+            yield from walk_stmts(s.orelse)
+
+
+def _joined_shape(join: Join, loop: Loop, shapes: dict[str, Shape]) -> Shape:
+    """`stack(L, dim = d)`'s shape: an item's with a dim of the step count at d (`_steps`, no dim of
+    the spec); None for `cat` or an item of unknown shape."""
+    item = loop.appended.get(join.items)
+    shape = shapes.get(item.id) if isinstance(item, N.Name) else None
+    d = join.dim
+    if join.func != "stack" or shape is None or not isinstance(d, N.Num) or "..." in shape:
+        return None
+    at = int(d.value) if int(d.value) >= 0 else len(shape) + 1 + int(d.value)
+    return (*shape[:at], "_steps", *shape[at:]) if 0 <= at <= len(shape) else None

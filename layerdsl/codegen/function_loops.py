@@ -1,0 +1,539 @@
+"""The autograd.Function of a `@function` layer whose forward keeps a loop (`autodiff.loops.LoopPlan`).
+
+Forward runs the segments in order; a loop runs its body once per step in Python, appending what the
+body's backward reads to one list per value, stacked after the loop. Every forward value the backward
+reads besides the inputs and parameters is returned as an extra output (a stacked list is one), so that
+double backward sees it, and each extra output's gradient flows back through the value it holds.
+
+Backward runs the segments in reverse: a straight segment's derived statements, and for a loop, the
+body's derived statements for t = T - 1, ..., 0, with each step's saved values picked from the stacks.
+The loop-carried values' gradients are carried from step to step; the gradients of values read from
+outside the loop are summed over the steps. A gradient that only a loop gives is None when the loop takes
+no step, so what is derived from it runs under `if grad is not None`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from layerdsl.autodiff.loops import Loop, LoopPlan, Straight
+from layerdsl.autodiff.plan import BackwardPlan
+from layerdsl.autodiff.reverse import Backward, derive
+from layerdsl.autodiff.tape import Tape
+from layerdsl.codegen.function import VIEWS, FunctionEmitter
+from layerdsl.codegen.pyexpr import PyExpr, Spelling
+from layerdsl.codegen.spec_lines import with_spec_line
+from layerdsl.ir import build as B
+from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import walk
+from layerdsl.language.tables import python_type
+
+MAX_ROUNDS = 6  # derivations until what backward reads settles (a growing set: it ends sooner)
+
+
+def emit_loop_function(emitter, plan: LoopPlan) -> dict:
+    """The pieces of `<Name>Function` for the template, from a forward with loops."""
+    return LoopFunction(emitter, plan).emit()
+
+
+@dataclasses.dataclass
+class _Reads:
+    """What one writing of the backward reads of the forward."""
+
+    once: set[str] = dataclasses.field(default_factory=set)  # values read as they are after forward
+    per_step: dict[int, set[str]] = dataclasses.field(default_factory=dict)  # loop index -> body values
+
+
+class LoopFunction:
+    """One Function: the forward as segments (`LoopPlan`), written out with a loop for each loop."""
+
+    def __init__(self, emitter, plan: LoopPlan):
+        self.e = emitter
+        self.layer = emitter.layer
+        self.plan = plan
+        self.kwargs: list[str] = emitter.function_kwargs()
+        steps = [s for seg in plan.segments for s in seg.tape.steps]
+        numbers = plan.numbers + [n for seg in plan.segments if isinstance(seg, Loop) for n in seg.numbers]
+        merged = Tape(steps, plan.outputs, plan.leaves, plan.differentiable, numbers=numbers, shapes=plan.shapes)
+        self.helper = FunctionEmitter(emitter, BackwardPlan(merged, plan.grads, {}, None, []))
+        self.names = self.helper.names
+        self.names.taken |= set(plan.shapes) | {f"grad_{v}" for v in plan.shapes}
+        for seg in plan.segments:
+            if isinstance(seg, Loop):
+                self.names.taken |= {seg.var, *seg.appended, *(n for n, _ in seg.numbers)}
+        self.loops = [seg for seg in plan.segments if isinstance(seg, Loop)]
+        self.own: dict[tuple, str] = {}  # names this Function introduces, by what they hold
+        self.outputs = {o.id for o in plan.outputs if isinstance(o, N.Name)}
+        self.backward_dims: set[str] = set()
+
+    def name(self, hint: str, key: tuple = ()) -> str:
+        """A name this Function introduces: the same for the same hint (and key) in every writing."""
+        which = (hint, *key)
+        if which not in self.own:
+            self.own[which] = self.names.local(hint)
+        return self.own[which]
+
+    # ---------------------------------------------------------------- the pieces
+
+    def emit(self) -> dict:
+        once: set[str] = set()
+        per_step: dict[int, set[str]] = {}
+        for _ in range(MAX_ROUNDS):
+            body, reads = self.backward(once, per_step)
+            grown = reads.once - set(self.plan.leaves) - self.outputs
+            new_steps = {k: v | per_step.get(k, set()) for k, v in reads.per_step.items()}
+            if grown <= once and all(new_steps[k] <= per_step.get(k, set()) for k in new_steps):
+                break
+            once |= grown
+            per_step = new_steps
+        else:  # not settled in MAX_ROUNDS: written once more with everything read so far
+            body, reads = self.backward(once, per_step)
+        extra = self.extra_outputs(once, per_step)
+        saved_leaves = [l for l in self.plan.leaves if l in reads.once]
+        layer, plan = self.layer, self.plan
+        n_out = len(plan.outputs)
+        leaves = plan.leaves
+        return {
+            "name": f"{layer.name}Function",
+            "doc": f"`{layer.name}` as an autograd.Function with a derived backward, its loops run as loops.",
+            "forward_params": [f"{l}: Tensor" for l in leaves] + [self._kw_param(k) for k in self.kwargs],
+            "forward_body": self.forward(extra, per_step),
+            "returns": (
+                "Tensor"
+                if n_out + len(extra) == 1
+                else f"tuple[{', '.join(['Tensor'] * n_out + ['Tensor'] * len(extra))}]"
+            ),
+            "setup_body": self.setup(saved_leaves, extra, reads),
+            "backward_params": ["ctx", *plan.grads, *(self.grad_out(x) for x in extra)],
+            "backward_body": body,
+            "apply_params": leaves + self.kwargs,
+            "n_outputs": n_out,
+            "inputs": self.names.inputs,
+            "output": self.names.output,
+            "cls": self.names.cls,
+            "extra": extra,
+            "computed_extra": extra,
+            "updates": [],  # a loop layer updates no buffer (`autodiff.loops` refuses one)
+            "probes": (self.names.local("transforms_active"), self.names.local("compiling")),
+        }
+
+    def _kw_param(self, k: str) -> str:
+        if k == "training":
+            return "training: bool"
+        arg = self.layer.arg(k)
+        return f"{k}: {python_type(arg.type)}" if arg else f"{k}: float"
+
+    def extra_outputs(self, once: set[str], per_step: dict[int, set[str]]) -> list[str]:
+        """The values returned besides the layer's outputs, in the order forward computes them."""
+        out: list[str] = []
+        for seg in self.plan.segments:
+            if isinstance(seg, Straight):
+                out += [s.var for s in seg.tape.steps if s.var in once]
+            else:
+                k = self.loops.index(seg)
+                out += [self.stacked(v) for v in self.per_step_order(seg, per_step.get(k, set()))]
+                out += [c for c in seg.carried if c in once]
+                out += [j.name for j in seg.joins if j.name in once]
+        return out
+
+    def per_step_order(self, loop: Loop, values: set[str]) -> list[str]:
+        return [c for c in loop.carried if c in values] + [s.var for s in loop.tape.steps if s.var in values]
+
+    def stacked(self, var: str) -> str:
+        return self.name(f"{var}_steps")
+
+    def grad_out(self, var: str) -> str:
+        return self.name(f"grad_{var}_out")
+
+    # ---------------------------------------------------------------- forward
+
+    def forward(self, extra: list[str], per_step: dict[int, set[str]]) -> list[str]:
+        ex = self.helper.python(Spelling({}, training="training"))
+        lines = self.prelude(ex, lambda d: self.helper.dim_source[d])
+        for seg in self.plan.segments:
+            if isinstance(seg, Straight):
+                lines += self.steps(seg.tape, ex)
+            else:
+                lines += self.forward_loop(seg, per_step.get(self.loops.index(seg), set()), ex)
+        outs = [ex(o) for o in self.plan.outputs] + extra
+        return lines + [f"return {', '.join(outs)}"]
+
+    def prelude(self, ex: PyExpr, dim_spelling) -> list[str]:
+        """The dims and number locals (outside loops) that forward or backward read."""
+        tape = Tape([], [], [], set(), numbers=list(self.plan.numbers))
+        read = {
+            n.id for seg in self.plan.segments for s in seg.tape.steps for n in walk(s.expr) if isinstance(n, N.Name)
+        }
+        read |= {n.id for loop in self.loops for b in loop.bounds for n in walk(b) if isinstance(n, N.Name)}
+        read |= {n.id for loop in self.loops for _, e in loop.numbers for n in walk(e) if isinstance(n, N.Name)}
+        read |= {n.id for loop in self.loops for j in loop.joins for n in walk(j.dim) if isinstance(n, N.Name)}
+        lines, _ = self.helper.prelude(tape, read, ex, dim_spelling)
+        return lines
+
+    def steps(self, tape: Tape, ex: PyExpr) -> list[str]:
+        return [
+            line
+            for s in tape.steps
+            for line in with_spec_line([f"{s.var} = {ex(s.expr)}"], 0, self.e.spec_path, s.expr.span.line)
+        ]
+
+    def trip(self, loop: Loop, ex: PyExpr) -> str:
+        return f"range({', '.join(ex(b) for b in loop.bounds)})"
+
+    def forward_loop(self, loop: Loop, per_step: set[str], ex: PyExpr) -> list[str]:
+        lines = [f"{c} = {start}" for c, start in loop.carried.items() if c != start]
+        kept = self.per_step_order(loop, per_step)
+        lines += [f"{name} = []" for name in [*loop.appended, *(self.stacked(v) for v in kept)]]
+        body = [f"{n} = {ex(e)}" for n, e in loop.numbers]
+        body += [f"{self.stacked(c)}.append({c})" for c in loop.carried if c in per_step]
+        body += self.steps(Tape(list(loop.picks.values()), [], [], set()), ex)
+        body += self.steps(loop.tape, ex)
+        body += [f"{self.stacked(s.var)}.append({s.var})" for s in loop.tape.steps if s.var in per_step]
+        body += [f"{name}.append({ex(item)})" for name, item in loop.appended.items()]
+        moved = [(c, v) for c, v in loop.updates.items() if c != v]
+        if moved:
+            body.append(f"{', '.join(c for c, _ in moved)} = {', '.join(v for _, v in moved)}")
+        head = with_spec_line([f"for {loop.var} in {self.trip(loop, ex)}:"], 0, self.e.spec_path, loop.span.line)
+        lines += head + ["    " + line for line in body or ["pass"]]
+        for j in loop.joins:
+            lines.append(f"{j.name} = torch.{j.func}({j.items}, dim={ex(j.dim)})")
+        for v in kept:  # a loop of no steps keeps nothing (and backward runs no step)
+            lines.append(f"{self.stacked(v)} = torch.stack({self.stacked(v)}) if {self.stacked(v)} else None")
+        return lines
+
+    # ---------------------------------------------------------------- setup_context
+
+    def setup(self, saved_leaves: list[str], extra: list[str], reads: _Reads) -> list[str]:
+        unpack = self.plan.leaves + self.kwargs
+        dims = sorted(self.backward_dims)
+        used = set(saved_leaves) | set(self.kwargs) | {self.helper.dim_source[d].split(".")[0] for d in dims}
+        lines = []
+        if used:
+            names = [u if u in used else "_" for u in unpack]
+            lines.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = {self.names.inputs}")
+        saved_outputs = [o.id if isinstance(o, N.Name) and o.id in reads.once else "_" for o in self.plan.outputs]
+        outs = saved_outputs + extra
+        if any(v != "_" for v in outs):
+            lines.append(f"{', '.join(outs)}{',' if len(outs) == 1 else ''} = {self.names.output}")
+        if extra and len(self.plan.outputs) == 1:  # the extra outputs' gradients: None unless given
+            lines.append("ctx.set_materialize_grads(False)")
+        lines += [f"{self.names.ctx_value(k)} = {k}" for k in self.kwargs]
+        lines += [f"{self.names.ctx_value(d)} = {self.helper.dim_source[d]}" for d in dims]
+        tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + extra
+        if tensors:
+            lines.append(f"ctx.save_for_backward({', '.join(tensors)})")
+        return lines
+
+    # ---------------------------------------------------------------- backward
+
+    def split(self, once: set[str], per_step: dict[int, set[str]]) -> bool:
+        """Whether the extra outputs' gradients get a section of their own, run only when one is given
+        (double backward): with one output, whose gradient is then the only one of a first backward."""
+        return len(self.plan.outputs) == 1 and bool(self.extra_outputs(once, per_step))
+
+    def backward(self, once: set[str], per_step: dict[int, set[str]]) -> tuple[list[str], _Reads]:
+        lines, reads = self.backward_lines(once, per_step)
+        text = "\n".join(lines)
+        self.backward_dims = {d for d in self.layer.symbolic_dims if self.names.ctx_value(d) in text}
+        return lines, reads
+
+    def backward_lines(self, once: set[str], per_step: dict[int, set[str]]) -> tuple[list[str], _Reads]:
+        if not self.split(once, per_step):
+            writer = _BackwardWriter(self, once, per_step, "all")
+            lines = writer.write()
+            return writer.head([writer]) + writer.declared() + lines + self.returns(), writer.reads
+        main = _BackwardWriter(self, once, per_step, "main")
+        main_lines = main.write()
+        rare = _BackwardWriter(self, once, per_step, "rare")
+        rare_lines = rare.write()
+        reads = _Reads(main.reads.once | rare.reads.once, dict(main.reads.per_step))
+        for k, v in rare.reads.per_step.items():
+            reads.per_step[k] = reads.per_step.get(k, set()) | v
+        extra = self.extra_outputs(once, per_step)
+        given = [self.grad_out(x) for x in extra]
+        # unused extra outputs' gradients are None (not materialised): zeros where another is given
+        stacks = {self.stacked(v) for k, loop in enumerate(self.loops) for v in per_step.get(k, set())}
+        zeros = [  # a stack is None after a loop of no steps (whose backward runs no step)
+            f"{g} = torch.zeros_like({x}) if {g} is None {'and ' + x + ' is not None ' if x in stacks else ''}else {g}"
+            for g, x in zip(given, extra)
+        ]
+        reset = sorted(rare.maybe_none - set(main.leaf_grads()))
+        zeros += [" = ".join(reset) + " = None"] if reset else []
+        lines = [f"if {self.plan.grads[0]} is not None:", *("    " + line for line in main_lines)]
+        lines.append("# double backward: what the extra outputs' gradients add")
+        lines.append("if " + " or ".join(f"{g} is not None" for g in given) + ":")
+        lines += ["    " + line for line in zeros + rare_lines]
+        declared = main.leaf_grads() + sorted(main.maybe_none - set(main.leaf_grads()))
+        head = main.head([main, rare]) + [" = ".join(declared) + " = None"]
+        return head + lines + self.returns(), reads
+
+    def returns(self) -> list[str]:
+        grads = [f"grad_{l}" if l in self.plan.differentiable else "None" for l in self.plan.leaves]
+        return [f"return {', '.join(grads + ['None'] * len(self.kwargs))}"]
+
+
+class _BackwardWriter:
+    """One writing of the backward (or of one section of it), given the values returned as extra outputs."""
+
+    def __init__(self, fn: LoopFunction, once: set[str], per_step: dict[int, set[str]], mode: str):
+        self.fn = fn
+        # "all": every incoming gradient; "main": the outputs' only; "rare": the extra outputs' only
+        self.mode = mode
+        self.plan = fn.plan
+        self.once = once
+        self.per_step = per_step
+        self.reads = _Reads()
+        self.state: dict[str, str] = {}  # gradient -> "set" (holds a tensor) or "maybe" (None when no step ran)
+        self.maybe_none: set[str] = set()  # gradients to start as None
+        ctx = fn.names.ctx_value
+        dims = list(self.fn.layer.symbolic_dims)
+        spelling = Spelling({k: ctx(k) for k in [*fn.kwargs, *dims]}, training=ctx("training"))
+        self.spelling = spelling
+        self.ex = fn.helper.python(spelling)
+        self.values = set(self.plan.shapes) | set(self.plan.leaves)
+        self.current = self.reads.once  # where `read` records what the statements read
+        # Views of inputs and parameters (`transpose(w, 0, 1)`): recomputed in backward, not returned
+        leaves = set(self.plan.leaves)
+        self.views = {
+            s.var: s
+            for seg in self.plan.segments
+            if isinstance(seg, Straight)
+            for s in seg.tape.steps
+            if s.op is not None and s.op.shape in VIEWS and _operands(s) <= leaves
+        }
+        self.recomputed: set[str] = set()
+
+    def write(self) -> list[str]:
+        lines: list[str] = []
+        if self.mode != "rare":
+            for g in self.plan.grads:
+                self.state[g] = "set"
+        else:  # added to what the outputs' gradients gave (or None)
+            for g in self.leaf_grads():
+                self.state[g] = "maybe"
+        for seg in reversed(self.plan.segments):
+            if isinstance(seg, Straight):
+                lines += self.straight(seg)
+            else:
+                lines += self.loop(seg)
+        return lines
+
+    def leaf_grads(self) -> list[str]:
+        return [f"grad_{l}" for l in self.plan.leaves if l in self.plan.differentiable]
+
+    def declared(self) -> list[str]:
+        grads = self.leaf_grads()
+        declared = [g for g in grads if self.state.get(g) != "set"] + sorted(self.maybe_none - set(grads))
+        return [" = ".join(declared) + " = None"] if declared else []
+
+    def head(self, writers: list[_BackwardWriter]) -> list[str]:
+        """The saved tensors unpacked, the dims and numbers, the views recomputed (for every section)."""
+        saved = self.saved_names([w.reads for w in writers])
+        head: list[str] = []
+        if saved:
+            head.append(f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors")
+        head += self.fn.prelude(self.ex, lambda d: self.fn.names.ctx_value(d))
+        recomputed = {v for w in writers for v in w.recomputed}
+        for var, step in self.views.items():
+            if var in recomputed:
+                head += with_spec_line([f"{var} = {self.ex(step.expr)}"], 0, self.fn.e.spec_path, step.expr.span.line)
+        return head
+
+    def saved_names(self, reads: list[_Reads]) -> list[str]:
+        once = {v for r in reads for v in r.once}
+        leaves = [l for l in self.plan.leaves if l in once]
+        outputs = [o.id for o in self.plan.outputs if isinstance(o, N.Name) and o.id in once]
+        extra = self.fn.extra_outputs(self.once, self.per_step)
+        return leaves + outputs + extra
+
+    # ---------------------------------------------------------------- gradients
+
+    def acc(self, value: str) -> str:
+        return f"grad_{value}"
+
+    def accumulate(self, value: str, grad: str, conditional: bool) -> list[str]:
+        """`grad` added to the gradient of `value` (or that gradient, when it is the first)."""
+        target = self.acc(value)
+        if target == grad:  # written as the gradient itself (the first share)
+            self.state[target] = "maybe" if conditional else "set"
+            if conditional:
+                self.maybe_none.add(target)
+            return []
+        st = self.state.get(target)
+        if st == "set":
+            return [f"{target} = {target} + {grad}"]
+        if st is None and not conditional:
+            self.state[target] = "set"
+            return [f"{target} = {grad}"]
+        self.maybe_none.add(target)
+        self.state[target] = "maybe"
+        return [f"{target} = {grad} if {target} is None else {target} + {grad}"]
+
+    def statements(
+        self, bwd: Backward, tape: Tape, where: str, conditional: bool = True
+    ) -> tuple[list[str], dict[str, str]]:
+        """The derived statements, each leaf's gradient written to a name of its own where the gradient
+        summed so far (or, in a loop, the incoming one of the same name) must stay; and each leaf's
+        gradient var. A leaf's gradient is never read by the statements after it."""
+        renamed: dict[str, str] = {}
+        lines = []
+        for s in bwd.stmts:
+            target = s.var
+            leaf = target.removeprefix("grad_")
+            direct = where != "t" and self.state.get(target) is None  # the first share: the gradient itself
+            if target.startswith("grad_") and leaf in bwd.leaf_grads and leaf in tape.leaves and not direct:
+                hint = f"grad_{leaf}_t" if where == "t" else f"grad_{leaf}_part"
+                target = renamed[s.var] = self.fn.name(hint, key=(where, leaf))
+            self.read(s.expr)
+            lines += with_spec_line([f"{target} = {self.ex(s.expr)}"], 0, self.fn.e.spec_path, s.span.line)
+        return lines, {leaf: renamed.get(g, g) for leaf, g in bwd.leaf_grads.items()}
+
+    def read(self, expr: N.Expr) -> None:
+        for n in walk(expr):
+            if isinstance(n, N.Name) and n.id in self.views:  # recomputed from the leaves it views
+                self.recomputed.add(n.id)
+                self.read(self.views[n.id].expr)
+            elif isinstance(n, N.Name) and n.id in self.values:
+                self.current.add(n.id)
+
+    # ---------------------------------------------------------------- segments
+
+    def straight(self, seg: Straight) -> list[str]:
+        tape = seg.tape
+        own = {s.var for s in tape.steps}
+        sure: list[tuple[N.Expr, str]] = []
+        maybe: list[tuple[N.Expr, str]] = []
+        if seg.returns and self.mode != "rare":
+            sure += list(zip(self.plan.outputs, self.plan.grads))
+        for s in tape.steps:
+            st = self.state.get(self.acc(s.var))
+            if st == "set" and not (seg.returns and s.var in self.fn.outputs):
+                sure.append((B.name(s.var), self.acc(s.var)))
+            elif st == "maybe":
+                maybe.append((B.name(s.var), self.acc(s.var)))
+        # A gradient only a loop gave keeps a name of its own: the sections' statements name the
+        # segment's own gradients `grad_<var>` too.
+        lines: list[str] = []
+        for k, (var, g) in enumerate(maybe):
+            kept = self.fn.name(f"{g}_from_loop")
+            lines.append(f"{kept} = {g}")
+            maybe[k] = (var, kept)
+        extra = {v: self.fn.grad_out(v) for v in own if v in self.once and v not in self.fn.outputs}
+        extra = {} if self.mode == "main" else extra
+        for group, cond in [(sure, None)] + [([m], f"{m[1]} is not None") for m in maybe]:
+            outs = dataclasses.replace(tape, outputs=[o for o, _ in group])
+            bwd = derive(outs, [g for _, g in group], extra if cond is None else None)
+            where = f"{self.plan.segments.index(seg)}" + ("" if cond is None else f" {group[0][1]}")
+            body, grads = self.statements(bwd, tape, where, conditional=cond is not None)
+            for leaf, g in grads.items():
+                if leaf not in own:
+                    body += self.accumulate(leaf, g, conditional=cond is not None)
+            lines += body if cond is None else ([f"if {cond}:"] + ["    " + line for line in body] if body else [])
+        return lines
+
+    def loop(self, loop: Loop) -> list[str]:
+        k = self.fn.loops.index(loop)
+        kept = self.per_step.get(k, set())
+        lines: list[str] = []
+        if self.mode != "main":
+            for c in loop.carried:
+                if c in self.once and c not in self.fn.outputs:
+                    lines += self.accumulate(c, self.fn.grad_out(c), conditional=False)
+            for j in loop.joins:
+                if j.name in self.once and j.name not in self.fn.outputs:
+                    lines += self.accumulate(j.name, self.fn.grad_out(j.name), conditional=False)
+        requiring = [c for c in loop.carried if c in self.plan.requires]
+        for c in requiring:
+            st = self.state.get(self.acc(c))
+            if st != "set":  # nothing after the loop reads it (or only a loop after it): zeros to start
+                self.read(B.name(c))
+                g = self.acc(c)
+                zeros = f"torch.zeros_like({c})"
+                lines.append(f"{g} = {zeros}" if st is None else f"{g} = {zeros} if {g} is None else {g}")
+                self.state[g] = "set"
+        # Each step's share of the gradient of what the loop's lists are joined into
+        items: dict[str, list[str]] = {}
+        step_index = loop.var if self._plain_range(loop) else self.fn.name("step")
+        for j in loop.joins:
+            if self.state.get(self.acc(j.name)) is None:
+                continue
+            parts = self.fn.name(f"grad_{j.name}_parts")
+            count = f"len({self.fn.trip(loop, self.ex)})"
+            cut = f"unbind({self.ex(j.dim)})" if j.func == "stack" else f"tensor_split({count}, {self.ex(j.dim)})"
+            if self.state[self.acc(j.name)] == "maybe":  # given only by a later loop, which may take no step
+                self.read(B.name(j.name))
+                g = self.acc(j.name)
+                lines.append(f"{g} = torch.zeros_like({j.name}) if {g} is None else {g}")
+                self.state[g] = "set"
+            lines.append(f"{parts} = {self.acc(j.name)}.{cut}")
+            items.setdefault(j.items, []).append(f"{parts}[{step_index}]")
+        outputs: list[tuple[N.Expr, str]] = [(B.name(loop.updates[c]), self.acc(c)) for c in requiring]
+        body: list[str] = []
+        for name, parts_at in items.items():
+            item_grad = self.fn.name(f"grad_{name}_item")
+            body.append(f"{item_grad} = {' + '.join(parts_at)}")
+            outputs.append((loop.appended[name], item_grad))
+        body = [f"{n} = {self.ex(e)}" for n, e in loop.numbers] + body
+        extra_grads: dict[str, str] = {}
+        per_step_names = {c: self.fn.name(f"{c}_t") for c in loop.carried}
+        for v in self.fn.per_step_order(loop, kept):
+            body.append(f"{per_step_names.get(v, v)} = {self.fn.stacked(v)}[{step_index}]")
+            if v in self.plan.requires and self.mode != "main":
+                extra_grads[v] = self.fn.name(f"grad_{v}_step")
+                body.append(f"{extra_grads[v]} = {self.fn.grad_out(self.fn.stacked(v))}[{step_index}]")
+        tape = dataclasses.replace(loop.tape, outputs=[o for o, _ in outputs])
+        bwd = derive(tape, [g for _, g in outputs], extra_grads)
+        self.current = set()
+        after_loop = self.ex  # a carried value read per step by a name of its own (its own holds the last)
+        self.ex = self.fn.helper.python(dataclasses.replace(self.spelling, names=self.spelling.names | per_step_names))
+        derived, grads = self.statements(bwd, tape, "t")
+        picked = [p for p in loop.picks if p in self.current]  # picked again from what is saved once
+        for p in picked:
+            self.read(loop.picks[p].expr)
+        body += [f"{p} = {self.ex(loop.picks[p].expr)}" for p in picked] + derived
+        self.ex = after_loop
+        body_values = set(loop.carried) | {s.var for s in loop.tape.steps}
+        self.reads.per_step.setdefault(k, set()).update(self.current & body_values)
+        self.reads.once |= self.current - body_values - set(loop.picks)
+        self.current = self.reads.once
+        rows: dict[str, str] = {}
+        for leaf, g in grads.items():
+            if leaf in loop.picks:  # one slice of the picked value's gradient per step
+                rows[leaf] = self.fn.name(f"grad_{leaf}_steps")
+                body.append(f"{rows[leaf]}.append({g})")
+            elif leaf not in loop.carried:
+                body += self.accumulate(leaf, g, conditional=True)
+        # The carried values' gradients, for the step before (at once: one may be another's)
+        new = [(self.acc(c), grads.get(c, f"torch.zeros_like({self.acc(c)})")) for c in requiring]
+        new = [(t, g) for t, g in new if t != g]
+        if new:
+            body.append(f"{', '.join(t for t, _ in new)} = {', '.join(g for _, g in new)}")
+        if self._plain_range(loop):
+            head = f"for {loop.var} in reversed({self.fn.trip(loop, self.ex)}):"
+        else:
+            head = f"for {step_index}, {loop.var} in reversed(list(enumerate({self.fn.trip(loop, self.ex)}))):"
+        lines += [f"{r} = []" for r in rows.values()]
+        lines += with_spec_line([head], 0, self.fn.e.spec_path, loop.span.line)
+        lines += ["    " + line for line in body or ["pass"]]
+        for p, r in rows.items():  # the slices in order: the value's gradient, when the loop took a step
+            step = loop.picks[p]
+            src, dim = step.args["input"], step.args["dim"]
+            assert isinstance(src, N.Name)
+            fresh = self.state.get(self.acc(src.id)) is None
+            whole = self.acc(src.id) if fresh else self.fn.name(f"grad_{src.id}_picked")
+            taken = self.accumulate(src.id, whole, conditional=True)
+            lines += [f"if {r}:", f"    {whole} = torch.stack({r}[::-1], dim={self.ex(dim)})"]
+            lines += ["    " + t for t in taken]
+        for c in requiring:  # the gradient of the value the carried one starts as
+            if loop.carried[c] in self.plan.requires:
+                lines += self.accumulate(loop.carried[c], self.acc(c), conditional=False)
+        return lines
+
+    @staticmethod
+    def _plain_range(loop: Loop) -> bool:
+        return len(loop.bounds) == 1
+
+
+def _operands(step) -> set[str]:
+    """The names of the tensors a step reads."""
+    return {n.id for a in step.args.values() for n in walk(a) if isinstance(n, N.Name) and n.kind == N.Kind.TENSOR}

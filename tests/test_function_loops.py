@@ -1,0 +1,253 @@
+"""`@function` layers with a loop whose trip count is known only when forward runs (a constructor
+argument, an input's size): the Function runs the loop, its backward runs the body's derived backward
+in reverse. Against plain autograd (the functional form, torch's RNN), gradcheck and gradgradcheck in
+float64, at several trip counts including 0 and 1."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from layerdsl.codegen.module import emit_file
+from layerdsl.semantics.checker import check_program
+from layerdsl.syntax.parser import parse_file
+
+from .support import compile_spec
+
+SCAN = """
+@function
+layer Scan(d: int, steps: int = 3) {
+    param w: [d, d]
+    example(d = 3)
+    forward(x: [B, d]) -> [B, d] {
+        h = x
+        outputs = []
+        for t in range(steps) {
+            h = tanh(h @ w + x)
+            outputs.append(h * (t + 1))
+        }
+        return h + sum(stack(outputs, dim = 0), dim = 0) + cat(outputs, dim = -1)[:, :d]
+    }
+}
+"""
+
+CARRIED = """
+@function
+layer Carried(d: int, steps: int = 3) {
+    param w: [d, d]
+    param s: [d] = uniform(0.5, 1.5)
+    example(d = 3)
+    forward(x: [B, d]) -> [B, d] {
+        y = sin(x)
+        h = y * 2
+        c = x * s
+        for t in range(1, steps + 1) {
+            before = c
+            c = h * s
+            h = tanh(before @ w + y) * t + h
+        }
+        return h * y + c
+    }
+}
+"""
+
+TWO_LOOPS = """
+@function
+layer TwoLoops(d: int, steps: int = 3) {
+    param w: [d, d]
+    example(d = 3)
+    forward(x: [B, T, d]) -> [B, d] {
+        h = x[:, 0]
+        for t in range(T) {
+            h = tanh(h @ w + x[:, t])
+        }
+        g = h * 2
+        for k in range(steps) {
+            g = sin(g) * h
+        }
+        return g + h
+    }
+}
+"""
+
+JOIN_READ_BY_LOOP = """
+@function
+layer JoinReadByLoop(d: int, steps: int = 3) {
+    param w: [d, d]
+    example(d = 3)
+    forward(x: [B, d]) -> [B, d] {
+        h = x
+        outputs = []
+        for t in range(steps) {
+            h = tanh(h @ w + x)
+            outputs.append(h)
+        }
+        s = sum(stack(outputs, dim = 0), dim = 0)
+        g = x
+        for k in range(steps) {
+            g = sin(g) * s
+        }
+        return g
+    }
+}
+"""
+
+ELMAN = """
+@function
+layer Elman(input_size: int, hidden_size: int) {
+    param weight_ih_l0: [hidden_size, input_size]
+    param weight_hh_l0: [hidden_size, hidden_size]
+    param bias_ih_l0: [hidden_size]
+    param bias_hh_l0: [hidden_size]
+    example(input_size = 3, hidden_size = 4)
+    forward(input: [T, B, input_size]) -> [T, B, hidden_size] {
+        gi = input @ transpose(weight_ih_l0, 0, 1) + bias_ih_l0
+        h = new_zeros(input, [size_at(input, 1), hidden_size])
+        outputs = []
+        for t in range(size_at(input, 0)) {
+            h = tanh(gi[t] + h @ transpose(weight_hh_l0, 0, 1) + bias_hh_l0)
+            outputs.append(h)
+        }
+        return stack(outputs, dim = 0)
+    }
+}
+"""
+
+
+def _inputs(ns: dict, name: str, *shape: int, **kwargs):
+    torch.manual_seed(0)
+    module = ns[name](**kwargs).double()
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    params = [p.detach().clone().requires_grad_() for p in module.parameters()]
+    return module, x, params
+
+
+def _check_against_functional(ns: dict, name: str, functional: str, steps: list[int], shape, **kwargs):
+    fn, plain = ns[f"{name}Function"], ns[functional]
+    for n in steps:
+        module, x, params = _inputs(ns, name, *shape, steps=n, **kwargs)
+        numbers = [getattr(module, p) for p in list(inspect.signature(fn.forward).parameters)[1 + len(params) :]]
+        words = {
+            p.name: getattr(module, p.name)
+            for p in inspect.signature(plain).parameters.values()
+            if p.kind is p.KEYWORD_ONLY
+        }
+
+        def run(*tensors, numbers=numbers):
+            return fn.apply(*tensors, *numbers)[0]
+
+        ref = plain(x, *params, **words)
+        out = run(x, *params)
+        torch.testing.assert_close(out, ref)
+        seed = torch.randn_like(ref)
+        got = torch.autograd.grad(out, [x, *params], seed, allow_unused=True)
+        want = torch.autograd.grad(ref, [x, *params], seed, allow_unused=True)
+        for g, w, t in zip(got, want, [x, *params]):  # no step: w is not read
+            torch.testing.assert_close(torch.zeros_like(t) if g is None else g, torch.zeros_like(t) if w is None else w)
+        assert torch.autograd.gradcheck(run, (x, *params))
+        assert torch.autograd.gradgradcheck(run, (x, *params))
+
+
+def test_a_loop_over_a_constructor_argument_derives_with_lists_stacked_and_cat():
+    ns = compile_spec(SCAN, "scan")
+    _check_against_functional(ns, "Scan", "scan", [1, 2, 5], (2, 3), d=3)
+
+
+def test_carried_values_read_each_other_and_a_loop_of_no_steps_passes_its_gradient_through():
+    ns = compile_spec(CARRIED, "carried")
+    _check_against_functional(ns, "Carried", "carried", [0, 1, 4], (2, 3), d=3)
+
+
+def test_two_loops_one_over_a_named_input_size_one_reading_the_others_last_state():
+    ns = compile_spec(TWO_LOOPS, "two_loops")
+    for length in (1, 4):
+        _check_against_functional(ns, "TwoLoops", "two_loops", [0, 2], (2, length, 3), d=3)
+
+
+def test_a_stacked_list_read_by_a_later_loop():
+    ns = compile_spec(JOIN_READ_BY_LOOP, "join_read_by_loop")
+    _check_against_functional(ns, "JoinReadByLoop", "join_read_by_loop", [1, 3], (2, 3), d=3)
+
+
+def test_the_generated_function_runs_the_body_once_forward_and_once_backward():
+    spec = parse_file("scan.layer", SCAN)
+    code = emit_file(spec, check_program([spec]), "scan.layer", {})
+    function = code[code.index("class ScanFunction") : code.index("class Scan(")]
+    assert function.count("torch.tanh(") == 1  # the body once, not unrolled
+    assert "for t in range(steps):" in function
+    assert "for t in reversed(range(ctx.steps)):" in function
+    assert "tanh_backward" in function
+
+
+@pytest.mark.parametrize("length", [1, 2, 6])
+def test_a_loop_over_an_input_size_equals_torchs_rnn(length):
+    ns = compile_spec(ELMAN, "elman")
+    torch.manual_seed(0)
+    ours = ns["Elman"](3, 4).double()
+    rnn = torch.nn.RNN(3, 4).double()
+    rnn.load_state_dict(ours.state_dict())
+    x = torch.randn(length, 2, 3, dtype=torch.float64, requires_grad=True)
+    out, theirs = ours(x), rnn(x)[0]
+    torch.testing.assert_close(out, theirs)
+    seed = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, *ours.parameters()], seed)
+    want = torch.autograd.grad(theirs, [x, *rnn.parameters()], seed)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    fn = ns["ElmanFunction"]
+    params = [p.detach().requires_grad_() for p in ours.parameters()]
+
+    def run(*tensors):
+        return fn.apply(*tensors, 4)[0]
+
+    assert torch.autograd.gradcheck(run, (x, *params))
+    assert torch.autograd.gradgradcheck(run, (x, *params))
+
+
+LONG = """
+@function
+layer LongChain(d: int) {
+    param w: [d] = uniform(0.5, 1.5)
+    example(d = 3)
+    forward(x: [B, d]) -> [B, d] {
+        h = x
+        for t in range(70) {
+            h = sin(h) * w
+        }
+        return h
+    }
+}
+"""
+
+
+def test_a_written_loop_longer_than_unrolling_takes_stays_a_loop():
+    ns = compile_spec(LONG, "long")
+    spec = parse_file("long.layer", LONG)
+    code = emit_file(spec, check_program([spec]), "long.layer", {})
+    assert "for t in reversed(range(70)):" in code and code.count("torch.sin(") == 2  # Function, functional
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(3, dtype=torch.float64).add(0.5).requires_grad_()
+    run = lambda x, w: ns["LongChainFunction"].apply(x, w)[0]  # noqa: E731
+    torch.testing.assert_close(run(x, w), ns["long_chain"](x, w))
+    assert torch.autograd.gradcheck(run, (x, w))
+    assert torch.autograd.gradgradcheck(run, (x, w))
+
+
+def test_torch_func_transforms_go_through_the_loop():
+    ns = compile_spec(SCAN, "scan")
+    torch.manual_seed(0)
+    w = ns["Scan"](3).double().w.detach()
+    xs = torch.randn(4, 2, 3, dtype=torch.float64)
+
+    def ours(x):
+        return ns["ScanFunction"].apply(x, w, 3, 3)[0]
+
+    def plain(x):
+        return ns["scan"](x, w, d=3, steps=3)
+
+    grads = torch.func.vmap(torch.func.grad(lambda x: ours(x).sum()))(xs)
+    torch.testing.assert_close(grads, torch.func.vmap(torch.func.grad(lambda x: plain(x).sum()))(xs))
+    torch.testing.assert_close(torch.func.jacrev(ours)(xs[0]), torch.func.jacrev(plain)(xs[0]))
