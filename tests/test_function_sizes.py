@@ -43,6 +43,17 @@ layer BatchMean() {
 }
 
 @function
+layer RowGram(n: int) {
+    example(n = 4)
+    forward(x: [..., L, n]) -> [..., L, L] {
+        if x.ndim == 2 {
+            return sin(x) @ transpose(x, 0, 1) + 1.0
+        }
+        return sin(x) @ transpose(x, -2, -1)
+    }
+}
+
+@function
 layer SizesSum() {
     forward(x: [...]) {
         s = 0
@@ -126,6 +137,16 @@ def test_the_number_of_dims_of_an_input_chooses_the_side(ns, shape):
     x = _double(*shape)
     _agree(ns["BatchMean"]()(x), ns["batch_mean"](x), [x])
     _checked(ns["BatchMeanFunction"].apply, [x])
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (2, 3, 4)])
+def test_the_number_of_dims_chooses_the_side_of_rank_branching(ns, shape):
+    torch.manual_seed(5)
+    x = _double(*shape)
+    y = ns["RowGramFunction"].apply(x)[0]
+    assert y.grad_fn.x_ndim == len(shape)
+    _agree(ns["RowGram"](4)(x), ns["row_gram"](x, n=4), [x])
+    _checked(lambda x: ns["RowGramFunction"].apply(x)[0], [x])
 
 
 @pytest.mark.parametrize("steps", [1, 2, 4])  # the loop runs steps - 1 times: none, once, several

@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from layerdsl.autodiff.inputs import with_tuples_split
+from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
 from layerdsl.autodiff.loops import LoopPlan
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan, dtype_tested
 from layerdsl.autodiff.reverse import Backward, derive
@@ -105,7 +105,8 @@ class FunctionEmitter:
         # Flags and inputs that may be a tuple of ints: passed as they are, kept on ctx (not saved) for backward
         self.plain_inputs = [i.name for i in self.forward.inputs if i.flag is not None or i.takes_ints]
         self.backward_plain: set[str] = set()  # those the backward reads
-        self.measured = measured_sizes(with_tuples_split(self.layer))  # `size_at` of an unnamed dim: a dim
+        # `size_at` of a dim no shape names, and `x.ndim`: dims of their own, named as the plan names them
+        self.measured = measured_sizes(without_callable_sides(with_tuples_split(self.layer)))
         self.dims = [*self.layer.symbolic_dims, *self.measured]  # what forward reads from input shapes
         self.names = FunctionNames(scope or self._scope_names(), self.kwargs + self.plain_inputs + self.dims)
         self.returned = returned
