@@ -1,4 +1,4 @@
-"""A `@function` layer's forward made ready for the tape: short loops unrolled, `size_at` of declared dims named.
+"""A `@function` layer's forward made ready for the tape: short loops unrolled, `size_at`s named as dims.
 
 A `for t in range(...)` whose trip count is a number written in the spec, of at most MAX_UNROLLED steps,
 is unrolled here: one copy of the body per value of `t`, with `t` written as that number, and an `if`
@@ -10,7 +10,12 @@ argument or an input's size, known when forward runs, or longer) is kept, its bo
 for `autodiff.loops`.
 
 `size_at(x, d)` of an input or parameter whose shape names that dim becomes the dim itself (`B`, `n`), so
-a shape-only use keeps no tensor for the backward.
+a shape-only use keeps no tensor for the backward. Any other `size_at` of an input, parameter or buffer
+(`x: [...]`, or a dim the shape gives as an argument) is a measured size: a dim of its own (`x_size0`),
+which forward reads from x (`x.shape[0]`) as it reads a named dim, and setup_context keeps on ctx (an int,
+not a saved tensor) when the backward, a branch condition or a loop's trip count reads it. The size of a
+tensor forward computes is refused: the backward would need the tensor, or forward would have to return
+the number.
 """
 
 from __future__ import annotations
@@ -30,11 +35,14 @@ LOOP_HINT = "write a backward block, or drop @function (autograd derives the loo
 
 
 def prepared_forward(layer: N.Layer) -> N.Layer:
-    """`layer` with its forward's static loops unrolled and its `size_at`s of declared dims named."""
+    """`layer` with its forward's static loops unrolled and its `size_at`s named as dims (declared or measured)."""
     assert layer.forward is not None, "the parser reports a layer without forward"
     body = _unrolled(layer.forward.body, {}, layer)
-    body = [_named_sizes(s, layer) for s in body]
-    return dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
+    measured = _measured(layer, body)
+    body = [_named_sizes(s, layer, measured) for s in body]
+    prepared = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
+    prepared.symbolic_dims = [*layer.symbolic_dims, *measured.values()]  # each measured size, a dim
+    return prepared
 
 
 def _unrolled(body: list[N.Stmt], known: dict[str, int], layer: N.Layer) -> list[N.Stmt]:
@@ -98,8 +106,9 @@ def _with_values(stmt: N.Stmt, known: dict[str, int]) -> N.Stmt:
     return written(clone(stmt))
 
 
-def _named_sizes(stmt: N.Stmt, layer: N.Layer) -> N.Stmt:
-    """`size_at(x, k)` as the dim x's declared shape names at k (when it names one)."""
+def _named_sizes(stmt: N.Stmt, layer: N.Layer, measured: dict[tuple[str, int | None], str]) -> N.Stmt:
+    """`size_at(x, k)` as the dim x's declared shape names at k (when it names one), else as the size
+    measured from the input or member x (its name in `measured`)."""
 
     def named(e):
         e = map_children(e, named)
@@ -107,16 +116,104 @@ def _named_sizes(stmt: N.Stmt, layer: N.Layer) -> N.Stmt:
             dim = _declared_dim(e.args[0], e.args[1], layer)
             if dim is not None and all(n.id in layer.symbolic_dims for n in walk(dim) if isinstance(n, N.Name)):
                 return dim
-            declared = f": the shape declares it as `{spec_text(dim)}`" if dim is not None else ""
-            raise NotDerivable(
-                e.span,
-                f"under @function, size_at() reads a dim an input's shape names (`x: [B, d]`: size_at(x, 0) is B)"
-                f"{declared}",
-                "write the size by that name" if dim is not None else "name the dim in the input's shape and use it",
-            )
+            key = _measured_key(e)
+            if key is None:
+                raise _unmeasured(e)
+            return _measured_name(e, measured[key])
+        if isinstance(e, N.Rank) and _is_leaf(e.value):
+            return _measured_name(e, measured[(e.value.id, None)])
         return e
 
     return named(stmt)
+
+
+def _measured_name(e: N.Expr, name: str) -> N.Name:
+    size = N.Name(e.span, name)
+    size.ref, size.kind = N.Ref.DIM, N.Kind.INT
+    return size
+
+
+def _is_leaf(e: N.Expr) -> bool:
+    """Whether `e` names an input, a parameter or a buffer (what the Function is given)."""
+    return isinstance(e, N.Name) and e.ref in (N.Ref.INPUT, N.Ref.PARAM, N.Ref.BUFFER)
+
+
+def _unmeasured(call: N.Call) -> NotDerivable:
+    """Why `size_at(x, k)` cannot be measured for the backward: x is computed in forward, or k is not a number."""
+    of = call.args[0]
+    if _is_leaf(of):
+        return NotDerivable(
+            call.args[1].span,
+            "under @function, size_at() takes its dim as a number written in the spec (or a loop variable "
+            "of a loop short enough to unroll)",
+            "write the dim as a number",
+        )
+    return NotDerivable(
+        of.span,
+        f"under @function, size_at() measures an input, a parameter or a buffer: `{spec_text(of)}` is a tensor "
+        "forward computes, and the backward keeps no tensor only for its size",
+        "measure the input it is computed from (`size_at(query, 1)` for `transpose(query, 0, 1)`), "
+        "or name the dim in the input's shape (`x: [B, d]`: size_at(x, 0) is B)",
+    )
+
+
+def measured_sizes(layer: N.Layer) -> dict[str, str]:
+    """The sizes a `@function` forward measures (`size_at(x, k)` of an input or member whose shape names
+    no dim there, and `x.ndim`): each as a dim of its own, by name, with the Python that reads it
+    (`input.shape[0]`, `input.dim()`). Forward computes it; setup_context keeps it on ctx when the
+    backward reads it (an int, not a saved tensor)."""
+    if layer.forward is None:
+        return {}
+    try:
+        body = _unrolled(layer.forward.body, {}, layer)  # `size_at(x, t)` in a loop unrolled: `t` written out
+    except NotDerivable:
+        return {}  # a loop over subs: the layer does not derive
+    measured = _measured(layer, body)
+    return {name: f"{leaf}.dim()" if k is None else f"{leaf}.shape[{k}]" for (leaf, k), name in measured.items()}
+
+
+def _measured(layer: N.Layer, body: list[N.Stmt]) -> dict[tuple[str, int | None], str]:
+    """Each size the forward `body` measures (input or member, dim; None for its number of dims) -> the
+    name it is read by."""
+    assert layer.forward is not None
+    taken = {a.name for a in layer.args} | {t.name for t in layer.tensors} | {l.name for l in layer.lets}
+    taken |= {i.name for i in layer.forward.inputs} | set(layer.symbolic_dims)
+    nodes = [n for stmt in body for n in walk(stmt)]
+    taken |= {n.id for n in nodes if isinstance(n, N.Name)} | {s.target for s in nodes if isinstance(s, N.Assign)}
+    out: dict[tuple[str, int | None], str] = {}
+    for e in nodes:
+        if isinstance(e, N.Rank) and _is_leaf(e.value) and (e.value.id, None) not in out:
+            out[(e.value.id, None)] = _fresh(f"{e.value.id}_ndim", taken)
+        if not (isinstance(e, N.Call) and e.func == "size_at" and len(e.args) == 2):
+            continue
+        dim = _declared_dim(e.args[0], e.args[1], layer)
+        if dim is not None and all(n.id in layer.symbolic_dims for n in walk(dim) if isinstance(n, N.Name)):
+            continue
+        key = _measured_key(e)
+        if key is None or key in out:
+            continue
+        leaf, k = key
+        out[key] = _fresh(f"{leaf}_size{k}" if k >= 0 else f"{leaf}_size_last" + (str(-k) if k < -1 else ""), taken)
+    return out
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    while name in taken:
+        name += "_"
+    taken.add(name)
+    return name
+
+
+def _measured_key(call: N.Call) -> tuple[str, int] | None:
+    """(x, k) for `size_at(x, k)` of an input or member at a number written in the spec, else None."""
+    of, at = call.args
+    if not isinstance(of, N.Name) or not _is_leaf(of):
+        return None
+    try:
+        k = evaluate(at, {})
+    except NotConstant:
+        return None
+    return (of.id, k) if isinstance(k, int) and not isinstance(k, bool) else None
 
 
 def _declared_dim(of: N.Expr, at: N.Expr, layer: N.Layer) -> N.Expr | None:

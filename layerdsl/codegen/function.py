@@ -14,12 +14,13 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from layerdsl.autodiff.inputs import with_tuples_split
+from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
 from layerdsl.autodiff.loops import LoopPlan
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan, dtype_tested
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.shapes import same_shape_leaf
 from layerdsl.autodiff.tape import Step, Tape
+from layerdsl.autodiff.unroll import measured_sizes
 from layerdsl.codegen.function_buffers import always_updated, returned_values, updated_buffers
 from layerdsl.codegen.joint_gradients import joint_calls
 from layerdsl.codegen.names import FunctionNames
@@ -104,9 +105,10 @@ class FunctionEmitter:
         # Flags and inputs that may be a tuple of ints: passed as they are, kept on ctx (not saved) for backward
         self.plain_inputs = [i.name for i in self.forward.inputs if i.flag is not None or i.takes_ints]
         self.backward_plain: set[str] = set()  # those the backward reads
-        self.names = FunctionNames(
-            scope or self._scope_names(), self.kwargs + self.plain_inputs + list(self.layer.symbolic_dims)
-        )
+        # `size_at` of a dim no shape names, and `x.ndim`: dims of their own, named as the plan names them
+        self.measured = measured_sizes(without_callable_sides(with_tuples_split(self.layer)))
+        self.dims = [*self.layer.symbolic_dims, *self.measured]  # what forward reads from input shapes
+        self.names = FunctionNames(scope or self._scope_names(), self.kwargs + self.plain_inputs + self.dims)
         self.returned = returned
         # The buffers whose new values forward returns last (`codegen.function_buffers`): every side's.
         self.buffers = updated_buffers(plan, [b.name for b in self.layer.buffers]) if buffers is None else buffers
@@ -127,7 +129,7 @@ class FunctionEmitter:
         """Every name of the layer's spec and tape the Function's methods may hold."""
         tape = self.tape
         values = tape.leaves + [s.var for s in tape.steps]
-        names = set(values) | {f"grad_{v}" for v in values} | set(self.kwargs) | set(self.layer.symbolic_dims)
+        names = set(values) | {f"grad_{v}" for v in values} | set(self.kwargs) | set(self.dims)
         names |= {n for n, _ in tape.numbers} | set(self.plan.grads) | {s.var for s in self.plan.written}
         return names
 
@@ -238,7 +240,7 @@ class FunctionEmitter:
         a branch condition."""
         if method == "backward":
             ctx = self.names.ctx_value
-            kept = {k: ctx(k) for k in [*self.kwargs, *self.plain_inputs, *self.layer.symbolic_dims]}
+            kept = {k: ctx(k) for k in [*self.kwargs, *self.plain_inputs, *self.dims]}
             kept |= {i: self.names.ctx_shape(i) for i in self._optional_inputs}  # None when not given
             spelling = Spelling(kept, training=ctx("training"))
 
@@ -353,15 +355,16 @@ class FunctionEmitter:
     def prelude(self, tape: Tape, names: set[str], ex: PyExpr, dim_spelling) -> tuple[list[str], set[str]]:
         """Dims and number locals the code reads, bound before it (`n = x.shape[-1]`, `h = n // 2`), and
         the dims among them."""
-        numbers = dict(tape.numbers)
+        numbers: dict[str, list[N.Expr]] = {}  # a local bound more than once (`s = s + ...`): every value
+        for n, e in tape.numbers:
+            numbers.setdefault(n, []).append(e)
         wanted, frontier = set(), [n for n in names if n in numbers or n in self.dim_source]
         while frontier:
             n = frontier.pop()
             if n in wanted:
                 continue
             wanted.add(n)
-            if n in numbers:
-                frontier += [m.id for m in walk(numbers[n]) if isinstance(m, N.Name)]
+            frontier += [m.id for e in numbers.get(n, []) for m in walk(e) if isinstance(m, N.Name)]
         lines = [f"{d} = {dim_spelling(d)}" for d in self.dim_source if d in wanted]
         for n, e in tape.numbers:
             if n in wanted:
@@ -370,7 +373,7 @@ class FunctionEmitter:
 
     @property
     def dim_source(self) -> dict[str, str]:
-        """Each symbolic dim, as read from the first input that declares it."""
+        """Each symbolic dim, as read from the first input that declares it, and each measured size."""
         out: dict[str, str] = {}
         for inp in self.forward.inputs:
             dims = inp.shape.dims if inp.shape else []
@@ -379,7 +382,7 @@ class FunctionEmitter:
                 if isinstance(d, N.Name) and d.id in self.layer.symbolic_dims and d.id not in out:
                     pos = k if ell is None or k < ell else k - len(dims)
                     out[d.id] = f"{inp.name}.shape[{pos}]"
-        return out
+        return out | self.measured
 
     def forward_body(self, tape: Tape, extra: list[str], returned: list[str]) -> list[str]:
         keep = set(extra) | {s.var for s in tape.steps if s.guard}

@@ -234,7 +234,7 @@ class LoopFunction:
     def backward(self, once: set[str], per_step: dict[int, set[str]]) -> tuple[list[str], _Reads]:
         lines, reads = self.backward_lines(once, per_step)
         text = "\n".join(lines)
-        self.backward_dims = {d for d in self.layer.symbolic_dims if self.names.ctx_value(d) in text}
+        self.backward_dims = {d for d in self.helper.dims if self.names.ctx_value(d) in text}
         return lines, reads
 
     def backward_lines(self, once: set[str], per_step: dict[int, set[str]]) -> tuple[list[str], _Reads]:
@@ -286,7 +286,7 @@ class _BackwardWriter:
         self.state: dict[str, str] = {}  # gradient -> "set" (holds a tensor) or "maybe" (None when no step ran)
         self.maybe_none: set[str] = set()  # gradients to start as None
         ctx = fn.names.ctx_value
-        dims = list(self.fn.layer.symbolic_dims)
+        dims = list(self.fn.helper.dims)
         spelling = Spelling({k: ctx(k) for k in [*fn.kwargs, *dims]}, training=ctx("training"))
         self.spelling = spelling
         self.ex = fn.helper.python(spelling)
