@@ -277,9 +277,7 @@ class _Planner:
         variant = variant | {n for n, _ in tape.numbers}
         hoisted, kept = [], []
         for s in tape.steps:
-            names = {n.id for n in walk(s.expr) if isinstance(n, N.Name)}
-            names |= {n.id for a in s.args.values() for n in walk(a) if isinstance(n, N.Name)}
-            if names & variant or s.op is not None and s.op.cost == "random":
+            if s.reads & variant or s.op is not None and s.op.cost == "random":
                 variant.add(s.var)
                 kept.append(s)
             else:
@@ -327,9 +325,8 @@ class _Planner:
     def pseudo_leaves(self, tape: Tape) -> set[str]:
         """The values of earlier segments that `tape` reads (leaves besides the layer's)."""
         own = {s.var for s in tape.steps} | set(self.leaves)
-        names = {n.id for s in tape.steps for a in s.args.values() for n in walk(a) if isinstance(n, N.Name)}
+        names = {n for s in tape.steps for n in s.reads}
         names |= {n.id for o in tape.outputs for n in walk(o) if isinstance(n, N.Name)}
-        names |= {n.id for s in tape.steps for n in walk(s.expr) if isinstance(n, N.Name)}
         values = set(self.alias.values()) | set(self.shapes)
         return {n for n in names if n not in own and n in values}
 

@@ -279,9 +279,7 @@ def _without_dead_steps(tape: Tape) -> Tape:
         if step.var not in live:
             continue
         kept.append(step)
-        live |= {n.id for n in walk(step.expr) if isinstance(n, N.Name)}
-        live |= {n.id for a in step.args.values() for n in walk(a) if isinstance(n, N.Name)}
-        live |= {v for v in (step.base, step.guard) if v is not None}
+        live |= step.reads
     return dataclasses.replace(tape, steps=kept[::-1])
 
 

@@ -69,6 +69,12 @@ class Step:
     def costly(self) -> bool:
         return self.op is not None and self.op.cost == "costly"
 
+    @property
+    def reads(self) -> set[str]:
+        """The names the step reads: in its expression and operands, and an optional member's guard and base."""
+        found = {n.id for e in (self.expr, *self.args.values()) for n in walk(e) if isinstance(n, N.Name)}
+        return found | {v for v in (self.base, self.guard) if v is not None}
+
 
 @dataclass
 class Tape:

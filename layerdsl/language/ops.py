@@ -801,35 +801,23 @@ TABLE: tuple[Op, ...] = (
         )
         for k in (2, 3)
     ),
-    Op(
-        "fractional_max_pool2d",
-        _sig(_FRACTIONAL_POOL),
-        "torch.nn.functional.fractional_max_pool2d",
-        "fractional_pool",
-        "2-D max pooling over pseudo-random windows to output_size (or input size * output_ratio); the windows'"
-        " offsets are random_samples [N, C, 2] in [0, 1), drawn as torch draws them when none",
-        {
-            "input": "max_pool_backward(grad, input, indices, 2)",
-            "random_samples": None,
-        },
-        cost="costly",
-        positional=4,
-        kwarg_spelling={"random_samples": "_random_samples"},
-    ),
-    Op(
-        "fractional_max_pool3d",
-        _sig(_FRACTIONAL_POOL),
-        "torch.nn.functional.fractional_max_pool3d",
-        "fractional_pool",
-        "3-D max pooling over pseudo-random windows to output_size (or input size * output_ratio); the windows'"
-        " offsets are random_samples [N, C, 3] in [0, 1), drawn as torch draws them when none",
-        {
-            "input": "max_pool_backward(grad, input, indices, 3)",
-            "random_samples": None,
-        },
-        cost="costly",
-        positional=4,
-        kwarg_spelling={"random_samples": "_random_samples"},
+    *(
+        Op(
+            f"fractional_max_pool{k}d",
+            _sig(_FRACTIONAL_POOL),
+            f"torch.nn.functional.fractional_max_pool{k}d",
+            "fractional_pool",
+            f"{k}-D max pooling over pseudo-random windows to output_size (or input size * output_ratio); the"
+            f" windows' offsets are random_samples [N, C, {k}] in [0, 1), drawn as torch draws them when none",
+            {
+                "input": f"max_pool_backward(grad, input, indices, {k})",
+                "random_samples": None,
+            },
+            cost="costly",
+            positional=4,
+            kwarg_spelling={"random_samples": "_random_samples"},
+        )
+        for k in (2, 3)
     ),
     Op(
         "pad",

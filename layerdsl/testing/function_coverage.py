@@ -33,6 +33,7 @@ from pathlib import Path
 from layerdsl.diagnostics import Diagnostic, SpecError
 from layerdsl.ir import nodes as N
 from layerdsl.testing.layer_checks import Case
+from layerdsl.testing.pages import write_or_check
 
 DOC = Path("docs/function-coverage.md")
 PACKAGE = "layerdsl_function_coverage"
@@ -391,11 +392,9 @@ def main(argv: list[str] | None = None) -> int:
         coverage, comparisons = run(Path(options.specs), Path(tmp))
     text = render(coverage, comparisons)
     doc = Path(options.doc)
-    if options.check:
-        current = doc.exists() and doc.read_text(encoding="utf-8") == text
-        print(f"{doc}: {'current' if current else 'stale: run python -m layerdsl.testing.function_coverage'}")
-        return 0 if current else 1
-    doc.write_text(text, encoding="utf-8")
+    status = write_or_check(doc, text, options.check, "python -m layerdsl.testing.function_coverage")
+    if status is not None:
+        return status
     failing = sum(bool(c.failures) for c in comparisons)
     print(
         f"{doc} written: {len(coverage.derived)} of {len(coverage.layers)} layers derived,"

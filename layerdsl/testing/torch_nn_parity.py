@@ -34,6 +34,7 @@ import torch
 
 from layerdsl.ir import nodes as N
 from layerdsl.testing.layer_checks import Case, generate_package, layer_class
+from layerdsl.testing.pages import write_or_check
 
 DOC = Path("docs/torch-nn-parity.md")
 SPEC_FOLDER = "torch_nn"
@@ -472,11 +473,9 @@ def main(argv: list[str] | None = None) -> int:
         reports = run(cases, "layerdsl_torch_nn_parity")
     text = render(reports)
     doc = Path(options.doc)
-    if options.check:
-        current = doc.exists() and doc.read_text(encoding="utf-8") == text
-        print(f"{doc}: {'current' if current else 'stale: run python -m layerdsl.testing.torch_nn_parity'}")
-        return 0 if current else 1
-    doc.write_text(text, encoding="utf-8")
+    status = write_or_check(doc, text, options.check, "python -m layerdsl.testing.torch_nn_parity")
+    if status is not None:
+        return status
     failed = sum(r.count("fail") for r in reports.values())
     print(f"{doc} written; {failed} samples failed")
     return 1 if failed else 0
