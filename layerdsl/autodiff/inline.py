@@ -26,6 +26,7 @@ from layerdsl.autodiff.torch_nn_forwards import inlined_torch_nn, torch_nn_layer
 from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import clone, map_children, statements, walk
 from layerdsl.language.naming import fresh_name
 from layerdsl.semantics.evaluate import NotConstant, evaluate
@@ -74,6 +75,9 @@ class _Instance:
     spec: Inlined  # its layer, its own subs inlined
     values: dict[str, N.Expr]  # its arguments and lets, as expressions of the outer layer's
     tensors: dict[str, str]  # its params and buffers -> the outer layer's names for them
+    # Every item of a list of subs of constructed length, as one: its tensors are the items' stacked
+    # (`blocks_w1: [depth, hidden, d]`), each read at the item's index (`blocks_w1[i]`)
+    index: N.Expr | None = None
 
 
 @dataclass
@@ -154,20 +158,54 @@ class _Inliner:
         try:
             count = range(*(int(evaluate(b, {})) for b in sub.repeat.iter.args))
         except (NotConstant, TypeError, ValueError):
-            names = [n.id for b in sub.repeat.iter.args for n in walk(b) if isinstance(n, N.Name)]
-            raise NotDerivable(
-                loop.iter.span,
-                f"cannot inline the list of subs '{sub.name}' under @function: its length depends on"
-                f" {_quoted(names)}, set when the layer is constructed (the items are inlined one by one,"
-                " so the length is a number written in the spec)",
-                "write the count (`[... for i in range(3)]`), or drop @function",
-            ) from None
+            return self.looped_over_subs(loop, sub)
         out: list[N.Stmt] = []
         for i in count:
             self.bound[loop.var] = self.instance(sub, i)
             out += self.block(loop.body)
         self.bound.pop(loop.var, None)
         return out
+
+    def looped_over_subs(self, loop: N.For, sub: N.Sub) -> list[N.Stmt]:
+        """`for block in blocks { ... }` over a list whose length is set at construction: a loop over the
+        items' indices, whose body calls the items as one (`_Instance.index`), their tensors stacked."""
+        assert sub.repeat is not None
+        bounds = sub.repeat.iter.args
+        if len(bounds) != 1:
+            raise NotDerivable(
+                loop.iter.span,
+                f"cannot inline the list of subs '{sub.name}' under @function: its items are built over"
+                f" range({', '.join(spec_text(b) for b in bounds)}), with a start set when the layer is"
+                " constructed (a loop over its items runs over range(n))",
+                f"build it over range(n) (`[... for {sub.repeat.var.id} in range(n)]`), or drop @function",
+            )
+        index = N.Name(loop.var_span, self.fresh(sub.repeat.var.id))
+        index.ref, index.kind = N.Ref.LOCAL, N.Kind.INT
+        self.bound[loop.var] = dataclasses.replace(self.stacked_instance(sub, index), index=index)
+        body = self.block(loop.body)
+        self.bound.pop(loop.var, None)
+        trip = N.Call(loop.iter.span, "range", loop.iter.span, [clone(bounds[0])], [])
+        trip.kind = N.Kind.LIST
+        return [dataclasses.replace(loop, var=index.id, iter=trip, body=body)]
+
+    def stacked_instance(self, sub: N.Sub, index: N.Name) -> _Instance:
+        """Every item of the list of subs `sub` as one module, read at `index` (made once)."""
+        key = (sub.name, -1)
+        if key not in self.instances:
+            assert sub.repeat is not None
+            loop: dict[str, N.Expr] = {sub.repeat.var.id: index}
+            module = self.module(sub.call, f"{sub.name}[*]", sub.name, sub.span, loop, sub.repeat.iter.args[0])
+            if not isinstance(module, _Instance):
+                raise NotDerivable(
+                    sub.span,
+                    f"cannot inline the list of subs '{sub.name}' under @function: its items are nn.Sequentials"
+                    " and its length is set when the layer is constructed",
+                    "write the count (`[... for i in range(3)]`), or drop @function",
+                )
+            self.instances[key] = dataclasses.replace(module, index=index)
+        stacked = self.instances[key]
+        assert isinstance(stacked, _Instance)
+        return stacked
 
     def callee(self, call: N.Call) -> _Module | None:
         """The module a call calls, or None for an operation."""
@@ -223,7 +261,10 @@ class _Inliner:
             self.instances[key] = self.module(sub.call, shown, prefix, sub.span, loop)
         return self.instances[key]
 
-    def module(self, call: N.Call, shown: str, prefix: str, span: Span, loop: dict[str, N.Expr]) -> _Module:
+    def module(
+        self, call: N.Call, shown: str, prefix: str, span: Span, loop: dict[str, N.Expr], count: N.Expr | None = None
+    ) -> _Module:
+        """The module `call` builds (`count`: the length of the list of subs whose items it builds, as one)."""
         if call.func == "nn.Sequential":
             items = [
                 self.module(item, f"{shown}[{k}]", f"{prefix}_{k}", span, loop)
@@ -245,7 +286,8 @@ class _Inliner:
             name = self.fresh(f"{prefix}_{t.name}")
             tensors[t.name] = name
             self.paths[name] = f"{shown}.{spec.paths.get(t.name, t.name)}"
-            self.tensors.append(_outer_tensor(t, name, span, values))
+            outer = _outer_tensor(t, name, span, values)
+            self.tensors.append(outer if count is None else _stacked_tensor(outer, count))
         return _Instance(shown, prefix, spec, values, tensors)
 
     def _inlinable_layer(self, call: N.Call, shown: str, span: Span) -> Inlined:
@@ -338,7 +380,8 @@ class _Inliner:
                 if e.ref in (N.Ref.ARG, N.Ref.LET) and e.id in inst.values:
                     return clone(inst.values[e.id])
                 if e.ref in N.MEMBERS and e.id in inst.tensors:
-                    return _renamed_name(e, inst.tensors[e.id], e.ref)
+                    member = _renamed_name(e, inst.tensors[e.id], e.ref)
+                    return member if inst.index is None else _item(member, inst.index)
                 if e.ref == N.Ref.INPUT and e.id in inputs:
                     return clone(inputs[e.id])
                 if e.ref == N.Ref.DIM:
@@ -436,6 +479,29 @@ def _outer_tensor(t: N.Tensor, name: str, span: Span, values: dict[str, N.Expr])
         except NotConstant:
             pass
     return dataclasses.replace(t, name=name, span=span, shape=shape, cond=cond, init=None)
+
+
+def _stacked_tensor(t: N.Tensor, count: N.Expr) -> N.Tensor:
+    """The items' member `t` stacked: one more dim first, the list's length (the checker lets no item's
+    arguments read its index, so every item's member has the same shape)."""
+    shape = dataclasses.replace(t.shape, dims=[clone(count), *t.shape.dims])
+    return dataclasses.replace(t, shape=shape)
+
+
+def member_argument(path: str) -> str:
+    """How the module passes a tensor of a Function's inlined forward: `self.fc.weight`; the member of
+    every item of a list of subs (`blocks[*].w1`), stacked (an empty tensor for an empty list)."""
+    if "[*]." not in path:
+        return f"self.{path}"
+    items, member = path.split("[*].", 1)
+    return f"torch.stack([item.{member} for item in self.{items}]) if len(self.{items}) else torch.empty(0)"
+
+
+def _item(member: N.Name, index: N.Expr) -> N.Expr:
+    """`member[index]`: one item's tensor of the items' stacked."""
+    e = N.Subscript(member.span, member, [clone(index)])
+    e.kind = N.Kind.TENSOR
+    return e
 
 
 def _renamed_name(e: N.Name, new: str, ref: N.Ref) -> N.Name:

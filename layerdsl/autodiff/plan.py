@@ -210,7 +210,7 @@ def _branch_plan(layer: N.Layer, branch: tuple[int, N.If], given: frozenset[str]
         side = dataclasses.replace(layer, forward=forward)
         try:
             planned = plan_backward(side, proven, known if decided is not None else known + _facts(cond, holds))
-            if decided is None and _keeps_a_loop(planned):
+            if decided is None and _keeps_a_loop(planned) and not _on_arguments(cond):
                 raise NotDerivable(
                     stmt.span,
                     "a derived backward goes through a loop whose count is known only when forward runs in a"
@@ -220,6 +220,15 @@ def _branch_plan(layer: N.Layer, branch: tuple[int, N.If], given: frozenset[str]
             sides.append(planned)
         except NotDerivable as exc:  # the statements both sides share are reported once (`refusal`)
             problems.append(exc)
+    if not problems and len(sides) == 2 and any(map(_keeps_a_loop, sides)) and not all(map(_all_loops, sides)):
+        problems.append(
+            NotDerivable(
+                stmt.span,
+                "a derived backward goes through a loop whose count is known only when forward runs on one"
+                " side of this `if` only (not derived yet)",
+                "put the loop on both sides (or after the `if`), or drop @function",
+            )
+        )
     if problems:
         raise refusal(problems)
     return sides[0] if len(sides) == 1 else BranchPlan(cond, sides[0], sides[1])
@@ -249,6 +258,17 @@ def _truth(cond: N.Expr, known: Facts) -> bool | None:
         return None if inner is None else not inner
     key = B.key(cond)
     return next((holds for term, holds in known if term == key), None)
+
+
+def _on_arguments(cond: N.Expr) -> bool:
+    """Whether `cond` reads only arguments, lets and `training` (a forward with loops branches on those)."""
+    return all(n.ref in (N.Ref.ARG, N.Ref.LET, N.Ref.TRAINING) for n in walk(cond) if isinstance(n, N.Name))
+
+
+def _all_loops(plan: Plan) -> bool:
+    return (
+        isinstance(plan, LoopPlan) or isinstance(plan, BranchPlan) and _all_loops(plan.then) and _all_loops(plan.orelse)
+    )
 
 
 def _keeps_a_loop(plan: Plan) -> bool:

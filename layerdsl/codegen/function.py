@@ -62,12 +62,14 @@ from layerdsl.syntax import parse_expr
 
 def emit_function_class(emitter, plan: Plan) -> dict:
     """The pieces of `<Name>Function` for the template, from the layer's backward plan."""
+    from layerdsl.codegen import function_loops  # it builds on FunctionEmitter
+
+    if isinstance(plan, BranchPlan) and function_loops.loop_sides(plan):  # `if`s on configuration, loops
+        return function_loops.emit_branching_loop_function(emitter, plan)
     if isinstance(plan, BranchPlan):
         return emit_branching_function(emitter, plan)
     if isinstance(plan, LoopPlan):
-        from layerdsl.codegen.function_loops import emit_loop_function  # it builds on FunctionEmitter
-
-        return emit_loop_function(emitter, plan)
+        return function_loops.emit_loop_function(emitter, plan)
     return FunctionEmitter(emitter, plan).emit()
 
 

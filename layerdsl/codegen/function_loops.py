@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 from layerdsl.autodiff.loops import Loop, LoopPlan, Straight
-from layerdsl.autodiff.plan import BackwardPlan
+from layerdsl.autodiff.plan import BackwardPlan, BranchPlan
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.tape import Tape
 from layerdsl.codegen.function import VIEWS, FunctionEmitter
@@ -36,6 +36,60 @@ def emit_loop_function(emitter, plan: LoopPlan) -> dict:
     return LoopFunction(emitter, plan).emit()
 
 
+def loop_sides(plan) -> list[LoopPlan] | None:
+    """The sides of a forward with loops that branches on configuration values (`if final_relu`), every
+    side a LoopPlan; None when a side is not one."""
+    if isinstance(plan, LoopPlan):
+        return [plan]
+    if not isinstance(plan, BranchPlan):
+        return None
+    then, orelse = loop_sides(plan.then), loop_sides(plan.orelse)
+    return None if then is None or orelse is None else then + orelse
+
+
+def emit_branching_loop_function(emitter, plan: BranchPlan) -> dict:
+    """The Function of a forward with loops and `if`s on configuration values: each side a Function with
+    loops (`LoopFunction`), forward, setup_context and backward each choosing the side by the condition
+    (forward and setup_context from the arguments, backward from `ctx`). Every side returns the extra
+    outputs of all (None for those it does not compute), their gradients named alike in every side."""
+    sides = loop_sides(plan)
+    assert sides is not None
+    returned = list(dict.fromkeys(x for side in sides for x in LoopFunction(emitter, side).emit()["extra"]))
+    shared: dict[tuple, str] = {}
+    functions = [LoopFunction(emitter, side, returned, shared) for side in sides]
+    pieces = [f.emit() for f in functions]
+    fn = dict(pieces[0])
+    n_out = {p["n_outputs"] for p in pieces}
+    assert len(n_out) == 1, "the checker gives every side of a layer's forward the same outputs"
+    for key in ("forward_params", "backward_params", "apply_params"):
+        assert all(p[key] == fn[key] for p in pieces), f"the sides of a branching Function differ in {key}"
+    forward_cond = functions[0].helper.branch_condition("forward")
+    backward_cond = functions[0].helper.branch_condition("backward")
+    bodies = iter([p["forward_body"] for p in pieces])
+    fn["forward_body"] = _chosen(plan, bodies, forward_cond)
+    head = functions[0]
+    unpack = ["_"] * len(head.plan.leaves) + head.kwargs  # the arguments the conditions read
+    fn["setup_body"] = [f"{', '.join(unpack)} = {head.names.inputs}"] + _chosen(
+        plan, iter([p["setup_body"] for p in pieces]), forward_cond
+    )
+    fn["backward_body"] = _chosen(plan, iter([p["backward_body"] for p in pieces]), backward_cond)
+    fn["returns"] = f"tuple[{', '.join(['Tensor'] * n_out.pop() + ['Tensor | None'] * len(returned))}]"
+    return fn
+
+
+def _chosen(plan, sides, cond) -> list[str]:
+    """The sides' lines (taken in order from `sides`) under `if <cond>: ... else: ...`."""
+    if not isinstance(plan, BranchPlan):
+        return list(next(sides))
+    then, orelse = _chosen(plan.then, sides, cond), _chosen(plan.orelse, sides, cond)
+    return [
+        f"if {cond(plan.cond)}:",
+        *("    " + line for line in then or ["pass"]),
+        "else:",
+        *("    " + line for line in orelse or ["pass"]),
+    ]
+
+
 @dataclasses.dataclass
 class _Reads:
     """What one writing of the backward reads of the forward."""
@@ -47,8 +101,13 @@ class _Reads:
 class LoopFunction:
     """One Function: the forward as segments (`LoopPlan`), written out with a loop for each loop."""
 
-    def __init__(self, emitter, plan: LoopPlan):
+    def __init__(
+        self, emitter, plan: LoopPlan, returned: list[str] | None = None, shared: dict[tuple, str] | None = None
+    ):
+        """`returned`: every side's extra outputs, when this is a side of a branching forward (None for
+        those this side does not compute); `shared`: the names the sides share (their gradients')."""
         self.e = emitter
+        self.returned = returned
         self.layer = emitter.layer
         self.plan = plan
         self.kwargs: list[str] = emitter.function_kwargs()
@@ -62,7 +121,7 @@ class LoopFunction:
             if isinstance(seg, Loop):
                 self.names.taken |= {seg.var, *seg.appended, *(n for n, _ in seg.numbers)}
         self.loops = [seg for seg in plan.segments if isinstance(seg, Loop)]
-        self.own: dict[tuple, str] = {}  # names this Function introduces, by what they hold
+        self.own: dict[tuple, str] = {} if shared is None else shared  # names it introduces, by what they hold
         self.outputs = {o.id for o in plan.outputs if isinstance(o, N.Name)}
         self.backward_dims: set[str] = set()
 
@@ -89,6 +148,7 @@ class LoopFunction:
         else:  # not settled in MAX_ROUNDS: written once more with everything read so far
             body, reads = self.backward(once, per_step)
         extra = self.extra_outputs(once, per_step)
+        returned = extra if self.returned is None else self.returned
         saved_leaves = [l for l in self.plan.leaves if l in reads.once]
         layer, plan = self.layer, self.plan
         n_out = len(plan.outputs)
@@ -97,21 +157,21 @@ class LoopFunction:
             "name": f"{layer.name}Function",
             "doc": f"`{layer.name}` as an autograd.Function with a derived backward, its loops run as loops.",
             "forward_params": [f"{l}: Tensor" for l in leaves] + [self._kw_param(k) for k in self.kwargs],
-            "forward_body": self.forward(extra, per_step),
+            "forward_body": self.forward([x if x in extra else "None" for x in returned], per_step),
             "returns": (
                 "Tensor"
-                if n_out + len(extra) == 1
-                else f"tuple[{', '.join(['Tensor'] * n_out + ['Tensor'] * len(extra))}]"
+                if n_out + len(returned) == 1
+                else f"tuple[{', '.join(['Tensor'] * n_out + ['Tensor'] * len(returned))}]"
             ),
-            "setup_body": self.setup(saved_leaves, extra, reads),
-            "backward_params": ["ctx", *plan.grads, *(self.grad_out(x) for x in extra)],
+            "setup_body": self.setup(saved_leaves, [x if x in extra else "_" for x in returned], reads),
+            "backward_params": ["ctx", *plan.grads, *(self.grad_out(x) for x in returned)],
             "backward_body": body,
             "apply_params": leaves + self.kwargs,
             "n_outputs": n_out,
             "inputs": self.names.inputs,
             "output": self.names.output,
             "cls": self.names.cls,
-            "extra": extra,
+            "extra": returned,
             "computed_extra": extra,
             "updates": [],  # a loop layer updates no buffer (`autodiff.loops` refuses one)
             "probes": (self.names.local("transforms_active"), self.names.local("compiling")),
@@ -156,7 +216,18 @@ class LoopFunction:
             else:
                 lines += self.forward_loop(seg, per_step.get(self.loops.index(seg), set()), ex)
         outs = [ex(o) for o in self.plan.outputs] + extra
+        maybe_inputs = self.maybe_inputs()
+        if any(o in maybe_inputs for o in outs):
+            lines.append("# after a loop of no steps, an input itself: returned as a view (it may be saved)")
+            outs = [f"{o}.view_as({o})" if o in maybe_inputs else o for o in outs]
         return lines + [f"return {', '.join(outs)}"]
+
+    def maybe_inputs(self) -> set[str]:
+        """The carried values that are an input or a parameter as it is when their loops take no step."""
+        out: set[str] = set(self.plan.leaves)
+        for loop in self.loops:
+            out |= {c for c, start in loop.carried.items() if start in out}
+        return out - set(self.plan.leaves)
 
     def prelude(self, ex: PyExpr, dim_spelling) -> list[str]:
         """The dims and number locals (outside loops) that forward or backward read."""
@@ -219,7 +290,7 @@ class LoopFunction:
             lines.append("ctx.set_materialize_grads(False)")
         lines += [f"{self.names.ctx_value(k)} = {k}" for k in self.kwargs]
         lines += [f"{self.names.ctx_value(d)} = {self.helper.dim_source[d]}" for d in dims]
-        tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + extra
+        tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + [x for x in extra if x != "_"]
         if tensors:
             lines.append(f"ctx.save_for_backward({', '.join(tensors)})")
         return lines

@@ -14,7 +14,7 @@ from functools import cached_property
 
 import jinja2
 
-from layerdsl.autodiff.inline import inline_subs
+from layerdsl.autodiff.inline import inline_subs, member_argument
 from layerdsl.autodiff.inputs import called_fn_args, tuple_parts, without_callable_sides
 from layerdsl.autodiff.plan import Plan, plan_backwards
 from layerdsl.codegen.function_arity import arities, returned_by_arity
@@ -580,7 +580,7 @@ class LayerEmitter:
     def function_apply_args(self) -> list[str]:
         parts = tuple_parts(self.layer)  # a tuple input's tensors: arguments of their own
         args = [p for i in self.forward.inputs for p in parts.get(i.name, [i.name])]
-        args += [f"self.{self.member_paths.get(t.name, t.name)}" for t in self.layer.tensors]
+        args += [member_argument(self.member_paths.get(t.name, t.name)) for t in self.layer.tensors]
         return args + [f"self.{a}" if a != "training" else "self.training" for a in self.function_kwargs()]
 
     def tuple_unpacking(self) -> list[str]:

@@ -1,0 +1,188 @@
+"""`@function` layers calling a list of subs whose length is a constructor argument (`sub blocks =
+[Block(d) for i in range(depth)]`): the Function loops over the items, whose tensors the module passes
+stacked (one input per member, `torch.stack([item.w1 for item in self.blocks])`), so the module's
+parameters and state_dict are the plain module's. Against the plain module (the same spec without
+`@function`): outputs, gradients, gradcheck and gradgradcheck in float64, at lengths 0 to several."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from layerdsl.codegen.module import emit_file
+from layerdsl.semantics.checker import check_program
+from layerdsl.syntax.parser import parse_file
+
+from .support import compile_spec
+
+RESIDUAL = """
+layer ResidualMLP(d: int, hidden: int) {
+    param w1: [hidden, d]
+    param w2: [d, hidden]
+    example(d = 4, hidden = 8)
+    forward(x: [..., d]) -> [..., d] {
+        return x + relu(x @ transpose(w1, 0, 1)) @ transpose(w2, 0, 1)
+    }
+}
+"""
+
+DEEP = """
+@function
+layer Deep(d: int, hidden: int, depth: int = 3) {
+    sub blocks = [ResidualMLP(d, hidden) for i in range(depth)]
+    example(d = 4, hidden = 8)
+    forward(x: [..., d]) -> [..., d] {
+        h = x
+        for block in blocks {
+            h = block(h)
+        }
+        return h
+    }
+}
+"""
+
+LINEARS = """
+@function
+layer TanhStack(d: int, depth: int) {
+    sub fcs = [nn.Linear(d, d) for i in range(depth)]
+    param scale: [d] = uniform(0.5, 1.5)
+    example(d = 3, depth = 2)
+    forward(x: [B, d]) -> [B, d] {
+        h = x * scale
+        for fc in fcs {
+            h = tanh(fc(h)) + h
+        }
+        return h * scale
+    }
+}
+"""
+
+SCALED = """
+layer Gated(d: int, k: int) {
+    param w: [d, d]
+    param gain: [d] = uniform(0.5, 1.5)
+    example(d = 3, k = 1)
+    forward(x: [B, d], y: [B, d]) -> [B, d] {
+        return sigmoid(x @ w) * y * gain * (k + 1)
+    }
+}
+
+@function
+layer GatedStack(d: int, depth: int) {
+    sub gates = [Gated(d, 2) for i in range(depth)]
+    example(d = 3, depth = 2)
+    forward(x: [B, d]) -> [B, d] {
+        h = x
+        for gate in gates {
+            h = gate(x, h) + h
+        }
+        return h
+    }
+}
+"""
+
+
+def _pair(text: str, stem: str, name: str, **kwargs):
+    """The @function module and the plain one (the spec without `@function`), with the same parameters."""
+    ours = compile_spec(text, stem)[name]
+    plain = compile_spec(text.replace("@function\n", ""), f"{stem}_plain")[name]
+    torch.manual_seed(0)
+    a = ours(**kwargs).double()
+    b = plain(**kwargs).double()
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def _compare(a: torch.nn.Module, b: torch.nn.Module, *inputs: torch.Tensor) -> None:
+    assert list(a.state_dict()) == list(b.state_dict())
+    out, ref = a(*inputs), b(*inputs)
+    torch.testing.assert_close(out, ref)
+    seed = torch.randn_like(ref)
+    got = torch.autograd.grad(out, [*inputs, *a.parameters()], seed, allow_unused=True)
+    want = torch.autograd.grad(ref, [*inputs, *b.parameters()], seed, allow_unused=True)
+    for g, w in zip(got, want):
+        assert (g is None) == (w is None)
+        if g is not None:
+            torch.testing.assert_close(g, w)
+    names = [n for n, _ in a.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in a.parameters()]
+    n_in = len(inputs)
+
+    def run(*tensors):
+        return torch.func.functional_call(a, dict(zip(names, tensors[n_in:])), tensors[:n_in])
+
+    assert torch.autograd.gradcheck(run, (*inputs, *params))
+    assert torch.autograd.gradgradcheck(run, (*inputs, *params))
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_a_list_of_sub_layers_of_constructed_length_derives_as_a_loop(depth):
+    a, b = _pair(RESIDUAL + DEEP, "deep", "Deep", d=3, hidden=4, depth=depth)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    _compare(a, b, x)
+
+
+@pytest.mark.parametrize("depth", [0, 1, 4])
+def test_a_list_of_torch_nn_linears_with_a_parameter_of_its_own(depth):
+    a, b = _pair(LINEARS, "linears", "TanhStack", d=3, depth=depth)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    _compare(a, b, x)
+
+
+@pytest.mark.parametrize("depth", [0, 2, 3])
+def test_items_read_the_outer_input_each_step(depth):
+    a, b = _pair(SCALED, "gated", "GatedStack", d=3, depth=depth)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    _compare(a, b, x)
+
+
+def test_the_function_runs_the_items_as_one_loop_and_the_module_stacks_their_members():
+    spec = parse_file("deep.layer", RESIDUAL + DEEP)
+    code = emit_file(spec, check_program([spec]), "deep.layer", {})
+    function = code[code.index("class DeepFunction") : code.index("class Deep(")]
+    assert function.count("torch.relu(") == 1  # the item's forward once, in a loop
+    assert "for i in range(depth):" in function
+    assert "torch.stack([item.w1 for item in self.blocks]) if len(self.blocks) else torch.empty(0)" in code
+
+
+def _deep_mlp_spec() -> str:
+    """specs/deep_mlp.layer with `@function` on DeepMLP (a loop, then an `if` on an argument)."""
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "specs" / "deep_mlp.layer").read_text()
+    return text.replace("layer DeepMLP(", "@function\nlayer DeepMLP(")
+
+
+@pytest.mark.parametrize("depth", [0, 2, 3])
+@pytest.mark.parametrize("final_relu", [False, True])
+def test_the_shipped_deep_mlp_derives_with_an_if_on_an_argument_after_the_loop(depth, final_relu):
+    a, b = _pair(_deep_mlp_spec(), "deep_mlp", "DeepMLP", d=3, hidden=4, depth=depth, final_relu=final_relu)
+    x = torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)
+    _compare(a, b, x)
+
+
+TWICE = """
+@function
+layer Twice(d: int, hidden: int, depth: int) {
+    sub blocks = [ResidualMLP(d, hidden) for i in range(depth)]
+    example(d = 4, hidden = 8, depth = 2)
+    forward(x: [B, d]) -> [B, d] {
+        h = x
+        for block in blocks {
+            h = block(h)
+        }
+        g = sin(h)
+        for block in blocks {
+            g = block(g) * h
+        }
+        return g
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_two_loops_over_one_list_share_its_stacked_members(depth):
+    a, b = _pair(RESIDUAL + TWICE, "twice", "Twice", d=3, hidden=4, depth=depth)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    _compare(a, b, x)
