@@ -3,8 +3,10 @@ loop, not with a getattr per iteration; one whose index the loop changes still r
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from layerdsl.autodiff.plan import plan_backwards
 from layerdsl.codegen.module import emit_file
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
@@ -101,3 +103,76 @@ def test_members_bound_around_nested_loops_keep_their_own_values():
         for _ in range(2):
             h = torch.tanh(h * layer.w_l1 + getattr(layer, f"w_l{j}"))
     assert torch.allclose(layer(x), h)
+
+
+# Under @function: the family's members are passed stacked (`torch.stack([getattr(self, f"w_l{k}") ...])`),
+# the Function's loop reads `w_l[k]`, its backward gives the stacked gradient, which autograd's stack
+# splits back into the members'.
+FAMILY_FUNCTION = """
+@function
+layer FamilyScan(n: int, d: int) {
+    for k in range(n) {
+        param w_l{k}: [d, d]
+        param s_l{k}: [d] = uniform(0.5, 1.5)
+    }
+    example(n = 2, d = 3)
+    forward(x: [B, d]) -> [B, d] {
+        h = x
+        for k in range(n) {
+            h = tanh(h @ w_l{k}) * s_l{k} + h
+        }
+        return h * 2
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("n", [0, 1, 3])
+def test_a_family_read_in_a_loop_over_its_count_derives_under_function(n):
+    ours = compile_spec(FAMILY_FUNCTION, "family_scan")["FamilyScan"]
+    plain = compile_spec(FAMILY_FUNCTION.replace("@function\n", ""), "family_scan_plain")["FamilyScan"]
+    torch.manual_seed(0)
+    a, b = ours(n, 3).double(), plain(n, 3).double()
+    b.load_state_dict(a.state_dict())
+    assert list(a.state_dict()) == list(b.state_dict()) == [f"{m}_l{k}" for k in range(n) for m in "ws"]
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    out, ref = a(x), b(x)
+    torch.testing.assert_close(out, ref)
+    got = torch.autograd.grad(out.sum(), [x, *a.parameters()])
+    want = torch.autograd.grad(ref.sum(), [x, *b.parameters()])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    names = [name for name, _ in a.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in a.parameters()]
+
+    def run(x, *tensors):
+        return torch.func.functional_call(a, dict(zip(names, tensors)), (x,))
+
+    assert torch.autograd.gradcheck(run, (x, *params))
+    assert torch.autograd.gradgradcheck(run, (x, *params))
+
+
+FAMILY_SHAPED_BY_INDEX = """
+@function
+layer Widening(n: int, d: int) {
+    for k in range(n) {
+        param w_l{k}: [d if k == 0 else 2 * d, 2 * d]
+    }
+    example(n = 2, d = 3)
+    forward(x: [B, d]) -> [B, d] {
+        h = x
+        for k in range(n) {
+            h = tanh(h @ w_l{k})
+        }
+        return h
+    }
+}
+"""
+
+
+def test_a_family_whose_shapes_depend_on_the_index_is_refused_at_the_family():
+    spec = parse_file("widening.layer", FAMILY_SHAPED_BY_INDEX)
+    check_program([spec])
+    _, problems = plan_backwards([spec])
+    assert [(p.span.line, p.span.col) for p in problems] == [(5, 15)]
+    assert "the family 'w_l{k}'" in problems[0].message and "depend on 'k'" in problems[0].message

@@ -48,12 +48,23 @@ class Inlined:
     # file (an error in one is shown where its spec writes it); a layer of another file's are spanned as
     # the call, which names the sub and that file.
     origins: dict[Span, str] = field(default_factory=dict)
+    # How the module passes a tensor that is a family's members stacked: `w_l` -> `torch.stack([...])`
+    arguments: dict[str, str] = field(default_factory=dict)
+
+    def argument(self, name: str) -> str:
+        """How the module passes the tensor `name` of the inlined forward to the Function."""
+        return self.arguments.get(name) or member_argument(self.paths.get(name, name))
 
 
 def inline_subs(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
     """`layer` with every call of a sub replaced by the sub's forward (the layer itself when it has no
     subs); raises NotDerivable, at the sub, for a sub that cannot be inlined."""
-    if not layer.subs or layer.forward is None:
+    if layer.forward is None:
+        return Inlined(layer)
+    if any(t.repeat is not None for t in layer.tensors):  # `w_l{k}` for k in range(n): stacked, `w_l[k]`
+        layer, stacked = stacked_families(layer)
+        return dataclasses.replace(inline_subs(layer, layers), arguments=stacked)
+    if not layer.subs:
         return Inlined(layer)
     if layer.backward is not None:
         at = layer.backward.span
@@ -495,6 +506,65 @@ def member_argument(path: str) -> str:
         return f"self.{path}"
     items, member = path.split("[*].", 1)
     return f"torch.stack([item.{member} for item in self.{items}]) if len(self.{items}) else torch.empty(0)"
+
+
+def stacked_families(layer: N.Layer) -> tuple[N.Layer, dict[str, str]]:
+    """`layer` with each family of members (`param w_l{k}: [d]` for k in range(n)) as one tensor of its
+    members stacked (`w_l: [n, d]`), its reads `w_l{k}` as `w_l[k]`; and how the module passes each."""
+    assert layer.forward is not None
+    taken = {t.name for t in layer.tensors} | {a.name for a in layer.args} | {l.name for l in layer.lets}
+    taken |= {i.name for i in layer.forward.inputs} | {n for s in statements(layer.forward.body) for n in _bound(s)}
+    tensors: list[N.Tensor] = []
+    stacked: dict[str, N.Tensor] = {}  # family key (`w_l{}`) -> its stacked tensor
+    arguments: dict[str, str] = {}
+    for t in layer.tensors:
+        if t.repeat is None:
+            tensors.append(t)
+            continue
+        var, bounds = t.repeat.var.id, t.repeat.iter.args
+        reads = {
+            n.id for d in [*t.shape.dims, t.cond] if isinstance(d, N.Expr) for n in walk(d) if isinstance(n, N.Name)
+        }
+        if len(bounds) != 1 or var in reads or t.shape.spread is not None:
+            raise NotDerivable(
+                t.span,
+                f"cannot derive through the family '{t.written}' under @function: its members are passed stacked,"
+                f" and their shapes {'depend on ' + repr(var) if var in reads else 'are not one declared shape'}"
+                + ("" if len(bounds) == 1 else f" (or it is declared over range({', '.join(map(spec_text, bounds))}))"),
+                "give every member the same shape over range(n), or drop @function (autograd derives the loop)",
+            )
+        name = fresh_name(t.name.replace("{}", "") or "members", taken)
+        taken.add(name)
+        shape = dataclasses.replace(t.shape, dims=[clone(bounds[0]), *t.shape.dims])
+        stacked[t.name] = dataclasses.replace(t, name=name, shape=shape, repeat=None, written="")
+        tensors.append(stacked[t.name])
+        count = _module_text(bounds[0], t.span)
+        member = f'getattr(self, f"{t.written}") for {var} in range({count})'
+        arguments[name] = f"torch.stack([{member}]) if {count} else torch.empty(0)"
+
+    def read(e: N.Node) -> N.Node:
+        if isinstance(e, N.FamilyName) and e.id in stacked and e.index is not None:
+            return _item(_renamed_name(e, stacked[e.id].name, e.ref), e.index)
+        return map_children(e, read) if isinstance(e, (N.Expr, N.Stmt)) else e
+
+    body = [cast(N.Stmt, read(s)) for s in layer.forward.body]
+    forward = dataclasses.replace(layer.forward, body=body)
+    out = dataclasses.replace(layer, tensors=tensors, forward=forward)
+    out.symbolic_dims = list(layer.symbolic_dims)
+    return out, arguments
+
+
+def _module_text(e: N.Expr, span: Span) -> str:
+    """A family's count as the module spells it: `self.num_layers`, `3`."""
+    if isinstance(e, N.Num):
+        return e.text
+    if isinstance(e, N.Name) and e.ref in (N.Ref.ARG, N.Ref.LET):
+        return f"self.{e.id}"
+    raise NotDerivable(
+        span,
+        f"cannot derive through this family under @function: its count `{spec_text(e)}` is not an argument",
+        "count the family by an argument (`for k in range(num_layers)`), or drop @function",
+    )
 
 
 def _item(member: N.Name, index: N.Expr) -> N.Expr:

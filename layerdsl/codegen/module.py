@@ -14,7 +14,7 @@ from functools import cached_property
 
 import jinja2
 
-from layerdsl.autodiff.inline import inline_subs, member_argument
+from layerdsl.autodiff.inline import Inlined, inline_subs
 from layerdsl.autodiff.inputs import called_fn_args, tuple_parts, without_callable_sides
 from layerdsl.autodiff.plan import Plan, plan_backwards
 from layerdsl.codegen.function_arity import arities, returned_by_arity
@@ -177,6 +177,7 @@ class LayerEmitter:
         plan: Plan | None,
         spec_path: str | None = None,
         member_paths: dict[str, str] | None = None,
+        inlined: Inlined | None = None,
     ):
         if layer.forward is None:
             raise ValueError(f"layer '{layer.name}' has no forward")  # the parser reports it first
@@ -192,6 +193,7 @@ class LayerEmitter:
         self.layer_args = {a.name for a in layer.args if a.base_type in program.layers}
         self.stored_args = [a for a in layer.args if a.name not in self.shared_cond | self.layer_args]
         self.member_paths = member_paths or {}  # a sub's tensor in a Function's inlined forward -> `fc.weight`
+        self.inlined = inlined  # how the module passes the Function's tensors (stacked members, too)
 
     # -- the pieces
 
@@ -228,10 +230,10 @@ class LayerEmitter:
     @cached_property
     def function_emitter(self) -> LayerEmitter:
         """The emitter of the Function's forward: this layer's, its subs inlined (autodiff/inline.py)."""
-        if not self.layer.subs:
+        if not self.layer.subs and not any(t.repeat is not None for t in self.layer.tensors):
             return self
         inlined = inline_subs(self.layer, self.program.layers)
-        return LayerEmitter(inlined.layer, self.program, self.plan, self.spec_path, inlined.paths)
+        return LayerEmitter(inlined.layer, self.program, self.plan, self.spec_path, inlined.paths, inlined)
 
     def nested_layer_subs(self) -> set[str]:
         out = set()
@@ -580,7 +582,7 @@ class LayerEmitter:
     def function_apply_args(self) -> list[str]:
         parts = tuple_parts(self.layer)  # a tuple input's tensors: arguments of their own
         args = [p for i in self.forward.inputs for p in parts.get(i.name, [i.name])]
-        args += [member_argument(self.member_paths.get(t.name, t.name)) for t in self.layer.tensors]
+        args += [self.inlined.argument(t.name) if self.inlined else f"self.{t.name}" for t in self.layer.tensors]
         return args + [f"self.{a}" if a != "training" else "self.training" for a in self.function_kwargs()]
 
     def tuple_unpacking(self) -> list[str]:
