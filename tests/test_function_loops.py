@@ -15,6 +15,7 @@ from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
 
 from .support import compile_spec
+from .test_function_sub_lists import compare_with_plain, plain_pair
 
 SCAN = """
 @function
@@ -251,3 +252,89 @@ def test_torch_func_transforms_go_through_the_loop():
     grads = torch.func.vmap(torch.func.grad(lambda x: ours(x).sum()))(xs)
     torch.testing.assert_close(grads, torch.func.vmap(torch.func.grad(lambda x: plain(x).sum()))(xs))
     torch.testing.assert_close(torch.func.jacrev(ours)(xs[0]), torch.func.jacrev(plain)(xs[0]))
+
+
+BRANCHING_BODY = """
+@function
+layer BranchingElman(input_size: int, hidden_size: int, nonlinearity: str = "tanh", scaled: bool = false) {
+    param weight_ih: [hidden_size, input_size]
+    param weight_hh: [hidden_size, hidden_size]
+    example(input_size = 3, hidden_size = 4)
+    forward(input: [B, T, input_size]) -> [B, T, hidden_size] {
+        gi = input @ transpose(weight_ih, 0, 1)
+        h = new_zeros(input, [size_at(input, 0), hidden_size])
+        outputs = []
+        for t in range(size_at(input, 1)) {
+            pre = gi[:, t] + h @ transpose(weight_hh, 0, 1)
+            if nonlinearity == "relu" {
+                h = relu(pre)
+            } else {
+                h = tanh(pre)
+            }
+            if scaled {
+                outputs.append(h * (t + 1))
+            } else {
+                outputs.append(h)
+            }
+        }
+        return stack(outputs, dim = 1)
+    }
+}
+"""
+
+BRANCHING_STEPS = """
+@function
+layer BranchingSteps(d: int, steps: int, squash: bool = true) {
+    param w: [d, d]
+    example(d = 3, steps = 2)
+    forward(x: [B, d]) -> [B, d] {
+        h = x
+        for t in range(steps) {
+            g = h @ w
+            if squash {
+                h = sin(g) + h
+            } else {
+                h = g * h
+            }
+        }
+        if not squash {
+            return h * 2
+        }
+        return h
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("length", [1, 3])
+def test_an_if_on_arguments_in_a_loops_body_chooses_a_loop(nonlinearity, scaled, length):
+    a, b = plain_pair(
+        BRANCHING_BODY,
+        "branching_elman",
+        "BranchingElman",
+        input_size=3,
+        hidden_size=4,
+        nonlinearity=nonlinearity,
+        scaled=scaled,
+    )
+    x = torch.randn(2, length, 3, dtype=torch.float64, requires_grad=True)
+    compare_with_plain(a, b, x)
+
+
+@pytest.mark.parametrize("steps", [0, 1, 3])
+@pytest.mark.parametrize("squash", [False, True])
+def test_an_if_on_arguments_in_a_loop_over_an_argument_and_after_it(steps, squash):
+    a, b = plain_pair(BRANCHING_STEPS, "branching_steps", "BranchingSteps", d=3, steps=steps, squash=squash)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    compare_with_plain(a, b, x)
+
+
+def test_the_loop_is_written_once_per_side_of_the_if_taken_out_of_it():
+    spec = parse_file("branching_steps.layer", BRANCHING_STEPS)
+    code = emit_file(spec, check_program([spec]), "branching_steps.layer", {})
+    function = code[code.index("class BranchingStepsFunction") : code.index("class BranchingSteps(")]
+    forward = function[: function.index("def setup_context")]
+    assert forward.count("for t in range(steps):") == 2 and forward.count("if squash:") == 1
+    assert function.count("for t in reversed(range(ctx.steps)):") >= 2 and "if ctx.squash:" in function

@@ -82,7 +82,7 @@ layer GatedStack(d: int, depth: int) {
 """
 
 
-def _pair(text: str, stem: str, name: str, **kwargs):
+def plain_pair(text: str, stem: str, name: str, **kwargs):
     """The @function module and the plain one (the spec without `@function`), with the same parameters."""
     ours = compile_spec(text, stem)[name]
     plain = compile_spec(text.replace("@function\n", ""), f"{stem}_plain")[name]
@@ -93,7 +93,7 @@ def _pair(text: str, stem: str, name: str, **kwargs):
     return a, b
 
 
-def _compare(a: torch.nn.Module, b: torch.nn.Module, *inputs: torch.Tensor) -> None:
+def compare_with_plain(a: torch.nn.Module, b: torch.nn.Module, *inputs: torch.Tensor) -> None:
     assert list(a.state_dict()) == list(b.state_dict())
     out, ref = a(*inputs), b(*inputs)
     torch.testing.assert_close(out, ref)
@@ -117,23 +117,23 @@ def _compare(a: torch.nn.Module, b: torch.nn.Module, *inputs: torch.Tensor) -> N
 
 @pytest.mark.parametrize("depth", [0, 1, 3])
 def test_a_list_of_sub_layers_of_constructed_length_derives_as_a_loop(depth):
-    a, b = _pair(RESIDUAL + DEEP, "deep", "Deep", d=3, hidden=4, depth=depth)
+    a, b = plain_pair(RESIDUAL + DEEP, "deep", "Deep", d=3, hidden=4, depth=depth)
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
-    _compare(a, b, x)
+    compare_with_plain(a, b, x)
 
 
 @pytest.mark.parametrize("depth", [0, 1, 4])
 def test_a_list_of_torch_nn_linears_with_a_parameter_of_its_own(depth):
-    a, b = _pair(LINEARS, "linears", "TanhStack", d=3, depth=depth)
+    a, b = plain_pair(LINEARS, "linears", "TanhStack", d=3, depth=depth)
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
-    _compare(a, b, x)
+    compare_with_plain(a, b, x)
 
 
 @pytest.mark.parametrize("depth", [0, 2, 3])
 def test_items_read_the_outer_input_each_step(depth):
-    a, b = _pair(SCALED, "gated", "GatedStack", d=3, depth=depth)
+    a, b = plain_pair(SCALED, "gated", "GatedStack", d=3, depth=depth)
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
-    _compare(a, b, x)
+    compare_with_plain(a, b, x)
 
 
 def test_the_function_runs_the_items_as_one_loop_and_the_module_stacks_their_members():
@@ -156,9 +156,9 @@ def _deep_mlp_spec() -> str:
 @pytest.mark.parametrize("depth", [0, 2, 3])
 @pytest.mark.parametrize("final_relu", [False, True])
 def test_the_shipped_deep_mlp_derives_with_an_if_on_an_argument_after_the_loop(depth, final_relu):
-    a, b = _pair(_deep_mlp_spec(), "deep_mlp", "DeepMLP", d=3, hidden=4, depth=depth, final_relu=final_relu)
+    a, b = plain_pair(_deep_mlp_spec(), "deep_mlp", "DeepMLP", d=3, hidden=4, depth=depth, final_relu=final_relu)
     x = torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)
-    _compare(a, b, x)
+    compare_with_plain(a, b, x)
 
 
 TWICE = """
@@ -183,6 +183,6 @@ layer Twice(d: int, hidden: int, depth: int) {
 
 @pytest.mark.parametrize("depth", [0, 1, 3])
 def test_two_loops_over_one_list_share_its_stacked_members(depth):
-    a, b = _pair(RESIDUAL + TWICE, "twice", "Twice", d=3, hidden=4, depth=depth)
+    a, b = plain_pair(RESIDUAL + TWICE, "twice", "Twice", d=3, hidden=4, depth=depth)
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
-    _compare(a, b, x)
+    compare_with_plain(a, b, x)

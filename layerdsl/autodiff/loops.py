@@ -84,6 +84,52 @@ class LoopPlan:
     requires: set[str]  # values that may need a gradient (computed from a differentiable leaf)
 
 
+def on_arguments(cond: N.Expr) -> bool:
+    """Whether `cond` reads only arguments, lets and `training`: the same at every step of a loop."""
+    return all(n.ref in (N.Ref.ARG, N.Ref.LET, N.Ref.TRAINING) for n in walk(cond) if isinstance(n, N.Name))
+
+
+def unswitched(layer: N.Layer) -> N.Layer:
+    """`layer` with each `if` on arguments inside a loop's body taken out of the loop, the loop written on
+    each side (`for t { a; if relu { h = relu(p) } else { h = tanh(p) } }` is `if relu { for t { a; h =
+    relu(p) } } else { for t { a; h = tanh(p) } }`): the condition is the same at every step, and a
+    forward that branches on arguments chooses one side's Function (`plan._branch_plan`)."""
+    assert layer.forward is not None
+    body = _unswitched(layer.forward.body)
+    if body is layer.forward.body:
+        return layer
+    out = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
+    out.symbolic_dims = list(layer.symbolic_dims)
+    return out
+
+
+def _unswitched(body: list[N.Stmt]) -> list[N.Stmt]:
+    out: list[N.Stmt] = []
+    changed = False
+    for stmt in body:
+        new = _unswitched_loop(stmt) if isinstance(stmt, N.For) else stmt
+        if isinstance(stmt, N.If):
+            then, orelse = _unswitched(stmt.body), _unswitched(stmt.orelse)
+            if then is not stmt.body or orelse is not stmt.orelse:
+                new = dataclasses.replace(stmt, body=then, orelse=orelse)
+        changed |= new is not stmt
+        out.append(new)
+    return out if changed else body
+
+
+def _unswitched_loop(loop: N.For) -> N.Stmt:
+    """`loop`, or an `if` on arguments of its body around two copies of it (each with one side)."""
+    body = _unswitched(loop.body)
+    at = next((k for k, s in enumerate(body) if isinstance(s, N.If) and on_arguments(s.cond)), None)
+    if at is None:
+        return loop if body is loop.body else dataclasses.replace(loop, body=body)
+    branch = body[at]
+    assert isinstance(branch, N.If)
+    sides = [body[:at] + chosen + body[at + 1 :] for chosen in (branch.body, branch.orelse)]
+    then, orelse = (_unswitched_loop(dataclasses.replace(loop, body=side)) for side in sides)
+    return dataclasses.replace(branch, body=[then], orelse=[orelse])
+
+
 def has_loop(body: list[N.Stmt]) -> bool:
     return any(isinstance(s, N.For) for s in body)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from layerdsl.autodiff.inline import Inlined, LayerNotGiven, inline_subs
 from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
-from layerdsl.autodiff.loops import LoopPlan, has_loop, plan_loops
+from layerdsl.autodiff.loops import LoopPlan, has_loop, on_arguments, plan_loops, unswitched
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape, refusal
@@ -111,6 +111,7 @@ def plan_backward(layer: N.Layer, given: frozenset[str] = frozenset(), known: Fa
     assert layer.forward is not None, "the parser reports a layer without forward"
     # tuple inputs as tensors, sides calling a callable argument dropped, loops unrolled, sizes named
     layer = prepared_forward(without_callable_sides(with_tuples_split(layer)))
+    layer = unswitched(layer)  # an `if` on arguments in a loop's body: around two copies of the loop
     assert layer.forward is not None
     if layer.backward is None and (branch := _first_if(layer.forward.body)) is not None:
         plan = _branch_plan(layer, branch, given, known)
@@ -210,7 +211,7 @@ def _branch_plan(layer: N.Layer, branch: tuple[int, N.If], given: frozenset[str]
         side = dataclasses.replace(layer, forward=forward)
         try:
             planned = plan_backward(side, proven, known if decided is not None else known + _facts(cond, holds))
-            if decided is None and _keeps_a_loop(planned) and not _on_arguments(cond):
+            if decided is None and _keeps_a_loop(planned) and not on_arguments(cond):
                 raise NotDerivable(
                     stmt.span,
                     "a derived backward goes through a loop whose count is known only when forward runs in a"
@@ -258,11 +259,6 @@ def _truth(cond: N.Expr, known: Facts) -> bool | None:
         return None if inner is None else not inner
     key = B.key(cond)
     return next((holds for term, holds in known if term == key), None)
-
-
-def _on_arguments(cond: N.Expr) -> bool:
-    """Whether `cond` reads only arguments, lets and `training` (a forward with loops branches on those)."""
-    return all(n.ref in (N.Ref.ARG, N.Ref.LET, N.Ref.TRAINING) for n in walk(cond) if isinstance(n, N.Name))
 
 
 def _all_loops(plan: Plan) -> bool:
