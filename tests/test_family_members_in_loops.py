@@ -110,16 +110,17 @@ def test_members_bound_around_nested_loops_keep_their_own_values():
 # splits back into the members'.
 FAMILY_FUNCTION = """
 @function
-layer FamilyScan(n: int, d: int) {
+layer FamilyScan(n: int, d: int, bias: bool = true) {
     for k in range(n) {
         param w_l{k}: [d, d]
         param s_l{k}: [d] = uniform(0.5, 1.5)
+        param b_l{k}: [d] = uniform(-0.5, 0.5) if bias
     }
     example(n = 2, d = 3)
     forward(x: [B, d]) -> [B, d] {
         h = x
         for k in range(n) {
-            h = tanh(h @ w_l{k}) * s_l{k} + h
+            h = tanh(h @ w_l{k} + b_l{k}) * s_l{k} + h
         }
         return h * 2
     }
@@ -128,13 +129,15 @@ layer FamilyScan(n: int, d: int) {
 
 
 @pytest.mark.parametrize("n", [0, 1, 3])
-def test_a_family_read_in_a_loop_over_its_count_derives_under_function(n):
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_family_read_in_a_loop_over_its_count_derives_under_function(n, bias):
     ours = compile_spec(FAMILY_FUNCTION, "family_scan")["FamilyScan"]
     plain = compile_spec(FAMILY_FUNCTION.replace("@function\n", ""), "family_scan_plain")["FamilyScan"]
     torch.manual_seed(0)
-    a, b = ours(n, 3).double(), plain(n, 3).double()
+    a, b = ours(n, 3, bias=bias).double(), plain(n, 3, bias=bias).double()
     b.load_state_dict(a.state_dict())
-    assert list(a.state_dict()) == list(b.state_dict()) == [f"{m}_l{k}" for k in range(n) for m in "ws"]
+    members = "wsb" if bias else "ws"
+    assert list(a.state_dict()) == list(b.state_dict()) == [f"{m}_l{k}" for k in range(n) for m in members]
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     out, ref = a(x), b(x)
     torch.testing.assert_close(out, ref)

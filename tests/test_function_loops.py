@@ -10,6 +10,7 @@ import inspect
 import pytest
 import torch
 
+from layerdsl.autodiff.plan import plan_backwards
 from layerdsl.codegen.module import emit_file
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
@@ -338,3 +339,59 @@ def test_the_loop_is_written_once_per_side_of_the_if_taken_out_of_it():
     forward = function[: function.index("def setup_context")]
     assert forward.count("for t in range(steps):") == 2 and forward.count("if squash:") == 1
     assert function.count("for t in reversed(range(ctx.steps)):") >= 2 and "if ctx.squash:" in function
+
+
+OPTIONAL_MEMBER = """
+@function
+layer OptionalBias(d: int, steps: int, bias: bool = true) {
+    param w: [d, d]
+    param b: [d] = uniform(-0.5, 0.5) if bias
+    example(d = 3, steps = 2)
+    forward(x: [B, d]) -> [B, d] {
+        h = x
+        for t in range(steps) {
+            h = tanh(h @ w + b) + h
+        }
+        return h * b
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("steps", [0, 1, 3])
+@pytest.mark.parametrize("bias", [False, True])
+def test_an_optional_member_read_in_a_loop_chooses_a_side_by_whether_it_is_built(steps, bias):
+    a, b = plain_pair(OPTIONAL_MEMBER, "optional_bias", "OptionalBias", d=3, steps=steps, bias=bias)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    compare_with_plain(a, b, x)
+
+
+def test_whether_the_member_is_built_is_kept_on_ctx_for_backward():
+    spec = parse_file("optional_bias.layer", OPTIONAL_MEMBER)
+    code = emit_file(spec, check_program([spec]), "optional_bias.layer", {})
+    function = code[code.index("class OptionalBiasFunction") : code.index("class OptionalBias(")]
+    assert "ctx.b_given = b is not None" in function and "if ctx.b_given:" in function
+
+
+OPTIONAL_READ_OTHERWISE = """
+@function
+layer OptionalScale(d: int, steps: int, scaled: bool = true) {
+    param s: [d] = uniform(0.5, 1.5) if scaled
+    example(d = 3, steps = 2)
+    forward(x: [B, d]) -> [B, d] {
+        h = x
+        for t in range(steps) {
+            h = sin(h) + h
+        }
+        return s - h
+    }
+}
+"""
+
+
+def test_an_optional_member_on_the_left_of_a_minus_is_refused_where_it_is_read():
+    spec = parse_file("optional_scale.layer", OPTIONAL_READ_OTHERWISE)
+    check_program([spec])
+    _, problems = plan_backwards([spec])
+    assert [(p.span.line, p.span.col) for p in problems] == [(11, 16)]
+    assert "reads the optional member 's' as the right operand of -" in problems[0].message

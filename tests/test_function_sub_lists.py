@@ -43,8 +43,8 @@ layer Deep(d: int, hidden: int, depth: int = 3) {
 
 LINEARS = """
 @function
-layer TanhStack(d: int, depth: int) {
-    sub fcs = [nn.Linear(d, d) for i in range(depth)]
+layer TanhStack(d: int, depth: int, bias: bool = true) {
+    sub fcs = [nn.Linear(d, d, bias = bias) for i in range(depth)]
     param scale: [d] = uniform(0.5, 1.5)
     example(d = 3, depth = 2)
     forward(x: [B, d]) -> [B, d] {
@@ -123,8 +123,9 @@ def test_a_list_of_sub_layers_of_constructed_length_derives_as_a_loop(depth):
 
 
 @pytest.mark.parametrize("depth", [0, 1, 4])
-def test_a_list_of_torch_nn_linears_with_a_parameter_of_its_own(depth):
-    a, b = plain_pair(LINEARS, "linears", "TanhStack", d=3, depth=depth)
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_list_of_torch_nn_linears_with_a_parameter_of_its_own(depth, bias):
+    a, b = plain_pair(LINEARS, "linears", "TanhStack", d=3, depth=depth, bias=bias)
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     compare_with_plain(a, b, x)
 

@@ -53,7 +53,10 @@ class Inlined:
 
     def argument(self, name: str) -> str:
         """How the module passes the tensor `name` of the inlined forward to the Function."""
-        return self.arguments.get(name) or member_argument(self.paths.get(name, name))
+        if name in self.arguments:
+            return self.arguments[name]
+        optional = any(t.name == name and t.cond is not None for t in self.layer.tensors)
+        return member_argument(self.paths.get(name, name), optional)
 
 
 def inline_subs(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
@@ -499,13 +502,17 @@ def _stacked_tensor(t: N.Tensor, count: N.Expr) -> N.Tensor:
     return dataclasses.replace(t, shape=shape)
 
 
-def member_argument(path: str) -> str:
+def member_argument(path: str, optional: bool = False) -> str:
     """How the module passes a tensor of a Function's inlined forward: `self.fc.weight`; the member of
-    every item of a list of subs (`blocks[*].w1`), stacked (an empty tensor for an empty list)."""
+    every item of a list of subs (`blocks[*].w1`), stacked (an empty tensor for an empty list; None for
+    an `optional` member not built)."""
     if "[*]." not in path:
         return f"self.{path}"
     items, member = path.split("[*].", 1)
-    return f"torch.stack([item.{member} for item in self.{items}]) if len(self.{items}) else torch.empty(0)"
+    stacked = f"torch.stack([item.{member} for item in self.{items}])"
+    if optional:
+        return f"{stacked} if len(self.{items}) and self.{items}[0].{member} is not None else None"
+    return f"{stacked} if len(self.{items}) else torch.empty(0)"
 
 
 def stacked_families(layer: N.Layer) -> tuple[N.Layer, dict[str, str]]:
@@ -540,7 +547,10 @@ def stacked_families(layer: N.Layer) -> tuple[N.Layer, dict[str, str]]:
         tensors.append(stacked[t.name])
         count = _module_text(bounds[0], t.span)
         member = f'getattr(self, f"{t.written}") for {var} in range({count})'
-        arguments[name] = f"torch.stack([{member}]) if {count} else torch.empty(0)"
+        if t.cond is None:
+            arguments[name] = f"torch.stack([{member}]) if {count} else torch.empty(0)"
+        else:  # built when arguments say, or not at all
+            arguments[name] = f"torch.stack([{member}]) if {count} and {_module_text(t.cond, t.span)} else None"
 
     def read(e: N.Node) -> N.Node:
         if isinstance(e, N.FamilyName) and e.id in stacked and e.index is not None:
@@ -560,9 +570,16 @@ def _module_text(e: N.Expr, span: Span) -> str:
         return e.text
     if isinstance(e, N.Name) and e.ref in (N.Ref.ARG, N.Ref.LET):
         return f"self.{e.id}"
+    if isinstance(e, N.Bool):
+        return str(e.value)
+    if isinstance(e, N.BoolOp):
+        return f"({_module_text(e.left, span)} {e.op} {_module_text(e.right, span)})"
+    if isinstance(e, N.Not):
+        return f"not {_module_text(e.operand, span)}"
     raise NotDerivable(
         span,
-        f"cannot derive through this family under @function: its count `{spec_text(e)}` is not an argument",
+        f"cannot derive through this family under @function: its count or condition `{spec_text(e)}` is not"
+        " one of arguments",
         "count the family by an argument (`for k in range(num_layers)`), or drop @function",
     )
 

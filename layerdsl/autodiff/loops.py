@@ -130,6 +130,57 @@ def _unswitched_loop(loop: N.For) -> N.Stmt:
     return dataclasses.replace(branch, body=[then], orelse=[orelse])
 
 
+def member_choice(layer: N.Layer, optional: set[str]) -> tuple[N.Expr, N.Layer, N.Layer] | None:
+    """For a forward with loops reading an optional member built when arguments say (`param b: [d] if
+    bias`): `b != none`, the layer with the members of that condition built (required), and the layer
+    without them (`h @ w + b` read as `h @ w`); None when it reads no such member. A forward with loops
+    branches on the condition, each side a loop Function with no optional member."""
+    assert layer.forward is not None
+    read = {n.id for s in layer.forward.body for n in walk(s) if isinstance(n, N.Name)}
+    member = next((t for t in layer.tensors if t.name in optional and t.name in read and t.cond is not None), None)
+    if member is None or member.cond is None or not on_arguments(member.cond):
+        return None
+    key = spec_text(member.cond)
+    chosen = {t.name for t in layer.tensors if t.cond is not None and spec_text(t.cond) == key}
+    built = [dataclasses.replace(t, cond=None) if t.name in chosen else t for t in layer.tensors]
+    with_members = dataclasses.replace(layer, tensors=built)
+    body = [_without(s, chosen) for s in layer.forward.body]
+    without = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
+    for out in (with_members, without):
+        out.symbolic_dims = list(layer.symbolic_dims)
+    name = B.name(member.name, member.span, member.kind)
+    none = N.NoneLit(member.span)
+    none.kind = N.Kind.NONE
+    built_test = N.Compare(member.span, ["!="], [name, none])  # the module passes None for a member not built
+    built_test.kind = N.Kind.BOOL
+    return built_test, with_members, without
+
+
+def _without(node, absent: set[str]):
+    """`node` with the absent members' reads left out: `a + b`, `a - b`, `a * b`, `a / b` are `a` when b is
+    absent (as when it is None); NotDerivable for another read."""
+
+    def absent_name(e) -> bool:  # the member, or a family's stacked members at an index (`b_l[k]`)
+        e = e.value if isinstance(e, N.Subscript) else e
+        return isinstance(e, N.Name) and e.id in absent
+
+    def go(e):
+        if isinstance(e, N.BinOp) and e.op in ("+", "-", "*", "/") and absent_name(e.right):
+            return go(e.left)
+        if isinstance(e, N.BinOp) and e.op in ("+", "*") and absent_name(e.left):
+            return go(e.right)
+        if absent_name(e):
+            raise NotDerivable(
+                e.span,
+                f"a derived backward through a loop reads the optional member '{e.id}' as the right operand of -"
+                " and / only (`a - b` is `a` when b is not built; `b - a` is not skipped)",
+                f"write `-(a - {e.id})`, or drop @function (autograd derives the loop)",
+            )
+        return map_children(e, go) if isinstance(e, (N.Expr, N.Stmt)) else e
+
+    return go(node)
+
+
 def has_loop(body: list[N.Stmt]) -> bool:
     return any(isinstance(s, N.For) for s in body)
 

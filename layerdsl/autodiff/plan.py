@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from layerdsl.autodiff.inline import Inlined, LayerNotGiven, inline_subs
 from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
-from layerdsl.autodiff.loops import LoopPlan, has_loop, on_arguments, plan_loops, unswitched
+from layerdsl.autodiff.loops import LoopPlan, has_loop, member_choice, on_arguments, plan_loops, unswitched
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape, refusal
@@ -125,7 +125,7 @@ def plan_backward(layer: N.Layer, given: frozenset[str] = frozenset(), known: Fa
     return _straight_plan(layer, given)
 
 
-def _straight_plan(layer: N.Layer, given: frozenset[str]) -> BackwardPlan | LoopPlan:
+def _straight_plan(layer: N.Layer, given: frozenset[str]) -> Plan:
     optional = {t.name for t in layer.tensors if t.cond is not None}
     optional |= {i.name for i in layer.forward.inputs if i.optional} - given if layer.forward else set()
     if layer.forward is not None and has_loop(layer.forward.body):  # a loop kept as one (`autodiff.loops`)
@@ -157,7 +157,7 @@ def _straight_plan(layer: N.Layer, given: frozenset[str]) -> BackwardPlan | Loop
     return BackwardPlan(tape, grads, incoming_gradients(tape, grads), derived, [])
 
 
-def _loop_plan(layer: N.Layer, optional: set[str]) -> LoopPlan:
+def _loop_plan(layer: N.Layer, optional: set[str]) -> Plan:
     assert layer.forward is not None
     loop = next(s for s in layer.forward.body if isinstance(s, N.For))
     if layer.backward is not None:
@@ -167,10 +167,15 @@ def _loop_plan(layer: N.Layer, optional: set[str]) -> LoopPlan:
             " runs (or it is longer than a derived backward unrolls)",
             "leave the backward block out: the derived backward runs the loop's body backwards",
         )
-    if optional:
+    if (choice := member_choice(layer, optional)) is not None:  # `param b: [d] if bias`: a side each
+        cond, built, absent = choice
+        return BranchPlan(cond, _straight_plan(built, frozenset()), _straight_plan(absent, frozenset()))
+    body = layer.forward.body
+    if optional & {n.id for s in body for n in walk(s) if isinstance(n, N.Name)}:
         raise NotDerivable(
             loop.iter.span,
-            "a derived backward through this loop reads no optional input or member (not derived yet)",
+            "a derived backward through this loop reads no optional input, nor a member built when a tensor"
+            " or a dim says (not derived yet)",
             "drop @function (autograd derives the loop)",
         )
     update = next((s for s in statements(layer.forward.body) if isinstance(s, N.Update)), None)

@@ -63,18 +63,39 @@ def emit_branching_loop_function(emitter, plan: BranchPlan) -> dict:
     assert len(n_out) == 1, "the checker gives every side of a layer's forward the same outputs"
     for key in ("forward_params", "backward_params", "apply_params"):
         assert all(p[key] == fn[key] for p in pieces), f"the sides of a branching Function differ in {key}"
-    forward_cond = functions[0].helper.branch_condition("forward")
-    backward_cond = functions[0].helper.branch_condition("backward")
+    head = functions[0]
+    forward_cond = head.helper.branch_condition("forward")
+    on_ctx = head.helper.branch_condition("backward")
+    # `b != none` of an optional member (`autodiff.loops.member_choice`): what forward found, kept on ctx
+    built = {B.key(c): head.names.ctx_value(f"{_member(c)}_given") for c in _conditions(plan) if _member(c)}
+
+    def backward_cond(c: N.Expr) -> str:
+        return built.get(B.key(c)) or on_ctx(c)
+
     bodies = iter([p["forward_body"] for p in pieces])
     fn["forward_body"] = _chosen(plan, bodies, forward_cond)
-    head = functions[0]
-    unpack = ["_"] * len(head.plan.leaves) + head.kwargs  # the arguments the conditions read
-    fn["setup_body"] = [f"{', '.join(unpack)} = {head.names.inputs}"] + _chosen(
+    read = {n.id for c in _conditions(plan) for n in walk(c) if isinstance(n, N.Name)}
+    unpack = [l if l in read else "_" for l in head.plan.leaves] + head.kwargs  # what the conditions read
+    kept = [f"{built[B.key(c)]} = {forward_cond(c)}" for c in _conditions(plan) if B.key(c) in built]
+    fn["setup_body"] = [f"{', '.join(unpack)} = {head.names.inputs}", *dict.fromkeys(kept)] + _chosen(
         plan, iter([p["setup_body"] for p in pieces]), forward_cond
     )
     fn["backward_body"] = _chosen(plan, iter([p["backward_body"] for p in pieces]), backward_cond)
     fn["returns"] = f"tuple[{', '.join(['Tensor'] * n_out.pop() + ['Tensor | None'] * len(returned))}]"
     return fn
+
+
+def _conditions(plan) -> list[N.Expr]:
+    if not isinstance(plan, BranchPlan):
+        return []
+    return [plan.cond, *_conditions(plan.then), *_conditions(plan.orelse)]
+
+
+def _member(cond: N.Expr) -> str | None:
+    """The member `m` of a condition `m != none` on a member (none for one on arguments)."""
+    if isinstance(cond, N.Compare) and isinstance(name := cond.operands[0], N.Name):
+        return name.id if name.ref in N.MEMBERS else None
+    return None
 
 
 def _chosen(plan, sides, cond) -> list[str]:
