@@ -188,9 +188,9 @@ class _Inliner:
         if len(bounds) != 1:
             raise NotDerivable(
                 loop.iter.span,
-                f"cannot inline the list of subs '{sub.name}' under @function: its items are built over"
-                f" range({', '.join(spec_text(b) for b in bounds)}), with a start set when the layer is"
-                " constructed (a loop over its items runs over range(n))",
+                f"cannot inline the list of subs '{sub.name}' under @function: its length is set when the layer"
+                f" is constructed, and its items are built over range({', '.join(spec_text(b) for b in bounds)})"
+                " (a loop over such a list runs over range(n))",
                 f"build it over range(n) (`[... for {sub.repeat.var.id} in range(n)]`), or drop @function",
             )
         index = N.Name(loop.var_span, self.fresh(sub.repeat.var.id))
@@ -207,6 +207,7 @@ class _Inliner:
         key = (sub.name, -1)
         if key not in self.instances:
             assert sub.repeat is not None
+            _not_given(sub)
             loop: dict[str, N.Expr] = {sub.repeat.var.id: index}
             module = self.module(sub.call, f"{sub.name}[*]", sub.name, sub.span, loop, sub.repeat.iter.args[0])
             if not isinstance(module, _Instance):
@@ -259,14 +260,7 @@ class _Inliner:
         """The sub, or its item `index`, as a module to inline (made once: its calls share its tensors)."""
         key = (sub.name, index)
         if key not in self.instances:
-            if sub.given is not None:
-                how = "copies" if sub.copied else "holds"
-                raise NotDerivable(
-                    sub.span,
-                    f"cannot inline the sub '{sub.name}' under @function: it {how} the layer argument"
-                    f" '{sub.given.id}', whose layer is known but whose arguments are not (they are the caller's)",
-                    HINT,
-                )
+            _not_given(sub)
             shown = sub.name if index is None else f"{sub.name}[{index}]"
             prefix = sub.name if index is None else f"{sub.name}_{index}"
             loop: dict[str, N.Expr] = {}
@@ -493,6 +487,18 @@ def _outer_tensor(t: N.Tensor, name: str, span: Span, values: dict[str, N.Expr])
         except NotConstant:
             pass
     return dataclasses.replace(t, name=name, span=span, shape=shape, cond=cond, init=None)
+
+
+def _not_given(sub: N.Sub) -> None:
+    """NotDerivable for a sub that holds or copies a layer argument (its arguments are the caller's)."""
+    if sub.given is not None:
+        how = "copies" if sub.copied else "holds"
+        raise NotDerivable(
+            sub.span,
+            f"cannot inline the sub '{sub.name}' under @function: it {how} the layer argument"
+            f" '{sub.given.id}', whose layer is known but whose arguments are not (they are the caller's)",
+            HINT,
+        )
 
 
 def _stacked_tensor(t: N.Tensor, count: N.Expr) -> N.Tensor:
