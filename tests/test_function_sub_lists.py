@@ -187,3 +187,17 @@ def test_two_loops_over_one_list_share_its_stacked_members(depth):
     a, b = plain_pair(RESIDUAL + TWICE, "twice", "Twice", d=3, hidden=4, depth=depth)
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     compare_with_plain(a, b, x)
+
+
+def test_a_step_saves_what_its_backward_reads_and_no_view_of_a_member():
+    """Per step: the block's input and its relu (its backward's reads); the transposed weights are views of
+    the stacked members, taken again in backward, not kept per step."""
+    a, _ = plain_pair(RESIDUAL + DEEP, "deep", "Deep", d=3, hidden=4, depth=5)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    out = a(x)
+    saved = out.grad_fn.saved_tensors
+    per_step = sorted(tuple(t.shape) for t in saved if t.dim() == 3 and t.shape[1] == 2)
+    assert per_step == [(5, 2, 3), (5, 2, 4)]  # h and relu(h @ w1.T), one row per step
+    members = sorted(tuple(t.shape) for t in saved if t.dim() == 3 and t.shape[1] != 2)
+    assert members == [(5, 3, 4), (5, 4, 3)]  # the stacked w1 and w2, once
+    assert sum(t.numel() for t in saved) == 5 * (2 * 3 + 2 * 4) + 2 * 5 * 12 + 2 * 3

@@ -19,7 +19,7 @@ import dataclasses
 from layerdsl.autodiff.loops import Loop, LoopPlan, Straight
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan
 from layerdsl.autodiff.reverse import Backward, derive
-from layerdsl.autodiff.tape import Tape
+from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen.function import VIEWS, FunctionEmitter
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
@@ -275,22 +275,29 @@ class LoopFunction:
     def forward_loop(self, loop: Loop, per_step: set[str], ex: PyExpr) -> list[str]:
         lines = [f"{c} = {start}" for c, start in loop.carried.items() if c != start]
         kept = self.per_step_order(loop, per_step)
-        lines += [f"{name} = []" for name in [*loop.appended, *(self.stacked(v) for v in kept)]]
+        lines += [f"{name} = []" for name in loop.appended]
+        trip = self.trip(loop, ex)
+        index = loop.var if _BackwardWriter._plain_range(loop) else self.name("step", key=(id(loop),))
+        if kept:  # one buffer per value, for every step: made at the first (None after a loop of no steps)
+            count = self.name("n_steps", key=(id(loop),))
+            lines += [f"{count} = len({trip})", " = ".join(self.stacked(v) for v in kept) + " = None"]
         body = [f"{n} = {ex(e)}" for n, e in loop.numbers]
-        body += [f"{self.stacked(c)}.append({c})" for c in loop.carried if c in per_step]
         body += self.steps(Tape(list(loop.picks.values()), [], [], set()), ex)
         body += self.steps(loop.tape, ex)
-        body += [f"{self.stacked(s.var)}.append({s.var})" for s in loop.tape.steps if s.var in per_step]
+        if kept:  # a carried value still holds the step's first value here (it moves last)
+            body.append(f"if {index} == 0:")
+            body += [f"    {self.stacked(v)} = {v}.new_empty(({count}, *{v}.shape))" for v in kept]
+            body += [f"{self.stacked(v)}[{index}] = {v}" for v in kept]
         body += [f"{name}.append({ex(item)})" for name, item in loop.appended.items()]
         moved = [(c, v) for c, v in loop.updates.items() if c != v]
         if moved:
             body.append(f"{', '.join(c for c, _ in moved)} = {', '.join(v for _, v in moved)}")
-        head = with_spec_line([f"for {loop.var} in {self.trip(loop, ex)}:"], 0, self.e.spec_path, loop.span.line)
+        each = loop.var if index == loop.var else f"{index}, {loop.var}"
+        trip = trip if index == loop.var else f"enumerate({trip})"
+        head = with_spec_line([f"for {each} in {trip}:"], 0, self.e.spec_path, loop.span.line)
         lines += head + ["    " + line for line in body or ["pass"]]
         for j in loop.joins:
             lines.append(f"{j.name} = torch.{j.func}({j.items}, dim={ex(j.dim)})")
-        for v in kept:  # a loop of no steps keeps nothing (and backward runs no step)
-            lines.append(f"{self.stacked(v)} = torch.stack({self.stacked(v)}) if {self.stacked(v)} else None")
         return lines
 
     # ---------------------------------------------------------------- setup_context
@@ -394,6 +401,10 @@ class _BackwardWriter:
             if s.op is not None and s.op.shape in VIEWS and _operands(s) <= leaves
         }
         self.recomputed: set[str] = set()
+        # Views of inputs, parameters and picked slices in the loop being written (`transpose(w_l[k], 0, 1)`):
+        # recomputed at each step of backward, not kept per step
+        self.step_views: dict[str, Step] = {}
+        self.step_recomputed: set[str] = set()
 
     def write(self) -> list[str]:
         lines: list[str] = []
@@ -482,7 +493,10 @@ class _BackwardWriter:
 
     def read(self, expr: N.Expr) -> None:
         for n in walk(expr):
-            if isinstance(n, N.Name) and n.id in self.views:  # recomputed from the leaves it views
+            if isinstance(n, N.Name) and n.id in self.step_views:
+                self.step_recomputed.add(n.id)
+                self.read(self.step_views[n.id].expr)
+            elif isinstance(n, N.Name) and n.id in self.views:  # recomputed from the leaves it views
                 self.recomputed.add(n.id)
                 self.read(self.views[n.id].expr)
             elif isinstance(n, N.Name) and n.id in self.values:
@@ -576,13 +590,22 @@ class _BackwardWriter:
         tape = dataclasses.replace(loop.tape, outputs=[o for o, _ in outputs])
         bwd = derive(tape, [g for _, g in outputs], extra_grads)
         self.current = set()
+        sources = set(self.plan.leaves) | set(loop.picks)
+        self.step_views = {}
+        for s in loop.tape.steps:  # in order: a view of a view of a leaf is one too
+            if s.op is not None and s.op.shape in VIEWS and _operands(s) <= sources | set(self.step_views):
+                self.step_views[s.var] = s
+        self.step_recomputed = set()
         after_loop = self.ex  # a carried value read per step by a name of its own (its own holds the last)
         self.ex = self.fn.helper.python(dataclasses.replace(self.spelling, names=self.spelling.names | per_step_names))
         derived, grads = self.statements(bwd, tape, "t")
+        views = [s for v, s in self.step_views.items() if v in self.step_recomputed]
+        self.step_views = {}
         picked = [p for p in loop.picks if p in self.current]  # picked again from what is saved once
         for p in picked:
             self.read(loop.picks[p].expr)
-        body += [f"{p} = {self.ex(loop.picks[p].expr)}" for p in picked] + derived
+        body += [f"{p} = {self.ex(loop.picks[p].expr)}" for p in picked]
+        body += [line for v in views for line in self.fn.steps(Tape([v], [], [], set()), self.ex)] + derived
         self.ex = after_loop
         body_values = set(loop.carried) | {s.var for s in loop.tape.steps}
         self.reads.per_step.setdefault(k, set()).update(self.current & body_values)
