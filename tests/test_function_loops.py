@@ -395,3 +395,42 @@ def test_an_optional_member_on_the_left_of_a_minus_is_refused_where_it_is_read()
     _, problems = plan_backwards([spec])
     assert [(p.span.line, p.span.col) for p in problems] == [(11, 16)]
     assert "reads the optional member 's' as the right operand of -" in problems[0].message
+
+
+OPTIONAL_INPUT_IN_BODY = """
+@function
+layer Steered(d: int, steps: int) {
+    param w: [d, d]
+    example(d = 3, steps = 2)
+    forward(x: [B, d], hx: [B, d]? = none) -> [B, d] {
+        h = x
+        for t in range(steps) {
+            if hx != none {
+                h = tanh(h @ w + hx)
+            } else {
+                h = tanh(h @ w)
+            }
+        }
+        return h
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("steps", [0, 1, 3])
+@pytest.mark.parametrize("given", [False, True])
+def test_an_if_on_whether_an_optional_input_is_given_in_a_loops_body(steps, given):
+    a, b = plain_pair(OPTIONAL_INPUT_IN_BODY, "steered", "Steered", d=3, steps=steps)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    if given:
+        compare_with_plain(a, b, x, torch.randn(2, 3, dtype=torch.float64, requires_grad=True))
+    else:
+        compare_with_plain(a, b, x)
+
+
+def test_whether_the_optional_input_is_given_is_kept_on_ctx_for_backward():
+    spec = parse_file("steered.layer", OPTIONAL_INPUT_IN_BODY)
+    code = emit_file(spec, check_program([spec]), "steered.layer", {})
+    function = code[code.index("class SteeredFunction") : code.index("class Steered(")]
+    assert "ctx.hx_given = hx is not None" in function and "if ctx.hx_given:" in function
+    assert function.count("for t in range(steps):") == 2  # the loop on each side of the `if` taken out

@@ -84,9 +84,22 @@ class LoopPlan:
     requires: set[str]  # values that may need a gradient (computed from a differentiable leaf)
 
 
-def on_arguments(cond: N.Expr) -> bool:
-    """Whether `cond` reads only arguments, lets and `training`: the same at every step of a loop."""
+def on_arguments(cond: N.Expr, optional: frozenset[str] = frozenset()) -> bool:
+    """Whether `cond` reads only arguments, lets and `training`, or is whether an optional input (of
+    `optional`) is given (`hx != none`): the same at every step of a loop."""
+    tested = presence(cond)
+    if tested is not None:
+        return tested[0] in optional
     return all(n.ref in (N.Ref.ARG, N.Ref.LET, N.Ref.TRAINING) for n in walk(cond) if isinstance(n, N.Name))
+
+
+def presence(cond: N.Expr) -> tuple[str, bool] | None:
+    """`(m, True)` for `m != none`, `(m, False)` for `m == none`; None for another condition."""
+    if isinstance(cond, N.Compare) and len(cond.ops) == 1 and cond.ops[0] in ("!=", "=="):
+        names = [o for o in cond.operands if isinstance(o, N.Name)]
+        if len(names) == 1 and any(isinstance(o, N.NoneLit) for o in cond.operands):
+            return names[0].id, cond.ops[0] == "!="
+    return None
 
 
 def unswitched(layer: N.Layer) -> N.Layer:
@@ -95,7 +108,8 @@ def unswitched(layer: N.Layer) -> N.Layer:
     relu(p) } } else { for t { a; h = tanh(p) } }`): the condition is the same at every step, and a
     forward that branches on arguments chooses one side's Function (`plan._branch_plan`)."""
     assert layer.forward is not None
-    body = _unswitched(layer.forward.body)
+    optional = frozenset(i.name for i in layer.forward.inputs if i.optional)
+    body = _unswitched(layer.forward.body, optional)
     if body is layer.forward.body:
         return layer
     out = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
@@ -103,13 +117,13 @@ def unswitched(layer: N.Layer) -> N.Layer:
     return out
 
 
-def _unswitched(body: list[N.Stmt]) -> list[N.Stmt]:
+def _unswitched(body: list[N.Stmt], optional: frozenset[str]) -> list[N.Stmt]:
     out: list[N.Stmt] = []
     changed = False
     for stmt in body:
-        new = _unswitched_loop(stmt) if isinstance(stmt, N.For) else stmt
+        new = _unswitched_loop(stmt, optional) if isinstance(stmt, N.For) else stmt
         if isinstance(stmt, N.If):
-            then, orelse = _unswitched(stmt.body), _unswitched(stmt.orelse)
+            then, orelse = _unswitched(stmt.body, optional), _unswitched(stmt.orelse, optional)
             if then is not stmt.body or orelse is not stmt.orelse:
                 new = dataclasses.replace(stmt, body=then, orelse=orelse)
         changed |= new is not stmt
@@ -117,16 +131,16 @@ def _unswitched(body: list[N.Stmt]) -> list[N.Stmt]:
     return out if changed else body
 
 
-def _unswitched_loop(loop: N.For) -> N.Stmt:
+def _unswitched_loop(loop: N.For, optional: frozenset[str]) -> N.Stmt:
     """`loop`, or an `if` on arguments of its body around two copies of it (each with one side)."""
-    body = _unswitched(loop.body)
-    at = next((k for k, s in enumerate(body) if isinstance(s, N.If) and on_arguments(s.cond)), None)
+    body = _unswitched(loop.body, optional)
+    at = next((k for k, s in enumerate(body) if isinstance(s, N.If) and on_arguments(s.cond, optional)), None)
     if at is None:
         return loop if body is loop.body else dataclasses.replace(loop, body=body)
     branch = body[at]
     assert isinstance(branch, N.If)
     sides = [body[:at] + chosen + body[at + 1 :] for chosen in (branch.body, branch.orelse)]
-    then, orelse = (_unswitched_loop(dataclasses.replace(loop, body=side)) for side in sides)
+    then, orelse = (_unswitched_loop(dataclasses.replace(loop, body=side), optional) for side in sides)
     return dataclasses.replace(branch, body=[then], orelse=[orelse])
 
 

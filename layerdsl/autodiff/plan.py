@@ -216,7 +216,7 @@ def _branch_plan(layer: N.Layer, branch: tuple[int, N.If], given: frozenset[str]
         side = dataclasses.replace(layer, forward=forward)
         try:
             planned = plan_backward(side, proven, known if decided is not None else known + _facts(cond, holds))
-            if decided is None and _keeps_a_loop(planned) and not on_arguments(cond):
+            if decided is None and _keeps_a_loop(planned) and not on_arguments(cond, _optional_inputs(layer)):
                 raise NotDerivable(
                     stmt.span,
                     "a derived backward goes through a loop whose count is known only when forward runs in a"
@@ -264,6 +264,10 @@ def _truth(cond: N.Expr, known: Facts) -> bool | None:
         return None if inner is None else not inner
     key = B.key(cond)
     return next((holds for term, holds in known if term == key), None)
+
+
+def _optional_inputs(layer: N.Layer) -> frozenset[str]:
+    return frozenset(i.name for i in layer.forward.inputs if i.optional) if layer.forward else frozenset()
 
 
 def _all_loops(plan: Plan) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from layerdsl.autodiff.loops import Loop, LoopPlan, Straight
+from layerdsl.autodiff.loops import Loop, LoopPlan, Straight, presence
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.tape import Step, Tape
@@ -66,17 +66,20 @@ def emit_branching_loop_function(emitter, plan: BranchPlan) -> dict:
     head = functions[0]
     forward_cond = head.helper.branch_condition("forward")
     on_ctx = head.helper.branch_condition("backward")
-    # `b != none` of an optional member (`autodiff.loops.member_choice`): what forward found, kept on ctx
-    built = {B.key(c): head.names.ctx_value(f"{_member(c)}_given") for c in _conditions(plan) if _member(c)}
+    # `b != none` of an optional member (`autodiff.loops.member_choice`) or input: what forward found, on ctx
+    given = {m: head.names.ctx_value(f"{m}_given") for c in _conditions(plan) if (m := _presence_of(c))}
 
     def backward_cond(c: N.Expr) -> str:
-        return built.get(B.key(c)) or on_ctx(c)
+        tested = presence(c)
+        if tested is None:
+            return on_ctx(c)
+        return given[tested[0]] if tested[1] else f"not {given[tested[0]]}"
 
     bodies = iter([p["forward_body"] for p in pieces])
     fn["forward_body"] = _chosen(plan, bodies, forward_cond)
     read = {n.id for c in _conditions(plan) for n in walk(c) if isinstance(n, N.Name)}
     unpack = [l if l in read else "_" for l in head.plan.leaves] + head.kwargs  # what the conditions read
-    kept = [f"{built[B.key(c)]} = {forward_cond(c)}" for c in _conditions(plan) if B.key(c) in built]
+    kept = [f"{flag} = {m} is not None" for m, flag in given.items()]
     fn["setup_body"] = [f"{', '.join(unpack)} = {head.names.inputs}", *dict.fromkeys(kept)] + _chosen(
         plan, iter([p["setup_body"] for p in pieces]), forward_cond
     )
@@ -91,11 +94,10 @@ def _conditions(plan) -> list[N.Expr]:
     return [plan.cond, *_conditions(plan.then), *_conditions(plan.orelse)]
 
 
-def _member(cond: N.Expr) -> str | None:
-    """The member `m` of a condition `m != none` on a member (none for one on arguments)."""
-    if isinstance(cond, N.Compare) and isinstance(name := cond.operands[0], N.Name):
-        return name.id if name.ref in N.MEMBERS else None
-    return None
+def _presence_of(cond: N.Expr) -> str | None:
+    """The member or input `m` of a condition `m != none` or `m == none` (None for one on arguments)."""
+    tested = presence(cond)
+    return tested[0] if tested else None
 
 
 def _chosen(plan, sides, cond) -> list[str]:
