@@ -434,3 +434,36 @@ def test_whether_the_optional_input_is_given_is_kept_on_ctx_for_backward():
     function = code[code.index("class SteeredFunction") : code.index("class Steered(")]
     assert "ctx.hx_given = hx is not None" in function and "if ctx.hx_given:" in function
     assert function.count("for t in range(steps):") == 2  # the loop on each side of the `if` taken out
+
+
+@pytest.mark.parametrize("frozen", [(), ("w",), ("b",), ("w", "b")])
+@pytest.mark.parametrize("x_grad", [True, False])
+def test_a_step_computes_only_the_gradients_asked_for(frozen, x_grad):
+    a, b = plain_pair(OPTIONAL_MEMBER, "optional_bias", "OptionalBias", d=3, steps=3, bias=True)
+    for module in (a, b):
+        for name in frozen:
+            getattr(module, name).requires_grad_(False)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=x_grad)
+    wanted = ([x] if x_grad else []) + [p for p in a.parameters() if p.requires_grad]
+    if not wanted:
+        return
+    theirs = ([x] if x_grad else []) + [p for p in b.parameters() if p.requires_grad]
+    out, ref = a(x), b(x)
+    got = torch.autograd.grad(out.sum(), wanted, create_graph=True)
+    want = torch.autograd.grad(ref.sum(), theirs, create_graph=True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    second = torch.autograd.grad(sum((g * g).sum() for g in got), wanted, allow_unused=True)
+    second_want = torch.autograd.grad(sum((w * w).sum() for w in want), theirs, allow_unused=True)
+    for g, w in zip(second, second_want):
+        torch.testing.assert_close(g, w)
+
+
+def test_the_step_statements_of_one_gradient_run_only_when_it_is_asked_for():
+    spec = parse_file("optional_bias.layer", OPTIONAL_MEMBER)
+    code = emit_file(spec, check_program([spec]), "optional_bias.layer", {})
+    function = code[code.index("class OptionalBiasFunction") : code.index("class OptionalBias(")]
+    backward = function[function.index("def backward") :]
+    loop = backward[backward.index("for t in reversed") :]
+    assert "if ctx.needs_input_grad[1]:" in loop  # w's per-step gradient
+    assert "if ctx.needs_input_grad[2]:" in loop  # b's

@@ -147,6 +147,7 @@ class LoopFunction:
         self.own: dict[tuple, str] = {} if shared is None else shared  # names it introduces, by what they hold
         self.outputs = {o.id for o in plan.outputs if isinstance(o, N.Name)}
         self.backward_dims: set[str] = set()
+        self.sources = _gradient_sources(plan)
 
     def name(self, hint: str, key: tuple = ()) -> str:
         """A name this Function introduces: the same for the same hint (and key) in every writing."""
@@ -407,6 +408,16 @@ class _BackwardWriter:
         # recomputed at each step of backward, not kept per step
         self.step_views: dict[str, Step] = {}
         self.step_recomputed: set[str] = set()
+        differentiable = [l for l in self.plan.leaves if l in self.plan.differentiable]
+        self.needs = {l: f"ctx.needs_input_grad[{self.plan.leaves.index(l)}]" for l in differentiable}
+
+    def guard(self, leaves) -> str | None:
+        """The test of `ctx.needs_input_grad` under which a statement needed by the gradients of `leaves`
+        (of a loop's body: values computed from the layer's leaves) runs; None when every gradient needs it."""
+        needed = {l for v in leaves for l in self.fn.sources.get(v, {v} & set(self.needs))}
+        if not needed or needed >= set(self.needs):
+            return None
+        return " or ".join(self.needs[l] for l in self.needs if l in needed)
 
     def write(self) -> list[str]:
         lines: list[str] = []
@@ -481,7 +492,9 @@ class _BackwardWriter:
         summed so far (or, in a loop, the incoming one of the same name) must stay; and each leaf's
         gradient var. A leaf's gradient is never read by the statements after it."""
         renamed: dict[str, str] = {}
-        lines = []
+        lines: list[str] = []
+        guarded: list[str] = []  # the statements under the last guard
+        last: str | None = None
         for s in bwd.stmts:
             target = s.var
             leaf = target.removeprefix("grad_")
@@ -490,7 +503,13 @@ class _BackwardWriter:
                 hint = f"grad_{leaf}_t" if where == "t" else f"grad_{leaf}_part"
                 target = renamed[s.var] = self.fn.name(hint, key=(where, leaf))
             self.read(s.expr)
-            lines += with_spec_line([f"{target} = {self.ex(s.expr)}"], 0, self.fn.e.spec_path, s.span.line)
+            code = with_spec_line([f"{target} = {self.ex(s.expr)}"], 0, self.fn.e.spec_path, s.span.line)
+            guard = self.guard(s.leaves) if where == "t" else None  # a step's statements: what is needed
+            if guard != last:
+                lines += _under(last, guarded)
+                guarded, last = [], guard
+            guarded += code
+        lines += _under(last, guarded)
         return lines, {leaf: renamed.get(g, g) for leaf, g in bwd.leaf_grads.items()}
 
     def read(self, expr: N.Expr) -> None:
@@ -617,12 +636,12 @@ class _BackwardWriter:
         for leaf, g in grads.items():
             if leaf in loop.picks:  # one slice of the picked value's gradient per step
                 rows[leaf] = self.fn.name(f"grad_{leaf}_steps")
-                body.append(f"{rows[leaf]}.append({g})")
+                body += _under(self.guard([leaf]), [f"{rows[leaf]}.append({g})"])
             elif leaf not in loop.carried:
-                body += self.accumulate(leaf, g, conditional=True)
+                body += _under(self.guard([leaf]), self.accumulate(leaf, g, conditional=True))
         # The carried values' gradients, for the step before (at once: one may be another's)
-        new = [(self.acc(c), grads.get(c, f"torch.zeros_like({self.acc(c)})")) for c in requiring]
-        new = [(t, g) for t, g in new if t != g]
+        before = [(self.acc(c), grads.get(c, f"torch.zeros_like({self.acc(c)})"), self.guard([c])) for c in requiring]
+        new = [(t, g if guard is None else f"{g} if {guard} else {t}") for t, g, guard in before if t != g]
         if new:
             body.append(f"{', '.join(t for t, _ in new)} = {', '.join(g for _, g in new)}")
         if self._plain_range(loop):
@@ -649,6 +668,40 @@ class _BackwardWriter:
     @staticmethod
     def _plain_range(loop: Loop) -> bool:
         return len(loop.bounds) == 1
+
+
+def _under(guard: str | None, lines: list[str]) -> list[str]:
+    """`lines`, under `if guard:` when there is one."""
+    if guard is None or not lines:
+        return lines
+    return [f"if {guard}:", *("    " + line for line in lines)]
+
+
+def _gradient_sources(plan: LoopPlan) -> dict[str, set[str]]:
+    """For each value of the forward, the differentiable leaves it is computed from (through the loops'
+    carried values, over as many rounds as they take to settle)."""
+    sources: dict[str, set[str]] = {l: {l} for l in plan.leaves if l in plan.differentiable}
+
+    def of(step: Step) -> set[str]:
+        return {l for name in step.reads for l in sources.get(name, ())}
+
+    for seg in plan.segments:
+        if isinstance(seg, Straight):
+            for s in seg.tape.steps:
+                sources[s.var] = of(s)
+            continue
+        for c, start in seg.carried.items():
+            sources[c] = set(sources.get(start, ()))
+        for _ in range(len(seg.carried) + 2):
+            for s in [*seg.picks.values(), *seg.tape.steps]:
+                sources[s.var] = of(s)
+            for c, v in seg.updates.items():
+                sources[c] |= sources.get(v, set())
+        for j in seg.joins:
+            item = seg.appended.get(j.items)
+            names = [n.id for n in walk(item) if isinstance(n, N.Name)] if item is not None else []
+            sources[j.name] = {l for name in names for l in sources.get(name, ())}
+    return sources
 
 
 def _operands(step) -> set[str]:
