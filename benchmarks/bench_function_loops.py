@@ -1,12 +1,14 @@
 #!/usr/bin/env python
 """`@function` layers whose loop stays a loop, against the same loop unrolled and plain autograd.
 
-One step is forward + ``backward`` of ``out.sum()``. Each case runs its variants in alternating rounds (the
+One step is forward + ``backward`` of ``out.sum()``. A list of sub layers of constructed length is a
+loop Function too (its members stacked by the module each call), against the plain module. Each case runs its variants in alternating rounds (the
 order rotating every round); printed: the median time of each, and its ratio to the first variant with the
 min and max of the per-round ratios. One thread, float32, CPU.
 
     python benchmarks/bench_function_loops.py            # every case, 15 rounds
     python benchmarks/bench_function_loops.py --rounds 5
+    python benchmarks/bench_function_loops.py --only residual
 """
 
 from __future__ import annotations
@@ -64,6 +66,31 @@ layer Elman(input_size: int, hidden_size: int) {
 """
 
 
+DEEP = """
+layer Residual(d: int, hidden: int) {
+    param w1: [hidden, d]
+    param w2: [d, hidden]
+    example(d = 4, hidden = 8)
+    forward(x: [..., d]) -> [..., d] {
+        return x + relu(x @ transpose(w1, 0, 1)) @ transpose(w2, 0, 1)
+    }
+}
+
+@function
+layer Deep(d: int, hidden: int, depth: int) {
+    sub blocks = [Residual(d, hidden) for i in range(depth)]
+    example(d = 4, hidden = 8, depth = 2)
+    forward(x: [..., d]) -> [..., d] {
+        h = x
+        for block in blocks {
+            h = block(h)
+        }
+        return h
+    }
+}
+"""
+
+
 def compiled(text: str, stem: str) -> dict:
     spec = parse_file(f"{stem}.layer", text)
     namespace: dict = {}
@@ -108,13 +135,28 @@ def cases():
             "torch.nn.RNN": step(lambda: rnn(x)[0], x, *rnn.parameters()),
         }
 
+    deep = compiled(DEEP, "deep")
+    plain = compiled(DEEP.replace("@function\n", ""), "deep_plain")
+    for b, d, depth in ((32, 64, 4), (512, 256, 8)):
+        torch.manual_seed(0)
+        ours, theirs = deep["Deep"](d, 4 * d, depth), plain["Deep"](d, 4 * d, depth)
+        theirs.load_state_dict(ours.state_dict())
+        x = torch.randn(b, d, requires_grad=True)
+        yield f"list of {depth} residual blocks {b}x{d}", {
+            "loop Function": step(lambda: ours(x), x, *ours.parameters()),
+            "plain autograd": step(lambda: theirs(x), x, *theirs.parameters()),
+        }
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--only", default="", help="the cases whose name contains this")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for name, variants in cases():
+        if args.only not in name:
+            continue
         timers = {k: Timer("run()", globals={"run": run}) for k, run in variants.items()}
         for run in variants.values():
             run()
