@@ -201,3 +201,23 @@ def test_a_step_saves_what_its_backward_reads_and_no_view_of_a_member():
     members = sorted(tuple(t.shape) for t in saved if t.dim() == 3 and t.shape[1] != 2)
     assert members == [(5, 3, 4), (5, 4, 3)]  # the stacked w1 and w2, once
     assert sum(t.numel() for t in saved) == 5 * (2 * 3 + 2 * 4) + 2 * 5 * 12 + 2 * 3
+
+
+def test_torch_func_transforms_go_through_the_loop_over_the_items():
+    a, b = plain_pair(RESIDUAL + DEEP, "deep", "Deep", d=3, hidden=4, depth=3)
+    xs = torch.randn(5, 3, dtype=torch.float64)
+
+    def grads(module):
+        return torch.func.vmap(torch.func.grad(lambda x: module(x).sin().sum()))(xs)
+
+    torch.testing.assert_close(grads(a), grads(b))
+    torch.testing.assert_close(torch.func.jacrev(a)(xs[0]), torch.func.jacrev(b)(xs[0]))
+    params = {k: v.detach() for k, v in a.named_parameters()}
+
+    def loss(module, p):
+        return torch.func.functional_call(module, p, (xs,)).sum()
+
+    by_param = torch.func.grad(lambda p: loss(a, p))(params)
+    wanted = torch.func.grad(lambda p: loss(b, p))(params)
+    for name in params:
+        torch.testing.assert_close(by_param[name], wanted[name])
