@@ -17,6 +17,7 @@ subs whose count is set at construction, a sub that updates buffers or writes it
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import cast
@@ -209,7 +210,8 @@ class _Inliner:
             assert sub.repeat is not None
             _not_given(sub)
             loop: dict[str, N.Expr] = {sub.repeat.var.id: index}
-            module = self.module(sub.call, f"{sub.name}[*]", sub.name, sub.span, loop, sub.repeat.iter.args[0])
+            shown = f"{sub.name}[{sub.repeat.var.id}]"  # every item: `blocks[i]`
+            module = self.module(sub.call, shown, sub.name, sub.span, loop, sub.repeat.iter.args[0])
             if not isinstance(module, _Instance):
                 raise NotDerivable(
                     sub.span,
@@ -510,11 +512,12 @@ def _stacked_tensor(t: N.Tensor, count: N.Expr) -> N.Tensor:
 
 def member_argument(path: str, optional: bool = False) -> str:
     """How the module passes a tensor of a Function's inlined forward: `self.fc.weight`; the member of
-    every item of a list of subs (`blocks[*].w1`), stacked (an empty tensor for an empty list; None for
-    an `optional` member not built)."""
-    if "[*]." not in path:
+    every item of a list of subs (`blocks[i].w1`, by its comprehension's variable), stacked (an empty
+    tensor for an empty list; None for an `optional` member not built)."""
+    every = re.fullmatch(r"(.+?)\[[A-Za-z_]\w*\]\.(.+)", path)
+    if every is None:  # `fc.weight`, `blocks[0].w1`
         return f"self.{path}"
-    items, member = path.split("[*].", 1)
+    items, member = every.groups()
     stacked = f"torch.stack([item.{member} for item in self.{items}])"
     if optional:
         return f"{stacked} if len(self.{items}) and self.{items}[0].{member} is not None else None"
