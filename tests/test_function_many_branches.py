@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import time
 
 import pytest
 import torch
@@ -181,6 +182,23 @@ def test_more_sides_than_the_bound_is_a_located_error():
     [problem] = problems
     assert (problem.span.line, problem.span.col) == (11, 9)  # the first `if`
     assert f"at most {MAX_BRANCH_PLANS} combinations" in problem.message and "backward block" in (problem.hint or "")
+
+
+def test_a_forward_of_many_ifs_is_refused_before_its_sides_are_derived():
+    """Twelve independent `if`s would be 4,096 sides, each derived on its own: they are counted first."""
+    ifs = "".join(f"        if f{k} {{\n            h = h * x\n        }}\n" for k in range(12))
+    flags = ", ".join(f"f{k}: bool = true" for k in range(12))
+    text = (
+        f'@function\nlayer ManyIfs({flags}) {{\n    """Many choices."""\n    example()\n\n'
+        f"    forward(x: [B, 4]) {{\n        h = tanh(x)\n{ifs}        return h\n    }}\n}}\n"
+    )
+    spec = parse_file("many.layer", text)
+    check_program([spec])
+    start = time.perf_counter()
+    _, problems = plan_backwards([spec])
+    assert time.perf_counter() - start < 20  # a derivation per side takes minutes
+    [problem] = problems
+    assert (problem.span.line, problem.span.col) == (8, 9) and "combinations" in problem.message
 
 
 MEMBER = '''

@@ -113,14 +113,14 @@ def plan_backward(layer: N.Layer, given: frozenset[str] = frozenset(), known: Fa
     layer = prepared_forward(without_callable_sides(with_tuples_split(layer)))
     assert layer.forward is not None
     if layer.backward is None and (branch := _first_if(layer.forward.body)) is not None:
-        plan = _branch_plan(layer, branch, given, known)
-        if isinstance(plan, BranchPlan) and len(plan.sides()) > MAX_BRANCH_PLANS:
+        # counted before any side is derived: independent `if`s multiply (a derivation per side)
+        if _side_count(layer.forward.body, known, MAX_BRANCH_PLANS) > MAX_BRANCH_PLANS:
             raise NotDerivable(
                 branch[1].span,
                 f"a derived backward goes through at most {MAX_BRANCH_PLANS} combinations of `if` branches",
                 "write a backward block, or choose with where(cond, a, b)",
             )
-        return plan
+        return _branch_plan(layer, branch, given, known)
     return _straight_plan(layer, given)
 
 
@@ -180,6 +180,23 @@ def _loop_plan(layer: N.Layer, optional: set[str]) -> LoopPlan:
             "drop @function, or move the update out of this layer",
         )
     return plan_loops(layer, optional, incoming_names)
+
+
+def _side_count(body: list[N.Stmt], known: Facts, limit: int) -> int:
+    """How many straight-line sides `body` has (the combinations of its `if`s that the conditions around
+    them leave possible), counted up to `limit + 1` (so a forward of many `if`s is refused in little time)."""
+    found = _first_if(body)
+    if found is None:
+        return 1
+    at, stmt = found
+    decided = _truth(stmt.cond, known)
+    count = 0
+    for chosen, holds in ((stmt.body, True), (stmt.orelse, False)):
+        if count > limit or decided is not None and decided != holds:
+            continue
+        facts = known if decided is not None else known + _facts(stmt.cond, holds)
+        count += _side_count(_until_return(body[:at] + chosen + body[at + 1 :]), facts, limit - count)
+    return count
 
 
 def _first_if(body: list[N.Stmt]) -> tuple[int, N.If] | None:
