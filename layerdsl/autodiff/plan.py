@@ -61,7 +61,7 @@ class BranchPlan:
 
 Plan = BackwardPlan | BranchPlan | LoopPlan
 
-MAX_BRANCH_PLANS = 8  # sides of one Function: each is a forward, a setup_context and a backward of its own
+MAX_BRANCH_PLANS = 32  # sides of one Function (a product over independent `if`s); the shipped specs have at most 12
 
 
 def straight_plans(plan: Plan) -> list[BackwardPlan]:
@@ -105,7 +105,7 @@ def plan_backwards(
 
 def plan_backward(layer: N.Layer, given: frozenset[str] = frozenset(), known: Facts = ()) -> Plan:
     """One `@function` layer's plan; raises NotDerivable for what the derivation cannot go through (the
-    first problem, carrying the others: `NotDerivable.every`). `given`: the optional inputs that the `if`s
+    first problem, carrying the others: `NotDerivable.every`). `given`: the optional inputs and members that the `if`s
     choosing this side prove given; `known`: what their conditions prove (a later `if` they decide has one
     side only)."""
     assert layer.forward is not None, "the parser reports a layer without forward"
@@ -114,19 +114,19 @@ def plan_backward(layer: N.Layer, given: frozenset[str] = frozenset(), known: Fa
     layer = unswitched(layer)  # an `if` on arguments in a loop's body: around two copies of the loop
     assert layer.forward is not None
     if layer.backward is None and (branch := _first_if(layer.forward.body)) is not None:
-        plan = _branch_plan(layer, branch, given, known)
-        if isinstance(plan, BranchPlan) and len(plan.sides()) > MAX_BRANCH_PLANS:
+        # counted before any side is derived: independent `if`s multiply (a derivation per side)
+        if _side_count(layer.forward.body, known, MAX_BRANCH_PLANS) > MAX_BRANCH_PLANS:
             raise NotDerivable(
                 branch[1].span,
                 f"a derived backward goes through at most {MAX_BRANCH_PLANS} combinations of `if` branches",
                 "write a backward block, or choose with where(cond, a, b)",
             )
-        return plan
+        return _branch_plan(layer, branch, given, known)
     return _straight_plan(layer, given)
 
 
 def _straight_plan(layer: N.Layer, given: frozenset[str]) -> Plan:
-    optional = {t.name for t in layer.tensors if t.cond is not None}
+    optional = {t.name for t in layer.tensors if t.cond is not None} - given
     optional |= {i.name for i in layer.forward.inputs if i.optional} - given if layer.forward else set()
     if layer.forward is not None and has_loop(layer.forward.body):  # a loop kept as one (`autodiff.loops`)
         return _loop_plan(layer, optional)
@@ -186,6 +186,23 @@ def _loop_plan(layer: N.Layer, optional: set[str]) -> Plan:
             "drop @function, or move the update out of this layer",
         )
     return plan_loops(layer, optional, incoming_names)
+
+
+def _side_count(body: list[N.Stmt], known: Facts, limit: int) -> int:
+    """How many straight-line sides `body` has (the combinations of its `if`s that the conditions around
+    them leave possible), counted up to `limit + 1` (so a forward of many `if`s is refused in little time)."""
+    found = _first_if(body)
+    if found is None:
+        return 1
+    at, stmt = found
+    decided = _truth(stmt.cond, known)
+    count = 0
+    for chosen, holds in ((stmt.body, True), (stmt.orelse, False)):
+        if count > limit or decided is not None and decided != holds:
+            continue
+        facts = known if decided is not None else known + _facts(stmt.cond, holds)
+        count += _side_count(_until_return(body[:at] + chosen + body[at + 1 :]), facts, limit - count)
+    return count
 
 
 def _first_if(body: list[N.Stmt]) -> tuple[int, N.If] | None:
@@ -249,7 +266,18 @@ def _facts(cond: N.Expr, holds: bool) -> Facts:
         return _facts(cond.left, holds) + _facts(cond.right, holds)
     if isinstance(cond, N.Not):
         return _facts(cond.operand, not holds)
-    return ((B.key(cond), holds),)
+    key, positive = _term(cond)
+    return ((key, holds == positive),)
+
+
+def _term(cond: N.Expr) -> tuple[str, bool]:
+    """A condition's structural key, and whether it holds when what the key names holds: `m == none` is
+    the negation of `m != none` (so `if m != none` decides a later `if m == none`)."""
+    if isinstance(cond, N.Compare) and len(cond.ops) == 1 and cond.ops[0] in ("==", "!="):
+        names = [o.id for o in cond.operands if isinstance(o, N.Name)]
+        if len(names) == 1 and any(isinstance(o, N.NoneLit) for o in cond.operands):
+            return f"{names[0]} != none", cond.ops[0] == "!="
+    return B.key(cond), True
 
 
 def _truth(cond: N.Expr, known: Facts) -> bool | None:
@@ -262,8 +290,8 @@ def _truth(cond: N.Expr, known: Facts) -> bool | None:
     if isinstance(cond, N.Not):
         inner = _truth(cond.operand, known)
         return None if inner is None else not inner
-    key = B.key(cond)
-    return next((holds for term, holds in known if term == key), None)
+    key, positive = _term(cond)
+    return next((holds == positive for term, holds in known if term == key), None)
 
 
 def _optional_inputs(layer: N.Layer) -> frozenset[str]:
@@ -362,7 +390,7 @@ def _configuration_condition(cond: N.Expr, before: list[N.Stmt], layer: N.Layer)
             raise NotDerivable(
                 n.span,
                 "a derived backward branches only on arguments, lets, dims, `training` and whether an optional"
-                " input is given (this condition reads a tensor or whether a member is given)",
+                " input or member is given (this condition reads a tensor)",
                 "write a backward block; for an elementwise choice use where(cond, a, b)",
             )
     return cond
@@ -434,11 +462,13 @@ def dtype_tested(cond: N.Expr) -> list[str]:
 
 
 def _presence_tests(cond: N.Expr, layer: N.Layer) -> set[int]:
-    """The nodes of `m != none` and `m == none` tests of optional inputs and tensor arguments in `cond`
-    (the Function keeps whether an input `m` was given on `ctx`, as its shape or None, for backward to
-    choose the same side; an argument is on `ctx` as it is)."""
+    """The nodes of `m != none` and `m == none` tests of optional inputs, optional members (a sub's too:
+    `linear.bias`, given or not when the layer is built) and tensor arguments in `cond` (the Function keeps
+    whether an input or member `m` was given on `ctx`, as its shape or None, for backward to choose the same
+    side; an argument is on `ctx` as it is)."""
     assert layer.forward is not None
     optional = {i.name for i in layer.forward.inputs if i.optional}
+    optional |= {t.name for t in layer.tensors if t.cond is not None}
     optional |= {a.name for a in layer.args if a.maybe_none and a.base_type == "tensor"}
     found: set[int] = set()
     for n in walk(cond):

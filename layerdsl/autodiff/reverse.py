@@ -2,7 +2,9 @@
 
 `derive` walks the tape backwards; for each step and each operand that needs a gradient it instantiates
 the operation table's formula (`formulas`), reduces broadcast gradients back to the operand's shape, and
-accumulates; `simplify` tidies each result. The result says, for every leaf (input or parameter), which
+accumulates; `simplify` tidies each result. What it cannot derive is collected, not raised at once: the
+gradient of that operand is left out (an opaque value, as the linearizer's), the walk goes on, and every
+independent problem is raised together (`tape.refusal`, each location once). The result says, for every leaf (input or parameter), which
 backward statements its gradient needs, so the emitter can guard them with `ctx.needs_input_grad` and save
 only what the needed gradients read.
 """
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 
 from layerdsl.autodiff.formulas import formula
 from layerdsl.autodiff.simplify import simplify
-from layerdsl.autodiff.tape import NotDerivable, Step, Tape
+from layerdsl.autodiff.tape import NotDerivable, Step, Tape, refusal
 from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
@@ -44,10 +46,12 @@ class Backward:
 
 def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None = None) -> Backward:
     """`extra_grads`: intermediates the forward also returns (to save them), with their incoming gradient's
-    name; those gradients are zero in a first backward and matter in double backward."""
+    name; those gradients are zero in a first backward and matter in double backward. Raises NotDerivable
+    carrying every problem (`NotDerivable.every`)."""
     contributions: dict[str, list[tuple[N.Expr, str | None]]] = {}
     requires = _requires_grad(tape)
-    complex_vars = complex_values(tape)
+    problems: list[NotDerivable] = []
+    complex_vars = complex_values(tape, problems)
     for out, grad_name in zip(tape.outputs, grad_names):
         if isinstance(out, N.Name) and out.id in requires:
             contributions.setdefault(out.id, []).append((B.name(grad_name), None))
@@ -82,7 +86,7 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
         if g is None:
             continue
         if step.op.name == "einsum":
-            for einsum_operand, expr in _einsum_grads(step, g):
+            for einsum_operand, expr in _einsum_grads(step, g, problems):
                 if einsum_operand.id in requires:
                     contributions.setdefault(einsum_operand.id, []).append((expr, None))
                     source.setdefault(einsum_operand.id, step.expr.span)
@@ -95,6 +99,9 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
                 and param.tensors  # cat, stack; not the index tensors of `x[i, j]`, which need none
                 and any(isinstance(i, N.Name) and i.id in requires for i in listed.items)
             ):
+                if step.op.grads.get(pname) is None:
+                    problems.append(NotDerivable(step.expr.span, f"{step.op.name}() has no derivative"))
+                    continue
                 for item, part in _list_grads(step, pname, listed, g):
                     if item.id in requires:
                         contributions.setdefault(item.id, []).append((part, None))
@@ -102,13 +109,19 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
             if not (isinstance(operand, N.Name) and operand.id in requires):
                 continue
             if not step.op.grads.get(pname):
-                raise NotDerivable(step.expr.span, f"{step.op.name}() has no derivative")
+                problems.append(NotDerivable(step.expr.span, f"{step.op.name}() has no derivative"))
+                continue
             if step.op.name == "matmul" and pname == "other" and _vector_times_matrix(tape, step):
                 # Not the table's formula, which transposes `input`: that may be a vector here.
                 expr = _matrix_grad_of_vector_product(step.args["input"], g)
             else:
                 template = formula(step.op.name, pname)
-                expr = simplify(instantiate(template, _conjugated(step, complex_vars, template), g))
+                try:
+                    conjugated = _conjugated(step, complex_vars, template)
+                except NotDerivable as exc:
+                    problems.append(exc)
+                    continue
+                expr = simplify(instantiate(template, conjugated, g))
                 if step.var in complex_vars and operand.id not in complex_vars:
                     expr = B.call("real", expr)  # a real operand's gradient is the real part
                 if step.op.shape == "elementwise" and _may_broadcast(tape, step, operand):
@@ -125,6 +138,8 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
             if g is not None and not (isinstance(g, N.Name) and g.id == f"grad_{leaf}"):
                 stmts.append(GradStmt(f"grad_{leaf}", g, span=source.get(leaf, NOWHERE)))
                 grad_var[leaf] = f"grad_{leaf}"
+    if problems:
+        raise refusal(problems)
     _mark_leaves(stmts, tape)
     return Backward(stmts, {l: grad_var[l] for l in tape.leaves if l in grad_var})
 
@@ -143,9 +158,10 @@ _TRANSFORMS = ("fft", "ifft", "rfft", "irfft")
 _REAL_ONLY = ("abs", "relu", "clamp", "maximum", "minimum", "amax", "amin", "sign", "softmax", "log_softmax")
 
 
-def complex_values(tape: Tape) -> set[str]:
+def complex_values(tape: Tape, problems: list[NotDerivable] | None = None) -> set[str]:
     """Tape vars holding complex values: what `fft`, `ifft` and `rfft` return, and what is computed from
-    it (`irfft` returns a real signal)."""
+    it (`irfft` returns a real signal). An operation that has no derivative on them goes to `problems`
+    (raised when None)."""
     out: set[str] = set()
     for step in tape.steps:
         if step.op is None or step.op.name in ("irfft", "real"):
@@ -153,7 +169,10 @@ def complex_values(tape: Tape) -> set[str]:
         operands = [a for a in _flat(step.args.values()) if isinstance(a, N.Name)]
         if step.op.name in _TRANSFORMS or any(a.id in out for a in operands):
             if step.op.name in _REAL_ONLY and step.op.name != "abs":
-                raise NotDerivable(step.expr.span, f"{step.op.name}() of a complex value has no derivative")
+                problem = NotDerivable(step.expr.span, f"{step.op.name}() of a complex value has no derivative")
+                if problems is None:
+                    raise problem
+                problems.append(problem)
             out.add(step.var)
     return out
 
@@ -214,8 +233,9 @@ def _may_broadcast(tape: Tape, step: Step, operand: N.Name) -> bool:
     return a is None or r is None or a != r
 
 
-def _einsum_grads(step: Step, grad: N.Expr) -> Iterator[tuple[N.Name, N.Expr]]:
-    """For y = einsum("s1,s2->so", a, b): the gradient of a is einsum("so,s2->s1", grad, b)."""
+def _einsum_grads(step: Step, grad: N.Expr, problems: list[NotDerivable]) -> Iterator[tuple[N.Name, N.Expr]]:
+    """For y = einsum("s1,s2->so", a, b): the gradient of a is einsum("so,s2->s1", grad, b). An operand
+    summed over an index only it has goes to `problems`."""
     equation, listed = step.args["equation"], step.args["operands"]
     assert isinstance(equation, N.Str) and isinstance(listed, N.ListExpr), "how index notation lowers to einsum"
     inputs, out = equation.value.split("->")
@@ -227,10 +247,14 @@ def _einsum_grads(step: Step, grad: N.Expr) -> Iterator[tuple[N.Name, N.Expr]]:
         others = [(s, o) for j, (s, o) in enumerate(zip(ins, operands)) if j != k]
         available = set(out) | {c for s, _ in others for c in s}
         if not set(ins[k]) <= available:
-            raise NotDerivable(
-                step.expr.span,
-                "a derived backward cannot go through a sum over an index only one tensor has; write a backward block",
+            problems.append(
+                NotDerivable(
+                    step.expr.span,
+                    "a derived backward cannot go through a sum over an index only one tensor has; write a"
+                    " backward block",
+                )
             )
+            continue
         eq = N.Str(NOWHERE, ",".join([out] + [s for s, _ in others]) + "->" + ins[k])
         eq.kind = N.Kind.STR
         tensors = N.ListExpr(NOWHERE, [clone(grad)] + [clone(o) for _, o in others])
@@ -243,9 +267,7 @@ def _einsum_grads(step: Step, grad: N.Expr) -> Iterator[tuple[N.Name, N.Expr]]:
 def _list_grads(step: Step, pname: str, listed: N.ListExpr, grad: N.Expr) -> Iterator[tuple[N.Name, N.Expr]]:
     """The table's formula for a list operand, once per tensor in it: `item` is that tensor, `index` its
     position, `offset` where it starts along `dim` (the sizes of the ones before it, for cat)."""
-    assert step.op is not None  # only operations have list operands
-    if step.op.grads.get(pname) is None:
-        raise NotDerivable(step.expr.span, f"{step.op.name}() has no derivative")
+    assert step.op is not None and step.op.grads.get(pname) is not None, "derive checks the formula first"
     offset: N.Expr = B.num(0)
     for k, item in enumerate(listed.items):
         if isinstance(item, N.Name):

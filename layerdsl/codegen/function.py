@@ -21,6 +21,7 @@ from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.shapes import same_shape_leaf
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.autodiff.unroll import measured_sizes
+from layerdsl.codegen.function_branches import chosen_lines
 from layerdsl.codegen.function_buffers import always_updated, returned_values, updated_buffers
 from layerdsl.codegen.joint_gradients import joint_calls
 from layerdsl.codegen.names import FunctionNames
@@ -301,8 +302,8 @@ class FunctionEmitter:
         return head + kept + _chosen(plan, iter(own), self.branch_condition("setup_context"), ends_in_return=False)
 
     @property
-    def _optional_inputs(self) -> list[str]:
-        return [i.name for i in self.forward.inputs if i.optional]
+    def _optional_inputs(self) -> list[str]:  # and members: whether each is given, kept on ctx for backward
+        return [i.name for i in self.forward.inputs if i.optional] + [t.name for t in self.layer.tensors if t.cond]
 
     def settle(
         self, tape: Tape, extra: list[str]
@@ -1640,32 +1641,9 @@ def _tuple_hint(types: list[str]) -> str:
 
 def _chosen(plan: Plan, sides: Iterator[list[str]], cond: PyExpr, ends_in_return: bool = True) -> list[str]:
     """The sides' lines (taken in order from `sides`), each under the conditions choosing it; `cond`
-    spells a condition. Sides that return are written `if c: <then> <else>`, the others `if/else`."""
+    spells a condition (`codegen.function_branches` writes what two sides share once)."""
     if not isinstance(plan, BranchPlan):
         return list(next(sides))
     then = _chosen(plan.then, sides, cond, ends_in_return)
     orelse = _chosen(plan.orelse, sides, cond, ends_in_return)
-    shared = _shared_statements(then, orelse)
-    prefix, then, orelse = then[:shared], then[shared:], orelse[shared:]
-    if not then:  # only setup_context's sides (which do not return) can have nothing left
-        return prefix + ([f"if not ({cond(plan.cond)}):", *("    " + line for line in orelse)] if orelse else [])
-    lines = [*prefix, f"if {cond(plan.cond)}:", *("    " + line for line in then)]
-    if not ends_in_return and orelse:
-        lines += ["else:", *("    " + line for line in orelse)]
-    elif ends_in_return:
-        lines += orelse
-    return lines
-
-
-def _shared_statements(a: list[str], b: list[str]) -> int:
-    """How many leading lines `a` and `b` share as whole statements before any `return` (computed once,
-    before the condition: a condition on configuration values does not depend on them)."""
-    shared = 0
-    for k, (x, y) in enumerate(zip(a, b)):
-        if x != y or x.startswith("return"):
-            break
-        if x.startswith("#"):  # a comment goes with the statement after it
-            continue
-        if k + 1 == min(len(a), len(b)) or not (a[k + 1][:1].isspace() or b[k + 1][:1].isspace()):
-            shared = k + 1
-    return shared
+    return chosen_lines(cond(plan.cond), then, orelse, ends_in_return)

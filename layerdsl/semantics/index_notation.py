@@ -378,4 +378,7 @@ def _same_declared_dim(layer, n0, p0, n1, p1) -> bool:
 
 def linearize_index_assign(lin, stmt: N.IndexAssign) -> str:
     expr, _ = lower(stmt)
+    for n in walk(expr):  # the operations it lowers to are the statement's (a derived backward's errors name it)
+        if isinstance(n, N.Call) and n.span is NOWHERE:
+            n.span = stmt.span
     return lin.value(expr, target=stmt.target)
