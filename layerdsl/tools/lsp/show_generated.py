@@ -49,13 +49,15 @@ def generated_python(server: LayerServer, uri: str) -> str:
         for f in files:
             for layer in f.layers:
                 program.layers.setdefault(layer.name, layer)
-    module = {}
+    module = {}  # id(layer) -> its module
     for f in files:
         parts = Path(os.path.relpath(f.path, root)).with_suffix("").parts
         for layer in f.layers:
-            module[layer.name] = parts
+            module[id(layer)] = parts
     here = Path(os.path.relpath(path, root)).with_suffix("").parts
-    imports = {name: relative_import(here, parts) for name, parts in module.items() if parts != here}
+    seen = program.seen_from(spec.path).layers  # as its folder sees the names
+    found = {name: module[id(layer)] for name, layer in seen.items() if id(layer) in module}
+    imports = {name: relative_import(here, parts) for name, parts in found.items() if parts != here}
     return format_python(emit_file(spec, program, shown, imports))
 
 
