@@ -222,3 +222,21 @@ def test_the_language_server_reports_an_ambiguous_name_as_gen_does(workspace: Pa
     (d,) = srv.analyze(opened(srv, specs / "top_user.layer")).diagnostics
     assert (d.span.line, d.span.col) == (2, 17) and d.message.startswith("layer 'Scale' is ambiguous here")
     assert srv.analyze(opened(srv, specs / "inner" / "inner_user.layer")).diagnostics == []
+
+
+def test_references_and_rename_keep_to_the_layer_each_folder_sees(workspace: Path):
+    from layerdsl.tools.lsp.references import references
+
+    srv = server_on(workspace)
+    specs = workspace / "specs"
+    for scale, users in [
+        (specs / "inner" / "scale.layer", {"inner_user.layer", "deep_user.layer"}),
+        (specs / "scale.layer", {"top_user.layer"}),
+    ]:
+        uri = opened(srv, scale)
+        params = T.ReferenceParams(
+            text_document=T.TextDocumentIdentifier(uri=uri),
+            position=T.Position(line=0, character=7),  # on the layer's name
+            context=T.ReferenceContext(include_declaration=False),
+        )
+        assert {Path(loc.uri).name for loc in references(srv, params)} == users, scale
