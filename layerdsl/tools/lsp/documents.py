@@ -111,7 +111,7 @@ class Workset:
     sources: dict[str, str] = field(default_factory=dict)
     near: list[N.SpecFile] = field(default_factory=list)  # pristine
     needed: list[N.SpecFile] = field(default_factory=list)  # pristine, only the layers the document needs
-    layers: dict[str, N.Layer] = field(default_factory=dict)  # pristine, every layer, nearest first
+    layers: dict[str, N.Layer] = field(default_factory=dict)  # pristine, every other layer its folder sees
     uses: set[str] = field(default_factory=set)  # names of the layers in `needed`
     clashing: list[N.SpecFile] = field(default_factory=list)  # pristine near files defining one of its names
 

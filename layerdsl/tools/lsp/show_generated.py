@@ -24,6 +24,7 @@ def generated_python(server: LayerServer, uri: str) -> str:
     from layerdsl.codegen.module import emit_file
     from layerdsl.driver.pipeline import format_python, relative_import
     from layerdsl.semantics.checker import Program, check_program
+    from layerdsl.semantics.scopes import Namespace
 
     path = os.path.abspath(to_fs_path(uri) or uri)
     try:
@@ -45,10 +46,9 @@ def generated_python(server: LayerServer, uri: str) -> str:
         mine = [d for d in exc.diagnostics if os.path.abspath(d.path) == path]
         if mine:
             return _cannot(shown, mine)
-        program = Program(files)  # problems only in layers it uses: still emit this spec
-        for f in files:
-            for layer in f.layers:
-                program.layers.setdefault(layer.name, layer)
+        # problems only in layers it uses: still emit this spec
+        namespace = Namespace(layer for f in files for layer in f.layers)
+        program = Program(files, dict(namespace.primary), namespace=namespace)
     module = {}  # id(layer) -> its module
     for f in files:
         parts = Path(os.path.relpath(f.path, root)).with_suffix("").parts
