@@ -240,3 +240,19 @@ def test_references_and_rename_keep_to_the_layer_each_folder_sees(workspace: Pat
             context=T.ReferenceContext(include_declaration=False),
         )
         assert {Path(loc.uri).name for loc in references(srv, params)} == users, scale
+
+
+def test_function_layers_of_one_name_get_their_own_backward(tmp_path: Path, cache: Path):
+    """The backward plans and the static shapes are kept per layer (`folder/Name` for the deeper one)."""
+    specs = tmp_path / "specs"
+    (specs / "inner").mkdir(parents=True)
+    twice = "@function\nlayer Times() {\n    forward(x: [B, 4]) -> [B, 4] {\n        return x * F\n    }\n}\n"
+    (specs / "times.layer").write_text(twice.replace("F", "2.0"), encoding="utf-8")
+    (specs / "inner" / "times.layer").write_text(twice.replace("F", "3.0"), encoding="utf-8")
+    gen(tmp_path)
+    pkg = imported(tmp_path, "gen_ns")
+    x = torch.randn(2, 4, requires_grad=True)
+    inner = importlib.import_module("gen_ns.inner")
+    for module, factor in [(pkg.Times, 2.0), (inner.Times, 3.0)]:
+        (grad,) = torch.autograd.grad(module()(x).sum(), x)
+        assert torch.equal(grad, torch.full_like(x, factor)), module
