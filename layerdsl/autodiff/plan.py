@@ -87,9 +87,10 @@ def plan_backwards(
         for layer in f.layers:
             if not layer.is_function:
                 continue
+            seen = layers if layers is not None else namespace.visible(f.path)
             inlined = Inlined(layer)
-            try:  # subs' forwards written into this one
-                inlined = inline_subs(layer, layers if layers is not None else namespace.visible(f.path))
+            try:
+                inlined = inline_subs(layer, seen)  # subs' forwards written into this one
                 plans[namespace.key(layer)] = plan_backward(inlined.layer)
             except LayerNotGiven:  # the checker reports the sub's layer
                 continue
