@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
 PACKAGE = "layerdsl_generated_under_test"
 
-_sources, _files, _ = check_specs([str(SPECS)])
-CASES = {c.name: c for c in checks.cases(_files, _sources)}
+_sources, _files, _program = check_specs([str(SPECS)])
+# by name; `folder/Name` where a shallower folder's layer has the name too (specs/torch_nn/'s RMSNorm)
+CASES = {_program.key(c.layer): c for c in checks.cases(_files, _sources)}
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,7 @@ from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import clone, map_children, statements, walk
 from layerdsl.language.naming import fresh_name
 from layerdsl.language.ops import OPS
+from layerdsl.semantics.scopes import Namespace
 
 
 @dataclass
@@ -74,22 +75,23 @@ def straight_plans(plan: Plan) -> list[BackwardPlan]:
 def plan_backwards(
     files: list[N.SpecFile], layers: Mapping[str, N.Layer] | None = None
 ) -> tuple[dict[str, Plan], list[Diagnostic]]:
-    """The plan of every `@function` layer, by layer name, and every problem that keeps one from being
-    derived (each location once: a sub-layer's problem is not repeated by each layer that uses it).
-    `layers`: every layer a sub may be built from (by default, those of `files`)."""
+    """The plan of every `@function` layer, by layer name (`Namespace.key`: `folder/Name` for a name also
+    defined in a shallower folder), and every problem that keeps one from being derived (each location once:
+    a sub-layer's problem is not repeated by each layer that uses it). `layers`: every layer a sub may be
+    built from (by default, those of `files` each file's folder sees)."""
     plans: dict[str, Plan] = {}
     problems: list[Diagnostic] = []
     reported: set[tuple[str, int, int, str]] = set()
-    if layers is None:
-        layers = {layer.name: layer for f in files for layer in f.layers}
+    namespace = Namespace(layer for f in files for layer in f.layers)
     for f in files:
         for layer in f.layers:
             if not layer.is_function:
                 continue
+            seen = layers if layers is not None else namespace.visible(f.path)
             inlined = Inlined(layer)
             try:
-                inlined = inline_subs(layer, layers)  # subs' forwards written into this one
-                plans[layer.name] = plan_backward(inlined.layer)
+                inlined = inline_subs(layer, seen)  # subs' forwards written into this one
+                plans[namespace.key(layer)] = plan_backward(inlined.layer)
             except LayerNotGiven:  # the checker reports the sub's layer
                 continue
             except NotDerivable as exc:

@@ -99,12 +99,14 @@ def emit_file(
     plans: dict[str, Plan] | None = None,
 ) -> str:
     """`imports_for` maps each layer used as a sub from another file to its relative module path; `plans`
-    holds the backward plans of its `@function` layers (planned here when not given)."""
+    holds the backward plans of its `@function` layers, by `Program.key` (planned here when not given)."""
+    program = program.seen_from(spec.path)  # the layers its subs may be, as its folder sees them
     if plans is None:
-        plans, problems = plan_backwards([spec], program.layers)
+        planned, problems = plan_backwards([spec], program.layers)
         if problems:
             raise SpecError(problems)
-    layers = [LayerEmitter(layer, program, plans.get(layer.name), spec_path).emit() for layer in spec.layers]
+        plans = {program.key(layer): planned[layer.name] for layer in spec.layers if layer.name in planned}
+    layers = [LayerEmitter(layer, program, plans.get(program.key(layer)), spec_path).emit() for layer in spec.layers]
     used = "\n".join(layer.code_text() for layer in layers)
     foreign = sorted({(imports_for[s], s) for layer in layers for s in layer.layer_subs if s in imports_for})
     return render(
@@ -902,7 +904,7 @@ class LayerEmitter:
         """`return a, b` with a check of each declared output the static shape pass could not prove; None
         when every one is proven (then the return is written as it is)."""
         fwd = self.layer.forward
-        shapes = self.program.shapes.get(self.layer.name)
+        shapes = self.program.shapes.get(self.program.key(self.layer))
         if (
             fwd is None
             or fwd.outputs is None

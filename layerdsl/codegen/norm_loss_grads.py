@@ -172,6 +172,8 @@ def _rms_norm(a: _Call, _) -> str:
     x = a.atom("input")
     dims = _trailing_dims(a, "normalized_shape")
     eps = f"torch.finfo({x}.dtype).eps" if a.none("eps") else a["eps"]
+    if a.maybe_none("eps"):  # an argument `eps: float? = none`, as torch.nn.RMSNorm's
+        eps = f"(torch.finfo({x}.dtype).eps if {eps} is None else {eps})"
     rstd = f"torch.rsqrt({x}.pow(2).mean({dims}, keepdim=True) + {eps})"
     g = _weighted(a, a.atom("grad"), a.atom("weight"))
     return f"({g} - {x} * {rstd}.pow(2) * ({g} * {x}).mean({dims}, keepdim=True)) * {rstd}"

@@ -207,8 +207,14 @@ def generate(paths: list[str], cache: OutputCache | None = None) -> dict[Path, s
     outputs = {}
     misses: list[tuple[Path, str, Callable[[], str]]] = []
     for src, text, emit in zip(sources, texts, _lazy_modules(sources, files, program, plans, texts)):
+        seen = program.seen_from(src.shown).layers
         entry = key(
-            "module", tool_fingerprint(), src.shown, src.out.as_posix(), text or "", _dependencies(src, text, definers)
+            "module",
+            tool_fingerprint(),
+            src.shown,
+            src.out.as_posix(),
+            text or "",
+            _dependencies(src, text, definers, seen),
         )
         entries[src.out] = entry
         cached = cache.get(entry)
@@ -282,18 +288,21 @@ def _lazy_modules(
 ) -> list[Callable[[], str]]:
     """For each source, a function that emits its module (called only on a cache miss). With the specs'
     `texts`, a module is told the import paths of only the layers its text names (the ones it can use),
-    not of every layer of the program (quadratic in the number of files)."""
+    not of every layer of the program (quadratic in the number of files). A name means the layer its
+    spec's folder sees (`Program.seen_from`)."""
     from layerdsl.codegen.module import emit_file
 
-    module_of: dict[str, tuple[str, ...]] = {}  # layer name -> module path parts
+    module_of: dict[int, tuple[str, ...]] = {}  # id(layer) -> module path parts
     for src, f in zip(sources, files):
         for layer in f.layers:
-            module_of[layer.name] = src.out.with_suffix("").parts
+            module_of[id(layer)] = src.out.with_suffix("").parts
 
     def emitter(src: Source, f: N.SpecFile, text: str | None) -> Callable[[], str]:
         here = src.out.with_suffix("").parts
-        names = module_of.keys() if text is None else module_of.keys() & set(_WORD.findall(text))
-        imports = {name: relative_import(here, module_of[name]) for name in names if module_of[name] != here}
+        seen = program.seen_from(f.path).layers
+        names = seen.keys() if text is None else seen.keys() & set(_WORD.findall(text))
+        found = {name: module_of[id(seen[name])] for name in names if id(seen[name]) in module_of}
+        imports = {name: relative_import(here, there) for name, there in found.items() if there != here}
         return lambda: emit_file(f, program, src.shown, imports, plans)
 
     return [emitter(src, f, t) for src, f, t in zip(sources, files, texts or [None] * len(files))]
@@ -302,20 +311,23 @@ def _lazy_modules(
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _definers(sources: list[Source], texts: list[str | None], files: list[N.SpecFile]) -> dict[str, tuple[Source, str]]:
-    """Each layer's name -> the source defining it, and how a module using it depends on that source."""
+def _definers(sources: list[Source], texts: list[str | None], files: list[N.SpecFile]) -> dict[int, tuple[Source, str]]:
+    """id(layer) -> the source defining it, and how a module using it depends on that source."""
     found = {}
     for src, text, f in zip(sources, texts, files):
         for layer in f.layers:
-            found[layer.name] = (src, f"{layer.name}\0{src.out.as_posix()}\0{text_hash(text or '')}")
+            found[id(layer)] = (src, f"{layer.name}\0{src.out.as_posix()}\0{text_hash(text or '')}")
     return found
 
 
-def _dependencies(src: Source, text: str | None, definers: dict[str, tuple[Source, str]]) -> list[str]:
+def _dependencies(
+    src: Source, text: str | None, definers: dict[int, tuple[Source, str]], seen: dict[str, N.Layer]
+) -> list[str]:
     """What a module's code depends on besides its own spec: each other spec defining a layer whose name
-    occurs in this spec's text (its module path and text), by that layer's name."""
-    words = set(_WORD.findall(text or ""))
-    found = (definers.get(word) for word in words)
+    occurs in this spec's text and that its folder sees by that name (`seen`): its module path and text.
+    A nearer spec defining the name later is another dependency, so the module is emitted again."""
+    words = set(_WORD.findall(text or "")) & seen.keys()
+    found = (definers.get(id(seen[word])) for word in words)
     return sorted(dep for other, dep in filter(None, found) if other is not src)
 
 
@@ -340,17 +352,33 @@ def relative_import(here: tuple[str, ...], target: tuple[str, ...]) -> str:
 
 
 def _package_inits(sources: list[Source], files: list[N.SpecFile], paths: list[str]) -> dict[Path, str]:
+    """Each package's `__init__`, re-exporting the layers of its folder and the folders below it. A name
+    defined in several of them is re-exported as a spec in the package's folder sees it (its own folder's
+    layer first, then the nearest folder's); one that is ambiguous there is left to its modules."""
     from layerdsl.codegen.module import emit_package_init
+    from layerdsl.semantics.scopes import folder_distance
 
-    packages: dict[Path, list[tuple[str, list[str]]]] = {}
-    for src, f in zip(sources, files):
-        names = [layer.name for layer in f.layers]
-        module = src.out.with_suffix("")
-        for depth in range(len(module.parts)):
-            pkg = Path(*module.parts[:depth])
-            packages.setdefault(pkg, []).append((".".join(module.parts[depth:]), names))
+    modules = [(src.out.with_suffix("").parts, [layer.name for layer in f.layers]) for src, f in zip(sources, files)]
+    below: dict[tuple[str, ...], dict[str, list[tuple[str, ...]]]] = {}  # package -> name -> modules defining it
+    for module, names in modules:
+        for depth in range(len(module)):
+            for name in names:
+                below.setdefault(module[:depth], {}).setdefault(name, []).append(module)
     shown = _package_name(paths)
-    return {pkg / "__init__.py": emit_package_init(sorted(mods), shown) for pkg, mods in packages.items()}
+    inits = {}
+    for pkg, defined in below.items():
+        chosen = {}  # name -> the module the package re-exports it from
+        for name, definers in defined.items():
+            ranked = sorted((folder_distance(pkg, module[:-1]), module) for module in definers)
+            if len(ranked) == 1 or ranked[1][0] != ranked[0][0]:
+                chosen[name] = ranked[0][1]
+        mods = []
+        for module, names in modules:
+            exported = [name for name in names if chosen.get(name) == module]
+            if module[: len(pkg)] == pkg and exported:
+                mods.append((".".join(module[len(pkg) :]), exported))
+        inits[Path(*pkg) / "__init__.py"] = emit_package_init(sorted(mods), shown)
+    return inits
 
 
 def _package_name(paths: list[str]) -> str:

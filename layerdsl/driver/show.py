@@ -30,9 +30,9 @@ def shapes_listing(files: list[N.SpecFile], program: Program, only: str | None =
     for f in files:
         lines = f.source.splitlines()
         for layer in f.layers:
-            if only is not None and layer.name != only or layer.forward is None or layer.name not in program.shapes:
+            shapes = program.shapes.get(program.key(layer))
+            if only is not None and layer.name != only or layer.forward is None or shapes is None:
                 continue
-            shapes = program.shapes[layer.name]
             out.append(f"{layer.name}  ({f.path}:{layer.span.line})")
             hints = shape_hints(shapes)
             width = max((len(lines[span.line - 1].strip()) for span, _ in hints), default=0)

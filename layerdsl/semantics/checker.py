@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 import keyword
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 from layerdsl.diagnostics import Reporter, SpecError, did_you_mean
@@ -42,50 +42,68 @@ from layerdsl.semantics.evaluate import (
     example_values,
     seed_differences,
 )
-from layerdsl.semantics.scopes import CONSTRUCTION, Scope, is_new_dim, merge_branches
+from layerdsl.semantics.scopes import CONSTRUCTION, Namespace, Scope, folder_of, is_new_dim, merge_branches
 from layerdsl.semantics.shape_check import LayerShapes, check_layer_shapes
 
 
 @dataclass
 class Program:
-    """Every checked layer of one run, by name, with the file it came from."""
+    """Every checked layer of one run, by name (a name's run-wide meaning: `Namespace.primary`), with the
+    file it came from; `seen_from` gives the layers as one spec's folder sees them."""
 
     files: list[N.SpecFile]
     layers: dict[str, N.Layer] = field(default_factory=dict)
     broken: set[str] = field(default_factory=set)  # layers lost to a syntax error: no follow-on errors
     # Per file: the names its generated module defines or imports (classes, functional forms, Functions).
     module_names: dict[str, dict[str, str]] = field(default_factory=dict)
-    # Per layer: its forward's inferred shapes and the declared outputs left to a run-time check.
+    # Per layer (by `key`): its forward's inferred shapes and the declared outputs left to a run-time check.
     shapes: dict[str, LayerShapes] = field(default_factory=dict)
+    namespace: Namespace | None = None  # None: a program built by hand, with one namespace
+
+    def seen_from(self, path: str) -> Program:
+        """This program with `layers` as the spec at `path` sees them (its folder's namespace); the other
+        tables are shared."""
+        if self.namespace is None:
+            return self
+        return replace(self, layers=self.namespace.visible(path))
+
+    def key(self, layer: N.Layer) -> str:
+        """The key of `layer` in `shapes` and in the backward plans (its name, unless another folder's layer
+        holds the name run-wide)."""
+        return layer.name if self.namespace is None else self.namespace.key(layer)
+
+    def ambiguity(self, name: str, path: str) -> tuple[str, str] | None:
+        return None if self.namespace is None else self.namespace.ambiguity(name, path)
 
 
 def check_program(files: list[N.SpecFile]) -> Program:
     """Checks every layer of one run; raises SpecError with every problem found, including those the
     parser kept (`SpecFile.problems`)."""
-    program = Program(files)
+    namespace = Namespace(layer for f in files for layer in f.layers)
+    program = Program(files, dict(namespace.primary), namespace=namespace)
     reporters = {f.path: Reporter(f.path, f.source) for f in files}
     for f in files:
         program.broken |= f.broken
         for layer in f.layers:
-            if layer.name in program.layers:
-                other = program.layers[layer.name]
+            other = namespace.by_name[layer.name][folder_of(layer.path)]
+            if other is not layer:
                 reporters[f.path].error(
                     layer.span,
                     f"layer '{layer.name}' is defined twice: here and at {other.path}:{other.span.line}:{other.span.col}",
-                    "layers of one run share one namespace: rename one of them",
+                    "the layers of one folder share one namespace: rename one of them, or move it to another folder",
                 )
-            else:
-                program.layers[layer.name] = layer
     check_module_names(files, reporters)
     for f in files:
-        check_generated_names(f, program, reporters[f.path])
+        seen = program.seen_from(f.path)
+        check_generated_names(f, seen, reporters[f.path])
         for layer in f.layers:
-            LayerChecker(layer, reporters[f.path], program).check()
+            LayerChecker(layer, reporters[f.path], seen).check()
     for f in files:  # after every layer is checked: a sub's declared shapes are read from its layer
         found = [*f.problems, *reporters[f.path].diagnostics]
+        seen = program.seen_from(f.path)
         for layer, extent in zip(f.layers, _extents(f.layers)):
             if not any(_inside(d.span, extent) for d in found):  # no follow-on shape errors
-                program.shapes[layer.name] = check_layer_shapes(layer, program.layers, reporters[f.path])
+                program.shapes[program.key(layer)] = check_layer_shapes(layer, seen.layers, reporters[f.path])
     diagnostics = []
     for f in files:
         parsed = list(f.problems)
@@ -365,7 +383,9 @@ class LayerChecker:
             if is_layer:
                 self.check_layer_arg(arg)
                 continue
-            if arg.base_type not in ARG_TYPES:
+            if (ambiguous := self.program.ambiguity(arg.base_type, self.layer.path)) is not None:
+                self.r.error(arg.type_span, *ambiguous)
+            elif arg.base_type not in ARG_TYPES:
                 hint = (
                     did_you_mean(arg.base_type, [*ARG_TYPES, *self.program.layers])
                     or "argument types are int, float, bool, str, ints, tensor, object, fn and the spec layers,"
@@ -828,6 +848,8 @@ class LayerChecker:
                 self._check_layer_call(call)
         elif call.func == "?" or call.func in self.program.broken:
             pass  # reported by the parser
+        elif (ambiguous := self.program.ambiguity(call.func, self.layer.path)) is not None:
+            self.r.error(call.func_span, *ambiguous)
         else:
             if "." in call.func:
                 self.r.error(

@@ -13,12 +13,17 @@ initialisers, conditions, subs' arguments) see only arguments, lets and constant
 
 The checker binds names with these rules as it checks; `scope_at` and `resolve` replay them for a
 position in a checked or unchecked layer (the language server's go-to-definition and hover).
+
+Layer names (a sub's layer, a layer argument's type) are resolved by folder (`Namespace`): a spec's own
+folder first, then the nearest folder holding the name, counted in steps up and down the folder tree, the
+folders above winning a tie; two other folders at the same nearest distance make the name ambiguous there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import TypeGuard
 
 from layerdsl.diagnostics import Span
@@ -257,3 +262,82 @@ def _holds(decl: N.Node, at: tuple[int, int]) -> bool:
 
 def _inside(at: tuple[int, int], span: Span) -> bool:
     return (span.line, span.col) <= at < (span.end_line, span.end_col)
+
+
+# ------------------------------------------------------------------ layer names, by folder
+
+Folder = tuple[str, ...]
+
+
+def folder_of(path: str) -> Folder:
+    """The folder of a spec (its path's parts without the file), as the checker and the language server
+    name it: `specs/torch_nn/norm.layer` → `("specs", "torch_nn")`."""
+    return PurePosixPath(path.replace("\\", "/")).parent.parts
+
+
+def folder_distance(here: Folder, there: Folder) -> tuple[int, int]:
+    """How far `there` is from `here`: the steps up and down the folder tree, then 0 for a folder above
+    (or `here` itself) and 1 for any other, so that of two folders at the same distance the one above wins."""
+    common = 0
+    while common < min(len(here), len(there)) and here[common] == there[common]:
+        common += 1
+    down = len(there) - common
+    return len(here) - common + down, int(down > 0)
+
+
+class Namespace:
+    """The layers of one run by name and folder: which layer a name means in a folder. Of several layers
+    of one name in one folder (an error the checker reports) the first counts."""
+
+    def __init__(self, layers: Iterable[N.Layer]) -> None:
+        self.by_name: dict[str, dict[Folder, N.Layer]] = {}
+        for layer in layers:
+            self.by_name.setdefault(layer.name, {}).setdefault(folder_of(layer.path), layer)
+        self._views: dict[Folder, dict[str, N.Layer]] = {}
+        # The run-wide meaning of each name: the layer of the shallowest folder (the first one of those).
+        self.primary = {
+            name: min(found.items(), key=lambda item: len(item[0]))[1] for name, found in self.by_name.items()
+        }
+
+    def candidates(self, name: str, path: str) -> list[N.Layer]:
+        """The layers `name` may mean in the folder of `path`: the nearest one, or the several at the same
+        nearest distance (ambiguous); none for an unknown name."""
+        found = self.by_name.get(name)
+        if not found:
+            return []
+        here = folder_of(path)
+        ranked = sorted((folder_distance(here, folder), folder) for folder in found)
+        return [found[folder] for distance, folder in ranked if distance == ranked[0][0]]
+
+    def visible(self, path: str) -> dict[str, N.Layer]:
+        """Every layer name of the run that has one meaning in the folder of `path`, and its layer."""
+        here = folder_of(path)
+        view = self._views.get(here)
+        if view is None:
+            view = {}
+            for name in self.by_name:
+                found = self.candidates(name, path)
+                if len(found) == 1:
+                    view[name] = found[0]
+            self._views[here] = view
+        return view
+
+    def ambiguity(self, name: str, path: str) -> tuple[str, str] | None:
+        """The error (message, hint) of a use of `name` in the folder of `path` when it is ambiguous there."""
+        found = self.candidates(name, path)
+        if len(found) < 2:
+            return None
+        where = " and ".join(f"{layer.path}:{layer.span.line}:{layer.span.col}" for layer in found)
+        return (
+            f"layer '{name}' is ambiguous here: it is defined in {len(found)} other folders as near as each other",
+            f"the definitions are at {where}; a spec sees its own folder first, then the nearest folder"
+            " (those above first): rename one of them, or move the one meant nearer",
+        )
+
+    def key(self, layer: N.Layer) -> str:
+        """The key of `layer`'s entries in the run's tables (shapes, backward plans): its name for the
+        run-wide meaning of the name, `folder/Name` for a layer of that name in another folder."""
+        primary = self.primary.get(layer.name)
+        if primary is None or folder_of(primary.path) == folder_of(layer.path):  # (a copy of it too)
+            return layer.name
+        return "/".join([*folder_of(layer.path), layer.name])

@@ -11,7 +11,8 @@ that has it already, as it is). Then either
 - it is refused: the diagnostics the checker or the derivation gives, with their locations in the
   shipped spec, grouped by message on the page.
 
-All layers are compiled in one run (the specs' names are one namespace, as in `layerdsl gen specs`): the
+All layers are compiled in one run (as in `layerdsl gen specs`; a layer is known by its name, or by
+`folder/Name` where a shallower folder's layer has the name too, as specs/torch_nn/'s RMSNorm): the
 copies of the specs carry `@function` on every layer, a layer the checker refuses loses it again, and the
 derivation is tried on each of the others (its first "cannot derive" error is its refusal).
 `python -m layerdsl.testing.function_coverage` compares every derived layer and writes
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from layerdsl.diagnostics import Diagnostic, SpecError
 from layerdsl.ir import nodes as N
+from layerdsl.semantics.scopes import Namespace
 from layerdsl.testing.layer_checks import Case
 from layerdsl.testing.pages import write_or_check
 
@@ -60,7 +62,7 @@ class Refusal:
 class Coverage:
     """Which layers derive under `@function` and which are refused, and why."""
 
-    layers: dict[str, str] = field(default_factory=dict)  # every layer, by name: its spec's path
+    layers: dict[str, str] = field(default_factory=dict)  # every layer, by `label`: its spec's path
     written: set[str] = field(default_factory=set)  # the layers that are @function in the shipped specs
     written_backward: set[str] = field(default_factory=set)  # those with a backward block
     refusals: dict[str, list[Refusal]] = field(default_factory=dict)  # by layer
@@ -122,12 +124,12 @@ def survey(specs: Path, work: Path) -> Coverage:
         if not found:
             break
         refuse(coverage, files, copies, found)
-    layers = {layer.name: layer for f in files for layer in f.layers}
+    namespace = Namespace(layer for f in files for layer in f.layers)
     for f in files:
         for layer in f.layers:
             if layer.is_function:
-                try:
-                    plan_backward(inline_subs(layer, layers).layer)  # as `gen` plans it: its subs inlined
+                try:  # as `gen` plans it: its subs inlined
+                    plan_backward(inline_subs(layer, namespace.visible(f.path)).layer)
                 except LayerNotGiven:
                     continue
                 except NotDerivable as exc:
@@ -145,13 +147,15 @@ def shipped_layers(specs: Path) -> tuple[Coverage, list[tuple[Path, N.SpecFile]]
     if problems:
         raise SpecError(problems)
     coverage = Coverage()
+    namespace = Namespace(layer for f in files for layer in f.layers)
     for f in files:
         for layer in f.layers:
-            coverage.layers[layer.name] = f.path
+            name = label(namespace, layer)
+            coverage.layers[name] = f.path
             if layer.is_function:
-                coverage.written.add(layer.name)
+                coverage.written.add(name)
             if layer.backward is not None:
-                coverage.written_backward.add(layer.name)
+                coverage.written_backward.add(name)
     return coverage, [(src.file.relative_to(specs), f) for src, f in zip(sources, files)]
 
 
@@ -178,8 +182,10 @@ def write_copies(shipped: list[tuple[Path, N.SpecFile]], functions: set[str], ro
     names = {layer.name for _, f in shipped for layer in f.layers}
     renames = {f"{n}Function": f"{n}Function{RENAMED}" for n in functions if f"{n}Function" in names}
     copies = {}
+    namespace = Namespace(layer for _, f in shipped for layer in f.layers)
     for relative, f in shipped:
-        copy = with_function(f.source, f.layers, functions, renames)
+        chosen = {layer.name for layer in f.layers if label(namespace, layer) in functions}
+        copy = with_function(f.source, f.layers, chosen, renames)
         target = root / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(copy.text, encoding="utf-8")
@@ -192,15 +198,23 @@ def shipped_name(name: str) -> str:
     return name.removesuffix(RENAMED) if name.endswith(f"Function{RENAMED}") else name
 
 
+def label(namespace: Namespace, layer: N.Layer) -> str:
+    """How the coverage knows a layer (of the shipped specs or the copies, `namespace` holding all of them):
+    its shipped name, after `folder/` where a shallower folder's layer has that name too."""
+    key = namespace.key(layer)
+    return key[: len(key) - len(layer.name)] + shipped_name(layer.name)
+
+
 def refuse(coverage: Coverage, files: list[N.SpecFile], copies: dict[str, SpecCopy], found: list[Diagnostic]) -> None:
     """Each diagnostic as a refusal of the layer it lies in. One outside every layer given `@function` here
     is no refusal: the shipped specs themselves do not compile."""
     by_path = {f.path: f for f in files}
+    namespace = Namespace(layer for f in files for layer in f.layers)
     for d in found:
         layer = owner(by_path[d.path], d.span.line) if d.path in by_path else None
-        if layer is None or not layer.is_function or shipped_name(layer.name) in coverage.written:
+        if layer is None or not layer.is_function or label(namespace, layer) in coverage.written:
             raise SpecError([d])
-        name = shipped_name(layer.name)
+        name = label(namespace, layer)
         line = copies[d.path].original_line[d.span.line]
         refusal = Refusal(name, d.path, line, d.span.col, d.message, d.hint)
         coverage.refusals.setdefault(name, []).append(refusal)
@@ -241,7 +255,8 @@ def derived_cases(coverage: Coverage, specs: Path, work: Path, package: str = PA
 
     cases = generate_package([str(work / specs.resolve().name)], work / "generated", package)
     derived = set(coverage.derived)
-    return [c for c in cases if c.layer.is_function and shipped_name(c.name) in derived]
+    namespace = Namespace(c.layer for c in cases)
+    return [c for c in cases if c.layer.is_function and label(namespace, c.layer) in derived]
 
 
 def configured(case: Case) -> list[Case]:
@@ -259,15 +274,15 @@ def configured(case: Case) -> list[Case]:
     return cases
 
 
-def compare(case: Case, package: str, plain: Callable[[], str] | None = None) -> Comparison:
+def compare(case: Case, package: str, plain: Callable[[], str] | None = None, name: str | None = None) -> Comparison:
     """The layer's Function against its plain functional form on every configuration: outputs, first and
     second derivatives. A layer without a functional form (one with subs) is compared with its plain
     module, from the package `plain()` generates from the shipped specs. A layer with a `@surrogate`
-    backward differs from autograd by design: not compared."""
+    backward differs from autograd by design: not compared. `name`: the layer's `label` (its name by default)."""
     from layerdsl.testing.function_vs_autograd import compare_second_derivatives, compare_with_functional
     from layerdsl.testing.layer_checks import build, functional_form, inputs
 
-    name = shipped_name(case.name)
+    name = name or shipped_name(case.name)
     if case.surrogate:
         return Comparison(name, 0)
     cases = configured(case)
@@ -319,7 +334,9 @@ def run(specs: Path, work: Path, package: str = PACKAGE) -> tuple[Coverage, list
             plain.append(f"{package}_plain")
         return plain[0]
 
-    comparisons = [compare(case, package, plain_package) for case in derived_cases(coverage, specs, work, package)]
+    cases = derived_cases(coverage, specs, work, package)
+    namespace = Namespace(layer for _, f in shipped_layers(specs)[1] for layer in f.layers)  # the copies' paths
+    comparisons = [compare(case, package, plain_package, label(namespace, case.layer)) for case in cases]
     return coverage, comparisons
 
 

@@ -47,10 +47,6 @@ NOT_WRITTEN: dict[str, str] = {
     "LazyConvTranspose1d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
     "LazyConvTranspose2d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
     "LazyConvTranspose3d": "lazy parameters (a dim taken from the first input) are not in the language: docs/language.md, Lazy parameters",
-    "RMSNorm": "specs/rms_norm.layer (the tutorial's RMSNorm) holds the name, and the layers of one run share one"
-    " namespace; the fix decided: a folder is a namespace (a sub's layer found in its own folder first, then the"
-    " folders above, as the language server resolves; a name defined in two other folders an error), not built"
-    " yet; written like LayerNorm it is `rms_norm(input, normalized_shape, weight, eps)` with `eps: float?`",
 }
 
 

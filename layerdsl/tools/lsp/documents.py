@@ -20,6 +20,7 @@ from layerdsl.diagnostics import Diagnostic, Span, SpecError
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import walk
 from layerdsl.semantics.checker import Program
+from layerdsl.semantics.scopes import Namespace
 from layerdsl.semantics.shape_check import LayerShapes
 from layerdsl.syntax import PartialParse, parse_file, parse_partial
 from layerdsl.tools.lsp.scanning import depths
@@ -110,7 +111,7 @@ class Workset:
     sources: dict[str, str] = field(default_factory=dict)
     near: list[N.SpecFile] = field(default_factory=list)  # pristine
     needed: list[N.SpecFile] = field(default_factory=list)  # pristine, only the layers the document needs
-    layers: dict[str, N.Layer] = field(default_factory=dict)  # pristine, every layer, nearest first
+    layers: dict[str, N.Layer] = field(default_factory=dict)  # pristine, every other layer its folder sees
     uses: set[str] = field(default_factory=set)  # names of the layers in `needed`
     clashing: list[N.SpecFile] = field(default_factory=list)  # pristine near files defining one of its names
 
@@ -221,8 +222,10 @@ class LayerServer(LanguageServer):
         """The other specs that matter to the document at `path`.
 
         `near` are the specs of its own folder, checked with it in full (as `layerdsl gen` on that folder
-        would); `needed` are the layers its subs use, transitively, found in its folder first and then in
-        the rest of the workspace folder, nearest first; `layers` indexes every layer of the workspace."""
+        would); `needed` are the layers its subs use, transitively, each name resolved from the folder of
+        the spec using it as `gen` resolves it (semantics/scopes.py, `Namespace`: its own folder first, then
+        the nearest; every candidate of an ambiguous name); `layers` indexes every other layer the
+        document's folder sees."""
         root = self.root_for(path)
         here = os.path.dirname(path)
         opened = self.open_texts()
@@ -233,7 +236,7 @@ class LayerServer(LanguageServer):
             key=lambda q: (os.path.dirname(q) != here, len(Path(os.path.relpath(q, here)).parts), q),
         )
         ws = Workset(root=root, sources={path: text})
-        index: dict[str, tuple[str, N.Layer]] = {}
+        everything: list[N.Layer] = list(spec.layers) if spec is not None else []  # its own first
         for p in others:
             t = opened.get(p)
             if t is None:
@@ -246,23 +249,24 @@ class LayerServer(LanguageServer):
             ws.sources[p] = t
             if os.path.dirname(p) == here:
                 ws.near.append(other)
-            for layer in other.layers:
-                index.setdefault(layer.name, (p, layer))
-                ws.layers.setdefault(layer.name, layer)
+            everything += other.layers
+        namespace = Namespace(everything)  # as `gen` on the workspace folder resolves layer names
+        ws.layers = {name: layer for name, layer in namespace.visible(path).items() if layer.path != path}
         mine = {layer.name for layer in spec.layers} if spec is not None else set()
-        todo = list(_sub_calls(spec.layers)) if spec is not None else []
+        todo = [(name, path) for name in _sub_calls(spec.layers)] if spec is not None else []
         needed: dict[str, list[N.Layer]] = {}
-        done = set(mine)
-        wanted = set(todo)
+        done: set[int] = set()
+        wanted = {name for name, _ in todo}
         while todo:
-            name = todo.pop()
+            name, user = todo.pop()
             wanted.add(name)
-            if name in done or name not in index:
-                continue
-            done.add(name)
-            p, layer = index[name]
-            needed.setdefault(p, []).append(layer)
-            todo += _sub_calls([layer])
+            # every candidate of an ambiguous name, so that the check reports the ambiguity as `gen` does
+            for layer in namespace.candidates(name, user):
+                if layer.path == path or id(layer) in done:
+                    continue
+                done.add(id(layer))
+                needed.setdefault(layer.path, []).append(layer)
+                todo += [(called, layer.path) for called in _sub_calls([layer])]
         ws.needed = [N.SpecFile(p, ws.sources[p], layers) for p, layers in needed.items()]
         ws.uses = wanted - mine  # found or not: a file that defines one later changes this one
         ws.clashing = [f for f in ws.near if any(layer.name in mine for layer in f.layers)]
@@ -357,7 +361,9 @@ class LayerServer(LanguageServer):
         analysis.diagnostics += found
         if program is not None:
             analysis.shapes = {
-                layer.name: program.shapes[layer.name] for layer in checked.layers if layer.name in program.shapes
+                layer.name: program.shapes[program.key(layer)]
+                for layer in checked.layers
+                if program.key(layer) in program.shapes
             }
         if checked is not spec:  # re-parsed after a crash elsewhere (the tree is still this text's)
             extents = {

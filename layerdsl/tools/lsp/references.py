@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lsprotocol import types as T
 from pygls.uris import from_fs_path
@@ -14,6 +14,7 @@ from pygls.uris import from_fs_path
 from layerdsl.diagnostics import Span
 from layerdsl.ir import nodes as N
 from layerdsl.language.tables import RESERVED
+from layerdsl.semantics.scopes import Namespace
 from layerdsl.tools.lsp.documents import Analysis, LayerServer
 from layerdsl.tools.lsp.navigation import Occurrence, Target, layer_occurrences, occurrence_at, resolve
 from layerdsl.tools.lsp.positions import from_position, to_range
@@ -79,12 +80,16 @@ def occurrences_of(ls: LayerServer, a: Analysis, target: Target) -> list[Found]:
     # Other files name layers, arguments (as keywords) and members (`init out_proj.bias = ...`).
     everywhere = target.kind in ("layer", "arg", "param", "buffer")
     found = []
-    for path, text, layers in _files(ls, a, everywhere):
+    files = _files(ls, a, everywhere)
+    namespace = Namespace(layer for _, _, layers in files for layer in layers)
+    for path, text, layers in files:
+        # another file's layer names mean what its own folder sees (a folder is a namespace)
+        seen = a if path == a.path else replace(a, layers=namespace.visible(path))
         for layer in layers:
             for occ in layer_occurrences(layer):
                 if occ.name != target.name:
                     continue
-                meant = resolve(a, occ, layer)
+                meant = resolve(seen, occ, layer)
                 if meant is not None and _key(meant, path) == key:
                     found.append(Found(path, text, occ.span, (occ.span.line, occ.span.col) == key[1:]))
     unique = {(f.path, f.span.line, f.span.col): f for f in found}

@@ -24,6 +24,7 @@ def generated_python(server: LayerServer, uri: str) -> str:
     from layerdsl.codegen.module import emit_file
     from layerdsl.driver.pipeline import format_python, relative_import
     from layerdsl.semantics.checker import Program, check_program
+    from layerdsl.semantics.scopes import Namespace
 
     path = os.path.abspath(to_fs_path(uri) or uri)
     try:
@@ -45,17 +46,18 @@ def generated_python(server: LayerServer, uri: str) -> str:
         mine = [d for d in exc.diagnostics if os.path.abspath(d.path) == path]
         if mine:
             return _cannot(shown, mine)
-        program = Program(files)  # problems only in layers it uses: still emit this spec
-        for f in files:
-            for layer in f.layers:
-                program.layers.setdefault(layer.name, layer)
-    module = {}
+        # problems only in layers it uses: still emit this spec
+        namespace = Namespace(layer for f in files for layer in f.layers)
+        program = Program(files, dict(namespace.primary), namespace=namespace)
+    module = {}  # id(layer) -> its module
     for f in files:
         parts = Path(os.path.relpath(f.path, root)).with_suffix("").parts
         for layer in f.layers:
-            module[layer.name] = parts
+            module[id(layer)] = parts
     here = Path(os.path.relpath(path, root)).with_suffix("").parts
-    imports = {name: relative_import(here, parts) for name, parts in module.items() if parts != here}
+    seen = program.seen_from(spec.path).layers  # as its folder sees the names
+    found = {name: module[id(layer)] for name, layer in seen.items() if id(layer) in module}
+    imports = {name: relative_import(here, parts) for name, parts in found.items() if parts != here}
     return format_python(emit_file(spec, program, shown, imports))
 
 
