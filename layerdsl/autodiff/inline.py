@@ -134,7 +134,8 @@ class _Inliner:
                 ]
             elif isinstance(stmt, N.Unpack) and isinstance(stmt.value, N.Call) and (module := self.callee(stmt.value)):
                 pre = []
-                results = self.inlined_call(stmt.value, pre, module)
+                call = map_children(stmt.value, lambda e: self.hoisted(e, pre))  # sub calls in its arguments
+                results = self.inlined_call(call, pre, module)
                 out += pre
                 for (target, span), value in zip(stmt.targets, results):
                     out.append(_assign(target, span, value))

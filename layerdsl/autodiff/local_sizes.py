@@ -235,9 +235,10 @@ class _Walker:
             if k in (d0, d1):  # the other of the two (the same dim, when they coincide)
                 return self.size(x, d1 if k == d0 else d0, env, use)
             rank = self.rank(x, env)
-            if _same_dim(k, d0, rank) is not False or _same_dim(k, d1, rank) is not False:
+            at0, at1 = _same_dim(k, d0, rank), _same_dim(k, d1, rank)
+            if at0 is None or at1 is None:
                 return None
-            return self.size(x, k, env, use)
+            return self.size(x, d1 if at0 else d0 if at1 else k, env, use)
         if call.func == "permute" and x is not None:
             dims = _ints(args.get("dims"))
             if dims is None or not -len(dims) <= k < len(dims):
