@@ -145,7 +145,11 @@ class _Walker:
         if len({B.key(s) for s in sizes}) > 1:
             self.pending.add(e.span)
             return e
-        return sizes[0]
+        size = clone(sizes[0])
+        for n in walk(size):  # located where the spec reads the size (the generated line's comment)
+            if isinstance(n, N.Expr):
+                n.span = e.span
+        return size
 
     def rank_of(self, e: N.Expr, env: Env) -> list[N.Expr] | None:
         """`e.ndim` as a number or the rank of an input or member (plus a number), one per side."""
