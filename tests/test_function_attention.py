@@ -238,8 +238,17 @@ def test_subs_with_members_shaped_by_ints_and_a_flag_given_as_a_value_inline(ns)
     x = _double(4, 2, 3)
     y = layer(x)
     assert "NormedScoresBackward" in type(y.grad_fn).__name__ or "Function" in type(y.grad_fn).__name__
-    plain = torch.sin(torch.tanh(ns["norm"](ns["norm"](x, layer.wide.weight, layer.wide.bias, normalized_shape=[2, 3]),
-                                            layer.norm.weight, layer.norm.bias, normalized_shape=[3]) @ layer.inner.w))
+    plain = torch.sin(
+        torch.tanh(
+            ns["norm"](
+                ns["norm"](x, layer.wide.weight, layer.wide.bias, normalized_shape=[2, 3]),
+                layer.norm.weight,
+                layer.norm.bias,
+                normalized_shape=[3],
+            )
+            @ layer.inner.w
+        )
+    )
     _agree(y, plain, [x, *layer.parameters()])
     # the Function takes the subs' members as `inner_w` (passed as `self.inner.w`) after the input
     members = [layer.get_parameter(name.replace("_", ".", 1)) for name in ("inner_w", "wide_weight", "wide_bias")]

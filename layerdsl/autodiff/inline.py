@@ -134,7 +134,7 @@ class _Inliner:
                 ]
             elif isinstance(stmt, N.Unpack) and isinstance(stmt.value, N.Call) and (module := self.callee(stmt.value)):
                 pre = []
-                call = map_children(stmt.value, lambda e: self.hoisted(e, pre))  # sub calls in its arguments
+                call = self.with_arguments_hoisted(stmt.value, pre)
                 results = self.inlined_call(call, pre, module)
                 out += pre
                 for (target, span), value in zip(stmt.targets, results):
@@ -142,6 +142,10 @@ class _Inliner:
             else:
                 out += self.with_calls_hoisted(stmt)
         return out
+
+    def with_arguments_hoisted(self, call: N.Call, pre: list[N.Stmt]) -> N.Call:
+        """`call` with the sub calls in its arguments replaced by their results (their statements in `pre`)."""
+        return map_children(call, lambda e: self.hoisted(e, pre))
 
     def with_calls_hoisted(self, stmt: N.Stmt) -> list[N.Stmt]:
         """The statements of the sub calls in `stmt`, then `stmt` reading their results."""

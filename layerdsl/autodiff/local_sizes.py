@@ -16,6 +16,7 @@ for the whole Function.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
@@ -95,31 +96,39 @@ class _Walker:
 
     def stmt(self, stmt: N.Stmt, env: Env) -> N.Stmt:
         if isinstance(stmt, N.If):
-            then_env, else_env = dict(env), dict(env)
-            out = map_children(stmt, lambda e: self.expr(e, env))
-            out.body = self.body(stmt.body, then_env)
-            out.orelse = self.body(stmt.orelse, else_env)
-            for name in set(then_env) | set(else_env):
-                a, b = then_env.get(name), else_env.get(name)
-                env[name] = a if a is b else _Branched((a, b))
-            return out
+            return self.branches(stmt, env)
         if isinstance(stmt, N.For):
-            assigned = _assigned(stmt.body) | {stmt.var}
-            env.update(dict.fromkeys(assigned))  # carried from step to step: not followed
-            out = map_children(stmt, lambda e: self.expr(e, env))
-            out.body = self.body(stmt.body, dict(env))
-            env.update(dict.fromkeys(assigned))
-            return out
+            return self.loop(stmt, env)
         out = map_children(stmt, lambda e: self.expr(e, env))
-        if isinstance(stmt, N.Assign):
-            env[stmt.target] = _Def(out.value, dict(env))
-        elif isinstance(stmt, N.Unpack):
+        if isinstance(out, N.Assign):
+            env[out.target] = _Def(out.value, dict(env))
+        elif isinstance(out, N.Unpack):
             value = out.value
             parts = isinstance(value, N.Call) and value.func in OPS and OPS[value.func].shape == "parts"
-            for target, _ in stmt.targets:
-                env[target] = _Part(value, dict(env)) if parts else None
-        elif isinstance(stmt, N.IndexAssign | N.Update):
-            env[stmt.target] = None
+            for target, _ in out.targets:
+                env[target] = _Part(cast(N.Call, value), dict(env)) if parts else None
+        elif isinstance(out, N.IndexAssign | N.Update):
+            env[out.target] = None
+        return out
+
+    def branches(self, stmt: N.If, env: Env) -> N.If:
+        """Each side walked on its own; after the `if`, a local the sides assign differently is both."""
+        then_env, else_env = dict(env), dict(env)
+        out = map_children(stmt, lambda e: self.expr(e, env))
+        out.body = self.body(stmt.body, then_env)
+        out.orelse = self.body(stmt.orelse, else_env)
+        for name in set(then_env) | set(else_env):
+            a, b = then_env.get(name), else_env.get(name)
+            env[name] = a if a is b else _Branched((a, b))
+        return out
+
+    def loop(self, stmt: N.For, env: Env) -> N.For:
+        """What the body assigns is carried from step to step: not followed, in the body or after it."""
+        assigned = _assigned(stmt.body) | {stmt.var}
+        env.update(dict.fromkeys(assigned))
+        out = map_children(stmt, lambda e: self.expr(e, env))
+        out.body = self.body(stmt.body, dict(env))
+        env.update(dict.fromkeys(assigned))
         return out
 
     def expr(self, e: N.Expr, env: Env) -> N.Expr:
@@ -141,7 +150,9 @@ class _Walker:
         if not sizes:
             return e  # refused where the plan reaches it straight (unroll's message)
         for size in sizes:
-            self.candidates += [c for c in walk(size) if _is_leaf_size(c) or isinstance(c, N.Rank)]
+            self.candidates += [
+                c for c in walk(size) if isinstance(c, N.Expr) and (_is_leaf_size(c) or isinstance(c, N.Rank))
+            ]
         if len({B.key(s) for s in sizes}) > 1:
             self.pending.add(e.span)
             return e
@@ -425,8 +436,9 @@ class _Walker:
         sizes = args.get("shape", args.get("size", args.get("dims")))
         if isinstance(sizes, N.ListExpr) and not any(isinstance(i, N.Spread) for i in sizes.items):
             return _Rank(len(sizes.items), True)
-        if op.shape == "concat" and isinstance(args.get("tensors"), N.ListExpr) and args["tensors"].items:
-            rank = self.rank(args["tensors"].items[0], env)
+        tensors = args.get("tensors")
+        if op.shape == "concat" and isinstance(tensors, N.ListExpr) and tensors.items:
+            rank = self.rank(tensors.items[0], env)
             return _Rank(rank.least + 1, rank.exact) if call.func == "stack" else rank
         return _UNKNOWN_RANK
 
@@ -540,4 +552,3 @@ def _int_arg(call: N.Call, name: str, default: int) -> int | None:
 
 def _call_operand(call: N.Call, name: str) -> N.Expr | None:
     return call_args(OPS[call.func], call).get(name)
-
