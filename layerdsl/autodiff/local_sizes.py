@@ -90,6 +90,9 @@ class _Walker:
         self.shapes = _declared_ranks(layer)
         self.pending: set[N.Span] = set()
         self.candidates: list[N.Expr] = []
+        self.sizes: dict[tuple[int, int, int], tuple] = {}  # memo of local_size
+        self.ranks: dict[int, tuple] = {}  # memo of local_rank
+        self.rank_exprs: dict[int, tuple] = {}  # memo of local_rank_of
 
     def body(self, body: list[N.Stmt], env: Env) -> list[N.Stmt]:
         return [self.stmt(s, env) for s in body]
@@ -172,10 +175,7 @@ class _Walker:
                 ndim = N.Rank(e.span, clone(e))
                 ndim.kind = N.Kind.INT
                 return [ndim]
-            d = env.get(e.id)
-            if isinstance(d, _Branched):
-                return _union([self.local_rank_of(side) for side in d.sides])
-            return self.local_rank_of(d)
+            return self.local_rank_of(env.get(e.id))
         if isinstance(e, N.UnaryOp):
             return self.rank_of(e.operand, env)
         operands: list[N.Expr] = []
@@ -195,6 +195,14 @@ class _Walker:
         return None
 
     def local_rank_of(self, d) -> list[N.Expr] | None:
+        """A local's rank, once per definition."""
+        if id(d) not in self.rank_exprs:
+            self.rank_exprs[id(d)] = (d, self.definition_rank_of(d))
+        return self.rank_exprs[id(d)][1]
+
+    def definition_rank_of(self, d) -> list[N.Expr] | None:
+        if isinstance(d, _Branched):
+            return _union([self.local_rank_of(side) for side in d.sides])
         if isinstance(d, _Def):
             return self.rank_of(d.value, d.env)
         if isinstance(d, _Part):
@@ -222,6 +230,13 @@ class _Walker:
         return None
 
     def local_size(self, d, k: int, use: Env) -> list[N.Expr] | None:
+        """A local's size at k, once per definition (an unrolled loop's `if`s chain definitions)."""
+        key = (id(d), k, id(use))
+        if key not in self.sizes:
+            self.sizes[key] = (d, use, self.definition_size(d, k, use))  # d and use kept: their ids stay theirs
+        return self.sizes[key][2]
+
+    def definition_size(self, d, k: int, use: Env) -> list[N.Expr] | None:
         if isinstance(d, _Def):
             return self.size(d.value, k, d.env, use)
         if isinstance(d, _Part):
@@ -400,6 +415,11 @@ class _Walker:
         return _UNKNOWN_RANK
 
     def local_rank(self, d, env: Env) -> _Rank:
+        if id(d) not in self.ranks:
+            self.ranks[id(d)] = (d, self.definition_rank(d, env))
+        return self.ranks[id(d)][1]
+
+    def definition_rank(self, d, env: Env) -> _Rank:
         if isinstance(d, _Def):
             return self.rank(d.value, d.env)
         if isinstance(d, _Part):
