@@ -99,6 +99,17 @@ layer RankOfLocal() {
     }
 }
 
+@function
+layer ViewSizes() {
+    forward(x: [...]) {
+        p = transpose(transpose(x, 0, 2), 1, 2)
+        s = stack([p, p], dim = 1)
+        u = unsqueeze(x, -1)
+        scale = size_at(p, 0) + size_at(s, 1) * size_at(s, 3) + size_at(u, -2) * size_at(squeeze(p, 2), 0)
+        return sin(s) * scale
+    }
+}
+
 layer Norm(normalized_shape: ints, eps: float = 1e-5) {
     param weight: normalized_shape = ones
     param bias: normalized_shape = zeros
@@ -226,6 +237,15 @@ def test_the_rank_of_a_local_is_its_inputs(ns, shape):
     x = _double(*shape)
     _agree(ns["RankOfLocal"]()(x), ns["rank_of_local"](x), [x])
     _checked(lambda x: _first(ns["RankOfLocalFunction"].apply(x)), [x])
+
+
+def test_sizes_through_transposes_stack_unsqueeze_and_squeeze(ns):
+    torch.manual_seed(7)
+    x = _double(2, 3, 4)  # distinct sizes: a dim mapped wrongly changes the scale
+    y = _first(ns["ViewSizesFunction"].apply(x))
+    assert y.grad_fn.x_size2 == 4 and y.grad_fn.x_size1 == 3
+    _agree(ns["ViewSizes"]()(x), ns["view_sizes"](x), [x])
+    _checked(lambda x: _first(ns["ViewSizesFunction"].apply(x)), [x])
 
 
 def test_subs_with_members_shaped_by_ints_and_a_flag_given_as_a_value_inline(ns):
