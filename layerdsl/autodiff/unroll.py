@@ -137,7 +137,7 @@ def _named_sizes(stmt: N.Stmt, layer: N.Layer, measured: Measured, pending: set[
             key = _measured_key(e)
             if key is None and e.span in pending:
                 return e
-            if key is None:
+            if key not in measured:  # not a written dim, or a local's size not followed back
                 raise _unmeasured(e)
             return _measured_name(e, measured[key])
         if isinstance(e, N.Rank) and _is_leaf(e.value):
