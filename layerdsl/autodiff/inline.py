@@ -153,13 +153,18 @@ class _Inliner:
                 ]
             elif isinstance(stmt, N.Unpack) and isinstance(stmt.value, N.Call) and (module := self.callee(stmt.value)):
                 pre = []
-                results = self.inlined_call(stmt.value, pre, module)
+                call = self.with_arguments_hoisted(stmt.value, pre)
+                results = self.inlined_call(call, pre, module)
                 out += pre
                 for (target, span), value in zip(stmt.targets, results):
                     out.append(_assign(target, span, value))
             else:
                 out += self.with_calls_hoisted(stmt)
         return out
+
+    def with_arguments_hoisted(self, call: N.Call, pre: list[N.Stmt]) -> N.Call:
+        """`call` with the sub calls in its arguments replaced by their results (their statements in `pre`)."""
+        return map_children(call, lambda e: self.hoisted(e, pre))
 
     def with_calls_hoisted(self, stmt: N.Stmt) -> list[N.Stmt]:
         """The statements of the sub calls in `stmt`, then `stmt` reading their results."""
@@ -351,15 +356,16 @@ class _Inliner:
         assert spec.forward is not None
         here = spec.path == self.layer.path
         locals_: dict[str, str] = {}
+        passed = _passed_inputs(spec.forward, call)
         for inp in spec.forward.inputs:
-            if inp.parts is not None or inp.alternatives is not None or inp.flag is not None:
+            flag = inp.flag is not None and not _flag_written(inp, passed)
+            if inp.parts is not None or inp.alternatives is not None or flag:
                 raise NotDerivable(
                     call.span,
                     f"cannot inline the sub '{inst.shown}' under @function: its input '{inp.name}' is a tuple, a"
-                    " flag or has alternatives",
+                    " flag given as a value computed here or has alternatives",
                     HINT,
                 )
-        passed = _passed_inputs(spec.forward, call)
         uses = {i.name: 0 for i in spec.forward.inputs}
         for n in walk(spec.forward):
             if isinstance(n, N.Name) and n.ref == N.Ref.INPUT and n.id in uses:
@@ -367,6 +373,8 @@ class _Inliner:
         inputs: dict[str, N.Expr] = {}
         for inp in spec.forward.inputs:
             value = passed.get(inp.name)
+            if value is None and inp.flag is not None:  # a flag left at its default: written as its value
+                value = clone(inp.flag)
             if value is None:
                 value = N.NoneLit(call.span)
                 value.kind = N.Kind.NONE
@@ -412,7 +420,7 @@ class _Inliner:
                 e.targets = [(locals_.get(t, t), span) for t, span in e.targets]
             return e
 
-        body = [cast(N.Stmt, renamed(s)) for s in spec.forward.body]
+        body = _decided([cast(N.Stmt, renamed(s)) for s in spec.forward.body])
         if here:  # an error in the sub's statements is shown where its spec writes them
             origin = f"the sub '{inst.shown}'"
             self.origins.update({n.span: origin for s in body for n in walk(s) if hasattr(n, "span")})
@@ -420,7 +428,11 @@ class _Inliner:
             _respanned(body, call.span)
             self.origins[call.span] = f"the sub '{inst.shown}', whose layer {spec.name} is in {spec.path}"
         pre += _returns_assigned(body, names, call.span)
-        return [B.name(r, call.span) for r in names]
+        returns = [s for s in statements(body) if isinstance(s, N.Return)]
+        return [
+            N.NoneLit(call.span) if all(isinstance(s.values[k], N.NoneLit) for s in returns) else B.name(r, call.span)
+            for k, r in enumerate(names)
+        ]
 
 
 # -------------------------------------------------------------------- helpers
@@ -477,10 +489,10 @@ def _outer_tensor(t: N.Tensor, name: str, span: Span, values: dict[str, N.Expr])
         return map_children(e, lambda c: over_outer(c) if isinstance(c, N.Expr) else c)
 
     if t.shape.spread is not None:
-        raise NotDerivable(
-            span, f"cannot inline this sub under @function: its member '{t.name}' has a spread shape", HINT
-        )
-    shape = dataclasses.replace(t.shape, dims=[over_outer(d) if isinstance(d, N.Expr) else d for d in t.shape.dims])
+        shape = _spread_over_outer(t, span, values)
+    else:
+        dims = [over_outer(d) if isinstance(d, N.Expr) else d for d in t.shape.dims]
+        shape = dataclasses.replace(t.shape, dims=dims)
     cond = over_outer(t.cond) if t.cond is not None else None
     if cond is not None:
         try:
@@ -600,6 +612,25 @@ def _item(member: N.Name, index: N.Expr) -> N.Expr:
     return e
 
 
+def _spread_over_outer(t: N.Tensor, span: Span, values: dict[str, N.Expr]) -> N.Shape:
+    """The shape of a sub's member shaped by an `ints` argument (`weight: normalized_shape`), over the
+    outer layer's names: the dims the construction gives (`LayerNorm(d_model)`: [d_model]), or the outer
+    layer's own `ints` argument it passes on."""
+    assert t.shape.spread is not None
+    given = values.get(t.shape.spread.id)
+    if isinstance(given, N.Name) and given.ref == N.Ref.ARG and given.kind not in N.NUMBERS:
+        return dataclasses.replace(t.shape, spread=clone(given))
+    items = given.items if isinstance(given, N.ListExpr | N.TupleExpr) else [given] if given is not None else []
+    if not items or not all(i.kind == N.Kind.INT for i in items):
+        raise NotDerivable(
+            span,
+            f"cannot inline this sub under @function: its member '{t.name}' is shaped by"
+            f" '{t.shape.spread.id}', which is not given as sizes written here",
+            HINT,
+        )
+    return dataclasses.replace(t.shape, dims=[clone(i) for i in items], spread=None)
+
+
 def _renamed_name(e: N.Name, new: str, ref: N.Ref) -> N.Name:
     n = N.Name(e.span, new)
     n.ref, n.kind = ref, e.kind if e.kind != N.Kind.UNKNOWN else N.Kind.TENSOR
@@ -608,6 +639,42 @@ def _renamed_name(e: N.Name, new: str, ref: N.Ref) -> N.Name:
 
 def _is_param(inst: _Instance, member: str) -> bool:
     return any(t.name == member and t.kind == N.Ref.PARAM for t in inst.spec.layer.tensors)
+
+
+def _decided(body: list[N.Stmt]) -> list[N.Stmt]:
+    """`body` with each `if` whose condition is written out as values (a flag passed as `false`) replaced
+    by the side it takes."""
+    out: list[N.Stmt] = []
+    for stmt in body:
+        if isinstance(stmt, N.If):
+            taken = _constant(stmt.cond)
+            if taken is not None:
+                out += _decided(stmt.body if taken else stmt.orelse)
+                if out and isinstance(out[-1], N.Return):
+                    break
+                continue
+            stmt = dataclasses.replace(stmt, body=_decided(stmt.body), orelse=_decided(stmt.orelse))
+        elif isinstance(stmt, N.For):
+            stmt = dataclasses.replace(stmt, body=_decided(stmt.body))
+        out.append(stmt)
+        if isinstance(stmt, N.Return):
+            break  # what follows is never reached
+    return out
+
+
+def _constant(cond: N.Expr) -> bool | None:
+    if any(isinstance(n, N.Name) for n in walk(cond)):
+        return None
+    try:
+        return bool(evaluate(cond, {}))
+    except NotConstant:
+        return None
+
+
+def _flag_written(inp: N.Input, passed: dict[str, N.Expr]) -> bool:
+    """Whether a flag input is passed as a value written here (`false`, or left at its default): the
+    sub's branches on it are then decided where it is inlined."""
+    return isinstance(passed.get(inp.name, inp.flag), N.Bool)
 
 
 def _passed_inputs(forward: N.Forward, call: N.Call) -> dict[str, N.Expr]:

@@ -23,7 +23,7 @@ from layerdsl.autodiff.loops import LoopPlan, has_loop, member_choice, on_argume
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape, refusal
-from layerdsl.autodiff.unroll import prepared_forward
+from layerdsl.autodiff.unroll import Measured, measured_names, prepared_forward
 from layerdsl.diagnostics import Diagnostic
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
@@ -105,14 +105,18 @@ def plan_backwards(
     return plans, problems
 
 
-def plan_backward(layer: N.Layer, given: frozenset[str] = frozenset(), known: Facts = ()) -> Plan:
+def plan_backward(
+    layer: N.Layer, given: frozenset[str] = frozenset(), known: Facts = (), measured: Measured | None = None
+) -> Plan:
     """One `@function` layer's plan; raises NotDerivable for what the derivation cannot go through (the
     first problem, carrying the others: `NotDerivable.every`). `given`: the optional inputs and members that the `if`s
     choosing this side prove given; `known`: what their conditions prove (a later `if` they decide has one
-    side only)."""
+    side only); `measured`: the sizes the whole forward measures, by name (`unroll.prepared_forward`)."""
     assert layer.forward is not None, "the parser reports a layer without forward"
     # tuple inputs as tensors, sides calling a callable argument dropped, loops unrolled, sizes named
-    layer = prepared_forward(without_callable_sides(with_tuples_split(layer)))
+    if measured is None:
+        measured = measured_names(without_callable_sides(with_tuples_split(layer)))
+    layer = prepared_forward(without_callable_sides(with_tuples_split(layer)), measured)
     layer = unswitched(layer)  # an `if` on arguments in a loop's body: around two copies of the loop
     assert layer.forward is not None
     if layer.backward is None and (branch := _first_if(layer.forward.body)) is not None:
@@ -123,7 +127,7 @@ def plan_backward(layer: N.Layer, given: frozenset[str] = frozenset(), known: Fa
                 f"a derived backward goes through at most {MAX_BRANCH_PLANS} combinations of `if` branches",
                 "write a backward block, or choose with where(cond, a, b)",
             )
-        return _branch_plan(layer, branch, given, known)
+        return _branch_plan(layer, branch, given, known, measured)
     return _straight_plan(layer, given)
 
 
@@ -211,7 +215,9 @@ def _first_if(body: list[N.Stmt]) -> tuple[int, N.If] | None:
     return next(((i, s) for i, s in enumerate(body) if isinstance(s, N.If)), None)
 
 
-def _branch_plan(layer: N.Layer, branch: tuple[int, N.If], given: frozenset[str], known: Facts) -> Plan:
+def _branch_plan(
+    layer: N.Layer, branch: tuple[int, N.If], given: frozenset[str], known: Facts, measured: Measured
+) -> Plan:
     """The plan of each side of the forward's first `if` (a side's own `if`s branch again); only the side
     that can be taken when the `if`s around it decide the condition (`track and training` inside
     `if track and not training`)."""
@@ -234,7 +240,8 @@ def _branch_plan(layer: N.Layer, branch: tuple[int, N.If], given: frozenset[str]
         proven = given | _proven_given(cond, holds)
         side = dataclasses.replace(layer, forward=forward)
         try:
-            planned = plan_backward(side, proven, known if decided is not None else known + _facts(cond, holds))
+            facts = known if decided is not None else known + _facts(cond, holds)
+            planned = plan_backward(side, proven, facts, measured)
             if decided is None and _keeps_a_loop(planned) and not on_arguments(cond, _optional_inputs(layer)):
                 raise NotDerivable(
                     stmt.span,

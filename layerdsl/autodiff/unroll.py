@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from layerdsl.autodiff.local_sizes import candidate_sizes, resolved_local_sizes
 from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
@@ -34,15 +35,32 @@ MAX_UNROLLED = 64  # copies of one loop's body: a longer loop would write a forw
 LOOP_HINT = "write a backward block, or drop @function (autograd derives the loop)"
 
 
-def prepared_forward(layer: N.Layer) -> N.Layer:
-    """`layer` with its forward's static loops unrolled and its `size_at`s named as dims (declared or measured)."""
+def prepared_forward(layer: N.Layer, measured: Measured | None = None) -> N.Layer:
+    """`layer` with its forward's static loops unrolled and its `size_at`s named as dims (declared or
+    measured). `measured`: the names of the sizes measured (those of the whole forward, for a side of its
+    `if`s: each size is named once for every side)."""
     assert layer.forward is not None, "the parser reports a layer without forward"
-    body = _unrolled(layer.forward.body, {}, layer)
-    measured = _measured(layer, body)
-    body = [_named_sizes(s, layer, measured) for s in body]
+    body, pending, whole = _ready(layer)
+    measured = whole if measured is None else measured
+    # A size of a local the sides of an `if` define differently: the plan resolves it on each side.
+    pending = pending if layer.backward is None and any(isinstance(s, N.If) for s in body) else set()
+    body = [_named_sizes(s, layer, measured, pending) for s in body]
     prepared = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
-    prepared.symbolic_dims = [*layer.symbolic_dims, *measured.values()]  # each measured size, a dim
+    new = [name for name in measured.values() if name not in layer.symbolic_dims]
+    prepared.symbolic_dims = [*layer.symbolic_dims, *new]  # each measured size, a dim
     return prepared
+
+
+Measured = dict[tuple[str, int | None], str]  # (input or member, dim; None for its rank) -> the dim's name
+
+
+def _ready(layer: N.Layer) -> tuple[list[N.Stmt], set[N.Span], Measured]:
+    """The forward's body with its static loops unrolled and the sizes of locals followed back to inputs
+    and members; the sizes left to the sides of an `if`; every size measured, named."""
+    assert layer.forward is not None
+    body = _unrolled(layer.forward.body, {}, layer)
+    body, pending = resolved_local_sizes(body, layer)
+    return body, pending, _measured(layer, body)
 
 
 def _unrolled(body: list[N.Stmt], known: dict[str, int], layer: N.Layer) -> list[N.Stmt]:
@@ -106,9 +124,9 @@ def _with_values(stmt: N.Stmt, known: dict[str, int]) -> N.Stmt:
     return written(clone(stmt))
 
 
-def _named_sizes(stmt: N.Stmt, layer: N.Layer, measured: dict[tuple[str, int | None], str]) -> N.Stmt:
+def _named_sizes(stmt: N.Stmt, layer: N.Layer, measured: Measured, pending: set[N.Span]) -> N.Stmt:
     """`size_at(x, k)` as the dim x's declared shape names at k (when it names one), else as the size
-    measured from the input or member x (its name in `measured`)."""
+    measured from the input or member x (its name in `measured`); those `pending` are left as they are."""
 
     def named(e):
         e = map_children(e, named)
@@ -117,7 +135,9 @@ def _named_sizes(stmt: N.Stmt, layer: N.Layer, measured: dict[tuple[str, int | N
             if dim is not None and all(n.id in layer.symbolic_dims for n in walk(dim) if isinstance(n, N.Name)):
                 return dim
             key = _measured_key(e)
-            if key is None:
+            if key is None and e.span in pending:
+                return e
+            if key not in measured:  # not a written dim, or a local's size not followed back
                 raise _unmeasured(e)
             return _measured_name(e, measured[key])
         if isinstance(e, N.Rank) and _is_leaf(e.value):
@@ -151,10 +171,17 @@ def _unmeasured(call: N.Call) -> NotDerivable:
     return NotDerivable(
         of.span,
         f"under @function, size_at() measures an input, a parameter or a buffer: `{spec_text(of)}` is a tensor "
-        "forward computes, and the backward keeps no tensor only for its size",
-        "measure the input it is computed from (`size_at(query, 1)` for `transpose(query, 0, 1)`), "
+        "forward computes, whose size there is not followed back to one (through views, elementwise operations,"
+        " matmul, cat and stack, where the ranks their definitions prove decide it), and the backward keeps no"
+        " tensor only for its size",
+        "measure the input it is computed from (`size_at(query, 1)` for `sum(query, dim = 0)`), "
         "or name the dim in the input's shape (`x: [B, d]`: size_at(x, 0) is B)",
     )
+
+
+def measured_names(layer: N.Layer) -> Measured:
+    """Every size the forward measures, on any side of its `if`s, by the name it is read by."""
+    return _ready(layer)[2]
 
 
 def measured_sizes(layer: N.Layer) -> dict[str, str]:
@@ -165,23 +192,22 @@ def measured_sizes(layer: N.Layer) -> dict[str, str]:
     if layer.forward is None:
         return {}
     try:
-        body = _unrolled(layer.forward.body, {}, layer)  # `size_at(x, t)` in a loop unrolled: `t` written out
+        measured = measured_names(layer)  # `size_at(x, t)` in a loop unrolled: `t` written out
     except NotDerivable:
         return {}  # a loop over subs: the layer does not derive
-    measured = _measured(layer, body)
     return {name: f"{leaf}.dim()" if k is None else f"{leaf}.shape[{k}]" for (leaf, k), name in measured.items()}
 
 
-def _measured(layer: N.Layer, body: list[N.Stmt]) -> dict[tuple[str, int | None], str]:
+def _measured(layer: N.Layer, body: list[N.Stmt]) -> Measured:
     """Each size the forward `body` measures (input or member, dim; None for its number of dims) -> the
-    name it is read by."""
+    name it is read by; a size of a local, at every input size it may be on a side of the `if`s."""
     assert layer.forward is not None
     taken = {a.name for a in layer.args} | {t.name for t in layer.tensors} | {l.name for l in layer.lets}
     taken |= {i.name for i in layer.forward.inputs} | set(layer.symbolic_dims)
     nodes = [n for stmt in body for n in walk(stmt)]
     taken |= {n.id for n in nodes if isinstance(n, N.Name)} | {s.target for s in nodes if isinstance(s, N.Assign)}
-    out: dict[tuple[str, int | None], str] = {}
-    for e in nodes:
+    out: Measured = {}
+    for e in [*nodes, *candidate_sizes(body, layer)]:
         if isinstance(e, N.Rank) and _is_leaf(e.value) and (e.value.id, None) not in out:
             out[(e.value.id, None)] = _fresh(f"{e.value.id}_ndim", taken)
         if not (isinstance(e, N.Call) and e.func == "size_at" and len(e.args) == 2):

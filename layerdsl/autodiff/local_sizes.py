@@ -1,0 +1,574 @@
+"""`size_at(x, k)` of a tensor forward computes, followed back to a size of an input, parameter or buffer.
+
+A `@function`'s setup_context and backward see the inputs and members, never a local: a size they read must
+be measured from those (`unroll` names each such size as a dim of its own, kept on ctx as an int). So a
+`size_at` of a local is written as the sizes it equals, by following the local's definition through views
+and shape-keeping operations: `transpose(input, 0, -2)` at -2 is `input` at 0, `x @ transpose(w, 0, 1)` at
+0 is `x` at 0, `cat([k, b], dim = 0)` at 0 is the sum of both, `reshape(q, [L, N, h, d])` at 0 is `L`.
+Negative dims on spread shapes (`[..., d]`) map where the ranks the definitions prove decide it.
+
+A local assigned on both sides of an `if` resolves to one size when every side agrees; otherwise it is left
+for the plan, which plans each side of the `if` on its own (and resolves the size there).
+`candidate_sizes` lists every input size a local's size may resolve to on any side, so each is named once
+for the whole Function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+from layerdsl.ir import build as B
+from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import clone, map_children, statements, walk
+from layerdsl.language.ops import OPS
+from layerdsl.semantics.evaluate import NotConstant, evaluate
+from layerdsl.semantics.shapes import call_args
+
+LEAVES = (N.Ref.INPUT, N.Ref.PARAM, N.Ref.BUFFER)
+
+
+@dataclass(frozen=True)
+class _Def:
+    """A local's value, and the definitions in force where it was assigned."""
+
+    value: N.Expr
+    env: dict
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One part of `a, b, c = chunk(x, 3)` (or split)."""
+
+    value: N.Call
+    env: dict
+
+
+@dataclass(frozen=True)
+class _Branched:
+    """A local assigned differently on the sides of an `if`: each side's definition (None: unassigned or
+    not followed there)."""
+
+    sides: tuple
+
+
+Env = dict  # local name -> _Def | _Part | _Branched | None (not followed: assigned in a loop, indexed, ...)
+
+
+@dataclass(frozen=True)
+class _Rank:
+    """What the definitions prove of a tensor's number of dims: at least `least`, exactly that if `exact`."""
+
+    least: int
+    exact: bool
+
+
+_UNKNOWN_RANK = _Rank(0, False)
+
+
+def resolved_local_sizes(body: list[N.Stmt], layer: N.Layer) -> tuple[list[N.Stmt], set[N.Span]]:
+    """`body` with each `size_at` of a computed tensor written as sizes of inputs and members, where every
+    side of the `if`s before it agrees; and where the sides disagree, the calls left for the plan's sides
+    (their spans)."""
+    walker = _Walker(layer)
+    return walker.body(body, {}), walker.pending
+
+
+def candidate_sizes(body: list[N.Stmt], layer: N.Layer) -> list[N.Expr]:
+    """Every `size_at` and `.ndim` of an input or member that a size or rank of a computed tensor in `body`
+    may resolve to, on any side of its `if`s (in order of appearance)."""
+    walker = _Walker(layer)
+    walker.body(body, {})
+    return walker.candidates
+
+
+class _Walker:
+    """The forward's statements in order, with the definitions in force at each."""
+
+    def __init__(self, layer: N.Layer):
+        self.layer = layer
+        self.shapes = _declared_ranks(layer)
+        self.pending: set[N.Span] = set()
+        self.candidates: list[N.Expr] = []
+        self.sizes: dict[tuple[int, int, int], tuple] = {}  # memo of local_size
+        self.ranks: dict[int, tuple] = {}  # memo of local_rank
+        self.rank_exprs: dict[int, tuple] = {}  # memo of local_rank_of
+
+    def body(self, body: list[N.Stmt], env: Env) -> list[N.Stmt]:
+        return [self.stmt(s, env) for s in body]
+
+    def stmt(self, stmt: N.Stmt, env: Env) -> N.Stmt:
+        if isinstance(stmt, N.If):
+            return self.branches(stmt, env)
+        if isinstance(stmt, N.For):
+            return self.loop(stmt, env)
+        out = map_children(stmt, lambda e: self.expr(e, env))
+        if isinstance(out, N.Assign):
+            env[out.target] = _Def(out.value, dict(env))
+        elif isinstance(out, N.Unpack):
+            value = out.value
+            parts = isinstance(value, N.Call) and value.func in OPS and OPS[value.func].shape == "parts"
+            for target, _ in out.targets:
+                env[target] = _Part(cast(N.Call, value), dict(env)) if parts else None
+        elif isinstance(out, N.IndexAssign | N.Update):
+            env[out.target] = None
+        return out
+
+    def branches(self, stmt: N.If, env: Env) -> N.If:
+        """Each side walked on its own; after the `if`, a local the sides assign differently is both."""
+        then_env, else_env = dict(env), dict(env)
+        out = map_children(stmt, lambda e: self.expr(e, env))
+        out.body = self.body(stmt.body, then_env)
+        out.orelse = self.body(stmt.orelse, else_env)
+        for name in set(then_env) | set(else_env):
+            a, b = then_env.get(name), else_env.get(name)
+            env[name] = a if a is b else _Branched((a, b))
+        return out
+
+    def loop(self, stmt: N.For, env: Env) -> N.For:
+        """What the body assigns is carried from step to step: not followed, in the body or after it."""
+        assigned = _assigned(stmt.body) | {stmt.var}
+        env.update(dict.fromkeys(assigned))
+        out = map_children(stmt, lambda e: self.expr(e, env))
+        out.body = self.body(stmt.body, dict(env))
+        env.update(dict.fromkeys(assigned))
+        return out
+
+    def expr(self, e: N.Expr, env: Env) -> N.Expr:
+        if not isinstance(e, N.Expr):
+            return e
+        e = map_children(e, lambda c: self.expr(c, env))
+        if isinstance(e, N.Rank) and e.value.ref not in LEAVES:
+            return self.resolved(e, self.rank_of(e.value, env))
+        if not (isinstance(e, N.Call) and e.func == "size_at" and len(e.args) == 2):
+            return e
+        of, at = e.args
+        if isinstance(of, N.Name) and of.ref in LEAVES:
+            return e
+        k = _int(at)
+        return self.resolved(e, None if k is None else self.size(of, k, env, env))
+
+    def resolved(self, e: N.Expr, sizes: list[N.Expr] | None) -> N.Expr:
+        """`e` (a size or rank of a local) as the one value `sizes` gives, or left for the plan's sides."""
+        if not sizes:
+            return e  # refused where the plan reaches it straight (unroll's message)
+        for size in sizes:
+            self.candidates += [
+                c for c in walk(size) if isinstance(c, N.Expr) and (_is_leaf_size(c) or isinstance(c, N.Rank))
+            ]
+        if len({B.key(s) for s in sizes}) > 1:
+            self.pending.add(e.span)
+            return e
+        size = clone(sizes[0])
+        for n in walk(size):  # located where the spec reads the size (the generated line's comment)
+            if isinstance(n, N.Expr):
+                n.span = e.span
+        return size
+
+    def rank_of(self, e: N.Expr, env: Env) -> list[N.Expr] | None:
+        """`e.ndim` as a number or the rank of an input or member (plus a number), one per side."""
+        rank = self.rank(e, env)
+        if rank.exact:
+            return [B.num(rank.least)]
+        if isinstance(e, N.Name):
+            if e.ref in LEAVES:
+                ndim = N.Rank(e.span, clone(e))
+                ndim.kind = N.Kind.INT
+                return [ndim]
+            return self.local_rank_of(env.get(e.id))
+        if isinstance(e, N.UnaryOp):
+            return self.rank_of(e.operand, env)
+        operands: list[N.Expr] = []
+        if isinstance(e, N.BinOp) and e.op != "@":
+            operands = [e.left, e.right]
+        elif isinstance(e, N.Call) and e.func in OPS and not e.sub:
+            op, args = OPS[e.func], call_args(OPS[e.func], e)
+            if op.shape == "elementwise":
+                operands = [args[p.name] for p in op.params if p.tensor and p.name in args]
+            elif op.shape in ("softmax", "transpose") and "input" in args:
+                operands = [args["input"]]
+        tensors = [o for o in operands if o.kind == N.Kind.TENSOR]
+        ranks = [self.rank(t, env) for t in tensors]
+        for i, (t, rank) in enumerate(zip(tensors, ranks)):  # the operand whose rank is the result's
+            if all(r.exact and r.least <= rank.least for j, r in enumerate(ranks) if j != i):
+                return self.rank_of(t, env)
+        return None
+
+    def local_rank_of(self, d) -> list[N.Expr] | None:
+        """A local's rank, once per definition."""
+        if id(d) not in self.rank_exprs:
+            self.rank_exprs[id(d)] = (d, self.definition_rank_of(d))
+        return self.rank_exprs[id(d)][1]
+
+    def definition_rank_of(self, d) -> list[N.Expr] | None:
+        if isinstance(d, _Branched):
+            return _union([self.local_rank_of(side) for side in d.sides])
+        if isinstance(d, _Def):
+            return self.rank_of(d.value, d.env)
+        if isinstance(d, _Part):
+            source = _call_operand(d.value, "input")
+            return None if source is None else self.rank_of(source, d.env)
+        return None
+
+    # ------------------------------------------------------------------ sizes
+
+    def size(self, e: N.Expr, k: int, env: Env, use: Env) -> list[N.Expr] | None:
+        """The sizes `e` (its names defined by `env`) may have at dim `k`, one per distinguishable side,
+        written for a statement where `use` is in force; None when it is not followed."""
+        if isinstance(e, N.Name):
+            if e.ref in LEAVES:
+                return [_size_at(e, k)]
+            return self.local_size(env.get(e.id), k, use) if e.id in env else None
+        if isinstance(e, N.UnaryOp):
+            return self.size(e.operand, k, env, use)
+        if isinstance(e, N.BinOp):
+            if e.op == "@":
+                return self.matmul_size(e.left, e.right, k, env, use)
+            return self.broadcast_size([e.left, e.right], k, env, use)
+        if isinstance(e, N.Call) and e.func in OPS and not e.sub:
+            return self.op_size(e, k, env, use)
+        return None
+
+    def local_size(self, d, k: int, use: Env) -> list[N.Expr] | None:
+        """A local's size at k, once per definition (an unrolled loop's `if`s chain definitions)."""
+        key = (id(d), k, id(use))
+        if key not in self.sizes:
+            self.sizes[key] = (d, use, self.definition_size(d, k, use))  # d and use kept: their ids stay theirs
+        return self.sizes[key][2]
+
+    def definition_size(self, d, k: int, use: Env) -> list[N.Expr] | None:
+        if isinstance(d, _Def):
+            return self.size(d.value, k, d.env, use)
+        if isinstance(d, _Part):
+            source, dim = _call_operand(d.value, "input"), _int_arg(d.value, "dim", 0)
+            if source is None or dim is None:
+                return None
+            same = _same_dim(k, dim, self.rank(source, d.env))
+            return None if same is not False else self.size(source, k, d.env, use)
+        if isinstance(d, _Branched):
+            return _union([self.local_size(side, k, use) for side in d.sides])
+        return None
+
+    def op_size(self, call: N.Call, k: int, env: Env, use: Env) -> list[N.Expr] | None:
+        op = OPS[call.func]
+        args = call_args(op, call)
+        x = args.get("input")
+        if op.shape in ("elementwise", "softmax"):
+            operands = [args[p.name] for p in op.params if p.tensor and p.name in args]
+            return self.broadcast_size(operands if op.shape == "elementwise" else operands[:1], k, env, use)
+        if op.shape == "matmul":
+            return self.matmul_size(args["input"], args["other"], k, env, use)
+        if op.shape == "transpose" and x is not None:
+            d0, d1 = _int(args["dim0"]), _int(args["dim1"])
+            if d0 is None or d1 is None:
+                return None
+            if k in (d0, d1):  # the other of the two (the same dim, when they coincide)
+                return self.size(x, d1 if k == d0 else d0, env, use)
+            rank = self.rank(x, env)
+            at0, at1 = _same_dim(k, d0, rank), _same_dim(k, d1, rank)
+            if at0 is None or at1 is None:
+                return None
+            return self.size(x, d1 if at0 else d0 if at1 else k, env, use)
+        if call.func == "permute" and x is not None:
+            dims = _ints(args.get("dims"))
+            if dims is None or not -len(dims) <= k < len(dims):
+                return None
+            return self.size(x, dims[k], env, use)
+        if call.func in ("unsqueeze", "squeeze") and x is not None:
+            d = _int(args.get("dim"))
+            return None if d is None else self.unsqueezed_size(call.func == "unsqueeze", x, d, k, env, use)
+        if call.func in ("reshape", "view", "expand", "new_zeros", "new_ones", "new_full", "new_empty"):
+            return self.listed_size(call, args, k, env, use)
+        if op.shape == "concat":
+            return self.concat_size(call.func == "stack", args, k, env, use)
+        return None
+
+    def unsqueezed_size(self, adds: bool, x: N.Expr, d: int, k: int, env: Env, use: Env) -> list[N.Expr] | None:
+        """Dim k of unsqueeze(x, d) (a new dim of size 1 at d) or of squeeze(x, d), where the dims around
+        d decide it without a run-time rank (squeeze only keeps the dims before d)."""
+        if adds:
+            rank = self.rank(x, env)
+            if (k >= 0) != (d >= 0) and rank.exact:
+                k, d = k % (rank.least + 1), d % (rank.least + 1)
+            if (k >= 0) != (d >= 0):
+                return None
+            if k == d:
+                return [B.num(1)]
+            after = k > d if k >= 0 else k < d
+            return self.size(x, (k - 1 if k >= 0 else k + 1) if after else k, env, use)
+        keeps = 0 <= k < d or d < k < 0  # a dim before a squeezed one (or after, counted from the end)
+        return self.size(x, k, env, use) if keeps else None
+
+    def listed_size(self, call: N.Call, args: dict, k: int, env: Env, use: Env) -> list[N.Expr] | None:
+        """Dim k of a view or new tensor whose sizes are written as a list (`-1` in expand: the input's)."""
+        sizes = args.get("shape", args.get("size"))
+        if not isinstance(sizes, N.ListExpr) or any(isinstance(i, N.Spread) for i in sizes.items):
+            return None
+        n = len(sizes.items)
+        if not -n <= k < n:
+            return None
+        item = sizes.items[k]
+        if _int(item) == -1:
+            x = args.get("input")
+            return self.size(x, k % n - n, env, use) if call.func == "expand" and x is not None else None
+        return self.number(item, env, use)
+
+    def concat_size(self, new: bool, args: dict, k: int, env: Env, use: Env) -> list[N.Expr] | None:
+        tensors, dim = args.get("tensors"), _int(args.get("dim", B.num(0)))
+        if not isinstance(tensors, N.ListExpr) or not tensors.items or dim is None:
+            return None
+        first = tensors.items[0]
+        if new:  # stack: a new dim of the list's length at `dim`
+            if (k >= 0) != (dim >= 0):
+                return None
+            if k == dim:
+                return [B.num(len(tensors.items))]
+            after = k > dim if k >= 0 else k < dim
+            return self.size(first, k - 1 if after and k >= 0 else k + 1 if after else k, env, use)
+        same = _same_dim(k, dim, self.rank(first, env))
+        if same is None:
+            return None
+        if not same:
+            return self.size(first, k, env, use)
+        total: list[N.Expr] | None = None
+        for t in tensors.items:
+            sizes = self.size(t, k, env, use)
+            if sizes is None:
+                return None
+            total = sizes if total is None else [_plus(a, b) for a in total for b in sizes]
+        return total
+
+    def broadcast_size(self, operands: list[N.Expr], k: int, env: Env, use: Env) -> list[N.Expr] | None:
+        """Dim k of operands broadcast together: the one operand that reaches dim k (the others' ranks
+        proven to stop short of it)."""
+        tensors = [o for o in operands if o.kind == N.Kind.TENSOR]
+        ranks = [self.rank(t, env) for t in tensors]
+        for i, (t, rank) in enumerate(zip(tensors, ranks)):
+            others = [r for j, r in enumerate(ranks) if j != i]
+            if not all(r.exact and r.least <= rank.least for r in others):
+                continue
+            if k >= 0 and all(k < rank.least - r.least for r in others) or k < 0 and all(r.least < -k for r in others):
+                return self.size(t, k, env, use)
+        return None
+
+    def matmul_size(self, left: N.Expr, right: N.Expr, k: int, env: Env, use: Env) -> list[N.Expr] | None:
+        """Dim k of `left @ right`, where a matrix operand (exactly 2 dims) leaves the batch dims to the
+        other."""
+        lr, rr = self.rank(left, env), self.rank(right, env)
+        if lr.least < 2 or rr.least < 2:
+            if rr.exact and rr.least == 1 and lr.least >= 2:  # matrix (stack) times vector: the last dim goes
+                return self.size(left, k - 1 if k < 0 else k, env, use)
+            return None
+        if k == -1:
+            return self.size(right, -1, env, use)
+        if k == -2:
+            return self.size(left, -2, env, use)
+        if rr.exact and rr.least == 2:  # the result has left's dims, its last one right's
+            if k < 0 or k < lr.least - 1 or lr.exact and k != lr.least - 1:
+                return self.size(left, k, env, use)
+            return self.size(right, -1, env, use) if lr.exact else None
+        if lr.exact and lr.least == 2 and k < 0:
+            return self.size(right, k, env, use)
+        return None
+
+    def number(self, e: N.Expr, env: Env, use: Env) -> list[N.Expr] | None:
+        """An int expression of a definition, written for a statement where `use` is in force: its sizes
+        resolved, and each number local kept by name where it still means the same, else its value."""
+        if isinstance(e, N.Call) and e.func == "size_at" and len(e.args) == 2:
+            if _is_leaf_size(e):
+                return [e]
+            k = _int(e.args[1])
+            return None if k is None else self.size(e.args[0], k, env, use)
+        if isinstance(e, N.Name) and e.ref == N.Ref.LOCAL and e.id in env:
+            d = env[e.id]
+            if d is not None and use.get(e.id) is d:
+                return [e]
+            return self.number(d.value, d.env, use) if isinstance(d, _Def) else None
+        if isinstance(e, N.Name | N.Num):
+            return [e]
+        if isinstance(e, N.BinOp):
+            left, right = self.number(e.left, env, use), self.number(e.right, env, use)
+            if left is None or right is None:
+                return None
+            return [_with(e, left=a, right=b) for a in left for b in right]
+        return None
+
+    # ------------------------------------------------------------------ ranks
+
+    def rank(self, e: N.Expr, env: Env) -> _Rank:
+        """What the definitions prove of `e`'s number of dims."""
+        if e.kind != N.Kind.TENSOR:
+            return _Rank(0, True)
+        if isinstance(e, N.Name):
+            if e.ref in LEAVES:
+                return self.shapes.get(e.id, _UNKNOWN_RANK)
+            return self.local_rank(env.get(e.id), env)
+        if isinstance(e, N.UnaryOp):
+            return self.rank(e.operand, env)
+        if isinstance(e, N.BinOp):
+            a, b = self.rank(e.left, env), self.rank(e.right, env)
+            if e.op == "@":
+                return _matmul_rank(a, b)
+            return _Rank(max(a.least, b.least), a.exact and b.exact)
+        if isinstance(e, N.Call) and e.func in OPS and not e.sub:
+            return self.op_rank(e, env)
+        return _UNKNOWN_RANK
+
+    def local_rank(self, d, env: Env) -> _Rank:
+        if id(d) not in self.ranks:
+            self.ranks[id(d)] = (d, self.definition_rank(d, env))
+        return self.ranks[id(d)][1]
+
+    def definition_rank(self, d, env: Env) -> _Rank:
+        if isinstance(d, _Def):
+            return self.rank(d.value, d.env)
+        if isinstance(d, _Part):
+            source = _call_operand(d.value, "input")
+            return _UNKNOWN_RANK if source is None else self.rank(source, d.env)
+        if isinstance(d, _Branched):
+            ranks = [self.local_rank(side, env) for side in d.sides]
+            exact = all(r.exact for r in ranks) and len({r.least for r in ranks}) == 1
+            return _Rank(min(r.least for r in ranks), exact)
+        return _UNKNOWN_RANK
+
+    def op_rank(self, call: N.Call, env: Env) -> _Rank:
+        op = OPS[call.func]
+        args = call_args(op, call)
+        x = args.get("input")
+        if op.shape in ("elementwise", "softmax"):
+            ranks = [self.rank(args[p.name], env) for p in op.params if p.tensor and p.name in args]
+            if not ranks:
+                return _UNKNOWN_RANK
+            return _Rank(max(r.least for r in ranks), all(r.exact for r in ranks))
+        if op.shape == "matmul":
+            return _matmul_rank(self.rank(args["input"], env), self.rank(args["other"], env))
+        if x is None:
+            return _UNKNOWN_RANK
+        if op.shape == "transpose":
+            rank, dims = self.rank(x, env), [_int(args["dim0"]), _int(args["dim1"])]
+            needed = max((d + 1 if d >= 0 else -d) for d in dims if d is not None) if None not in dims else 0
+            return _Rank(max(rank.least, needed), rank.exact)
+        if call.func == "unsqueeze":
+            rank = self.rank(x, env)
+            return _Rank(rank.least + 1, rank.exact)
+        if call.func == "squeeze":
+            return _Rank(max(self.rank(x, env).least - 1, 0), False)
+        sizes = args.get("shape", args.get("size", args.get("dims")))
+        if isinstance(sizes, N.ListExpr) and not any(isinstance(i, N.Spread) for i in sizes.items):
+            return _Rank(len(sizes.items), True)
+        tensors = args.get("tensors")
+        if op.shape == "concat" and isinstance(tensors, N.ListExpr) and tensors.items:
+            rank = self.rank(tensors.items[0], env)
+            return _Rank(rank.least + 1, rank.exact) if call.func == "stack" else rank
+        return _UNKNOWN_RANK
+
+
+def _declared_ranks(layer: N.Layer) -> dict[str, _Rank]:
+    """The rank each input and member's declared shape proves (`[..., d]`: at least 1)."""
+    assert layer.forward is not None
+    shapes = {i.name: i.shape for i in layer.forward.inputs if not i.parts and not i.alternatives}
+    shapes |= {t.name: t.shape for t in layer.tensors}
+    out: dict[str, _Rank] = {}
+    for name, shape in shapes.items():
+        if shape is None or shape.spread is not None:
+            continue
+        spread = sum(isinstance(d, N.EllipsisItem) for d in shape.dims)
+        out[name] = _Rank(len(shape.dims) - spread, not spread)
+    return out
+
+
+def _matmul_rank(a: _Rank, b: _Rank) -> _Rank:
+    if b.exact and b.least == 1:
+        return _Rank(max(a.least - 1, 0), a.exact)
+    if a.exact and a.least == 1:
+        return _Rank(max(b.least - 1, 0), b.exact)
+    if b.exact and b.least == 2 and a.least >= 2:
+        return a
+    return _Rank(max(a.least, b.least), a.exact and b.exact)
+
+
+def _same_dim(k: int, j: int, rank: _Rank) -> bool | None:
+    """Whether dims k and j (negative: from the end) are the same dim of a tensor of `rank`; None when
+    only its run-time rank could tell."""
+    if (k >= 0) == (j >= 0):
+        return k == j
+    if rank.exact and rank.least > 0:
+        return k % rank.least == j % rank.least
+    first, last = (k, j) if k >= 0 else (j, k)
+    return False if first - last < rank.least else None  # equal only at rank first - last
+
+
+def _union(alternatives: list[list[N.Expr] | None]) -> list[N.Expr] | None:
+    if any(a is None for a in alternatives):
+        return None
+    out: dict[str, N.Expr] = {}
+    for sizes in alternatives:
+        for s in sizes or []:
+            out.setdefault(B.key(s), s)
+    return list(out.values())
+
+
+def _assigned(body: list[N.Stmt]) -> set[str]:
+    names: set[str] = set()
+    for s in statements(body):
+        if isinstance(s, N.Assign | N.IndexAssign | N.Update | N.Append):
+            names.add(s.target)
+        elif isinstance(s, N.Unpack):
+            names |= {t for t, _ in s.targets}
+        elif isinstance(s, N.For):
+            names.add(s.var)
+    return names
+
+
+def _size_at(leaf: N.Name, k: int) -> N.Call:
+    call = N.Call(leaf.span, "size_at", leaf.span, [clone(leaf), B.num(k)], [])
+    call.kind = N.Kind.INT
+    return call
+
+
+def _is_leaf_size(e: N.Node) -> bool:
+    return (
+        isinstance(e, N.Call)
+        and e.func == "size_at"
+        and len(e.args) == 2
+        and isinstance(e.args[0], N.Name)
+        and e.args[0].ref in LEAVES
+    )
+
+
+def _plus(a: N.Expr, b: N.Expr) -> N.Expr:
+    e = N.BinOp(a.span, "+", a, b)
+    e.kind = N.Kind.INT
+    return e
+
+
+def _with(e: N.BinOp, left: N.Expr, right: N.Expr) -> N.BinOp:
+    out = map_children(e, lambda c: c)
+    out.left, out.right = left, right
+    return out
+
+
+def _int(e: N.Expr | None) -> int | None:
+    if e is None:
+        return None
+    try:
+        v = evaluate(e, {})
+    except NotConstant:
+        return None
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _ints(e: N.Expr | None) -> list[int] | None:
+    if not isinstance(e, N.ListExpr):
+        return None
+    values = [_int(i) for i in e.items]
+    return None if None in values else values  # type: ignore[return-value]
+
+
+def _int_arg(call: N.Call, name: str, default: int) -> int | None:
+    args = call_args(OPS[call.func], call)
+    return _int(args[name]) if name in args else default
+
+
+def _call_operand(call: N.Call, name: str) -> N.Expr | None:
+    return call_args(OPS[call.func], call).get(name)
