@@ -17,7 +17,6 @@ subs whose count is set at construction, a sub that updates buffers or writes it
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import cast
@@ -28,7 +27,7 @@ from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
-from layerdsl.ir.visit import clone, map_children, statements, walk
+from layerdsl.ir.visit import children, clone, map_children, statements, walk
 from layerdsl.language.naming import fresh_name
 from layerdsl.semantics.evaluate import NotConstant, evaluate
 
@@ -49,15 +48,23 @@ class Inlined:
     # file (an error in one is shown where its spec writes it); a layer of another file's are spanned as
     # the call, which names the sub and that file.
     origins: dict[Span, str] = field(default_factory=dict)
-    # How the module passes a tensor that is a family's members stacked: `w_l` -> `torch.stack([...])`
-    arguments: dict[str, str] = field(default_factory=dict)
+    # The tensors that are a family's members stacked (`w_l` for `w_l{k}`), passed so by the module
+    families: dict[str, Family] = field(default_factory=dict)
 
-    def argument(self, name: str) -> str:
-        """How the module passes the tensor `name` of the inlined forward to the Function."""
-        if name in self.arguments:
-            return self.arguments[name]
-        optional = any(t.name == name and t.cond is not None for t in self.layer.tensors)
-        return member_argument(self.paths.get(name, name), optional)
+    def optional(self, name: str) -> bool:
+        """Whether the tensor `name` of the inlined forward is built only when arguments say."""
+        return any(t.name == name and t.cond is not None for t in self.layer.tensors)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family of members passed stacked: `getattr(self, f"{written}")` for `var` in range(`count`), built
+    when `cond` (over the layer's arguments and lets)."""
+
+    written: str  # `w_l{k}`
+    var: str
+    count: N.Expr
+    cond: N.Expr | None
 
 
 def inline_subs(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
@@ -67,7 +74,7 @@ def inline_subs(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
         return Inlined(layer)
     if any(t.repeat is not None for t in layer.tensors):  # `w_l{k}` for k in range(n): stacked, `w_l[k]`
         layer, stacked = stacked_families(layer)
-        return dataclasses.replace(inline_subs(layer, layers), arguments=stacked)
+        return dataclasses.replace(inline_subs(layer, layers), families=stacked)
     if not layer.subs:
         return Inlined(layer)
     if layer.backward is not None:
@@ -522,29 +529,15 @@ def _stacked_tensor(t: N.Tensor, count: N.Expr) -> N.Tensor:
     return dataclasses.replace(t, shape=shape)
 
 
-def member_argument(path: str, optional: bool = False) -> str:
-    """How the module passes a tensor of a Function's inlined forward: `self.fc.weight`; the member of
-    every item of a list of subs (`blocks[i].w1`, by its comprehension's variable), stacked (an empty
-    tensor for an empty list; None for an `optional` member not built)."""
-    every = re.fullmatch(r"(.+?)\[[A-Za-z_]\w*\]\.(.+)", path)
-    if every is None:  # `fc.weight`, `blocks[0].w1`
-        return f"self.{path}"
-    items, member = every.groups()
-    stacked = f"torch.stack([item.{member} for item in self.{items}])"
-    if optional:
-        return f"{stacked} if len(self.{items}) and self.{items}[0].{member} is not None else None"
-    return f"{stacked} if len(self.{items}) else torch.empty(0)"
-
-
-def stacked_families(layer: N.Layer) -> tuple[N.Layer, dict[str, str]]:
+def stacked_families(layer: N.Layer) -> tuple[N.Layer, dict[str, Family]]:
     """`layer` with each family of members (`param w_l{k}: [d]` for k in range(n)) as one tensor of its
-    members stacked (`w_l: [n, d]`), its reads `w_l{k}` as `w_l[k]`; and how the module passes each."""
+    members stacked (`w_l: [n, d]`), its reads `w_l{k}` as `w_l[k]`; and the family each stacks."""
     assert layer.forward is not None
     taken = {t.name for t in layer.tensors} | {a.name for a in layer.args} | {l.name for l in layer.lets}
     taken |= {i.name for i in layer.forward.inputs} | {n for s in statements(layer.forward.body) for n in _bound(s)}
     tensors: list[N.Tensor] = []
     stacked: dict[str, N.Tensor] = {}  # family key (`w_l{}`) -> its stacked tensor
-    arguments: dict[str, str] = {}
+    families: dict[str, Family] = {}
     for t in layer.tensors:
         if t.repeat is None:
             tensors.append(t)
@@ -566,12 +559,10 @@ def stacked_families(layer: N.Layer) -> tuple[N.Layer, dict[str, str]]:
         shape = dataclasses.replace(t.shape, dims=[clone(bounds[0]), *t.shape.dims])
         stacked[t.name] = dataclasses.replace(t, name=name, shape=shape, repeat=None, written="")
         tensors.append(stacked[t.name])
-        count = _module_text(bounds[0], t.span)
-        member = f'getattr(self, f"{t.written}") for {var} in range({count})'
-        if t.cond is None:
-            arguments[name] = f"torch.stack([{member}]) if {count} else torch.empty(0)"
-        else:  # built when arguments say, or not at all
-            arguments[name] = f"torch.stack([{member}]) if {count} and {_module_text(t.cond, t.span)} else None"
+        for e in (bounds[0], t.cond):
+            if e is not None:
+                _on_arguments(e, t.span)
+        families[name] = Family(t.written, var, bounds[0], t.cond)
 
     def read(e: N.Node) -> N.Node:
         if isinstance(e, N.FamilyName) and e.id in stacked and e.index is not None:
@@ -582,27 +573,26 @@ def stacked_families(layer: N.Layer) -> tuple[N.Layer, dict[str, str]]:
     forward = dataclasses.replace(layer.forward, body=body)
     out = dataclasses.replace(layer, tensors=tensors, forward=forward)
     out.symbolic_dims = list(layer.symbolic_dims)
-    return out, arguments
+    return out, families
 
 
-def _module_text(e: N.Expr, span: Span) -> str:
-    """A family's count as the module spells it: `self.num_layers`, `3`."""
-    if isinstance(e, N.Num):
-        return e.text
-    if isinstance(e, N.Name) and e.ref in (N.Ref.ARG, N.Ref.LET):
-        return f"self.{e.id}"
-    if isinstance(e, N.Bool):
-        return str(e.value)
-    if isinstance(e, N.BoolOp):
-        return f"({_module_text(e.left, span)} {e.op} {_module_text(e.right, span)})"
-    if isinstance(e, N.Not):
-        return f"not {_module_text(e.operand, span)}"
-    raise NotDerivable(
-        span,
-        f"cannot derive through this family under @function: its count or condition `{spec_text(e)}` is not"
-        " one of arguments",
-        "count the family by an argument (`for k in range(num_layers)`), or drop @function",
-    )
+def _on_arguments(e: N.Expr, span: Span) -> None:
+    """NotDerivable unless a family's count or condition reads only numbers, arguments and lets (the
+    module computes it to gather the members)."""
+    if (
+        isinstance(e, N.Name)
+        and e.ref not in (N.Ref.ARG, N.Ref.LET)
+        or not isinstance(e, N.Num | N.Name | N.Bool | N.BoolOp | N.Not)
+    ):
+        raise NotDerivable(
+            span,
+            f"cannot derive through this family under @function: its count or condition `{spec_text(e)}` is not"
+            " one of arguments",
+            "count the family by an argument (`for k in range(num_layers)`), or drop @function",
+        )
+    for child in children(e):
+        if isinstance(child, N.Expr):
+            _on_arguments(child, span)
 
 
 def _item(member: N.Name, index: N.Expr) -> N.Expr:

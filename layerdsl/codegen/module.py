@@ -19,6 +19,7 @@ from layerdsl.autodiff.inputs import called_fn_args, tuple_parts, without_callab
 from layerdsl.autodiff.plan import Plan, plan_backwards
 from layerdsl.codegen.function_arity import arities, returned_by_arity
 from layerdsl.codegen.function_buffers import unpacked_call
+from layerdsl.codegen.function_members import member_argument
 from layerdsl.codegen.optional_members import IsPresent, hoist_optionals
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
@@ -178,7 +179,6 @@ class LayerEmitter:
         program: Program,
         plan: Plan | None,
         spec_path: str | None = None,
-        member_paths: dict[str, str] | None = None,
         inlined: Inlined | None = None,
     ):
         if layer.forward is None:
@@ -194,7 +194,6 @@ class LayerEmitter:
         # A layer argument is not stored: a sub holds it or its copies (`sub norm = norm`), as torch does.
         self.layer_args = {a.name for a in layer.args if a.base_type in program.layers}
         self.stored_args = [a for a in layer.args if a.name not in self.shared_cond | self.layer_args]
-        self.member_paths = member_paths or {}  # a sub's tensor in a Function's inlined forward -> `fc.weight`
         self.inlined = inlined  # how the module passes the Function's tensors (stacked members, too)
 
     # -- the pieces
@@ -235,7 +234,7 @@ class LayerEmitter:
         if not self.layer.subs and not any(t.repeat is not None for t in self.layer.tensors):
             return self
         inlined = inline_subs(self.layer, self.program.layers)
-        return LayerEmitter(inlined.layer, self.program, self.plan, self.spec_path, inlined.paths, inlined)
+        return LayerEmitter(inlined.layer, self.program, self.plan, self.spec_path, inlined)
 
     def nested_layer_subs(self) -> set[str]:
         out = set()
@@ -584,7 +583,9 @@ class LayerEmitter:
     def function_apply_args(self) -> list[str]:
         parts = tuple_parts(self.layer)  # a tuple input's tensors: arguments of their own
         args = [p for i in self.forward.inputs for p in parts.get(i.name, [i.name])]
-        args += [self.inlined.argument(t.name) if self.inlined else f"self.{t.name}" for t in self.layer.tensors]
+        module = PyExpr(self.construction_spelling(on_self=True))
+        inlined = self.inlined
+        args += [member_argument(inlined, t.name, module) if inlined else f"self.{t.name}" for t in self.layer.tensors]
         return args + [f"self.{a}" if a != "training" else "self.training" for a in self.function_kwargs()]
 
     def tuple_unpacking(self) -> list[str]:

@@ -1,0 +1,34 @@
+"""How the module passes the tensors of a Function whose forward has its subs inlined (autodiff/inline.py):
+a sub's member as itself (`self.fc.weight`); the member of every item of a list of subs, and the members of
+a family, stacked into one tensor (autograd's `stack` hands each its part of the gradient)."""
+
+from __future__ import annotations
+
+import re
+
+from layerdsl.autodiff.inline import Family, Inlined
+from layerdsl.codegen.pyexpr import PyExpr
+
+
+def member_argument(inlined: Inlined, name: str, module: PyExpr) -> str:
+    """The module's expression for the tensor `name` of the inlined forward (`module` spells the layer's
+    arguments and lets as the module holds them)."""
+    if name in inlined.families:
+        return _family(inlined.families[name], module)
+    path = inlined.paths.get(name, name)
+    every = re.fullmatch(r"(.+?)\[[A-Za-z_]\w*\]\.(.+)", path)  # `blocks[i].w1`: every item's
+    if every is None:  # `fc.weight`, `blocks[0].w1`
+        return f"self.{path}"
+    items, member = every.groups()
+    stacked = f"torch.stack([item.{member} for item in self.{items}])"
+    if inlined.optional(name):
+        return f"{stacked} if len(self.{items}) and self.{items}[0].{member} is not None else None"
+    return f"{stacked} if len(self.{items}) else torch.empty(0)"
+
+
+def _family(family: Family, module: PyExpr) -> str:
+    count = module(family.count)
+    members = f'torch.stack([getattr(self, f"{family.written}") for {family.var} in range({count})])'
+    if family.cond is None:
+        return f"{members} if {count} else torch.empty(0)"
+    return f"{members} if {count} and {module.wrap(family.cond, 2)} else None"  # built when arguments say
