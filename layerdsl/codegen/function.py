@@ -1664,6 +1664,7 @@ def _shared_statements(a: list[str], b: list[str]) -> int:
             break
         if x.startswith("#"):  # a comment goes with the statement after it
             continue
-        if k + 1 == min(len(a), len(b)) or not (a[k + 1][:1].isspace() or b[k + 1][:1].isspace()):
+        following = [lines[k + 1] for lines in (a, b) if k + 1 < len(lines)]  # an `else:` ends no statement
+        if not any(line[:1].isspace() or line.startswith(("else:", "elif ")) for line in following):
             shared = k + 1
     return shared

@@ -77,8 +77,21 @@ class _InPlaceRewriter:
             s.expr = self.rewrite(s.expr, s)
             self.shapes.learn(s)
             self.roots[s.target] = self.guaranteed_roots(s)
-            if fresh_node(s.expr) and not self.result_kept(s.expr) and s.target not in self.facts.kept:
+            if self.fresh_result(s):
                 self.fresh.add(s.target)
+            else:
+                self.fresh.discard(s.target)
+
+    def fresh_result(self, s: Stmt) -> bool:
+        """Whether `s` binds a new tensor nothing else holds, with its optional member present or not
+        (absent, `h1 = h1 * b` leaves `h1` what it was: maybe an alias of a saved tensor)."""
+        if not fresh_node(s.expr) or self.result_kept(s.expr) or s.target in self.facts.kept:
+            return False
+        if not s.guard:
+            return True
+        if s.otherwise is None:
+            return s.target in self.fresh
+        return fresh_node(s.otherwise) and not self.result_kept(s.otherwise)
 
     def rewrite(self, e: N.Expr, stmt: Stmt) -> N.Expr:
         if isinstance(e, N.Call) and e.func == "extremum_mask":
