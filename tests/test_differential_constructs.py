@@ -69,6 +69,7 @@ class Spec:
     runtime_loop: bool = False
     steps: int = 2
     length: int = 2  # T, the size of xs at dim 1
+    lists: list[str] = field(default_factory=list)  # the lists loops collect into
 
     @property
     def documented_refusal(self) -> bool:
@@ -158,11 +159,13 @@ def loop(draw, spec: Spec) -> str:
         before.append("acc = h * 0")
         body.append(draw(st.sampled_from(["acc = acc + h * w", "acc = acc * 0.5 + sin(h)"])))
         after = f"{after} + acc"
-    if collect:
-        before.append("kept = []")
-        body.append(draw(st.sampled_from(["kept.append(h)", "kept.append(h * (t + 1))"])))
+    if collect:  # a list of its own (a list is collected by one loop)
+        kept = f"kept{len(spec.lists)}"
+        spec.lists.append(kept)
+        before.append(f"{kept} = []")
+        body.append(draw(st.sampled_from([f"{kept}.append(h)", f"{kept}.append(h * (t + 1))"])))
         after = f"{after} + " + (
-            "sum(stack(kept, dim = 0), dim = 0)" if collect == "stack" else "cat(kept, dim = -1)[:, :n]"
+            f"sum(stack({kept}, dim = 0), dim = 0)" if collect == "stack" else f"cat({kept}, dim = -1)[:, :n]"
         )
     inner = "\n".join("    " + line for line in body)
     return "\n".join([*before, f"for t in range({count}) {{", inner, "}", f"h = {after}"])
@@ -360,3 +363,13 @@ def test_a_bool_mask_in_a_loop_of_a_run_time_count_is_refused_where_it_is():
         compile_spec(as_function(_spec(body).text), "masked_loop")
     (d,) = exc.value.diagnostics
     assert "bool mask" in d.message and (d.span.line, d.span.col) == (13, 25)
+
+
+def test_statistics_kept_beside_a_buffer_update_stay_non_differentiable():
+    """setup_context marked the statistics and then the new buffer value non-differentiable in two calls;
+    the second replaced the first, so double backward went into layer norm's statistics (an error)."""
+    body = (
+        "h = x * 0 + layer_norm(x, [n], w, w)\nif training {\n    mu = mean(h, dim = 0)\n"
+        "    update running = (1 - momentum) * running + momentum * mu\n} else {\n    mu = running\n}\nreturn h - mu"
+    )
+    assert check(_spec(body, "buffer running: [n] = zeros", ("training",))) == "compared 2"
