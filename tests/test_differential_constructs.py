@@ -65,17 +65,13 @@ class Spec:
     """A random spec's text (plain) and what its configurations are."""
 
     text: str
-    reads: set[str] = field(default_factory=set)  # flag, bias, mode, training, y (the optional input)
+    # What configurations it reads: flag, bias, mode, training, twice (a flag of forward), y (the optional
+    # input), length (T), inner (the sub)
+    reads: set[str] = field(default_factory=set)
     runtime_loop: bool = False
     steps: int = 2
     length: int = 2  # T, the size of xs at dim 1
     lists: list[str] = field(default_factory=list)  # the lists loops collect into
-
-    @property
-    def documented_refusal(self) -> bool:
-        """A run-time loop in a forward that branches on configuration values or reads an optional input or
-        member: docs/language.md lists it as not derived yet."""
-        return self.runtime_loop and bool(self.reads & {"flag", "mode", "training", "y", "bias", "inner"})
 
 
 def _over(draw, text: str, names: list[str]) -> str:
@@ -96,14 +92,27 @@ def _lines(block: str, indent: str) -> str:
 def stage(draw, spec: Spec, members: list[str]) -> str:
     """One statement (or block) that rebinds `h`."""
     kind = draw(
-        st.sampled_from(["flag", "mode", "training", "bias", "input", "sub", "update", "loop", "unrolled", "plain"])
+        st.sampled_from(
+            ["flag", "mode", "training", "bias", "input", "sub", "update", "loop", "unrolled", "plain", "size", "twice"]
+        )
     )
     e = lambda: _expression(draw, ["h", "x", "h"])  # noqa: E731
     if kind == "plain":
         return f"h = {e()}"
-    if kind in ("flag", "mode", "training"):
+    if kind == "size":  # the size of an input's dim: a number of the Function, kept on ctx
+        spec.reads.add("length")
+        return draw(
+            st.sampled_from(
+                [
+                    f"if T > 1 {{\n    h = {e()}\n}} else {{\n    h = {e()}\n}}",
+                    "h = h / size_at(xs, 1)",
+                    f"h = h * T + {e()}",
+                ]
+            )
+        )
+    if kind in ("flag", "mode", "training", "twice"):  # `twice`: a flag of forward (an argument of the Function)
         spec.reads.add(kind)
-        cond = {"flag": "flag", "mode": 'mode == "b"', "training": "training"}[kind]
+        cond = {"flag": "flag", "mode": 'mode == "b"', "training": "training", "twice": "not twice"}[kind]
         if draw(st.booleans()):
             return f"if {cond} {{\n    h = {e()}\n}}"
         return f"if {cond} {{\n    h = {e()}\n}} else {{\n    h = {e()}\n}}"
@@ -182,7 +191,9 @@ def random_spec(draw, stages: int = 3) -> Spec:
     spec.steps = draw(st.sampled_from([0, 1, 3]))
     spec.length = draw(st.sampled_from([1, 3]))
     body = _lines("\n".join(lines), INDENT)
-    optional = ", y: [B, n]? = none" if "y" in spec.reads else ""
+    optional = (", y: [B, n]? = none" if "y" in spec.reads else "") + (
+        ", twice: bool = false" if "twice" in spec.reads else ""
+    )
     text = OUTER.format(members=_lines("\n".join(members), " " * 4), optional=optional, body=body)
     if "inner" in spec.reads:
         text = INNER.format(body=_over(draw, draw(expr(2))[0], ["x"])) + text
@@ -202,6 +213,8 @@ def configurations(spec: Spec):
         "mode": ["a", "b"] if "mode" in spec.reads else ["a"],
         "training": [True, False] if spec.reads & {"training"} else [True],
         "y": [False, True] if "y" in spec.reads else [False],
+        "twice": [False, True] if "twice" in spec.reads else [False],
+        "length": [1, 3] if "length" in spec.reads else [spec.length],
     }
     for values in product(*axes.values()):
         yield dict(zip(axes, values))
@@ -215,9 +228,9 @@ def _module(ns: dict, config: dict, steps: int):
     return module
 
 
-def _call(module, params: dict, inputs: list, state: dict):
+def _call(module, params: dict, inputs: list, state: dict, flags: dict):
     module.load_state_dict(state, strict=False)  # the buffers as they were before
-    return torch.func.functional_call(module, params, tuple(inputs))
+    return torch.func.functional_call(module, params, tuple(inputs), flags)
 
 
 def check(spec: Spec) -> str:
@@ -242,13 +255,13 @@ def check(spec: Spec) -> str:
 
 
 def _compare(plain_ns: dict, function_ns: dict, spec: Spec, config: dict) -> None:
-    where = f"{config}, steps={spec.steps}, T={spec.length}\n{spec.text}"
+    where = f"{config}, steps={spec.steps}\n{spec.text}"
     plain, function = _module(plain_ns, config, spec.steps), _module(function_ns, config, spec.steps)
     state = {k: v.clone() for k, v in plain.state_dict().items()}
     function.load_state_dict(state)
     gen = torch.Generator().manual_seed(0)
     inputs = [torch.rand(3, 4, generator=gen, dtype=torch.float64) + 0.5]
-    inputs.append(torch.rand(3, spec.length, 4, generator=gen, dtype=torch.float64) + 0.5)
+    inputs.append(torch.rand(3, config["length"], 4, generator=gen, dtype=torch.float64) + 0.5)
     if config["y"]:
         inputs.append(torch.rand(3, 4, generator=gen, dtype=torch.float64) + 0.5)
     names = [n for n, _ in plain.named_parameters()]
@@ -258,7 +271,8 @@ def _compare(plain_ns: dict, function_ns: dict, spec: Spec, config: dict) -> Non
     ]
 
     def run(module):
-        return _call(module, dict(zip(names, leaves[len(inputs) :])), leaves[: len(inputs)], state)
+        flags = {"twice": True} if config["twice"] else {}
+        return _call(module, dict(zip(names, leaves[len(inputs) :])), leaves[: len(inputs)], state, flags)
 
     try:
         want = run(plain)
@@ -267,16 +281,16 @@ def _compare(plain_ns: dict, function_ns: dict, spec: Spec, config: dict) -> Non
             run(function)
         return
     got = run(function)
-    assert torch.allclose(got, want, rtol=1e-9, atol=1e-10), f"outputs differ: {where}"
+    assert torch.allclose(got, want, rtol=1e-9, atol=1e-10, equal_nan=True), f"outputs differ: {where}"
     for (name, a), (_, b) in zip(plain.named_buffers(), function.named_buffers()):
-        assert torch.equal(a, b) or torch.allclose(a, b, rtol=1e-12, atol=1e-12), f"buffer {name}: {where}"
+        assert torch.equal(a, b) or torch.allclose(a, b, rtol=1e-12, atol=1e-12, equal_nan=True), f"buffer {name}: {where}"
     seed = torch.randn(want.shape, generator=gen, dtype=want.dtype)
     g1 = torch.autograd.grad(got, leaves, seed, retain_graph=True, allow_unused=True)
     g2 = torch.autograd.grad(want, leaves, seed, retain_graph=True, allow_unused=True)
     for k, (a, b) in enumerate(zip(g1, g2)):
         a = torch.zeros_like(leaves[k]) if a is None else a
         b = torch.zeros_like(leaves[k]) if b is None else b
-        assert torch.allclose(a, b, rtol=1e-7, atol=1e-9), f"gradient {k}: {(a - b).abs().max():.3g} {where}"
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-9, equal_nan=True), f"gradient {k}: {(a - b).abs().max():.3g} {where}"
     h1, h2 = _second(got, leaves, seed), _second(want, leaves, seed)
     for k, (a, b) in enumerate(zip(h1, h2)):
         finite = torch.isfinite(b)
