@@ -1,16 +1,19 @@
 """Differential test of `@function` over the constructs beyond straight-line expressions: random specs with
 a run-time loop (trip count a constructor argument or an input's size; carried state, per-step slices of an
-input, accumulation, collected steps), `if` on a bool or str argument and on `training`, an optional input
-given or absent, an optional member (`param b ... if bias`), a sub inlined (called once or twice, with an
-optional member of its own) and a buffer update (as RunningCenter writes it).
+input, accumulation, collected steps), a loop of a written count (unrolled), `if` on a bool or str argument,
+on `training`, on a flag of forward and on an input's size, optional inputs (a tensor, a tuple unpacked, a
+bool mask) given or absent, an optional member (`param b ... if bias`), a sub inlined (called once or twice,
+with an optional member of its own) and a buffer update (as RunningCenter writes it).
 
 Each random spec is compiled twice, plain and with `@function`; the two modules, built under one seed in
-float64, must agree in every configuration of the arguments the spec reads (bools, the str, `training`,
-the optional input given or not) on the outputs, the buffers after the call, the gradients of every input
-and parameter, and the second derivatives (a double backward through the derived backward). A spec in the
-set the docs say derives must derive; one outside it (a run-time loop beside a branch on configuration
-values or an optional input or member) may be refused, with a located "cannot derive" error, but must not
-crash the compiler.
+float64, must agree in every configuration of what the spec reads (bools, the str, `training`, the flag,
+each optional input given or not, two sizes of the input's dim) on the outputs, the buffers after the
+call, the gradients of every input and parameter, and the second derivatives (a double backward through
+the derived backward). A spec must derive, except where docs/language.md says a run-time loop is not
+derived yet (beside a branch on configuration values, an optional input or member, a buffer update): a
+located "... yet" error there, never a crash of the compiler.
+
+The default run draws a fixed set of specs (derandomized); `-m slow` runs many more, drawn anew.
 """
 
 from __future__ import annotations
@@ -93,7 +96,8 @@ def stage(draw, spec: Spec, members: list[str]) -> str:
     """One statement (or block) that rebinds `h`."""
     kind = draw(
         st.sampled_from(
-            ["flag", "mode", "training", "bias", "input", "sub", "update", "loop", "unrolled", "plain", "size", "twice"]
+            ["flag", "mode", "training", "bias", "input", "sub", "update", "loop", "unrolled", "plain", "size"]
+            + ["twice", "tuple", "mask"]
         )
     )
     e = lambda: _expression(draw, ["h", "x", "h"])  # noqa: E731
@@ -121,6 +125,12 @@ def stage(draw, spec: Spec, members: list[str]) -> str:
         if "param b: [n] = uniform(0.5, 1.5) if bias" not in members:
             members.append("param b: [n] = uniform(0.5, 1.5) if bias")
         return draw(st.sampled_from(["h = h + b", "h = h * b", "h = tanh(h) - b", f"h = {e()} + h / b"]))
+    if kind == "tuple":  # an optional tuple input, unpacked
+        spec.reads.add("hx")
+        return f"if hx != none {{\n    a, c = hx\n    h = {_expression(draw, ['h', 'a', 'c'])} + h * a\n}}"
+    if kind == "mask":  # an optional bool input
+        spec.reads.add("mask")
+        return f"if mask != none {{\n    h = where(mask, h, {e()})\n}}"
     if kind == "input":
         spec.reads.add("y")
         return draw(
@@ -191,14 +201,23 @@ def random_spec(draw, stages: int = 3) -> Spec:
     spec.steps = draw(st.sampled_from([0, 1, 3]))
     spec.length = draw(st.sampled_from([1, 3]))
     body = _lines("\n".join(lines), INDENT)
-    optional = (", y: [B, n]? = none" if "y" in spec.reads else "") + (
-        ", twice: bool = false" if "twice" in spec.reads else ""
-    )
+    optional = _optional_inputs(spec.reads)
     text = OUTER.format(members=_lines("\n".join(members), " " * 4), optional=optional, body=body)
     if "inner" in spec.reads:
         text = INNER.format(body=_over(draw, draw(expr(2))[0], ["x"])) + text
     spec.text = text
     return spec
+
+
+def _optional_inputs(reads: set[str]) -> str:
+    """The optional inputs and the flag of forward that the spec reads, as its signature declares them."""
+    declared = {
+        "y": "y: [B, n]? = none",
+        "hx": "hx: ([B, n], [B, n])? = none",
+        "mask": "mask: bool[B, n]? = none",
+        "twice": "twice: bool = false",
+    }
+    return "".join(f", {text}" for k, text in declared.items() if k in reads)
 
 
 def as_function(text: str) -> str:
@@ -213,6 +232,8 @@ def configurations(spec: Spec):
         "mode": ["a", "b"] if "mode" in spec.reads else ["a"],
         "training": [True, False] if spec.reads & {"training"} else [True],
         "y": [False, True] if "y" in spec.reads else [False],
+        "hx": [False, True] if "hx" in spec.reads else [False],
+        "mask": [False, True] if "mask" in spec.reads else [False],
         "twice": [False, True] if "twice" in spec.reads else [False],
         "length": [1, 3] if "length" in spec.reads else [spec.length],
     }
@@ -260,10 +281,11 @@ def _compare(plain_ns: dict, function_ns: dict, spec: Spec, config: dict) -> Non
     state = {k: v.clone() for k, v in plain.state_dict().items()}
     function.load_state_dict(state)
     gen = torch.Generator().manual_seed(0)
-    inputs = [torch.rand(3, 4, generator=gen, dtype=torch.float64) + 0.5]
-    inputs.append(torch.rand(3, config["length"], 4, generator=gen, dtype=torch.float64) + 0.5)
-    if config["y"]:
-        inputs.append(torch.rand(3, 4, generator=gen, dtype=torch.float64) + 0.5)
+    draw = lambda *shape: torch.rand(*shape, generator=gen, dtype=torch.float64) + 0.5  # noqa: E731
+    inputs = [draw(3, 4), draw(3, config["length"], 4)]
+    optional = [k for k in ("y", "hx") if config[k]]  # the tensors of the optional inputs given, by keyword
+    inputs += [draw(3, 4) for k in optional for _ in range(2 if k == "hx" else 1)]
+    mask = {"mask": torch.rand(3, 4, generator=gen) > 0.5} if config["mask"] else {}
     names = [n for n, _ in plain.named_parameters()]
     assert names == [n for n, _ in function.named_parameters()], where
     leaves = [t.clone().requires_grad_() for t in inputs] + [
@@ -271,8 +293,10 @@ def _compare(plain_ns: dict, function_ns: dict, spec: Spec, config: dict) -> Non
     ]
 
     def run(module):
-        flags = {"twice": True} if config["twice"] else {}
-        return _call(module, dict(zip(names, leaves[len(inputs) :])), leaves[: len(inputs)], state, flags)
+        given = iter(leaves[2 : len(inputs)])
+        keywords = {k: (next(given), next(given)) if k == "hx" else next(given) for k in optional}
+        keywords |= mask | ({"twice": True} if config["twice"] else {})
+        return _call(module, dict(zip(names, leaves[len(inputs) :])), leaves[:2], state, keywords)
 
     try:
         want = run(plain)
@@ -283,14 +307,18 @@ def _compare(plain_ns: dict, function_ns: dict, spec: Spec, config: dict) -> Non
     got = run(function)
     assert torch.allclose(got, want, rtol=1e-9, atol=1e-10, equal_nan=True), f"outputs differ: {where}"
     for (name, a), (_, b) in zip(plain.named_buffers(), function.named_buffers()):
-        assert torch.equal(a, b) or torch.allclose(a, b, rtol=1e-12, atol=1e-12, equal_nan=True), f"buffer {name}: {where}"
+        assert torch.equal(a, b) or torch.allclose(
+            a, b, rtol=1e-12, atol=1e-12, equal_nan=True
+        ), f"buffer {name}: {where}"
     seed = torch.randn(want.shape, generator=gen, dtype=want.dtype)
     g1 = torch.autograd.grad(got, leaves, seed, retain_graph=True, allow_unused=True)
     g2 = torch.autograd.grad(want, leaves, seed, retain_graph=True, allow_unused=True)
     for k, (a, b) in enumerate(zip(g1, g2)):
         a = torch.zeros_like(leaves[k]) if a is None else a
         b = torch.zeros_like(leaves[k]) if b is None else b
-        assert torch.allclose(a, b, rtol=1e-7, atol=1e-9, equal_nan=True), f"gradient {k}: {(a - b).abs().max():.3g} {where}"
+        assert torch.allclose(
+            a, b, rtol=1e-7, atol=1e-9, equal_nan=True
+        ), f"gradient {k}: {(a - b).abs().max():.3g} {where}"
     h1, h2 = _second(got, leaves, seed), _second(want, leaves, seed)
     for k, (a, b) in enumerate(zip(h1, h2)):
         finite = torch.isfinite(b)
@@ -334,7 +362,7 @@ def test_function_matches_the_plain_module_over_loops_branches_subs_and_updates_
 
 def _spec(body: str, members: str = "", reads: tuple[str, ...] = (), steps: int = 2, length: int = 2) -> Spec:
     """A fixed spec of the random ones' form: `body` (lines of forward), `members` (lines after the params)."""
-    optional = ", y: [B, n]? = none" if "y" in reads else ""
+    optional = _optional_inputs(set(reads))
     text = OUTER.format(members=_lines(members, " " * 4), optional=optional, body=_lines(body, INDENT))
     runtime = bool(re.search(r"range\((steps|T|size_at)", body))
     return Spec(text, set(reads), runtime_loop=runtime, steps=steps, length=length)
