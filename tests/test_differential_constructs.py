@@ -415,3 +415,12 @@ def test_statistics_kept_beside_a_buffer_update_stay_non_differentiable():
         "    update running = (1 - momentum) * running + momentum * mu\n} else {\n    mu = running\n}\nreturn h - mu"
     )
     assert check(_spec(body, "buffer running: [n] = zeros", ("training",))) == "compared 2"
+
+
+def test_a_tuple_tested_given_gives_each_of_its_tensors():
+    """`if hx != none { a, c = hx ... }` tested the first tensor only: a read of the second was refused
+    ("reads the optional input 'hx_1' only inside `if hx_1 != none`")."""
+    inside = "h = x * 2\nif hx != none {\n    a, c = hx\n    h = h * a + sin(c * s)\n}\nreturn h"
+    assert check(_spec(inside, reads=("hx",))) == "compared 2"
+    otherwise = "h = x * 2\nif hx == none {\n    h = h * 3\n} else {\n    a, c = hx\n    h = c * h + a\n}\nreturn h"
+    assert check(_spec(otherwise, reads=("hx",))) == "compared 2"
