@@ -424,3 +424,10 @@ def test_a_tuple_tested_given_gives_each_of_its_tensors():
     assert check(_spec(inside, reads=("hx",))) == "compared 2"
     otherwise = "h = x * 2\nif hx == none {\n    h = h * 3\n} else {\n    a, c = hx\n    h = c * h + a\n}\nreturn h"
     assert check(_spec(otherwise, reads=("hx",))) == "compared 2"
+
+
+def test_a_gradient_passed_through_an_absent_optional_input_is_not_updated_in_place():
+    """`grad_h = grad_h5 if y is None else grad_h5 * y` aliases grad_h5 when y is absent; grad_h5 was then
+    updated in place (`grad_h5.mul_(0)`) while grad_h was still read: a wrong gradient of x."""
+    body = "h = sum(x, dim = -1, keepdim = true) + x\nh = h * y\nh = x * 0 + h\nreturn h * x"
+    assert check(_spec(body, reads=("y",))) == "compared 2"

@@ -141,6 +141,10 @@ class _InPlaceRewriter:
         if isinstance(s.expr, N.Name):
             return s.expr.id == name  # an alias
         for node in walk(s.expr):
+            if isinstance(node, N.IfExp) and any(
+                isinstance(b, N.Name) and b.id == name for b in (node.then, node.orelse)
+            ):
+                return True  # `g if b is None else g * b`: an alias when the optional member is absent
             if isinstance(node, (N.BinOp, N.UnaryOp, N.Call, N.InPlace, N.Subscript)):  # a subscript: a view
                 if self.fresh_sum(node):
                     continue
