@@ -344,14 +344,14 @@ _SETTINGS = dict(
 )
 
 
-@settings(max_examples=40, derandomize=True, **_SETTINGS)
+@settings(max_examples=30, derandomize=True, **_SETTINGS)
 @given(random_spec())
 def test_function_matches_the_plain_module_over_loops_branches_subs_and_updates(spec):
     check(spec)
 
 
 @pytest.mark.slow
-@settings(max_examples=2000, **_SETTINGS)
+@settings(max_examples=1500, **_SETTINGS)
 @given(random_spec(stages=4))
 def test_function_matches_the_plain_module_over_loops_branches_subs_and_updates_deep(spec):
     check(spec)
