@@ -78,7 +78,12 @@ class Spec:
 
 
 def _over(draw, text: str, names: list[str]) -> str:
-    """`text` (an expression over x) with each `x` read as one of `names` (size_at keeps its input)."""
+    """`text` (an expression over x) with each `x` read as one of `names` (size_at keeps its input). Where
+    it has `1 + a * a` (`log(1 + a * a)`, `b / (1 + a * a)`), one name for all: positive, as the expression
+    generator means it (a NaN's derivative is no one's to compare: torch's maximum passes it both ways)."""
+    if "1 + " in text:
+        name = draw(st.sampled_from(names))
+        return re.sub(r"\bx\b(?!, 0\))", lambda _: name, text)
     return re.sub(r"\bx\b(?!, 0\))", lambda _: draw(st.sampled_from(names)), text)
 
 
@@ -200,13 +205,33 @@ def random_spec(draw, stages: int = 3) -> Spec:
     lines.append("return h")
     spec.steps = draw(st.sampled_from([0, 1, 3]))
     spec.length = draw(st.sampled_from([1, 3]))
-    body = _lines("\n".join(lines), INDENT)
+    body = _renamed(draw, "\n".join(lines))
+    body = _lines(body, INDENT)
     optional = _optional_inputs(spec.reads)
     text = OUTER.format(members=_lines("\n".join(members), " " * 4), optional=optional, body=body)
     if "inner" in spec.reads:
         text = INNER.format(body=_over(draw, draw(expr(2))[0], ["x"])) + text
     spec.text = text
     return spec
+
+
+# The spec's locals may take the names the generated code gives its own values (steps, per-step stacks,
+# joined lists, a carried value read per step, the step index): those must be chosen around them.
+LOCAL_NAMES = {
+    "h": ["h", "h1", "h_steps", "h1_steps", "mul2", "add1", "tanh1", "output", "inputs", "stacked_kept0", "sum1"],
+    "acc": ["acc", "acc1", "h_t", "acc_steps", "part"],
+    "t": ["t", "i", "step", "t_t", "mul1"],
+}
+
+
+def _renamed(draw, body: str) -> str:
+    """`body` with its locals and loop variable renamed, each to one of `LOCAL_NAMES` (all apart)."""
+    chosen: dict[str, str] = {}
+    for local, names in LOCAL_NAMES.items():
+        name = draw(st.sampled_from(names))
+        if name not in chosen.values():
+            chosen[local] = name
+    return re.sub(r"\b(h|acc|t)\b", lambda m: chosen.get(m.group(1), m.group(1)), body)
 
 
 def _optional_inputs(reads: set[str]) -> str:
