@@ -261,10 +261,11 @@ def _second_order(out, inputs, seed):
     return [torch.zeros_like(i) if s is None else s for s, i in zip(second, inputs)]
 
 
+# The default run draws the same examples every time (derandomize), so CI is reproducible; the slow run explores.
 _SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
-@settings(max_examples=500, **_SETTINGS)
+@settings(max_examples=500, derandomize=True, **_SETTINGS)
 @given(expr())
 def test_derived_backward_matches_autograd(case):
     _check(case[0])
@@ -326,7 +327,7 @@ def loops(draw):
     return {"steps": draw(st.integers(1, 3)), "step": step, "result": result}
 
 
-@settings(max_examples=40, **_SETTINGS)
+@settings(max_examples=40, derandomize=True, **_SETTINGS)
 @given(loops())
 def test_derived_backward_through_an_unrolled_loop_matches_autograd(case):
     _check(
@@ -382,7 +383,7 @@ def branches(draw):
     return f"h = x * 0 + {b}\n        if flip {{\n            h = h * 0 + {a}\n        }}\n        return h"
 
 
-@settings(max_examples=20, **_SETTINGS)
+@settings(max_examples=20, derandomize=True, **_SETTINGS)
 @given(branches())
 def test_derived_backward_through_if_matches_autograd_on_each_side(body):
     for flip in (False, True):

@@ -35,8 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The template's slots, in the order names are drawn for them; the last five are the hand-written backward's.
 SLOTS = ("layer", "n", "b", "w", "v", "buf", "k", "sub", "d", "x", "y", "t", "u", "g", "gu", "gt", "gh", "gz")
-# A module layer; @function: derived, hand-written, derived through reductions (its extra outputs and `ctx` fields)
-KINDS = ("module", "function", "backward", "reduce")
+# A module layer; @function: derived, hand-written, derived through reductions (its extra outputs and `ctx` fields),
+# derived through a loop of a run-time count (its per-step lists, stacked values, step variables; the slots `g`
+# and `gu`, a hand-written backward's elsewhere, are its loop variable and the list it appends to)
+KINDS = ("module", "function", "backward", "reduce", "loop")
 
 
 def shipped_generated_code() -> list[str]:
@@ -127,7 +129,9 @@ def names(draw) -> dict[str, str]:
     for slot in draw(st.lists(st.sampled_from(SLOTS), min_size=1, max_size=4, unique=True)):
         if draw(st.integers(0, 3)) == 0:
             base = draw(st.sampled_from(sorted(drawn.values())))
-            name = draw(st.sampled_from([f"grad_{base}", f"{base}_shape", f"{base}_out", f"{base}1", f"{base}_"]))
+            made = [f"grad_{base}", f"{base}_shape", f"{base}_out", f"{base}1", f"{base}_"]
+            made += [f"{base}_steps", f"stacked_{base}", f"{base}_t", f"grad_{base}_parts"]  # a loop's
+            name = draw(st.sampled_from(made))
         else:
             name = draw(st.sampled_from(POOL))
         if slot == "layer" and draw(st.booleans()):
@@ -159,6 +163,18 @@ def spec_text(v: dict[str, str], kind: str) -> str:
         f"        {v['u']} = {v['t']} * {v['t']} + tanh({v['x']} - {v['w']})\n"
         f"        return ({result} * {v['k']} + {v['t']}) * {v['x']}\n"
     )
+    if kind == "loop":  # state carried over a run-time count of steps, a sum, the steps kept and stacked
+        body = (
+            f"        {v['t']} = {v['x']} * {v['buf']}\n"
+            f"        {v['u']} = {v['y']} * 0\n"
+            f"        {v['gu']} = []\n"
+            f"        for {v['g']} in range({v['d']}) {{\n"
+            f"            {v['t']} = tanh({v['t']} * {v['w']} + {v['y']})\n"
+            f"            {v['u']} = {v['u']} + {v['t']} * {v['b']}\n"
+            f"            {v['gu']}.append({v['t']} * {v['v']})\n"
+            "        }\n"
+            f"        return {v['t']} * {v['k']} + {v['u']} + sum(stack({v['gu']}, dim = 0), dim = 0)\n"
+        )
     if kind == "reduce":  # means the backward keeps (extra outputs), a dim it reads, a shape-only parameter
         body = (
             f"        {v['t']} = mean({v['x']} * {v['y']}, dim = -1, keepdim = true)\n"
@@ -185,6 +201,13 @@ def spec_text(v: dict[str, str], kind: str) -> str:
 
 def reference(x, y, w, v, buf, b: float, k: int, kind: str):
     """The template's computation, in plain torch."""
+    if kind == "loop":
+        t, u, kept = x * buf, y * 0, []
+        for _ in range(x.shape[0]):
+            t = torch.tanh(t * w + y)
+            u = u + t * b
+            kept.append(t * v)
+        return t * k + u + torch.stack(kept).sum(0)
     if kind == "reduce":
         t = (x * y).mean(-1, keepdim=True)
         u = ((x - t) ** 2).mean(-1, keepdim=True)
@@ -286,6 +309,12 @@ def _case(**given: str) -> dict[str, str]:
 @example(v=_case(y="t_out"), kind="reduce")  # `grad_t_out`: of the extra output t, and of the input t_out
 @example(v=_case(w="x_from_t"), kind="reduce")  # `grad_x_from_t`: a part of x's, and the parameter's
 @example(v=_case(d="name", b="metadata"), kind="reduce")  # a dim and an argument kept on ctx
+# A loop Function's own names: per-step stacks, the stacked list, a carried value read per step, the step index
+@example(v=_case(t="u_steps", u="stacked_du", g="step"), kind="loop")
+@example(v=_case(t="t_t", u="t_steps", g="i"), kind="loop")
+@example(v=_case(t="h", u="h1", gu="stacked_outputs", g="t_t", x="inputs", y="output"), kind="loop")
+@example(v=_case(t="x_t", gu="du_parts", g="tanh1", n="T"), kind="loop")
+@example(v=_case(u="reversed", gu="enumerate"), kind="loop")  # builtins the loop's backward reads: refused
 def test_names_never_reach_generated_names(v: dict[str, str], kind: str) -> None:
     check_case(v, kind)
 
@@ -346,3 +375,14 @@ def test_an_integer_with_a_leading_zero_is_refused() -> None:
     """Python reads no `007`: the spec gets the error, not the generated module."""
     result = generate(spec_text(_case(), "module").replace("= 0.5", "= 0.5, z: int = 007"))
     assert isinstance(result, list) and [d.message for d in result] == ["an integer cannot start with 0: '007'"]
+
+
+def test_a_loop_function_binds_no_builtin() -> None:
+    """The steps of a loop Function's forward are bound by name (a reduction's step was `sum`, shadowing
+    the builtin in forward): the generated code never binds a builtin's name."""
+    source = generate(spec_text(_case(), "loop"))
+    assert isinstance(source, str), source
+    nodes = list(ast.walk(ast.parse(source)))
+    bound = {n.id for n in nodes if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+    bound |= {n.arg for n in nodes if isinstance(n, ast.arg)}
+    assert "stack(" in source and not bound & set(dir(builtins)), bound & set(dir(builtins))

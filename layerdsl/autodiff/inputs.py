@@ -3,7 +3,8 @@
 A Function's gradients are one per tensor argument of `apply`, so a tuple input (`hx: ([B, H], [B, H])? =
 none`) is taken as its tensors, each an input of its own (`hx_0`, `hx_1`, optional when the tuple is):
 the module unpacks the tuple before `apply`, and the backward returns a gradient per tensor. In forward,
-`h, c = hx` then binds `h` and `c` to those inputs, and `hx != none` tests the first of them.
+`h, c = hx` then binds `h` and `c` to those inputs, and `hx != none` tests each of them (all are given
+or none together), so the side it chooses reads every one as given.
 
 Flags (`need_weights: bool = true`) and a tuple of ints given for a tensor (`lengths: long[N] | ints`) are
 passed to `apply` as they are: non-tensor arguments, whose gradient is None.
@@ -78,12 +79,34 @@ def _split_statements(body: list[N.Stmt], parts: dict[str, list[str]]) -> list[N
 
 
 def _first_part(e: N.Expr, parts: dict[str, list[str]]) -> N.Expr:
-    """`hx != none` as `hx_0 != none`: the tuple is given when its first tensor is."""
+    """`hx != none` as `hx_0 != none and hx_1 != none` (`==` with `or`): the tuple is given when its
+    tensors are, so that the side it chooses reads each of them as given; `hx` elsewhere as `hx_0`."""
+    tested = _tested_tuple(e, parts) if isinstance(e, N.Compare) else None
+    if isinstance(e, N.Compare) and tested is not None:
+        tests: list[N.Expr] = []
+        for part in parts[tested.id]:
+            named = [_first_part(o, {tested.id: [part]}) if o is tested else o for o in e.operands]
+            tests.append(N.Compare(e.span, list(e.ops), named))
+            tests[-1].kind = e.kind
+        joined = tests[0]
+        for test in tests[1:]:
+            joined = N.BoolOp(e.span, "and" if e.ops == ["!="] else "or", joined, test)
+            joined.kind = e.kind
+        return joined
     if isinstance(e, N.Name) and e.id in parts:
         first = N.Name(e.span, parts[e.id][0])
         first.ref, first.kind = e.ref, e.kind
         return first
     return map_children(e, lambda c: _first_part(c, parts))
+
+
+def _tested_tuple(e: N.Compare, parts: dict[str, list[str]]) -> N.Name | None:
+    """The tuple input `e` compares with none (`hx != none`), if it is such a test."""
+    if e.ops not in (["=="], ["!="]):
+        return None
+    if not any(isinstance(o, N.NoneLit) for o in e.operands):
+        return None
+    return next((o for o in e.operands if isinstance(o, N.Name) and o.id in parts), None)
 
 
 def _assigned(body: list[N.Stmt]) -> set[str]:

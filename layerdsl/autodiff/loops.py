@@ -353,6 +353,15 @@ class _Planner:
         for local, name in carried.items():
             self.shapes[name] = self.shapes.get(self.alias[local])
         hoisted, tape = self.hoisted(tape, set(carried.values()) | {stmt.var})
+        masked = next((s for s in tape.steps if s.by_mask), None)
+        if masked is not None:  # its per-step values differ in length: they cannot be stacked for backward
+            raise NotDerivable(
+                masked.expr.span,
+                "cannot derive through this index by a bool mask yet: it is in the body of a loop whose count is"
+                " known only when forward runs, and how many elements it picks may differ from step to step",
+                "pick with where(mask, x, 0) (`sum(where(mask, x, 0))` sums what the mask picks), or write the"
+                " count in the spec (up to 64 steps are unrolled)",
+            )
         picks = self.picks(tape, it, stmt.var)
         tape = dataclasses.replace(tape, steps=[s for s in tape.steps if s.var not in picks])
         # A carried value needs a gradient if it starts as one that does, or a step computes it from one.
@@ -360,8 +369,8 @@ class _Planner:
         for _ in range(len(carried) + 1):
             self.requires = _requiring(tape, self.requires)
             self.requires |= {c for c, v in updates.items() if v in self.requires}
-        read = self.pseudo_leaves(tape)
         outputs = [B.name(v) for v in updates.values()] + list(appended.values())
+        read = self.pseudo_leaves(dataclasses.replace(tape, outputs=outputs))  # `h = w`: w's gradient too
         tape = self.finished(tape, read | set(carried.values()) | set(picks), outputs)
         loop = Loop(
             stmt.var,

@@ -9,6 +9,7 @@ run reports every independent one.
 
 from __future__ import annotations
 
+import builtins
 import itertools
 from dataclasses import dataclass, field
 
@@ -116,6 +117,7 @@ class Linearizer:
             self.taken |= {g for g, _ in layer.backward.grads}
             self.taken |= {s.target for s in layer.backward.body if isinstance(s, N.Assign)}
         self.taken |= GENERATED_IMPORTS | GENERATED_BUILTINS | GENERATED_API
+        self.taken |= {n for n in dir(builtins) if not n.startswith("_")}  # a step named `sum` would shadow it
         self.counter = itertools.count(1)
         self.numbers: list[tuple[str, N.Expr]] = []
         self.lists: dict[str, list[N.Expr]] = {}  # a list local (`outputs = []`) -> the vars appended to it

@@ -494,11 +494,11 @@ class FunctionEmitter:
         seconds = [
             e for e in extra if e in saved_names and (step := tape.step(e)) and step.op and step.op.cost == "kept"
         ]
-        seconds = list(dict.fromkeys(indices + seconds))
-        if seconds:  # indices, statistics: no gradient of their own (ATen's kernels differentiate through them)
+        # indices, statistics: no gradient of their own (ATen's kernels differentiate through them); no
+        # gradient flows into a buffer. One call: each call replaces the set the one before marked.
+        seconds = list(dict.fromkeys(indices + seconds + updated))
+        if seconds:
             lines.append(f"ctx.mark_non_differentiable({', '.join(seconds)})")
-        if updated:  # no gradient flows into a buffer
-            lines.append(f"ctx.mark_non_differentiable({', '.join(updated)})")
         if self.split or self.unmaterialised:
             lines.append("ctx.set_materialize_grads(False)")
         for k in self.kwargs:

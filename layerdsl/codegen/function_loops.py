@@ -276,7 +276,7 @@ class LoopFunction:
         return f"range({', '.join(ex(b) for b in loop.bounds)})"
 
     def forward_loop(self, loop: Loop, per_step: set[str], ex: PyExpr) -> list[str]:
-        lines = [f"{c} = {start}" for c, start in loop.carried.items() if c != start]
+        lines = [f"{c} = {self.not_an_input(start)}" for c, start in loop.carried.items() if c != start]
         kept = self.per_step_order(loop, per_step)
         lines += [f"{name} = []" for name in loop.appended]
         trip = self.trip(loop, ex)
@@ -294,7 +294,7 @@ class LoopFunction:
         body += [f"{name}.append({ex(item)})" for name, item in loop.appended.items()]
         moved = [(c, v) for c, v in loop.updates.items() if c != v]
         if moved:
-            body.append(f"{', '.join(c for c, _ in moved)} = {', '.join(v for _, v in moved)}")
+            body.append(f"{', '.join(c for c, _ in moved)} = {', '.join(self.not_an_input(v) for _, v in moved)}")
         each = loop.var if index == loop.var else f"{index}, {loop.var}"
         trip = trip if index == loop.var else f"enumerate({trip})"
         head = with_spec_line([f"for {each} in {trip}:"], 0, self.e.spec_path, loop.span.line)
@@ -302,6 +302,11 @@ class LoopFunction:
         for j in loop.joins:
             lines.append(f"{j.name} = torch.{j.func}({j.items}, dim={ex(j.dim)})")
         return lines
+
+    def not_an_input(self, value: str) -> str:
+        """A carried value as forward binds it: an input as a view of it (torch refuses an input returned
+        as-is, as the carried values are, and saved)."""
+        return f"{value}.view_as({value})" if value in self.plan.leaves else value
 
     # ---------------------------------------------------------------- setup_context
 

@@ -88,6 +88,7 @@ GENERATED_BUILTINS = frozenset(
     | {"isinstance", "len"}  # an `ints` argument given as one int is repeated to its length
     | {"object"}  # the annotation of an `object` argument
     | {"range", "setattr"}  # `for t in range(T)`, a list of subs; a family of params: `setattr(self, f"w_l{k}", ...)`
+    | {"reversed", "list", "enumerate"}  # a loop Function's backward: `for t in reversed(range(ctx.T)):`
 )
 # The generated classes' public API and the language's own names: `self` and `ctx`, `__init__`'s `device`,
 # `dtype` and `factory_kwargs` (as torch.nn writes them), `training`, the constants, `grad`.

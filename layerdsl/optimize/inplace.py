@@ -77,8 +77,21 @@ class _InPlaceRewriter:
             s.expr = self.rewrite(s.expr, s)
             self.shapes.learn(s)
             self.roots[s.target] = self.guaranteed_roots(s)
-            if fresh_node(s.expr) and not self.result_kept(s.expr) and s.target not in self.facts.kept:
+            if self.fresh_result(s):
                 self.fresh.add(s.target)
+            else:
+                self.fresh.discard(s.target)
+
+    def fresh_result(self, s: Stmt) -> bool:
+        """Whether `s` binds a new tensor nothing else holds, with its optional member present or not
+        (absent, `h1 = h1 * b` leaves `h1` what it was: maybe an alias of a saved tensor)."""
+        if not fresh_node(s.expr) or self.result_kept(s.expr) or s.target in self.facts.kept:
+            return False
+        if not s.guard:
+            return True
+        if s.otherwise is None:
+            return s.target in self.fresh
+        return fresh_node(s.otherwise) and not self.result_kept(s.otherwise)
 
     def rewrite(self, e: N.Expr, stmt: Stmt) -> N.Expr:
         if isinstance(e, N.Call) and e.func == "extremum_mask":
@@ -128,6 +141,10 @@ class _InPlaceRewriter:
         if isinstance(s.expr, N.Name):
             return s.expr.id == name  # an alias
         for node in walk(s.expr):
+            if isinstance(node, N.IfExp) and any(
+                isinstance(b, N.Name) and b.id == name for b in (node.then, node.orelse)
+            ):
+                return True  # `g if b is None else g * b`: an alias when the optional member is absent
             if isinstance(node, (N.BinOp, N.UnaryOp, N.Call, N.InPlace, N.Subscript)):  # a subscript: a view
                 if self.fresh_sum(node):
                     continue
