@@ -187,7 +187,7 @@ class LoopFunction:
                 if n_out + len(returned) == 1
                 else f"tuple[{', '.join(['Tensor'] * n_out + ['Tensor'] * len(returned))}]"
             ),
-            "setup_body": self.setup(saved_leaves, [x if x in extra else "_" for x in returned], reads),
+            "setup_body": self.setup(saved_leaves, [x if x in extra else "_" for x in returned], reads, extra),
             "backward_params": ["ctx", *plan.grads, *(self.grad_out(x) for x in returned)],
             "backward_body": body,
             "apply_params": leaves + self.kwargs,
@@ -305,7 +305,9 @@ class LoopFunction:
 
     # ---------------------------------------------------------------- setup_context
 
-    def setup(self, saved_leaves: list[str], extra: list[str], reads: _Reads) -> list[str]:
+    def setup(self, saved_leaves: list[str], extra: list[str], reads: _Reads, own_extra: list[str]) -> list[str]:
+        """`extra`: the extra outputs in the order every side returns them (`_` for another side's);
+        `own_extra`: this side's, saved in the order its backward unpacks them."""
         unpack = self.plan.leaves + self.kwargs
         dims = sorted(self.backward_dims)
         used = set(saved_leaves) | set(self.kwargs) | {self.helper.dim_source[d].split(".")[0] for d in dims}
@@ -321,7 +323,7 @@ class LoopFunction:
             lines.append("ctx.set_materialize_grads(False)")
         lines += [f"{self.names.ctx_value(k)} = {k}" for k in self.kwargs]
         lines += [f"{self.names.ctx_value(d)} = {self.helper.dim_source[d]}" for d in dims]
-        tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + [x for x in extra if x != "_"]
+        tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + own_extra
         if tensors:
             lines.append(f"ctx.save_for_backward({', '.join(tensors)})")
         return lines

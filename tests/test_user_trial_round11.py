@@ -1,0 +1,72 @@
+"""What a user's trial of round 11's @function loops found: a loop Function whose sides keep different
+per-step values (an `if hx != none` in the body) saved them in another order than its backward unpacked
+them (silently wrong gradients without `hx`), and an optional input and an optional member read in one
+loop were refused, the input taken for unproven once the member's sides were planned."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from .test_function_sub_lists import compare_with_plain, plain_pair
+
+# without hx, the body keeps `h` per step where with it it keeps `h + hx`: the sides' saved values differ
+OPTIONAL_INPUT_ADDED_IN_BODY = """
+@function
+layer HxLoop(d: int, n: int = 2) {
+    for k in range(n) {
+        param w_l{k}: [d, d] = normal(0, 0.3)
+    }
+    example(d = 3)
+    forward(x: [B, d], hx: [B, d]? = none) -> [B, d] {
+        h = x
+        for k in range(n) {
+            if hx != none {
+                h = h + hx
+            }
+            h = sigmoid(h @ w_l{k}) * h
+        }
+        return h
+    }
+}
+"""
+
+OPTIONAL_INPUT_AND_MEMBER_IN_BODY = """
+@function
+layer HxBias(d: int, n: int = 2, gate: bool = true) {
+    for k in range(n) {
+        param w_l{k}: [d, d] = normal(0, 0.3)
+    }
+    param b: [d] = uniform(-0.5, 0.5) if gate
+    example(d = 3)
+    forward(x: [B, d], hx: [B, d]? = none) -> [B, d] {
+        h = x
+        for k in range(n) {
+            if hx != none {
+                h = h + hx
+            }
+            h = sigmoid(h @ w_l{k}) * h - b
+        }
+        return h
+    }
+}
+"""
+
+
+def _inputs(given: bool) -> list[torch.Tensor]:
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    return [x, torch.randn(2, 3, dtype=torch.float64, requires_grad=True)] if given else [x]
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("given", [False, True])
+def test_sides_keeping_different_per_step_values_save_them_in_their_backwards_order(n, given):
+    a, b = plain_pair(OPTIONAL_INPUT_ADDED_IN_BODY, "hx_loop", "HxLoop", d=3, n=n)
+    compare_with_plain(a, b, *_inputs(given))
+
+
+@pytest.mark.parametrize("gate", [False, True])
+@pytest.mark.parametrize("given", [False, True])
+def test_an_optional_input_and_an_optional_member_read_in_one_loop(gate, given):
+    a, b = plain_pair(OPTIONAL_INPUT_AND_MEMBER_IN_BODY, "hx_bias", "HxBias", d=3, n=2, gate=gate)
+    compare_with_plain(a, b, *_inputs(given))
