@@ -70,3 +70,36 @@ def test_sides_keeping_different_per_step_values_save_them_in_their_backwards_or
 def test_an_optional_input_and_an_optional_member_read_in_one_loop(gate, given):
     a, b = plain_pair(OPTIONAL_INPUT_AND_MEMBER_IN_BODY, "hx_bias", "HxBias", d=3, n=2, gate=gate)
     compare_with_plain(a, b, *_inputs(given))
+
+
+# layer norm's mean and rstd, kept per step: marked non-differentiable as outside loops (ATen's double
+# backward goes through the input, and has no derivative of its backward in mean)
+NORMS_OF_CONSTRUCTED_LENGTH = """
+layer Norm(d: int) {
+    param weight: [d] = uniform(0.5, 1.5)
+    param bias: [d] = uniform(-0.5, 0.5)
+    example(d = 3)
+    forward(x: [..., d]) -> [..., d] {
+        return layer_norm(x, [d], weight = weight, bias = bias, eps = 1e-5)
+    }
+}
+
+@function
+layer Norms(d: int, depth: int = 2) {
+    sub norms = [Norm(d) for i in range(depth)]
+    example(d = 3)
+    forward(x: [B, d]) -> [B, d] {
+        h = x
+        for item in norms {
+            h = tanh(item(h)) + h
+        }
+        return h
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_layer_norms_in_a_loop_have_a_double_backward(depth):
+    a, b = plain_pair(NORMS_OF_CONSTRUCTED_LENGTH, "loop_norms", "Norms", d=3, depth=depth)
+    compare_with_plain(a, b, torch.randn(2, 3, dtype=torch.float64, requires_grad=True))

@@ -220,6 +220,16 @@ class LoopFunction:
                 out += [j.name for j in seg.joins if j.name in once]
         return out
 
+    def statistics(self) -> list[tuple[bool, list[str]]]:
+        """The values that are a kernel's second results (layer norm's `mean`, `rstd`), by segment: whether
+        they are kept per step (one buffer each), and their names as extra outputs."""
+        groups = []
+        for seg in self.plan.segments:
+            per_step = not isinstance(seg, Straight)
+            kept = [s.var for s in seg.tape.steps if _kept(s)]
+            groups.append((per_step, [self.stacked(v) for v in kept] if per_step else kept))
+        return groups
+
     def per_step_order(self, loop: Loop, values: set[str]) -> list[str]:
         return [c for c in loop.carried if c in values] + [s.var for s in loop.tape.steps if s.var in values]
 
@@ -324,6 +334,14 @@ class LoopFunction:
         lines += [f"{self.names.ctx_value(k)} = {k}" for k in self.kwargs]
         lines += [f"{self.names.ctx_value(d)} = {self.helper.dim_source[d]}" for d in dims]
         tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + own_extra
+        for per_step, group in self.statistics():  # no gradient of their own: ATen differentiates through them
+            if names := [x for x in group if x in own_extra]:
+                marked = f"ctx.mark_non_differentiable({', '.join(names)})"
+                lines += (
+                    [f"if {names[0]} is not None:  # None after a loop of no steps", f"    {marked}"]
+                    if per_step
+                    else [marked]
+                )
         if tensors:
             lines.append(f"ctx.save_for_backward({', '.join(tensors)})")
         return lines
@@ -709,3 +727,8 @@ def _gradient_sources(plan: LoopPlan) -> dict[str, set[str]]:
 def _operands(step) -> set[str]:
     """The names of the tensors a step reads."""
     return {n.id for a in step.args.values() for n in walk(a) if isinstance(n, N.Name) and n.kind == N.Kind.TENSOR}
+
+
+def _kept(step: Step) -> bool:
+    """A kernel's second result (`mean`, `rstd` of `torch.native_layer_norm`), kept rather than recomputed."""
+    return step.op is not None and step.op.cost == "kept"
