@@ -8,6 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from layerdsl.codegen.module import emit_file
+from layerdsl.semantics.checker import check_program
+from layerdsl.syntax.parser import parse_file
+
 from .test_function_sub_lists import compare_with_plain, plain_pair
 
 # without hx, the body keeps `h` per step where with it it keeps `h + hx`: the sides' saved values differ
@@ -103,3 +107,12 @@ layer Norms(d: int, depth: int = 2) {
 def test_layer_norms_in_a_loop_have_a_double_backward(depth):
     a, b = plain_pair(NORMS_OF_CONSTRUCTED_LENGTH, "loop_norms", "Norms", d=3, depth=depth)
     compare_with_plain(a, b, torch.randn(2, 3, dtype=torch.float64, requires_grad=True))
+
+
+def test_a_loops_layer_norm_computes_its_statistics_with_its_result_in_one_call():
+    spec = parse_file("loop_norms.layer", NORMS_OF_CONSTRUCTED_LENGTH)
+    code = emit_file(spec, check_program([spec]), "loop_norms.layer", {})
+    function = code[code.index("class NormsFunction") : code.index("class Norms(")]
+    forward = function[: function.index("def setup_context")]
+    assert forward.count("torch.native_layer_norm(") == 1
+    assert ", mean, rstd = torch.native_layer_norm(" in forward

@@ -20,7 +20,7 @@ from layerdsl.autodiff.loops import Loop, LoopPlan, Straight, presence
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.tape import Step, Tape
-from layerdsl.codegen.function import VIEWS, FunctionEmitter
+from layerdsl.codegen.function import VIEWS, FunctionEmitter, returning_second_results, with_second_results
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.ir import build as B
@@ -276,11 +276,19 @@ class LoopFunction:
         return lines
 
     def steps(self, tape: Tape, ex: PyExpr) -> list[str]:
-        return [
-            line
-            for s in tape.steps
-            for line in with_spec_line([f"{s.var} = {ex(s.expr)}"], 0, self.e.spec_path, s.expr.span.line)
-        ]
+        paired = with_second_results(tape)  # one call returns both: `h, mean, rstd = torch.native_layer_norm(...)`
+        lines = []
+        for s in tape.steps:
+            seconds = [v for v, first in paired.items() if first == paired.get(s.var)]
+            if s.var in paired.values() or s.var in seconds[1:]:
+                continue  # bound with the first of its call's second results
+            if seconds:
+                first = next(t for t in tape.steps if t.var == paired[s.var])
+                line = f"{', '.join([first.var, *seconds])} = {ex(returning_second_results(first, {}))}"
+            else:
+                line = f"{s.var} = {ex(s.expr)}"
+            lines += with_spec_line([line], 0, self.e.spec_path, s.expr.span.line)
+        return lines
 
     def trip(self, loop: Loop, ex: PyExpr) -> str:
         return f"range({', '.join(ex(b) for b in loop.bounds)})"
