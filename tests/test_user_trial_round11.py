@@ -116,3 +116,11 @@ def test_a_loops_layer_norm_computes_its_statistics_with_its_result_in_one_call(
     forward = function[: function.index("def setup_context")]
     assert forward.count("torch.native_layer_norm(") == 1
     assert ", mean, rstd = torch.native_layer_norm(" in forward
+
+
+def test_a_loop_functions_forward_types_a_tensor_some_side_goes_without_as_optional():
+    spec = parse_file("hx_bias.layer", OPTIONAL_INPUT_AND_MEMBER_IN_BODY)
+    code = emit_file(spec, check_program([spec]), "hx_bias.layer", {})
+    function = code[code.index("class HxBiasFunction") : code.index("def setup_context")]
+    signature = " ".join(function[function.index("def forward(") : function.index(") ->")].split())
+    assert "x: Tensor, hx: Tensor | None, w_l: Tensor, b: Tensor | None, n: int" in signature

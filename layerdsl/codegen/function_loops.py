@@ -68,6 +68,9 @@ def emit_branching_loop_function(emitter, plan: BranchPlan) -> dict:
     on_ctx = head.helper.branch_condition("backward")
     # `b != none` of an optional member (`autodiff.loops.member_choice`) or input: what forward found, on ctx
     given = {m: head.names.ctx_value(f"{m}_given") for c in _conditions(plan) if (m := _presence_of(c))}
+    fn["forward_params"] = [  # a member or input some side goes without is None there
+        f"{p.split(':')[0]}: Tensor | None" if p.split(":")[0] in given else p for p in fn["forward_params"]
+    ]
 
     def backward_cond(c: N.Expr) -> str:
         tested = presence(c)
