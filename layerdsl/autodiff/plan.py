@@ -135,7 +135,7 @@ def _straight_plan(layer: N.Layer, given: frozenset[str]) -> Plan:
     optional = {t.name for t in layer.tensors if t.cond is not None} - given
     optional |= {i.name for i in layer.forward.inputs if i.optional} - given if layer.forward else set()
     if layer.forward is not None and has_loop(layer.forward.body):  # a loop kept as one (`autodiff.loops`)
-        return _loop_plan(layer, optional)
+        return _loop_plan(layer, optional, given)
     linearizer = Linearizer(layer, optional, deriving=layer.backward is None)
     try:
         tape = linearizer.run()
@@ -163,7 +163,7 @@ def _straight_plan(layer: N.Layer, given: frozenset[str]) -> Plan:
     return BackwardPlan(tape, grads, incoming_gradients(tape, grads), derived, [])
 
 
-def _loop_plan(layer: N.Layer, optional: set[str]) -> Plan:
+def _loop_plan(layer: N.Layer, optional: set[str], given: frozenset[str]) -> Plan:
     assert layer.forward is not None
     loop = next(s for s in layer.forward.body if isinstance(s, N.For))
     if layer.backward is not None:
@@ -175,7 +175,7 @@ def _loop_plan(layer: N.Layer, optional: set[str]) -> Plan:
         )
     if (choice := member_choice(layer, optional)) is not None:  # `param b: [d] if bias`: a side each
         cond, built, absent = choice
-        return BranchPlan(cond, _straight_plan(built, frozenset()), _straight_plan(absent, frozenset()))
+        return BranchPlan(cond, _straight_plan(built, given), _straight_plan(absent, given))
     body = layer.forward.body
     if optional & {n.id for s in body for n in walk(s) if isinstance(n, N.Name)}:
         raise NotDerivable(

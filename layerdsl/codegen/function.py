@@ -407,7 +407,7 @@ class FunctionEmitter:
             if uses.get(var, 0) == 1 and var not in extra and e is not None and fresh_node(e):
                 owned.add(var)
 
-        paired = _with_second_results(tape)
+        paired = with_second_results(tape)
         for s in tape.steps:
             roots[s.var] = _step_sources(s, roots)
             if s.var in paired.values():
@@ -416,7 +416,7 @@ class FunctionEmitter:
                 first = next(t for t in tape.steps if t.var == paired[s.var])
                 seconds = [v for v, m in paired.items() if m == first.var]  # `out, mean, rstd = ...`
                 if s.var == seconds[0]:
-                    call = _returning_second_results(first, exprs)
+                    call = returning_second_results(first, exprs)
                     lines += self.located([f"{', '.join([first.var, *seconds])} = {out(call)}"], s.expr.span.line)
                 roots[first.var] = roots[s.var]
                 continue
@@ -1266,7 +1266,7 @@ _POOLING_GRADIENTS = (
 )
 
 
-def _with_second_results(tape: Tape) -> dict[str, str]:
+def with_second_results(tape: Tape) -> dict[str, str]:
     """Steps that are a call's second result (a max pooling's indices, a norm's statistics), and the step
     of its first, in the order the call returns them."""
     return {
@@ -1278,7 +1278,7 @@ def _with_second_results(tape: Tape) -> dict[str, str]:
     }
 
 
-def _returning_second_results(first: Step, exprs: dict[str, N.Expr]) -> N.Call:
+def returning_second_results(first: Step, exprs: dict[str, N.Expr]) -> N.Call:
     """The call that returns a step's result with its second results (`Op.statistics`, or max pooling's
     indices)."""
     assert first.op is not None, "a step with second results is an op's"

@@ -20,7 +20,7 @@ from layerdsl.autodiff.loops import Loop, LoopPlan, Straight, presence
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.tape import Step, Tape
-from layerdsl.codegen.function import VIEWS, FunctionEmitter
+from layerdsl.codegen.function import VIEWS, FunctionEmitter, returning_second_results, with_second_results
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.ir import build as B
@@ -68,6 +68,9 @@ def emit_branching_loop_function(emitter, plan: BranchPlan) -> dict:
     on_ctx = head.helper.branch_condition("backward")
     # `b != none` of an optional member (`autodiff.loops.member_choice`) or input: what forward found, on ctx
     given = {m: head.names.ctx_value(f"{m}_given") for c in _conditions(plan) if (m := _presence_of(c))}
+    fn["forward_params"] = [  # a member or input some side goes without is None there
+        f"{p.split(':')[0]}: Tensor | None" if p.split(":")[0] in given else p for p in fn["forward_params"]
+    ]
 
     def backward_cond(c: N.Expr) -> str:
         tested = presence(c)
@@ -187,7 +190,7 @@ class LoopFunction:
                 if n_out + len(returned) == 1
                 else f"tuple[{', '.join(['Tensor'] * n_out + ['Tensor'] * len(returned))}]"
             ),
-            "setup_body": self.setup(saved_leaves, [x if x in extra else "_" for x in returned], reads),
+            "setup_body": self.setup(saved_leaves, [x if x in extra else "_" for x in returned], reads, extra),
             "backward_params": ["ctx", *plan.grads, *(self.grad_out(x) for x in returned)],
             "backward_body": body,
             "apply_params": leaves + self.kwargs,
@@ -219,6 +222,16 @@ class LoopFunction:
                 out += [c for c in seg.carried if c in once]
                 out += [j.name for j in seg.joins if j.name in once]
         return out
+
+    def statistics(self) -> list[tuple[bool, list[str]]]:
+        """The values that are a kernel's second results (layer norm's `mean`, `rstd`), by segment: whether
+        they are kept per step (one buffer each), and their names as extra outputs."""
+        groups = []
+        for seg in self.plan.segments:
+            per_step = not isinstance(seg, Straight)
+            kept = [s.var for s in seg.tape.steps if _kept(s)]
+            groups.append((per_step, [self.stacked(v) for v in kept] if per_step else kept))
+        return groups
 
     def per_step_order(self, loop: Loop, values: set[str]) -> list[str]:
         return [c for c in loop.carried if c in values] + [s.var for s in loop.tape.steps if s.var in values]
@@ -266,11 +279,19 @@ class LoopFunction:
         return lines
 
     def steps(self, tape: Tape, ex: PyExpr) -> list[str]:
-        return [
-            line
-            for s in tape.steps
-            for line in with_spec_line([f"{s.var} = {ex(s.expr)}"], 0, self.e.spec_path, s.expr.span.line)
-        ]
+        paired = with_second_results(tape)  # one call returns both: `h, mean, rstd = torch.native_layer_norm(...)`
+        lines = []
+        for s in tape.steps:
+            seconds = [v for v, first in paired.items() if first == paired.get(s.var)]
+            if s.var in paired.values() or s.var in seconds[1:]:
+                continue  # bound with the first of its call's second results
+            if seconds:
+                first = next(t for t in tape.steps if t.var == paired[s.var])
+                line = f"{', '.join([first.var, *seconds])} = {ex(returning_second_results(first, {}))}"
+            else:
+                line = f"{s.var} = {ex(s.expr)}"
+            lines += with_spec_line([line], 0, self.e.spec_path, s.expr.span.line)
+        return lines
 
     def trip(self, loop: Loop, ex: PyExpr) -> str:
         return f"range({', '.join(ex(b) for b in loop.bounds)})"
@@ -310,7 +331,9 @@ class LoopFunction:
 
     # ---------------------------------------------------------------- setup_context
 
-    def setup(self, saved_leaves: list[str], extra: list[str], reads: _Reads) -> list[str]:
+    def setup(self, saved_leaves: list[str], extra: list[str], reads: _Reads, own_extra: list[str]) -> list[str]:
+        """`extra`: the extra outputs in the order every side returns them (`_` for another side's);
+        `own_extra`: this side's, saved in the order its backward unpacks them."""
         unpack = self.plan.leaves + self.kwargs
         dims = sorted(self.backward_dims)
         used = set(saved_leaves) | set(self.kwargs) | {self.helper.dim_source[d].split(".")[0] for d in dims}
@@ -326,7 +349,15 @@ class LoopFunction:
             lines.append("ctx.set_materialize_grads(False)")
         lines += [f"{self.names.ctx_value(k)} = {k}" for k in self.kwargs]
         lines += [f"{self.names.ctx_value(d)} = {self.helper.dim_source[d]}" for d in dims]
-        tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + [x for x in extra if x != "_"]
+        tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + own_extra
+        for per_step, group in self.statistics():  # no gradient of their own: ATen differentiates through them
+            if names := [x for x in group if x in own_extra]:
+                marked = f"ctx.mark_non_differentiable({', '.join(names)})"
+                lines += (
+                    [f"if {names[0]} is not None:  # None after a loop of no steps", f"    {marked}"]
+                    if per_step
+                    else [marked]
+                )
         if tensors:
             lines.append(f"ctx.save_for_backward({', '.join(tensors)})")
         return lines
@@ -712,3 +743,8 @@ def _gradient_sources(plan: LoopPlan) -> dict[str, set[str]]:
 def _operands(step) -> set[str]:
     """The names of the tensors a step reads."""
     return {n.id for a in step.args.values() for n in walk(a) if isinstance(n, N.Name) and n.kind == N.Kind.TENSOR}
+
+
+def _kept(step: Step) -> bool:
+    """A kernel's second result (`mean`, `rstd` of `torch.native_layer_norm`), kept rather than recomputed."""
+    return step.op is not None and step.op.cost == "kept"

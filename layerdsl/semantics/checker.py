@@ -1489,11 +1489,15 @@ class LayerChecker:
                     f"use it inside `if {expr.id} != none {{ ... }}`, or pass it where an operation takes none",
                 )
             elif not ok and not takes_none(parent, expr, tensor=True):
+                hint = "when it is absent the operation is skipped; for other uses make it unconditional"
+                built = next((t.cond for t in self.layer.tensors if t.name == expr.id and t.cond is not None), None)
+                if _compares_with_none(parent) and built is not None:  # `if b != none`: its own condition says
+                    hint = f"test the condition it is built under, `if {spec_text(built)} {{ ... }}`: inside, it is present"
                 self.r.error(
                     expr.span,
                     f"'{expr.written if isinstance(expr, N.FamilyName) else expr.id}' is optional (it exists only if its"
                     " condition holds) and may only be an operand of + - * /",
-                    "when it is absent the operation is skipped; for other uses make it unconditional",
+                    hint,
                 )
             return
         for child in sub_expressions(expr):
