@@ -26,48 +26,8 @@ from layerdsl.codegen.module import emit_file  # noqa: E402
 from layerdsl.semantics.checker import check_program  # noqa: E402
 from layerdsl.syntax.parser import parse_file  # noqa: E402
 
-ELMAN = """
-@function
-layer Elman(input_size: int, hidden_size: int) {
-    param weight_ih: [hidden_size, input_size]
-    param weight_hh: [hidden_size, hidden_size]
-    example(input_size = 3, hidden_size = 4)
-    forward(input: [T, B, input_size]) -> [T, B, hidden_size] {
-        gi = input @ transpose(weight_ih, 0, 1)
-        h = new_zeros(input, [size_at(input, 1), hidden_size])
-        outputs = []
-        for t in range(size_at(input, 0)) {
-            h = tanh(gi[t] + h @ transpose(weight_hh, 0, 1))
-            outputs.append(h)
-        }
-        return stack(outputs, dim = 0)
-    }
-}
-"""
-
-DEEP = """
-layer Residual(d: int, hidden: int) {
-    param w1: [hidden, d]
-    param w2: [d, hidden]
-    example(d = 4, hidden = 8)
-    forward(x: [..., d]) -> [..., d] {
-        return x + relu(x @ transpose(w1, 0, 1)) @ transpose(w2, 0, 1)
-    }
-}
-
-@function
-layer Deep(d: int, hidden: int, depth: int) {
-    sub blocks = [Residual(d, hidden) for i in range(depth)]
-    example(d = 4, hidden = 8, depth = 2)
-    forward(x: [..., d]) -> [..., d] {
-        h = x
-        for block in blocks {
-            h = block(h)
-        }
-        return h
-    }
-}
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_function_loops import DEEP, ELMAN  # noqa: E402  (the specs both benchmarks measure)
 
 # name: (spec, layer, constructor arguments, input shape)
 CASES = {
