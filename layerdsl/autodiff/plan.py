@@ -114,9 +114,9 @@ def plan_backward(
     side only); `measured`: the sizes the whole forward measures, by name (`unroll.prepared_forward`)."""
     assert layer.forward is not None, "the parser reports a layer without forward"
     # tuple inputs as tensors, sides calling a callable argument dropped, loops unrolled, sizes named
-    if measured is None:
-        measured = measured_names(without_callable_sides(with_tuples_split(layer)))
-    layer = prepared_forward(without_callable_sides(with_tuples_split(layer)), measured)
+    layer = without_callable_sides(with_tuples_split(layer))
+    measured = measured_names(layer) if measured is None else measured
+    layer = prepared_forward(layer, measured)
     layer = unswitched(layer)  # an `if` on arguments in a loop's body: around two copies of the loop
     assert layer.forward is not None
     if layer.backward is None and (branch := _first_if(layer.forward.body)) is not None:

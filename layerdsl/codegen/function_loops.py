@@ -21,6 +21,7 @@ from layerdsl.autodiff.plan import BackwardPlan, BranchPlan
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen.function import VIEWS, FunctionEmitter, returning_second_results, with_second_results
+from layerdsl.codegen.function_branches import chosen_lines
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.ir import build as B
@@ -104,16 +105,12 @@ def _presence_of(cond: N.Expr) -> str | None:
 
 
 def _chosen(plan, sides, cond) -> list[str]:
-    """The sides' lines (taken in order from `sides`) under `if <cond>: ... else: ...`."""
+    """The sides' lines (taken in order from `sides`) under `if <cond>: ... else: ...`, what they begin and
+    end with written once (`function_branches.chosen_lines`)."""
     if not isinstance(plan, BranchPlan):
         return list(next(sides))
     then, orelse = _chosen(plan.then, sides, cond), _chosen(plan.orelse, sides, cond)
-    return [
-        f"if {cond(plan.cond)}:",
-        *("    " + line for line in then or ["pass"]),
-        "else:",
-        *("    " + line for line in orelse or ["pass"]),
-    ]
+    return chosen_lines(cond(plan.cond), then, orelse, ends_in_return=False)
 
 
 @dataclasses.dataclass
@@ -253,18 +250,7 @@ class LoopFunction:
             else:
                 lines += self.forward_loop(seg, per_step.get(self.loops.index(seg), set()), ex)
         outs = [ex(o) for o in self.plan.outputs] + extra
-        maybe_inputs = self.maybe_inputs()
-        if any(o in maybe_inputs for o in outs):
-            lines.append("# after a loop of no steps, an input itself: returned as a view (it may be saved)")
-            outs = [f"{o}.view_as({o})" if o in maybe_inputs else o for o in outs]
         return lines + [f"return {', '.join(outs)}"]
-
-    def maybe_inputs(self) -> set[str]:
-        """The carried values that are an input or a parameter as it is when their loops take no step."""
-        out: set[str] = set(self.plan.leaves)
-        for loop in self.loops:
-            out |= {c for c, start in loop.carried.items() if start in out}
-        return out - set(self.plan.leaves)
 
     def prelude(self, ex: PyExpr, dim_spelling) -> list[str]:
         """The dims and number locals (outside loops) that forward or backward read."""
