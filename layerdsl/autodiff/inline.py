@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
+from layerdsl.autodiff.peel import peeled_families
 from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.autodiff.torch_nn_forwards import inlined_torch_nn, torch_nn_layer
 from layerdsl.diagnostics import Span
@@ -65,6 +66,7 @@ class Family:
     var: str
     count: N.Expr
     cond: N.Expr | None
+    part: str = ""  # "first": member 0 alone; "rest": members from 1 on (`peel.peeled_families`)
 
 
 def inline_subs(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
@@ -73,7 +75,9 @@ def inline_subs(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
     if layer.forward is None:
         return Inlined(layer)
     if any(t.repeat is not None for t in layer.tensors):  # `w_l{k}` for k in range(n): stacked, `w_l[k]`
+        layer, parts = peeled_families(layer)  # a family whose first member differs: the first step on its own
         layer, stacked = stacked_families(layer)
+        stacked |= {name: Family(p.written, p.var, p.count, p.cond, p.part) for name, p in parts.items()}
         return dataclasses.replace(inline_subs(layer, layers), families=stacked)
     if not layer.subs:
         return Inlined(layer)

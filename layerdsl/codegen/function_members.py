@@ -28,7 +28,14 @@ def member_argument(inlined: Inlined, name: str, module: PyExpr) -> str:
 
 def _family(family: Family, module: PyExpr) -> str:
     count = module(family.count)
-    members = f'torch.stack([getattr(self, f"{family.written}") for {family.var} in range({count})])'
+    if family.part == "first":  # member 0 alone (`autodiff/peel.py`)
+        members, built = f"self.{family.written.replace('{' + family.var + '}', '0')}", f"{count} > 0"
+    elif family.part == "rest":  # members from 1 on, stacked
+        members = f'torch.stack([getattr(self, f"{family.written}") for {family.var} in range(1, {count})])'
+        built = f"{count} > 1"
+    else:
+        members = f'torch.stack([getattr(self, f"{family.written}") for {family.var} in range({count})])'
+        built = count
     if family.cond is None:
-        return f"{members} if {count} else torch.empty(0)"
-    return f"{members} if {count} and {module.wrap(family.cond, 2)} else None"  # built when arguments say
+        return f"{members} if {built} else torch.empty(0)"
+    return f"{members} if {built} and {module.wrap(family.cond, 2)} else None"  # built when arguments say
