@@ -159,7 +159,7 @@ FAMILY_SHAPED_BY_INDEX = """
 @function
 layer Widening(n: int, d: int) {
     for k in range(n) {
-        param w_l{k}: [d if k == 0 else 2 * d, 2 * d]
+        param w_l{k}: [d * (k + 1), 2 * d]  # every member its own shape (a first one alone is peeled)
     }
     example(n = 2, d = 3)
     forward(x: [B, d]) -> [B, d] {

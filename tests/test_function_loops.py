@@ -208,6 +208,21 @@ def test_a_loop_over_an_input_size_equals_torchs_rnn(length):
     assert torch.autograd.gradgradcheck(run, (x, *params))
 
 
+def test_a_carried_value_and_the_step_value_it_becomes_are_kept_once():
+    """Elman's backward reads h before the step (the matmul's) and after it (tanh's): one [T, B, H] buffer
+    of the steps' h, the value before step t read back as step t - 1's (the start at 0), not a second."""
+    ns = compile_spec(ELMAN, "elman")
+    torch.manual_seed(0)
+    module = ns["Elman"](3, 4).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    saved = module(x).grad_fn.saved_tensors
+    assert sorted(tuple(t.shape) for t in saved if t.dim() == 3) == [(5, 2, 3), (5, 2, 4)]  # x, the steps' h
+    assert sum(t.numel() for t in saved) == 5 * 2 * 3 + 4 * 3 + 4 * 4 + 2 * 4 + 5 * 2 * 4 + 2 * 4
+    spec = parse_file("elman.layer", ELMAN)
+    code = emit_file(spec, check_program([spec]), "elman.layer", {})
+    assert "_steps[t - 1] if t > 0 else " in code
+
+
 LONG = """
 @function
 layer LongChain(d: int) {

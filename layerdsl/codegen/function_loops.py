@@ -231,7 +231,20 @@ class LoopFunction:
         return groups
 
     def per_step_order(self, loop: Loop, values: set[str]) -> list[str]:
+        """The values kept per step, of `values` (those backward reads per step): a carried value that a step
+        of the body becomes is not kept itself but read back from that step's buffer (`previous_step`)."""
+        values = {v for v in values if self.previous_step(loop, v, values) is None}
         return [c for c in loop.carried if c in values] + [s.var for s in loop.tape.steps if s.var in values]
+
+    @staticmethod
+    def previous_step(loop: Loop, carried: str, kept: set[str]) -> str | None:
+        """The body's value that the carried value `carried` takes at the next step (`h = tanh(...)`), when
+        a step computes it and it is kept per step too (`kept`): the carried value at step t is that value
+        at step t - 1, or its start at 0, so it is not kept itself."""
+        update = loop.updates.get(carried)
+        if update is None or update == carried or update not in kept:
+            return None
+        return update if any(s.var == update for s in loop.tape.steps) else None
 
     def stacked(self, var: str) -> str:
         return self.name(f"{var}_steps")
@@ -630,6 +643,12 @@ class _BackwardWriter:
             if v in self.plan.requires and self.mode != "main":
                 extra_grads[v] = self.fn.name(f"grad_{v}_step")
                 body.append(f"{extra_grads[v]} = {self.fn.grad_out(self.fn.stacked(v))}[{step_index}]")
+        for c in loop.carried:  # the step before's value (its gradient flows back through that step's)
+            if c in kept and (update := self.fn.previous_step(loop, c, kept)) is not None:
+                self.read(B.name(loop.carried[c]))
+                start = self.ex(B.name(loop.carried[c]))
+                before = f"{self.fn.stacked(update)}[{step_index} - 1]"
+                body.append(f"{per_step_names[c]} = {before} if {step_index} > 0 else {start}")
         tape = dataclasses.replace(loop.tape, outputs=[o for o, _ in outputs])
         bwd = derive(tape, [g for _, g in outputs], extra_grads)
         self.current = set()
