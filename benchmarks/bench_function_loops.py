@@ -65,6 +65,40 @@ layer Elman(input_size: int, hidden_size: int) {
 }
 """
 
+# torch.nn.RNN(num_layers = 2) written out: a loop per layer, the second over the first's stacked outputs
+# (torch's RNN spec, specs/torch_nn/rnn.layer, keeps its loop over layers: not derived yet).
+ELMAN2 = """
+@function
+layer Elman2(input_size: int, hidden_size: int) {
+    param weight_ih_l0: [hidden_size, input_size]
+    param weight_hh_l0: [hidden_size, hidden_size]
+    param bias_ih_l0: [hidden_size]
+    param bias_hh_l0: [hidden_size]
+    param weight_ih_l1: [hidden_size, hidden_size]
+    param weight_hh_l1: [hidden_size, hidden_size]
+    param bias_ih_l1: [hidden_size]
+    param bias_hh_l1: [hidden_size]
+    example(input_size = 3, hidden_size = 4)
+    forward(input: [T, B, input_size]) -> [T, B, hidden_size] {
+        gi = input @ transpose(weight_ih_l0, 0, 1) + bias_ih_l0
+        h = new_zeros(input, [size_at(input, 1), hidden_size])
+        outputs = []
+        for t in range(size_at(input, 0)) {
+            h = tanh(gi[t] + h @ transpose(weight_hh_l0, 0, 1) + bias_hh_l0)
+            outputs.append(h)
+        }
+        gi1 = stack(outputs, dim = 0) @ transpose(weight_ih_l1, 0, 1) + bias_ih_l1
+        h1 = new_zeros(input, [size_at(input, 1), hidden_size])
+        outputs1 = []
+        for t in range(size_at(input, 0)) {
+            h1 = tanh(gi1[t] + h1 @ transpose(weight_hh_l1, 0, 1) + bias_hh_l1)
+            outputs1.append(h1)
+        }
+        return stack(outputs1, dim = 0)
+    }
+}
+"""
+
 
 DEEP = """
 layer Residual(d: int, hidden: int) {
@@ -134,6 +168,19 @@ def cases():
             "plain autograd": step(lambda: elman["elman"](x, *params, hidden_size=h), x, *params),
             "torch.nn.RNN": step(lambda: rnn(x)[0], x, *rnn.parameters()),
         }
+    elman2 = compiled(ELMAN2, "elman2")
+    t, b, n, h = 64, 32, 128, 128
+    torch.manual_seed(0)
+    ours2 = elman2["Elman2"](n, h)
+    rnn2 = torch.nn.RNN(n, h, num_layers=2)
+    rnn2.load_state_dict(ours2.state_dict())
+    x2 = torch.randn(t, b, n, requires_grad=True)
+    params2 = list(ours2.parameters())
+    yield f"2-layer Elman RNN T={t} B={b} {n}->{h}", {
+        "loop Function": step(lambda: ours2(x2), x2, *params2),
+        "plain autograd": step(lambda: elman2["elman2"](x2, *params2, hidden_size=h), x2, *params2),
+        "torch.nn.RNN": step(lambda: rnn2(x2)[0], x2, *rnn2.parameters()),
+    }
 
     deep = compiled(DEEP, "deep")
     plain = compiled(DEEP.replace("@function\n", ""), "deep_plain")

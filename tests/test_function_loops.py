@@ -223,6 +223,56 @@ def test_a_carried_value_and_the_step_value_it_becomes_are_kept_once():
     assert "_steps[t - 1] if t > 0 else " in code
 
 
+ELMAN2 = ELMAN.replace("layer Elman(", "layer Elman2(").replace(
+    "    example(",
+    """    param weight_ih_l1: [hidden_size, hidden_size]
+    param weight_hh_l1: [hidden_size, hidden_size]
+    param bias_ih_l1: [hidden_size]
+    param bias_hh_l1: [hidden_size]
+    example(""",
+).replace(
+    "        return stack(outputs, dim = 0)",
+    """        gi1 = stack(outputs, dim = 0) @ transpose(weight_ih_l1, 0, 1) + bias_ih_l1
+        h1 = new_zeros(input, [size_at(input, 1), hidden_size])
+        outputs1 = []
+        for t in range(size_at(input, 0)) {
+            h1 = tanh(gi1[t] + h1 @ transpose(weight_hh_l1, 0, 1) + bias_hh_l1)
+            outputs1.append(h1)
+        }
+        return stack(outputs1, dim = 0)""",
+)
+
+
+@pytest.mark.parametrize("length", [1, 4])
+def test_a_loop_over_the_steps_of_an_earlier_loop_picks_its_joined_list_per_step(length):
+    """A 2-layer Elman RNN written out: the second loop reads `gi1[t]` of the first's stacked outputs, whose
+    first dim is the same count (T): each step's gradient is one slice, not a full-size select_backward."""
+    ns = compile_spec(ELMAN2, "elman2")
+    torch.manual_seed(0)
+    ours = ns["Elman2"](3, 4).double()
+    rnn = torch.nn.RNN(3, 4, num_layers=2).double()
+    rnn.load_state_dict(ours.state_dict())
+    x = torch.randn(length, 2, 3, dtype=torch.float64, requires_grad=True)
+    out, theirs = ours(x), rnn(x)[0]
+    torch.testing.assert_close(out, theirs)
+    seed = torch.randn_like(out)
+    for g, w in zip(
+        torch.autograd.grad(out, [x, *ours.parameters()], seed),
+        torch.autograd.grad(theirs, [x, *rnn.parameters()], seed),
+    ):
+        torch.testing.assert_close(g, w)
+    params = [p.detach().requires_grad_() for p in ours.parameters()]
+
+    def run(*tensors):
+        return ns["Elman2Function"].apply(*tensors, 4)[0]
+
+    assert torch.autograd.gradcheck(run, (x, *params))
+    assert torch.autograd.gradgradcheck(run, (x, *params))
+    spec = parse_file("elman2.layer", ELMAN2)
+    code = emit_file(spec, check_program([spec]), "elman2.layer", {})
+    assert "select_backward" not in code
+
+
 LONG = """
 @function
 layer LongChain(d: int) {

@@ -31,7 +31,7 @@ from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import map_children, walk
-from layerdsl.semantics.shapes import Shape, declared_shape
+from layerdsl.semantics.shapes import Shape, declared_shape, dim_text
 
 HINT = "write the loop's body without it, or drop @function (autograd derives the loop)"
 
@@ -413,7 +413,7 @@ class _Planner:
         (`for t in range(T)` over `[T, B, n]`): each step's gradient of it is one slice of x's."""
         if len(it.args) != 1:
             return {}
-        count = spec_text(it.args[0])
+        count = _count_dim(list(it.args))
         inside = {s.var for s in tape.steps}
         out: dict[str, Step] = {}
         for s in tape.steps:
@@ -512,4 +512,10 @@ def _joined_shape(join: Join, loop: Loop, shapes: dict[str, Shape]) -> Shape:
     if join.func != "stack" or shape is None or not isinstance(d, N.Num) or "..." in shape:
         return None
     at = int(d.value) if int(d.value) >= 0 else len(shape) + 1 + int(d.value)
-    return (*shape[:at], "_steps", *shape[at:]) if 0 <= at <= len(shape) else None
+    count = _count_dim(loop.bounds) or "_steps"  # `range(T)`: T items (a later loop over T picks them)
+    return (*shape[:at], count, *shape[at:]) if 0 <= at <= len(shape) else None
+
+
+def _count_dim(bounds: list[N.Expr]) -> str | None:
+    """The dim a loop over `range(count)` makes of its steps, as shapes write it; None for another range."""
+    return dim_text(bounds[0]) if len(bounds) == 1 else None

@@ -303,7 +303,9 @@ class LoopFunction:
         index = loop.var if _BackwardWriter._plain_range(loop) else self.name("step", key=(id(loop),))
         if kept:  # one buffer per value, for every step: made at the first (None after a loop of no steps)
             count = self.name("n_steps", key=(id(loop),))
-            lines += [f"{count} = len({trip})", " = ".join(self.stacked(v) for v in kept) + " = None"]
+            # read only once a step has run: a lone bound is then the count itself (`range(n)`: n)
+            steps = ex(loop.bounds[0]) if _BackwardWriter._plain_range(loop) else f"len({trip})"
+            lines += [f"{count} = {steps}", " = ".join(self.stacked(v) for v in kept) + " = None"]
         body = [f"{n} = {ex(e)}" for n, e in loop.numbers]
         body += self.steps(Tape(list(loop.picks.values()), [], [], set()), ex)
         body += self.steps(loop.tape, ex)
