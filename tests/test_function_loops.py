@@ -223,16 +223,19 @@ def test_a_carried_value_and_the_step_value_it_becomes_are_kept_once():
     assert "_steps[t - 1] if t > 0 else " in code
 
 
-ELMAN2 = ELMAN.replace("layer Elman(", "layer Elman2(").replace(
-    "    example(",
-    """    param weight_ih_l1: [hidden_size, hidden_size]
+ELMAN2 = (
+    ELMAN.replace("layer Elman(", "layer Elman2(")
+    .replace(
+        "    example(",
+        """    param weight_ih_l1: [hidden_size, hidden_size]
     param weight_hh_l1: [hidden_size, hidden_size]
     param bias_ih_l1: [hidden_size]
     param bias_hh_l1: [hidden_size]
     example(""",
-).replace(
-    "        return stack(outputs, dim = 0)",
-    """        gi1 = stack(outputs, dim = 0) @ transpose(weight_ih_l1, 0, 1) + bias_ih_l1
+    )
+    .replace(
+        "        return stack(outputs, dim = 0)",
+        """        gi1 = stack(outputs, dim = 0) @ transpose(weight_ih_l1, 0, 1) + bias_ih_l1
         h1 = new_zeros(input, [size_at(input, 1), hidden_size])
         outputs1 = []
         for t in range(size_at(input, 0)) {
@@ -240,6 +243,7 @@ ELMAN2 = ELMAN.replace("layer Elman(", "layer Elman2(").replace(
             outputs1.append(h1)
         }
         return stack(outputs1, dim = 0)""",
+    )
 )
 
 

@@ -44,7 +44,7 @@ def peeled_families(layer: N.Layer) -> tuple[N.Layer, dict[str, Part]]:
     """`layer` with the families whose first member differs split (their loops' first step written on its
     own), and the tensor each part stands for; `layer` itself when no family's first member differs."""
     assert layer.forward is not None
-    counts = {spec_text(t.repeat.iter.args[0]) for t in layer.tensors if _first_differs(t)}
+    counts = {spec_text(t.repeat.iter.args[0]) for t in layer.tensors if t.repeat is not None and _first_differs(t)}
     if not counts:
         return layer, {}
     taken = {t.name for t in layer.tensors} | {a.name for a in layer.args} | {l.name for l in layer.lets}
@@ -113,16 +113,13 @@ def _tests_first(cond: N.Expr, var: str) -> bool | None:
     op = cond.ops[0]
     if isinstance(left, N.Num) and isinstance(right, N.Name):
         left, right, op = right, left, {"<": ">", "<=": ">=", ">": "<", ">=": "<="}.get(op, op)
-    if not (isinstance(left, N.Name) and left.id == var and isinstance(right, N.Num)):
+    if not (isinstance(left, N.Name) and left.id == var and isinstance(right, N.Num) and right.kind == N.Kind.INT):
         return None
-    bound = right.value
-    return {("==", 0): True, ("!=", 0): False, (">", 0): False, (">=", 1): False}.get((op, bound))
+    return {("==", 0): True, ("!=", 0): False, (">", 0): False, (">=", 1): False}.get((op, int(right.value)))
 
 
 def _tensor(t: N.Tensor, name: str, dims: list[N.Expr | N.EllipsisItem]) -> N.Tensor:
-    return dataclasses.replace(
-        t, name=name, shape=dataclasses.replace(t.shape, dims=dims), repeat=None, written=""
-    )
+    return dataclasses.replace(t, name=name, shape=dataclasses.replace(t.shape, dims=dims), repeat=None, written="")
 
 
 def _peeled(
@@ -149,9 +146,7 @@ def _reads_family_at(body: list[N.Stmt], families: set[str], var: str) -> bool:
     )
 
 
-def _split_loop(
-    loop: N.For, firsts: dict[str, N.Tensor], rests: dict[str, N.Tensor], counts: set[str]
-) -> list[N.Stmt]:
+def _split_loop(loop: N.For, firsts: dict[str, N.Tensor], rests: dict[str, N.Tensor], counts: set[str]) -> list[N.Stmt]:
     """`for k in range(n) { body }` as its first step (under `if n > 0`) and a loop over the rest."""
     it = loop.iter
     assert isinstance(it, N.Call)

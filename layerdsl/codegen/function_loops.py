@@ -649,8 +649,8 @@ class _BackwardWriter:
             if c in kept and (update := self.fn.previous_step(loop, c, kept)) is not None:
                 self.read(B.name(loop.carried[c]))
                 start = self.ex(B.name(loop.carried[c]))
-                before = f"{self.fn.stacked(update)}[{step_index} - 1]"
-                body.append(f"{per_step_names[c]} = {before} if {step_index} > 0 else {start}")
+                previous = f"{self.fn.stacked(update)}[{step_index} - 1]"
+                body.append(f"{per_step_names[c]} = {previous} if {step_index} > 0 else {start}")
         tape = dataclasses.replace(loop.tape, outputs=[o for o, _ in outputs])
         bwd = derive(tape, [g for _, g in outputs], extra_grads)
         self.current = set()
