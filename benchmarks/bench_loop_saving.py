@@ -27,11 +27,12 @@ from layerdsl.semantics.checker import check_program  # noqa: E402
 from layerdsl.syntax.parser import parse_file  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_function_loops import DEEP, ELMAN  # noqa: E402  (the specs both benchmarks measure)
+from bench_function_loops import DEEP, ELMAN, ELMAN2  # noqa: E402  (the specs both benchmarks measure)
 
 # name: (spec, layer, constructor arguments, input shape)
 CASES = {
     "elman": (ELMAN, "Elman", {"input_size": 256, "hidden_size": 512}, (512, 64, 256)),
+    "elman2": (ELMAN2, "Elman2", {"input_size": 256, "hidden_size": 512}, (512, 64, 256)),
     "deep": (DEEP, "Deep", {"d": 256, "hidden": 1024, "depth": 24}, (512, 256)),
 }
 

@@ -74,7 +74,7 @@ def test_the_module_passes_member_0_as_itself_and_the_rest_stacked():
     plans, problems = plan_backwards([spec])
     assert not problems
     source = emit_file(spec, program, "widening.layer", plans)
-    assert "self.w_l0 if self.n > 0 else torch.empty(0)" in source
+    assert "self.w_l0 if self.n > 0 else x.new_empty(0)" in source
     assert 'torch.stack([getattr(self, f"w_l{k}") for k in range(1, self.n)])' in source
     assert "for k in range(n - 1):" in source
 

@@ -275,6 +275,12 @@ def test_a_loop_over_the_steps_of_an_earlier_loop_picks_its_joined_list_per_step
     spec = parse_file("elman2.layer", ELMAN2)
     code = emit_file(spec, check_program([spec]), "elman2.layer", {})
     assert "select_backward" not in code
+    # Per layer one buffer of the steps' h: the stacked outputs are a view of it, not a second copy
+    saved = ours(x).grad_fn.saved_tensors
+    steps = {t.untyped_storage().data_ptr() for t in saved if tuple(t.shape) == (length, 2, 4)}
+    assert len(steps) == 2
+    function = code[code.index("class Elman2Function") : code.index("class Elman2(")]
+    assert "outputs = []" not in function and "stacked_outputs = h" in function
 
 
 LONG = """

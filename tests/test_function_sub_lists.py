@@ -143,7 +143,9 @@ def test_the_function_runs_the_items_as_one_loop_and_the_module_stacks_their_mem
     function = code[code.index("class DeepFunction") : code.index("class Deep(")]
     assert function.count("torch.relu(") == 1  # the item's forward once, in a loop
     assert "for i in range(depth):" in function
-    assert "torch.stack([item.w1 for item in self.blocks]) if len(self.blocks) else torch.empty(0)" in code
+    assert (
+        "torch.stack([item.w1 for item in self.blocks]) if len(self.blocks) else x.new_empty(0)" in code
+    )  # on x's device, of its dtype
 
 
 def _deep_mlp_spec() -> str:

@@ -298,7 +298,9 @@ class LoopFunction:
     def forward_loop(self, loop: Loop, per_step: set[str], ex: PyExpr) -> list[str]:
         lines = [f"{c} = {self.not_an_input(start)}" for c, start in loop.carried.items() if c != start]
         kept = self.per_step_order(loop, per_step)
-        lines += [f"{name} = []" for name in loop.appended]
+        buffered = self.buffered_lists(loop, kept)
+        appended = {name: item for name, item in loop.appended.items() if name not in buffered}
+        lines += [f"{name} = []" for name in appended]
         trip = self.trip(loop, ex)
         index = loop.var if _BackwardWriter._plain_range(loop) else self.name("step", key=(id(loop),))
         if kept:  # one buffer per value, for every step: made at the first (None after a loop of no steps)
@@ -313,7 +315,7 @@ class LoopFunction:
             body.append(f"if {index} == 0:")
             body += [f"    {self.stacked(v)} = {v}.new_empty(({count}, *{v}.shape))" for v in kept]
             body += [f"{self.stacked(v)}[{index}] = {v}" for v in kept]
-        body += [f"{name}.append({ex(item)})" for name, item in loop.appended.items()]
+        body += [f"{name}.append({ex(item)})" for name, item in appended.items()]
         moved = [(c, v) for c, v in loop.updates.items() if c != v]
         if moved:
             body.append(f"{', '.join(c for c, _ in moved)} = {', '.join(self.not_an_input(v) for _, v in moved)}")
@@ -322,8 +324,24 @@ class LoopFunction:
         head = with_spec_line([f"for {each} in {trip}:"], 0, self.e.spec_path, loop.span.line)
         lines += head + ["    " + line for line in body or ["pass"]]
         for j in loop.joins:
-            lines.append(f"{j.name} = torch.{j.func}({j.items}, dim={ex(j.dim)})")
+            if j.items in buffered:  # a view of the buffer (an output of its own: not the buffer itself)
+                buffer, dim = self.stacked(buffered[j.items]), ex(j.dim)
+                view = f"{buffer}.view_as({buffer})" if dim == "0" else f"torch.movedim({buffer}, 0, {dim})"
+                lines.append(f"{j.name} = {view}")
+            else:
+                lines.append(f"{j.name} = torch.{j.func}({j.items}, dim={ex(j.dim)})")
         return lines
+
+    @staticmethod
+    def buffered_lists(loop: Loop, kept: list[str]) -> dict[str, str]:
+        """The lists whose every join is a `stack` of a value kept per step, by that value: the buffer holds
+        them already (the join is a view of it, not a second copy, and the list is not made)."""
+        out: dict[str, str] = {}
+        for name, item in loop.appended.items():
+            joins = [j for j in loop.joins if j.items == name]
+            if isinstance(item, N.Name) and item.id in kept and joins and all(j.func == "stack" for j in joins):
+                out[name] = item.id
+        return out
 
     def not_an_input(self, value: str) -> str:
         """A carried value as forward binds it: an input as a view of it (torch refuses an input returned

@@ -585,7 +585,10 @@ class LayerEmitter:
         args = [p for i in self.forward.inputs for p in parts.get(i.name, [i.name])]
         module = PyExpr(self.construction_spelling(on_self=True))
         inlined = self.inlined
-        args += [member_argument(inlined, t.name, module) if inlined else f"self.{t.name}" for t in self.layer.tensors]
+        like = next((i.name for i in self.forward.inputs if i.dtype == "float" and not i.optional), None)
+        args += [
+            member_argument(inlined, t.name, module, like) if inlined else f"self.{t.name}" for t in self.layer.tensors
+        ]
         return args + [f"self.{a}" if a != "training" else "self.training" for a in self.function_kwargs()]
 
     def tuple_unpacking(self) -> list[str]:
