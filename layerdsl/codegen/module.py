@@ -585,7 +585,8 @@ class LayerEmitter:
         args = [p for i in self.forward.inputs for p in parts.get(i.name, [i.name])]
         module = PyExpr(self.construction_spelling(on_self=True))
         inlined = self.inlined
-        like = next((i.name for i in self.forward.inputs if i.dtype == "float" and not i.optional), None)
+        tensors = [i for i in self.forward.inputs if i.dtype == "float" and not i.optional and i.name not in parts]
+        like = tensors[0].name if tensors else None  # no items: an empty tensor like it
         args += [
             member_argument(inlined, t.name, module, like) if inlined else f"self.{t.name}" for t in self.layer.tensors
         ]
