@@ -157,3 +157,130 @@ def test_a_decided_comparison_matches_the_plain_form(s):
     (wx,) = torch.autograd.grad(want.sum(), x)
     assert torch.allclose(gx, wx)
     assert torch.autograd.gradcheck(layer, (x,)) and torch.autograd.gradgradcheck(layer, (x,))
+
+
+MIXED = '''
+@function
+layer Mixed(n: int, a: bool = true, b: bool = false) {
+    """Five independent choices: two arguments, `training`, two optional inputs (32 sides)."""
+    param w: [n] = uniform(0.5, 1.5)
+
+    example(n = 3)
+
+    forward(x: [B, n], u: [B, n]? = none, v: [B, n]? = none) -> [B, n] {
+        h = x * w
+        if a {
+            h = tanh(h)
+        }
+        if training {
+            h = h * sigmoid(x)
+        }
+        if u != none {
+            h = h + u * h
+        }
+        if b {
+            h = h * h
+        } else {
+            h = exp(h) * w
+        }
+        if v != none {
+            return h * v
+        }
+        return h
+    }
+}
+'''
+
+# (a, b, training, u given, v given): all on, all off, and a sample between
+CONFIGURATIONS = [
+    (True, True, True, True, True),
+    (False, False, False, False, False),
+    (True, False, True, False, True),
+    (False, True, False, True, False),
+    (True, True, False, False, True),
+    (False, False, True, True, False),
+]
+
+
+def _straight(a: bool, b: bool, training: bool, u: bool, v: bool) -> str:
+    """The side of `MIXED` that a configuration takes, as a spec of its own (no `if`): what it saves is
+    the least a Function of that forward saves."""
+    lines = ["h = x * w"]
+    lines += ["h = tanh(h)"] if a else []
+    lines += ["h = h * sigmoid(x)"] if training else []
+    lines += ["h = h + u * h"] if u else []
+    lines += ["h = h * h"] if b else ["h = exp(h) * w"]
+    lines += ["return h * v"] if v else ["return h"]
+    inputs = ["x: [B, n]"] + (["u: [B, n]"] if u else []) + (["v: [B, n]"] if v else [])
+    body = "\n".join("        " + line for line in lines)
+    return (
+        f'@function\nlayer Straight(n: int) {{\n    """One side."""\n    param w: [n] = uniform(0.5, 1.5)\n\n'
+        f"    example(n = 3)\n\n    forward({', '.join(inputs)}) -> [B, n] {{\n{body}\n    }}\n}}\n"
+    )
+
+
+def _compiled(name: str, text: str) -> dict:
+    spec, program = _checked(name, text)
+    namespace: dict = {}
+    exec(compile(emit_file(spec, program, f"{name}.layer", {}), f"{name}.py", "exec"), namespace)
+    return namespace
+
+
+@pytest.fixture(scope="module")
+def mixed() -> dict:
+    return _compiled("mixed", MIXED)
+
+
+def _saved_bytes(run) -> int:
+    """The bytes of the tensors the autograd graph of `run()` keeps (each storage once)."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("config", CONFIGURATIONS)
+def test_each_side_of_independent_ifs_matches_the_plain_form(mixed, config):
+    a, b, training, u_given, v_given = config
+    torch.manual_seed(0)
+    layer = mixed["Mixed"](3, a=a, b=b, dtype=torch.float64).train(training)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(2, 3, dtype=torch.float64, requires_grad=True) if u_given else None
+    v = torch.randn(2, 3, dtype=torch.float64, requires_grad=True) if v_given else None
+    w = layer.w.detach().requires_grad_()
+    assert torch.allclose(layer(x, u, v), mixed["mixed"](x, layer.w, u=u, v=v, a=a, b=b, training=training))
+    got = mixed["MixedFunction"].apply(x, u, v, w, a, b, training)
+    want = mixed["mixed"](x, w, u=u, v=v, a=a, b=b, training=training)
+    assert torch.allclose(got, want)
+    leaves = [t for t in (x, u, v, w) if t is not None]
+    seed = torch.randn_like(want)
+    first = [torch.autograd.grad(y, leaves, seed, create_graph=True) for y in (got, want)]
+    for g, h in zip(*first):
+        assert torch.allclose(g, h)
+
+    def run(*ts):
+        given = iter(ts)
+        x_, u_, v_ = next(given), next(given) if u_given else None, next(given) if v_given else None
+        return mixed["MixedFunction"].apply(x_, u_, v_, next(given), a, b, training)
+
+    assert torch.autograd.gradcheck(run, tuple(leaves)) and torch.autograd.gradgradcheck(run, tuple(leaves))
+
+
+@pytest.mark.parametrize("config", CONFIGURATIONS)
+def test_a_side_saves_what_the_same_forward_without_ifs_saves(mixed, config):
+    """Each side keeps only what its own backward reads: as many bytes as the spec of that side alone."""
+    a, b, training, u_given, v_given = config
+    straight = _compiled("straight", _straight(*config))
+    torch.manual_seed(0)
+    x, u, v = (torch.randn(64, 3, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    w = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    branching = mixed["MixedFunction"]
+    side = _saved_bytes(lambda: branching.apply(x, u if u_given else None, v if v_given else None, w, a, b, training))
+    given = [x] + ([u] if u_given else []) + ([v] if v_given else [])
+    alone = _saved_bytes(lambda: straight["StraightFunction"].apply(*given, w))
+    assert side == alone
