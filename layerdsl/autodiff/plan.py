@@ -121,7 +121,7 @@ def plan_backward(
     assert layer.forward is not None
     if layer.backward is None and (branch := _first_if(layer.forward.body)) is not None:
         # counted before any side is derived: independent `if`s multiply (a derivation per side)
-        if _side_count(layer.forward.body, known, MAX_BRANCH_PLANS) > MAX_BRANCH_PLANS:
+        if side_count(layer.forward.body, known, MAX_BRANCH_PLANS) > MAX_BRANCH_PLANS:
             raise NotDerivable(
                 branch[1].span,
                 f"a derived backward goes through at most {MAX_BRANCH_PLANS} combinations of `if` branches",
@@ -194,21 +194,42 @@ def _loop_plan(layer: N.Layer, optional: set[str], given: frozenset[str]) -> Pla
     return plan_loops(layer, optional, incoming_names)
 
 
-def _side_count(body: list[N.Stmt], known: Facts, limit: int) -> int:
+def side_count(body: list[N.Stmt], known: Facts, limit: int) -> int:
     """How many straight-line sides `body` has (the combinations of its `if`s that the conditions around
     them leave possible), counted up to `limit + 1` (so a forward of many `if`s is refused in little time)."""
     found = _first_if(body)
     if found is None:
         return 1
-    at, stmt = found
-    decided = _truth(stmt.cond, known)
     count = 0
-    for chosen, holds in ((stmt.body, True), (stmt.orelse, False)):
-        if count > limit or decided is not None and decided != holds:
-            continue
-        facts = known if decided is not None else known + _facts(stmt.cond, holds)
-        count += _side_count(_until_return(body[:at] + chosen + body[at + 1 :]), facts, limit - count)
+    for side in _sides(body, found, found[1].cond, known):
+        if count > limit:
+            break
+        count += side_count(side.body, side.known, limit - count)
     return count
+
+
+@dataclass
+class _Side:
+    """One side of a forward's first `if`: the forward with that side's statements in place of the `if`."""
+
+    holds: bool  # the condition holds on this side
+    body: list[N.Stmt]  # up to the first `return`
+    known: Facts  # what the `if`s around it prove, and the condition when they leave it open
+
+
+def _sides(body: list[N.Stmt], branch: tuple[int, N.If], cond: N.Expr, known: Facts) -> list[_Side]:
+    """The sides of `branch` (the first `if` of `body`, its condition `cond`) that `known` leaves possible:
+    both, or only the one it decides (`track and training` inside `if track and not training`). The one
+    walk that counting the sides (`side_count`) and planning them (`_branch_plan`) follow."""
+    at, stmt = branch
+    decided = _truth(cond, known)
+    sides = []
+    for chosen, holds in ((stmt.body, True), (stmt.orelse, False)):
+        if decided is not None and decided != holds:
+            continue
+        facts = known if decided is not None else known + _facts(cond, holds)
+        sides.append(_Side(holds, _until_return(body[:at] + chosen + body[at + 1 :]), facts))
+    return sides
 
 
 def _first_if(body: list[N.Stmt]) -> tuple[int, N.If] | None:
@@ -230,19 +251,14 @@ def _branch_plan(
     except NotDerivable as exc:  # each side is still checked
         problems.append(exc)
         cond = stmt.cond
-    decided = _truth(cond, known)
+    decided = len(possible := _sides(body, branch, cond, known)) == 1
     sides = []
-    for chosen, holds in ((stmt.body, True), (stmt.orelse, False)):
-        if decided is not None and decided != holds:
-            continue
-        side_body = _until_return(body[:at] + chosen + body[at + 1 :])
-        forward = dataclasses.replace(layer.forward, body=side_body)
-        proven = given | _proven_given(cond, holds)
-        side = dataclasses.replace(layer, forward=forward)
+    for side in possible:
+        forward = dataclasses.replace(layer.forward, body=side.body)
+        proven = given | _proven_given(cond, side.holds)
         try:
-            facts = known if decided is not None else known + _facts(cond, holds)
-            planned = plan_backward(side, proven, facts, measured)
-            if decided is None and _keeps_a_loop(planned) and not on_arguments(cond, _optional_inputs(layer)):
+            planned = plan_backward(dataclasses.replace(layer, forward=forward), proven, side.known, measured)
+            if not decided and _keeps_a_loop(planned) and not on_arguments(cond, _optional_inputs(layer)):
                 raise NotDerivable(
                     stmt.span,
                     "a derived backward goes through a loop whose count is known only when forward runs in a"
@@ -299,8 +315,24 @@ def _truth(cond: N.Expr, known: Facts) -> bool | None:
     if isinstance(cond, N.Not):
         inner = _truth(cond.operand, known)
         return None if inner is None else not inner
+    if (same := _self_comparison(cond)) is not None:
+        return same
     key, positive = _term(cond)
     return next((holds == positive for term, holds in known if term == key), None)
+
+
+SELF_COMPARISONS = {"==": True, "<=": True, ">=": True, "!=": False, "<": False, ">": False}
+
+
+def _self_comparison(cond: N.Expr) -> bool | None:
+    """Whether a comparison of a value with itself holds (`kdim == embed_dim` of a sub given `kdim = d,
+    embed_dim = d`); None for another condition. Only ints, bools and strings: a float may be NaN."""
+    if not (isinstance(cond, N.Compare) and len(cond.operands) == 2 and cond.ops[0] in SELF_COMPARISONS):
+        return None
+    left, right = cond.operands
+    if left.kind not in (N.Kind.INT, N.Kind.BOOL, N.Kind.STR) or B.key(left) != B.key(right):
+        return None
+    return SELF_COMPARISONS[cond.ops[0]]
 
 
 def _optional_inputs(layer: N.Layer) -> frozenset[str]:
