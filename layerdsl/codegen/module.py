@@ -25,6 +25,7 @@ from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.diagnostics import SpecError, printable
 from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import clone, map_children, names_read, statements, walk
 from layerdsl.language.naming import fresh_name, snake_case
 from layerdsl.language.ops import CALLABLE, OPERATORS, OPS
@@ -738,6 +739,8 @@ class LayerEmitter:
             if on_self
             else _computed_defaults([a for a in self.layer.args if a.name in self.functional_kwargs()], ex)
         )
+        if not on_self:
+            lines += self.member_presence_checks(ex)
         lines += self.shape_checks(spelling, on_self)
         if not on_self:
             used = self.names_used_by_forward()
@@ -750,6 +753,27 @@ class LayerEmitter:
             return self.output_checks([ex(v) for v in ret.values], spelling, on_self)
 
         lines += StatementWriter(ex, spelling, self.layer, spec_path=self.spec_path, checks=checks).block(body)
+        return lines
+
+    def member_presence_checks(self, ex: PyExpr) -> list[str]:
+        """`if bias and b is None: raise TypeError(...)`: the functional form takes an optional member's
+        condition as arguments, and its body reads the member unguarded where the condition holds (as the
+        module has it then), so a call that states the condition without the member is refused by name."""
+        passed = set(self.functional_kwargs())
+        lines = []
+        for t in self.layer.tensors:
+            if t.cond is None or t.repeat is not None:
+                continue
+            read = [n for n in walk(t.cond) if isinstance(n, N.Name)]
+            if not read or any(n.ref != N.Ref.ARG or n.id not in passed for n in read):
+                continue  # not decided by the call's arguments: the member's presence decides alone
+            when = f"{t.cond.id}=True" if isinstance(t.cond, N.Name) else f"`{spec_text(t.cond)}`"
+            test = ex(t.cond) if isinstance(t.cond, N.Name) else f"({ex(t.cond)})"
+            lines += [
+                f"if {test} and {t.name} is None:",
+                f'    raise TypeError("{self.layer.name}: parameter \'{t.name}\' is required with {when}'
+                f' (the layer has it then), got None")',
+            ]
         return lines
 
     def taken_names(self) -> set[str]:
