@@ -20,6 +20,7 @@ from layerdsl.autodiff.plan import Plan, plan_backwards
 from layerdsl.codegen.function_arity import arities, returned_by_arity
 from layerdsl.codegen.function_buffers import unpacked_call
 from layerdsl.codegen.function_members import member_argument
+from layerdsl.codegen.function_parameter import Reference, inlined_parameter
 from layerdsl.codegen.optional_members import IsPresent, hoist_optionals
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
@@ -771,7 +772,7 @@ class LayerEmitter:
             test = ex(t.cond) if isinstance(t.cond, N.Name) else f"({ex(t.cond)})"
             lines += [
                 f"if {test} and {t.name} is None:",
-                f'    raise TypeError("{self.layer.name}: parameter \'{t.name}\' is required with {when}'
+                f"    raise TypeError(\"{self.layer.name}: parameter '{t.name}' is required with {when}"
                 f' (the layer has it then), got None")',
             ]
         return lines
@@ -882,16 +883,22 @@ class LayerEmitter:
             f'    raise TypeError(f"{where} must be a floating-point tensor, got {{{x}.dtype}}")',
         ]
         param = next((t for t in self.layer.params if t.cond is None and t.repeat is None), None)
-        if param is None:
+        if param is not None:
+            reference: Reference | None = Reference(ex(N.Name(N.NOWHERE, param.name)))
+        elif self.layer.is_function and self.function_emitter.inlined is not None:  # only subs' or a family's
+            reference = inlined_parameter(self.function_emitter.inlined, ex)
+        else:  # the subs check their own inputs
+            reference = None
+        if reference is None:
             return lines
-        w = ex(N.Name(N.NOWHERE, param.name))
+        w, when = reference.tensor, f"{reference.guard} and " if reference.guard else ""
         lines += [
-            f"if {x}.device != {w}.device:",
+            f"if {when}{x}.device != {w}.device:",
             f'    raise ValueError(f"{where} is on {{{x}.device}} but the parameters are on {{{w}.device}}")',
         ]
         if self.has_unpromoting_op():
             lines += [
-                f"if {x}.dtype != {w}.dtype and not torch.is_autocast_enabled({x}.device.type):",
+                f"if {when}{x}.dtype != {w}.dtype and not torch.is_autocast_enabled({x}.device.type):",
                 f'    raise TypeError(f"{where} is {{{x}.dtype}} but the parameters are {{{w}.dtype}}")',
             ]
         return lines
