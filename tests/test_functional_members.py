@@ -13,12 +13,16 @@ from .support import compile_spec
 RNN_CELLS = (Path(__file__).resolve().parent.parent / "specs" / "torch_nn" / "rnn_cells.layer").read_text()
 
 OPTIONAL_BIAS = """
-layer OptBias(d: int, bias: bool = true, affine: bool = true) {
+layer OptBias(d: int, bias: bool = true, affine: bool = true, mode: str = "plain") {
     param w: [d, d]
     param b: [d] = uniform(-0.5, 0.5) if bias
     param s: [d] = ones if affine and bias
+    param g: [d] = ones if mode == "gated"
     example(d = 3)
     forward(x: [B, d]) -> [B, d] {
+        if mode == "gated" {
+            return x @ w * g
+        }
         if bias and affine {
             return (x @ w + b) * s
         }
@@ -64,5 +68,7 @@ def test_a_condition_of_two_arguments_is_named_as_written():
         ns["opt_bias"](x, layer.w, s=layer.s, bias=True)
     with pytest.raises(TypeError, match=r"OptBias: parameter 's' is required with `affine and bias`"):
         ns["opt_bias"](x, layer.w, layer.b, bias=True, affine=True)
+    with pytest.raises(TypeError, match=r"OptBias: parameter 'g' is required with `mode == \"gated\"`"):
+        ns["opt_bias"](x, layer.w, layer.b, layer.s, mode="gated")
     torch.testing.assert_close(ns["opt_bias"](x, layer.w, layer.b, bias=True, affine=False), x @ layer.w + layer.b)
     torch.testing.assert_close(ns["opt_bias"](x, layer.w, bias=False, affine=True), x @ layer.w)

@@ -21,7 +21,7 @@ from layerdsl.codegen.function_arity import arities, returned_by_arity
 from layerdsl.codegen.function_buffers import unpacked_call
 from layerdsl.codegen.function_members import member_argument
 from layerdsl.codegen.optional_members import IsPresent, hoist_optionals
-from layerdsl.codegen.pyexpr import PyExpr, Spelling
+from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling
 from layerdsl.codegen.reference_parameter import Reference, inlined_parameter
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.diagnostics import SpecError, printable
@@ -757,9 +757,9 @@ class LayerEmitter:
         return lines
 
     def member_presence_checks(self, ex: PyExpr) -> list[str]:
-        """`if bias and b is None: raise TypeError(...)`: the functional form takes an optional member's
-        condition as arguments, and its body reads the member unguarded where the condition holds (as the
-        module has it then), so a call that states the condition without the member is refused by name."""
+        """`if bias and b is None: raise TypeError(...)`: the functional form takes every argument of an
+        optional member's condition, and its body may read the member unguarded where the condition holds
+        (the module has it then), so a call that makes the condition true without the member is refused."""
         passed = set(self.functional_kwargs())
         lines = []
         for t in self.layer.tensors:
@@ -769,12 +769,11 @@ class LayerEmitter:
             if not read or any(n.ref != N.Ref.ARG or n.id not in passed for n in read):
                 continue  # not decided by the call's arguments: the member's presence decides alone
             when = f"{t.cond.id}=True" if isinstance(t.cond, N.Name) else f"`{spec_text(t.cond)}`"
-            test = ex(t.cond) if isinstance(t.cond, N.Name) else f"({ex(t.cond)})"
-            lines += [
-                f"if {test} and {t.name} is None:",
-                f"    raise TypeError(\"{self.layer.name}: parameter '{t.name}' is required with {when}"
-                f' (the layer has it then), got None")',
-            ]
+            test = ex.wrap(t.cond, PREC["and"])
+            message = (
+                f"{self.layer.name}: parameter '{t.name}' is required with {when} (the layer has it then), got None"
+            )
+            lines += [f"if {test} and {t.name} is None:", f"    raise TypeError({message!r})"]
         return lines
 
     def taken_names(self) -> set[str]:
