@@ -14,6 +14,7 @@ from layerdsl.autodiff.plan import plan_backwards
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
 
+from .function_agreement import agree, checked, double
 from .support import compile_spec
 
 SPEC = """
@@ -159,28 +160,6 @@ def ns() -> dict:
     return compile_spec(SPEC, "function_attention")
 
 
-def _double(*shape: int) -> torch.Tensor:
-    return torch.empty(shape, dtype=torch.float64).uniform_(-1, 1).requires_grad_()
-
-
-def _agree(got: torch.Tensor, want: torch.Tensor, inputs: list[torch.Tensor]) -> None:
-    """Equal outputs, and equal first and second derivatives with respect to `inputs`."""
-    torch.testing.assert_close(got, want)
-    seed = torch.randn_like(want)
-    first = [torch.autograd.grad(out, inputs, seed, create_graph=True) for out in (got, want)]
-    for a, b in zip(*first):
-        torch.testing.assert_close(a, b)
-    weights = [torch.linspace(-1, 1, g.numel(), dtype=g.dtype).view_as(g) for g in first[1]]
-    second = [torch.autograd.grad(sum((g * w).sum() for g, w in zip(gs, weights)), inputs) for gs in first]
-    for a, b in zip(*second):
-        torch.testing.assert_close(a, b)
-
-
-def _checked(fn, inputs: list[torch.Tensor]) -> None:
-    assert torch.autograd.gradcheck(fn, inputs)
-    assert torch.autograd.gradgradcheck(fn, inputs)
-
-
 def _first(out):
     return out[0] if isinstance(out, tuple) else out
 
@@ -189,13 +168,13 @@ def _first(out):
 @pytest.mark.parametrize("shape", [(5, 3), (5, 2, 3), (4, 2, 2, 3)])
 def test_a_size_of_a_transposed_input_is_measured_on_each_side(ns, batch_first, shape):
     torch.manual_seed(0)
-    x = _double(*shape)
-    _agree(ns["SeqMean"](batch_first=batch_first)(x), ns["seq_mean"](x, batch_first=batch_first), [x])
-    _checked(lambda x: _first(ns["SeqMeanFunction"].apply(x, batch_first)), [x])
+    x = double(*shape)
+    agree(ns["SeqMean"](batch_first=batch_first)(x), ns["seq_mean"](x, batch_first=batch_first), [x])
+    checked(lambda x: _first(ns["SeqMeanFunction"].apply(x, batch_first)), [x])
 
 
 def test_the_size_kept_on_ctx_is_the_inputs_dim_the_side_reads(ns):
-    x = _double(5, 2, 3)
+    x = double(5, 2, 3)
     # transpose(input, 0, -2) at -2 is input's 0; input itself at -2 when batch first
     assert _first(ns["SeqMeanFunction"].apply(x, False)).grad_fn.input_size0 == 5
     assert _first(ns["SeqMeanFunction"].apply(x, True)).grad_fn.input_size_last2 == 2
@@ -205,9 +184,9 @@ def test_the_size_kept_on_ctx_is_the_inputs_dim_the_side_reads(ns):
 def test_a_loop_counts_the_steps_of_a_transposed_input(ns, steps):
     torch.manual_seed(1)
     layer = ns["TimeScan"](3, dtype=torch.float64)
-    x = _double(steps, 2, 3)
-    _agree(layer(x), ns["time_scan"](x, layer.w, d=3), [x, layer.w])
-    _checked(lambda x, w: _first(ns["TimeScanFunction"].apply(x, w, 3)), [x, layer.w])
+    x = double(steps, 2, 3)
+    agree(layer(x), ns["time_scan"](x, layer.w, d=3), [x, layer.w])
+    checked(lambda x, w: _first(ns["TimeScanFunction"].apply(x, w, 3)), [x, layer.w])
 
 
 @pytest.mark.parametrize("batch_first", [False, True])
@@ -215,37 +194,37 @@ def test_a_loop_counts_the_steps_of_a_transposed_input(ns, steps):
 def test_attention_heads_are_sized_from_the_query_on_each_layout(ns, batch_first, shape):
     torch.manual_seed(2)
     layer = ns["HeadAttention"](4, 2, batch_first=batch_first, dtype=torch.float64)
-    x = _double(*shape)
+    x = double(*shape)
     w = layer.in_proj_weight
-    _agree(layer(x), ns["head_attention"](x, w, embed_dim=4, num_heads=2, batch_first=batch_first), [x, w])
-    _checked(lambda x, w: _first(ns["HeadAttentionFunction"].apply(x, w, 2, batch_first, 2)), [x, w])
+    agree(layer(x), ns["head_attention"](x, w, embed_dim=4, num_heads=2, batch_first=batch_first), [x, w])
+    checked(lambda x, w: _first(ns["HeadAttentionFunction"].apply(x, w, 2, batch_first, 2)), [x, w])
 
 
 def test_sizes_through_matmul_cat_and_expand_are_the_declared_dims(ns):
     torch.manual_seed(3)
     layer = ns["KeysWithBias"](3, dtype=torch.float64)
-    x = _double(2, 4, 3)
+    x = double(2, 4, 3)
     y = layer(x)
     assert tuple(y.shape) == (5, 2, 3)
-    _agree(y, ns["keys_with_bias"](x, layer.w, layer.bias_k, d=3), [x, layer.w, layer.bias_k])
-    _checked(lambda *a: _first(ns["KeysWithBiasFunction"].apply(*a, 3)), [x, layer.w, layer.bias_k])
+    agree(y, ns["keys_with_bias"](x, layer.w, layer.bias_k, d=3), [x, layer.w, layer.bias_k])
+    checked(lambda *a: _first(ns["KeysWithBiasFunction"].apply(*a, 3)), [x, layer.w, layer.bias_k])
 
 
 @pytest.mark.parametrize("shape", [(3, 2), (2, 3, 2)])
 def test_the_rank_of_a_local_is_its_inputs(ns, shape):
     torch.manual_seed(4)
-    x = _double(*shape)
-    _agree(ns["RankOfLocal"]()(x), ns["rank_of_local"](x), [x])
-    _checked(lambda x: _first(ns["RankOfLocalFunction"].apply(x)), [x])
+    x = double(*shape)
+    agree(ns["RankOfLocal"]()(x), ns["rank_of_local"](x), [x])
+    checked(lambda x: _first(ns["RankOfLocalFunction"].apply(x)), [x])
 
 
 def test_sizes_through_transposes_stack_unsqueeze_and_squeeze(ns):
     torch.manual_seed(7)
-    x = _double(2, 3, 4)  # distinct sizes: a dim mapped wrongly changes the scale
+    x = double(2, 3, 4)  # distinct sizes: a dim mapped wrongly changes the scale
     y = _first(ns["ViewSizesFunction"].apply(x))
     assert y.grad_fn.x_size2 == 4 and y.grad_fn.x_size1 == 3
-    _agree(ns["ViewSizes"]()(x), ns["view_sizes"](x), [x])
-    _checked(lambda x: _first(ns["ViewSizesFunction"].apply(x)), [x])
+    agree(ns["ViewSizes"]()(x), ns["view_sizes"](x), [x])
+    checked(lambda x: _first(ns["ViewSizesFunction"].apply(x)), [x])
 
 
 def test_subs_with_members_shaped_by_ints_and_a_flag_given_as_a_value_inline(ns):
@@ -255,7 +234,7 @@ def test_subs_with_members_shaped_by_ints_and_a_flag_given_as_a_value_inline(ns)
         for p in layer.parameters():
             p.uniform_(-1, 1)
     assert tuple(layer.wide.weight.shape) == (2, 3) and tuple(layer.norm.weight.shape) == (3,)
-    x = _double(4, 2, 3)
+    x = double(4, 2, 3)
     y = layer(x)
     assert "NormedScoresBackward" in type(y.grad_fn).__name__ or "Function" in type(y.grad_fn).__name__
     plain = torch.sin(
@@ -269,11 +248,11 @@ def test_subs_with_members_shaped_by_ints_and_a_flag_given_as_a_value_inline(ns)
             @ layer.inner.w
         )
     )
-    _agree(y, plain, [x, *layer.parameters()])
+    agree(y, plain, [x, *layer.parameters()])
     # the Function takes the subs' members as `inner_w` (passed as `self.inner.w`) after the input
     members = [layer.get_parameter(name.replace("_", ".", 1)) for name in ("inner_w", "wide_weight", "wide_bias")]
     members += [layer.norm.weight, layer.norm.bias]
-    _checked(lambda x, *ps: _first(ns["NormedScoresFunction"].apply(x, *ps, 3)), [x, *members])
+    checked(lambda x, *ps: _first(ns["NormedScoresFunction"].apply(x, *ps, 3)), [x, *members])
 
 
 def test_a_member_shaped_by_the_outer_layers_ints_argument(ns):
@@ -282,9 +261,9 @@ def test_a_member_shaped_by_the_outer_layers_ints_argument(ns):
     with torch.no_grad():
         for p in layer.parameters():
             p.uniform_(-1, 1)
-    x = _double(4, 2, 3)
+    x = double(4, 2, 3)
     plain = torch.tanh(ns["norm"](x, layer.norm.weight, layer.norm.bias, normalized_shape=[2, 3]))
-    _agree(layer(x), plain, [x, *layer.parameters()])
+    agree(layer(x), plain, [x, *layer.parameters()])
 
 
 REFUSED = """

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from .function_agreement import agree, checked, double
 from .support import compile_spec
 
 SPEC = """
@@ -192,31 +193,6 @@ def ns() -> dict:
     return compile_spec(SPEC, "function_inputs")
 
 
-def _double(*shape: int, lo: float = -1.0, hi: float = 1.0) -> torch.Tensor:
-    return torch.empty(*shape, dtype=torch.float64).uniform_(lo, hi).requires_grad_()
-
-
-def _agree(got, want, inputs: list[torch.Tensor]) -> None:
-    """Equal outputs, and equal first and second derivatives with respect to `inputs`."""
-    got, want = (g if isinstance(g, tuple) else (g,) for g in (got, want))
-    assert len(got) == len(want)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b)
-    seeds = [torch.randn_like(w) for w in want]
-    first = [torch.autograd.grad(list(outs), inputs, seeds, create_graph=True) for outs in (got, want)]
-    for a, b in zip(*first):
-        torch.testing.assert_close(a, b)
-    weights = [torch.linspace(-1, 1, g.numel(), dtype=g.dtype).view_as(g) for g in first[1]]
-    second = [torch.autograd.grad(sum((g * w).sum() for g, w in zip(gs, weights)), inputs) for gs in first]
-    for a, b in zip(*second):
-        torch.testing.assert_close(a, b)
-
-
-def _checked(fn, inputs: list[torch.Tensor]) -> None:
-    assert torch.autograd.gradcheck(fn, inputs)
-    assert torch.autograd.gradgradcheck(fn, inputs)
-
-
 @pytest.mark.parametrize("scaled", [True, False])
 @pytest.mark.parametrize("squash", [True, False])
 def test_a_flag_chooses_the_side_in_forward_and_backward(ns, scaled, squash):
@@ -224,10 +200,10 @@ def test_a_flag_chooses_the_side_in_forward_and_backward(ns, scaled, squash):
     layer = ns["FlagScale"](4, dtype=torch.float64)
     with torch.no_grad():
         layer.w.uniform_(0.5, 1.5)
-    x = _double(3, 4)
+    x = double(3, 4)
     got = layer(x, scaled=scaled, squash=squash)
-    _agree(got, ns["flag_scale"](x, layer.w, scaled=scaled, squash=squash), [x, layer.w])
-    _checked(lambda x, w: ns["FlagScaleFunction"].apply(x, scaled, squash, w), [x, layer.w])
+    agree(got, ns["flag_scale"](x, layer.w, scaled=scaled, squash=squash), [x, layer.w])
+    checked(lambda x, w: ns["FlagScaleFunction"].apply(x, scaled, squash, w), [x, layer.w])
 
 
 @pytest.mark.parametrize("need_weights", [True, False])
@@ -235,35 +211,35 @@ def test_a_flag_chooses_the_side_in_forward_and_backward(ns, scaled, squash):
 def test_flags_choose_whether_an_output_is_none_as_multihead_attention_does(ns, need_weights, average):
     torch.manual_seed(0)
     layer = ns["Attend"](4, dtype=torch.float64)
-    x = _double(2, 3, 4)
+    x = double(2, 3, 4)
     got = layer(x, need_weights=need_weights, average_attn_weights=average)
     want = ns["attend"](x, layer.w, need_weights=need_weights, average_attn_weights=average)
     assert (got[1] is None) == (not need_weights) == (want[1] is None)
     given = [o for o in got if o is not None]
-    _agree(tuple(given), tuple(o for o in want if o is not None), [x, layer.w])
+    agree(tuple(given), tuple(o for o in want if o is not None), [x, layer.w])
 
     def apply(x, w):
         outs = ns["AttendFunction"].apply(x, need_weights, average, w)[:2]
         return tuple(o for o in outs if o is not None)
 
-    _checked(apply, [x, layer.w])
+    checked(apply, [x, layer.w])
 
 
 @pytest.mark.parametrize("keep", [True, False])
 def test_a_flag_given_to_an_operation_is_kept_for_backward(ns, keep):
     torch.manual_seed(0)
     layer = ns["FlagSum"](4)
-    x = _double(3, 4)
+    x = double(3, 4)
     got = layer(x, keep=keep)
     assert got.shape == ((3, 1) if keep else (3,))
-    _agree(got, ns["flag_sum"](x, keep=keep, n=4), [x])
-    _checked(lambda x: ns["FlagSumFunction"].apply(x, keep), [x])
+    agree(got, ns["flag_sum"](x, keep=keep, n=4), [x])
+    checked(lambda x: ns["FlagSumFunction"].apply(x, keep), [x])
 
 
 def test_a_flag_is_a_bool_of_the_function_with_no_gradient(ns):
     source = ns["FlagScaleFunction"].forward.__annotations__
     assert source["scaled"] == "bool" and source["squash"] == "bool"
-    x = _double(2, 4)
+    x = double(2, 4)
     w = torch.ones(4, dtype=torch.float64, requires_grad=True)
     y = ns["FlagScaleFunction"].apply(x, True, False, w)
     assert y.grad_fn is not None
@@ -275,26 +251,26 @@ def test_a_flag_is_a_bool_of_the_function_with_no_gradient(ns):
 def test_a_tuple_input_is_taken_as_its_tensors(ns, given):
     torch.manual_seed(0)
     layer = ns["Cell"](3, 2, dtype=torch.float64)
-    x = _double(5, 3)
-    hx = (_double(5, 2), _double(5, 2)) if given else None
+    x = double(5, 3)
+    hx = (double(5, 2), double(5, 2)) if given else None
     got = layer(x, hx)
     want = ns["cell"](x, layer.weight_ih, layer.weight_hh, hx=hx, hidden_size=2)
     read = [layer.weight_ih, layer.weight_hh] if given else [layer.weight_ih]  # weight_hh multiplies h
-    _agree(got, want, [x, *read, *(hx or ())])
+    agree(got, want, [x, *read, *(hx or ())])
 
     def apply(x, weight_ih, *parts):
         h, c = parts if given else (None, None)
         return ns["CellFunction"].apply(x, h, c, weight_ih, layer.weight_hh, 2)[:2]
 
-    _checked(apply, [x, layer.weight_ih, *(hx or ())])
+    checked(apply, [x, layer.weight_ih, *(hx or ())])
 
 
 def test_a_required_tuple_input_gives_a_gradient_to_each_tensor(ns):
     torch.manual_seed(0)
     layer = ns["PairProduct"](4, dtype=torch.float64)
-    x, a, b = _double(3, 4), _double(3, 4), _double(3, 4)
-    _agree(layer(x, (a, b)), ns["pair_product"](x, (a, b), layer.w), [x, a, b, layer.w])
-    _checked(lambda x, a, b, w: ns["PairProductFunction"].apply(x, a, b, w), [x, a, b, layer.w])
+    x, a, b = double(3, 4), double(3, 4), double(3, 4)
+    agree(layer(x, (a, b)), ns["pair_product"](x, (a, b), layer.w), [x, a, b, layer.w])
+    checked(lambda x, a, b, w: ns["PairProductFunction"].apply(x, a, b, w), [x, a, b, layer.w])
 
 
 def _ctc_case(padded: bool, as_ints: bool):
@@ -341,61 +317,61 @@ def test_a_float_input_of_alternatives_derives_at_either_rank(ns, rank):
     layer = ns["EitherRank"](4, dtype=torch.float64)
     with torch.no_grad():
         layer.w.uniform_(0.5, 1.5)
-    x, y = _double(*([3, 4] if rank == 2 else [4])), _double(3, 4)
-    _agree(layer(x, y), ns["either_rank"](x, y, layer.w), [x, y, layer.w])
-    _checked(lambda x, y, w: ns["EitherRankFunction"].apply(x, y, w), [x, y, layer.w])
+    x, y = double(*([3, 4] if rank == 2 else [4])), double(3, 4)
+    agree(layer(x, y), ns["either_rank"](x, y, layer.w), [x, y, layer.w])
+    checked(lambda x, y, w: ns["EitherRankFunction"].apply(x, y, w), [x, y, layer.w])
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu", torch.nn.functional.silu])
 def test_each_string_choice_derives_and_a_callable_runs_the_plain_forward(ns, activation):
     torch.manual_seed(0)
     layer = ns["FeedForward"](4, activation=activation, dtype=torch.float64)
-    x = _double(3, 4)
+    x = double(3, 4)
     got = layer(x)
     backward = type(got.grad_fn).__name__
     if isinstance(activation, str):
         assert backward.startswith("FeedForwardFunction"), backward
-        _checked(lambda x, w: ns["FeedForwardFunction"].apply(x, w, activation)[0], [x, layer.w])
+        checked(lambda x, w: ns["FeedForwardFunction"].apply(x, w, activation)[0], [x, layer.w])
     else:  # a callable has no derivative the Function knows: autograd's
         assert "FeedForwardFunction" not in backward
-        _checked(layer, [x])
-    _agree(got, ns["feed_forward"](x, layer.w, activation=activation), [x, layer.w])
+        checked(layer, [x])
+    agree(got, ns["feed_forward"](x, layer.w, activation=activation), [x, layer.w])
 
 
 @pytest.mark.parametrize("activation", [None, torch.tanh])
 def test_an_optional_callable_derives_when_none(ns, activation):
     layer = ns["MaybeActivated"](activation=activation)
-    x = _double(3, 4)
+    x = double(3, 4)
     got = layer(x)
     assert ("MaybeActivatedFunction" in type(got.grad_fn).__name__) == (activation is None)
-    _agree(got, ns["maybe_activated"](x, activation=activation), [x])
-    _checked(layer, [x])
+    agree(got, ns["maybe_activated"](x, activation=activation), [x])
+    checked(layer, [x])
 
 
 def test_index_tensors_mixed_with_slices_and_adjacent_ints(ns):
     torch.manual_seed(0)
     layer = ns["MixedIndex"](4, dtype=torch.float64)
-    x = _double(4, 4, 4)
+    x = double(4, 4, 4)
     idx, pairs = torch.tensor([3, 0, 3]), torch.tensor([[1, 2], [0, 0]])
     got = layer(x, idx, pairs)
     want = ns["mixed_index"](x, idx, pairs, layer.w)
     y = x * layer.w
     expected = (y[idx, 1:], y[:, 0, idx], y[1:, idx, -1], y[..., pairs, 2:], y[0, pairs, pairs])
     assert [tuple(g.shape) for g in got] == [tuple(e.shape) for e in expected]
-    _agree(got, want, [x, layer.w])
-    _checked(lambda x, w: ns["MixedIndexFunction"].apply(x, idx, pairs, w)[:5], [x, layer.w])
+    agree(got, want, [x, layer.w])
+    checked(lambda x, w: ns["MixedIndexFunction"].apply(x, idx, pairs, w)[:5], [x, layer.w])
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_a_k_dimensional_linear_cross_entropy_derives(ns, reduction):
     torch.manual_seed(0)
     layer = ns["KDimLoss"](4, 3, 2, reduction=reduction, dtype=torch.float64)
-    x, t = _double(5, 4), torch.randint(0, 3, (5, 2))
+    x, t = double(5, 4), torch.randint(0, 3, (5, 2))
     got = layer(x, t)
     members = [layer.w, layer.b]
     torch.testing.assert_close(
         got, torch.nn.functional.linear_cross_entropy(x, *members[:1], t, linear_bias=layer.b, reduction=reduction)
     )
-    _agree(got, ns["k_dim_loss"](x, t, *members, reduction=reduction), [x, *members])
+    agree(got, ns["k_dim_loss"](x, t, *members, reduction=reduction), [x, *members])
     function = ns["KDimLossFunction"]
-    _checked(lambda x, w, b: function.apply(x, t, w, b, reduction)[0], [x, *members])
+    checked(lambda x, w, b: function.apply(x, t, w, b, reduction)[0], [x, *members])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from .function_agreement import agree, checked, double
 from .support import compile_spec
 
 SPEC = """
@@ -84,38 +85,16 @@ def ns() -> dict:
     return compile_spec(SPEC, "function_sizes")
 
 
-def _double(*shape: int) -> torch.Tensor:
-    return torch.empty(shape, dtype=torch.float64).uniform_(-1, 1).requires_grad_()
-
-
-def _agree(got: torch.Tensor, want: torch.Tensor, inputs: list[torch.Tensor]) -> None:
-    """Equal outputs, and equal first and second derivatives with respect to `inputs`."""
-    torch.testing.assert_close(got, want)
-    seed = torch.randn_like(want)
-    first = [torch.autograd.grad(out, inputs, seed, create_graph=True) for out in (got, want)]
-    for a, b in zip(*first):
-        torch.testing.assert_close(a, b)
-    weights = [torch.linspace(-1, 1, g.numel(), dtype=g.dtype).view_as(g) for g in first[1]]
-    second = [torch.autograd.grad(sum((g * w).sum() for g, w in zip(gs, weights)), inputs) for gs in first]
-    for a, b in zip(*second):
-        torch.testing.assert_close(a, b)
-
-
-def _checked(fn, inputs: list[torch.Tensor]) -> None:
-    assert torch.autograd.gradcheck(fn, inputs)
-    assert torch.autograd.gradgradcheck(fn, inputs)
-
-
 @pytest.mark.parametrize("shape", [(4, 3), (5, 2, 2), (3,)])  # last size > 2 or not: either side
 def test_sizes_of_an_input_without_a_shape_choose_the_side_and_scale(ns, shape):
     torch.manual_seed(0)
-    x = _double(*shape)
-    _agree(ns["Unshaped"]()(x), ns["unshaped"](x), [x])
-    _checked(ns["UnshapedFunction"].apply, [x])
+    x = double(*shape)
+    agree(ns["Unshaped"]()(x), ns["unshaped"](x), [x])
+    checked(ns["UnshapedFunction"].apply, [x])
 
 
 def test_a_measured_size_is_kept_on_ctx_as_an_int_not_a_saved_tensor(ns):
-    x = _double(5, 3)
+    x = double(5, 3)
     y = ns["UnshapedFunction"].apply(x)
     assert y.grad_fn.x_size0 == 5 and y.grad_fn.x_size_last == 3
     assert [tuple(t.shape) for t in y.grad_fn.saved_tensors] == [(5, 3)]  # x, for cos(x); nothing for the sizes
@@ -126,43 +105,43 @@ def test_a_measured_size_is_kept_on_ctx_as_an_int_not_a_saved_tensor(ns):
 def test_sizes_the_shape_gives_as_an_argument_are_measured(ns):
     torch.manual_seed(1)
     layer = ns["ArgDim"](3, dtype=torch.float64)
-    x = _double(4, 3)
-    _agree(layer(x), ns["arg_dim"](x, layer.w), [x, layer.w])
-    _checked(lambda x, w: ns["ArgDimFunction"].apply(x, w)[0], [x, layer.w])
+    x = double(4, 3)
+    agree(layer(x), ns["arg_dim"](x, layer.w), [x, layer.w])
+    checked(lambda x, w: ns["ArgDimFunction"].apply(x, w)[0], [x, layer.w])
 
 
 @pytest.mark.parametrize("shape", [(), (4,), (3, 2)])
 def test_the_number_of_dims_of_an_input_chooses_the_side(ns, shape):
     torch.manual_seed(2)
-    x = _double(*shape)
-    _agree(ns["BatchMean"]()(x), ns["batch_mean"](x), [x])
-    _checked(ns["BatchMeanFunction"].apply, [x])
+    x = double(*shape)
+    agree(ns["BatchMean"]()(x), ns["batch_mean"](x), [x])
+    checked(ns["BatchMeanFunction"].apply, [x])
 
 
 @pytest.mark.parametrize("shape", [(3, 4), (2, 3, 4)])
 def test_the_number_of_dims_chooses_the_side_of_rank_branching(ns, shape):
     torch.manual_seed(5)
-    x = _double(*shape)
+    x = double(*shape)
     y = ns["RowGramFunction"].apply(x)[0]
     assert y.grad_fn.x_ndim == len(shape)
-    _agree(ns["RowGram"](4)(x), ns["row_gram"](x, n=4), [x])
-    _checked(lambda x: ns["RowGramFunction"].apply(x)[0], [x])
+    agree(ns["RowGram"](4)(x), ns["row_gram"](x, n=4), [x])
+    checked(lambda x: ns["RowGramFunction"].apply(x)[0], [x])
 
 
 @pytest.mark.parametrize("steps", [1, 2, 4])  # the loop runs steps - 1 times: none, once, several
 def test_a_measured_size_counts_a_loops_steps(ns, steps):
     torch.manual_seed(3)
     layer = ns["RowScan"](3, dtype=torch.float64)
-    x = _double(steps, 2, 3)
+    x = double(steps, 2, 3)
     inputs = [x, layer.w] if steps > 1 else [x]  # no step: w is not used
-    _agree(layer(x), ns["row_scan"](x, layer.w), inputs)
-    _checked(lambda x, w: ns["RowScanFunction"].apply(x, w)[0], [x, layer.w.detach().requires_grad_(steps > 1)])
+    agree(layer(x), ns["row_scan"](x, layer.w), inputs)
+    checked(lambda x, w: ns["RowScanFunction"].apply(x, w)[0], [x, layer.w.detach().requires_grad_(steps > 1)])
 
 
 def test_sizes_at_an_unrolled_loops_variable_are_measured(ns):
     torch.manual_seed(4)
-    x = _double(3, 4, 2)
+    x = double(3, 4, 2)
     y = ns["SizesSumFunction"].apply(x)
     assert (y.grad_fn.x_size0, y.grad_fn.x_size1) == (3, 4)
-    _agree(ns["SizesSum"]()(x), ns["sizes_sum"](x), [x])
-    _checked(ns["SizesSumFunction"].apply, [x])
+    agree(ns["SizesSum"]()(x), ns["sizes_sum"](x), [x])
+    checked(ns["SizesSumFunction"].apply, [x])

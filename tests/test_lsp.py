@@ -7,19 +7,16 @@ The workspace is a temporary folder with two spec files on disk (`linear.layer` 
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-import pytest_lsp
 from lsprotocol import types as T
-from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+from pytest_lsp import LanguageClient
 
 from layerdsl.tools.fmt.formatter import format_source
 
-ROOT = Path(__file__).resolve().parent.parent
+from .lsp_session import client_fixture
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -51,9 +48,6 @@ MLP = textwrap.dedent('''\
     }
     ''')
 
-_env = dict(os.environ)
-_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), _env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
@@ -64,20 +58,7 @@ def workspace(tmp_path_factory) -> Path:
     return root
 
 
-@pytest_lsp.fixture(
-    config=ClientServerConfig(server_command=[sys.executable, "-m", "layerdsl", "lsp"], server_env=_env),
-    scope="module",
-)
-async def client(lsp_client: LanguageClient, workspace: Path):
-    await lsp_client.initialize_session(
-        T.InitializeParams(
-            capabilities=client_capabilities("visual-studio-code"),
-            root_uri=workspace.as_uri(),
-            workspace_folders=[T.WorkspaceFolder(uri=workspace.as_uri(), name="ws")],
-        )
-    )
-    yield
-    await lsp_client.shutdown_session()
+client = client_fixture()
 
 
 # ---------------------------------------------------------------- helpers

@@ -5,18 +5,17 @@ symbols, completion by context, debounced diagnostics and answers from the curre
 from __future__ import annotations
 
 import asyncio
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
-import pytest_lsp
 from lsprotocol import types as T
-from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+from pytest_lsp import LanguageClient
 
 from layerdsl.tools.lsp.semantic_tokens import TOKEN_TYPES
-from tests.test_lsp import LINEAR, MLP, _complete, _env, _pos
+from tests.lsp_session import client_fixture
+from tests.test_lsp import LINEAR, MLP, _complete, _pos
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -59,20 +58,7 @@ def workspace(tmp_path_factory) -> Path:
     return root
 
 
-@pytest_lsp.fixture(
-    config=ClientServerConfig(server_command=[sys.executable, "-m", "layerdsl", "lsp"], server_env=_env),
-    scope="module",
-)
-async def client(lsp_client: LanguageClient, workspace: Path):
-    await lsp_client.initialize_session(
-        T.InitializeParams(
-            capabilities=client_capabilities("visual-studio-code"),
-            root_uri=workspace.as_uri(),
-            workspace_folders=[T.WorkspaceFolder(uri=workspace.as_uri(), name="ws")],
-        )
-    )
-    yield
-    await lsp_client.shutdown_session()
+client = client_fixture()
 
 
 _versions: dict[str, int] = {}

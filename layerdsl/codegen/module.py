@@ -21,10 +21,12 @@ from layerdsl.codegen.function_arity import arities, returned_by_arity
 from layerdsl.codegen.function_buffers import unpacked_call
 from layerdsl.codegen.function_members import member_argument
 from layerdsl.codegen.optional_members import IsPresent, hoist_optionals
-from layerdsl.codegen.pyexpr import PyExpr, Spelling
+from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling
+from layerdsl.codegen.reference_parameter import Reference, inlined_parameter
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.diagnostics import SpecError, printable
 from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import clone, map_children, names_read, statements, walk
 from layerdsl.language.naming import fresh_name, snake_case
 from layerdsl.language.ops import CALLABLE, OPERATORS, OPS
@@ -742,6 +744,8 @@ class LayerEmitter:
             if on_self
             else _computed_defaults([a for a in self.layer.args if a.name in self.functional_kwargs()], ex)
         )
+        if not on_self:
+            lines += self.member_presence_checks(ex)
         lines += self.shape_checks(spelling, on_self)
         if not on_self:
             used = self.names_used_by_forward()
@@ -754,6 +758,26 @@ class LayerEmitter:
             return self.output_checks([ex(v) for v in ret.values], spelling, on_self)
 
         lines += StatementWriter(ex, spelling, self.layer, spec_path=self.spec_path, checks=checks).block(body)
+        return lines
+
+    def member_presence_checks(self, ex: PyExpr) -> list[str]:
+        """`if bias and b is None: raise TypeError(...)`: the functional form takes every argument of an
+        optional member's condition, and its body may read the member unguarded where the condition holds
+        (the module has it then), so a call that makes the condition true without the member is refused."""
+        passed = set(self.functional_kwargs())
+        lines = []
+        for t in self.layer.tensors:
+            if t.cond is None or t.repeat is not None:
+                continue
+            read = [n for n in walk(t.cond) if isinstance(n, N.Name)]
+            if not read or any(n.ref != N.Ref.ARG or n.id not in passed for n in read):
+                continue  # not decided by the call's arguments: the member's presence decides alone
+            when = f"{t.cond.id}=True" if isinstance(t.cond, N.Name) else f"`{spec_text(t.cond)}`"
+            test = ex.wrap(t.cond, PREC["and"])
+            message = (
+                f"{self.layer.name}: parameter '{t.name}' is required with {when} (the layer has it then), got None"
+            )
+            lines += [f"if {test} and {t.name} is None:", f"    raise TypeError({message!r})"]
         return lines
 
     def taken_names(self) -> set[str]:
@@ -862,16 +886,22 @@ class LayerEmitter:
             f'    raise TypeError(f"{where} must be a floating-point tensor, got {{{x}.dtype}}")',
         ]
         param = next((t for t in self.layer.params if t.cond is None and t.repeat is None), None)
-        if param is None:
+        if param is not None:
+            reference: Reference | None = Reference(ex(N.Name(N.NOWHERE, param.name)))
+        elif self.layer.is_function and self.function_emitter.inlined is not None:  # only subs' or a family's
+            reference = inlined_parameter(self.function_emitter.inlined, ex)
+        else:  # the subs check their own inputs
+            reference = None
+        if reference is None:
             return lines
-        w = ex(N.Name(N.NOWHERE, param.name))
+        w, when = reference.tensor, f"{reference.guard} and " if reference.guard else ""
         lines += [
-            f"if {x}.device != {w}.device:",
+            f"if {when}{x}.device != {w}.device:",
             f'    raise ValueError(f"{where} is on {{{x}.device}} but the parameters are on {{{w}.device}}")',
         ]
         if self.has_unpromoting_op():
             lines += [
-                f"if {x}.dtype != {w}.dtype and not torch.is_autocast_enabled({x}.device.type):",
+                f"if {when}{x}.dtype != {w}.dtype and not torch.is_autocast_enabled({x}.device.type):",
                 f'    raise TypeError(f"{where} is {{{x}.dtype}} but the parameters are {{{w}.dtype}}")',
             ]
         return lines

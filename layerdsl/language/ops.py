@@ -251,9 +251,9 @@ TABLE: tuple[Op, ...] = (
         "torch.maximum",
         "elementwise",
         "elementwise maximum",
-        {
-            "input": "where(input == other, grad / 2, grad * (input > other))",
-            "other": "where(input == other, grad / 2, grad * (other > input))",
+        {  # torch's: a tie splits grad; the smaller gets 0 even where grad is inf, a NaN passes grad both ways
+            "input": "where(input < other, 0, where(input == other, grad / 2, grad))",
+            "other": "where(other < input, 0, where(input == other, grad / 2, grad))",
         },
         scalar="max",
         tensors_only=True,
@@ -264,9 +264,9 @@ TABLE: tuple[Op, ...] = (
         "torch.minimum",
         "elementwise",
         "elementwise minimum",
-        {
-            "input": "where(input == other, grad / 2, grad * (input < other))",
-            "other": "where(input == other, grad / 2, grad * (other < input))",
+        {  # as maximum's, the larger getting 0
+            "input": "where(input > other, 0, where(input == other, grad / 2, grad))",
+            "other": "where(other > input, 0, where(input == other, grad / 2, grad))",
         },
         scalar="min",
         tensors_only=True,

@@ -114,6 +114,7 @@ class Workset:
     layers: dict[str, N.Layer] = field(default_factory=dict)  # pristine, every other layer its folder sees
     uses: set[str] = field(default_factory=set)  # names of the layers in `needed`
     clashing: list[N.SpecFile] = field(default_factory=list)  # pristine near files defining one of its names
+    ambiguous: dict[str, list[N.Layer]] = field(default_factory=dict)  # pristine, each name's layers as near
 
 
 def copy_spec(f: N.SpecFile) -> N.SpecFile:
@@ -252,6 +253,9 @@ class LayerServer(LanguageServer):
             everything += other.layers
         namespace = Namespace(everything)  # as `gen` on the workspace folder resolves layer names
         ws.layers = {name: layer for name, layer in namespace.visible(path).items() if layer.path != path}
+        for name in namespace.by_name:  # the names its folder sees in two other folders as near as each other
+            if len(found := namespace.candidates(name, path)) > 1:
+                ws.ambiguous[name] = found
         mine = {layer.name for layer in spec.layers} if spec is not None else set()
         todo = [(name, path) for name in _sub_calls(spec.layers)] if spec is not None else []
         needed: dict[str, list[N.Layer]] = {}

@@ -269,17 +269,24 @@ def under_cursor(ls: LayerServer, uri: str, position: T.Position) -> tuple[Analy
     return None if hit is None else (a, *hit)
 
 
-def definition_at(ls: LayerServer, uri: str, position: T.Position) -> T.Location | None:
-    """Where what the cursor is on is declared, in this document or another spec file."""
+def definition_at(ls: LayerServer, uri: str, position: T.Position) -> T.Location | list[T.Location] | None:
+    """Where what the cursor is on is declared, in this document or another spec file; every layer an
+    ambiguous layer name may mean (the checker reports the name), for the user to pick the one meant."""
     found = under_cursor(ls, uri, position)
     if found is None:
         return None
     a, occ, layer = found
     target = resolve(a, occ, layer)
+    if target is None and occ.kind == "call" and a.workset is not None:
+        return [location(ls, a, other.path, other.span) for other in a.workset.ambiguous.get(occ.name, [])] or None
     if target is None or target.span is None:
         return None
-    path = target.layer.path
+    return location(ls, a, target.layer.path, target.span)
+
+
+def location(ls: LayerServer, a: Analysis, path: str, span: Span) -> T.Location:
+    """The LSP location of `span` in the spec file at `path` (the analysed document's, when it is)."""
     if path == a.path or not path:
-        return T.Location(uri=a.uri, range=to_range(target.span, a.text, ls.codec()))
+        return T.Location(uri=a.uri, range=to_range(span, a.text, ls.codec()))
     source = a.sources.get(path) or ls.disk_text(path) or ""
-    return T.Location(uri=from_fs_path(path), range=to_range(target.span, source, ls.codec()))
+    return T.Location(uri=from_fs_path(path), range=to_range(span, source, ls.codec()))
