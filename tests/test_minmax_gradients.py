@@ -1,4 +1,4 @@
-"""`maximum`/`minimum` derived under `@function` give torch's gradients where the values are not ordinary:
+"""`maximum`/`minimum` (and the piecewise-linear `relu` and `clamp`) derived under `@function` give torch's gradients where the values are not ordinary:
 a tie splits the gradient in half, the losing side gets 0 even where the incoming gradient is inf (not
 0 * inf = NaN), and a NaN input passes the gradient to both sides, as torch's derivatives.yaml has it."""
 
@@ -32,6 +32,20 @@ layer ExpLarger() {
 }
 
 @function
+layer ExpRelu() {
+    forward(x: [N], y: [N]) -> [N] {
+        return exp(relu(x) * 1000 - x * 1000) + y
+    }
+}
+
+@function
+layer ExpClamp() {
+    forward(x: [N], y: [N]) -> [N] {
+        return exp(clamp(x, -0.5, 0.5) * 1000 - x * 1000) + y
+    }
+}
+
+@function
 layer ExpSmaller() {
     forward(x: [N], y: [N]) -> [N] {
         return exp(-minimum(x, y))
@@ -48,6 +62,9 @@ CASES = {
     "Smaller": torch.minimum,
     "ExpLarger": lambda x, y: torch.exp(torch.maximum(x, y)),
     "ExpSmaller": lambda x, y: torch.exp(-torch.minimum(x, y)),
+    # The clipped side's incoming gradient is inf: torch gives it 0 there, not 0 * inf = NaN.
+    "ExpRelu": lambda x, y: torch.exp(torch.relu(x) * 1000 - x * 1000) + y,
+    "ExpClamp": lambda x, y: torch.exp(torch.clamp(x, -0.5, 0.5) * 1000 - x * 1000) + y,
 }
 
 

@@ -203,7 +203,7 @@ TABLE: tuple[Op, ...] = (
     _unary("tan", "torch.tan", "tangent", "grad * (1 + result ** 2)", "math.tan"),
     _unary("tanh", "torch.tanh", "hyperbolic tangent", "tanh_backward(grad, result)", "math.tanh"),
     _unary("sigmoid", "torch.sigmoid", "1 / (1 + exp(-x))", "sigmoid_backward(grad, result)"),
-    _unary("relu", "torch.relu", "max(x, 0)", "grad * (result > 0)"),
+    _unary("relu", "torch.relu", "max(x, 0)", "where(result > 0, grad, 0)"),
     _unary(
         "gelu",
         "torch.nn.functional.gelu",
@@ -235,7 +235,7 @@ TABLE: tuple[Op, ...] = (
         "torch.clamp",
         "elementwise",
         "limit to [min, max]",
-        {"input": "grad * (result == input)"},
+        {"input": "where(result == input, grad, 0)"},
     ),
     Op(
         "where",
