@@ -183,6 +183,8 @@ def _without(node, absent: set[str]):
             return go(e.left)
         if isinstance(e, N.BinOp) and e.op in ("+", "*") and absent_name(e.left):
             return go(e.right)
+        if isinstance(e, N.Call) and not e.sub:  # an operation's operand that may be none (a norm's weight)
+            e = map_children(e, lambda a: _none(a) if absent_name(a) else a)
         if absent_name(e):
             raise NotDerivable(
                 e.span,
@@ -193,6 +195,12 @@ def _without(node, absent: set[str]):
         return map_children(e, go) if isinstance(e, (N.Expr, N.Stmt)) else e
 
     return go(node)
+
+
+def _none(at: N.Expr) -> N.NoneLit:
+    none = N.NoneLit(at.span)
+    none.kind = N.Kind.NONE
+    return none
 
 
 def has_loop(body: list[N.Stmt]) -> bool:
