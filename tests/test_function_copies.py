@@ -66,8 +66,8 @@ layer Stack(block: Block, n: int, norm: LayerNorm? = none) {
 
 # A copied layer with a sub of its own, and an argument that sizes a member
 NESTED = """
-layer Scaled(d: int, k: int = 2) {
-    sub inner = Block(d, 2 * k, act = "tanh")
+layer Scaled(d: int, k: int = 2, bias: bool = true) {
+    sub inner = Block(d, 2 * k, act = "tanh", bias = bias)
     param gain: [d] = uniform(0.5, 1.5)
     example(d = 4)
     forward(x: [..., d]) -> [..., d] {
@@ -123,6 +123,20 @@ layer ActStack(unit: Act, n: int) {
             h = u(h)
         }
         return h
+    }
+}
+"""
+
+
+# A sub whose layer copies a layer argument, given here as a construction: its arguments are known
+BUILT = """
+@function
+layer Built(d: int, depth: int, act: str = "relu", bias: bool = true) {
+    sub stack = Stack(Block(d, 5, act = act, bias = bias), depth, LayerNorm(d, bias = bias))
+    sub bare = Stack(Block(d, 3), 1)
+    example(d = 4, depth = 2)
+    forward(x: [B, d]) -> [B, d] {
+        return bare(stack(x))
     }
 }
 """
@@ -186,8 +200,12 @@ def test_copies_of_a_layer_argument_derive_with_its_arguments_read_at_run_time(n
 
 
 @pytest.mark.parametrize("depth", [0, 1, 3])
-def test_a_copied_layer_with_a_sub_of_its_own_derives(depth):
-    a, b = pair(BLOCK + NESTED, "scaled", "ScaledStack", lambda ns: ns["ScaledStack"](ns["Scaled"](4, k=1), depth))
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_copied_layer_with_a_sub_of_its_own_derives(depth, bias):
+    def build(ns):
+        return ns["ScaledStack"](ns["Scaled"](4, k=1, bias=bias), depth)
+
+    a, b = pair(BLOCK + NESTED, "scaled", "ScaledStack", build)
     x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
     compare_with_plain(a, b, x)
 
@@ -197,6 +215,16 @@ def test_a_copied_layer_with_a_sub_of_its_own_derives(depth):
 def test_a_copied_layers_callable_argument_runs_the_plain_forward(n, activation):
     given = torch.nn.functional.softplus if activation == "callable" else activation
     a, b = pair(CALLABLE, "act", "ActStack", lambda ns: ns["ActStack"](ns["Act"](4, given), n))
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    compare_with_plain(a, b, x)
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_sub_given_a_construction_for_the_layer_argument_derives_with_its_arguments_known(depth, act, bias):
+    text = BLOCK + STACK.replace("@function\n", "") + BUILT
+    a, b = pair(text, "built", "Built", lambda ns: ns["Built"](4, depth, act=act, bias=bias))
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     compare_with_plain(a, b, x)
 

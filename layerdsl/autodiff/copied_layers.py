@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from layerdsl.diagnostics import Span
 from layerdsl.ir import nodes as N
+from layerdsl.ir.nodes import NOWHERE
 from layerdsl.ir.visit import clone, map_children
 
 KINDS = {
@@ -38,10 +39,35 @@ class HeldArgument:
     from item 0 of a list of copies when `first`."""
 
     holder: str  # the sub: `self.<holder>`
+    given: str  # the layer argument it holds
     attribute: str | None
     member: bool = False
     first: bool = False  # a list of copies (`self.layers[0].d`; None for an empty list)
     optional: bool = False  # the layer argument may be none (`self.norm.eps if self.norm is not None ...`)
+    cond: N.Expr | None = None  # a member's: when the held layer builds it, over its arguments
+
+
+def constructed(held: HeldArgument, given: N.Expr | None, arguments: dict[str, N.Expr]) -> N.Expr:
+    """The value `held` stands for when the layer argument is given, where the sub is built, as `given`:
+    none (`arguments` empty), or a construction of the layer whose arguments are `arguments` (over the
+    building layer's names)."""
+    span = given.span if given is not None else NOWHERE
+    if given is None or isinstance(given, N.NoneLit):
+        return _literal(N.NoneLit(span), N.Kind.NONE) if held.attribute and not held.member else _false(span)
+    if held.attribute is None:
+        return _literal(N.Bool(span, True), N.Kind.BOOL)
+    if held.member:
+        return over_values(held.cond, arguments) if held.cond is not None else _literal(N.Bool(span, True), N.Kind.BOOL)
+    return clone(arguments[held.attribute])
+
+
+def _false(span: Span) -> N.Expr:
+    return _literal(N.Bool(span, False), N.Kind.BOOL)
+
+
+def _literal(e: N.Expr, kind: N.Kind) -> N.Expr:
+    e.kind = kind
+    return e
 
 
 def held_argument(name: str, arg: N.Arg, span: Span) -> tuple[N.Arg, N.Name]:

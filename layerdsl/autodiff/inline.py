@@ -21,7 +21,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
-from layerdsl.autodiff.copied_layers import HeldArgument, given_flag, held_argument, none_test, over_values
+from layerdsl.autodiff.copied_layers import (
+    HeldArgument,
+    constructed,
+    given_flag,
+    held_argument,
+    none_test,
+    over_values,
+)
 from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.autodiff.torch_nn_forwards import inlined_torch_nn, torch_nn_layer
 from layerdsl.diagnostics import Span
@@ -320,6 +327,10 @@ class _Inliner:
         held = sub if sub is not None and sub.given is not None else None
         if held is not None:
             values = self.held_values(spec, held, prefix)
+        elif spec.arguments:  # its layer holds a layer argument: given here
+            own = dataclasses.replace(spec.layer, args=[a for a in spec.layer.args if a.name not in spec.arguments])
+            values = _argument_values(own, call, shown, span, loop)
+            values |= self.constructed_held(spec, values, shown, span)
         else:
             values = _argument_values(spec.layer, call, shown, span, loop)
         tensors: dict[str, str] = {}
@@ -331,12 +342,15 @@ class _Inliner:
                     " family of members (`for` over its members)",
                     HINT,
                 )
+            if t.cond is not None and _constant(over_values(t.cond, values)) is False:
+                continue  # never built (a held layer argument given as none): never read either
             name = self.fresh(f"{prefix}_{t.name}")
             tensors[t.name] = name
             self.paths[name] = f"{shown}.{spec.paths.get(t.name, t.name)}"
             outer = _outer_tensor(t, name, span, values)
             if held is not None and (t.cond is not None or self._maybe_none(held)):
-                outer = dataclasses.replace(outer, cond=self.member_given(held, t.name, name))
+                given = self.member_given(held, spec.paths.get(t.name, t.name), name, t.cond)
+                outer = dataclasses.replace(outer, cond=given)
             self.tensors.append(outer if count is None else _stacked_tensor(outer, count))
         return _Instance(shown, prefix, spec, values, tensors)
 
@@ -360,31 +374,55 @@ class _Inliner:
             declared, read = held_argument(name, a, sub.span)
             self.held_args.append(declared)
             first = sub.repeat is not None
-            self.arguments[name] = HeldArgument(sub.name, a.name, first=first, optional=self._maybe_none(sub))
+            self.arguments[name] = HeldArgument(
+                sub.name, sub.given.id, a.name, first=first, optional=self._maybe_none(sub)
+            )
             values[a.name] = read
         for let in spec.layer.lets:
             values[let.name] = over_values(let.value, values)
         return values
 
-    def member_given(self, sub: N.Sub, member: str, name: str) -> N.Name:
+    def member_given(self, sub: N.Sub, member: str, name: str, cond: N.Expr | None) -> N.Name:
         """Whether the held layer's optional member is built, as a bool argument (`layers_b1_given`)."""
+        assert sub.given is not None
         flag = self.fresh(f"{name}_given")
         declared, read = given_flag(flag, sub.span)
         self.held_args.append(declared)
+        first, optional = sub.repeat is not None, self._maybe_none(sub)
         self.arguments[flag] = HeldArgument(
-            sub.name, member, member=True, first=sub.repeat is not None, optional=self._maybe_none(sub)
+            sub.name, sub.given.id, member, member=True, first=first, optional=optional, cond=cond
         )
         return read
+
+    def constructed_held(self, spec: Inlined, values: dict[str, N.Expr], shown: str, span: Span) -> dict[str, N.Expr]:
+        """A sub whose layer holds a layer argument, given here as a construction (`TransformerEncoder(
+        TransformerEncoderLayer(d_model, ...), ...)`): what its held arguments are, over this layer's names."""
+        out: dict[str, N.Expr] = {}
+        for name, held in spec.arguments.items():
+            given = values.get(held.given)
+            arguments: dict[str, N.Expr] = {}
+            if isinstance(given, N.Call) and given.func in self.layers:
+                arguments = _argument_values(self.layers[given.func], given, shown, span, {})
+            elif given is not None and not isinstance(given, N.NoneLit):
+                raise NotDerivable(
+                    span,
+                    f"cannot inline the sub '{shown}' under @function: its layer argument '{held.given}' is"
+                    f" given as `{spec_text(given)}`, whose arguments are not known here (build the layer in"
+                    " the call)",
+                    HINT,
+                )
+            out[name] = constructed(held, given, arguments)
+        return out
 
     def given_test(self, held: str, given: bool, span: Span) -> N.Expr | None:
         """`norm != none` of an optional layer argument that a sub holds, as a bool argument (`norm_given`)."""
         sub = next((s for s in self.subs.values() if s.given is not None and held in (s.name, s.given.id)), None)
-        if sub is None or not self._maybe_none(sub):
+        if sub is None or sub.given is None or not self._maybe_none(sub):
             return None
         if sub.name not in self.given_flags:
             declared, read = given_flag(self.fresh(f"{sub.name}_given"), span)
             self.held_args.append(declared)
-            self.arguments[read.id] = HeldArgument(sub.name, None, optional=True)
+            self.arguments[read.id] = HeldArgument(sub.name, sub.given.id, None, optional=True)
             self.given_flags[sub.name] = read
         flag = clone(self.given_flags[sub.name])
         if given:
