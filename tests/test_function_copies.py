@@ -186,8 +186,7 @@ NORMS = {
 
 
 @pytest.mark.parametrize("n", [0, 1, 3])
-@pytest.mark.parametrize("act", ["relu", "tanh"])
-@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(("act", "bias"), [("relu", True), ("tanh", False)])  # each branch, each member choice
 @pytest.mark.parametrize("norm", list(NORMS))
 def test_copies_of_a_layer_argument_derive_with_its_arguments_read_at_run_time(n, act, bias, norm):
     def build(ns):
@@ -220,8 +219,7 @@ def test_a_copied_layers_callable_argument_runs_the_plain_forward(n, activation)
 
 
 @pytest.mark.parametrize("depth", [0, 2])
-@pytest.mark.parametrize("act", ["relu", "tanh"])
-@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(("act", "bias"), [("relu", True), ("tanh", False)])
 def test_a_sub_given_a_construction_for_the_layer_argument_derives_with_its_arguments_known(depth, act, bias):
     text = BLOCK + STACK.replace("@function\n", "") + BUILT
     a, b = pair(text, "built", "Built", lambda ns: ns["Built"](4, depth, act=act, bias=bias))
