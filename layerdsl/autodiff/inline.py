@@ -21,6 +21,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
+from layerdsl.autodiff.copied_layers import (
+    HeldArgument,
+    constructed,
+    given_flag,
+    held_argument,
+    none_test,
+    over_values,
+)
 from layerdsl.autodiff.peel import peeled_families
 from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.autodiff.torch_nn_forwards import inlined_torch_nn, torch_nn_layer
@@ -51,6 +59,9 @@ class Inlined:
     origins: dict[Span, str] = field(default_factory=dict)
     # The tensors that are a family's members stacked (`w_l` for `w_l{k}`), passed so by the module
     families: dict[str, Family] = field(default_factory=dict)
+    # The arguments that stand for a held or copied layer argument's (`layers_d`), read from the sub
+    arguments: dict[str, HeldArgument] = field(default_factory=dict)
+    optional_holders: set[str] = field(default_factory=set)  # subs holding a layer argument that may be none
 
     def optional(self, name: str) -> bool:
         """Whether the tensor `name` of the inlined forward is built only when arguments say."""
@@ -131,6 +142,9 @@ class _Inliner:
         self.paths: dict[str, str] = {}
         self.origins: dict[Span, str] = {}
         self.bound: dict[str, _Module] = {}  # a `for block in blocks` variable -> its item
+        self.held_args: list[N.Arg] = []  # what a held or copied layer argument's arguments become
+        self.arguments: dict[str, HeldArgument] = {}
+        self.given_flags: dict[str, N.Name] = {}  # an optional layer argument -> whether it is given
 
     def fresh(self, hint: str) -> str:
         name = fresh_name(hint, self.taken)
@@ -142,10 +156,16 @@ class _Inliner:
         body = self.block(self.layer.forward.body)  # a sub read by its members only (`fc.weight`) passes them
         forward = dataclasses.replace(self.layer.forward, body=body)
         layer = dataclasses.replace(
-            self.layer, subs=[], reinits=[], tensors=self.layer.tensors + self.tensors, forward=forward
+            self.layer,
+            args=self.layer.args + self.held_args,
+            subs=[],
+            reinits=[],
+            tensors=self.layer.tensors + self.tensors,
+            forward=forward,
         )
         layer.symbolic_dims = list(self.layer.symbolic_dims)
-        return Inlined(layer, self.paths, self.origins)
+        holders = {s.name for s in self.layer.subs if s.given is not None and self._maybe_none(s)}
+        return Inlined(layer, self.paths, self.origins, arguments=self.arguments, optional_holders=holders)
 
     # -- the outer forward's statements
 
@@ -224,10 +244,9 @@ class _Inliner:
         key = (sub.name, -1)
         if key not in self.instances:
             assert sub.repeat is not None
-            _not_given(sub)
             loop: dict[str, N.Expr] = {sub.repeat.var.id: index}
             shown = f"{sub.name}[{sub.repeat.var.id}]"  # every item: `blocks[i]`
-            module = self.module(sub.call, shown, sub.name, sub.span, loop, sub.repeat.iter.args[0])
+            module = self.module(sub.call, shown, sub.name, sub.span, loop, sub.repeat.iter.args[0], sub)
             if not isinstance(module, _Instance):
                 raise NotDerivable(
                     sub.span,
@@ -253,6 +272,9 @@ class _Inliner:
 
     def hoisted(self, e: N.Node, pre: list[N.Stmt]) -> N.Node:
         """`e` with each sub call replaced by the local holding its result (its statements put in `pre`)."""
+        if isinstance(e, N.Compare) and (test := none_test(e)) is not None:  # `norm != none`
+            if (flag := self.given_test(*test, e.span)) is not None:
+                return flag
         if isinstance(e, N.Name) and e.ref == N.Ref.SUB_MEMBER:
             sub_name, member = e.id.split(".", 1)
             inst = self.instance(self.subs[sub_name], None)
@@ -278,19 +300,26 @@ class _Inliner:
         """The sub, or its item `index`, as a module to inline (made once: its calls share its tensors)."""
         key = (sub.name, index)
         if key not in self.instances:
-            _not_given(sub)
             shown = sub.name if index is None else f"{sub.name}[{index}]"
             prefix = sub.name if index is None else f"{sub.name}_{index}"
             loop: dict[str, N.Expr] = {}
             if sub.repeat is not None and index is not None:
                 loop[sub.repeat.var.id] = B.num(index)
-            self.instances[key] = self.module(sub.call, shown, prefix, sub.span, loop)
+            self.instances[key] = self.module(sub.call, shown, prefix, sub.span, loop, None, sub)
         return self.instances[key]
 
     def module(
-        self, call: N.Call, shown: str, prefix: str, span: Span, loop: dict[str, N.Expr], count: N.Expr | None = None
+        self,
+        call: N.Call,
+        shown: str,
+        prefix: str,
+        span: Span,
+        loop: dict[str, N.Expr],
+        count: N.Expr | None = None,
+        sub: N.Sub | None = None,
     ) -> _Module:
-        """The module `call` builds (`count`: the length of the list of subs whose items it builds, as one)."""
+        """The module `call` builds (`count`: the length of the list of subs whose items it builds, as one;
+        `sub`: the sub declaring it, which may hold or copy a layer argument)."""
         if call.func == "nn.Sequential":
             items = [
                 self.module(item, f"{shown}[{k}]", f"{prefix}_{k}", span, loop)
@@ -299,7 +328,15 @@ class _Inliner:
             ]
             return _Sequence(shown, items)
         spec = self._inlinable_layer(call, shown, span)
-        values = _argument_values(spec.layer, call, shown, span, loop)
+        held = sub if sub is not None and sub.given is not None else None
+        if held is not None:
+            values = self.held_values(spec, held, prefix)
+        elif spec.arguments:  # its layer holds a layer argument: given here
+            own = dataclasses.replace(spec.layer, args=[a for a in spec.layer.args if a.name not in spec.arguments])
+            values = _argument_values(own, call, shown, span, loop)
+            values |= self.constructed_held(spec, values, shown, span)
+        else:
+            values = _argument_values(spec.layer, call, shown, span, loop)
         tensors: dict[str, str] = {}
         for t in spec.layer.tensors:
             if t.repeat is not None:
@@ -309,12 +346,99 @@ class _Inliner:
                     " family of members (`for` over its members)",
                     HINT,
                 )
+            if t.cond is not None and _constant(over_values(t.cond, values)) is False:
+                continue  # never built (a held layer argument given as none): never read either
             name = self.fresh(f"{prefix}_{t.name}")
             tensors[t.name] = name
             self.paths[name] = f"{shown}.{spec.paths.get(t.name, t.name)}"
             outer = _outer_tensor(t, name, span, values)
+            if held is not None and (t.cond is not None or self._maybe_none(held)):
+                given = self.member_given(held, spec.paths.get(t.name, t.name), name, t.cond)
+                outer = dataclasses.replace(outer, cond=given)
             self.tensors.append(outer if count is None else _stacked_tensor(outer, count))
         return _Instance(shown, prefix, spec, values, tensors)
+
+    # -- a sub holding or copying a layer argument (autodiff/copied_layers.py)
+
+    def held_values(self, spec: Inlined, sub: N.Sub, prefix: str) -> dict[str, N.Expr]:
+        """The held layer's arguments as arguments of this layer that the module reads from the sub
+        (`layers_d`: `self.layers[0].d`), its lets over them."""
+        assert sub.given is not None
+        cannot = f"cannot inline the sub '{sub.name}' under @function: it {_holds(sub)} '{sub.given.id}'"
+        if spec.arguments:
+            raise NotDerivable(
+                sub.span, f"{cannot}, whose layer {spec.layer.name} holds a layer argument of its own", HINT
+            )
+        values: dict[str, N.Expr] = {}
+        members = {t.name for t in spec.layer.tensors}
+        for a in spec.layer.args:
+            if a.name in members:  # named by its member's condition (`bias`): read as whether it is built
+                continue
+            name = self.fresh(f"{prefix}_{a.name}")
+            declared, read = held_argument(name, a, sub.span)
+            self.held_args.append(declared)
+            first = sub.repeat is not None
+            self.arguments[name] = HeldArgument(
+                sub.name, sub.given.id, a.name, first=first, optional=self._maybe_none(sub)
+            )
+            values[a.name] = read
+        for let in spec.layer.lets:
+            values[let.name] = over_values(let.value, values)
+        return values
+
+    def member_given(self, sub: N.Sub, member: str, name: str, cond: N.Expr | None) -> N.Name:
+        """Whether the held layer's optional member is built, as a bool argument (`layers_b1_given`)."""
+        assert sub.given is not None
+        flag = self.fresh(f"{name}_given")
+        declared, read = given_flag(flag, sub.span)
+        self.held_args.append(declared)
+        first, optional = sub.repeat is not None, self._maybe_none(sub)
+        self.arguments[flag] = HeldArgument(
+            sub.name, sub.given.id, member, member=True, first=first, optional=optional, cond=cond
+        )
+        return read
+
+    def constructed_held(self, spec: Inlined, values: dict[str, N.Expr], shown: str, span: Span) -> dict[str, N.Expr]:
+        """A sub whose layer holds a layer argument, given here as a construction (`TransformerEncoder(
+        TransformerEncoderLayer(d_model, ...), ...)`): what its held arguments are, over this layer's names."""
+        out: dict[str, N.Expr] = {}
+        for name, held in spec.arguments.items():
+            given = values.get(held.given)
+            arguments: dict[str, N.Expr] = {}
+            if isinstance(given, N.Call) and given.func in self.layers:
+                arguments = _argument_values(self.layers[given.func], given, shown, span, {})
+            elif given is not None and not isinstance(given, N.NoneLit):
+                raise NotDerivable(
+                    span,
+                    f"cannot inline the sub '{shown}' under @function: its layer argument '{held.given}' is"
+                    f" given as `{spec_text(given)}`, whose arguments are not known here (build the layer in"
+                    " the call)",
+                    HINT,
+                )
+            out[name] = constructed(held, given, arguments)
+        return out
+
+    def given_test(self, held: str, given: bool, span: Span) -> N.Expr | None:
+        """`norm != none` of an optional layer argument that a sub holds, as a bool argument (`norm_given`)."""
+        sub = next((s for s in self.subs.values() if s.given is not None and held in (s.name, s.given.id)), None)
+        if sub is None or sub.given is None or not self._maybe_none(sub):
+            return None
+        if sub.name not in self.given_flags:
+            declared, read = given_flag(self.fresh(f"{sub.name}_given"), span)
+            self.held_args.append(declared)
+            self.arguments[read.id] = HeldArgument(sub.name, sub.given.id, None, optional=True)
+            self.given_flags[sub.name] = read
+        flag = clone(self.given_flags[sub.name])
+        if given:
+            return flag
+        negated = N.Not(span, flag)
+        negated.kind = N.Kind.BOOL
+        return negated
+
+    def _maybe_none(self, sub: N.Sub) -> bool:
+        """Whether the layer argument `sub` holds may be none (`norm: LayerNorm? = none`)."""
+        assert sub.given is not None
+        return any(a.name == sub.given.id and a.maybe_none for a in self.layer.args)
 
     def _inlinable_layer(self, call: N.Call, shown: str, span: Span) -> Inlined:
         """The layer `call` builds, its own subs inlined; NotDerivable, at the sub, when it cannot be."""
@@ -424,6 +548,8 @@ class _Inliner:
                     return _renamed_name(e, locals_[e.id], e.ref)
                 return clone(e)
             e = map_children(e, renamed)
+            if isinstance(e, N.Call) and isinstance(fn := inst.values.get(e.func), N.Name) and fn.kind == N.Kind.FN:
+                e.func = fn.id  # a call of an `fn` argument: of what this layer passes for it
             for attr in ("target", "var"):  # the names statements bind
                 if isinstance(getattr(e, attr, None), str) and getattr(e, attr) in locals_:
                     setattr(e, attr, locals_[getattr(e, attr)])
@@ -514,16 +640,9 @@ def _outer_tensor(t: N.Tensor, name: str, span: Span, values: dict[str, N.Expr])
     return dataclasses.replace(t, name=name, span=span, shape=shape, cond=cond, init=None)
 
 
-def _not_given(sub: N.Sub) -> None:
-    """NotDerivable for a sub that holds or copies a layer argument (its arguments are the caller's)."""
-    if sub.given is not None:
-        how = "copies" if sub.copied else "holds"
-        raise NotDerivable(
-            sub.span,
-            f"cannot inline the sub '{sub.name}' under @function: it {how} the layer argument"
-            f" '{sub.given.id}', whose layer is known but whose arguments are not (they are the caller's)",
-            HINT,
-        )
+def _holds(sub: N.Sub) -> str:
+    """How the sub takes its layer argument: `holds the layer argument` or `copies ...`."""
+    return f"{'copies' if sub.copied else 'holds'} the layer argument"
 
 
 def _stacked_tensor(t: N.Tensor, count: N.Expr) -> N.Tensor:

@@ -19,6 +19,7 @@ values' gradients and summing those of the values read from outside.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import map_children, walk
+from layerdsl.language.ops import OPS
 from layerdsl.semantics.shapes import Shape, declared_shape, dim_text
 
 HINT = "write the loop's body without it, or drop @function (autograd derives the loop)"
@@ -183,6 +185,15 @@ def _without(node, absent: set[str]):
             return go(e.left)
         if isinstance(e, N.BinOp) and e.op in ("+", "*") and absent_name(e.left):
             return go(e.right)
+        if isinstance(e, N.Call) and not e.sub and e.func in OPS:  # an operand that may be none (a norm's weight)
+            params = OPS[e.func].params
+            takes_none = {p.name for p in params if p.default == "none"}
+            e = copy.copy(e)
+            e.args = [
+                _none(a) if absent_name(a) and k < len(params) and params[k].name in takes_none else a
+                for k, a in enumerate(e.args)
+            ]
+            e.kwargs = [_none_keyword(kw) if absent_name(kw.value) and kw.name in takes_none else kw for kw in e.kwargs]
         if absent_name(e):
             raise NotDerivable(
                 e.span,
@@ -193,6 +204,18 @@ def _without(node, absent: set[str]):
         return map_children(e, go) if isinstance(e, (N.Expr, N.Stmt)) else e
 
     return go(node)
+
+
+def _none_keyword(kw: N.Keyword) -> N.Keyword:
+    kw = copy.copy(kw)
+    kw.value = _none(kw.value)
+    return kw
+
+
+def _none(at: N.Expr) -> N.NoneLit:
+    none = N.NoneLit(at.span)
+    none.kind = N.Kind.NONE
+    return none
 
 
 def has_loop(body: list[N.Stmt]) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+from layerdsl.autodiff.copied_layers import HeldArgument
 from layerdsl.autodiff.inline import Family, Inlined
 from layerdsl.codegen.pyexpr import PyExpr
 
@@ -20,6 +21,9 @@ def member_argument(inlined: Inlined, name: str, module: PyExpr, like: str | Non
     path = inlined.paths.get(name, name)
     every = re.fullmatch(r"(.+?)\[[A-Za-z_]\w*\]\.(.+)", path)  # `blocks[i].w1`: every item's
     if every is None:  # `fc.weight`, `blocks[0].w1`
+        holder = re.match(r"\w+", path)
+        if holder is not None and holder.group() in inlined.optional_holders:  # `norm: LayerNorm? = none`
+            return f"self.{path} if self.{holder.group()} is not None else None"
         return f"self.{path}"
     items, member = every.groups()
     stacked = f"torch.stack([item.{member} for item in self.{items}])"
@@ -41,3 +45,18 @@ def _family(family: Family, module: PyExpr, empty: str) -> str:
     if family.cond is None:
         return f"{members} if {built} else {empty}"
     return f"{members} if {built} and {module.wrap(family.cond, 2)} else None"  # built when arguments say
+
+
+def held_argument_value(held: HeldArgument) -> str:
+    """The module's expression for a value read from a sub holding a layer argument (autodiff/copied_layers.py):
+    `self.layers[0].d if len(self.layers) else None` (every copy has the first's arguments; an empty list
+    runs none), `self.norm.eps if self.norm is not None else None`, `self.layers[0].b1 is not None`."""
+    holder = f"self.{held.holder}"
+    if held.attribute is None:
+        return f"{holder} is not None"
+    instance = f"{holder}[0]" if held.first else holder
+    value = f"{instance}.{held.attribute}" + (" is not None" if held.member else "")
+    guard = f"len({holder})" if held.first else f"{holder} is not None" if held.optional else None
+    if guard is None:
+        return value
+    return f"{guard} and {value}" if held.member else f"{value} if {guard} else None"

@@ -19,7 +19,7 @@ from layerdsl.autodiff.inputs import called_fn_args, tuple_parts, without_callab
 from layerdsl.autodiff.plan import Plan, plan_backwards
 from layerdsl.codegen.function_arity import arities, returned_by_arity
 from layerdsl.codegen.function_buffers import unpacked_call
-from layerdsl.codegen.function_members import member_argument
+from layerdsl.codegen.function_members import held_argument_value, member_argument
 from layerdsl.codegen.optional_members import IsPresent, hoist_optionals
 from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling
 from layerdsl.codegen.reference_parameter import Reference, inlined_parameter
@@ -575,10 +575,13 @@ class LayerEmitter:
     def callable_fallback(self, functional: Func | None) -> list[str]:
         """`if callable(self.activation): <the plain forward>`: a callable argument has no derivative the
         Function knows (it is planned for the argument's strings and none), so autograd derives it."""
-        fns = called_fn_args(self.layer)
-        if not fns:
+        tests = [f"callable(self.{a})" for a in called_fn_args(self.layer)]
+        if (inlined := self.function_emitter.inlined) is not None:  # a held layer's (`self.layers[0].activation`)
+            held = called_fn_args(inlined.layer)
+            tests += [f"callable({held_argument_value(inlined.arguments[a])})" for a in held if a in inlined.arguments]
+        if not tests:
             return []
-        test = " or ".join(f"callable(self.{a})" for a in fns)
+        test = " or ".join(tests)
         why = "# a callable has no derivative the Function knows: autograd derives this forward"
         return [why, f"if {test}:", *("    " + line for line in self.plain_forward(functional))]
 
@@ -592,7 +595,11 @@ class LayerEmitter:
         args += [
             member_argument(inlined, t.name, module, like) if inlined else f"self.{t.name}" for t in self.layer.tensors
         ]
-        return args + [f"self.{a}" if a != "training" else "self.training" for a in self.function_kwargs()]
+        held = inlined.arguments if inlined else {}  # a held layer argument's arguments: read from the sub
+        return args + [
+            held_argument_value(held[a]) if a in held else f"self.{a}" if a != "training" else "self.training"
+            for a in self.function_kwargs()
+        ]
 
     def tuple_unpacking(self) -> list[str]:
         """`hx_0, hx_1 = hx`: a tuple input's tensors, each an argument of `Function.apply`."""

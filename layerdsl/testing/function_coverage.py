@@ -128,12 +128,18 @@ def survey(specs: Path, work: Path) -> Coverage:
     for f in files:
         for layer in f.layers:
             if layer.is_function:
+                origins: dict = {}
                 try:  # as `gen` plans it: its subs inlined
-                    plan_backward(inline_subs(layer, namespace.visible(f.path)).layer)
+                    inlined = inline_subs(layer, namespace.visible(f.path))
+                    origins = inlined.origins
+                    plan_backward(inlined.layer)
                 except LayerNotGiven:
                     continue
                 except NotDerivable as exc:
-                    refuse(coverage, files, copies, [Diagnostic(f.path, exc.span, exc.message, exc.hint)])
+                    message = exc.message
+                    if exc.span in origins:  # in a sub's forward, as `plan_backwards` says it
+                        message += f" (in {origins[exc.span]}, inlined into '{layer.name}')"
+                    refuse(coverage, files, copies, [Diagnostic(f.path, exc.span, message, exc.hint)])
     write_copies(shipped, set(coverage.derived), copy_root)  # the derived layers alone, for `generate`
     return coverage
 
@@ -212,6 +218,9 @@ def refuse(coverage: Coverage, files: list[N.SpecFile], copies: dict[str, SpecCo
     namespace = Namespace(layer for f in files for layer in f.layers)
     for d in found:
         layer = owner(by_path[d.path], d.span.line) if d.path in by_path else None
+        inlined = re.search(r"inlined into '(\w+)'\)$", d.message)  # a sub's statement, shown where it is written
+        if inlined is not None and d.path in by_path:
+            layer = next((x for x in by_path[d.path].layers if x.name == inlined.group(1)), layer)
         if layer is None or not layer.is_function or label(namespace, layer) in coverage.written:
             raise SpecError([d])
         name = label(namespace, layer)
