@@ -1,6 +1,6 @@
 """`size_at` and `.ndim` of a local computed by an op that `autodiff/local_sizes.py` has no rule of its own
-for (`pad`, `conv1d`): followed by the shape engine, from the op table's shape rule, to sizes of the inputs
-and members. Against the functional form (plain autograd) in float64: outputs, first and second
+for (`pad`, `conv1d`, a reduction): followed by the shape engine, from the op table's shape rule, to sizes
+of the inputs and members. Against the functional form (plain autograd) in float64: outputs, first and second
 derivatives, gradcheck and gradgradcheck; and the generated forward reads the input's size, not the
 local's."""
 
@@ -36,6 +36,14 @@ layer ConvolvedMean(channels: int) {
     forward(x: [N, channels, L]) {
         h = conv1d(x, w)
         return h / (size_at(h, 2) * size_at(h, -2))
+    }
+}
+
+@function
+layer RowTotals() {
+    forward(x: [B, n]) {
+        h = sum(x * x, dim = 1)
+        return h / size_at(h, 0)
     }
 }
 """
@@ -93,6 +101,14 @@ def test_sizes_of_a_convolved_local(ns, length):
     assert torch.autograd.gradgradcheck(apply, [x, layer.w])
     y = layer(x)
     torch.testing.assert_close(y, torch.nn.functional.conv1d(x, layer.w) / ((length - 2) * 2))
+
+
+def test_the_size_of_a_reduced_local(ns):
+    torch.manual_seed(0)
+    x = _double(3, 2)
+    _agree(ns["RowTotals"]()(x), ns["row_totals"](x), [x])
+    torch.testing.assert_close(ns["RowTotalsFunction"].apply(x), (x * x).sum(1) / 3)
+    assert torch.autograd.gradgradcheck(ns["RowTotalsFunction"].apply, [x])
 
 
 UNANSWERED = """
