@@ -1152,6 +1152,7 @@ layer CrossEntropyFn(n: int) {
 NORM_LOSS_FAMILIES = {
     "LayerNorm": "layer normalisation (saves mean, rstd)",
     "CrossEntropy": "cross entropy (saves the log-probabilities)",
+    "LinearCrossEntropy": "linear cross entropy (torch.nn's, its weight reshaped by a spread)",
 }
 
 
@@ -1210,6 +1211,78 @@ class HandCrossEntropyFunction(Function):
         return grad.mul_(grad_out / len(target)), None
 
 
+def linear_cross_entropy_generated() -> tuple[type[nn.Module], type[nn.Module]]:
+    """torch.nn's LinearCrossEntropyLoss as shipped (specs/torch_nn/loss.layer, whose weight is
+    `reshape(linear.weight, [num_classes, *out_features, in_features])`): the plain module and the
+    `@function` one, compiled here."""
+    from layerdsl.codegen.module import emit_file
+    from layerdsl.semantics.checker import check_program
+    from layerdsl.syntax.parser import parse_file
+
+    specs = bm.REPO / "specs" / "torch_nn"
+    text = (specs / "linear.layer").read_text() + "\n" + (specs / "loss.layer").read_text()
+    modules = []
+    for prefix in ("", "@function\n"):
+        spec = parse_file(
+            "lce.layer", text.replace("layer LinearCrossEntropyLoss(", f"{prefix}layer LinearCrossEntropyLoss(", 1)
+        )
+        namespace: dict[str, Any] = {}
+        exec(compile(emit_file(spec, check_program([spec]), "lce.layer", {}), "lce.py", "exec"), namespace)
+        modules.append(namespace["LinearCrossEntropyLoss"])
+    return modules[0], modules[1]
+
+
+class HandLinearCrossEntropyFunction(Function):
+    """cross_entropy(x @ weight.T, target), the mean over the samples: saves x, the weight, the
+    log-probabilities and the target; backward forms softmax - one_hot once, scaled in place, and takes
+    both gradients from it."""
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        log_probs = torch.log_softmax(x @ weight.mT, 1)
+        return torch.nn.functional.nll_loss(log_probs, target), log_probs
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, target = inputs
+        _, log_probs = output
+        ctx.mark_non_differentiable(log_probs)
+        ctx.save_for_backward(x, weight, log_probs, target)
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_log_probs):
+        x, weight, log_probs, target = ctx.saved_tensors
+        grad = log_probs.exp()
+        grad[torch.arange(len(target)), target] -= 1
+        grad.mul_(grad_out / len(target))
+        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = grad.mT @ x if ctx.needs_input_grad[1] else None
+        return grad_x, grad_weight, None
+
+
+class HandLinearCrossEntropy(nn.Module):
+    """The hand-written Function with the shipped module's parameter (`linear.weight`, no bias)."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, num_classes, bias=False)
+
+    def forward(self, x: Tensor, target: Tensor) -> Tensor:
+        return HandLinearCrossEntropyFunction.apply(x, self.linear.weight, target)[0]
+
+
+def linear_cross_entropy_candidate(name: str, make: Callable[[], nn.Module], *vs: str) -> bm.Candidate:
+    """A loss module of (x, target) with the weight `linear.weight`: gradients with respect to x and it."""
+
+    def build(state: dict[str, Tensor]) -> bm.Prepared:
+        module = make()
+        module.load_state_dict({"linear.weight": state["weight"]})
+        x = state["x"].detach().clone().requires_grad_(True)
+        return bm.Prepared(module, (x, state["target"]), (x, *module.parameters()))
+
+    return bm.Candidate(name, build, vs[0] if vs else None, tuple(vs[1:]))
+
+
 class AutogradLayerNorm(nn.Module):
     def __init__(self, n: int) -> None:
         super().__init__()
@@ -1236,12 +1309,15 @@ def cross_entropy_candidate(name: str, loss: Callable[[Tensor, Tensor], Tensor],
 
 def norm_loss_cases(shapes: list[tuple[int, int]]) -> list[bm.Case]:
     gen = norm_loss_generated()
-    for name, fn, args in [
-        ("HandLayerNormFunction", lambda x, w, b: HandLayerNormFunction.apply(x, w, b)[0], 3),
-        ("HandCrossEntropyFunction", lambda x: HandCrossEntropyFunction.apply(x, torch.tensor([0, 2, 1]))[0], 1),
-    ]:
-        d = dict(dtype=torch.float64, requires_grad=True)
-        inputs = (torch.randn(3, 5, **d), 1 + 0.1 * torch.randn(5, **d), torch.randn(5, **d))[:args]
+    d = dict(dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 2, 1])
+    for name, fn, inputs in [
+        ("HandLayerNormFunction", lambda x, w, b: HandLayerNormFunction.apply(x, w, b)[0],
+         (torch.randn(3, 5, **d), 1 + 0.1 * torch.randn(5, **d), torch.randn(5, **d))),
+        ("HandCrossEntropyFunction", lambda x: HandCrossEntropyFunction.apply(x, target)[0], (torch.randn(3, 5, **d),)),
+        ("HandLinearCrossEntropyFunction", lambda x, w: HandLinearCrossEntropyFunction.apply(x, w, target)[0],
+         (torch.randn(3, 5, **d), torch.randn(4, 5, **d))),
+    ]:  # fmt: skip
         assert torch.autograd.gradcheck(fn, inputs), name
 
     def ln_state(bt: int, f: int) -> dict[str, Tensor]:
@@ -1249,6 +1325,12 @@ def norm_loss_cases(shapes: list[tuple[int, int]]) -> list[bm.Case]:
 
     def ce_state(bt: int, f: int) -> dict[str, Tensor]:
         return {"x": torch.randn(bt, f), "target": torch.randint(0, f, (bt,))}
+
+    def lce_state(bt: int, f: int) -> dict[str, Tensor]:  # f features, f classes
+        weight = torch.empty(f, f).uniform_(-1 / math.sqrt(f), 1 / math.sqrt(f))
+        return {"x": torch.randn(bt, f), "weight": weight, "target": torch.randint(0, f, (bt,))}
+
+    plain_lce, function_lce = linear_cross_entropy_generated()
 
     cases = []
     for b, f in shapes:
@@ -1262,7 +1344,13 @@ def norm_loss_cases(shapes: list[tuple[int, int]]) -> list[bm.Case]:
             cross_entropy_candidate(HAND, lambda x, t: HandCrossEntropyFunction.apply(x, t)[0], MODULE),
             cross_entropy_candidate(GEN, gen["CrossEntropyFn"](f), HAND, MODULE),
         ]
+        lce_c = [
+            linear_cross_entropy_candidate(MODULE, lambda f=f: plain_lce(f, f)),
+            linear_cross_entropy_candidate(HAND, lambda f=f: HandLinearCrossEntropy(f, f), MODULE),
+            linear_cross_entropy_candidate(GEN, lambda f=f: function_lce(f, f), HAND, MODULE),
+        ]
         cases += [bm.Case("LayerNorm", b, f, ln_state, ln_c), bm.Case("CrossEntropy", b, f, ce_state, ce_c)]
+        cases.append(bm.Case("LinearCrossEntropy", b, f, lce_state, lce_c))
     return cases
 
 

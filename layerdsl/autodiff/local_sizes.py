@@ -7,6 +7,15 @@ and shape-keeping operations: `transpose(input, 0, -2)` at -2 is `input` at 0, `
 0 is `x` at 0, `cat([k, b], dim = 0)` at 0 is the sum of both, `reshape(q, [L, N, h, d])` at 0 is `L`.
 Negative dims on spread shapes (`[..., d]`) map where the ranks the definitions prove decide it.
 
+Any other op is followed by the shape engine (`semantics/shapes.py`, the op table's shape rules): the local's
+shape inferred from the leaves' declared shapes, its dim k written as the leaf sizes declared with that dim
+(`pad(x, [1, 2])` at -1 is `size_at(x, -1) + 3`), so an op added as a table row is followed without a rule
+here. The rules above stay, and are asked first, for what the engine does not answer: it places no dim of
+a `[..., d]` shape counted from the front (`transpose(input, 0, -2)` at -2 is `input` at 0 only where the
+ranks the definitions prove say so: the engine's shapes carry no "at least k dims"), nor a dim of an input
+declared without a shape; and a size written in a list (`reshape(q, [L, N, h, d])`) is a number local of the
+spec, which the rules keep by name where it still means the same (the engine has its text only).
+
 A local assigned on both sides of an `if` resolves to one size when every side agrees; otherwise it is left
 for the plan, which plans each side of the `if` on its own (and resolves the size there).
 `candidate_sizes` lists every input size a local's size may resolve to on any side, so each is named once
@@ -23,7 +32,7 @@ from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import clone, map_children, statements, walk
 from layerdsl.language.ops import OPS
 from layerdsl.semantics.evaluate import NotConstant, evaluate
-from layerdsl.semantics.shapes import call_args
+from layerdsl.semantics.shapes import GROUP, Shape, as_int, call_args, declared_shape, expr_shape, opaque, text_poly
 
 LEAVES = (N.Ref.INPUT, N.Ref.PARAM, N.Ref.BUFFER)
 
@@ -93,6 +102,8 @@ class _Walker:
         self.sizes: dict[tuple[int, int, int], tuple] = {}  # memo of local_size
         self.ranks: dict[int, tuple] = {}  # memo of local_rank
         self.rank_exprs: dict[int, tuple] = {}  # memo of local_rank_of
+        self.leaves = _leaves(layer)
+        self.engine_shapes: dict[int, tuple] = {}  # memo of local_shape
 
     def body(self, body: list[N.Stmt], env: Env) -> list[N.Stmt]:
         return [self.stmt(s, env) for s in body]
@@ -226,8 +237,43 @@ class _Walker:
                 return self.matmul_size(e.left, e.right, k, env, use)
             return self.broadcast_size([e.left, e.right], k, env, use)
         if isinstance(e, N.Call) and e.func in OPS and not e.sub:
-            return self.op_size(e, k, env, use)
+            return self.op_size(e, k, env, use) or self.engine_size(e, k, env)
         return None
+
+    # ------------------------------------------------------------------ the shape engine's answer
+
+    def engine_size(self, e: N.Expr, k: int, env: Env) -> list[N.Expr] | None:
+        """Dim k of `e` as the shape engine infers it (the op table's shape rules, over the leaves' declared
+        dims), written as sizes of the leaves: what an op without a rule above gives (`pad`, `conv1d`, ...)."""
+        shape = self.engine_shape(e, env)
+        if shape is None or opaque(shape) or not -len(shape) <= k < len(shape):
+            return None
+        if GROUP in (shape[: k + 1] if k >= 0 else shape[k:]):
+            return None  # dim k may fall in a `...` group
+        size = _written(shape[k], self.leaves)
+        return None if size is None else [size]
+
+    def engine_shape(self, e: N.Expr, env: Env) -> Shape:
+        """`e`'s shape by the shape engine, its locals' shapes inferred from their definitions alike."""
+        shapes: dict[str, Shape] = dict(self.leaves.shapes)
+        for n in walk(e):
+            if isinstance(n, N.Name) and n.kind == N.Kind.TENSOR and n.ref not in LEAVES:
+                shapes[n.id] = self.local_shape(env.get(n.id))
+        return expr_shape(e, shapes)
+
+    def local_shape(self, d) -> Shape:
+        """A local's shape, once per definition (the sides of an `if` must agree)."""
+        if id(d) not in self.engine_shapes:
+            self.engine_shapes[id(d)] = (d, self.definition_shape(d))
+        return self.engine_shapes[id(d)][1]
+
+    def definition_shape(self, d) -> Shape:
+        if isinstance(d, _Def):
+            return self.engine_shape(d.value, d.env)
+        if isinstance(d, _Branched):
+            sides = {self.local_shape(side) for side in d.sides}
+            return sides.pop() if len(sides) == 1 else None
+        return None  # a part of chunk/split, or not followed
 
     def local_size(self, d, k: int, use: Env) -> list[N.Expr] | None:
         """A local's size at k, once per definition (an unrolled loop's `if`s chain definitions)."""
@@ -269,15 +315,10 @@ class _Walker:
             if at0 is None or at1 is None:
                 return None
             return self.size(x, d1 if at0 else d0 if at1 else k, env, use)
-        if call.func == "permute" and x is not None:
-            dims = _ints(args.get("dims"))
-            if dims is None or not -len(dims) <= k < len(dims):
-                return None
-            return self.size(x, dims[k], env, use)
         if call.func in ("unsqueeze", "squeeze") and x is not None:
             d = _int(args.get("dim"))
             return None if d is None else self.unsqueezed_size(call.func == "unsqueeze", x, d, k, env, use)
-        if call.func in ("reshape", "view", "expand", "new_zeros", "new_ones", "new_full", "new_empty"):
+        if call.func in ("reshape", "expand", "new_zeros"):
             return self.listed_size(call, args, k, env, use)
         if op.shape == "concat":
             return self.concat_size(call.func == "stack", args, k, env, use)
@@ -453,14 +494,17 @@ class _Walker:
             return _Rank(rank.least + 1, rank.exact)
         if call.func == "squeeze":
             return _Rank(max(self.rank(x, env).least - 1, 0), False)
-        sizes = args.get("shape", args.get("size", args.get("dims")))
+        sizes = args.get("shape", args.get("size"))
         if isinstance(sizes, N.ListExpr) and not any(isinstance(i, N.Spread) for i in sizes.items):
             return _Rank(len(sizes.items), True)
         tensors = args.get("tensors")
         if op.shape == "concat" and isinstance(tensors, N.ListExpr) and tensors.items:
             rank = self.rank(tensors.items[0], env)
             return _Rank(rank.least + 1, rank.exact) if call.func == "stack" else rank
-        return _UNKNOWN_RANK
+        shape = self.engine_shape(call, env)  # an op without a rule here: the shape engine's
+        if shape is None or opaque(shape):
+            return _UNKNOWN_RANK
+        return _Rank(len(shape) - (GROUP in shape), GROUP not in shape)
 
 
 def _declared_ranks(layer: N.Layer) -> dict[str, _Rank]:
@@ -475,6 +519,51 @@ def _declared_ranks(layer: N.Layer) -> dict[str, _Rank]:
         spread = sum(isinstance(d, N.EllipsisItem) for d in shape.dims)
         out[name] = _Rank(len(shape.dims) - spread, not spread)
     return out
+
+
+@dataclass(frozen=True)
+class _Leaves:
+    """Each input's and member's shape as the shape engine reads its declaration (`[..., d]` as `("...",
+    "d")`; an input of alternatives or of tuples has none), and for each dim they declare, the first leaf
+    size declared with it (`size_at(x, -1)` for `d`)."""
+
+    shapes: dict[str, Shape]
+    sizes: dict[str, N.Expr]
+
+
+def _leaves(layer: N.Layer) -> _Leaves:
+    assert layer.forward is not None
+    declared = [(i.name, i.shape, N.Ref.INPUT) for i in layer.forward.inputs if not i.parts and not i.alternatives]
+    declared += [(t.name, t.shape, t.kind) for t in layer.tensors]
+    shapes: dict[str, Shape] = {}
+    sizes: dict[str, N.Expr] = {}
+    for name, shape_decl, ref in declared:
+        shape = shapes[name] = declared_shape(shape_decl, name)
+        if opaque(shape):
+            continue
+        group = shape.index(GROUP) if GROUP in shape else None
+        for j, d in enumerate(shape):
+            if d != GROUP and as_int(text_poly(d)) is None:
+                sizes.setdefault(
+                    d, _size_at(B.name(name, ref=ref), j if group is None or j < group else j - len(shape))
+                )
+    return _Leaves(shapes, sizes)
+
+
+def _written(dim: str, leaves: _Leaves) -> N.Expr | None:
+    """A dim of the engine's answer as sizes of the leaves: a number, `size_at(x, k)` of a leaf declared
+    with that dim at k, or a sum of products of those with numbers; None where a factor is no leaf's dim."""
+    if dim in leaves.sizes:
+        return clone(leaves.sizes[dim])
+    terms: list[N.Expr] = []
+    for monomial, coefficient in text_poly(dim):
+        factors: list[N.Expr] = [B.num(coefficient)] if coefficient != 1 or not monomial else []
+        for factor, power in monomial:
+            if factor not in leaves.sizes:
+                return None
+            factors += [clone(leaves.sizes[factor]) for _ in range(power)]
+        terms.append(_joined("*", factors))
+    return _joined("+", terms) if terms else B.num(0)
 
 
 def _matmul_rank(a: _Rank, b: _Rank) -> _Rank:
@@ -536,6 +625,14 @@ def _is_leaf_size(e: N.Node) -> bool:
     )
 
 
+def _joined(op: str, operands: list[N.Expr]) -> N.Expr:
+    out = operands[0]
+    for e in operands[1:]:
+        out = N.BinOp(out.span, op, out, e)
+        out.kind = N.Kind.INT
+    return out
+
+
 def _plus(a: N.Expr, b: N.Expr) -> N.Expr:
     e = N.BinOp(a.span, "+", a, b)
     e.kind = N.Kind.INT
@@ -556,13 +653,6 @@ def _int(e: N.Expr | None) -> int | None:
     except NotConstant:
         return None
     return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-
-def _ints(e: N.Expr | None) -> list[int] | None:
-    if not isinstance(e, N.ListExpr):
-        return None
-    values = [_int(i) for i in e.items]
-    return None if None in values else values  # type: ignore[return-value]
 
 
 def _int_arg(call: N.Call, name: str, default: int) -> int | None:

@@ -21,6 +21,7 @@ from layerdsl.ir.visit import walk
 from layerdsl.language.ops import CALLABLE, OPERATORS, OPS, Op, Param
 from layerdsl.language.tables import GENERATED_API, GENERATED_BUILTINS, GENERATED_IMPORTS
 from layerdsl.semantics.evaluate import NotConstant, evaluate
+from layerdsl.semantics.shapes import dim_text
 
 LOWERED = ("einsum", "permute", "align")  # ops that index notation lowers to
 
@@ -267,15 +268,8 @@ class Linearizer:
                         args[p.name] = parse_default(p.default)
                 if f == "align":
                     return self.add(row, args, hint, e, items=e.items)
-                weight = args.get("weight")  # cross_entropy's, needing a gradient: refused below
-                if (
-                    f == "cross_entropy"
-                    and self.deriving
-                    and not (isinstance(weight, N.Name) and self._needs_grad(weight))
-                ):
-                    # the log-probabilities computed once and saved (an expert's form), the loss taken over them
-                    log_probs = self.add(OPS["class_log_softmax"], {"input": args["input"]}, "log_probs", e)
-                    return self.add(OPS["cross_entropy_of_log_probs"], {**args, "input": log_probs}, hint, e)
+                if f == "cross_entropy" and self.deriving:
+                    return self._cross_entropy(args, hint, e)
                 if f == "dropout" and self.deriving:  # the mask is drawn once, saved, and applied
                     keep = self.add(OPS["dropout_mask"], {"input": args["input"], "p": args["p"]}, "keep", e)
                     return self.add(OPS["dropout_apply"], {**args, "mask": keep}, hint, e)
@@ -312,15 +306,20 @@ class Linearizer:
         `cross_entropy(x @ transpose(w, 0, 1) + b, t, ...)` (the logits whole: `options` chunks the same
         values, to save memory, which a Function that keeps what its backward reads does not)."""
         weight = args["linear_weight"]
-        rank = self._declared_rank(weight)
-        if rank is None or rank < 2:
+        declared = self._declared_shape(weight)
+        rank = None if declared is None else len(declared)
+        class_dims = self._spread_class_dims(weight) if rank is None else None
+        if class_dims is not None:
+            logits = self._flat_logits(args, class_dims, source)
+        elif rank is None or rank < 2:
             raise NotDerivable(
                 source.span,
                 "linear_cross_entropy() is derived for a linear_weight declared with its dims written out,"
-                " [classes, features] or [classes, d1, ..., features] (a K-dimensional loss)",
-                "declare the weight's dims without `...`, or write a backward block",
+                " [classes, features] or [classes, d1, ..., features] (a K-dimensional loss), or reshaped to"
+                " [classes, *out_features, features]",
+                "declare the weight's dims without `...`, reshape it to its dims, or write a backward block",
             )
-        if rank == 2:
+        elif rank == 2:
             transposed = self.add(
                 OPS["transpose"], {"input": weight, "dim0": B.num(0), "dim1": B.num(1)}, "w_t", source
             )
@@ -332,24 +331,94 @@ class Linearizer:
             operands = N.ListExpr(source.span, [args["input"], weight])
             operands.kind = N.Kind.LIST
             logits = self.add(OPS["einsum"], {"equation": equation, "operands": operands}, "logits", source)
-        if not isinstance(args["linear_bias"], N.NoneLit):
+        if class_dims is None and not isinstance(args["linear_bias"], N.NoneLit):
             logits = self.add(OPERATORS["+"], {"input": logits, "other": args["linear_bias"]}, "logits", source)
-        ignore_index = args["ignore_index"]
-        if isinstance(ignore_index, N.NoneLit):  # torch's default for linear_cross_entropy is cross_entropy's -100
-            ignore_index = parse_default("-100")
+        ignore_index = self._ignored_class(args["ignore_index"])
         loss = {"input": logits, "target": args["target"], "weight": args["weight"], "ignore_index": ignore_index}
         loss |= {k: args[k] for k in ("reduction", "label_smoothing")}
-        return self.add(OPS["cross_entropy"], loss, hint, source)
+        return self._cross_entropy(loss, hint, source)
 
-    def _declared_rank(self, tensor: N.Expr) -> int | None:
-        """How many dims an input or parameter is declared with (None: not a leaf, or `...`)."""
+    def _ignored_class(self, ignore_index: N.Expr) -> N.Expr:
+        """linear_cross_entropy's `ignore_index` as cross_entropy takes it: none is -100 (torch's default), an
+        argument that may be none a number local computed once (`ignore_index if ... else -100`)."""
+        if isinstance(ignore_index, N.NoneLit):
+            return parse_default("-100")
+        if not (isinstance(ignore_index, N.Name) and ignore_index.ref == N.Ref.ARG):
+            return ignore_index
+        if not any(a.name == ignore_index.id and a.maybe_none for a in self.layer.args):
+            return ignore_index
+        given = N.Compare(ignore_index.span, ["!="], [ignore_index, N.NoneLit(ignore_index.span)])
+        given.kind = N.Kind.BOOL
+        chosen = N.IfExp(ignore_index.span, given, ignore_index, parse_default("-100"))
+        chosen.kind = N.Kind.INT
+        local = self.fresh("ignored_class")
+        self.numbers.append((local, chosen))
+        number = B.name(local, ignore_index.span)
+        number.kind = N.Kind.INT
+        return number
+
+    def _cross_entropy(self, args: dict[str, N.Expr], hint: str, source: N.Call) -> N.Name:
+        """`cross_entropy(input, ...)` as the loss over `class_log_softmax(input)`, computed once and saved (an
+        expert's form); a class weight needing a gradient keeps the op whole (its row then refuses it)."""
+        weight = args.get("weight")
+        if isinstance(weight, N.Name) and self._needs_grad(weight):
+            return self.add(OPS["cross_entropy"], args, hint, source)
+        log_probs = self.add(OPS["class_log_softmax"], {"input": args["input"]}, "log_probs", source)
+        return self.add(OPS["cross_entropy_of_log_probs"], {**args, "input": log_probs}, hint, source)
+
+    def _spread_class_dims(self, weight: N.Expr) -> N.ListExpr | None:
+        """`[classes, *out_features]` of a weight reshaped to `[classes, *out_features, features]` (its rank
+        known only at construction); None for a weight of another origin."""
+        shape = self._reshaped_to(weight)
+        if shape is None or len(shape.items) < 2 or isinstance(shape.items[-1], N.Spread):
+            return None
+        class_dims = N.ListExpr(shape.span, shape.items[:-1])
+        class_dims.kind = N.Kind.LIST
+        return class_dims
+
+    def _reshaped_to(self, tensor: N.Expr) -> N.ListExpr | None:
+        """The list a `reshape(x, [...])` step gave `tensor`, None if it is not one."""
+        step = self.step_of(tensor.id) if isinstance(tensor, N.Name) else None
+        shape = step.args.get("shape") if step is not None and step.op is OPS["reshape"] else None
+        return shape if isinstance(shape, N.ListExpr) else None
+
+    def _flat(self, tensor: N.Expr, dims: int, source: N.Call) -> N.Expr:
+        """`tensor` as `dims` dims, its leading ones merged into one (the weight as `[classes * d1 * ... * dK,
+        features]`, the bias as `[classes * d1 * ... * dK]`): the tensor it was reshaped from where that is
+        declared so already (a Linear's weight and bias: no view), else flattened."""
+        step = self.step_of(tensor.id) if isinstance(tensor, N.Name) else None
+        shape = self._reshaped_to(tensor)
+        if step is not None and shape is not None:
+            origin = step.args["input"]
+            declared = self._declared_shape(origin)
+            kept = shape.items[len(shape.items) - (dims - 1) :]  # the dims not merged: the weight's features
+            if declared is not None and len(declared) == dims and declared[1:] == tuple(map(dim_text, kept)):
+                return origin
+        merged = {"input": tensor, "start_dim": B.num(0), "end_dim": B.num(-dims)}
+        return self.add(OPS["flatten"], merged, f"flat_{'weight' if dims == 2 else 'bias'}", source)
+
+    def _flat_logits(self, args: dict[str, N.Expr], class_dims: N.ListExpr, source: N.Call) -> N.Name:
+        """The logits of `linear_cross_entropy` as torch computes them for a K-dimensional weight, K known only
+        at construction (0 included): one matrix product with the weight `[classes * d1 * ... * dK, features]`
+        (plus the bias `[classes * d1 * ... * dK]`), its last dim split into `[classes, d1, ..., dK]`."""
+        weight = self._flat(args["linear_weight"], 2, source)
+        transposed = self.add(OPS["transpose"], {"input": weight, "dim0": B.num(0), "dim1": B.num(1)}, "w_t", source)
+        logits = self.add(OPERATORS["@"], {"input": args["input"], "other": transposed}, "logits", source)
+        if not isinstance(args["linear_bias"], N.NoneLit):
+            bias = self._flat(args["linear_bias"], 1, source)
+            logits = self.add(OPERATORS["+"], {"input": logits, "other": bias}, "logits", source)
+        return self.add(OPS["class_unflatten"], {"input": logits, "sizes": class_dims}, "logits", source)
+
+    def _declared_shape(self, tensor: N.Expr) -> tuple[str, ...] | None:
+        """The dims an input or parameter is declared with, as the shape engine writes them (None: not a
+        leaf, or declared with `...` or a spread)."""
         shapes = {i.name: i.shape for i in self.forward.inputs if not i.parts} | {
             t.name: t.shape for t in self.layer.tensors
         }
         shape = shapes.get(tensor.id) if isinstance(tensor, N.Name) else None
-        if shape is None or any(isinstance(d, N.EllipsisItem) for d in shape.dims):
+        if shape is None or shape.spread is not None or any(isinstance(d, N.EllipsisItem) for d in shape.dims):
             return None
-        return len(shape.dims)
+        return tuple(dim_text(d) for d in shape.dims)
 
     def _list_position(self, at: N.Expr) -> int:
         """`outputs[T - 1 - t]` in an unrolled loop: the position, a number once `t` is written out."""

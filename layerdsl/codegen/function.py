@@ -25,7 +25,7 @@ from layerdsl.codegen.function_branches import chosen_lines
 from layerdsl.codegen.function_buffers import always_updated, returned_values, updated_buffers
 from layerdsl.codegen.joint_gradients import joint_calls
 from layerdsl.codegen.names import FunctionNames
-from layerdsl.codegen.norm_loss_grads import norm_loss_grad
+from layerdsl.codegen.norm_loss_grads import norm_loss_grad, read_for_class_dim
 from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.diagnostics import Span, SpecError
@@ -57,7 +57,7 @@ from layerdsl.optimize import (
     unary_in_place,
 )
 from layerdsl.semantics.evaluate import example_values
-from layerdsl.semantics.shapes import opaque
+from layerdsl.semantics.shapes import expr_shape, opaque
 from layerdsl.syntax import parse_expr
 
 
@@ -391,6 +391,9 @@ class FunctionEmitter:
         keep = set(extra) | {s.var for s in tape.steps if s.guard}
         exprs: dict[str, N.Expr] = {}
         uses = _use_counts(tape)
+        for s in tape.steps:  # a value whose rank is read at run time is computed once, into a name
+            if isinstance(s.expr, N.Call) and (twice := read_for_class_dim(s.expr, self._static_rank)):
+                uses[twice] = 2
         spelling = Spelling({}, training="training")
         ex = PyExpr(spelling, call_hook=self._internal)
         read = {n.id for s in tape.steps for n in walk(s.expr) if isinstance(n, N.Name)}
@@ -1013,7 +1016,7 @@ class FunctionEmitter:
         return None
 
     def _static_rank(self, e: N.Expr) -> int | None:
-        shape = self.tape.shapes.get(e.id) if isinstance(e, N.Name) else None
+        shape = self.tape.shapes.get(e.id) if isinstance(e, N.Name) else expr_shape(e, self.tape.shapes)
         return len(shape) if shape is not None and "..." not in shape and not opaque(shape) else None
 
     def _index_gradient(self, f: str, a: list[N.Expr], ex: PyExpr) -> str:

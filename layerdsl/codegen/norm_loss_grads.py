@@ -336,8 +336,30 @@ def _log_prob_grad_of_probabilities(a: _Call) -> str:
 
 
 def _class_log_softmax(a: _Call, _) -> str:
-    x = a.atom("input")
-    return f"torch.log_softmax({x}, {a.class_dim('input')})"
+    return f"torch.log_softmax({a['input']}, {a.class_dim('input')})"
+
+
+def _class_unflatten(a: _Call, _) -> str:
+    return f"{a.atom('input')}.unflatten(-1, {a['sizes']})"
+
+
+def _class_flatten(a: _Call, _) -> str:
+    """The last len(sizes) dims merged: `grad.flatten(-1 - len(out_features))` for `[classes, *out_features]`."""
+    sizes = a.nodes["sizes"]
+    assert isinstance(sizes, N.ListExpr), "Linearizer._flat_logits lists the class dims"
+    spreads = [i.value for i in sizes.items if isinstance(i, N.Spread)]
+    if not spreads and len(sizes.items) == 1:
+        return a["input"]  # one dim merged: the gradient as it is
+    start = f"-{len(sizes.items) - len(spreads)}" + "".join(f" - len({a.ex(s)})" for s in spreads)
+    return f"{a.atom('input')}.flatten({start})"
+
+
+def read_for_class_dim(c: N.Call, rank: Rank) -> str | None:
+    """The operand `c`'s Python reads a second time for its class dim (`(1 if len(x.shape) > 1 else 0)`,
+    its rank being unknown), which the forward must therefore compute into a name rather than write inside
+    the call; None when there is none."""
+    x = c.args[0] if c.func == "class_log_softmax" and c.args else None
+    return x.id if isinstance(x, N.Name) and rank(x) is None else None
 
 
 def _class_log_softmax_backward(a: _Call, _) -> str:
@@ -514,6 +536,8 @@ _WRITERS: dict[str, Callable[[_Call, dict[str, bool]], str]] = {
     "local_response_norm_input_grad": _local_response_norm,
     "nll_loss_input_grad": _nll_loss,
     "class_log_softmax": _class_log_softmax,
+    "class_unflatten": _class_unflatten,
+    "class_flatten": _class_flatten,
     "class_log_softmax_backward": _class_log_softmax_backward,
     "cross_entropy_of_log_probs": _cross_entropy_of_log_probs,
     "cross_entropy_log_probs_grad": _cross_entropy_log_probs,

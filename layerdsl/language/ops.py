@@ -1214,6 +1214,25 @@ TABLE: tuple[Op, ...] = (
         internal=True,
     ),
     Op(
+        "class_unflatten",
+        _sig("input*, sizes"),
+        "",
+        "view",
+        "linear_cross_entropy's logits [..., C * d1 * ... * dK] as [..., C, d1, ..., dK] (`sizes` may spread an"
+        " `ints`: K known only at construction)",
+        {"input": "class_flatten(grad, sizes)"},
+        internal=True,
+    ),
+    Op(
+        "class_flatten",
+        _sig("input*, sizes"),
+        "",
+        "view",
+        "class_unflatten's gradient: the last len(sizes) dims merged into one (no shape of the logits kept)",
+        {"input": "class_unflatten(grad, sizes)"},
+        internal=True,
+    ),
+    Op(
         "layer_norm_backward",
         _sig("grad*, input*, normalized_shape, mean*, rstd*, weight*, bias*, which"),
         "",
