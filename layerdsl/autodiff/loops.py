@@ -71,10 +71,36 @@ class Loop:
 
 
 @dataclass
+class Choice:
+    """`if cond { ... } else { ... }` on configuration values, each side one tape (outputs: the values it
+    leaves in `merged`). The Function runs the side the condition picks, in forward and in backward."""
+
+    cond: N.Expr  # over arguments, lets, `training` and dims
+    span: Span
+    then: Tape
+    orelse: Tape
+    merged: dict[str, tuple[str, str]]  # the name after the `if` -> the value each side leaves in it
+    returned: list[str] = field(default_factory=list)  # the merged names of the outputs, when both sides return
+
+    def sides(self) -> tuple[Tape, Tape]:
+        return self.then, self.orelse
+
+
+Segment = Straight | Loop | Choice
+
+
+def segment_steps(seg: Segment) -> list[Step]:
+    """Every step of a segment (both sides of a `Choice`)."""
+    if isinstance(seg, Choice):
+        return seg.then.steps + seg.orelse.steps
+    return seg.tape.steps
+
+
+@dataclass
 class LoopPlan:
     """A forward with loops, as segments; the layer's leaves and outputs, as a straight plan has them."""
 
-    segments: list[Straight | Loop]
+    segments: list[Segment]
     outputs: list[N.Expr]
     grads: list[str]  # the incoming gradients, one per output
     leaves: list[str]
@@ -199,17 +225,27 @@ def has_loop(body: list[N.Stmt]) -> bool:
     return any(isinstance(s, N.For) for s in body)
 
 
-def plan_loops(layer: N.Layer, optional: set[str], grads_for: Callable[[Tape], list[str]]) -> LoopPlan:
+def plan_loops(
+    layer: N.Layer,
+    optional: set[str],
+    grads_for: Callable[[Tape], list[str]],
+    conditions: Callable[[N.If, list[N.Stmt]], N.Expr] | None = None,
+) -> LoopPlan:
     """The segments of `layer`'s forward (its loops kept, `unroll.prepared_forward`). `grads_for(tape)`:
-    the names of the incoming gradients of a tape's outputs (around the names of its values)."""
+    the names of the incoming gradients of a tape's outputs (around the names of its values).
+    `conditions(if_stmt, before)`: an `if`'s condition as the Function evaluates it, when the forward's
+    `if`s on configuration values are segments of their own (`Choice`)."""
     assert layer.forward is not None
-    return _Planner(layer, optional).run(grads_for)
+    return _Planner(layer, optional, conditions).run(grads_for)
 
 
 class _Planner:
-    def __init__(self, layer: N.Layer, optional: set[str]):
+    def __init__(
+        self, layer: N.Layer, optional: set[str], conditions: Callable[[N.If, list[N.Stmt]], N.Expr] | None = None
+    ):
         assert layer.forward is not None
         self.layer = layer
+        self.conditions = conditions
         self.forward: N.Forward = layer.forward
         self.optional = optional
         self.alias: dict[str, str] = {}  # spec local -> the value name holding it now
@@ -227,10 +263,19 @@ class _Planner:
         self.numbers: list[tuple[str, N.Expr]] = []
 
     def run(self, grads_for) -> LoopPlan:
-        segments: list[Straight | Loop] = []
+        segments: list[Segment] = []
         chunk: list[N.Stmt] = []
-        for stmt in self.forward.body:
-            if isinstance(stmt, N.For):
+        for at, stmt in enumerate(self.forward.body):
+            if isinstance(stmt, N.If) and self.conditions is not None:
+                if chunk:
+                    segments.append(self.straight(chunk))
+                    chunk = []
+                choice = self.choice(stmt, self.conditions(stmt, self.forward.body[:at]))
+                segments.append(choice)
+                if choice.returned:  # the rest of the forward is its other side (`plan.returns_closed`)
+                    chunk = [N.Return(stmt.span, [B.name(n, stmt.span) for n in choice.returned])]
+                    break
+            elif isinstance(stmt, N.For):
                 if chunk:
                     segments.append(self.straight(chunk))
                     chunk = []
@@ -250,7 +295,7 @@ class _Planner:
         last = segments[-1]
         assert isinstance(last, Straight)
         outputs = last.tape.outputs
-        every = Tape([s for seg in segments for s in seg.tape.steps], outputs, sorted(self.shapes), set())
+        every = Tape([s for seg in segments for s in segment_steps(seg)], outputs, sorted(self.shapes), set())
         plan = LoopPlan(
             segments,
             outputs,
@@ -306,6 +351,70 @@ class _Planner:
             return e
 
         return go(stmt)
+
+    # ---------------------------------------------------------------- `if`s on configuration values
+
+    def choice(self, stmt: N.If, cond: N.Expr) -> Choice:
+        """Each side of `stmt` as a tape from the values before it; the locals either side binds merged."""
+        last = {id(side[-1]) for side in (stmt.body, stmt.orelse) if side and isinstance(side[-1], N.Return)}
+        for s in walk_stmts(stmt.body + stmt.orelse):
+            if isinstance(s, (N.If, N.For, N.Return, N.Append)) and id(s) not in last:
+                raise NotDerivable(
+                    s.span,
+                    "a derived backward through more than 32 combinations of `if` branches takes each `if` on"
+                    " its own: this statement inside one is not derived that way yet",
+                    "write a backward block, or choose with where(cond, a, b)",
+                )
+        before = dict(self.alias)
+        tapes = []
+        for body in (stmt.body, stmt.orelse):
+            tape = self.linearizer(body, dict(before)).run()
+            if tape.numbers:
+                raise NotDerivable(
+                    stmt.span,
+                    "a derived backward takes this `if` on its own (more than 32 combinations of branches):"
+                    " its sides bind numbers (not derived yet)",
+                    "compute the number before the `if`, or write a backward block",
+                )
+            self.taken |= {s.var for s in tape.steps}
+            tapes.append(tape)
+        then_env, else_env = tapes[0].env, tapes[1].env
+        merged: dict[str, tuple[str, str]] = {}
+        names: dict[str, str] = {}
+        for local in dict.fromkeys([*then_env, *else_env]):
+            if local not in then_env or local not in else_env:
+                continue  # bound on one side only: the checker lets nothing after the `if` read it
+            if then_env[local] == before.get(local) == else_env[local]:
+                continue
+            names[local] = self.fresh(local)
+            merged[names[local]] = (then_env[local], else_env[local])
+        returned = []
+        if last:
+            if len(last) == 1 or any(not isinstance(o, N.Name) for t in tapes for o in t.outputs):
+                raise NotDerivable(
+                    stmt.span,
+                    "a derived backward takes this `if` on its own (more than 32 combinations of branches): one"
+                    " side returns and the other does not, or it returns what is not a tensor (not derived yet)",
+                    "write a backward block, or choose with where(cond, a, b)",
+                )
+            for then, orelse in zip(tapes[0].outputs, tapes[1].outputs):
+                assert isinstance(then, N.Name) and isinstance(orelse, N.Name)
+                returned.append(self.fresh("out"))
+                merged[returned[-1]] = (then.id, orelse.id)
+                names[returned[-1]] = returned[-1]
+        sides = []
+        for k, tape in enumerate(tapes):
+            outputs = [B.name(values[k]) for values in merged.values()]
+            read = self.pseudo_leaves(dataclasses.replace(tape, outputs=outputs))
+            sides.append(self.finished(tape, read, outputs))
+        for local, name in names.items():
+            then, orelse = merged[name]
+            shapes = self.shapes.get(then), self.shapes.get(orelse)
+            self.shapes[name] = shapes[0] if shapes[0] == shapes[1] else None
+            if then in self.requires or orelse in self.requires:
+                self.requires.add(name)
+            self.alias[local] = name
+        return Choice(cond, stmt.span, sides[0], sides[1], merged, returned)
 
     # ---------------------------------------------------------------- loops
 
@@ -488,8 +597,8 @@ def _requiring(tape: Tape, requires: set[str]) -> set[str]:
 def _check_derivable(plan: LoopPlan) -> None:
     """Derive each segment once, so that what cannot be derived is reported at plan time."""
     for seg in plan.segments:
-        tape = seg.tape
-        derive(tape, [f"_g{k}" for k in range(len(tape.outputs))])
+        for tape in seg.sides() if isinstance(seg, Choice) else [seg.tape]:
+            derive(tape, [f"_g{k}" for k in range(len(tape.outputs))])
 
 
 def walk_stmts(body: list[N.Stmt]):

@@ -122,11 +122,7 @@ def plan_backward(
     if layer.backward is None and (branch := _first_if(layer.forward.body)) is not None:
         # counted before any side is derived: independent `if`s multiply (a derivation per side)
         if side_count(layer.forward.body, known, MAX_BRANCH_PLANS) > MAX_BRANCH_PLANS:
-            raise NotDerivable(
-                branch[1].span,
-                f"a derived backward goes through at most {MAX_BRANCH_PLANS} combinations of `if` branches",
-                "write a backward block, or choose with where(cond, a, b)",
-            )
+            return _segmented_plan(layer, branch[1], given)
         return _branch_plan(layer, branch, given, known, measured)
     return _straight_plan(layer, given)
 
@@ -192,6 +188,55 @@ def _loop_plan(layer: N.Layer, optional: set[str], given: frozenset[str]) -> Pla
             "drop @function, or move the update out of this layer",
         )
     return plan_loops(layer, optional, incoming_names)
+
+
+def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str]) -> Plan:
+    """A forward of more than MAX_BRANCH_PLANS combinations of branches: each `if` a segment of its own
+    (`loops.Choice`), so independent `if`s add rather than multiply. Its conditions read arguments, lets
+    and `training` only, and it reads no optional input or member (not derived yet)."""
+    assert layer.forward is not None
+    optional = {t.name for t in layer.tensors if t.cond is not None} - given
+    optional |= {i.name for i in layer.forward.inputs if i.optional} - given
+    read = {n.id for s in layer.forward.body for n in walk(s) if isinstance(n, N.Name)}
+    update = next((s for s in statements(layer.forward.body) if isinstance(s, N.Update)), None)
+    if optional & read or update is not None or has_loop(layer.forward.body):
+        raise NotDerivable(
+            first.span,
+            f"a derived backward goes through at most {MAX_BRANCH_PLANS} combinations of `if` branches, or"
+            " takes each `if` on its own in a forward that reads no optional input or member, updates no"
+            " buffer and keeps no loop (not derived yet)",
+            "write a backward block, or choose with where(cond, a, b)",
+        )
+
+    def condition(stmt: N.If, before: list[N.Stmt]) -> N.Expr:
+        cond = _configuration_condition(stmt.cond, before, layer)
+        if not on_arguments(cond):
+            raise NotDerivable(
+                stmt.cond.span,
+                f"a derived backward goes through at most {MAX_BRANCH_PLANS} combinations of `if` branches, or"
+                " takes each `if` on its own when it tests arguments, lets and `training` only (not derived yet)",
+                "write a backward block, or choose with where(cond, a, b)",
+            )
+        return cond
+
+    body = returns_closed(layer.forward.body)
+    layer = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
+    return plan_loops(layer, optional, incoming_names, condition)
+
+
+def returns_closed(body: list[N.Stmt]) -> list[N.Stmt]:
+    """`body` with the statements after the first `if` of which a side returns moved into its other side
+    (`if c { ...; return a } rest` is `if c { ...; return a } else { rest }`): both sides then return."""
+    for at, stmt in enumerate(body):
+        if not isinstance(stmt, N.If):
+            continue
+        returns = [bool(side) and isinstance(side[-1], N.Return) for side in (stmt.body, stmt.orelse)]
+        if any(returns):
+            rest = body[at + 1 :]
+            then = stmt.body if returns[0] else stmt.body + rest
+            orelse = stmt.orelse if returns[1] else stmt.orelse + rest
+            return body[:at] + [dataclasses.replace(stmt, body=then, orelse=orelse)]
+    return body
 
 
 def side_count(body: list[N.Stmt], known: Facts, limit: int) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from layerdsl.autodiff.loops import Loop, LoopPlan, Straight, presence
+from layerdsl.autodiff.loops import Choice, Loop, LoopPlan, Straight, presence, segment_steps
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.tape import Step, Tape
@@ -134,7 +134,7 @@ class LoopFunction:
         self.layer = emitter.layer
         self.plan = plan
         self.kwargs: list[str] = emitter.function_kwargs()
-        steps = [s for seg in plan.segments for s in seg.tape.steps]
+        steps = [s for seg in plan.segments for s in segment_steps(seg)]
         numbers = plan.numbers + [n for seg in plan.segments if isinstance(seg, Loop) for n in seg.numbers]
         merged = Tape(steps, plan.outputs, plan.leaves, plan.differentiable, numbers=numbers, shapes=plan.shapes)
         self.helper = FunctionEmitter(emitter, BackwardPlan(merged, plan.grads, {}, None, []))
@@ -213,6 +213,9 @@ class LoopFunction:
         for seg in self.plan.segments:
             if isinstance(seg, Straight):
                 out += [s.var for s in seg.tape.steps if s.var in once]
+            elif isinstance(seg, Choice):  # a side's values are None when the other side ran
+                out += [s.var for s in segment_steps(seg) if s.var in once]
+                out += [m for m in seg.merged if m in once]
             else:
                 k = self.loops.index(seg)
                 out += [self.stacked(v) for v in self.per_step_order(seg, per_step.get(k, set()))]
@@ -225,6 +228,9 @@ class LoopFunction:
         they are kept per step (one buffer each), and their names as extra outputs."""
         groups = []
         for seg in self.plan.segments:
+            if isinstance(seg, Choice):  # each side's: None when the other side ran
+                groups += [(True, [s.var for s in tape.steps if _kept(s)]) for tape in seg.sides()]
+                continue
             per_step = not isinstance(seg, Straight)
             kept = [s.var for s in seg.tape.steps if _kept(s)]
             groups.append((per_step, [self.stacked(v) for v in kept] if per_step else kept))
@@ -260,6 +266,8 @@ class LoopFunction:
         for seg in self.plan.segments:
             if isinstance(seg, Straight):
                 lines += self.steps(seg.tape, ex)
+            elif isinstance(seg, Choice):
+                lines += self.forward_choice(seg, set(extra), ex)
             else:
                 lines += self.forward_loop(seg, per_step.get(self.loops.index(seg), set()), ex)
         outs = [ex(o) for o in self.plan.outputs] + extra
@@ -269,7 +277,18 @@ class LoopFunction:
         """The dims and number locals (outside loops) that forward or backward read."""
         tape = Tape([], [], [], set(), numbers=list(self.plan.numbers))
         read = {
-            n.id for seg in self.plan.segments for s in seg.tape.steps for n in walk(s.expr) if isinstance(n, N.Name)
+            n.id
+            for seg in self.plan.segments
+            for s in segment_steps(seg)
+            for n in walk(s.expr)
+            if isinstance(n, N.Name)
+        }
+        read |= {
+            n.id
+            for seg in self.plan.segments
+            if isinstance(seg, Choice)
+            for n in walk(seg.cond)
+            if isinstance(n, N.Name)
         }
         read |= {n.id for loop in self.loops for b in loop.bounds for n in walk(b) if isinstance(n, N.Name)}
         read |= {n.id for loop in self.loops for _, e in loop.numbers for n in walk(e) if isinstance(n, N.Name)}
@@ -291,6 +310,19 @@ class LoopFunction:
                 line = f"{s.var} = {ex(s.expr)}"
             lines += with_spec_line([line], 0, self.e.spec_path, s.expr.span.line)
         return lines
+
+    def forward_choice(self, seg: Choice, extra: set[str], ex: PyExpr) -> list[str]:
+        """The side the condition picks: its steps, the locals it binds under their merged names, and the
+        other side's extra outputs as None."""
+        sides = []
+        for k, tape in enumerate(seg.sides()):
+            lines = self.steps(tape, ex)
+            lines += [f"{name} = {self.not_an_input(values[k])}" for name, values in seg.merged.items()]
+            other = [s.var for s in seg.sides()[1 - k].steps if s.var in extra]
+            lines += [" = ".join(other) + " = None"] if other else []
+            sides.append(lines)
+        head = with_spec_line([f"if {ex(seg.cond)}:"], 0, self.e.spec_path, seg.span.line)
+        return _if_else(head, sides[0], sides[1])
 
     def trip(self, loop: Loop, ex: PyExpr) -> str:
         return f"range({', '.join(ex(b) for b in loop.bounds)})"
@@ -410,6 +442,7 @@ class LoopFunction:
         given = [self.grad_out(x) for x in extra]
         # unused extra outputs' gradients are None (not materialised): zeros where another is given
         stacks = {self.stacked(v) for k, loop in enumerate(self.loops) for v in per_step.get(k, set())}
+        stacks |= {s.var for seg in self.plan.segments if isinstance(seg, Choice) for s in segment_steps(seg)}
         zeros = [  # a stack is None after a loop of no steps (whose backward runs no step)
             f"{g} = torch.zeros_like({x}) if {g} is None {'and ' + x + ' is not None ' if x in stacks else ''}else {g}"
             for g, x in zip(given, extra)
@@ -485,6 +518,8 @@ class _BackwardWriter:
         for seg in reversed(self.plan.segments):
             if isinstance(seg, Straight):
                 lines += self.straight(seg)
+            elif isinstance(seg, Choice):
+                lines += self.choice(seg)
             else:
                 lines += self.loop(seg)
         return lines
@@ -580,7 +615,43 @@ class _BackwardWriter:
 
     # ---------------------------------------------------------------- segments
 
-    def straight(self, seg: Straight) -> list[str]:
+    def choice(self, seg: Choice) -> list[str]:
+        """The backward of the side forward ran: the merged locals' gradients given to the values that side
+        left in them; a gradient one side gives and the other not is None after the `if` when that ran."""
+        at = self.plan.segments.index(seg)
+        head: list[str] = []
+        if self.mode != "main":  # a merged local returned as an extra output: its gradient from there
+            for name in seg.merged:
+                if name in self.once and name not in self.fn.outputs:
+                    head += self.accumulate(name, self.fn.grad_out(name), conditional=False)
+        start = dict(self.state)
+        sides, states = [], []
+        for k, tape in enumerate(seg.sides()):
+            self.state = dict(start)
+            own = {s.var for s in tape.steps}
+            lines: list[str] = []
+            for name, values in seg.merged.items():
+                given = start.get(self.acc(name))
+                if given is None:
+                    continue
+                if values[k] in own:
+                    lines.append(f"{self.acc(values[k])} = {self.acc(name)}")
+                    self.state[self.acc(values[k])] = given
+                else:
+                    lines += self.accumulate(values[k], self.acc(name), conditional=given == "maybe")
+            lines += self.straight(Straight(tape), where=f"{at} {('then', 'else')[k]}")
+            sides.append(lines)
+            states.append({g: st for g, st in self.state.items() if g.removeprefix("grad_") not in own})
+        self.state = {}
+        for g in dict.fromkeys([*states[0], *states[1]]):
+            then, orelse = states[0].get(g), states[1].get(g)
+            self.state[g] = then if then == orelse else "maybe"
+            if then != orelse and None in (then, orelse):  # defined on one side only: None on the other
+                self.maybe_none.add(g)
+        return head + _if_else([f"if {self.ex(seg.cond)}:"], sides[0], sides[1])
+
+    def straight(self, seg: Straight, where: str | None = None) -> list[str]:
+        """`where`: the key of the names it introduces (by default, the segment's index)."""
         tape = seg.tape
         own = {s.var for s in tape.steps}
         sure: list[tuple[N.Expr, str]] = []
@@ -605,8 +676,9 @@ class _BackwardWriter:
         for group, cond in [(sure, None)] + [([m], f"{m[1]} is not None") for m in maybe]:
             outs = dataclasses.replace(tape, outputs=[o for o, _ in group])
             bwd = derive(outs, [g for _, g in group], extra if cond is None else None)
-            where = f"{self.plan.segments.index(seg)}" + ("" if cond is None else f" {group[0][1]}")
-            body, grads = self.statements(bwd, tape, where, conditional=cond is not None)
+            at = where or f"{self.plan.segments.index(seg)}"
+            key = at + ("" if cond is None else f" {group[0][1]}")
+            body, grads = self.statements(bwd, tape, key, conditional=cond is not None)
             for leaf, g in grads.items():
                 if leaf not in own:
                     body += self.accumulate(leaf, g, conditional=cond is not None)
@@ -731,6 +803,12 @@ class _BackwardWriter:
         return len(loop.bounds) == 1
 
 
+def _if_else(head: list[str], then: list[str], orelse: list[str]) -> list[str]:
+    """`head` (an `if ...:` line) over `then`, and `else:` over `orelse` when it has lines."""
+    lines = head + ["    " + line for line in then or ["pass"]]
+    return lines + (["else:", *("    " + line for line in orelse)] if orelse else [])
+
+
 def _under(guard: str | None, lines: list[str]) -> list[str]:
     """`lines`, under `if guard:` when there is one."""
     if guard is None or not lines:
@@ -750,6 +828,12 @@ def _gradient_sources(plan: LoopPlan) -> dict[str, set[str]]:
         if isinstance(seg, Straight):
             for s in seg.tape.steps:
                 sources[s.var] = of(s)
+            continue
+        if isinstance(seg, Choice):
+            for s in segment_steps(seg):
+                sources[s.var] = of(s)
+            for name, values in seg.merged.items():
+                sources[name] = {l for v in values for l in sources.get(v, ())}
             continue
         for c, start in seg.carried.items():
             sources[c] = set(sources.get(start, ()))

@@ -1,0 +1,129 @@
+"""A forward of more `if`s on configuration values than `plan.MAX_BRANCH_PLANS` combinations: each `if` a
+segment of its own (`autodiff.loops.Choice`), so eight independent `if`s are eight segments, not 256 sides.
+The Function against the plain functional form in several configurations (float64: outputs, gradients of
+the input and the parameters, gradcheck and gradgradcheck)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from layerdsl.autodiff.loops import Choice, LoopPlan
+from layerdsl.autodiff.plan import plan_backwards
+from layerdsl.codegen.module import emit_file
+from layerdsl.semantics.checker import check_program
+from layerdsl.syntax.parser import parse_file
+
+FLAGS = "abcdefgh"
+
+EIGHT = '''
+@function
+layer EightIfs(n: int, a: bool = true, b: bool = false, c: bool = true, d: bool = false,
+               e: bool = true, f: bool = false, g: bool = true, k: bool = false) {
+    """Eight independent choices of configuration: 256 combinations."""
+    param w: [n] = ones
+    param v: [n] = ones
+
+    example(n = 4)
+
+    forward(x: [B, n]) -> [B, n] {
+        h = x * w
+        if a {
+            h = tanh(h)
+        }
+        if b {
+            h = h * h
+        } else {
+            h = sigmoid(h) * x
+        }
+        if c {
+            h = h + exp(x)
+        }
+        if d {
+            h = h * w
+        }
+        if e {
+            u = h * v
+        } else {
+            u = x
+        }
+        if f {
+            h = h / (1 + h * h)
+        }
+        if g {
+            h = h + u * u
+        }
+        if k {
+            h = sin(h) * v
+        }
+        return h * u
+    }
+}
+'''.replace("g: bool = true, k: bool = false", "g: bool = true, h_: bool = false").replace("if k {", "if h_ {")
+
+
+@pytest.fixture(scope="module")
+def eight() -> dict:
+    spec = parse_file("eight.layer", EIGHT)
+    program = check_program([spec])
+    source = emit_file(spec, program, "eight.layer", {})
+    namespace: dict = {"SOURCE": source}
+    exec(compile(source, "eight.py", "exec"), namespace)
+    return namespace
+
+
+def test_eight_ifs_are_eight_segments():
+    spec = parse_file("eight.layer", EIGHT)
+    check_program([spec])
+    plans, problems = plan_backwards([spec])
+    assert problems == []
+    plan = plans["EightIfs"]
+    assert isinstance(plan, LoopPlan)
+    assert sum(isinstance(seg, Choice) for seg in plan.segments) == 8
+
+
+CONFIGS = [
+    (True,) * 8,
+    (False,) * 8,
+    (True, False, True, False, True, False, True, False),
+    (False, True, False, True, False, True, False, True),
+    (True, True, False, False, True, True, False, False),
+    (False, False, True, True, False, True, True, True),
+]
+
+
+@pytest.mark.parametrize("flags", CONFIGS)
+def test_eight_ifs_match_the_plain_form(eight, flags):
+    torch.manual_seed(0)
+    names = ["a", "b", "c", "d", "e", "f", "g", "h_"]
+    config = dict(zip(names, flags))
+    layer = eight["EightIfs"](4, **config, dtype=torch.float64)
+    with torch.no_grad():
+        layer.w.uniform_(0.5, 1.5)
+        layer.v.uniform_(0.5, 1.5)
+    x = torch.rand(3, 4, dtype=torch.float64, requires_grad=True)
+    w, v = layer.w.detach().requires_grad_(), layer.v.detach().requires_grad_()
+    got, want = layer(x), eight["eight_ifs"](x, w, v, **config)
+    assert torch.allclose(got, want)
+    seed = torch.rand_like(got)
+    grads = torch.autograd.grad((got * seed).sum(), [x, layer.w, layer.v], allow_unused=True)
+    expected = torch.autograd.grad((want * seed).sum(), [x, w, v], allow_unused=True)
+    for g, e, leaf in zip(grads, expected, [x, w, v]):  # v is unused when neither e nor h_ holds
+        assert torch.allclose(torch.zeros_like(leaf) if g is None else g, torch.zeros_like(leaf) if e is None else e)
+
+    def run(x, w, v):
+        out = eight["EightIfsFunction"].apply(x, w, v, *flags)
+        return out[0] if isinstance(out, tuple) else out
+
+    assert torch.autograd.gradcheck(run, (x, w, v)) and torch.autograd.gradgradcheck(run, (x, w, v))
+
+
+def test_the_function_keeps_each_if_once(eight):
+    """Forward and backward each test a flag once (`if ctx.a:`), not once per combination (the double
+    backward's section, what the extra outputs' gradients add, once more)."""
+    source = eight["SOURCE"]
+    fn = source[source.index("class EightIfsFunction") : source.index("class EightIfs(")]
+    forward = fn[fn.index("def forward") : fn.index("def setup_context")]
+    backward = fn[fn.index("def backward") : fn.index("# double backward")]
+    for flag in ["a", "b", "c", "d", "e", "f", "g", "h_"]:
+        assert forward.count(f"if {flag}:") == 1 and backward.count(f"if ctx.{flag}:") == 1
