@@ -190,7 +190,7 @@ def test_more_sides_than_the_bound_are_segments_that_match_autograd():
         x = torch.rand(3, 4, dtype=torch.float64, requires_grad=True)
         assert torch.allclose(layer(x), generated["six_ifs"](x, layer.w, **config))
 
-        def run(x, w):
+        def run(x, w, flags=flags):
             return generated["SixIfsFunction"].apply(x, w, *flags)[0]
 
         w = layer.w.detach().requires_grad_()
