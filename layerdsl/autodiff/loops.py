@@ -12,6 +12,10 @@ them), so each derives by reverse mode as a straight-line forward does:
   and what each step appends to a list. After the loop, `stack(outputs, dim = d)` and `cat(outputs, ...)`
   are values of their own (`Join`), whose gradient is cut back into one per step.
 
+A forward of more combinations of `if`s on configuration values than `plan.MAX_BRANCH_PLANS` is cut at
+its `if`s too: each is a `Choice`, a tape per side from the values before it, the locals either side binds
+merged under one name each, so that independent `if`s add rather than multiply.
+
 The Function (`codegen.function_loops`) runs the body once per step, keeping what its backward reads per
 step, and its backward runs the body's derived backward for t = T - 1, ..., 0, carrying the carried
 values' gradients and summing those of the values read from outside.
@@ -404,14 +408,14 @@ class _Planner:
                 names[returned[-1]] = returned[-1]
         sides = []
         for k, tape in enumerate(tapes):
-            outputs = [B.name(values[k]) for values in merged.values()]
+            outputs: list[N.Expr] = [B.name(values[k]) for values in merged.values()]
             read = self.pseudo_leaves(dataclasses.replace(tape, outputs=outputs))
             sides.append(self.finished(tape, read, outputs))
         for local, name in names.items():
-            then, orelse = merged[name]
-            shapes = self.shapes.get(then), self.shapes.get(orelse)
+            first, second = merged[name]
+            shapes = self.shapes.get(first), self.shapes.get(second)
             self.shapes[name] = shapes[0] if shapes[0] == shapes[1] else None
-            if then in self.requires or orelse in self.requires:
+            if first in self.requires or second in self.requires:
                 self.requires.add(name)
             self.alias[local] = name
         return Choice(cond, stmt.span, sides[0], sides[1], merged, returned)

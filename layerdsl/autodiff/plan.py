@@ -9,6 +9,7 @@ and the branches of an `if` are each checked).
 A forward with `if`s on configuration values (arguments, lets, `training`, dims, flag inputs) is planned
 once per branch: a `BranchPlan` holds the condition and the plan of each side, and the Function chooses the
 same side in forward, setup_context and backward. Each side is a straight-line forward, derived as any other.
+Past MAX_BRANCH_PLANS combinations, each `if` is a segment of its own instead (`loops.Choice`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ Backward runs the segments in reverse: a straight segment's derived statements, 
 body's derived statements for t = T - 1, ..., 0, with each step's saved values picked from the stacks.
 The loop-carried values' gradients are carried from step to step; the gradients of values read from
 outside the loop are summed over the steps. A gradient that only a loop gives is None when the loop takes
-no step, so what is derived from it runs under `if grad is not None`.
+no step, so what is derived from it runs under `if grad is not None`. An `if` of its own (`Choice`) runs
+the side its condition picks, in forward and again in backward.
 """
 
 from __future__ import annotations
@@ -645,7 +646,7 @@ class _BackwardWriter:
         self.state = {}
         for g in dict.fromkeys([*states[0], *states[1]]):
             then, orelse = states[0].get(g), states[1].get(g)
-            self.state[g] = then if then == orelse else "maybe"
+            self.state[g] = then if then is not None and then == orelse else "maybe"
             if then != orelse and None in (then, orelse):  # defined on one side only: None on the other
                 self.maybe_none.add(g)
         return head + _if_else([f"if {self.ex(seg.cond)}:"], sides[0], sides[1])
