@@ -127,3 +127,67 @@ def test_the_function_keeps_each_if_once(eight):
     backward = fn[fn.index("def backward") : fn.index("# double backward")]
     for flag in ["a", "b", "c", "d", "e", "f", "g", "h_"]:
         assert forward.count(f"if {flag}:") == 1 and backward.count(f"if ctx.{flag}:") == 1
+
+
+OPTIONAL = '''
+@function
+layer SixChoices(d: int, a: bool = true, b: bool = false, c: bool = true) {
+    """Three flags and three optional inputs: 64 combinations."""
+    example(d = 3)
+    forward(x: [B, d], u: [B, d]? = none, v: [B, d]? = none, w: [B, d]? = none) -> [B, d] {
+        h = x
+        if a {
+            h = tanh(h)
+        }
+        if b {
+            h = h * h
+        }
+        if c {
+            h = sigmoid(h)
+        }
+        if u != none {
+            h = h + u
+        }
+        if v != none {
+            h = h * v
+        }
+        if w == none {
+            h = h * 2
+        } else {
+            h = h - w * h
+        }
+        return h
+    }
+}
+'''
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [(True,) * 6, (False,) * 6, (True, False, True, False, True, False), (False, True, False, True, False, True)],
+)
+def test_ifs_on_optional_inputs_match_the_plain_form(flags):
+    """`if u != none` a segment of its own: forward tests u, setup_context keeps `ctx.u_shape` (None when u
+    is not given) and backward tests that; u's gradient is None when it is not given."""
+    spec = parse_file("six.layer", OPTIONAL)
+    program = check_program([spec])
+    source = emit_file(spec, program, "six.layer", {})
+    assert "ctx.u_shape = None if u is None else u.shape" in source and "if ctx.u_shape is not None:" in source
+    namespace: dict = {}
+    exec(compile(source, "six.py", "exec"), namespace)
+    torch.manual_seed(0)
+    config = dict(zip("abc", flags[:3]))
+    layer = namespace["SixChoices"](3, **config, dtype=torch.float64)
+    x = torch.rand(2, 3, dtype=torch.float64, requires_grad=True)
+    given = [torch.rand(2, 3, dtype=torch.float64, requires_grad=True) if g else None for g in flags[3:]]
+    got = layer(x, *given)
+    assert torch.allclose(got, namespace["six_choices"](x, **dict(zip("uvw", given)), d=3, **config))
+    leaves = [x] + [t for t in given if t is not None]
+
+    def run(*tensors):
+        rest = iter(tensors[1:])
+        optional = [next(rest) if g else None for g in flags[3:]]
+        out = namespace["SixChoicesFunction"].apply(tensors[0], *optional, *flags[:3])
+        return out[0] if isinstance(out, tuple) else out
+
+    assert torch.autograd.gradcheck(run, tuple(leaves)) and torch.autograd.gradgradcheck(run, tuple(leaves))

@@ -327,6 +327,7 @@ class _Planner:
                 )
         lin = self.linearizer(stmts, dict(self.alias))
         tape = lin.run()
+        self.optional_unread(tape, self.optional)
         for s in tape.steps:
             self.taken.add(s.var)
         self.numbers += tape.numbers
@@ -371,8 +372,11 @@ class _Planner:
                 )
         before = dict(self.alias)
         tapes = []
-        for body in (stmt.body, stmt.orelse):
-            tape = self.linearizer(body, dict(before)).run()
+        tested = presence(cond)
+        for holds, body in ((True, stmt.body), (False, stmt.orelse)):
+            given = frozenset([tested[0]]) if tested is not None and tested[1] == holds else frozenset()
+            tape = self.linearizer(body, dict(before), given=given).run()
+            self.optional_unread(tape, self.optional - given)
             if tape.numbers:
                 raise NotDerivable(
                     stmt.span,
@@ -419,6 +423,20 @@ class _Planner:
                 self.requires.add(name)
             self.alias[local] = name
         return Choice(cond, stmt.span, sides[0], sides[1], merged, returned)
+
+    def optional_unread(self, tape: Tape, optional: set[str] | frozenset[str]) -> None:
+        """NotDerivable where a segment of an `if` reads an optional input that no `if` proves given."""
+        if self.conditions is None:  # a forward with loops refuses them before (`plan._loop_plan`)
+            return
+        for step in tape.steps:
+            read = sorted(step.reads & set(optional))
+            if read:
+                raise NotDerivable(
+                    step.expr.span,
+                    f"a derived backward reads the optional input '{read[0]}' only inside"
+                    f" `if {read[0]} != none {{ ... }}`",
+                    f"test `{read[0]} != none` around this use (or write a backward block)",
+                )
 
     # ---------------------------------------------------------------- loops
 
@@ -547,10 +565,13 @@ class _Planner:
 
     # ---------------------------------------------------------------- shared
 
-    def linearizer(self, stmts: list[N.Stmt], env: dict[str, str], loop_var: str | None = None) -> Linearizer:
+    def linearizer(
+        self, stmts: list[N.Stmt], env: dict[str, str], loop_var: str | None = None, given: frozenset[str] = frozenset()
+    ) -> Linearizer:
+        """`given`: the optional inputs the `if`s around `stmts` prove given."""
         forward = dataclasses.replace(self.forward, body=stmts)
         layer = dataclasses.replace(self.layer, forward=forward, backward=None)
-        lin = Linearizer(layer, self.optional)
+        lin = Linearizer(layer, self.optional - given)
         lin.taken |= self.taken | set(env.values()) | ({loop_var} if loop_var else set())
         lin.env = dict(env)
         return lin

@@ -194,35 +194,37 @@ def _loop_plan(layer: N.Layer, optional: set[str], given: frozenset[str]) -> Pla
 def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str]) -> Plan:
     """A forward of more than MAX_BRANCH_PLANS combinations of branches: each `if` a segment of its own
     (`loops.Choice`), so independent `if`s add rather than multiply. Its conditions read arguments, lets
-    and `training` only, and it reads no optional input or member (not derived yet)."""
+    and `training`, or test whether an optional input is given; it reads no optional member (not derived
+    yet), and an optional input only on the side of an `if` that proves it given."""
     assert layer.forward is not None
-    optional = {t.name for t in layer.tensors if t.cond is not None} - given
-    optional |= {i.name for i in layer.forward.inputs if i.optional} - given
+    members = {t.name for t in layer.tensors if t.cond is not None} - given
+    inputs = _optional_inputs(layer) - given
     read = {n.id for s in layer.forward.body for n in walk(s) if isinstance(n, N.Name)}
     update = next((s for s in statements(layer.forward.body) if isinstance(s, N.Update)), None)
-    if optional & read or update is not None or has_loop(layer.forward.body):
+    if members & read or update is not None or has_loop(layer.forward.body):
         raise NotDerivable(
             first.span,
             f"a derived backward goes through at most {MAX_BRANCH_PLANS} combinations of `if` branches, or"
-            " takes each `if` on its own in a forward that reads no optional input or member, updates no"
-            " buffer and keeps no loop (not derived yet)",
+            " takes each `if` on its own in a forward that reads no optional member, updates no buffer and"
+            " keeps no loop (not derived yet)",
             "write a backward block, or choose with where(cond, a, b)",
         )
 
     def condition(stmt: N.If, before: list[N.Stmt]) -> N.Expr:
         cond = _configuration_condition(stmt.cond, before, layer)
-        if not on_arguments(cond):
+        if not on_arguments(cond, inputs):
             raise NotDerivable(
                 stmt.cond.span,
                 f"a derived backward goes through at most {MAX_BRANCH_PLANS} combinations of `if` branches, or"
-                " takes each `if` on its own when it tests arguments, lets and `training` only (not derived yet)",
+                " takes each `if` on its own when it tests arguments, lets and `training`, or whether an optional"
+                " input is given (not derived yet)",
                 "write a backward block, or choose with where(cond, a, b)",
             )
         return cond
 
     body = returns_closed(layer.forward.body)
     layer = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
-    return plan_loops(layer, optional, incoming_names, condition)
+    return plan_loops(layer, set(members | inputs), incoming_names, condition)
 
 
 def returns_closed(body: list[N.Stmt]) -> list[N.Stmt]:

@@ -149,6 +149,9 @@ class LoopFunction:
         self.outputs = {o.id for o in plan.outputs if isinstance(o, N.Name)}
         self.backward_dims: set[str] = set()
         self.sources = _gradient_sources(plan)
+        # `if m != none` of an optional input, an `if` of its own: backward tests m's shape, kept on ctx
+        tested = [presence(seg.cond) for seg in plan.segments if isinstance(seg, Choice)]
+        self.presence_tested = list(dict.fromkeys(t[0] for t in tested if t is not None))
 
     def name(self, hint: str, key: tuple = ()) -> str:
         """A name this Function introduces: the same for the same hint (and key) in every writing."""
@@ -181,7 +184,8 @@ class LoopFunction:
         return {
             "name": f"{layer.name}Function",
             "doc": f"`{layer.name}` as an autograd.Function with a derived backward, its loops run as loops.",
-            "forward_params": [f"{l}: Tensor" for l in leaves] + [self._kw_param(k) for k in self.kwargs],
+            "forward_params": [f"{l}: {self._tensor_type(l)}" for l in leaves]
+            + [self._kw_param(k) for k in self.kwargs],
             "forward_body": self.forward([x if x in extra else "None" for x in returned], per_step),
             "returns": (
                 "Tensor"
@@ -201,6 +205,11 @@ class LoopFunction:
             "updates": [],  # a loop layer updates no buffer (`autodiff.loops` refuses one)
             "probes": (self.names.local("transforms_active"), self.names.local("compiling")),
         }
+
+    def _tensor_type(self, leaf: str) -> str:
+        assert self.layer.forward is not None
+        optional = {i.name for i in self.layer.forward.inputs if i.optional}
+        return "Tensor | None" if leaf in optional and leaf in self.presence_tested else "Tensor"
 
     def _kw_param(self, k: str) -> str:
         if k == "training":
@@ -389,6 +398,7 @@ class LoopFunction:
         unpack = self.plan.leaves + self.kwargs
         dims = sorted(self.backward_dims)
         used = set(saved_leaves) | set(self.kwargs) | {self.helper.dim_source[d].split(".")[0] for d in dims}
+        used |= set(self.presence_tested)
         lines = []
         if used:
             names = [u if u in used else "_" for u in unpack]
@@ -401,6 +411,7 @@ class LoopFunction:
             lines.append("ctx.set_materialize_grads(False)")
         lines += [f"{self.names.ctx_value(k)} = {k}" for k in self.kwargs]
         lines += [f"{self.names.ctx_value(d)} = {self.helper.dim_source[d]}" for d in dims]
+        lines += [f"{self.names.ctx_shape(m)} = None if {m} is None else {m}.shape" for m in self.presence_tested]
         tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + own_extra
         for per_step, group in self.statistics():  # no gradient of their own: ATen differentiates through them
             if names := [x for x in group if x in own_extra]:
@@ -649,7 +660,9 @@ class _BackwardWriter:
             self.state[g] = then if then is not None and then == orelse else "maybe"
             if then != orelse and None in (then, orelse):  # defined on one side only: None on the other
                 self.maybe_none.add(g)
-        return head + _if_else([f"if {self.ex(seg.cond)}:"], sides[0], sides[1])
+        kept = {m: self.fn.names.ctx_shape(m) for m in self.fn.presence_tested}  # None when not given
+        ex = self.fn.helper.python(dataclasses.replace(self.spelling, names=self.spelling.names | kept))
+        return head + _if_else([f"if {ex(seg.cond)}:"], sides[0], sides[1])
 
     def straight(self, seg: Straight, where: str | None = None) -> list[str]:
         """`where`: the key of the names it introduces (by default, the segment's index)."""
