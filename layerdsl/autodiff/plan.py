@@ -222,9 +222,11 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str]) -> Plan:
             )
         return cond
 
-    body = returns_closed(layer.forward.body)
-    layer = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
-    return plan_loops(layer, set(members | inputs), incoming_names, condition)
+    closed = dataclasses.replace(
+        layer, forward=dataclasses.replace(layer.forward, body=returns_closed(layer.forward.body))
+    )
+    closed.symbolic_dims = list(layer.symbolic_dims)
+    return plan_loops(closed, set(members | inputs), incoming_names, condition)
 
 
 def returns_closed(body: list[N.Stmt]) -> list[N.Stmt]:
