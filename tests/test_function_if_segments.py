@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from layerdsl.autodiff.loops import Choice, LoopPlan
-from layerdsl.autodiff.plan import plan_backwards
+from layerdsl.autodiff.plan import BranchPlan, plan_backwards
 from layerdsl.codegen.module import emit_file
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
@@ -191,3 +191,59 @@ def test_ifs_on_optional_inputs_match_the_plain_form(flags):
         return out[0] if isinstance(out, tuple) else out
 
     assert torch.autograd.gradcheck(run, tuple(leaves)) and torch.autograd.gradgradcheck(run, tuple(leaves))
+
+
+MEMBER = '''
+@function
+layer Biased(n: int, bias: bool = true, a: bool = true, b: bool = false, c: bool = true, d: bool = false,
+             e: bool = true, f: bool = false) {
+    """Six flags and a member built when `bias` says: a side with it, a side without, each segmented."""
+    param w: [n] = ones
+    param bb: [n] = ones if bias
+
+    example(n = 3)
+
+    forward(x: [B, n]) -> [B, n] {
+        h = x * w + bb
+        if a { h = tanh(h) }
+        if b { h = h * h }
+        if c { h = sigmoid(h) + bb }
+        if d { h = exp(h) }
+        if e { h = sin(h) }
+        if f { h = cos(h) }
+        return h
+    }
+}
+'''
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        (True,) * 7,
+        (False,) * 7,
+        (True, False, True, False, True, False, True),
+        (False, True, False, True, False, True, False),
+    ],
+)
+def test_an_optional_member_chooses_a_segmented_side(flags):
+    spec = parse_file("biased.layer", MEMBER)
+    program = check_program([spec])
+    plans, problems = plan_backwards([spec])
+    assert problems == [] and isinstance(plans["Biased"], BranchPlan)
+    assert all(isinstance(side, LoopPlan) for side in (plans["Biased"].then, plans["Biased"].orelse))
+    namespace: dict = {}
+    exec(compile(emit_file(spec, program, "biased.layer", {}), "biased.py", "exec"), namespace)
+    torch.manual_seed(0)
+    config = dict(zip(["bias", "a", "b", "c", "d", "e", "f"], flags))
+    layer = namespace["Biased"](3, **config, dtype=torch.float64)
+    x = torch.rand(2, 3, dtype=torch.float64, requires_grad=True)
+    flags_only = {k: v for k, v in config.items() if k != "bias"}
+    assert torch.allclose(layer(x), namespace["biased"](x, layer.w, layer.bb, **flags_only))
+    params = [layer.w.detach().requires_grad_()] + ([layer.bb.detach().requires_grad_()] if flags[0] else [])
+
+    def run(x, w, *bb):
+        out = namespace["BiasedFunction"].apply(x, w, bb[0] if bb else None, *flags[1:])
+        return out[0] if isinstance(out, tuple) else out
+
+    assert torch.autograd.gradcheck(run, (x, *params)) and torch.autograd.gradgradcheck(run, (x, *params))

@@ -200,6 +200,9 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str]) -> Plan:
     members = {t.name for t in layer.tensors if t.cond is not None} - given
     inputs = _optional_inputs(layer) - given
     read = {n.id for s in layer.forward.body for n in walk(s) if isinstance(n, N.Name)}
+    if members & read and (choice := _member_sides(layer, members)) is not None:  # a side built, one not
+        cond, built, absent = choice
+        return BranchPlan(cond, _segmented_plan(built, first, given), _segmented_plan(absent, first, given))
     update = next((s for s in statements(layer.forward.body) if isinstance(s, N.Update)), None)
     if members & read or update is not None or has_loop(layer.forward.body):
         raise NotDerivable(
@@ -227,6 +230,14 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str]) -> Plan:
     )
     closed.symbolic_dims = list(layer.symbolic_dims)
     return plan_loops(closed, set(members | inputs), incoming_names, condition)
+
+
+def _member_sides(layer: N.Layer, members: set[str]) -> tuple[N.Expr, N.Layer, N.Layer] | None:
+    """`loops.member_choice`, or None where a member is read other than as `a + b` (refused below)."""
+    try:
+        return member_choice(layer, set(members))
+    except NotDerivable:
+        return None
 
 
 def returns_closed(body: list[N.Stmt]) -> list[N.Stmt]:
