@@ -16,7 +16,8 @@ import time
 import pytest
 import torch
 
-from layerdsl.autodiff.plan import MAX_BRANCH_PLANS, BranchPlan, plan_backwards, straight_plans
+from layerdsl.autodiff.loops import LoopPlan
+from layerdsl.autodiff.plan import BranchPlan, plan_backwards, straight_plans
 from layerdsl.codegen.module import emit_file
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
@@ -171,21 +172,47 @@ def test_five_independent_ifs_match_autograd(five, flags):
     assert torch.autograd.gradcheck(run, (x, w)) and torch.autograd.gradgradcheck(run, (x, w))
 
 
-def test_more_sides_than_the_bound_is_a_located_error():
+def test_more_sides_than_the_bound_are_segments_that_match_autograd():
+    """Six independent `if`s (64 sides): each `if` a segment of its own (`loops.Choice`), the last one's
+    returning side closed over the rest of the forward."""
     six = FIVE.replace("FiveIfs(n: int,", "SixIfs(n: int, f: bool = true,").replace(
         "        if e {", "        if f {\n            h = h - x\n        }\n        if e {"
     )
     spec = parse_file("six.layer", six)
     check_program([spec])
     plans, problems = plan_backwards([spec])
+    assert problems == [] and isinstance(plans["SixIfs"], LoopPlan)
+    generated = _generated("six", six)
+    for flags in [(True,) * 6, (False,) * 6, (True, False, True, False, True, False)]:
+        torch.manual_seed(0)
+        config = dict(zip("fabcde", flags))
+        layer = generated["SixIfs"](4, **config, dtype=torch.float64)
+        x = torch.rand(3, 4, dtype=torch.float64, requires_grad=True)
+        assert torch.allclose(layer(x), generated["six_ifs"](x, layer.w, **config))
+
+        def run(x, w, flags=flags):
+            return generated["SixIfsFunction"].apply(x, w, *flags)[0]
+
+        w = layer.w.detach().requires_grad_()
+        assert torch.autograd.gradcheck(run, (x, w)) and torch.autograd.gradgradcheck(run, (x, w))
+
+
+def test_more_sides_than_the_bound_with_an_if_inside_one_is_a_located_error():
+    six = FIVE.replace("FiveIfs(n: int,", "SixIfs(n: int, f: bool = true,").replace(
+        "        if e {",
+        "        if f {\n            if a {\n                h = h - x\n            }\n        }\n        if e {",
+    )
+    spec = parse_file("six.layer", six)
+    check_program([spec])
+    plans, problems = plan_backwards([spec])
     assert plans == {}
     [problem] = problems
-    assert (problem.span.line, problem.span.col) == (11, 9)  # the first `if`
-    assert f"at most {MAX_BRANCH_PLANS} combinations" in problem.message and "backward block" in (problem.hint or "")
+    assert (problem.span.line, problem.span.col) == (26, 13)  # the `if` inside an `if`
+    assert "32 combinations" in problem.message and "backward block" in (problem.hint or "")
 
 
-def test_a_forward_of_many_ifs_is_refused_before_its_sides_are_derived():
-    """Twelve independent `if`s would be 4,096 sides, each derived on its own: they are counted first."""
+def test_a_forward_of_many_ifs_is_planned_in_little_time():
+    """Twelve independent `if`s would be 4,096 sides, each derived on its own: they are twelve segments."""
     ifs = "".join(f"        if f{k} {{\n            h = h * x\n        }}\n" for k in range(12))
     flags = ", ".join(f"f{k}: bool = true" for k in range(12))
     text = (
@@ -195,10 +222,9 @@ def test_a_forward_of_many_ifs_is_refused_before_its_sides_are_derived():
     spec = parse_file("many.layer", text)
     check_program([spec])
     start = time.perf_counter()
-    _, problems = plan_backwards([spec])
+    plans, problems = plan_backwards([spec])
     assert time.perf_counter() - start < 20  # a derivation per side takes minutes
-    [problem] = problems
-    assert (problem.span.line, problem.span.col) == (8, 9) and "combinations" in problem.message
+    assert problems == [] and isinstance(plans["ManyIfs"], LoopPlan) and len(plans["ManyIfs"].segments) == 14
 
 
 MEMBER = '''

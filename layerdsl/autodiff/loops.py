@@ -12,6 +12,10 @@ them), so each derives by reverse mode as a straight-line forward does:
   and what each step appends to a list. After the loop, `stack(outputs, dim = d)` and `cat(outputs, ...)`
   are values of their own (`Join`), whose gradient is cut back into one per step.
 
+A forward of more combinations of `if`s on configuration values than `plan.MAX_BRANCH_PLANS` is cut at
+its `if`s too: each is a `Choice`, a tape per side from the values before it, the locals either side binds
+merged under one name each, so that independent `if`s add rather than multiply.
+
 The Function (`codegen.function_loops`) runs the body once per step, keeping what its backward reads per
 step, and its backward runs the body's derived backward for t = T - 1, ..., 0, carrying the carried
 values' gradients and summing those of the values read from outside.
@@ -73,10 +77,36 @@ class Loop:
 
 
 @dataclass
+class Choice:
+    """`if cond { ... } else { ... }` on configuration values, each side one tape (outputs: the values it
+    leaves in `merged`). The Function runs the side the condition picks, in forward and in backward."""
+
+    cond: N.Expr  # over arguments, lets, `training` and dims
+    span: Span
+    then: Tape
+    orelse: Tape
+    merged: dict[str, tuple[str, str]]  # the name after the `if` -> the value each side leaves in it
+    returned: list[str] = field(default_factory=list)  # the merged names of the outputs, when both sides return
+
+    def sides(self) -> tuple[Tape, Tape]:
+        return self.then, self.orelse
+
+
+Segment = Straight | Loop | Choice
+
+
+def segment_steps(seg: Segment) -> list[Step]:
+    """Every step of a segment (both sides of a `Choice`)."""
+    if isinstance(seg, Choice):
+        return seg.then.steps + seg.orelse.steps
+    return seg.tape.steps
+
+
+@dataclass
 class LoopPlan:
     """A forward with loops, as segments; the layer's leaves and outputs, as a straight plan has them."""
 
-    segments: list[Straight | Loop]
+    segments: list[Segment]
     outputs: list[N.Expr]
     grads: list[str]  # the incoming gradients, one per output
     leaves: list[str]
@@ -222,17 +252,27 @@ def has_loop(body: list[N.Stmt]) -> bool:
     return any(isinstance(s, N.For) for s in body)
 
 
-def plan_loops(layer: N.Layer, optional: set[str], grads_for: Callable[[Tape], list[str]]) -> LoopPlan:
+def plan_loops(
+    layer: N.Layer,
+    optional: set[str],
+    grads_for: Callable[[Tape], list[str]],
+    conditions: Callable[[N.If, list[N.Stmt]], N.Expr] | None = None,
+) -> LoopPlan:
     """The segments of `layer`'s forward (its loops kept, `unroll.prepared_forward`). `grads_for(tape)`:
-    the names of the incoming gradients of a tape's outputs (around the names of its values)."""
+    the names of the incoming gradients of a tape's outputs (around the names of its values).
+    `conditions(if_stmt, before)`: an `if`'s condition as the Function evaluates it, when the forward's
+    `if`s on configuration values are segments of their own (`Choice`)."""
     assert layer.forward is not None
-    return _Planner(layer, optional).run(grads_for)
+    return _Planner(layer, optional, conditions).run(grads_for)
 
 
 class _Planner:
-    def __init__(self, layer: N.Layer, optional: set[str]):
+    def __init__(
+        self, layer: N.Layer, optional: set[str], conditions: Callable[[N.If, list[N.Stmt]], N.Expr] | None = None
+    ):
         assert layer.forward is not None
         self.layer = layer
+        self.conditions = conditions
         self.forward: N.Forward = layer.forward
         self.optional = optional
         self.alias: dict[str, str] = {}  # spec local -> the value name holding it now
@@ -250,10 +290,19 @@ class _Planner:
         self.numbers: list[tuple[str, N.Expr]] = []
 
     def run(self, grads_for) -> LoopPlan:
-        segments: list[Straight | Loop] = []
+        segments: list[Segment] = []
         chunk: list[N.Stmt] = []
-        for stmt in self.forward.body:
-            if isinstance(stmt, N.For):
+        for at, stmt in enumerate(self.forward.body):
+            if isinstance(stmt, N.If) and self.conditions is not None:
+                if chunk:
+                    segments.append(self.straight(chunk))
+                    chunk = []
+                choice = self.choice(stmt, self.conditions(stmt, self.forward.body[:at]))
+                segments.append(choice)
+                if choice.returned:  # the rest of the forward is its other side (`plan.returns_closed`)
+                    chunk = [N.Return(stmt.span, [B.name(n, stmt.span) for n in choice.returned])]
+                    break
+            elif isinstance(stmt, N.For):
                 if chunk:
                     segments.append(self.straight(chunk))
                     chunk = []
@@ -273,7 +322,7 @@ class _Planner:
         last = segments[-1]
         assert isinstance(last, Straight)
         outputs = last.tape.outputs
-        every = Tape([s for seg in segments for s in seg.tape.steps], outputs, sorted(self.shapes), set())
+        every = Tape([s for seg in segments for s in segment_steps(seg)], outputs, sorted(self.shapes), set())
         plan = LoopPlan(
             segments,
             outputs,
@@ -301,6 +350,7 @@ class _Planner:
                 )
         lin = self.linearizer(stmts, dict(self.alias))
         tape = lin.run()
+        self.optional_unread(tape, self.optional)
         for s in tape.steps:
             self.taken.add(s.var)
         self.numbers += tape.numbers
@@ -329,6 +379,87 @@ class _Planner:
             return e
 
         return go(stmt)
+
+    # ---------------------------------------------------------------- `if`s on configuration values
+
+    def choice(self, stmt: N.If, cond: N.Expr) -> Choice:
+        """Each side of `stmt` as a tape from the values before it; the locals either side binds merged."""
+        last = {id(side[-1]) for side in (stmt.body, stmt.orelse) if side and isinstance(side[-1], N.Return)}
+        for s in walk_stmts(stmt.body + stmt.orelse):
+            if isinstance(s, (N.If, N.For, N.Return, N.Append)) and id(s) not in last:
+                raise NotDerivable(
+                    s.span,
+                    "a derived backward through more than 32 combinations of `if` branches takes each `if` on"
+                    " its own: this statement inside one is not derived that way yet",
+                    "write a backward block, or choose with where(cond, a, b)",
+                )
+        before = dict(self.alias)
+        tapes = []
+        tested = presence(cond)
+        for holds, body in ((True, stmt.body), (False, stmt.orelse)):
+            given = frozenset([tested[0]]) if tested is not None and tested[1] == holds else frozenset()
+            tape = self.linearizer(body, dict(before), given=given).run()
+            self.optional_unread(tape, self.optional - given)
+            if tape.numbers:
+                raise NotDerivable(
+                    stmt.span,
+                    "a derived backward takes this `if` on its own (more than 32 combinations of branches):"
+                    " its sides bind numbers (not derived yet)",
+                    "compute the number before the `if`, or write a backward block",
+                )
+            self.taken |= {s.var for s in tape.steps}
+            tapes.append(tape)
+        then_env, else_env = tapes[0].env, tapes[1].env
+        merged: dict[str, tuple[str, str]] = {}
+        names: dict[str, str] = {}
+        for local in dict.fromkeys([*then_env, *else_env]):
+            if local not in then_env or local not in else_env:
+                continue  # bound on one side only: the checker lets nothing after the `if` read it
+            if then_env[local] == before.get(local) == else_env[local]:
+                continue
+            names[local] = self.fresh(local)
+            merged[names[local]] = (then_env[local], else_env[local])
+        returned = []
+        if last:
+            if len(last) == 1 or any(not isinstance(o, N.Name) for t in tapes for o in t.outputs):
+                raise NotDerivable(
+                    stmt.span,
+                    "a derived backward takes this `if` on its own (more than 32 combinations of branches): one"
+                    " side returns and the other does not, or it returns what is not a tensor (not derived yet)",
+                    "write a backward block, or choose with where(cond, a, b)",
+                )
+            for then, orelse in zip(tapes[0].outputs, tapes[1].outputs):
+                assert isinstance(then, N.Name) and isinstance(orelse, N.Name)
+                returned.append(self.fresh("out"))
+                merged[returned[-1]] = (then.id, orelse.id)
+                names[returned[-1]] = returned[-1]
+        sides = []
+        for k, tape in enumerate(tapes):
+            outputs: list[N.Expr] = [B.name(values[k]) for values in merged.values()]
+            read = self.pseudo_leaves(dataclasses.replace(tape, outputs=outputs))
+            sides.append(self.finished(tape, read, outputs))
+        for local, name in names.items():
+            first, second = merged[name]
+            shapes = self.shapes.get(first), self.shapes.get(second)
+            self.shapes[name] = shapes[0] if shapes[0] == shapes[1] else None
+            if first in self.requires or second in self.requires:
+                self.requires.add(name)
+            self.alias[local] = name
+        return Choice(cond, stmt.span, sides[0], sides[1], merged, returned)
+
+    def optional_unread(self, tape: Tape, optional: set[str] | frozenset[str]) -> None:
+        """NotDerivable where a segment of an `if` reads an optional input that no `if` proves given."""
+        if self.conditions is None:  # a forward with loops refuses them before (`plan._loop_plan`)
+            return
+        for step in tape.steps:
+            read = sorted(step.reads & set(optional))
+            if read:
+                raise NotDerivable(
+                    step.expr.span,
+                    f"a derived backward reads the optional input '{read[0]}' only inside"
+                    f" `if {read[0]} != none {{ ... }}`",
+                    f"test `{read[0]} != none` around this use (or write a backward block)",
+                )
 
     # ---------------------------------------------------------------- loops
 
@@ -457,10 +588,13 @@ class _Planner:
 
     # ---------------------------------------------------------------- shared
 
-    def linearizer(self, stmts: list[N.Stmt], env: dict[str, str], loop_var: str | None = None) -> Linearizer:
+    def linearizer(
+        self, stmts: list[N.Stmt], env: dict[str, str], loop_var: str | None = None, given: frozenset[str] = frozenset()
+    ) -> Linearizer:
+        """`given`: the optional inputs the `if`s around `stmts` prove given."""
         forward = dataclasses.replace(self.forward, body=stmts)
         layer = dataclasses.replace(self.layer, forward=forward, backward=None)
-        lin = Linearizer(layer, self.optional)
+        lin = Linearizer(layer, self.optional - given)
         lin.taken |= self.taken | set(env.values()) | ({loop_var} if loop_var else set())
         lin.env = dict(env)
         return lin
@@ -511,8 +645,8 @@ def _requiring(tape: Tape, requires: set[str]) -> set[str]:
 def _check_derivable(plan: LoopPlan) -> None:
     """Derive each segment once, so that what cannot be derived is reported at plan time."""
     for seg in plan.segments:
-        tape = seg.tape
-        derive(tape, [f"_g{k}" for k in range(len(tape.outputs))])
+        for tape in seg.sides() if isinstance(seg, Choice) else [seg.tape]:
+            derive(tape, [f"_g{k}" for k in range(len(tape.outputs))])
 
 
 def walk_stmts(body: list[N.Stmt]):

@@ -9,6 +9,7 @@ and the branches of an `if` are each checked).
 A forward with `if`s on configuration values (arguments, lets, `training`, dims, flag inputs) is planned
 once per branch: a `BranchPlan` holds the condition and the plan of each side, and the Function chooses the
 same side in forward, setup_context and backward. Each side is a straight-line forward, derived as any other.
+Past MAX_BRANCH_PLANS combinations, each `if` is a segment of its own instead (`loops.Choice`).
 """
 
 from __future__ import annotations
@@ -122,11 +123,7 @@ def plan_backward(
     if layer.backward is None and (branch := _first_if(layer.forward.body)) is not None:
         # counted before any side is derived: independent `if`s multiply (a derivation per side)
         if side_count(layer.forward.body, known, MAX_BRANCH_PLANS) > MAX_BRANCH_PLANS:
-            raise NotDerivable(
-                branch[1].span,
-                f"a derived backward goes through at most {MAX_BRANCH_PLANS} combinations of `if` branches",
-                "write a backward block, or choose with where(cond, a, b)",
-            )
+            return _segmented_plan(layer, branch[1], given)
         return _branch_plan(layer, branch, given, known, measured)
     return _straight_plan(layer, given)
 
@@ -192,6 +189,70 @@ def _loop_plan(layer: N.Layer, optional: set[str], given: frozenset[str]) -> Pla
             "drop @function, or move the update out of this layer",
         )
     return plan_loops(layer, optional, incoming_names)
+
+
+def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str]) -> Plan:
+    """A forward of more than MAX_BRANCH_PLANS combinations of branches: each `if` a segment of its own
+    (`loops.Choice`), so independent `if`s add rather than multiply. Its conditions read arguments, lets
+    and `training`, or test whether an optional input is given; it reads no optional member (not derived
+    yet), and an optional input only on the side of an `if` that proves it given."""
+    assert layer.forward is not None
+    members = {t.name for t in layer.tensors if t.cond is not None} - given
+    inputs = _optional_inputs(layer) - given
+    read = {n.id for s in layer.forward.body for n in walk(s) if isinstance(n, N.Name)}
+    if members & read and (choice := _member_sides(layer, members)) is not None:  # a side built, one not
+        cond, built, absent = choice
+        return BranchPlan(cond, _segmented_plan(built, first, given), _segmented_plan(absent, first, given))
+    update = next((s for s in statements(layer.forward.body) if isinstance(s, N.Update)), None)
+    if members & read or update is not None or has_loop(layer.forward.body):
+        raise NotDerivable(
+            first.span,
+            f"a derived backward goes through at most {MAX_BRANCH_PLANS} combinations of `if` branches, or"
+            " takes each `if` on its own in a forward that reads no optional member, updates no buffer and"
+            " keeps no loop (not derived yet)",
+            "write a backward block, or choose with where(cond, a, b)",
+        )
+
+    def condition(stmt: N.If, before: list[N.Stmt]) -> N.Expr:
+        cond = _configuration_condition(stmt.cond, before, layer)
+        if not on_arguments(cond, inputs):
+            raise NotDerivable(
+                stmt.cond.span,
+                f"a derived backward goes through at most {MAX_BRANCH_PLANS} combinations of `if` branches, or"
+                " takes each `if` on its own when it tests arguments, lets and `training`, or whether an optional"
+                " input is given (not derived yet)",
+                "write a backward block, or choose with where(cond, a, b)",
+            )
+        return cond
+
+    closed = dataclasses.replace(
+        layer, forward=dataclasses.replace(layer.forward, body=returns_closed(layer.forward.body))
+    )
+    closed.symbolic_dims = list(layer.symbolic_dims)
+    return plan_loops(closed, set(members | inputs), incoming_names, condition)
+
+
+def _member_sides(layer: N.Layer, members: set[str]) -> tuple[N.Expr, N.Layer, N.Layer] | None:
+    """`loops.member_choice`, or None where a member is read other than as `a + b` (refused below)."""
+    try:
+        return member_choice(layer, set(members))
+    except NotDerivable:
+        return None
+
+
+def returns_closed(body: list[N.Stmt]) -> list[N.Stmt]:
+    """`body` with the statements after the first `if` of which a side returns moved into its other side
+    (`if c { ...; return a } rest` is `if c { ...; return a } else { rest }`): both sides then return."""
+    for at, stmt in enumerate(body):
+        if not isinstance(stmt, N.If):
+            continue
+        returns = [bool(side) and isinstance(side[-1], N.Return) for side in (stmt.body, stmt.orelse)]
+        if any(returns):
+            rest = body[at + 1 :]
+            then = stmt.body if returns[0] else stmt.body + rest
+            orelse = stmt.orelse if returns[1] else stmt.orelse + rest
+            return body[:at] + [dataclasses.replace(stmt, body=then, orelse=orelse)]
+    return body
 
 
 def side_count(body: list[N.Stmt], known: Facts, limit: int) -> int:

@@ -9,14 +9,15 @@ Backward runs the segments in reverse: a straight segment's derived statements, 
 body's derived statements for t = T - 1, ..., 0, with each step's saved values picked from the stacks.
 The loop-carried values' gradients are carried from step to step; the gradients of values read from
 outside the loop are summed over the steps. A gradient that only a loop gives is None when the loop takes
-no step, so what is derived from it runs under `if grad is not None`.
+no step, so what is derived from it runs under `if grad is not None`. An `if` of its own (`Choice`) runs
+the side its condition picks, in forward and again in backward.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from layerdsl.autodiff.loops import Loop, LoopPlan, Straight, presence
+from layerdsl.autodiff.loops import Choice, Loop, LoopPlan, Straight, presence, segment_steps
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.tape import Step, Tape
@@ -134,7 +135,7 @@ class LoopFunction:
         self.layer = emitter.layer
         self.plan = plan
         self.kwargs: list[str] = emitter.function_kwargs()
-        steps = [s for seg in plan.segments for s in seg.tape.steps]
+        steps = [s for seg in plan.segments for s in segment_steps(seg)]
         numbers = plan.numbers + [n for seg in plan.segments if isinstance(seg, Loop) for n in seg.numbers]
         merged = Tape(steps, plan.outputs, plan.leaves, plan.differentiable, numbers=numbers, shapes=plan.shapes)
         self.helper = FunctionEmitter(emitter, BackwardPlan(merged, plan.grads, {}, None, []))
@@ -148,6 +149,9 @@ class LoopFunction:
         self.outputs = {o.id for o in plan.outputs if isinstance(o, N.Name)}
         self.backward_dims: set[str] = set()
         self.sources = _gradient_sources(plan)
+        # `if m != none` of an optional input, an `if` of its own: backward tests m's shape, kept on ctx
+        tested = [presence(seg.cond) for seg in plan.segments if isinstance(seg, Choice)]
+        self.presence_tested = list(dict.fromkeys(t[0] for t in tested if t is not None))
 
     def name(self, hint: str, key: tuple = ()) -> str:
         """A name this Function introduces: the same for the same hint (and key) in every writing."""
@@ -180,7 +184,8 @@ class LoopFunction:
         return {
             "name": f"{layer.name}Function",
             "doc": f"`{layer.name}` as an autograd.Function with a derived backward, its loops run as loops.",
-            "forward_params": [f"{l}: Tensor" for l in leaves] + [self._kw_param(k) for k in self.kwargs],
+            "forward_params": [f"{l}: {self._tensor_type(l)}" for l in leaves]
+            + [self._kw_param(k) for k in self.kwargs],
             "forward_body": self.forward([x if x in extra else "None" for x in returned], per_step),
             "returns": (
                 "Tensor"
@@ -201,6 +206,11 @@ class LoopFunction:
             "probes": (self.names.local("transforms_active"), self.names.local("compiling")),
         }
 
+    def _tensor_type(self, leaf: str) -> str:
+        assert self.layer.forward is not None
+        optional = {i.name for i in self.layer.forward.inputs if i.optional}
+        return "Tensor | None" if leaf in optional and leaf in self.presence_tested else "Tensor"
+
     def _kw_param(self, k: str) -> str:
         if k == "training":
             return "training: bool"
@@ -213,6 +223,9 @@ class LoopFunction:
         for seg in self.plan.segments:
             if isinstance(seg, Straight):
                 out += [s.var for s in seg.tape.steps if s.var in once]
+            elif isinstance(seg, Choice):  # a side's values are None when the other side ran
+                out += [s.var for s in segment_steps(seg) if s.var in once]
+                out += [m for m in seg.merged if m in once]
             else:
                 k = self.loops.index(seg)
                 out += [self.stacked(v) for v in self.per_step_order(seg, per_step.get(k, set()))]
@@ -225,6 +238,9 @@ class LoopFunction:
         they are kept per step (one buffer each), and their names as extra outputs."""
         groups = []
         for seg in self.plan.segments:
+            if isinstance(seg, Choice):  # each side's: None when the other side ran
+                groups += [(True, [s.var for s in tape.steps if _kept(s)]) for tape in seg.sides()]
+                continue
             per_step = not isinstance(seg, Straight)
             kept = [s.var for s in seg.tape.steps if _kept(s)]
             groups.append((per_step, [self.stacked(v) for v in kept] if per_step else kept))
@@ -260,6 +276,8 @@ class LoopFunction:
         for seg in self.plan.segments:
             if isinstance(seg, Straight):
                 lines += self.steps(seg.tape, ex)
+            elif isinstance(seg, Choice):
+                lines += self.forward_choice(seg, set(extra), ex)
             else:
                 lines += self.forward_loop(seg, per_step.get(self.loops.index(seg), set()), ex)
         outs = [ex(o) for o in self.plan.outputs] + extra
@@ -269,7 +287,18 @@ class LoopFunction:
         """The dims and number locals (outside loops) that forward or backward read."""
         tape = Tape([], [], [], set(), numbers=list(self.plan.numbers))
         read = {
-            n.id for seg in self.plan.segments for s in seg.tape.steps for n in walk(s.expr) if isinstance(n, N.Name)
+            n.id
+            for seg in self.plan.segments
+            for s in segment_steps(seg)
+            for n in walk(s.expr)
+            if isinstance(n, N.Name)
+        }
+        read |= {
+            n.id
+            for seg in self.plan.segments
+            if isinstance(seg, Choice)
+            for n in walk(seg.cond)
+            if isinstance(n, N.Name)
         }
         read |= {n.id for loop in self.loops for b in loop.bounds for n in walk(b) if isinstance(n, N.Name)}
         read |= {n.id for loop in self.loops for _, e in loop.numbers for n in walk(e) if isinstance(n, N.Name)}
@@ -291,6 +320,19 @@ class LoopFunction:
                 line = f"{s.var} = {ex(s.expr)}"
             lines += with_spec_line([line], 0, self.e.spec_path, s.expr.span.line)
         return lines
+
+    def forward_choice(self, seg: Choice, extra: set[str], ex: PyExpr) -> list[str]:
+        """The side the condition picks: its steps, the locals it binds under their merged names, and the
+        other side's extra outputs as None."""
+        sides = []
+        for k, tape in enumerate(seg.sides()):
+            lines = self.steps(tape, ex)
+            lines += [f"{name} = {self.not_an_input(values[k])}" for name, values in seg.merged.items()]
+            other = [s.var for s in seg.sides()[1 - k].steps if s.var in extra]
+            lines += [" = ".join(other) + " = None"] if other else []
+            sides.append(lines)
+        head = with_spec_line([f"if {ex(seg.cond)}:"], 0, self.e.spec_path, seg.span.line)
+        return _if_else(head, sides[0], sides[1])
 
     def trip(self, loop: Loop, ex: PyExpr) -> str:
         return f"range({', '.join(ex(b) for b in loop.bounds)})"
@@ -356,6 +398,7 @@ class LoopFunction:
         unpack = self.plan.leaves + self.kwargs
         dims = sorted(self.backward_dims)
         used = set(saved_leaves) | set(self.kwargs) | {self.helper.dim_source[d].split(".")[0] for d in dims}
+        used |= set(self.presence_tested)
         lines = []
         if used:
             names = [u if u in used else "_" for u in unpack]
@@ -368,6 +411,7 @@ class LoopFunction:
             lines.append("ctx.set_materialize_grads(False)")
         lines += [f"{self.names.ctx_value(k)} = {k}" for k in self.kwargs]
         lines += [f"{self.names.ctx_value(d)} = {self.helper.dim_source[d]}" for d in dims]
+        lines += [f"{self.names.ctx_shape(m)} = None if {m} is None else {m}.shape" for m in self.presence_tested]
         tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + own_extra
         for per_step, group in self.statistics():  # no gradient of their own: ATen differentiates through them
             if names := [x for x in group if x in own_extra]:
@@ -410,6 +454,7 @@ class LoopFunction:
         given = [self.grad_out(x) for x in extra]
         # unused extra outputs' gradients are None (not materialised): zeros where another is given
         stacks = {self.stacked(v) for k, loop in enumerate(self.loops) for v in per_step.get(k, set())}
+        stacks |= {s.var for seg in self.plan.segments if isinstance(seg, Choice) for s in segment_steps(seg)}
         zeros = [  # a stack is None after a loop of no steps (whose backward runs no step)
             f"{g} = torch.zeros_like({x}) if {g} is None {'and ' + x + ' is not None ' if x in stacks else ''}else {g}"
             for g, x in zip(given, extra)
@@ -485,6 +530,8 @@ class _BackwardWriter:
         for seg in reversed(self.plan.segments):
             if isinstance(seg, Straight):
                 lines += self.straight(seg)
+            elif isinstance(seg, Choice):
+                lines += self.choice(seg)
             else:
                 lines += self.loop(seg)
         return lines
@@ -580,7 +627,45 @@ class _BackwardWriter:
 
     # ---------------------------------------------------------------- segments
 
-    def straight(self, seg: Straight) -> list[str]:
+    def choice(self, seg: Choice) -> list[str]:
+        """The backward of the side forward ran: the merged locals' gradients given to the values that side
+        left in them; a gradient one side gives and the other not is None after the `if` when that ran."""
+        at = self.plan.segments.index(seg)
+        head: list[str] = []
+        if self.mode != "main":  # a merged local returned as an extra output: its gradient from there
+            for name in seg.merged:
+                if name in self.once and name not in self.fn.outputs:
+                    head += self.accumulate(name, self.fn.grad_out(name), conditional=False)
+        start = dict(self.state)
+        sides, states = [], []
+        for k, tape in enumerate(seg.sides()):
+            self.state = dict(start)
+            own = {s.var for s in tape.steps}
+            lines: list[str] = []
+            for name, values in seg.merged.items():
+                given = start.get(self.acc(name))
+                if given is None:
+                    continue
+                if values[k] in own:
+                    lines.append(f"{self.acc(values[k])} = {self.acc(name)}")
+                    self.state[self.acc(values[k])] = given
+                else:
+                    lines += self.accumulate(values[k], self.acc(name), conditional=given == "maybe")
+            lines += self.straight(Straight(tape), where=f"{at} {('then', 'else')[k]}")
+            sides.append(lines)
+            states.append({g: st for g, st in self.state.items() if g.removeprefix("grad_") not in own})
+        self.state = {}
+        for g in dict.fromkeys([*states[0], *states[1]]):
+            then, orelse = states[0].get(g), states[1].get(g)
+            self.state[g] = then if then is not None and then == orelse else "maybe"
+            if then != orelse and None in (then, orelse):  # defined on one side only: None on the other
+                self.maybe_none.add(g)
+        kept = {m: self.fn.names.ctx_shape(m) for m in self.fn.presence_tested}  # None when not given
+        ex = self.fn.helper.python(dataclasses.replace(self.spelling, names=self.spelling.names | kept))
+        return head + _if_else([f"if {ex(seg.cond)}:"], sides[0], sides[1])
+
+    def straight(self, seg: Straight, where: str | None = None) -> list[str]:
+        """`where`: the key of the names it introduces (by default, the segment's index)."""
         tape = seg.tape
         own = {s.var for s in tape.steps}
         sure: list[tuple[N.Expr, str]] = []
@@ -605,8 +690,9 @@ class _BackwardWriter:
         for group, cond in [(sure, None)] + [([m], f"{m[1]} is not None") for m in maybe]:
             outs = dataclasses.replace(tape, outputs=[o for o, _ in group])
             bwd = derive(outs, [g for _, g in group], extra if cond is None else None)
-            where = f"{self.plan.segments.index(seg)}" + ("" if cond is None else f" {group[0][1]}")
-            body, grads = self.statements(bwd, tape, where, conditional=cond is not None)
+            at = where or f"{self.plan.segments.index(seg)}"
+            key = at + ("" if cond is None else f" {group[0][1]}")
+            body, grads = self.statements(bwd, tape, key, conditional=cond is not None)
             for leaf, g in grads.items():
                 if leaf not in own:
                     body += self.accumulate(leaf, g, conditional=cond is not None)
@@ -731,6 +817,12 @@ class _BackwardWriter:
         return len(loop.bounds) == 1
 
 
+def _if_else(head: list[str], then: list[str], orelse: list[str]) -> list[str]:
+    """`head` (an `if ...:` line) over `then`, and `else:` over `orelse` when it has lines."""
+    lines = head + ["    " + line for line in then or ["pass"]]
+    return lines + (["else:", *("    " + line for line in orelse)] if orelse else [])
+
+
 def _under(guard: str | None, lines: list[str]) -> list[str]:
     """`lines`, under `if guard:` when there is one."""
     if guard is None or not lines:
@@ -750,6 +842,12 @@ def _gradient_sources(plan: LoopPlan) -> dict[str, set[str]]:
         if isinstance(seg, Straight):
             for s in seg.tape.steps:
                 sources[s.var] = of(s)
+            continue
+        if isinstance(seg, Choice):
+            for s in segment_steps(seg):
+                sources[s.var] = of(s)
+            for name, values in seg.merged.items():
+                sources[name] = {l for v in values for l in sources.get(v, ())}
             continue
         for c, start in seg.carried.items():
             sources[c] = set(sources.get(start, ()))
