@@ -108,7 +108,7 @@ def test_agrees_with_the_plain_module_and_torch(
 
 
 @pytest.mark.parametrize(
-    "out_features, bias, reduction", itertools.product([(), (2,), (2, 3)], [False, True], ["none", "mean", "sum"])
+    "out_features, bias, reduction", list(itertools.product([(), (2,), (2, 3)], [False, True], ["none", "mean", "sum"]))
 )
 def test_gradcheck_and_gradgradcheck(generated, out_features, bias, reduction):
     weighted, ignore_index, smoothing = bias, 1 if reduction != "sum" else None, 0.1 if bias else 0.0
