@@ -1,13 +1,22 @@
 """What a user's trial of round 12's @function derivations found: a list of subs of an argument's count,
 built with a written count inside a @function layer, had its loop unrolled and its optional member (stacked
-across the items) read as `b[0]` whether or not it was built ("NoneType is not subscriptable" without it)."""
+across the items) read as `b[0]` whether or not it was built ("NoneType is not subscriptable" without it); and a branching
+setup_context kept an optional member's shape on ctx twice (once before the sides, once in the side)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
+from layerdsl.codegen.module import emit_file
+from layerdsl.semantics.checker import check_program
+from layerdsl.syntax.parser import parse_file
+
 from .test_function_sub_lists import compare_with_plain, plain_pair
+
+SPECS = Path(__file__).parent.parent / "specs" / "torch_nn"
 
 # UDeep's count is an argument; Outer writes it (2), so the inlined loop is unrolled
 OPTIONAL_MEMBER_OF_UNROLLED_ITEMS = """
@@ -48,3 +57,25 @@ def test_an_optional_member_of_unrolled_items_makes_a_side_without_it(bias):
     a, b = plain_pair(OPTIONAL_MEMBER_OF_UNROLLED_ITEMS, f"unrolled_items_{bias}", "Outer", d=3, bias=bias)
     assert (a.deep.blocks[0].b is None) == (not bias)
     compare_with_plain(a, b, torch.randn(2, 3, dtype=torch.float64, requires_grad=True))
+
+
+def _setup_context(code: str, function: str) -> str:
+    body = code[code.index(f"class {function}") :]
+    return body[body.index("def setup_context") : body.index("def backward")]
+
+
+def test_a_branching_setup_keeps_an_optional_members_shape_once():
+    spec = parse_file("unrolled_items.layer", OPTIONAL_MEMBER_OF_UNROLLED_ITEMS)
+    code = emit_file(spec, check_program([spec]), "unrolled_items.layer", {})
+    assert _setup_context(code, "OuterFunction").count("ctx.deep_blocks_b_shape = ") == 1
+
+
+def test_linear_cross_entropy_keeps_its_bias_shape_once():
+    loss = (SPECS / "loss.layer").read_text()
+    text = (SPECS / "linear.layer").read_text() + loss.replace(
+        "\nlayer LinearCrossEntropyLoss(", "\n@function\nlayer LinearCrossEntropyLoss("
+    )
+    spec = parse_file("lce.layer", text)
+    code = emit_file(spec, check_program([spec]), "lce.layer", {})
+    setup = _setup_context(code, "LinearCrossEntropyLossFunction")
+    assert setup.count("ctx.linear_bias_shape = ") == 1
