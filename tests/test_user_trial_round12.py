@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from layerdsl.autodiff.plan import plan_backwards
 from layerdsl.codegen.module import emit_file
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
@@ -79,3 +80,27 @@ def test_linear_cross_entropy_keeps_its_bias_shape_once():
     code = emit_file(spec, check_program([spec]), "lce.layer", {})
     setup = _setup_context(code, "LinearCrossEntropyLossFunction")
     assert setup.count("ctx.linear_bias_shape = ") == 1
+
+
+def test_a_size_not_followed_back_says_why_without_listing_a_few_ops():
+    """local_sizes.py follows any op through the shape engine: the message names no short list of ops."""
+    spec = parse_file("unanswered_pad.layer", UNANSWERED_PAD)
+    check_program([spec])
+    _, problems = plan_backwards([spec])
+    (problem,) = problems
+    assert (problem.span.line, problem.span.col) == (7, 28)
+    assert "`h` is a tensor forward computes, whose size there is not followed back to one" in problem.message
+    assert "matmul, cat and stack" not in problem.message
+    assert "shape rules" in problem.message and "a dim of a `...` group" in problem.message
+
+
+UNANSWERED_PAD = """@function
+layer UnansweredPad(n: int) {
+    example(n = 4)
+
+    forward(x: [..., n]) {
+        h = pad(x, [1, 1, 1, 1])
+        return h / size_at(h, 0)
+    }
+}
+"""
