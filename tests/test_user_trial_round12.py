@@ -1,7 +1,8 @@
 """What a user's trial of round 12's @function derivations found: a list of subs of an argument's count,
 built with a written count inside a @function layer, had its loop unrolled and its optional member (stacked
-across the items) read as `b[0]` whether or not it was built ("NoneType is not subscriptable" without it); and a branching
-setup_context kept an optional member's shape on ctx twice (once before the sides, once in the side)."""
+across the items) read as `b[0]` whether or not it was built ("NoneType is not subscriptable" without it);
+a branching setup_context kept an optional member's shape on ctx twice (once before the sides, once in the
+side); and a cross_entropy mean over targets all ignored had a NaN gradient where torch's is zero."""
 
 from __future__ import annotations
 
@@ -104,3 +105,35 @@ layer UnansweredPad(n: int) {
     }
 }
 """
+
+
+# reduction "mean" over targets that are all ignore_index: the loss is NaN (0 / 0), and ATen's backward
+# writes no gradient for an ignored target, so the gradient is all zeros
+ALL_IGNORED = """
+@function
+layer AllIgnored(d: int, c: int, smoothing: float = 0.0) {
+    param w: [c, d] = normal(0, 0.3)
+    param b: [c] = uniform(-0.5, 0.5)
+    example(d = 3, c = 4)
+    forward(x: [N, d], t: long[N]) {
+        return linear_cross_entropy(x, w, t, linear_bias = b, ignore_index = 1, label_smoothing = smoothing)
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_a_mean_over_targets_all_ignored_has_a_zero_gradient_as_torchs(smoothing):
+    a, b = plain_pair(ALL_IGNORED, "all_ignored", "AllIgnored", d=3, c=4, smoothing=smoothing)
+    x = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
+    for t in (torch.tensor([1, 1, 1]), torch.tensor([0, 1, 3])):
+        out, ref = a(x, t), b(x, t)
+        torch.testing.assert_close(out, ref, equal_nan=True)
+        got = torch.autograd.grad(out, [x, *a.parameters()], create_graph=True)
+        want = torch.autograd.grad(ref, [x, *b.parameters()], create_graph=True)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+        second = torch.autograd.grad(sum(g.sum() for g in got[:2]), [x, a.w])
+        second_want = torch.autograd.grad(sum(g.sum() for g in want[:2]), [x, b.w])
+        for g, w in zip(second, second_want):
+            torch.testing.assert_close(g, w)
