@@ -135,8 +135,8 @@ def _straight_plan(layer: N.Layer, given: frozenset[str]) -> Plan:
         return _loop_plan(layer, optional, given)
     # a list of subs' optional member, stacked and read at an unrolled item's index (`b[0]`): a side each
     if (choice := member_choice(layer, _read_at_an_index(layer, optional))) is not None:
-        cond, built, absent = choice
-        return BranchPlan(cond, _straight_plan(built, given), _straight_plan(absent, given))
+        cond, built, not_built = choice
+        return BranchPlan(cond, _straight_plan(built, given), _straight_plan(not_built, given))
     linearizer = Linearizer(layer, optional, deriving=layer.backward is None)
     try:
         tape = linearizer.run()
