@@ -133,6 +133,10 @@ def _straight_plan(layer: N.Layer, given: frozenset[str]) -> Plan:
     optional |= {i.name for i in layer.forward.inputs if i.optional} - given if layer.forward else set()
     if layer.forward is not None and has_loop(layer.forward.body):  # a loop kept as one (`autodiff.loops`)
         return _loop_plan(layer, optional, given)
+    # a list of subs' optional member, stacked and read at an unrolled item's index (`b[0]`): a side each
+    if (choice := member_choice(layer, _read_at_an_index(layer, optional))) is not None:
+        cond, built, not_built = choice
+        return BranchPlan(cond, _straight_plan(built, given), _straight_plan(not_built, given))
     linearizer = Linearizer(layer, optional, deriving=layer.backward is None)
     try:
         tape = linearizer.run()
@@ -158,6 +162,18 @@ def _straight_plan(layer: N.Layer, given: frozenset[str]) -> Plan:
     if problems:
         raise refusal(problems)
     return BackwardPlan(tape, grads, incoming_gradients(tape, grads), derived, [])
+
+
+def _read_at_an_index(layer: N.Layer, optional: set[str]) -> set[str]:
+    """The optional members `layer`'s forward reads at an index (`b[0]`: the items' stacked members of a
+    list of subs whose loop was unrolled), which the tape's guards (on a member read whole) do not cover."""
+    assert layer.forward is not None
+    return {
+        e.value.id
+        for s in layer.forward.body
+        for e in walk(s)
+        if isinstance(e, N.Subscript) and isinstance(e.value, N.Name) and e.value.id in optional
+    }
 
 
 def _loop_plan(layer: N.Layer, optional: set[str], given: frozenset[str]) -> Plan:

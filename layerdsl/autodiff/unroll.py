@@ -171,9 +171,10 @@ def _unmeasured(call: N.Call) -> NotDerivable:
     return NotDerivable(
         of.span,
         f"under @function, size_at() measures an input, a parameter or a buffer: `{spec_text(of)}` is a tensor "
-        "forward computes, whose size there is not followed back to one (through views, elementwise operations,"
-        " matmul, cat and stack, where the ranks their definitions prove decide it), and the backward keeps no"
-        " tensor only for its size",
+        "forward computes, whose size there is not followed back to one (its definition's ops are followed"
+        " through their shape rules to the declared shapes of the inputs and members, which leave this dim"
+        " open, as they do a dim of a `...` group or of an input declared without a shape), and the backward"
+        " keeps no tensor only for its size",
         "measure the input it is computed from (`size_at(query, 1)` for `sum(query, dim = 0)`), "
         "or name the dim in the input's shape (`x: [B, d]`: size_at(x, 0) is B)",
     )

@@ -274,7 +274,10 @@ class FunctionEmitter:
             source = self.dim_source[d]
             kept += self.located([f"{self.names.ctx_value(d)} = {source}"], self._declared_line(source.split(".")[0]))
         tested = [i for i in self._optional_inputs if i in read]  # `if m != none`: backward tests m's shape
-        kept += [f"{self.names.ctx_shape(i)} = None if {i} is None else {i}.shape" for i in tested]
+        for i in tested:  # located as each side's own keeping of it, which then goes (`line not in kept`)
+            kept += self.located(
+                [f"{self.names.ctx_shape(i)} = None if {i} is None else {i}.shape"], self._declared_line(i)
+            )
         typed = list(dict.fromkeys(leaf for cond in _conditions(plan) for leaf in dtype_tested(cond)))
         for leaf in typed:  # `if is_floating_point(m)`: backward tests what forward found
             test = f"{leaf}.is_floating_point()"

@@ -255,13 +255,20 @@ def _kept(a: _Call) -> tuple[str, str, str]:
     return kept, safe, weight
 
 
+def _total_weight(a: _Call) -> str:
+    """The mean's divisor: the kept targets' weights summed, 1 when every target is ignored (ATen writes
+    no gradient for an ignored target: all zeros then, where 0 / 0 would be NaN)."""
+    kept, _, weight = _kept(a)
+    return f"torch.where({kept}.any(), {weight}.sum(), 1)"
+
+
 def _index_grad(a: _Call, scale: str) -> str:
     """The gradient with respect to log-probabilities of the weighted negative log likelihood at the
     target indices: `-scale * weight[target]` at each target, 0 elsewhere; `scale` the targets' shape."""
     grad = a.atom("grad")
     _, safe, weight = _kept(a)
     cdim = a.class_dim("input")
-    per_target = _by_reduction(a, f"{grad} * {weight}", f"{grad} * {weight} / {weight}.sum()", f"{grad} * {weight}")
+    per_target = _by_reduction(a, f"{grad} * {weight}", f"{grad} * {weight} / {_total_weight(a)}", f"{grad} * {weight}")
     if scale != "1":
         per_target = f"{scale} * {per_target}"
     zeros = f"{grad}.new_zeros({a.shape('input')})"  # the input is read for its shape only
@@ -307,7 +314,7 @@ def _log_prob_grad_of_indices(a: _Call) -> str:
     spread = _by_reduction(
         a,
         f"({grad} * {kept}).unsqueeze({cdim})",
-        f"({grad} * {kept} / {weight}.sum()).unsqueeze({cdim})",
+        f"({grad} * {kept} / {_total_weight(a)}).unsqueeze({cdim})",
         f"({grad} * {kept}).unsqueeze({cdim})",
     )
     classes = f"{x}.shape[{cdim}]"
