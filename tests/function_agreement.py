@@ -33,3 +33,27 @@ def checked(fn, inputs: list[torch.Tensor]) -> None:
     """gradcheck and gradgradcheck of `fn` (a Function's `apply`, or a call of it) at `inputs`."""
     assert torch.autograd.gradcheck(fn, inputs)
     assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+def compare_with_plain(a: torch.nn.Module, b: torch.nn.Module, *inputs: torch.Tensor) -> None:
+    """A `@function` module `a` against its plain module `b` (same state): equal outputs and gradients of the
+    inputs and parameters, and gradcheck and gradgradcheck of `a` over both."""
+    assert list(a.state_dict()) == list(b.state_dict())
+    out, ref = a(*inputs), b(*inputs)
+    torch.testing.assert_close(out, ref)
+    seed = torch.randn_like(ref)
+    got = torch.autograd.grad(out, [*inputs, *a.parameters()], seed, allow_unused=True)
+    want = torch.autograd.grad(ref, [*inputs, *b.parameters()], seed, allow_unused=True)
+    for g, w in zip(got, want):
+        assert (g is None) == (w is None)
+        if g is not None:
+            torch.testing.assert_close(g, w)
+    names = [n for n, _ in a.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in a.parameters()]
+    n_in = len(inputs)
+
+    def run(*tensors):
+        return torch.func.functional_call(a, dict(zip(names, tensors[n_in:])), tensors[:n_in])
+
+    assert torch.autograd.gradcheck(run, (*inputs, *params))
+    assert torch.autograd.gradgradcheck(run, (*inputs, *params))

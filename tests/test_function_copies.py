@@ -16,6 +16,7 @@ from layerdsl.autodiff.plan import plan_backwards
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
 
+from .function_agreement import compare_with_plain
 from .support import compile_spec
 
 BLOCK = """
@@ -153,28 +154,6 @@ def pair(text: str, stem: str, name: str, build):
     b.load_state_dict(a.state_dict())
     assert type(a).__name__ == name and f"{name}Function" in ours and f"{name}Function" not in plain
     return a, b
-
-
-def compare_with_plain(a: torch.nn.Module, b: torch.nn.Module, *inputs: torch.Tensor) -> None:
-    assert list(a.state_dict()) == list(b.state_dict())
-    out, ref = a(*inputs), b(*inputs)
-    torch.testing.assert_close(out, ref)
-    seed = torch.randn_like(ref)
-    got = torch.autograd.grad(out, [*inputs, *a.parameters()], seed, allow_unused=True)
-    want = torch.autograd.grad(ref, [*inputs, *b.parameters()], seed, allow_unused=True)
-    for g, w in zip(got, want):
-        assert (g is None) == (w is None)
-        if g is not None:
-            torch.testing.assert_close(g, w)
-    names = [n for n, _ in a.named_parameters()]
-    params = [p.detach().clone().requires_grad_() for p in a.parameters()]
-    n_in = len(inputs)
-
-    def run(*tensors):
-        return torch.func.functional_call(a, dict(zip(names, tensors[n_in:])), tensors[:n_in])
-
-    assert torch.autograd.gradcheck(run, (*inputs, *params))
-    assert torch.autograd.gradgradcheck(run, (*inputs, *params))
 
 
 NORMS = {
