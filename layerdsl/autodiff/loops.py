@@ -12,7 +12,7 @@ them), so each derives by reverse mode as a straight-line forward does:
   and what each step appends to a list. After the loop, `stack(outputs, dim = d)` and `cat(outputs, ...)`
   are values of their own (`Join`), whose gradient is cut back into one per step.
 
-A forward of more combinations of `if`s on configuration values than `plan.MAX_BRANCH_PLANS` is cut at
+A forward of more combinations of `if`s on configuration values than `MAX_BRANCH_PLANS` is cut at
 its `if`s too: each is a `Choice`, a tape per side from the values before it, the locals either side binds
 merged under one name each, so that independent `if`s add rather than multiply.
 
@@ -40,6 +40,10 @@ from layerdsl.language.ops import OPS
 from layerdsl.semantics.shapes import Shape, declared_shape, dim_text
 
 HINT = "write the loop's body without it, or drop @function (autograd derives the loop)"
+# sides of one Function (a product over independent `if`s) before each `if` is a `Choice` of its own; the
+# shipped specs have at most 12
+MAX_BRANCH_PLANS = 32
+CHOICE_HINT = "write a backward block, or choose with where(cond, a, b)"
 
 
 @dataclass
@@ -389,9 +393,9 @@ class _Planner:
             if isinstance(s, (N.If, N.For, N.Return, N.Append)) and id(s) not in last:
                 raise NotDerivable(
                     s.span,
-                    "a derived backward through more than 32 combinations of `if` branches takes each `if` on"
-                    " its own: this statement inside one is not derived that way yet",
-                    "write a backward block, or choose with where(cond, a, b)",
+                    f"a derived backward through more than {MAX_BRANCH_PLANS} combinations of `if` branches takes"
+                    " each `if` on its own: this statement inside one is not derived that way yet",
+                    CHOICE_HINT,
                 )
         before = dict(self.alias)
         tapes = []
@@ -403,8 +407,8 @@ class _Planner:
             if tape.numbers:
                 raise NotDerivable(
                     stmt.span,
-                    "a derived backward takes this `if` on its own (more than 32 combinations of branches):"
-                    " its sides bind numbers (not derived yet)",
+                    f"a derived backward takes this `if` on its own (more than {MAX_BRANCH_PLANS} combinations of"
+                    " branches): its sides bind numbers (not derived yet)",
                     "compute the number before the `if`, or write a backward block",
                 )
             self.taken |= {s.var for s in tape.steps}
@@ -424,9 +428,10 @@ class _Planner:
             if len(last) == 1 or any(not isinstance(o, N.Name) for t in tapes for o in t.outputs):
                 raise NotDerivable(
                     stmt.span,
-                    "a derived backward takes this `if` on its own (more than 32 combinations of branches): one"
-                    " side returns and the other does not, or it returns what is not a tensor (not derived yet)",
-                    "write a backward block, or choose with where(cond, a, b)",
+                    f"a derived backward takes this `if` on its own (more than {MAX_BRANCH_PLANS} combinations of"
+                    " branches): one side returns and the other does not, or it returns what is not a tensor"
+                    " (not derived yet)",
+                    CHOICE_HINT,
                 )
             for then, orelse in zip(tapes[0].outputs, tapes[1].outputs):
                 assert isinstance(then, N.Name) and isinstance(orelse, N.Name)

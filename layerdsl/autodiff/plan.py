@@ -20,12 +20,21 @@ from dataclasses import dataclass
 
 from layerdsl.autodiff.inline import Inlined, LayerNotGiven, inline_subs
 from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
-from layerdsl.autodiff.loops import LoopPlan, has_loop, member_choice, on_arguments, plan_loops, unswitched
+from layerdsl.autodiff.loops import (
+    CHOICE_HINT,
+    MAX_BRANCH_PLANS,
+    LoopPlan,
+    has_loop,
+    member_choice,
+    on_arguments,
+    plan_loops,
+    unswitched,
+)
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape, refusal
 from layerdsl.autodiff.unroll import Measured, measured_names, prepared_forward
-from layerdsl.diagnostics import Diagnostic
+from layerdsl.diagnostics import Diagnostic, Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import clone, map_children, statements, walk
@@ -62,8 +71,6 @@ class BranchPlan:
 
 
 Plan = BackwardPlan | BranchPlan | LoopPlan
-
-MAX_BRANCH_PLANS = 32  # sides of one Function (a product over independent `if`s); the shipped specs have at most 12
 
 
 def straight_plans(plan: Plan) -> list[BackwardPlan]:
@@ -221,23 +228,16 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str]) -> Plan:
         return BranchPlan(cond, _segmented_plan(built, first, given), _segmented_plan(absent, first, given))
     update = next((s for s in statements(layer.forward.body) if isinstance(s, N.Update)), None)
     if members & read or update is not None or has_loop(layer.forward.body):
-        raise NotDerivable(
-            first.span,
-            f"a derived backward goes through at most {MAX_BRANCH_PLANS} combinations of `if` branches, or"
-            " takes each `if` on its own in a forward that reads no optional member, updates no buffer and"
-            " keeps no loop (not derived yet)",
-            "write a backward block, or choose with where(cond, a, b)",
+        raise _not_segmented(
+            first.span, "in a forward that reads no optional member, updates no buffer and keeps no loop"
         )
 
     def condition(stmt: N.If, before: list[N.Stmt]) -> N.Expr:
         cond = _configuration_condition(stmt.cond, before, layer)
         if not on_arguments(cond, inputs):
-            raise NotDerivable(
+            raise _not_segmented(
                 stmt.cond.span,
-                f"a derived backward goes through at most {MAX_BRANCH_PLANS} combinations of `if` branches, or"
-                " takes each `if` on its own when it tests arguments, lets and `training`, or whether an optional"
-                " input is given (not derived yet)",
-                "write a backward block, or choose with where(cond, a, b)",
+                "when it tests arguments, lets and `training`, or whether an optional input is given",
             )
         return cond
 
@@ -246,6 +246,15 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str]) -> Plan:
     )
     closed.symbolic_dims = list(layer.symbolic_dims)
     return plan_loops(closed, set(members | inputs), incoming_names, condition)
+
+
+def _not_segmented(span: Span, where: str) -> NotDerivable:
+    return NotDerivable(
+        span,
+        f"a derived backward goes through at most {MAX_BRANCH_PLANS} combinations of `if` branches, or takes"
+        f" each `if` on its own {where} (not derived yet)",
+        CHOICE_HINT,
+    )
 
 
 def _member_sides(layer: N.Layer, members: set[str]) -> tuple[N.Expr, N.Layer, N.Layer] | None:
