@@ -23,12 +23,14 @@ from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen.function import VIEWS, FunctionEmitter, returning_second_results, with_second_results
 from layerdsl.codegen.function_branches import chosen_lines
+from layerdsl.codegen.loop_steps import step_statements
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import walk
 from layerdsl.language.tables import python_type
+from layerdsl.optimize import Stmt
 
 MAX_ROUNDS = 6  # derivations until what backward reads settles (a growing set: it ends sooner)
 
@@ -597,13 +599,20 @@ class _BackwardWriter:
         lines: list[str] = []
         guarded: list[str] = []  # the statements under the last guard
         last: str | None = None
-        for s in bwd.stmts:
-            target = s.var
-            leaf = target.removeprefix("grad_")
-            direct = where != "t" and self.state.get(target) is None  # the first share: the gradient itself
-            if target.startswith("grad_") and leaf in bwd.leaf_grads and leaf in tape.leaves and not direct:
-                hint = f"grad_{leaf}_t" if where == "t" else f"grad_{leaf}_part"
-                target = renamed[s.var] = self.fn.name(hint, key=(where, leaf))
+        if where == "t":  # a loop step: through the optimisation passes, as straight code
+            stmts = step_statements(bwd, self.plan.shapes, self.fn.layer, self.guard)
+        else:
+            stmts = [Stmt(g.var, g.expr, g.leaves, span=g.span) for g in bwd.stmts]
+        for s in stmts:
+            targets = []
+            for var in s.target.split(", "):  # several: one kernel's results (`joint_gradients`)
+                leaf = var.removeprefix("grad_")
+                direct = where != "t" and self.state.get(var) is None  # the first share: the gradient itself
+                if var.startswith("grad_") and leaf in bwd.leaf_grads and leaf in tape.leaves and not direct:
+                    hint = f"grad_{leaf}_t" if where == "t" else f"grad_{leaf}_part"
+                    renamed[var] = self.fn.name(hint, key=(where, leaf))
+                targets.append(renamed.get(var, var))
+            target = ", ".join(targets)
             self.read(s.expr)
             code = with_spec_line([f"{target} = {self.ex(s.expr)}"], 0, self.fn.e.spec_path, s.span.line)
             guard = self.guard(s.leaves) if where == "t" else None  # a step's statements: what is needed

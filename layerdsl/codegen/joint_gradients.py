@@ -17,6 +17,7 @@ from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import walk
 from layerdsl.language.ops import OPS
+from layerdsl.optimize.joint import joinable, joint_key, which_result
 from layerdsl.optimize.statements import Stmt
 
 
@@ -25,12 +26,12 @@ def joint_calls(stmts: list[Stmt], needs: Callable[[set[str]], str | None]) -> l
     `needs(leaves)`: the condition under which the leaves' gradients are needed (None: always)."""
     groups: dict[str, list[int]] = {}
     for k, s in enumerate(stmts):
-        key = _call_key(s)
+        key = joint_key(s.expr) if joinable(s) else None
         if key is not None:
             groups.setdefault(key, []).append(k)
     joint: dict[int, Stmt | None] = {}  # the first member's place: the one call; None for the others
     for members in groups.values():
-        by_result = {_which(stmts[k]): k for k in members}
+        by_result = {which_result(stmts[k].expr): k for k in members}
         if len(members) < 2 or len(by_result) != len(members) or _touched_between(stmts, members):
             continue
         first = stmts[members[0]]
@@ -63,22 +64,6 @@ def _touched_between(stmts: list[Stmt], members: list[int]) -> bool:
             if s.target == target or any(isinstance(n, N.Name) and n.id == target for n in walk(s.expr)):
                 return True
     return False
-
-
-def _call_key(s: Stmt) -> str | None:
-    """The call's key without its `which`, for a plain statement taking one result of a joint row."""
-    e = s.expr
-    if s.guard or s.recompute or s.unscaled is not None or not isinstance(e, N.Call) or e.kwargs:
-        return None
-    op = OPS.get(e.func)
-    if op is None or op.results < 2 or len(e.args) != len(op.params) or not isinstance(e.args[-1], N.Num):
-        return None
-    return B.key(B.call(e.func, *e.args[:-1]))
-
-
-def _which(s: Stmt) -> int:
-    assert isinstance(s.expr, N.Call) and isinstance(s.expr.args[-1], N.Num), "checked by _call_key"
-    return int(s.expr.args[-1].value)
 
 
 def _needed(needs: Callable[[set[str]], str | None], leaves: set[str]) -> N.Expr:

@@ -9,7 +9,9 @@ of fresh buffers. In order:
    order a cost model picks (`contractions`);
 2. keep a reduction's gradient at its reduced shape where an elementwise operation would broadcast it
    anyway (`fusion`), gather constant factors where they cost least (`scales`), write `sum_to` between
-   known shapes as a plain sum and move tensor factors out of linear kernels (`fusion`);
+   known shapes as a plain sum and move tensor factors out of linear kernels (`fusion`); take one result of a
+   kernel that gives several out of a sum where another result is computed too, so that the emitter joins
+   them into one call (`joint`);
 3. for each candidate statement order (`schedule`): write `p + q * r` as `addcmul(p, q, r)` (`fusion`),
    let operations update dead temporaries in place (`inplace`), and delete full-size temporaries after
    their last use (`schedule`);
@@ -32,6 +34,7 @@ from layerdsl.optimize.fusion import (
     narrow_expansions,
 )
 from layerdsl.optimize.inplace import update_in_place
+from layerdsl.optimize.joint import hoist_joint_terms
 from layerdsl.optimize.scales import hoist_scales
 from layerdsl.optimize.schedule import fresh_buffers, place_deletions, reductions_early
 from layerdsl.optimize.statements import Facts, Stmt
@@ -50,7 +53,7 @@ def prepared(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
     stmts = narrow_expansions(stmts, facts)
     hoist_scales(stmts, facts.kept, facts.incoming)
     explicit_sums(stmts, facts)
-    return factors_out(stmts, facts)
+    return hoist_joint_terms(factors_out(stmts, facts))
 
 
 def scheduled(stmts: list[Stmt], facts: Facts, prefer: int = 0) -> tuple[list[Stmt], int]:

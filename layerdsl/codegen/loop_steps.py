@@ -1,0 +1,69 @@
+"""A loop step's derived backward through the optimisation stage, as a straight backward's.
+
+`codegen.function_loops` writes each step's statements inside `for t in reversed(...)`. They go through
+the same rewriting as straight code (`optimize.prepared`: folded recomputations, contraction order, scales,
+plain sums between known shapes, a joint kernel's results out of sums) and one kernel's gradients are
+joined into one call (`codegen.joint_gradients`): a layer norm in a step then runs its backward kernel once
+per step, not once per gradient.
+
+The scheduling passes (in-place updates, deletions) are not run: a step's temporaries are rebound at the
+next step anyway, and the values a step starts from (per-step slices of saved buffers, the carried
+gradients) must never be updated in place, so every name the step does not bind is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from layerdsl.autodiff.reverse import Backward
+from layerdsl.codegen.joint_gradients import joint_calls
+from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import spec_text
+from layerdsl.ir.visit import clone
+from layerdsl.optimize import Facts, Stmt, prepared
+from layerdsl.optimize.statements import names
+from layerdsl.semantics.evaluate import example_values
+from layerdsl.semantics.shapes import Shape
+
+
+def step_statements(
+    bwd: Backward,
+    shapes: dict[str, tuple | None],
+    layer: N.Layer,
+    needs: Callable[[set[str]], str | None],
+) -> list[Stmt]:
+    """`bwd`'s statements rewritten; `shapes`: the static shapes of the loop's values (a gradient has its
+    value's), `needs(leaves)`: the guard under which the gradients of `leaves` are needed (None: always)."""
+    stmts = [Stmt(g.var, g.expr, set(g.leaves), span=g.span) for g in bwd.stmts]
+    bound = {s.target for s in stmts}
+    read = {n for s in stmts for n in names(s.expr)}
+    key = (
+        layer,
+        tuple((s.target, spec_text(s.expr), frozenset(s.leaves)) for s in stmts),
+        tuple(sorted((n, shapes.get(n.removeprefix("grad_"))) for n in read | bound)),
+        tuple(sorted(bwd.leaf_grads.items())),
+    )
+    if key not in _PREPARED:  # a loop Function writes each step's backward several times (rounds, modes)
+        if len(_PREPARED) >= _KEPT:
+            _PREPARED.clear()
+        _PREPARED[key] = prepared(stmts, _facts(bwd, stmts, shapes, layer))
+    return joint_calls(clone(_PREPARED[key]), needs)
+
+
+_KEPT = 256
+_PREPARED: dict[tuple, list[Stmt]] = {}
+
+
+def _facts(bwd: Backward, stmts: list[Stmt], shapes: dict[str, tuple | None], layer: N.Layer) -> Facts:
+    bound = {s.target for s in stmts}
+    read = {n for s in stmts for n in names(s.expr)}
+    known: dict[str, Shape] = {v: shape for v, shape in shapes.items() if shape is not None}
+    known.update({f"grad_{v}": shape for v, shape in known.items()})
+    return Facts(
+        shapes=known,
+        kept=(read - bound) | set(bwd.leaf_grads.values()),
+        foldable=set(),
+        full=[],
+        incoming={n for n in read - bound if n.startswith("grad_")},
+        sizes={k: v for k, v in example_values(layer).items() if isinstance(v, int) and not isinstance(v, bool)},
+    )
