@@ -29,8 +29,10 @@ def infer_shapes(tape: Tape, layer: N.Layer) -> dict[str, Shape]:
 
 def step_shape(s: Step, shapes: dict[str, Shape]) -> Shape:
     """The shape of a step's result, from the shapes of the names it reads."""
+    if s.op is None and isinstance(s.expr, N.Compare) and not s.by_mask:
+        return expr_shape(s.expr, shapes)  # a comparison broadcasts as an elementwise operation does
     if s.op is None or s.by_mask:
-        return None  # kept as written (a comparison), or as long as a mask has True elements
+        return None  # kept as written, or as long as a mask has True elements
     if s.op.name == "index_many":
         return _picked_by_indices(s, shapes)
     return op_shape(s.op, s.args, lambda a: expr_shape(a, shapes), s.expr.items if isinstance(s.expr, N.Call) else None)

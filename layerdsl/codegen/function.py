@@ -18,6 +18,7 @@ from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
 from layerdsl.autodiff.loops import LoopPlan
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan, dtype_tested
 from layerdsl.autodiff.reverse import Backward, derive
+from layerdsl.autodiff.shape_sources import broadcast_leaves
 from layerdsl.autodiff.shapes import same_shape_leaf
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.autodiff.unroll import measured_sizes
@@ -104,6 +105,7 @@ class FunctionEmitter:
         self.split = False  # extra outputs' gradients have sections of their own (grads not materialised)
         self.unmaterialised = False  # the extra outputs are all indices or masks: their grads not materialised
         self.shape_on_ctx: dict[str, set[str]] = {}  # leaves the backward needs only the shape of
+        self.shape_sources: dict[str, list[str]] = {}  # ... and intermediates, as their leaves' broadcast
         self.backward_dims: set[str] = set()  # symbolic dims the backward reads (kept on ctx)
         # Flags and inputs that may be a tuple of ints: passed as they are, kept on ctx (not saved) for backward
         self.plain_inputs = [i.name for i in self.forward.inputs if i.flag is not None or i.takes_ints]
@@ -480,6 +482,7 @@ class FunctionEmitter:
         saved_names = {v for v, _ in saved}
         dims = sorted(self.backward_dims)
         used = saved_names | set(shapes) | set(self.kwargs) | {self.dim_source[d].split(".")[0] for d in dims}
+        used |= {leaf for sources in self.shape_sources.values() for leaf in sources}
         used |= self.backward_plain
         masks = {v: self.mask_values[v] for v in saved_names if v in self.masks}
         used |= {n.id for e in masks.values() for n in walk(e) if isinstance(n, N.Name)}
@@ -512,6 +515,13 @@ class FunctionEmitter:
         for f in sorted(self.backward_plain):
             lines.append(f"{self.names.ctx_value(f)} = {f}")
         for name in shapes:
+            if name in self.shape_sources:
+                sources = ", ".join(f"{leaf}.shape" for leaf in self.shape_sources[name])
+                shape = sources if len(self.shape_sources[name]) == 1 else f"torch.broadcast_shapes({sources})"
+                step = tape.step(name)
+                assert step is not None  # an intermediate
+                lines += self.located([f"{self.names.ctx_shape(name)} = {shape}"], step.expr.span.line)
+                continue
             if name in self.optional:  # an absent member has no shape, and needs no gradient
                 kept = f"{self.names.ctx_shape(name)} = None if {name} is None else {name}.shape"
             else:
@@ -703,6 +713,13 @@ class FunctionEmitter:
         self.shape_on_ctx = {
             n: l for n, l in shape_uses.items() if n not in reads and n not in recomputed and n in tape.leaves
         }
+        self.shape_sources = {  # an elementwise intermediate's shape: its leaves' broadcast, not the value
+            n: src
+            for n in shape_uses
+            if n not in reads.keys() | recomputed | set(tape.leaves)
+            and (src := broadcast_leaves(tape, n, [*self.maybe_absent, *self.plain_inputs])) is not None
+        }
+        self.shape_on_ctx.update({n: shape_uses[n] for n in self.shape_sources})
         for sec, read in zip(sections, readers):
             for leaves, _, expr, _ in sec.items:
                 for n in _shape_names(expr):
