@@ -259,7 +259,11 @@ def _total_weight(a: _Call) -> str:
     """The mean's divisor: the kept targets' weights summed, 1 when every target is ignored (ATen writes
     no gradient for an ignored target: all zeros then, where 0 / 0 would be NaN)."""
     kept, _, weight = _kept(a)
-    return f"torch.where({kept}.any(), {weight}.sum(), 1)"
+    count = f"{kept}.sum().clamp(min=1)"  # unweighted: the kept targets counted, at least 1
+    if a.none("weight"):
+        return count
+    weighted = f"torch.where({kept}.any(), {weight}.sum(), 1)"
+    return f"({count} if {a.atom('weight')} is None else {weighted})" if a.maybe_none("weight") else weighted
 
 
 def _index_grad(a: _Call, scale: str) -> str:
@@ -319,7 +323,10 @@ def _log_prob_grad_of_indices(a: _Call) -> str:
     )
     classes = f"{x}.shape[{cdim}]"
     smooth = f"{eps} / {classes} * {_class_weight(a, x)} * {spread}"
-    return f"({_index_grad(a, f'(1 - {eps})')} - {smooth})"
+    smoothed = f"({_index_grad(a, f'(1 - {eps})')} - {smooth})"
+    if smoothing is None:  # given at run time: without smoothing, the spread term is zeros (a dozen ATen calls)
+        return f"({_index_grad(a, '1')} if {eps} == 0 else {smoothed})"
+    return smoothed
 
 
 def _smoothed_target(a: _Call, x: str) -> str:

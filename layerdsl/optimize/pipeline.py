@@ -4,7 +4,8 @@ Runs on a backward's statements (IR) after derivation, before rendering. At larg
 bound by memory traffic, so its time follows the number of passes over full-size tensors and the number
 of fresh buffers. In order:
 
-1. fold a recomputed intermediate that only one statement reads into that statement (`fusion`); merge like
+1. fold a recomputed intermediate that only one statement reads into that statement (`fusion`), and drop the
+   transposes that then cancel (`transposes`); merge like
    einsum terms and split products of three or more tensors into pairs, shared where they can be, in the
    order a cost model picks (`contractions`);
 2. keep a reduction's gradient at its reduced shape where an elementwise operation would broadcast it
@@ -38,6 +39,7 @@ from layerdsl.optimize.joint import hoist_joint_terms
 from layerdsl.optimize.scales import hoist_scales
 from layerdsl.optimize.schedule import fresh_buffers, place_deletions, reductions_early
 from layerdsl.optimize.statements import Facts, Stmt
+from layerdsl.optimize.transposes import transposes_cancelled
 
 
 def optimize(stmts: list[Stmt], facts: Facts, prefer: int = 0) -> tuple[list[Stmt], int]:
@@ -48,7 +50,7 @@ def optimize(stmts: list[Stmt], facts: Facts, prefer: int = 0) -> tuple[list[Stm
 
 def prepared(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
     """Steps 1 and 2, which do not read `Facts.graph`: the emitter runs them once for both grad modes."""
-    stmts = fold(stmts, facts)
+    stmts = transposes_cancelled(fold(stmts, facts), facts)
     stmts = plan_contractions(stmts, facts)
     stmts = narrow_expansions(stmts, facts)
     hoist_scales(stmts, facts.kept, facts.incoming)
