@@ -29,6 +29,7 @@ from layerdsl.autodiff.copied_layers import (
     none_test,
     over_values,
 )
+from layerdsl.autodiff.inline_cache import cached
 from layerdsl.autodiff.peel import peeled_families
 from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.autodiff.torch_nn_forwards import inlined_torch_nn, torch_nn_layer
@@ -82,7 +83,12 @@ class Family:
 
 def inline_subs(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
     """`layer` with every call of a sub replaced by the sub's forward (the layer itself when it has no
-    subs); raises NotDerivable, at the sub, for a sub that cannot be inlined."""
+    subs); raises NotDerivable, at the sub, for a sub that cannot be inlined. Computed once per layer
+    within `inline_cache.reused_inlining()`."""
+    return cached(layer, layers, lambda seen: _inlined(layer, seen))
+
+
+def _inlined(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
     if layer.forward is None:
         return Inlined(layer)
     if any(t.repeat is not None for t in layer.tensors):  # `w_l{k}` for k in range(n): stacked, `w_l[k]`

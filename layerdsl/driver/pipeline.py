@@ -184,7 +184,15 @@ def _checked(
 
 def generate(paths: list[str], cache: OutputCache | None = None) -> dict[Path, str]:
     """Every generated file (relative to the output folder) and its formatted content. Whole files come
-    from `cache` (the user's, by default) where their inputs are unchanged (driver/cache.py)."""
+    from `cache` (the user's, by default) where their inputs are unchanged (driver/cache.py). A layer's
+    subs are inlined once, for its plan, and reused by its emitter (`autodiff.inline_cache`)."""
+    from layerdsl.autodiff.inline_cache import reused_inlining
+
+    with reused_inlining():
+        return _generated(paths, cache)
+
+
+def _generated(paths: list[str], cache: OutputCache | None) -> dict[Path, str]:
     if cache is None:
         cache = OutputCache.default()
     sources = find_sources(paths)
