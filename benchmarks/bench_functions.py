@@ -1474,6 +1474,72 @@ def pieces(threads: int, clock: Callable[[], float], quick: bool) -> list[tuple[
     return [(n, statistics.median(v) * 1e9) for n, v in res.items()]
 
 
+def small_shape_overhead(threads: int, clock: Callable[[], float], quick: bool) -> list[tuple[str, list[float]]]:
+    """Where a generated Function's step goes at 32x64 beyond the autograd module's (LayerNorm, `--overhead`):
+    the same step with the module's argument checks left out, then the `apply` probes, then the ctx
+    bookkeeping of setup_context (what is saved kept); forward only and the Python pieces alone. Microseconds
+    per call of each interleaved round."""
+    gen = norm_loss_generated()
+    n = 64
+    module, plain = gen["LayerNormFn"](n), AutogradLayerNorm(n)
+    fn = gen["LayerNormFnFunction"]
+    w, b = module.weight, module.bias
+    x = torch.randn(32, n, requires_grad=True)
+
+    class Saving(fn):  # type: ignore[misc,valid-type]
+        """setup_context saving what the generated one saves, without its other ctx calls."""
+
+        @staticmethod
+        def setup_context(ctx, inputs, output) -> None:
+            x, weight, bias, n = inputs
+            _, mean, rstd = output
+            ctx.n = n
+            ctx.save_for_backward(x, weight, bias, mean, rstd)
+
+    def checks(x: Tensor) -> None:  # the module's four, as generated
+        if not x.is_floating_point():
+            raise TypeError(x.dtype)
+        if x.device != w.device:
+            raise ValueError(x.device)
+        if x.dim() != 2:
+            raise ValueError(x.dim())
+        if x.shape[1] != n:
+            raise ValueError(x.shape)
+
+    def probes() -> bool:  # the generated apply's, as generated
+        transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+        compiling = getattr(torch.compiler, "is_compiling", None)
+        return None in (transforms_active, compiling) or transforms_active() or compiling()
+
+    direct = super(Function, fn).apply  # the C++ entry point the fast path calls
+    direct_saving = super(Function, Saving).apply
+    g = {"grad": torch.autograd.grad, "plain": plain, "module": module, "fn": fn, "direct": direct,
+         "direct_saving": direct_saving, "x": x, "w": w, "b": b, "n": n, "checks": checks, "probes": probes}  # fmt: skip
+    stmts = [
+        ("autograd module, step", "grad(plain(x).sum(), (x, plain.weight, plain.bias))"),
+        ("generated module, step", "grad(module(x).sum(), (x, w, b))"),
+        ("- the module's argument checks: Function.apply, step", "grad(fn.apply(x, w, b, n)[0].sum(), (x, w, b))"),
+        ("- the apply probes: the C++ apply, step", "grad(direct(x, w, b, n)[0].sum(), (x, w, b))"),
+        ("- ctx bookkeeping but saving, step", "grad(direct_saving(x, w, b, n)[0].sum(), (x, w, b))"),
+        ("autograd module, forward", "plain(x)"),
+        ("generated module, forward", "module(x)"),
+        ("Function.apply (the probes, no checks), forward", "fn.apply(x, w, b, n)"),
+        ("the C++ apply, forward", "direct(x, w, b, n)"),
+        ("the C++ apply, ctx bookkeeping but saving, forward", "direct_saving(x, w, b, n)"),
+        ("the Function's forward alone (no autograd)", "fn.forward(x.detach(), w.detach(), b.detach(), n)"),
+        ("the module's argument checks alone", "checks(x)"),
+        ("the apply probes alone", "probes()"),
+    ]
+    timers = {name: Timer(stmt=st, globals=g, num_threads=threads, timer=clock) for name, st in stmts}
+    numbers = {k: max(1, round(0.005 / t.blocked_autorange(min_run_time=0.05).median)) for k, t in timers.items()}
+    res: dict[str, list[float]] = {k: [] for k in timers}
+    names = list(timers)
+    for r in range(10 if quick else 40):
+        for k in bm.round_order(names, r):
+            res[k].append(timers[k].timeit(numbers[k]).median * 1e6)
+    return list(res.items())
+
+
 def contraction_orders(
     b: int, n: int, threads: int, clock: Callable[[], float], quick: bool
 ) -> list[tuple[str, float, float, int]]:
@@ -1618,6 +1684,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     ap.add_argument("--diagnose", action="store_true", help="add ablations of the generated Functions")
     ap.add_argument("--no-gradcheck", action="store_true")
+    ap.add_argument("--overhead", action="store_true", help="only where a generated Function's step goes at 32x64")
     args = ap.parse_args(argv)
 
     rounds = args.rounds or (10 if args.quick else 40)
@@ -1640,6 +1707,11 @@ def main(argv: list[str] | None = None) -> int:
           f"load average at start {load[0]:.2f}" if load else "")  # fmt: skip
     print("# forward + backward (loss = out.sum(); grads w.r.t. input and parameters), float32 CPU\n", flush=True)
 
+    if args.overhead:
+        print("Generated LayerNorm Function at 32x64, µs per call: median [min, max] of the rounds")
+        for name, us in small_shape_overhead(args.threads, clock, args.quick):
+            print(f"  {statistics.median(us):8.2f} [{min(us):.2f}, {max(us):.2f}]  {name}")
+        return 0
     gen = gen_modules(args.generated)
     checks = [] if args.no_gradcheck else gradchecks(gen)
     if checks:
