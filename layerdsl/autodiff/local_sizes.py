@@ -17,7 +17,10 @@ declared without a shape; and a size written in a list (`reshape(q, [L, N, h, d]
 spec, which the rules keep by name where it still means the same (the engine has its text only).
 
 A local assigned on both sides of an `if` resolves to one size when every side agrees; otherwise it is left
-for the plan, which plans each side of the `if` on its own (and resolves the size there).
+for the plan, which plans each side of the `if` on its own (and resolves the size there; an `if` in a kept
+loop's body, once taken out of the loop). A local a kept loop carries from step to step (`h = block(h)`)
+has, in the body and after it, the sizes of its value before the loop: the loop lists it in
+`For.shapes_kept`, and the Function's forward checks that each step keeps its shape.
 `candidate_sizes` lists every input size a local's size may resolve to on any side, so each is named once
 for the whole Function.
 """
