@@ -17,7 +17,10 @@ declared without a shape; and a size written in a list (`reshape(q, [L, N, h, d]
 spec, which the rules keep by name where it still means the same (the engine has its text only).
 
 A local assigned on both sides of an `if` resolves to one size when every side agrees; otherwise it is left
-for the plan, which plans each side of the `if` on its own (and resolves the size there).
+for the plan, which plans each side of the `if` on its own (and resolves the size there; an `if` in a kept
+loop's body, once taken out of the loop). A local a kept loop carries from step to step (`h = block(h)`)
+has, in the body and after it, the sizes of its value before the loop: the loop lists it in
+`For.shapes_kept`, and the Function's forward checks that each step keeps its shape.
 `candidate_sizes` lists every input size a local's size may resolve to on any side, so each is named once
 for the whole Function.
 """
@@ -61,7 +64,17 @@ class _Branched:
     sides: tuple
 
 
-Env = dict  # local name -> _Def | _Part | _Branched | None (not followed: assigned in a loop, indexed, ...)
+@dataclass(frozen=True)
+class _Carried:
+    """A local a kept loop's body reads before it assigns it: the value the step before left, whose sizes
+    are followed as those of its first value (`start`), which each step is checked to keep."""
+
+    name: str
+    start: object  # _Def | _Part | _Branched
+    loop: N.For  # the loop (as walked), whose `shapes_kept` lists the local once its sizes are read
+
+
+Env = dict  # local name -> _Def | _Part | _Branched | _Carried | None (not followed: indexed, ...)
 
 
 @dataclass(frozen=True)
@@ -137,12 +150,17 @@ class _Walker:
         return out
 
     def loop(self, stmt: N.For, env: Env) -> N.For:
-        """What the body assigns is carried from step to step: not followed, in the body or after it."""
+        """What the body assigns is carried from step to step. In the body, a local bound before the loop has
+        the sizes of its value there: forward checks that each step keeps them (`For.shapes_kept`, the
+        locals whose sizes were read so). After the loop, what the body assigns is not followed."""
         assigned = _assigned(stmt.body) | {stmt.var}
+        before = {name: env[name] for name in assigned if env.get(name) is not None}
         env.update(dict.fromkeys(assigned))
         out = map_children(stmt, lambda e: self.expr(e, env))
-        out.body = self.body(stmt.body, dict(env))
+        carried = {name: _Carried(name, start, out) for name, start in before.items()}
+        out.body = self.body(stmt.body, env | carried)
         env.update(dict.fromkeys(assigned))
+        env.update(carried)  # after the loop, the last step's value: the shape checked at each step
         return out
 
     def expr(self, e: N.Expr, env: Env) -> N.Expr:
@@ -212,6 +230,8 @@ class _Walker:
         return self.rank_exprs[id(d)][1]
 
     def definition_rank_of(self, d) -> list[N.Expr] | None:
+        if isinstance(d, _Carried):
+            return self.local_rank_of(self.carried(d))
         if isinstance(d, _Branched):
             return _union([self.local_rank_of(side) for side in d.sides])
         if isinstance(d, _Def):
@@ -220,6 +240,12 @@ class _Walker:
             source = _call_operand(d.value, "input")
             return None if source is None else self.rank_of(source, d.env)
         return None
+
+    def carried(self, d: _Carried):
+        """The first value of a carried local, whose sizes it keeps (forward checks it)."""
+        if d.name not in d.loop.shapes_kept:
+            d.loop.shapes_kept = tuple(sorted((*d.loop.shapes_kept, d.name)))
+        return d.start
 
     # ------------------------------------------------------------------ sizes
 
@@ -268,6 +294,8 @@ class _Walker:
         return self.engine_shapes[id(d)][1]
 
     def definition_shape(self, d) -> Shape:
+        if isinstance(d, _Carried):
+            return self.local_shape(self.carried(d))
         if isinstance(d, _Def):
             return self.engine_shape(d.value, d.env)
         if isinstance(d, _Branched):
@@ -283,6 +311,8 @@ class _Walker:
         return self.sizes[key][2]
 
     def definition_size(self, d, k: int, use: Env) -> list[N.Expr] | None:
+        if isinstance(d, _Carried):
+            return self.local_size(self.carried(d), k, use)
         if isinstance(d, _Def):
             return self.size(d.value, k, d.env, use)
         if isinstance(d, _Part):
@@ -461,6 +491,8 @@ class _Walker:
         return self.ranks[id(d)][1]
 
     def definition_rank(self, d, env: Env) -> _Rank:
+        if isinstance(d, _Carried):
+            return self.local_rank(self.carried(d), env)
         if isinstance(d, _Def):
             return self.rank(d.value, d.env)
         if isinstance(d, _Part):

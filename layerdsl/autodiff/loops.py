@@ -78,6 +78,9 @@ class Loop:
     joins: list[Join] = field(default_factory=list)
     numbers: list[tuple[str, N.Expr]] = field(default_factory=list)  # number locals of the body (per step)
     picks: dict[str, Step] = field(default_factory=dict)  # leaves of the body: `x[t]` of x from outside
+    # carried name -> its spec local, whose shape each step must keep: the body reads its sizes as its first
+    # value's (`For.shapes_kept`)
+    shapes_kept: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -170,14 +173,35 @@ def _unswitched(body: list[N.Stmt], optional: frozenset[str]) -> list[N.Stmt]:
 def _unswitched_loop(loop: N.For, optional: frozenset[str]) -> N.Stmt:
     """`loop`, or an `if` on arguments of its body around two copies of it (each with one side)."""
     body = _unswitched(loop.body, optional)
-    at = next((k for k, s in enumerate(body) if isinstance(s, N.If) and on_arguments(s.cond, optional)), None)
-    if at is None:
+    at = _switch(body, optional)
+    if at is None or _copies(body, optional, MAX_BRANCH_PLANS) > MAX_BRANCH_PLANS:  # the body keeps its `if`s
         return loop if body is loop.body else dataclasses.replace(loop, body=body)
     branch = body[at]
     assert isinstance(branch, N.If)
     sides = [body[:at] + chosen + body[at + 1 :] for chosen in (branch.body, branch.orelse)]
     then, orelse = (_unswitched_loop(dataclasses.replace(loop, body=side), optional) for side in sides)
     return dataclasses.replace(branch, body=[then], orelse=[orelse])
+
+
+def _switch(body: list[N.Stmt], optional: frozenset[str]) -> int | None:
+    """Where the first `if` on arguments of a loop's body is (None: it has none)."""
+    return next((k for k, s in enumerate(body) if isinstance(s, N.If) and on_arguments(s.cond, optional)), None)
+
+
+def _copies(body: list[N.Stmt], optional: frozenset[str], limit: int) -> int:
+    """How many copies of a loop taking its body's `if`s on arguments out would make (counted up to just past
+    `limit`: independent `if`s multiply)."""
+    at = _switch(body, optional)
+    if at is None:
+        return 1
+    branch = body[at]
+    assert isinstance(branch, N.If)
+    count = 0
+    for chosen in (branch.body, branch.orelse):
+        count += _copies(body[:at] + chosen + body[at + 1 :], optional, limit - count)
+        if count > limit:
+            break
+    return count
 
 
 def member_choice(layer: N.Layer, optional: set[str]) -> tuple[N.Expr, N.Layer, N.Layer] | None:
@@ -229,11 +253,12 @@ def _without(node, absent: set[str]):
             ]
             e.kwargs = [_none_keyword(kw) if absent_name(kw.value) and kw.name in takes_none else kw for kw in e.kwargs]
         if absent_name(e):
+            name = spec_text(e.value if isinstance(e, N.Subscript) else e)
             raise NotDerivable(
                 e.span,
-                f"a derived backward through a loop reads the optional member '{e.id}' as the right operand of -"
+                f"a derived backward through a loop reads the optional member '{name}' as the right operand of -"
                 " and / only (`a - b` is `a` when b is not built; `b - a` is not skipped)",
-                f"write `-(a - {e.id})`, or drop @function (autograd derives the loop)",
+                f"write `-(a - {name})`, or drop @function (autograd derives the loop)",
             )
         return map_children(e, go) if isinstance(e, (N.Expr, N.Stmt)) else e
 
@@ -481,10 +506,16 @@ class _Planner:
                     "write one of the counts in the spec (up to 64 steps are unrolled), or drop @function",
                 )
             if isinstance(s, N.If):
+                why = (
+                    f" (taking the body's `if`s on arguments out of it would make more than {MAX_BRANCH_PLANS}"
+                    " copies of the loop)"
+                    if on_arguments(s.cond, frozenset(self.optional))
+                    else ""
+                )
                 raise NotDerivable(
                     s.span,
                     "cannot derive through this `if` yet: it is in the body of a loop whose count is known only"
-                    " when forward runs",
+                    f" when forward runs{why}",
                     "choose with where(cond, a, b), or put the `if` around the loop",
                 )
             if isinstance(s, N.Append) and s.target not in self.lists:
@@ -541,6 +572,7 @@ class _Planner:
             appended,
             numbers=list(tape.numbers),
             picks=picks,
+            shapes_kept={carried[local]: local for local in stmt.shapes_kept if local in carried},
         )
         for name in appended:
             if name in self.loops:

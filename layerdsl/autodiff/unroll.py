@@ -27,7 +27,7 @@ from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
-from layerdsl.ir.visit import clone, map_children, walk
+from layerdsl.ir.visit import clone, map_children, statements, walk
 from layerdsl.semantics.evaluate import NotConstant, evaluate
 
 MAX_UNROLLED = 64  # copies of one loop's body: a longer loop would write a forward too long to read
@@ -43,7 +43,8 @@ def prepared_forward(layer: N.Layer, measured: Measured | None = None) -> N.Laye
     body, pending, whole = _ready(layer)
     measured = whole if measured is None else measured
     # A size of a local the sides of an `if` define differently: the plan resolves it on each side.
-    pending = pending if layer.backward is None and any(isinstance(s, N.If) for s in body) else set()
+    # (An `if` in a kept loop's body on arguments is taken out of the loop, around a copy of it per side.)
+    pending = pending if layer.backward is None and any(isinstance(s, N.If) for s in statements(body)) else set()
     body = [_named_sizes(s, layer, measured, pending) for s in body]
     prepared = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
     new = [name for name in measured.values() if name not in layer.symbolic_dims]

@@ -336,6 +336,20 @@ class LoopFunction:
         head = with_spec_line([f"if {ex(seg.cond)}:"], 0, self.e.spec_path, seg.span.line)
         return _if_else(head, sides[0], sides[1])
 
+    def shape_checks(self, loop: Loop) -> list[str]:
+        """A step that changes the shape of a carried value whose sizes the body reads (as its first
+        value's) raises: the backward computes with those sizes."""
+        lines = []
+        for c, local in loop.shapes_kept.items():
+            new = loop.updates[c]
+            if new != c:
+                message = (
+                    f"{self.layer.name}: under @function, each step of the loop keeps the shape of '{local}' (its"
+                    f" sizes are read as its first value's): {{tuple({c}.shape)}} became {{tuple({new}.shape)}}"
+                )
+                lines += [f"if {new}.shape != {c}.shape:", f'    raise ValueError(f"{message}")']
+        return lines
+
     def trip(self, loop: Loop, ex: PyExpr) -> str:
         return f"range({', '.join(ex(b) for b in loop.bounds)})"
 
@@ -355,6 +369,7 @@ class LoopFunction:
         body = [f"{n} = {ex(e)}" for n, e in loop.numbers]
         body += self.steps(Tape(list(loop.picks.values()), [], [], set()), ex)
         body += self.steps(loop.tape, ex)
+        body += self.shape_checks(loop)
         if kept:  # a carried value still holds the step's first value here (it moves last)
             body.append(f"if {index} == 0:")
             body += [f"    {self.stacked(v)} = {v}.new_empty(({count}, *{v}.shape))" for v in kept]

@@ -329,6 +329,9 @@ class For(Stmt):
     var_span: Span
     iter: Expr
     body: list[Stmt]
+    # the locals the body carries from step to step whose sizes forward reads as their first value's
+    # (`autodiff.local_sizes`): a derived backward's forward checks that each step keeps their shape
+    shapes_kept: tuple[str, ...] = ()
 
 
 @dataclass(eq=False)
