@@ -54,6 +54,7 @@ class Join:
     func: str  # "stack" or "cat"
     dim: N.Expr
     items: str  # the list local
+    heads: list[str] = field(default_factory=list)  # the values appended before the loop, in order
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Loop:
     joins: list[Join] = field(default_factory=list)
     numbers: list[tuple[str, N.Expr]] = field(default_factory=list)  # number locals of the body (per step)
     picks: dict[str, Step] = field(default_factory=dict)  # leaves of the body: `x[t]` of x from outside
+    heads: dict[str, list[str]] = field(default_factory=dict)  # list local -> the values appended before it
 
 
 @dataclass
@@ -292,11 +294,13 @@ class _Planner:
         self.differentiable |= {t.name for t in layer.params}
         self.requires = set(self.differentiable)
         self.numbers: list[tuple[str, N.Expr]] = []
+        self.heads: dict[str, list[str]] = {}  # list local -> the locals holding what is appended before its loop
 
     def run(self, grads_for) -> LoopPlan:
         segments: list[Segment] = []
         chunk: list[N.Stmt] = []
         for at, stmt in enumerate(self.forward.body):
+            rest = self.forward.body[at + 1 :]
             if isinstance(stmt, N.If) and self.conditions is not None:
                 if chunk:
                     segments.append(self.straight(chunk))
@@ -313,6 +317,8 @@ class _Planner:
                 segments += self.loop(stmt)
             elif isinstance(stmt, N.Assign) and isinstance(stmt.value, N.ListExpr) and not stmt.value.items:
                 self.lists.add(stmt.target)
+            elif isinstance(stmt, N.Append) and stmt.target in self.lists and appended_in_loop(stmt.target, rest):
+                chunk.append(self.head(stmt))  # an item before the loop's (`list_heads`)
             elif isinstance(stmt, N.Append):
                 raise NotDerivable(
                     stmt.span,
@@ -339,6 +345,13 @@ class _Planner:
         )
         _check_derivable(plan)
         return plan
+
+    def head(self, stmt: N.Append) -> N.Assign:
+        """`L.append(v)` before the loop that appends to L (a family's first step on its own, `autodiff.peel`),
+        as a local of its own: the first items of what L is joined into."""
+        local = self.fresh(f"{stmt.target}_head")
+        self.heads.setdefault(stmt.target, []).append(local)
+        return N.Assign(stmt.span, local, stmt.target_span, stmt.value)
 
     # ---------------------------------------------------------------- straight segments
 
@@ -372,7 +385,16 @@ class _Planner:
                 listed = e.args[0]
                 if isinstance(listed, N.Name) and listed.id in self.loops:
                     dim = e.args[1] if len(e.args) > 1 else next((k.value for k in e.kwargs if k.name == "dim"), None)
-                    join = Join(self.fresh(f"{e.func}ed_{listed.id}"), e.func, dim or B.num(0), listed.id)
+                    heads = self.loops[listed.id].heads.get(listed.id, [])
+                    if heads and e.func == "cat":
+                        raise NotDerivable(
+                            e.span,
+                            f"cannot derive through this cat() yet: '{listed.id}' gets items before the loop"
+                            " that appends to it (a family's first step on its own), and a derived backward"
+                            " joins such a list with stack() only",
+                            f"stack({listed.id}, dim = ...) and reshape, or drop @function",
+                        )
+                    join = Join(self.fresh(f"{e.func}ed_{listed.id}"), e.func, dim or B.num(0), listed.id, heads)
                     self.loops[listed.id].joins.append(join)
                     self.shapes[join.name] = _joined_shape(join, self.loops[listed.id], self.shapes)
                     self.requires.add(join.name)
@@ -508,6 +530,7 @@ class _Planner:
                 raise NotDerivable(stmt.span, f"a derived backward appends to '{name}' once per step", HINT)
             if items:
                 appended[name] = items[0]
+        heads = {name: [self.alias[h] for h in self.heads.pop(name)] for name in appended if name in self.heads}
         updates = {carried[local]: tape.env[local] for local in carried}
         for local, name in carried.items():
             self.shapes[name] = self.shapes.get(self.alias[local])
@@ -541,6 +564,7 @@ class _Planner:
             appended,
             numbers=list(tape.numbers),
             picks=picks,
+            heads=heads,
         )
         for name in appended:
             if name in self.loops:
@@ -654,6 +678,12 @@ def _check_derivable(plan: LoopPlan) -> None:
             derive(tape, [f"_g{k}" for k in range(len(tape.outputs))])
 
 
+def appended_in_loop(name: str, body: list[N.Stmt]) -> bool:
+    """Whether a loop of `body` (outside `if`s) appends to the list `name`."""
+    loops = [s for s in body if isinstance(s, N.For)]
+    return any(isinstance(s, N.Append) and s.target == name for s in walk_stmts(loops))
+
+
 def walk_stmts(body: list[N.Stmt]):
     """Every statement of `body`, in loops' bodies too."""
     for s in body:
@@ -675,6 +705,8 @@ def _joined_shape(join: Join, loop: Loop, shapes: dict[str, Shape]) -> Shape:
         return None
     at = int(d.value) if int(d.value) >= 0 else len(shape) + 1 + int(d.value)
     count = _count_dim(loop.bounds) or "_steps"  # `range(T)`: T items (a later loop over T picks them)
+    if join.heads:  # items before the loop's: a count of its own
+        count = f"_steps_{join.name}"
     return (*shape[:at], count, *shape[at:]) if 0 <= at <= len(shape) else None
 
 

@@ -342,7 +342,7 @@ class LoopFunction:
         kept = self.per_step_order(loop, per_step)
         buffered = self.buffered_lists(loop, kept)
         appended = {name: item for name, item in loop.appended.items() if name not in buffered}
-        lines += [f"{name} = []" for name in appended]
+        lines += [f"{name} = [{', '.join(loop.heads.get(name, []))}]" for name in appended]
         trip = self.trip(loop, ex)
         index = loop.var if _BackwardWriter._plain_range(loop) else self.name("step", key=(id(loop),))
         if kept:  # one buffer per value, for every step: made at the first (None after a loop of no steps)
@@ -381,7 +381,8 @@ class LoopFunction:
         out: dict[str, str] = {}
         for name, item in loop.appended.items():
             joins = [j for j in loop.joins if j.items == name]
-            if isinstance(item, N.Name) and item.id in kept and joins and all(j.func == "stack" for j in joins):
+            whole = all(j.func == "stack" for j in joins) and not loop.heads.get(name)  # no item from before
+            if isinstance(item, N.Name) and item.id in kept and joins and whole:
                 out[name] = item.id
         return out
 
@@ -734,7 +735,12 @@ class _BackwardWriter:
                 lines.append(f"{g} = torch.zeros_like({j.name}) if {g} is None else {g}")
                 self.state[g] = "set"
             lines.append(f"{parts} = {self.acc(j.name)}.{cut}")
-            items.setdefault(j.items, []).append(f"{parts}[{step_index}]")
+            # the items appended before the loop come first (`loops.Join.heads`): theirs, then the steps'
+            at = f"{step_index} + {len(j.heads)}" if j.heads else step_index
+            items.setdefault(j.items, []).append(f"{parts}[{at}]")
+            for i, head in enumerate(j.heads):
+                if head in self.plan.requires:
+                    lines += self.accumulate(head, f"{parts}[{i}]", conditional=False)
         outputs: list[tuple[N.Expr, str]] = [(B.name(loop.updates[c]), self.acc(c)) for c in requiring]
         body: list[str] = []
         for name, parts_at in items.items():
@@ -859,6 +865,7 @@ def _gradient_sources(plan: LoopPlan) -> dict[str, set[str]]:
         for j in seg.joins:
             item = seg.appended.get(j.items)
             names = [n.id for n in walk(item) if isinstance(n, N.Name)] if item is not None else []
+            names += j.heads
             sources[j.name] = {l for name in names for l in sources.get(name, ())}
     return sources
 

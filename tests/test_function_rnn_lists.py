@@ -1,0 +1,132 @@
+"""A list that a loop over a family whose first member has a shape of its own appends to (an RNN's
+`finals`): the first step, written on its own (`autodiff.peel`), appends its item before the loop over
+the rest appends theirs, and the list is stacked after. The Function starts the list with the first
+step's item, and its backward gives that item the first slice of the stacked gradient. Against the plain
+form (outputs, gradients, gradcheck and gradgradcheck in float64) at 1, 2 and 3 members."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from layerdsl.autodiff.plan import plan_backwards
+from layerdsl.codegen.module import emit_file
+from layerdsl.semantics.checker import check_program
+from layerdsl.syntax.parser import parse_file
+
+from .function_agreement import compare_with_plain
+from .test_function_sub_lists import plain_pair
+
+FINALS = """
+@function
+layer FinalsFirst(n: int, d_in: int, d: int, scaled: bool = false) {
+    for k in range(n) {
+        param w_l{k}: [d_in if k == 0 else d, d] = uniform(-0.5, 0.5)
+        param b_l{k}: [d] = uniform(-0.5, 0.5)
+    }
+    example(n = 3, d_in = 2, d = 3)
+    forward(x: [B, d_in]) -> [B, d] {
+        h = x
+        finals = []
+        for k in range(n) {
+            h = tanh(h @ w_l{k} + b_l{k})
+            if scaled {
+                finals.append(h * (k + 1))
+            } else {
+                finals.append(h)
+            }
+        }
+        return sum(stack(finals, dim = 1) * 2, dim = 1) + h
+    }
+}
+"""
+
+LAST_DIM = """
+@function
+layer FinalsLastDim(n: int, d_in: int, d: int) {
+    for k in range(n) {
+        param w_l{k}: [d_in if k == 0 else d, d] = uniform(-0.5, 0.5)
+    }
+    example(n = 2, d_in = 2, d = 3)
+    forward(x: [B, d_in]) -> [...] {
+        h = x
+        finals = []
+        for k in range(n) {
+            h = sin(h @ w_l{k})
+            finals.append(h * h)
+        }
+        return stack(finals, dim = -1)
+    }
+}
+"""
+
+
+def generated(text: str, stem: str) -> str:
+    spec = parse_file(f"{stem}.layer", text)
+    program = check_program([spec])
+    plans, problems = plan_backwards([spec])
+    assert not problems, problems
+    return emit_file(spec, program, f"{stem}.layer", plans)
+
+
+def problems_of(text: str, stem: str) -> list:
+    spec = parse_file(f"{stem}.layer", text)
+    check_program([spec])
+    return plan_backwards([spec])[1]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_a_list_gets_its_first_item_from_the_first_step_and_the_rest_from_the_loop(n, scaled):
+    a, b = plain_pair(FINALS, "finals_first", "FinalsFirst", n=n, d_in=2, d=3, scaled=scaled)
+    x = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    compare_with_plain(a, b, x)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_the_list_stacked_at_its_last_dim_and_returned(n):
+    a, b = plain_pair(LAST_DIM, "finals_last_dim", "FinalsLastDim", n=n, d_in=2, d=3)
+    x = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    compare_with_plain(a, b, x)
+
+
+def test_the_list_starts_with_the_first_steps_item_and_its_gradient_is_the_first_slice():
+    source = generated(LAST_DIM, "finals_last_dim")
+    assert "finals = [finals_head" in source
+    assert "grad_stacked_finals_parts[k + 1]" in source  # a step's slice comes after the first step's
+    assert "grad_stacked_finals_parts[0]" in source
+
+
+def test_a_cat_of_such_a_list_is_refused_at_the_cat():
+    text = LAST_DIM.replace("FinalsLastDim", "FinalsCat").replace("stack(finals, dim = -1)", "cat(finals, dim = -1)")
+    problems = problems_of(text, "finals_cat")
+    assert [(p.span.line, p.span.col) for p in problems] == [(15, 16)]
+    assert "joins such a list with stack() only" in problems[0].message
+
+
+def test_a_loop_over_the_steps_inside_the_loop_over_the_family_is_refused_at_its_range():
+    text = """
+@function
+layer FinalsNested(n: int, d_in: int, d: int) {
+    for k in range(n) {
+        param w_l{k}: [d_in if k == 0 else d, d] = uniform(-0.5, 0.5)
+    }
+    example(n = 2, d_in = 2, d = 3)
+    forward(input: [B, T, d_in]) -> [...] {
+        x = input
+        finals = []
+        for k in range(n) {
+            h = x[:, 0] @ w_l{k}
+            for t in range(T) {
+                h = tanh(x[:, t] @ w_l{k} + h)
+            }
+            finals.append(h)
+            x = x @ w_l{k}
+        }
+        return stack(finals, dim = 0)
+    }
+}
+"""
+    problems = problems_of(text, "finals_nested")
+    assert [(p.span.line, p.span.col) for p in problems] == [(13, 22)]
+    assert "a loop nested in a loop: not derived yet" in problems[0].message
