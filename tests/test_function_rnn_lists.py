@@ -130,3 +130,53 @@ layer FinalsNested(n: int, d_in: int, d: int) {
     problems = problems_of(text, "finals_nested")
     assert [(p.span.line, p.span.col) for p in problems] == [(13, 22)]
     assert "a loop nested in a loop: not derived yet" in problems[0].message
+
+
+REVERSED = """
+@function
+layer Reordered(d: int, scaled: bool = false) {
+    param w: [d, d] = uniform(-0.5, 0.5)
+    example(d = 3)
+    forward(x: [B, T, d]) -> [...] {
+        h = new_zeros(x, [d])
+        backwards = []
+        for s in range(T) {
+            h = tanh(x[:, T - 1 - s] @ w + h)
+            backwards.append(h)
+        }
+        in_order = []
+        for t in range(T) {
+            in_order.append(backwards[T - 1 - t])
+        }
+        if scaled {
+            y = stack(in_order, dim = -2) * 2
+        } else {
+            y = stack(in_order, dim = 1)
+        }
+        return cat([x, y], dim = -1) + sum(h)
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("length", [1, 3])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_a_list_put_back_in_order_is_the_flip_of_the_others_stack(length, scaled):
+    a, b = plain_pair(REVERSED, "reordered", "Reordered", d=3, scaled=scaled)
+    x = torch.randn(2, length, 3, dtype=torch.float64, requires_grad=True)
+    compare_with_plain(a, b, x)
+
+
+def test_the_reordering_loop_is_not_run_and_its_list_not_made():
+    source = generated(REVERSED, "reordered")
+    function = source[source.index("class ReorderedFunction") : source.index("class Reordered(")]
+    assert "in_order" not in function
+    assert "torch.flip(" in function  # forward flips the stack, backward the gradient
+    assert function.count("for t in") == 0
+
+
+def test_a_loop_that_does_not_only_reorder_is_left_as_it_is():
+    text = REVERSED.replace("Reordered(", "NotReordered(").replace("backwards[T - 1 - t]", "backwards[t]")
+    problems = problems_of(text, "not_reversed")
+    assert [(p.span.line, p.span.col) for p in problems] == [(15, 39)]
+    assert "picks from a list at positions known when generating" in problems[0].message

@@ -29,6 +29,7 @@ from layerdsl.autodiff.copied_layers import (
     none_test,
     over_values,
 )
+from layerdsl.autodiff.list_order import reversed_lists
 from layerdsl.autodiff.peel import peeled_families
 from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.autodiff.torch_nn_forwards import inlined_torch_nn, torch_nn_layer
@@ -85,6 +86,7 @@ def inline_subs(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
     subs); raises NotDerivable, at the sub, for a sub that cannot be inlined."""
     if layer.forward is None:
         return Inlined(layer)
+    layer = reversed_lists(layer)  # a list put back in order by a loop: a flip of the other's stack
     if any(t.repeat is not None for t in layer.tensors):  # `w_l{k}` for k in range(n): stacked, `w_l[k]`
         layer, parts = peeled_families(layer)  # a family whose first member differs: the first step on its own
         layer, stacked = stacked_families(layer)
