@@ -180,3 +180,67 @@ def test_a_loop_that_does_not_only_reorder_is_left_as_it_is():
     problems = problems_of(text, "not_reversed")
     assert [(p.span.line, p.span.col) for p in problems] == [(15, 39)]
     assert "picks from a list at positions known when generating" in problems[0].message
+
+
+TWO_PER_STEP = """
+@function
+layer TwoPerStep(d: int) {
+    param w: [d, d] = uniform(-0.5, 0.5)
+    example(d = 3)
+    forward(x: [B, T, d]) -> [...] {
+        h = new_zeros(x, [d])
+        outs = []
+        for t in range(T) {
+            h = tanh(x[:, t] @ w + h)
+            outs.append(h)
+            outs.append(h * 2)
+        }
+        return stack(outs, dim = 1)
+    }
+}
+"""
+
+BOTH_DIRECTIONS = """
+@function
+layer BothDirections(n: int, d_in: int, d: int) {
+    for k in range(n) {
+        param w_l{k}: [d_in if k == 0 else 2 * d, d] = uniform(-0.5, 0.5)
+        param v_l{k}: [d_in if k == 0 else 2 * d, d] = uniform(-0.5, 0.5)
+    }
+    example(n = 2, d_in = 2, d = 3)
+    forward(input: [B, d_in]) -> [...] {
+        x = input
+        finals = []
+        for k in range(n) {
+            a = tanh(x @ w_l{k})
+            finals.append(a)
+            b = sin(x @ v_l{k})
+            finals.append(b)
+            x = cat([a, b], dim = -1)
+        }
+        return stack(finals, dim = 0) * 3 + sum(x)
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("length", [1, 3])
+def test_a_loop_appending_twice_per_step_derives(length):
+    a, b = plain_pair(TWO_PER_STEP, "two_per_step", "TwoPerStep", d=3)
+    x = torch.randn(2, length, 3, dtype=torch.float64, requires_grad=True)
+    compare_with_plain(a, b, x)
+
+
+def test_the_items_of_a_step_are_its_slices_in_order():
+    source = generated(TWO_PER_STEP, "two_per_step")
+    assert "grad_stacked_outs_parts[2 * t]" in source
+    assert "grad_stacked_outs_parts[2 * t + 1]" in source
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_two_items_per_member_with_the_first_members_before_the_loop(n):
+    a, b = plain_pair(BOTH_DIRECTIONS, "both_directions", "BothDirections", n=n, d_in=2, d=3)
+    x = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    compare_with_plain(a, b, x)
+    source = generated(BOTH_DIRECTIONS, "both_directions")
+    assert "grad_stacked_finals_parts[2 * k + 2]" in source  # after the first member's two

@@ -80,6 +80,7 @@ class Loop:
     numbers: list[tuple[str, N.Expr]] = field(default_factory=list)  # number locals of the body (per step)
     picks: dict[str, Step] = field(default_factory=dict)  # leaves of the body: `x[t]` of x from outside
     heads: dict[str, list[str]] = field(default_factory=dict)  # list local -> the values appended before it
+    more: dict[str, list[N.Expr]] = field(default_factory=dict)  # list local -> what each step appends after `appended`
 
 
 @dataclass
@@ -386,12 +387,12 @@ class _Planner:
                 if isinstance(listed, N.Name) and listed.id in self.loops:
                     dim = e.args[1] if len(e.args) > 1 else next((k.value for k in e.kwargs if k.name == "dim"), None)
                     heads = self.loops[listed.id].heads.get(listed.id, [])
-                    if heads and e.func == "cat":
+                    if (heads or listed.id in self.loops[listed.id].more) and e.func == "cat":
                         raise NotDerivable(
                             e.span,
                             f"cannot derive through this cat() yet: '{listed.id}' gets items before the loop"
-                            " that appends to it (a family's first step on its own), and a derived backward"
-                            " joins such a list with stack() only",
+                            " that appends to it (a family's first step on its own) or several per step, and a"
+                            " derived backward joins such a list with stack() only",
                             f"stack({listed.id}, dim = ...) and reshape, or drop @function",
                         )
                     join = Join(self.fresh(f"{e.func}ed_{listed.id}"), e.func, dim or B.num(0), listed.id, heads)
@@ -525,11 +526,12 @@ class _Planner:
         for s in tape.steps:
             self.taken.add(s.var)
         appended: dict[str, N.Expr] = {}
+        more: dict[str, list[N.Expr]] = {}  # a step's second item on (a bidirectional layer's two states)
         for name, items in lin.lists.items():
-            if len(items) > 1:
-                raise NotDerivable(stmt.span, f"a derived backward appends to '{name}' once per step", HINT)
             if items:
                 appended[name] = items[0]
+            if len(items) > 1:
+                more[name] = items[1:]
         heads = {name: [self.alias[h] for h in self.heads.pop(name)] for name in appended if name in self.heads}
         updates = {carried[local]: tape.env[local] for local in carried}
         for local, name in carried.items():
@@ -552,6 +554,7 @@ class _Planner:
             self.requires = _requiring(tape, self.requires)
             self.requires |= {c for c, v in updates.items() if v in self.requires}
         outputs = [B.name(v) for v in updates.values()] + list(appended.values())
+        outputs += [item for items in more.values() for item in items]
         read = self.pseudo_leaves(dataclasses.replace(tape, outputs=outputs))  # `h = w`: w's gradient too
         tape = self.finished(tape, read | set(carried.values()) | set(picks), outputs)
         loop = Loop(
@@ -565,6 +568,7 @@ class _Planner:
             numbers=list(tape.numbers),
             picks=picks,
             heads=heads,
+            more=more,
         )
         for name in appended:
             if name in self.loops:
@@ -705,7 +709,7 @@ def _joined_shape(join: Join, loop: Loop, shapes: dict[str, Shape]) -> Shape:
         return None
     at = int(d.value) if int(d.value) >= 0 else len(shape) + 1 + int(d.value)
     count = _count_dim(loop.bounds) or "_steps"  # `range(T)`: T items (a later loop over T picks them)
-    if join.heads:  # items before the loop's: a count of its own
+    if join.heads or join.items in loop.more:  # items before the loop's, or several per step: a count of its own
         count = f"_steps_{join.name}"
     return (*shape[:at], count, *shape[at:]) if 0 <= at <= len(shape) else None
 

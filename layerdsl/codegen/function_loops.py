@@ -357,7 +357,11 @@ class LoopFunction:
             body.append(f"if {index} == 0:")
             body += [f"    {self.stacked(v)} = {v}.new_empty(({count}, *{v}.shape))" for v in kept]
             body += [f"{self.stacked(v)}[{index}] = {v}" for v in kept]
-        body += [f"{name}.append({ex(item)})" for name, item in appended.items()]
+        body += [
+            f"{name}.append({ex(item)})"
+            for name, first in appended.items()
+            for item in [first, *loop.more.get(name, [])]
+        ]
         moved = [(c, v) for c, v in loop.updates.items() if c != v]
         if moved:
             body.append(f"{', '.join(c for c, _ in moved)} = {', '.join(self.not_an_input(v) for _, v in moved)}")
@@ -381,7 +385,8 @@ class LoopFunction:
         out: dict[str, str] = {}
         for name, item in loop.appended.items():
             joins = [j for j in loop.joins if j.items == name]
-            whole = all(j.func == "stack" for j in joins) and not loop.heads.get(name)  # no item from before
+            # one item per step, none from before
+            whole = all(j.func == "stack" for j in joins) and not loop.heads.get(name) and name not in loop.more
             if isinstance(item, N.Name) and item.id in kept and joins and whole:
                 out[name] = item.id
         return out
@@ -721,7 +726,7 @@ class _BackwardWriter:
                 lines.append(f"{g} = {zeros}" if st is None else f"{g} = {zeros} if {g} is None else {g}")
                 self.state[g] = "set"
         # Each step's share of the gradient of what the loop's lists are joined into
-        items: dict[str, list[str]] = {}
+        items: dict[tuple[str, int], list[str]] = {}
         step_index = loop.var if self._plain_range(loop) else self.fn.name("step")
         for j in loop.joins:
             if self.state.get(self.acc(j.name)) is None:
@@ -735,18 +740,22 @@ class _BackwardWriter:
                 lines.append(f"{g} = torch.zeros_like({j.name}) if {g} is None else {g}")
                 self.state[g] = "set"
             lines.append(f"{parts} = {self.acc(j.name)}.{cut}")
-            # the items appended before the loop come first (`loops.Join.heads`): theirs, then the steps'
-            at = f"{step_index} + {len(j.heads)}" if j.heads else step_index
-            items.setdefault(j.items, []).append(f"{parts}[{at}]")
+            # the items appended before the loop come first (`loops.Join.heads`): theirs, then the steps',
+            # `per` of them each step (`loops.Loop.more`)
+            per = 1 + len(loop.more.get(j.items, []))
+            for i in range(per):
+                at = step_index if per == 1 else f"{per} * {step_index} + {i}" if i else f"{per} * {step_index}"
+                at = f"{at} + {len(j.heads)}" if j.heads else at
+                items.setdefault((j.items, i), []).append(f"{parts}[{at}]")
             for i, head in enumerate(j.heads):
                 if head in self.plan.requires:
                     lines += self.accumulate(head, f"{parts}[{i}]", conditional=False)
         outputs: list[tuple[N.Expr, str]] = [(B.name(loop.updates[c]), self.acc(c)) for c in requiring]
         body: list[str] = []
-        for name, parts_at in items.items():
-            item_grad = self.fn.name(f"grad_{name}_item")
+        for (name, i), parts_at in items.items():
+            item_grad = self.fn.name(f"grad_{name}_item" if i == 0 else f"grad_{name}_item{i}")
             body.append(f"{item_grad} = {' + '.join(parts_at)}")
-            outputs.append((loop.appended[name], item_grad))
+            outputs.append((loop.appended[name] if i == 0 else loop.more[name][i - 1], item_grad))
         body = [f"{n} = {self.ex(e)}" for n, e in loop.numbers] + body
         extra_grads: dict[str, str] = {}
         per_step_names = {c: self.fn.name(f"{c}_t") for c in loop.carried}
@@ -863,8 +872,8 @@ def _gradient_sources(plan: LoopPlan) -> dict[str, set[str]]:
             for c, v in seg.updates.items():
                 sources[c] |= sources.get(v, set())
         for j in seg.joins:
-            item = seg.appended.get(j.items)
-            names = [n.id for n in walk(item) if isinstance(n, N.Name)] if item is not None else []
+            listed = [seg.appended[j.items], *seg.more.get(j.items, [])] if j.items in seg.appended else []
+            names = [n.id for item in listed for n in walk(item) if isinstance(n, N.Name)]
             names += j.heads
             sources[j.name] = {l for name in names for l in sources.get(name, ())}
     return sources
