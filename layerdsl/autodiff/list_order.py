@@ -90,8 +90,8 @@ def _reordered(stmt: N.Stmt, before: list[N.Stmt], appends: dict[str, int]) -> t
     item = append.value
     if not (isinstance(item, N.Subscript) and isinstance(item.value, N.Name) and len(item.items) == 1):
         return None
-    source = item.value.id
-    if spec_text(item.items[0]) != f"{count} - 1 - {stmt.var}" or appends.get(source) != 1:
+    source, at = item.value.id, item.items[0]
+    if not isinstance(at, N.Expr) or spec_text(at) != f"{count} - 1 - {stmt.var}" or appends.get(source) != 1:
         return None
     if not any(_makes(s, append.target) for s in before) or not any(_makes(s, source) for s in before):
         return None

@@ -684,7 +684,7 @@ def _check_derivable(plan: LoopPlan) -> None:
 
 def appended_in_loop(name: str, body: list[N.Stmt]) -> bool:
     """Whether a loop of `body` (outside `if`s) appends to the list `name`."""
-    loops = [s for s in body if isinstance(s, N.For)]
+    loops: list[N.Stmt] = [s for s in body if isinstance(s, N.For)]
     return any(isinstance(s, N.Append) and s.target == name for s in walk_stmts(loops))
 
 
