@@ -275,3 +275,61 @@ def test_the_flip_and_the_first_items_save_nothing_of_their_own():
     # and its last h: the stacked list is not kept
     d = 3
     assert saved_bytes(finals, x) == 8 * (4 * 2 + 2 * d + 2 * d * d + 2 * 4 * d + 2 * 2 * 4 * d + 4 * d)
+
+
+BATCHED_STEPS = """
+@function
+layer BatchedSteps(d: int) {
+    param w: [d, d] = uniform(-0.5, 0.5)
+    example(d = 3)
+    forward(x: [..., T, d]) -> [..., d] {
+        h = sum(x, dim = -2)
+        for t in range(T) {
+            h = tanh(x[..., t, :] @ w + h) + sin(x[..., T - 1 - t, :])
+        }
+        return h
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (2, 4, 3), (3, 2, 5, 3)])
+def test_a_step_of_a_dim_after_the_ellipsis_forward_and_in_reverse_is_picked(shape):
+    a, b = plain_pair(BATCHED_STEPS, "batched_steps", "BatchedSteps", d=3)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    compare_with_plain(a, b, x)
+
+
+def test_a_picked_steps_gradient_is_one_slice_per_step_not_a_full_size_select_backward():
+    for text, stem in [(BATCHED_STEPS, "batched_steps"), (REVERSED, "reordered")]:
+        source = generated(text, stem)
+        assert "select_backward" not in source
+    source = generated(BATCHED_STEPS, "batched_steps")
+    assert "torch.stack(grad_part_steps[::-1], dim=-2)" in source  # x[..., t, :]: backward ran t = T - 1 first
+    assert "torch.stack(grad_part1_steps, dim=-2)" in source  # x[..., T - 1 - t, :]: in the order it ran
+
+
+def test_a_familys_optional_member_read_other_than_as_an_operand_is_refused_by_name():
+    text = """
+@function
+layer FamilySinMember(n: int, d: int, scaled: bool = true) {
+    for k in range(n) {
+        param w_l{k}: [d, d]
+        param s_l{k}: [d] = uniform(0.5, 1.5) if scaled
+    }
+    example(n = 2, d = 3)
+    forward(x: [B, d]) -> [B, d] {
+        h = x
+        for k in range(n) {
+            h = tanh(h @ w_l{k})
+            if scaled {
+                h = h * sin(s_l{k})
+            }
+        }
+        return h
+    }
+}
+"""
+    problems = problems_of(text, "family_sin_member")
+    assert [(p.span.line, p.span.col) for p in problems] == [(14, 29)]
+    assert "reads the optional member 's_l' as the right operand of - and / only" in problems[0].message

@@ -232,11 +232,12 @@ def _without(node, absent: set[str]):
             ]
             e.kwargs = [_none_keyword(kw) if absent_name(kw.value) and kw.name in takes_none else kw for kw in e.kwargs]
         if absent_name(e):
+            member = spec_text(e.value if isinstance(e, N.Subscript) else e)  # a family's `b_l[k]`: b_l
             raise NotDerivable(
                 e.span,
-                f"a derived backward through a loop reads the optional member '{e.id}' as the right operand of -"
-                " and / only (`a - b` is `a` when b is not built; `b - a` is not skipped)",
-                f"write `-(a - {e.id})`, or drop @function (autograd derives the loop)",
+                f"a derived backward through a loop reads the optional member '{member}' as the right operand of"
+                " - and / only (`a - b` is `a` when b is not built; `b - a` is not skipped)",
+                f"write `-(a - {member})`, or drop @function (autograd derives the loop)",
             )
         return map_children(e, go) if isinstance(e, (N.Expr, N.Stmt)) else e
 
@@ -596,8 +597,9 @@ class _Planner:
         return straight, dataclasses.replace(tape, steps=kept)
 
     def picks(self, tape: Tape, it: N.Call, var: str) -> dict[str, Step]:
-        """The body's `x[t]` of a value from outside the loop whose dim the loop runs over, all of it
-        (`for t in range(T)` over `[T, B, n]`): each step's gradient of it is one slice of x's."""
+        """The body's `x[t]` (or `x[T - 1 - t]`, a reverse direction's) of a value from outside the loop whose
+        dim the loop runs over, all of it (`for t in range(T)` over `[T, B, n]`, or `[..., T, n]` at dim -2):
+        each step's gradient of it is one slice of x's."""
         if len(it.args) != 1:
             return {}
         count = _count_dim(list(it.args))
@@ -607,12 +609,16 @@ class _Planner:
             if s.op is None or s.op.name != "select":
                 continue
             src, dim, index = s.args["input"], s.args["dim"], s.args["index"]
-            if not (isinstance(index, N.Name) and index.id == var and isinstance(src, N.Name)):
+            if not (picked_forward(index, var) or picked_backward(index, var, count)) or not isinstance(src, N.Name):
                 continue
             shape = self.shapes.get(src.id)
-            if src.id in inside or shape is None or "..." in shape or not isinstance(dim, N.Num):
+            if src.id in inside or shape is None or not isinstance(dim, N.Num):
                 continue
-            if -len(shape) <= int(dim.value) < len(shape) and shape[int(dim.value)] == count:
+            at = int(dim.value)
+            after = len(shape) - 1 - shape.index("...") if "..." in shape else len(shape)
+            if "..." in shape and not -after <= at < 0:
+                continue  # only a dim after the `...` group, counted from the end
+            if -len(shape) <= at < len(shape) and shape[at] == count:
                 out[s.var] = s
                 self.shapes[s.var] = step_shape(s, self.shapes)
                 if src.id in self.requires:
@@ -680,6 +686,16 @@ def _check_derivable(plan: LoopPlan) -> None:
     for seg in plan.segments:
         for tape in seg.sides() if isinstance(seg, Choice) else [seg.tape]:
             derive(tape, [f"_g{k}" for k in range(len(tape.outputs))])
+
+
+def picked_forward(index: N.Expr, var: str) -> bool:
+    """`x[t]` of the loop's variable."""
+    return isinstance(index, N.Name) and index.id == var
+
+
+def picked_backward(index: N.Expr, var: str, count: str | None) -> bool:
+    """`x[T - 1 - t]` of the loop's variable over `range(T)`: the steps in reverse."""
+    return count is not None and spec_text(index) == f"{count} - 1 - {var}"
 
 
 def appended_in_loop(name: str, body: list[N.Stmt]) -> bool:

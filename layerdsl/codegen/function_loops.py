@@ -820,7 +820,9 @@ class _BackwardWriter:
             fresh = self.state.get(self.acc(src.id)) is None
             whole = self.acc(src.id) if fresh else self.fn.name(f"grad_{src.id}_picked")
             taken = self.accumulate(src.id, whole, conditional=True)
-            lines += [f"if {r}:", f"    {whole} = torch.stack({r}[::-1], dim={self.ex(dim)})"]
+            # a step's slice at t (`x[t]`) in reverse of the order backward ran, at T - 1 - t as it ran
+            in_order = f"{r}[::-1]" if isinstance(step.args["index"], N.Name) else r
+            lines += [f"if {r}:", f"    {whole} = torch.stack({in_order}, dim={self.ex(dim)})"]
             lines += ["    " + t for t in taken]
         for c in requiring:  # the gradient of the value the carried one starts as
             if loop.carried[c] in self.plan.requires:
