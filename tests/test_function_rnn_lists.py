@@ -333,3 +333,46 @@ layer FamilySinMember(n: int, d: int, scaled: bool = true) {
     problems = problems_of(text, "family_sin_member")
     assert [(p.span.line, p.span.col) for p in problems] == [(14, 29)]
     assert "reads the optional member 's_l' as the right operand of - and / only" in problems[0].message
+
+
+BIDIRECTIONAL = """
+@function
+layer BiScan(d: int, bidirectional: bool = false) {
+    param w: [d, d] = uniform(-0.5, 0.5)
+    param w_rev: [d, d] = uniform(-0.5, 0.5) if bidirectional
+    example(d = 3)
+    forward(x: [B, T, d]) -> [...] {
+        h = sum(x, dim = 1) * 0
+        outs = []
+        for t in range(T) {
+            h = tanh(x[:, t] @ transpose(w, 0, 1) + h)
+            outs.append(h)
+        }
+        y = stack(outs, dim = 1)
+        if bidirectional {
+            g = sum(x, dim = 1) * 0
+            backs = []
+            for s in range(T) {
+                g = tanh(x[:, T - 1 - s] @ transpose(w_rev, 0, 1) + g)
+                backs.append(g)
+            }
+            ordered = []
+            for t in range(T) {
+                ordered.append(backs[T - 1 - t])
+            }
+            y = cat([y, stack(ordered, dim = 1)], dim = -1)
+        }
+        return y
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("length", [1, 3])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_reverse_direction_reads_its_member_built_on_the_side_of_its_if(length, bidirectional):
+    """`param w_rev: [d, d] if bidirectional` read in a loop inside `if bidirectional`: built on that side
+    (not a side with it and one without), and the reverse loop's states put back in order."""
+    a, b = plain_pair(BIDIRECTIONAL, "bi_scan", "BiScan", d=3, bidirectional=bidirectional)
+    x = torch.randn(2, length, 3, dtype=torch.float64, requires_grad=True)
+    compare_with_plain(a, b, x)
