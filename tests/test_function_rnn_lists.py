@@ -376,3 +376,36 @@ def test_a_reverse_direction_reads_its_member_built_on_the_side_of_its_if(length
     a, b = plain_pair(BIDIRECTIONAL, "bi_scan", "BiScan", d=3, bidirectional=bidirectional)
     x = torch.randn(2, length, 3, dtype=torch.float64, requires_grad=True)
     compare_with_plain(a, b, x)
+
+
+GATED = """
+@function
+layer GatedScan(d: int, learned_start: bool = false) {
+    param w: [d, d] = uniform(-0.5, 0.5)
+    param s: [d] = uniform(-0.5, 0.5)
+    example(d = 3)
+    forward(x: [B, T, d]) -> [B, d] {
+        if learned_start {
+            h = sin(s)
+        } else {
+            h = new_zeros(x, [d])
+        }
+        for t in range(T) {
+            z = sigmoid(x[:, t] @ w)
+            h = (1 - z) * tanh(x[:, t]) + z * h
+        }
+        return h
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("length", [1, 3])
+@pytest.mark.parametrize("learned_start", [False, True])
+def test_a_carried_value_kept_per_step_that_broadcasts_at_the_first_step(length, learned_start):
+    """A GRU's `h = (1 - z) * n + z * h` keeps the h before each step; h starts as [d] (a state not given)
+    and is [B, d] after the first step: its buffer takes the broadcast shape and backward reads the start
+    itself at step 0 (its gradient summed back to [d])."""
+    a, b = plain_pair(GATED, "gated_scan", "GatedScan", d=3, learned_start=learned_start)
+    x = torch.randn(2, length, 3, dtype=torch.float64, requires_grad=True)
+    compare_with_plain(a, b, x)

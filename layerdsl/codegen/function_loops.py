@@ -262,6 +262,17 @@ class LoopFunction:
             return None
         return update if any(s.var == update for s in loop.tape.steps) else None
 
+    def first_broadcast(self, loop: Loop, carried: str) -> str | None:
+        """The next value of a carried value kept per step whose start may have another shape than what the
+        steps make of it (`h = new_zeros(x, [H])` is [B, H] after the first step): its buffer takes the
+        shape both broadcast to, and backward reads the start itself at step 0. None where the plan knows
+        the two shapes equal (or it is no carried value)."""
+        update = loop.updates.get(carried)
+        if update is None or update == carried:
+            return None
+        start, after = self.plan.shapes.get(carried), self.plan.shapes.get(update)
+        return None if start is not None and start == after else update
+
     def stacked(self, var: str) -> str:
         return self.name(f"{var}_steps")
 
@@ -355,7 +366,7 @@ class LoopFunction:
         body += self.steps(loop.tape, ex)
         if kept:  # a carried value still holds the step's first value here (it moves last)
             body.append(f"if {index} == 0:")
-            body += [f"    {self.stacked(v)} = {v}.new_empty(({count}, *{v}.shape))" for v in kept]
+            body += [f"    {self.stacked(v)} = {v}.new_empty(({count}, *{self.step_shape(loop, v)}))" for v in kept]
             body += [f"{self.stacked(v)}[{index}] = {v}" for v in kept]
         body += [
             f"{name}.append({ex(item)})"
@@ -377,6 +388,11 @@ class LoopFunction:
             else:
                 lines.append(f"{j.name} = torch.{j.func}({j.items}, dim={ex(j.dim)})")
         return lines
+
+    def step_shape(self, loop: Loop, v: str) -> str:
+        """The shape of one step's slot of `v`'s buffer (`first_broadcast`)."""
+        update = self.first_broadcast(loop, v) if v in loop.carried else None
+        return f"{v}.shape" if update is None else f"torch.broadcast_shapes({v}.shape, {update}.shape)"
 
     @staticmethod
     def buffered_lists(loop: Loop, kept: list[str]) -> dict[str, str]:
@@ -760,10 +776,17 @@ class _BackwardWriter:
         extra_grads: dict[str, str] = {}
         per_step_names = {c: self.fn.name(f"{c}_t") for c in loop.carried}
         for v in self.fn.per_step_order(loop, kept):
-            body.append(f"{per_step_names.get(v, v)} = {self.fn.stacked(v)}[{step_index}]")
+            slot = f"{self.fn.stacked(v)}[{step_index}]"
+            given = f"{self.fn.grad_out(self.fn.stacked(v))}[{step_index}]"
+            if v in loop.carried and self.fn.first_broadcast(loop, v) is not None:  # step 0's: the start itself
+                self.read(B.name(loop.carried[v]))
+                start = self.ex(B.name(loop.carried[v]))
+                slot = f"{slot} if {step_index} > 0 else {start}"
+                given = f"{given} if {step_index} > 0 else {given}.sum_to_size({start}.shape)"
+            body.append(f"{per_step_names.get(v, v)} = {slot}")
             if v in self.plan.requires and self.mode != "main":
                 extra_grads[v] = self.fn.name(f"grad_{v}_step")
-                body.append(f"{extra_grads[v]} = {self.fn.grad_out(self.fn.stacked(v))}[{step_index}]")
+                body.append(f"{extra_grads[v]} = {given}")
         for c in loop.carried:  # the step before's value (its gradient flows back through that step's)
             if c in kept and (update := self.fn.previous_step(loop, c, kept)) is not None:
                 self.read(B.name(loop.carried[c]))
