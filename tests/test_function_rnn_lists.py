@@ -309,12 +309,11 @@ def test_a_picked_steps_gradient_is_one_slice_per_step_not_a_full_size_select_ba
     assert "torch.stack(grad_part1_steps, dim=-2)" in source  # x[..., T - 1 - t, :]: in the order it ran
 
 
-def test_a_familys_optional_member_read_other_than_as_an_operand_is_refused_by_name():
-    text = """
+SIN_MEMBER = """
 @function
 layer FamilySinMember(n: int, d: int, scaled: bool = true) {
     for k in range(n) {
-        param w_l{k}: [d, d]
+        param w_l{k}: [d, d] = uniform(-0.5, 0.5)
         param s_l{k}: [d] = uniform(0.5, 1.5) if scaled
     }
     example(n = 2, d = 3)
@@ -330,9 +329,36 @@ layer FamilySinMember(n: int, d: int, scaled: bool = true) {
     }
 }
 """
-    problems = problems_of(text, "family_sin_member")
-    assert [(p.span.line, p.span.col) for p in problems] == [(14, 29)]
-    assert "reads the optional member 's_l' as the right operand of - and / only" in problems[0].message
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_a_familys_optional_member_read_inside_the_if_that_builds_it(scaled):
+    a, b = plain_pair(SIN_MEMBER, "family_sin_member", "FamilySinMember", n=3, d=3, scaled=scaled)
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    compare_with_plain(a, b, x)
+
+
+def test_a_familys_optional_member_on_the_left_of_a_minus_is_refused_by_name():
+    text = """
+@function
+layer FamilyLeftMinus(n: int, d: int, bias: bool = true) {
+    for k in range(n) {
+        param w_l{k}: [d, d]
+        param b_l{k}: [d] if bias
+    }
+    example(n = 2, d = 3)
+    forward(x: [B, d]) -> [B, d] {
+        h = x
+        for k in range(n) {
+            h = b_l{k} - tanh(h @ w_l{k})
+        }
+        return h
+    }
+}
+"""
+    problems = problems_of(text, "family_left_minus")
+    assert [(p.span.line, p.span.col) for p in problems] == [(12, 17)]
+    assert "reads the optional member 'b_l' as the right operand of - and / only" in problems[0].message
 
 
 BIDIRECTIONAL = """
