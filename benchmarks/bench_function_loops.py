@@ -4,7 +4,7 @@
 One step is forward + ``backward`` of ``out.sum()``. A list of sub layers of constructed length is a
 loop Function too (its members stacked by the module each call), against the plain module. Each case runs its variants in alternating rounds (the
 order rotating every round); printed: the median time of each, and its ratio to the first variant with the
-min and max of the per-round ratios. One thread, float32, CPU.
+min and max of the per-round ratios. One thread, float32, CPU; also printed: what each variant saves for backward (MiB).
 
     python benchmarks/bench_function_loops.py            # every case, 15 rounds
     python benchmarks/bench_function_loops.py --rounds 5
@@ -99,6 +99,44 @@ layer Elman2(input_size: int, hidden_size: int) {
 }
 """
 
+# torch.nn.RNN(bidirectional = True) written out: the reverse direction reads `gi[T - 1 - s]` (one slice of
+# the gradient per step) and its states are put back in order (a flip of their stack, `autodiff/list_order`).
+BIELMAN = """
+@function
+layer BiElman(input_size: int, hidden_size: int) {
+    param weight_ih_l0: [hidden_size, input_size]
+    param weight_hh_l0: [hidden_size, hidden_size]
+    param bias_ih_l0: [hidden_size]
+    param bias_hh_l0: [hidden_size]
+    param weight_ih_l0_reverse: [hidden_size, input_size]
+    param weight_hh_l0_reverse: [hidden_size, hidden_size]
+    param bias_ih_l0_reverse: [hidden_size]
+    param bias_hh_l0_reverse: [hidden_size]
+    example(input_size = 3, hidden_size = 4)
+    forward(input: [T, B, input_size]) -> [T, B, ...] {
+        gi = input @ transpose(weight_ih_l0, 0, 1) + bias_ih_l0
+        h = new_zeros(input, [size_at(input, 1), hidden_size])
+        outputs = []
+        for t in range(T) {
+            h = tanh(gi[t] + h @ transpose(weight_hh_l0, 0, 1) + bias_hh_l0)
+            outputs.append(h)
+        }
+        gr = input @ transpose(weight_ih_l0_reverse, 0, 1) + bias_ih_l0_reverse
+        g = new_zeros(input, [size_at(input, 1), hidden_size])
+        backwards = []
+        for s in range(T) {
+            g = tanh(gr[T - 1 - s] + g @ transpose(weight_hh_l0_reverse, 0, 1) + bias_hh_l0_reverse)
+            backwards.append(g)
+        }
+        in_order = []
+        for t in range(T) {
+            in_order.append(backwards[T - 1 - t])
+        }
+        return cat([stack(outputs, dim = 0), stack(in_order, dim = 0)], dim = -1)
+    }
+}
+"""
+
 
 DEEP = """
 layer Residual(d: int, hidden: int) {
@@ -138,7 +176,21 @@ def step(fn, *tensors):
             t.grad = None
         fn().sum().backward()
 
+    run.forward = fn  # type: ignore[attr-defined]
     return run
+
+
+def saved_mib(forward) -> float:
+    """What autograd keeps for backward after one forward, in MiB (each storage once)."""
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(kept.values()) / 2**20
 
 
 def cases():
@@ -181,6 +233,17 @@ def cases():
         "plain autograd": step(lambda: elman2["elman2"](x2, *params2, hidden_size=h), x2, *params2),
         "torch.nn.RNN": step(lambda: rnn2(x2)[0], x2, *rnn2.parameters()),
     }
+    bielman = compiled(BIELMAN, "bielman")
+    torch.manual_seed(0)
+    ours_bi = bielman["BiElman"](n, h)
+    rnn_bi = torch.nn.RNN(n, h, bidirectional=True)
+    rnn_bi.load_state_dict(ours_bi.state_dict())
+    params_bi = list(ours_bi.parameters())
+    yield f"bidirectional Elman RNN T={t} B={b} {n}->{h}", {
+        "loop Function": step(lambda: ours_bi(x2), x2, *params_bi),
+        "plain autograd": step(lambda: bielman["bi_elman"](x2, *params_bi, hidden_size=h), x2, *params_bi),
+        "torch.nn.RNN": step(lambda: rnn_bi(x2)[0], x2, *rnn_bi.parameters()),
+    }
 
     deep = compiled(DEEP, "deep")
     plain = compiled(DEEP.replace("@function\n", ""), "deep_plain")
@@ -218,7 +281,7 @@ def main() -> None:
             ratios = sorted(a / b for a, b in zip(times[k], times[first]))
             print(
                 f"  {k:20s} {statistics.median(times[k]) * 1e6:10.1f} us   {statistics.median(ratios):.2f}x"
-                f" [{ratios[0]:.2f}, {ratios[-1]:.2f}] of {first}"
+                f" [{ratios[0]:.2f}, {ratios[-1]:.2f}] of {first}   saved {saved_mib(variants[k].forward):.2f} MiB"
             )
 
 

@@ -30,6 +30,7 @@ from layerdsl.autodiff.copied_layers import (
     over_values,
 )
 from layerdsl.autodiff.inline_cache import cached
+from layerdsl.autodiff.list_order import reversed_lists
 from layerdsl.autodiff.peel import peeled_families
 from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.autodiff.torch_nn_forwards import inlined_torch_nn, torch_nn_layer
@@ -91,6 +92,7 @@ def inline_subs(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
 def _inlined(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
     if layer.forward is None:
         return Inlined(layer)
+    layer = reversed_lists(layer)  # a list put back in order by a loop: a flip of the other's stack
     if any(t.repeat is not None for t in layer.tensors):  # `w_l{k}` for k in range(n): stacked, `w_l[k]`
         layer, parts = peeled_families(layer)  # a family whose first member differs: the first step on its own
         layer, stacked = stacked_families(layer)

@@ -54,6 +54,7 @@ class Join:
     func: str  # "stack" or "cat"
     dim: N.Expr
     items: str  # the list local
+    heads: list[str] = field(default_factory=list)  # the values appended before the loop, in order
 
 
 @dataclass
@@ -81,6 +82,8 @@ class Loop:
     # carried name -> its spec local, whose shape each step must keep: the body reads its sizes as its first
     # value's (`For.shapes_kept`)
     shapes_kept: dict[str, str] = field(default_factory=dict)
+    heads: dict[str, list[str]] = field(default_factory=dict)  # list local -> the values appended before it
+    more: dict[str, list[N.Expr]] = field(default_factory=dict)  # list local -> what each step appends after `appended`
 
 
 @dataclass
@@ -253,12 +256,12 @@ def _without(node, absent: set[str]):
             ]
             e.kwargs = [_none_keyword(kw) if absent_name(kw.value) and kw.name in takes_none else kw for kw in e.kwargs]
         if absent_name(e):
-            name = spec_text(e.value if isinstance(e, N.Subscript) else e)
+            member = spec_text(e.value if isinstance(e, N.Subscript) else e)  # a family's `b_l[k]`: b_l
             raise NotDerivable(
                 e.span,
-                f"a derived backward through a loop reads the optional member '{name}' as the right operand of -"
-                " and / only (`a - b` is `a` when b is not built; `b - a` is not skipped)",
-                f"write `-(a - {name})`, or drop @function (autograd derives the loop)",
+                f"a derived backward through a loop reads the optional member '{member}' as the right operand of"
+                " - and / only (`a - b` is `a` when b is not built; `b - a` is not skipped)",
+                f"write `-(a - {member})`, or drop @function (autograd derives the loop)",
             )
         return map_children(e, go) if isinstance(e, (N.Expr, N.Stmt)) else e
 
@@ -317,11 +320,13 @@ class _Planner:
         self.differentiable |= {t.name for t in layer.params}
         self.requires = set(self.differentiable)
         self.numbers: list[tuple[str, N.Expr]] = []
+        self.heads: dict[str, list[str]] = {}  # list local -> the locals holding what is appended before its loop
 
     def run(self, grads_for) -> LoopPlan:
         segments: list[Segment] = []
         chunk: list[N.Stmt] = []
         for at, stmt in enumerate(self.forward.body):
+            rest = self.forward.body[at + 1 :]
             if isinstance(stmt, N.If) and self.conditions is not None:
                 if chunk:
                     segments.append(self.straight(chunk))
@@ -338,6 +343,8 @@ class _Planner:
                 segments += self.loop(stmt)
             elif isinstance(stmt, N.Assign) and isinstance(stmt.value, N.ListExpr) and not stmt.value.items:
                 self.lists.add(stmt.target)
+            elif isinstance(stmt, N.Append) and stmt.target in self.lists and appended_in_loop(stmt.target, rest):
+                chunk.append(self.head(stmt))  # an item before the loop's (`list_heads`)
             elif isinstance(stmt, N.Append):
                 raise NotDerivable(
                     stmt.span,
@@ -364,6 +371,13 @@ class _Planner:
         )
         _check_derivable(plan)
         return plan
+
+    def head(self, stmt: N.Append) -> N.Assign:
+        """`L.append(v)` before the loop that appends to L (a family's first step on its own, `autodiff.peel`),
+        as a local of its own: the first items of what L is joined into."""
+        local = self.fresh(f"{stmt.target}_head")
+        self.heads.setdefault(stmt.target, []).append(local)
+        return N.Assign(stmt.span, local, stmt.target_span, stmt.value)
 
     # ---------------------------------------------------------------- straight segments
 
@@ -397,7 +411,16 @@ class _Planner:
                 listed = e.args[0]
                 if isinstance(listed, N.Name) and listed.id in self.loops:
                     dim = e.args[1] if len(e.args) > 1 else next((k.value for k in e.kwargs if k.name == "dim"), None)
-                    join = Join(self.fresh(f"{e.func}ed_{listed.id}"), e.func, dim or B.num(0), listed.id)
+                    heads = self.loops[listed.id].heads.get(listed.id, [])
+                    if (heads or listed.id in self.loops[listed.id].more) and e.func == "cat":
+                        raise NotDerivable(
+                            e.span,
+                            f"cannot derive through this cat() yet: '{listed.id}' gets items before the loop"
+                            " that appends to it (a family's first step on its own) or several per step, and a"
+                            " derived backward joins such a list with stack() only",
+                            f"stack({listed.id}, dim = ...) and reshape, or drop @function",
+                        )
+                    join = Join(self.fresh(f"{e.func}ed_{listed.id}"), e.func, dim or B.num(0), listed.id, heads)
                     self.loops[listed.id].joins.append(join)
                     self.shapes[join.name] = _joined_shape(join, self.loops[listed.id], self.shapes)
                     self.requires.add(join.name)
@@ -534,11 +557,13 @@ class _Planner:
         for s in tape.steps:
             self.taken.add(s.var)
         appended: dict[str, N.Expr] = {}
+        more: dict[str, list[N.Expr]] = {}  # a step's second item on (a bidirectional layer's two states)
         for name, items in lin.lists.items():
-            if len(items) > 1:
-                raise NotDerivable(stmt.span, f"a derived backward appends to '{name}' once per step", HINT)
             if items:
                 appended[name] = items[0]
+            if len(items) > 1:
+                more[name] = items[1:]
+        heads = {name: [self.alias[h] for h in self.heads.pop(name)] for name in appended if name in self.heads}
         updates = {carried[local]: tape.env[local] for local in carried}
         for local, name in carried.items():
             self.shapes[name] = self.shapes.get(self.alias[local])
@@ -560,6 +585,7 @@ class _Planner:
             self.requires = _requiring(tape, self.requires)
             self.requires |= {c for c, v in updates.items() if v in self.requires}
         outputs = [B.name(v) for v in updates.values()] + list(appended.values())
+        outputs += [item for items in more.values() for item in items]
         read = self.pseudo_leaves(dataclasses.replace(tape, outputs=outputs))  # `h = w`: w's gradient too
         tape = self.finished(tape, read | set(carried.values()) | set(picks), outputs)
         loop = Loop(
@@ -573,6 +599,8 @@ class _Planner:
             numbers=list(tape.numbers),
             picks=picks,
             shapes_kept={carried[local]: local for local in stmt.shapes_kept if local in carried},
+            heads=heads,
+            more=more,
         )
         for name in appended:
             if name in self.loops:
@@ -600,8 +628,9 @@ class _Planner:
         return straight, dataclasses.replace(tape, steps=kept)
 
     def picks(self, tape: Tape, it: N.Call, var: str) -> dict[str, Step]:
-        """The body's `x[t]` of a value from outside the loop whose dim the loop runs over, all of it
-        (`for t in range(T)` over `[T, B, n]`): each step's gradient of it is one slice of x's."""
+        """The body's `x[t]` (or `x[T - 1 - t]`, a reverse direction's) of a value from outside the loop whose
+        dim the loop runs over, all of it (`for t in range(T)` over `[T, B, n]`, or `[..., T, n]` at dim -2):
+        each step's gradient of it is one slice of x's."""
         if len(it.args) != 1:
             return {}
         count = _count_dim(list(it.args))
@@ -611,12 +640,16 @@ class _Planner:
             if s.op is None or s.op.name != "select":
                 continue
             src, dim, index = s.args["input"], s.args["dim"], s.args["index"]
-            if not (isinstance(index, N.Name) and index.id == var and isinstance(src, N.Name)):
+            if not (picked_forward(index, var) or picked_backward(index, var, count)) or not isinstance(src, N.Name):
                 continue
             shape = self.shapes.get(src.id)
-            if src.id in inside or shape is None or "..." in shape or not isinstance(dim, N.Num):
+            if src.id in inside or shape is None or not isinstance(dim, N.Num):
                 continue
-            if -len(shape) <= int(dim.value) < len(shape) and shape[int(dim.value)] == count:
+            at = int(dim.value)
+            after = len(shape) - 1 - shape.index("...") if "..." in shape else len(shape)
+            if "..." in shape and not -after <= at < 0:
+                continue  # only a dim after the `...` group, counted from the end
+            if -len(shape) <= at < len(shape) and shape[at] == count:
                 out[s.var] = s
                 self.shapes[s.var] = step_shape(s, self.shapes)
                 if src.id in self.requires:
@@ -686,6 +719,22 @@ def _check_derivable(plan: LoopPlan) -> None:
             derive(tape, [f"_g{k}" for k in range(len(tape.outputs))])
 
 
+def picked_forward(index: N.Expr, var: str) -> bool:
+    """`x[t]` of the loop's variable."""
+    return isinstance(index, N.Name) and index.id == var
+
+
+def picked_backward(index: N.Expr, var: str, count: str | None) -> bool:
+    """`x[T - 1 - t]` of the loop's variable over `range(T)`: the steps in reverse."""
+    return count is not None and spec_text(index) == f"{count} - 1 - {var}"
+
+
+def appended_in_loop(name: str, body: list[N.Stmt]) -> bool:
+    """Whether a loop of `body` (outside `if`s) appends to the list `name`."""
+    loops: list[N.Stmt] = [s for s in body if isinstance(s, N.For)]
+    return any(isinstance(s, N.Append) and s.target == name for s in walk_stmts(loops))
+
+
 def walk_stmts(body: list[N.Stmt]):
     """Every statement of `body`, in loops' bodies too."""
     for s in body:
@@ -707,6 +756,8 @@ def _joined_shape(join: Join, loop: Loop, shapes: dict[str, Shape]) -> Shape:
         return None
     at = int(d.value) if int(d.value) >= 0 else len(shape) + 1 + int(d.value)
     count = _count_dim(loop.bounds) or "_steps"  # `range(T)`: T items (a later loop over T picks them)
+    if join.heads or join.items in loop.more:  # items before the loop's, or several per step: a count of its own
+        count = f"_steps_{join.name}"
     return (*shape[:at], count, *shape[at:]) if 0 <= at <= len(shape) else None
 
 

@@ -189,31 +189,19 @@ def _split_loop(loop: N.For, firsts: dict[str, N.Tensor], rests: dict[str, N.Ten
 
 
 def _not_split_yet(body: list[N.Stmt]) -> list[NotDerivable]:
-    """What the first step written on its own cannot hold yet: an append to a list made before the loop (the
-    first step's item and the loop's would make one list), a loop kept as one inside it."""
-    made = {s.target for s in walk_stmts(body) if isinstance(s, N.Assign) and isinstance(s.value, N.ListExpr)}
-    problems = [
-        NotDerivable(
-            s.span,
-            f"cannot derive through this append under @function yet: the loop over a family whose first member"
-            f" has a shape of its own runs its first step on its own, and '{s.target}' would collect that step's"
-            " item and the loop's (not derived yet)",
-            "collect the items in a list made in the loop's body, or drop @function",
-        )
-        for s in walk_stmts(body)
-        if isinstance(s, N.Append) and s.target not in made
-    ]
-    problems += [
+    """What the first step written on its own cannot hold yet: a loop kept as one inside it. (An append to a
+    list made before the loop is the first items of that list: `loops.Join.heads`.)"""
+    return [
         NotDerivable(
             s.iter.span,
             "cannot derive through this loop yet: its count is known only when forward runs, and it is inside"
-            " the loop over a family whose first member has a shape of its own",
+            " the loop over a family whose first member has a shape of its own, whose backward would keep its"
+            " per-step values per member and per step (a loop nested in a loop: not derived yet)",
             "write its count in the spec (up to 64 steps are unrolled), or drop @function",
         )
         for s in walk_stmts(body)
         if isinstance(s, N.For) and not all(isinstance(a, N.Num) for a in getattr(s.iter, "args", [None]))
     ]
-    return problems
 
 
 def _plus_one(index: N.Name) -> N.Expr:

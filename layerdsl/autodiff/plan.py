@@ -132,6 +132,8 @@ def plan_backward(
         if side_count(layer.forward.body, known, MAX_BRANCH_PLANS) > MAX_BRANCH_PLANS:
             return _segmented_plan(layer, branch[1], given)
         return _branch_plan(layer, branch, given, known, measured)
+    if has_loop(layer.forward.body):  # a member the `if`s around this side prove built is no loop's choice
+        given |= {t.name for t in layer.tensors if t.cond is not None and _truth(t.cond, known) is True}
     return _straight_plan(layer, given)
 
 

@@ -264,6 +264,17 @@ class LoopFunction:
             return None
         return update if any(s.var == update for s in loop.tape.steps) else None
 
+    def first_broadcast(self, loop: Loop, carried: str) -> str | None:
+        """The next value of a carried value kept per step whose start may have another shape than what the
+        steps make of it (`h = new_zeros(x, [H])` is [B, H] after the first step): its buffer takes the
+        shape both broadcast to, and backward reads the start itself at step 0. None where the plan knows
+        the two shapes equal (or it is no carried value)."""
+        update = loop.updates.get(carried)
+        if update is None or update == carried:
+            return None
+        start, after = self.plan.shapes.get(carried), self.plan.shapes.get(update)
+        return None if start is not None and start == after else update
+
     def stacked(self, var: str) -> str:
         return self.name(f"{var}_steps")
 
@@ -358,7 +369,7 @@ class LoopFunction:
         kept = self.per_step_order(loop, per_step)
         buffered = self.buffered_lists(loop, kept)
         appended = {name: item for name, item in loop.appended.items() if name not in buffered}
-        lines += [f"{name} = []" for name in appended]
+        lines += [f"{name} = [{', '.join(loop.heads.get(name, []))}]" for name in appended]
         trip = self.trip(loop, ex)
         index = loop.var if _BackwardWriter._plain_range(loop) else self.name("step", key=(id(loop),))
         if kept:  # one buffer per value, for every step: made at the first (None after a loop of no steps)
@@ -372,9 +383,13 @@ class LoopFunction:
         body += self.shape_checks(loop)
         if kept:  # a carried value still holds the step's first value here (it moves last)
             body.append(f"if {index} == 0:")
-            body += [f"    {self.stacked(v)} = {v}.new_empty(({count}, *{v}.shape))" for v in kept]
+            body += [f"    {self.stacked(v)} = {v}.new_empty(({count}, *{self.step_shape(loop, v)}))" for v in kept]
             body += [f"{self.stacked(v)}[{index}] = {v}" for v in kept]
-        body += [f"{name}.append({ex(item)})" for name, item in appended.items()]
+        body += [
+            f"{name}.append({ex(item)})"
+            for name, first in appended.items()
+            for item in [first, *loop.more.get(name, [])]
+        ]
         moved = [(c, v) for c, v in loop.updates.items() if c != v]
         if moved:
             body.append(f"{', '.join(c for c, _ in moved)} = {', '.join(self.not_an_input(v) for _, v in moved)}")
@@ -391,6 +406,11 @@ class LoopFunction:
                 lines.append(f"{j.name} = torch.{j.func}({j.items}, dim={ex(j.dim)})")
         return lines
 
+    def step_shape(self, loop: Loop, v: str) -> str:
+        """The shape of one step's slot of `v`'s buffer (`first_broadcast`)."""
+        update = self.first_broadcast(loop, v) if v in loop.carried else None
+        return f"{v}.shape" if update is None else f"torch.broadcast_shapes({v}.shape, {update}.shape)"
+
     @staticmethod
     def buffered_lists(loop: Loop, kept: list[str]) -> dict[str, str]:
         """The lists whose every join is a `stack` of a value kept per step, by that value: the buffer holds
@@ -398,7 +418,9 @@ class LoopFunction:
         out: dict[str, str] = {}
         for name, item in loop.appended.items():
             joins = [j for j in loop.joins if j.items == name]
-            if isinstance(item, N.Name) and item.id in kept and joins and all(j.func == "stack" for j in joins):
+            # one item per step, none from before
+            whole = all(j.func == "stack" for j in joins) and not loop.heads.get(name) and name not in loop.more
+            if isinstance(item, N.Name) and item.id in kept and joins and whole:
                 out[name] = item.id
         return out
 
@@ -744,7 +766,7 @@ class _BackwardWriter:
                 lines.append(f"{g} = {zeros}" if st is None else f"{g} = {zeros} if {g} is None else {g}")
                 self.state[g] = "set"
         # Each step's share of the gradient of what the loop's lists are joined into
-        items: dict[str, list[str]] = {}
+        items: dict[tuple[str, int], list[str]] = {}
         step_index = loop.var if self._plain_range(loop) else self.fn.name("step")
         for j in loop.joins:
             if self.state.get(self.acc(j.name)) is None:
@@ -758,21 +780,37 @@ class _BackwardWriter:
                 lines.append(f"{g} = torch.zeros_like({j.name}) if {g} is None else {g}")
                 self.state[g] = "set"
             lines.append(f"{parts} = {self.acc(j.name)}.{cut}")
-            items.setdefault(j.items, []).append(f"{parts}[{step_index}]")
+            # the items appended before the loop come first (`loops.Join.heads`): theirs, then the steps',
+            # `per` of them each step (`loops.Loop.more`)
+            per = 1 + len(loop.more.get(j.items, []))
+            for i in range(per):
+                at = step_index if per == 1 else f"{per} * {step_index} + {i}" if i else f"{per} * {step_index}"
+                at = f"{at} + {len(j.heads)}" if j.heads else at
+                items.setdefault((j.items, i), []).append(f"{parts}[{at}]")
+            for i, head in enumerate(j.heads):
+                if head in self.plan.requires:
+                    lines += self.accumulate(head, f"{parts}[{i}]", conditional=False)
         outputs: list[tuple[N.Expr, str]] = [(B.name(loop.updates[c]), self.acc(c)) for c in requiring]
         body: list[str] = []
-        for name, parts_at in items.items():
-            item_grad = self.fn.name(f"grad_{name}_item")
+        for (name, i), parts_at in items.items():
+            item_grad = self.fn.name(f"grad_{name}_item" if i == 0 else f"grad_{name}_item{i}")
             body.append(f"{item_grad} = {' + '.join(parts_at)}")
-            outputs.append((loop.appended[name], item_grad))
+            outputs.append((loop.appended[name] if i == 0 else loop.more[name][i - 1], item_grad))
         body = [f"{n} = {self.ex(e)}" for n, e in loop.numbers] + body
         extra_grads: dict[str, str] = {}
         per_step_names = {c: self.fn.name(f"{c}_t") for c in loop.carried}
         for v in self.fn.per_step_order(loop, kept):
-            body.append(f"{per_step_names.get(v, v)} = {self.fn.stacked(v)}[{step_index}]")
+            slot = f"{self.fn.stacked(v)}[{step_index}]"
+            given = f"{self.fn.grad_out(self.fn.stacked(v))}[{step_index}]"
+            if v in loop.carried and self.fn.first_broadcast(loop, v) is not None:  # step 0's: the start itself
+                self.read(B.name(loop.carried[v]))
+                start = self.ex(B.name(loop.carried[v]))
+                slot = f"{slot} if {step_index} > 0 else {start}"
+                given = f"{given} if {step_index} > 0 else {given}.sum_to_size({start}.shape)"
+            body.append(f"{per_step_names.get(v, v)} = {slot}")
             if v in self.plan.requires and self.mode != "main":
                 extra_grads[v] = self.fn.name(f"grad_{v}_step")
-                body.append(f"{extra_grads[v]} = {self.fn.grad_out(self.fn.stacked(v))}[{step_index}]")
+                body.append(f"{extra_grads[v]} = {given}")
         for c in loop.carried:  # the step before's value (its gradient flows back through that step's)
             if c in kept and (update := self.fn.previous_step(loop, c, kept)) is not None:
                 self.read(B.name(loop.carried[c]))
@@ -829,7 +867,9 @@ class _BackwardWriter:
             fresh = self.state.get(self.acc(src.id)) is None
             whole = self.acc(src.id) if fresh else self.fn.name(f"grad_{src.id}_picked")
             taken = self.accumulate(src.id, whole, conditional=True)
-            lines += [f"if {r}:", f"    {whole} = torch.stack({r}[::-1], dim={self.ex(dim)})"]
+            # a step's slice at t (`x[t]`) in reverse of the order backward ran, at T - 1 - t as it ran
+            in_order = f"{r}[::-1]" if isinstance(step.args["index"], N.Name) else r
+            lines += [f"if {r}:", f"    {whole} = torch.stack({in_order}, dim={self.ex(dim)})"]
             lines += ["    " + t for t in taken]
         for c in requiring:  # the gradient of the value the carried one starts as
             if loop.carried[c] in self.plan.requires:
@@ -881,8 +921,9 @@ def _gradient_sources(plan: LoopPlan) -> dict[str, set[str]]:
             for c, v in seg.updates.items():
                 sources[c] |= sources.get(v, set())
         for j in seg.joins:
-            item = seg.appended.get(j.items)
-            names = [n.id for n in walk(item) if isinstance(n, N.Name)] if item is not None else []
+            listed = [seg.appended[j.items], *seg.more.get(j.items, [])] if j.items in seg.appended else []
+            names = [n.id for item in listed for n in walk(item) if isinstance(n, N.Name)]
+            names += j.heads
             sources[j.name] = {l for name in names for l in sources.get(name, ())}
     return sources
 
