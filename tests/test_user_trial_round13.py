@@ -94,3 +94,88 @@ def test_an_input_returned_beside_another_output_is_returned_as_a_view():
     w = a.w.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(run, (x, w))
     assert torch.autograd.gradgradcheck(run, (x, w))
+
+
+# The only parameters are those of a held optional sub; `Shift` promotes (`+`), `Project` does not (`@`)
+HELD_OPTIONAL = """
+layer Shift(d: int) {
+    param b: [d] = uniform(-0.5, 0.5)
+    example(d = 3)
+    forward(x: [B, d]) -> [B, d] {
+        return x + b
+    }
+}
+
+layer Project(d: int) {
+    param w: [d, d]
+    example(d = 3)
+    forward(x: [B, d]) -> [B, d] {
+        return x @ w
+    }
+}
+
+@function
+layer MaybeShift(pre: Shift? = none) {
+    sub pre = pre
+    example(D = 3)
+    forward(x: [B, D]) -> [B, D] {
+        if pre != none {
+            return pre(x) * 2.0
+        }
+        return x * 2.0
+    }
+}
+
+@function
+layer MaybeProject(pre: Project? = none) {
+    sub pre = pre
+    example(D = 3)
+    forward(x: [B, D]) -> [B, D] {
+        if pre != none {
+            return tanh(pre(x))
+        }
+        return tanh(x)
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def held_optional():
+    return compile_spec(HELD_OPTIONAL, "held_optional"), compile_spec(
+        HELD_OPTIONAL.replace("@function\n", ""), "held_optional_plain"
+    )
+
+
+def test_a_held_optional_sub_checks_the_device_against_its_parameter(held_optional):
+    ns, _ = held_optional
+    x = torch.empty(2, 3, device="meta")
+    for layer in (ns["MaybeShift"](ns["Shift"](3)), ns["MaybeProject"](ns["Project"](3))):
+        with pytest.raises(ValueError, match=r"Maybe\w+: input 'x' is on meta but the parameters are on cpu"):
+            layer(x)
+
+
+def test_a_held_optional_sub_checks_the_dtype_where_its_forward_does_not_promote(held_optional):
+    ns, plain = held_optional
+    x = torch.randn(2, 3, dtype=torch.float64)
+    with pytest.raises(
+        TypeError, match=r"MaybeProject: input 'x' is torch.float64 but the parameters are torch.float32"
+    ):
+        ns["MaybeProject"](ns["Project"](3))(x)
+    with pytest.raises(TypeError, match=r"Project: input 'x' is torch.float64"):  # as the plain module's sub does
+        plain["MaybeProject"](plain["Project"](3))(x)
+    torch.manual_seed(0)
+    shift = ns["Shift"](3)
+    plain_shift = plain["Shift"](3)
+    plain_shift.load_state_dict(shift.state_dict())
+    got, want = ns["MaybeShift"](shift)(x), plain["MaybeShift"](plain_shift)(x)  # `+` promotes, in both
+    assert got.dtype == want.dtype == torch.float64
+    torch.testing.assert_close(got, want)
+
+
+def test_without_the_held_sub_any_float_input_runs(held_optional):
+    ns, _ = held_optional
+    for name in ("MaybeShift", "MaybeProject"):
+        x = torch.randn(2, 3, dtype=torch.float64)
+        assert ns[name]()(x).dtype == torch.float64
+        assert ns[name]()(torch.empty(2, 3, device="meta")).device.type == "meta"
