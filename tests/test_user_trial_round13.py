@@ -9,6 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from layerdsl.codegen.module import emit_file
+from layerdsl.semantics.checker import check_program
+from layerdsl.syntax.parser import parse_file
+
 from .function_agreement import double
 from .support import compile_spec
 
@@ -179,3 +183,29 @@ def test_without_the_held_sub_any_float_input_runs(held_optional):
         x = torch.randn(2, 3, dtype=torch.float64)
         assert ns[name]()(x).dtype == torch.float64
         assert ns[name]()(torch.empty(2, 3, device="meta")).device.type == "meta"
+
+
+@pytest.mark.parametrize(
+    "written, generated",
+    [
+        ("(g * u) @ w", "(g * u) @ w"),
+        ("g * (u @ w)", "g * (u @ w)"),
+        ("(g @ w) / 2.0", "(g @ w) / 2.0"),
+        ("g * u * 2.0", "g * u * 2.0"),
+    ],
+)
+def test_a_product_beside_a_matmul_is_parenthesised(written, generated):
+    """Python binds `*` and `@` alike, left to right: `g * u @ w` is `(g * u) @ w`, which a reader of the
+    generated code should not have to know."""
+    text = f"""
+layer Mix(d: int) {{
+    param w: [d, d]
+    example(d = 3)
+    forward(g: [B, d], u: [B, d]) -> [B, d] {{
+        return {written}
+    }}
+}}
+"""
+    spec = parse_file("mix.layer", text)
+    code = emit_file(spec, check_program([spec]), "mix.layer", {})
+    assert f"    return {generated}  # mix.layer:6\n" in code  # the functional form's

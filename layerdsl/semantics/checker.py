@@ -1491,6 +1491,8 @@ class LayerChecker:
             elif not ok and not takes_none(parent, expr, tensor=True):
                 hint = "when it is absent the operation is skipped; for other uses make it unconditional"
                 built = next((t.cond for t in self.layer.tensors if t.name == expr.id and t.cond is not None), None)
+                if built is not None:  # inside an `if` of its condition, it is a plain tensor
+                    hint = f"when it is absent the operation is skipped; elsewhere, use it inside `if {spec_text(built)} {{ ... }}`"
                 if _compares_with_none(parent) and built is not None:  # `if b != none`: its own condition says
                     hint = f"test the condition it is built under, `if {spec_text(built)} {{ ... }}`: inside, it is present"
                 self.r.error(
