@@ -1802,6 +1802,8 @@ class LayerChecker:
                     expr.kind = Kind.UNKNOWN
             case N.Subscript(value=v):
                 expr.kind = Kind.TENSOR if v.kind == Kind.TENSOR else v.kind
+                if v.kind == Kind.TENSOR:
+                    self.check_index_items(expr.items)
             case N.ListExpr() | N.Spread():
                 expr.kind = Kind.LIST
             case N.TupleExpr():
@@ -1822,6 +1824,26 @@ class LayerChecker:
             case N.Indexed() | N.Reduce():
                 expr.kind = Kind.TENSOR
         return expr.kind
+
+    def check_index_items(self, items: list[N.SubscriptItem]) -> None:
+        """A tensor's index is an int, an integer tensor or bool mask, `none` or `...`, and a slice's bounds
+        and step are ints: Python reads anything else differently (a list indexes as a tensor would, `true`
+        adds a dim) or refuses it at run time (a float)."""
+        for item in items:
+            if isinstance(item, N.Slice):
+                values, allowed = [b for b in (item.lower, item.upper, item.step) if b is not None], (Kind.INT,)
+                what = "a slice's bounds and step are ints"
+            else:
+                values, allowed = ([item] if isinstance(item, N.Expr) else []), (Kind.INT, Kind.TENSOR, Kind.NONE)
+                what = "an index is an int, an integer tensor or bool mask, `none` or `...`"
+            for value in values:
+                if value.kind not in (*allowed, Kind.UNKNOWN):
+                    self.r.error(
+                        value.span,
+                        f"{what}, not {_a(value.kind)}",
+                        "for a float, `n // 2` (not `n / 2`); for several entries, a slice or an integer tensor"
+                        " input (`idx: long[K]`)",
+                    )
 
     def _call_kind(self, call: N.Call, construction: bool) -> Kind:
         """A call is a tensor when any tensor operand is; on plain numbers it needs a `math` spelling."""
