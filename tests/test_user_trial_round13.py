@@ -209,3 +209,38 @@ layer Mix(d: int) {{
     spec = parse_file("mix.layer", text)
     code = emit_file(spec, check_program([spec]), "mix.layer", {})
     assert f"    return {generated}  # mix.layer:6\n" in code  # the functional form's
+
+
+@pytest.mark.parametrize(
+    "sliced, declared", [("x[:, -3:]", "[B, 3]"), ("x[:, 3:]", "[B, n - 3]"), ("x[:, :-3]", "[B, n - 3]")]
+)
+def test_a_slice_whose_bound_may_pass_a_short_dim_is_checked_at_run_time(sliced, declared):
+    """torch clamps a slice's bounds to the dim: `x[:, -3:]` of a dim of 2 keeps 2, not 3. The shape pass
+    took such a slice as proven (no run-time check), so a short input came out of the declared shape."""
+    text = f"""
+layer Tail(n: int) {{
+    example(n = 4)
+    forward(x: [B, n]) -> {declared} {{
+        return {sliced}
+    }}
+}}
+"""
+    layer = compile_spec(text, "tail")["Tail"]
+    assert layer(4)(torch.randn(2, 4)).shape[1] in (3, 1)
+    with pytest.raises(ValueError, match=r"Tail: the output has size \d at dim 1"):
+        layer(2)(torch.randn(2, 2))
+
+
+def test_slices_that_fit_every_dim_stay_proven():
+    text = """
+layer Inner(n: int) {
+    example(n = 4)
+    forward(x: [B, n]) -> [B, n - 1] {
+        return x[:, 1:] + x[:, :-1] + x[:, -1:]
+    }
+}
+"""
+    code = emit_file(
+        parse_file("inner.layer", text), check_program([parse_file("inner.layer", text)]), "inner.layer", {}
+    )
+    assert "the output has size" not in code
