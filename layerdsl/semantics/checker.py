@@ -1830,6 +1830,7 @@ class LayerChecker:
         and step are ints: Python reads anything else differently (a list indexes as a tensor would, `true`
         adds a dim) or refuses it at run time (a float)."""
         for item in items:
+            allowed: tuple[Kind, ...]
             if isinstance(item, N.Slice):
                 values, allowed = [b for b in (item.lower, item.upper, item.step) if b is not None], (Kind.INT,)
                 what = "a slice's bounds and step are ints"
