@@ -123,6 +123,7 @@ class Linearizer:
         self.numbers: list[tuple[str, N.Expr]] = []
         self.lists: dict[str, list[N.Expr]] = {}  # a list local (`outputs = []`) -> the vars appended to it
         self.updates: dict[str, str] = {}  # a buffer -> the var holding the value `update` gave it
+        self.detached: dict[str, str] = {}  # a buffer -> its new value as later reads see it (no gradient)
         self.problems: list[NotDerivable] = []  # what could not be derived; its values went on as opaque
 
     def fresh(self, hint: str) -> str:
@@ -178,6 +179,7 @@ class Linearizer:
                     self.env[indices] = where.id
                 case N.Update(target=t, value=v):
                     self.updates[t] = self.updated_value(t, v)
+                    self.detached.pop(t, None)
                 case N.IndexAssign():
                     from layerdsl.semantics.index_notation import linearize_index_assign
 
@@ -197,6 +199,16 @@ class Linearizer:
             return self.value(value, hint=buffer, target=f"new_{buffer}")
         finally:
             self.optional = optional
+
+    def updated_buffer(self, buffer: str, span: Span) -> N.Name:
+        """A read of `buffer` after its update: the new value, through a step no gradient flows back
+        through, as the plain module reads it from the buffer it copied it into under no_grad."""
+        var = self.detached.get(buffer)
+        if var is None:
+            var = self.fresh(buffer)
+            self.steps.append(Step(var, None, {}, B.name(self.updates[buffer], span)))
+            self.detached[buffer] = var
+        return B.name(var, span)
 
     def value(self, e: N.Expr, hint: str = "t", target: str | None = None) -> str:
         """Emit steps computing `e`; return the var holding it (an input or param name for leaves). What
@@ -232,7 +244,7 @@ class Linearizer:
                 if ref == "local":
                     return B.name(self.env[i], e.span)
                 if ref == "buffer" and i in self.updates:  # read after its update: the new value
-                    return B.name(self.updates[i], e.span)
+                    return self.updated_buffer(i, e.span)
                 return B.name(i, e.span, ref)
             case N.BinOp(op=op, left=l, right=r):
                 row = OPERATORS[op]

@@ -453,12 +453,15 @@ class FunctionEmitter:
             expr = einsum_operands_in_cheapest_order(expr, tape.shapes, _example_sizes(self.layer))  # no graph here
             if s.var not in exact:  # a max/min reads the value as the backward recomputes it: as written
                 expr = addcmul_form(expr)
-            if s.var in keep | exact or uses.get(s.var, 0) != 1 or s.var in self._spec_locals():
+            new_buffer_value = s.var in tape.updates.values()  # returned by name, for the module to write
+            if s.var in keep | exact or uses.get(s.var, 0) != 1 or new_buffer_value or s.var in self._spec_locals():
                 lines += self.located([f"{s.var} = {out(expr)}"], s.expr.span.line)
                 bind(s.var, expr)
             else:
                 exprs[s.var] = expr
         outs = [out(substitute(o, exprs)) if isinstance(o, N.Name) else ex(o) for o in tape.outputs]
+        # an input returned as it is goes out as a view of it: torch refuses to save one returned as-is
+        outs = [f"{o}.view_as({o})" if o in tape.leaves else o for o in outs]
         outs += ["None"] * len(self.padding)
         returns = [s.span.line for s in self.forward.body if isinstance(s, N.Return)]
         outs += [x if x in extra else "None" for x in returned]

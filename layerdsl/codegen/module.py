@@ -935,10 +935,13 @@ class LayerEmitter:
 
     def has_unpromoting_op(self) -> bool:
         """Whether forward has an operation torch does not promote mixed dtypes for (the op table's
-        `promotes`: `@`, convolutions, sums of products), or a sub (whose own layers may have one)."""
-        return bool(self.layer.subs) or any(
-            _refuses_mixed_dtypes(node) for stmt in self.forward.body for node in walk(stmt)
-        )
+        `promotes`: `@`, convolutions, sums of products), or a sub (whose own layers may have one; under
+        @function, the subs' forwards as written into this one decide)."""
+        inlined = self.function_emitter.inlined if self.layer.is_function else None
+        body = inlined.layer.forward.body if inlined is not None and inlined.layer.forward else None
+        if body is None and self.layer.subs:
+            return True
+        return any(_refuses_mixed_dtypes(node) for stmt in body or self.forward.body for node in walk(stmt))
 
     def output_checks(
         self, values: list[str], spelling: Spelling, on_self: bool, bind: bool = True

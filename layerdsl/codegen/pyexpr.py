@@ -93,7 +93,9 @@ class PyExpr:
                     if _SIMPLE_BASE.fullmatch(left) and _SIMPLE_EXPONENT.fullmatch(right):
                         return f"{left}**{right}", p  # black hugs `**` between simple operands
                 else:
-                    left = self.wrap(l, p)
+                    # `(g * u) @ w`, not `g * u @ w`: Python binds `*` and `@` alike, a reader may not
+                    mixed = isinstance(l, N.BinOp) and l.op != op and "@" in (l.op, op)
+                    left = self.wrap(l, p + 1 if mixed else p)
                     right = self.wrap(r, p + 1)
                 return f"{left} {op} {right}", p
             case N.UnaryOp(op=op, operand=o):

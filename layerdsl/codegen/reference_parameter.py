@@ -1,7 +1,9 @@
 """The parameter a `@function` module's input checks compare an input's device and dtype with when the layer
 has none of its own (only subs, a list of subs or a family): a sub's (`self.fc.weight`), the first item's of
-a list of subs or the first member of a family, under the test that the list or family is not empty. The
-Function would otherwise meet the mismatch inside `@` and give torch's error instead of the layer's."""
+a list of subs or the first member of a family, under the test that the list or family is not empty, or,
+failing those, a member of a sub holding an optional layer argument (`pre: Scale? = none`, `sub pre = pre`)
+under the test that it was given. The Function would otherwise meet the mismatch inside `@` and give
+torch's error instead of the layer's."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ class Reference:
 
 def inlined_parameter(inlined: Inlined, module: PyExpr) -> Reference | None:
     """The first parameter the inlined forward takes that every built module has, as the module reads it
-    (`module` spells the layer's arguments as the module holds them); None when there is none."""
+    (`module` spells the layer's arguments as the module holds them); else the first member of a held
+    optional sub; None when there is neither."""
     for t in inlined.layer.tensors:
         if t.kind != N.Ref.PARAM or t.cond is not None:
             continue
@@ -33,7 +36,17 @@ def inlined_parameter(inlined: Inlined, module: PyExpr) -> Reference | None:
             reference = _sub_member(inlined.paths.get(t.name, t.name))
         if reference is not None:
             return reference
-    return None
+    return next(filter(None, (_held_member(inlined, t) for t in inlined.layer.tensors if t.kind == N.Ref.PARAM)), None)
+
+
+def _held_member(inlined: Inlined, tensor: N.Tensor) -> Reference | None:
+    """`self.pre.g` under `self.pre is not None`: a member of a sub holding an optional layer argument, which
+    the held layer always builds (its `pre_g_given` flag reads the sub's presence only)."""
+    flag = tensor.cond
+    held = inlined.arguments.get(flag.id) if isinstance(flag, N.Name) else None
+    if held is None or not (held.member and held.optional) or held.first or held.cond is not None:
+        return None
+    return Reference(f"self.{inlined.paths.get(tensor.name, tensor.name)}", f"self.{held.holder} is not None")
 
 
 def _sub_member(path: str) -> Reference:

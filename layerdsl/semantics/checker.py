@@ -1491,6 +1491,8 @@ class LayerChecker:
             elif not ok and not takes_none(parent, expr, tensor=True):
                 hint = "when it is absent the operation is skipped; for other uses make it unconditional"
                 built = next((t.cond for t in self.layer.tensors if t.name == expr.id and t.cond is not None), None)
+                if built is not None:  # inside an `if` of its condition, it is a plain tensor
+                    hint = f"when it is absent the operation is skipped; elsewhere, use it inside `if {spec_text(built)} {{ ... }}`"
                 if _compares_with_none(parent) and built is not None:  # `if b != none`: its own condition says
                     hint = f"test the condition it is built under, `if {spec_text(built)} {{ ... }}`: inside, it is present"
                 self.r.error(
@@ -1800,6 +1802,8 @@ class LayerChecker:
                     expr.kind = Kind.UNKNOWN
             case N.Subscript(value=v):
                 expr.kind = Kind.TENSOR if v.kind == Kind.TENSOR else v.kind
+                if v.kind == Kind.TENSOR:
+                    self.check_index_items(expr.items)
             case N.ListExpr() | N.Spread():
                 expr.kind = Kind.LIST
             case N.TupleExpr():
@@ -1820,6 +1824,27 @@ class LayerChecker:
             case N.Indexed() | N.Reduce():
                 expr.kind = Kind.TENSOR
         return expr.kind
+
+    def check_index_items(self, items: list[N.SubscriptItem]) -> None:
+        """A tensor's index is an int, an integer tensor or bool mask, `none` or `...`, and a slice's bounds
+        and step are ints: Python reads anything else differently (a list indexes as a tensor would, `true`
+        adds a dim) or refuses it at run time (a float)."""
+        for item in items:
+            allowed: tuple[Kind, ...]
+            if isinstance(item, N.Slice):
+                values, allowed = [b for b in (item.lower, item.upper, item.step) if b is not None], (Kind.INT,)
+                what = "a slice's bounds and step are ints"
+            else:
+                values, allowed = ([item] if isinstance(item, N.Expr) else []), (Kind.INT, Kind.TENSOR, Kind.NONE)
+                what = "an index is an int, an integer tensor or bool mask, `none` or `...`"
+            for value in values:
+                if value.kind not in (*allowed, Kind.UNKNOWN):
+                    self.r.error(
+                        value.span,
+                        f"{what}, not {_a(value.kind)}",
+                        "for a float, `n // 2` (not `n / 2`); for several entries, a slice or an integer tensor"
+                        " input (`idx: long[K]`)",
+                    )
 
     def _call_kind(self, call: N.Call, construction: bool) -> Kind:
         """A call is a tensor when any tensor operand is; on plain numbers it needs a `math` spelling."""

@@ -497,6 +497,8 @@ class _ShapePass:
         for name in names:
             value = S.literal(op, args, name)
             values = value if isinstance(value, list) else [value]
+            if not self.dim_list_reads_as_written(call, op, args, name, values, shape):
+                return False
             for v in values:
                 if type(v) is int and not S.in_range(shape, v, extra):
                     rank = len(shape or ()) + extra
@@ -506,6 +508,32 @@ class _ShapePass:
                         f"{name} is in {-rank}..{rank - 1} here" if rank else f"{show(shape)} has no dims",
                     )
                     return False
+        return True
+
+    def dim_list_reads_as_written(self, call: N.Call, op, args: dict, name: str, values: list, shape: Shape) -> bool:
+        """A list of dims that torch reads otherwise than it looks is reported: an empty one, with which
+        torch's sum, mean, var, std and norm reduce every dim (amax's and amin's default says so), and a dim
+        named twice, which torch refuses at run time."""
+        if name not in args or not isinstance(args[name], N.ListExpr):
+            return True
+        if not values and op.shape == "reduce" and op.name not in ("amax", "amin"):
+            self.r.error(
+                args[name].span,
+                f"{call.func}: `{name} = []` is not 'no dim' in torch: it reduces every dim (logsumexp refuses it)",
+                f"leave `{name}` out to reduce every dim",
+            )
+            return False
+        rank = len(shape) if shape is not None and GROUP not in shape else None
+        seen: set[int] = set()
+        for v in values:
+            if type(v) is not int:
+                continue
+            where = v % rank if rank and -rank <= v < rank else v if rank is None and v >= 0 else None
+            if where is not None and where in seen:
+                self.r.error(args[name].span, f"{call.func}: dim {v} is named twice in {name}", "name each dim once")
+                return False
+            if where is not None:
+                seen.add(where)
         return True
 
     def reshape(self, call: N.Call, args: dict, shape_of: Callable[[N.Expr], Shape]) -> Shape:

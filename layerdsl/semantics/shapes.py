@@ -994,7 +994,20 @@ def slice_size(lower: N.Expr | None, upper: N.Expr | None, step: N.Expr | None, 
     low, high = bound(lower, constant(0)), bound(upper, size)
     if low is None or high is None or not _at_most(high, dim):
         return None
+    if not (_at_least_zero(low) and _at_least_zero(poly_add(high, low, -1))):
+        return None  # torch clamps a bound before the start or past the other: `x[-10:]` on 5 keeps 5, not 10
     return poly_text(poly_add(high, low, -1))
+
+
+def _at_least_zero(p: Poly) -> bool:
+    """Whether `p` is provably >= 0 for dims of at least 1 (the slice `x[1:]` of a dim `n` keeps `n - 1`):
+    a constant >= 0, or positive coefficients whose sum with the constant is >= 0."""
+    value = as_int(p)
+    if value is not None:
+        return value >= 0
+    terms = dict(p)
+    rest = [c for m, c in terms.items() if m != ()]
+    return all(c > 0 for c in rest) and terms.get((), 0) + sum(rest) >= 0
 
 
 def _at_most(bound: Poly, dim: Dim) -> bool:
