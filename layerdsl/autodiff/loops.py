@@ -388,31 +388,35 @@ class _Planner:
 
     def choice(self, stmt: N.If, cond: N.Expr) -> Choice:
         """Each side of `stmt` as a tape from the values before it; the locals either side binds merged."""
-        last = {id(side[-1]) for side in (stmt.body, stmt.orelse) if side and isinstance(side[-1], N.Return)}
-        for s in walk_stmts(stmt.body + stmt.orelse):
-            if isinstance(s, (N.If, N.For, N.Return, N.Append)) and id(s) not in last:
-                raise NotDerivable(
-                    s.span,
-                    f"a derived backward through more than {MAX_BRANCH_PLANS} combinations of `if` branches takes"
-                    " each `if` on its own: this statement inside one is not derived that way yet",
-                    CHOICE_HINT,
-                )
+        returning = _checked_sides(stmt)
         before = dict(self.alias)
-        tapes = []
-        tested = presence(cond)
-        for holds, body in ((True, stmt.body), (False, stmt.orelse)):
-            given = frozenset([tested[0]]) if tested is not None and tested[1] == holds else frozenset()
-            tape = self.linearizer(body, dict(before), given=given).run()
-            self.optional_unread(tape, self.optional - given)
-            if tape.numbers:
-                raise NotDerivable(
-                    stmt.span,
-                    f"a derived backward takes this `if` on its own (more than {MAX_BRANCH_PLANS} combinations of"
-                    " branches): its sides bind numbers (not derived yet)",
-                    "compute the number before the `if`, or write a backward block",
-                )
-            self.taken |= {s.var for s in tape.steps}
-            tapes.append(tape)
+        tapes = [self.side_tape(stmt, body, given, before) for body, given in _side_bodies(stmt, cond)]
+        merged, names = self.merged_locals(tapes, before)
+        returned = self.merged_returns(stmt, tapes, merged, names) if returning else []
+        sides = [self.finished_side(tape, [values[k] for values in merged.values()]) for k, tape in enumerate(tapes)]
+        self.bind_merged(merged, names)
+        return Choice(cond, stmt.span, sides[0], sides[1], merged, returned)
+
+    def side_tape(self, stmt: N.If, body: list[N.Stmt], given: frozenset[str], before: dict[str, str]) -> Tape:
+        """One side of `stmt` linearized from the values before it (`given`: the optional inputs its
+        condition proves given, which it may read)."""
+        tape = self.linearizer(body, dict(before), given=given).run()
+        self.optional_unread(tape, self.optional - given)
+        if tape.numbers:
+            raise NotDerivable(
+                stmt.span,
+                f"a derived backward takes this `if` on its own (more than {MAX_BRANCH_PLANS} combinations of"
+                " branches): its sides bind numbers (not derived yet)",
+                "compute the number before the `if`, or write a backward block",
+            )
+        self.taken |= {s.var for s in tape.steps}
+        return tape
+
+    def merged_locals(
+        self, tapes: list[Tape], before: dict[str, str]
+    ) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+        """The locals both sides bind (and not both to the value before): the value each side leaves, by a
+        fresh name; and that name, by local."""
         then_env, else_env = tapes[0].env, tapes[1].env
         merged: dict[str, tuple[str, str]] = {}
         names: dict[str, str] = {}
@@ -423,26 +427,39 @@ class _Planner:
                 continue
             names[local] = self.fresh(local)
             merged[names[local]] = (then_env[local], else_env[local])
+        return merged, names
+
+    def merged_returns(
+        self, stmt: N.If, tapes: list[Tape], merged: dict[str, tuple[str, str]], names: dict[str, str]
+    ) -> list[str]:
+        """The outputs both sides return, merged as `out`, `out1`, ... (added to `merged` and `names`)."""
+        if any(not (side and isinstance(side[-1], N.Return)) for side in (stmt.body, stmt.orelse)) or any(
+            not isinstance(o, N.Name) for t in tapes for o in t.outputs
+        ):
+            raise NotDerivable(
+                stmt.span,
+                f"a derived backward takes this `if` on its own (more than {MAX_BRANCH_PLANS} combinations of"
+                " branches): one side returns and the other does not, or it returns what is not a tensor"
+                " (not derived yet)",
+                CHOICE_HINT,
+            )
         returned = []
-        if last:
-            if len(last) == 1 or any(not isinstance(o, N.Name) for t in tapes for o in t.outputs):
-                raise NotDerivable(
-                    stmt.span,
-                    f"a derived backward takes this `if` on its own (more than {MAX_BRANCH_PLANS} combinations of"
-                    " branches): one side returns and the other does not, or it returns what is not a tensor"
-                    " (not derived yet)",
-                    CHOICE_HINT,
-                )
-            for then, orelse in zip(tapes[0].outputs, tapes[1].outputs):
-                assert isinstance(then, N.Name) and isinstance(orelse, N.Name)
-                returned.append(self.fresh("out"))
-                merged[returned[-1]] = (then.id, orelse.id)
-                names[returned[-1]] = returned[-1]
-        sides = []
-        for k, tape in enumerate(tapes):
-            outputs: list[N.Expr] = [B.name(values[k]) for values in merged.values()]
-            read = self.pseudo_leaves(dataclasses.replace(tape, outputs=outputs))
-            sides.append(self.finished(tape, read, outputs))
+        for then, orelse in zip(tapes[0].outputs, tapes[1].outputs):
+            assert isinstance(then, N.Name) and isinstance(orelse, N.Name)
+            returned.append(self.fresh("out"))
+            merged[returned[-1]] = (then.id, orelse.id)
+            names[returned[-1]] = returned[-1]
+        return returned
+
+    def finished_side(self, tape: Tape, left: list[str]) -> Tape:
+        """A side's tape with the values it leaves in the merged names (`left`) as its outputs."""
+        outputs: list[N.Expr] = [B.name(v) for v in left]
+        read = self.pseudo_leaves(dataclasses.replace(tape, outputs=outputs))
+        return self.finished(tape, read, outputs)
+
+    def bind_merged(self, merged: dict[str, tuple[str, str]], names: dict[str, str]) -> None:
+        """Each merged local by its merged name from here on: the shape both sides agree on, and needing a
+        gradient if either side's value does."""
         for local, name in names.items():
             first, second = merged[name]
             shapes = self.shapes.get(first), self.shapes.get(second)
@@ -450,7 +467,6 @@ class _Planner:
             if first in self.requires or second in self.requires:
                 self.requires.add(name)
             self.alias[local] = name
-        return Choice(cond, stmt.span, sides[0], sides[1], merged, returned)
 
     def optional_unread(self, tape: Tape, optional: set[str] | frozenset[str]) -> None:
         """NotDerivable where a segment of an `if` reads an optional input that no `if` proves given."""
@@ -633,6 +649,29 @@ class _Planner:
             name, k = f"{hint}{k}", k + 1
         self.taken.add(name)
         return name
+
+
+def _checked_sides(stmt: N.If) -> bool:
+    """Whether a side of `stmt` ends in a `return`; NotDerivable at a statement a side cannot hold yet."""
+    last = {id(side[-1]) for side in (stmt.body, stmt.orelse) if side and isinstance(side[-1], N.Return)}
+    for s in walk_stmts(stmt.body + stmt.orelse):
+        if isinstance(s, (N.If, N.For, N.Return, N.Append)) and id(s) not in last:
+            raise NotDerivable(
+                s.span,
+                f"a derived backward through more than {MAX_BRANCH_PLANS} combinations of `if` branches takes"
+                " each `if` on its own: this statement inside one is not derived that way yet",
+                CHOICE_HINT,
+            )
+    return bool(last)
+
+
+def _side_bodies(stmt: N.If, cond: N.Expr) -> list[tuple[list[N.Stmt], frozenset[str]]]:
+    """Each side's statements, with the optional input the condition proves given there (`if m != none`)."""
+    tested = presence(cond)
+    return [
+        (body, frozenset([tested[0]]) if tested is not None and tested[1] == holds else frozenset())
+        for holds, body in ((True, stmt.body), (False, stmt.orelse))
+    ]
 
 
 def _requiring(tape: Tape, requires: set[str]) -> set[str]:
