@@ -180,11 +180,12 @@ def _unswitched_loop(loop: N.For, optional: frozenset[str]) -> N.Stmt:
     return dataclasses.replace(branch, body=[then], orelse=[orelse])
 
 
-def member_choice(layer: N.Layer, optional: set[str]) -> tuple[N.Expr, N.Layer, N.Layer] | None:
+def member_choice(layer: N.Layer, optional: set[str], decided: bool = False) -> tuple[N.Expr, N.Layer, N.Layer] | None:
     """For a forward with loops reading an optional member built when arguments say (`param b: [d] if
     bias`): `b != none`, the layer with the members of that condition built (required), and the layer
     without them (`h @ w + b` read as `h @ w`); None when it reads no such member. A forward with loops
-    branches on the condition, each side a loop Function with no optional member."""
+    branches on the condition, each side a loop Function with no optional member. `decided`: each
+    `if` testing that condition (`if bias`, `if not bias`) is the side it picks in either layer."""
     assert layer.forward is not None
     read = {n.id for s in layer.forward.body for n in walk(s) if isinstance(n, N.Name)}
     member = next((t for t in layer.tensors if t.name in optional and t.name in read and t.cond is not None), None)
@@ -193,8 +194,11 @@ def member_choice(layer: N.Layer, optional: set[str]) -> tuple[N.Expr, N.Layer, 
     key = spec_text(member.cond)
     chosen = {t.name for t in layer.tensors if t.cond is not None and spec_text(t.cond) == key}
     built = [dataclasses.replace(t, cond=None) if t.name in chosen else t for t in layer.tensors]
+    decide = (lambda b, holds: _decided(b, member.cond, holds)) if decided else (lambda b, holds: b)
     with_members = dataclasses.replace(layer, tensors=built)
-    body = [_without(s, chosen) for s in layer.forward.body]
+    if decided:
+        with_members.forward = dataclasses.replace(layer.forward, body=decide(layer.forward.body, True))
+    body = [_without(s, chosen) for s in decide(layer.forward.body, False)]
     without = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
     for out in (with_members, without):
         out.symbolic_dims = list(layer.symbolic_dims)
@@ -204,6 +208,29 @@ def member_choice(layer: N.Layer, optional: set[str]) -> tuple[N.Expr, N.Layer, 
     built_test = N.Compare(member.span, ["!="], [name, none])  # the module passes None for a member not built
     built_test.kind = N.Kind.BOOL
     return built_test, with_members, without
+
+
+def proves(side_cond: N.Expr, holds: bool, cond: N.Expr) -> bool:
+    """Whether the side of `if side_cond` that runs when it `holds` proves `cond` (a member's condition):
+    the same condition (`if bias` of `... if bias`), or its `not` on the other side."""
+    if isinstance(cond, N.Not) and not holds:
+        return spec_text(cond.operand) == spec_text(side_cond)
+    return holds and spec_text(cond) == spec_text(side_cond)
+
+
+def _decided(body: list[N.Stmt], cond: N.Expr, holds: bool) -> list[N.Stmt]:
+    """`body` with each `if` whose sides test `cond` as the side that runs when `cond` `holds`."""
+    out: list[N.Stmt] = []
+    for s in body:
+        if isinstance(s, N.If) and (proves(s.cond, True, cond) or proves(s.cond, False, cond)):
+            out += _decided(s.body if proves(s.cond, True, cond) == holds else s.orelse, cond, holds)
+        elif isinstance(s, N.If):
+            out.append(
+                dataclasses.replace(s, body=_decided(s.body, cond, holds), orelse=_decided(s.orelse, cond, holds))
+            )
+        else:
+            out.append(s)
+    return out
 
 
 def _without(node, absent: set[str]):
@@ -390,7 +417,9 @@ class _Planner:
         """Each side of `stmt` as a tape from the values before it; the locals either side binds merged."""
         returning = _checked_sides(stmt)
         before = dict(self.alias)
-        tapes = [self.side_tape(stmt, body, given, before) for body, given in _side_bodies(stmt, cond)]
+        tapes = [
+            self.side_tape(stmt, body, given, before) for body, given in _side_bodies(stmt, cond, self.layer.tensors)
+        ]
         merged, names = self.merged_locals(tapes, before)
         returned = self.merged_returns(stmt, tapes, merged, names) if returning else []
         sides = [self.finished_side(tape, [values[k] for values in merged.values()]) for k, tape in enumerate(tapes)]
@@ -665,13 +694,16 @@ def _checked_sides(stmt: N.If) -> bool:
     return bool(last)
 
 
-def _side_bodies(stmt: N.If, cond: N.Expr) -> list[tuple[list[N.Stmt], frozenset[str]]]:
-    """Each side's statements, with the optional input the condition proves given there (`if m != none`)."""
+def _side_bodies(stmt: N.If, cond: N.Expr, tensors: list[N.Tensor]) -> list[tuple[list[N.Stmt], frozenset[str]]]:
+    """Each side's statements, with the optional input the condition proves given there (`if m != none`)
+    and the optional members it proves built (`if bias` of `param b: [n] if bias`)."""
     tested = presence(cond)
-    return [
-        (body, frozenset([tested[0]]) if tested is not None and tested[1] == holds else frozenset())
-        for holds, body in ((True, stmt.body), (False, stmt.orelse))
-    ]
+    out = []
+    for holds, body in ((True, stmt.body), (False, stmt.orelse)):
+        given = {tested[0]} if tested is not None and tested[1] == holds else set()
+        given |= {t.name for t in tensors if t.cond is not None and proves(stmt.cond, holds, t.cond)}
+        out.append((body, frozenset(given)))
+    return out
 
 
 def _requiring(tape: Tape, requires: set[str]) -> set[str]:

@@ -28,6 +28,7 @@ from layerdsl.autodiff.loops import (
     member_choice,
     on_arguments,
     plan_loops,
+    proves,
     unswitched,
 )
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
@@ -222,19 +223,21 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str]) -> Plan:
     assert layer.forward is not None
     members = {t.name for t in layer.tensors if t.cond is not None} - given
     inputs = _optional_inputs(layer) - given
-    read = {n.id for s in layer.forward.body for n in walk(s) if isinstance(n, N.Name)}
-    if members & read and (choice := _member_sides(layer, members)) is not None:  # a side built, one not
+    # a member read only on the side of an `if` that proves it built (`if bias { ... b ... }`) is read
+    # there; one read elsewhere makes a side with it built and one without
+    unproven = _unproven_members(layer.forward.body, layer, members)
+    if unproven and (choice := _member_sides(layer, unproven)) is not None:
         cond, built, absent = choice
         return BranchPlan(cond, _segmented_plan(built, first, given), _segmented_plan(absent, first, given))
     update = next((s for s in statements(layer.forward.body) if isinstance(s, N.Update)), None)
-    if members & read or update is not None or has_loop(layer.forward.body):
+    if unproven or update is not None or has_loop(layer.forward.body):
         raise _not_segmented(
             first.span, "in a forward that reads no optional member, updates no buffer and keeps no loop"
         )
 
     def condition(stmt: N.If, before: list[N.Stmt]) -> N.Expr:
         cond = _configuration_condition(stmt.cond, before, layer)
-        if not on_arguments(cond, inputs):
+        if not (on_arguments(cond, inputs) or _on_dims(cond)):
             raise _not_segmented(
                 stmt.cond.span,
                 "when it tests arguments, lets and `training`, or whether an optional input is given",
@@ -248,6 +251,13 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str]) -> Plan:
     return plan_loops(closed, set(members | inputs), incoming_names, condition)
 
 
+def _on_dims(cond: N.Expr) -> bool:
+    """Whether `cond` reads only arguments, lets, `training` and dims (`query_ndim == 2`, a size forward
+    measures and the Function keeps on ctx)."""
+    refs = (N.Ref.ARG, N.Ref.LET, N.Ref.TRAINING, N.Ref.DIM)
+    return all(n.ref in refs for n in walk(cond) if isinstance(n, N.Name))
+
+
 def _not_segmented(span: Span, where: str) -> NotDerivable:
     return NotDerivable(
         span,
@@ -258,11 +268,32 @@ def _not_segmented(span: Span, where: str) -> NotDerivable:
 
 
 def _member_sides(layer: N.Layer, members: set[str]) -> tuple[N.Expr, N.Layer, N.Layer] | None:
-    """`loops.member_choice`, or None where a member is read other than as `a + b` (refused below)."""
+    """`loops.member_choice` (each `if` on the member's condition decided on either side), or None where
+    a member is read other than as `a + b` (refused below)."""
     try:
-        return member_choice(layer, set(members))
+        return member_choice(layer, set(members), decided=True)
     except NotDerivable:
         return None
+
+
+def _unproven_members(body: list[N.Stmt], layer: N.Layer, members: set[str]) -> set[str]:
+    """The optional members of `members` that `body` reads outside the sides of its `if`s proving them
+    built (`loops.proves`)."""
+    conds = {t.name: t.cond for t in layer.tensors if t.name in members and t.cond is not None}
+
+    def read(stmts: list[N.Stmt], proven: set[str]) -> set[str]:
+        found: set[str] = set()
+        for s in stmts:
+            if isinstance(s, N.If):
+                for holds, side in ((True, s.body), (False, s.orelse)):
+                    now = proven | {m for m, c in conds.items() if proves(s.cond, holds, c)}
+                    found |= read(side, now)
+                found |= {n.id for n in walk(s.cond) if isinstance(n, N.Name)} & set(conds)
+            else:
+                found |= {n.id for n in walk(s) if isinstance(n, N.Name) and n.id in conds} - proven
+        return found
+
+    return read(body, set())
 
 
 def returns_closed(body: list[N.Stmt]) -> list[N.Stmt]:

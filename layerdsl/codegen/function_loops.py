@@ -678,11 +678,11 @@ class _BackwardWriter:
                 sure.append((B.name(s.var), self.acc(s.var)))
             elif st == "maybe":
                 maybe.append((B.name(s.var), self.acc(s.var)))
-        # A gradient only a loop gave keeps a name of its own: the sections' statements name the
-        # segment's own gradients `grad_<var>` too.
+        # A gradient only a later loop or side of an `if` gave (None when none did) keeps a name of its
+        # own: the sections' statements name the segment's own gradients `grad_<var>` too.
         lines: list[str] = []
         for k, (var, g) in enumerate(maybe):
-            kept = self.fn.name(f"{g}_from_loop")
+            kept = self.fn.name(f"{g}_from_later")
             lines.append(f"{kept} = {g}")
             maybe[k] = (var, kept)
         extra = {v: self.fn.grad_out(v) for v in own if v in self.once and v not in self.fn.outputs}
