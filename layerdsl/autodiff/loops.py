@@ -684,14 +684,27 @@ def _checked_sides(stmt: N.If) -> bool:
     """Whether a side of `stmt` ends in a `return`; NotDerivable at a statement a side cannot hold yet."""
     last = {id(side[-1]) for side in (stmt.body, stmt.orelse) if side and isinstance(side[-1], N.Return)}
     for s in walk_stmts(stmt.body + stmt.orelse):
-        if isinstance(s, (N.If, N.For, N.Return, N.Append)) and id(s) not in last:
+        if isinstance(s, tuple(_NOT_IN_A_SIDE)) and id(s) not in last:
+            what, hint = _NOT_IN_A_SIDE[type(s)]
             raise NotDerivable(
                 s.span,
                 f"a derived backward through more than {MAX_BRANCH_PLANS} combinations of `if` branches takes"
-                " each `if` on its own: this statement inside one is not derived that way yet",
-                CHOICE_HINT,
+                f" each `if` on its own: {what} is not derived that way yet",
+                hint,
             )
     return bool(last)
+
+
+# what a side of an `if` taken on its own cannot hold yet, and the hint
+_NOT_IN_A_SIDE: dict[type, tuple[str, str]] = {
+    N.If: (
+        "an `if` inside a side of one (a nested `if`)",
+        "test both conditions in one `if` after it (`if a and b { ... }`), or write a backward block",
+    ),
+    N.For: ("a loop inside one", CHOICE_HINT),
+    N.Return: ("a `return` before the end of one's side", "return at the end of the side, or write a backward block"),
+    N.Append: ("an append inside one", CHOICE_HINT),
+}
 
 
 def _side_bodies(stmt: N.If, cond: N.Expr, tensors: list[N.Tensor]) -> list[tuple[list[N.Stmt], frozenset[str]]]:

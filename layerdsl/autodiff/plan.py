@@ -38,6 +38,7 @@ from layerdsl.autodiff.unroll import Measured, measured_names, prepared_forward
 from layerdsl.diagnostics import Diagnostic, Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import clone, map_children, statements, walk
 from layerdsl.language.naming import fresh_name
 from layerdsl.language.ops import OPS
@@ -226,14 +227,14 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str]) -> Plan:
     # a member read only on the side of an `if` that proves it built (`if bias { ... b ... }`) is read
     # there; one read elsewhere makes a side with it built and one without
     unproven = _unproven_members(layer.forward.body, layer, members)
-    if unproven and (choice := _member_sides(layer, unproven)) is not None:
+    if unproven and (choice := _member_sides(layer, set(unproven))) is not None:
         cond, built, absent = choice
         return BranchPlan(cond, _segmented_plan(built, first, given), _segmented_plan(absent, first, given))
     update = next((s for s in statements(layer.forward.body) if isinstance(s, N.Update)), None)
-    if unproven or update is not None or has_loop(layer.forward.body):
-        raise _not_segmented(
-            first.span, "in a forward that reads no optional member, updates no buffer and keeps no loop"
-        )
+    if unproven:
+        raise _unproven_read(layer, unproven)
+    if update is not None or has_loop(layer.forward.body):
+        raise _not_segmented(first.span, "in a forward that updates no buffer and keeps no loop")
 
     def condition(stmt: N.If, before: list[N.Stmt]) -> N.Expr:
         cond = _configuration_condition(stmt.cond, before, layer)
@@ -276,24 +277,39 @@ def _member_sides(layer: N.Layer, members: set[str]) -> tuple[N.Expr, N.Layer, N
         return None
 
 
-def _unproven_members(body: list[N.Stmt], layer: N.Layer, members: set[str]) -> set[str]:
+def _unproven_members(body: list[N.Stmt], layer: N.Layer, members: set[str]) -> dict[str, N.Name]:
     """The optional members of `members` that `body` reads outside the sides of its `if`s proving them
-    built (`loops.proves`)."""
+    built (`loops.proves`), each with its first such read."""
     conds = {t.name: t.cond for t in layer.tensors if t.name in members and t.cond is not None}
 
-    def read(stmts: list[N.Stmt], proven: set[str]) -> set[str]:
-        found: set[str] = set()
+    def read(stmts: list[N.Stmt], proven: set[str]) -> dict[str, N.Name]:
+        found: dict[str, N.Name] = {}
         for s in stmts:
             if isinstance(s, N.If):
+                found |= {n.id: n for n in walk(s.cond) if isinstance(n, N.Name) and n.id in conds} | found
                 for holds, side in ((True, s.body), (False, s.orelse)):
                     now = proven | {m for m, c in conds.items() if proves(s.cond, holds, c)}
-                    found |= read(side, now)
-                found |= {n.id for n in walk(s.cond) if isinstance(n, N.Name)} & set(conds)
+                    found = read(side, now) | found
             else:
-                found |= {n.id for n in walk(s) if isinstance(n, N.Name) and n.id in conds} - proven
+                reads = [n for n in walk(s) if isinstance(n, N.Name) and n.id in conds and n.id not in proven]
+                found = {n.id: n for n in reversed(reads)} | found
         return found
 
     return read(body, set())
+
+
+def _unproven_read(layer: N.Layer, unproven: dict[str, N.Name]) -> NotDerivable:
+    """The refusal of a member read outside the sides proving it built, other than as `a + m`."""
+    name = next(iter(unproven.values()))
+    member = next(t for t in layer.tensors if t.name == name.id)
+    assert member.cond is not None
+    return NotDerivable(
+        name.span,
+        f"a derived backward through more than {MAX_BRANCH_PLANS} combinations of `if` branches reads the optional"
+        f" member '{name.id}' on the side of an `if` that proves it built (`if {spec_text(member.cond)}"
+        " { ... }`), or as an operand of + or *, or the right one of - or / (not derived yet)",
+        f"read it inside `if {spec_text(member.cond)} {{ ... }}`, or write a backward block",
+    )
 
 
 def returns_closed(body: list[N.Stmt]) -> list[N.Stmt]:
