@@ -684,7 +684,7 @@ def _checked_sides(stmt: N.If) -> bool:
     """Whether a side of `stmt` ends in a `return`; NotDerivable at a statement a side cannot hold yet."""
     last = {id(side[-1]) for side in (stmt.body, stmt.orelse) if side and isinstance(side[-1], N.Return)}
     for s in walk_stmts(stmt.body + stmt.orelse):
-        if isinstance(s, tuple(_NOT_IN_A_SIDE)) and id(s) not in last:
+        if isinstance(s, N.Stmt) and type(s) in _NOT_IN_A_SIDE and id(s) not in last:
             what, hint = _NOT_IN_A_SIDE[type(s)]
             raise NotDerivable(
                 s.span,
