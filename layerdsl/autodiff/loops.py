@@ -34,7 +34,7 @@ from layerdsl.autodiff.tape import Linearizer, NotDerivable, Step, Tape
 from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
-from layerdsl.ir.printer import spec_text
+from layerdsl.ir.printer import and_terms, spec_text
 from layerdsl.ir.visit import map_children, walk
 from layerdsl.language.ops import OPS
 from layerdsl.semantics.shapes import Shape, declared_shape, dim_text
@@ -44,6 +44,8 @@ HINT = "write the loop's body without it, or drop @function (autograd derives th
 # shipped specs have at most 12
 MAX_BRANCH_PLANS = 32
 CHOICE_HINT = "write a backward block, or choose with where(cond, a, b)"
+# what a side of a `Choice` leaves in a local it does not bind (the Function binds it to None)
+UNBOUND = "None"
 
 
 @dataclass
@@ -328,7 +330,8 @@ class _Planner:
                 if chunk:
                     segments.append(self.straight(chunk))
                     chunk = []
-                choice = self.choice(stmt, self.conditions(stmt, self.forward.body[:at]))
+                later = {n.id for s in self.forward.body[at + 1 :] for n in walk(s) if isinstance(n, N.Name)}
+                choice = self.choice(stmt, self.conditions(stmt, self.forward.body[:at]), later)
                 segments.append(choice)
                 if choice.returned:  # the rest of the forward is its other side (`plan.returns_closed`)
                     chunk = [N.Return(stmt.span, [B.name(n, stmt.span) for n in choice.returned])]
@@ -413,18 +416,18 @@ class _Planner:
 
     # ---------------------------------------------------------------- `if`s on configuration values
 
-    def choice(self, stmt: N.If, cond: N.Expr) -> Choice:
-        """Each side of `stmt` as a tape from the values before it; the locals either side binds merged."""
+    def choice(self, stmt: N.If, cond: N.Expr, later: set[str]) -> Choice:
+        """Each side of `stmt` as a tape from the values before it; the locals either side binds merged
+        (`later`: the names the statements after it read)."""
         returning = _checked_sides(stmt)
         before = dict(self.alias)
-        tapes = [
-            self.side_tape(stmt, body, given, before) for body, given in _side_bodies(stmt, cond, self.layer.tensors)
-        ]
-        merged, names = self.merged_locals(tapes, before)
+        sides = _side_bodies(stmt, cond, self.layer.tensors)
+        tapes = [self.side_tape(stmt, body, given, before) for body, given in sides]
+        merged, names = self.merged_locals(tapes, before, later)
         returned = self.merged_returns(stmt, tapes, merged, names) if returning else []
-        sides = [self.finished_side(tape, [values[k] for values in merged.values()]) for k, tape in enumerate(tapes)]
+        finished = [self.finished_side(tape, [values[k] for values in merged.values()]) for k, tape in enumerate(tapes)]
         self.bind_merged(merged, names)
-        return Choice(cond, stmt.span, sides[0], sides[1], merged, returned)
+        return Choice(cond, stmt.span, finished[0], finished[1], merged, returned)
 
     def side_tape(self, stmt: N.If, body: list[N.Stmt], given: frozenset[str], before: dict[str, str]) -> Tape:
         """One side of `stmt` linearized from the values before it (`given`: the optional inputs its
@@ -442,20 +445,22 @@ class _Planner:
         return tape
 
     def merged_locals(
-        self, tapes: list[Tape], before: dict[str, str]
+        self, tapes: list[Tape], before: dict[str, str], later: set[str]
     ) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
-        """The locals both sides bind (and not both to the value before): the value each side leaves, by a
-        fresh name; and that name, by local."""
+        """The locals the sides bind (and not both to the value before): the value each side leaves, by a
+        fresh name; and that name, by local. A local one side binds is read after the `if` only where that
+        side ran (by an `if` nested in it, `nested_ifs`): None when the other side ran."""
         then_env, else_env = tapes[0].env, tapes[1].env
         merged: dict[str, tuple[str, str]] = {}
         names: dict[str, str] = {}
         for local in dict.fromkeys([*then_env, *else_env]):
-            if local not in then_env or local not in else_env:
-                continue  # bound on one side only: the checker lets nothing after the `if` read it
-            if then_env[local] == before.get(local) == else_env[local]:
+            if (local not in then_env or local not in else_env) and local not in later:
+                continue
+            then, orelse = then_env.get(local, UNBOUND), else_env.get(local, UNBOUND)
+            if then == before.get(local) == orelse:
                 continue
             names[local] = self.fresh(local)
-            merged[names[local]] = (then_env[local], else_env[local])
+            merged[names[local]] = (then, orelse)
         return merged, names
 
     def merged_returns(
@@ -482,7 +487,7 @@ class _Planner:
 
     def finished_side(self, tape: Tape, left: list[str]) -> Tape:
         """A side's tape with the values it leaves in the merged names (`left`) as its outputs."""
-        outputs: list[N.Expr] = [B.name(v) for v in left]
+        outputs: list[N.Expr] = [B.name(v) for v in left if v != UNBOUND]
         read = self.pseudo_leaves(dataclasses.replace(tape, outputs=outputs))
         return self.finished(tape, read, outputs)
 
@@ -491,8 +496,8 @@ class _Planner:
         gradient if either side's value does."""
         for local, name in names.items():
             first, second = merged[name]
-            shapes = self.shapes.get(first), self.shapes.get(second)
-            self.shapes[name] = shapes[0] if shapes[0] == shapes[1] else None
+            shapes = [self.shapes.get(v) for v in (first, second) if v != UNBOUND]
+            self.shapes[name] = shapes[0] if all(shape == shapes[0] for shape in shapes) else None
             if first in self.requires or second in self.requires:
                 self.requires.add(name)
             self.alias[local] = name
@@ -714,6 +719,8 @@ def _side_bodies(stmt: N.If, cond: N.Expr, tensors: list[N.Tensor]) -> list[tupl
     out = []
     for holds, body in ((True, stmt.body), (False, stmt.orelse)):
         given = {tested[0]} if tested is not None and tested[1] == holds else set()
+        if holds:  # `if m != none and ...`
+            given |= {t[0] for t in map(presence, and_terms(cond)) if t is not None and t[1]}
         given |= {t.name for t in tensors if t.cond is not None and proves(stmt.cond, holds, t.cond)}
         out.append((body, frozenset(given)))
     return out

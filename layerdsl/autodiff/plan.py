@@ -31,6 +31,7 @@ from layerdsl.autodiff.loops import (
     proves,
     unswitched,
 )
+from layerdsl.autodiff.nested_ifs import flattened
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape, refusal
@@ -38,7 +39,7 @@ from layerdsl.autodiff.unroll import Measured, measured_names, prepared_forward
 from layerdsl.diagnostics import Diagnostic, Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
-from layerdsl.ir.printer import spec_text
+from layerdsl.ir.printer import and_terms, spec_text
 from layerdsl.ir.visit import clone, map_children, statements, walk
 from layerdsl.language.naming import fresh_name
 from layerdsl.language.ops import OPS
@@ -238,16 +239,15 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str]) -> Plan:
 
     def condition(stmt: N.If, before: list[N.Stmt]) -> N.Expr:
         cond = _configuration_condition(stmt.cond, before, layer)
-        if not (on_arguments(cond, inputs) or _on_dims(cond)):
+        if not all(on_arguments(term, inputs) or _on_dims(term) for term in and_terms(cond)):
             raise _not_segmented(
                 stmt.cond.span,
                 "when it tests arguments, lets and `training`, or whether an optional input is given",
             )
         return cond
 
-    closed = dataclasses.replace(
-        layer, forward=dataclasses.replace(layer.forward, body=returns_closed(layer.forward.body))
-    )
+    body = flattened(returns_closed(layer.forward.body))  # nested `if`s and a side's numbers at the top
+    closed = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
     closed.symbolic_dims = list(layer.symbolic_dims)
     return plan_loops(closed, set(members | inputs), incoming_names, condition)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from layerdsl.autodiff.loops import Choice, Loop, LoopPlan, Straight, presence, segment_steps
+from layerdsl.autodiff.loops import UNBOUND, Choice, Loop, LoopPlan, Straight, presence, segment_steps
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.tape import Step, Tape
@@ -27,6 +27,7 @@ from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import and_terms
 from layerdsl.ir.visit import walk
 from layerdsl.language.tables import python_type
 
@@ -150,7 +151,7 @@ class LoopFunction:
         self.backward_dims: set[str] = set()
         self.sources = _gradient_sources(plan)
         # `if m != none` of an optional input, an `if` of its own: backward tests m's shape, kept on ctx
-        tested = [presence(seg.cond) for seg in plan.segments if isinstance(seg, Choice)]
+        tested = [presence(t) for seg in plan.segments if isinstance(seg, Choice) for t in and_terms(seg.cond)]
         self.presence_tested = list(dict.fromkeys(t[0] for t in tested if t is not None))
 
     def name(self, hint: str, key: tuple = ()) -> str:
@@ -455,6 +456,7 @@ class LoopFunction:
         # unused extra outputs' gradients are None (not materialised): zeros where another is given
         stacks = {self.stacked(v) for k, loop in enumerate(self.loops) for v in per_step.get(k, set())}
         stacks |= {s.var for seg in self.plan.segments if isinstance(seg, Choice) for s in segment_steps(seg)}
+        stacks |= _maybe_unbound(self.plan)
         zeros = [  # a stack is None after a loop of no steps (whose backward runs no step)
             f"{g} = torch.zeros_like({x}) if {g} is None {'and ' + x + ' is not None ' if x in stacks else ''}else {g}"
             for g, x in zip(given, extra)
@@ -644,7 +646,7 @@ class _BackwardWriter:
             lines: list[str] = []
             for name, values in seg.merged.items():
                 given = start.get(self.acc(name))
-                if given is None:
+                if given is None or values[k] == UNBOUND:  # None when this side ran: no gradient
                     continue
                 if values[k] in own:
                     lines.append(f"{self.acc(values[k])} = {self.acc(name)}")
@@ -861,6 +863,16 @@ def _gradient_sources(plan: LoopPlan) -> dict[str, set[str]]:
             names = [n.id for n in walk(item) if isinstance(n, N.Name)] if item is not None else []
             sources[j.name] = {l for name in names for l in sources.get(name, ())}
     return sources
+
+
+def _maybe_unbound(plan: LoopPlan) -> set[str]:
+    """The merged locals of `Choice`s that are None when a side that does not bind them ran (`UNBOUND`),
+    or that take such a value."""
+    out = {UNBOUND}
+    for seg in plan.segments:
+        if isinstance(seg, Choice):
+            out |= {m for m, values in seg.merged.items() if out & set(values)}
+    return out - {UNBOUND}
 
 
 def _operands(step) -> set[str]:

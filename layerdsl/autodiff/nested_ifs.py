@@ -1,0 +1,111 @@
+"""A segmented forward's nested `if`s and number locals on a side, written at the top of forward.
+
+A forward of more `if` combinations than `loops.MAX_BRANCH_PLANS` takes each `if` at its top as a segment
+of its own (`loops.Choice`), whose sides are straight runs of tensor statements. Before it is cut, an `if`
+nested in a side is written at the top, testing both conditions:
+
+    if a { p; if b { x } else { y }; s } else { q }
+
+is
+
+    if a { p } else { q }
+    if a and b { x }
+    if a and not b { y }
+    if a { s }
+
+The conditions test configuration values (arguments, lets, `training`, sizes, whether an optional input
+is given), which are the same all through forward, so the same statements run in the same order. A local
+that one side binds and the other leaves unbound (`p`'s, which only `x`, `y` and `s` read) is None after
+the `if` when the other side ran (`loops.UNBOUND`).
+
+A number a side binds (`src_len = src_len + 1` in `if add_bias_kv`) becomes a statement of its own at the
+top, `src_len = src_len + 1 if add_bias_kv else src_len`, so that sides bind tensors only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from layerdsl.autodiff.loops import presence
+from layerdsl.ir import nodes as N
+
+
+def flattened(body: list[N.Stmt]) -> list[N.Stmt]:
+    """`body` with each `if` at its top whose sides nest an `if` or bind a number written as `if`s at the
+    top that nest none and number statements of their own (`if` sides ending in `return` are kept)."""
+    out: list[N.Stmt] = []
+    for stmt in body:
+        if isinstance(stmt, N.If) and not _returns(stmt) and (_nests(stmt.body) or _nests(stmt.orelse)):
+            then, then_rest = _straight_start(stmt.body)
+            orelse, else_rest = _straight_start(stmt.orelse)
+            if then or orelse:
+                out.append(dataclasses.replace(stmt, body=then, orelse=orelse))
+            out += _guarded(stmt.cond, then_rest) + _guarded(_negated(stmt.cond), else_rest)
+        else:
+            out.append(stmt)
+    return out
+
+
+def _returns(stmt: N.If) -> bool:
+    return any(isinstance(s, N.Return) for side in (stmt.body, stmt.orelse) for s in side)
+
+
+def _nests(side: list[N.Stmt]) -> bool:
+    return any(isinstance(s, N.If) or _binds_number(s) for s in side)
+
+
+def _binds_number(stmt: N.Stmt) -> bool:
+    return isinstance(stmt, N.Assign) and stmt.value.kind in N.NUMBERS
+
+
+def _straight_start(side: list[N.Stmt]) -> tuple[list[N.Stmt], list[N.Stmt]]:
+    """The tensor statements `side` starts with, and the rest (from its first `if` or number)."""
+    at = next((k for k, s in enumerate(side) if isinstance(s, N.If) or _binds_number(s)), len(side))
+    return side[:at], side[at:]
+
+
+def _guarded(cond: N.Expr, side: list[N.Stmt]) -> list[N.Stmt]:
+    """`side`'s statements, each run only when `cond` holds, as statements at the top of forward."""
+    out: list[N.Stmt] = []
+    run: list[N.Stmt] = []
+
+    def close_run() -> None:
+        if run:
+            out.append(N.If(run[0].span, cond, list(run), []))
+            run.clear()
+
+    for stmt in side:
+        if isinstance(stmt, N.If):
+            close_run()
+            out += _guarded(_both(cond, stmt.cond), stmt.body) + _guarded(_both(cond, _negated(stmt.cond)), stmt.orelse)
+        elif _binds_number(stmt):
+            assert isinstance(stmt, N.Assign)
+            close_run()
+            kept = N.Name(stmt.target_span, stmt.target)
+            kept.ref, kept.kind = N.Ref.LOCAL, stmt.value.kind
+            chosen = N.IfExp(stmt.value.span, cond, stmt.value, kept)
+            chosen.kind = stmt.value.kind
+            out.append(dataclasses.replace(stmt, value=chosen))
+        else:
+            run.append(stmt)
+    close_run()
+    return out
+
+
+def _both(a: N.Expr, b: N.Expr) -> N.Expr:
+    both = N.BoolOp(b.span, "and", a, b)
+    both.kind = N.Kind.BOOL
+    return both
+
+
+def _negated(cond: N.Expr) -> N.Expr:
+    if isinstance(cond, N.Not):
+        return cond.operand
+    if presence(cond) is not None:  # `u != none` is `u == none` (whether u is given is tested as written)
+        assert isinstance(cond, N.Compare)
+        flipped = N.Compare(cond.span, ["==" if cond.ops[0] == "!=" else "!="], list(cond.operands))
+        flipped.kind = N.Kind.BOOL
+        return flipped
+    negated = N.Not(cond.span, cond)
+    negated.kind = N.Kind.BOOL
+    return negated
