@@ -28,14 +28,21 @@ import dataclasses
 
 from layerdsl.autodiff.loops import presence
 from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import statements, walk
 
 
 def flattened(body: list[N.Stmt]) -> list[N.Stmt]:
     """`body` with each `if` at its top whose sides nest an `if` or bind a number written as `if`s at the
-    top that nest none and number statements of their own (`if` sides ending in `return` are kept)."""
+    top that nest none and number statements of their own. Where both sides of such an `if` end in a
+    `return` (`plan.returns_closed`), each binds what it returns to locals instead (`return out, none`:
+    the second left unbound, so None), returned after the `if`s."""
     out: list[N.Stmt] = []
     for stmt in body:
-        if isinstance(stmt, N.If) and not _returns(stmt) and (_nests(stmt.body) or _nests(stmt.orelse)):
+        nests = isinstance(stmt, N.If) and (_nests(stmt.body) or _nests(stmt.orelse))
+        if isinstance(stmt, N.If) and nests and _returns(stmt) and (returned := _returned_locals(stmt, body)):
+            bound, names = returned
+            out += flattened([bound]) + [N.Return(stmt.span, [_local(n, stmt.span) for n in names])]
+        elif isinstance(stmt, N.If) and nests and not _returns(stmt):
             then, then_rest = _straight_start(stmt.body)
             orelse, else_rest = _straight_start(stmt.orelse)
             if then or orelse:
@@ -44,6 +51,43 @@ def flattened(body: list[N.Stmt]) -> list[N.Stmt]:
         else:
             out.append(stmt)
     return out
+
+
+def _returned_locals(stmt: N.If, body: list[N.Stmt]) -> tuple[N.If, list[str]] | None:
+    """`stmt` with each side's closing `return a, b` as `returned = a; returned1 = b` (`none` left unbound),
+    and those names; None when a side does not end in a `return` of tensors, or they return differently
+    many."""
+    ends = [side[-1] if side else None for side in (stmt.body, stmt.orelse)]
+    if not all(isinstance(e, N.Return) for e in ends) or len({len(e.values) for e in ends}) != 1:  # type: ignore
+        return None
+    if any(v.kind not in (N.Kind.TENSOR, N.Kind.NONE) for e in ends for v in e.values):  # type: ignore
+        return None
+    taken = {n.id for s in body for n in walk(s) if isinstance(n, N.Name)}
+    taken |= {s.target for s in statements(body) if isinstance(s, N.Assign)}
+    names = [_fresh("returned" if k == 0 else f"returned{k}", taken) for k in range(len(ends[0].values))]  # type: ignore
+
+    def bound(side: list[N.Stmt]) -> list[N.Stmt]:
+        end = side[-1]
+        assert isinstance(end, N.Return)
+        assigns: list[N.Stmt] = [
+            N.Assign(v.span, n, v.span, v) for n, v in zip(names, end.values) if not isinstance(v, N.NoneLit)
+        ]
+        return side[:-1] + assigns
+
+    return dataclasses.replace(stmt, body=bound(stmt.body), orelse=bound(stmt.orelse)), names
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    while name in taken:
+        name += "_"
+    taken.add(name)
+    return name
+
+
+def _local(name: str, span) -> N.Name:
+    local = N.Name(span, name)
+    local.ref, local.kind = N.Ref.LOCAL, N.Kind.TENSOR
+    return local
 
 
 def _returns(stmt: N.If) -> bool:

@@ -237,9 +237,13 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str]) -> Plan:
     if update is not None or has_loop(layer.forward.body):
         raise _not_segmented(first.span, "in a forward that updates no buffer and keeps no loop")
 
+    flags = {i.name for i in layer.forward.inputs if i.flag is not None}
+
     def condition(stmt: N.If, before: list[N.Stmt]) -> N.Expr:
         cond = _configuration_condition(stmt.cond, before, layer)
-        if not all(on_arguments(term, inputs) or _on_dims(term) for term in and_terms(cond)):
+        if not all(
+            on_arguments(term, inputs) or _on_dims(term, flags) or _dtype_test(term) for term in and_terms(cond)
+        ):
             raise _not_segmented(
                 stmt.cond.span,
                 "when it tests arguments, lets and `training`, or whether an optional input is given",
@@ -252,11 +256,17 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str]) -> Plan:
     return plan_loops(closed, set(members | inputs), incoming_names, condition)
 
 
-def _on_dims(cond: N.Expr) -> bool:
-    """Whether `cond` reads only arguments, lets, `training` and dims (`query_ndim == 2`, a size forward
-    measures and the Function keeps on ctx)."""
+def _on_dims(cond: N.Expr, flags: set[str]) -> bool:
+    """Whether `cond` reads only arguments, lets, `training`, dims (`query_ndim == 2`, a size forward
+    measures and the Function keeps on ctx) and flag inputs (`need_weights: bool = true`)."""
     refs = (N.Ref.ARG, N.Ref.LET, N.Ref.TRAINING, N.Ref.DIM)
-    return all(n.ref in refs for n in walk(cond) if isinstance(n, N.Name))
+    return all(n.ref in refs or n.id in flags for n in walk(cond) if isinstance(n, N.Name))
+
+
+def _dtype_test(cond: N.Expr) -> bool:
+    """Whether `cond` is `is_floating_point(m)` of an input or member, or its `not` (kept on ctx)."""
+    cond = cond.operand if isinstance(cond, N.Not) else cond
+    return isinstance(cond, N.Call) and cond.func == "is_floating_point" and bool(dtype_tested(cond))
 
 
 def _not_segmented(span: Span, where: str) -> NotDerivable:
@@ -586,6 +596,10 @@ def _dtype_tests_of_leaves(cond: N.Expr, before: list[N.Stmt], layer: N.Layer) -
         if isinstance(e, N.Name) and e.ref == "local":
             at = next((k for k in range(upto - 1, -1, -1) if _assigns(before[k], e.id)), None)
             stmt = before[at] if at is not None else None
+            if isinstance(stmt, N.If) and at is not None:  # a segmented forward's: every side's from one leaf
+                sides = [*stmt.body, *stmt.orelse]
+                sources = {source(s.value, at) for s in sides if isinstance(s, N.Assign) and s.target == e.id}
+                return sources.pop() if len(sources) == 1 else None
             return source(stmt.value, at) if isinstance(stmt, N.Assign) and at is not None else None
         if isinstance(e, N.Call) and e.func in OPS and OPS[e.func].shape in DTYPE_KEEPING and e.args:
             return source(e.args[0], upto)
@@ -604,6 +618,9 @@ def _dtype_tests_of_leaves(cond: N.Expr, before: list[N.Stmt], layer: N.Layer) -
 
 
 def _assigns(stmt: N.Stmt, name: str) -> bool:
+    """Whether `stmt` binds `name` (a side of a segmented forward's `if`, which nests no `if`, too)."""
+    if isinstance(stmt, N.If):
+        return any(_assigns(s, name) for s in [*stmt.body, *stmt.orelse])
     return isinstance(stmt, N.Assign) and stmt.target == name
 
 
