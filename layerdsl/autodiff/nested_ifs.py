@@ -25,9 +25,13 @@ top, `src_len = src_len + 1 if add_bias_kv else src_len`, so that sides bind ten
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 from layerdsl.autodiff.loops import presence
+from layerdsl.autodiff.tape import NotDerivable
+from layerdsl.autodiff.unroll import Measured, prepared_forward
 from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import statements, walk
 
 
@@ -153,3 +157,124 @@ def _negated(cond: N.Expr) -> N.Expr:
     negated = N.Not(cond.span, cond)
     negated.kind = N.Kind.BOOL
     return negated
+
+
+# ---------------------------------------------------------------- sizes of locals the `if`s bind
+
+
+MAX_SIZE_ATOMS = 6  # the conditions a size of a local is chosen by (2 ** 6 straight forwards at most)
+
+
+def sizes_by_side(body: list[N.Stmt], layer: N.Layer, measured: Measured) -> list[N.Stmt]:
+    """`body` (`flattened`) with each number that measures a local the `if`s before it bind
+    (`tgt_len = size_at(q_in, 0)`) written as the sizes of inputs and members it is on each side, chosen
+    by the conditions (`query_size0 if query_ndim == 2 else (query_size1 if batch_first else
+    query_size0)`): a later segment cannot know which side an earlier one ran, but the conditions are
+    configuration values the Function has at hand in forward and backward. A number not followed back so
+    is left as it is (the derivation reports it)."""
+    out: list[N.Stmt] = []
+    for stmt in body:
+        if isinstance(stmt, N.Assign) and stmt.value.kind in N.NUMBERS and _measures_a_local(stmt.value):
+            value = _chosen_size(out, stmt, layer, measured)
+            stmt = stmt if value is None else dataclasses.replace(stmt, value=value)
+        out.append(stmt)
+    return out
+
+
+def _measures_a_local(e: N.Expr) -> bool:
+    def local(x: N.Expr) -> bool:
+        return isinstance(x, N.Name) and x.ref == N.Ref.LOCAL and x.kind == N.Kind.TENSOR
+
+    return any(
+        (isinstance(n, N.Call) and n.func == "size_at" and n.args and local(n.args[0]))
+        or (isinstance(n, N.Rank) and local(n.value))
+        for n in walk(e)
+    )
+
+
+def _chosen_size(before: list[N.Stmt], stmt: N.Assign, layer: N.Layer, measured: Measured) -> N.Expr | None:
+    """`stmt`'s value on each side of the `if`s of `before` that bind what it measures, as one expression
+    choosing by their conditions; None when a side's is not followed back to inputs and members."""
+    relevant = _relevant_ifs(before, stmt)
+    atoms: dict[str, N.Expr] = {}
+    for chooser in relevant:
+        _atoms(chooser.cond, atoms)
+    if len(atoms) > MAX_SIZE_ATOMS:
+        return None
+    keys = list(atoms)
+    assert layer.forward is not None
+    found: dict[tuple[bool, ...], N.Expr] = {}
+    for values in itertools.product((True, False), repeat=len(keys)):
+        holds = dict(zip(keys, values))
+        straight: list[N.Stmt] = []
+        for t in before:
+            if isinstance(t, N.If):
+                straight += (t.body if _holds(t.cond, holds) else t.orelse) if t in relevant else []
+            else:
+                straight.append(t)
+        side = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=[*straight, stmt]))
+        side.symbolic_dims = list(layer.symbolic_dims)
+        try:
+            last = prepared_forward(side, measured).forward.body[-1]  # type: ignore[union-attr]
+        except NotDerivable:
+            continue  # no side binds it here: conditions that cannot hold together (or the plan refuses it)
+        if not isinstance(last, N.Assign) or _measures_a_local(last.value):
+            return None
+        found[values] = last.value
+    if not found:
+        return None
+    return _decision(keys, atoms, found, ())
+
+
+def _relevant_ifs(before: list[N.Stmt], stmt: N.Assign) -> list[N.If]:
+    """The `if`s of `before` that bind a local `stmt` reads, or one those locals are computed from."""
+    wanted = {n.id for n in walk(stmt.value) if isinstance(n, N.Name) and n.ref == N.Ref.LOCAL}
+    relevant: list[N.If] = []
+    for s in reversed(before):
+        bound = {t.target for t in statements([s]) if isinstance(t, N.Assign)}
+        bound |= {name for t in statements([s]) if isinstance(t, N.Unpack) for name, _ in t.targets}
+        if bound & wanted:
+            wanted |= {n.id for n in walk(s) if isinstance(n, N.Name) and n.ref == N.Ref.LOCAL}
+            if isinstance(s, N.If):
+                relevant.append(s)
+    return relevant[::-1]
+
+
+def _atoms(cond: N.Expr, out: dict[str, N.Expr]) -> None:
+    if isinstance(cond, N.BoolOp):
+        _atoms(cond.left, out)
+        _atoms(cond.right, out)
+    elif isinstance(cond, N.Not):
+        _atoms(cond.operand, out)
+    else:
+        out.setdefault(spec_text(cond), cond)
+
+
+def _holds(cond: N.Expr, holds: dict[str, bool]) -> bool:
+    if isinstance(cond, N.BoolOp):
+        left, right = _holds(cond.left, holds), _holds(cond.right, holds)
+        return left and right if cond.op == "and" else left or right
+    if isinstance(cond, N.Not):
+        return not _holds(cond.operand, holds)
+    return holds[spec_text(cond)]
+
+
+def _decision(
+    keys: list[str], atoms: dict[str, N.Expr], found: dict[tuple[bool, ...], N.Expr], fixed: tuple[bool, ...]
+) -> N.Expr:
+    """The value chosen by the atoms from `fixed` on, as `a if atom else b` where they differ."""
+    under = {v: e for v, e in found.items() if v[: len(fixed)] == fixed}
+    texts = {spec_text(e) for e in under.values()}
+    if len(texts) == 1 or len(fixed) == len(keys):
+        return next(iter(under.values()))
+    then = _decision(keys, atoms, found, (*fixed, True))
+    orelse = _decision(keys, atoms, found, (*fixed, False))
+    if spec_text(then) == spec_text(orelse):
+        return then
+    if not any(v[: len(fixed) + 1] == (*fixed, True) for v in under):
+        return orelse
+    if not any(v[: len(fixed) + 1] == (*fixed, False) for v in under):
+        return then
+    chosen = N.IfExp(then.span, atoms[keys[len(fixed)]], then, orelse)
+    chosen.kind = then.kind
+    return chosen

@@ -31,7 +31,7 @@ from layerdsl.autodiff.loops import (
     proves,
     unswitched,
 )
-from layerdsl.autodiff.nested_ifs import flattened
+from layerdsl.autodiff.nested_ifs import flattened, sizes_by_side
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape, refusal
@@ -133,7 +133,7 @@ def plan_backward(
     if layer.backward is None and (branch := _first_if(layer.forward.body)) is not None:
         # counted before any side is derived: independent `if`s multiply (a derivation per side)
         if side_count(layer.forward.body, known, MAX_BRANCH_PLANS) > MAX_BRANCH_PLANS:
-            return _segmented_plan(layer, branch[1], given)
+            return _segmented_plan(layer, branch[1], given, measured)
         return _branch_plan(layer, branch, given, known, measured)
     return _straight_plan(layer, given)
 
@@ -217,7 +217,7 @@ def _loop_plan(layer: N.Layer, optional: set[str], given: frozenset[str]) -> Pla
     return plan_loops(layer, optional, incoming_names)
 
 
-def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str]) -> Plan:
+def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str], measured: Measured) -> Plan:
     """A forward of more than MAX_BRANCH_PLANS combinations of branches: each `if` a segment of its own
     (`loops.Choice`), so independent `if`s add rather than multiply. Its conditions read arguments, lets
     and `training`, or test whether an optional input is given; it reads no optional member (not derived
@@ -230,7 +230,9 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str]) -> Plan:
     unproven = _unproven_members(layer.forward.body, layer, members)
     if unproven and (choice := _member_sides(layer, set(unproven))) is not None:
         cond, built, absent = choice
-        return BranchPlan(cond, _segmented_plan(built, first, given), _segmented_plan(absent, first, given))
+        return BranchPlan(
+            cond, _segmented_plan(built, first, given, measured), _segmented_plan(absent, first, given, measured)
+        )
     update = next((s for s in statements(layer.forward.body) if isinstance(s, N.Update)), None)
     if unproven:
         raise _unproven_read(layer, unproven)
@@ -251,6 +253,7 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str]) -> Plan:
         return cond
 
     body = flattened(returns_closed(layer.forward.body))  # nested `if`s and a side's numbers at the top
+    body = sizes_by_side(body, layer, measured)
     closed = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
     closed.symbolic_dims = list(layer.symbolic_dims)
     return plan_loops(closed, set(members | inputs), incoming_names, condition)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 from layerdsl.autodiff.loops import UNBOUND, Choice, Loop, LoopPlan, Straight, presence, segment_steps
-from layerdsl.autodiff.plan import BackwardPlan, BranchPlan
+from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, dtype_tested
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen.function import VIEWS, FunctionEmitter, returning_second_results, with_second_results
@@ -28,7 +28,7 @@ from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import and_terms
-from layerdsl.ir.visit import walk
+from layerdsl.ir.visit import map_children, walk
 from layerdsl.language.tables import python_type
 
 MAX_ROUNDS = 6  # derivations until what backward reads settles (a growing set: it ends sooner)
@@ -153,6 +153,23 @@ class LoopFunction:
         # `if m != none` of an optional input, an `if` of its own: backward tests m's shape, kept on ctx
         tested = [presence(t) for seg in plan.segments if isinstance(seg, Choice) for t in and_terms(seg.cond)]
         self.presence_tested = list(dict.fromkeys(t[0] for t in tested if t is not None))
+        # a flag input (`if not need_weights`) and a dtype (`if is_floating_point(mask)`): kept on ctx too
+        read = {
+            n.id for seg in plan.segments if isinstance(seg, Choice) for n in walk(seg.cond) if isinstance(n, N.Name)
+        }
+        assert self.layer.forward is not None
+        self.flags_tested = [i.name for i in self.layer.forward.inputs if i.flag is not None and i.name in read]
+        conds = [seg.cond for seg in plan.segments if isinstance(seg, Choice)]
+        self.dtype_tested = list(dict.fromkeys(leaf for cond in conds for leaf in dtype_tested(cond)))
+
+    def dtype_field(self, leaf: str) -> str:
+        return self.names.ctx_value(f"{leaf}_is_floating_point")
+
+    def dim_source(self, dim: str) -> str:
+        """How forward measures `dim`: of an optional input (a segmented forward's), None when not given."""
+        source = self.helper.dim_source[dim]
+        leaf = source.split(".")[0]
+        return f"None if {leaf} is None else {source}" if leaf in self.presence_tested else source
 
     def name(self, hint: str, key: tuple = ()) -> str:
         """A name this Function introduces: the same for the same hint (and key) in every writing."""
@@ -273,7 +290,7 @@ class LoopFunction:
 
     def forward(self, extra: list[str], per_step: dict[int, set[str]]) -> list[str]:
         ex = self.helper.python(Spelling({}, training="training"))
-        lines = self.prelude(ex, lambda d: self.helper.dim_source[d])
+        lines = self.prelude(ex, self.dim_source)
         for seg in self.plan.segments:
             if isinstance(seg, Straight):
                 lines += self.steps(seg.tape, ex)
@@ -399,7 +416,7 @@ class LoopFunction:
         unpack = self.plan.leaves + self.kwargs
         dims = sorted(self.backward_dims)
         used = set(saved_leaves) | set(self.kwargs) | {self.helper.dim_source[d].split(".")[0] for d in dims}
-        used |= set(self.presence_tested)
+        used |= set(self.presence_tested) | set(self.flags_tested) | set(self.dtype_tested)
         lines = []
         if used:
             names = [u if u in used else "_" for u in unpack]
@@ -411,8 +428,16 @@ class LoopFunction:
         if extra and len(self.plan.outputs) == 1:  # the extra outputs' gradients: None unless given
             lines.append("ctx.set_materialize_grads(False)")
         lines += [f"{self.names.ctx_value(k)} = {k}" for k in self.kwargs]
-        lines += [f"{self.names.ctx_value(d)} = {self.helper.dim_source[d]}" for d in dims]
+        lines += [f"{self.names.ctx_value(d)} = {self.dim_source(d)}" for d in dims]
         lines += [f"{self.names.ctx_shape(m)} = None if {m} is None else {m}.shape" for m in self.presence_tested]
+        lines += [f"{self.names.ctx_value(f)} = {f}" for f in self.flags_tested]
+        for leaf in self.dtype_tested:
+            test = f"{leaf}.is_floating_point()"
+            lines.append(
+                f"{self.dtype_field(leaf)} = {leaf} is not None and {test}"
+                if leaf in self.presence_tested
+                else f"{self.dtype_field(leaf)} = {test}"
+            )
         tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + own_extra
         for per_step, group in self.statistics():  # no gradient of their own: ATen differentiates through them
             if names := [x for x in group if x in own_extra]:
@@ -663,8 +688,10 @@ class _BackwardWriter:
             if then != orelse and None in (then, orelse):  # defined on one side only: None on the other
                 self.maybe_none.add(g)
         kept = {m: self.fn.names.ctx_shape(m) for m in self.fn.presence_tested}  # None when not given
+        kept |= {f: self.fn.names.ctx_value(f) for f in self.fn.flags_tested}
+        kept |= {_dtype_name(leaf): self.fn.dtype_field(leaf) for leaf in self.fn.dtype_tested}
         ex = self.fn.helper.python(dataclasses.replace(self.spelling, names=self.spelling.names | kept))
-        return head + _if_else([f"if {ex(seg.cond)}:"], sides[0], sides[1])
+        return head + _if_else([f"if {ex(_dtypes_named(seg.cond))}:"], sides[0], sides[1])
 
     def straight(self, seg: Straight, where: str | None = None) -> list[str]:
         """`where`: the key of the names it introduces (by default, the segment's index)."""
@@ -863,6 +890,23 @@ def _gradient_sources(plan: LoopPlan) -> dict[str, set[str]]:
             names = [n.id for n in walk(item) if isinstance(n, N.Name)] if item is not None else []
             sources[j.name] = {l for name in names for l in sources.get(name, ())}
     return sources
+
+
+def _dtype_name(leaf: str) -> str:
+    return f"{leaf}.is_floating_point"  # no spec name has a dot: the backward spells it as the ctx field
+
+
+def _dtypes_named(cond: N.Expr) -> N.Expr:
+    """`cond` with each `is_floating_point(m)` as a name (`_dtype_name`), which backward spells as ctx's."""
+
+    def go(e: N.Expr) -> N.Expr:
+        if isinstance(e, N.Call) and e.func == "is_floating_point" and dtype_tested(e):
+            name = N.Name(e.span, _dtype_name(dtype_tested(e)[0]))
+            name.ref, name.kind = N.Ref.LOCAL, N.Kind.BOOL
+            return name
+        return map_children(e, go)
+
+    return go(cond)
 
 
 def _maybe_unbound(plan: LoopPlan) -> set[str]:
