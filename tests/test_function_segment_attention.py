@@ -135,3 +135,42 @@ def test_gradcheck_and_gradgradcheck(modules):
 
     assert torch.autograd.gradcheck(run, (q, *params))
     assert torch.autograd.gradgradcheck(run, (q, *params))
+
+
+ENCODER_FILES = ["attention.layer", "linear.layer", "layer_norm.layer", "transformer.layer"]
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory) -> tuple:
+    """TransformerEncoderLayer with and without `@function` (its attention, linears and norms inlined)."""
+    root = tmp_path_factory.mktemp("encoder")
+    out = []
+    for function in (True, False):
+        folder = root / ("function" if function else "plain") / "torch_nn"
+        folder.mkdir(parents=True)
+        for name in ENCODER_FILES:
+            text = (SPECS / name).read_text()
+            if function:
+                text = text.replace("\nlayer TransformerEncoderLayer(", "\n@function\nlayer TransformerEncoderLayer(")
+            (folder / name).write_text(text)
+        package = f"encoder_{'function' if function else 'plain'}"
+        generate_package([str(folder.parent)], root / "packages", package)
+        out.append(importlib.import_module(package))
+    return tuple(out)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_encoder_layer_matches_the_plain_module(encoders, norm_first, bias):
+    """Its norms' statistics kept by the Function are not differentiable outputs (one
+    `mark_non_differentiable` for all of them: torch keeps only the last call's), so the second derivative
+    differentiates through ATen's layer norm backward as autograd's does."""
+    function, plain = encoders
+    torch.manual_seed(0)
+    config = {"dim_feedforward": 8, "dropout": 0.0, "norm_first": norm_first, "bias": bias}
+    a = function.TransformerEncoderLayer(4, 2, **config, dtype=torch.float64)
+    b = plain.TransformerEncoderLayer(4, 2, **config, dtype=torch.float64)
+    b.load_state_dict(a.state_dict())
+    src = torch.rand(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(3, 3) > 0.7
+    agree(a(src, src_mask=mask), b(src, src_mask=mask), [src])

@@ -119,3 +119,77 @@ def test_a_local_of_one_side_is_none_after_the_other(compiled):
     assert "if a and b:" in forward and "if a and not b and c:" in forward
     assert "m = m + 1 if a else m" in forward.replace("(", "").replace(")", "")
     assert "= None" in forward
+
+
+TWO_NAMES = '''
+{function}
+layer TwoNamesOneValue(n: int, nf: bool = true, a: bool = true, b: bool = true, c: bool = false, d: bool = true,
+                       e: bool = false) {{
+    """A side binding two locals to one value (`y = cos(...)`, `h = y`), as TransformerEncoderLayer's do."""
+    param w: [n] = ones
+    param v: [n] = ones
+
+    example(n = 3)
+
+    forward(x: [B, n]) -> [B, n] {{
+        y = x
+        if nf {{
+            h = tanh(y)
+            if a {{
+                g = h * w
+            }} else {{
+                g = h
+            }}
+            y = y + g
+            h = sin(y)
+        }} else {{
+            if a {{
+                g = y * w
+            }} else {{
+                g = y
+            }}
+            y = cos(y + g)
+            h = y
+        }}
+        out = h * v
+        if b {{
+            out = out * out
+        }}
+        if c {{
+            out = out + 1
+        }}
+        if d {{
+            out = tanh(out)
+        }}
+        if e {{
+            out = out * 2
+        }}
+        if nf {{
+            return y + out
+        }}
+        return exp(y + out)
+    }}
+}}
+'''
+
+
+@pytest.mark.parametrize("flags", [(True, True), (True, False), (False, True), (False, False)])
+def test_two_locals_holding_one_value_sum_their_gradients(flags):
+    """Backward gives the side's value the gradients of both merged names (it overwrote one with the
+    other before)."""
+    namespaces = []
+    for function in (True, False):
+        spec = parse_file("two.layer", TWO_NAMES.format(function="@function" if function else ""))
+        program = check_program([spec])
+        namespace: dict = {}
+        exec(compile(emit_file(spec, program, "two.layer", {}), "two.py", "exec"), namespace)
+        namespaces.append(namespace)
+    config = dict(zip(["nf", "a"], flags))
+    torch.manual_seed(0)
+    a = namespaces[0]["TwoNamesOneValue"](3, **config, dtype=torch.float64)
+    b = namespaces[1]["TwoNamesOneValue"](3, **config, dtype=torch.float64)
+    with torch.no_grad():
+        a.w.uniform_(0.5, 1.5)
+        a.v.uniform_(0.5, 1.5)
+    b.load_state_dict(a.state_dict())
+    compare_with_plain(a, b, torch.rand(2, 3, dtype=torch.float64, requires_grad=True))

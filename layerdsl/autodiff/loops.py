@@ -217,7 +217,15 @@ def proves(side_cond: N.Expr, holds: bool, cond: N.Expr) -> bool:
     the same condition (`if bias` of `... if bias`), or its `not` on the other side."""
     if isinstance(cond, N.Not) and not holds:
         return spec_text(cond.operand) == spec_text(side_cond)
-    return holds and spec_text(cond) == spec_text(side_cond)
+    if not holds:
+        return False
+    if isinstance(side_cond, N.BoolOp) and side_cond.op == "and":  # `if norm_first and bias`
+        return spec_text(cond) == spec_text(side_cond) or any(proves(t, True, cond) for t in _operands(side_cond))
+    return spec_text(cond) == spec_text(side_cond)
+
+
+def _operands(cond: N.BoolOp) -> tuple[N.Expr, N.Expr]:
+    return cond.left, cond.right
 
 
 def _decided(body: list[N.Stmt], cond: N.Expr, holds: bool) -> list[N.Stmt]:

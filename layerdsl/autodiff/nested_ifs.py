@@ -35,25 +35,46 @@ from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import statements, walk
 
 
-def flattened(body: list[N.Stmt]) -> list[N.Stmt]:
+def flattened(body: list[N.Stmt], numbers: frozenset[str] = frozenset()) -> list[N.Stmt]:
     """`body` with each `if` at its top whose sides nest an `if` or bind a number written as `if`s at the
     top that nest none and number statements of their own. Where both sides of such an `if` end in a
     `return` (`plan.returns_closed`), each binds what it returns to locals instead (`return out, none`:
-    the second left unbound, so None), returned after the `if`s."""
+    the second left unbound, so None), returned after the `if`s. `numbers`: those bound before `body`."""
     out: list[N.Stmt] = []
-    for stmt in body:
+    for stmt in _none_dropped(body, set(), top=True):
+        bound = numbers | {s.target for s in out if isinstance(s, N.Assign) and s.value.kind in N.NUMBERS}
         nests = isinstance(stmt, N.If) and (_nests(stmt.body) or _nests(stmt.orelse))
         if isinstance(stmt, N.If) and nests and _returns(stmt) and (returned := _returned_locals(stmt, body)):
-            bound, names = returned
-            out += flattened([bound]) + [N.Return(stmt.span, [_local(n, stmt.span) for n in names])]
+            closed, names = returned
+            out += flattened([closed], bound) + [N.Return(stmt.span, [_local(n, stmt.span) for n in names])]
         elif isinstance(stmt, N.If) and nests and not _returns(stmt):
             then, then_rest = _straight_start(stmt.body)
             orelse, else_rest = _straight_start(stmt.orelse)
             if then or orelse:
                 out.append(dataclasses.replace(stmt, body=then, orelse=orelse))
-            out += _guarded(stmt.cond, then_rest) + _guarded(_negated(stmt.cond), else_rest)
+            out += _guarded(stmt.cond, then_rest, set(bound)) + _guarded(_negated(stmt.cond), else_rest, set(bound))
         else:
             out.append(stmt)
+    return out
+
+
+def _none_dropped(body: list[N.Stmt], nones: set[str], top: bool = False) -> list[N.Stmt]:
+    """`body` with the locals an `if`'s side binds to `none` (`weights = none` of a sub's `return out,
+    none`, inlined) left unbound there (a side binds tensors only; read later, they are None)."""
+    out: list[N.Stmt] = []
+    for stmt in body:
+        if isinstance(stmt, N.If):
+            stmt = dataclasses.replace(
+                stmt, body=_none_dropped(stmt.body, nones), orelse=_none_dropped(stmt.orelse, nones)
+            )
+        elif isinstance(stmt, N.Assign) and not top:
+            value = stmt.value
+            if isinstance(value, N.NoneLit) or (
+                isinstance(value, N.Name) and value.id in nones and value.kind != N.Kind.TENSOR
+            ):
+                nones.add(stmt.target)
+                continue
+        out.append(stmt)
     return out
 
 
@@ -112,8 +133,9 @@ def _straight_start(side: list[N.Stmt]) -> tuple[list[N.Stmt], list[N.Stmt]]:
     return side[:at], side[at:]
 
 
-def _guarded(cond: N.Expr, side: list[N.Stmt]) -> list[N.Stmt]:
-    """`side`'s statements, each run only when `cond` holds, as statements at the top of forward."""
+def _guarded(cond: N.Expr, side: list[N.Stmt], bound: set[str]) -> list[N.Stmt]:
+    """`side`'s statements, each run only when `cond` holds, as statements at the top of forward (a number
+    not `bound` before it is None where `cond` does not hold: only this side reads it)."""
     out: list[N.Stmt] = []
     run: list[N.Stmt] = []
 
@@ -125,12 +147,17 @@ def _guarded(cond: N.Expr, side: list[N.Stmt]) -> list[N.Stmt]:
     for stmt in side:
         if isinstance(stmt, N.If):
             close_run()
-            out += _guarded(_both(cond, stmt.cond), stmt.body) + _guarded(_both(cond, _negated(stmt.cond)), stmt.orelse)
+            out += _guarded(_both(cond, stmt.cond), stmt.body, bound)
+            out += _guarded(_both(cond, _negated(stmt.cond)), stmt.orelse, bound)
         elif _binds_number(stmt):
             assert isinstance(stmt, N.Assign)
             close_run()
-            kept = N.Name(stmt.target_span, stmt.target)
-            kept.ref, kept.kind = N.Ref.LOCAL, stmt.value.kind
+            kept: N.Expr = N.Name(stmt.target_span, stmt.target) if stmt.target in bound else N.NoneLit(stmt.span)
+            if isinstance(kept, N.Name):
+                kept.ref, kept.kind = N.Ref.LOCAL, stmt.value.kind
+            else:
+                kept.kind = N.Kind.NONE
+            bound.add(stmt.target)
             chosen = N.IfExp(stmt.value.span, cond, stmt.value, kept)
             chosen.kind = stmt.value.kind
             out.append(dataclasses.replace(stmt, value=chosen))
@@ -177,6 +204,10 @@ def sizes_by_side(body: list[N.Stmt], layer: N.Layer, measured: Measured) -> lis
         if isinstance(stmt, N.Assign) and stmt.value.kind in N.NUMBERS and _measures_a_local(stmt.value):
             value = _chosen_size(out, stmt, layer, measured)
             stmt = stmt if value is None else dataclasses.replace(stmt, value=value)
+        elif isinstance(stmt, N.If) and _measures_a_local(stmt.cond):  # `if h.ndim == 2`, h bound by an `if`
+            tested = N.Assign(stmt.cond.span, "_tested", stmt.cond.span, stmt.cond)
+            cond = _chosen_size(out, tested, layer, measured)
+            stmt = stmt if cond is None else dataclasses.replace(stmt, cond=cond)
         out.append(stmt)
     return out
 
@@ -231,13 +262,18 @@ def _relevant_ifs(before: list[N.Stmt], stmt: N.Assign) -> list[N.If]:
     wanted = {n.id for n in walk(stmt.value) if isinstance(n, N.Name) and n.ref == N.Ref.LOCAL}
     relevant: list[N.If] = []
     for s in reversed(before):
-        bound = {t.target for t in statements([s]) if isinstance(t, N.Assign)}
-        bound |= {name for t in statements([s]) if isinstance(t, N.Unpack) for name, _ in t.targets}
-        if bound & wanted:
-            wanted |= {n.id for n in walk(s) if isinstance(n, N.Name) and n.ref == N.Ref.LOCAL}
+        binding = [t for t in statements([s]) if _binds(t) & wanted]
+        if binding:
+            wanted |= {n.id for t in binding for n in walk(t) if isinstance(n, N.Name) and n.ref == N.Ref.LOCAL}
             if isinstance(s, N.If):
                 relevant.append(s)
     return relevant[::-1]
+
+
+def _binds(stmt: N.Stmt) -> set[str]:
+    if isinstance(stmt, N.Assign):
+        return {stmt.target}
+    return {name for name, _ in stmt.targets} if isinstance(stmt, N.Unpack) else set()
 
 
 def _atoms(cond: N.Expr, out: dict[str, N.Expr]) -> None:
@@ -261,20 +297,18 @@ def _holds(cond: N.Expr, holds: dict[str, bool]) -> bool:
 
 def _decision(
     keys: list[str], atoms: dict[str, N.Expr], found: dict[tuple[bool, ...], N.Expr], fixed: tuple[bool, ...]
-) -> N.Expr:
-    """The value chosen by the atoms from `fixed` on, as `a if atom else b` where they differ."""
+) -> N.Expr | None:
+    """The value chosen by the atoms from `fixed` on, as `a if atom else b` where they differ (None where
+    no side binds it: conditions that cannot hold together)."""
     under = {v: e for v, e in found.items() if v[: len(fixed)] == fixed}
-    texts = {spec_text(e) for e in under.values()}
-    if len(texts) == 1 or len(fixed) == len(keys):
+    if not under:
+        return None
+    if len({spec_text(e) for e in under.values()}) == 1 or len(fixed) == len(keys):
         return next(iter(under.values()))
     then = _decision(keys, atoms, found, (*fixed, True))
     orelse = _decision(keys, atoms, found, (*fixed, False))
-    if spec_text(then) == spec_text(orelse):
-        return then
-    if not any(v[: len(fixed) + 1] == (*fixed, True) for v in under):
-        return orelse
-    if not any(v[: len(fixed) + 1] == (*fixed, False) for v in under):
-        return then
+    if then is None or orelse is None or spec_text(then) == spec_text(orelse):
+        return then or orelse
     chosen = N.IfExp(then.span, atoms[keys[len(fixed)]], then, orelse)
     chosen.kind = then.kind
     return chosen

@@ -439,14 +439,23 @@ class LoopFunction:
                 else f"{self.dtype_field(leaf)} = {test}"
             )
         tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + own_extra
-        for per_step, group in self.statistics():  # no gradient of their own: ATen differentiates through them
-            if names := [x for x in group if x in own_extra]:
-                marked = f"ctx.mark_non_differentiable({', '.join(names)})"
-                lines += (
-                    [f"if {names[0]} is not None:  # None after a loop of no steps", f"    {marked}"]
-                    if per_step
-                    else [marked]
-                )
+        # no gradient of their own: ATen differentiates through them (one call: torch keeps the last call's)
+        groups = [
+            (per_step, names)
+            for per_step, group in self.statistics()
+            if (names := [x for x in group if x in own_extra])
+        ]
+        if len(groups) == 1:
+            per_step, names = groups[0]
+            marked = f"ctx.mark_non_differentiable({', '.join(names)})"
+            lines += (
+                [f"if {names[0]} is not None:  # None after a loop of no steps", f"    {marked}"]
+                if per_step
+                else [marked]
+            )
+        elif groups:  # those of a loop of no steps, or of a side that did not run, are None
+            every = ", ".join(name for _, names in groups for name in names)
+            lines.append(f"ctx.mark_non_differentiable(*[t for t in ({every}) if t is not None])")
         if tensors:
             lines.append(f"ctx.save_for_backward({', '.join(tensors)})")
         return lines
@@ -673,7 +682,7 @@ class _BackwardWriter:
                 given = start.get(self.acc(name))
                 if given is None or values[k] == UNBOUND:  # None when this side ran: no gradient
                     continue
-                if values[k] in own:
+                if values[k] in own and self.acc(values[k]) not in self.state:  # two merged names may hold it
                     lines.append(f"{self.acc(values[k])} = {self.acc(name)}")
                     self.state[self.acc(values[k])] = given
                 else:
