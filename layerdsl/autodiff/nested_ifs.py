@@ -201,10 +201,10 @@ def sizes_by_side(body: list[N.Stmt], layer: N.Layer, measured: Measured) -> lis
     is left as it is (the derivation reports it)."""
     out: list[N.Stmt] = []
     for stmt in body:
-        if isinstance(stmt, N.Assign) and stmt.value.kind in N.NUMBERS and _measures_a_local(stmt.value):
+        if isinstance(stmt, N.Assign) and stmt.value.kind in N.NUMBERS and measures_a_local(stmt.value):
             value = _chosen_size(out, stmt, layer, measured)
             stmt = stmt if value is None else dataclasses.replace(stmt, value=value)
-        elif isinstance(stmt, N.If) and _measures_a_local(stmt.cond):  # `if h.ndim == 2`, h bound by an `if`
+        elif isinstance(stmt, N.If) and measures_a_local(stmt.cond):  # `if h.ndim == 2`, h bound by an `if`
             tested = N.Assign(stmt.cond.span, "_tested", stmt.cond.span, stmt.cond)
             cond = _chosen_size(out, tested, layer, measured)
             stmt = stmt if cond is None else dataclasses.replace(stmt, cond=cond)
@@ -212,7 +212,9 @@ def sizes_by_side(body: list[N.Stmt], layer: N.Layer, measured: Measured) -> lis
     return out
 
 
-def _measures_a_local(e: N.Expr) -> bool:
+def measures_a_local(e: N.Expr) -> bool:
+    """Whether `e` measures a tensor forward computes (`size_at(q_in, 0)`, `h.ndim`)."""
+
     def local(x: N.Expr) -> bool:
         return isinstance(x, N.Name) and x.ref == N.Ref.LOCAL and x.kind == N.Kind.TENSOR
 
@@ -226,10 +228,11 @@ def _measures_a_local(e: N.Expr) -> bool:
 def _chosen_size(before: list[N.Stmt], stmt: N.Assign, layer: N.Layer, measured: Measured) -> N.Expr | None:
     """`stmt`'s value on each side of the `if`s of `before` that bind what it measures, as one expression
     choosing by their conditions; None when a side's is not followed back to inputs and members."""
-    relevant = _relevant_ifs(before, stmt)
+    relevant = _relevant(before, stmt)
     atoms: dict[str, N.Expr] = {}
     for chooser in relevant:
-        _atoms(chooser.cond, atoms)
+        if isinstance(chooser, N.If):
+            _atoms(chooser.cond, atoms)
     if len(atoms) > MAX_SIZE_ATOMS:
         return None
     keys = list(atoms)
@@ -238,9 +241,9 @@ def _chosen_size(before: list[N.Stmt], stmt: N.Assign, layer: N.Layer, measured:
     for values in itertools.product((True, False), repeat=len(keys)):
         holds = dict(zip(keys, values))
         straight: list[N.Stmt] = []
-        for t in before:
+        for t in relevant:
             if isinstance(t, N.If):
-                straight += (t.body if _holds(t.cond, holds) else t.orelse) if t in relevant else []
+                straight += t.body if _holds(t.cond, holds) else t.orelse
             else:
                 straight.append(t)
         side = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=[*straight, stmt]))
@@ -249,7 +252,7 @@ def _chosen_size(before: list[N.Stmt], stmt: N.Assign, layer: N.Layer, measured:
             last = prepared_forward(side, measured).forward.body[-1]  # type: ignore[union-attr]
         except NotDerivable:
             continue  # no side binds it here: conditions that cannot hold together (or the plan refuses it)
-        if not isinstance(last, N.Assign) or _measures_a_local(last.value):
+        if not isinstance(last, N.Assign) or measures_a_local(last.value):
             return None
         found[values] = last.value
     if not found:
@@ -257,16 +260,18 @@ def _chosen_size(before: list[N.Stmt], stmt: N.Assign, layer: N.Layer, measured:
     return _decision(keys, atoms, found, ())
 
 
-def _relevant_ifs(before: list[N.Stmt], stmt: N.Assign) -> list[N.If]:
-    """The `if`s of `before` that bind a local `stmt` reads, or one those locals are computed from."""
-    wanted = {n.id for n in walk(stmt.value) if isinstance(n, N.Name) and n.ref == N.Ref.LOCAL}
-    relevant: list[N.If] = []
+def _relevant(before: list[N.Stmt], stmt: N.Assign) -> list[N.Stmt]:
+    """The statements of `before` that bind a local `stmt` reads, or one those locals are computed from."""
+    wanted = {n.id for n in walk(stmt.value) if isinstance(n, N.Name)}
+    relevant: list[N.Stmt] = []
     for s in reversed(before):
-        binding = [t for t in statements([s]) if _binds(t) & wanted]
-        if binding:
-            wanted |= {n.id for t in binding for n in walk(t) if isinstance(n, N.Name) and n.ref == N.Ref.LOCAL}
-            if isinstance(s, N.If):
-                relevant.append(s)
+        binds = False
+        for t in reversed(list(statements([s]))):  # a side's later statements read its earlier ones
+            if _binds(t) & wanted:
+                binds = True
+                wanted |= {n.id for n in walk(t) if isinstance(n, N.Name)}
+        if binds:
+            relevant.append(s)
     return relevant[::-1]
 
 

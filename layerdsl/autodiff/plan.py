@@ -31,7 +31,7 @@ from layerdsl.autodiff.loops import (
     proves,
     unswitched,
 )
-from layerdsl.autodiff.nested_ifs import flattened, sizes_by_side
+from layerdsl.autodiff.nested_ifs import MAX_SIZE_ATOMS, flattened, measures_a_local, sizes_by_side
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape, refusal
@@ -242,6 +242,19 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str], measured
     flags = {i.name for i in layer.forward.inputs if i.flag is not None}
 
     def condition(stmt: N.If, before: list[N.Stmt]) -> N.Expr:
+        measured_local = next(
+            (n for n in walk(stmt.cond) if isinstance(n, N.Rank | N.Call) and measures_a_local(n)), None
+        )
+        if measured_local is not None:  # `sizes_by_side` did not follow it back
+            raise NotDerivable(
+                measured_local.span,
+                f"a derived backward through more than {MAX_BRANCH_PLANS} combinations of `if` branches tests"
+                f" `{spec_text(measured_local)}`, a size of a local the `if`s before it compute on their sides,"
+                " only where it follows back to the inputs through at most"
+                f" {MAX_SIZE_ATOMS} of their conditions (not derived yet)",
+                "test the size of the input it is computed from (`x.ndim` for `h = norm(x)`), or write a backward"
+                " block",
+            )
         cond = _configuration_condition(stmt.cond, before, layer)
         if not all(
             on_arguments(term, inputs) or _on_dims(term, flags) or _dtype_test(term) for term in and_terms(cond)
