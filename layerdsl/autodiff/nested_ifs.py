@@ -214,65 +214,74 @@ def sizes_by_side(body: list[N.Stmt], layer: N.Layer, measured: Measured) -> lis
 
 def measures_a_local(e: N.Expr) -> bool:
     """Whether `e` measures a tensor forward computes (`size_at(q_in, 0)`, `h.ndim`)."""
+    return bool(measured_locals(e))
+
+
+def measured_locals(e: N.Expr) -> set[str]:
+    """The tensors forward computes that `e` measures."""
 
     def local(x: N.Expr) -> bool:
         return isinstance(x, N.Name) and x.ref == N.Ref.LOCAL and x.kind == N.Kind.TENSOR
 
-    return any(
-        (isinstance(n, N.Call) and n.func == "size_at" and n.args and local(n.args[0]))
-        or (isinstance(n, N.Rank) and local(n.value))
-        for n in walk(e)
-    )
+    out: set[str] = set()
+    for n in walk(e):
+        if isinstance(n, N.Call) and n.func == "size_at" and n.args and local(n.args[0]):
+            out.add(n.args[0].id)  # type: ignore[attr-defined]
+        elif isinstance(n, N.Rank) and local(n.value):
+            out.add(n.value.id)
+    return out
 
 
 def _chosen_size(before: list[N.Stmt], stmt: N.Assign, layer: N.Layer, measured: Measured) -> N.Expr | None:
     """`stmt`'s value on each side of the `if`s of `before` that bind what it measures, as one expression
-    choosing by their conditions; None when a side's is not followed back to inputs and members."""
-    relevant = _relevant(before, stmt)
+    choosing by their conditions; None when a side's is not followed back to inputs and members. The
+    conditions are those of the `if`s it reads through, found as the sides chosen so far lead to them."""
     atoms: dict[str, N.Expr] = {}
-    for chooser in relevant:
-        if isinstance(chooser, N.If):
-            _atoms(chooser.cond, atoms)
-    if len(atoms) > MAX_SIZE_ATOMS:
-        return None
-    keys = list(atoms)
     assert layer.forward is not None
-    found: dict[tuple[bool, ...], N.Expr] = {}
-    for values in itertools.product((True, False), repeat=len(keys)):
-        holds = dict(zip(keys, values))
-        straight: list[N.Stmt] = []
-        for t in relevant:
-            if isinstance(t, N.If):
-                straight += t.body if _holds(t.cond, holds) else t.orelse
-            else:
-                straight.append(t)
-        side = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=[*straight, stmt]))
-        side.symbolic_dims = list(layer.symbolic_dims)
-        try:
-            last = prepared_forward(side, measured).forward.body[-1]  # type: ignore[union-attr]
-        except NotDerivable:
-            continue  # no side binds it here: conditions that cannot hold together (or the plan refuses it)
-        if not isinstance(last, N.Assign) or measures_a_local(last.value):
-            return None
-        found[values] = last.value
-    if not found:
-        return None
-    return _decision(keys, atoms, found, ())
+    while len(atoms) <= MAX_SIZE_ATOMS:
+        keys = list(atoms)
+        found: dict[tuple[bool, ...], N.Expr] = {}
+        for values in itertools.product((True, False), repeat=len(keys)):
+            straight, undecided = _read_through(before, stmt, dict(zip(keys, values)))
+            if undecided is not None:  # an `if` these conditions do not decide binds what it reads
+                _atoms(undecided.cond, atoms)
+                break
+            if not measured_locals(stmt.value) <= {name for t in straight for name in _binds(t)}:
+                continue  # no side binds it here: conditions that cannot hold together
+            side = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=[*straight, stmt]))
+            side.symbolic_dims = list(layer.symbolic_dims)
+            try:
+                last = prepared_forward(side, measured).forward.body[-1]  # type: ignore[union-attr]
+            except NotDerivable:
+                return None  # not followed back here: the plan refuses it
+            if not isinstance(last, N.Assign) or measures_a_local(last.value):
+                return None
+            found[values] = last.value
+        else:
+            return _decision(keys, atoms, found, ()) if found else None
+    return None
 
 
-def _relevant(before: list[N.Stmt], stmt: N.Assign) -> list[N.Stmt]:
-    """The statements of `before` that bind a local `stmt` reads, or one those locals are computed from."""
+def _read_through(before: list[N.Stmt], stmt: N.Assign, holds: dict[str, bool]) -> tuple[list[N.Stmt], N.If | None]:
+    """The statements of `before` that `stmt` reads through (its locals, what they are computed from), with
+    each `if` as the side `holds` chooses; or the first `if` they lead to that `holds` does not decide."""
     wanted = {n.id for n in walk(stmt.value) if isinstance(n, N.Name)}
-    relevant: list[N.Stmt] = []
+    kept: list[N.Stmt] = []
     for s in reversed(before):
-        binds = False
-        for t in reversed(list(statements([s]))):  # a side's later statements read its earlier ones
+        if isinstance(s, N.If):
+            try:
+                side = s.body if _holds(s.cond, holds) else s.orelse
+            except KeyError:  # an atom not chosen yet
+                if any(_binds(t) & wanted for t in statements([s])):
+                    return [], s
+                continue
+        else:
+            side = [s]
+        for t in reversed(side):
             if _binds(t) & wanted:
-                binds = True
-                wanted |= {n.id for n in walk(t) if isinstance(n, N.Name)}
-        if binds:
-            relevant.append(s)
-    return relevant[::-1]
+                wanted = (wanted - _binds(t)) | {n.id for n in walk(t) if isinstance(n, N.Name)}
+                kept.append(t)
+    return kept[::-1], None
 
 
 def _binds(stmt: N.Stmt) -> set[str]:
