@@ -223,6 +223,8 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str], measured
     and `training`, or test whether an optional input is given; it reads no optional member (not derived
     yet), and an optional input only on the side of an `if` that proves it given."""
     assert layer.forward is not None
+    layer = _decided(layer)
+    assert layer.forward is not None
     members = {t.name for t in layer.tensors if t.cond is not None} - given
     inputs = _optional_inputs(layer) - given
     # a member read only on the side of an `if` that proves it built (`if bias { ... b ... }`) is read
@@ -270,6 +272,53 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str], measured
     closed = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
     closed.symbolic_dims = list(layer.symbolic_dims)
     return plan_loops(closed, set(members | inputs), incoming_names, condition)
+
+
+def _decided(layer: N.Layer) -> N.Layer:
+    """`layer` with the `if`s whose condition a comparison of a value with itself decides (`if d_model ==
+    d_model`, of a sub given `kdim = d_model, embed_dim = d_model`) as the side it picks, and its members'
+    conditions so simplified (`true and bias` is `bias`: one side per condition, not one per spelling)."""
+    assert layer.forward is not None
+    tensors = []
+    for t in layer.tensors:
+        cond = None if t.cond is None else _simplified(t.cond)
+        tensors.append(dataclasses.replace(t, cond=None if _holds_always(cond) is True else cond))
+    body = _decided_body(layer.forward.body)
+    out = dataclasses.replace(layer, tensors=tensors, forward=dataclasses.replace(layer.forward, body=body))
+    out.symbolic_dims = list(layer.symbolic_dims)
+    return out
+
+
+def _decided_body(body: list[N.Stmt]) -> list[N.Stmt]:
+    out: list[N.Stmt] = []
+    for s in body:
+        if isinstance(s, N.If) and (holds := _holds_always(s.cond)) is not None:
+            out += _decided_body(s.body if holds else s.orelse)
+        elif isinstance(s, N.If):
+            out.append(dataclasses.replace(s, body=_decided_body(s.body), orelse=_decided_body(s.orelse)))
+        else:
+            out.append(s)
+    return out
+
+
+def _holds_always(cond: N.Expr | None) -> bool | None:
+    if cond is None or isinstance(cond, N.Bool):
+        return None if cond is None else cond.value
+    return _truth(cond, ())
+
+
+def _simplified(cond: N.Expr) -> N.Expr:
+    """`cond` with the terms of an `and` that always hold left out (`true and bias` is `bias`)."""
+    if isinstance(cond, N.BoolOp) and cond.op == "and":
+        left, right = _simplified(cond.left), _simplified(cond.right)
+        if _holds_always(left) is True:
+            return right
+        if _holds_always(right) is True:
+            return left
+        simpler = dataclasses.replace(cond, left=left, right=right)
+        simpler.kind = cond.kind
+        return simpler
+    return cond
 
 
 def _on_dims(cond: N.Expr, flags: set[str]) -> bool:
