@@ -197,7 +197,9 @@ def test_more_sides_than_the_bound_are_segments_that_match_autograd():
         assert torch.autograd.gradcheck(run, (x, w)) and torch.autograd.gradgradcheck(run, (x, w))
 
 
-def test_more_sides_than_the_bound_with_an_if_inside_one_is_a_located_error():
+def test_more_sides_than_the_bound_with_an_if_inside_one_match_autograd():
+    """`if f { if a { ... } }` among six `if`s: the nested `if` is one at the top, `if f and a`
+    (`autodiff.nested_ifs`)."""
     six = FIVE.replace("FiveIfs(n: int,", "SixIfs(n: int, f: bool = true,").replace(
         "        if e {",
         "        if f {\n            if a {\n                h = h - x\n            }\n        }\n        if e {",
@@ -205,10 +207,36 @@ def test_more_sides_than_the_bound_with_an_if_inside_one_is_a_located_error():
     spec = parse_file("six.layer", six)
     check_program([spec])
     plans, problems = plan_backwards([spec])
+    assert problems == [] and isinstance(plans["SixIfs"], LoopPlan)
+    generated = _generated("six_nested", six)
+    assert "if f and a:" in generated["SOURCE"]
+    for flags in [(True,) * 6, (False,) * 6, (True, True, False, True, False, True), (True, False) * 3]:
+        torch.manual_seed(0)
+        config = dict(zip("fabcde", flags))
+        layer = generated["SixIfs"](4, **config, dtype=torch.float64)
+        x = torch.rand(3, 4, dtype=torch.float64, requires_grad=True)
+        assert torch.allclose(layer(x), generated["six_ifs"](x, layer.w, **config))
+
+        def run(x, w, flags=flags):
+            return generated["SixIfsFunction"].apply(x, w, *flags)[0]
+
+        w = layer.w.detach().requires_grad_()
+        assert torch.autograd.gradcheck(run, (x, w)) and torch.autograd.gradgradcheck(run, (x, w))
+
+
+def test_more_sides_than_the_bound_with_a_loop_inside_one_is_a_located_error():
+    six = FIVE.replace("FiveIfs(n: int,", "SixIfs(n: int, k: int = 2, f: bool = true,").replace(
+        "        if e {",
+        "        if f {\n            for t in range(k) {\n                h = h - x\n            }\n        }\n        if e {",
+    )
+    spec = parse_file("six.layer", six)
+    check_program([spec])
+    plans, problems = plan_backwards([spec])
     assert plans == {}
     [problem] = problems
-    assert (problem.span.line, problem.span.col) == (26, 13)  # the `if` inside an `if`
-    assert "32 combinations" in problem.message and "backward block" in (problem.hint or "")
+    assert (problem.span.line, problem.span.col) == (26, 13)  # the loop inside an `if`
+    assert "32 combinations" in problem.message and "a loop inside one" in problem.message
+    assert "backward block" in (problem.hint or "")
 
 
 def test_a_forward_of_many_ifs_is_planned_in_little_time():

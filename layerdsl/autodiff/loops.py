@@ -34,7 +34,7 @@ from layerdsl.autodiff.tape import Linearizer, NotDerivable, Step, Tape
 from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
-from layerdsl.ir.printer import spec_text
+from layerdsl.ir.printer import and_terms, spec_text
 from layerdsl.ir.visit import map_children, walk
 from layerdsl.language.ops import OPS
 from layerdsl.semantics.shapes import Shape, declared_shape, dim_text
@@ -44,6 +44,8 @@ HINT = "write the loop's body without it, or drop @function (autograd derives th
 # shipped specs have at most 12
 MAX_BRANCH_PLANS = 32
 CHOICE_HINT = "write a backward block, or choose with where(cond, a, b)"
+# what a side of a `Choice` leaves in a local it does not bind (the Function binds it to None)
+UNBOUND = "None"
 
 
 @dataclass
@@ -207,11 +209,12 @@ def _copies(body: list[N.Stmt], optional: frozenset[str], limit: int) -> int:
     return count
 
 
-def member_choice(layer: N.Layer, optional: set[str]) -> tuple[N.Expr, N.Layer, N.Layer] | None:
+def member_choice(layer: N.Layer, optional: set[str], decided: bool = False) -> tuple[N.Expr, N.Layer, N.Layer] | None:
     """For a forward with loops reading an optional member built when arguments say (`param b: [d] if
     bias`): `b != none`, the layer with the members of that condition built (required), and the layer
     without them (`h @ w + b` read as `h @ w`); None when it reads no such member. A forward with loops
-    branches on the condition, each side a loop Function with no optional member."""
+    branches on the condition, each side a loop Function with no optional member. `decided`: each
+    `if` testing that condition (`if bias`, `if not bias`) is the side it picks in either layer."""
     assert layer.forward is not None
     read = {n.id for s in layer.forward.body for n in walk(s) if isinstance(n, N.Name)}
     member = next((t for t in layer.tensors if t.name in optional and t.name in read and t.cond is not None), None)
@@ -220,8 +223,11 @@ def member_choice(layer: N.Layer, optional: set[str]) -> tuple[N.Expr, N.Layer, 
     key = spec_text(member.cond)
     chosen = {t.name for t in layer.tensors if t.cond is not None and spec_text(t.cond) == key}
     built = [dataclasses.replace(t, cond=None) if t.name in chosen else t for t in layer.tensors]
+    decide = (lambda b, holds: _decided(b, member.cond, holds)) if decided else (lambda b, holds: b)
     with_members = dataclasses.replace(layer, tensors=built)
-    body = [_without(s, chosen) for s in layer.forward.body]
+    if decided:
+        with_members.forward = dataclasses.replace(layer.forward, body=decide(layer.forward.body, True))
+    body = [_without(s, chosen) for s in decide(layer.forward.body, False)]
     without = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
     for out in (with_members, without):
         out.symbolic_dims = list(layer.symbolic_dims)
@@ -231,6 +237,37 @@ def member_choice(layer: N.Layer, optional: set[str]) -> tuple[N.Expr, N.Layer, 
     built_test = N.Compare(member.span, ["!="], [name, none])  # the module passes None for a member not built
     built_test.kind = N.Kind.BOOL
     return built_test, with_members, without
+
+
+def proves(side_cond: N.Expr, holds: bool, cond: N.Expr) -> bool:
+    """Whether the side of `if side_cond` that runs when it `holds` proves `cond` (a member's condition):
+    the same condition (`if bias` of `... if bias`), or its `not` on the other side."""
+    if isinstance(cond, N.Not) and not holds:
+        return spec_text(cond.operand) == spec_text(side_cond)
+    if not holds:
+        return False
+    if isinstance(side_cond, N.BoolOp) and side_cond.op == "and":  # `if norm_first and bias`
+        return spec_text(cond) == spec_text(side_cond) or any(proves(t, True, cond) for t in _operands(side_cond))
+    return spec_text(cond) == spec_text(side_cond)
+
+
+def _operands(cond: N.BoolOp) -> tuple[N.Expr, N.Expr]:
+    return cond.left, cond.right
+
+
+def _decided(body: list[N.Stmt], cond: N.Expr, holds: bool) -> list[N.Stmt]:
+    """`body` with each `if` whose sides test `cond` as the side that runs when `cond` `holds`."""
+    out: list[N.Stmt] = []
+    for s in body:
+        if isinstance(s, N.If) and (proves(s.cond, True, cond) or proves(s.cond, False, cond)):
+            out += _decided(s.body if proves(s.cond, True, cond) == holds else s.orelse, cond, holds)
+        elif isinstance(s, N.If):
+            out.append(
+                dataclasses.replace(s, body=_decided(s.body, cond, holds), orelse=_decided(s.orelse, cond, holds))
+            )
+        else:
+            out.append(s)
+    return out
 
 
 def _without(node, absent: set[str]):
@@ -331,7 +368,8 @@ class _Planner:
                 if chunk:
                     segments.append(self.straight(chunk))
                     chunk = []
-                choice = self.choice(stmt, self.conditions(stmt, self.forward.body[:at]))
+                later = {n.id for s in self.forward.body[at + 1 :] for n in walk(s) if isinstance(n, N.Name)}
+                choice = self.choice(stmt, self.conditions(stmt, self.forward.body[:at]), later)
                 segments.append(choice)
                 if choice.returned:  # the rest of the forward is its other side (`plan.returns_closed`)
                     chunk = [N.Return(stmt.span, [B.name(n, stmt.span) for n in choice.returned])]
@@ -434,71 +472,91 @@ class _Planner:
 
     # ---------------------------------------------------------------- `if`s on configuration values
 
-    def choice(self, stmt: N.If, cond: N.Expr) -> Choice:
-        """Each side of `stmt` as a tape from the values before it; the locals either side binds merged."""
-        last = {id(side[-1]) for side in (stmt.body, stmt.orelse) if side and isinstance(side[-1], N.Return)}
-        for s in walk_stmts(stmt.body + stmt.orelse):
-            if isinstance(s, (N.If, N.For, N.Return, N.Append)) and id(s) not in last:
-                raise NotDerivable(
-                    s.span,
-                    f"a derived backward through more than {MAX_BRANCH_PLANS} combinations of `if` branches takes"
-                    " each `if` on its own: this statement inside one is not derived that way yet",
-                    CHOICE_HINT,
-                )
+    def choice(self, stmt: N.If, cond: N.Expr, later: set[str]) -> Choice:
+        """Each side of `stmt` as a tape from the values before it; the locals either side binds merged
+        (`later`: the names the statements after it read)."""
+        returning = _checked_sides(stmt)
         before = dict(self.alias)
-        tapes = []
-        tested = presence(cond)
-        for holds, body in ((True, stmt.body), (False, stmt.orelse)):
-            given = frozenset([tested[0]]) if tested is not None and tested[1] == holds else frozenset()
-            tape = self.linearizer(body, dict(before), given=given).run()
-            self.optional_unread(tape, self.optional - given)
-            if tape.numbers:
-                raise NotDerivable(
-                    stmt.span,
-                    f"a derived backward takes this `if` on its own (more than {MAX_BRANCH_PLANS} combinations of"
-                    " branches): its sides bind numbers (not derived yet)",
-                    "compute the number before the `if`, or write a backward block",
-                )
-            self.taken |= {s.var for s in tape.steps}
-            tapes.append(tape)
+        sides = _side_bodies(stmt, cond, self.layer.tensors)
+        tapes = [self.side_tape(stmt, body, given, before) for body, given in sides]
+        merged, names = self.merged_locals(tapes, before, later)
+        returned = self.merged_returns(stmt, tapes, merged, names) if returning else []
+        finished = [self.finished_side(tape, [values[k] for values in merged.values()]) for k, tape in enumerate(tapes)]
+        self.bind_merged(merged, names)
+        return Choice(cond, stmt.span, finished[0], finished[1], merged, returned)
+
+    def side_tape(self, stmt: N.If, body: list[N.Stmt], given: frozenset[str], before: dict[str, str]) -> Tape:
+        """One side of `stmt` linearized from the values before it (`given`: the optional inputs its
+        condition proves given, which it may read)."""
+        tape = self.linearizer(body, dict(before), given=given).run()
+        self.optional_unread(tape, self.optional - given)
+        if tape.numbers:
+            raise NotDerivable(
+                stmt.span,
+                f"a derived backward takes this `if` on its own (more than {MAX_BRANCH_PLANS} combinations of"
+                " branches): its sides bind numbers (not derived yet)",
+                "compute the number before the `if`, or write a backward block",
+            )
+        self.taken |= {s.var for s in tape.steps}
+        return tape
+
+    def merged_locals(
+        self, tapes: list[Tape], before: dict[str, str], later: set[str]
+    ) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+        """The locals the sides bind (and not both to the value before): the value each side leaves, by a
+        fresh name; and that name, by local. A local one side binds is read after the `if` only where that
+        side ran (by an `if` nested in it, `nested_ifs`): None when the other side ran."""
         then_env, else_env = tapes[0].env, tapes[1].env
         merged: dict[str, tuple[str, str]] = {}
         names: dict[str, str] = {}
         for local in dict.fromkeys([*then_env, *else_env]):
-            if local not in then_env or local not in else_env:
-                continue  # bound on one side only: the checker lets nothing after the `if` read it
-            if then_env[local] == before.get(local) == else_env[local]:
+            if (local not in then_env or local not in else_env) and local not in later:
+                continue
+            then, orelse = then_env.get(local, UNBOUND), else_env.get(local, UNBOUND)
+            if then == before.get(local) == orelse:
                 continue
             names[local] = self.fresh(local)
-            merged[names[local]] = (then_env[local], else_env[local])
+            merged[names[local]] = (then, orelse)
+        return merged, names
+
+    def merged_returns(
+        self, stmt: N.If, tapes: list[Tape], merged: dict[str, tuple[str, str]], names: dict[str, str]
+    ) -> list[str]:
+        """The outputs both sides return, merged as `out`, `out1`, ... (added to `merged` and `names`)."""
+        if any(not (side and isinstance(side[-1], N.Return)) for side in (stmt.body, stmt.orelse)) or any(
+            not isinstance(o, N.Name) for t in tapes for o in t.outputs
+        ):
+            raise NotDerivable(
+                stmt.span,
+                f"a derived backward takes this `if` on its own (more than {MAX_BRANCH_PLANS} combinations of"
+                " branches): one side returns and the other does not, or it returns what is not a tensor"
+                " (not derived yet)",
+                CHOICE_HINT,
+            )
         returned = []
-        if last:
-            if len(last) == 1 or any(not isinstance(o, N.Name) for t in tapes for o in t.outputs):
-                raise NotDerivable(
-                    stmt.span,
-                    f"a derived backward takes this `if` on its own (more than {MAX_BRANCH_PLANS} combinations of"
-                    " branches): one side returns and the other does not, or it returns what is not a tensor"
-                    " (not derived yet)",
-                    CHOICE_HINT,
-                )
-            for then, orelse in zip(tapes[0].outputs, tapes[1].outputs):
-                assert isinstance(then, N.Name) and isinstance(orelse, N.Name)
-                returned.append(self.fresh("out"))
-                merged[returned[-1]] = (then.id, orelse.id)
-                names[returned[-1]] = returned[-1]
-        sides = []
-        for k, tape in enumerate(tapes):
-            outputs: list[N.Expr] = [B.name(values[k]) for values in merged.values()]
-            read = self.pseudo_leaves(dataclasses.replace(tape, outputs=outputs))
-            sides.append(self.finished(tape, read, outputs))
+        for then, orelse in zip(tapes[0].outputs, tapes[1].outputs):
+            assert isinstance(then, N.Name) and isinstance(orelse, N.Name)
+            returned.append(self.fresh("out"))
+            merged[returned[-1]] = (then.id, orelse.id)
+            names[returned[-1]] = returned[-1]
+        return returned
+
+    def finished_side(self, tape: Tape, left: list[str]) -> Tape:
+        """A side's tape with the values it leaves in the merged names (`left`) as its outputs."""
+        outputs: list[N.Expr] = [B.name(v) for v in left if v != UNBOUND]
+        read = self.pseudo_leaves(dataclasses.replace(tape, outputs=outputs))
+        return self.finished(tape, read, outputs)
+
+    def bind_merged(self, merged: dict[str, tuple[str, str]], names: dict[str, str]) -> None:
+        """Each merged local by its merged name from here on: the shape both sides agree on, and needing a
+        gradient if either side's value does."""
         for local, name in names.items():
             first, second = merged[name]
-            shapes = self.shapes.get(first), self.shapes.get(second)
-            self.shapes[name] = shapes[0] if shapes[0] == shapes[1] else None
+            shapes = [self.shapes.get(v) for v in (first, second) if v != UNBOUND]
+            self.shapes[name] = shapes[0] if all(shape == shapes[0] for shape in shapes) else None
             if first in self.requires or second in self.requires:
                 self.requires.add(name)
             self.alias[local] = name
-        return Choice(cond, stmt.span, sides[0], sides[1], merged, returned)
 
     def optional_unread(self, tape: Tape, optional: set[str] | frozenset[str]) -> None:
         """NotDerivable where a segment of an `if` reads an optional input that no `if` proves given."""
@@ -698,6 +756,47 @@ class _Planner:
             name, k = f"{hint}{k}", k + 1
         self.taken.add(name)
         return name
+
+
+def _checked_sides(stmt: N.If) -> bool:
+    """Whether a side of `stmt` ends in a `return`; NotDerivable at a statement a side cannot hold yet."""
+    last = {id(side[-1]) for side in (stmt.body, stmt.orelse) if side and isinstance(side[-1], N.Return)}
+    for s in walk_stmts(stmt.body + stmt.orelse):
+        if isinstance(s, N.Stmt) and type(s) in _NOT_IN_A_SIDE and id(s) not in last:
+            what, hint = _NOT_IN_A_SIDE[type(s)]
+            raise NotDerivable(
+                s.span,
+                f"a derived backward through more than {MAX_BRANCH_PLANS} combinations of `if` branches takes"
+                f" each `if` on its own: {what} is not derived that way yet",
+                hint,
+            )
+    return bool(last)
+
+
+# what a side of an `if` taken on its own cannot hold yet, and the hint
+_NOT_IN_A_SIDE: dict[type, tuple[str, str]] = {
+    N.If: (
+        "an `if` inside a side of one (a nested `if`)",
+        "test both conditions in one `if` after it (`if a and b { ... }`), or write a backward block",
+    ),
+    N.For: ("a loop inside one", CHOICE_HINT),
+    N.Return: ("a `return` before the end of one's side", "return at the end of the side, or write a backward block"),
+    N.Append: ("an append inside one", CHOICE_HINT),
+}
+
+
+def _side_bodies(stmt: N.If, cond: N.Expr, tensors: list[N.Tensor]) -> list[tuple[list[N.Stmt], frozenset[str]]]:
+    """Each side's statements, with the optional input the condition proves given there (`if m != none`)
+    and the optional members it proves built (`if bias` of `param b: [n] if bias`)."""
+    tested = presence(cond)
+    out = []
+    for holds, body in ((True, stmt.body), (False, stmt.orelse)):
+        given = {tested[0]} if tested is not None and tested[1] == holds else set()
+        if holds:  # `if m != none and ...`
+            given |= {t[0] for t in map(presence, and_terms(cond)) if t is not None and t[1]}
+        given |= {t.name for t in tensors if t.cond is not None and proves(stmt.cond, holds, t.cond)}
+        out.append((body, frozenset(given)))
+    return out
 
 
 def _requiring(tape: Tape, requires: set[str]) -> set[str]:

@@ -28,8 +28,10 @@ from layerdsl.autodiff.loops import (
     member_choice,
     on_arguments,
     plan_loops,
+    proves,
     unswitched,
 )
+from layerdsl.autodiff.nested_ifs import MAX_SIZE_ATOMS, flattened, measures_a_local, sizes_by_side
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape, refusal
@@ -37,6 +39,7 @@ from layerdsl.autodiff.unroll import Measured, measured_names, prepared_forward
 from layerdsl.diagnostics import Diagnostic, Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import and_terms, spec_text
 from layerdsl.ir.visit import clone, map_children, statements, walk
 from layerdsl.language.naming import fresh_name
 from layerdsl.language.ops import OPS
@@ -130,7 +133,7 @@ def plan_backward(
     if layer.backward is None and (branch := _first_if(layer.forward.body)) is not None:
         # counted before any side is derived: independent `if`s multiply (a derivation per side)
         if side_count(layer.forward.body, known, MAX_BRANCH_PLANS) > MAX_BRANCH_PLANS:
-            return _segmented_plan(layer, branch[1], given)
+            return _segmented_plan(layer, branch[1], given, measured)
         return _branch_plan(layer, branch, given, known, measured)
     if has_loop(layer.forward.body):  # a member the `if`s around this side prove built is no loop's choice
         given |= {t.name for t in layer.tensors if t.cond is not None and _truth(t.cond, known) is True}
@@ -216,38 +219,121 @@ def _loop_plan(layer: N.Layer, optional: set[str], given: frozenset[str]) -> Pla
     return plan_loops(layer, optional, incoming_names)
 
 
-def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str]) -> Plan:
+def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str], measured: Measured) -> Plan:
     """A forward of more than MAX_BRANCH_PLANS combinations of branches: each `if` a segment of its own
     (`loops.Choice`), so independent `if`s add rather than multiply. Its conditions read arguments, lets
     and `training`, or test whether an optional input is given; it reads no optional member (not derived
     yet), and an optional input only on the side of an `if` that proves it given."""
     assert layer.forward is not None
+    layer = _decided(layer)
+    assert layer.forward is not None
     members = {t.name for t in layer.tensors if t.cond is not None} - given
     inputs = _optional_inputs(layer) - given
-    read = {n.id for s in layer.forward.body for n in walk(s) if isinstance(n, N.Name)}
-    if members & read and (choice := _member_sides(layer, members)) is not None:  # a side built, one not
+    # a member read only on the side of an `if` that proves it built (`if bias { ... b ... }`) is read
+    # there; one read elsewhere makes a side with it built and one without
+    unproven = _unproven_members(layer.forward.body, layer, members)
+    if unproven and (choice := _member_sides(layer, set(unproven))) is not None:
         cond, built, absent = choice
-        return BranchPlan(cond, _segmented_plan(built, first, given), _segmented_plan(absent, first, given))
-    update = next((s for s in statements(layer.forward.body) if isinstance(s, N.Update)), None)
-    if members & read or update is not None or has_loop(layer.forward.body):
-        raise _not_segmented(
-            first.span, "in a forward that reads no optional member, updates no buffer and keeps no loop"
+        return BranchPlan(
+            cond, _segmented_plan(built, first, given, measured), _segmented_plan(absent, first, given, measured)
         )
+    update = next((s for s in statements(layer.forward.body) if isinstance(s, N.Update)), None)
+    if unproven:
+        raise _unproven_read(layer, unproven)
+    if update is not None or has_loop(layer.forward.body):
+        raise _not_segmented(first.span, "in a forward that updates no buffer and keeps no loop")
+
+    flags = {i.name for i in layer.forward.inputs if i.flag is not None}
 
     def condition(stmt: N.If, before: list[N.Stmt]) -> N.Expr:
+        measured_local = next(
+            (n for n in walk(stmt.cond) if isinstance(n, N.Rank | N.Call) and measures_a_local(n)), None
+        )
+        if measured_local is not None:  # `sizes_by_side` did not follow it back
+            raise NotDerivable(
+                measured_local.span,
+                f"a derived backward through more than {MAX_BRANCH_PLANS} combinations of `if` branches tests"
+                f" `{spec_text(measured_local)}`, a size of a local the `if`s before it compute on their sides,"
+                " only where it follows back to the inputs through at most"
+                f" {MAX_SIZE_ATOMS} of their conditions (not derived yet)",
+                "test the size of the input it is computed from (`x.ndim` for `h = norm(x)`), or write a backward"
+                " block",
+            )
         cond = _configuration_condition(stmt.cond, before, layer)
-        if not on_arguments(cond, inputs):
+        if not all(
+            on_arguments(term, inputs) or _on_dims(term, flags) or _dtype_test(term) for term in and_terms(cond)
+        ):
             raise _not_segmented(
                 stmt.cond.span,
                 "when it tests arguments, lets and `training`, or whether an optional input is given",
             )
         return cond
 
-    closed = dataclasses.replace(
-        layer, forward=dataclasses.replace(layer.forward, body=returns_closed(layer.forward.body))
-    )
+    body = flattened(returns_closed(layer.forward.body))  # nested `if`s and a side's numbers at the top
+    body = sizes_by_side(body, layer, measured)
+    closed = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
     closed.symbolic_dims = list(layer.symbolic_dims)
     return plan_loops(closed, set(members | inputs), incoming_names, condition)
+
+
+def _decided(layer: N.Layer) -> N.Layer:
+    """`layer` with the `if`s whose condition a comparison of a value with itself decides (`if d_model ==
+    d_model`, of a sub given `kdim = d_model, embed_dim = d_model`) as the side it picks, and its members'
+    conditions so simplified (`true and bias` is `bias`: one side per condition, not one per spelling)."""
+    assert layer.forward is not None
+    tensors = []
+    for t in layer.tensors:
+        cond = None if t.cond is None else _simplified(t.cond)
+        tensors.append(dataclasses.replace(t, cond=None if _holds_always(cond) is True else cond))
+    body = _decided_body(layer.forward.body)
+    out = dataclasses.replace(layer, tensors=tensors, forward=dataclasses.replace(layer.forward, body=body))
+    out.symbolic_dims = list(layer.symbolic_dims)
+    return out
+
+
+def _decided_body(body: list[N.Stmt]) -> list[N.Stmt]:
+    out: list[N.Stmt] = []
+    for s in body:
+        if isinstance(s, N.If) and (holds := _holds_always(s.cond)) is not None:
+            out += _decided_body(s.body if holds else s.orelse)
+        elif isinstance(s, N.If):
+            out.append(dataclasses.replace(s, body=_decided_body(s.body), orelse=_decided_body(s.orelse)))
+        else:
+            out.append(s)
+    return out
+
+
+def _holds_always(cond: N.Expr | None) -> bool | None:
+    if cond is None or isinstance(cond, N.Bool):
+        return None if cond is None else cond.value
+    return _truth(cond, ())
+
+
+def _simplified(cond: N.Expr) -> N.Expr:
+    """`cond` with the terms of an `and` that always hold left out (`true and bias` is `bias`)."""
+    if isinstance(cond, N.BoolOp) and cond.op == "and":
+        left, right = _simplified(cond.left), _simplified(cond.right)
+        if _holds_always(left) is True:
+            return right
+        if _holds_always(right) is True:
+            return left
+        simpler = dataclasses.replace(cond, left=left, right=right)
+        simpler.kind = cond.kind
+        return simpler
+    return cond
+
+
+def _on_dims(cond: N.Expr, flags: set[str]) -> bool:
+    """Whether `cond` reads only arguments, lets, `training`, dims (`query_ndim == 2`, a size forward
+    measures and the Function keeps on ctx) and flag inputs (`need_weights: bool = true`)."""
+    refs = (N.Ref.ARG, N.Ref.LET, N.Ref.TRAINING, N.Ref.DIM)
+    return all(n.ref in refs or n.id in flags for n in walk(cond) if isinstance(n, N.Name))
+
+
+def _dtype_test(cond: N.Expr) -> bool:
+    """Whether `cond` is `is_floating_point(m)` of an input or member, or its `not` (kept on ctx)."""
+    cond = cond.operand if isinstance(cond, N.Not) else cond
+    return isinstance(cond, N.Call) and cond.func == "is_floating_point" and bool(dtype_tested(cond))
 
 
 def _not_segmented(span: Span, where: str) -> NotDerivable:
@@ -260,11 +346,47 @@ def _not_segmented(span: Span, where: str) -> NotDerivable:
 
 
 def _member_sides(layer: N.Layer, members: set[str]) -> tuple[N.Expr, N.Layer, N.Layer] | None:
-    """`loops.member_choice`, or None where a member is read other than as `a + b` (refused below)."""
+    """`loops.member_choice` (each `if` on the member's condition decided on either side), or None where
+    a member is read other than as `a + b` (refused below)."""
     try:
-        return member_choice(layer, set(members))
+        return member_choice(layer, set(members), decided=True)
     except NotDerivable:
         return None
+
+
+def _unproven_members(body: list[N.Stmt], layer: N.Layer, members: set[str]) -> dict[str, N.Name]:
+    """The optional members of `members` that `body` reads outside the sides of its `if`s proving them
+    built (`loops.proves`), each with its first such read."""
+    conds = {t.name: t.cond for t in layer.tensors if t.name in members and t.cond is not None}
+
+    def read(stmts: list[N.Stmt], proven: set[str]) -> dict[str, N.Name]:
+        found: dict[str, N.Name] = {}
+        for s in stmts:
+            if isinstance(s, N.If):
+                found |= {n.id: n for n in walk(s.cond) if isinstance(n, N.Name) and n.id in conds} | found
+                for holds, side in ((True, s.body), (False, s.orelse)):
+                    now = proven | {m for m, c in conds.items() if proves(s.cond, holds, c)}
+                    found = read(side, now) | found
+            else:
+                reads = [n for n in walk(s) if isinstance(n, N.Name) and n.id in conds and n.id not in proven]
+                found = {n.id: n for n in reversed(reads)} | found
+        return found
+
+    return read(body, set())
+
+
+def _unproven_read(layer: N.Layer, unproven: dict[str, N.Name]) -> NotDerivable:
+    """The refusal of a member read outside the sides proving it built, other than as `a + m`."""
+    name = next(iter(unproven.values()))
+    member = next(t for t in layer.tensors if t.name == name.id)
+    assert member.cond is not None
+    return NotDerivable(
+        name.span,
+        f"a derived backward through more than {MAX_BRANCH_PLANS} combinations of `if` branches reads the optional"
+        f" member '{name.id}' on the side of an `if` that proves it built (`if {spec_text(member.cond)}"
+        " { ... }`), or as an operand of + or *, or the right one of - or / (not derived yet)",
+        f"read it inside `if {spec_text(member.cond)} {{ ... }}`, or write a backward block",
+    )
 
 
 def returns_closed(body: list[N.Stmt]) -> list[N.Stmt]:
@@ -541,6 +663,10 @@ def _dtype_tests_of_leaves(cond: N.Expr, before: list[N.Stmt], layer: N.Layer) -
         if isinstance(e, N.Name) and e.ref == "local":
             at = next((k for k in range(upto - 1, -1, -1) if _assigns(before[k], e.id)), None)
             stmt = before[at] if at is not None else None
+            if isinstance(stmt, N.If) and at is not None:  # a segmented forward's: every side's from one leaf
+                sides = [*stmt.body, *stmt.orelse]
+                sources = {source(s.value, at) for s in sides if isinstance(s, N.Assign) and s.target == e.id}
+                return sources.pop() if len(sources) == 1 else None
             return source(stmt.value, at) if isinstance(stmt, N.Assign) and at is not None else None
         if isinstance(e, N.Call) and e.func in OPS and OPS[e.func].shape in DTYPE_KEEPING and e.args:
             return source(e.args[0], upto)
@@ -559,6 +685,9 @@ def _dtype_tests_of_leaves(cond: N.Expr, before: list[N.Stmt], layer: N.Layer) -
 
 
 def _assigns(stmt: N.Stmt, name: str) -> bool:
+    """Whether `stmt` binds `name` (a side of a segmented forward's `if`, which nests no `if`, too)."""
+    if isinstance(stmt, N.If):
+        return any(_assigns(s, name) for s in [*stmt.body, *stmt.orelse])
     return isinstance(stmt, N.Assign) and stmt.target == name
 
 

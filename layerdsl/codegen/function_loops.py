@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from layerdsl.autodiff.loops import Choice, Loop, LoopPlan, Straight, presence, segment_steps
-from layerdsl.autodiff.plan import BackwardPlan, BranchPlan
+from layerdsl.autodiff.loops import UNBOUND, Choice, Loop, LoopPlan, Straight, presence, segment_steps
+from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, dtype_tested
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen.function import VIEWS, FunctionEmitter, returning_second_results, with_second_results
@@ -28,7 +28,8 @@ from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import walk
+from layerdsl.ir.printer import and_terms
+from layerdsl.ir.visit import map_children, walk
 from layerdsl.language.tables import python_type
 from layerdsl.optimize import Stmt
 
@@ -152,8 +153,25 @@ class LoopFunction:
         self.backward_dims: set[str] = set()
         self.sources = _gradient_sources(plan)
         # `if m != none` of an optional input, an `if` of its own: backward tests m's shape, kept on ctx
-        tested = [presence(seg.cond) for seg in plan.segments if isinstance(seg, Choice)]
+        tested = [presence(t) for seg in plan.segments if isinstance(seg, Choice) for t in and_terms(seg.cond)]
         self.presence_tested = list(dict.fromkeys(t[0] for t in tested if t is not None))
+        # a flag input (`if not need_weights`) and a dtype (`if is_floating_point(mask)`): kept on ctx too
+        read = {
+            n.id for seg in plan.segments if isinstance(seg, Choice) for n in walk(seg.cond) if isinstance(n, N.Name)
+        }
+        assert self.layer.forward is not None
+        self.flags_tested = [i.name for i in self.layer.forward.inputs if i.flag is not None and i.name in read]
+        conds = [seg.cond for seg in plan.segments if isinstance(seg, Choice)]
+        self.dtype_tested = list(dict.fromkeys(leaf for cond in conds for leaf in dtype_tested(cond)))
+
+    def dtype_field(self, leaf: str) -> str:
+        return self.names.ctx_value(f"{leaf}_is_floating_point")
+
+    def dim_source(self, dim: str) -> str:
+        """How forward measures `dim`: of an optional input (a segmented forward's), None when not given."""
+        source = self.helper.dim_source[dim]
+        leaf = source.split(".")[0]
+        return f"None if {leaf} is None else {source}" if leaf in self.presence_tested else source
 
     def name(self, hint: str, key: tuple = ()) -> str:
         """A name this Function introduces: the same for the same hint (and key) in every writing."""
@@ -285,7 +303,7 @@ class LoopFunction:
 
     def forward(self, extra: list[str], per_step: dict[int, set[str]]) -> list[str]:
         ex = self.helper.python(Spelling({}, training="training"))
-        lines = self.prelude(ex, lambda d: self.helper.dim_source[d])
+        lines = self.prelude(ex, self.dim_source)
         for seg in self.plan.segments:
             if isinstance(seg, Straight):
                 lines += self.steps(seg.tape, ex)
@@ -437,7 +455,7 @@ class LoopFunction:
         unpack = self.plan.leaves + self.kwargs
         dims = sorted(self.backward_dims)
         used = set(saved_leaves) | set(self.kwargs) | {self.helper.dim_source[d].split(".")[0] for d in dims}
-        used |= set(self.presence_tested)
+        used |= set(self.presence_tested) | set(self.flags_tested) | set(self.dtype_tested)
         lines = []
         if used:
             names = [u if u in used else "_" for u in unpack]
@@ -449,17 +467,34 @@ class LoopFunction:
         if extra and len(self.plan.outputs) == 1:  # the extra outputs' gradients: None unless given
             lines.append("ctx.set_materialize_grads(False)")
         lines += [f"{self.names.ctx_value(k)} = {k}" for k in self.kwargs]
-        lines += [f"{self.names.ctx_value(d)} = {self.helper.dim_source[d]}" for d in dims]
+        lines += [f"{self.names.ctx_value(d)} = {self.dim_source(d)}" for d in dims]
         lines += [f"{self.names.ctx_shape(m)} = None if {m} is None else {m}.shape" for m in self.presence_tested]
+        lines += [f"{self.names.ctx_value(f)} = {f}" for f in self.flags_tested]
+        for leaf in self.dtype_tested:
+            test = f"{leaf}.is_floating_point()"
+            lines.append(
+                f"{self.dtype_field(leaf)} = {leaf} is not None and {test}"
+                if leaf in self.presence_tested
+                else f"{self.dtype_field(leaf)} = {test}"
+            )
         tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + own_extra
-        for per_step, group in self.statistics():  # no gradient of their own: ATen differentiates through them
-            if names := [x for x in group if x in own_extra]:
-                marked = f"ctx.mark_non_differentiable({', '.join(names)})"
-                lines += (
-                    [f"if {names[0]} is not None:  # None after a loop of no steps", f"    {marked}"]
-                    if per_step
-                    else [marked]
-                )
+        # no gradient of their own: ATen differentiates through them (one call: torch keeps the last call's)
+        groups = [
+            (per_step, names)
+            for per_step, group in self.statistics()
+            if (names := [x for x in group if x in own_extra])
+        ]
+        if len(groups) == 1:
+            per_step, names = groups[0]
+            marked = f"ctx.mark_non_differentiable({', '.join(names)})"
+            lines += (
+                [f"if {names[0]} is not None:  # None after a loop of no steps", f"    {marked}"]
+                if per_step
+                else [marked]
+            )
+        elif groups:  # those of a loop of no steps, or of a side that did not run, are None
+            every = ", ".join(name for _, names in groups for name in names)
+            lines.append(f"ctx.mark_non_differentiable(*[t for t in ({every}) if t is not None])")
         if tensors:
             lines.append(f"ctx.save_for_backward({', '.join(tensors)})")
         return lines
@@ -494,6 +529,7 @@ class LoopFunction:
         # unused extra outputs' gradients are None (not materialised): zeros where another is given
         stacks = {self.stacked(v) for k, loop in enumerate(self.loops) for v in per_step.get(k, set())}
         stacks |= {s.var for seg in self.plan.segments if isinstance(seg, Choice) for s in segment_steps(seg)}
+        stacks |= _maybe_unbound(self.plan)
         zeros = [  # a stack is None after a loop of no steps (whose backward runs no step)
             f"{g} = torch.zeros_like({x}) if {g} is None {'and ' + x + ' is not None ' if x in stacks else ''}else {g}"
             for g, x in zip(given, extra)
@@ -690,9 +726,9 @@ class _BackwardWriter:
             lines: list[str] = []
             for name, values in seg.merged.items():
                 given = start.get(self.acc(name))
-                if given is None:
+                if given is None or values[k] == UNBOUND:  # None when this side ran: no gradient
                     continue
-                if values[k] in own:
+                if values[k] in own and self.acc(values[k]) not in self.state:  # two merged names may hold it
                     lines.append(f"{self.acc(values[k])} = {self.acc(name)}")
                     self.state[self.acc(values[k])] = given
                 else:
@@ -707,8 +743,10 @@ class _BackwardWriter:
             if then != orelse and None in (then, orelse):  # defined on one side only: None on the other
                 self.maybe_none.add(g)
         kept = {m: self.fn.names.ctx_shape(m) for m in self.fn.presence_tested}  # None when not given
+        kept |= {f: self.fn.names.ctx_value(f) for f in self.fn.flags_tested}
+        kept |= {_dtype_name(leaf): self.fn.dtype_field(leaf) for leaf in self.fn.dtype_tested}
         ex = self.fn.helper.python(dataclasses.replace(self.spelling, names=self.spelling.names | kept))
-        return head + _if_else([f"if {ex(seg.cond)}:"], sides[0], sides[1])
+        return head + _if_else([f"if {ex(_dtypes_named(seg.cond))}:"], sides[0], sides[1])
 
     def straight(self, seg: Straight, where: str | None = None) -> list[str]:
         """`where`: the key of the names it introduces (by default, the segment's index)."""
@@ -724,11 +762,11 @@ class _BackwardWriter:
                 sure.append((B.name(s.var), self.acc(s.var)))
             elif st == "maybe":
                 maybe.append((B.name(s.var), self.acc(s.var)))
-        # A gradient only a loop gave keeps a name of its own: the sections' statements name the
-        # segment's own gradients `grad_<var>` too.
+        # A gradient only a later loop or side of an `if` gave (None when none did) keeps a name of its
+        # own: the sections' statements name the segment's own gradients `grad_<var>` too.
         lines: list[str] = []
         for k, (var, g) in enumerate(maybe):
-            kept = self.fn.name(f"{g}_from_loop")
+            kept = self.fn.name(f"{g}_from_later")
             lines.append(f"{kept} = {g}")
             maybe[k] = (var, kept)
         extra = {v: self.fn.grad_out(v) for v in own if v in self.once and v not in self.fn.outputs}
@@ -926,6 +964,33 @@ def _gradient_sources(plan: LoopPlan) -> dict[str, set[str]]:
             names += j.heads
             sources[j.name] = {l for name in names for l in sources.get(name, ())}
     return sources
+
+
+def _dtype_name(leaf: str) -> str:
+    return f"{leaf}.is_floating_point"  # no spec name has a dot: the backward spells it as the ctx field
+
+
+def _dtypes_named(cond: N.Expr) -> N.Expr:
+    """`cond` with each `is_floating_point(m)` as a name (`_dtype_name`), which backward spells as ctx's."""
+
+    def go(e: N.Expr) -> N.Expr:
+        if isinstance(e, N.Call) and e.func == "is_floating_point" and dtype_tested(e):
+            name = N.Name(e.span, _dtype_name(dtype_tested(e)[0]))
+            name.ref, name.kind = N.Ref.LOCAL, N.Kind.BOOL
+            return name
+        return map_children(e, go)
+
+    return go(cond)
+
+
+def _maybe_unbound(plan: LoopPlan) -> set[str]:
+    """The merged locals of `Choice`s that are None when a side that does not bind them ran (`UNBOUND`),
+    or that take such a value."""
+    out = {UNBOUND}
+    for seg in plan.segments:
+        if isinstance(seg, Choice):
+            out |= {m for m, values in seg.merged.items() if out & set(values)}
+    return out - {UNBOUND}
 
 
 def _operands(step) -> set[str]:

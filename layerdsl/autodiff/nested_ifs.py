@@ -1,0 +1,328 @@
+"""A segmented forward's nested `if`s and number locals on a side, written at the top of forward.
+
+A forward of more `if` combinations than `loops.MAX_BRANCH_PLANS` takes each `if` at its top as a segment
+of its own (`loops.Choice`), whose sides are straight runs of tensor statements. Before it is cut, an `if`
+nested in a side is written at the top, testing both conditions:
+
+    if a { p; if b { x } else { y }; s } else { q }
+
+is
+
+    if a { p } else { q }
+    if a and b { x }
+    if a and not b { y }
+    if a { s }
+
+The conditions test configuration values (arguments, lets, `training`, sizes, whether an optional input
+is given), which are the same all through forward, so the same statements run in the same order. A local
+that one side binds and the other leaves unbound (`p`'s, which only `x`, `y` and `s` read) is None after
+the `if` when the other side ran (`loops.UNBOUND`).
+
+A number a side binds (`src_len = src_len + 1` in `if add_bias_kv`) becomes a statement of its own at the
+top, `src_len = src_len + 1 if add_bias_kv else src_len`, so that sides bind tensors only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+from layerdsl.autodiff.loops import presence
+from layerdsl.autodiff.tape import NotDerivable
+from layerdsl.autodiff.unroll import Measured, prepared_forward
+from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import spec_text
+from layerdsl.ir.visit import statements, walk
+
+
+def flattened(body: list[N.Stmt], numbers: frozenset[str] = frozenset()) -> list[N.Stmt]:
+    """`body` with each `if` at its top whose sides nest an `if` or bind a number written as `if`s at the
+    top that nest none and number statements of their own. Where both sides of such an `if` end in a
+    `return` (`plan.returns_closed`), each binds what it returns to locals instead (`return out, none`:
+    the second left unbound, so None), returned after the `if`s. `numbers`: those bound before `body`."""
+    out: list[N.Stmt] = []
+    for stmt in _none_dropped(body, set(), top=True):
+        bound = numbers | {s.target for s in out if isinstance(s, N.Assign) and s.value.kind in N.NUMBERS}
+        nests = isinstance(stmt, N.If) and (_nests(stmt.body) or _nests(stmt.orelse))
+        if isinstance(stmt, N.If) and nests and _returns(stmt) and (returned := _returned_locals(stmt, body)):
+            closed, names = returned
+            out += flattened([closed], bound) + [N.Return(stmt.span, [_local(n, stmt.span) for n in names])]
+        elif isinstance(stmt, N.If) and nests and not _returns(stmt):
+            then, then_rest = _straight_start(stmt.body)
+            orelse, else_rest = _straight_start(stmt.orelse)
+            if then or orelse:
+                out.append(dataclasses.replace(stmt, body=then, orelse=orelse))
+            out += _guarded(stmt.cond, then_rest, set(bound)) + _guarded(_negated(stmt.cond), else_rest, set(bound))
+        else:
+            out.append(stmt)
+    return out
+
+
+def _none_dropped(body: list[N.Stmt], nones: set[str], top: bool = False) -> list[N.Stmt]:
+    """`body` with the locals an `if`'s side binds to `none` (`weights = none` of a sub's `return out,
+    none`, inlined) left unbound there (a side binds tensors only; read later, they are None)."""
+    out: list[N.Stmt] = []
+    for stmt in body:
+        if isinstance(stmt, N.If):
+            stmt = dataclasses.replace(
+                stmt, body=_none_dropped(stmt.body, nones), orelse=_none_dropped(stmt.orelse, nones)
+            )
+        elif isinstance(stmt, N.Assign) and not top:
+            value = stmt.value
+            if isinstance(value, N.NoneLit) or (
+                isinstance(value, N.Name) and value.id in nones and value.kind != N.Kind.TENSOR
+            ):
+                nones.add(stmt.target)
+                continue
+        out.append(stmt)
+    return out
+
+
+def _returned_locals(stmt: N.If, body: list[N.Stmt]) -> tuple[N.If, list[str]] | None:
+    """`stmt` with each side's closing `return a, b` as `returned = a; returned1 = b` (`none` left unbound),
+    and those names; None when a side does not end in a `return` of tensors, or they return differently
+    many."""
+    ends = [side[-1] if side else None for side in (stmt.body, stmt.orelse)]
+    if not all(isinstance(e, N.Return) for e in ends) or len({len(e.values) for e in ends}) != 1:  # type: ignore
+        return None
+    if any(v.kind not in (N.Kind.TENSOR, N.Kind.NONE) for e in ends for v in e.values):  # type: ignore
+        return None
+    taken = {n.id for s in body for n in walk(s) if isinstance(n, N.Name)}
+    taken |= {s.target for s in statements(body) if isinstance(s, N.Assign)}
+    names = [_fresh("returned" if k == 0 else f"returned{k}", taken) for k in range(len(ends[0].values))]  # type: ignore
+
+    def bound(side: list[N.Stmt]) -> list[N.Stmt]:
+        end = side[-1]
+        assert isinstance(end, N.Return)
+        assigns: list[N.Stmt] = [
+            N.Assign(v.span, n, v.span, v) for n, v in zip(names, end.values) if not isinstance(v, N.NoneLit)
+        ]
+        return side[:-1] + assigns
+
+    return dataclasses.replace(stmt, body=bound(stmt.body), orelse=bound(stmt.orelse)), names
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    while name in taken:
+        name += "_"
+    taken.add(name)
+    return name
+
+
+def _local(name: str, span) -> N.Name:
+    local = N.Name(span, name)
+    local.ref, local.kind = N.Ref.LOCAL, N.Kind.TENSOR
+    return local
+
+
+def _returns(stmt: N.If) -> bool:
+    return any(isinstance(s, N.Return) for side in (stmt.body, stmt.orelse) for s in side)
+
+
+def _nests(side: list[N.Stmt]) -> bool:
+    return any(isinstance(s, N.If) or _binds_number(s) for s in side)
+
+
+def _binds_number(stmt: N.Stmt) -> bool:
+    return isinstance(stmt, N.Assign) and stmt.value.kind in N.NUMBERS
+
+
+def _straight_start(side: list[N.Stmt]) -> tuple[list[N.Stmt], list[N.Stmt]]:
+    """The tensor statements `side` starts with, and the rest (from its first `if` or number)."""
+    at = next((k for k, s in enumerate(side) if isinstance(s, N.If) or _binds_number(s)), len(side))
+    return side[:at], side[at:]
+
+
+def _guarded(cond: N.Expr, side: list[N.Stmt], bound: set[str]) -> list[N.Stmt]:
+    """`side`'s statements, each run only when `cond` holds, as statements at the top of forward (a number
+    not `bound` before it is None where `cond` does not hold: only this side reads it)."""
+    out: list[N.Stmt] = []
+    run: list[N.Stmt] = []
+
+    def close_run() -> None:
+        if run:
+            out.append(N.If(run[0].span, cond, list(run), []))
+            run.clear()
+
+    for stmt in side:
+        if isinstance(stmt, N.If):
+            close_run()
+            out += _guarded(_both(cond, stmt.cond), stmt.body, bound)
+            out += _guarded(_both(cond, _negated(stmt.cond)), stmt.orelse, bound)
+        elif _binds_number(stmt):
+            assert isinstance(stmt, N.Assign)
+            close_run()
+            kept: N.Expr = N.Name(stmt.target_span, stmt.target) if stmt.target in bound else N.NoneLit(stmt.span)
+            if isinstance(kept, N.Name):
+                kept.ref, kept.kind = N.Ref.LOCAL, stmt.value.kind
+            else:
+                kept.kind = N.Kind.NONE
+            bound.add(stmt.target)
+            chosen = N.IfExp(stmt.value.span, cond, stmt.value, kept)
+            chosen.kind = stmt.value.kind
+            out.append(dataclasses.replace(stmt, value=chosen))
+        else:
+            run.append(stmt)
+    close_run()
+    return out
+
+
+def _both(a: N.Expr, b: N.Expr) -> N.Expr:
+    both = N.BoolOp(b.span, "and", a, b)
+    both.kind = N.Kind.BOOL
+    return both
+
+
+def _negated(cond: N.Expr) -> N.Expr:
+    if isinstance(cond, N.Not):
+        return cond.operand
+    if presence(cond) is not None:  # `u != none` is `u == none` (whether u is given is tested as written)
+        assert isinstance(cond, N.Compare)
+        flipped = N.Compare(cond.span, ["==" if cond.ops[0] == "!=" else "!="], list(cond.operands))
+        flipped.kind = N.Kind.BOOL
+        return flipped
+    negated = N.Not(cond.span, cond)
+    negated.kind = N.Kind.BOOL
+    return negated
+
+
+# ---------------------------------------------------------------- sizes of locals the `if`s bind
+
+
+MAX_SIZE_ATOMS = 6  # the conditions a size of a local is chosen by (2 ** 6 straight forwards at most)
+
+
+def sizes_by_side(body: list[N.Stmt], layer: N.Layer, measured: Measured) -> list[N.Stmt]:
+    """`body` (`flattened`) with each number that measures a local the `if`s before it bind
+    (`tgt_len = size_at(q_in, 0)`) written as the sizes of inputs and members it is on each side, chosen
+    by the conditions (`query_size0 if query_ndim == 2 else (query_size1 if batch_first else
+    query_size0)`): a later segment cannot know which side an earlier one ran, but the conditions are
+    configuration values the Function has at hand in forward and backward. A number not followed back so
+    is left as it is (the derivation reports it)."""
+    out: list[N.Stmt] = []
+    for stmt in body:
+        if isinstance(stmt, N.Assign) and stmt.value.kind in N.NUMBERS and measures_a_local(stmt.value):
+            value = _chosen_size(out, stmt, layer, measured)
+            stmt = stmt if value is None else dataclasses.replace(stmt, value=value)
+        elif isinstance(stmt, N.If) and measures_a_local(stmt.cond):  # `if h.ndim == 2`, h bound by an `if`
+            tested = N.Assign(stmt.cond.span, "_tested", stmt.cond.span, stmt.cond)
+            cond = _chosen_size(out, tested, layer, measured)
+            stmt = stmt if cond is None else dataclasses.replace(stmt, cond=cond)
+        out.append(stmt)
+    return out
+
+
+def measures_a_local(e: N.Expr) -> bool:
+    """Whether `e` measures a tensor forward computes (`size_at(q_in, 0)`, `h.ndim`)."""
+    return bool(measured_locals(e))
+
+
+def measured_locals(e: N.Expr) -> set[str]:
+    """The tensors forward computes that `e` measures."""
+
+    def local(x: N.Expr) -> bool:
+        return isinstance(x, N.Name) and x.ref == N.Ref.LOCAL and x.kind == N.Kind.TENSOR
+
+    out: set[str] = set()
+    for n in walk(e):
+        if isinstance(n, N.Call) and n.func == "size_at" and n.args and local(n.args[0]):
+            out.add(n.args[0].id)  # type: ignore[attr-defined]
+        elif isinstance(n, N.Rank) and local(n.value):
+            out.add(n.value.id)
+    return out
+
+
+def _chosen_size(before: list[N.Stmt], stmt: N.Assign, layer: N.Layer, measured: Measured) -> N.Expr | None:
+    """`stmt`'s value on each side of the `if`s of `before` that bind what it measures, as one expression
+    choosing by their conditions; None when a side's is not followed back to inputs and members. The
+    conditions are those of the `if`s it reads through, found as the sides chosen so far lead to them."""
+    atoms: dict[str, N.Expr] = {}
+    assert layer.forward is not None
+    while len(atoms) <= MAX_SIZE_ATOMS:
+        keys = list(atoms)
+        found: dict[tuple[bool, ...], N.Expr] = {}
+        for values in itertools.product((True, False), repeat=len(keys)):
+            straight, undecided = _read_through(before, stmt, dict(zip(keys, values)))
+            if undecided is not None:  # an `if` these conditions do not decide binds what it reads
+                _atoms(undecided.cond, atoms)
+                break
+            if not measured_locals(stmt.value) <= {name for t in straight for name in _binds(t)}:
+                continue  # no side binds it here: conditions that cannot hold together
+            side = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=[*straight, stmt]))
+            side.symbolic_dims = list(layer.symbolic_dims)
+            try:
+                last = prepared_forward(side, measured).forward.body[-1]  # type: ignore[union-attr]
+            except NotDerivable:
+                return None  # not followed back here: the plan refuses it
+            if not isinstance(last, N.Assign) or measures_a_local(last.value):
+                return None
+            found[values] = last.value
+        else:
+            return _decision(keys, atoms, found, ()) if found else None
+    return None
+
+
+def _read_through(before: list[N.Stmt], stmt: N.Assign, holds: dict[str, bool]) -> tuple[list[N.Stmt], N.If | None]:
+    """The statements of `before` that `stmt` reads through (its locals, what they are computed from), with
+    each `if` as the side `holds` chooses; or the first `if` they lead to that `holds` does not decide."""
+    wanted = {n.id for n in walk(stmt.value) if isinstance(n, N.Name)}
+    kept: list[N.Stmt] = []
+    for s in reversed(before):
+        if isinstance(s, N.If):
+            try:
+                side = s.body if _holds(s.cond, holds) else s.orelse
+            except KeyError:  # an atom not chosen yet
+                if any(_binds(t) & wanted for t in statements([s])):
+                    return [], s
+                continue
+        else:
+            side = [s]
+        for t in reversed(side):
+            if _binds(t) & wanted:
+                wanted = (wanted - _binds(t)) | {n.id for n in walk(t) if isinstance(n, N.Name)}
+                kept.append(t)
+    return kept[::-1], None
+
+
+def _binds(stmt: N.Stmt) -> set[str]:
+    if isinstance(stmt, N.Assign):
+        return {stmt.target}
+    return {name for name, _ in stmt.targets} if isinstance(stmt, N.Unpack) else set()
+
+
+def _atoms(cond: N.Expr, out: dict[str, N.Expr]) -> None:
+    if isinstance(cond, N.BoolOp):
+        _atoms(cond.left, out)
+        _atoms(cond.right, out)
+    elif isinstance(cond, N.Not):
+        _atoms(cond.operand, out)
+    else:
+        out.setdefault(spec_text(cond), cond)
+
+
+def _holds(cond: N.Expr, holds: dict[str, bool]) -> bool:
+    if isinstance(cond, N.BoolOp):
+        left, right = _holds(cond.left, holds), _holds(cond.right, holds)
+        return left and right if cond.op == "and" else left or right
+    if isinstance(cond, N.Not):
+        return not _holds(cond.operand, holds)
+    return holds[spec_text(cond)]
+
+
+def _decision(
+    keys: list[str], atoms: dict[str, N.Expr], found: dict[tuple[bool, ...], N.Expr], fixed: tuple[bool, ...]
+) -> N.Expr | None:
+    """The value chosen by the atoms from `fixed` on, as `a if atom else b` where they differ (None where
+    no side binds it: conditions that cannot hold together)."""
+    under = {v: e for v, e in found.items() if v[: len(fixed)] == fixed}
+    if not under:
+        return None
+    if len({spec_text(e) for e in under.values()}) == 1 or len(fixed) == len(keys):
+        return next(iter(under.values()))
+    then = _decision(keys, atoms, found, (*fixed, True))
+    orelse = _decision(keys, atoms, found, (*fixed, False))
+    if then is None or orelse is None or spec_text(then) == spec_text(orelse):
+        return then or orelse
+    chosen = N.IfExp(then.span, atoms[keys[len(fixed)]], then, orelse)
+    chosen.kind = then.kind
+    return chosen
