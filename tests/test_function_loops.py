@@ -542,3 +542,15 @@ def test_the_step_statements_of_one_gradient_run_only_when_it_is_asked_for():
     loop = backward[backward.index("for t in reversed") :]
     assert "if ctx.needs_input_grad[1]:" in loop  # w's per-step gradient
     assert "if ctx.needs_input_grad[2]:" in loop  # b's
+
+
+def test_stacking_the_list_of_a_loop_of_no_steps_raises_a_runtime_error_naming_the_list():
+    """Forward keeps the stacked items in a buffer made at the first step: with no steps there is none, and
+    `stack` of the empty list raises a RuntimeError naming the list, where the plain form raises torch's
+    (not an AttributeError on the missing buffer)."""
+    ours, plain = plain_pair(ELMAN, "elman_no_steps", "Elman", input_size=3, hidden_size=4)
+    x = torch.randn(0, 2, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="stack expects a non-empty TensorList"):
+        plain(x)
+    with pytest.raises(RuntimeError, match=r"Elman: stack\(\) of 'outputs' got no items"):
+        ours(x)

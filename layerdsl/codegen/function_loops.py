@@ -419,10 +419,18 @@ class LoopFunction:
             if j.items in buffered:  # a view of the buffer (an output of its own: not the buffer itself)
                 buffer, dim = self.stacked(buffered[j.items]), ex(j.dim)
                 view = f"{buffer}.view_as({buffer})" if dim == "0" else f"torch.movedim({buffer}, 0, {dim})"
+                lines += self.no_steps_check(loop, buffer, j.items)
                 lines.append(f"{j.name} = {view}")
             else:
                 lines.append(f"{j.name} = torch.{j.func}({j.items}, dim={ex(j.dim)})")
         return lines
+
+    def no_steps_check(self, loop: Loop, buffer: str, items: str) -> list[str]:
+        """A loop of no steps made no buffer: `stack` of its list raises, as torch's does on an empty list, at
+        the loop's spec line."""
+        message = f"{self.layer.name}: stack() of '{items}' got no items: the loop appending to it ran no steps"
+        check = [f"if {buffer} is None:", f'    raise RuntimeError("{message}")']
+        return with_spec_line(check, 1, self.e.spec_path, loop.span.line)
 
     def step_shape(self, loop: Loop, v: str) -> str:
         """The shape of one step's slot of `v`'s buffer (`first_broadcast`)."""

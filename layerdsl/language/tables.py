@@ -175,5 +175,9 @@ OP_ALIASES: dict[str, tuple[str, ...]] = {
     "batch_norm": ("sub norm = nn.BatchNorm1d(...)",),
     "linear": ("sub fc = nn.Linear(...)",),
     "square": ("x ** 2",),
+    "zeros_like": ("new_zeros",),
+    "zeros": ("new_zeros",),
+    "ones_like": ("new_zeros(x, shape) + 1",),
+    "ones": ("new_zeros(x, shape) + 1",),
     "reciprocal": ("1 / x",),
 }
