@@ -1,0 +1,129 @@
+"""Buffer reads that go through a clone: a read autograd may keep for backward (`x * b`), in a forward that
+also updates that buffer on the same path (`update b = ...`, written in place with `copy_`).
+
+Without the clone, the in-place update (in this call, or in a later call before backward runs: two forwards,
+one backward) bumps the version of the tensor autograd kept, and backward fails with torch's "modified by an
+inplace operation". torch's `spectral_norm` reads its updated buffers through a clone for the same reason.
+A read as an operand of `+`/`-`, of a comparison, or in an `if`'s condition is not kept by autograd and is
+not cloned; nor is a read that no call runs with an update (BatchNorm's running statistics: read under
+`if track_running_stats and not training`, updated under `if track_running_stats and training`).
+"""
+
+from __future__ import annotations
+
+from layerdsl.diagnostics import Span
+from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import spec_text
+from layerdsl.ir.visit import children, walk
+
+Path = tuple[tuple[N.Expr, bool], ...]  # the conditions of the `if`s a statement is inside, and which side
+
+MAX_ATOMS = 12  # conditions over more distinct tests are taken as satisfiable together (a clone too many)
+
+_NOT_KEPT = {"+", "-"}  # autograd keeps neither operand of these (their gradients do not read them)
+
+
+def cloned_buffer_reads(forward: N.Forward | None) -> frozenset[Span]:
+    """The spans of the buffer reads of `forward` that go through a clone."""
+    if forward is None:
+        return frozenset()
+    updates: dict[str, list[Path]] = {}
+    reads: list[tuple[N.Name, Path]] = []
+    _collect(forward.body, (), updates, reads)
+    return frozenset(
+        name.span for name, path in reads if any(_together(path, other) for other in updates.get(name.id, ()))
+    )
+
+
+def cloned_buffers(forward: N.Forward | None) -> frozenset[str]:
+    """The buffers some read of which goes through a clone."""
+    if forward is None:
+        return frozenset()
+    spans = cloned_buffer_reads(forward)
+    return frozenset(
+        n.id
+        for st in forward.body
+        for n in walk(st)
+        if isinstance(n, N.Name) and n.ref == N.Ref.BUFFER and n.span in spans
+    )
+
+
+def _together(a: Path, b: Path) -> bool:
+    """Whether statements at paths `a` and `b` can both run in one call: some truth values of the tests the
+    `if`s read (`training`, `track_running_stats`, `B > 0`, each taken as free) make every condition hold."""
+    conditions = [*a, *b]
+    atoms: dict[str, None] = {}
+    for cond, _ in conditions:
+        _atoms(cond, atoms)
+    if len(atoms) > MAX_ATOMS:
+        return True
+    names = list(atoms)
+    for bits in range(2 ** len(names)):
+        truth = {n: bool(bits >> k & 1) for k, n in enumerate(names)}
+        if all(_holds(cond, truth) == side for cond, side in conditions):
+            return True
+    return False
+
+
+def _atoms(cond: N.Expr, into: dict[str, None]) -> None:
+    match cond:
+        case N.BoolOp(left=left, right=right):
+            _atoms(left, into)
+            _atoms(right, into)
+        case N.Not(operand=operand):
+            _atoms(operand, into)
+        case N.Bool():
+            pass
+        case _:
+            into[spec_text(cond)] = None
+
+
+def _holds(cond: N.Expr, truth: dict[str, bool]) -> bool:
+    match cond:
+        case N.BoolOp(op="and", left=left, right=right):
+            return _holds(left, truth) and _holds(right, truth)
+        case N.BoolOp(left=left, right=right):
+            return _holds(left, truth) or _holds(right, truth)
+        case N.Not(operand=operand):
+            return not _holds(operand, truth)
+        case N.Bool(value=value):
+            return bool(value)
+        case _:
+            return truth[spec_text(cond)]
+
+
+def _collect(body: list[N.Stmt], path: Path, updates: dict[str, list[Path]], reads: list) -> None:
+    for st in body:
+        match st:
+            case N.Update(target=target, value=_):
+                updates.setdefault(target, []).append(path)  # its value is computed under no_grad
+            case N.If(cond=cond, body=then, orelse=orelse):
+                _collect(then, (*path, (cond, True)), updates, reads)
+                _collect(orelse, (*path, (cond, False)), updates, reads)
+            case N.For(body=inner):
+                _collect(inner, path, updates, reads)
+            case N.Require():
+                pass
+            case _:
+                reads += [(n, path) for n in _kept_buffer_reads(st)]
+
+
+def _kept_buffer_reads(node) -> list[N.Name]:
+    """The buffer names read under `node` where autograd may keep them."""
+    found: list[N.Name] = []
+
+    def visit(e, kept: bool) -> None:
+        if isinstance(e, N.Name):
+            if kept and e.ref == N.Ref.BUFFER:
+                found.append(e)
+            return
+        if isinstance(e, N.Compare):
+            return
+        children_kept = not (isinstance(e, N.BinOp) and e.op in _NOT_KEPT) and not (
+            isinstance(e, N.UnaryOp) and e.op == "-"
+        )
+        for child in children(e):
+            visit(child, children_kept)
+
+    visit(node, True)
+    return found
