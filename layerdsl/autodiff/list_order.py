@@ -23,7 +23,7 @@ import dataclasses
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
-from layerdsl.ir.visit import map_children, walk
+from layerdsl.ir.visit import map_children, statements, walk
 
 
 def reversed_lists(layer: N.Layer) -> N.Layer:
@@ -42,7 +42,7 @@ def reversed_lists(layer: N.Layer) -> N.Layer:
 def _append_counts(body: list[N.Stmt]) -> dict[str, int]:
     """How many appends to each list the forward writes (in loops' and `if`s' bodies too)."""
     counts: dict[str, int] = {}
-    for s in _stmts(body):
+    for s in statements(body):
         if isinstance(s, N.Append):
             counts[s.target] = counts.get(s.target, 0) + 1
     return counts
@@ -118,13 +118,13 @@ def _makes(stmt: N.Stmt, name: str) -> bool:
 def _read_only_stacked(body: list[N.Stmt], name: str) -> bool:
     """Whether `body` reads the list `name` only as `stack(name, dim = d)` (and rebinds it nowhere)."""
     stacked: set[int] = set()
-    for s in _stmts(body):
+    for s in statements(body):
         if isinstance(s, (N.Assign, N.Append)) and s.target == name:
             return False
         for n in walk(s):
             if isinstance(n, N.Call) and n.func == "stack" and n.args and _is(n.args[0], name):
                 stacked.add(id(n.args[0]))
-    return all(id(n) in stacked for s in _stmts(body) for n in walk(s) if _is(n, name))
+    return all(id(n) in stacked for s in statements(body) for n in walk(s) if _is(n, name))
 
 
 def _is(e, name: str) -> bool:
@@ -149,13 +149,3 @@ def _flipped(stmt: N.Stmt, target: str, source: str):
         return e
 
     return go(stmt)
-
-
-def _stmts(body: list[N.Stmt]):
-    for s in body:
-        yield s
-        if isinstance(s, N.For):
-            yield from _stmts(s.body)
-        elif isinstance(s, N.If):
-            yield from _stmts(s.body)
-            yield from _stmts(s.orelse)
