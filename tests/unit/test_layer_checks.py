@@ -46,11 +46,20 @@ def _layer_with(**methods):
     return lambda module: {"LearnedOffset": type("LearnedOffset", (module.LearnedOffset,), methods)}
 
 
+def _initialise_once(self) -> None:
+    """A reset_parameters that initialises at construction only: later calls leave the values as they are.
+    (A reset that does nothing at all leaves torch.empty's memory, which two builds may or may not share:
+    the check would fail at a different step from run to run.)"""
+    if not getattr(self, "initialised", False):
+        torch.nn.init.zeros_(self.offset)
+        self.initialised = True
+
+
 # check -> a breakage of the property it looks for: module -> the module attributes to replace
 BREAKAGES = {
     "shapes": _layer_with(forward=lambda self, x: (x + self.offset)[..., :1]),
     "gradcheck": _layer_with(forward=lambda self, x: _DoubleWithWrongGradient.apply(x) + self.offset),
-    "reset_parameters": _layer_with(reset_parameters=lambda self: None),
+    "reset_parameters": _layer_with(reset_parameters=_initialise_once),
     "repr": _layer_with(extra_repr=lambda self: ""),
     "function-vs-autograd": lambda module: {"learned_offset": lambda x, offset: x + 2 * offset},
 }
