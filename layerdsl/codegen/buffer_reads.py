@@ -14,7 +14,7 @@ from __future__ import annotations
 from layerdsl.diagnostics import Span
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
-from layerdsl.ir.visit import children, walk
+from layerdsl.ir.visit import children
 
 Path = tuple[tuple[N.Expr, bool], ...]  # the conditions of the `if`s a statement is inside, and which side
 
@@ -25,27 +25,21 @@ _NOT_KEPT = {"+", "-"}  # autograd keeps neither operand of these (their gradien
 
 def cloned_buffer_reads(forward: N.Forward | None) -> frozenset[Span]:
     """The spans of the buffer reads of `forward` that go through a clone."""
-    if forward is None:
-        return frozenset()
-    updates: dict[str, list[Path]] = {}
-    reads: list[tuple[N.Name, Path]] = []
-    _collect(forward.body, (), updates, reads)
-    return frozenset(
-        name.span for name, path in reads if any(_together(path, other) for other in updates.get(name.id, ()))
-    )
+    return frozenset(name.span for name in _cloned(forward))
 
 
 def cloned_buffers(forward: N.Forward | None) -> frozenset[str]:
     """The buffers some read of which goes through a clone."""
+    return frozenset(name.id for name in _cloned(forward))
+
+
+def _cloned(forward: N.Forward | None) -> list[N.Name]:
     if forward is None:
-        return frozenset()
-    spans = cloned_buffer_reads(forward)
-    return frozenset(
-        n.id
-        for st in forward.body
-        for n in walk(st)
-        if isinstance(n, N.Name) and n.ref == N.Ref.BUFFER and n.span in spans
-    )
+        return []
+    updates: dict[str, list[Path]] = {}
+    reads: list[tuple[N.Name, Path]] = []
+    _collect(forward.body, (), updates, reads)
+    return [name for name, path in reads if any(_together(path, other) for other in updates.get(name.id, ()))]
 
 
 def _together(a: Path, b: Path) -> bool:
