@@ -172,6 +172,22 @@ def test_five_independent_ifs_match_autograd(five, flags):
     assert torch.autograd.gradcheck(run, (x, w)) and torch.autograd.gradgradcheck(run, (x, w))
 
 
+def _six_ifs_agree(generated: dict, flags: tuple[bool, ...]) -> None:
+    """SixIfs under `flags` (f, a, ..., e): the module against its functional form, and its Function's
+    gradcheck and gradgradcheck."""
+    torch.manual_seed(0)
+    config = dict(zip("fabcde", flags))
+    layer = generated["SixIfs"](4, **config, dtype=torch.float64)
+    x = torch.rand(3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.allclose(layer(x), generated["six_ifs"](x, layer.w, **config))
+
+    def run(x, w):
+        return generated["SixIfsFunction"].apply(x, w, *flags)[0]
+
+    w = layer.w.detach().requires_grad_()
+    assert torch.autograd.gradcheck(run, (x, w)) and torch.autograd.gradgradcheck(run, (x, w))
+
+
 def test_more_sides_than_the_bound_are_segments_that_match_autograd():
     """Six independent `if`s (64 sides): each `if` a segment of its own (`loops.Choice`), the last one's
     returning side closed over the rest of the forward."""
@@ -184,17 +200,7 @@ def test_more_sides_than_the_bound_are_segments_that_match_autograd():
     assert problems == [] and isinstance(plans["SixIfs"], LoopPlan)
     generated = _generated("six", six)
     for flags in [(True,) * 6, (False,) * 6, (True, False, True, False, True, False)]:
-        torch.manual_seed(0)
-        config = dict(zip("fabcde", flags))
-        layer = generated["SixIfs"](4, **config, dtype=torch.float64)
-        x = torch.rand(3, 4, dtype=torch.float64, requires_grad=True)
-        assert torch.allclose(layer(x), generated["six_ifs"](x, layer.w, **config))
-
-        def run(x, w, flags=flags):
-            return generated["SixIfsFunction"].apply(x, w, *flags)[0]
-
-        w = layer.w.detach().requires_grad_()
-        assert torch.autograd.gradcheck(run, (x, w)) and torch.autograd.gradgradcheck(run, (x, w))
+        _six_ifs_agree(generated, flags)
 
 
 def test_more_sides_than_the_bound_with_an_if_inside_one_match_autograd():
@@ -211,17 +217,7 @@ def test_more_sides_than_the_bound_with_an_if_inside_one_match_autograd():
     generated = _generated("six_nested", six)
     assert "if f and a:" in generated["SOURCE"]
     for flags in [(True,) * 6, (False,) * 6, (True, True, False, True, False, True), (True, False) * 3]:
-        torch.manual_seed(0)
-        config = dict(zip("fabcde", flags))
-        layer = generated["SixIfs"](4, **config, dtype=torch.float64)
-        x = torch.rand(3, 4, dtype=torch.float64, requires_grad=True)
-        assert torch.allclose(layer(x), generated["six_ifs"](x, layer.w, **config))
-
-        def run(x, w, flags=flags):
-            return generated["SixIfsFunction"].apply(x, w, *flags)[0]
-
-        w = layer.w.detach().requires_grad_()
-        assert torch.autograd.gradcheck(run, (x, w)) and torch.autograd.gradgradcheck(run, (x, w))
+        _six_ifs_agree(generated, flags)
 
 
 def test_more_sides_than_the_bound_with_a_loop_inside_one_is_a_located_error():
