@@ -8,9 +8,11 @@ from layerdsl.syntax.parser import parse_file
 
 
 def compile_spec(text: str, stem: str = "spec") -> dict:
-    """The namespace of the module generated from spec `text` (as file `<stem>.layer`), executed."""
+    """The namespace of the module generated from spec `text` (as file `<stem>.layer`), executed; its source
+    under "SOURCE"."""
     spec = parse_file(f"{stem}.layer", text)
     namespace: dict = {}
     source = emit_file(spec, check_program([spec]), f"{stem}.layer", {})
+    namespace["SOURCE"] = source
     exec(compile(source, f"{stem}.py", "exec"), namespace)
     return namespace

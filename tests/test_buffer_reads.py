@@ -8,10 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerdsl.codegen.module import emit_file
-from layerdsl.semantics.checker import check_program
-from layerdsl.syntax.parser import parse_file
-
 from .support import compile_spec
 
 READ_THEN_UPDATE = """
@@ -72,9 +68,8 @@ layer Exclusive(d: int, track: bool = true) {
 """
 
 
-def _source(text: str, function: bool) -> str:
-    spec = parse_file("spec.layer", ("@function\n" if function else "") + text)
-    return emit_file(spec, check_program([spec]), "spec.layer", {})
+def _module_source(text: str, function: bool) -> str:
+    return compile_spec(("@function\n" if function else "") + text, "spec")["SOURCE"]
 
 
 def _module(text: str, stem: str, name: str, function: bool):
@@ -120,7 +115,7 @@ def test_a_buffer_updated_then_read_survives_the_next_calls_update(function):
 @pytest.mark.parametrize("function", [False, True])
 def test_reads_autograd_does_not_keep_or_that_never_meet_an_update_are_not_cloned(function):
     for text in (CENTRED, EXCLUSIVE):
-        assert ".clone()" not in _source(text, function)
+        assert ".clone()" not in _module_source(text, function)
     m = _module(EXCLUSIVE, "exclusive", "Exclusive", function)(4).double()
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     m(x).sum().backward()  # training: reads its batch's statistic, updates c
@@ -130,4 +125,4 @@ def test_reads_autograd_does_not_keep_or_that_never_meet_an_update_are_not_clone
 
 @pytest.mark.parametrize("function", [False, True])
 def test_a_kept_read_is_written_as_a_clone(function):
-    assert "self.c.clone()" in _source(READ_THEN_UPDATE, function)
+    assert "self.c.clone()" in _module_source(READ_THEN_UPDATE, function)

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from layerdsl.autodiff.plan import BranchPlan, plan_backwards
-from layerdsl.codegen.module import emit_file
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
+
+from .support import compile_spec
 
 SPEC = '''
 @function
@@ -55,12 +56,7 @@ layer Chosen(n: int, mode: int = 0, normalize: bool = true) {
 
 @pytest.fixture(scope="module")
 def ns() -> dict:
-    spec = parse_file("branches.layer", SPEC)
-    program = check_program([spec])
-    source = emit_file(spec, program, "branches.layer", {})
-    namespace: dict = {"SOURCE": source}
-    exec(compile(source, "branches.py", "exec"), namespace)
-    return namespace
+    return compile_spec(SPEC, "branches")
 
 
 def _plain(ns: dict, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,8 @@ from layerdsl.codegen.module import emit_file
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
 
+from .support import compile_spec
+
 FLAGS = "abcdefgh"
 
 EIGHT = '''
@@ -64,12 +66,7 @@ layer EightIfs(n: int, a: bool = true, b: bool = false, c: bool = true, d: bool 
 
 @pytest.fixture(scope="module")
 def eight() -> dict:
-    spec = parse_file("eight.layer", EIGHT)
-    program = check_program([spec])
-    source = emit_file(spec, program, "eight.layer", {})
-    namespace: dict = {"SOURCE": source}
-    exec(compile(source, "eight.py", "exec"), namespace)
-    return namespace
+    return compile_spec(EIGHT, "eight")
 
 
 def test_eight_ifs_are_eight_segments():

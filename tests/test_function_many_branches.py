@@ -18,11 +18,11 @@ import torch
 
 from layerdsl.autodiff.loops import LoopPlan
 from layerdsl.autodiff.plan import BranchPlan, plan_backwards, straight_plans
-from layerdsl.codegen.module import emit_file
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
 
 from .conftest import SPECS
+from .support import compile_spec
 
 
 def _shipped(path: str, name: str) -> str:
@@ -35,12 +35,7 @@ def _shipped(path: str, name: str) -> str:
 
 
 def _generated(name: str, text: str) -> dict:
-    spec = parse_file(f"{name}.layer", text)
-    program = check_program([spec])
-    source = emit_file(spec, program, f"{name}.layer", {})
-    namespace: dict = {"SOURCE": source}
-    exec(compile(source, f"{name}.py", "exec"), namespace)
-    return namespace
+    return compile_spec(text, name)
 
 
 LOSSES = ["BCEWithLogitsLoss", "PoissonNLLLoss", "KLDivLoss"]

@@ -13,11 +13,11 @@ import torch
 
 from layerdsl.autodiff.loops import Choice, LoopPlan
 from layerdsl.autodiff.plan import BranchPlan, plan_backwards
-from layerdsl.codegen.module import emit_file
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
 
 from .function_agreement import compare_with_plain
+from .support import compile_spec
 
 SPEC = '''
 {function}
@@ -69,12 +69,7 @@ layer ProvenMembers(n: int, joint: bool = true, bias: bool = true, a: bool = tru
 
 
 def _compiled(function: bool) -> dict:
-    spec = parse_file("proven.layer", SPEC.format(function="@function" if function else ""))
-    program = check_program([spec])
-    source = emit_file(spec, program, "proven.layer", {})
-    namespace: dict = {"SOURCE": source}
-    exec(compile(source, "proven.py", "exec"), namespace)
-    return namespace
+    return compile_spec(SPEC.format(function="@function" if function else ""), "proven")
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
 
 from .function_agreement import compare_with_plain
+from .support import compile_spec
 
 SPEC = '''
 {function}
@@ -62,12 +63,7 @@ layer Nested(n: int, a: bool = true, b: bool = false, c: bool = true, d: bool = 
 
 
 def _compiled(function: bool) -> dict:
-    spec = parse_file("nested.layer", SPEC.format(function="@function" if function else ""))
-    program = check_program([spec])
-    source = emit_file(spec, program, "nested.layer", {})
-    namespace: dict = {"SOURCE": source}
-    exec(compile(source, "nested.py", "exec"), namespace)
-    return namespace
+    return compile_spec(SPEC.format(function="@function" if function else ""), "nested")
 
 
 @pytest.fixture(scope="module")
