@@ -30,6 +30,7 @@ import itertools
 from layerdsl.autodiff.loops import presence
 from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.autodiff.unroll import Measured, prepared_forward
+from layerdsl.ir import conditions
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import statements, walk
@@ -244,7 +245,7 @@ def _chosen_size(before: list[N.Stmt], stmt: N.Assign, layer: N.Layer, measured:
         for values in itertools.product((True, False), repeat=len(keys)):
             straight, undecided = _read_through(before, stmt, dict(zip(keys, values)))
             if undecided is not None:  # an `if` these conditions do not decide binds what it reads
-                _atoms(undecided.cond, atoms)
+                conditions.atoms(undecided.cond, atoms)
                 break
             if not measured_locals(stmt.value) <= {name for t in straight for name in _binds(t)}:
                 continue  # no side binds it here: conditions that cannot hold together
@@ -270,7 +271,7 @@ def _read_through(before: list[N.Stmt], stmt: N.Assign, holds: dict[str, bool]) 
     for s in reversed(before):
         if isinstance(s, N.If):
             try:
-                side = s.body if _holds(s.cond, holds) else s.orelse
+                side = s.body if conditions.holds(s.cond, holds) else s.orelse
             except KeyError:  # an atom not chosen yet
                 if any(_binds(t) & wanted for t in statements([s])):
                     return [], s
@@ -288,25 +289,6 @@ def _binds(stmt: N.Stmt) -> set[str]:
     if isinstance(stmt, N.Assign):
         return {stmt.target}
     return {name for name, _ in stmt.targets} if isinstance(stmt, N.Unpack) else set()
-
-
-def _atoms(cond: N.Expr, out: dict[str, N.Expr]) -> None:
-    if isinstance(cond, N.BoolOp):
-        _atoms(cond.left, out)
-        _atoms(cond.right, out)
-    elif isinstance(cond, N.Not):
-        _atoms(cond.operand, out)
-    else:
-        out.setdefault(spec_text(cond), cond)
-
-
-def _holds(cond: N.Expr, holds: dict[str, bool]) -> bool:
-    if isinstance(cond, N.BoolOp):
-        left, right = _holds(cond.left, holds), _holds(cond.right, holds)
-        return left and right if cond.op == "and" else left or right
-    if isinstance(cond, N.Not):
-        return not _holds(cond.operand, holds)
-    return holds[spec_text(cond)]
 
 
 def _decision(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from layerdsl.diagnostics import Span
 from layerdsl.ir import nodes as N
-from layerdsl.ir.printer import spec_text
+from layerdsl.ir.conditions import atoms, holds
 from layerdsl.ir.visit import children
 
 Path = tuple[tuple[N.Expr, bool], ...]  # the conditions of the `if`s a statement is inside, and which side
@@ -46,44 +46,17 @@ def _together(a: Path, b: Path) -> bool:
     """Whether statements at paths `a` and `b` can both run in one call: some truth values of the tests the
     `if`s read (`training`, `track_running_stats`, `B > 0`, each taken as free) make every condition hold."""
     conditions = [*a, *b]
-    atoms: dict[str, None] = {}
+    found: dict[str, N.Expr] = {}
     for cond, _ in conditions:
-        _atoms(cond, atoms)
-    if len(atoms) > MAX_ATOMS:
+        atoms(cond, found)
+    if len(found) > MAX_ATOMS:
         return True
-    names = list(atoms)
+    names = list(found)
     for bits in range(2 ** len(names)):
         truth = {n: bool(bits >> k & 1) for k, n in enumerate(names)}
-        if all(_holds(cond, truth) == side for cond, side in conditions):
+        if all(holds(cond, truth) == side for cond, side in conditions):
             return True
     return False
-
-
-def _atoms(cond: N.Expr, into: dict[str, None]) -> None:
-    match cond:
-        case N.BoolOp(left=left, right=right):
-            _atoms(left, into)
-            _atoms(right, into)
-        case N.Not(operand=operand):
-            _atoms(operand, into)
-        case N.Bool():
-            pass
-        case _:
-            into[spec_text(cond)] = None
-
-
-def _holds(cond: N.Expr, truth: dict[str, bool]) -> bool:
-    match cond:
-        case N.BoolOp(op="and", left=left, right=right):
-            return _holds(left, truth) and _holds(right, truth)
-        case N.BoolOp(left=left, right=right):
-            return _holds(left, truth) or _holds(right, truth)
-        case N.Not(operand=operand):
-            return not _holds(operand, truth)
-        case N.Bool(value=value):
-            return bool(value)
-        case _:
-            return truth[spec_text(cond)]
 
 
 def _collect(body: list[N.Stmt], path: Path, updates: dict[str, list[Path]], reads: list) -> None:
