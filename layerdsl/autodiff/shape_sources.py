@@ -4,15 +4,27 @@
 (`exp(input) - target * input`), its shape is `torch.broadcast_shapes(input.shape, target.shape)`: the
 Function keeps that on ctx in setup_context instead of recomputing the whole of `loss` in backward only to
 read its shape (issue 15: "shape-only uses keep only the shape").
+
+An intermediate of any other operation read only for its shape (`cat`'s backward reads each operand's size
+along the dim: `narrow(grad, dim, offset, reduced_numel(item, dim))`) is written as its static shape in the
+dims and arguments the backward has at hand (`with_static_shapes`): neither it nor what it is computed from
+is then kept.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from layerdsl.autodiff.tape import Tape
+from layerdsl.diagnostics import SpecError
+from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import walk
+from layerdsl.ir.nodes import NOWHERE
+from layerdsl.ir.visit import map_children, walk
+from layerdsl.language.ops import shape_args
+from layerdsl.syntax import parse_expr
+
+SizeOf = Callable[[str], N.Expr | None]  # a dim's text (`3 * B`) as an int expression the backward can read
 
 
 def broadcast_leaves(tape: Tape, var: str, excluded: Collection[str] = ()) -> list[str] | None:
@@ -40,3 +52,59 @@ def broadcast_leaves(tape: Tape, var: str, excluded: Collection[str] = ()) -> li
             if isinstance(n, N.Name) and (tape.step(n.id) is not None or n.id in tape.leaves):
                 pending.append(n.id)
     return [leaf for leaf in tape.leaves if leaf in found] or None
+
+
+def dim_size(dim: str, at_hand: Mapping[str, N.Ref]) -> N.Expr | None:
+    """The dim `dim` (its text: `B`, `3 * B`, `hidden_size`) as an expression when it is a polynomial in the
+    names of `at_hand` (each with what it refers to: a dim, an argument); None otherwise."""
+    try:
+        size = parse_expr(dim)
+    except SpecError:
+        return None
+    for n in walk(size):
+        if isinstance(n, N.Name):
+            if n.id not in at_hand:
+                return None
+            n.ref, n.kind = at_hand[n.id], N.Kind.INT
+    return size
+
+
+def leaf_size(dim: str, leaves: Iterable[str], shapes: Mapping[str, tuple | None]) -> N.Expr | None:
+    """The dim `dim` as the size of the first of `leaves` (inputs, members) whose static shape has it."""
+    for leaf in leaves:
+        shape = shapes.get(leaf) or ()
+        if dim in shape and "..." not in shape[shape.index(dim) :]:
+            size = B.call("reduced_numel", B.name(leaf), B.num(shape.index(dim) - len(shape)))
+            size.kind = N.Kind.INT
+            return size
+    return None
+
+
+def static_shape(shape: tuple | None, size_of: SizeOf) -> N.ListExpr | None:
+    """`shape` (a value's static shape) as a list of int expressions, when `size_of` gives every dim."""
+    if shape is None or any(d == "..." or d.startswith("<") for d in shape):
+        return None
+    sizes = [size for d in shape if (size := size_of(d)) is not None]
+    if len(sizes) < len(shape):
+        return None
+    out = N.ListExpr(NOWHERE, sizes)
+    out.kind = N.Kind.LIST
+    return out
+
+
+def with_static_shapes(
+    e: N.Expr, shapes: Mapping[str, tuple | None], replaced: Callable[[str], bool], size_of: SizeOf
+) -> N.Expr:
+    """`e` with each value that a call reads only for its shape (a `shape_args` position) and `replaced`
+    accepts written as its static shape, where `size_of` gives each of its dims."""
+
+    def go(node: N.Expr) -> N.Expr:
+        node = map_children(node, go)
+        if isinstance(node, N.Call):
+            for i in shape_args(node):
+                arg = node.args[i]
+                if isinstance(arg, N.Name) and replaced(arg.id):
+                    node.args[i] = static_shape(shapes.get(arg.id), size_of) or arg
+        return node
+
+    return go(e)

@@ -18,7 +18,7 @@ from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
 from layerdsl.autodiff.loops import LoopPlan
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan, dtype_tested
 from layerdsl.autodiff.reverse import Backward, derive
-from layerdsl.autodiff.shape_sources import broadcast_leaves
+from layerdsl.autodiff.shape_sources import broadcast_leaves, dim_size, leaf_size, with_static_shapes
 from layerdsl.autodiff.shapes import same_shape_leaf
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.autodiff.unroll import measured_sizes
@@ -29,7 +29,7 @@ from layerdsl.codegen.names import FunctionNames
 from layerdsl.codegen.norm_loss_grads import norm_loss_grad, read_for_class_dim
 from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
-from layerdsl.diagnostics import Span, SpecError
+from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
@@ -59,7 +59,6 @@ from layerdsl.optimize import (
 )
 from layerdsl.semantics.evaluate import example_values
 from layerdsl.semantics.shapes import expr_shape, opaque
-from layerdsl.syntax import parse_expr
 
 
 def emit_function_class(emitter, plan: Plan) -> dict:
@@ -743,50 +742,16 @@ class FunctionEmitter:
         computed from saved."""
         dims = self.dim_source
 
-        def leaf_dim(dim: str) -> N.Expr | None:  # the size of an input's or parameter's dim
-            for leaf in tape.leaves:
-                shape = tape.shapes.get(leaf) or () if leaf not in self.optional else ()
-                if dim in shape and "..." not in shape[shape.index(dim) :]:
-                    size = B.call("reduced_numel", B.name(leaf), B.num(shape.index(dim) - len(shape)))
-                    size.kind = N.Kind.INT
-                    return size
-            return None
+        leaves = [leaf for leaf in tape.leaves if leaf not in self.optional]
 
-        def dim_expr(dim: str) -> N.Expr | None:  # a polynomial in the symbolic dims
-            try:
-                size = parse_expr(dim)
-            except SpecError:
-                return None
-            for n in walk(size):
-                if isinstance(n, N.Name):
-                    if n.id not in dims:
-                        return None
-                    n.ref, n.kind = N.Ref.DIM, N.Kind.INT
-            return size
+        def replaced(var: str) -> bool:
+            return tape.step(var) is not None and same_shape_leaf(tape, var, self.maybe_absent) is None
 
-        def static(name: str) -> N.Expr | None:
-            shape = tape.shapes.get(name)
-            if shape is None or any(d == "..." or d.startswith("<") for d in shape):
-                return None
-            sizes = [size for d in shape if (size := leaf_dim(d) or dim_expr(d)) is not None]
-            if len(sizes) < len(shape):
-                return None
-            out = N.ListExpr(NOWHERE, sizes)
-            out.kind = N.Kind.LIST
-            return out
+        def size_of(dim: str) -> N.Expr | None:
+            return leaf_size(dim, leaves, tape.shapes) or dim_size(dim, dict.fromkeys(dims, N.Ref.DIM))
 
         def go(e: N.Expr) -> N.Expr:
-            e = map_children(e, go)
-            if isinstance(e, N.Call):
-                for i in shape_args(e):
-                    arg = e.args[i]
-                    if (
-                        isinstance(arg, N.Name)
-                        and tape.step(arg.id) is not None
-                        and same_shape_leaf(tape, arg.id, self.maybe_absent) is None
-                    ):
-                        e.args[i] = static(arg.id) or arg
-            return e
+            return with_static_shapes(e, tape.shapes, replaced, size_of)
 
         return dataclasses.replace(sec, items=[(lv, t, go(e), span) for lv, t, e, span in sec.items])
 

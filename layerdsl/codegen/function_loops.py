@@ -31,7 +31,6 @@ from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import and_terms
 from layerdsl.ir.visit import map_children, walk
 from layerdsl.language.tables import python_type
-from layerdsl.optimize import Stmt
 
 MAX_ROUNDS = 6  # derivations until what backward reads settles (a growing set: it ends sooner)
 
@@ -680,10 +679,14 @@ class _BackwardWriter:
         lines: list[str] = []
         guarded: list[str] = []  # the statements under the last guard
         last: str | None = None
-        if where == "t":  # a loop step: through the optimisation passes, as straight code
-            stmts = step_statements(bwd, self.plan.shapes, self.fn.layer, self.guard)
-        else:
-            stmts = [Stmt(g.var, g.expr, g.leaves, span=g.span) for g in bwd.stmts]
+        # through the optimisation passes; a loop step's statements run when their gradients are needed
+        needs = self.guard if where == "t" else lambda _: None
+        at_hand = dict.fromkeys(self.fn.helper.dims, N.Ref.DIM) | dict.fromkeys(self.fn.kwargs, N.Ref.ARG)
+        members = {t.name for t in self.fn.layer.tensors}
+        present = [l for l in self.plan.leaves if l not in self.fn.helper.maybe_absent]
+        sized_by = sorted(present, key=lambda l: l not in members)
+        whole = {*self.plan.leaves, *self.views, *self.step_views}  # at hand: their shapes read from them
+        stmts = step_statements(bwd, self.plan.shapes, self.fn.layer, needs, at_hand, whole, sized_by)
         for s in stmts:
             targets = []
             for var in s.target.split(", "):  # several: one kernel's results (`joint_gradients`)

@@ -1,10 +1,13 @@
-"""A loop step's derived backward through the optimisation stage, as a straight backward's.
+"""A loop Function's derived statements through the optimisation stage, as a straight Function's.
 
-`codegen.function_loops` writes each step's statements inside `for t in reversed(...)`. They go through
+`codegen.function_loops` writes each step's statements inside `for t in reversed(...)`, and the straight
+code before, between and after its loops outside them. Both go through
 the same rewriting as straight code (`optimize.prepared`: folded recomputations, contraction order, scales,
 plain sums between known shapes, a joint kernel's results out of sums) and one kernel's gradients are
 joined into one call (`codegen.joint_gradients`): a layer norm in a step then runs its backward kernel once
-per step, not once per gradient.
+per step, not once per gradient. Before that, a value read only for its shape (`cat`'s operands) is written
+as its static shape in the dims and arguments on ctx (`autodiff.shape_sources.with_static_shapes`), so the
+Function neither keeps it nor, in a step, stacks it.
 
 The scheduling passes (in-place updates, deletions) are not run: a step's temporaries are rebound at the
 next step anyway, and the values a step starts from (per-step slices of saved buffers, the carried
@@ -13,9 +16,10 @@ gradients) must never be updated in place, so every name the step does not bind 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 
 from layerdsl.autodiff.reverse import Backward
+from layerdsl.autodiff.shape_sources import dim_size, leaf_size, with_static_shapes
 from layerdsl.codegen.joint_gradients import joint_calls
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
@@ -31,10 +35,25 @@ def step_statements(
     shapes: dict[str, tuple | None],
     layer: N.Layer,
     needs: Callable[[set[str]], str | None],
+    at_hand: Mapping[str, N.Ref],
+    whole: Collection[str],
+    sized_by: list[str],
 ) -> list[Stmt]:
-    """`bwd`'s statements rewritten; `shapes`: the static shapes of the loop's values (a gradient has its
-    value's), `needs(leaves)`: the guard under which the gradients of `leaves` are needed (None: always)."""
-    stmts = [Stmt(g.var, g.expr, set(g.leaves), span=g.span) for g in bwd.stmts]
+    """`bwd`'s statements rewritten; `shapes`: the static shapes of the Function's values (a gradient has its
+    value's), `needs(leaves)`: the guard under which the gradients of `leaves` are needed (None: always),
+    `at_hand`: the dims and arguments backward reads from ctx, `whole`: the values at hand in backward anyway (inputs, views of them), `sized_by`: those whose size may give a dim (members first).
+    """
+
+    def replaced(var: str) -> bool:
+        return var in shapes and var not in whole
+
+    def size_of(dim: str) -> N.Expr | None:  # a member's size next: kept by the module anyway
+        return dim_size(dim, at_hand) or leaf_size(dim, sized_by, shapes)
+
+    stmts = [
+        Stmt(g.var, with_static_shapes(clone(g.expr), shapes, replaced, size_of), set(g.leaves), span=g.span)
+        for g in bwd.stmts
+    ]
     bound = {s.target for s in stmts}
     read = {n for s in stmts for n in names(s.expr)}
     key = (

@@ -1,0 +1,162 @@
+"""What a loop Function keeps and runs, against the plain module: a value its backward reads only for its
+shape (`cat`'s operands, each read for its size along the dim) is written as its static shape, in straight
+code after a loop (a bidirectional RNN's flipped states) and inside a loop step, so the Function saves no
+more bytes than autograd; and the straight code before and after a loop goes through the optimize passes
+as a loop step does, so a layer norm there runs its backward kernel once (ATen calls counted). Each layer
+against its plain form in float64 (outputs, first and second derivatives, gradcheck, gradgradcheck)."""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .function_agreement import compare_with_plain
+from .support import compile_spec
+
+BIDIRECTIONAL = """
+@function
+layer BiScan(d_in: int, d: int) {
+    param w_in: [d, d_in] = uniform(-0.5, 0.5)
+    param w: [d, d] = uniform(-0.5, 0.5)
+    param w_in_reverse: [d, d_in] = uniform(-0.5, 0.5)
+    param w_reverse: [d, d] = uniform(-0.5, 0.5)
+    example(d_in = 2, d = 3)
+    forward(x: [T, B, d_in]) -> [T, B, ...] {
+        gi = x @ transpose(w_in, 0, 1)
+        h = new_zeros(x, [size_at(x, 1), d])
+        outputs = []
+        for t in range(T) {
+            h = tanh(gi[t] + h @ transpose(w, 0, 1))
+            outputs.append(h)
+        }
+        gr = x @ transpose(w_in_reverse, 0, 1)
+        g = new_zeros(x, [size_at(x, 1), d])
+        backwards = []
+        for s in range(T) {
+            g = tanh(gr[T - 1 - s] + g @ transpose(w_reverse, 0, 1))
+            backwards.append(g)
+        }
+        in_order = []
+        for t in range(T) {
+            in_order.append(backwards[T - 1 - t])
+        }
+        return cat([stack(outputs, dim = 0), stack(in_order, dim = 0)], dim = -1)
+    }
+}
+"""
+
+# `cat`'s backward reads `sin(h)` only for its size: not kept per step (its input h is, for sin's gradient)
+CAT_IN_STEP = """
+@function
+layer CatStep(d: int) {
+    param w: [2 * d, d] = uniform(-0.5, 0.5)
+    example(d = 3)
+    forward(x: [T, B, d]) -> [B, d] {
+        h = x[0]
+        for t in range(T) {
+            h = cat([sin(h), x[t]], dim = -1) @ w
+        }
+        return h
+    }
+}
+"""
+
+NORMS_AROUND = """
+@function
+layer NormsAround(d: int, n: int = 3) {
+    param w: [d, d] = uniform(-0.5, 0.5)
+    param gain: [d] = uniform(0.5, 1.5)
+    param shift: [d] = uniform(-0.5, 0.5)
+    example(d = 4)
+    forward(x: [B, d]) -> [B, d] {
+        h = tanh(layer_norm(x, [d], gain, shift, 1e-5)) + x
+        for k in range(n) {
+            h = tanh(h @ w) + h
+        }
+        return tanh(layer_norm(h, [d], gain, shift, 1e-5)) + h
+    }
+}
+"""
+
+
+class _AtenCalls(TorchDispatchMode):
+    """Counts the ATen ops run under it, by name (`native_layer_norm_backward`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@functools.cache
+def _pair(text: str, stem: str, name: str, **kwargs) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The `@function` module and the plain one, in float64, with the same state."""
+    ours = compile_spec(text, stem)[name](**kwargs).double()
+    plain = compile_spec(text.replace("@function\n", ""), f"{stem}_plain")[name](**kwargs).double()
+    plain.load_state_dict(ours.state_dict())
+    return ours, plain
+
+
+def saved_bytes(module: torch.nn.Module, *inputs: torch.Tensor) -> int:
+    """The bytes autograd keeps for the backward of one call (distinct storages once)."""
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(*inputs)
+    return sum(kept.values())
+
+
+CASES = [
+    (BIDIRECTIONAL, "bi_scan", "BiScan", {"d_in": 2, "d": 3}, (5, 4, 2), "torch.narrow(grad_out, -1, ctx.d, ctx.d)"),
+    (CAT_IN_STEP, "cat_step", "CatStep", {"d": 3}, (5, 4, 3), "torch.narrow(grad_cat, -1, 0, w.shape[-1])"),
+]
+COLUMNS = ("text", "stem", "name", "kwargs", "shape", "narrowed")
+
+
+def test_a_bidirectional_scan_saves_no_more_than_autograd():
+    """The flipped states that `cat` joins are read only for their size: not kept (autograd keeps none)."""
+    ours, plain = _pair(BIDIRECTIONAL, "bi_scan", "BiScan", d_in=2, d=3)
+    x = torch.randn(5, 4, 2, dtype=torch.float64, requires_grad=True)
+    assert saved_bytes(ours, x) <= saved_bytes(plain, x)
+    setup = compile_spec(BIDIRECTIONAL, "bi_scan")["SOURCE"].split("def setup_context")[1].split("def backward")[0]
+    assert "flipped" not in setup
+
+
+def test_an_operand_read_for_its_size_in_a_step_is_not_kept_per_step():
+    ours, plain = _pair(CAT_IN_STEP, "cat_step", "CatStep", d=3)
+    t, b, d = 5, 4, 3
+    x = torch.randn(t, b, d, dtype=torch.float64, requires_grad=True)
+    assert "sin_steps" not in compile_spec(CAT_IN_STEP, "cat_step")["SOURCE"]
+    # what autograd keeps, and two values of the carried h besides: the last (returned) and step 0's
+    # start copied into the stack of h (autograd keeps it as the view x[0])
+    assert saved_bytes(ours, x) == saved_bytes(plain, x) + 2 * b * d * 8
+
+
+@pytest.mark.parametrize(COLUMNS, CASES, ids=["after_a_loop", "in_a_step"])
+def test_sizes_from_ctx_agree_with_the_plain_module(text, stem, name, kwargs, shape, narrowed):
+    ours, plain = _pair(text, stem, name, **kwargs)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    assert narrowed in compile_spec(text, stem)["SOURCE"]  # each operand's size: the dim from ctx or a parameter
+    compare_with_plain(ours, plain, x)
+
+
+@pytest.mark.parametrize("n", [0, 2])
+def test_straight_code_around_a_loop_runs_the_layer_norm_kernel_once_per_norm(n):
+    ours, plain = _pair(NORMS_AROUND, "norms_around", "NormsAround", d=4, n=n)
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    out = ours(x)
+    with _AtenCalls() as counted:
+        torch.autograd.backward(out, torch.randn_like(out))
+    assert counted.calls["native_layer_norm_backward"] == 2  # one norm before the loop, one after
+    compare_with_plain(ours, plain, x)
