@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .support import compile_spec
 
@@ -126,3 +127,76 @@ def test_reads_autograd_does_not_keep_or_that_never_meet_an_update_are_not_clone
 @pytest.mark.parametrize("function", [False, True])
 def test_a_kept_read_is_written_as_a_clone(function):
     assert "self.c.clone()" in _module_source(READ_THEN_UPDATE, function)
+
+
+WITH_A_SUB = """
+layer MixedScale(d: int, momentum: float = 0.5) {
+    sub mix = Mix(d)
+    buffer c: [d] = ones
+    example(d = 4)
+    forward(x: [B, d]) -> [B, d] {
+        y = mix(x) * c
+        if training {
+            update c = (1 - momentum) * c + momentum * mean(abs(x), dim = 0)
+        }
+        return y
+    }
+}
+
+layer Mix(d: int) {
+    param w: [d, d] = uniform(-0.5, 0.5)
+    example(d = 4)
+    forward(x: [B, d]) -> [B, d] {
+        return x @ w
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("function", [False, True])
+def test_a_layer_with_an_inlined_sub_clones_its_buffer_too(function):
+    """Under @function the module passes an inlined layer's tensors by `function_members`: the buffer's
+    clone is taken there as well (two forwards, one backward)."""
+    m = _module(WITH_A_SUB, "mixed_scale", "MixedScale", function)(4).double()
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    first = m.c.clone()
+    y1 = m(x)
+    second = m.c.clone()
+    y2 = m(x)
+    (y1.sum() + y2.sum()).backward()
+    assert not torch.equal(first, second)  # the second forward read the updated buffer
+    torch.testing.assert_close(m.mix.w.grad, x.detach().T @ (first + second).expand(3, 4))
+
+
+class _Clones(TorchDispatchMode):
+    """Counts the ATen clone calls run under it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.overloadpacket.__name__ == "clone"
+        return func(*args, **(kwargs or {}))
+
+
+def _clones(m: torch.nn.Module, x: torch.Tensor) -> int:
+    with _Clones() as counted:
+        m(x)
+    return counted.count
+
+
+@pytest.mark.parametrize("function", [False, True])
+@pytest.mark.parametrize(
+    ("text", "stem", "name", "in_eval"),
+    [(READ_THEN_UPDATE, "ema_eval", "EmaScale", 0), (WITH_A_SUB, "mixed_eval", "MixedScale", 0)]
+    + [(UPDATE_THEN_READ, "power_eval", "PowerScale", 1)],
+    ids=["updated_in_training", "with_a_sub", "updated_in_eval_too"],
+)
+def test_a_buffer_only_training_updates_is_cloned_only_in_training(function, text, stem, name, in_eval):
+    m = _module(text, stem, name, function)(4).double()
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    assert _clones(m, x) == 1
+    m.eval()
+    assert _clones(m, x) == in_eval
+    m(x).sum().backward()  # eval: no update, the buffer itself is read

@@ -7,6 +7,11 @@ inplace operation". torch's `spectral_norm` reads its updated buffers through a 
 A read as an operand of `+`/`-`, of a comparison, or in an `if`'s condition is not kept by autograd and is
 not cloned; nor is a read that no call runs with an update (BatchNorm's running statistics: read under
 `if track_running_stats and not training`, updated under `if track_running_stats and training`).
+
+A buffer that only training updates (every `update` of it inside an `if` that requires `training`) is cloned
+only in training (`self.c.clone() if self.training else self.c`): an eval call pays no copy. Two training
+forwards before one backward still read their own clones; an eval call whose backward runs after a later
+training call's update fails, as torch's BatchNorm does.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from layerdsl.ir.visit import children
 Path = tuple[tuple[N.Expr, bool], ...]  # the conditions of the `if`s a statement is inside, and which side
 
 MAX_ATOMS = 12  # conditions over more distinct tests are taken as satisfiable together (a clone too many)
+
+TRAINING = "training"  # the atom of `if training` (ir.conditions keys atoms by their spec text)
 
 _NOT_KEPT = {"+", "-"}  # autograd keeps neither operand of these (their gradients do not read them)
 
@@ -33,6 +40,22 @@ def cloned_buffers(forward: N.Forward | None) -> frozenset[str]:
     return frozenset(name.id for name in _cloned(forward))
 
 
+def cloned_in_training_only(forward: N.Forward | None) -> frozenset[str]:
+    """The cloned buffers whose every update runs only in training: their clones are taken only then."""
+    if forward is None:
+        return frozenset()
+    updates: dict[str, list[Path]] = {}
+    _collect(forward.body, (), updates, [])
+    cloned = cloned_buffers(forward)
+    return frozenset(b for b, paths in updates.items() if b in cloned and all(map(_requires_training, paths)))
+
+
+def _requires_training(path: Path) -> bool:
+    """Whether a statement at `path` runs only when `training` is true (False when no condition reads it)."""
+    found = _satisfying(path)
+    return found is not None and all(truth.get(TRAINING, False) for truth in found)
+
+
 def _cloned(forward: N.Forward | None) -> list[N.Name]:
     if forward is None:
         return []
@@ -43,20 +66,22 @@ def _cloned(forward: N.Forward | None) -> list[N.Name]:
 
 
 def _together(a: Path, b: Path) -> bool:
-    """Whether statements at paths `a` and `b` can both run in one call: some truth values of the tests the
-    `if`s read (`training`, `track_running_stats`, `B > 0`, each taken as free) make every condition hold."""
-    conditions = [*a, *b]
+    """Whether statements at paths `a` and `b` can both run in one call."""
+    found = _satisfying((*a, *b))
+    return found is None or bool(found)
+
+
+def _satisfying(conditions: Path) -> list[dict[str, bool]] | None:
+    """The truth values of the tests the `if`s read (`training`, `track_running_stats`, `B > 0`, each taken
+    as free) that make every condition hold as `conditions` say; None past MAX_ATOMS tests."""
     found: dict[str, N.Expr] = {}
     for cond, _ in conditions:
         atoms(cond, found)
     if len(found) > MAX_ATOMS:
-        return True
+        return None
     names = list(found)
-    for bits in range(2 ** len(names)):
-        truth = {n: bool(bits >> k & 1) for k, n in enumerate(names)}
-        if all(holds(cond, truth) == side for cond, side in conditions):
-            return True
-    return False
+    every = ({n: bool(bits >> k & 1) for k, n in enumerate(names)} for bits in range(2 ** len(names)))
+    return [truth for truth in every if all(holds(cond, truth) == side for cond, side in conditions)]
 
 
 def _collect(body: list[N.Stmt], path: Path, updates: dict[str, list[Path]], reads: list) -> None:

@@ -23,7 +23,7 @@ from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen.function import VIEWS, FunctionEmitter, returning_second_results, with_second_results
 from layerdsl.codegen.function_branches import chosen_lines
-from layerdsl.codegen.loop_steps import step_statements
+from layerdsl.codegen.loop_steps import sized_leaves, step_statements
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.ir import build as B
@@ -682,10 +682,13 @@ class _BackwardWriter:
         # through the optimisation passes; a loop step's statements run when their gradients are needed
         needs = self.guard if where == "t" else lambda _: None
         at_hand = dict.fromkeys(self.fn.helper.dims, N.Ref.DIM) | dict.fromkeys(self.fn.kwargs, N.Ref.ARG)
-        members = {t.name for t in self.fn.layer.tensors}
-        present = [l for l in self.plan.leaves if l not in self.fn.helper.maybe_absent]
-        sized_by = sorted(present, key=lambda l: l not in members)
+        sized_by = sized_leaves(self.fn.layer, self.fn.e.inlined, self.plan.leaves, self.fn.helper.maybe_absent)
         whole = {*self.plan.leaves, *self.views, *self.step_views}  # at hand: their shapes read from them
+        # a carried value's static shape is its start's, not every step's; a merged local's, one side's
+        if any(isinstance(seg, Choice) for seg in self.plan.segments) or any(
+            self.fn.first_broadcast(loop, c) for loop in self.fn.loops for c in loop.carried
+        ):
+            whole = set(self.plan.shapes)
         stmts = step_statements(bwd, self.plan.shapes, self.fn.layer, needs, at_hand, whole, sized_by)
         for s in stmts:
             targets = []

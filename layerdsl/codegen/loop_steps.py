@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 
+from layerdsl.autodiff.inline import Inlined
 from layerdsl.autodiff.reverse import Backward
 from layerdsl.autodiff.shape_sources import dim_size, leaf_size, with_static_shapes
 from layerdsl.codegen.joint_gradients import joint_calls
@@ -67,6 +68,15 @@ def step_statements(
             _PREPARED.clear()
         _PREPARED[key] = prepared(stmts, _facts(bwd, stmts, shapes, layer))
     return joint_calls(clone(_PREPARED[key]), needs)
+
+
+def sized_leaves(layer: N.Layer, inlined: Inlined | None, leaves: list[str], absent: Collection[str]) -> list[str]:
+    """The Function's inputs whose size may stand for a dim in backward: the layer's own members, then the
+    forward's inputs; not one that may be None (`absent`), nor members stacked from a family or a list of
+    subs (an empty placeholder, of another rank, when there are none)."""
+    stacked = set(inlined.families) | {n for n, path in inlined.paths.items() if "[" in path} if inlined else set()
+    inputs = [i.name for i in layer.forward.inputs] if layer.forward else []
+    return [l for l in [*(t.name for t in layer.tensors), *inputs] if l in leaves and l not in {*absent, *stacked}]
 
 
 _KEPT = 256

@@ -17,7 +17,7 @@ import jinja2
 from layerdsl.autodiff.inline import Inlined, inline_subs
 from layerdsl.autodiff.inputs import called_fn_args, tuple_parts, without_callable_sides
 from layerdsl.autodiff.plan import Plan, plan_backwards
-from layerdsl.codegen.buffer_reads import cloned_buffer_reads, cloned_buffers
+from layerdsl.codegen.buffer_reads import cloned_buffer_reads, cloned_buffers, cloned_in_training_only
 from layerdsl.codegen.function_arity import arities, returned_by_arity
 from layerdsl.codegen.function_buffers import unpacked_call
 from layerdsl.codegen.function_members import held_argument_value, member_argument
@@ -594,14 +594,12 @@ class LayerEmitter:
         tensors = [i for i in self.forward.inputs if i.dtype == "float" and not i.optional and i.name not in parts]
         like = tensors[0].name if tensors else None  # no items: an empty tensor like it
         cloned = cloned_buffers(self.forward)  # read where autograd keeps them, and updated in place
-        args += [
-            (
-                member_argument(inlined, t.name, module, like)
-                if inlined
-                else f"self.{t.name}.clone()" if t.name in cloned else f"self.{t.name}"
-            )
-            for t in self.layer.tensors
-        ]
+        in_training = cloned_in_training_only(self.forward)  # eval skips the copy
+        for t in self.layer.tensors:
+            arg = member_argument(inlined, t.name, module, like) if inlined else f"self.{t.name}"
+            if t.name in cloned:
+                arg = f"{arg}.clone() if self.training else {arg}" if t.name in in_training else f"{arg}.clone()"
+            args.append(arg)
         held = inlined.arguments if inlined else {}  # a held layer argument's arguments: read from the sub
         return args + [
             held_argument_value(held[a]) if a in held else f"self.{a}" if a != "training" else "self.training"
@@ -649,7 +647,8 @@ class LayerEmitter:
                 + [s.name for s in self.layer.subs]
             }
         )
-        return Spelling(names, cloned=cloned_buffer_reads(self.forward))
+        forward = self.forward
+        return Spelling(names, cloned=cloned_buffer_reads(forward), cloned_in_training=cloned_in_training_only(forward))
 
     def functional_kwargs(self) -> list[str]:
         """Arguments the computation reads (directly or through lets), plus `training` when it matters."""

@@ -27,11 +27,16 @@ class Spelling:
     names: dict[str, str] = field(default_factory=dict)  # explicit spellings (self.weight, ...)
     training: str = "self.training"
     cloned: frozenset[N.Span] = frozenset()  # buffer reads written `self.b.clone()` (codegen/buffer_reads.py)
+    cloned_in_training: frozenset[str] = frozenset()  # ... of buffers cloned only then (`if self.training`)
 
     def name(self, node: N.Name) -> str:
         if node.id in self.names:
             spelt = self.names[node.id]
-            return f"{spelt}.clone()" if node.ref == N.Ref.BUFFER and node.span in self.cloned else spelt
+            if node.ref != N.Ref.BUFFER or node.span not in self.cloned:
+                return spelt
+            if node.id in self.cloned_in_training:
+                return f"({spelt}.clone() if {self.training} else {spelt})"
+            return f"{spelt}.clone()"
         if node.ref == N.Ref.SUB_MEMBER:  # `linear.weight` -> `self.linear.weight`
             base, member = node.id.split(".", 1)
             return f"{self.names.get(base, base)}.{member}"
