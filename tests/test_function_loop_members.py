@@ -21,12 +21,13 @@ from .function_agreement import compare_with_plain
 from .support import compile_spec
 
 PROJ = """
-layer Proj(d: int, fused: bool = true, bias: bool = true, gated: bool = false) {
+layer Proj(d: int, fused: bool = true, bias: bool = true, gated: bool = false, affine: bool = false) {
     param w_in: [3 * d, d] = uniform(-0.5, 0.5) if fused
     param w_q: [d, d] = uniform(-0.5, 0.5) if not fused
     param w_k: [d, d] = uniform(-0.5, 0.5) if not fused
     param b_in: [3 * d] = uniform(-0.5, 0.5) if bias
     param gate: [d] = uniform(-0.5, 0.5) if gated
+    param norm_w: [d] = uniform(0.5, 1.5) if affine
     example(d = 4)
     forward(x: [..., d]) -> [..., d] {
         if fused {
@@ -45,6 +46,7 @@ layer Proj(d: int, fused: bool = true, bias: bool = true, gated: bool = false) {
         if gated {
             q = q * softplus(gate)
         }
+        q = layer_norm(q, [d], norm_w)
         return x + tanh(q) * k
     }
 }
@@ -79,24 +81,30 @@ def built_pair(n: int, **config):
     return a, b
 
 
-@pytest.mark.parametrize("n", [1, 3])
-@pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize(("bias", "gated"), [(True, True), (False, False), (True, False)])
-def test_optional_members_read_through_chunk_matmul_and_a_call_in_the_loop_over_copies(n, fused, bias, gated):
-    a, b = built_pair(n, fused=fused, bias=bias, gated=gated)
+# each member built in some configurations and not in others; two copies
+@pytest.mark.parametrize(
+    ("fused", "bias", "gated", "affine"),
+    [(True, True, True, True), (False, False, False, False), (True, False, True, False), (False, True, False, True)],
+)
+def test_optional_members_read_through_chunk_matmul_and_a_call_in_the_loop_over_copies(fused, bias, gated, affine):
+    n = 2
+    a, b = built_pair(n, fused=fused, bias=bias, gated=gated, affine=affine)
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     compare_with_plain(a, b, x)
 
 
-def test_the_loop_runs_once_per_combination_of_built_members_without_reading_a_member_not_built():
+def test_the_loop_runs_once_per_combination_of_built_members_chosen_before_it():
     source = compiled(PROJ, "proj_stack")["SOURCE"]
     function = source[source.index("class ProjStackFunction") : source.index("class ProjStack(")]
     forward = function[: function.index("def setup_context")]
-    # the fused side reads only w_in, the split side only w_q and w_k: a loop each, chosen before the loop
-    assert "layers_w_in is not None" in forward or "layers_fused" in forward
-    for loop in forward.split("for i in range(n)")[1:]:
+    # the norm's weight, read where it may be none: a loop each with and without it, chosen by `is not None`
+    assert "if layers_norm_w is not None:" in forward
+    loops = forward.split("for i in range(n):")[1:]
+    assert len(loops) == 16  # fused or not, bias, gated, affine: each `if` on arguments out of the loop
+    for loop in loops:  # the fused side reads only w_in, the split side only w_q and w_k
         body = loop.split("return ")[0]
-        assert not ("layers_w_in[i]" in body and "layers_w_q[i]" in body)
+        assert ("layers_w_in[i]" in body) != ("layers_w_q[i]" in body)
+        assert "is not None" not in body and "if layers_" not in body
 
 
 def plan_problems(text: str) -> list[str]:
