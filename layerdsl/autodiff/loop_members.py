@@ -40,7 +40,7 @@ def without_members(body: list[N.Stmt], absent: set[str]) -> list[N.Stmt]:
     no `if` leaves out."""
     kept = _runnable(body, absent)
     if kept is None:
-        raise _unskipped(_guarded(body, absent)[0])
+        raise _unbuilt(_guarded(body, absent)[0])
     left: list[N.Expr] = []  # `b - a`: `-a` when b is not built, which a derived backward does not write
     out = [_dropped(s, absent, left, left) for s in kept]
     if left:
@@ -84,6 +84,7 @@ def read_outside_ifs(body: list[N.Stmt]) -> set[str]:
 
 
 def _proven_built(layer: N.Layer, optional: set[str]) -> tuple[N.Layer, set[str]]:
+    """`members_to_choose`'s first part: the members no way through the `if`s runs without, required."""
     assert layer.forward is not None
     members = {t.name for t in layer.tensors if t.cond is not None and t.name in optional}
     proven = {m for m in members if _runnable(layer.forward.body, {m}) is None}  # no side runs without it
@@ -148,13 +149,6 @@ def _guarded(nodes: list, absent: set[str]) -> list[N.Expr]:
     return found
 
 
-def _member(e: N.Expr) -> str:
-    """The member a read names: itself, or a family's or a list of copies' stacked members (`b_l[k]`)."""
-    e = e.value if isinstance(e, N.Subscript) else e
-    assert isinstance(e, N.Name)
-    return e.id
-
-
 def _dropped(node, absent: set[str], found: list[N.Expr], on_the_left: list[N.Expr] | None = None):
     """`node` with the absent members' reads as operands that may be none dropped: `a + b`, `a - b`,
     `a * b`, `a / b` are `a`, `b + a` and `b * a` are `a`, an op's parameter that takes none is none.
@@ -190,6 +184,16 @@ def _dropped(node, absent: set[str], found: list[N.Expr], on_the_left: list[N.Ex
         return map_children(e, go) if isinstance(e, (N.Expr, N.Stmt)) else e
 
     return go(node)
+
+
+def _unbuilt(read: N.Expr) -> NotDerivable:
+    member = spec_text(read.value if isinstance(read, N.Subscript) else read)  # a family's `b_l[k]`: b_l
+    return NotDerivable(
+        read.span,
+        f"a derived backward through a loop reads the optional member '{member}' where no `if` proves it built,"
+        " other than as an operand that may be none (`a + b` is `a` when b is not built)",
+        f"read it inside the `if` that builds it, or {HINT}",
+    )
 
 
 def _unskipped(read: N.Expr) -> NotDerivable:
