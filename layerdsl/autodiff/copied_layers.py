@@ -7,6 +7,11 @@ passes its own arguments. So an `if` on one is a branch on a run-time configurat
 shape is over them, and an optional member is given when the instance has it (`self.layers[0].b1 is not
 None`). Whether an optional layer argument is given at all (`if norm != none`) is one more such value.
 
+Members built under one condition (`bias` and, of a held LayerNorm, `elementwise_affine and bias` with
+`elementwise_affine` true) share one such value, read from the first of them: built together by
+construction, they are one combination, not several, where a derived backward through the loop over copies
+is planned once per combination of built members (`loop_members`).
+
 Read back rather than kept by the outer module at construction: the plain module's forward calls the
 instances, which read their own attributes when called, so the Function sees what the plain forward would
 (an attribute changed after construction included), and the outer module keeps nothing of its own.
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from layerdsl.diagnostics import Span
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
+from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import clone, map_children
 
 KINDS = {
@@ -105,3 +111,18 @@ def none_test(cond: N.Expr) -> tuple[str, bool] | None:
     if isinstance(left, N.Name) and left.kind in (N.Kind.LAYER, N.Kind.SUB) and isinstance(right, N.NoneLit):
         return left.id, cond.ops[0] == "!="
     return None
+
+
+def built_together(cond: N.Expr | None) -> str:
+    """The key of a held layer's member's condition (over its arguments): members of one key are built
+    together. `true and bias` is `bias` (a held sub's condition given `elementwise_affine = true`)."""
+    if cond is None:
+        return ""
+    terms, kept = [cond], []
+    while terms:
+        term = terms.pop()
+        if isinstance(term, N.BoolOp) and term.op == "and":
+            terms += [term.right, term.left]
+        elif not (isinstance(term, N.Bool) and term.value):
+            kept.append(spec_text(term))
+    return " and ".join(kept)

@@ -23,6 +23,7 @@ from typing import cast
 
 from layerdsl.autodiff.copied_layers import (
     HeldArgument,
+    built_together,
     constructed,
     given_flag,
     held_argument,
@@ -153,6 +154,7 @@ class _Inliner:
         self.held_args: list[N.Arg] = []  # what a held or copied layer argument's arguments become
         self.arguments: dict[str, HeldArgument] = {}
         self.given_flags: dict[str, N.Name] = {}  # an optional layer argument -> whether it is given
+        self.member_flags: dict[tuple[str, str], N.Name] = {}  # (sub, member's condition) -> whether built
 
     def fresh(self, hint: str) -> str:
         name = fresh_name(hint, self.taken)
@@ -395,8 +397,11 @@ class _Inliner:
         return values
 
     def member_given(self, sub: N.Sub, member: str, name: str, cond: N.Expr | None) -> N.Name:
-        """Whether the held layer's optional member is built, as a bool argument (`layers_b1_given`)."""
+        """Whether the held layer's optional member is built, as a bool argument (`layers_b1_given`), one per
+        condition (`copied_layers.built_together`)."""
         assert sub.given is not None
+        if (key := (sub.name, built_together(cond))) in self.member_flags:
+            return clone(self.member_flags[key])
         flag = self.fresh(f"{name}_given")
         declared, read = given_flag(flag, sub.span)
         self.held_args.append(declared)
@@ -404,6 +409,7 @@ class _Inliner:
         self.arguments[flag] = HeldArgument(
             sub.name, sub.given.id, member, member=True, first=first, optional=optional, cond=cond
         )
+        self.member_flags[key] = read
         return read
 
     def constructed_held(self, spec: Inlined, values: dict[str, N.Expr], shown: str, span: Span) -> dict[str, N.Expr]:

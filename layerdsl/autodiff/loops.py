@@ -23,11 +23,11 @@ values' gradients and summing those of the values read from outside.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from layerdsl.autodiff.loop_members import without_members
 from layerdsl.autodiff.reverse import derive
 from layerdsl.autodiff.shapes import step_shape
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Step, Tape
@@ -36,7 +36,6 @@ from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import and_terms, spec_text
 from layerdsl.ir.visit import map_children, walk
-from layerdsl.language.ops import OPS
 from layerdsl.semantics.shapes import Shape, declared_shape, dim_text
 
 HINT = "write the loop's body without it, or drop @function (autograd derives the loop)"
@@ -227,7 +226,7 @@ def member_choice(layer: N.Layer, optional: set[str], decided: bool = False) -> 
     with_members = dataclasses.replace(layer, tensors=built)
     if decided:
         with_members.forward = dataclasses.replace(layer.forward, body=decide(layer.forward.body, True))
-    body = [_without(s, chosen) for s in decide(layer.forward.body, False)]
+    body = without_members(decide(layer.forward.body, False), chosen)  # `if` sides reading them left out
     without = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
     for out in (with_members, without):
         out.symbolic_dims = list(layer.symbolic_dims)
@@ -268,53 +267,6 @@ def _decided(body: list[N.Stmt], cond: N.Expr, holds: bool) -> list[N.Stmt]:
         else:
             out.append(s)
     return out
-
-
-def _without(node, absent: set[str]):
-    """`node` with the absent members' reads left out: `a + b`, `a - b`, `a * b`, `a / b` are `a` when b is
-    absent (as when it is None); NotDerivable for another read."""
-
-    def absent_name(e) -> bool:  # the member, or a family's stacked members at an index (`b_l[k]`)
-        e = e.value if isinstance(e, N.Subscript) else e
-        return isinstance(e, N.Name) and e.id in absent
-
-    def go(e):
-        if isinstance(e, N.BinOp) and e.op in ("+", "-", "*", "/") and absent_name(e.right):
-            return go(e.left)
-        if isinstance(e, N.BinOp) and e.op in ("+", "*") and absent_name(e.left):
-            return go(e.right)
-        if isinstance(e, N.Call) and not e.sub and e.func in OPS:  # an operand that may be none (a norm's weight)
-            params = OPS[e.func].params
-            takes_none = {p.name for p in params if p.default == "none"}
-            e = copy.copy(e)
-            e.args = [
-                _none(a) if absent_name(a) and k < len(params) and params[k].name in takes_none else a
-                for k, a in enumerate(e.args)
-            ]
-            e.kwargs = [_none_keyword(kw) if absent_name(kw.value) and kw.name in takes_none else kw for kw in e.kwargs]
-        if absent_name(e):
-            member = spec_text(e.value if isinstance(e, N.Subscript) else e)  # a family's `b_l[k]`: b_l
-            raise NotDerivable(
-                e.span,
-                f"a derived backward through a loop reads the optional member '{member}' as the right operand of"
-                " - and / only (`a - b` is `a` when b is not built; `b - a` is not skipped)",
-                f"write `-(a - {member})`, or drop @function (autograd derives the loop)",
-            )
-        return map_children(e, go) if isinstance(e, (N.Expr, N.Stmt)) else e
-
-    return go(node)
-
-
-def _none_keyword(kw: N.Keyword) -> N.Keyword:
-    kw = copy.copy(kw)
-    kw.value = _none(kw.value)
-    return kw
-
-
-def _none(at: N.Expr) -> N.NoneLit:
-    none = N.NoneLit(at.span)
-    none.kind = N.Kind.NONE
-    return none
 
 
 def has_loop(body: list[N.Stmt]) -> bool:

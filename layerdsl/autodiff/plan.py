@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from layerdsl.autodiff.inline import Inlined, LayerNotGiven, inline_subs
 from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
+from layerdsl.autodiff.loop_members import members_to_choose, read_outside_ifs
 from layerdsl.autodiff.loops import (
     CHOICE_HINT,
     MAX_BRANCH_PLANS,
@@ -198,11 +199,13 @@ def _loop_plan(layer: N.Layer, optional: set[str], given: frozenset[str]) -> Pla
             " runs (or it is longer than a derived backward unrolls)",
             "leave the backward block out: the derived backward runs the loop's body backwards",
         )
+    layer, optional = members_to_choose(layer, optional, member_choice)  # a side each: how many (`loop_members`)
+    assert layer.forward is not None
     if (choice := member_choice(layer, optional)) is not None:  # `param b: [d] if bias`: a side each
         cond, built, absent = choice
         return BranchPlan(cond, _straight_plan(built, given), _straight_plan(absent, given))
     body = layer.forward.body
-    if optional & {n.id for s in body for n in walk(s) if isinstance(n, N.Name)}:
+    if optional & read_outside_ifs(body):  # one read in a loop's `if` is refused at the `if` (`plan_loops`)
         raise NotDerivable(
             loop.iter.span,
             "a derived backward through this loop reads no optional input, nor a member built when a tensor"
