@@ -1,0 +1,157 @@
+"""What round 14's user's and attacker's trial found, and `layerdsl test`'s function-vs-autograd check for
+`@function` layers without a functional form (subs, buffer updates): their Function is compared with the
+same spec compiled without `@function`, given the same parameters and buffers (outputs, gradients of the
+inputs and of every parameter, the subs' too, buffers after the step, second derivatives). Each comparison
+must fail when the generated Function is wrong: a wrong gradient or buffer update is injected into the
+generated source before it is imported."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+from layerdsl.driver import cli
+from layerdsl.testing import layer_checks as checks
+
+# a buffer update (EmaCenter) and subs (Residual): neither layer has a functional form
+SPECS = {
+    "ema_center.layer": """\
+@function
+layer EmaCenter(n: int, momentum: float = 0.1) {
+    buffer running_mean: [n] = zeros
+    param scale: [n] = ones
+    example(n = 4)
+
+    forward(x: [B, n]) -> [B, n] {
+        if training {
+            mu = mean(x, dim = 0)
+            update running_mean = (1 - momentum) * running_mean + momentum * mu
+        } else {
+            mu = running_mean
+        }
+        return (x - mu) * scale
+    }
+}
+""",
+    "residual.layer": """\
+@function
+layer Residual(n: int, hidden: int) {
+    sub fc1 = Dense(n, hidden)
+    sub fc2 = Dense(hidden, n)
+    example(n = 4, hidden = 6)
+
+    forward(x: [B, n]) -> [B, n] {
+        return x + fc2(tanh(fc1(x)))
+    }
+}
+
+layer Dense(i: int, o: int) {
+    param weight: [o, i]
+    param bias: [o] = zeros
+    example(i = 3, o = 5)
+
+    forward(x: [..., i]) -> [..., o] {
+        return x @ transpose(weight, 0, 1) + bias
+    }
+}
+""",
+}
+
+
+def generated(root: Path, package: str, edit: tuple[str, str, str] | None = None) -> dict[str, checks.Case]:
+    """SPECS generated as `package` under `root`; `edit`: (module, text, replacement) made in the generated
+    source before anything imports it."""
+    specs = root / "specs"
+    specs.mkdir(parents=True)
+    for name, text in SPECS.items():
+        (specs / name).write_text(text, encoding="utf-8")
+    cases = {c.name: c for c in checks.generate_package([str(specs)], root, package)}
+    if edit is not None:
+        module, old, new = edit
+        path = root / package / f"{module}.py"
+        source = path.read_text(encoding="utf-8")
+        assert old in source, f"the generated source no longer has {old!r}"
+        path.write_text(source.replace(old, new), encoding="utf-8")
+        importlib.invalidate_caches()
+    return cases
+
+
+@pytest.mark.parametrize("layer", ["EmaCenter", "Residual"])
+def test_a_layer_without_functional_form_is_compared_with_its_plain_module(tmp_path, layer):
+    cases = generated(tmp_path, f"layerdsl_trial14_intact_{layer.lower()}")
+    result, detail = checks.run_check("function-vs-autograd", cases[layer], f"layerdsl_trial14_intact_{layer.lower()}")
+    assert (result, detail.split(":")[0]) == ("ok", "as the plain module"), detail
+    assert "second derivatives agree" in detail
+
+
+# (layer, module, generated text, its wrong replacement, what the check says)
+INJECTED = [
+    (  # the mean's share of grad_x with its sign flipped
+        "EmaCenter",
+        "ema_center",
+        "(grad_mu / -ctx.x_shape[0]).unsqueeze(0)",
+        "(grad_mu / ctx.x_shape[0]).unsqueeze(0)",
+        "gradients of input 0 differ",
+    ),
+    (  # the buffer's new value wrong, every output right
+        "EmaCenter",
+        "ema_center",
+        "new_running_mean = (1 - momentum) * running_mean + momentum * mu",
+        "new_running_mean = (1 - momentum) * running_mean + 2 * momentum * mu",
+        "buffer running_mean differs",
+    ),
+    (  # a sub's parameter's gradient doubled
+        "Residual",
+        "residual",
+        "grad_fc2_bias = grad_out.sum_to_size(",
+        "grad_fc2_bias = 2 * grad_out.sum_to_size(",
+        "gradients of fc2.bias differ",
+    ),
+]
+
+
+@pytest.mark.parametrize(("layer", "module", "old", "new", "message"), INJECTED, ids=["grad", "buffer", "sub"])
+def test_a_wrong_function_fails_the_comparison(tmp_path, layer, module, old, new, message):
+    package = f"layerdsl_trial14_wrong_{layer.lower()}_{abs(hash(new)) % 10**6}"
+    cases = generated(tmp_path, package, (module, old, new))
+    result, detail = checks.run_check("function-vs-autograd", cases[layer], package)
+    assert result == "FAIL"
+    assert message in detail
+
+
+def test_layerdsl_test_reports_the_comparison(tmp_path, capsys):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    for name, text in SPECS.items():
+        (specs / name).write_text(text, encoding="utf-8")
+    assert cli.main(["test", str(specs), "--example-only"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if "function-vs-autograd" in line]
+    assert {(row[0], row[2], row[3]) for row in rows} == {("EmaCenter", "ok", "as"), ("Residual", "ok", "as")}
+
+
+def test_plain_twin_blanks_decorators_and_backward_in_place():
+    """The plain twin's text keeps every other statement at its line and column (its errors, if any, point
+    at the spec's lines)."""
+    from layerdsl.syntax.parser import parse_file
+
+    text = """\
+@function(save = "inputs")
+layer Scaled(n: int) {
+    param w: [n]
+    example(n = 3)
+    forward(x: [B, n]) -> [B, n] {
+        return x * w
+    }
+    backward(grad_y) {
+        grad x = grad_y * w
+        grad w = sum(grad_y * x, dim = 0)
+    }
+}
+"""
+    plain = checks.without_functions(parse_file("scaled.layer", text))
+    assert plain.count("\n") == text.count("\n")
+    assert "@function" not in plain and "backward" not in plain and "grad x" not in plain
+    assert plain.splitlines()[5] == text.splitlines()[5]
+    assert not parse_file("scaled.layer", plain).layers[0].is_function
