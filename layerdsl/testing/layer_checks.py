@@ -283,6 +283,79 @@ def uses_randomness(case: Case) -> bool:
     return any(isinstance(n, N.Call) and n.func == "dropout" for s in case.forward.body for n in walk(s))
 
 
+def buffer_read_where_updated(case: Case, training: bool) -> str | None:
+    """A buffer that forward, in this mode, both updates and reads (not in an update's value: that goes to a
+    buffer only) in one call, if any: the function then changes from call to call (gradcheck's calls each update it), and a
+    read after the update takes the new value with no gradient through it, by design (`update` is under
+    no_grad). Finite differences cannot agree with such a layer's gradient."""
+    buffers = {t.name for t in case.layer.tensors if t.kind == N.Ref.BUFFER}
+    env = {**case.args(), **case.dims(), "training": training}
+    found: list[str] = []
+
+    def run(body: list[N.Stmt], updated: set[str], read: set[str]) -> bool:
+        """Walk `body` on from the sets of one path; whether it returns on every path."""
+        for stmt in body:
+            if isinstance(stmt, N.Update):  # its value goes to the buffer only, not to an output
+                found.extend([stmt.target] if stmt.target in read else [])
+                updated.add(stmt.target)
+            elif isinstance(stmt, N.If):
+                sides = [stmt.body, stmt.orelse]
+                decided = _decided(stmt.cond, env)
+                if decided is not None:  # on arguments, dims and `training`: the side this case takes
+                    sides = [sides[0] if decided else sides[1]]
+                else:
+                    read_in(stmt.cond, updated, read)
+                merged: tuple[set[str], set[str]] = (set(), set())
+                open_sides = 0
+                for side in sides:
+                    u, r = set(updated), set(read)
+                    if not run(side, u, r):
+                        merged[0].update(u)
+                        merged[1].update(r)
+                        open_sides += 1
+                if open_sides == 0:
+                    return True
+                updated |= merged[0]
+                read |= merged[1]
+            elif isinstance(stmt, N.For):
+                for _ in range(2):  # a second step reads what the first updated
+                    run(stmt.body, updated, read)
+            else:
+                read_in(stmt, updated, read)
+                if isinstance(stmt, N.Return):
+                    return True
+        return False
+
+    def read_in(node: N.Node, updated: set[str], read: set[str]) -> None:
+        for n in walk(node):
+            if isinstance(n, N.Name) and n.id in buffers and n.ref == N.Ref.BUFFER:
+                found.extend([n.id] if n.id in updated else [])
+                read.add(n.id)
+
+    run(case.forward.body, set(), set())
+    return found[0] if found else None
+
+
+def _decided(cond: N.Expr, env: dict) -> bool | None:
+    """The value of an `if`'s condition from the case's arguments, dims and mode; None where it reads more
+    (an input's presence or rank)."""
+    try:
+        return bool(evaluate(cond, env))
+    except (NotConstant, ArithmeticError, TypeError):
+        return None
+
+
+def _pure(case: Case, module: torch.nn.Module) -> None:
+    """Skip a finite-difference check of a layer that reads a buffer it updates in the same call."""
+    buffer = buffer_read_where_updated(case, module.training)
+    if buffer is not None:
+        mode = "training" if module.training else "eval"
+        raise Skip(
+            f"forward reads buffer '{buffer}' in the call that updates it ({mode}): finite differences see"
+            " the update, which passes no gradient"
+        )
+
+
 # ------------------------------------------------------------------ the checks
 
 
@@ -347,6 +420,7 @@ def check_gradcheck(case: Case, package: str, device: str = "cpu") -> str:
     m = build(case, package, device=device)
     if uses_randomness(case):
         m.eval()
+    _pure(case, m)
     params = dict(m.named_parameters())
     xs = inputs(case, device=device, requires_grad=True)
     fn = _gradcheck_fn(m, list(params), xs, _log_prob_flags(case, xs))
@@ -372,6 +446,7 @@ def check_gradgradcheck(case: Case, package: str, device: str = "cpu") -> str:
         raise Skip(f"torch's backward of {once[0]}() has no derivative")
     _needs_float64(case)
     m = build(case, package, device=device)
+    _pure(case, m)
     params = dict(m.named_parameters())
     xs = inputs(case, device=device, requires_grad=True)
     fn = _gradcheck_fn(m, list(params), xs, _log_prob_flags(case, xs))
