@@ -15,6 +15,31 @@ import pytest
 from layerdsl.driver import cli
 from layerdsl.testing import layer_checks as checks
 
+RESIDUAL = """\
+@function
+layer Residual(n: int, hidden: int) {
+    sub fc1 = Dense(n, hidden)
+    sub fc2 = Dense(hidden, n)
+    example(n = 4, hidden = 6)
+
+    forward(x: [B, n]) -> [B, n] {
+        return x + fc2(tanh(fc1(x)))
+    }
+}
+"""
+
+DENSE = """\
+layer Dense(i: int, o: int) {
+    param weight: [o, i]
+    param bias: [o] = zeros
+    example(i = 3, o = 5)
+
+    forward(x: [..., i]) -> [..., o] {
+        return x @ transpose(weight, 0, 1) + bias
+    }
+}
+"""
+
 # a buffer update (EmaCenter) and subs (Residual): neither layer has a functional form
 SPECS = {
     "ema_center.layer": """\
@@ -35,28 +60,7 @@ layer EmaCenter(n: int, momentum: float = 0.1) {
     }
 }
 """,
-    "residual.layer": """\
-@function
-layer Residual(n: int, hidden: int) {
-    sub fc1 = Dense(n, hidden)
-    sub fc2 = Dense(hidden, n)
-    example(n = 4, hidden = 6)
-
-    forward(x: [B, n]) -> [B, n] {
-        return x + fc2(tanh(fc1(x)))
-    }
-}
-
-layer Dense(i: int, o: int) {
-    param weight: [o, i]
-    param bias: [o] = zeros
-    example(i = 3, o = 5)
-
-    forward(x: [..., i]) -> [..., o] {
-        return x @ transpose(weight, 0, 1) + bias
-    }
-}
-""",
+    "residual.layer": RESIDUAL + "\n" + DENSE,
 }
 
 
@@ -264,3 +268,22 @@ def test_a_buffer_read_after_its_update_skips_finite_differences_in_training_onl
         evaluated = replace(case, config=checks.Config({}, case.dims(), case.lead(), training=False))
         assert checks.run_check(check, evaluated, "layerdsl_trial14_ema_scale")[0] == "ok"
     assert checks.run_check("function-vs-autograd", case, "layerdsl_trial14_ema_scale")[0] == "ok"
+
+
+def test_show_compiles_a_spec_with_the_layers_of_its_folder(tmp_path, capsys):
+    """`layerdsl show SPEC` of a spec whose sub is another file's layer said "unknown layer" (with a hint to
+    pass that file too, which `show` cannot take): it now compiles the spec with its folder, as `gen` does."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    for name, text in SPECS.items():
+        (specs / name).write_text(text, encoding="utf-8")
+    (specs / "dense.layer").write_text(DENSE, encoding="utf-8")
+    (specs / "residual.layer").write_text(RESIDUAL, encoding="utf-8")
+    assert cli.main(["show", str(specs / "residual.layer"), "--layer", "Residual"]) == 0
+    shown = capsys.readouterr().out
+    assert "class ResidualFunction(torch.autograd.Function):" in shown and "class Dense(" not in shown
+    assert cli.main(["show", str(specs / "residual.layer"), "--shapes"]) == 0
+    listing = capsys.readouterr().out
+    assert listing.startswith("Residual  (specs/residual.layer:") and "Dense" not in listing
+    (specs / "residual.layer").write_text("layer Broken {\n", encoding="utf-8")  # its own error, as before
+    assert cli.main(["show", str(specs / "residual.layer")]) == 1
