@@ -287,3 +287,26 @@ def test_show_compiles_a_spec_with_the_layers_of_its_folder(tmp_path, capsys):
     assert listing.startswith("Residual  (specs/residual.layer:") and "Dense" not in listing
     (specs / "residual.layer").write_text("layer Broken {\n", encoding="utf-8")  # its own error, as before
     assert cli.main(["show", str(specs / "residual.layer")]) == 1
+
+
+def test_many_flags_do_not_multiply_the_matrix(tmp_path):
+    """Twelve `bool` arguments made 4,096 flag combinations (32,768 configurations; twenty made over four
+    million, and `layerdsl test` ran for hours): past 64 combinations the matrix takes the defaults, all
+    true, all false and each flag flipped alone."""
+    from layerdsl.testing.configurations import configurations
+
+    flags = ", ".join(f"f{k}: bool = {'true' if k % 2 else 'false'}" for k in range(12))
+    ifs = "\n".join(f"        if f{k} {{\n            h = tanh(h * w + {k})\n        }}" for k in range(12))
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "flags.layer").write_text(
+        f"layer Flags(d: int, {flags}) {{\n    param w: [d]\n    example(d = 3)\n"
+        f"    forward(x: [B, d]) -> [B, d] {{\n        h = x\n{ifs}\n        return h\n    }}\n}}\n",
+        encoding="utf-8",
+    )
+    (case,) = checks.generate_package([str(specs)], tmp_path, "layerdsl_trial14_flags")
+    seen = {tuple(c.args.values()) for c in configurations(case)}
+    defaults = tuple(bool(k % 2) for k in range(12))
+    assert len(seen) == 15
+    assert {defaults, (True,) * 12, (False,) * 12} <= seen
+    assert all(sum(a != b for a, b in zip(values, defaults)) in (0, 1, 6) for values in seen)
