@@ -310,3 +310,21 @@ def test_many_flags_do_not_multiply_the_matrix(tmp_path):
     assert len(seen) == 15
     assert {defaults, (True,) * 12, (False,) * 12} <= seen
     assert all(sum(a != b for a, b in zip(values, defaults)) in (0, 1, 6) for values in seen)
+
+
+def test_a_long_straight_function_compiles(tmp_path, capsys):
+    """100 statements `h = h * w + k` under @function: the Function's forward folded them into one
+    expression 200 levels deep and the gradient of `w` was a chain of 100 terms; the passes after them
+    recursed past Python's limit (an internal error). Folding stops at a depth, and a long sum is a
+    balanced tree."""
+    body = "\n".join(f"        h = h * w + {k}" for k in range(100))
+    spec = tmp_path / "straight.layer"
+    spec.write_text(
+        f"@function\nlayer Straight(n: int) {{\n    param w: [n]\n    example(n = 3)\n"
+        f"    forward(x: [B, n]) -> [B, n] {{\n        h = x\n{body}\n        return h\n    }}\n}}\n",
+        encoding="utf-8",
+    )
+    assert cli.main(["show", str(spec)]) == 0
+    code = capsys.readouterr().out
+    assert "class StraightFunction(torch.autograd.Function):" in code
+    compile(code, "straight.py", "exec")  # and Python's own parser takes it

@@ -72,10 +72,7 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
             return parts[0][0]
         name = f"grad_{var}"
         terms = [expr if count == 1 else _scale(count, expr) for expr, count in _merge_terms([e for e, _ in parts])]
-        total = terms[0]
-        for term in terms[1:]:
-            total = B.binop("+", total, term)
-        stmts.append(GradStmt(name, simplify(total), span=source.get(var, NOWHERE)))
+        stmts.append(GradStmt(name, simplify(_sum(terms)), span=source.get(var, NOWHERE)))
         grad_var[var] = name
         return B.name(name)
 
@@ -145,6 +142,21 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
         raise refusal(problems)
     _mark_leaves(stmts, tape)
     return Backward(stmts, {l: grad_var[l] for l in tape.leaves if l in grad_var})
+
+
+CHAINED_TERMS = 16  # a longer sum is summed as a balanced tree: the passes after this one recurse over it
+
+
+def _sum(terms: list[N.Expr]) -> N.Expr:
+    """`a + b + c + ...`, written left to right; past CHAINED_TERMS terms, as a balanced tree (a value read
+    by 300 statements has 300 gradient terms: a chain that deep exhausts Python's recursion)."""
+    if len(terms) > CHAINED_TERMS:
+        half = len(terms) // 2
+        return B.binop("+", _sum(terms[:half]), _sum(terms[half:]))
+    total = terms[0]
+    for term in terms[1:]:
+        total = B.binop("+", total, term)
+    return total
 
 
 def _unless_absent(member: str, grad: N.Expr, expr: N.Expr) -> N.Expr:
