@@ -1234,7 +1234,7 @@ FOLD_DEPTH = 24
 
 def _deep(e: N.Expr) -> bool:
     """Whether `e` is nested more than FOLD_DEPTH levels (found without recursion)."""
-    stack = [(e, 1)]
+    stack: list[tuple[N.Node, int]] = [(e, 1)]
     while stack:
         node, depth = stack.pop()
         if depth > FOLD_DEPTH:
