@@ -328,3 +328,19 @@ def test_a_long_straight_function_compiles(tmp_path, capsys):
     code = capsys.readouterr().out
     assert "class StraightFunction(torch.autograd.Function):" in code
     compile(code, "straight.py", "exec")  # and Python's own parser takes it
+
+
+def test_an_example_too_big_to_check_fails_before_anything_is_allocated(tmp_path):
+    """`example(n = 1000000)` for a `[n, n]` weight: `layerdsl test` asked for 8 TB (a machine with that
+    much swap would try); each check now fails at once, naming the count."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "huge.layer").write_text(
+        "layer Huge(n: int) {\n    param w: [n, n]\n    example(n = 1000000)\n"
+        "    forward(x: [B, n]) -> [B, n] {\n        return x @ w\n    }\n}\n",
+        encoding="utf-8",
+    )
+    (case,) = checks.generate_package([str(specs)], tmp_path, "layerdsl_trial14_huge")
+    assert checks.example_elements(case) == 10**12 + 3 * 10**6
+    result, detail = checks.run_check("shapes", case, "layerdsl_trial14_huge")
+    assert (result, detail.split(" (")[0]) == ("FAIL", "the example's tensors hold 1,000,003,000,000 elements")

@@ -155,9 +155,42 @@ def functional_form(case: Case, package: str) -> Callable[..., Any] | None:
     return getattr(importlib.import_module(f"{package}.{case.module}"), snake_case(case.name), None)
 
 
+# The most elements the checks build a layer and its inputs with (512 MiB in float64): a bigger example
+# fails its checks at once, rather than filling the machine's memory (gradcheck perturbs each element).
+MAX_ELEMENTS = 2**26
+
+
+def example_elements(case: Case) -> int:
+    """How many elements the case's members and required inputs hold, as far as their shapes evaluate."""
+    env = {**case.args(), **case.dims()}
+    for let in case.layer.lets:
+        try:
+            env[let.name] = evaluate(let.value, env)
+        except (NotConstant, ArithmeticError, TypeError):
+            pass
+    shapes = [t.shape for t in case.layer.tensors] + [i.shape for i in case.forward.inputs if not i.optional]
+    total = 0
+    for shape in shapes:
+        try:
+            sizes = shape_of(shape, env, case.lead())
+        except (NotConstant, ArithmeticError, TypeError, ValueError, KeyError):
+            continue
+        count = 1
+        for size in sizes:
+            count *= max(size, 0)
+        total += count
+    return total
+
+
 def build(
     case: Case, package: str, dtype: torch.dtype | None = None, device: str = "cpu", seed: int = 0
 ) -> torch.nn.Module:
+    elements = example_elements(case)
+    if elements > MAX_ELEMENTS:
+        raise CheckFailed(
+            f"the example's tensors hold {elements:,} elements (at most {MAX_ELEMENTS:,} are checked):"
+            " give example(...) smaller sizes"
+        )
     torch.manual_seed(seed)
     cls = layer_class(case, package)
     args = {
