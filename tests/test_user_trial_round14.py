@@ -344,3 +344,13 @@ def test_an_example_too_big_to_check_fails_before_anything_is_allocated(tmp_path
     assert checks.example_elements(case) == 10**12 + 3 * 10**6
     result, detail = checks.run_check("shapes", case, "layerdsl_trial14_huge")
     assert (result, detail.split(" (")[0]) == ("FAIL", "the example's tensors hold 1,000,003,000,000 elements")
+
+
+def test_show_of_a_spec_naming_an_unknown_layer_reports_its_own_error_not_its_folders(tmp_path, capsys):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "a.layer").write_text(RESIDUAL.replace("Dense(", "Dens("), encoding="utf-8")
+    (specs / "broken.layer").write_text("layer Broken(n: int) {\n    forward(x) {\n        return sqr(x)\n    }\n}\n")
+    assert cli.main(["show", str(specs / "a.layer")]) == 1
+    errors = capsys.readouterr().err
+    assert "unknown layer 'Dens'" in errors and "sqr" not in errors

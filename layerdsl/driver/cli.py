@@ -221,7 +221,11 @@ def _with_its_folder(spec: Path, run: Callable[[list[str]], T]) -> T:
     except SpecError as exc:
         if not any(d.message.startswith("unknown layer ") for d in exc.diagnostics):
             raise
-    return run([str(spec.parent)])
+    try:
+        return run([str(spec.parent)])
+    except SpecError as exc:  # the spec's own errors, if it has any; else what stops its folder
+        own = [d for d in exc.diagnostics if d.path == f"{spec.parent.resolve().name}/{spec.name}"]
+        raise SpecError(own or exc.diagnostics) from None
 
 
 def cmd_test(args: argparse.Namespace) -> int:
