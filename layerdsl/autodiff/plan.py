@@ -141,6 +141,11 @@ def plan_backward(
     return _straight_plan(layer, given)
 
 
+# The longest straight tape derived (an unrolled loop's steps counted): deriving and optimising a tape takes
+# time growing with the square of its length (512 operations took about a minute).
+MAX_TAPE_STEPS = 400
+
+
 def _straight_plan(layer: N.Layer, given: frozenset[str]) -> Plan:
     optional = {t.name for t in layer.tensors if t.cond is not None} - given
     optional |= {i.name for i in layer.forward.inputs if i.optional} - given if layer.forward else set()
@@ -155,6 +160,14 @@ def _straight_plan(layer: N.Layer, given: frozenset[str]) -> Plan:
         tape = linearizer.run()
     except NotDerivable as exc:  # a statement the tape cannot hold: the linearizer stopped there
         raise refusal([*linearizer.problems, exc]) from None
+    if layer.backward is None and len(tape.steps) > MAX_TAPE_STEPS:
+        raise NotDerivable(
+            tape.steps[MAX_TAPE_STEPS].expr.span,
+            f"a derived backward goes through at most {MAX_TAPE_STEPS} operations, and this forward has"
+            f" {len(tape.steps)} once its loops are unrolled (the time to derive it grows with their square)",
+            "give the loop its count by an argument (`range(steps)`): such a loop is derived once, not unrolled;"
+            " or write a `backward` block",
+        )
     problems = list(linearizer.problems)
     if layer.backward is None:
         problems += _unproven_optional_reads(tape, layer, given)

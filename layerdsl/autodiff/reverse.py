@@ -72,10 +72,7 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
             return parts[0][0]
         name = f"grad_{var}"
         terms = [expr if count == 1 else _scale(count, expr) for expr, count in _merge_terms([e for e, _ in parts])]
-        total = terms[0]
-        for term in terms[1:]:
-            total = B.binop("+", total, term)
-        stmts.append(GradStmt(name, simplify(total), span=source.get(var, NOWHERE)))
+        stmts.append(GradStmt(name, simplify(_sum(terms)), span=source.get(var, NOWHERE)))
         grad_var[var] = name
         return B.name(name)
 
@@ -111,7 +108,10 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
             if not step.op.grads.get(pname):
                 problems.append(NotDerivable(step.expr.span, f"{step.op.name}() has no derivative"))
                 continue
-            if step.op.name == "matmul" and pname == "other" and _vector_times_matrix(tape, step):
+            vector_grad = _vector_operand_grad(tape, step, pname, g) if step.op.name == "matmul" else None
+            if vector_grad is not None:
+                expr = vector_grad
+            elif step.op.name == "matmul" and pname == "other" and _vector_times_matrix(tape, step):
                 # Not the table's formula, which transposes `input`: that may be a vector here.
                 expr = _matrix_grad_of_vector_product(step.args["input"], g)
             else:
@@ -142,6 +142,21 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
         raise refusal(problems)
     _mark_leaves(stmts, tape)
     return Backward(stmts, {l: grad_var[l] for l in tape.leaves if l in grad_var})
+
+
+CHAINED_TERMS = 16  # a longer sum is summed as a balanced tree: the passes after this one recurse over it
+
+
+def _sum(terms: list[N.Expr]) -> N.Expr:
+    """`a + b + c + ...`, written left to right; past CHAINED_TERMS terms, as a balanced tree (a value read
+    by 300 statements has 300 gradient terms: a chain that deep exhausts Python's recursion)."""
+    if len(terms) > CHAINED_TERMS:
+        half = len(terms) // 2
+        return B.binop("+", _sum(terms[:half]), _sum(terms[half:]))
+    total = terms[0]
+    for term in terms[1:]:
+        total = B.binop("+", total, term)
+    return total
 
 
 def _unless_absent(member: str, grad: N.Expr, expr: N.Expr) -> N.Expr:
@@ -292,6 +307,27 @@ def _vector_times_matrix(tape: Tape, step: Step) -> bool:
     if b is None or len(b) != 2 or "..." in b:
         return False
     return a is not None and (len(a) == 1 or (len(a) == 2 and a[0] == "..."))
+
+
+def _vector_operand_grad(tape: Tape, step: Step, pname: str, grad: N.Expr) -> N.Expr | None:
+    """An operand's gradient in `x @ v` with `v` a vector (`[n]`: a matrix-vector product, or a dot
+    product), or in `v @ w` with `v` a vector and `w` a stack of matrices (rank 3 or more): the table's
+    formulas transpose the vector, or take the result's gradient for a matrix. None for other products.
+
+    `x @ v`: the result drops x's last dim, so x's gradient is `unsqueeze(g, -1) * v` and v's that product
+    with x summed over the rest. `v @ w`: the result drops w's next-to-last dim; v's gradient is each
+    matrix's `g @ w^T`, summed over the stack, and w's the outer product of v and g."""
+    a, b = _shape_of(tape, step.args["input"]), _shape_of(tape, step.args["other"])
+    x, v, g = clone(step.args["input"]), clone(step.args["other"]), clone(grad)
+    if b is not None and len(b) == 1 and "..." not in b:
+        column = B.call("unsqueeze", g, B.num(-1))
+        return B.binop("*", column, v) if pname == "input" else B.call("sum_to", B.binop("*", column, x), v)
+    if a is not None and len(a) == 1 and "..." not in a and b is not None and len(b) >= 3 and "..." not in b:
+        if pname == "other":
+            return B.binop("*", B.call("unsqueeze", x, B.num(-1)), B.call("unsqueeze", g, B.num(-2)))
+        rows = B.call("matmul", B.call("unsqueeze", g, B.num(-2)), B.call("transpose", v, B.num(-1), B.num(-2)))
+        return B.call("sum_to", B.call("squeeze", rows, B.num(-2)), x)
+    return None
 
 
 def _matrix_grad_of_vector_product(operand: N.Expr, grad: N.Expr) -> N.Expr:

@@ -109,6 +109,8 @@ class Linearizer:
         self.forward: N.Forward = layer.forward
         self.optional = optional
         self.steps: list[Step] = []
+        # (op, the expression's key) -> the first unguarded step computing it: `add` computes each once
+        self.computed: dict[tuple[str, str], Step] = {}
         self.env: dict[str, str] = {}  # spec local -> current var
         self.taken = {a.name for a in layer.args} | {t.name for t in layer.tensors} | {l.name for l in layer.lets}
         self.taken |= {i.name for i in self.forward.inputs} | set(layer.symbolic_dims)
@@ -590,12 +592,13 @@ class Linearizer:
             assert isinstance(expr, N.Call), "only align() takes items, and it is written as a call"
             expr.items = items
         if guard is None:  # the same operation on the same operands is computed once
-            key = B.key(expr)
-            for s in self.steps:
-                if s.guard is None and s.op is op and B.key(s.expr) == key:
-                    return B.name(s.var, source.span)
+            done = self.computed.get((op.name, B.key(expr)))
+            if done is not None and done.op is op:
+                return B.name(done.var, source.span)
         var = self.fresh(_hint_for(op, hint))
         self.steps.append(Step(var, op, args, expr, guard, base))
+        if guard is None:
+            self.computed.setdefault((op.name, B.key(expr)), self.steps[-1])
         return B.name(var, source.span)
 
     def step_of(self, var: str) -> Step | None:

@@ -453,7 +453,8 @@ class FunctionEmitter:
             if s.var not in exact:  # a max/min reads the value as the backward recomputes it: as written
                 expr = addcmul_form(expr)
             new_buffer_value = s.var in tape.updates.values()  # returned by name, for the module to write
-            if s.var in keep | exact or uses.get(s.var, 0) != 1 or new_buffer_value or s.var in self._spec_locals():
+            spec_local = s.var in self._spec_locals()
+            if s.var in keep | exact or uses.get(s.var, 0) != 1 or new_buffer_value or spec_local or _deep(expr):
                 lines += self.located([f"{s.var} = {out(expr)}"], s.expr.span.line)
                 bind(s.var, expr)
             else:
@@ -1189,6 +1190,22 @@ class Section:
     accumulate: dict[str, str] = field(default_factory=dict)  # leaf -> the name holding this section's part
     rare: bool = False
     recompute: dict[str, set[str]] = field(default_factory=dict)
+
+
+# Folding single-use values into their reader stops at this depth: the passes after it recurse over the
+# expression (a spec's 100 statements `h = h * w + k`, each rebinding `h`, made one expression 200 deep).
+FOLD_DEPTH = 24
+
+
+def _deep(e: N.Expr) -> bool:
+    """Whether `e` is nested more than FOLD_DEPTH levels (found without recursion)."""
+    stack: list[tuple[N.Node, int]] = [(e, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > FOLD_DEPTH:
+            return True
+        stack += [(c, depth + 1) for c in children(node)]
+    return False
 
 
 def _returned_type(var: str, extra: list[str]) -> str:

@@ -10,14 +10,17 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from layerdsl import __version__
 from layerdsl.diagnostics import SpecError, printable
 
 if TYPE_CHECKING:
     from layerdsl.driver.output import Plan
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_ERRORS = 1
@@ -187,14 +190,16 @@ def cmd_show(args: argparse.Namespace) -> int:
         from layerdsl.driver.pipeline import check
         from layerdsl.driver.show import shapes_listing
 
-        _, files, program = check([str(spec)])
+        _, files, program = _with_its_folder(spec, check)
+        shown = (spec.name, f"{spec.parent.resolve().name}/{spec.name}")  # alone, or in its folder's run
+        files = [f for f in files if f.path in shown]
         listing = shapes_listing(files, program, args.layer)
         if listing is None:
             print(f"layerdsl: no layer '{args.layer}' in {spec}", file=sys.stderr)
             return EXIT_USAGE
         sys.stdout.write(listing)
         return EXIT_OK
-    outputs = generate([str(spec)])
+    outputs = _with_its_folder(spec, generate)
     code = outputs[Path(spec.name).with_suffix(".py")]
     if args.layer:
         from layerdsl.driver.show import select_layer
@@ -206,6 +211,21 @@ def cmd_show(args: argparse.Namespace) -> int:
         code = picked
     sys.stdout.write(code)
     return EXIT_OK
+
+
+def _with_its_folder(spec: Path, run: Callable[[list[str]], T]) -> T:
+    """`run` on the spec alone, or, where it names a layer that another spec defines, on the spec's folder
+    (as `gen` of that folder sees it: the spec's module keeps its name)."""
+    try:
+        return run([str(spec)])
+    except SpecError as exc:
+        if not any(d.message.startswith("unknown layer ") for d in exc.diagnostics):
+            raise
+    try:
+        return run([str(spec.parent)])
+    except SpecError as exc:  # the spec's own errors, if it has any; else what stops its folder
+        own = [d for d in exc.diagnostics if d.path == f"{spec.parent.resolve().name}/{spec.name}"]
+        raise SpecError(own or exc.diagnostics) from None
 
 
 def cmd_test(args: argparse.Namespace) -> int:

@@ -180,4 +180,5 @@ OP_ALIASES: dict[str, tuple[str, ...]] = {
     "ones_like": ("new_zeros(x, shape) + 1",),
     "ones": ("new_zeros(x, shape) + 1",),
     "reciprocal": ("1 / x",),
+    "masked_fill": ("where(mask, value, x)",),
 }

@@ -201,6 +201,13 @@ def check_generated_names(f: N.SpecFile, program: Program, r: Reporter) -> None:
 # Module-level names of a generated file (imports and built-ins its code calls).
 GENERATED_MODULE_NAMES = GENERATED_IMPORTS | GENERATED_BUILTINS
 PYTHON_BUILTINS = frozenset(n for n in dir(builtins) if not n.startswith("_"))
+# What to write instead of an index of the wrong kind, by its kind.
+INDEX_HINTS = {
+    Kind.LIST: "for several entries, a slice or an integer tensor input (`x[:, 0:6:2]`, `idx: long[K]`), or"
+    " single picks joined by `stack`",
+    Kind.FLOAT: "an int: `n // 2` (not `n / 2`)",
+    Kind.BOOL: "for a new axis, `x[:, none]`; to pick by a condition, a bool tensor mask",
+}
 
 
 def _extents(layers: list[N.Layer]) -> list[N.Span]:
@@ -1839,12 +1846,7 @@ class LayerChecker:
                 what = "an index is an int, an integer tensor or bool mask, `none` or `...`"
             for value in values:
                 if value.kind not in (*allowed, Kind.UNKNOWN):
-                    self.r.error(
-                        value.span,
-                        f"{what}, not {_a(value.kind)}",
-                        "for a float, `n // 2` (not `n / 2`); for several entries, a slice or an integer tensor"
-                        " input (`idx: long[K]`)",
-                    )
+                    self.r.error(value.span, f"{what}, not {_a(value.kind)}", INDEX_HINTS.get(value.kind))
 
     def _call_kind(self, call: N.Call, construction: bool) -> Kind:
         """A call is a tensor when any tensor operand is; on plain numbers it needs a `math` spelling."""

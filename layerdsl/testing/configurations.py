@@ -4,7 +4,9 @@ The example fixes one configuration; a layer's bugs hide in the others. Each of 
 (`example_seeds`: every `example(...)` line, every value of a list) has its own matrix, the product of:
 
 - every combination of the `bool` arguments the example does not give (so every optional member present
-  and absent); a `bool` the example gives is fixed (a spec narrows the matrix that way);
+  and absent); a `bool` the example gives is fixed (a spec narrows the matrix that way). Past
+  MAX_FLAG_COMBINATIONS combinations (more than 6 such arguments), the defaults, all true, all false, and
+  each argument flipped alone from its default: the matrix grows with their number, not exponentially;
 - `training` true and false, where the forward reads `training`;
 - 0, 1 and 2 leading dims for `...`, where an input is declared `[..., n]`;
 - two sets of sizes for the symbolic dims (the example's, then other distinct small ones);
@@ -53,11 +55,24 @@ def configurations(case: Case) -> list[Config]:
     ranks = LEAD_RANKS if has_ellipsis_input(case.layer) else (1,)
     out = []
     for values, training, sizes, rank, dtype in itertools.product(
-        itertools.product((True, False), repeat=len(flags)), trainings, size_sets(case), ranks, DTYPES
+        flag_values(case, flags), trainings, size_sets(case), ranks, DTYPES
     ):
         lead = lead_sizes(rank, sizes, case.args())
         out.append(Config(dict(zip(flags, values)), sizes, lead, dtype, training))
     return out
+
+
+MAX_FLAG_COMBINATIONS = 64
+
+
+def flag_values(case: Case, flags: list[str]) -> list[tuple[bool, ...]]:
+    """The values of `flags` the matrix takes: every combination, or past MAX_FLAG_COMBINATIONS the
+    defaults, all true, all false and each flag flipped alone from its default (in that order, each once)."""
+    if 2 ** len(flags) <= MAX_FLAG_COMBINATIONS:
+        return list(itertools.product((True, False), repeat=len(flags)))
+    defaults = tuple(bool(case.args().get(f, True)) for f in flags)
+    flipped = [tuple(v != (k == i) for k, v in enumerate(defaults)) for i in range(len(flags))]
+    return list(dict.fromkeys([defaults, (True,) * len(flags), (False,) * len(flags), *flipped]))
 
 
 def reads_training(layer: N.Layer) -> bool:

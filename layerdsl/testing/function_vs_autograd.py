@@ -70,6 +70,100 @@ def compare_second_derivatives(case, module, functional, make_inputs, seed: int 
     return f"second derivatives agree to {tol:g}"
 
 
+def compare_with_plain_module(case, module, plain, make_inputs) -> str:
+    """A @function `module` that has no functional form (subs, buffer updates) against `plain`, the same
+    spec's module compiled without `@function`, given `module`'s parameters and buffers: equal outputs and
+    gradients of the inputs and of every parameter (the subs' too) with everything, only the inputs, or only
+    the parameters requiring grad; equal buffers after each step; then equal second derivatives (to 1e-10 in
+    float64, 1e-5 in float32; second derivatives 1e-8)."""
+    tol = 1e-10 if case.dtype == torch.float64 else 1e-5
+    _load_state(plain, module)
+    names = [n for n, _ in module.named_parameters()]
+    modes = ("all", "inputs", "params") if names else ("all",)
+    for mode in modes:
+        for m in (module, plain):
+            for p in m.parameters():
+                p.requires_grad_(mode != "inputs")
+        xs = make_inputs(case, requires_grad=mode != "params")
+        flat = [t for x in xs for t in (x if isinstance(x, tuple) else (x,)) if t.requires_grad]
+        torch.manual_seed(0)  # a dropout draws the same mask in both
+        got = _as_tuple(module(*xs))
+        torch.manual_seed(0)
+        want = _as_tuple(plain(*xs))
+        if len(got) != len(want) or not all(_same(a, b, tol) for a, b in zip(got, want)):
+            raise CheckFailed(f"outputs differ from the plain module's ({mode})")
+        graded = [(a, b) for a, b in zip(got, want) if b is not None and b.requires_grad]
+        ours = [(f"input {k}", x) for k, x in enumerate(flat)] + _trainable(module)
+        theirs = [x for _, x in _trainable(plain)]
+        if graded and ours:
+            seeds = [torch.randn_like(b) for _, b in graded]
+            first = torch.autograd.grad([a for a, _ in graded], [t for _, t in ours], seeds, allow_unused=True)
+            second = torch.autograd.grad([b for _, b in graded], [*flat, *theirs], seeds, allow_unused=True)
+            for (label, _), g, w in zip(ours, first, second):
+                _same_gradient(g, w, tol, f"gradients of {label} differ from the plain module's ({mode})")
+        _same_buffers(module, plain, tol, mode)
+    agree = f"as the plain module: outputs, gradients, buffers to {tol:g}"
+    return agree + (f"; {_second_with_plain(case, module, plain, make_inputs)}" if case.dtype == torch.float64 else "")
+
+
+def _second_with_plain(case, module, plain, make_inputs) -> str:
+    """Equal second derivatives (1e-8) of `module` and `plain` with respect to the inputs and parameters."""
+    tol = 1e-8
+    for m in (module, plain):
+        for p in m.parameters():
+            p.requires_grad_(True)
+    xs = make_inputs(case, requires_grad=True)
+    flat = [t for x in xs for t in (x if isinstance(x, tuple) else (x,)) if t.requires_grad]
+    try:
+        want = _second_derivatives(lambda: plain(*xs), [*flat, *plain.parameters()], 0)
+    except RuntimeError as exc:
+        if "not implemented" not in str(exc):
+            raise
+        return f"torch has no second derivative here: {str(exc).splitlines()[0]}"
+    got = _second_derivatives(lambda: module(*xs), [*flat, *module.parameters()], 0)
+    for k, (g, w) in enumerate(zip(got, want)):
+        if not torch.allclose(g, w, rtol=tol, atol=tol):
+            raise CheckFailed(
+                f"second derivatives differ from the plain module's (operand {k}): {(g - w).abs().max():.3g}"
+            )
+    _same_buffers(module, plain, tol, "second derivatives")
+    return f"second derivatives agree to {tol:g}"
+
+
+def _trainable(module) -> list[tuple[str, torch.Tensor]]:
+    return [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+
+
+def _load_state(plain, module) -> None:
+    """`module`'s parameters and buffers (transient ones too: no state_dict holds them) copied into `plain`,
+    which must have the same names; `plain` put in `module`'s mode."""
+    ours = dict(module.named_parameters()) | dict(module.named_buffers())
+    theirs = dict(plain.named_parameters()) | dict(plain.named_buffers())
+    if list(ours) != list(theirs):
+        raise CheckFailed(f"the plain module has other tensors: {sorted(set(ours) ^ set(theirs))}")
+    with torch.no_grad():
+        for name, value in ours.items():
+            theirs[name].copy_(value)
+    plain.train(module.training)
+
+
+def _same_gradient(got, want, tol: float, message: str) -> None:
+    """Equal gradients, a missing one standing for zeros."""
+    got = torch.zeros_like(want) if got is None and want is not None else got
+    want = torch.zeros_like(got) if want is None and got is not None else want
+    if got is not None and not torch.allclose(got, want, rtol=tol, atol=tol):
+        raise CheckFailed(f"{message}: {(got - want).abs().max():.3g}")
+
+
+def _same_buffers(module, plain, tol: float, step: str) -> None:
+    """Equal buffers (by name) after a step of both modules."""
+    theirs = dict(plain.named_buffers())
+    for name, value in module.named_buffers():
+        other = theirs.get(name)
+        if other is None or value.shape != other.shape or not _same(value, other, tol):
+            raise CheckFailed(f"buffer {name} differs from the plain module's after the step ({step})")
+
+
 def _second_derivatives(run, targets: list, seed: int) -> list:
     """The gradients of `<d(outputs · seeds)/d targets, directions>` with respect to `targets` (zeros where
     a target does not reach it), the seeds and directions drawn under `seed`."""

@@ -155,9 +155,42 @@ def functional_form(case: Case, package: str) -> Callable[..., Any] | None:
     return getattr(importlib.import_module(f"{package}.{case.module}"), snake_case(case.name), None)
 
 
+# The most elements the checks build a layer and its inputs with (512 MiB in float64): a bigger example
+# fails its checks at once, rather than filling the machine's memory (gradcheck perturbs each element).
+MAX_ELEMENTS = 2**26
+
+
+def example_elements(case: Case) -> int:
+    """How many elements the case's members and required inputs hold, as far as their shapes evaluate."""
+    env = {**case.args(), **case.dims()}
+    for let in case.layer.lets:
+        try:
+            env[let.name] = evaluate(let.value, env)
+        except (NotConstant, ArithmeticError, TypeError):
+            pass
+    shapes = [t.shape for t in case.layer.tensors] + [i.shape for i in case.forward.inputs if not i.optional]
+    total = 0
+    for shape in shapes:
+        try:
+            sizes = shape_of(shape, env, case.lead())
+        except (NotConstant, ArithmeticError, TypeError, ValueError, KeyError):
+            continue
+        count = 1
+        for size in sizes:
+            count *= max(size, 0)
+        total += count
+    return total
+
+
 def build(
     case: Case, package: str, dtype: torch.dtype | None = None, device: str = "cpu", seed: int = 0
 ) -> torch.nn.Module:
+    elements = example_elements(case)
+    if elements > MAX_ELEMENTS:
+        raise CheckFailed(
+            f"the example's tensors hold {elements:,} elements (at most {MAX_ELEMENTS:,} are checked):"
+            " give example(...) smaller sizes"
+        )
     torch.manual_seed(seed)
     cls = layer_class(case, package)
     args = {
@@ -283,6 +316,79 @@ def uses_randomness(case: Case) -> bool:
     return any(isinstance(n, N.Call) and n.func == "dropout" for s in case.forward.body for n in walk(s))
 
 
+def buffer_read_where_updated(case: Case, training: bool) -> str | None:
+    """A buffer that forward, in this mode, both updates and reads (not in an update's value: that goes to a
+    buffer only) in one call, if any: the function then changes from call to call (gradcheck's calls each update it), and a
+    read after the update takes the new value with no gradient through it, by design (`update` is under
+    no_grad). Finite differences cannot agree with such a layer's gradient."""
+    buffers = {t.name for t in case.layer.tensors if t.kind == N.Ref.BUFFER}
+    env = {**case.args(), **case.dims(), "training": training}
+    found: list[str] = []
+
+    def run(body: list[N.Stmt], updated: set[str], read: set[str]) -> bool:
+        """Walk `body` on from the sets of one path; whether it returns on every path."""
+        for stmt in body:
+            if isinstance(stmt, N.Update):  # its value goes to the buffer only, not to an output
+                found.extend([stmt.target] if stmt.target in read else [])
+                updated.add(stmt.target)
+            elif isinstance(stmt, N.If):
+                sides = [stmt.body, stmt.orelse]
+                decided = _decided(stmt.cond, env)
+                if decided is not None:  # on arguments, dims and `training`: the side this case takes
+                    sides = [sides[0] if decided else sides[1]]
+                else:
+                    read_in(stmt.cond, updated, read)
+                merged: tuple[set[str], set[str]] = (set(), set())
+                open_sides = 0
+                for side in sides:
+                    u, r = set(updated), set(read)
+                    if not run(side, u, r):
+                        merged[0].update(u)
+                        merged[1].update(r)
+                        open_sides += 1
+                if open_sides == 0:
+                    return True
+                updated |= merged[0]
+                read |= merged[1]
+            elif isinstance(stmt, N.For):
+                for _ in range(2):  # a second step reads what the first updated
+                    run(stmt.body, updated, read)
+            else:
+                read_in(stmt, updated, read)
+                if isinstance(stmt, N.Return):
+                    return True
+        return False
+
+    def read_in(node: N.Node, updated: set[str], read: set[str]) -> None:
+        for n in walk(node):
+            if isinstance(n, N.Name) and n.id in buffers and n.ref == N.Ref.BUFFER:
+                found.extend([n.id] if n.id in updated else [])
+                read.add(n.id)
+
+    run(case.forward.body, set(), set())
+    return found[0] if found else None
+
+
+def _decided(cond: N.Expr, env: dict) -> bool | None:
+    """The value of an `if`'s condition from the case's arguments, dims and mode; None where it reads more
+    (an input's presence or rank)."""
+    try:
+        return bool(evaluate(cond, env))
+    except (NotConstant, ArithmeticError, TypeError):
+        return None
+
+
+def _pure(case: Case, module: torch.nn.Module) -> None:
+    """Skip a finite-difference check of a layer that reads a buffer it updates in the same call."""
+    buffer = buffer_read_where_updated(case, module.training)
+    if buffer is not None:
+        mode = "training" if module.training else "eval"
+        raise Skip(
+            f"forward reads buffer '{buffer}' in the call that updates it ({mode}): finite differences see"
+            " the update, which passes no gradient"
+        )
+
+
 # ------------------------------------------------------------------ the checks
 
 
@@ -347,6 +453,7 @@ def check_gradcheck(case: Case, package: str, device: str = "cpu") -> str:
     m = build(case, package, device=device)
     if uses_randomness(case):
         m.eval()
+    _pure(case, m)
     params = dict(m.named_parameters())
     xs = inputs(case, device=device, requires_grad=True)
     fn = _gradcheck_fn(m, list(params), xs, _log_prob_flags(case, xs))
@@ -372,6 +479,7 @@ def check_gradgradcheck(case: Case, package: str, device: str = "cpu") -> str:
         raise Skip(f"torch's backward of {once[0]}() has no derivative")
     _needs_float64(case)
     m = build(case, package, device=device)
+    _pure(case, m)
     params = dict(m.named_parameters())
     xs = inputs(case, device=device, requires_grad=True)
     fn = _gradcheck_fn(m, list(params), xs, _log_prob_flags(case, xs))
@@ -473,17 +581,20 @@ def check_repr(case: Case, package: str, device: str = "cpu") -> str:
 
 
 def check_function_matches_autograd(case: Case, package: str, device: str = "cpu") -> str:
-    """The Function's outputs and gradients equal the plain functional form's (1e-10)."""
+    """The Function's outputs and gradients equal the plain functional form's (1e-10). A layer without one
+    (subs, buffer updates) is compared with its spec's module compiled without `@function` (`plain_package`),
+    given the same parameters and buffers: outputs, every gradient, the buffers after the step, and second
+    derivatives."""
     if not case.is_function:
         raise Skip("not a @function layer")
     if case.surrogate:
         raise Skip(f"surrogate gradient: {case.surrogate}")
-    functional = functional_form(case, package)
-    if functional is None:
-        raise Skip("no functional form")
-    m = build(case, package)
-    from layerdsl.testing.function_vs_autograd import compare_with_functional
+    from layerdsl.testing.function_vs_autograd import compare_with_functional, compare_with_plain_module
 
+    functional = functional_form(case, package)
+    m = build(case, package)
+    if functional is None:
+        return compare_with_plain_module(case, m, build(case, plain_package(package)), inputs)
     return compare_with_functional(case, m, functional, inputs)
 
 
@@ -548,6 +659,11 @@ def run_check(name: str, case: Case, package: str) -> tuple[str, str]:
 # ------------------------------------------------------------------ `layerdsl test`
 
 
+# package -> the specs it was generated from and the folder it lies in, for `plain_package`
+_GENERATED: dict[str, tuple[list[str], Path]] = {}
+PLAIN = "_plain"  # the suffix of a package's plain twin
+
+
 def generate_package(paths: list[str], root: Path, package: str = "layerdsl_under_test") -> list[Case]:
     from layerdsl.driver.output import apply, plan
     from layerdsl.driver.pipeline import check, generate
@@ -556,7 +672,46 @@ def generate_package(paths: list[str], root: Path, package: str = "layerdsl_unde
     apply(plan(root / package, generate(paths)))
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    _GENERATED[package] = (paths, root)
     return cases(files, sources)
+
+
+def plain_package(package: str) -> str:
+    """The twin of `package` (generated by `generate_package`) compiled from the same specs without
+    `@function`, `@surrogate` or written backwards: plain autograd through the same modules. Generated once,
+    on first use, into `package` + "_plain" beside it."""
+    twin = package + PLAIN
+    if twin not in _GENERATED:
+        from layerdsl.driver.pipeline import find_sources, load
+
+        paths, root = _GENERATED[package]
+        specs = root / f"{package}{PLAIN}_specs"
+        sources = find_sources(paths)
+        files, problems = load(sources)
+        if problems:
+            raise CheckFailed(f"the specs no longer parse: {problems[0].render()}")
+        for src, f in zip(sources, files):
+            target = specs / src.out.with_suffix(".layer")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(without_functions(f), encoding="utf-8")
+        generate_package([str(specs)], root, twin)
+    return twin
+
+
+def without_functions(f: N.SpecFile) -> str:
+    """A spec's text with its layers' `@function` and `@surrogate` decorators and `backward` blocks blanked
+    out (spaces, the line breaks kept: every other statement stays at its line and column)."""
+    starts = [0]
+    for line in f.source.split("\n"):  # lines as the parser counts them
+        starts.append(starts[-1] + len(line) + 1)
+    text = list(f.source)
+    spans = [d.span for layer in f.layers for d in layer.decorators if d.name in ("function", "surrogate")]
+    spans += [layer.backward.span for layer in f.layers if layer.backward is not None]
+    for span in spans:
+        begin = starts[span.line - 1] + span.col - 1
+        end = min(starts[span.end_line - 1] + span.end_col - 1, len(text))
+        text[begin:end] = [c if c == "\n" else " " for c in text[begin:end]]
+    return "".join(text)
 
 
 def run_cli(paths: list[str], device: str, matrix: bool = True) -> int:
