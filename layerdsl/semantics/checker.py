@@ -887,7 +887,7 @@ class LayerChecker:
         typo = did_you_mean(name, self.program.layers)
         if typo:
             return typo
-        hint = f"if '{name}' is defined in another spec file, pass that file too, or their folder"
+        hint = f"if '{name}' is defined in another spec file, compile their folder (or pass that file too)"
         close = did_you_mean(name, [f"nn.{c}" for c in NN_LAYERS])
         return f"{hint}; or {close}" if close else hint
 

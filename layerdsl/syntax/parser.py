@@ -222,15 +222,13 @@ def bound_problems(tree: Tree, path: str, source: str) -> list[Diagnostic]:
     problems = []
     deep = _too_deep(tree)
     if deep is not None:
-        problems.append(
-            Diagnostic(
-                path,
-                deep,
-                "this expression is nested too deeply",
-                f"split it into several statements (at most {MAX_DEPTH} levels)",
-                source=source,
-            )
+        span, in_blocks = deep
+        message, hint = (
+            ("the blocks are nested too deeply here", "move the inner blocks into a layer of their own")
+            if in_blocks
+            else ("this expression is nested too deeply", "split it into several statements")
         )
+        problems.append(Diagnostic(path, span, message, f"{hint} (at most {MAX_DEPTH} levels)", source=source))
     for tok in _tokens(tree):
         limit = MAX_NUMBER_CHARS if tok.type == "NUMBER" else MAX_STRING_CHARS if tok.type == "STRING" else None
         if limit is not None and len(tok) > limit:
@@ -260,16 +258,18 @@ def _tokens(tree: Tree) -> list[Token]:
     return found
 
 
-def _too_deep(tree: Tree) -> Span | None:
-    """The expression in which the tree is nested more than MAX_DEPTH levels, found without recursion."""
-    stack = [(tree, 0, tree)]
+def _too_deep(tree: Tree) -> tuple[Span, bool] | None:
+    """Where the tree is nested more than MAX_DEPTH levels, found without recursion: the expression, or the
+    statement when the blocks around it (not the expression) make most of the depth (True)."""
+    stack = [(tree, 0, tree, 0)]
     while stack:
-        node, depth, root = stack.pop()
+        node, depth, root, root_depth = stack.pop()
         if depth > MAX_DEPTH:
-            return _span_of(root)
+            return _span_of(root), root_depth > depth - root_depth
         for child in node.children:
             if isinstance(child, Tree):
-                stack.append((child, depth + 1, child if node.data in _STRUCTURE else root))
+                structure = node.data in _STRUCTURE
+                stack.append((child, depth + 1, child if structure else root, depth + 1 if structure else root_depth))
     return None
 
 

@@ -200,3 +200,13 @@ def test_keeping_tokens_returns_the_comments_newlines():
     tree, whitespace = grammar.parse_keeping_tokens("# head\nlayer A() {  # trailing\n    forward(x) { return x }\n}\n")
     assert tree.data == "start"
     assert any("# head" in t for t in whitespace) and any("# trailing" in t for t in whitespace)
+
+
+def test_too_many_nested_blocks_are_named_as_blocks_not_as_an_expression():
+    ifs = 60
+    body = "".join(f"if n > {k} {{\n" for k in range(ifs)) + "y = y * 2\n" + "}\n" * ifs
+    text = f"layer D(n: int) {{\n forward(x: [n]) -> [n] {{\n y = x\n{body} return y\n }}\n}}\n"
+    (problem,) = parse_file("a.layer", text).problems
+    assert problem.message == "the blocks are nested too deeply here"
+    assert problem.hint.startswith("move the inner blocks into a layer of their own")
+    assert 4 <= problem.span.line < 4 + ifs  # at one of the ifs, not at the innermost statement
