@@ -363,7 +363,6 @@ class _Planner:
         segments: list[Segment] = []
         chunk: list[N.Stmt] = []
         for at, stmt in enumerate(self.forward.body):
-            rest = self.forward.body[at + 1 :]
             if isinstance(stmt, N.If) and self.conditions is not None:
                 if chunk:
                     segments.append(self.straight(chunk))
@@ -381,8 +380,8 @@ class _Planner:
                 segments += self.loop(stmt)
             elif isinstance(stmt, N.Assign) and isinstance(stmt.value, N.ListExpr) and not stmt.value.items:
                 self.lists.add(stmt.target)
-            elif isinstance(stmt, N.Append) and stmt.target in self.lists and appended_in_loop(stmt.target, rest):
-                chunk.append(self.head(stmt))  # an item before the loop's (`list_heads`)
+            elif isinstance(stmt, N.Append) and stmt.target in self.lists and stmt.target not in self.loops:
+                chunk.append(self.head(stmt))  # an item before the loop's, or of a list no loop appends to
             elif isinstance(stmt, N.Append):
                 raise NotDerivable(
                     stmt.span,
@@ -447,6 +446,9 @@ class _Planner:
             e = map_children(e, go)
             if isinstance(e, N.Call) and e.func in ("stack", "cat") and e.args:
                 listed = e.args[0]
+                if isinstance(listed, N.Name) and listed.id in self.heads and listed.id not in self.loops:
+                    # appended to outside loops only (in a loop unrolled): its items so far
+                    e.args = [_items(self.heads[listed.id], listed), *e.args[1:]]
                 if isinstance(listed, N.Name) and listed.id in self.loops:
                     dim = e.args[1] if len(e.args) > 1 else next((k.value for k in e.kwargs if k.name == "dim"), None)
                     heads = self.loops[listed.id].heads.get(listed.id, [])
@@ -816,6 +818,18 @@ def _check_derivable(plan: LoopPlan) -> None:
     for seg in plan.segments:
         for tape in seg.sides() if isinstance(seg, Choice) else [seg.tape]:
             derive(tape, [f"_g{k}" for k in range(len(tape.outputs))])
+
+
+def _items(locals_: list[str], listed: N.Name) -> N.ListExpr:
+    """The list `listed` as the locals holding its items (`[finals_head, finals_head_]`)."""
+    items: list[N.Expr] = []
+    for local in locals_:
+        item = B.name(local, listed.span)
+        item.ref, item.kind = N.Ref.LOCAL, N.Kind.TENSOR
+        items.append(item)
+    out = N.ListExpr(listed.span, items)
+    out.kind = listed.kind
+    return out
 
 
 def picked_forward(index: N.Expr, var: str) -> bool:

@@ -1,0 +1,108 @@
+"""A loop whose count is known only when forward runs (over time) inside a loop of a count written in the
+spec (over layers), under `@function`. The outer loop is unrolled (`autodiff.unroll`): each copy of its body
+makes its own list (`outputs = []` again: `outputs_1` from the second copy on, `unroll._lists_made_once`),
+and a list the copies append to outside the inner loop (an RNN's `finals`) is the list of those items where
+it is stacked (`loops._items`). Against the plain form (outputs, gradients, gradcheck and gradgradcheck in
+float64), with and without the optional start state, and a loop of no steps raising at its spec line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from layerdsl.autodiff.plan import plan_backwards
+from layerdsl.codegen.module import emit_file
+from layerdsl.semantics.checker import check_program
+from layerdsl.syntax.parser import parse_file
+
+from .function_agreement import compare_with_plain
+from .test_function_sub_lists import plain_pair
+
+TWO_LEVEL = """
+@function
+layer TwoLevel(d: int) {
+    for k in range(2) {
+        param w_l{k}: [d, d] = uniform(-0.5, 0.5)
+    }
+    example(d = 3)
+    forward(input: [T, B, d], hx: [..., d]? = none) -> [T, B, d] {
+        x = input
+        finals = []
+        for k in range(2) {
+            if hx != none {
+                h = hx[k]
+            } else {
+                h = new_zeros(x, [B, d])
+            }
+            outputs = []
+            for t in range(T) {
+                h = tanh(x[t] + h @ w_l{k})
+                outputs.append(h)
+            }
+            finals.append(h)
+            x = stack(outputs, dim = 0)
+        }
+        return x + sum(stack(finals, dim = 0), dim = 0)
+    }
+}
+"""
+
+
+def generated(text: str, stem: str) -> str:
+    spec = parse_file(f"{stem}.layer", text)
+    program = check_program([spec])
+    plans, problems = plan_backwards([spec])
+    assert not problems, problems
+    return emit_file(spec, program, f"{stem}.layer", plans)
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+@pytest.mark.parametrize("given", [False, True])
+def test_a_loop_over_time_inside_a_written_loop_over_layers_derives(steps, given):
+    a, b = plain_pair(TWO_LEVEL, "two_level", "TwoLevel", d=3)
+    x = torch.randn(steps, 2, 3, dtype=torch.float64, requires_grad=True)
+    inputs = (x, torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)) if given else (x,)
+    compare_with_plain(a, b, *inputs)
+
+
+def test_each_copy_of_the_outer_body_collects_into_a_list_of_its_own():
+    source = generated(TWO_LEVEL, "two_level")
+    assert "'outputs' got no items" in source and "'outputs_1' got no items" in source
+    assert "torch.stack([" in source  # the items appended outside the inner loops, stacked as they are
+
+
+def test_an_inner_loop_of_no_steps_raises_at_its_spec_line():
+    source = generated(TWO_LEVEL, "two_level")
+    raising = [line for line in source.splitlines() if "got no items" in line]
+    assert raising and all(line.endswith("# two_level.layer:18") for line in raising)  # `for t in range(T)`
+    ours, plain = plain_pair(TWO_LEVEL, "two_level_no_steps", "TwoLevel", d=3)
+    x = torch.randn(0, 2, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="stack expects a non-empty TensorList"):
+        plain(x)
+    with pytest.raises(RuntimeError, match=r"TwoLevel: stack\(\) of 'outputs' got no items"):
+        ours(x)
+
+
+def test_a_list_appended_after_its_loop_is_still_refused_at_the_append():
+    text = """
+@function
+layer AppendedAfter(d: int) {
+    param w: [d, d]
+    example(d = 3)
+    forward(input: [T, B, d]) -> [...] {
+        h = new_zeros(input, [B, d])
+        outputs = []
+        for t in range(T) {
+            h = tanh(input[t] + h @ w)
+            outputs.append(h)
+        }
+        outputs.append(h)
+        return stack(outputs, dim = 0)
+    }
+}
+"""
+    spec = parse_file("appended_after.layer", text)
+    check_program([spec])
+    problems = plan_backwards([spec])[1]
+    assert [(p.span.line, p.span.col) for p in problems] == [(13, 9)]
+    assert "in the loop that appends to it" in problems[0].message
