@@ -48,6 +48,36 @@ layer TwoLevel(d: int) {
 """
 
 
+# torch.nn.RNN(num_layers = 2) with its layers as a loop over a family whose first member has a shape of its
+# own (`autodiff.peel`): written out, the first layer on its own and the rest unrolled
+ELMAN_LAYERS = """
+@function
+layer ElmanLayers(input_size: int, hidden_size: int) {
+    for k in range(2) {
+        param weight_ih_l{k}: [hidden_size, input_size if k == 0 else hidden_size] = uniform(-0.5, 0.5)
+        param weight_hh_l{k}: [hidden_size, hidden_size] = uniform(-0.5, 0.5)
+        param bias_ih_l{k}: [hidden_size] = uniform(-0.5, 0.5)
+        param bias_hh_l{k}: [hidden_size] = uniform(-0.5, 0.5)
+    }
+    example(input_size = 3, hidden_size = 4)
+    forward(input: [T, B, input_size]) -> [T, B, hidden_size] {
+        x = input
+        for k in range(2) {
+            gi = x @ transpose(weight_ih_l{k}, 0, 1) + bias_ih_l{k}
+            h = new_zeros(input, [B, hidden_size])
+            outputs = []
+            for t in range(T) {
+                h = tanh(gi[t] + h @ transpose(weight_hh_l{k}, 0, 1) + bias_hh_l{k})
+                outputs.append(h)
+            }
+            x = stack(outputs, dim = 0)
+        }
+        return x
+    }
+}
+"""
+
+
 def generated(text: str, stem: str) -> str:
     spec = parse_file(f"{stem}.layer", text)
     program = check_program([spec])
@@ -63,6 +93,16 @@ def test_a_loop_over_time_inside_a_written_loop_over_layers_derives(steps, given
     x = torch.randn(steps, 2, 3, dtype=torch.float64, requires_grad=True)
     inputs = (x, torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)) if given else (x,)
     compare_with_plain(a, b, *inputs)
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_a_written_loop_over_a_family_whose_first_member_differs_holding_a_loop_over_time(steps):
+    a, b = plain_pair(ELMAN_LAYERS, "elman_layers", "ElmanLayers", input_size=3, hidden_size=4)
+    x = torch.randn(steps, 2, 3, dtype=torch.float64, requires_grad=True)
+    compare_with_plain(a, b, x)
+    rnn = torch.nn.RNN(3, 4, num_layers=2).double()
+    rnn.load_state_dict(a.state_dict())
+    torch.testing.assert_close(a(x), rnn(x)[0])
 
 
 def test_each_copy_of_the_outer_body_collects_into_a_list_of_its_own():
