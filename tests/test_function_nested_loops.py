@@ -146,3 +146,97 @@ layer AppendedAfter(d: int) {
     problems = plan_backwards([spec])[1]
     assert [(p.span.line, p.span.col) for p in problems] == [(13, 9)]
     assert "in the loop that appends to it" in problems[0].message
+
+
+# torch's RNN layer by layer: the state starts as [d] (none given) and is [..., d] after the first step, so
+# `h @ w` is [d] at step 0 and [..., d] later; one side of the `if batch_first` binds a local `output`
+SEQUENCE = """
+@function
+layer Sequence(d: int, batch_first: bool = false) {
+    param w: [d, d] = uniform(-0.5, 0.5)
+    example(d = 3)
+    forward(input: [..., d]) {
+        if batch_first {
+            x = input
+        } else {
+            x = transpose(input, 0, -2)
+        }
+        T = size_at(x, -2)
+        h = new_zeros(x, [d])
+        outputs = []
+        for t in range(T) {
+            h = tanh(x[..., t, :] + h @ w)
+            outputs.append(h)
+        }
+        y = stack(outputs, dim = -2)
+        if batch_first {
+            output = y
+        } else {
+            output = transpose(y, 0, -2)
+        }
+        return output
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_a_value_of_a_step_smaller_at_the_first_step_than_later(steps, batch_first):
+    """`h @ w` is kept per step (its size is read); its buffer, made at step 0 as [d], is made anew at step
+    1 as [B, d], step 0's value kept on its own and read there by backward."""
+    a, b = plain_pair(SEQUENCE, "sequence", "Sequence", d=3, batch_first=batch_first)
+    x = torch.randn(*((2, steps, 3) if batch_first else (steps, 2, 3)), dtype=torch.float64, requires_grad=True)
+    compare_with_plain(a, b, x)
+
+
+def test_setup_context_names_its_output_alike_on_every_side():
+    source = generated(SEQUENCE, "sequence")
+    assert "def setup_context(ctx, inputs, output_) -> None:" in source
+    assert " = output\n" not in source  # no side unpacks another name than the parameter's
+
+
+# an LSTM's optional state is a tuple (`hx: (h0, c0)? = none`): its test is `hx_0 != none and hx_1 != none`
+# (`autodiff.inputs`), an `if` on configuration values before the loop
+CELL = """
+@function
+layer Cell(d: int) {
+    param w: [d, 2 * d] = uniform(-0.5, 0.5)
+    example(d = 3)
+    forward(input: [T, B, d], hx: ([B, d], [B, d])? = none) -> [T, B, d] {
+        if hx != none {
+            h, c = hx
+        } else {
+            h = new_zeros(input, [B, d])
+            c = new_zeros(input, [B, d])
+        }
+        outputs = []
+        for t in range(T) {
+            gates = sigmoid(input[t] @ w + h @ w)
+            c = gates[:, 0:d] * c + tanh(input[t])
+            h = gates[:, d:] * tanh(c)
+            outputs.append(h)
+        }
+        return stack(outputs, dim = 0)
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_a_tuple_state_tested_before_the_loop(given):
+    a, b = plain_pair(CELL, "cell", "Cell", d=3)
+    x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
+    state = tuple(torch.randn(2, 3, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    if not given:
+        compare_with_plain(a, b, x)
+        return
+    torch.testing.assert_close(a(x, state), b(x, state))
+    names = [n for n, _ in a.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in a.parameters()]
+
+    def run(x, h0, c0, *tensors):
+        return torch.func.functional_call(a, dict(zip(names, tensors)), (x, (h0, c0)))
+
+    assert torch.autograd.gradcheck(run, (x, *state, *params))
+    assert torch.autograd.gradgradcheck(run, (x, *state, *params))

@@ -134,6 +134,8 @@ def on_arguments(cond: N.Expr, optional: frozenset[str] = frozenset()) -> bool:
     tested = presence(cond)
     if tested is not None:
         return tested[0] in optional
+    if isinstance(cond, N.BoolOp):  # a tuple input's test: `hx_0 != none and hx_1 != none` (`autodiff.inputs`)
+        return on_arguments(cond.left, optional) and on_arguments(cond.right, optional)
     return all(n.ref in (N.Ref.ARG, N.Ref.LET, N.Ref.TRAINING) for n in walk(cond) if isinstance(n, N.Name))
 
 
