@@ -240,3 +240,28 @@ def test_a_tuple_state_tested_before_the_loop(given):
 
     assert torch.autograd.gradcheck(run, (x, *state, *params))
     assert torch.autograd.gradgradcheck(run, (x, *state, *params))
+
+
+def test_a_list_appended_outside_loops_and_indexed_is_refused_at_the_read():
+    text = """
+@function
+layer Indexed(d: int) {
+    param w: [d, d]
+    example(d = 3)
+    forward(input: [T, B, d]) -> [B, d] {
+        h = new_zeros(input, [B, d])
+        finals = []
+        for t in range(T) {
+            h = tanh(input[t] + h @ w)
+        }
+        finals.append(h)
+        finals.append(h * 2)
+        return finals[1]
+    }
+}
+"""
+    spec = parse_file("indexed.layer", text)
+    check_program([spec])
+    problems = plan_backwards([spec])[1]
+    assert [(p.span.line, p.span.col) for p in problems] == [(14, 16)]
+    assert "reads the list 'finals' by stack() or cat() only" in problems[0].message

@@ -430,6 +430,12 @@ class _Planner:
                     " runs appends to as a whole: stack() or cat() it",
                     f"stack({n.id}, dim = ...) and index that",
                 )
+            if isinstance(n, N.Name) and n.id in self.heads:  # appended to outside loops (in a loop unrolled)
+                raise NotDerivable(
+                    n.span,
+                    f"a derived backward through loops reads the list '{n.id}' by stack() or cat() only",
+                    f"stack({n.id}, dim = ...) and index that",
+                )
         lin = self.linearizer(stmts, dict(self.alias))
         tape = lin.run()
         self.optional_unread(tape, self.optional)
