@@ -99,6 +99,35 @@ layer Elman2(input_size: int, hidden_size: int) {
 }
 """
 
+# torch.nn.RNN(num_layers = 2) as a loop over the layers (a family whose first member has a shape of its own)
+# holding the loop over time: the loop over layers is unrolled (its count is written), the one over time kept.
+ELMAN_LAYERS = """
+@function
+layer ElmanLayers(input_size: int, hidden_size: int) {
+    for k in range(2) {
+        param weight_ih_l{k}: [hidden_size, input_size if k == 0 else hidden_size]
+        param weight_hh_l{k}: [hidden_size, hidden_size]
+        param bias_ih_l{k}: [hidden_size]
+        param bias_hh_l{k}: [hidden_size]
+    }
+    example(input_size = 3, hidden_size = 4)
+    forward(input: [T, B, input_size]) -> [T, B, hidden_size] {
+        x = input
+        for k in range(2) {
+            gi = x @ transpose(weight_ih_l{k}, 0, 1) + bias_ih_l{k}
+            h = new_zeros(input, [B, hidden_size])
+            outputs = []
+            for t in range(T) {
+                h = tanh(gi[t] + h @ transpose(weight_hh_l{k}, 0, 1) + bias_hh_l{k})
+                outputs.append(h)
+            }
+            x = stack(outputs, dim = 0)
+        }
+        return x
+    }
+}
+"""
+
 # torch.nn.RNN(bidirectional = True) written out: the reverse direction reads `gi[T - 1 - s]` (one slice of
 # the gradient per step) and its states are put back in order (a flip of their stack, `autodiff/list_order`).
 BIELMAN = """
@@ -230,6 +259,16 @@ def cases():
     params2 = list(ours2.parameters())
     yield f"2-layer Elman RNN T={t} B={b} {n}->{h}", {
         "loop Function": step(lambda: ours2(x2), x2, *params2),
+        "plain autograd": step(lambda: elman2["elman2"](x2, *params2, hidden_size=h), x2, *params2),
+        "torch.nn.RNN": step(lambda: rnn2(x2)[0], x2, *rnn2.parameters()),
+    }
+    layers = compiled(ELMAN_LAYERS, "elman_layers")
+    torch.manual_seed(0)
+    ours_layers = layers["ElmanLayers"](n, h)
+    ours_layers.load_state_dict(ours2.state_dict())
+    yield f"2-layer Elman RNN, a loop over the layers T={t} B={b} {n}->{h}", {
+        "loop Function": step(lambda: ours_layers(x2), x2, *ours_layers.parameters()),
+        "written out": step(lambda: ours2(x2), x2, *params2),
         "plain autograd": step(lambda: elman2["elman2"](x2, *params2, hidden_size=h), x2, *params2),
         "torch.nn.RNN": step(lambda: rnn2(x2)[0], x2, *rnn2.parameters()),
     }

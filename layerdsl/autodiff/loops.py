@@ -133,6 +133,8 @@ def on_arguments(cond: N.Expr, optional: frozenset[str] = frozenset()) -> bool:
     tested = presence(cond)
     if tested is not None:
         return tested[0] in optional
+    if isinstance(cond, N.BoolOp):  # a tuple input's test: `hx_0 != none and hx_1 != none` (`autodiff.inputs`)
+        return on_arguments(cond.left, optional) and on_arguments(cond.right, optional)
     return all(n.ref in (N.Ref.ARG, N.Ref.LET, N.Ref.TRAINING) for n in walk(cond) if isinstance(n, N.Name))
 
 
@@ -315,7 +317,6 @@ class _Planner:
         segments: list[Segment] = []
         chunk: list[N.Stmt] = []
         for at, stmt in enumerate(self.forward.body):
-            rest = self.forward.body[at + 1 :]
             if isinstance(stmt, N.If) and self.conditions is not None:
                 if chunk:
                     segments.append(self.straight(chunk))
@@ -333,8 +334,8 @@ class _Planner:
                 segments += self.loop(stmt)
             elif isinstance(stmt, N.Assign) and isinstance(stmt.value, N.ListExpr) and not stmt.value.items:
                 self.lists.add(stmt.target)
-            elif isinstance(stmt, N.Append) and stmt.target in self.lists and appended_in_loop(stmt.target, rest):
-                chunk.append(self.head(stmt))  # an item before the loop's (`list_heads`)
+            elif isinstance(stmt, N.Append) and stmt.target in self.lists and stmt.target not in self.loops:
+                chunk.append(self.head(stmt))  # an item before the loop's, or of a list no loop appends to
             elif isinstance(stmt, N.Append):
                 raise NotDerivable(
                     stmt.span,
@@ -381,6 +382,12 @@ class _Planner:
                     " runs appends to as a whole: stack() or cat() it",
                     f"stack({n.id}, dim = ...) and index that",
                 )
+            if isinstance(n, N.Name) and n.id in self.heads:  # appended to outside loops (in a loop unrolled)
+                raise NotDerivable(
+                    n.span,
+                    f"a derived backward through loops reads the list '{n.id}' by stack() or cat() only",
+                    f"stack({n.id}, dim = ...) and index that",
+                )
         lin = self.linearizer(stmts, dict(self.alias))
         tape = lin.run()
         self.optional_unread(tape, self.optional)
@@ -399,6 +406,9 @@ class _Planner:
             e = map_children(e, go)
             if isinstance(e, N.Call) and e.func in ("stack", "cat") and e.args:
                 listed = e.args[0]
+                if isinstance(listed, N.Name) and listed.id in self.heads and listed.id not in self.loops:
+                    # appended to outside loops only (in a loop unrolled): its items so far
+                    e.args = [_items(self.heads[listed.id], listed), *e.args[1:]]
                 if isinstance(listed, N.Name) and listed.id in self.loops:
                     dim = e.args[1] if len(e.args) > 1 else next((k.value for k in e.kwargs if k.name == "dim"), None)
                     heads = self.loops[listed.id].heads.get(listed.id, [])
@@ -768,6 +778,18 @@ def _check_derivable(plan: LoopPlan) -> None:
     for seg in plan.segments:
         for tape in seg.sides() if isinstance(seg, Choice) else [seg.tape]:
             derive(tape, [f"_g{k}" for k in range(len(tape.outputs))])
+
+
+def _items(locals_: list[str], listed: N.Name) -> N.ListExpr:
+    """The list `listed` as the locals holding its items (`[finals_head, finals_head_]`)."""
+    items: list[N.Expr] = []
+    for local in locals_:
+        item = B.name(local, listed.span)
+        item.ref, item.kind = N.Ref.LOCAL, N.Kind.TENSOR
+        items.append(item)
+    out = N.ListExpr(listed.span, items)
+    out.kind = listed.kind
+    return out
 
 
 def picked_forward(index: N.Expr, var: str) -> bool:

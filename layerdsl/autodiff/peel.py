@@ -21,11 +21,13 @@ from typing import cast
 
 from layerdsl.autodiff.loops import walk_stmts
 from layerdsl.autodiff.tape import NotDerivable, refusal
+from layerdsl.autodiff.unroll import MAX_UNROLLED
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import clone, map_children, walk
 from layerdsl.language.naming import fresh_name
+from layerdsl.semantics.evaluate import NotConstant, evaluate
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ def _split_loop(loop: N.For, firsts: dict[str, N.Tensor], rests: dict[str, N.Ten
         )
     count = it.args[0]
     var = loop.var
-    problems = _not_split_yet(loop.body)
+    problems = [] if _unrolled_later(count) else _not_split_yet(loop.body)
     if problems:
         raise refusal(problems)
 
@@ -202,6 +204,15 @@ def _not_split_yet(body: list[N.Stmt]) -> list[NotDerivable]:
         for s in walk_stmts(body)
         if isinstance(s, N.For) and not all(isinstance(a, N.Num) for a in getattr(s.iter, "args", [None]))
     ]
+
+
+def _unrolled_later(count: N.Expr) -> bool:
+    """Whether the loop over `range(count)` is unrolled (`unroll`: a count written in the spec, short enough),
+    its copies and the loops in them segments of their own: a loop inside it is no loop nested in a loop."""
+    try:
+        return 0 <= int(evaluate(count, {})) <= MAX_UNROLLED
+    except (NotConstant, TypeError, ValueError):
+        return False
 
 
 def _plus_one(index: N.Name) -> N.Expr:

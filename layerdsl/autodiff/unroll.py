@@ -28,6 +28,7 @@ from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import clone, map_children, statements, walk
+from layerdsl.language.naming import fresh_name
 from layerdsl.semantics.evaluate import NotConstant, evaluate
 
 MAX_UNROLLED = 64  # copies of one loop's body: a longer loop would write a forward too long to read
@@ -59,7 +60,7 @@ def _ready(layer: N.Layer) -> tuple[list[N.Stmt], set[N.Span], Measured]:
     """The forward's body with its static loops unrolled and the sizes of locals followed back to inputs
     and members; the sizes left to the sides of an `if`; every size measured, named."""
     assert layer.forward is not None
-    body = _unrolled(layer.forward.body, {}, layer)
+    body = _lists_made_once(_unrolled(layer.forward.body, {}, layer))
     body, pending = resolved_local_sizes(body, layer)
     return body, pending, _measured(layer, body)
 
@@ -89,6 +90,47 @@ def _unrolled(body: list[N.Stmt], known: dict[str, int], layer: N.Layer) -> list
         else:
             out.append(stmt)
     return out
+
+
+def _lists_made_once(body: list[N.Stmt]) -> list[N.Stmt]:
+    """`body` with each list made empty again (`outputs = []` in a loop's body, unrolled: once per copy) a
+    list of its own from there on (`outputs_1`, `outputs_2`, ...): a derived backward collects each list in
+    one loop."""
+    made = [s.target for s in body if isinstance(s, N.Assign) and _empty_list(s.value)]
+    again = {name for name in made if made.count(name) > 1}
+    if not again:
+        return body
+    taken = {n.id for s in body for n in walk(s) if isinstance(n, N.Name)}
+    taken |= {s.target for s in statements(body) if isinstance(s, (N.Assign, N.Append))}
+    current: dict[str, str] = {}
+    makings: dict[str, int] = {}
+    out: list[N.Stmt] = []
+    for stmt in body:
+        if isinstance(stmt, N.Assign) and _empty_list(stmt.value) and stmt.target in again:
+            makings[stmt.target] = makings.get(stmt.target, -1) + 1
+            count = makings[stmt.target]
+            current[stmt.target] = fresh_name(f"{stmt.target}_{count}", taken) if count else stmt.target
+            taken.add(current[stmt.target])
+        out.append(_lists_renamed(stmt, current) if current else stmt)
+    return out
+
+
+def _empty_list(e: N.Expr) -> bool:
+    return isinstance(e, N.ListExpr) and not e.items
+
+
+def _lists_renamed(stmt: N.Stmt, names: dict[str, str]) -> N.Stmt:
+    """A copy of `stmt` with the lists of `names` read and made under their names there."""
+
+    def renamed(e):
+        e = map_children(e, renamed)
+        if isinstance(e, N.Name) and e.id in names:
+            e.id = names[e.id]
+        elif isinstance(e, (N.Assign, N.Append)) and e.target in names:
+            e.target = names[e.target]
+        return e
+
+    return renamed(clone(stmt))
 
 
 def _trip_values(loop: N.For, layer: N.Layer) -> range | None:

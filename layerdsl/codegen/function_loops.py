@@ -20,6 +20,7 @@ import dataclasses
 from layerdsl.autodiff.loops import UNBOUND, Choice, Loop, LoopPlan, Straight, presence, segment_steps
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, dtype_tested
 from layerdsl.autodiff.reverse import Backward, derive
+from layerdsl.autodiff.shapes import step_shape
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen.function import VIEWS, FunctionEmitter, returning_second_results, with_second_results
 from layerdsl.codegen.function_branches import chosen_lines
@@ -61,6 +62,7 @@ def emit_branching_loop_function(emitter, plan: BranchPlan) -> dict:
     returned = list(dict.fromkeys(x for side in sides for x in LoopFunction(emitter, side).emit()["extra"]))
     shared: dict[tuple, str] = {}
     functions = [LoopFunction(emitter, side, returned, shared) for side in sides]
+    _same_parameter_names(functions)
     pieces = [f.emit() for f in functions]
     fn = dict(pieces[0])
     n_out = {p["n_outputs"] for p in pieces}
@@ -71,13 +73,20 @@ def emit_branching_loop_function(emitter, plan: BranchPlan) -> dict:
     forward_cond = head.helper.branch_condition("forward")
     on_ctx = head.helper.branch_condition("backward")
     # `b != none` of an optional member (`autodiff.loops.member_choice`) or input: what forward found, on ctx
-    given = {m: head.names.ctx_value(f"{m}_given") for c in _conditions(plan) if (m := _presence_of(c))}
+    given = {
+        m: head.names.ctx_value(f"{m}_given")
+        for c in _conditions(plan)
+        for term in _presence_terms(c)
+        if (m := _presence_of(term))
+    }
     fn["forward_params"] = [  # a member or input some side goes without is None there
         f"{p.split(':')[0]}: Tensor | None" if p.split(":")[0] in given else p for p in fn["forward_params"]
     ]
 
     def backward_cond(c: N.Expr) -> str:
         tested = presence(c)
+        if isinstance(c, N.BoolOp) and len(terms := _presence_terms(c)) > 1:  # a tuple input's
+            return f" {c.op} ".join(backward_cond(t) for t in terms)
         if tested is None:
             return on_ctx(c)
         return given[tested[0]] if tested[1] else f"not {given[tested[0]]}"
@@ -95,6 +104,18 @@ def emit_branching_loop_function(emitter, plan: BranchPlan) -> dict:
     return fn
 
 
+def _same_parameter_names(functions: list[LoopFunction]) -> None:
+    """`setup_context`'s `inputs` and `output` named alike in every side (one side's local may be `output`):
+    each the first of `output`, `output_`, ... that no side's names take otherwise."""
+    for field in ("inputs", "output"):
+        name = field
+        while any(name in f.names.taken and name != getattr(f.names, field) for f in functions):
+            name += "_"
+        for f in functions:
+            f.names.taken.add(name)
+            setattr(f.names, field, name)
+
+
 def _conditions(plan) -> list[N.Expr]:
     if not isinstance(plan, BranchPlan):
         return []
@@ -105,6 +126,17 @@ def _presence_of(cond: N.Expr) -> str | None:
     """The member or input `m` of a condition `m != none` or `m == none` (None for one on arguments)."""
     tested = presence(cond)
     return tested[0] if tested else None
+
+
+def _presence_terms(cond: N.Expr) -> list[N.Expr]:
+    """The presence tests `cond` joins with one operator (`hx_0 != none and hx_1 != none`: a tuple input's,
+    `autodiff.inputs`); `[cond]` for another condition."""
+    if not isinstance(cond, N.BoolOp):
+        return [cond]
+    terms: list[N.Expr] = []
+    for side in (cond.left, cond.right):
+        terms += _presence_terms(side) if isinstance(side, N.BoolOp) and side.op == cond.op else [side]
+    return terms if all(_presence_of(t) for t in terms) else [cond]
 
 
 def _chosen(plan, sides, cond) -> list[str]:
@@ -176,6 +208,7 @@ class LoopFunction:
         """A name this Function introduces: the same for the same hint (and key) in every writing."""
         which = (hint, *key)
         if which not in self.own:
+            self.names.taken |= set(self.own.values())  # another side's (a side's step count: `n_steps`)
             self.own[which] = self.names.local(hint)
         return self.own[which]
 
@@ -247,7 +280,8 @@ class LoopFunction:
                 out += [m for m in seg.merged if m in once]
             else:
                 k = self.loops.index(seg)
-                out += [self.stacked(v) for v in self.per_step_order(seg, per_step.get(k, set()))]
+                order = self.per_step_order(seg, per_step.get(k, set()))
+                out += [self.stacked(v) for v in order] + [self.first(v) for v in self.widenable(seg, order)]
                 out += [c for c in seg.carried if c in once]
                 out += [j.name for j in seg.joins if j.name in once]
         return out
@@ -294,6 +328,36 @@ class LoopFunction:
 
     def stacked(self, var: str) -> str:
         return self.name(f"{var}_steps")
+
+    def first(self, var: str) -> str:
+        """Step 0's value of `var` where it came out smaller than at the later steps (`widenable`)."""
+        return self.name(f"{var}_first")
+
+    def widenable(self, loop: Loop, values) -> list[str]:
+        """The values kept per step (of `values`) that may come out smaller at step 0 than later: in a loop
+        whose carried value starts smaller than the steps make it (`h @ w` of an `h` that starts as [d] and
+        is [B, d] after the first step, `first_broadcast`), any but the carried ones (whose buffer takes the
+        broadcast shape) and a kernel's second results. Its buffer is made anew at step 1, step 0's value kept
+        on its own (`first`)."""
+        smaller = self.smaller_at_first_step(loop)
+        return [v for v in values if v in smaller]
+
+    def smaller_at_first_step(self, loop: Loop) -> set[str]:
+        """The body's values whose shape may differ between a step where the carried values have their
+        starts' shapes and one where they have the shapes the steps make (a kernel's second results aside):
+        their shapes by the plan, with the carried values' starts' shapes, and again with the later ones."""
+        starts = [c for c in loop.carried if self.first_broadcast(loop, c) is not None]
+        if not starts:
+            return set()
+        later = dict(self.plan.shapes)
+        later.update({c: self.plan.shapes.get(loop.updates[c]) for c in starts})
+        for s in [*loop.picks.values(), *loop.tape.steps]:
+            later[s.var] = step_shape(s, later)
+        return {
+            s.var
+            for s in loop.tape.steps
+            if not _kept(s) and (later[s.var] is None or later[s.var] != self.plan.shapes.get(s.var))
+        }
 
     def grad_out(self, var: str) -> str:
         return self.name(f"grad_{var}_out")
@@ -393,7 +457,8 @@ class LoopFunction:
             count = self.name("n_steps", key=(id(loop),))
             # read only once a step has run: a lone bound is then the count itself (`range(n)`: n)
             steps = ex(loop.bounds[0]) if _BackwardWriter._plain_range(loop) else f"len({trip})"
-            lines += [f"{count} = {steps}", " = ".join(self.stacked(v) for v in kept) + " = None"]
+            firsts = [self.first(v) for v in self.widenable(loop, kept)]
+            lines += [f"{count} = {steps}", " = ".join([*map(self.stacked, kept), *firsts]) + " = None"]
         body = [f"{n} = {ex(e)}" for n, e in loop.numbers]
         body += self.steps(Tape(list(loop.picks.values()), [], [], set()), ex)
         body += self.steps(loop.tape, ex)
@@ -401,6 +466,7 @@ class LoopFunction:
         if kept:  # a carried value still holds the step's first value here (it moves last)
             body.append(f"if {index} == 0:")
             body += [f"    {self.stacked(v)} = {v}.new_empty(({count}, *{self.step_shape(loop, v)}))" for v in kept]
+            body += self.widened(loop, kept, index, count)
             body += [f"{self.stacked(v)}[{index}] = {v}" for v in kept]
         body += [
             f"{name}.append({ex(item)})"
@@ -423,6 +489,19 @@ class LoopFunction:
             else:
                 lines.append(f"{j.name} = torch.{j.func}({j.items}, dim={ex(j.dim)})")
         return lines
+
+    def widened(self, loop: Loop, kept: list[str], index: str, count: str) -> list[str]:
+        """At step 1, the buffer of each value that came out smaller at step 0 made anew at its later shape,
+        step 0's value kept on its own (backward reads it there)."""
+        lines = []
+        for v in self.widenable(loop, kept):
+            buffer = self.stacked(v)
+            lines += [
+                f"    if {v}.shape != {buffer}.shape[1:]:",
+                f"        {self.first(v)} = {buffer}[0].clone()",
+                f"        {buffer} = {v}.new_empty(({count}, *{v}.shape))",
+            ]
+        return [f"elif {index} == 1:  # a start smaller than the steps make it", *lines] if lines else []
 
     def no_steps_check(self, loop: Loop, buffer: str, items: str) -> list[str]:
         """A loop of no steps made no buffer: `stack` of its list raises, as torch's does on an empty list, at
@@ -535,6 +614,9 @@ class LoopFunction:
         given = [self.grad_out(x) for x in extra]
         # unused extra outputs' gradients are None (not materialised): zeros where another is given
         stacks = {self.stacked(v) for k, loop in enumerate(self.loops) for v in per_step.get(k, set())}
+        stacks |= {
+            self.first(v) for k, loop in enumerate(self.loops) for v in self.widenable(loop, per_step.get(k, ()))
+        }
         stacks |= {s.var for seg in self.plan.segments if isinstance(seg, Choice) for s in segment_steps(seg)}
         stacks |= _maybe_unbound(self.plan)
         zeros = [  # a stack is None after a loop of no steps (whose backward runs no step)
@@ -859,6 +941,11 @@ class _BackwardWriter:
                 start = self.ex(B.name(loop.carried[v]))
                 slot = f"{slot} if {step_index} > 0 else {start}"
                 given = f"{given} if {step_index} > 0 else {given}.sum_to_size({start}.shape)"
+            if v in self.fn.widenable(loop, kept):  # step 0's on its own, when it came out smaller
+                first = self.fn.first(v)
+                at_first = f"{step_index} == 0 and {first} is not None"
+                slot = f"{first} if {at_first} else {slot}"
+                given = f"{self.fn.grad_out(first)} if {at_first} else {given}"
             body.append(f"{per_step_names.get(v, v)} = {slot}")
             if v in self.plan.requires and self.mode != "main":
                 extra_grads[v] = self.fn.name(f"grad_{v}_step")
