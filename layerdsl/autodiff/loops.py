@@ -378,8 +378,8 @@ class _Planner:
             if isinstance(n, N.Name) and n.id in self.loops:
                 raise NotDerivable(
                     n.span,
-                    f"a derived backward reads the list '{n.id}' a loop whose count is known only when forward"
-                    " runs appends to as a whole: stack() or cat() it",
+                    f"a derived backward reads the list '{n.id}', which a loop whose count is known only when"
+                    " forward runs appends to, through stack() or cat() only",
                     f"stack({n.id}, dim = ...) and index that",
                 )
             if isinstance(n, N.Name) and n.id in self.heads:  # appended to outside loops (in a loop unrolled)
@@ -559,7 +559,7 @@ class _Planner:
                     s.span,
                     "cannot derive through this `if` yet: it is in the body of a loop whose count is known only"
                     f" when forward runs{why}",
-                    "choose with where(cond, a, b), or put the `if` around the loop",
+                    _if_in_loop_hint(s.cond, stmt),
                 )
             if isinstance(s, N.Append) and s.target not in self.lists:
                 raise NotDerivable(
@@ -837,3 +837,13 @@ def _joined_shape(join: Join, loop: Loop, shapes: dict[str, Shape]) -> Shape:
 def _count_dim(bounds: list[N.Expr]) -> str | None:
     """The dim a loop over `range(count)` makes of its steps, as shapes write it; None for another range."""
     return dim_text(bounds[0]) if len(bounds) == 1 else None
+
+
+def _if_in_loop_hint(cond: N.Expr, loop: N.For) -> str:
+    """Where the `if` tests the loop's index (`t > 0`), the first step written before the loop is the way out."""
+    if loop.var in {n.id for n in walk(cond) if isinstance(n, N.Name)}:
+        return (
+            "write the steps the `if` singles out before the loop and run the loop over the rest"
+            f" (`for {loop.var} in range(1, ...)`), or choose with where(cond, a, b)"
+        )
+    return "choose with where(cond, a, b), or put the `if` around the loop"

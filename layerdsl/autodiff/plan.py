@@ -487,8 +487,9 @@ def _branch_plan(
             if not decided and _keeps_a_loop(planned) and not on_arguments(cond, _optional_inputs(layer)):
                 raise NotDerivable(
                     stmt.span,
-                    "a derived backward goes through a loop whose count is known only when forward runs in a"
-                    " forward without `if`s on configuration values (not derived yet)",
+                    "a derived backward through a loop whose count is known only when forward runs is written"
+                    " only where the `if`s around it test arguments, flags or optional members, not tensors'"
+                    " sizes or values (not derived yet)",
                     "drop @function (autograd derives the loop)",
                 )
             sides.append(planned)
