@@ -16,6 +16,7 @@ the side its condition picks, in forward and again in backward.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from layerdsl.autodiff.loops import UNBOUND, Choice, Loop, LoopPlan, Straight, presence, segment_steps
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, dtype_tested
@@ -30,6 +31,7 @@ from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import and_terms
 from layerdsl.ir.visit import map_children, walk
+from layerdsl.language.ops import shape_args
 from layerdsl.language.tables import python_type
 from layerdsl.optimize import Stmt
 
@@ -122,6 +124,7 @@ class _Reads:
     """What one writing of the backward reads of the forward."""
 
     once: set[str] = dataclasses.field(default_factory=set)  # values read as they are after forward
+    shapes: set[str] = dataclasses.field(default_factory=set)  # values (after forward) read for their shape
     per_step: dict[int, set[str]] = dataclasses.field(default_factory=dict)  # loop index -> body values
 
 
@@ -148,10 +151,12 @@ class LoopFunction:
             if isinstance(seg, Loop):
                 self.names.taken |= {seg.var, *seg.appended, *(n for n, _ in seg.numbers)}
         self.loops = [seg for seg in plan.segments if isinstance(seg, Loop)]
+        self.helper.mask_when_dropping = not self.loops  # no mask kept per step (a stack takes no None)
         self.own: dict[tuple, str] = {} if shared is None else shared  # names it introduces, by what they hold
         self.outputs = {o.id for o in plan.outputs if isinstance(o, N.Name)}
         self.backward_dims: set[str] = set()
         self.sources = _gradient_sources(plan)
+        self.shape_only: set[str] = set()  # values backward reads only the shape of: their shape kept on ctx
         # `if m != none` of an optional input, an `if` of its own: backward tests m's shape, kept on ctx
         tested = [presence(t) for seg in plan.segments if isinstance(seg, Choice) for t in and_terms(seg.cond)]
         self.presence_tested = list(dict.fromkeys(t[0] for t in tested if t is not None))
@@ -187,7 +192,7 @@ class LoopFunction:
         per_step: dict[int, set[str]] = {}
         for _ in range(MAX_ROUNDS):
             body, reads = self.backward(once, per_step)
-            grown = reads.once - set(self.plan.leaves) - self.outputs
+            grown = (reads.once | reads.shapes) - set(self.plan.leaves) - self.outputs
             new_steps = {k: v | per_step.get(k, set()) for k, v in reads.per_step.items()}
             if grown <= once and all(new_steps[k] <= per_step.get(k, set()) for k in new_steps):
                 break
@@ -195,6 +200,7 @@ class LoopFunction:
             per_step = new_steps
         else:  # not settled in MAX_ROUNDS: written once more with everything read so far
             body, reads = self.backward(once, per_step)
+        body, reads = self.shapes_kept(body, reads, once, per_step)
         extra = self.extra_outputs(once, per_step)
         returned = extra if self.returned is None else self.returned
         saved_leaves = [l for l in self.plan.leaves if l in reads.once]
@@ -225,6 +231,27 @@ class LoopFunction:
             "updates": [],  # a loop layer updates no buffer (`autodiff.loops` refuses one)
             "probes": (self.names.local("transforms_active"), self.names.local("compiling")),
         }
+
+    def shapes_kept(
+        self, body: list[str], reads: _Reads, once: set[str], per_step: dict[int, set[str]]
+    ) -> tuple[list[str], _Reads]:
+        """The backward written again with the values it reads only the shape of (`reshape(g, q.shape)`)
+        spelled as their shape on ctx: such a value is returned (for setup_context to take its shape) but
+        not saved (its gradient, as an extra output's, is unchanged). One that the written code still spells
+        itself stays saved."""
+        candidates = (reads.shapes - reads.once) & once
+        if not candidates:
+            return body, reads
+        self.shape_only = candidates
+        self.helper.shape_on_ctx = {v: set() for v in candidates}
+        body, reads = self.backward(once, per_step)
+        text = "\n".join(body)
+        spelled = {v for v in candidates if re.search(rf"(?<![.\w]){re.escape(v)}\b", text)}
+        if spelled:
+            self.shape_only = candidates - spelled
+            self.helper.shape_on_ctx = {v: set() for v in self.shape_only}
+            body, reads = self.backward(once, per_step)
+        return body, reads
 
     def _tensor_type(self, leaf: str) -> str:
         assert self.layer.forward is not None
@@ -485,6 +512,16 @@ class LoopFunction:
                 if leaf in self.presence_tested
                 else f"{self.dtype_field(leaf)} = {test}"
             )
+        lines += [
+            (
+                f"{self.names.ctx_shape(v)} = {v}.shape"
+                if v in self.always_bound()
+                else f"{self.names.ctx_shape(v)} = None if {v} is None else {v}.shape"
+            )
+            for v in own_extra
+            if v in self.shape_only
+        ]
+        own_extra = [v for v in own_extra if v not in self.shape_only]
         tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + own_extra
         # no gradient of their own: ATen differentiates through them (one call: torch keeps the last call's)
         groups = [
@@ -506,6 +543,13 @@ class LoopFunction:
         if tensors:
             lines.append(f"ctx.save_for_backward({', '.join(tensors)})")
         return lines
+
+    def plan_steps(self) -> list[Step]:
+        return [s for seg in self.plan.segments for s in segment_steps(seg)]
+
+    def always_bound(self) -> set[str]:
+        """The values forward always computes (of straight segments): never None."""
+        return {s.var for seg in self.plan.segments if isinstance(seg, Straight) for s in seg.tape.steps}
 
     # ---------------------------------------------------------------- backward
 
@@ -538,8 +582,17 @@ class LoopFunction:
         stacks = {self.stacked(v) for k, loop in enumerate(self.loops) for v in per_step.get(k, set())}
         stacks |= {s.var for seg in self.plan.segments if isinstance(seg, Choice) for s in segment_steps(seg)}
         stacks |= _maybe_unbound(self.plan)
-        zeros = [  # a stack is None after a loop of no steps (whose backward runs no step)
-            f"{g} = torch.zeros_like({x}) if {g} is None {'and ' + x + ' is not None ' if x in stacks else ''}else {g}"
+        stacks |= {s.var for s in self.plan_steps() if s.op is not None and s.op.name == "dropout_mask"}
+        any_given = self.name("given")  # the zeros of a value kept as its shape: of a given gradient's dtype
+        zeros = [f"{any_given} = next(g for g in ({', '.join(given)},) if g is not None)"] if self.shape_only else []
+        zeros += [  # a stack is None after a loop of no steps (whose backward runs no step)
+            (
+                f"{g} = {any_given}.new_zeros({self.names.ctx_shape(x)}) if {g} is None "
+                + (f"and {self.names.ctx_shape(x)} is not None " if x in stacks else "")
+                if x in self.shape_only
+                else f"{g} = torch.zeros_like({x}) if {g} is None " + (f"and {x} is not None " if x in stacks else "")
+            )
+            + f"else {g}"
             for g, x in zip(given, extra)
         ]
         reset = sorted(rare.maybe_none - set(main.leaf_grads()))
@@ -587,6 +640,7 @@ class _BackwardWriter:
             if s.op is not None and s.op.shape in VIEWS and _operands(s) <= leaves
         }
         self.recomputed: set[str] = set()
+        self.kept_whole = leaves | fn.outputs | set(self.views)  # read as themselves even for a shape
         # Views of inputs, parameters and picked slices in the loop being written (`transpose(w_l[k], 0, 1)`):
         # recomputed at each step of backward, not kept per step
         self.step_views: dict[str, Step] = {}
@@ -645,7 +699,7 @@ class _BackwardWriter:
         leaves = [l for l in self.plan.leaves if l in once]
         outputs = [o.id for o in self.plan.outputs if isinstance(o, N.Name) and o.id in once]
         extra = self.fn.extra_outputs(self.once, self.per_step)
-        return leaves + outputs + extra
+        return leaves + outputs + [x for x in extra if x not in self.fn.shape_only]
 
     # ---------------------------------------------------------------- gradients
 
@@ -705,8 +759,22 @@ class _BackwardWriter:
         return lines, {leaf: renamed.get(g, g) for leaf, g in bwd.leaf_grads.items()}
 
     def read(self, expr: N.Expr) -> None:
+        shaped = {
+            id(a)
+            for c in walk(expr)
+            if isinstance(c, N.Call)
+            for i in shape_args(c)
+            if isinstance(a := c.args[i], N.Name)
+        }
         for n in walk(expr):
-            if isinstance(n, N.Name) and n.id in self.step_views:
+            if (
+                id(n) in shaped
+                and self.current is self.reads.once
+                and n.id in self.values
+                and n.id not in self.kept_whole
+            ):
+                self.reads.shapes.add(n.id)  # only its shape: kept on ctx where nothing reads it otherwise
+            elif isinstance(n, N.Name) and n.id in self.step_views:
                 self.step_recomputed.add(n.id)
                 self.read(self.step_views[n.id].expr)
             elif isinstance(n, N.Name) and n.id in self.views:  # recomputed from the leaves it views
