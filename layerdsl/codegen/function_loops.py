@@ -124,8 +124,10 @@ class _Reads:
     """What one writing of the backward reads of the forward."""
 
     once: set[str] = dataclasses.field(default_factory=set)  # values read as they are after forward
-    shapes: set[str] = dataclasses.field(default_factory=set)  # values (after forward) read for their shape
     per_step: dict[int, set[str]] = dataclasses.field(default_factory=dict)  # loop index -> body values
+    shapes: set[str] = dataclasses.field(default_factory=set)  # values (after forward) read for their shape
+    # where each value is read by value: the side of a Choice ((segment, 0 or 1)) or None (elsewhere)
+    sides: dict[str, set[tuple[int, int] | None]] = dataclasses.field(default_factory=dict)
 
 
 class LoopFunction:
@@ -157,6 +159,8 @@ class LoopFunction:
         self.backward_dims: set[str] = set()
         self.sources = _gradient_sources(plan)
         self.shape_only: set[str] = set()  # values backward reads only the shape of: their shape kept on ctx
+        self.saved_on: dict[str, tuple[int, int]] = {}  # values only one side of a Choice reads: saved there
+        self.side_tests: dict[tuple[int, int], str] = {}  # each side's condition, as backward spells it
         # `if m != none` of an optional input, an `if` of its own: backward tests m's shape, kept on ctx
         tested = [presence(t) for seg in plan.segments if isinstance(seg, Choice) for t in and_terms(seg.cond)]
         self.presence_tested = list(dict.fromkeys(t[0] for t in tested if t is not None))
@@ -240,16 +244,19 @@ class LoopFunction:
         not saved (its gradient, as an extra output's, is unchanged). One that the written code still spells
         itself stays saved."""
         candidates = (reads.shapes - reads.once) & once
-        if not candidates:
+        self.saved_on = {
+            v: side for v in once & reads.once if len(where := reads.sides.get(v, {None})) == 1 and (side := min(where))
+        }
+        if not candidates and not self.saved_on:
             return body, reads
         self.shape_only = candidates
-        self.helper.shape_on_ctx = {v: set() for v in candidates}
+        self.helper.shape_on_ctx = {v: set() for v in candidates | set(self.saved_on)}
         body, reads = self.backward(once, per_step)
         text = "\n".join(body)
         spelled = {v for v in candidates if re.search(rf"(?<![.\w]){re.escape(v)}\b", text)}
         if spelled:
             self.shape_only = candidates - spelled
-            self.helper.shape_on_ctx = {v: set() for v in self.shape_only}
+            self.helper.shape_on_ctx = {v: set() for v in self.shape_only | set(self.saved_on)}
             body, reads = self.backward(once, per_step)
         return body, reads
 
@@ -519,10 +526,13 @@ class LoopFunction:
                 else f"{self.names.ctx_shape(v)} = None if {v} is None else {v}.shape"
             )
             for v in own_extra
-            if v in self.shape_only
+            if v in self.shape_only or v in self.saved_on
         ]
         own_extra = [v for v in own_extra if v not in self.shape_only]
-        tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + own_extra
+        chosen = [
+            f"{v} if {self.side_tests[self.saved_on[v]]} else None" if v in self.saved_on else v for v in own_extra
+        ]
+        tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + chosen
         # no gradient of their own: ATen differentiates through them (one call: torch keeps the last call's)
         groups = [
             (per_step, names)
@@ -574,6 +584,9 @@ class LoopFunction:
         rare = _BackwardWriter(self, once, per_step, "rare")
         rare_lines = rare.write()
         reads = _Reads(main.reads.once | rare.reads.once, dict(main.reads.per_step))
+        reads.shapes = main.reads.shapes | rare.reads.shapes
+        for v in main.reads.sides.keys() | rare.reads.sides.keys():
+            reads.sides[v] = main.reads.sides.get(v, set()) | rare.reads.sides.get(v, set())
         for k, v in rare.reads.per_step.items():
             reads.per_step[k] = reads.per_step.get(k, set()) | v
         extra = self.extra_outputs(once, per_step)
@@ -584,12 +597,13 @@ class LoopFunction:
         stacks |= _maybe_unbound(self.plan)
         stacks |= {s.var for s in self.plan_steps() if s.op is not None and s.op.name == "dropout_mask"}
         any_given = self.name("given")  # the zeros of a value kept as its shape: of a given gradient's dtype
-        zeros = [f"{any_given} = next(g for g in ({', '.join(given)},) if g is not None)"] if self.shape_only else []
+        by_shape = self.shape_only | set(self.saved_on)  # not saved, or saved only where a side runs
+        zeros = [f"{any_given} = next(g for g in ({', '.join(given)},) if g is not None)"] if by_shape else []
         zeros += [  # a stack is None after a loop of no steps (whose backward runs no step)
             (
                 f"{g} = {any_given}.new_zeros({self.names.ctx_shape(x)}) if {g} is None "
                 + (f"and {self.names.ctx_shape(x)} is not None " if x in stacks else "")
-                if x in self.shape_only
+                if x in by_shape
                 else f"{g} = torch.zeros_like({x}) if {g} is None " + (f"and {x} is not None " if x in stacks else "")
             )
             + f"else {g}"
@@ -641,6 +655,7 @@ class _BackwardWriter:
         }
         self.recomputed: set[str] = set()
         self.kept_whole = leaves | fn.outputs | set(self.views)  # read as themselves even for a shape
+        self.side: tuple[int, int] | None = None  # the side of a Choice being written
         # Views of inputs, parameters and picked slices in the loop being written (`transpose(w_l[k], 0, 1)`):
         # recomputed at each step of backward, not kept per step
         self.step_views: dict[str, Step] = {}
@@ -782,6 +797,8 @@ class _BackwardWriter:
                 self.read(self.views[n.id].expr)
             elif isinstance(n, N.Name) and n.id in self.values:
                 self.current.add(n.id)
+                if self.current is self.reads.once:
+                    self.reads.sides.setdefault(n.id, set()).add(self.side)
 
     # ---------------------------------------------------------------- segments
 
@@ -809,7 +826,9 @@ class _BackwardWriter:
                     self.state[self.acc(values[k])] = given
                 else:
                     lines += self.accumulate(values[k], self.acc(name), conditional=given == "maybe")
+            self.side = (at, k)
             lines += self.straight(Straight(tape), where=f"{at} {('then', 'else')[k]}")
+            self.side = None
             sides.append(lines)
             states.append({g: st for g, st in self.state.items() if g.removeprefix("grad_") not in own})
         self.state = {}
@@ -822,7 +841,10 @@ class _BackwardWriter:
         kept |= {f: self.fn.names.ctx_value(f) for f in self.fn.flags_tested}
         kept |= {_dtype_name(leaf): self.fn.dtype_field(leaf) for leaf in self.fn.dtype_tested}
         ex = self.fn.helper.python(dataclasses.replace(self.spelling, names=self.spelling.names | kept))
-        return head + _if_else([f"if {ex(_dtypes_named(seg.cond))}:"], sides[0], sides[1])
+        test = ex(_dtypes_named(seg.cond))
+        negated = f"not {test}" if re.fullmatch(r"[\w.]+", test) else f"not ({test})"
+        self.fn.side_tests |= {(at, 0): test, (at, 1): negated}
+        return head + _if_else([f"if {test}:"], sides[0], sides[1])
 
     def straight(self, seg: Straight, where: str | None = None) -> list[str]:
         """`where`: the key of the names it introduces (by default, the segment's index)."""
