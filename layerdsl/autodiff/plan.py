@@ -31,7 +31,7 @@ from layerdsl.autodiff.loops import (
     proves,
     unswitched,
 )
-from layerdsl.autodiff.nested_ifs import MAX_SIZE_ATOMS, flattened, measures_a_local, sizes_by_side
+from layerdsl.autodiff.nested_ifs import MAX_SIZE_SIDES, flattened, measures_a_local, sizes_by_side
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape, refusal
@@ -255,7 +255,7 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str], measured
                 f"a derived backward through more than {MAX_BRANCH_PLANS} combinations of `if` branches tests"
                 f" `{spec_text(measured_local)}`, a size of a local the `if`s before it compute on their sides,"
                 " only where it follows back to the inputs through at most"
-                f" {MAX_SIZE_ATOMS} of their conditions (not derived yet)",
+                f" {MAX_SIZE_SIDES} straight runs of them (not derived yet)",
                 "test the size of the input it is computed from (`x.ndim` for `h = norm(x)`), or write a backward"
                 " block",
             )

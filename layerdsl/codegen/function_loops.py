@@ -160,6 +160,7 @@ class LoopFunction:
         self.sources = _gradient_sources(plan)
         self.shape_only: set[str] = set()  # values backward reads only the shape of: their shape kept on ctx
         self.saved_on: dict[str, tuple[int, int]] = {}  # values only one side of a Choice reads: saved there
+        self.leaf_shapes: set[str] = set()  # inputs and members backward reads only the shape of
         self.side_tests: dict[tuple[int, int], str] = {}  # each side's condition, as backward spells it
         # `if m != none` of an optional input, an `if` of its own: backward tests m's shape, kept on ctx
         tested = [presence(t) for seg in plan.segments if isinstance(seg, Choice) for t in and_terms(seg.cond)]
@@ -239,25 +240,26 @@ class LoopFunction:
     def shapes_kept(
         self, body: list[str], reads: _Reads, once: set[str], per_step: dict[int, set[str]]
     ) -> tuple[list[str], _Reads]:
-        """The backward written again with the values it reads only the shape of (`reshape(g, q.shape)`)
-        spelled as their shape on ctx: such a value is returned (for setup_context to take its shape) but
-        not saved (its gradient, as an extra output's, is unchanged). One that the written code still spells
-        itself stays saved."""
+        """The backward written again, saving less: a value it reads only the shape of (`reshape(g, q.shape)`)
+        is returned (for setup_context to take its shape) but not saved, its shape kept on ctx; a value only
+        one side of an `if` reads (`gelu`'s input) is saved only when that side runs. Their gradients, as
+        extra outputs', are unchanged. A value the written code still spells itself stays saved."""
         candidates = (reads.shapes - reads.once) & once
-        self.saved_on = {
-            v: side for v in once & reads.once if len(where := reads.sides.get(v, {None})) == 1 and (side := min(where))
-        }
-        if not candidates and not self.saved_on:
+        self.leaf_shapes = (reads.shapes - reads.once) & set(self.plan.leaves)
+        self.saved_on = {v: side for v in once & reads.once if (side := _one_side(reads.sides.get(v, set())))}
+        if not candidates and not self.saved_on and not self.leaf_shapes:
             return body, reads
         self.shape_only = candidates
-        self.helper.shape_on_ctx = {v: set() for v in candidates | set(self.saved_on)}
+        self.helper.shape_on_ctx = {v: set() for v in candidates | set(self.saved_on) | self.leaf_shapes}
         body, reads = self.backward(once, per_step)
         text = "\n".join(body)
-        spelled = {v for v in candidates if re.search(rf"(?<![.\w]){re.escape(v)}\b", text)}
-        if spelled:
+        spelled = {v for v in candidates | self.leaf_shapes if re.search(rf"(?<![.\w]){re.escape(v)}\b", text)}
+        if spelled:  # saved after all (a leaf: read as itself)
             self.shape_only = candidates - spelled
-            self.helper.shape_on_ctx = {v: set() for v in self.shape_only | set(self.saved_on)}
+            self.leaf_shapes -= spelled
+            self.helper.shape_on_ctx = {v: set() for v in self.shape_only | set(self.saved_on) | self.leaf_shapes}
             body, reads = self.backward(once, per_step)
+            reads.once |= spelled & set(self.plan.leaves)
         return body, reads
 
     def _tensor_type(self, leaf: str) -> str:
@@ -497,7 +499,7 @@ class LoopFunction:
         unpack = self.plan.leaves + self.kwargs
         dims = sorted(self.backward_dims)
         used = set(saved_leaves) | set(self.kwargs) | {self.helper.dim_source[d].split(".")[0] for d in dims}
-        used |= set(self.presence_tested) | set(self.flags_tested) | set(self.dtype_tested)
+        used |= set(self.presence_tested) | set(self.flags_tested) | set(self.dtype_tested) | self.leaf_shapes
         lines = []
         if used:
             names = [u if u in used else "_" for u in unpack]
@@ -511,6 +513,15 @@ class LoopFunction:
         lines += [f"{self.names.ctx_value(k)} = {k}" for k in self.kwargs]
         lines += [f"{self.names.ctx_value(d)} = {self.dim_source(d)}" for d in dims]
         lines += [f"{self.names.ctx_shape(m)} = None if {m} is None else {m}.shape" for m in self.presence_tested]
+        lines += [
+            (
+                f"{self.names.ctx_shape(l)} = {l}.shape"
+                if l not in self.helper.maybe_absent
+                else f"{self.names.ctx_shape(l)} = None if {l} is None else {l}.shape"
+            )
+            for l in self.plan.leaves
+            if l in self.leaf_shapes and l not in self.presence_tested
+        ]
         lines += [f"{self.names.ctx_value(f)} = {f}" for f in self.flags_tested]
         for leaf in self.dtype_tested:
             test = f"{leaf}.is_floating_point()"
@@ -585,8 +596,8 @@ class LoopFunction:
         rare_lines = rare.write()
         reads = _Reads(main.reads.once | rare.reads.once, dict(main.reads.per_step))
         reads.shapes = main.reads.shapes | rare.reads.shapes
-        for v in main.reads.sides.keys() | rare.reads.sides.keys():
-            reads.sides[v] = main.reads.sides.get(v, set()) | rare.reads.sides.get(v, set())
+        for name in main.reads.sides.keys() | rare.reads.sides.keys():
+            reads.sides[name] = main.reads.sides.get(name, set()) | rare.reads.sides.get(name, set())
         for k, v in rare.reads.per_step.items():
             reads.per_step[k] = reads.per_step.get(k, set()) | v
         extra = self.extra_outputs(once, per_step)
@@ -654,7 +665,7 @@ class _BackwardWriter:
             if s.op is not None and s.op.shape in VIEWS and _operands(s) <= leaves
         }
         self.recomputed: set[str] = set()
-        self.kept_whole = leaves | fn.outputs | set(self.views)  # read as themselves even for a shape
+        self.kept_whole = fn.outputs | set(self.views)  # read as themselves even for a shape
         self.side: tuple[int, int] | None = None  # the side of a Choice being written
         # Views of inputs, parameters and picked slices in the loop being written (`transpose(w_l[k], 0, 1)`):
         # recomputed at each step of backward, not kept per step
@@ -783,7 +794,8 @@ class _BackwardWriter:
         }
         for n in walk(expr):
             if (
-                id(n) in shaped
+                isinstance(n, N.Name)
+                and id(n) in shaped
                 and self.current is self.reads.once
                 and n.id in self.values
                 and n.id not in self.kept_whole
@@ -1015,6 +1027,11 @@ class _BackwardWriter:
     @staticmethod
     def _plain_range(loop: Loop) -> bool:
         return len(loop.bounds) == 1
+
+
+def _one_side(where: set[tuple[int, int] | None]) -> tuple[int, int] | None:
+    """The one side of a Choice (segment, 0 or 1) where a value is read, if it is read there only."""
+    return next(iter(where)) if len(where) == 1 else None
 
 
 def _if_else(head: list[str], then: list[str], orelse: list[str]) -> list[str]:
