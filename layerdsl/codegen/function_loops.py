@@ -159,7 +159,8 @@ class LoopFunction:
         self.backward_dims: set[str] = set()
         self.sources = _gradient_sources(plan)
         self.shape_only: set[str] = set()  # values backward reads only the shape of: their shape kept on ctx
-        self.saved_on: dict[str, tuple[int, int]] = {}  # values only one side of a Choice reads: saved there
+        # values only sides of Choices read (at most MAX_SAVING_SIDES): saved when one of them runs
+        self.saved_on: dict[str, list[tuple[int, int]]] = {}
         self.leaf_shapes: set[str] = set()  # inputs and members backward reads only the shape of
         self.side_tests: dict[tuple[int, int], str] = {}  # each side's condition, as backward spells it
         # `if m != none` of an optional input, an `if` of its own: backward tests m's shape, kept on ctx
@@ -246,7 +247,7 @@ class LoopFunction:
         extra outputs', are unchanged. A value the written code still spells itself stays saved."""
         candidates = (reads.shapes - reads.once) & once
         self.leaf_shapes = (reads.shapes - reads.once) & set(self.plan.leaves)
-        self.saved_on = {v: side for v in once & reads.once if (side := _one_side(reads.sides.get(v, set())))}
+        self.saved_on = {v: sides for v in once & reads.once if (sides := _only_sides(reads.sides.get(v, set())))}
         if not candidates and not self.saved_on and not self.leaf_shapes:
             return body, reads
         self.shape_only = candidates
@@ -540,9 +541,7 @@ class LoopFunction:
             if v in self.shape_only or v in self.saved_on
         ]
         own_extra = [v for v in own_extra if v not in self.shape_only]
-        chosen = [
-            f"{v} if {self.side_tests[self.saved_on[v]]} else None" if v in self.saved_on else v for v in own_extra
-        ]
+        chosen = [f"{v} if {self.saving_test(v)} else None" if v in self.saved_on else v for v in own_extra]
         tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + chosen
         # no gradient of their own: ATen differentiates through them (one call: torch keeps the last call's)
         groups = [
@@ -567,6 +566,13 @@ class LoopFunction:
 
     def plan_steps(self) -> list[Step]:
         return [s for seg in self.plan.segments for s in segment_steps(seg)]
+
+    def saving_test(self, value: str) -> str:
+        """The test under which setup_context saves `value`: one of the sides reading it ran."""
+        tests = [self.side_tests[side] for side in self.saved_on[value]]
+        if len(tests) == 1:
+            return tests[0]
+        return " or ".join(t if re.fullmatch(r"[\w.]+|not [\w.]+", t) else f"({t})" for t in tests)
 
     def always_bound(self) -> set[str]:
         """The values forward always computes (of straight segments): never None."""
@@ -1029,9 +1035,15 @@ class _BackwardWriter:
         return len(loop.bounds) == 1
 
 
-def _one_side(where: set[tuple[int, int] | None]) -> tuple[int, int] | None:
-    """The one side of a Choice (segment, 0 or 1) where a value is read, if it is read there only."""
-    return next(iter(where)) if len(where) == 1 else None
+MAX_SAVING_SIDES = 3  # the sides of `if`s a value is saved for, tested in setup_context (more: always saved)
+
+
+def _only_sides(where: set[tuple[int, int] | None]) -> list[tuple[int, int]]:
+    """The sides of Choices (segment, 0 or 1) where a value is read, when it is read nowhere else and on
+    at most `MAX_SAVING_SIDES` of them; [] otherwise."""
+    if None in where or len(where) > MAX_SAVING_SIDES:
+        return []
+    return sorted(side for side in where if side is not None)
 
 
 def _if_else(head: list[str], then: list[str], orelse: list[str]) -> list[str]:
