@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from layerdsl.autodiff.loops import presence
+from layerdsl.autodiff.loops import member_choice, on_arguments, presence, proves
 from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.autodiff.unroll import Measured, prepared_forward
 from layerdsl.ir import nodes as N
@@ -183,6 +183,52 @@ def _negated(cond: N.Expr) -> N.Expr:
     negated = N.Not(cond.span, cond)
     negated.kind = N.Kind.BOOL
     return negated
+
+
+# ---------------------------------------------------------------- optional members read outside their `if`
+
+
+def member_reads_chosen(layer: N.Layer, members: set[str]) -> N.Layer | None:
+    """`layer` with each statement that reads an optional member of `members` outside the `if`s proving it
+    built written as an `if` on the member's condition, the other side without it (`y = h @ w + b` as
+    `if bias { y = h @ w + b } else { y = h @ w }`): only those statements branch, not the whole forward.
+    None where a member's condition is not on arguments, or a read is not one left out so (`b - a`)."""
+    assert layer.forward is not None
+    conds = {t.name: t.cond for t in layer.tensors if t.name in members and t.cond is not None}
+    if not all(on_arguments(c) for c in conds.values()):
+        return None
+
+    def chosen(stmts: list[N.Stmt], proven: set[str]) -> list[N.Stmt]:
+        out: list[N.Stmt] = []
+        for s in stmts:
+            if isinstance(s, N.If):
+                then = proven | {m for m, c in conds.items() if proves(s.cond, True, c)}
+                orelse = proven | {m for m, c in conds.items() if proves(s.cond, False, c)}
+                out.append(dataclasses.replace(s, body=chosen(s.body, then), orelse=chosen(s.orelse, orelse)))
+                continue
+            read = {n.id for n in walk(s) if isinstance(n, N.Name) and n.id in conds} - proven
+            if not read:
+                out.append(s)
+                continue
+            alone = dataclasses.replace(layer, forward=dataclasses.replace(forward, body=[s]))
+            choice = member_choice(alone, read)  # the first member's condition, and the members built by it
+            assert choice is not None, "the statement reads a member built when arguments say"
+            _, _, without = choice
+            cond = next(conds[m] for m in conds if m in read)
+            built = {m for m in read if spec_text(conds[m]) == spec_text(cond)}
+            assert without.forward is not None
+            side = N.If(s.span, cond, chosen([s], proven | built), chosen(without.forward.body, proven))
+            out.append(side)
+        return out
+
+    forward = layer.forward
+    try:
+        body = chosen(forward.body, set())
+    except NotDerivable:
+        return None
+    out = dataclasses.replace(layer, forward=dataclasses.replace(forward, body=body))
+    out.symbolic_dims = list(layer.symbolic_dims)
+    return out
 
 
 # ---------------------------------------------------------------- sizes of locals the `if`s bind

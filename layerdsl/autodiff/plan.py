@@ -31,7 +31,13 @@ from layerdsl.autodiff.loops import (
     proves,
     unswitched,
 )
-from layerdsl.autodiff.nested_ifs import MAX_SIZE_SIDES, flattened, measures_a_local, sizes_by_side
+from layerdsl.autodiff.nested_ifs import (
+    MAX_SIZE_SIDES,
+    flattened,
+    measures_a_local,
+    member_reads_chosen,
+    sizes_by_side,
+)
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape, refusal
@@ -230,8 +236,12 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str], measured
     members = {t.name for t in layer.tensors if t.cond is not None} - given
     inputs = _optional_inputs(layer) - given
     # a member read only on the side of an `if` that proves it built (`if bias { ... b ... }`) is read
-    # there; one read elsewhere makes a side with it built and one without
+    # there; a statement reading one elsewhere becomes an `if` on its condition (a side with it built and
+    # one without), or else the whole forward does
     unproven = _unproven_members(layer.forward.body, layer, members)
+    if unproven and (chosen := member_reads_chosen(layer, set(unproven))) is not None:
+        layer, unproven = chosen, {}
+    assert layer.forward is not None
     if unproven and (choice := _member_sides(layer, set(unproven))) is not None:
         cond, built, absent = choice
         return BranchPlan(
