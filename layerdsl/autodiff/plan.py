@@ -37,6 +37,7 @@ from layerdsl.autodiff.nested_ifs import (
     measures_a_local,
     member_reads_chosen,
     sizes_by_side,
+    unfollowed_size,
 )
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
@@ -260,15 +261,7 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str], measured
             (n for n in walk(stmt.cond) if isinstance(n, N.Rank | N.Call) and measures_a_local(n)), None
         )
         if measured_local is not None:  # `sizes_by_side` did not follow it back
-            raise NotDerivable(
-                measured_local.span,
-                f"a derived backward through more than {MAX_BRANCH_PLANS} combinations of `if` branches tests"
-                f" `{spec_text(measured_local)}`, a size of a local the `if`s before it compute on their sides,"
-                " only where it follows back to the inputs through at most"
-                f" {MAX_SIZE_SIDES} straight runs of them (not derived yet)",
-                "test the size of the input it is computed from (`x.ndim` for `h = norm(x)`), or write a backward"
-                " block",
-            )
+            raise _size_not_followed(measured_local, "tests")
         cond = _configuration_condition(stmt.cond, before, layer)
         if not all(
             on_arguments(term, inputs) or _on_dims(term, flags) or _dtype_test(term) for term in and_terms(cond)
@@ -281,9 +274,22 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str], measured
 
     body = flattened(returns_closed(layer.forward.body))  # nested `if`s and a side's numbers at the top
     body = sizes_by_side(body, layer, measured)
+    if (size := unfollowed_size(body)) is not None:
+        raise _size_not_followed(size, "reads")
     closed = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
     closed.symbolic_dims = list(layer.symbolic_dims)
     return plan_loops(closed, set(members | inputs), incoming_names, condition)
+
+
+def _size_not_followed(size: N.Expr, how: str) -> NotDerivable:
+    return NotDerivable(
+        size.span,
+        f"a derived backward through more than {MAX_BRANCH_PLANS} combinations of `if` branches {how}"
+        f" `{spec_text(size)}`, a size of a local the `if`s before it compute on their sides, only where every"
+        f" way through them (at most {MAX_SIZE_SIDES}) gives it as sizes of the inputs (not derived yet)",
+        f"{how.removesuffix('s')} the size of the input it is computed from (`x.ndim` for `h = norm(x)`), or write"
+        " a backward block",
+    )
 
 
 def _decided(layer: N.Layer) -> N.Layer:
