@@ -87,27 +87,31 @@ def test_a_size_seven_conditions_choose_matches_the_plain_form(deep, off):
         assert all(torch.allclose(g, e) for g, e in zip(grads, expected))
 
 
-DOUBLINGS = "\n".join(f"        if k{i} {{\n            h = cat([h, h], dim = 0)\n        }}" for i in range(7))
-MANY = f"""
+FLAGGED = "\n".join(f"        if k{i} {{\n            z = z * y\n        }}" for i in range(1, 6))
+UNFOLLOWED = f"""
 @function
-layer ManyWays(n: int, {", ".join(f"k{i}: bool = false" for i in range(7))}) {{
+layer Unfollowed(n: int, {", ".join(f"k{i}: bool = false" for i in range(6))}) {{
     example(n = 4)
-    forward(x: [B, n]) -> [B, n] {{
-        h = x
-{DOUBLINGS}
-        rows = size_at(h, 0)
-        return x * rows
+    forward(x: [..., n], y: [B, n]) -> [B, n] {{
+        h = y
+        if k0 {{
+            h = x + y
+        }}
+        rows = h.ndim
+        z = y * rows
+{FLAGGED}
+        return z
     }}
 }}
 """
 
 
-def test_a_size_of_more_ways_than_followed_is_a_located_error():
-    """Seven doublings: 128 ways, each its own size; the statement reading it is named, not left to fail."""
-    spec = parse_file("many.layer", MANY)
+def test_a_size_not_followed_on_every_way_is_a_located_error():
+    """`x + y` of an `x: [..., n]` has a rank the shapes do not give: the statement reading it is named, not
+    left to read `h` before forward binds it."""
+    spec = parse_file("unfollowed.layer", UNFOLLOWED)
     check_program([spec])
     _, problems = plan_backwards([spec])
     assert len(problems) == 1
-    line = MANY.splitlines().index("        rows = size_at(h, 0)") + 1
-    assert problems[0].span.line == line and "`size_at(h, 0)`" in problems[0].message
-    assert "at most 64" in problems[0].message
+    line = UNFOLLOWED.splitlines().index("        rows = h.ndim") + 1
+    assert problems[0].span.line == line and "reads `h.ndim`" in problems[0].message
