@@ -257,15 +257,21 @@ def sizes_by_side(body: list[N.Stmt], layer: N.Layer, measured: Measured) -> lis
     return out
 
 
-def unfollowed_size(body: list[N.Stmt]) -> N.Expr | None:
-    """The first size of a local an `if` of `body` binds that a number statement still measures (one
-    `sizes_by_side` did not follow back): forward cannot compute it before the `if`s run."""
+def unfollowed_size(body: list[N.Stmt]) -> tuple[N.Expr, str] | None:
+    """The first size of a local an `if` of `body` binds that a number statement or an `if` still measures
+    (one `sizes_by_side` did not follow back), and how (`reads`, `tests`): forward cannot compute it before
+    the `if`s run."""
     bound = {name for s in body if isinstance(s, N.If) for t in statements(s.body + s.orelse) for name in _binds(t)}
     for s in body:
         if isinstance(s, N.Assign) and s.value.kind in N.NUMBERS:
-            found = [n for n in walk(s.value) if isinstance(n, N.Rank | N.Call) and measured_locals(n) & bound]
-            if found:
-                return found[0]
+            measuring, how = s.value, "reads"
+        elif isinstance(s, N.If):
+            measuring, how = s.cond, "tests"
+        else:
+            continue
+        found = [n for n in walk(measuring) if isinstance(n, N.Rank | N.Call) and measured_locals(n) & bound]
+        if found:
+            return found[0], how
     return None
 
 

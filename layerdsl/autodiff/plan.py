@@ -274,8 +274,8 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str], measured
 
     body = flattened(returns_closed(layer.forward.body))  # nested `if`s and a side's numbers at the top
     body = sizes_by_side(body, layer, measured)
-    if (size := unfollowed_size(body)) is not None:
-        raise _size_not_followed(size, "reads")
+    if (unfollowed := unfollowed_size(body)) is not None:
+        raise _size_not_followed(*unfollowed)
     closed = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
     closed.symbolic_dims = list(layer.symbolic_dims)
     return plan_loops(closed, set(members | inputs), incoming_names, condition)
