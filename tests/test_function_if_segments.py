@@ -197,7 +197,7 @@ MEMBER = '''
 @function
 layer Biased(n: int, bias: bool = true, a: bool = true, b: bool = false, c: bool = true, d: bool = false,
              e: bool = true, f: bool = false) {
-    """Six flags and a member built when `bias` says: each statement reading it an `if bias` of its own."""
+    """Six flags and a member built when `bias` says: each statement reading it an `if` of its own."""
     param w: [n] = ones
     param bb: [n] = ones if bias
 

@@ -25,10 +25,12 @@ top, `src_len = src_len + 1 if add_bias_kv else src_len`, so that sides bind ten
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from layerdsl.autodiff.loops import member_choice, on_arguments, presence, proves
 from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.autodiff.unroll import Measured, prepared_forward
+from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import statements, walk
@@ -190,8 +192,8 @@ def _negated(cond: N.Expr) -> N.Expr:
 
 def member_reads_chosen(layer: N.Layer, members: set[str]) -> N.Layer | None:
     """`layer` with each statement that reads an optional member of `members` outside the `if`s proving it
-    built written as an `if` on the member's condition, the other side without it (`y = h @ w + b` as
-    `if bias { y = h @ w + b } else { y = h @ w }`): only those statements branch, not the whole forward.
+    built written as an `if` on whether it is built, the other side without it (`y = h @ w + b` as
+    `if b != none { y = h @ w + b } else { y = h @ w }`): only those statements branch, not the whole forward.
     None where a member's condition is not on arguments, or a read is not one left out so (`b - a`)."""
     assert layer.forward is not None
     conds = {t.name: t.cond for t in layer.tensors if t.name in members and t.cond is not None}
@@ -214,10 +216,11 @@ def member_reads_chosen(layer: N.Layer, members: set[str]) -> N.Layer | None:
             choice = member_choice(alone, read)  # the first member's condition, and the members built by it
             assert choice is not None, "the statement reads a member built when arguments say"
             _, _, without = choice
-            cond = next(conds[m] for m in conds if m in read)
-            built = {m for m in read if spec_text(conds[m]) == spec_text(cond)}
+            first = next(m for m in conds if m in read)
+            built = sorted(m for m in read if spec_text(conds[m]) == spec_text(conds[first]))
             assert without.forward is not None
-            side = N.If(s.span, cond, chosen([s], proven | built), chosen(without.forward.body, proven))
+            given = _all_given([t for t in layer.tensors if t.name in built], s)
+            side = N.If(s.span, given, chosen([s], proven | set(built)), chosen(without.forward.body, proven))
             out.append(side)
         return out
 
@@ -229,6 +232,20 @@ def member_reads_chosen(layer: N.Layer, members: set[str]) -> N.Layer | None:
     out = dataclasses.replace(layer, forward=dataclasses.replace(forward, body=body))
     out.symbolic_dims = list(layer.symbolic_dims)
     return out
+
+
+def _all_given(members: list[N.Tensor], at: N.Stmt) -> N.Expr:
+    """`a != none and b != none`: the module passes None for a member not built (its condition's arguments
+    need not reach the Function)."""
+    tests: list[N.Expr] = []
+    for m in members:
+        name = B.name(m.name, at.span, m.kind)
+        none = N.NoneLit(at.span)
+        none.kind = N.Kind.NONE
+        test = N.Compare(at.span, ["!="], [name, none])
+        test.kind = N.Kind.BOOL
+        tests.append(test)
+    return functools.reduce(_both, tests)
 
 
 # ---------------------------------------------------------------- sizes of locals the `if`s bind

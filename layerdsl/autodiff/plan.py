@@ -264,7 +264,8 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str], measured
             raise _size_not_followed(measured_local, "tests")
         cond = _configuration_condition(stmt.cond, before, layer)
         if not all(
-            on_arguments(term, inputs) or _on_dims(term, flags) or _dtype_test(term) for term in and_terms(cond)
+            on_arguments(term, inputs | members) or _on_dims(term, flags) or _dtype_test(term)
+            for term in and_terms(cond)
         ):
             raise _not_segmented(
                 stmt.cond.span,
