@@ -61,10 +61,9 @@ def test_multihead_attention_plans_as_segments():
     assert problems == []
     plan = plans["MultiheadAttention"]
     assert isinstance(plan, LoopPlan)
-    # out_proj's `+ bias` reads out_proj.bias outside `if bias`: that statement alone is an `if` on whether
-    # it is built (the forward is not split into a side with the member and one without)
-    built = "out_proj_bias != none"
-    on_bias = [seg for seg in plan.segments if isinstance(seg, Choice) and spec_text(seg.cond) == built]
+    # out_proj's `+ bias` reads out_proj.bias outside `if bias`: that statement alone is an `if` on `bias`
+    # (the forward is not split into a side with the member and one without)
+    on_bias = [seg for seg in plan.segments if isinstance(seg, Choice) and spec_text(seg.cond) == "bias"]
     assert any("out_proj_bias" in spec_text(s.expr) for seg in on_bias for s in seg.sides()[0].steps)
     assert all("out_proj_bias" not in spec_text(s.expr) for seg in on_bias for s in seg.sides()[1].steps)
 

@@ -192,8 +192,9 @@ def _negated(cond: N.Expr) -> N.Expr:
 
 def member_reads_chosen(layer: N.Layer, members: set[str]) -> N.Layer | None:
     """`layer` with each statement that reads an optional member of `members` outside the `if`s proving it
-    built written as an `if` on whether it is built, the other side without it (`y = h @ w + b` as
-    `if b != none { y = h @ w + b } else { y = h @ w }`): only those statements branch, not the whole forward.
+    built written as an `if` on the member's condition, the other side without it (`y = h @ w + b` as
+    `if bias { y = h @ w + b } else { y = h @ w }`; `if b != none` where forward reads no argument of the
+    condition, which the Function then does not take): only those statements branch, not the whole forward.
     None where a member's condition is not on arguments, or a read is not one left out so (`b - a`)."""
     assert layer.forward is not None
     conds = {t.name: t.cond for t in layer.tensors if t.name in members and t.cond is not None}
@@ -219,12 +220,15 @@ def member_reads_chosen(layer: N.Layer, members: set[str]) -> N.Layer | None:
             first = next(m for m in conds if m in read)
             built = sorted(m for m in read if spec_text(conds[m]) == spec_text(conds[first]))
             assert without.forward is not None
-            given = _all_given([t for t in layer.tensors if t.name in built], s)
-            side = N.If(s.span, given, chosen([s], proven | set(built)), chosen(without.forward.body, proven))
+            cond = conds[first]  # or, where forward reads its arguments nowhere (not passed), whether built
+            if not {n.id for n in walk(cond) if isinstance(n, N.Name)} <= read_by_forward:
+                cond = _all_given([t for t in layer.tensors if t.name in built], s)
+            side = N.If(s.span, cond, chosen([s], proven | set(built)), chosen(without.forward.body, proven))
             out.append(side)
         return out
 
     forward = layer.forward
+    read_by_forward = {n.id for s in forward.body for n in walk(s) if isinstance(n, N.Name)}
     try:
         body = chosen(forward.body, set())
     except NotDerivable:
