@@ -615,7 +615,7 @@ class LoopFunction:
         stacks |= {s.var for s in self.plan_steps() if s.op is not None and s.op.name == "dropout_mask"}
         any_given = self.name("given")  # the zeros of a value kept as its shape: of a given gradient's dtype
         by_shape = self.shape_only | set(self.saved_on)  # not saved, or saved only where a side runs
-        zeros = [f"{any_given} = next(g for g in ({', '.join(given)},) if g is not None)"] if by_shape else []
+        zeros = [f"{any_given} = [g for g in ({', '.join(given)},) if g is not None][0]"] if by_shape else []
         zeros += [  # a stack is None after a loop of no steps (whose backward runs no step)
             (
                 f"{g} = {any_given}.new_zeros({self.names.ctx_shape(x)}) if {g} is None "
