@@ -5,16 +5,19 @@ the input and the parameters, gradcheck and gradgradcheck)."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
 from layerdsl.autodiff.loops import Choice, LoopPlan
-from layerdsl.autodiff.plan import BranchPlan, plan_backwards
+from layerdsl.autodiff.plan import plan_backwards
 from layerdsl.codegen.module import emit_file
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
 
 from .support import compile_spec
+from .test_function_segment_saving import saved_bytes
 
 FLAGS = "abcdefgh"
 
@@ -194,7 +197,7 @@ MEMBER = '''
 @function
 layer Biased(n: int, bias: bool = true, a: bool = true, b: bool = false, c: bool = true, d: bool = false,
              e: bool = true, f: bool = false) {
-    """Six flags and a member built when `bias` says: a side with it, a side without, each segmented."""
+    """Six flags and a member built when `bias` says: each statement reading it an `if` of its own."""
     param w: [n] = ones
     param bb: [n] = ones if bias
 
@@ -227,8 +230,7 @@ def test_an_optional_member_chooses_a_segmented_side(flags):
     spec = parse_file("biased.layer", MEMBER)
     program = check_program([spec])
     plans, problems = plan_backwards([spec])
-    assert problems == [] and isinstance(plans["Biased"], BranchPlan)
-    assert all(isinstance(side, LoopPlan) for side in (plans["Biased"].then, plans["Biased"].orelse))
+    assert problems == [] and isinstance(plans["Biased"], LoopPlan)
     namespace: dict = {}
     exec(compile(emit_file(spec, program, "biased.layer", {}), "biased.py", "exec"), namespace)
     torch.manual_seed(0)
@@ -244,3 +246,17 @@ def test_an_optional_member_chooses_a_segmented_side(flags):
         return out[0] if isinstance(out, tuple) else out
 
     assert torch.autograd.gradcheck(run, (x, *params)) and torch.autograd.gradgradcheck(run, (x, *params))
+
+
+def test_eight_ifs_save_no_more_than_autograd(eight):
+    """In every configuration: a value only some sides read (`h9`: the `e` and `f` sides) is saved only when
+    one of them runs."""
+    names = ["a", "b", "c", "d", "e", "f", "g", "h_"]
+    x = torch.randn(64, 256, requires_grad=True)
+    for flags in itertools.product([True, False], repeat=8):
+        config = dict(zip(names, flags))
+        layer = eight["EightIfs"](256, **config)
+        w, v = layer.w.detach().requires_grad_(), layer.v.detach().requires_grad_()
+        ours = saved_bytes(lambda layer=layer: layer(x), layer)
+        theirs = saved_bytes(lambda w=w, v=v, config=config: eight["eight_ifs"](x, w, v, **config))
+        assert ours <= theirs, f"{config}: the Function saves {ours} bytes, autograd {theirs}"

@@ -2,8 +2,8 @@
 `autodiff.loops.Choice`) that reads optional members, as MultiheadAttention does: a member read only on
 the side of an `if` that proves it built (`if joint { ... chunk(w, 2) ... }` of `param w: ... if joint`,
 `if not joint` of `... if not joint`) is read there, without a Function per member; a member read
-elsewhere (`+ ob` at the end) makes a side with its members built and one without, where each `if` on
-that condition is decided. An `if` on a size forward measures (`x.ndim == 3`) is a segment too. The
+elsewhere (`+ ob` at the end) makes that statement an `if` on the member's condition, with it and without
+it (not the whole forward a side each). An `if` on a size forward measures (`x.ndim == 3`) is a segment too. The
 Function against the plain module in float64: outputs, gradients, gradcheck and gradgradcheck."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from layerdsl.autodiff.loops import Choice, LoopPlan
-from layerdsl.autodiff.plan import BranchPlan, plan_backwards
+from layerdsl.autodiff.plan import plan_backwards
+from layerdsl.ir.printer import spec_text
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
 
@@ -78,18 +79,16 @@ def compiled() -> tuple[dict, dict]:
 
 
 def test_members_proven_by_a_side_are_read_there():
-    """One split, on `bias` (`ob` is read outside every `if bias`); `w`, `wq`, `wk` are read on the sides
-    that prove them built, so neither side splits on `joint`."""
+    """No split: `w`, `wq`, `wk` are read on the sides that prove them built; `ob`, read outside every `if
+    bias`, makes only the statement reading it an `if bias` of its own."""
     spec = parse_file("proven.layer", SPEC.format(function="@function"))
     check_program([spec])
     plans, problems = plan_backwards([spec])
     assert problems == []
     plan = plans["ProvenMembers"]
-    assert isinstance(plan, BranchPlan) and all(isinstance(p, LoopPlan) for p in (plan.then, plan.orelse))
-    with_bias, without = plan.then, plan.orelse
-    assert isinstance(with_bias, LoopPlan) and isinstance(without, LoopPlan)
-    # with `bias` decided, its `if` is no segment: joint, a, b, c, d and the ndim test are
-    assert [sum(isinstance(s, Choice) for s in p.segments) for p in (with_bias, without)] == [6, 6]
+    assert isinstance(plan, LoopPlan)
+    conditions = [spec_text(s.cond) for s in plan.segments if isinstance(s, Choice)]
+    assert conditions == ["joint", "bias", "a", "b", "c", "d", "x_ndim == 3", "bias"]
 
 
 CONFIGS = [
@@ -117,12 +116,12 @@ def test_the_function_matches_the_plain_module(compiled, flags, rank):
 
 
 def test_each_if_is_tested_once_per_side(compiled):
-    """Forward tests each flag once per side of the `bias` split, not once per combination (`joint`, before
-    the first read of `ob`, once for both sides); the measured rank is kept on ctx for backward's test."""
+    """Forward tests each flag once, not once per combination; `bias` twice (its `if`, and the one the read of
+    `ob` makes); the measured rank is kept on ctx for backward's test."""
     source = compiled[0]["SOURCE"]
     fn = source[source.index("class ProvenMembersFunction") : source.index("class ProvenMembers(")]
     forward = fn[fn.index("def forward") : fn.index("def setup_context")]
-    assert forward.count("if ob is not None:") == 1 and forward.count("if joint:") == 1
+    assert forward.count("if bias:") == 2 and forward.count("if joint:") == 1
     for flag in ["a", "b", "c", "d"]:
-        assert forward.count(f"if {flag}:") == 2
+        assert forward.count(f"if {flag}:") == 1
     assert "ctx.x_ndim" in fn

@@ -25,12 +25,12 @@ top, `src_len = src_len + 1 if add_bias_kv else src_len`, so that sides bind ten
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import functools
 
-from layerdsl.autodiff.loops import presence
+from layerdsl.autodiff.loops import member_choice, on_arguments, presence, proves
 from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.autodiff.unroll import Measured, prepared_forward
-from layerdsl.ir import conditions
+from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import statements, walk
@@ -187,10 +187,75 @@ def _negated(cond: N.Expr) -> N.Expr:
     return negated
 
 
+# ---------------------------------------------------------------- optional members read outside their `if`
+
+
+def member_reads_chosen(layer: N.Layer, members: set[str]) -> N.Layer | None:
+    """`layer` with each statement that reads an optional member of `members` outside the `if`s proving it
+    built written as an `if` on the member's condition, the other side without it (`y = h @ w + b` as
+    `if bias { y = h @ w + b } else { y = h @ w }`; `if b != none` where forward reads no argument of the
+    condition, which the Function then does not take): only those statements branch, not the whole forward.
+    None where a member's condition is not on arguments, or a read is not one left out so (`b - a`)."""
+    assert layer.forward is not None
+    conds = {t.name: t.cond for t in layer.tensors if t.name in members and t.cond is not None}
+    if not all(on_arguments(c) for c in conds.values()):
+        return None
+
+    def chosen(stmts: list[N.Stmt], proven: set[str]) -> list[N.Stmt]:
+        out: list[N.Stmt] = []
+        for s in stmts:
+            if isinstance(s, N.If):
+                then = proven | {m for m, c in conds.items() if proves(s.cond, True, c)}
+                orelse = proven | {m for m, c in conds.items() if proves(s.cond, False, c)}
+                out.append(dataclasses.replace(s, body=chosen(s.body, then), orelse=chosen(s.orelse, orelse)))
+                continue
+            read = {n.id for n in walk(s) if isinstance(n, N.Name) and n.id in conds} - proven
+            if not read:
+                out.append(s)
+                continue
+            alone = dataclasses.replace(layer, forward=dataclasses.replace(forward, body=[s]))
+            choice = member_choice(alone, read)  # the first member's condition, and the members built by it
+            assert choice is not None, "the statement reads a member built when arguments say"
+            _, _, without = choice
+            first = next(m for m in conds if m in read)
+            built = sorted(m for m in read if spec_text(conds[m]) == spec_text(conds[first]))
+            assert without.forward is not None
+            cond = conds[first]  # or, where forward reads its arguments nowhere (not passed), whether built
+            if not {n.id for n in walk(cond) if isinstance(n, N.Name)} <= read_by_forward:
+                cond = _all_given([t for t in layer.tensors if t.name in built], s)
+            side = N.If(s.span, cond, chosen([s], proven | set(built)), chosen(without.forward.body, proven))
+            out.append(side)
+        return out
+
+    forward = layer.forward
+    read_by_forward = {n.id for s in forward.body for n in walk(s) if isinstance(n, N.Name)}
+    try:
+        body = chosen(forward.body, set())
+    except NotDerivable:
+        return None
+    out = dataclasses.replace(layer, forward=dataclasses.replace(forward, body=body))
+    out.symbolic_dims = list(layer.symbolic_dims)
+    return out
+
+
+def _all_given(members: list[N.Tensor], at: N.Stmt) -> N.Expr:
+    """`a != none and b != none`: the module passes None for a member not built (its condition's arguments
+    need not reach the Function)."""
+    tests: list[N.Expr] = []
+    for m in members:
+        name = B.name(m.name, at.span, m.kind)
+        none = N.NoneLit(at.span)
+        none.kind = N.Kind.NONE
+        test = N.Compare(at.span, ["!="], [name, none])
+        test.kind = N.Kind.BOOL
+        tests.append(test)
+    return functools.reduce(_both, tests)
+
+
 # ---------------------------------------------------------------- sizes of locals the `if`s bind
 
 
-MAX_SIZE_ATOMS = 6  # the conditions a size of a local is chosen by (2 ** 6 straight forwards at most)
+MAX_SIZE_SIDES = 64  # the ways through the `if`s a size of a local is followed back along, at most
 
 
 def sizes_by_side(body: list[N.Stmt], layer: N.Layer, measured: Measured) -> list[N.Stmt]:
@@ -211,6 +276,24 @@ def sizes_by_side(body: list[N.Stmt], layer: N.Layer, measured: Measured) -> lis
             stmt = stmt if cond is None else dataclasses.replace(stmt, cond=cond)
         out.append(stmt)
     return out
+
+
+def unfollowed_size(body: list[N.Stmt]) -> tuple[N.Expr, str] | None:
+    """The first size of a local an `if` of `body` binds that a number statement or an `if` still measures
+    (one `sizes_by_side` did not follow back), and how (`reads`, `tests`): forward cannot compute it before
+    the `if`s run."""
+    bound = {name for s in body if isinstance(s, N.If) for t in statements(s.body + s.orelse) for name in _binds(t)}
+    for s in body:
+        if isinstance(s, N.Assign) and s.value.kind in N.NUMBERS:
+            measuring, how = s.value, "reads"
+        elif isinstance(s, N.If):
+            measuring, how = s.cond, "tests"
+        else:
+            continue
+        found = [n for n in walk(measuring) if isinstance(n, N.Rank | N.Call) and measured_locals(n) & bound]
+        if found:
+            return found[0], how
+    return None
 
 
 def measures_a_local(e: N.Expr) -> bool:
@@ -235,32 +318,91 @@ def measured_locals(e: N.Expr) -> set[str]:
 
 def _chosen_size(before: list[N.Stmt], stmt: N.Assign, layer: N.Layer, measured: Measured) -> N.Expr | None:
     """`stmt`'s value on each side of the `if`s of `before` that bind what it measures, as one expression
-    choosing by their conditions; None when a side's is not followed back to inputs and members. The
-    conditions are those of the `if`s it reads through, found as the sides chosen so far lead to them."""
-    atoms: dict[str, N.Expr] = {}
+    choosing by their conditions; None when a side's is not followed back to inputs and members, or when
+    more than `MAX_SIZE_SIDES` straight forwards lead to it. The conditions are found as the statements it
+    reads through lead to them, one atom at a time (an atom that an `and` already decides is not chosen),
+    so only the `if`s on the way to the value are decided, not every combination of every atom."""
     assert layer.forward is not None
-    while len(atoms) <= MAX_SIZE_ATOMS:
-        keys = list(atoms)
-        found: dict[tuple[bool, ...], N.Expr] = {}
-        for values in itertools.product((True, False), repeat=len(keys)):
-            straight, undecided = _read_through(before, stmt, dict(zip(keys, values)))
-            if undecided is not None:  # an `if` these conditions do not decide binds what it reads
-                conditions.atoms(undecided.cond, atoms)
-                break
-            if not measured_locals(stmt.value) <= {name for t in straight for name in _binds(t)}:
-                continue  # no side binds it here: conditions that cannot hold together
-            side = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=[*straight, stmt]))
-            side.symbolic_dims = list(layer.symbolic_dims)
-            try:
-                last = prepared_forward(side, measured).forward.body[-1]  # type: ignore[union-attr]
-            except NotDerivable:
-                return None  # not followed back here: the plan refuses it
-            if not isinstance(last, N.Assign) or measures_a_local(last.value):
-                return None
-            found[values] = last.value
-        else:
-            return _decision(keys, atoms, found, ()) if found else None
-    return None
+    forward = layer.forward
+    budget = [MAX_SIZE_SIDES]
+
+    def value(holds: dict[str, bool]) -> N.Expr | None | _Unbound:
+        straight, undecided = _read_through(before, stmt, holds)
+        if undecided is not None:  # an `if` these conditions do not decide binds what it reads
+            atom = _first_open(undecided.cond, holds)
+            assert atom is not None, "an undecided condition has an atom not chosen"
+            then = value({**holds, spec_text(atom): True})
+            orelse = value({**holds, spec_text(atom): False})
+            return _either(atom, then, orelse)
+        budget[0] -= 1
+        if budget[0] < 0:
+            return None
+        if not measured_locals(stmt.value) <= {name for t in straight for name in _binds(t)}:
+            return UNBOUND_SIDE  # no side binds it here: conditions that cannot hold together
+        side = dataclasses.replace(layer, forward=dataclasses.replace(forward, body=[*straight, stmt]))
+        side.symbolic_dims = list(layer.symbolic_dims)
+        try:
+            last = prepared_forward(side, measured).forward.body[-1]  # type: ignore[union-attr]
+        except NotDerivable:
+            return None  # not followed back here: the plan refuses it
+        if not isinstance(last, N.Assign) or measures_a_local(last.value):
+            return None
+        return last.value
+
+    chosen = value({})
+    return chosen if isinstance(chosen, N.Expr) else None
+
+
+class _Unbound:
+    """No side binds the measured local under the conditions chosen (they cannot hold together)."""
+
+
+UNBOUND_SIDE = _Unbound()
+
+
+def _either(atom: N.Expr, then: N.Expr | None | _Unbound, orelse: N.Expr | None | _Unbound) -> N.Expr | None | _Unbound:
+    """`then if atom else orelse`, one of them where the other is unbound or both are the same."""
+    if then is None or orelse is None:
+        return None
+    if isinstance(then, _Unbound):
+        return orelse
+    if isinstance(orelse, _Unbound) or spec_text(then) == spec_text(orelse):
+        return then
+    chosen = N.IfExp(then.span, atom, then, orelse)
+    chosen.kind = then.kind
+    return chosen
+
+
+def _first_open(cond: N.Expr, holds: dict[str, bool]) -> N.Expr | None:
+    """The first atom of `cond` that `holds` does not give and that decides it (`a and b` with `a` false
+    needs no `b`); None when `holds` decides `cond`."""
+    if isinstance(cond, N.BoolOp):
+        for part in (cond.left, cond.right):
+            decided = _decided(part, holds)
+            if decided is not None and decided == (cond.op == "or"):
+                return None  # `a or b` with a true, `a and b` with a false
+        return _first_open(cond.left, holds) or _first_open(cond.right, holds)
+    if isinstance(cond, N.Not):
+        return _first_open(cond.operand, holds)
+    if isinstance(cond, N.Bool) or spec_text(cond) in holds:
+        return None
+    return cond
+
+
+def _decided(cond: N.Expr, holds: dict[str, bool]) -> bool | None:
+    """`cond` under `holds`, `and`/`or` short-circuited; None when an atom it needs is not given."""
+    if isinstance(cond, N.BoolOp):
+        left, right = _decided(cond.left, holds), _decided(cond.right, holds)
+        stop = cond.op == "or"  # the value of either side that decides `cond`
+        if stop in (left, right):
+            return stop
+        return None if None in (left, right) else not stop
+    if isinstance(cond, N.Not):
+        inner = _decided(cond.operand, holds)
+        return None if inner is None else not inner
+    if isinstance(cond, N.Bool):
+        return bool(cond.value)
+    return holds.get(spec_text(cond))
 
 
 def _read_through(before: list[N.Stmt], stmt: N.Assign, holds: dict[str, bool]) -> tuple[list[N.Stmt], N.If | None]:
@@ -270,12 +412,12 @@ def _read_through(before: list[N.Stmt], stmt: N.Assign, holds: dict[str, bool]) 
     kept: list[N.Stmt] = []
     for s in reversed(before):
         if isinstance(s, N.If):
-            try:
-                side = s.body if conditions.holds(s.cond, holds) else s.orelse
-            except KeyError:  # an atom not chosen yet
+            decided = _decided(s.cond, holds)
+            if decided is None:  # an atom not chosen yet
                 if any(_binds(t) & wanted for t in statements([s])):
                     return [], s
                 continue
+            side = s.body if decided else s.orelse
         else:
             side = [s]
         for t in reversed(side):
@@ -289,22 +431,3 @@ def _binds(stmt: N.Stmt) -> set[str]:
     if isinstance(stmt, N.Assign):
         return {stmt.target}
     return {name for name, _ in stmt.targets} if isinstance(stmt, N.Unpack) else set()
-
-
-def _decision(
-    keys: list[str], atoms: dict[str, N.Expr], found: dict[tuple[bool, ...], N.Expr], fixed: tuple[bool, ...]
-) -> N.Expr | None:
-    """The value chosen by the atoms from `fixed` on, as `a if atom else b` where they differ (None where
-    no side binds it: conditions that cannot hold together)."""
-    under = {v: e for v, e in found.items() if v[: len(fixed)] == fixed}
-    if not under:
-        return None
-    if len({spec_text(e) for e in under.values()}) == 1 or len(fixed) == len(keys):
-        return next(iter(under.values()))
-    then = _decision(keys, atoms, found, (*fixed, True))
-    orelse = _decision(keys, atoms, found, (*fixed, False))
-    if then is None or orelse is None or spec_text(then) == spec_text(orelse):
-        return then or orelse
-    chosen = N.IfExp(then.span, atoms[keys[len(fixed)]], then, orelse)
-    chosen.kind = then.kind
-    return chosen

@@ -32,7 +32,14 @@ from layerdsl.autodiff.loops import (
     proves,
     unswitched,
 )
-from layerdsl.autodiff.nested_ifs import MAX_SIZE_ATOMS, flattened, measures_a_local, sizes_by_side
+from layerdsl.autodiff.nested_ifs import (
+    MAX_SIZE_SIDES,
+    flattened,
+    measures_a_local,
+    member_reads_chosen,
+    sizes_by_side,
+    unfollowed_size,
+)
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape, refusal
@@ -246,8 +253,12 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str], measured
     members = {t.name for t in layer.tensors if t.cond is not None} - given
     inputs = _optional_inputs(layer) - given
     # a member read only on the side of an `if` that proves it built (`if bias { ... b ... }`) is read
-    # there; one read elsewhere makes a side with it built and one without
+    # there; a statement reading one elsewhere becomes an `if` on its condition (a side with it built and
+    # one without), or else the whole forward does
     unproven = _unproven_members(layer.forward.body, layer, members)
+    if unproven and (chosen := member_reads_chosen(layer, set(unproven))) is not None:
+        layer, unproven = chosen, {}
+    assert layer.forward is not None
     if unproven and (choice := _member_sides(layer, set(unproven))) is not None:
         cond, built, absent = choice
         return BranchPlan(
@@ -266,18 +277,11 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str], measured
             (n for n in walk(stmt.cond) if isinstance(n, N.Rank | N.Call) and measures_a_local(n)), None
         )
         if measured_local is not None:  # `sizes_by_side` did not follow it back
-            raise NotDerivable(
-                measured_local.span,
-                f"a derived backward through more than {MAX_BRANCH_PLANS} combinations of `if` branches tests"
-                f" `{spec_text(measured_local)}`, a size of a local the `if`s before it compute on their sides,"
-                " only where it follows back to the inputs through at most"
-                f" {MAX_SIZE_ATOMS} of their conditions (not derived yet)",
-                "test the size of the input it is computed from (`x.ndim` for `h = norm(x)`), or write a backward"
-                " block",
-            )
+            raise _size_not_followed(measured_local, "tests")
         cond = _configuration_condition(stmt.cond, before, layer)
         if not all(
-            on_arguments(term, inputs) or _on_dims(term, flags) or _dtype_test(term) for term in and_terms(cond)
+            on_arguments(term, inputs | members) or _on_dims(term, flags) or _dtype_test(term)
+            for term in and_terms(cond)
         ):
             raise _not_segmented(
                 stmt.cond.span,
@@ -287,9 +291,22 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str], measured
 
     body = flattened(returns_closed(layer.forward.body))  # nested `if`s and a side's numbers at the top
     body = sizes_by_side(body, layer, measured)
+    if (unfollowed := unfollowed_size(body)) is not None:
+        raise _size_not_followed(*unfollowed)
     closed = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
     closed.symbolic_dims = list(layer.symbolic_dims)
     return plan_loops(closed, set(members | inputs), incoming_names, condition)
+
+
+def _size_not_followed(size: N.Expr, how: str) -> NotDerivable:
+    return NotDerivable(
+        size.span,
+        f"a derived backward through more than {MAX_BRANCH_PLANS} combinations of `if` branches {how}"
+        f" `{spec_text(size)}`, a size of a local the `if`s before it compute on their sides, only where every"
+        f" way through them (at most {MAX_SIZE_SIDES}) gives it as sizes of the inputs (not derived yet)",
+        f"{how.removesuffix('s')} the size of the input it is computed from (`x.ndim` for `h = norm(x)`), or write"
+        " a backward block",
+    )
 
 
 def _decided(layer: N.Layer) -> N.Layer:

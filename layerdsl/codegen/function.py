@@ -121,6 +121,7 @@ class FunctionEmitter:
         # gradients backward takes under these names.
         self.padding: list[str] = []
         self.in_training = False  # a side of `if training`: dropout needs no mode check of its own
+        self.mask_when_dropping = False  # dropout's mask drawn only in training with p > 0 (else None)
         self.saved_cheap: frozenset[str] | None = None  # cheap intermediates saved, not recomputed (`_backward`)
         self.named: dict[tuple[str, ...], str] = {}  # the gradients this emitter names, by what they are of
         self.masks: dict[str, Mask] = {}  # comparisons and signs saved small, by name
@@ -946,11 +947,14 @@ class FunctionEmitter:
         if f in ("dropout_mask", "dropout_apply"):  # p may be a keyword (the tape writes it so)
             args = dict(zip([p.name for p in OPS[f].params], a)) | {k.name: k.value for k in c.kwargs}
             p = ex.wrap(args["p"], PREC["-"] + 1) if "p" in args else "0.5"
+            # only where it drops (a mask of None otherwise), in a Function that keeps no mask per step
+            dropping = f"{ex.sp.training} and {p} > 0" if self.mask_when_dropping else ex.sp.training
             if f == "dropout_mask":
-                return f"torch.empty_like({ex(args['input'])}, dtype=torch.bool).bernoulli_(1 - {p})"
+                mask = f"torch.empty_like({ex(args['input'])}, dtype=torch.bool).bernoulli_(1 - {p})"
+                return f"({mask} if {dropping} else None)" if self.mask_when_dropping else mask
             x, keep = args["input"], ex(args["mask"])
             dropped = f"torch.where({keep}, {ex.wrap(x, PREC['/'])} / (1 - {p}), 0)"
-            return dropped if self.in_training else f"({dropped} if {ex.sp.training} else {ex(x)})"
+            return dropped if self.in_training else f"({dropped} if {dropping} else {ex(x)})"
         if f.endswith("_indices") or f in _POOLING_GRADIENTS:
             return self._pooling(c, ex)
         if f == "transform_length":  # n, else the input's size along dim

@@ -16,6 +16,7 @@ the side its condition picks, in forward and again in backward.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from layerdsl.autodiff.loops import UNBOUND, Choice, Loop, LoopPlan, Straight, presence, segment_steps
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, dtype_tested
@@ -31,6 +32,7 @@ from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import and_terms
 from layerdsl.ir.visit import map_children, walk
+from layerdsl.language.ops import shape_args
 from layerdsl.language.tables import python_type
 
 MAX_ROUNDS = 6  # derivations until what backward reads settles (a growing set: it ends sooner)
@@ -154,6 +156,9 @@ class _Reads:
 
     once: set[str] = dataclasses.field(default_factory=set)  # values read as they are after forward
     per_step: dict[int, set[str]] = dataclasses.field(default_factory=dict)  # loop index -> body values
+    shapes: set[str] = dataclasses.field(default_factory=set)  # values (after forward) read for their shape
+    # where each value is read by value: the side of a Choice ((segment, 0 or 1)) or None (elsewhere)
+    sides: dict[str, set[tuple[int, int] | None]] = dataclasses.field(default_factory=dict)
 
 
 class LoopFunction:
@@ -179,10 +184,16 @@ class LoopFunction:
             if isinstance(seg, Loop):
                 self.names.taken |= {seg.var, *seg.appended, *(n for n, _ in seg.numbers)}
         self.loops = [seg for seg in plan.segments if isinstance(seg, Loop)]
+        self.helper.mask_when_dropping = not self.loops  # no mask kept per step (a stack takes no None)
         self.own: dict[tuple, str] = {} if shared is None else shared  # names it introduces, by what they hold
         self.outputs = {o.id for o in plan.outputs if isinstance(o, N.Name)}
         self.backward_dims: set[str] = set()
         self.sources = _gradient_sources(plan)
+        self.shape_only: set[str] = set()  # values backward reads only the shape of: their shape kept on ctx
+        # values only sides of Choices read (at most MAX_SAVING_SIDES): saved when one of them runs
+        self.saved_on: dict[str, list[tuple[int, int]]] = {}
+        self.leaf_shapes: set[str] = set()  # inputs and members backward reads only the shape of
+        self.side_tests: dict[tuple[int, int], str] = {}  # each side's condition, as backward spells it
         # `if m != none` of an optional input, an `if` of its own: backward tests m's shape, kept on ctx
         tested = [presence(t) for seg in plan.segments if isinstance(seg, Choice) for t in and_terms(seg.cond)]
         self.presence_tested = list(dict.fromkeys(t[0] for t in tested if t is not None))
@@ -219,7 +230,7 @@ class LoopFunction:
         per_step: dict[int, set[str]] = {}
         for _ in range(MAX_ROUNDS):
             body, reads = self.backward(once, per_step)
-            grown = reads.once - set(self.plan.leaves) - self.outputs
+            grown = (reads.once | reads.shapes) - set(self.plan.leaves) - self.outputs
             new_steps = {k: v | per_step.get(k, set()) for k, v in reads.per_step.items()}
             if grown <= once and all(new_steps[k] <= per_step.get(k, set()) for k in new_steps):
                 break
@@ -227,6 +238,7 @@ class LoopFunction:
             per_step = new_steps
         else:  # not settled in MAX_ROUNDS: written once more with everything read so far
             body, reads = self.backward(once, per_step)
+        body, reads = self.shapes_kept(body, reads, once, per_step)
         extra = self.extra_outputs(once, per_step)
         returned = extra if self.returned is None else self.returned
         saved_leaves = [l for l in self.plan.leaves if l in reads.once]
@@ -257,6 +269,31 @@ class LoopFunction:
             "updates": [],  # a loop layer updates no buffer (`autodiff.loops` refuses one)
             "probes": (self.names.local("transforms_active"), self.names.local("compiling")),
         }
+
+    def shapes_kept(
+        self, body: list[str], reads: _Reads, once: set[str], per_step: dict[int, set[str]]
+    ) -> tuple[list[str], _Reads]:
+        """The backward written again, saving less: a value it reads only the shape of (`reshape(g, q.shape)`)
+        is returned (for setup_context to take its shape) but not saved, its shape kept on ctx; a value only
+        one side of an `if` reads (`gelu`'s input) is saved only when that side runs. Their gradients, as
+        extra outputs', are unchanged. A value the written code still spells itself stays saved."""
+        candidates = (reads.shapes - reads.once) & once
+        self.leaf_shapes = (reads.shapes - reads.once) & set(self.plan.leaves)
+        self.saved_on = {v: sides for v in once & reads.once if (sides := _only_sides(reads.sides.get(v, set())))}
+        if not candidates and not self.saved_on and not self.leaf_shapes:
+            return body, reads
+        self.shape_only = candidates
+        self.helper.shape_on_ctx = {v: set() for v in candidates | set(self.saved_on) | self.leaf_shapes}
+        body, reads = self.backward(once, per_step)
+        text = "\n".join(body)
+        spelled = {v for v in candidates | self.leaf_shapes if re.search(rf"(?<![.\w]){re.escape(v)}\b", text)}
+        if spelled:  # saved after all (a leaf: read as itself)
+            self.shape_only = candidates - spelled
+            self.leaf_shapes -= spelled
+            self.helper.shape_on_ctx = {v: set() for v in self.shape_only | set(self.saved_on) | self.leaf_shapes}
+            body, reads = self.backward(once, per_step)
+            reads.once |= spelled & set(self.plan.leaves)
+        return body, reads
 
     def _tensor_type(self, leaf: str) -> str:
         assert self.layer.forward is not None
@@ -541,7 +578,7 @@ class LoopFunction:
         unpack = self.plan.leaves + self.kwargs
         dims = sorted(self.backward_dims)
         used = set(saved_leaves) | set(self.kwargs) | {self.helper.dim_source[d].split(".")[0] for d in dims}
-        used |= set(self.presence_tested) | set(self.flags_tested) | set(self.dtype_tested)
+        used |= set(self.presence_tested) | set(self.flags_tested) | set(self.dtype_tested) | self.leaf_shapes
         lines = []
         if used:
             names = [u if u in used else "_" for u in unpack]
@@ -555,6 +592,15 @@ class LoopFunction:
         lines += [f"{self.names.ctx_value(k)} = {k}" for k in self.kwargs]
         lines += [f"{self.names.ctx_value(d)} = {self.dim_source(d)}" for d in dims]
         lines += [f"{self.names.ctx_shape(m)} = None if {m} is None else {m}.shape" for m in self.presence_tested]
+        lines += [
+            (
+                f"{self.names.ctx_shape(l)} = {l}.shape"
+                if l not in self.helper.maybe_absent
+                else f"{self.names.ctx_shape(l)} = None if {l} is None else {l}.shape"
+            )
+            for l in self.plan.leaves
+            if l in self.leaf_shapes and l not in self.presence_tested
+        ]
         lines += [f"{self.names.ctx_value(f)} = {f}" for f in self.flags_tested]
         for leaf in self.dtype_tested:
             test = f"{leaf}.is_floating_point()"
@@ -563,7 +609,18 @@ class LoopFunction:
                 if leaf in self.presence_tested
                 else f"{self.dtype_field(leaf)} = {test}"
             )
-        tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + own_extra
+        lines += [
+            (
+                f"{self.names.ctx_shape(v)} = {v}.shape"
+                if v in self.always_bound()
+                else f"{self.names.ctx_shape(v)} = None if {v} is None else {v}.shape"
+            )
+            for v in own_extra
+            if v in self.shape_only or v in self.saved_on
+        ]
+        own_extra = [v for v in own_extra if v not in self.shape_only]
+        chosen = [f"{v} if {self.saving_test(v)} else None" if v in self.saved_on else v for v in own_extra]
+        tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + chosen
         # no gradient of their own: ATen differentiates through them (one call: torch keeps the last call's)
         groups = [
             (per_step, names)
@@ -584,6 +641,20 @@ class LoopFunction:
         if tensors:
             lines.append(f"ctx.save_for_backward({', '.join(tensors)})")
         return lines
+
+    def plan_steps(self) -> list[Step]:
+        return [s for seg in self.plan.segments for s in segment_steps(seg)]
+
+    def saving_test(self, value: str) -> str:
+        """The test under which setup_context saves `value`: one of the sides reading it ran."""
+        tests = [self.side_tests[side] for side in self.saved_on[value]]
+        if len(tests) == 1:
+            return tests[0]
+        return " or ".join(t if re.fullmatch(r"[\w.]+|not [\w.]+", t) else f"({t})" for t in tests)
+
+    def always_bound(self) -> set[str]:
+        """The values forward always computes (of straight segments): never None."""
+        return {s.var for seg in self.plan.segments if isinstance(seg, Straight) for s in seg.tape.steps}
 
     # ---------------------------------------------------------------- backward
 
@@ -608,6 +679,9 @@ class LoopFunction:
         rare = _BackwardWriter(self, once, per_step, "rare")
         rare_lines = rare.write()
         reads = _Reads(main.reads.once | rare.reads.once, dict(main.reads.per_step))
+        reads.shapes = main.reads.shapes | rare.reads.shapes
+        for name in main.reads.sides.keys() | rare.reads.sides.keys():
+            reads.sides[name] = main.reads.sides.get(name, set()) | rare.reads.sides.get(name, set())
         for k, v in rare.reads.per_step.items():
             reads.per_step[k] = reads.per_step.get(k, set()) | v
         extra = self.extra_outputs(once, per_step)
@@ -619,8 +693,18 @@ class LoopFunction:
         }
         stacks |= {s.var for seg in self.plan.segments if isinstance(seg, Choice) for s in segment_steps(seg)}
         stacks |= _maybe_unbound(self.plan)
-        zeros = [  # a stack is None after a loop of no steps (whose backward runs no step)
-            f"{g} = torch.zeros_like({x}) if {g} is None {'and ' + x + ' is not None ' if x in stacks else ''}else {g}"
+        stacks |= {s.var for s in self.plan_steps() if s.op is not None and s.op.name == "dropout_mask"}
+        any_given = self.name("given")  # the zeros of a value kept as its shape: of a given gradient's dtype
+        by_shape = self.shape_only | set(self.saved_on)  # not saved, or saved only where a side runs
+        zeros = [f"{any_given} = [g for g in ({', '.join(given)},) if g is not None][0]"] if by_shape else []
+        zeros += [  # a stack is None after a loop of no steps (whose backward runs no step)
+            (
+                f"{g} = {any_given}.new_zeros({self.names.ctx_shape(x)}) if {g} is None "
+                + (f"and {self.names.ctx_shape(x)} is not None " if x in stacks else "")
+                if x in by_shape
+                else f"{g} = torch.zeros_like({x}) if {g} is None " + (f"and {x} is not None " if x in stacks else "")
+            )
+            + f"else {g}"
             for g, x in zip(given, extra)
         ]
         reset = sorted(rare.maybe_none - set(main.leaf_grads()))
@@ -668,6 +752,8 @@ class _BackwardWriter:
             if s.op is not None and s.op.shape in VIEWS and _operands(s) <= leaves
         }
         self.recomputed: set[str] = set()
+        self.kept_whole = fn.outputs | set(self.views)  # read as themselves even for a shape
+        self.side: tuple[int, int] | None = None  # the side of a Choice being written
         # Views of inputs, parameters and picked slices in the loop being written (`transpose(w_l[k], 0, 1)`):
         # recomputed at each step of backward, not kept per step
         self.step_views: dict[str, Step] = {}
@@ -726,7 +812,7 @@ class _BackwardWriter:
         leaves = [l for l in self.plan.leaves if l in once]
         outputs = [o.id for o in self.plan.outputs if isinstance(o, N.Name) and o.id in once]
         extra = self.fn.extra_outputs(self.once, self.per_step)
-        return leaves + outputs + extra
+        return leaves + outputs + [x for x in extra if x not in self.fn.shape_only]
 
     # ---------------------------------------------------------------- gradients
 
@@ -793,8 +879,23 @@ class _BackwardWriter:
         return lines, {leaf: renamed.get(g, g) for leaf, g in bwd.leaf_grads.items()}
 
     def read(self, expr: N.Expr) -> None:
+        shaped = {
+            id(a)
+            for c in walk(expr)
+            if isinstance(c, N.Call)
+            for i in shape_args(c)
+            if isinstance(a := c.args[i], N.Name)
+        }
         for n in walk(expr):
-            if isinstance(n, N.Name) and n.id in self.step_views:
+            if (
+                isinstance(n, N.Name)
+                and id(n) in shaped
+                and self.current is self.reads.once
+                and n.id in self.values
+                and n.id not in self.kept_whole
+            ):
+                self.reads.shapes.add(n.id)  # only its shape: kept on ctx where nothing reads it otherwise
+            elif isinstance(n, N.Name) and n.id in self.step_views:
                 self.step_recomputed.add(n.id)
                 self.read(self.step_views[n.id].expr)
             elif isinstance(n, N.Name) and n.id in self.views:  # recomputed from the leaves it views
@@ -802,6 +903,8 @@ class _BackwardWriter:
                 self.read(self.views[n.id].expr)
             elif isinstance(n, N.Name) and n.id in self.values:
                 self.current.add(n.id)
+                if self.current is self.reads.once:
+                    self.reads.sides.setdefault(n.id, set()).add(self.side)
 
     # ---------------------------------------------------------------- segments
 
@@ -829,7 +932,9 @@ class _BackwardWriter:
                     self.state[self.acc(values[k])] = given
                 else:
                     lines += self.accumulate(values[k], self.acc(name), conditional=given == "maybe")
+            self.side = (at, k)
             lines += self.straight(Straight(tape), where=f"{at} {('then', 'else')[k]}")
+            self.side = None
             sides.append(lines)
             states.append({g: st for g, st in self.state.items() if g.removeprefix("grad_") not in own})
         self.state = {}
@@ -842,7 +947,10 @@ class _BackwardWriter:
         kept |= {f: self.fn.names.ctx_value(f) for f in self.fn.flags_tested}
         kept |= {_dtype_name(leaf): self.fn.dtype_field(leaf) for leaf in self.fn.dtype_tested}
         ex = self.fn.helper.python(dataclasses.replace(self.spelling, names=self.spelling.names | kept))
-        return head + _if_else([f"if {ex(_dtypes_named(seg.cond))}:"], sides[0], sides[1])
+        test = ex(_dtypes_named(seg.cond))
+        negated = f"not {test}" if re.fullmatch(r"[\w.]+", test) else f"not ({test})"
+        self.fn.side_tests |= {(at, 0): test, (at, 1): negated}
+        return head + _if_else([f"if {test}:"], sides[0], sides[1])
 
     def straight(self, seg: Straight, where: str | None = None) -> list[str]:
         """`where`: the key of the names it introduces (by default, the segment's index)."""
@@ -1018,6 +1126,17 @@ class _BackwardWriter:
     @staticmethod
     def _plain_range(loop: Loop) -> bool:
         return len(loop.bounds) == 1
+
+
+MAX_SAVING_SIDES = 3  # the sides of `if`s a value is saved for, tested in setup_context (more: always saved)
+
+
+def _only_sides(where: set[tuple[int, int] | None]) -> list[tuple[int, int]]:
+    """The sides of Choices (segment, 0 or 1) where a value is read, when it is read nowhere else and on
+    at most `MAX_SAVING_SIDES` of them; [] otherwise."""
+    if None in where or len(where) > MAX_SAVING_SIDES:
+        return []
+    return sorted(side for side in where if side is not None)
 
 
 def _if_else(head: list[str], then: list[str], orelse: list[str]) -> list[str]:
