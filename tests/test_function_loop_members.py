@@ -107,6 +107,9 @@ def test_the_loop_runs_once_per_combination_of_built_members_chosen_before_it():
         assert ("layers_w_in[i]" in body) != ("layers_w_q[i]" in body)
         assert "is not None" not in body
         assert not re.search(r"if layers_(w_in|w_q|w_k|b_in|gate|norm_w)\b", body)  # no member tested inside
+        # a value of parameters alone (the transposes, softplus(gate)) cannot change with the carried h
+        checked = set(re.findall(r"if (\w+)\.shape != \w+_steps", body))
+        assert checked and not checked & {"tran", "tran4", "soft"}
 
 
 def plan_problems(text: str) -> list[str]:

@@ -390,10 +390,16 @@ class LoopFunction:
         later.update({c: self.plan.shapes.get(loop.updates[c]) for c in starts})
         for s in [*loop.picks.values(), *loop.tape.steps]:
             later[s.var] = step_shape(s, later)
+        on_starts = set(starts)  # only a value computed from a carried start can change with it
+        for s in loop.tape.steps:
+            if s.reads & on_starts:
+                on_starts.add(s.var)
         return {
             s.var
             for s in loop.tape.steps
-            if not _kept(s) and (later[s.var] is None or later[s.var] != self.plan.shapes.get(s.var))
+            if s.var in on_starts
+            and not _kept(s)
+            and (later[s.var] is None or later[s.var] != self.plan.shapes.get(s.var))
         }
 
     def grad_out(self, var: str) -> str:
