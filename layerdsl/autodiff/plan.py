@@ -148,9 +148,10 @@ def plan_backward(
     return _straight_plan(layer, given)
 
 
-# The longest straight tape derived (an unrolled loop's steps counted): deriving and optimising a tape takes
-# time growing with the square of its length (512 operations took about a minute).
-MAX_TAPE_STEPS = 400
+# The longest straight tape derived (an unrolled loop's steps counted): pricing which intermediates to save
+# takes time growing with the square of its length (800 operations take about 5-10 s), and the backward's
+# reads are followed by recursion one call per operation (1,000 pass Python's default limit).
+MAX_TAPE_STEPS = 600
 
 
 def _straight_plan(layer: N.Layer, given: frozenset[str]) -> Plan:

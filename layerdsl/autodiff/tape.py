@@ -94,8 +94,26 @@ class Tape:
     # differentiable) and the module writes into the buffer (`codegen.function_buffers`).
     updates: dict[str, str] = field(default_factory=dict)
 
+    # `step`'s index: the list it was built from, its length then, and each var's first step. Passes
+    # replace the steps (a new list, `dataclasses.replace`) or append to them; either rebuilds it. (Steps
+    # are renamed only while linearizing, before the tape exists.)
+    _indexed: tuple[list[Step], int, dict[str, Step]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
     def step(self, var: str) -> Step | None:
-        return next((s for s in self.steps if s.var == var), None)
+        """The step binding `var` (None for a leaf or a name the tape does not bind)."""
+        indexed = self._indexed
+        if indexed is None or indexed[0] is not self.steps or indexed[1] != len(self.steps):
+            by_var: dict[str, Step] = {}
+            for s in self.steps:
+                by_var.setdefault(s.var, s)
+            indexed = self._indexed = (self.steps, len(self.steps), by_var)
+        found = indexed[2].get(var)
+        if found is not None and found.var != var:  # a step renamed since: look again
+            self._indexed = None
+            return self.step(var)
+        return found
 
 
 class Linearizer:

@@ -647,11 +647,19 @@ class FunctionEmitter:
             return self.saved_cheap
         sizes = _example_sizes(self.layer)
 
+        names = _ExprNames()  # each pricing reads the same expressions: their names are found once
+        counted: dict[str, int] = {}
+
+        def size(var: str) -> int:
+            if var not in counted:
+                counted[var] = elements(tape.shapes.get(var), sizes)
+            return counted[var]
+
         def cost(saved: frozenset[str]) -> SavingCost:
             self.saved_cheap = saved
-            reads = self._reads(tape, sections, self.masks)
-            kept = sum(elements(tape.shapes.get(v), sizes) for v in reads if v not in self.masks)
-            redone = sum(elements(tape.shapes.get(v), sizes) for sec in sections for v in sec.recompute if passes(v))
+            reads = self._reads(tape, sections, self.masks, names)
+            kept = sum(size(v) for v in reads if v not in self.masks)
+            redone = sum(size(v) for sec in sections for v in sec.recompute if passes(v))
             return SavingCost(4 * kept, redone)
 
         def passes(var: str) -> bool:  # recomputing it is a pass over memory (a view is not)
@@ -661,9 +669,13 @@ class FunctionEmitter:
         cost(frozenset())
         return chosen_saves([v for sec in sections for v in sec.recompute if passes(v)], cost)
 
-    def _reads(self, tape: Tape, sections: list[Section], masks: dict[str, Mask]) -> dict[str, set[str]]:
+    def _reads(
+        self, tape: Tape, sections: list[Section], masks: dict[str, Mask], names: _ExprNames | None = None
+    ) -> dict[str, set[str]]:
         """For each forward tensor the backward reads (saved, or a mask computed when saving), which leaves
-        need it; fills each section's `recompute` and `self.shape_on_ctx`."""
+        need it; fills each section's `recompute` and `self.shape_on_ctx`. `names`: the expressions' names,
+        found before (while the expressions are unchanged)."""
+        names = _ExprNames() if names is None else names
         reads: dict[str, set[str]] = {}
         outputs = {o.id for o in tape.outputs if isinstance(o, N.Name)}
 
@@ -693,7 +705,7 @@ class FunctionEmitter:
                 grows = not leaves <= recompute.get(var, set())
                 recompute.setdefault(var, set()).update(leaves)
                 if grows:
-                    for n in _value_names(step.expr):
+                    for n in names.values(step.expr):
                         if tape.step(n) or n in tape.leaves:
                             read(n, leaves)
                     if step.guard:
@@ -708,10 +720,10 @@ class FunctionEmitter:
             read = reader(sec.recompute, sec.rare)
             readers.append(read)
             for leaves, _, expr, _ in sec.items:
-                for n in _value_names(expr):
+                for n in names.values(expr):
                     if tape.step(n) or n in tape.leaves or n in masks:
                         read(n, leaves)
-                for n in _shape_names(expr):
+                for n in names.shapes(expr):
                     shape_uses.setdefault(n, set()).update(leaves)
         recomputed = {v for sec in sections for v in sec.recompute}
         self.shape_on_ctx = {
@@ -726,7 +738,7 @@ class FunctionEmitter:
         self.shape_on_ctx.update({n: shape_uses[n] for n in self.shape_sources})
         for sec, read in zip(sections, readers):
             for leaves, _, expr, _ in sec.items:
-                for n in _shape_names(expr):
+                for n in names.shapes(expr):
                     if n not in self.shape_on_ctx:
                         read(n, leaves)
         return reads
@@ -1403,6 +1415,25 @@ def _shape_names(e) -> list[str]:
         if isinstance(n, N.Call):
             out += [a.id for i in shape_args(n) if isinstance(a := n.args[i], N.Name)]
     return out
+
+
+class _ExprNames:
+    """`_value_names` and `_shape_names` of expressions, each found once (for expressions not changed
+    in between): pricing each choice of saves reads every statement again."""
+
+    def __init__(self) -> None:
+        self.found: dict[int, tuple[N.Expr, list[str], list[str]]] = {}  # id -> (expr, kept alive, ...)
+
+    def values(self, e: N.Expr) -> list[str]:
+        return self._of(e)[1]
+
+    def shapes(self, e: N.Expr) -> list[str]:
+        return self._of(e)[2]
+
+    def _of(self, e: N.Expr) -> tuple[N.Expr, list[str], list[str]]:
+        if id(e) not in self.found:
+            self.found[id(e)] = (e, _value_names(e), _shape_names(e))
+        return self.found[id(e)]
 
 
 def _step_sources(step: Step, sources: dict[str, frozenset[str]]) -> frozenset[str]:

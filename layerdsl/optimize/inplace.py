@@ -11,6 +11,7 @@ nothing keeps a value for later, so it is enough that the temporary be dead and 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 from layerdsl.ir import nodes as N
@@ -70,11 +71,18 @@ class _InPlaceRewriter:
         self.updated: set[str] = set()
         self.last_use = last_reads(stmts)
         self.k = 0
+        # The statements before the current one that read each name (only they can keep its value), and
+        # how often the current one reads each (rewriting copies nodes: `s.expr` stays as it was).
+        self.readers: dict[str, list[Stmt]] = {}
+        self.counts: Counter[str] | None = None
 
     def run(self) -> None:
         for k, s in enumerate(self.stmts):
             self.k = k
+            self.counts = None
             s.expr = self.rewrite(s.expr, s)
+            for name in dict.fromkeys(names(s.expr)):
+                self.readers.setdefault(name, []).append(s)
             self.shapes.learn(s)
             self.roots[s.target] = self.guaranteed_roots(s)
             if self.fresh_result(s):
@@ -128,13 +136,13 @@ class _InPlaceRewriter:
     def dead_after(self, name: str, stmt: Stmt) -> bool:
         """A fresh temporary read for the last time here, once, and never kept by an earlier operation."""
         rebound = stmt.target == name  # `t = t + b`: the old value dies here too
-        if (
-            name not in self.fresh
-            or not (rebound or self.last_use.get(name) == self.k)
-            or names(stmt.expr).count(name) != 1
-        ):
+        if name not in self.fresh or not (rebound or self.last_use.get(name) == self.k):
             return False
-        return not any(self.keeps(s, name) for s in self.stmts[: self.k])
+        if self.counts is None:
+            self.counts = Counter(names(stmt.expr))
+        if self.counts[name] != 1:
+            return False
+        return not any(self.keeps(s, name) for s in self.readers.get(name, ()))
 
     def keeps(self, s: Stmt, name: str) -> bool:
         """Whether statement `s` left `name`'s current value where a later read (or autograd) needs it."""

@@ -93,11 +93,15 @@ def hoist_scales(stmts, kept: set[str], incoming: set[str]) -> None:
         binds[s.target] = binds.get(s.target, 0) + 1
     carriers = frozenset(incoming | {s.target for s in stmts if not s.recompute})
     pending: dict[str, Scale] = {}
+    read_at: dict[str, list[int]] = {}  # name -> the statements reading it (only the one at k changes at k)
+    for k, s in enumerate(stmts):
+        for name in dict.fromkeys(n.id for n in walk(s.expr) if isinstance(n, N.Name)):
+            read_at.setdefault(name, []).append(k)
     for k, s in enumerate(stmts):
         if s.expr.kind != "tensor" or s.recompute or s.target not in carriers:
             continue
         scale, rest = float_scale(s.expr, pending, carriers)
-        readers = [r for r in stmts[k + 1 :] if any(isinstance(n, N.Name) and n.id == s.target for n in walk(r.expr))]
+        readers = [stmts[j] for j in read_at.get(s.target, ()) if j > k]
         movable = not scale.one and binds[s.target] == 1 and s.target not in kept and not s.guard and readers
         pending_too = {**pending, s.target: scale}
         if movable and _cost(readers, pending_too, carriers) - _cost(readers, pending, carriers) < scalar_ops(
