@@ -1,0 +1,105 @@
+"""A loop Function whose carried value starts smaller than its steps make it: torch's RNN with no start
+state, `h = new_zeros(x, [d])`, is [d] at step 0 and [B, d] after it. The body's static shapes are still
+taken from the start (`autodiff.loops`: a carried value's shape is its start's), so b's gradient in
+`h @ w + b` is not summed down to [d] from step 1 on: a wrong gradient (Elman) or a failing backward (GRU).
+Those cases are strict xfails until it is fixed.
+Against the plain form (outputs, gradients, gradcheck and gradgradcheck in float64), with and without the
+start state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from .function_agreement import compare_with_plain
+from .test_function_sub_lists import plain_pair
+
+ELMAN = """
+@function
+layer ElmanBias(d: int) {
+    param w: [d, d] = uniform(-0.5, 0.5)
+    param b: [d] = uniform(-0.5, 0.5)
+    example(d = 3)
+    forward(input: [..., d], hx: [..., d]? = none) {
+        x = transpose(input, 0, -2)
+        T = size_at(x, -2)
+        if hx != none {
+            h = hx[0]
+        } else {
+            h = new_zeros(x, [d])
+        }
+        outputs = []
+        for t in range(T) {
+            g = h @ w + b
+            h = tanh(x[..., t, :] + g)
+            outputs.append(h)
+        }
+        return transpose(stack(outputs, dim = -2), 0, -2)
+    }
+}
+"""
+
+# a GRU layer (torch.nn.GRU's gates r, z, n), its state started as [d] when none is given
+GRU = """
+@function
+layer GruLayer(input_size: int, hidden_size: int) {
+    param weight_ih: [3 * hidden_size, input_size] = uniform(-0.5, 0.5)
+    param weight_hh: [3 * hidden_size, hidden_size] = uniform(-0.5, 0.5)
+    param bias_ih: [3 * hidden_size] = uniform(-0.5, 0.5)
+    param bias_hh: [3 * hidden_size] = uniform(-0.5, 0.5)
+    example(input_size = 2, hidden_size = 3)
+    forward(input: [..., input_size], hx: [..., hidden_size]? = none) {
+        x = transpose(input, 0, -2)
+        T = size_at(x, -2)
+        if hx != none {
+            h = hx[0]
+        } else {
+            h = new_zeros(x, [hidden_size])
+        }
+        gi_all = x @ transpose(weight_ih, 0, 1) + bias_ih
+        w_hh = transpose(weight_hh, 0, 1)
+        outputs = []
+        for t in range(T) {
+            gi = gi_all[..., t, :]
+            gh = h @ w_hh + bias_hh
+            r = sigmoid(gi[..., 0:hidden_size] + gh[..., 0:hidden_size])
+            z = sigmoid(gi[..., hidden_size : 2 * hidden_size] + gh[..., hidden_size : 2 * hidden_size])
+            n = tanh(gi[..., 2 * hidden_size :] + r * gh[..., 2 * hidden_size :])
+            h = (1 - z) * n + z * h
+            outputs.append(h)
+        }
+        return transpose(stack(outputs, dim = -2), 0, -2)
+    }
+}
+"""
+
+
+STARTS_SMALLER = pytest.mark.xfail(
+    strict=True, reason="the loop body's static shapes are taken from a start smaller than the steps make it"
+)
+
+
+def _inputs(steps: int, d: int, given: bool, hidden: int) -> tuple[torch.Tensor, ...]:
+    x = torch.randn(steps, 2, d, dtype=torch.float64, requires_grad=True)
+    return (x, torch.randn(1, 2, hidden, dtype=torch.float64, requires_grad=True)) if given else (x,)
+
+
+@pytest.mark.parametrize(
+    "steps, given",
+    [(1, False), (1, True), (2, True), (4, True), *(pytest.param(n, False, marks=STARTS_SMALLER) for n in (2, 4))],
+)
+def test_a_bias_added_to_a_product_with_a_state_that_starts_as_a_vector(steps, given):
+    a, b = plain_pair(ELMAN, "elman_bias", "ElmanBias", d=3)
+    compare_with_plain(a, b, *_inputs(steps, 3, given, 3))
+
+
+@pytest.mark.parametrize(
+    "steps, given", [(1, False), (1, True), (3, True), pytest.param(3, False, marks=STARTS_SMALLER)]
+)
+def test_a_gru_layer_with_and_without_its_start_state(steps, given):
+    a, b = plain_pair(GRU, "gru_layer", "GruLayer", input_size=2, hidden_size=3)
+    compare_with_plain(a, b, *_inputs(steps, 2, given, 3))
+    gru = torch.nn.GRU(2, 3).double()
+    gru.load_state_dict({k + "_l0": v for k, v in a.state_dict().items()})
+    inputs = _inputs(steps, 2, given, 3)
+    torch.testing.assert_close(a(*inputs), gru(*inputs)[0])
