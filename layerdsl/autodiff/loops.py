@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from layerdsl.autodiff.loop_members import without_members
 from layerdsl.autodiff.reverse import derive
-from layerdsl.autodiff.shapes import step_shape
+from layerdsl.autodiff.shapes import carried_shapes, step_shape
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Step, Tape
 from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
@@ -585,8 +585,8 @@ class _Planner:
                 more[name] = items[1:]
         heads = {name: [self.alias[h] for h in self.heads.pop(name)] for name in appended if name in self.heads}
         updates = {carried[local]: tape.env[local] for local in carried}
-        for local, name in carried.items():
-            self.shapes[name] = self.shapes.get(self.alias[local])
+        starts = {name: self.shapes.get(self.alias[local]) for local, name in carried.items()}
+        self.shapes.update(carried_shapes(tape.steps, starts, updates, self.shapes))
         hoisted, tape = self.hoisted(tape, set(carried.values()) | {stmt.var})
         masked = next((s for s in tape.steps if s.by_mask), None)
         if masked is not None:  # its per-step values differ in length: they cannot be stacked for backward

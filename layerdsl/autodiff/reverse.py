@@ -301,12 +301,13 @@ def _may_batch(tape: Tape, step: Step) -> bool:
 
 
 def _vector_times_matrix(tape: Tape, step: Step) -> bool:
-    """`x @ w` with `w` a matrix and `x` declared `[..., n]` (or `[n]`): `x` may be a vector, which the
+    """`x @ w` with `w` a matrix and `x` declared `[..., n]` (or `[n]`), or of a shape not known (a loop's
+    carried value that starts as `[n]`, `autodiff.shapes.carried_shapes`): `x` may be a vector, which the
     table's `transpose(input, -1, -2)` cannot take."""
     a, b = _shape_of(tape, step.args["input"]), _shape_of(tape, step.args["other"])
     if b is None or len(b) != 2 or "..." in b:
         return False
-    return a is not None and (len(a) == 1 or (len(a) == 2 and a[0] == "..."))
+    return a is None or len(a) == 1 or (len(a) == 2 and a[0] == "...")
 
 
 def _vector_operand_grad(tape: Tape, step: Step, pname: str, grad: N.Expr) -> N.Expr | None:

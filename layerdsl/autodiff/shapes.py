@@ -38,6 +38,26 @@ def step_shape(s: Step, shapes: dict[str, Shape]) -> Shape:
     return op_shape(s.op, s.args, lambda a: expr_shape(a, shapes), s.expr.items if isinstance(s.expr, N.Call) else None)
 
 
+def carried_shapes(
+    steps: list[Step], starts: dict[str, Shape], updates: dict[str, str], shapes: dict[str, Shape]
+) -> dict[str, Shape]:
+    """The static shape of each carried value of a loop (`starts`: its start's, by name) that holds at every
+    step: its start's, or None (unknown) where the body (`steps`, with each carried value's next value in
+    `updates`) may make it another: `h = new_zeros(x, [H])` is [H] at step 0 and [B, H] after it, so the
+    body's shapes taken from the start would skip the reductions the later steps need (`h @ w + b`'s
+    gradient summed down to b's [H])."""
+    carried = dict(starts)
+    for _ in range(len(carried) + 1):
+        local = shapes | carried
+        for s in steps:
+            local[s.var] = step_shape(s, local)
+        differ = {c for c, v in updates.items() if carried[c] is not None and local.get(v) != carried[c]}
+        if not differ:
+            break
+        carried.update(dict.fromkeys(differ))
+    return carried
+
+
 def _picked_by_indices(s: Step, shapes: dict[str, Shape]) -> Shape:
     """`x[:, i, j]`: x's dims before, the index tensors' broadcast shape, x's dims after."""
     inp, dim, listed = expr_shape(s.args["input"], shapes), s.args["dim"], s.args["indices"]
