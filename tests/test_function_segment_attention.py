@@ -8,7 +8,6 @@ first and second derivatives, and gradcheck/gradgradcheck where noted."""
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
@@ -19,34 +18,18 @@ from layerdsl.autodiff.plan import plan_backwards
 from layerdsl.ir.printer import spec_text
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
-from layerdsl.testing.layer_checks import generate_package
 
 from .function_agreement import agree
+from .support import torch_nn_with_and_without_function
 
 SPECS = Path(__file__).resolve().parent.parent / "specs" / "torch_nn"
 FILES = ["attention.layer", "linear.layer"]
 
 
-def _copies(root: Path, function: bool) -> Path:
-    folder = root / ("function" if function else "plain") / "torch_nn"
-    folder.mkdir(parents=True)
-    for name in FILES:
-        text = (SPECS / name).read_text()
-        if function:
-            text = text.replace("\nlayer MultiheadAttention(", "\n@function\nlayer MultiheadAttention(")
-        (folder / name).write_text(text)
-    return folder.parent
-
-
 @pytest.fixture(scope="module")
 def modules(tmp_path_factory) -> tuple:
     root = tmp_path_factory.mktemp("attention")
-    out = []
-    for function in (True, False):
-        package = f"attention_{'function' if function else 'plain'}"
-        generate_package([str(_copies(root, function))], root / "packages", package)
-        out.append(importlib.import_module(package))
-    return tuple(out)
+    return torch_nn_with_and_without_function(root, FILES, "MultiheadAttention", "attention")
 
 
 def test_multihead_attention_plans_as_segments():
@@ -150,19 +133,7 @@ ENCODER_FILES = ["attention.layer", "linear.layer", "layer_norm.layer", "transfo
 def encoders(tmp_path_factory) -> tuple:
     """TransformerEncoderLayer with and without `@function` (its attention, linears and norms inlined)."""
     root = tmp_path_factory.mktemp("encoder")
-    out = []
-    for function in (True, False):
-        folder = root / ("function" if function else "plain") / "torch_nn"
-        folder.mkdir(parents=True)
-        for name in ENCODER_FILES:
-            text = (SPECS / name).read_text()
-            if function:
-                text = text.replace("\nlayer TransformerEncoderLayer(", "\n@function\nlayer TransformerEncoderLayer(")
-            (folder / name).write_text(text)
-        package = f"encoder_{'function' if function else 'plain'}"
-        generate_package([str(folder.parent)], root / "packages", package)
-        out.append(importlib.import_module(package))
-    return tuple(out)
+    return torch_nn_with_and_without_function(root, ENCODER_FILES, "TransformerEncoderLayer", "encoder")
 
 
 @pytest.mark.parametrize("norm_first", [True, False])

@@ -8,17 +8,10 @@ Measured with `saved_tensors_hooks`, each storage counted once."""
 
 from __future__ import annotations
 
-import importlib
-from pathlib import Path
-
 import pytest
 import torch
 
-from layerdsl.testing.layer_checks import generate_package
-
-from .support import compile_spec
-
-SPECS = Path(__file__).resolve().parent.parent / "specs" / "torch_nn"
+from .support import compile_spec, torch_nn_with_and_without_function
 
 
 def saved_bytes(run, held: torch.nn.Module | None = None) -> int:
@@ -41,19 +34,9 @@ def saved_bytes(run, held: torch.nn.Module | None = None) -> int:
 def attention(tmp_path_factory) -> tuple:
     """MultiheadAttention generated with `@function` and without (the plain module: autograd)."""
     root = tmp_path_factory.mktemp("attention_saving")
-    out = []
-    for function in (True, False):
-        folder = root / ("function" if function else "plain") / "torch_nn"
-        folder.mkdir(parents=True)
-        for name in ("attention.layer", "linear.layer"):
-            text = (SPECS / name).read_text()
-            if function:
-                text = text.replace("\nlayer MultiheadAttention(", "\n@function\nlayer MultiheadAttention(")
-            (folder / name).write_text(text)
-        package = f"attention_saving_{'function' if function else 'plain'}"
-        generate_package([str(folder.parent)], root / "packages", package)
-        out.append(importlib.import_module(package))
-    return tuple(out)
+    return torch_nn_with_and_without_function(
+        root, ["attention.layer", "linear.layer"], "MultiheadAttention", "attention_saving"
+    )
 
 
 @pytest.mark.parametrize(

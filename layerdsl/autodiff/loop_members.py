@@ -186,8 +186,12 @@ def _dropped(node, absent: set[str], found: list[N.Expr], on_the_left: list[N.Ex
     return go(node)
 
 
+def _member(read: N.Expr) -> str:
+    return spec_text(read.value if isinstance(read, N.Subscript) else read)  # a family's `b_l[k]`: b_l
+
+
 def _unbuilt(read: N.Expr) -> NotDerivable:
-    member = spec_text(read.value if isinstance(read, N.Subscript) else read)  # a family's `b_l[k]`: b_l
+    member = _member(read)
     return NotDerivable(
         read.span,
         f"a derived backward through a loop reads the optional member '{member}' where no `if` proves it built,"
@@ -197,7 +201,7 @@ def _unbuilt(read: N.Expr) -> NotDerivable:
 
 
 def _unskipped(read: N.Expr) -> NotDerivable:
-    member = spec_text(read.value if isinstance(read, N.Subscript) else read)  # a family's `b_l[k]`: b_l
+    member = _member(read)
     return NotDerivable(
         read.span,
         f"a derived backward through a loop reads the optional member '{member}' as the right operand of"
