@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import importlib
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from layerdsl.codegen.module import emit_file
 from layerdsl.semantics.checker import check_program
@@ -43,3 +48,31 @@ def torch_nn_with_and_without_function(
         generate_package([str(folder.parent)], root / "packages", name)
         out.append(importlib.import_module(name))
     return out[0], out[1]
+
+
+def saved_bytes(run: Callable[[], object], held: torch.nn.Module | None = None) -> int:
+    """The bytes of the storages autograd keeps for backward while `run()` runs, each counted once; those
+    of `held`'s parameters left out (the module holds them anyway: keeping one costs no memory)."""
+    kept: dict[int, int] = {}
+    own = {p.untyped_storage().data_ptr() for p in held.parameters()} if held is not None else set()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in own:
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(kept.values())
+
+
+class AtenCalls(TorchDispatchMode):
+    """Counts the ATen ops run under it, by name (`native_layer_norm_backward`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))

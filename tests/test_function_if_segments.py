@@ -16,8 +16,7 @@ from layerdsl.codegen.module import emit_file
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
 
-from .support import compile_spec
-from .test_function_segment_saving import saved_bytes
+from .support import compile_spec, saved_bytes
 
 FLAGS = "abcdefgh"
 

@@ -15,6 +15,7 @@ from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
 
 from .function_agreement import compare_with_plain
+from .support import saved_bytes
 from .test_function_sub_lists import plain_pair
 
 FINALS = """
@@ -246,19 +247,6 @@ def test_two_items_per_member_with_the_first_members_before_the_loop(n):
     assert "grad_stacked_finals_parts[2 * k + 2]" in source  # after the first member's two
 
 
-def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
-    """The bytes autograd keeps for the backward of one call (distinct storages once)."""
-    kept: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
-    return sum(kept.values())
-
-
 def test_the_flip_and_the_first_items_save_nothing_of_their_own():
     """Putting the list back in order saves what the loop alone does; so does starting a list with the
     first member's item (the stacked list is never kept)."""
@@ -268,13 +256,13 @@ def test_the_flip_and_the_first_items_save_nothing_of_their_own():
     filled, _ = plain_pair(as_filled, "as_filled", "AsFilled", d=3)
     filled.load_state_dict(in_order.state_dict())
     x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
-    assert saved_bytes(in_order, x) == saved_bytes(filled, x) > 0
+    assert saved_bytes(lambda: in_order(x)) == saved_bytes(lambda: filled(x)) > 0
     finals, _ = plain_pair(LAST_DIM, "finals_last_dim", "FinalsLastDim", n=3, d_in=2, d=3)
     x = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
     # x, w_l0, the members from 1 on, the first member's sin input and h, the loop's per step (2 steps)
     # and its last h: the stacked list is not kept
     d = 3
-    assert saved_bytes(finals, x) == 8 * (4 * 2 + 2 * d + 2 * d * d + 2 * 4 * d + 2 * 2 * 4 * d + 4 * d)
+    assert saved_bytes(lambda: finals(x)) == 8 * (4 * 2 + 2 * d + 2 * d * d + 2 * 4 * d + 2 * 2 * 4 * d + 4 * d)
 
 
 BATCHED_STEPS = """

@@ -11,23 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .support import compile_spec, torch_nn_with_and_without_function
-
-
-def saved_bytes(run, held: torch.nn.Module | None = None) -> int:
-    """The bytes of the storages autograd keeps for backward while `run()` runs, each counted once; those
-    of `held`'s parameters left out (the module holds them anyway: keeping one costs no memory)."""
-    kept: dict[int, int] = {}
-    own = {p.untyped_storage().data_ptr() for p in held.parameters()} if held is not None else set()
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.untyped_storage().data_ptr() not in own:
-            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run()
-    return sum(kept.values())
+from .support import compile_spec, saved_bytes, torch_nn_with_and_without_function
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from layerdsl.codegen.module import emit_file
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
 
+from .support import saved_bytes
+
 CORRELATED = '''
 @function
 layer Correlated(n: int, a: bool = true, b: bool = false) {
@@ -231,19 +233,6 @@ def mixed() -> dict:
     return _compiled("mixed", MIXED)
 
 
-def _saved_bytes(run) -> int:
-    """The bytes of the tensors the autograd graph of `run()` keeps (each storage once)."""
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run()
-    return sum(storages.values())
-
-
 @pytest.mark.parametrize("config", CONFIGURATIONS)
 def test_each_side_of_independent_ifs_matches_the_plain_form(mixed, config):
     a, b, training, u_given, v_given = config
@@ -280,7 +269,7 @@ def test_a_side_saves_what_the_same_forward_without_ifs_saves(mixed, config):
     x, u, v = (torch.randn(64, 3, dtype=torch.float64, requires_grad=True) for _ in range(3))
     w = torch.rand(3, dtype=torch.float64, requires_grad=True)
     branching = mixed["MixedFunction"]
-    side = _saved_bytes(lambda: branching.apply(x, u if u_given else None, v if v_given else None, w, a, b, training))
+    side = saved_bytes(lambda: branching.apply(x, u if u_given else None, v if v_given else None, w, a, b, training))
     given = [x] + ([u] if u_given else []) + ([v] if v_given else [])
-    alone = _saved_bytes(lambda: straight["StraightFunction"].apply(*given, w))
+    alone = saved_bytes(lambda: straight["StraightFunction"].apply(*given, w))
     assert side == alone

@@ -11,10 +11,9 @@ from collections import Counter
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from .function_agreement import compare_with_plain
-from .support import compile_spec
+from .support import AtenCalls, compile_spec
 
 LOOP = """
 @function
@@ -47,18 +46,6 @@ layer NormOnce(d: int) {
 """
 
 
-class _AtenCalls(TorchDispatchMode):
-    """Counts the ATen ops run under it, by name (`aten.native_layer_norm_backward`)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
 @functools.cache
 def _compiled(text: str, stem: str) -> dict:
     return compile_spec(text, stem)
@@ -67,7 +54,7 @@ def _compiled(text: str, stem: str) -> dict:
 def _backward_calls(module: torch.nn.Module, x: torch.Tensor) -> Counter[str]:
     out = module(x)
     seed = torch.randn_like(out)
-    with _AtenCalls() as counted:
+    with AtenCalls() as counted:
         torch.autograd.backward(out, seed)
     return counted.calls
 

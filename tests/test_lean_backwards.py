@@ -13,26 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from .function_agreement import compare_with_plain
-from .support import compile_spec
+from .support import AtenCalls, compile_spec
 
 SPECS = Path(__file__).parent.parent / "specs" / "torch_nn"
 
 
-class _AtenCalls(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
 def _backward_calls(out: torch.Tensor) -> Counter[str]:
-    with _AtenCalls() as counted:
+    with AtenCalls() as counted:
         out.backward(torch.ones_like(out))
     return counted.calls
 

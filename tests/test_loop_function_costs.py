@@ -8,14 +8,12 @@ against its plain form in float64 (outputs, first and second derivatives, gradch
 from __future__ import annotations
 
 import functools
-from collections import Counter
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from .function_agreement import compare_with_plain
-from .support import compile_spec
+from .support import AtenCalls, compile_spec, saved_bytes
 
 BIDIRECTIONAL = """
 @function
@@ -83,18 +81,6 @@ layer NormsAround(d: int, n: int = 3) {
 """
 
 
-class _AtenCalls(TorchDispatchMode):
-    """Counts the ATen ops run under it, by name (`native_layer_norm_backward`)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
 @functools.cache
 def _pair(text: str, stem: str, name: str, **kwargs) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The `@function` module and the plain one, in float64, with the same state."""
@@ -102,19 +88,6 @@ def _pair(text: str, stem: str, name: str, **kwargs) -> tuple[torch.nn.Module, t
     plain = compile_spec(text.replace("@function\n", ""), f"{stem}_plain")[name](**kwargs).double()
     plain.load_state_dict(ours.state_dict())
     return ours, plain
-
-
-def saved_bytes(module: torch.nn.Module, *inputs: torch.Tensor) -> int:
-    """The bytes autograd keeps for the backward of one call (distinct storages once)."""
-    kept: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(*inputs)
-    return sum(kept.values())
 
 
 CASES = [
@@ -128,7 +101,7 @@ def test_a_bidirectional_scan_saves_no_more_than_autograd():
     """The flipped states that `cat` joins are read only for their size: not kept (autograd keeps none)."""
     ours, plain = _pair(BIDIRECTIONAL, "bi_scan", "BiScan", d_in=2, d=3)
     x = torch.randn(5, 4, 2, dtype=torch.float64, requires_grad=True)
-    assert saved_bytes(ours, x) <= saved_bytes(plain, x)
+    assert saved_bytes(lambda: ours(x)) <= saved_bytes(lambda: plain(x))
     setup = compile_spec(BIDIRECTIONAL, "bi_scan")["SOURCE"].split("def setup_context")[1].split("def backward")[0]
     assert "flipped" not in setup
 
@@ -139,7 +112,7 @@ def test_an_operand_read_for_its_size_in_a_step_is_not_kept_per_step():
     assert "sin_steps" not in compile_spec(CAT_IN_STEP, "cat_step")["SOURCE"]
     # no more than autograd keeps, although the carried h is kept twice besides: the last (returned) and
     # step 0's start copied into the stack of h (autograd keeps it as the view x[0])
-    assert saved_bytes(ours, x) <= saved_bytes(plain, x)
+    assert saved_bytes(lambda: ours(x)) <= saved_bytes(lambda: plain(x))
 
 
 @pytest.mark.parametrize(COLUMNS, CASES, ids=["after_a_loop", "in_a_step"])
@@ -155,7 +128,7 @@ def test_straight_code_around_a_loop_runs_the_layer_norm_kernel_once_per_norm(n)
     ours, plain = _pair(NORMS_AROUND, "norms_around", "NormsAround", d=4, n=n)
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     out = ours(x)
-    with _AtenCalls() as counted:
+    with AtenCalls() as counted:
         torch.autograd.backward(out, torch.randn_like(out))
     assert counted.calls["native_layer_norm_backward"] == 2  # one norm before the loop, one after
     compare_with_plain(ours, plain, x)

@@ -7,11 +7,9 @@ calls under a TorchDispatchMode; the results against the plain form in float64."
 from __future__ import annotations
 
 import re
-from collections import Counter
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from layerdsl.codegen.module import emit_file
 from layerdsl.semantics.checker import check_program
@@ -19,17 +17,7 @@ from layerdsl.syntax.parser import parse_file
 
 from .conftest import SPECS
 from .function_agreement import compare_with_plain
-from .support import compile_spec
-
-
-class _AtenCalls(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
+from .support import AtenCalls, compile_spec
 
 
 def _poisson() -> str:
@@ -51,7 +39,7 @@ def test_poisson_nll_loss_backward_does_not_recompute_the_loss_for_its_shape(poi
     x = (torch.rand(6, 5) + 0.5).requires_grad_()
     target = torch.rand(6, 5) * 3
     out = loss(x, target)
-    with _AtenCalls() as counted:
+    with AtenCalls() as counted:
         out.backward()
     # Stirling's term (`log(target)`, `where(target > 1, ...)`) only matters for the target's gradient
     assert counted.calls["log"] == 0 and counted.calls["where"] == 0 and counted.calls["gt"] == 0
@@ -86,7 +74,7 @@ def test_an_intermediate_of_unknown_shape_read_for_its_shape_keeps_its_leaves_br
         x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
         compare_with_plain(a, b, x)
         out = a(x)
-        with _AtenCalls() as counted:
+        with AtenCalls() as counted:
             out.backward()
         # `tanh(x) * w` is not recomputed for its shape: the products are the gradients' of w and tanh(x)
         assert counted.calls["mul"] == 2
