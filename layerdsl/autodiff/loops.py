@@ -802,12 +802,6 @@ def picked_backward(index: N.Expr, var: str, count: str | None) -> bool:
     return count is not None and spec_text(index) == f"{count} - 1 - {var}"
 
 
-def appended_in_loop(name: str, body: list[N.Stmt]) -> bool:
-    """Whether a loop of `body` (outside `if`s) appends to the list `name`."""
-    loops: list[N.Stmt] = [s for s in body if isinstance(s, N.For)]
-    return any(isinstance(s, N.Append) and s.target == name for s in walk_stmts(loops))
-
-
 def walk_stmts(body: list[N.Stmt]):
     """Every statement of `body`, in loops' bodies too."""
     for s in body:
