@@ -707,10 +707,7 @@ def stacked_families(layer: N.Layer) -> tuple[N.Layer, dict[str, Family]]:
         return map_children(e, read) if isinstance(e, (N.Expr, N.Stmt)) else e
 
     body = [cast(N.Stmt, read(s)) for s in layer.forward.body]
-    forward = dataclasses.replace(layer.forward, body=body)
-    out = dataclasses.replace(layer, tensors=tensors, forward=forward)
-    out.symbolic_dims = list(layer.symbolic_dims)
-    return out, families
+    return layer.with_body(body, tensors=tensors), families
 
 
 def _on_arguments(e: N.Expr, span: Span) -> None:

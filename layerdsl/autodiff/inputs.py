@@ -137,7 +137,7 @@ def without_callable_sides(layer: N.Layer) -> N.Layer:
         return layer
     assert layer.forward is not None
     body = _dropped(layer.forward.body, fns)
-    return dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
+    return layer.with_body(body)
 
 
 def _dropped(body: list[N.Stmt], fns: set[str]) -> list[N.Stmt]:

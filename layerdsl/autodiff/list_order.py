@@ -34,9 +34,7 @@ def reversed_lists(layer: N.Layer) -> N.Layer:
     body = _block(layer.forward.body, appends)
     if body is layer.forward.body:
         return layer
-    out = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
-    out.symbolic_dims = list(layer.symbolic_dims)
-    return out
+    return layer.with_body(body)
 
 
 def _append_counts(body: list[N.Stmt]) -> dict[str, int]:

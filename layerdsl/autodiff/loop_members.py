@@ -91,9 +91,7 @@ def _proven_built(layer: N.Layer, optional: set[str]) -> tuple[N.Layer, set[str]
     if not proven:
         return layer, optional
     tensors = [dataclasses.replace(t, cond=None) if t.name in proven else t for t in layer.tensors]
-    out = dataclasses.replace(layer, tensors=tensors)
-    out.symbolic_dims = list(layer.symbolic_dims)
-    return out, optional - proven
+    return layer.replaced(tensors=tensors), optional - proven
 
 
 def _combinations(layer: N.Layer, optional: set[str], choose: Chooser, limit: int, split: list[N.Expr]) -> int:

@@ -157,9 +157,7 @@ def unswitched(layer: N.Layer) -> N.Layer:
     body = _unswitched(layer.forward.body, optional)
     if body is layer.forward.body:
         return layer
-    out = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
-    out.symbolic_dims = list(layer.symbolic_dims)
-    return out
+    return layer.with_body(body)
 
 
 def _unswitched(body: list[N.Stmt], optional: frozenset[str]) -> list[N.Stmt]:
@@ -225,13 +223,9 @@ def member_choice(layer: N.Layer, optional: set[str], decided: bool = False) -> 
     chosen = {t.name for t in layer.tensors if t.cond is not None and spec_text(t.cond) == key}
     built = [dataclasses.replace(t, cond=None) if t.name in chosen else t for t in layer.tensors]
     decide = (lambda b, holds: _decided(b, member.cond, holds)) if decided else (lambda b, holds: b)
-    with_members = dataclasses.replace(layer, tensors=built)
-    if decided:
-        with_members.forward = dataclasses.replace(layer.forward, body=decide(layer.forward.body, True))
+    with_members = layer.with_body(decide(layer.forward.body, True), tensors=built)
     body = without_members(decide(layer.forward.body, False), chosen)  # `if` sides reading them left out
-    without = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
-    for out in (with_members, without):
-        out.symbolic_dims = list(layer.symbolic_dims)
+    without = layer.with_body(body)
     name = B.name(member.name, member.span, member.kind)
     none = N.NoneLit(member.span)
     none.kind = N.Kind.NONE

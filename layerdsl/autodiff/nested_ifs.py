@@ -233,9 +233,7 @@ def member_reads_chosen(layer: N.Layer, members: set[str]) -> N.Layer | None:
         body = chosen(forward.body, set())
     except NotDerivable:
         return None
-    out = dataclasses.replace(layer, forward=dataclasses.replace(forward, body=body))
-    out.symbolic_dims = list(layer.symbolic_dims)
-    return out
+    return layer.with_body(body)
 
 
 def _all_given(members: list[N.Tensor], at: N.Stmt) -> N.Expr:
@@ -322,8 +320,6 @@ def _chosen_size(before: list[N.Stmt], stmt: N.Assign, layer: N.Layer, measured:
     more than `MAX_SIZE_SIDES` straight forwards lead to it. The conditions are found as the statements it
     reads through lead to them, one atom at a time (an atom that an `and` already decides is not chosen),
     so only the `if`s on the way to the value are decided, not every combination of every atom."""
-    assert layer.forward is not None
-    forward = layer.forward
     budget = [MAX_SIZE_SIDES]
 
     def value(holds: dict[str, bool]) -> N.Expr | None | _Unbound:
@@ -339,8 +335,7 @@ def _chosen_size(before: list[N.Stmt], stmt: N.Assign, layer: N.Layer, measured:
             return None
         if not measured_locals(stmt.value) <= {name for t in straight for name in _binds(t)}:
             return UNBOUND_SIDE  # no side binds it here: conditions that cannot hold together
-        side = dataclasses.replace(layer, forward=dataclasses.replace(forward, body=[*straight, stmt]))
-        side.symbolic_dims = list(layer.symbolic_dims)
+        side = layer.with_body([*straight, stmt])
         try:
             last = prepared_forward(side, measured).forward.body[-1]  # type: ignore[union-attr]
         except NotDerivable:

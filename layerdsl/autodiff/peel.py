@@ -77,10 +77,7 @@ def peeled_families(layer: N.Layer) -> tuple[N.Layer, dict[str, Part]]:
     if not firsts:
         return layer, {}
     body = _peeled(layer.forward.body, firsts, rests, counts)
-    forward = dataclasses.replace(layer.forward, body=body)
-    out = dataclasses.replace(layer, tensors=tensors, forward=forward)
-    out.symbolic_dims = list(layer.symbolic_dims)
-    return out, parts
+    return layer.with_body(body, tensors=tensors), parts
 
 
 def _first_differs(t: N.Tensor) -> bool:

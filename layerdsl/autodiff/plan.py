@@ -294,9 +294,7 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str], measured
     body = sizes_by_side(body, layer, measured)
     if (unfollowed := unfollowed_size(body)) is not None:
         raise _size_not_followed(*unfollowed)
-    closed = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
-    closed.symbolic_dims = list(layer.symbolic_dims)
-    return plan_loops(closed, set(members | inputs), incoming_names, condition)
+    return plan_loops(layer.with_body(body), set(members | inputs), incoming_names, condition)
 
 
 def _size_not_followed(size: N.Expr, how: str) -> NotDerivable:
@@ -320,9 +318,7 @@ def _decided(layer: N.Layer) -> N.Layer:
         cond = None if t.cond is None else _simplified(t.cond)
         tensors.append(dataclasses.replace(t, cond=None if _holds_always(cond) is True else cond))
     body = _decided_body(layer.forward.body)
-    out = dataclasses.replace(layer, tensors=tensors, forward=dataclasses.replace(layer.forward, body=body))
-    out.symbolic_dims = list(layer.symbolic_dims)
-    return out
+    return layer.with_body(body, tensors=tensors)
 
 
 def _decided_body(body: list[N.Stmt]) -> list[N.Stmt]:

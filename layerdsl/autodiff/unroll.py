@@ -47,9 +47,8 @@ def prepared_forward(layer: N.Layer, measured: Measured | None = None) -> N.Laye
     # (An `if` in a kept loop's body on arguments is taken out of the loop, around a copy of it per side.)
     pending = pending if layer.backward is None and any(isinstance(s, N.If) for s in statements(body)) else set()
     body = [_named_sizes(s, layer, measured, pending) for s in body]
-    prepared = dataclasses.replace(layer, forward=dataclasses.replace(layer.forward, body=body))
-    new = [name for name in measured.values() if name not in layer.symbolic_dims]
-    prepared.symbolic_dims = [*layer.symbolic_dims, *new]  # each measured size, a dim
+    prepared = layer.with_body(body)
+    prepared.symbolic_dims += [name for name in measured.values() if name not in layer.symbolic_dims]  # a dim each
     return prepared
 
 

@@ -9,7 +9,7 @@ node is a field declared here. `visit` traverses these nodes generically, from t
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from layerdsl.diagnostics import Diagnostic, Span
 
@@ -576,6 +576,17 @@ class Layer(Node):
     backward: Backward | None = None
     # Filled in by the checker: the symbolic dims its input shapes bind, in order of first appearance.
     symbolic_dims: list[str] = field(default_factory=list, init=False, repr=False)
+
+    def replaced(self, **changes) -> Layer:
+        """A copy with `changes` (as `dataclasses.replace`), its symbolic dims kept (replace cannot set them)."""
+        out = replace(self, **changes)
+        out.symbolic_dims = list(self.symbolic_dims)
+        return out
+
+    def with_body(self, body: list[Stmt], **changes) -> Layer:
+        """A copy whose forward runs `body` (and with `changes`), its symbolic dims kept."""
+        assert self.forward is not None
+        return self.replaced(forward=replace(self.forward, body=body), **changes)
 
     def decorator(self, name: str) -> Decorator | None:
         return next((d for d in self.decorators if d.name == name), None)
