@@ -1,0 +1,484 @@
+"""The backward of a loop Function (`function_loops.LoopFunction`), written from the derived steps.
+
+One `BackwardWriter` writes the backward, or one section of it (the outputs' gradients, or the extra
+outputs'), given what forward returns: a straight segment's derived statements, a `Choice`'s side
+again, and for a loop the body's derived statements for t = T - 1, ..., 0 over the saved stacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import TYPE_CHECKING
+
+from layerdsl.autodiff.loops import UNBOUND, Choice, Loop, Straight
+from layerdsl.autodiff.plan import dtype_tested
+from layerdsl.autodiff.reverse import Backward, derive
+from layerdsl.autodiff.tape import Step, Tape
+from layerdsl.codegen.function import VIEWS
+from layerdsl.codegen.loop_steps import sized_leaves, step_statements
+from layerdsl.codegen.pyexpr import Spelling
+from layerdsl.codegen.spec_lines import with_spec_line
+from layerdsl.ir import build as B
+from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import map_children, walk
+from layerdsl.language.ops import shape_args
+
+if TYPE_CHECKING:
+    from layerdsl.codegen.function_loops import LoopFunction
+
+
+@dataclasses.dataclass
+class Reads:
+    """What one writing of the backward reads of the forward."""
+
+    once: set[str] = dataclasses.field(default_factory=set)  # values read as they are after forward
+    per_step: dict[int, set[str]] = dataclasses.field(default_factory=dict)  # loop index -> body values
+    shapes: set[str] = dataclasses.field(default_factory=set)  # values (after forward) read for their shape
+    # where each value is read by value: the side of a Choice ((segment, 0 or 1)) or None (elsewhere)
+    sides: dict[str, set[tuple[int, int] | None]] = dataclasses.field(default_factory=dict)
+
+
+class BackwardWriter:
+    """One writing of the backward (or of one section of it), given the values returned as extra outputs."""
+
+    def __init__(self, fn: LoopFunction, once: set[str], per_step: dict[int, set[str]], mode: str):
+        self.fn = fn
+        # "all": every incoming gradient; "main": the outputs' only; "rare": the extra outputs' only
+        self.mode = mode
+        self.plan = fn.plan
+        self.once = once
+        self.per_step = per_step
+        self.reads = Reads()
+        self.state: dict[str, str] = {}  # gradient -> "set" (holds a tensor) or "maybe" (None when no step ran)
+        self.maybe_none: set[str] = set()  # gradients to start as None
+        ctx = fn.names.ctx_value
+        dims = list(self.fn.helper.dims)
+        spelling = Spelling({k: ctx(k) for k in [*fn.kwargs, *dims]}, training=ctx("training"))
+        self.spelling = spelling
+        self.ex = fn.helper.python(spelling)
+        self.values = set(self.plan.shapes) | set(self.plan.leaves)
+        self.current = self.reads.once  # where `read` records what the statements read
+        # Views of inputs and parameters (`transpose(w, 0, 1)`): recomputed in backward, not returned
+        leaves = set(self.plan.leaves)
+        self.views = {
+            s.var: s
+            for seg in self.plan.segments
+            if isinstance(seg, Straight)
+            for s in seg.tape.steps
+            if s.op is not None and s.op.shape in VIEWS and operands(s) <= leaves
+        }
+        self.recomputed: set[str] = set()
+        self.kept_whole = fn.outputs | set(self.views)  # read as themselves even for a shape
+        self.side: tuple[int, int] | None = None  # the side of a Choice being written
+        # Views of inputs, parameters and picked slices in the loop being written (`transpose(w_l[k], 0, 1)`):
+        # recomputed at each step of backward, not kept per step
+        self.step_views: dict[str, Step] = {}
+        self.step_recomputed: set[str] = set()
+        differentiable = [l for l in self.plan.leaves if l in self.plan.differentiable]
+        self.needs = {l: f"ctx.needs_input_grad[{self.plan.leaves.index(l)}]" for l in differentiable}
+
+    def guard(self, leaves) -> str | None:
+        """The test of `ctx.needs_input_grad` under which a statement needed by the gradients of `leaves`
+        (of a loop's body: values computed from the layer's leaves) runs; None when every gradient needs it."""
+        needed = {l for v in leaves for l in self.fn.sources.get(v, {v} & set(self.needs))}
+        if not needed or needed >= set(self.needs):
+            return None
+        return " or ".join(self.needs[l] for l in self.needs if l in needed)
+
+    def write(self) -> list[str]:
+        lines: list[str] = []
+        if self.mode != "rare":
+            for g in self.plan.grads:
+                self.state[g] = "set"
+        else:  # added to what the outputs' gradients gave (or None)
+            for g in self.leaf_grads():
+                self.state[g] = "maybe"
+        for seg in reversed(self.plan.segments):
+            if isinstance(seg, Straight):
+                lines += self.straight(seg)
+            elif isinstance(seg, Choice):
+                lines += self.choice(seg)
+            else:
+                lines += self.loop(seg)
+        return lines
+
+    def leaf_grads(self) -> list[str]:
+        return [f"grad_{l}" for l in self.plan.leaves if l in self.plan.differentiable]
+
+    def declared(self) -> list[str]:
+        grads = self.leaf_grads()
+        declared = [g for g in grads if self.state.get(g) != "set"] + sorted(self.maybe_none - set(grads))
+        return [" = ".join(declared) + " = None"] if declared else []
+
+    def head(self, writers: list[BackwardWriter]) -> list[str]:
+        """The saved tensors unpacked, the dims and numbers, the views recomputed (for every section)."""
+        saved = self.saved_names([w.reads for w in writers])
+        head: list[str] = []
+        if saved:
+            head.append(f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors")
+        head += self.fn.prelude(self.ex, lambda d: self.fn.names.ctx_value(d))
+        recomputed = {v for w in writers for v in w.recomputed}
+        for var, step in self.views.items():
+            if var in recomputed:
+                head += with_spec_line([f"{var} = {self.ex(step.expr)}"], 0, self.fn.e.spec_path, step.expr.span.line)
+        return head
+
+    def saved_names(self, reads: list[Reads]) -> list[str]:
+        once = {v for r in reads for v in r.once}
+        leaves = [l for l in self.plan.leaves if l in once]
+        outputs = [o.id for o in self.plan.outputs if isinstance(o, N.Name) and o.id in once]
+        extra = self.fn.extra_outputs(self.once, self.per_step)
+        return leaves + outputs + [x for x in extra if x not in self.fn.shape_only]
+
+    # ---------------------------------------------------------------- gradients
+
+    def acc(self, value: str) -> str:
+        return f"grad_{value}"
+
+    def accumulate(self, value: str, grad: str, conditional: bool) -> list[str]:
+        """`grad` added to the gradient of `value` (or that gradient, when it is the first)."""
+        target = self.acc(value)
+        if target == grad:  # written as the gradient itself (the first share)
+            self.state[target] = "maybe" if conditional else "set"
+            if conditional:
+                self.maybe_none.add(target)
+            return []
+        st = self.state.get(target)
+        if st == "set":
+            return [f"{target} = {target} + {grad}"]
+        if st is None and not conditional:
+            self.state[target] = "set"
+            return [f"{target} = {grad}"]
+        self.maybe_none.add(target)
+        self.state[target] = "maybe"
+        return [f"{target} = {grad} if {target} is None else {target} + {grad}"]
+
+    def statements(
+        self, bwd: Backward, tape: Tape, where: str, conditional: bool = True
+    ) -> tuple[list[str], dict[str, str]]:
+        """The derived statements, each leaf's gradient written to a name of its own where the gradient
+        summed so far (or, in a loop, the incoming one of the same name) must stay; and each leaf's
+        gradient var. A leaf's gradient is never read by the statements after it."""
+        renamed: dict[str, str] = {}
+        lines: list[str] = []
+        guarded: list[str] = []  # the statements under the last guard
+        last: str | None = None
+        # through the optimisation passes; a loop step's statements run when their gradients are needed
+        needs = self.guard if where == "t" else lambda _: None
+        at_hand = dict.fromkeys(self.fn.helper.dims, N.Ref.DIM) | dict.fromkeys(self.fn.kwargs, N.Ref.ARG)
+        sized_by = sized_leaves(self.fn.layer, self.fn.e.inlined, self.plan.leaves, self.fn.helper.maybe_absent)
+        whole = {*self.plan.leaves, *self.views, *self.step_views}  # at hand: their shapes read from them
+        # a carried value's static shape is its start's, not every step's; a merged local's, one side's
+        if any(isinstance(seg, Choice) for seg in self.plan.segments) or any(
+            self.fn.first_broadcast(loop, c) for loop in self.fn.loops for c in loop.carried
+        ):
+            whole = set(self.plan.shapes)
+        stmts = step_statements(bwd, self.plan.shapes, self.fn.layer, needs, at_hand, whole, sized_by)
+        for s in stmts:
+            targets = []
+            for var in s.target.split(", "):  # several: one kernel's results (`joint_gradients`)
+                leaf = var.removeprefix("grad_")
+                direct = where != "t" and self.state.get(var) is None  # the first share: the gradient itself
+                if var.startswith("grad_") and leaf in bwd.leaf_grads and leaf in tape.leaves and not direct:
+                    hint = f"grad_{leaf}_t" if where == "t" else f"grad_{leaf}_part"
+                    renamed[var] = self.fn.name(hint, key=(where, leaf))
+                targets.append(renamed.get(var, var))
+            target = ", ".join(targets)
+            self.read(s.expr)
+            code = with_spec_line([f"{target} = {self.ex(s.expr)}"], 0, self.fn.e.spec_path, s.span.line)
+            guard = self.guard(s.leaves) if where == "t" else None  # a step's statements: what is needed
+            if guard != last:
+                lines += under(last, guarded)
+                guarded, last = [], guard
+            guarded += code
+        lines += under(last, guarded)
+        return lines, {leaf: renamed.get(g, g) for leaf, g in bwd.leaf_grads.items()}
+
+    def read(self, expr: N.Expr) -> None:
+        shaped = {
+            id(a)
+            for c in walk(expr)
+            if isinstance(c, N.Call)
+            for i in shape_args(c)
+            if isinstance(a := c.args[i], N.Name)
+        }
+        for n in walk(expr):
+            if (
+                isinstance(n, N.Name)
+                and id(n) in shaped
+                and self.current is self.reads.once
+                and n.id in self.values
+                and n.id not in self.kept_whole
+            ):
+                self.reads.shapes.add(n.id)  # only its shape: kept on ctx where nothing reads it otherwise
+            elif isinstance(n, N.Name) and n.id in self.step_views:
+                self.step_recomputed.add(n.id)
+                self.read(self.step_views[n.id].expr)
+            elif isinstance(n, N.Name) and n.id in self.views:  # recomputed from the leaves it views
+                self.recomputed.add(n.id)
+                self.read(self.views[n.id].expr)
+            elif isinstance(n, N.Name) and n.id in self.values:
+                self.current.add(n.id)
+                if self.current is self.reads.once:
+                    self.reads.sides.setdefault(n.id, set()).add(self.side)
+
+    # ---------------------------------------------------------------- segments
+
+    def choice(self, seg: Choice) -> list[str]:
+        """The backward of the side forward ran: the merged locals' gradients given to the values that side
+        left in them; a gradient one side gives and the other not is None after the `if` when that ran."""
+        at = self.plan.segments.index(seg)
+        head: list[str] = []
+        if self.mode != "main":  # a merged local returned as an extra output: its gradient from there
+            for name in seg.merged:
+                if name in self.once and name not in self.fn.outputs:
+                    head += self.accumulate(name, self.fn.grad_out(name), conditional=False)
+        start = dict(self.state)
+        sides, states = [], []
+        for k, tape in enumerate(seg.sides()):
+            self.state = dict(start)
+            own = {s.var for s in tape.steps}
+            lines: list[str] = []
+            for name, values in seg.merged.items():
+                given = start.get(self.acc(name))
+                if given is None or values[k] == UNBOUND:  # None when this side ran: no gradient
+                    continue
+                if values[k] in own and self.acc(values[k]) not in self.state:  # two merged names may hold it
+                    lines.append(f"{self.acc(values[k])} = {self.acc(name)}")
+                    self.state[self.acc(values[k])] = given
+                else:
+                    lines += self.accumulate(values[k], self.acc(name), conditional=given == "maybe")
+            self.side = (at, k)
+            lines += self.straight(Straight(tape), where=f"{at} {('then', 'else')[k]}")
+            self.side = None
+            sides.append(lines)
+            states.append({g: st for g, st in self.state.items() if g.removeprefix("grad_") not in own})
+        self.state = {}
+        for g in dict.fromkeys([*states[0], *states[1]]):
+            then, orelse = states[0].get(g), states[1].get(g)
+            self.state[g] = then if then is not None and then == orelse else "maybe"
+            if then != orelse and None in (then, orelse):  # defined on one side only: None on the other
+                self.maybe_none.add(g)
+        kept = {m: self.fn.names.ctx_shape(m) for m in self.fn.presence_tested}  # None when not given
+        kept |= {f: self.fn.names.ctx_value(f) for f in self.fn.flags_tested}
+        kept |= {dtype_name(leaf): self.fn.dtype_field(leaf) for leaf in self.fn.dtype_tested}
+        ex = self.fn.helper.python(dataclasses.replace(self.spelling, names=self.spelling.names | kept))
+        test = ex(dtypes_named(seg.cond))
+        negated = f"not {test}" if re.fullmatch(r"[\w.]+", test) else f"not ({test})"
+        self.fn.side_tests |= {(at, 0): test, (at, 1): negated}
+        return head + if_else([f"if {test}:"], sides[0], sides[1])
+
+    def straight(self, seg: Straight, where: str | None = None) -> list[str]:
+        """`where`: the key of the names it introduces (by default, the segment's index)."""
+        tape = seg.tape
+        own = {s.var for s in tape.steps}
+        sure: list[tuple[N.Expr, str]] = []
+        maybe: list[tuple[N.Expr, str]] = []
+        if seg.returns and self.mode != "rare":
+            sure += list(zip(self.plan.outputs, self.plan.grads))
+        for s in tape.steps:
+            st = self.state.get(self.acc(s.var))
+            if st == "set" and not (seg.returns and s.var in self.fn.outputs):
+                sure.append((B.name(s.var), self.acc(s.var)))
+            elif st == "maybe":
+                maybe.append((B.name(s.var), self.acc(s.var)))
+        # A gradient only a later loop or side of an `if` gave (None when none did) keeps a name of its
+        # own: the sections' statements name the segment's own gradients `grad_<var>` too.
+        lines: list[str] = []
+        for k, (var, g) in enumerate(maybe):
+            kept = self.fn.name(f"{g}_from_later")
+            lines.append(f"{kept} = {g}")
+            maybe[k] = (var, kept)
+        extra = {v: self.fn.grad_out(v) for v in own if v in self.once and v not in self.fn.outputs}
+        extra = {} if self.mode == "main" else extra
+        for group, cond in [(sure, None)] + [([m], f"{m[1]} is not None") for m in maybe]:
+            outs = dataclasses.replace(tape, outputs=[o for o, _ in group])
+            bwd = derive(outs, [g for _, g in group], extra if cond is None else None)
+            at = where or f"{self.plan.segments.index(seg)}"
+            key = at + ("" if cond is None else f" {group[0][1]}")
+            body, grads = self.statements(bwd, tape, key, conditional=cond is not None)
+            for leaf, g in grads.items():
+                if leaf not in own:
+                    body += self.accumulate(leaf, g, conditional=cond is not None)
+            lines += body if cond is None else ([f"if {cond}:"] + ["    " + line for line in body] if body else [])
+        return lines
+
+    def loop(self, loop: Loop) -> list[str]:
+        k = self.fn.loops.index(loop)
+        kept = self.per_step.get(k, set())
+        lines: list[str] = []
+        if self.mode != "main":
+            for c in loop.carried:
+                if c in self.once and c not in self.fn.outputs:
+                    lines += self.accumulate(c, self.fn.grad_out(c), conditional=False)
+            for j in loop.joins:
+                if j.name in self.once and j.name not in self.fn.outputs:
+                    lines += self.accumulate(j.name, self.fn.grad_out(j.name), conditional=False)
+        requiring = [c for c in loop.carried if c in self.plan.requires]
+        for c in requiring:
+            st = self.state.get(self.acc(c))
+            if st != "set":  # nothing after the loop reads it (or only a loop after it): zeros to start
+                self.read(B.name(c))
+                g = self.acc(c)
+                zeros = f"torch.zeros_like({c})"
+                lines.append(f"{g} = {zeros}" if st is None else f"{g} = {zeros} if {g} is None else {g}")
+                self.state[g] = "set"
+        # Each step's share of the gradient of what the loop's lists are joined into
+        items: dict[tuple[str, int], list[str]] = {}
+        step_index = loop.var if plain_range(loop) else self.fn.name("step")
+        for j in loop.joins:
+            if self.state.get(self.acc(j.name)) is None:
+                continue
+            parts = self.fn.name(f"grad_{j.name}_parts")
+            count = f"len({self.fn.trip(loop, self.ex)})"
+            cut = f"unbind({self.ex(j.dim)})" if j.func == "stack" else f"tensor_split({count}, {self.ex(j.dim)})"
+            if self.state[self.acc(j.name)] == "maybe":  # given only by a later loop, which may take no step
+                self.read(B.name(j.name))
+                g = self.acc(j.name)
+                lines.append(f"{g} = torch.zeros_like({j.name}) if {g} is None else {g}")
+                self.state[g] = "set"
+            lines.append(f"{parts} = {self.acc(j.name)}.{cut}")
+            # the items appended before the loop come first (`loops.Join.heads`): theirs, then the steps',
+            # `per` of them each step (`loops.Loop.more`)
+            per = 1 + len(loop.more.get(j.items, []))
+            for i in range(per):
+                at = step_index if per == 1 else f"{per} * {step_index} + {i}" if i else f"{per} * {step_index}"
+                at = f"{at} + {len(j.heads)}" if j.heads else at
+                items.setdefault((j.items, i), []).append(f"{parts}[{at}]")
+            for i, head in enumerate(j.heads):
+                if head in self.plan.requires:
+                    lines += self.accumulate(head, f"{parts}[{i}]", conditional=False)
+        outputs: list[tuple[N.Expr, str]] = [(B.name(loop.updates[c]), self.acc(c)) for c in requiring]
+        body: list[str] = []
+        for (name, i), parts_at in items.items():
+            item_grad = self.fn.name(f"grad_{name}_item" if i == 0 else f"grad_{name}_item{i}")
+            body.append(f"{item_grad} = {' + '.join(parts_at)}")
+            outputs.append((loop.appended[name] if i == 0 else loop.more[name][i - 1], item_grad))
+        body = [f"{n} = {self.ex(e)}" for n, e in loop.numbers] + body
+        extra_grads: dict[str, str] = {}
+        per_step_names = {c: self.fn.name(f"{c}_t") for c in loop.carried}
+        for v in self.fn.per_step_order(loop, kept):
+            slot = f"{self.fn.stacked(v)}[{step_index}]"
+            given = f"{self.fn.grad_out(self.fn.stacked(v))}[{step_index}]"
+            if v in loop.carried and self.fn.first_broadcast(loop, v) is not None:  # step 0's: the start itself
+                self.read(B.name(loop.carried[v]))
+                start = self.ex(B.name(loop.carried[v]))
+                slot = f"{slot} if {step_index} > 0 else {start}"
+                given = f"{given} if {step_index} > 0 else {given}.sum_to_size({start}.shape)"
+            if v in self.fn.widenable(loop, kept):  # step 0's on its own, when it came out smaller
+                first = self.fn.first(v)
+                at_first = f"{step_index} == 0 and {first} is not None"
+                slot = f"{first} if {at_first} else {slot}"
+                given = f"{self.fn.grad_out(first)} if {at_first} else {given}"
+            body.append(f"{per_step_names.get(v, v)} = {slot}")
+            if v in self.plan.requires and self.mode != "main":
+                extra_grads[v] = self.fn.name(f"grad_{v}_step")
+                body.append(f"{extra_grads[v]} = {given}")
+        for c in loop.carried:  # the step before's value (its gradient flows back through that step's)
+            if c in kept and (update := self.fn.previous_step(loop, c, kept)) is not None:
+                self.read(B.name(loop.carried[c]))
+                start = self.ex(B.name(loop.carried[c]))
+                previous = f"{self.fn.stacked(update)}[{step_index} - 1]"
+                body.append(f"{per_step_names[c]} = {previous} if {step_index} > 0 else {start}")
+        tape = dataclasses.replace(loop.tape, outputs=[o for o, _ in outputs])
+        bwd = derive(tape, [g for _, g in outputs], extra_grads)
+        self.current = set()
+        sources = set(self.plan.leaves) | set(loop.picks)
+        self.step_views = {}
+        for s in loop.tape.steps:  # in order: a view of a view of a leaf is one too
+            if s.op is not None and s.op.shape in VIEWS and operands(s) <= sources | set(self.step_views):
+                self.step_views[s.var] = s
+        self.step_recomputed = set()
+        after_loop = self.ex  # a carried value read per step by a name of its own (its own holds the last)
+        self.ex = self.fn.helper.python(dataclasses.replace(self.spelling, names=self.spelling.names | per_step_names))
+        derived, grads = self.statements(bwd, tape, "t")
+        views = [s for v, s in self.step_views.items() if v in self.step_recomputed]
+        self.step_views = {}
+        picked = [p for p in loop.picks if p in self.current]  # picked again from what is saved once
+        for p in picked:
+            self.read(loop.picks[p].expr)
+        body += [f"{p} = {self.ex(loop.picks[p].expr)}" for p in picked]
+        body += [line for v in views for line in self.fn.steps(Tape([v], [], [], set()), self.ex)] + derived
+        self.ex = after_loop
+        body_values = set(loop.carried) | {s.var for s in loop.tape.steps}
+        self.reads.per_step.setdefault(k, set()).update(self.current & body_values)
+        self.reads.once |= self.current - body_values - set(loop.picks)
+        self.current = self.reads.once
+        rows: dict[str, str] = {}
+        for leaf, g in grads.items():
+            if leaf in loop.picks:  # one slice of the picked value's gradient per step
+                rows[leaf] = self.fn.name(f"grad_{leaf}_steps")
+                body += under(self.guard([leaf]), [f"{rows[leaf]}.append({g})"])
+            elif leaf not in loop.carried:
+                body += under(self.guard([leaf]), self.accumulate(leaf, g, conditional=True))
+        # The carried values' gradients, for the step before (at once: one may be another's)
+        before = [(self.acc(c), grads.get(c, f"torch.zeros_like({self.acc(c)})"), self.guard([c])) for c in requiring]
+        new = [(t, g if guard is None else f"{g} if {guard} else {t}") for t, g, guard in before if t != g]
+        if new:
+            body.append(f"{', '.join(t for t, _ in new)} = {', '.join(g for _, g in new)}")
+        if plain_range(loop):
+            head = f"for {loop.var} in reversed({self.fn.trip(loop, self.ex)}):"
+        else:
+            head = f"for {step_index}, {loop.var} in reversed(list(enumerate({self.fn.trip(loop, self.ex)}))):"
+        lines += [f"{r} = []" for r in rows.values()]
+        lines += with_spec_line([head], 0, self.fn.e.spec_path, loop.span.line)
+        lines += ["    " + line for line in body or ["pass"]]
+        for p, r in rows.items():  # the slices in order: the value's gradient, when the loop took a step
+            step = loop.picks[p]
+            src, dim = step.args["input"], step.args["dim"]
+            assert isinstance(src, N.Name)
+            fresh = self.state.get(self.acc(src.id)) is None
+            whole = self.acc(src.id) if fresh else self.fn.name(f"grad_{src.id}_picked")
+            taken = self.accumulate(src.id, whole, conditional=True)
+            # a step's slice at t (`x[t]`) in reverse of the order backward ran, at T - 1 - t as it ran
+            in_order = f"{r}[::-1]" if isinstance(step.args["index"], N.Name) else r
+            lines += [f"if {r}:", f"    {whole} = torch.stack({in_order}, dim={self.ex(dim)})"]
+            lines += ["    " + t for t in taken]
+        for c in requiring:  # the gradient of the value the carried one starts as
+            if loop.carried[c] in self.plan.requires:
+                lines += self.accumulate(loop.carried[c], self.acc(c), conditional=False)
+        return lines
+
+
+MAX_SAVING_SIDES = 3  # the sides of `if`s a value is saved for, tested in setup_context (more: always saved)
+
+
+def plain_range(loop: Loop) -> bool:
+    """Whether the loop is `for t in range(n)` (one bound), whose index backward can count down itself."""
+    return len(loop.bounds) == 1
+
+
+def if_else(head: list[str], then: list[str], orelse: list[str]) -> list[str]:
+    """`head` (an `if ...:` line) over `then`, and `else:` over `orelse` when it has lines."""
+    lines = head + ["    " + line for line in then or ["pass"]]
+    return lines + (["else:", *("    " + line for line in orelse)] if orelse else [])
+
+
+def under(guard: str | None, lines: list[str]) -> list[str]:
+    """`lines`, under `if guard:` when there is one."""
+    if guard is None or not lines:
+        return lines
+    return [f"if {guard}:", *("    " + line for line in lines)]
+
+
+def dtype_name(leaf: str) -> str:
+    return f"{leaf}.is_floating_point"  # no spec name has a dot: the backward spells it as the ctx field
+
+
+def dtypes_named(cond: N.Expr) -> N.Expr:
+    """`cond` with each `is_floating_point(m)` as a name (`dtype_name`), which backward spells as ctx's."""
+
+    def go(e: N.Expr) -> N.Expr:
+        if isinstance(e, N.Call) and e.func == "is_floating_point" and dtype_tested(e):
+            name = N.Name(e.span, dtype_name(dtype_tested(e)[0]))
+            name.ref, name.kind = N.Ref.LOCAL, N.Kind.BOOL
+            return name
+        return map_children(e, go)
+
+    return go(cond)
+
+
+def operands(step) -> set[str]:
+    """The names of the tensors a step reads."""
+    return {n.id for a in step.args.values() for n in walk(a) if isinstance(n, N.Name) and n.kind == N.Kind.TENSOR}
