@@ -42,6 +42,7 @@ from layerdsl.autodiff.nested_ifs import (
 )
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
+from layerdsl.autodiff.sub_functions import deriving_sub
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape, refusal
 from layerdsl.autodiff.unroll import Measured, measured_names, prepared_forward
 from layerdsl.diagnostics import Diagnostic, Span
@@ -102,6 +103,7 @@ def plan_backwards(
     problems: list[Diagnostic] = []
     reported: set[tuple[str, int, int, str]] = set()
     namespace = Namespace(layer for f in files for layer in f.layers)
+    deriving: dict[int, bool] = {}  # id of a sub's layer -> whether its own backward derives
     for f in files:
         for layer in f.layers:
             if not layer.is_function:
@@ -115,13 +117,35 @@ def plan_backwards(
                 continue
             except NotDerivable as exc:
                 for p in exc.every():
-                    message = p.message
+                    message, hint = p.message, p.hint
                     if p.span in inlined.origins:  # in a sub's forward: naming the sub
                         message += f" (in {inlined.origins[p.span]}, inlined into '{layer.name}')"
+                        hint = _sub_function_hint(layer, p.span, seen, deriving, hint)
                     if (layer.path, p.span.line, p.span.col, message) not in reported:
                         reported.add((layer.path, p.span.line, p.span.col, message))
-                        problems.append(Diagnostic(layer.path, p.span, message, p.hint, source=f.source))
+                        problems.append(Diagnostic(layer.path, p.span, message, hint, source=f.source))
     return plans, problems
+
+
+def _sub_function_hint(
+    layer: N.Layer, span: Span, layers: Mapping[str, N.Layer], deriving: dict[int, bool], hint: str
+) -> str:
+    """`hint`, and where a sub's layer holding `span` derives on its own, the way out through it."""
+
+    def derives(sub: N.Layer) -> bool:
+        if id(sub) not in deriving:
+            try:
+                plan_backward(inline_subs(sub, layers).layer)
+                deriving[id(sub)] = True
+            except (NotDerivable, LayerNotGiven):
+                deriving[id(sub)] = False
+        return deriving[id(sub)]
+
+    sub = deriving_sub(layer, span, layers, derives)
+    if sub is None:
+        return hint
+    way = f"put @function on {sub.name} instead of {layer.name}: its backward derives, and each call runs its Function"
+    return f"{way}; or {hint}" if hint else way
 
 
 def plan_backward(
