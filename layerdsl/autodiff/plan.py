@@ -117,14 +117,23 @@ def plan_backwards(
                 continue
             except NotDerivable as exc:
                 for p in exc.every():
-                    message, hint = p.message, p.hint
-                    if p.span in inlined.origins:  # in a sub's forward: naming the sub
-                        message += f" (in {inlined.origins[p.span]}, inlined into '{layer.name}')"
-                        hint = _sub_function_hint(layer, p.span, seen, deriving, hint)
+                    message, hint = as_layers_problem(p, layer, inlined, seen, deriving)
                     if (layer.path, p.span.line, p.span.col, message) not in reported:
                         reported.add((layer.path, p.span.line, p.span.col, message))
                         problems.append(Diagnostic(layer.path, p.span, message, hint, source=f.source))
     return plans, problems
+
+
+def as_layers_problem(
+    p: NotDerivable, layer: N.Layer, inlined: Inlined, layers: Mapping[str, N.Layer], deriving: dict[int, bool]
+) -> tuple[str, str]:
+    """The message and hint of a problem of `layer`'s inlined forward: one in a sub's statements names the
+    sub, and where that sub's layer derives on its own, the hint says to put `@function` there.
+    `deriving`: what is known of which layers derive (filled in as it is found)."""
+    if p.span not in inlined.origins:
+        return p.message, p.hint
+    message = f"{p.message} (in {inlined.origins[p.span]}, inlined into '{layer.name}')"
+    return message, _sub_function_hint(layer, p.span, layers, deriving, p.hint)
 
 
 def _sub_function_hint(

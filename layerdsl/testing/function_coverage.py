@@ -112,8 +112,8 @@ def with_function(text: str, layers: list[N.Layer], functions: set[str], renames
 
 def survey(specs: Path, work: Path) -> Coverage:
     """Every layer of `specs` compiled with `@function` (copies under `work`): the refusals, by layer."""
-    from layerdsl.autodiff.inline import LayerNotGiven, inline_subs
-    from layerdsl.autodiff.plan import plan_backward
+    from layerdsl.autodiff.inline import Inlined, LayerNotGiven, inline_subs
+    from layerdsl.autodiff.plan import as_layers_problem, plan_backward
     from layerdsl.autodiff.tape import NotDerivable
 
     coverage, shipped = shipped_layers(specs)
@@ -125,21 +125,19 @@ def survey(specs: Path, work: Path) -> Coverage:
             break
         refuse(coverage, files, copies, found)
     namespace = Namespace(layer for f in files for layer in f.layers)
+    deriving: dict[int, bool] = {}
     for f in files:
         for layer in f.layers:
             if layer.is_function:
-                origins: dict = {}
+                inlined = Inlined(layer)
                 try:  # as `gen` plans it: its subs inlined
                     inlined = inline_subs(layer, namespace.visible(f.path))
-                    origins = inlined.origins
                     plan_backward(inlined.layer)
                 except LayerNotGiven:
                     continue
-                except NotDerivable as exc:
-                    message = exc.message
-                    if exc.span in origins:  # in a sub's forward, as `plan_backwards` says it
-                        message += f" (in {origins[exc.span]}, inlined into '{layer.name}')"
-                    refuse(coverage, files, copies, [Diagnostic(f.path, exc.span, message, exc.hint)])
+                except NotDerivable as exc:  # worded as `plan_backwards` words it
+                    message, hint = as_layers_problem(exc, layer, inlined, namespace.visible(f.path), deriving)
+                    refuse(coverage, files, copies, [Diagnostic(f.path, exc.span, message, hint)])
     write_copies(shipped, set(coverage.derived), copy_root)  # the derived layers alone, for `generate`
     return coverage
 
