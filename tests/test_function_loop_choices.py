@@ -132,6 +132,10 @@ def with_conditions(*flags: str) -> str:
 def test_the_copies_are_counted_by_condition_against_the_cap():
     # a fifth condition, tested twice: 32 copies (2**11 counting each test on its own)
     assert plan_problems(with_conditions("p")) == []
+    # a comparison of a value with itself picks its side, first in the body too: no copy for the other side
+    first = "        h = x\n        if d == d {\n            h = h * 2.0\n        }\n"
+    compared = with_conditions("p").replace("        h = x\n", first, 1)
+    assert "if d == d" in compared and plan_problems(compared) == []
     # a sixth: 64, past the cap of 32, refused at an `if` in the loop's body
     problems = plan_problems(with_conditions("p", "q"))
     assert len(problems) == 1 and "would make more than 32 copies of the loop" in problems[0]

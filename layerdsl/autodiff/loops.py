@@ -27,7 +27,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from layerdsl.autodiff.loop_choices import chosen_side
+from layerdsl.autodiff.loop_choices import chosen_side, self_decided
 from layerdsl.autodiff.loop_members import without_members
 from layerdsl.autodiff.reverse import derive
 from layerdsl.autodiff.shapes import carried_shapes, step_shape
@@ -177,7 +177,7 @@ def _unswitched(body: list[N.Stmt], optional: frozenset[str]) -> list[N.Stmt]:
 
 def _unswitched_loop(loop: N.For, optional: frozenset[str]) -> N.Stmt:
     """`loop`, or an `if` on arguments of its body around two copies of it (each with one side)."""
-    body = _unswitched(loop.body, optional)
+    body = self_decided(_unswitched(loop.body, optional))
     at = _switch(body, optional)
     if at is None or _copies(body, optional, MAX_BRANCH_PLANS) > MAX_BRANCH_PLANS:  # the body keeps its `if`s
         return loop if body is loop.body else dataclasses.replace(loop, body=body)
