@@ -27,6 +27,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from layerdsl.autodiff.loop_choices import chosen_side, self_decided
 from layerdsl.autodiff.loop_members import without_members
 from layerdsl.autodiff.reverse import derive
 from layerdsl.autodiff.shapes import carried_shapes, step_shape
@@ -176,13 +177,13 @@ def _unswitched(body: list[N.Stmt], optional: frozenset[str]) -> list[N.Stmt]:
 
 def _unswitched_loop(loop: N.For, optional: frozenset[str]) -> N.Stmt:
     """`loop`, or an `if` on arguments of its body around two copies of it (each with one side)."""
-    body = _unswitched(loop.body, optional)
+    body = self_decided(_unswitched(loop.body, optional))
     at = _switch(body, optional)
     if at is None or _copies(body, optional, MAX_BRANCH_PLANS) > MAX_BRANCH_PLANS:  # the body keeps its `if`s
         return loop if body is loop.body else dataclasses.replace(loop, body=body)
     branch = body[at]
     assert isinstance(branch, N.If)
-    sides = [body[:at] + chosen + body[at + 1 :] for chosen in (branch.body, branch.orelse)]
+    sides = [chosen_side(body, at, holds) for holds in (True, False)]  # its other tests decided (`loop_choices`)
     then, orelse = (_unswitched_loop(dataclasses.replace(loop, body=side), optional) for side in sides)
     return dataclasses.replace(branch, body=[then], orelse=[orelse])
 
@@ -201,8 +202,8 @@ def _copies(body: list[N.Stmt], optional: frozenset[str], limit: int) -> int:
     branch = body[at]
     assert isinstance(branch, N.If)
     count = 0
-    for chosen in (branch.body, branch.orelse):
-        count += _copies(body[:at] + chosen + body[at + 1 :], optional, limit - count)
+    for holds in (True, False):
+        count += _copies(chosen_side(body, at, holds), optional, limit - count)
         if count > limit:
             break
     return count
