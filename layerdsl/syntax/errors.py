@@ -164,6 +164,8 @@ def describe_syntax_error(exc: UnexpectedInput, source: str) -> tuple[Span, str,
     next_text = source[offset:].lstrip(" \t\f\r\n")
     if tok.type == "NAME" and tok.value in ("True", "False", "None"):
         hint = f"did you mean '{tok.value.lower()}'?"
+    elif tok.value in ("require", "return", "update") and "PARAM" in accepts:  # a statement among members
+        hint = f"`{tok.value}` begins a statement: write it inside `forward(...) {{ ... }}`"
     elif tok.type == "_NL" and "LBRACE" in accepts and next_text.startswith("{"):
         hint = "the '{' goes on the same line"
     elif tok.type == "_NL" and "an expression" in expected:
