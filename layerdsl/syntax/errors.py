@@ -125,8 +125,8 @@ def describe_syntax_error(exc: UnexpectedInput, source: str) -> tuple[Span, str,
         char = source[pos] if pos < len(source) else ""
         if char == '"':
             if source.startswith('"""', pos) and '\\"""' in source[pos + 3 :]:
-                hint = 'a docstring is its text as written: `\\"""` keeps the three quotes in it and does not end it'
-                return span, "unterminated string", hint
+                kept = 'a docstring is its text as written: `\\"""` keeps the three quotes in it and does not end it'
+                return span, "unterminated string", kept
             return span, "unterminated string", "close it with a matching '\"' (or '\"\"\"' for a multi-line string)"
         if char == "'":
             return span, "strings use double quotes", "write \"...\" instead of '...'"
