@@ -1007,6 +1007,9 @@ class FunctionEmitter:
             at = _int_literal(dim)
             if isinstance(inp, N.ListExpr) and at is not None and -len(inp.items) <= at < len(inp.items):
                 return ex.wrap(inp.items[at], ATOM)  # a static shape's dim
+            if isinstance(dim, N.NoneLit) and isinstance(inp, N.ListExpr):  # a static shape: its dims' product
+                factors = [ex.wrap(d, PREC["*"] + 1) for d in inp.items if _int_literal(d) != 1]
+                return "1" if not factors else factors[0] if len(factors) == 1 else f"({' * '.join(factors)})"
             shape = self._shape(inp, ex)
             if isinstance(dim, N.NoneLit):
                 return f"{shape}.numel()"

@@ -584,7 +584,7 @@ class LoopFunction:
         saved_outputs = [o.id if isinstance(o, N.Name) and o.id in reads.once else "_" for o in self.plan.outputs]
         outs = saved_outputs + extra
         if any(v != "_" for v in outs):
-            lines.append(f"{', '.join(outs)}{',' if len(outs) == 1 else ''} = {self.names.output}")
+            lines.append(f"{', '.join(outs)} = {self.names.output}")  # forward returns one alone, not a tuple
         if extra and len(self.plan.outputs) == 1:  # the extra outputs' gradients: None unless given
             lines.append("ctx.set_materialize_grads(False)")
         lines += [f"{self.names.ctx_value(k)} = {k}" for k in self.kwargs]

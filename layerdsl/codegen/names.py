@@ -1,7 +1,7 @@
 """The names a `@function` layer's generated autograd.Function introduces, chosen around the spec's names.
 
 A spec name keeps its name in the generated code. What the code adds for itself gets a readable name,
-or the first of `name_`, `name__`, ... that no spec name of the layer takes (`language.naming.fresh_name`):
+or the first of `name_`, `name_2`, ... that no spec name of the layer takes (`language.naming.fresh_name`):
 
 - the parameters of `setup_context(ctx, inputs, output)` and `apply(cls, ...)`;
 - the gradients of the derived backward: `grad_<value>` for each input, member and step of the tape (the

@@ -15,8 +15,12 @@ def snake_case(name: str) -> str:
 
 def fresh_name(hint: str, taken: Collection[str]) -> str:
     """A name for something the generated code introduces: `hint` itself unless `taken` has it, else the
-    first of `hint_`, `hint__`, ... that it does not (`taken` holds the spec's names of the scope)."""
-    name = hint
+    first of `hint_`, `hint_2`, `hint_3`, ... that it does not (`taken` holds the spec's names of the scope;
+    forty gradient parts of one input are `grad_x_part_40`, not forty underscores)."""
+    if hint not in taken:
+        return hint
+    name, k = hint + "_", 1
     while name in taken:
-        name += "_"
+        k += 1
+        name = f"{hint}_{k}"
     return name

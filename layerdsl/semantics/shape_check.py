@@ -545,7 +545,8 @@ class _ShapePass:
             self.r.error(
                 call.span,
                 f"{_text(call)}: {show(inp)} has {S.poly_text(_numel(inp))} elements, {show(out)} has {S.poly_text(_numel(out))}",
-                "a reshape keeps the number of elements",
+                "a reshape keeps the number of elements (where two counts are equal only at run time, as"
+                " `dim // heads * heads` and `dim` are, write -1 for one size)",
             )
             return None
         return out

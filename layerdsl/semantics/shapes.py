@@ -962,9 +962,14 @@ def arange(start: N.Expr | None, end: N.Expr | None, step: N.Expr | None) -> Sha
     """`arange(n)`: [n]; `arange(a, b)`: [b - a]; another step: known at run time."""
     if step is not None and not isinstance(step, N.NoneLit) and _value(step) != 1:
         return None
-    if start is None or any(e is not None and e.kind not in ("int", "unknown") for e in (start, end)):
+    if isinstance(end, N.NoneLit):  # as a derived backward's tape gives the default
+        end = None
+    if start is None or any(
+        e is not None and e.kind != N.Kind.INT and not (isinstance(e, N.Num) and type(e.value) is int)
+        for e in (start, end)
+    ):
         return None
-    if end is None or isinstance(end, N.NoneLit):
+    if end is None:
         return (dim_text(start),)
     return (poly_text(poly_add(poly(end), poly(start), -1)),)
 

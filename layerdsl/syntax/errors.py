@@ -124,6 +124,9 @@ def describe_syntax_error(exc: UnexpectedInput, source: str) -> tuple[Span, str,
         pos = cast(int, exc.pos_in_stream)
         char = source[pos] if pos < len(source) else ""
         if char == '"':
+            if source.startswith('"""', pos) and '\\"""' in source[pos + 3 :]:
+                kept = 'a docstring is its text as written: `\\"""` keeps the three quotes in it and does not end it'
+                return span, "unterminated string", kept
             return span, "unterminated string", "close it with a matching '\"' (or '\"\"\"' for a multi-line string)"
         if char == "'":
             return span, "strings use double quotes", "write \"...\" instead of '...'"
@@ -164,6 +167,8 @@ def describe_syntax_error(exc: UnexpectedInput, source: str) -> tuple[Span, str,
     next_text = source[offset:].lstrip(" \t\f\r\n")
     if tok.type == "NAME" and tok.value in ("True", "False", "None"):
         hint = f"did you mean '{tok.value.lower()}'?"
+    elif tok.value in ("require", "return", "update") and "PARAM" in accepts:  # a statement among members
+        hint = f"`{tok.value}` begins a statement: write it inside `forward(...) {{ ... }}`"
     elif tok.type == "_NL" and "LBRACE" in accepts and next_text.startswith("{"):
         hint = "the '{' goes on the same line"
     elif tok.type == "_NL" and "an expression" in expected:
