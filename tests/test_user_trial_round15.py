@@ -194,12 +194,6 @@ layer Outer(d: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/inline.py: a sub's optional member its construction leaves unbuilt (`bias = false`) is"
-    " skipped but its reads are not dropped: the Function's forward writes `... + bias`, a NameError at"
-    " every call (`layerdsl check` reports nothing)",
-)
 def test_a_sub_built_without_its_optional_member_inlines_without_it():
     ns = compile_spec(SUB_WITHOUT_BIAS, "outer")
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)

@@ -32,6 +32,7 @@ from layerdsl.autodiff.copied_layers import (
 )
 from layerdsl.autodiff.inline_cache import cached
 from layerdsl.autodiff.list_order import reversed_lists
+from layerdsl.autodiff.loop_members import without_members
 from layerdsl.autodiff.peel import peeled_families
 from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.autodiff.torch_nn_forwards import inlined_torch_nn, torch_nn_layer
@@ -124,6 +125,7 @@ class _Instance:
     # Every item of a list of subs of constructed length, as one: its tensors are the items' stacked
     # (`blocks_w1: [depth, hidden, d]`), each read at the item's index (`blocks_w1[i]`)
     index: N.Expr | None = None
+    unbuilt: set[str] = field(default_factory=set)  # optional members its arguments leave out (`bias = false`)
 
 
 @dataclass
@@ -348,6 +350,7 @@ class _Inliner:
         else:
             values = _argument_values(spec.layer, call, shown, span, loop)
         tensors: dict[str, str] = {}
+        unbuilt: set[str] = set()
         for t in spec.layer.tensors:
             if t.repeat is not None:
                 raise NotDerivable(
@@ -357,7 +360,8 @@ class _Inliner:
                     HINT,
                 )
             if t.cond is not None and _constant(over_values(t.cond, values)) is False:
-                continue  # never built (a held layer argument given as none): never read either
+                unbuilt.add(t.name)  # never built (`bias = false`, a held layer argument given as none)
+                continue
             name = self.fresh(f"{prefix}_{t.name}")
             tensors[t.name] = name
             self.paths[name] = f"{shown}.{spec.paths.get(t.name, t.name)}"
@@ -366,7 +370,7 @@ class _Inliner:
                 given = self.member_given(held, spec.paths.get(t.name, t.name), name, t.cond)
                 outer = dataclasses.replace(outer, cond=given)
             self.tensors.append(outer if count is None else _stacked_tensor(outer, count))
-        return _Instance(shown, prefix, spec, values, tensors)
+        return _Instance(shown, prefix, spec, values, tensors, unbuilt=unbuilt)
 
     # -- a sub holding or copying a layer argument (autodiff/copied_layers.py)
 
@@ -571,7 +575,9 @@ class _Inliner:
                 e.targets = [(locals_.get(t, t), span) for t, span in e.targets]
             return e
 
-        body = _decided([cast(N.Stmt, renamed(s)) for s in spec.forward.body])
+        # its forward as it runs without the members its arguments leave out (`+ bias` dropped)
+        written = without_members(spec.forward.body, inst.unbuilt) if inst.unbuilt else spec.forward.body
+        body = _decided([cast(N.Stmt, renamed(s)) for s in written])
         if here:  # an error in the sub's statements is shown where its spec writes them
             origin = f"the sub '{inst.shown}'"
             self.origins.update({n.span: origin for s in body for n in walk(s) if hasattr(n, "span")})
