@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from layerdsl.autodiff.inline import Inlined, LayerNotGiven, inline_subs
 from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
+from layerdsl.autodiff.local_sizes import sub_requires_dropped
 from layerdsl.autodiff.loop_members import members_to_choose, read_outside_ifs
 from layerdsl.autodiff.loops import (
     CHOICE_HINT,
@@ -110,7 +111,7 @@ def plan_backwards(
             inlined = Inlined(layer)
             try:
                 inlined = inline_subs(layer, seen)  # subs' forwards written into this one
-                plans[namespace.key(layer)] = plan_backward(inlined.layer)
+                plans[namespace.key(layer)] = plan_backward(sub_requires_dropped(inlined.layer, inlined.origins))
             except LayerNotGiven:  # the checker reports the sub's layer
                 continue
             except NotDerivable as exc:

@@ -113,6 +113,7 @@ def with_function(text: str, layers: list[N.Layer], functions: set[str], renames
 def survey(specs: Path, work: Path) -> Coverage:
     """Every layer of `specs` compiled with `@function` (copies under `work`): the refusals, by layer."""
     from layerdsl.autodiff.inline import LayerNotGiven, inline_subs
+    from layerdsl.autodiff.local_sizes import sub_requires_dropped
     from layerdsl.autodiff.plan import plan_backward
     from layerdsl.autodiff.tape import NotDerivable
 
@@ -132,7 +133,7 @@ def survey(specs: Path, work: Path) -> Coverage:
                 try:  # as `gen` plans it: its subs inlined
                     inlined = inline_subs(layer, namespace.visible(f.path))
                     origins = inlined.origins
-                    plan_backward(inlined.layer)
+                    plan_backward(sub_requires_dropped(inlined.layer, origins))
                 except LayerNotGiven:
                     continue
                 except NotDerivable as exc:
