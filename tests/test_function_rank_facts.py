@@ -10,6 +10,8 @@ input's rank is (`x.ndim == 2` taken: 2), and the layer's own `require`s bound i
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -18,7 +20,7 @@ from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
 
 from .function_agreement import compare_with_plain
-from .support import compile_spec
+from .support import compile_spec, torch_nn_with_and_without_function
 
 FLAGS = "pqrst"
 REQUIRES = """        require x.ndim >= 2, "x has 2 dims (unbatched) or 3 (batched)"
@@ -139,3 +141,30 @@ def test_second_blocks_numbers_are_chosen_by_the_inputs_rank(compiled):
     forward = source[source.index("class ResidualFunction") : source.index("def setup_context")]
     assert "second_rows = first_rows" in forward
     assert "h.shape" not in forward and "h.dim()" not in forward
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_the_decoder_layer_matches_autograd_in_both_ranks(tmp_path, batch_first):
+    """TransformerDecoderLayer (specs/torch_nn) derives: outputs and gradients as autograd's, for tgt [L, E]
+    and [L, N, E] (the coverage page compares its configurations batched, and second derivatives)."""
+    function, plain = torch_nn_with_and_without_function(
+        tmp_path,
+        ["transformer.layer", "attention.layer", "linear.layer", "layer_norm.layer"],
+        "TransformerDecoderLayer",
+        f"rank_facts_decoder_{batch_first}",
+    )
+    ours = importlib.import_module(f"{function.__name__}.torch_nn.transformer")
+    theirs = importlib.import_module(f"{plain.__name__}.torch_nn.transformer")
+    torch.manual_seed(0)
+    kwargs = {"dim_feedforward": 8, "dropout": 0.0, "batch_first": batch_first, "dtype": torch.float64}
+    a, b = ours.TransformerDecoderLayer(4, 2, **kwargs), theirs.TransformerDecoderLayer(4, 2, **kwargs)
+    b.load_state_dict(a.state_dict())
+    for tgt, memory in (((3, 4), (5, 4)), ((3, 2, 4), (3, 5, 4) if batch_first else (5, 2, 4))):
+        inputs = [torch.rand(*s, dtype=torch.float64, requires_grad=True) for s in (tgt, memory)]
+        out, ref = a(*inputs), b(*inputs)
+        torch.testing.assert_close(out, ref)
+        seed = torch.randn_like(ref)
+        got = torch.autograd.grad(out, [*inputs, *a.parameters()], seed)
+        want = torch.autograd.grad(ref, [*inputs, *b.parameters()], seed)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
