@@ -1,6 +1,7 @@
 """What the segmented Functions of torch.nn's attention layers save for backward, against plain autograd.
 
-MultiheadAttention and TransformerEncoderLayer (specs/torch_nn) are generated twice, with `@function` added
+MultiheadAttention, TransformerEncoderLayer and TransformerDecoderLayer (specs/torch_nn; the decoder attends
+over a memory of the same shape as its input) are generated twice, with `@function` added
 and as written, and each is run once in training at L=256, N=16, E=256 (dropout 0). Saved bytes are the
 storages `saved_tensors_hooks` sees, each counted once, the layer's own parameters left out (the module holds
 them anyway). Bytes are deterministic: one run is the figure. Also prints the generated Function's lines.
@@ -21,11 +22,11 @@ import torch
 from layerdsl.testing.layer_checks import generate_package
 
 SPECS = Path(__file__).resolve().parent.parent / "specs" / "torch_nn"
-LAYERS = ("MultiheadAttention", "TransformerEncoderLayer")
+LAYERS = ("MultiheadAttention", "TransformerEncoderLayer", "TransformerDecoderLayer")
 
 
 def generated(root: Path, function: bool) -> object:
-    """The torch_nn package, `@function` added to the two layers or not."""
+    """The torch_nn package, `@function` added to the three layers or not."""
     folder = root / ("function" if function else "plain") / "torch_nn"
     folder.mkdir(parents=True)
     for spec in SPECS.glob("*.layer"):
@@ -70,6 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         function, plain = generated(Path(tmp), True), generated(Path(tmp), False)
         x = torch.randn(length, batch, embed, requires_grad=True)
+        memory = torch.randn(length, batch, embed, requires_grad=True)
         rows = []
         for layer, make, call in (
             ("MultiheadAttention", lambda p: p.MultiheadAttention(embed, 8), lambda m: m(x, x, x)),
@@ -77,6 +79,11 @@ def main() -> None:
                 "TransformerEncoderLayer",
                 lambda p: p.TransformerEncoderLayer(embed, 8, dim_feedforward=1024, dropout=0.0),
                 lambda m: m(x),
+            ),
+            (
+                "TransformerDecoderLayer",
+                lambda p: p.TransformerDecoderLayer(embed, 8, dim_feedforward=1024, dropout=0.0),
+                lambda m: m(x, memory),
             ),
         ):
             torch.manual_seed(0)

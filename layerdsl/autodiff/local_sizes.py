@@ -16,6 +16,12 @@ ranks the definitions prove say so: the engine's shapes carry no "at least k dim
 declared without a shape; and a size written in a list (`reshape(q, [L, N, h, d])`) is a number local of the
 spec, which the rules keep by name where it still means the same (the engine has its text only).
 
+Inside an `if` on an input's rank (`if x.ndim == 2`, or its `else`), that rank is what the condition says
+(2; not 2), narrowing the `...` of its declared shape there: `unsqueeze(x, 1)` then has exactly 3 dims,
+`x + y` of two 2-dim tensors exactly 2, and `squeeze(y, 1)` of a dim proven 1 one less. Broadcast operands
+of exact ranks that all reach a dim with the same size there (`x + f(x)`) give that size. A test of a
+local's rank that the rank proven at least decides (`h.ndim == 2` of `h = x + y`, y of 3 dims) is `false`.
+
 A local assigned on both sides of an `if` resolves to one size when every side agrees; otherwise it is left
 for the plan, which plans each side of the `if` on its own (and resolves the size there; an `if` in a kept
 loop's body, once taken out of the loop). A local a kept loop carries from step to step (`h = block(h)`)
@@ -27,6 +33,8 @@ for the whole Function.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import cast
 
@@ -88,12 +96,63 @@ class _Rank:
 _UNKNOWN_RANK = _Rank(0, False)
 
 
+@dataclass(frozen=True)
+class _Known:
+    """What the conditions of the `if`s a statement is in say of an input's rank (`x.ndim == 2` taken: 2;
+    not taken: not 2; `x.ndim <= 3`: at most 3), kept in the env under `x.ndim`."""
+
+    least: int = 0
+    most: int | None = None
+    excluded: frozenset[int] = frozenset()
+
+    def given(self, op: str, n: int) -> _Known:
+        """These facts and `rank op n`."""
+        least, most, excluded = self.least, self.most, self.excluded
+        if op in ("==", ">=", ">"):
+            least = max(least, n + (op == ">"))
+        if op in ("==", "<=", "<"):
+            most = min(n - (op == "<"), most if most is not None else n)
+        if op == "!=":
+            excluded |= {n}
+        return _Known(least, most, excluded)
+
+    def rank(self, declared: _Rank) -> _Rank:
+        """The declared rank narrowed by these facts."""
+        if declared.exact:
+            return declared
+        least = max(self.least, declared.least)
+        while least in self.excluded:
+            least += 1
+        return _Rank(least, self.most is not None and least >= self.most)
+
+
 def resolved_local_sizes(body: list[N.Stmt], layer: N.Layer) -> tuple[list[N.Stmt], set[N.Span]]:
     """`body` with each `size_at` of a computed tensor written as sizes of inputs and members, where every
     side of the `if`s before it agrees; and where the sides disagree, the calls left for the plan's sides
     (their spans)."""
     walker = _Walker(layer)
     return walker.body(body, {}), walker.pending
+
+
+def sub_requires_dropped(layer: N.Layer, inlined: Container[N.Span]) -> N.Layer:
+    """`layer`, its subs inlined (their statements' spans `inlined`), without the subs' `require`s: the
+    Function checks none of them (the module checks its own layer's before `apply`), so what a `require`
+    says of a rank is the layer's own, checked, when the sizes followed back rely on it."""
+    assert layer.forward is not None
+
+    def kept(body: list[N.Stmt]) -> list[N.Stmt]:
+        out: list[N.Stmt] = []
+        for s in body:
+            if isinstance(s, N.Require) and s.span in inlined:
+                continue
+            if isinstance(s, N.If):
+                s = dataclasses.replace(s, body=kept(s.body), orelse=kept(s.orelse))
+            elif isinstance(s, N.For):
+                s = dataclasses.replace(s, body=kept(s.body))
+            out.append(s)
+        return out
+
+    return layer.with_body(kept(layer.forward.body))
 
 
 def candidate_sizes(body: list[N.Stmt], layer: N.Layer) -> list[N.Expr]:
@@ -142,9 +201,11 @@ class _Walker:
         """Each side walked on its own; after the `if`, a local the sides assign differently is both."""
         then_env, else_env = dict(env), dict(env)
         out = map_children(stmt, lambda e: self.expr(e, env))
+        _learned(stmt.cond, True, then_env)
+        _learned(stmt.cond, False, else_env)
         out.body = self.body(stmt.body, then_env)
         out.orelse = self.body(stmt.orelse, else_env)
-        for name in set(then_env) | set(else_env):
+        for name in {n for n in then_env.keys() | else_env.keys() if not n.endswith(_KNOWN)}:  # facts stay inside
             a, b = then_env.get(name), else_env.get(name)
             env[name] = a if a is b else _Branched((a, b))
         return out
@@ -169,6 +230,8 @@ class _Walker:
         e = map_children(e, lambda c: self.expr(c, env))
         if isinstance(e, N.Rank) and e.value.ref not in LEAVES:
             return self.resolved(e, self.rank_of(e.value, env))
+        if isinstance(e, N.Compare) and (decided := self.rank_test(e, env)) is not None:
+            return decided
         if not (isinstance(e, N.Call) and e.func == "size_at" and len(e.args) == 2):
             return e
         of, at = e.args
@@ -176,6 +239,20 @@ class _Walker:
             return e
         k = _int(at)
         return self.resolved(e, None if k is None else self.size(of, k, env, env))
+
+    def rank_test(self, e: N.Compare, env: Env) -> N.Bool | None:
+        """`h.ndim == 2` (h a local whose rank is not followed back to one value) as `false` where the rank
+        the definitions prove at least decides it (`h = x + y`, y of 3 dims: `h.ndim >= 3`)."""
+        test = _rank_comparison(e)
+        if test is None or test[0].ref in LEAVES:
+            return None
+        local, op, n = test
+        least = self.rank(local, env).least
+        if n >= least:
+            return None  # ranks below n are not ruled out
+        decided = N.Bool(e.span, op in ("!=", ">", ">="))
+        decided.kind = N.Kind.BOOL
+        return decided
 
     def resolved(self, e: N.Expr, sizes: list[N.Expr] | None) -> N.Expr:
         """`e` (a size or rank of a local) as the one value `sizes` gives, or left for the plan's sides."""
@@ -367,8 +444,16 @@ class _Walker:
                 return [B.num(1)]
             after = k > d if k >= 0 else k < d
             return self.size(x, (k - 1 if k >= 0 else k + 1) if after else k, env, use)
-        keeps = 0 <= k < d or d < k < 0  # a dim before a squeezed one (or after, counted from the end)
-        return self.size(x, k, env, use) if keeps else None
+        if 0 <= k < d or d < k < 0:  # a dim before a squeezed one (or after, counted from the end)
+            return self.size(x, k, env, use)
+        if not self.is_one(x, d, env):
+            return None  # whether dim d is dropped is known at run time only
+        rank = self.rank(x, env)
+        if rank.exact and rank.least > 1:  # dim k of the rank - 1 left, counted from the front
+            k, d = k % (rank.least - 1), d % rank.least
+        if (k >= 0) != (d >= 0):
+            return None
+        return self.size(x, k + (k >= d) if k >= 0 else k - (k <= d), env, use)
 
     def listed_size(self, call: N.Call, args: dict, k: int, env: Env, use: Env) -> list[N.Expr] | None:
         """Dim k of a view or new tensor whose sizes are written as a list (`-1` in expand: the input's)."""
@@ -420,7 +505,28 @@ class _Walker:
                 continue
             if k >= 0 and all(k < rank.least - r.least for r in others) or k < 0 and all(r.least < -k for r in others):
                 return self.size(t, k, env, use)
-        return None
+        return self.same_size(tensors, ranks, k, env, use)
+
+    def same_size(self, tensors: list[N.Expr], ranks: list[_Rank], k: int, env: Env, use: Env) -> list[N.Expr] | None:
+        """Dim k of operands of exact ranks broadcast together, where every operand that reaches it has the
+        same size there (`x + f(x)`: `x` at 0 and `f(x)` at 0 both `size_at(x, 0)`)."""
+        if not tensors or not all(r.exact for r in ranks):
+            return None
+        result = max(r.least for r in ranks)
+        at = k if k < 0 else k - result  # counted from the end
+        if not -result <= at < 0:
+            return None
+        sizes: list[N.Expr] = []
+        for t, r in zip(tensors, ranks):
+            if r.least >= -at:  # t reaches dim k
+                found = self.size(t, at, env, use)
+                if found is None or len(found) != 1:
+                    return None
+                sizes += found
+        if len({B.key(self.canonical(s, use)) for s in sizes}) != 1:
+            return None
+        # a size forward reads already (a number local) rather than a new size of an input
+        return [min(sizes, key=lambda s: any(_is_leaf_size(n) for n in walk(s)))]
 
     def matmul_size(self, left: N.Expr, right: N.Expr, k: int, env: Env, use: Env) -> list[N.Expr] | None:
         """Dim k of `left @ right`, where a matrix operand (exactly 2 dims) leaves the batch dims to the
@@ -464,6 +570,36 @@ class _Walker:
             return [_with(e, left=a, right=b) for a in left for b in right]
         return None
 
+    def is_one(self, x: N.Expr, k: int, env: Env) -> bool:
+        """Whether dim k of `x` is 1 by its definitions (`unsqueeze(q, 1)` at 1, or a number local that is
+        1 on this way through the `if`s)."""
+        sizes = self.size(x, k, env, env)
+        return sizes is not None and all(_int(self.expanded(s, env)) == 1 for s in sizes)
+
+    def canonical(self, e: N.Expr, env: Env) -> N.Expr:
+        """An int expression as it compares with others: its number locals expanded, each size of an input of
+        a known rank counted from the front (`size_at(x, -2)` of a 2-dim x is `size_at(x, 0)`)."""
+
+        def go(n: N.Expr) -> N.Expr:
+            n = map_children(n, lambda c: go(c) if isinstance(c, N.Expr) else c)
+            if _is_leaf_size(n) and (k := _int(n.args[1])) is not None and k < 0:  # type: ignore[attr-defined]
+                rank = self.rank(n.args[0], env)  # type: ignore[attr-defined]
+                if rank.exact and -k <= rank.least:
+                    return _size_at(n.args[0], k % rank.least)  # type: ignore[attr-defined]
+            return n
+
+        return go(self.expanded(e, env))
+
+    def expanded(self, e: N.Expr, env: Env) -> N.Expr:
+        """An int expression with each number local written as its definition (for comparing sizes)."""
+
+        def go(n: N.Expr, env: Env) -> N.Expr:
+            if isinstance(n, N.Name) and n.ref == N.Ref.LOCAL and isinstance(d := env.get(n.id), _Def):
+                return go(d.value, d.env)
+            return map_children(n, lambda c: go(c, env) if isinstance(c, N.Expr) else c)
+
+        return go(clone(e), env)
+
     # ------------------------------------------------------------------ ranks
 
     def rank(self, e: N.Expr, env: Env) -> _Rank:
@@ -472,7 +608,9 @@ class _Walker:
             return _Rank(0, True)
         if isinstance(e, N.Name):
             if e.ref in LEAVES:
-                return self.shapes.get(e.id, _UNKNOWN_RANK)
+                declared = self.shapes.get(e.id, _UNKNOWN_RANK)
+                known = env.get(e.id + _KNOWN)
+                return known.rank(declared) if isinstance(known, _Known) else declared
             return self.local_rank(env.get(e.id), env)
         if isinstance(e, N.UnaryOp):
             return self.rank(e.operand, env)
@@ -525,7 +663,10 @@ class _Walker:
             rank = self.rank(x, env)
             return _Rank(rank.least + 1, rank.exact)
         if call.func == "squeeze":
-            return _Rank(max(self.rank(x, env).least - 1, 0), False)
+            rank, d = self.rank(x, env), _int(args.get("dim"))
+            if d is not None and rank.least > (d if d >= 0 else -d - 1) and self.is_one(x, d, env):
+                return _Rank(rank.least - 1, rank.exact)  # the dim is dropped: its size is 1
+            return _Rank(max(rank.least - 1, 0), False)
         sizes = args.get("shape", args.get("size"))
         if isinstance(sizes, N.ListExpr) and not any(isinstance(i, N.Spread) for i in sizes.items):
             return _Rank(len(sizes.items), True)
@@ -537,6 +678,38 @@ class _Walker:
         if shape is None or opaque(shape):
             return _UNKNOWN_RANK
         return _Rank(len(shape) - (GROUP in shape), GROUP not in shape)
+
+
+_KNOWN = ".ndim"  # the env's key for what the conditions say of an input's rank: `x.ndim` (no local's name)
+_FLIPPED = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+_NEGATED = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+
+
+def _rank_comparison(e: N.Expr) -> tuple[N.Name, str, int] | None:
+    """`x.ndim op n` (or `n op x.ndim`) as (x, op, n), the rank on the left; None for any other test."""
+    if not isinstance(e, N.Compare) or len(e.ops) != 1 or e.ops[0] not in _FLIPPED:
+        return None
+    (left, right), op = e.operands, e.ops[0]
+    if isinstance(right, N.Rank):
+        left, right, op = right, left, _FLIPPED[op]
+    n = _int(right)
+    return None if not isinstance(left, N.Rank) or n is None else (left.value, op, n)
+
+
+def _learned(cond: N.Expr, holds: bool, env: Env) -> None:
+    """What `cond` being `holds` says of the inputs' ranks (its `and`ed tests, or `or`ed ones not holding),
+    added to `env`."""
+    if isinstance(cond, N.Not):
+        _learned(cond.operand, not holds, env)
+    elif isinstance(cond, N.BoolOp) and (cond.op == "and") == holds:
+        _learned(cond.left, holds, env)
+        _learned(cond.right, holds, env)
+    elif (test := _rank_comparison(cond)) is not None and test[0].ref in LEAVES:
+        leaf, op, n = test
+        known = env.get(leaf.id + _KNOWN)
+        env[leaf.id + _KNOWN] = (known if isinstance(known, _Known) else _Known()).given(
+            op if holds else _NEGATED[op], n
+        )
 
 
 def _declared_ranks(layer: N.Layer) -> dict[str, _Rank]:
@@ -682,7 +855,7 @@ def _int(e: N.Expr | None) -> int | None:
         return None
     try:
         v = evaluate(e, {})
-    except NotConstant:
+    except (NotConstant, ArithmeticError, TypeError):
         return None
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 

@@ -20,12 +20,21 @@ the `if` when the other side ran (`loops.UNBOUND`).
 
 A number a side binds (`src_len = src_len + 1` in `if add_bias_kv`) becomes a statement of its own at the
 top, `src_len = src_len + 1 if add_bias_kv else src_len`, so that sides bind tensors only.
+
+A number that measures a local those `if`s bind is followed back along each way through them
+(`sizes_by_side`). A way's conditions say what they test of the inputs' ranks (`tgt.ndim == 2` not taken:
+not 2), and with the layer's own `require`s (`tgt.ndim <= 3`, which the module checks before the Function
+runs) they may fix it: on that way the walker (`local_sizes`) follows `x = tgt + attended` at exactly 3
+dims, and `size_at(h, 0)` of `h = norm(x)` back to `tgt`'s. Only what the sizes are computed from is read
+through (`reshape(a, [n, b, e])` has the sizes `n`, `b`, `e`, whatever `a`'s), so the `if`s that choose
+masks or activations are not ways of their own.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import TypeVar
 
 from layerdsl.autodiff.loops import member_choice, on_arguments, presence, proves
 from layerdsl.autodiff.tape import NotDerivable
@@ -33,7 +42,10 @@ from layerdsl.autodiff.unroll import Measured, prepared_forward
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
-from layerdsl.ir.visit import statements, walk
+from layerdsl.ir.visit import children, map_children, statements, walk
+from layerdsl.semantics.evaluate import NotConstant, evaluate
+
+T = TypeVar("T", bound=N.Node)
 
 
 def flattened(body: list[N.Stmt], numbers: frozenset[str] = frozenset()) -> list[N.Stmt]:
@@ -321,12 +333,22 @@ def _chosen_size(before: list[N.Stmt], stmt: N.Assign, layer: N.Layer, measured:
     reads through lead to them, one atom at a time (an atom that an `and` already decides is not chosen),
     so only the `if`s on the way to the value are decided, not every combination of every atom."""
     budget = [MAX_SIZE_SIDES]
+    atoms: dict[str, N.Expr] = {}
+    named = {name: key for key, name in measured.items()}
+    # what the layer requires of its inputs' ranks before the value (`require tgt.ndim <= 3`; the module
+    # checks it before the Function runs, `local_sizes.sub_requires_dropped`)
+    required = [
+        _unnamed(t.cond, named, layer)
+        for t in before
+        if isinstance(t, N.Require) and t.guard is None and _tests_a_rank(t.cond, named)
+    ]
 
     def value(holds: dict[str, bool]) -> N.Expr | None | _Unbound:
         straight, undecided = _read_through(before, stmt, holds)
         if undecided is not None:  # an `if` these conditions do not decide binds what it reads
             atom = _first_open(undecided.cond, holds)
             assert atom is not None, "an undecided condition has an atom not chosen"
+            atoms[spec_text(atom)] = atom
             then = value({**holds, spec_text(atom): True})
             orelse = value({**holds, spec_text(atom): False})
             return _either(atom, then, orelse)
@@ -335,14 +357,19 @@ def _chosen_size(before: list[N.Stmt], stmt: N.Assign, layer: N.Layer, measured:
             return None
         if not measured_locals(stmt.value) <= {name for t in straight for name in _binds(t)}:
             return UNBOUND_SIDE  # no side binds it here: conditions that cannot hold together
-        side = layer.with_body([*straight, stmt])
+        way = [*(_on_way(t, holds, named, layer) for t in straight), stmt]
+        taken = [_taken(atoms[a], holds[a], named, layer) for a in holds if _tests_a_rank(atoms[a], named)]
+        if required or taken:  # in an `if` on what is known of the ranks here: the walker narrows them so
+            way = [N.If(stmt.span, functools.reduce(_both, [*required, *taken]), way, [])]
         try:
-            last = prepared_forward(side, measured).forward.body[-1]  # type: ignore[union-attr]
+            last = prepared_forward(layer.with_body(way), measured).forward.body[-1]  # type: ignore[union-attr]
         except NotDerivable:
             return None  # not followed back here: the plan refuses it
+        if isinstance(last, N.If):
+            last = last.body[-1]
         if not isinstance(last, N.Assign) or measures_a_local(last.value):
             return None
-        return last.value
+        return _folded(last.value)
 
     chosen = value({})
     return chosen if isinstance(chosen, N.Expr) else None
@@ -363,9 +390,96 @@ def _either(atom: N.Expr, then: N.Expr | None | _Unbound, orelse: N.Expr | None 
         return orelse
     if isinstance(orelse, _Unbound) or spec_text(then) == spec_text(orelse):
         return then
+    if isinstance(then, N.Bool) or isinstance(orelse, N.Bool):  # a test: `atom and orelse`, not an `if`
+        return _folded(_either_test(atom, then, orelse))
     chosen = N.IfExp(then.span, atom, then, orelse)
     chosen.kind = then.kind
     return chosen
+
+
+def _folded(e: N.Expr) -> N.Expr:
+    """A test with its constant parts decided (`not 2 == 2 and batch_first`, of a rank the way decides, is
+    `false`)."""
+    if e.kind != N.Kind.BOOL:
+        return e
+    if isinstance(e, N.Compare) and all(isinstance(o, N.Num) for o in e.operands):
+        return _bool(bool(evaluate(e, {})), e)
+    if isinstance(e, N.Not):
+        inner = _folded(e.operand)
+        return _bool(not inner.value, e) if isinstance(inner, N.Bool) else _negated(inner)
+    if isinstance(e, N.BoolOp):
+        left, right = _folded(e.left), _folded(e.right)
+        for a, b in ((left, right), (right, left)):
+            if isinstance(a, N.Bool):  # `false and b` is false, `true and b` is b (`or` alike)
+                return a if a.value == (e.op == "or") else b
+        return dataclasses.replace(e, left=left, right=right)
+    return e
+
+
+def _bool(value: bool, at: N.Expr) -> N.Bool:
+    out = N.Bool(at.span, value)
+    out.kind = N.Kind.BOOL
+    return out
+
+
+def _tests_a_rank(atom: N.Expr, named: dict[str, tuple[str, int | None]]) -> bool:
+    """Whether `atom` compares an input's measured rank (`tgt_ndim == 2`)."""
+    return any(isinstance(n, N.Name) and n.id in named and named[n.id][1] is None for n in walk(atom))
+
+
+def _taken(atom: N.Expr, holds: bool, named: dict[str, tuple[str, int | None]], layer: N.Layer) -> N.Expr:
+    """`atom` as it holds on a way (negated where it does not), its measured sizes written as the spec's."""
+    atom = _unnamed(atom, named, layer)
+    return atom if holds else _negated(atom)
+
+
+def _on_way(stmt: N.Stmt, holds: dict[str, bool], named: dict[str, tuple[str, int | None]], layer: N.Layer) -> N.Stmt:
+    """`stmt` on the way `holds` decides: each `a if cond else b` it decides as its side (`bsz = 1 if
+    tgt_ndim == 2 else ...` is `bsz = 1` where the rank is 2), its measured sizes written as the spec's
+    (`size_at(tgt, 0)`, `tgt.ndim`): what the walker compares and narrows."""
+
+    def go(e):
+        if isinstance(e, N.IfExp) and (taken := _decided(e.cond, holds)) is not None:
+            return go(e.then if taken else e.orelse)
+        return map_children(e, go) if isinstance(e, N.Expr) else e
+
+    return _unnamed(map_children(stmt, go), named, layer)
+
+
+def _unnamed(e: T, named: dict[str, tuple[str, int | None]], layer: N.Layer) -> T:
+    """`e` with each measured size (`tgt_size0`, `tgt_ndim`) as the spec writes it (`size_at(tgt, 0)`,
+    `tgt.ndim`)."""
+    assert layer.forward is not None
+    refs = {i.name: N.Ref.INPUT for i in layer.forward.inputs} | {t.name: t.kind for t in layer.tensors}
+
+    def go(n):
+        if isinstance(n, N.Name) and n.ref == N.Ref.DIM and n.id in named:
+            leaf, k = named[n.id]
+            of = B.name(leaf, n.span, refs[leaf])
+            if k is None:
+                rank = N.Rank(n.span, of)
+                rank.kind = N.Kind.INT
+                return rank
+            size = N.Call(n.span, "size_at", n.span, [of, B.num(k)], [])
+            size.kind = N.Kind.INT
+            return size
+        return map_children(n, go) if isinstance(n, N.Expr) else n
+
+    return go(e) if isinstance(e, N.Expr) else map_children(e, go)
+
+
+def _either_test(atom: N.Expr, then: N.Expr, orelse: N.Expr) -> N.Expr:
+    """`then if atom else orelse` of tests, one of them constant, written with `and`, `or` and `not`."""
+    if isinstance(then, N.Bool):
+        return _any(atom, orelse) if then.value else _both(_negated(atom), orelse)
+    assert isinstance(orelse, N.Bool)
+    return _any(_negated(atom), then) if orelse.value else _both(atom, then)
+
+
+def _any(a: N.Expr, b: N.Expr) -> N.Expr:
+    either = N.BoolOp(b.span, "or", a, b)
+    either.kind = N.Kind.BOOL
+    return either
 
 
 def _first_open(cond: N.Expr, holds: dict[str, bool]) -> N.Expr | None:
@@ -417,9 +531,36 @@ def _read_through(before: list[N.Stmt], stmt: N.Assign, holds: dict[str, bool]) 
             side = [s]
         for t in reversed(side):
             if _binds(t) & wanted:
-                wanted = (wanted - _binds(t)) | {n.id for n in walk(t) if isinstance(n, N.Name)}
+                wanted = (wanted - _binds(t)) | _shape_reads(t)
                 kept.append(t)
     return kept[::-1], None
+
+
+LISTED = ("reshape", "expand", "new_zeros")  # a tensor whose shape is the list of sizes it is given
+
+
+def _shape_reads(stmt: N.Stmt) -> set[str]:
+    """The names `stmt`'s sizes are computed from: all it reads, but where it reshapes (or expands, or makes
+    new zeros) to a list of sizes without `-1`, only the list's (`reshape(attended, [tgt_len, bsz, e])`
+    has the sizes `tgt_len`, `bsz`, `e` whatever `attended`'s were)."""
+
+    def reads(e: N.Node) -> set[str]:
+        if isinstance(e, N.Name):
+            return {e.id}
+        if isinstance(e, N.Call) and e.func in LISTED and not e.sub:
+            sizes = e.args[1] if len(e.args) == 2 else None
+            if isinstance(sizes, N.ListExpr) and not any(isinstance(i, N.Spread) or _minus_one(i) for i in sizes.items):
+                return reads(sizes)
+        return set().union(*(reads(c) for c in children(e)))
+
+    return reads(stmt)
+
+
+def _minus_one(e: N.Expr) -> bool:
+    try:
+        return evaluate(e, {}) == -1
+    except (NotConstant, ArithmeticError, TypeError):
+        return False
 
 
 def _binds(stmt: N.Stmt) -> set[str]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from layerdsl.autodiff.inline import Inlined, LayerNotGiven, inline_subs
 from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
+from layerdsl.autodiff.local_sizes import sub_requires_dropped
 from layerdsl.autodiff.loop_members import members_to_choose, read_outside_ifs
 from layerdsl.autodiff.loops import (
     CHOICE_HINT,
@@ -112,7 +113,7 @@ def plan_backwards(
             inlined = Inlined(layer)
             try:
                 inlined = inline_subs(layer, seen)  # subs' forwards written into this one
-                plans[namespace.key(layer)] = plan_backward(inlined.layer)
+                plans[namespace.key(layer)] = plan_inlined(inlined)
             except LayerNotGiven:  # the checker reports the sub's layer
                 continue
             except NotDerivable as exc:
@@ -122,6 +123,12 @@ def plan_backwards(
                         reported.add((layer.path, p.span.line, p.span.col, message))
                         problems.append(Diagnostic(layer.path, p.span, message, hint, source=f.source))
     return plans, problems
+
+
+def plan_inlined(inlined: Inlined) -> Plan:
+    """The plan of a `@function` layer whose subs are inlined (`inline_subs`), as `gen` plans it: the subs'
+    `require`s left out (the Function checks none of them, so what they say is not relied on)."""
+    return plan_backward(sub_requires_dropped(inlined.layer, inlined.origins))
 
 
 def as_layers_problem(
@@ -144,7 +151,7 @@ def _sub_function_hint(
     def derives(sub: N.Layer) -> bool:
         if id(sub) not in deriving:
             try:
-                plan_backward(inline_subs(sub, layers).layer)
+                plan_inlined(inline_subs(sub, layers))
                 deriving[id(sub)] = True
             except (NotDerivable, LayerNotGiven):
                 deriving[id(sub)] = False

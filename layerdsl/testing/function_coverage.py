@@ -113,7 +113,7 @@ def with_function(text: str, layers: list[N.Layer], functions: set[str], renames
 def survey(specs: Path, work: Path) -> Coverage:
     """Every layer of `specs` compiled with `@function` (copies under `work`): the refusals, by layer."""
     from layerdsl.autodiff.inline import Inlined, LayerNotGiven, inline_subs
-    from layerdsl.autodiff.plan import as_layers_problem, plan_backward
+    from layerdsl.autodiff.plan import as_layers_problem, plan_inlined
     from layerdsl.autodiff.tape import NotDerivable
 
     coverage, shipped = shipped_layers(specs)
@@ -132,7 +132,7 @@ def survey(specs: Path, work: Path) -> Coverage:
                 inlined = Inlined(layer)
                 try:  # as `gen` plans it: its subs inlined
                     inlined = inline_subs(layer, namespace.visible(f.path))
-                    plan_backward(inlined.layer)
+                    plan_inlined(inlined)
                 except LayerNotGiven:
                     continue
                 except NotDerivable as exc:  # worded as `plan_backwards` words it
