@@ -1,6 +1,7 @@
 """Code actions: a quick fix for every diagnostic whose hint says what to write: each name a
-`did you mean 'X'?` suggests (`weight` for `wieght`, `true` for `True`), and the additions hints ask for
-(`add `example(n = ...)``, `add `@function` on the line above `layer``). The hint travels in the
+`did you mean 'X'?` suggests (`weight` for `wieght`, `true` for `True`), the additions hints ask for
+(`add `example(n = ...)``, `add `@function` on the line above `layer``), and the move a derivation
+refusal inside a sub suggests (`put @function on Block instead of Stack`). The hint travels in the
 diagnostic's `data` (see `diagnostics.lsp_diagnostic`); the message's `hint:` line is the fallback."""
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ _SUGGESTED = re.compile(r"'([^']+)'")
 _EXAMPLE = re.compile(r"add `example\((\w+) = \.\.\.\)`|add `(\w+) = \.\.\.` to the first `example")
 _FUNCTION = "add `@function` on the line above `layer`"
 _PLACEHOLDER = {"int": "1", "float": "1.0", "bool": "true", "str": '""'}
+_MOVE_FUNCTION = re.compile(r"put @function on (\w+) instead of (\w+):")
+_FUNCTION_TEXT = re.compile(r"""@function(\s*\((?:"[^"]*"|'[^']*'|[^)"'])*\))?""")
 
 
 def _hint(d: T.Diagnostic) -> str:
@@ -45,6 +48,10 @@ def code_actions(ls: LayerServer, params: T.CodeActionParams) -> list[T.CodeActi
             edit = _add_function(ls, uri, d)
             if edit is not None:
                 out.append(_fix(uri, d, "Add @function", [edit]))
+        elif (m := _MOVE_FUNCTION.match(hint)) is not None:
+            edits = _move_function(ls, uri, m.group(2), m.group(1))
+            if edits:
+                out.append(_fix(uri, d, f"Move @function to {m.group(1)}", edits))
     if out:
         out[0].is_preferred = True
     return out
@@ -94,3 +101,40 @@ def _add_function(ls: LayerServer, uri: str, d: T.Diagnostic) -> T.TextEdit | No
     line = min([layer.span.line] + [dec.span.line for dec in layer.decorators])
     at = T.Position(line=line - 1, character=0)
     return T.TextEdit(range=T.Range(at, at), new_text="@function\n")
+
+
+def _move_function(ls: LayerServer, uri: str, source: str, target: str) -> list[T.TextEdit]:
+    """`source`'s `@function` decorator (its whole line when it stands alone), removed, and its text
+    (`@function(save = "inputs")` keeps its argument) on a line of its own above `target`'s header and
+    decorators, unless `target` has one: the way out a refusal inside a sub's statements suggests, when
+    the sub's layer derives on its own (both are in this document: the hint is given only then)."""
+    a = ls.usable(uri)
+    if a is None or a.spec is None:
+        return []
+    layers = {layer.name: layer for layer in a.spec.layers}
+    if source not in layers or target not in layers:
+        return []
+    decorator = layers[source].decorator("function")
+    if decorator is None:
+        return []
+    lines = a.text.split("\n")
+    codec = ls.codec()
+    line = lines[decorator.span.line - 1]
+    m = _FUNCTION_TEXT.match(line, decorator.span.col - 1)
+    if m is None:
+        return []
+    if not line[: m.start()].strip() and not line[m.end() :].strip():  # it stands alone: the whole line
+        removed = T.Range(T.Position(decorator.span.line - 1, 0), T.Position(decorator.span.line, 0))
+    else:
+        end = len(line) - len(line[m.end() :].lstrip(" \t"))
+        removed = T.Range(
+            to_position(lines, decorator.span.line, m.start() + 1, codec),
+            to_position(lines, decorator.span.line, end + 1, codec),
+        )
+    edits = [T.TextEdit(range=removed, new_text="")]
+    if not layers[target].is_function:
+        first = min([layers[target].span.line] + [dec.span.line for dec in layers[target].decorators])
+        indent = re.match(r"[ \t]*", lines[first - 1]).group()  # type: ignore[union-attr]
+        at = T.Position(line=first - 1, character=0)
+        edits.append(T.TextEdit(range=T.Range(at, at), new_text=f"{indent}{m.group()}\n"))
+    return edits

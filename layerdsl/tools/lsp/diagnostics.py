@@ -1,5 +1,6 @@
 """Diagnostics: the analysis's diagnostics as LSP diagnostics, published for a document and for the
-open documents that may depend on it."""
+open documents that may depend on it; a clean document's derivation refusals follow from a worker
+(`derivation`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import traceback
 from lsprotocol import types as T
 
 from layerdsl.diagnostics import Diagnostic
+from layerdsl.tools.lsp.derivation import needs_planning, plan_later
 from layerdsl.tools.lsp.documents import LayerServer
 from layerdsl.tools.lsp.positions import to_range
 
@@ -29,9 +31,11 @@ def lsp_diagnostic(d: Diagnostic, text: str, codec) -> T.Diagnostic:
 
 def publish(ls: LayerServer, uri: str, force: bool = True) -> None:
     """Publish the document's diagnostics (unless `force` is False and they have not changed)."""
+    a = None
     try:
         a = ls.analyze(uri)
-        diagnostics = [lsp_diagnostic(d, a.text, ls.codec()) for d in a.diagnostics]
+        found = a.diagnostics + (a.derivation or [])
+        diagnostics = [lsp_diagnostic(d, a.text, ls.codec()) for d in found]
         version = a.version
     except Exception as exc:
         log.error("diagnostics failed:\n%s", traceback.format_exc())
@@ -48,10 +52,13 @@ def publish(ls: LayerServer, uri: str, force: bool = True) -> None:
         (d.range.start.line, d.range.start.character, d.range.end.line, d.range.end.character, d.message)
         for d in diagnostics
     ]
-    if not force and ls.published.get(uri) == key:
-        return
-    ls.published[uri] = key
-    ls.text_document_publish_diagnostics(T.PublishDiagnosticsParams(uri=uri, diagnostics=diagnostics, version=version))
+    if force or ls.published.get(uri) != key:
+        ls.published[uri] = key
+        ls.text_document_publish_diagnostics(
+            T.PublishDiagnosticsParams(uri=uri, diagnostics=diagnostics, version=version)
+        )
+    if a is not None and needs_planning(a):  # the refusals follow, for this version (derivation.py)
+        plan_later(ls, uri, a, lambda ls, uri: publish(ls, uri, force=False))
 
 
 DEBOUNCE_SECONDS = 0.15  # diagnostics wait this long after an edit; a newer edit restarts the wait

@@ -98,6 +98,8 @@ class Analysis:
     uses: set[str] = field(default_factory=set)  # the other files' layers it needs, transitively
     workset: Workset | None = None
     shapes: dict[str, LayerShapes] = field(default_factory=dict)  # the static shape pass's, once checked clean
+    program: Program | None = None  # the checker's, once checked clean
+    derivation: list[Diagnostic] | None = None  # `plan_backwards`' refusals, once planned (derivation.py)
 
     @property
     def names(self) -> set[str]:
@@ -149,6 +151,7 @@ class LayerServer(LanguageServer):
         self._parsed: dict[str, tuple[str, N.SpecFile | None]] = {}  # path -> (text, pristine parse)
         self._scan: dict[str, tuple[float, list[str]]] = {}  # root -> (time, spec paths)
         self.published: dict[str, list] = {}  # uri -> the diagnostics last published (see diagnostics.publish)
+        self.planning: dict[str, asyncio.Future] = {}  # uri -> its planning in progress (derivation.py)
 
     # -- files of the workspace
 
@@ -308,7 +311,7 @@ class LayerServer(LanguageServer):
                 log.error("check failed (attempt %d):\n%s", attempt + 1, traceback.format_exc())
                 crash = exc
         where = spec.layers[0].span if spec.layers else Span.point(1, 1)
-        return [_internal(path, text, crash, where)], spec, None
+        return [internal(path, text, crash, where)], spec, None
 
     # -- analysis
 
@@ -342,7 +345,7 @@ class LayerServer(LanguageServer):
                     analysis.layers[layer.name] = layer
         except Exception as exc:  # never crash: say so, keep serving
             log.error("analysis failed:\n%s", traceback.format_exc())
-            analysis.diagnostics.append(_internal(path, text, exc))
+            analysis.diagnostics.append(internal(path, text, exc))
             analysis.checked = True
         if analysis.spec is not None and tree is not None:
             layer_trees = [c for c in tree.children if getattr(c, "data", None) == "layer"]
@@ -360,9 +363,10 @@ class LayerServer(LanguageServer):
             found, checked, program = self.check(analysis.path, analysis.text, spec, ws)
         except Exception as exc:  # never crash: say so, keep serving
             log.error("check failed:\n%s", traceback.format_exc())
-            analysis.diagnostics.append(_internal(analysis.path, analysis.text, exc))
+            analysis.diagnostics.append(internal(analysis.path, analysis.text, exc))
             return
         analysis.diagnostics += found
+        analysis.program = program
         if program is not None:
             analysis.shapes = {
                 layer.name: program.shapes[program.key(layer)]
@@ -409,9 +413,10 @@ class LayerServer(LanguageServer):
         if pending is not None:
             pending.cancel()
         self.published.pop(uri, None)
+        self.planning.pop(uri, None)  # its result is dropped
 
 
-def _internal(path: str, text: str, exc: Exception | None, span: Span | None = None) -> Diagnostic:
+def internal(path: str, text: str, exc: BaseException | None, span: Span | None = None) -> Diagnostic:
     return Diagnostic(
         path,
         span or Span.point(1, 1),

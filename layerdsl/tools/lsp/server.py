@@ -2,7 +2,8 @@
 the features to the protocol.
 
 Features: diagnostics from the real parser and checker, debounced and re-checked only for the changed
-document and the open documents that depend on it (`documents`, `diagnostics`), hover (`hover`),
+document and the open documents that depend on it (`documents`, `diagnostics`), then the derivation
+refusals of a clean document's `@function` layers, planned in a worker (`derivation`), hover (`hover`),
 completion by context (`completion`), go to definition (`navigation`), find references, rename and
 document highlight (`references`), quick fixes (`actions`), semantic tokens (`semantic_tokens`), inlay
 hints with inferred shapes (`inlay_hints`), signature help (`signature_help`), folding ranges

@@ -1,0 +1,153 @@
+"""The language server's derivation diagnostics (pytest-lsp): a `@function` layer whose backward cannot be
+derived is reported as `layerdsl gen` reports it, located and with its hint, once the checker is clean,
+from a worker (`layerdsl/tools/lsp/derivation.py`); a newer version supersedes an older one's result; the
+"Move @function to Block" quick fix follows the hint of a refusal inside a sub whose layer derives."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from lsprotocol import types as T
+from pytest_lsp import LanguageClient
+
+from layerdsl.autodiff.plan import plan_backwards
+from layerdsl.semantics.checker import check_program
+from layerdsl.syntax.parser import parse_file
+from tests.lsp_session import client_fixture
+from tests.test_lsp_features import _apply, _doc, _edit, _open, _published
+from tests.test_sub_function_hint import _block, _stack
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+REFUSED = _block(False) + _stack(True)  # six `if`s on arguments in a loop over copies: refused in Stack
+PLAIN = _block(False) + _stack(False)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("lsp_derivation")
+
+
+client = client_fixture()
+
+
+def _uri(workspace: Path, name: str) -> str:
+    """A document of its own folder (the layers of one folder's specs clash)."""
+    (workspace / name).mkdir(exist_ok=True)
+    return (workspace / name / "stack.layer").as_uri()
+
+
+def _refusal_lines(text: str) -> list[int]:
+    """The 0-based lines of `plan_backwards`' refusals in `text` (as `gen` reports them)."""
+    spec = parse_file("stack.layer", text)
+    check_program([spec])
+    return sorted(p.span.line - 1 for p in plan_backwards([spec])[1])
+
+
+def _derivation(ds) -> list[T.Diagnostic]:
+    return [d for d in ds if "cannot derive" in d.message]
+
+
+def _recorded(client: LanguageClient) -> tuple[list[T.PublishDiagnosticsParams], object]:
+    """Every publishDiagnostics the client receives from now on (in order), and how to stop recording."""
+    features = client.protocol.fm.features
+    handler = features[T.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS]
+    seen: list[T.PublishDiagnosticsParams] = []
+
+    def record(params: T.PublishDiagnosticsParams):
+        seen.append(params)
+        return handler(params)
+
+    features[T.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS] = record
+    return seen, lambda: features.__setitem__(T.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS, handler)
+
+
+async def test_a_refused_derivation_is_published_with_its_hint_and_a_clean_edit_clears_it(
+    client: LanguageClient, workspace: Path
+):
+    uri = _uri(workspace, "refused")
+    ds = await _open(client, uri, REFUSED, lambda ds: bool(_derivation(ds)))
+    (d,) = _derivation(ds)
+    assert d.range.start.line in _refusal_lines(REFUSED)
+    assert "inlined into 'Stack'" in d.message
+    assert d.data["hint"].startswith("put @function on Block instead of Stack: ")
+    assert d.severity == T.DiagnosticSeverity.Error
+    _edit(client, uri, PLAIN)
+    assert await _published(client, uri, lambda ds: len(ds) == 0) == ()
+
+
+async def test_move_function_to_block_quick_fix(client: LanguageClient, workspace: Path):
+    uri = _uri(workspace, "move")
+    text = REFUSED.replace("@function\nlayer Stack", '@function(save = "inputs")\nlayer Stack')
+    ds = await _open(client, uri, text, lambda ds: bool(_derivation(ds)))
+    (d,) = _derivation(ds)
+    actions = await client.text_document_code_action_async(
+        T.CodeActionParams(_doc(uri), d.range, T.CodeActionContext(diagnostics=[d]))
+    )
+    (action,) = [a for a in actions if a.title == "Move @function to Block"]
+    fixed = _apply(text, action.edit.changes[uri])
+    assert '@function(save = "inputs")\nlayer Block(' in fixed
+    assert "\nlayer Stack(" in fixed and fixed.count("@function") == 1
+    assert not _refusal_lines(fixed)  # what gen plans derives
+    _edit(client, uri, fixed)
+    assert await _published(client, uri, lambda ds: len(ds) == 0) == ()
+
+
+async def test_the_quick_fix_on_the_hint_tests_text(client: LanguageClient, workspace: Path):
+    """`_block(False) + _stack(True)`: the fixed document publishes no diagnostics, planned or checked."""
+    uri = _uri(workspace, "hint")
+    ds = await _open(client, uri, REFUSED, lambda ds: bool(_derivation(ds)))
+    (d,) = _derivation(ds)
+    actions = await client.text_document_code_action_async(
+        T.CodeActionParams(_doc(uri), d.range, T.CodeActionContext(diagnostics=[d]))
+    )
+    (action,) = [a for a in actions if a.title == "Move @function to Block"]
+    fixed = _apply(REFUSED, action.edit.changes[uri])
+    assert re.sub("\n+", "\n", fixed) == re.sub("\n+", "\n", _block(True) + _stack(False))
+    _edit(client, uri, fixed)
+    assert await _published(client, uri, lambda ds: len(ds) == 0) == ()
+
+
+async def test_an_older_versions_result_is_not_published_over_a_newer_one(client: LanguageClient, workspace: Path):
+    uri = _uri(workspace, "stale")
+    await _open(client, uri, REFUSED, lambda ds: bool(_derivation(ds)))
+    seen, stop = _recorded(client)
+    try:
+        # version 2 plans longer (more layers refused), so that version 3 is checked meanwhile
+        more = "".join(_stack(True).replace("Stack", f"Stack{i}") for i in range(30))
+        v2, v3 = "\n" + REFUSED + more, "\n" * 5 + REFUSED  # refused at other lines
+        _edit(client, uri, v2)
+        await _published(client, uri, lambda ds: any(p.version == 2 for p in seen))
+        _edit(client, uri, v3)  # while version 2 is planned
+        await _published(client, uri, lambda ds: any(p.version == 3 and _derivation(p.diagnostics) for p in seen))
+    finally:
+        stop()
+    ours = [p for p in seen if p.uri == uri]
+    versions = [p.version for p in ours]
+    assert versions == sorted(versions), f"an older version published after a newer one: {versions}"
+    lines = {2: _refusal_lines(v2), 3: _refusal_lines(v3)}
+    for p in ours:
+        for d in _derivation(p.diagnostics):
+            assert d.range.start.line in lines[p.version], (p.version, d.range.start.line)
+    assert [d.range.start.line for d in _derivation(ours[-1].diagnostics)] == lines[3]
+
+
+async def test_a_crash_in_planning_is_the_internal_error_diagnostic(monkeypatch):
+    from layerdsl.autodiff import plan
+    from layerdsl.tools.lsp.derivation import derivation_problems
+    from layerdsl.tools.lsp.documents import Analysis
+
+    spec = parse_file("/ws/stack.layer", REFUSED)
+    program = check_program([spec])
+    a = Analysis("file:///ws/stack.layer", 1, "/ws/stack.layer", REFUSED, spec, [], checked=True, program=program)
+    assert [d.span.line - 1 for d in derivation_problems(a)] == _refusal_lines(REFUSED)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(plan, "plan_backwards", crash)
+    (d,) = derivation_problems(a)
+    assert d.message == "layerdsl internal error: RuntimeError: boom"
+    assert d.span == spec.layers[1].span  # Stack, the `@function` layer
