@@ -37,6 +37,8 @@ class Reads:
     shapes: set[str] = dataclasses.field(default_factory=set)  # values (after forward) read for their shape
     # where each value is read by value: the side of a Choice ((segment, 0 or 1)) or None (elsewhere)
     sides: dict[str, set[tuple[int, int] | None]] = dataclasses.field(default_factory=dict)
+    # loop index -> the body values of `per_step` read by value (the others only for their shape)
+    by_value: dict[int, set[str]] = dataclasses.field(default_factory=dict)
 
 
 class BackwardWriter:
@@ -59,6 +61,9 @@ class BackwardWriter:
         self.ex = fn.helper.python(spelling)
         self.values = set(self.plan.shapes) | set(self.plan.leaves)
         self.current = self.reads.once  # where `read` records what the statements read
+        self.step_by_value: set[str] = set()  # what a loop step's statements read by value (not for a shape)
+        # the values of the loop being written (the carried ones, the body's, its picks `x[t]`): read per step
+        self.step_body: set[str] = set()
         # Views of inputs and parameters (`transpose(w, 0, 1)`): recomputed in backward, not returned
         leaves = set(self.plan.leaves)
         self.views = {
@@ -207,7 +212,7 @@ class BackwardWriter:
             if (
                 isinstance(n, N.Name)
                 and id(n) in shaped
-                and self.current is self.reads.once
+                and (self.current is self.reads.once or n.id not in self.step_body)
                 and n.id in self.values
                 and n.id not in self.kept_whole
             ):
@@ -222,6 +227,8 @@ class BackwardWriter:
                 self.current.add(n.id)
                 if self.current is self.reads.once:
                     self.reads.sides.setdefault(n.id, set()).add(self.side)
+                elif id(n) not in shaped:
+                    self.step_by_value.add(n.id)
 
     # ---------------------------------------------------------------- segments
 
@@ -383,7 +390,8 @@ class BackwardWriter:
                 body.append(f"{per_step_names[c]} = {previous} if {step_index} > 0 else {start}")
         tape = dataclasses.replace(loop.tape, outputs=[o for o, _ in outputs])
         bwd = derive(tape, [g for _, g in outputs], extra_grads)
-        self.current = set()
+        body_values = set(loop.carried) | {s.var for s in loop.tape.steps}
+        self.current, self.step_by_value, self.step_body = set(), set(), body_values | set(loop.picks)
         sources = set(self.plan.leaves) | set(loop.picks)
         self.step_views = {}
         for s in loop.tape.steps:  # in order: a view of a view of a leaf is one too
@@ -401,8 +409,9 @@ class BackwardWriter:
         body += [f"{p} = {self.ex(loop.picks[p].expr)}" for p in picked]
         body += [line for v in views for line in self.fn.steps(Tape([v], [], [], set()), self.ex)] + derived
         self.ex = after_loop
-        body_values = set(loop.carried) | {s.var for s in loop.tape.steps}
+        self.step_body = set()
         self.reads.per_step.setdefault(k, set()).update(self.current & body_values)
+        self.reads.by_value.setdefault(k, set()).update(self.step_by_value & body_values)
         self.reads.once |= self.current - body_values - set(loop.picks)
         self.current = self.reads.once
         rows: dict[str, str] = {}
