@@ -366,9 +366,9 @@ class LoopFunction:
 
     def first_broadcast(self, loop: Loop, carried: str) -> str | None:
         """The next value of a carried value kept per step whose start may have another shape than what the
-        steps make of it (`h = new_zeros(x, [H])` is [B, H] after the first step): its buffer takes the
-        shape both broadcast to, and backward reads the start itself at step 0. None where the plan knows
-        the two shapes equal (or it is no carried value)."""
+        steps make of it (`h = new_zeros(x, [H])` is [B, H] after the first step): the body's shapes are
+        then known only at run time. None where the plan knows the two shapes equal (or it is no carried
+        value)."""
         update = loop.updates.get(carried)
         if update is None or update == carried:
             return None
@@ -504,7 +504,7 @@ class LoopFunction:
         lines = [f"{c} = {self.not_an_input(start)}" for c, start in loop.carried.items() if c != start]
         kept = self.per_step_order(loop, per_step)
         shaped = self.step_shapes.get(self.loops.index(loop), set())
-        buffered = self.buffered_lists(loop, [v for v in kept if v not in shaped])
+        buffered = self.buffered_lists(loop, [v for v in kept if v not in shaped and v not in loop.carried])
         appended = {name: item for name, item in loop.appended.items() if name not in buffered}
         lines += [f"{name} = [{', '.join(loop.heads.get(name, []))}]" for name in appended]
         trip = self.trip(loop, ex)
@@ -523,7 +523,10 @@ class LoopFunction:
             body.append(f"if {index} == 0:")
             body += [f"    {self.stacked(v)} = {self.buffer(loop, v, count)}" for v in kept]
             body += self.widened(loop, kept, index, count)
-            body += [f"{self.stacked(v)}[{index}] = {v}" for v in kept if v not in shaped]
+            body += [f"{self.stacked(v)}[{index}] = {v}" for v in kept if v not in shaped and v not in loop.carried]
+            carried = [v for v in kept if v in loop.carried]
+            if carried:  # step 0's is its start, which backward reads
+                body += [f"if {index} > 0:", *(f"    {self.stacked(v)}[{index} - 1] = {v}" for v in carried)]
         body += [
             f"{name}.append({ex(item)})"
             for name, first in appended.items()
@@ -547,9 +550,13 @@ class LoopFunction:
         return lines
 
     def buffer(self, loop: Loop, v: str, count: str) -> str:
-        """The buffer of `v`'s value at every step; for a value backward reads only the shape of
+        """The buffer of `v`'s value at every step: for a carried value, at every step but the first, whose
+        value is its start (backward reads that); for a value backward reads only the shape of
         (`shapes_per_step`), one element expanded to that shape."""
-        shape = f"({count}, *{self.step_shape(loop, v)})"
+        if v in loop.carried:  # the shape the steps make (the start's may be smaller: `first_broadcast`)
+            update = loop.updates.get(v, v)
+            return f"{update}.new_empty(({count} - 1, *{update}.shape))"
+        shape = f"({count}, *{v}.shape)"
         if v in self.step_shapes.get(self.loops.index(loop), set()):
             return f"{v}.new_zeros(()).expand{shape}  # only its shape is read"
         return f"{v}.new_empty({shape})"
@@ -574,11 +581,6 @@ class LoopFunction:
         message = f"{self.layer.name}: stack() of '{items}' got no items: the loop appending to it ran no steps"
         check = [f"if {buffer} is None:", f'    raise RuntimeError("{message}")']
         return with_spec_line(check, 1, self.e.spec_path, loop.span.line)
-
-    def step_shape(self, loop: Loop, v: str) -> str:
-        """The shape of one step's slot of `v`'s buffer (`first_broadcast`)."""
-        update = self.first_broadcast(loop, v) if v in loop.carried else None
-        return f"{v}.shape" if update is None else f"torch.broadcast_shapes({v}.shape, {update}.shape)"
 
     @staticmethod
     def buffered_lists(loop: Loop, kept: list[str]) -> dict[str, str]:
@@ -612,7 +614,9 @@ class LoopFunction:
             names = [u if u in used else "_" for u in unpack]
             lines.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = {self.names.inputs}")
         saved_outputs = [o.id if isinstance(o, N.Name) and o.id in reads.once else "_" for o in self.plan.outputs]
-        outs = saved_outputs + extra
+        shaped = [o.id for o in self.plan.outputs if isinstance(o, N.Name) and o.id in reads.output_shapes]
+        outs = [o.id if isinstance(o, N.Name) and o.id in shaped else "_" for o in self.plan.outputs]
+        outs = [s if s != "_" else o for s, o in zip(saved_outputs, outs)] + extra
         if any(v != "_" for v in outs):
             lines.append(f"{', '.join(outs)}{',' if len(outs) == 1 else ''} = {self.names.output}")
         if extra and len(self.plan.outputs) == 1:  # the extra outputs' gradients: None unless given
@@ -630,6 +634,7 @@ class LoopFunction:
             if l in self.leaf_shapes and l not in self.presence_tested
         ]
         lines += [f"{self.names.ctx_value(f)} = {f}" for f in self.flags_tested]
+        lines += [f"{self.names.ctx_shape(o)} = {o}.shape" for o in dict.fromkeys(shaped)]
         for leaf in self.dtype_tested:
             test = f"{leaf}.is_floating_point()"
             lines.append(
@@ -708,6 +713,7 @@ class LoopFunction:
         rare_lines = rare.write()
         reads = Reads(main.reads.once | rare.reads.once, dict(main.reads.per_step))
         reads.shapes = main.reads.shapes | rare.reads.shapes
+        reads.output_shapes = rare.reads.output_shapes
         for k in main.reads.by_value.keys() | rare.reads.by_value.keys():
             reads.by_value[k] = main.reads.by_value.get(k, set()) | rare.reads.by_value.get(k, set())
         for name in main.reads.sides.keys() | rare.reads.sides.keys():
@@ -726,7 +732,8 @@ class LoopFunction:
         stacks |= {s.var for s in self.plan_steps() if s.op is not None and s.op.name == "dropout_mask"}
         any_given = self.name("given")  # the zeros of a value kept as its shape: of a given gradient's dtype
         by_shape = self.shape_only | set(self.saved_on)  # not saved, or saved only where a side runs
-        zeros = [f"{any_given} = [g for g in ({', '.join(given)},) if g is not None][0]"] if by_shape else []
+        zeros = [f"{any_given} = [g for g in ({', '.join(given)},) if g is not None][0]"]
+        zeros = zeros if by_shape or rare.reads.output_shapes else []
         zeros += [  # a stack is None after a loop of no steps (whose backward runs no step)
             (
                 f"{g} = {any_given}.new_zeros({self.names.ctx_shape(x)}) if {g} is None "

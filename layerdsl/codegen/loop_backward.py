@@ -39,6 +39,7 @@ class Reads:
     sides: dict[str, set[tuple[int, int] | None]] = dataclasses.field(default_factory=dict)
     # loop index -> the body values of `per_step` read by value (the others only for their shape)
     by_value: dict[int, set[str]] = dataclasses.field(default_factory=dict)
+    output_shapes: set[str] = dataclasses.field(default_factory=set)  # outputs whose zeros are made (their shape)
 
 
 class BackwardWriter:
@@ -326,9 +327,13 @@ class BackwardWriter:
         for c in requiring:
             st = self.state.get(self.acc(c))
             if st != "set":  # nothing after the loop reads it (or only a loop after it): zeros to start
-                self.read(B.name(c))
                 g = self.acc(c)
-                zeros = f"torch.zeros_like({c})"
+                if self.mode == "rare" and c in self.fn.outputs:  # not kept for this: its shape, on ctx
+                    self.reads.output_shapes.add(c)
+                    zeros = f"{self.fn.name('given')}.new_zeros({self.fn.names.ctx_shape(c)})"
+                else:
+                    self.read(B.name(c))
+                    zeros = f"torch.zeros_like({c})"
                 lines.append(f"{g} = {zeros}" if st is None else f"{g} = {zeros} if {g} is None else {g}")
                 self.state[g] = "set"
         # Each step's share of the gradient of what the loop's lists are joined into
@@ -368,11 +373,12 @@ class BackwardWriter:
         for v in self.fn.per_step_order(loop, kept):
             slot = f"{self.fn.stacked(v)}[{step_index}]"
             given = f"{self.fn.grad_out(self.fn.stacked(v))}[{step_index}]"
-            if v in loop.carried and self.fn.first_broadcast(loop, v) is not None:  # step 0's: the start itself
+            if v in loop.carried:  # step 0's: the start itself (the buffer holds the later steps')
                 self.read(B.name(loop.carried[v]))
                 start = self.ex(B.name(loop.carried[v]))
-                slot = f"{slot} if {step_index} > 0 else {start}"
-                given = f"{given} if {step_index} > 0 else {given}.sum_to_size({start}.shape)"
+                slot = f"{self.fn.stacked(v)}[{step_index} - 1] if {step_index} > 0 else {start}"
+                grad = self.fn.grad_out(self.fn.stacked(v))
+                given = f"{grad}[{step_index} - 1] if {step_index} > 0 else torch.zeros_like({start})"
             if v in self.fn.widenable(loop, kept):  # step 0's on its own, when it came out smaller
                 first = self.fn.first(v)
                 at_first = f"{step_index} == 0 and {first} is not None"
