@@ -6,6 +6,11 @@ and as written, and each is run once in training at L=256, N=16, E=256 (dropout 
 storages `saved_tensors_hooks` sees, each counted once, the layer's own parameters left out (the module holds
 them anyway). Bytes are deterministic: one run is the figure. Also prints the generated Function's lines.
 
+Then two loop Functions, float32, against the same spec without `@function`: a GRU layer (torch.nn.GRU's
+gates, its state started as a [hidden] vector when none is given) at T=50, B=32, 64 -> 128, with and without
+the start state; and a loop over 6 copies of a projection block at [32, 128, 256], whose stacked members
+(one tensor per member for all copies, which the module passes and the Function keeps) are shown apart.
+
     python benchmarks/bench_segment_saving.py
 """
 
@@ -19,6 +24,9 @@ from pathlib import Path
 
 import torch
 
+from layerdsl.codegen.module import emit_file
+from layerdsl.semantics.checker import check_program
+from layerdsl.syntax.parser import parse_file
 from layerdsl.testing.layer_checks import generate_package
 
 SPECS = Path(__file__).resolve().parent.parent / "specs" / "torch_nn"
@@ -37,6 +45,96 @@ def generated(root: Path, function: bool) -> object:
     package = f"segment_saving_{'function' if function else 'plain'}"
     generate_package([str(folder.parent)], root / "packages", package)
     return importlib.import_module(package)
+
+
+GRU = """
+@function
+layer GruLayer(input_size: int, hidden_size: int) {
+    param weight_ih: [3 * hidden_size, input_size] = uniform(-0.5, 0.5)
+    param weight_hh: [3 * hidden_size, hidden_size] = uniform(-0.5, 0.5)
+    param bias_ih: [3 * hidden_size] = uniform(-0.5, 0.5)
+    param bias_hh: [3 * hidden_size] = uniform(-0.5, 0.5)
+    example(input_size = 2, hidden_size = 3)
+    forward(input: [..., input_size], hx: [..., hidden_size]? = none) {
+        x = transpose(input, 0, -2)
+        T = size_at(x, -2)
+        if hx != none {
+            h = hx[0]
+        } else {
+            h = new_zeros(x, [hidden_size])
+        }
+        gi_all = x @ transpose(weight_ih, 0, 1) + bias_ih
+        w_hh = transpose(weight_hh, 0, 1)
+        outputs = []
+        for t in range(T) {
+            gi = gi_all[..., t, :]
+            gh = h @ w_hh + bias_hh
+            r = sigmoid(gi[..., 0:hidden_size] + gh[..., 0:hidden_size])
+            z = sigmoid(gi[..., hidden_size : 2 * hidden_size] + gh[..., hidden_size : 2 * hidden_size])
+            n = tanh(gi[..., 2 * hidden_size :] + r * gh[..., 2 * hidden_size :])
+            h = (1 - z) * n + z * h
+            outputs.append(h)
+        }
+        return transpose(stack(outputs, dim = -2), 0, -2)
+    }
+}
+"""
+
+PROJECTIONS = """
+layer Projection(d: int) {
+    param w_q: [d, d] = uniform(-0.5, 0.5)
+    param w_k: [d, d] = uniform(-0.5, 0.5)
+    param b_q: [d] = uniform(-0.5, 0.5)
+    param b_k: [d] = uniform(-0.5, 0.5)
+    example(d = 4)
+    forward(x: [..., d]) -> [..., d] {
+        q = x @ transpose(w_q, 0, 1) + b_q
+        k = x @ transpose(w_k, 0, 1) + b_k
+        return x + tanh(layer_norm(q, [d])) * k
+    }
+}
+
+@function
+layer Projections(block: Projection, n: int) {
+    sub blocks = [copy(block) for i in range(n)]
+    example(block = Projection(4), n = 2, D = 4)
+    forward(x: [..., D]) -> [..., D] {
+        h = x
+        for b in blocks {
+            h = b(h)
+        }
+        return h
+    }
+}
+"""
+
+
+def compiled(text: str, stem: str) -> dict:
+    spec = parse_file(f"{stem}.layer", text)
+    namespace: dict = {}
+    exec(compile(emit_file(spec, check_program([spec]), f"{stem}.layer", {}), f"{stem}.py", "exec"), namespace)
+    return namespace
+
+
+def loop_rows() -> list[tuple[str, float, float]]:
+    """(case, MiB the loop Function saves, MiB autograd saves) for the GRU layer and the copies."""
+    rows = []
+    ours, plain = compiled(GRU, "gru"), compiled(GRU.replace("@function\n", ""), "gru_plain")
+    torch.manual_seed(0)
+    a, b = ours["GruLayer"](64, 128), plain["GruLayer"](64, 128)
+    b.load_state_dict(a.state_dict())
+    x, hx = torch.randn(50, 32, 64, requires_grad=True), torch.randn(1, 32, 128, requires_grad=True)
+    for case, inputs in (("GRU, no start state", (x,)), ("GRU, start state given", (x, hx))):
+        rows.append((case, saved_mib(lambda: a(*inputs), a), saved_mib(lambda: b(*inputs), b)))
+    ours, plain = compiled(PROJECTIONS, "proj"), compiled(PROJECTIONS.replace("@function\n", ""), "proj_plain")
+    a = ours["Projections"](ours["Projection"](256), 6)
+    b = plain["Projections"](plain["Projection"](256), 6)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(32, 128, 256, requires_grad=True)
+    stacked = sum(p.numel() * p.element_size() for p in a.parameters()) / 2**20
+    rows.append(("6 projection copies", saved_mib(lambda: a(x), a), saved_mib(lambda: b(x), b)))
+    rows.append(("  the copies' parameters, stacked", stacked, 0.0))
+    return rows
 
 
 def saved_mib(run, held: torch.nn.Module) -> float:
@@ -96,6 +194,12 @@ def main() -> None:
     print(f"{'layer':<26}{'@function':>11}{'autograd':>11}{'ratio':>8}{'Function lines':>16}")
     for layer, ours_mib, theirs_mib in rows:
         print(f"{layer:<26}{ours_mib:>11.1f}{theirs_mib:>11.1f}{ours_mib / theirs_mib:>8.2f}{lines.get(layer, 0):>16,}")
+    print()
+    print("loop Functions, float32; MiB saved for backward (parameters left out)")
+    print(f"{'case':<34}{'@function':>11}{'autograd':>11}{'ratio':>8}")
+    for case, ours_mib, theirs_mib in loop_rows():
+        ratio = f"{ours_mib / theirs_mib:>8.2f}" if theirs_mib else ""
+        print(f"{case:<34}{ours_mib:>11.2f}{theirs_mib:>11.2f}{ratio}")
     sys.stdout.flush()
 
 

@@ -3,7 +3,9 @@ state, `h = new_zeros(x, [d])`, is [d] at step 0 and [B, d] after it. The body's
 taken from the start (`autodiff.shapes.carried_shapes`): `h @ w + b` is [B, d] from step 1 on, so b's
 gradient is summed down to [d] at every step, and w's gradient takes `h` of any rank (a vector at step 0).
 Against the plain form (outputs, gradients, gradcheck and gradgradcheck in float64), with and without the
-start state."""
+start state; and what the Function saves: no more bytes than autograd, though the body's shapes are known
+only at run time (each step's `gh`, `gi` and their slices, read only for their shape, are not kept per step;
+step 0's shapes, of the smaller start, apart)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch
 from layerdsl.autodiff.shapes import carried_shapes
 
 from .function_agreement import compare_with_plain
+from .support import saved_bytes
 from .test_function_sub_lists import plain_pair
 
 ELMAN = """
@@ -96,6 +99,13 @@ def test_a_gru_layer_with_and_without_its_start_state(steps, given):
     gru.load_state_dict({k + "_l0": v for k, v in a.state_dict().items()})
     inputs = _inputs(steps, 2, given, 3)
     torch.testing.assert_close(a(*inputs), gru(*inputs)[0])
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_a_gru_layer_saves_no_more_than_autograd(given):
+    a, b = plain_pair(GRU, "gru_layer", "GruLayer", input_size=4, hidden_size=8)
+    inputs = _inputs(6, 4, given, 8)
+    assert saved_bytes(lambda: a(*inputs), a) <= saved_bytes(lambda: b(*inputs), b)
 
 
 def test_a_carried_value_keeps_its_start_s_static_shape_only_where_the_steps_make_the_same():

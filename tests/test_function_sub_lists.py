@@ -178,10 +178,11 @@ def test_a_step_saves_what_its_backward_reads_and_no_view_of_a_member():
     out = a(x)
     saved = out.grad_fn.saved_tensors
     per_step = sorted(tuple(t.shape) for t in saved if t.dim() == 3 and t.shape[1] == 2)
-    assert per_step == [(5, 2, 3), (5, 2, 4)]  # h and relu(h @ w1.T), one row per step
+    # h from step 1 on (step 0's is x), and relu(h @ w1.T) of every step
+    assert per_step == [(4, 2, 3), (5, 2, 4)]
     members = sorted(tuple(t.shape) for t in saved if t.dim() == 3 and t.shape[1] != 2)
     assert members == [(5, 3, 4), (5, 4, 3)]  # the stacked w1 and w2, once
-    assert sum(t.numel() for t in saved) == 5 * (2 * 3 + 2 * 4) + 2 * 5 * 12 + 2 * 3
+    assert sum(t.numel() for t in saved) == 4 * 2 * 3 + 5 * 2 * 4 + 2 * 5 * 12 + 2 * 3  # x, not the output
 
 
 def test_torch_func_transforms_go_through_the_loop_over_the_items():

@@ -3,7 +3,13 @@ shape (`cat`'s operands, each read for its size along the dim) is written as its
 code after a loop (a bidirectional RNN's flipped states) and inside a loop step, so the Function saves no
 more bytes than autograd; and the straight code before and after a loop goes through the optimize passes
 as a loop step does, so a layer norm there runs its backward kernel once (ATen calls counted). Each layer
-against its plain form in float64 (outputs, first and second derivatives, gradcheck, gradgradcheck)."""
+against its plain form in float64 (outputs, first and second derivatives, gradcheck, gradgradcheck).
+
+A loop over copies of a block keeps per step only what autograd keeps: a step value read only for its shape
+(`q` of `q + b`, the matmuls' results, summed to their shapes) is one element expanded to the steps' shape, a
+carried value is kept from step 1 on (step 0's is the input), and the output is not kept for the zeros its
+gradient starts from in double backward. Beside that, only the copies' members, which the module passes
+stacked (one tensor per member), are kept."""
 
 from __future__ import annotations
 
@@ -79,6 +85,88 @@ layer NormsAround(d: int, n: int = 3) {
     }
 }
 """
+
+
+# a projection block (two matmuls with biases, a layer norm, a gated residual) and a loop over its copies
+PROJECTIONS = """
+layer Projection(d: int) {
+    param w_q: [d, d] = uniform(-0.5, 0.5)
+    param w_k: [d, d] = uniform(-0.5, 0.5)
+    param b_q: [d] = uniform(-0.5, 0.5)
+    param b_k: [d] = uniform(-0.5, 0.5)
+    example(d = 4)
+    forward(x: [..., d]) -> [..., d] {
+        q = x @ transpose(w_q, 0, 1) + b_q
+        k = x @ transpose(w_k, 0, 1) + b_k
+        return x + tanh(layer_norm(q, [d])) * k
+    }
+}
+
+@function
+layer Projections(block: Projection, n: int) {
+    sub blocks = [copy(block) for i in range(n)]
+    example(block = Projection(4), n = 2, D = 4)
+    forward(x: [..., D]) -> [..., D] {
+        h = x
+        for b in blocks {
+            h = b(h)
+        }
+        return h
+    }
+}
+"""
+
+
+def _copies(n: int, d: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    ours, plain = compile_spec(PROJECTIONS, "projections"), compile_spec(
+        PROJECTIONS.replace("@function\n", ""), "projections_plain"
+    )
+    torch.manual_seed(0)
+    a = ours["Projections"](ours["Projection"](d), n).double()
+    b = plain["Projections"](plain["Projection"](d), n).double()
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def _kept_besides_stacks(run, module: torch.nn.Module) -> tuple[int, int, int]:
+    """The bytes kept for backward while `run()` runs (each storage once, the module's parameters left out);
+    of those, the bytes of the copies' members stacked (a saved tensor equal to one member of every copy,
+    stacked); and the bytes of single elements expanded to a shape (a value kept for its shape)."""
+    own = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    members: dict[str, list[torch.Tensor]] = {}
+    for name, p in module.named_parameters():
+        members.setdefault(name.split(".", 2)[-1], []).append(p.detach())
+    stacks = [torch.stack(ps) for ps in members.values()]
+    kept: dict[int, tuple[int, str]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in own:
+            stacked = any(t.shape == s.shape and torch.equal(t, s) for s in stacks)
+            one = storage.nbytes() == t.element_size() and t.numel() > 1
+            kept[storage.data_ptr()] = (storage.nbytes(), "stacked" if stacked else "one" if one else "")
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    sizes = {what: sum(n for n, kind in kept.values() if kind == what) for what in ("", "stacked", "one")}
+    return sum(sizes.values()), sizes["stacked"], sizes["one"]
+
+
+def test_a_loop_over_copies_keeps_no_more_than_autograd_but_the_stacked_members():
+    ours, plain = _copies(3, 8)
+    x = torch.randn(4, 5, 8, dtype=torch.float64, requires_grad=True)
+    total, stacked, single = _kept_besides_stacks(lambda: ours(x), ours)
+    assert 0 < stacked <= sum(p.numel() * p.element_size() for p in ours.parameters())
+    assert single <= 8 * 8  # a few values kept for their shape, one element each
+    assert total - stacked - single <= saved_bytes(lambda: plain(x), plain)
+    assert "_steps[i - 1] if i > 0 else x" in compile_spec(PROJECTIONS, "projections")["SOURCE"]
+
+
+@pytest.mark.parametrize("n", [0, 2])
+def test_a_loop_over_copies_agrees_with_the_plain_module(n):
+    ours, plain = _copies(n, 3)
+    compare_with_plain(ours, plain, torch.randn(2, 3, dtype=torch.float64, requires_grad=True))
 
 
 @functools.cache

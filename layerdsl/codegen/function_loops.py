@@ -182,6 +182,7 @@ class LoopFunction:
         self.backward_dims: set[str] = set()
         self.sources = _gradient_sources(plan)
         self.shape_only: set[str] = set()  # values backward reads only the shape of: their shape kept on ctx
+        self.step_shapes: dict[int, set[str]] = {}  # loop index -> values kept per step for their shape only
         # values only sides of Choices read (at most MAX_SAVING_SIDES): saved when one of them runs
         self.saved_on: dict[str, list[tuple[int, int]]] = {}
         self.leaf_shapes: set[str] = set()  # inputs and members backward reads only the shape of
@@ -231,6 +232,7 @@ class LoopFunction:
         else:  # not settled in MAX_ROUNDS: written once more with everything read so far
             body, reads = self.backward(once, per_step)
         body, reads = self.shapes_kept(body, reads, once, per_step)
+        self.step_shapes = self.shapes_per_step(reads, per_step, body)
         extra = self.extra_outputs(once, per_step)
         returned = extra if self.returned is None else self.returned
         saved_leaves = [l for l in self.plan.leaves if l in reads.once]
@@ -286,6 +288,24 @@ class LoopFunction:
             body, reads = self.backward(once, per_step)
             reads.once |= spelled & set(self.plan.leaves)
         return body, reads
+
+    def shapes_per_step(self, reads: Reads, per_step: dict[int, set[str]], body: list[str]) -> dict[int, set[str]]:
+        """The body values kept per step that backward reads only for their shape (`sum_to_size(q.shape)` in
+        the gradient of `q + b`), by loop: each is kept as one element expanded to the steps' shape
+        (`new_zeros(()).expand(...)`), whose slots have each step's shape and hold no memory. Not a value a
+        carried one is read back from (`previous_step`), one a list gets, a kernel's second result, nor one
+        the written backward reads otherwise than as `v.shape`."""
+        text = "\n".join(body)
+        out: dict[int, set[str]] = {}
+        for k, loop in enumerate(self.loops):
+            kept = per_step.get(k, set())
+            moved = {u for c in loop.carried if (u := self.previous_step(loop, c, kept)) is not None}
+            items = [*loop.appended.values(), *(i for more in loop.more.values() for i in more)]
+            listed = {n.id for item in items for n in walk(item) if isinstance(n, N.Name)}
+            shaped = {s.var for s in loop.tape.steps if s.var in kept and not _kept(s)}
+            shaped -= reads.by_value.get(k, set()) | moved | listed
+            out[k] = {v for v in shaped if not _read_as_value(v, text)}
+        return out
 
     def _tensor_type(self, leaf: str) -> str:
         assert self.layer.forward is not None
@@ -346,9 +366,9 @@ class LoopFunction:
 
     def first_broadcast(self, loop: Loop, carried: str) -> str | None:
         """The next value of a carried value kept per step whose start may have another shape than what the
-        steps make of it (`h = new_zeros(x, [H])` is [B, H] after the first step): its buffer takes the
-        shape both broadcast to, and backward reads the start itself at step 0. None where the plan knows
-        the two shapes equal (or it is no carried value)."""
+        steps make of it (`h = new_zeros(x, [H])` is [B, H] after the first step): the body's shapes are
+        then known only at run time. None where the plan knows the two shapes equal (or it is no carried
+        value)."""
         update = loop.updates.get(carried)
         if update is None or update == carried:
             return None
@@ -483,7 +503,8 @@ class LoopFunction:
     def forward_loop(self, loop: Loop, per_step: set[str], ex: PyExpr) -> list[str]:
         lines = [f"{c} = {self.not_an_input(start)}" for c, start in loop.carried.items() if c != start]
         kept = self.per_step_order(loop, per_step)
-        buffered = self.buffered_lists(loop, kept)
+        shaped = self.step_shapes.get(self.loops.index(loop), set())
+        buffered = self.buffered_lists(loop, [v for v in kept if v not in shaped and v not in loop.carried])
         appended = {name: item for name, item in loop.appended.items() if name not in buffered}
         lines += [f"{name} = [{', '.join(loop.heads.get(name, []))}]" for name in appended]
         trip = self.trip(loop, ex)
@@ -500,9 +521,12 @@ class LoopFunction:
         body += self.shape_checks(loop)
         if kept:  # a carried value still holds the step's first value here (it moves last)
             body.append(f"if {index} == 0:")
-            body += [f"    {self.stacked(v)} = {v}.new_empty(({count}, *{self.step_shape(loop, v)}))" for v in kept]
+            body += [f"    {self.stacked(v)} = {self.buffer(loop, v, count)}" for v in kept]
             body += self.widened(loop, kept, index, count)
-            body += [f"{self.stacked(v)}[{index}] = {v}" for v in kept]
+            body += [f"{self.stacked(v)}[{index}] = {v}" for v in kept if v not in shaped and v not in loop.carried]
+            carried = [v for v in kept if v in loop.carried]
+            if carried:  # step 0's is its start, which backward reads
+                body += [f"if {index} > 0:", *(f"    {self.stacked(v)}[{index} - 1] = {v}" for v in carried)]
         body += [
             f"{name}.append({ex(item)})"
             for name, first in appended.items()
@@ -525,16 +549,29 @@ class LoopFunction:
                 lines.append(f"{j.name} = torch.{j.func}({j.items}, dim={ex(j.dim)})")
         return lines
 
+    def buffer(self, loop: Loop, v: str, count: str) -> str:
+        """The buffer of `v`'s value at every step: for a carried value, at every step but the first, whose
+        value is its start (backward reads that); for a value backward reads only the shape of
+        (`shapes_per_step`), one element expanded to that shape."""
+        if v in loop.carried:  # the shape the steps make (the start's may be smaller: `first_broadcast`)
+            update = loop.updates.get(v, v)
+            return f"{update}.new_empty(({count} - 1, *{update}.shape))"
+        shape = f"({count}, *{v}.shape)"
+        if v in self.step_shapes.get(self.loops.index(loop), set()):
+            return f"{v}.new_zeros(()).expand{shape}  # only its shape is read"
+        return f"{v}.new_empty({shape})"
+
     def widened(self, loop: Loop, kept: list[str], index: str, count: str) -> list[str]:
         """At step 1, the buffer of each value that came out smaller at step 0 made anew at its later shape,
         step 0's value kept on its own (backward reads it there)."""
         lines = []
+        shaped = self.step_shapes.get(self.loops.index(loop), set())
         for v in self.widenable(loop, kept):
             buffer = self.stacked(v)
             lines += [
                 f"    if {v}.shape != {buffer}.shape[1:]:",
-                f"        {self.first(v)} = {buffer}[0].clone()",
-                f"        {buffer} = {v}.new_empty(({count}, *{v}.shape))",
+                f"        {self.first(v)} = {buffer}[0]" + ("" if v in shaped else ".clone()"),
+                f"        {buffer} = {self.buffer(loop, v, count)}",
             ]
         return [f"elif {index} == 1:  # a start smaller than the steps make it", *lines] if lines else []
 
@@ -544,11 +581,6 @@ class LoopFunction:
         message = f"{self.layer.name}: stack() of '{items}' got no items: the loop appending to it ran no steps"
         check = [f"if {buffer} is None:", f'    raise RuntimeError("{message}")']
         return with_spec_line(check, 1, self.e.spec_path, loop.span.line)
-
-    def step_shape(self, loop: Loop, v: str) -> str:
-        """The shape of one step's slot of `v`'s buffer (`first_broadcast`)."""
-        update = self.first_broadcast(loop, v) if v in loop.carried else None
-        return f"{v}.shape" if update is None else f"torch.broadcast_shapes({v}.shape, {update}.shape)"
 
     @staticmethod
     def buffered_lists(loop: Loop, kept: list[str]) -> dict[str, str]:
@@ -582,7 +614,9 @@ class LoopFunction:
             names = [u if u in used else "_" for u in unpack]
             lines.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = {self.names.inputs}")
         saved_outputs = [o.id if isinstance(o, N.Name) and o.id in reads.once else "_" for o in self.plan.outputs]
-        outs = saved_outputs + extra
+        shaped = [o.id for o in self.plan.outputs if isinstance(o, N.Name) and o.id in reads.output_shapes]
+        outs = [o.id if isinstance(o, N.Name) and o.id in shaped else "_" for o in self.plan.outputs]
+        outs = [s if s != "_" else o for s, o in zip(saved_outputs, outs)] + extra
         if any(v != "_" for v in outs):
             lines.append(f"{', '.join(outs)} = {self.names.output}")  # forward returns one alone, not a tuple
         if extra and len(self.plan.outputs) == 1:  # the extra outputs' gradients: None unless given
@@ -600,6 +634,7 @@ class LoopFunction:
             if l in self.leaf_shapes and l not in self.presence_tested
         ]
         lines += [f"{self.names.ctx_value(f)} = {f}" for f in self.flags_tested]
+        lines += [f"{self.names.ctx_shape(o)} = {o}.shape" for o in dict.fromkeys(shaped)]
         for leaf in self.dtype_tested:
             test = f"{leaf}.is_floating_point()"
             lines.append(
@@ -678,6 +713,9 @@ class LoopFunction:
         rare_lines = rare.write()
         reads = Reads(main.reads.once | rare.reads.once, dict(main.reads.per_step))
         reads.shapes = main.reads.shapes | rare.reads.shapes
+        reads.output_shapes = rare.reads.output_shapes
+        for k in main.reads.by_value.keys() | rare.reads.by_value.keys():
+            reads.by_value[k] = main.reads.by_value.get(k, set()) | rare.reads.by_value.get(k, set())
         for name in main.reads.sides.keys() | rare.reads.sides.keys():
             reads.sides[name] = main.reads.sides.get(name, set()) | rare.reads.sides.get(name, set())
         for k, v in rare.reads.per_step.items():
@@ -694,7 +732,8 @@ class LoopFunction:
         stacks |= {s.var for s in self.plan_steps() if s.op is not None and s.op.name == "dropout_mask"}
         any_given = self.name("given")  # the zeros of a value kept as its shape: of a given gradient's dtype
         by_shape = self.shape_only | set(self.saved_on)  # not saved, or saved only where a side runs
-        zeros = [f"{any_given} = [g for g in ({', '.join(given)},) if g is not None][0]"] if by_shape else []
+        zeros = [f"{any_given} = [g for g in ({', '.join(given)},) if g is not None][0]"]
+        zeros = zeros if by_shape or rare.reads.output_shapes else []
         zeros += [  # a stack is None after a loop of no steps (whose backward runs no step)
             (
                 f"{g} = {any_given}.new_zeros({self.names.ctx_shape(x)}) if {g} is None "
@@ -770,6 +809,13 @@ def _maybe_unbound(plan: LoopPlan) -> set[str]:
         if isinstance(seg, Choice):
             out |= {m for m, values in seg.merged.items() if out & set(values)}
     return out - {UNBOUND}
+
+
+def _read_as_value(v: str, text: str) -> bool:
+    """Whether the backward's `text` reads the value `v` otherwise than for its shape (`v.shape`), besides
+    the line binding it to its slot."""
+    bare = re.compile(rf"(?<![.\w]){re.escape(v)}\b(?!\.shape\b)")
+    return any(bare.search(line) for line in text.splitlines() if not line.lstrip().startswith(f"{v} = "))
 
 
 def _kept(step: Step) -> bool:

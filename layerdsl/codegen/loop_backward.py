@@ -37,6 +37,9 @@ class Reads:
     shapes: set[str] = dataclasses.field(default_factory=set)  # values (after forward) read for their shape
     # where each value is read by value: the side of a Choice ((segment, 0 or 1)) or None (elsewhere)
     sides: dict[str, set[tuple[int, int] | None]] = dataclasses.field(default_factory=dict)
+    # loop index -> the body values of `per_step` read by value (the others only for their shape)
+    by_value: dict[int, set[str]] = dataclasses.field(default_factory=dict)
+    output_shapes: set[str] = dataclasses.field(default_factory=set)  # outputs whose zeros are made (their shape)
 
 
 class BackwardWriter:
@@ -59,6 +62,9 @@ class BackwardWriter:
         self.ex = fn.helper.python(spelling)
         self.values = set(self.plan.shapes) | set(self.plan.leaves)
         self.current = self.reads.once  # where `read` records what the statements read
+        self.step_by_value: set[str] = set()  # what a loop step's statements read by value (not for a shape)
+        # the values of the loop being written (the carried ones, the body's, its picks `x[t]`): read per step
+        self.step_body: set[str] = set()
         # Views of inputs and parameters (`transpose(w, 0, 1)`): recomputed in backward, not returned
         leaves = set(self.plan.leaves)
         self.views = {
@@ -207,7 +213,7 @@ class BackwardWriter:
             if (
                 isinstance(n, N.Name)
                 and id(n) in shaped
-                and self.current is self.reads.once
+                and (self.current is self.reads.once or n.id not in self.step_body)
                 and n.id in self.values
                 and n.id not in self.kept_whole
             ):
@@ -222,6 +228,8 @@ class BackwardWriter:
                 self.current.add(n.id)
                 if self.current is self.reads.once:
                     self.reads.sides.setdefault(n.id, set()).add(self.side)
+                elif id(n) not in shaped:
+                    self.step_by_value.add(n.id)
 
     # ---------------------------------------------------------------- segments
 
@@ -319,9 +327,13 @@ class BackwardWriter:
         for c in requiring:
             st = self.state.get(self.acc(c))
             if st != "set":  # nothing after the loop reads it (or only a loop after it): zeros to start
-                self.read(B.name(c))
                 g = self.acc(c)
-                zeros = f"torch.zeros_like({c})"
+                if self.mode == "rare" and c in self.fn.outputs:  # not kept for this: its shape, on ctx
+                    self.reads.output_shapes.add(c)
+                    zeros = f"{self.fn.name('given')}.new_zeros({self.fn.names.ctx_shape(c)})"
+                else:
+                    self.read(B.name(c))
+                    zeros = f"torch.zeros_like({c})"
                 lines.append(f"{g} = {zeros}" if st is None else f"{g} = {zeros} if {g} is None else {g}")
                 self.state[g] = "set"
         # Each step's share of the gradient of what the loop's lists are joined into
@@ -361,11 +373,12 @@ class BackwardWriter:
         for v in self.fn.per_step_order(loop, kept):
             slot = f"{self.fn.stacked(v)}[{step_index}]"
             given = f"{self.fn.grad_out(self.fn.stacked(v))}[{step_index}]"
-            if v in loop.carried and self.fn.first_broadcast(loop, v) is not None:  # step 0's: the start itself
+            if v in loop.carried:  # step 0's: the start itself (the buffer holds the later steps')
                 self.read(B.name(loop.carried[v]))
                 start = self.ex(B.name(loop.carried[v]))
-                slot = f"{slot} if {step_index} > 0 else {start}"
-                given = f"{given} if {step_index} > 0 else {given}.sum_to_size({start}.shape)"
+                slot = f"{self.fn.stacked(v)}[{step_index} - 1] if {step_index} > 0 else {start}"
+                grad = self.fn.grad_out(self.fn.stacked(v))
+                given = f"{grad}[{step_index} - 1] if {step_index} > 0 else torch.zeros_like({start})"
             if v in self.fn.widenable(loop, kept):  # step 0's on its own, when it came out smaller
                 first = self.fn.first(v)
                 at_first = f"{step_index} == 0 and {first} is not None"
@@ -383,7 +396,8 @@ class BackwardWriter:
                 body.append(f"{per_step_names[c]} = {previous} if {step_index} > 0 else {start}")
         tape = dataclasses.replace(loop.tape, outputs=[o for o, _ in outputs])
         bwd = derive(tape, [g for _, g in outputs], extra_grads)
-        self.current = set()
+        body_values = set(loop.carried) | {s.var for s in loop.tape.steps}
+        self.current, self.step_by_value, self.step_body = set(), set(), body_values | set(loop.picks)
         sources = set(self.plan.leaves) | set(loop.picks)
         self.step_views = {}
         for s in loop.tape.steps:  # in order: a view of a view of a leaf is one too
@@ -401,8 +415,9 @@ class BackwardWriter:
         body += [f"{p} = {self.ex(loop.picks[p].expr)}" for p in picked]
         body += [line for v in views for line in self.fn.steps(Tape([v], [], [], set()), self.ex)] + derived
         self.ex = after_loop
-        body_values = set(loop.carried) | {s.var for s in loop.tape.steps}
+        self.step_body = set()
         self.reads.per_step.setdefault(k, set()).update(self.current & body_values)
+        self.reads.by_value.setdefault(k, set()).update(self.step_by_value & body_values)
         self.reads.once |= self.current - body_values - set(loop.picks)
         self.current = self.reads.once
         rows: dict[str, str] = {}
