@@ -200,11 +200,6 @@ def test_a_sub_built_without_its_optional_member_inlines_without_it():
     assert torch.autograd.gradcheck(ns["Outer"](3).double(), (x,))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/plan.py: past MAX_TAPE_STEPS a forward without any loop is told 'once its loops are"
-    " unrolled' and hinted to give a loop its count by an argument",
-)
 def test_a_long_forward_without_loops_is_not_told_about_loops(tmp_path, capsys):
     from layerdsl.driver import cli
 

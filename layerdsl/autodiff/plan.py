@@ -194,6 +194,24 @@ def plan_backward(
 MAX_TAPE_STEPS = 600
 
 
+def _too_long(tape: Tape) -> NotDerivable:
+    """The refusal of a tape longer than MAX_TAPE_STEPS. Statements that run more than once (a loop of a
+    written count, unrolled; a sub called twice, inlined) write steps of the same span: only then does it
+    speak of loops and subs."""
+    spans = [s.expr.span for s in tape.steps]
+    repeated = len(set(spans)) < len(spans)
+    message = f"a derived backward goes through at most {MAX_TAPE_STEPS} operations, and this forward has"
+    message += f" {len(tape.steps)}" + (" once its loops are unrolled and its subs inlined" if repeated else "")
+    message += " (the time to derive it grows with their square)"
+    hint = "write a `backward` block, or drop @function"
+    if repeated:
+        hint = (
+            "give a loop its count by an argument (`range(steps)`): such a loop is derived once, not unrolled;"
+            " or put @function on a sub's layer instead; or write a `backward` block"
+        )
+    return NotDerivable(tape.steps[MAX_TAPE_STEPS].expr.span, message, hint)
+
+
 def _straight_plan(layer: N.Layer, given: frozenset[str]) -> Plan:
     optional = {t.name for t in layer.tensors if t.cond is not None} - given
     optional |= {i.name for i in layer.forward.inputs if i.optional} - given if layer.forward else set()
@@ -209,13 +227,7 @@ def _straight_plan(layer: N.Layer, given: frozenset[str]) -> Plan:
     except NotDerivable as exc:  # a statement the tape cannot hold: the linearizer stopped there
         raise refusal([*linearizer.problems, exc]) from None
     if layer.backward is None and len(tape.steps) > MAX_TAPE_STEPS:
-        raise NotDerivable(
-            tape.steps[MAX_TAPE_STEPS].expr.span,
-            f"a derived backward goes through at most {MAX_TAPE_STEPS} operations, and this forward has"
-            f" {len(tape.steps)} once its loops are unrolled (the time to derive it grows with their square)",
-            "give the loop its count by an argument (`range(steps)`): such a loop is derived once, not unrolled;"
-            " or write a `backward` block",
-        )
+        raise _too_long(tape)
     problems = list(linearizer.problems)
     if layer.backward is None:
         problems += _unproven_optional_reads(tape, layer, given)
