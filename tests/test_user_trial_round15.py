@@ -153,12 +153,6 @@ def test_a_causal_mask_from_arange_keeps_its_static_shape():
     assert torch.autograd.gradcheck(ours, (small,))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/codegen: a forward value read by the backward only for its shape is saved whole"
-    " (`grad_tran15 = torch.reshape(grad_out, tran15.shape)` keeps a @ v, [B, heads, T, head_dim], where the"
-    " static shape (B, T, heads, head_dim) or a ctx shape would do); autograd keeps less",
-)
 def test_a_value_read_only_for_its_shape_is_not_saved():
     text = CAUSAL_ATTENTION.replace(" @ proj\n", "\n")
     function = compile_spec(text, "causal_function_noproj")

@@ -755,6 +755,10 @@ class FunctionEmitter:
         shape in the symbolic dims (`(3 * B, n)`): the intermediate is then not recomputed, nor what it is
         computed from saved."""
         dims = self.dim_source
+        # a dim the spec writes with an int argument (`[B, T, heads, head_dim]`): the Function has it
+        at_hand = dict.fromkeys(dims, N.Ref.DIM) | {
+            a.name: N.Ref.ARG for a in self.layer.args if a.type == "int" and a.name in self.kwargs
+        }
 
         leaves = [leaf for leaf in tape.leaves if leaf not in self.optional]
 
@@ -762,7 +766,7 @@ class FunctionEmitter:
             return tape.step(var) is not None and same_shape_leaf(tape, var, self.maybe_absent) is None
 
         def size_of(dim: str) -> N.Expr | None:
-            return leaf_size(dim, leaves, tape.shapes) or dim_size(dim, dict.fromkeys(dims, N.Ref.DIM))
+            return leaf_size(dim, leaves, tape.shapes) or dim_size(dim, at_hand)
 
         def go(e: N.Expr) -> N.Expr:
             return with_static_shapes(e, tape.shapes, replaced, size_of)
