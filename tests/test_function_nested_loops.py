@@ -3,7 +3,12 @@ spec (over layers), under `@function`. The outer loop is unrolled (`autodiff.unr
 makes its own list (`outputs = []` again: `outputs_1` from the second copy on, `unroll._lists_made_once`),
 and a list the copies append to outside the inner loop (an RNN's `finals`) is the list of those items where
 it is stacked (`loops._items`). Against the plain form (outputs, gradients, gradcheck and gradgradcheck in
-float64), with and without the optional start state, and a loop of no steps raising at its spec line."""
+float64), with and without the optional start state, and a loop of no steps raising at its spec line.
+
+Both counts known only when forward runs (`for k in range(num_layers)`): the outer loop is a `Nest` segment
+(`autodiff.nest`), its body segments of their own, run once per layer in forward (each layer's saved values
+stacked over the layers) and in reverse in backward (`codegen.function_nest`); over a family whose first
+member has a shape of its own, its first step is written before it (`autodiff.peel`)."""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from layerdsl.codegen.module import emit_file
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
 
-from .function_agreement import compare_with_plain
+from .function_agreement import agree, compare_with_plain
 from .test_function_sub_lists import plain_pair
 
 TWO_LEVEL = """
@@ -265,3 +270,148 @@ layer Indexed(d: int) {
     problems = plan_backwards([spec])[1]
     assert [(p.span.line, p.span.col) for p in problems] == [(14, 16)]
     assert "reads the list 'finals' by stack() or cat() only" in problems[0].message
+
+
+# torch.nn.RNN's layers with their count an argument: the first layer on its own (its weight_ih reads the
+# input), the others a loop over the members from 1 on, each holding the loop over time
+ELMAN_NUM_LAYERS = """
+@function
+layer ElmanNumLayers(input_size: int, hidden_size: int, num_layers: int) {
+    for k in range(num_layers) {
+        param weight_ih_l{k}: [hidden_size, input_size if k == 0 else hidden_size] = uniform(-0.5, 0.5)
+        param weight_hh_l{k}: [hidden_size, hidden_size] = uniform(-0.5, 0.5)
+        param bias_l{k}: [hidden_size] = uniform(-0.5, 0.5)
+    }
+    example(input_size = 3, hidden_size = 4, num_layers = 2)
+    forward(input: [T, B, input_size], hx: [..., hidden_size]? = none) {
+        x = input
+        finals = []
+        for k in range(num_layers) {
+            if hx != none {
+                h = hx[k]
+            } else {
+                h = new_zeros(x, [hidden_size])
+            }
+            gi = x @ transpose(weight_ih_l{k}, 0, 1) + bias_l{k}
+            outputs = []
+            for t in range(T) {
+                h = tanh(gi[t] + h @ transpose(weight_hh_l{k}, 0, 1))
+                outputs.append(h)
+            }
+            finals.append(h)
+            x = stack(outputs, dim = 0)
+        }
+        return x, stack(finals, dim = 0)
+    }
+}
+"""
+
+# layers of one shape, their count an argument (none at all: the input comes back)
+SAME_SHAPE_LAYERS = """
+@function
+layer SameShapeLayers(d: int, n: int) {
+    for k in range(n) {
+        param w_l{k}: [d, d] = uniform(-0.5, 0.5)
+    }
+    example(d = 3, n = 2)
+    forward(input: [T, B, d]) -> [T, B, d] {
+        x = input
+        for k in range(n) {
+            h = new_zeros(x, [B, d])
+            outputs = []
+            for t in range(T) {
+                h = tanh(x[t] + h @ w_l{k})
+                outputs.append(h)
+            }
+            x = stack(outputs, dim = 0)
+        }
+        return x
+    }
+}
+"""
+
+
+def _functional(module, inputs):
+    """`module` as a function of its inputs and parameters (gradcheck and gradgradcheck take them all)."""
+    names = [n for n, _ in module.named_parameters()]
+
+    def run(*tensors):
+        return torch.func.functional_call(module, dict(zip(names, tensors[len(inputs) :])), tensors[: len(inputs)])
+
+    return run
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+@pytest.mark.parametrize("steps", [1, 4])
+@pytest.mark.parametrize("given", [False, True])
+def test_layers_of_a_count_known_when_forward_runs_each_holding_a_loop_over_time(layers, steps, given):
+    a, b = plain_pair(
+        ELMAN_NUM_LAYERS, "elman_num_layers", "ElmanNumLayers", input_size=3, hidden_size=4, num_layers=layers
+    )
+    x = torch.randn(steps, 2, 3, dtype=torch.float64, requires_grad=True)
+    inputs = (x, torch.randn(layers, 2, 4, dtype=torch.float64, requires_grad=True)) if given else (x,)
+    params = [p.detach().clone().requires_grad_() for p in a.parameters()]
+    ours, plain = _functional(a, inputs), _functional(b, inputs)
+    agree(ours(*inputs, *params), plain(*inputs, *params), [*inputs, *params])
+    assert torch.autograd.gradcheck(ours, (*inputs, *params))
+    assert torch.autograd.gradgradcheck(ours, (*inputs, *params))
+
+
+def test_the_elman_layers_agree_with_torch_rnn():
+    """torch.nn.RNN without biases: ours with its biases zero."""
+    a, _ = plain_pair(ELMAN_NUM_LAYERS, "elman_num_layers", "ElmanNumLayers", input_size=3, hidden_size=4, num_layers=3)
+    rnn = torch.nn.RNN(3, 4, num_layers=3, bias=False).double()
+    with torch.no_grad():
+        for k in range(3):
+            getattr(a, f"bias_l{k}").zero_()
+    rnn.load_state_dict({n: p for n, p in a.state_dict().items() if not n.startswith("bias")})
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    output, finals = a(x)
+    want, want_finals = rnn(x)
+    torch.testing.assert_close(output, want)
+    torch.testing.assert_close(finals, want_finals)
+
+
+@pytest.mark.parametrize("layers", [0, 1, 3])
+@pytest.mark.parametrize("steps", [1, 4])
+def test_layers_of_one_shape_and_of_a_count_known_when_forward_runs(layers, steps):
+    a, b = plain_pair(SAME_SHAPE_LAYERS, "same_shape_layers", "SameShapeLayers", d=3, n=layers)
+    x = torch.randn(steps, 2, 3, dtype=torch.float64, requires_grad=True)
+    compare_with_plain(a, b, x)
+
+
+def test_the_backward_runs_the_layers_in_reverse_with_each_layers_saved_values():
+    source = generated(SAME_SHAPE_LAYERS, "same_shape_layers")
+    forward = source[source.index("    def forward(") : source.index("    def setup_context(")]
+    backward = source[source.index("    def backward(") : source.index("    def apply(")]
+    assert "for k in range(n):  # same_shape_layers.layer:10" in forward
+    assert "for k in reversed(range(ctx.n)):  # same_shape_layers.layer:10" in backward
+    assert "h2_steps_layers = torch.stack(h2_steps_layers)" in forward  # a layer's stack, over the layers
+    assert "h2_steps = None if h2_steps_layers is None else h2_steps_layers[k]" in backward
+    # a view of a member (`w_l[k]`) is taken again in backward, not kept per layer
+    assert "part1 = w_l[k]" in backward and "part1_layers" not in source
+
+
+def test_a_loop_holding_a_loop_inside_a_third_is_refused_at_the_middle_one():
+    text = """
+@function
+layer ThreeDeep(d: int, n: int) {
+    example(d = 3, n = 2)
+    forward(x: [T, d]) -> [T, d] {
+        h = x
+        for j in range(n) {
+            for k in range(n) {
+                for t in range(T) {
+                    h = tanh(h)
+                }
+            }
+        }
+        return h
+    }
+}
+"""
+    spec = parse_file("three_deep.layer", text)
+    check_program([spec])
+    problems = plan_backwards([spec])[1]
+    assert [(p.span.line, p.span.col) for p in problems] == [(8, 13)]
+    assert "holds a loop and is inside another loop" in problems[0].message

@@ -105,7 +105,8 @@ def test_a_cat_of_such_a_list_is_refused_at_the_cat():
     assert "joins such a list with stack() only" in problems[0].message
 
 
-def test_a_loop_over_the_steps_inside_the_loop_over_the_family_is_refused_at_its_range():
+def test_a_loop_over_the_steps_inside_the_loop_over_the_family_derives():
+    """The loop over the family's members from 1 on holds the loop over the steps (`autodiff.nest`)."""
     text = """
 @function
 layer FinalsNested(n: int, d_in: int, d: int) {
@@ -128,9 +129,8 @@ layer FinalsNested(n: int, d_in: int, d: int) {
     }
 }
 """
-    problems = problems_of(text, "finals_nested")
-    assert [(p.span.line, p.span.col) for p in problems] == [(13, 22)]
-    assert "a loop nested in a loop: not derived yet" in problems[0].message
+    a, b = plain_pair(text, "finals_nested", "FinalsNested", n=3, d_in=2, d=3)
+    compare_with_plain(a, b, torch.randn(2, 4, 2, dtype=torch.float64, requires_grad=True))
 
 
 REVERSED = """

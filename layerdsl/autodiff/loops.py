@@ -26,7 +26,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Union
 
+from layerdsl.autodiff import nest
 from layerdsl.autodiff.loop_choices import chosen_side, self_decided
 from layerdsl.autodiff.loop_members import without_members
 from layerdsl.autodiff.reverse import derive
@@ -104,11 +106,13 @@ class Choice:
         return self.then, self.orelse
 
 
-Segment = Straight | Loop | Choice
+Segment = Union[Straight, Loop, Choice, "nest.Nest"]
 
 
 def segment_steps(seg: Segment) -> list[Step]:
-    """Every step of a segment (both sides of a `Choice`)."""
+    """Every step of a segment (both sides of a `Choice`, the body of a `Nest`)."""
+    if isinstance(seg, nest.Nest):
+        return seg.steps()
     if isinstance(seg, Choice):
         return seg.then.steps + seg.orelse.steps
     return seg.tape.steps
@@ -295,7 +299,7 @@ class _Planner:
         self.optional = optional
         self.alias: dict[str, str] = {}  # spec local -> the value name holding it now
         self.lists: set[str] = set()
-        self.loops: dict[str, Loop] = {}  # list local -> the loop appending to it
+        self.loops: dict[str, Loop | nest.Nest] = {}  # list local -> the loop appending to it
         # the loop variables and lists are Python names of the Function too
         self.taken: set[str] = {s.var for s in walk_stmts(self.forward.body) if isinstance(s, N.For)}
         self.taken |= {s.target for s in walk_stmts(self.forward.body) if isinstance(s, N.Append)}
@@ -531,18 +535,13 @@ class _Planner:
 
     # ---------------------------------------------------------------- loops
 
-    def loop(self, stmt: N.For) -> list[Straight | Loop]:
+    def loop(self, stmt: N.For) -> list[Segment]:
         it = stmt.iter
         if not (isinstance(it, N.Call) and it.func == "range"):
             raise NotDerivable(it.span, "a derived backward cannot go through a loop over sub-layers", HINT)
+        if nest.holds_loop(stmt):
+            return nest.planned_nest(self, stmt)
         for s in walk_stmts(stmt.body):
-            if isinstance(s, N.For):
-                raise NotDerivable(
-                    s.span,
-                    "cannot derive through this loop yet: its count is known only when forward runs, and it is"
-                    " inside another such loop",
-                    "write one of the counts in the spec (up to 64 steps are unrolled), or drop @function",
-                )
             if isinstance(s, N.If):
                 why = (
                     f" (taking the body's `if`s on arguments out of it would make more than {MAX_BRANCH_PLANS}"
@@ -771,7 +770,9 @@ def _requiring(tape: Tape, requires: set[str]) -> set[str]:
 def _check_derivable(plan: LoopPlan) -> None:
     """Derive each segment once, so that what cannot be derived is reported at plan time."""
     for seg in plan.segments:
-        for tape in seg.sides() if isinstance(seg, Choice) else [seg.tape]:
+        for tape in (
+            seg.sides() if isinstance(seg, Choice) else seg.tapes() if isinstance(seg, nest.Nest) else [seg.tape]
+        ):
             derive(tape, [f"_g{k}" for k in range(len(tape.outputs))])
 
 
@@ -808,7 +809,7 @@ def walk_stmts(body: list[N.Stmt]):
             yield from walk_stmts(s.orelse)
 
 
-def _joined_shape(join: Join, loop: Loop, shapes: dict[str, Shape]) -> Shape:
+def _joined_shape(join: Join, loop: Loop | nest.Nest, shapes: dict[str, Shape]) -> Shape:
     """`stack(L, dim = d)`'s shape: an item's with a dim of the step count at d (`_steps`, no dim of
     the spec); None for `cat` or an item of unknown shape."""
     item = loop.appended.get(join.items)

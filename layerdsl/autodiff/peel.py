@@ -19,15 +19,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import cast
 
-from layerdsl.autodiff.loops import walk_stmts
-from layerdsl.autodiff.tape import NotDerivable, refusal
-from layerdsl.autodiff.unroll import MAX_UNROLLED
+from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import clone, map_children, walk
 from layerdsl.language.naming import fresh_name
-from layerdsl.semantics.evaluate import NotConstant, evaluate
 
 
 @dataclass(frozen=True)
@@ -158,9 +155,6 @@ def _split_loop(loop: N.For, firsts: dict[str, N.Tensor], rests: dict[str, N.Ten
         )
     count = it.args[0]
     var = loop.var
-    problems = [] if _unrolled_later(count) else _not_split_yet(loop.body)
-    if problems:
-        raise refusal(problems)
 
     def member(e, at_first: bool):
         if isinstance(e, N.FamilyName) and e.id in firsts and e.index is not None and e.index.id == var:
@@ -185,31 +179,6 @@ def _split_loop(loop: N.For, firsts: dict[str, N.Tensor], rests: dict[str, N.Ten
     rest_iter = N.Call(it.span, it.func, it.func_span, [less], [])
     rest_iter.kind = it.kind
     return [N.If(loop.span, positive, first, []), dataclasses.replace(loop, iter=rest_iter, body=rest)]
-
-
-def _not_split_yet(body: list[N.Stmt]) -> list[NotDerivable]:
-    """What the first step written on its own cannot hold yet: a loop kept as one inside it. (An append to a
-    list made before the loop is the first items of that list: `loops.Join.heads`.)"""
-    return [
-        NotDerivable(
-            s.iter.span,
-            "cannot derive through this loop yet: its count is known only when forward runs, and it is inside"
-            " the loop over a family whose first member has a shape of its own, whose backward would keep its"
-            " per-step values per member and per step (a loop nested in a loop: not derived yet)",
-            "write its count in the spec (up to 64 steps are unrolled), or drop @function",
-        )
-        for s in walk_stmts(body)
-        if isinstance(s, N.For) and not all(isinstance(a, N.Num) for a in getattr(s.iter, "args", [None]))
-    ]
-
-
-def _unrolled_later(count: N.Expr) -> bool:
-    """Whether the loop over `range(count)` is unrolled (`unroll`: a count written in the spec, short enough),
-    its copies and the loops in them segments of their own: a loop inside it is no loop nested in a loop."""
-    try:
-        return 0 <= int(evaluate(count, {})) <= MAX_UNROLLED
-    except (NotConstant, TypeError, ValueError):
-        return False
 
 
 def _plus_one(index: N.Name) -> N.Expr:

@@ -110,7 +110,7 @@ def _lists_made_once(body: list[N.Stmt]) -> list[N.Stmt]:
             count = makings[stmt.target]
             current[stmt.target] = fresh_name(f"{stmt.target}_{count}", taken) if count else stmt.target
             taken.add(current[stmt.target])
-        out.append(_lists_renamed(stmt, current) if current else stmt)
+        out.append(lists_renamed(stmt, current) if current else stmt)
     return out
 
 
@@ -118,7 +118,7 @@ def _empty_list(e: N.Expr) -> bool:
     return isinstance(e, N.ListExpr) and not e.items
 
 
-def _lists_renamed(stmt: N.Stmt, names: dict[str, str]) -> N.Stmt:
+def lists_renamed(stmt: N.Stmt, names: dict[str, str]) -> N.Stmt:
     """A copy of `stmt` with the lists of `names` read and made under their names there."""
 
     def renamed(e):

@@ -16,12 +16,15 @@ the side its condition picks, in forward and again in backward. The backward's l
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from layerdsl.autodiff.loops import UNBOUND, Choice, Loop, LoopPlan, Straight, presence, segment_steps
+from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, dtype_tested
 from layerdsl.autodiff.shapes import step_shape
 from layerdsl.autodiff.tape import Step, Tape
+from layerdsl.codegen import function_nest
 from layerdsl.codegen.function import FunctionEmitter, returning_second_results, with_second_results
 from layerdsl.codegen.function_branches import chosen_lines
 from layerdsl.codegen.loop_backward import (
@@ -167,15 +170,17 @@ class LoopFunction:
         self.plan = plan
         self.kwargs: list[str] = emitter.function_kwargs()
         steps = [s for seg in plan.segments for s in segment_steps(seg)]
-        numbers = plan.numbers + [n for seg in plan.segments if isinstance(seg, Loop) for n in seg.numbers]
+        numbers = plan.numbers + [n for seg in function_nest.loops_in(plan.segments) for n in seg.numbers]
+        numbers += [n for seg in function_nest.nests(plan.segments) for n in seg.numbers]
         merged = Tape(steps, plan.outputs, plan.leaves, plan.differentiable, numbers=numbers, shapes=plan.shapes)
         self.helper = FunctionEmitter(emitter, BackwardPlan(merged, plan.grads, {}, None, []))
         self.names = self.helper.names
         self.names.taken |= set(plan.shapes) | {f"grad_{v}" for v in plan.shapes}
-        for seg in plan.segments:
-            if isinstance(seg, Loop):
-                self.names.taken |= {seg.var, *seg.appended, *(n for n, _ in seg.numbers)}
-        self.loops = [seg for seg in plan.segments if isinstance(seg, Loop)]
+        for seg in function_nest.loops_in(plan.segments):
+            self.names.taken |= {seg.var, *seg.appended, *(n for n, _ in seg.numbers)}
+        for nest in function_nest.nests(plan.segments):
+            self.names.taken |= {nest.var, *nest.appended, *(n for n, _ in nest.numbers)}
+        self.loops = function_nest.loops_in(plan.segments)
         self.helper.mask_when_dropping = not self.loops  # no mask kept per step (a stack takes no None)
         self.own: dict[tuple, str] = {} if shared is None else shared  # names it introduces, by what they hold
         self.outputs = {o.id for o in plan.outputs if isinstance(o, N.Name)}
@@ -318,11 +323,14 @@ class LoopFunction:
         arg = self.layer.arg(k)
         return f"{k}: {python_type(arg.type)}" if arg else f"{k}: float"
 
-    def extra_outputs(self, once: set[str], per_step: dict[int, set[str]]) -> list[str]:
-        """The values returned besides the layer's outputs, in the order forward computes them."""
+    def extra_outputs(self, once: set[str], per_step: dict[int, set[str]], segments=None) -> list[str]:
+        """The values returned besides the layer's outputs, in the order forward computes them (of
+        `segments`: a nest's body's, its values by step)."""
         out: list[str] = []
-        for seg in self.plan.segments:
-            if isinstance(seg, Straight):
+        for seg in self.plan.segments if segments is None else segments:
+            if isinstance(seg, Nest):
+                out += function_nest.extra_outputs(self, seg, once, per_step)
+            elif isinstance(seg, Straight):
                 out += [s.var for s in seg.tape.steps if s.var in once]
             elif isinstance(seg, Choice):  # a side's values are None when the other side ran
                 out += [s.var for s in segment_steps(seg) if s.var in once]
@@ -340,6 +348,8 @@ class LoopFunction:
         they are kept per step (one buffer each), and their names as extra outputs."""
         groups = []
         for seg in self.plan.segments:
+            if isinstance(seg, Nest):  # a kernel's second results in its body: saved as any value
+                continue
             if isinstance(seg, Choice):  # each side's: None when the other side ran
                 groups += [(True, [s.var for s in tape.steps if _kept(s)]) for tape in seg.sides()]
                 continue
@@ -427,6 +437,8 @@ class LoopFunction:
                 lines += self.steps(seg.tape, ex)
             elif isinstance(seg, Choice):
                 lines += self.forward_choice(seg, set(extra), ex)
+            elif isinstance(seg, Nest):
+                lines += function_nest.forward(self, seg, per_step, ex)
             else:
                 lines += self.forward_loop(seg, per_step.get(self.loops.index(seg), set()), ex)
         outs = [ex(o) for o in self.plan.outputs] + extra
@@ -452,6 +464,7 @@ class LoopFunction:
         read |= {n.id for loop in self.loops for b in loop.bounds for n in walk(b) if isinstance(n, N.Name)}
         read |= {n.id for loop in self.loops for _, e in loop.numbers for n in walk(e) if isinstance(n, N.Name)}
         read |= {n.id for loop in self.loops for j in loop.joins for n in walk(j.dim) if isinstance(n, N.Name)}
+        read |= {n for seg in function_nest.nests(self.plan.segments) for n in function_nest.names_read(seg)}
         lines, _ = self.helper.prelude(tape, read, ex, dim_spelling)
         return lines
 
@@ -729,6 +742,9 @@ class LoopFunction:
         }
         stacks |= {s.var for seg in self.plan.segments if isinstance(seg, Choice) for s in segment_steps(seg)}
         stacks |= _maybe_unbound(self.plan)
+        stacks |= {
+            x for seg in function_nest.nests(self.plan.segments) for x in self.extra_outputs(once, per_step, [seg])
+        }
         stacks |= {s.var for s in self.plan_steps() if s.op is not None and s.op.name == "dropout_mask"}
         any_given = self.name("given")  # the zeros of a value kept as its shape: of a given gradient's dtype
         by_shape = self.shape_only | set(self.saved_on)  # not saved, or saved only where a side runs
@@ -767,10 +783,11 @@ def _only_sides(where: set[tuple[int, int] | None]) -> list[tuple[int, int]]:
     return sorted(side for side in where if side is not None)
 
 
-def _gradient_sources(plan: LoopPlan) -> dict[str, set[str]]:
+def _gradient_sources(plan: LoopPlan, known: dict[str, set[str]] | None = None) -> dict[str, set[str]]:
     """For each value of the forward, the differentiable leaves it is computed from (through the loops'
-    carried values, over as many rounds as they take to settle)."""
+    carried values, over as many rounds as they take to settle). `known`: those of the values before."""
     sources: dict[str, set[str]] = {l: {l} for l in plan.leaves if l in plan.differentiable}
+    sources.update(known or {})
 
     def of(step: Step) -> set[str]:
         return {l for name in step.reads for l in sources.get(name, ())}
@@ -786,6 +803,15 @@ def _gradient_sources(plan: LoopPlan) -> dict[str, set[str]]:
             for name, values in seg.merged.items():
                 sources[name] = {l for v in values for l in sources.get(v, ())}
             continue
+        if isinstance(seg, Nest):  # its body, as a forward of its own, as many times as its carried values take
+            for c, start in seg.carried.items():
+                sources[c] = set(sources.get(start, ()))
+            for _ in range(len(seg.carried) + 2):
+                sources.update(_gradient_sources(dataclasses.replace(plan, segments=seg.segments), sources))
+                for c, v in seg.updates.items():
+                    sources[c] |= sources.get(v, set())
+            _joined_sources(seg, sources)
+            continue
         for c, start in seg.carried.items():
             sources[c] = set(sources.get(start, ()))
         for _ in range(len(seg.carried) + 2):
@@ -793,12 +819,16 @@ def _gradient_sources(plan: LoopPlan) -> dict[str, set[str]]:
                 sources[s.var] = of(s)
             for c, v in seg.updates.items():
                 sources[c] |= sources.get(v, set())
-        for j in seg.joins:
-            listed = [seg.appended[j.items], *seg.more.get(j.items, [])] if j.items in seg.appended else []
-            names = [n.id for item in listed for n in walk(item) if isinstance(n, N.Name)]
-            names += j.heads
-            sources[j.name] = {l for name in names for l in sources.get(name, ())}
+        _joined_sources(seg, sources)
     return sources
+
+
+def _joined_sources(seg: Loop | Nest, sources: dict[str, set[str]]) -> None:
+    for j in seg.joins:
+        listed = [seg.appended[j.items], *seg.more.get(j.items, [])] if j.items in seg.appended else []
+        names = [n.id for item in listed for n in walk(item) if isinstance(n, N.Name)]
+        names += j.heads
+        sources[j.name] = {l for name in names for l in sources.get(name, ())}
 
 
 def _maybe_unbound(plan: LoopPlan) -> set[str]:

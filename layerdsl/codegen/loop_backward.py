@@ -12,9 +12,11 @@ import re
 from typing import TYPE_CHECKING
 
 from layerdsl.autodiff.loops import UNBOUND, Choice, Loop, Straight
+from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.plan import dtype_tested
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.tape import Step, Tape
+from layerdsl.codegen import function_nest
 from layerdsl.codegen.function import VIEWS
 from layerdsl.codegen.loop_steps import sized_leaves, step_statements
 from layerdsl.codegen.pyexpr import Spelling
@@ -105,6 +107,8 @@ class BackwardWriter:
                 lines += self.straight(seg)
             elif isinstance(seg, Choice):
                 lines += self.choice(seg)
+            elif isinstance(seg, Nest):
+                lines += function_nest.backward(self, seg)
             else:
                 lines += self.loop(seg)
         return lines

@@ -316,9 +316,11 @@ def as_functional(case: Case, module, plain) -> Callable:
     the inputs, then the layer's own tensors."""
     import torch
 
+    from layerdsl.testing.function_vs_autograd import members
+
     plain.load_state_dict(module.state_dict())
     plain.train(module.training)
-    names = [t.name for t in case.layer.tensors]
+    names = [name for name, _ in members(module, case.layer)]
 
     def functional(*args):
         xs, members = args[: len(args) - len(names)], args[len(args) - len(names) :]

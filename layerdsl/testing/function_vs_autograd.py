@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import re
+from typing import Any
 
 import torch
 
@@ -15,12 +17,12 @@ def compare_with_functional(case, module, functional, make_inputs) -> str:
     or only the parameters requiring grad."""
     tol = 1e-10 if case.dtype == torch.float64 else 1e-5
     kwargs = {a: getattr(module, a) for a in _functional_kwargs(functional, case)}
-    has_params = any(t.kind == Ref.PARAM for t in case.layer.tensors)
+    has_params = any(t.kind == Ref.PARAM for _, t in members(module, case.layer))
     modes = ("all", "inputs", "params") if has_params else ("all",)
     for mode in modes:
         xs = make_inputs(case, requires_grad=mode != "params")
         # Only parameters take gradients: a buffer is a constant of the Function, which returns None for it.
-        params = [_member(module, t, trainable=mode != "inputs") for t in case.layer.tensors]
+        params = [_member(module, name, t, trainable=mode != "inputs") for name, t in members(module, case.layer)]
         torch.manual_seed(0)  # a dropout draws the same mask in both
         fn_out = _through_function(case, module, xs, params)
         torch.manual_seed(0)
@@ -52,7 +54,7 @@ def compare_second_derivatives(case, module, functional, make_inputs, seed: int 
     tol = 1e-8
     kwargs = {a: getattr(module, a) for a in _functional_kwargs(functional, case)}
     xs = make_inputs(case, requires_grad=True)
-    params = [_member(module, t, trainable=True) for t in case.layer.tensors]
+    params = [_member(module, name, t, trainable=True) for name, t in members(module, case.layer)]
     flat = [t for x in xs for t in (x if isinstance(x, tuple) else (x,))]
     targets = [t for t in [*flat, *params] if t is not None and t.requires_grad]
     if not targets:
@@ -180,15 +182,30 @@ def _second_derivatives(run, targets: list, seed: int) -> list:
     return [torch.zeros_like(t) if s is None else s.detach() for t, s in zip(targets, seconds)]
 
 
-def _through_function(case, module, xs: list, members: list) -> tuple:
-    """The module's outputs (its forward applies the Function) with `members` in place of its tensors."""
-    given = {t.name: m for t, m in zip(case.layer.tensors, members) if m is not None}
+def _through_function(case, module, xs: list, tensors: list) -> tuple:
+    """The module's outputs (its forward applies the Function) with `tensors` in place of its own."""
+    given = {name: m for (name, _), m in zip(members(module, case.layer), tensors) if m is not None}
     return _as_tuple(torch.func.functional_call(module, given, tuple(xs)))
 
 
-def _member(module, tensor, trainable: bool):
+def members(module, layer) -> list[tuple[str, Any]]:
+    """The module's tensors by name, each with its declaration: a family's members (`w_l{k}`) as the module
+    holds them, `w_l0`, `w_l1`, ... in order."""
+    out: list[tuple[str, Any]] = []
+    for t in layer.tensors:
+        if t.repeat is None:
+            out.append((t.name, t))
+            continue
+        pattern = re.compile(re.escape(t.name).replace(re.escape("{}"), r"(\d+)"))
+        own = [*vars(module)["_parameters"], *vars(module)["_buffers"]]  # a member not built: None there
+        held = [(int(m[1]), name) for name in own if (m := pattern.fullmatch(name))]
+        out += [(name, t) for _, name in sorted(held)]
+    return out
+
+
+def _member(module, name: str, tensor, trainable: bool):
     """A detached copy of one of the module's tensors, requiring grad if it is a parameter and `trainable`."""
-    value = getattr(module, tensor.name)
+    value = getattr(module, name)
     if value is None:
         return None
     return value.detach().requires_grad_(trainable and tensor.kind == Ref.PARAM)

@@ -1,0 +1,205 @@
+"""A loop whose body holds a loop (`for k in range(layers) { ... for t in range(T) { ... } ... }`), both
+of counts known only when forward runs: a `Nest` segment, whose body is segments of its own.
+
+The outer loop's body is planned as a forward is (`loops._Planner`): straight runs of statements and the
+loops inside it, each on its own tape. What it carries from one step to the next (an RNN's `x`, the layer's
+input, then its output) has a name of its own, as a loop's carried value has, and keeps its shape from step
+to step (the values each step keeps for backward are stacked over the steps, `codegen.function_nest`). What
+each step appends to a list made before the loop (an RNN's `finals.append(h)`) is one item per step, joined
+after the loop by `stack()` as a loop's items are.
+
+The Function runs the body once per step, keeping what its backward reads per step (a body's loop's stacks
+too, with a leading dim of the outer steps), and its backward runs the body's backward for k = n - 1, ...,
+0, each step's saved values picked from the stacks, the carried values' gradients carried from step to step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from layerdsl.autodiff import loops
+from layerdsl.autodiff.tape import NotDerivable, Step, Tape
+from layerdsl.autodiff.unroll import lists_renamed
+from layerdsl.diagnostics import Span
+from layerdsl.ir import build as B
+from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import walk
+
+if TYPE_CHECKING:
+    from layerdsl.autodiff.loops import Join, Loop, Segment, _Planner
+
+
+@dataclass
+class Nest:
+    """`for var in range(bounds) { body }` whose body holds a loop: the body as segments."""
+
+    var: str
+    bounds: list[N.Expr]
+    span: Span
+    segments: list[Segment]
+    carried: dict[str, str]  # the name a carried value has across steps -> the value it starts as
+    updates: dict[str, str]  # carried name -> the body's value holding its next value
+    appended: dict[str, N.Expr]  # list local (made before the loop) -> the value each step appends to it
+    numbers: list[tuple[str, N.Expr]] = field(default_factory=list)  # number locals of the body (per step)
+    joins: list[Join] = field(default_factory=list)
+    heads: dict[str, list[str]] = field(default_factory=dict)  # list local -> the values appended before it
+    more: dict[str, list[N.Expr]] = field(default_factory=dict)  # list local -> what each step appends after
+    # carried name -> its spec local, whose shape the plan does not know to stay: checked at each step
+    shapes_checked: dict[str, str] = field(default_factory=dict)
+
+    def tapes(self) -> list[Tape]:
+        out: list[Tape] = []
+        for seg in self.segments:
+            out += (
+                seg.tapes()
+                if isinstance(seg, Nest)
+                else list(seg.sides()) if isinstance(seg, loops.Choice) else [seg.tape]
+            )
+        return out
+
+    def steps(self) -> list[Step]:
+        return [s for t in self.tapes() for s in t.steps]
+
+    def loops(self) -> list[Loop]:
+        """The loops of the body (and of the nests in it), in order."""
+        out: list[Loop] = []
+        for seg in self.segments:
+            out += seg.loops() if isinstance(seg, Nest) else [seg] if isinstance(seg, loops.Loop) else []
+        return out
+
+    def values(self) -> set[str]:
+        """The names the body binds: its steps', its loops' carried values and joins, its nests' alike."""
+        out = {s.var for s in self.steps()} | set(self.carried)
+        for seg in self.segments:
+            if isinstance(seg, (loops.Loop, Nest)):
+                out |= set(seg.carried) | {j.name for j in seg.joins}
+            if isinstance(seg, Nest):
+                out |= seg.values()
+        return out
+
+
+def holds_loop(loop: N.For) -> bool:
+    return any(isinstance(s, N.For) for s in walk(loop) if s is not loop)
+
+
+def planned_nest(p: _Planner, stmt: N.For) -> list[Segment]:
+    """The segment of a loop whose body holds a loop (`p`: the forward's planner, whose names, shapes and
+    aliases the body's segments share)."""
+    it = stmt.iter
+    assert isinstance(it, N.Call)
+    for s in stmt.body:
+        if isinstance(s, N.For) and holds_loop(s):
+            raise NotDerivable(
+                s.span,
+                "cannot derive through this loop yet: it holds a loop and is inside another loop, each of a count"
+                " known only when forward runs",
+                "write one of the counts in the spec (up to 64 steps are unrolled), or drop @function",
+            )
+        if isinstance(s, N.If):
+            raise NotDerivable(
+                s.span,
+                "cannot derive through this `if` yet: it is in the body of a loop holding a loop, both of"
+                " counts known only when forward runs",
+                "put the `if` inside the inner loop or around the outer one, or drop @function",
+            )
+    body = _lists_of_its_own(stmt.body, p)
+    locals_ = _carried_locals(body, set(p.alias))
+    carried = {local: p.fresh(local) for local in locals_}
+    starts = {c: p.alias[local] for local, c in carried.items()}
+    for local, c in carried.items():
+        p.alias[local] = c
+        p.shapes[c] = p.shapes.get(starts[c])
+        p.requires.add(c)  # the body's tapes derive its gradient (it starts as, or becomes, one that needs it)
+    outer_lists = set(p.lists)
+    numbers_before = len(p.numbers)
+    appended: dict[str, N.Expr] = {}
+    segments: list[Segment] = []
+    chunk: list[N.Stmt] = []
+    items: dict[str, list[str]] = {}  # outer list -> the locals holding what a step appends to it
+    for s in body:
+        if isinstance(s, N.For):
+            if chunk:
+                segments.append(p.straight(chunk))
+                chunk = []
+            segments += p.loop(s)
+        elif isinstance(s, N.Assign) and isinstance(s.value, N.ListExpr) and not s.value.items:
+            if s.target in outer_lists:
+                raise NotDerivable(s.span, "a derived backward collects into a list made before the loop", loops.HINT)
+            p.lists.add(s.target)
+        elif isinstance(s, N.Append) and s.target in outer_lists:
+            items.setdefault(s.target, []).append(p.fresh(f"{s.target}_item"))
+            chunk.append(N.Assign(s.span, items[s.target][-1], s.target_span, s.value))
+        elif isinstance(s, N.Append):
+            raise NotDerivable(s.span, "a derived backward collects into a list made empty before the loop", loops.HINT)
+        else:
+            chunk.append(s)
+    if chunk:
+        segments.append(p.straight(chunk))
+    more: dict[str, list[N.Expr]] = {}
+    for name, held in items.items():
+        items_held: list[N.Expr] = [_item(p.alias[local], stmt.span) for local in held]
+        appended[name], *rest = items_held
+        if rest:
+            more[name] = rest
+    updates = {c: p.alias[local] for local, c in carried.items()}
+    shapes_checked: dict[str, str] = {}
+    for local, c in carried.items():
+        start, after = p.shapes.get(c), p.shapes.get(updates[c])
+        if start is None or start != after:  # checked at each step (`codegen.function_nest`)
+            shapes_checked[c] = local
+            p.shapes[c] = None
+        p.alias[local] = c  # after the loop, the carried name holds the last step's value
+    numbers = p.numbers[numbers_before:]
+    del p.numbers[numbers_before:]
+    heads = {name: [p.alias[h] for h in p.heads.pop(name)] for name in appended if name in p.heads}
+    nest = Nest(stmt.var, list(it.args), it.span, segments, starts, updates, appended, numbers)
+    nest.heads, nest.more, nest.shapes_checked = heads, more, shapes_checked
+    for name in appended:
+        if name in p.loops:
+            raise NotDerivable(stmt.span, f"a derived backward collects '{name}' in one loop", loops.HINT)
+        p.loops[name] = nest
+    return [nest]
+
+
+def _carried_locals(body: list[N.Stmt], defined: set[str]) -> list[str]:
+    """The locals defined before the loop that its body reads before it binds them (at its top level)."""
+    out: list[str] = []
+    bound: set[str] = set()
+    for s in body:
+        read = {n.id for n in walk(s) if isinstance(n, N.Name)} - bound
+        if isinstance(s, N.Assign):
+            read = {n.id for n in walk(s.value) if isinstance(n, N.Name)} - bound
+            targets = {s.target}
+        elif isinstance(s, N.Unpack):
+            targets = {t for t, _ in s.targets}
+        else:
+            targets = set()
+        out += [r for r in sorted(read) if r in defined and r not in out]
+        bound |= targets
+    assigned = {t for s in loops.walk_stmts(body) if isinstance(s, (N.Assign, N.Unpack)) for t in _targets(s)}
+    return [local for local in out if local in assigned]
+
+
+def _targets(s: N.Assign | N.Unpack) -> list[str]:
+    return [s.target] if isinstance(s, N.Assign) else [t for t, _ in s.targets]
+
+
+def _item(var: str, span: Span) -> N.Name:
+    item = B.name(var, span)
+    item.ref, item.kind = N.Ref.LOCAL, N.Kind.TENSOR
+    return item
+
+
+def _lists_of_its_own(body: list[N.Stmt], p: _Planner) -> list[N.Stmt]:
+    """`body` with each list it makes empty (`outputs = []`) under a name of its own where a list of that name
+    was made before (a family's first step, written before the loop, `autodiff.peel`)."""
+    again = [s.target for s in body if isinstance(s, N.Assign) and _empty_list(s.value) and s.target in p.lists]
+    if not again:
+        return body
+    names = {name: p.fresh(name) for name in again}
+    return [lists_renamed(s, names) for s in body]
+
+
+def _empty_list(e: N.Expr) -> bool:
+    return isinstance(e, N.ListExpr) and not e.items

@@ -1,0 +1,257 @@
+"""A `Nest` segment (`autodiff.nest`: a loop whose body holds a loop) in a loop Function
+(`function_loops.LoopFunction`): its forward and its backward.
+
+Forward runs the body once per step, its segments written as the Function's own are; each value the body's
+backward reads (a straight segment's, a loop's carried value or stack of per-step values) is appended to a
+list of its own (`h_steps_layers`), stacked after the loop (one more leading dim: the outer steps) and
+returned as an extra output. Backward runs the body's backward for k = n - 1, ..., 0 with each saved
+value bound to its step's slice (`h_steps = h_steps_layers[k]`, and its gradient as an extra output
+alike), so that the body's segments' backward is written as the Function's own is; the carried values'
+gradients go from step to step, and a list's items' gradients are cut from what it is joined into.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from layerdsl.autodiff.loops import Loop, Straight
+from layerdsl.autodiff.nest import Nest
+from layerdsl.autodiff.tape import Step, Tape
+from layerdsl.codegen import loop_backward
+from layerdsl.codegen.function import VIEWS
+from layerdsl.codegen.pyexpr import PyExpr
+from layerdsl.codegen.spec_lines import with_spec_line
+from layerdsl.ir import build as B
+from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import walk
+
+if TYPE_CHECKING:
+    from layerdsl.codegen.function_loops import LoopFunction
+    from layerdsl.codegen.loop_backward import BackwardWriter
+
+
+def nests(segments) -> list[Nest]:
+    return [seg for seg in segments if isinstance(seg, Nest)]
+
+
+def loops_in(segments) -> list[Loop]:
+    """The loops of the forward, those in a nest's body too, in order."""
+    out: list[Loop] = []
+    for seg in segments:
+        out += seg.loops() if isinstance(seg, Nest) else [seg] if isinstance(seg, Loop) else []
+    return out
+
+
+def names_read(nest: Nest) -> set[str]:
+    """The names its count, its number locals and its joins' dims read (forward binds them before it)."""
+    exprs = [*nest.bounds, *(e for _, e in nest.numbers), *(j.dim for j in nest.joins)]
+    return {n.id for e in exprs for n in walk(e) if isinstance(n, N.Name)}
+
+
+def key(fn: LoopFunction, nest: Nest) -> int:
+    """Where `Reads.per_step` keeps what backward reads of a nest's body per step (the loops' keys are 0 on)."""
+    return -1 - nests(fn.plan.segments).index(nest)
+
+
+def body_extra(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]]) -> list[str]:
+    """The body's values its backward reads (one per outer step), in the order forward computes them."""
+    read = per_step.get(key(fn, nest), set())
+    return [c for c in nest.carried if c in read] + fn.extra_outputs(read, per_step, nest.segments)
+
+
+def layers(fn: LoopFunction, value: str) -> str:
+    """The stack of `value` over the outer steps."""
+    return fn.name(f"{value}_layers")
+
+
+def maybe_none(fn: LoopFunction, nest: Nest, value: str) -> bool:
+    """Whether a step may leave `value` None: a loop's stack (no steps) or a value of its first step."""
+    for loop in nest.loops():
+        if value in {fn.first(v) for v in fn.widenable(loop, fn.per_step_order(loop, set(loop.carried) | _vars(loop)))}:
+            return True
+        if value in {fn.stacked(v) for v in set(loop.carried) | _vars(loop)}:
+            return True
+    return False
+
+
+def _vars(loop: Loop) -> set[str]:
+    return {s.var for s in loop.tape.steps}
+
+
+def extra_outputs(fn: LoopFunction, nest: Nest, once: set[str], per_step: dict[int, set[str]]) -> list[str]:
+    out = [layers(fn, v) for v in body_extra(fn, nest, per_step)]
+    out += [c for c in nest.carried if c in once]
+    return out + [j.name for j in nest.joins if j.name in once]
+
+
+def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyExpr) -> list[str]:
+    lines = [f"{c} = {fn.not_an_input(start)}" for c, start in nest.carried.items()]
+    kept = body_extra(fn, nest, per_step)
+    lines += [f"{layers(fn, v)} = []" for v in kept]
+    lines += [f"{name} = [{', '.join(nest.heads.get(name, []))}]" for name in nest.appended]
+    body = [f"{n} = {ex(e)}" for n, e in nest.numbers]
+    for seg in nest.segments:
+        if isinstance(seg, Straight):
+            body += fn.steps(seg.tape, ex)
+        elif isinstance(seg, Loop):
+            body += fn.forward_loop(seg, per_step.get(fn.loops.index(seg), set()), ex)
+    body += [f"{layers(fn, v)}.append({v})" for v in kept]
+    body += [
+        f"{name}.append({ex(item)})"
+        for name, first in nest.appended.items()
+        for item in [first, *nest.more.get(name, [])]
+    ]
+    for c, local in nest.shapes_checked.items():  # the steps' values are stacked: one shape at every step
+        new = nest.updates[c]
+        message = (
+            f"{fn.layer.name}: under @function, each step of the loop keeps the shape of '{local}' (a derived"
+            f" backward stacks the steps' values): {{tuple({c}.shape)}} became {{tuple({new}.shape)}}"
+        )
+        body += [f"if {new}.shape != {c}.shape:", f'    raise ValueError(f"{message}")']
+    moved = [(c, v) for c, v in nest.updates.items() if c != v]
+    if moved:
+        body.append(f"{', '.join(c for c, _ in moved)} = {', '.join(v for _, v in moved)}")
+    trip = f"range({', '.join(ex(b) for b in nest.bounds)})"
+    lines += with_spec_line([f"for {nest.var} in {trip}:"], 0, fn.e.spec_path, nest.span.line)
+    lines += ["    " + line for line in body]
+    for v in kept:  # a loop of no steps keeps nothing (and a step's value may be None: so at every step)
+        listed = layers(fn, v)
+        test = f"{listed} and {listed}[0] is not None" if maybe_none(fn, nest, v) else listed
+        lines.append(f"{listed} = torch.stack({listed}) if {test} else None")
+    for j in nest.joins:
+        lines.append(f"{j.name} = torch.{j.func}({j.items}, dim={ex(j.dim)})")
+    return lines
+
+
+def backward(w: BackwardWriter, nest: Nest) -> list[str]:
+    """The nest's backward: its body's, for each outer step in reverse."""
+    fn = w.fn
+    lines: list[str] = []
+    if w.mode != "main":
+        for c in nest.carried:
+            if c in w.once and c not in fn.outputs:
+                lines += w.accumulate(c, fn.grad_out(c), conditional=False)
+        for j in nest.joins:
+            if j.name in w.once and j.name not in fn.outputs:
+                lines += w.accumulate(j.name, fn.grad_out(j.name), conditional=False)
+    requiring = [c for c in nest.carried if c in w.plan.requires]
+    for c in requiring:
+        st = w.state.get(w.acc(c))
+        if st != "set":  # nothing after the loop reads it: zeros to start
+            w.read(B.name(c))
+            g = w.acc(c)
+            zeros = f"torch.zeros_like({c})"
+            lines.append(f"{g} = {zeros}" if st is None else f"{g} = {zeros} if {g} is None else {g}")
+            w.state[g] = "set"
+    parts: dict[str, str] = {}  # list -> the gradients of its items (its heads' first)
+    for j in nest.joins:
+        if w.state.get(w.acc(j.name)) is None:
+            continue
+        if w.state[w.acc(j.name)] == "maybe":
+            w.read(B.name(j.name))
+            g = w.acc(j.name)
+            lines.append(f"{g} = torch.zeros_like({j.name}) if {g} is None else {g}")
+            w.state[g] = "set"
+        parts[j.items] = fn.name(f"grad_{j.name}_parts")
+        lines.append(f"{parts[j.items]} = {w.acc(j.name)}.unbind({w.ex(j.dim)})")
+        for i, head in enumerate(j.heads):
+            if head in w.plan.requires:
+                lines += w.accumulate(head, f"{parts[j.items]}[{i}]", conditional=False)
+    # what the body accumulates into from outside it: None until a step gives it (there may be none)
+    inside = nest.values()
+    for tape in nest.tapes():
+        for leaf in tape.leaves:
+            if leaf not in inside and w.state.get(w.acc(leaf)) is None:
+                w.state[w.acc(leaf)] = "maybe"
+                w.maybe_none.add(w.acc(leaf))
+    kept = body_extra(fn, nest, w.per_step)
+    body = [f"{n} = {w.ex(e)}" for n, e in nest.numbers]
+    body += [f"{v} = {layers(fn, v)}[{nest.var}]" for v in kept if not maybe_none(fn, nest, v)]
+    body += [
+        f"{v} = None if {layers(fn, v)} is None else {layers(fn, v)}[{nest.var}]"
+        for v in kept
+        if maybe_none(fn, nest, v)
+    ]
+    outer_once = w.once
+    if w.mode != "main":  # each step's share of the extra outputs' gradients
+        for v in kept:
+            given = fn.grad_out(layers(fn, v))
+            step = f"{given}[{nest.var}]"
+            body.append(
+                f"{fn.grad_out(v)} = " + (f"None if {given} is None else {step}" if maybe_none(fn, nest, v) else step)
+            )
+        w.once = w.once | set(kept)
+    carried_grads = {c: w.state[w.acc(c)] for c in requiring}
+    for c in requiring:  # the carried value's gradient is its next value's, at this step
+        body += w.accumulate(nest.updates[c], w.acc(c), conditional=carried_grads[c] == "maybe")
+    for name, first in nest.appended.items():
+        items = [first, *nest.more.get(name, [])]  # `per` of them each step, after the heads
+        for i, item in enumerate(items if name in parts else []):
+            at = f"{len(items)} * {nest.var}" if len(items) > 1 else nest.var
+            at = f"{at} + {i + len(nest.heads.get(name, []))}" if i + len(nest.heads.get(name, [])) else at
+            assert isinstance(item, N.Name)
+            body += w.accumulate(item.id, f"{parts[name]}[{at}]", conditional=False)
+    if requiring:
+        body.append(" = ".join(w.acc(c) for c in requiring) + " = None")
+    for c in requiring:
+        del w.state[w.acc(c)]
+        if c in w.once and w.mode != "main":  # its value at the step, returned: that extra output's gradient
+            body += w.accumulate(c, fn.grad_out(c), conditional=False)
+    # views of the inputs and parameters (`transpose(w_l[k], 0, 1)`): recomputed at each step, not kept
+    views = _leaf_views(nest, set(w.plan.leaves))
+    w.views.update(views)
+    w.kept_whole |= set(views)
+    # what the body reads, by step (the values after the loop are read as themselves, outside it)
+    once, current = w.reads.once, w.current
+    w.reads.once = w.current = set()
+    here = fn.plan.segments.index(nest)
+    for index, seg in reversed(list(enumerate(nest.segments))):
+        if isinstance(seg, Straight):
+            body += w.straight(seg, where=f"{here}.{index}")
+        elif isinstance(seg, Loop):
+            body += w.loop(seg)
+        w.current = w.reads.once
+    for c in requiring:  # every step gives the step before a gradient of its carried value
+        if w.state.get(w.acc(c)) != "set":
+            w.read(B.name(c))
+            g, zeros = w.acc(c), f"torch.zeros_like({c})"
+            body.append(f"{g} = {zeros}" if w.state.get(g) is None else f"{g} = {zeros} if {g} is None else {g}")
+            w.state[g] = "set"
+    # a value of the body whose gradient its loops sum (a member read at every step): summed anew each step
+    summed = sorted(w.acc(v) for v in inside if w.acc(v) in w.maybe_none and v not in nest.carried)
+    segments_at = body.index(" = ".join(w.acc(c) for c in requiring) + " = None") if requiring else len(body)
+    body[segments_at + 1 : segments_at + 1] = [" = ".join(summed) + " = None"] if summed else []
+    recomputed = [s for v, s in views.items() if v in w.recomputed]
+    for v in views:
+        del w.views[v]
+    w.recomputed -= set(views)
+    w.kept_whole -= set(views)
+    body[len(nest.numbers) : len(nest.numbers)] = [
+        line for s in recomputed for line in fn.steps(Tape([s], [], [], set()), w.ex)
+    ]
+    read = w.reads.once | (w.reads.shapes & inside)
+    w.reads.shapes -= inside
+    w.reads.once, w.current = once, current
+    once |= read - inside
+    w.reads.per_step.setdefault(key(fn, nest), set()).update(read & inside)
+    w.once = outer_once
+    for v in inside:  # the body's values' gradients are the step's own
+        if w.acc(v) in w.state and v not in nest.carried:
+            del w.state[w.acc(v)]
+    head = f"for {nest.var} in reversed(range({', '.join(w.ex(b) for b in nest.bounds)})):"
+    lines += with_spec_line([head], 0, fn.e.spec_path, nest.span.line)
+    lines += ["    " + line for line in body]
+    for c in requiring:  # the gradient of the value the carried one starts as
+        if nest.carried[c] in w.plan.requires:
+            lines += w.accumulate(nest.carried[c], w.acc(c), conditional=False)
+    return lines
+
+
+def _leaf_views(nest: Nest, leaves: set[str]) -> dict[str, Step]:
+    """The steps of the body's straight segments that view the inputs and parameters (or such a view)."""
+    views: dict[str, Step] = {}
+    for seg in nest.segments:
+        for s in seg.tape.steps if isinstance(seg, Straight) else []:
+            if s.op is not None and s.op.shape in VIEWS and loop_backward.operands(s) <= leaves | set(views):
+                views[s.var] = s
+    return views
