@@ -15,6 +15,7 @@ Past MAX_BRANCH_PLANS combinations, each `if` is a segment of its own instead (`
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -194,21 +195,24 @@ def plan_backward(
 MAX_TAPE_STEPS = 600
 
 
-def _too_long(tape: Tape) -> NotDerivable:
-    """The refusal of a tape longer than MAX_TAPE_STEPS. Statements that run more than once (a loop of a
-    written count, unrolled; a sub called twice, inlined) write steps of the same span: only then does it
-    speak of loops and subs."""
-    spans = [s.expr.span for s in tape.steps]
-    repeated = len(set(spans)) < len(spans)
+def _too_long(layer: N.Layer, tape: Tape) -> NotDerivable:
+    """The refusal of a tape longer than MAX_TAPE_STEPS. Statements that run more than once write steps of
+    the same span: in the forward's lines, a loop of a written count (unrolled); elsewhere, a sub called more
+    than once (inlined). What it says of loops and subs, it says only where they did."""
+    assert layer.forward is not None
+    whole = layer.forward.span
+    repeated = {span for span, n in Counter(s.expr.span for s in tape.steps).items() if n > 1}
+    looped = any(whole.line <= span.line <= whole.end_line for span in repeated)
+    called = any(not whole.line <= span.line <= whole.end_line for span in repeated)
+    ways = [way for way, did in (("its loops are unrolled", looped), ("its subs inlined", called)) if did]
     message = f"a derived backward goes through at most {MAX_TAPE_STEPS} operations, and this forward has"
-    message += f" {len(tape.steps)}" + (" once its loops are unrolled and its subs inlined" if repeated else "")
+    message += f" {len(tape.steps)}" + (f" once {' and '.join(ways)}" if ways else "")
     message += " (the time to derive it grows with their square)"
-    hint = "write a `backward` block, or drop @function"
-    if repeated:
-        hint = (
-            "give a loop its count by an argument (`range(steps)`): such a loop is derived once, not unrolled;"
-            " or put @function on a sub's layer instead; or write a `backward` block"
-        )
+    hints = ["give the loop its count by an argument (`range(steps)`): such a loop is derived once, not unrolled"]
+    hints = (hints if looped else []) + (["put @function on a sub's layer instead"] if called else [])
+    hint = (
+        "; or ".join([*hints, "write a `backward` block"]) if hints else "write a `backward` block, or drop @function"
+    )
     return NotDerivable(tape.steps[MAX_TAPE_STEPS].expr.span, message, hint)
 
 
@@ -227,7 +231,7 @@ def _straight_plan(layer: N.Layer, given: frozenset[str]) -> Plan:
     except NotDerivable as exc:  # a statement the tape cannot hold: the linearizer stopped there
         raise refusal([*linearizer.problems, exc]) from None
     if layer.backward is None and len(tape.steps) > MAX_TAPE_STEPS:
-        raise _too_long(tape)
+        raise _too_long(layer, tape)
     problems = list(linearizer.problems)
     if layer.backward is None:
         problems += _unproven_optional_reads(tape, layer, given)
