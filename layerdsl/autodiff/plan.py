@@ -34,6 +34,7 @@ from layerdsl.autodiff.loops import (
     proves,
     unswitched,
 )
+from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.nested_ifs import (
     MAX_SIZE_SIDES,
     flattened,
@@ -129,7 +130,28 @@ def plan_backwards(
 def plan_inlined(inlined: Inlined) -> Plan:
     """The plan of a `@function` layer whose subs are inlined (`inline_subs`), as `gen` plans it: the subs'
     `require`s left out (the Function checks none of them, so what they say is not relied on)."""
-    return plan_backward(sub_requires_dropped(inlined.layer, inlined.origins))
+    plan = plan_backward(sub_requires_dropped(inlined.layer, inlined.origins))
+    if len(nests := _nests(plan)) > MAX_NEST_COPIES:
+        raise NotDerivable(
+            nests[0].span,
+            f"cannot derive through this loop holding a loop yet: the `if`s on arguments of this forward make"
+            f" {len(nests)} ways through it, and the Function would write the two loops out on each"
+            f" (at most {MAX_NEST_COPIES})",
+            "drop @function (autograd derives it), or write the layer with fewer `if`s on arguments",
+        )
+    return plan
+
+
+# The ways through a forward's `if`s on arguments that may each hold a loop holding a loop: each way is a
+# copy of the two loops in the Function's forward and backward (RNN's 96 ways would be 130,000 lines).
+MAX_NEST_COPIES = 8
+
+
+def _nests(plan: Plan) -> list[Nest]:
+    """The loops holding loops of every way through the plan's branches."""
+    if isinstance(plan, BranchPlan):
+        return _nests(plan.then) + _nests(plan.orelse)
+    return [s for s in plan.segments if isinstance(s, Nest)] if isinstance(plan, LoopPlan) else []
 
 
 def as_layers_problem(
