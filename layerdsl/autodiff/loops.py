@@ -285,10 +285,10 @@ def plan_loops(
     `conditions(if_stmt, before)`: an `if`'s condition as the Function evaluates it, when the forward's
     `if`s on configuration values are segments of their own (`Choice`)."""
     assert layer.forward is not None
-    return _Planner(layer, optional, conditions).run(grads_for)
+    return Planner(layer, optional, conditions).run(grads_for)
 
 
-class _Planner:
+class Planner:
     def __init__(
         self, layer: N.Layer, optional: set[str], conditions: Callable[[N.If, list[N.Stmt]], N.Expr] | None = None
     ):

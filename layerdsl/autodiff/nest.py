@@ -1,7 +1,7 @@
 """A loop whose body holds a loop (`for k in range(layers) { ... for t in range(T) { ... } ... }`), both
 of counts known only when forward runs: a `Nest` segment, whose body is segments of its own.
 
-The outer loop's body is planned as a forward is (`loops._Planner`): straight runs of statements and the
+The outer loop's body is planned as a forward is (`loops.Planner`): straight runs of statements and the
 loops inside it, each on its own tape. What it carries from one step to the next (an RNN's `x`, the layer's
 input, then its output) has a name of its own, as a loop's carried value has, and keeps its shape from step
 to step (the values each step keeps for backward are stacked over the steps, `codegen.function_nest`). What
@@ -27,7 +27,7 @@ from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import walk
 
 if TYPE_CHECKING:
-    from layerdsl.autodiff.loops import Join, Loop, Segment, _Planner
+    from layerdsl.autodiff.loops import Join, Loop, Planner, Segment
 
 
 @dataclass
@@ -83,7 +83,7 @@ def holds_loop(loop: N.For) -> bool:
     return any(isinstance(s, N.For) for s in walk(loop) if s is not loop)
 
 
-def planned_nest(p: _Planner, stmt: N.For) -> list[Segment]:
+def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
     """The segment of a loop whose body holds a loop (`p`: the forward's planner, whose names, shapes and
     aliases the body's segments share)."""
     it = stmt.iter
@@ -191,7 +191,7 @@ def _item(var: str, span: Span) -> N.Name:
     return item
 
 
-def _lists_of_its_own(body: list[N.Stmt], p: _Planner) -> list[N.Stmt]:
+def _lists_of_its_own(body: list[N.Stmt], p: Planner) -> list[N.Stmt]:
     """`body` with each list it makes empty (`outputs = []`) under a name of its own where a list of that name
     was made before (a family's first step, written before the loop, `autodiff.peel`)."""
     again = [s.target for s in body if isinstance(s, N.Assign) and _empty_list(s.value) and s.target in p.lists]
