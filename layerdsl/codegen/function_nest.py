@@ -4,10 +4,12 @@
 Forward runs the body once per step, its segments written as the Function's own are; each value the body's
 backward reads (a straight segment's, a loop's carried value or stack of per-step values) is appended to a
 list of its own (`h_steps_layers`), stacked after the loop (one more leading dim: the outer steps) and
-returned as an extra output. Backward runs the body's backward for k = n - 1, ..., 0 with each saved
-value bound to its step's slice (`h_steps = h_steps_layers[k]`, and its gradient as an extra output
-alike), so that the body's segments' backward is written as the Function's own is; the carried values'
-gradients go from step to step, and a list's items' gradients are cut from what it is joined into.
+returned as an extra output; one it reads only the shape of is kept as one element expanded to that shape,
+over the steps too (`shapes_per_step`), and holds no memory. Backward runs the body's backward for
+k = n - 1, ..., 0 with each saved value bound to its step's slice (`h_steps = h_steps_layers[k]`, and its
+gradient as an extra output alike), so that the body's segments' backward is written as the Function's own
+is; the carried values' gradients go from step to step, and a list's items' gradients are cut from what it
+is joined into.
 """
 
 from __future__ import annotations
