@@ -21,6 +21,7 @@ from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
 
 from .function_agreement import agree, compare_with_plain
+from .support import saved_bytes
 from .test_function_sub_lists import plain_pair
 
 TWO_LEVEL = """
@@ -355,6 +356,17 @@ def test_layers_of_a_count_known_when_forward_runs_each_holding_a_loop_over_time
     agree(ours(*inputs, *params), plain(*inputs, *params), [*inputs, *params])
     assert torch.autograd.gradcheck(ours, (*inputs, *params))
     assert torch.autograd.gradgradcheck(ours, (*inputs, *params))
+
+
+@pytest.mark.parametrize("layers", [2, 3])
+def test_layers_of_a_count_known_when_forward_runs_save_about_what_autograd_does(layers):
+    """Each layer's values that backward reads only the shape of (`x @ w`, `gi` of `gi[t]`, the loop's
+    own) are kept as one element expanded, not stacked over the layers as copies of the whole."""
+    a, b = plain_pair(
+        ELMAN_NUM_LAYERS, "elman_num_layers", "ElmanNumLayers", input_size=16, hidden_size=16, num_layers=layers
+    )
+    x = torch.randn(16, 4, 16, dtype=torch.float64, requires_grad=True)
+    assert saved_bytes(lambda: a(x), a) < 1.5 * saved_bytes(lambda: b(x), b)
 
 
 def test_the_elman_layers_agree_with_torch_rnn():

@@ -310,7 +310,7 @@ class LoopFunction:
             shaped = {s.var for s in loop.tape.steps if s.var in kept and not _kept(s)}
             shaped -= reads.by_value.get(k, set()) | moved | listed
             out[k] = {v for v in shaped if not _read_as_value(v, text)}
-        return out
+        return out | function_nest.shapes_per_step(self, reads, per_step, text)
 
     def _tensor_type(self, leaf: str) -> str:
         assert self.layer.forward is not None

@@ -4,10 +4,12 @@
 Forward runs the body once per step, its segments written as the Function's own are; each value the body's
 backward reads (a straight segment's, a loop's carried value or stack of per-step values) is appended to a
 list of its own (`h_steps_layers`), stacked after the loop (one more leading dim: the outer steps) and
-returned as an extra output. Backward runs the body's backward for k = n - 1, ..., 0 with each saved
-value bound to its step's slice (`h_steps = h_steps_layers[k]`, and its gradient as an extra output
-alike), so that the body's segments' backward is written as the Function's own is; the carried values'
-gradients go from step to step, and a list's items' gradients are cut from what it is joined into.
+returned as an extra output; one it reads only the shape of is kept as one element expanded to that shape,
+over the steps too (`shapes_per_step`), and holds no memory. Backward runs the body's backward for
+k = n - 1, ..., 0 with each saved value bound to its step's slice (`h_steps = h_steps_layers[k]`, and its
+gradient as an extra output alike), so that the body's segments' backward is written as the Function's own
+is; the carried values' gradients go from step to step, and a list's items' gradients are cut from what it
+is joined into.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from layerdsl.ir.visit import walk
 
 if TYPE_CHECKING:
     from layerdsl.codegen.function_loops import LoopFunction
-    from layerdsl.codegen.loop_backward import BackwardWriter
+    from layerdsl.codegen.loop_backward import BackwardWriter, Reads
 
 
 def nests(segments) -> list[Nest]:
@@ -64,6 +66,34 @@ def layers(fn: LoopFunction, value: str) -> str:
     return fn.name(f"{value}_layers")
 
 
+def shapes_per_step(fn: LoopFunction, reads: Reads, per_step: dict[int, set[str]], text: str) -> dict[int, set[str]]:
+    """The values of each nest's straight segments kept per outer step that backward (`text`) reads only for
+    their shape (`sum_to_size(mm.shape)` in the gradient of `mm + b`, `select_backward(g, gi.shape, 0, t)`),
+    by `key`: each step keeps one element expanded to the value's shape (`stacked_shapes`)."""
+    from layerdsl.codegen.function_loops import _kept, _read_as_value
+
+    out: dict[int, set[str]] = {}
+    for nest in nests(fn.plan.segments):
+        at = key(fn, nest)
+        items = [*nest.appended.values(), *(i for more in nest.more.values() for i in more)]
+        listed = {n.id for item in items for n in walk(item) if isinstance(n, N.Name)}
+        steps = [s for seg in nest.segments if isinstance(seg, Straight) for s in seg.tape.steps]
+        shaped = {s.var for s in steps if s.var in per_step.get(at, set()) and not _kept(s)}
+        shaped -= reads.by_value.get(at, set()) | set(nest.carried) | set(nest.updates.values()) | listed
+        out[at] = {v for v in shaped if not _read_as_value(v, text)}
+    return out
+
+
+def stacked_shapes(fn: LoopFunction, nest: Nest) -> set[str]:
+    """The values kept per outer step whose shape alone backward reads: the body's (`shapes_per_step`) and
+    its loops' stacks of such values (already one element expanded): their stacks over the outer steps hold
+    one element too."""
+    out = set(fn.step_shapes.get(key(fn, nest), set()))
+    for loop in nest.loops():
+        out |= {fn.stacked(v) for v in fn.step_shapes.get(fn.loops.index(loop), set())}
+    return out
+
+
 def maybe_none(fn: LoopFunction, nest: Nest, value: str) -> bool:
     """Whether a step may leave `value` None: a loop's stack (no steps) or a value of its first step."""
     for loop in nest.loops():
@@ -95,7 +125,15 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
             body += fn.steps(seg.tape, ex)
         elif isinstance(seg, Loop):
             body += fn.forward_loop(seg, per_step.get(fn.loops.index(seg), set()), ex)
-    body += [f"{layers(fn, v)}.append({v})" for v in kept]
+    shaped = stacked_shapes(fn, nest)
+    body += [
+        (
+            f"{layers(fn, v)}.append({v}.new_zeros(()).expand({v}.shape))  # only its shape is read"
+            if v in fn.step_shapes.get(key(fn, nest), set())
+            else f"{layers(fn, v)}.append({v})"
+        )
+        for v in kept
+    ]
     body += [
         f"{name}.append({ex(item)})"
         for name, first in nest.appended.items()
@@ -117,7 +155,11 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
     for v in kept:  # a loop of no steps keeps nothing (and a step's value may be None: so at every step)
         listed = layers(fn, v)
         test = f"{listed} and {listed}[0] is not None" if maybe_none(fn, nest, v) else listed
-        lines.append(f"{listed} = torch.stack({listed}) if {test} else None")
+        if v in shaped:  # one element expanded: the outer steps' dim is one more
+            whole = f"{listed}[0].expand(len({listed}), *{listed}[0].shape)"
+            lines.append(f"{listed} = {whole} if {test} else None  # only its shape is read")
+        else:
+            lines.append(f"{listed} = torch.stack({listed}) if {test} else None")
     for j in nest.joins:
         lines.append(f"{j.name} = torch.{j.func}({j.items}, dim={ex(j.dim)})")
     return lines
@@ -230,6 +272,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         line for s in recomputed for line in fn.steps(Tape([s], [], [], set()), w.ex)
     ]
     read = w.reads.once | (w.reads.shapes & inside)
+    w.reads.by_value.setdefault(key(fn, nest), set()).update(w.reads.once & inside)
     w.reads.shapes -= inside
     w.reads.once, w.current = once, current
     once |= read - inside
