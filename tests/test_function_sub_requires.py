@@ -69,6 +69,30 @@ layer Stack(d: int, heads: int, n: int) {
         return h
     }
 }
+
+layer Holds(inner: Inner) {
+    sub held = inner
+
+    example(inner = Inner(4), D = 4)
+
+    forward(x: [..., D]) -> [..., D] {
+        return tanh(held(x))
+    }
+}
+
+layer Copies(inner: Inner, n: int) {
+    sub layers = [copy(inner) for i in range(n)]
+
+    example(inner = Inner(4), n = 2, D = 4)
+
+    forward(x: [B, D]) -> [B, D] {
+        h = x * 1.0
+        for item in layers {
+            h = item(h)
+        }
+        return h
+    }
+}
 """
 
 RANK_LINE = SPEC.splitlines().index('        require x.ndim == 2, "Inner takes a batch of vectors"') + 1
@@ -153,3 +177,25 @@ def test_a_require_in_an_if_or_a_loop_is_checked_where_the_sub_runs(layer, args,
         expected = plain[layer](*args)
         torch.manual_seed(0)
         _runs_alike(expected, function[layer](*args), x)
+
+
+@pytest.mark.parametrize("layer, n", [("Holds", None), ("Copies", 2), ("Copies", 0)])
+def test_a_held_layers_arguments_are_read_from_it(layer, n):
+    plain, function = _modules(layer)
+    assert f"{layer}Function.apply" in function["SOURCE"]
+    for d, heads in ((6, 4), (6, 3)):
+        given = [plain, function]
+        modules = [ns[layer](ns["Inner"](d, heads), *([n] if n is not None else [])) for ns in given]
+        function_module = modules[1]
+        function_module.load_state_dict(modules[0].state_dict())
+        x = torch.randn(3, d)
+        if d % heads and n != 0:
+            said = _error(function_module, x)
+            assert said == _error(modules[0], x)
+            assert f"`require d % heads == 0` at subs.layer:{HEADS_LINE}" in said
+        else:
+            _runs_alike(modules[0], function_module, x)
+    if layer == "Holds":  # the input's rank too
+        x = torch.randn(2, 3, 6)
+        module = function[layer](function["Inner"](6, 3))
+        assert _error(module, x) == _error(plain[layer](plain["Inner"](6, 3)), x)
