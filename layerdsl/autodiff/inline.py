@@ -34,6 +34,7 @@ from layerdsl.autodiff.inline_cache import cached
 from layerdsl.autodiff.list_order import reversed_lists
 from layerdsl.autodiff.loop_members import without_members
 from layerdsl.autodiff.peel import peeled_families
+from layerdsl.autodiff.sub_requires import keep_origin
 from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.autodiff.torch_nn_forwards import inlined_torch_nn, torch_nn_layer
 from layerdsl.diagnostics import Span
@@ -565,7 +566,9 @@ class _Inliner:
                 if e.id in locals_ and e.ref not in (N.Ref.TRAINING, N.Ref.CONST):
                     return _renamed_name(e, locals_[e.id], e.ref)
                 return clone(e)
-            e = map_children(e, renamed)
+            written, e = e, map_children(e, renamed)
+            if isinstance(e, N.Require) and isinstance(written, N.Require):  # the module names the sub's line
+                keep_origin(e, written, spec)
             if isinstance(e, N.Call) and isinstance(fn := inst.values.get(e.func), N.Name) and fn.kind == N.Kind.FN:
                 e.func = fn.id  # a call of an `fn` argument: of what this layer passes for it
             for attr in ("target", "var"):  # the names statements bind

@@ -136,8 +136,9 @@ def resolved_local_sizes(body: list[N.Stmt], layer: N.Layer) -> tuple[list[N.Stm
 
 def sub_requires_dropped(layer: N.Layer, inlined: Container[N.Span]) -> N.Layer:
     """`layer`, its subs inlined (their statements' spans `inlined`), without the subs' `require`s: the
-    Function checks none of them (the module checks its own layer's before `apply`), so what a `require`
-    says of a rank is the layer's own, checked, when the sizes followed back rely on it."""
+    Function checks none of them (the module checks its own layer's before `apply`, and the subs' it can:
+    `sub_requires.checked_before_apply`), so what a `require` says of a rank is the layer's own, checked,
+    when the sizes followed back rely on it."""
     assert layer.forward is not None
 
     def kept(body: list[N.Stmt]) -> list[N.Stmt]:

@@ -17,6 +17,7 @@ import jinja2
 from layerdsl.autodiff.inline import Inlined, inline_subs
 from layerdsl.autodiff.inputs import called_fn_args, tuple_parts, without_callable_sides
 from layerdsl.autodiff.plan import Plan, plan_backwards
+from layerdsl.autodiff.sub_requires import checked_before_apply, origin
 from layerdsl.codegen.buffer_reads import cloned_buffer_reads, cloned_buffers, cloned_in_training_only
 from layerdsl.codegen.function_arity import arities, returned_by_arity
 from layerdsl.codegen.function_buffers import unpacked_call
@@ -546,9 +547,10 @@ class LayerEmitter:
             elif function_class["extra"]:  # the Function also returns intermediates it saves
                 n = function_class["n_outputs"]
                 call = f"{call}[0]" if n == 1 else f"{call}[:{n}]"
-            # The Function's forward has no requirements: the module checks them before `apply`.
+            # The Function's forward has no requirements: the module checks them before `apply`, its subs' too.
             requires: list[N.Stmt] = [s for s in (fwd.body if fwd else []) if isinstance(s, N.Require)]
             spelling = self.module_spelling()
+            requires += self.sub_requires(spelling)
             body = self.shape_checks(spelling, on_self=True, bind=bool(requires))
             body += StatementWriter(PyExpr(spelling), spelling, self.layer).block(requires)
             body += self.tuple_unpacking()
@@ -559,6 +561,24 @@ class LayerEmitter:
             body += self.output_checks([call], spelling, on_self=True, bind=bool(requires)) or [f"return {call}"]
             return Func("forward", params, returns, doc, self.callable_fallback(functional) + body)
         return Func("forward", params, returns, doc, self.plain_forward(functional))
+
+    def sub_requires(self, spelling: Spelling) -> list[N.Require]:
+        """The `require`s of the subs inlined into the Function that the module checks before `apply`
+        (autodiff/sub_requires.py), `spelling` given the held layers' arguments they read."""
+        inlined = self.function_emitter.inlined
+        if inlined is None or inlined.layer.forward is None:
+            return []
+        # a held layer's argument, where the module always holds that layer (a list's first: where it runs, it has one)
+        held = {a: f"({held_argument_value(h)})" for a, h in inlined.arguments.items() if not h.optional}
+        spelling.names.update(held)
+        checked: dict[tuple[str, int, str], N.Require] = {}  # a sub's check once (a sub called twice: checked once)
+        ex = PyExpr(spelling)
+        for s in checked_before_apply(inlined.layer.forward.body, {*spelling.names}):
+            written = origin(s)
+            assert written is not None
+            test = ex(s.cond) + (f" if {ex(s.guard)}" if s.guard is not None else "")
+            checked.setdefault((written.path, written.stated.span.line, test), s)
+        return list(checked.values())
 
     def plain_forward(self, functional: Func | None) -> list[str]:
         """The module's forward without a Function: a call of the functional form, or the statements."""
@@ -1172,12 +1192,19 @@ class StatementWriter:
         left, right = s.cond.operands
         failed = N.Compare(s.cond.span, [_NEGATED[s.cond.ops[0]]], [left, right])
         test = self.ex(failed) if s.guard is None else f"{self.ex(s.guard)} and {self.ex(failed)}"
-        stated = _src(s.cond)
-        said = s.message.value if s.message is not None else f"requires {stated}"
-        where = f"{self.layer.path}:{s.span.line}"
-        text = _braces_escaped(f"{self.layer.name}: {said} (`require {stated}` at {where}; got ")
+        # a sub's `require` inlined into a @function layer: named as the sub's spec writes it
+        written = sub_require.stated if (sub_require := origin(s)) is not None else s
+        name, path = (
+            (sub_require.layer, sub_require.path) if sub_require is not None else (self.layer.name, self.layer.path)
+        )
+        assert isinstance(written.cond, N.Compare)
+        stated = _src(written.cond)
+        said = written.message.value if written.message is not None else f"requires {stated}"
+        text = _braces_escaped(f"{name}: {said} (`require {stated}` at {path}:{written.span.line}; got ")
         text += ", ".join(
-            f"{_braces_escaped(_src(o))} = {{{self.ex(o)}}}" for o in (left, right) if not isinstance(o, N.Num)
+            f"{_braces_escaped(_src(shown))} = {{{self.ex(o)}}}"
+            for shown, o in zip(written.cond.operands, (left, right))
+            if not isinstance(shown, N.Num)
         )
         return [f"if {test}:", f"    raise ValueError(f{_quoted(text + ')')})"]
 
