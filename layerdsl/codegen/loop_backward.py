@@ -2,7 +2,9 @@
 
 One `BackwardWriter` writes the backward, or one section of it (the outputs' gradients, or the extra
 outputs'), given what forward returns: a straight segment's derived statements, a `Choice`'s side
-again, and for a loop the body's derived statements for t = T - 1, ..., 0 over the saved stacks.
+again, and for a loop the body's derived statements for t = T - 1, ..., 0 over the saved stacks. A step
+recomputes the views it reads, and the cheap elementwise values of what it keeps anyway (`recomputable`),
+rather than keeping a stack of them.
 """
 
 from __future__ import annotations
