@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
 import torch
 
 from layerdsl.testing import layer_checks as checks
@@ -231,12 +230,6 @@ layer MinGRU(input_size: int, hidden_size: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/loops: a loop Function keeps `1 - z` beside `z` at every step (an elementwise value the"
-    " step's backward could recompute), and at step 0, where the start `h` needs no gradient, autograd"
-    " keeps neither; the Function keeps more bytes than autograd",
-)
 def test_a_loop_function_keeps_no_more_than_autograd():
     function = compile_spec(MIN_GRU, "min_gru_function")
     plain = compile_spec(MIN_GRU.replace("@function\n", ""), "min_gru_plain")

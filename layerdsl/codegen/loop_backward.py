@@ -2,7 +2,9 @@
 
 One `BackwardWriter` writes the backward, or one section of it (the outputs' gradients, or the extra
 outputs'), given what forward returns: a straight segment's derived statements, a `Choice`'s side
-again, and for a loop the body's derived statements for t = T - 1, ..., 0 over the saved stacks.
+again, and for a loop the body's derived statements for t = T - 1, ..., 0 over the saved stacks. A step
+recomputes the views it reads, and the cheap elementwise values of what it keeps anyway (`recomputable`),
+rather than keeping a stack of them.
 """
 
 from __future__ import annotations
@@ -411,6 +413,12 @@ class BackwardWriter:
         after_loop = self.ex  # a carried value read per step by a name of its own (its own holds the last)
         self.ex = self.fn.helper.python(dataclasses.replace(self.spelling, names=self.spelling.names | per_step_names))
         derived, grads = self.statements(bwd, tape, "t")
+        cheap = recomputable(loop, self.step_by_value & body_values)
+        if cheap:  # written again, recomputing them from what the step keeps anyway
+            plain_views = self.step_views
+            self.step_views = {s.var: s for s in loop.tape.steps if s.var in plain_views or s.var in cheap}
+            self.current, self.step_by_value, self.step_recomputed = set(), set(), set()
+            derived, grads = self.statements(bwd, tape, "t")
         views = [s for v, s in self.step_views.items() if v in self.step_recomputed]
         self.step_views = {}
         picked = [p for p in loop.picks if p in self.current]  # picked again from what is saved once
@@ -496,6 +504,23 @@ def dtypes_named(cond: N.Expr) -> N.Expr:
         return map_children(e, go)
 
     return go(cond)
+
+
+def recomputable(loop: Loop, read: set[str]) -> set[str]:
+    """The body values a step of backward reads by value (`read`) that it recomputes rather than keeps per
+    step: a cheap elementwise step whose tensor operands the step keeps anyway or recomputes too (`1 - z`
+    beside `z`). Keeping it would cost a buffer of every step's value, recomputing it one pass over one
+    step's; it adds nothing to what is kept. A carried value's next value and an appended item stay kept
+    (the next step's carried value and the joined list are read from their buffers)."""
+    fixed = set(loop.updates.values())
+    fixed |= {e.id for e in [*loop.appended.values(), *sum(loop.more.values(), [])] if isinstance(e, N.Name)}
+    cheap: set[str] = set()
+    for s in loop.tape.steps:
+        elementwise = s.op is not None and s.op.shape == "elementwise" and s.op.cost == "cheap"
+        if elementwise and s.var in read and s.var not in fixed and not s.guard and not s.by_mask:
+            if (args := operands(s)) and args <= read:
+                cheap.add(s.var)
+    return cheap
 
 
 def operands(step) -> set[str]:
