@@ -24,10 +24,13 @@ from pathlib import Path
 
 import torch
 
-from layerdsl.codegen.module import emit_file
-from layerdsl.semantics.checker import check_program
-from layerdsl.syntax.parser import parse_file
 from layerdsl.testing.layer_checks import generate_package
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' loop specs, measured here too
+from tests.support import compile_spec as compiled  # noqa: E402
+from tests.support import saved_bytes  # noqa: E402
+from tests.test_function_carried_starts import GRU  # noqa: E402
+from tests.test_loop_function_costs import PROJECTIONS  # noqa: E402
 
 SPECS = Path(__file__).resolve().parent.parent / "specs" / "torch_nn"
 LAYERS = ("MultiheadAttention", "TransformerEncoderLayer", "TransformerDecoderLayer")
@@ -45,75 +48,6 @@ def generated(root: Path, function: bool) -> object:
     package = f"segment_saving_{'function' if function else 'plain'}"
     generate_package([str(folder.parent)], root / "packages", package)
     return importlib.import_module(package)
-
-
-GRU = """
-@function
-layer GruLayer(input_size: int, hidden_size: int) {
-    param weight_ih: [3 * hidden_size, input_size] = uniform(-0.5, 0.5)
-    param weight_hh: [3 * hidden_size, hidden_size] = uniform(-0.5, 0.5)
-    param bias_ih: [3 * hidden_size] = uniform(-0.5, 0.5)
-    param bias_hh: [3 * hidden_size] = uniform(-0.5, 0.5)
-    example(input_size = 2, hidden_size = 3)
-    forward(input: [..., input_size], hx: [..., hidden_size]? = none) {
-        x = transpose(input, 0, -2)
-        T = size_at(x, -2)
-        if hx != none {
-            h = hx[0]
-        } else {
-            h = new_zeros(x, [hidden_size])
-        }
-        gi_all = x @ transpose(weight_ih, 0, 1) + bias_ih
-        w_hh = transpose(weight_hh, 0, 1)
-        outputs = []
-        for t in range(T) {
-            gi = gi_all[..., t, :]
-            gh = h @ w_hh + bias_hh
-            r = sigmoid(gi[..., 0:hidden_size] + gh[..., 0:hidden_size])
-            z = sigmoid(gi[..., hidden_size : 2 * hidden_size] + gh[..., hidden_size : 2 * hidden_size])
-            n = tanh(gi[..., 2 * hidden_size :] + r * gh[..., 2 * hidden_size :])
-            h = (1 - z) * n + z * h
-            outputs.append(h)
-        }
-        return transpose(stack(outputs, dim = -2), 0, -2)
-    }
-}
-"""
-
-PROJECTIONS = """
-layer Projection(d: int) {
-    param w_q: [d, d] = uniform(-0.5, 0.5)
-    param w_k: [d, d] = uniform(-0.5, 0.5)
-    param b_q: [d] = uniform(-0.5, 0.5)
-    param b_k: [d] = uniform(-0.5, 0.5)
-    example(d = 4)
-    forward(x: [..., d]) -> [..., d] {
-        q = x @ transpose(w_q, 0, 1) + b_q
-        k = x @ transpose(w_k, 0, 1) + b_k
-        return x + tanh(layer_norm(q, [d])) * k
-    }
-}
-
-@function
-layer Projections(block: Projection, n: int) {
-    sub blocks = [copy(block) for i in range(n)]
-    example(block = Projection(4), n = 2, D = 4)
-    forward(x: [..., D]) -> [..., D] {
-        h = x
-        for b in blocks {
-            h = b(h)
-        }
-        return h
-    }
-}
-"""
-
-
-def compiled(text: str, stem: str) -> dict:
-    spec = parse_file(f"{stem}.layer", text)
-    namespace: dict = {}
-    exec(compile(emit_file(spec, check_program([spec]), f"{stem}.layer", {}), f"{stem}.py", "exec"), namespace)
-    return namespace
 
 
 def loop_rows() -> list[tuple[str, float, float]]:
@@ -138,17 +72,7 @@ def loop_rows() -> list[tuple[str, float, float]]:
 
 
 def saved_mib(run, held: torch.nn.Module) -> float:
-    own = {p.untyped_storage().data_ptr() for p in held.parameters()}
-    kept: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.untyped_storage().data_ptr() not in own:
-            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run()
-    return sum(kept.values()) / 2**20
+    return saved_bytes(run, held) / 2**20
 
 
 def function_lines(module) -> dict[str, int]:
