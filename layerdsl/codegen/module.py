@@ -550,6 +550,7 @@ class LayerEmitter:
             # The Function's forward has no requirements: the module checks them before `apply`, its subs' too.
             requires: list[N.Stmt] = [s for s in (fwd.body if fwd else []) if isinstance(s, N.Require)]
             spelling = self.module_spelling()
+            spelling.names.update(self.held_arguments())  # what the subs' checks read of held layers
             requires += self.sub_requires(spelling)
             body = self.shape_checks(spelling, on_self=True, bind=bool(requires))
             body += StatementWriter(PyExpr(spelling), spelling, self.layer).block(requires)
@@ -562,15 +563,20 @@ class LayerEmitter:
             return Func("forward", params, returns, doc, self.callable_fallback(functional) + body)
         return Func("forward", params, returns, doc, self.plain_forward(functional))
 
+    def held_arguments(self) -> dict[str, str]:
+        """How the module reads each held layer's argument the inlined forward reads, where the module always
+        holds that layer (a list's first: where it runs, it has one)."""
+        inlined = self.function_emitter.inlined
+        if inlined is None:
+            return {}
+        return {a: f"({held_argument_value(h)})" for a, h in inlined.arguments.items() if not h.optional}
+
     def sub_requires(self, spelling: Spelling) -> list[N.Require]:
         """The `require`s of the subs inlined into the Function that the module checks before `apply`
-        (autodiff/sub_requires.py), `spelling` given the held layers' arguments they read."""
+        (autodiff/sub_requires.py), each once; `spelling` spells the held layers' arguments they read."""
         inlined = self.function_emitter.inlined
         if inlined is None or inlined.layer.forward is None:
             return []
-        # a held layer's argument, where the module always holds that layer (a list's first: where it runs, it has one)
-        held = {a: f"({held_argument_value(h)})" for a, h in inlined.arguments.items() if not h.optional}
-        spelling.names.update(held)
         checked: dict[tuple[str, int, str], N.Require] = {}  # a sub's check once (a sub called twice: checked once)
         ex = PyExpr(spelling)
         for s in checked_before_apply(inlined.layer.forward.body, {*spelling.names}):
