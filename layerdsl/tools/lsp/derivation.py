@@ -139,7 +139,10 @@ def _placed(reach: Reach, cached: list[Cached], a: Analysis) -> list[Diagnostic]
     return out
 
 
-def _lookup(ls: LayerServer, reach: Reach) -> list[Cached] | None:
+def _lookup(ls: LayerServer, a: Analysis, reach: Reach) -> list[Cached] | None:
+    """The refusals of `reach` planned for `a`, else cached (a plan of the same reach for any version)."""
+    if reach.key in a.planned:
+        return a.planned[reach.key]
     hit = ls.plans.get(reach.key)
     if hit is not None:
         ls.plans.move_to_end(reach.key)
@@ -160,7 +163,7 @@ def _clean(a: Analysis) -> bool:
 
 def needs_planning(ls: LayerServer, a: Analysis) -> bool:
     """Whether `a` is checked clean and has `@function` layers whose refusals are not cached."""
-    return a.derivation is None and _clean(a) and any(_lookup(ls, r) is None for r in reaches(a) or [])
+    return a.derivation is None and _clean(a) and any(_lookup(ls, a, r) is None for r in reaches(a) or [])
 
 
 def refusals(ls: LayerServer, uri: str, a: Analysis) -> list[Diagnostic]:
@@ -176,7 +179,7 @@ def refusals(ls: LayerServer, uri: str, a: Analysis) -> list[Diagnostic]:
     if found is None:  # a syntax error: what was shown stays where the edits left it, until it parses
         pending = {name for name, _ in before[1]} if before is not None else set()
     for reach in found or []:
-        cached = _lookup(ls, reach)
+        cached = _lookup(ls, a, reach)
         if cached is None:
             pending.add(reach.layer.name)
         else:
@@ -252,7 +255,7 @@ def plan_later(ls: LayerServer, uri: str, a: Analysis, publish: Callable[[LayerS
     `publish` the document's diagnostics if its current analysis is checked."""
     if uri in ls.planning or not needs_planning(ls, a):
         return
-    todo = [r for r in reaches(a) or [] if _lookup(ls, r) is None]
+    todo = [r for r in reaches(a) or [] if _lookup(ls, a, r) is None]
 
     def plan() -> list[list[Diagnostic]]:
         return [plan_layer(a, r.layer) for r in todo]
@@ -272,7 +275,8 @@ def plan_later(ls: LayerServer, uri: str, a: Analysis, publish: Callable[[LayerS
         else:
             found = f.result()
         for reach, problems in zip(todo, found):
-            _store(ls, reach, _relative(reach, problems, a.path))
+            a.planned[reach.key] = _relative(reach, problems, a.path)  # kept whatever the cache drops
+            _store(ls, reach, a.planned[reach.key])
         current = ls.analyses.get(uri)
         doc = ls.workspace.text_documents.get(uri)
         if doc is None or current is None:  # closed meanwhile

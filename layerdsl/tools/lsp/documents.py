@@ -101,6 +101,7 @@ class Analysis:
     shapes: dict[str, LayerShapes] = field(default_factory=dict)  # the static shape pass's, once checked clean
     program: Program | None = None  # the checker's, once checked clean
     derivation: list[Diagnostic] | None = None  # its `@function` layers' refusals, once all planned (derivation.py)
+    planned: dict[tuple, list] = field(default_factory=dict)  # its layers' plans, by reach (derivation.py)
 
     @property
     def names(self) -> set[str]:
