@@ -242,3 +242,23 @@ async def test_a_refusal_on_an_edited_line_goes_until_its_layer_is_planned_again
     # the checker's publish: Stack's refusal, on the edited line, is gone; Stack2's, unchanged, stays
     assert [d.range.start.line for d in _derivation(published[0].diagnostics)] == both[1:]
     assert [d.range.start.line for d in _derivation(published[1].diagnostics)] == both
+
+
+async def test_a_carried_refusal_moves_with_its_lines_and_goes_when_one_of_them_is_edited():
+    from layerdsl.diagnostics import Diagnostic, Span
+    from layerdsl.tools.lsp.derivation import _carried
+    from layerdsl.tools.lsp.documents import Analysis
+
+    before = "a\nif x {\n    y\n}\nb"
+    refusal = Diagnostic("/ws/s.layer", Span(2, 1, 4, 2), "cannot derive through this `if` yet")
+
+    def carried(text: str, layers=frozenset({"Stack"})) -> list[Span]:
+        a = Analysis("file:///ws/s.layer", 2, "/ws/s.layer", text, None, [])
+        return [d.span for _, d in _carried((before, [("Stack", refusal)]), a, set(layers))]
+
+    assert carried("new\n\n" + before) == [Span(4, 1, 6, 2)]
+    assert carried(before.replace("a\n", "")) == [Span(1, 1, 3, 2)]
+    assert carried(before.replace("    y", "    y + 1")) == [], "a line inside it edited"
+    assert carried(before.replace("    y", "    y\n    z")) == [], "a line added inside it"
+    assert carried(before.replace("}\nb", "}\nc")) == [Span(2, 1, 4, 2)]
+    assert carried("new\n" + before, layers={"Other"}) == [], "of a layer that is not being planned again"

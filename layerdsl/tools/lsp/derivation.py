@@ -196,7 +196,7 @@ def _carried(
     before: tuple[str, list[tuple[str, Diagnostic]]] | None, a: Analysis, layers: set[str]
 ) -> list[tuple[str, Diagnostic]]:
     """The refusals shown before for `layers` (by the name of the `@function` layer they are of), moved to
-    where the edits since took their lines; those on an edited line are dropped."""
+    where the edits since took their lines; those covering an edited line are dropped."""
     if before is None:
         return []
     old_text, shown = before
@@ -210,9 +210,10 @@ def _carried(
             moved[i + k + 1] = j + k + 1
     out = []
     for name, d in ours:
-        if d.span.line in moved and d.span.end_line in moved:
-            span = Span(moved[d.span.line], d.span.col, moved[d.span.end_line], d.span.end_col)
-            out.append((name, replace(d, span=span, source=a.text)))
+        first = moved.get(d.span.line)
+        covered = range(d.span.line, max(d.span.end_line, d.span.line) + 1)
+        if first is not None and all(moved.get(line) == first + line - d.span.line for line in covered):
+            out.append((name, replace(d, span=_shifted(d.span, first - d.span.line), source=a.text)))
     return out
 
 
