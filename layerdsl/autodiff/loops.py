@@ -811,13 +811,16 @@ def walk_stmts(body: list[N.Stmt]):
 
 def _joined_shape(join: Join, loop: Loop | nest.Nest, shapes: dict[str, Shape]) -> Shape:
     """`stack(L, dim = d)`'s shape: an item's with a dim of the step count at d (`_steps`, no dim of
-    the spec); None for `cat` or an item of unknown shape."""
+    the spec); None for `cat`, an item of unknown shape, or a dim among or before an item's `...` group
+    (`stack(L, dim = -2)` of [..., n] items is [..., T, n])."""
     item = loop.appended.get(join.items)
     shape = shapes.get(item.id) if isinstance(item, N.Name) else None
     d = join.dim
-    if join.func != "stack" or shape is None or not isinstance(d, N.Num) or "..." in shape:
+    if join.func != "stack" or shape is None or not isinstance(d, N.Num):
         return None
     at = int(d.value) if int(d.value) >= 0 else len(shape) + 1 + int(d.value)
+    if "..." in shape and (int(d.value) >= 0 or at <= shape.index("...")):  # a dim after the `...` group only
+        return None
     count = _count_dim(loop.bounds) or "_steps"  # `range(T)`: T items (a later loop over T picks them)
     if join.heads or join.items in loop.more:  # items before the loop's, or several per step: a count of its own
         count = f"_steps_{join.name}"

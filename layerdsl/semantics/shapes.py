@@ -1017,10 +1017,11 @@ def _at_least_zero(p: Poly) -> bool:
 
 def _at_most(bound: Poly, dim: Dim) -> bool:
     """Whether a slice bound is provably at most `dim` (dims are never negative): `dim - c` with c >= 0,
-    a constant no larger than a constant dim, or `dim // c`."""
-    gap = as_int(poly_add(text_poly(dim), bound, -1))
-    if gap is not None:
-        return gap >= 0
+    a constant no larger than a constant dim, a multiple of a dim no larger than its multiple (`n` of
+    `4 * n`), or `dim // c`."""
+    gap = dict(poly_add(text_poly(dim), bound, -1))  # dim - bound: no term of it negative
+    if all(c >= 0 for c in gap.values()):
+        return True
     head, _, divisor = poly_text(bound).rpartition(" // ")
     return head in (dim, f"({dim})") and divisor.isdigit() and int(divisor) >= 1
 
