@@ -98,6 +98,7 @@ def check_program(files: list[N.SpecFile]) -> Program:
         check_generated_names(f, seen, reporters[f.path])
         for layer in f.layers:
             LayerChecker(layer, reporters[f.path], seen).check()
+    check_containment_cycles(files, program, reporters)
     for f in files:  # after every layer is checked: a sub's declared shapes are read from its layer
         found = [*f.problems, *reporters[f.path].diagnostics]
         seen = program.seen_from(f.path)
@@ -113,6 +114,41 @@ def check_program(files: list[N.SpecFile]) -> Program:
     if diagnostics:
         raise SpecError(diagnostics)
     return program
+
+
+def check_containment_cycles(files: list[N.SpecFile], program: Program, reporters: dict[str, Reporter]) -> None:
+    """A layer that builds, through its subs' subs, a layer that builds it (`A` holds a `B`, which holds an
+    `A`) is an error at each sub of the cycle: building either would never end (a layer containing itself
+    directly is `LayerChecker.check_sub_call`'s error)."""
+    built: dict[N.Layer, list[tuple[N.Call, N.Layer]]] = {}
+    for f in files:
+        visible = program.seen_from(f.path).layers
+        for layer in f.layers:
+            calls = [c for s in layer.subs if s.given is None for c in walk(s.call) if isinstance(c, N.Call)]
+            built[layer] = [(c, visible[c.func]) for c in calls if visible.get(c.func) not in (None, layer)]
+    for f in files:
+        for layer in f.layers:
+            for call, target in built[layer]:
+                path = _path_back(target, layer, built, {target})
+                if path is not None:
+                    cycle = " → ".join(x.name for x in [layer, target, *path])
+                    reporters[f.path].error(
+                        call.func_span,
+                        f"layer '{layer.name}' would contain itself: {cycle}",
+                        "a layer cannot be built from layers that build it",
+                    )
+
+
+def _path_back(start: N.Layer, goal: N.Layer, built: dict, seen: set) -> list[N.Layer] | None:
+    """The layers from `start`'s subs to `goal` (ending with it), or None when `start` never builds `goal`."""
+    for _, target in built.get(start, []):
+        if target is goal:
+            return [goal]
+        if target not in seen:
+            seen.add(target)
+            if (rest := _path_back(target, goal, built, seen)) is not None:
+                return [target, *rest]
+    return None
 
 
 def check_module_names(files: list[N.SpecFile], reporters: dict[str, Reporter]) -> None:
@@ -410,8 +446,13 @@ class LayerChecker:
             if arg.choices and arg.base_type not in ("int", "ints", "fn"):
                 self.r.error(
                     arg.type_span,
-                    f"only an int or ints argument takes string choices, not {arg.base_type}",
-                    'and an fn argument: `activation: fn | "relu" = "relu"`',
+                    f"only an int, ints or fn argument takes string choices, not {arg.base_type}",
+                    (
+                        f'a str argument takes any string: write `{arg.name}: str = "{arg.choices[0]}"` and compare it'
+                        f' in forward (`if {arg.name} == "{arg.choices[0]}" {{ ... }}`), as torch.nn\'s `reduction`'
+                        if arg.base_type == "str"
+                        else 'e.g. `padding: int | "same" = 0`, `activation: fn | "relu" = "relu"`'
+                    ),
                 )
             if arg.length is not None and (arg.base_type != "ints" or arg.length < 1):
                 self.r.error(arg.type_span, f"only `ints` takes a length, of at least 1: `{arg.name}: ints[2]`")
