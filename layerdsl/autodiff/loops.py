@@ -33,7 +33,7 @@ from layerdsl.autodiff.loop_choices import chosen_side, self_decided
 from layerdsl.autodiff.loop_members import without_members
 from layerdsl.autodiff.reverse import derive
 from layerdsl.autodiff.shapes import carried_shapes, step_shape
-from layerdsl.autodiff.tape import Linearizer, NotDerivable, Step, Tape
+from layerdsl.autodiff.tape import Linearizer, NotDerivable, Step, Tape, reserved_names
 from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
@@ -301,7 +301,8 @@ class Planner:
         self.lists: set[str] = set()
         self.loops: dict[str, Loop | nest.Nest] = {}  # list local -> the loop appending to it
         # the loop variables and lists are Python names of the Function too
-        self.taken: set[str] = {s.var for s in walk_stmts(self.forward.body) if isinstance(s, N.For)}
+        self.taken: set[str] = reserved_names(layer)
+        self.taken |= {s.var for s in walk_stmts(self.forward.body) if isinstance(s, N.For)}
         self.taken |= {s.target for s in walk_stmts(self.forward.body) if isinstance(s, N.Append)}
         self.shapes: dict[str, Shape] = {i.name: declared_shape(i.shape, i.name) for i in self.forward.inputs}
         self.shapes.update({t.name: declared_shape(t.shape, t.name) for t in layer.tensors})

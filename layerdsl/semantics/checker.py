@@ -1129,6 +1129,7 @@ class LayerChecker:
                         "make it unconditional, or update it inside an `if` on its condition (`if track and training { ... }`)",
                     )
                 self.check_expr(value, scope, in_forward)
+                self.check_update_dtype(target, value)
             case N.If(cond=cond, body=then, orelse=orelse):
                 if not self.check_no_reductions(cond):
                     self.check_expr(cond, scope, in_forward)
@@ -1333,6 +1334,20 @@ class LayerChecker:
                 )
                 return True
         return False
+
+    def check_update_dtype(self, target: str, value: N.Expr) -> None:
+        """A floating value into an integer or bool buffer: `copy_` would truncate it silently."""
+        buffer = next((b for b in self.layer.buffers if b.name == target), None)
+        if buffer is None or buffer.dtype == "float":
+            return
+        floating = _floating_part(value, {t.name for t in self.layer.tensors if t.dtype == "float"})
+        if floating is not None:
+            self.r.error(
+                floating.span,
+                f"{spec_text(floating)} is floating-point, and the {buffer.dtype} buffer '{target}' would"
+                " silently truncate it",
+                f"declare `buffer {target}: float[...]`, or update it with an integer value",
+            )
 
     def check_unpack(self, stmt: N.Unpack, scope: Scope, in_forward: bool) -> None:
         """`h, c = hx`: a tuple input (as many names as it has tensors) or a sub's call (as many as its
@@ -2356,4 +2371,21 @@ def _parts_written(call: N.Call) -> int | None:
         return count.value
     if call.func == "split" and isinstance(count, N.ListExpr):
         return len(count.items)
+    return None
+
+
+def _floating_part(e: N.Expr, float_tensors: set[str]) -> N.Expr | None:
+    """The part of an arithmetic expression that makes it certainly floating-point (a float literal, a true
+    division, a float tensor), or None. Calls and comparisons are not looked into: their dtypes vary."""
+    match e:
+        case N.Num(value=float()):
+            return e
+        case N.Name(id=name) if name in float_tensors:
+            return e
+        case N.BinOp(op="/"):
+            return e
+        case N.BinOp(left=left, right=right) if e.op in ("+", "-", "*", "%", "//", "**"):
+            return _floating_part(left, float_tensors) or _floating_part(right, float_tensors)
+        case N.UnaryOp(op="-", operand=operand):
+            return _floating_part(operand, float_tensors)
     return None
