@@ -20,7 +20,14 @@ from .function_agreement import compare_with_plain
 from .support import compile_spec
 from .test_function_sub_lists import plain_pair
 
-ROW = "matmul(grad, transpose(other, -1, -2))", "matmul(transpose(input, -1, -2), grad)"  # matmul's own
+VEC_STACK = (
+    "sum_to(squeeze(matmul(unsqueeze(grad, -2), transpose(other, -1, -2)), -2), input)",
+    "unsqueeze(input, -1) * unsqueeze(grad, -2)",
+)
+BY_MATRIX = (
+    "matmul(grad, transpose(other, -1, -2))",  # the row's, with no sum after it: it has x's shape already
+    "matmul(transpose(flatten(unsqueeze(input, 0), 0, -2), 0, 1), flatten(unsqueeze(grad, 0), 0, -2))",
+)
 
 
 def _case_formula(a: tuple | None, b: tuple | None, param: str) -> str | None:
@@ -35,17 +42,14 @@ def _case_formula(a: tuple | None, b: tuple | None, param: str) -> str | None:
         (("B", "n"), ("n",), "unsqueeze(grad, -1) * other", "sum_to(unsqueeze(grad, -1) * input, other)"),
         (("n",), ("n",), "unsqueeze(grad, -1) * other", "sum_to(unsqueeze(grad, -1) * input, other)"),
         (("...", "n"), ("n",), "unsqueeze(grad, -1) * other", "sum_to(unsqueeze(grad, -1) * input, other)"),
-        # v @ w: w a stack of matrices
-        (
-            ("n",),
-            ("S", "n", "m"),
-            "sum_to(squeeze(matmul(unsqueeze(grad, -2), transpose(other, -1, -2)), -2), input)",
-            "unsqueeze(input, -1) * unsqueeze(grad, -2)",
-        ),
+        # v @ w: w a stack of matrices (or one matrix: `...` may stand for no dims)
+        (("n",), ("S", "n", "m"), VEC_STACK[0], VEC_STACK[1]),
+        (("n",), ("R", "S", "n", "m"), *VEC_STACK),
+        (("n",), ("...", "n", "m"), *VEC_STACK),
         # x @ w: w a matrix, x possibly a vector (declared so, with `...`, or of a shape not known)
-        (("n",), ("n", "m"), None, "matmul(transpose(flatten(unsqueeze(input, 0), 0, -2), 0, 1), flatten(unsqueeze(grad, 0), 0, -2))"),
-        (("...", "n"), ("n", "m"), None, "matmul(transpose(flatten(unsqueeze(input, 0), 0, -2), 0, 1), flatten(unsqueeze(grad, 0), 0, -2))"),
-        (None, ("n", "m"), None, "matmul(transpose(flatten(unsqueeze(input, 0), 0, -2), 0, 1), flatten(unsqueeze(grad, 0), 0, -2))"),
+        (("n",), ("n", "m"), *BY_MATRIX),
+        (("...", "n"), ("n", "m"), *BY_MATRIX),
+        (None, ("n", "m"), *BY_MATRIX),
         # matrices, batched or not: the row's own formulas
         (("B", "n"), ("n", "m"), None, None),
         (("B", "m", "n"), ("B", "n", "k"), None, None),
@@ -118,6 +122,8 @@ layer Product() {{
         ("[n]", "[n, m]", [(3,), (3, 4)]),
         ("[n]", "[S, n, m]", [(3,), (2, 3, 4)]),
         ("[n]", "[R, S, n, m]", [(3,), (2, 2, 3, 4)]),
+        ("[n]", "[..., n, m]", [(3,), (3, 4)]),
+        ("[n]", "[..., n, m]", [(3,), (2, 2, 3, 4)]),
         ("[..., n]", "[n, m]", [(3,), (3, 4)]),
         ("[..., n]", "[n, m]", [(2, 3), (3, 4)]),
         ("[..., n]", "[n, m]", [(2, 2, 3), (3, 4)]),

@@ -32,10 +32,11 @@ class Param:
 class RankCase:
     """Derivative formulas that take the place of a row's own (`Op.grads`) when its operands' ranks are
     these, as the declared shapes tell them: the case of `matmul` whose vector operand the row's formulas
-    would transpose. `ranks` maps tensor parameters to a pattern: "1", "2" (that rank, known), "3+" (that
-    rank or more, known), "1?" (that rank possibly: a shape not known, `[n]` or `[..., n]`). A parameter
-    the case gives no formula for keeps the row's. A case's formula is the gradient at its operand's own
-    shape: nothing is summed after it (the row's formulas are summed back over broadcast and batch dims)."""
+    would transpose. `ranks` maps tensor parameters to a pattern: "1", "2" (that rank, known), "2+" (that
+    rank or more: `[b, n, m]`, `[..., n, m]`), "1?" (that rank possibly: `[n]`, `[..., n]`, a shape not
+    known). A parameter the case gives no formula for takes the next case's, or the row's. A case's
+    formula is the gradient at its operand's own shape: nothing is summed after it (the row's formulas
+    are summed back over broadcast and batch dims)."""
 
     ranks: dict[str, str]
     grads: dict[str, str]
@@ -48,13 +49,15 @@ class RankCase:
 
 def _rank_fits(shape: tuple | None, pattern: str) -> bool:
     """`shape` (dims, `"..."` for any number of them; None: not known) against a `RankCase` pattern."""
-    possibly = pattern.endswith("?")
     rank = int(pattern.rstrip("?+"))
     if shape is None:
-        return possibly
-    if "..." in shape:  # the other dims, and any number more
-        return possibly and len(shape) - 1 <= rank
-    return len(shape) >= rank if pattern.endswith("+") else len(shape) == rank
+        return pattern.endswith("?")
+    fewest = len(shape) - ("..." in shape)  # `...` stands for any number of dims
+    if pattern.endswith("+"):
+        return fewest >= rank
+    if "..." in shape:
+        return pattern.endswith("?") and fewest <= rank
+    return len(shape) == rank
 
 
 @dataclass(frozen=True)
@@ -227,18 +230,22 @@ TABLE: tuple[Op, ...] = (
                 "x @ v with v a vector (a matrix-vector or a dot product): the result drops x's last dim",
             ),
             RankCase(
-                {"input": "1", "other": "3+"},
+                {"input": "1?", "other": "2"},
+                {
+                    "input": "matmul(grad, transpose(other, -1, -2))",
+                    "other": "matmul(transpose(flatten(unsqueeze(input, 0), 0, -2), 0, 1), flatten(unsqueeze(grad, 0), 0, -2))",
+                },
+                "x @ w with w a matrix and x of any rank (a vector possibly): x's gradient has x's shape already;"
+                " w's is one product of x and grad as matrices of rows, which also sums over the batch dims",
+            ),
+            RankCase(
+                {"input": "1", "other": "2+"},
                 {
                     "input": "sum_to(squeeze(matmul(unsqueeze(grad, -2), transpose(other, -1, -2)), -2), input)",
                     "other": "unsqueeze(input, -1) * unsqueeze(grad, -2)",
                 },
-                "v @ w with v a vector and w a stack of matrices: the result drops w's next-to-last dim",
-            ),
-            RankCase(
-                {"input": "1?", "other": "2"},
-                {"other": "matmul(transpose(flatten(unsqueeze(input, 0), 0, -2), 0, 1), flatten(unsqueeze(grad, 0), 0, -2))"},
-                "x @ w with x of any rank (a vector possibly): x and grad as matrices of rows, one product that"
-                " also sums over the batch dims",
+                "v @ w with v a vector and w a stack of matrices (or a matrix, declared `[..., n, m]`): the"
+                " result drops w's next-to-last dim",
             ),
         ),
     ),
