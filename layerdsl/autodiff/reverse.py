@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from layerdsl.autodiff.formulas import formula
+from layerdsl.autodiff.formulas import formula, rank_case
 from layerdsl.autodiff.simplify import simplify
 from layerdsl.autodiff.tape import NotDerivable, Step, Tape, refusal
 from layerdsl.diagnostics import Span
@@ -108,26 +108,23 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
             if not step.op.grads.get(pname):
                 problems.append(NotDerivable(step.expr.span, f"{step.op.name}() has no derivative"))
                 continue
-            vector_grad = _vector_operand_grad(tape, step, pname, g) if step.op.name == "matmul" else None
-            if vector_grad is not None:
-                expr = vector_grad
-            elif step.op.name == "matmul" and pname == "other" and _vector_times_matrix(tape, step):
-                # Not the table's formula, which transposes `input`: that may be a vector here.
-                expr = _matrix_grad_of_vector_product(step.args["input"], g)
-            else:
-                template = formula(step.op.name, pname)
-                try:
-                    conjugated = _conjugated(step, complex_vars, template)
-                except NotDerivable as exc:
-                    problems.append(exc)
-                    continue
-                expr = simplify(instantiate(template, conjugated, g))
-                if step.var in complex_vars and operand.id not in complex_vars:
-                    expr = B.call("real", expr)  # a real operand's gradient is the real part
-                if step.op.shape == "elementwise" and _may_broadcast(tape, step, operand):
-                    expr = B.call("sum_to", expr, B.name(operand.id))
-                elif step.op.shape == "matmul" and _may_batch(tape, step):
-                    expr = B.call("sum_to", expr, B.name(operand.id))
+            case = rank_case(step.op.name, pname, {p: _shape_of(tape, a) for p, a in step.args.items()})
+            template = formula(step.op.name, pname, case)
+            try:
+                conjugated = _conjugated(step, complex_vars, template)
+            except NotDerivable as exc:
+                problems.append(exc)
+                continue
+            expr = simplify(instantiate(template, conjugated, g))
+            if step.var in complex_vars and operand.id not in complex_vars:
+                expr = B.call("real", expr)  # a real operand's gradient is the real part
+            if case is None and (
+                step.op.shape == "elementwise"
+                and _may_broadcast(tape, step, operand)
+                or step.op.shape == "matmul"
+                and _may_batch(tape, step)
+            ):  # summed back to the operand's shape (a rank case's formula has that shape already)
+                expr = B.call("sum_to", expr, B.name(operand.id))
             if step.guard is not None and operand.id == step.base and step.op.operator in ("*", "/"):
                 expr = _unless_absent(step.guard, g, expr)
             contributions.setdefault(operand.id, []).append((expr, None))
@@ -298,48 +295,6 @@ def _may_batch(tape: Tape, step: Step) -> bool:
     """Whether a matmul broadcasts batch dims (so an operand's gradient must be summed back)."""
     a, b = _shape_of(tape, step.args["input"]), _shape_of(tape, step.args["other"])
     return a is None or b is None or "..." in a or "..." in b or len(a) != len(b)
-
-
-def _vector_times_matrix(tape: Tape, step: Step) -> bool:
-    """`x @ w` with `w` a matrix and `x` declared `[..., n]` (or `[n]`), or of a shape not known (a loop's
-    carried value that starts as `[n]`, `autodiff.shapes.carried_shapes`): `x` may be a vector, which the
-    table's `transpose(input, -1, -2)` cannot take."""
-    a, b = _shape_of(tape, step.args["input"]), _shape_of(tape, step.args["other"])
-    if b is None or len(b) != 2 or "..." in b:
-        return False
-    return a is None or len(a) == 1 or (len(a) == 2 and a[0] == "...")
-
-
-def _vector_operand_grad(tape: Tape, step: Step, pname: str, grad: N.Expr) -> N.Expr | None:
-    """An operand's gradient in `x @ v` with `v` a vector (`[n]`: a matrix-vector product, or a dot
-    product), or in `v @ w` with `v` a vector and `w` a stack of matrices (rank 3 or more): the table's
-    formulas transpose the vector, or take the result's gradient for a matrix. None for other products.
-
-    `x @ v`: the result drops x's last dim, so x's gradient is `unsqueeze(g, -1) * v` and v's that product
-    with x summed over the rest. `v @ w`: the result drops w's next-to-last dim; v's gradient is each
-    matrix's `g @ w^T`, summed over the stack, and w's the outer product of v and g."""
-    a, b = _shape_of(tape, step.args["input"]), _shape_of(tape, step.args["other"])
-    x, v, g = clone(step.args["input"]), clone(step.args["other"]), clone(grad)
-    if b is not None and len(b) == 1 and "..." not in b:
-        column = B.call("unsqueeze", g, B.num(-1))
-        return B.binop("*", column, v) if pname == "input" else B.call("sum_to", B.binop("*", column, x), v)
-    if a is not None and len(a) == 1 and "..." not in a and b is not None and len(b) >= 3 and "..." not in b:
-        if pname == "other":
-            return B.binop("*", B.call("unsqueeze", x, B.num(-1)), B.call("unsqueeze", g, B.num(-2)))
-        rows = B.call("matmul", B.call("unsqueeze", g, B.num(-2)), B.call("transpose", v, B.num(-1), B.num(-2)))
-        return B.call("sum_to", B.call("squeeze", rows, B.num(-2)), x)
-    return None
-
-
-def _matrix_grad_of_vector_product(operand: N.Expr, grad: N.Expr) -> N.Expr:
-    """The gradient of `w` in `x @ w` for `x` of any rank >= 1: both flattened to matrices of rows
-    (`unsqueeze(t, 0)` first, so a vector becomes one row), then one product `rows(x)^T @ rows(grad)`,
-    which also sums over the batch dims (no `sum_to` after it, and no batch of products before it)."""
-
-    def rows(t: N.Expr) -> N.Expr:
-        return B.call("flatten", B.call("unsqueeze", clone(t), B.num(0)), B.num(0), B.num(-2))
-
-    return B.call("matmul", B.call("transpose", rows(operand), B.num(0), B.num(1)), rows(grad))
 
 
 def _shape_of(tape: Tape, operand: N.Expr) -> tuple | None:

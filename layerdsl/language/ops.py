@@ -29,6 +29,38 @@ class Param:
 
 
 @dataclass(frozen=True)
+class RankCase:
+    """Derivative formulas that take the place of a row's own (`Op.grads`) when its operands' ranks are
+    these, as the declared shapes tell them: the case of `matmul` whose vector operand the row's formulas
+    would transpose. `ranks` maps tensor parameters to a pattern: "1", "2" (that rank, known), "2+" (that
+    rank or more: `[b, n, m]`, `[..., n, m]`), "1?" (that rank possibly: `[n]`, `[..., n]`, a shape not
+    known). A parameter the case gives no formula for takes the next case's, or the row's. A case's
+    formula is the gradient at its operand's own shape: nothing is summed after it (the row's formulas
+    are summed back over broadcast and batch dims)."""
+
+    ranks: dict[str, str]
+    grads: dict[str, str]
+    doc: str = ""
+
+    def applies(self, shapes: dict[str, tuple | None]) -> bool:
+        """Whether every operand's static shape (None: not known) fits its pattern."""
+        return all(_rank_fits(shapes.get(param), pattern) for param, pattern in self.ranks.items())
+
+
+def _rank_fits(shape: tuple | None, pattern: str) -> bool:
+    """`shape` (dims, `"..."` for any number of them; None: not known) against a `RankCase` pattern."""
+    rank = int(pattern.rstrip("?+"))
+    if shape is None:
+        return pattern.endswith("?")
+    fewest = len(shape) - ("..." in shape)  # `...` stands for any number of dims
+    if pattern.endswith("+"):
+        return fewest >= rank
+    if "..." in shape:
+        return pattern.endswith("?") and fewest <= rank
+    return len(shape) == rank
+
+
+@dataclass(frozen=True)
 class Op:
     name: str
     params: tuple[Param, ...]
@@ -67,6 +99,8 @@ class Op:
     with_indices: bool = False
     # torch's backward kernel has no derivative of its own (ctc_loss's): no double backward, derived or not
     once_differentiable: bool = False
+    # formulas for particular operand ranks, in place of `grads` where the first that applies says (`RankCase`)
+    rank_grads: tuple[RankCase, ...] = ()
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -189,6 +223,31 @@ TABLE: tuple[Op, ...] = (
         operator="@",
         cost="costly",
         promotes=False,
+        rank_grads=(
+            RankCase(
+                {"other": "1"},
+                {"input": "unsqueeze(grad, -1) * other", "other": "sum_to(unsqueeze(grad, -1) * input, other)"},
+                "x @ v with v a vector (a matrix-vector or a dot product): the result drops x's last dim",
+            ),
+            RankCase(
+                {"input": "1?", "other": "2"},
+                {
+                    "input": "matmul(grad, transpose(other, -1, -2))",
+                    "other": "matmul(transpose(flatten(unsqueeze(input, 0), 0, -2), 0, 1), flatten(unsqueeze(grad, 0), 0, -2))",
+                },
+                "x @ w with w a matrix and x of any rank (a vector possibly): x's gradient has x's shape already;"
+                " w's is one product of x and grad as matrices of rows, which also sums over the batch dims",
+            ),
+            RankCase(
+                {"input": "1", "other": "2+"},
+                {
+                    "input": "sum_to(squeeze(matmul(unsqueeze(grad, -2), transpose(other, -1, -2)), -2), input)",
+                    "other": "unsqueeze(input, -1) * unsqueeze(grad, -2)",
+                },
+                "v @ w with v a vector and w a stack of matrices (or a matrix, declared `[..., n, m]`): the"
+                " result drops w's next-to-last dim",
+            ),
+        ),
     ),
     # -- elementwise
     _unary("abs", "torch.abs", "absolute value", "grad * sign(input)", "abs"),
