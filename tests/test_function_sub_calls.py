@@ -111,6 +111,16 @@ def test_a_stack_of_copies_and_a_layer_of_stacks_compose_their_subs_functions():
     assert not isinstance(plans["Block"], CallPlan), "a layer that derives inlined keeps its own plan"
 
 
+def test_where_the_layers_it_calls_are_not_function_the_hint_says_to_put_it_there_too():
+    text = SMALL.replace("@function\nlayer Block", "layer Block").replace("@function\nlayer Norm", "layer Norm")
+    spec = parse_file("sub_calls.layer", text)
+    check_program([spec])
+    plans, problems = plan_backwards([spec])
+    assert "Stack" not in plans and "Pair" not in plans
+    hints = {p.message.split("inlined into ")[-1]: p.hint for p in problems}
+    assert "put @function on Block and Norm too, and Stack's Function runs theirs" in hints["'Stack')"]
+
+
 def _agree(a: torch.nn.Module, b: torch.nn.Module, inputs: list[torch.Tensor], **kwargs) -> None:
     """`a` (a `@function` module) and `b` (plain, same state) give equal outputs, and equal first and second
     derivatives with respect to `inputs` and their parameters."""

@@ -46,7 +46,7 @@ from layerdsl.autodiff.nested_ifs import (
 )
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
-from layerdsl.autodiff.sub_calls import CallPlan, composed_plan
+from layerdsl.autodiff.sub_calls import CallPlan, composed_plan, functions_to_add
 from layerdsl.autodiff.sub_functions import deriving_sub
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape, refusal
 from layerdsl.autodiff.unroll import Measured, measured_names, prepared_forward
@@ -127,8 +127,13 @@ def plan_backwards(
                 if (composed := composed_plan(layer, seen, derives)) is not None:
                     plans[namespace.key(layer)] = composed
                     continue
+                composable = composed_plan(layer, seen, derives, assumed=True)
                 for p in exc.every():
                     message, hint = as_layers_problem(p, layer, inlined, seen, deriving)
+                    if composable is not None:  # `@function` on the layers it calls too: their Functions composed
+                        names = functions_to_add(composable)
+                        theirs = f"{names[0]}'s" if len(names) == 1 else "theirs"
+                        hint += f"; or put @function on {' and '.join(names)} too, and {layer.name}'s Function runs {theirs}"
                     if (layer.path, p.span.line, p.span.col, message) not in reported:
                         reported.add((layer.path, p.span.line, p.span.col, message))
                         problems.append(Diagnostic(layer.path, p.span, message, hint, source=f.source))

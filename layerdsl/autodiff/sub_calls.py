@@ -73,9 +73,12 @@ class CallPlan:
         return [s for s in self.steps if isinstance(s, SubCall)]
 
 
-def composed_plan(layer: N.Layer, layers: Mapping[str, N.Layer], derives: Callable[[N.Layer], bool]) -> CallPlan | None:
+def composed_plan(
+    layer: N.Layer, layers: Mapping[str, N.Layer], derives: Callable[[N.Layer], bool], assumed: bool = False
+) -> CallPlan | None:
     """The plan of `layer` as calls of its subs' Functions, or None where its forward is not only such calls
-    or a sub it calls is not a `@function` layer that `derives` (its own plan, inlined or composed)."""
+    or a sub it calls is not a `@function` layer that `derives` (its own plan, inlined or composed);
+    `assumed`: as if every layer it calls were `@function`."""
     fwd = layer.forward
     if fwd is None or layer.backward is not None or not _plain_inputs(fwd):
         return None
@@ -88,11 +91,11 @@ def composed_plan(layer: N.Layer, layers: Mapping[str, N.Layer], derives: Callab
             value = stmt.values[0]
             if isinstance(value, N.Name) and value.ref in (N.Ref.INPUT, N.Ref.LOCAL):
                 return _named_apart(CallPlan(layer, inputs, steps, value.id))
-            call = _call(value, "out", subs, layers, derives, fwd)
+            call = _call(value, "out", subs, layers, derives, fwd, assumed)
             if "out" in {*inputs, *(s.target for s in steps)}:
                 return None
             return _named_apart(CallPlan(layer, inputs, [*steps, call], "out")) if call is not None else None
-        step = _step(stmt, subs, layers, derives, fwd)
+        step = _step(stmt, subs, layers, derives, fwd, assumed)
         if step is None:
             return None
         steps.append(step)
@@ -112,11 +115,12 @@ def _step(
     layers: Mapping[str, N.Layer],
     derives: Callable[[N.Layer], bool],
     fwd: N.Forward,
+    assumed: bool,
 ) -> Alias | SubCall | None:
     if isinstance(stmt, N.Assign):
         if isinstance(stmt.value, N.Name) and stmt.value.ref in (N.Ref.INPUT, N.Ref.LOCAL):
             return Alias(stmt.target, stmt.value.id)
-        return _call(stmt.value, stmt.target, subs, layers, derives, fwd)
+        return _call(stmt.value, stmt.target, subs, layers, derives, fwd, assumed)
     if isinstance(stmt, N.For) and isinstance(stmt.iter, N.Name) and len(stmt.body) == 1:
         sub = subs.get(stmt.iter.id)
         inner = stmt.body[0]
@@ -124,7 +128,7 @@ def _step(
             return None
         if not (isinstance(inner.value, N.Call) and inner.value.func == stmt.var):
             return None
-        call = _call(inner.value, inner.target, subs, layers, derives, fwd, sub)
+        call = _call(inner.value, inner.target, subs, layers, derives, fwd, assumed, sub)
         if call is None or call.composed is not None or inner.target not in call.inputs:
             return None  # a copy's Function takes a fixed number of members; the loop carries its value
         return SubCall(call.target, sub.name, call.layer, call.inputs, None, copies=True)
@@ -136,7 +140,7 @@ def _step(
         sub = subs.get(test[0])
         if sub is None or sub.given is None:
             return None
-        call = _call(inner.value, inner.target, subs, layers, derives, fwd)
+        call = _call(inner.value, inner.target, subs, layers, derives, fwd, assumed)
         if call is None or call.composed is not None:
             return None
         return SubCall(call.target, call.sub, call.layer, call.inputs, None, optional=True)
@@ -150,6 +154,7 @@ def _call(
     layers: Mapping[str, N.Layer],
     derives: Callable[[N.Layer], bool],
     fwd: N.Forward,
+    assumed: bool,
     item_of: N.Sub | None = None,
 ) -> SubCall | None:
     """`target = e`, `e` a call of a sub (of an item of `item_of`) passing values by name."""
@@ -159,7 +164,7 @@ def _call(
     if sub is None or (item_of is None and (sub.repeat is not None or sub.given is not None and sub.copied)):
         return None
     layer = layers.get(sub.call.func)
-    if layer is None or layer.forward is None or not layer.is_function or not _plain_inputs(layer.forward):
+    if layer is None or layer.forward is None or not (layer.is_function or assumed) or not _plain_inputs(layer.forward):
         return None
     taken = layer.forward.inputs
     if len(e.args) > len(taken) or any(not i.optional for i in taken[len(e.args) :]):
@@ -175,7 +180,7 @@ def _call(
     passed += [None] * (len(taken) - len(e.args))
     if not _single_output(layer.forward):
         return None
-    composed = composed_plan(layer, layers, derives)
+    composed = composed_plan(layer, layers, derives, assumed)
     if composed is None and not derives(layer):
         return None
     return SubCall(target, sub.name, layer, tuple(passed), composed)
@@ -190,3 +195,13 @@ def _single_output(fwd: N.Forward) -> bool:
     if fwd.outputs is not None:
         return len(fwd.outputs) == 1 and not fwd.optional_outputs
     return all(len(s.values) == 1 for s in fwd.body if isinstance(s, N.Return))
+
+
+def functions_to_add(plan: CallPlan) -> list[str]:
+    """The layers a plan made `assumed` calls that are not `@function` (its composed calls' too), in order."""
+    names: list[str] = []
+    for call in plan.calls:
+        more = [call.layer.name] if not call.layer.is_function else []
+        more += functions_to_add(call.composed) if call.composed is not None else []
+        names += [n for n in more if n not in names]
+    return names
