@@ -103,7 +103,10 @@ def composed_plan(
 
 
 def _named_apart(plan: CallPlan) -> CallPlan | None:
-    """`plan`, where its values' names (and their gradients') are none the Function uses otherwise."""
+    """`plan`, where it calls a sub and its values' names (and their gradients') are none the Function uses
+    otherwise."""
+    if not plan.calls:
+        return None
     values = {*plan.inputs, *(s.target for s in plan.steps)}
     used = RESERVED | {f"{c.sub}_{end}" for c in plan.calls for end in ("end", "count", "given")}
     return plan if not (values | {f"grad_{v}" for v in values}) & used else None

@@ -302,7 +302,8 @@ def composed_forward(emitter, plan: CallPlan, functional) -> list[str]:
     spelling = emitter.module_spelling()
     lines, args = module_call(emitter, plan, "self", "")
     call = f"{function_name(plan.layer.name)}.apply({', '.join([*plan.inputs, *args])})[0]"
-    body = emitter.shape_checks(spelling, on_self=True, bind=False) + lines
+    body = emitter.shape_checks(spelling, on_self=True, bind=False)
+    body += ["# what each sub's module passes its Function besides the values it is called on", *lines]
     body += emitter.output_checks([call], spelling, on_self=True, bind=False) or [f"return {call}"]
     tests = callable_tests(plan, "self")
     if not tests:
