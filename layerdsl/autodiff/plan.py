@@ -123,10 +123,10 @@ def plan_backwards(
                 continue
             except NotDerivable as exc:
                 # a forward that only calls subs whose own backwards derive: their Functions composed
-                derives = functools.partial(_derives, layers=seen, deriving=deriving)
-                if (composed := composed_plan(layer, seen, derives)) is not None:
+                if (composed := composed_instead(layer, seen, deriving)) is not None:
                     plans[namespace.key(layer)] = composed
                     continue
+                derives = functools.partial(_derives, layers=seen, deriving=deriving)
                 composable = composed_plan(layer, seen, derives, assumed=True)
                 for p in exc.every():
                     message, hint = as_layers_problem(p, layer, inlined, seen, deriving)
@@ -188,6 +188,12 @@ def _sub_function_hint(
         return hint
     way = f"put @function on {sub.name} instead of {layer.name}: its backward derives, and each call runs its Function"
     return f"{way}; or {hint}" if hint else way
+
+
+def composed_instead(layer: N.Layer, layers: Mapping[str, N.Layer], deriving: dict[int, bool]) -> CallPlan | None:
+    """The plan of a layer whose inlined forward is refused as the calls of its subs' Functions, where it only
+    calls `@function` subs that derive (`sub_calls`); `deriving`: what is known of which layers derive."""
+    return composed_plan(layer, layers, functools.partial(_derives, layers=layers, deriving=deriving))
 
 
 def _derives(sub: N.Layer, layers: Mapping[str, N.Layer], deriving: dict[int, bool]) -> bool:
