@@ -1,7 +1,8 @@
 """What the segmented Functions of torch.nn's attention layers save for backward, against plain autograd.
 
-MultiheadAttention, TransformerEncoderLayer and TransformerDecoderLayer (specs/torch_nn; the decoder attends
-over a memory of the same shape as its input) are generated twice, with `@function` added
+MultiheadAttention, TransformerEncoderLayer, TransformerDecoderLayer (specs/torch_nn; the decoder attends
+over a memory of the same shape as its input) and a TransformerEncoder of 2 encoder layers and a LayerNorm
+(its Function runs theirs: LayerNorm is `@function` too) are generated twice, with `@function` added
 and as written, and each is run once in training at L=256, N=16, E=256 (dropout 0). Saved bytes are the
 storages `saved_tensors_hooks` sees, each counted once, the layer's own parameters left out (the module holds
 them anyway). Bytes are deterministic: one run is the figure. Also prints the generated Function's lines.
@@ -33,7 +34,9 @@ from tests.test_function_carried_starts import GRU  # noqa: E402
 from tests.test_loop_function_costs import PROJECTIONS  # noqa: E402
 
 SPECS = Path(__file__).resolve().parent.parent / "specs" / "torch_nn"
-LAYERS = ("MultiheadAttention", "TransformerEncoderLayer", "TransformerDecoderLayer")
+LAYERS = ("MultiheadAttention", "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder")
+# The encoder stack's Function runs its layers' and its norm's (autodiff/sub_calls.py): LayerNorm's too
+FUNCTIONS = (*LAYERS, "LayerNorm")
 
 
 def generated(root: Path, function: bool) -> object:
@@ -42,7 +45,7 @@ def generated(root: Path, function: bool) -> object:
     folder.mkdir(parents=True)
     for spec in SPECS.glob("*.layer"):
         name, text = spec.name, spec.read_text()
-        for layer in LAYERS if function else ():
+        for layer in FUNCTIONS if function else ():
             text = text.replace(f"\nlayer {layer}(", f"\n@function\nlayer {layer}(")
         (folder / name).write_text(text)
     package = f"segment_saving_{'function' if function else 'plain'}"
@@ -106,6 +109,13 @@ def main() -> None:
                 "TransformerDecoderLayer",
                 lambda p: p.TransformerDecoderLayer(embed, 8, dim_feedforward=1024, dropout=0.0),
                 lambda m: m(x, memory),
+            ),
+            (
+                "TransformerEncoder",  # 2 copies of the encoder layer above, then a LayerNorm
+                lambda p: p.TransformerEncoder(
+                    p.TransformerEncoderLayer(embed, 8, dim_feedforward=1024, dropout=0.0), 2, p.LayerNorm(embed)
+                ),
+                lambda m: m(x),
             ),
         ):
             torch.manual_seed(0)

@@ -15,6 +15,7 @@ Past MAX_BRANCH_PLANS combinations, each `if` is a segment of its own instead (`
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from layerdsl.autodiff.nested_ifs import (
 )
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
+from layerdsl.autodiff.sub_calls import CallPlan, composed_plan, functions_to_add
 from layerdsl.autodiff.sub_functions import deriving_sub
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape, refusal
 from layerdsl.autodiff.unroll import Measured, measured_names, prepared_forward
@@ -85,12 +87,13 @@ class BranchPlan:
         return [p for side in (self.then, self.orelse) for p in straight_plans(side)]
 
 
-Plan = BackwardPlan | BranchPlan | LoopPlan
+Plan = BackwardPlan | BranchPlan | LoopPlan | CallPlan  # CallPlan: the subs' Functions composed (`sub_calls`)
 
 
 def straight_plans(plan: Plan) -> list[BackwardPlan]:
-    """The straight-line plans of `plan`: itself, or every side of its branches (none for a loop's)."""
-    if isinstance(plan, LoopPlan):
+    """The straight-line plans of `plan`: itself, or every side of its branches (none for a loop's, nor for
+    the composition of its subs' Functions)."""
+    if isinstance(plan, LoopPlan | CallPlan):
         return []
     return plan.sides() if isinstance(plan, BranchPlan) else [plan]
 
@@ -119,8 +122,18 @@ def plan_backwards(
             except LayerNotGiven:  # the checker reports the sub's layer
                 continue
             except NotDerivable as exc:
+                # a forward that only calls subs whose own backwards derive: their Functions composed
+                if (composed := composed_instead(layer, seen, deriving)) is not None:
+                    plans[namespace.key(layer)] = composed
+                    continue
+                derives = functools.partial(_derives, layers=seen, deriving=deriving)
+                composable = composed_plan(layer, seen, derives, assumed=True)
                 for p in exc.every():
                     message, hint = as_layers_problem(p, layer, inlined, seen, deriving)
+                    if composable is not None:  # `@function` on the layers it calls too: their Functions composed
+                        names = functions_to_add(composable)
+                        theirs = f"{names[0]}'s" if len(names) == 1 else "theirs"
+                        hint += f"; or put @function on {' and '.join(names)} too, and {layer.name}'s Function runs {theirs}"
                     if (layer.path, p.span.line, p.span.col, message) not in reported:
                         reported.add((layer.path, p.span.line, p.span.col, message))
                         problems.append(Diagnostic(layer.path, p.span, message, hint, source=f.source))
@@ -181,21 +194,28 @@ def _sub_function_hint(
     layer: N.Layer, span: Span, layers: Mapping[str, N.Layer], deriving: dict[int, bool], hint: str
 ) -> str:
     """`hint`, and where a sub's layer holding `span` derives on its own, the way out through it."""
-
-    def derives(sub: N.Layer) -> bool:
-        if id(sub) not in deriving:
-            try:
-                plan_inlined(inline_subs(sub, layers))
-                deriving[id(sub)] = True
-            except (NotDerivable, LayerNotGiven):
-                deriving[id(sub)] = False
-        return deriving[id(sub)]
-
-    sub = deriving_sub(layer, span, layers, derives)
+    sub = deriving_sub(layer, span, layers, lambda sub: _derives(sub, layers, deriving))
     if sub is None:
         return hint
     way = f"put @function on {sub.name} instead of {layer.name}: its backward derives, and each call runs its Function"
     return f"{way}; or {hint}" if hint else way
+
+
+def composed_instead(layer: N.Layer, layers: Mapping[str, N.Layer], deriving: dict[int, bool]) -> CallPlan | None:
+    """The plan of a layer whose inlined forward is refused as the calls of its subs' Functions, where it only
+    calls `@function` subs that derive (`sub_calls`); `deriving`: what is known of which layers derive."""
+    return composed_plan(layer, layers, functools.partial(_derives, layers=layers, deriving=deriving))
+
+
+def _derives(sub: N.Layer, layers: Mapping[str, N.Layer], deriving: dict[int, bool]) -> bool:
+    """Whether `sub`'s own backward derives (its subs inlined); `deriving` keeps what is known."""
+    if id(sub) not in deriving:
+        try:
+            plan_inlined(inline_subs(sub, layers))
+            deriving[id(sub)] = True
+        except (NotDerivable, LayerNotGiven):
+            deriving[id(sub)] = False
+    return deriving[id(sub)]
 
 
 def plan_backward(

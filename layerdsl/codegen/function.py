@@ -20,10 +20,12 @@ from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan, dtype_tested
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.shape_sources import broadcast_leaves, dim_size, leaf_size, with_static_shapes
 from layerdsl.autodiff.shapes import same_shape_leaf
+from layerdsl.autodiff.sub_calls import CallPlan
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.autodiff.unroll import measured_sizes
 from layerdsl.codegen.function_branches import chosen_lines
 from layerdsl.codegen.function_buffers import always_updated, returned_values, updated_buffers
+from layerdsl.codegen.function_sub_calls import emit_composed_function
 from layerdsl.codegen.joint_gradients import joint_calls
 from layerdsl.codegen.names import FunctionNames
 from layerdsl.codegen.norm_loss_grads import norm_loss_grad, read_for_class_dim
@@ -71,6 +73,8 @@ def emit_function_class(emitter, plan: Plan) -> dict:
         return emit_branching_function(emitter, plan)
     if isinstance(plan, LoopPlan):
         return function_loops.emit_loop_function(emitter, plan)
+    if isinstance(plan, CallPlan):  # the subs' Functions composed
+        return emit_composed_function(emitter, plan)
     return FunctionEmitter(emitter, plan).emit()
 
 

@@ -17,11 +17,13 @@ import jinja2
 from layerdsl.autodiff.inline import Inlined, inline_subs
 from layerdsl.autodiff.inputs import called_fn_args, tuple_parts, without_callable_sides
 from layerdsl.autodiff.plan import Plan, plan_backwards
+from layerdsl.autodiff.sub_calls import CallPlan, function_name
 from layerdsl.autodiff.sub_requires import checked_before_apply, origin
 from layerdsl.codegen.buffer_reads import cloned_buffer_reads, cloned_buffers, cloned_in_training_only
 from layerdsl.codegen.function_arity import arities, returned_by_arity
 from layerdsl.codegen.function_buffers import unpacked_call
 from layerdsl.codegen.function_members import held_argument_value, member_argument
+from layerdsl.codegen.function_sub_calls import SUB_CALL, composed_forward
 from layerdsl.codegen.optional_members import IsPresent, hoist_optionals
 from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling
 from layerdsl.codegen.reference_parameter import Reference, inlined_parameter
@@ -112,8 +114,14 @@ def emit_file(
             raise SpecError(problems)
         plans = {program.key(layer): planned[layer.name] for layer in spec.layers if layer.name in planned}
     layers = [LayerEmitter(layer, program, plans.get(program.key(layer)), spec_path).emit() for layer in spec.layers]
+    composing = [c for c in (layer.function_class for layer in layers) if c is not None and c.get("composes")]
+    if composing:  # the helper its composed Functions run their subs' Functions through, once
+        composing[0]["lines"] = SUB_CALL + composing[0]["lines"]
     used = "\n".join(layer.code_text() for layer in layers)
     foreign = sorted({(imports_for[s], s) for layer in layers for s in layer.layer_subs if s in imports_for})
+    called = sorted({s for c in composing for s in c["calls"] if s in imports_for})  # their Functions, imported too
+    alone = [(imports_for[s], function_name(s)) for s in called if (imports_for[s], s) not in foreign]
+    foreign = sorted([(m, f"{s}, {function_name(s)}" if s in called else s) for m, s in foreign] + alone)
     return render(
         "module.py.j2",
         header=header(spec_path),
@@ -532,6 +540,9 @@ class LayerEmitter:
         params = ["self"] + [input_param(i) for i in fwd.inputs]
         returns = self.returns_hint()
         doc = self.shapes_doc()
+        if function_class is not None and function_class.get("composes"):  # its subs' Functions composed
+            assert isinstance(self.plan, CallPlan)
+            return Func("forward", params, returns, doc, composed_forward(self, self.plan, functional))
         if function_class is not None:
             call = f"{function_class['name']}.apply({', '.join(self.function_emitter.function_apply_args())})"
             assert self.plan is not None, "emit_file plans every @function layer"

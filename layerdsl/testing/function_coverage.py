@@ -113,7 +113,7 @@ def with_function(text: str, layers: list[N.Layer], functions: set[str], renames
 def survey(specs: Path, work: Path) -> Coverage:
     """Every layer of `specs` compiled with `@function` (copies under `work`): the refusals, by layer."""
     from layerdsl.autodiff.inline import Inlined, LayerNotGiven, inline_subs
-    from layerdsl.autodiff.plan import as_layers_problem, plan_inlined
+    from layerdsl.autodiff.plan import as_layers_problem, composed_instead, plan_inlined
     from layerdsl.autodiff.tape import NotDerivable
 
     coverage, shipped = shipped_layers(specs)
@@ -136,6 +136,8 @@ def survey(specs: Path, work: Path) -> Coverage:
                 except LayerNotGiven:
                     continue
                 except NotDerivable as exc:  # worded as `plan_backwards` words it
+                    if composed_instead(layer, namespace.visible(f.path), deriving) is not None:
+                        continue  # its subs' Functions composed, as `plan_backwards` plans it
                     message, hint = as_layers_problem(exc, layer, inlined, namespace.visible(f.path), deriving)
                     refuse(coverage, files, copies, [Diagnostic(f.path, exc.span, message, hint)])
     write_copies(shipped, set(coverage.derived), copy_root)  # the derived layers alone, for `generate`

@@ -1,0 +1,338 @@
+"""The autograd.Function of a `@function` layer that composes its subs' Functions (`autodiff.sub_calls`).
+
+Its forward takes the layer's inputs, one int or bool per call that needs one (how many copies a list
+has, whether an optional sub is given, how many values a composed sub takes), then every call's own
+arguments besides the values it is called on, one call after another (`*members`): what the sub's
+module passes to its Function's `apply`, read from the sub (a copy's from that copy). Forward runs each
+call's Function through `_SubCall` (the context its backward reads), returns the layer's output, then
+every call's outputs (so double backward sees what each call saves), and saves what each call saves.
+Backward runs the calls backwards, last first: each takes the gradient of the value it assigned, plus
+those of its outputs, and adds its input gradients to the values it was called on; its arguments'
+gradients are those of `members`.
+
+`SUB_CALL` is the helper the Function runs each call through, written once in a file that needs it.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+
+from layerdsl.autodiff.inputs import called_fn_args
+from layerdsl.autodiff.sub_calls import Alias, CallPlan, SubCall, function_name
+
+SUB_CALL = [
+    "",
+    "",
+    "class _SubCall:",
+    '    """A sub\'s Function run inside another Function: its forward as `apply` runs it, with this object as',
+    "    the context its setup_context writes and its backward reads. The caller saves what it saves, and",
+    '    hands it back with the gradients of its outputs."""',
+    "",
+    "    def __init__(self, function, needs_input_grad: tuple[bool, ...]) -> None:",
+    "        self.function = function",
+    "        self.needs_input_grad = needs_input_grad",
+    "        self.to_save: tuple = ()",
+    "        self.not_differentiable: tuple = ()",
+    "        self.n_outputs = 0",
+    "",
+    "    def set_materialize_grads(self, value: bool) -> None:",
+    "        pass  # the caller passes a gradient that is zero as None",
+    "",
+    "    def save_for_backward(self, *tensors) -> None:",
+    "        self.to_save = tensors",
+    "",
+    "    def mark_non_differentiable(self, *tensors) -> None:",
+    "        self.not_differentiable = tensors",
+    "",
+    "    def forward(self, *args) -> tuple:",
+    '        if "setup_context" in vars(self.function):',
+    "            outputs = self.function.forward(*args)",
+    "            self.function.setup_context(self, args, outputs)",
+    "        else:  # a Function that runs its subs' Functions: forward takes its context",
+    "            outputs = self.function.forward(self, *args)",
+    "        outputs = outputs if isinstance(outputs, tuple) else (outputs,)",
+    "        self.n_outputs = len(outputs)",
+    "        return outputs",
+    "",
+    "    def handed_over(self) -> tuple[tuple, tuple]:",
+    '        """What the call saves and the outputs it marks not differentiable, handed to the caller (which',
+    '        saves and marks them): kept here as the count of those saved."""',
+    "        handed = self.to_save, self.not_differentiable",
+    "        self.to_save, self.not_differentiable = len(self.to_save), ()",
+    "        return handed",
+    "",
+    "    def backward(self, saved: tuple, grad_out, grads_of_outputs: tuple) -> tuple:",
+    '        """The gradients of the call\'s inputs, given its saved tensors, that of the value it assigned',
+    '        (`grad_out`) and those of its outputs."""',
+    "        self.saved_tensors = saved",
+    "        grads = self.function.backward(self, _added(grad_out, grads_of_outputs[0]), *grads_of_outputs[1:])",
+    "        del self.saved_tensors",
+    "        return grads if isinstance(grads, tuple) else (grads,)",
+    "",
+    "",
+    "def _added(a, b):",
+    '    """The sum of two gradients, either of which may be None (zero)."""',
+    "    return a if b is None else b if a is None else a + b",
+]
+
+
+def count_param(call: SubCall) -> str | None:
+    """The Function's int or bool input that says how a call runs: None where it runs one way."""
+    if call.copies:
+        return f"{call.sub}_count"
+    if call.optional:
+        return f"{call.sub}_given"
+    return f"{call.sub}_count" if call.composed is not None else None
+
+
+def emit_composed_function(emitter, plan: CallPlan) -> dict:
+    """The `<Name>Function` of a layer whose forward calls its subs' Functions, as lines."""
+    layer = plan.layer
+    name = function_name(layer.name)
+    counts = [c for c in (count_param(call) for call in plan.calls) if c is not None]
+    fixed = len(plan.inputs) + len(counts)
+    sizes = {id(call): member_count(emitter, call) for call in plan.calls}
+    assigned = {s.target for s in plan.steps}
+
+    def ends(read: str) -> list[str]:
+        lines, start = [], "0"
+        for call in plan.calls:
+            size = sizes[id(call)]
+            count = count_param(call)
+            if call.copies:
+                n = f"{size} * {read}{count}"
+            elif call.optional:
+                n = f"({size} if {read}{count} else 0)"
+            else:
+                n = f"{read}{count}" if count is not None else str(size)
+            lines.append(f"{call.sub}_end = {n}" if start == "0" else f"{call.sub}_end = {start} + {n}")
+            start = f"{call.sub}_end"
+        return lines
+
+    def starts(call: SubCall) -> str:
+        k = plan.calls.index(call)
+        return "0" if k == 0 else f"{plan.calls[k - 1].sub}_end"
+
+    def value_needs(v: str | None) -> str:
+        if v is None:
+            return "False"
+        if v in plan.inputs and v not in assigned:
+            return f"ctx.needs_input_grad[{plan.inputs.index(v)}]"
+        return "True"
+
+    subs = ", ".join(f"{function_name(c.layer.name)} for `{c.sub}`" for c in _once(plan.calls))
+    text = f"`{layer.name}` as an autograd.Function that runs its subs' Functions ({subs}); backward runs"
+    doc = textwrap.wrap(f"{text} their backwards, last first.", 104)
+    doc[0], doc[-1] = f'"""{doc[0]}', f'{doc[-1]}"""'
+    params = ["ctx", *plan.inputs, *counts, "*members"]
+    fwd = ["ctx.set_materialize_grads(False)", f"needs = ctx.needs_input_grad[{fixed}:]  # the members'"]
+    fwd += [f"ctx.{c} = {c}" for c in counts]
+    fwd += ends("")
+    fwd += ["calls, outputs = [], []"]
+    for step in plan.steps:
+        if isinstance(step, Alias):
+            fwd.append(f"{step.target} = {step.source}")
+            continue
+        start, end = starts(step), f"{step.sub}_end"
+        size = sizes[id(step)]
+        if step.copies:
+            start, end = _copy_slice(start, size)
+        values = ", ".join(v if v is not None else "None" for v in step.inputs)
+        needs = ", ".join(value_needs(v) for v in step.inputs)
+        body = [
+            f"call = _SubCall({function_name(step.layer.name)}, ({needs}, *needs[{_slice(start, end)}]))",
+            f"outs = call.forward({values}, *members[{_slice(start, end)}])",
+            "calls.append(call)",
+            "outputs += outs",
+            f"{step.target} = outs[0]",
+        ]
+        if step.copies:
+            fwd += [f"for k in range(ctx.{count_param(step)}):", *_indent(body)]
+        elif step.optional:
+            fwd += [f"if ctx.{count_param(step)}:", *_indent(body)]
+        else:
+            fwd += body
+    fwd += [
+        "ctx.calls = calls",
+        "handed = [call.handed_over() for call in calls]",
+        "ctx.save_for_backward(*[t for saved, _ in handed for t in saved])",
+        "ctx.mark_non_differentiable(*[t for _, marked in handed for t in marked])",
+        f"return {plan.result}, *outputs",
+    ]
+
+    grads = {v: f"grad_{v}" for v in [*plan.inputs, *assigned]}
+    bwd = [
+        "saved = ctx.saved_tensors",
+        "# each call's saved tensors and the gradients of its outputs, in order",
+        "handed = []",
+        "for call in ctx.calls:",
+        "    handed.append((saved[: call.to_save], grads_of_outputs[: call.n_outputs]))",
+        "    saved, grads_of_outputs = saved[call.to_save :], grads_of_outputs[call.n_outputs :]",
+        *ends("ctx."),
+        f"grad_members = [None] * {plan.calls[-1].sub}_end",
+        " = ".join([grads[v] for v in grads if v != plan.result] + ["None"]),
+        f"{grads[plan.result]} = grad",
+        "calls = list(zip(ctx.calls, handed))",
+    ]
+    for k, step in reversed(list(enumerate(plan.steps))):
+        # the gradient of the value a step assigns starts again before it, where a step before reads it
+        before = {*plan.inputs, *(v for s in plan.steps[:k] for v in _mentioned(s))}
+        if isinstance(step, Alias):
+            bwd.append(f"{grads[step.source]} = _added({grads[step.source]}, {grads[step.target]})")
+            if step.target in before and step.target != step.source:
+                bwd.append(f"{grads[step.target]} = None")
+            continue
+        start, end = starts(step), f"{step.sub}_end"
+        size = sizes[id(step)]
+        if step.copies:
+            start, end = _copy_slice(start, size)
+        n = len(step.inputs)
+        body = [
+            "call, (call_saved, call_grads) = calls.pop()",
+            f"grads = call.backward(call_saved, {grads[step.target]}, call_grads)",
+        ]
+        restarted = step.target not in before  # nothing before reads it: its gradient is not read again
+        for i, v in enumerate(step.inputs):
+            if v is None:
+                continue
+            if v == step.target and not restarted:
+                body.append(f"{grads[v]} = grads[{i}]")
+                restarted = True
+            else:
+                body.append(f"{grads[v]} = _added({grads[v]}, grads[{i}])")
+        if not restarted:
+            body.insert(2, f"{grads[step.target]} = None")
+        body.append(f"grad_members[{_slice(start, end)}] = grads[{n}:]")
+        if step.copies:
+            bwd += [f"for k in reversed(range(ctx.{count_param(step)})):", *_indent(body)]
+        elif step.optional:
+            bwd += [f"if ctx.{count_param(step)}:", *_indent(body)]
+        else:
+            bwd += body
+    returned = [grads[v] for v in plan.inputs] + ["None"] * len(counts) + ["*grad_members"]
+    bwd.append(f"return {', '.join(returned)}")
+
+    lines = [
+        "",
+        "",
+        f"class {name}(torch.autograd.Function):",
+        *(f"    {line}" for line in doc),
+        "",
+        "    @staticmethod",
+        f"    def forward({', '.join(params)}) -> tuple[Tensor, ...]:",
+        *_indent(fwd, 2),
+        "",
+        "    @staticmethod",
+        "    def backward(ctx, grad, *grads_of_outputs):",
+        *_indent(bwd, 2),
+    ]
+    calls = sorted({c.layer.name for c in plan.calls})
+    return {"name": name, "lines": lines, "n_outputs": 1, "extra": [], "updates": [], "composes": True, "calls": calls}
+
+
+def member_count(emitter, call: SubCall) -> int:
+    """How many arguments a call of a sub that composes nothing takes besides its values (0: composed)."""
+    if call.composed is not None:
+        return 0
+    return len(sub_apply_args(emitter, call, "self"))
+
+
+def sub_apply_args(emitter, call: SubCall, instance: str) -> list[str]:
+    """What the sub's module passes to its Function besides the values it is called on, read from
+    `instance` (`self.norm`, `layer`)."""
+    from layerdsl.codegen.module import LayerEmitter
+
+    sub = LayerEmitter(call.layer, emitter.program, None, emitter.spec_path).function_emitter
+    args = sub.function_apply_args()[len(call.inputs) :]
+    return [re.sub(r"\bself\.", f"{instance}.", a) for a in args]
+
+
+def module_call(emitter, plan: CallPlan, instance: str, prefix: str) -> tuple[list[str], list[str]]:
+    """The lines that gather the Function's arguments besides the layer's inputs from `instance` (names
+    prefixed `prefix`), and those arguments: the counts, then each call's members, starred."""
+    lines: list[str] = []
+    counts: list[str] = []
+    parts: list[str] = []
+    for call in plan.calls:
+        held = f"{instance}.{call.sub}"
+        gathered = f"{prefix}{call.sub}"
+        if call.copies:
+            args = sub_apply_args(emitter, call, "layer")
+            lines.append(f"{gathered} = [a for layer in {held} for a in ({', '.join(args)},)]")
+            counts.append(f"len({held})")
+        elif call.optional:
+            args = sub_apply_args(emitter, call, held)
+            lines.append(f"{gathered} = ({', '.join(args)},) if {held} is not None else ()")
+            counts.append(f"{held} is not None")
+        elif call.composed is not None:
+            inner_lines, inner = module_call(emitter, call.composed, held, f"{gathered}_")
+            lines += inner_lines
+            lines.append(f"{gathered} = [{', '.join(inner)}]")
+            counts.append(f"len({gathered})")
+        else:
+            args = sub_apply_args(emitter, call, held)
+            lines.append(f"{gathered} = ({', '.join(args)},)")
+        parts.append(f"*{gathered}")
+    return lines, counts + parts
+
+
+def callable_tests(plan: CallPlan, instance: str) -> list[str]:
+    """`callable(layer.activation)`: a sub's callable argument, which its Function does not take (autograd
+    derives the plain forward then)."""
+    tests = []
+    for call in plan.calls:
+        held = f"{instance}.{call.sub}"
+        if call.composed is not None:
+            tests += callable_tests(call.composed, held)
+            continue
+        for a in called_fn_args(call.layer):
+            if call.copies:
+                tests.append(f"any(callable(layer.{a}) for layer in {held})")
+            elif call.optional:
+                tests.append(f"{held} is not None and callable({held}.{a})")
+            else:
+                tests.append(f"callable({held}.{a})")
+    return tests
+
+
+def composed_forward(emitter, plan: CallPlan, functional) -> list[str]:
+    """The module's forward: its inputs checked, each call's arguments gathered from its subs, the Function
+    applied; the plain forward where a sub holds a callable argument."""
+    spelling = emitter.module_spelling()
+    lines, args = module_call(emitter, plan, "self", "")
+    call = f"{function_name(plan.layer.name)}.apply({', '.join([*plan.inputs, *args])})[0]"
+    body = emitter.shape_checks(spelling, on_self=True, bind=False)
+    body += ["# what each sub's module passes its Function besides the values it is called on", *lines]
+    body += emitter.output_checks([call], spelling, on_self=True, bind=False) or [f"return {call}"]
+    tests = callable_tests(plan, "self")
+    if not tests:
+        return body
+    why = "# a callable has no derivative the Function knows: autograd derives this forward"
+    return [why, f"if {' or '.join(tests)}:", *_indent(emitter.plain_forward(functional)), *body]
+
+
+def _slice(start: str, end: str) -> str:
+    return f": {end}" if start == "0" else f"{start} : {end}"
+
+
+def _copy_slice(start: str, size: int) -> tuple[str, str]:
+    """Where copy `k`'s members are among `members`, its list's starting at `start`."""
+    if start == "0":
+        return f"{size} * k", f"{size} * (k + 1)"
+    return f"{start} + {size} * k", f"{start} + {size} * (k + 1)"
+
+
+def _mentioned(step: Alias | SubCall) -> set[str]:
+    if isinstance(step, Alias):
+        return {step.target, step.source}
+    return {step.target, *(v for v in step.inputs if v is not None)}
+
+
+def _once(calls: list[SubCall]) -> list[SubCall]:
+    """The calls, each sub's first only."""
+    return list({c.sub: c for c in reversed(calls)}.values())[::-1]
+
+
+def _indent(lines: list[str], n: int = 1) -> list[str]:
+    return [("    " * n + line) if line else "" for line in lines]
