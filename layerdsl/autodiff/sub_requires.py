@@ -182,7 +182,14 @@ def reads_unfollowed(layer: N.Layer, refused: list[Span]) -> bool:
     (a check the static shapes break is refused at the `require` itself, `decided_checks`)."""
     assert layer.forward is not None
     checks = [s for s in statements(layer.forward.body) if isinstance(s, N.Require) and getattr(s, _IN_FUNCTION, False)]
-    read = {n.span for s in checks for part in (s.cond, s.guard) if part is not None for n in walk(part)}
+    read = {
+        n.span
+        for s in checks
+        for part in (s.cond, s.guard)
+        if part is not None
+        for n in walk(part)
+        if isinstance(n, N.Expr)
+    }
     return any(span in read for span in refused)
 
 
