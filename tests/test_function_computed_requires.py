@@ -11,6 +11,7 @@ import torch
 
 from layerdsl.diagnostics import SpecError
 from tests.support import compile_spec
+from tests.test_function_rank_facts import spec_text
 
 INNER = """
 layer Inner(d: int) {
@@ -79,9 +80,9 @@ def _error(module: torch.nn.Module, x: torch.Tensor) -> str:
     return str(caught.value)
 
 
-def _runs_alike(expected: torch.nn.Module, derived: torch.nn.Module) -> None:
-    """A good input: the same output, and the derived backward passes gradcheck."""
-    x = torch.randn(6, 4, dtype=torch.double, requires_grad=True)
+def _runs_alike(expected: torch.nn.Module, derived: torch.nn.Module, x: torch.Tensor | None = None) -> None:
+    """A good input (by default 6 rows of 4): the same output, and the derived backward passes gradcheck."""
+    x = torch.randn(6, 4, dtype=torch.double, requires_grad=True) if x is None else x
     torch.testing.assert_close(derived(x), expected(x))
     assert torch.autograd.gradcheck(derived, (x,))
 
@@ -140,3 +141,23 @@ def test_a_requirement_the_static_shapes_break_is_a_located_gen_error():
     assert f"computed.layer:{RANK_LINE}:9: error: Inner's `require x.ndim == 2` never holds" in said
     assert "(`x.ndim` is 3 here)" in said
     assert "inlined into 'Outer'" in said
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (4, 2, 3), (2, 4, 2, 3)], ids=["unbatched", "batched", "bad rank"])
+def test_a_checked_sub_require_bounds_a_computed_rank(shape):
+    """tests/test_function_rank_facts.py's Residual, its bounds on ranks stated by the sub: `second`'s, on `h`,
+    are checked in the Function, so the plan relies on them and the layer derives (it was refused)."""
+    function = compile_spec(spec_text(True, requires="sub"), "residual")
+    plain = compile_spec(spec_text(False, requires="sub"), "residual")
+    source = function["SOURCE"]
+    forward = source[source.index("class ResidualFunction(") : source.index("def setup_context")]
+    assert "if h.dim() > 3:" in forward
+    modules = []
+    for ns in (function, plain):
+        torch.manual_seed(0)
+        modules.append(ns["Residual"](3, p=True, dtype=torch.double))
+    x = torch.rand(*shape, dtype=torch.double, requires_grad=True)
+    if len(shape) > 3:
+        assert _error(modules[0], x) == _error(modules[1], x)
+    else:
+        _runs_alike(modules[1], modules[0], x)
