@@ -128,40 +128,31 @@ _SHAPE_READS = ("size_at", "is_floating_point")
 def checked_in_function(s: N.Stmt, layer: N.Layer) -> bool:
     """Whether the Function checks `s`: a sub's `require` on a value the inlined forward of `layer` computes
     (it reads a local's rank, size or dtype, and nothing else of a local), reading otherwise only inputs,
-    `training`, constants and `layer`'s own arguments and lets (what the Function takes)."""
+    `training`, constants and `layer`'s own arguments and lets (a held layer's among them: the Function takes
+    them)."""
     if not (isinstance(s, N.Require) and origin(s) is not None):
         return False
+    parts = [part for part in (s.cond, s.guard) if part is not None]
+    names = [n for part in parts for n in walk(part) if isinstance(n, N.Name)]
+    measured = {id(n) for part in parts for n in _shape_operands(part)}
+    if any(n.ref == N.Ref.LOCAL and id(n) not in measured for n in names):
+        return False
     own = {a.name for a in layer.args} | {let.name for let in layer.lets}
-    reads = [read for part in (s.cond, s.guard) if part is not None for read in _reads(part, False)]
-    if any(n.ref == N.Ref.LOCAL and not shape for n, shape in reads):
-        return False
     kept = (N.Ref.INPUT, N.Ref.TRAINING, N.Ref.CONST, N.Ref.LOCAL)
-    if not all(n.ref in kept or (n.ref in (N.Ref.ARG, N.Ref.LET) and n.id in own) for n, _ in reads):
+    if not all(n.ref in kept or (n.ref in (N.Ref.ARG, N.Ref.LET) and n.id in own) for n in names):
         return False
-    return any(n.ref == N.Ref.LOCAL for n, _ in reads)
+    return any(n.ref == N.Ref.LOCAL for n in names)
 
 
-def _reads(e: N.Expr, shape: bool) -> list[tuple[N.Name, bool]]:
-    """Each name `e` reads, and whether only its shape or dtype is read (`shape`: `e` is such a read's operand)."""
-    if isinstance(e, N.Name):
-        return [(e, shape)]
-    if isinstance(e, N.Rank):
-        return [(e.value, True)]
-    if isinstance(e, N.Call) and e.func in _SHAPE_READS and e.args:
-        return _reads(e.args[0], True) + [r for a in e.args[1:] for r in _reads(a, False)]
-    return [r for n in _children(e) for r in _reads(n, False)]
-
-
-def _children(e: N.Expr) -> list[N.Expr]:
-    found: list[N.Expr] = []
-
-    def keep(child):
-        if isinstance(child, N.Expr):
-            found.append(child)
-        return child
-
-    map_children(e, keep)
-    return found
+def _shape_operands(e: N.Expr) -> list[N.Name]:
+    """The names of which `e` reads only the rank, a size or the dtype (`h` of `h.ndim`, `size_at(h, 0)`)."""
+    out: list[N.Name] = []
+    for n in walk(e):
+        if isinstance(n, N.Rank):
+            out.append(n.value)
+        elif isinstance(n, N.Call) and n.func in _SHAPE_READS and n.args and isinstance(n.args[0], N.Name):
+            out.append(n.args[0])
+    return out
 
 
 def unchecked_origins(layer: N.Layer, origins: Container[Span]) -> set[Span]:
