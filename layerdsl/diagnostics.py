@@ -44,12 +44,21 @@ class Diagnostic:
         if text is not None:
             start = self.span.col - 1
             end = self.span.end_col - 1 if self.span.end_line == self.span.line else len(text)
+            if len(text) > _EXCERPT_WIDTH:  # a long line is shown around the error, not whole
+                lo = max(0, min(start - _EXCERPT_WIDTH // 4, len(text) - _EXCERPT_WIDTH))
+                hi = lo + _EXCERPT_WIDTH
+                cut = ("..." if lo else "") + text[lo:hi] + ("..." if hi < len(text) else "")
+                shift = 3 * (lo > 0) - lo
+                text, start, end = cut, start + shift, min(max(end, start + 1), hi) + shift
             prefix = "".join(ch if ch == "\t" else " " for ch in printable(text[:start]))
             lines.append(f"    {printable(text)}")
             lines.append(f"    {prefix}{'^' * max(1, len(printable(text[start:end])))}")
         if self.hint:
             lines.append(f"  hint: {printable(self.hint)}")
         return "\n".join(lines)
+
+
+_EXCERPT_WIDTH = 500  # the characters of a source line shown under a diagnostic (a longer one: those around it)
 
 
 def printable(text: str) -> str:

@@ -3,7 +3,8 @@
 - `layerdsl lsp` takes the `--stdio` that clients append, and refuses other transports with a usage error;
 - Neovim (headless, with the 0.7 API: the version CI installs) runs the init.lua of docs/editors.md and
   `tests/editors/nvim_check.lua`: attach, diagnostics, hover, completion, format on save, a fix, the
-  generated Python;
+  generated Python, then a refused `@function` stack's derivation diagnostic and its "Move @function to
+  Block" quick fix (`tests/editors/refused_stack.layer`, which the VS Code client test opens too);
 - the hooks of `.pre-commit-hooks.yaml` pass on clean specs and fail on unformatted or stale ones.
 
 The VS Code extension is tested in Node: `npm run test:client --prefix editors/vscode` (see .ci/run).
@@ -51,6 +52,12 @@ SCALE_FORMATTED = textwrap.dedent("""\
         }
     }
     """)
+
+
+REFUSED = (ROOT / "tests" / "editors" / "refused_stack.layer").read_text(encoding="utf-8")
+MOVED = REFUSED.replace("@function\nlayer Stack(", "layer Stack(").replace(
+    "\nlayer Block(", "\n@function\nlayer Block("
+)
 
 
 def _env() -> dict[str, str]:
@@ -106,6 +113,28 @@ def test_lsp_refuses_other_transports(flag: str, capsys: pytest.CaptureFixture[s
     assert f"{flag.split('=')[0]} is not supported: the server speaks LSP over stdio only" in capsys.readouterr().err
 
 
+# ---------------------------------------------------------------- the refused stack both clients open
+
+
+def test_the_editor_clients_stack_is_refused_with_the_move_hint_and_the_move_derives() -> None:
+    """What the Neovim and VS Code tests wait for: one refusal, inside Block, whose hint is the move; and
+    the moved text plans without one (else their waits time out with less to say)."""
+    from layerdsl.autodiff.plan import plan_backwards
+    from layerdsl.semantics.checker import check_program
+    from layerdsl.syntax.parser import parse_file
+
+    def problems(text: str) -> list:
+        spec = parse_file("stack.layer", text)
+        check_program([spec])
+        return plan_backwards([spec])[1]
+
+    [refusal] = problems(REFUSED)
+    assert "inlined into 'Stack'" in refusal.message
+    assert refusal.hint.startswith("put @function on Block instead of Stack: ")
+    assert re.fullmatch(r"\s+if \w+ \{", REFUSED.split("\n")[refusal.span.line - 1])
+    assert problems(MOVED) == []
+
+
 # ---------------------------------------------------------------- Neovim
 
 
@@ -129,11 +158,15 @@ def _neovim_init() -> str:
 def test_neovim_setup_from_the_docs(tmp_path: Path) -> None:
     spec = tmp_path / "scale.layer"
     spec.write_text(SCALE, encoding="utf-8")
+    (tmp_path / "stack").mkdir()
+    refused = tmp_path / "stack" / "stack.layer"
+    refused.write_text(REFUSED, encoding="utf-8")
     init = tmp_path / "init.lua"
     init.write_text(_neovim_init(), encoding="utf-8")
     result_path = tmp_path / "result.json"
     env = _env() | {
         "LAYERDSL_NVIM_SPEC": str(spec),
+        "LAYERDSL_NVIM_REFUSED": str(refused),
         "LAYERDSL_NVIM_RESULT": str(result_path),
         "LAYERDSL_NVIM_TIMEOUT_MS": "20000",
         # Neovim's LSP log (cache in 0.7, state from 0.8) goes there, not into the user's folders.
@@ -166,6 +199,16 @@ def test_neovim_setup_from_the_docs(tmp_path: Path) -> None:
     generated = "\n".join(result["generated"])
     assert "class Scale(nn.Module):" in generated
     assert "return x * weight" in generated
+
+    refusal = result["refusal"]
+    assert result["refusal_count"] == 1
+    assert refusal["severity"] == 1
+    assert "cannot derive" in refusal["message"] and "inlined into 'Stack'" in refusal["message"]
+    assert "\nhint: put @function on Block instead of Stack: " in refusal["message"]
+    assert re.fullmatch(r"\s+if \w+ \{", REFUSED.split("\n")[refusal["lnum"]]), "on an `if` of Block"
+    assert "Move @function to Block" in result["actions"]
+    assert "\n".join(result["moved"]) + "\n" == MOVED != REFUSED
+    assert result["steps"][-1] == "refusal cleared"
 
 
 @pytest.mark.skipif(shutil.which("nvim") is None, reason="nvim is not installed (CI installs Debian's neovim)")

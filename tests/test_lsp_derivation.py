@@ -151,3 +151,114 @@ async def test_a_crash_in_planning_is_the_internal_error_diagnostic(monkeypatch)
     (d,) = derivation_problems(a)
     assert d.message == "layerdsl internal error: RuntimeError: boom"
     assert d.span == spec.layers[1].span  # Stack, the `@function` layer
+
+
+# ---------------------------------------------------------------- cached plans: no blinking on edits
+
+OTHER = """
+layer Other(d: int) {
+    example(d = 3)
+    forward(x: [..., d]) -> [..., d] {
+        return relu(x)
+    }
+}
+"""
+
+
+async def _versions_published(
+    client: LanguageClient, uri: str, edits: list[str], want: list[list[int]] | None = None
+) -> list[T.PublishDiagnosticsParams]:
+    """Make each edit in turn, waiting until the version's refusals are at the lines `want` says (by default,
+    where planning that text puts them); every publish of the document meanwhile, in order."""
+    seen, stop = _recorded(client)
+    try:
+        for i, text in enumerate(edits):
+            _edit(client, uri, text)
+            version = _current_version(uri)
+            lines = want[i] if want is not None else _refusal_lines(text)
+
+            def planned(ds, version=version, lines=lines):
+                ours = [p for p in seen if p.uri == uri and p.version == version]
+                return ours and sorted(d.range.start.line for d in _derivation(ours[-1].diagnostics)) == lines
+
+            await _published(client, uri, planned)
+    finally:
+        stop()
+    return [p for p in seen if p.uri == uri]
+
+
+def _current_version(uri: str) -> int:
+    from tests.test_lsp_features import _versions
+
+    return _versions[uri]
+
+
+async def test_an_edit_elsewhere_republishes_the_cached_refusals_at_once_at_their_new_lines(
+    client: LanguageClient, workspace: Path
+):
+    uri = _uri(workspace, "elsewhere")
+    await _open(client, uri, REFUSED, lambda ds: bool(_derivation(ds)))
+    comment = "# a comment above\n\n" + REFUSED  # every line moves down two
+    between = comment.replace("\n@function\nlayer Stack", OTHER + "\n@function\nlayer Stack")
+    broken = between + OTHER.replace("Other", "Broken").replace("relu(x)", "relu(wieght)")
+    half = broken + "\nlayer Half(d: int) {\n    forward(x: [d]) -> [d] {\n        return x +\n"
+    texts = [comment, between, broken, half]
+    published = await _versions_published(client, uri, texts, want=[_refusal_lines(between)] * 4)
+    for p in published:  # every publish, the checker's first among them, has the refusal where it is now
+        text = texts[p.version - 2]
+        assert [d.range.start.line for d in _derivation(p.diagnostics)] == _refusal_lines(between), p.version
+        assert text.split("\n")[_derivation(p.diagnostics)[0].range.start.line].strip() == "if a {"
+    assert {p.version for p in published} == {2, 3, 4, 5}
+    checked = [p for p in published if p.version == 4][-1].diagnostics
+    assert any("wieght" in d.message for d in checked), "the checker's error of another layer, with the refusal"
+    parsed = [p for p in published if p.version == 5][-1].diagnostics
+    assert len(parsed) == 2, "a syntax error at the end, with the refusal shown before (it stays till it parses)"
+
+
+async def test_a_changed_layers_refusal_stays_on_its_unchanged_line_until_planned_again(
+    client: LanguageClient, workspace: Path
+):
+    uri = _uri(workspace, "changed")
+    await _open(client, uri, REFUSED, lambda ds: bool(_derivation(ds)))
+    # Stack changes (it is planned again), with a line added above the refusal, in Block: the refusal moves
+    changed = "\n" + REFUSED.replace("        h = x\n", "        h = x\n        h = h * 1.0\n")
+    published = await _versions_published(client, uri, [changed])
+    assert published, "the checker's publish (the plan's, when it finds the same, is not sent again)"
+    for p in published:
+        assert [d.range.start.line for d in _derivation(p.diagnostics)] == _refusal_lines(changed) == [8]
+
+
+async def test_a_refusal_on_an_edited_line_goes_until_its_layer_is_planned_again_the_others_stay(
+    client: LanguageClient, workspace: Path
+):
+    uri = _uri(workspace, "edited")
+    two = REFUSED + REFUSED.replace("Block", "Block2").replace("Stack", "Stack2")
+    await _open(client, uri, two, lambda ds: len(_derivation(ds)) == 2)
+    edited = two.replace("        if a {", "        if a == true {", 1)  # in Block, reached by Stack only
+    published = await _versions_published(client, uri, [edited])
+    assert [p.version for p in published] == [2, 2]
+    both = _refusal_lines(edited)
+    assert both == [7, both[1]] and len(both) == 2
+    # the checker's publish: Stack's refusal, on the edited line, is gone; Stack2's, unchanged, stays
+    assert [d.range.start.line for d in _derivation(published[0].diagnostics)] == both[1:]
+    assert [d.range.start.line for d in _derivation(published[1].diagnostics)] == both
+
+
+async def test_a_carried_refusal_moves_with_its_lines_and_goes_when_one_of_them_is_edited():
+    from layerdsl.diagnostics import Diagnostic, Span
+    from layerdsl.tools.lsp.derivation import _carried
+    from layerdsl.tools.lsp.documents import Analysis
+
+    before = "a\nif x {\n    y\n}\nb"
+    refusal = Diagnostic("/ws/s.layer", Span(2, 1, 4, 2), "cannot derive through this `if` yet")
+
+    def carried(text: str, layers=frozenset({"Stack"})) -> list[Span]:
+        a = Analysis("file:///ws/s.layer", 2, "/ws/s.layer", text, None, [])
+        return [d.span for _, d in _carried((before, [("Stack", refusal)]), a, set(layers))]
+
+    assert carried("new\n\n" + before) == [Span(4, 1, 6, 2)]
+    assert carried(before.replace("a\n", "")) == [Span(1, 1, 3, 2)]
+    assert carried(before.replace("    y", "    y + 1")) == [], "a line inside it edited"
+    assert carried(before.replace("    y", "    y\n    z")) == [], "a line added inside it"
+    assert carried(before.replace("}\nb", "}\nc")) == [Span(2, 1, 4, 2)]
+    assert carried("new\n" + before, layers={"Other"}) == [], "of a layer that is not being planned again"

@@ -33,7 +33,7 @@ from layerdsl.autodiff.loop_choices import chosen_side, self_decided
 from layerdsl.autodiff.loop_members import without_members
 from layerdsl.autodiff.reverse import derive
 from layerdsl.autodiff.shapes import carried_shapes, step_shape
-from layerdsl.autodiff.tape import Linearizer, NotDerivable, Step, Tape
+from layerdsl.autodiff.tape import Linearizer, NotDerivable, Step, Tape, reserved_names
 from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
@@ -301,7 +301,8 @@ class Planner:
         self.lists: set[str] = set()
         self.loops: dict[str, Loop | nest.Nest] = {}  # list local -> the loop appending to it
         # the loop variables and lists are Python names of the Function too
-        self.taken: set[str] = {s.var for s in walk_stmts(self.forward.body) if isinstance(s, N.For)}
+        self.taken: set[str] = reserved_names(layer)
+        self.taken |= {s.var for s in walk_stmts(self.forward.body) if isinstance(s, N.For)}
         self.taken |= {s.target for s in walk_stmts(self.forward.body) if isinstance(s, N.Append)}
         self.shapes: dict[str, Shape] = {i.name: declared_shape(i.shape, i.name) for i in self.forward.inputs}
         self.shapes.update({t.name: declared_shape(t.shape, t.name) for t in layer.tensors})
@@ -811,13 +812,16 @@ def walk_stmts(body: list[N.Stmt]):
 
 def _joined_shape(join: Join, loop: Loop | nest.Nest, shapes: dict[str, Shape]) -> Shape:
     """`stack(L, dim = d)`'s shape: an item's with a dim of the step count at d (`_steps`, no dim of
-    the spec); None for `cat` or an item of unknown shape."""
+    the spec); None for `cat`, an item of unknown shape, or a dim among or before an item's `...` group
+    (`stack(L, dim = -2)` of [..., n] items is [..., T, n])."""
     item = loop.appended.get(join.items)
     shape = shapes.get(item.id) if isinstance(item, N.Name) else None
     d = join.dim
-    if join.func != "stack" or shape is None or not isinstance(d, N.Num) or "..." in shape:
+    if join.func != "stack" or shape is None or not isinstance(d, N.Num):
         return None
     at = int(d.value) if int(d.value) >= 0 else len(shape) + 1 + int(d.value)
+    if "..." in shape and (int(d.value) >= 0 or at <= shape.index("...")):  # a dim after the `...` group only
+        return None
     count = _count_dim(loop.bounds) or "_steps"  # `range(T)`: T items (a later loop over T picks them)
     if join.heads or join.items in loop.more:  # items before the loop's, or several per step: a count of its own
         count = f"_steps_{join.name}"

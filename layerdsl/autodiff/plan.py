@@ -139,20 +139,31 @@ def plan_inlined(inlined: Inlined) -> Plan:
         if not reads_unfollowed(inlined.layer, [p.span for p in exc.every()]):
             raise
         plan = plan_backward(sub_requires_dropped(inlined.layer, inlined.origins))  # derived without the checks
-    if len(nests := _nests(plan)) > MAX_NEST_COPIES:
-        raise NotDerivable(
-            nests[0].span,
-            f"cannot derive through this loop holding a loop yet: the `if`s on arguments of this forward make"
-            f" {len(nests)} ways through it, and the Function would write the two loops out on each"
-            f" (at most {MAX_NEST_COPIES})",
-            "drop @function (autograd derives it), or write the layer with fewer `if`s on arguments",
-        )
+    _check_nest_copies(plan)
     return plan
 
 
 # The ways through a forward's `if`s on arguments that may each hold a loop holding a loop: each way is a
 # copy of the two loops in the Function's forward and backward (RNN's 96 ways would be 130,000 lines).
 MAX_NEST_COPIES = 8
+
+
+class TooManyNests(NotDerivable):
+    """More copies of a loop holding a loop than MAX_NEST_COPIES: raised as soon as the ways planned so far
+    make them (the other sides of the `if`s around are not planned: RNN's 96 ways took half a minute)."""
+
+
+def _check_nest_copies(plan: Plan, room: int = MAX_NEST_COPIES) -> None:
+    """TooManyNests where `plan` holds more loops holding loops than `room` (what the ways planned before
+    it leave of MAX_NEST_COPIES)."""
+    if len(nests := _nests(plan)) > room:
+        raise TooManyNests(
+            nests[0].span,
+            "cannot derive through this loop holding a loop yet: the `if`s on arguments of this forward make"
+            f" more than {MAX_NEST_COPIES} ways through it, and the Function would write the two loops out on"
+            " each",
+            "drop @function (autograd derives it), or write the layer with fewer `if`s on arguments",
+        )
 
 
 def _nests(plan: Plan) -> list[Nest]:
@@ -196,12 +207,17 @@ def _sub_function_hint(
 
 
 def plan_backward(
-    layer: N.Layer, given: frozenset[str] = frozenset(), known: Facts = (), measured: Measured | None = None
+    layer: N.Layer,
+    given: frozenset[str] = frozenset(),
+    known: Facts = (),
+    measured: Measured | None = None,
+    room: int = MAX_NEST_COPIES,
 ) -> Plan:
     """One `@function` layer's plan; raises NotDerivable for what the derivation cannot go through (the
     first problem, carrying the others: `NotDerivable.every`). `given`: the optional inputs and members that the `if`s
     choosing this side prove given; `known`: what their conditions prove (a later `if` they decide has one
-    side only); `measured`: the sizes the whole forward measures, by name (`unroll.prepared_forward`)."""
+    side only); `measured`: the sizes the whole forward measures, by name (`unroll.prepared_forward`);
+    `room`: how many loops holding loops its ways may hold (TooManyNests past it, `_check_nest_copies`)."""
     assert layer.forward is not None, "the parser reports a layer without forward"
     # tuple inputs as tensors, sides calling a callable argument dropped, loops unrolled, sizes named
     layer = without_callable_sides(with_tuples_split(layer))
@@ -213,7 +229,7 @@ def plan_backward(
         # counted before any side is derived: independent `if`s multiply (a derivation per side)
         if side_count(layer.forward.body, known, MAX_BRANCH_PLANS) > MAX_BRANCH_PLANS:
             return _segmented_plan(layer, branch[1], given, measured)
-        return _branch_plan(layer, branch, given, known, measured)
+        return _branch_plan(layer, branch, given, known, measured, room)
     if has_loop(layer.forward.body):  # a member the `if`s around this side prove built is no loop's choice
         given |= {t.name for t in layer.tensors if t.cond is not None and _truth(t.cond, known) is True}
     return _straight_plan(layer, given)
@@ -564,7 +580,7 @@ def _first_if(body: list[N.Stmt]) -> tuple[int, N.If] | None:
 
 
 def _branch_plan(
-    layer: N.Layer, branch: tuple[int, N.If], given: frozenset[str], known: Facts, measured: Measured
+    layer: N.Layer, branch: tuple[int, N.If], given: frozenset[str], known: Facts, measured: Measured, room: int
 ) -> Plan:
     """The plan of each side of the forward's first `if` (a side's own `if`s branch again); only the side
     that can be taken when the `if`s around it decide the condition (`track and training` inside
@@ -584,7 +600,9 @@ def _branch_plan(
         forward = dataclasses.replace(layer.forward, body=side.body)
         proven = given | _proven_given(cond, side.holds)
         try:
-            planned = plan_backward(dataclasses.replace(layer, forward=forward), proven, side.known, measured)
+            planned = plan_backward(dataclasses.replace(layer, forward=forward), proven, side.known, measured, room)
+            _check_nest_copies(planned, room)
+            room -= len(_nests(planned))
             if not decided and _keeps_a_loop(planned) and not on_arguments(cond, _optional_inputs(layer)):
                 raise NotDerivable(
                     stmt.span,
@@ -594,6 +612,8 @@ def _branch_plan(
                     "drop @function (autograd derives the loop)",
                 )
             sides.append(planned)
+        except TooManyNests:  # planning the other side would only make more
+            raise
         except NotDerivable as exc:  # the statements both sides share are reported once (`refusal`)
             problems.append(exc)
     if not problems and len(sides) == 2 and any(map(_keeps_a_loop, sides)) and not all(map(_all_loops, sides)):

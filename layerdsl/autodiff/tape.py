@@ -119,6 +119,21 @@ class Tape:
         return found
 
 
+def reserved_names(layer: N.Layer) -> set[str]:
+    """Names a value of the Function never takes: the layer's arguments, members, lets, inputs and dims, its
+    number locals, the names of its backward block, and module-level names."""
+    assert layer.forward is not None
+    taken = {a.name for a in layer.args} | {t.name for t in layer.tensors} | {l.name for l in layer.lets}
+    taken |= {i.name for i in layer.forward.inputs} | set(layer.symbolic_dims)
+    taken |= {s.target for s in layer.forward.body if isinstance(s, N.Assign) and s.value.kind != "tensor"}
+    if layer.backward is not None:
+        taken |= {g for g, _ in layer.backward.grads}
+        taken |= {s.target for s in layer.backward.body if isinstance(s, N.Assign)}
+    taken |= GENERATED_IMPORTS | GENERATED_BUILTINS | GENERATED_API
+    taken |= {n for n in dir(builtins) if not n.startswith("_")}  # a step named `sum` would shadow it
+    return taken
+
+
 class Linearizer:
     """Turns a layer's forward into a tape (`run`); `semantics.index_notation` adds its statements' steps."""
 
@@ -133,15 +148,7 @@ class Linearizer:
         # (op, the expression's key) -> the first unguarded step computing it: `add` computes each once
         self.computed: dict[tuple[str, str], Step] = {}
         self.env: dict[str, str] = {}  # spec local -> current var
-        self.taken = {a.name for a in layer.args} | {t.name for t in layer.tensors} | {l.name for l in layer.lets}
-        self.taken |= {i.name for i in self.forward.inputs} | set(layer.symbolic_dims)
-        # A step is never named like a number local, a name of the backward block, or a module-level name.
-        self.taken |= {s.target for s in self.forward.body if isinstance(s, N.Assign) and s.value.kind != "tensor"}
-        if layer.backward is not None:
-            self.taken |= {g for g, _ in layer.backward.grads}
-            self.taken |= {s.target for s in layer.backward.body if isinstance(s, N.Assign)}
-        self.taken |= GENERATED_IMPORTS | GENERATED_BUILTINS | GENERATED_API
-        self.taken |= {n for n in dir(builtins) if not n.startswith("_")}  # a step named `sum` would shadow it
+        self.taken = reserved_names(layer)
         self.counter = itertools.count(1)
         self.numbers: list[tuple[str, N.Expr]] = []
         self.lists: dict[str, list[N.Expr]] = {}  # a list local (`outputs = []`) -> the vars appended to it

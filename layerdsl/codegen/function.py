@@ -237,7 +237,10 @@ class FunctionEmitter:
         if arg is not None and arg.base_type == "fn":  # a callable runs the plain forward (`codegen.module`)
             given = (["str"] if arg.choices else []) + (["None"] if arg.maybe_none else [])
             return f"{k}: {' | '.join(given)}"
-        return f"{k}: {python_type(arg.type)}" if arg else f"{k}: float"
+        if arg is not None:
+            return f"{k}: {python_type(arg.type)}"
+        kind = next((l.value.kind for l in self.layer.lets if l.name == k), None)
+        return f"{k}: {kind.value if kind in N.NUMBERS else 'float'}"
 
     # ---------------------------------------------------------------- choosing a side
 

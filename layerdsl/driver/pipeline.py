@@ -32,7 +32,9 @@ class Source:
 
 
 def find_sources(paths: list[str]) -> list[Source]:
-    sources = []
+    """The specs of `paths` (files, and folders searched for `*.layer`); a file given twice (`specs
+    specs/a.layer`, as a pre-commit hook may pass) is read once, as first given."""
+    sources: list[Source] = []
     for p in paths:
         root = Path(p)
         if root.is_dir():
@@ -43,7 +45,10 @@ def find_sources(paths: list[str]) -> list[Source]:
             sources.append(Source(root, root.name, Path(root.name).with_suffix(".py")))
         else:
             raise FileNotFoundError(p)
-    return sources
+    unique: dict[str, Source] = {}
+    for src in sources:  # by the path as written, made absolute (a link to a spec is a spec of its own)
+        unique.setdefault(os.path.abspath(src.file), src)
+    return list(unique.values())
 
 
 def read_texts(sources: list[Source]) -> tuple[list[str | None], list[Diagnostic]]:

@@ -574,11 +574,12 @@ class Layer(Node):
     examples: list[ExampleValue] = field(default_factory=list)
     forward: Forward | None = None
     backward: Backward | None = None
-    # Filled in by the checker: the symbolic dims its input shapes bind, in order of first appearance.
-    symbolic_dims: list[str] = field(default_factory=list, init=False, repr=False)
+    # Filled in by the checker: the symbolic dims its input shapes bind, in order of first appearance. A
+    # field of `__init__` so that `dataclasses.replace` keeps them: a copy without them named a step like a dim.
+    symbolic_dims: list[str] = field(default_factory=list, repr=False)
 
     def replaced(self, **changes) -> Layer:
-        """A copy with `changes` (as `dataclasses.replace`), its symbolic dims kept (replace cannot set them)."""
+        """A copy with `changes` (as `dataclasses.replace`), with its own list of symbolic dims."""
         out = replace(self, **changes)
         out.symbolic_dims = list(self.symbolic_dims)
         return out

@@ -98,6 +98,7 @@ def check_program(files: list[N.SpecFile]) -> Program:
         check_generated_names(f, seen, reporters[f.path])
         for layer in f.layers:
             LayerChecker(layer, reporters[f.path], seen).check()
+    check_containment_cycles(files, program, reporters)
     for f in files:  # after every layer is checked: a sub's declared shapes are read from its layer
         found = [*f.problems, *reporters[f.path].diagnostics]
         seen = program.seen_from(f.path)
@@ -113,6 +114,41 @@ def check_program(files: list[N.SpecFile]) -> Program:
     if diagnostics:
         raise SpecError(diagnostics)
     return program
+
+
+def check_containment_cycles(files: list[N.SpecFile], program: Program, reporters: dict[str, Reporter]) -> None:
+    """A layer that builds, through its subs' subs, a layer that builds it (`A` holds a `B`, which holds an
+    `A`) is an error at each sub of the cycle: building either would never end (a layer containing itself
+    directly is `LayerChecker.check_sub_call`'s error)."""
+    built: dict[N.Layer, list[tuple[N.Call, N.Layer]]] = {}
+    for f in files:
+        visible = program.seen_from(f.path).layers
+        for layer in f.layers:
+            calls = [c for s in layer.subs if s.given is None for c in walk(s.call) if isinstance(c, N.Call)]
+            built[layer] = [(c, visible[c.func]) for c in calls if visible.get(c.func) not in (None, layer)]
+    for f in files:
+        for layer in f.layers:
+            for call, target in built[layer]:
+                path = _path_back(target, layer, built, {target})
+                if path is not None:
+                    cycle = " → ".join(x.name for x in [layer, target, *path])
+                    reporters[f.path].error(
+                        call.func_span,
+                        f"layer '{layer.name}' would contain itself: {cycle}",
+                        "a layer cannot be built from layers that build it",
+                    )
+
+
+def _path_back(start: N.Layer, goal: N.Layer, built: dict, seen: set) -> list[N.Layer] | None:
+    """The layers from `start`'s subs to `goal` (ending with it), or None when `start` never builds `goal`."""
+    for _, target in built.get(start, []):
+        if target is goal:
+            return [goal]
+        if target not in seen:
+            seen.add(target)
+            if (rest := _path_back(target, goal, built, seen)) is not None:
+                return [target, *rest]
+    return None
 
 
 def check_module_names(files: list[N.SpecFile], reporters: dict[str, Reporter]) -> None:
@@ -410,8 +446,13 @@ class LayerChecker:
             if arg.choices and arg.base_type not in ("int", "ints", "fn"):
                 self.r.error(
                     arg.type_span,
-                    f"only an int or ints argument takes string choices, not {arg.base_type}",
-                    'and an fn argument: `activation: fn | "relu" = "relu"`',
+                    f"only an int, ints or fn argument takes string choices, not {arg.base_type}",
+                    (
+                        f'a str argument takes any string: write `{arg.name}: str = "{arg.choices[0]}"` and compare it'
+                        f' in forward (`if {arg.name} == "{arg.choices[0]}" {{ ... }}`), as torch.nn\'s `reduction`'
+                        if arg.base_type == "str"
+                        else 'e.g. `padding: int | "same" = 0`, `activation: fn | "relu" = "relu"`'
+                    ),
                 )
             if arg.length is not None and (arg.base_type != "ints" or arg.length < 1):
                 self.r.error(arg.type_span, f"only `ints` takes a length, of at least 1: `{arg.name}: ints[2]`")
@@ -1088,6 +1129,7 @@ class LayerChecker:
                         "make it unconditional, or update it inside an `if` on its condition (`if track and training { ... }`)",
                     )
                 self.check_expr(value, scope, in_forward)
+                self.check_update_dtype(target, value)
             case N.If(cond=cond, body=then, orelse=orelse):
                 if not self.check_no_reductions(cond):
                     self.check_expr(cond, scope, in_forward)
@@ -1292,6 +1334,20 @@ class LayerChecker:
                 )
                 return True
         return False
+
+    def check_update_dtype(self, target: str, value: N.Expr) -> None:
+        """A floating value into an integer or bool buffer: `copy_` would truncate it silently."""
+        buffer = next((b for b in self.layer.buffers if b.name == target), None)
+        if buffer is None or buffer.dtype == "float":
+            return
+        floating = _floating_part(value, {t.name for t in self.layer.tensors if t.dtype == "float"})
+        if floating is not None:
+            self.r.error(
+                floating.span,
+                f"{spec_text(floating)} is floating-point, and the {buffer.dtype} buffer '{target}' would"
+                " silently truncate it",
+                f"declare `buffer {target}: float[...]`, or update it with an integer value",
+            )
 
     def check_unpack(self, stmt: N.Unpack, scope: Scope, in_forward: bool) -> None:
         """`h, c = hx`: a tuple input (as many names as it has tensors) or a sub's call (as many as its
@@ -2315,4 +2371,21 @@ def _parts_written(call: N.Call) -> int | None:
         return count.value
     if call.func == "split" and isinstance(count, N.ListExpr):
         return len(count.items)
+    return None
+
+
+def _floating_part(e: N.Expr, float_tensors: set[str]) -> N.Expr | None:
+    """The part of an arithmetic expression that makes it certainly floating-point (a float literal, a true
+    division, a float tensor), or None. Calls and comparisons are not looked into: their dtypes vary."""
+    match e:
+        case N.Num(value=float()):
+            return e
+        case N.Name(id=name) if name in float_tensors:
+            return e
+        case N.BinOp(op="/"):
+            return e
+        case N.BinOp(left=left, right=right) if e.op in ("+", "-", "*", "%", "//", "**"):
+            return _floating_part(left, float_tensors) or _floating_part(right, float_tensors)
+        case N.UnaryOp(op="-", operand=operand):
+            return _floating_part(operand, float_tensors)
     return None

@@ -409,6 +409,7 @@ class _ShapePass:
             return None
         if op.name == "expand" and isinstance(args.get("size"), N.ListExpr):
             sizes = S.expand_sizes(args["size"].items)  # type: ignore[attr-defined]
+            sizes = None if sizes is None else list(S.substituted(tuple(sizes), self.lets) or ())  # lets' values
             if sizes is not None and (problem := S.expand_problem(shape_of(args["input"]), sizes)) is not None:
                 self.r.error(
                     call.span,
@@ -421,7 +422,7 @@ class _ShapePass:
         if op.shape in S.INDEX_RULES or op.name in ("flip", "unflatten"):
             if not self.check_indexing(call, op, args, shape_of):
                 return None
-        return S.op_shape(op, args, shape_of, call.items)
+        return S.substituted(S.op_shape(op, args, shape_of, call.items), self.lets)  # sizes written with lets
 
     def reshape_kept(self, call: N.Call, args: dict, shape_of: Callable[[N.Expr], Shape]) -> bool:
         """`reshape(x, [..., h, d])`: `...` keeps x's leading dims and the sizes listed replace its last
@@ -537,7 +538,7 @@ class _ShapePass:
         return True
 
     def reshape(self, call: N.Call, args: dict, shape_of: Callable[[N.Expr], Shape]) -> Shape:
-        out = S.op_shape(OPS["reshape"], args, shape_of)
+        out = S.substituted(S.op_shape(OPS["reshape"], args, shape_of), self.lets)
         inp = shape_of(args["input"])
         if out is None or inp is None or S.opaque(inp) or GROUP in inp:
             return out

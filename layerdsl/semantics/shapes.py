@@ -112,7 +112,12 @@ def poly(e: N.Expr, subst: Mapping[str, Poly] | None = None) -> Poly:
 
 def renamed(shape: Shape, equal: Mapping[str, str]) -> Shape:
     """`shape` with the symbols of `equal` replaced by theirs (under `if kdim == embed_dim`, kdim is embed_dim)."""
-    if shape is None or not equal:
+    return substituted(shape, {name: atom(other) for name, other in equal.items()})
+
+
+def substituted(shape: Shape, subst: Mapping[str, Poly]) -> Shape:
+    """`shape` with the symbols of `subst` replaced by their values (a `let`'s name by its value)."""
+    if shape is None or not subst:
         return shape
     out = []
     for d in shape:
@@ -124,7 +129,7 @@ def renamed(shape: Shape, equal: Mapping[str, str]) -> Shape:
             term = constant(c)
             for factor, k in monomial:
                 for _ in range(k):
-                    term = poly_mul(term, atom(equal.get(factor, factor)))
+                    term = poly_mul(term, subst.get(factor) or atom(factor))
             total = poly_add(total, term)
         out.append(poly_text(total))
     return tuple(out)
@@ -1017,10 +1022,11 @@ def _at_least_zero(p: Poly) -> bool:
 
 def _at_most(bound: Poly, dim: Dim) -> bool:
     """Whether a slice bound is provably at most `dim` (dims are never negative): `dim - c` with c >= 0,
-    a constant no larger than a constant dim, or `dim // c`."""
-    gap = as_int(poly_add(text_poly(dim), bound, -1))
-    if gap is not None:
-        return gap >= 0
+    a constant no larger than a constant dim, a multiple of a dim no larger than its multiple (`n` of
+    `4 * n`), or `dim // c`."""
+    gap = dict(poly_add(text_poly(dim), bound, -1))  # dim - bound: no term of it negative
+    if all(c >= 0 for c in gap.values()):
+        return True
     head, _, divisor = poly_text(bound).rpartition(" // ")
     return head in (dim, f"({dim})") and divisor.isdigit() and int(divisor) >= 1
 

@@ -43,6 +43,7 @@ _CHAR_HINTS = {
     "`": "names are written without quotes",
     "\\": "a backslash continues a line only at its very end",
     "?": "there is no conditional expression: write an `if` statement or where(cond, a, b)",
+    "\r": "a line ends with '\\n' or '\\r\\n', not a lone '\\r' (an old Mac line end): convert the file's line ends",
 }
 
 
@@ -192,6 +193,8 @@ def describe_syntax_error(exc: UnexpectedInput, source: str) -> tuple[Span, str,
         hint = f"'{tok.value}' is a reserved word and cannot be a name"
     elif tok.type == "COMMA" and "RPAR" in accepts and "COMMA" not in accepts and unclosed and unclosed[-1][0] == "(":
         hint = "there are no tuples: write a list, `[1, 2]` (a tuple in Python)"
+    elif tok.type == "COMMA" and "LBRACE" in accepts and "->" in line_text:
+        hint = "several outputs are written in parentheses: `-> ([B, n], [B, n])`"
     elif tok.type == "COLON" and "LBRACE" in accepts:
         hint = "blocks are written in braces: `{ ... }`"
     elif tok.type in ("NAME", "NUMBER", "STRING") and "COMMA" in accepts:

@@ -1,8 +1,12 @@
 -- Drives Neovim (0.7 API) after the init.lua of docs/editors.md has run: open a spec, wait for the
 -- server's diagnostics, ask for hover and completion, save (format on save), fix the error, run
--- :LayerShowGenerated. Writes what it saw as JSON to $LAYERDSL_NVIM_RESULT; every wait is bounded
--- by $LAYERDSL_NVIM_TIMEOUT_MS, and the first failed step ends the run with exit status 1.
+-- :LayerShowGenerated; then open a `@function` stack the server refuses to derive
+-- ($LAYERDSL_NVIM_REFUSED), wait for its derivation diagnostic, and take the "Move @function to Block"
+-- quick fix as a user does (the cursor on the diagnostic, vim.lsp.buf.code_action(), that item picked in
+-- vim.ui.select). Writes what it saw as JSON to $LAYERDSL_NVIM_RESULT; every wait is bounded by
+-- $LAYERDSL_NVIM_TIMEOUT_MS, and the first failed step ends the run with exit status 1.
 local spec = assert(os.getenv("LAYERDSL_NVIM_SPEC"), "LAYERDSL_NVIM_SPEC not set")
+local refused = assert(os.getenv("LAYERDSL_NVIM_REFUSED"), "LAYERDSL_NVIM_REFUSED not set")
 local result_path = assert(os.getenv("LAYERDSL_NVIM_RESULT"), "LAYERDSL_NVIM_RESULT not set")
 local timeout = tonumber(os.getenv("LAYERDSL_NVIM_TIMEOUT_MS") or "20000")
 
@@ -47,11 +51,7 @@ local function request(bufnr, method, params)
   error("no client answered " .. method, 0)
 end
 
-local function run()
-  vim.cmd("edit " .. vim.fn.fnameescape(spec))
-  local bufnr = vim.api.nvim_get_current_buf()
-  result.filetype = vim.bo[bufnr].filetype
-
+local function wait_attached(bufnr)
   wait("the server to attach and initialize", function()
     for _, client in pairs(vim.lsp.buf_get_clients(bufnr)) do
       if client.initialized then
@@ -61,6 +61,60 @@ local function run()
     end
     return false
   end)
+end
+
+local function derivation_diagnostic(bufnr)
+  for _, d in ipairs(vim.diagnostic.get(bufnr)) do
+    if d.message:find("cannot derive", 1, true) then
+      return d
+    end
+  end
+end
+
+local function move_function()
+  vim.cmd("edit " .. vim.fn.fnameescape(refused))
+  local bufnr = vim.api.nvim_get_current_buf()
+  wait_attached(bufnr)
+  wait("the derivation diagnostic", function()
+    return derivation_diagnostic(bufnr) ~= nil
+  end)
+  local d = derivation_diagnostic(bufnr)
+  result.refusal = { lnum = d.lnum, col = d.col, severity = d.severity, message = d.message }
+  result.refusal_count = #vim.diagnostic.get(bufnr)
+  table.insert(result.steps, "derivation diagnostic")
+
+  -- The user's pick in the menu of vim.lsp.buf.code_action(): the move, by its title.
+  vim.ui.select = function(items, opts, on_choice)
+    result.actions = {}
+    local chosen
+    for _, item in ipairs(items) do
+      local title = (opts.format_item(item)) -- the first of gsub's two results
+      table.insert(result.actions, title)
+      if title == "Move @function to Block" then
+        chosen = item
+      end
+    end
+    on_choice(chosen)
+  end
+  vim.api.nvim_win_set_cursor(0, { d.lnum + 1, d.col })
+  vim.lsp.buf.code_action() -- the diagnostics of the cursor's line go with the request
+  wait("the code actions", function()
+    return result.actions ~= nil
+  end)
+  result.moved = vim.api.nvim_buf_get_lines(bufnr, 0, -1, false)
+  table.insert(result.steps, "code action")
+  wait("the diagnostics to clear after the move", function()
+    return #vim.diagnostic.get(bufnr) == 0
+  end)
+  table.insert(result.steps, "refusal cleared")
+end
+
+local function run()
+  vim.cmd("edit " .. vim.fn.fnameescape(spec))
+  local bufnr = vim.api.nvim_get_current_buf()
+  result.filetype = vim.bo[bufnr].filetype
+
+  wait_attached(bufnr)
   result.omnifunc = vim.bo[bufnr].omnifunc
   table.insert(result.steps, "attach")
 
@@ -112,6 +166,8 @@ local function run()
   end)
   result.generated = vim.api.nvim_buf_get_lines(0, 0, -1, false)
   table.insert(result.steps, "show generated")
+
+  move_function()
 end
 
 local ok, err = pcall(run)

@@ -11,7 +11,7 @@ import traceback
 from lsprotocol import types as T
 
 from layerdsl.diagnostics import Diagnostic
-from layerdsl.tools.lsp.derivation import needs_planning, plan_later
+from layerdsl.tools.lsp.derivation import needs_planning, plan_later, refusals
 from layerdsl.tools.lsp.documents import LayerServer
 from layerdsl.tools.lsp.positions import to_range
 
@@ -34,7 +34,7 @@ def publish(ls: LayerServer, uri: str, force: bool = True) -> None:
     a = None
     try:
         a = ls.analyze(uri)
-        found = a.diagnostics + (a.derivation or [])
+        found = a.diagnostics + refusals(ls, uri, a)
         diagnostics = [lsp_diagnostic(d, a.text, ls.codec()) for d in found]
         version = a.version
     except Exception as exc:
@@ -57,7 +57,7 @@ def publish(ls: LayerServer, uri: str, force: bool = True) -> None:
         ls.text_document_publish_diagnostics(
             T.PublishDiagnosticsParams(uri=uri, diagnostics=diagnostics, version=version)
         )
-    if a is not None and needs_planning(a):  # the refusals follow, for this version (derivation.py)
+    if a is not None and needs_planning(ls, a):  # the refusals follow (derivation.py)
         plan_later(ls, uri, a, lambda ls, uri: publish(ls, uri, force=False))
 
 

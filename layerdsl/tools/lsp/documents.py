@@ -10,6 +10,7 @@ import os
 import re
 import time
 import traceback
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,7 +100,8 @@ class Analysis:
     workset: Workset | None = None
     shapes: dict[str, LayerShapes] = field(default_factory=dict)  # the static shape pass's, once checked clean
     program: Program | None = None  # the checker's, once checked clean
-    derivation: list[Diagnostic] | None = None  # `plan_backwards`' refusals, once planned (derivation.py)
+    derivation: list[Diagnostic] | None = None  # its `@function` layers' refusals, once all planned (derivation.py)
+    planned: dict[tuple, list] = field(default_factory=dict)  # its layers' plans, by reach (derivation.py)
 
     @property
     def names(self) -> set[str]:
@@ -152,6 +154,8 @@ class LayerServer(LanguageServer):
         self._scan: dict[str, tuple[float, list[str]]] = {}  # root -> (time, spec paths)
         self.published: dict[str, list] = {}  # uri -> the diagnostics last published (see diagnostics.publish)
         self.planning: dict[str, asyncio.Future] = {}  # uri -> its planning in progress (derivation.py)
+        self.plans: OrderedDict[tuple, list] = OrderedDict()  # a `@function` layer's reach -> its refusals
+        self.refusals_shown: dict[str, tuple[str, list]] = {}  # uri -> (text, refusals last shown, by layer)
 
     # -- files of the workspace
 
@@ -413,7 +417,8 @@ class LayerServer(LanguageServer):
         if pending is not None:
             pending.cancel()
         self.published.pop(uri, None)
-        self.planning.pop(uri, None)  # its result is dropped
+        self.planning.pop(uri, None)  # its result is only cached
+        self.refusals_shown.pop(uri, None)
 
 
 def internal(path: str, text: str, exc: BaseException | None, span: Span | None = None) -> Diagnostic:

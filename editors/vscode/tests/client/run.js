@@ -1,7 +1,9 @@
 // `npm run test:client`: load the extension bundle that the .vsix ships, in Node, against a stand-in
 // for the `vscode` module; activate it, let vscode-languageclient start the real server, and drive
 // it as VS Code would: open a spec with an error and wait for its diagnostic, then hover, completion,
-// formatting and the `layerdsl.showGenerated` command through what the extension registered.
+// formatting and the `layerdsl.showGenerated` command through what the extension registered; then a
+// `@function` stack that the server refuses to derive (tests/editors/refused_stack.layer): its
+// derivation diagnostic, and its "Move @function to Block" quick fix, applied as VS Code applies it.
 //
 //   node tests/client/run.js [layerdsl.vsix | out/extension.js]
 //
@@ -53,6 +55,10 @@ const BROKEN_FORMATTED = `layer Scale(n: int) {
     }
 }
 `;
+
+// A `@function` stack refused inside its sub, whose own layer derives (shared with the Neovim test).
+const REFUSED = fs.readFileSync(path.resolve(ROOT, '..', '..', 'tests', 'editors', 'refused_stack.layer'), 'utf8');
+const MOVED = REFUSED.replace('@function\nlayer Stack(', 'layer Stack(').replace('\nlayer Block(', '\n@function\nlayer Block(');
 
 /** The bundle's source: `extension/out/extension.js` from the .vsix (a zip), or the file itself. */
 async function readBundle(file) {
@@ -135,6 +141,16 @@ function positionOf(vscode, text, needle, offset = 1) {
   return new vscode.Position(before.split('\n').length - 1, at - (before.lastIndexOf('\n') + 1));
 }
 
+/** The diagnostics of `uri` in the client's collection (undefined before the first publish). */
+function diagnosticsOf(testing, uri) {
+  for (const collection of testing.diagnostics.values()) {
+    if (collection.has(uri)) {
+      return collection.get(uri);
+    }
+  }
+  return undefined;
+}
+
 function applyEdits(doc, edits) {
   const sorted = [...edits].sort((a, b) => doc.offsetAt(b.range.start) - doc.offsetAt(a.range.start));
   let text = doc.getText();
@@ -158,6 +174,8 @@ async function main() {
   const folder = fs.mkdtempSync(path.join(os.tmpdir(), 'layerdsl-vscode-'));
   fs.writeFileSync(path.join(folder, 'linear.layer'), LINEAR);
   fs.writeFileSync(path.join(folder, 'scale.layer'), BROKEN);
+  fs.mkdirSync(path.join(folder, 'stack'));
+  fs.writeFileSync(path.join(folder, 'stack', 'stack.layer'), REFUSED);
 
   const command = serverCommand();
   const configuration = command ? { 'layerdsl.server.command': command } : {};
@@ -303,6 +321,42 @@ async function run({ vscode, testing, context, extension, folder }) {
     assert.equal(doc.languageId, 'python');
     assert.match(doc.getText(), /class Linear\(nn\.Module\):/);
     assert.match(doc.getText(), /def forward\(self, x/);
+  });
+
+  const stackUri = vscode.Uri.file(path.join(folder, 'stack', 'stack.layer'));
+  let stack;
+  let refusal;
+
+  await step('a refused @function stack gets its derivation diagnostic, with the hint', async () => {
+    stack = testing.open(stackUri, 'layerdsl', REFUSED);
+    refusal = await waitFor('the derivation diagnostic on stack.layer', testing, () =>
+      (diagnosticsOf(testing, stackUri.toString()) || []).find((d) => /cannot derive/.test(d.message)),
+    );
+    assert.deepEqual(diagnosticsOf(testing, stackUri.toString()), [refusal], 'the refusal only');
+    assert.match(refusal.message, /inlined into 'Stack'/);
+    assert.match(refusal.message, /\nhint: put @function on Block instead of Stack: /);
+    assert.equal(refusal.severity, vscode.DiagnosticSeverity.Error);
+    assert.match(stack.lineAt(refusal.range.start.line).text, /^\s+if \w+ \{$/, 'on an `if` of Block');
+  });
+
+  await step('the "Move @function to Block" quick fix, applied, moves the decorator and the refusal goes', async () => {
+    const context = { diagnostics: [refusal], triggerKind: vscode.CodeActionTriggerKind.Invoke, only: undefined };
+    const actions = await testing.provider('codeActions').provideCodeActions(stack, refusal.range, context, token);
+    const titles = (actions || []).map((a) => a.title);
+    const move = (actions || []).find((a) => a.title === 'Move @function to Block');
+    assert.ok(move, `a "Move @function to Block" action among: ${titles.join(', ')}`);
+    assert.equal(move.kind.value, 'quickfix');
+    assert.equal(move.isPreferred, true);
+    assert.deepEqual(move.diagnostics.map((d) => d.message), [refusal.message]);
+    assert.deepEqual(move.edit.entries().map(([uri]) => uri.toString()), [stackUri.toString()]);
+    const version = stack.version;
+    assert.equal(await vscode.workspace.applyEdit(move.edit), true);
+    assert.equal(stack.version, version + 1, 'one change');
+    assert.equal(stack.getText(), MOVED);
+    await waitFor('the diagnostics on stack.layer to clear (Block derives)', testing, () => {
+      const ds = diagnosticsOf(testing, stackUri.toString());
+      return ds && ds.length === 0;
+    });
   });
 }
 

@@ -173,6 +173,47 @@ class TextEdit {
   }
 }
 
+/** Text edits by document, as a code action carries them (what vscode-languageclient builds: set, replace). */
+class WorkspaceEdit {
+  constructor() {
+    /** @type {Map<string, { uri: Uri, edits: TextEdit[] }>} */
+    this.byUri = new Map();
+  }
+
+  get size() {
+    return this.byUri.size;
+  }
+
+  set(uri, edits) {
+    this.byUri.set(uri.toString(), { uri, edits: [...(edits || [])] });
+  }
+
+  get(uri) {
+    const entry = this.byUri.get(uri.toString());
+    return entry ? entry.edits : [];
+  }
+
+  has(uri) {
+    return this.byUri.has(uri.toString());
+  }
+
+  replace(uri, range, newText) {
+    this.set(uri, [...this.get(uri), new TextEdit(range, newText)]);
+  }
+
+  insert(uri, position, newText) {
+    this.replace(uri, new Range(position, position), newText);
+  }
+
+  delete(uri, range) {
+    this.replace(uri, range, '');
+  }
+
+  entries() {
+    return [...this.byUri.values()].map(({ uri, edits }) => [uri, edits]);
+  }
+}
+
 class CancellationTokenSource {
   constructor() {
     const emitter = new EventEmitter();
@@ -326,13 +367,25 @@ function createVscode(options = {}) {
     },
     /** Replace `range` of an open document with `text`, as typing does: a new version, then onDidChangeTextDocument. */
     edit(doc, range, text) {
-      const start = doc.offsetAt(range.start);
-      const end = doc.offsetAt(range.end);
-      doc.text = doc.text.slice(0, start) + text + doc.text.slice(end);
+      testing.editMany(doc, [new TextEdit(range, text)]);
+    },
+    /**
+     * Make `edits` (ranges in the current text, not overlapping) as one change of the document, as VS Code
+     * applies a workspace edit: one new version, one onDidChangeTextDocument whose changes come last first
+     * (so that each range holds in the text the changes before it leave).
+     */
+    editMany(doc, edits) {
+      const sorted = [...edits].sort((a, b) => doc.offsetAt(b.range.start) - doc.offsetAt(a.range.start));
+      const contentChanges = [];
+      for (const { range, newText } of sorted) {
+        const start = doc.offsetAt(range.start);
+        const end = doc.offsetAt(range.end);
+        doc.text = doc.text.slice(0, start) + newText + doc.text.slice(end);
+        contentChanges.push({ range, rangeOffset: start, rangeLength: end - start, text: newText });
+      }
       doc.version += 1;
       doc.isDirty = true;
-      const change = { range, rangeOffset: start, rangeLength: end - start, text };
-      testing.events.change.fire({ document: doc, contentChanges: [change], reason: undefined });
+      testing.events.change.fire({ document: doc, contentChanges, reason: undefined });
     },
     /** The provider of `kind` (e.g. `hover`) that the client registered for the document, or throw. */
     provider(kind) {
@@ -444,7 +497,16 @@ function createVscode(options = {}) {
       const languageId = uri.path.endsWith('.layer') ? 'layerdsl' : 'plaintext';
       return testing.open(uri, languageId, text);
     },
-    applyEdit: () => Promise.resolve(false),
+    /** A workspace edit of open documents (what a code action carries); false when one is not open. */
+    async applyEdit(edit) {
+      const entries = edit.entries();
+      const docs = entries.map(([uri]) => workspace.textDocuments.find((d) => d.uri.toString() === uri.toString()));
+      if (docs.some((d) => !d)) {
+        return false;
+      }
+      entries.forEach(([, edits], i) => testing.editMany(docs[i], edits));
+      return true;
+    },
   };
 
   const languages = {
@@ -593,7 +655,7 @@ function createVscode(options = {}) {
     CompletionTriggerKind: enumOf(['Invoke', 'TriggerCharacter', 'TriggerForIncompleteCompletions']),
     SnippetString: record('SnippetString', ['value']),
     TextEdit,
-    WorkspaceEdit: record('WorkspaceEdit', []),
+    WorkspaceEdit,
     SymbolInformation: record('SymbolInformation', ['name', 'kind', 'containerName', 'location']),
     DocumentSymbol: record('DocumentSymbol', ['name', 'detail', 'kind', 'range', 'selectionRange']),
     SymbolKind,
