@@ -5,7 +5,7 @@ unbatched, as MultiheadAttention does), has a rank the declared shapes leave ope
 `h.ndim` and measures `h`. Along each way through the `if`s before it, the conditions taken say what the
 input's rank is (`x.ndim == 2` taken: 2), and the layer's own `require`s bound it (`x.ndim <= 3`: where
 `x.ndim == 2` is not taken, 3), so `h`'s rank and sizes are those of `x`: `second`'s numbers are chosen by
-`x.ndim` as `first`'s are. A `require` of a sub is not relied on: the Function does not check it.
+`x.ndim` as `first`'s are. A sub's `require`s on `h` bound it too: the Function checks them.
 """
 
 from __future__ import annotations
@@ -95,11 +95,10 @@ def test_the_second_block_derives():
     assert problems(spec_text()) == []
 
 
-def test_a_sub_require_is_not_relied_on():
-    """The same bounds stated by the sub: the Function does not check them, so where `x.ndim == 2` is not
-    taken, x's rank is not known to be 3 and `second`'s sizes are not followed back."""
-    found = problems(spec_text(requires="sub"))
-    assert len(found) == 1 and "a size of a local the `if`s before it compute" in found[0].message
+def test_a_sub_require_is_relied_on():
+    """The same bounds stated by the sub: the Function checks them on `h` (`sub_requires`), so they bound
+    x's rank as the layer's own do (tests/test_function_computed_requires.py runs it)."""
+    assert problems(spec_text(requires="sub")) == []
 
 
 def test_without_the_bound_the_rank_is_not_assumed():

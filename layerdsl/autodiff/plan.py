@@ -48,6 +48,7 @@ from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.sub_calls import CallPlan, composed_plan, functions_to_add
 from layerdsl.autodiff.sub_functions import deriving_sub
+from layerdsl.autodiff.sub_requires import decided_checks, reads_unfollowed, unchecked_origins
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape, refusal
 from layerdsl.autodiff.unroll import Measured, measured_names, prepared_forward
 from layerdsl.diagnostics import Diagnostic, Span
@@ -142,8 +143,15 @@ def plan_backwards(
 
 def plan_inlined(inlined: Inlined) -> Plan:
     """The plan of a `@function` layer whose subs are inlined (`inline_subs`), as `gen` plans it: the subs'
-    `require`s left out (the Function checks none of them, so what they say is not relied on)."""
-    plan = plan_backward(sub_requires_dropped(inlined.layer, inlined.origins))
+    `require`s left out but those on computed values the Function checks (`sub_requires`), or all of them
+    where the plan cannot follow the sizes those read."""
+    unchecked = unchecked_origins(inlined.layer, inlined.origins)
+    try:
+        plan = plan_backward(sub_requires_dropped(inlined.layer, unchecked))
+    except NotDerivable as exc:
+        if not reads_unfollowed(inlined.layer, [p.span for p in exc.every()]):
+            raise
+        plan = plan_backward(sub_requires_dropped(inlined.layer, inlined.origins))  # derived without the checks
     _check_nest_copies(plan)
     return plan
 
@@ -297,6 +305,7 @@ def _straight_plan(layer: N.Layer, given: frozenset[str]) -> Plan:
     shapes = infer_shapes(tape, layer)
     absent = optional - {t.name for t in layer.tensors}  # optional inputs not given: no shape a gradient takes
     tape = dataclasses.replace(tape, shapes={v: None if v in absent else s for v, s in shapes.items()})
+    tape.checks = decided_checks(tape.checks, tape.shapes)  # what the static shapes decide is not checked
     if layer.backward is not None:
         if problems:
             raise refusal(problems)

@@ -14,6 +14,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from layerdsl.autodiff.formulas import parse_default
+from layerdsl.autodiff.sub_requires import as_check
 from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
@@ -93,6 +94,8 @@ class Tape:
     # `update b = ...`: each buffer -> the var holding its new value, which the Function returns (not
     # differentiable) and the module writes into the buffer (`codegen.function_buffers`).
     updates: dict[str, str] = field(default_factory=dict)
+    # The subs' `require`s the Function checks (`autodiff.sub_requires`), on the vars whose shapes they test.
+    checks: list[N.Require] = field(default_factory=list)
 
     # `step`'s index: the list it was built from, its length then, and each var's first step. Passes
     # replace the steps (a new list, `dataclasses.replace`) or append to them; either rebuilds it. (Steps
@@ -152,6 +155,7 @@ class Linearizer:
         self.updates: dict[str, str] = {}  # a buffer -> the var holding the value `update` gave it
         self.detached: dict[str, str] = {}  # a buffer -> its new value as later reads see it (no gradient)
         self.problems: list[NotDerivable] = []  # what could not be derived; its values went on as opaque
+        self.checks: list[N.Require] = []  # the subs' `require`s on computed values (`Tape.checks`)
 
     def fresh(self, hint: str) -> str:
         name = hint
@@ -211,10 +215,13 @@ class Linearizer:
                     from layerdsl.semantics.index_notation import linearize_index_assign
 
                     self.env[stmt.target] = linearize_index_assign(self, stmt)
+                case N.Require() if (check := as_check(stmt, self.env)) is not None:
+                    self.checks.append(check)  # a sub's, on a value computed here: the Function checks it
         leaves = [i.name for i in fwd.inputs] + [t.name for t in self.layer.tensors]
         diff = {i.name for i in fwd.inputs if i.dtype == "float"} | {t.name for t in self.layer.params}
         tape = Tape(self.steps, outputs, leaves, diff, env=dict(self.env), numbers=list(self.numbers))
         tape.updates = dict(self.updates)
+        tape.checks = list(self.checks)
         return tape
 
     def updated_value(self, buffer: str, value: N.Expr) -> str:

@@ -25,6 +25,7 @@ from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.autodiff.unroll import measured_sizes
 from layerdsl.codegen.function_branches import chosen_lines
 from layerdsl.codegen.function_buffers import always_updated, returned_values, updated_buffers
+from layerdsl.codegen.function_checks import check_lines, checks_by_step, read_vars
 from layerdsl.codegen.function_sub_calls import emit_composed_function
 from layerdsl.codegen.joint_gradients import joint_calls
 from layerdsl.codegen.names import FunctionNames
@@ -410,6 +411,7 @@ class FunctionEmitter:
         ex = PyExpr(spelling, call_hook=self._internal)
         read = {n.id for s in tape.steps for n in walk(s.expr) if isinstance(n, N.Name)}
         read |= {n.id for o in tape.outputs for n in walk(o) if isinstance(n, N.Name)}
+        read |= {v for check in tape.checks for v in read_vars(check)}
         lines, _ = self.prelude(tape, read, ex, lambda d: self.dim_source[d])
         exact = self.exact
         roots: dict[str, frozenset[str]] = {}
@@ -423,7 +425,10 @@ class FunctionEmitter:
                 owned.add(var)
 
         paired = with_second_results(tape)
-        for s in tape.steps:
+        checks = checks_by_step(tape, paired)  # the subs' `require`s on computed values, once those are bound
+        keep |= {v for check in tape.checks for v in read_vars(check)}
+        for k, s in enumerate(tape.steps):
+            lines += [line for check in checks.get(k - 1, []) for line in self.check(check, ex)]
             roots[s.var] = _step_sources(s, roots)
             if s.var in paired.values():
                 continue  # bound with its second result, below
@@ -467,6 +472,7 @@ class FunctionEmitter:
                 bind(s.var, expr)
             else:
                 exprs[s.var] = expr
+        lines += [line for check in checks.get(len(tape.steps) - 1, []) for line in self.check(check, ex)]
         outs = [out(substitute(o, exprs)) if isinstance(o, N.Name) else ex(o) for o in tape.outputs]
         # an input returned as it is goes out as a view of it: torch refuses to save one returned as-is
         outs = [f"{o}.view_as({o})" if o in tape.leaves else o for o in outs]
@@ -475,6 +481,10 @@ class FunctionEmitter:
         outs += [x if x in extra else "None" for x in returned]
         outs += returned_values(tape.updates, self.buffers, tape.leaves)
         return lines + self.located([f"return {', '.join(outs)}"], returns[-1] if returns else 0)
+
+    def check(self, check: N.Require, ex: PyExpr) -> list[str]:
+        """A sub's `require` on computed values, at the line of the sub's spec stating it."""
+        return self.located(check_lines(check, ex, self.layer), check.span.line)
 
     def located(self, lines: list[str], line: int) -> list[str]:
         """`lines` (one statement) naming the spec line it computes."""

@@ -27,6 +27,7 @@ from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen import function_nest
 from layerdsl.codegen.function import FunctionEmitter, returning_second_results, with_second_results
 from layerdsl.codegen.function_branches import chosen_lines
+from layerdsl.codegen.function_checks import read_vars, segment_check_lines, segment_checks
 from layerdsl.codegen.loop_backward import (
     MAX_SAVING_SIDES,
     BackwardWriter,
@@ -465,10 +466,12 @@ class LoopFunction:
         read |= {n.id for loop in self.loops for _, e in loop.numbers for n in walk(e) if isinstance(n, N.Name)}
         read |= {n.id for loop in self.loops for j in loop.joins for n in walk(j.dim) if isinstance(n, N.Name)}
         read |= {n for seg in function_nest.nests(self.plan.segments) for n in function_nest.names_read(seg)}
+        read |= {v for check in segment_checks(self.plan.segments) for v in read_vars(check)}
         lines, _ = self.helper.prelude(tape, read, ex, dim_spelling)
         return lines
 
-    def steps(self, tape: Tape, ex: PyExpr) -> list[str]:
+    def steps(self, tape: Tape, ex: PyExpr, index: str | None = None) -> list[str]:
+        """The steps of a segment's tape (`index`: a loop's step), then the subs' `require`s on its values."""
         paired = with_second_results(tape)  # one call returns both: `h, mean, rstd = torch.native_layer_norm(...)`
         lines = []
         for s in tape.steps:
@@ -481,7 +484,7 @@ class LoopFunction:
             else:
                 line = f"{s.var} = {ex(s.expr)}"
             lines += with_spec_line([line], 0, self.e.spec_path, s.expr.span.line)
-        return lines
+        return lines + segment_check_lines(tape, ex, self.layer, self.e.spec_path, index)
 
     def forward_choice(self, seg: Choice, extra: set[str], ex: PyExpr) -> list[str]:
         """The side the condition picks: its steps, the locals it binds under their merged names, and the
@@ -530,7 +533,7 @@ class LoopFunction:
             lines += [f"{count} = {steps}", " = ".join([*map(self.stacked, kept), *firsts]) + " = None"]
         body = [f"{n} = {ex(e)}" for n, e in loop.numbers]
         body += self.steps(Tape(list(loop.picks.values()), [], [], set()), ex)
-        body += self.steps(loop.tape, ex)
+        body += self.steps(loop.tape, ex, index)
         body += self.shape_checks(loop)
         if kept:  # a carried value still holds the step's first value here (it moves last)
             body.append(f"if {index} == 0:")

@@ -22,6 +22,7 @@ from layerdsl.autodiff.sub_requires import checked_before_apply, origin
 from layerdsl.codegen.buffer_reads import cloned_buffer_reads, cloned_buffers, cloned_in_training_only
 from layerdsl.codegen.function_arity import arities, returned_by_arity
 from layerdsl.codegen.function_buffers import unpacked_call
+from layerdsl.codegen.function_checks import plan_checks, read_vars
 from layerdsl.codegen.function_members import held_argument_value, member_argument
 from layerdsl.codegen.function_sub_calls import SUB_CALL, composed_forward
 from layerdsl.codegen.optional_members import IsPresent, hoist_optionals
@@ -724,6 +725,7 @@ class LayerEmitter:
         """What `<Name>Function.apply` takes besides tensors: the arguments and lets that forward or
         backward read directly, and `training`."""
         used = self.names_used_by_forward(requires=False)  # the module checks them before `apply`
+        used |= {v for check in plan_checks(self.plan) for v in read_vars(check)}  # a sub's the Function checks
         if self.layer.backward is not None:
             used |= {n.id for s in self.layer.backward.body for n in walk(s) if isinstance(n, N.Name)}
         planned = without_callable_sides(self.layer).forward  # an fn argument only a dropped side reads: not passed

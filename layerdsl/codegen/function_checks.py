@@ -1,0 +1,77 @@
+"""The subs' `require`s a `@function` layer's Function checks in its forward (`autodiff.sub_requires`).
+
+A check tests the shape of values the forward computes (`Tape.checks`): it runs right after the last of them
+is bound, raising the plain module's ValueError (the sub's layer, its message and its spec line). In a loop's
+body, one reading a value of the loop (a step's, or one it carries) runs each step; one reading only sizes the
+forward measured before the loop, once, at its first step.
+"""
+
+from __future__ import annotations
+
+from layerdsl.autodiff.loops import Choice, LoopPlan
+from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan
+from layerdsl.autodiff.sub_requires import decided
+from layerdsl.autodiff.tape import Tape
+from layerdsl.codegen.pyexpr import PyExpr
+from layerdsl.codegen.spec_lines import with_spec_line
+from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import walk
+
+
+def checks_by_step(tape: Tape, paired: dict[str, str]) -> dict[int, list[N.Require]]:
+    """The tape's checks by the index of the step after which the values they read are all bound (-1:
+    leaves only, checked first). `paired`: the steps bound with a later step's line (`with_second_results`)."""
+    at: dict[str, int] = {}
+    for k, s in enumerate(tape.steps):
+        at[s.var] = k
+        if s.var in paired:  # its first result is bound with it
+            at[paired[s.var]] = k
+    out: dict[int, list[N.Require]] = {}
+    for check in tape.checks:
+        last = max((at[v] for v in read_vars(check) if v in at), default=-1)
+        out.setdefault(last, []).append(check)
+    return out
+
+
+def read_vars(check: N.Require) -> set[str]:
+    """The names of the values `check` reads."""
+    return {n.id for part in (check.cond, check.guard) if part is not None for n in walk(part) if isinstance(n, N.Name)}
+
+
+def check_lines(check: N.Require, ex: PyExpr, layer: N.Layer) -> list[str]:
+    """`check`'s test and its ValueError, as the plain module writes the sub's `require`."""
+    from layerdsl.codegen.module import StatementWriter  # the module's writer (it imports the Function's)
+
+    return StatementWriter(ex, ex.sp, layer).require(check)
+
+
+def segment_check_lines(tape: Tape, ex: PyExpr, layer: N.Layer, spec_path: str | None, index: str | None) -> list[str]:
+    """The checks of a segment's `tape` (`autodiff.loops`), after its steps; in a loop's body (`index`: the
+    step's), each step where it reads a value of the loop, else once. One its numbers decide (`2 == 2`, a
+    rank followed back to a declared one) is not written."""
+    lines: list[str] = []
+    values = {s.var for s in tape.steps} | set(tape.leaves)
+    for check in tape.checks:
+        if decided(check, {}) is True:
+            continue
+        written = with_spec_line(check_lines(check, ex, layer), 0, spec_path, check.span.line)
+        if index is not None and not read_vars(check) & values:
+            written = [f"if {index} == 0:", *("    " + line for line in written)]
+        lines += written
+    return lines
+
+
+def segment_checks(segments: list) -> list[N.Require]:
+    """The checks of a loop plan's straight segments, loops and `if` sides (`autodiff.loops`; a loop holding
+    a loop checks none)."""
+    tapes = [t for seg in segments for t in (seg.sides() if isinstance(seg, Choice) else [getattr(seg, "tape", None)])]
+    return [check for t in tapes if t is not None for check in t.checks]
+
+
+def plan_checks(plan: Plan | None) -> list[N.Require]:
+    """Every check of `plan`'s Function, on any side of its `if`s."""
+    if isinstance(plan, BranchPlan):
+        return plan_checks(plan.then) + plan_checks(plan.orelse)
+    if isinstance(plan, LoopPlan):
+        return segment_checks(plan.segments)
+    return plan.tape.checks if isinstance(plan, BackwardPlan) else []
