@@ -198,10 +198,6 @@ layer ClampedMatmul(d: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/plan.py saving: a costly operand of clamp is saved with clamp's output instead of a bool mask",
-)
 def test_a_clamped_matmul_keeps_no_more_than_autograd():
     ns = compile_spec(CLAMPED_MATMUL, "clamped_matmul")
     layer = ns["ClampedMatmul"](3).double()

@@ -126,6 +126,7 @@ class FunctionEmitter:
         self.named: dict[tuple[str, ...], str] = {}  # the gradients this emitter names, by what they are of
         self.masks: dict[str, Mask] = {}  # comparisons and signs saved small, by name
         self.mask_values: dict[str, N.Expr] = {}  # each mask as setup_context computes it
+        self.mask_names: dict[str, str] = {}  # each comparison's mask's name, by the comparison's key
         # Leaves that may be none: no stand-in for another value's shape (`same_shape_leaf`).
         optional = [i.name for i in emitter.forward.inputs if i.optional]
         self.maybe_absent = {*optional, *(t.name for t in self.layer.tensors if t.cond is not None)}
@@ -348,6 +349,12 @@ class FunctionEmitter:
         outputs = {o.id for o in tape.outputs if isinstance(o, N.Name)}
         saved = sorted(reads.items(), key=lambda kv: order[kv[0]])
         extra = [v for v, _ in saved if v not in tape.leaves and v not in outputs and v not in self.masks]
+        # a costly intermediate a mask is computed from (`clamp(x @ w)`'s): returned, the mask saved instead
+        for_masks = {
+            n.id for m, _ in saved if m in self.masks for n in walk(self.mask_values[m]) if isinstance(n, N.Name)
+        }
+        for_masks = {v for v in for_masks if tape.step(v)}
+        extra += sorted(for_masks - outputs - set(extra), key=lambda v: order[v])
         return saved, extra
 
     def needs(self, leaves: set[str], tape: Tape) -> str | None:
@@ -497,7 +504,7 @@ class FunctionEmitter:
         indices = [o.id for o in tape.outputs if isinstance(o, N.Name) and self._never_differentiable(o.id, tape)]
         outs = [o.id if isinstance(o, N.Name) and o.id in used | set(indices) else "_" for o in tape.outputs]
         outs += ["_"] * len(self.padding)
-        outs += [e if e in saved_names and e not in outs else "_" for e in extra]  # None if another side's output
+        outs += [e if e in used and e not in outs else "_" for e in extra]  # None if another side's output
         updated = [v for v in self._updated_names() if v != "_"]
         outs += self._updated_names()
         if any(v != "_" for v in outs):
@@ -778,9 +785,12 @@ class FunctionEmitter:
         smallest form, each where that saves fewer bytes than the float tensors it is computed from;
         sets `self.masks`."""
         outputs = {o.id for o in tape.outputs if isinstance(o, N.Name)}
+        derived = self.layer.backward is None and not self.save_inputs_only
 
-        def available(var: str) -> bool:  # at hand in setup_context
-            return var in tape.leaves or not self.save_inputs_only and var in outputs
+        def available(var: str) -> bool:  # at hand in setup_context (a costly step: returned for its mask)
+            step = tape.step(var)
+            costly = derived and step is not None and step.costly and not step.guard
+            return var in tape.leaves or not self.save_inputs_only and var in outputs or costly
 
         def opaque(var: str) -> bool:
             step = tape.step(var)
@@ -794,8 +804,11 @@ class FunctionEmitter:
             value = self._computed_from(mask.expr, tape, available)
             if value is None:
                 continue
-            if not opaque(mask.name):
-                mask = dataclasses.replace(mask, name=self.names.local(mask.name))
+            if not opaque(mask.name):  # named once: each settling of the sections finds it again
+                key = B.key(mask.expr)
+                if key not in self.mask_names:
+                    self.mask_names[key] = self.names.local(mask.name)
+                mask = dataclasses.replace(mask, name=self.mask_names[key])
             found[mask.name] = mask
             computed[mask.name] = value
 
