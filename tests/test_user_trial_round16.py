@@ -223,10 +223,6 @@ layer ShapeOnlyScores(d: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/plan.py: a costly value read only for .shape is saved whole when its static shape is unknown",
-)
 def test_scores_read_only_for_their_shape_are_not_kept():
     ours = compile_spec(SHAPE_ONLY_SCORES, "shape_only_f")["ShapeOnlyScores"](4).double()
     theirs = compile_spec(SHAPE_ONLY_SCORES.replace("@function\n", ""), "shape_only_p")["ShapeOnlyScores"](4).double()
