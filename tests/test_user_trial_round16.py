@@ -294,10 +294,6 @@ layer OneHotTop(n: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codegen: where() of two numbers takes torch's default dtype, not the layer's (or check should refuse it)",
-)
 def test_where_of_two_numbers_has_the_inputs_dtype():
     layer = compile_spec(ONE_HOT_TOP, "one_hot_top")["OneHotTop"](4)
     assert layer(torch.randn(3, 4, dtype=torch.float64)).dtype == torch.float64

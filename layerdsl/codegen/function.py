@@ -27,7 +27,7 @@ from layerdsl.codegen.function_buffers import always_updated, returned_values, u
 from layerdsl.codegen.joint_gradients import joint_calls
 from layerdsl.codegen.names import FunctionNames
 from layerdsl.codegen.norm_loss_grads import norm_loss_grad, read_for_class_dim
-from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling
+from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling, float_like
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
@@ -407,7 +407,7 @@ class FunctionEmitter:
         for s in tape.steps:  # a value whose rank is read at run time is computed once, into a name
             if isinstance(s.expr, N.Call) and (twice := read_for_class_dim(s.expr, self._static_rank)):
                 uses[twice] = 2
-        spelling = Spelling({}, training="training")
+        spelling = Spelling({}, training="training", float_like=float_like(self.layer))
         ex = PyExpr(spelling, call_hook=self._internal)
         read = {n.id for s in tape.steps for n in walk(s.expr) if isinstance(n, N.Name)}
         read |= {n.id for o in tape.outputs for n in walk(o) if isinstance(n, N.Name)}
