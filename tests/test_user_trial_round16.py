@@ -198,10 +198,6 @@ layer ClampedMatmul(d: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/plan.py saving: a costly operand of clamp is saved with clamp's output instead of a bool mask",
-)
 def test_a_clamped_matmul_keeps_no_more_than_autograd():
     ns = compile_spec(CLAMPED_MATMUL, "clamped_matmul")
     layer = ns["ClampedMatmul"](3).double()
@@ -227,10 +223,6 @@ layer ShapeOnlyScores(d: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/plan.py: a costly value read only for .shape is saved whole when its static shape is unknown",
-)
 def test_scores_read_only_for_their_shape_are_not_kept():
     ours = compile_spec(SHAPE_ONLY_SCORES, "shape_only_f")["ShapeOnlyScores"](4).double()
     theirs = compile_spec(SHAPE_ONLY_SCORES.replace("@function\n", ""), "shape_only_p")["ShapeOnlyScores"](4).double()
@@ -301,10 +293,6 @@ layer OneHotTop(n: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codegen: where() of two numbers takes torch's default dtype, not the layer's (or check should refuse it)",
-)
 def test_where_of_two_numbers_has_the_inputs_dtype():
     layer = compile_spec(ONE_HOT_TOP, "one_hot_top")["OneHotTop"](4)
     assert layer(torch.randn(3, 4, dtype=torch.float64)).dtype == torch.float64

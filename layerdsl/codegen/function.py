@@ -30,7 +30,7 @@ from layerdsl.codegen.function_sub_calls import emit_composed_function
 from layerdsl.codegen.joint_gradients import joint_calls
 from layerdsl.codegen.names import FunctionNames
 from layerdsl.codegen.norm_loss_grads import norm_loss_grad, read_for_class_dim
-from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling
+from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling, float_like
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
@@ -131,6 +131,7 @@ class FunctionEmitter:
         self.named: dict[tuple[str, ...], str] = {}  # the gradients this emitter names, by what they are of
         self.masks: dict[str, Mask] = {}  # comparisons and signs saved small, by name
         self.mask_values: dict[str, N.Expr] = {}  # each mask as setup_context computes it
+        self.mask_names: dict[str, str] = {}  # each comparison's mask's name, by the comparison's key
         # Leaves that may be none: no stand-in for another value's shape (`same_shape_leaf`).
         optional = [i.name for i in emitter.forward.inputs if i.optional]
         self.maybe_absent = {*optional, *(t.name for t in self.layer.tensors if t.cond is not None)}
@@ -356,6 +357,13 @@ class FunctionEmitter:
         outputs = {o.id for o in tape.outputs if isinstance(o, N.Name)}
         saved = sorted(reads.items(), key=lambda kv: order[kv[0]])
         extra = [v for v, _ in saved if v not in tape.leaves and v not in outputs and v not in self.masks]
+        # a costly intermediate a mask is computed from (`clamp(x @ w)`'s): returned, the mask saved instead
+        for_masks = {
+            n.id for m, _ in saved if m in self.masks for n in walk(self.mask_values[m]) if isinstance(n, N.Name)
+        }
+        for_masks = {v for v in for_masks if tape.step(v)}
+        for_masks |= {v for v in self.shape_on_ctx if v not in self.shape_sources and tape.step(v)}  # and shapes
+        extra += sorted(for_masks - outputs - set(extra), key=lambda v: order[v])
         return saved, extra
 
     def needs(self, leaves: set[str], tape: Tape) -> str | None:
@@ -407,7 +415,7 @@ class FunctionEmitter:
         for s in tape.steps:  # a value whose rank is read at run time is computed once, into a name
             if isinstance(s.expr, N.Call) and (twice := read_for_class_dim(s.expr, self._static_rank)):
                 uses[twice] = 2
-        spelling = Spelling({}, training="training")
+        spelling = Spelling({}, training="training", float_like=float_like(self.layer))
         ex = PyExpr(spelling, call_hook=self._internal)
         read = {n.id for s in tape.steps for n in walk(s.expr) if isinstance(n, N.Name)}
         read |= {n.id for o in tape.outputs for n in walk(o) if isinstance(n, N.Name)}
@@ -514,7 +522,7 @@ class FunctionEmitter:
         indices = [o.id for o in tape.outputs if isinstance(o, N.Name) and self._never_differentiable(o.id, tape)]
         outs = [o.id if isinstance(o, N.Name) and o.id in used | set(indices) else "_" for o in tape.outputs]
         outs += ["_"] * len(self.padding)
-        outs += [e if e in saved_names and e not in outs else "_" for e in extra]  # None if another side's output
+        outs += [e if e in used and e not in outs else "_" for e in extra]  # None if another side's output
         updated = [v for v in self._updated_names() if v != "_"]
         outs += self._updated_names()
         if any(v != "_" for v in outs):
@@ -547,7 +555,8 @@ class FunctionEmitter:
                 kept = f"{self.names.ctx_shape(name)} = None if {name} is None else {name}.shape"
             else:
                 kept = f"{self.names.ctx_shape(name)} = {name}.shape"
-            lines += self.located([kept], self._declared_line(name))
+            step = tape.step(name)
+            lines += self.located([kept], step.expr.span.line if step else self._declared_line(name))
         for d in dims:
             source = self.dim_source[d]
             lines += self.located([f"{self.names.ctx_value(d)} = {source}"], self._declared_line(source.split(".")[0]))
@@ -753,6 +762,20 @@ class FunctionEmitter:
             and (src := broadcast_leaves(tape, n, [*self.maybe_absent, *self.plain_inputs])) is not None
         }
         self.shape_on_ctx.update({n: shape_uses[n] for n in self.shape_sources})
+        # a costly intermediate read for its shape alone (`grad.sum_to_size(mm1.shape)`, a shape the dims do
+        # not give): returned, and its shape kept on ctx rather than the tensor
+        derived = self.layer.backward is None and not self.save_inputs_only
+        self.shape_on_ctx.update(
+            {
+                n: uses
+                for n, uses in shape_uses.items()
+                if derived
+                and n not in reads.keys() | recomputed | self.shape_on_ctx.keys()
+                and (step := tape.step(n)) is not None
+                and step.costly
+                and not step.guard
+            }
+        )
         for sec, read in zip(sections, readers):
             for leaves, _, expr, _ in sec.items:
                 for n in names.shapes(expr):
@@ -795,9 +818,12 @@ class FunctionEmitter:
         smallest form, each where that saves fewer bytes than the float tensors it is computed from;
         sets `self.masks`."""
         outputs = {o.id for o in tape.outputs if isinstance(o, N.Name)}
+        derived = self.layer.backward is None and not self.save_inputs_only
 
-        def available(var: str) -> bool:  # at hand in setup_context
-            return var in tape.leaves or not self.save_inputs_only and var in outputs
+        def available(var: str) -> bool:  # at hand in setup_context (a costly step: returned for its mask)
+            step = tape.step(var)
+            costly = derived and step is not None and step.costly and not step.guard
+            return var in tape.leaves or not self.save_inputs_only and var in outputs or costly
 
         def opaque(var: str) -> bool:
             step = tape.step(var)
@@ -811,8 +837,11 @@ class FunctionEmitter:
             value = self._computed_from(mask.expr, tape, available)
             if value is None:
                 continue
-            if not opaque(mask.name):
-                mask = dataclasses.replace(mask, name=self.names.local(mask.name))
+            if not opaque(mask.name):  # named once: each settling of the sections finds it again
+                key = B.key(mask.expr)
+                if key not in self.mask_names:
+                    self.mask_names[key] = self.names.local(mask.name)
+                mask = dataclasses.replace(mask, name=self.mask_names[key])
             found[mask.name] = mask
             computed[mask.name] = value
 

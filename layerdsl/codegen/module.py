@@ -26,7 +26,7 @@ from layerdsl.codegen.function_checks import plan_checks, read_vars
 from layerdsl.codegen.function_members import held_argument_value, member_argument
 from layerdsl.codegen.function_sub_calls import SUB_CALL, composed_forward
 from layerdsl.codegen.optional_members import IsPresent, hoist_optionals
-from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling
+from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling, float_like
 from layerdsl.codegen.reference_parameter import Reference, inlined_parameter
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.diagnostics import SpecError, printable
@@ -686,7 +686,12 @@ class LayerEmitter:
             }
         )
         forward = self.forward
-        return Spelling(names, cloned=cloned_buffer_reads(forward), cloned_in_training=cloned_in_training_only(forward))
+        return Spelling(
+            names,
+            cloned=cloned_buffer_reads(forward),
+            cloned_in_training=cloned_in_training_only(forward),
+            float_like=float_like(self.layer),
+        )
 
     def functional_kwargs(self) -> list[str]:
         """Arguments the computation reads (directly or through lets), plus `training` when it matters."""
@@ -785,7 +790,7 @@ class LayerEmitter:
                 default = f" = {default_text(a.default)}" if a.default is not None else ""
                 params.append(f"{a.name}: {hint}{default}")
         doc = f"Functional form of :class:`{layer.name}`."
-        spelling = Spelling({}, training="training")
+        spelling = Spelling({}, training="training", float_like=float_like(self.layer))
         return Func(name, params, self.returns_hint(), doc, self.body_lines(spelling, on_self=False))
 
     def body_lines(self, spelling: Spelling, on_self: bool) -> list[str]:

@@ -28,6 +28,9 @@ class Spelling:
     training: str = "self.training"
     cloned: frozenset[N.Span] = frozenset()  # buffer reads written `self.b.clone()` (codegen/buffer_reads.py)
     cloned_in_training: frozenset[str] = frozenset()  # ... of buffers cloned only then (`if self.training`)
+    # a floating tensor of the layer (its first floating input or parameter): `where(c, 1.0, 0.0)` of two
+    # numbers takes its dtype, where torch.where gives the default dtype
+    float_like: str | None = None
 
     def name(self, node: N.Name) -> str:
         if node.id in self.names:
@@ -61,6 +64,19 @@ def _string_literal(value: str) -> str:
     if not text.startswith("'") or value.count('"') > value.count("'"):
         return text
     return '"' + text[1:-1].replace("\\'", "'").replace('"', '\\"') + '"'
+
+
+def float_like(layer: N.Layer) -> str | None:
+    """The name of the layer's first floating input or parameter (`Spelling.float_like`)."""
+    fwd = layer.forward
+    declared: list[N.Input | N.Tensor] = [*(fwd.inputs if fwd is not None else []), *layer.params]
+    floating = ("float", "double", "half", "bfloat16")
+    return next((d.name for d in declared if d.dtype in floating and not getattr(d, "optional", False)), None)
+
+
+def _numbers(args: list[N.Expr]) -> bool:
+    """Whether `where`'s two values are plain numbers, one of them a float."""
+    return len(args) == 2 and all(a.kind in ("int", "float") for a in args) and any(a.kind == "float" for a in args)
 
 
 def shorten(torch_name: str) -> str:
@@ -167,6 +183,9 @@ class PyExpr:
         op = None if c.sub else CALLABLE.get(c.func) or OPS.get(c.func)
         if op is None:  # a sub
             return f"{self.sp.name(N.Name(c.func_span, c.func))}({', '.join(self(a) for a in c.args)})"
+        if c.func == "where" and self.sp.float_like and _numbers(c.args[1:]):
+            like = self.sp.name(N.Name(c.func_span, self.sp.float_like))
+            return f"torch.where({', '.join(self(a) for a in c.args)}).to({like}.dtype)"
         if c.kind != "tensor" and op.scalar:
             return f"{op.scalar}({', '.join(self(a) for a in c.args)})"
         if op.template:
