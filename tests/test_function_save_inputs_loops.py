@@ -203,3 +203,10 @@ def test_the_function_returns_only_the_outputs_and_recomputes_in_backward():
     assert "ctx.save_for_backward(x, a)" in setup and "def backward(ctx, grad_out):" in backward
     assert "x, a = ctx.saved_tensors" in backward and "decay = torch.sigmoid(a)" in backward
     assert "torch.stack(ys" not in backward  # the output itself is not computed again
+
+
+def test_each_side_of_an_if_saves_what_it_reads_and_returns_the_output_alone():
+    source = compile_spec(GATED, "gated")["SOURCE"]
+    setup = source[source.index("def setup_context") : source.index("def backward")]
+    assert "-> Tensor:" in source[source.index("def forward(x: Tensor, w") :].splitlines()[0]
+    assert "ctx.save_for_backward(x, w, b)" in setup and "ctx.save_for_backward(x, w)" in setup

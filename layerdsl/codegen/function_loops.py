@@ -108,7 +108,8 @@ def emit_branching_loop_function(emitter, plan: BranchPlan) -> dict:
         plan, iter([p["setup_body"] for p in pieces]), forward_cond
     )
     fn["backward_body"] = _chosen(plan, iter([p["backward_body"] for p in pieces]), backward_cond)
-    fn["returns"] = f"tuple[{', '.join(['Tensor'] * n_out.pop() + ['Tensor | None'] * len(returned))}]"
+    types = ["Tensor"] * n_out.pop() + ["Tensor | None"] * len(returned)
+    fn["returns"] = types[0] if len(types) == 1 else f"tuple[{', '.join(types)}]"  # save = "inputs": one alone
     return fn
 
 
