@@ -232,7 +232,8 @@ def test_scores_read_only_for_their_shape_are_not_kept():
 
 
 # `@function(save = "inputs")` "saves only inputs and parameters ... Nothing extra is returned"; a forward
-# with a run-time loop still returns and saves the per-step values (and the carried state), as `auto` does.
+# with a run-time loop returned and saved the per-step values (and the carried state), as `auto` does. Its
+# backward now runs the forward again (tests/test_function_save_inputs_loops.py).
 SCAN_INPUTS = """\
 @function(save = "inputs")
 layer ScanInputs(d: int) {
@@ -253,7 +254,6 @@ layer ScanInputs(d: int) {
 """
 
 
-@pytest.mark.xfail(strict=True, reason='codegen/function_loops.py: save = "inputs" is ignored for run-time loops')
 def test_save_inputs_keeps_only_the_inputs_of_a_loop():
     ns = compile_spec(SCAN_INPUTS, "scan_inputs")
     layer = ns["ScanInputs"](3).double()

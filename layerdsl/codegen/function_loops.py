@@ -109,7 +109,8 @@ def emit_branching_loop_function(emitter, plan: BranchPlan) -> dict:
         plan, iter([p["setup_body"] for p in pieces]), forward_cond
     )
     fn["backward_body"] = _chosen(plan, iter([p["backward_body"] for p in pieces]), backward_cond)
-    fn["returns"] = f"tuple[{', '.join(['Tensor'] * n_out.pop() + ['Tensor | None'] * len(returned))}]"
+    types = ["Tensor"] * n_out.pop() + ["Tensor | None"] * len(returned)
+    fn["returns"] = types[0] if len(types) == 1 else f"tuple[{', '.join(types)}]"  # save = "inputs": one alone
     return fn
 
 
@@ -182,6 +183,13 @@ class LoopFunction:
         for nest in function_nest.nests(plan.segments):
             self.names.taken |= {nest.var, *nest.appended, *(n for n, _ in nest.numbers)}
         self.loops = function_nest.loops_in(plan.segments)
+        # `save = "inputs"`: setup_context saves only the inputs and parameters, and backward runs the forward's
+        # segments again (`recompute`), keeping per step what it reads, before the loops' backward
+        self.save_inputs_only = self.helper.save_inputs_only
+        self.recomputing = False  # the backward being written runs the forward again (its last writing)
+        self.unpacked: list[str] = []  # the inputs and parameters that backward unpacks from ctx.saved_tensors
+        self.recomputed_plain: set[str] = set()  # the flags and int-tuple inputs backward reads (on ctx)
+        self.left_out: set[str] = set()  # the values and joins the forward run again leaves out (`unread`)
         self.helper.mask_when_dropping = not self.loops  # no mask kept per step (a stack takes no None)
         self.own: dict[tuple, str] = {} if shared is None else shared  # names it introduces, by what they hold
         self.outputs = {o.id for o in plan.outputs if isinstance(o, N.Name)}
@@ -237,11 +245,16 @@ class LoopFunction:
             per_step = new_steps
         else:  # not settled in MAX_ROUNDS: written once more with everything read so far
             body, reads = self.backward(once, per_step)
-        body, reads = self.shapes_kept(body, reads, once, per_step)
+        if not self.save_inputs_only:  # (recomputed, they are all at hand)
+            body, reads = self.shapes_kept(body, reads, once, per_step)
         self.step_shapes = self.shapes_per_step(reads, per_step, body)
         extra = self.extra_outputs(once, per_step)
         returned = extra if self.returned is None else self.returned
         saved_leaves = [l for l in self.plan.leaves if l in reads.once]
+        if self.save_inputs_only:  # nothing returned but the outputs: backward computes the rest again
+            self.recomputing = True
+            body, reads = self.backward(once, per_step)
+            extra, returned, per_step, saved_leaves = [], [], {}, self.unpacked
         layer, plan = self.layer, self.plan
         n_out = len(plan.outputs)
         leaves = plan.leaves
@@ -432,18 +445,64 @@ class LoopFunction:
 
     def forward(self, extra: list[str], per_step: dict[int, set[str]]) -> list[str]:
         ex = self.helper.python(Spelling({}, training="training"))
-        lines = self.prelude(ex, self.dim_source)
+        lines = self.prelude(ex, self.dim_source) + self.segments_forward(set(extra), per_step, ex)
+        outs = [ex(o) for o in self.plan.outputs] + extra
+        return lines + [f"return {', '.join(outs)}"]
+
+    def segments_forward(self, extra: set[str], per_step: dict[int, set[str]], ex: PyExpr) -> list[str]:
+        """The segments run in order, keeping per step the values of `per_step`; the other side's values of
+        `extra` None after a `Choice`."""
+        lines = []
         for seg in self.plan.segments:
             if isinstance(seg, Straight):
                 lines += self.steps(seg.tape, ex)
             elif isinstance(seg, Choice):
-                lines += self.forward_choice(seg, set(extra), ex)
+                lines += self.forward_choice(seg, extra, ex)
             elif isinstance(seg, Nest):
                 lines += function_nest.forward(self, seg, per_step, ex)
             else:
                 lines += self.forward_loop(seg, per_step.get(self.loops.index(seg), set()), ex)
-        outs = [ex(o) for o in self.plan.outputs] + extra
-        return lines + [f"return {', '.join(outs)}"]
+        return lines
+
+    def recompute(self, once: set[str], per_step: dict[int, set[str]], spelling: Spelling, read: set[str]) -> list[str]:
+        """`save = "inputs"`: the forward run again at the head of backward (as backward spells the arguments
+        and dims), keeping per step what backward reads: the values forward returns as extra outputs under
+        the default policy, at hand as locals. In torch operations, so double backward goes through them.
+        `read`: the values backward reads after forward (outputs and views of inputs among them)."""
+        plain = {p: self.names.ctx_value(p) for p in self.helper.plain_inputs}  # a flag: kept on ctx
+        ex = self.helper.python(dataclasses.replace(spelling, names=spelling.names | plain))
+        self.left_out = self.unread(once | read)
+        lines = self.segments_forward(set(self.extra_outputs(once, per_step)), per_step, ex)
+        self.left_out = set()
+        return ['# forward again (save = "inputs"), keeping what backward reads', *lines]
+
+    def unread(self, once: set[str]) -> set[str]:
+        """What the forward run again (`recompute`) leaves out: the values of its straight segments and the
+        joins of its loops (`stack(ys)`) that neither backward (`once`) nor what it keeps reads: the outputs'
+        own. A call's results (`with_second_results`) are kept together."""
+        paired = {
+            v
+            for s in self.plan.segments
+            if isinstance(s, Straight)
+            for p in with_second_results(s.tape).items()
+            for v in p
+        }
+        left_out: set[str] = set()
+        while True:
+            read = set(once) | {n for seg in self.plan.segments for n in _read_by(seg, left_out)}
+            unread = {
+                s.var
+                for seg in self.plan.segments
+                if isinstance(seg, Straight)
+                for s in seg.tape.steps
+                if s.var not in read and s.var not in paired
+            }
+            unread |= {
+                j.name for seg in self.plan.segments if isinstance(seg, Loop) for j in seg.joins if j.name not in read
+            }
+            if unread <= left_out:
+                return left_out
+            left_out |= unread
 
     def prelude(self, ex: PyExpr, dim_spelling) -> list[str]:
         """The dims and number locals (outside loops) that forward or backward read."""
@@ -475,6 +534,8 @@ class LoopFunction:
         paired = with_second_results(tape)  # one call returns both: `h, mean, rstd = torch.native_layer_norm(...)`
         lines = []
         for s in tape.steps:
+            if s.var in self.left_out:
+                continue
             seconds = [v for v, first in paired.items() if first == paired.get(s.var)]
             if s.var in paired.values() or s.var in seconds[1:]:
                 continue  # bound with the first of its call's second results
@@ -521,7 +582,9 @@ class LoopFunction:
         kept = self.per_step_order(loop, per_step)
         shaped = self.step_shapes.get(self.loops.index(loop), set())
         buffered = self.buffered_lists(loop, [v for v in kept if v not in shaped and v not in loop.carried])
-        appended = {name: item for name, item in loop.appended.items() if name not in buffered}
+        joins = [j for j in loop.joins if j.name not in self.left_out]
+        joined = {j.items for j in joins} | set(loop.appended.keys() - {j.items for j in loop.joins})
+        appended = {name: item for name, item in loop.appended.items() if name not in buffered and name in joined}
         lines += [f"{name} = [{', '.join(loop.heads.get(name, []))}]" for name in appended]
         trip = self.trip(loop, ex)
         index = loop.var if plain_range(loop) else self.name("step", key=(id(loop),))
@@ -555,7 +618,7 @@ class LoopFunction:
         trip = trip if index == loop.var else f"enumerate({trip})"
         head = with_spec_line([f"for {each} in {trip}:"], 0, self.e.spec_path, loop.span.line)
         lines += head + ["    " + line for line in body or ["pass"]]
-        for j in loop.joins:
+        for j in joins:
             if j.items in buffered:  # a view of the buffer (an output of its own: not the buffer itself)
                 buffer, dim = self.stacked(buffered[j.items]), ex(j.dim)
                 view = f"{buffer}.view_as({buffer})" if dim == "0" else f"torch.movedim({buffer}, 0, {dim})"
@@ -625,11 +688,15 @@ class LoopFunction:
         dims = sorted(self.backward_dims)
         used = set(saved_leaves) | set(self.kwargs) | {self.helper.dim_source[d].split(".")[0] for d in dims}
         used |= set(self.presence_tested) | set(self.flags_tested) | set(self.dtype_tested) | self.leaf_shapes
+        used |= self.recomputed_plain
         lines = []
         if used:
             names = [u if u in used else "_" for u in unpack]
             lines.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = {self.names.inputs}")
-        saved_outputs = [o.id if isinstance(o, N.Name) and o.id in reads.once else "_" for o in self.plan.outputs]
+        saved_outputs = [
+            o.id if isinstance(o, N.Name) and o.id in reads.once and not self.recomputing else "_"
+            for o in self.plan.outputs
+        ]
         shaped = [o.id for o in self.plan.outputs if isinstance(o, N.Name) and o.id in reads.output_shapes]
         outs = [o.id if isinstance(o, N.Name) and o.id in shaped else "_" for o in self.plan.outputs]
         outs = [s if s != "_" else o for s, o in zip(saved_outputs, outs)] + extra
@@ -649,7 +716,8 @@ class LoopFunction:
             for l in self.plan.leaves
             if l in self.leaf_shapes and l not in self.presence_tested
         ]
-        lines += [f"{self.names.ctx_value(f)} = {f}" for f in self.flags_tested]
+        flags = self.flags_tested + [p for p in self.helper.plain_inputs if p in self.recomputed_plain]
+        lines += [f"{self.names.ctx_value(f)} = {f}" for f in dict.fromkeys(flags)]
         lines += [f"{self.names.ctx_shape(o)} = {o}.shape" for o in dict.fromkeys(shaped)]
         for leaf in self.dtype_tested:
             test = f"{leaf}.is_floating_point()"
@@ -709,18 +777,21 @@ class LoopFunction:
 
     def split(self, once: set[str], per_step: dict[int, set[str]]) -> bool:
         """Whether the extra outputs' gradients get a section of their own, run only when one is given
-        (double backward): with one output, whose gradient is then the only one of a first backward."""
-        return len(self.plan.outputs) == 1 and bool(self.extra_outputs(once, per_step))
+        (double backward): with one output, whose gradient is then the only one of a first backward. Not
+        when backward computes them again (`recomputing`): none is returned."""
+        return len(self.plan.outputs) == 1 and bool(self.extra_outputs(once, per_step)) and not self.recomputing
 
     def backward(self, once: set[str], per_step: dict[int, set[str]]) -> tuple[list[str], Reads]:
         lines, reads = self.backward_lines(once, per_step)
         text = "\n".join(lines)
         self.backward_dims = {d for d in self.helper.dims if self.names.ctx_value(d) in text}
+        self.recomputed_plain = {p for p in self.helper.plain_inputs if self.names.ctx_value(p) in text}
         return lines, reads
 
     def backward_lines(self, once: set[str], per_step: dict[int, set[str]]) -> tuple[list[str], Reads]:
         if not self.split(once, per_step):
-            writer = BackwardWriter(self, once, per_step, "all")
+            # forward run again (`recomputing`) returns no extra output: no gradient of one comes in
+            writer = BackwardWriter(self, once, per_step, "main" if self.recomputing else "all")
             lines = writer.write()
             return writer.head([writer]) + writer.declared() + lines + self.returns(), writer.reads
         main = BackwardWriter(self, once, per_step, "main")
@@ -776,6 +847,29 @@ class LoopFunction:
     def returns(self) -> list[str]:
         grads = [f"grad_{l}" if l in self.plan.differentiable else "None" for l in self.plan.leaves]
         return [f"return {', '.join(grads + ['None'] * len(self.kwargs))}"]
+
+
+def _read_by(seg, left_out: set[str]) -> set[str]:
+    """The names a segment reads (its steps, a loop's starts, items, counts and joins, a Choice's condition),
+    those of the values and joins in `left_out` aside."""
+    if isinstance(seg, Straight):
+        return {n for s in seg.tape.steps if s.var not in left_out for n in s.reads}
+    names = {n for s in segment_steps(seg) for n in s.reads}
+    exprs: list[N.Expr] = []
+    if isinstance(seg, Choice):
+        exprs.append(seg.cond)
+        names |= {v for values in seg.merged.values() for v in values}
+    else:  # a loop or a nest
+        joins = [j for j in seg.joins if j.name not in left_out]
+        exprs += [*seg.bounds, *(e for _, e in seg.numbers), *seg.appended.values(), *(j.dim for j in joins)]
+        exprs += [e for more in seg.more.values() for e in more]
+        names |= {*seg.carried.values(), *seg.updates.values(), *(h for j in joins for h in j.heads)}
+        names |= {h for heads in seg.heads.values() for h in heads}
+        if isinstance(seg, Loop):
+            names |= {n for p in seg.picks.values() for n in p.reads}
+        else:
+            names |= {n for inner in seg.segments for n in _read_by(inner, set())}
+    return names | {n.id for e in exprs for n in walk(e) if isinstance(n, N.Name)}
 
 
 def _only_sides(where: set[tuple[int, int] | None]) -> list[tuple[int, int]]:

@@ -127,9 +127,18 @@ class BackwardWriter:
         """The saved tensors unpacked, the dims and numbers, the views recomputed (for every section)."""
         saved = self.saved_names([w.reads for w in writers])
         head: list[str] = []
+        again: list[str] = []
+        if self.fn.recomputing:  # save = "inputs": the inputs and parameters the forward run again reads
+            read = {v for w in writers for v in w.reads.once | w.reads.shapes | w.recomputed}
+            again = self.fn.recompute(self.once, self.per_step, self.spelling, read)
+            text = "\n".join(again)
+            spelled = [l for l in self.plan.leaves if re.search(rf"(?<![.\w]){re.escape(l)}\b", text)]
+            saved = self.fn.unpacked = [l for l in self.plan.leaves if l in saved or l in spelled]
         if saved:
             head.append(f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors")
         head += self.fn.prelude(self.ex, lambda d: self.fn.names.ctx_value(d))
+        if again:  # it binds the views of the inputs too
+            return head + again
         recomputed = {v for w in writers for v in w.recomputed}
         for var, step in self.views.items():
             if var in recomputed:
@@ -140,6 +149,8 @@ class BackwardWriter:
         once = {v for r in reads for v in r.once}
         leaves = [l for l in self.plan.leaves if l in once]
         outputs = [o.id for o in self.plan.outputs if isinstance(o, N.Name) and o.id in once]
+        if self.fn.recomputing:  # nothing but inputs and parameters is saved
+            return leaves
         extra = self.fn.extra_outputs(self.once, self.per_step)
         return leaves + outputs + [x for x in extra if x not in self.fn.shape_only]
 
