@@ -6,6 +6,7 @@ float64, at several trip counts including 0 and 1."""
 from __future__ import annotations
 
 import inspect
+import re
 
 import pytest
 import torch
@@ -181,6 +182,17 @@ def test_the_generated_function_runs_the_body_once_forward_and_once_backward():
     assert "for t in range(steps):" in function
     assert "for t in reversed(range(ctx.steps)):" in function
     assert "tanh_backward" in function
+
+
+@pytest.mark.parametrize(
+    "text", [SCAN, CARRIED, TWO_LOOPS, JOIN_READ_BY_LOOP, ELMAN], ids=["scan", "carried", "two", "join", "elman"]
+)
+def test_backward_binds_no_dim_it_does_not_read(text):
+    spec = parse_file("loop.layer", text)
+    code = emit_file(spec, check_program([spec]), "loop.layer", {})
+    backward = code[code.index("def backward(") : code.index("\nclass ", code.index("def backward("))]
+    for bound in re.findall(r"^ +(\w+) = ctx\.\w+$", backward, re.M):
+        assert len(re.findall(rf"(?<![.\w]){bound}\b", backward)) > 1, bound
 
 
 @pytest.mark.parametrize("length", [1, 2, 6])

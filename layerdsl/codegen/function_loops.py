@@ -783,6 +783,7 @@ class LoopFunction:
 
     def backward(self, once: set[str], per_step: dict[int, set[str]]) -> tuple[list[str], Reads]:
         lines, reads = self.backward_lines(once, per_step)
+        lines = _without_unread_ctx_values(lines)
         text = "\n".join(lines)
         self.backward_dims = {d for d in self.helper.dims if self.names.ctx_value(d) in text}
         self.recomputed_plain = {p for p in self.helper.plain_inputs if self.names.ctx_value(p) in text}
@@ -847,6 +848,19 @@ class LoopFunction:
     def returns(self) -> list[str]:
         grads = [f"grad_{l}" if l in self.plan.differentiable else "None" for l in self.plan.leaves]
         return [f"return {', '.join(grads + ['None'] * len(self.kwargs))}"]
+
+
+def _without_unread_ctx_values(lines: list[str]) -> list[str]:
+    """The lines without a top-level `B = ctx.B` whose name no other line reads: the prelude binds every dim
+    forward reads, and backward spells most of them `ctx.B` itself."""
+    text = "\n".join(lines)
+    out = []
+    for line in lines:
+        bound = re.fullmatch(r"(\w+) = ctx\.\w+", line)
+        if bound and len(re.findall(rf"(?<![.\w]){bound[1]}\b", text)) == 1:
+            continue
+        out.append(line)
+    return out
 
 
 def _read_by(seg, left_out: set[str]) -> set[str]:
