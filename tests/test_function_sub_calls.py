@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
 import tempfile
 from pathlib import Path
 
@@ -289,3 +290,50 @@ def test_the_encoder_stack_saves_no_more_than_autograd(torch_nn):
     x = torch.randn(10, 2, 16, requires_grad=True)
     ours, theirs = saved_bytes(lambda: a(x), a), saved_bytes(lambda: b(x), b)
     assert 0 < ours <= theirs
+
+
+# ------------------------------------------------------------------ the called layers' checks, before apply
+
+
+def _raised(run, *inputs: torch.Tensor) -> tuple[type, str]:
+    """The error `run` raises, its spec line named by the file alone (the `@function` specs are in a folder of
+    their own, `@function` lines added)."""
+    with pytest.raises(Exception) as caught:
+        run(*inputs)
+    return caught.type, re.sub(r" at \S*/torch_nn/(\S+?):\d+", r" at \1", str(caught.value))
+
+
+def test_a_stack_checks_the_input_its_first_copy_is_called_on_as_the_copys_module_does():
+    def build(ns):
+        torch.manual_seed(0)
+        return ns["Stack"](ns["Block"](3), 2, ns["Norm"](3))
+
+    a, b = build(small(True)), build(small(False))
+    for bad in ([torch.randn(2, 5)], [torch.randn(2, 5), torch.rand(2, 5)]):  # of the size Stack binds, not d
+        got, want = _raised(a, *bad), _raised(b, *bad)
+        assert got == want and want[1].startswith("Block: input 'x' has size 5 at dim -1, expected d = 3")
+    good = [torch.randn(2, 3), torch.rand(2, 3)]
+    torch.testing.assert_close(a(*good), b(*good))
+
+
+def test_torch_nns_stacks_check_their_layers_inputs_and_requires_before_apply(torch_nn):
+    def encoder(ns):  # MultiheadAttention's `require embed_dim % num_heads == 0`, inlined into the layer
+        return ns.TransformerEncoder(ns.TransformerEncoderLayer(4, 3, dim_feedforward=6, dropout=0.0), 2)
+
+    a, b = _pair(torch_nn, encoder)
+    src = torch.randn(3, 1, 4, dtype=torch.float64)
+    got, want = _raised(a, src), _raised(b, src)
+    assert got == want and "MultiheadAttention: embed_dim must be divisible by num_heads (`require" in want[1]
+
+    def decoder(ns):  # TransformerDecoderLayer's `require tgt.ndim >= 2`
+        return ns.TransformerDecoder(ns.TransformerDecoderLayer(4, 2, dim_feedforward=6, dropout=0.0), 2)
+
+    a, b = _pair(torch_nn, decoder)
+    tgt, memory = torch.randn(4, dtype=torch.float64), torch.randn(2, 1, 4, dtype=torch.float64)
+    got, want = _raised(a, tgt, memory), _raised(b, tgt, memory)
+    assert got == want and "TransformerDecoderLayer: tgt must have 2 dims" in want[1] and "transformer.layer" in want[1]
+
+    a, b = _pair(torch_nn, lambda ns: ns.Transformer(4, 3, 1, 1, dim_feedforward=6, dropout=0.0))
+    src, tgt = torch.randn(2, 1, 4, dtype=torch.float64), torch.randn(2, 1, 4, dtype=torch.float64)
+    got, want = _raised(a, src, tgt), _raised(b, src, tgt)
+    assert got == want and "MultiheadAttention: embed_dim must be divisible by num_heads (`require" in want[1]

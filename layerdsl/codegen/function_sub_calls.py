@@ -8,7 +8,8 @@ call's Function through `_SubCall` (the context its backward reads), returns the
 every call's outputs (so double backward sees what each call saves), and saves what each call saves.
 Backward runs the calls backwards, last first: each takes the gradient of the value it assigned, plus
 those of its outputs, and adds its input gradients to the values it was called on; its arguments'
-gradients are those of `members`.
+gradients are those of `members`. The module checks before `apply` what each sub's module would on the
+values it is called on, where it has them (`sub_checks`): its inputs, its `require`s and its inlined subs'.
 
 `SUB_CALL` is the helper the Function runs each call through, written once in a file that needs it.
 """
@@ -303,6 +304,7 @@ def composed_forward(emitter, plan: CallPlan, functional) -> list[str]:
     lines, args = module_call(emitter, plan, "self", "")
     call = f"{function_name(plan.layer.name)}.apply({', '.join([*plan.inputs, *args])})[0]"
     body = emitter.shape_checks(spelling, on_self=True, bind=False)
+    body += sub_checks(emitter, plan, "self", {v: v for v in plan.inputs}, set(plan.inputs))
     body += ["# what each sub's module passes its Function besides the values it is called on", *lines]
     body += emitter.output_checks([call], spelling, on_self=True, bind=False) or [f"return {call}"]
     tests = callable_tests(plan, "self")
@@ -310,6 +312,55 @@ def composed_forward(emitter, plan: CallPlan, functional) -> list[str]:
         return body
     why = "# a callable has no derivative the Function knows: autograd derives this forward"
     return [why, f"if {' or '.join(tests)}:", *_indent(emitter.plain_forward(functional)), *body]
+
+
+def sub_checks(emitter, plan: CallPlan, instance: str, values: dict[str, str], taken: set[str]) -> list[str]:
+    """What the modules of the subs `plan` calls check (their inputs, their `require`s and their inlined
+    subs'), on the values each is called on, where the module has those before `apply`: a call whose values
+    are each an input of the layer (`values`: how the module spells each value so known), a list's first copy
+    (where the list has one; a later copy takes what the one before returned, and its checks are not run),
+    and within a composed call, its own calls so. `taken`: the names the module's forward reads after these
+    checks (its inputs), which a check neither binds nor names a sub's input by."""
+    from layerdsl.codegen.module import LayerEmitter
+
+    values = dict(values)
+    lines: list[str] = []
+    for step in plan.steps:
+        if isinstance(step, Alias):
+            if step.source in values:
+                values[step.target] = values[step.source]
+            else:
+                values.pop(step.target, None)
+            continue
+        known = [values.get(v) if v is not None else None for v in step.inputs]
+        values.pop(step.target, None)
+        passed = [p for p in known if p is not None]
+        if len(passed) < len(known):  # a value the Function computes (or none)
+            continue
+        held = f"{instance}.{step.sub}" + ("[0]" if step.copies else "")
+        sub = LayerEmitter(step.layer, emitter.program, None, emitter.spec_path)
+        names = [i.name for i in sub.forward.inputs]
+        if step.composed is not None:
+            checks = sub.shape_checks(sub.module_spelling(), on_self=True, bind=False)
+            checks += sub_checks(emitter, step.composed, "self", dict(zip(names, passed)), {*taken, *names})
+        else:
+            checks = sub.checks_before_apply(sub.module_spelling())[0]
+        named = [f"{n} = {p}" for n, p in zip(names, passed) if n != p]
+        checks = [re.sub(r"\bself\.", f"{held}.", line) for line in [*named, *checks]]
+        bound = {n for line in checks for n in _bound(line)}
+        if not checks or bound & taken:
+            continue
+        said = f"# {step.layer.name}'s checks, as its module runs them on the values "
+        said += "the first copy is called on" if step.copies else f"`{step.sub}` is called on"
+        guard = f"len({instance}.{step.sub})" if step.copies else f"{held} is not None" if step.optional else None
+        lines += [said, *([f"if {guard}:", *_indent(checks)] if guard else checks)]
+    return lines
+
+
+def _bound(line: str) -> list[str]:
+    """The names a line of checks assigns (`x = src`, `d_model = x.shape[-1]`, `n, d = x.shape`)."""
+    assigned = re.match(r"\s*(\w+(?:\s*,\s*\w+)*)\s*=[^=]", line)
+    return re.split(r"\s*,\s*", assigned.group(1)) if assigned else []
 
 
 def _slice(start: str, end: str) -> str:

@@ -559,21 +559,28 @@ class LayerEmitter:
             elif function_class["extra"]:  # the Function also returns intermediates it saves
                 n = function_class["n_outputs"]
                 call = f"{call}[0]" if n == 1 else f"{call}[:{n}]"
-            # The Function's forward has no requirements: the module checks them before `apply`, its subs' too.
-            requires: list[N.Stmt] = [s for s in (fwd.body if fwd else []) if isinstance(s, N.Require)]
             spelling = self.module_spelling()
-            spelling.names.update(self.held_arguments())  # what the subs' checks read of held layers
-            requires += self.sub_requires(spelling)
-            body = self.shape_checks(spelling, on_self=True, bind=bool(requires))
-            body += StatementWriter(PyExpr(spelling), spelling, self.layer).block(requires)
+            body, bind = self.checks_before_apply(spelling)
             body += self.tuple_unpacking()
             body += unpacking
             if several:
                 body += returned_by_arity(self.plan, outputs, PyExpr(spelling))
                 return Func("forward", params, returns, doc, self.callable_fallback(functional) + body)
-            body += self.output_checks([call], spelling, on_self=True, bind=bool(requires)) or [f"return {call}"]
+            body += self.output_checks([call], spelling, on_self=True, bind=bind) or [f"return {call}"]
             return Func("forward", params, returns, doc, self.callable_fallback(functional) + body)
         return Func("forward", params, returns, doc, self.plain_forward(functional))
+
+    def checks_before_apply(self, spelling: Spelling) -> tuple[list[str], bool]:
+        """What the module of a `@function` layer checks before `Function.apply` (the Function's forward has no
+        requirements): its inputs, then its `require`s and its inlined subs' (`spelling` is given the held
+        layers' arguments they read); and whether the input checks bind the dims (where there are `require`s)."""
+        fwd = self.forward
+        requires: list[N.Stmt] = [s for s in (fwd.body if fwd else []) if isinstance(s, N.Require)]
+        spelling.names.update(self.held_arguments())  # what the subs' checks read of held layers
+        requires += self.sub_requires(spelling)
+        body = self.shape_checks(spelling, on_self=True, bind=bool(requires))
+        body += StatementWriter(PyExpr(spelling), spelling, self.layer).block(requires)
+        return body, bool(requires)
 
     def held_arguments(self) -> dict[str, str]:
         """How the module reads each held layer's argument the inlined forward reads, where the module always
