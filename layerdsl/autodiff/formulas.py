@@ -26,6 +26,25 @@ def rank_case(op_name: str, param: str, shapes: dict[str, tuple | None]) -> Rank
     return next((c for c in OPS[op_name].rank_grads if param in c.grads and c.applies(shapes)), None)
 
 
+def rank_branches(
+    op_name: str, param: str, shapes: dict[str, tuple | None]
+) -> list[tuple[dict[str, str], RankCase | None]]:
+    """The formulas that `param`'s gradient chooses between at run time, in order, each with the operands'
+    rank patterns it needs (`{"other": "1"}`: other a vector), tested on their `ndim`: the rank cases that
+    the declared shapes allow without settling (an operand declared `[..., n]`), up to the first that they
+    settle, or the row's own (None) last. One entry with no tests: the formula is chosen here."""
+    branches: list[tuple[dict[str, str], RankCase | None]] = []
+    for case in OPS[op_name].rank_grads:
+        if param not in case.grads:
+            continue
+        tests = case.run_time_tests(shapes)
+        if tests == {}:
+            return [*branches, ({}, case)]
+        if tests is not None:
+            branches.append((tests, case))
+    return [*branches, ({}, None)]
+
+
 @functools.cache
 def _parsed(text: str) -> N.Expr:
     return parse_expr(text, TABLE)

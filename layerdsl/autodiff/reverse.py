@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from layerdsl.autodiff.formulas import formula, rank_case
+from layerdsl.autodiff.formulas import formula, rank_branches
 from layerdsl.autodiff.simplify import simplify
 from layerdsl.autodiff.tape import NotDerivable, Step, Tape, refusal
 from layerdsl.diagnostics import Span
@@ -23,7 +23,7 @@ from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
 from layerdsl.ir.visit import children, clone, map_children, walk
-from layerdsl.language.ops import OPS
+from layerdsl.language.ops import OPS, RankCase
 
 
 @dataclass(eq=False)
@@ -108,23 +108,18 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
             if not step.op.grads.get(pname):
                 problems.append(NotDerivable(step.expr.span, f"{step.op.name}() has no derivative"))
                 continue
-            case = rank_case(step.op.name, pname, {p: _shape_of(tape, a) for p, a in step.args.items()})
-            template = formula(step.op.name, pname, case)
+            shapes = {p: _shape_of(tape, a) for p, a in step.args.items()}
             try:
-                conjugated = _conjugated(step, complex_vars, template)
+                branches = [
+                    (tests, _operand_grad(tape, step, complex_vars, g, pname, case))
+                    for tests, case in rank_branches(step.op.name, pname, shapes)
+                ]
             except NotDerivable as exc:
                 problems.append(exc)
                 continue
-            expr = simplify(instantiate(template, conjugated, g))
-            if step.var in complex_vars and operand.id not in complex_vars:
-                expr = B.call("real", expr)  # a real operand's gradient is the real part
-            if case is None and (
-                step.op.shape == "elementwise"
-                and _may_broadcast(tape, step, operand)
-                or step.op.shape == "matmul"
-                and _may_batch(tape, step)
-            ):  # summed back to the operand's shape (a rank case's formula has that shape already)
-                expr = B.call("sum_to", expr, B.name(operand.id))
+            expr = branches[-1][1]
+            for tests, chosen in reversed(branches[:-1]):  # `a if other.ndim == 1 else b`: a rank asked at run time
+                expr = _if_ranks(step, tests, chosen, expr)
             if step.guard is not None and operand.id == step.base and step.op.operator in ("*", "/"):
                 expr = _unless_absent(step.guard, g, expr)
             contributions.setdefault(operand.id, []).append((expr, None))
@@ -154,6 +149,48 @@ def _sum(terms: list[N.Expr]) -> N.Expr:
     for term in terms[1:]:
         total = B.binop("+", total, term)
     return total
+
+
+def _operand_grad(
+    tape: Tape, step: Step, complex_vars: set[str], g: N.Expr, pname: str, case: RankCase | None
+) -> N.Expr:
+    """One operand's gradient by the row's formula, or by one of its rank cases."""
+    assert step.op is not None
+    operand = step.args[pname]
+    assert isinstance(operand, N.Name)
+    template = formula(step.op.name, pname, case)
+    expr = simplify(instantiate(template, _conjugated(step, complex_vars, template), g))
+    if step.var in complex_vars and operand.id not in complex_vars:
+        expr = B.call("real", expr)  # a real operand's gradient is the real part
+    if case is None and (
+        step.op.shape == "elementwise"
+        and _may_broadcast(tape, step, operand)
+        or step.op.shape == "matmul"
+        and _may_batch(tape, step)
+    ):  # summed back to the operand's shape (a rank case's formula has that shape already)
+        expr = B.call("sum_to", expr, B.name(operand.id))
+    return expr
+
+
+def _if_ranks(step: Step, tests: dict[str, str], then: N.Expr, orelse: N.Expr) -> N.Expr:
+    """`then if other.ndim == 1 else orelse`: `then` where the operands have the ranks of a rank case's
+    patterns ("1": `== 1`, "2+": `>= 2`)."""
+    conds: list[N.Expr] = []
+    for param, pattern in tests.items():
+        operand = step.args[param]
+        assert isinstance(operand, N.Name)
+        rank = N.Rank(NOWHERE, B.name(operand.id))
+        rank.kind = N.Kind.INT
+        cond = N.Compare(NOWHERE, [">=" if pattern.endswith("+") else "=="], [rank, B.num(int(pattern.rstrip("+")))])
+        cond.kind = N.Kind.BOOL
+        conds.append(cond)
+    test = conds[0]
+    for more in conds[1:]:
+        test = N.BoolOp(NOWHERE, "and", test, more)
+        test.kind = N.Kind.BOOL
+    chosen = N.IfExp(NOWHERE, test, then, orelse)
+    chosen.kind = N.Kind.TENSOR
+    return chosen
 
 
 def _unless_absent(member: str, grad: N.Expr, expr: N.Expr) -> N.Expr:

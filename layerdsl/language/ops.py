@@ -46,6 +46,21 @@ class RankCase:
         """Whether every operand's static shape (None: not known) fits its pattern."""
         return all(_rank_fits(shapes.get(param), pattern) for param, pattern in self.ranks.items())
 
+    def run_time_tests(self, shapes: dict[str, tuple | None]) -> dict[str, str] | None:
+        """The operands whose declared shape allows their pattern's rank without settling it (`[..., n]`
+        against "1"), each with its pattern, for a backward that asks their rank at run time; None when
+        some operand's shape rules its pattern out, or is not known."""
+        if not all(_rank_may_fit(shapes.get(param), pattern) for param, pattern in self.ranks.items()):
+            return None
+        return {p: pattern for p, pattern in self.ranks.items() if not _rank_fits(shapes.get(p), pattern)}
+
+
+def _rank_may_fit(shape: tuple | None, pattern: str) -> bool:
+    """Whether some rank that `shape` allows fits the pattern ("1?" and a shape not known: as `_rank_fits`)."""
+    if shape is None or pattern.endswith("?") or "..." not in shape:
+        return _rank_fits(shape, pattern)
+    return pattern.endswith("+") or len(shape) - 1 <= int(pattern)
+
 
 def _rank_fits(shape: tuple | None, pattern: str) -> bool:
     """`shape` (dims, `"..."` for any number of them; None: not known) against a `RankCase` pattern."""
