@@ -22,41 +22,10 @@ from layerdsl.testing.layer_checks import generate_package
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.support import saved_bytes  # noqa: E402
+from tests.test_function_nest_steps import LSTM_LAYERS  # noqa: E402
 
-LSTM = """
-layer LstmLayers(input_size: int, hidden_size: int, num_layers: int) {
-    let stdv = 1 / sqrt(hidden_size)
-    for k in range(num_layers) {
-        param weight_ih_l{k}: [4 * hidden_size, input_size if k == 0 else hidden_size] = uniform(-stdv, stdv)
-        param weight_hh_l{k}: [4 * hidden_size, hidden_size] = uniform(-stdv, stdv)
-        param bias_ih_l{k}: [4 * hidden_size] = uniform(-stdv, stdv)
-        param bias_hh_l{k}: [4 * hidden_size] = uniform(-stdv, stdv)
-    }
-    example(input_size = 3, hidden_size = 4, num_layers = 2)
-    forward(input: [T, B, input_size]) {
-        x = input
-        for k in range(num_layers) {
-            h = new_zeros(x, [B, hidden_size])
-            c = new_zeros(x, [B, hidden_size])
-            gi = x @ transpose(weight_ih_l{k}, 0, 1) + bias_ih_l{k}
-            w_hh = transpose(weight_hh_l{k}, 0, 1)
-            outputs = []
-            for t in range(T) {
-                gates = gi[t] + h @ w_hh + bias_hh_l{k}
-                i = sigmoid(gates[..., 0:hidden_size])
-                f = sigmoid(gates[..., hidden_size : 2 * hidden_size])
-                g = tanh(gates[..., 2 * hidden_size : 3 * hidden_size])
-                o = sigmoid(gates[..., 3 * hidden_size :])
-                c = f * c + i * g
-                h = o * tanh(c)
-                outputs.append(h)
-            }
-            x = stack(outputs, dim = 0)
-        }
-        return x
-    }
-}
-"""
+# the spec of tests/test_function_nest_steps.py, without its `@function` (added or not by `build`)
+LSTM = LSTM_LAYERS.replace("@function\n", "", 1)
 
 
 def build(root: Path, function: bool):

@@ -23,7 +23,7 @@ from .function_agreement import compare_with_plain
 from .support import saved_bytes
 from .test_function_sub_lists import plain_pair
 
-# benchmarks/bench_nest_saving.py's LSTM: torch.nn.LSTM's form, biased, one direction
+# torch.nn.LSTM's form, biased, one direction (benchmarks/bench_nest_saving.py measures it)
 LSTM_LAYERS = """
 @function
 layer LstmLayers(input_size: int, hidden_size: int, num_layers: int) {

@@ -11,6 +11,7 @@ import torch
 
 from .function_agreement import compare_with_plain
 from .support import compile_spec, saved_bytes
+from .test_function_nested_loops import SAME_SHAPE_LAYERS
 
 # tests/test_user_trial_round16.py's SCAN_INPUTS
 SCAN = """\
@@ -76,28 +77,7 @@ layer Gated(d: int, gated: bool = true) {
 """
 
 # layers of one shape, their count an argument: a `Nest` of the loop over time (`codegen.function_nest`)
-NEST = """\
-@function(save = "inputs")
-layer Layers(d: int, n: int) {
-    for k in range(n) {
-        param w_l{k}: [d, d] = uniform(-0.5, 0.5)
-    }
-    example(d = 3, n = 2)
-    forward(input: [T, B, d]) -> [T, B, d] {
-        x = input
-        for k in range(n) {
-            h = new_zeros(x, [B, d])
-            outputs = []
-            for t in range(T) {
-                h = tanh(x[t] + h @ w_l{k})
-                outputs.append(h)
-            }
-            x = stack(outputs, dim = 0)
-        }
-        return x
-    }
-}
-"""
+NEST = SAME_SHAPE_LAYERS.replace("@function", '@function(save = "inputs")').replace("SameShapeLayers", "Layers")
 
 # more `if`s on arguments than there are branch plans (64 combinations): each `if` a segment of its own
 # (`Choice`), the Function written as a loop one's with no loop
