@@ -115,6 +115,11 @@ def emit_composed_function(emitter, plan: CallPlan) -> dict:
         k = plan.calls.index(call)
         return "0" if k == 0 else f"{plan.calls[k - 1].sub}_end"
 
+    def members_of(call: SubCall) -> tuple[str, str]:
+        """Where a call's members start and end among `members` (a copy's: the k-th slice of its list's)."""
+        start, end = starts(call), f"{call.sub}_end"
+        return _copy_slice(start, sizes[id(call)]) if call.copies else (start, end)
+
     def value_needs(v: str | None) -> str:
         if v is None:
             return "False"
@@ -135,10 +140,7 @@ def emit_composed_function(emitter, plan: CallPlan) -> dict:
         if isinstance(step, Alias):
             fwd.append(f"{step.target} = {step.source}")
             continue
-        start, end = starts(step), f"{step.sub}_end"
-        size = sizes[id(step)]
-        if step.copies:
-            start, end = _copy_slice(start, size)
+        start, end = members_of(step)
         values = ", ".join(v if v is not None else "None" for v in step.inputs)
         needs = ", ".join(value_needs(v) for v in step.inputs)
         body = [
@@ -184,10 +186,7 @@ def emit_composed_function(emitter, plan: CallPlan) -> dict:
             if step.target in before and step.target != step.source:
                 bwd.append(f"{grads[step.target]} = None")
             continue
-        start, end = starts(step), f"{step.sub}_end"
-        size = sizes[id(step)]
-        if step.copies:
-            start, end = _copy_slice(start, size)
+        start, end = members_of(step)
         n = len(step.inputs)
         body = [
             "call, (call_saved, call_grads) = calls.pop()",
