@@ -1,6 +1,5 @@
 """What round 16's user's and attacker's trial found (custom layers written plain and under `@function`, then
-hostile names, inputs and folders): each test fails on the code before its fix, or is a strict xfail naming a
-problem left to the owners of `layerdsl/autodiff` and `layerdsl/codegen`."""
+hostile names, inputs and folders): each test fails on the code before its fix."""
 
 from __future__ import annotations
 
@@ -180,7 +179,7 @@ def test_a_spec_given_twice_is_read_once(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == [".layerdsl-manifest", "__init__.py", "swish.py"]
 
 
-# ---------------------------------------------------------------- left to the owners (strict xfails)
+# ---------------------------------------------------------------- fixed in autodiff/ and codegen/
 
 # clamp() of a costly value: the Function keeps the matmul's result AND the clamped output, to compare them
 # in backward (`clam == mm`), where autograd keeps the input alone and relu(x @ w) keeps a bool mask. 1.5x
