@@ -362,7 +362,6 @@ class FunctionEmitter:
             n.id for m, _ in saved if m in self.masks for n in walk(self.mask_values[m]) if isinstance(n, N.Name)
         }
         for_masks = {v for v in for_masks if tape.step(v)}
-        for_masks |= {v for v in self.shape_on_ctx if v not in self.shape_sources and tape.step(v)}  # and shapes
         extra += sorted(for_masks - outputs - set(extra), key=lambda v: order[v])
         return saved, extra
 
@@ -555,8 +554,7 @@ class FunctionEmitter:
                 kept = f"{self.names.ctx_shape(name)} = None if {name} is None else {name}.shape"
             else:
                 kept = f"{self.names.ctx_shape(name)} = {name}.shape"
-            step = tape.step(name)
-            lines += self.located([kept], step.expr.span.line if step else self._declared_line(name))
+            lines += self.located([kept], self._declared_line(name))
         for d in dims:
             source = self.dim_source[d]
             lines += self.located([f"{self.names.ctx_value(d)} = {source}"], self._declared_line(source.split(".")[0]))
@@ -762,20 +760,6 @@ class FunctionEmitter:
             and (src := broadcast_leaves(tape, n, [*self.maybe_absent, *self.plain_inputs])) is not None
         }
         self.shape_on_ctx.update({n: shape_uses[n] for n in self.shape_sources})
-        # a costly intermediate read for its shape alone (`grad.sum_to_size(mm1.shape)`, a shape the dims do
-        # not give): returned, and its shape kept on ctx rather than the tensor
-        derived = self.layer.backward is None and not self.save_inputs_only
-        self.shape_on_ctx.update(
-            {
-                n: uses
-                for n, uses in shape_uses.items()
-                if derived
-                and n not in reads.keys() | recomputed | self.shape_on_ctx.keys()
-                and (step := tape.step(n)) is not None
-                and step.costly
-                and not step.guard
-            }
-        )
         for sec, read in zip(sections, readers):
             for leaves, _, expr, _ in sec.items:
                 for n in names.shapes(expr):
