@@ -12,26 +12,10 @@ import torch
 from .function_agreement import compare_with_plain
 from .support import compile_spec, saved_bytes
 from .test_function_nested_loops import SAME_SHAPE_LAYERS
+from .test_user_trial_round16 import SCAN_INPUTS
 
-# tests/test_user_trial_round16.py's SCAN_INPUTS
-SCAN = """\
-@function(save = "inputs")
-layer Scan(d: int) {
-    param a: [d] = uniform(-1.0, 1.0)
-    example(d = 3)
-
-    forward(x: [B, T, d]) -> [B, T, d] {
-        decay = sigmoid(a)
-        h = new_zeros(x, [B, d])
-        ys = []
-        for t in range(T) {
-            h = decay * h + x[:, t]
-            ys.append(h)
-        }
-        return stack(ys, dim = 1)
-    }
-}
-"""
+# tests/test_user_trial_round16.py's SCAN_INPUTS, its parameter drawn (not zeros) so that the decay varies
+SCAN = SCAN_INPUTS.replace("ScanInputs", "Scan").replace("param a: [d] = zeros", "param a: [d] = uniform(-1.0, 1.0)")
 
 # backward reads the output (tanh's) and a view of a parameter: both computed again
 SCAN_TANH = """\
