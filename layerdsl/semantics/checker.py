@@ -356,6 +356,12 @@ class LayerChecker:
                 message = f"'{name}' is the functional form of layer '{owner}' in the generated code"
             self.r.error(span, message, "choose another name")
             return False
+        # A composed Function's module gathers each sub's arguments into a local named after the sub
+        # (`codegen.function_sub_calls.module_call`), which would hide the Function it then applies.
+        if what == "sub" and name in module and name == f"{module[name]}Function":
+            message = f"'{name}' is the autograd.Function of layer '{module[name]}' in the generated code"
+            self.r.error(span, message, "choose another name")
+            return False
         return True
 
     def generated_name_problem(self, name: str, what: str) -> tuple[str, str | None] | None:
