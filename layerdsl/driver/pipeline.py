@@ -236,6 +236,7 @@ def _generated(paths: list[str], cache: OutputCache | None) -> dict[Path, str]:
         else:
             outputs[src.out] = cached
     for (path, entry, _), final in zip(misses, _finish_all([emit for _, _, emit in misses])):
+        _compiles(path, final)
         cache.put(entry, final)
         outputs[path] = final
     for path, init in _package_inits(sources, files, paths).items():
@@ -247,6 +248,15 @@ def _generated(paths: list[str], cache: OutputCache | None) -> dict[Path, str]:
     if run is not None:
         cache.save_run(run, entries)
     return dict(sorted(outputs.items()))
+
+
+def _compiles(path: Path, text: str) -> None:
+    """Raise where the generated module `text` is not Python (a layerdsl bug: a duplicate parameter, ...),
+    rather than write a package that fails when imported; black's layout does not see every such error."""
+    try:
+        compile(text, path.as_posix(), "exec", dont_inherit=True)
+    except SyntaxError as e:
+        raise RuntimeError(f"the module generated as {path.as_posix()} does not compile: {e}") from e
 
 
 def _finished(text: str) -> str:
