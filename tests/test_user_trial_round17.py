@@ -331,9 +331,10 @@ def test_a_stack_whose_local_is_named_like_a_composed_functions_own_composes(loc
     assert [p.render() for p in problems] == [] and isinstance(plans["Stack"], CallPlan)
 
 
-# A sub's `require size_at(x, 0) <= 4` on a value the forward computes, `x[0]` of an input [B, T, d] (so
-# the size is T): the plain module raises "Body: at most 4 rows ..."; the Function, which cannot follow the
-# size of an int-indexed input back to T, is planned without the check and returns a result for T = 5.
+# A sub's `require size_at(x, 0) <= 4` on a value the forward computes by indexing an input [B, T, d]
+# (`x[0]`: the size is T; `x[:, 0]`, or `h + x[:, t]` in a loop: B): the plain module raises "Body: at most 4
+# rows ..."; the Function, which cannot follow the size of an int-indexed input back to its dim, is planned
+# without the check and returns a result for 5 rows. (Of `tanh(x)` or `x @ w` it is checked.)
 COMPUTED_REQUIRE = """\
 layer Body(d: int) {
     param w: [d, d]
@@ -349,7 +350,7 @@ layer Top(d: int) {
     sub body = Body(d)
     example(d = 3)
     forward(x: [B, T, d]) {
-        return body(x[0])
+        return body(INDEXED)
     }
 }
 """
@@ -357,12 +358,13 @@ layer Top(d: int) {
 
 @pytest.mark.xfail(
     strict=True,
-    reason="autodiff/local_sizes.py + plan.plan_inlined: the size of `x[0]` is not followed back to T, and the"
-    " sub's require on it is dropped silently under @function",
+    reason="autodiff/local_sizes.py + plan.plan_inlined: the size of an int-indexed input (`x[0]`, `x[:, 0]`)"
+    " is not followed back to its dim, and the sub's require on it is dropped silently under @function",
 )
-def test_a_subs_require_on_an_indexed_input_is_checked_by_the_function():
-    ours, plain = _pair(COMPUTED_REQUIRE, "Top", 3)
-    x = torch.randn(2, 5, 3, dtype=torch.float64)
+@pytest.mark.parametrize(("indexed", "shape"), [("x[0]", (2, 5, 3)), ("x[:, 0]", (5, 2, 3))])
+def test_a_subs_require_on_an_indexed_input_is_checked_by_the_function(indexed, shape):
+    ours, plain = _pair(COMPUTED_REQUIRE.replace("INDEXED", indexed), "Top", 3)
+    x = torch.randn(*shape, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"^Body: at most 4 rows \(`require x.size\(0\) <= 4` at top_1.layer:5;"):
         plain(x)
     with pytest.raises(ValueError, match=r"^Body: at most 4 rows \(`require x.size\(0\) <= 4` at top_0.layer:5;"):
