@@ -26,9 +26,9 @@ SUB_CALL = [
     "",
     "",
     "class _SubCall:",
-    '    """A sub\'s Function run inside another Function: its forward as `apply` runs it, with this object as',
-    "    the context its setup_context writes and its backward reads. The caller saves what it saves, and",
-    '    hands it back with the gradients of its outputs."""',
+    '    """A sub\'s Function run inside another Function\'s: the context its setup_context writes and its',
+    "    backward reads. The caller saves what it saves, and hands it back with the gradients of its",
+    '    outputs."""',
     "",
     "    def __init__(self, function, needs_input_grad: tuple[bool, ...]) -> None:",
     "        self.function = function",
@@ -46,15 +46,17 @@ SUB_CALL = [
     "    def mark_non_differentiable(self, *tensors) -> None:",
     "        self.not_differentiable = tensors",
     "",
-    "    def forward(self, *args) -> tuple:",
-    '        if "setup_context" in vars(self.function):',
-    "            outputs = self.function.forward(*args)",
+    "    def setup_context(self, args: tuple, outputs: tuple) -> tuple:",
+    '        """What the call\'s setup_context keeps, given its arguments and the outputs from its own on; its',
+    '        outputs. A Function that runs its subs\' Functions counts its own; another takes one gradient',
+    '        per output."""',
+    "        if getattr(self.function, \"composes\", False):",
     "            self.function.setup_context(self, args, outputs)",
-    "        else:  # a Function that runs its subs' Functions: forward takes its context",
-    "            outputs = self.function.forward(self, *args)",
-    "        outputs = outputs if isinstance(outputs, tuple) else (outputs,)",
-    "        self.n_outputs = len(outputs)",
-    "        return outputs",
+    "        else:",
+    "            self.n_outputs = self.function.backward.__code__.co_argcount - 1",
+    "            own = outputs[: self.n_outputs]",
+    "            self.function.setup_context(self, args, own if self.n_outputs > 1 else own[0])",
+    "        return outputs[: self.n_outputs]",
     "",
     "    def handed_over(self) -> tuple[tuple, tuple]:",
     '        """What the call saves and the outputs it marks not differentiable, handed to the caller (which',
@@ -70,6 +72,11 @@ SUB_CALL = [
     "        grads = self.function.backward(self, _added(grad_out, grads_of_outputs[0]), *grads_of_outputs[1:])",
     "        del self.saved_tensors",
     "        return grads if isinstance(grads, tuple) else (grads,)",
+    "",
+    "",
+    "def _as_tuple(outputs) -> tuple:",
+    '    """A Function\'s forward\'s outputs: one is returned as it is."""',
+    "    return outputs if isinstance(outputs, tuple) else (outputs,)",
     "",
     "",
     "def _added(a, b):",
@@ -131,37 +138,53 @@ def emit_composed_function(emitter, plan: CallPlan) -> dict:
     text = f"`{layer.name}` as an autograd.Function that runs its subs' Functions ({subs}); backward runs"
     doc = textwrap.wrap(f"{text} their backwards, last first.", 104)
     doc[0], doc[-1] = f'"""{doc[0]}', f'{doc[-1]}"""'
-    params = ["ctx", *plan.inputs, *counts, "*members"]
-    fwd = ["ctx.set_materialize_grads(False)", f"needs = ctx.needs_input_grad[{fixed}:]  # the members'"]
-    fwd += [f"ctx.{c} = {c}" for c in counts]
-    fwd += ends("")
-    fwd += ["calls, outputs = [], []"]
+    params = [*plan.inputs, *counts, "*members"]
+    fwd = [*ends(""), "outputs = []"]
+    setup = [
+        f"{', '.join([*plan.inputs, *counts, '*members'])} = inputs",
+        "ctx.set_materialize_grads(False)",
+        f"needs = ctx.needs_input_grad[{fixed}:]  # the members'",
+        *(f"ctx.{c} = {c}" for c in counts),
+        *ends(""),
+        "calls = []",
+        "outputs = results[1:]  # each call's, in order",
+    ]
     for step in plan.steps:
         if isinstance(step, Alias):
             fwd.append(f"{step.target} = {step.source}")
+            setup.append(f"{step.target} = {step.source}")
             continue
         start, end = members_of(step)
         values = ", ".join(v if v is not None else "None" for v in step.inputs)
         needs = ", ".join(value_needs(v) for v in step.inputs)
-        body = [
-            f"call = _SubCall({function_name(step.layer.name)}, ({needs}, *needs[{_slice(start, end)}]))",
-            f"outs = call.forward({values}, *members[{_slice(start, end)}])",
-            "calls.append(call)",
+        function = function_name(step.layer.name)
+        ran = [
+            f"outs = _as_tuple({function}.forward({values}, *members[{_slice(start, end)}]))",
             "outputs += outs",
             f"{step.target} = outs[0]",
         ]
-        if step.copies:
-            fwd += [f"for k in range(ctx.{count_param(step)}):", *_indent(body)]
-        elif step.optional:
-            fwd += [f"if ctx.{count_param(step)}:", *_indent(body)]
-        else:
-            fwd += body
-    fwd += [
+        kept = [
+            f"call = _SubCall({function}, ({needs}, *needs[{_slice(start, end)}]))",
+            f"outs = call.setup_context(({values}, *members[{_slice(start, end)}]), outputs)",
+            "outputs = outputs[len(outs) :]",
+            "calls.append(call)",
+            f"{step.target} = outs[0]",
+        ]
+        for lines, body in ((fwd, ran), (setup, kept)):
+            if step.copies:
+                lines += [f"for k in range({count_param(step)}):", *_indent(body)]
+            elif step.optional:
+                lines += [f"if {count_param(step)}:", *_indent(body)]
+            else:
+                lines += body
+    fwd.append(f"return {plan.result}, *outputs")
+    setup += [
         "ctx.calls = calls",
+        "# run as another's call (`_SubCall`), it was given the outputs from its own on: those it took",
+        "ctx.n_outputs = len(results) - len(outputs)",
         "handed = [call.handed_over() for call in calls]",
         "ctx.save_for_backward(*[t for saved, _ in handed for t in saved])",
         "ctx.mark_non_differentiable(*[t for _, marked in handed for t in marked])",
-        f"return {plan.result}, *outputs",
     ]
 
     grads = {v: f"grad_{v}" for v in [*plan.inputs, *assigned]}
@@ -219,9 +242,16 @@ def emit_composed_function(emitter, plan: CallPlan) -> dict:
         f"class {name}(torch.autograd.Function):",
         *(f"    {line}" for line in doc),
         "",
+        "    generate_vmap_rule = True",
+        "    composes = True  # its setup_context takes the outputs from its own on (`_SubCall`)",
+        "",
         "    @staticmethod",
         f"    def forward({', '.join(params)}) -> tuple[Tensor, ...]:",
         *_indent(fwd, 2),
+        "",
+        "    @staticmethod",
+        "    def setup_context(ctx, inputs, results) -> None:",
+        *_indent(setup, 2),
         "",
         "    @staticmethod",
         "    def backward(ctx, grad, *grads_of_outputs):",
