@@ -76,7 +76,7 @@ def test_a_small_stacks_second_derivatives_under_jacrev():
 
 
 @pytest.mark.parametrize(("norm_first", "norm", "masked"), [(False, True, True), (True, False, False)])
-def test_torch_nns_encoder_stack_under_vmap_jacrev_and_grad(torch_nn, norm_first, norm, masked):
+def test_torch_nns_encoder_stack_under_vmap_jacrev_and_grad(torch_nn, norm_first, norm, masked):  # noqa: F811
     def build(ns):
         layer = ns.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, norm_first=norm_first)
         return ns.TransformerEncoder(layer, 2, ns.LayerNorm(8) if norm else None)
@@ -88,7 +88,7 @@ def test_torch_nns_encoder_stack_under_vmap_jacrev_and_grad(torch_nn, norm_first
     _transforms_agree(a, b, [torch.randn(4, 3, 1, 8, dtype=torch.float64)], **masks)
 
 
-def test_torch_nns_transformer_under_vmap_jacrev_and_grad(torch_nn):
+def test_torch_nns_transformer_under_vmap_jacrev_and_grad(torch_nn):  # noqa: F811
     a, b = _pair(torch_nn, lambda ns: ns.Transformer(8, 2, 1, 1, dim_feedforward=16, dropout=0.0))
     masks = {"tgt_mask": torch.triu(torch.ones(2, 2, dtype=torch.bool), 1)}
     batch = [torch.randn(3, 2, 1, 8, dtype=torch.float64), torch.randn(3, 2, 1, 8, dtype=torch.float64)]
