@@ -7,10 +7,13 @@ and what the Function saves, against what autograd saves."""
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib
+import inspect
 import re
 import tempfile
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -337,3 +340,32 @@ def test_torch_nns_stacks_check_their_layers_inputs_and_requires_before_apply(to
     src, tgt = torch.randn(2, 1, 4, dtype=torch.float64), torch.randn(2, 1, 4, dtype=torch.float64)
     got, want = _raised(a, src, tgt), _raised(b, src, tgt)
     assert got == want and "MultiheadAttention: embed_dim must be divisible by num_heads (`require" in want[1]
+
+
+def _checks(stmts: list[ast.stmt], guards: tuple[str, ...] = ()) -> list[frozenset[str]]:
+    """The `if cond: raise` checks of `stmts` in order, each as the terms its condition and the `if`s around
+    it `and`, the callable branch (autograd's forward) left out."""
+    out: list[frozenset[str]] = []
+    for s in stmts:
+        if not isinstance(s, ast.If) or s.orelse or "callable(" in ast.unparse(s.test):
+            continue
+        test = s.test
+        terms = test.values if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And) else [test]
+        found = (*guards, *(ast.dump(t) for t in terms))
+        raises = len(s.body) == 1 and isinstance(s.body[0], ast.Raise)
+        out += [frozenset(found)] if raises else _checks(s.body, found)
+    return out
+
+
+@pytest.mark.parametrize("name", ["TransformerEncoder", "TransformerDecoder", "Transformer"])
+def test_a_stack_checks_each_condition_once_and_binds_nothing_it_does_not_read(torch_nn, name):
+    source = textwrap.dedent(inspect.getsource(getattr(torch_nn[0], name).forward))
+    body = ast.parse(source).body[0].body
+    checks = _checks(body)
+    assert len(checks) >= 5
+    for k, check in enumerate(checks):  # an earlier check whose terms it has raised before it could
+        assert not [earlier for earlier in checks[:k] if earlier <= check], sorted(check)
+    tree = ast.Module(body=body, type_ignores=[])
+    read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    renamed = [n.targets[0] for n in ast.walk(tree) if isinstance(n, ast.Assign) and isinstance(n.value, ast.Name)]
+    assert all(isinstance(t, ast.Name) and t.id in read for t in renamed)

@@ -31,6 +31,7 @@ from layerdsl.ir import nodes as N
 # Names the composed Function's forward and backward use besides the forward's values (`codegen.function_sub_calls`)
 RESERVED = {"ctx", "members", "needs", "calls", "call", "k", "outputs", "outs", "saved", "grads", "handed"}
 RESERVED |= {"grad", "grads_of_outputs", "call_saved", "call_grads", "grad_members", "members", "_added", "_SubCall"}
+RESERVED |= {"inputs", "results", "_as_tuple", "cls", "transforms_active", "compiling"}
 
 
 def function_name(layer_name: str) -> str:

@@ -4,18 +4,23 @@ Its forward takes the layer's inputs, one int or bool per call that needs one (h
 has, whether an optional sub is given, how many values a composed sub takes), then every call's own
 arguments besides the values it is called on, one call after another (`*members`): what the sub's
 module passes to its Function's `apply`, read from the sub (a copy's from that copy). Forward runs each
-call's Function through `_SubCall` (the context its backward reads), returns the layer's output, then
-every call's outputs (so double backward sees what each call saves), and saves what each call saves.
-Backward runs the calls backwards, last first: each takes the gradient of the value it assigned, plus
-those of its outputs, and adds its input gradients to the values it was called on; its arguments'
-gradients are those of `members`. The module checks before `apply` what each sub's module would on the
-values it is called on, where it has them (`sub_checks`): its inputs, its `require`s and its inlined subs'.
+call's Function's forward and returns the layer's output, then every call's outputs (so double backward
+sees what each call saves). `setup_context` walks the calls again on those outputs, each through
+`_SubCall` (the context the sub's setup_context writes and its backward reads; a call's outputs are as
+many as its backward takes gradients, a composed call counts its own), and saves what each call saves:
+forward takes no ctx, so `torch.func` transforms run it (`generate_vmap_rule`). Backward runs the calls
+backwards, last first: each takes the gradient of the value it assigned, plus those of its outputs, and
+adds its input gradients to the values it was called on; its arguments' gradients are those of
+`members`. The module checks before `apply` what each sub's module would on the values it is called on,
+where it has them (`sub_checks`): its inputs, its `require`s and its inlined subs', each check once
+(`without_repeated_checks`).
 
 `SUB_CALL` is the helper the Function runs each call through, written once in a file that needs it.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 import textwrap
 
@@ -26,9 +31,9 @@ SUB_CALL = [
     "",
     "",
     "class _SubCall:",
-    '    """A sub\'s Function run inside another Function: its forward as `apply` runs it, with this object as',
-    "    the context its setup_context writes and its backward reads. The caller saves what it saves, and",
-    '    hands it back with the gradients of its outputs."""',
+    '    """A sub\'s Function run inside another Function\'s: the context its setup_context writes and its',
+    "    backward reads. The caller saves what it saves, and hands it back with the gradients of its",
+    '    outputs."""',
     "",
     "    def __init__(self, function, needs_input_grad: tuple[bool, ...]) -> None:",
     "        self.function = function",
@@ -46,15 +51,17 @@ SUB_CALL = [
     "    def mark_non_differentiable(self, *tensors) -> None:",
     "        self.not_differentiable = tensors",
     "",
-    "    def forward(self, *args) -> tuple:",
-    '        if "setup_context" in vars(self.function):',
-    "            outputs = self.function.forward(*args)",
+    "    def setup_context(self, args: tuple, outputs: tuple) -> tuple:",
+    '        """What the call\'s setup_context keeps, given its arguments and the outputs from its own on; its',
+    "        outputs. A Function that runs its subs' Functions counts its own; another takes one gradient",
+    '        per output."""',
+    '        if getattr(self.function, "composes", False):',
     "            self.function.setup_context(self, args, outputs)",
-    "        else:  # a Function that runs its subs' Functions: forward takes its context",
-    "            outputs = self.function.forward(self, *args)",
-    "        outputs = outputs if isinstance(outputs, tuple) else (outputs,)",
-    "        self.n_outputs = len(outputs)",
-    "        return outputs",
+    "        else:",
+    "            self.n_outputs = self.function.backward.__code__.co_argcount - 1",
+    "            own = outputs[: self.n_outputs]",
+    "            self.function.setup_context(self, args, own if self.n_outputs > 1 else own[0])",
+    "        return outputs[: self.n_outputs]",
     "",
     "    def handed_over(self) -> tuple[tuple, tuple]:",
     '        """What the call saves and the outputs it marks not differentiable, handed to the caller (which',
@@ -70,6 +77,11 @@ SUB_CALL = [
     "        grads = self.function.backward(self, _added(grad_out, grads_of_outputs[0]), *grads_of_outputs[1:])",
     "        del self.saved_tensors",
     "        return grads if isinstance(grads, tuple) else (grads,)",
+    "",
+    "",
+    "def _as_tuple(outputs) -> tuple:",
+    '    """A Function\'s forward\'s outputs: one is returned as it is."""',
+    "    return outputs if isinstance(outputs, tuple) else (outputs,)",
     "",
     "",
     "def _added(a, b):",
@@ -131,37 +143,53 @@ def emit_composed_function(emitter, plan: CallPlan) -> dict:
     text = f"`{layer.name}` as an autograd.Function that runs its subs' Functions ({subs}); backward runs"
     doc = textwrap.wrap(f"{text} their backwards, last first.", 104)
     doc[0], doc[-1] = f'"""{doc[0]}', f'{doc[-1]}"""'
-    params = ["ctx", *plan.inputs, *counts, "*members"]
-    fwd = ["ctx.set_materialize_grads(False)", f"needs = ctx.needs_input_grad[{fixed}:]  # the members'"]
-    fwd += [f"ctx.{c} = {c}" for c in counts]
-    fwd += ends("")
-    fwd += ["calls, outputs = [], []"]
+    params = [*plan.inputs, *counts, "*members"]
+    fwd = [*ends(""), "outputs = []"]
+    setup = [
+        f"{', '.join([*plan.inputs, *counts, '*members'])} = inputs",
+        "ctx.set_materialize_grads(False)",
+        f"needs = ctx.needs_input_grad[{fixed}:]  # the members'",
+        *(f"ctx.{c} = {c}" for c in counts),
+        *ends(""),
+        "calls = []",
+        "outputs = results[1:]  # each call's, in order",
+    ]
     for step in plan.steps:
         if isinstance(step, Alias):
             fwd.append(f"{step.target} = {step.source}")
+            setup.append(f"{step.target} = {step.source}")
             continue
         start, end = members_of(step)
         values = ", ".join(v if v is not None else "None" for v in step.inputs)
         needs = ", ".join(value_needs(v) for v in step.inputs)
-        body = [
-            f"call = _SubCall({function_name(step.layer.name)}, ({needs}, *needs[{_slice(start, end)}]))",
-            f"outs = call.forward({values}, *members[{_slice(start, end)}])",
-            "calls.append(call)",
+        function = function_name(step.layer.name)
+        ran = [
+            f"outs = _as_tuple({function}.forward({values}, *members[{_slice(start, end)}]))",
             "outputs += outs",
             f"{step.target} = outs[0]",
         ]
-        if step.copies:
-            fwd += [f"for k in range(ctx.{count_param(step)}):", *_indent(body)]
-        elif step.optional:
-            fwd += [f"if ctx.{count_param(step)}:", *_indent(body)]
-        else:
-            fwd += body
-    fwd += [
+        kept = [
+            f"call = _SubCall({function}, ({needs}, *needs[{_slice(start, end)}]))",
+            f"outs = call.setup_context(({values}, *members[{_slice(start, end)}]), outputs)",
+            "outputs = outputs[len(outs) :]",
+            "calls.append(call)",
+            f"{step.target} = outs[0]",
+        ]
+        for lines, body in ((fwd, ran), (setup, kept)):
+            if step.copies:
+                lines += [f"for k in range({count_param(step)}):", *_indent(body)]
+            elif step.optional:
+                lines += [f"if {count_param(step)}:", *_indent(body)]
+            else:
+                lines += body
+    fwd.append(f"return {plan.result}, *outputs")
+    setup += [
         "ctx.calls = calls",
+        "# run as another's call (`_SubCall`), it was given the outputs from its own on: those it took",
+        "ctx.n_outputs = len(results) - len(outputs)",
         "handed = [call.handed_over() for call in calls]",
         "ctx.save_for_backward(*[t for saved, _ in handed for t in saved])",
         "ctx.mark_non_differentiable(*[t for _, marked in handed for t in marked])",
-        f"return {plan.result}, *outputs",
     ]
 
     grads = {v: f"grad_{v}" for v in [*plan.inputs, *assigned]}
@@ -219,13 +247,31 @@ def emit_composed_function(emitter, plan: CallPlan) -> dict:
         f"class {name}(torch.autograd.Function):",
         *(f"    {line}" for line in doc),
         "",
+        "    generate_vmap_rule = True",
+        "    composes = True  # its setup_context takes the outputs from its own on (`_SubCall`)",
+        "",
         "    @staticmethod",
         f"    def forward({', '.join(params)}) -> tuple[Tensor, ...]:",
         *_indent(fwd, 2),
         "",
         "    @staticmethod",
+        "    def setup_context(ctx, inputs, results) -> None:",
+        *_indent(setup, 2),
+        "",
+        "    @staticmethod",
         "    def backward(ctx, grad, *grads_of_outputs):",
         *_indent(bwd, 2),
+        "",
+        "    @classmethod",
+        f"    def apply(cls, {', '.join(params)}):",
+        "        # Function.apply binds its arguments with inspect.signature on every call (a Function with a",
+        "        # setup_context), these many: go straight to the C++ entry point unless a torch.func transform",
+        "        # or torch.compile needs the full path. A torch without either probe takes the full path.",
+        '        transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)',
+        '        compiling = getattr(torch.compiler, "is_compiling", None)',
+        "        if None in (transforms_active, compiling) or transforms_active() or compiling():",
+        f"            return super().apply({', '.join(params)})",
+        f"        return super(torch.autograd.Function, cls).apply({', '.join(params)})",
     ]
     calls = sorted({c.layer.name for c in plan.calls})
     return {"name": name, "lines": lines, "n_outputs": 1, "extra": [], "updates": [], "composes": True, "calls": calls}
@@ -302,10 +348,11 @@ def composed_forward(emitter, plan: CallPlan, functional) -> list[str]:
     spelling = emitter.module_spelling()
     lines, args = module_call(emitter, plan, "self", "")
     call = f"{function_name(plan.layer.name)}.apply({', '.join([*plan.inputs, *args])})[0]"
-    body = emitter.shape_checks(spelling, on_self=True, bind=False)
-    body += sub_checks(emitter, plan, "self", {v: v for v in plan.inputs}, set(plan.inputs))
-    body += ["# what each sub's module passes its Function besides the values it is called on", *lines]
-    body += emitter.output_checks([call], spelling, on_self=True, bind=False) or [f"return {call}"]
+    checks = emitter.shape_checks(spelling, on_self=True, bind=False)
+    checks += sub_checks(emitter, plan, "self", {v: v for v in plan.inputs}, set(plan.inputs))
+    rest = ["# what each sub's module passes its Function besides the values it is called on", *lines]
+    rest += emitter.output_checks([call], spelling, on_self=True, bind=False) or [f"return {call}"]
+    body = [*unread_bindings_dropped(without_repeated_checks(checks, [], []), rest), *rest]
     tests = callable_tests(plan, "self")
     if not tests:
         return body
@@ -354,6 +401,89 @@ def sub_checks(emitter, plan: CallPlan, instance: str, values: dict[str, str], t
         guard = f"len({instance}.{step.sub})" if step.copies else f"{held} is not None" if step.optional else None
         lines += [said, *([f"if {guard}:", *_indent(checks)] if guard else checks)]
     return lines
+
+
+def without_repeated_checks(
+    lines: list[str], guards: list[ast.expr], seen: list[tuple[set[str], set[str]]]
+) -> list[str]:
+    """`lines` (checks: `if cond: raise ...`, in `if guard:` blocks, names bound for them), without each check
+    proved never to raise: one whose terms (those its condition `and`s and those of the `if`s around it,
+    `guards`) include all of an earlier check's (`seen`: each one's terms and the names they read), no name
+    they read bound again in between. What the earlier one tests is the same values: it raised first."""
+    out: list[str] = []
+    for stmt in _statements(lines):
+        parsed = ast.parse(textwrap.dedent("\n".join(stmt))).body
+        node = parsed[0] if parsed else None
+        if isinstance(node, ast.If) and not node.orelse:
+            terms = [*guards, *_terms(node.test)]
+            if len(node.body) == 1 and isinstance(node.body[0], ast.Raise):
+                key = {ast.dump(t) for t in terms}
+                if any(earlier <= key for earlier, _ in seen):
+                    continue
+                seen.append((key, {n.id for t in terms for n in ast.walk(t) if isinstance(n, ast.Name)}))
+                out += stmt
+            else:  # a block the checks are run in
+                inner = without_repeated_checks([line[4:] for line in stmt[1:]], terms, seen)
+                out += [stmt[0], *_indent(inner)] if _code(inner) else []
+            continue
+        if node is not None:  # a name bound again: the checks reading it hold no more
+            bound = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+            seen[:] = [(key, read) for key, read in seen if not read & bound] if isinstance(node, ast.Assign) else []
+        out += stmt
+    return [line for k, line in enumerate(out) if not _comment(line) or _code(out[k + 1 : k + 2])]
+
+
+def unread_bindings_dropped(lines: list[str], after: list[str]) -> list[str]:
+    """`lines` without each `a = b` (a sub's input named as the value it is called on) that nothing after it,
+    in `lines` or `after`, names; a block left empty goes too (and the comment before it)."""
+    out: list[str] = []
+    statements = _statements(lines)
+    for k, stmt in enumerate(statements):
+        later = "\n".join([*(line for s in statements[k + 1 :] for line in s), *after])
+        bound = re.fullmatch(r"(\w+) = \w+", stmt[0])
+        if bound and len(stmt) == 1 and not re.search(rf"\b{bound.group(1)}\b", later):
+            continue
+        if len(stmt) > 1 and stmt[0].startswith("if ") and stmt[0].endswith(":") and stmt[1].startswith("    "):
+            inner = unread_bindings_dropped([line[4:] for line in stmt[1:]], [later])
+            stmt = [stmt[0], *_indent(inner)] if _code(inner) else []
+        out += stmt
+    return [line for k, line in enumerate(out) if not _comment(line) or _code(out[k + 1 : k + 2])]
+
+
+def _statements(lines: list[str]) -> list[list[str]]:
+    """`lines` (indented as one block) as its statements, each its lines (a comment: one of its own)."""
+    out: list[list[str]] = []
+    for line in lines:
+        opens = line[:1] not in (" ", ")", "]", "}", "") and not line.startswith(("else:", "elif ", "except"))
+        if opens and (not out or _comment(out[-1][0]) or _complete(out[-1])):
+            out.append([line])
+        else:
+            out[-1].append(line)
+    return out
+
+
+def _complete(stmt: list[str]) -> bool:
+    try:
+        ast.parse("\n".join(stmt))
+    except SyntaxError:
+        return False
+    return True
+
+
+def _terms(e: ast.expr) -> list[ast.expr]:
+    """The terms `e` `and`s (itself, where it is no `and`)."""
+    if isinstance(e, ast.BoolOp) and isinstance(e.op, ast.And):
+        return [t for v in e.values for t in _terms(v)]
+    return [e]
+
+
+def _comment(line: str) -> bool:
+    return line.lstrip().startswith("#")
+
+
+def _code(lines: list[str]) -> bool:
+    """Whether `lines` hold a statement (a line neither blank nor a comment)."""
+    return any(line.strip() and not _comment(line) for line in lines)
 
 
 def _bound(line: str) -> list[str]:
