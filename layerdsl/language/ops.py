@@ -119,8 +119,9 @@ class Op:
     once_differentiable: bool = False
     # formulas for particular operand ranks, in place of `grads` where the first that applies says (`RankCase`)
     rank_grads: tuple[RankCase, ...] = ()
-    # a helper of formulas computed where a formula is instantiated, from what is known there (an equation,
-    # a list's tensors): its call is replaced by its value (`autodiff.formulas.FOLDS`), never emitted
+    # a helper of a list operand's formula, computed where the formula is instantiated from what is known
+    # there (an equation, a list's tensors): its call is replaced by its value (`autodiff.formulas.FOLDS`),
+    # never emitted
     folded: bool = False
 
     def param(self, name: str) -> Param | None:
