@@ -338,6 +338,50 @@ def test_derived_backward_through_an_unrolled_loop_matches_autograd(case):
     )
 
 
+# ---------------------------------------------------------------- einsum (index notation) between random expressions
+
+CONTRACTION = HEAD + """
+    forward(x: [B, n]) -> [B, n] {{
+        p = x * 0 + {a}
+        q = x * 0 + {b}
+        y[r, k] = {product}
+        return x * 0 + {result}
+    }}
+}}
+"""
+
+PRODUCTS = [
+    "sum[i](p[r, i] * m[i, k])",
+    "sum[i](m[k, i] * p[r, i] * w[i])",
+    "sum[i](p[r, i] * q[r, i] * w[k])",  # three operands, one read only along the result's index
+    "sum[i, j](p[r, i] * m[i, j] * q[r, j]) * w[k]",
+    "sum[i](p[r, i] * m[i, k]) + 0.5 * sum[i](q[r, i] * m[k, i])",
+    "2 * sum[j](p[r, j] * p[r, j]) * q[r, k]",  # one tensor twice in one product
+]
+
+
+@st.composite
+def contractions(draw):
+    """An einsum (an index statement's product) over two random expressions, its result returned as it is,
+    or cut, stacked and concatenated with them."""
+    (a, _), (b, _) = draw(expr(depth=2)), draw(expr(depth=2))
+    result = draw(
+        st.sampled_from(
+            ["y", "y * q", "cat([y[:, :1], p[:, 1:]], dim = -1)", "stack([y, q], dim = -1)[..., 0] + stack([p, y])[1]"]
+        )
+    )
+    return {"a": a, "b": b, "product": draw(st.sampled_from(PRODUCTS)), "result": result}
+
+
+@settings(max_examples=40, derandomize=True, **_SETTINGS)
+@given(contractions())
+def test_derived_backward_through_an_einsum_matches_autograd(case):
+    template = CONTRACTION
+    for key, text in case.items():
+        template = template.replace("{" + key + "}", text)
+    _check("", template)
+
+
 def test_a_recomputed_input_of_an_extremum_mask_is_not_updated_in_place():
     """A counterexample of the loop test: a tie-split mask's input is written twice in the Python
     (`mask / mask.sum(...)`), so an in-place update inside it ran twice and the gradient was NaN."""

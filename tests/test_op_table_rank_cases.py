@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 import torch
 
-from layerdsl.autodiff.formulas import formula, rank_case
+from layerdsl.autodiff.formulas import formula, rank_branches
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import walk
 from layerdsl.language.ops import OPS, RankCase
@@ -30,9 +30,15 @@ BY_MATRIX = (
 )
 
 
-def _case_formula(a: tuple | None, b: tuple | None, param: str) -> str | None:
-    case = rank_case("matmul", param, {"input": a, "other": b})
-    return None if case is None else case.grads[param]
+def _branches(a: tuple | None, b: tuple | None, param: str) -> list[tuple[dict[str, str], str | None]]:
+    """The formulas `param`'s gradient chooses between (None: the row's own), each with its run-time tests."""
+    branches = rank_branches("matmul", param, {"input": a, "other": b})
+    return [(tests, None if case is None else case.grads[param]) for tests, case in branches]
+
+
+def _chosen(formula_text: str | None | list) -> list:
+    """One formula, chosen at compile time; or the branches written out."""
+    return formula_text if isinstance(formula_text, list) else [({}, formula_text)]
 
 
 @pytest.mark.parametrize(
@@ -42,10 +48,16 @@ def _case_formula(a: tuple | None, b: tuple | None, param: str) -> str | None:
         (("B", "n"), ("n",), "unsqueeze(grad, -1) * other", "sum_to(unsqueeze(grad, -1) * input, other)"),
         (("n",), ("n",), "unsqueeze(grad, -1) * other", "sum_to(unsqueeze(grad, -1) * input, other)"),
         (("...", "n"), ("n",), "unsqueeze(grad, -1) * other", "sum_to(unsqueeze(grad, -1) * input, other)"),
-        # v @ w: w a stack of matrices (or one matrix: `...` may stand for no dims)
+        # v @ w: w a stack of matrices
         (("n",), ("S", "n", "m"), VEC_STACK[0], VEC_STACK[1]),
         (("n",), ("R", "S", "n", "m"), *VEC_STACK),
-        (("n",), ("...", "n", "m"), *VEC_STACK),
+        # ... or a matrix: `...` may stand for no dims, which the backward asks at run time
+        (
+            ("n",),
+            ("...", "n", "m"),
+            [({"other": "2"}, BY_MATRIX[0]), ({}, VEC_STACK[0])],
+            [({"other": "2"}, BY_MATRIX[1]), ({}, VEC_STACK[1])],
+        ),
         # x @ w: w a matrix, x possibly a vector (declared so, with `...`, or of a shape not known)
         (("n",), ("n", "m"), *BY_MATRIX),
         (("...", "n"), ("n", "m"), *BY_MATRIX),
@@ -58,7 +70,7 @@ def _case_formula(a: tuple | None, b: tuple | None, param: str) -> str | None:
     ],
 )
 def test_the_matmul_row_carries_the_formulas_of_each_operand_rank(a, b, input_grad, other_grad):
-    assert (_case_formula(a, b, "input"), _case_formula(a, b, "other")) == (input_grad, other_grad)
+    assert (_branches(a, b, "input"), _branches(a, b, "other")) == (_chosen(input_grad), _chosen(other_grad))
 
 
 def test_every_rank_case_is_formulas_in_the_spec_language_over_the_rows_operands():

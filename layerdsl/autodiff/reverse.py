@@ -12,10 +12,9 @@ only what the needed gradients read.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from layerdsl.autodiff.formulas import formula, rank_branches
+from layerdsl.autodiff.formulas import Underivable, fold, formula, rank_branches
 from layerdsl.autodiff.simplify import simplify
 from layerdsl.autodiff.tape import NotDerivable, Step, Tape, refusal
 from layerdsl.diagnostics import Span
@@ -82,26 +81,22 @@ def derive(tape: Tape, grad_names: list[str], extra_grads: dict[str, str] | None
         g = gradient_of(step.var)
         if g is None:
             continue
-        if step.op.name == "einsum":
-            for einsum_operand, expr in _einsum_grads(step, g, problems):
-                if einsum_operand.id in requires:
-                    contributions.setdefault(einsum_operand.id, []).append((expr, None))
-                    source.setdefault(einsum_operand.id, step.expr.span)
-            continue
         for pname, listed in step.args.items():
             param = step.op.param(pname)
-            if (
-                isinstance(listed, N.ListExpr)
-                and param is not None
-                and param.tensors  # cat, stack; not the index tensors of `x[i, j]`, which need none
-                and any(isinstance(i, N.Name) and i.id in requires for i in listed.items)
-            ):
-                if step.op.grads.get(pname) is None:
-                    problems.append(NotDerivable(step.expr.span, f"{step.op.name}() has no derivative"))
+            if not (isinstance(listed, N.ListExpr) and param is not None and param.tensors):
+                continue  # cat, stack, einsum; not the index tensors of `x[i, j]`, which need none
+            needed = [(k, i) for k, i in enumerate(listed.items) if isinstance(i, N.Name) and i.id in requires]
+            if needed and step.op.grads.get(pname) is None:
+                problems.append(NotDerivable(step.expr.span, f"{step.op.name}() has no derivative"))
+                continue
+            for k, item in needed:
+                try:
+                    part = _item_grad(step, pname, k, item, g)
+                except Underivable as exc:
+                    problems.append(NotDerivable(step.expr.span, str(exc)))
                     continue
-                for item, part in _list_grads(step, pname, listed, g):
-                    if item.id in requires:
-                        contributions.setdefault(item.id, []).append((part, None))
+                contributions.setdefault(item.id, []).append((part, None))
+                source.setdefault(item.id, step.expr.span)
         for pname, operand in step.args.items():
             if not (isinstance(operand, N.Name) and operand.id in requires):
                 continue
@@ -282,50 +277,12 @@ def _may_broadcast(tape: Tape, step: Step, operand: N.Name) -> bool:
     return a is None or r is None or a != r
 
 
-def _einsum_grads(step: Step, grad: N.Expr, problems: list[NotDerivable]) -> Iterator[tuple[N.Name, N.Expr]]:
-    """For y = einsum("s1,s2->so", a, b): the gradient of a is einsum("so,s2->s1", grad, b). An operand
-    summed over an index only it has goes to `problems`."""
-    equation, listed = step.args["equation"], step.args["operands"]
-    assert isinstance(equation, N.Str) and isinstance(listed, N.ListExpr), "how index notation lowers to einsum"
-    inputs, out = equation.value.split("->")
-    ins = inputs.split(",")
-    operands = listed.items
-    for k, operand in enumerate(operands):
-        if not isinstance(operand, N.Name):
-            continue
-        others = [(s, o) for j, (s, o) in enumerate(zip(ins, operands)) if j != k]
-        available = set(out) | {c for s, _ in others for c in s}
-        if not set(ins[k]) <= available:
-            problems.append(
-                NotDerivable(
-                    step.expr.span,
-                    "a derived backward cannot go through a sum over an index only one tensor has; write a"
-                    " backward block",
-                )
-            )
-            continue
-        eq = N.Str(NOWHERE, ",".join([out] + [s for s, _ in others]) + "->" + ins[k])
-        eq.kind = N.Kind.STR
-        tensors = N.ListExpr(NOWHERE, [clone(grad)] + [clone(o) for _, o in others])
-        tensors.kind = N.Kind.LIST
-        call = N.Call(NOWHERE, "einsum", NOWHERE, [eq, tensors], [])
-        call.kind = N.Kind.TENSOR
-        yield operand, call
-
-
-def _list_grads(step: Step, pname: str, listed: N.ListExpr, grad: N.Expr) -> Iterator[tuple[N.Name, N.Expr]]:
-    """The table's formula for a list operand, once per tensor in it: `item` is that tensor, `index` its
-    position, `offset` where it starts along `dim` (the sizes of the ones before it, for cat)."""
-    assert step.op is not None and step.op.grads.get(pname) is not None, "derive checks the formula first"
-    offset: N.Expr = B.num(0)
-    for k, item in enumerate(listed.items):
-        if isinstance(item, N.Name):
-            bound = dataclasses.replace(step, args={**step.args, "item": item, "index": B.num(k), "offset": offset})
-            yield item, simplify(instantiate(formula(step.op.name, pname), bound, grad))
-        size = B.call("reduced_numel", clone(item), clone(step.args["dim"]))
-        size.kind = N.Kind.INT
-        offset = simplify(B.binop("+", offset, size)) if not (isinstance(offset, N.Num) and offset.value == 0) else size
-        offset.kind = N.Kind.INT
+def _item_grad(step: Step, pname: str, k: int, item: N.Name, grad: N.Expr) -> N.Expr:
+    """The table's formula for a list operand at its `k`-th tensor, which the formula names `item`, at
+    `index` (cat's, stack's and einsum's per-tensor gradients). Raises Underivable (`formulas.fold`)."""
+    assert step.op is not None
+    bound = dataclasses.replace(step, args={**step.args, "item": item, "index": B.num(k)})
+    return simplify(fold(instantiate(formula(step.op.name, pname), bound, grad)))
 
 
 def _may_batch(tape: Tape, step: Step) -> bool:

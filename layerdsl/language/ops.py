@@ -3,9 +3,12 @@
 Each row gives the spec name, its signature, its PyTorch spelling, its shape rule, its spelling on plain
 Python numbers (for `let` constants and dims) and, per differentiable input, a derivative formula written
 in the spec language itself. Formulas name the op's parameters, `grad` (the incoming gradient) and
-`result` (the op's output); the derivation pass parses them once into IR and substitutes. Helpers that
-exist only for formulas (`expand_reduced`, `reduced_numel`, `sum_to`, ...) are rows with `internal=True`.
-Adding an operation is adding a row.
+`result` (the op's output); the derivation pass parses them once into IR and substitutes. A list
+operand's formula (cat's, stack's, einsum's) is instantiated once per tensor in it, which it names `item`,
+at position `index`. Helpers that exist only for formulas (`expand_reduced`, `reduced_numel`, `sum_to`,
+...) are rows with `internal=True`; those with `folded=True` (`cat_offset`, `einsum_grad_equation`) are
+computed where the formula is instantiated (`autodiff.formulas.FOLDS`) and never emitted. Adding an
+operation is adding a row.
 
 Shape rules: "elementwise" (broadcasts its tensor inputs), "reduce" (drops or keeps `dim`), "matmul",
 "transpose", "view" (reshape family), "softmax" (same shape as input), "concat", "fft", "conv", "where",
@@ -116,6 +119,10 @@ class Op:
     once_differentiable: bool = False
     # formulas for particular operand ranks, in place of `grads` where the first that applies says (`RankCase`)
     rank_grads: tuple[RankCase, ...] = ()
+    # a helper of a list operand's formula, computed where the formula is instantiated from what is known
+    # there (an equation, a list's tensors): its call is replaced by its value (`autodiff.formulas.FOLDS`),
+    # never emitted
+    folded: bool = False
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -507,8 +514,7 @@ TABLE: tuple[Op, ...] = (
         "torch.cat",
         "concat",
         "concatenate along an existing dim",
-        # per operand (`item`), which starts at `offset` along dim
-        {"tensors": "narrow(grad, dim, offset, reduced_numel(item, dim))"},
+        {"tensors": "narrow(grad, dim, cat_offset(tensors, dim, index), reduced_numel(item, dim))"},
     ),
     Op(
         "stack",
@@ -516,7 +522,7 @@ TABLE: tuple[Op, ...] = (
         "torch.stack",
         "concat",
         "stack along a new dim",
-        {"tensors": "select(grad, dim, index)"},  # per operand, the `index`-th
+        {"tensors": "select(grad, dim, index)"},
     ),
     # -- Fourier transforms over one dim (complex results)
     Op(
@@ -1420,7 +1426,7 @@ TABLE: tuple[Op, ...] = (
         "torch.einsum",
         "einsum",
         "a sum of products over named axes",
-        {"operands": "einsum"},
+        {"operands": "einsum(einsum_grad_equation(equation, index), einsum_grad_operands(grad, operands, index))"},
         cost="costly",
         internal=True,
         template="torch.einsum({equation}, {operands*})",
@@ -1519,6 +1525,35 @@ TABLE: tuple[Op, ...] = (
         "sum a broadcast gradient back to an operand's shape",
         internal=True,
         shape_args=(1,),
+    ),
+    Op(
+        "cat_offset",
+        _sig("tensors[], dim, index"),
+        "",
+        "custom",
+        "where cat's index-th tensor starts along dim: the sizes there of those before it, summed",
+        internal=True,
+        folded=True,
+        shape_args=(0,),
+    ),
+    Op(
+        "einsum_grad_equation",
+        _sig("equation, index"),
+        "",
+        "custom",
+        "the equation of einsum's gradient with respect to its index-th operand: the result's subscripts, then"
+        " the other operands', give that operand's (`bi,ik->bk`, 0: `bk,ik->bi`)",
+        internal=True,
+        folded=True,
+    ),
+    Op(
+        "einsum_grad_operands",
+        _sig("grad*, operands[], index"),
+        "",
+        "custom",
+        "grad, then the operands but the index-th: the operands of einsum_grad_equation's equation",
+        internal=True,
+        folded=True,
     ),
     Op(
         "narrow",
