@@ -164,7 +164,7 @@ def _operand_grad(
         expr = B.call("real", expr)  # a real operand's gradient is the real part
     if case is None and (
         step.op.shape == "elementwise"
-        and _may_broadcast(tape, step, operand)
+        and _may_broadcast(tape, step, pname)
         or step.op.shape == "matmul"
         and _may_batch(tape, step)
     ):  # summed back to the operand's shape (a rank case's formula has that shape already)
@@ -275,11 +275,25 @@ def _flat(values):
             yield v
 
 
-def _may_broadcast(tape: Tape, step: Step, operand: N.Name) -> bool:
-    """Whether operand's gradient may need summing back (its shape may differ from the result's)."""
-    shapes = tape.shapes
+def _may_broadcast(tape: Tape, step: Step, pname: str) -> bool:
+    """Whether operand's gradient may need summing back (its shape may differ from the result's). Where the
+    static shapes are unknown (a dim sliced by a number local), an operand whose every other operand is a
+    number, a 0-dim tensor or itself (`s * 0.5`, `x * x`) has the result's shape: nothing to sum."""
+    assert step.op is not None
+    shapes, operand = tape.shapes, step.args[pname]
+    assert isinstance(operand, N.Name)
     a, r = shapes.get(operand.id), shapes.get(step.var)
-    return a is None or r is None or a != r
+    if a is not None and r is not None:
+        return a != r
+    others = [step.args[p.name] for p in step.op.params if p.tensor and p.name != pname and p.name in step.args]
+    return not all(_scalar(o, shapes) or isinstance(o, N.Name) and o.id == operand.id for o in others)
+
+
+def _scalar(e: N.Expr, shapes: dict[str, tuple | None]) -> bool:
+    """Whether `e` is a number or a 0-dim tensor: it broadcasts against anything without widening it."""
+    if isinstance(e, N.Name) and e.kind == N.Kind.TENSOR:
+        return shapes.get(e.id) == ()
+    return isinstance(e, (N.Num, N.Bool)) or e.kind in (N.Kind.INT, N.Kind.FLOAT, N.Kind.BOOL)
 
 
 def _einsum_grads(step: Step, grad: N.Expr, problems: list[NotDerivable]) -> Iterator[tuple[N.Name, N.Expr]]:
