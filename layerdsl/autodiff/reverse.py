@@ -24,6 +24,7 @@ from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
 from layerdsl.ir.visit import children, clone, map_children, walk
 from layerdsl.language.ops import OPS, RankCase
+from layerdsl.semantics.shapes import expr_shape
 
 
 @dataclass(eq=False)
@@ -277,23 +278,27 @@ def _flat(values):
 
 def _may_broadcast(tape: Tape, step: Step, pname: str) -> bool:
     """Whether operand's gradient may need summing back (its shape may differ from the result's). Where the
-    static shapes are unknown (a dim sliced by a number local), an operand whose every other operand is a
-    number, a 0-dim tensor or itself (`s * 0.5`, `x * x`) has the result's shape: nothing to sum."""
-    assert step.op is not None
+    static shapes are unknown (a dim sliced by an argument), an operand whose every other operand is a
+    number, a 0-dim tensor or itself (`s * 0.5`, `relu(s)`, `s * s`) has the result's shape: nothing to sum."""
     shapes, operand = tape.shapes, step.args[pname]
     assert isinstance(operand, N.Name)
     a, r = shapes.get(operand.id), shapes.get(step.var)
     if a is not None and r is not None:
         return a != r
-    others = [step.args[p.name] for p in step.op.params if p.tensor and p.name != pname and p.name in step.args]
-    return not all(_scalar(o, shapes) or isinstance(o, N.Name) and o.id == operand.id for o in others)
+    return any(_widens(other, operand.id, shapes) for p, other in step.args.items() if p != pname)
 
 
-def _scalar(e: N.Expr, shapes: dict[str, tuple | None]) -> bool:
-    """Whether `e` is a number or a 0-dim tensor: it broadcasts against anything without widening it."""
-    if isinstance(e, N.Name) and e.kind == N.Kind.TENSOR:
-        return shapes.get(e.id) == ()
-    return isinstance(e, (N.Num, N.Bool)) or e.kind in (N.Kind.INT, N.Kind.FLOAT, N.Kind.BOOL)
+def _widens(e: N.Expr, operand: str, shapes: dict[str, tuple | None]) -> bool:
+    """Whether `e`, broadcast against `operand`, may give a larger shape: not for a number (or another
+    constant argument), a 0-dim tensor, or the operand itself."""
+    if isinstance(e, N.Name) and e.id == operand:
+        return False
+    if isinstance(e, (N.Num, N.Bool, N.Str, N.NoneLit)) or e.kind in _CONSTANT_KINDS:
+        return False
+    return not (e.kind == N.Kind.TENSOR and expr_shape(e, shapes) == ())
+
+
+_CONSTANT_KINDS = (N.Kind.INT, N.Kind.FLOAT, N.Kind.BOOL, N.Kind.STR, N.Kind.NONE)
 
 
 def _einsum_grads(step: Step, grad: N.Expr, problems: list[NotDerivable]) -> Iterator[tuple[N.Name, N.Expr]]:
