@@ -1,6 +1,5 @@
 """What round 16's user's and attacker's trial found (custom layers written plain and under `@function`, then
-hostile names, inputs and folders): each test fails on the code before its fix, or is a strict xfail naming a
-problem still open."""
+hostile names, inputs and folders): each test fails on the code before its fix."""
 
 from __future__ import annotations
 
@@ -180,7 +179,7 @@ def test_a_spec_given_twice_is_read_once(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == [".layerdsl-manifest", "__init__.py", "swish.py"]
 
 
-# ---------------------------------------------------------------- fixed in autodiff/ and codegen/ (one still open)
+# ---------------------------------------------------------------- fixed in autodiff/ and codegen/
 
 # clamp() of a costly value: the Function keeps the matmul's result AND the clamped output, to compare them
 # in backward (`clam == mm`), where autograd keeps the input alone and relu(x @ w) keeps a bool mask. 1.5x
@@ -223,10 +222,6 @@ layer ShapeOnlyScores(d: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/plan.py: a costly value read only for .shape is saved whole when its static shape is unknown",
-)
 def test_scores_read_only_for_their_shape_are_not_kept():
     ours = compile_spec(SHAPE_ONLY_SCORES, "shape_only_f")["ShapeOnlyScores"](4).double()
     theirs = compile_spec(SHAPE_ONLY_SCORES.replace("@function\n", ""), "shape_only_p")["ShapeOnlyScores"](4).double()

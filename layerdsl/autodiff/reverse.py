@@ -23,6 +23,7 @@ from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
 from layerdsl.ir.visit import children, clone, map_children, walk
 from layerdsl.language.ops import OPS, RankCase
+from layerdsl.semantics.shapes import expr_shape
 
 
 @dataclass(eq=False)
@@ -159,7 +160,7 @@ def _operand_grad(
         expr = B.call("real", expr)  # a real operand's gradient is the real part
     if case is None and (
         step.op.shape == "elementwise"
-        and _may_broadcast(tape, step, operand)
+        and _may_broadcast(tape, step, pname)
         or step.op.shape == "matmul"
         and _may_batch(tape, step)
     ):  # summed back to the operand's shape (a rank case's formula has that shape already)
@@ -270,11 +271,29 @@ def _flat(values):
             yield v
 
 
-def _may_broadcast(tape: Tape, step: Step, operand: N.Name) -> bool:
-    """Whether operand's gradient may need summing back (its shape may differ from the result's)."""
-    shapes = tape.shapes
+def _may_broadcast(tape: Tape, step: Step, pname: str) -> bool:
+    """Whether operand's gradient may need summing back (its shape may differ from the result's). Where the
+    static shapes are unknown (a dim sliced by an argument), an operand whose every other operand is a
+    number, a 0-dim tensor or itself (`s * 0.5`, `relu(s)`, `s * s`) has the result's shape: nothing to sum."""
+    shapes, operand = tape.shapes, step.args[pname]
+    assert isinstance(operand, N.Name)
     a, r = shapes.get(operand.id), shapes.get(step.var)
-    return a is None or r is None or a != r
+    if a is not None and r is not None:
+        return a != r
+    return any(_widens(other, operand.id, shapes) for p, other in step.args.items() if p != pname)
+
+
+def _widens(e: N.Expr, operand: str, shapes: dict[str, tuple | None]) -> bool:
+    """Whether `e`, broadcast against `operand`, may give a larger shape: not for a number (or another
+    constant argument), a 0-dim tensor, or the operand itself."""
+    if isinstance(e, N.Name) and e.id == operand:
+        return False
+    if isinstance(e, (N.Num, N.Bool, N.Str, N.NoneLit)) or e.kind in _CONSTANT_KINDS:
+        return False
+    return not (e.kind == N.Kind.TENSOR and expr_shape(e, shapes) == ())
+
+
+_CONSTANT_KINDS = (N.Kind.INT, N.Kind.FLOAT, N.Kind.BOOL, N.Kind.STR, N.Kind.NONE)
 
 
 def _item_grad(step: Step, pname: str, k: int, item: N.Name, grad: N.Expr) -> N.Expr:

@@ -6,10 +6,13 @@ the backward's optimisation uses them to decide where an operation may update on
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import dataclasses
+from collections import Counter
+from collections.abc import Collection, Mapping
 
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import clone, map_children, walk
 from layerdsl.semantics.shapes import GROUP, Shape, broadcast, declared_shape, expr_shape, op_shape
 
 
@@ -22,9 +25,36 @@ def infer_shapes(tape: Tape, layer: N.Layer) -> dict[str, Shape]:
         i.name: None if i.alternatives else declared_shape(i.shape, i.name) for i in layer.forward.inputs
     }
     shapes.update({t.name: declared_shape(t.shape, t.name) for t in layer.tensors})
+    numbers = int_numbers(tape)
     for s in tape.steps:
-        shapes[s.var] = step_shape(s, shapes)
+        shapes[s.var] = step_shape(with_numbers(s, numbers), shapes)
     return shapes
+
+
+def int_numbers(tape: Tape) -> dict[str, N.Expr]:
+    """The int number locals forward assigns once (`h = d // 2`), each as its expression over dims and
+    arguments (an earlier one's name replaced by its value): a slice bounded by one (`q[..., :h]`) then has
+    the size the shape rules prove (`d // 2`), and what is computed from it a static shape."""
+    assigned = Counter(name for name, _ in tape.numbers)
+    out: dict[str, N.Expr] = {}
+    for name, value in tape.numbers:
+        if assigned[name] == 1 and value.kind == N.Kind.INT:
+            out[name] = _inlined(value, out)
+    return out
+
+
+def with_numbers(s: Step, numbers: Mapping[str, N.Expr]) -> Step:
+    """The step with the number locals of `numbers` that it reads written as their values."""
+    if not numbers or not any(isinstance(n, N.Name) and n.id in numbers for n in walk(s.expr)):
+        return s
+    args = {k: _inlined(v, numbers) for k, v in s.args.items()}
+    return dataclasses.replace(s, args=args, expr=_inlined(s.expr, numbers))
+
+
+def _inlined(e: N.Expr, numbers: Mapping[str, N.Expr]) -> N.Expr:
+    if isinstance(e, N.Name) and e.kind == N.Kind.INT and e.id in numbers:
+        return clone(numbers[e.id])
+    return map_children(e, lambda c: _inlined(c, numbers))
 
 
 def step_shape(s: Step, shapes: dict[str, Shape]) -> Shape:
