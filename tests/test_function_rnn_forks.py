@@ -192,3 +192,23 @@ def test_gradcheck_with_the_state_given_and_the_flags_set():
     x = torch.randn(2, 3, 2, dtype=torch.float64, requires_grad=True)
     hx = torch.randn(2, 2, 2, dtype=torch.float64, requires_grad=True)
     checked(lambda x, hx: m(x, hx), [x, hx])
+
+
+def test_the_ifs_around_no_loop_stay_where_an_if_around_the_loop_is_all_the_top_holds():
+    """An `if` around a loop inside the loop over the layers is taken around it (two copies of it, the
+    forward's top holding no loop but in the `if`): the `if`s around no loop still stay, two ways in all."""
+    text = NEST_IFS.replace(
+        "            if scaled {\n                h = h * 2\n            }\n",
+        "            if scaled {\n                for t in range(T) {\n                    h = h * 2\n                }\n            }\n",
+    )
+    assert text != NEST_IFS
+    plans, problems = _plan(text)
+    assert not problems
+    assert len(plan._nests(plans["NestIfs"])) == 2
+    for scaled in (False, True):
+        m, p = plain_pair(text, "nest_ifs_around", "NestIfs", n=2, d=3, scaled=scaled, a=True)
+        x = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+        hx = torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)
+        params = {name: v.detach().clone().requires_grad_() for name, v in m.named_parameters()}
+        got, want = (torch.func.functional_call(module, params, (x, hx)) for module in (m, p))
+        agree(got, want, [x, hx, *params.values()])

@@ -643,7 +643,7 @@ def _sides(body: list[N.Stmt], branch: tuple[int, N.If], cond: N.Expr, known: Fa
 def _first_if(body: list[N.Stmt], choices: bool = False) -> tuple[int, N.If] | None:
     """The first `if` of `body`; `choices`: in a forward with loops, the first holding a loop, an append, a
     `return` or an `if` (the others are `if`s of their own, `loops.Choice`)."""
-    if choices and has_loop(body):
+    if choices and any(isinstance(s, N.For) for s in walk_stmts(body)):
         return next(((i, s) for i, s in enumerate(body) if isinstance(s, N.If) and not choice_alone(s)), None)
     return next(((i, s) for i, s in enumerate(body) if isinstance(s, N.If)), None)
 
