@@ -212,3 +212,25 @@ def test_the_ifs_around_no_loop_stay_where_an_if_around_the_loop_is_all_the_top_
         params = {name: v.detach().clone().requires_grad_() for name, v in m.named_parameters()}
         got, want = (torch.func.functional_call(module, params, (x, hx)) for module in (m, p))
         agree(got, want, [x, hx, *params.values()])
+
+
+def test_the_ifs_of_the_loop_over_the_layers_stay_where_its_inner_loop_is_taken_apart():
+    """An `if` on arguments in the inner loop's body (an RNN's nonlinearity) takes the inner loop apart (a
+    copy on each side), and then the outer one: the outer body's `if`s around no loop still stay in it."""
+    text = NEST_IFS.replace("c: bool = false)", "c: bool = false, relu: bool = false)").replace(
+        "                h = tanh(x[..., t, :] @ w_l{k} + h)\n",
+        "                if relu {\n                    h = relu(x[..., t, :] @ w_l{k} + h)\n                } else {\n"
+        "                    h = tanh(x[..., t, :] @ w_l{k} + h)\n                }\n",
+    )
+    assert text.count("relu") == 3
+    plans, problems = _plan(text)
+    assert not problems
+    assert len(plan._nests(plans["NestIfs"])) == 2
+    for relu, given in ((True, True), (False, False)):
+        m, p = plain_pair(text, "nest_ifs_relu", "NestIfs", n=2, d=3, relu=relu, scaled=True, shifted=True)
+        x = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+        hx = torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)
+        params = {name: v.detach().clone().requires_grad_() for name, v in m.named_parameters()}
+        args = (x, hx) if given else (x,)
+        got, want = (torch.func.functional_call(module, params, args) for module in (m, p))
+        agree(got, want, [*args, *params.values()])

@@ -188,7 +188,7 @@ def _unswitched(body: list[N.Stmt], optional: frozenset[str], choices: bool = Fa
 def _unswitched_loop(loop: N.For, optional: frozenset[str], choices: bool = False) -> N.Stmt:
     """`loop`, or an `if` on arguments of its body around two copies of it (each with one side)."""
     body = self_decided(_unswitched(loop.body, optional, choices))
-    kept = choices and has_loop(body)  # a `Nest`'s `Choice`s stay
+    kept = choices and any(isinstance(s, N.For) for s in walk_stmts(body))  # a `Nest`'s `Choice`s stay
     at = _switch(body, optional, kept)
     if at is None or _copies(body, optional, MAX_BRANCH_PLANS, kept) > MAX_BRANCH_PLANS:  # the body keeps its `if`s
         return loop if body is loop.body else dataclasses.replace(loop, body=body)
