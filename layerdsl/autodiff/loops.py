@@ -152,26 +152,32 @@ def presence(cond: N.Expr) -> tuple[str, bool] | None:
     return None
 
 
-def unswitched(layer: N.Layer) -> N.Layer:
+def choice_alone(stmt: N.If) -> bool:
+    """Whether `stmt`'s sides hold only statements a `Choice` takes: no loop, append, `return` or `if`."""
+    return not any(isinstance(s, N.For | N.Append | N.Return | N.If) for s in walk_stmts(stmt.body + stmt.orelse))
+
+
+def unswitched(layer: N.Layer, choices: bool = False) -> N.Layer:
     """`layer` with each `if` on arguments inside a loop's body taken out of the loop, the loop written on
     each side (`for t { a; if relu { h = relu(p) } else { h = tanh(p) } }` is `if relu { for t { a; h =
     relu(p) } } else { for t { a; h = tanh(p) } }`): the condition is the same at every step, and a
-    forward that branches on arguments chooses one side's Function (`plan._branch_plan`)."""
+    forward that branches on arguments chooses one side's Function (`plan._branch_plan`). `choices`: an `if`
+    of a loop holding a loop that `choice_alone` takes stays in its body (a `Choice` of the `Nest`)."""
     assert layer.forward is not None
     optional = frozenset(i.name for i in layer.forward.inputs if i.optional)
-    body = _unswitched(layer.forward.body, optional)
+    body = _unswitched(layer.forward.body, optional, choices)
     if body is layer.forward.body:
         return layer
     return layer.with_body(body)
 
 
-def _unswitched(body: list[N.Stmt], optional: frozenset[str]) -> list[N.Stmt]:
+def _unswitched(body: list[N.Stmt], optional: frozenset[str], choices: bool = False) -> list[N.Stmt]:
     out: list[N.Stmt] = []
     changed = False
     for stmt in body:
-        new = _unswitched_loop(stmt, optional) if isinstance(stmt, N.For) else stmt
+        new = _unswitched_loop(stmt, optional, choices) if isinstance(stmt, N.For) else stmt
         if isinstance(stmt, N.If):
-            then, orelse = _unswitched(stmt.body, optional), _unswitched(stmt.orelse, optional)
+            then, orelse = _unswitched(stmt.body, optional, choices), _unswitched(stmt.orelse, optional, choices)
             if then is not stmt.body or orelse is not stmt.orelse:
                 new = dataclasses.replace(stmt, body=then, orelse=orelse)
         changed |= new is not stmt
@@ -179,35 +185,44 @@ def _unswitched(body: list[N.Stmt], optional: frozenset[str]) -> list[N.Stmt]:
     return out if changed else body
 
 
-def _unswitched_loop(loop: N.For, optional: frozenset[str]) -> N.Stmt:
+def _unswitched_loop(loop: N.For, optional: frozenset[str], choices: bool = False) -> N.Stmt:
     """`loop`, or an `if` on arguments of its body around two copies of it (each with one side)."""
-    body = self_decided(_unswitched(loop.body, optional))
-    at = _switch(body, optional)
-    if at is None or _copies(body, optional, MAX_BRANCH_PLANS) > MAX_BRANCH_PLANS:  # the body keeps its `if`s
+    body = self_decided(_unswitched(loop.body, optional, choices))
+    kept = choices and any(isinstance(s, N.For) for s in walk_stmts(body))  # a `Nest`'s `Choice`s stay
+    at = _switch(body, optional, kept)
+    if at is None or _copies(body, optional, MAX_BRANCH_PLANS, kept) > MAX_BRANCH_PLANS:  # the body keeps its `if`s
         return loop if body is loop.body else dataclasses.replace(loop, body=body)
     branch = body[at]
     assert isinstance(branch, N.If)
     sides = [chosen_side(body, at, holds) for holds in (True, False)]  # its other tests decided (`loop_choices`)
-    then, orelse = (_unswitched_loop(dataclasses.replace(loop, body=side), optional) for side in sides)
+    then, orelse = (_unswitched_loop(dataclasses.replace(loop, body=side), optional, choices) for side in sides)
     return dataclasses.replace(branch, body=[then], orelse=[orelse])
 
 
-def _switch(body: list[N.Stmt], optional: frozenset[str]) -> int | None:
-    """Where the first `if` on arguments of a loop's body is (None: it has none)."""
-    return next((k for k, s in enumerate(body) if isinstance(s, N.If) and on_arguments(s.cond, optional)), None)
+def _switch(body: list[N.Stmt], optional: frozenset[str], kept: bool = False) -> int | None:
+    """Where the first `if` on arguments of a loop's body is (None: it has none); `kept`: not one that
+    `choice_alone` takes."""
+    return next(
+        (
+            k
+            for k, s in enumerate(body)
+            if isinstance(s, N.If) and on_arguments(s.cond, optional) and not (kept and choice_alone(s))
+        ),
+        None,
+    )
 
 
-def _copies(body: list[N.Stmt], optional: frozenset[str], limit: int) -> int:
+def _copies(body: list[N.Stmt], optional: frozenset[str], limit: int, kept: bool = False) -> int:
     """How many copies of a loop taking its body's `if`s on arguments out would make (counted up to just past
     `limit`: independent `if`s multiply)."""
-    at = _switch(body, optional)
+    at = _switch(body, optional, kept)
     if at is None:
         return 1
     branch = body[at]
     assert isinstance(branch, N.If)
     count = 0
     for holds in (True, False):
-        count += _copies(chosen_side(body, at, holds), optional, limit - count)
+        count += _copies(chosen_side(body, at, holds), optional, limit - count, kept)
         if count > limit:
             break
     return count

@@ -69,9 +69,12 @@ class Nest:
         return out
 
     def values(self) -> set[str]:
-        """The names the body binds: its steps', its loops' carried values and joins, its nests' alike."""
+        """The names the body binds: its steps', its loops' carried values and joins, its nests' alike, its
+        `if`s' merged locals."""
         out = {s.var for s in self.steps()} | set(self.carried)
         for seg in self.segments:
+            if isinstance(seg, loops.Choice):
+                out |= set(seg.merged)
             if isinstance(seg, (loops.Loop, Nest)):
                 out |= set(seg.carried) | {j.name for j in seg.joins}
             if isinstance(seg, Nest):
@@ -96,7 +99,7 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
                 " known only when forward runs",
                 "write one of the counts in the spec (up to 64 steps are unrolled), or drop @function",
             )
-        if isinstance(s, N.If):
+        if isinstance(s, N.If) and not (p.conditions is not None and loops.choice_alone(s)):
             raise NotDerivable(
                 s.span,
                 "cannot derive through this `if` yet: it is in the body of a loop holding a loop, both of"
@@ -117,12 +120,19 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
     segments: list[Segment] = []
     chunk: list[N.Stmt] = []
     items: dict[str, list[str]] = {}  # outer list -> the locals holding what a step appends to it
+    read = {n.id for n in walk(p.forward) if isinstance(n, N.Name)}  # what merged locals may be read by
     for s in body:
         if isinstance(s, N.For):
             if chunk:
                 segments.append(p.straight(chunk))
                 chunk = []
             segments += p.loop(s)
+        elif isinstance(s, N.If):  # on configuration values, holding no loop: an `if` of its own
+            assert p.conditions is not None
+            if chunk:
+                segments.append(p.straight(chunk))
+                chunk = []
+            segments.append(p.choice(s, p.conditions(s, []), read))
         elif isinstance(s, N.Assign) and isinstance(s.value, N.ListExpr) and not s.value.items:
             if s.target in outer_lists:
                 raise NotDerivable(s.span, "a derived backward collects into a list made before the loop", loops.HINT)

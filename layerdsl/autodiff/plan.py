@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 
 from layerdsl.autodiff.inline import Inlined, LayerNotGiven, inline_subs
@@ -28,12 +28,14 @@ from layerdsl.autodiff.loops import (
     CHOICE_HINT,
     MAX_BRANCH_PLANS,
     LoopPlan,
+    choice_alone,
     has_loop,
     member_choice,
     on_arguments,
     plan_loops,
     proves,
     unswitched,
+    walk_stmts,
 )
 from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.nested_ifs import (
@@ -147,12 +149,34 @@ def plan_inlined(inlined: Inlined) -> Plan:
     where the plan cannot follow the sizes those read."""
     unchecked = unchecked_origins(inlined.layer, inlined.origins)
     try:
-        plan = plan_backward(sub_requires_dropped(inlined.layer, unchecked))
+        plan = _fewest_ways(sub_requires_dropped(inlined.layer, unchecked))
     except NotDerivable as exc:
         if not reads_unfollowed(inlined.layer, [p.span for p in exc.every()]):
             raise
-        plan = plan_backward(sub_requires_dropped(inlined.layer, inlined.origins))  # derived without the checks
-    _check_nest_copies(plan)
+        plan = _fewest_ways(sub_requires_dropped(inlined.layer, inlined.origins))  # derived without the checks
+    return plan
+
+
+def _fewest_ways(layer: N.Layer) -> Plan:
+    """`plan_backward(layer)`; where a forward with loops is refused (its ways hold more loops holding loops
+    than MAX_NEST_COPIES, or are more than MAX_BRANCH_PLANS), the plan whose forward keeps the `if`s around
+    no loop as `if`s of their own (`loops.Choice`), branching only on those around one: the first refusal
+    stands where that is refused too."""
+    try:
+        plan = plan_backward(layer)
+        _check_nest_copies(plan)
+    except NotDerivable as exc:
+        assert layer.forward is not None
+        stmts = list(walk_stmts(layer.forward.body))
+        if not any(isinstance(s, N.For) for s in stmts) or not any(
+            isinstance(s, N.If) and choice_alone(s) for s in stmts
+        ):
+            raise
+        try:
+            plan = plan_backward(layer, choices=True)
+            _check_nest_copies(plan)
+        except NotDerivable:
+            raise exc from None
     return plan
 
 
@@ -232,27 +256,33 @@ def plan_backward(
     known: Facts = (),
     measured: Measured | None = None,
     room: int = MAX_NEST_COPIES,
+    choices: bool = False,
 ) -> Plan:
     """One `@function` layer's plan; raises NotDerivable for what the derivation cannot go through (the
     first problem, carrying the others: `NotDerivable.every`). `given`: the optional inputs and members that the `if`s
     choosing this side prove given; `known`: what their conditions prove (a later `if` they decide has one
     side only); `measured`: the sizes the whole forward measures, by name (`unroll.prepared_forward`);
-    `room`: how many loops holding loops its ways may hold (TooManyNests past it, `_check_nest_copies`)."""
+    `room`: how many loops holding loops its ways may hold (TooManyNests past it, `_check_nest_copies`);
+    `choices`: a forward with loops branches only on the `if`s holding a loop (or an append, a `return`, an
+    `if`), each other `if` a segment of its own (`loops.Choice`)."""
     assert layer.forward is not None, "the parser reports a layer without forward"
     # tuple inputs as tensors, sides calling a callable argument dropped, loops unrolled, sizes named
     layer = without_callable_sides(with_tuples_split(layer))
     measured = measured_names(layer) if measured is None else measured
     layer = prepared_forward(layer, measured)
-    layer = unswitched(layer)  # an `if` on arguments in a loop's body: around two copies of the loop
+    layer = unswitched(layer, choices)  # an `if` on arguments in a loop's body: around two copies of the loop
     assert layer.forward is not None
-    if layer.backward is None and (branch := _first_if(layer.forward.body)) is not None:
+    if choices:  # a size of a local an `if` of its own binds, as the sizes of the inputs on each side
+        layer = layer.with_body(sizes_by_side(layer.forward.body, layer, measured))
+    assert layer.forward is not None
+    if layer.backward is None and (branch := _first_if(layer.forward.body, choices)) is not None:
         # counted before any side is derived: independent `if`s multiply (a derivation per side)
-        if side_count(layer.forward.body, known, MAX_BRANCH_PLANS) > MAX_BRANCH_PLANS:
+        if side_count(layer.forward.body, known, MAX_BRANCH_PLANS, choices) > MAX_BRANCH_PLANS:
             return _segmented_plan(layer, branch[1], given, measured)
-        return _branch_plan(layer, branch, given, known, measured, room)
+        return _branch_plan(layer, branch, given, known, measured, room, choices)
     if has_loop(layer.forward.body):  # a member the `if`s around this side prove built is no loop's choice
         given |= {t.name for t in layer.tensors if t.cond is not None and _truth(t.cond, known) is True}
-    return _straight_plan(layer, given)
+    return _straight_plan(layer, given, choices)
 
 
 # The longest straight tape derived (an unrolled loop's steps counted): pricing which intermediates to save
@@ -282,11 +312,11 @@ def _too_long(layer: N.Layer, tape: Tape) -> NotDerivable:
     return NotDerivable(tape.steps[MAX_TAPE_STEPS].expr.span, message, hint)
 
 
-def _straight_plan(layer: N.Layer, given: frozenset[str]) -> Plan:
+def _straight_plan(layer: N.Layer, given: frozenset[str], choices: bool = False) -> Plan:
     optional = {t.name for t in layer.tensors if t.cond is not None} - given
     optional |= {i.name for i in layer.forward.inputs if i.optional} - given if layer.forward else set()
     if layer.forward is not None and has_loop(layer.forward.body):  # a loop kept as one (`autodiff.loops`)
-        return _loop_plan(layer, optional, given)
+        return _loop_plan(layer, optional, given, choices)
     # a list of subs' optional member, stacked and read at an unrolled item's index (`b[0]`): a side each
     if (choice := member_choice(layer, _read_at_an_index(layer, optional))) is not None:
         cond, built, not_built = choice
@@ -333,7 +363,7 @@ def _read_at_an_index(layer: N.Layer, optional: set[str]) -> set[str]:
     }
 
 
-def _loop_plan(layer: N.Layer, optional: set[str], given: frozenset[str]) -> Plan:
+def _loop_plan(layer: N.Layer, optional: set[str], given: frozenset[str], choices: bool = False) -> Plan:
     assert layer.forward is not None
     loop = next(s for s in layer.forward.body if isinstance(s, N.For))
     if layer.backward is not None:
@@ -347,7 +377,7 @@ def _loop_plan(layer: N.Layer, optional: set[str], given: frozenset[str]) -> Pla
     assert layer.forward is not None
     if (choice := member_choice(layer, optional)) is not None:  # `param b: [d] if bias`: a side each
         cond, built, absent = choice
-        return BranchPlan(cond, _straight_plan(built, given), _straight_plan(absent, given))
+        return BranchPlan(cond, _straight_plan(built, given, choices), _straight_plan(absent, given, choices))
     body = layer.forward.body
     if optional & read_outside_ifs(body):  # one read in a loop's `if` is refused at the `if` (`plan_loops`)
         raise NotDerivable(
@@ -363,6 +393,11 @@ def _loop_plan(layer: N.Layer, optional: set[str], given: frozenset[str]) -> Pla
             "a forward that keeps a loop updates no buffer under @function (not derived yet)",
             "drop @function, or move the update out of this layer",
         )
+    if choices and any(isinstance(s, N.If) for s in body):  # each an `if` of its own (`_first_if`)
+        if (unfollowed := unfollowed_size(body)) is not None:
+            raise _size_not_followed(*unfollowed)
+        inputs, members = _optional_inputs(layer) & optional, optional - _optional_inputs(layer)
+        return plan_loops(layer, optional, incoming_names, _choice_condition(layer, inputs, members))
     return plan_loops(layer, optional, incoming_names)
 
 
@@ -394,7 +429,21 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str], measured
     if update is not None or has_loop(layer.forward.body):
         raise _not_segmented(first.span, "in a forward that updates no buffer and keeps no loop")
 
+    body = flattened(returns_closed(layer.forward.body))  # nested `if`s and a side's numbers at the top
+    body = sizes_by_side(body, layer, measured)
+    if (unfollowed := unfollowed_size(body)) is not None:
+        raise _size_not_followed(*unfollowed)
+    condition = _choice_condition(layer, inputs, members)
+    return plan_loops(layer.with_body(body), set(members | inputs), incoming_names, condition)
+
+
+def _choice_condition(layer: N.Layer, inputs: Set[str], members: Set[str]) -> Callable[[N.If, list[N.Stmt]], N.Expr]:
+    """An `if`'s condition as the Function of a forward whose `if`s are segments of their own evaluates it
+    (`loops.Choice`): over arguments, lets, `training`, dims and flags, or whether an optional input
+    (`inputs`) or member (`members`) is given; NotDerivable for another."""
+    assert layer.forward is not None
     flags = {i.name for i in layer.forward.inputs if i.flag is not None}
+    optional = frozenset(inputs) | frozenset(members)
 
     def condition(stmt: N.If, before: list[N.Stmt]) -> N.Expr:
         measured_local = next(
@@ -404,8 +453,7 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str], measured
             raise _size_not_followed(measured_local, "tests")
         cond = _configuration_condition(stmt.cond, before, layer)
         if not all(
-            on_arguments(term, inputs | members) or _on_dims(term, flags) or _dtype_test(term)
-            for term in and_terms(cond)
+            on_arguments(term, optional) or _on_dims(term, flags) or _dtype_test(term) for term in and_terms(cond)
         ):
             raise _not_segmented(
                 stmt.cond.span,
@@ -413,11 +461,7 @@ def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str], measured
             )
         return cond
 
-    body = flattened(returns_closed(layer.forward.body))  # nested `if`s and a side's numbers at the top
-    body = sizes_by_side(body, layer, measured)
-    if (unfollowed := unfollowed_size(body)) is not None:
-        raise _size_not_followed(*unfollowed)
-    return plan_loops(layer.with_body(body), set(members | inputs), incoming_names, condition)
+    return condition
 
 
 def _size_not_followed(size: N.Expr, how: str) -> NotDerivable:
@@ -557,17 +601,18 @@ def returns_closed(body: list[N.Stmt]) -> list[N.Stmt]:
     return body
 
 
-def side_count(body: list[N.Stmt], known: Facts, limit: int) -> int:
+def side_count(body: list[N.Stmt], known: Facts, limit: int, choices: bool = False) -> int:
     """How many straight-line sides `body` has (the combinations of its `if`s that the conditions around
-    them leave possible), counted up to `limit + 1` (so a forward of many `if`s is refused in little time)."""
-    found = _first_if(body)
+    them leave possible), counted up to `limit + 1` (so a forward of many `if`s is refused in little time);
+    `choices`: of the `if`s that `_first_if` branches on."""
+    found = _first_if(body, choices)
     if found is None:
         return 1
     count = 0
     for side in _sides(body, found, found[1].cond, known):
         if count > limit:
             break
-        count += side_count(side.body, side.known, limit - count)
+        count += side_count(side.body, side.known, limit - count, choices)
     return count
 
 
@@ -595,12 +640,22 @@ def _sides(body: list[N.Stmt], branch: tuple[int, N.If], cond: N.Expr, known: Fa
     return sides
 
 
-def _first_if(body: list[N.Stmt]) -> tuple[int, N.If] | None:
+def _first_if(body: list[N.Stmt], choices: bool = False) -> tuple[int, N.If] | None:
+    """The first `if` of `body`; `choices`: in a forward with loops, the first holding a loop, an append, a
+    `return` or an `if` (the others are `if`s of their own, `loops.Choice`)."""
+    if choices and any(isinstance(s, N.For) for s in walk_stmts(body)):
+        return next(((i, s) for i, s in enumerate(body) if isinstance(s, N.If) and not choice_alone(s)), None)
     return next(((i, s) for i, s in enumerate(body) if isinstance(s, N.If)), None)
 
 
 def _branch_plan(
-    layer: N.Layer, branch: tuple[int, N.If], given: frozenset[str], known: Facts, measured: Measured, room: int
+    layer: N.Layer,
+    branch: tuple[int, N.If],
+    given: frozenset[str],
+    known: Facts,
+    measured: Measured,
+    room: int,
+    choices: bool = False,
 ) -> Plan:
     """The plan of each side of the forward's first `if` (a side's own `if`s branch again); only the side
     that can be taken when the `if`s around it decide the condition (`track and training` inside
@@ -620,7 +675,8 @@ def _branch_plan(
         forward = dataclasses.replace(layer.forward, body=side.body)
         proven = given | _proven_given(cond, side.holds)
         try:
-            planned = plan_backward(dataclasses.replace(layer, forward=forward), proven, side.known, measured, room)
+            side_layer = dataclasses.replace(layer, forward=forward)
+            planned = plan_backward(side_layer, proven, side.known, measured, room, choices)
             _check_nest_copies(planned, room)
             room -= len(_nests(planned))
             if not decided and _keeps_a_loop(planned) and not on_arguments(cond, _optional_inputs(layer)):

@@ -202,15 +202,13 @@ class LoopFunction:
         self.leaf_shapes: set[str] = set()  # inputs and members backward reads only the shape of
         self.side_tests: dict[tuple[int, int], str] = {}  # each side's condition, as backward spells it
         # `if m != none` of an optional input, an `if` of its own: backward tests m's shape, kept on ctx
-        tested = [presence(t) for seg in plan.segments if isinstance(seg, Choice) for t in and_terms(seg.cond)]
+        conds = [seg.cond for seg in function_nest.choices(plan.segments)]  # a nest's body's too
+        tested = [presence(t) for cond in conds for t in and_terms(cond)]
         self.presence_tested = list(dict.fromkeys(t[0] for t in tested if t is not None))
         # a flag input (`if not need_weights`) and a dtype (`if is_floating_point(mask)`): kept on ctx too
-        read = {
-            n.id for seg in plan.segments if isinstance(seg, Choice) for n in walk(seg.cond) if isinstance(n, N.Name)
-        }
+        read = {n.id for cond in conds for n in walk(cond) if isinstance(n, N.Name)}
         assert self.layer.forward is not None
         self.flags_tested = [i.name for i in self.layer.forward.inputs if i.flag is not None and i.name in read]
-        conds = [seg.cond for seg in plan.segments if isinstance(seg, Choice)]
         self.dtype_tested = list(dict.fromkeys(leaf for cond in conds for leaf in dtype_tested(cond)))
 
     def dtype_field(self, leaf: str) -> str:
@@ -515,11 +513,7 @@ class LoopFunction:
             if isinstance(n, N.Name)
         }
         read |= {
-            n.id
-            for seg in self.plan.segments
-            if isinstance(seg, Choice)
-            for n in walk(seg.cond)
-            if isinstance(n, N.Name)
+            n.id for seg in function_nest.choices(self.plan.segments) for n in walk(seg.cond) if isinstance(n, N.Name)
         }
         read |= {n.id for loop in self.loops for b in loop.bounds for n in walk(b) if isinstance(n, N.Name)}
         read |= {n.id for loop in self.loops for _, e in loop.numbers for n in walk(e) if isinstance(n, N.Name)}

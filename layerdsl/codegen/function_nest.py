@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from layerdsl.autodiff.loops import Loop, Straight
+from layerdsl.autodiff.loops import UNBOUND, Choice, Loop, Straight
 from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen import loop_backward
@@ -53,6 +53,20 @@ def names_read(nest: Nest) -> set[str]:
 def key(fn: LoopFunction, nest: Nest) -> int:
     """Where `Reads.per_step` keeps what backward reads of a nest's body per step (the loops' keys are 0 on)."""
     return -1 - nests(fn.plan.segments).index(nest)
+
+
+def choice_key(fn: LoopFunction, nest: Nest, index: int) -> int:
+    """The key of the `Choice` at `index` of a nest's body among the Function's `if`s (those of the
+    forward's segments are their indices): after every segment's, by nest and index."""
+    return len(fn.plan.segments) * (2 + fn.plan.segments.index(nest)) + index
+
+
+def choices(segments) -> list[Choice]:
+    """The `if`s of their own of the forward, those of a nest's body too."""
+    out: list[Choice] = []
+    for seg in segments:
+        out += choices(seg.segments) if isinstance(seg, Nest) else [seg] if isinstance(seg, Choice) else []
+    return out
 
 
 def body_extra(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]]) -> list[str]:
@@ -95,7 +109,13 @@ def stacked_shapes(fn: LoopFunction, nest: Nest) -> set[str]:
 
 
 def maybe_none(fn: LoopFunction, nest: Nest, value: str) -> bool:
-    """Whether a step may leave `value` None: a loop's stack (no steps) or a value of its first step."""
+    """Whether a step may leave `value` None: a loop's stack (no steps), a value of its first step, or one of
+    a side of an `if` of its own (the other side ran)."""
+    for seg in nest.segments:
+        if isinstance(seg, Choice) and value in {s.var for tape in seg.sides() for s in tape.steps}:
+            return True
+        if isinstance(seg, Choice) and UNBOUND in seg.merged.get(value, ()):
+            return True
     for loop in nest.loops():
         if value in {fn.first(v) for v in fn.widenable(loop, fn.per_step_order(loop, set(loop.carried) | _vars(loop)))}:
             return True
@@ -123,6 +143,8 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
     for seg in nest.segments:
         if isinstance(seg, Straight):
             body += fn.steps(seg.tape, ex)
+        elif isinstance(seg, Choice):
+            body += fn.forward_choice(seg, set(kept), ex)
         elif isinstance(seg, Loop):
             body += fn.forward_loop(seg, per_step.get(fn.loops.index(seg), set()), ex)
     shaped = stacked_shapes(fn, nest)
@@ -201,6 +223,9 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
                 lines += w.accumulate(head, f"{parts[j.items]}[{i}]", conditional=False)
     # what the body accumulates into from outside it: None until a step gives it (there may be none)
     inside = nest.values()
+    # a carried value whose shape a segment after the loop reads (a side of an `if` of its own): its last
+    # value, saved as it is (the body binds the name to each step's)
+    read_after = w.reads.shapes & set(nest.carried)
     for tape in nest.tapes():
         for leaf in tape.leaves:
             if leaf not in inside and w.state.get(w.acc(leaf)) is None:
@@ -250,6 +275,8 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     for index, seg in reversed(list(enumerate(nest.segments))):
         if isinstance(seg, Straight):
             body += w.straight(seg, where=f"{here}.{index}")
+        elif isinstance(seg, Choice):
+            body += w.choice(seg, at=choice_key(fn, nest, index))
         elif isinstance(seg, Loop):
             body += w.loop(seg)
         w.current = w.reads.once
@@ -275,7 +302,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     w.reads.by_value.setdefault(key(fn, nest), set()).update(w.reads.once & inside)
     w.reads.shapes -= inside
     w.reads.once, w.current = once, current
-    once |= read - inside
+    once |= (read - inside) | read_after
     w.reads.per_step.setdefault(key(fn, nest), set()).update(read & inside)
     w.once = outer_once
     for v in inside:  # the body's values' gradients are the step's own

@@ -193,7 +193,7 @@ class BackwardWriter:
         sized_by = sized_leaves(self.fn.layer, self.fn.e.inlined, self.plan.leaves, self.fn.helper.maybe_absent)
         whole = {*self.plan.leaves, *self.views, *self.step_views}  # at hand: their shapes read from them
         # a carried value's static shape is its start's, not every step's; a merged local's, one side's
-        if any(isinstance(seg, Choice) for seg in self.plan.segments) or any(
+        if function_nest.choices(self.plan.segments) or any(
             self.fn.first_broadcast(loop, c) for loop in self.fn.loops for c in loop.carried
         ):
             whole = set(self.plan.shapes)
@@ -250,10 +250,11 @@ class BackwardWriter:
 
     # ---------------------------------------------------------------- segments
 
-    def choice(self, seg: Choice) -> list[str]:
+    def choice(self, seg: Choice, at: int | None = None) -> list[str]:
         """The backward of the side forward ran: the merged locals' gradients given to the values that side
-        left in them; a gradient one side gives and the other not is None after the `if` when that ran."""
-        at = self.plan.segments.index(seg)
+        left in them; a gradient one side gives and the other not is None after the `if` when that ran.
+        `at`: its key (by default, its index among the forward's segments; `function_nest.choice_key`)."""
+        at = self.plan.segments.index(seg) if at is None else at
         head: list[str] = []
         if self.mode != "main":  # a merged local returned as an extra output: its gradient from there
             for name in seg.merged:
