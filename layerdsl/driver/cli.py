@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -39,9 +40,22 @@ EXIT_CODES_HELP = (
 )
 
 
+# A flat chain of operators (`x + x + ... + x`, up to `syntax.parser.MAX_CHAIN`) is a tree as deep as it is
+# long, and the passes after parsing recurse over it: a command runs on a thread with room for that.
+RECURSION_LIMIT = 100_000
+STACK_BYTES = 1 << 30  # reserved, not used: a thread's stack takes memory as it grows
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.run is cmd_lsp:  # asyncio's signal handling wants the main thread
+        return _piped(args)
+    return _on_deep_stack(lambda: _piped(args))
+
+
+def _piped(args: argparse.Namespace) -> int:
     try:
-        code = _main(argv)
+        code = _run(args)
         sys.stdout.flush()  # here, not at exit: a closed pipe is found while it can still be handled
         return code
     except BrokenPipeError:  # the reader stopped reading (`| head -1`): no message, nothing more written
@@ -49,8 +63,37 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
 
 
-def _main(argv: list[str] | None) -> int:
-    args = _parser().parse_args(argv)
+def _on_deep_stack(run: Callable[[], int]) -> int:
+    """`run()` on a thread with a deep stack and Python's recursion limit raised to match, meanwhile."""
+    result: list[int] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(run())
+        except BaseException as exc:  # raised again here, on the main thread
+            failure.append(exc)
+
+    limit = sys.getrecursionlimit()
+    before = threading.stack_size(STACK_BYTES)
+    try:
+        worker = threading.Thread(target=target, name="layerdsl", daemon=True)
+        sys.setrecursionlimit(max(limit, RECURSION_LIMIT))
+        worker.start()
+    finally:
+        threading.stack_size(before)
+    try:
+        worker.join()
+    except KeyboardInterrupt:  # delivered to the main thread
+        return EXIT_INTERRUPTED
+    finally:
+        sys.setrecursionlimit(limit)
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.run(args)
     except BrokenPipeError:  # an OSError, but no failure of the command's: `main` ends it quietly
