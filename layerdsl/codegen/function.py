@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 
 from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
@@ -32,6 +32,7 @@ from layerdsl.codegen.names import FunctionNames
 from layerdsl.codegen.norm_loss_grads import norm_loss_grad, read_for_class_dim
 from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling, float_like
 from layerdsl.codegen.spec_lines import with_spec_line
+from layerdsl.codegen.spelling_reads import Read, Recording
 from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
@@ -109,11 +110,13 @@ class FunctionEmitter:
         self.split = False  # extra outputs' gradients have sections of their own (grads not materialised)
         self.unmaterialised = False  # the extra outputs are all indices or masks: their grads not materialised
         self.shape_on_ctx: dict[str, set[str]] = {}  # leaves the backward needs only the shape of
+        self.shapes_read: set[str] | None = None  # those whose shape on ctx the backward written reads (`_shape`)
         self.shape_sources: dict[str, list[str]] = {}  # ... and intermediates, as their leaves' broadcast
         self.backward_dims: set[str] = set()  # symbolic dims the backward reads (kept on ctx)
         # Flags and inputs that may be a tuple of ints: passed as they are, kept on ctx (not saved) for backward
         self.plain_inputs = [i.name for i in self.forward.inputs if i.flag is not None or i.takes_ints]
         self.backward_plain: set[str] = set()  # those the backward reads
+        self.backward_kwargs: set[str] = set(self.kwargs)  # the arguments and lets the backward reads (on ctx)
         # `size_at` of a dim no shape names, and `x.ndim`: dims of their own, named as the plan names them
         self.measured = measured_sizes(without_callable_sides(with_tuples_split(self.layer)))
         self.dims = [*self.layer.symbolic_dims, *self.measured]  # what forward reads from input shapes
@@ -280,7 +283,8 @@ class FunctionEmitter:
             if isinstance(n, N.Name)
         }
         dims = [d for d in self.dim_source if d in read]
-        kept = [f"{self.names.ctx_value(k)} = {k}" for k in self.kwargs]  # every side keeps them all
+        on_ctx = {k: f"{self.names.ctx_value(k)} = {k}" for k in self.kwargs}
+        kept: list[str] = []
         for d in dims:
             source = self.dim_source[d]
             kept += self.located([f"{self.names.ctx_value(d)} = {source}"], self._declared_line(source.split(".")[0]))
@@ -308,8 +312,10 @@ class FunctionEmitter:
             for line in body:
                 if line.endswith(unpacking):
                     used |= {n.strip() for n in line[: -len(unpacking)].split(",")}
-                elif line not in kept:
+                elif line not in kept and line not in on_ctx.values():
                     own[-1].append(line)
+        # an argument the conditions or a side's backward reads: kept once, before the sides
+        kept = [line for k, line in on_ctx.items() if k in read or any(line in body for body in bodies)] + kept
         unpack = self.tape.leaves + self.kwargs
         names = [u if u in used else "_" for u in unpack]
         head = [f"{', '.join(names)}{',' if len(names) == 1 else ''}{unpacking}"] if used - {"_"} else []
@@ -375,9 +381,11 @@ class FunctionEmitter:
 
     # ---------------------------------------------------------------- forward
 
-    def prelude(self, tape: Tape, names: set[str], ex: PyExpr, dim_spelling) -> tuple[list[str], set[str]]:
+    def prelude(
+        self, tape: Tape, names: set[str], ex: PyExpr, dim_spelling, spelled: Collection[str] = ()
+    ) -> tuple[list[str], set[str]]:
         """Dims and number locals the code reads, bound before it (`n = x.shape[-1]`, `h = n // 2`), and
-        the dims among them."""
+        the dims among them. `spelled`: names `ex` writes otherwise (`ctx.n`), bound by no line."""
         numbers: dict[str, list[N.Expr]] = {}  # a local bound more than once (`s = s + ...`): every value
         for n, e in tape.numbers:
             numbers.setdefault(n, []).append(e)
@@ -388,6 +396,7 @@ class FunctionEmitter:
                 continue
             wanted.add(n)
             frontier += [m.id for e in numbers.get(n, []) for m in walk(e) if isinstance(m, N.Name)]
+        wanted -= set(spelled)
         lines = [f"{d} = {dim_spelling(d)}" for d in self.dim_source if d in wanted]
         for n, e in tape.numbers:
             if n in wanted:
@@ -506,11 +515,11 @@ class FunctionEmitter:
         return {s.target for s in self.forward.body if isinstance(s, N.Assign)}
 
     def setup_body(self, tape: Tape, saved, extra, unpack) -> list[str]:
-        shapes = self.shape_on_ctx
+        shapes = {n: l for n, l in self.shape_on_ctx.items() if self.shapes_read is None or n in self.shapes_read}
         saved_names = {v for v, _ in saved}
         dims = sorted(self.backward_dims)
-        used = saved_names | set(shapes) | set(self.kwargs) | {self.dim_source[d].split(".")[0] for d in dims}
-        used |= {leaf for sources in self.shape_sources.values() for leaf in sources}
+        used = saved_names | set(shapes) | self.backward_kwargs | {self.dim_source[d].split(".")[0] for d in dims}
+        used |= {leaf for name, sources in self.shape_sources.items() if name in shapes for leaf in sources}
         used |= self.backward_plain
         masks = {v: self.mask_values[v] for v in saved_names if v in self.masks}
         used |= {n.id for e in masks.values() for n in walk(e) if isinstance(n, N.Name)}
@@ -539,7 +548,8 @@ class FunctionEmitter:
         if self.split or self.unmaterialised:
             lines.append("ctx.set_materialize_grads(False)")
         for k in self.kwargs:
-            lines.append(f"{self.names.ctx_value(k)} = {k}")
+            if k in self.backward_kwargs:
+                lines.append(f"{self.names.ctx_value(k)} = {k}")
         for f in sorted(self.backward_plain):
             lines.append(f"{self.names.ctx_value(f)} = {f}")
         for name in shapes:
@@ -638,7 +648,9 @@ class FunctionEmitter:
         recomputed = {v for sec in sections for v in sec.recompute}
         ctx = self.names.ctx_value
         kept = {k: ctx(k) for k in [*self.kwargs, *self.plain_inputs]}
-        ex = PyExpr(Spelling(kept, training=ctx("training")), call_hook=self._internal)
+        read = Read()  # what the backward's lines read, as they are written
+        self.shapes_read = set()
+        ex = PyExpr(Recording(kept, training=ctx("training"), read=read), call_hook=self._internal)
         order = {v: i for i, v in enumerate(tape.leaves + [s.var for s in tape.steps] + list(self.masks))}
         read_names = {n.id for sec in sections for _, _, e, _ in sec.items for n in walk(e) if isinstance(n, N.Name)}
         read_names |= {n.id for s in tape.steps if s.var in recomputed for n in walk(s.expr) if isinstance(n, N.Name)}
@@ -657,6 +669,7 @@ class FunctionEmitter:
         for sec in sections:
             body = self._section(tape, sec, ex, set(reads), depth=0 if sec.cond is None else 1)
             lines += body if sec.cond is None else [f"if {sec.cond}:", *("    " + line for line in body)]
+        self.backward_kwargs = {k for k in self.kwargs if k in read.spelt or k == "training"}  # `training=`: unnamed
         returns = [f"grad_{l}" if l in tape.differentiable else "None" for l in tape.leaves] + ["None"] * len(
             self.kwargs
         )
@@ -1119,6 +1132,11 @@ class FunctionEmitter:
             if rank is not None:
                 return weight if rank <= 2 else f"{weight}.view(-1{', 1' * (rank - 2)})"
             return f"{weight}.view(-1, *(1,) * (len({self._shape(inp, ex)}) - 2))"
+        if f == "pad_backward" and isinstance(a[3], N.Str) and a[3].value == "constant":  # a crop: no shape read
+            widths = a[2]  # a negative width crops
+            if isinstance(widths, N.ListExpr):
+                return f"F.pad({ex(a[0])}, [{', '.join(_negated(w, ex) for w in widths.items)}])"
+            return f"F.pad({ex(a[0])}, [-w for w in {ex(widths)}])"
         grad, shape = ex.wrap(a[0], ATOM), self._shape(a[1], ex)
         stand_in = f"{_dtype_name(a[0], ex)}.new_empty(()).expand({shape})"
         if f == "max_pool_backward":  # the gradient added where the maxima were, in the flattened pooled dims
@@ -1131,10 +1149,6 @@ class FunctionEmitter:
         if f == "pad_backward":
             _, _, widths, mode = a
             assert isinstance(mode, N.Str), "the tape checks pad's mode"
-            if mode.value == "constant":  # a negative width crops
-                if isinstance(widths, N.ListExpr):
-                    return f"F.pad({ex(a[0])}, [{', '.join(_negated(w, ex) for w in widths.items)}])"
-                return f"F.pad({ex(a[0])}, [-w for w in {ex(widths)}])"
             if mode.value == "circular":
                 assert isinstance(widths, N.ListExpr), "the tape checks circular pad's widths"
                 return _circular_pad_gradient(ex(a[0]), shape, widths.items, _dtype_name(a[0], ex), ex)
@@ -1211,6 +1225,8 @@ class FunctionEmitter:
         if isinstance(e, N.ListExpr):
             return f"({', '.join(ex(d) for d in e.items)}{',' if len(e.items) == 1 else ''})"
         if isinstance(e, N.Name) and e.id in self.shape_on_ctx:
+            if self.shapes_read is not None:
+                self.shapes_read.add(e.id)
             return self.names.ctx_shape(e.id)
         return f"{ex(e)}.shape"
 

@@ -37,12 +37,14 @@ from layerdsl.codegen.loop_backward import (
 )
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
+from layerdsl.codegen.spelling_reads import Read, Recording
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import and_terms
 from layerdsl.ir.visit import walk
 from layerdsl.language.tables import python_type
 
 MAX_ROUNDS = 6  # derivations until what backward reads settles (a growing set: it ends sooner)
+PRELUDE = "# the prelude"  # where the backward's prelude goes, once the lines after it are written
 
 
 def emit_loop_function(emitter, plan: LoopPlan) -> dict:
@@ -194,6 +196,9 @@ class LoopFunction:
         self.own: dict[tuple, str] = {} if shared is None else shared  # names it introduces, by what they hold
         self.outputs = {o.id for o in plan.outputs if isinstance(o, N.Name)}
         self.backward_dims: set[str] = set()
+        self.backward_read = Read()  # what the backward being written reads (`Recording`)
+        self.backward_text = ""  # the backward last written
+        self.prelude_ex: PyExpr | None = None  # how the backward writes its prelude
         self.sources = _gradient_sources(plan)
         self.shape_only: set[str] = set()  # values backward reads only the shape of: their shape kept on ctx
         self.step_shapes: dict[int, set[str]] = {}  # loop index -> values kept per step for their shape only
@@ -503,8 +508,12 @@ class LoopFunction:
             left_out |= unread
 
     def prelude(self, ex: PyExpr, dim_spelling) -> list[str]:
-        """The dims and number locals (outside loops) that forward or backward read."""
-        tape = Tape([], [], [], set(), numbers=list(self.plan.numbers))
+        """The dims and number locals (outside loops) that forward reads; backward's (its spelling records
+        what it reads): PRELUDE, where `backward` writes them."""
+        if isinstance(ex.sp, Recording):
+            self.prelude_ex = ex
+            return [PRELUDE]
+        tape = self.numbers_tape()
         read = {
             n.id
             for seg in self.plan.segments
@@ -522,6 +531,17 @@ class LoopFunction:
         read |= {v for check in segment_checks(self.plan.segments) for v in read_vars(check)}
         lines, _ = self.helper.prelude(tape, read, ex, dim_spelling)
         return lines
+
+    def numbers_tape(self) -> Tape:
+        """The number locals outside loops, for `FunctionEmitter.prelude`."""
+        return Tape([], [], [], set(), numbers=list(self.plan.numbers))
+
+    def recording(self, writer: BackwardWriter) -> BackwardWriter:
+        """`writer`, its spelling recording what it writes in `backward_read`."""
+        fields = {f.name: getattr(writer.spelling, f.name) for f in dataclasses.fields(Spelling)}
+        writer.spelling = Recording(**fields, read=self.backward_read)
+        writer.ex = self.helper.python(writer.spelling)
+        return writer
 
     def steps(self, tape: Tape, ex: PyExpr, index: str | None = None) -> list[str]:
         """The steps of a segment's tape (`index`: a loop's step), then the subs' `require`s on its values."""
@@ -680,7 +700,8 @@ class LoopFunction:
         `own_extra`: this side's, saved in the order its backward unpacks them."""
         unpack = self.plan.leaves + self.kwargs
         dims = sorted(self.backward_dims)
-        used = set(saved_leaves) | set(self.kwargs) | {self.helper.dim_source[d].split(".")[0] for d in dims}
+        kwargs = self.kept_kwargs()
+        used = set(saved_leaves) | set(kwargs) | {self.helper.dim_source[d].split(".")[0] for d in dims}
         used |= set(self.presence_tested) | set(self.flags_tested) | set(self.dtype_tested) | self.leaf_shapes
         used |= self.recomputed_plain
         lines = []
@@ -698,7 +719,7 @@ class LoopFunction:
             lines.append(f"{', '.join(outs)} = {self.names.output}")  # forward returns one alone, not a tuple
         if extra and len(self.plan.outputs) == 1:  # the extra outputs' gradients: None unless given
             lines.append("ctx.set_materialize_grads(False)")
-        lines += [f"{self.names.ctx_value(k)} = {k}" for k in self.kwargs]
+        lines += [f"{self.names.ctx_value(k)} = {k}" for k in kwargs]
         lines += [f"{self.names.ctx_value(d)} = {self.dim_source(d)}" for d in dims]
         lines += [f"{self.names.ctx_shape(m)} = None if {m} is None else {m}.shape" for m in self.presence_tested]
         lines += [
@@ -727,7 +748,7 @@ class LoopFunction:
                 else f"{self.names.ctx_shape(v)} = None if {v} is None else {v}.shape"
             )
             for v in own_extra
-            if v in self.shape_only or v in self.saved_on
+            if v in self.shape_only or v in self.saved_on and self.reads_shape(v)
         ]
         own_extra = [v for v in own_extra if v not in self.shape_only]
         chosen = [f"{v} if {self.saving_test(v)} else None" if v in self.saved_on else v for v in own_extra]
@@ -753,6 +774,19 @@ class LoopFunction:
             lines.append(f"ctx.save_for_backward({', '.join(tensors)})")
         return lines
 
+    def kept_kwargs(self) -> list[str]:
+        """The arguments and lets setup_context keeps on ctx: those backward reads (`training` always: a
+        call's `training=` is written without a name); a side's of a branching forward, all of them
+        (backward's conditions read them too)."""
+        if self.returned is not None:
+            return self.kwargs
+        return [k for k in self.kwargs if k in self.backward_read.spelt or k == "training"]
+
+    def reads_shape(self, value: str) -> bool:
+        """Whether the backward last written reads the shape of `value` kept on ctx: a value saved only
+        where a side runs has its zeros made from it where that side did not (`BackwardWriter`)."""
+        return re.search(rf"{re.escape(self.names.ctx_shape(value))}\b", self.backward_text) is not None
+
     def plan_steps(self) -> list[Step]:
         return [s for seg in self.plan.segments for s in segment_steps(seg)]
 
@@ -776,22 +810,32 @@ class LoopFunction:
         return len(self.plan.outputs) == 1 and bool(self.extra_outputs(once, per_step)) and not self.recomputing
 
     def backward(self, once: set[str], per_step: dict[int, set[str]]) -> tuple[list[str], Reads]:
+        """The backward's lines, its prelude binding only the dims and numbers its other lines read: the
+        writers' spellings record every name they write (`Recording`), and the prelude, placed by
+        `BackwardWriter.head` as `PRELUDE`, is written after every other line."""
+        self.backward_read = Read()
         lines, reads = self.backward_lines(once, per_step)
-        lines = _without_unread_ctx_values(lines)
-        text = "\n".join(lines)
-        self.backward_dims = {d for d in self.helper.dims if self.names.ctx_value(d) in text}
-        self.recomputed_plain = {p for p in self.helper.plain_inputs if self.names.ctx_value(p) in text}
+        at = lines.index(PRELUDE)
+        ex = self.prelude_ex
+        assert ex is not None  # set by `prelude`, which `BackwardWriter.head` calls
+        prelude, _ = self.helper.prelude(
+            self.numbers_tape(), self.backward_read.bare, ex, self.names.ctx_value, spelled=ex.sp.names
+        )
+        lines[at : at + 1] = prelude
+        self.backward_text = "\n".join(lines)
+        self.backward_dims = {d for d in self.helper.dims if d in self.backward_read.spelt}
+        self.recomputed_plain = {p for p in self.helper.plain_inputs if p in self.backward_read.spelt}
         return lines, reads
 
     def backward_lines(self, once: set[str], per_step: dict[int, set[str]]) -> tuple[list[str], Reads]:
         if not self.split(once, per_step):
             # forward run again (`recomputing`) returns no extra output: no gradient of one comes in
-            writer = BackwardWriter(self, once, per_step, "main" if self.recomputing else "all")
+            writer = self.recording(BackwardWriter(self, once, per_step, "main" if self.recomputing else "all"))
             lines = writer.write()
             return writer.head([writer]) + writer.declared() + lines + self.returns(), writer.reads
-        main = BackwardWriter(self, once, per_step, "main")
+        main = self.recording(BackwardWriter(self, once, per_step, "main"))
         main_lines = main.write()
-        rare = BackwardWriter(self, once, per_step, "rare")
+        rare = self.recording(BackwardWriter(self, once, per_step, "rare"))
         rare_lines = rare.write()
         reads = Reads(main.reads.once | rare.reads.once, dict(main.reads.per_step))
         reads.shapes = main.reads.shapes | rare.reads.shapes
@@ -842,19 +886,6 @@ class LoopFunction:
     def returns(self) -> list[str]:
         grads = [f"grad_{l}" if l in self.plan.differentiable else "None" for l in self.plan.leaves]
         return [f"return {', '.join(grads + ['None'] * len(self.kwargs))}"]
-
-
-def _without_unread_ctx_values(lines: list[str]) -> list[str]:
-    """The lines without a top-level `B = ctx.B` whose name no other line reads: the prelude binds every dim
-    forward reads, and backward spells most of them `ctx.B` itself."""
-    text = "\n".join(lines)
-    out = []
-    for line in lines:
-        bound = re.fullmatch(r"(\w+) = ctx\.\w+", line)
-        if bound and len(re.findall(rf"(?<![.\w]){bound[1]}\b", text)) == 1:
-            continue
-        out.append(line)
-    return out
 
 
 def _read_by(seg, left_out: set[str]) -> set[str]:

@@ -2,13 +2,17 @@
 
 Exit codes follow black's: 0 success (for `--check`: nothing to do); 1 spec errors, failed checks, files
 that `--check` finds stale or unformatted, or a file that cannot be read or written; 2 usage errors;
-123 an internal error, a bug in layerdsl (printed with its traceback).
+123 an internal error, a bug in layerdsl (printed with its traceback). Output piped into a reader that stops
+early (`layerdsl fmt --diff specs | head -1`) ends the command quietly with 141, as a Unix tool killed by
+SIGPIPE ends (128 + 13): a pipeline under `set -o pipefail` sees it as it sees `yes | head -1`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -27,17 +31,73 @@ EXIT_ERRORS = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL_ERROR = 123
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `cat` writing into a closed pipe
 
 EXIT_CODES_HELP = (
     "exit codes: 0 success or nothing to do; 1 spec errors, failed checks, stale or unformatted files "
-    "(--check) or a file that cannot be read or written; 2 usage errors; 123 internal error"
+    "(--check) or a file that cannot be read or written; 2 usage errors; 123 internal error; 141 the output's "
+    "reader stopped reading (a closed pipe, as `| head` closes it)"
 )
+
+
+# A flat chain of operators (`x + x + ... + x`, up to `syntax.parser.MAX_CHAIN`) is a tree as deep as it is
+# long, and the passes after parsing recurse over it: a command runs on a thread with room for that.
+RECURSION_LIMIT = 100_000
+STACK_BYTES = 1 << 30  # reserved, not used: a thread's stack takes memory as it grows
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.run is cmd_lsp:  # asyncio's signal handling wants the main thread
+        return _piped(args)
+    return _on_deep_stack(lambda: _piped(args))
+
+
+def _piped(args: argparse.Namespace) -> int:
+    try:
+        code = _run(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is found while it can still be handled
+        return code
+    except BrokenPipeError:  # the reader stopped reading (`| head -1`): no message, nothing more written
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
+
+
+def _on_deep_stack(run: Callable[[], int]) -> int:
+    """`run()` on a thread with a deep stack and Python's recursion limit raised to match, meanwhile."""
+    result: list[int] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(run())
+        except BaseException as exc:  # raised again here, on the main thread
+            failure.append(exc)
+
+    limit = sys.getrecursionlimit()
+    before = threading.stack_size(STACK_BYTES)
+    try:
+        worker = threading.Thread(target=target, name="layerdsl", daemon=True)
+        sys.setrecursionlimit(max(limit, RECURSION_LIMIT))
+        worker.start()
+    finally:
+        threading.stack_size(before)
+    try:
+        worker.join()
+    except KeyboardInterrupt:  # delivered to the main thread
+        return EXIT_INTERRUPTED
+    finally:
+        sys.setrecursionlimit(limit)
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.run(args)
+    except BrokenPipeError:  # an OSError, but no failure of the command's: `main` ends it quietly
+        raise
     except SpecError as exc:
         _report(exc)
         return EXIT_ERRORS
@@ -53,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         _report_internal_error(exc)
         return EXIT_INTERNAL_ERROR
+
+
+def _stdout_to_devnull() -> None:
+    """Standard output pointed at os.devnull, so that what is left in its buffer, flushed at exit, goes
+    nowhere rather than raising BrokenPipeError again (the recipe of Python's `signal` docs)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _parser() -> argparse.ArgumentParser:

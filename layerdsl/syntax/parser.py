@@ -202,7 +202,12 @@ def too_many_tokens(exc: TooManyTokens, path: str, source: str) -> Diagnostic:
     )
 
 
-MAX_DEPTH = 100  # levels of nesting in the tree: the passes after parsing recurse over it
+MAX_DEPTH = 100  # levels of nesting in the tree (parentheses, calls, blocks): the passes after parsing recurse over it
+# operators in one flat left-associated chain (`x + x + ... + x`): not nesting, so not counted in MAX_DEPTH, but
+# its tree is as deep, and so is the generated Python's, which CPython 3.11 compiles up to about 2,990 operands
+MAX_CHAIN = 2_000
+# a chain's link: the left operand of a binary operator (or `and`, `or`) that is the same kind of node
+_CHAINED = frozenset({"binop", "and_", "or_"})
 MAX_NUMBER_CHARS = 100  # a longer number is a mistake (and Python refuses integers of over 4,300 digits)
 MAX_STRING_CHARS = 65_536  # docstrings and reasons end up in generated source
 
@@ -222,13 +227,22 @@ def bound_problems(tree: Tree, path: str, source: str) -> list[Diagnostic]:
     problems = []
     deep = _too_deep(tree)
     if deep is not None:
-        span, in_blocks = deep
+        span, in_blocks, chain = deep
         message, hint = (
-            ("the blocks are nested too deeply here", "move the inner blocks into a layer of their own")
-            if in_blocks
-            else ("this expression is nested too deeply", "split it into several statements")
+            (
+                "this chain of operators is too long",
+                f"split it into several statements (at most {MAX_CHAIN:,} operators)",
+            )
+            if chain
+            else (
+                ("the blocks are nested too deeply here", "move the inner blocks into a layer of their own")
+                if in_blocks
+                else ("this expression is nested too deeply", "split it into several statements")
+            )
         )
-        problems.append(Diagnostic(path, span, message, f"{hint} (at most {MAX_DEPTH} levels)", source=source))
+        if not chain:
+            hint += f" (at most {MAX_DEPTH} levels)"
+        problems.append(Diagnostic(path, span, message, hint, source=source))
     for tok in _tokens(tree):
         limit = MAX_NUMBER_CHARS if tok.type == "NUMBER" else MAX_STRING_CHARS if tok.type == "STRING" else None
         if limit is not None and len(tok) > limit:
@@ -258,18 +272,36 @@ def _tokens(tree: Tree) -> list[Token]:
     return found
 
 
-def _too_deep(tree: Tree) -> tuple[Span, bool] | None:
+def _too_deep(tree: Tree) -> tuple[Span, bool, bool] | None:
     """Where the tree is nested more than MAX_DEPTH levels, found without recursion: the expression, or the
-    statement when the blocks around it (not the expression) make most of the depth (True)."""
-    stack = [(tree, 0, tree, 0)]
+    statement when the blocks around it (not the expression) make most of the depth (True); or where a chain
+    of operators is longer than MAX_CHAIN (True, third). A chain's links (`x + x + x`: the left operand
+    of `+`, itself a `+`) are one level: an operator's operands, a call's arguments and a block are one more."""
+    stack = [(tree, 0, tree, 0, 0, tree)]
     while stack:
-        node, depth, root, root_depth = stack.pop()
+        node, depth, root, root_depth, chain, head = stack.pop()
         if depth > MAX_DEPTH:
-            return _span_of(root), root_depth > depth - root_depth
-        for child in node.children:
-            if isinstance(child, Tree):
-                structure = node.data in _STRUCTURE
-                stack.append((child, depth + 1, child if structure else root, depth + 1 if structure else root_depth))
+            return _span_of(root), root_depth > depth - root_depth, False
+        if chain > MAX_CHAIN:
+            return _span_of(head), False, True
+        for k, child in enumerate(node.children):
+            if not isinstance(child, Tree):
+                continue
+            if k == 0 and node.data in _CHAINED and child.data == node.data:
+                stack.append((child, depth, root, root_depth, chain + 1, head))
+                continue
+            structure = node.data in _STRUCTURE
+            start = child.data in _CHAINED
+            stack.append(
+                (
+                    child,
+                    depth + 1,
+                    child if structure else root,
+                    depth + 1 if structure else root_depth,
+                    1 if start else 0,
+                    child,
+                )
+            )
     return None
 
 
