@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from layerdsl.codegen.function_sub_calls import SUB_CALL
 from layerdsl.driver.pipeline import generate
 from layerdsl.testing.function_coverage import survey
 
@@ -72,11 +73,30 @@ def _ctx_fields(method: ast.FunctionDef, kind: type[ast.expr_context]) -> set[st
     }
 
 
+def _composes(cls: ast.ClassDef) -> bool:
+    """Whether the Function runs its subs' Functions (`composes = True`): a caller like it may run it too."""
+    return any(isinstance(s, ast.Assign) and [ast.unparse(t) for t in s.targets] == ["composes"] for s in cls.body)
+
+
+def _read_by_a_caller() -> set[str]:
+    """The fields of its context a composing Function's caller reads: those `_SubCall` (the context it gives
+    the Function it runs) reads of itself."""
+    sub_call = ast.parse("\n".join(SUB_CALL))
+    return {
+        n.attr
+        for n in ast.walk(sub_call)
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "self"
+        if isinstance(n.ctx, ast.Load)
+    }
+
+
 def ctx_unread(cls: ast.ClassDef) -> set[str]:
-    """The `ctx` fields forward or setup_context sets that backward never reads."""
+    """The `ctx` fields forward or setup_context sets that backward never reads (nor, for a composing
+    Function, the caller that may run it)."""
     methods = _methods(cls)
     stored = {f for m in ("forward", "setup_context") if m in methods for f in _ctx_fields(methods[m], ast.Store)}
-    return stored - _ctx_fields(methods["backward"], ast.Load)
+    read = _ctx_fields(methods["backward"], ast.Load) | (_read_by_a_caller() if _composes(cls) else set())
+    return stored - read
 
 
 def test_every_backward_prelude_binds_only_what_backward_reads(functions):
