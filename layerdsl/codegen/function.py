@@ -817,8 +817,9 @@ class FunctionEmitter:
         forward = lambda n: tape.step(n) is not None or n in tape.leaves  # noqa: E731
         found: dict[str, Mask] = {}
         computed: dict[str, N.Expr] = {}
-        for mask in mask_candidates(exprs, forward, opaque):
-            value = self._computed_from(mask.expr, tape, available)
+        step = lambda n: None if (s := tape.step(n)) is None else s.expr  # noqa: E731
+        for mask in mask_candidates(exprs, forward, opaque, step):
+            value = self._computed_from(mask.value, tape, available)
             if value is None:
                 continue
             if not opaque(mask.name):  # named once: each settling of the sections finds it again
