@@ -109,6 +109,9 @@ class FunctionEmitter:
         # What writing the backward decides, read when writing `setup_context`:
         self.split = False  # extra outputs' gradients have sections of their own (grads not materialised)
         self.unmaterialised = False  # the extra outputs are all indices or masks: their grads not materialised
+        # intermediates returned only for the masks computed from them (`mm` of `x * (x @ w > 0)`): no
+        # gradient reaches them (the masks are bool), so they get no double-backward section
+        self.mask_sources: frozenset[str] = frozenset()
         self.shape_on_ctx: dict[str, set[str]] = {}  # leaves the backward needs only the shape of
         self.shapes_read: set[str] | None = None  # those whose shape on ctx the backward written reads (`_shape`)
         self.shape_sources: dict[str, list[str]] = {}  # ... and intermediates, as their leaves' broadcast
@@ -330,8 +333,13 @@ class FunctionEmitter:
     ) -> tuple[list[str], dict[str, set[str]], list[tuple[str, set[str]]], list[str]]:
         """The backward derived with sections for the returned intermediates `extra`, what it reads, and the
         saving that follows: (body, reads, saved, intermediates worth returning)."""
+        skipped = self.mask_sources
         body, reads = self.backward_with_extra_grads(tape, extra)
         saved, returned = self.saving(tape, reads)
+        if skipped & reads.keys():  # one returned for a mask is read after all: its section is needed
+            self.mask_sources = frozenset()
+            body, reads = self.backward_with_extra_grads(tape, extra)
+            saved, returned = self.saving(tape, reads)
         return body, reads, saved, returned
 
     def backward_with_extra_grads(self, tape: Tape, extra: list[str]) -> tuple[list[str], dict[str, set[str]]]:
@@ -341,7 +349,7 @@ class FunctionEmitter:
         self.split = self.unmaterialised = False
         if not extra:
             return self.derived_backward(tape, self.plan.derived, incoming)
-        extra_grads = {v: self.gradient_name(f"grad_{v}_out", v) for v in extra}
+        extra_grads = {v: self.gradient_name(f"grad_{v}_out", v) for v in extra if v not in self.mask_sources}
         if len(tape.outputs) == 1:
             # Those gradients are None (grads are not materialised) except in double backward: the main
             # derivation ignores them, and each has its own section, run when it is given.
@@ -350,7 +358,9 @@ class FunctionEmitter:
             self.split = bool(rare)  # else grad_out is materialised: the main section reads it as given
             # Indices and masks (int64, bool) never get a gradient: not materialising theirs (zeros) leaves
             # grad_out, the only one there can be, defined whenever backward runs.
-            self.unmaterialised = not rare and all(self._never_differentiable(v, tape) for v in extra)
+            self.unmaterialised = not rare and all(
+                self._never_differentiable(v, tape) or v in self.mask_sources for v in extra
+            )
             return self.derived_backward(tape, self.plan.derived, incoming, rare)
         incoming.update({g: v for v, g in extra_grads.items()})
         return self.derived_backward(tape, derive(tape, self.plan.grads, extra_grads), incoming)
@@ -369,6 +379,7 @@ class FunctionEmitter:
         }
         for_masks = {v for v in for_masks if tape.step(v)}
         extra += sorted(for_masks - outputs - set(extra), key=lambda v: order[v])
+        self.mask_sources = frozenset(for_masks - outputs - reads.keys())
         return saved, extra
 
     def needs(self, leaves: set[str], tape: Tape) -> str | None:
@@ -830,8 +841,9 @@ class FunctionEmitter:
         forward = lambda n: tape.step(n) is not None or n in tape.leaves  # noqa: E731
         found: dict[str, Mask] = {}
         computed: dict[str, N.Expr] = {}
-        for mask in mask_candidates(exprs, forward, opaque):
-            value = self._computed_from(mask.expr, tape, available)
+        step = lambda n: None if (s := tape.step(n)) is None else s.expr  # noqa: E731
+        for mask in mask_candidates(exprs, forward, opaque, step):
+            value = self._computed_from(mask.value, tape, available)
             if value is None:
                 continue
             if not opaque(mask.name):  # named once: each settling of the sections finds it again

@@ -2,6 +2,11 @@
 `clamp == add`, a `where` condition) is saved as a `bool` mask and a `sign` as `int8`, instead of the float
 tensors they are computed from, when that is all the backward reads of them.
 
+A forward value that is a condition as numbers (`where(c, 1.0, 0.0)`, `where(c, 1, 0)`), read by the
+backward as a factor (`grad * wher`, mul's derivative), is read as the bool condition instead (`grad *
+c_mask`: the same product, bool promotes to the other factor's dtype), so that the bool is saved, not the
+float or int64 tensor (an eighth of the bytes for float64).
+
 `candidates` finds them in a backward's expressions, `replaced` puts a mask's name where its expression
 was; the emitter decides which to keep (a mask pays only when a float tensor is no longer saved).
 """
@@ -34,12 +39,26 @@ class Mask:
     name: str
     expr: N.Expr  # in the backward's terms: the comparison, `sign(v)`, or the name of a comparison step
     dtype: str  # "bool" or "int8"
+    condition: N.Expr | None = None  # of an indicator (`expr` names `where(condition, 1, 0)`): what is saved
+
+    @property
+    def value(self) -> N.Expr:
+        """What setup_context computes: the expression, or an indicator's condition."""
+        return self.expr if self.condition is None else self.condition
 
 
-def candidates(exprs: list[N.Expr], forward: Callable[[str], bool], opaque: Callable[[str], bool]) -> list[Mask]:
-    """The comparisons and signs of forward values in `exprs` (each once), and the names of forward steps
-    that are comparisons (`opaque`). `forward(name)`: whether a name is a forward value (not a gradient)."""
+def candidates(
+    exprs: list[N.Expr],
+    forward: Callable[[str], bool],
+    opaque: Callable[[str], bool],
+    step: Callable[[str], N.Expr | None] = lambda name: None,
+) -> list[Mask]:
+    """The comparisons and signs of forward values in `exprs` (each once), the names of forward steps
+    that are comparisons (`opaque`), and of steps that are indicators of one (`where(c, 1, 0)`, read as a
+    factor). `forward(name)`: whether a name is a forward value (not a gradient); `step(name)`: the
+    expression a forward step computes (None for a leaf or a gradient)."""
     found: dict[str, Mask] = {}
+    factors = {B.key(f) for e in exprs for f in _factors(e)}
     for e in exprs:
         for node in walk(e):
             key = B.key(node) if isinstance(node, N.Expr) else ""
@@ -47,6 +66,10 @@ def candidates(exprs: list[N.Expr], forward: Callable[[str], bool], opaque: Call
                 continue
             if isinstance(node, N.Name) and opaque(node.id):
                 found[key] = Mask(node.id, node, "bool")
+            elif isinstance(node, N.Name) and key in factors and (c := indicated(step(node.id))) is not None:
+                if isinstance(c, N.Name) and opaque(c.id) or isinstance(c, N.Compare) and _over(c, forward):
+                    name = _compare_name(c) if isinstance(c, N.Compare) else c.id
+                    found[key] = Mask(name, node, "bool", c)
             elif isinstance(node, N.Compare) and _over(node, forward):
                 found[key] = Mask(_compare_name(node), node, "bool")
             elif isinstance(node, N.Call) and node.func == "sign" and _over(node, forward):
@@ -55,12 +78,48 @@ def candidates(exprs: list[N.Expr], forward: Callable[[str], bool], opaque: Call
     return list(found.values())
 
 
+def indicated(e: N.Expr | None) -> N.Expr | None:
+    """`c` of `where(c, 1, 0)` or `where(c, 1.0, 0.0)`: the condition a value holds as numbers."""
+    if isinstance(e, N.Call) and e.func == "where" and len(e.args) == 3 and not e.kwargs:
+        c, one, zero = e.args
+        if isinstance(one, N.Num) and one.value == 1 and isinstance(zero, N.Num) and zero.value == 0:
+            return c
+    return None
+
+
+def _factors(e: N.Expr) -> list[N.Expr]:
+    """The names multiplied by a value that is not a condition (`grad * wher`): where a bool in their place
+    gives the same product."""
+    out: list[N.Expr] = []
+    for node in walk(e):
+        if isinstance(node, N.BinOp) and node.op == "*":
+            for one, other in ((node.left, node.right), (node.right, node.left)):
+                if isinstance(one, N.Name) and not isinstance(other, N.Compare):
+                    out.append(one)
+    return out
+
+
 def replaced(e: N.Expr, mask: Mask) -> N.Expr:
-    """`e` with the mask's name where its expression was."""
+    """`e` with the mask's name where its expression was (an indicator's: where it is a factor)."""
+    if mask.condition is not None:
+        return _factor_replaced(e, B.key(mask.expr), mask.name)
     key = B.key(mask.expr)
     if isinstance(e, N.Expr) and B.key(e) == key:
         return B.name(mask.name)
     return map_children(e, lambda c: replaced(c, mask))
+
+
+def _factor_replaced(e: N.Expr, key: str, name: str) -> N.Expr:
+    if not isinstance(e, N.Expr):
+        return e
+    e = map_children(e, lambda c: _factor_replaced(c, key, name))
+    if isinstance(e, N.BinOp) and e.op == "*":
+        left, right = e.left, e.right
+        if B.key(left) == key and not isinstance(right, N.Compare):
+            e.left = B.name(name)
+        elif B.key(right) == key and not isinstance(left, N.Compare):
+            e.right = B.name(name)
+    return e
 
 
 def _over(e: N.Expr, forward: Callable[[str], bool]) -> bool:
