@@ -116,11 +116,6 @@ def test_a_random_pool_under_the_default_policy_keeps_its_windows():
     torch.testing.assert_close(got, want)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="language/ops.py + autodiff/loops.py: fractional_max_pool{2,3}d is not cost 'random', so save='inputs'"
-    " runs it again in backward (new windows) instead of refusing it as dropout is refused",
-)
 def test_save_inputs_does_not_draw_a_random_pools_windows_again_in_backward():
     try:
         got, want = _fractional_gradients(FRACTIONAL_STEPS)
@@ -149,11 +144,6 @@ layer FracSame(c: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="language/ops.py + autodiff/loops.py, autodiff/unroll.py: fractional_max_pool is not cost 'random':"
-    " a loop's step that reads only what every step reads is run once (hoisted, or one for the unrolled copies)",
-)
 @pytest.mark.parametrize("steps", ["3", "N"])
 def test_a_random_pool_in_a_loop_draws_at_every_step(steps):
     ours, plain = _pair(FRACTIONAL_SAME.replace("STEPS", steps), "FracSame", 2)

@@ -588,7 +588,8 @@ class FunctionEmitter:
                 if any(isinstance(o, N.Name) and o.id == var for o in tape.outputs):
                     what = f"{var} (an output)"
                 elif step is not None and step.op is not None and step.op.cost == "random":
-                    what = f"{var} (drawn at random, as bool: never recomputed)"
+                    drawn = "int64: where the maxima are" if step.op.name.endswith("_indices") else "bool"
+                    what = f"{var} (drawn at random, as {drawn}: never recomputed)"
                 elif step is not None and step.op is not None and step.op.cost == "kept":
                     what = f"{var} ({_KEPT.get(step.op.name.rsplit('_', 1)[-1], step.op.doc)})"
                 elif var in (self.saved_cheap or ()):
