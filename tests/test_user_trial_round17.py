@@ -284,11 +284,6 @@ layer DropoutP(d: int, p: float = 0.0) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/ + codegen/function.py: dropout is always a drawn mask (saved as bool), p = 0 included,"
-    " where torch's dropout keeps nothing",
-)
 def test_dropout_of_p_zero_keeps_no_more_than_autograd():
     ns, plain = compile_spec(DROPOUT_P, "dropout_p"), compile_spec(DROPOUT_P.replace("@function\n", ""), "dropout_q")
     ours, theirs = ns["DropoutP"](64).train(), plain["DropoutP"](64).train()
