@@ -336,11 +336,6 @@ layer Top(d: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/local_sizes.py + plan.plan_inlined: the size of an int-indexed input (`x[0]`, `x[:, 0]`)"
-    " is not followed back to its dim, and the sub's require on it is dropped silently under @function",
-)
 @pytest.mark.parametrize(("indexed", "shape"), [("x[0]", (2, 5, 3)), ("x[:, 0]", (5, 2, 3))])
 def test_a_subs_require_on_an_indexed_input_is_checked_by_the_function(indexed, shape):
     ours, plain = _pair(COMPUTED_REQUIRE.replace("INDEXED", indexed), "Top", 3)
