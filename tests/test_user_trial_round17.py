@@ -258,8 +258,11 @@ layer Pair(d: int, n: int) {
 """
 
 
-# (Since the inlining decides `if m != none` of a given m, Pair inlines both stacks and this passes; the
-# collision of module_call's locals in a composed Function is still to be checked there.)
+@pytest.mark.xfail(
+    strict=True,
+    reason="codegen/function_sub_calls.py: module_call's locals `{sub}` and `{sub}_{inner sub}` collide"
+    " (a sub `first_norm` and the sub `first`'s `norm`)",
+)
 def test_a_sub_named_like_a_composed_subs_part_keeps_its_arguments():
     ours, plain = _pair(PAIR_OF_STACKS, "Pair", 3, 2)
     x, y = (torch.randn(2, 3, dtype=torch.float64, requires_grad=True) for _ in range(2))
