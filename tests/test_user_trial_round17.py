@@ -116,11 +116,6 @@ def test_a_random_pool_under_the_default_policy_keeps_its_windows():
     torch.testing.assert_close(got, want)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="language/ops.py + autodiff/loops.py: fractional_max_pool{2,3}d is not cost 'random', so save='inputs'"
-    " runs it again in backward (new windows) instead of refusing it as dropout is refused",
-)
 def test_save_inputs_does_not_draw_a_random_pools_windows_again_in_backward():
     try:
         got, want = _fractional_gradients(FRACTIONAL_STEPS)
@@ -149,11 +144,6 @@ layer FracSame(c: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="language/ops.py + autodiff/loops.py, autodiff/unroll.py: fractional_max_pool is not cost 'random':"
-    " a loop's step that reads only what every step reads is run once (hoisted, or one for the unrolled copies)",
-)
 @pytest.mark.parametrize("steps", ["3", "N"])
 def test_a_random_pool_in_a_loop_draws_at_every_step(steps):
     ours, plain = _pair(FRACTIONAL_SAME.replace("STEPS", steps), "FracSame", 2)
@@ -299,11 +289,6 @@ layer DropoutP(d: int, p: float = 0.0) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/ + codegen/function.py: dropout is always a drawn mask (saved as bool), p = 0 included,"
-    " where torch's dropout keeps nothing",
-)
 def test_dropout_of_p_zero_keeps_no_more_than_autograd():
     ns, plain = compile_spec(DROPOUT_P, "dropout_p"), compile_spec(DROPOUT_P.replace("@function\n", ""), "dropout_q")
     ours, theirs = ns["DropoutP"](64).train(), plain["DropoutP"](64).train()
@@ -356,11 +341,6 @@ layer Top(d: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/local_sizes.py + plan.plan_inlined: the size of an int-indexed input (`x[0]`, `x[:, 0]`)"
-    " is not followed back to its dim, and the sub's require on it is dropped silently under @function",
-)
 @pytest.mark.parametrize(("indexed", "shape"), [("x[0]", (2, 5, 3)), ("x[:, 0]", (5, 2, 3))])
 def test_a_subs_require_on_an_indexed_input_is_checked_by_the_function(indexed, shape):
     ours, plain = _pair(COMPUTED_REQUIRE.replace("INDEXED", indexed), "Top", 3)

@@ -342,6 +342,8 @@ class _Walker:
             return self.broadcast_size([e.left, e.right], k, env, use)
         if isinstance(e, N.Call) and e.func in OPS and not e.sub:
             return self.op_size(e, k, env, use) or self.engine_size(e, k, env)
+        if isinstance(e, N.Subscript) and (j := _indexed_dim(e.items, k)) is not None:
+            return self.size(e.value, j, env, use)
         return None
 
     # ------------------------------------------------------------------ the shape engine's answer
@@ -813,6 +815,38 @@ def _assigned(body: list[N.Stmt]) -> set[str]:
         elif isinstance(s, N.For):
             names.add(s.var)
     return names
+
+
+def _indexed_dim(items: list[N.SubscriptItem], k: int) -> int | None:
+    """The dim of `x` that dim k of `x[items]` is (`x[0]` at 0 is x at 1, `x[:, 0]` at 0 is x at 0), where
+    the items place it: ints drop a dim, `:` keeps one, `...` keeps what it covers (dims after it counted
+    from the end); None where a dim `none` adds, a sliced or tensor-indexed dim, or a dim past a `...`."""
+    if k < 0:
+        if not any(isinstance(i, N.EllipsisItem) for i in items):
+            return None  # the dims after the items: where they start depends on the rank
+        after = items[[isinstance(i, N.EllipsisItem) for i in items].index(True) + 1 :]
+        j = _indexed_dim(after[::-1], -k - 1)
+        return None if j is None else -j - 1
+    j = 0
+    for item in items:
+        if isinstance(item, N.EllipsisItem):
+            return None
+        if isinstance(item, N.Slice):
+            if item.lower is not None or item.upper is not None or item.step is not None:
+                if k == 0:
+                    return None
+            elif k == 0:
+                return j
+            k, j = k - 1, j + 1
+        elif isinstance(item, N.NoneLit):
+            if k == 0:
+                return None
+            k -= 1
+        elif item.kind == N.Kind.INT:
+            j += 1
+        else:
+            return None  # a tensor index (or bool mask): its dims are the index's
+    return j + k
 
 
 def _size_at(leaf: N.Name, k: int) -> N.Call:

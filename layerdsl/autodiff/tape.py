@@ -147,6 +147,7 @@ class Linearizer:
         self.steps: list[Step] = []
         # (op, the expression's key) -> the first unguarded step computing it: `add` computes each once
         self.computed: dict[tuple[str, str], Step] = {}
+        self.drawn: set[str] = set()  # the steps drawn at random (`add` never shares them)
         self.env: dict[str, str] = {}  # spec local -> current var
         self.taken = reserved_names(layer)
         self.counter = itertools.count(1)
@@ -623,13 +624,22 @@ class Linearizer:
         if items is not None:
             assert isinstance(expr, N.Call), "only align() takes items, and it is written as a call"
             expr.items = items
-        if guard is None:  # the same operation on the same operands is computed once
+        # a random draw (dropout's mask, fractional pooling's windows) is drawn at each call, and what reads it
+        # (the pooled values, whose expression does not show the windows) is computed from each draw
+        fresh = (
+            guard is not None
+            or op.cost == "random"
+            or any(isinstance(a, N.Name) and a.id in self.drawn for a in args.values())
+        )
+        if not fresh:  # the same operation on the same operands is computed once
             done = self.computed.get((op.name, B.key(expr)))
             if done is not None and done.op is op:
                 return B.name(done.var, source.span)
         var = self.fresh(_hint_for(op, hint))
         self.steps.append(Step(var, op, args, expr, guard, base))
-        if guard is None:
+        if op.cost == "random":
+            self.drawn.add(var)
+        if not fresh:
             self.computed.setdefault((op.name, B.key(expr)), self.steps[-1])
         return B.name(var, source.span)
 

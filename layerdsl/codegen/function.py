@@ -132,7 +132,7 @@ class FunctionEmitter:
         # gradients backward takes under these names.
         self.padding: list[str] = []
         self.in_training = False  # a side of `if training`: dropout needs no mode check of its own
-        self.mask_when_dropping = False  # dropout's mask drawn only in training with p > 0 (else None)
+        self.mask_when_dropping = True  # dropout's mask drawn only in training with p > 0 (else None)
         self.saved_cheap: frozenset[str] | None = None  # cheap intermediates saved, not recomputed (`_backward`)
         self.named: dict[tuple[str, ...], str] = {}  # the gradients this emitter names, by what they are of
         self.masks: dict[str, Mask] = {}  # comparisons and signs saved small, by name
@@ -609,7 +609,8 @@ class FunctionEmitter:
                 if any(isinstance(o, N.Name) and o.id == var for o in tape.outputs):
                     what = f"{var} (an output)"
                 elif step is not None and step.op is not None and step.op.cost == "random":
-                    what = f"{var} (drawn at random, as bool: never recomputed)"
+                    drawn = "int64: where the maxima are" if step.op.name.endswith("_indices") else "bool"
+                    what = f"{var} (drawn at random, as {drawn}: never recomputed)"
                 elif step is not None and step.op is not None and step.op.cost == "kept":
                     what = f"{var} ({_KEPT.get(step.op.name.rsplit('_', 1)[-1], step.op.doc)})"
                 elif var in (self.saved_cheap or ()):
@@ -1025,7 +1026,9 @@ class FunctionEmitter:
                 return f"({mask} if {dropping} else None)" if self.mask_when_dropping else mask
             x, keep = args["input"], ex(args["mask"])
             dropped = f"torch.where({keep}, {ex.wrap(x, PREC['/'])} / (1 - {p}), 0)"
-            return dropped if self.in_training else f"({dropped} if {dropping} else {ex(x)})"
+            if self.in_training:  # a side of `if training`: dropping where p > 0 (no mask otherwise)
+                return f"({dropped} if {p} > 0 else {ex(x)})" if self.mask_when_dropping else dropped
+            return f"({dropped} if {dropping} else {ex(x)})"
         if f.endswith("_indices") or f in _POOLING_GRADIENTS:
             return self._pooling(c, ex)
         if f == "transform_length":  # n, else the input's size along dim

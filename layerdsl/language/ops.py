@@ -1618,7 +1618,7 @@ TABLE: tuple[Op, ...] = (
             f"torch.nn.functional.fractional_max_pool{k}d",
             "fractional_pool",
             f"where each maximum of fractional_max_pool{k}d is (int64, into the flattened pooled dims)",
-            cost="kept",
+            cost="random",  # the windows are drawn at random (without random_samples): never drawn twice
             internal=True,
             positional=4,
             kwarg_spelling={"random_samples": "_random_samples"},
