@@ -38,18 +38,65 @@ from layerdsl.codegen.loop_backward import (
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.codegen.spelling_reads import Read, Recording
+from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import and_terms
-from layerdsl.ir.visit import walk
+from layerdsl.ir.visit import clone, walk
 from layerdsl.language.tables import python_type
+from layerdsl.optimize.masks import Mask, candidates, replaced
+from layerdsl.optimize.statements import Stmt
 
 MAX_ROUNDS = 6  # derivations until what backward reads settles (a growing set: it ends sooner)
 PRELUDE = "# the prelude"  # where the backward's prelude goes, once the lines after it are written
 
 
 def emit_loop_function(emitter, plan: LoopPlan) -> dict:
-    """The pieces of `<Name>Function` for the template, from a forward with loops."""
-    return LoopFunction(emitter, plan).emit()
+    """The pieces of `<Name>Function` for the template, from a forward with loops; a comparison a loop's
+    step reads in backward (`relu > 0`, a `where`'s condition read for its indicator) kept per step as a bool
+    mask where that keeps less per step than the float values it is computed from (`step_masks`)."""
+    fn = LoopFunction(emitter, plan)
+    pieces = fn.emit()
+    found = fn.mask_candidates()
+    if not found:
+        return pieces
+    best, weight, chosen = pieces, fn.step_weight(), found
+    # all masks at once, then each one dropped that keeps no less (`relu(x) * x` keeps x per step anyway)
+    for drop in [None, *(m for ms in found.values() for m in ms)]:
+        masks = {k: [m for m in ms if m is not drop] for k, ms in chosen.items()}
+        other = LoopFunction(emitter, with_mask_steps(plan, fn, masks))
+        other.step_masks = masks
+        tried = other.emit()
+        if other.step_weight() < weight or drop is not None and other.step_weight() == weight:
+            best, weight, chosen = tried, other.step_weight(), masks
+        elif drop is None:
+            return pieces
+    return best
+
+
+def with_mask_steps(plan: LoopPlan, fn: LoopFunction, masks: dict[int, list[Mask]]) -> LoopPlan:
+    """`plan` with each mask that no step of its loop computes yet computed at the end of the loop's step
+    (where its carried values still hold the step's values), as a comparison step of its own."""
+    shapes = dict(plan.shapes)
+    segments: list = []
+    for seg in plan.segments:
+        if isinstance(seg, Loop):
+            new = [m for m in masks.get(fn.loops.index(seg), []) if not seg.tape.step(m.name)]
+            steps = [Step(m.name, None, {}, _on_line_of(clone(m.value), seg.tape)) for m in new]
+            shapes.update({m.name: _mask_shape(m, plan.shapes) for m in new})
+            seg = dataclasses.replace(seg, tape=dataclasses.replace(seg.tape, steps=[*seg.tape.steps, *steps]))
+        segments.append(seg)
+    return dataclasses.replace(plan, segments=segments, shapes=shapes)
+
+
+def _on_line_of(value: N.Expr, tape: Tape) -> N.Expr:
+    """A mask's comparison, on the spec line of the step it compares (its generated line names that line)."""
+    compared = [step for n in walk(value) if isinstance(n, N.Name) and (step := tape.step(n.id))]
+    return dataclasses.replace(value, span=compared[0].expr.span) if compared else value
+
+
+def _mask_shape(mask: Mask, shapes: dict) -> tuple | None:
+    """The shape of a mask whose tensors have one shape (the candidates are those)."""
+    return next(shapes.get(n.id) for n in walk(mask.value) if isinstance(n, N.Name) and n.kind == "tensor")
 
 
 def loop_sides(plan) -> list[LoopPlan] | None:
@@ -213,6 +260,10 @@ class LoopFunction:
         # a flag input (`if not need_weights`) and a dtype (`if is_floating_point(mask)`): kept on ctx too
         read = {n.id for cond in conds for n in walk(cond) if isinstance(n, N.Name)}
         assert self.layer.forward is not None
+        # loop index -> the bool masks read in its step's backward in place of the comparisons (`relu > 0`)
+        self.step_masks: dict[int, list[Mask]] = {}
+        self.step_exprs: dict[int, list[N.Expr]] = {}  # loop index -> its step's derived expressions
+        self.kept_per_step: dict[int, set[str]] = {}  # loop index -> the values kept per step, once settled
         self.flags_tested = [i.name for i in self.layer.forward.inputs if i.flag is not None and i.name in read]
         self.dtype_tested = list(dict.fromkeys(leaf for cond in conds for leaf in dtype_tested(cond)))
 
@@ -233,6 +284,54 @@ class LoopFunction:
             self.own[which] = self.names.local(hint)
         return self.own[which]
 
+    # ---------------------------------------------------------------- masks kept per step
+
+    def step_masked(self, k: int, stmts: list[Stmt]) -> list[Stmt]:
+        """Loop `k`'s step statements, each comparison of `step_masks` read from its mask (recorded for
+        `mask_candidates`)."""
+        self.step_exprs.setdefault(k, []).extend(s.expr for s in stmts)
+        for mask in self.step_masks.get(k, []):
+            stmts = [dataclasses.replace(s, expr=replaced(s.expr, mask)) for s in stmts]
+        return stmts
+
+    def mask_candidates(self) -> dict[int, list[Mask]]:
+        """For each loop of the forward's own segments, the bool masks its step's backward could read:
+        comparisons of the step's values (of one shape), and indicators of one (`where(c, 1.0, 0.0)` read
+        as a factor); none when the backward runs the forward again (`save = "inputs"`: nothing is kept)."""
+        found: dict[int, list[Mask]] = {}
+        if self.save_inputs_only:
+            return found
+        for seg in self.plan.segments:
+            if not isinstance(seg, Loop):
+                continue
+            k = self.loops.index(seg)
+            body = {s.var: s for s in seg.tape.steps}
+            values = {*body, *seg.picks, *seg.carried, *self.plan.leaves} - set(self.helper.maybe_absent)
+            step = lambda n, body=body: None if (s := body.get(n)) is None else s.expr  # noqa: E731
+            opaque = lambda n, body=body: n in body and body[n].op is None  # noqa: E731
+            masks = []
+            for mask in candidates(self.step_exprs.get(k, []), values.__contains__, opaque, step):
+                tensors = {n.id for n in walk(mask.value) if isinstance(n, N.Name) and n.kind == "tensor"}
+                if mask.dtype != "bool" or len({self.plan.shapes.get(n) for n in tensors} - {None}) != 1:
+                    continue
+                if mask.name not in body:
+                    mask = dataclasses.replace(mask, name=self.name(mask.name, key=("mask", B.key(mask.value))))
+                masks.append(mask)
+            if masks:
+                found[k] = masks
+        return found
+
+    def step_weight(self) -> int:
+        """What the loops keep per step, a bool as a quarter of a float (the per-step values settled by
+        `emit`)."""
+        bools = {m.name for ms in self.step_masks.values() for m in ms}
+        kept = [
+            (v, loop)
+            for k, loop in enumerate(self.loops)
+            for v in self.per_step_order(loop, self.kept_per_step.get(k, set()))
+        ]
+        return sum(1 if v in bools or _is_comparison(loop, v) else 4 for v, loop in kept)
+
     # ---------------------------------------------------------------- the pieces
 
     def emit(self) -> dict:
@@ -248,6 +347,7 @@ class LoopFunction:
             per_step = new_steps
         else:  # not settled in MAX_ROUNDS: written once more with everything read so far
             body, reads = self.backward(once, per_step)
+        self.kept_per_step = per_step
         if not self.save_inputs_only:  # (recomputed, they are all at hand)
             body, reads = self.shapes_kept(body, reads, once, per_step)
         self.step_shapes = self.shapes_per_step(reads, per_step, body)
@@ -846,7 +946,9 @@ class LoopFunction:
             reads.sides[name] = main.reads.sides.get(name, set()) | rare.reads.sides.get(name, set())
         for k, v in rare.reads.per_step.items():
             reads.per_step[k] = reads.per_step.get(k, set()) | v
-        extra = self.extra_outputs(once, per_step)
+        # a bool mask kept per step gets no gradient (autograd gives its stack None)
+        masks = {self.stacked(m.name) for ms in self.step_masks.values() for m in ms}
+        extra = [x for x in self.extra_outputs(once, per_step) if x not in masks]
         given = [self.grad_out(x) for x in extra]
         # unused extra outputs' gradients are None (not materialised): zeros where another is given
         stacks = {self.stacked(v) for k, loop in enumerate(self.loops) for v in per_step.get(k, set())}
@@ -987,3 +1089,8 @@ def _read_as_value(v: str, text: str) -> bool:
 def _kept(step: Step) -> bool:
     """A kernel's second result (`mean`, `rstd` of `torch.native_layer_norm`), kept rather than recomputed."""
     return step.op is not None and step.op.cost == "kept"
+
+
+def _is_comparison(loop: Loop, v: str) -> bool:
+    step = loop.tape.step(v)
+    return step is not None and isinstance(step.expr, N.Compare)

@@ -85,6 +85,7 @@ class BackwardWriter:
         # recomputed at each step of backward, not kept per step
         self.step_views: dict[str, Step] = {}
         self.step_recomputed: set[str] = set()
+        self.step_loop: int | None = None  # the index of the loop whose step's statements are being derived
         differentiable = [l for l in self.plan.leaves if l in self.plan.differentiable]
         self.needs = {l: f"ctx.needs_input_grad[{self.plan.leaves.index(l)}]" for l in differentiable}
 
@@ -198,6 +199,8 @@ class BackwardWriter:
         ):
             whole = set(self.plan.shapes)
         stmts = step_statements(bwd, self.plan.shapes, self.fn.layer, needs, at_hand, whole, sized_by)
+        if where == "t" and self.step_loop is not None:  # a comparison read from its mask kept per step
+            stmts = self.fn.step_masked(self.step_loop, stmts)
         for s in stmts:
             targets = []
             for var in s.target.split(", "):  # several: one kernel's results (`joint_gradients`)
@@ -424,6 +427,7 @@ class BackwardWriter:
         self.step_recomputed = set()
         after_loop = self.ex  # a carried value read per step by a name of its own (its own holds the last)
         self.ex = self.fn.helper.python(dataclasses.replace(self.spelling, names=self.spelling.names | per_step_names))
+        self.step_loop = k
         derived, grads = self.statements(bwd, tape, "t")
         cheap = recomputable(loop, self.step_by_value & body_values)
         if cheap:  # written again, recomputing them from what the step keeps anyway
@@ -431,6 +435,7 @@ class BackwardWriter:
             self.step_views = {s.var: s for s in loop.tape.steps if s.var in plain_views or s.var in cheap}
             self.current, self.step_by_value, self.step_recomputed = set(), set(), set()
             derived, grads = self.statements(bwd, tape, "t")
+        self.step_loop = None
         views = [s for v, s in self.step_views.items() if v in self.step_recomputed]
         self.step_views = {}
         picked = [p for p in loop.picks if p in self.current]  # picked again from what is saved once
