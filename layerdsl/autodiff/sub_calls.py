@@ -27,11 +27,7 @@ from dataclasses import dataclass
 
 from layerdsl.autodiff.copied_layers import none_test
 from layerdsl.ir import nodes as N
-
-# Names the composed Function's forward and backward use besides the forward's values (`codegen.function_sub_calls`)
-RESERVED = {"ctx", "members", "needs", "calls", "call", "k", "outputs", "outs", "saved", "grads", "handed"}
-RESERVED |= {"grad", "grads_of_outputs", "call_saved", "call_grads", "grad_members", "members", "_added", "_SubCall"}
-RESERVED |= {"inputs", "results", "_as_tuple", "cls", "transforms_active", "compiling"}
+from layerdsl.language.naming import fresh_name
 
 
 def function_name(layer_name: str) -> str:
@@ -92,10 +88,9 @@ def composed_plan(
             value = stmt.values[0]
             if isinstance(value, N.Name) and value.ref in (N.Ref.INPUT, N.Ref.LOCAL):
                 return _named_apart(CallPlan(layer, inputs, steps, value.id))
-            call = _call(value, "out", subs, layers, derives, fwd, assumed)
-            if "out" in {*inputs, *(s.target for s in steps)}:
-                return None
-            return _named_apart(CallPlan(layer, inputs, [*steps, call], "out")) if call is not None else None
+            out = fresh_name("out", {*inputs, *(s.target for s in steps)})
+            call = _call(value, out, subs, layers, derives, fwd, assumed)
+            return _named_apart(CallPlan(layer, inputs, [*steps, call], out)) if call is not None else None
         step = _step(stmt, subs, layers, derives, fwd, assumed)
         if step is None:
             return None
@@ -104,13 +99,9 @@ def composed_plan(
 
 
 def _named_apart(plan: CallPlan) -> CallPlan | None:
-    """`plan`, where it calls a sub and its values' names (and their gradients') are none the Function uses
-    otherwise."""
-    if not plan.calls:
-        return None
-    values = {*plan.inputs, *(s.target for s in plan.steps)}
-    used = RESERVED | {f"{c.sub}_{end}" for c in plan.calls for end in ("end", "count", "given")}
-    return plan if not (values | {f"grad_{v}" for v in values}) & used else None
+    """`plan`, where it calls a sub. What the Function adds for itself is named around the plan's values
+    (`codegen.function_sub_calls`), so no name of the spec stops it."""
+    return plan if plan.calls else None
 
 
 def _step(
