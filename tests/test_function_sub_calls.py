@@ -395,3 +395,17 @@ def test_a_stack_whose_values_are_named_like_the_functions_own_agrees(name):
     assert type(made[0](*inputs).grad_fn).__name__ == f"{layer}FunctionBackward"
     _agree(*made, inputs)
     _checked(made[0], inputs)
+
+
+# `@function(save = "inputs")` on a layer whose Function composes its subs': each call saves what its own
+# layer's Function saves, so the policy is refused where it is written, with the way out.
+def test_save_inputs_on_a_composed_stack_is_a_located_error():
+    text = SMALL.replace("@function\nlayer Stack", '@function(save = "inputs")\nlayer Stack')
+    spec = parse_file("saved.layer", text)
+    check_program([spec])
+    plans, problems = plan_backwards([spec])
+    line = text.splitlines().index('@function(save = "inputs")') + 1
+    (error,) = [p.render() for p in problems]
+    assert error.startswith(f"saved.layer:{line}:11: error: save = \"inputs\" is not taken by 'Stack'")
+    assert 'hint: drop `save = "inputs"` here; Block or Norm may take it' in error
+    assert "Stack" not in plans

@@ -394,11 +394,6 @@ def test_inputs_whose_leading_dims_broadcast_derive(body, shapes):
 # yet the Function keeps what each called Function saves under its own policy (16,896 bytes for a
 # [64, 16] float input of 4,096 bytes, as without `save = "inputs"`), and nothing says the policy is not
 # taken.
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/sub_calls.py + codegen/function_sub_calls.py: a composed Function ignores its own"
-    " save = 'inputs' (each call saves under its layer's policy), with no error",
-)
 def test_save_inputs_on_a_composed_stack_keeps_the_inputs_or_is_refused():
     text = SMALL.replace("@function\nlayer Stack", '@function(save = "inputs")\nlayer Stack')
     try:

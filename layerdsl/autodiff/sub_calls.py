@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from layerdsl.autodiff.copied_layers import none_test
+from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.ir import nodes as N
 from layerdsl.language.naming import fresh_name
 
@@ -190,6 +191,34 @@ def _single_output(fwd: N.Forward) -> bool:
     if fwd.outputs is not None:
         return len(fwd.outputs) == 1 and not fwd.optional_outputs
     return all(len(s.values) == 1 for s in fwd.body if isinstance(s, N.Return))
+
+
+def save_inputs_refused(plan: CallPlan) -> NotDerivable | None:
+    """The refusal of `@function(save = "inputs")` on a layer whose Function composes its subs': each call
+    saves what its own layer's Function saves (rerunning the calls in backward is not written yet), so the
+    policy would not be taken. Located at the `save = ...` argument; None where it is not written."""
+    dec = plan.layer.decorator("function")
+    save = next((k for k in dec.kwargs if k.name == "save"), None) if dec is not None else None
+    if save is None or getattr(save.value, "value", None) != "inputs":
+        return None
+    names = [c.layer.name for c in _once_per_layer(plan)]
+    theirs = f"{names[0]}'s" if len(names) == 1 else "theirs"
+    return NotDerivable(
+        save.span,
+        f"save = \"inputs\" is not taken by '{plan.layer.name}', whose Function runs {theirs} (of"
+        f" {' and '.join(names)}): each call saves what its own layer's Function saves",
+        f'drop `save = "inputs"` here; {" or ".join(names)} may take it (a call of it then saves only its inputs'
+        " and parameters, and runs its forward again in backward)",
+    )
+
+
+def _once_per_layer(plan: CallPlan) -> list[SubCall]:
+    """The calls of `plan` and of the plans it composes that run a Function of their own, each layer once."""
+    out: dict[str, SubCall] = {}
+    for call in plan.calls:
+        for c in _once_per_layer(call.composed) if call.composed is not None else [call]:
+            out.setdefault(c.layer.name, c)
+    return list(out.values())
 
 
 def functions_to_add(plan: CallPlan) -> list[str]:
