@@ -377,11 +377,10 @@ def module_call(
 
 
 def spec_names(layer: N.Layer) -> set[str]:
-    """The names the module's forward of `layer` may read besides those it adds: its inputs, arguments,
-    members, lets, dims and locals, and what the generated code names itself (its subs it reads on `self`)."""
+    """The names the module's forward of `layer` may read besides those it adds: its inputs, lets, dims and
+    locals, and what the generated code names itself (its arguments, members and subs it reads on `self`)."""
     assert layer.forward is not None
-    taken = {a.name for a in layer.args} | {t.name for t in layer.tensors} | {l.name for l in layer.lets}
-    taken |= {i.name for i in layer.forward.inputs} | set(layer.symbolic_dims)
+    taken = {i.name for i in layer.forward.inputs} | {l.name for l in layer.lets} | set(layer.symbolic_dims)
     taken |= {s.target for s in layer.forward.body if isinstance(s, N.Assign)}
     return taken | FORBIDDEN
 
