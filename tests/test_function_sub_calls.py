@@ -369,3 +369,43 @@ def test_a_stack_checks_each_condition_once_and_binds_nothing_it_does_not_read(t
     read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
     renamed = [n.targets[0] for n in ast.walk(tree) if isinstance(n, ast.Assign) and isinstance(n.value, ast.Name)]
     assert all(isinstance(t, ast.Name) and t.id in read for t in renamed)
+
+
+# The composed Function names what it adds for itself (`outs`, `k`, `inputs`, `results`, `members`, `cls`,
+# `layers_end`, the counts, `out` for a returned call) around the forward's values: a stack whose value or
+# input is so named composes, and agrees with the plain module.
+@pytest.mark.parametrize("name", ["inputs", "results", "members", "cls", "outs", "layers_end", "out"])
+def test_a_stack_whose_values_are_named_like_the_functions_own_agrees(name):
+    layer = "Pair" if name == "out" else "Stack"  # Pair returns a call: its value is `out` where that is free
+    start = SMALL.index(f"layer {layer}")
+    end = SMALL.index("@function", start) if layer == "Stack" else len(SMALL)
+    text = SMALL[:start] + re.sub(r"\bm\b" if layer == "Pair" else r"\bx\b", name, SMALL[start:end]) + SMALL[end:]
+    spec = parse_file("named.layer", text)
+    check_program([spec])
+    plans, problems = plan_backwards([spec])
+    assert [p.render() for p in problems] == [] and isinstance(plans[layer], CallPlan)
+    a, b = (compile_spec(t, f"named_{name}_{k}") for k, t in enumerate([text, text.replace("@function\n", "")]))
+    torch.manual_seed(0)
+    if layer == "Pair":
+        made = [ns["Pair"](3, 1).double() for ns in (a, b)]
+    else:
+        made = [ns["Stack"](ns["Block"](3), 2, ns["Norm"](3)).double() for ns in (a, b)]
+    made[1].load_state_dict(made[0].state_dict())
+    inputs = [torch.randn(2, 3, dtype=torch.float64), torch.rand(2, 3, dtype=torch.float64)]
+    assert type(made[0](*inputs).grad_fn).__name__ == f"{layer}FunctionBackward"
+    _agree(*made, inputs)
+    _checked(made[0], inputs)
+
+
+# `@function(save = "inputs")` on a layer whose Function composes its subs': each call saves what its own
+# layer's Function saves, so the policy is refused where it is written, with the way out.
+def test_save_inputs_on_a_composed_stack_is_a_located_error():
+    text = SMALL.replace("@function\nlayer Stack", '@function(save = "inputs")\nlayer Stack')
+    spec = parse_file("saved.layer", text)
+    check_program([spec])
+    plans, problems = plan_backwards([spec])
+    line = text.splitlines().index('@function(save = "inputs")') + 1
+    (error,) = [p.render() for p in problems]
+    assert error.startswith(f"saved.layer:{line}:11: error: save = \"inputs\" is not taken by 'Stack'")
+    assert 'hint: drop `save = "inputs"` here; Block or Norm may take it' in error
+    assert "Stack" not in plans

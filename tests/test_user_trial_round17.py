@@ -229,11 +229,6 @@ TWICE = SMALL.replace(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codegen/function_sub_calls.py: two loops over one list of copies give the Function two"
-    " `layers_count` parameters (SyntaxError)",
-)
 def test_a_composed_forward_may_loop_twice_over_its_copies():
     ours, plain = (compile_spec(t, f"twice_{k}") for k, t in enumerate([TWICE, TWICE.replace("@function\n", "")]))
     torch.manual_seed(0)
@@ -263,11 +258,6 @@ layer Pair(d: int, n: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codegen/function_sub_calls.py: module_call's locals `{sub}` and `{sub}_{inner sub}` collide"
-    " (a sub `first_norm` and the sub `first`'s `norm`)",
-)
 def test_a_sub_named_like_a_composed_subs_part_keeps_its_arguments():
     ours, plain = _pair(PAIR_OF_STACKS, "Pair", 3, 2)
     x, y = (torch.randn(2, 3, dtype=torch.float64, requires_grad=True) for _ in range(2))
@@ -300,11 +290,6 @@ def test_dropout_of_p_zero_keeps_no_more_than_autograd():
 # A composed forward whose local is named like one of the composed Function's own (`k`, `outs`, `call`:
 # `autodiff.sub_calls.RESERVED`) is not composed (`_named_apart`) but inlined, and refused, with the hint to
 # put @function on Block, which has it already. Named `h` (or `z`), the same stack composes.
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/sub_calls.py: _named_apart refuses spec names equal to the composed Function's own"
-    " (RESERVED: `k`, `outs`, ...) instead of renaming them; the fallback's hint says to put @function on Block",
-)
 @pytest.mark.parametrize("local", ["k", "outs"])
 def test_a_stack_whose_local_is_named_like_a_composed_functions_own_composes(local):
     start = SMALL.index("layer Stack")
@@ -389,11 +374,6 @@ def test_inputs_whose_leading_dims_broadcast_derive(body, shapes):
 # yet the Function keeps what each called Function saves under its own policy (16,896 bytes for a
 # [64, 16] float input of 4,096 bytes, as without `save = "inputs"`), and nothing says the policy is not
 # taken.
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/sub_calls.py + codegen/function_sub_calls.py: a composed Function ignores its own"
-    " save = 'inputs' (each call saves under its layer's policy), with no error",
-)
 def test_save_inputs_on_a_composed_stack_keeps_the_inputs_or_is_refused():
     text = SMALL.replace("@function\nlayer Stack", '@function(save = "inputs")\nlayer Stack')
     try:

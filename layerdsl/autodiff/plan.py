@@ -48,7 +48,7 @@ from layerdsl.autodiff.nested_ifs import (
 )
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
-from layerdsl.autodiff.sub_calls import CallPlan, composed_plan, functions_to_add
+from layerdsl.autodiff.sub_calls import CallPlan, composed_plan, functions_to_add, save_inputs_refused
 from layerdsl.autodiff.sub_functions import deriving_sub
 from layerdsl.autodiff.sub_requires import decided_checks, reads_unfollowed, unchecked_origins
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Tape, refusal
@@ -127,7 +127,12 @@ def plan_backwards(
             except NotDerivable as exc:
                 # a forward that only calls subs whose own backwards derive: their Functions composed
                 if (composed := composed_instead(layer, seen, deriving)) is not None:
-                    plans[namespace.key(layer)] = composed
+                    if (refused := save_inputs_refused(composed)) is None:
+                        plans[namespace.key(layer)] = composed
+                    else:
+                        problems.append(
+                            Diagnostic(layer.path, refused.span, refused.message, refused.hint, source=f.source)
+                        )
                     continue
                 derives = functools.partial(_derives, layers=seen, deriving=deriving)
                 composable = composed_plan(layer, seen, derives, assumed=True)

@@ -26,12 +26,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from layerdsl.autodiff.copied_layers import none_test
+from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.ir import nodes as N
-
-# Names the composed Function's forward and backward use besides the forward's values (`codegen.function_sub_calls`)
-RESERVED = {"ctx", "members", "needs", "calls", "call", "k", "outputs", "outs", "saved", "grads", "handed"}
-RESERVED |= {"grad", "grads_of_outputs", "call_saved", "call_grads", "grad_members", "members", "_added", "_SubCall"}
-RESERVED |= {"inputs", "results", "_as_tuple", "cls", "transforms_active", "compiling"}
+from layerdsl.language.naming import fresh_name
 
 
 def function_name(layer_name: str) -> str:
@@ -92,10 +89,9 @@ def composed_plan(
             value = stmt.values[0]
             if isinstance(value, N.Name) and value.ref in (N.Ref.INPUT, N.Ref.LOCAL):
                 return _named_apart(CallPlan(layer, inputs, steps, value.id))
-            call = _call(value, "out", subs, layers, derives, fwd, assumed)
-            if "out" in {*inputs, *(s.target for s in steps)}:
-                return None
-            return _named_apart(CallPlan(layer, inputs, [*steps, call], "out")) if call is not None else None
+            out = fresh_name("out", {*inputs, *(s.target for s in steps)})
+            call = _call(value, out, subs, layers, derives, fwd, assumed)
+            return _named_apart(CallPlan(layer, inputs, [*steps, call], out)) if call is not None else None
         step = _step(stmt, subs, layers, derives, fwd, assumed)
         if step is None:
             return None
@@ -104,13 +100,9 @@ def composed_plan(
 
 
 def _named_apart(plan: CallPlan) -> CallPlan | None:
-    """`plan`, where it calls a sub and its values' names (and their gradients') are none the Function uses
-    otherwise."""
-    if not plan.calls:
-        return None
-    values = {*plan.inputs, *(s.target for s in plan.steps)}
-    used = RESERVED | {f"{c.sub}_{end}" for c in plan.calls for end in ("end", "count", "given")}
-    return plan if not (values | {f"grad_{v}" for v in values}) & used else None
+    """`plan`, where it calls a sub. What the Function adds for itself is named around the plan's values
+    (`codegen.function_sub_calls`), so no name of the spec stops it."""
+    return plan if plan.calls else None
 
 
 def _step(
@@ -199,6 +191,34 @@ def _single_output(fwd: N.Forward) -> bool:
     if fwd.outputs is not None:
         return len(fwd.outputs) == 1 and not fwd.optional_outputs
     return all(len(s.values) == 1 for s in fwd.body if isinstance(s, N.Return))
+
+
+def save_inputs_refused(plan: CallPlan) -> NotDerivable | None:
+    """The refusal of `@function(save = "inputs")` on a layer whose Function composes its subs': each call
+    saves what its own layer's Function saves (rerunning the calls in backward is not written yet), so the
+    policy would not be taken. Located at the `save = ...` argument; None where it is not written."""
+    dec = plan.layer.decorator("function")
+    save = next((k for k in dec.kwargs if k.name == "save"), None) if dec is not None else None
+    if save is None or getattr(save.value, "value", None) != "inputs":
+        return None
+    names = [c.layer.name for c in _once_per_layer(plan)]
+    theirs = f"{names[0]}'s" if len(names) == 1 else "theirs"
+    return NotDerivable(
+        save.span,
+        f"save = \"inputs\" is not taken by '{plan.layer.name}', whose Function runs {theirs} (of"
+        f" {' and '.join(names)}): each call saves what its own layer's Function saves",
+        f'drop `save = "inputs"` here; {" or ".join(names)} may take it (a call of it then saves only its inputs'
+        " and parameters, and runs its forward again in backward)",
+    )
+
+
+def _once_per_layer(plan: CallPlan) -> list[SubCall]:
+    """The calls of `plan` and of the plans it composes that run a Function of their own, each layer once."""
+    out: dict[str, SubCall] = {}
+    for call in plan.calls:
+        for c in _once_per_layer(call.composed) if call.composed is not None else [call]:
+            out.setdefault(c.layer.name, c)
+    return list(out.values())
 
 
 def functions_to_add(plan: CallPlan) -> list[str]:

@@ -26,6 +26,10 @@ import textwrap
 
 from layerdsl.autodiff.inputs import called_fn_args
 from layerdsl.autodiff.sub_calls import Alias, CallPlan, SubCall, function_name
+from layerdsl.codegen.names import FunctionNames
+from layerdsl.ir import nodes as N
+from layerdsl.language.naming import fresh_name
+from layerdsl.language.tables import FORBIDDEN
 
 SUB_CALL = [
     "",
@@ -90,47 +94,66 @@ SUB_CALL = [
 ]
 
 
-def count_param(call: SubCall) -> str | None:
-    """The Function's int or bool input that says how a call runs: None where it runs one way."""
-    if call.copies:
-        return f"{call.sub}_count"
-    if call.optional:
-        return f"{call.sub}_given"
-    return f"{call.sub}_count" if call.composed is not None else None
+def count_params(plan: CallPlan, taken: set[str]) -> dict[int, str]:
+    """The Function's int or bool input that says how each call runs (by the call's id; none where it runs
+    one way), named around `taken`: how many copies a list has, whether an optional sub is given, how many
+    members a composed sub takes. Calls of one sub share theirs."""
+    names: dict[int, str] = {}
+    by_sub: dict[tuple[str, bool], str] = {}
+    for call in plan.calls:
+        if not (call.copies or call.optional or call.composed is not None):
+            continue
+        key = (call.sub, call.optional)
+        if key not in by_sub:
+            by_sub[key] = fresh_name(f"{call.sub}_given" if call.optional else f"{call.sub}_count", taken)
+            taken.add(by_sub[key])
+        names[id(call)] = by_sub[key]
+    return names
 
 
 def emit_composed_function(emitter, plan: CallPlan) -> dict:
-    """The `<Name>Function` of a layer whose forward calls its subs' Functions, as lines."""
+    """The `<Name>Function` of a layer whose forward calls its subs' Functions, as lines. What it adds for
+    itself (its locals, counts and ends) is named around the forward's values and their gradients."""
     layer = plan.layer
     name = function_name(layer.name)
-    counts = [c for c in (count_param(call) for call in plan.calls) if c is not None]
+    assigned = {s.target for s in plan.steps}
+    values = {*plan.inputs, *assigned}
+    names = FunctionNames(
+        values | {f"grad_{v}" for v in values} | {function_name(c.layer.name) for c in plan.calls}, []
+    )
+    t = {hint: names.local(hint) for hint in _LOCALS}
+    t["inputs"], t["cls"] = names.inputs, names.cls
+    count_of = count_params(plan, names.taken)
+    counts = list(dict.fromkeys(count_of.values()))
+    end_of = {id(call): names.local(f"{call.sub}_end") for call in plan.calls}
     fixed = len(plan.inputs) + len(counts)
     sizes = {id(call): member_count(emitter, call) for call in plan.calls}
-    assigned = {s.target for s in plan.steps}
+    members, k = t["members"], t["k"]
 
     def ends(read: str) -> list[str]:
         lines, start = [], "0"
         for call in plan.calls:
             size = sizes[id(call)]
-            count = count_param(call)
+            count = count_of.get(id(call))
             if call.copies:
                 n = f"{size} * {read}{count}"
             elif call.optional:
                 n = f"({size} if {read}{count} else 0)"
             else:
                 n = f"{read}{count}" if count is not None else str(size)
-            lines.append(f"{call.sub}_end = {n}" if start == "0" else f"{call.sub}_end = {start} + {n}")
-            start = f"{call.sub}_end"
+            end = end_of[id(call)]
+            lines.append(f"{end} = {n}" if start == "0" else f"{end} = {start} + {n}")
+            start = end
         return lines
 
     def starts(call: SubCall) -> str:
-        k = plan.calls.index(call)
-        return "0" if k == 0 else f"{plan.calls[k - 1].sub}_end"
+        j = plan.calls.index(call)
+        return "0" if j == 0 else end_of[id(plan.calls[j - 1])]
 
     def members_of(call: SubCall) -> tuple[str, str]:
         """Where a call's members start and end among `members` (a copy's: the k-th slice of its list's)."""
-        start, end = starts(call), f"{call.sub}_end"
-        return _copy_slice(start, sizes[id(call)]) if call.copies else (start, end)
+        start, end = starts(call), end_of[id(call)]
+        return _copy_slice(start, sizes[id(call)], k) if call.copies else (start, end)
 
     def value_needs(v: str | None) -> str:
         if v is None:
@@ -143,16 +166,17 @@ def emit_composed_function(emitter, plan: CallPlan) -> dict:
     text = f"`{layer.name}` as an autograd.Function that runs its subs' Functions ({subs}); backward runs"
     doc = textwrap.wrap(f"{text} their backwards, last first.", 104)
     doc[0], doc[-1] = f'"""{doc[0]}', f'{doc[-1]}"""'
-    params = [*plan.inputs, *counts, "*members"]
-    fwd = [*ends(""), "outputs = []"]
+    params = [*plan.inputs, *counts, f"*{members}"]
+    outputs, outs, call_, calls, needs_ = t["outputs"], t["outs"], t["call"], t["calls"], t["needs"]
+    fwd = [*ends(""), f"{outputs} = []"]
     setup = [
-        f"{', '.join([*plan.inputs, *counts, '*members'])} = inputs",
+        f"{', '.join(params)} = {t['inputs']}",
         "ctx.set_materialize_grads(False)",
-        f"needs = ctx.needs_input_grad[{fixed}:]  # the members'",
+        f"{needs_} = ctx.needs_input_grad[{fixed}:]  # the members'",
         *(f"ctx.{c} = {c}" for c in counts),
         *ends(""),
-        "calls = []",
-        "outputs = results[1:]  # each call's, in order",
+        f"{calls} = []",
+        f"{outputs} = {t['results']}[1:]  # each call's, in order",
     ]
     for step in plan.steps:
         if isinstance(step, Alias):
@@ -160,55 +184,58 @@ def emit_composed_function(emitter, plan: CallPlan) -> dict:
             setup.append(f"{step.target} = {step.source}")
             continue
         start, end = members_of(step)
-        values = ", ".join(v if v is not None else "None" for v in step.inputs)
+        passed = ", ".join(v if v is not None else "None" for v in step.inputs)
         needs = ", ".join(value_needs(v) for v in step.inputs)
         function = function_name(step.layer.name)
         ran = [
-            f"outs = _as_tuple({function}.forward({values}, *members[{_slice(start, end)}]))",
-            "outputs += outs",
-            f"{step.target} = outs[0]",
+            f"{outs} = _as_tuple({function}.forward({passed}, *{members}[{_slice(start, end)}]))",
+            f"{outputs} += {outs}",
+            f"{step.target} = {outs}[0]",
         ]
         kept = [
-            f"call = _SubCall({function}, ({needs}, *needs[{_slice(start, end)}]))",
-            f"outs = call.setup_context(({values}, *members[{_slice(start, end)}]), outputs)",
-            "outputs = outputs[len(outs) :]",
-            "calls.append(call)",
-            f"{step.target} = outs[0]",
+            f"{call_} = _SubCall({function}, ({needs}, *{needs_}[{_slice(start, end)}]))",
+            f"{outs} = {call_}.setup_context(({passed}, *{members}[{_slice(start, end)}]), {outputs})",
+            f"{outputs} = {outputs}[len({outs}) :]",
+            f"{calls}.append({call_})",
+            f"{step.target} = {outs}[0]",
         ]
         for lines, body in ((fwd, ran), (setup, kept)):
             if step.copies:
-                lines += [f"for k in range({count_param(step)}):", *_indent(body)]
+                lines += [f"for {k} in range({count_of[id(step)]}):", *_indent(body)]
             elif step.optional:
-                lines += [f"if {count_param(step)}:", *_indent(body)]
+                lines += [f"if {count_of[id(step)]}:", *_indent(body)]
             else:
                 lines += body
-    fwd.append(f"return {plan.result}, *outputs")
+    fwd.append(f"return {plan.result}, *{outputs}")
+    saved, handed = t["saved"], t["handed"]
     setup += [
-        "ctx.calls = calls",
+        f"ctx.calls = {calls}",
         "# run as another's call (`_SubCall`), it was given the outputs from its own on: those it took",
-        "ctx.n_outputs = len(results) - len(outputs)",
-        "handed = [call.handed_over() for call in calls]",
-        "ctx.save_for_backward(*[t for saved, _ in handed for t in saved])",
-        "ctx.mark_non_differentiable(*[t for _, marked in handed for t in marked])",
+        f"ctx.n_outputs = len({t['results']}) - len({outputs})",
+        f"{handed} = [{call_}.handed_over() for {call_} in {calls}]",
+        f"ctx.save_for_backward(*[{t['t']} for {saved}, _ in {handed} for {t['t']} in {saved}])",
+        f"ctx.mark_non_differentiable(*[{t['t']} for _, {t['marked']} in {handed} for {t['t']} in {t['marked']}])",
     ]
 
     grads = {v: f"grad_{v}" for v in [*plan.inputs, *assigned]}
+    of_outputs, grad_members, grads_ = t["grads_of_outputs"], t["grad_members"], t["grads"]
+    call_saved, call_grads = t["call_saved"], t["call_grads"]
     bwd = [
-        "saved = ctx.saved_tensors",
+        f"{saved} = ctx.saved_tensors",
         "# each call's saved tensors and the gradients of its outputs, in order",
-        "handed = []",
-        "for call in ctx.calls:",
-        "    handed.append((saved[: call.to_save], grads_of_outputs[: call.n_outputs]))",
-        "    saved, grads_of_outputs = saved[call.to_save :], grads_of_outputs[call.n_outputs :]",
+        f"{handed} = []",
+        f"for {call_} in ctx.calls:",
+        f"    {handed}.append(({saved}[: {call_}.to_save], {of_outputs}[: {call_}.n_outputs]))",
+        f"    {saved}, {of_outputs} = {saved}[{call_}.to_save :], {of_outputs}[{call_}.n_outputs :]",
         *ends("ctx."),
-        f"grad_members = [None] * {plan.calls[-1].sub}_end",
+        f"{grad_members} = [None] * {end_of[id(plan.calls[-1])]}",
         " = ".join([grads[v] for v in grads if v != plan.result] + ["None"]),
         f"{grads[plan.result]} = grad",
-        "calls = list(zip(ctx.calls, handed))",
+        f"{calls} = list(zip(ctx.calls, {handed}))",
     ]
-    for k, step in reversed(list(enumerate(plan.steps))):
+    for j, step in reversed(list(enumerate(plan.steps))):
         # the gradient of the value a step assigns starts again before it, where a step before reads it
-        before = {*plan.inputs, *(v for s in plan.steps[:k] for v in _mentioned(s))}
+        before = {*plan.inputs, *(v for s in plan.steps[:j] for v in _mentioned(s))}
         if isinstance(step, Alias):
             bwd.append(f"{grads[step.source]} = _added({grads[step.source]}, {grads[step.target]})")
             if step.target in before and step.target != step.source:
@@ -217,30 +244,31 @@ def emit_composed_function(emitter, plan: CallPlan) -> dict:
         start, end = members_of(step)
         n = len(step.inputs)
         body = [
-            "call, (call_saved, call_grads) = calls.pop()",
-            f"grads = call.backward(call_saved, {grads[step.target]}, call_grads)",
+            f"{call_}, ({call_saved}, {call_grads}) = {calls}.pop()",
+            f"{grads_} = {call_}.backward({call_saved}, {grads[step.target]}, {call_grads})",
         ]
         restarted = step.target not in before  # nothing before reads it: its gradient is not read again
         for i, v in enumerate(step.inputs):
             if v is None:
                 continue
             if v == step.target and not restarted:
-                body.append(f"{grads[v]} = grads[{i}]")
+                body.append(f"{grads[v]} = {grads_}[{i}]")
                 restarted = True
             else:
-                body.append(f"{grads[v]} = _added({grads[v]}, grads[{i}])")
+                body.append(f"{grads[v]} = _added({grads[v]}, {grads_}[{i}])")
         if not restarted:
             body.insert(2, f"{grads[step.target]} = None")
-        body.append(f"grad_members[{_slice(start, end)}] = grads[{n}:]")
+        body.append(f"{grad_members}[{_slice(start, end)}] = {grads_}[{n}:]")
         if step.copies:
-            bwd += [f"for k in reversed(range(ctx.{count_param(step)})):", *_indent(body)]
+            bwd += [f"for {k} in reversed(range(ctx.{count_of[id(step)]})):", *_indent(body)]
         elif step.optional:
-            bwd += [f"if ctx.{count_param(step)}:", *_indent(body)]
+            bwd += [f"if ctx.{count_of[id(step)]}:", *_indent(body)]
         else:
             bwd += body
-    returned = [grads[v] for v in plan.inputs] + ["None"] * len(counts) + ["*grad_members"]
+    returned = [grads[v] for v in plan.inputs] + ["None"] * len(counts) + [f"*{grad_members}"]
     bwd.append(f"return {', '.join(returned)}")
 
+    cls, active, compiling = t["cls"], t["transforms_active"], t["compiling"]
     lines = [
         "",
         "",
@@ -255,26 +283,40 @@ def emit_composed_function(emitter, plan: CallPlan) -> dict:
         *_indent(fwd, 2),
         "",
         "    @staticmethod",
-        "    def setup_context(ctx, inputs, results) -> None:",
+        f"    def setup_context(ctx, {t['inputs']}, {t['results']}) -> None:",
         *_indent(setup, 2),
         "",
         "    @staticmethod",
-        "    def backward(ctx, grad, *grads_of_outputs):",
+        f"    def backward(ctx, grad, *{of_outputs}):",
         *_indent(bwd, 2),
         "",
         "    @classmethod",
-        f"    def apply(cls, {', '.join(params)}):",
+        f"    def apply({cls}, {', '.join(params)}):",
         "        # Function.apply binds its arguments with inspect.signature on every call (a Function with a",
         "        # setup_context), these many: go straight to the C++ entry point unless a torch.func transform",
         "        # or torch.compile needs the full path. A torch without either probe takes the full path.",
-        '        transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)',
-        '        compiling = getattr(torch.compiler, "is_compiling", None)',
-        "        if None in (transforms_active, compiling) or transforms_active() or compiling():",
+        f'        {active} = getattr(torch._C, "_are_functorch_transforms_active", None)',
+        f'        {compiling} = getattr(torch.compiler, "is_compiling", None)',
+        f"        if None in ({active}, {compiling}) or {active}() or {compiling}():",
         f"            return super().apply({', '.join(params)})",
-        f"        return super(torch.autograd.Function, cls).apply({', '.join(params)})",
+        f"        return super(torch.autograd.Function, {cls}).apply({', '.join(params)})",
     ]
-    calls = sorted({c.layer.name for c in plan.calls})
-    return {"name": name, "lines": lines, "n_outputs": 1, "extra": [], "updates": [], "composes": True, "calls": calls}
+    calls_of = sorted({c.layer.name for c in plan.calls})
+    return {
+        "name": name,
+        "lines": lines,
+        "n_outputs": 1,
+        "extra": [],
+        "updates": [],
+        "composes": True,
+        "calls": calls_of,
+    }
+
+
+# The locals the composed Function's methods use, each named around the forward's values
+_LOCALS = ["members", "needs", "outputs", "outs", "call", "calls", "k", "saved", "handed", "t", "marked"]
+_LOCALS += ["grads", "grads_of_outputs", "grad_members", "call_saved", "call_grads", "results"]
+_LOCALS += ["transforms_active", "compiling"]
 
 
 def member_count(emitter, call: SubCall) -> int:
@@ -294,33 +336,53 @@ def sub_apply_args(emitter, call: SubCall, instance: str) -> list[str]:
     return [re.sub(r"\bself\.", f"{instance}.", a) for a in args]
 
 
-def module_call(emitter, plan: CallPlan, instance: str, prefix: str) -> tuple[list[str], list[str]]:
+def module_call(
+    emitter, plan: CallPlan, instance: str, prefix: str, taken: set[str] | None = None
+) -> tuple[list[str], list[str]]:
     """The lines that gather the Function's arguments besides the layer's inputs from `instance` (names
-    prefixed `prefix`), and those arguments: the counts, then each call's members, starred."""
+    prefixed `prefix`, around `taken`: the layer's names by default), and those arguments: the counts (one
+    per sub), then each call's members, starred (a sub's gathered once)."""
+    if taken is None:
+        taken = spec_names(plan.layer)
+    gathered_of = {c.sub: fresh_name(f"{prefix}{c.sub}", taken) for c in plan.calls}
+    taken |= set(gathered_of.values())
     lines: list[str] = []
-    counts: list[str] = []
+    counts: dict[tuple[str, bool], str] = {}
     parts: list[str] = []
+    done: set[str] = set()
     for call in plan.calls:
         held = f"{instance}.{call.sub}"
-        gathered = f"{prefix}{call.sub}"
+        gathered = gathered_of[call.sub]
+        parts.append(f"*{gathered}")
+        if call.sub in done:
+            continue
+        done.add(call.sub)
         if call.copies:
             args = sub_apply_args(emitter, call, "layer")
             lines.append(f"{gathered} = [a for layer in {held} for a in ({', '.join(args)},)]")
-            counts.append(f"len({held})")
+            counts[(call.sub, False)] = f"len({held})"
         elif call.optional:
             args = sub_apply_args(emitter, call, held)
             lines.append(f"{gathered} = ({', '.join(args)},) if {held} is not None else ()")
-            counts.append(f"{held} is not None")
+            counts[(call.sub, True)] = f"{held} is not None"
         elif call.composed is not None:
-            inner_lines, inner = module_call(emitter, call.composed, held, f"{gathered}_")
+            inner_lines, inner = module_call(emitter, call.composed, held, f"{gathered}_", taken)
             lines += inner_lines
             lines.append(f"{gathered} = [{', '.join(inner)}]")
-            counts.append(f"len({gathered})")
+            counts[(call.sub, False)] = f"len({gathered})"
         else:
             args = sub_apply_args(emitter, call, held)
             lines.append(f"{gathered} = ({', '.join(args)},)")
-        parts.append(f"*{gathered}")
-    return lines, counts + parts
+    return lines, [*counts.values(), *parts]
+
+
+def spec_names(layer: N.Layer) -> set[str]:
+    """The names the module's forward of `layer` may read besides those it adds: its inputs, lets, dims and
+    locals, and what the generated code names itself (its arguments, members and subs it reads on `self`)."""
+    assert layer.forward is not None
+    taken = {i.name for i in layer.forward.inputs} | {l.name for l in layer.lets} | set(layer.symbolic_dims)
+    taken |= {s.target for s in layer.forward.body if isinstance(s, N.Assign)}
+    return taken | FORBIDDEN
 
 
 def callable_tests(plan: CallPlan, instance: str) -> list[str]:
@@ -496,11 +558,11 @@ def _slice(start: str, end: str) -> str:
     return f": {end}" if start == "0" else f"{start} : {end}"
 
 
-def _copy_slice(start: str, size: int) -> tuple[str, str]:
+def _copy_slice(start: str, size: int, k: str) -> tuple[str, str]:
     """Where copy `k`'s members are among `members`, its list's starting at `start`."""
     if start == "0":
-        return f"{size} * k", f"{size} * (k + 1)"
-    return f"{start} + {size} * k", f"{start} + {size} * (k + 1)"
+        return f"{size} * {k}", f"{size} * ({k} + 1)"
+    return f"{start} + {size} * {k}", f"{start} + {size} * ({k} + 1)"
 
 
 def _mentioned(step: Alias | SubCall) -> set[str]:
