@@ -287,9 +287,9 @@ def test_dropout_of_p_zero_keeps_no_more_than_autograd():
     assert saved_bytes(lambda: ours(x), ours) <= saved_bytes(lambda: theirs(x), theirs)
 
 
-# A composed forward whose local is named like one of the composed Function's own (`k`, `outs`, `call`:
-# `autodiff.sub_calls.RESERVED`) is not composed (`_named_apart`) but inlined, and refused, with the hint to
-# put @function on Block, which has it already. Named `h` (or `z`), the same stack composes.
+# A composed forward whose local was named like one of the composed Function's own (`k`, `outs`, `call`: a
+# list of reserved names then) was not composed but inlined, and refused, with the hint to put @function on
+# Block, which has it already. The Function's own names are now chosen around the spec's.
 @pytest.mark.parametrize("local", ["k", "outs"])
 def test_a_stack_whose_local_is_named_like_a_composed_functions_own_composes(local):
     start = SMALL.index("layer Stack")
