@@ -1,7 +1,8 @@
 """A flat chain of operators (`x + x + ... + x`) is one level of nesting, not one per operator: `check` and
 `gen` take a chain of up to `MAX_CHAIN` operators, and the generated Python compiles; a longer chain is a
 located error, as real nesting (calls, parentheses) past `MAX_DEPTH` levels still is
-(tests/test_hostile_inputs.py bounds the time and memory of those)."""
+(tests/test_hostile_inputs.py bounds the time and memory of those). The CLI, the language server and
+`driver.pipeline.generate` all run on a deep stack (`layerdsl.deep_stack`)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,14 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
+from layerdsl.driver.pipeline import generate
 from layerdsl.syntax.parser import MAX_CHAIN, MAX_DEPTH, parse_file
+from tests.test_lsp_framing import INITIALIZE, Server, frame
 
 ROOT = Path(__file__).resolve().parent.parent
 MY_LAYER = (ROOT / "specs" / "my_layer.layer").read_text(encoding="utf-8")
@@ -81,3 +87,80 @@ def test_gen_takes_a_chain_of_max_chain_operators_and_its_python_compiles(tmp_pa
     source = (tmp_path / "out" / "chain.py").read_text(encoding="utf-8")
     assert " + ".join(["x"] * (MAX_CHAIN - 1)) in re.sub(r"\s+", " ", source)  # as black wraps it
     compile(source, "chain.py", "exec")
+
+
+def test_generate_in_process_takes_a_chain_of_max_chain_operators(tmp_path: Path):
+    """The library's entry point, called on this (shallow) thread, as a user's script calls it."""
+    spec = tmp_path / "chain.layer"
+    spec.write_text(_spec(_chain(MAX_CHAIN, "-")), encoding="utf-8")
+    limit = sys.getrecursionlimit()
+    made = generate([str(spec)], cache=None)
+    assert sys.getrecursionlimit() == limit  # restored
+    (path,) = [p for p in made if p.suffix == ".py" and p.name != "__init__.py"]
+    assert " - ".join(["x"] * (MAX_CHAIN - 1)) in re.sub(r"\s+", " ", made[path])
+    compile(made[path], str(path), "exec")
+
+
+@pytest.fixture
+def lsp():
+    """A `layerdsl lsp` subprocess, initialised (tests/test_lsp_framing.py's raw-stdio client)."""
+    s = Server()
+    s.send(frame(INITIALIZE))
+    s.reply_to(1)
+    s.send(frame({"jsonrpc": "2.0", "method": "initialized", "params": {}}))
+    yield s
+    if s.proc.poll() is None:
+        s.proc.kill()
+        s.proc.wait()
+
+
+def _open(server: Server, uri: str, text: str) -> None:
+    document = {"uri": uri, "languageId": "layer", "version": 1, "text": text}
+    server.send(frame({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": document}}))
+
+
+def _diagnostics(server: Server, uri: str, timeout: float) -> list[dict]:
+    published = server.wait_for(
+        lambda r: r.get("method") == "textDocument/publishDiagnostics" and r["params"]["uri"] == uri, timeout
+    )
+    return published["params"]["diagnostics"]
+
+
+def _no_internal_error(server: Server) -> None:
+    logged = [r["params"]["message"] for r in server.replies if r.get("method") == "window/logMessage"]
+    assert not [m for m in logged if "failed" in m or "Traceback" in m or "internal" in m], logged
+    assert not [r for r in server.replies if "error" in r], server.replies
+
+
+def test_the_language_server_checks_and_hovers_a_chain_of_max_chain_operators(lsp: Server, tmp_path: Path):
+    uri = (tmp_path / "chain.layer").as_uri()
+    text = _spec(_chain(MAX_CHAIN))
+    t0 = time.monotonic()
+    _open(lsp, uri, text)
+    assert _diagnostics(lsp, uri, timeout=60) == []
+    line = text.splitlines().index("        " + _chain(MAX_CHAIN))
+    hover = {"textDocument": {"uri": uri}, "position": {"line": line, "character": 16}}
+    lsp.send(frame({"jsonrpc": "2.0", "id": 2, "method": "textDocument/hover", "params": hover}))
+    reply = lsp.reply_to(2, timeout=60)
+    elapsed = time.monotonic() - t0
+    assert "x" in str(reply["result"]["contents"])
+    for msg_id, method in enumerate(["documentSymbol", "inlayHint", "semanticTokens/full"], start=3):
+        params = {"textDocument": {"uri": uri}}
+        if method == "inlayHint":
+            params["range"] = {"start": {"line": 0, "character": 0}, "end": {"line": 20, "character": 0}}
+        lsp.send(frame({"jsonrpc": "2.0", "id": msg_id, "method": f"textDocument/{method}", "params": params}))
+        assert "result" in lsp.reply_to(msg_id, timeout=60)
+    _no_internal_error(lsp)
+    assert elapsed < 30, elapsed
+    assert lsp.close() == 0
+
+
+def test_the_language_server_locates_a_chain_one_operator_too_long(lsp: Server, tmp_path: Path):
+    uri = (tmp_path / "chain.layer").as_uri()
+    _open(lsp, uri, _spec(_chain(MAX_CHAIN + 1)))
+    found = _diagnostics(lsp, uri, timeout=60)
+    assert [(d["message"].splitlines()[0], d["range"]["start"]) for d in found] == [
+        ("this chain of operators is too long", {"line": 12, "character": 15})
+    ]
+    _no_internal_error(lsp)
+    assert lsp.close() == 0

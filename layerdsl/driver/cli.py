@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from layerdsl import __version__
+from layerdsl.deep_stack import on_deep_stack
 from layerdsl.diagnostics import SpecError, printable
 
 if TYPE_CHECKING:
@@ -40,16 +40,10 @@ EXIT_CODES_HELP = (
 )
 
 
-# A flat chain of operators (`x + x + ... + x`, up to `syntax.parser.MAX_CHAIN`) is a tree as deep as it is
-# long, and the passes after parsing recurse over it: a command runs on a thread with room for that.
-RECURSION_LIMIT = 100_000
-STACK_BYTES = 1 << 30  # reserved, not used: a thread's stack takes memory as it grows
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.run is cmd_lsp:  # asyncio's signal handling wants the main thread
-        return _piped(args)
+    if args.run is cmd_lsp:  # it puts itself on a deep stack (`tools.lsp.server.serve`) and closes stdout
+        return _run(args)
     return _on_deep_stack(lambda: _piped(args))
 
 
@@ -64,33 +58,12 @@ def _piped(args: argparse.Namespace) -> int:
 
 
 def _on_deep_stack(run: Callable[[], int]) -> int:
-    """`run()` on a thread with a deep stack and Python's recursion limit raised to match, meanwhile."""
-    result: list[int] = []
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            result.append(run())
-        except BaseException as exc:  # raised again here, on the main thread
-            failure.append(exc)
-
-    limit = sys.getrecursionlimit()
-    before = threading.stack_size(STACK_BYTES)
+    """`run()` on a thread with a deep stack (`layerdsl.deep_stack`): a flat chain of operators is a tree as
+    deep as it is long, and the passes after parsing recurse over it."""
     try:
-        worker = threading.Thread(target=target, name="layerdsl", daemon=True)
-        sys.setrecursionlimit(max(limit, RECURSION_LIMIT))
-        worker.start()
-    finally:
-        threading.stack_size(before)
-    try:
-        worker.join()
+        return on_deep_stack(run)
     except KeyboardInterrupt:  # delivered to the main thread
         return EXIT_INTERRUPTED
-    finally:
-        sys.setrecursionlimit(limit)
-    if failure:
-        raise failure[0]
-    return result[0]
 
 
 def _run(args: argparse.Namespace) -> int:

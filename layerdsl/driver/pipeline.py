@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from layerdsl.deep_stack import on_deep_stack
 from layerdsl.diagnostics import Diagnostic, Span, SpecError
 from layerdsl.driver.cache import OutputCache, key, text_hash, tool_fingerprint
 from layerdsl.driver.output import READ_LIMIT, Unreadable, read_spec, stamp
@@ -190,11 +191,15 @@ def _checked(
 def generate(paths: list[str], cache: OutputCache | None = None) -> dict[Path, str]:
     """Every generated file (relative to the output folder) and its formatted content. Whole files come
     from `cache` (the user's, by default) where their inputs are unchanged (driver/cache.py). A layer's
-    subs are inlined once, for its plan, and reused by its emitter (`autodiff.inline_cache`)."""
+    subs are inlined once, for its plan, and reused by its emitter (`autodiff.inline_cache`). Runs on a
+    deep stack (`layerdsl.deep_stack`): the passes recurse as deep as a chain of operators is long."""
     from layerdsl.autodiff.inline_cache import reused_inlining
 
-    with reused_inlining():
-        return _generated(paths, cache)
+    def run() -> dict[Path, str]:
+        with reused_inlining():
+            return _generated(paths, cache)
+
+    return on_deep_stack(run)
 
 
 def _generated(paths: list[str], cache: OutputCache | None) -> dict[Path, str]:

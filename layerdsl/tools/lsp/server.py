@@ -24,6 +24,7 @@ import traceback
 from lsprotocol import types as T
 from pygls.exceptions import JsonRpcInvalidParams
 
+from layerdsl.deep_stack import on_deep_stack
 from layerdsl.tools.lsp.actions import code_actions
 from layerdsl.tools.lsp.completion import completion_items
 from layerdsl.tools.lsp.diagnostics import clear, publish_all, republish, schedule
@@ -208,4 +209,4 @@ server.command(SHOW_GENERATED)(show_generated)
 def serve() -> None:
     """Run the language server on stdin/stdout until the client says exit."""
     logging.basicConfig(level=logging.WARNING, format="layerdsl-lsp %(levelname)s: %(message)s")
-    serve_stdio(server)
+    on_deep_stack(lambda: serve_stdio(server))  # the handlers run on its event loop, on this deep stack
