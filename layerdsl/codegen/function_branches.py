@@ -157,6 +157,8 @@ def chosen_lines(test: str, then: list[str], orelse: list[str], ends_in_return: 
     if not then and not orelse:
         return prefix + suffix
     if not then:
+        if _one_if(orelse) and _excluded_by(test, orelse):  # `if not (r == "sum"): if r == "mean"` as `if r == "mean"`
+            return [*prefix, *orelse, *suffix]
         return [*prefix, f"if not ({test}):", *_indented(orelse), *suffix]
     lines = [*prefix, f"if {test}:", *_indented(then)]
     if ends_in_return and not end:
@@ -183,6 +185,26 @@ def _continues_chain(test: str, lines: list[str]) -> bool:
     given, which reads as a step of the last side."""
     inner = lines[0].removeprefix("if ")
     return any(line.startswith(("elif ", "else:")) for line in lines[1:]) or _subject(inner) == _subject(test)
+
+
+def _excluded_by(test: str, lines: list[str]) -> bool:
+    """Whether every side of the `if` of `lines` tests the value `test` tests against another string
+    (`r == "mean"`, `elif r == "batchmean"` after `r == "sum"`), with no `else`: none runs where `test` holds."""
+    value = _string_test(test)
+    if value is None:
+        return False
+    tests = [lines[0].removeprefix("if ")] + [l.removeprefix("elif ") for l in lines[1:] if l.startswith("elif ")]
+    if any(line.startswith("else:") for line in lines[1:]):
+        return False
+    return all(
+        (t := _string_test(c.removesuffix(":"))) is not None and t[0] == value[0] and t[1] != value[1] for c in tests
+    )
+
+
+def _string_test(test: str) -> tuple[str, str] | None:
+    """(`ctx.reduction`, `"sum"`) of `ctx.reduction == "sum"`; None for another condition."""
+    found = re.fullmatch(r'([\w.]+) == ("[^"\\]*")', test)
+    return (found.group(1), found.group(2)) if found else None
 
 
 def _subject(test: str) -> str:
