@@ -102,6 +102,7 @@ def test_the_losses_sides_share_what_they_compute_alike(losses):
     kl = source[source.index("class KLDivLossFunction") : source.index("class KLDivLoss(")]
     setup = kl[kl.index("def setup_context") : kl.index("def backward")]
     assert 'elif reduction == "batchmean":' in setup
+    assert "if input.dim() != 0:" in setup  # not `if not (input.dim() == 0):`
 
 
 FIVE = '''

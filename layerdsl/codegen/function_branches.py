@@ -159,7 +159,7 @@ def chosen_lines(test: str, then: list[str], orelse: list[str], ends_in_return: 
     if not then:
         if _one_if(orelse) and _excluded_by(test, orelse):  # `if not (r == "sum"): if r == "mean"` as `if r == "mean"`
             return [*prefix, *orelse, *suffix]
-        return [*prefix, f"if not ({test}):", *_indented(orelse), *suffix]
+        return [*prefix, f"if {_negated(test)}:", *_indented(orelse), *suffix]
     lines = [*prefix, f"if {test}:", *_indented(then)]
     if ends_in_return and not end:
         return lines + orelse
@@ -185,6 +185,12 @@ def _continues_chain(test: str, lines: list[str]) -> bool:
     given, which reads as a step of the last side."""
     inner = lines[0].removeprefix("if ")
     return any(line.startswith(("elif ", "else:")) for line in lines[1:]) or _subject(inner) == _subject(test)
+
+
+def _negated(test: str) -> str:
+    """`a != b` for `a == b` (one comparison of names, attributes, calls and literals); `not (test)` else."""
+    found = re.fullmatch(r"([\w.()\[\]\"]+) == ([\w.()\[\]\"-]+)", test)
+    return f"{found.group(1)} != {found.group(2)}" if found else f"not ({test})"
 
 
 def _excluded_by(test: str, lines: list[str]) -> bool:
