@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from .support import saved_bytes
-from .test_saving import _compile, _saved
+from .test_saving import _compile, _saved, vmapped_input_grads_agree
 
 BOOL_8x4 = [(torch.bool, (8, 4))]
 
@@ -60,10 +60,4 @@ def _gradients_double_backward_and_vmap(body: str) -> None:
 
     assert torch.autograd.gradcheck(fn, (x, layer.w, layer.b))
     assert torch.autograd.gradgradcheck(fn, (x, layer.w, layer.b))
-    xs = torch.randn(3, 5, 4, dtype=torch.float64)
-    w, b = layer.w.detach(), layer.b.detach()
-    batched = torch.func.vmap(lambda t: torch.func.grad(lambda u: fn(u, w, b).sum())(t))(xs)
-    for k in range(3):
-        t = xs[k].clone().requires_grad_()
-        (g,) = torch.autograd.grad(ns["probe"](t, w, b).sum(), t)
-        assert torch.equal(batched[k], g)
+    vmapped_input_grads_agree(fn, ns["probe"], layer, torch.equal)

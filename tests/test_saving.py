@@ -107,13 +107,19 @@ def test_masks_keep_double_backward_and_vmap_right():
     fn = ns["ProbeFunction"].apply
     assert torch.autograd.gradcheck(fn, (x, layer.w, layer.b))
     assert torch.autograd.gradgradcheck(fn, (x, layer.w, layer.b))
+    vmapped_input_grads_agree(fn, ns["probe"], layer, torch.allclose)
+
+
+def vmapped_input_grads_agree(fn, plain, layer, same) -> None:
+    """`fn(x, w, b)`'s input gradients under `vmap(grad)` over a batch of three [5, 4] inputs are `same` as the
+    plain functional form's, one by one (the Probe layer's w and b held fixed)."""
     xs = torch.randn(3, 5, 4, dtype=torch.float64)
     w, b = layer.w.detach(), layer.b.detach()
     batched = torch.func.vmap(lambda t: torch.func.grad(lambda u: fn(u, w, b).sum())(t))(xs)
     for k in range(3):
         t = xs[k].clone().requires_grad_()
-        (g,) = torch.autograd.grad(ns["probe"](t, w, b).sum(), t)
-        assert torch.allclose(batched[k], g)
+        (g,) = torch.autograd.grad(plain(t, w, b).sum(), t)
+        assert same(batched[k], g)
 
 
 def test_setup_context_says_what_is_saved_and_why():
