@@ -1,13 +1,16 @@
-"""Shared fixtures: the shipped specs generated once per session into a temporary package."""
+"""Shared fixtures: the shipped specs generated once per session into a temporary package; a raw stdio
+session of `layerdsl lsp` (`stdio_lsp`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from layerdsl.driver.pipeline import check as check_specs
 from layerdsl.testing import layer_checks as checks
+from tests.lsp_session import StdioServer, initialised_stdio_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
@@ -31,3 +34,10 @@ def gen(package):
     import importlib
 
     return importlib.import_module(package)
+
+
+@pytest.fixture
+def stdio_lsp() -> Iterator[StdioServer]:
+    """A `layerdsl lsp` subprocess spoken to in raw frames, initialised without a workspace folder
+    (tests/lsp_session.py)."""
+    yield from initialised_stdio_server()

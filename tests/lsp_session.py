@@ -1,15 +1,24 @@
 """How the end-to-end tests of `layerdsl lsp` start it: a pytest-lsp client fixture, one server per test module,
-initialised like VS Code on the module's `workspace` fixture (a folder of specs)."""
+initialised like VS Code on the module's `workspace` fixture (a folder of specs); and `StdioServer`, a raw
+stdio session (bytes in, frames out, with time bounds), which the `stdio_lsp` fixture of tests/conftest.py
+starts initialised without a workspace."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest_lsp
 from lsprotocol import types as T
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+
+from layerdsl.tools.lsp.framing import FrameReader
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,3 +46,81 @@ def client_fixture():
         await lsp_client.shutdown_session()
 
     return client
+
+
+def frame(message: dict | bytes) -> bytes:
+    body = message if isinstance(message, bytes) else json.dumps(message).encode()
+    return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}}
+SHUTDOWN = {"jsonrpc": "2.0", "id": 99, "method": "shutdown"}
+EXIT = {"jsonrpc": "2.0", "method": "exit"}
+
+
+class StdioServer:
+    """A `layerdsl lsp` subprocess whose replies are read by a thread."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "layerdsl", "lsp"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=SERVER_ENV,
+        )
+        self.replies: list[dict] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        reader = FrameReader(self.proc.stdout.read1)  # type: ignore[union-attr]
+        while True:
+            body = reader.next_body()
+            if body is None:
+                return
+            self.replies.append(json.loads(body))
+
+    def send(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def wait_for(self, check, timeout: float = 20.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for r in self.replies:
+                if check(r):
+                    return r
+            assert self.proc.poll() is None, f"the server exited with {self.proc.returncode}"
+            time.sleep(0.02)
+        raise AssertionError(f"no matching reply in {timeout}s; replies: {self.replies}")
+
+    def reply_to(self, msg_id, timeout: float = 20.0) -> dict:
+        return self.wait_for(lambda r: r.get("id") == msg_id and ("result" in r or "error" in r), timeout)
+
+    def close(self) -> int:
+        try:
+            self.send(frame(SHUTDOWN))
+            self.reply_to(99)
+            self.send(frame(EXIT))
+            return self.proc.wait(timeout=10)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def initialised_stdio_server() -> Iterator[StdioServer]:
+    """A `StdioServer`, initialised without a workspace folder; killed afterwards unless it was closed."""
+    s = StdioServer()
+    try:
+        s.send(frame(INITIALIZE))
+        s.reply_to(1)
+        s.send(frame({"jsonrpc": "2.0", "method": "initialized", "params": {}}))
+        yield s
+    finally:
+        s.kill()

@@ -13,11 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from layerdsl.driver.pipeline import generate
 from layerdsl.syntax.parser import MAX_CHAIN, MAX_DEPTH, parse_file
-from tests.test_lsp_framing import INITIALIZE, Server, frame
+from tests.lsp_session import StdioServer, frame
 
 ROOT = Path(__file__).resolve().parent.parent
 MY_LAYER = (ROOT / "specs" / "my_layer.layer").read_text(encoding="utf-8")
@@ -101,66 +99,53 @@ def test_generate_in_process_takes_a_chain_of_max_chain_operators(tmp_path: Path
     compile(made[path], str(path), "exec")
 
 
-@pytest.fixture
-def lsp():
-    """A `layerdsl lsp` subprocess, initialised (tests/test_lsp_framing.py's raw-stdio client)."""
-    s = Server()
-    s.send(frame(INITIALIZE))
-    s.reply_to(1)
-    s.send(frame({"jsonrpc": "2.0", "method": "initialized", "params": {}}))
-    yield s
-    if s.proc.poll() is None:
-        s.proc.kill()
-        s.proc.wait()
-
-
-def _open(server: Server, uri: str, text: str) -> None:
+def _open(server: StdioServer, uri: str, text: str) -> None:
     document = {"uri": uri, "languageId": "layer", "version": 1, "text": text}
     server.send(frame({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": document}}))
 
 
-def _diagnostics(server: Server, uri: str, timeout: float) -> list[dict]:
+def _diagnostics(server: StdioServer, uri: str, timeout: float) -> list[dict]:
     published = server.wait_for(
         lambda r: r.get("method") == "textDocument/publishDiagnostics" and r["params"]["uri"] == uri, timeout
     )
     return published["params"]["diagnostics"]
 
 
-def _no_internal_error(server: Server) -> None:
+def _no_internal_error(server: StdioServer) -> None:
     logged = [r["params"]["message"] for r in server.replies if r.get("method") == "window/logMessage"]
     assert not [m for m in logged if "failed" in m or "Traceback" in m or "internal" in m], logged
     assert not [r for r in server.replies if "error" in r], server.replies
 
 
-def test_the_language_server_checks_and_hovers_a_chain_of_max_chain_operators(lsp: Server, tmp_path: Path):
+def test_the_language_server_checks_and_hovers_a_chain_of_max_chain_operators(stdio_lsp: StdioServer, tmp_path: Path):
     uri = (tmp_path / "chain.layer").as_uri()
     text = _spec(_chain(MAX_CHAIN))
     t0 = time.monotonic()
-    _open(lsp, uri, text)
-    assert _diagnostics(lsp, uri, timeout=60) == []
+    _open(stdio_lsp, uri, text)
+    assert _diagnostics(stdio_lsp, uri, timeout=60) == []
     line = text.splitlines().index("        " + _chain(MAX_CHAIN))
     hover = {"textDocument": {"uri": uri}, "position": {"line": line, "character": 16}}
-    lsp.send(frame({"jsonrpc": "2.0", "id": 2, "method": "textDocument/hover", "params": hover}))
-    reply = lsp.reply_to(2, timeout=60)
+    stdio_lsp.send(frame({"jsonrpc": "2.0", "id": 2, "method": "textDocument/hover", "params": hover}))
+    reply = stdio_lsp.reply_to(2, timeout=60)
     elapsed = time.monotonic() - t0
     assert "x" in str(reply["result"]["contents"])
     for msg_id, method in enumerate(["documentSymbol", "inlayHint", "semanticTokens/full"], start=3):
         params = {"textDocument": {"uri": uri}}
         if method == "inlayHint":
             params["range"] = {"start": {"line": 0, "character": 0}, "end": {"line": 20, "character": 0}}
-        lsp.send(frame({"jsonrpc": "2.0", "id": msg_id, "method": f"textDocument/{method}", "params": params}))
-        assert "result" in lsp.reply_to(msg_id, timeout=60)
-    _no_internal_error(lsp)
+        stdio_lsp.send(frame({"jsonrpc": "2.0", "id": msg_id, "method": f"textDocument/{method}", "params": params}))
+        assert "result" in stdio_lsp.reply_to(msg_id, timeout=60)
+    _no_internal_error(stdio_lsp)
     assert elapsed < 30, elapsed
-    assert lsp.close() == 0
+    assert stdio_lsp.close() == 0
 
 
-def test_the_language_server_locates_a_chain_one_operator_too_long(lsp: Server, tmp_path: Path):
+def test_the_language_server_locates_a_chain_one_operator_too_long(stdio_lsp: StdioServer, tmp_path: Path):
     uri = (tmp_path / "chain.layer").as_uri()
-    _open(lsp, uri, _spec(_chain(MAX_CHAIN + 1)))
-    found = _diagnostics(lsp, uri, timeout=60)
+    _open(stdio_lsp, uri, _spec(_chain(MAX_CHAIN + 1)))
+    found = _diagnostics(stdio_lsp, uri, timeout=60)
     assert [(d["message"].splitlines()[0], d["range"]["start"]) for d in found] == [
         ("this chain of operators is too long", {"line": 12, "character": 15})
     ]
-    _no_internal_error(lsp)
-    assert lsp.close() == 0
+    _no_internal_error(stdio_lsp)
+    assert stdio_lsp.close() == 0

@@ -1,107 +1,20 @@
-"""The language server's framing under hostile input: raw bytes written to a `layerdsl lsp` subprocess,
-with time bounds; and the frame reader fuzzed with hypothesis."""
+"""The language server's framing under hostile input: raw bytes written to a `layerdsl lsp` subprocess
+(the `stdio_lsp` fixture, tests/conftest.py), with time bounds; and the frame reader fuzzed with
+hypothesis."""
 
 from __future__ import annotations
 
 import io
-import json
-import os
-import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from layerdsl.tools.lsp.framing import MAX_BODY_BYTES, FrameReader, FramingError
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def frame(message: dict | bytes) -> bytes:
-    body = message if isinstance(message, bytes) else json.dumps(message).encode()
-    return b"Content-Length: %d\r\n\r\n" % len(body) + body
+from tests.lsp_session import StdioServer, frame
 
 
-INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}}
-SHUTDOWN = {"jsonrpc": "2.0", "id": 99, "method": "shutdown"}
-EXIT = {"jsonrpc": "2.0", "method": "exit"}
-
-
-class Server:
-    """A `layerdsl lsp` subprocess whose replies are read by a thread."""
-
-    def __init__(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "layerdsl", "lsp"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-        self.replies: list[dict] = []
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        reader = FrameReader(self.proc.stdout.read1)  # type: ignore[union-attr]
-        while True:
-            body = reader.next_body()
-            if body is None:
-                return
-            self.replies.append(json.loads(body))
-
-    def send(self, data: bytes) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
-
-    def wait_for(self, check, timeout: float = 20.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for r in self.replies:
-                if check(r):
-                    return r
-            assert self.proc.poll() is None, f"the server exited with {self.proc.returncode}"
-            time.sleep(0.02)
-        raise AssertionError(f"no matching reply in {timeout}s; replies: {self.replies}")
-
-    def reply_to(self, msg_id, timeout: float = 20.0) -> dict:
-        return self.wait_for(lambda r: r.get("id") == msg_id and ("result" in r or "error" in r), timeout)
-
-    def close(self) -> int:
-        try:
-            self.send(frame(SHUTDOWN))
-            self.reply_to(99)
-            self.send(frame(EXIT))
-            return self.proc.wait(timeout=10)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-
-
-@pytest.fixture
-def server():
-    s = Server()
-    s.send(frame(INITIALIZE))
-    s.reply_to(1)
-    s.send(frame({"jsonrpc": "2.0", "method": "initialized", "params": {}}))
-    yield s
-    if s.proc.poll() is None:
-        s.proc.kill()
-        s.proc.wait()
-
-
-def _errors(server: Server) -> list[dict]:
-    return [r for r in server.replies if "error" in r and r.get("id") is None]
-
-
-def _still_serving(server: Server, msg_id: int) -> None:
+def _still_serving(server: StdioServer, msg_id: int) -> None:
     """The server answers a normal request after the hostile input, within the time bound."""
     t0 = time.monotonic()
     server.send(frame({"jsonrpc": "2.0", "id": msg_id, "method": "workspace/symbol", "params": {"query": ""}}))
@@ -110,45 +23,45 @@ def _still_serving(server: Server, msg_id: int) -> None:
     assert time.monotonic() - t0 < 5
 
 
-def test_a_huge_content_length_is_refused_and_the_server_keeps_serving(server: Server):
-    server.send(b"Content-Length: 999999999999\r\n\r\n{}")
-    err = server.wait_for(lambda r: "error" in r and r.get("id") is None, timeout=5)
+def test_a_huge_content_length_is_refused_and_the_server_keeps_serving(stdio_lsp: StdioServer):
+    stdio_lsp.send(b"Content-Length: 999999999999\r\n\r\n{}")
+    err = stdio_lsp.wait_for(lambda r: "error" in r and r.get("id") is None, timeout=5)
     assert err["error"]["code"] == -32700
     assert "larger than the limit" in err["error"]["message"]
-    _still_serving(server, 2)
-    assert server.close() == 0
+    _still_serving(stdio_lsp, 2)
+    assert stdio_lsp.close() == 0
 
 
-def test_a_non_numeric_content_length_is_refused_and_the_server_is_not_deaf(server: Server):
-    server.send(b"Content-Length: abc\r\n\r\n{}")
-    err = server.wait_for(lambda r: "error" in r and r.get("id") is None, timeout=5)
+def test_a_non_numeric_content_length_is_refused_and_the_server_is_not_deaf(stdio_lsp: StdioServer):
+    stdio_lsp.send(b"Content-Length: abc\r\n\r\n{}")
+    err = stdio_lsp.wait_for(lambda r: "error" in r and r.get("id") is None, timeout=5)
     assert "not a number" in err["error"]["message"]
-    _still_serving(server, 3)
-    assert server.close() == 0
+    _still_serving(stdio_lsp, 3)
+    assert stdio_lsp.close() == 0
 
 
-def test_an_overlong_header_is_refused(server: Server):
-    server.send(b"X-Junk: " + b"a" * 20000 + b"\r\n\r\n")
-    err = server.wait_for(lambda r: "error" in r and r.get("id") is None, timeout=5)
+def test_an_overlong_header_is_refused(stdio_lsp: StdioServer):
+    stdio_lsp.send(b"X-Junk: " + b"a" * 20000 + b"\r\n\r\n")
+    err = stdio_lsp.wait_for(lambda r: "error" in r and r.get("id") is None, timeout=5)
     assert "header longer" in err["error"]["message"]
-    _still_serving(server, 4)
+    _still_serving(stdio_lsp, 4)
 
 
-def test_a_body_that_is_not_json_gets_a_parse_error(server: Server):
-    server.send(frame(b"{not json"))
-    server.send(frame(b"[1, 2]"))
-    server.wait_for(lambda r: r.get("error", {}).get("code") == -32700, timeout=5)
-    server.wait_for(lambda r: r.get("error", {}).get("code") == -32600, timeout=5)
-    _still_serving(server, 5)
+def test_a_body_that_is_not_json_gets_a_parse_error(stdio_lsp: StdioServer):
+    stdio_lsp.send(frame(b"{not json"))
+    stdio_lsp.send(frame(b"[1, 2]"))
+    stdio_lsp.wait_for(lambda r: r.get("error", {}).get("code") == -32700, timeout=5)
+    stdio_lsp.wait_for(lambda r: r.get("error", {}).get("code") == -32600, timeout=5)
+    _still_serving(stdio_lsp, 5)
 
 
-def test_a_request_with_ill_typed_params_gets_an_error_response(server: Server):
+def test_a_request_with_ill_typed_params_gets_an_error_response(stdio_lsp: StdioServer):
     hover = {"jsonrpc": "2.0", "id": 7, "method": "textDocument/hover", "params": {"textDocument": 5, "position": "x"}}
-    server.send(frame(hover))
-    reply = server.reply_to(7, timeout=5)
+    stdio_lsp.send(frame(hover))
+    reply = stdio_lsp.reply_to(7, timeout=5)
     assert reply["error"]["code"] == -32602
-    _still_serving(server, 8)
-    assert server.close() == 0
+    _still_serving(stdio_lsp, 8)
+    assert stdio_lsp.close() == 0
 
 
 # ---------------------------------------------------------------- the reader, fuzzed
