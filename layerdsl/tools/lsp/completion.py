@@ -47,6 +47,19 @@ def _keyword_items(words) -> list[T.CompletionItem]:
     return [_item(w, T.CompletionItemKind.Keyword, sort="2") for w in words]
 
 
+def resolve_item(server: LayerServer, item: T.CompletionItem) -> T.CompletionItem:
+    """A layer's completion item with its docstring, its spec parsed now (the list names the layers of
+    specs not parsed yet)."""
+    data = item.data if isinstance(item.data, dict) else {}
+    uri, name = data.get("uri"), data.get("layer")
+    if isinstance(uri, str) and isinstance(name, str) and uri in server.workspace.text_documents:
+        a = server.usable(uri)
+        layer = a.layers.get(name) if a is not None else None
+        if layer is not None and layer.docstring:
+            item.documentation = T.MarkupContent(kind=T.MarkupKind.Markdown, value=layer.docstring)
+    return item
+
+
 def completion_items(server: LayerServer, uri: str, pos: T.Position) -> list[T.CompletionItem]:
     doc = server.workspace.get_text_document(uri)
     text = doc.source
@@ -85,10 +98,11 @@ def completion_items(server: LayerServer, uri: str, pos: T.Position) -> list[T.C
         return _keyword_items(ARG_TYPES)
     # a layer or nn.X after `sub NAME =`
     if re.match(r"^\s*sub\s+[A-Za-z_]\w*\s*=\s*[A-Za-z_]*$", prefix):
-        layers = a.layers if a is not None else {}
         items = [_item("nn.", T.CompletionItemKind.Module, "torch.nn layers", sort="1")]
-        for name in sorted(layers):
-            items.append(_item(name, T.CompletionItemKind.Class, f"layer {name}", layers[name].docstring, "2"))
+        for name in a.layers.names() if a is not None else []:  # without parsing the other specs
+            item = _item(name, T.CompletionItemKind.Class, f"layer {name}", sort="2")
+            item.data = {"uri": uri, "layer": name}  # its docstring: `resolve_item`
+            items.append(item)
         return items
     # `else` after the `}` of an if
     if brackets == 0 and braces >= 2 and before.strip() == "}":

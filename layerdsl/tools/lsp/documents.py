@@ -21,9 +21,9 @@ from layerdsl.diagnostics import Diagnostic, Span, SpecError
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import walk
 from layerdsl.semantics.checker import Program
-from layerdsl.semantics.scopes import Namespace
 from layerdsl.semantics.shape_check import LayerShapes
 from layerdsl.syntax import PartialParse, parse_file, parse_partial
+from layerdsl.tools.lsp.layer_index import LayerIndex, VisibleLayers, defined_names
 from layerdsl.tools.lsp.scanning import depths
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,8 @@ class Analysis:
     text: str
     spec: N.SpecFile | None  # None on a syntax error
     diagnostics: list[Diagnostic]
-    layers: dict[str, N.Layer] = field(default_factory=dict)  # every visible layer: this file's and the workspace's
-    sources: dict[str, str] = field(default_factory=dict)  # path -> text of every file a layer came from
+    layers: VisibleLayers = field(default_factory=lambda: VisibleLayers(None, []))  # this file's and the others'
+    sources: dict[str, str] = field(default_factory=dict)  # path -> text of every spec file found
     extents: dict[int, Span] = field(default_factory=dict)  # id(layer) -> its whole extent in this file
     root: str = ""
     partial: bool = False  # the IR is a repaired parse of a text with a syntax error
@@ -112,13 +112,11 @@ class Analysis:
 @dataclass
 class Workset:
     root: str
-    sources: dict[str, str] = field(default_factory=dict)
-    near: list[N.SpecFile] = field(default_factory=list)  # pristine
+    sources: dict[str, str] = field(default_factory=dict)  # path -> text of the document and every spec found
     needed: list[N.SpecFile] = field(default_factory=list)  # pristine, only the layers the document needs
-    layers: dict[str, N.Layer] = field(default_factory=dict)  # pristine, every other layer its folder sees
     uses: set[str] = field(default_factory=set)  # names of the layers in `needed`
     clashing: list[N.SpecFile] = field(default_factory=list)  # pristine near files defining one of its names
-    ambiguous: dict[str, list[N.Layer]] = field(default_factory=dict)  # pristine, each name's layers as near
+    index: LayerIndex | None = None  # every layer its folder sees, parsed on demand
 
 
 def copy_spec(f: N.SpecFile) -> N.SpecFile:
@@ -151,6 +149,7 @@ class LayerServer(LanguageServer):
         self.stale: set[str] = set()  # uris whose analysis must be redone though their text is the same
         self._disk: dict[str, tuple[tuple[int, int], str]] = {}  # path -> ((mtime_ns, size), text)
         self._parsed: dict[str, tuple[str, N.SpecFile | None]] = {}  # path -> (text, pristine parse)
+        self._names: dict[str, tuple[str, set[str]]] = {}  # path -> (text, the layer names it may define)
         self._scan: dict[str, tuple[float, list[str]]] = {}  # root -> (time, spec paths)
         self.published: dict[str, list] = {}  # uri -> the diagnostics last published (see diagnostics.publish)
         self.planning: dict[str, asyncio.Future] = {}  # uri -> its planning in progress (derivation.py)
@@ -216,6 +215,15 @@ class LayerServer(LanguageServer):
         self._disk[path] = (key, text)
         return text
 
+    def defined_names(self, path: str, text: str) -> set[str]:
+        """The names of the layers another spec file may define (layer_index.py), found once per text."""
+        hit = self._names.get(path)
+        if hit is not None and hit[0] == text:
+            return hit[1]
+        names = defined_names(text)
+        self._names[path] = (text, names)
+        return names
+
     def pristine(self, path: str, text: str) -> N.SpecFile | None:
         """Another spec file, parsed once per text and never checked (copies are: the checker annotates)."""
         hit = self._parsed.get(path)
@@ -229,11 +237,12 @@ class LayerServer(LanguageServer):
     def workset(self, path: str, text: str, spec: N.SpecFile | None) -> Workset:
         """The other specs that matter to the document at `path`.
 
-        `near` are the specs of its own folder, checked with it in full (as `layerdsl gen` on that folder
-        would); `needed` are the layers its subs use, transitively, each name resolved from the folder of
-        the spec using it as `gen` resolves it (semantics/scopes.py, `Namespace`: its own folder first, then
-        the nearest; every candidate of an ambiguous name); `layers` indexes every other layer the
-        document's folder sees."""
+        `needed` are the layers its subs use, transitively, each name resolved from the folder of the spec
+        using it as `gen` resolves it (semantics/scopes.py, `Namespace`: its own folder first, then the
+        nearest; every candidate of an ambiguous name); `clashing` the specs of its own folder that define
+        a layer of one of its names (`gen` on that folder reports the clash); `index` finds every other
+        layer the document's folder sees. Only the specs that may define a name looked up are parsed
+        (layer_index.py): a folder may hold thousands."""
         root = self.root_for(path)
         here = os.path.dirname(path)
         opened = self.open_texts()
@@ -244,27 +253,17 @@ class LayerServer(LanguageServer):
             key=lambda q: (os.path.dirname(q) != here, len(Path(os.path.relpath(q, here)).parts), q),
         )
         ws = Workset(root=root, sources={path: text})
-        everything: list[N.Layer] = list(spec.layers) if spec is not None else []  # its own first
         for p in others:
             t = opened.get(p)
             if t is None:
                 t = self.disk_text(p)
-            if t is None:
-                continue
-            other = self.pristine(p, t)
-            if other is None:
-                continue
-            ws.sources[p] = t
-            if os.path.dirname(p) == here:
-                ws.near.append(other)
-            everything += other.layers
-        namespace = Namespace(everything)  # as `gen` on the workspace folder resolves layer names
-        ws.layers = {name: layer for name, layer in namespace.visible(path).items() if layer.path != path}
-        for name in namespace.by_name:  # the names its folder sees in two other folders as near as each other
-            if len(found := namespace.candidates(name, path)) > 1:
-                ws.ambiguous[name] = found
-        mine = {layer.name for layer in spec.layers} if spec is not None else set()
-        todo = [(name, path) for name in _sub_calls(spec.layers)] if spec is not None else []
+            if t is not None:
+                ws.sources[p] = t
+        own = list(spec.layers) if spec is not None else []
+        files = {p: t for p, t in ws.sources.items() if p != path}
+        ws.index = index = LayerIndex(path, own, files, self.pristine, self.defined_names)
+        mine = {layer.name for layer in own}
+        todo = [(name, path) for name in _sub_calls(own)]
         needed: dict[str, list[N.Layer]] = {}
         done: set[int] = set()
         wanted = {name for name, _ in todo}
@@ -272,7 +271,7 @@ class LayerServer(LanguageServer):
             name, user = todo.pop()
             wanted.add(name)
             # every candidate of an ambiguous name, so that the check reports the ambiguity as `gen` does
-            for layer in namespace.candidates(name, user):
+            for layer in index.candidates(name, user):
                 if layer.path == path or id(layer) in done:
                     continue
                 done.add(id(layer))
@@ -280,7 +279,7 @@ class LayerServer(LanguageServer):
                 todo += [(called, layer.path) for called in _sub_calls([layer])]
         ws.needed = [N.SpecFile(p, ws.sources[p], layers) for p, layers in needed.items()]
         ws.uses = wanted - mine  # found or not: a file that defines one later changes this one
-        ws.clashing = [f for f in ws.near if any(layer.name in mine for layer in f.layers)]
+        ws.clashing = index.near_defining(mine)
         return ws
 
     def check(
@@ -343,10 +342,7 @@ class LayerServer(LanguageServer):
             ws = self.workset(path, text, spec)
             analysis.workset, analysis.uses = ws, ws.uses
             analysis.sources, analysis.root = ws.sources, ws.root
-            analysis.layers = dict(ws.layers)
-            if spec is not None:
-                for layer in spec.layers:
-                    analysis.layers[layer.name] = layer
+            analysis.layers = VisibleLayers(ws.index, spec.layers if spec is not None else [])
         except Exception as exc:  # never crash: say so, keep serving
             log.error("analysis failed:\n%s", traceback.format_exc())
             analysis.diagnostics.append(internal(path, text, exc))
@@ -384,8 +380,7 @@ class LayerServer(LanguageServer):
                 if id(old) in analysis.extents
             }
             analysis.spec, analysis.extents = checked, extents
-            for layer in checked.layers:
-                analysis.layers[layer.name] = layer
+            analysis.layers = VisibleLayers(analysis.layers.index, checked.layers)
 
     def usable(self, uri: str) -> Analysis | None:
         """The current text's analysis (unchecked is enough), when it has an IR: after a syntax error,

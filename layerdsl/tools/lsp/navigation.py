@@ -277,8 +277,8 @@ def definition_at(ls: LayerServer, uri: str, position: T.Position) -> T.Location
         return None
     a, occ, layer = found
     target = resolve(a, occ, layer)
-    if target is None and occ.kind == "call" and a.workset is not None:
-        return [location(ls, a, other.path, other.span) for other in a.workset.ambiguous.get(occ.name, [])] or None
+    if target is None and occ.kind == "call" and a.workset is not None and a.workset.index is not None:
+        return [location(ls, a, other.path, other.span) for other in a.workset.index.ambiguous(occ.name)] or None
     if target is None or target.span is None:
         return None
     return location(ls, a, target.layer.path, target.span)

@@ -16,6 +16,7 @@ from layerdsl.ir import nodes as N
 from layerdsl.language.tables import RESERVED
 from layerdsl.semantics.scopes import Namespace
 from layerdsl.tools.lsp.documents import Analysis, LayerServer
+from layerdsl.tools.lsp.layer_index import VisibleLayers
 from layerdsl.tools.lsp.navigation import Occurrence, Target, layer_occurrences, occurrence_at, resolve
 from layerdsl.tools.lsp.positions import from_position, to_range
 
@@ -84,7 +85,7 @@ def occurrences_of(ls: LayerServer, a: Analysis, target: Target) -> list[Found]:
     namespace = Namespace(layer for _, _, layers in files for layer in layers)
     for path, text, layers in files:
         # another file's layer names mean what its own folder sees (a folder is a namespace)
-        seen = a if path == a.path else replace(a, layers=namespace.visible(path))
+        seen = a if path == a.path else replace(a, layers=VisibleLayers(None, [*namespace.visible(path).values()]))
         for layer in layers:
             for occ in layer_occurrences(layer):
                 if occ.name != target.name:

@@ -2,14 +2,16 @@
 the features to the protocol.
 
 Features: diagnostics from the real parser and checker, debounced and re-checked only for the changed
-document and the open documents that depend on it (`documents`, `diagnostics`), then the derivation
-refusals of a clean document's `@function` layers, planned in a worker (`derivation`), hover (`hover`),
-completion by context (`completion`), go to definition (`navigation`), find references, rename and
-document highlight (`references`), quick fixes (`actions`), semantic tokens (`semantic_tokens`), inlay
-hints with inferred shapes (`inlay_hints`), signature help (`signature_help`), folding ranges
-(`folding`), document and workspace symbols (`symbols`, `workspace_symbols`), formatting (`layerdsl
-fmt`'s layout: `formatting`) and the `layerdsl.showGenerated` command (`show_generated`). The stdio
-framing is hardened against hostile input (`framing`).
+document and the open documents that depend on it (`documents`, `diagnostics`; of the other specs of
+its folder only those that may define a layer it names are parsed, the others when a feature looks a
+name up: `layer_index`), then the derivation refusals of a clean document's `@function` layers, planned
+in a worker (`derivation`), hover (`hover`), completion by context, a layer's docstring on resolving its
+item (`completion`), go to definition (`navigation`), find references, rename and document highlight
+(`references`), quick fixes (`actions`), semantic tokens (`semantic_tokens`), inlay hints with inferred
+shapes (`inlay_hints`), signature help (`signature_help`), folding ranges (`folding`), document and
+workspace symbols (`symbols`, `workspace_symbols`), formatting (`layerdsl fmt`'s layout: `formatting`)
+and the `layerdsl.showGenerated` command (`show_generated`). The stdio framing is hardened against
+hostile input (`framing`).
 
 Every analysis is cached per document version. No request may crash the server: a half-typed document
 is parsed with its failing lines blanked, so every feature answers from the current text.
@@ -26,7 +28,7 @@ from pygls.exceptions import JsonRpcInvalidParams
 
 from layerdsl.deep_stack import on_deep_stack
 from layerdsl.tools.lsp.actions import code_actions
-from layerdsl.tools.lsp.completion import completion_items
+from layerdsl.tools.lsp.completion import completion_items, resolve_item
 from layerdsl.tools.lsp.diagnostics import clear, publish_all, republish, schedule
 from layerdsl.tools.lsp.documents import LayerServer
 from layerdsl.tools.lsp.folding import folding_ranges
@@ -110,11 +112,20 @@ def hover(ls: LayerServer, params: T.HoverParams):
     return hover_at(ls, params.text_document.uri, params.position)
 
 
-@server.feature(T.TEXT_DOCUMENT_COMPLETION, T.CompletionOptions(trigger_characters=[".", "@"]))
+@server.feature(T.TEXT_DOCUMENT_COMPLETION, T.CompletionOptions(trigger_characters=[".", "@"], resolve_provider=True))
 @_safe()
 def completion(ls: LayerServer, params: T.CompletionParams):
     items = completion_items(ls, params.text_document.uri, params.position)
     return T.CompletionList(is_incomplete=False, items=items)
+
+
+@server.feature(T.COMPLETION_ITEM_RESOLVE)
+def completion_resolve(ls: LayerServer, item: T.CompletionItem):
+    try:
+        return resolve_item(ls, item)
+    except Exception:
+        log.error("layerdsl completion_resolve failed:\n%s", traceback.format_exc())
+        return item
 
 
 @server.feature(T.TEXT_DOCUMENT_DEFINITION)
