@@ -1,5 +1,6 @@
-"""Shared fixtures: the shipped specs generated once per session into a temporary package; a raw stdio
-session of `layerdsl lsp` (`stdio_lsp`)."""
+"""Shared fixtures: the shipped specs generated once per session into a temporary package; the shipped specs
+under `@function`, surveyed and generated once per session (`function_derivation`); a raw stdio session of
+`layerdsl lsp` (`stdio_lsp`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from layerdsl.driver.pipeline import check as check_specs
+from layerdsl.testing import function_coverage
 from layerdsl.testing import layer_checks as checks
 from tests.lsp_session import StdioServer, initialised_stdio_server
 
@@ -34,6 +36,14 @@ def gen(package):
     import importlib
 
     return importlib.import_module(package)
+
+
+@pytest.fixture(scope="session")
+def function_derivation(tmp_path_factory) -> function_coverage.Derivation:
+    """Every layer of the shipped specs compiled with `@function` (function_coverage.derive): the survey and
+    the derived layers' generated package, which tests/test_function_coverage.py compares with autograd and
+    tests/test_function_prelude.py reads."""
+    return function_coverage.derive(SPECS, tmp_path_factory.mktemp("function_coverage"))
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 with autograd (outputs, first and second derivatives, float64, its configurations), each refused one is
 located in its spec, and docs/function-coverage.md is current.
 
-The whole run (the survey, one generated package, every comparison) takes about 20 s here; it runs once
-per session.
+The survey and its generated package are the session's `function_derivation` (tests/conftest.py), which
+tests/test_function_prelude.py reads too; the comparisons run once per session.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import pytest
 
 from layerdsl.testing import function_coverage as coverage_page
 
-from .conftest import CASES, ROOT, SPECS
+from .conftest import CASES, ROOT
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
-    return coverage_page.run(SPECS, tmp_path_factory.mktemp("function_coverage"))
+def result(function_derivation):
+    return function_derivation.coverage, coverage_page.compare_all(function_derivation)
 
 
 def test_every_derived_layer_agrees_with_autograd(result):

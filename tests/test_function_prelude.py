@@ -1,8 +1,8 @@
 """A generated Function's backward binds only what it reads, and setup_context keeps on `ctx` only what
-backward reads: over every shipped spec compiled with `@function` (as function_coverage compiles them),
-each name its backward's prelude binds (`B = ctx.B`, `h = n // 2`, `x, w = ctx.saved_tensors`) is read
-later in that backward, and each `ctx.<field>` forward or setup_context sets is read by backward. The
-generated source is read with `ast`."""
+backward reads: over every shipped spec compiled with `@function` (function_coverage's survey, compiled
+once per session with tests/test_function_coverage.py), each name its backward's prelude binds (`B =
+ctx.B`, `h = n // 2`, `x, w = ctx.saved_tensors`) is read later in that backward, and each `ctx.<field>`
+forward or setup_context sets is read by backward. The generated source is read with `ast`."""
 
 from __future__ import annotations
 
@@ -12,19 +12,14 @@ from pathlib import Path
 import pytest
 
 from layerdsl.codegen.function_sub_calls import SUB_CALL
-from layerdsl.driver.pipeline import generate
-from layerdsl.testing.function_coverage import survey
-
-from .conftest import SPECS
 
 
 @pytest.fixture(scope="module")
-def functions(tmp_path_factory) -> dict[str, ast.ClassDef]:
-    """Every generated autograd.Function of the shipped specs under `@function`, by `file:class`."""
-    work = tmp_path_factory.mktemp("function_prelude")
-    survey(SPECS, work)
+def functions(function_derivation) -> dict[str, ast.ClassDef]:
+    """Every generated autograd.Function of the shipped specs under `@function`, by `file:class` (the
+    package the session's survey generated: tests/conftest.py)."""
     found = {}
-    for path, text in generate([str(work / SPECS.resolve().name)]).items():
+    for path, text in function_derivation.sources().items():
         for cls in ast.walk(ast.parse(text)):
             if isinstance(cls, ast.ClassDef) and "backward" in _methods(cls):
                 found[f"{Path(path).name}:{cls.name}"] = cls

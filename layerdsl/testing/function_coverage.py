@@ -332,11 +332,35 @@ def as_functional(case: Case, module, plain) -> Callable:
     return functional
 
 
-def run(specs: Path, work: Path, package: str = PACKAGE) -> tuple[Coverage, list[Comparison]]:
-    """The survey of `specs`, and every derived layer compared with autograd (generated under `work`)."""
+@dataclass
+class Derivation:
+    """The survey of a specs folder (`survey`), and its derived layers generated as `@function` layers
+    into `package` under `work` (`derived_cases`): every spec compiled once, for the comparisons and for
+    the tests that read the generated code (`sources`)."""
+
+    specs: Path
+    work: Path
+    package: str
+    coverage: Coverage
+    cases: list[Case]
+
+    def sources(self) -> dict[Path, str]:
+        """The generated package's Python files, relative to it, and their text."""
+        root = self.work / "generated" / self.package
+        return {p.relative_to(root): p.read_text(encoding="utf-8") for p in sorted(root.rglob("*.py"))}
+
+
+def derive(specs: Path, work: Path, package: str = PACKAGE) -> Derivation:
+    """The survey of `specs`, and its derived layers generated (under `work`)."""
+    coverage = survey(specs, work)
+    return Derivation(specs, work, package, coverage, derived_cases(coverage, specs, work, package))
+
+
+def compare_all(derivation: Derivation) -> list[Comparison]:
+    """Every derived layer compared with autograd."""
     from layerdsl.testing.layer_checks import generate_package
 
-    coverage = survey(specs, work)
+    specs, work, package = derivation.specs, derivation.work, derivation.package
     plain: list[str] = []
 
     def plain_package() -> str:  # generated once, where a layer needs it
@@ -345,10 +369,14 @@ def run(specs: Path, work: Path, package: str = PACKAGE) -> tuple[Coverage, list
             plain.append(f"{package}_plain")
         return plain[0]
 
-    cases = derived_cases(coverage, specs, work, package)
     namespace = Namespace(layer for _, f in shipped_layers(specs)[1] for layer in f.layers)  # the copies' paths
-    comparisons = [compare(case, package, plain_package, label(namespace, case.layer)) for case in cases]
-    return coverage, comparisons
+    return [compare(case, package, plain_package, label(namespace, case.layer)) for case in derivation.cases]
+
+
+def run(specs: Path, work: Path, package: str = PACKAGE) -> tuple[Coverage, list[Comparison]]:
+    """The survey of `specs`, and every derived layer compared with autograd (generated under `work`)."""
+    derivation = derive(specs, work, package)
+    return derivation.coverage, compare_all(derivation)
 
 
 # ------------------------------------------------------------------ the page
