@@ -319,7 +319,9 @@ class Planner:
         self.taken: set[str] = reserved_names(layer)
         self.taken |= {s.var for s in walk_stmts(self.forward.body) if isinstance(s, N.For)}
         self.taken |= {s.target for s in walk_stmts(self.forward.body) if isinstance(s, N.Append)}
-        self.shapes: dict[str, Shape] = {i.name: declared_shape(i.shape, i.name) for i in self.forward.inputs}
+        self.shapes: dict[str, Shape] = {
+            i.name: declared_shape(i.shape, i.name, own_group=True) for i in self.forward.inputs
+        }
         self.shapes.update({t.name: declared_shape(t.shape, t.name) for t in layer.tensors})
         self.leaves = [i.name for i in self.forward.inputs] + [t.name for t in layer.tensors]
         self.differentiable = {i.name for i in self.forward.inputs if i.dtype == "float"}

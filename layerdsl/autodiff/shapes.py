@@ -20,9 +20,11 @@ def infer_shapes(tape: Tape, layer: N.Layer) -> dict[str, Shape]:
     """The shape of every input, tensor and tape variable (None when unknown)."""
     if layer.forward is None:
         raise ValueError(f"layer '{layer.name}' has no forward")  # the parser reports it first
-    # an input of alternatives (`x: [B, n] | [n]`) has one of several shapes: none is known
+    # an input of alternatives (`x: [B, n] | [n]`) has one of several shapes: none is known; each input's
+    # `...` is its own group, which another input's may broadcast against (`x + q @ w`)
     shapes: dict[str, Shape] = {
-        i.name: None if i.alternatives else declared_shape(i.shape, i.name) for i in layer.forward.inputs
+        i.name: None if i.alternatives else declared_shape(i.shape, i.name, own_group=True)
+        for i in layer.forward.inputs
     }
     shapes.update({t.name: declared_shape(t.shape, t.name) for t in layer.tensors})
     numbers = int_numbers(tape)

@@ -5,7 +5,11 @@ polynomial normal form (`"in_features"`, `"2 * n"`, `"H - k + 1"`, `"1"`): `n + 
 read `"2 * n"`, so two dims are equal exactly when their polynomials are (what is not a polynomial, like
 `n // 2`, is one opaque factor). Three texts are special:
 
-- `"..."` stands for the leading group of an input declared `[..., n]`: zero or more dims, always first;
+- `"..."` stands for the leading group of an input declared `[..., n]`: zero or more dims, always first.
+  In a derivation's shapes (`declared_shape(..., own_group=True)`) each input's group is its own (a
+  `Group` naming it): `x: [..., d]` and `q: [..., d]` may have different leading dims, which broadcast
+  (`x + q` has the group of both), while what is computed from `x` alone keeps x's group and equals x's
+  shape. Every group equals the plain text `GROUP` (`GROUP in shape` asks whether a shape has one);
 - `"1"` is a dim of size 1, which broadcasts against any other;
 - `"<x>"`, alone in a shape, stands for the whole shape of input `x` declared without one: equal only to
   itself, and broadcast only with numbers.
@@ -29,6 +33,39 @@ Shape = tuple[Dim, ...] | None
 
 GROUP = "..."  # the leading group of dims of an input declared `[..., n]`
 ONE = "1"  # a dim of size 1
+
+
+class Group(str):
+    """The leading group of the inputs `owners` (one input's own, or the broadcast of several): the text
+    `...`, equal to `GROUP` and to the group of the same inputs, not to another input's group."""
+
+    owners: frozenset[str]
+
+    def __new__(cls, owners: Iterable[str]) -> Group:
+        group = super().__new__(cls, GROUP)
+        group.owners = frozenset(owners)
+        return group
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Group):
+            return self.owners == other.owners
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = str.__hash__  # equal to GROUP, so hashed as it is
+
+    def __reduce__(self):
+        return Group, (tuple(sorted(self.owners)),)
+
+
+def _joined(a: Dim, b: Dim) -> Dim | None:
+    """The group two groups broadcast to (their inputs' together); None when one is not a group. The
+    plain `GROUP` (a group of no known input) is taken as equal to any."""
+    if isinstance(a, Group) and isinstance(b, Group):
+        return a if a.owners >= b.owners else b if b.owners >= a.owners else Group(a.owners | b.owners)
+    return None
 
 
 def dim_text(dim: N.Expr | N.EllipsisItem, subst: Mapping[str, Poly] | None = None) -> Dim:
@@ -171,12 +208,18 @@ def dim_difference(a: Dim, b: Dim) -> int | None:
     return as_int(poly_add(text_poly(a), text_poly(b), -1))
 
 
-def declared_shape(shape: N.Shape | None, name: str, subst: Mapping[str, Poly] | None = None) -> tuple[Dim, ...]:
+def declared_shape(
+    shape: N.Shape | None, name: str, subst: Mapping[str, Poly] | None = None, *, own_group: bool = False
+) -> tuple[Dim, ...]:
     """The shape declared for input or tensor `name` (`subst` gives names such as lets a value); an input
-    declared without one, or a member shaped by an `ints` argument, gets an opaque shape."""
+    declared without one, or a member shaped by an `ints` argument, gets an opaque shape. With `own_group`,
+    a `...` is `name`'s own `Group` (a derivation must tell two inputs' leading dims apart to sum each
+    gradient back to its operand); without, the plain `GROUP`, equal to every group (the checker proves a
+    shape by its dims after the group)."""
     if shape is None or shape.spread is not None:
         return (f"<{name}>",)
-    return tuple(dim_text(d, subst) for d in shape.dims)
+    group = Group([name]) if own_group else GROUP
+    return tuple(group if isinstance(d, N.EllipsisItem) else dim_text(d, subst) for d in shape.dims)
 
 
 def opaque(shape: Sequence[Dim]) -> bool:
@@ -209,6 +252,10 @@ def broadcast(shapes: Iterable[Shape]) -> Shape:
         if GROUP in short and len(short) != len(long) or _opaque(short) and short != long:
             return None
         for i in range(1, len(short) + 1):
+            joined = _joined(short[-i], long[-i])
+            if joined is not None:
+                long[-i] = joined
+                continue
             if short[-i] != long[-i] and ONE not in (short[-i], long[-i]):
                 return None
             if long[-i] == ONE:
