@@ -351,6 +351,9 @@ class LoopFunction:
         if not self.save_inputs_only:  # (recomputed, they are all at hand)
             body, reads = self.shapes_kept(body, reads, once, per_step)
         self.step_shapes = self.shapes_per_step(reads, per_step, body)
+        if self.placeholders() - self.shape_only:  # not saved: written again, making them from their shapes
+            self.shape_only |= self.placeholders()
+            body, reads = self.backward(once, per_step)
         extra = self.extra_outputs(once, per_step)
         returned = extra if self.returned is None else self.returned
         saved_leaves = [l for l in self.plan.leaves if l in reads.once]
@@ -428,6 +431,25 @@ class LoopFunction:
             shaped -= reads.by_value.get(k, set()) | moved | listed
             out[k] = {v for v in shaped if not _read_as_value(v, text)}
         return out | function_nest.shapes_per_step(self, reads, per_step, text)
+
+    def placeholders(self) -> set[str]:
+        """The buffers of a loop's values read only for their shape (`shapes_per_step`) and their step 0's:
+        each one element expanded, of which setup_context keeps the shape rather than save it (saved, an
+        element would be kept that autograd does not keep), and backward makes one of no storage
+        (`placeholders_again`). A nest's loops' aside."""
+        loops = [(k, loop) for k, loop in enumerate(self.loops) if loop in self.plan.segments]
+        shaped = [(loop, self.step_shapes.get(k, set())) for k, loop in loops]
+        firsts = {self.first(v) for loop, values in shaped for v in self.widenable(loop, values)}
+        return {self.stacked(v) for _, values in shaped for v in values} | firsts
+
+    def placeholders_again(self) -> list[str]:
+        """Backward's placeholders (`placeholders`), on the meta device (no storage: only their shapes are
+        read); None after a loop of no steps, or a step 0 of the later steps' shape."""
+        made = []
+        for p in sorted(self.placeholders() & self.shape_only):
+            shape = self.names.ctx_shape(p)
+            made.append(f'{p} = None if {shape} is None else torch.empty({shape}, device="meta")')
+        return made
 
     def _tensor_type(self, leaf: str) -> str:
         assert self.layer.forward is not None

@@ -5,10 +5,12 @@ a family, stacked into one tensor (autograd's `stack` hands each its part of the
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from layerdsl.autodiff.copied_layers import HeldArgument
 from layerdsl.autodiff.inline import Family, Inlined
 from layerdsl.codegen.pyexpr import PyExpr
+from layerdsl.language.naming import fresh_name
 
 
 def member_argument(inlined: Inlined, name: str, module: PyExpr, like: str | None = None) -> str:
@@ -60,3 +62,125 @@ def held_argument_value(held: HeldArgument) -> str:
     if guard is None:
         return value
     return f"{guard} and {value}" if held.member else f"{value} if {guard} else None"
+
+
+@dataclass(frozen=True)
+class HeldMembers:
+    """The members of copies (every item of a list of subs, or a family's members over one range) that the
+    module passes stacked, passed also as themselves, in one list (`blocks_members`: each copy's members in
+    turn), for the Function to save rather than the stacks: a stack is a new tensor, which saving would
+    keep alive until backward, where autograd keeps only the parameters, which the module holds anyway.
+    Backward stacks them again (`restacked`): from the parameters themselves, so that double backward
+    reaches them."""
+
+    name: str  # the Function's argument
+    stacked: tuple[str, ...]  # the stacked tensors of the inlined forward, in the order of each copy's members
+    module: str  # the module's expression of the list
+    annotation: str  # the argument's type (an optional member's copies hold None where it is not built)
+
+
+def held_members(inlined: Inlined, tensors: list[str], module: PyExpr, taken: set[str]) -> HeldMembers | None:
+    """The members held of the stacked tensors among `tensors` (the Function's, in order): those of the
+    first list of subs or family range they come from (one list: another's count of copies may differ; a
+    member not built is None in it, where the Function does not read it); None when no tensor is stacked.
+    `taken`: the names the Function uses."""
+    stacked: list[str] = []
+    members: list[str] = []
+    group: tuple[str, str] | None = None  # the loop over the copies, and the list's name
+    for name in tensors:
+        family = inlined.families.get(name)
+        every = re.fullmatch(r"(.+?)\[[A-Za-z_]\w*\]\.(.+)", inlined.paths.get(name, name))
+        if family is not None and family.part != "first":
+            start = "1, " if family.part == "rest" else ""
+            var = "k"  # every family of the group read with one variable
+            loop, hint = f"for {var} in range({start}{module(family.count)})", "family_members"
+            written = family.written.replace("{" + family.var + "}", "{" + var + "}")
+            member = f'getattr(self, f"{written}")'
+        elif family is None and every is not None:
+            items, attribute = every.groups()
+            loop, member = f"for item in self.{items}", f"item.{attribute}"
+            hint = re.sub(r"\W", "_", items) + "_members"
+        else:
+            continue
+        if group is None:
+            group = (loop, hint)
+        if loop == group[0]:
+            stacked.append(name)
+            members.append(member)
+    if group is None:
+        return None
+    loop, hint = group
+    listed = f"[{members[0]} {loop}]" if len(members) == 1 else f"[member {loop} for member in ({', '.join(members)})]"
+    optional = any(inlined.optional(name) for name in stacked)
+    annotation = "list[Tensor | None]" if optional else "list[Tensor]"
+    return HeldMembers(fresh_name(hint, taken), tuple(stacked), listed, annotation)
+
+
+def with_held_members(pieces: dict, held: HeldMembers) -> dict:
+    """The pieces of a loop Function (`function_loops`) taking `held` too: setup_context saves the members
+    in place of each stack it saved (after the other tensors, starred: their count is the copies'), and
+    backward unpacks them and stacks again each that it unpacked (None after no copies: no step reads it)."""
+    out = dict(pieces)
+    out["forward_params"] = [*pieces["forward_params"], f"{held.name}: {held.annotation}"]
+    out["apply_params"] = [*pieces["apply_params"], held.name]
+    out["setup_body"] = [_setup_line(line, pieces["inputs"], held) for line in pieces["setup_body"]]
+    backward: list[str] = []
+    for line in pieces["backward_body"]:
+        backward += _backward_lines(line, held)
+    out["backward_body"] = backward
+    return out
+
+
+def _setup_line(line: str, inputs: str, held: HeldMembers) -> str:
+    """`x, blocks_w = inputs` binding `held` too; `ctx.save_for_backward(x, blocks_w)` saving its members
+    in place of the stack."""
+    indent, text = re.fullmatch(r"(\s*)(.*)", line).groups()  # type: ignore[union-attr]
+    if text.endswith(f" = {inputs}"):
+        names = [n for n in text.removesuffix(f" = {inputs}").split(",") if n.strip()]
+        return f"{indent}{', '.join(n.strip() for n in [*names, held.name])} = {inputs}"
+    saved = re.fullmatch(r"ctx\.save_for_backward\((.*)\)", text)
+    if saved is None:
+        return line
+    tensors = _top_level_split(saved.group(1))
+    kept = [t for t in tensors if t not in held.stacked]
+    if len(kept) == len(tensors):
+        return line
+    return f"{indent}ctx.save_for_backward({', '.join([*kept, '*' + held.name])})"
+
+
+def _backward_lines(line: str, held: HeldMembers) -> list[str]:
+    """`x, blocks_w = ctx.saved_tensors` unpacking `held` in place of the stacks, each stacked again; a
+    `return` of the gradients giving none to `held`."""
+    indent, text = re.fullmatch(r"(\s*)(.*)", line).groups()  # type: ignore[union-attr]
+    if text.startswith("return "):
+        return [f"{line}, None"]
+    if not text.endswith(" = ctx.saved_tensors"):
+        return [line]
+    names = [n.strip() for n in text.removesuffix(" = ctx.saved_tensors").strip("()").split(",") if n.strip()]
+    restacked = [n for n in names if n in held.stacked]
+    if not restacked:
+        return [line]
+    kept = [n for n in names if n not in held.stacked]
+    unpacked = (
+        f"{', '.join([*kept, '*' + held.name])} = ctx.saved_tensors" if kept else f"{held.name} = ctx.saved_tensors"
+    )
+    lines = [unpacked, "# each copy's members were saved as themselves (not their stack, a new tensor): stacked again"]
+    step = len(held.stacked)
+    for name in restacked:
+        k = held.stacked.index(name)
+        part = held.name if step == 1 else f"{held.name}[{k}::{step}]"
+        lines.append(f"{name} = torch.stack({part}) if {held.name} else None")
+    return [indent + l for l in lines]
+
+
+def _top_level_split(text: str) -> list[str]:
+    """`a, f(b, c), d` split at its commas outside brackets."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        depth += c in "([{"
+        depth -= c in ")]}"
+        if c == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    return [p for p in parts if p]

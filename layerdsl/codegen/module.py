@@ -8,7 +8,7 @@ the file is laid out. Expressions are rendered by `pyexpr`, optional members are
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -23,7 +23,7 @@ from layerdsl.codegen.buffer_reads import cloned_buffer_reads, cloned_buffers, c
 from layerdsl.codegen.function_arity import arities, returned_by_arity
 from layerdsl.codegen.function_buffers import unpacked_call
 from layerdsl.codegen.function_checks import plan_checks, read_vars
-from layerdsl.codegen.function_members import held_argument_value, member_argument
+from layerdsl.codegen.function_members import HeldMembers, held_argument_value, held_members, member_argument
 from layerdsl.codegen.function_sub_calls import SUB_CALL, composed_forward
 from layerdsl.codegen.optional_members import IsPresent, hoist_optionals
 from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling, float_like
@@ -646,10 +646,22 @@ class LayerEmitter:
                 arg = f"{arg}.clone() if self.training else {arg}" if t.name in in_training else f"{arg}.clone()"
             args.append(arg)
         held = inlined.arguments if inlined else {}  # a held layer argument's arguments: read from the sub
-        return args + [
+        args += [
             held_argument_value(held[a]) if a in held else f"self.{a}" if a != "training" else "self.training"
             for a in self.function_kwargs()
         ]
+        members = self.held_members()  # the copies' members as themselves too: saved, not their stacks
+        return args if members is None else [*args, members.module]
+
+    def held_members(self, taken: Collection[str] = ()) -> HeldMembers | None:
+        """The copies' members that the Function of a forward with loops takes as themselves besides stacked
+        (`function_members.HeldMembers`), named around `taken`; None where it takes none."""
+        from layerdsl.codegen.function_loops import loop_sides  # it builds on this module's emitters
+
+        if self.inlined is None or self.plan is None or loop_sides(self.plan) is None:
+            return None
+        module = PyExpr(self.construction_spelling(on_self=True))
+        return held_members(self.inlined, [t.name for t in self.layer.tensors], module, set(taken))
 
     def tuple_unpacking(self) -> list[str]:
         """`hx_0, hx_1 = hx`: a tuple input's tensors, each an argument of `Function.apply`."""
