@@ -324,3 +324,33 @@ def test_check_of_subs_inlined_past_the_limit_is_answered_in_bounded_time_and_me
         pytest.fail("layerdsl check ran past 10 s")
     assert run.returncode == 1, run.stderr[-2000:]
     assert "a derived backward goes through at most 600 operations" in run.stderr
+
+
+# Slices bounded by an int local (round 17 made `h = d // 2; x[..., :h]` a static size): a negative one
+# (`n = -2`, `x[..., n:]`) or one measured (`n = size_at(x, -1) // 2`) still gives the parts no static shape,
+# so `a @ b + c @ e` sums each product's gradient back to its shape (`grad.sum_to_size(mm.shape)`) and
+# the Function returns and saves both products whole for their shapes: 3x what autograd keeps here.
+SLICED_BY_LOCAL = """\
+@function
+layer SlicedByLocal(d: int) {
+    param w: [d, d]
+    example(d = 4)
+    forward(x: [B, d]) -> [B, d] {
+        n = BOUND
+        return x[:, n:] @ w[n:, :] + x[:, :n] @ w[:n, :]
+    }
+}
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="autodiff/shapes.py: a slice bounded by a negative int local or one computed from size_at has no"
+    " static size, so the sum of two products keeps `sum_to_size(mm.shape)` and saves the products",
+)
+@pytest.mark.parametrize("bound", ["-2", "size_at(x, -1) // 2"])
+def test_a_slice_by_a_negative_or_measured_int_local_keeps_no_more_than_autograd(bound):
+    ours, plain = _pair(SLICED_BY_LOCAL.replace("BOUND", bound), "SlicedByLocal", 64)
+    x = torch.randn(32, 64, dtype=torch.float64, requires_grad=True)
+    _agree(ours, plain, x)
+    assert saved_bytes(lambda: ours(x), ours) <= saved_bytes(lambda: plain(x), plain)
