@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from layerdsl.diagnostics import SpecError
 from tests.support import compile_spec, saved_bytes
 
 
@@ -69,6 +70,22 @@ def test_an_index_statement_in_a_loop_body_derives(steps):
     x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
     _agree(ours, plain, x)
     assert torch.autograd.gradgradcheck(ours, (x,))
+
+
+# The loop's variable in a subscript of such an index statement (`x[t, b, i]`) is an index of the statement
+# (a bare name in a subscript always is): the error said "sum over it: sum[t](...)", which is not what the
+# user meant. The hint now says to take the step first. semantics/index_notation.py.
+def test_a_loop_variable_in_an_index_statements_subscript_is_explained():
+    text = INDEXED_STEPS.replace("STEPS", "T").replace("            xt = x[t]\n", "").replace("xt[b, i]", "x[t, b, i]")
+    with pytest.raises(SpecError) as caught:
+        compile_spec(text, "loop_variable_index")
+    (error,) = [d.render() for d in caught.value.diagnostics]
+    line = text.splitlines().index("            a[b, i] = sum[k](h[b, k] * w[k, i] * x[t, b, i])") + 1
+    assert error.startswith(f"loop_variable_index.layer:{line}:52: error: index 't' is neither on the left side")
+    assert (
+        "hint: 't' is the loop's variable, but a bare name in a subscript of an index statement is an index:" in error
+    )
+    assert "take the step first (`x_t = x[t]`) and index that" in error
 
 
 # `norm(x, 1)` of an x with zeros: the formula `x * |x| ** (p - 2)` is `0 * inf` = nan at x = 0 for p < 2,
