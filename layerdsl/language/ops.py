@@ -231,7 +231,12 @@ TABLE: tuple[Op, ...] = (
         "torch.pow",
         "elementwise",
         "a ** b: elementwise power",
-        {"input": "grad * exponent * input ** (exponent - 1)", "exponent": "grad * result * log(input)"},
+        {
+            "input": "grad * exponent * input ** (exponent - 1)",
+            # 0 where the power is 0 (a zero base, a positive exponent: torch's 0, not `0 * log(0)` = nan);
+            # the base may be a number, so the test reads the result
+            "exponent": "where(result == 0, 0, grad * result * log(input))",
+        },
         operator="**",
         inplace="pow_",
     ),
@@ -409,7 +414,8 @@ TABLE: tuple[Op, ...] = (
         "reduce",
         "vector p-norm over dim",
         {
-            "input": "expand_reduced(where(result == 0, 0, grad / result ** (p - 1)), input, dim, keepdim) * input * abs(input) ** (p - 2)"
+            # sign(x) |x|^(p-1), not x |x|^(p-2): that is 0 * inf = nan at x = 0 for p < 2 (p = 1: torch's 0)
+            "input": "expand_reduced(where(result == 0, 0, grad / result ** (p - 1)), input, dim, keepdim) * sign(input) * abs(input) ** (p - 1)"
         },
         cost="costly",
         kwarg_spelling={"p": "ord"},

@@ -1098,7 +1098,7 @@ class LayerChecker:
         return False
 
     def check_stmt(self, stmt: N.Stmt, scope: Scope, in_forward: bool) -> bool:
-        if not isinstance(stmt, (N.If, N.IndexAssign)) and self.check_no_reductions(stmt):
+        if not isinstance(stmt, (N.If, N.For, N.IndexAssign)) and self.check_no_reductions(stmt):
             if isinstance(stmt, N.Assign):  # reported: bind the name, skip the rest
                 if stmt.target not in scope:
                     scope.bind_local(stmt.target, stmt, stmt.target_span)
@@ -1190,6 +1190,7 @@ class LayerChecker:
                     )
                 return True
             case N.For():
+                self.check_no_reductions(stmt.iter)  # its body's statements are checked one by one
                 self.check_for(stmt, scope, in_forward)
             case N.Append():
                 self.check_append(stmt, scope, in_forward)

@@ -139,11 +139,14 @@ def _check_bound(chk, e, lhs: set[str], reduced: list[str], used: set[str]) -> N
                 if i.id in lhs or i.id in reduced:
                     used.add(i.id)
                 else:
-                    chk.r.error(
-                        i.span,
-                        f"index '{i.id}' is neither on the left side nor reduced",
-                        f"sum over it: sum[{i.id}](...), or put it on the left side",
-                    )
+                    hint = f"sum over it: sum[{i.id}](...), or put it on the left side"
+                    if i.id in chk.loop_vars:  # `x[t, b, i]` in `for t in ...`: a subscript's bare name is an index
+                        hint = (
+                            f"'{i.id}' is the loop's variable, but a bare name in a subscript of an index statement"
+                            f" is an index: take the step first (`{e.name.id}_{i.id} = {e.name.id}[{i.id}]`) and"
+                            " index that"
+                        )
+                    chk.r.error(i.span, f"index '{i.id}' is neither on the left side nor reduced", hint)
                     used.add(i.id)
         case N.Reduce(indices=idx, body=body):
             inner_used: set[str] = set()
