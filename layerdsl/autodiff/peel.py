@@ -204,3 +204,35 @@ def _refuse(e: N.FamilyName) -> None:
 
 def _names(e: N.Expr) -> set[str]:
     return {n.id for n in walk(e) if isinstance(n, N.Name)}
+
+
+def rest_under_first(body: list[N.Stmt]) -> list[N.Stmt]:
+    """`body` with each loop over the rest of a family moved into the `if n > 0` of its first step before it
+    (`_split_loop`): `if n > 0 { first step; for k in range(n - 1) { ... } }`, which runs as the two did
+    (the loop over the rest runs no step where `n > 0` fails). A forward whose `if`s are segments of their
+    own branches on `n > 0` then with the loops on one side only, not a copy of the loop over the rest on each."""
+    out: list[N.Stmt] = []
+    for stmt in body:
+        if isinstance(stmt, N.For):
+            stmt = dataclasses.replace(stmt, body=rest_under_first(stmt.body))
+        elif isinstance(stmt, N.If):
+            stmt = dataclasses.replace(stmt, body=rest_under_first(stmt.body), orelse=rest_under_first(stmt.orelse))
+        first = out[-1] if out else None
+        if isinstance(first, N.If) and not first.orelse and _rest_of(first.cond, stmt):
+            out[-1] = dataclasses.replace(first, body=[*first.body, stmt])
+        else:
+            out.append(stmt)
+    return out
+
+
+def _rest_of(cond: N.Expr, stmt: N.Stmt) -> bool:
+    """Whether `stmt` is `for k in range(n - 1)` of `cond` `n > 0`."""
+    if not (isinstance(cond, N.Compare) and cond.ops == [">"] and spec_text(cond.operands[1]) == "0"):
+        return False
+    it = stmt.iter if isinstance(stmt, N.For) else None
+    return (
+        isinstance(it, N.Call)
+        and it.func == "range"
+        and len(it.args) == 1
+        and spec_text(it.args[0]) == spec_text(B.binop("-", clone(cond.operands[0]), B.num(1)))
+    )

@@ -27,6 +27,8 @@ from layerdsl.autodiff.loop_members import members_to_choose, read_outside_ifs
 from layerdsl.autodiff.loops import (
     CHOICE_HINT,
     MAX_BRANCH_PLANS,
+    UNBOUND,
+    Choice,
     LoopPlan,
     choice_alone,
     has_loop,
@@ -37,6 +39,7 @@ from layerdsl.autodiff.loops import (
     unswitched,
     walk_stmts,
 )
+from layerdsl.autodiff.member_locals import members_as_locals
 from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.nested_ifs import (
     MAX_SIZE_SIDES,
@@ -46,6 +49,7 @@ from layerdsl.autodiff.nested_ifs import (
     sizes_by_side,
     unfollowed_size,
 )
+from layerdsl.autodiff.peel import rest_under_first
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
 from layerdsl.autodiff.sub_calls import CallPlan, composed_plan, functions_to_add, save_inputs_refused
@@ -165,7 +169,9 @@ def plan_inlined(inlined: Inlined) -> Plan:
 def _fewest_ways(layer: N.Layer) -> Plan:
     """`plan_backward(layer)`; where a forward with loops is refused (its ways hold more loops holding loops
     than MAX_NEST_COPIES, or are more than MAX_BRANCH_PLANS), the plan whose forward keeps the `if`s around
-    no loop as `if`s of their own (`loops.Choice`), branching only on those around one: the first refusal
+    no loop as `if`s of their own (`loops.Choice`), branching only on those around one (an optional member
+    added to a value read through a local such an `if` binds, `member_locals`; the loop over a family's
+    members from 1 on inside the `if n > 0` of its first step, `peel.rest_under_first`): the first refusal
     stands where that is refused too."""
     try:
         plan = plan_backward(layer)
@@ -180,9 +186,34 @@ def _fewest_ways(layer: N.Layer) -> Plan:
         try:
             plan = plan_backward(layer, choices=True)
             _check_nest_copies(plan)
+            _check_carried_bound(plan)
         except NotDerivable:
             raise exc from None
     return plan
+
+
+def _check_carried_bound(plan: Plan) -> None:
+    """NotDerivable where a loop holding a loop carries a local that an `if` of its own before it binds on one
+    side only (LSTM's `h0, c0 = hx` under `if hx != none`): None where the other side ran, which the Function
+    would stack over the outer steps and give a gradient (not derived yet)."""
+    for side in _loop_sides(plan):
+        unbound = {UNBOUND}  # and the merged locals taking it, in order
+        for seg in side.segments:
+            if isinstance(seg, Choice):
+                unbound |= {m for m, values in seg.merged.items() if unbound & set(values)}
+            if isinstance(seg, Nest) and (carried := sorted(set(seg.carried.values()) & unbound)):
+                raise NotDerivable(
+                    seg.span,
+                    f"cannot derive through this loop holding a loop yet: it carries '{carried[0]}', which an `if`"
+                    " before it binds on one side only",
+                    "bind it on both sides, or drop @function (autograd derives it)",
+                )
+
+
+def _loop_sides(plan: Plan) -> list[LoopPlan]:
+    if isinstance(plan, BranchPlan):
+        return _loop_sides(plan.then) + _loop_sides(plan.orelse)
+    return [plan] if isinstance(plan, LoopPlan) else []
 
 
 # The ways through a forward's `if`s on arguments that may each hold a loop holding a loop: each way is a
@@ -275,6 +306,8 @@ def plan_backward(
     layer = without_callable_sides(with_tuples_split(layer))
     measured = measured_names(layer) if measured is None else measured
     layer = prepared_forward(layer, measured)
+    if choices and layer.forward is not None:  # `if n > 0 { first step }` holding the loop over the rest (`peel`)
+        layer = layer.with_body(rest_under_first(layer.forward.body))
     layer = unswitched(layer, choices)  # an `if` on arguments in a loop's body: around two copies of the loop
     assert layer.forward is not None
     if choices:  # a size of a local an `if` of its own binds, as the sizes of the inputs on each side
@@ -379,8 +412,11 @@ def _loop_plan(layer: N.Layer, optional: set[str], given: frozenset[str], choice
             "leave the backward block out: the derived backward runs the loop's body backwards",
         )
     layer, optional = members_to_choose(layer, optional, member_choice)  # a side each: how many (`loop_members`)
+    if choices:  # `h @ w + b` of `param b: [d] if bias`: through a local an `if` binds (`member_locals`)
+        layer = members_as_locals(layer, optional, on_arguments)
     assert layer.forward is not None
-    if (choice := member_choice(layer, optional)) is not None:  # `param b: [d] if bias`: a side each
+    chosen = optional & read_outside_ifs(layer.forward.body) if choices else optional  # others: in a `Choice`
+    if (choice := member_choice(layer, chosen)) is not None:  # `param b: [d] if bias`: a side each
         cond, built, absent = choice
         return BranchPlan(cond, _straight_plan(built, given, choices), _straight_plan(absent, given, choices))
     body = layer.forward.body
@@ -697,6 +733,10 @@ def _branch_plan(
             raise
         except NotDerivable as exc:  # the statements both sides share are reported once (`refusal`)
             problems.append(exc)
+    if choices and not problems and len(sides) == 2 and any(map(_keeps_a_loop, sides)):
+        sides = [
+            _as_loop_plan(layer, way, given | _proven_given(cond, way.holds), p) for p, way in zip(sides, possible)
+        ]
     if not problems and len(sides) == 2 and any(map(_keeps_a_loop, sides)) and not all(map(_all_loops, sides)):
         problems.append(
             NotDerivable(
@@ -762,6 +802,26 @@ def _self_comparison(cond: N.Expr) -> bool | None:
     if left.kind not in (N.Kind.INT, N.Kind.BOOL, N.Kind.STR) or B.key(left) != B.key(right):
         return None
     return SELF_COMPARISONS[cond.ops[0]]
+
+
+def _as_loop_plan(layer: N.Layer, way: _Side, given: frozenset[str], planned: Plan) -> Plan:
+    """`planned`, the plan of one side (`way`) of an `if` whose other side keeps a loop; where this side keeps
+    none (`if n > 0 { first step; loop over the rest }` of `peel.rest_under_first`, `n > 0` failing), the
+    plan of its statements as a loop Function's, its `if`s each a segment of its own (`loops.Choice`), so
+    that the Function branches between two loop Functions. `given`: the optional inputs the `if` proves given."""
+    assert layer.forward is not None
+    if _all_loops(planned) or any(isinstance(s, N.For) for s in walk_stmts(way.body)):
+        return planned
+    layer = layer.with_body(way.body)
+    optional = {t.name for t in layer.tensors if t.cond is not None} - given
+    optional |= _optional_inputs(layer) - given
+    if optional & read_outside_ifs(way.body) or unfollowed_size(way.body) is not None:
+        return planned  # refused as a side keeping no loop
+    inputs, members = _optional_inputs(layer) & optional, optional - _optional_inputs(layer)
+    try:
+        return plan_loops(layer, optional, incoming_names, _choice_condition(layer, inputs, members))
+    except NotDerivable:
+        return planned
 
 
 def _optional_inputs(layer: N.Layer) -> frozenset[str]:

@@ -126,7 +126,10 @@ def emit_branching_loop_function(emitter, plan: BranchPlan) -> dict:
     n_out = {p["n_outputs"] for p in pieces}
     assert len(n_out) == 1, "the checker gives every side of a layer's forward the same outputs"
     for key in ("forward_params", "backward_params", "apply_params"):
-        assert all(p[key] == fn[key] for p in pieces), f"the sides of a branching Function differ in {key}"
+        same = [[q.removesuffix(" | None") for q in p[key]] for p in pieces]  # a side testing an input: `| None`
+        assert all(p == same[0] for p in same), f"the sides of a branching Function differ in {key}"
+    maybe_none = {q for p in pieces for q in p["forward_params"] if q.endswith(" | None")}
+    fn["forward_params"] = [f"{q} | None" if f"{q} | None" in maybe_none else q for q in fn["forward_params"]]
     head = functions[0]
     forward_cond = head.helper.branch_condition("forward")
     on_ctx = head.helper.branch_condition("backward")
