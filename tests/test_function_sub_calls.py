@@ -29,6 +29,8 @@ from .support import TORCH_NN_SPECS, compile_spec, saved_bytes
 
 FLAGS = ["a", "b", "c", "e", "f", "g"]  # six `if`s on arguments: 64 ways through a loop's body, refused inlined
 
+# Pair's stacks alone would inline (their copies' flags are fixed but `a`); Scale reads the size D of its
+# input, which inlining refuses (`autodiff/inline.py`), so Pair composes its subs' Functions.
 SMALL = (
     """
 @function
@@ -78,13 +80,23 @@ layer Stack(block: Block, n: int, norm: Norm? = none) {
 }
 
 @function
+layer Scale() {
+    example(D = 3)
+    forward(x: [..., D]) -> [..., D] {
+        return x / D
+    }
+}
+
+@function
 layer Pair(d: int, n: int, a: bool = true) {
     sub first = Stack(Block(d, a = a), n, Norm(d))
     sub second = Stack(Block(d, b = false), n)
+    sub scale = Scale()
     example(d = 3, n = 2)
     forward(x: [..., d], y: [..., d]) -> [..., d] {
         m = first(x)
-        return second(y, m)
+        h = second(y, m)
+        return scale(h)
     }
 }
 """
@@ -111,6 +123,7 @@ def test_a_stack_of_copies_and_a_layer_of_stacks_compose_their_subs_functions():
     assert [(c.sub, c.inputs, c.composed is not None) for c in pair.calls] == [
         ("first", ("x", None), True),
         ("second", ("y", "m"), True),
+        ("scale", ("h",), False),
     ]
     assert not isinstance(plans["Block"], CallPlan), "a layer that derives inlined keeps its own plan"
 

@@ -199,11 +199,6 @@ layer Outer(d: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/inline.py: a given optional input is substituted into the sub's `if m != none`, which then"
-    " reads a tensor (not decided as taken)",
-)
 def test_a_sub_called_with_its_optional_input_given_inlines():
     ours, plain = _pair(GATED_SUB, "Outer", 3)
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)

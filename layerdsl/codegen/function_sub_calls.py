@@ -77,8 +77,11 @@ SUB_CALL = [
     "    def backward(self, saved: tuple, grad_out, grads_of_outputs: tuple) -> tuple:",
     '        """The gradients of the call\'s inputs, given its saved tensors, that of the value it assigned',
     '        (`grad_out`) and those of its outputs."""',
+    "        given = (_added(grad_out, grads_of_outputs[0]), *grads_of_outputs[1:])",
+    "        if all(g is None for g in given):  # zero: so are its inputs' gradients",
+    "            return (None,) * len(self.needs_input_grad)",
     "        self.saved_tensors = saved",
-    "        grads = self.function.backward(self, _added(grad_out, grads_of_outputs[0]), *grads_of_outputs[1:])",
+    "        grads = self.function.backward(self, *given)",
     "        del self.saved_tensors",
     "        return grads if isinstance(grads, tuple) else (grads,)",
     "",
@@ -142,7 +145,7 @@ def emit_composed_function(emitter, plan: CallPlan) -> dict:
             else:
                 n = f"{read}{count}" if count is not None else str(size)
             end = end_of[id(call)]
-            lines.append(f"{end} = {n}" if start == "0" else f"{end} = {start} + {n}")
+            lines.append(f"{end} = {n if start == '0' else start if n == '0' else f'{start} + {n}'}")
             start = end
         return lines
 
@@ -353,24 +356,25 @@ def module_call(
     for call in plan.calls:
         held = f"{instance}.{call.sub}"
         gathered = gathered_of[call.sub]
-        parts.append(f"*{gathered}")
+        takes = call.composed is not None or member_count(emitter, call) > 0  # else its values only
+        parts += [f"*{gathered}"] if takes else []
         if call.sub in done:
             continue
         done.add(call.sub)
         if call.copies:
             args = sub_apply_args(emitter, call, "layer")
-            lines.append(f"{gathered} = [a for layer in {held} for a in ({', '.join(args)},)]")
+            lines += [f"{gathered} = [a for layer in {held} for a in ({', '.join(args)},)]"] if takes else []
             counts[(call.sub, False)] = f"len({held})"
         elif call.optional:
             args = sub_apply_args(emitter, call, held)
-            lines.append(f"{gathered} = ({', '.join(args)},) if {held} is not None else ()")
+            lines += [f"{gathered} = ({', '.join(args)},) if {held} is not None else ()"] if takes else []
             counts[(call.sub, True)] = f"{held} is not None"
         elif call.composed is not None:
             inner_lines, inner = module_call(emitter, call.composed, held, f"{gathered}_", taken)
             lines += inner_lines
             lines.append(f"{gathered} = [{', '.join(inner)}]")
             counts[(call.sub, False)] = f"len({gathered})"
-        else:
+        elif takes:
             args = sub_apply_args(emitter, call, held)
             lines.append(f"{gathered} = ({', '.join(args)},)")
     return lines, [*counts.values(), *parts]
