@@ -159,11 +159,6 @@ def test_a_random_pool_in_a_loop_draws_at_every_step(steps):
 # checks only the values it has before apply (the first copy's input), so the norm's input, computed inside
 # it, fails in torch's layer_norm with no layer and no spec line: even with no copies (n = 0), where the
 # norm's input is the layer's own.
-@pytest.mark.xfail(
-    strict=True,
-    reason="codegen/function_sub_calls.py: a call on a value the composed Function computes (the norm after the"
-    " loop) is not checked as the called layer's module checks it; torch's layer_norm error instead",
-)
 @pytest.mark.parametrize("n", [0, 2])
 def test_a_composed_function_checks_the_input_of_a_call_after_the_loop(n):
     ours = compile_spec(SMALL, "small_f")
