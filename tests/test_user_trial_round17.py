@@ -239,16 +239,21 @@ PAIR_OF_STACKS = SMALL[: SMALL.index("@function\nlayer Pair")] + """\
 layer Pair(d: int, n: int) {
     sub first_norm = Stack(Block(d, b = false), n)
     sub first = Stack(Block(d), n, Norm(d))
+    sub scale = Scale()
     example(d = 3, n = 2)
     forward(x: [..., d], y: [..., d]) -> [..., d] {
         m = first_norm(x)
-        return first(y, m)
+        h = first(y, m)
+        return scale(h)
     }
 }
 """
 
 
 def test_a_sub_named_like_a_composed_subs_part_keeps_its_arguments():
+    spec = parse_file("pair_of_stacks.layer", PAIR_OF_STACKS)
+    check_program([spec])
+    assert isinstance(plan_backwards([spec])[0]["Pair"], CallPlan)  # Scale is not inlined: Pair composes
     ours, plain = _pair(PAIR_OF_STACKS, "Pair", 3, 2)
     x, y = (torch.randn(2, 3, dtype=torch.float64, requires_grad=True) for _ in range(2))
     torch.testing.assert_close(ours(x, y), plain(x, y))
