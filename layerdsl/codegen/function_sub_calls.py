@@ -7,7 +7,7 @@ module passes to its Function's `apply`, read from the sub (a copy's from that c
 call's Function's forward and returns the layer's output, then every call's outputs (so double backward
 sees what each call saves). `setup_context` walks the calls again on those outputs, each through
 `_SubCall` (the context the sub's setup_context writes and its backward reads; a call's outputs are as
-many as its backward takes gradients, a composed call counts its own), and saves what each call saves:
+many as its Function's `n_outputs` says, a composed call counts its own), and saves what each call saves:
 forward takes no ctx, so `torch.func` transforms run it (`generate_vmap_rule`). Backward runs the calls
 backwards, last first: each takes the gradient of the value it assigned, plus those of its outputs, and
 adds its input gradients to the values it was called on; its arguments' gradients are those of
@@ -58,12 +58,12 @@ SUB_CALL = [
     "",
     "    def setup_context(self, args: tuple, outputs: tuple) -> tuple:",
     '        """What the call\'s setup_context keeps, given its arguments and the outputs from its own on; its',
-    "        outputs. A Function that runs its subs' Functions counts its own; another takes one gradient",
-    '        per output."""',
+    "        outputs. A Function that runs its subs' Functions counts its own; another says how many it",
+    '        returns (`n_outputs`)."""',
     '        if getattr(self.function, "composes", False):',
     "            self.function.setup_context(self, args, outputs)",
     "        else:",
-    "            self.n_outputs = self.function.backward.__code__.co_argcount - 1",
+    "            self.n_outputs = self.function.n_outputs",
     "            own = outputs[: self.n_outputs]",
     "            self.function.setup_context(self, args, own if self.n_outputs > 1 else own[0])",
     "        return outputs[: self.n_outputs]",
