@@ -422,3 +422,13 @@ def test_save_inputs_on_a_composed_stack_is_a_located_error():
     assert error.startswith(f"saved.layer:{line}:11: error: save = \"inputs\" is not taken by 'Stack'")
     assert 'hint: drop `save = "inputs"` here; Block or Norm may take it' in error
     assert "Stack" not in plans
+
+
+# A called Function's number of outputs is written with it (`n_outputs`), not read at run time from its
+# backward's code: as many as its backward takes gradients, a Function of several outputs and of one alike.
+def test_each_called_function_says_how_many_outputs_it_returns():
+    ns = small(True)
+    for name in ["BlockFunction", "NormFunction", "ScaleFunction"]:
+        function = ns[name]
+        assert function.n_outputs == function.backward.__code__.co_argcount - 1
+    assert "co_argcount" not in ns["SOURCE"]
