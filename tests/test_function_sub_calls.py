@@ -29,6 +29,8 @@ from .support import TORCH_NN_SPECS, compile_spec, saved_bytes
 
 FLAGS = ["a", "b", "c", "e", "f", "g"]  # six `if`s on arguments: 64 ways through a loop's body, refused inlined
 
+# Pair's stacks alone would inline (their copies' flags are fixed but `a`); Scale reads the size D of its
+# input, which inlining refuses (`autodiff/inline.py`), so Pair composes its subs' Functions.
 SMALL = (
     """
 @function
@@ -78,13 +80,23 @@ layer Stack(block: Block, n: int, norm: Norm? = none) {
 }
 
 @function
+layer Scale() {
+    example(D = 3)
+    forward(x: [..., D]) -> [..., D] {
+        return x / D
+    }
+}
+
+@function
 layer Pair(d: int, n: int, a: bool = true) {
     sub first = Stack(Block(d, a = a), n, Norm(d))
     sub second = Stack(Block(d, b = false), n)
+    sub scale = Scale()
     example(d = 3, n = 2)
     forward(x: [..., d], y: [..., d]) -> [..., d] {
         m = first(x)
-        return second(y, m)
+        h = second(y, m)
+        return scale(h)
     }
 }
 """
@@ -111,6 +123,7 @@ def test_a_stack_of_copies_and_a_layer_of_stacks_compose_their_subs_functions():
     assert [(c.sub, c.inputs, c.composed is not None) for c in pair.calls] == [
         ("first", ("x", None), True),
         ("second", ("y", "m"), True),
+        ("scale", ("h",), False),
     ]
     assert not isinstance(plans["Block"], CallPlan), "a layer that derives inlined keeps its own plan"
 
@@ -409,3 +422,13 @@ def test_save_inputs_on_a_composed_stack_is_a_located_error():
     assert error.startswith(f"saved.layer:{line}:11: error: save = \"inputs\" is not taken by 'Stack'")
     assert 'hint: drop `save = "inputs"` here; Block or Norm may take it' in error
     assert "Stack" not in plans
+
+
+# A called Function's number of outputs is written with it (`n_outputs`), not read at run time from its
+# backward's code: as many as its backward takes gradients, a Function of several outputs and of one alike.
+def test_each_called_function_says_how_many_outputs_it_returns():
+    ns = small(True)
+    for name in ["BlockFunction", "NormFunction", "ScaleFunction"]:
+        function = ns[name]
+        assert function.n_outputs == function.backward.__code__.co_argcount - 1
+    assert "co_argcount" not in ns["SOURCE"]

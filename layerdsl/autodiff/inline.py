@@ -548,6 +548,8 @@ class _Inliner:
         names = [self.fresh(inst.prefix if n_out == 1 else f"{inst.prefix}_{k}") for k in range(n_out)]
 
         def renamed(e: N.Node) -> N.Node:
+            if (given := _given_test(e, inputs, self.layer)) is not None:  # `m != none` of a tensor passed in m
+                return given
             if isinstance(e, N.Name):
                 if e.ref in (N.Ref.ARG, N.Ref.LET) and e.id in inst.values:
                     return clone(inst.values[e.id])
@@ -792,6 +794,28 @@ def _decided(body: list[N.Stmt]) -> list[N.Stmt]:
         out.append(stmt)
         if isinstance(stmt, N.Return):
             break  # what follows is never reached
+    return out
+
+
+def _given_test(e: N.Node, inputs: dict[str, N.Expr], layer: N.Layer) -> N.Bool | None:
+    """`m != none` (`m == none`) of a sub's optional input as a bool where the call passes a value that is
+    never none (a tensor computed here, or an input of this layer that is not optional)."""
+    if not (isinstance(e, N.Compare) and len(e.ops) == 1 and e.ops[0] in ("!=", "==")):
+        return None
+    left, right = e.operands
+    if isinstance(left, N.NoneLit):
+        left, right = right, left
+    if not (isinstance(left, N.Name) and left.ref == N.Ref.INPUT and isinstance(right, N.NoneLit)):
+        return None
+    value = inputs.get(left.id)
+    if value is None or value.kind != N.Kind.TENSOR:
+        return None
+    if isinstance(value, N.Name) and value.ref != N.Ref.LOCAL:
+        assert layer.forward is not None
+        if value.ref != N.Ref.INPUT or any(i.name == value.id and i.optional for i in layer.forward.inputs):
+            return None  # this layer's optional input (or a member): decided where it is tested
+    out = N.Bool(e.span, e.ops[0] == "!=")
+    out.kind = N.Kind.BOOL
     return out
 
 

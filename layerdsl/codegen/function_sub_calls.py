@@ -7,13 +7,14 @@ module passes to its Function's `apply`, read from the sub (a copy's from that c
 call's Function's forward and returns the layer's output, then every call's outputs (so double backward
 sees what each call saves). `setup_context` walks the calls again on those outputs, each through
 `_SubCall` (the context the sub's setup_context writes and its backward reads; a call's outputs are as
-many as its backward takes gradients, a composed call counts its own), and saves what each call saves:
+many as its Function's `n_outputs` says, a composed call counts its own), and saves what each call saves:
 forward takes no ctx, so `torch.func` transforms run it (`generate_vmap_rule`). Backward runs the calls
 backwards, last first: each takes the gradient of the value it assigned, plus those of its outputs, and
 adds its input gradients to the values it was called on; its arguments' gradients are those of
 `members`. The module checks before `apply` what each sub's module would on the values it is called on,
 where it has them (`sub_checks`): its inputs, its `require`s and its inlined subs', each check once
-(`without_repeated_checks`).
+(`without_repeated_checks`); a call on a value the Function computes (a norm after a loop) is checked so in
+the Function's forward, right before it, on the members the call is given (`call_checks`).
 
 `SUB_CALL` is the helper the Function runs each call through, written once in a file that needs it.
 """
@@ -57,12 +58,12 @@ SUB_CALL = [
     "",
     "    def setup_context(self, args: tuple, outputs: tuple) -> tuple:",
     '        """What the call\'s setup_context keeps, given its arguments and the outputs from its own on; its',
-    "        outputs. A Function that runs its subs' Functions counts its own; another takes one gradient",
-    '        per output."""',
+    "        outputs. A Function that runs its subs' Functions counts its own; another says how many it",
+    '        returns (`n_outputs`)."""',
     '        if getattr(self.function, "composes", False):',
     "            self.function.setup_context(self, args, outputs)",
     "        else:",
-    "            self.n_outputs = self.function.backward.__code__.co_argcount - 1",
+    "            self.n_outputs = self.function.n_outputs",
     "            own = outputs[: self.n_outputs]",
     "            self.function.setup_context(self, args, own if self.n_outputs > 1 else own[0])",
     "        return outputs[: self.n_outputs]",
@@ -77,8 +78,11 @@ SUB_CALL = [
     "    def backward(self, saved: tuple, grad_out, grads_of_outputs: tuple) -> tuple:",
     '        """The gradients of the call\'s inputs, given its saved tensors, that of the value it assigned',
     '        (`grad_out`) and those of its outputs."""',
+    "        given = (_added(grad_out, grads_of_outputs[0]), *grads_of_outputs[1:])",
+    "        if all(g is None for g in given):  # zero: so are its inputs' gradients",
+    "            return (None,) * len(self.needs_input_grad)",
     "        self.saved_tensors = saved",
-    "        grads = self.function.backward(self, _added(grad_out, grads_of_outputs[0]), *grads_of_outputs[1:])",
+    "        grads = self.function.backward(self, *given)",
     "        del self.saved_tensors",
     "        return grads if isinstance(grads, tuple) else (grads,)",
     "",
@@ -142,7 +146,7 @@ def emit_composed_function(emitter, plan: CallPlan) -> dict:
             else:
                 n = f"{read}{count}" if count is not None else str(size)
             end = end_of[id(call)]
-            lines.append(f"{end} = {n}" if start == "0" else f"{end} = {start} + {n}")
+            lines.append(f"{end} = {n if start == '0' else start if n == '0' else f'{start} + {n}'}")
             start = end
         return lines
 
@@ -178,16 +182,26 @@ def emit_composed_function(emitter, plan: CallPlan) -> dict:
         f"{calls} = []",
         f"{outputs} = {t['results']}[1:]  # each call's, in order",
     ]
+    known = set(plan.inputs)  # the values the module has before apply, whose calls it checks (`sub_checks`)
     for step in plan.steps:
         if isinstance(step, Alias):
             fwd.append(f"{step.target} = {step.source}")
             setup.append(f"{step.target} = {step.source}")
+            (known.add if step.source in known else known.discard)(step.target)
             continue
         start, end = members_of(step)
+        computed = any(v is not None and v not in known for v in step.inputs)
+        known.discard(step.target)
+        checked = []
+        if computed and not step.copies and step.composed is None:  # the module could not check it
+            checked = call_checks(emitter, step, members, start, names)
+            said = f"# {step.layer.name}'s checks, as its module runs them on the values `{step.sub}` is called on"
+            checked = [said, *checked] if checked else []
         passed = ", ".join(v if v is not None else "None" for v in step.inputs)
         needs = ", ".join(value_needs(v) for v in step.inputs)
         function = function_name(step.layer.name)
         ran = [
+            *checked,
             f"{outs} = _as_tuple({function}.forward({passed}, *{members}[{_slice(start, end)}]))",
             f"{outputs} += {outs}",
             f"{step.target} = {outs}[0]",
@@ -353,27 +367,84 @@ def module_call(
     for call in plan.calls:
         held = f"{instance}.{call.sub}"
         gathered = gathered_of[call.sub]
-        parts.append(f"*{gathered}")
+        takes = call.composed is not None or member_count(emitter, call) > 0  # else its values only
+        parts += [f"*{gathered}"] if takes else []
         if call.sub in done:
             continue
         done.add(call.sub)
         if call.copies:
             args = sub_apply_args(emitter, call, "layer")
-            lines.append(f"{gathered} = [a for layer in {held} for a in ({', '.join(args)},)]")
+            lines += [f"{gathered} = [a for layer in {held} for a in ({', '.join(args)},)]"] if takes else []
             counts[(call.sub, False)] = f"len({held})"
         elif call.optional:
             args = sub_apply_args(emitter, call, held)
-            lines.append(f"{gathered} = ({', '.join(args)},) if {held} is not None else ()")
+            lines += [f"{gathered} = ({', '.join(args)},) if {held} is not None else ()"] if takes else []
             counts[(call.sub, True)] = f"{held} is not None"
         elif call.composed is not None:
             inner_lines, inner = module_call(emitter, call.composed, held, f"{gathered}_", taken)
             lines += inner_lines
             lines.append(f"{gathered} = [{', '.join(inner)}]")
             counts[(call.sub, False)] = f"len({gathered})"
-        else:
+        elif takes:
             args = sub_apply_args(emitter, call, held)
             lines.append(f"{gathered} = ({', '.join(args)},)")
     return lines, [*counts.values(), *parts]
+
+
+def call_checks(emitter, call: SubCall, members: str, start: str, names: FunctionNames) -> list[str]:
+    """What the module of the layer `call` calls checks before its Function's apply (`checks_before_apply`),
+    on the values the call passes and the members it is given (`self.d`: `members[start + k]`, the k-th of
+    them), as the composed Function's forward writes them before the call; the names the checks bind are
+    named around `names`. A check reading what the Function is not given (another of the sub's attributes)
+    is left out."""
+    from layerdsl.codegen.module import LayerEmitter
+
+    sub = LayerEmitter(call.layer, emitter.program, None, emitter.spec_path)
+    lines = sub.checks_before_apply(sub.module_spelling())[0]
+    if not lines:
+        return []
+    taken = sub.function_emitter.function_apply_args()[len(call.inputs) :]
+    member = {a[len("self.") :]: k for k, a in enumerate(taken) if re.fullmatch(r"self\.\w+", a)}
+    inputs = {i.name: v for i, v in zip(sub.forward.inputs, call.inputs)}
+    tree = ast.parse("\n".join(lines))
+    bound = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    renamed = {n: names.local(n) for n in sorted(bound)}
+
+    class Renamed(ast.NodeTransformer):
+        unknown = False
+
+        def visit_Name(self, node: ast.Name) -> ast.expr:
+            if node.id in renamed:
+                return ast.Name(renamed[node.id], node.ctx)
+            if node.id in inputs:
+                value = inputs[node.id]
+                return ast.Name(value, node.ctx) if value is not None else ast.Constant(None)
+            return node
+
+        def visit_Attribute(self, node: ast.Attribute) -> ast.expr:
+            if isinstance(node.value, ast.Name) and node.value.id == "self":
+                if node.attr not in member:
+                    self.unknown = True
+                    return node
+                k = member[node.attr]
+                index = str(k) if start == "0" else f"{start} + {k}" if k else start
+                return ast.parse(f"{members}[{index}]", mode="eval").body
+            self.generic_visit(node)
+            return node
+
+    out: list[str] = []
+    for stmt in tree.body:
+        rename = Renamed()
+        written = rename.visit(stmt)
+        if not rename.unknown:
+            out += [_double_quoted(line) for line in ast.unparse(written).splitlines()]
+    return out
+
+
+def _double_quoted(line: str) -> str:
+    """`line` (as `ast.unparse` writes it) with its strings in double quotes, as black writes them: where it
+    holds no `"`, each `'` in it delimits a string."""
+    return line if '"' in line else line.replace("'", '"')
 
 
 def spec_names(layer: N.Layer) -> set[str]:

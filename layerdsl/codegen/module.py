@@ -19,6 +19,7 @@ from layerdsl.autodiff.inputs import called_fn_args, tuple_parts, without_callab
 from layerdsl.autodiff.plan import Plan, plan_backwards
 from layerdsl.autodiff.sub_calls import CallPlan, function_name
 from layerdsl.autodiff.sub_requires import checked_before_apply, origin
+from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.codegen.buffer_reads import cloned_buffer_reads, cloned_buffers, cloned_in_training_only
 from layerdsl.codegen.function_arity import arities, returned_by_arity
 from layerdsl.codegen.function_buffers import unpacked_call
@@ -246,7 +247,12 @@ class LayerEmitter:
         """The emitter of the Function's forward: this layer's, its subs inlined (autodiff/inline.py)."""
         if not self.layer.subs and not any(t.repeat is not None for t in self.layer.tensors):
             return self
-        inlined = inline_subs(self.layer, self.program.layers)
+        try:
+            inlined = inline_subs(self.layer, self.program.layers)
+        except NotDerivable:
+            if isinstance(self.plan, CallPlan):  # its subs' Functions composed, where inlining them is refused
+                return self
+            raise
         return LayerEmitter(inlined.layer, self.program, self.plan, self.spec_path, inlined)
 
     def nested_layer_subs(self) -> set[str]:
