@@ -94,3 +94,40 @@ def test_vmap_over_the_inputs_gives_each_ones_gradients():
         torch.testing.assert_close(batched[k], g)
     x = xs[0].clone().requires_grad_()
     assert saved_bytes(lambda: ours(x), ours) <= saved_bytes(lambda: plain(x), plain)
+
+
+# A composed Function (autodiff/sub_calls.py) calling the loop Function over copies hands it what its module
+# would: the members as themselves too. Scale reads its input's size, so Outer composes rather than inlines.
+COMPOSING = PROJECTIONS + """
+@function
+layer Scale() {
+    example(D = 4)
+    forward(x: [..., D]) -> [..., D] {
+        return x / D
+    }
+}
+
+@function
+layer Outer(d: int, n: int) {
+    sub proj = Projections(Projection(d), n)
+    sub scale = Scale()
+    example(d = 4, n = 2)
+    forward(x: [..., d]) -> [..., d] {
+        h = proj(x)
+        return scale(h)
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("n", [0, 1, 3])
+def test_a_composed_function_passes_a_loop_over_copies_its_members(n):
+    ours = compile_spec(COMPOSING, "outer_composing")
+    plain = compile_spec(COMPOSING.replace("@function\n", ""), "outer_composing_plain")
+    assert "class OuterFunction" in ours["SOURCE"] and "ProjectionsFunction.forward" in ours["SOURCE"]
+    torch.manual_seed(0)
+    a = ours["Outer"](4, n).double()
+    b = plain["Outer"](4, n).double()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    compare_with_plain(a, b, x)

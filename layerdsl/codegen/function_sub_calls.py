@@ -343,9 +343,7 @@ def member_count(emitter, call: SubCall) -> int:
 def sub_apply_args(emitter, call: SubCall, instance: str) -> list[str]:
     """What the sub's module passes to its Function besides the values it is called on, read from
     `instance` (`self.norm`, `layer`)."""
-    from layerdsl.codegen.module import LayerEmitter
-
-    sub = LayerEmitter(call.layer, emitter.program, None, emitter.spec_path).function_emitter
+    sub = emitter.sub_emitter(call.layer).function_emitter
     args = sub.function_apply_args()[len(call.inputs) :]
     return [re.sub(r"\bself\.", f"{instance}.", a) for a in args]
 
@@ -397,9 +395,7 @@ def call_checks(emitter, call: SubCall, members: str, start: str, names: Functio
     them), as the composed Function's forward writes them before the call; the names the checks bind are
     named around `names`. A check reading what the Function is not given (another of the sub's attributes)
     is left out."""
-    from layerdsl.codegen.module import LayerEmitter
-
-    sub = LayerEmitter(call.layer, emitter.program, None, emitter.spec_path)
+    sub = emitter.sub_emitter(call.layer)
     lines = sub.checks_before_apply(sub.module_spelling())[0]
     if not lines:
         return []
@@ -500,7 +496,6 @@ def sub_checks(emitter, plan: CallPlan, instance: str, values: dict[str, str], t
     (where the list has one; a later copy takes what the one before returned, and its checks are not run),
     and within a composed call, its own calls so. `taken`: the names the module's forward reads after these
     checks (its inputs), which a check neither binds nor names a sub's input by."""
-    from layerdsl.codegen.module import LayerEmitter
 
     values = dict(values)
     lines: list[str] = []
@@ -517,7 +512,7 @@ def sub_checks(emitter, plan: CallPlan, instance: str, values: dict[str, str], t
         if len(passed) < len(known):  # a value the Function computes (or none)
             continue
         held = f"{instance}.{step.sub}" + ("[0]" if step.copies else "")
-        sub = LayerEmitter(step.layer, emitter.program, None, emitter.spec_path)
+        sub = emitter.sub_emitter(step.layer)
         names = [i.name for i in sub.forward.inputs]
         if step.composed is not None:
             checks = sub.shape_checks(sub.module_spelling(), on_self=True, bind=False)

@@ -16,7 +16,7 @@ import jinja2
 
 from layerdsl.autodiff.inline import Inlined, inline_subs
 from layerdsl.autodiff.inputs import called_fn_args, tuple_parts, without_callable_sides
-from layerdsl.autodiff.plan import Plan, plan_backwards
+from layerdsl.autodiff.plan import Plan, plan_backwards, plan_inlined
 from layerdsl.autodiff.sub_calls import CallPlan, function_name
 from layerdsl.autodiff.sub_requires import checked_before_apply, origin
 from layerdsl.autodiff.tape import NotDerivable
@@ -115,7 +115,10 @@ def emit_file(
         if problems:
             raise SpecError(problems)
         plans = {program.key(layer): planned[layer.name] for layer in spec.layers if layer.name in planned}
-    layers = [LayerEmitter(layer, program, plans.get(program.key(layer)), spec_path).emit() for layer in spec.layers]
+    layers = [
+        LayerEmitter(layer, program, plans.get(program.key(layer)), spec_path, plans=plans).emit()
+        for layer in spec.layers
+    ]
     composing = [c for c in (layer.function_class for layer in layers) if c is not None and c.get("composes")]
     if composing:  # the helper its composed Functions run their subs' Functions through, once
         composing[0]["lines"] = SUB_CALL + composing[0]["lines"]
@@ -194,6 +197,7 @@ class LayerEmitter:
         plan: Plan | None,
         spec_path: str | None = None,
         inlined: Inlined | None = None,
+        plans: dict[str, Plan] | None = None,
     ):
         if layer.forward is None:
             raise ValueError(f"layer '{layer.name}' has no forward")  # the parser reports it first
@@ -209,6 +213,7 @@ class LayerEmitter:
         self.layer_args = {a.name for a in layer.args if a.base_type in program.layers}
         self.stored_args = [a for a in layer.args if a.name not in self.shared_cond | self.layer_args]
         self.inlined = inlined  # how the module passes the Function's tensors (stacked members, too)
+        self.plans = plans if plans is not None else {}  # the run's plans, by `Program.key`: the subs' too
 
     # -- the pieces
 
@@ -253,7 +258,18 @@ class LayerEmitter:
             if isinstance(self.plan, CallPlan):  # its subs' Functions composed, where inlining them is refused
                 return self
             raise
-        return LayerEmitter(inlined.layer, self.program, self.plan, self.spec_path, inlined)
+        return LayerEmitter(inlined.layer, self.program, self.plan, self.spec_path, inlined, self.plans)
+
+    def sub_emitter(self, layer: N.Layer) -> LayerEmitter:
+        """The emitter of a `@function` layer this one's Function calls (composed), with its own plan: what its
+        module passes its Function depends on it (a loop Function takes its copies' members as themselves)."""
+        plan = self.plans.get(self.program.key(layer))
+        if plan is None:  # planned apart (the editor's preview plans one file's layers)
+            try:
+                plan = plan_inlined(inline_subs(layer, self.program.layers))
+            except NotDerivable:
+                plan = None
+        return LayerEmitter(layer, self.program, plan, self.spec_path, plans=self.plans)
 
     def nested_layer_subs(self) -> set[str]:
         out = set()
