@@ -122,7 +122,7 @@ def test_the_function_adds_the_bias_or_zeros(members):
 
 # ------------------------------------------------------------------ torch.nn's RNN and GRU
 
-RNNS = ("RNN", "GRU")  # LSTM's nest carries `h0, c0 = hx`, bound under `if hx != none` only: refused
+RNNS = ("RNN", "GRU")  # LSTM: tests/test_function_lstm.py
 
 
 @pytest.fixture(scope="module")

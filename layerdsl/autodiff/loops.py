@@ -338,7 +338,7 @@ class Planner:
                 if chunk:
                     segments.append(self.straight(chunk))
                     chunk = []
-                later = {n.id for s in self.forward.body[at + 1 :] for n in walk(s) if isinstance(n, N.Name)}
+                later = read_before_bound(self.forward.body[at + 1 :])
                 choice = self.choice(stmt, self.conditions(stmt, self.forward.body[:at]), later)
                 segments.append(choice)
                 if choice.returned:  # the rest of the forward is its other side (`plan.returns_closed`)
@@ -454,7 +454,7 @@ class Planner:
 
     def choice(self, stmt: N.If, cond: N.Expr, later: set[str]) -> Choice:
         """Each side of `stmt` as a tape from the values before it; the locals either side binds merged
-        (`later`: the names the statements after it read)."""
+        (`later`: the names the statements after it may read before binding them, `read_before_bound`)."""
         returning = _checked_sides(stmt)
         before = dict(self.alias)
         sides = _side_bodies(stmt, cond, self.layer.tensors)
@@ -830,6 +830,31 @@ def picked_forward(index: N.Expr, var: str) -> bool:
 def picked_backward(index: N.Expr, var: str, count: str | None) -> bool:
     """`x[T - 1 - t]` of the loop's variable over `range(T)`: the steps in reverse."""
     return count is not None and spec_text(index) == f"{count} - 1 - {var}"
+
+
+def read_before_bound(body: list[N.Stmt], after: frozenset[str] = frozenset()) -> set[str]:
+    """The names `body` may read before binding them (`after`: those read after it): a local an `if` binds
+    on one side only and `body` binds before each read is not merged (LSTM's `h0, c0 = hx`)."""
+    live = set(after)
+    for stmt in reversed(body):
+        if isinstance(stmt, N.Return):
+            live = _names(stmt)
+        elif isinstance(stmt, (N.Assign, N.Unpack)):
+            live -= {stmt.target} if isinstance(stmt, N.Assign) else {t for t, _ in stmt.targets}
+            live |= _names(stmt.value)
+        elif isinstance(stmt, N.If):
+            sides = [read_before_bound(side, frozenset(live)) for side in (stmt.body, stmt.orelse)]
+            live = _names(stmt.cond) | sides[0] | sides[1]
+        elif isinstance(stmt, N.For):  # none or more steps, each may read what a step before bound
+            while (more := read_before_bound(stmt.body, frozenset(live)) | _names(stmt.iter)) - live:
+                live |= more
+        else:
+            live |= _names(stmt)
+    return live
+
+
+def _names(node: N.Node) -> set[str]:
+    return {n.id for n in walk(node) if isinstance(n, N.Name)}
 
 
 def walk_stmts(body: list[N.Stmt]):

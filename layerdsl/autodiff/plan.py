@@ -194,8 +194,9 @@ def _fewest_ways(layer: N.Layer) -> Plan:
 
 def _check_carried_bound(plan: Plan) -> None:
     """NotDerivable where a loop holding a loop carries a local that an `if` of its own before it binds on one
-    side only (LSTM's `h0, c0 = hx` under `if hx != none`): None where the other side ran, which the Function
-    would stack over the outer steps and give a gradient (not derived yet)."""
+    side only and the nest may read before binding it (`loops.read_before_bound`; LSTM's `h0, c0 = hx` under
+    `if hx != none` is bound again before each read): None where the other side ran, which the Function would
+    stack over the outer steps and give a gradient (not derived yet)."""
     for side in _loop_sides(plan):
         unbound = {UNBOUND}  # and the merged locals taking it, in order
         for seg in side.segments:
