@@ -163,17 +163,18 @@ def test_an_unrolled_loops_int_local_takes_each_steps_value():
     _agree(ours, plain, torch.randn(2, 4, dtype=torch.float64, requires_grad=True))
 
 
-# One computed from a number the loop carries (`n = n + 1`) would differ from copy to copy too, and is
-# refused at its statement.
-def test_an_unrolled_loops_carried_int_is_refused_where_it_is_bound():
+# One computed from a number the loop carries (`n = n + 1`) differs from copy to copy: a tensor's statement
+# reading it in the loop is refused there (a number's may: `s = s + size_at(x, t)` sums in order).
+def test_an_unrolled_loops_carried_int_is_refused_where_a_tensor_reads_it():
     text = UNROLLED_INT_LOCAL.replace("        h = x\n", "        h = x\n        n = 0\n").replace(
         "k = t + 1", "n = n + 1\n            k = n"
     )
     with pytest.raises(SpecError) as caught:
         compile_spec(text, "unrolled_carried_int")
     (error,) = [d.render() for d in caught.value.diagnostics]
-    line = text.splitlines().index("            n = n + 1") + 1
-    assert error.startswith(f"unrolled_carried_int.layer:{line}:13: error: cannot derive through the number 'n' yet")
+    line = text.splitlines().index("            h = h * x[:, k:k + 1]") + 1
+    assert error.startswith(f"unrolled_carried_int.layer:{line}:26: error: cannot derive through the number 'k' yet")
+    assert f"binds it at line {line - 1} from a value the loop binds too" in error
     assert "hint: compute it from the loop's variable" in error
 
 

@@ -15,6 +15,7 @@ from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import statements, walk
+from layerdsl.semantics.evaluate import NotConstant, evaluate
 
 HINT = (
     "compute the number from the loop's variable in each step (`n = t + 1`), or write a backward block, or"
@@ -120,9 +121,28 @@ def _fixed_size(item: N.Slice, varying: set[str]) -> bool:
     lower, upper = item.lower, item.upper
     if item.step is not None and _names(item.step) & varying or lower is None or upper is None:
         return False
-    return (
+    if (
         isinstance(upper, N.BinOp)
         and upper.op == "+"
         and spec_text(upper.left) == spec_text(lower)
         and not _names(upper.right) & varying
-    )
+    ):
+        return True
+    return _same_difference(lower, upper, varying)
+
+
+def _same_difference(lower: N.Expr, upper: N.Expr, varying: set[str]) -> bool:
+    """Whether `upper - lower` is the same whatever the varying numbers are (`t * d:(t + 1) * d`): the
+    same at a few values of them, for a few values of the other names (a polynomial identity test)."""
+    names = sorted(_names(lower) | _names(upper))
+    for others in (3, 7):
+        sizes = set()
+        for value in range(4):
+            env = {n: value if n in varying else others + k for k, n in enumerate(names)}
+            try:
+                sizes.add(evaluate(upper, env) - evaluate(lower, env))
+            except (NotConstant, TypeError, ValueError, ArithmeticError):
+                return False
+        if len(sizes) != 1:
+            return False
+    return True

@@ -66,16 +66,26 @@ def _ready(layer: N.Layer) -> tuple[list[N.Stmt], set[N.Span], Measured]:
 
 
 def _unrolled(
-    body: list[N.Stmt], known: dict[str, int | float], layer: N.Layer, varying: frozenset[str] = frozenset()
+    body: list[N.Stmt],
+    known: dict[str, int | float],
+    layer: N.Layer,
+    varying: frozenset[str] = frozenset(),
+    differs: dict[str, N.Assign] | None = None,
 ) -> list[N.Stmt]:
     """`body` with every static loop written out; `known` holds the loop variables' current values, and
     those of the number locals a copy binds from them (`k = t + 1`: each copy reads its own `k`, as the
-    Function computes every number local once, at its top); `varying`: the locals the unrolled loops
-    around `body` bind (a number local computed from one of them differs from copy to copy)."""
+    Function computes every number local once, at its top, in order); `varying`: the locals the unrolled
+    loops around `body` bind; `differs`: the number locals a copy binds from one of them (`s = s + 1`),
+    which only number locals may read in the loop (NotDerivable elsewhere: a tensor's statement would read
+    the last copy's value)."""
     known = dict(known)
+    differs = {} if differs is None else differs
     out: list[N.Stmt] = []
     for stmt in body:
         stmt = _with_values(stmt, known) if known else stmt
+        is_number = isinstance(stmt, N.Assign) and stmt.value.kind in N.NUMBERS
+        if differs and not is_number:
+            _unread(stmt, differs)
         if isinstance(stmt, N.For):
             values = _trip_values(stmt, layer)
             bound = _bound(stmt.body)
@@ -83,8 +93,11 @@ def _unrolled(
                 inner = {k: v for k, v in known.items() if k not in bound}
                 out.append(dataclasses.replace(stmt, body=_unrolled(stmt.body, inner, layer)))
             else:
+                copies = dict(differs)
                 for value in values:
-                    out += _unrolled(stmt.body, {**known, stmt.var: value}, layer, varying | bound)
+                    out += _unrolled(stmt.body, {**known, stmt.var: value}, layer, varying | bound, copies)
+                if varying:
+                    differs.update(copies)
             known = {k: v for k, v in known.items() if k not in bound}
         elif isinstance(stmt, N.If):
             taken = _constant(stmt.cond)
@@ -92,16 +105,17 @@ def _unrolled(
                 out.append(
                     dataclasses.replace(
                         stmt,
-                        body=_unrolled(stmt.body, known, layer, varying),
-                        orelse=_unrolled(stmt.orelse, known, layer, varying),
+                        body=_unrolled(stmt.body, known, layer, varying, differs),
+                        orelse=_unrolled(stmt.orelse, known, layer, varying, differs),
                     )
                 )
                 known = {k: v for k, v in known.items() if k not in _bound(stmt.body + stmt.orelse)}
             else:
-                out += _unrolled(stmt.body if taken else stmt.orelse, known, layer, varying)
+                out += _unrolled(stmt.body if taken else stmt.orelse, known, layer, varying, differs)
         else:
-            if isinstance(stmt, N.Assign) and stmt.value.kind in N.NUMBERS and varying:
-                _number_in_copy(stmt, known, varying)
+            if is_number and varying:
+                assert isinstance(stmt, N.Assign)
+                _number_in_copy(stmt, known, varying, differs)
             out.append(stmt)
     return out
 
@@ -111,28 +125,40 @@ def _bound(body: list[N.Stmt]) -> set[str]:
     return {s.target for s in statements(body) if isinstance(s, N.Assign)}
 
 
-def _number_in_copy(stmt: N.Assign, known: dict[str, int | float], varying: frozenset[str]) -> None:
+def _number_in_copy(
+    stmt: N.Assign, known: dict[str, int | float], varying: frozenset[str], differs: dict[str, N.Assign]
+) -> None:
     """A number local a copy of an unrolled body binds: its value, when the copy's loop variables make it a
-    number, in `known` (each copy reads its own); NotDerivable when it is computed from a local the loop
-    binds (it would take another value in each copy, and the Function computes it once)."""
+    number, in `known` (each copy reads its own); in `differs` when it is computed from a local the loop
+    binds (it takes another value in each copy, and the Function computes it once, at its top)."""
     known.pop(stmt.target, None)
+    differs.pop(stmt.target, None)
     try:
         value = evaluate(stmt.value, {})
     except (NotConstant, TypeError, ValueError, ArithmeticError):
         value = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         known[stmt.target] = value
+    elif any(isinstance(n, N.Name) and (n.id in varying or n.id in differs) for n in walk(stmt.value)):
+        differs[stmt.target] = stmt
+
+
+def _unread(stmt: N.Stmt, differs: dict[str, N.Assign]) -> None:
+    """NotDerivable where `stmt` (not a number local's) reads a number local that differs from copy to copy."""
+    header = stmt.iter if isinstance(stmt, N.For) else stmt.cond if isinstance(stmt, N.If) else stmt
+    read = next((n for n in walk(header) if isinstance(n, N.Name) and n.id in differs), None)
+    if read is None:
         return
-    read = sorted(n.id for n in walk(stmt.value) if isinstance(n, N.Name) and n.id in varying and n.kind in N.NUMBERS)
-    if read:
-        raise NotDerivable(
-            stmt.span,
-            f"cannot derive through the number '{stmt.target}' yet: a loop unrolled (its count written in the"
-            f" spec) binds it from '{read[0]}', which the loop binds too, so it differs from copy to copy, and a"
-            " derived backward computes each number local once",
-            "compute it from the loop's variable and numbers bound outside the loop (`k = t + 1`), or write a"
-            " backward block",
-        )
+    bound = differs[read.id]
+    raise NotDerivable(
+        read.span,
+        f"cannot derive through the number '{read.id}' yet: a loop unrolled (its count written in the spec)"
+        f" binds it at line {bound.span.line} from a value the loop binds too, so it differs from copy to copy,"
+        " and a derived backward computes each number local once, before the tensors (this read would see the"
+        " last copy's)",
+        "compute it from the loop's variable and numbers bound outside the loop (`k = t + 1`), or write a"
+        " backward block",
+    )
 
 
 def _lists_made_once(body: list[N.Stmt]) -> list[N.Stmt]:
