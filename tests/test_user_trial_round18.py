@@ -139,9 +139,9 @@ def test_the_exponents_gradient_at_a_zero_base_is_torchs():
 # ---------------------------------------------------------------- still open (autodiff/, codegen/)
 
 # A loop of a written count (unrolled) whose body binds an int local from the loop's variable (`k = t + 1`,
-# then `x[:, k:k + 1]`): the Function's forward writes every copy's `k = ...` at its top, one after the
-# other (`k = 0 + 1`, `k = 1 + 1`), and every copy reads the last: the Function computes another function
-# than the plain module, without a word (output and gradient wrong).
+# then `x[:, k:k + 1]`): the Function's forward wrote every copy's `k = ...` at its top, one after the
+# other (`k = 0 + 1`, `k = 1 + 1`), and every copy read the last: the Function computed another function
+# than the plain module, without a word. autodiff/unroll.py now writes each copy's value into its reads.
 UNROLLED_INT_LOCAL = """\
 @function
 layer UnrolledIntLocal(d: int) {
@@ -158,22 +158,30 @@ layer UnrolledIntLocal(d: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/unroll.py (with codegen/function.py's number locals): an int local a copy of an unrolled"
-    " body binds from the loop's variable is one name for all copies, written at the Function's top, so each"
-    " copy reads the last copy's value",
-)
 def test_an_unrolled_loops_int_local_takes_each_steps_value():
     ours, plain = _pair(UNROLLED_INT_LOCAL, "UnrolledIntLocal", 4)
     _agree(ours, plain, torch.randn(2, 4, dtype=torch.float64, requires_grad=True))
 
 
+# One computed from a number the loop carries (`n = n + 1`) differs from copy to copy: a tensor's statement
+# reading it in the loop is refused there (a number's may: `s = s + size_at(x, t)` sums in order).
+def test_an_unrolled_loops_carried_int_is_refused_where_a_tensor_reads_it():
+    text = UNROLLED_INT_LOCAL.replace("        h = x\n", "        h = x\n        n = 0\n").replace(
+        "k = t + 1", "n = n + 1\n            k = n"
+    )
+    with pytest.raises(SpecError) as caught:
+        compile_spec(text, "unrolled_carried_int")
+    (error,) = [d.render() for d in caught.value.diagnostics]
+    line = text.splitlines().index("            h = h * x[:, k:k + 1]") + 1
+    assert error.startswith(f"unrolled_carried_int.layer:{line}:26: error: cannot derive through the number 'k' yet")
+    assert f"binds it at line {line - 1} from a value the loop binds too" in error
+    assert "hint: compute it from the loop's variable" in error
+
+
 # A run-time loop whose step slices by an int local that changes from step to step (`k = t % 2`, `h[:, :k]`):
-# what a step keeps only for its shape (`h[:, :k]`, to cut `cat`'s gradient) is kept once per shape seen at
-# steps 0 and 1 (the "start smaller than the steps" rule), so step 2 is cut with step 1's sizes: a wrong
-# gradient, silently. With a kept value whose shape changes (`tanh(h[:, k:])`) the Function's forward fails
-# in torch (`expanded size ... must match`), where the plain module runs.
+# what a step keeps only for its shape (`h[:, :k]`, to cut `cat`'s gradient) was kept once per shape seen at
+# steps 0 and 1, so step 2 was cut with step 1's sizes: a wrong gradient, silently (or a failing forward).
+# autodiff/loop_ints.py now refuses a slice whose size varies from step to step, at the slice.
 VARYING_STEPS = """\
 @function
 layer VaryingSteps(d: int) {
@@ -191,21 +199,28 @@ layer VaryingSteps(d: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codegen/function_loops.py, loop_steps.py: a step value whose shape changes after step 1 (a slice"
-    " by `t % 2`) is kept in a buffer of step 1's shape (wrong sizes read back, or a failing copy); the loop"
-    " should keep such values per step (a list) or refuse the loop with a located error",
-)
 @pytest.mark.parametrize(
-    "body",
+    ("body", "column"),
     [
-        "h = cat([h[:, k:k + 2] * x[t, :, :2], h[:, :k], h[:, k + 2:]], dim = 1) @ w",
-        "h = cat([h[:, :k] * 2.0, tanh(h[:, k:])], dim = 1) @ w",
+        ("h = cat([h[:, k:k + 2] * x[t, :, :2], h[:, :k], h[:, k + 2:]], dim = 1) @ w", 56),
+        ("h = cat([h[:, :k] * 2.0, tanh(h[:, k:])], dim = 1) @ w", 27),
     ],
 )
-def test_a_loops_steps_may_change_shape_from_step_to_step(body):
-    ours, plain = _pair(VARYING_STEPS.replace("BODY", body), "VaryingSteps", 4)
+def test_a_loops_steps_that_change_shape_from_step_to_step_are_refused_at_the_slice(body, column):
+    text = VARYING_STEPS.replace("BODY", body)
+    with pytest.raises(SpecError) as caught:
+        compile_spec(text, "varying_steps")
+    (error,) = [d.render() for d in caught.value.diagnostics]
+    line = text.splitlines().index(f"            {body}") + 1
+    assert error.startswith(
+        f"varying_steps.layer:{line}:{column}: error: cannot derive through this slice of `h` yet: its size"
+        " depends on the loop's variable 't' through 'k'"
+    )
+    assert "hint: slice by bounds whose difference is the same in every step" in error
+    # a slice of a fixed size at a place that varies (`h[:, k:k + 2]`, `x[t, :, t * 2:(t + 1) * 2]`) keeps
+    # its shape: it derives
+    fixed = "h = cat([h[:, k:k + 2] * x[t, :, :2], h[:, :2] * x[t, :, k * 2:(k + 1) * 2]], dim = 1) @ w"
+    ours, plain = _pair(VARYING_STEPS.replace("BODY", fixed), "VaryingSteps", 4)
     _agree(ours, plain, torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True))
 
 
@@ -239,9 +254,8 @@ def test_an_index_beside_a_slice_keeps_no_more_than_autograd():
 
 # An int a run-time loop carries from step to step (`n = n + 1` in the body) or binds for after the loop
 # (`n = t`, then `x[n]`): the Function's backward recomputes number locals by running their statements again
-# where it reads them, in its own order: the reversed loop counts `n` up from 0 as t goes down, and `x[n]`
-# after the loop reads `n = 0` (bound before the loop). The forward is right, the gradients are wrong,
-# silently.
+# where it reads them, in its own order, so its gradients were wrong, silently. autodiff/loop_ints.py now
+# refuses such an int at the statement that binds it.
 INT_ACROSS_STEPS = """\
 @function
 layer IntAcrossSteps(d: int) {
@@ -259,23 +273,27 @@ layer IntAcrossSteps(d: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codegen/loop_backward.py, function_loops.py: backward recomputes a number local by running its"
-    " statement again where it is read, which for one a loop carries (`n = n + 1`) or leaves bound (`n = t`)"
-    " gives another value than forward's; such an int should be kept per step (or on ctx) as forward had it",
-)
 @pytest.mark.parametrize(
-    ("body", "result"),
+    ("body", "result", "why"),
     [
-        ("n = n + 1\n            h = tanh(h @ w) * x[t, :, n:n + 1]", "h"),
-        ("n = t\n            h = tanh(h @ w)", "h * x[n]"),
+        ("n = n + 1\n            h = tanh(h @ w) * x[t, :, n:n + 1]", "h", "carries it from step to step"),
+        ("n = t\n            h = tanh(h @ w)", "h * x[n]", "leaves it bound and it is read after the loop"),
     ],
     ids=["carried", "after the loop"],
 )
-def test_an_int_a_run_time_loop_carries_has_forwards_value_in_backward(body, result):
+def test_an_int_a_run_time_loop_carries_is_refused_where_it_is_bound(body, result, why):
     text = INT_ACROSS_STEPS.replace("BODY", body).replace("RESULT", result)
-    ours, plain = _pair(text, "IntAcrossSteps", 4)
+    with pytest.raises(SpecError) as caught:
+        compile_spec(text, "int_across_steps")
+    (error,) = [d.render() for d in caught.value.diagnostics]
+    line = text.splitlines().index("            " + body.split("\n")[0]) + 1
+    assert error.startswith(
+        f"int_across_steps.layer:{line}:13: error: cannot derive through the number 'n' yet: the loop over 't' {why}"
+    )
+    assert "hint: " in error
+    # an int each step computes from the loop's variable alone has forward's value in backward: it derives
+    text = INT_ACROSS_STEPS.replace("BODY", "n = t % 2\n            h = tanh(h @ w) * x[t, :, n:n + 1]")
+    ours, plain = _pair(text.replace("RESULT", "h"), "IntAcrossSteps", 4)
     _agree(ours, plain, torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True))
 
 

@@ -30,6 +30,7 @@ from typing import Union
 
 from layerdsl.autodiff import nest
 from layerdsl.autodiff.loop_choices import chosen_side, self_decided
+from layerdsl.autodiff.loop_ints import check_loop_numbers
 from layerdsl.autodiff.loop_members import without_members
 from layerdsl.autodiff.reverse import derive
 from layerdsl.autodiff.shapes import carried_shapes, step_shape
@@ -300,6 +301,7 @@ def plan_loops(
     `conditions(if_stmt, before)`: an `if`'s condition as the Function evaluates it, when the forward's
     `if`s on configuration values are segments of their own (`Choice`)."""
     assert layer.forward is not None
+    check_loop_numbers(layer.forward.body)
     return Planner(layer, optional, conditions).run(grads_for)
 
 

@@ -1,8 +1,9 @@
 """A `@function` layer's forward made ready for the tape: short loops unrolled, `size_at`s named as dims.
 
 A `for t in range(...)` whose trip count is a number written in the spec, of at most MAX_UNROLLED steps,
-is unrolled here: one copy of the body per value of `t`, with `t` written as that number, and an `if`
-whose condition then becomes constant (`if t > 0`) replaced by the side it takes. What such a loop
+is unrolled here: one copy of the body per value of `t`, with `t` written as that number (and a number
+local the copy computes from it, `k = t + 1`, as its value there: the Function computes each number local
+once), and an `if` whose condition then becomes constant (`if t > 0`) replaced by the side it takes. What such a loop
 collects (`outputs.append(h)`, then `stack(outputs)`) the tape keeps as a list of vars. Short written
 loops are unrolled rather than kept (measured: a 3-step recurrence's unrolled Function runs in 0.75-0.8x
 the time of the loop's, which keeps and stacks every step's values). Any other loop (its count an
@@ -64,31 +65,100 @@ def _ready(layer: N.Layer) -> tuple[list[N.Stmt], set[N.Span], Measured]:
     return body, pending, _measured(layer, body)
 
 
-def _unrolled(body: list[N.Stmt], known: dict[str, int], layer: N.Layer) -> list[N.Stmt]:
-    """`body` with every static loop written out; `known` holds the loop variables' current values."""
+def _unrolled(
+    body: list[N.Stmt],
+    known: dict[str, int | float],
+    layer: N.Layer,
+    varying: frozenset[str] = frozenset(),
+    differs: dict[str, N.Assign] | None = None,
+) -> list[N.Stmt]:
+    """`body` with every static loop written out; `known` holds the loop variables' current values, and
+    those of the number locals a copy binds from them (`k = t + 1`: each copy reads its own `k`, as the
+    Function computes every number local once, at its top, in order); `varying`: the locals the unrolled
+    loops around `body` bind; `differs`: the number locals a copy binds from one of them (`s = s + 1`),
+    which only number locals may read in the loop (NotDerivable elsewhere: a tensor's statement would read
+    the last copy's value)."""
+    known = dict(known)
+    differs = {} if differs is None else differs
     out: list[N.Stmt] = []
     for stmt in body:
         stmt = _with_values(stmt, known) if known else stmt
+        is_number = isinstance(stmt, N.Assign) and stmt.value.kind in N.NUMBERS
+        if differs and not is_number:
+            _unread(stmt, differs)
         if isinstance(stmt, N.For):
             values = _trip_values(stmt, layer)
+            bound = _bound(stmt.body)
             if values is None:  # kept as a loop (`autodiff.loops`), its body made ready alike
-                out.append(dataclasses.replace(stmt, body=_unrolled(stmt.body, known, layer)))
-                continue
-            for value in values:
-                out += _unrolled(stmt.body, {**known, stmt.var: value}, layer)
+                inner = {k: v for k, v in known.items() if k not in bound}
+                out.append(dataclasses.replace(stmt, body=_unrolled(stmt.body, inner, layer)))
+            else:
+                copies = dict(differs)
+                for value in values:
+                    out += _unrolled(stmt.body, {**known, stmt.var: value}, layer, varying | bound, copies)
+                if varying:
+                    differs.update(copies)
+            known = {k: v for k, v in known.items() if k not in bound}
         elif isinstance(stmt, N.If):
             taken = _constant(stmt.cond)
             if taken is None:
                 out.append(
                     dataclasses.replace(
-                        stmt, body=_unrolled(stmt.body, known, layer), orelse=_unrolled(stmt.orelse, known, layer)
+                        stmt,
+                        body=_unrolled(stmt.body, known, layer, varying, differs),
+                        orelse=_unrolled(stmt.orelse, known, layer, varying, differs),
                     )
                 )
+                known = {k: v for k, v in known.items() if k not in _bound(stmt.body + stmt.orelse)}
             else:
-                out += _unrolled(stmt.body if taken else stmt.orelse, known, layer)
+                out += _unrolled(stmt.body if taken else stmt.orelse, known, layer, varying, differs)
         else:
+            if is_number and varying:
+                assert isinstance(stmt, N.Assign)
+                _number_in_copy(stmt, known, varying, differs)
             out.append(stmt)
     return out
+
+
+def _bound(body: list[N.Stmt]) -> set[str]:
+    """The locals `body` binds (in nested blocks too)."""
+    return {s.target for s in statements(body) if isinstance(s, N.Assign)}
+
+
+def _number_in_copy(
+    stmt: N.Assign, known: dict[str, int | float], varying: frozenset[str], differs: dict[str, N.Assign]
+) -> None:
+    """A number local a copy of an unrolled body binds: its value, when the copy's loop variables make it a
+    number, in `known` (each copy reads its own); in `differs` when it is computed from a local the loop
+    binds (it takes another value in each copy, and the Function computes it once, at its top)."""
+    known.pop(stmt.target, None)
+    differs.pop(stmt.target, None)
+    try:
+        value = evaluate(stmt.value, {})
+    except (NotConstant, TypeError, ValueError, ArithmeticError):
+        value = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        known[stmt.target] = value
+    elif any(isinstance(n, N.Name) and (n.id in varying or n.id in differs) for n in walk(stmt.value)):
+        differs[stmt.target] = stmt
+
+
+def _unread(stmt: N.Stmt, differs: dict[str, N.Assign]) -> None:
+    """NotDerivable where `stmt` (not a number local's) reads a number local that differs from copy to copy."""
+    header = stmt.iter if isinstance(stmt, N.For) else stmt.cond if isinstance(stmt, N.If) else stmt
+    read = next((n for n in walk(header) if isinstance(n, N.Name) and n.id in differs), None)
+    if read is None:
+        return
+    bound = differs[read.id]
+    raise NotDerivable(
+        read.span,
+        f"cannot derive through the number '{read.id}' yet: a loop unrolled (its count written in the spec)"
+        f" binds it at line {bound.span.line} from a value the loop binds too, so it differs from copy to copy,"
+        " and a derived backward computes each number local once, before the tensors (this read would see the"
+        " last copy's)",
+        "compute it from the loop's variable and numbers bound outside the loop (`k = t + 1`), or write a"
+        " backward block",
+    )
 
 
 def _lists_made_once(body: list[N.Stmt]) -> list[N.Stmt]:
@@ -155,8 +225,9 @@ def _constant(cond: N.Expr) -> bool | None:
         return None
 
 
-def _with_values(stmt: N.Stmt, known: dict[str, int]) -> N.Stmt:
-    """A copy of `stmt` with the loop variables written as their values."""
+def _with_values(stmt: N.Stmt, known: dict[str, int | float]) -> N.Stmt:
+    """A copy of `stmt` with the loop variables (and the number locals computed from them) written as their
+    values."""
 
     def written(e):
         if isinstance(e, N.Name) and e.id in known and e.kind != N.Kind.TENSOR:
