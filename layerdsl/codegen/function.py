@@ -64,7 +64,7 @@ from layerdsl.optimize import (
     unary_in_place,
 )
 from layerdsl.semantics.evaluate import example_values
-from layerdsl.semantics.shapes import expr_shape, opaque
+from layerdsl.semantics.shapes import GROUP, expr_shape, opaque
 
 
 def emit_function_class(emitter, plan: Plan) -> dict:
@@ -1017,9 +1017,10 @@ class FunctionEmitter:
             return written
         a = c.args
         if f == "sum_to":
-            # `*shape` where the rank is known to be at least 1: torch parses separate ints faster than a Size.
-            rank = self.tape.shapes.get(a[1].id) if isinstance(a[1], N.Name) else None
-            star = "*" if rank else ""
+            # `*shape` where the rank is known to be at least 1: torch parses separate ints faster than a Size
+            # (a `...` alone may be no dim: `sum_to_size()` with no size is an error).
+            shape = self.tape.shapes.get(a[1].id) if isinstance(a[1], N.Name) else None
+            star = "*" if shape and any(d != GROUP for d in shape) else ""
             return f"{ex.wrap(a[0], ATOM)}.sum_to_size({star}{self._shape(a[1], ex)})"
         if f == "shape_of":
             return self._shape(a[0], ex)
