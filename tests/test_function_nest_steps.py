@@ -86,6 +86,12 @@ layer BatchFirstLayers(input_size: int, hidden_size: int, num_layers: int) {
 }
 """
 
+# The same with one batch dim named in both inputs: two inputs' `...` may broadcast against each other (the
+# carried `h` may grow after its first step), so a pick of the steps needs their batch dims to be the same.
+BATCH_FIRST_LAYERS_NAMED = BATCH_FIRST_LAYERS.replace(
+    "input: [..., T, input_size], h0: [..., hidden_size]", "input: [B, T, input_size], h0: [B, hidden_size]"
+)
+
 
 def _nest_loops(text: str, stem: str) -> list[Loop]:
     """The loops inside the nests of every side of the layer's plan (a family whose first member differs
@@ -103,7 +109,9 @@ def _nest_loops(text: str, stem: str) -> list[Loop]:
 
 
 @pytest.mark.parametrize(
-    ("text", "stem"), [(LSTM_LAYERS, "lstm_layers"), (BATCH_FIRST_LAYERS, "batch_first_layers")], ids=["lstm", "batch"]
+    ("text", "stem"),
+    [(LSTM_LAYERS, "lstm_layers"), (BATCH_FIRST_LAYERS_NAMED, "batch_first_layers_named")],
+    ids=["lstm", "batch"],
 )
 def test_a_layer_inside_the_nest_picks_its_steps_of_the_input_projection(text, stem):
     loops = _nest_loops(text, stem)
@@ -122,12 +130,14 @@ def test_lstm_layers_of_a_count_known_when_forward_runs_agree_with_autograd(laye
 
 @pytest.mark.parametrize("layers", [1, 3])
 @pytest.mark.parametrize("steps", [1, 4])
-def test_layers_stacking_steps_after_the_batch_dims_agree_with_autograd(layers, steps):
+@pytest.mark.parametrize(("batch", "h0_batch"), [((2,), (2,)), ((2,), ()), ((), (2,)), ((3, 2), (2,))])
+def test_layers_stacking_steps_after_the_batch_dims_agree_with_autograd(layers, steps, batch, h0_batch):
+    """Each input's `...` is its own: `h0`'s may broadcast against the input's (the carried `h` grows)."""
     a, b = plain_pair(
         BATCH_FIRST_LAYERS, "batch_first_layers", "BatchFirstLayers", input_size=3, hidden_size=4, num_layers=layers
     )
-    x = torch.randn(2, steps, 3, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(*batch, steps, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(*h0_batch, 4, dtype=torch.float64, requires_grad=True)
     compare_with_plain(a, b, x, h0)
 
 
