@@ -119,7 +119,8 @@ def emit_branching_loop_function(emitter, plan: BranchPlan) -> dict:
     assert sides is not None
     returned = list(dict.fromkeys(x for side in sides for x in LoopFunction(emitter, side).emit()["extra"]))
     shared: dict[tuple, str] = {}
-    functions = [LoopFunction(emitter, side, returned, shared) for side in sides]
+    read = {n.id for c in _conditions(plan) for n in walk(c) if isinstance(n, N.Name)}
+    functions = [LoopFunction(emitter, side, returned, shared, frozenset(read)) for side in sides]
     _same_parameter_names(functions)
     pieces = [f.emit() for f in functions]
     fn = dict(pieces[0])
@@ -154,7 +155,6 @@ def emit_branching_loop_function(emitter, plan: BranchPlan) -> dict:
 
     bodies = iter([p["forward_body"] for p in pieces])
     fn["forward_body"] = _chosen(plan, bodies, forward_cond)
-    read = {n.id for c in _conditions(plan) for n in walk(c) if isinstance(n, N.Name)}
     unpack = [l if l in read else "_" for l in head.plan.leaves] + head.kwargs  # what the conditions read
     kept = [f"{flag} = {m} is not None" for m, flag in given.items()]
     fn["setup_body"] = [f"{', '.join(unpack)} = {head.names.inputs}", *dict.fromkeys(kept)] + _chosen(
@@ -214,12 +214,19 @@ class LoopFunction:
     """One Function: the forward as segments (`LoopPlan`), written out with a loop for each loop."""
 
     def __init__(
-        self, emitter, plan: LoopPlan, returned: list[str] | None = None, shared: dict[tuple, str] | None = None
+        self,
+        emitter,
+        plan: LoopPlan,
+        returned: list[str] | None = None,
+        shared: dict[tuple, str] | None = None,
+        chosen_by: frozenset[str] = frozenset(),
     ):
         """`returned`: every side's extra outputs, when this is a side of a branching forward (None for
-        those this side does not compute); `shared`: the names the sides share (their gradients')."""
+        those this side does not compute); `shared`: the names the sides share (their gradients');
+        `chosen_by`: the names the branching forward's conditions read (backward reads them on ctx)."""
         self.e = emitter
         self.returned = returned
+        self.chosen_by = chosen_by
         self.layer = emitter.layer
         self.plan = plan
         self.kwargs: list[str] = emitter.function_kwargs()
@@ -901,11 +908,9 @@ class LoopFunction:
 
     def kept_kwargs(self) -> list[str]:
         """The arguments and lets setup_context keeps on ctx: those backward reads (`training` always: a
-        call's `training=` is written without a name); a side's of a branching forward, all of them
-        (backward's conditions read them too)."""
-        if self.returned is not None:
-            return self.kwargs
-        return [k for k in self.kwargs if k in self.backward_read.spelt or k == "training"]
+        call's `training=` is written without a name), and a side's of a branching forward, those its
+        conditions read."""
+        return [k for k in self.kwargs if k in self.backward_read.spelt or k == "training" or k in self.chosen_by]
 
     def reads_shape(self, value: str) -> bool:
         """Whether the backward last written reads the shape of `value` kept on ctx: a value saved only
