@@ -1019,8 +1019,8 @@ class FunctionEmitter:
         if f == "sum_to":
             # `*shape` where the rank is known to be at least 1: torch parses separate ints faster than a Size
             # (a `...` alone may be no dim: `sum_to_size()` with no size is an error).
-            shape = self.tape.shapes.get(a[1].id) if isinstance(a[1], N.Name) else None
-            star = "*" if shape and any(d != GROUP for d in shape) else ""
+            summed_to = self.tape.shapes.get(a[1].id) if isinstance(a[1], N.Name) else None
+            star = "*" if summed_to and any(d != GROUP for d in summed_to) else ""
             return f"{ex.wrap(a[0], ATOM)}.sum_to_size({star}{self._shape(a[1], ex)})"
         if f == "shape_of":
             return self._shape(a[0], ex)
