@@ -212,6 +212,7 @@ def _check_carried_bound(plan: Plan) -> None:
 
 
 def _loop_sides(plan: Plan) -> list[LoopPlan]:
+    """The ways through the plan's branches that are loop Functions."""
     if isinstance(plan, BranchPlan):
         return _loop_sides(plan.then) + _loop_sides(plan.orelse)
     return [plan] if isinstance(plan, LoopPlan) else []
@@ -242,9 +243,7 @@ def _check_nest_copies(plan: Plan, room: int = MAX_NEST_COPIES) -> None:
 
 def _nests(plan: Plan) -> list[Nest]:
     """The loops holding loops of every way through the plan's branches."""
-    if isinstance(plan, BranchPlan):
-        return _nests(plan.then) + _nests(plan.orelse)
-    return [s for s in plan.segments if isinstance(s, Nest)] if isinstance(plan, LoopPlan) else []
+    return [s for side in _loop_sides(plan) for s in side.segments if isinstance(s, Nest)]
 
 
 def as_layers_problem(
