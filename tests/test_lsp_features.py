@@ -245,6 +245,26 @@ async def test_rename_a_local_stays_in_its_layer_and_refuses_a_bad_name(client: 
         await client.text_document_rename_async(T.RenameParams(_doc(uri), _pos(MLP, "h = relu"), "2x"))
 
 
+async def test_prepare_rename_refuses_a_builtins_name_saying_why(client: LanguageClient, workspace: Path):
+    uri = _uri(workspace, "linear.layer")
+    await _open(client, uri, LINEAR)
+    builtins = {
+        "transpose(": "'transpose' is a builtin operation",
+        "xavier_uniform(": "'xavier_uniform' is a builtin initialiser",
+        "gain = 1": "'gain' is a parameter of the builtin initialiser 'xavier_uniform'",
+    }
+    for needle, why in builtins.items():
+        with pytest.raises(Exception, match=why):
+            await client.text_document_prepare_rename_async(T.PrepareRenameParams(_doc(uri), _pos(LINEAR, needle, 1)))
+        with pytest.raises(Exception, match=why):
+            await client.text_document_rename_async(T.RenameParams(_doc(uri), _pos(LINEAR, needle, 1), "mine"))
+    # the spec's own names are still renamable, and a place naming nothing is still no error
+    found = await client.text_document_prepare_rename_async(T.PrepareRenameParams(_doc(uri), _pos(LINEAR, "weight,")))
+    assert isinstance(found, T.PrepareRenamePlaceholder) and found.placeholder == "weight"
+    blank = await client.text_document_prepare_rename_async(T.PrepareRenameParams(_doc(uri), T.Position(6, 0)))
+    assert blank is None
+
+
 async def test_init_of_a_sub_member_is_renamed_with_the_sub_and_with_the_member(
     client: LanguageClient, workspace: Path
 ):

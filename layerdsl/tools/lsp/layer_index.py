@@ -110,18 +110,21 @@ class LayerIndex:
 class VisibleLayers(Mapping[str, N.Layer]):
     """Every layer name that has one meaning in the document's folder, and its layer: the document's own
     layers first (`own`, which the analysis may replace), then the other files' (looked up in `index`,
-    parsing on demand). Iterating looks every name up (completion reads `names` instead)."""
+    parsing on demand). With `seen_from`, another spec's path, the names mean what they mean in that spec's
+    folder (`Namespace.visible(seen_from)`, the document's layers among the others'). Iterating looks every
+    name up (completion reads `names` instead)."""
 
-    def __init__(self, index: LayerIndex | None, own: list[N.Layer]) -> None:
+    def __init__(self, index: LayerIndex | None, own: list[N.Layer], seen_from: str | None = None) -> None:
         self.index = index
         self.own = {layer.name: layer for layer in own}
+        self.seen_from = seen_from
 
     def __getitem__(self, name: str) -> N.Layer:
         if name in self.own:
             return self.own[name]
         if self.index is not None:
-            found = self.index.candidates(name, self.index.path)
-            if len(found) == 1 and found[0].path != self.index.path:
+            found = self.index.candidates(name, self.seen_from or self.index.path)
+            if len(found) == 1 and (self.seen_from is not None or found[0].path != self.index.path):
                 return found[0]
         raise KeyError(name)
 

@@ -14,9 +14,8 @@ from pygls.uris import from_fs_path
 from layerdsl.diagnostics import Span
 from layerdsl.ir import nodes as N
 from layerdsl.language.tables import RESERVED
-from layerdsl.semantics.scopes import Namespace
 from layerdsl.tools.lsp.documents import Analysis, LayerServer
-from layerdsl.tools.lsp.layer_index import VisibleLayers
+from layerdsl.tools.lsp.layer_index import LayerIndex, VisibleLayers
 from layerdsl.tools.lsp.navigation import Occurrence, Target, layer_occurrences, occurrence_at, resolve
 from layerdsl.tools.lsp.positions import from_position, to_range
 
@@ -24,6 +23,15 @@ RENAMABLE = {"arg", "param", "buffer", "sub", "let", "input", "local", "dim", "g
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 Key = tuple[str, int, int]  # a declaration: its file, line and column
+
+
+@dataclass
+class SpecText:
+    """A spec file the occurrences are looked for in: its path, text and layers."""
+
+    path: str
+    text: str
+    layers: list[N.Layer]
 
 
 @dataclass
@@ -42,8 +50,8 @@ def _key(target: Target, default_path: str) -> Key | None:
     return (os.path.abspath(target.layer.path or default_path), target.span.line, target.span.col)
 
 
-def target_at(ls: LayerServer, uri: str, position: T.Position) -> tuple[Analysis, Occurrence, Target] | None:
-    """The analysis, the occurrence under the cursor and what it means (None: nothing renamable)."""
+def _meant_at(ls: LayerServer, uri: str, position: T.Position) -> tuple[Analysis, Occurrence, Target] | None:
+    """The analysis, the occurrence under the cursor and what it means (None: no name, or an unknown one)."""
     a = ls.usable(uri)
     if a is None:
         return None
@@ -52,24 +60,62 @@ def target_at(ls: LayerServer, uri: str, position: T.Position) -> tuple[Analysis
     if hit is None:
         return None
     target = resolve(a, *hit)
-    if target is None or _key(target, a.path) is None:
+    return None if target is None else (a, hit[0], target)
+
+
+def target_at(ls: LayerServer, uri: str, position: T.Position) -> tuple[Analysis, Occurrence, Target] | None:
+    """The analysis, the occurrence under the cursor and what it means (None: nothing renamable)."""
+    hit = _meant_at(ls, uri, position)
+    return hit if hit is not None and _key(hit[2], hit[0].path) is not None else None
+
+
+_BUILTIN = {
+    "op": "a builtin operation",
+    "op-param": "a parameter of a builtin operation",
+    "nn": "a torch.nn layer",
+    "init": "a builtin initialiser",
+    "reduce": "a builtin reduction",
+    "decorator": "a decorator of the language",
+    "const": "a builtin constant",
+    "training": "the builtin training flag",
+}
+
+
+def builtin_refusal(occ: Occurrence, target: Target) -> str | None:
+    """Why the name under the cursor cannot be renamed when it is a builtin's (None: it is not)."""
+    if target.kind not in _BUILTIN:
         return None
-    return a, hit[0], target
+    if target.kind == "init" and occ.kind == "kwarg":
+        what = f"a parameter of the builtin initialiser '{target.name}'"
+    else:
+        what = _BUILTIN[target.kind]
+    shown = {"nn": f"nn.{target.name}", "decorator": f"@{occ.name}"}.get(target.kind, occ.name)
+    return f"'{shown}' is {what}: only the names a spec declares can be renamed"
 
 
-def _files(ls: LayerServer, a: Analysis, everywhere: bool) -> list[tuple[str, str, list[N.Layer]]]:
-    """(path, text, layers) of this document and, when `everywhere`, of the workspace's other specs."""
-    files = [(a.path, a.text, a.spec.layers if a.spec is not None else [])]
+def naming(name: str) -> re.Pattern[str]:
+    """`name` as a whole word of a spec's text. Every occurrence of a name is its own word in the text (a
+    letter or `_` never comes right before or after a name), so a spec without it as a word cannot name
+    it; the words of comments and strings match too (such a spec is parsed and found not to)."""
+    return re.compile(rf"(?<![A-Za-z_]){re.escape(name)}(?![A-Za-z0-9_])")
+
+
+def _files(ls: LayerServer, a: Analysis, name: str, everywhere: bool) -> tuple[list[SpecText], LayerIndex | None]:
+    """This document and, when `everywhere`, the workspace's other specs whose text has `name` as a word
+    (only those are parsed: a folder may hold thousands), with the index their folders' layers are looked
+    up in."""
+    files = [SpecText(a.path, a.text, a.spec.layers if a.spec is not None else [])]
     if not everywhere:
-        return files
-    sources = ls.workset(a.path, a.text, a.spec).sources  # afresh: specs opened since the analysis count
-    for path, text in sources.items():
-        if path == a.path:
+        return files, None
+    ws = ls.workset(a.path, a.text, a.spec)  # afresh: specs opened since the analysis count
+    word = naming(name)
+    for path, text in ws.sources.items():
+        if path == a.path or not word.search(text):
             continue
         spec = ls.pristine(path, text)
         if spec is not None:
-            files.append((path, text, spec.layers))
-    return files
+            files.append(SpecText(path, text, spec.layers))
+    return files, ws.index
 
 
 def occurrences_of(ls: LayerServer, a: Analysis, target: Target) -> list[Found]:
@@ -81,18 +127,17 @@ def occurrences_of(ls: LayerServer, a: Analysis, target: Target) -> list[Found]:
     # Other files name layers, arguments (as keywords) and members (`init out_proj.bias = ...`).
     everywhere = target.kind in ("layer", "arg", "param", "buffer")
     found = []
-    files = _files(ls, a, everywhere)
-    namespace = Namespace(layer for _, _, layers in files for layer in layers)
-    for path, text, layers in files:
+    files, index = _files(ls, a, target.name, everywhere)
+    for f in files:
         # another file's layer names mean what its own folder sees (a folder is a namespace)
-        seen = a if path == a.path else replace(a, layers=VisibleLayers(None, [*namespace.visible(path).values()]))
-        for layer in layers:
+        seen = a if f.path == a.path else replace(a, layers=VisibleLayers(index, [], seen_from=f.path))
+        for layer in f.layers:
             for occ in layer_occurrences(layer):
                 if occ.name != target.name:
                     continue
                 meant = resolve(seen, occ, layer)
-                if meant is not None and _key(meant, path) == key:
-                    found.append(Found(path, text, occ.span, (occ.span.line, occ.span.col) == key[1:]))
+                if meant is not None and _key(meant, f.path) == key:
+                    found.append(Found(f.path, f.text, occ.span, (occ.span.line, occ.span.col) == key[1:]))
     unique = {(f.path, f.span.line, f.span.col): f for f in found}
     return sorted(unique.values(), key=lambda f: (f.path != a.path, f.path, f.span.line, f.span.col))
 
@@ -128,20 +173,32 @@ def highlights(ls: LayerServer, uri: str, position: T.Position) -> list[T.Docume
     ]
 
 
+class RenameError(ValueError):
+    """The name cannot be renamed, or the new name cannot be used (answered to the client as an error)."""
+
+
+def _renamable_at(ls: LayerServer, uri: str, position: T.Position) -> tuple[Analysis, Occurrence, Target] | None:
+    """`target_at`, except that a builtin's name (an operation, torch.nn's, ...) is refused with the reason."""
+    hit = _meant_at(ls, uri, position)
+    if hit is None:
+        return None
+    a, occ, target = hit
+    refusal = builtin_refusal(occ, target)
+    if refusal is not None:
+        raise RenameError(refusal)
+    return hit if _key(target, a.path) is not None else None
+
+
 def prepare_rename(ls: LayerServer, uri: str, position: T.Position) -> T.PrepareRenamePlaceholder | None:
-    hit = target_at(ls, uri, position)
+    hit = _renamable_at(ls, uri, position)
     if hit is None:
         return None
     a, occ, target = hit
     return T.PrepareRenamePlaceholder(range=to_range(occ.span, a.text, ls.codec()), placeholder=target.name)
 
 
-class RenameError(ValueError):
-    """The new name cannot be used (answered to the client as an error)."""
-
-
 def rename(ls: LayerServer, params: T.RenameParams) -> T.WorkspaceEdit | None:
-    hit = target_at(ls, params.text_document.uri, params.position)
+    hit = _renamable_at(ls, params.text_document.uri, params.position)
     if hit is None:
         return None
     a, _, target = hit

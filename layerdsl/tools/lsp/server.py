@@ -162,9 +162,14 @@ def document_highlight(ls: LayerServer, params: T.DocumentHighlightParams):
 
 
 @server.feature(T.TEXT_DOCUMENT_PREPARE_RENAME)
-@_safe()
 def prepare_rename_request(ls: LayerServer, params: T.PrepareRenameParams):
-    return prepare_rename(ls, params.text_document.uri, params.position)
+    try:
+        return prepare_rename(ls, params.text_document.uri, params.position)
+    except RenameError as exc:  # a builtin's name: the client shows why
+        raise JsonRpcInvalidParams(str(exc)) from None
+    except Exception:
+        log.error("layerdsl prepare_rename failed:\n%s", traceback.format_exc())
+        return None
 
 
 @server.feature(T.TEXT_DOCUMENT_RENAME)
