@@ -9,7 +9,14 @@ Measures (each reported as median, with the 10th-90th percentile spread and the 
 Targets (issue 13): keystroke median ≤ 100 ms, burst ≤ 300 ms after the last edit, hover/completion
 p95 ≤ 20 ms.
 
+With `--crowd N`, instead: rename and find-references in a folder of N generated specs (a few of which use
+the layer renamed), the document opened outside any workspace: the first rename (a fresh server, whose
+parses are not cached yet), then renames of the layer and of one of its arguments and references of the
+layer, repeated; with `--before DIR` the same with the server of another checkout (e.g. a `git archive` of
+the commit before a change), one fresh server of each in turn per round, and the ratios before/after.
+
     PYTHONPATH=$PWD python benchmarks/bench_lsp.py [--specs specs] [--rounds 30]
+    PYTHONPATH=$PWD python benchmarks/bench_lsp.py --crowd 1500 [--before /tmp/before] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,8 +42,8 @@ from layerdsl.tools.lsp.framing import FrameReader  # noqa: E402
 class Client:
     """A minimal LSP client over a `layerdsl lsp` subprocess's pipes."""
 
-    def __init__(self, root: Path) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+    def __init__(self, root: Path | None, code: Path = ROOT) -> None:
+        env = dict(os.environ, PYTHONPATH=str(code))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "layerdsl", "lsp"],
             stdin=subprocess.PIPE,
@@ -48,10 +56,8 @@ class Client:
         self.published: dict[tuple[str, int | None], float] = {}  # (uri, version) -> arrival time
         self.next_id = 0
         threading.Thread(target=self._read, daemon=True).start()
-        self.request(
-            "initialize",
-            {"capabilities": {}, "rootUri": root.as_uri(), "workspaceFolders": [{"uri": root.as_uri(), "name": "ws"}]},
-        )
+        folders = {"rootUri": root.as_uri(), "workspaceFolders": [{"uri": root.as_uri(), "name": "ws"}]} if root else {}
+        self.request("initialize", {"capabilities": {}, **folders})
         self.notify("initialized", {})
 
     def _read(self) -> None:
@@ -83,7 +89,7 @@ class Client:
         msg_id = self.next_id
         t0 = self._send({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
         with self.cond:
-            self.cond.wait_for(lambda: msg_id in self.responses, timeout=60)
+            self.cond.wait_for(lambda: msg_id in self.responses, timeout=120)
             t1, reply = self.responses.pop(msg_id)
         return t1 - t0, reply
 
@@ -109,8 +115,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--specs", type=Path, default=ROOT / "specs")
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--crowd", type=int, default=0, help="rename/references in a folder of this many specs")
+    parser.add_argument("--before", type=Path, help="with --crowd: the checkout whose server is compared")
     args = parser.parse_args()
-    folder = args.specs.resolve()
+    if args.crowd:
+        bench_crowded(args.crowd, args.rounds, args.before)
+    else:
+        bench_editing(args.specs.resolve(), args.rounds)
+
+
+def bench_editing(folder: Path, rounds: int) -> None:
     paths = sorted(folder.glob("*.layer"))
     client = Client(folder)
     texts = {p.as_uri(): p.read_text(encoding="utf-8") for p in paths}
@@ -135,13 +149,13 @@ def main() -> None:
         return versions[target]
 
     keystrokes = []
-    for i in range(args.rounds):
+    for i in range(rounds):
         time.sleep(0.3)  # a pause in typing
         t0 = time.perf_counter()
         version = edit(i)
         keystrokes.append(client.wait_published(target, version) - t0)
     bursts = []
-    for r in range(max(5, args.rounds // 3)):
+    for r in range(max(5, rounds // 3)):
         time.sleep(0.3)
         for i in range(10):
             t_last = time.perf_counter()
@@ -153,7 +167,7 @@ def main() -> None:
     positions = [(n, m.start() + 1) for n, line in enumerate(lines) for m in re.finditer(r"\b[A-Za-z_]\w*", line)]
     hovers, completions = [], []
     answered = 0
-    for i in range(max(100, args.rounds * 4)):
+    for i in range(max(100, rounds * 4)):
         n, c = positions[i * 7 % len(positions)]
         where = {"textDocument": {"uri": target}, "position": {"line": n, "character": c}}
         took, reply = client.request("textDocument/hover", where)
@@ -165,6 +179,103 @@ def main() -> None:
     print(f"burst of 10 (after the last):    {spread(bursts)}")
     print(f"hover ({answered} with content):   {spread(hovers)}")
     print(f"completion:                      {spread(completions)}")
+
+
+# ---------------------------------------------------------------- rename and references in a crowded folder
+
+HELPER = """\
+layer Helper(width: int) {
+    param scale: [width] = uniform(0.5, 1.0)
+    example(width = 4)
+    forward(x: [B, width]) -> [B, width] {
+        return x * scale
+    }
+}
+"""
+
+USER = """\
+layer User{i}(n: int) {{
+    sub h = Helper(width = n)
+    example(n = 2)
+    forward(x: [B, n]) -> [B, n] {{
+        return h(x)
+    }}
+}}
+"""
+
+MAIN = USER.format(i="Main")
+WARM_REQUESTS = 10  # of each kind, per server
+
+
+def write_crowd(folder: Path, count: int) -> None:
+    """`count` specs like specs/my_layer.layer (every 50th with 40 layers, every 100th one using Helper,
+    every 100th one mentioning Helper in a comment), helper.layer and main.layer."""
+    base = (ROOT / "specs" / "my_layer.layer").read_text(encoding="utf-8")
+    for i in range(count):
+        if i % 50 == 49:
+            text = "\n".join(base.replace("MyLayer", f"Crowd{i}x{k}") for k in range(40))
+        elif i % 100 == 10:
+            text = USER.format(i=i)
+        elif i % 100 == 11:
+            text = "# Helper is not used here\n" + base.replace("MyLayer", f"Crowd{i}")
+        else:
+            text = base.replace("MyLayer", f"Crowd{i}")
+        (folder / f"crowd_{i:04}.layer").write_text(text, encoding="utf-8")
+    (folder / "helper.layer").write_text(HELPER, encoding="utf-8")
+    (folder / "main.layer").write_text(MAIN, encoding="utf-8")
+
+
+def crowded_round(folder: Path, code: Path) -> dict[str, list[float]]:
+    """One fresh server of the checkout `code` on main.layer: the latencies of each kind of request."""
+    client = Client(None, code)
+    uri = (folder / "main.layer").as_uri()
+    document = {"uri": uri, "languageId": "layer", "version": 1, "text": MAIN}
+    client.notify("textDocument/didOpen", {"textDocument": document})
+    client.wait_published(uri, 1, timeout=120)
+    line = MAIN.splitlines()[1]
+    on_layer = {"textDocument": {"uri": uri}, "position": {"line": 1, "character": line.index("Helper") + 1}}
+    on_arg = {"textDocument": {"uri": uri}, "position": {"line": 1, "character": line.index("width") + 1}}
+    found: dict[str, list[float]] = {"first rename": [], "rename layer": [], "rename arg": [], "references": []}
+    took, reply = client.request("textDocument/rename", {**on_layer, "newName": "Aide"})
+    found["first rename"].append(took)
+    edits = sum(len(e) for e in reply["result"]["changes"].values())
+    for _ in range(WARM_REQUESTS):
+        found["rename layer"].append(client.request("textDocument/rename", {**on_layer, "newName": "Aide"})[0])
+        found["rename arg"].append(client.request("textDocument/rename", {**on_arg, "newName": "size"})[0])
+        refs = {**on_layer, "context": {"includeDeclaration": True}}
+        took, reply = client.request("textDocument/references", refs)
+        found["references"].append(took)
+    assert len(reply["result"]) == edits, (len(reply["result"]), edits)
+    client.close()
+    return found
+
+
+def ratio_spread(ratios: list[float]) -> str:
+    return f"{statistics.median(ratios):6.1f}x [{min(ratios):.1f}, {max(ratios):.1f}]"
+
+
+def bench_crowded(count: int, rounds: int, before: Path | None) -> None:
+    codes = {"after": ROOT} | ({"before": before.resolve()} if before else {})
+    with tempfile.TemporaryDirectory(prefix="bench_lsp_crowd_") as tmp:
+        folder = Path(tmp)
+        write_crowd(folder, count)
+        print(f"{count} specs in {folder}; {rounds} rounds, each one fresh server of {' and '.join(codes)} in turn")
+        samples: dict[str, list[dict[str, list[float]]]] = {name: [] for name in codes}
+        for _ in range(rounds):
+            for name, code in codes.items():
+                samples[name].append(crowded_round(folder, code))
+    for name, runs in samples.items():
+        print(f"{name} ({codes[name]}):")
+        for kind in runs[0]:
+            print(f"  {kind:13} {spread([t for run in runs for t in run[kind]])}")
+    if before:
+        print("before/after, per round (median [min, max]):")
+        for kind in samples["after"][0]:
+            ratios = [
+                statistics.median(b[kind]) / statistics.median(a[kind])
+                for a, b in zip(samples["after"], samples["before"])
+            ]
+            print(f"  {kind:13} {ratio_spread(ratios)}")
 
 
 if __name__ == "__main__":
