@@ -50,6 +50,7 @@ class Client:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             env=env,
+            cwd=code,  # `python -m` puts the working folder first on sys.path
         )
         self.cond = threading.Condition()
         self.responses: dict[int, tuple[float, dict]] = {}

@@ -166,11 +166,13 @@ def test_rename_and_references_in_a_crowded_folder_find_every_use_and_answer_wit
     refs = _ask(stdio_lsp, 4, "references", {**at, "context": {"includeDeclaration": False}})["result"]
     declaration = (tmp_path / "helper.layer").as_uri(), 0, 6, 12
     assert _spans([(r["uri"], r["range"]) for r in refs]) == layer_uses - {declaration}
+    marks = _ask(stdio_lsp, 6, "documentHighlight", at)["result"]
+    assert _spans([(uri, h["range"]) for h in marks]) == {use for use in layer_uses if use[0] == uri}
 
     # Helper's argument: its uses in helper.layer and the `width =` keywords of the calls of our Helper
     # (not the arguments named `width` of other layers, nor the calls of local/helper.layer's Helper).
     on_width = {"line": 1, "character": MAIN.splitlines()[1].index("width") + 1}
-    edit = _ask(stdio_lsp, 5, "rename", {"textDocument": {"uri": uri}, "position": on_width, "newName": "size"})
+    edit = _ask(stdio_lsp, 7, "rename", {"textDocument": {"uri": uri}, "position": on_width, "newName": "size"})
     in_helper = {
         (u, line, start, end)
         for u, line, start, end in _expected(made, r"(?<![A-Za-z0-9_])(width)(?![A-Za-z0-9_])")

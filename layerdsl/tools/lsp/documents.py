@@ -134,6 +134,14 @@ def _sub_calls(layers) -> set[str]:
     return names
 
 
+def _nearest_first(here: str, path: str) -> tuple[bool, int, str]:
+    """The order of the other specs: those of the folder `here` first, then by the steps to them, then by
+    path (`relpath` only for those of other folders: a folder may hold thousands)."""
+    if os.path.dirname(path) == here:
+        return False, 1, path
+    return True, len(Path(os.path.relpath(path, here)).parts), path
+
+
 def _span_from_meta(meta) -> Span:
     return Span(meta.line, meta.column, meta.end_line, meta.end_column)
 
@@ -248,10 +256,7 @@ class LayerServer(LanguageServer):
         opened = self.open_texts()
         paths = [os.path.abspath(p) for p in self.spec_paths(root)]
         paths += [p for p in opened if p.endswith(".layer") and os.path.dirname(p) == here and p not in paths]
-        others = sorted(
-            (p for p in set(paths) if p != path),
-            key=lambda q: (os.path.dirname(q) != here, len(Path(os.path.relpath(q, here)).parts), q),
-        )
+        others = sorted((p for p in set(paths) if p != path), key=lambda q: _nearest_first(here, q))
         ws = Workset(root=root, sources={path: text})
         for p in others:
             t = opened.get(p)
