@@ -11,8 +11,8 @@ p95 ≤ 20 ms.
 
 With `--crowd N`, instead: rename and find-references in a folder of N generated specs (a few of which use
 the layer renamed), the document opened outside any workspace: the first rename (a fresh server, whose
-parses are not cached yet), then renames of the layer and of one of its arguments and references of the
-layer, repeated; with `--before DIR` the same with the server of another checkout (e.g. a `git archive` of
+parses are not cached yet), then renames of the layer and of one of its arguments, references and document
+highlights of the layer, repeated; with `--before DIR` the same with the server of another checkout (e.g. a `git archive` of
 the commit before a change), one fresh server of each in turn per round, and the ratios before/after.
 
     PYTHONPATH=$PWD python benchmarks/bench_lsp.py [--specs specs] [--rounds 30]
@@ -236,7 +236,8 @@ def crowded_round(folder: Path, code: Path) -> dict[str, list[float]]:
     line = MAIN.splitlines()[1]
     on_layer = {"textDocument": {"uri": uri}, "position": {"line": 1, "character": line.index("Helper") + 1}}
     on_arg = {"textDocument": {"uri": uri}, "position": {"line": 1, "character": line.index("width") + 1}}
-    found: dict[str, list[float]] = {"first rename": [], "rename layer": [], "rename arg": [], "references": []}
+    kinds = ["first rename", "rename layer", "rename arg", "references", "highlight"]
+    found: dict[str, list[float]] = {kind: [] for kind in kinds}
     took, reply = client.request("textDocument/rename", {**on_layer, "newName": "Aide"})
     found["first rename"].append(took)
     edits = sum(len(e) for e in reply["result"]["changes"].values())
@@ -246,6 +247,7 @@ def crowded_round(folder: Path, code: Path) -> dict[str, list[float]]:
         refs = {**on_layer, "context": {"includeDeclaration": True}}
         took, reply = client.request("textDocument/references", refs)
         found["references"].append(took)
+        found["highlight"].append(client.request("textDocument/documentHighlight", on_layer)[0])
     assert len(reply["result"]) == edits, (len(reply["result"]), edits)
     client.close()
     return found
