@@ -21,6 +21,11 @@ counts them), which at 32x64 is where the time goes, and the bytes each saves fo
     python benchmarks/bench_derived_backward.py                    # all three shapes (~3 minutes)
     python benchmarks/bench_derived_backward.py --shape 32x64 --rounds 200
     python benchmarks/bench_derived_backward.py --only Swish --generated /tmp/other/generated
+    python benchmarks/bench_derived_backward.py --baseline /tmp/before/generated_before  # + "base": gen / base
+
+``--baseline DIR`` adds the generated ``@function`` module of another generated package (e.g. the
+``generated/`` of an older commit, copied to a folder of another name) as the candidate "base", timed in
+the same rounds, and the ratio gen / base.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def builders(gen_dir: Path) -> dict[str, dict[str, Callable[[int], nn.Module]]]:
+def builders(gen_dir: Path, baseline: Path | None) -> dict[str, dict[str, Callable[[int], nn.Module]]]:
     """Per layer, per candidate: a module of `f` features."""
     swish, swish_fn = bm.import_generated(gen_dir, "swish"), bm.import_generated(gen_dir, "swish_function")
     rms, rms_fn = bm.import_generated(gen_dir, "rms_norm"), bm.import_generated(gen_dir, "rms_norm_function")
@@ -66,7 +71,7 @@ def builders(gen_dir: Path) -> dict[str, dict[str, Callable[[int], nn.Module]]]:
     class ChainModule(bf.ScalarABC):
         fn = staticmethod(chain.fused_chain)
 
-    return {
+    found = {
         "Swish": {"module": swish.Swish, "hand": bf.HandSwishFn, "gen": swish_fn.SwishFunctional},
         "RMSNorm": {"module": rms.RMSNorm, "hand": bf.HandRMSNormFn, "gen": rms_fn.RMSNormFunctional},
         "FusedChain": {
@@ -75,6 +80,11 @@ def builders(gen_dir: Path) -> dict[str, dict[str, Callable[[int], nn.Module]]]:
             "gen": lambda f: chain.FusedChain(),
         },
     }
+    if baseline is not None:
+        base = builders(baseline, None)
+        for layer, makes in found.items():
+            makes["base"] = base[layer]["gen"]
+    return found
 
 
 def prepared(make: Callable[[int], nn.Module], b: int, f: int, seed: int) -> Callable[[], Any]:
@@ -150,21 +160,22 @@ def spread(values: list[float]) -> str:
 
 
 def run_case(layer: str, makes: dict[str, Callable[[int], nn.Module]], b: int, f: int, args: Any) -> None:
-    steps = {n: prepared(makes[n], b, f, seed=0) for n in CANDIDATES}
+    names = list(makes)
+    steps = {n: prepared(makes[n], b, f, seed=0) for n in names}
     check_same(steps)
     print(f"\n## {layer} {b}x{f}")
     for name, step in steps.items():
         count, ops = op_counts(step)
         print(f"  {name:6} {count:2} ATen ops, saves {saved_bytes(step) / 1024:9.1f} KiB: {' '.join(ops)}")
     rounds = args.rounds if b * f <= 1 << 16 else max(args.rounds // 3, 10)
-    times: dict[str, list[float]] = {n: [] for n in CANDIDATES}
+    times: dict[str, list[float]] = {n: [] for n in names}
     for seed in range(args.refresh):  # fresh tensors now and then: one set of addresses can be lucky
-        steps = {n: prepared(makes[n], b, f, seed=seed) for n in CANDIDATES}
+        steps = {n: prepared(makes[n], b, f, seed=seed) for n in names}
         for n, ts in interleaved(steps, rounds // args.refresh, args.block_ms).items():
             times[n] += ts
-    per_step = ", ".join(f"{n} {statistics.median(times[n]) * 1e6:.1f} us" for n in CANDIDATES)
+    per_step = ", ".join(f"{n} {statistics.median(times[n]) * 1e6:.1f} us" for n in names)
     print(f"  median step: {per_step} ({len(times['gen'])} rounds)")
-    for num, den in RATIOS:
+    for num, den in RATIOS + ((("gen", "base"),) if "base" in names else ()):
         ratios = [a / b for a, b in zip(times[num], times[den], strict=True)]
         print(f"  {num:4} / {den:6}: {spread(ratios)}")
 
@@ -177,11 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--refresh", type=int, default=3, help="fresh tensors this many times per case")
     ap.add_argument("--block-ms", type=float, default=3.0, help="target CPU time of one block")
     ap.add_argument("--generated", type=Path, default=bm.REPO / "generated")
+    ap.add_argument("--baseline", type=Path, help="another generated package: its @function modules as 'base'")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shape or ["32x64", "512x512", "4096x1024"]]
     print("float32 CPU, 1 thread, CPU-time clock; the machine is shared with other loads: read the spread.")
-    for layer, makes in builders(args.generated).items():
+    for layer, makes in builders(args.generated, args.baseline).items():
         if args.only and layer not in args.only:
             continue
         for b, f in shapes:
