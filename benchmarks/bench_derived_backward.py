@@ -22,6 +22,7 @@ counts them), which at 32x64 is where the time goes, and the bytes each saves fo
     python benchmarks/bench_derived_backward.py --shape 32x64 --rounds 200
     python benchmarks/bench_derived_backward.py --only Swish --generated /tmp/other/generated
     python benchmarks/bench_derived_backward.py --baseline /tmp/before/generated_before  # + "base": gen / base
+    python benchmarks/bench_derived_backward.py --reductions   # only RMSNorm's rsqrt(mean(x*x) + eps), spelt 5 ways
 
 ``--baseline DIR`` adds the generated ``@function`` module of another generated package (e.g. the
 ``generated/`` of an older commit, copied to a folder of another name) as the candidate "base", timed in
@@ -180,6 +181,34 @@ def run_case(layer: str, makes: dict[str, Callable[[int], nn.Module]], b: int, f
         print(f"  {num:4} / {den:6}: {spread(ratios)}")
 
 
+EPS = 1e-6
+REDUCTIONS: dict[str, Callable[[Tensor], Tensor]] = {  # RMSNorm's forward reduction, each way the issue names
+    "mean(x * x)": lambda x: (torch.mean(x * x, dim=-1, keepdim=True) + EPS).rsqrt_(),
+    "x.pow(2).mean": lambda x: (x.pow(2).mean(-1, keepdim=True) + EPS).rsqrt_(),
+    "vector_norm.pow_(2).div_(n)": lambda x: (
+        torch.linalg.vector_norm(x, dim=-1, keepdim=True).pow_(2).div_(x.shape[-1]) + EPS
+    ).rsqrt_(),
+    "vector_norm ** 2 / n": lambda x: (
+        torch.linalg.vector_norm(x, dim=-1, keepdim=True) ** 2 / x.shape[-1] + EPS
+    ).rsqrt_(),
+    "vecdot(x, x)": lambda x: (torch.linalg.vecdot(x, x, dim=-1).unsqueeze(-1).div_(x.shape[-1]) + EPS).rsqrt_(),
+}
+
+
+def reductions(shapes: list[tuple[int, ...]], rounds: int, block_ms: float) -> None:
+    """Each spelling of the reduction / the first (what the Function's forward wrote before), per round."""
+    print("\n## RMSNorm's forward reduction rsqrt(mean(x*x, -1) + eps): time / mean(x * x)'s")
+    for b, f in shapes:
+        x = torch.randn(b, f)
+        for name, fn in REDUCTIONS.items():
+            torch.testing.assert_close(fn(x), REDUCTIONS["mean(x * x)"](x.double()).float(), msg=name)
+        steps = {name: (lambda fn=fn: fn(x)) for name, fn in REDUCTIONS.items()}
+        times = interleaved(steps, rounds if b * f <= 1 << 16 else max(rounds // 3, 10), block_ms)
+        first = times["mean(x * x)"]
+        cells = [f"{n} {spread([a / b for a, b in zip(t, first, strict=True)])}" for n, t in times.items()]
+        print(f"  {b}x{f}: " + "; ".join(cells[1:]))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", metavar="BxF", action="append", help="default 32x64, 512x512, 4096x1024")
@@ -188,11 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--refresh", type=int, default=3, help="fresh tensors this many times per case")
     ap.add_argument("--block-ms", type=float, default=3.0, help="target CPU time of one block")
     ap.add_argument("--generated", type=Path, default=bm.REPO / "generated")
+    ap.add_argument("--reductions", action="store_true", help="only RMSNorm's forward reduction, 5 spellings")
     ap.add_argument("--baseline", type=Path, help="another generated package: its @function modules as 'base'")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shape or ["32x64", "512x512", "4096x1024"]]
     print("float32 CPU, 1 thread, CPU-time clock; the machine is shared with other loads: read the spread.")
+    if args.reductions:
+        reductions(shapes, args.rounds, args.block_ms)
+        return 0
     for layer, makes in builders(args.generated, args.baseline).items():
         if args.only and layer not in args.only:
             continue
