@@ -57,6 +57,7 @@ from layerdsl.optimize import (
     fresh_node,
     guarded_addcmul,
     mask_candidates,
+    mean_of_squares_as_norm,
     prepared,
     replaced,
     scheduled,
@@ -498,7 +499,7 @@ class FunctionEmitter:
                 lines += with_spec_line([f"if {s.guard} is not None:", update], 1, self.e.spec_path, s.expr.span.line)
                 bind(s.var, base)
                 continue
-            expr = _squares(substitute(s.expr, exprs))
+            expr = mean_of_squares_as_norm(_squares(substitute(s.expr, exprs)), roots)
             expr = einsum_operands_in_cheapest_order(expr, tape.shapes, _example_sizes(self.layer))  # no graph here
             if s.var not in exact:  # a max/min reads the value as the backward recomputes it: as written
                 expr = addcmul_form(expr)

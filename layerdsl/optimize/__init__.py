@@ -1,7 +1,7 @@
 """The optimisation stage (see `pipeline`): what the emitter uses from it."""
 
 from layerdsl.optimize.contractions import einsum_operands_in_cheapest_order
-from layerdsl.optimize.fusion import addcmul_form, explicit_sums, guarded_addcmul, substitute
+from layerdsl.optimize.fusion import addcmul_form, explicit_sums, guarded_addcmul, mean_of_squares_as_norm, substitute
 from layerdsl.optimize.inplace import unary_in_place
 from layerdsl.optimize.masks import Mask, replaced
 from layerdsl.optimize.masks import candidates as mask_candidates
@@ -24,6 +24,7 @@ __all__ = [
     "fresh_node",
     "guarded_addcmul",
     "mask_candidates",
+    "mean_of_squares_as_norm",
     "optimize",
     "prepared",
     "replaced",
