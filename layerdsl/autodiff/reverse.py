@@ -11,6 +11,7 @@ only what the needed gradients read.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -350,6 +351,60 @@ def instantiate(template: N.Expr, step: Step, grad: N.Expr) -> N.Expr:
 
     out = go(template)
     _kinds(out)
+    return _number_choices(out, grad)
+
+
+_COMPARISONS = {"==": float.__eq__, "!=": float.__ne__, "<": float.__lt__, "<=": float.__le__}
+_COMPARISONS |= {">": float.__gt__, ">=": float.__ge__}
+
+
+def _number_choices(e: N.Expr, grad: N.Expr) -> N.Expr:
+    """`e` with each `where` whose condition a number operand decides (pow's `exponent == 0` in `x ** 2` or
+    `x ** p`, `input == 0` in `2.0 ** y`) as the side a literal picks, or a Python conditional (torch.where
+    takes no Python bool); `c * m` of a literal `c` is m or false, `where(c * m, a, b)` of a number
+    condition `c` is `where(m, a, b) if c else b`. A zero picked for a tensor is `0 * grad`
+    (a gradient is a tensor)."""
+    e = map_children(e, lambda c: _number_choices(c, grad))
+    if isinstance(e, N.Compare) and len(e.ops) == 1:
+        left, right = e.operands
+        if isinstance(left, N.Num) and isinstance(right, N.Num):
+            return _bool(_COMPARISONS[e.ops[0]](float(left.value), float(right.value)))
+    if isinstance(e, N.BinOp) and e.op == "*":
+        for known, other in ((e.left, e.right), (e.right, e.left)):
+            if isinstance(known, N.Bool):
+                return other if known.value else known
+    if not (isinstance(e, N.Call) and e.func == "where"):
+        return e
+    cond, then, orelse = e.args
+    if isinstance(cond, N.BinOp) and cond.op == "*" and N.Kind.TENSOR in (cond.left.kind, cond.right.kind):
+        number, mask = (cond.left, cond.right) if cond.left.kind != N.Kind.TENSOR else (cond.right, cond.left)
+        if number.kind == N.Kind.TENSOR:
+            return e
+        both = copy.copy(e)  # `where(m, a, b) if c else b`
+        both.args = [mask, then, orelse]
+        cond, then = number, both
+    elif cond.kind == N.Kind.TENSOR:
+        return e
+    if e.kind == N.Kind.TENSOR:
+        then, orelse = _zero_as_tensor(then, grad), _zero_as_tensor(orelse, grad)
+    if isinstance(cond, N.Bool):
+        return then if cond.value else orelse
+    chosen = N.IfExp(e.span, cond, then, orelse)
+    chosen.kind = e.kind
+    return chosen
+
+
+def _bool(value: bool) -> N.Bool:
+    out = N.Bool(NOWHERE, value)
+    out.kind = N.Kind.BOOL
+    return out
+
+
+def _zero_as_tensor(e: N.Expr, grad: N.Expr) -> N.Expr:
+    if not (isinstance(e, N.Num) and e.value == 0):
+        return e
+    out = B.binop("*", e, clone(grad))
+    out.kind = N.Kind.TENSOR
     return out
 
 

@@ -603,6 +603,26 @@ def _scan_depth(line: str) -> int | None:
     return depth
 
 
+def _opens_block(line: str) -> bool:
+    """Whether `line` ends in the `:` of a block's header, a trailing comment after it or not
+    (`if h is not None:  # None after a loop of no steps`): black needs a body after it."""
+    quote = ""
+    i = 0
+    while i < len(line):
+        ch = line[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            break
+        i += 1
+    return line[:i].rstrip().endswith(":")
+
+
 _MARK = "# layerdsl-layout "
 _CONTINUATIONS = ("elif ", "else", "except", "finally", "case ")
 
@@ -633,13 +653,13 @@ def _format_statements(lines: list[str], has_f_strings: bool) -> None:
         parts.append(f"{_MARK}{number}\n")
         parts.extend(f"{INDENT * d}if x:\n" for d in range(depth))
         parts.append(line + "\n")
-        if line.rstrip().endswith(":"):
+        if _opens_block(line):
             parts.append(f"{INDENT * (depth + 1)}pass\n")
     formatted = black.format_str("".join(parts), mode=black.Mode(line_length=LINE_LENGTH))
     chunks = re.split(rf"^{re.escape(_MARK)}\d+\n", formatted, flags=re.M)[1:]
     for line, chunk in zip(lines, chunks, strict=True):
         depth = (len(line) - len(line.lstrip())) // 4
         body = [x for x in chunk.split("\n") if x.strip()][depth:]
-        if line.rstrip().endswith(":"):
+        if _opens_block(line):
             body = body[:-1]  # the `pass`
         _FORMATTED[line, has_f_strings] = "\n".join(body)

@@ -232,10 +232,12 @@ TABLE: tuple[Op, ...] = (
         "elementwise",
         "a ** b: elementwise power",
         {
-            "input": "grad * exponent * input ** (exponent - 1)",
-            # 0 where the power is 0 (a zero base, a positive exponent: torch's 0, not `0 * log(0)` = nan);
-            # the base may be a number, so the test reads the result
-            "exponent": "where(result == 0, 0, grad * result * log(input))",
+            # torch's pow_backward_self and pow_backward_exponent, so that their double backwards are torch's
+            # too: 0 where the exponent is 0 (not `0 * 0 ** -1` = nan at a zero base), 0 at a zero base and
+            # an exponent >= 0 (not `1 * log(0)` = -inf, `0 * log(0)` = nan; `*` of bools: and). A `where`
+            # on a number operand is a Python conditional, or a side (autodiff/reverse.py)
+            "input": "where(exponent == 0, 0, grad * exponent * input ** (exponent - 1))",
+            "exponent": "grad * where((input == 0) * (exponent >= 0), 0, result * log(input))",
         },
         operator="**",
         inplace="pow_",
