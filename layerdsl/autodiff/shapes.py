@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Collection, Mapping
 
 from layerdsl.autodiff.tape import Step, Tape
+from layerdsl.diagnostics import SpecError
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import clone, map_children, walk
 from layerdsl.semantics.shapes import (
@@ -31,10 +32,15 @@ from layerdsl.semantics.shapes import (
     position,
     text_poly,
 )
+from layerdsl.syntax import parse_expr
 
 
-def infer_shapes(tape: Tape, layer: N.Layer) -> dict[str, Shape]:
-    """The shape of every input, tensor and tape variable (None when unknown)."""
+def infer_shapes(
+    tape: Tape, layer: N.Layer, measured: Mapping[tuple[str, int | None], str] | None = None
+) -> dict[str, Shape]:
+    """The shape of every input, tensor and tape variable (None when unknown). `measured`: the sizes the
+    forward measures (`unroll.Measured`: `size_at(x, -1)` named `x_size_last`), each read as the dim its
+    input's or member's declared shape has there (`d` of `x: [B, d]`, which the module checks)."""
     if layer.forward is None:
         raise ValueError(f"layer '{layer.name}' has no forward")  # the parser reports it first
     # an input of alternatives (`x: [B, n] | [n]`) has one of several shapes: none is known; each input's
@@ -44,21 +50,44 @@ def infer_shapes(tape: Tape, layer: N.Layer) -> dict[str, Shape]:
         for i in layer.forward.inputs
     }
     shapes.update({t.name: declared_shape(t.shape, t.name) for t in layer.tensors})
-    numbers = int_numbers(tape)
+    numbers = int_numbers(tape, measured_dims(measured or {}, shapes))
     for s in tape.steps:
         shapes[s.var] = step_shape(with_numbers(s, numbers), shapes)
     return shapes
 
 
-def int_numbers(tape: Tape) -> dict[str, N.Expr]:
+def int_numbers(tape: Tape, sizes: Mapping[str, N.Expr] | None = None) -> dict[str, N.Expr]:
     """The int number locals forward assigns once (`h = d // 2`), each as its expression over dims and
-    arguments (an earlier one's name replaced by its value): a slice bounded by one (`q[..., :h]`) then has
-    the size the shape rules prove (`d // 2`), and what is computed from it a static shape."""
+    arguments (an earlier one's name replaced by its value; a measured size's by `sizes`'): a slice bounded
+    by one (`q[..., :h]`) then has the size the shape rules prove (`d // 2`), and what is computed from it a
+    static shape. `sizes` are among them."""
     assigned = Counter(name for name, _ in tape.numbers)
-    out: dict[str, N.Expr] = {}
+    out: dict[str, N.Expr] = dict(sizes or {})
     for name, value in tape.numbers:
         if assigned[name] == 1 and value.kind == N.Kind.INT:
             out[name] = _inlined(value, out)
+    return out
+
+
+def measured_dims(measured: Mapping[tuple[str, int | None], str], shapes: Mapping[str, Shape]) -> dict[str, N.Expr]:
+    """Each measured size (by its name) that its input's or member's declared shape names a dim at, as that
+    dim (`x_size_last` of `x: [B, d]` as `d`)."""
+    out: dict[str, N.Expr] = {}
+    for (leaf, k), name in measured.items():
+        shape = shapes.get(leaf)
+        p = None if k is None else position(shape, k)
+        if shape is None or p is None or shape[p] == GROUP:
+            continue
+        try:
+            dim = parse_expr(shape[p])
+        except SpecError:
+            continue
+        for n in walk(dim):
+            if isinstance(n, N.Name):
+                n.ref = N.Ref.DIM
+            if isinstance(n, N.Expr):
+                n.kind = N.Kind.INT
+        out[name] = dim
     return out
 
 
