@@ -8,7 +8,8 @@ read its shape (issue 15: "shape-only uses keep only the shape").
 An intermediate of any other operation read only for its shape (`cat`'s backward reads each operand's size
 along the dim: `narrow(grad, dim, offset, reduced_numel(item, dim))`) is written as its static shape in the
 dims and arguments the backward has at hand (`with_static_shapes`): neither it nor what it is computed from
-is then kept.
+is then kept. A dim no leaf has whole but a polynomial of theirs (`e - 1` of `(x @ w)[:, 1:]`) is written
+from their sizes (`w.shape[-1] - 1`).
 """
 
 from __future__ import annotations

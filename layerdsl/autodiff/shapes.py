@@ -2,6 +2,12 @@
 
 The emitter uses them to skip reductions a gradient does not need and to find a leaf with a given shape;
 the backward's optimisation uses them to decide where an operation may update one of its operands in place.
+
+Beyond the engine's rules, which size a slice only where no bound can pass an end of its dim: a slice's
+bounds read the int locals forward assigns once and the sizes it measures (`size_at(x, -1)` as the dim x
+declares there), a negative bound counts from the end, and where Python's clamping may apply (`-2:` of a
+dim `d` that may be below 2) the size is the slice as one symbol (`d[-2:]`), so operands sliced alike
+(`x[:, n:] @ w[n:, :]`) still have one shape and their products a static one (`slice_dim`).
 """
 
 from __future__ import annotations
