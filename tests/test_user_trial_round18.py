@@ -227,6 +227,7 @@ def test_a_loops_steps_that_change_shape_from_step_to_step_are_refused_at_the_sl
 # An index tensor beside a slice (`(x @ w)[i, 1:]`, taken as `(x @ w)[:, 1:][i]`): the index's gradient
 # needs only the shape of the slice (`grad.new_zeros(part.shape)`), yet the Function returns `x @ w` as an
 # extra output and saves it whole (with a double-backward section for it): 2.3x what autograd keeps here.
+# Now the shape is written from the leaves' (`(x.shape[-2], w.shape[-1] - 1)`, autodiff/shape_sources.py).
 INDEX_BESIDE_SLICE = """\
 @function
 layer IndexBesideSlice(d: int, e: int) {
@@ -239,11 +240,6 @@ layer IndexBesideSlice(d: int, e: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/reverse.py + optimize/saving.py: the slice taken before an index tensor is kept for its"
-    " shape (`part.shape`) as the costly `x @ w` it slices, not as a shape (ctx.part_shape)",
-)
 def test_an_index_beside_a_slice_keeps_no_more_than_autograd():
     ours, plain = _pair(INDEX_BESIDE_SLICE, "IndexBesideSlice", 64, 256)
     x = torch.randn(32, 64, dtype=torch.float64, requires_grad=True)
@@ -365,6 +361,7 @@ def test_check_of_subs_inlined_past_the_limit_is_answered_in_bounded_time_and_me
 # (`n = -2`, `x[..., n:]`) or one measured (`n = size_at(x, -1) // 2`) still gives the parts no static shape,
 # so `a @ b + c @ e` sums each product's gradient back to its shape (`grad.sum_to_size(mm.shape)`) and
 # the Function returns and saves both products whole for their shapes: 3x what autograd keeps here.
+# Now each slice has its size (`d[-2:]`, `d[:-2]` as Python clamps them; autodiff/shapes.py `slice_dim`).
 SLICED_BY_LOCAL = """\
 @function
 layer SlicedByLocal(d: int) {
@@ -378,11 +375,6 @@ layer SlicedByLocal(d: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/shapes.py: a slice bounded by a negative int local or one computed from size_at has no"
-    " static size, so the sum of two products keeps `sum_to_size(mm.shape)` and saves the products",
-)
 @pytest.mark.parametrize("bound", ["-2", "size_at(x, -1) // 2"])
 def test_a_slice_by_a_negative_or_measured_int_local_keeps_no_more_than_autograd(bound):
     ours, plain = _pair(SLICED_BY_LOCAL.replace("BOUND", bound), "SlicedByLocal", 64)

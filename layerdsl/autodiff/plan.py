@@ -320,7 +320,7 @@ def plan_backward(
         return _branch_plan(layer, branch, given, known, measured, room, choices)
     if has_loop(layer.forward.body):  # a member the `if`s around this side prove built is no loop's choice
         given |= {t.name for t in layer.tensors if t.cond is not None and _truth(t.cond, known) is True}
-    return _straight_plan(layer, given, choices)
+    return _straight_plan(layer, given, choices, measured)
 
 
 # The longest straight tape derived (an unrolled loop's steps counted): pricing which intermediates to save
@@ -350,15 +350,19 @@ def _too_long(layer: N.Layer, tape: Tape) -> NotDerivable:
     return NotDerivable(tape.steps[MAX_TAPE_STEPS].expr.span, message, hint)
 
 
-def _straight_plan(layer: N.Layer, given: frozenset[str], choices: bool = False) -> Plan:
+def _straight_plan(
+    layer: N.Layer, given: frozenset[str], choices: bool = False, measured: Measured | None = None
+) -> Plan:
     optional = {t.name for t in layer.tensors if t.cond is not None} - given
     optional |= {i.name for i in layer.forward.inputs if i.optional} - given if layer.forward else set()
     if layer.forward is not None and has_loop(layer.forward.body):  # a loop kept as one (`autodiff.loops`)
-        return _loop_plan(layer, optional, given, choices)
+        return _loop_plan(layer, optional, given, choices, measured)
     # a list of subs' optional member, stacked and read at an unrolled item's index (`b[0]`): a side each
     if (choice := member_choice(layer, _read_at_an_index(layer, optional))) is not None:
         cond, built, not_built = choice
-        return BranchPlan(cond, _straight_plan(built, given), _straight_plan(not_built, given))
+        return BranchPlan(
+            cond, _straight_plan(built, given, measured=measured), _straight_plan(not_built, given, measured=measured)
+        )
     linearizer = Linearizer(layer, optional, deriving=layer.backward is None)
     try:
         tape = linearizer.run()
@@ -370,7 +374,7 @@ def _straight_plan(layer: N.Layer, given: frozenset[str], choices: bool = False)
     if layer.backward is None:
         problems += _unproven_optional_reads(tape, layer, given)
         tape = _without_dead_steps(tape)
-    shapes = infer_shapes(tape, layer)
+    shapes = infer_shapes(tape, layer, measured or {})
     absent = optional - {t.name for t in layer.tensors}  # optional inputs not given: no shape a gradient takes
     tape = dataclasses.replace(tape, shapes={v: None if v in absent else s for v, s in shapes.items()})
     tape.checks = decided_checks(tape.checks, tape.shapes)  # what the static shapes decide is not checked
@@ -401,7 +405,9 @@ def _read_at_an_index(layer: N.Layer, optional: set[str]) -> set[str]:
     }
 
 
-def _loop_plan(layer: N.Layer, optional: set[str], given: frozenset[str], choices: bool = False) -> Plan:
+def _loop_plan(
+    layer: N.Layer, optional: set[str], given: frozenset[str], choices: bool = False, measured: Measured | None = None
+) -> Plan:
     assert layer.forward is not None
     loop = next(s for s in layer.forward.body if isinstance(s, N.For))
     if layer.backward is not None:
@@ -418,7 +424,9 @@ def _loop_plan(layer: N.Layer, optional: set[str], given: frozenset[str], choice
     chosen = optional & read_outside_ifs(layer.forward.body) if choices else optional  # others: in a `Choice`
     if (choice := member_choice(layer, chosen)) is not None:  # `param b: [d] if bias`: a side each
         cond, built, absent = choice
-        return BranchPlan(cond, _straight_plan(built, given, choices), _straight_plan(absent, given, choices))
+        return BranchPlan(
+            cond, _straight_plan(built, given, choices, measured), _straight_plan(absent, given, choices, measured)
+        )
     body = layer.forward.body
     if optional & read_outside_ifs(body):  # one read in a loop's `if` is refused at the `if` (`plan_loops`)
         raise NotDerivable(

@@ -8,7 +8,8 @@ read its shape (issue 15: "shape-only uses keep only the shape").
 An intermediate of any other operation read only for its shape (`cat`'s backward reads each operand's size
 along the dim: `narrow(grad, dim, offset, reduced_numel(item, dim))`) is written as its static shape in the
 dims and arguments the backward has at hand (`with_static_shapes`): neither it nor what it is computed from
-is then kept.
+is then kept. A dim no leaf has whole but a polynomial of theirs (`e - 1` of `(x @ w)[:, 1:]`) is written
+from their sizes (`w.shape[-1] - 1`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from layerdsl.diagnostics import SpecError
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
-from layerdsl.ir.visit import map_children, walk
+from layerdsl.ir.visit import clone, map_children, walk
 from layerdsl.language.ops import shape_args
 from layerdsl.syntax import parse_expr
 
@@ -57,9 +58,8 @@ def broadcast_leaves(tape: Tape, var: str, excluded: Collection[str] = ()) -> li
 def dim_size(dim: str, at_hand: Mapping[str, N.Ref]) -> N.Expr | None:
     """The dim `dim` (its text: `B`, `3 * B`, `hidden_size`) as an expression when it is a polynomial in the
     names of `at_hand` (each with what it refers to: a dim, an argument); None otherwise."""
-    try:
-        size = parse_expr(dim)
-    except SpecError:
+    size = _sum_of_names(dim)
+    if size is None:
         return None
     for n in walk(size):
         if isinstance(n, N.Name):
@@ -70,7 +70,34 @@ def dim_size(dim: str, at_hand: Mapping[str, N.Ref]) -> N.Expr | None:
 
 
 def leaf_size(dim: str, leaves: Iterable[str], shapes: Mapping[str, tuple | None]) -> N.Expr | None:
-    """The dim `dim` as the size of the first of `leaves` (inputs, members) whose static shape has it."""
+    """The dim `dim` as the size of the first of `leaves` (inputs, members) whose static shape has it; or,
+    where no leaf has it whole, as sums, products and quotients of such sizes (`e - 1`: w's last size
+    minus 1, of `(x @ w)[:, 1:]`)."""
+    leaves = list(leaves)
+    whole = _whole_leaf_size(dim, leaves, shapes)
+    if whole is not None:
+        return whole
+    size = _sum_of_names(dim)
+    if size is None or isinstance(size, N.Name):
+        return None
+    names = [n for n in walk(size) if isinstance(n, N.Name)]
+    sizes = {n.id: _whole_leaf_size(n.id, leaves, shapes) for n in names}
+    if not names or None in sizes.values():
+        return None
+
+    def put(e: N.Expr) -> N.Expr:
+        if isinstance(e, N.Name):
+            found = sizes[e.id]
+            assert found is not None
+            return clone(found)
+        out = map_children(e, put)
+        out.kind = N.Kind.INT
+        return out
+
+    return put(size)
+
+
+def _whole_leaf_size(dim: str, leaves: Iterable[str], shapes: Mapping[str, tuple | None]) -> N.Expr | None:
     for leaf in leaves:
         shape = shapes.get(leaf) or ()
         if dim in shape and "..." not in shape[shape.index(dim) :]:
@@ -78,6 +105,16 @@ def leaf_size(dim: str, leaves: Iterable[str], shapes: Mapping[str, tuple | None
             size.kind = N.Kind.INT
             return size
     return None
+
+
+def _sum_of_names(dim: str) -> N.Expr | None:
+    """A dim's text as an int expression of names; None for a text that is none (a slice's size that
+    Python's clamping decides, `d[-2:]`: `autodiff.shapes.slice_dim`)."""
+    try:
+        size = parse_expr(dim)
+    except SpecError:
+        return None
+    return None if any(isinstance(n, N.Subscript) for n in walk(size)) else size
 
 
 def static_shape(shape: tuple | None, size_of: SizeOf) -> N.ListExpr | None:

@@ -2,22 +2,51 @@
 
 The emitter uses them to skip reductions a gradient does not need and to find a leaf with a given shape;
 the backward's optimisation uses them to decide where an operation may update one of its operands in place.
+
+Beyond the engine's rules, which size a slice only where no bound can pass an end of its dim: a slice's
+bounds read the int locals forward assigns once and the sizes it measures (`size_at(x, -1)` as the dim x
+declares there), a negative bound counts from the end, and where Python's clamping may apply (`-2:` of a
+dim `d` that may be below 2) the size is the slice as one symbol (`d[-2:]`), so operands sliced alike
+(`x[:, n:] @ w[n:, :]`) still have one shape and their products a static one (`slice_dim`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import Counter
 from collections.abc import Collection, Mapping
 
 from layerdsl.autodiff.tape import Step, Tape
+from layerdsl.diagnostics import SpecError
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import clone, map_children, walk
-from layerdsl.semantics.shapes import GROUP, Shape, broadcast, declared_shape, expr_shape, op_shape
+from layerdsl.semantics.shapes import (
+    GROUP,
+    Poly,
+    Shape,
+    as_int,
+    atom,
+    broadcast,
+    constant,
+    declared_shape,
+    expr_shape,
+    op_shape,
+    poly,
+    poly_add,
+    poly_text,
+    position,
+    text_poly,
+)
+from layerdsl.syntax import parse_expr
 
 
-def infer_shapes(tape: Tape, layer: N.Layer) -> dict[str, Shape]:
-    """The shape of every input, tensor and tape variable (None when unknown)."""
+def infer_shapes(
+    tape: Tape, layer: N.Layer, measured: Mapping[tuple[str, int | None], str] | None = None
+) -> dict[str, Shape]:
+    """The shape of every input, tensor and tape variable (None when unknown). `measured`: the sizes the
+    forward measures (`unroll.Measured`: `size_at(x, -1)` named `x_size_last`), each read as the dim its
+    input's or member's declared shape has there (`d` of `x: [B, d]`, which the module checks)."""
     if layer.forward is None:
         raise ValueError(f"layer '{layer.name}' has no forward")  # the parser reports it first
     # an input of alternatives (`x: [B, n] | [n]`) has one of several shapes: none is known; each input's
@@ -27,21 +56,44 @@ def infer_shapes(tape: Tape, layer: N.Layer) -> dict[str, Shape]:
         for i in layer.forward.inputs
     }
     shapes.update({t.name: declared_shape(t.shape, t.name) for t in layer.tensors})
-    numbers = int_numbers(tape)
+    numbers = int_numbers(tape, measured_dims(measured or {}, shapes))
     for s in tape.steps:
         shapes[s.var] = step_shape(with_numbers(s, numbers), shapes)
     return shapes
 
 
-def int_numbers(tape: Tape) -> dict[str, N.Expr]:
+def int_numbers(tape: Tape, sizes: Mapping[str, N.Expr] | None = None) -> dict[str, N.Expr]:
     """The int number locals forward assigns once (`h = d // 2`), each as its expression over dims and
-    arguments (an earlier one's name replaced by its value): a slice bounded by one (`q[..., :h]`) then has
-    the size the shape rules prove (`d // 2`), and what is computed from it a static shape."""
+    arguments (an earlier one's name replaced by its value; a measured size's by `sizes`'): a slice bounded
+    by one (`q[..., :h]`) then has the size the shape rules prove (`d // 2`), and what is computed from it a
+    static shape. `sizes` are among them."""
     assigned = Counter(name for name, _ in tape.numbers)
-    out: dict[str, N.Expr] = {}
+    out: dict[str, N.Expr] = dict(sizes or {})
     for name, value in tape.numbers:
         if assigned[name] == 1 and value.kind == N.Kind.INT:
             out[name] = _inlined(value, out)
+    return out
+
+
+def measured_dims(measured: Mapping[tuple[str, int | None], str], shapes: Mapping[str, Shape]) -> dict[str, N.Expr]:
+    """Each measured size (by its name) that its input's or member's declared shape names a dim at, as that
+    dim (`x_size_last` of `x: [B, d]` as `d`)."""
+    out: dict[str, N.Expr] = {}
+    for (leaf, k), name in measured.items():
+        shape = shapes.get(leaf)
+        p = None if k is None else position(shape, k)
+        if shape is None or p is None or shape[p] == GROUP:
+            continue
+        try:
+            dim = parse_expr(shape[p])
+        except SpecError:
+            continue
+        for n in walk(dim):
+            if isinstance(n, N.Name):
+                n.ref = N.Ref.DIM
+            if isinstance(n, N.Expr):
+                n.kind = N.Kind.INT
+        out[name] = dim
     return out
 
 
@@ -67,7 +119,12 @@ def step_shape(s: Step, shapes: dict[str, Shape]) -> Shape:
         return None  # kept as written, or as long as a mask has True elements
     if s.op.name == "index_many":
         return _picked_by_indices(s, shapes)
-    return op_shape(s.op, s.args, lambda a: expr_shape(a, shapes), s.expr.items if isinstance(s.expr, N.Call) else None)
+    shape = op_shape(
+        s.op, s.args, lambda a: expr_shape(a, shapes), s.expr.items if isinstance(s.expr, N.Call) else None
+    )
+    if shape is None and s.op.name == "slice":
+        return _sliced(s, shapes)
+    return shape
 
 
 def carried_shapes(
@@ -109,3 +166,100 @@ def same_shape_leaf(tape: Tape, var: str, absent: Collection[str] = ()) -> str |
     if target is None:
         return None
     return next((leaf for leaf in tape.leaves if shapes.get(leaf) == target and leaf not in absent), None)
+
+
+# ------------------------------------------------------------------ slices the shape rules leave unsized
+
+
+def _sliced(s: Step, shapes: dict[str, Shape]) -> Shape:
+    """`x[:, a:b]` of a step-1 slice whose size the shape rules do not prove (a negative bound on a dim
+    that may be shorter, a bound measured from an input): the size `slice_dim` gives."""
+    inp, dim = expr_shape(s.args["input"], shapes), s.args["dim"]
+    step = s.args.get("step")
+    if step is not None and not isinstance(step, N.NoneLit) and not (isinstance(step, N.Num) and step.value == 1):
+        return None
+    if not isinstance(dim, N.Num) or type(dim.value) is not int:
+        return None
+    p = position(inp, dim.value)
+    if inp is None or p is None or inp[p] == GROUP:
+        return None
+    size = slice_dim(s.args.get("start"), s.args.get("end"), inp[p])
+    return None if size is None else inp[:p] + (size,) + inp[p + 1 :]
+
+
+_STABLE = (N.Ref.ARG, N.Ref.DIM, N.Ref.LET, N.Ref.CONST)  # names whose value is the same wherever read
+
+
+def slice_dim(lower: N.Expr | None, upper: N.Expr | None, dim: str) -> str | None:
+    """The size of `[lower:upper]` (step 1) over a dim of size `dim`, as Python's slicing gives it: a
+    negative bound counts from the end (`-2` is `dim - 2`), and a bound is clamped into `[0, dim]`.
+    Where the clamping is proven not to apply, the difference of the bounds (`d - d // 2`; `2` of `-2:`
+    on a dim of 4); where it may, the slice itself as one symbol (`d[-2:]`: the same text is the same
+    size, whatever d is), so two operands sliced alike still have one shape. None where a bound reads a
+    value that may differ between two slices (a number local assigned twice, a loop's variable)."""
+    bounds = [None if b is None or isinstance(b, N.NoneLit) else b for b in (lower, upper)]
+    if any(b is not None and not _stable_int(b) for b in bounds):
+        return None
+    low, high = (None if b is None else poly(b) for b in bounds)
+    size = text_poly(dim)
+    if as_int(size) is not None and all(p is None or as_int(p) is not None for p in (low, high)):
+        ints = [None if p is None else as_int(p) for p in (low, high)]
+        return str(len(range(as_int(size))[ints[0] : ints[1]]))  # type: ignore[arg-type]
+    sizes = set(re.findall(r"[A-Za-z_]\w*", dim))  # a bound of these (or of dims) is never negative
+    start, stop = (_position_in(b, p, size, sizes) for b, p in zip(bounds, (low, high)))
+    start = constant(0) if low is None else start
+    stop = size if high is None else stop
+    if start is not None and stop is not None and _ordered(start, stop):
+        return poly_text(poly_add(stop, start, -1))
+    texts = ["" if p is None else poly_text(p) for p in (low, high)]
+    return poly_text(atom(f"{_operand(dim)}[{texts[0]}:{texts[1]}]"))
+
+
+def _stable_int(e: N.Expr) -> bool:
+    """Whether `e` is an int expression of numbers and names read alike everywhere (arguments, dims)."""
+    if isinstance(e, N.Num):
+        return type(e.value) is int
+    if e.kind != N.Kind.INT:
+        return False
+    return all(n.ref in _STABLE for n in walk(e) if isinstance(n, N.Name)) and not any(
+        isinstance(n, N.Call | N.Subscript) for n in walk(e)
+    )
+
+
+def _position_in(bound: N.Expr | None, value: Poly | None, size: Poly, sizes: set[str]) -> Poly | None:
+    """Where a bound falls in a dim of `size`, where it is proven that no clamping applies: a negative
+    number as `size` plus it, when that is proven >= 0; a bound of sizes proven at most `size` as itself.
+    None otherwise (and for no bound)."""
+    if bound is None or value is None:
+        return None
+    number = as_int(value)
+    if number is not None and number < 0:
+        moved = poly_add(size, value)
+        return moved if _nonnegative(moved) else None
+    of_sizes = all(n.ref == N.Ref.DIM or n.id in sizes for n in walk(bound) if isinstance(n, N.Name))
+    if not of_sizes or not _nonnegative(value) or not _ordered(value, size):
+        return None
+    return value
+
+
+def _nonnegative(p: Poly) -> bool:
+    """Whether `p` is proven >= 0 for sizes of at least 1: a number >= 0, or terms of positive coefficients
+    (each factor a size, or a size divided down) whose sum with the number is >= 0."""
+    value = as_int(p)
+    if value is not None:
+        return value >= 0
+    terms = dict(p)
+    rest = [c for m, c in terms.items() if m != ()]
+    return all(c > 0 for c in rest) and terms.get((), 0) + sum(rest) >= 0
+
+
+def _ordered(low: Poly, high: Poly) -> bool:
+    """Whether `low <= high` is proven: their difference is >= 0, or `low` is `high // c` (c >= 1)."""
+    if _nonnegative(poly_add(high, low, -1)):
+        return True
+    head, _, divisor = poly_text(low).rpartition(" // ")
+    return head == _operand(poly_text(high)) and divisor.isdigit() and int(divisor) >= 1
+
+
+def _operand(text: str) -> str:
+    return text if text.isidentifier() or text.lstrip("-").isdigit() else f"({text})"
