@@ -33,6 +33,7 @@ from layerdsl.autodiff.copied_layers import (
 from layerdsl.autodiff.inline_cache import cached
 from layerdsl.autodiff.list_order import reversed_lists
 from layerdsl.autodiff.loop_members import without_members
+from layerdsl.autodiff.operation_count import check_operations
 from layerdsl.autodiff.peel import peeled_families
 from layerdsl.autodiff.sub_requires import keep_origin
 from layerdsl.autodiff.tape import NotDerivable
@@ -87,8 +88,16 @@ class Family:
 
 def inline_subs(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
     """`layer` with every call of a sub replaced by the sub's forward (the layer itself when it has no
-    subs); raises NotDerivable, at the sub, for a sub that cannot be inlined. Computed once per layer
-    within `inline_cache.reused_inlining()`."""
+    subs); raises NotDerivable, at the sub, for a sub that cannot be inlined, and TooManyOperations, before
+    writing anything, for a forward that would go through more operations than a derived backward does
+    (`operation_count`). Computed once per layer within `inline_cache.reused_inlining()`."""
+    check_operations(layer, layers)
+    return _inline_subs(layer, layers)
+
+
+def _inline_subs(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
+    """`inline_subs` without the count: a sub's layer, inlined into a forward counted as a whole (a sub past
+    the limit alone may be called in a loop kept as one, derived once)."""
     return cached(layer, layers, lambda seen: _inlined(layer, seen))
 
 
@@ -100,7 +109,7 @@ def _inlined(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
         layer, parts = peeled_families(layer)  # a family whose first member differs: the first step on its own
         layer, stacked = stacked_families(layer)
         stacked |= {name: Family(p.written, p.var, p.count, p.cond, p.part) for name, p in parts.items()}
-        return dataclasses.replace(inline_subs(layer, layers), families=stacked)
+        return dataclasses.replace(_inline_subs(layer, layers), families=stacked)
     if not layer.subs:
         return Inlined(layer)
     if layer.backward is not None:
@@ -487,7 +496,7 @@ class _Inliner:
                 HINT,
             )
         try:
-            return inline_subs(spec, self.layers)
+            return _inline_subs(spec, self.layers)
         except LayerNotGiven:
             raise
         except NotDerivable as exc:
