@@ -113,3 +113,13 @@ def test_subs_whose_backwards_derive_are_composed_however_long_their_inlining_wo
     assert not problems
     assert isinstance(plans["Four"], CallPlan)
     assert [c.layer.name for c in plans["Four"].calls] == ["Block"] * 4
+
+
+def test_a_composed_layer_past_the_limit_is_emitted_from_its_inlined_forward(tmp_path, monkeypatch):
+    # the module's forward checks the inlined members' devices under its own name, as before the count
+    monkeypatch.setenv("LAYERDSL_NO_CACHE", "1")
+    spec = tmp_path / "composed.layer"
+    spec.write_text(COMPOSED, encoding="utf-8")
+    assert cli.main(["gen", str(spec), "-o", str(tmp_path / "out")]) == 0
+    code = (tmp_path / "out" / "composed.py").read_text(encoding="utf-8")
+    assert "Four: input 'x' is on" in code

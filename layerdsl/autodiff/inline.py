@@ -88,17 +88,17 @@ class Family:
 
 def inline_subs(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
     """`layer` with every call of a sub replaced by the sub's forward (the layer itself when it has no
-    subs); raises NotDerivable, at the sub, for a sub that cannot be inlined, and TooManyOperations, before
-    writing anything, for a forward that would go through more operations than a derived backward does
-    (`operation_count`). Computed once per layer within `inline_cache.reused_inlining()`."""
-    check_operations(layer, layers)
-    return _inline_subs(layer, layers)
-
-
-def _inline_subs(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
-    """`inline_subs` without the count: a sub's layer, inlined into a forward counted as a whole (a sub past
-    the limit alone may be called in a loop kept as one, derived once)."""
+    subs); raises NotDerivable, at the sub, for a sub that cannot be inlined. Computed once per layer
+    within `inline_cache.reused_inlining()`."""
     return cached(layer, layers, lambda seen: _inlined(layer, seen))
+
+
+def counted_inlining(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
+    """`inline_subs` for the derivation: first TooManyOperations, writing nothing, where the forward would go
+    through more operations than a derived backward does (`operation_count`). The emitter inlines a layer
+    planned already (its subs' Functions composed past the limit: its module's forward is the inlined one's)."""
+    check_operations(layer, layers)
+    return inline_subs(layer, layers)
 
 
 def _inlined(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
@@ -109,7 +109,7 @@ def _inlined(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
         layer, parts = peeled_families(layer)  # a family whose first member differs: the first step on its own
         layer, stacked = stacked_families(layer)
         stacked |= {name: Family(p.written, p.var, p.count, p.cond, p.part) for name, p in parts.items()}
-        return dataclasses.replace(_inline_subs(layer, layers), families=stacked)
+        return dataclasses.replace(inline_subs(layer, layers), families=stacked)
     if not layer.subs:
         return Inlined(layer)
     if layer.backward is not None:
@@ -496,7 +496,7 @@ class _Inliner:
                 HINT,
             )
         try:
-            return _inline_subs(spec, self.layers)
+            return inline_subs(spec, self.layers)
         except LayerNotGiven:
             raise
         except NotDerivable as exc:

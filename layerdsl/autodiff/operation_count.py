@@ -36,7 +36,7 @@ from layerdsl.semantics.evaluate import NotConstant, evaluate
 # reads are followed by recursion one call per operation (1,000 pass Python's default limit).
 MAX_TAPE_STEPS = 600
 
-# Operations run symbolically before the count gives up (a forward whose repeated operations the tape
+# Statements and operations run before the count gives up (a forward whose repeated operations the tape
 # computes once each, however many times it writes them): the plan then counts, as before.
 MAX_RUN = 50_000
 
@@ -90,6 +90,10 @@ def check_operations(layer: N.Layer, layers: Mapping[str, N.Layer]) -> None:
         return
 
 
+# what evaluating a number expression raises where its value is not known before forward runs
+_NOT_A_NUMBER = (NotConstant, TypeError, ValueError, ArithmeticError, KeyError, AttributeError, IndexError)
+
+
 class _Unknown(Exception):
     """What the count does not follow: the plan counts instead."""
 
@@ -109,11 +113,15 @@ class _Counter:
     run: int = 0
     fresh: Callable[[], int] = field(default_factory=lambda: itertools.count().__next__)
 
-    def operation(self, key: Value, span: Span, origin: str) -> Value:
-        """The value of an operation: counted where the tape has not computed it yet."""
+    def step(self) -> None:
+        """One more statement or operation run: past MAX_RUN, the count gives up."""
         self.run += 1
         if self.run > MAX_RUN:
             raise _Unknown
+
+    def operation(self, key: Value, span: Span, origin: str) -> Value:
+        """The value of an operation: counted where the tape has not computed it yet."""
+        self.step()
         if key not in self.seen:
             self.seen.add(key)
             self.spans.append(span)
@@ -174,7 +182,7 @@ class _Run:
         """The value of a number expression, or None where it is not known before forward runs."""
         try:
             return evaluate(e, self.known)
-        except (NotConstant, TypeError, ValueError, ArithmeticError, KeyError):
+        except _NOT_A_NUMBER:
             return None
 
     def block(self, body: list[N.Stmt]) -> None:
@@ -182,6 +190,7 @@ class _Run:
             self.statement(stmt)
 
     def statement(self, stmt: N.Stmt) -> None:
+        self.counter.step()  # a chain of subs each calling the next twice, computing nothing, ends too
         if isinstance(stmt, N.Assign):
             self.assign(stmt.target, stmt.value)
         elif isinstance(stmt, N.Append):
@@ -408,14 +417,14 @@ class _Run:
                     value = evaluate(given[a.name], caller)
                 elif a.default is not None:
                     value = evaluate(a.default, known)
-            except (NotConstant, TypeError, ValueError, ArithmeticError, KeyError):
+            except _NOT_A_NUMBER:
                 continue
             if value is not None:
                 known[a.name] = value
         for let in layer.lets:
             try:
                 known[let.name] = evaluate(let.value, known)
-            except (NotConstant, TypeError, ValueError, ArithmeticError, KeyError):
+            except _NOT_A_NUMBER:
                 continue
         return known
 
@@ -423,7 +432,7 @@ class _Run:
 def _range(bounds: list[N.Expr], known: Mapping[str, object]) -> range | None:
     try:
         values = [evaluate(b, known) for b in bounds]
-    except (NotConstant, TypeError, ValueError, ArithmeticError, KeyError):
+    except _NOT_A_NUMBER:
         return None
     if not all(isinstance(b, int) and not isinstance(b, bool) for b in values):
         return None

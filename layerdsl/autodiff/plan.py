@@ -19,7 +19,7 @@ import functools
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 
-from layerdsl.autodiff.inline import Inlined, LayerNotGiven, inline_subs
+from layerdsl.autodiff.inline import Inlined, LayerNotGiven, counted_inlining
 from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
 from layerdsl.autodiff.local_sizes import sub_requires_dropped
 from layerdsl.autodiff.loop_members import members_to_choose, read_outside_ifs
@@ -124,7 +124,7 @@ def plan_backwards(
             seen = layers if layers is not None else namespace.visible(f.path)
             inlined = Inlined(layer)
             try:
-                inlined = inline_subs(layer, seen)  # subs' forwards written into this one
+                inlined = counted_inlining(layer, seen)  # subs' forwards written into this one
                 plans[namespace.key(layer)] = plan_inlined(inlined)
             except LayerNotGiven:  # the checker reports the sub's layer
                 continue
@@ -281,7 +281,7 @@ def _derives(sub: N.Layer, layers: Mapping[str, N.Layer], deriving: dict[int, bo
     """Whether `sub`'s own backward derives (its subs inlined); `deriving` keeps what is known."""
     if id(sub) not in deriving:
         try:
-            plan_inlined(inline_subs(sub, layers))
+            plan_inlined(counted_inlining(sub, layers))
             deriving[id(sub)] = True
         except (NotDerivable, LayerNotGiven):
             deriving[id(sub)] = False
