@@ -328,12 +328,6 @@ def _looped_calls(steps: int) -> str:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/inline.py (inline_subs), unroll.py: subs are inlined (and loops unrolled) in full before"
-    " plan.py counts the operations against MAX_OPERATIONS; the inlining should stop (and report the limit)"
-    " once the forward it writes passes it",
-)
 @pytest.mark.parametrize("spec", [_doubling_chain(14), _looped_calls(32)], ids=["doubling", "looped"])
 def test_check_of_subs_inlined_past_the_limit_is_answered_in_bounded_time_and_memory(tmp_path, spec):
     path = tmp_path / "inlined.layer"

@@ -33,6 +33,7 @@ from layerdsl.autodiff.copied_layers import (
 from layerdsl.autodiff.inline_cache import cached
 from layerdsl.autodiff.list_order import reversed_lists
 from layerdsl.autodiff.loop_members import without_members
+from layerdsl.autodiff.operation_count import check_operations
 from layerdsl.autodiff.peel import peeled_families
 from layerdsl.autodiff.sub_requires import keep_origin
 from layerdsl.autodiff.tape import NotDerivable
@@ -90,6 +91,14 @@ def inline_subs(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
     subs); raises NotDerivable, at the sub, for a sub that cannot be inlined. Computed once per layer
     within `inline_cache.reused_inlining()`."""
     return cached(layer, layers, lambda seen: _inlined(layer, seen))
+
+
+def counted_inlining(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:
+    """`inline_subs` for the derivation: first TooManyOperations, writing nothing, where the forward would go
+    through more operations than a derived backward does (`operation_count`). The emitter inlines a layer
+    planned already (its subs' Functions composed past the limit: its module's forward is the inlined one's)."""
+    check_operations(layer, layers)
+    return inline_subs(layer, layers)
 
 
 def _inlined(layer: N.Layer, layers: Mapping[str, N.Layer]) -> Inlined:

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections import Counter
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 
-from layerdsl.autodiff.inline import Inlined, LayerNotGiven, inline_subs
+from layerdsl.autodiff.inline import Inlined, LayerNotGiven, counted_inlining
 from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
 from layerdsl.autodiff.local_sizes import sub_requires_dropped
 from layerdsl.autodiff.loop_members import members_to_choose, read_outside_ifs
@@ -49,6 +48,7 @@ from layerdsl.autodiff.nested_ifs import (
     sizes_by_side,
     unfollowed_size,
 )
+from layerdsl.autodiff.operation_count import MAX_TAPE_STEPS, TooManyOperations, too_long
 from layerdsl.autodiff.peel import rest_under_first
 from layerdsl.autodiff.reverse import Backward, GradStmt, derive
 from layerdsl.autodiff.shapes import infer_shapes
@@ -124,11 +124,13 @@ def plan_backwards(
             seen = layers if layers is not None else namespace.visible(f.path)
             inlined = Inlined(layer)
             try:
-                inlined = inline_subs(layer, seen)  # subs' forwards written into this one
+                inlined = counted_inlining(layer, seen)  # subs' forwards written into this one
                 plans[namespace.key(layer)] = plan_inlined(inlined)
             except LayerNotGiven:  # the checker reports the sub's layer
                 continue
             except NotDerivable as exc:
+                if isinstance(exc, TooManyOperations):  # counted before inlining: the sub it is in
+                    inlined = Inlined(layer, origins=exc.origins)
                 # a forward that only calls subs whose own backwards derive: their Functions composed
                 if (composed := composed_instead(layer, seen, deriving)) is not None:
                     if (refused := save_inputs_refused(composed)) is None:
@@ -279,7 +281,7 @@ def _derives(sub: N.Layer, layers: Mapping[str, N.Layer], deriving: dict[int, bo
     """Whether `sub`'s own backward derives (its subs inlined); `deriving` keeps what is known."""
     if id(sub) not in deriving:
         try:
-            plan_inlined(inline_subs(sub, layers))
+            plan_inlined(counted_inlining(sub, layers))
             deriving[id(sub)] = True
         except (NotDerivable, LayerNotGiven):
             deriving[id(sub)] = False
@@ -323,31 +325,9 @@ def plan_backward(
     return _straight_plan(layer, given, choices, measured)
 
 
-# The longest straight tape derived (an unrolled loop's steps counted): pricing which intermediates to save
-# takes time growing with the square of its length (800 operations take about 5-10 s), and the backward's
-# reads are followed by recursion one call per operation (1,000 pass Python's default limit).
-MAX_TAPE_STEPS = 600
-
-
 def _too_long(layer: N.Layer, tape: Tape) -> NotDerivable:
-    """The refusal of a tape longer than MAX_TAPE_STEPS. Statements that run more than once write steps of
-    the same span: in the forward's lines, a loop of a written count (unrolled); elsewhere, a sub called more
-    than once (inlined). What it says of loops and subs, it says only where they did."""
-    assert layer.forward is not None
-    whole = layer.forward.span
-    repeated = {span for span, n in Counter(s.expr.span for s in tape.steps).items() if n > 1}
-    looped = any(whole.line <= span.line <= whole.end_line for span in repeated)
-    called = any(not whole.line <= span.line <= whole.end_line for span in repeated)
-    ways = [way for way, did in (("its loops are unrolled", looped), ("its subs inlined", called)) if did]
-    message = f"a derived backward goes through at most {MAX_TAPE_STEPS} operations, and this forward has"
-    message += f" {len(tape.steps)}" + (f" once {' and '.join(ways)}" if ways else "")
-    message += " (the time to derive it grows with their square)"
-    hints = ["give the loop its count by an argument (`range(steps)`): such a loop is derived once, not unrolled"]
-    hints = (hints if looped else []) + (["put @function on a sub's layer instead"] if called else [])
-    hint = (
-        "; or ".join([*hints, "write a `backward` block"]) if hints else "write a `backward` block, or drop @function"
-    )
-    return NotDerivable(tape.steps[MAX_TAPE_STEPS].expr.span, message, hint)
+    """The refusal of a tape longer than MAX_TAPE_STEPS (`operation_count.too_long`)."""
+    return too_long(layer, [s.expr.span for s in tape.steps])
 
 
 def _straight_plan(
