@@ -389,7 +389,9 @@ class BackwardWriter:
             item_grad = self.fn.name(f"grad_{name}_item" if i == 0 else f"grad_{name}_item{i}")
             body.append(f"{item_grad} = {' + '.join(parts_at)}")
             outputs.append((loop.appended[name] if i == 0 else loop.more[name][i - 1], item_grad))
-        body = [f"{n} = {self.ex(e)}" for n, e in loop.numbers] + body
+        # a number the loop carries, as this step started with it (recorded in the prelude), then the step's
+        recorded = [f"{c} = {self.fn.number_record(loop, c)}[{step_index}]" for c in loop.carried_numbers]
+        body = recorded + [f"{n} = {self.ex(e)}" for n, e in loop.numbers] + body
         extra_grads: dict[str, str] = {}
         per_step_names = {c: self.fn.name(f"{c}_t") for c in loop.carried}
         for v in self.fn.per_step_order(loop, kept):
