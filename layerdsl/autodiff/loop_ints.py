@@ -53,7 +53,12 @@ class NumberNames:
     def statement(self, stmt: N.Stmt) -> N.Stmt:
         """A top-level statement other than a kept loop: its reads renamed; a number rebinding a renamed
         one bound anew under a fresh name."""
-        out = renamed(stmt, self.names)
+        names = self.names
+        if isinstance(stmt, N.For):  # a loop holding a loop: what it binds keeps its name (`_check_nest`)
+            own = {s.target for s in statements(stmt.body) if isinstance(s, N.Assign) and _binds_number(s)}
+            names = {b: new for b, new in names.items() if b not in own}
+            self.bound |= own
+        out = renamed(stmt, names)
         if isinstance(stmt, N.Assign) and isinstance(out, N.Assign) and out.value.kind in N.NUMBERS:
             if stmt.target in self.names:
                 out.target = self.names[stmt.target] = self.fresh(stmt.target)

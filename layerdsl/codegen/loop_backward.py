@@ -137,7 +137,7 @@ class BackwardWriter:
             saved = self.fn.unpacked = [l for l in self.plan.leaves if l in saved or l in spelled]
         if saved:
             head.append(f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors")
-        head += self.fn.placeholders_again()
+        head += [] if again else self.fn.placeholders_again()  # the forward run again binds them
         head += self.fn.prelude(self.ex, lambda d: self.fn.names.ctx_value(d))
         if again:  # it binds the views of the inputs too
             return head + again
