@@ -63,6 +63,15 @@ SPECS = {
             h = tanh(h @ w) * y[:, n:n + 1] + x[t]
         }
         return h * y[:, n:n + 1]""",
+    # a step reads the carried int before it rebinds it (the Function computes a step's ints first)
+    "read before the step rebinds it": """n = 1
+        for t in range(T) {
+            h = tanh(h @ w) * y[:, n:n + 1] + x[t]
+            n = (n + 1) % d
+            h = h * y[:, n:n + 1]
+            n = (n + 2) % d
+        }
+        return h * y[:, n:n + 1]""",
     # a kept loop inside a loop of a written count (unrolled): the int carried through both
     "nested loops": """n = 0
         for k in range(2) {

@@ -17,6 +17,7 @@ changes after the first steps, which the Function keeps values at.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -80,11 +81,42 @@ class NumberNames:
         inner = renamed(loop, {**self.names, **own})
         assert isinstance(inner, N.For)
         inner.iter = outer
+        if not any(isinstance(s, N.If | N.For) for s in inner.body):  # (an `if` left is refused by the planner)
+            inner.body = self.in_order(inner.body, {own.get(b, b) for b in carried})
         starts = {new: self.names.get(b, b) for b, new in own.items() if b in self.bound}
         self.names.update(own)
         self.bound |= set(body_numbers)
         self.late |= set(own.values())
         return LoopNumbers(inner, starts, [own[b] for b in dict.fromkeys(body_numbers) if b in carried])
+
+    def in_order(self, body: list[N.Stmt], carried: set[str]) -> list[N.Stmt]:
+        """`body` with each number binding but a name's last under a fresh name, and each read under the
+        name holding the value there: the Function computes a step's numbers first, in order, before its
+        tensors. A `carried` number a tensor statement reads before the step rebinds it reads a copy of the
+        step's start bound first (`n2 = n1`)."""
+        last = {s.target: k for k, s in enumerate(body) if isinstance(s, N.Assign) and _binds_number(s)}
+        kinds = {s.target: s.value.kind for s in body if isinstance(s, N.Assign) and _binds_number(s)}
+        now: dict[str, str] = {}  # a number -> the name holding its value at this point of the step
+        starts: dict[str, N.Assign] = {}  # a carried number -> the copy of its start
+        out: list[N.Stmt] = []
+        for k, s in enumerate(body):
+            if not (isinstance(s, N.Assign) and _binds_number(s)):
+                for name in _names(s) & carried:
+                    if name not in now and k < last.get(name, -1) and name not in starts:
+                        read = N.Name(s.span, name)
+                        read.ref, read.kind = N.Ref.LOCAL, kinds[name]
+                        starts[name] = N.Assign(s.span, self.fresh(name), s.span, read)
+                early = {n: starts[n].target for n in starts if n not in now}
+                out.append(renamed(s, {**now, **early}))
+                continue
+            bound = copy.copy(renamed(s, now))
+            assert isinstance(bound, N.Assign)
+            bound.target = s.target if k == last[s.target] else self.fresh(s.target)
+            now[s.target] = bound.target
+            out.append(bound)
+        if not starts and out == body:
+            return body
+        return [*starts.values(), *out]
 
 
 def renamed(node, names: dict[str, str]):
