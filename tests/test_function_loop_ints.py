@@ -41,6 +41,8 @@ SPECS = {
             h = tanh(h @ w + x[t])
         }
         m = (n + 2) % d
+        h = h * y[:, m:m + 1]
+        m = (m + 1) % d
         return h * y[:, n % d:n % d + 1] + y[:, m:m + 1]""",
     # two ints swapped at each step (Fibonacci modulo d)
     "two ints swapping": """a = 0

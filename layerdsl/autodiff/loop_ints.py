@@ -61,7 +61,7 @@ class NumberNames:
             self.bound |= own
         out = renamed(stmt, names)
         if isinstance(stmt, N.Assign) and isinstance(out, N.Assign) and out.value.kind in N.NUMBERS:
-            if stmt.target in self.names:
+            if stmt.target in self.names or stmt.target in self.late:  # (forward computes a late one in place)
                 out.target = self.names[stmt.target] = self.fresh(stmt.target)
             if _names(out.value) & self.late:
                 self.late.add(out.target)
