@@ -175,3 +175,38 @@ def test_an_int_a_loop_carries_derives_when_backward_runs_the_forward_again(body
     y = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
     _agree(ours, plain, x, y)
     assert torch.autograd.gradcheck(ours, (x, y))
+
+
+# ---------------------------------------------------------------- still open (refused by autodiff/loop_ints.py)
+
+OPEN = {
+    # an int carried through a loop holding a loop, both of counts known only when forward runs (a `Nest`)
+    "carried in a nest": """n = 0
+        for j in range(size_at(x, 0)) {
+            for t in range(T) {
+                n = (n + 1) % d
+                h = tanh(h @ w) * y[:, n:n + 1] + x[t]
+            }
+        }
+        return h""",
+    # a slice whose size varies from step to step
+    "varying slice": """for t in range(T) {
+            k = t % 2
+            h = cat([h[:, :k] * 2.0, tanh(h[:, k:])], dim = 1) @ w
+        }
+        return h""",
+}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="autodiff/loop_ints.py refuses them: a Nest's numbers would need NumberNames in autodiff/nest.py and"
+    " the replay in codegen/function_nest.py; a slice whose size varies needs each step's values kept per step"
+    " at their own shapes (a list, or buffers padded per step) in codegen/function_loops.py",
+)
+@pytest.mark.parametrize("name", sorted(OPEN))
+def test_still_refused_ints_derive(name):
+    ours, plain = _pair(OPEN[name], 4)
+    x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    _agree(ours, plain, x, y)
