@@ -249,16 +249,17 @@ def test_an_index_beside_a_slice_keeps_no_more_than_autograd():
 
 
 # An int a run-time loop carries from step to step (`n = n + 1` in the body) or binds for after the loop
-# (`n = t`, then `x[n]`): the Function's backward recomputes number locals by running their statements again
-# where it reads them, in its own order, so its gradients were wrong, silently. autodiff/loop_ints.py now
-# refuses such an int at the statement that binds it.
+# (`n = t`, then `h0[n]`): the Function's backward recomputed number locals by running their statements again
+# where it read them, in its own order, so its gradients were wrong, silently; round 18 refused them. Now the
+# loop names such an int apart and its backward runs the loop's numbers again, recording each step's
+# (autodiff/loop_ints.py, codegen/function_loops.py): they derive, over loops of 0 to 3 steps.
 INT_ACROSS_STEPS = """\
 @function
 layer IntAcrossSteps(d: int) {
     param w: [d, d] = uniform(-1, 1)
     example(d = 4)
-    forward(x: [T, B, d]) -> [B, d] {
-        h = x[0]
+    forward(x: [T, B, d], h0: [B, d]) -> [B, d] {
+        h = h0
         n = 0
         for t in range(T) {
             BODY
@@ -269,28 +270,39 @@ layer IntAcrossSteps(d: int) {
 """
 
 
+@pytest.mark.parametrize("steps", [0, 1, 2, 3])
 @pytest.mark.parametrize(
-    ("body", "result", "why"),
+    ("body", "result"),
     [
-        ("n = n + 1\n            h = tanh(h @ w) * x[t, :, n:n + 1]", "h", "carries it from step to step"),
-        ("n = t\n            h = tanh(h @ w)", "h * x[n]", "leaves it bound and it is read after the loop"),
+        ("n = n + 1\n            h = tanh(h @ w) * x[t, :, n:n + 1]", "h"),
+        ("n = t\n            h = tanh(h @ w)", "h * h0[n]"),
+        # an int each step computes from the loop's variable alone
+        ("n = t % 2\n            h = tanh(h @ w) * x[t, :, n:n + 1]", "h"),
     ],
-    ids=["carried", "after the loop"],
+    ids=["carried", "after the loop", "per step"],
 )
-def test_an_int_a_run_time_loop_carries_is_refused_where_it_is_bound(body, result, why):
+def test_an_int_a_run_time_loop_carries_derives(body, result, steps):
     text = INT_ACROSS_STEPS.replace("BODY", body).replace("RESULT", result)
-    with pytest.raises(SpecError) as caught:
-        compile_spec(text, "int_across_steps")
-    (error,) = [d.render() for d in caught.value.diagnostics]
-    line = text.splitlines().index("            " + body.split("\n")[0]) + 1
-    assert error.startswith(
-        f"int_across_steps.layer:{line}:13: error: cannot derive through the number 'n' yet: the loop over 't' {why}"
-    )
-    assert "hint: " in error
-    # an int each step computes from the loop's variable alone has forward's value in backward: it derives
-    text = INT_ACROSS_STEPS.replace("BODY", "n = t % 2\n            h = tanh(h @ w) * x[t, :, n:n + 1]")
-    ours, plain = _pair(text.replace("RESULT", "h"), "IntAcrossSteps", 4)
-    _agree(ours, plain, torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True))
+    ours, plain = _pair(text, "IntAcrossSteps", 4)
+    torch.manual_seed(steps)
+    x = torch.randn(steps, 3, 4, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(ours(x, h0), plain(x, h0))
+    unused = {"allow_unused": True, "materialize_grads": True}  # x, in a loop of no steps
+    firsts = [
+        torch.autograd.grad(m(x, h0).square().sum(), [x, h0, *m.parameters()], create_graph=True, **unused)
+        for m in (ours, plain)
+    ]
+    for g, p in zip(*firsts, strict=True):
+        torch.testing.assert_close(g, p)
+    seconds = [
+        torch.autograd.grad(sum(g.sum() for g in gs), [x, h0, *m.parameters()], **unused)
+        for gs, m in zip(firsts, (ours, plain))
+    ]
+    for g, p in zip(*seconds, strict=True):
+        torch.testing.assert_close(g, p)
+    assert torch.autograd.gradcheck(ours, (x, h0))
+    assert torch.autograd.gradgradcheck(ours, (x, h0))
 
 
 # Layers that each call their sub twice (`return s(s(x))`), 14 deep, `@function` on the top one: the

@@ -1,20 +1,30 @@
-"""Number locals in a loop kept as one (its count known only when forward runs): what a derived backward refuses.
+"""Number locals of a loop kept as one (its count known only when forward runs): one name per value.
 
 The Function computes a loop body's number locals once per step, and its backward computes them again
-where it reads them, from the loop variable and the numbers bound outside the loop. So a number local
-the body carries from step to step (`n = n + 1`: read before the body binds it) or that the loop leaves
-bound for after it (`n = t`, then `x[n]`) would take another value in backward than in forward; and a
-step value sliced by bounds that vary from step to step (`h[:, :k]` with `k = t % 2`) changes shape
-after the first steps, which the Function keeps values at. Both are refused here, at the statement, until
-the loop keeps such values per step.
+where it reads them, from the loop's variable and the numbers bound outside it. A number the body carries
+from step to step (`n = n + 1`), or that the loop leaves bound for after it (`n = t`, then `x[n]`), or that
+shadows one bound before the loop, takes a name of its own in the loop (`n1`, `NumberNames`): the loop
+starts it as the value before (`n1 = n`), so after the loop it holds the last step's value, or the value
+before when the loop ran no step, as in Python. Backward runs the numbers' loop again in its prelude, a
+Python loop over ints, recording the carried ones' values at the start of each step (`Loop.carried_numbers`),
+and reads step t's record where it runs step t. Numbers the forward binds after such a loop from what it
+leaves (`m = n1 * 2`) are `late`: forward computes them where they stand, not before its first segment.
+
+Still refused here, at the statement: such a number in a loop holding a loop (a `Nest`), and a step value
+sliced by bounds whose difference varies from step to step (`h[:, :k]` with `k = t % 2`), whose shape then
+changes after the first steps, which the Function keeps values at.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
-from layerdsl.ir.visit import statements, walk
+from layerdsl.ir.visit import map_children, statements, walk
 from layerdsl.semantics.evaluate import NotConstant, evaluate
 
 HINT = (
@@ -23,30 +33,154 @@ HINT = (
 )
 
 
+@dataclass
+class LoopNumbers:
+    """What renaming gave one loop: its statement as planned, and its numbers' names."""
+
+    loop: N.For
+    starts: dict[str, str] = field(default_factory=dict)  # a renamed number -> the name it starts as
+    carried: list[str] = field(default_factory=list)  # renamed numbers a step reads before binding
+
+
+class NumberNames:
+    """The current name of each number local, along a forward's top-level statements (`Planner.run`)."""
+
+    def __init__(self, fresh: Callable[[str], str]):
+        self.fresh = fresh
+        self.names: dict[str, str] = {}  # spec local -> the name holding it now, where it was renamed
+        self.bound: set[str] = set()  # number locals bound so far by a top-level statement or a loop
+        self.late: set[str] = set()  # names a loop binds, and numbers computed after it from them
+
+    def statement(self, stmt: N.Stmt) -> N.Stmt:
+        """A top-level statement other than a kept loop: its reads renamed; a number rebinding a renamed
+        one bound anew under a fresh name."""
+        names = self.names
+        if isinstance(stmt, N.For):  # a loop holding a loop: what it binds keeps its name (`_check_nest`)
+            own = {s.target for s in statements(stmt.body) if isinstance(s, N.Assign) and _binds_number(s)}
+            names = {b: new for b, new in names.items() if b not in own}
+            self.bound |= own
+        out = renamed(stmt, names)
+        if isinstance(stmt, N.Assign) and isinstance(out, N.Assign) and out.value.kind in N.NUMBERS:
+            if stmt.target in self.names or stmt.target in self.late:  # (forward computes a late one in place)
+                out.target = self.names[stmt.target] = self.fresh(stmt.target)
+            if _names(out.value) & self.late:
+                self.late.add(out.target)
+            self.bound.add(stmt.target)
+        return out
+
+    def loop(self, loop: N.For, rest: list[N.Stmt]) -> LoopNumbers:
+        """`loop` with the numbers it binds that it carries, leaves for `rest` or shadows named apart."""
+        body_numbers = [s.target for s in statements(loop.body) if isinstance(s, N.Assign) and _binds_number(s)]
+        carried = _read_before_bound(loop.body) & set(body_numbers)
+        later = {n.id for s in rest for n in walk(s) if isinstance(n, N.Name)}
+        own: dict[str, str] = {}
+        for b in dict.fromkeys(body_numbers):
+            if b in carried or b in later or b in self.bound:
+                own[b] = self.fresh(b)
+        outer = renamed(loop.iter, self.names)
+        inner = renamed(loop, {**self.names, **own})
+        assert isinstance(inner, N.For)
+        inner.iter = outer
+        if not any(isinstance(s, N.If | N.For) for s in inner.body):  # (an `if` left is refused by the planner)
+            inner.body = self.in_order(inner.body, {own.get(b, b) for b in carried})
+        starts = {new: self.names.get(b, b) for b, new in own.items() if b in self.bound}
+        self.names.update(own)
+        self.bound |= set(body_numbers)
+        self.late |= set(own.values())
+        return LoopNumbers(inner, starts, [own[b] for b in dict.fromkeys(body_numbers) if b in carried])
+
+    def in_order(self, body: list[N.Stmt], carried: set[str]) -> list[N.Stmt]:
+        """`body` with each number binding but a name's last under a fresh name, and each read under the
+        name holding the value there: the Function computes a step's numbers first, in order, before its
+        tensors. A `carried` number a tensor statement reads before the step rebinds it reads a copy of the
+        step's start bound first (`n2 = n1`)."""
+        last = {s.target: k for k, s in enumerate(body) if isinstance(s, N.Assign) and _binds_number(s)}
+        kinds = {s.target: s.value.kind for s in body if isinstance(s, N.Assign) and _binds_number(s)}
+        now: dict[str, str] = {}  # a number -> the name holding its value at this point of the step
+        starts: dict[str, N.Assign] = {}  # a carried number -> the copy of its start
+        out: list[N.Stmt] = []
+        for k, s in enumerate(body):
+            if not (isinstance(s, N.Assign) and _binds_number(s)):
+                for name in _names(s) & carried:
+                    if name not in now and k < last.get(name, -1) and name not in starts:
+                        read = N.Name(s.span, name)
+                        read.ref, read.kind = N.Ref.LOCAL, kinds[name]
+                        starts[name] = N.Assign(s.span, self.fresh(name), s.span, read)
+                early = {n: starts[n].target for n in starts if n not in now}
+                out.append(renamed(s, {**now, **early}))
+                continue
+            bound = copy.copy(renamed(s, now))
+            assert isinstance(bound, N.Assign)
+            bound.target = s.target if k == last[s.target] else self.fresh(s.target)
+            now[s.target] = bound.target
+            out.append(bound)
+        if not starts and out == body:
+            return body
+        return [*starts.values(), *out]
+
+
+def renamed(node, names: dict[str, str]):
+    """`node` (left as it was) with each number local of `names` read or bound under its new name."""
+    if not names:
+        return node
+
+    def go(e):
+        e = map_children(e, go)
+        if isinstance(e, N.Name) and e.id in names and e.ref == N.Ref.LOCAL and e.kind in N.NUMBERS:
+            e.id = names[e.id]
+        elif isinstance(e, N.Assign) and e.target in names and e.value.kind in N.NUMBERS:
+            e.target = names[e.target]
+        return e
+
+    return go(node)
+
+
+def _binds_number(s: N.Stmt) -> bool:
+    return isinstance(s, N.Assign) and s.value.kind in N.NUMBERS
+
+
+def _read_before_bound(body: list[N.Stmt]) -> set[str]:
+    """The number locals a step of `body` reads before binding them (a block's own reads: its count's)."""
+    bound: set[str] = set()
+    read: set[str] = set()
+    for s in statements(body):
+        read |= _own_reads(s) - bound
+        if _binds_number(s):
+            assert isinstance(s, N.Assign)
+            bound.add(s.target)
+    return read
+
+
 def check_loop_numbers(body: list[N.Stmt], later: frozenset[str] = frozenset()) -> None:
-    """NotDerivable at a number local a kept loop of `body` carries or leaves bound, or at a slice of a
-    step whose size varies from step to step; `later`: the names read after `body` (around it)."""
+    """NotDerivable at a number local a loop holding a loop carries or leaves bound (in either loop), or at
+    a slice of a step whose size varies from step to step; `later`: the names read after `body`."""
     for at, stmt in enumerate(body):
         after = later | {n.id for s in body[at + 1 :] for n in walk(s) if isinstance(n, N.Name)}
         if isinstance(stmt, N.For):
-            _check_loop(stmt, after)
-            check_loop_numbers(stmt.body, after | _read(stmt.body))
+            _check_slices(stmt)
+            if any(isinstance(s, N.For) for s in statements(stmt.body)):
+                _check_nest(stmt, after)
         elif isinstance(stmt, N.If):
             check_loop_numbers(stmt.body, after)
             check_loop_numbers(stmt.orelse, after)
 
 
-def _read(body: list[N.Stmt]) -> frozenset[str]:
-    return frozenset(n.id for s in body for n in walk(s) if isinstance(n, N.Name))
+def _check_nest(loop: N.For, after: frozenset[str]) -> None:
+    """A loop holding a loop, and each loop in it: no number carried from step to step or left bound."""
+    _check_carried(loop, after)
+    for stmt in loop.body:
+        if isinstance(stmt, N.For):
+            rest = after | {n.id for s in loop.body for n in walk(s) if isinstance(n, N.Name)}
+            _check_slices(stmt)
+            _check_nest(stmt, rest)
 
 
-def _check_loop(loop: N.For, after: frozenset[str]) -> None:
+def _check_carried(loop: N.For, after: frozenset[str]) -> None:
     numbers = [s for s in statements(loop.body) if isinstance(s, N.Assign) and s.value.kind in N.NUMBERS]
     bound: set[str] = set()
     for s in statements(loop.body):
         if isinstance(s, N.Assign) and s in numbers:
-            carried = s.target not in bound and s.target in _names(s.value)
-            if carried:
+            if s.target not in bound and s.target in _names(s.value):
                 raise _carried(s, loop)
             bound.add(s.target)
             continue
@@ -59,16 +193,22 @@ def _check_loop(loop: N.For, after: frozenset[str]) -> None:
         if s.target in after and _names(s.value) & inside:  # the same number at every step is no matter
             raise NotDerivable(
                 s.span,
-                f"cannot derive through the number '{s.target}' yet: the loop over '{loop.var}' leaves it bound"
-                " and it is read after the loop, where a derived backward computes it again from the loop's"
-                " variable (not kept per step)",
+                f"cannot derive through the number '{s.target}' yet: the loop over '{loop.var}' holds a loop"
+                " and leaves it bound, and it is read after the loop, where a derived backward computes it"
+                " again from the loop's variable (not kept per step in a loop holding a loop)",
                 "bind it after the loop from what it is computed from (`n = T - 1`), or write a backward block",
             )
-    varying = {loop.var}
-    for s in numbers:  # in order: a number computed from the variable, or from one that is
-        if _names(s.value) & varying:
-            varying.add(s.target)
+
+
+def _check_slices(loop: N.For) -> None:
+    """NotDerivable at a slice in `loop`'s body whose size varies from step to step."""
+    numbers = [s for s in statements(loop.body) if isinstance(s, N.Assign) and s.value.kind in N.NUMBERS]
+    varying = {loop.var} | (_read_before_bound(loop.body) & {s.target for s in numbers})
+    for _ in range(len(numbers) + 1):  # a number computed from the variable, or from one that varies
+        varying |= {s.target for s in numbers if _names(s.value) & varying}
     for s in statements(loop.body):
+        if isinstance(s, N.For):
+            continue  # its own count (`_check_nest` checks its slices)
         for e in walk(s):
             if isinstance(e, N.Subscript):
                 for item in e.items:
@@ -106,9 +246,9 @@ def _own_reads(stmt: N.Stmt) -> set[str]:
 def _carried(stmt: N.Assign, loop: N.For) -> NotDerivable:
     return NotDerivable(
         stmt.span,
-        f"cannot derive through the number '{stmt.target}' yet: the loop over '{loop.var}' carries it from step"
-        " to step (a step reads the value the step before bound), and a derived backward computes it again"
-        " in its own order (not kept per step)",
+        f"cannot derive through the number '{stmt.target}' yet: the loop over '{loop.var}' holds a loop and"
+        " carries it from step to step (a step reads the value the step before bound), and a derived backward"
+        " computes it again in its own order (not kept per step in a loop holding a loop)",
         HINT,
     )
 

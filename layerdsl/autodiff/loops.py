@@ -30,7 +30,7 @@ from typing import Union
 
 from layerdsl.autodiff import nest
 from layerdsl.autodiff.loop_choices import chosen_side, self_decided
-from layerdsl.autodiff.loop_ints import check_loop_numbers
+from layerdsl.autodiff.loop_ints import NumberNames, check_loop_numbers
 from layerdsl.autodiff.loop_members import without_members
 from layerdsl.autodiff.reverse import derive
 from layerdsl.autodiff.shapes import carried_shapes, step_shape
@@ -89,6 +89,12 @@ class Loop:
     shapes_kept: dict[str, str] = field(default_factory=dict)
     heads: dict[str, list[str]] = field(default_factory=dict)  # list local -> the values appended before it
     more: dict[str, list[N.Expr]] = field(default_factory=dict)  # list local -> what each step appends after `appended`
+    # numbers named apart in the loop (`loop_ints`): each one's start (`n1 = n`), those a step reads before
+    # binding (backward runs the numbers again, recording these per step), and how many of the forward's
+    # numbers outside loops come before it
+    number_starts: dict[str, str] = field(default_factory=dict)
+    carried_numbers: list[str] = field(default_factory=list)
+    numbers_at: int = 0
 
 
 @dataclass
@@ -131,6 +137,7 @@ class LoopPlan:
     numbers: list[tuple[str, N.Expr]]  # number locals outside loops (from dims and arguments)
     shapes: dict[str, Shape]
     requires: set[str]  # values that may need a gradient (computed from a differentiable leaf)
+    late: set[str] = field(default_factory=set)  # numbers a loop leaves, and those computed from them after it
 
 
 def on_arguments(cond: N.Expr, optional: frozenset[str] = frozenset()) -> bool:
@@ -331,11 +338,17 @@ class Planner:
         self.requires = set(self.differentiable)
         self.numbers: list[tuple[str, N.Expr]] = []
         self.heads: dict[str, list[str]] = {}  # list local -> the locals holding what is appended before its loop
+        self.number_names = NumberNames(self.fresh)  # number locals a loop binds, named apart (`loop_ints`)
 
     def run(self, grads_for) -> LoopPlan:
         segments: list[Segment] = []
         chunk: list[N.Stmt] = []
         for at, stmt in enumerate(self.forward.body):
+            if isinstance(stmt, N.For) and not nest.holds_loop(stmt):
+                numbered = self.number_names.loop(stmt, self.forward.body[at + 1 :])
+                stmt = numbered.loop
+            else:  # a loop holding a loop: its reads (`loop_ints` refuses numbers it carries or leaves)
+                stmt = self.number_names.statement(stmt)
             if isinstance(stmt, N.If) and self.conditions is not None:
                 if chunk:
                     segments.append(self.straight(chunk))
@@ -350,7 +363,13 @@ class Planner:
                 if chunk:
                     segments.append(self.straight(chunk))
                     chunk = []
-                segments += self.loop(stmt)
+                planned = self.loop(stmt)
+                if not nest.holds_loop(stmt):
+                    loop = planned[-1]
+                    assert isinstance(loop, Loop)
+                    loop.number_starts, loop.carried_numbers = numbered.starts, numbered.carried
+                    loop.numbers_at = len(self.numbers)
+                segments += planned
             elif isinstance(stmt, N.Assign) and isinstance(stmt.value, N.ListExpr) and not stmt.value.items:
                 self.lists.add(stmt.target)
             elif isinstance(stmt, N.Append) and stmt.target in self.lists and stmt.target not in self.loops:
@@ -378,6 +397,7 @@ class Planner:
             self.numbers,
             self.shapes,
             self.requires,
+            self.number_names.late,
         )
         _check_derivable(plan)
         _check_drawn_once(self.layer, plan)

@@ -590,6 +590,8 @@ class LoopFunction:
         lines = []
         for seg in self.plan.segments:
             if isinstance(seg, Straight):
+                late = [(n, e) for n, e in seg.tape.numbers if n in self.plan.late]
+                lines += [line for n, e in late for line in self.helper.located([f"{n} = {ex(e)}"], e.span.line)]
                 lines += self.steps(seg.tape, ex)
             elif isinstance(seg, Choice):
                 lines += self.forward_choice(seg, extra, ex)
@@ -661,12 +663,76 @@ class LoopFunction:
         read |= {n.id for loop in self.loops for j in loop.joins for n in walk(j.dim) if isinstance(n, N.Name)}
         read |= {n for seg in function_nest.nests(self.plan.segments) for n in function_nest.names_read(seg)}
         read |= {v for check in segment_checks(self.plan.segments) for v in read_vars(check)}
+        read |= {n.id for _, e in self.late_numbers() for n in walk(e) if isinstance(n, N.Name)}
+        read |= {start for loop in self.loops for start in loop.number_starts.values()}
         lines, _ = self.helper.prelude(tape, read, ex, dim_spelling)
         return lines
 
     def numbers_tape(self) -> Tape:
-        """The number locals outside loops, for `FunctionEmitter.prelude`."""
-        return Tape([], [], [], set(), numbers=list(self.plan.numbers))
+        """The number locals outside loops that forward computes before its first segment, for
+        `FunctionEmitter.prelude`: not those computed from what a loop leaves (`late_numbers`)."""
+        late = self.plan.late
+        return Tape([], [], [], set(), numbers=[(n, e) for n, e in self.plan.numbers if n not in late])
+
+    def late_numbers(self) -> list[tuple[str, N.Expr]]:
+        """The number locals outside loops computed from what a loop leaves (`loop_ints`): forward computes
+        them where they stand, after that loop."""
+        return [(n, e) for n, e in self.plan.numbers if n in self.plan.late]
+
+    def number_record(self, loop: Loop, number: str) -> str:
+        """The list of `number`'s value at the start of each step of `loop`, which backward's prelude records
+        running the loop's numbers again (`numbers_again`)."""
+        return self.name(f"{number}_at", key=(id(loop),))
+
+    def replayed(self) -> list[Loop]:
+        """The loops whose numbers backward runs again in its prelude: those binding numbers named apart."""
+        return [
+            loop
+            for loop in self.loops
+            if loop in self.plan.segments
+            and (loop.number_starts or loop.carried_numbers or {n for n, _ in loop.numbers} & self.plan.late)
+        ]
+
+    def numbers_again(self, names: set[str], ex: PyExpr, dim_spelling, spelled) -> list[str]:
+        """Backward's prelude where loops bind numbers named apart (`replayed`): the dims, the numbers outside
+        loops and each such loop's numbers run again (a Python loop over ints, recording the carried ones at
+        each step's start, `number_record`), in forward's order, those `names` read and what they read."""
+        program: list = []
+        loops = sorted(self.replayed(), key=lambda loop: loop.numbers_at)
+        for at, item in enumerate(self.plan.numbers):
+            program += [loop for loop in loops if loop.numbers_at == at]
+            program.append(item)
+        program += [loop for loop in loops if loop.numbers_at >= len(self.plan.numbers)]
+        need = set(names)
+        kept: list = []
+        for item in reversed(program):  # what is read, back to what it is computed from
+            if isinstance(item, Loop):
+                own = {item.var, *(n for n, _ in item.numbers), *item.number_starts}
+                exprs = [*item.bounds, *(e for _, e in item.numbers)]
+                need -= own
+                need |= {n.id for e in exprs for n in walk(e) if isinstance(n, N.Name)} - own
+                need |= set(item.number_starts.values())
+                kept.append(item)
+                continue
+            name, value = item
+            if name in need:
+                need.discard(name)
+                need |= {n.id for n in walk(value) if isinstance(n, N.Name)}
+                kept.append(item)
+        need -= set(spelled)
+        lines = [f"{d} = {dim_spelling(d)}" for d in self.helper.dim_source if d in need]
+        for item in reversed(kept):
+            if not isinstance(item, Loop):
+                lines += self.helper.located([f"{item[0]} = {ex(item[1])}"], item[1].span.line)
+                continue
+            lines += [f"{new} = {start}" for new, start in item.number_starts.items()]
+            records = {c: self.number_record(item, c) for c in item.carried_numbers}
+            lines += [f"{r} = []" for r in records.values()]
+            body = [f"{r}.append({c})" for c, r in records.items()]
+            body += [f"{n} = {ex(e)}" for n, e in item.numbers]
+            head = f"for {item.var} in {self.trip(item, ex)}:  # the loop's numbers again"
+            lines += [head, *("    " + line for line in body or ["pass"])]
+        return lines
 
     def recording(self, writer: BackwardWriter) -> BackwardWriter:
         """`writer`, its spelling recording what it writes in `backward_read`."""
@@ -725,6 +791,7 @@ class LoopFunction:
 
     def forward_loop(self, loop: Loop, per_step: set[str], ex: PyExpr) -> list[str]:
         lines = [f"{c} = {self.not_an_input(start)}" for c, start in loop.carried.items() if c != start]
+        lines += [f"{new} = {start}" for new, start in loop.number_starts.items()]  # as a loop of no steps leaves it
         kept = self.per_step_order(loop, per_step)
         shaped = self.step_shapes.get(self.loops.index(loop), set())
         buffered = self.buffered_lists(loop, [v for v in kept if v not in shaped and v not in loop.carried])
@@ -948,9 +1015,12 @@ class LoopFunction:
         at = lines.index(PRELUDE)
         ex = self.prelude_ex
         assert ex is not None  # set by `prelude`, which `BackwardWriter.head` calls
-        prelude, _ = self.helper.prelude(
-            self.numbers_tape(), self.backward_read.bare, ex, self.names.ctx_value, spelled=ex.sp.names
-        )
+        if self.replayed():
+            prelude = self.numbers_again(self.backward_read.bare, ex, self.names.ctx_value, ex.sp.names)
+        else:
+            prelude, _ = self.helper.prelude(
+                self.numbers_tape(), self.backward_read.bare, ex, self.names.ctx_value, spelled=ex.sp.names
+            )
         lines[at : at + 1] = prelude
         self.backward_text = "\n".join(lines)
         self.backward_dims = {d for d in self.helper.dims if d in self.backward_read.spelt}

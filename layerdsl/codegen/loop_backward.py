@@ -137,7 +137,7 @@ class BackwardWriter:
             saved = self.fn.unpacked = [l for l in self.plan.leaves if l in saved or l in spelled]
         if saved:
             head.append(f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors")
-        head += self.fn.placeholders_again()
+        head += [] if again else self.fn.placeholders_again()  # the forward run again binds them
         head += self.fn.prelude(self.ex, lambda d: self.fn.names.ctx_value(d))
         if again:  # it binds the views of the inputs too
             return head + again
@@ -389,7 +389,9 @@ class BackwardWriter:
             item_grad = self.fn.name(f"grad_{name}_item" if i == 0 else f"grad_{name}_item{i}")
             body.append(f"{item_grad} = {' + '.join(parts_at)}")
             outputs.append((loop.appended[name] if i == 0 else loop.more[name][i - 1], item_grad))
-        body = [f"{n} = {self.ex(e)}" for n, e in loop.numbers] + body
+        # a number the loop carries, as this step started with it (recorded in the prelude), then the step's
+        recorded = [f"{c} = {self.fn.number_record(loop, c)}[{step_index}]" for c in loop.carried_numbers]
+        body = recorded + [f"{n} = {self.ex(e)}" for n, e in loop.numbers] + body
         extra_grads: dict[str, str] = {}
         per_step_names = {c: self.fn.name(f"{c}_t") for c in loop.carried}
         for v in self.fn.per_step_order(loop, kept):
