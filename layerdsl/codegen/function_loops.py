@@ -64,11 +64,14 @@ def emit_loop_function(emitter, plan: LoopPlan) -> dict:
     # all masks at once, then each one dropped that keeps no less (`relu(x) * x` keeps x per step anyway)
     for drop in [None, *(m for ms in found.values() for m in ms)]:
         masks = {k: [m for m in ms if m is not drop] for k, ms in chosen.items()}
-        other = LoopFunction(emitter, with_mask_steps(plan, fn, masks))
-        other.step_masks = masks
-        tried = other.emit()
-        if other.step_weight() < weight or drop is not None and other.step_weight() == weight:
-            best, weight, chosen = tried, other.step_weight(), masks
+        if any(masks.values()):
+            other = LoopFunction(emitter, with_mask_steps(plan, fn, masks))
+            other.step_masks = masks
+            tried, tried_weight = other.emit(), other.step_weight()
+        else:  # the last mask dropped: the Function written first
+            tried, tried_weight = pieces, fn.step_weight()
+        if tried_weight < weight or drop is not None and tried_weight == weight:
+            best, weight, chosen = tried, tried_weight, masks
         elif drop is None:
             return pieces
     return best
