@@ -4,8 +4,6 @@ that changes nothing it reads or binds; `else: if` becomes `elif` only where it 
 
 from __future__ import annotations
 
-import pytest
-
 from layerdsl.codegen.function_branches import chosen_lines, common_start
 
 
@@ -75,14 +73,10 @@ def test_else_if_on_the_same_value_is_elif_and_a_gradient_test_is_not():
     assert given == ['if ctx.reduction == "mean":', "    x = 1", "else:", "    if g is not None:", "        x = 2"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codegen/function_branches._past_plain_reads moves a statement past plain reads only; a held list's "
-    "restacking (`w = torch.stack(m) if m else None`, codegen/function_members.unpacked_with_held) is no plain "
-    "read, so a branching loop Function's sides (DeepMLP under @function) each declare their gradients. Next "
-    "step: let it move past assignments of pure expressions and the comment before them",
-)
 def test_a_shared_declaration_moves_past_the_restacked_members():
+    """A held list's members stacked again (`function_members.unpacked_with_held`), after a comment, are
+    read past: each side of a branching loop Function (DeepMLP under @function) does not declare its
+    gradients again."""
     restacked = ["# stacked again", "w = torch.stack(m) if m else None", "grad_x = None", "return grad_x"]
     then = ["x, y, *m = ctx.saved_tensors", *restacked]
     orelse = ["x, *m = ctx.saved_tensors", *restacked]
