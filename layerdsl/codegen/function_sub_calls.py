@@ -131,7 +131,7 @@ def emit_composed_function(emitter, plan: CallPlan) -> dict:
     itself (its locals, counts and ends) is named around the forward's values and their gradients."""
     layer = plan.layer
     name = function_name(layer.name)
-    assigned = {s.target for s in plan.steps}
+    assigned = list(dict.fromkeys(s.target for s in plan.steps))  # in order: a set's varies between runs
     values = {*plan.inputs, *assigned}
     names = FunctionNames(
         values | {f"grad_{v}" for v in values} | {function_name(c.layer.name) for c in plan.calls}, []
