@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 
@@ -27,7 +26,6 @@ from layerdsl.autodiff.unroll import measured_sizes
 from layerdsl.codegen.function_branches import chosen_lines
 from layerdsl.codegen.function_buffers import always_updated, returned_values, updated_buffers
 from layerdsl.codegen.function_checks import check_lines, checks_by_step, read_vars
-from layerdsl.codegen.function_members import with_held_members
 from layerdsl.codegen.function_sub_calls import emit_composed_function
 from layerdsl.codegen.joint_gradients import joint_calls
 from layerdsl.codegen.names import FunctionNames
@@ -73,22 +71,14 @@ def emit_function_class(emitter, plan: Plan) -> dict:
     from layerdsl.codegen import function_loops  # it builds on FunctionEmitter
 
     if isinstance(plan, BranchPlan) and function_loops.loop_sides(plan):  # `if`s on configuration, loops
-        return _holding_members(emitter, function_loops.emit_branching_loop_function(emitter, plan))
+        return function_loops.emit_branching_loop_function(emitter, plan)
     if isinstance(plan, BranchPlan):
         return emit_branching_function(emitter, plan)
     if isinstance(plan, LoopPlan):
-        return _holding_members(emitter, function_loops.emit_loop_function(emitter, plan))
+        return function_loops.emit_loop_function(emitter, plan)
     if isinstance(plan, CallPlan):  # the subs' Functions composed
         return emit_composed_function(emitter, plan)
     return FunctionEmitter(emitter, plan).emit()
-
-
-def _holding_members(emitter, pieces: dict) -> dict:
-    """A loop Function's pieces taking the copies' members as themselves too, where the module passes them
-    stacked (`function_members.HeldMembers`): it saves them, not the stacks."""
-    text = "\n".join(pieces["setup_body"] + pieces["backward_body"] + pieces["forward_body"])
-    held = emitter.held_members(set(re.findall(r"\w+", text)) | set(pieces["apply_params"]))
-    return pieces if held is None else with_held_members(pieces, held)
 
 
 class FunctionEmitter:

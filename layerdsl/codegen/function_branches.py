@@ -75,7 +75,7 @@ def _past_plain_reads(a: list[str], b: list[str]) -> tuple[int, int] | None:
     reads_a, reads_b = _plain_reads(a), _plain_reads(b)
     for i in range(min(reads_a, len(a) - 1) + 1):
         line = a[i]
-        if not _single_statement(a, i) or line.startswith("return") or i and a[i - 1].startswith("#"):
+        if not _single_statement(a, i) or line.startswith(("return", "#")) or i and a[i - 1].startswith("#"):
             continue
         j = next((k for k in range(min(reads_b, len(b) - 1) + 1) if b[k] == line), None)
         if j is None or not _single_statement(b, j) or j and b[j - 1].startswith("#") or i == j == 0:
@@ -93,8 +93,13 @@ def _plain_reads(lines: list[str]) -> int:
     """How many leading lines of `lines` are one-line plain reads (`n = x.shape[0]`, `ctx.d = x.dim()`,
     `a, b = ctx.saved_tensors`): they bind names, and have no other effect."""
     count = 0
-    while count < len(lines) and _single_statement(lines, count) and _is_plain_read(lines[count]):
-        count += 1
+    while count < len(lines):
+        at = count
+        while at < len(lines) and lines[at].startswith("#"):  # a comment goes with the statement after it
+            at += 1
+        if at == len(lines) or not (_single_statement(lines[at:], 0) and _is_plain_read(lines[at])):
+            return count
+        count = at + 1
     return count
 
 
@@ -111,11 +116,20 @@ def _is_plain_read(line: str) -> bool:
         return False
     for node in ast.walk(stmt.value):
         if isinstance(node, ast.Call):
+            if _restacked(node):  # a held list's members stacked again (`function_members.unpacked_with_held`)
+                continue
             if not (isinstance(node.func, ast.Attribute) and node.func.attr in SIZE_METHODS) or node.args:
                 return False
-        elif not isinstance(node, (ast.Name, ast.Attribute, ast.Subscript, ast.Constant, ast.Load)):
+        elif not isinstance(
+            node, (ast.Name, ast.Attribute, ast.Subscript, ast.Constant, ast.Load, ast.IfExp, ast.Slice)
+        ):
             return False
     return True
+
+
+def _restacked(call: ast.Call) -> bool:
+    """`torch.stack(members)`, `torch.stack(members[1::2])`: a list read as one tensor."""
+    return ast.unparse(call.func) == "torch.stack" and len(call.args) == 1 and not call.keywords
 
 
 def _names(line: str) -> tuple[set[str], set[str]]:

@@ -28,6 +28,7 @@ from layerdsl.codegen import function_nest
 from layerdsl.codegen.function import FunctionEmitter, returning_second_results, with_second_results
 from layerdsl.codegen.function_branches import chosen_lines
 from layerdsl.codegen.function_checks import read_vars, segment_check_lines, segment_checks
+from layerdsl.codegen.function_members import held_forward_params, held_params, saved_with_held
 from layerdsl.codegen.loop_backward import (
     MAX_SAVING_SIDES,
     BackwardWriter,
@@ -63,11 +64,14 @@ def emit_loop_function(emitter, plan: LoopPlan) -> dict:
     # all masks at once, then each one dropped that keeps no less (`relu(x) * x` keeps x per step anyway)
     for drop in [None, *(m for ms in found.values() for m in ms)]:
         masks = {k: [m for m in ms if m is not drop] for k, ms in chosen.items()}
-        other = LoopFunction(emitter, with_mask_steps(plan, fn, masks))
-        other.step_masks = masks
-        tried = other.emit()
-        if other.step_weight() < weight or drop is not None and other.step_weight() == weight:
-            best, weight, chosen = tried, other.step_weight(), masks
+        if any(masks.values()):
+            other = LoopFunction(emitter, with_mask_steps(plan, fn, masks))
+            other.step_masks = masks
+            tried, tried_weight = other.emit(), other.step_weight()
+        else:  # the last mask dropped: the Function written first
+            tried, tried_weight = pieces, fn.step_weight()
+        if tried_weight < weight or drop is not None and tried_weight == weight:
+            best, weight, chosen = tried, tried_weight, masks
         elif drop is None:
             return pieces
     return best
@@ -156,6 +160,7 @@ def emit_branching_loop_function(emitter, plan: BranchPlan) -> dict:
     bodies = iter([p["forward_body"] for p in pieces])
     fn["forward_body"] = _chosen(plan, bodies, forward_cond)
     unpack = [l if l in read else "_" for l in head.plan.leaves] + head.kwargs  # what the conditions read
+    unpack += held_params(head.held)
     kept = [f"{flag} = {m} is not None" for m, flag in given.items()]
     fn["setup_body"] = [f"{', '.join(unpack)} = {head.names.inputs}", *dict.fromkeys(kept)] + _chosen(
         plan, iter([p["setup_body"] for p in pieces]), forward_cond
@@ -276,6 +281,9 @@ class LoopFunction:
         self.kept_per_step: dict[int, set[str]] = {}  # loop index -> the values kept per step, once settled
         self.flags_tested = [i.name for i in self.layer.forward.inputs if i.flag is not None and i.name in read]
         self.dtype_tested = list(dict.fromkeys(leaf for cond in conds for leaf in dtype_tested(cond)))
+        # the copies' members the module passes as themselves besides their stacks: saved in their place
+        self.held = emitter.held_members(self.names.taken | {*plan.leaves, *self.kwargs})
+        self.names.taken |= set(held_params(self.held))
 
     def dtype_field(self, leaf: str) -> str:
         return self.names.ctx_value(f"{leaf}_is_floating_point")
@@ -378,7 +386,8 @@ class LoopFunction:
             "name": f"{layer.name}Function",
             "doc": f"`{layer.name}` as an autograd.Function with a derived backward, its loops run as loops.",
             "forward_params": [f"{l}: {self._tensor_type(l)}" for l in leaves]
-            + [self._kw_param(k) for k in self.kwargs],
+            + [self._kw_param(k) for k in self.kwargs]
+            + held_forward_params(self.held),
             "forward_body": self.forward([x if x in extra else "None" for x in returned], per_step),
             "returns": (
                 "Tensor"
@@ -388,7 +397,7 @@ class LoopFunction:
             "setup_body": self.setup(saved_leaves, [x if x in extra else "_" for x in returned], reads, extra),
             "backward_params": ["ctx", *plan.grads, *(self.grad_out(x) for x in returned)],
             "backward_body": body,
-            "apply_params": leaves + self.kwargs,
+            "apply_params": leaves + self.kwargs + held_params(self.held),
             "n_outputs": n_out,
             "inputs": self.names.inputs,
             "output": self.names.output,
@@ -905,7 +914,7 @@ class LoopFunction:
         used |= self.recomputed_plain
         lines = []
         if used:
-            names = [u if u in used else "_" for u in unpack]
+            names = [u if u in used else "_" for u in unpack] + held_params(self.held)
             lines.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = {self.names.inputs}")
         saved_outputs = [
             o.id if isinstance(o, N.Name) and o.id in reads.once and not self.recomputing else "_"
@@ -970,7 +979,7 @@ class LoopFunction:
             every = ", ".join(name for _, names in groups for name in names)
             lines.append(f"ctx.mark_non_differentiable(*[t for t in ({every}) if t is not None])")
         if tensors:
-            lines.append(f"ctx.save_for_backward({', '.join(tensors)})")
+            lines.append(f"ctx.save_for_backward({', '.join(saved_with_held(tensors, self.held))})")
         return lines
 
     def kept_kwargs(self) -> list[str]:
@@ -1087,7 +1096,7 @@ class LoopFunction:
 
     def returns(self) -> list[str]:
         grads = [f"grad_{l}" if l in self.plan.differentiable else "None" for l in self.plan.leaves]
-        return [f"return {', '.join(grads + ['None'] * len(self.kwargs))}"]
+        return [f"return {', '.join(grads + ['None'] * (len(self.kwargs) + len(held_params(self.held))))}"]
 
 
 def _read_by(seg, left_out: set[str]) -> set[str]:

@@ -70,7 +70,7 @@ class HeldMembers:
     module passes stacked, passed also as themselves, in one list (`blocks_members`: each copy's members in
     turn), for the Function to save rather than the stacks: a stack is a new tensor, which saving would
     keep alive until backward, where autograd keeps only the parameters, which the module holds anyway.
-    Backward stacks them again (`restacked`): from the parameters themselves, so that double backward
+    Backward stacks them again (`unpacked_with_held`): from the parameters themselves, so that double backward
     reaches them."""
 
     name: str  # the Function's argument
@@ -116,71 +116,36 @@ def held_members(inlined: Inlined, tensors: list[str], module: PyExpr, taken: se
     return HeldMembers(fresh_name(hint, taken), tuple(stacked), listed, annotation)
 
 
-def with_held_members(pieces: dict, held: HeldMembers) -> dict:
-    """The pieces of a loop Function (`function_loops`) taking `held` too: setup_context saves the members
-    in place of each stack it saved (after the other tensors, starred: their count is the copies'), and
-    backward unpacks them and stacks again each that it unpacked (None after no copies: no step reads it)."""
-    out = dict(pieces)
-    out["forward_params"] = [*pieces["forward_params"], f"{held.name}: {held.annotation}"]
-    out["apply_params"] = [*pieces["apply_params"], held.name]
-    out["setup_body"] = [_setup_line(line, pieces["inputs"], held) for line in pieces["setup_body"]]
-    backward: list[str] = []
-    for line in pieces["backward_body"]:
-        backward += _backward_lines(line, held)
-    out["backward_body"] = backward
-    return out
+def held_params(held: HeldMembers | None) -> list[str]:
+    """The loop Function's arguments besides its leaves and numbers: `held`, last (none without)."""
+    return [] if held is None else [held.name]
 
 
-def _setup_line(line: str, inputs: str, held: HeldMembers) -> str:
-    """`x, blocks_w = inputs` binding `held` too; `ctx.save_for_backward(x, blocks_w)` saving its members
-    in place of the stack."""
-    indent, text = re.fullmatch(r"(\s*)(.*)", line).groups()  # type: ignore[union-attr]
-    if text.endswith(f" = {inputs}"):
-        names = [n for n in text.removesuffix(f" = {inputs}").split(",") if n.strip()]
-        return f"{indent}{', '.join(n.strip() for n in [*names, held.name])} = {inputs}"
-    saved = re.fullmatch(r"ctx\.save_for_backward\((.*)\)", text)
-    if saved is None:
-        return line
-    tensors = _top_level_split(saved.group(1))
-    kept = [t for t in tensors if t not in held.stacked]
-    if len(kept) == len(tensors):
-        return line
-    return f"{indent}ctx.save_for_backward({', '.join([*kept, '*' + held.name])})"
+def held_forward_params(held: HeldMembers | None) -> list[str]:
+    """`held` as forward's typed parameter, last (none without)."""
+    return [] if held is None else [f"{held.name}: {held.annotation}"]
 
 
-def _backward_lines(line: str, held: HeldMembers) -> list[str]:
-    """`x, blocks_w = ctx.saved_tensors` unpacking `held` in place of the stacks, each stacked again; a
-    `return` of the gradients giving none to `held`."""
-    indent, text = re.fullmatch(r"(\s*)(.*)", line).groups()  # type: ignore[union-attr]
-    if text.startswith("return "):
-        return [f"{line}, None"]
-    if not text.endswith(" = ctx.saved_tensors"):
-        return [line]
-    names = [n.strip() for n in text.removesuffix(" = ctx.saved_tensors").strip("()").split(",") if n.strip()]
-    restacked = [n for n in names if n in held.stacked]
-    if not restacked:
-        return [line]
-    kept = [n for n in names if n not in held.stacked]
-    unpacked = (
-        f"{', '.join([*kept, '*' + held.name])} = ctx.saved_tensors" if kept else f"{held.name} = ctx.saved_tensors"
-    )
-    lines = [unpacked, "# each copy's members were saved as themselves (not their stack, a new tensor): stacked again"]
+def saved_with_held(tensors: list[str], held: HeldMembers | None) -> list[str]:
+    """What setup_context saves of `tensors`: the stacks `held` holds saved as its members (starred, after the
+    other tensors: their count is the copies')."""
+    if held is None or not set(tensors) & set(held.stacked):
+        return tensors
+    return [*(t for t in tensors if t not in held.stacked), f"*{held.name}"]
+
+
+def unpacked_with_held(saved: list[str], held: HeldMembers | None) -> list[str]:
+    """Backward's lines unpacking `saved` from `ctx.saved_tensors`: each stack `held` holds unpacked as its
+    members and stacked again (None after no copies: no step reads it)."""
+    restacked = [n for n in saved if held is not None and n in held.stacked]
+    if held is None or not restacked:
+        return [f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors"]
+    kept = [n for n in saved if n not in held.stacked]
+    lines = [f"{', '.join([*kept, '*' + held.name]) if kept else held.name} = ctx.saved_tensors"]
+    lines.append("# each copy's members were saved as themselves (not their stack, a new tensor): stacked again")
     step = len(held.stacked)
     for name in restacked:
         k = held.stacked.index(name)
         part = held.name if step == 1 else f"{held.name}[{k}::{step}]"
         lines.append(f"{name} = torch.stack({part}) if {held.name} else None")
-    return [indent + l for l in lines]
-
-
-def _top_level_split(text: str) -> list[str]:
-    """`a, f(b, c), d` split at its commas outside brackets."""
-    parts, depth, start = [], 0, 0
-    for i, c in enumerate(text):
-        depth += c in "([{"
-        depth -= c in ")]}"
-        if c == "," and depth == 0:
-            parts.append(text[start:i].strip())
-            start = i + 1
-    parts.append(text[start:].strip())
-    return [p for p in parts if p]
+    return lines

@@ -12,8 +12,8 @@ forward takes no ctx, so `torch.func` transforms run it (`generate_vmap_rule`). 
 backwards, last first: each takes the gradient of the value it assigned, plus those of its outputs, and
 adds its input gradients to the values it was called on; its arguments' gradients are those of
 `members`. The module checks before `apply` what each sub's module would on the values it is called on,
-where it has them (`sub_checks`): its inputs, its `require`s and its inlined subs', each check once
-(`without_repeated_checks`); a call on a value the Function computes (a norm after a loop) is checked so in
+where it has them (`sub_checks`): its inputs, its `require`s and its inlined subs', as records, each check
+once (codegen/function_sub_checks.py); a call on a value the Function computes (a norm after a loop) is checked so in
 the Function's forward, right before it, on the members the call is given (`call_checks`).
 
 `SUB_CALL` is the helper the Function runs each call through, written once in a file that needs it.
@@ -27,6 +27,17 @@ import textwrap
 
 from layerdsl.autodiff.inputs import called_fn_args
 from layerdsl.autodiff.sub_calls import Alias, CallPlan, SubCall, function_name
+from layerdsl.codegen.function_sub_checks import (
+    Comment,
+    Record,
+    binds,
+    guarded,
+    printed,
+    reads,
+    records,
+    unread_bindings_dropped,
+    without_repeated_checks,
+)
 from layerdsl.codegen.names import FunctionNames
 from layerdsl.ir import nodes as N
 from layerdsl.language.naming import fresh_name
@@ -120,7 +131,7 @@ def emit_composed_function(emitter, plan: CallPlan) -> dict:
     itself (its locals, counts and ends) is named around the forward's values and their gradients."""
     layer = plan.layer
     name = function_name(layer.name)
-    assigned = {s.target for s in plan.steps}
+    assigned = list(dict.fromkeys(s.target for s in plan.steps))  # in order: a set's varies between runs
     values = {*plan.inputs, *assigned}
     names = FunctionNames(
         values | {f"grad_{v}" for v in values} | {function_name(c.layer.name) for c in plan.calls}, []
@@ -194,9 +205,8 @@ def emit_composed_function(emitter, plan: CallPlan) -> dict:
         known.discard(step.target)
         checked = []
         if computed and not step.copies and step.composed is None:  # the module could not check it
-            checked = call_checks(emitter, step, members, start, names)
             said = f"# {step.layer.name}'s checks, as its module runs them on the values `{step.sub}` is called on"
-            checked = [said, *checked] if checked else []
+            checked = printed(_said(said, call_checks(emitter, step, members, start, names)))
         passed = ", ".join(v if v is not None else "None" for v in step.inputs)
         needs = ", ".join(value_needs(v) for v in step.inputs)
         function = function_name(step.layer.name)
@@ -389,7 +399,7 @@ def module_call(
     return lines, [*counts.values(), *parts]
 
 
-def call_checks(emitter, call: SubCall, members: str, start: str, names: FunctionNames) -> list[str]:
+def call_checks(emitter, call: SubCall, members: str, start: str, names: FunctionNames) -> list[Record]:
     """What the module of the layer `call` calls checks before its Function's apply (`checks_before_apply`),
     on the values the call passes and the members it is given (`self.d`: `members[start + k]`, the k-th of
     them), as the composed Function's forward writes them before the call; the names the checks bind are
@@ -428,13 +438,18 @@ def call_checks(emitter, call: SubCall, members: str, start: str, names: Functio
             self.generic_visit(node)
             return node
 
-    out: list[str] = []
+    out: list[Record] = []
     for stmt in tree.body:
         rename = Renamed()
         written = rename.visit(stmt)
         if not rename.unknown:
-            out += [_double_quoted(line) for line in ast.unparse(written).splitlines()]
+            out += records([_double_quoted(line) for line in ast.unparse(written).splitlines()])
     return out
+
+
+def _said(comment: str, checks: list[Record]) -> list[Record]:
+    """`checks` after `comment`, where there are any."""
+    return [Comment(comment), *checks] if checks else []
 
 
 def _double_quoted(line: str) -> str:
@@ -477,11 +492,12 @@ def composed_forward(emitter, plan: CallPlan, functional) -> list[str]:
     spelling = emitter.module_spelling()
     lines, args = module_call(emitter, plan, "self", "")
     call = f"{function_name(plan.layer.name)}.apply({', '.join([*plan.inputs, *args])})[0]"
-    checks = emitter.shape_checks(spelling, on_self=True, bind=False)
+    checks = records(emitter.shape_checks(spelling, on_self=True, bind=False))
     checks += sub_checks(emitter, plan, "self", {v: v for v in plan.inputs}, set(plan.inputs))
     rest = ["# what each sub's module passes its Function besides the values it is called on", *lines]
     rest += emitter.output_checks([call], spelling, on_self=True, bind=False) or [f"return {call}"]
-    body = [*unread_bindings_dropped(without_repeated_checks(checks, [], []), rest), *rest]
+    checks = unread_bindings_dropped(without_repeated_checks(checks), reads(records(rest)))
+    body = [*printed(checks), *rest]
     tests = callable_tests(plan, "self")
     if not tests:
         return body
@@ -489,16 +505,16 @@ def composed_forward(emitter, plan: CallPlan, functional) -> list[str]:
     return [why, f"if {' or '.join(tests)}:", *_indent(emitter.plain_forward(functional)), *body]
 
 
-def sub_checks(emitter, plan: CallPlan, instance: str, values: dict[str, str], taken: set[str]) -> list[str]:
+def sub_checks(emitter, plan: CallPlan, instance: str, values: dict[str, str], taken: set[str]) -> list[Record]:
     """What the modules of the subs `plan` calls check (their inputs, their `require`s and their inlined
     subs'), on the values each is called on, where the module has those before `apply`: a call whose values
     are each an input of the layer (`values`: how the module spells each value so known), a list's first copy
     (where the list has one; a later copy takes what the one before returned, and its checks are not run),
     and within a composed call, its own calls so. `taken`: the names the module's forward reads after these
-    checks (its inputs), which a check neither binds nor names a sub's input by."""
-
+    checks (its inputs), which a check neither binds nor names a sub's input by. The subs' checks read what
+    their modules hold on `instance` (`self.blocks[0].d` for `self.d`)."""
     values = dict(values)
-    lines: list[str] = []
+    out: list[Record] = []
     for step in plan.steps:
         if isinstance(step, Alias):
             if step.source in values:
@@ -514,110 +530,21 @@ def sub_checks(emitter, plan: CallPlan, instance: str, values: dict[str, str], t
         held = f"{instance}.{step.sub}" + ("[0]" if step.copies else "")
         sub = emitter.sub_emitter(step.layer)
         names = [i.name for i in sub.forward.inputs]
-        if step.composed is not None:
-            checks = sub.shape_checks(sub.module_spelling(), on_self=True, bind=False)
-            checks += sub_checks(emitter, step.composed, "self", dict(zip(names, passed)), {*taken, *names})
-        else:
-            checks = sub.checks_before_apply(sub.module_spelling())[0]
         named = [f"{n} = {p}" for n, p in zip(names, passed) if n != p]
-        checks = [re.sub(r"\bself\.", f"{held}.", line) for line in [*named, *checks]]
-        bound = {n for line in checks for n in _bound(line)}
-        if not checks or bound & taken:
+        if step.composed is not None:  # its own calls' checks read what it holds on `held`
+            lines = sub.shape_checks(sub.module_spelling(), on_self=True, bind=False)
+            checks = records([*named, *(re.sub(r"\bself\.", f"{held}.", line) for line in lines)])
+            checks += sub_checks(emitter, step.composed, held, dict(zip(names, passed)), {*taken, *names})
+        else:
+            lines = sub.checks_before_apply(sub.module_spelling())[0]
+            checks = records([*named, *(re.sub(r"\bself\.", f"{held}.", line) for line in lines)])
+        if not checks or binds(checks) & taken:
             continue
         said = f"# {step.layer.name}'s checks, as its module runs them on the values "
         said += "the first copy is called on" if step.copies else f"`{step.sub}` is called on"
         guard = f"len({instance}.{step.sub})" if step.copies else f"{held} is not None" if step.optional else None
-        lines += [said, *([f"if {guard}:", *_indent(checks)] if guard else checks)]
-    return lines
-
-
-def without_repeated_checks(
-    lines: list[str], guards: list[ast.expr], seen: list[tuple[set[str], set[str]]]
-) -> list[str]:
-    """`lines` (checks: `if cond: raise ...`, in `if guard:` blocks, names bound for them), without each check
-    proved never to raise: one whose terms (those its condition `and`s and those of the `if`s around it,
-    `guards`) include all of an earlier check's (`seen`: each one's terms and the names they read), no name
-    they read bound again in between. What the earlier one tests is the same values: it raised first."""
-    out: list[str] = []
-    for stmt in _statements(lines):
-        parsed = ast.parse(textwrap.dedent("\n".join(stmt))).body
-        node = parsed[0] if parsed else None
-        if isinstance(node, ast.If) and not node.orelse:
-            terms = [*guards, *_terms(node.test)]
-            if len(node.body) == 1 and isinstance(node.body[0], ast.Raise):
-                key = {ast.dump(t) for t in terms}
-                if any(earlier <= key for earlier, _ in seen):
-                    continue
-                seen.append((key, {n.id for t in terms for n in ast.walk(t) if isinstance(n, ast.Name)}))
-                out += stmt
-            else:  # a block the checks are run in
-                inner = without_repeated_checks([line[4:] for line in stmt[1:]], terms, seen)
-                out += [stmt[0], *_indent(inner)] if _code(inner) else []
-            continue
-        if node is not None:  # a name bound again: the checks reading it hold no more
-            bound = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-            seen[:] = [(key, read) for key, read in seen if not read & bound] if isinstance(node, ast.Assign) else []
-        out += stmt
-    return [line for k, line in enumerate(out) if not _comment(line) or _code(out[k + 1 : k + 2])]
-
-
-def unread_bindings_dropped(lines: list[str], after: list[str]) -> list[str]:
-    """`lines` without each `a = b` (a sub's input named as the value it is called on) that nothing after it,
-    in `lines` or `after`, names; a block left empty goes too (and the comment before it)."""
-    out: list[str] = []
-    statements = _statements(lines)
-    for k, stmt in enumerate(statements):
-        later = "\n".join([*(line for s in statements[k + 1 :] for line in s), *after])
-        bound = re.fullmatch(r"(\w+) = \w+", stmt[0])
-        if bound and len(stmt) == 1 and not re.search(rf"\b{bound.group(1)}\b", later):
-            continue
-        if len(stmt) > 1 and stmt[0].startswith("if ") and stmt[0].endswith(":") and stmt[1].startswith("    "):
-            inner = unread_bindings_dropped([line[4:] for line in stmt[1:]], [later])
-            stmt = [stmt[0], *_indent(inner)] if _code(inner) else []
-        out += stmt
-    return [line for k, line in enumerate(out) if not _comment(line) or _code(out[k + 1 : k + 2])]
-
-
-def _statements(lines: list[str]) -> list[list[str]]:
-    """`lines` (indented as one block) as its statements, each its lines (a comment: one of its own)."""
-    out: list[list[str]] = []
-    for line in lines:
-        opens = line[:1] not in (" ", ")", "]", "}", "") and not line.startswith(("else:", "elif ", "except"))
-        if opens and (not out or _comment(out[-1][0]) or _complete(out[-1])):
-            out.append([line])
-        else:
-            out[-1].append(line)
+        out += [Comment(said), *([guarded(guard, checks)] if guard else checks)]
     return out
-
-
-def _complete(stmt: list[str]) -> bool:
-    try:
-        ast.parse("\n".join(stmt))
-    except SyntaxError:
-        return False
-    return True
-
-
-def _terms(e: ast.expr) -> list[ast.expr]:
-    """The terms `e` `and`s (itself, where it is no `and`)."""
-    if isinstance(e, ast.BoolOp) and isinstance(e.op, ast.And):
-        return [t for v in e.values for t in _terms(v)]
-    return [e]
-
-
-def _comment(line: str) -> bool:
-    return line.lstrip().startswith("#")
-
-
-def _code(lines: list[str]) -> bool:
-    """Whether `lines` hold a statement (a line neither blank nor a comment)."""
-    return any(line.strip() and not _comment(line) for line in lines)
-
-
-def _bound(line: str) -> list[str]:
-    """The names a line of checks assigns (`x = src`, `d_model = x.shape[-1]`, `n, d = x.shape`)."""
-    assigned = re.match(r"\s*(\w+(?:\s*,\s*\w+)*)\s*=[^=]", line)
-    return re.split(r"\s*,\s*", assigned.group(1)) if assigned else []
 
 
 def _slice(start: str, end: str) -> str:

@@ -20,6 +20,7 @@ from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen import function_nest
 from layerdsl.codegen.function import VIEWS
+from layerdsl.codegen.function_members import unpacked_with_held
 from layerdsl.codegen.loop_steps import sized_leaves, step_statements
 from layerdsl.codegen.pyexpr import Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
@@ -136,7 +137,7 @@ class BackwardWriter:
             spelled = [l for l in self.plan.leaves if re.search(rf"(?<![.\w]){re.escape(l)}\b", text)]
             saved = self.fn.unpacked = [l for l in self.plan.leaves if l in saved or l in spelled]
         if saved:
-            head.append(f"{', '.join(saved)}{',' if len(saved) == 1 else ''} = ctx.saved_tensors")
+            head += unpacked_with_held(saved, self.fn.held)
         head += [] if again else self.fn.placeholders_again()  # the forward run again binds them
         head += self.fn.prelude(self.ex, lambda d: self.fn.names.ctx_value(d))
         if again:  # it binds the views of the inputs too

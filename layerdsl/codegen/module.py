@@ -214,6 +214,7 @@ class LayerEmitter:
         self.stored_args = [a for a in layer.args if a.name not in self.shared_cond | self.layer_args]
         self.inlined = inlined  # how the module passes the Function's tensors (stacked members, too)
         self.plans = plans if plans is not None else {}  # the run's plans, by `Program.key`: the subs' too
+        self.sub_emitters: dict[str, LayerEmitter] = {}  # `sub_emitter`'s, by `Program.key`: built once
 
     # -- the pieces
 
@@ -263,13 +264,17 @@ class LayerEmitter:
     def sub_emitter(self, layer: N.Layer) -> LayerEmitter:
         """The emitter of a `@function` layer this one's Function calls (composed), with its own plan: what its
         module passes its Function depends on it (a loop Function takes its copies' members as themselves)."""
-        plan = self.plans.get(self.program.key(layer))
+        key = self.program.key(layer)
+        if key in self.sub_emitters:  # its Function's arguments and checks are read several times
+            return self.sub_emitters[key]
+        plan = self.plans.get(key)
         if plan is None:  # planned apart (the editor's preview plans one file's layers)
             try:
                 plan = plan_inlined(inline_subs(layer, self.program.layers))
             except NotDerivable:
                 plan = None
-        return LayerEmitter(layer, self.program, plan, self.spec_path, plans=self.plans)
+        self.sub_emitters[key] = LayerEmitter(layer, self.program, plan, self.spec_path, plans=self.plans)
+        return self.sub_emitters[key]
 
     def nested_layer_subs(self) -> set[str]:
         out = set()

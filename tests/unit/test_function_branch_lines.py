@@ -71,3 +71,14 @@ def test_else_if_on_the_same_value_is_elif_and_a_gradient_test_is_not():
     assert chain == ['if ctx.reduction == "mean":', "    x = 1", 'elif ctx.reduction == "sum":', "    x = 2"]
     given = chosen_lines('ctx.reduction == "mean"', ["x = 1"], ["if g is not None:", "    x = 2"], ends_in_return=False)
     assert given == ['if ctx.reduction == "mean":', "    x = 1", "else:", "    if g is not None:", "        x = 2"]
+
+
+def test_a_shared_declaration_moves_past_the_restacked_members():
+    """A held list's members stacked again (`function_members.unpacked_with_held`), after a comment, are
+    read past: each side of a branching loop Function (DeepMLP under @function) does not declare its
+    gradients again."""
+    restacked = ["# stacked again", "w = torch.stack(m) if m else None", "grad_x = None", "return grad_x"]
+    then = ["x, y, *m = ctx.saved_tensors", *restacked]
+    orelse = ["x, *m = ctx.saved_tensors", *restacked]
+    prefix, _, _ = common_start(then, orelse)
+    assert prefix == ["grad_x = None"]
