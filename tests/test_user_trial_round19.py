@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from layerdsl.diagnostics import SpecError
 from tests.support import compile_spec
 
 
@@ -83,6 +84,29 @@ layer InLayout(n: int, m: int) {
     layer = compile_spec(text, "in_layout")["InLayout"](0, 4)
     assert layer.w.shape == (0, 4) and layer.v.shape == (0, 4)
     assert layer(torch.randn(2, 0)).shape == (2, 4)
+
+
+# A subscript of a number, a bool, a string or none (`e[0]` of a float argument, `(d + 1)[0]`, `training[0]`,
+# `size_at(x, 0)[0]`) passed the checker and `gen` wrote `self.e[0]`: a TypeError when forward ran. Now a
+# located error. semantics/checker.py.
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [("e", "a float"), ("(d + 1)", "an int"), ("size_at(x, 0)", "an int"), ("training", "a bool"), ('"ab"', "a str")],
+)
+def test_a_number_a_bool_or_a_string_cannot_be_indexed(value, kind):
+    text = f"""\
+layer Indexed(d: int, e: float = 0.5) {{
+    example(d = 4)
+    forward(x: [B, d]) {{
+        return x * {value}[0]
+    }}
+}}
+"""
+    with pytest.raises(SpecError) as caught:
+        compile_spec(text, "indexed")
+    (error,) = [d.render() for d in caught.value.diagnostics]
+    assert error.startswith(f"indexed.layer:4:20: error: {kind} cannot be indexed")
+    assert "hint: index a tensor (`x[0]`) or a local list (`outputs[t]`)" in error
 
 
 # ---------------------------------------------------------------- still open (autodiff/, optimize/)
