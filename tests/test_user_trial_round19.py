@@ -111,10 +111,10 @@ layer Indexed(d: int, e: float = 0.5) {{
 
 # ---------------------------------------------------------------- still open (autodiff/, optimize/)
 
-# A slice of an input declared `[..., d]` (`x[..., :2]`) has no static shape (the slice's size is not proven
-# to fit in d), so the matmul's gradient takes the matrix formula without asking the operand's rank; with a
-# one-dim x (the batch dims `...` none, which the plain module and `x @ w` itself take) the backward fails
-# (`transpose(part, -1, -2)` of a vector). An operand of unknown shape should ask its rank at run time.
+# A slice of an input declared `[..., d]` (`x[..., :2]`), or of the other operand (`x @ w[:, :2]`), has no
+# static shape (the slice's size is not proven to fit in d), so the matmul's gradient takes the matrix formula
+# without asking the operand's rank; with a one-dim x (the batch dims `...` none, which the plain module and
+# `x @ w` itself take) the backward fails (`transpose(part, -1, -2)` of a vector). An operand of unknown shape should ask its rank at run time.
 VECTOR_SLICE = """\
 @function
 layer VectorSlice(d: int) {
@@ -122,7 +122,7 @@ layer VectorSlice(d: int) {
     param b: [d] = uniform(-0.5, 0.5)
     example(d = 4)
     forward(x: [..., d]) {
-        return cat([x[..., :2] @ w[:2], x[..., 2:] * b[2:]], dim = -1)
+        return BODY
     }
 }
 """
@@ -134,8 +134,9 @@ layer VectorSlice(d: int) {
     " unknown takes the matmul row's own (matrix) formula; it should ask `part.dim() == 1` at run time as a"
     " `[..., n]` operand does",
 )
-def test_a_slice_of_an_ellipsis_input_of_one_dim_derives_through_matmul():
-    ours, plain = _pair(VECTOR_SLICE, "VectorSlice", 4)
+@pytest.mark.parametrize("body", ["cat([x[..., :2] @ w[:2], x[..., 2:] * b[2:]], dim = -1)", "x @ w[:, :2] + b[:2]"])
+def test_a_slice_of_an_ellipsis_input_of_one_dim_derives_through_matmul(body):
+    ours, plain = _pair(VECTOR_SLICE.replace("BODY", body), "VectorSlice", 4)
     for shape in [(3, 4), (2, 3, 4), (4,)]:
         _agree(ours, plain, torch.randn(*shape, dtype=torch.float64, requires_grad=True))
 
