@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from layerdsl.diagnostics import SpecError
+from layerdsl.driver.cli import main
 from tests.support import compile_spec
 
 
@@ -107,6 +108,25 @@ layer Indexed(d: int, e: float = 0.5) {{
     (error,) = [d.render() for d in caught.value.diagnostics]
     assert error.startswith(f"indexed.layer:4:20: error: {kind} cannot be indexed")
     assert "hint: index a tensor (`x[0]`) or a local list (`outputs[t]`)" in error
+
+
+# `layerdsl show --layer a` (the functional form's name, a layer named `A` mistyped) printed the functional
+# form alone, as if it were the layer's code, and `--layer AFunction` the Function alone; the `--layer` of
+# `--shapes` already said "no layer 'a'". Now both name only layers. driver/show.py.
+@pytest.mark.parametrize("name", ["a", "AFunction"])
+def test_show_layer_takes_only_a_layers_name(tmp_path, capsys, monkeypatch, name):
+    monkeypatch.setenv("LAYERDSL_NO_CACHE", "1")
+    spec = tmp_path / "a.layer"
+    spec.write_text(
+        "@function\nlayer A(d: int) {\n    example(d = 4)\n    forward(x: [B, d]) {\n        return tanh(x)\n"
+        "    }\n}\n",
+        encoding="utf-8",
+    )
+    assert main(["show", str(spec), "--layer", name]) == 2
+    assert capsys.readouterr().err == f"layerdsl: no layer '{name}' in {spec}\n"
+    assert main(["show", str(spec), "--layer", "A"]) == 0
+    shown = capsys.readouterr().out
+    assert "def a(" in shown and "class AFunction(" in shown and "class A(nn.Module)" in shown
 
 
 # ---------------------------------------------------------------- still open (autodiff/, optimize/)
