@@ -129,6 +129,26 @@ def test_show_layer_takes_only_a_layers_name(tmp_path, capsys, monkeypatch, name
     assert "def a(" in shown and "class AFunction(" in shown and "class A(nn.Module)" in shown
 
 
+# The static shape pass took every factor of a size as at least 1, `(B - 1) // 3` too (0 for B <= 3), so it
+# proved `x[::3][-2:]` has 2 rows, and the output check of `-> [2, n]` was left out: a batch of 3 returned
+# [1, n], declared [2, n], without a word (with or without @function). A quotient or remainder now counts as
+# 0 or more. semantics/shapes.py. And the check's message said "forward declares 2 = 2" (codegen/module.py).
+@pytest.mark.parametrize("function", ["@function\n", ""])
+def test_a_slice_of_a_strided_slice_is_not_proven_longer_than_it_is(function):
+    text = function + """\
+layer StridedTail(n: int) {
+    example(n = 4)
+    forward(x: [B, n]) -> [2, n] {
+        return tanh(x[::3][-2:])
+    }
+}
+"""
+    layer = compile_spec(text, "strided_tail")["StridedTail"](4)
+    assert layer(torch.randn(4, 4)).shape == (2, 4)
+    with pytest.raises(ValueError, match=r"^StridedTail: the output has size 1 at dim 0, forward declares 2$"):
+        layer(torch.randn(3, 4))
+
+
 # ---------------------------------------------------------------- still open (autodiff/, optimize/)
 
 # A slice of an input declared `[..., d]` (`x[..., :2]`), or of the other operand (`x @ w[:, :2]`), has no

@@ -1084,9 +1084,10 @@ class LayerEmitter:
             expected = _substitute(d, sources, ex)
             if expected is None:
                 continue
+            declares = _src(d) if isinstance(d, N.Num) else f"{_src(d)} = {{{expected}}}"  # `2`, not `2 = 2`
             lines += [
                 f"if {out}.shape[{pos}] != {expected}:",
-                f'    raise ValueError(f"{where} has size {{{out}.shape[{pos}]}} at dim {pos}, forward declares {_src(d)} = {{{expected}}}")',
+                f'    raise ValueError(f"{where} has size {{{out}.shape[{pos}]}} at dim {pos}, forward declares {declares}")',
             ]
         return lines
 
