@@ -489,7 +489,7 @@ class LayerEmitter:
         fan_in, fan_out = rendered.pop("fan_in", None), rendered.pop("fan_out", None)
         mode_check = self.mode_check_lines(rendered.get("mode")) if init.name.startswith("kaiming") else []
         if spec.fan_based and (fan_in or fan_out):
-            return mode_check + self.fan_init_lines(target, init.name, rendered, fan_in, fan_out)
+            return mode_check + self.fan_init_lines(target, len(t.shape.dims), init.name, rendered, fan_in, fan_out)
         args = [target]
         if init.name == "constant":
             args.append(rendered["value"])
@@ -507,20 +507,23 @@ class LayerEmitter:
             f"    raise ValueError(f\"{self.layer.name}: mode must be 'fan_in' or 'fan_out', got {{{mode}!r}}\")",
         ]
 
-    def fan_init_lines(self, target, name, kw, fan_in, fan_out) -> list[str]:
-        """Fans stated in the spec (a layout that is not torch's [out, in]): compute the bound or std here."""
+    def fan_init_lines(self, target, rank, name, kw, fan_in, fan_out) -> list[str]:
+        """Fans stated in the spec (a layout that is not torch's [out, in]): compute the bound or std here. A
+        fan left unstated is torch's for a tensor of this rank ([out, in, *kernel]: the kernel's size times
+        in, or out). A tensor with no elements is left as it is, as torch's nn.init leaves it (its stated
+        fans may be 0)."""
+        kernel = "" if rank <= 2 else f" * {target}.shape[2:].numel()"
         if name.startswith("xavier"):
-            if not (fan_in and fan_out):
-                # One fan stated: the other follows torch's rule for a 2-D tensor of this shape.
-                fan_in = fan_in or f"{target}.shape[1]"
-                fan_out = fan_out or f"{target}.shape[0]"
             gain = kw.get("gain", "1")
-            scale = f"math.sqrt({'6' if name.endswith('uniform') else '2'} / ({fan_in} + {fan_out}))"
+            scale = (
+                f"math.sqrt({'6' if name.endswith('uniform') else '2'} / "
+                f"({fan_in or f'{target}.shape[1]{kernel}'} + {fan_out or f'{target}.shape[0]{kernel}'}))"
+            )
             value = scale if gain in ("1", "1.0") else f"{gain} * {scale}"
         else:
             mode = kw.get("mode", "'fan_in'")
-            fan_in = fan_in or f"{target}.shape[1]"  # torch's rule for a 2-D tensor of this shape
-            fan_out = fan_out or f"{target}.shape[0]"
+            fan_in = fan_in or f"{target}.shape[1]{kernel}"
+            fan_out = fan_out or f"{target}.shape[0]{kernel}"
             if mode.strip("'\"") in _FAN_MODES:
                 fan = fan_out if mode.strip("'\"") == "fan_out" else fan_in
             else:  # a `str` argument, checked by mode_check_lines
@@ -530,8 +533,10 @@ class LayerEmitter:
             three = "math.sqrt(3) * " if name.endswith("uniform") else ""
             value = f"{three}{gain} / math.sqrt({fan})"
         if name.endswith("uniform"):
-            return [f"bound = {value}", f"nn.init.uniform_({target}, -bound, bound)"]
-        return [f"nn.init.normal_({target}, 0.0, {value})"]
+            draw = [f"bound = {value}", f"nn.init.uniform_({target}, -bound, bound)"]
+        else:
+            draw = [f"nn.init.normal_({target}, 0.0, {value})"]
+        return [f"if {target}.numel():", *_indent(draw)]
 
     # -- forward
 
@@ -1084,9 +1089,10 @@ class LayerEmitter:
             expected = _substitute(d, sources, ex)
             if expected is None:
                 continue
+            declares = _src(d) if isinstance(d, N.Num) else f"{_src(d)} = {{{expected}}}"  # `2`, not `2 = 2`
             lines += [
                 f"if {out}.shape[{pos}] != {expected}:",
-                f'    raise ValueError(f"{where} has size {{{out}.shape[{pos}]}} at dim {pos}, forward declares {_src(d)} = {{{expected}}}")',
+                f'    raise ValueError(f"{where} has size {{{out}.shape[{pos}]}} at dim {pos}, forward declares {declares}")',
             ]
         return lines
 

@@ -12,15 +12,24 @@ from layerdsl.semantics.shape_check import shape_hints
 
 
 def select_layer(code: str, name: str) -> str | None:
-    """The source of the top-level definitions belonging to layer `name`, or None if there is none."""
+    """The source of the top-level definitions belonging to layer `name`, or None if there is none (`a`, the
+    functional form's name, or `AFunction` name no layer: each layer is a class of its own name)."""
     wanted = {name, f"{name}Function", snake_case(name)}
     lines = code.splitlines(keepends=True)
     parts = []
-    for node in ast.parse(code).body:
+    body = ast.parse(code).body
+    if not any(isinstance(node, ast.ClassDef) and node.name == name and not _is_function(node) for node in body):
+        return None
+    for node in body:
         if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and node.name in wanted:
             start = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
             parts.append("".join(lines[start : node.end_lineno]))
     return "\n\n".join(parts) if parts else None
+
+
+def _is_function(node: ast.ClassDef) -> bool:
+    """Whether the class is a layer's autograd.Function (not a layer's module)."""
+    return any(ast.unparse(base) == "torch.autograd.Function" for base in node.bases)
 
 
 def shapes_listing(files: list[N.SpecFile], program: Program, only: str | None = None) -> str | None:

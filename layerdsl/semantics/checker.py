@@ -1870,6 +1870,14 @@ class LayerChecker:
                 else:
                     self.r.error(expr.span, f"a list is indexed by one int: `{v.id}[t]`")
                     expr.kind = Kind.UNKNOWN
+            case N.Subscript(value=v) if v.kind in _UNINDEXABLE:
+                # `e[0]` of a float argument: Python refuses it only when forward runs
+                self.r.error(
+                    expr.span,
+                    f"{_a(v.kind)} cannot be indexed",
+                    "index a tensor (`x[0]`) or a local list (`outputs[t]`)",
+                )
+                expr.kind = Kind.UNKNOWN
             case N.Subscript(value=v):
                 expr.kind = Kind.TENSOR if v.kind == Kind.TENSOR else v.kind
                 if v.kind == Kind.TENSOR:
@@ -2303,6 +2311,7 @@ def _close_names(name: str, candidates) -> list[str]:
     return difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
 
 
+_UNINDEXABLE = (Kind.INT, Kind.FLOAT, Kind.BOOL, Kind.STR, Kind.NONE)  # Python raises on their `[...]`
 _REF_WORDS = {Ref.ARG: "argument", Ref.DIM: "symbolic dim", Ref.LOCAL: "local name"}
 
 

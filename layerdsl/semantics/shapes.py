@@ -1058,13 +1058,21 @@ def slice_size(lower: N.Expr | None, upper: N.Expr | None, step: N.Expr | None, 
 
 def _at_least_zero(p: Poly) -> bool:
     """Whether `p` is provably >= 0 for dims of at least 1 (the slice `x[1:]` of a dim `n` keeps `n - 1`):
-    a constant >= 0, or positive coefficients whose sum with the constant is >= 0."""
+    a constant >= 0, or positive coefficients whose sum with the constant is >= 0. A term with a quotient
+    or remainder (`n // 2`, 0 for n = 1) counts as 0, not 1: `x[::3]` of a dim B keeps `(B - 1) // 3 + 1`,
+    so `x[::3][-2:]` keeps 2 only for B >= 4 (torch keeps what there is)."""
     value = as_int(p)
     if value is not None:
         return value >= 0
     terms = dict(p)
     rest = [c for m, c in terms.items() if m != ()]
-    return all(c > 0 for c in rest) and terms.get((), 0) + sum(rest) >= 0
+    least = sum(c for m, c in terms.items() if m != () and not any(_may_be_zero(name) for name, _ in m))
+    return all(c > 0 for c in rest) and terms.get((), 0) + least >= 0
+
+
+def _may_be_zero(factor: str) -> bool:
+    """Whether an opaque factor may be 0 for dims of at least 1: a quotient or a remainder."""
+    return " // " in factor or " % " in factor
 
 
 def _at_most(bound: Poly, dim: Dim) -> bool:
