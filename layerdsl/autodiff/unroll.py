@@ -27,6 +27,7 @@ from layerdsl.autodiff.local_sizes import candidate_sizes, resolved_local_sizes
 from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
+from layerdsl.ir.nodes import NOWHERE
 from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import clone, map_children, statements, walk
 from layerdsl.language.naming import fresh_name
@@ -60,64 +61,141 @@ def _ready(layer: N.Layer) -> tuple[list[N.Stmt], set[N.Span], Measured]:
     """The forward's body with its static loops unrolled and the sizes of locals followed back to inputs
     and members; the sizes left to the sides of an `if`; every size measured, named."""
     assert layer.forward is not None
-    body = _lists_made_once(_unrolled(layer.forward.body, {}, layer))
+    body = _lists_made_once(_unrolled(layer.forward.body, {}, layer, _Numbers(_names(layer))))
     body, pending = resolved_local_sizes(body, layer)
     return body, pending, _measured(layer, body)
+
+
+@dataclasses.dataclass
+class _Numbers:
+    """The number locals unrolled copies bind under names of their own (`n_1 = n + 1`, `n_2 = n_1 + 1`): one
+    a copy computes from a value the loop binds (`n = n + 1`) differs from copy to copy, and the Function
+    computes each number local once, in order, before the tensors, so each copy's value takes a name."""
+
+    taken: set[str]
+    names: dict[str, str] = dataclasses.field(default_factory=dict)  # spec local -> the name holding it now
+    kinds: dict[str, N.Kind] = dataclasses.field(default_factory=dict)  # a name given here -> its kind
+    given: dict[str, int] = dataclasses.field(default_factory=dict)  # spec local -> how many names it was given
+
+    def fresh(self, local: str, kind: N.Kind) -> str:
+        self.given[local] = self.given.get(local, 0) + 1
+        name = fresh_name(f"{local}_{self.given[local]}", self.taken)
+        self.taken.add(name)
+        self.kinds[name] = kind
+        return name
+
+    def read(self, name: str) -> N.Name:
+        e = N.Name(NOWHERE, name)
+        e.ref, e.kind = N.Ref.LOCAL, self.kinds.get(name, N.Kind.INT)
+        return e
 
 
 def _unrolled(
     body: list[N.Stmt],
     known: dict[str, int | float],
     layer: N.Layer,
+    numbers: _Numbers,
     varying: frozenset[str] = frozenset(),
-    differs: dict[str, N.Assign] | None = None,
 ) -> list[N.Stmt]:
     """`body` with every static loop written out; `known` holds the loop variables' current values, and
     those of the number locals a copy binds from them (`k = t + 1`: each copy reads its own `k`, as the
     Function computes every number local once, at its top, in order); `varying`: the locals the unrolled
-    loops around `body` bind; `differs`: the number locals a copy binds from one of them (`s = s + 1`),
-    which only number locals may read in the loop (NotDerivable elsewhere: a tensor's statement would read
-    the last copy's value)."""
+    loops around `body` bind; `numbers`: the number locals bound under names of their own (a copy's value
+    of one computed from a value the loop binds, `n = n + 1`), read under them from there on."""
     known = dict(known)
-    differs = {} if differs is None else differs
     out: list[N.Stmt] = []
     for stmt in body:
         stmt = _with_values(stmt, known) if known else stmt
-        is_number = isinstance(stmt, N.Assign) and stmt.value.kind in N.NUMBERS
-        if differs and not is_number:
-            _unread(stmt, differs)
+        stmt = _reads_renamed(stmt, numbers.names)
         if isinstance(stmt, N.For):
             values = _trip_values(stmt, layer)
             bound = _bound(stmt.body)
             if values is None:  # kept as a loop (`autodiff.loops`), its body made ready alike
-                inner = {k: v for k, v in known.items() if k not in bound}
-                out.append(dataclasses.replace(stmt, body=_unrolled(stmt.body, inner, layer)))
+                out.append(_kept(stmt, {k: v for k, v in known.items() if k not in bound}, layer, numbers))
             else:
-                copies = dict(differs)
                 for value in values:
-                    out += _unrolled(stmt.body, {**known, stmt.var: value}, layer, varying | bound, copies)
-                if varying:
-                    differs.update(copies)
+                    out += _unrolled(stmt.body, {**known, stmt.var: value}, layer, numbers, varying | bound)
             known = {k: v for k, v in known.items() if k not in bound}
         elif isinstance(stmt, N.If):
             taken = _constant(stmt.cond)
             if taken is None:
-                out.append(
-                    dataclasses.replace(
-                        stmt,
-                        body=_unrolled(stmt.body, known, layer, varying, differs),
-                        orelse=_unrolled(stmt.orelse, known, layer, varying, differs),
-                    )
-                )
+                out.append(_sides(stmt, known, layer, numbers, varying))
                 known = {k: v for k, v in known.items() if k not in _bound(stmt.body + stmt.orelse)}
             else:
-                out += _unrolled(stmt.body if taken else stmt.orelse, known, layer, varying, differs)
+                out += _unrolled(stmt.body if taken else stmt.orelse, known, layer, numbers, varying)
         else:
-            if is_number and varying:
-                assert isinstance(stmt, N.Assign)
-                _number_in_copy(stmt, known, varying, differs)
+            if isinstance(stmt, N.Assign):
+                stmt = _bound_in_copy(stmt, known, varying, numbers)
             out.append(stmt)
     return out
+
+
+def _kept(loop: N.For, known: dict[str, int | float], layer: N.Layer, numbers: _Numbers) -> N.For:
+    """A loop kept as one, its body made ready: what a copy of a loop unrolled in it binds under a name of
+    its own is bound again under its spec name at the end of the body (the kept loop's next step reads it)."""
+    bound = _bound(loop.body)
+    clash = next((n for n in sorted(bound) if n in numbers.names), None)
+    if clash is not None:
+        raise NotDerivable(
+            loop.span,
+            f"cannot derive through the number '{clash}' yet: a loop unrolled before this one carried it from"
+            " copy to copy, and this loop (kept as one, its count known when forward runs) binds it again",
+            "bind another number in this loop, or write a backward block",
+        )
+    outer = numbers.names
+    numbers.names = {}
+    body = _unrolled(loop.body, known, layer, numbers)
+    body += [_bind(local, numbers.read(name), loop.span) for local, name in numbers.names.items()]
+    numbers.names = outer
+    return dataclasses.replace(loop, body=body)
+
+
+def _sides(
+    stmt: N.If, known: dict[str, int | float], layer: N.Layer, numbers: _Numbers, varying: frozenset[str]
+) -> N.If:
+    """An `if` kept (its condition read when forward runs), each side made ready; a number local the sides
+    leave under different names is bound on each under one name, which reads after the `if` take."""
+    before = numbers.names
+    given_before = set(numbers.kinds)
+    numbers.names = dict(before)
+    body = _unrolled(stmt.body, known, layer, numbers, varying)
+    then, numbers.names = numbers.names, dict(before)
+    orelse = _unrolled(stmt.orelse, known, layer, numbers, varying)
+    other = numbers.names
+    merged: dict[str, str] = {}
+    for local in dict.fromkeys([*then, *other]):
+        a, b = then.get(local, local), other.get(local, local)
+        if a == b:
+            if a != local:
+                merged[local] = a
+            continue
+        name = numbers.fresh(local, numbers.kinds.get(a, numbers.kinds.get(b, N.Kind.INT)))
+        body = _side_binding(body, a, name, a in given_before or a == local, numbers)
+        orelse = _side_binding(orelse, b, name, b in given_before or b == local, numbers)
+        merged[local] = name
+    numbers.names = merged
+    return dataclasses.replace(stmt, body=body, orelse=orelse)
+
+
+def _side_binding(side: list[N.Stmt], name: str, merged: str, outer: bool, numbers: _Numbers) -> list[N.Stmt]:
+    """A side of an `if` leaving its value of a number local under `merged`: the name it gave it renamed
+    there, or (a name bound before the `if`) bound to `merged` at its end."""
+    if outer:
+        return [*side, _bind(merged, numbers.read(name), NOWHERE)]
+    return [lists_renamed(s, {name: merged}) for s in side]
+
+
+def _bind(target: str, value: N.Expr, span: N.Span) -> N.Assign:
+    return N.Assign(span, target, span, value)
+
+
+def _names(layer: N.Layer) -> set[str]:
+    """Every name the layer's forward may read or bind (a name given a copy's number is none of them)."""
+    assert layer.forward is not None
+    taken = {a.name for a in layer.args} | {t.name for t in layer.tensors} | {l.name for l in layer.lets}
+    taken |= {i.name for i in layer.forward.inputs} | set(layer.symbolic_dims)
+    nodes = [n for stmt in layer.forward.body for n in walk(stmt)]
+    return taken | {n.id for n in nodes if isinstance(n, N.Name)} | {s.target for s in nodes if isinstance(s, N.Assign)}
 
 
 def _bound(body: list[N.Stmt]) -> set[str]:
@@ -125,40 +203,53 @@ def _bound(body: list[N.Stmt]) -> set[str]:
     return {s.target for s in statements(body) if isinstance(s, N.Assign)}
 
 
-def _number_in_copy(
-    stmt: N.Assign, known: dict[str, int | float], varying: frozenset[str], differs: dict[str, N.Assign]
-) -> None:
-    """A number local a copy of an unrolled body binds: its value, when the copy's loop variables make it a
-    number, in `known` (each copy reads its own); in `differs` when it is computed from a local the loop
-    binds (it takes another value in each copy, and the Function computes it once, at its top)."""
+def _bound_in_copy(
+    stmt: N.Assign, known: dict[str, int | float], varying: frozenset[str], numbers: _Numbers
+) -> N.Assign:
+    """A local a statement binds: a number a copy of an unrolled body binds, when the copy's loop variables
+    make it a number, in `known` (each copy reads its own); under a name of its own when it is computed from
+    a local the loop binds (it takes another value in each copy)."""
     known.pop(stmt.target, None)
-    differs.pop(stmt.target, None)
+    numbers.names.pop(stmt.target, None)
+    if not (varying and stmt.value.kind in N.NUMBERS):
+        return stmt
     try:
         value = evaluate(stmt.value, {})
     except (NotConstant, TypeError, ValueError, ArithmeticError):
         value = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         known[stmt.target] = value
-    elif any(isinstance(n, N.Name) and (n.id in varying or n.id in differs) for n in walk(stmt.value)):
-        differs[stmt.target] = stmt
+        return stmt
+    given = set(numbers.kinds)
+    if any(isinstance(n, N.Name) and (n.id in varying or n.id in given) for n in walk(stmt.value)):
+        name = numbers.fresh(stmt.target, stmt.value.kind)
+        numbers.names[stmt.target] = name
+        return dataclasses.replace(stmt, target=name)
+    return stmt
 
 
-def _unread(stmt: N.Stmt, differs: dict[str, N.Assign]) -> None:
-    """NotDerivable where `stmt` (not a number local's) reads a number local that differs from copy to copy."""
-    header = stmt.iter if isinstance(stmt, N.For) else stmt.cond if isinstance(stmt, N.If) else stmt
-    read = next((n for n in walk(header) if isinstance(n, N.Name) and n.id in differs), None)
-    if read is None:
-        return
-    bound = differs[read.id]
-    raise NotDerivable(
-        read.span,
-        f"cannot derive through the number '{read.id}' yet: a loop unrolled (its count written in the spec)"
-        f" binds it at line {bound.span.line} from a value the loop binds too, so it differs from copy to copy,"
-        " and a derived backward computes each number local once, before the tensors (this read would see the"
-        " last copy's)",
-        "compute it from the loop's variable and numbers bound outside the loop (`k = t + 1`), or write a"
-        " backward block",
-    )
+def _reads_renamed(stmt: N.Stmt, names: dict[str, str]) -> N.Stmt:
+    """A copy of `stmt` with the number locals of `names` read under their names there (a loop's or an
+    `if`'s header only: its body is renamed statement by statement, as it may bind them again)."""
+    if not names:
+        return stmt
+
+    def go(e):
+        if isinstance(e, N.Name) and e.id in names and e.ref == N.Ref.LOCAL and e.kind in N.NUMBERS:
+            return _renamed_name(e, names[e.id])
+        return map_children(e, go)
+
+    if isinstance(stmt, N.For):
+        return dataclasses.replace(stmt, iter=go(clone(stmt.iter)))
+    if isinstance(stmt, N.If):
+        return dataclasses.replace(stmt, cond=go(clone(stmt.cond)))
+    return go(clone(stmt))
+
+
+def _renamed_name(e: N.Name, name: str) -> N.Name:
+    out = N.Name(e.span, name)
+    out.ref, out.kind = e.ref, e.kind
+    return out
 
 
 def _lists_made_once(body: list[N.Stmt]) -> list[N.Stmt]:
