@@ -166,3 +166,47 @@ layer Ints(d: int) {
 def test_an_unrolled_loops_carried_int_in_a_kept_loop_derives():
     ours, plain = _pair(KEPT, "Ints", 6)
     _agree(ours, plain, torch.randn(3, 2, 6, dtype=torch.float64, requires_grad=True))
+
+
+# A number bound again after a tensor's statement read it: the Function computes its number locals before
+# the tensors, so the first read saw the second value (a wrong output, without a word). Each binding read by a
+# tensor before the next now takes a name of its own.
+REBOUND = """\
+        n = 1
+        h = x * x[:, n:n + 1]
+        n = 3
+        h = tanh(h @ w) * x[:, n:n + 1]
+        return h"""
+
+# read before the loop, then bound by each copy from the loop's variable (`k = t + 1`)
+REBOUND_BY_COPIES = """\
+        k = 4
+        h = x * x[:, k:k + 1]
+        for t in range(2) {
+            k = t + 1
+            h = tanh(h @ w) * x[:, k:k + 1]
+        }
+        return h + x[:, k:k + 1]"""
+
+REBOUND_ON_A_SIDE = """\
+        n = 1
+        h = x * x[:, n:n + 1]
+        if wide {
+            n = 3
+        }
+        return tanh(h @ w) * x[:, n:n + 1]"""
+
+
+@pytest.mark.parametrize(
+    ("body", "args"),
+    [
+        (REBOUND, "d: int"),
+        (REBOUND_BY_COPIES, "d: int"),
+        (REBOUND_ON_A_SIDE, "d: int, wide: bool = true"),
+        (REBOUND_ON_A_SIDE, "d: int, wide: bool = false"),
+    ],
+    ids=["rebound", "rebound-by-copies", "side-true", "side-false"],
+)
+def test_a_number_bound_again_after_a_tensor_read_it_derives(body, args):
+    ours, plain = _pair(_layer(body, args), "Ints", 6)
+    _agree(ours, plain, torch.randn(2, 6, dtype=torch.float64, requires_grad=True))
