@@ -184,9 +184,15 @@ def _sides(
             if a != local:
                 merged[local] = a
             continue
-        name = numbers.fresh(local, numbers.kinds.get(a, numbers.kinds.get(b, N.Kind.INT)))
-        body = _side_binding(body, a, name, a in given_before or a == local, numbers)
-        orelse = _side_binding(orelse, b, name, b in given_before or b == local, numbers)
+        a_outer, b_outer = a in given_before or a == local, b in given_before or b == local
+        if not a_outer:  # a name this side gave: the other side's value takes it too
+            name = a
+        elif not b_outer:
+            name = b
+        else:
+            name = numbers.fresh(local, numbers.kinds.get(a, numbers.kinds.get(b, N.Kind.INT)))
+        body = _side_binding(body, a, name, a_outer, numbers)
+        orelse = _side_binding(orelse, b, name, b_outer, numbers)
         merged[local] = name
     numbers.names = merged
     return dataclasses.replace(stmt, body=body, orelse=orelse)
@@ -195,6 +201,8 @@ def _sides(
 def _side_binding(side: list[N.Stmt], name: str, merged: str, outer: bool, numbers: _Numbers) -> list[N.Stmt]:
     """A side of an `if` leaving its value of a number local under `merged`: the name it gave it renamed
     there, or (a name bound before the `if`) bound to `merged` at its end."""
+    if name == merged:
+        return side
     if outer:
         return [*side, _bind(merged, numbers.name(name), NOWHERE)]
     return [lists_renamed(s, {name: merged}) for s in side]
@@ -222,18 +230,21 @@ def _number_bound(
     stmt: N.Assign, known: dict[str, int | float], varying: frozenset[str], numbers: _Numbers
 ) -> N.Assign:
     """A number local bound: when a copy of an unrolled body binds it and the copy's loop variables make it a
-    number, its value in `known` (each copy reads its own); under a name of its own when a copy computes it
-    from a local the loop binds (it takes another value in each copy), or when a tensor's statement read it
-    before (the Function computes each number local once, in order, before the tensors: that read would see
-    this value)."""
+    number, its value in `known` (each copy reads its own); under a name of its own when a tensor's statement,
+    a condition or a loop read it before (the Function computes each number local once, in order, before the
+    tensors: that read would see this value), or, in a kept loop's step, when a copy computes it from a local
+    the unrolled loop binds (it takes another value in each copy)."""
     known.pop(stmt.target, None)
     numbers.names.pop(stmt.target, None)
     value = _value(stmt.value) if varying else None
     if value is not None:
         known[stmt.target] = value
-    given = set(numbers.kinds)
-    carried = varying and any(isinstance(n, N.Name) and (n.id in varying or n.id in given) for n in walk(stmt.value))
-    if (value is None and carried) or (not numbers.kept and stmt.target in numbers.read):
+    if not numbers.kept:  # in order, each binding read before the next under a name of its own
+        fresh = stmt.target in numbers.read
+    else:  # a step of a kept loop: each copy's value of a number its unrolled copies carry
+        given = set(numbers.kinds)
+        fresh = value is None and any(isinstance(n, N.Name) and n.id in varying | given for n in walk(stmt.value))
+    if fresh:
         name = numbers.fresh(stmt.target, stmt.value.kind)
         numbers.names[stmt.target] = name
         return dataclasses.replace(stmt, target=name)
