@@ -210,3 +210,30 @@ REBOUND_ON_A_SIDE = """\
 def test_a_number_bound_again_after_a_tensor_read_it_derives(body, args):
     ours, plain = _pair(_layer(body, args), "Ints", 6)
     _agree(ours, plain, torch.randn(2, 6, dtype=torch.float64, requires_grad=True))
+
+
+# a number bound again after a tensor read it, then read (`n`) or bound again (`m = m + 1`) by a kept loop
+KEPT_AFTER_REBINDING = """\
+@function
+layer Ints(d: int) {
+    param w: [d, d] = uniform(-0.5, 0.5)
+    example(d = 6)
+    forward(x: [T, B, d]) -> [B, d] {
+        n = 1
+        m = 0
+        h = x[0] * x[0, :, n:n + 1] * x[0, :, m:m + 1]
+        n = 3
+        m = 2
+        for s in range(T) {
+            m = m + 1
+            h = tanh(h @ w) * x[s, :, n:n + 1] + x[s, :, m % 4:m % 4 + 1]
+        }
+        return h * x[0, :, m:m + 1]
+    }
+}
+"""
+
+
+def test_a_kept_loop_reads_and_binds_a_number_bound_again_before_it():
+    ours, plain = _pair(KEPT_AFTER_REBINDING, "Ints", 6)
+    _agree(ours, plain, torch.randn(3, 2, 6, dtype=torch.float64, requires_grad=True))

@@ -144,22 +144,24 @@ def _unrolled(
 
 
 def _kept(loop: N.For, known: dict[str, int | float], layer: N.Layer, numbers: _Numbers) -> N.For:
-    """A loop kept as one, its body made ready: what a copy of a loop unrolled in it binds under a name of
-    its own is bound again under its spec name at the end of the body (the kept loop's next step reads it)."""
-    bound = _bound(loop.body)
-    clash = next((n for n in sorted(bound) if n in numbers.names), None)
-    if clash is not None:
-        raise NotDerivable(
-            loop.span,
-            f"cannot derive through the number '{clash}' yet: a loop unrolled before this one carried it from"
-            " copy to copy, and this loop (kept as one, its count known when forward runs) binds it again",
-            "bind another number in this loop, or write a backward block",
-        )
+    """A loop kept as one, its body made ready: a number it binds that holds a name of its own before it is
+    bound there under that name (as if the spec had named it so: `autodiff.loop_ints` names it apart); what
+    a copy of a loop unrolled in it binds under a name of its own is bound again under the name the next step
+    reads at the end of the body."""
+    again = {local: numbers.names[local] for local in sorted(_bound(loop.body)) if local in numbers.names}
+    if again:
+        renamed = lists_renamed(loop, again)
+        assert isinstance(renamed, N.For)
+        loop = renamed
     outer = numbers.names
-    numbers.names = {}
+    numbers.names = dict(outer)
     numbers.kept += 1
     body = _unrolled(loop.body, known, layer, numbers)
-    body += [_bind(local, numbers.name(name), loop.span) for local, name in numbers.names.items()]
+    body += [
+        _bind(outer.get(local, local), numbers.name(name), loop.span)
+        for local, name in numbers.names.items()
+        if outer.get(local) != name
+    ]
     numbers.names = outer
     numbers.kept -= 1
     return dataclasses.replace(loop, body=body)
