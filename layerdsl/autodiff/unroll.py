@@ -73,9 +73,10 @@ def _ready(layer: N.Layer) -> tuple[list[N.Stmt], set[N.Span], Measured]:
 
 @dataclasses.dataclass
 class _Numbers:
-    """The number locals unrolled copies bind under names of their own (`n_1 = n + 1`, `n_2 = n_1 + 1`): one
-    a copy computes from a value the loop binds (`n = n + 1`) differs from copy to copy, and the Function
-    computes each number local once, in order, before the tensors, so each copy's value takes a name."""
+    """The number locals bound under names of their own (`n_1 = n + 1`, `n_2 = n_1 + 1`): the Function
+    computes each number local once, in order, before the tensors, so a binding after a tensor's statement
+    (or a condition, or a kept loop) read the local, as in the next copy of an unrolled loop carrying it
+    (`n = n + 1`), takes a name, which the reads from there on take."""
 
     taken: set[str]
     names: dict[str, str] = dataclasses.field(default_factory=dict)  # spec local -> the name holding it now
@@ -107,8 +108,8 @@ def _unrolled(
     """`body` with every static loop written out; `known` holds the loop variables' current values, and
     those of the number locals a copy binds from them (`k = t + 1`: each copy reads its own `k`, as the
     Function computes every number local once, at its top, in order); `varying`: the locals the unrolled
-    loops around `body` bind; `numbers`: the number locals bound under names of their own (a copy's value
-    of one computed from a value the loop binds, `n = n + 1`), read under them from there on."""
+    loops around `body` bind; `numbers`: the number locals bound under names of their own (a binding after
+    a read, as of the next copy of `n = n + 1`), read under them from there on."""
     known = dict(known)
     out: list[N.Stmt] = []
     for stmt in body:
