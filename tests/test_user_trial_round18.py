@@ -164,18 +164,20 @@ def test_an_unrolled_loops_int_local_takes_each_steps_value():
 
 
 # One computed from a number the loop carries (`n = n + 1`) differs from copy to copy: a tensor's statement
-# reading it in the loop is refused there (a number's may: `s = s + size_at(x, t)` sums in order).
-def test_an_unrolled_loops_carried_int_is_refused_where_a_tensor_reads_it():
+# reading it in the loop was refused there. autodiff/unroll.py now binds each copy's value under a name of its
+# own, in order (`n_1 = n + 1`, `k_1 = n_1`), which that copy's statements read.
+def test_an_unrolled_loops_carried_int_derives_where_a_tensor_reads_it():
     text = UNROLLED_INT_LOCAL.replace("        h = x\n", "        h = x\n        n = 0\n").replace(
         "k = t + 1", "n = n + 1\n            k = n"
     )
-    with pytest.raises(SpecError) as caught:
-        compile_spec(text, "unrolled_carried_int")
-    (error,) = [d.render() for d in caught.value.diagnostics]
-    line = text.splitlines().index("            h = h * x[:, k:k + 1]") + 1
-    assert error.startswith(f"unrolled_carried_int.layer:{line}:26: error: cannot derive through the number 'k' yet")
-    assert f"binds it at line {line - 1} from a value the loop binds too" in error
-    assert "hint: compute it from the loop's variable" in error
+    ours, plain = _pair(text, "UnrolledIntLocal", 4)
+    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    _agree(ours, plain, x)
+    seconds = []
+    for module in (ours, plain):
+        (first,) = torch.autograd.grad(module(x).pow(2).sum(), x, create_graph=True)
+        seconds.append(torch.autograd.grad(first.sum(), x)[0])
+    torch.testing.assert_close(*seconds)
 
 
 # A run-time loop whose step slices by an int local that changes from step to step (`k = t % 2`, `h[:, :k]`):
