@@ -68,6 +68,8 @@ FORWARD_MODES = {
 }
 
 
+# torch's forward mode of the plain module goes through its jit-scripted decompositions (a deprecation note)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("mode", FORWARD_MODES)
 @pytest.mark.parametrize("kind", ["elementwise", "matmul", "loop"])
 def test_forward_mode_names_the_layer_and_says_it_is_not_derived(kind, mode, tmp_path):
@@ -81,6 +83,7 @@ def test_forward_mode_names_the_layer_and_says_it_is_not_derived(kind, mode, tmp
     assert "forward mode AD" in str(caught.value.__cause__)  # torch's own, kept as the cause
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # torch.func's addcmul_ fallback
 @pytest.mark.parametrize("kind", ["elementwise", "matmul", "loop"])
 def test_reverse_mode_jacobians_still_agree(kind, tmp_path):
     _, ours, plain, x = _pair(kind, tmp_path)
