@@ -214,6 +214,7 @@ class FunctionEmitter:
             "computed_extra": extra,
             "updates": self.buffers,
             "probes": (self.names.local("transforms_active"), self.names.local("compiling")),  # apply's fast path
+            "caught": self.names.local("error"),  # apply's forward-mode error, said again
         }
 
     def _return_types(self, n_out: int, returned: list[str], extra: list[str]) -> list[str]:

@@ -406,6 +406,7 @@ class LoopFunction:
             "computed_extra": extra,
             "updates": [],  # a loop layer updates no buffer (`autodiff.loops` refuses one)
             "probes": (self.names.local("transforms_active"), self.names.local("compiling")),
+            "caught": self.names.local("error"),  # apply's forward-mode error, said again
         }
 
     def shapes_kept(

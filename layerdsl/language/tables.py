@@ -85,6 +85,7 @@ GENERATED_BUILTINS = frozenset(
     {"super", "ValueError", "TypeError", "int", "float", "bool", "str", "tuple", "staticmethod", "classmethod"}
     | {"max", "min"}  # written by operations' Python spellings
     | {"getattr"}  # a Function's `apply` probes torch internals that a torch release may lack
+    | {"NotImplementedError"}  # and names the layer in torch's error for forward mode
     | {"isinstance", "len"}  # an `ints` argument given as one int is repeated to its length
     | {"object"}  # the annotation of an `object` argument
     | {"range", "setattr"}  # `for t in range(T)`, a list of subs; a family of params: `setattr(self, f"w_l{k}", ...)`
