@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterator
 
 LINE_LENGTH = 88  # black's default, which the generated code is formatted with
 INDENT = "    "
@@ -577,9 +578,8 @@ def _unbalanced(line: str) -> bool:
     return _scan_depth(line) != 0
 
 
-def _scan_depth(line: str) -> int | None:
-    """The bracket depth at the end of `line` (None when it closes more than it opened), outside strings."""
-    depth = 0
+def _code_chars(line: str) -> Iterator[tuple[int, str]]:
+    """The characters of `line` outside its strings, with their places, up to its comment."""
     quote = ""
     i = 0
     while i < len(line):
@@ -592,35 +592,30 @@ def _scan_depth(line: str) -> int | None:
         elif ch in "\"'":
             quote = ch
         elif ch == "#":
-            break
-        elif ch in _OPEN:
+            return
+        else:
+            yield i, ch
+        i += 1
+
+
+def _scan_depth(line: str) -> int | None:
+    """The bracket depth at the end of `line` (None when it closes more than it opened), outside strings."""
+    depth = 0
+    for _, ch in _code_chars(line):
+        if ch in _OPEN:
             depth += 1
         elif ch in _CLOSE:
             depth -= 1
             if depth < 0:
                 return None
-        i += 1
     return depth
 
 
 def _opens_block(line: str) -> bool:
     """Whether `line` ends in the `:` of a block's header, a trailing comment after it or not
     (`if h is not None:  # None after a loop of no steps`): black needs a body after it."""
-    quote = ""
-    i = 0
-    while i < len(line):
-        ch = line[i]
-        if quote:
-            if ch == "\\":
-                i += 1
-            elif ch == quote:
-                quote = ""
-        elif ch in "\"'":
-            quote = ch
-        elif ch == "#":
-            break
-        i += 1
-    return line[:i].rstrip().endswith(":")
+    code = [ch for _, ch in _code_chars(line) if not ch.isspace()]
+    return bool(code) and code[-1] == ":"
 
 
 _MARK = "# layerdsl-layout "
