@@ -200,7 +200,8 @@ def apply_scale(scale: Scale, rest: N.Expr | None) -> N.Expr:
             divisor = N.UnaryOp(NOWHERE, "-", divisor)
             divisor.kind = N.Kind.FLOAT
         return B.binop("/", rest, divisor)
-    if den:  # a divisor of sizes or arguments may be 0 where torch divides to inf or nan: the tensor divides
+    # a divisor of sizes or arguments may be 0, where torch divides to inf or nan: the tensor divides
+    if den and scale.coef:
         scaled = B.binop("*", _product([B.num(scale.coef)] + num), rest) if num else rest
         return B.binop("/", scaled, B.binop("/", _product(den), B.num(scale.coef)) if not num else _product(den))
     return B.binop("*", scale.scalar(), rest)
