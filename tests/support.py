@@ -30,6 +30,33 @@ def compile_spec(text: str, stem: str = "spec") -> dict:
     return namespace
 
 
+def function_and_plain(text: str, name: str, *args) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Layer `name` of `text` as written (`@function`) and without the decorator: float64, one state."""
+    modules = []
+    for k, spec in enumerate([text, text.replace('@function(save = "inputs")\n', "").replace("@function\n", "")]):
+        torch.manual_seed(0)
+        modules.append(compile_spec(spec, f"{name.lower()}_{k}")[name](*args).double())
+    modules[1].load_state_dict(modules[0].state_dict())
+    return modules[0], modules[1]
+
+
+def assert_same_function(
+    ours: torch.nn.Module, plain: torch.nn.Module, *inputs: torch.Tensor, equal_nan: bool = False
+) -> None:
+    """Same output, same gradients of the inputs that require them and of the parameters (`equal_nan`: nan
+    where the other has nan)."""
+    wrt = [t for t in inputs if t.requires_grad]
+    got, want = ours(*inputs), plain(*inputs)
+    torch.testing.assert_close(got, want, equal_nan=equal_nan)
+    weights = torch.linspace(-1, 2, got.numel(), dtype=got.dtype).reshape(got.shape)
+    for g, w in zip(
+        torch.autograd.grad((got * weights).sum(), [*wrt, *ours.parameters()]),
+        torch.autograd.grad((want * weights).sum(), [*wrt, *plain.parameters()]),
+        strict=True,
+    ):
+        torch.testing.assert_close(g, w, equal_nan=equal_nan)
+
+
 def torch_nn_with_and_without_function(
     root: Path, files: list[str], layer: str, package: str
 ) -> tuple[ModuleType, ModuleType]:

@@ -14,31 +14,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.support import compile_spec, saved_bytes
+from tests.support import assert_same_function, compile_spec, function_and_plain, saved_bytes
 
 
 def _pair(text: str, name: str, *args) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """`name` of `text` with @function and plain, float64, one state."""
-    modules = []
-    for k, spec in enumerate([text, text.replace("@function\n", "")]):
-        torch.manual_seed(0)
-        modules.append(compile_spec(spec, f"{name.lower()}_{k}")[name](*args).double())
-    modules[1].load_state_dict(modules[0].state_dict())
-    return modules[0], modules[1]
+    return function_and_plain(text, name, *args)
 
 
 def _agree(ours: torch.nn.Module, plain: torch.nn.Module, *inputs: torch.Tensor) -> None:
-    """Same output, same gradients of the float inputs that require them and of the parameters."""
-    wrt = [t for t in inputs if t.requires_grad]
-    got, want = ours(*inputs), plain(*inputs)
-    torch.testing.assert_close(got, want)
-    weights = torch.linspace(-1, 2, got.numel(), dtype=got.dtype).reshape(got.shape)
-    for g, w in zip(
-        torch.autograd.grad((got * weights).sum(), [*wrt, *ours.parameters()]),
-        torch.autograd.grad((want * weights).sum(), [*wrt, *plain.parameters()]),
-        strict=True,
-    ):
-        torch.testing.assert_close(g, w)
+    assert_same_function(ours, plain, *inputs)
 
 
 SUMS = """\

@@ -8,31 +8,15 @@ import torch
 
 from layerdsl.diagnostics import SpecError
 from layerdsl.driver.cli import main
-from tests.support import compile_spec
+from tests.support import assert_same_function, compile_spec, function_and_plain
 
 
 def _pair(text: str, name: str, *args) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """`name` of `text` as written (`@function`) and plain, float64, one state."""
-    modules = []
-    for k, spec in enumerate([text, text.replace('@function(save = "inputs")\n', "").replace("@function\n", "")]):
-        torch.manual_seed(0)
-        modules.append(compile_spec(spec, f"{name.lower()}_{k}")[name](*args).double())
-    modules[1].load_state_dict(modules[0].state_dict())
-    return modules[0], modules[1]
+    return function_and_plain(text, name, *args)
 
 
 def _agree(ours: torch.nn.Module, plain: torch.nn.Module, *inputs: torch.Tensor) -> None:
-    """Same output, same gradients of the float inputs and the parameters (nan where the other has nan)."""
-    wrt = [t for t in inputs if t.requires_grad]
-    got, want = ours(*inputs), plain(*inputs)
-    torch.testing.assert_close(got, want, equal_nan=True)
-    weights = torch.linspace(-1, 2, got.numel(), dtype=got.dtype).reshape(got.shape)
-    for g, w in zip(
-        torch.autograd.grad((got * weights).sum(), [*wrt, *ours.parameters()]),
-        torch.autograd.grad((want * weights).sum(), [*wrt, *plain.parameters()]),
-        strict=True,
-    ):
-        torch.testing.assert_close(g, w, equal_nan=True)
+    assert_same_function(ours, plain, *inputs, equal_nan=True)
 
 
 # ---------------------------------------------------------------- fixed here
