@@ -24,6 +24,7 @@ from layerdsl.ir import nodes as N
 from layerdsl.ir.nodes import NOWHERE
 from layerdsl.ir.visit import children, clone, map_children, walk
 from layerdsl.language.ops import OPS, RankCase
+from layerdsl.semantics.evaluate import evaluate
 from layerdsl.semantics.shapes import expr_shape
 
 
@@ -354,10 +355,6 @@ def instantiate(template: N.Expr, step: Step, grad: N.Expr) -> N.Expr:
     return _number_choices(out, grad)
 
 
-_COMPARISONS = {"==": float.__eq__, "!=": float.__ne__, "<": float.__lt__, "<=": float.__le__}
-_COMPARISONS |= {">": float.__gt__, ">=": float.__ge__}
-
-
 def _number_choices(e: N.Expr, grad: N.Expr) -> N.Expr:
     """`e` with each `where` whose condition a number operand decides (pow's `exponent == 0` in `x ** 2` or
     `x ** p`, `input == 0` in `2.0 ** y`) as the side a literal picks, or a Python conditional (torch.where
@@ -365,10 +362,8 @@ def _number_choices(e: N.Expr, grad: N.Expr) -> N.Expr:
     condition `c` is `where(m, a, b) if c else b`. A zero picked for a tensor is `0 * grad`
     (a gradient is a tensor)."""
     e = map_children(e, lambda c: _number_choices(c, grad))
-    if isinstance(e, N.Compare) and len(e.ops) == 1:
-        left, right = e.operands
-        if isinstance(left, N.Num) and isinstance(right, N.Num):
-            return _bool(_COMPARISONS[e.ops[0]](float(left.value), float(right.value)))
+    if isinstance(e, N.Compare) and all(isinstance(o, N.Num) for o in e.operands):
+        return _bool(bool(evaluate(e, {})))
     if isinstance(e, N.BinOp) and e.op == "*":
         for known, other in ((e.left, e.right), (e.right, e.left)):
             if isinstance(known, N.Bool):
