@@ -400,7 +400,6 @@ class Planner:
             self.number_names.late,
         )
         _check_derivable(plan)
-        _check_drawn_once(self.layer, plan)
         return plan
 
     def head(self, stmt: N.Append) -> N.Assign:
@@ -815,21 +814,6 @@ def _check_derivable(plan: LoopPlan) -> None:
             seg.sides() if isinstance(seg, Choice) else seg.tapes() if isinstance(seg, nest.Nest) else [seg.tape]
         ):
             derive(tape, [f"_g{k}" for k in range(len(tape.outputs))])
-
-
-def _check_drawn_once(layer: N.Layer, plan: LoopPlan) -> None:
-    """Under `save = "inputs"`, backward runs such a forward again (`codegen.function_loops`): a random step
-    (dropout's mask) would draw anew there."""
-    dec = layer.decorator("function")
-    if dec is None or not any(k.name == "save" and getattr(k.value, "value", None) == "inputs" for k in dec.kwargs):
-        return
-    for s in (s for seg in plan.segments for s in segment_steps(seg) if s.op is not None and s.op.cost == "random"):
-        raise NotDerivable(
-            s.expr.span,
-            'save = "inputs" runs this forward again in backward, where a random draw (dropout) would draw'
-            " anew: not derived yet for a forward with a loop, or with `if`s taken each on its own",
-            'drop `save = "inputs"` (the default saves the mask), or draw the mask outside the `@function` layer',
-        )
 
 
 def _items(locals_: list[str], listed: N.Name) -> N.ListExpr:

@@ -1022,11 +1022,13 @@ class FunctionEmitter:
         if f in ("dropout_mask", "dropout_apply"):  # p may be a keyword (the tape writes it so)
             args = dict(zip([p.name for p in OPS[f].params], a)) | {k.name: k.value for k in c.kwargs}
             p = ex.wrap(args["p"], PREC["-"] + 1) if "p" in args else "0.5"
-            # only where it drops (a mask of None otherwise), in a Function that keeps no mask per step
-            dropping = f"{ex.sp.training} and {p} > 0" if self.mask_when_dropping else ex.sp.training
+            dropping = f"{ex.sp.training} and {p} > 0"
             if f == "dropout_mask":
                 mask = f"torch.empty_like({ex(args['input'])}, dtype=torch.bool).bernoulli_(1 - {p})"
-                return f"({mask} if {dropping} else None)" if self.mask_when_dropping else mask
+                # drawn only where torch's dropout draws (else the caller's random stream would move):
+                # a stack per step takes no None, so it keeps every element there
+                kept = "None" if self.mask_when_dropping else f"torch.ones_like({ex(args['input'])}, dtype=torch.bool)"
+                return f"({mask} if {dropping} else {kept})"
             x, keep = args["input"], ex(args["mask"])
             dropped = f"torch.where({keep}, {ex.wrap(x, PREC['/'])} / (1 - {p}), 0)"
             if self.in_training:  # a side of `if training`: dropping where p > 0 (no mask otherwise)

@@ -37,6 +37,7 @@ from layerdsl.codegen.loop_backward import (
     plain_range,
 )
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
+from layerdsl.codegen.random_replay import RNG_PARAM, RNG_STATE, check_replayed, replayed
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.codegen.spelling_reads import Read, Recording
 from layerdsl.ir import build as B
@@ -479,6 +480,8 @@ class LoopFunction:
     def _kw_param(self, k: str) -> str:
         if k == "training":
             return "training: bool"
+        if k == RNG_STATE:
+            return RNG_PARAM
         arg = self.layer.arg(k)
         return f"{k}: {python_type(arg.type)}" if arg else f"{k}: float"
 
@@ -621,6 +624,10 @@ class LoopFunction:
         self.left_out = self.unread(once | read)
         lines = self.segments_forward(set(self.extra_outputs(once, per_step)), per_step, ex)
         self.left_out = set()
+        check_replayed(self.plan, RNG_STATE in self.kwargs)
+        if RNG_STATE in self.kwargs:  # it draws at random: as forward drew
+            kept = self.names.ctx_value(RNG_STATE)
+            lines = replayed(lines, kept, self.name("drawn"), self.name("cuda"))
         return ['# forward again (save = "inputs"), keeping what backward reads', *lines]
 
     def unread(self, once: set[str]) -> set[str]:
@@ -987,7 +994,11 @@ class LoopFunction:
         """The arguments and lets setup_context keeps on ctx: those backward reads (`training` always: a
         call's `training=` is written without a name), and a side's of a branching forward, those its
         conditions read."""
-        return [k for k in self.kwargs if k in self.backward_read.spelt or k == "training" or k in self.chosen_by]
+        return [
+            k
+            for k in self.kwargs
+            if k in self.backward_read.spelt or k in ("training", RNG_STATE) or k in self.chosen_by
+        ]
 
     def reads_shape(self, value: str) -> bool:
         """Whether the backward last written reads the shape of `value` kept on ctx: a value saved only

@@ -28,6 +28,7 @@ from layerdsl.codegen.function_members import HeldMembers, held_argument_value, 
 from layerdsl.codegen.function_sub_calls import SUB_CALL, composed_forward
 from layerdsl.codegen.optional_members import IsPresent, hoist_optionals
 from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling, float_like
+from layerdsl.codegen.random_replay import RNG_STATE, replays_draws, state_argument
 from layerdsl.codegen.reference_parameter import Reference, inlined_parameter
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.diagnostics import SpecError, printable
@@ -679,7 +680,11 @@ class LayerEmitter:
             args.append(arg)
         held = inlined.arguments if inlined else {}  # a held layer argument's arguments: read from the sub
         args += [
-            held_argument_value(held[a]) if a in held else f"self.{a}" if a != "training" else "self.training"
+            (
+                held_argument_value(held[a])
+                if a in held
+                else (state_argument(like) if a == RNG_STATE else f"self.{a}" if a != "training" else "self.training")
+            )
             for a in self.function_kwargs()
         ]
         members = self.held_members()  # the copies' members as themselves too: saved, not their stacks
@@ -792,7 +797,7 @@ class LayerEmitter:
         names += [l.name for l in self.layer.lets if l.name in used]
         if "training" in used or self.uses_dropout():
             names.append("training")
-        return names
+        return names + [RNG_STATE] * replays_draws(self.layer, self.plan)
 
     def names_used_by_forward(self, requires: bool = True) -> set[str]:
         used = set()
