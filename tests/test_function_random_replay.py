@@ -65,7 +65,12 @@ layer DroppedChoices(d: int, a: bool = true, b: bool = false, c: bool = true, e:
 }
 """
 
-SPECS = {"DroppedScan": LOOP, "DroppedChoices": CHOICES}
+# the names the Function would give the random state taken by the spec: an argument and a local
+NAMED = LOOP.replace("DroppedScan(d: int)", "DroppedNamed(d: int, rng_state: float = 0.5)").replace(
+    "h = dropout(h, 0.5)", "rng_state_ = dropout(h, rng_state)\n            h = rng_state_"
+)
+
+SPECS = {"DroppedScan": LOOP, "DroppedChoices": CHOICES, "DroppedNamed": NAMED}
 
 
 def _modules(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:

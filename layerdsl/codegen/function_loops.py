@@ -37,7 +37,7 @@ from layerdsl.codegen.loop_backward import (
     plain_range,
 )
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
-from layerdsl.codegen.random_replay import RNG_PARAM, RNG_STATE, check_replayed, replayed
+from layerdsl.codegen.random_replay import STATE_TYPE, check_replayed, replayed, state_name
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.codegen.spelling_reads import Read, Recording
 from layerdsl.ir import build as B
@@ -480,8 +480,8 @@ class LoopFunction:
     def _kw_param(self, k: str) -> str:
         if k == "training":
             return "training: bool"
-        if k == RNG_STATE:
-            return RNG_PARAM
+        if k == state_name(self.layer):
+            return f"{k}: {STATE_TYPE}"
         arg = self.layer.arg(k)
         return f"{k}: {python_type(arg.type)}" if arg else f"{k}: float"
 
@@ -624,9 +624,10 @@ class LoopFunction:
         self.left_out = self.unread(once | read)
         lines = self.segments_forward(set(self.extra_outputs(once, per_step)), per_step, ex)
         self.left_out = set()
-        check_replayed(self.plan, RNG_STATE in self.kwargs)
-        if RNG_STATE in self.kwargs:  # it draws at random: as forward drew
-            kept = self.names.ctx_value(RNG_STATE)
+        state = state_name(self.layer)
+        check_replayed(self.plan, state in self.kwargs)
+        if state in self.kwargs:  # it draws at random: as forward drew
+            kept = self.names.ctx_value(state)
             lines = replayed(lines, kept, self.name("drawn"), self.name("cuda"))
         return ['# forward again (save = "inputs"), keeping what backward reads', *lines]
 
@@ -997,7 +998,7 @@ class LoopFunction:
         return [
             k
             for k in self.kwargs
-            if k in self.backward_read.spelt or k in ("training", RNG_STATE) or k in self.chosen_by
+            if k in self.backward_read.spelt or k in ("training", state_name(self.layer)) or k in self.chosen_by
         ]
 
     def reads_shape(self, value: str) -> bool:

@@ -14,6 +14,7 @@ from functools import cached_property
 
 import jinja2
 
+from layerdsl.autodiff.copied_layers import HeldArgument
 from layerdsl.autodiff.inline import Inlined, inline_subs
 from layerdsl.autodiff.inputs import called_fn_args, tuple_parts, without_callable_sides
 from layerdsl.autodiff.plan import Plan, plan_backwards, plan_inlined
@@ -28,7 +29,7 @@ from layerdsl.codegen.function_members import HeldMembers, held_argument_value, 
 from layerdsl.codegen.function_sub_calls import SUB_CALL, composed_forward
 from layerdsl.codegen.optional_members import IsPresent, hoist_optionals
 from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling, float_like
-from layerdsl.codegen.random_replay import RNG_STATE, replays_draws, state_argument
+from layerdsl.codegen.random_replay import replays_draws, state_argument, state_name
 from layerdsl.codegen.reference_parameter import Reference, inlined_parameter
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.diagnostics import SpecError, printable
@@ -679,14 +680,7 @@ class LayerEmitter:
                 arg = f"{arg}.clone() if self.training else {arg}" if t.name in in_training else f"{arg}.clone()"
             args.append(arg)
         held = inlined.arguments if inlined else {}  # a held layer argument's arguments: read from the sub
-        args += [
-            (
-                held_argument_value(held[a])
-                if a in held
-                else (state_argument(like) if a == RNG_STATE else f"self.{a}" if a != "training" else "self.training")
-            )
-            for a in self.function_kwargs()
-        ]
+        args += [self._kwarg_value(a, held, like) for a in self.function_kwargs()]
         members = self.held_members()  # the copies' members as themselves too: saved, not their stacks
         return args if members is None else [*args, members.module]
 
@@ -797,7 +791,17 @@ class LayerEmitter:
         names += [l.name for l in self.layer.lets if l.name in used]
         if "training" in used or self.uses_dropout():
             names.append("training")
-        return names + [RNG_STATE] * replays_draws(self.layer, self.plan)
+        return names + [state_name(self.layer)] * replays_draws(self.layer, self.plan)
+
+    def _kwarg_value(self, name: str, held: dict[str, HeldArgument], like: str | None) -> str:
+        """What the module passes for the Function's argument `name` (`function_kwargs`)."""
+        if name in held:
+            return held_argument_value(held[name])
+        if name == "training":
+            return "self.training"
+        if name == state_name(self.layer):  # no spec name takes it
+            return state_argument(like)
+        return f"self.{name}"
 
     def names_used_by_forward(self, requires: bool = True) -> set[str]:
         used = set()
