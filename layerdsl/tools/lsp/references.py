@@ -21,6 +21,7 @@ from layerdsl.tools.lsp.documents import Analysis, LayerServer
 from layerdsl.tools.lsp.layer_index import LayerIndex, VisibleLayers
 from layerdsl.tools.lsp.navigation import Occurrence, Target, layer_occurrences, occurrence_at, resolve
 from layerdsl.tools.lsp.positions import from_position, to_range
+from layerdsl.tools.lsp.scanning import code_characters
 
 RENAMABLE = {"arg", "param", "buffer", "sub", "let", "input", "local", "dim", "grad", "index", "layer"}
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -30,21 +31,25 @@ Key = tuple[str, int, int]  # a declaration: its file, line and column
 
 @dataclass
 class SpecText:
-    """A spec file the occurrences are looked for in: its path, text and layers."""
+    """A spec file the occurrences are looked for in: its path, text and layers (`repaired`: the layers of
+    its repaired parse, which may miss what the lines it blanked wrote)."""
 
     path: str
     text: str
     layers: list[N.Layer]
+    repaired: bool = False
 
 
 @dataclass
 class Found:
-    """One occurrence of the declaration looked for, in the file at `path`."""
+    """One occurrence of the declaration looked for, in the file at `path`; not `sure` when it is only the
+    name's word in code a repaired parse left out (what it means there is unknown)."""
 
     path: str
     text: str
     span: Span
     declaration: bool
+    sure: bool = True
 
 
 def _key(target: Target, default_path: str) -> Key | None:
@@ -105,9 +110,10 @@ def naming(name: str) -> re.Pattern[str]:
 
 def _files(ls: LayerServer, a: Analysis, name: str, everywhere: bool) -> tuple[list[SpecText], LayerIndex | None]:
     """This document and, when `everywhere`, the workspace's other specs whose text has `name` as a word
-    (only those are parsed: a folder may hold thousands), with the index their folders' layers are looked
-    up in."""
-    files = [SpecText(a.path, a.text, a.spec.layers if a.spec is not None else [])]
+    (only those are parsed: a folder may hold thousands; one that does not parse is repaired as an open
+    document is), with the index their folders' layers are looked up in (the repaired specs' too)."""
+    layers = a.spec.layers if a.spec is not None else []
+    files = [SpecText(a.path, a.text, layers, a.partial)]
     if not everywhere:
         return files, None
     ws = ls.workset(a.path, a.text, a.spec)  # afresh: specs opened since the analysis count
@@ -115,15 +121,37 @@ def _files(ls: LayerServer, a: Analysis, name: str, everywhere: bool) -> tuple[l
     for path, text in ws.sources.items():
         if path == a.path or name not in text or not word.search(text):  # (`in` first: far faster)
             continue
-        spec = ls.pristine(path, text)
+        spec, repaired = ls.readable(path, text)
         if spec is not None:
-            files.append(SpecText(path, text, spec.layers))
-    return files, ws.index
+            files.append(SpecText(path, text, spec.layers, repaired))
+    others = {p: t for p, t in ws.sources.items() if p != a.path}
+    return files, LayerIndex(a.path, layers, others, ls.readable_spec, ls.defined_names)
+
+
+def _unplaced(f: SpecText, name: str, placed: set[tuple[int, int]]) -> list[Span]:
+    """The words `name` in the code of a repaired spec that no occurrence of its layers starts at (the
+    lines its repair blanked): nothing says what they mean."""
+    if not f.repaired:
+        return []
+    code = [" "] * len(f.text)
+    for i, c in code_characters(f.text):
+        code[i] = c
+    text = "".join(code)
+    spans = []
+    for m in naming(name).finditer(text):
+        if m.start() > 0 and text[m.start() - 1] == ".":
+            continue  # a method or a member of something else (`nn.Linear`, `outputs.append`)
+        line = text.count("\n", 0, m.start()) + 1
+        col = m.start() - text.rfind("\n", 0, m.start())
+        if (line, col) not in placed:
+            spans.append(Span(line, col, line, col + len(name)))
+    return spans
 
 
 def occurrences_of(ls: LayerServer, a: Analysis, target: Target, other_files: bool = True) -> list[Found]:
     """Every occurrence meaning `target`: in this document for what is local to a layer, in every spec
-    of the workspace for a layer and its arguments (unless not `other_files`)."""
+    of the workspace for a layer and its arguments (unless not `other_files`); in a spec with a syntax
+    error, also the name's words its repaired parse left out, as not `sure`."""
     key = _key(target, a.path)
     if key is None:
         return []
@@ -134,13 +162,16 @@ def occurrences_of(ls: LayerServer, a: Analysis, target: Target, other_files: bo
     for f in files:
         # another file's layer names mean what its own folder sees (a folder is a namespace)
         seen = a if f.path == a.path else replace(a, layers=VisibleLayers(index, [], seen_from=f.path))
+        placed = set()
         for layer in f.layers:
             for occ in layer_occurrences(layer):
                 if occ.name != target.name:
                     continue
+                placed.add((occ.span.line, occ.span.col))
                 meant = resolve(seen, occ, layer)
                 if meant is not None and _key(meant, f.path) == key:
                     found.append(Found(f.path, f.text, occ.span, (occ.span.line, occ.span.col) == key[1:]))
+        found += [Found(f.path, f.text, span, False, sure=False) for span in _unplaced(f, target.name, placed)]
     unique = {(f.path, f.span.line, f.span.col): f for f in found}
     return sorted(unique.values(), key=lambda f: (f.path != a.path, f.path, f.span.line, f.span.col))
 
@@ -169,7 +200,11 @@ def highlights(ls: LayerServer, uri: str, position: T.Position) -> list[T.Docume
     return [
         T.DocumentHighlight(
             range=to_range(f.span, f.text, ls.codec()),
-            kind=T.DocumentHighlightKind.Write if f.declaration else T.DocumentHighlightKind.Read,
+            kind=(
+                T.DocumentHighlightKind.Write
+                if f.declaration
+                else T.DocumentHighlightKind.Read if f.sure else T.DocumentHighlightKind.Text
+            ),
         )
         for f in occurrences_of(ls, a, target, other_files=False)
     ]
@@ -207,8 +242,26 @@ def rename(ls: LayerServer, params: T.RenameParams) -> T.WorkspaceEdit | None:
     new = params.new_name
     if not _IDENTIFIER.fullmatch(new) or new in RESERVED or new in ("True", "False", "None"):
         raise RenameError(f"'{new}' cannot be a name")
+    found = occurrences_of(ls, a, target)
+    _refuse_unsure(a, target.name, found)
     changes: dict[str, list[T.TextEdit]] = {}
-    for f in occurrences_of(ls, a, target):
+    for f in found:
         edit = T.TextEdit(range=to_range(f.span, f.text, ls.codec()), new_text=new)
         changes.setdefault(_uri(a, f.path), []).append(edit)
     return T.WorkspaceEdit(changes=changes)
+
+
+def _refuse_unsure(a: Analysis, name: str, found: list[Found]) -> None:
+    """Refuse a rename that would leave behind the name's words in lines a syntax error keeps unread (it
+    cannot say whether they mean the name renamed): the user fixes the error first."""
+    unsure = [f for f in found if not f.sure]
+    if not unsure:
+        return
+    where = ", ".join(
+        f"{os.path.relpath(f.path, os.path.dirname(a.path))}:{f.span.line}:{f.span.col}" for f in unsure[:3]
+    )
+    more = f" and {len(unsure) - 3} more" if len(unsure) > 3 else ""
+    raise RenameError(
+        f"'{name}' is also written at {where}{more}, in a spec with a syntax error that keeps those lines"
+        " unread: fix the error first, so that every use is renamed"
+    )
