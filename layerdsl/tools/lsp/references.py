@@ -16,8 +16,9 @@ from pygls.uris import from_fs_path
 
 from layerdsl.diagnostics import Span
 from layerdsl.ir import nodes as N
-from layerdsl.language.tables import RESERVED
-from layerdsl.tools.lsp.documents import Analysis, LayerServer
+from layerdsl.language.ops import CALLABLE
+from layerdsl.language.tables import ARG_TYPES, CONSTANTS, INITS, RESERVED
+from layerdsl.tools.lsp.documents import Analysis, LayerServer, parse_document, recover
 from layerdsl.tools.lsp.layer_index import LayerIndex, VisibleLayers
 from layerdsl.tools.lsp.navigation import Occurrence, Target, layer_occurrences, occurrence_at, resolve
 from layerdsl.tools.lsp.positions import from_position, to_range
@@ -244,6 +245,8 @@ def rename(ls: LayerServer, params: T.RenameParams) -> T.WorkspaceEdit | None:
         raise RenameError(f"'{new}' cannot be a name")
     found = occurrences_of(ls, a, target)
     _refuse_unsure(a, target.name, found)
+    if new != target.name:
+        _refuse_taken(ls, a, target, new, found)
     changes: dict[str, list[T.TextEdit]] = {}
     for f in found:
         edit = T.TextEdit(range=to_range(f.span, f.text, ls.codec()), new_text=new)
@@ -265,3 +268,76 @@ def _refuse_unsure(a: Analysis, name: str, found: list[Found]) -> None:
         f"'{name}' is also written at {where}{more}, in a spec with a syntax error that keeps those lines"
         " unread: fix the error first, so that every use is renamed"
     )
+
+
+def _refuse_taken(ls: LayerServer, a: Analysis, target: Target, new: str, found: list[Found]) -> None:
+    """Refuse a rename to a name already taken: a builtin's, another layer's where the layer is named, or
+    one that would change what a name of the declaring file means (a capture either way)."""
+    if new in CALLABLE or new in INITS or new in CONSTANTS or new == "training" or new in ARG_TYPES + ("nn",):
+        raise RenameError(f"'{new}' is a builtin's name: choose another")
+    if target.kind == "layer":
+        index = a.layers.index
+        for path in {f.path for f in found}:
+            taken = index.candidates(new, path) if index is not None else []
+            if new in a.names or taken:
+                raise RenameError(f"'{new}' is already a layer's name here: choose another")
+        return
+    key = _key(target, a.path)
+    assert key is not None
+    _refuse_capture(ls, a, key, (target.name, new), [f for f in found if f.path == key[0]])
+
+
+def _refuse_capture(ls: LayerServer, a: Analysis, key: Key, names: tuple[str, str], edits: list[Found]) -> None:
+    """Rename the declaration `key`'s occurrences `edits` (in its own file) to `new` in that file's text,
+    and refuse when then a renamed occurrence means something else, or another `new` the renamed
+    declaration; or (the open document, checked clean) when the checker objects."""
+    (old, new), path = names, key[0]
+    text = edits[0].text if edits else a.text
+    shift = _shifts([(f.span.line, f.span.col) for f in edits], len(new) - len(old))
+    new_text = _applied(text, edits, new)
+    spec, diags, _ = parse_document(path, new_text)
+    if spec is None or diags:
+        if not diags:
+            return
+        spec = recover(path, new_text, diags[0]).spec
+        if spec is None:
+            return
+    renamed = {shift(f.span.line, f.span.col) for f in edits}
+    declared = (path, *shift(key[1], key[2]))
+    own = VisibleLayers(a.layers.index, spec.layers, seen_from=None if path == a.path else path)
+    seen = replace(a, spec=spec, text=new_text, layers=own)
+    for layer in spec.layers:
+        for occ in layer_occurrences(layer):
+            if occ.name != new:
+                continue
+            meant = resolve(seen, occ, layer)
+            means_it = meant is not None and _key(meant, path) == declared
+            if means_it == ((occ.span.line, occ.span.col) in renamed):
+                continue
+            where = f"{os.path.basename(path)}:{occ.span.line}:{occ.span.col}"
+            if means_it:
+                raise RenameError(f"'{new}' is already a name there: the '{new}' at {where} would mean the renamed one")
+            what = f"the {meant.kind} '{new}'" if meant is not None else f"'{new}'"
+            raise RenameError(f"'{new}' is already a name there: the renamed '{old}' at {where} would mean {what}")
+    if path == a.path and a.checked and not a.diagnostics and not a.partial and a.workset is not None:
+        problems, _, _ = ls.check(path, new_text, spec, a.workset)
+        if problems:
+            raise RenameError(f"renaming to '{new}': {problems[0].message}")
+
+
+def _shifts(starts: list[tuple[int, int]], delta: int):
+    """Where a position of the text is once each name starting at `starts` grew by `delta` characters."""
+
+    def shift(line: int, col: int) -> tuple[int, int]:
+        return line, col + delta * sum(1 for at in starts if at[0] == line and at[1] < col)
+
+    return shift
+
+
+def _applied(text: str, edits: list[Found], new: str) -> str:
+    """`text` with each of `edits`' spans (one line each) replaced by `new`."""
+    lines = text.split("\n")
+    for f in sorted(edits, key=lambda f: (f.span.line, -f.span.col)):
+        line = lines[f.span.line - 1]
+        lines[f.span.line - 1] = line[: f.span.col - 1] + new + line[f.span.end_col - 1 :]
+    return "\n".join(lines)
