@@ -107,6 +107,8 @@ def completion_items(server: LayerServer, uri: str, pos: T.Position) -> list[T.C
     # `else` after the `}` of an if
     if brackets == 0 and braces >= 2 and before.strip() == "}":
         return _keyword_items(["else"])
+    if brackets == 0 and before.strip() == "}":  # right after a layer's or a member's block: nothing follows
+        return []
     # the dtype of a buffer or an input, before its shape
     if re.search(r"^\s*(?:transient\s+)?buffer\s+\w+\s*:\s*[A-Za-z_]*$", prefix) or (
         brackets > 0 and re.match(r"^\s*forward\s*\(", current) and re.search(r"\w+\s*:\s*[A-Za-z_]*$", prefix)

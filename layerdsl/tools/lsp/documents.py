@@ -157,6 +157,7 @@ class LayerServer(LanguageServer):
         self.stale: set[str] = set()  # uris whose analysis must be redone though their text is the same
         self._disk: dict[str, tuple[tuple[int, int], str]] = {}  # path -> ((mtime_ns, size), text)
         self._parsed: dict[str, tuple[str, N.SpecFile | None]] = {}  # path -> (text, pristine parse)
+        self._repaired: dict[str, tuple[str, N.SpecFile | None]] = {}  # path -> (text, repaired parse)
         self._names: dict[str, tuple[str, set[str]]] = {}  # path -> (text, the layer names it may define)
         self._scan: dict[str, tuple[float, list[str]]] = {}  # root -> (time, spec paths)
         self.published: dict[str, list] = {}  # uri -> the diagnostics last published (see diagnostics.publish)
@@ -241,6 +242,23 @@ class LayerServer(LanguageServer):
         spec = spec if spec is not None and not diags else None
         self._parsed[path] = (text, spec)
         return spec
+
+    def readable(self, path: str, text: str) -> tuple[N.SpecFile | None, bool]:
+        """Another spec file as the features read it: its pristine parse, or failing that its repaired one
+        (`recover`, as for an open document), once per text; True when repaired."""
+        spec = self.pristine(path, text)
+        if spec is not None:
+            return spec, False
+        hit = self._repaired.get(path)
+        if hit is None or hit[0] != text:
+            spec, diags, _ = parse_document(path, text)
+            repaired = recover(path, text, diags[0]).spec if diags else spec
+            hit = self._repaired[path] = (text, repaired)
+        return hit[1], True
+
+    def readable_spec(self, path: str, text: str) -> N.SpecFile | None:
+        """`readable`'s spec only (a `LayerIndex`'s parse)."""
+        return self.readable(path, text)[0]
 
     def workset(self, path: str, text: str, spec: N.SpecFile | None) -> Workset:
         """The other specs that matter to the document at `path`.

@@ -24,7 +24,7 @@ class Occurrence:
     """A place in a layer's text that names something."""
 
     span: Span
-    kind: str  # layer | arg | tensor | sub | sub-ref | member | let | input | grad | example | init | name | call | kwarg | reduce | target | index | decorator
+    kind: str  # layer | arg | type | loop | tensor | sub | sub-ref | member | let | input | grad | example | init | name | call | kwarg | reduce | target | index | decorator
     name: str
     node: N.Node  # the declaration, or the node the name is part of
 
@@ -37,6 +37,7 @@ def layer_occurrences(layer: N.Layer) -> list[Occurrence]:
         found.append(Occurrence(Span(at.line, at.col, at.line, at.col + 1 + len(dec.name)), "decorator", dec.name, dec))
     for a in layer.args:
         found.append(Occurrence(a.span, "arg", a.name, a))
+        _type_occurrence(a, found)
         if a.default is not None:
             _expr_occurrences(a.default, found)
     for t in layer.tensors:
@@ -46,9 +47,13 @@ def layer_occurrences(layer: N.Layer) -> list[Occurrence]:
             _init_occurrences(t.init, found)
         if t.cond is not None:
             _expr_occurrences(t.cond, found)
+        if t.repeat is not None:
+            _expr_occurrences(t.repeat.iter, found)
     for sub in layer.subs:
         found.append(Occurrence(sub.span, "sub", sub.name, sub))
         _expr_occurrences(sub.call, found)
+        if sub.repeat is not None:  # `sub blocks = [Block(d) for i in range(depth)]`
+            _expr_occurrences(sub.repeat.iter, found)
     for reinit in layer.reinits:
         if reinit.sub_span is not None and reinit.member_span is not None:
             found.append(Occurrence(reinit.sub_span, "sub-ref", reinit.sub, reinit))
@@ -58,6 +63,8 @@ def layer_occurrences(layer: N.Layer) -> list[Occurrence]:
     for redraw in layer.redraws:
         if redraw.init is not None:
             _init_occurrences(redraw.init, found)
+        if redraw.cond is not None:
+            _expr_occurrences(redraw.cond, found)
     for let in layer.lets:
         found.append(Occurrence(let.span, "let", let.name, let))
         _expr_occurrences(let.value, found)
@@ -81,6 +88,14 @@ def layer_occurrences(layer: N.Layer) -> list[Occurrence]:
     return found
 
 
+def _type_occurrence(arg: N.Arg, found: list[Occurrence]) -> None:
+    """An argument's type when it may name a layer (`encoder_layer: TransformerEncoderLayer?`)."""
+    name = arg.type.rstrip("?")
+    if name.isidentifier() and arg.type_span is not None:
+        at = arg.type_span
+        found.append(Occurrence(Span(at.line, at.col, at.line, at.col + len(name)), "type", name, arg))
+
+
 def _init_occurrences(init: N.Init, found: list[Occurrence]) -> None:
     found.append(Occurrence(init.span, "init", init.name, init))
     for v in init.args:
@@ -91,6 +106,8 @@ def _init_occurrences(init: N.Init, found: list[Occurrence]) -> None:
 
 
 def _shape_occurrences(shape: N.Shape, found: list[Occurrence]) -> None:
+    if shape.spread is not None:  # `param weight: normalized_shape`
+        _expr_occurrences(shape.spread, found)
     for d in shape.dims:
         if isinstance(d, N.Expr):
             _expr_occurrences(d, found)
@@ -109,6 +126,16 @@ def _body_occurrences(body: list[N.Stmt], found: list[Occurrence]) -> None:
             case N.Unpack(targets=targets, value=value):
                 found += [Occurrence(span, "target", name, stmt) for name, span in targets]
                 _expr_occurrences(value, found)
+            case N.Append():
+                found.append(Occurrence(stmt.target_span, "target", stmt.target, stmt))
+                _expr_occurrences(stmt.value, found)
+            case N.For():
+                found.append(Occurrence(stmt.var_span, "loop", stmt.var, stmt))
+                _expr_occurrences(stmt.iter, found)
+            case N.Require(cond=c, guard=g):
+                _expr_occurrences(c, found)
+                if g is not None:
+                    _expr_occurrences(g, found)
             case N.If(cond=c):
                 _expr_occurrences(c, found)
             case N.Return(values=vs):
@@ -193,8 +220,13 @@ def resolve(a: Analysis, occ: Occurrence, layer: N.Layer) -> Target | None:
             if bound is None and isinstance(node, N.Unpack):
                 return Target(Ref.LOCAL, occ.name, layer, node, occ.span)
             return bound
+        case "loop" if isinstance(node, N.For):  # bound in its body only
+            return Target(Ref.LOCAL, occ.name, layer, node, occ.span)
         case "call" if isinstance(node, N.Call):
             return resolve_callee(a, layer, node)
+        case "type":
+            other = a.layers.get(occ.name)
+            return Target("layer", occ.name, other, other, other.span) if other is not None else None
         case "kwarg":
             return _resolve_keyword(a, layer, occ.name, node)
         case "sub-ref" | "member" if isinstance(node, N.Reinit):
