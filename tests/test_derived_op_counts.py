@@ -15,6 +15,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_functions as bf  # noqa: E402  (the hand-written Functions)
 
+from .function_agreement import agree  # noqa: E402
+
 
 class _Count(TorchDispatchMode):
     def __init__(self) -> None:
@@ -27,11 +29,21 @@ class _Count(TorchDispatchMode):
 
 
 def _ops(module: torch.nn.Module) -> list[str]:
+    """The ops of one forward and backward (the seed's `randn` included)."""
+    forward, backward = _phases(module)
+    return forward + backward
+
+
+def _phases(module: torch.nn.Module) -> tuple[list[str], list[str]]:
+    """The ops the forward dispatches, and those the backward dispatches (its seed made outside)."""
     torch.manual_seed(0)
     x = torch.randn(32, 64, requires_grad=True)
-    with _Count() as counter:
-        torch.autograd.grad(module(x), [x, *module.parameters()], torch.randn(32, 64))
-    return counter.ops
+    with _Count() as forward:
+        y = module(x)
+    seed = torch.randn(32, 64)
+    with _Count() as backward:
+        torch.autograd.grad(y, [x, *module.parameters()], seed)
+    return forward.ops, backward.ops
 
 
 def _generated(gen, name: str):
@@ -43,11 +55,39 @@ def test_the_rms_norm_forward_reduces_without_squaring_first(gen):
     assert ops[0] == "linalg_vector_norm"
 
 
+def test_the_derived_rms_norm_backward_computes_no_more_than_the_hand_written_one(gen):
+    """`x * rsqr` is computed once for grad_weight and grad_x, and grad_x multiplies by rsqr once: the
+    hand-written `xhat` sharing, found by optimize.sharing (the detach of the saved output aside)."""
+    derived = _phases(_generated(gen, "rms_norm_function").RMSNormFunctional(64))[1]
+    hand = _phases(bf.HandRMSNormFn(64))[1]
+    assert len([op for op in derived if op != "detach"]) <= len(hand), (derived, hand)
+    assert derived.count("pow") == 0  # `rsqr ** 3` folded into the shared product and the common factor
+
+
+@pytest.mark.parametrize("needs", [(True, True), (True, False), (False, True)], ids=["both", "x", "weight"])
+def test_the_shared_product_keeps_every_gradient_subset_and_double_backward(gen, needs):
+    """Each subset of `ctx.needs_input_grad` gets the plain form's first and second derivatives (the
+    shared `x * rsqr` is computed wherever either gradient that reads it is)."""
+    mod = _generated(gen, "rms_norm_function")
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=needs[0])
+    weight = (torch.rand(6, dtype=torch.float64) + 0.5).requires_grad_(needs[1])
+    inputs = [t for t in (x, weight) if t.requires_grad]
+    got = mod.RMSNormFunctionalFunction.apply(x, weight, 1e-6)[0]
+    if needs[0]:
+        agree(got, mod.rms_norm_functional(x, weight), inputs)
+    else:  # grad_weight does not depend on weight: no second derivative to compare
+        seed = torch.randn_like(got)
+        want = torch.autograd.grad(mod.rms_norm_functional(x, weight), inputs, seed)
+        torch.testing.assert_close(torch.autograd.grad(got, inputs, seed, create_graph=True), want)
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="optimize: the derived RMSNorm backward computes x * rsqr for grad_weight and grad_mul1 * x for "
-    "grad_x apart (the hand-written one shares xhat = x * rstd), and returning rsqr as a differentiable "
-    "output costs two detaches; next step: share a product read by two gradients (optimize.fusion)",
+    reason="codegen.function: saving rsqr as a differentiable output (needed so that double backward sees "
+    "rsqr depend on x) costs a detach in forward and one in backward, and the forward's norm is one call "
+    "more than mean(x * x); next: mark it non-differentiable and recompute it from x in the recorded "
+    "(create_graph) backward only",
 )
 def test_the_derived_rms_norm_dispatches_no_more_ops_than_the_hand_written_one(gen):
     derived = _generated(gen, "rms_norm_function").RMSNormFunctional(64)

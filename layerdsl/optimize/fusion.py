@@ -47,6 +47,33 @@ def substitute(e: N.Expr, pending: dict[str, N.Expr]) -> N.Expr:
     return map_children(e, lambda c: substitute(c, pending))
 
 
+def aliases_dropped(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
+    """`t = u` (what remains of `t = c * u` once its readers apply `c`) dropped, its readers reading `u`."""
+    targets = [s.target for s in stmts]
+    rename: dict[str, N.Expr] = {}
+    out = []
+    for s in stmts:
+        s.expr = _renamed(s.expr, rename)
+        s.otherwise = None if s.otherwise is None else _renamed(s.otherwise, rename)
+        e = s.expr
+        if isinstance(e, N.Name) and not s.guard and s.target not in facts.kept and targets.count(s.target) == 1:
+            if e.id not in facts.exact and targets.count(e.id) <= 1 and s.target not in _shape_names(stmts):
+                rename[s.target] = e
+                continue
+        out.append(s)
+    return out
+
+
+def _renamed(e: N.Expr, rename: dict[str, N.Expr]) -> N.Expr:
+    if isinstance(e, N.Name) and e.id in rename:
+        return clone(rename[e.id])
+    return map_children(e, lambda c: _renamed(c, rename))
+
+
+def _shape_names(stmts: list[Stmt]) -> set[str]:
+    return {n for s in stmts for n in _shape_reads(s.expr)}
+
+
 # ------------------------------------------------------------------ reduced gradients stay small
 
 

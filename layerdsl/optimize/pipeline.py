@@ -4,16 +4,20 @@ Runs on a backward's statements (IR) after derivation, before rendering. At larg
 bound by memory traffic, so its time follows the number of passes over full-size tensors and the number
 of fresh buffers. In order:
 
-1. fold a recomputed intermediate that only one statement reads into that statement (`fusion`), and drop the
+1. share a recomputed product `a * b` (`b` narrow) with the other gradients whose product chains hold `a` and
+   `b`, up to reassociation (`sharing`); fold a recomputed intermediate that only one statement reads into
+   that statement (`fusion`), and drop the
    transposes that then cancel (`transposes`); merge like
    einsum terms and split products of three or more tensors into pairs, shared where they can be, in the
    order a cost model picks (`contractions`);
 2. keep a reduction's gradient at its reduced shape where an elementwise operation would broadcast it
    anyway (`fusion`), gather constant factors where they cost least (`scales`), write `sum_to` between
-   known shapes as a plain sum and move tensor factors out of linear kernels (`fusion`); take one result of a
+   known shapes as a plain sum and move tensor factors out of linear kernels, and drop the `t = u` aliases that
+   gathering leaves (`fusion`); take one result of a
    kernel that gives several out of a sum where another result is computed too, so that the emitter joins
    them into one call (`joint`);
-3. for each candidate statement order (`schedule`): write `p + q * r` as `addcmul(p, q, r)` (`fusion`),
+3. without a graph, take a narrow factor common to both terms out of a sum (`sharing`); for each candidate
+   statement order (`schedule`): write `p + q * r` as `addcmul(p, q, r)` (`fusion`),
    let operations update dead temporaries in place (`inplace`), and delete full-size temporaries after
    their last use (`schedule`);
 4. keep the order that makes the fewest fresh full-size buffers.
@@ -28,6 +32,7 @@ from layerdsl.ir.visit import clone
 from layerdsl.optimize.contractions import plan_contractions
 from layerdsl.optimize.fusion import (
     addcmul_form,
+    aliases_dropped,
     explicit_sums,
     factors_out,
     fold,
@@ -38,6 +43,7 @@ from layerdsl.optimize.inplace import update_in_place
 from layerdsl.optimize.joint import hoist_joint_terms
 from layerdsl.optimize.scales import hoist_scales
 from layerdsl.optimize.schedule import fresh_buffers, place_deletions, reductions_early
+from layerdsl.optimize.sharing import common_factors, share_products
 from layerdsl.optimize.statements import Facts, Stmt
 from layerdsl.optimize.transposes import transposes_cancelled
 
@@ -50,10 +56,11 @@ def optimize(stmts: list[Stmt], facts: Facts, prefer: int = 0) -> tuple[list[Stm
 
 def prepared(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
     """Steps 1 and 2, which do not read `Facts.graph`: the emitter runs them once for both grad modes."""
-    stmts = transposes_cancelled(fold(stmts, facts), facts)
+    stmts = transposes_cancelled(fold(share_products(stmts, facts), facts), facts)
     stmts = plan_contractions(stmts, facts)
     stmts = narrow_expansions(stmts, facts)
     hoist_scales(stmts, facts.kept, facts.incoming)
+    stmts = aliases_dropped(stmts, facts)
     explicit_sums(stmts, facts)
     return hoist_joint_terms(factors_out(stmts, facts))
 
@@ -61,6 +68,8 @@ def prepared(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
 def scheduled(stmts: list[Stmt], facts: Facts, prefer: int = 0) -> tuple[list[Stmt], int]:
     """Steps 3 and 4 on `prepared` statements (rewritten in place): the statements in the best schedule,
     and which one it is."""
+    if not facts.graph:
+        stmts = aliases_dropped(common_factors(stmts, facts), facts)
     # Sums first lets a temporary's last full-size reader update it; keeping the derivation's order can
     # instead let a reader that autograd does not record update it (without a graph).
     schedules = [_fused_in_place(s, facts) for s in (reductions_early(stmts), clone(stmts))]
