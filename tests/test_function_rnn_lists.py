@@ -98,11 +98,14 @@ def test_the_list_starts_with_the_first_steps_item_and_its_gradient_is_the_first
     assert "grad_stacked_finals_parts[0]" in source
 
 
-def test_a_cat_of_such_a_list_is_refused_at_the_cat():
+def test_a_cat_of_such_a_list_derives():
+    """Its first item cat'ed to the steps' stacked (`loops.Planner.cat_of_steps`; refused before)."""
     text = LAST_DIM.replace("FinalsLastDim", "FinalsCat").replace("stack(finals, dim = -1)", "cat(finals, dim = -1)")
-    problems = problems_of(text, "finals_cat")
-    assert [(p.span.line, p.span.col) for p in problems] == [(15, 16)]
-    assert "joins such a list with stack() only" in problems[0].message
+    assert problems_of(text, "finals_cat") == []
+    ours, plain = plain_pair(text, "finals_cat", "FinalsCat", n=3, d_in=2, d=3)
+    x = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(ours(x), plain(x))
+    assert torch.autograd.gradcheck(ours, (x,))
 
 
 def test_a_loop_over_the_steps_inside_the_loop_over_the_family_derives():
@@ -260,9 +263,9 @@ def test_the_flip_and_the_first_items_save_nothing_of_their_own():
     finals, _ = plain_pair(LAST_DIM, "finals_last_dim", "FinalsLastDim", n=3, d_in=2, d=3)
     x = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
     # x, w_l0, the members from 1 on, the first member's sin input and h, the loop's per step (2 steps)
-    # and its last h: the stacked list is not kept
+    # (its last h only as its shape): the stacked list is not kept
     d = 3
-    assert saved_bytes(lambda: finals(x)) == 8 * (4 * 2 + 2 * d + 2 * d * d + 2 * 4 * d + 2 * 2 * 4 * d + 4 * d)
+    assert saved_bytes(lambda: finals(x)) == 8 * (4 * 2 + 2 * d + 2 * d * d + 2 * 4 * d + 2 * 2 * 4 * d)
 
 
 BATCHED_STEPS = """

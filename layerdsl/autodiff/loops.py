@@ -60,6 +60,9 @@ class Join:
     dim: N.Expr
     items: str  # the list local
     heads: list[str] = field(default_factory=list)  # the values appended before the loop, in order
+    # the `of_step`-th item each step appends only, the heads and the step's others left out (a stack of
+    # them, `Planner.cat_of_steps`)
+    of_step: int | None = None
 
 
 @dataclass
@@ -372,6 +375,10 @@ class Planner:
                 segments += planned
             elif isinstance(stmt, N.Assign) and isinstance(stmt.value, N.ListExpr) and not stmt.value.items:
                 self.lists.add(stmt.target)
+            elif _listed_for_a_loop(stmt, self.forward.body[at + 1 :]):
+                assert isinstance(stmt, N.Assign) and isinstance(stmt.value, N.ListExpr)
+                self.lists.add(stmt.target)  # `L = [a, b]`: as `L = []`, then its items appended before the loop
+                chunk += [self.head(N.Append(v.span, stmt.target, stmt.target_span, v)) for v in stmt.value.items]
             elif isinstance(stmt, N.Append) and stmt.target in self.lists and stmt.target not in self.loops:
                 chunk.append(self.head(stmt))  # an item before the loop's, or of a list no loop appends to
             elif isinstance(stmt, N.Append):
@@ -452,24 +459,46 @@ class Planner:
                     dim = e.args[1] if len(e.args) > 1 else next((k.value for k in e.kwargs if k.name == "dim"), None)
                     heads = self.loops[listed.id].heads.get(listed.id, [])
                     if (heads or listed.id in self.loops[listed.id].more) and e.func == "cat":
-                        raise NotDerivable(
-                            e.span,
-                            f"cannot derive through this cat() yet: '{listed.id}' gets items before the loop"
-                            " that appends to it (a family's first step on its own) or several per step, and a"
-                            " derived backward joins such a list with stack() only",
-                            f"stack({listed.id}, dim = ...) and reshape, or drop @function",
-                        )
+                        return self.cat_of_steps(e, listed, dim or B.num(0), heads)
                     join = Join(self.fresh(f"{e.func}ed_{listed.id}"), e.func, dim or B.num(0), listed.id, heads)
-                    self.loops[listed.id].joins.append(join)
-                    self.shapes[join.name] = _joined_shape(join, self.loops[listed.id], self.shapes)
-                    self.requires.add(join.name)
-                    name = B.name(join.name, e.span)
-                    name.ref, name.kind = N.Ref.LOCAL, N.Kind.TENSOR
-                    self.alias[join.name] = join.name
-                    return name
+                    return self.join_name(join, e.span)
             return e
 
         return go(stmt)
+
+    def join_name(self, join: Join, span: Span) -> N.Name:
+        """`join` recorded on its loop, as the name of the value it is."""
+        self.loops[join.items].joins.append(join)
+        self.shapes[join.name] = _joined_shape(join, self.loops[join.items], self.shapes)
+        self.requires.add(join.name)
+        self.alias[join.name] = join.name
+        return B.name(join.name, span)
+
+    def cat_of_steps(self, e: N.Call, listed: N.Name, dim: N.Expr, heads: list[str]) -> N.Expr:
+        """`cat(L, dim = d)` of a list with items before its loop or several per step, as
+        `cat([heads..., flatten(cat([S0, S1, ...], dim = d + 1), d, d + 1)], dim = d)` of Si, the i-th item of
+        each step stacked at d (`d - 1` for a d < 0): backward cuts each Si's gradient as stack()'s, and the
+        heads' is the cat's own."""
+        loop, d = self.loops[listed.id], _int_value(dim)
+        why = _not_stacked(loop, listed.id, self.shapes) or (None if d is not None else "its dim is not a number")
+        if why is not None or d is None:
+            raise NotDerivable(
+                e.span,
+                f"cannot derive through this cat() yet: '{listed.id}' gets items before the loop that appends to"
+                f" it or several per step, and {why}",
+                f"stack({listed.id}, dim = ...) and reshape, or drop @function",
+            )
+        at = d if d >= 0 else d - 1
+        stacks: list[N.Expr] = []
+        for i in range(1 + len(loop.more.get(listed.id, []))):
+            join = Join(self.fresh(f"stacked_{listed.id}"), "stack", B.num(at), listed.id, of_step=i)
+            stacks.append(self.join_name(join, e.span))
+        steps = stacks[0] if len(stacks) == 1 else _cat(stacks, B.num(at + 1), e)
+        steps = B.call("flatten", steps, B.num(at), B.num(at + 1), span=e.span)
+        if not heads:
+            return steps
+        self.alias.update({h: h for h in heads})
+        return _cat([*_items(heads, listed).items, steps], dim, e)
 
     # ---------------------------------------------------------------- `if`s on configuration values
 
@@ -890,6 +919,42 @@ def _joined_shape(join: Join, loop: Loop | nest.Nest, shapes: dict[str, Shape]) 
     if join.heads or join.items in loop.more:  # items before the loop's, or several per step: a count of its own
         count = f"_steps_{join.name}"
     return (*shape[:at], count, *shape[at:]) if 0 <= at <= len(shape) else None
+
+
+def _cat(items: list[N.Expr], dim: N.Expr, at: N.Call) -> N.Call:
+    """`cat(items, dim = dim)`, where the call `at` is written."""
+    listed = N.ListExpr(at.span, items)
+    listed.kind = N.Kind.LIST
+    out = N.Call(at.span, "cat", at.func_span, [listed], [N.Keyword("dim", dim, at.span)])
+    out.kind = N.Kind.TENSOR
+    return out
+
+
+def _listed_for_a_loop(stmt: N.Stmt, after: list[N.Stmt]) -> bool:
+    """Whether `stmt` is `L = [a, ...]` of a list a loop after it appends to (its items are the heads of
+    what that loop's appends join)."""
+    if not isinstance(stmt, N.Assign) or not isinstance(stmt.value, N.ListExpr) or not stmt.value.items:
+        return False
+    loops = [s for s in after if isinstance(s, N.For)]
+    return any(isinstance(s, N.Append) and s.target == stmt.target for loop in loops for s in walk_stmts(loop.body))
+
+
+def _int_value(e: N.Expr) -> int | None:
+    """The int `e` writes (`-1`: a minus of a number), else None."""
+    if isinstance(e, N.UnaryOp) and e.op == "-" and (inner := _int_value(e.operand)) is not None:
+        return -inner
+    return int(e.value) if isinstance(e, N.Num) and isinstance(e.value, int) else None
+
+
+def _not_stacked(loop: Loop | nest.Nest, items: str, shapes: dict[str, Shape]) -> str | None:
+    """Why the items each step appends to `items` cannot be stacked step by step: a shape known only when
+    forward runs (a carried value growing each step), or a loop holding a loop; None when they can."""
+    if isinstance(loop, nest.Nest):
+        return "the loop appending to it holds a loop whose count is known only when forward runs"
+    each = [loop.appended[items], *loop.more.get(items, [])]
+    if any(not isinstance(v, N.Name) or shapes.get(v.id) is None for v in each):
+        return "the size of what a step appends to it is known only when forward runs (it may differ from step to step)"
+    return None
 
 
 def _count_dim(bounds: list[N.Expr]) -> str | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from layerdsl.autodiff.loops import UNBOUND, Choice, Loop, LoopPlan, Straight, presence, segment_steps
+from layerdsl.autodiff.loops import UNBOUND, Choice, Join, Loop, LoopPlan, Straight, presence, segment_steps
 from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, dtype_tested
 from layerdsl.autodiff.shapes import step_shape
@@ -856,8 +856,23 @@ class LoopFunction:
                 lines += self.no_steps_check(loop, buffer, j.items)
                 lines.append(f"{j.name} = {view}")
             else:
-                lines.append(f"{j.name} = torch.{j.func}({j.items}, dim={ex(j.dim)})")
+                lines.append(f"{j.name} = {self.joined(loop, j, ex)}")
         return lines
+
+    @staticmethod
+    def joined(loop: Loop, j: Join, ex: PyExpr) -> str:
+        """`stack(L)` / `cat(L)`; a stack of the i-th item of each step only (`Join.of_step`) leaves the heads
+        and the step's other items out, and after a loop of no steps is its first head with an empty dim at
+        `j.dim` (what cat() of it adds)."""
+        heads, dim = loop.heads.get(j.items, []), ex(j.dim)
+        if j.of_step is None:
+            return f"torch.{j.func}({j.items}, dim={dim})"
+        per = 1 + len(loop.more.get(j.items, []))
+        start = len(heads) + j.of_step
+        steps = f"torch.stack({j.items}[{start or ''}:{f':{per}' if per > 1 else ''}], dim={dim})"
+        if not heads:  # no steps: an empty list, which stack() raises on as cat() does
+            return steps
+        return f"{steps} if len({j.items}) > {len(heads)} else {heads[0]}.unsqueeze({dim}).narrow({dim}, 0, 0)"
 
     def buffer(self, loop: Loop, v: str, count: str) -> str:
         """The buffer of `v`'s value at every step: for a carried value, at every step but the first, whose

@@ -217,7 +217,11 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
             lines.append(f"{g} = torch.zeros_like({j.name}) if {g} is None else {g}")
             w.state[g] = "set"
         parts[j.items] = fn.name(f"grad_{j.name}_parts")
-        lines.append(f"{parts[j.items]} = {w.acc(j.name)}.unbind({w.ex(j.dim)})")
+        # cat(): one part per outer step (a cat of a list with heads or several items per step is refused,
+        # `loops.Planner.cat_of_steps`)
+        count = f"len(range({', '.join(w.ex(b) for b in nest.bounds)}))"
+        cut = f"unbind({w.ex(j.dim)})" if j.func == "stack" else f"tensor_split({count}, {w.ex(j.dim)})"
+        lines.append(f"{parts[j.items]} = {w.acc(j.name)}.{cut}")
         for i, head in enumerate(j.heads):
             if head in w.plan.requires:
                 lines += w.accumulate(head, f"{parts[j.items]}[{i}]", conditional=False)

@@ -354,6 +354,10 @@ class BackwardWriter:
                 if self.mode == "rare" and c in self.fn.outputs:  # not kept for this: its shape, on ctx
                     self.reads.output_shapes.add(c)
                     zeros = f"{self.fn.name('given')}.new_zeros({self.fn.names.ctx_shape(c)})"
+                elif self.mode == "main":  # its shape only (kept on ctx), the given gradient's dtype
+                    shape = B.call("shape_of", B.name(c))
+                    self.read(shape)
+                    zeros = f"{self.plan.grads[0]}.new_zeros({self.ex(shape)})"
                 else:
                     self.read(B.name(c))
                     zeros = f"torch.zeros_like({c})"
@@ -377,8 +381,9 @@ class BackwardWriter:
             # the items appended before the loop come first (`loops.Join.heads`): theirs, then the steps',
             # `per` of them each step (`loops.Loop.more`)
             per = 1 + len(loop.more.get(j.items, []))
-            for i in range(per):
+            for i in range(per) if j.of_step is None else [j.of_step]:  # a stack of one item of each step's
                 at = step_index if per == 1 else f"{per} * {step_index} + {i}" if i else f"{per} * {step_index}"
+                at = step_index if j.of_step is not None else at
                 at = f"{at} + {len(j.heads)}" if j.heads else at
                 items.setdefault((j.items, i), []).append(f"{parts}[{at}]")
             for i, head in enumerate(j.heads):
