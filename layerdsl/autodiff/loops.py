@@ -32,6 +32,7 @@ from layerdsl.autodiff import nest
 from layerdsl.autodiff.loop_choices import chosen_side, self_decided
 from layerdsl.autodiff.loop_ints import NumberNames, check_loop_numbers
 from layerdsl.autodiff.loop_members import without_members
+from layerdsl.autodiff.loop_split import split_loops, unsplit_reason
 from layerdsl.autodiff.reverse import derive
 from layerdsl.autodiff.shapes import carried_shapes, step_shape
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Step, Tape, reserved_names
@@ -172,14 +173,24 @@ def unswitched(layer: N.Layer, choices: bool = False) -> N.Layer:
     """`layer` with each `if` on arguments inside a loop's body taken out of the loop, the loop written on
     each side (`for t { a; if relu { h = relu(p) } else { h = tanh(p) } }` is `if relu { for t { a; h =
     relu(p) } } else { for t { a; h = tanh(p) } }`): the condition is the same at every step, and a
-    forward that branches on arguments chooses one side's Function (`plan._branch_plan`). `choices`: an `if`
+    forward that branches on arguments chooses one side's Function (`plan._branch_plan`). A loop whose `if`s
+    compare its variable with a bound it does not change is first split there (`loop_split`). `choices`: an `if`
     of a loop holding a loop that `choice_alone` takes stays in its body (a `Choice` of the `Nest`)."""
     assert layer.forward is not None
     optional = frozenset(i.name for i in layer.forward.inputs if i.optional)
-    body = _unswitched(layer.forward.body, optional, choices)
+    split = split_loops(layer.forward.body, _names_in_use(layer))  # `if t == 0` in a loop: loops in a row
+    body = _unswitched(split, optional, choices)
     if body is layer.forward.body:
         return layer
     return layer.with_body(body)
+
+
+def _names_in_use(layer: N.Layer) -> set[str]:
+    """The names `layer`'s forward reads or binds, and those its Function reserves."""
+    assert layer.forward is not None
+    bound = {s.target for s in walk(layer.forward) if isinstance(s, N.Assign | N.Append)}
+    bound |= {t for s in walk(layer.forward) if isinstance(s, N.Unpack) for t, _ in s.targets}
+    return bound | _names(layer.forward) | reserved_names(layer)
 
 
 def _unswitched(body: list[N.Stmt], optional: frozenset[str], choices: bool = False) -> list[N.Stmt]:
@@ -612,17 +623,12 @@ class Planner:
             return nest.planned_nest(self, stmt)
         for s in walk_stmts(stmt.body):
             if isinstance(s, N.If):
-                why = (
-                    f" (taking the body's `if`s on arguments out of it would make more than {MAX_BRANCH_PLANS}"
-                    " copies of the loop)"
-                    if on_arguments(s.cond, frozenset(self.optional))
-                    else ""
-                )
+                why, hint = _if_in_loop_refusal(s.cond, stmt, frozenset(self.optional))
                 raise NotDerivable(
                     s.span,
                     "cannot derive through this `if` yet: it is in the body of a loop whose count is known only"
                     f" when forward runs{why}",
-                    _if_in_loop_hint(s.cond, stmt),
+                    hint,
                 )
             if isinstance(s, N.Append) and s.target not in self.lists:
                 raise NotDerivable(
@@ -962,11 +968,15 @@ def _count_dim(bounds: list[N.Expr]) -> str | None:
     return dim_text(bounds[0]) if len(bounds) == 1 else None
 
 
-def _if_in_loop_hint(cond: N.Expr, loop: N.For) -> str:
-    """Where the `if` tests the loop's index (`t > 0`), the first step written before the loop is the way out."""
-    if loop.var in {n.id for n in walk(cond) if isinstance(n, N.Name)}:
+def _if_in_loop_refusal(cond: N.Expr, loop: N.For, optional: frozenset[str]) -> tuple[str, str]:
+    """Why an `if` in the body of a loop kept as one is refused (after the message), and the hint: too many
+    copies of the loop, a test of its variable the loop is not split at (`loop_split`), or a condition on
+    values that differ from step to step."""
+    hint = "choose with where(cond, a, b), or put the `if` around the loop"
+    if on_arguments(cond, optional):
         return (
-            "write the steps the `if` singles out before the loop and run the loop over the rest"
-            f" (`for {loop.var} in range(1, ...)`), or choose with where(cond, a, b)"
+            f" (taking the body's `if`s on arguments out of it would make more than {MAX_BRANCH_PLANS} copies of"
+            " the loop)",
+            hint,
         )
-    return "choose with where(cond, a, b), or put the `if` around the loop"
+    return unsplit_reason(loop, cond) or ("", hint)

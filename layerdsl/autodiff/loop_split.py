@@ -1,0 +1,378 @@
+"""A loop whose body tests its variable against a bound the loop does not change, as loops in a row.
+
+A loop kept as one (its count known only when forward runs) derives one body for every step, so an `if`
+in it must pick the same side at every step (`loops.unswitched` takes one on arguments out). An `if`
+comparing the loop's variable with an int the loop does not change (`t == 0`, `t > 0`, `t < k`,
+`t == n - 1`) turns once at that bound, so the loop is split there into consecutive loops, each with the
+`if` decided:
+
+    for t in range(T) { if t == 0 { a } else { b } }
+
+is written as
+
+    for t in range(0, minimum(1, T)) { a }
+    for t in range(minimum(1, T), T) { b }
+
+each bound clamped to the range before it (`minimum(maximum(k, lo), hi)`), so that every range holds for any
+run-time count (none, or a bound outside it, makes a range of no steps) and the pieces run the steps in
+their order. The values the loop carries flow from one piece to the next, as between any loops in a row.
+Several such `if`s (nested, or joined by `and`, `or`, `not`) split at each bound, up to `MAX_PIECES`
+loops. A condition testing the variable another way (`t % 2 == 0`), or a loop appending to a list, is left
+to `loops.Planner.loop`, which refuses it saying why (`unsplit_reason`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import spec_text
+from layerdsl.ir.visit import clone, walk
+from layerdsl.language.naming import fresh_name
+
+# loops one loop may be split into; each `==` bound splits twice
+MAX_PIECES = 8
+
+_FLIPPED = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+
+
+@dataclass(frozen=True)
+class Bound:
+    """An int `base + offset` (`base` None: the number `offset`): where a loop's variable crosses it."""
+
+    base: N.Expr | None
+    offset: int
+
+    @property
+    def key(self) -> str:
+        return spec_text(self.base) if self.base is not None else ""
+
+    def plus(self, k: int) -> Bound:
+        return Bound(self.base, self.offset + k)
+
+    def expr(self, span) -> N.Expr:
+        """The bound as an int expression."""
+        if self.base is None:
+            return _int(N.Num(span, self.offset, str(self.offset)))
+        if self.offset == 0:
+            return clone(self.base)
+        right = _int(N.Num(span, abs(self.offset), str(abs(self.offset))))
+        return _int(N.BinOp(span, "+" if self.offset > 0 else "-", clone(self.base), right))
+
+
+@dataclass(frozen=True)
+class Fact:
+    """`var < bound` (`below`) or `var >= bound`, true at every step of a piece."""
+
+    bound: Bound
+    below: bool
+
+
+class Unsplit(Exception):
+    """The loop is kept as written: an `if` tests its variable another way, or it would make too many loops."""
+
+
+def split_loops(body: list[N.Stmt], taken: set[str]) -> list[N.Stmt]:
+    """`body` with each loop (holding no loop) whose `if`s compare its variable with bounds the loop does not
+    change written as loops in a row, each `if` decided in each; `body` itself where none is. `taken`: the
+    names in use, to which the locals holding where the loops turn (`t_at = minimum(1, T)`) are added."""
+    out: list[N.Stmt] = []
+    changed = False
+    for stmt in body:
+        new: list[N.Stmt] = [stmt]
+        if isinstance(stmt, N.For):
+            new = split_loop(stmt, taken)
+        elif isinstance(stmt, N.If):
+            then, orelse = split_loops(stmt.body, taken), split_loops(stmt.orelse, taken)
+            if then is not stmt.body or orelse is not stmt.orelse:
+                new = [dataclasses.replace(stmt, body=then, orelse=orelse)]
+        changed |= new != [stmt]
+        out += new
+    return out if changed else body
+
+
+def split_loop(loop: N.For, taken: set[str]) -> list[N.Stmt]:
+    """`loop` as the locals holding where it turns and loops in a row, its `if`s on its variable decided in
+    each; `[loop]` where it cannot be split."""
+    try:
+        return _pieces_of(loop, taken)
+    except Unsplit:
+        return [loop]
+
+
+def unsplit_reason(loop: N.For, cond: N.Expr) -> tuple[str, str] | None:
+    """Why `loop` (holding `if cond`) was not split where its `if`s turn, and the hint; None when `cond` does
+    not test the loop's variable."""
+    if loop.var not in _names(cond):
+        return None
+    variant = _variant(loop)
+    atom = next((a for a in _var_atoms(cond, loop.var) if _atom(a, loop.var, variant) is None), None)
+    if atom is not None and _atom(atom, loop.var, set()) is not None:  # `t < n` of an `n` the body binds
+        return (
+            f", and its condition compares the loop's variable `{loop.var}` with an int the loop changes, so the"
+            " loop cannot be split where the `if` turns",
+            "compute the bound before the loop (an int the loop does not change), or compute both sides and"
+            " choose with where(cond, a, b) on a tensor condition",
+        )
+    if atom is not None:
+        return (
+            f", and its condition tests the loop's variable `{loop.var}` other than by comparing it (==, !=, <,"
+            " <=, >, >=) with an int the loop does not change, so the loop cannot be split where the `if` turns",
+            f"compare `{loop.var}` with an int the loop does not change (`if {loop.var} < k`), or compute both"
+            " sides and choose with where(cond, a, b) on a tensor condition",
+        )
+    if any(isinstance(s, N.Append) for s in walk(loop)):
+        return (
+            ", and the loop appends to a list: splitting it where the `if` turns would collect the list in"
+            " several loops (not derived yet)",
+            "append in a loop without the `if` (carry the singled-out step's value to it), or drop @function",
+        )
+    return (
+        f" (splitting the loop where its `if`s turn would make more than {MAX_PIECES} loops)",
+        "test fewer bounds in one loop (write the singled-out steps before the loop), or drop @function",
+    )
+
+
+def _pieces_of(loop: N.For, taken: set[str]) -> list[N.Stmt]:
+    it = loop.iter
+    if not (isinstance(it, N.Call) and it.func == "range" and len(it.args) in (1, 2)) or _holds_loop(loop):
+        raise Unsplit
+    tests = [s for s in walk(loop) if isinstance(s, N.If) and loop.var in _names(s.cond)]
+    if not tests or any(isinstance(s, N.Append) for s in walk(loop)):
+        raise Unsplit
+    variant = _variant(loop)
+    for s in tests:
+        if any(_atom(a, loop.var, variant) is None for a in _var_atoms(s.cond, loop.var)):
+            raise Unsplit
+    lo = it.args[0] if len(it.args) == 2 else _int(N.Num(it.span, 0, "0"))
+    hi = it.args[-1]
+    facts = (Fact(_bound(lo), False), Fact(_bound(hi), True))
+    pieces: list[tuple[N.Expr, N.Expr, list[N.Stmt]]] = []
+    turns: list[N.Assign] = []
+    _split(Splitting(loop, variant, set(taken), turns), loop.body, lo, hi, facts, pieces)
+    taken |= {a.target for a in turns}
+    out: list[N.Stmt] = list(turns)
+    for start, stop, body in pieces:
+        iter_ = _int(N.Call(it.span, "range", it.func_span, [start, stop], []))
+        iter_.kind = it.kind
+        out.append(dataclasses.replace(loop, iter=iter_, body=clone(body)))
+    return out
+
+
+@dataclass
+class Splitting:
+    """A loop being split: the names its body binds, the names in use, and the locals holding where it turns."""
+
+    loop: N.For
+    variant: set[str]
+    taken: set[str]
+    turns: list[N.Assign]
+
+    def turn(self, value: N.Expr) -> N.Expr:
+        """`value` (where a loop turns), as a local of its own bound before the loops when it is a call."""
+        if not isinstance(value, N.Call):
+            return value
+        name = fresh_name(f"{self.loop.var}_at", self.taken)
+        self.taken.add(name)
+        self.turns.append(N.Assign(self.loop.iter.span, name, self.loop.var_span, value))
+        local = N.Name(self.loop.iter.span, name)
+        local.ref = N.Ref.LOCAL
+        return _int(local)
+
+
+def _split(
+    s: Splitting,
+    body: list[N.Stmt],
+    lo: N.Expr,
+    hi: N.Expr,
+    facts: tuple[Fact, ...],
+    pieces: list[tuple[N.Expr, N.Expr, list[N.Stmt]]],
+) -> None:
+    """Append to `pieces` the loops over [lo, hi) (where `facts` hold) that `body`'s `if`s on the variable
+    split it into, each with its `if`s decided."""
+    var = s.loop.var
+    body = _decided(body, var, s.variant, facts)
+    bound = next(
+        (
+            b
+            for i in walk_ifs(body)
+            for a in _var_atoms(i.cond, var)
+            for b in _atom_bounds(a, var, s.variant)
+            if _less(b, facts) is None
+        ),
+        None,
+    )
+    if bound is None:
+        pieces.append((lo, hi, body))
+        if len(pieces) > MAX_PIECES:
+            raise Unsplit
+        return
+    at = s.turn(_clamped(bound, lo, hi, s.loop.iter.span))
+    _split(s, body, lo, at, (*facts, Fact(bound, True)), pieces)
+    _split(s, body, clone(at), hi, (*facts, Fact(bound, False)), pieces)
+
+
+def walk_ifs(body: list[N.Stmt]):
+    """Every `if` of `body`, in the sides of `if`s too."""
+    for s in body:
+        if isinstance(s, N.If):
+            yield s
+            yield from walk_ifs(s.body)
+            yield from walk_ifs(s.orelse)
+
+
+def _decided(body: list[N.Stmt], var: str, variant: set[str], facts: tuple[Fact, ...]) -> list[N.Stmt]:
+    """`body` with each `if` whose condition `facts` decide as the side it picks."""
+    out: list[N.Stmt] = []
+    for s in body:
+        if not isinstance(s, N.If):
+            out.append(s)
+            continue
+        cond = _reduced(s.cond, var, variant, facts)
+        if isinstance(cond, bool):
+            out += _decided(s.body if cond else s.orelse, var, variant, facts)
+            continue
+        then, orelse = _decided(s.body, var, variant, facts), _decided(s.orelse, var, variant, facts)
+        out.append(dataclasses.replace(s, cond=cond, body=then, orelse=orelse))
+    return out
+
+
+def _reduced(cond: N.Expr, var: str, variant: set[str], facts: tuple[Fact, ...]) -> N.Expr | bool:
+    """`cond` with its comparisons of `var` that `facts` decide as their truth: a bool where that decides
+    it, else what is left of it."""
+    if var not in _names(cond):
+        return cond
+    if isinstance(cond, N.Not):
+        operand = _reduced(cond.operand, var, variant, facts)
+        return (not operand) if isinstance(operand, bool) else dataclasses.replace(cond, operand=operand)
+    if isinstance(cond, N.BoolOp):
+        left, right = (_reduced(e, var, variant, facts) for e in (cond.left, cond.right))
+        for known, other in ((left, right), (right, left)):
+            if isinstance(known, bool):
+                if known == (cond.op == "or"):
+                    return known
+                return other
+        assert not isinstance(left, bool) and not isinstance(right, bool)
+        return dataclasses.replace(cond, left=left, right=right)
+    truth = _truth(cond, var, variant, facts)
+    return cond if truth is None else truth
+
+
+def _truth(cond: N.Expr, var: str, variant: set[str], facts: tuple[Fact, ...]) -> bool | None:
+    """Whether the comparison `cond` of `var` holds where `facts` do; None where they do not decide it."""
+    atom = _atom(cond, var, variant)
+    assert atom is not None, "a loop with another test of its variable is not split (`_pieces_of`)"
+    op, k = atom
+    below, below_next = _less(k, facts), _less(k.plus(1), facts)
+    if op == "<":
+        return below
+    if op == ">=":
+        return None if below is None else not below
+    if op == "<=":
+        return below_next
+    if op == ">":
+        return None if below_next is None else not below_next
+    equal = _and(None if below is None else not below, below_next)
+    return equal if op == "==" or equal is None else not equal
+
+
+def _and(a: bool | None, b: bool | None) -> bool | None:
+    if a is False or b is False:
+        return False
+    return True if a and b else None
+
+
+def _less(bound: Bound, facts: tuple[Fact, ...]) -> bool | None:
+    """Whether `var < bound` holds where `facts` do (of bounds with the same base); None where they do
+    not decide it."""
+    for f in facts:
+        if f.bound.key != bound.key:
+            continue
+        if f.below and f.bound.offset <= bound.offset:
+            return True
+        if not f.below and f.bound.offset >= bound.offset:
+            return False
+    return None
+
+
+def _clamped(bound: Bound, lo: N.Expr, hi: N.Expr, span) -> N.Expr:
+    """`minimum(maximum(bound, lo), hi)`, folded where the bounds share a base."""
+    low, high = _bound(lo), _bound(hi)
+    if bound.key == low.key:
+        at: N.Expr | Bound = bound if bound.offset >= low.offset else low
+    else:
+        at = _int(N.Call(span, "maximum", span, [bound.expr(span), clone(lo)], []))
+    if isinstance(at, Bound) and at.key == high.key:
+        return (at if at.offset <= high.offset else high).expr(span)
+    first = at.expr(span) if isinstance(at, Bound) else at
+    return _int(N.Call(span, "minimum", span, [first, clone(hi)], []))
+
+
+def _atom_bounds(cond: N.Expr, var: str, variant: set[str]) -> list[Bound]:
+    """The bounds where comparison `cond` of `var` turns: `t < k` at k, `t <= k` at k + 1, `t == k` at both."""
+    atom = _atom(cond, var, variant)
+    assert atom is not None
+    op, k = atom
+    return {"<": [k], ">=": [k], "<=": [k.plus(1)], ">": [k.plus(1)]}.get(op, [k, k.plus(1)])
+
+
+def _atom(cond: N.Expr, var: str, variant: set[str]) -> tuple[str, Bound] | None:
+    """`(op, k)` for `var op k` (or `k op var`) with `k` an int the loop does not change; None otherwise."""
+    if not (isinstance(cond, N.Compare) and len(cond.ops) == 1 and cond.ops[0] in _FLIPPED):
+        return None
+    (left, right), op = cond.operands, cond.ops[0]
+    if _is_var(right, var) and not _is_var(left, var):
+        left, right, op = right, left, _FLIPPED[op]
+    if not _is_var(left, var) or right.kind != N.Kind.INT or _names(right) & (variant | {var}):
+        return None
+    return op, _bound(right)
+
+
+def _var_atoms(cond: N.Expr, var: str) -> list[N.Expr]:
+    """The parts of `cond` under `and`, `or` and `not` that read `var`."""
+    if isinstance(cond, N.Not):
+        return _var_atoms(cond.operand, var)
+    if isinstance(cond, N.BoolOp):
+        return _var_atoms(cond.left, var) + _var_atoms(cond.right, var)
+    return [cond] if var in _names(cond) else []
+
+
+def _bound(e: N.Expr) -> Bound:
+    """`e` as a base and an int offset (`n - 1`: n, -1; `3`: none, 3)."""
+    if isinstance(e, N.Num) and isinstance(e.value, int):
+        return Bound(None, e.value)
+    if isinstance(e, N.BinOp) and e.op in ("+", "-") and isinstance(e.right, N.Num) and isinstance(e.right.value, int):
+        inner = _bound(e.left)
+        return inner.plus(e.right.value if e.op == "+" else -e.right.value)
+    return Bound(e, 0)
+
+
+def _variant(loop: N.For) -> set[str]:
+    """The names `loop`'s body binds (and its variable)."""
+    out = {loop.var}
+    for s in walk(loop):
+        if isinstance(s, N.Assign):
+            out.add(s.target)
+        elif isinstance(s, N.Unpack):
+            out |= {t for t, _ in s.targets}
+        elif isinstance(s, N.For):
+            out.add(s.var)
+    return out
+
+
+def _holds_loop(loop: N.For) -> bool:
+    return any(isinstance(s, N.For) for s in walk(loop) if s is not loop)
+
+
+def _is_var(e: N.Expr, var: str) -> bool:
+    return isinstance(e, N.Name) and not isinstance(e, N.FamilyName) and e.id == var
+
+
+def _names(e: N.Node) -> set[str]:
+    return {n.id for n in walk(e) if isinstance(n, N.Name)}
+
+
+def _int(e: N.Expr) -> N.Expr:
+    e.kind = N.Kind.INT
+    return e
