@@ -676,8 +676,12 @@ def _part_slices(call: N.Call, source: N.Expr, count: int) -> list[N.Expr]:
         sizes = list(cut.items)
     else:
         each = cut
-        if call.func == "chunk":  # the checker proved the dim's size divisible by the count
-            each = _int(N.BinOp(N.NOWHERE, "//", _int(N.Call(N.NOWHERE, "size_at", N.NOWHERE, [source, dim], [])), cut))
+        if call.func == "chunk":  # torch.chunk's parts: ceil(size / count) each, the last one shorter where
+            # the checker could not tell the size divisible (a cat of a run-time loop's items)
+            size = _int(N.Call(N.NOWHERE, "size_at", N.NOWHERE, [source, dim], []))
+            less = B.num(cut.value - 1) if isinstance(cut, N.Num) else _int(N.BinOp(N.NOWHERE, "-", cut, B.num(1)))
+            up = _int(N.BinOp(N.NOWHERE, "+", size, less))
+            each = _int(N.BinOp(N.NOWHERE, "//", up, cut))
         sizes = [each] * count
     d = _int_literal(dim)
     if d is None:
