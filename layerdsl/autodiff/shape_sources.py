@@ -148,7 +148,10 @@ def with_static_shapes(
             for i in shape_args(node):
                 arg = node.args[i]
                 if isinstance(arg, N.Name) and replaced(arg.id):
-                    node.args[i] = static_shape(shapes.get(arg.id), size_of) or arg
+                    shape = static_shape(shapes.get(arg.id), size_of)
+                    clamped = shape is not None and any(isinstance(n, N.Subscript) for n in walk(shape))
+                    # a sum back to a clamped slice's size stays a sum to the value: its sums are then merged
+                    node.args[i] = arg if shape is None or clamped and node.func == "sum_to" else shape
         return node
 
     return go(e)
