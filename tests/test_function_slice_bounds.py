@@ -6,7 +6,8 @@ A negative bound (`n = -2`, `x[..., -n:]`) counts from the end and is clamped in
 it: where that may apply, the slice's size is one symbol (`d[-2:]`), the same for every operand sliced
 alike (autodiff/shapes.py `slice_dim`). A bound measured from an input (`size_at(y, -1) // 2`) is the dim
 its declared shape names there (`e // 2`). A dim that is a sum or a quotient of the leaves' sizes
-(`e - 1`, `e // 2`) is written from them (autodiff/shape_sources.py). Each case fails on the code before:
+(`e - 1`, `e // 2`) is written from them (autodiff/shape_sources.py). A size Python's clamping decides
+(`e[-2:]`, `e[-3::2]`) is written `len(range(w.shape[-1])[-2:])`. Each case fails on the code before:
 the Function saved the products (or `x @ w`) whole for their shapes. Gradients agree with the plain module."""
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ SUM_CASES = {
     "measured_from_another_input": (
         "x: [B, d], y: [B, e]",
         "n = size_at(y, -1) // 2\n        return x[:, n:] @ w[n:, :] + x[:, :n] @ w[:n, :]",
+        2,
+    ),
+    # steps beside bounds that may be clamped, sliced alike
+    "steps_sliced_alike": (
+        "x: [B, d]",
+        "return x[:, -3::2] @ w[-3::2, :] + x[:, 1:9:3] @ w[1:9:3, :]",
         2,
     ),
     # a negative number local on a 3-d input
@@ -114,15 +121,29 @@ def test_an_index_beside_a_slice_of_a_leaf_sized_dim_keeps_no_more_than_autograd
         _agree(ours, plain, torch.randn(4, 3, dtype=torch.float64, requires_grad=True), torch.tensor([0, 3, 3]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codegen/function.py: a slice's size that Python's clamping decides (`e[-2:]`: e may be below 2) has"
-    " no static expression, so `part.shape` is read from `x @ w`, kept whole; next: keep the slice's shape on"
-    " ctx (`ctx.part_shape`, returned by forward or computed in setup_context) instead of the tensor",
-)
-def test_an_index_beside_a_slice_of_a_clamped_size_keeps_no_more_than_autograd():
-    spec = INDEXED.replace("BODY", "return (x @ w)[i, -2:]")
+CLAMPED_CASES = {
+    # a negative start on a dim that may be shorter: `e[-2:]`, written `len(range(w.shape[-1])[-2:])`
+    "negative_start": "return (x @ w)[i, -2:]",
+    "negative_stop": "return (x @ w)[i, :-2]",
+    "negative_start_and_stop": "return (x @ w)[i, -3:-1]",
+    # bounds past the end of a dim that may be shorter
+    "start_past_the_end": "return (x @ w)[i, 2:]",
+    "stop_past_the_end": "return (x @ w)[i, 1:9]",
+    "negative_start_past_the_front": "return (x @ w)[i, -9:]",
+    # a step beside a bound that may be clamped
+    "negative_start_with_a_step": "return (x @ w)[i, -3::2]",
+    "both_bounds_with_a_step": "return (x @ w)[i, 1:-1:3]",
+    "stop_past_the_end_with_a_step": "return (x @ w)[i, :9:4]",
+}
+
+
+@pytest.mark.parametrize("case", CLAMPED_CASES)
+def test_an_index_beside_a_slice_of_a_clamped_size_keeps_no_more_than_autograd(case):
+    spec = INDEXED.replace("BODY", CLAMPED_CASES[case])
     ours, plain = _pair(spec, "IndexedSlice", 64, 256)
     _agree(ours, plain, torch.randn(32, 64, dtype=torch.float64, requires_grad=True), torch.randint(0, 32, (16,)))
     x, i = torch.randn(32, 64, dtype=torch.float64, requires_grad=True), torch.randint(0, 32, (16,))
     assert saved_bytes(lambda: ours(x, i), ours) <= saved_bytes(lambda: plain(x, i), plain)
+    for e in (1, 2, 3, 7):  # below, at and past each bound: the slice clamped, possibly empty
+        ours, plain = _pair(spec, "IndexedSlice", 3, e)
+        _agree(ours, plain, torch.randn(4, 3, dtype=torch.float64, requires_grad=True), torch.tensor([0, 3, 3]))

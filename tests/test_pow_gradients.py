@@ -6,6 +6,8 @@ module. language/ops.py (the pow row: torch's pow_backward_self/_exponent) and a
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -88,13 +90,39 @@ def test_the_powers_second_derivative_passes_gradgradcheck_where_finite(expr):
     assert torch.autograd.gradgradcheck(ours, (x, y))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a number base 0 (`0.0 ** y`, or an argument that is 0): the exponent's gradient reads log(0), "
-    "which a number's spelling writes math.log (language/ops.py's log row, codegen/pyexpr.py), and math.log(0) "
-    "raises where torch.log gives -inf; next: log of a number as torch's (e.g. `-math.inf` at 0)",
+@pytest.mark.parametrize(
+    ("expr", "args"),
+    [
+        ("0.0 ** y", {}),
+        ("a ** y", {"a": 0.0}),
+        ("a ** y", {"a": -0.0}),
+        ("a ** y", {"a": -2.0}),
+        ("a ** y", {"a": math.inf}),
+        ("a ** y", {"a": -math.inf}),
+        ("x ** y * a ** y", {"a": 0.0}),
+    ],
+    ids=["literal 0", "argument 0", "argument -0", "argument -2", "argument inf", "argument -inf", "product 0"],
 )
-def test_a_zero_number_base_derives():
-    ours, plain = _pair("0.0 ** y", {})
+def test_a_number_base_derives_torchs_gradients_at_its_corners(expr, args):
+    """The exponent's gradient reads log(base): a number's at 0 is -inf (masked where the exponent is >= 0),
+    below 0 nan, as torch's pow backward gives them."""
+    ours, plain = _pair(expr, args)
     for got, want in zip(_derivatives(ours, *_grid()), _derivatives(plain, *_grid()), strict=True):
         torch.testing.assert_close(got, want, equal_nan=True)
+
+
+LOG = """\
+layer NumberLog(a: float) {
+    example(a = 2.0)
+    forward(x: [n]) -> [n] {
+        return x * log(a)
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("a", [0.0, -0.0, -1.0, math.inf, -math.inf, math.nan, 1e-300, 2.0])
+def test_the_log_of_a_number_is_torchs(a):
+    x = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    got = compile_spec(LOG, "number_log")["NumberLog"](a)(x)
+    torch.testing.assert_close(got, x * torch.log(torch.tensor(a, dtype=torch.float64)), equal_nan=True)

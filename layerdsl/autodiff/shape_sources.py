@@ -9,7 +9,8 @@ An intermediate of any other operation read only for its shape (`cat`'s backward
 along the dim: `narrow(grad, dim, offset, reduced_numel(item, dim))`) is written as its static shape in the
 dims and arguments the backward has at hand (`with_static_shapes`): neither it nor what it is computed from
 is then kept. A dim no leaf has whole but a polynomial of theirs (`e - 1` of `(x @ w)[:, 1:]`) is written
-from their sizes (`w.shape[-1] - 1`).
+from their sizes (`w.shape[-1] - 1`), and one that Python's clamping of a slice decides (`e[-2:]` of
+`(x @ w)[:, -2:]`, e may be below 2) as that slice of their sizes (`len(range(w.shape[-1])[-2:])`).
 """
 
 from __future__ import annotations
@@ -108,13 +109,19 @@ def _whole_leaf_size(dim: str, leaves: Iterable[str], shapes: Mapping[str, tuple
 
 
 def _sum_of_names(dim: str) -> N.Expr | None:
-    """A dim's text as an int expression of names; None for a text that is none (a slice's size that
-    Python's clamping decides, `d[-2:]`: `autodiff.shapes.slice_dim`)."""
+    """A dim's text as an int expression of names: a slice's size that Python's clamping decides (`d[-2:]`:
+    `autodiff.shapes.slice_dim`) as the slice of an int, which codegen writes `len(range(d)[-2:])`; None for
+    a text that is none."""
     try:
         size = parse_expr(dim)
     except SpecError:
         return None
-    return None if any(isinstance(n, N.Subscript) for n in walk(size)) else size
+    for n in walk(size):
+        if isinstance(n, N.Subscript):
+            if len(n.items) != 1 or not isinstance(n.items[0], N.Slice):
+                return None
+            n.kind = N.Kind.INT
+    return size
 
 
 def static_shape(shape: tuple | None, size_of: SizeOf) -> N.ListExpr | None:
@@ -141,7 +148,10 @@ def with_static_shapes(
             for i in shape_args(node):
                 arg = node.args[i]
                 if isinstance(arg, N.Name) and replaced(arg.id):
-                    node.args[i] = static_shape(shapes.get(arg.id), size_of) or arg
+                    shape = static_shape(shapes.get(arg.id), size_of)
+                    clamped = shape is not None and any(isinstance(n, N.Subscript) for n in walk(shape))
+                    # a sum back to a clamped slice's size stays a sum to the value: its sums are then merged
+                    node.args[i] = arg if shape is None or clamped and node.func == "sum_to" else shape
         return node
 
     return go(e)

@@ -6,8 +6,9 @@ the backward's optimisation uses them to decide where an operation may update on
 Beyond the engine's rules, which size a slice only where no bound can pass an end of its dim: a slice's
 bounds read the int locals forward assigns once and the sizes it measures (`size_at(x, -1)` as the dim x
 declares there), a negative bound counts from the end, and where Python's clamping may apply (`-2:` of a
-dim `d` that may be below 2) the size is the slice as one symbol (`d[-2:]`), so operands sliced alike
-(`x[:, n:] @ w[n:, :]`) still have one shape and their products a static one (`slice_dim`).
+dim `d` that may be below 2; a slice with a step) the size is the slice as one symbol (`d[-2:]`,
+`d[-3::2]`), so operands sliced alike (`x[:, n:] @ w[n:, :]`) still have one shape and their products a
+static one (`slice_dim`).
 """
 
 from __future__ import annotations
@@ -172,47 +173,69 @@ def same_shape_leaf(tape: Tape, var: str, absent: Collection[str] = ()) -> str |
 
 
 def _sliced(s: Step, shapes: dict[str, Shape]) -> Shape:
-    """`x[:, a:b]` of a step-1 slice whose size the shape rules do not prove (a negative bound on a dim
-    that may be shorter, a bound measured from an input): the size `slice_dim` gives."""
+    """`x[:, a:b:c]` of a slice whose size the shape rules do not prove (a negative bound on a dim that may
+    be shorter, a bound measured from an input): the size `slice_dim` gives."""
     inp, dim = expr_shape(s.args["input"], shapes), s.args["dim"]
     step = s.args.get("step")
-    if step is not None and not isinstance(step, N.NoneLit) and not (isinstance(step, N.Num) and step.value == 1):
-        return None
+    if isinstance(step, N.NoneLit) or isinstance(step, N.Num) and step.value == 1:
+        step = None
     if not isinstance(dim, N.Num) or type(dim.value) is not int:
         return None
     p = position(inp, dim.value)
     if inp is None or p is None or inp[p] == GROUP:
         return None
-    size = slice_dim(s.args.get("start"), s.args.get("end"), inp[p])
+    size = slice_dim(s.args.get("start"), s.args.get("end"), inp[p], step)
     return None if size is None else inp[:p] + (size,) + inp[p + 1 :]
 
 
 _STABLE = (N.Ref.ARG, N.Ref.DIM, N.Ref.LET, N.Ref.CONST)  # names whose value is the same wherever read
 
 
-def slice_dim(lower: N.Expr | None, upper: N.Expr | None, dim: str) -> str | None:
-    """The size of `[lower:upper]` (step 1) over a dim of size `dim`, as Python's slicing gives it: a
-    negative bound counts from the end (`-2` is `dim - 2`), and a bound is clamped into `[0, dim]`.
-    Where the clamping is proven not to apply, the difference of the bounds (`d - d // 2`; `2` of `-2:`
-    on a dim of 4); where it may, the slice itself as one symbol (`d[-2:]`: the same text is the same
-    size, whatever d is), so two operands sliced alike still have one shape. None where a bound reads a
-    value that may differ between two slices (a number local assigned twice, a loop's variable)."""
-    bounds = [None if b is None or isinstance(b, N.NoneLit) else b for b in (lower, upper)]
+def slice_dim(lower: N.Expr | None, upper: N.Expr | None, dim: str, step: N.Expr | None = None) -> str | None:
+    """The size of `[lower:upper:step]` over a dim of size `dim`, as Python's slicing gives it: a negative
+    bound counts from the end (`-2` is `dim - 2`), and a bound is clamped into `[0, dim]`. Where the
+    clamping is proven not to apply (step 1), the difference of the bounds (`d - d // 2`; `2` of `-2:` on
+    a dim of 4); where it may, or with a step, the slice itself as one symbol (`d[-2:]`, `d[-3::2]`: the
+    same text is the same size, whatever d is), so two operands sliced alike still have one shape. None
+    where a bound or the step reads a value that may differ between two slices (a number local assigned
+    twice, a loop's variable)."""
+    bounds = [None if b is None or isinstance(b, N.NoneLit) else b for b in (lower, upper, step)]
     if any(b is not None and not _stable_int(b) for b in bounds):
         return None
-    low, high = (None if b is None else poly(b) for b in bounds)
+    low, high, by = (None if b is None else poly(b) for b in bounds)
     size = text_poly(dim)
-    if as_int(size) is not None and all(p is None or as_int(p) is not None for p in (low, high)):
-        ints = [None if p is None else as_int(p) for p in (low, high)]
-        return str(len(range(as_int(size))[ints[0] : ints[1]]))  # type: ignore[arg-type]
+    if as_int(size) is not None and all(p is None or as_int(p) is not None for p in (low, high, by)):
+        ints = [None if p is None else as_int(p) for p in (low, high, by)]
+        if ints[2] is not None and ints[2] < 1:
+            return None  # torch refuses the slice
+        return str(len(range(as_int(size))[ints[0] : ints[1] : ints[2]]))  # type: ignore[arg-type]
+    texts = ["" if p is None else _python_text(p) for p in (low, high, by)]
+    sliced = f"{_operand(_python_text(size))}[{texts[0]}:{texts[1]}{f':{texts[2]}' if texts[2] else ''}]"
+    clamped = poly_text(atom(sliced))
+    if by is not None:
+        return clamped
     sizes = set(re.findall(r"[A-Za-z_]\w*", dim))  # a bound of these (or of dims) is never negative
     start, stop = (_position_in(b, p, size, sizes) for b, p in zip(bounds, (low, high)))
     start = constant(0) if low is None else start
     stop = size if high is None else stop
     if start is not None and stop is not None and _ordered(start, stop):
         return poly_text(poly_add(stop, start, -1))
-    texts = ["" if p is None else poly_text(p) for p in (low, high)]
-    return poly_text(atom(f"{_operand(dim)}[{texts[0]}:{texts[1]}]"))
+    return clamped
+
+
+def _python_text(p: Poly) -> str:
+    """A polynomial as Python reads it back (`-(d // 4)`, `2 * (d // 4)`), where its canonical text
+    (`-d // 4`) leaves a factor's operator unbracketed: a clamped slice's symbol is read back as the
+    size it stands for (`autodiff.shape_sources`)."""
+    parts: list[str] = []
+    for m, c in sorted(p, key=lambda t: (t[0] == (), t[0])):
+        factors = [_operand(f) if k == 1 else f"{_operand(f)} ** {k}" for f, k in m]
+        body = " * ".join(([str(abs(c))] if abs(c) != 1 or not factors else []) + factors)
+        if parts:
+            parts.append(f"{'+' if c > 0 else '-'} {body}")
+        else:
+            parts.append(body if c > 0 else f"-{body}")
+    return " ".join(parts) or "0"
 
 
 def _stable_int(e: N.Expr) -> bool:

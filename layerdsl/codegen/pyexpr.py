@@ -7,6 +7,8 @@ its `math` spelling.
 
 from __future__ import annotations
 
+import ast
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,6 +81,16 @@ def _numbers(args: list[N.Expr]) -> bool:
     return len(args) == 2 and all(a.kind in ("int", "float") for a in args) and any(a.kind == "float" for a in args)
 
 
+@functools.cache
+def _template_precedence(template: str) -> int:
+    """How strongly the Python form `template` ({param} fields) binds: a conditional's 0, or an atom's."""
+    form = ast.parse(re.sub(r"\{(\w+)\}", r"\1", template), mode="eval").body
+    if isinstance(form, ast.IfExp):
+        return 0
+    assert isinstance(form, ast.Call | ast.Name | ast.Attribute | ast.Subscript), f"a template's form: {template}"
+    return PREC["atom"]
+
+
 def shorten(torch_name: str) -> str:
     """`torch.nn.functional.gelu` is written `F.gelu` (the generated files import it so)."""
     return torch_name.replace("torch.nn.functional.", "F.")
@@ -136,9 +148,13 @@ class PyExpr:
             case N.Not(operand=o):
                 return f"not {self.wrap(o, PREC['not'])}", PREC["not"]
             case N.Call():
-                return self.call(e), PREC["atom"]
+                templated = self.number_template(e)
+                return templated if templated is not None else (self.call(e), PREC["atom"])
             case N.InPlace(method=m, target=t, args=args):
                 return f"{self.wrap(t, PREC['atom'])}.{m}({', '.join(self(a) for a in args)})", PREC["atom"]
+            case N.Subscript(value=v, items=[N.Slice() as bounds]) if v.kind == N.Kind.INT:
+                # a slice of a size: how many of its positions the slice keeps, as Python clamps the bounds
+                return f"len(range({self(v)})[{self.item(bounds)}])", PREC["atom"]
             case N.Subscript(value=v, items=items):
                 return f"{self.wrap(v, PREC['atom'])}[{', '.join(self.item(i) for i in items)}]", PREC["atom"]
             case N.ListExpr(items=items):
@@ -171,6 +187,15 @@ class PyExpr:
                     text += (" :" if text and not text.endswith(":") else ":") + (f" {b}" if b else "")
                 return text
         return self(it)
+
+    def number_template(self, c: N.Call) -> tuple[str, int] | None:
+        """A call on numbers that its row writes by a `scalar_template`, with the binding strength of that
+        form (a conditional's); None for any other call."""
+        op = None if c.sub else CALLABLE.get(c.func) or OPS.get(c.func)
+        if op is None or op.scalar_template is None or c.kind == "tensor" or c.kwargs:
+            return None
+        fields = {p.name: self.wrap(a, PREC["compare"] + 1) for p, a in zip(op.params, c.args)}
+        return op.scalar_template.format(**fields), _template_precedence(op.scalar_template)
 
     def call(self, c: N.Call) -> str:
         if self.call_hook is not None:

@@ -96,6 +96,9 @@ class Op:
     tensors_only: bool = False  # torch rejects plain numbers as operands
     takes_training: bool = False  # torch wants `training=` (the module's mode, or the functional form's flag)
     template: str | None = None  # how to write the call when it is not `torch(args)`: {param}, {param*} splats a list
+    # how to write the call on numbers when it is not `scalar(args)`, {param} for each operand: where `scalar`
+    # differs from torch at a corner (math.log raises at 0, where torch.log gives -inf)
+    scalar_template: str | None = None
     inplace: str | None = None  # the Tensor method updating the first operand in place (`mul_`)
     commutes: bool = False  # the two tensor operands may swap (so either one can be updated in place)
     shape_args: tuple[int, ...] = ()  # positions of arguments read only for their shape (internal helpers)
@@ -281,7 +284,18 @@ TABLE: tuple[Op, ...] = (
     # -- elementwise
     _unary("abs", "torch.abs", "absolute value", "grad * sign(input)", "abs"),
     _unary("exp", "torch.exp", "e ** x", "grad * result", "math.exp"),
-    _unary("log", "torch.log", "natural logarithm", "grad / input", "math.log"),
+    Op(
+        "log",
+        _sig("input*"),
+        "torch.log",
+        "elementwise",
+        "natural logarithm",
+        {"input": "grad / input"},
+        "math.log",
+        inplace="log_",
+        # torch.log's value where math.log raises: -inf at 0 (and -0.0), nan below (a number base of `**`)
+        scalar_template="math.log({input}) if {input} > 0 else -math.inf if {input} == 0 else math.nan",
+    ),
     _unary("log1p", "torch.log1p", "log(1 + x), accurate near 0", "grad / (1 + input)", "math.log1p"),
     _unary("expm1", "torch.expm1", "exp(x) - 1, accurate near 0", "grad * (result + 1)", "math.expm1"),
     _unary("sqrt", "torch.sqrt", "square root", "grad / (2 * result)", "math.sqrt"),
