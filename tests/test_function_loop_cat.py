@@ -240,3 +240,22 @@ def test_cat_of_a_list_a_loop_holding_a_loop_appends_to_derives(steps):
     x, y = _inputs(steps)
     _agree(ours, plain, x, y)
     assert torch.autograd.gradcheck(ours, (x, y))
+
+
+# chunk() of a cat whose size the checker cannot tell (steps × d): at an odd size torch.chunk cuts
+# ceil(size / 2) and the rest, and the @function layer's slices cut the same (they cut size // 2 first)
+HALVES = """outs = []
+        for t in range(size_at(x, 0)) {
+            h = tanh(h @ w + x[t])
+            outs.append(h)
+        }
+        a, b = chunk(cat(outs, dim = 1), 2, dim = 1)
+        return a * 2.0 + sum(b, dim = 1, keepdim = true)"""
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_chunk_of_a_cat_of_a_size_known_when_forward_runs_cuts_as_torch_does(steps):
+    ours, plain = function_and_plain(LAYER.replace("BODY", HALVES), "Cat", 3)
+    x, y = _inputs(steps)
+    _agree(ours, plain, x, y)
+    assert torch.autograd.gradcheck(ours, (x, y))
