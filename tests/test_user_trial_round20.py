@@ -55,3 +55,24 @@ def test_an_if_on_an_int_bound_from_itself_derives(name, m):
         x = torch.randn(batch, 6, dtype=torch.float64, requires_grad=True)
         assert_same_function(ours, plain, x)
     assert torch.autograd.gradcheck(ours, (torch.randn(2, 6, dtype=torch.float64, requires_grad=True),))
+
+
+# A slice bound written past int64 (`x[:, 99999999999999999999:]`, `x[:, -99999999999999999999:]`), which
+# Python's slicing takes as the dim's end or start: the derived backward passed it to ATen's slice_backward,
+# which takes an int64 ("Expected a value of type 'int' for argument 'start'"): a RuntimeError in backward.
+# The bound is now the nearest int64, which slices alike. codegen/function.py.
+@pytest.mark.filterwarnings("ignore:Truncating the start/stop/step of slice:UserWarning")  # torch's, both modules
+@pytest.mark.parametrize("bound", ["99999999999999999999:", "-99999999999999999999:", ":99999999999999999999"])
+def test_a_slice_bound_past_int64_derives(bound):
+    text = f"""\
+@function
+layer HugeBound(d: int) {{
+    param w: [d] = uniform(-1, 1)
+    example(d = 4)
+    forward(x: [B, d]) {{
+        return tanh(x[:, {bound}] * w[{bound}]) + sum(x * w)
+    }}
+}}
+"""
+    ours, plain = function_and_plain(text, "HugeBound", 4)
+    assert_same_function(ours, plain, torch.randn(3, 4, dtype=torch.float64, requires_grad=True))
