@@ -888,14 +888,17 @@ def _until_return(body: list[N.Stmt]) -> list[N.Stmt]:
 def _configuration_condition(cond: N.Expr, before: list[N.Stmt], layer: N.Layer) -> N.Expr:
     """`cond` over arguments, lets, `training` and dims, with the number locals bound before it written
     out (so setup_context and backward can evaluate it); NotDerivable for a condition on tensors."""
-    numbers = {s.target: s.value for s in before if isinstance(s, N.Assign) and s.value.kind != "tensor"}
+    numbers: dict[str, N.Expr] = {}
     optional = {t.name for t in layer.tensors if t.cond is not None}
 
     def written_out(e: N.Expr) -> N.Expr:
         if isinstance(e, N.Name) and e.ref == "local" and e.id in numbers:
-            return written_out(clone(numbers[e.id]))
+            return clone(numbers[e.id])
         return map_children(e, written_out)
 
+    for s in before:  # in order: a binding reads the ones before it (`n = n + 1` of an unrolled loop)
+        if isinstance(s, N.Assign) and s.value.kind != "tensor":
+            numbers[s.target] = written_out(s.value)
     cond = _dtype_tests_of_leaves(written_out(cond), before, layer)
     given = _presence_tests(cond, layer) | _dtype_tests(cond, layer)
     assert layer.forward is not None

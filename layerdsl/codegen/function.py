@@ -1049,7 +1049,7 @@ class FunctionEmitter:
         if f == "select":  # stack's gradient: one operand's part
             return f"{ex.wrap(a[0], ATOM)}.select({ex(a[1])}, {ex(a[2])})"
         if f in ("slice_backward", "select_backward"):  # the ATen kernels take the input's sizes
-            bounds = [ex(b) if not isinstance(b, N.NoneLit) else "0" for b in a[2:]]
+            bounds = [_slice_bound(b, ex) if not isinstance(b, N.NoneLit) else "0" for b in a[2:]]
             if f == "slice_backward" and isinstance(a[4], N.NoneLit):  # to the end of the dim
                 bounds[2] = f"{self._shape(a[1], ex)}[{ex(a[2])}]"
             if f == "slice_backward" and isinstance(a[5], N.NoneLit):
@@ -1422,6 +1422,18 @@ def _compared_exactly(tape: Tape) -> set[str]:
 def _unsqueeze_order(dim: N.Expr) -> tuple[bool, int]:
     value = _int_literal(dim) or 0
     return (value < 0, abs(value))
+
+
+INT64 = (-(2**63), 2**63 - 1)  # what an ATen int argument holds
+
+
+def _slice_bound(e: N.Expr, ex: PyExpr) -> str:
+    """A bound of a slice's gradient: a written int past int64 (which Python's slicing takes, and ATen's
+    kernels refuse) as the nearest that int64 holds, which slices alike."""
+    value = _int_literal(e)
+    if value is None or INT64[0] <= value <= INT64[1]:
+        return ex(e)
+    return str(min(max(value, INT64[0]), INT64[1]))
 
 
 def _int_literal(e: N.Expr) -> int | None:
