@@ -185,7 +185,10 @@ def poly_text(p: Poly) -> Dim:
     else:
         parts: list[str] = []
         for m, c in sorted(p, key=lambda t: (t[0] == (), t[0])):
-            factors = [f if k == 1 else f"{f} ** {k}" for f, k in m]
+            # a quotient beside a coefficient, another factor, a power or a leading minus is parenthesised:
+            # the text is read back as Python (`2 * (d // 4)`, not `2 * d // 4`, which is `(2 * d) // 4`)
+            alone = len(m) == 1 and m[0][1] == 1 and (c == 1 or c == -1 and bool(parts))
+            factors = [_factor(f, alone) if k == 1 else f"{_factor(f, False)} ** {k}" for f, k in m]
             body = " * ".join(([str(abs(c))] if abs(c) != 1 or not factors else []) + factors)
             if not parts:
                 parts.append(body if c > 0 else f"-{body}")
@@ -194,6 +197,22 @@ def poly_text(p: Poly) -> Dim:
         text = " ".join(parts)
     _POLYS.setdefault(text, p)
     return text
+
+
+def _factor(f: str, alone: bool) -> str:
+    """An opaque factor's text in a term: a quotient (`d // 4`, written without parentheses) in them
+    unless it is the term."""
+    return f if alone or " // " not in f or _wrapped(f) else f"({f})"
+
+
+def _wrapped(text: str) -> bool:
+    """Whether `text` is one parenthesised expression (`(a // b)`, not `(a // b) // c`)."""
+    depth = 0
+    for k, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0:
+            return k == len(text) - 1 and ch == ")"
+    return False
 
 
 def text_poly(dim: Dim) -> Poly:
