@@ -6,10 +6,13 @@ gradcheck in float64, over loops of 0, 1, 2 and 5 steps."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
-from tests.support import compile_spec
+from layerdsl.diagnostics import SpecError
+from tests.support import compile_spec, function_and_plain
 
 STEPS = [0, 1, 2, 5]
 
@@ -109,22 +112,24 @@ def _pair(body: str, *args, decorator: str = "@function") -> tuple[torch.nn.Modu
     return modules[0], modules[1]
 
 
-def _agree(ours: torch.nn.Module, plain: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    """Same output, same gradients of x, y and the parameters, same second derivatives."""
-    wrt = [x, y, *ours.parameters()]
-    got, want = ours(x, y), plain(x, y)
+def _agree(ours: torch.nn.Module, plain: torch.nn.Module, *inputs: torch.Tensor) -> None:
+    """Same output, same gradients of the inputs and the parameters, same second derivatives."""
+    wrt = [*inputs, *ours.parameters()]
+    got, want = ours(*inputs), plain(*inputs)
     torch.testing.assert_close(got, want)
     weights = torch.linspace(-1, 2, got.numel(), dtype=got.dtype).reshape(got.shape)
     unused = {"allow_unused": True, "materialize_grads": True}  # x, in a loop of no steps
     ours_grads = torch.autograd.grad((got * weights).sum(), wrt, create_graph=True, **unused)
-    plain_grads = torch.autograd.grad((want * weights).sum(), [x, y, *plain.parameters()], create_graph=True, **unused)
+    plain_grads = torch.autograd.grad(
+        (want * weights).sum(), [*inputs, *plain.parameters()], create_graph=True, **unused
+    )
     for g, p in zip(ours_grads, plain_grads, strict=True):
         torch.testing.assert_close(g, p)
     second = sum((g * g).sum() for g in ours_grads)
     second_plain = sum((g * g).sum() for g in plain_grads)
     for g, p in zip(
         torch.autograd.grad(second, wrt, **unused),
-        torch.autograd.grad(second_plain, [x, y, *plain.parameters()], **unused),
+        torch.autograd.grad(second_plain, [*inputs, *plain.parameters()], **unused),
         strict=True,
     ):
         torch.testing.assert_close(g, p)
@@ -177,18 +182,143 @@ def test_an_int_a_loop_carries_derives_when_backward_runs_the_forward_again(body
     assert torch.autograd.gradcheck(ours, (x, y))
 
 
-# ---------------------------------------------------------------- still open (refused by autodiff/loop_ints.py)
+# ---------------------------------------------------------------- in a loop holding a loop (a `Nest`)
 
-OPEN = {
-    # an int carried through a loop holding a loop, both of counts known only when forward runs (a `Nest`)
-    "carried in a nest": """n = 0
-        for j in range(size_at(x, 0)) {
+NEST_LAYER = """\
+@function
+layer Nested(d: int) {
+    param w: [d, d] = uniform(-1, 1)
+    example(d = 4)
+    forward(x: [T, B, d], y: [B, d], z: [L, d]) -> [B, d] {
+        h = y
+        BODY
+    }
+}
+"""
+
+NEST_SPECS = {
+    # carried by the inner loop, and so from one outer step to the next
+    "carried by the inner loop": """n = 0
+        for j in range(size_at(z, 0)) {
             for t in range(T) {
                 n = (n + 1) % d
                 h = tanh(h @ w) * y[:, n:n + 1] + x[t]
             }
+            h = h + z[j]
         }
         return h""",
+    # carried by the outer loop, read by the inner loop and after the loops
+    "carried by the outer loop": """n = 1
+        for j in range(size_at(z, 0)) {
+            n = (n * 3 + 1) % d
+            h = h * y[:, n:n + 1] + z[j]
+            for t in range(T) {
+                h = tanh(h @ w + x[t]) * y[:, n:n + 1]
+            }
+        }
+        return h * y[:, n:n + 1] + n""",
+    # both: the inner loop reads its int before rebinding it, the outer one's reads the inner one's
+    "carried by both loops": """n = 0
+        m = 1
+        for j in range(size_at(z, 0)) {
+            m = (m + n) % d
+            for t in range(T) {
+                h = tanh(h @ w) * y[:, n:n + 1] + x[t]
+                n = (n + m) % d
+                h = h * y[:, n:n + 1]
+            }
+            h = h + z[j] * y[:, m:m + 1]
+        }
+        k = (n + m) % d
+        return h * y[:, k:k + 1]""",
+    # read after the inner loop that carries it, in the body and by a second inner loop
+    "read after the inner loop": """n = 0
+        for j in range(size_at(z, 0)) {
+            for t in range(T) {
+                n = (n + 1) % d
+                h = tanh(h @ w) + x[t]
+            }
+            h = h * y[:, n:n + 1] + z[j]
+            for s in range(T) {
+                h = tanh(h @ w) * y[:, n:n + 1]
+            }
+        }
+        return h""",
+    # a loop, then a nest starting from what it leaves
+    "after a loop": """n = 0
+        for t in range(T) {
+            n = n + 1
+            h = tanh(h @ w) + x[t] * y[:, n % d:n % d + 1]
+        }
+        for j in range(size_at(z, 0)) {
+            for s in range(T) {
+                n = n + 2
+                h = tanh(h @ w) * y[:, n % d:n % d + 1] + z[j]
+            }
+        }
+        return h * n""",
+}
+
+# (inner steps T, outer steps L): no step of either, inner loops of no step, one step, several
+NEST_STEPS = [(0, 0), (0, 2), (3, 0), (1, 1), (2, 3), (4, 2)]
+
+
+def _nest_inputs(steps: int, outer: int) -> tuple[torch.Tensor, ...]:
+    torch.manual_seed(10 * steps + outer)
+    return tuple(
+        torch.randn(*shape, dtype=torch.float64, requires_grad=True) for shape in [(steps, 2, 4), (2, 4), (outer, 4)]
+    )
+
+
+@pytest.mark.parametrize("steps,outer", NEST_STEPS)
+@pytest.mark.parametrize("name", sorted(NEST_SPECS))
+def test_an_int_a_nest_carries_derives(name, steps, outer):
+    ours, plain = function_and_plain(NEST_LAYER.replace("BODY", NEST_SPECS[name]), "Nested", 4)
+    inputs = _nest_inputs(steps, outer)
+    _agree(ours, plain, *inputs)
+    assert torch.autograd.gradcheck(ours, inputs)
+    assert torch.autograd.gradgradcheck(ours, inputs)
+
+
+@pytest.mark.parametrize("steps,outer", [(0, 2), (2, 3)])
+def test_an_int_a_nest_carries_derives_when_backward_runs_the_forward_again(steps, outer):
+    text = NEST_LAYER.replace("BODY", NEST_SPECS["carried by both loops"])
+    ours, plain = function_and_plain(text.replace("@function", '@function(save = "inputs")'), "Nested", 4)
+    inputs = _nest_inputs(steps, outer)
+    _agree(ours, plain, *inputs)
+    assert torch.autograd.gradcheck(ours, inputs)
+
+
+def test_a_nests_backward_reads_each_steps_recorded_int():
+    """Backward's prelude records the inner loop's int per outer step and per step, and each step reads it."""
+    source = compile_spec(NEST_LAYER.replace("BODY", NEST_SPECS["carried by the inner loop"]), "nest_src")["SOURCE"]
+    backward = source[source.index("def backward") :]
+    assert "n1_rows.append(" in backward
+    assert re.search(r"(n1_at_?) = n1_rows\[j\]\n(.|\n)*n1 = \1\[t\]", backward)
+
+
+def test_a_number_bound_after_the_inner_loop_reading_it_is_refused():
+    """The Function computes a nest body's numbers at the start of each step: a number the body binds after
+    its loop reads it (from the step before) is refused at the number, with a hint."""
+    body = """m = 0
+        for j in range(size_at(z, 0)) {
+            for t in range(T) {
+                h = tanh(h @ w) * y[:, m:m + 1] + x[t]
+            }
+            m = (j + 1) % d
+        }
+        return h"""
+    with pytest.raises(SpecError) as error:
+        compile_spec(NEST_LAYER.replace("BODY", body), "nest_refused")
+    message = str(error.value)
+    assert "nest_refused.layer:12:13: error: cannot derive through the number 'm' yet" in message
+    assert "computes the numbers its body binds at the start of each step" in message
+    assert "hint: bind it at the start of the loop's body" in message
+
+
+# ---------------------------------------------------------------- still open (refused by autodiff/loop_ints.py)
+
+OPEN = {
     # a slice whose size varies from step to step
     "varying slice": """for t in range(T) {
             k = t % 2
@@ -200,9 +330,9 @@ OPEN = {
 
 @pytest.mark.xfail(
     strict=True,
-    reason="autodiff/loop_ints.py refuses them: a Nest's numbers would need NumberNames in autodiff/nest.py and"
-    " the replay in codegen/function_nest.py; a slice whose size varies needs each step's values kept per step"
-    " at their own shapes (a list, or buffers padded per step) in codegen/function_loops.py",
+    reason="autodiff/loop_ints.py refuses it (_check_slices): a slice whose size varies needs each step's values"
+    " kept per step at their own shapes; next: in codegen/function_loops.py keep such values in a list on ctx"
+    " (or recompute them in backward from the saved carried value), and compare saved bytes with autograd's",
 )
 @pytest.mark.parametrize("name", sorted(OPEN))
 def test_still_refused_ints_derive(name):

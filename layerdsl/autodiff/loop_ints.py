@@ -10,9 +10,15 @@ Python loop over ints, recording the carried ones' values at the start of each s
 and reads step t's record where it runs step t. Numbers the forward binds after such a loop from what it
 leaves (`m = n1 * 2`) are `late`: forward computes them where they stand, not before its first segment.
 
-Still refused here, at the statement: such a number in a loop holding a loop (a `Nest`), and a step value
-sliced by bounds whose difference varies from step to step (`h[:, :k]` with `k = t % 2`), whose shape then
-changes after the first steps, which the Function keeps values at.
+A loop holding a loop (a `Nest`) is named alike (`NumberNames.nest`): a number it binds that was bound
+before takes a name of its own, started as the value before; backward's prelude runs its numbers again,
+recording the carried ones at the start of each outer step and of each step of its loops
+(`codegen.function_nest.replay`). Its body's numbers are computed at the start of each outer step: one bound
+after a statement of the body that reads it, or binds what it reads, is refused (`_check_nest`).
+
+Still refused here, at the statement: a step value sliced by bounds whose difference varies from step to
+step (`h[:, :k]` with `k = t % 2`), whose shape then changes after the first steps, which the Function keeps
+values at.
 """
 
 from __future__ import annotations
@@ -50,16 +56,14 @@ class NumberNames:
         self.names: dict[str, str] = {}  # spec local -> the name holding it now, where it was renamed
         self.bound: set[str] = set()  # number locals bound so far by a top-level statement or a loop
         self.late: set[str] = set()  # names a loop binds, and numbers computed after it from them
+        self.nests: dict[int, LoopNumbers] = {}  # id of a loop holding a loop as renamed -> its numbers
 
     def statement(self, stmt: N.Stmt) -> N.Stmt:
         """A top-level statement other than a kept loop: its reads renamed; a number rebinding a renamed
         one bound anew under a fresh name."""
-        names = self.names
-        if isinstance(stmt, N.For):  # a loop holding a loop: what it binds keeps its name (`_check_nest`)
-            own = {s.target for s in statements(stmt.body) if isinstance(s, N.Assign) and _binds_number(s)}
-            names = {b: new for b, new in names.items() if b not in own}
-            self.bound |= own
-        out = renamed(stmt, names)
+        if isinstance(stmt, N.For):
+            return self.nest(stmt)
+        out = renamed(stmt, self.names)
         if isinstance(stmt, N.Assign) and isinstance(out, N.Assign) and out.value.kind in N.NUMBERS:
             if stmt.target in self.names or stmt.target in self.late:  # (forward computes a late one in place)
                 out.target = self.names[stmt.target] = self.fresh(stmt.target)
@@ -88,6 +92,34 @@ class NumberNames:
         self.bound |= set(body_numbers)
         self.late |= set(own.values())
         return LoopNumbers(inner, starts, [own[b] for b in dict.fromkeys(body_numbers) if b in carried])
+
+    def nest(self, loop: N.For) -> N.For:
+        """A loop holding a loop, with each number it binds that was bound before named apart (started as the
+        value before, `nests`), and each inner loop's body in order (`in_order`). What it binds is `late`:
+        the numbers after it computed from them are computed where they stand."""
+        bound_here = [s.target for s in statements(loop.body) if isinstance(s, N.Assign) and _binds_number(s)]
+        own = {b: self.fresh(b) for b in dict.fromkeys(bound_here) if b in self.bound or b in self.names}
+        names = {b: new for b, new in self.names.items() if b not in bound_here}
+        out = copy.copy(renamed(loop, {**names, **own}))
+        assert isinstance(out, N.For)
+        out.body = [self.inner_in_order(s) for s in out.body]
+        starts = {new: self.names.get(b, b) for b, new in own.items()}
+        self.nests[id(out)] = LoopNumbers(out, starts, sorted(carried_by(out)))
+        self.names.update(own)
+        self.bound |= set(bound_here)
+        self.late |= {own.get(b, b) for b in bound_here}
+        return out
+
+    def inner_in_order(self, stmt: N.Stmt) -> N.Stmt:
+        """`stmt`, where it is a loop in a loop's body, with its body in order (`in_order`)."""
+        if not isinstance(stmt, N.For) or any(isinstance(s, N.If | N.For) for s in stmt.body):
+            return stmt
+        body = self.in_order(stmt.body, carried_by(stmt))
+        if body is stmt.body:
+            return stmt
+        out = copy.copy(stmt)
+        out.body = body
+        return out
 
     def in_order(self, body: list[N.Stmt], carried: set[str]) -> list[N.Stmt]:
         """`body` with each number binding but a name's last under a fresh name, and each read under the
@@ -135,6 +167,12 @@ def renamed(node, names: dict[str, str]):
     return go(node)
 
 
+def carried_by(loop: N.For) -> set[str]:
+    """The numbers `loop` binds that a step reads before binding them (the step before's value)."""
+    bound = {s.target for s in statements(loop.body) if isinstance(s, N.Assign) and _binds_number(s)}
+    return _read_before_bound(loop.body) & bound
+
+
 def _binds_number(s: N.Stmt) -> bool:
     return isinstance(s, N.Assign) and s.value.kind in N.NUMBERS
 
@@ -151,53 +189,41 @@ def _read_before_bound(body: list[N.Stmt]) -> set[str]:
     return read
 
 
-def check_loop_numbers(body: list[N.Stmt], later: frozenset[str] = frozenset()) -> None:
-    """NotDerivable at a number local a loop holding a loop carries or leaves bound (in either loop), or at
-    a slice of a step whose size varies from step to step; `later`: the names read after `body`."""
-    for at, stmt in enumerate(body):
-        after = later | {n.id for s in body[at + 1 :] for n in walk(s) if isinstance(n, N.Name)}
+def check_loop_numbers(body: list[N.Stmt]) -> None:
+    """NotDerivable at a number a loop holding a loop binds after a statement of its body that reads it
+    (`_check_nest`), or at a slice of a step whose size varies from step to step."""
+    for stmt in body:
         if isinstance(stmt, N.For):
             _check_slices(stmt)
             if any(isinstance(s, N.For) for s in statements(stmt.body)):
-                _check_nest(stmt, after)
+                _check_nest(stmt)
         elif isinstance(stmt, N.If):
-            check_loop_numbers(stmt.body, after)
-            check_loop_numbers(stmt.orelse, after)
+            check_loop_numbers(stmt.body)
+            check_loop_numbers(stmt.orelse)
 
 
-def _check_nest(loop: N.For, after: frozenset[str]) -> None:
-    """A loop holding a loop, and each loop in it: no number carried from step to step or left bound."""
-    _check_carried(loop, after)
-    for stmt in loop.body:
-        if isinstance(stmt, N.For):
-            rest = after | {n.id for s in loop.body for n in walk(s) if isinstance(n, N.Name)}
+def _check_nest(loop: N.For) -> None:
+    """A loop holding a loop: its loops' slices fixed in size, and each number its body binds bound before
+    anything of the step reads it or binds what it reads (the Function computes a step's numbers first)."""
+    for at, stmt in enumerate(loop.body):
+        if isinstance(stmt, N.For):  # (its own numbers: `NumberNames.in_order`; a loop in it is refused)
             _check_slices(stmt)
-            _check_nest(stmt, rest)
-
-
-def _check_carried(loop: N.For, after: frozenset[str]) -> None:
-    numbers = [s for s in statements(loop.body) if isinstance(s, N.Assign) and s.value.kind in N.NUMBERS]
-    bound: set[str] = set()
-    for s in statements(loop.body):
-        if isinstance(s, N.Assign) and s in numbers:
-            if s.target not in bound and s.target in _names(s.value):
-                raise _carried(s, loop)
-            bound.add(s.target)
+        if not (isinstance(stmt, N.Assign) and _binds_number(stmt)):
             continue
-        for name in _own_reads(s) - bound:
-            hit = next((n for n in numbers if n.target == name), None)
-            if hit is not None:
-                raise _carried(hit, loop)
-    inside = {loop.var} | {s.target for s in statements(loop.body) if isinstance(s, N.Assign)}
-    for s in numbers:
-        if s.target in after and _names(s.value) & inside:  # the same number at every step is no matter
-            raise NotDerivable(
-                s.span,
-                f"cannot derive through the number '{s.target}' yet: the loop over '{loop.var}' holds a loop"
-                " and leaves it bound, and it is read after the loop, where a derived backward computes it"
-                " again from the loop's variable (not kept per step in a loop holding a loop)",
-                "bind it after the loop from what it is computed from (`n = T - 1`), or write a backward block",
-            )
+        for before in loop.body[:at]:
+            if isinstance(before, N.Assign) and _binds_number(before):
+                continue
+            binds = {s.target for s in statements([before]) if isinstance(s, N.Assign)}
+            if isinstance(before, N.For):
+                binds.add(before.var)
+            if stmt.target in _names(before) or binds & _names(stmt.value):
+                raise NotDerivable(
+                    stmt.span,
+                    f"cannot derive through the number '{stmt.target}' yet: the loop over '{loop.var}' holds a"
+                    " loop, and the Function computes the numbers its body binds at the start of each step, but"
+                    " a statement before this one reads it or binds what it reads",
+                    "bind it at the start of the loop's body (or in the inner loop), or write a backward block",
+                )
 
 
 def _check_slices(loop: N.For) -> None:
@@ -241,16 +267,6 @@ def _own_reads(stmt: N.Stmt) -> set[str]:
     if isinstance(stmt, N.If):
         return _names(stmt.cond)
     return _names(stmt)
-
-
-def _carried(stmt: N.Assign, loop: N.For) -> NotDerivable:
-    return NotDerivable(
-        stmt.span,
-        f"cannot derive through the number '{stmt.target}' yet: the loop over '{loop.var}' holds a loop and"
-        " carries it from step to step (a step reads the value the step before bound), and a derived backward"
-        " computes it again in its own order (not kept per step in a loop holding a loop)",
-        HINT,
-    )
 
 
 def _fixed_size(item: N.Slice, varying: set[str]) -> bool:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from layerdsl.autodiff import loops
+from layerdsl.autodiff.loop_ints import carried_by
 from layerdsl.autodiff.tape import NotDerivable, Step, Tape
 from layerdsl.autodiff.unroll import lists_renamed
 from layerdsl.diagnostics import Span
@@ -47,6 +48,12 @@ class Nest:
     more: dict[str, list[N.Expr]] = field(default_factory=dict)  # list local -> what each step appends after
     # carried name -> its spec local, whose shape the plan does not know to stay: checked at each step
     shapes_checked: dict[str, str] = field(default_factory=dict)
+    # numbers named apart in it (`loop_ints.NumberNames.nest`): each one's start (`n1 = n`), those a step reads
+    # before binding (backward runs the numbers again, recording these per step), and how many of the
+    # forward's numbers outside loops come before it
+    number_starts: dict[str, str] = field(default_factory=dict)
+    carried_numbers: list[str] = field(default_factory=list)
+    numbers_at: int = 0
 
     def tapes(self) -> list[Tape]:
         out: list[Tape] = []
@@ -126,7 +133,10 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
             if chunk:
                 segments.append(p.straight(chunk))
                 chunk = []
-            segments += p.loop(s)
+            planned = p.loop(s)
+            if isinstance(planned[-1], loops.Loop):  # backward reads its carried numbers as recorded
+                planned[-1].carried_numbers = sorted(carried_by(s))
+            segments += planned
         elif isinstance(s, N.If):  # on configuration values, holding no loop: an `if` of its own
             assert p.conditions is not None
             if chunk:
@@ -165,6 +175,10 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
     heads = {name: [p.alias[h] for h in p.heads.pop(name)] for name in appended if name in p.heads}
     nest = Nest(stmt.var, list(it.args), it.span, segments, starts, updates, appended, numbers)
     nest.heads, nest.more, nest.shapes_checked = heads, more, shapes_checked
+    numbered = p.number_names.nests.get(id(stmt))
+    if numbered is not None:
+        nest.number_starts, nest.carried_numbers = numbered.starts, numbered.carried
+    nest.numbers_at = numbers_before
     for name in appended:
         if name in p.loops:
             raise NotDerivable(stmt.span, f"a derived backward collects '{name}' in one loop", loops.HINT)

@@ -702,21 +702,22 @@ class LoopFunction:
         running the loop's numbers again (`numbers_again`)."""
         return self.name(f"{number}_at", key=(id(loop),))
 
-    def replayed(self) -> list[Loop]:
-        """The loops whose numbers backward runs again in its prelude: those binding numbers named apart."""
+    def replayed(self) -> list[Loop | Nest]:
+        """The loops whose numbers backward runs again in its prelude: those binding numbers named apart (a
+        loop holding a loop: `function_nest.replays`)."""
         return [
             loop
             for loop in self.loops
             if loop in self.plan.segments
             and (loop.number_starts or loop.carried_numbers or {n for n, _ in loop.numbers} & self.plan.late)
-        ]
+        ] + [nest for nest in function_nest.nests(self.plan.segments) if function_nest.replays(nest)]
 
     def numbers_again(self, names: set[str], ex: PyExpr, dim_spelling, spelled) -> list[str]:
         """Backward's prelude where loops bind numbers named apart (`replayed`): the dims, the numbers outside
         loops and each such loop's numbers run again (a Python loop over ints, recording the carried ones at
         each step's start, `number_record`), in forward's order, those `names` read and what they read."""
         program: list = []
-        loops = sorted(self.replayed(), key=lambda loop: loop.numbers_at)
+        loops = sorted(self.replayed(), key=lambda loop: (loop.numbers_at, self.plan.segments.index(loop)))
         for at, item in enumerate(self.plan.numbers):
             program += [loop for loop in loops if loop.numbers_at == at]
             program.append(item)
@@ -724,6 +725,11 @@ class LoopFunction:
         need = set(names)
         kept: list = []
         for item in reversed(program):  # what is read, back to what it is computed from
+            if isinstance(item, Nest):
+                own, read = function_nest.replay_reads(item)
+                need = (need - own) | read
+                kept.append(item)
+                continue
             if isinstance(item, Loop):
                 own = {item.var, *(n for n, _ in item.numbers), *item.number_starts}
                 exprs = [*item.bounds, *(e for _, e in item.numbers)]
@@ -740,6 +746,9 @@ class LoopFunction:
         need -= set(spelled)
         lines = [f"{d} = {dim_spelling(d)}" for d in self.helper.dim_source if d in need]
         for item in reversed(kept):
+            if isinstance(item, Nest):
+                lines += function_nest.replay(self, item, ex)
+                continue
             if not isinstance(item, Loop):
                 lines += self.helper.located([f"{item[0]} = {ex(item[1])}"], item[1].span.line)
                 continue

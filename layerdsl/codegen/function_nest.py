@@ -9,7 +9,9 @@ over the steps too (`shapes_per_step`), and holds no memory. Backward runs the b
 k = n - 1, ..., 0 with each saved value bound to its step's slice (`h_steps = h_steps_layers[k]`, and its
 gradient as an extra output alike), so that the body's segments' backward is written as the Function's own
 is; the carried values' gradients go from step to step, and a list's items' gradients are cut from what it
-is joined into.
+is joined into. Numbers the nest carries (`autodiff.loop_ints`) are run again in backward's prelude
+(`replay`), recorded at the start of each outer step, of each step of its loops, and after each loop where a
+later segment of the body reads what it leaves; backward binds each as recorded where it reads it.
 """
 
 from __future__ import annotations
@@ -47,7 +49,118 @@ def loops_in(segments) -> list[Loop]:
 def names_read(nest: Nest) -> set[str]:
     """The names its count, its number locals and its joins' dims read (forward binds them before it)."""
     exprs = [*nest.bounds, *(e for _, e in nest.numbers), *(j.dim for j in nest.joins)]
+    return {n.id for e in exprs for n in walk(e) if isinstance(n, N.Name)} | set(nest.number_starts.values())
+
+
+def replays(nest: Nest) -> bool:
+    """Whether backward's prelude runs the nest's numbers again: it names numbers apart, or carries some."""
+    return bool(
+        nest.number_starts
+        or nest.carried_numbers
+        or any(loop.carried_numbers for loop in nest.loops())
+        or left_by_loops(nest)
+    )
+
+
+def replay_reads(nest: Nest) -> tuple[set[str], set[str]]:
+    """The names the nest's numbers bind (its loops' variables too), and those they read from before it."""
+    own = {nest.var, *(n for n, _ in nest.numbers), *nest.number_starts}
+    exprs = [*nest.bounds, *(e for _, e in nest.numbers)]
+    for loop in nest.loops():
+        own |= {loop.var, *(n for n, _ in loop.numbers)}
+        exprs += [*loop.bounds, *(e for _, e in loop.numbers)]
+    read = {n.id for e in exprs for n in walk(e) if isinstance(n, N.Name)} - own
+    return own, read | set(nest.number_starts.values())
+
+
+def number_record(fn: LoopFunction, nest: Nest, number: str) -> str:
+    """The list of `number`'s value at the start of each outer step."""
+    return fn.name(f"{number}_at", key=(id(nest),))
+
+
+def number_rows(fn: LoopFunction, loop: Loop, number: str) -> str:
+    """The list, by outer step, of the lists of `number`'s value at the start of each step of `loop`."""
+    return fn.name(f"{number}_rows", key=(id(loop),))
+
+
+def replay(fn: LoopFunction, nest: Nest, ex: PyExpr) -> list[str]:
+    """The nest's numbers run again (a Python loop over ints) in backward's prelude, recording the carried
+    ones at the start of each outer step and of each step of its loops (`number_record`, `number_rows`)."""
+    lines = [f"{new} = {start}" for new, start in nest.number_starts.items()]
+    records = {c: number_record(fn, nest, c) for c in nest.carried_numbers}
+    inner = [loop for loop in nest.loops() if loop.carried_numbers]
+    lines += [f"{r} = []" for r in records.values()]
+    lines += [f"{number_rows(fn, loop, c)} = []" for loop in inner for c in loop.carried_numbers]
+    left = left_by_loops(nest)
+    lines += [f"{after_record(fn, nest, k, c)} = []" for k, numbers in left.items() for c in numbers]
+    body = [f"{r}.append({c})" for c, r in records.items()]
+    body += [f"{n} = {ex(e)}" for n, e in nest.numbers]
+    for k, loop in enumerate(nest.segments):
+        if not isinstance(loop, Loop):
+            continue
+        rows = {c: fn.number_record(loop, c) for c in loop.carried_numbers}
+        body += [f"{r} = []" for r in rows.values()]
+        steps = [f"{r}.append({c})" for c, r in rows.items()] + [f"{n} = {ex(e)}" for n, e in loop.numbers]
+        body += [f"for {loop.var} in {fn.trip(loop, ex)}:", *("    " + line for line in steps or ["pass"])]
+        body += [f"{number_rows(fn, loop, c)}.append({r})" for c, r in rows.items()]
+        body += [f"{after_record(fn, nest, k, c)}.append({c})" for c in left.get(k, [])]
+    head = f"for {nest.var} in range({', '.join(ex(b) for b in nest.bounds)}):  # the loop's numbers again"
+    return lines + [head, *("    " + line for line in body or ["pass"])]
+
+
+def _segment_reads(seg) -> set[str]:
+    """The names a segment of a nest's body reads (its steps', its numbers', its count's, its condition's)."""
+    exprs: list[N.Node] = []
+    if isinstance(seg, Straight):
+        exprs += [s.expr for s in seg.tape.steps] + [e for _, e in seg.tape.numbers]
+    elif isinstance(seg, Choice):
+        exprs += [seg.cond] + [s.expr for tape in seg.sides() for s in tape.steps]
+    elif isinstance(seg, Loop):
+        exprs += [*seg.bounds, *(e for _, e in seg.numbers), *(s.expr for s in seg.tape.steps)]
+        exprs += [s.expr for s in seg.picks.values()]
     return {n.id for e in exprs for n in walk(e) if isinstance(n, N.Name)}
+
+
+def left_by_loops(nest: Nest) -> dict[int, list[str]]:
+    """By index of a loop in the nest's body: the numbers it binds that a later segment of the body reads
+    (backward runs the segments in reverse: it binds each as the loop left it, `after_record`)."""
+    out: dict[int, list[str]] = {}
+    for k, seg in enumerate(nest.segments):
+        if isinstance(seg, Loop):
+            later = set().union(*(_segment_reads(s) for s in nest.segments[k + 1 :]))
+            left = [n for n in dict.fromkeys(n for n, _ in seg.numbers) if n in later]
+            if left:
+                out[k] = left
+    return out
+
+
+def after_record(fn: LoopFunction, nest: Nest, index: int, number: str) -> str:
+    """The list, by outer step, of `number`'s value after the loop at `index` of the nest's body."""
+    return fn.name(f"{number}_after", key=(id(nest.segments[index]),))
+
+
+def rebound_before(fn: LoopFunction, nest: Nest, index: int, of: N.Node | None = None) -> list[str]:
+    """Backward's lines before the segment at `index` of a nest's body (or `of`, an expression in it): each
+    number it reads that a loop before it binds, as the last such loop left it at this outer step."""
+    reads = _segment_reads(nest.segments[index]) if of is None else {n.id for n in walk(of) if isinstance(n, N.Name)}
+    lines: list[str] = []
+    done: set[str] = set()
+    for k, left in sorted(left_by_loops(nest).items(), reverse=True):
+        if k < index:
+            lines += [f"{c} = {after_record(fn, nest, k, c)}[{nest.var}]" for c in left if c in reads - done]
+            done |= set(left)
+    return lines
+
+
+def recorded(fn: LoopFunction, nest: Nest) -> list[str]:
+    """The head of a backward step of the nest: its carried numbers as the step started with them, and its
+    loops' records of this step."""
+    lines = [f"{c} = {number_record(fn, nest, c)}[{nest.var}]" for c in nest.carried_numbers]
+    return lines + [
+        f"{fn.number_record(loop, c)} = {number_rows(fn, loop, c)}[{nest.var}]"
+        for loop in nest.loops()
+        for c in loop.carried_numbers
+    ]
 
 
 def key(fn: LoopFunction, nest: Nest) -> int:
@@ -136,6 +249,7 @@ def extra_outputs(fn: LoopFunction, nest: Nest, once: set[str], per_step: dict[i
 
 def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyExpr) -> list[str]:
     lines = [f"{c} = {fn.not_an_input(start)}" for c, start in nest.carried.items()]
+    lines += [f"{new} = {start}" for new, start in nest.number_starts.items()]  # as a loop of no steps leaves it
     kept = body_extra(fn, nest, per_step)
     lines += [f"{layers(fn, v)} = []" for v in kept]
     lines += [f"{name} = [{', '.join(nest.heads.get(name, []))}]" for name in nest.appended]
@@ -236,7 +350,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
                 w.state[w.acc(leaf)] = "maybe"
                 w.maybe_none.add(w.acc(leaf))
     kept = body_extra(fn, nest, w.per_step)
-    body = [f"{n} = {w.ex(e)}" for n, e in nest.numbers]
+    body = recorded(fn, nest) + [f"{n} = {w.ex(e)}" for n, e in nest.numbers]
     body += [f"{v} = {layers(fn, v)}[{nest.var}]" for v in kept if not maybe_none(fn, nest, v)]
     body += [
         f"{v} = None if {layers(fn, v)} is None else {layers(fn, v)}[{nest.var}]"
@@ -269,7 +383,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         if c in w.once and w.mode != "main":  # its value at the step, returned: that extra output's gradient
             body += w.accumulate(c, fn.grad_out(c), conditional=False)
     # views of the inputs and parameters (`transpose(w_l[k], 0, 1)`): recomputed at each step, not kept
-    views = _leaf_views(nest, set(w.plan.leaves))
+    views = {v: step for v, (step, _) in _leaf_views(nest, set(w.plan.leaves)).items()}
     w.views.update(views)
     w.kept_whole |= set(views)
     # what the body reads, by step (the values after the loop are read as themselves, outside it)
@@ -277,6 +391,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     w.reads.once = w.current = set()
     here = fn.plan.segments.index(nest)
     for index, seg in reversed(list(enumerate(nest.segments))):
+        body += rebound_before(fn, nest, index)
         if isinstance(seg, Straight):
             body += w.straight(seg, where=f"{here}.{index}")
         elif isinstance(seg, Choice):
@@ -299,9 +414,17 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         del w.views[v]
     w.recomputed -= set(views)
     w.kept_whole -= set(views)
-    body[len(nest.numbers) : len(nest.numbers)] = [
-        line for s in recomputed for line in fn.steps(Tape([s], [], [], set()), w.ex)
-    ]
+    top_at = len(recorded(fn, nest)) + len(nest.numbers)
+    view_lines: list[str] = []
+    rebound = False
+    for s in recomputed:  # a view reading a number a loop before it binds: as that loop left it
+        prefix = rebound_before(fn, nest, _leaf_views(nest, set(w.plan.leaves))[s.var][1], s.expr)
+        rebound |= bool(prefix)
+        view_lines += prefix + fn.steps(Tape([s], [], [], set()), w.ex)
+    if rebound:  # as the step starts again
+        view_lines += [f"{c} = {number_record(fn, nest, c)}[{nest.var}]" for c in nest.carried_numbers]
+        view_lines += [f"{n} = {w.ex(e)}" for n, e in nest.numbers]
+    body[top_at:top_at] = view_lines
     read = w.reads.once | (w.reads.shapes & inside)
     w.reads.by_value.setdefault(key(fn, nest), set()).update(w.reads.once & inside)
     w.reads.shapes -= inside
@@ -321,11 +444,12 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     return lines
 
 
-def _leaf_views(nest: Nest, leaves: set[str]) -> dict[str, Step]:
-    """The steps of the body's straight segments that view the inputs and parameters (or such a view)."""
-    views: dict[str, Step] = {}
-    for seg in nest.segments:
+def _leaf_views(nest: Nest, leaves: set[str]) -> dict[str, tuple[Step, int]]:
+    """The steps of the body's straight segments that view the inputs and parameters (or such a view), and
+    the index of their segment."""
+    views: dict[str, tuple[Step, int]] = {}
+    for index, seg in enumerate(nest.segments):
         for s in seg.tape.steps if isinstance(seg, Straight) else []:
             if s.op is not None and s.op.shape in VIEWS and loop_backward.operands(s) <= leaves | set(views):
-                views[s.var] = s
+                views[s.var] = (s, index)
     return views
