@@ -40,7 +40,7 @@ from typing import cast
 
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import clone, map_children, statements, walk
+from layerdsl.ir.visit import clone, map_children, names_bound, walk
 from layerdsl.language.ops import OPS
 from layerdsl.semantics.evaluate import NotConstant, evaluate
 from layerdsl.semantics.shapes import GROUP, Shape, as_int, call_args, declared_shape, expr_shape, opaque, text_poly
@@ -215,7 +215,7 @@ class _Walker:
         """What the body assigns is carried from step to step. In the body, a local bound before the loop has
         the sizes of its value there: forward checks that each step keeps them (`For.shapes_kept`, the
         locals whose sizes were read so). After the loop, what the body assigns is not followed."""
-        assigned = _assigned(stmt.body) | {stmt.var}
+        assigned = names_bound(stmt.body) | {stmt.var}
         before = {name: env[name] for name in assigned if env.get(name) is not None}
         env.update(dict.fromkeys(assigned))
         out = map_children(stmt, lambda e: self.expr(e, env))
@@ -803,18 +803,6 @@ def _union(alternatives: list[list[N.Expr] | None]) -> list[N.Expr] | None:
         for s in sizes or []:
             out.setdefault(B.key(s), s)
     return list(out.values())
-
-
-def _assigned(body: list[N.Stmt]) -> set[str]:
-    names: set[str] = set()
-    for s in statements(body):
-        if isinstance(s, N.Assign | N.IndexAssign | N.Update | N.Append):
-            names.add(s.target)
-        elif isinstance(s, N.Unpack):
-            names |= {t for t, _ in s.targets}
-        elif isinstance(s, N.For):
-            names.add(s.var)
-    return names
 
 
 def _indexed_dim(items: list[N.SubscriptItem], k: int) -> int | None:

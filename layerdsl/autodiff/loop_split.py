@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
-from layerdsl.ir.visit import clone, walk
+from layerdsl.ir.visit import clone, names_bound, walk
 from layerdsl.language.naming import fresh_name
 
 # loops one loop may be split into; each `==` bound splits twice
@@ -350,15 +350,7 @@ def _bound(e: N.Expr) -> Bound:
 
 def _variant(loop: N.For) -> set[str]:
     """The names `loop`'s body binds (and its variable)."""
-    out = {loop.var}
-    for s in walk(loop):
-        if isinstance(s, N.Assign):
-            out.add(s.target)
-        elif isinstance(s, N.Unpack):
-            out |= {t for t, _ in s.targets}
-        elif isinstance(s, N.For):
-            out.add(s.var)
-    return out
+    return names_bound([loop])
 
 
 def _holds_loop(loop: N.For) -> bool:

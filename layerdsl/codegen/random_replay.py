@@ -8,7 +8,7 @@ from layerdsl.autodiff.loops import LoopPlan, segment_steps
 from layerdsl.autodiff.plan import BranchPlan
 from layerdsl.autodiff.tape import NotDerivable, reserved_names
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import names_read, statements
+from layerdsl.ir.visit import names_bound, names_read
 from layerdsl.language.naming import fresh_name
 
 STATE_TYPE = "tuple[torch.device, Tensor] | None"  # (device, random state) as forward begins, None in eval
@@ -18,14 +18,7 @@ def state_name(layer: N.Layer) -> str:
     """The Function's argument holding the random state: `rng_state`, or the first of `rng_state_`, ... that
     no name of `layer`'s spec takes (an argument, member, input, dim or local of that name keeps it)."""
     assert layer.forward is not None
-    taken = reserved_names(layer) | names_read(layer.forward) | {"training"}
-    for s in statements(layer.forward.body):
-        if isinstance(s, N.Assign):
-            taken.add(s.target)
-        elif isinstance(s, N.Unpack):
-            taken |= {t for t, _ in s.targets}
-        elif isinstance(s, N.For):
-            taken.add(s.var)
+    taken = reserved_names(layer) | names_read(layer.forward) | names_bound(layer.forward.body) | {"training"}
     return fresh_name("rng_state", taken)
 
 

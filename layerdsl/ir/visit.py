@@ -135,6 +135,20 @@ def statements(body: list[Stmt]) -> Iterator[Stmt]:
         yield from (n for n in walk(stmt) if isinstance(n, Stmt))
 
 
+def names_bound(body: list[Stmt]) -> set[str]:
+    """The names the statements of `body` (nested ones too) bind: assigned, unpacked, appended to, updated,
+    and loop variables."""
+    names: set[str] = set()
+    for s in statements(body):
+        if isinstance(s, nodes.Assign | nodes.IndexAssign | nodes.Update | nodes.Append):
+            names.add(s.target)
+        elif isinstance(s, nodes.Unpack):
+            names |= {t for t, _ in s.targets}
+        elif isinstance(s, nodes.For):
+            names.add(s.var)
+    return names
+
+
 def names_read(node: Node) -> set[str]:
     """The identifiers of every `Name` in or below `node`."""
     return {n.id for n in walk(node) if isinstance(n, Name)}
