@@ -457,11 +457,11 @@ class LoopFunction:
         """The buffers of a loop's values read only for their shape (`shapes_per_step`) and their step 0's:
         each one element expanded, of which setup_context keeps the shape rather than save it (saved, an
         element would be kept that autograd does not keep), and backward makes one of no storage
-        (`placeholders_again`). A nest's loops' aside."""
+        (`placeholders_again`). A nest's stacks over its outer steps: `function_nest.placeholders`."""
         loops = [(k, loop) for k, loop in enumerate(self.loops) if loop in self.plan.segments]
         shaped = [(loop, self.step_shapes.get(k, set())) for k, loop in loops]
         firsts = {self.first(v) for loop, values in shaped for v in self.widenable(loop, values)}
-        return {self.stacked(v) for _, values in shaped for v in values} | firsts
+        return {self.stacked(v) for _, values in shaped for v in values} | firsts | function_nest.placeholders(self)
 
     def placeholders_again(self) -> list[str]:
         """Backward's placeholders (`placeholders`), on the meta device (no storage: only their shapes are

@@ -194,8 +194,8 @@ def layers(fn: LoopFunction, value: str) -> str:
 
 
 def shapes_per_step(fn: LoopFunction, reads: Reads, per_step: dict[int, set[str]], text: str) -> dict[int, set[str]]:
-    """The values of each nest's straight segments kept per outer step that backward (`text`) reads only for
-    their shape (`sum_to_size(mm.shape)` in the gradient of `mm + b`, `select_backward(g, gi.shape, 0, t)`),
+    """The values of each nest's straight segments, those it carries and those its loops leave, kept per outer
+    step, that backward (`text`) reads only for their shape (`sum_to_size(mm.shape)` in the gradient of `mm + b`, `select_backward(g, gi.shape, 0, t)`),
     by `key`: each step keeps one element expanded to the value's shape (`stacked_shapes`)."""
     from layerdsl.codegen.function_loops import _kept, _read_as_value
 
@@ -206,7 +206,11 @@ def shapes_per_step(fn: LoopFunction, reads: Reads, per_step: dict[int, set[str]
         listed = {n.id for item in items for n in walk(item) if isinstance(n, N.Name)}
         steps = [s for seg in nest.segments if isinstance(seg, Straight) for s in seg.tape.steps]
         shaped = {s.var for s in steps if s.var in per_step.get(at, set()) and not _kept(s)}
-        shaped -= reads.by_value.get(at, set()) | set(nest.carried) | set(nest.updates.values()) | listed
+        shaped -= reads.by_value.get(at, set())
+        # a carried value is bound per step under its own name only: the text tells whether it is read
+        carried = [*nest.carried, *(c for loop in nest.loops() for c in loop.carried)]
+        shaped |= {c for c in carried if c in per_step.get(at, set())}
+        shaped -= set(nest.updates.values()) | listed
         out[at] = {v for v in shaped if not _read_as_value(v, text)}
     return out
 
@@ -218,6 +222,16 @@ def stacked_shapes(fn: LoopFunction, nest: Nest) -> set[str]:
     out = set(fn.step_shapes.get(key(fn, nest), set()))
     for loop in nest.loops():
         out |= {fn.stacked(v) for v in fn.step_shapes.get(fn.loops.index(loop), set())}
+    return out
+
+
+def placeholders(fn: LoopFunction) -> set[str]:
+    """The nests' stacks over the outer steps of values read only for their shape (`stacked_shapes`): one
+    element expanded, whose shape setup_context keeps rather than save it (`LoopFunction.placeholders`)."""
+    out: set[str] = set()
+    for nest in nests(fn.plan.segments):
+        shaped = stacked_shapes(fn, nest)
+        out |= {layers(fn, v) for v in body_extra(fn, nest, fn.kept_per_step) if v in shaped}
     return out
 
 
@@ -316,9 +330,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     for c in requiring:
         st = w.state.get(w.acc(c))
         if st != "set":  # nothing after the loop reads it: zeros to start
-            w.read(B.name(c))
-            g = w.acc(c)
-            zeros = f"torch.zeros_like({c})"
+            g, zeros = w.acc(c), _zeros(w, c, last=True)
             lines.append(f"{g} = {zeros}" if st is None else f"{g} = {zeros} if {g} is None else {g}")
             w.state[g] = "set"
     parts: dict[str, str] = {}  # list -> the gradients of its items (its heads' first)
@@ -401,8 +413,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         w.current = w.reads.once
     for c in requiring:  # every step gives the step before a gradient of its carried value
         if w.state.get(w.acc(c)) != "set":
-            w.read(B.name(c))
-            g, zeros = w.acc(c), f"torch.zeros_like({c})"
+            g, zeros = w.acc(c), _zeros(w, c)
             body.append(f"{g} = {zeros}" if w.state.get(g) is None else f"{g} = {zeros} if {g} is None else {g}")
             w.state[g] = "set"
     # a value of the body whose gradient its loops sum (a member read at every step): summed anew each step
@@ -442,6 +453,21 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         if nest.carried[c] in w.plan.requires:
             lines += w.accumulate(nest.carried[c], w.acc(c), conditional=False)
     return lines
+
+
+def _zeros(w: BackwardWriter, c: str, last: bool = False) -> str:
+    """Zeros of the carried value `c`'s shape: read for its shape alone in the main backward (kept as one
+    element expanded, or on ctx), with the given gradient's dtype; the `last` value, an output, by its shape
+    on ctx in the double backward (as `loop_backward` makes a loop's); else read as itself."""
+    if last and w.mode == "rare" and c in w.fn.outputs:
+        w.reads.output_shapes.add(c)
+        return f"{w.fn.name('given')}.new_zeros({w.fn.names.ctx_shape(c)})"
+    if w.mode == "main":
+        shape = B.call("shape_of", B.name(c))
+        w.read(shape)
+        return f"{w.plan.grads[0]}.new_zeros({w.ex(shape)})"
+    w.read(B.name(c))
+    return f"torch.zeros_like({c})"
 
 
 def _leaf_views(nest: Nest, leaves: set[str]) -> dict[str, tuple[Step, int]]:
