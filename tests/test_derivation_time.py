@@ -32,27 +32,28 @@ def _unrolled(steps: int, function: bool = True) -> str:
 """
 
 
-def test_check_of_a_64_step_unrolled_function_takes_bounded_cpu_time(tmp_path):
+def test_generating_a_64_step_unrolled_function_takes_bounded_cpu_time(tmp_path):
     path = tmp_path / "unrolled.layer"
     path.write_text(_unrolled(64), encoding="utf-8")
-    # The bound is on the child's CPU time (about 25 s; it took more than 15 minutes, the save choice
+    # The bound is on the child's CPU time (about 60 s on a loaded machine, 210 s before: the save choice
     # pricing each candidate by walking the whole tape again): wall time on a loaded machine says little,
     # and the wall timeout only stops a run that would take minutes.
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         run = subprocess.run(
-            [sys.executable, "-m", "layerdsl", "check", str(path)],
+            [sys.executable, "-m", "layerdsl", "show", str(path)],  # `check` derives no backward
             capture_output=True,
             text=True,
             timeout=600,
             env={**os.environ, "LAYERDSL_NO_CACHE": "1"},
         )
     except subprocess.TimeoutExpired:
-        pytest.fail("layerdsl check ran past 600 s")
+        pytest.fail("layerdsl show ran past 600 s")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert cpu < 60, f"layerdsl check took {cpu:.1f} s of CPU"
+    assert "class Unrolled" in run.stdout
+    assert cpu < 120, f"layerdsl show took {cpu:.1f} s of CPU"
 
 
 def test_a_16_step_unrolled_function_agrees_with_the_plain_module():
