@@ -119,16 +119,20 @@ class _InPlaceRewriter:
         return e
 
     def may_update(self, target: N.Expr, e: N.Expr, others: list[N.Expr], stmt: Stmt) -> bool:
+        # The cheap tests first: shapes and dtypes walk the whole operand, and most operands are not dead.
+        if target.kind != "tensor":
+            return False
+        if isinstance(target, N.Name):
+            if not self.dead_after(target.id, stmt):
+                return False
+        elif not fresh_node(target) or self.result_kept(target):
+            return False
         shape = self.shapes.of(target)
-        if shape is None or self.shapes.of(e) != shape or target.kind != "tensor":
+        if shape is None or self.shapes.of(e) != shape:
             return False
         if not self.roots_of(target) & self.facts.floating:
             return False  # an integer tensor: a floating result could not be written into it
-        if not all(self.roots_of(o) <= self.roots_of(target) for o in others):
-            return False  # another operand could have a wider dtype
-        if isinstance(target, N.Name):
-            return self.dead_after(target.id, stmt)
-        return fresh_node(target) and not self.result_kept(target)
+        return all(self.roots_of(o) <= self.roots_of(target) for o in others)  # else a wider dtype may come
 
     def result_kept(self, e) -> bool:
         return self.facts.graph and result_saved(e)

@@ -35,9 +35,12 @@ def share_products(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
 def common_factors(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
     """Narrow common factors taken out of sums (rewritten in place). Only without a graph: recorded, the
     sum's fresh result cannot take the factor in place (`mul` keeps its operand), one buffer more."""
+    chains: _Chains | None = None  # what it knows of the statements holds until a rewrite is applied
     for s in stmts:
         if _plain(s, facts) and s.unscaled is None:
-            _Chains(stmts, facts).common_factor(s)
+            chains = chains or _Chains(stmts, facts)
+            if chains.common_factor(s):
+                chains = None
     return stmts
 
 
@@ -138,12 +141,12 @@ class _Chains:
 
     # ---------------------------------------------------------------- a narrow common factor out of a sum
 
-    def common_factor(self, s: Stmt) -> None:
-        """`p * b + q` as `(p + q / b) * b` where `q` carries `b` (one multiplication by `b` fewer)."""
+    def common_factor(self, s: Stmt) -> bool:
+        """`p * b + q` as `(p + q / b) * b` where `q` carries `b` (one multiplication by `b` fewer); whether
+        the statements changed."""
         self.edits, self.renamed = {}, {}
         new = self._factored(s.expr)
-        if new is not None:
-            self._commit(s, new)
+        return new is not None and self._commit(s, new)
 
     def _factored(self, e: N.Expr) -> N.Expr | None:
         if not (isinstance(e, N.BinOp) and e.op == "+" and e.kind == "tensor"):
