@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.support import compile_spec, saved_bytes
+from tests.support import compile_spec, function_and_plain, saved_bytes
 
 # a carried state with a dropout per step (the error corpus's spec before draws were replayed)
 LOOP = """\
@@ -75,13 +75,7 @@ SPECS = {"DroppedScan": LOOP, "DroppedChoices": CHOICES, "DroppedNamed": NAMED}
 
 def _modules(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The layer under `save = "inputs"` and plain (no `@function`): one state, float64."""
-    text = SPECS[name]
-    modules = []
-    for k, spec in enumerate([text, text.replace('@function(save = "inputs")\n', "")]):
-        torch.manual_seed(0)
-        modules.append(compile_spec(spec, f"{name.lower()}_replay_{k}")[name](3).double())
-    modules[1].load_state_dict(modules[0].state_dict())
-    return modules[0], modules[1]
+    return function_and_plain(SPECS[name], name, 3)
 
 
 def _run(layer: torch.nn.Module, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, list, torch.Tensor]:

@@ -17,15 +17,6 @@ import torch
 
 from tests.support import assert_same_function, compile_spec, function_and_plain, saved_bytes
 
-
-def _pair(text: str, name: str, *args) -> tuple[torch.nn.Module, torch.nn.Module]:
-    return function_and_plain(text, name, *args)
-
-
-def _agree(ours: torch.nn.Module, plain: torch.nn.Module, *inputs: torch.Tensor) -> None:
-    assert_same_function(ours, plain, *inputs)
-
-
 SUMS = """\
 @function
 layer SlicedSum(d: int) {
@@ -82,12 +73,12 @@ def test_products_of_slices_alike_are_summed_without_their_shapes(case):
     inputs, body, _ = SUM_CASES[case]
     spec = SUMS.replace("INPUTS", inputs).replace("BODY", body)
     assert ".sum_to_size(mm" not in compile_spec(spec, f"sliced_sum_{case}_src")["SOURCE"]
-    ours, plain = _pair(spec, "SlicedSum", 64)
+    ours, plain = function_and_plain(spec, "SlicedSum", 64)
     args = _sum_inputs(case, 64, 32)
     assert saved_bytes(lambda: ours(*args), ours) <= saved_bytes(lambda: plain(*args), plain)
     for d in (1, 5):  # at 1, every bound passes an end of the dim and is clamped
-        ours, plain = _pair(spec, "SlicedSum", d)
-        _agree(ours, plain, *_sum_inputs(case, d, 2))
+        ours, plain = function_and_plain(spec, "SlicedSum", d)
+        assert_same_function(ours, plain, *_sum_inputs(case, d, 2))
 
 
 INDEXED = """\
@@ -113,12 +104,14 @@ INDEX_CASES = {
 @pytest.mark.parametrize("case", INDEX_CASES)
 def test_an_index_beside_a_slice_of_a_leaf_sized_dim_keeps_no_more_than_autograd(case):
     spec = INDEXED.replace("BODY", INDEX_CASES[case])
-    ours, plain = _pair(spec, "IndexedSlice", 64, 256)
+    ours, plain = function_and_plain(spec, "IndexedSlice", 64, 256)
     x, i = torch.randn(32, 64, dtype=torch.float64, requires_grad=True), torch.randint(0, 32, (16,))
     assert saved_bytes(lambda: ours(x, i), ours) <= saved_bytes(lambda: plain(x, i), plain)
     for e in (1, 7):  # at 1, the slice may be empty
-        ours, plain = _pair(spec, "IndexedSlice", 3, e)
-        _agree(ours, plain, torch.randn(4, 3, dtype=torch.float64, requires_grad=True), torch.tensor([0, 3, 3]))
+        ours, plain = function_and_plain(spec, "IndexedSlice", 3, e)
+        assert_same_function(
+            ours, plain, torch.randn(4, 3, dtype=torch.float64, requires_grad=True), torch.tensor([0, 3, 3])
+        )
 
 
 CLAMPED_CASES = {
@@ -140,10 +133,14 @@ CLAMPED_CASES = {
 @pytest.mark.parametrize("case", CLAMPED_CASES)
 def test_an_index_beside_a_slice_of_a_clamped_size_keeps_no_more_than_autograd(case):
     spec = INDEXED.replace("BODY", CLAMPED_CASES[case])
-    ours, plain = _pair(spec, "IndexedSlice", 64, 256)
-    _agree(ours, plain, torch.randn(32, 64, dtype=torch.float64, requires_grad=True), torch.randint(0, 32, (16,)))
+    ours, plain = function_and_plain(spec, "IndexedSlice", 64, 256)
+    assert_same_function(
+        ours, plain, torch.randn(32, 64, dtype=torch.float64, requires_grad=True), torch.randint(0, 32, (16,))
+    )
     x, i = torch.randn(32, 64, dtype=torch.float64, requires_grad=True), torch.randint(0, 32, (16,))
     assert saved_bytes(lambda: ours(x, i), ours) <= saved_bytes(lambda: plain(x, i), plain)
     for e in (1, 2, 3, 7):  # below, at and past each bound: the slice clamped, possibly empty
-        ours, plain = _pair(spec, "IndexedSlice", 3, e)
-        _agree(ours, plain, torch.randn(4, 3, dtype=torch.float64, requires_grad=True), torch.tensor([0, 3, 3]))
+        ours, plain = function_and_plain(spec, "IndexedSlice", 3, e)
+        assert_same_function(
+            ours, plain, torch.randn(4, 3, dtype=torch.float64, requires_grad=True), torch.tensor([0, 3, 3])
+        )

@@ -14,7 +14,7 @@ from layerdsl.autodiff.sub_calls import CallPlan
 from layerdsl.diagnostics import SpecError
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
-from tests.support import compile_spec, saved_bytes
+from tests.support import compile_spec, function_and_plain, saved_bytes
 from tests.test_function_sub_calls import SMALL
 
 
@@ -25,16 +25,6 @@ def _errors(files: dict[str, str]) -> list[str]:
     except SpecError as e:
         return [d.render() for d in e.diagnostics]
     return []
-
-
-def _pair(text: str, name: str, *args) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """`name` of `text` as written (`@function`) and plain, float64, one state."""
-    modules = []
-    for k, spec in enumerate([text, text.replace('@function(save = "inputs")\n', "").replace("@function\n", "")]):
-        torch.manual_seed(0)
-        modules.append(compile_spec(spec, f"{name.lower()}_{k}")[name](*args).double())
-    modules[1].load_state_dict(modules[0].state_dict())
-    return modules[0], modules[1]
 
 
 # ---------------------------------------------------------------- fixed here
@@ -102,7 +92,7 @@ layer FracSteps(c: int) {
 
 
 def _fractional_gradients(text: str) -> tuple[torch.Tensor, torch.Tensor]:
-    ours, plain = _pair(text, "FracSteps", 2)
+    ours, plain = function_and_plain(text, "FracSteps", 2)
     x = (torch.rand(2, 2, 2, 9, 9, dtype=torch.float64) + 0.1).requires_grad_()
     grads = []
     for m in (ours, plain):
@@ -146,7 +136,7 @@ layer FracSame(c: int) {
 
 @pytest.mark.parametrize("steps", ["3", "N"])
 def test_a_random_pool_in_a_loop_draws_at_every_step(steps):
-    ours, plain = _pair(FRACTIONAL_SAME.replace("STEPS", steps), "FracSame", 2)
+    ours, plain = function_and_plain(FRACTIONAL_SAME.replace("STEPS", steps), "FracSame", 2)
     x = torch.rand(3, 2, 9, 9, dtype=torch.float64) + 0.1
     torch.manual_seed(0)
     got = ours(x)
@@ -195,7 +185,7 @@ layer Outer(d: int) {
 
 
 def test_a_sub_called_with_its_optional_input_given_inlines():
-    ours, plain = _pair(GATED_SUB, "Outer", 3)
+    ours, plain = function_and_plain(GATED_SUB, "Outer", 3)
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     torch.testing.assert_close(ours(x), plain(x))
     assert torch.autograd.gradcheck(ours, (x,))
@@ -254,7 +244,7 @@ def test_a_sub_named_like_a_composed_subs_part_keeps_its_arguments():
     spec = parse_file("pair_of_stacks.layer", PAIR_OF_STACKS)
     check_program([spec])
     assert isinstance(plan_backwards([spec])[0]["Pair"], CallPlan)  # Scale is not inlined: Pair composes
-    ours, plain = _pair(PAIR_OF_STACKS, "Pair", 3, 2)
+    ours, plain = function_and_plain(PAIR_OF_STACKS, "Pair", 3, 2)
     x, y = (torch.randn(2, 3, dtype=torch.float64, requires_grad=True) for _ in range(2))
     torch.testing.assert_close(ours(x, y), plain(x, y))
 
@@ -323,7 +313,7 @@ layer Top(d: int) {
 
 @pytest.mark.parametrize(("indexed", "shape"), [("x[0]", (2, 5, 3)), ("x[:, 0]", (5, 2, 3))])
 def test_a_subs_require_on_an_indexed_input_is_checked_by_the_function(indexed, shape):
-    ours, plain = _pair(COMPUTED_REQUIRE.replace("INDEXED", indexed), "Top", 3)
+    ours, plain = function_and_plain(COMPUTED_REQUIRE.replace("INDEXED", indexed), "Top", 3)
     x = torch.randn(*shape, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"^Body: at most 4 rows \(`require x.size\(0\) <= 4` at top_1.layer:5;"):
         plain(x)
@@ -353,7 +343,7 @@ layer Broadcast(d: int) {{
 @pytest.mark.parametrize("body", ["x + q @ w", "x * sum(q, dim = -1, keepdim = true)"])
 @pytest.mark.parametrize("shapes", [((2, 3), (3,)), ((2, 1, 3), (4, 3))])
 def test_inputs_whose_leading_dims_broadcast_derive(body, shapes):
-    ours, plain = _pair(_broadcast_spec(body), "Broadcast", 3)
+    ours, plain = function_and_plain(_broadcast_spec(body), "Broadcast", 3)
     x, q = (torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in shapes)
     got = torch.autograd.grad(ours(x, q).sum(), [x, q, ours.w], allow_unused=True)  # w: unused by the product
     want = torch.autograd.grad(plain(x, q).sum(), [x, q, plain.w], allow_unused=True)

@@ -37,7 +37,7 @@ from layerdsl.codegen.loop_backward import (
     plain_range,
 )
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
-from layerdsl.codegen.random_replay import STATE_TYPE, check_replayed, replayed, state_name
+from layerdsl.codegen.random_replay import STATE_TYPE, check_replayed, replayed
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.codegen.spelling_reads import Read, Recording
 from layerdsl.ir import build as B
@@ -236,6 +236,7 @@ class LoopFunction:
         self.layer = emitter.layer
         self.plan = plan
         self.kwargs: list[str] = emitter.function_kwargs()
+        self.state = emitter.replayed_state  # the random state's argument, where backward draws again
         steps = [s for seg in plan.segments for s in segment_steps(seg)]
         numbers = plan.numbers + [n for seg in function_nest.loops_in(plan.segments) for n in seg.numbers]
         numbers += [n for seg in function_nest.nests(plan.segments) for n in seg.numbers]
@@ -480,7 +481,7 @@ class LoopFunction:
     def _kw_param(self, k: str) -> str:
         if k == "training":
             return "training: bool"
-        if k == state_name(self.layer):
+        if k == self.state:
             return f"{k}: {STATE_TYPE}"
         arg = self.layer.arg(k)
         return f"{k}: {python_type(arg.type)}" if arg else f"{k}: float"
@@ -624,10 +625,9 @@ class LoopFunction:
         self.left_out = self.unread(once | read)
         lines = self.segments_forward(set(self.extra_outputs(once, per_step)), per_step, ex)
         self.left_out = set()
-        state = state_name(self.layer)
-        check_replayed(self.plan, state in self.kwargs)
-        if state in self.kwargs:  # it draws at random: as forward drew
-            kept = self.names.ctx_value(state)
+        check_replayed(self.plan, self.state is not None)
+        if self.state is not None:  # it draws at random: as forward drew
+            kept = self.names.ctx_value(self.state)
             lines = replayed(lines, kept, self.name("drawn"), self.name("cuda"))
         return ['# forward again (save = "inputs"), keeping what backward reads', *lines]
 
@@ -1022,7 +1022,7 @@ class LoopFunction:
         return [
             k
             for k in self.kwargs
-            if k in self.backward_read.spelt or k in ("training", state_name(self.layer)) or k in self.chosen_by
+            if k in self.backward_read.spelt or k in ("training", self.state) or k in self.chosen_by
         ]
 
     def reads_shape(self, value: str) -> bool:

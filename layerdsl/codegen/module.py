@@ -791,7 +791,13 @@ class LayerEmitter:
         names += [l.name for l in self.layer.lets if l.name in used]
         if "training" in used or self.uses_dropout():
             names.append("training")
-        return names + [state_name(self.layer)] * replays_draws(self.layer, self.plan)
+        return names + ([self.replayed_state] if self.replayed_state else [])
+
+    @cached_property
+    def replayed_state(self) -> str | None:
+        """The Function's argument holding the random state forward began with, where backward runs a
+        forward that draws again (`random_replay`); None elsewhere."""
+        return state_name(self.layer) if replays_draws(self.layer, self.plan) else None
 
     def _kwarg_value(self, name: str, held: dict[str, HeldArgument], like: str | None) -> str:
         """What the module passes for the Function's argument `name` (`function_kwargs`)."""
@@ -799,7 +805,7 @@ class LayerEmitter:
             return held_argument_value(held[name])
         if name == "training":
             return "self.training"
-        if name == state_name(self.layer):  # no spec name takes it
+        if name == self.replayed_state:  # no spec name takes it
             return state_argument(like)
         return f"self.{name}"
 
