@@ -291,3 +291,18 @@ def test_a_quick_fix_is_computed_for_the_current_version_only(versioned_lsp: Std
     (versioned,) = action["edit"]["documentChanges"]
     assert versioned["textDocument"]["version"] == 3
     assert _apply(s.text, versioned["edits"]) == s.text.replace("wieght", "weight")
+
+
+def test_the_parser_recognises_its_own_size_refusals_and_nothing_else():
+    """The server skips repairs for exactly the parser's size and token refusals (`over_size_limit`): a
+    change of their wording that the check misses would bring back the slow line-by-line repair."""
+    from layerdsl.syntax.grammar import MAX_TOKENS
+    from layerdsl.syntax.parser import MAX_SOURCE_CHARS, over_size_limit, parse_partial
+
+    too_long = "# " + "x" * MAX_SOURCE_CHARS + "\n"
+    too_many = "layer L(n: int) {\n  forward(x: [n]) -> [n] {\n    return x" + " + x" * MAX_TOKENS + "\n  }\n}\n"
+    broken = "layer L(n: int) {\n  forward(x: [n]) -> [n] {\n    return x +\n  }\n}\n"
+    for source, expected in ((too_long, True), (too_many, True), (broken, False)):
+        diagnostics = parse_partial("t.layer", source).diagnostics
+        assert diagnostics, source[:40]
+        assert over_size_limit(diagnostics[0]) is expected, diagnostics[0].message

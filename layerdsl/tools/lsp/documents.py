@@ -23,8 +23,7 @@ from layerdsl.ir.visit import walk
 from layerdsl.semantics.checker import Program
 from layerdsl.semantics.shape_check import LayerShapes
 from layerdsl.syntax import PartialParse, parse_file, parse_partial
-from layerdsl.syntax.grammar import MAX_TOKENS
-from layerdsl.syntax.parser import MAX_SOURCE_CHARS
+from layerdsl.syntax.parser import over_size_limit
 from layerdsl.tools.lsp.layer_index import LayerIndex, VisibleLayers, defined_names
 from layerdsl.tools.lsp.scanning import depths
 
@@ -53,14 +52,6 @@ def parse_document(path: str, text: str) -> PartialParse:
         log.error("layerdsl builder failed on %s:\n%s", path, traceback.format_exc())
         message = f"layerdsl internal error while reading this spec: {type(exc).__name__}: {exc}"
         return PartialParse(None, [Diagnostic(path, Span.point(1, 1), message, source=text)], None)
-
-
-def over_limit(d: Diagnostic) -> bool:
-    """Whether `d` is the parser's refusal of a spec over its size or token limit: no repair of a line
-    brings the text under it, and each try would read it up to the limit again (half a second)."""
-    return d.message == f"this spec has more than {MAX_TOKENS:,} tokens" or d.message.endswith(
-        f"; the limit is {MAX_SOURCE_CHARS:,}"
-    )
 
 
 def limit_at_start(d: Diagnostic, text: str) -> Diagnostic:
@@ -276,7 +267,7 @@ class LayerServer(LanguageServer):
         hit = self._repaired.get(path)
         if hit is None or hit[0] != text:
             spec, diags, _ = parse_document(path, text)
-            repaired = recover(path, text, diags[0]).spec if diags and not over_limit(diags[0]) else spec
+            repaired = recover(path, text, diags[0]).spec if diags and not over_size_limit(diags[0]) else spec
             hit = self._repaired[path] = (text, repaired)
         return hit[1], True
 
@@ -400,7 +391,7 @@ class LayerServer(LanguageServer):
     def _parse(self, uri: str, version: int | None, text: str) -> Analysis:
         path = os.path.abspath(to_fs_path(uri) or uri)
         spec, diagnostics, tree = parse_document(path, text)
-        limited = spec is None and bool(diagnostics) and over_limit(diagnostics[0])
+        limited = spec is None and bool(diagnostics) and over_size_limit(diagnostics[0])
         if limited:  # nothing to repair: say so where the user looks
             diagnostics = [limit_at_start(diagnostics[0], text)]
         partial = spec is None and bool(diagnostics) and not limited
