@@ -13,6 +13,7 @@ import dataclasses
 import re
 from typing import TYPE_CHECKING
 
+from layerdsl.autodiff.loop_ints import sized_per_step
 from layerdsl.autodiff.loops import UNBOUND, Choice, Loop, Straight
 from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.plan import dtype_tested
@@ -430,8 +431,11 @@ class BackwardWriter:
         self.current, self.step_by_value, self.step_body = set(), set(), body_values | set(loop.picks)
         sources = set(self.plan.leaves) | set(loop.picks)
         self.step_views = {}
+        reshaped = sized_per_step(loop, self.plan.shapes)  # of a step's own shape: computed again, not kept
         for s in loop.tape.steps:  # in order: a view of a view of a leaf is one too
             if s.op is not None and s.op.shape in VIEWS and operands(s) <= sources | set(self.step_views):
+                self.step_views[s.var] = s
+            elif s.var in reshaped:
                 self.step_views[s.var] = s
         self.step_recomputed = set()
         after_loop = self.ex  # a carried value read per step by a name of its own (its own holds the last)
