@@ -161,6 +161,15 @@ def test_the_backward_computes_the_steps_values_again():
     assert "part1 = h_t[:, k:]" in backward
 
 
+def test_a_value_read_only_for_its_shape_is_not_computed_again():
+    """`sum`'s gradient reads only the shape of `sin(x[:t + 1])`: backward binds it to `x[:t + 1]`, of its
+    shape, rather than computing the sine of every prefix again."""
+    source = compile_spec(LAYER.replace("BODY", SPECS["a growing prefix"]), "varslice_prefix")["SOURCE"]
+    backward = source[source.index("def backward") :]
+    assert "sin = part  # of its shape: only that is read" in backward
+    assert "torch.sin(" not in backward
+
+
 def test_a_slice_of_a_size_varying_per_step_in_a_nest_is_refused():
     """A loop holding a loop does not derive through such a slice yet: refused at the slice, with a hint."""
     text = LAYER.replace("x: [T, B, d], y: [B, d]", "x: [T, B, d], y: [B, d], z: [L, d]").replace(
