@@ -34,7 +34,7 @@ from layerdsl.autodiff.loop_ints import NumberNames, check_loop_numbers
 from layerdsl.autodiff.loop_members import without_members
 from layerdsl.autodiff.loop_split import split_loops, unsplit_reason
 from layerdsl.autodiff.reverse import derive
-from layerdsl.autodiff.shapes import carried_shapes, step_shape
+from layerdsl.autodiff.shapes import carried_shapes, reshaped_after_first_step, step_shape
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Step, Tape, reserved_names
 from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
@@ -656,6 +656,7 @@ class Planner:
         updates = {carried[local]: tape.env[local] for local in carried}
         starts = {name: self.shapes.get(self.alias[local]) for local, name in carried.items()}
         self.shapes.update(carried_shapes(tape.steps, starts, updates, self.shapes))
+        _check_carried_shapes(tape, starts, updates, self.shapes, {c: local for local, c in carried.items()}, stmt.span)
         hoisted, tape = self.hoisted(tape, set(carried.values()) | {stmt.var})
         masked = next((s for s in tape.steps if s.by_mask), None)
         if masked is not None:  # its per-step values differ in length: they cannot be stacked for backward
@@ -980,3 +981,25 @@ def _if_in_loop_refusal(cond: N.Expr, loop: N.For, optional: frozenset[str]) -> 
             hint,
         )
     return unsplit_reason(loop, cond) or ("", hint)
+
+
+def _check_carried_shapes(
+    tape: Tape,
+    starts: dict[str, Shape],
+    updates: dict[str, str],
+    shapes: dict[str, Shape],
+    locals_: dict[str, str],
+    span: Span,
+) -> None:
+    """Refuse a carried value whose shape changes at every step: the Function keeps each carried value's
+    steps at one shape (the start may be smaller: `h = new_zeros(x, [H])` then `[B, H]`). `locals_`: each
+    carried name's spec local; `span`: the loop's."""
+    for carried, taken in reshaped_after_first_step(tape.steps, starts, updates, shapes).items():
+        step = tape.step(updates[carried])
+        shown = " -> ".join(f"[{', '.join(map(str, shape or ()))}]" for shape in taken[:2])
+        raise NotDerivable(
+            step.expr.span if step is not None else span,
+            f"a derived backward keeps the steps of a value a loop carries at one shape, but '{locals_[carried]}'"
+            f" changes shape at every step ({shown}, ...; not derived yet)",
+            "give it the same shape at every step, or drop @function (autograd derives the loop)",
+        )

@@ -148,6 +148,26 @@ def carried_shapes(
     return carried
 
 
+def reshaped_after_first_step(
+    steps: list[Step], starts: dict[str, Shape], updates: dict[str, str], shapes: dict[str, Shape]
+) -> dict[str, list[Shape]]:
+    """The carried values (`carried_shapes`' arguments) whose static shape a step changes again after the
+    first (`h = tanh(h[:, 1:])`: [B, d], [B, d - 1], [B, d - 2]), each with the shapes it takes: the
+    Function keeps a carried value's steps at one shape, its start's or the first step's."""
+    seen = {c: [starts[c]] for c in updates}
+    current = dict(starts)
+    for _ in range(len(updates) + 2):
+        local = shapes | current
+        for s in steps:
+            local[s.var] = step_shape(s, local)
+        current = {c: local.get(v) for c, v in updates.items()}
+        for c, shape in current.items():
+            seen[c].append(shape)
+    return {
+        c: taken for c, taken in seen.items() if None not in taken and any(a != b for a, b in zip(taken[1:], taken[2:]))
+    }
+
+
 def _picked_by_indices(s: Step, shapes: dict[str, Shape]) -> Shape:
     """`x[:, i, j]`: x's dims before, the index tensors' broadcast shape, x's dims after."""
     inp, dim, listed = expr_shape(s.args["input"], shapes), s.args["dim"], s.args["indices"]
