@@ -12,7 +12,9 @@ values, as the tape computes the same operation on the same operands once (a loo
 the loop does not change, a sub's weight computed from its parameters alone, a sub called twice on the same
 input); what it cannot follow (an `if` not decided by numbers, a loop kept as a loop, an optional input or
 member, a held layer argument, a sub that cannot be inlined) leaves the count to the plan, as before. So a
-forward the plan would derive is never refused here.
+forward the plan would derive is never refused here. An `if` of the layer's own forward testing only its
+arguments and lets is followed on each side: the plan derives a tape for each combination of such tests,
+and refuses one past the limit, so the count runs the forward once per combination (at most MAX_SIDES).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from layerdsl.autodiff.torch_nn_forwards import torch_nn_layer
 from layerdsl.autodiff.unroll import MAX_UNROLLED
 from layerdsl.diagnostics import Span
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import statements
+from layerdsl.ir.visit import statements, walk
 from layerdsl.language.ops import OPERATORS, OPS
 from layerdsl.semantics.evaluate import NotConstant, evaluate
 
@@ -80,15 +82,23 @@ def check_operations(layer: N.Layer, layers: Mapping[str, N.Layer]) -> None:
     or where the count cannot tell."""
     if layer.forward is None or layer.backward is not None:
         return
-    counter = _Counter()
-    try:
-        _Run(layer, layers, counter).forward()
-    except _PastLimit:
-        origins = {counter.spans[MAX_TAPE_STEPS]: counter.origin} if counter.origin else {}
-        raise TooManyOperations(too_long(layer, counter.spans, complete=False), origins) from None
-    except _Unknown:
-        return
+    pending: list[dict[int, bool]] = [{}]  # the sides each run takes at the `if`s on arguments met so far
+    for _ in range(MAX_SIDES):
+        if not pending:
+            return
+        counter, sides = _Counter(), _Sides(pending.pop())
+        try:
+            _Run(layer, layers, counter, sides=sides).forward()
+        except _PastLimit:
+            origins = {counter.spans[MAX_TAPE_STEPS]: counter.origin} if counter.origin else {}
+            raise TooManyOperations(too_long(layer, counter.spans, complete=False), origins) from None
+        except _Unknown:
+            return
+        pending += sides.others()
 
+
+# The combinations of an `if`'s sides on arguments counted (the plan's MAX_BRANCH_PLANS): past it, the plan counts.
+MAX_SIDES = 32
 
 # what evaluating a number expression raises where its value is not known before forward runs
 _NOT_A_NUMBER = (NotConstant, TypeError, ValueError, ArithmeticError, KeyError, AttributeError, IndexError)
@@ -134,6 +144,26 @@ class _Counter:
         return ("unique", self.fresh())
 
 
+@dataclass
+class _Sides:
+    """The side one run takes at each `if` on arguments: as `chosen` says (by the statement's id), else the
+    `then` side of one met for the first time (`met`)."""
+
+    chosen: dict[int, bool]
+    met: list[int] = field(default_factory=list)
+
+    def taken(self, stmt: N.If) -> bool:
+        if id(stmt) not in self.chosen:
+            self.chosen[id(stmt)] = True
+            self.met.append(id(stmt))
+        return self.chosen[id(stmt)]
+
+    def others(self) -> list[dict[int, bool]]:
+        """The runs taking the other side at one of the `if`s first met in this one (the same sides before it)."""
+        given = {key: side for key, side in self.chosen.items() if key not in self.met}
+        return [given | dict.fromkeys(self.met[:k], True) | {key: False} for k, key in enumerate(self.met)]
+
+
 class _Returned(Exception):
     def __init__(self, values: list[Value]):
         self.values = values
@@ -155,6 +185,7 @@ class _Run:
     env: dict[str, Value] = field(default_factory=dict)
     lists: dict[str, list[Value]] = field(default_factory=dict)
     bound: dict[str, tuple[N.Sub, int]] = field(default_factory=dict)  # `for block in blocks`: its item
+    sides: _Sides = field(default_factory=lambda: _Sides({}))
 
     def forward(self) -> list[Value]:
         """The values the forward returns; the outer layer's inputs and members are its leaves."""
@@ -208,8 +239,10 @@ class _Run:
             self.loop(stmt)
         elif isinstance(stmt, N.If):
             taken = self._number(stmt.cond)
+            if not isinstance(taken, bool) and not self.path and _on_arguments(stmt.cond):
+                taken = self.sides.taken(stmt)  # a tape per side: each run takes one
             if not isinstance(taken, bool):
-                raise _Unknown  # each side planned on its own (or each `if` a segment): the plan counts
+                raise _Unknown  # each `if` a segment: the plan counts
             self.block(stmt.body if taken else stmt.orelse)
         elif not isinstance(stmt, N.Require):
             raise _Unknown
@@ -427,6 +460,12 @@ class _Run:
             except _NOT_A_NUMBER:
                 continue
         return known
+
+
+def _on_arguments(cond: N.Expr) -> bool:
+    """Whether `cond` reads only the layer's arguments and lets (and constants)."""
+    names = [n for n in walk(cond) if isinstance(n, N.Name)]
+    return bool(names) and all(n.ref in (N.Ref.ARG, N.Ref.LET, N.Ref.CONST) for n in names)
 
 
 def _range(bounds: list[N.Expr], known: Mapping[str, object]) -> range | None:

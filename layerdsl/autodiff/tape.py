@@ -13,6 +13,7 @@ import builtins
 import itertools
 from dataclasses import dataclass, field
 
+from layerdsl.autodiff.chunk_parts import parts_check
 from layerdsl.autodiff.formulas import parse_default
 from layerdsl.autodiff.sub_requires import as_check
 from layerdsl.diagnostics import Span
@@ -196,6 +197,8 @@ class Linearizer:
                         self.env.setdefault(source.id, source.id)  # a step's var, read as a local by the slices
                     for (t, _), part in zip(targets, _part_slices(v, source, len(targets))):
                         self.env[t] = self.value(part, hint=t, target=t)
+                    if (parts := parts_check(stmt.span, v, source)) is not None:
+                        self.checks.append(parts)  # as many parts as names (`autodiff.chunk_parts`)
                 case N.Unpack(targets=[(result, _), (indices, _)], value=N.Call(func=func) as v) if (
                     func in OPS and OPS[func].with_indices
                 ):

@@ -8,6 +8,8 @@ forward measured before the loop, once, at its first step.
 
 from __future__ import annotations
 
+from layerdsl.autodiff.chunk_parts import check_lines as parts_check_lines
+from layerdsl.autodiff.chunk_parts import is_parts_check
 from layerdsl.autodiff.loops import Choice, LoopPlan
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan
 from layerdsl.autodiff.sub_requires import decided
@@ -42,6 +44,8 @@ def check_lines(check: N.Require, ex: PyExpr, layer: N.Layer) -> list[str]:
     """`check`'s test and its ValueError, as the plain module writes the sub's `require`."""
     from layerdsl.codegen.module import StatementWriter  # the module's writer (it imports the Function's)
 
+    if is_parts_check(check):  # a chunk unpacked into more names than it may give parts
+        return parts_check_lines(check, ex)
     return StatementWriter(ex, ex.sp, layer).require(check)
 
 

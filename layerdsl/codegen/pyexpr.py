@@ -17,6 +17,7 @@ from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import PRECEDENCE
 from layerdsl.language.ops import CALLABLE, OPS
 from layerdsl.language.tables import CONSTANTS
+from layerdsl.semantics.evaluate import written_as_math
 
 # Python's binding strengths: the spec language's, plus the bitwise operators only generated code writes.
 PREC = {**PRECEDENCE, "|": 5, "&": 7}
@@ -192,7 +193,7 @@ class PyExpr:
         """A call on numbers that its row writes by a `scalar_template`, with the binding strength of that
         form (a conditional's); None for any other call."""
         op = None if c.sub else CALLABLE.get(c.func) or OPS.get(c.func)
-        if op is None or op.scalar_template is None or c.kind == "tensor" or c.kwargs:
+        if op is None or op.scalar_template is None or c.kind == "tensor" or c.kwargs or written_as_math(c):
             return None
         fields = {p.name: self.wrap(a, PREC["compare"] + 1) for p, a in zip(op.params, c.args)}
         return op.scalar_template.format(**fields), _template_precedence(op.scalar_template)

@@ -147,9 +147,30 @@ def _sig(text: str) -> tuple[Param, ...]:
     return tuple(params)
 
 
-def _unary(name, torch, doc, grad, scalar=None):
+def _unary(name, torch, doc, grad, scalar=None, scalar_template=None):
     inplace = f"{name}_" if torch == f"torch.{name}" else None
-    return Op(name, _sig("input*"), torch, "elementwise", doc, {"input": grad}, scalar, inplace=inplace)
+    return Op(
+        name,
+        _sig("input*"),
+        torch,
+        "elementwise",
+        doc,
+        {"input": grad},
+        scalar,
+        inplace=inplace,
+        scalar_template=scalar_template,
+    )
+
+
+# The number spellings of torch's values where `math` raises (docs/language.md, "On plain numbers"): nan out
+# of the domain, inf past the largest float (709.782712893384 is its log: math.exp raises above it), and
+# floor, ceil and round keep inf and nan as they are (int() of them raises)
+def _domain(spelling: str, test: str, outside: str = "math.nan") -> str:
+    return f"{spelling}({{input}}) if {test} else {outside}"
+
+
+_EXP_OVERFLOWS = "math.inf if {input} > 709.782712893384 else "
+_FINITE = "math.isfinite({input})"
 
 
 def _reduction(name, torch, doc, grad, extra="", cost="costly", dim_default="none"):
@@ -283,7 +304,7 @@ TABLE: tuple[Op, ...] = (
     ),
     # -- elementwise
     _unary("abs", "torch.abs", "absolute value", "grad * sign(input)", "abs"),
-    _unary("exp", "torch.exp", "e ** x", "grad * result", "math.exp"),
+    _unary("exp", "torch.exp", "e ** x", "grad * result", "math.exp", _EXP_OVERFLOWS + "math.exp({input})"),
     Op(
         "log",
         _sig("input*"),
@@ -296,13 +317,29 @@ TABLE: tuple[Op, ...] = (
         # torch.log's value where math.log raises: -inf at 0 (and -0.0), nan below (a number base of `**`)
         scalar_template="math.log({input}) if {input} > 0 else -math.inf if {input} == 0 else math.nan",
     ),
-    _unary("log1p", "torch.log1p", "log(1 + x), accurate near 0", "grad / (1 + input)", "math.log1p"),
-    _unary("expm1", "torch.expm1", "exp(x) - 1, accurate near 0", "grad * (result + 1)", "math.expm1"),
-    _unary("sqrt", "torch.sqrt", "square root", "grad / (2 * result)", "math.sqrt"),
+    _unary(
+        "log1p",
+        "torch.log1p",
+        "log(1 + x), accurate near 0",
+        "grad / (1 + input)",
+        "math.log1p",
+        _domain("math.log1p", "{input} > -1", "-math.inf if {input} == -1 else math.nan"),
+    ),
+    _unary(
+        "expm1",
+        "torch.expm1",
+        "exp(x) - 1, accurate near 0",
+        "grad * (result + 1)",
+        "math.expm1",
+        _EXP_OVERFLOWS + "math.expm1({input})",
+    ),
+    _unary(
+        "sqrt", "torch.sqrt", "square root", "grad / (2 * result)", "math.sqrt", _domain("math.sqrt", "{input} >= 0")
+    ),
     _unary("rsqrt", "torch.rsqrt", "1 / sqrt(x)", "-0.5 * grad * result ** 3"),
-    _unary("sin", "torch.sin", "sine", "grad * cos(input)", "math.sin"),
-    _unary("cos", "torch.cos", "cosine", "-grad * sin(input)", "math.cos"),
-    _unary("tan", "torch.tan", "tangent", "grad * (1 + result ** 2)", "math.tan"),
+    _unary("sin", "torch.sin", "sine", "grad * cos(input)", "math.sin", _domain("math.sin", _FINITE)),
+    _unary("cos", "torch.cos", "cosine", "-grad * sin(input)", "math.cos", _domain("math.cos", _FINITE)),
+    _unary("tan", "torch.tan", "tangent", "grad * (1 + result ** 2)", "math.tan", _domain("math.tan", _FINITE)),
     _unary("tanh", "torch.tanh", "hyperbolic tangent", "tanh_backward(grad, result)", "math.tanh"),
     _unary("sigmoid", "torch.sigmoid", "1 / (1 + exp(-x))", "sigmoid_backward(grad, result)"),
     _unary("relu", "torch.relu", "max(x, 0)", "where(result > 0, grad, 0)"),
@@ -328,9 +365,9 @@ TABLE: tuple[Op, ...] = (
     ),
     _unary("erf", "torch.erf", "the error function", "grad * 2 / sqrt(pi) * exp(-input ** 2)", "math.erf"),
     _unary("sign", "torch.sign", "-1, 0 or 1", None),
-    _unary("round", "torch.round", "round half to even", None, "round"),
-    _unary("floor", "torch.floor", "round down", None, "math.floor"),
-    _unary("ceil", "torch.ceil", "round up", None, "math.ceil"),
+    _unary("round", "torch.round", "round half to even", None, "round", _domain("round", _FINITE, "{input}")),
+    _unary("floor", "torch.floor", "round down", None, "math.floor", _domain("math.floor", _FINITE, "{input}")),
+    _unary("ceil", "torch.ceil", "round up", None, "math.ceil", _domain("math.ceil", _FINITE, "{input}")),
     Op(
         "clamp",
         _sig("input*, min = none, max = none"),

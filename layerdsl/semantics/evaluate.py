@@ -2,11 +2,14 @@
 
 What a construction expression may be (literals, `pi`, `inf`, arguments, lets, dims, arithmetic,
 comparisons, `and`/`or`/`not` and the operations that have a spelling on numbers) is computed here
-with Python's own arithmetic, as the generated module would compute it.
+with Python's own arithmetic, as the generated module would compute it: an operation on numbers by the
+very Python form the generated code writes (its row's `scalar_template`: torch's nan and inf where `math`
+raises), so that the checker's values are the module's.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import operator
@@ -60,8 +63,14 @@ def evaluate(expr: N.Expr, env: Mapping[str, Any]) -> Any:
             if None in values and set(ops) <= {"==", "!="}:  # `momentum == none`
                 return all((a is b) == (op == "==") for op, a, b in zip(ops, values, values[1:]))
             return all(_COMPARE[op](a, b) for op, a, b in zip(ops, values, values[1:]))
-        case N.Call(func=f, args=args, kwargs=[], sub=False) if f in CALLABLE and (spelling := CALLABLE[f].scalar):
-            return _scalar_function(spelling)(*[evaluate(a, env) for a in args])
+        case N.Call(func=f, args=args, kwargs=[], sub=False) if f in CALLABLE and CALLABLE[f].scalar:
+            values = [evaluate(a, env) for a in args]
+            if CALLABLE[f].scalar_template is not None and not written_as_math(expr):
+                return _number_function(f)(*values)
+            try:
+                return _math_function(f)(*values)
+            except (ValueError, OverflowError) as e:  # a negative count: the generated code raises too
+                raise NotConstant(f"{CALLABLE[f].scalar}() of {values}: {e}") from None
     raise NotConstant("not a constant expression")
 
 
@@ -123,10 +132,87 @@ def _put(env: dict[str, Any], name: str, expr: N.Expr) -> None:
         pass
 
 
-def _scalar_function(spelling: str) -> Callable[..., Any]:
-    if spelling.startswith("math."):
-        return getattr(math, spelling[len("math.") :])
-    return _BUILTINS[spelling]
+def written_as_math(call: N.Call) -> bool:
+    """Whether the generated code writes an operation on numbers that has a `scalar_template` by its plain
+    `math` spelling: where the operand is in that function's domain whatever values the arguments take (a
+    constant this computes; an int is a count or a size, never negative), as torch's own modules write
+    `1 / math.sqrt(fan_in)`. Elsewhere the template gives torch's nan and inf where `math` raises."""
+    if len(call.args) != 1 or call.func not in CALLABLE:
+        return False
+    operand = call.args[0]
+    try:
+        value = evaluate(operand, {})
+    except (NotConstant, ArithmeticError, TypeError, ValueError):
+        in_domain = _IN_DOMAIN.get(call.func)
+        return in_domain is not None and in_domain(operand)
+    try:
+        _math_function(call.func)(value)
+    except (ValueError, OverflowError, TypeError):
+        return False
+    return True
+
+
+def _nonnegative(e: N.Expr) -> bool:
+    """Whether `e` is never negative: numbers >= 0, ints (counts and sizes), `pi`, `inf`, and what
+    `+`, `*`, `/`, `//`, `%`, `**` and `abs` make of them."""
+    match e:
+        case N.Num(value=v):
+            return v >= 0
+        case N.Name(id=i):
+            return e.kind == N.Kind.INT or (i in CONSTANTS and e.ref in (N.Ref.CONST, N.Ref.UNRESOLVED))
+        case N.BinOp(op="+" | "*" | "/" | "//" | "%" | "**", left=l, right=r):
+            return _nonnegative(l) and _nonnegative(r)
+        case N.Call(func=f):
+            return f == "abs" or (f in CALLABLE and CALLABLE[f].shape == "size")
+    return False
+
+
+def _finite(e: N.Expr) -> bool:
+    """Whether `e` is never inf or nan: finite numbers, ints, `pi`, and their sums, differences, products
+    and quotients."""
+    match e:
+        case N.Num(value=v):
+            return math.isfinite(v)
+        case N.Name(id=i):
+            return e.kind == N.Kind.INT or (i == "pi" and e.ref in (N.Ref.CONST, N.Ref.UNRESOLVED))
+        case N.UnaryOp(operand=o):
+            return _finite(o)
+        case N.BinOp(op="+" | "-" | "*" | "/" | "//" | "%", left=l, right=r):
+            return _finite(l) and _finite(r)
+        case N.Call(func=f):
+            return f in CALLABLE and CALLABLE[f].shape == "size"
+    return False
+
+
+# the operations whose `math` function takes every value an operand of the form tested gives
+_IN_DOMAIN: dict[str, Callable[[N.Expr], bool]] = {
+    "sqrt": _nonnegative,
+    "sin": _finite,
+    "cos": _finite,
+    "tan": _finite,
+    "floor": _finite,
+    "ceil": _finite,
+    "round": _finite,
+}
+
+
+def _math_function(name: str) -> Callable[..., Any]:
+    """Operation `name` on numbers by its `scalar` spelling (`math.sqrt`, `max`)."""
+    spelling = CALLABLE[name].scalar
+    assert spelling is not None, "only the operations with a spelling on numbers are evaluated"
+    return getattr(math, spelling[len("math.") :]) if spelling.startswith("math.") else _BUILTINS[spelling]
+
+
+@functools.cache
+def _number_function(name: str) -> Callable[..., Any]:
+    """Operation `name` on numbers by its row's `scalar_template`, the Python form the generated code writes
+    (from the constant operation table), made a function once."""
+    op = CALLABLE[name]
+    assert op.scalar_template is not None, "an operation with a template"
+    params = [p.name for p in op.params]
+    form = op.scalar_template.format(**{p: p for p in params})
+    function: Callable[..., Any] = eval(f"lambda {', '.join(params)}: {form}", {"math": math, **_BUILTINS})
+    return function
 
 
 _BUILTINS: dict[str, Callable[..., Any]] = {"abs": abs, "round": round, "max": max, "min": min}
