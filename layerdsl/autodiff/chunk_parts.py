@@ -12,6 +12,7 @@ forward raises the plain module's ValueError at the same spec line (`check_lines
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
@@ -19,7 +20,13 @@ from layerdsl.ir import nodes as N
 from layerdsl.language.ops import OPS
 from layerdsl.semantics.shapes import Shape, parts
 
-_CHUNKS = "chunk_parts"  # the attribute of a check that is this one: the call's chunk count and dim
+
+@dataclass(eq=False)
+class PartsCheck(N.Require):
+    """The check a `chunk` unpacked into names needs: its chunk count and dim besides the test."""
+
+    count: int
+    dim: N.Expr
 
 
 def parts_check(span: Span, call: N.Call, source: N.Expr) -> N.Require | None:
@@ -36,13 +43,11 @@ def parts_check(span: Span, call: N.Call, source: N.Expr) -> N.Require | None:
     size.kind = N.Kind.INT
     each = _int(B.binop("//", _int(B.binop("+", size, B.num(count - 1))), B.num(count)))
     before_last = _int(B.binop("*", B.num(count - 1), each))
-    check = N.Require(span, _compare("<", before_last, size), _compare(">", size, B.num(0)), None)
-    setattr(check, _CHUNKS, (count, dim))
-    return check
+    return PartsCheck(span, _compare("<", before_last, size), _compare(">", size, B.num(0)), None, count, dim)
 
 
 def is_parts_check(check: N.Require) -> bool:
-    return hasattr(check, _CHUNKS)
+    return isinstance(check, PartsCheck)
 
 
 def undecided(checks: list[N.Require], shapes: Mapping[str, Shape]) -> list[N.Require]:
@@ -52,11 +57,11 @@ def undecided(checks: list[N.Require], shapes: Mapping[str, Shape]) -> list[N.Re
 
 
 def _size_told(check: N.Require, shapes: Mapping[str, Shape]) -> bool:
-    count, dim = getattr(check, _CHUNKS)
+    assert isinstance(check, PartsCheck)
     source = _sliced(check)
     if source is None:
         return False
-    args = {"input": source, "chunks": B.num(count), "dim": dim}
+    args = {"input": source, "chunks": B.num(check.count), "dim": check.dim}
     found, problem = parts(OPS["chunk"], args, shapes.get(source.id))
     return found is not None or problem is not None
 
@@ -70,7 +75,8 @@ def _sliced(check: N.Require) -> N.Name | None:
 
 def check_lines(check: N.Require, ex) -> list[str]:
     """The test and the ValueError the plain module's unpacking raises (Python's own message)."""
-    count, dim = getattr(check, _CHUNKS)
+    assert isinstance(check, PartsCheck)
+    count, dim = check.count, check.dim
     source = _sliced(check)
     assert source is not None, "a parts check reads the sliced value's size"
     got = f"len(torch.chunk({ex(source)}, {count}, dim={ex(dim)}))"
