@@ -17,8 +17,9 @@ each bound clamped to the range before it (`minimum(maximum(k, lo), hi)`), so th
 run-time count (none, or a bound outside it, makes a range of no steps) and the pieces run the steps in
 their order. The values the loop carries flow from one piece to the next, as between any loops in a row.
 Several such `if`s (nested, or joined by `and`, `or`, `not`) split at each bound, up to `MAX_PIECES`
-loops. A condition testing the variable another way (`t % 2 == 0`), or a loop appending to a list, is left
-to `loops.Planner.loop`, which refuses it saying why (`unsplit_reason`).
+loops. A list the loop appends to is appended to by each piece in turn, one list collected over the loops
+in a row (`loops.Loop.before`). A condition testing the variable another way (`t % 2 == 0`) is left to
+`loops.Planner.loop`, which refuses it saying why (`unsplit_reason`).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def split_loops(body: list[N.Stmt], taken: set[str]) -> list[N.Stmt]:
     for stmt in body:
         new: list[N.Stmt] = [stmt]
         if isinstance(stmt, N.For):
-            new = split_loop(stmt, taken)
+            new = [_inner_split(s, taken) for s in split_loop(stmt, taken)]
         elif isinstance(stmt, N.If):
             then, orelse = split_loops(stmt.body, taken), split_loops(stmt.orelse, taken)
             if then is not stmt.body or orelse is not stmt.orelse:
@@ -99,6 +100,14 @@ def split_loop(loop: N.For, taken: set[str]) -> list[N.Stmt]:
         return _pieces_of(loop, taken)
     except Unsplit:
         return [loop]
+
+
+def _inner_split(stmt: N.Stmt, taken: set[str]) -> N.Stmt:
+    """`stmt`, a loop holding a loop (a nest) with the loops of its body split."""
+    if not (isinstance(stmt, N.For) and _holds_loop(stmt)):
+        return stmt
+    inner = split_loops(stmt.body, taken)
+    return stmt if inner is stmt.body else dataclasses.replace(stmt, body=inner)
 
 
 def unsplit_reason(loop: N.For, cond: N.Expr) -> tuple[str, str] | None:
@@ -122,12 +131,6 @@ def unsplit_reason(loop: N.For, cond: N.Expr) -> tuple[str, str] | None:
             f"compare `{loop.var}` with an int the loop does not change (`if {loop.var} < k`), or compute both"
             " sides and choose with where(cond, a, b) on a tensor condition",
         )
-    if any(isinstance(s, N.Append) for s in walk(loop)):
-        return (
-            ", and the loop appends to a list: splitting it where the `if` turns would collect the list in"
-            " several loops (not derived yet)",
-            "append in a loop without the `if` (carry the singled-out step's value to it), or drop @function",
-        )
     return (
         f" (splitting the loop where its `if`s turn would make more than {MAX_PIECES} loops)",
         "test fewer bounds in one loop (write the singled-out steps before the loop), or drop @function",
@@ -136,10 +139,12 @@ def unsplit_reason(loop: N.For, cond: N.Expr) -> tuple[str, str] | None:
 
 def _pieces_of(loop: N.For, taken: set[str]) -> list[N.Stmt]:
     it = loop.iter
+    # a nest is not split (`codegen.function_nest` indexes what it keeps per step by its variable), its inner
+    # loops are (`_inner_split`)
     if not (isinstance(it, N.Call) and it.func == "range" and len(it.args) in (1, 2)) or _holds_loop(loop):
         raise Unsplit
     tests = [s for s in walk(loop) if isinstance(s, N.If) and loop.var in _names(s.cond)]
-    if not tests or any(isinstance(s, N.Append) for s in walk(loop)):
+    if not tests:
         raise Unsplit
     variant = _variant(loop)
     for s in tests:
