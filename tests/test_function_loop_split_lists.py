@@ -250,15 +250,21 @@ layer Stacked(d: int) {
     }
 }
 """
-# an `if` on the outer loop's variable, in the body of the loop holding the loop
-OUTER_IF = "if l == 0 {\n                h = h * 2.0\n            }"
+# `if`s on the outer loop's variable, in the body of the loop holding the loop: it is split too
+OUTER = {
+    "l == 0": "if l == 0 {\n                h = h * 2.0\n            }",
+    "l >= L - 1": "if l >= L - 1 {\n                h = sin(h)\n            } else {\n                h = h * 0.5\n            }",
+}
 
 
-@pytest.mark.parametrize("layers", [0, 1, 2])
+@pytest.mark.parametrize("layers", [0, 1, 2, 3])
 @pytest.mark.parametrize("steps", STEPS)
-def test_an_inner_loop_of_a_nest_is_split_too(layers, steps):
-    """A stacked RNN whose inner loop tests its variable: the inner loop is split in the nest's body."""
-    ours, plain = function_and_plain(NEST.replace("OUTER", ""), "Stacked", 3)
+@pytest.mark.parametrize("outer", ["", *OUTER])
+def test_a_nest_and_its_inner_loop_are_split(outer, layers, steps):
+    """A stacked RNN whose inner loop tests its variable (split in the nest's body), and whose outer loop
+    tests its own (split into nests in a row, each from step 0: `codegen.function_nest` keeps what a step
+    reads at its variable's index)."""
+    ours, plain = function_and_plain(NEST.replace("OUTER", OUTER.get(outer, "")), "Stacked", 3)
     x, _ = _inputs(steps)
     h0 = torch.randn(layers, 2, 3, dtype=torch.float64, requires_grad=True)
     if _raises_alike(ours, plain, x, h0):
@@ -269,22 +275,13 @@ def test_an_inner_loop_of_a_nest_is_split_too(layers, steps):
         assert torch.autograd.gradgradcheck(ours, (x, h0))
 
 
-def test_an_if_on_the_outer_variable_of_a_nest_is_refused_saying_why():
-    spec = parse_file("nest.layer", NEST.replace("OUTER", OUTER_IF))
+def test_another_test_of_the_outer_variable_of_a_nest_is_refused_saying_why():
+    spec = parse_file(
+        "nest.layer", NEST.replace("OUTER", "if l % 2 == 0 {\n                h = h * 2.0\n            }")
+    )
     check_program([spec])
     _, problems = plan_backwards([spec])
     assert [(p.span.line, p.span.col) for p in problems] == [(10, 13)]
-    assert "not split where an `if` on its variable `l` turns" in problems[0].message
-    assert "put the `if` inside the inner loop" in (problems[0].hint or "")
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="codegen/function_nest.py indexes what a nest keeps per step by its variable (`h_steps_layers[l]`);"
-    " next: an enumerated step index there, then loop_split._pieces_of splits a nest as it does a loop",
-)
-def test_an_if_on_the_outer_variable_of_a_nest_derives():
-    ours, plain = function_and_plain(NEST.replace("OUTER", OUTER_IF), "Stacked", 3)
-    x, _ = _inputs(2)
-    h0 = torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)
-    _agree(ours, plain, x, h0)
+    assert "in the body of a loop holding a loop" in problems[0].message
+    assert "tests the loop's variable `l` other than by comparing it" in problems[0].message
+    assert "compare `l` with an int the loop does not change" in (problems[0].hint or "")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from layerdsl.autodiff import loops
 from layerdsl.autodiff.loop_ints import carried_by
+from layerdsl.autodiff.loop_split import unsplit_reason
 from layerdsl.autodiff.tape import NotDerivable, Step, Tape
 from layerdsl.autodiff.unroll import lists_renamed
 from layerdsl.diagnostics import Span
@@ -93,17 +94,6 @@ def holds_loop(loop: N.For) -> bool:
     return any(isinstance(s, N.For) for s in walk(loop) if s is not loop)
 
 
-def _unsplit(stmt: N.For, branch: N.If) -> str:
-    """Why `branch`, testing the variable of the loop `stmt` holding a loop, is not taken out by splitting
-    the loop where it turns (`loop_split`), after the message; "" for another test."""
-    if not any(isinstance(n, N.Name) and n.id == stmt.var for n in walk(branch.cond)):
-        return ""
-    return (
-        f" (a loop holding a loop is not split where an `if` on its variable `{stmt.var}` turns, as a loop"
-        " holding none is: not derived yet)"
-    )
-
-
 def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
     """The segment of a loop whose body holds a loop (`p`: the forward's planner, whose names, shapes and
     aliases the body's segments share)."""
@@ -118,11 +108,15 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
                 "write one of the counts in the spec (up to 64 steps are unrolled), or drop @function",
             )
         if isinstance(s, N.If) and not (p.conditions is not None and loops.choice_alone(s)):
+            why, hint = unsplit_reason(stmt, s.cond) or (
+                "",
+                "put the `if` inside the inner loop or around the outer one, or drop @function",
+            )
             raise NotDerivable(
                 s.span,
                 "cannot derive through this `if` yet: it is in the body of a loop holding a loop, both of"
-                f" counts known only when forward runs{_unsplit(stmt, s)}",
-                "put the `if` inside the inner loop or around the outer one, or drop @function",
+                f" counts known only when forward runs{why}",
+                hint,
             )
     body = _lists_of_its_own(stmt.body, p)
     locals_ = _carried_locals(body, set(p.alias))
