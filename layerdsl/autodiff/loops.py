@@ -722,9 +722,9 @@ class Planner:
         if isinstance(earlier, nest.Nest) or name in earlier.more or name in loop.more:
             raise NotDerivable(
                 loop.span,
-                f"a derived backward collects '{name}' in several loops only when each appends one item a step"
-                " and holds no loop",
-                HINT,
+                f"a derived backward collects '{name}' over loops in a row (as written, or one loop split where"
+                " its `if`s on its variable turn) only when each appends one item a step and holds no loop",
+                "append one item a step (cat a step's items into one), or drop @function",
             )
         loop.heads[name] = list(earlier.heads.get(name, []))
         loop.before[name] = [*earlier.before.get(name, []), list(earlier.bounds)]
