@@ -59,11 +59,12 @@ EXIT = {"jsonrpc": "2.0", "method": "exit"}
 
 
 class StdioServer:
-    """A `layerdsl lsp` subprocess whose replies are read by a thread."""
+    """A `layerdsl lsp` subprocess whose replies are read by a thread (`command`: another way to start it,
+    a script that wraps the server)."""
 
-    def __init__(self) -> None:
+    def __init__(self, command: list[str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "layerdsl", "lsp"],
+            command or [sys.executable, "-m", "layerdsl", "lsp"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -114,13 +115,60 @@ class StdioServer:
             self.proc.wait()
 
 
-def initialised_stdio_server() -> Iterator[StdioServer]:
-    """A `StdioServer`, initialised without a workspace folder; killed afterwards unless it was closed."""
-    s = StdioServer()
+def initialised_stdio_server(
+    capabilities: dict | None = None, command: list[str] | None = None
+) -> Iterator[StdioServer]:
+    """A `StdioServer`, initialised without a workspace folder (with the client's `capabilities`, none by
+    default); killed afterwards unless it was closed."""
+    s = StdioServer(command)
     try:
-        s.send(frame(INITIALIZE))
+        s.send(frame({**INITIALIZE, "params": {"capabilities": capabilities or {}}}))
         s.reply_to(1)
         s.send(frame({"jsonrpc": "2.0", "method": "initialized", "params": {}}))
         yield s
     finally:
         s.kill()
+
+
+class OpenDocument:
+    """One document open in a `StdioServer` (written to `path` too), and the requests about it."""
+
+    def __init__(self, server: StdioServer, path: Path, text: str, ids: Iterator[int]) -> None:
+        self.server, self.uri, self.text, self.version, self.ids = server, path.as_uri(), text, 1, ids
+        path.write_text(text, encoding="utf-8")
+        document = {"uri": self.uri, "languageId": "layer", "version": 1, "text": text}
+        self.notify("textDocument/didOpen", {"textDocument": document})
+
+    def notify(self, method: str, params: dict) -> None:
+        self.server.send(frame({"jsonrpc": "2.0", "method": method, "params": params}))
+
+    def ask(self, method: str, params: dict, timeout: float = 30) -> dict:
+        msg_id = next(self.ids)
+        self.server.send(frame({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}))
+        return self.server.reply_to(msg_id, timeout=timeout)
+
+    def at(self, line: int, character: int, **more) -> dict:
+        return {"textDocument": {"uri": self.uri}, "position": {"line": line, "character": character}, **more}
+
+    def replace_text(self, text: str) -> None:
+        """The whole text changed (a new version)."""
+        self.version += 1
+        self.text = text
+        self.notify(
+            "textDocument/didChange",
+            {"textDocument": {"uri": self.uri, "version": self.version}, "contentChanges": [{"text": text}]},
+        )
+
+    def diagnostics(self, version: int | None = None, timeout: float = 30) -> list[dict]:
+        """The diagnostics published for this document (for `version`, when given), the latest first."""
+
+        def published(r: dict) -> bool:
+            p = r.get("params") or {}
+            return (
+                r.get("method") == "textDocument/publishDiagnostics"
+                and p.get("uri") == self.uri
+                and (version is None or p.get("version") == version)
+            )
+
+        self.server.wait_for(published, timeout)
+        return [r for r in reversed(self.server.replies) if published(r)][0]["params"]["diagnostics"]

@@ -314,29 +314,3 @@ def test_a_number_bound_after_the_inner_loop_reading_it_is_refused():
     assert "nest_refused.layer:12:13: error: cannot derive through the number 'm' yet" in message
     assert "computes the numbers its body binds at the start of each step" in message
     assert "hint: bind it at the start of the loop's body" in message
-
-
-# ---------------------------------------------------------------- still open (refused by autodiff/loop_ints.py)
-
-OPEN = {
-    # a slice whose size varies from step to step
-    "varying slice": """for t in range(T) {
-            k = t % 2
-            h = cat([h[:, :k] * 2.0, tanh(h[:, k:])], dim = 1) @ w
-        }
-        return h""",
-}
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/loop_ints.py refuses it (_check_slices): a slice whose size varies needs each step's values"
-    " kept per step at their own shapes; next: in codegen/function_loops.py keep such values in a list on ctx"
-    " (or recompute them in backward from the saved carried value), and compare saved bytes with autograd's",
-)
-@pytest.mark.parametrize("name", sorted(OPEN))
-def test_still_refused_ints_derive(name):
-    ours, plain = _pair(OPEN[name], 4)
-    x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
-    y = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
-    _agree(ours, plain, x, y)

@@ -167,7 +167,8 @@ def test_an_unrolled_loops_carried_int_derives_where_a_tensor_reads_it():
 # A run-time loop whose step slices by an int local that changes from step to step (`k = t % 2`, `h[:, :k]`):
 # what a step keeps only for its shape (`h[:, :k]`, to cut `cat`'s gradient) was kept once per shape seen at
 # steps 0 and 1, so step 2 was cut with step 1's sizes: a wrong gradient, silently (or a failing forward).
-# autodiff/loop_ints.py now refuses a slice whose size varies from step to step, at the slice.
+# autodiff/loop_ints.py refused such a slice; now backward computes the step's values of their own shape
+# again at each step (`sized_per_step`, tests/test_function_loop_varslice.py), from the step's own ints.
 VARYING_STEPS = """\
 @function
 layer VaryingSteps(d: int) {
@@ -186,28 +187,17 @@ layer VaryingSteps(d: int) {
 
 
 @pytest.mark.parametrize(
-    ("body", "column"),
+    "body",
     [
-        ("h = cat([h[:, k:k + 2] * x[t, :, :2], h[:, :k], h[:, k + 2:]], dim = 1) @ w", 56),
-        ("h = cat([h[:, :k] * 2.0, tanh(h[:, k:])], dim = 1) @ w", 27),
+        "h = cat([h[:, k:k + 2] * x[t, :, :2], h[:, :k], h[:, k + 2:]], dim = 1) @ w",
+        "h = cat([h[:, :k] * 2.0, tanh(h[:, k:])], dim = 1) @ w",
+        # a slice of a fixed size at a place that varies (`h[:, k:k + 2]`, `x[t, :, t * 2:(t + 1) * 2]`)
+        "h = cat([h[:, k:k + 2] * x[t, :, :2], h[:, :2] * x[t, :, k * 2:(k + 1) * 2]], dim = 1) @ w",
     ],
 )
-def test_a_loops_steps_that_change_shape_from_step_to_step_are_refused_at_the_slice(body, column):
-    text = VARYING_STEPS.replace("BODY", body)
-    with pytest.raises(SpecError) as caught:
-        compile_spec(text, "varying_steps")
-    (error,) = [d.render() for d in caught.value.diagnostics]
-    line = text.splitlines().index(f"            {body}") + 1
-    assert error.startswith(
-        f"varying_steps.layer:{line}:{column}: error: cannot derive through this slice of `h` yet: its size"
-        " depends on the loop's variable 't' through 'k'"
-    )
-    assert "hint: slice by bounds whose difference is the same in every step" in error
-    # a slice of a fixed size at a place that varies (`h[:, k:k + 2]`, `x[t, :, t * 2:(t + 1) * 2]`) keeps
-    # its shape: it derives
-    fixed = "h = cat([h[:, k:k + 2] * x[t, :, :2], h[:, :2] * x[t, :, k * 2:(k + 1) * 2]], dim = 1) @ w"
-    ours, plain = _pair(VARYING_STEPS.replace("BODY", fixed), "VaryingSteps", 4)
-    _agree(ours, plain, torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True))
+def test_a_loops_steps_that_change_shape_from_step_to_step_derive(body):
+    ours, plain = _pair(VARYING_STEPS.replace("BODY", body), "VaryingSteps", 4)
+    _agree(ours, plain, torch.randn(5, 2, 4, dtype=torch.float64, requires_grad=True))
 
 
 # An index tensor beside a slice (`(x @ w)[i, 1:]`, taken as `(x @ w)[:, 1:][i]`): the index's gradient

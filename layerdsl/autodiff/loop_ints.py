@@ -16,22 +16,31 @@ recording the carried ones at the start of each outer step and of each step of i
 (`codegen.function_nest.replay`). Its body's numbers are computed at the start of each outer step: one bound
 after a statement of the body that reads it, or binds what it reads, is refused (`_check_nest`).
 
-Still refused here, at the statement: a step value sliced by bounds whose difference varies from step to
-step (`h[:, :k]` with `k = t % 2`), whose shape then changes after the first steps, which the Function keeps
-values at.
+A slice whose size varies from step to step (`h[:, :k]` with `k = t % 2`, `x[:, a:a + k]` of a growing `k`,
+`h[:t]`) gives step values whose shape changes from step to step, which cannot be kept in one buffer per
+value: `sized_per_step` names them (and what the body computes from them), and the Function's backward
+computes them again from what the step keeps (`codegen.loop_backward.BackwardWriter.loop`). Still refused
+here, at the slice: such a slice in a loop holding a loop, or in the loop a loop holds.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from layerdsl.autodiff.tape import NotDerivable
+from layerdsl.autodiff.shapes import step_shape
+from layerdsl.autodiff.tape import NotDerivable, Step
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import map_children, statements, walk
 from layerdsl.semantics.evaluate import NotConstant, evaluate
+from layerdsl.semantics.shapes import Shape, constant, poly, poly_add, poly_text, position, text_poly
+
+if TYPE_CHECKING:
+    from layerdsl.autodiff.loops import Loop
 
 HINT = (
     "compute the number from the loop's variable in each step (`n = t + 1`), or write a backward block, or"
@@ -191,12 +200,11 @@ def _read_before_bound(body: list[N.Stmt]) -> set[str]:
 
 def check_loop_numbers(body: list[N.Stmt]) -> None:
     """NotDerivable at a number a loop holding a loop binds after a statement of its body that reads it
-    (`_check_nest`), or at a slice of a step whose size varies from step to step."""
+    (`_check_nest`), or at a slice in such a loop whose size varies from step to step."""
     for stmt in body:
-        if isinstance(stmt, N.For):
+        if isinstance(stmt, N.For) and any(isinstance(s, N.For) for s in statements(stmt.body)):
             _check_slices(stmt)
-            if any(isinstance(s, N.For) for s in statements(stmt.body)):
-                _check_nest(stmt)
+            _check_nest(stmt)
         elif isinstance(stmt, N.If):
             check_loop_numbers(stmt.body)
             check_loop_numbers(stmt.orelse)
@@ -227,11 +235,10 @@ def _check_nest(loop: N.For) -> None:
 
 
 def _check_slices(loop: N.For) -> None:
-    """NotDerivable at a slice in `loop`'s body whose size varies from step to step."""
-    numbers = [s for s in statements(loop.body) if isinstance(s, N.Assign) and s.value.kind in N.NUMBERS]
-    varying = {loop.var} | (_read_before_bound(loop.body) & {s.target for s in numbers})
-    for _ in range(len(numbers) + 1):  # a number computed from the variable, or from one that varies
-        varying |= {s.target for s in numbers if _names(s.value) & varying}
+    """NotDerivable at a slice in `loop`'s body (a loop holding a loop) whose size varies from step to step."""
+    numbers = [(s.target, s.value) for s in statements(loop.body) if isinstance(s, N.Assign) and _binds_number(s)]
+    carried = _read_before_bound(loop.body) & {n for n, _ in numbers}
+    varying = _varying(loop.var, numbers, carried)
     for s in statements(loop.body):
         if isinstance(s, N.For):
             continue  # its own count (`_check_nest` checks its slices)
@@ -245,11 +252,55 @@ def _check_slices(loop: N.For) -> None:
                             item.span,
                             f"cannot derive through this slice of `{spec_text(e.value)}` yet: its size depends"
                             f" on the loop's variable '{loop.var}'{through}, so the step's values change shape"
-                            " from step to step, and a derived backward keeps them at the first steps' shapes",
+                            " from step to step, which a loop holding a loop does not derive through yet",
                             "slice by bounds whose difference is the same in every step (`h[:, k:k + 2]`),"
-                            " or write the count in the spec (up to 64 steps are unrolled), or write a"
-                            " backward block",
+                            " or write the inner loop's count in the spec (up to 64 steps are unrolled), or"
+                            " write a backward block",
                         )
+
+
+def sized_per_step(loop: Loop, shapes: dict[str, Shape]) -> set[str]:
+    """The values of `loop`'s body whose shape may change from step to step: a slice whose size varies
+    (`h[:, :k]`, `k = t % 2`), and what the body computes from one, unless its shape, found with each such
+    slice's size as the difference of its bounds, reads no varying number (`cat` of `h[:, :k]` and
+    `h[:, k:]`, `h[:, :k] @ w[:k]`: the clamping of both bounds alike). Not a carried value's next value nor
+    an item appended to a list (the steps keep those at one shape). `shapes`: the plan's."""
+    varying = _varying(loop.var, loop.numbers, set(loop.carried_numbers))
+    fixed = set(loop.updates.values()) | {e.id for e in loop.appended.values() if isinstance(e, N.Name)}
+    local = dict(shapes) | {c: shapes.get(start) for c, start in loop.carried.items()}
+    out: set[str] = set()
+    for s in [*loop.picks.values(), *loop.tape.steps]:
+        start, end, by = (s.args.get(k) for k in ("start", "end", "step"))
+        sliced = s.op is not None and s.op.name == "slice" and not _fixed_bounds(start, end, by, varying)
+        local[s.var] = _slice_shape(s, local) if sliced else step_shape(s, local)
+        shape = local[s.var]
+        own = shape is None or any(set(re.findall(r"[A-Za-z_]\w*", str(d))) & varying for d in shape)
+        if s.var not in fixed and (sliced or s.reads & out and own):
+            out.add(s.var)
+    return out
+
+
+def _slice_shape(s: Step, shapes: dict[str, Shape]) -> Shape:
+    """A slice's shape with its size the difference of its bounds (`k` of `h[:, :k]`, `d - k` of `h[:, k:]`),
+    None where it has a step or its input's shape is unknown."""
+    inp, dim, lower, upper, step = (s.args.get(k) for k in ("input", "dim", "start", "end", "step"))
+    shape = shapes.get(inp.id) if isinstance(inp, N.Name) else None
+    by_one = isinstance(step, N.Num) and step.value == 1
+    at = position(shape, dim.value) if isinstance(dim, N.Num) and type(dim.value) is int else None
+    if shape is None or at is None or not by_one:
+        return None
+    stop = text_poly(shape[at]) if upper is None or isinstance(upper, N.NoneLit) else poly(upper)
+    start = constant(0) if lower is None or isinstance(lower, N.NoneLit) else poly(lower)
+    return shape[:at] + (poly_text(poly_add(stop, start, -1)),) + shape[at + 1 :]
+
+
+def _varying(var: str, numbers: list[tuple[str, N.Expr]], carried: set[str]) -> set[str]:
+    """The numbers of a loop's body that may differ from step to step: its variable, those it carries, and
+    those computed from one of them."""
+    varying = {var} | carried
+    for _ in range(len(numbers) + 1):
+        varying |= {n for n, e in numbers if _names(e) & varying}
+    return varying
 
 
 def _names(node: N.Node) -> set[str]:
@@ -270,12 +321,16 @@ def _own_reads(stmt: N.Stmt) -> set[str]:
 
 
 def _fixed_size(item: N.Slice, varying: set[str]) -> bool:
+    return _fixed_bounds(item.lower, item.upper, item.step, varying)
+
+
+def _fixed_bounds(lower: N.Expr | None, upper: N.Expr | None, step: N.Expr | None, varying: set[str]) -> bool:
     """Whether a slice takes as many elements at every step: no bound reads a varying number, or its
-    upper bound is its lower plus what none does (`k:k + 2`)."""
-    if not _names_of(item) & varying:
+    upper bound is its lower plus what none does (`k:k + 2`). (A bound left out: None or `none`.)"""
+    lower, upper, step = (None if isinstance(b, N.NoneLit) else b for b in (lower, upper, step))
+    if not {n for b in (lower, upper, step) if b is not None for n in _names(b)} & varying:
         return True
-    lower, upper = item.lower, item.upper
-    if item.step is not None and _names(item.step) & varying or lower is None or upper is None:
+    if step is not None and _names(step) & varying or lower is None or upper is None:
         return False
     if (
         isinstance(upper, N.BinOp)

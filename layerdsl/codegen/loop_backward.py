@@ -13,6 +13,7 @@ import dataclasses
 import re
 from typing import TYPE_CHECKING
 
+from layerdsl.autodiff.loop_ints import sized_per_step
 from layerdsl.autodiff.loops import UNBOUND, Choice, Join, Loop, Straight
 from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.plan import dtype_tested
@@ -254,6 +255,22 @@ class BackwardWriter:
                 elif id(n) not in shaped:
                     self.step_by_value.add(n.id)
 
+    def computed_again(self, views: list[Step], reshaped: set[str], derived: list[str]) -> list[str]:
+        """The lines of a step of backward computing `views` again, before its `derived` lines. A value of the
+        step's own shape (`reshaped`) that they read only for its shape (`sum`'s gradient expanded to it),
+        computed elementwise from one tensor (`sin(x[:t + 1])`), is bound to that tensor, of its shape."""
+        lines = {v.var: self.fn.steps(Tape([v], [], [], set()), self.ex) for v in views}
+        out: list[str] = []
+        for v in views:
+            args = operands(v)
+            if v.var in reshaped and v.op is not None and v.op.shape == "elementwise" and len(args) == 1:
+                others = [line for u, written in lines.items() if u != v.var for line in written]
+                if not re.search(rf"(?<![.\w]){re.escape(v.var)}\b(?!\.shape\b)", "\n".join(others + derived)):
+                    (arg,) = args
+                    lines[v.var] = [f"{v.var} = {self.ex(B.name(arg))}  # of its shape: only that is read"]
+            out += lines[v.var]
+        return out
+
     # ---------------------------------------------------------------- segments
 
     def choice(self, seg: Choice, at: int | None = None) -> list[str]:
@@ -449,8 +466,11 @@ class BackwardWriter:
         self.current, self.step_by_value, self.step_body = set(), set(), body_values | set(loop.picks)
         sources = set(self.plan.leaves) | set(loop.picks)
         self.step_views = {}
+        reshaped = sized_per_step(loop, self.plan.shapes)  # of a step's own shape: computed again, not kept
         for s in loop.tape.steps:  # in order: a view of a view of a leaf is one too
             if s.op is not None and s.op.shape in VIEWS and operands(s) <= sources | set(self.step_views):
+                self.step_views[s.var] = s
+            elif s.var in reshaped:
                 self.step_views[s.var] = s
         self.step_recomputed = set()
         after_loop = self.ex  # a carried value read per step by a name of its own (its own holds the last)
@@ -470,7 +490,7 @@ class BackwardWriter:
         for p in picked:
             self.read(loop.picks[p].expr)
         body += [f"{p} = {self.ex(loop.picks[p].expr)}" for p in picked]
-        body += [line for v in views for line in self.fn.steps(Tape([v], [], [], set()), self.ex)] + derived
+        body += self.computed_again(views, reshaped, derived) + derived
         self.ex = after_loop
         self.step_body = set()
         self.reads.per_step.setdefault(k, set()).update(self.current & body_values)

@@ -9,7 +9,9 @@ local bound on both branches of an `if`, or on one whose other branch returns, i
 Backward sees the forward's locals, its gradients and its own locals. Inside an index statement the
 indices of the left side and of the enclosing reductions are index variables. A name no declaration
 gives is `training` or a constant (`pi`, `inf`). Construction expressions (lets, member shapes,
-initialisers, conditions, subs' arguments) see only arguments, lets and constants.
+initialisers, conditions, subs' arguments) see only arguments, lets and constants; a family member's also
+see its member loop's variable (`for k in range(n) { param w_l{k}: [...] }`), bound as a `let`. The
+variable of a list of subs (`[Block(d) for i in range(n)]`) names nothing.
 
 The checker binds names with these rules as it checks; `scope_at` and `resolve` replay them for a
 position in a checked or unchecked layer (the language server's go-to-definition and hover).
@@ -159,10 +161,14 @@ def scope_at(layer: N.Layer, line: int, col: int) -> Scope:
             scope.construction = True
             return scope
         scope.declare(let.name, Ref.LET, let, let.span)
-    if any(_holds(member, at) for member in [*layer.tensors, *layer.subs]):
-        scope.construction = True  # a member's shape, initialiser or condition sees arguments and lets only
+    if any(_holds(sub, at) for sub in layer.subs):
+        scope.construction = True  # a sub's call sees arguments and lets only (not a list's loop variable)
         return scope
     for t in layer.tensors:
+        if _holds(t, at):
+            scope.construction = True  # a member's shape, initialiser or condition sees arguments and lets only
+            _declare_family_var(scope, t)
+            return scope
         scope.declare(t.name, Ref(t.kind), t, t.span)
     for sub in layer.subs:
         if sub.given is not None and sub.given.id == sub.name:  # `sub norm = norm`: the argument, registered
@@ -190,6 +196,14 @@ def resolve(layer: N.Layer, name: str, line: int, col: int) -> Binding | None:
     """The declaration `name` refers to at `line`:`col` of `layer`: None for `training`, constants and
     unknown names (`scope_at(...).lookup(name)` tells these apart)."""
     return scope_at(layer, line, col).binding(name)
+
+
+def _declare_family_var(scope: Scope, t: N.Tensor) -> None:
+    """A family member's shape, initialiser and condition also see its member loop's variable, an int bound
+    as a `let` (as the checker binds it), unless the name is taken (the checker reports that)."""
+    if t.repeat is not None:
+        var = t.repeat.var
+        scope.declare(var.id, Ref.LET, var, var.span)
 
 
 def _declare_inputs(scope: Scope, fwd: N.Forward) -> None:

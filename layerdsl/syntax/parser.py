@@ -191,6 +191,14 @@ def size_problem(size: int) -> tuple[str, str]:
     )
 
 
+def over_size_limit(d: Diagnostic) -> bool:
+    """Whether `d` is this module's refusal of a spec over MAX_SOURCE_CHARS or MAX_TOKENS (no repair of a
+    line brings the text under either)."""
+    return d.message == f"this spec has more than {MAX_TOKENS:,} tokens" or d.message.endswith(
+        f"; the limit is {MAX_SOURCE_CHARS:,}"
+    )
+
+
 def too_many_tokens(exc: TooManyTokens, path: str, source: str) -> Diagnostic:
     tok = exc.token
     return Diagnostic(

@@ -2,14 +2,21 @@
 `did you mean 'X'?` suggests (`weight` for `wieght`, `true` for `True`), the additions hints ask for
 (`add `example(n = ...)``, `add `@function` on the line above `layer``), and the move a derivation
 refusal inside a sub suggests (`put @function on Block instead of Stack`). The hint travels in the
-diagnostic's `data` (see `diagnostics.lsp_diagnostic`); the message's `hint:` line is the fallback."""
+diagnostic's `data` (see `diagnostics.lsp_diagnostic`); the message's `hint:` line is the fallback.
+
+A fix is computed against the document's current version only: a diagnostic of another version (the
+client asks before the edit's diagnostics are published) gets one only when the current version has it
+at the same place, and each edit names the version it is for, so that a client that applies it after a
+further edit refuses it instead of editing the wrong text."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from lsprotocol import types as T
 
+from layerdsl.tools.lsp.diagnostics import current_diagnostics
 from layerdsl.tools.lsp.documents import Analysis, LayerServer
 from layerdsl.tools.lsp.navigation import layer_at
 from layerdsl.tools.lsp.positions import to_position
@@ -31,38 +38,79 @@ def _hint(d: T.Diagnostic) -> str:
 
 def code_actions(ls: LayerServer, params: T.CodeActionParams) -> list[T.CodeAction]:
     uri = params.text_document.uri
+    version = ls.workspace.get_text_document(uri).version
+    versioned = _versioned_edits(ls)
     out: list[T.CodeAction] = []
-    for d in params.context.diagnostics:
-        if d.source not in (None, "layerdsl"):
-            continue
-        hint = _hint(d)
-        if hint.startswith("did you mean"):
-            for name in _SUGGESTED.findall(hint):
-                out.append(_fix(uri, d, f"Replace with '{name}'", [T.TextEdit(range=d.range, new_text=name)]))
-        elif (m := _EXAMPLE.search(hint)) is not None:
-            name = m.group(1) or m.group(2)
-            edit = _add_example(ls, uri, d, name)
-            if edit is not None:
-                out.append(_fix(uri, d, f"Add an example value for '{name}'", [edit]))
-        elif hint == _FUNCTION:
-            edit = _add_function(ls, uri, d)
-            if edit is not None:
-                out.append(_fix(uri, d, "Add @function", [edit]))
-        elif (m := _MOVE_FUNCTION.match(hint)) is not None:
-            edits = _move_function(ls, uri, m.group(2), m.group(1))
-            if edits:
-                out.append(_fix(uri, d, f"Move @function to {m.group(1)}", edits))
+    for d in _of_this_version(ls, uri, version, params.context.diagnostics):
+        for title, edits in _fixes(ls, uri, d):
+            out.append(_fix(uri, version if versioned else None, d, title, edits))
     if out:
         out[0].is_preferred = True
     return out
 
 
-def _fix(uri: str, d: T.Diagnostic, title: str, edits: list[T.TextEdit]) -> T.CodeAction:
+def _of_this_version(
+    ls: LayerServer, uri: str, version: int | None, given: Sequence[T.Diagnostic]
+) -> list[T.Diagnostic]:
+    """The client's diagnostics that hold in the document's current version: those published for it, and
+    those of another version (or of unknown version) that the current one has at the same place."""
+    ours = [d for d in given if d.source in (None, "layerdsl")]
+    if all(_version_of(d) == version for d in ours):
+        return ours
+    current = {(_where(d), d.message) for d in current_diagnostics(ls, uri)}
+    return [d for d in ours if _version_of(d) == version or (_where(d), d.message) in current]
+
+
+def _version_of(d: T.Diagnostic) -> int | None:
+    version = d.data.get("version") if isinstance(d.data, dict) else None
+    return version if isinstance(version, int) else None
+
+
+def _where(d: T.Diagnostic) -> tuple[int, int, int, int]:
+    r = d.range
+    return r.start.line, r.start.character, r.end.line, r.end.character
+
+
+def _fixes(ls: LayerServer, uri: str, d: T.Diagnostic) -> list[tuple[str, list[T.TextEdit]]]:
+    """The quick fixes of one diagnostic of the current version: (title, edits) each."""
+    hint = _hint(d)
+    if hint.startswith("did you mean"):
+        return [
+            (f"Replace with '{name}'", [T.TextEdit(range=d.range, new_text=name)]) for name in _SUGGESTED.findall(hint)
+        ]
+    if (m := _EXAMPLE.search(hint)) is not None:
+        name = m.group(1) or m.group(2)
+        edit = _add_example(ls, uri, d, name)
+        return [(f"Add an example value for '{name}'", [edit])] if edit is not None else []
+    if hint == _FUNCTION:
+        edit = _add_function(ls, uri, d)
+        return [("Add @function", [edit])] if edit is not None else []
+    if (m := _MOVE_FUNCTION.match(hint)) is not None:
+        edits = _move_function(ls, uri, m.group(2), m.group(1))
+        return [(f"Move @function to {m.group(1)}", edits)] if edits else []
+    return []
+
+
+def _versioned_edits(ls: LayerServer) -> bool:
+    """Whether the client takes edits that name the document's version (`documentChanges`)."""
+    try:
+        return bool(ls.client_capabilities.workspace.workspace_edit.document_changes)  # type: ignore[union-attr]
+    except AttributeError:  # a capability left out
+        return False
+
+
+def _fix(uri: str, version: int | None, d: T.Diagnostic, title: str, edits: list[T.TextEdit]) -> T.CodeAction:
+    """The quick fix; with `version`, its edits also name the version they are for (`documentChanges`,
+    which a client prefers to `changes`, and refuses to apply to another version)."""
+    document_changes = None
+    if version is not None:
+        document = T.OptionalVersionedTextDocumentIdentifier(uri=uri, version=version)
+        document_changes = [T.TextDocumentEdit(text_document=document, edits=list(edits))]
     return T.CodeAction(
         title=title,
         kind=T.CodeActionKind.QuickFix,
         diagnostics=[d],
-        edit=T.WorkspaceEdit(changes={uri: edits}),
+        edit=T.WorkspaceEdit(changes={uri: edits}, document_changes=document_changes),
     )
 
 

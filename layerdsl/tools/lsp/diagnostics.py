@@ -20,10 +20,12 @@ log = logging.getLogger(__name__)
 SOURCE = "layerdsl"
 
 
-def lsp_diagnostic(d: Diagnostic, text: str, codec) -> T.Diagnostic:
+def lsp_diagnostic(d: Diagnostic, text: str, codec, version: int | None = None) -> T.Diagnostic:
+    """`d` for the client; its `data` holds the hint the quick fixes read and the version of the document
+    it was found in (actions.py offers no fix for another version's diagnostic)."""
     message = d.message + (f"\nhint: {d.hint}" if d.hint else "")
     severity = T.DiagnosticSeverity.Warning if d.severity == "warning" else T.DiagnosticSeverity.Error
-    data = {"hint": d.hint} if d.hint else None  # what the quick fixes read (actions.py)
+    data = {"version": version} | ({"hint": d.hint} if d.hint else {})
     return T.Diagnostic(
         range=to_range(d.span, text, codec), message=message, severity=severity, source=SOURCE, data=data
     )
@@ -35,7 +37,7 @@ def publish(ls: LayerServer, uri: str, force: bool = True) -> None:
     try:
         a = ls.analyze(uri)
         found = a.diagnostics + refusals(ls, uri, a)
-        diagnostics = [lsp_diagnostic(d, a.text, ls.codec()) for d in found]
+        diagnostics = [lsp_diagnostic(d, a.text, ls.codec(), a.version) for d in found]
         version = a.version
     except Exception as exc:
         log.error("diagnostics failed:\n%s", traceback.format_exc())
@@ -59,6 +61,18 @@ def publish(ls: LayerServer, uri: str, force: bool = True) -> None:
         )
     if a is not None and needs_planning(ls, a):  # the refusals follow (derivation.py)
         plan_later(ls, uri, a, lambda ls, uri: publish(ls, uri, force=False))
+
+
+def current_diagnostics(ls: LayerServer, uri: str) -> list[T.Diagnostic]:
+    """The diagnostics of the document's current version: its analysis's and the derivation refusals
+    shown for its text (without planning or publishing anything)."""
+    a = ls.analyze(uri)
+    shown = ls.refusals_shown.get(uri)
+    if a.derivation is not None:
+        found = a.diagnostics + a.derivation
+    else:
+        found = a.diagnostics + ([d for _, d in shown[1]] if shown is not None and shown[0] == a.text else [])
+    return [lsp_diagnostic(d, a.text, ls.codec(), a.version) for d in found]
 
 
 DEBOUNCE_SECONDS = 0.15  # diagnostics wait this long after an edit; a newer edit restarts the wait

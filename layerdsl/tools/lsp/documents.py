@@ -11,7 +11,7 @@ import re
 import time
 import traceback
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pygls.lsp.server import LanguageServer
@@ -23,6 +23,7 @@ from layerdsl.ir.visit import walk
 from layerdsl.semantics.checker import Program
 from layerdsl.semantics.shape_check import LayerShapes
 from layerdsl.syntax import PartialParse, parse_file, parse_partial
+from layerdsl.syntax.parser import over_size_limit
 from layerdsl.tools.lsp.layer_index import LayerIndex, VisibleLayers, defined_names
 from layerdsl.tools.lsp.scanning import depths
 
@@ -51,6 +52,19 @@ def parse_document(path: str, text: str) -> PartialParse:
         log.error("layerdsl builder failed on %s:\n%s", path, traceback.format_exc())
         message = f"layerdsl internal error while reading this spec: {type(exc).__name__}: {exc}"
         return PartialParse(None, [Diagnostic(path, Span.point(1, 1), message, source=text)], None)
+
+
+def limit_at_start(d: Diagnostic, text: str) -> Diagnostic:
+    """The limit's diagnostic on the document's first line, where the user sees it (the first token over
+    the limit may be thousands of lines down), saying that the server reads none of the document."""
+    where = f" (the first token over it is at line {d.span.line}, column {d.span.col})" if d.span.line > 1 else ""
+    first = text.split("\n", 1)[0].rstrip()
+    return replace(
+        d,
+        span=Span(1, 1, 1, len(first) + 1) if first else Span.point(1, 1),
+        message=f"{d.message}{where}: the language server does not read this spec (no diagnostics, navigation"
+        " or completion) until it is under the limit",
+    )
 
 
 MAX_REPAIRS = 8  # lines blanked while looking for a parse of a half-typed text
@@ -164,6 +178,7 @@ class LayerServer(LanguageServer):
         self.planning: dict[str, asyncio.Future] = {}  # uri -> its planning in progress (derivation.py)
         self.plans: OrderedDict[tuple, list] = OrderedDict()  # a `@function` layer's reach -> its refusals
         self.refusals_shown: dict[str, tuple[str, list]] = {}  # uri -> (text, refusals last shown, by layer)
+        self._newer: dict[str, Workset] = {}  # path -> a workset made since its analysis (`current_workset`)
 
     # -- files of the workspace
 
@@ -252,7 +267,7 @@ class LayerServer(LanguageServer):
         hit = self._repaired.get(path)
         if hit is None or hit[0] != text:
             spec, diags, _ = parse_document(path, text)
-            repaired = recover(path, text, diags[0]).spec if diags else spec
+            repaired = recover(path, text, diags[0]).spec if diags and not over_size_limit(diags[0]) else spec
             hit = self._repaired[path] = (text, repaired)
         return hit[1], True
 
@@ -260,7 +275,7 @@ class LayerServer(LanguageServer):
         """`readable`'s spec only (a `LayerIndex`'s parse)."""
         return self.readable(path, text)[0]
 
-    def workset(self, path: str, text: str, spec: N.SpecFile | None) -> Workset:
+    def workset(self, path: str, text: str, spec: N.SpecFile | None, sources: dict[str, str] | None = None) -> Workset:
         """The other specs that matter to the document at `path`.
 
         `needed` are the layers its subs use, transitively, each name resolved from the folder of the spec
@@ -268,20 +283,9 @@ class LayerServer(LanguageServer):
         nearest; every candidate of an ambiguous name); `clashing` the specs of its own folder that define
         a layer of one of its names (`gen` on that folder reports the clash); `index` finds every other
         layer the document's folder sees. Only the specs that may define a name looked up are parsed
-        (layer_index.py): a folder may hold thousands."""
+        (layer_index.py): a folder may hold thousands. `sources`: `sources_for`'s, when just read."""
         root = self.root_for(path)
-        here = os.path.dirname(path)
-        opened = self.open_texts()
-        paths = [os.path.abspath(p) for p in self.spec_paths(root)]
-        paths += [p for p in opened if p.endswith(".layer") and os.path.dirname(p) == here and p not in paths]
-        others = sorted((p for p in set(paths) if p != path), key=lambda q: _nearest_first(here, q))
-        ws = Workset(root=root, sources={path: text})
-        for p in others:
-            t = opened.get(p)
-            if t is None:
-                t = self.disk_text(p)
-            if t is not None:
-                ws.sources[p] = t
+        ws = Workset(root=root, sources=sources if sources is not None else self.sources_for(path, text, root))
         own = list(spec.layers) if spec is not None else []
         files = {p: t for p, t in ws.sources.items() if p != path}
         ws.index = index = LayerIndex(path, own, files, self.pristine, self.defined_names)
@@ -303,6 +307,35 @@ class LayerServer(LanguageServer):
         ws.needed = [N.SpecFile(p, ws.sources[p], layers) for p, layers in needed.items()]
         ws.uses = wanted - mine  # found or not: a file that defines one later changes this one
         ws.clashing = index.near_defining(mine)
+        return ws
+
+    def sources_for(self, path: str, text: str, root: str) -> dict[str, str]:
+        """The text of the document at `path` and of every other spec under `root` (the open documents of
+        its folder too), as the editor has them: those of its folder first, then the nearest."""
+        here = os.path.dirname(path)
+        opened = self.open_texts()
+        paths = [os.path.abspath(p) for p in self.spec_paths(root)]
+        paths += [p for p in opened if p.endswith(".layer") and os.path.dirname(p) == here and p not in paths]
+        others = sorted((p for p in set(paths) if p != path), key=lambda q: _nearest_first(here, q))
+        sources = {path: text}
+        for p in others:
+            t = opened.get(p)
+            if t is None:
+                t = self.disk_text(p)
+            if t is not None:
+                sources[p] = t
+        return sources
+
+    def current_workset(self, a: Analysis) -> Workset:
+        """The analysis's workset while the workspace's specs are still those it read, else the one made
+        for them since, else a fresh one (specs opened or saved since the analysis): a workset's index is
+        built once per state of the workspace (building one reads every spec's text)."""
+        root = a.workset.root if a.workset is not None else self.root_for(a.path)
+        sources = self.sources_for(a.path, a.text, root)
+        for ws in (a.workset, self._newer.get(a.path)):
+            if ws is not None and ws.index is not None and ws.sources == sources:
+                return ws
+        ws = self._newer[a.path] = self.workset(a.path, a.text, a.spec, sources)
         return ws
 
     def check(
@@ -349,6 +382,7 @@ class LayerServer(LanguageServer):
         if cached is None or cached.version != doc.version or cached.text != doc.source or uri in self.stale:
             cached = self._parse(uri, doc.version, doc.source)
             self.analyses[uri] = cached
+            self._newer.pop(cached.path, None)
             self.stale.discard(uri)
         if check and not cached.checked:
             self._check(cached)
@@ -357,7 +391,10 @@ class LayerServer(LanguageServer):
     def _parse(self, uri: str, version: int | None, text: str) -> Analysis:
         path = os.path.abspath(to_fs_path(uri) or uri)
         spec, diagnostics, tree = parse_document(path, text)
-        partial = spec is None and bool(diagnostics)
+        limited = spec is None and bool(diagnostics) and over_size_limit(diagnostics[0])
+        if limited:  # nothing to repair: say so where the user looks
+            diagnostics = [limit_at_start(diagnostics[0], text)]
+        partial = spec is None and bool(diagnostics) and not limited
         if partial:
             spec, diagnostics, tree = recover(path, text, diagnostics[0])
         analysis = Analysis(uri, version, path, text, spec, list(diagnostics), partial=partial)
@@ -437,6 +474,7 @@ class LayerServer(LanguageServer):
         self.published.pop(uri, None)
         self.planning.pop(uri, None)  # its result is only cached
         self.refusals_shown.pop(uri, None)
+        self._newer.pop(os.path.abspath(to_fs_path(uri) or uri), None)
 
 
 def internal(path: str, text: str, exc: BaseException | None, span: Span | None = None) -> Diagnostic:

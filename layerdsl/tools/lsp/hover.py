@@ -144,6 +144,8 @@ def hover_markdown(a: Analysis, target: Target) -> str | None:
             return _sub_hover(a, src, sub, layer)
         case Target(node=N.Input() as inp):
             return _input_hover(src, inp, layer)
+        case Target(kind="let", node=N.Name() as var):
+            return _loop_variable_hover(var, layer)
         case Target(kind="local"):
             shape = _local_shape(a, target)
             head = f"(local) {target.name}" + (f": {shape}" if shape else "")
@@ -187,6 +189,15 @@ def hover_markdown(a: Analysis, target: Target) -> str | None:
                 f"\n{prose(DECORATORS[target.name])}" if target.name in DECORATORS else ""
             )
     return None
+
+
+def _loop_variable_hover(var: N.Name, layer: N.Layer) -> str:
+    """The `k` of a member loop, or the `i` of a list of subs' `range`."""
+    if any(t.repeat is not None and t.repeat.var is var for t in layer.tensors):
+        what = "the variable of a member loop: each value declares one param of each family"
+    else:
+        what = "the variable of a list of subs: it names nothing (each item is built alike)"
+    return _code(f"(loop variable) {var.id}: int") + f"\n{what}"
 
 
 def _tensor_hover(src: str, t: N.Tensor, layer: N.Layer) -> str:

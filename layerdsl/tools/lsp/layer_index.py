@@ -9,6 +9,7 @@ server computed them when it parsed every spec."""
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -47,6 +48,13 @@ class LayerIndex:
             for name in names_of(p, text):
                 self.defining.setdefault(name, []).append(p)
         self._candidates: dict[tuple[str, tuple[str, ...]], list[N.Layer]] = {}
+
+    def reading(self, parse: Callable[[str, str], N.SpecFile | None]) -> LayerIndex:
+        """This index over the same files, whose layers are read with `parse` instead (the references read
+        a spec with a syntax error by its repaired parse): the files' names are not searched again."""
+        view = copy.copy(self)
+        view._parse, view._candidates = parse, {}
+        return view
 
     def names(self) -> set[str]:
         """Every name a layer may have here (without parsing: some may be no layer's)."""

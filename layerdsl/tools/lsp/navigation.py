@@ -24,7 +24,7 @@ class Occurrence:
     """A place in a layer's text that names something."""
 
     span: Span
-    kind: str  # layer | arg | type | loop | tensor | sub | sub-ref | member | let | input | grad | example | init | name | call | kwarg | reduce | target | index | decorator
+    kind: str  # layer | arg | type | loop | repeat | tensor | sub | sub-ref | member | let | input | grad | example | init | name | call | kwarg | reduce | target | index | decorator
     name: str
     node: N.Node  # the declaration, or the node the name is part of
 
@@ -40,20 +40,23 @@ def layer_occurrences(layer: N.Layer) -> list[Occurrence]:
         _type_occurrence(a, found)
         if a.default is not None:
             _expr_occurrences(a.default, found)
+    loops: set[int] = set()  # the member loops met (one loop declares several families)
     for t in layer.tensors:
+        if t.repeat is not None and id(t.repeat) not in loops:
+            loops.add(id(t.repeat))
+            _repeat_occurrences(t.repeat, found)
         found.append(Occurrence(t.span, "tensor", t.name, t))
+        _family_index_occurrence(t, found)
         _shape_occurrences(t.shape, found)
         if t.init is not None:
             _init_occurrences(t.init, found)
         if t.cond is not None:
             _expr_occurrences(t.cond, found)
-        if t.repeat is not None:
-            _expr_occurrences(t.repeat.iter, found)
     for sub in layer.subs:
         found.append(Occurrence(sub.span, "sub", sub.name, sub))
         _expr_occurrences(sub.call, found)
         if sub.repeat is not None:  # `sub blocks = [Block(d) for i in range(depth)]`
-            _expr_occurrences(sub.repeat.iter, found)
+            _repeat_occurrences(sub.repeat, found)
     for reinit in layer.reinits:
         if reinit.sub_span is not None and reinit.member_span is not None:
             found.append(Occurrence(reinit.sub_span, "sub-ref", reinit.sub, reinit))
@@ -86,6 +89,22 @@ def layer_occurrences(layer: N.Layer) -> list[Occurrence]:
             found.append(Occurrence(span, "grad", name, layer.backward))
         _body_occurrences(layer.backward.body, found)
     return found
+
+
+def _repeat_occurrences(repeat: N.Repeat, found: list[Occurrence]) -> None:
+    """The `i in range(n)` of a member loop or of a list of subs: its variable's declaration, its bounds."""
+    found.append(Occurrence(repeat.var.span, "repeat", repeat.var.id, repeat))
+    _expr_occurrences(repeat.iter, found)
+
+
+def _family_index_occurrence(t: N.Tensor, found: list[Occurrence]) -> None:
+    """The `k` of `param w_l{k}`: a use of the member loop's variable inside the family's name."""
+    opened, closed = t.written.find("{"), t.written.find("}")
+    if opened < 0 or closed <= opened + 1 or t.span.line != t.span.end_line:
+        return
+    at = t.span
+    span = Span(at.line, at.col + opened + 1, at.line, at.col + closed)
+    found.append(Occurrence(span, "name", t.written[opened + 1 : closed], t))
 
 
 def _type_occurrence(arg: N.Arg, found: list[Occurrence]) -> None:
@@ -222,6 +241,8 @@ def resolve(a: Analysis, occ: Occurrence, layer: N.Layer) -> Target | None:
             return bound
         case "loop" if isinstance(node, N.For):  # bound in its body only
             return Target(Ref.LOCAL, occ.name, layer, node, occ.span)
+        case "repeat" if isinstance(node, N.Repeat):  # an int, as the checker binds a member loop's
+            return Target(Ref.LET, occ.name, layer, node.var, occ.span)
         case "call" if isinstance(node, N.Call):
             return resolve_callee(a, layer, node)
         case "type":

@@ -117,7 +117,7 @@ def _files(ls: LayerServer, a: Analysis, name: str, everywhere: bool) -> tuple[l
     files = [SpecText(a.path, a.text, layers, a.partial)]
     if not everywhere:
         return files, None
-    ws = ls.workset(a.path, a.text, a.spec)  # afresh: specs opened since the analysis count
+    ws = ls.current_workset(a)  # specs opened since the analysis count
     word = naming(name)
     for path, text in ws.sources.items():
         if path == a.path or name not in text or not word.search(text):  # (`in` first: far faster)
@@ -125,8 +125,7 @@ def _files(ls: LayerServer, a: Analysis, name: str, everywhere: bool) -> tuple[l
         spec, repaired = ls.readable(path, text)
         if spec is not None:
             files.append(SpecText(path, text, spec.layers, repaired))
-    others = {p: t for p, t in ws.sources.items() if p != a.path}
-    return files, LayerIndex(a.path, layers, others, ls.readable_spec, ls.defined_names)
+    return files, ws.index.reading(ls.readable_spec) if ws.index is not None else None
 
 
 def _unplaced(f: SpecText, name: str, placed: set[tuple[int, int]]) -> list[Span]:
