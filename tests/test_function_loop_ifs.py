@@ -241,13 +241,8 @@ def _problems(text: str) -> list[str]:
             "(splitting the loop where its `if`s turn would make more than 8 loops)",
             "test fewer bounds in one loop",
         ),
-        (
-            "if t == 0 {\n                h = h @ w\n            }\n            hs.append(h)",
-            "and the loop appends to a list: splitting it where the `if` turns would collect the list in several",
-            "append in a loop without the `if`",
-        ),
     ],
-    ids=["modulo", "a bound the loop changes", "too many bounds", "appends"],
+    ids=["modulo", "a bound the loop changes", "too many bounds"],
 )
 def test_another_test_of_the_loop_variable_is_refused_saying_why(body, why, hint):
     loop = f"n = 0\n        hs = []\n        for t in range(T) {{\n            {body}\n        }}\n        return h"

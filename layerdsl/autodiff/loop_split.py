@@ -17,8 +17,11 @@ each bound clamped to the range before it (`minimum(maximum(k, lo), hi)`), so th
 run-time count (none, or a bound outside it, makes a range of no steps) and the pieces run the steps in
 their order. The values the loop carries flow from one piece to the next, as between any loops in a row.
 Several such `if`s (nested, or joined by `and`, `or`, `not`) split at each bound, up to `MAX_PIECES`
-loops. A condition testing the variable another way (`t % 2 == 0`), or a loop appending to a list, is left
-to `loops.Planner.loop`, which refuses it saying why (`unsplit_reason`).
+loops. A list the loop appends to is appended to by each piece in turn, one list collected over the loops
+in a row (`loops.Loop.before`). A loop holding a loop is split at the `if`s of its body on its variable,
+each piece but the first counted from 0 (`_from_zero`), and the loops in its body are split as well. A
+condition testing the variable another way (`t % 2 == 0`) is left to `loops.Planner.loop`, which refuses
+it saying why (`unsplit_reason`).
 """
 
 from __future__ import annotations
@@ -74,15 +77,15 @@ class Unsplit(Exception):
 
 
 def split_loops(body: list[N.Stmt], taken: set[str]) -> list[N.Stmt]:
-    """`body` with each loop (holding no loop) whose `if`s compare its variable with bounds the loop does not
-    change written as loops in a row, each `if` decided in each; `body` itself where none is. `taken`: the
+    """`body` with each loop (and each loop in a loop's body) whose `if`s compare its variable with bounds the
+    loop does not change written as loops in a row, each `if` decided in each; `body` itself where none is. `taken`: the
     names in use, to which the locals holding where the loops turn (`t_at = minimum(1, T)`) are added."""
     out: list[N.Stmt] = []
     changed = False
     for stmt in body:
         new: list[N.Stmt] = [stmt]
         if isinstance(stmt, N.For):
-            new = split_loop(stmt, taken)
+            new = [_inner_split(s, taken) for s in split_loop(stmt, taken)]
         elif isinstance(stmt, N.If):
             then, orelse = split_loops(stmt.body, taken), split_loops(stmt.orelse, taken)
             if then is not stmt.body or orelse is not stmt.orelse:
@@ -99,6 +102,14 @@ def split_loop(loop: N.For, taken: set[str]) -> list[N.Stmt]:
         return _pieces_of(loop, taken)
     except Unsplit:
         return [loop]
+
+
+def _inner_split(stmt: N.Stmt, taken: set[str]) -> N.Stmt:
+    """`stmt`, a loop holding a loop (a nest) with the loops of its body split."""
+    if not (isinstance(stmt, N.For) and _holds_loop(stmt)):
+        return stmt
+    inner = split_loops(stmt.body, taken)
+    return stmt if inner is stmt.body else dataclasses.replace(stmt, body=inner)
 
 
 def unsplit_reason(loop: N.For, cond: N.Expr) -> tuple[str, str] | None:
@@ -122,12 +133,6 @@ def unsplit_reason(loop: N.For, cond: N.Expr) -> tuple[str, str] | None:
             f"compare `{loop.var}` with an int the loop does not change (`if {loop.var} < k`), or compute both"
             " sides and choose with where(cond, a, b) on a tensor condition",
         )
-    if any(isinstance(s, N.Append) for s in walk(loop)):
-        return (
-            ", and the loop appends to a list: splitting it where the `if` turns would collect the list in"
-            " several loops (not derived yet)",
-            "append in a loop without the `if` (carry the singled-out step's value to it), or drop @function",
-        )
     return (
         f" (splitting the loop where its `if`s turn would make more than {MAX_PIECES} loops)",
         "test fewer bounds in one loop (write the singled-out steps before the loop), or drop @function",
@@ -136,10 +141,10 @@ def unsplit_reason(loop: N.For, cond: N.Expr) -> tuple[str, str] | None:
 
 def _pieces_of(loop: N.For, taken: set[str]) -> list[N.Stmt]:
     it = loop.iter
-    if not (isinstance(it, N.Call) and it.func == "range" and len(it.args) in (1, 2)) or _holds_loop(loop):
+    if not (isinstance(it, N.Call) and it.func == "range" and len(it.args) in (1, 2)):
         raise Unsplit
     tests = [s for s in walk(loop) if isinstance(s, N.If) and loop.var in _names(s.cond)]
-    if not tests or any(isinstance(s, N.Append) for s in walk(loop)):
+    if not tests:
         raise Unsplit
     variant = _variant(loop)
     for s in tests:
@@ -156,8 +161,29 @@ def _pieces_of(loop: N.For, taken: set[str]) -> list[N.Stmt]:
     for start, stop, body in pieces:
         iter_ = _int(N.Call(it.span, "range", it.func_span, [start, stop], []))
         iter_.kind = it.kind
-        out.append(dataclasses.replace(loop, iter=iter_, body=clone(body)))
+        piece = dataclasses.replace(loop, iter=iter_, body=clone(body))
+        out.append(_from_zero(piece, taken) if _holds_loop(loop) else piece)
     return out
+
+
+def _from_zero(nest: N.For, taken: set[str]) -> N.For:
+    """A piece of a loop holding a loop, `for l in range(a, b) { body }`, as `for l_step in range(b - a) {
+    l = l_step + a; body }` (`codegen.function_nest` keeps what a step reads at its variable's index)."""
+    it = nest.iter
+    assert isinstance(it, N.Call)
+    start, stop = it.args
+    if isinstance(start, N.Num) and start.value == 0:
+        return nest
+    span = it.span
+    step = fresh_name(f"{nest.var}_step", taken)
+    taken.add(step)
+    index = N.Name(span, step)
+    index.ref = N.Ref.LOCAL
+    count = _int(N.BinOp(span, "-", clone(stop), clone(start)))
+    iter_ = _int(N.Call(span, "range", it.func_span, [count], []))
+    iter_.kind = it.kind
+    var = N.Assign(span, nest.var, nest.var_span, _int(N.BinOp(span, "+", _int(index), clone(start))))
+    return dataclasses.replace(nest, var=step, iter=iter_, body=[var, *nest.body])
 
 
 @dataclass
@@ -214,18 +240,23 @@ def _split(
 
 
 def walk_ifs(body: list[N.Stmt]):
-    """Every `if` of `body`, in the sides of `if`s too."""
+    """Every `if` of `body`, in the sides of `if`s and the bodies of loops too."""
     for s in body:
         if isinstance(s, N.If):
             yield s
             yield from walk_ifs(s.body)
             yield from walk_ifs(s.orelse)
+        elif isinstance(s, N.For):
+            yield from walk_ifs(s.body)
 
 
 def _decided(body: list[N.Stmt], var: str, variant: set[str], facts: tuple[Fact, ...]) -> list[N.Stmt]:
     """`body` with each `if` whose condition `facts` decide as the side it picks."""
     out: list[N.Stmt] = []
     for s in body:
+        if isinstance(s, N.For):  # an inner loop: the facts hold at each of its steps
+            out.append(dataclasses.replace(s, body=_decided(s.body, var, variant, facts)))
+            continue
         if not isinstance(s, N.If):
             out.append(s)
             continue

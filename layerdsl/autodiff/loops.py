@@ -65,6 +65,8 @@ class Join:
     # the `of_step`-th item each step appends only, the heads and the step's others left out (a stack of
     # them, `Planner.cat_of_steps`)
     of_step: int | None = None
+    # what the loops before its own that append to the list append each step (`Loop.before`)
+    earlier: list[N.Expr] = field(default_factory=list)
 
 
 @dataclass
@@ -100,6 +102,11 @@ class Loop:
     number_starts: dict[str, str] = field(default_factory=dict)
     carried_numbers: list[str] = field(default_factory=list)
     numbers_at: int = 0
+    # a list appended to by loops in a row (a loop split where its `if`s turn, `loop_split`), one Python list:
+    # list local -> the bounds of the loops before this one that append to it (its items come after theirs)
+    before: dict[str, list[list[N.Expr]]] = field(default_factory=dict)
+    continued: set[str] = field(default_factory=set)  # the lists a later loop appends to after this one
+    later_joins: list[Join] = field(default_factory=list)  # joins after a later loop of the lists it continues
 
 
 @dataclass
@@ -339,6 +346,7 @@ class Planner:
         self.alias: dict[str, str] = {}  # spec local -> the value name holding it now
         self.lists: set[str] = set()
         self.loops: dict[str, Loop | nest.Nest] = {}  # list local -> the loop appending to it
+        self.collecting: dict[str, list[Loop]] = {}  # list local -> the loops in a row appending to it
         # the loop variables and lists are Python names of the Function too
         self.taken: set[str] = reserved_names(layer)
         self.taken |= {s.var for s in walk_stmts(self.forward.body) if isinstance(s, N.For)}
@@ -470,7 +478,9 @@ class Planner:
                 if isinstance(listed, N.Name) and listed.id in self.loops:
                     dim = e.args[1] if len(e.args) > 1 else next((k.value for k in e.kwargs if k.name == "dim"), None)
                     heads = self.loops[listed.id].heads.get(listed.id, [])
-                    if (heads or listed.id in self.loops[listed.id].more) and e.func == "cat":
+                    owner = self.loops[listed.id]
+                    several = listed.id in owner.more or isinstance(owner, Loop) and listed.id in owner.before
+                    if (heads or several) and e.func == "cat":
                         return self.cat_of_steps(e, listed, dim or B.num(0), heads)
                     join = Join(self.fresh(f"{e.func}ed_{listed.id}"), e.func, dim or B.num(0), listed.id, heads)
                     return self.join_name(join, e.span)
@@ -481,6 +491,10 @@ class Planner:
     def join_name(self, join: Join, span: Span) -> N.Name:
         """`join` recorded on its loop, as the name of the value it is."""
         self.loops[join.items].joins.append(join)
+        collecting = self.collecting.get(join.items, [])
+        for earlier in collecting[:-1] if collecting and collecting[-1] is self.loops[join.items] else []:
+            earlier.later_joins.append(join)  # theirs are its first items
+            join.earlier.append(earlier.appended[join.items])
         self.shapes[join.name] = _joined_shape(join, self.loops[join.items], self.shapes)
         self.requires.add(join.name)
         self.alias[join.name] = join.name
@@ -695,11 +709,28 @@ class Planner:
         )
         for name in appended:
             if name in self.loops:
-                raise NotDerivable(stmt.span, f"a derived backward collects '{name}' in one loop", HINT)
+                self.continue_list(loop, name)
+            self.collecting.setdefault(name, []).append(loop)
             self.loops[name] = loop
         for local, c in carried.items():
             self.alias[local] = c  # after the loop, the carried name holds the last step's value
         return [hoisted, loop] if hoisted is not None else [loop]
+
+    def continue_list(self, loop: Loop, name: str) -> None:
+        """`loop` appending to the list `name` after an earlier loop did: the same list, its items after the
+        earlier loops' (the heads first); NotDerivable where a loop holding a loop or several items a step
+        make the steps' places in it unknown."""
+        earlier = self.loops[name]
+        if isinstance(earlier, nest.Nest) or name in earlier.more or name in loop.more:
+            raise NotDerivable(
+                loop.span,
+                f"a derived backward collects '{name}' over loops in a row (as written, or one loop split where"
+                " its `if`s on its variable turn) only when each appends one item a step and holds no loop",
+                "append one item a step (cat a step's items into one), or drop @function",
+            )
+        loop.heads[name] = list(earlier.heads.get(name, []))
+        loop.before[name] = [*earlier.before.get(name, []), list(earlier.bounds)]
+        earlier.continued.add(name)
 
     def hoisted(self, tape: Tape, variant: set[str]) -> tuple[Straight | None, Tape]:
         """The steps of a loop's body that every step computes alike (from no carried value, no loop
@@ -925,7 +956,8 @@ def _joined_shape(join: Join, loop: Loop | nest.Nest, shapes: dict[str, Shape]) 
     if "..." in shape and (int(d.value) >= 0 or at <= shape.index("...")):  # a dim after the `...` group only
         return None
     count = _count_dim(loop.bounds) or "_steps"  # `range(T)`: T items (a later loop over T picks them)
-    if join.heads or join.items in loop.more:  # items before the loop's, or several per step: a count of its own
+    # items before the loop's (appended before it, or by loops before it), or several per step: a count of its own
+    if join.heads or join.items in loop.more or isinstance(loop, Loop) and join.items in loop.before:
         count = f"_steps_{join.name}"
     return (*shape[:at], count, *shape[at:]) if 0 <= at <= len(shape) else None
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from layerdsl.autodiff import loops
 from layerdsl.autodiff.loop_ints import carried_by
+from layerdsl.autodiff.loop_split import unsplit_reason
 from layerdsl.autodiff.tape import NotDerivable, Step, Tape
 from layerdsl.autodiff.unroll import lists_renamed
 from layerdsl.diagnostics import Span
@@ -107,11 +108,15 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
                 "write one of the counts in the spec (up to 64 steps are unrolled), or drop @function",
             )
         if isinstance(s, N.If) and not (p.conditions is not None and loops.choice_alone(s)):
+            why, hint = unsplit_reason(stmt, s.cond) or (
+                "",
+                "put the `if` inside the inner loop or around the outer one, or drop @function",
+            )
             raise NotDerivable(
                 s.span,
                 "cannot derive through this `if` yet: it is in the body of a loop holding a loop, both of"
-                " counts known only when forward runs",
-                "put the `if` inside the inner loop or around the outer one, or drop @function",
+                f" counts known only when forward runs{why}",
+                hint,
             )
     body = _lists_of_its_own(stmt.body, p)
     locals_ = _carried_locals(body, set(p.alias))

@@ -825,7 +825,7 @@ class LoopFunction:
         joins = [j for j in loop.joins if j.name not in self.left_out]
         joined = {j.items for j in joins} | set(loop.appended.keys() - {j.items for j in loop.joins})
         appended = {name: item for name, item in loop.appended.items() if name not in buffered and name in joined}
-        lines += [f"{name} = [{', '.join(loop.heads.get(name, []))}]" for name in appended]
+        lines += [f"{name} = [{', '.join(loop.heads.get(name, []))}]" for name in appended if name not in loop.before]
         trip = self.trip(loop, ex)
         index = loop.var if plain_range(loop) else self.name("step", key=(id(loop),))
         if kept:  # one buffer per value, for every step: made at the first (None after a loop of no steps)
@@ -925,6 +925,7 @@ class LoopFunction:
             joins = [j for j in loop.joins if j.items == name]
             # one item per step, none from before
             whole = all(j.func == "stack" for j in joins) and not loop.heads.get(name) and name not in loop.more
+            whole = whole and name not in loop.before and name not in loop.continued  # one list over loops
             if isinstance(item, N.Name) and item.id in kept and joins and whole:
                 out[name] = item.id
         return out
@@ -1211,7 +1212,7 @@ def _joined_sources(seg: Loop | Nest, sources: dict[str, set[str]]) -> None:
     for j in seg.joins:
         listed = [seg.appended[j.items], *seg.more.get(j.items, [])] if j.items in seg.appended else []
         names = [n.id for item in listed for n in walk(item) if isinstance(n, N.Name)]
-        names += j.heads
+        names += j.heads + [n.id for item in j.earlier for n in walk(item) if isinstance(n, N.Name)]
         sources[j.name] = {l for name in names for l in sources.get(name, ())}
 
 

@@ -14,7 +14,7 @@ import re
 from typing import TYPE_CHECKING
 
 from layerdsl.autodiff.loop_ints import sized_per_step
-from layerdsl.autodiff.loops import UNBOUND, Choice, Loop, Straight
+from layerdsl.autodiff.loops import UNBOUND, Choice, Join, Loop, Straight
 from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.plan import dtype_tested
 from layerdsl.autodiff.reverse import Backward, derive
@@ -27,6 +27,7 @@ from layerdsl.codegen.pyexpr import Spelling
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import map_children, walk
 from layerdsl.language.ops import shape_args
 
@@ -352,6 +353,19 @@ class BackwardWriter:
             lines += body if cond is None else ([f"if {cond}:"] + ["    " + line for line in body] if body else [])
         return lines
 
+    def after_earlier(self, loop: Loop, j: Join, at: str) -> str:
+        """Index `at` of `loop`'s items in join `j`'s parts, after those of the loops before it that append
+        to the same list (`loops.Loop.before`): their steps counted, one range where they run in a row."""
+        bounds = loop.before.get(j.items, [])
+        if not bounds:
+            return at
+        starts = [b[0] if len(b) == 2 else B.num(0) for b in bounds]
+        stops = [b[-1] for b in bounds]
+        if all(spec_text(stop) == spec_text(start) for stop, start in zip(stops, starts[1:])):
+            bounds = [[starts[0], stops[-1]]]  # a loop split where its `if`s turn: its pieces in a row
+        counts = [f"len(range({', '.join(self.ex(b) for b in each)}))" for each in bounds]
+        return f"{at} + {' + '.join(counts)}"
+
     def loop(self, loop: Loop) -> list[str]:
         k = self.fn.loops.index(loop)
         kept = self.per_step.get(k, set())
@@ -402,10 +416,15 @@ class BackwardWriter:
                 at = step_index if per == 1 else f"{per} * {step_index} + {i}" if i else f"{per} * {step_index}"
                 at = step_index if j.of_step is not None else at
                 at = f"{at} + {len(j.heads)}" if j.heads else at
-                items.setdefault((j.items, i), []).append(f"{parts}[{at}]")
+                items.setdefault((j.items, i), []).append(f"{parts}[{self.after_earlier(loop, j, at)}]")
             for i, head in enumerate(j.heads):
                 if head in self.plan.requires:
                     lines += self.accumulate(head, f"{parts}[{i}]", conditional=False)
+        for j in loop.later_joins:  # a later loop's join of a list this one appends to first: cut there
+            if self.state.get(self.acc(j.name)) is not None:
+                at = f"{step_index} + {len(j.heads)}" if j.heads else step_index
+                parts = self.fn.name(f"grad_{j.name}_parts")
+                items.setdefault((j.items, 0), []).append(f"{parts}[{self.after_earlier(loop, j, at)}]")
         outputs: list[tuple[N.Expr, str]] = [(B.name(loop.updates[c]), self.acc(c)) for c in requiring]
         body: list[str] = []
         for (name, i), parts_at in items.items():
