@@ -267,7 +267,8 @@ def member_choice(layer: N.Layer, optional: set[str], decided: bool = False) -> 
     assert layer.forward is not None
     read = {n.id for s in layer.forward.body for n in walk(s) if isinstance(n, N.Name)}
     member = next((t for t in layer.tensors if t.name in optional and t.name in read and t.cond is not None), None)
-    if member is None or member.cond is None or not on_arguments(member.cond):
+    maybe_none = frozenset(a.name for a in layer.args if a.maybe_none)  # `param b: [d] if init != none`
+    if member is None or member.cond is None or not on_arguments(member.cond, maybe_none):
         return None
     key = spec_text(member.cond)
     chosen = {t.name for t in layer.tensors if t.cond is not None and spec_text(t.cond) == key}
@@ -282,6 +283,40 @@ def member_choice(layer: N.Layer, optional: set[str], decided: bool = False) -> 
     built_test = N.Compare(member.span, ["!="], [name, none])  # the module passes None for a member not built
     built_test.kind = N.Kind.BOOL
     return built_test, with_members, without
+
+
+def input_choice(layer: N.Layer, name: str) -> tuple[N.Expr, N.Layer, N.Layer]:
+    """For a forward with loops reading the optional input `name` outside the `if`s testing it (`h + g` of
+    `g: [B, d]? = none`): `g != none`, the layer as it runs with `g` given, and as it runs without it (each
+    `if g != none` the side it picks, `h + g` read as `h`, `loop_members.without_members`). The Function
+    branches on whether it was given, each side a loop Function reading it as any tensor or not at all."""
+    assert layer.forward is not None
+    read = next(n for n in walk(layer.forward) if isinstance(n, N.Name) and n.id == name)
+    given = B.name(name, read.span, N.Ref.INPUT)
+    none = N.NoneLit(read.span)
+    none.kind = N.Kind.NONE
+    test = N.Compare(read.span, ["!="], [given, none])
+    test.kind = N.Kind.BOOL
+    body = layer.forward.body
+    absent = without_members(_presence_decided(body, name, False), {name})
+    return test, layer.with_body(_presence_decided(body, name, True)), layer.with_body(absent)
+
+
+def _presence_decided(body: list[N.Stmt], name: str, given: bool) -> list[N.Stmt]:
+    """`body` with each `if name != none` (or `== none`) as the side it takes when `name` is `given`."""
+    out: list[N.Stmt] = []
+    for s in body:
+        tested = presence(s.cond) if isinstance(s, N.If) else None
+        if isinstance(s, N.If) and tested is not None and tested[0] == name:
+            out += _presence_decided(s.body if tested[1] == given else s.orelse, name, given)
+        elif isinstance(s, N.If):
+            then, orelse = _presence_decided(s.body, name, given), _presence_decided(s.orelse, name, given)
+            out.append(dataclasses.replace(s, body=then, orelse=orelse))
+        elif isinstance(s, N.For):
+            out.append(dataclasses.replace(s, body=_presence_decided(s.body, name, given)))
+        else:
+            out.append(s)
+    return out
 
 
 def proves(side_cond: N.Expr, holds: bool, cond: N.Expr) -> bool:

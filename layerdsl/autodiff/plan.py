@@ -32,6 +32,7 @@ from layerdsl.autodiff.loops import (
     LoopPlan,
     choice_alone,
     has_loop,
+    input_choice,
     member_choice,
     on_arguments,
     plan_loops,
@@ -410,6 +411,14 @@ def _loop_plan(
             cond, _straight_plan(built, given, choices, measured), _straight_plan(absent, given, choices, measured)
         )
     body = layer.forward.body
+    # an optional input read outside the `if`s testing it (`h + g`): a side with it given, one without
+    if read := sorted(optional & read_outside_ifs(body) & _optional_inputs(layer)):
+        cond, with_input, without = input_choice(layer, read[0])
+        return BranchPlan(
+            cond,
+            _straight_plan(with_input, given | {read[0]}, choices, measured),
+            _straight_plan(without, given, choices, measured),
+        )
     if optional & read_outside_ifs(body):  # one read in a loop's `if` is refused at the `if` (`plan_loops`)
         raise NotDerivable(
             loop.iter.span,
@@ -417,19 +426,27 @@ def _loop_plan(
             " or a dim says (not derived yet)",
             "drop @function (autograd derives the loop)",
         )
-    update = next((s for s in statements(layer.forward.body) if isinstance(s, N.Update)), None)
-    if update is not None:
+    if (update := _update_in_a_loop_or_choice(body)) is not None:  # one between loops: the Function returns it
         raise NotDerivable(
             update.span,
-            "a forward that keeps a loop updates no buffer under @function (not derived yet)",
-            "drop @function, or move the update out of this layer",
+            "a forward that keeps a loop updates a buffer under @function outside its loops' bodies and the `if`s"
+            " taken on their own only (not derived yet)",
+            "update the buffer after the loop, from what it computes, or drop @function",
         )
     if choices and any(isinstance(s, N.If) for s in body):  # each an `if` of its own (`_first_if`)
+        body = flattened(body)  # a number a side binds: a statement of its own (`k = 2 if a else k`)
         if (unfollowed := unfollowed_size(body)) is not None:
             raise _size_not_followed(*unfollowed)
         inputs, members = _optional_inputs(layer) & optional, optional - _optional_inputs(layer)
-        return plan_loops(layer, optional, incoming_names, _choice_condition(layer, inputs, members))
+        return plan_loops(layer.with_body(body), optional, incoming_names, _choice_condition(layer, inputs, members))
     return plan_loops(layer, optional, incoming_names)
+
+
+def _update_in_a_loop_or_choice(body: list[N.Stmt]) -> N.Update | None:
+    """The first `update` of a forward with loops that is in a loop's body or an `if`'s side (at this point,
+    an `if` taken on its own, `loops.Choice`): a straight segment's updates are the Function's to return."""
+    nested = [s for stmt in body if isinstance(stmt, N.For | N.If) for s in statements([stmt])]
+    return next((s for s in nested if isinstance(s, N.Update)), None)
 
 
 def _segmented_plan(layer: N.Layer, first: N.If, given: frozenset[str], measured: Measured) -> Plan:
@@ -710,7 +727,7 @@ def _branch_plan(
             planned = plan_backward(side_layer, proven, side.known, measured, room, choices)
             _check_nest_copies(planned, room)
             room -= len(_nests(planned))
-            if not decided and _keeps_a_loop(planned) and not on_arguments(cond, _optional_inputs(layer)):
+            if not decided and _keeps_a_loop(planned) and not _same_every_call(cond, layer):
                 raise NotDerivable(
                     stmt.span,
                     "a derived backward through a loop whose count is known only when forward runs is written"
@@ -723,7 +740,7 @@ def _branch_plan(
             raise
         except NotDerivable as exc:  # the statements both sides share are reported once (`refusal`)
             problems.append(exc)
-    if choices and not problems and len(sides) == 2 and any(map(_keeps_a_loop, sides)):
+    if not problems and len(sides) == 2 and any(map(_keeps_a_loop, sides)):
         sides = [
             _as_loop_plan(layer, way, given | _proven_given(cond, way.holds), p) for p, way in zip(sides, possible)
         ]
@@ -812,6 +829,17 @@ def _as_loop_plan(layer: N.Layer, way: _Side, given: frozenset[str], planned: Pl
         return plan_loops(layer, optional, incoming_names, _choice_condition(layer, inputs, members))
     except NotDerivable:
         return planned
+
+
+def _same_every_call(cond: N.Expr, layer: N.Layer) -> bool:
+    """Whether `cond` reads only arguments, lets, `training` and flag inputs, or tests whether an optional
+    input is given: what the Function keeps on `ctx` as it is, to choose the side of a loop in backward."""
+    assert layer.forward is not None
+    flags = {i.name for i in layer.forward.inputs if i.flag is not None}
+    plain = [n for n in walk(cond) if isinstance(n, N.Name) and n.id not in flags]
+    return all(n.ref in (N.Ref.ARG, N.Ref.LET, N.Ref.TRAINING) for n in plain) or on_arguments(
+        cond, _optional_inputs(layer)
+    )
 
 
 def _optional_inputs(layer: N.Layer) -> frozenset[str]:

@@ -10,14 +10,30 @@ without touching the module's state, and the buffers end with the values the pla
 
 from __future__ import annotations
 
-from layerdsl.autodiff.plan import Plan, straight_plans
+from layerdsl.autodiff.loops import LoopPlan, Straight
+from layerdsl.autodiff.plan import BranchPlan, Plan, straight_plans
 from layerdsl.language.naming import fresh_name
 
 
 def updated_buffers(plan: Plan, declared: list[str]) -> list[str]:
     """The buffers some side of the forward updates, in declaration order (the Function returns them last)."""
-    updated = {b for side in straight_plans(plan) for b in side.tape.updates}
+    updated = {b for side in side_updates(plan) for b in side}
     return [b for b in declared if b in updated]
+
+
+def side_updates(plan: Plan) -> list[dict[str, str]]:
+    """Each side's updates (buffer -> the var holding its new value): a straight side's, or those of a loop
+    Function's straight segments (the last update of a buffer is the one it keeps)."""
+    if isinstance(plan, BranchPlan):
+        return side_updates(plan.then) + side_updates(plan.orelse)
+    if isinstance(plan, LoopPlan):
+        return [loop_updates(plan)]
+    return [side.tape.updates for side in straight_plans(plan)]
+
+
+def loop_updates(plan: LoopPlan) -> dict[str, str]:
+    """The buffers a forward with loops updates, by the var holding each one's new value."""
+    return {b: v for seg in plan.segments if isinstance(seg, Straight) for b, v in seg.tape.updates.items()}
 
 
 def returned_values(updates: dict[str, str], buffers: list[str], leaves: list[str]) -> list[str]:
@@ -32,7 +48,7 @@ def returned_values(updates: dict[str, str], buffers: list[str], leaves: list[st
 
 def always_updated(plan: Plan, buffer: str) -> bool:
     """Whether every side of the forward updates `buffer` (else the module tests for None)."""
-    return all(buffer in side.tape.updates for side in straight_plans(plan))
+    return all(buffer in side for side in side_updates(plan))
 
 
 def unpacked_call(

@@ -27,6 +27,7 @@ from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen import function_nest
 from layerdsl.codegen.function import FunctionEmitter, returning_second_results, with_second_results
 from layerdsl.codegen.function_branches import chosen_lines
+from layerdsl.codegen.function_buffers import loop_updates, returned_values, updated_buffers
 from layerdsl.codegen.function_checks import read_vars, segment_check_lines, segment_checks
 from layerdsl.codegen.function_members import held_forward_params, held_params, saved_with_held
 from layerdsl.codegen.loop_backward import (
@@ -125,7 +126,8 @@ def emit_branching_loop_function(emitter, plan: BranchPlan) -> dict:
     returned = list(dict.fromkeys(x for side in sides for x in LoopFunction(emitter, side).emit()["extra"]))
     shared: dict[tuple, str] = {}
     read = {n.id for c in _conditions(plan) for n in walk(c) if isinstance(n, N.Name)}
-    functions = [LoopFunction(emitter, side, returned, shared, frozenset(read)) for side in sides]
+    buffers = updated_buffers(plan, [b.name for b in emitter.layer.buffers])
+    functions = [LoopFunction(emitter, side, returned, shared, frozenset(read), buffers) for side in sides]
     _same_parameter_names(functions)
     pieces = [f.emit() for f in functions]
     fn = dict(pieces[0])
@@ -167,7 +169,7 @@ def emit_branching_loop_function(emitter, plan: BranchPlan) -> dict:
         plan, iter([p["setup_body"] for p in pieces]), forward_cond
     )
     fn["backward_body"] = _chosen(plan, iter([p["backward_body"] for p in pieces]), backward_cond)
-    types = ["Tensor"] * n_out.pop() + ["Tensor | None"] * len(returned)
+    types = ["Tensor"] * n_out.pop() + ["Tensor | None"] * (len(returned) + len(buffers))
     fn["returns"] = types[0] if len(types) == 1 else f"tuple[{', '.join(types)}]"  # save = "inputs": one alone
     return fn
 
@@ -226,10 +228,12 @@ class LoopFunction:
         returned: list[str] | None = None,
         shared: dict[tuple, str] | None = None,
         chosen_by: frozenset[str] = frozenset(),
+        buffers: list[str] | None = None,
     ):
         """`returned`: every side's extra outputs, when this is a side of a branching forward (None for
         those this side does not compute); `shared`: the names the sides share (their gradients');
-        `chosen_by`: the names the branching forward's conditions read (backward reads them on ctx)."""
+        `chosen_by`: the names the branching forward's conditions read (backward reads them on ctx);
+        `buffers`: the buffers some side updates (this side returns None for those it does not)."""
         self.e = emitter
         self.returned = returned
         self.chosen_by = chosen_by
@@ -259,6 +263,9 @@ class LoopFunction:
         self.helper.mask_when_dropping = not self.loops  # no mask kept per step (a stack takes no None)
         self.own: dict[tuple, str] = {} if shared is None else shared  # names it introduces, by what they hold
         self.outputs = {o.id for o in plan.outputs if isinstance(o, N.Name)}
+        self.updates = loop_updates(plan)  # `update b = ...`: the new values, returned for the module to write
+        declared = [b.name for b in self.layer.buffers]
+        self.buffers = updated_buffers(plan, declared) if buffers is None else buffers
         self.backward_dims: set[str] = set()
         self.backward_read = Read()  # what the backward being written reads (`Recording`)
         self.backward_text = ""  # the backward last written
@@ -281,6 +288,7 @@ class LoopFunction:
         self.step_masks: dict[int, list[Mask]] = {}
         self.step_exprs: dict[int, list[N.Expr]] = {}  # loop index -> its step's derived expressions
         self.kept_per_step: dict[int, set[str]] = {}  # loop index -> the values kept per step, once settled
+        read |= chosen_by  # a flag the branching forward's conditions test (`if run { for ... }`)
         self.flags_tested = [i.name for i in self.layer.forward.inputs if i.flag is not None and i.name in read]
         self.dtype_tested = list(dict.fromkeys(leaf for cond in conds for leaf in dtype_tested(cond)))
         # the copies' members the module passes as themselves besides their stacks: saved in their place
@@ -393,11 +401,11 @@ class LoopFunction:
             "forward_body": self.forward([x if x in extra else "None" for x in returned], per_step),
             "returns": (
                 "Tensor"
-                if n_out + len(returned) == 1
-                else f"tuple[{', '.join(['Tensor'] * n_out + ['Tensor'] * len(returned))}]"
+                if n_out + len(returned) + len(self.buffers) == 1
+                else f"tuple[{', '.join(['Tensor'] * n_out + ['Tensor'] * len(returned) + self.buffer_types())}]"
             ),
             "setup_body": self.setup(saved_leaves, [x if x in extra else "_" for x in returned], reads, extra),
-            "backward_params": ["ctx", *plan.grads, *(self.grad_out(x) for x in returned)],
+            "backward_params": ["ctx", *plan.grads, *(self.grad_out(x) for x in returned), *self.buffer_grads()],
             "backward_body": body,
             "apply_params": leaves + self.kwargs + held_params(self.held),
             "n_outputs": n_out,
@@ -406,7 +414,7 @@ class LoopFunction:
             "cls": self.names.cls,
             "extra": returned,
             "computed_extra": extra,
-            "updates": [],  # a loop layer updates no buffer (`autodiff.loops` refuses one)
+            "updates": self.buffers,
             "probes": (self.names.local("transforms_active"), self.names.local("compiling")),
             "caught": self.names.local("error"),  # apply's forward-mode error, said again
         }
@@ -596,7 +604,20 @@ class LoopFunction:
         ex = self.helper.python(Spelling({}, training="training"))
         lines = self.prelude(ex, self.dim_source) + self.segments_forward(set(extra), per_step, ex)
         outs = [ex(o) for o in self.plan.outputs] + extra
+        outs += returned_values(self.updates, self.buffers, self.plan.leaves)
         return lines + [f"return {', '.join(outs)}"]
+
+    def buffer_types(self) -> list[str]:
+        """The types of the new buffer values forward returns last (None where a side updates it not)."""
+        return ["Tensor" if b in self.updates and self.returned is None else "Tensor | None" for b in self.buffers]
+
+    def buffer_grads(self) -> list[str]:
+        """backward's parameters for the new buffer values: no gradient flows into a buffer."""
+        return [self.name(f"grad_new_{b}") for b in self.buffers]
+
+    def new_buffer_names(self) -> list[str]:
+        """The names setup_context gives the new buffer values this side returns (`_` for None)."""
+        return [self.name(f"new_{b}") if b in self.updates else "_" for b in self.buffers]
 
     def segments_forward(self, extra: set[str], per_step: dict[int, set[str]], ex: PyExpr) -> list[str]:
         """The segments run in order, keeping per step the values of `per_step`; the other side's values of
@@ -956,7 +977,7 @@ class LoopFunction:
         ]
         shaped = [o.id for o in self.plan.outputs if isinstance(o, N.Name) and o.id in reads.output_shapes]
         outs = [o.id if isinstance(o, N.Name) and o.id in shaped else "_" for o in self.plan.outputs]
-        outs = [s if s != "_" else o for s, o in zip(saved_outputs, outs)] + extra
+        outs = [s if s != "_" else o for s, o in zip(saved_outputs, outs)] + extra + self.new_buffer_names()
         if any(v != "_" for v in outs):
             lines.append(f"{', '.join(outs)} = {self.names.output}")  # forward returns one alone, not a tuple
         if extra and len(self.plan.outputs) == 1:  # the extra outputs' gradients: None unless given
@@ -1001,6 +1022,8 @@ class LoopFunction:
             for per_step, group in self.statistics()
             if (names := [x for x in group if x in own_extra])
         ]
+        if new := [n for n in self.new_buffer_names() if n != "_"]:  # no gradient flows into a buffer
+            groups.append((False, new))
         if len(groups) == 1:
             per_step, names = groups[0]
             marked = f"ctx.mark_non_differentiable({', '.join(names)})"
@@ -1074,11 +1097,18 @@ class LoopFunction:
         self.recomputed_plain = {p for p in self.helper.plain_inputs if p in self.backward_read.spelt}
         return lines, reads
 
+    def gradient_may_be_none(self) -> bool:
+        """Whether the output's gradient may come in as None where this side returns no extra output: a side
+        of a branching forward whose other sides return some (setup_context materialises no gradient)."""
+        return bool(self.returned) and len(self.plan.outputs) == 1 and not self.recomputing
+
     def backward_lines(self, once: set[str], per_step: dict[int, set[str]]) -> tuple[list[str], Reads]:
         if not self.split(once, per_step):
             # forward run again (`recomputing`) returns no extra output: no gradient of one comes in
             writer = self.recording(BackwardWriter(self, once, per_step, "main" if self.recomputing else "all"))
             lines = writer.write()
+            if self.gradient_may_be_none():
+                return writer.head([writer]) + _under_given(writer, lines) + self.returns(), writer.reads
             return writer.head([writer]) + writer.declared() + lines + self.returns(), writer.reads
         main = self.recording(BackwardWriter(self, once, per_step, "main"))
         main_lines = main.write()
@@ -1135,6 +1165,13 @@ class LoopFunction:
     def returns(self) -> list[str]:
         grads = [f"grad_{l}" if l in self.plan.differentiable else "None" for l in self.plan.leaves]
         return [f"return {', '.join(grads + ['None'] * (len(self.kwargs) + len(held_params(self.held))))}"]
+
+
+def _under_given(writer: BackwardWriter, lines: list[str]) -> list[str]:
+    """A backward's `lines` run only when the output's gradient is given; every gradient None otherwise."""
+    grads = writer.leaf_grads()
+    declared = grads + sorted(writer.maybe_none - set(grads))
+    return [" = ".join(declared) + " = None", f"if {writer.plan.grads[0]} is not None:", *("    " + l for l in lines)]
 
 
 def _read_by(seg, left_out: set[str]) -> set[str]:
