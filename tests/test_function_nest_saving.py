@@ -52,38 +52,26 @@ def test_lstm_layers_save_at_most_what_autograd_does():
     _at_most_autograd(a, b, torch.randn(16, 4, 16, dtype=torch.float64, requires_grad=True))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="function_nest.forward: a layer's input x (read as a value: x @ w's gradient) is stacked over the"
-    " layers beside the previous layer's stacked steps it views; next: bind x at step k to the stack of step"
-    " k - 1's update (as `LoopFunction.previous_step` does for a loop), the start at step 0",
-)
 def test_elman_layers_save_at_most_what_autograd_does():
+    """A layer's input `x` (read as a value: `x @ w`'s gradient) is not stacked over the layers: at layer k it
+    is read back from layer k - 1's stacked steps (`stack(outputs)` views them), the input at layer 0."""
     a, b = plain_pair(
         ELMAN_NUM_LAYERS, "elman_num_layers", "ElmanNumLayers", input_size=16, hidden_size=16, num_layers=2
     )
     _at_most_autograd(a, b, torch.randn(16, 4, 16, dtype=torch.float64, requires_grad=True))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="function_nest.backward: the nest's last carried value (h of `h * n`) is saved though backward"
-    " reads it only where each outer step binds it (64 B over autograd); next: find which read puts it in"
-    " `once` (not `read_after`: checked) and read it by its shape",
-)
 def test_a_nest_after_a_loop_saves_at_most_what_autograd_does():
+    """The nest's last carried value (h of `h * n`) is read by nothing after it: the zeros its gradient starts
+    as in the double backward take its start's shape (read anyway at outer step 0), not saving it; and h's
+    stack over the outer steps holds steps 1 on, its start read at step 0 rather than copied."""
     ours, plain = function_and_plain(_read_as_values(NEST_SPECS["after a loop"]), "Nested", 4)
     _at_most_autograd(ours, plain, *_nest_inputs(4, 2))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="function_loops: an input a loop reads only for its shape (x of x[t] + ..., z of z[j]) is saved"
-    " (the view is recomputed, then only its shape read); next: keep such a leaf's shape on ctx"
-    " (`shapes_kept`'s leaf_shapes) when its recomputed views are read only for their shape; then"
-    " function_nest.forward: the stack of h over the outer steps copies its start y at step 0 (saved as"
-    " itself too): stack steps 1 on and bind the start at step 0, as a loop's `_steps` does",
-)
 def test_a_nest_reading_its_inputs_for_their_shape_saves_at_most_what_autograd_does():
+    """An input read only through views read for their shape (x of `x[t] + ...`, z of `z[j]`) is kept as its
+    shape on ctx and made on the meta device; the stack of h over the outer steps holds steps 1 on, its
+    start y read at step 0 rather than copied."""
     ours, plain = function_and_plain(NEST_LAYER.replace("BODY", NEST_SPECS["carried by the inner loop"]), "Nested", 4)
     _at_most_autograd(ours, plain, *_nest_inputs(4, 2))

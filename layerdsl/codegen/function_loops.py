@@ -25,7 +25,7 @@ from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, dtype_tested
 from layerdsl.autodiff.shapes import step_shape
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen import function_nest
-from layerdsl.codegen.function import FunctionEmitter, returning_second_results, with_second_results
+from layerdsl.codegen.function import VIEWS, FunctionEmitter, returning_second_results, with_second_results
 from layerdsl.codegen.function_branches import chosen_lines
 from layerdsl.codegen.function_buffers import loop_updates, returned_values, updated_buffers
 from layerdsl.codegen.function_checks import read_vars, segment_check_lines, segment_checks
@@ -276,6 +276,7 @@ class LoopFunction:
         # values only sides of Choices read (at most MAX_SAVING_SIDES): saved when one of them runs
         self.saved_on: dict[str, list[tuple[int, int]]] = {}
         self.leaf_shapes: set[str] = set()  # inputs and members backward reads only the shape of
+        self.meta_leaves: set[str] = set()  # of those, read through views (`x[t]`): made on the meta device
         self.side_tests: dict[tuple[int, int], str] = {}  # each side's condition, as backward spells it
         # `if m != none` of an optional input, an `if` of its own: backward tests m's shape, kept on ctx
         conds = [seg.cond for seg in function_nest.choices(plan.segments)]  # a nest's body's too
@@ -426,6 +427,9 @@ class LoopFunction:
         is returned (for setup_context to take its shape) but not saved, its shape kept on ctx; a value only
         one side of an `if` reads (`gelu`'s input) is saved only when that side runs. Their gradients, as
         extra outputs', are unchanged. A value the written code still spells itself stays saved."""
+        self.meta_leaves = self.viewed_for_shape(reads, "\n".join(body))
+        if self.meta_leaves:  # their shapes read, not they (`BackwardWriter.read`)
+            body, reads = self.backward(once, per_step)
         candidates = (reads.shapes - reads.once) & once
         self.leaf_shapes = (reads.shapes - reads.once) & set(self.plan.leaves)
         self.saved_on = {v: sides for v in once & reads.once if (sides := _only_sides(reads.sides.get(v, set())))}
@@ -435,7 +439,11 @@ class LoopFunction:
         self.helper.shape_on_ctx = {v: set() for v in candidates | set(self.saved_on) | self.leaf_shapes}
         body, reads = self.backward(once, per_step)
         text = "\n".join(body)
-        spelled = {v for v in candidates | self.leaf_shapes if re.search(rf"(?<![.\w]){re.escape(v)}\b", text)}
+        spelled = {
+            v
+            for v in candidates | self.leaf_shapes - self.meta_leaves
+            if re.search(rf"(?<![.\w]){re.escape(v)}\b", text)
+        }
         if spelled:  # saved after all (a leaf: read as itself)
             self.shape_only = candidates - spelled
             self.leaf_shapes -= spelled
@@ -443,6 +451,25 @@ class LoopFunction:
             body, reads = self.backward(once, per_step)
             reads.once |= spelled & set(self.plan.leaves)
         return body, reads
+
+    def viewed_for_shape(self, reads: Reads, text: str) -> set[str]:
+        """The inputs and members the backward (`text`) reads only through views of them read for their shape
+        alone (`x[t]` recomputed in a step, then `x_t.shape`): each kept as its shape on ctx (`leaf_shapes`)
+        and made on the meta device (`placeholders_again`), as autograd keeps nothing of them."""
+        views = {s.var: s for s in self.plan_steps() if s.op is not None and s.op.shape in VIEWS}
+        views |= {p: s for loop in self.loops for p, s in loop.picks.items()}  # `x[t]` of each step
+        out = set()
+        optional = set(self.helper.maybe_absent) | set(self.presence_tested)
+        for leaf in sorted(reads.once & set(self.plan.leaves) - optional):
+            bare = re.compile(rf"(?<![.\w]){re.escape(leaf)}\b(?!\.shape\b)")
+            code = [line.split("  # ")[0].strip() for line in text.splitlines()]  # not the spec's lines
+            lines = [line for line in code if bare.search(line) and "ctx.saved_tensors" not in line]
+            binders = {line.split(" = ", 1)[0] for line in lines}
+            if lines and all(
+                b in views and leaf in _names(views[b].expr) and not _read_as_value(b, text) for b in binders
+            ):
+                out.add(leaf)
+        return out
 
     def shapes_per_step(self, reads: Reads, per_step: dict[int, set[str]], body: list[str]) -> dict[int, set[str]]:
         """The body values kept per step that backward reads only for their shape (`sum_to_size(q.shape)` in
@@ -479,6 +506,7 @@ class LoopFunction:
         for p in sorted(self.placeholders() & self.shape_only):
             shape = self.names.ctx_shape(p)
             made.append(f'{p} = None if {shape} is None else torch.empty({shape}, device="meta")')
+        made += [f'{l} = torch.empty({self.names.ctx_shape(l)}, device="meta")' for l in sorted(self.meta_leaves)]
         return made
 
     def _tensor_type(self, leaf: str) -> str:
@@ -1261,6 +1289,10 @@ def _maybe_unbound(plan: LoopPlan) -> set[str]:
         if isinstance(seg, Choice):
             out |= {m for m, values in seg.merged.items() if out & set(values)}
     return out - {UNBOUND}
+
+
+def _names(expr: N.Expr) -> set[str]:
+    return {n.id for n in walk(expr) if isinstance(n, N.Name)}
 
 
 def _read_as_value(v: str, text: str) -> bool:

@@ -5,7 +5,10 @@ Forward runs the body once per step, its segments written as the Function's own 
 backward reads (a straight segment's, a loop's carried value or stack of per-step values) is appended to a
 list of its own (`h_steps_layers`), stacked after the loop (one more leading dim: the outer steps) and
 returned as an extra output; one it reads only the shape of is kept as one element expanded to that shape,
-over the steps too (`shapes_per_step`), and holds no memory. Backward runs the body's backward for
+over the steps too (`shapes_per_step`), and holds no memory. A carried value is not stacked as a copy of
+what is kept anyway: it is read back from the stack of its update at the step before (`previous_update`:
+an RNN's `x`, the layer before's stacked outputs), or else stacked from step 1 on (`from_step_one`), and
+is its start at step 0. Backward runs the body's backward for
 k = n - 1, ..., 0 with each saved value bound to its step's slice (`h_steps = h_steps_layers[k]`, and its
 gradient as an extra output alike), so that the body's segments' backward is written as the Function's own
 is; the carried values' gradients go from step to step, and a list's items' gradients are cut from what it
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from layerdsl.autodiff.loops import UNBOUND, Choice, Loop, Straight
+from layerdsl.autodiff.loops import UNBOUND, Choice, Join, Loop, Straight
 from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen import loop_backward
@@ -183,9 +186,52 @@ def choices(segments) -> list[Choice]:
 
 
 def body_extra(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]]) -> list[str]:
-    """The body's values its backward reads (one per outer step), in the order forward computes them."""
+    """The body's values its backward reads (one per outer step), in the order forward computes them: not a
+    carried value read back from what its update views (`previous_update`)."""
     read = per_step.get(key(fn, nest), set())
-    return [c for c in nest.carried if c in read] + fn.extra_outputs(read, per_step, nest.segments)
+    rest = fn.extra_outputs(read, per_step, nest.segments)
+    moved = {c for c in nest.carried if previous_update(fn, nest, c, rest, per_step) is not None}
+    return [c for c in nest.carried if c in read and c not in moved] + rest
+
+
+def previous_update(
+    fn: LoopFunction, nest: Nest, carried: str, kept: list[str], per_step: dict[int, set[str]]
+) -> tuple[str, Join | None] | None:
+    """Where the carried value `carried` at outer step k > 0 is read back from (its start at 0), as
+    `LoopFunction.previous_step` reads a loop's: the stack over the outer steps (of `kept`, the body's values
+    kept per step) that holds its update at step k - 1, the body's value itself or the buffer of the loop whose
+    join it is (`stack(outputs)` of an RNN's layer, a view of the buffer: with that join, whose dim it moves
+    to). None where it is kept one element expanded (only its shape is read) or nothing kept holds it."""
+    update = nest.updates.get(carried)
+    if update is None or update in nest.carried or carried in fn.step_shapes.get(key(fn, nest), set()):
+        return None
+    if update in kept and not maybe_none(fn, nest, update):
+        return update, None
+    for loop in (seg for seg in nest.segments if isinstance(seg, Loop)):
+        k = fn.loops.index(loop)
+        shaped = fn.step_shapes.get(k, set())
+        order = [v for v in fn.per_step_order(loop, per_step.get(k, set())) if v not in shaped | set(loop.carried)]
+        buffered = fn.buffered_lists(loop, order)
+        for j in loop.joins:
+            if j.name == update and j.items in buffered and fn.stacked(buffered[j.items]) in kept:
+                return fn.stacked(buffered[j.items]), j
+    return None
+
+
+def from_step_one(fn: LoopFunction, nest: Nest, kept: list[str]) -> list[str]:
+    """The carried values of `kept` (the body's values kept per step) stacked from outer step 1 on, as a
+    loop's are (`LoopFunction.buffer`): step 0's is their start, which backward reads instead of a copy.
+    Not one kept one element expanded (only its shape is read: it holds no memory)."""
+    shaped = stacked_shapes(fn, nest)
+    return [v for v in kept if v in nest.carried and v not in shaped and not maybe_none(fn, nest, v)]
+
+
+def previous_value(fn: LoopFunction, nest: Nest, source: tuple[str, Join | None], ex: PyExpr) -> str:
+    """The update at the outer step before, from its `previous_update` source (as forward views the buffer)."""
+    value, join = source
+    at = f"{layers(fn, value)}[{nest.var} - 1]"
+    dim = "0" if join is None else ex(join.dim)
+    return at if dim == "0" else f"torch.movedim({at}, 0, {dim})"
 
 
 def layers(fn: LoopFunction, value: str) -> str:
@@ -275,7 +321,7 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
             body += fn.forward_choice(seg, set(kept), ex)
         elif isinstance(seg, Loop):
             body += fn.forward_loop(seg, per_step.get(fn.loops.index(seg), set()), ex)
-    shaped = stacked_shapes(fn, nest)
+    shaped, later = stacked_shapes(fn, nest), from_step_one(fn, nest, kept)
     body += [
         (
             f"{layers(fn, v)}.append({v}.new_zeros(()).expand({v}.shape))  # only its shape is read"
@@ -283,7 +329,10 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
             else f"{layers(fn, v)}.append({v})"
         )
         for v in kept
+        if v not in later
     ]
+    appended = [f"{layers(fn, v)}.append({v})" for v in later]
+    body += [f"if {nest.var} > 0:  # step 0's is its start", *("    " + line for line in appended)] if later else []
     body += [
         f"{name}.append({ex(item)})"
         for name, first in nest.appended.items()
@@ -330,7 +379,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     for c in requiring:
         st = w.state.get(w.acc(c))
         if st != "set":  # nothing after the loop reads it: zeros to start
-            g, zeros = w.acc(c), _zeros(w, c, last=True)
+            g, zeros = w.acc(c), _last_zeros(w, nest, c)
             lines.append(f"{g} = {zeros}" if st is None else f"{g} = {zeros} if {g} is None else {g}")
             w.state[g] = "set"
     parts: dict[str, str] = {}  # list -> the gradients of its items (its heads' first)
@@ -363,7 +412,8 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
                 w.maybe_none.add(w.acc(leaf))
     kept = body_extra(fn, nest, w.per_step)
     body = recorded(fn, nest) + [f"{n} = {w.ex(e)}" for n, e in nest.numbers]
-    body += [f"{v} = {layers(fn, v)}[{nest.var}]" for v in kept if not maybe_none(fn, nest, v)]
+    later = from_step_one(fn, nest, kept)
+    body += [f"{v} = {layers(fn, v)}[{nest.var}]" for v in kept if not maybe_none(fn, nest, v) and v not in later]
     body += [
         f"{v} = None if {layers(fn, v)} is None else {layers(fn, v)}[{nest.var}]"
         for v in kept
@@ -374,6 +424,9 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         for v in kept:
             given = fn.grad_out(layers(fn, v))
             step = f"{given}[{nest.var}]"
+            if v in later:  # step 0's value is the start, given no gradient of its own
+                start = w.ex(B.name(nest.carried[v]))
+                step = f"{given}[{nest.var} - 1] if {nest.var} > 0 else torch.zeros_like({start})"
             body.append(
                 f"{fn.grad_out(v)} = " + (f"None if {given} is None else {step}" if maybe_none(fn, nest, v) else step)
             )
@@ -401,6 +454,8 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     # what the body reads, by step (the values after the loop are read as themselves, outside it)
     once, current = w.reads.once, w.current
     w.reads.once = w.current = set()
+    read_back = _read_back(w, nest, kept)
+    body += list(read_back.values())
     here = fn.plan.segments.index(nest)
     for index, seg in reversed(list(enumerate(nest.segments))):
         body += rebound_before(fn, nest, index)
@@ -413,7 +468,10 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         w.current = w.reads.once
     for c in requiring:  # every step gives the step before a gradient of its carried value
         if w.state.get(w.acc(c)) != "set":
-            g, zeros = w.acc(c), _zeros(w, c)
+            g = w.acc(c)
+            # read back, of its update's gradient in the double backward (read as a value, it would be kept)
+            back = c in read_back and w.mode != "main"
+            zeros = f"torch.zeros_like({w.acc(nest.updates[c])})" if back else _zeros(w, c)
             body.append(f"{g} = {zeros}" if w.state.get(g) is None else f"{g} = {zeros} if {g} is None else {g}")
             w.state[g] = "set"
     # a value of the body whose gradient its loops sum (a member read at every step): summed anew each step
@@ -453,6 +511,39 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         if nest.carried[c] in w.plan.requires:
             lines += w.accumulate(nest.carried[c], w.acc(c), conditional=False)
     return lines
+
+
+def _read_back(w: BackwardWriter, nest: Nest, kept: list[str]) -> dict[str, str]:
+    """Each carried value the body reads per step that is not kept itself, by name: the line binding it to its
+    update at the step before, read back from what holds it (`previous_update`), its start at step 0."""
+    lines = {}
+    later = from_step_one(w.fn, nest, kept)
+    for c in nest.carried:
+        source = None
+        if c in w.per_step.get(key(w.fn, nest), set()) and c not in kept:
+            source = previous_update(w.fn, nest, c, kept, w.per_step)
+        if source is not None or c in later:
+            w.read(B.name(nest.carried[c]))
+            start = w.ex(B.name(nest.carried[c]))
+            value = previous_value(w.fn, nest, source or (c, None), w.ex)
+            lines[c] = f"{c} = {value} if {nest.var} > 0 else {start}"
+    return lines
+
+
+def _last_zeros(w: BackwardWriter, nest: Nest, c: str) -> str:
+    """Zeros of the carried value `c`'s last value's shape, for the gradient nothing after the loop gives it:
+    where nothing after the loop reads that value (nor is it an output), of its start's shape (every step's
+    value has it; backward reads the start at outer step 0 where it does not keep it per step), not saving
+    the last value for its shape alone."""
+    if c in w.fn.outputs or c in w.reads.once | w.reads.shapes:
+        return _zeros(w, c, last=True)
+    start = B.name(nest.carried[c])
+    if w.mode == "main":
+        shape = B.call("shape_of", start)
+        w.read(shape)
+        return f"{w.plan.grads[0]}.new_zeros({w.ex(shape)})"
+    w.read(start)
+    return f"torch.zeros_like({w.ex(start)})"
 
 
 def _zeros(w: BackwardWriter, c: str, last: bool = False) -> str:

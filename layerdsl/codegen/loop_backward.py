@@ -234,7 +234,9 @@ class BackwardWriter:
             if isinstance(a := c.args[i], N.Name)
         }
         for n in walk(expr):
-            if (
+            if isinstance(n, N.Name) and n.id in self.fn.meta_leaves:  # on the meta device: its shape alone
+                self.reads.shapes.add(n.id)
+            elif (
                 isinstance(n, N.Name)
                 and id(n) in shaped
                 and (self.current is self.reads.once or n.id not in self.step_body)
