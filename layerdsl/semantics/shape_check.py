@@ -42,6 +42,14 @@ class LayerShapes:
     unproven: set[int] = field(default_factory=set)
 
 
+_PARTS_PROVEN = "parts_proven"  # the attribute of a chunk/split call whose parts the static shapes give
+
+
+def parts_proven(call: N.Call) -> bool:
+    """Whether the shape check found how many parts `call` (chunk, split) gives, from the static shapes."""
+    return bool(getattr(call, _PARTS_PROVEN, False))
+
+
 def check_layer_shapes(layer: N.Layer, layers: dict[str, N.Layer], reporter: Reporter | None = None) -> LayerShapes:
     """Checks `layer`'s forward (its names resolved by the checker); reports every shape error to
     `reporter` (none: only the shapes are computed, as `show --shapes` and the language server want)."""
@@ -399,6 +407,7 @@ class _ShapePass:
                 self.r.error(call.span, f"{_text(call)}: {problem}", _PARTS_HINT[op.name])
             if found is not None:
                 self.parts[id(call)] = found
+                setattr(call, _PARTS_PROVEN, True)  # kept by clones: the Function need not check the count
             return None
         if op.shape in ("pool", "pad", "glu") and (window := S.window_problem(op, args, shape_of)):
             self.r.error(call.span, f"{_text(call)}: {window[0]}", window[1])
