@@ -1,8 +1,9 @@
 """`a, b, c, e = chunk(v, 4, dim = 1)` of a size the checker cannot tell (a cat of a run-time loop's items):
 torch.chunk cuts parts of ceil(size / 4), so a size of 5 gives 3 parts (2, 2, 1), 6 gives 3 and 9 gives 3.
 The plain module raises Python's ValueError at the unpacking line; the `@function` form, which takes each
-part as a slice, raises the same at the same spec line (`autodiff/chunk_parts.py`) rather than giving an
-empty fourth part, and agrees with the module wherever the size cuts into 4."""
+part as a slice, raises a ValueError naming the call, its spec line and the parts torch gives
+(`autodiff/unpack_checks.py`) rather than giving an empty fourth part, and agrees with the module wherever
+the size cuts into 4."""
 
 from __future__ import annotations
 
@@ -54,15 +55,18 @@ def test_both_forms_cut_as_torch_chunk_or_raise_the_same_error(steps):
         plain(x, y)
     with pytest.raises(ValueError) as function_error:
         ours(x, y)
-    assert str(function_error.value) == str(module_error.value)
-    assert str(function_error.value) == f"not enough values to unpack (expected 4, got {_parts(steps)})"
+    assert str(module_error.value) == f"not enough values to unpack (expected 4, got {_parts(steps)})"
+    assert str(function_error.value) == (
+        f"Quarters: chunk() at quarters_0.layer:12 gives {_parts(steps)} tensors here (dim 1 has size {steps}),"
+        " unpacked into 4 names"
+    )
 
 
 def test_the_check_names_the_unpacking_spec_line():
     source = compile_spec(LAYER, "quarters")["SOURCE"]
-    test = re.search(r"if len\(torch\.chunk\((\w+), 4, dim=1\)\) != 4:  # quarters\.layer:(\d+)", source)
+    test = re.search(r"chunk\(\) at quarters\.layer:(\d+) gives \{len\(torch\.chunk\(\w+, 4, 1\)\)\}", source)
     assert test is not None, source
-    assert LAYER.splitlines()[int(test.group(2)) - 1].strip().startswith("a, b, c, e = chunk(")
+    assert LAYER.splitlines()[int(test.group(1)) - 1].strip().startswith("a, b, c, e = chunk(")
 
 
 def test_a_size_the_checker_tells_is_not_checked():
@@ -70,4 +74,4 @@ def test_a_size_the_checker_tells_is_not_checked():
     told = LAYER.replace("cat(outs, dim = 1)", "cat([h, h, h, h], dim = 1)")
     source = compile_spec(told, "told")["SOURCE"]
     assert "torch.chunk" in source  # the module's unpacking
-    assert "not enough values" not in source
+    assert "unpacked into" not in source

@@ -133,9 +133,23 @@ def unsplit_reason(loop: N.For, cond: N.Expr) -> tuple[str, str] | None:
             f"compare `{loop.var}` with an int the loop does not change (`if {loop.var} < k`), or compute both"
             " sides and choose with where(cond, a, b) on a tensor condition",
         )
-    return (
-        f" (splitting the loop where its `if`s turn would make more than {MAX_PIECES} loops)",
-        "test fewer bounds in one loop (write the singled-out steps before the loop), or drop @function",
+    if isinstance(loop.iter, N.Call) and len(loop.iter.args) == 3:
+        return (
+            ", and its range has a step: a loop is split where its `if`s turn over range(stop) or range(start,"
+            " stop) only (not derived yet)",
+            f"loop over range(n) and compute the index from `{loop.var}` (`x[2 * {loop.var}]`), or drop @function",
+        )
+    try:
+        _pieces_of(loop, set())
+    except Unsplit:
+        return (
+            f" (splitting the loop where its `if`s turn would make more than {MAX_PIECES} loops)",
+            "test fewer bounds in one loop (write the singled-out steps before the loop), or drop @function",
+        )
+    return (  # it splits on its own: `split_loops` splits the loops of the forward's top level only
+        ", and it is inside another loop whose count is known only when forward runs: a loop is split where its"
+        " `if`s turn outside other loops only (not derived yet)",
+        "write the singled-out steps before the inner loop, or drop @function",
     )
 
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from layerdsl.autodiff import nest
-from layerdsl.autodiff.chunk_parts import undecided
 from layerdsl.autodiff.loop_choices import chosen_side, self_decided
 from layerdsl.autodiff.loop_ints import NumberNames, check_loop_numbers
 from layerdsl.autodiff.loop_members import without_members
@@ -846,7 +845,6 @@ class Planner:
         tape = dataclasses.replace(
             tape, leaves=self.leaves + extra, differentiable=diff, outputs=list(outputs), shapes=shapes
         )
-        tape.checks = undecided(tape.checks, shapes)  # a chunk the shapes tell cut equally
         self.requires |= _requiring(tape, self.requires)
         return tape
 

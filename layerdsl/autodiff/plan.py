@@ -19,7 +19,6 @@ import functools
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 
-from layerdsl.autodiff.chunk_parts import undecided
 from layerdsl.autodiff.inline import Inlined, LayerNotGiven, counted_inlining
 from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
 from layerdsl.autodiff.local_sizes import sub_requires_dropped
@@ -359,8 +358,7 @@ def _straight_plan(
     shapes = infer_shapes(tape, layer, measured or {})
     absent = optional - {t.name for t in layer.tensors}  # optional inputs not given: no shape a gradient takes
     tape = dataclasses.replace(tape, shapes={v: None if v in absent else s for v, s in shapes.items()})
-    checks = undecided(tape.checks, tape.shapes)  # a chunk the shapes tell cut equally
-    tape.checks = decided_checks(checks, tape.shapes)  # what the static shapes decide is not checked
+    tape.checks = decided_checks(tape.checks, tape.shapes)  # what the static shapes decide is not checked
     if layer.backward is not None:
         if problems:
             raise refusal(problems)

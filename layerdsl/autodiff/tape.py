@@ -13,9 +13,9 @@ import builtins
 import itertools
 from dataclasses import dataclass, field
 
-from layerdsl.autodiff.chunk_parts import parts_check
 from layerdsl.autodiff.formulas import parse_default
 from layerdsl.autodiff.sub_requires import as_check
+from layerdsl.autodiff.unpack_checks import PartsCheck, parts_check
 from layerdsl.diagnostics import Span
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
@@ -197,8 +197,8 @@ class Linearizer:
                         self.env.setdefault(source.id, source.id)  # a step's var, read as a local by the slices
                     for (t, _), part in zip(targets, _part_slices(v, source, len(targets))):
                         self.env[t] = self.value(part, hint=t, target=t)
-                    if (parts := parts_check(stmt.span, v, source)) is not None:
-                        self.checks.append(parts)  # as many parts as names (`autodiff.chunk_parts`)
+                    if (parts := _parts_check(v, source, len(targets))) is not None:
+                        self.checks.append(parts)  # the parts torch's call gives, where the shapes do not tell
                 case N.Unpack(targets=[(result, _), (indices, _)], value=N.Call(func=func) as v) if (
                     func in OPS and OPS[func].with_indices
                 ):
@@ -696,6 +696,15 @@ def _part_slices(call: N.Call, source: N.Expr, count: int) -> list[N.Expr]:
         parts.append(_sliced(source, d, N.Slice(N.NOWHERE, start, end, None)))
         start = end if end is not None else start
     return parts
+
+
+def _parts_check(call: N.Call, source: N.Expr, count: int) -> PartsCheck | None:
+    """The check that `call` (`chunk` or `split`, cutting `source`) gives `count` parts (`unpack_checks`)."""
+    words = {k.name: k.value for k in call.kwargs}
+    cut = call.args[1] if len(call.args) > 1 else words.get("chunks", words.get("sizes"))
+    dim = _int_literal(call.args[2] if len(call.args) > 2 else words.get("dim", B.num(0)))
+    assert cut is not None and dim is not None, "the checker checks the call's arguments, _part_slices the dim"
+    return parts_check(call, source, dim, cut, count)
 
 
 def _int_literal(e: N.Expr) -> int | None:

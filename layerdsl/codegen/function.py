@@ -990,6 +990,32 @@ class FunctionEmitter:
             out += codes if cond is None else [If(cond, codes)]
         return out
 
+    def _dropout(self, f: str, args: dict[str, N.Expr], ex: PyExpr) -> str:
+        """dropout's mask (`dropout_mask`) or the input it keeps, scaled (`dropout_apply`), as torch's dropout
+        computes them: a mask drawn only where it draws (training, 0 < p < 1: else the caller's random stream
+        would move), and at p = 1 the input times 0 (no mask, no division by 1 - p, which double backward would
+        turn into 0 / 0)."""
+        given = args.get("p")
+        p = ex.wrap(given, PREC["-"] + 1) if given is not None else "0.5"
+        written = given.value if isinstance(given, N.Num) else None
+
+        def when(test: str | bool) -> str | bool:  # in training, and `test` (p's, decided where p is written)
+            mode = [] if self.in_training else [ex.sp.training]
+            return False if test is False else " and ".join(mode + ([] if test is True else [str(test)])) or True
+
+        # p past 1 draws, so that bernoulli_ refuses it (the plain module's dropout raises there too)
+        draws = when(f"{p} > 0 and {p} != 1" if written is None else 0 < written < 1)
+        zeroes = when(f"{p} == 1" if written is None else written == 1)
+        x = ex(args["input"])
+        if f == "dropout_mask":
+            # a stack per step takes no None, so it keeps every element where none is drawn
+            kept = "None" if self.mask_when_dropping else f"torch.ones_like({x}, dtype=torch.bool)"
+            mask = f"torch.empty_like({x}, dtype=torch.bool).bernoulli_(1 - {p})"
+            return _either(draws, mask, kept)
+        dropped = f"torch.where({ex(args['mask'])}, {ex.wrap(args['input'], PREC['/'])} / (1 - {p}), 0)"
+        zeroed = f"{ex.wrap(args['input'], PREC['*'])} * 0"
+        return _either(draws, dropped, _either(zeroes, zeroed, x, nested=True))
+
     def _shape_only(self, e: N.Expr, tape: Tape) -> N.Expr:
         """Arguments of the internal helpers that only give a shape: use a leaf of the same static shape."""
         for node in walk(e):
@@ -1034,19 +1060,7 @@ class FunctionEmitter:
             return f"{OPS[f].torch}({', '.join(shaped)})"
         if f in ("dropout_mask", "dropout_apply"):  # p may be a keyword (the tape writes it so)
             args = dict(zip([p.name for p in OPS[f].params], a)) | {k.name: k.value for k in c.kwargs}
-            p = ex.wrap(args["p"], PREC["-"] + 1) if "p" in args else "0.5"
-            dropping = f"{ex.sp.training} and {p} > 0"
-            if f == "dropout_mask":
-                mask = f"torch.empty_like({ex(args['input'])}, dtype=torch.bool).bernoulli_(1 - {p})"
-                # drawn only where torch's dropout draws (else the caller's random stream would move):
-                # a stack per step takes no None, so it keeps every element there
-                kept = "None" if self.mask_when_dropping else f"torch.ones_like({ex(args['input'])}, dtype=torch.bool)"
-                return f"({mask} if {dropping} else {kept})"
-            x, keep = args["input"], ex(args["mask"])
-            dropped = f"torch.where({keep}, {ex.wrap(x, PREC['/'])} / (1 - {p}), 0)"
-            if self.in_training:  # a side of `if training`: dropping where p > 0 (no mask otherwise)
-                return f"({dropped} if {p} > 0 else {ex(x)})" if self.mask_when_dropping else dropped
-            return f"({dropped} if {dropping} else {ex(x)})"
+            return self._dropout(f, args, ex)
         if f.endswith("_indices") or f in _POOLING_GRADIENTS:
             return self._pooling(c, ex)
         if f == "transform_length":  # n, else the input's size along dim
@@ -1845,3 +1859,12 @@ def _chosen(plan: Plan, sides: Iterator[list[str]], cond: PyExpr, ends_in_return
     then = _chosen(plan.then, sides, cond, ends_in_return)
     orelse = _chosen(plan.orelse, sides, cond, ends_in_return)
     return chosen_lines(cond(plan.cond), then, orelse, ends_in_return)
+
+
+def _either(cond: str | bool, then: str, orelse: str, nested: bool = False) -> str:
+    """`then if cond else orelse` (`then` or `orelse` alone where `cond` is decided), parenthesized unless
+    `nested` in another's `else`."""
+    if isinstance(cond, bool):
+        return then if cond else orelse
+    chosen = f"{then} if {cond} else {orelse}"
+    return chosen if nested else f"({chosen})"

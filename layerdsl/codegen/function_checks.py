@@ -3,18 +3,18 @@
 A check tests the shape of values the forward computes (`Tape.checks`): it runs right after the last of them
 is bound, raising the plain module's ValueError (the sub's layer, its message and its spec line). In a loop's
 body, one reading a value of the loop (a step's, or one it carries) runs each step; one reading only sizes the
-forward measured before the loop, once, at its first step.
+forward measured before the loop, once, at its first step. The tape's checks also hold how many parts an
+unpacked `chunk`/`split` gives where only forward knows the size it cuts (`autodiff.unpack_checks`).
 """
 
 from __future__ import annotations
 
-from layerdsl.autodiff.chunk_parts import check_lines as parts_check_lines
-from layerdsl.autodiff.chunk_parts import is_parts_check
 from layerdsl.autodiff.loops import Choice, LoopPlan
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan
 from layerdsl.autodiff.sub_requires import decided
 from layerdsl.autodiff.tape import Tape
-from layerdsl.codegen.pyexpr import PyExpr
+from layerdsl.autodiff.unpack_checks import PartsCheck
+from layerdsl.codegen.pyexpr import PREC, PyExpr
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import walk
@@ -44,9 +44,26 @@ def check_lines(check: N.Require, ex: PyExpr, layer: N.Layer) -> list[str]:
     """`check`'s test and its ValueError, as the plain module writes the sub's `require`."""
     from layerdsl.codegen.module import StatementWriter  # the module's writer (it imports the Function's)
 
-    if is_parts_check(check):  # a chunk unpacked into more names than it may give parts
-        return parts_check_lines(check, ex)
+    if isinstance(check, PartsCheck):
+        return _parts_lines(check, ex, layer)
     return StatementWriter(ex, ex.sp, layer).require(check)
+
+
+_FAILS = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "=="}  # a comparison's negation
+
+
+def _parts_lines(check: PartsCheck, ex: PyExpr, layer: N.Layer) -> list[str]:
+    """The test that an unpacked chunk/split gives as many parts as names, and the ValueError the plain
+    module's unpacking would raise, saying where and how many (torch's call, on the failing path only)."""
+    cond = check.cond
+    assert isinstance(cond, N.Compare), "unpack_checks compares sizes"
+    flipped = N.Compare(cond.span, [_FAILS[cond.ops[0]]], cond.operands) if len(cond.ops) == 1 else None
+    failed = ex(flipped) if flipped is not None else f"not {ex.wrap(cond, PREC['not'])}"
+    test = failed if check.guard is None else f"{ex(check.guard)} and {failed}"
+    given = f"len(torch.{check.call.func}({ex(check.source)}, {ex(check.cut)}, {check.dim}))"
+    said = f"{layer.name}: {check.call.func}() at {layer.path}:{check.span.line} gives {{{given}}} tensors here (dim"
+    said += f" {check.dim} has size {{{ex(check.size)}}}), unpacked into {check.names} names"
+    return [f"if {test}:", f"    raise ValueError(f{said!r})"]
 
 
 def segment_check_lines(tape: Tape, ex: PyExpr, layer: N.Layer, spec_path: str | None, index: str | None) -> list[str]:

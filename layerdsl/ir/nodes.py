@@ -190,6 +190,9 @@ class Call(Expr):
     # A call of one of the layer's subs (set by the checker): a sub may be named like an operation
     # (`sub norm = LayerNorm(d)`), and then `norm(x)` calls the sub.
     sub: bool = field(default=False, init=False, repr=False, compare=False)
+    # A chunk or split whose number of parts the shape check found from the static shapes (set by it): the
+    # Function then need not check that torch's call gives as many parts as names.
+    parts_proven: bool = field(default=False, init=False, repr=False, compare=False)
 
 
 @dataclass(eq=False)

@@ -1638,7 +1638,7 @@ TABLE: tuple[Op, ...] = (
         _sig("input*, mask*, p"),
         "",
         "elementwise",
-        "input where mask, scaled by 1 / (1 - p), in training mode; input otherwise",
+        "input where mask, scaled by 1 / (1 - p), in training mode (times 0 at p = 1); input otherwise",
         {"input": "dropout_apply(grad, mask, p)"},
         internal=True,
     ),

@@ -399,6 +399,7 @@ class _ShapePass:
                 self.r.error(call.span, f"{_text(call)}: {problem}", _PARTS_HINT[op.name])
             if found is not None:
                 self.parts[id(call)] = found
+                call.parts_proven = True
             return None
         if op.shape in ("pool", "pad", "glu") and (window := S.window_problem(op, args, shape_of)):
             self.r.error(call.span, f"{_text(call)}: {window[0]}", window[1])
