@@ -738,15 +738,8 @@ class FunctionEmitter:
         """What `_reads` walks, as a graph (`optimize.saving.ReadGraph`) for sections none of which is rare."""
         plain, leaves, masks = set(self.plain_inputs), set(tape.leaves), self.masks
         outputs = {o.id for o in tape.outputs if isinstance(o, N.Name)}
-        edges: dict[str, list[str]] = {}
-        always: set[str] = set()
-        for s in tape.steps:
-            if tape.step(s.var) is not s:
-                continue
-            if s.var in masks or s.op is not None and s.op.cost in ("random", "kept") or s.var in outputs or s.costly:
-                always.add(s.var)
-            found = [n for n in names.values(s.expr) if tape.step(n) or n in leaves]
-            edges[s.var] = [n for n in found + ([s.guard] if s.guard else []) if n not in plain]
+        edges = {s.var: self._recompute_reads(tape, s.var, names) for s in tape.steps if tape.step(s.var) is s}
+        always = {v for v in edges if self._kept_anyway(tape, v, masks, outputs, rare=False)}
         starts = [
             [
                 n
@@ -774,18 +767,11 @@ class FunctionEmitter:
 
         def reader(recompute: dict[str, set[str]], rare: bool):
             def kept(var: str) -> bool:
-                step = tape.step(var)
-                # A hand-written backward ignores the gradients of extra outputs (and a rare section comes
-                # after the extra outputs are chosen), so for double backward to stay right they recompute
-                # even costly intermediates from what is saved.
-                costly_saved = step is not None and step.costly and self.layer.backward is None and not rare
                 return (
-                    var in masks
-                    or step is None
-                    or step.op is not None
-                    and step.op.cost in ("random", "kept")  # drawn once, or a second result: never recomputed
+                    self._kept_anyway(tape, var, masks, outputs, rare)
                     or not self.save_inputs_only
-                    and (var in outputs or costly_saved or var in (self.saved_cheap or ()) and not rare)
+                    and var in (self.saved_cheap or ())
+                    and not rare
                     or rare
                     and var in reads
                 )
@@ -796,11 +782,8 @@ class FunctionEmitter:
 
             return read
 
-        def edges(var: str) -> list[str]:  # what recomputing `var` reads
-            step = tape.step(var)
-            assert step is not None  # a leaf (no step) is always kept
-            found = [n for n in names.values(step.expr) if tape.step(n) or n in tape.leaves]
-            return [n for n in found + ([step.guard] if step.guard else []) if n not in self.plain_inputs]
+        def edges(var: str) -> list[str]:
+            return self._recompute_reads(tape, var, names)
 
         readers = []
         shape_uses: dict[str, set[str]] = {}
@@ -827,6 +810,29 @@ class FunctionEmitter:
             for leaves, _, expr, _ in sec.items:
                 read([n for n in names.shapes(expr) if n not in self.shape_on_ctx], leaves)
         return reads
+
+    def _kept_anyway(self, tape: Tape, var: str, masks: dict[str, Mask], outputs: set[str], rare: bool) -> bool:
+        """Whether the backward reads `var` saved whatever cheap intermediates are chosen."""
+        step = tape.step(var)
+        # A hand-written backward ignores the gradients of extra outputs (and a rare section comes after the
+        # extra outputs are chosen), so for double backward to stay right they recompute even costly
+        # intermediates from what is saved.
+        costly_saved = step is not None and step.costly and self.layer.backward is None and not rare
+        return (
+            var in masks
+            or step is None
+            or step.op is not None
+            and step.op.cost in ("random", "kept")  # drawn once, or a second result: never recomputed
+            or not self.save_inputs_only
+            and (var in outputs or costly_saved)
+        )
+
+    def _recompute_reads(self, tape: Tape, var: str, names: _ExprNames) -> list[str]:
+        """The forward values recomputing `var` reads (a bool or ints, kept on ctx, is not one)."""
+        step = tape.step(var)
+        assert step is not None  # a leaf (no step) is always kept
+        found = [n for n in names.values(step.expr) if tape.step(n) or n in tape.leaves]
+        return [n for n in found + ([step.guard] if step.guard else []) if n not in self.plain_inputs]
 
     def _sums_resolved(self, tape: Tape, sec: Section) -> Section:
         """`sum_to(g, t)` between known shapes as the plain sum it is, before deciding what to save: `t`
