@@ -44,6 +44,8 @@ from layerdsl.language.tables import python_type
 from layerdsl.optimize import (
     Facts,
     Mask,
+    Pricing,
+    ReadGraph,
     SavingCost,
     Stmt,
     addcmul_form,
@@ -61,6 +63,7 @@ from layerdsl.optimize import (
     scheduled,
     substitute,
     unary_in_place,
+    walk_reads,
 )
 from layerdsl.semantics.evaluate import example_values
 from layerdsl.semantics.shapes import GROUP, expr_shape, opaque
@@ -708,13 +711,9 @@ class FunctionEmitter:
 
         def cost(saved: frozenset[str]) -> SavingCost:
             self.saved_cheap = saved
-            if walk_keys is not None:
-                reads, recomputes = walk_keys.found(saved)
-            else:
-                reads = set(self._reads(tape, sections, self.masks, names))
-                recomputes = [set(s.recompute) for s in sections]
+            reads = set(self._reads(tape, sections, self.masks, names))
             kept = sum(size(v) for v in reads if v not in self.masks)
-            redone = sum(size(v) for recompute in recomputes for v in recompute if passes(v))
+            redone = sum(size(v) for sec in sections for v in sec.recompute if passes(v))
             return SavingCost(4 * kept, redone)
 
         passing: dict[str, bool] = {}
@@ -727,11 +726,34 @@ class FunctionEmitter:
                 )
             return passing[var]
 
-        walk_keys: _ReadKeys | None = None
         cost(frozenset())
-        if all(not sec.rare and all(lv for lv, _, _, _ in sec.items) for sec in sections):
-            walk_keys = _ReadKeys(self, tape, sections, names)  # what `_reads` would find, found faster
-        return chosen_saves([v for sec in sections for v in sec.recompute if passes(v)], cost)
+        candidates = [v for sec in sections for v in sec.recompute if passes(v)]
+        if any(sec.rare or not all(lv for lv, _, _, _ in sec.items) for sec in sections):
+            return chosen_saves(candidates, cost)
+        # which leaves read a value does not matter here: each choice is priced on a graph found once
+        pricing = Pricing(self._read_graph(tape, sections, names), size, passes, self.masks)
+        return chosen_saves(candidates, pricing.cost, pricing.each)
+
+    def _read_graph(self, tape: Tape, sections: list[Section], names: _ExprNames) -> ReadGraph:
+        """What `_reads` walks, as a graph (`optimize.saving.ReadGraph`) for sections none of which is rare."""
+        plain, leaves, masks = set(self.plain_inputs), set(tape.leaves), self.masks
+        outputs = {o.id for o in tape.outputs if isinstance(o, N.Name)}
+        edges = {s.var: self._recompute_reads(tape, s.var, names) for s in tape.steps if tape.step(s.var) is s}
+        always = {v for v in edges if self._kept_anyway(tape, v, masks, outputs, rare=False)}
+        starts = [
+            [
+                n
+                for _, _, e, _ in sec.items
+                for n in names.values(e)
+                if (tape.step(n) or n in leaves or n in masks) and n not in plain
+            ]
+            for sec in sections
+        ]
+        shape_uses = list(dict.fromkeys(n for sec in sections for _, _, e, _ in sec.items for n in names.shapes(e)))
+        absent = [*self.maybe_absent, *self.plain_inputs]
+        on_ctx = {n for n in shape_uses if n in leaves or broadcast_leaves(tape, n, absent) is not None}
+        shape_starts = [[n for _, _, e, _ in sec.items for n in names.shapes(e) if n not in plain] for sec in sections]
+        return ReadGraph(edges, always, starts, shape_starts, shape_uses, on_ctx)
 
     def _reads(
         self, tape: Tape, sections: list[Section], masks: dict[str, Mask], names: _ExprNames | None = None
@@ -744,38 +766,24 @@ class FunctionEmitter:
         outputs = {o.id for o in tape.outputs if isinstance(o, N.Name)}
 
         def reader(recompute: dict[str, set[str]], rare: bool):
-            def read(var: str, leaves: set[str]):
-                if var in self.plain_inputs:  # a bool or ints, kept on ctx (`backward_plain`)
-                    return
-                step = tape.step(var)
-                # A hand-written backward ignores the gradients of extra outputs (and a rare section comes
-                # after the extra outputs are chosen), so for double backward to stay right they recompute
-                # even costly intermediates from what is saved.
-                costly_saved = step is not None and step.costly and self.layer.backward is None and not rare
-                keep = (
-                    var in masks
-                    or step is None
-                    or step.op is not None
-                    and step.op.cost in ("random", "kept")  # drawn once, or a second result: never recomputed
+            def kept(var: str) -> bool:
+                return (
+                    self._kept_anyway(tape, var, masks, outputs, rare)
                     or not self.save_inputs_only
-                    and (var in outputs or costly_saved or var in (self.saved_cheap or ()) and not rare)
+                    and var in (self.saved_cheap or ())
+                    and not rare
                     or rare
                     and var in reads
                 )
-                if keep:
-                    reads.setdefault(var, set()).update(leaves)
-                    return
-                assert step is not None  # a leaf (no step) is always kept
-                grows = not leaves <= recompute.get(var, set())
-                recompute.setdefault(var, set()).update(leaves)
-                if grows:
-                    for n in names.values(step.expr):
-                        if tape.step(n) or n in tape.leaves:
-                            read(n, leaves)
-                    if step.guard:
-                        read(step.guard, leaves)
+
+            def read(start: list[str], leaves: set[str]) -> None:
+                # a bool or ints, kept on ctx (`backward_plain`), is neither saved nor recomputed
+                walk_reads([n for n in start if n not in self.plain_inputs], leaves, kept, edges, reads, recompute)
 
             return read
+
+        def edges(var: str) -> list[str]:
+            return self._recompute_reads(tape, var, names)
 
         readers = []
         shape_uses: dict[str, set[str]] = {}
@@ -784,9 +792,7 @@ class FunctionEmitter:
             read = reader(sec.recompute, sec.rare)
             readers.append(read)
             for leaves, _, expr, _ in sec.items:
-                for n in names.values(expr):
-                    if tape.step(n) or n in tape.leaves or n in masks:
-                        read(n, leaves)
+                read([n for n in names.values(expr) if tape.step(n) or n in tape.leaves or n in masks], leaves)
                 for n in names.shapes(expr):
                     shape_uses.setdefault(n, set()).update(leaves)
         recomputed = {v for sec in sections for v in sec.recompute}
@@ -802,10 +808,31 @@ class FunctionEmitter:
         self.shape_on_ctx.update({n: shape_uses[n] for n in self.shape_sources})
         for sec, read in zip(sections, readers):
             for leaves, _, expr, _ in sec.items:
-                for n in names.shapes(expr):
-                    if n not in self.shape_on_ctx:
-                        read(n, leaves)
+                read([n for n in names.shapes(expr) if n not in self.shape_on_ctx], leaves)
         return reads
+
+    def _kept_anyway(self, tape: Tape, var: str, masks: dict[str, Mask], outputs: set[str], rare: bool) -> bool:
+        """Whether the backward reads `var` saved whatever cheap intermediates are chosen."""
+        step = tape.step(var)
+        # A hand-written backward ignores the gradients of extra outputs (and a rare section comes after the
+        # extra outputs are chosen), so for double backward to stay right they recompute even costly
+        # intermediates from what is saved.
+        costly_saved = step is not None and step.costly and self.layer.backward is None and not rare
+        return (
+            var in masks
+            or step is None
+            or step.op is not None
+            and step.op.cost in ("random", "kept")  # drawn once, or a second result: never recomputed
+            or not self.save_inputs_only
+            and (var in outputs or costly_saved)
+        )
+
+    def _recompute_reads(self, tape: Tape, var: str, names: _ExprNames) -> list[str]:
+        """The forward values recomputing `var` reads (a bool or ints, kept on ctx, is not one)."""
+        step = tape.step(var)
+        assert step is not None  # a leaf (no step) is always kept
+        found = [n for n in names.values(step.expr) if tape.step(n) or n in tape.leaves]
+        return [n for n in found + ([step.guard] if step.guard else []) if n not in self.plain_inputs]
 
     def _sums_resolved(self, tape: Tape, sec: Section) -> Section:
         """`sum_to(g, t)` between known shapes as the plain sum it is, before deciding what to save: `t`
@@ -1527,63 +1554,6 @@ def _shape_names(e) -> list[str]:
         if isinstance(n, N.Call):
             out += [a.id for i in shape_args(n) if isinstance(a := n.args[i], N.Name)]
     return out
-
-
-class _ReadKeys:
-    """Which forward values `_reads` keeps and which each section recomputes, for a choice of cheap saves,
-    found by one walk over edges computed once: pricing each candidate save walks the tape again. Only for
-    sections none of which is rare and whose items all have leaves (then only which names are reached
-    matters, not by which leaves)."""
-
-    def __init__(self, fn: FunctionEmitter, tape: Tape, sections: list[Section], names: _ExprNames) -> None:
-        self.plain = set(fn.plain_inputs)
-        outputs = {o.id for o in tape.outputs if isinstance(o, N.Name)}
-        leaves, masks = set(tape.leaves), fn.masks
-        self.edges: dict[str, list[str]] = {}
-        self.always: set[str] = set()  # kept whatever is saved
-        for s in tape.steps:
-            if tape.step(s.var) is not s:
-                continue
-            if s.var in masks or s.op is not None and s.op.cost in ("random", "kept"):
-                self.always.add(s.var)
-            elif s.var in outputs or s.costly:
-                self.always.add(s.var)
-            found = [n for n in names.values(s.expr) if tape.step(n) or n in leaves]
-            self.edges[s.var] = found + ([s.guard] if s.guard else [])
-        self.always |= {v for v in [*masks, *leaves] if v not in self.edges}
-        self.starts = [
-            [n for _, _, e, _ in sec.items for n in names.values(e) if tape.step(n) or n in leaves or n in masks]
-            for sec in sections
-        ]
-        shape_uses = [n for sec in sections for _, _, e, _ in sec.items for n in names.shapes(e)]
-        self.shape_uses = list(dict.fromkeys(shape_uses))
-        self.shaped = {n for n in self.shape_uses if n in leaves}
-        absent = [*fn.maybe_absent, *fn.plain_inputs]
-        self.shaped |= {n for n in self.shape_uses if n not in leaves and broadcast_leaves(tape, n, absent) is not None}
-        self.shape_starts = [[n for _, _, e, _ in sec.items for n in names.shapes(e)] for sec in sections]
-
-    def found(self, saved: frozenset[str]) -> tuple[set[str], list[set[str]]]:
-        """The names kept for backward, and each section's recomputed names."""
-        reads: set[str] = set()
-        recomputes = [self._walk(start, saved, reads, set()) for start in self.starts]
-        every = reads.union(*recomputes)
-        on_ctx = {n for n in self.shape_uses if n in self.shaped and n not in every}
-        for start, recompute in zip(self.shape_starts, recomputes):
-            self._walk([n for n in start if n not in on_ctx], saved, reads, recompute)
-        return reads, recomputes
-
-    def _walk(self, start: list[str], saved: frozenset[str], reads: set[str], recompute: set[str]) -> set[str]:
-        todo = list(start)
-        while todo:
-            var = todo.pop()
-            if var in self.plain or var in recompute:
-                continue
-            if var in self.always or var in saved or var not in self.edges:
-                reads.add(var)
-                continue
-            recompute.add(var)
-            todo.extend(self.edges[var])
-        return recompute
 
 
 class _ExprNames:

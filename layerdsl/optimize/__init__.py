@@ -7,12 +7,14 @@ from layerdsl.optimize.masks import Mask, replaced
 from layerdsl.optimize.masks import candidates as mask_candidates
 from layerdsl.optimize.operations import dtype_sources, fresh_node
 from layerdsl.optimize.pipeline import optimize, prepared, scheduled
-from layerdsl.optimize.saving import SavingCost, chosen_saves, elements
+from layerdsl.optimize.saving import Pricing, ReadGraph, SavingCost, chosen_saves, elements, walk_reads
 from layerdsl.optimize.statements import Facts, Stmt
 
 __all__ = [
     "Facts",
     "Mask",
+    "Pricing",
+    "ReadGraph",
     "SavingCost",
     "Stmt",
     "addcmul_form",
@@ -31,4 +33,5 @@ __all__ = [
     "scheduled",
     "substitute",
     "unary_in_place",
+    "walk_reads",
 ]
