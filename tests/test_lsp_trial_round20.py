@@ -9,7 +9,7 @@ import itertools
 import re
 from pathlib import Path
 
-from tests.lsp_session import StdioServer, frame
+from tests.lsp_session import OpenDocument, StdioServer
 
 LOOPS = """\
 layer Block(d: int) {
@@ -42,25 +42,12 @@ layer Stack(d: int, depth: int, steps: int) {
 IDS = itertools.count(100)  # the requests' ids, unique in a server's session
 
 
-class Session:
-    """One document open in a `layerdsl lsp` over stdio, and the requests about it."""
+class Session(OpenDocument):
+    """One document open in a `layerdsl lsp` over stdio, and the requests about it (edits as incremental
+    changes)."""
 
     def __init__(self, server: StdioServer, path: Path, text: str) -> None:
-        self.server, self.uri, self.text, self.version = server, path.as_uri(), text, 1
-        path.write_text(text, encoding="utf-8")
-        document = {"uri": self.uri, "languageId": "layer", "version": 1, "text": text}
-        self.notify("textDocument/didOpen", {"textDocument": document})
-
-    def notify(self, method: str, params: dict) -> None:
-        self.server.send(frame({"jsonrpc": "2.0", "method": method, "params": params}))
-
-    def ask(self, method: str, params: dict, timeout: float = 30) -> dict:
-        msg_id = next(IDS)
-        self.server.send(frame({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}))
-        return self.server.reply_to(msg_id, timeout=timeout)
-
-    def at(self, line: int, character: int, **more) -> dict:
-        return {"textDocument": {"uri": self.uri}, "position": {"line": line, "character": character}, **more}
+        super().__init__(server, path, text, IDS)
 
     def change(self, changes: list[dict]) -> None:
         self.version += 1
