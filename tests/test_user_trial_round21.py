@@ -204,17 +204,9 @@ def test_an_if_on_the_variable_of_a_loop_not_split_says_why(body, why):
     assert "more than 8 loops" not in problems[0]
 
 
-# ---------------------------------------------------------------- still open
-
-
 # dropout's p outside [0, 1]: the plain module's F.dropout raises ValueError at every call, train and eval; the
-# Function passes the input through in eval (and at p < 0), and raises bernoulli_'s RuntimeError in training
-# for p > 1.
-@pytest.mark.xfail(
-    strict=True,
-    reason="codegen/module.py (checks_before_apply): check a dropout's p read from an argument (0 <= p <= 1) "
-    "before Function.apply, a located ValueError naming the spec line, as F.dropout raises",
-)
+# Function passed the input through in eval (and at p < 0), and raised bernoulli_'s RuntimeError in training
+# for p > 1. The module now checks such a p before Function.apply (codegen/module.py, dropout_checks).
 @pytest.mark.parametrize("p", [-0.1, 1.5])
 def test_dropout_of_a_probability_outside_0_1_raises_in_eval_too(p):
     ours, plain = function_and_plain(TWO_DROPOUTS.replace("DECORATOR", "@function"), "TwoDropouts", 3, p)
@@ -223,5 +215,11 @@ def test_dropout_of_a_probability_outside_0_1_raises_in_eval_too(p):
     x = torch.randn(2, 2, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match="dropout probability"):
         plain(x)
-    with pytest.raises(ValueError, match="dropout"):
-        ours(x)
+    for training in (False, True):
+        ours.train(training)
+        with pytest.raises(ValueError) as error:
+            ours(x)
+        assert str(error.value) == (
+            f"TwoDropouts: dropout probability has to be between 0 and 1 (dropout() at twodropouts_0.layer:LINE;"
+            f" got p = {p})"
+        ).replace("LINE", str(1 + TWO_DROPOUTS.splitlines().index("            a = dropout(h, p)")))
