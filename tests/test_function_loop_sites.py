@@ -290,11 +290,6 @@ def test_buffers_updated_in_a_forward_with_a_loop(training):
     assert saved_bytes(lambda: restored(ours)(*inputs), ours) <= saved_bytes(lambda: without(*inputs), without)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codegen/function_loops.py saves a loop's last carried value (`h`) for double backward's"
-    " torch.zeros_like(h) only; next step: keep its shape on ctx, as LoopFunction.shapes_kept does for others",
-)
 def test_buffers_updated_in_a_forward_with_a_loop_save_no_more_than_autograd():
     ours, plain = function_and_plain(STATISTICS, "Statistics", 3)
     inputs = _inputs(2, False)

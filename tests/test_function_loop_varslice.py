@@ -118,11 +118,6 @@ KEEPS_MORE = {
     " shape (`sigmoid(h[:, n:])`) again from what they are computed from, kept per step (`h`) where autograd"
     " keeps the smaller values themselves; next: in codegen/function_loops.py keep them flattened in one"
     " buffer per value, cut back per step at sizes backward's prelude records from the replayed ints",
-    "contracted": "autodiff/loops.py gives the values after a slice of a varying size no static shape (even"
-    " `h[:, :k] @ w[:k]`, of one shape), so codegen/function_loops.py keeps the loop's last `h` (read after"
-    " the loop, `h * k`) for `zeros_like(h)` in the extra outputs' section, which autograd does not keep;"
-    " next: plan those shapes with the slice's size as the difference of its bounds"
-    " (as `loop_ints.sized_per_step` finds them), the shapes that vary left unknown",
 }
 
 

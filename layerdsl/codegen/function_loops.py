@@ -430,7 +430,7 @@ class LoopFunction:
         self.meta_leaves = self.viewed_for_shape(reads, "\n".join(body))
         if self.meta_leaves:  # their shapes read, not they (`BackwardWriter.read`)
             body, reads = self.backward(once, per_step)
-        candidates = (reads.shapes - reads.once) & once
+        candidates = (reads.shapes - reads.once) & once | self.unread_last_values(reads, once)
         self.leaf_shapes = (reads.shapes - reads.once) & set(self.plan.leaves)
         self.saved_on = {v: sides for v in once & reads.once if (sides := _only_sides(reads.sides.get(v, set())))}
         if not candidates and not self.saved_on and not self.leaf_shapes:
@@ -451,6 +451,13 @@ class LoopFunction:
             body, reads = self.backward(once, per_step)
             reads.once |= spelled & set(self.plan.leaves)
         return body, reads
+
+    def unread_last_values(self, reads: Reads, once: set[str]) -> set[str]:
+        """The loops' last carried values (of `once`) returned only for the gradient the double backward gives
+        them, which it reads nothing of but their shape (the zeros of one not given): kept as their shape on ctx,
+        not saved (an earlier round's backward read them, before they were returned)."""
+        carried = {c for seg in self.plan.segments if isinstance(seg, Loop) for c in seg.carried}
+        return (once & carried) - reads.once - reads.shapes - self.outputs
 
     def viewed_for_shape(self, reads: Reads, text: str) -> set[str]:
         """The inputs and members the backward (`text`) reads only through views of them read for their shape
@@ -1093,8 +1100,12 @@ class LoopFunction:
         return " or ".join(t if re.fullmatch(r"[\w.]+|not [\w.]+", t) else f"({t})" for t in tests)
 
     def always_bound(self) -> set[str]:
-        """The values forward always computes (of straight segments): never None."""
-        return {s.var for seg in self.plan.segments if isinstance(seg, Straight) for s in seg.tape.steps}
+        """The values forward always computes (of straight segments, and a loop's carried values, bound before
+        it): never None."""
+        unbound = _maybe_unbound(self.plan)
+        loops = [seg for seg in self.plan.segments if isinstance(seg, Loop)]
+        carried = {c for loop in loops for c, start in loop.carried.items() if start not in unbound}
+        return {s.var for seg in self.plan.segments if isinstance(seg, Straight) for s in seg.tape.steps} | carried
 
     # ---------------------------------------------------------------- backward
 
