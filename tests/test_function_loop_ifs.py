@@ -15,7 +15,7 @@ import torch
 from layerdsl.autodiff.plan import plan_backwards
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
-from tests.support import compile_spec
+from tests.support import compile_spec, saved_bytes
 
 STEPS = [0, 1, 2, 5]
 BOUNDS = [-1, 1, 7]  # k before the steps, inside them, after them
@@ -213,6 +213,18 @@ def test_the_loop_is_split_where_the_if_turns():
     assert "t_at = min(1, T)" in forward
     assert "range(0, t_at)" in forward and "range(t_at, T)" in forward
     assert "if t" not in forward
+
+
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_backward_keeps_no_more_than_autograd(name, k):
+    """A value carried from one loop to the next is kept once: the later loop's start is the last row of the
+    earlier loop's buffer of its steps (saved on its own only after a loop of no steps)."""
+    ours, plain = _pair(name, 3, k, True)
+    torch.manual_seed(0)
+    x = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    assert saved_bytes(lambda: ours(x, y), ours) <= saved_bytes(lambda: plain(x, y), plain)
 
 
 def _problems(text: str) -> list[str]:

@@ -203,21 +203,7 @@ def test_the_pieces_append_to_one_list():
     assert forward.count("torch.stack(outs") == 1
 
 
-# a value carried from one piece to the next is kept twice: in the earlier piece's buffer of its steps and
-# as the later piece's start (autograd keeps it once); the others keep less than autograd all the same
-KEPT_TWICE = {"heads, stack", "t < k, stack at -2", "t == 0, cat", "t == 0, stack", "t == T - 1", "t == k, both"}
-TWICE = (
-    "codegen/function_loops.py keeps a loop's carried start on its own; next: read it from the earlier loop's buffer"
-)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=[pytest.mark.xfail(strict=True, reason=TWICE)] if n in KEPT_TWICE else [])
-        for n in sorted(SPECS)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(SPECS))
 def test_backward_keeps_no_more_than_autograd(name):
     ours, plain = _pair(name, 2)
     x, h0 = _inputs(6)

@@ -1050,6 +1050,8 @@ class LoopFunction:
         ]
         own_extra = [v for v in own_extra if v not in self.shape_only]
         chosen = [f"{v} if {self.saving_test(v)} else None" if v in self.saved_on else v for v in own_extra]
+        ends = self.ends_in_buffers(own_extra, self.kept_per_step)
+        chosen = [f"{v} if {ends[v]} is None else None" if v in ends else v for v in chosen]
         tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + chosen
         # no gradient of their own: ATen differentiates through them (one call: torch keeps the last call's)
         groups = [
@@ -1091,6 +1093,34 @@ class LoopFunction:
 
     def plan_steps(self) -> list[Step]:
         return [s for seg in self.plan.segments for s in segment_steps(seg)]
+
+    def ends_in_buffers(self, saved: list[str], per_step: dict[int, set[str]]) -> dict[str, str]:
+        """The loops' carried values of `saved` whose next value a step computes and the loop keeps per step
+        (`h = tanh(...)`, in `h1_steps`), by that buffer (saved too): after a loop of some steps, the carried
+        value is the buffer's last row, so setup_context saves it only after one of none (its buffer None)
+        and backward reads the row. The start of the next loop of a loop split (`if t == 0`) is kept once."""
+        if self.recomputing:
+            return {}
+        ends = {}
+        bound = self.always_bound()  # (one that may be None stays saved: the row of no buffer would not be)
+        for loop in (seg for seg in self.plan.segments if isinstance(seg, Loop)):
+            order = self.per_step_order(loop, per_step.get(self.loops.index(loop), set()))
+            widened = set(self.widenable(loop, order))
+            for carried, update in loop.updates.items():
+                buffer = self.stacked(update)
+                if (
+                    carried in saved
+                    and carried in bound
+                    and carried not in self.saved_on
+                    and buffer in saved
+                    and buffer not in self.saved_on
+                    and update in order
+                    and update not in widened
+                    and self.first_broadcast(loop, carried) is None
+                    and any(s.var == update for s in loop.tape.steps)
+                ):
+                    ends[carried] = buffer
+        return ends
 
     def saving_test(self, value: str) -> str:
         """The test under which setup_context saves `value`: one of the sides reading it ran."""
