@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import clone, names_bound, walk
@@ -57,11 +58,11 @@ class Bound:
     def expr(self, span) -> N.Expr:
         """The bound as an int expression."""
         if self.base is None:
-            return _int(N.Num(span, self.offset, str(self.offset)))
+            return B.int_valued(N.Num(span, self.offset, str(self.offset)))
         if self.offset == 0:
             return clone(self.base)
-        right = _int(N.Num(span, abs(self.offset), str(abs(self.offset))))
-        return _int(N.BinOp(span, "+" if self.offset > 0 else "-", clone(self.base), right))
+        right = B.int_valued(N.Num(span, abs(self.offset), str(abs(self.offset))))
+        return B.int_valued(N.BinOp(span, "+" if self.offset > 0 else "-", clone(self.base), right))
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def _pieces_of(loop: N.For, taken: set[str]) -> list[N.Stmt]:
     for s in tests:
         if any(_atom(a, loop.var, variant) is None for a in _var_atoms(s.cond, loop.var)):
             raise Unsplit
-    lo = it.args[0] if len(it.args) == 2 else _int(N.Num(it.span, 0, "0"))
+    lo = it.args[0] if len(it.args) == 2 else B.int_valued(N.Num(it.span, 0, "0"))
     hi = it.args[-1]
     facts = (Fact(_bound(lo), False), Fact(_bound(hi), True))
     pieces: list[tuple[N.Expr, N.Expr, list[N.Stmt]]] = []
@@ -173,7 +174,7 @@ def _pieces_of(loop: N.For, taken: set[str]) -> list[N.Stmt]:
     taken |= {a.target for a in turns}
     out: list[N.Stmt] = list(turns)
     for start, stop, body in pieces:
-        iter_ = _int(N.Call(it.span, "range", it.func_span, [start, stop], []))
+        iter_ = B.int_valued(N.Call(it.span, "range", it.func_span, [start, stop], []))
         iter_.kind = it.kind
         piece = dataclasses.replace(loop, iter=iter_, body=clone(body))
         out.append(_from_zero(piece, taken) if _holds_loop(loop) else piece)
@@ -193,10 +194,10 @@ def _from_zero(nest: N.For, taken: set[str]) -> N.For:
     taken.add(step)
     index = N.Name(span, step)
     index.ref = N.Ref.LOCAL
-    count = _int(N.BinOp(span, "-", clone(stop), clone(start)))
-    iter_ = _int(N.Call(span, "range", it.func_span, [count], []))
+    count = B.int_valued(N.BinOp(span, "-", clone(stop), clone(start)))
+    iter_ = B.int_valued(N.Call(span, "range", it.func_span, [count], []))
     iter_.kind = it.kind
-    var = N.Assign(span, nest.var, nest.var_span, _int(N.BinOp(span, "+", _int(index), clone(start))))
+    var = N.Assign(span, nest.var, nest.var_span, B.int_valued(N.BinOp(span, "+", B.int_valued(index), clone(start))))
     return dataclasses.replace(nest, var=step, iter=iter_, body=[var, *nest.body])
 
 
@@ -218,7 +219,7 @@ class Splitting:
         self.turns.append(N.Assign(self.loop.iter.span, name, self.loop.var_span, value))
         local = N.Name(self.loop.iter.span, name)
         local.ref = N.Ref.LOCAL
-        return _int(local)
+        return B.int_valued(local)
 
 
 def _split(
@@ -347,11 +348,11 @@ def _clamped(bound: Bound, lo: N.Expr, hi: N.Expr, span) -> N.Expr:
     if bound.key == low.key:
         at: N.Expr | Bound = bound if bound.offset >= low.offset else low
     else:
-        at = _int(N.Call(span, "maximum", span, [bound.expr(span), clone(lo)], []))
+        at = B.int_valued(N.Call(span, "maximum", span, [bound.expr(span), clone(lo)], []))
     if isinstance(at, Bound) and at.key == high.key:
         return (at if at.offset <= high.offset else high).expr(span)
     first = at.expr(span) if isinstance(at, Bound) else at
-    return _int(N.Call(span, "minimum", span, [first, clone(hi)], []))
+    return B.int_valued(N.Call(span, "minimum", span, [first, clone(hi)], []))
 
 
 def _atom_bounds(cond: N.Expr, var: str, variant: set[str]) -> list[Bound]:
@@ -408,8 +409,3 @@ def _is_var(e: N.Expr, var: str) -> bool:
 
 def _names(e: N.Node) -> set[str]:
     return {n.id for n in walk(e) if isinstance(n, N.Name)}
-
-
-def _int(e: N.Expr) -> N.Expr:
-    e.kind = N.Kind.INT
-    return e

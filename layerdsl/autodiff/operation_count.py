@@ -29,7 +29,7 @@ from layerdsl.autodiff.torch_nn_forwards import torch_nn_layer
 from layerdsl.autodiff.unroll import MAX_UNROLLED
 from layerdsl.diagnostics import Span
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import statements, walk
+from layerdsl.ir.visit import reads_only_arguments, statements, walk
 from layerdsl.language.ops import OPERATORS, OPS
 from layerdsl.semantics.evaluate import NotConstant, evaluate
 
@@ -464,8 +464,7 @@ class _Run:
 
 def _on_arguments(cond: N.Expr) -> bool:
     """Whether `cond` reads only the layer's arguments and lets (and constants)."""
-    names = [n for n in walk(cond) if isinstance(n, N.Name)]
-    return bool(names) and all(n.ref in (N.Ref.ARG, N.Ref.LET, N.Ref.CONST) for n in names)
+    return any(isinstance(n, N.Name) for n in walk(cond)) and reads_only_arguments(cond)
 
 
 def _range(bounds: list[N.Expr], known: Mapping[str, object]) -> range | None:

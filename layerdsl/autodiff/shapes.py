@@ -138,10 +138,8 @@ def carried_shapes(
     gradient summed down to b's [H])."""
     carried = dict(starts)
     for _ in range(len(carried) + 1):
-        local = shapes | carried
-        for s in steps:
-            local[s.var] = step_shape(s, local)
-        differ = {c for c, v in updates.items() if carried[c] is not None and local.get(v) != carried[c]}
+        following = _next_shapes(steps, carried, updates, shapes)
+        differ = {c for c in updates if carried[c] is not None and following[c] != carried[c]}
         if not differ:
             break
         carried.update(dict.fromkeys(differ))
@@ -157,15 +155,22 @@ def reshaped_after_first_step(
     seen = {c: [starts[c]] for c in updates}
     current = dict(starts)
     for _ in range(len(updates) + 2):
-        local = shapes | current
-        for s in steps:
-            local[s.var] = step_shape(s, local)
-        current = {c: local.get(v) for c, v in updates.items()}
+        current = _next_shapes(steps, current, updates, shapes)
         for c, shape in current.items():
             seen[c].append(shape)
     return {
         c: taken for c, taken in seen.items() if None not in taken and any(a != b for a, b in zip(taken[1:], taken[2:]))
     }
+
+
+def _next_shapes(
+    steps: list[Step], carried: dict[str, Shape], updates: dict[str, str], shapes: dict[str, Shape]
+) -> dict[str, Shape]:
+    """Each carried value's shape after one step whose carried values have the shapes `carried`."""
+    local = shapes | carried
+    for s in steps:
+        local[s.var] = step_shape(s, local)
+    return {c: local.get(v) for c, v in updates.items()}
 
 
 def _picked_by_indices(s: Step, shapes: dict[str, Shape]) -> Shape:

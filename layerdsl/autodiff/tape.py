@@ -681,10 +681,12 @@ def _part_slices(call: N.Call, source: N.Expr, count: int) -> list[N.Expr]:
         each = cut
         if call.func == "chunk":  # torch.chunk's parts: ceil(size / count) each, the last one shorter where
             # the checker could not tell the size divisible (a cat of a run-time loop's items)
-            size = _int(N.Call(N.NOWHERE, "size_at", N.NOWHERE, [source, dim], []))
-            less = B.num(cut.value - 1) if isinstance(cut, N.Num) else _int(N.BinOp(N.NOWHERE, "-", cut, B.num(1)))
-            up = _int(N.BinOp(N.NOWHERE, "+", size, less))
-            each = _int(N.BinOp(N.NOWHERE, "//", up, cut))
+            size = B.int_valued(N.Call(N.NOWHERE, "size_at", N.NOWHERE, [source, dim], []))
+            less = (
+                B.num(cut.value - 1) if isinstance(cut, N.Num) else B.int_valued(N.BinOp(N.NOWHERE, "-", cut, B.num(1)))
+            )
+            up = B.int_valued(N.BinOp(N.NOWHERE, "+", size, less))
+            each = B.int_valued(N.BinOp(N.NOWHERE, "//", up, cut))
         sizes = [each] * count
     d = _int_literal(dim)
     if d is None:
@@ -692,7 +694,7 @@ def _part_slices(call: N.Call, source: N.Expr, count: int) -> list[N.Expr]:
     parts: list[N.Expr] = []
     start: N.Expr = B.num(0)
     for k, size in enumerate(sizes):
-        end = None if k == len(sizes) - 1 else size if k == 0 else _int(N.BinOp(N.NOWHERE, "+", start, size))
+        end = None if k == len(sizes) - 1 else size if k == 0 else B.int_valued(N.BinOp(N.NOWHERE, "+", start, size))
         parts.append(_sliced(source, d, N.Slice(N.NOWHERE, start, end, None)))
         start = end if end is not None else start
     return parts
@@ -721,11 +723,6 @@ def _sliced(source: N.Expr, d: int, cut: N.Slice) -> N.Expr:
     )
     e = N.Subscript(N.NOWHERE, source, items)
     e.kind = N.Kind.TENSOR
-    return e
-
-
-def _int(e: N.Expr) -> N.Expr:
-    e.kind = N.Kind.INT
     return e
 
 

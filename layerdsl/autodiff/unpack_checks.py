@@ -40,7 +40,7 @@ def parts_check(call: N.Call, source: N.Expr, dim: int, cut: N.Expr, names: int)
         or (call.func == "chunk" and isinstance(cut, N.Num) and cut.value == 1)
     ):
         return None
-    size = _int(N.Call(N.NOWHERE, "size_at", N.NOWHERE, [source, B.num(dim)], []))
+    size = B.int_valued(N.Call(N.NOWHERE, "size_at", N.NOWHERE, [source, B.num(dim)], []))
     cond, guard = _chunk_cond(size, cut, names) if call.func == "chunk" else (_split_cond(size, cut, names), None)
     return PartsCheck(call.span, cond, guard, None, call, names, source, cut, dim, size)
 
@@ -56,38 +56,33 @@ def _split_cond(size: N.Expr, each: N.Expr, names: int) -> N.Expr:
 def _chunk_cond(size: N.Expr, count: N.Expr, names: int) -> tuple[N.Expr, N.Expr | None]:
     """torch.chunk's parts: `count` for an empty dim, else ceil(size / each) of ceil(size / count) rows each,
     which is `count` where the first count - 1 parts leave rows for the last."""
-    each = _int(N.BinOp(N.NOWHERE, "//", _plus(size, _minus_one(count)), count))
+    each = B.int_valued(N.BinOp(N.NOWHERE, "//", _plus(size, _minus_one(count)), count))
     if isinstance(count, N.Num) and count.value == names:  # an empty dim gives as many parts as names
         first = _times(B.num(names - 1), each)
         return _compare(["<"], [first, size]), _compare([">"], [size, B.num(0)])
     parts = N.IfExp(N.NOWHERE, _compare([">"], [size, B.num(0)]), _ceil(size, each), count)
-    return _compare(["=="], [_int(parts), B.num(names)]), None
+    return _compare(["=="], [B.int_valued(parts), B.num(names)]), None
 
 
 def _ceil(a: N.Expr, b: N.Expr) -> N.Expr:
-    return _int(N.BinOp(N.NOWHERE, "//", _plus(a, _int(N.BinOp(N.NOWHERE, "-", b, B.num(1)))), b))
+    return B.int_valued(N.BinOp(N.NOWHERE, "//", _plus(a, B.int_valued(N.BinOp(N.NOWHERE, "-", b, B.num(1)))), b))
 
 
 def _minus_one(e: N.Expr) -> N.Expr:
-    return B.num(e.value - 1) if isinstance(e, N.Num) else _int(N.BinOp(N.NOWHERE, "-", e, B.num(1)))
+    return B.num(e.value - 1) if isinstance(e, N.Num) else B.int_valued(N.BinOp(N.NOWHERE, "-", e, B.num(1)))
 
 
 def _plus(a: N.Expr, b: N.Expr) -> N.Expr:
-    return a if isinstance(b, N.Num) and b.value == 0 else _int(N.BinOp(N.NOWHERE, "+", a, b))
+    return a if isinstance(b, N.Num) and b.value == 0 else B.int_valued(N.BinOp(N.NOWHERE, "+", a, b))
 
 
 def _times(k: N.Num, e: N.Expr) -> N.Expr:
     if isinstance(e, N.Num):
         return B.num(k.value * e.value)
-    return e if k.value == 1 else _int(N.BinOp(N.NOWHERE, "*", k, e))
+    return e if k.value == 1 else B.int_valued(N.BinOp(N.NOWHERE, "*", k, e))
 
 
 def _compare(ops: list[str], operands: list[N.Expr]) -> N.Expr:
     e = N.Compare(N.NOWHERE, ops, operands)
     e.kind = N.Kind.BOOL
-    return e
-
-
-def _int(e: N.Expr) -> N.Expr:
-    e.kind = N.Kind.INT
     return e

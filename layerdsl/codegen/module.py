@@ -35,7 +35,7 @@ from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.diagnostics import SpecError, printable
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
-from layerdsl.ir.visit import clone, map_children, names_read, statements, walk
+from layerdsl.ir.visit import clone, map_children, names_read, reads_only_arguments, statements, walk
 from layerdsl.language.naming import fresh_name, snake_case
 from layerdsl.language.ops import CALLABLE, OPERATORS, OPS
 from layerdsl.language.tables import DTYPES, FORBIDDEN, INITS, NN_LAYERS, PYTHON_KEYWORDS, python_type
@@ -627,7 +627,7 @@ class LayerEmitter:
         calls = [n for n in walk(fwd) if isinstance(n, N.Call) and n.func == "dropout"] if fwd is not None else []
         for call in calls:
             p = call_args(OPS["dropout"], call).get("p")
-            if p is None or isinstance(p, N.Num) or not _of_arguments(p):
+            if p is None or isinstance(p, N.Num) or not reads_only_arguments(p):
                 continue
             got = ex(p)
             text = _braces_escaped(
@@ -1206,11 +1206,6 @@ def input_param(inp: N.Input) -> str:
     if inp.takes_ints:
         hint = "Tensor | tuple[int, ...]"
     return f"{inp.name}: {hint} | None = None" if inp.optional else f"{inp.name}: {hint}"
-
-
-def _of_arguments(e: N.Expr) -> bool:
-    """Whether `e` reads only arguments, lets and constants (a value known when the module is built)."""
-    return all(n.ref in (N.Ref.ARG, N.Ref.LET, N.Ref.CONST) for n in walk(e) if isinstance(n, N.Name))
 
 
 def _src(d: N.Expr) -> str:

@@ -45,3 +45,9 @@ def call(func: str, *args: N.Expr, span: Span = NOWHERE) -> N.Call:
 def key(e: N.Expr) -> str:
     """A structural key: equal for expressions of the same structure, different otherwise (their spec text)."""
     return spec_text(e)
+
+
+def int_valued(e: N.Expr) -> N.Expr:
+    """`e`, a made expression over sizes and counts, marked as the int it computes."""
+    e.kind = N.Kind.INT
+    return e

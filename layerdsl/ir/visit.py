@@ -154,6 +154,13 @@ def names_read(node: Node) -> set[str]:
     return {n.id for n in walk(node) if isinstance(n, Name)}
 
 
+def reads_only_arguments(node: Node) -> bool:
+    """Whether `node` reads only the layer's arguments, lets and constants: a value fixed once the module is
+    built."""
+    refs = (nodes.Ref.ARG, nodes.Ref.LET, nodes.Ref.CONST)
+    return all(n.ref in refs for n in walk(node) if isinstance(n, Name))
+
+
 def clone(value: Any) -> Any:
     """A deep copy of IR (nodes, statements, the optimiser's statement lists), as `copy.deepcopy` makes
     it but several times faster: lists, tuples, sets, dicts and dataclass instances are copied, an object
