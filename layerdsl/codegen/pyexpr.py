@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import PRECEDENCE
-from layerdsl.language.ops import CALLABLE, OPS, filled
+from layerdsl.language.ops import CALLABLE, OPS, Op, filled
 from layerdsl.language.tables import CONSTANTS
 from layerdsl.semantics.evaluate import OPERATOR_ROWS, written_as_math, written_plainly
 
@@ -203,7 +203,7 @@ class PyExpr:
             return None
         return self.filled(op.scalar_template, c.args, op), _template_precedence(op.scalar_template)
 
-    def filled(self, template: str, args: list[N.Expr], op) -> str:
+    def filled(self, template: str, args: list[N.Expr], op: Op) -> str:
         """A `scalar_template` with its operands: `{name}` as a comparison's or a call's, `{name^}` as an
         arithmetic operator's (parenthesized unless an atom)."""
         operands = {p.name: a for p, a in zip(op.params, args)}
