@@ -539,8 +539,8 @@ class LoopFunction:
             elif isinstance(seg, Straight):
                 out += [s.var for s in seg.tape.steps if s.var in once]
             elif isinstance(seg, Choice):  # a side's values are None when the other side ran
-                out += [s.var for s in segment_steps(seg) if s.var in once]
-                out += [m for m in seg.merged if m in once]
+                # (a value both sides bind, `step_choices.merged_as_own`, once)
+                out += [v for v in dict.fromkeys([*(s.var for s in segment_steps(seg)), *seg.merged]) if v in once]
             else:
                 k = self.loops.index(seg)
                 order = self.per_step_order(seg, per_step.get(k, set()))
@@ -848,8 +848,11 @@ class LoopFunction:
         sides = []
         for k, tape in enumerate(seg.sides()):
             lines = self.steps(tape, ex)
-            lines += [f"{name} = {self.not_an_input(values[k])}" for name, values in seg.merged.items()]
-            other = [s.var for s in seg.sides()[1 - k].steps if s.var in extra]
+            lines += [
+                f"{name} = {self.not_an_input(values[k])}" for name, values in seg.merged.items() if name != values[k]
+            ]
+            own = {s.var for s in tape.steps}
+            other = [s.var for s in seg.sides()[1 - k].steps if s.var in extra and s.var not in own | seg.merged.keys()]
             lines += [" = ".join(other) + " = None"] if other else []
             sides.append(lines)
         head = with_spec_line([f"if {ex(seg.cond)}:"], 0, self.e.spec_path, seg.span.line)
