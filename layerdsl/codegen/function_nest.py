@@ -332,16 +332,20 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
     kept = body_extra(fn, nest, per_step)
     lines += [f"{layers(fn, v)} = []" for v in kept]
     lines += [f"{name} = [{', '.join(nest.heads.get(name, []))}]" for name in nest.appended]
+    rows = side_rows(fn, nest, kept)
     body = [f"{n} = {ex(e)}" for n, e in nest.numbers]
     for seg in nest.segments:
         if isinstance(seg, Straight):
             body += fn.steps(seg.tape, ex)
-        elif isinstance(seg, Choice):
-            body += fn.forward_choice(seg, set(kept), ex)
+        elif isinstance(seg, Choice):  # (a side's rows appended where it runs, `side_rows`)
+            appends = [
+                [f"{layers(fn, v)}.append({v})" for v, (c, side) in rows.items() if c is seg and side == k]
+                for k in (0, 1)
+            ]
+            body += fn.forward_choice(seg, set(kept), ex, (appends[0], appends[1]))
         elif isinstance(seg, Loop):
             body += fn.forward_loop(seg, per_step.get(fn.loops.index(seg), set()), ex)
     shaped, later = stacked_shapes(fn, nest), from_step_one(fn, nest, kept)
-    rows = side_rows(nest, kept)
     body += [
         (
             f"{layers(fn, v)}.append({v}.new_zeros(()).expand({v}.shape))  # only its shape is read"
@@ -352,7 +356,7 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
         if v not in later and v not in rows
     ]
     # a side's value, kept for the steps that ran the side only (`step_choices`)
-    body += [line for v in kept if v in rows for line in (f"if {v} is not None:", f"    {layers(fn, v)}.append({v})")]
+
     appended = [f"{layers(fn, v)}.append({v})" for v in later]
     body += (
         [f"if {step_index(fn, nest)} > 0:  # step 0's is its start", *("    " + line for line in appended)]
@@ -436,11 +440,13 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
                 w.state[w.acc(leaf)] = "maybe"
                 w.maybe_none.add(w.acc(leaf))
     kept = body_extra(fn, nest, w.per_step)
-    rows = side_rows(nest, kept)
+    rows = side_rows(fn, nest, kept)
     body = recorded(fn, nest) + [f"{n} = {w.ex(e)}" for n, e in nest.numbers]
     later = from_step_one(fn, nest, kept)
     body += [
-        f"{v} = {layers(fn, v)}[{step_index(fn, nest)}]" for v in kept if not maybe_none(fn, nest, v) and v not in later
+        f"{v} = {layers(fn, v)}[{step_index(fn, nest)}]"
+        for v in kept
+        if not maybe_none(fn, nest, v) and v not in later | rows.keys()
     ]
     body += [
         f"{v} = None if {layers(fn, v)} is None else {layers(fn, v)}[{step_index(fn, nest)}]"
@@ -527,6 +533,8 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         view_lines += [f"{c} = {number_record(fn, nest, c)}[{step_index(fn, nest)}]" for c in nest.carried_numbers]
         view_lines += [f"{n} = {w.ex(e)}" for n, e in nest.numbers]
     body[top_at:top_at] = view_lines
+    for v in inside:  # where each value of the body is read by value (`side_rows`)
+        fn.step_sides.setdefault(v, set()).update(w.reads.sides.get(v, set()))
     read = w.reads.once | (w.reads.shapes & inside)
     w.reads.by_value.setdefault(key(fn, nest), set()).update(w.reads.once & inside)
     w.reads.shapes -= inside
@@ -547,15 +555,30 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     return lines
 
 
-def side_rows(nest: Nest, kept: list[str]) -> dict[str, tuple[Choice, int]]:
-    """The values of `kept` that a side of a choice per step binds and the other not (`step_choices`), by the
+def side_rows(fn: LoopFunction, nest: Nest, kept: list[str]) -> dict[str, tuple[Choice, int]]:
+    """The values of `kept` that backward reads on one side of a choice per step only (`step_choices`): a value
+    that side binds and the other not, or one computed before it that no other place reads by value; by the
     choice and the side: kept in rows for the steps that ran that side only."""
     out: dict[str, tuple[Choice, int]] = {}
-    for seg in nest.segments:
-        if isinstance(seg, Choice) and seg.per_step:
-            for k, tape in enumerate(seg.sides()):
-                both = {m for m, values in seg.merged.items() if UNBOUND not in values}
-                out |= {s.var: (seg, k) for s in tape.steps if s.var in kept and s.var not in both}
+    updates = set(nest.updates.values()) | set(nest.carried)
+    later = set(from_step_one(fn, nest, kept))
+    for index, seg in enumerate(nest.segments):
+        if not (isinstance(seg, Choice) and seg.per_step):
+            continue
+        both = {m for m, values in seg.merged.items() if UNBOUND not in values}
+        for k, tape in enumerate(seg.sides()):
+            out |= {s.var: (seg, k) for s in tape.steps if s.var in kept and s.var not in both}
+        where = {(choice_key(fn, nest, index), k): k for k in (0, 1)}
+        before = {
+            s.var for earlier in nest.segments[:index] if isinstance(earlier, Straight) for s in earlier.tape.steps
+        }
+        shaped = fn.step_shapes.get(key(fn, nest), set())
+        for v in kept:
+            sides = fn.step_sides.get(v, set())
+            if v in before and len(sides) == 1 and None not in sides and v not in updates | later | shaped:
+                side = next(iter(sides))
+                if side in where:
+                    out[v] = (seg, where[side])
     return out
 
 
@@ -568,7 +591,11 @@ def rows_read(w: BackwardWriter, nest: Nest, seg: Choice, k: int, rows: dict[str
     """At the start of side `k` of `seg` in backward: each of its values kept in rows read back (the last row not
     yet read: backward runs the steps in reverse), and its share of the extra outputs' gradients."""
     lines: list[str] = []
+    own = {s.var for tape in seg.sides() for s in tape.steps}
     for v, (choice, side) in rows.items():
+        if choice is seg and side != k and v not in own and w.mode != "main":  # not kept at this step: no share
+            given = w.fn.grad_out(layers(w.fn, v))
+            lines.append(f"{w.fn.grad_out(v)} = 0 if {given} is None else {given}.new_zeros({given}.shape[1:])")
         if choice is not seg or side != k:
             continue
         at = row_counter(w.fn, v)
