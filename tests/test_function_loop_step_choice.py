@@ -186,3 +186,69 @@ def test_backward_keeps_no_more_than_autograd(name, steps):
     ours, plain = _pair(name)
     x, y = _inputs(steps)
     assert saved_bytes(lambda: ours(x, y), ours) <= saved_bytes(lambda: plain(x, y), plain)
+
+
+FLAGS = """\
+@function
+layer ManyFlags(d: int, steps: int, a: bool = false, b: bool = false, c: bool = false, e: bool = false, f: bool = false, g: bool = false) {
+    param w: [d, d] = uniform(-1, 1)
+    example(d = 3, steps = 2)
+    forward(x: [B, d]) -> [B, d] {
+        h = x
+        for t in range(steps) {
+            if a {
+                h = tanh(h)
+            }
+            if b {
+                h = sin(h)
+            }
+            if c {
+                h = tanh(h) * 2.0
+            }
+            if e {
+                h = h * x
+            }
+            if f {
+                h = exp(h * 0.1)
+            }
+            if g {
+                h = h @ w
+            }
+        }
+        return h
+    }
+}
+"""
+
+
+@functools.cache
+def _flags() -> tuple[dict, dict]:
+    return compile_spec(FLAGS, "step_choice_flags_f"), compile_spec(
+        FLAGS.replace("@function\n", ""), "step_choice_flags_p"
+    )
+
+
+@pytest.mark.parametrize("flags", [(True, False, True, False, True, True), (False, True, False, True, False, True)])
+@pytest.mark.parametrize("steps", STEPS)
+def test_ifs_on_arguments_past_the_copies_are_a_choice_per_step(steps, flags):
+    """Six `if`s on arguments in a loop's body (64 copies of the loop, past 32, refused before): each a choice
+    evaluated at every step, the same side at each."""
+    modules = []
+    for namespace in _flags():
+        torch.manual_seed(0)
+        modules.append(namespace["ManyFlags"](3, steps, *flags).double())
+    ours, plain = modules
+    plain.load_state_dict(ours.state_dict())
+    torch.manual_seed(steps)
+    x = (0.5 * torch.randn(2, 3, dtype=torch.float64)).requires_grad_()
+    got, want = ours(x), plain(x)
+    torch.testing.assert_close(got, want)
+    seed = torch.randn_like(want)
+    for g, p in zip(
+        torch.autograd.grad(got, [x, *ours.parameters()], seed, allow_unused=True, materialize_grads=True),
+        torch.autograd.grad(want, [x, *plain.parameters()], seed, allow_unused=True, materialize_grads=True),
+        strict=True,
+    ):
+        torch.testing.assert_close(g, p)
+    assert torch.autograd.gradcheck(ours, (x,))
+    assert torch.autograd.gradgradcheck(ours, (x,))

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Union
 
-from layerdsl.autodiff import nest
+from layerdsl.autodiff import nest, step_choices
 from layerdsl.autodiff.loop_choices import chosen_side, self_decided
 from layerdsl.autodiff.loop_ints import NumberNames, check_loop_numbers
 from layerdsl.autodiff.loop_members import without_members
@@ -1042,11 +1042,14 @@ def _if_in_loop_refusal(cond: N.Expr, loop: N.For, optional: frozenset[str]) -> 
     copies of the loop, a test of its variable the loop is not split at (`loop_split`), or a condition on
     values that differ from step to step."""
     hint = "choose with where(cond, a, b), or put the `if` around the loop"
+    per_step = step_choices.refusal(loop)
+    if per_step is not None and not on_arguments(cond, optional):
+        return per_step  # not a choice per step (`step_choices`), nor split where it turns (`loop_split`)
     if on_arguments(cond, optional):
         return (
             f" (taking the body's `if`s on arguments out of it would make more than {MAX_BRANCH_PLANS} copies of"
-            " the loop)",
-            hint,
+            f" the loop){per_step[0] if per_step else ''}",
+            per_step[1] if per_step else hint,
         )
     return unsplit_reason(loop, cond) or ("", hint)
 

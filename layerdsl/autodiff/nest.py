@@ -154,7 +154,7 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
             if chunk:
                 segments.append(p.straight(chunk))
                 chunk = []
-            if per_step and not loops.on_arguments(s.cond):  # evaluated at every step (`step_choices`)
+            if per_step:  # evaluated at every step (`step_choices`)
                 segments.append(step_choices.merged_as_own(p.choice(s, s.cond, read)))
             else:
                 assert p.conditions is not None

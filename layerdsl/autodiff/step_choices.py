@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from layerdsl.autodiff.tape import Step, Tape
+from layerdsl.autodiff.tape import Tape
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import map_children, walk
 
@@ -39,29 +39,46 @@ def _loops():
     return loops
 
 
-def per_step_ifs(loop: N.For) -> list[N.If]:
-    """The `if`s at the top level of `loop`'s body that are not on arguments (their side may change from step to
-    step)."""
-    loops = _loops()
-    return [s for s in loop.body if isinstance(s, N.If) and not loops.on_arguments(s.cond)]
-
-
 def steps_choose(loop: N.For) -> bool:
-    """Whether `loop` (holding no loop) is planned as a choice per step: its body holds at its top level an `if`
-    whose side may change from step to step, and every `if` in it takes sides of straight statements
-    (`loops.choice_alone`), on ints only (no tensor is tested)."""
+    """Whether `loop` (holding no loop) is planned as a choice per step: its body holds `if`s at its top level
+    only (one on arguments is left there when taking them out would make too many copies of the loop), each
+    taking sides of straight tensor statements (`loops.choice_alone`, no number bound), on ints only (no
+    tensor is tested)."""
+    return _refused(loop) is None
+
+
+def refusal(loop: N.For) -> tuple[str, str] | None:
+    """Why an `if` of `loop`'s body is not a choice per step (after "cannot derive through this `if` yet: it is
+    in the body of a loop whose count is known only when forward runs"), and the hint; None when it is."""
+    return _refused(loop)
+
+
+_HINT = "compute both sides and choose with where(cond, a, b), or drop @function (autograd derives the loop)"
+
+
+def _refused(loop: N.For) -> tuple[str, str] | None:
     loops = _loops()
     if any(isinstance(s, N.For) for s in walk(loop) if s is not loop):
-        return False
+        return ", and the loop holds a loop", _HINT
     ifs = [s for s in loops.walk_stmts(loop.body) if isinstance(s, N.If)]
-    if not per_step_ifs(loop) or any(s not in loop.body for s in ifs):
-        return False
-    return all(loops.choice_alone(s) and _on_ints(s.cond) and not _binds_number(s) for s in ifs)
-
-
-def _binds_number(stmt: N.If) -> bool:
-    """Whether a side of `stmt` binds a number (not derived yet: a side's tape holds tensors only)."""
-    return any(isinstance(s, N.Assign) and s.value.kind in N.NUMBERS for s in stmt.body + stmt.orelse)
+    if not ifs:
+        return ", and its body holds no `if`", _HINT
+    for s in ifs:
+        if s not in loop.body or any(isinstance(n, N.If) for n in loops.walk_stmts(s.body + s.orelse)):
+            return (
+                ": an `if` inside a side of another `if` is not a choice per step yet",
+                "test both conditions in one `if` (`if a and b { ... }`), or " + _HINT,
+            )
+        if not loops.choice_alone(s):
+            return ": a side holding a loop, an append or a `return` is not a choice per step yet", _HINT
+        if not _on_ints(s.cond):
+            return ": a condition that reads a tensor or tests an optional input is not a choice per step", _HINT
+        if _binds_number(s):
+            return (
+                ": a side that binds a number is not a choice per step yet",
+                "compute the number outside the `if` by arithmetic on ints (`n = n + t % 2`), or " + _HINT,
+            )
+    return None
 
 
 def _on_ints(cond: N.Expr) -> bool:
@@ -70,6 +87,11 @@ def _on_ints(cond: N.Expr) -> bool:
         if isinstance(n, N.Name) and n.kind == N.Kind.TENSOR:
             return False
     return True
+
+
+def _binds_number(stmt: N.If) -> bool:
+    """Whether a side of `stmt` binds a number (not derived yet: a side's tape holds tensors only)."""
+    return any(isinstance(s, N.Assign) and s.value.kind in N.NUMBERS for s in stmt.body + stmt.orelse)
 
 
 def tail_joined(loop: N.For) -> N.For:
@@ -139,13 +161,3 @@ def _renamed_tape(tape: Tape, names: dict[str, str]) -> Tape:
         env={local: names.get(v, v) for local, v in tape.env.items()},
         shapes={names.get(v, v): shape for v, shape in tape.shapes.items()},
     )
-
-
-def own_rows(choice: Choice) -> set[str]:
-    """The values of `choice`'s sides that only one side binds (kept in rows for the steps that ran it)."""
-    both = set(choice.merged)
-    return {s.var for tape in choice.sides() for s in tape.steps} - both
-
-
-def side_steps(choice: Choice, k: int) -> list[Step]:
-    return choice.sides()[k].steps
