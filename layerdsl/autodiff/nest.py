@@ -106,6 +106,16 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
     it = stmt.iter
     assert isinstance(it, N.Call)
     for s in stmt.body:
+        if isinstance(s, N.For) and not holds_loop(s) and step_choices.steps_choose(s):
+            branch = next(b for b in s.body if isinstance(b, N.If))
+            raise NotDerivable(
+                branch.span,
+                "cannot derive through this `if` yet: it is in the body of a loop inside another loop, each of a"
+                " count known only when forward runs, and its side may change from step to step (a choice per"
+                " step is derived in a loop holding no loop only)",
+                "compute both sides and choose with where(cond, a, b), or drop @function (autograd derives the"
+                " loops)",
+            )
         if isinstance(s, N.For) and holds_loop(s):
             raise NotDerivable(
                 s.span,

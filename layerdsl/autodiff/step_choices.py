@@ -24,19 +24,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import TYPE_CHECKING
 
+from layerdsl.autodiff import loops
 from layerdsl.autodiff.tape import Tape
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import map_children, walk
 
-if False:  # pragma: no cover  (typing only; `loops` imports this module)
+if TYPE_CHECKING:
     from layerdsl.autodiff.loops import Choice
-
-
-def _loops():
-    from layerdsl.autodiff import loops
-
-    return loops
 
 
 def steps_choose(loop: N.For) -> bool:
@@ -57,7 +53,6 @@ _HINT = "compute both sides and choose with where(cond, a, b), or drop @function
 
 
 def _refused(loop: N.For) -> tuple[str, str] | None:
-    loops = _loops()
     if any(isinstance(s, N.For) for s in walk(loop) if s is not loop):
         return ", and the loop holds a loop", _HINT
     ifs = [s for s in loops.walk_stmts(loop.body) if isinstance(s, N.If)]
