@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import map_children, walk
+from layerdsl.ir.visit import children, map_children, walk
 from layerdsl.optimize.operations import (
     dtype_sources,
     fresh_node,
@@ -24,7 +25,7 @@ from layerdsl.optimize.operations import (
     result_saved,
     row,
 )
-from layerdsl.optimize.statements import Facts, Shapes, Stmt, last_reads, names
+from layerdsl.optimize.statements import Facts, MemoShapes, Stmt, last_reads, names
 from layerdsl.semantics.shapes import Shape
 
 
@@ -65,14 +66,16 @@ class _InPlaceRewriter:
     def __init__(self, stmts: list[Stmt], facts: Facts):
         self.stmts = stmts
         self.facts = facts
-        self.shapes = Shapes(facts)
+        self.shapes = MemoShapes(facts)
         self.roots: dict[str, frozenset[str]] = dict(facts.roots)
+        self.roots_memo: dict[int, tuple] = {}  # each node's dtype sources, for the current statement
         self.fresh: set[str] = set()
         self.updated: set[str] = set()
         self.last_use = last_reads(stmts)
         self.k = 0
         # The statements before the current one that read each name (only they can keep its value), and
-        # how often the current one reads each (rewriting copies nodes: `s.expr` stays as it was).
+        # how often the current one reads each (rewriting copies the nodes it changes: `s.expr` stays as
+        # it was).
         self.readers: dict[str, list[Stmt]] = {}
         self.counts: Counter[str] | None = None
 
@@ -80,6 +83,7 @@ class _InPlaceRewriter:
         for k, s in enumerate(self.stmts):
             self.k = k
             self.counts = None
+            self.roots_memo.clear()  # the roots of the names bound so far changed
             s.expr = self.rewrite(s.expr, s)
             for name in dict.fromkeys(names(s.expr)):
                 self.readers.setdefault(name, []).append(s)
@@ -104,7 +108,7 @@ class _InPlaceRewriter:
     def rewrite(self, e: N.Expr, stmt: Stmt) -> N.Expr:
         if isinstance(e, N.Call) and e.func == "extremum_mask":
             return e  # its Python reads the input twice (`mask / mask.sum(...)`): an update there would run twice
-        e = map_children(e, lambda c: self.rewrite(c, stmt))
+        e = _children_rewritten(e, lambda c: self.rewrite(c, stmt))
         op = row(e)
         if isinstance(e, N.InPlace) or op is None or op.inplace is None or isinstance(e, N.Call) and e.kwargs:
             return e
@@ -178,7 +182,7 @@ class _InPlaceRewriter:
         return have is not None and want is not None and have != want
 
     def roots_of(self, e) -> frozenset[str]:
-        return dtype_sources(e, self.roots)
+        return dtype_sources(e, self.roots, self.roots_memo)
 
     def guaranteed_roots(self, s: Stmt) -> frozenset[str]:
         """The roots of `s.target` whether or not its optional member is present."""
@@ -187,3 +191,14 @@ class _InPlaceRewriter:
         if s.otherwise is not None:
             return self.roots_of(s.expr) & self.roots_of(s.otherwise)
         return self.roots.get(s.target, frozenset())
+
+
+def _children_rewritten(e: N.Expr, fn: Callable[[Any], Any]) -> N.Expr:
+    """`map_children(e, fn)`, but `e` itself when `fn` changes no child: a statement with nothing to update
+    is not copied. `fn` runs on each child once, in the order `map_children` would run it."""
+    kids = children(e)
+    new = [fn(c) for c in kids]
+    if all(a is b for a, b in zip(kids, new, strict=True)):
+        return e
+    replaced = iter(new)
+    return map_children(e, lambda _: next(replaced))

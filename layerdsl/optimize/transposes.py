@@ -12,7 +12,7 @@ from __future__ import annotations
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import map_children
-from layerdsl.optimize.statements import Facts, Shapes, Stmt, use_counts
+from layerdsl.optimize.statements import Facts, Shapes, Stmt, touches, use_counts
 
 
 def transposes_cancelled(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
@@ -23,7 +23,8 @@ def transposes_cancelled(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
     bound: dict[str, Stmt] = {}
     merged: set[int] = set()
     for s in stmts:
-        s.expr = _cancelled(s.expr, shapes)
+        if touches(s.expr, funcs=("transpose",)):  # else cancelling would only copy it
+            s.expr = _cancelled(s.expr, shapes)
         src = _transposed_product(s.expr, bound, uses, facts, shapes)
         if src is not None and not s.guard:
             product = src.expr
