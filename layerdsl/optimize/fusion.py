@@ -14,7 +14,7 @@ from layerdsl.ir.visit import clone, map_children, walk
 from layerdsl.language.ops import OPS, shape_args
 from layerdsl.optimize.operations import COMPLEX, dtype_sources, is_product
 from layerdsl.optimize.scales import LINEAR
-from layerdsl.optimize.statements import Facts, Shapes, Stmt, reads, touches, use_counts
+from layerdsl.optimize.statements import Facts, Shapes, Stmt, reads, rewritten_children, touches, use_counts
 
 # ------------------------------------------------------------------ folding
 
@@ -221,7 +221,7 @@ def addcmul_form(e: N.Expr) -> N.Expr:
     """`p + q * r` as `addcmul(p, q, r)`: one pass instead of two."""
     if isinstance(e, N.Call) and e.func == "extremum_mask":
         return e  # its input must round as the forward did: it is compared with the saved extremum
-    e = map_children(e, addcmul_form)
+    e = rewritten_children(e, addcmul_form)
     if isinstance(e, N.BinOp) and e.op == "+" and e.kind == "tensor":
         for p, prod in ((e.left, e.right), (e.right, e.left)):
             if is_product(prod) and p.kind == "tensor":

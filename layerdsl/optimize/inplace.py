@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import children, map_children, walk
+from layerdsl.ir.visit import map_children, walk
 from layerdsl.optimize.operations import (
     dtype_sources,
     fresh_node,
@@ -25,7 +24,7 @@ from layerdsl.optimize.operations import (
     result_saved,
     row,
 )
-from layerdsl.optimize.statements import Facts, MemoShapes, Stmt, last_reads, names
+from layerdsl.optimize.statements import Facts, MemoShapes, Stmt, last_reads, names, rewritten_children
 from layerdsl.semantics.shapes import Shape
 
 
@@ -108,7 +107,7 @@ class _InPlaceRewriter:
     def rewrite(self, e: N.Expr, stmt: Stmt) -> N.Expr:
         if isinstance(e, N.Call) and e.func == "extremum_mask":
             return e  # its Python reads the input twice (`mask / mask.sum(...)`): an update there would run twice
-        e = _children_rewritten(e, lambda c: self.rewrite(c, stmt))
+        e = rewritten_children(e, lambda c: self.rewrite(c, stmt))
         op = row(e)
         if isinstance(e, N.InPlace) or op is None or op.inplace is None or isinstance(e, N.Call) and e.kwargs:
             return e
@@ -191,14 +190,3 @@ class _InPlaceRewriter:
         if s.otherwise is not None:
             return self.roots_of(s.expr) & self.roots_of(s.otherwise)
         return self.roots.get(s.target, frozenset())
-
-
-def _children_rewritten(e: N.Expr, fn: Callable[[Any], Any]) -> N.Expr:
-    """`map_children(e, fn)`, but `e` itself when `fn` changes no child: a statement with nothing to update
-    is not copied. `fn` runs on each child once, in the order `map_children` would run it."""
-    kids = children(e)
-    new = [fn(c) for c in kids]
-    if all(a is b for a, b in zip(kids, new, strict=True)):
-        return e
-    replaced = iter(new)
-    return map_children(e, lambda _: next(replaced))

@@ -3,12 +3,13 @@ and shapes they read."""
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
+from typing import Any
 
 from layerdsl.diagnostics import Span
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import walk
+from layerdsl.ir.visit import children, map_children, walk
 from layerdsl.semantics.shapes import Shape, expr_shape
 
 
@@ -56,6 +57,18 @@ def touches(e: N.Expr, names: Container[str] = (), funcs: Container[str] = ()) -
     """Whether `e` reads one of `names` or calls one of `funcs`: a pass that rewrites only those leaves
     the other statements as they are, uncopied."""
     return any(isinstance(n, N.Name) and n.id in names or isinstance(n, N.Call) and n.func in funcs for n in walk(e))
+
+
+def rewritten_children(e: N.Expr, fn: Callable[[Any], Any]) -> N.Expr:
+    """`map_children(e, fn)`, but `e` itself when `fn` changes no child: a pass copies only the nodes on the
+    way to what it rewrites (a statement's nodes belong to it alone, so nothing else sees them shared).
+    `fn` runs on each child once, in the order `map_children` runs it."""
+    kids = children(e)
+    new = [fn(c) for c in kids]
+    if all(a is b for a, b in zip(kids, new, strict=True)):
+        return e
+    replaced = iter(new)
+    return map_children(e, lambda _: next(replaced))
 
 
 def reads(s: Stmt) -> list[str]:

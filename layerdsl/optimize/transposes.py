@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import map_children
-from layerdsl.optimize.statements import Facts, Shapes, Stmt, touches, use_counts
+from layerdsl.optimize.statements import Facts, Shapes, Stmt, rewritten_children, touches, use_counts
 
 
 def transposes_cancelled(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
@@ -78,7 +77,7 @@ def _int(e: N.Expr) -> int | None:
 
 
 def _cancelled(e: N.Expr, shapes: Shapes) -> N.Expr:
-    e = map_children(e, lambda c: _cancelled(c, shapes))
+    e = rewritten_children(e, lambda c: _cancelled(c, shapes))
     outer = _dims(e)
     if outer is None:
         return e
