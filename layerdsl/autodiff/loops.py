@@ -31,6 +31,7 @@ from typing import Union
 from layerdsl.autodiff import nest
 from layerdsl.autodiff.loop_choices import chosen_side, self_decided
 from layerdsl.autodiff.loop_ints import NumberNames, check_loop_numbers
+from layerdsl.autodiff.loop_lists import nonnegative_int, unit_slices
 from layerdsl.autodiff.loop_members import without_members
 from layerdsl.autodiff.loop_split import split_loops, unsplit_reason
 from layerdsl.autodiff.reverse import derive
@@ -689,7 +690,7 @@ class Planner:
         assigned |= {t for s in stmt.body if isinstance(s, N.Unpack) for t, _ in s.targets}
         carried = {local: self.fresh(local) for local in self.alias if local in assigned}
         env = dict(self.alias) | carried
-        lin = self.linearizer(stmt.body, env, loop_var=stmt.var)
+        lin = self.linearizer(self.unit_sliced(stmt), env, loop_var=stmt.var)
         lin.lists = {name: [] for name in self.lists}
         tape = lin.run()
         for s in tape.steps:
@@ -749,6 +750,14 @@ class Planner:
         for local, c in carried.items():
             self.alias[local] = c  # after the loop, the carried name holds the last step's value
         return [hoisted, loop] if hoisted is not None else [loop]
+
+    def unit_sliced(self, stmt: N.For) -> list[N.Stmt]:
+        """`stmt`'s body with `x[t:t + 1]` over the loop's count as `unsqueeze(x[t], 0)` (`loop_lists`)."""
+        return unit_slices(
+            stmt,
+            lambda name: self.shapes.get(self.alias.get(name, name)),
+            lambda e: nonnegative_int(e, self.forward.body),
+        )
 
     def continue_list(self, loop: Loop, name: str) -> None:
         """`loop` appending to the list `name` after an earlier loop did: the same list, its items after the

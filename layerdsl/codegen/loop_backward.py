@@ -156,8 +156,9 @@ class BackwardWriter:
         once = {v for r in reads for v in r.once}
         leaves = [l for l in self.plan.leaves if l in once]
         outputs = [o.id for o in self.plan.outputs if isinstance(o, N.Name) and o.id in once]
-        if self.fn.recomputing:  # nothing but inputs and parameters is saved
-            return leaves
+        if self.fn.recomputing:  # nothing but inputs and parameters is saved (those read for their shape too)
+            shapes = {v for r in reads for v in r.shapes}
+            return [l for l in self.plan.leaves if l in once or l in shapes]
         extra = self.fn.extra_outputs(self.once, self.per_step)
         return leaves + outputs + [x for x in extra if x not in self.fn.shape_only]
 
