@@ -21,9 +21,7 @@ from layerdsl.ir.visit import clone, map_children, names_bound, walk
 from layerdsl.semantics.shapes import Shape, dim_text
 
 
-def unit_slices(
-    loop: N.For, shape_of: Callable[[str], Shape], nonnegative: Callable[[N.Expr], bool]
-) -> list[N.Stmt]:
+def unit_slices(loop: N.For, shape_of: Callable[[str], Shape], nonnegative: Callable[[N.Expr], bool]) -> list[N.Stmt]:
     """`loop`'s body with each `x[..., t:t + 1, ...]` of a value x from outside it, whose dim there is the
     loop's stop (`for t in range(T)`, `range(a, T)` of an `a` that `nonnegative` proves >= 0), written as
     `unsqueeze(x[..., t, ...], k)` (k: the dims the result keeps before it). `shape_of`: a name's shape
@@ -106,15 +104,21 @@ def _statements(body: list[N.Stmt]):
             yield from _statements(s.orelse)
 
 
-def item_read(e: N.Expr, lists: set[str], shapes_of: Callable[[str], list[Shape] | None]) -> N.Expr:
-    """`L[i]` (an int `i`) of a list of `lists` as `stack(L, dim = 0)[i]`; NotDerivable where the list's items
-    may differ in shape (`stack` would raise where the list reads), and for another read of the list.
-    `shapes_of(L)`: the shapes of every item L may hold (before its loops, each step's), None where one is
-    unknown."""
+def item_read(
+    e: N.Expr, lists: set[str], shapes_of: Callable[[str], list[Shape] | None], heads_of: Callable[[str], list[str]]
+) -> N.Expr:
+    """`L[i]` (an int `i`) of a list of `lists` as the value appended before its loops there (`heads_of(L)`,
+    in order), or else as `stack(L, dim = 0)[i]`; NotDerivable where the list's items may differ in shape
+    (`stack` would raise where the list reads), and for another read of the list. `shapes_of(L)`: the
+    shapes of every item L may hold (before its loops, each step's), None where one is unknown."""
     if not (isinstance(e, N.Subscript) and isinstance(e.value, N.Name) and e.value.id in lists):
         return e
     name = e.value.id
-    if len(e.items) != 1 or _int_literal(e.items[0]) is None:
+    at = _int_literal(e.items[0]) if len(e.items) == 1 else None
+    heads = heads_of(name)
+    if at is not None and 0 <= at < len(heads):  # appended before the loop: that value itself
+        return B.name(heads[at], e.span)
+    if at is None:
         raise NotDerivable(
             e.span,
             f"a derived backward reads an item of the list '{name}', which a loop whose count is known only when"

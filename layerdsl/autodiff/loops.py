@@ -31,7 +31,7 @@ from typing import Union
 from layerdsl.autodiff import nest
 from layerdsl.autodiff.loop_choices import chosen_side, self_decided
 from layerdsl.autodiff.loop_ints import NumberNames, check_loop_numbers
-from layerdsl.autodiff.loop_lists import nonnegative_int, unit_slices
+from layerdsl.autodiff.loop_lists import item_read, nonnegative_int, unit_slices
 from layerdsl.autodiff.loop_members import without_members
 from layerdsl.autodiff.loop_split import split_loops, unsplit_reason
 from layerdsl.autodiff.reverse import derive
@@ -504,7 +504,7 @@ class Planner:
         """`stmt` with `stack(L, dim = d)` / `cat(L, dim = d)` of a loop's list as the value they join."""
 
         def go(e):
-            e = map_children(e, go)
+            e = map_children(item_read(e, set(self.loops), self.item_shapes, self.heads_read), go)
             if isinstance(e, N.Call) and e.func in ("stack", "cat") and e.args:
                 listed = e.args[0]
                 if isinstance(listed, N.Name) and listed.id in self.heads and listed.id not in self.loops:
@@ -522,6 +522,21 @@ class Planner:
             return e
 
         return go(stmt)
+
+    def heads_read(self, name: str) -> list[str]:
+        """The values appended to the list `name` before its loops, read by their own names."""
+        heads = self.loops[name].heads.get(name, [])
+        self.alias.update({h: h for h in heads})
+        return heads
+
+    def item_shapes(self, name: str) -> list[Shape]:
+        """The shapes of every item the list `name` may hold after its loops: appended before them, and each
+        step's of each loop in a row appending to it (`loop_lists.item_read`)."""
+        owner = self.loops[name]
+        items: list[N.Expr] = [B.name(h) for h in owner.heads.get(name, [])]
+        for loop in self.collecting.get(name) or [owner]:
+            items += [loop.appended[name], *loop.more.get(name, [])]
+        return [self.shapes.get(v.id) if isinstance(v, N.Name) else None for v in items]
 
     def join_name(self, join: Join, span: Span) -> N.Name:
         """`join` recorded on its loop, as the name of the value it is."""
