@@ -85,6 +85,31 @@ SPECS = {
             }
         }
         return stack(outs, dim = -1)""",
+    # both pieces two a step, with a head, joined by cat (a stack of each step's i-th item, over the pieces)
+    "split, two a step each, cat": """outs = [h0]
+        for t in range(T) {
+            if t == 0 {
+                h = tanh(x[t] @ w)
+            } else {
+                h = tanh(x[t] @ w + h @ u)
+            }
+            outs.append(h)
+            outs.append(sin(h) * 2.0)
+        }
+        return cat(outs, dim = 1)""",
+    # loops written in a row, several a step, a stack of the first read between them
+    "two loops in a row, several a step": """outs = []
+        for t in range(T) {
+            h = tanh(x[t] @ w + h @ u)
+            outs.append(h)
+            outs.append(h * h)
+        }
+        first = stack(outs, dim = 0)
+        for s in range(1, T) {
+            h = sin(h @ u) * x[s]
+            outs.append(h * 2.0)
+        }
+        return cat([first, stack(outs, dim = 0)], dim = 0)""",
     # the last item after the loop
     "last item": """outs = []
         for t in range(T) {
@@ -261,3 +286,34 @@ def test_an_item_at_a_computed_index_is_refused_saying_why():
         return outs[T - 1]""")
     assert [(p.span.line, p.span.col) for p in problems] == [(13, 16)]
     assert "at an int written in the spec only" in problems[0].message
+
+
+UNEVEN_CAT = """outs = []
+        for t in range(T) {
+            h = tanh(x[t] @ w + h @ u)
+            if t == 0 {
+                outs.append(h)
+            } else {
+                outs.append(h)
+                outs.append(h * 3.0)
+            }
+        }
+        return cat(outs, dim = 0)"""
+
+
+def test_a_cat_over_pieces_appending_unlike_counts_is_refused_saying_why():
+    problems = _problems(UNEVEN_CAT)
+    assert [(p.span.line, p.span.col) for p in problems] == [(18, 16)]
+    assert "cannot derive through this cat() yet" in problems[0].message
+    assert "append 1 and 2 items a step" in problems[0].message
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="autodiff/loops.Planner.cat_of_steps stacks the i-th item of every step over the loops in a row"
+    " (`L[start::per]`), so pieces appending unlike counts a step are refused; next: cut each loop's items"
+    " out of the list by its own count and per (`Loop.before_per`) in codegen/function_loops.joined, and stack"
+    " each loop's i-th items on their own",
+)
+def test_a_cat_over_pieces_appending_unlike_counts_derives():
+    assert not _problems(UNEVEN_CAT)

@@ -143,6 +143,24 @@ def item_read(
     return out
 
 
+def uneven_steps(loops: list, name: str, shapes: dict[str, Shape]) -> str | None:
+    """Why the steps of `loops` in a row appending to the list `name` cannot be stacked item by item for a
+    `cat` of it (`loops.Planner.cat_of_steps`): they append a different number of items a step, or items
+    of different shapes at one place of a step; None when they can."""
+    per = {1 + len(loop.more.get(name, [])) for loop in loops}
+    if len(per) > 1:
+        return (
+            f"the loops in a row appending to it append {' and '.join(map(str, sorted(per)))} items a step (not"
+            " derived yet)"
+        )
+    for i in range(per.pop() if per else 0):
+        items = [[loop.appended[name], *loop.more.get(name, [])][i] for loop in loops]
+        seen = {shapes.get(v.id) if isinstance(v, N.Name) else None for v in items}
+        if len(seen) > 1:
+            return "the loops in a row appending to it append items of different shapes (not derived yet)"
+    return None
+
+
 def _int_literal(item: N.SubscriptItem) -> int | None:
     if isinstance(item, N.UnaryOp) and item.op == "-" and (inner := _int_literal(item.operand)) is not None:
         return -inner

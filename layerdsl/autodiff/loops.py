@@ -31,7 +31,7 @@ from typing import Union
 from layerdsl.autodiff import nest
 from layerdsl.autodiff.loop_choices import chosen_side, self_decided
 from layerdsl.autodiff.loop_ints import NumberNames, check_loop_numbers
-from layerdsl.autodiff.loop_lists import item_read, nonnegative_int, unit_slices
+from layerdsl.autodiff.loop_lists import item_read, nonnegative_int, uneven_steps, unit_slices
 from layerdsl.autodiff.loop_members import without_members
 from layerdsl.autodiff.loop_split import split_loops, unsplit_reason
 from layerdsl.autodiff.reverse import derive
@@ -105,6 +105,8 @@ class Loop:
     # a list appended to by loops in a row (a loop split where its `if`s turn, `loop_split`), one Python list:
     # list local -> the bounds of the loops before this one that append to it (its items come after theirs)
     before: dict[str, list[list[N.Expr]]] = field(default_factory=dict)
+    # list local -> the items a step appends to it, of each loop of `before` (1 but for `more`)
+    before_per: dict[str, list[int]] = field(default_factory=dict)
     continued: set[str] = field(default_factory=set)  # the lists a later loop appends to after this one
     later_joins: list[Join] = field(default_factory=list)  # joins after a later loop of the lists it continues
 
@@ -544,7 +546,7 @@ class Planner:
         collecting = self.collecting.get(join.items, [])
         for earlier in collecting[:-1] if collecting and collecting[-1] is self.loops[join.items] else []:
             earlier.later_joins.append(join)  # theirs are its first items
-            join.earlier.append(earlier.appended[join.items])
+            join.earlier += [earlier.appended[join.items], *earlier.more.get(join.items, [])]
         self.shapes[join.name] = _joined_shape(join, self.loops[join.items], self.shapes)
         self.requires.add(join.name)
         self.alias[join.name] = join.name
@@ -557,6 +559,7 @@ class Planner:
         heads' is the cat's own."""
         loop, d = self.loops[listed.id], _int_value(dim)
         why = _not_stacked(loop, listed.id, self.shapes) or (None if d is not None else "its dim is not a number")
+        why = why or uneven_steps(self.collecting.get(listed.id, []), listed.id, self.shapes)
         if why is not None or d is None:
             raise NotDerivable(
                 e.span,
@@ -779,15 +782,17 @@ class Planner:
         earlier loops' (the heads first); NotDerivable where a loop holding a loop or several items a step
         make the steps' places in it unknown."""
         earlier = self.loops[name]
-        if isinstance(earlier, nest.Nest) or name in earlier.more or name in loop.more:
+        if isinstance(earlier, nest.Nest):
             raise NotDerivable(
                 loop.span,
                 f"a derived backward collects '{name}' over loops in a row (as written, or one loop split where"
-                " its `if`s on its variable turn) only when each appends one item a step and holds no loop",
-                "append one item a step (cat a step's items into one), or drop @function",
+                " its `if`s on its variable turn) only when none holds a loop (not derived yet)",
+                "append to a list of its own in the loop holding a loop, and stack or cat the lists, or drop"
+                " @function",
             )
         loop.heads[name] = list(earlier.heads.get(name, []))
         loop.before[name] = [*earlier.before.get(name, []), list(earlier.bounds)]
+        loop.before_per[name] = [*earlier.before_per.get(name, []), 1 + len(earlier.more.get(name, []))]
         earlier.continued.add(name)
 
     def hoisted(self, tape: Tape, variant: set[str]) -> tuple[Straight | None, Tape]:
