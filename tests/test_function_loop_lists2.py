@@ -110,6 +110,35 @@ SPECS = {
             outs.append(h * 2.0)
         }
         return cat([first, stack(outs, dim = 0)], dim = 0)""",
+    # a loop holding a loop, then a loop, appending to one list
+    "nest, then a loop": """outs = []
+        for l in range(T) {
+            for t in range(T) {
+                h = tanh(x[t] @ w + h @ u)
+            }
+            outs.append(h)
+        }
+        for s in range(T) {
+            h = sin(h @ u)
+            outs.append(h * 2.0)
+        }
+        return stack(outs, dim = 0)""",
+    # a loop, then a loop holding a loop appending two items a step, a head first
+    "a loop, then a nest": """outs = [h0]
+        for s in range(T) {
+            h = sin(h @ u)
+            outs.append(h)
+        }
+        for l in range(T) {
+            g = h * 0.5
+            for t in range(T) {
+                g = tanh(x[t] @ w + g @ u)
+            }
+            outs.append(g)
+            outs.append(g * h)
+            h = g
+        }
+        return stack(outs, dim = 1)""",
     # the last item after the loop
     "last item": """outs = []
         for t in range(T) {
@@ -221,7 +250,16 @@ def test_the_list_derives(name, steps, decorator):
 
 
 # where the Function keeps more than autograd, and why
+NEST_KEEPS = (
+    "codegen/function_nest.py: a loop holding a loop keeps its carried value at every outer step beside what its"
+    " inner loop keeps per step, also with a list of its own (not this list's doing: `return stack(outs)` of"
+    " the nest alone keeps 2304 bytes to autograd's 2064); next: read an outer step's start back from the"
+    " inner loop's steps kept at the step before (`h_steps[-1]`), as codegen/function_loops does for loops in a"
+    " row"
+)
 KEEPS_MORE = {
+    "nest, then a loop": NEST_KEEPS,
+    "a loop, then a nest": NEST_KEEPS,
     "first and last items": "autodiff/loop_lists.item_read: `outs[-1]` of a list with items before its loop is"
     " an item of `stack(outs, dim = 0)`, a copy of every item, kept whole where backward reads the item (`h0 *"
     " outs[-1]`); next: in codegen/function_loops.py spell such an item as the loop's per-step buffer's"

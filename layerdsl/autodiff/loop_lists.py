@@ -122,7 +122,7 @@ def item_read(
         raise NotDerivable(
             e.span,
             f"a derived backward reads an item of the list '{name}', which a loop whose count is known only when"
-            " forward runs appends to, at an int written in the spec only (`{name}[-1]`, `{name}[0]`)",
+            f" forward runs appends to, at an int written in the spec only (`{name}[-1]`, `{name}[0]`)",
             f"stack({name}, dim = ...) and index that",
         )
     shapes = shapes_of(name)

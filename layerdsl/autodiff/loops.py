@@ -383,7 +383,7 @@ class Planner:
         self.alias: dict[str, str] = {}  # spec local -> the value name holding it now
         self.lists: set[str] = set()
         self.loops: dict[str, Loop | nest.Nest] = {}  # list local -> the loop appending to it
-        self.collecting: dict[str, list[Loop]] = {}  # list local -> the loops in a row appending to it
+        self.collecting: dict[str, list[Loop | nest.Nest]] = {}  # list local -> the loops in a row appending to it
         # the loop variables and lists are Python names of the Function too
         self.taken: set[str] = reserved_names(layer)
         self.taken |= {s.var for s in walk_stmts(self.forward.body) if isinstance(s, N.For)}
@@ -516,7 +516,7 @@ class Planner:
                     dim = e.args[1] if len(e.args) > 1 else next((k.value for k in e.kwargs if k.name == "dim"), None)
                     heads = self.loops[listed.id].heads.get(listed.id, [])
                     owner = self.loops[listed.id]
-                    several = listed.id in owner.more or isinstance(owner, Loop) and listed.id in owner.before
+                    several = listed.id in owner.more or listed.id in owner.before
                     if (heads or several) and e.func == "cat":
                         return self.cat_of_steps(e, listed, dim or B.num(0), heads)
                     join = Join(self.fresh(f"{e.func}ed_{listed.id}"), e.func, dim or B.num(0), listed.id, heads)
@@ -777,19 +777,10 @@ class Planner:
             lambda e: nonnegative_int(e, self.forward.body),
         )
 
-    def continue_list(self, loop: Loop, name: str) -> None:
-        """`loop` appending to the list `name` after an earlier loop did: the same list, its items after the
-        earlier loops' (the heads first); NotDerivable where a loop holding a loop or several items a step
-        make the steps' places in it unknown."""
+    def continue_list(self, loop: Loop | nest.Nest, name: str) -> None:
+        """`loop` appending to the list `name` after an earlier loop did (either may hold a loop): the same
+        list, its items after the earlier loops' (the heads first), each loop's items a step recorded."""
         earlier = self.loops[name]
-        if isinstance(earlier, nest.Nest):
-            raise NotDerivable(
-                loop.span,
-                f"a derived backward collects '{name}' over loops in a row (as written, or one loop split where"
-                " its `if`s on its variable turn) only when none holds a loop (not derived yet)",
-                "append to a list of its own in the loop holding a loop, and stack or cat the lists, or drop"
-                " @function",
-            )
         loop.heads[name] = list(earlier.heads.get(name, []))
         loop.before[name] = [*earlier.before.get(name, []), list(earlier.bounds)]
         loop.before_per[name] = [*earlier.before_per.get(name, []), 1 + len(earlier.more.get(name, []))]
@@ -1019,7 +1010,7 @@ def _joined_shape(join: Join, loop: Loop | nest.Nest, shapes: dict[str, Shape]) 
         return None
     count = _count_dim(loop.bounds) or "_steps"  # `range(T)`: T items (a later loop over T picks them)
     # items before the loop's (appended before it, or by loops before it), or several per step: a count of its own
-    if join.heads or join.items in loop.more or isinstance(loop, Loop) and join.items in loop.before:
+    if join.heads or join.items in loop.more or join.items in loop.before:
         count = f"_steps_{join.name}"
     return (*shape[:at], count, *shape[at:]) if 0 <= at <= len(shape) else None
 

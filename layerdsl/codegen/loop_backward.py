@@ -358,7 +358,7 @@ class BackwardWriter:
             lines += body if cond is None else ([f"if {cond}:"] + ["    " + line for line in body] if body else [])
         return lines
 
-    def after_earlier(self, loop: Loop, j: Join, at: str) -> str:
+    def after_earlier(self, loop: Loop | Nest, j: Join, at: str) -> str:
         """Index `at` of `loop`'s items in join `j`'s parts, after those of the loops before it that append
         to the same list (`loops.Loop.before`): their items counted (each step's, `Loop.before_per`; a step's
         one of a stack of one item of each step's), one range where they run in a row alike."""
