@@ -43,8 +43,9 @@ def unit_slices(loop: N.For, shape_of: Callable[[str], Shape], nonnegative: Call
             if _unit(item, loop.var) and _plain_before(e.items[:p]) and shape is not None and p < len(shape):
                 if shape[p] != stop:
                     continue
-                index = B.int_valued(N.Name(item.span, loop.var))
-                index.ref = N.Ref.LOCAL
+                var = N.Name(item.span, loop.var)
+                var.ref = N.Ref.LOCAL
+                index = B.int_valued(var)
                 picked = N.Subscript(e.span, e.value, [*e.items[:p], index, *e.items[p + 1 :]])
                 picked.kind = e.kind
                 kept = sum(isinstance(i, N.Slice) for i in e.items[:p])
@@ -138,7 +139,7 @@ def item_read(
     listed.kind = N.Kind.LIST
     stacked = N.Call(e.span, "stack", e.span, [listed], [N.Keyword("dim", B.num(0), e.span)])
     stacked.kind = N.Kind.TENSOR
-    out = N.Subscript(e.span, stacked, [clone(e.items[0])])  # type: ignore[arg-type]
+    out = N.Subscript(e.span, stacked, [clone(e.items[0])])
     out.kind = e.kind
     return out
 
