@@ -139,6 +139,32 @@ SPECS = {
             h = g
         }
         return stack(outs, dim = 1)""",
+    # pieces appending one item a step, then two, joined by cat: items of one shape, a flattened stack
+    "split, unlike counts, cat": """outs = []
+        for t in range(T) {
+            h = tanh(x[t] @ w + h @ u)
+            if t == 0 {
+                outs.append(h)
+            } else {
+                outs.append(h)
+                outs.append(h * 3.0)
+            }
+        }
+        return cat(outs, dim = 0)""",
+    # a loop holding a loop, then a loop, joined by cat (a flattened stack)
+    "nest, then a loop, cat": """outs = [h0]
+        for l in range(T) {
+            for t in range(T) {
+                h = tanh(x[t] @ w + h @ u)
+            }
+            outs.append(h)
+        }
+        for s in range(T) {
+            h = sin(h @ u)
+            outs.append(h * 2.0)
+            outs.append(h)
+        }
+        return cat(outs, dim = -1)""",
     # the last item after the loop
     "last item": """outs = []
         for t in range(T) {
@@ -259,6 +285,7 @@ NEST_KEEPS = (
 )
 KEEPS_MORE = {
     "nest, then a loop": NEST_KEEPS,
+    "nest, then a loop, cat": NEST_KEEPS,
     "a loop, then a nest": NEST_KEEPS,
     "first and last items": "autodiff/loop_lists.item_read: `outs[-1]` of a list with items before its loop is"
     " an item of `stack(outs, dim = 0)`, a copy of every item, kept whole where backward reads the item (`h0 *"
@@ -333,10 +360,10 @@ UNEVEN_CAT = """outs = []
                 outs.append(h)
             } else {
                 outs.append(h)
-                outs.append(h * 3.0)
+                outs.append(h[:, 0:1])
             }
         }
-        return cat(outs, dim = 0)"""
+        return cat(outs, dim = 1)"""
 
 
 def test_a_cat_over_pieces_appending_unlike_counts_is_refused_saying_why():
@@ -349,9 +376,10 @@ def test_a_cat_over_pieces_appending_unlike_counts_is_refused_saying_why():
 @pytest.mark.xfail(
     strict=True,
     reason="autodiff/loops.Planner.cat_of_steps stacks the i-th item of every step over the loops in a row"
-    " (`L[start::per]`), so pieces appending unlike counts a step are refused; next: cut each loop's items"
-    " out of the list by its own count and per (`Loop.before_per`) in codegen/function_loops.joined, and stack"
-    " each loop's i-th items on their own",
+    " (`L[start::per]`), and a flattened stack (`cat_as_stack`) needs items of one shape, so pieces appending"
+    " unlike counts of items of several shapes a step are refused; next: cut each loop's items out of the"
+    " list by its own count and per (`Loop.before_per`) in codegen/function_loops.joined, and stack each"
+    " loop's i-th items on their own",
 )
 def test_a_cat_over_pieces_appending_unlike_counts_derives():
     assert not _problems(UNEVEN_CAT)

@@ -18,7 +18,7 @@ from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import clone, map_children, names_bound, walk
-from layerdsl.semantics.shapes import Shape, dim_text
+from layerdsl.semantics.shapes import GROUP, Shape, dim_text
 
 
 def unit_slices(loop: N.For, shape_of: Callable[[str], Shape], nonnegative: Callable[[N.Expr], bool]) -> list[N.Stmt]:
@@ -41,7 +41,7 @@ def unit_slices(loop: N.For, shape_of: Callable[[str], Shape], nonnegative: Call
         shape = shape_of(e.value.id)
         for p, item in enumerate(e.items):
             if _unit(item, loop.var) and _plain_before(e.items[:p]) and shape is not None and p < len(shape):
-                if shape[p] != stop:
+                if shape[p] != stop or GROUP in shape[:p]:  # counted from the front: no `...` before it
                     continue
                 var = N.Name(item.span, loop.var)
                 var.ref = N.Ref.LOCAL
@@ -160,6 +160,11 @@ def uneven_steps(loops: list, name: str, shapes: dict[str, Shape]) -> str | None
         if len(seen) > 1:
             return "the loops in a row appending to it append items of different shapes (not derived yet)"
     return None
+
+
+def alike(shapes: list[Shape]) -> bool:
+    """Whether `shapes` (a list's items') are one shape, known and without a `...` group."""
+    return bool(shapes) and shapes[0] is not None and GROUP not in shapes[0] and all(s == shapes[0] for s in shapes)
 
 
 def _int_literal(item: N.SubscriptItem) -> int | None:

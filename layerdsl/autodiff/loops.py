@@ -31,7 +31,7 @@ from typing import Union
 from layerdsl.autodiff import nest
 from layerdsl.autodiff.loop_choices import chosen_side, self_decided
 from layerdsl.autodiff.loop_ints import NumberNames, check_loop_numbers
-from layerdsl.autodiff.loop_lists import item_read, nonnegative_int, uneven_steps, unit_slices
+from layerdsl.autodiff.loop_lists import alike, item_read, nonnegative_int, uneven_steps, unit_slices
 from layerdsl.autodiff.loop_members import without_members
 from layerdsl.autodiff.loop_split import split_loops, unsplit_reason
 from layerdsl.autodiff.reverse import derive
@@ -560,6 +560,8 @@ class Planner:
         loop, d = self.loops[listed.id], _int_value(dim)
         why = _not_stacked(loop, listed.id, self.shapes) or (None if d is not None else "its dim is not a number")
         why = why or uneven_steps(self.collecting.get(listed.id, []), listed.id, self.shapes)
+        if why is not None and d is not None and alike(self.item_shapes(listed.id)):
+            return self.cat_as_stack(e, listed, d, heads)  # every item of one shape (`loop_lists.alike`)
         if why is not None or d is None:
             raise NotDerivable(
                 e.span,
@@ -578,6 +580,16 @@ class Planner:
             return steps
         self.alias.update({h: h for h in heads})
         return _cat([*_items(heads, listed).items, steps], dim, e)
+
+    def cat_as_stack(self, e: N.Call, listed: N.Name, d: int, heads: list[str]) -> N.Expr:
+        """`cat(L, dim = d)` of a list whose items all have one shape, as `flatten(stack(L, dim = d), d, d + 1)`
+        (`d - 1` and `d` for a d < 0): a stack's join, whose gradient each loop appending to L cuts its
+        items' of (however many a step, a loop holding a loop among them)."""
+        at = d if d >= 0 else d - 1
+        self.alias.update({h: h for h in heads})
+        join = Join(self.fresh(f"stacked_{listed.id}"), "stack", B.num(at), listed.id, heads)
+        stacked = self.join_name(join, e.span)
+        return B.call("flatten", stacked, B.num(at), B.num(at + 1), span=e.span)
 
     # ---------------------------------------------------------------- `if`s on configuration values
 
