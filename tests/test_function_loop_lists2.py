@@ -383,3 +383,19 @@ def test_a_cat_over_pieces_appending_unlike_counts_is_refused_saying_why():
 )
 def test_a_cat_over_pieces_appending_unlike_counts_derives():
     assert not _problems(UNEVEN_CAT)
+
+
+def test_an_item_of_an_earlier_loops_list_in_a_later_loop_is_refused_saying_why():
+    """It raised IndexError inside the planner before (a traceback, not a located error)."""
+    problems = _problems("""outs = []
+        for t in range(T) {
+            h = tanh(x[t] @ w + h @ u)
+            outs.append(h)
+        }
+        for s in range(T) {
+            h = h * outs[-1]
+        }
+        return h""")
+    assert [(p.span.line, p.span.col) for p in problems] == [(14, 21)]
+    assert "reads an item of the list 'outs' at an int in the body of a later loop" in problems[0].message
+    assert "last = outs[-1]" in (problems[0].hint or "")

@@ -162,6 +162,23 @@ def uneven_steps(loops: list, name: str, shapes: dict[str, Shape]) -> str | None
     return None
 
 
+def refuse_items_in_loop(loop: N.For, lists: set[str]) -> None:
+    """NotDerivable at `L[i]` (an int `i` written in the spec) in `loop`'s body of a list of `lists`, which
+    loops before it filled (a loop's body picks from such a list at its variable only); one it appends to
+    itself reads the step's items."""
+    lists = lists - {s.target for s in _statements(loop.body) if isinstance(s, N.Append)}
+    for e in walk(loop):
+        if isinstance(e, N.Subscript) and isinstance(e.value, N.Name) and e.value.id in lists:
+            if len(e.items) == 1 and _int_literal(e.items[0]) is not None:
+                name = e.value.id
+                raise NotDerivable(
+                    e.span,
+                    f"a derived backward reads an item of the list '{name}' at an int in the body of a later loop"
+                    " (not derived yet)",
+                    f"bind it before the loop (`last = {spec_text(e)}`) and read that in the loop",
+                )
+
+
 def alike(shapes: list[Shape]) -> bool:
     """Whether `shapes` (a list's items') are one shape, known and without a `...` group."""
     return bool(shapes) and shapes[0] is not None and GROUP not in shapes[0] and all(s == shapes[0] for s in shapes)

@@ -31,7 +31,14 @@ from typing import Union
 from layerdsl.autodiff import nest
 from layerdsl.autodiff.loop_choices import chosen_side, self_decided
 from layerdsl.autodiff.loop_ints import NumberNames, check_loop_numbers
-from layerdsl.autodiff.loop_lists import alike, item_read, nonnegative_int, uneven_steps, unit_slices
+from layerdsl.autodiff.loop_lists import (
+    alike,
+    item_read,
+    nonnegative_int,
+    refuse_items_in_loop,
+    uneven_steps,
+    unit_slices,
+)
 from layerdsl.autodiff.loop_members import without_members
 from layerdsl.autodiff.loop_split import split_loops, unsplit_reason
 from layerdsl.autodiff.reverse import derive
@@ -720,6 +727,7 @@ class Planner:
         assigned |= {t for s in stmt.body if isinstance(s, N.Unpack) for t, _ in s.targets}
         carried = {local: self.fresh(local) for local in self.alias if local in assigned}
         env = dict(self.alias) | carried
+        refuse_items_in_loop(stmt, set(self.loops))  # `outs[-1]` of an earlier loop's list (`loop_lists`)
         lin = self.linearizer(self.unit_sliced(stmt), env, loop_var=stmt.var)
         lin.lists = {name: [] for name in self.lists}
         tape = lin.run()
