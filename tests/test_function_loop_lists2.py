@@ -165,6 +165,15 @@ SPECS = {
             outs.append(h)
         }
         return cat(outs, dim = -1)""",
+    # items of a list a loop holding a loop appends to
+    "items of a nest's list": """outs = []
+        for l in range(T) {
+            for t in range(T) {
+                h = tanh(x[t] @ w + h @ u)
+            }
+            outs.append(h * 2.0)
+        }
+        return outs[-1] + outs[0]""",
     # the last item after the loop
     "last item": """outs = []
         for t in range(T) {
@@ -286,6 +295,7 @@ NEST_KEEPS = (
 KEEPS_MORE = {
     "nest, then a loop": NEST_KEEPS,
     "nest, then a loop, cat": NEST_KEEPS,
+    "items of a nest's list": NEST_KEEPS,
     "a loop, then a nest": NEST_KEEPS,
     "first and last items": "autodiff/loop_lists.item_read: `outs[-1]` of a list with items before its loop is"
     " an item of `stack(outs, dim = 0)`, a copy of every item, kept whole where backward reads the item (`h0 *"
