@@ -174,6 +174,35 @@ SPECS = {
             outs.append(h * 2.0)
         }
         return outs[-1] + outs[0]""",
+    # a loop, then a loop whose `if` picks a side per step (`step_choices`: a nest of no inner loop)
+    "a loop, then a choice per step": """outs = [h0]
+        for t in range(T) {
+            h = tanh(x[t] @ w + h @ u)
+            outs.append(h)
+        }
+        for s in range(T) {
+            if s % 2 == 1 {
+                h = sin(h @ u)
+            } else {
+                h = h * 0.5
+            }
+            outs.append(h)
+        }
+        return stack(outs, dim = 0)""",
+    "a choice per step, then a loop": """outs = []
+        for s in range(T) {
+            if s % 2 == 1 {
+                h = sin(h @ u)
+            } else {
+                h = h * 0.5
+            }
+            outs.append(h)
+        }
+        for t in range(T) {
+            h = tanh(x[t] @ w + h @ u)
+            outs.append(h)
+        }
+        return cat(outs, dim = 1)""",
     # the last item after the loop
     "last item": """outs = []
         for t in range(T) {
@@ -292,7 +321,15 @@ NEST_KEEPS = (
     " inner loop's steps kept at the step before (`h_steps[-1]`), as codegen/function_loops does for loops in a"
     " row"
 )
+CHOICE_KEEPS = (
+    "autodiff/step_choices (codegen/function_nest.py): a loop whose `if` picks a side per step keeps more than"
+    " autograd on its own (432 bytes to 288 with a list of its own), and one item more where a loop before it"
+    " appends to its list (1056 to 1008 with two lists); next: keep a side's carried value once, read back from"
+    " the rows of the step before, and the first item's start not again"
+)
 KEEPS_MORE = {
+    "a loop, then a choice per step": CHOICE_KEEPS,
+    "a choice per step, then a loop": CHOICE_KEEPS,
     "nest, then a loop": NEST_KEEPS,
     "nest, then a loop, cat": NEST_KEEPS,
     "items of a nest's list": NEST_KEEPS,
