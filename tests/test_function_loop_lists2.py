@@ -323,9 +323,9 @@ NEST_KEEPS = (
 )
 CHOICE_KEEPS = (
     "autodiff/step_choices (codegen/function_nest.py): a loop whose `if` picks a side per step keeps more than"
-    " autograd on its own (432 bytes to 288 with a list of its own), and one item more where a loop before it"
-    " appends to its list (1056 to 1008 with two lists); next: keep a side's carried value once, read back from"
-    " the rows of the step before, and the first item's start not again"
+    " autograd on its own (432 bytes to 288 for that loop alone with a list of its own; a loop, then it: 1008"
+    " to 912 with one list or with two); next: keep a side's carried value once, read back from the rows of"
+    " the step before"
 )
 KEEPS_MORE = {
     "a loop, then a choice per step": CHOICE_KEEPS,
