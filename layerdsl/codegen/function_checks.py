@@ -63,7 +63,18 @@ def _parts_lines(check: PartsCheck, ex: PyExpr, layer: N.Layer) -> list[str]:
     given = f"len(torch.{check.call.func}({ex(check.source)}, {ex(check.cut)}, {check.dim}))"
     said = f"{layer.name}: {check.call.func}() at {layer.path}:{check.span.line} gives {{{given}}} tensors here (dim"
     said += f" {check.dim} has size {{{ex(check.size)}}}), unpacked into {check.names} names"
-    return [f"if {test}:", f"    raise ValueError(f{said!r})"]
+    return [*_chunk_count_lines(check, ex, layer), f"if {test}:", f"    raise ValueError(f{said!r})"]
+
+
+def _chunk_count_lines(check: PartsCheck, ex: PyExpr, layer: N.Layer) -> list[str]:
+    """A chunk's count of a run-time value checked positive before the parts test divides by it, raising
+    torch.chunk's RuntimeError (which the plain module raises) naming the layer and the call's spec line."""
+    if check.call.func != "chunk" or isinstance(check.cut, N.Num):
+        return []
+    count = ex(check.cut)
+    said = f"{layer.name}: chunk() at {layer.path}:{check.span.line}: chunk expects `chunks` to be greater than 0,"
+    said += f" got: {{{count}}}"
+    return [f"if {count} <= 0:", f"    raise RuntimeError(f{said!r})"]
 
 
 def segment_check_lines(tape: Tape, ex: PyExpr, layer: N.Layer, spec_path: str | None, index: str | None) -> list[str]:
