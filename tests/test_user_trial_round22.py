@@ -193,3 +193,44 @@ def test_the_nests_start_is_kept_only_for_its_shape():
     """What the fix reads of the start is its shape: a zero-stride stand-in, no bytes per layer."""
     source = compile_spec(NEST.replace("BODY", NEST_BODIES["no step reads it"]), "nest_start")["SOURCE"]
     assert "h_layers.append(h.new_zeros(()).expand(h.shape))  # only its shape is read" in source
+
+
+# A loop on one side of `if flag` only and an optional input read outside the `if`s testing it (`h * g`
+# after the `if`): each derives alone, together they were refused ("a loop ... on one side of this `if`
+# only (not derived yet)"): the side keeping no loop, reading `g`, was not made a loop Function's. It now
+# branches on whether `g` was given as the loop's side does (autodiff/plan._side_as_loop_plan).
+ONE_SIDE = """\
+DECORATOR
+layer OneSide(d: int, flag: bool = true) {
+    param w: [d, d] = uniform(-1, 1)
+    example(d = 3)
+    forward(x: [T, B, d], h0: [B, d], g: [B, d]? = none) -> [B, d] {
+        h = h0
+        if flag {
+            outs = []
+            for t in range(T) {
+                if t == 0 {
+                    h = tanh(x[t] @ w) + g
+                } else {
+                    h = tanh(h @ w + x[t]) - g
+                }
+                outs.append(h)
+            }
+            h = sum(stack(outs, dim = 0), dim = 0)
+        }
+        return h / 2.0 + g
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("given", [True, False])
+@pytest.mark.parametrize("flag", [True, False])
+@pytest.mark.parametrize("policy", sorted(DECORATORS))
+def test_a_loop_on_one_side_and_an_optional_input_read_outside_derive_together(policy, flag, given):
+    ours, plain = function_and_plain(ONE_SIDE.replace("DECORATOR", DECORATORS[policy]), "OneSide", 3, flag)
+    inputs = [torch.randn(*shape, dtype=torch.float64, requires_grad=True) for shape in [(3, 2, 3), (2, 3), (2, 3)]]
+    inputs = inputs if given else inputs[:2]
+    _agree(ours, plain, *inputs)
+    assert torch.autograd.gradcheck(ours, tuple(inputs))
+    assert torch.autograd.gradgradcheck(ours, tuple(inputs))
