@@ -107,6 +107,45 @@ def test_a_chunk_into_a_run_time_count_raises_as_torch_does(n):
         assert str(ours_error.value).startswith("Chunked: chunk() at chunked_0.layer:6")
 
 
+CHUNKED_IN_A_LOOP = """\
+@function
+layer ChunkedLoop(d: int, n: int = 2) {
+    param w: [d, d] = uniform(-1, 1)
+    example(d = 4)
+    forward(x: [T, B, d], h0: [B, d]) -> [T, B, d] {
+        h = h0
+        outs = []
+        for t in range(T) {
+            if t == 0 {
+                a, b = chunk(h, n, dim = 1)
+                h = tanh(cat([b, a], dim = 1) @ w + x[t])
+            } else {
+                h = tanh(h @ w + x[t])
+            }
+            outs.append(h)
+        }
+        return stack(outs, dim = 0)
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("n", [0, 2])
+def test_a_chunk_into_a_run_time_count_in_a_loop_raises_as_torch_does(n):
+    """In a loop's body the parts check comes after the step's slices, which divide by the count: the count
+    is checked before them (codegen/function_checks.segment_count_lines)."""
+    ours, plain = function_and_plain(CHUNKED_IN_A_LOOP, "ChunkedLoop", 4, n)
+    x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    if n > 0:
+        _agree(ours, plain, x, h0)
+        return
+    with pytest.raises(RuntimeError, match="chunk expects `chunks` to be greater than 0, got: 0"):
+        plain(x, h0)
+    with pytest.raises(RuntimeError, match=r"^ChunkedLoop: chunk\(\) at chunkedloop_0\.layer:10: chunk expects"):
+        ours(x, h0)
+
+
 # A loop split at `if t < k` appending to a list joined by `cat`, one side slicing by a size that varies from
 # step to step (`sum(x[:t + 1], dim = 0)`, [B, d] at every step): refused ("the size of what a step appends to
 # it is known only when forward runs"), while `stack` of it derived. The carried value's shape is now found

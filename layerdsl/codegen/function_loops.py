@@ -28,7 +28,7 @@ from layerdsl.codegen import function_nest
 from layerdsl.codegen.function import VIEWS, FunctionEmitter, returning_second_results, with_second_results
 from layerdsl.codegen.function_branches import chosen_lines
 from layerdsl.codegen.function_buffers import loop_updates, returned_values, updated_buffers
-from layerdsl.codegen.function_checks import read_vars, segment_check_lines, segment_checks
+from layerdsl.codegen.function_checks import read_vars, segment_check_lines, segment_checks, segment_count_lines
 from layerdsl.codegen.function_members import held_forward_params, held_params, saved_with_held
 from layerdsl.codegen.loop_backward import (
     MAX_SAVING_SIDES,
@@ -827,7 +827,7 @@ class LoopFunction:
     def steps(self, tape: Tape, ex: PyExpr, index: str | None = None) -> list[str]:
         """The steps of a segment's tape (`index`: a loop's step), then the subs' `require`s on its values."""
         paired = with_second_results(tape)  # one call returns both: `h, mean, rstd = torch.native_layer_norm(...)`
-        lines = []
+        lines = segment_count_lines(tape, ex, self.layer, self.e.spec_path, index)
         for s in tape.steps:
             if s.var in self.left_out:
                 continue
