@@ -935,8 +935,8 @@ class LoopFunction:
         per = 1 + len(loop.more.get(j.items, []))
         start = len(heads) + j.of_step
         steps = f"torch.stack({j.items}[{start or ''}:{f':{per}' if per > 1 else ''}], dim={dim})"
-        if not heads:  # no steps: an empty list, which stack() raises on as cat() does
-            return steps
+        if not heads:  # no steps: an empty list, which the spec's cat() raises on (torch's ValueError)
+            return f"{steps} if {j.items} else torch.cat({j.items}, dim={dim})"
         return f"{steps} if len({j.items}) > {len(heads)} else {heads[0]}.unsqueeze({dim}).narrow({dim}, 0, 0)"
 
     def buffer(self, loop: Loop, v: str, count: str) -> str:
