@@ -267,17 +267,47 @@ def sized_per_step(loop: Loop, shapes: dict[str, Shape]) -> set[str]:
     an item appended to a list (the steps keep those at one shape). `shapes`: the plan's."""
     varying = _varying(loop.var, loop.numbers, set(loop.carried_numbers))
     fixed = set(loop.updates.values()) | {e.id for e in loop.appended.values() if isinstance(e, N.Name)}
-    local = dict(shapes) | {c: shapes.get(start) for c, start in loop.carried.items()}
     out: set[str] = set()
-    for s in [*loop.picks.values(), *loop.tape.steps]:
-        start, end, by = (s.args.get(k) for k in ("start", "end", "step"))
-        sliced = s.op is not None and s.op.name == "slice" and not _fixed_bounds(start, end, by, varying)
-        local[s.var] = _slice_shape(s, local) if sliced else step_shape(s, local)
-        shape = local[s.var]
+    for s, shape, sliced in _step_shapes(loop, shapes, varying):
         own = shape is None or any(set(re.findall(r"[A-Za-z_]\w*", str(d))) & varying for d in shape)
         if s.var not in fixed and (sliced or s.reads & out and own):
             out.add(s.var)
     return out
+
+
+def steady_shape(loop: Loop, name: str, shapes: dict[str, Shape]) -> Shape:
+    """The shape of `name`, a value of `loop`'s body, found with each slice's size the difference of its
+    bounds (`sum(x[:t + 1], dim = 0)` is [B, d]), where it reads no number that varies from step to step
+    (the same at every step); None otherwise."""
+    varying = _varying(loop.var, loop.numbers, set(loop.carried_numbers))
+    shape = next((shape for s, shape, _ in _step_shapes(loop, shapes, varying) if s.var == name), None)
+    if shape is None or any(set(re.findall(r"[A-Za-z_]\w*", str(d))) & varying for d in shape):
+        return None
+    return shape
+
+
+def steady_carried_shapes(loop: Loop, shapes: dict[str, Shape]) -> dict[str, Shape]:
+    """The shapes of `loop`'s carried values that the plan does not know because a step slices by bounds
+    whose difference varies (`h = tanh(h @ w + sum(x[:t + 1], dim = 0))`), where each step's next value
+    keeps its start's shape (`steady_shape`): a later loop starting from one then knows its own shapes (the
+    cat of a list a split loop appends to needs them)."""
+    out: dict[str, Shape] = {}
+    for c, update in loop.updates.items():
+        start = shapes.get(loop.carried[c])
+        if shapes.get(c) is None and start is not None and steady_shape(loop, update, shapes) == start:
+            out[c] = start
+    return out
+
+
+def _step_shapes(loop: Loop, shapes: dict[str, Shape], varying: set[str]):
+    """Each step of `loop`'s body (its picks first), its shape with a slice's size the difference of its
+    bounds, and whether it is a slice whose size varies from step to step."""
+    local = dict(shapes) | {c: shapes.get(start) for c, start in loop.carried.items()}
+    for s in [*loop.picks.values(), *loop.tape.steps]:
+        start, end, by = (s.args.get(k) for k in ("start", "end", "step"))
+        sliced = s.op is not None and s.op.name == "slice" and not _fixed_bounds(start, end, by, varying)
+        local[s.var] = _slice_shape(s, local) if sliced else step_shape(s, local)
+        yield s, local[s.var], sliced
 
 
 def _slice_shape(s: Step, shapes: dict[str, Shape]) -> Shape:

@@ -30,7 +30,7 @@ from typing import Union
 
 from layerdsl.autodiff import nest, step_choices
 from layerdsl.autodiff.loop_choices import chosen_side, self_decided
-from layerdsl.autodiff.loop_ints import NumberNames, check_loop_numbers
+from layerdsl.autodiff.loop_ints import NumberNames, check_loop_numbers, steady_carried_shapes, steady_shape
 from layerdsl.autodiff.loop_lists import (
     alike,
     item_read,
@@ -406,6 +406,7 @@ class Planner:
         self.requires = set(self.differentiable)
         self.numbers: list[tuple[str, N.Expr]] = []
         self.heads: dict[str, list[str]] = {}  # list local -> the locals holding what is appended before its loop
+        self.buffer_updates: dict[str, str] = {}  # a buffer -> the var of its new value (a straight segment's)
         self.number_names = NumberNames(self.fresh)  # number locals a loop binds, named apart (`loop_ints`)
 
     def run(self, grads_for) -> LoopPlan:
@@ -437,6 +438,7 @@ class Planner:
                     assert isinstance(loop, Loop)
                     loop.number_starts, loop.carried_numbers = numbered.starts, numbered.carried
                     loop.numbers_at = len(self.numbers)
+                    self.shapes.update(steady_carried_shapes(loop, self.shapes))
                 segments += planned
             elif isinstance(stmt, N.Assign) and isinstance(stmt.value, N.ListExpr) and not stmt.value.items:
                 self.lists.add(stmt.target)
@@ -501,6 +503,7 @@ class Planner:
                 )
         lin = self.linearizer(stmts, dict(self.alias))
         tape = lin.run()
+        self.buffer_updates.update(tape.updates)
         self.optional_unread(tape, self.optional)
         for s in tape.steps:
             self.taken.add(s.var)
@@ -862,6 +865,7 @@ class Planner:
         forward = dataclasses.replace(self.forward, body=stmts)
         layer = dataclasses.replace(self.layer, forward=forward, backward=None)
         lin = Linearizer(layer, self.optional - given)
+        lin.earlier = dict(self.buffer_updates)  # a buffer an earlier segment updated: later reads see the new value
         lin.taken |= self.taken | set(env.values()) | ({loop_var} if loop_var else set())
         lin.env = dict(env)
         return lin
@@ -1067,7 +1071,7 @@ def _not_stacked(loop: Loop | nest.Nest, items: str, shapes: dict[str, Shape]) -
     if isinstance(loop, nest.Nest):
         return "the loop appending to it holds a loop whose count is known only when forward runs"
     each = [loop.appended[items], *loop.more.get(items, [])]
-    if any(not isinstance(v, N.Name) or shapes.get(v.id) is None for v in each):
+    if any(not isinstance(v, N.Name) or (shapes.get(v.id) or steady_shape(loop, v.id, shapes)) is None for v in each):
         return "the size of what a step appends to it is known only when forward runs (it may differ from step to step)"
     return None
 

@@ -817,16 +817,36 @@ def _as_loop_plan(layer: N.Layer, way: _Side, given: frozenset[str], planned: Pl
     assert layer.forward is not None
     if _all_loops(planned) or any(isinstance(s, N.For) for s in walk_stmts(way.body)):
         return planned
-    layer = layer.with_body(way.body)
+    return _side_as_loop_plan(layer.with_body(way.body), given) or planned
+
+
+def _side_as_loop_plan(layer: N.Layer, given: frozenset[str]) -> Plan | None:
+    """`_as_loop_plan`'s plan of a side keeping no loop, None where it cannot be one; an optional input it
+    reads outside the `if`s testing it (`h * g`) makes a side with it given and one without, as a loop's
+    Function does (`_loop_plan`)."""
+    assert layer.forward is not None
+    optional = {t.name for t in layer.tensors if t.cond is not None} - given
+    optional |= _optional_inputs(layer) - given
+    outside = optional & read_outside_ifs(layer.forward.body)
+    if outside and outside <= _optional_inputs(layer):
+        cond, with_input, without = input_choice(layer, sorted(outside)[0])
+        sides = [_side_as_loop_plan(with_input, given | {sorted(outside)[0]}), _side_as_loop_plan(without, given)]
+        return None if sides[0] is None or sides[1] is None else BranchPlan(cond, sides[0], sides[1])
+    return _loop_side(layer, given)
+
+
+def _loop_side(layer: N.Layer, given: frozenset[str]) -> Plan | None:
+    assert layer.forward is not None
+    way = layer.forward
     optional = {t.name for t in layer.tensors if t.cond is not None} - given
     optional |= _optional_inputs(layer) - given
     if optional & read_outside_ifs(way.body) or unfollowed_size(way.body) is not None:
-        return planned  # refused as a side keeping no loop
+        return None  # refused as a side keeping no loop
     inputs, members = _optional_inputs(layer) & optional, optional - _optional_inputs(layer)
     try:
         return plan_loops(layer, optional, incoming_names, _choice_condition(layer, inputs, members))
     except NotDerivable:
-        return planned
+        return None
 
 
 def _same_every_call(cond: N.Expr, layer: N.Layer) -> bool:

@@ -40,19 +40,20 @@ def read_vars(check: N.Require) -> set[str]:
     return {n.id for part in (check.cond, check.guard) if part is not None for n in walk(part) if isinstance(n, N.Name)}
 
 
-def check_lines(check: N.Require, ex: PyExpr, layer: N.Layer) -> list[str]:
-    """`check`'s test and its ValueError, as the plain module writes the sub's `require`."""
+def check_lines(check: N.Require, ex: PyExpr, layer: N.Layer, count: bool = True) -> list[str]:
+    """`check`'s test and its ValueError, as the plain module writes the sub's `require` (`count`: with a
+    chunk's count checked first, else written before the steps by `segment_count_lines`)."""
     from layerdsl.codegen.module import StatementWriter  # the module's writer (it imports the Function's)
 
     if isinstance(check, PartsCheck):
-        return _parts_lines(check, ex, layer)
+        return _parts_lines(check, ex, layer, count)
     return StatementWriter(ex, ex.sp, layer).require(check)
 
 
 _FAILS = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "=="}  # a comparison's negation
 
 
-def _parts_lines(check: PartsCheck, ex: PyExpr, layer: N.Layer) -> list[str]:
+def _parts_lines(check: PartsCheck, ex: PyExpr, layer: N.Layer, count: bool = True) -> list[str]:
     """The test that an unpacked chunk/split gives as many parts as names, and the ValueError the plain
     module's unpacking would raise, saying where and how many (torch's call, on the failing path only)."""
     cond = check.cond
@@ -63,7 +64,19 @@ def _parts_lines(check: PartsCheck, ex: PyExpr, layer: N.Layer) -> list[str]:
     given = f"len(torch.{check.call.func}({ex(check.source)}, {ex(check.cut)}, {check.dim}))"
     said = f"{layer.name}: {check.call.func}() at {layer.path}:{check.span.line} gives {{{given}}} tensors here (dim"
     said += f" {check.dim} has size {{{ex(check.size)}}}), unpacked into {check.names} names"
-    return [f"if {test}:", f"    raise ValueError(f{said!r})"]
+    counted = _chunk_count_lines(check, ex, layer) if count else []
+    return [*counted, f"if {test}:", f"    raise ValueError(f{said!r})"]
+
+
+def _chunk_count_lines(check: PartsCheck, ex: PyExpr, layer: N.Layer) -> list[str]:
+    """A chunk's count of a run-time value checked positive before the parts test divides by it, raising
+    torch.chunk's RuntimeError (which the plain module raises) naming the layer and the call's spec line."""
+    if check.call.func != "chunk" or isinstance(check.cut, N.Num):
+        return []
+    count = ex(check.cut)
+    said = f"{layer.name}: chunk() at {layer.path}:{check.span.line}: chunk expects `chunks` to be greater than 0,"
+    said += f" got: {{{count}}}"
+    return [f"if {count} <= 0:", f"    raise RuntimeError(f{said!r})"]
 
 
 def segment_check_lines(tape: Tape, ex: PyExpr, layer: N.Layer, spec_path: str | None, index: str | None) -> list[str]:
@@ -75,10 +88,23 @@ def segment_check_lines(tape: Tape, ex: PyExpr, layer: N.Layer, spec_path: str |
     for check in tape.checks:
         if decided(check, {}) is True:
             continue
-        written = with_spec_line(check_lines(check, ex, layer), 0, spec_path, check.span.line)
+        written = with_spec_line(check_lines(check, ex, layer, count=False), 0, spec_path, check.span.line)
         if index is not None and not read_vars(check) & values:
             written = [f"if {index} == 0:", *("    " + line for line in written)]
         lines += written
+    return lines
+
+
+def segment_count_lines(tape: Tape, ex: PyExpr, layer: N.Layer, spec_path: str | None, index: str | None) -> list[str]:
+    """The counts of a segment's chunks into a run-time number of parts, checked positive before its steps
+    (whose slices divide by it; `segment_check_lines` comes after them); in a loop's body, at its first step."""
+    lines: list[str] = []
+    for check in tape.checks:
+        if isinstance(check, PartsCheck) and (written := _chunk_count_lines(check, ex, layer)):
+            written = with_spec_line(written, 0, spec_path, check.span.line)
+            fixed = all(n.ref in (N.Ref.ARG, N.Ref.LET) for n in walk(check.cut) if isinstance(n, N.Name))
+            once = index is not None and fixed  # a count of the step's numbers: at every step
+            lines += [f"if {index} == 0:", *("    " + line for line in written)] if once else written
     return lines
 
 

@@ -28,7 +28,7 @@ from layerdsl.codegen import function_nest
 from layerdsl.codegen.function import VIEWS, FunctionEmitter, returning_second_results, with_second_results
 from layerdsl.codegen.function_branches import chosen_lines
 from layerdsl.codegen.function_buffers import loop_updates, returned_values, updated_buffers
-from layerdsl.codegen.function_checks import read_vars, segment_check_lines, segment_checks
+from layerdsl.codegen.function_checks import read_vars, segment_check_lines, segment_checks, segment_count_lines
 from layerdsl.codegen.function_members import held_forward_params, held_params, saved_with_held
 from layerdsl.codegen.loop_backward import (
     MAX_SAVING_SIDES,
@@ -829,7 +829,7 @@ class LoopFunction:
     def steps(self, tape: Tape, ex: PyExpr, index: str | None = None) -> list[str]:
         """The steps of a segment's tape (`index`: a loop's step), then the subs' `require`s on its values."""
         paired = with_second_results(tape)  # one call returns both: `h, mean, rstd = torch.native_layer_norm(...)`
-        lines = []
+        lines = segment_count_lines(tape, ex, self.layer, self.e.spec_path, index)
         for s in tape.steps:
             if s.var in self.left_out:
                 continue
@@ -942,8 +942,8 @@ class LoopFunction:
         per = 1 + len(loop.more.get(j.items, []))
         start = len(heads) + j.of_step
         steps = f"torch.stack({j.items}[{start or ''}:{f':{per}' if per > 1 else ''}], dim={dim})"
-        if not heads:  # no steps: an empty list, which stack() raises on as cat() does
-            return steps
+        if not heads:  # no steps: an empty list, which the spec's cat() raises on (torch's ValueError)
+            return f"{steps} if {j.items} else torch.cat({j.items}, dim={dim})"
         return f"{steps} if len({j.items}) > {len(heads)} else {heads[0]}.unsqueeze({dim}).narrow({dim}, 0, 0)"
 
     def buffer(self, loop: Loop, v: str, count: str) -> str:

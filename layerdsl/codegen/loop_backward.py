@@ -548,8 +548,18 @@ class BackwardWriter:
             lines += ["    " + t for t in taken]
         for c in requiring:  # the gradient of the value the carried one starts as
             if loop.carried[c] in self.plan.requires:
-                lines += self.accumulate(loop.carried[c], self.acc(c), conditional=False)
+                lines += self.accumulate(loop.carried[c], self.to_start(loop, c, c in grads), conditional=False)
         return lines
+
+    def to_start(self, loop: Loop, c: str, read: bool) -> str:
+        """The gradient of the value carried value `c` starts as: `c`'s, summed to the start's shape where
+        no step reads `c` (`read`) and the start may be smaller than the steps make it (`h = z[l] * 1.0` of
+        [d], [B, d] after a first step `h = tanh(x[t] @ w)`): each step's zeros have the steps' shape."""
+        if read or self.fn.first_broadcast(loop, c) is None:
+            return self.acc(c)
+        shape = B.call("shape_of", B.name(loop.carried[c]))
+        self.read(shape)
+        return f"{self.acc(c)}.sum_to_size({self.ex(shape)})"
 
 
 MAX_SAVING_SIDES = 3  # the sides of `if`s a value is saved for, tested in setup_context (more: always saved)
