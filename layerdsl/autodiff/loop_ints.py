@@ -261,23 +261,53 @@ def _check_slices(loop: N.For) -> None:
 
 def sized_per_step(loop: Loop, shapes: dict[str, Shape]) -> set[str]:
     """The values of `loop`'s body whose shape may change from step to step: a slice whose size varies
-    (`h[:, :k]`, `k = t % 2`), and what the body computes from one, unless its shape, found with each such
-    slice's size as the difference of its bounds, reads no varying number (`cat` of `h[:, :k]` and
-    `h[:, k:]`, `h[:, :k] @ w[:k]`: the clamping of both bounds alike). Not a carried value's next value nor
-    an item appended to a list (the steps keep those at one shape). `shapes`: the plan's."""
+    (`h[:, :k]`, `k = t % 2`), an index by a bool mask (`x[x > 1]`, as long as the mask has True elements),
+    and what the body computes from one, unless its shape, found with each such slice's size as the
+    difference of its bounds, reads no varying number (`cat` of `h[:, :k]` and `h[:, k:]`, `h[:, :k] @ w[:k]`:
+    the clamping of both bounds alike) or is a reduction's to a scalar (`sum(x[x > 1])`). Not a carried
+    value's next value nor an item appended to a list (the steps keep those at one shape: `check_sized_per_step`
+    refuses one that may not). `shapes`: the plan's."""
+    return _sized(loop, shapes)[0]
+
+
+def check_sized_per_step(loop: Loop, shapes: dict[str, Shape]) -> None:
+    """NotDerivable at a step of `loop` whose value the steps keep at one shape (a carried value's next
+    value, an item appended to a list) but whose shape may change from step to step (`sized_per_step`)."""
+    for s in _sized(loop, shapes)[1]:
+        what = "an item appended to a list" if s.var not in loop.updates.values() else "a value the loop carries"
+        raise NotDerivable(
+            s.expr.span,
+            f"cannot derive through this value yet: it is {what}, and its shape may change from step to step"
+            " (it is computed from a slice whose size varies, or an index by a bool mask), which the Function"
+            " keeps at one shape over the steps",
+            "keep the shape the same in every step (slice by bounds whose difference is the same, or pick with"
+            " where(mask, x, 0)), or write the count in the spec (up to 64 steps are unrolled), or write a"
+            " backward block",
+        )
+
+
+def _sized(loop: Loop, shapes: dict[str, Shape]) -> tuple[set[str], list[Step]]:
+    """`sized_per_step`'s values, and the steps of carried values' next values and appended items that
+    would be among them (`check_sized_per_step`)."""
     varying = _varying(loop.var, loop.numbers, set(loop.carried_numbers))
     fixed = set(loop.updates.values()) | {e.id for e in loop.appended.values() if isinstance(e, N.Name)}
+    fixed |= {e.id for items in loop.more.values() for e in items if isinstance(e, N.Name)}
     local = dict(shapes) | {c: shapes.get(start) for c, start in loop.carried.items()}
     out: set[str] = set()
+    kept_at_one: list[Step] = []
     for s in [*loop.picks.values(), *loop.tape.steps]:
         start, end, by = (s.args.get(k) for k in ("start", "end", "step"))
         sliced = s.op is not None and s.op.name == "slice" and not _fixed_bounds(start, end, by, varying)
-        local[s.var] = _slice_shape(s, local) if sliced else step_shape(s, local)
+        sliced = sliced or s.by_mask
+        local[s.var] = _slice_shape(s, local) if sliced and not s.by_mask else step_shape(s, local)
         shape = local[s.var]
         own = shape is None or any(set(re.findall(r"[A-Za-z_]\w*", str(d))) & varying for d in shape)
-        if s.var not in fixed and (sliced or s.reads & out and own):
-            out.add(s.var)
-    return out
+        if sliced or s.reads & out and own:
+            if s.var not in fixed:
+                out.add(s.var)
+            else:
+                kept_at_one.append(s)
+    return out, kept_at_one
 
 
 def _slice_shape(s: Step, shapes: dict[str, Shape]) -> Shape:

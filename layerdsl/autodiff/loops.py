@@ -30,7 +30,7 @@ from typing import Union
 
 from layerdsl.autodiff import nest
 from layerdsl.autodiff.loop_choices import chosen_side, self_decided
-from layerdsl.autodiff.loop_ints import NumberNames, check_loop_numbers
+from layerdsl.autodiff.loop_ints import NumberNames, check_loop_numbers, check_sized_per_step
 from layerdsl.autodiff.loop_members import without_members
 from layerdsl.autodiff.loop_split import split_loops, unsplit_reason
 from layerdsl.autodiff.reverse import derive
@@ -426,6 +426,7 @@ class Planner:
                     assert isinstance(loop, Loop)
                     loop.number_starts, loop.carried_numbers = numbered.starts, numbered.carried
                     loop.numbers_at = len(self.numbers)
+                    check_sized_per_step(loop, self.shapes)  # (its steps' values of their own shape: recomputed)
                 segments += planned
             elif isinstance(stmt, N.Assign) and isinstance(stmt.value, N.ListExpr) and not stmt.value.items:
                 self.lists.add(stmt.target)
@@ -707,15 +708,6 @@ class Planner:
         self.shapes.update(carried_shapes(tape.steps, starts, updates, self.shapes))
         _check_carried_shapes(tape, starts, updates, self.shapes, {c: local for local, c in carried.items()}, stmt.span)
         hoisted, tape = self.hoisted(tape, set(carried.values()) | {stmt.var})
-        masked = next((s for s in tape.steps if s.by_mask), None)
-        if masked is not None:  # its per-step values differ in length: they cannot be stacked for backward
-            raise NotDerivable(
-                masked.expr.span,
-                "cannot derive through this index by a bool mask yet: it is in the body of a loop whose count is"
-                " known only when forward runs, and how many elements it picks may differ from step to step",
-                "pick with where(mask, x, 0) (`sum(where(mask, x, 0))` sums what the mask picks), or write the"
-                " count in the spec (up to 64 steps are unrolled)",
-            )
         picks = self.picks(tape, it, stmt.var)
         tape = dataclasses.replace(tape, steps=[s for s in tape.steps if s.var not in picks])
         # A carried value needs a gradient if it starts as one that does, or a step computes it from one.
