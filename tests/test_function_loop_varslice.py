@@ -112,29 +112,7 @@ def test_a_slice_of_a_size_varying_per_step_derives_when_backward_runs_the_forwa
     assert torch.autograd.gradgradcheck(ours, (x, y))
 
 
-# where the Function keeps more than autograd, and why
-KEEPS_MORE = {
-    "by a carried int": "autodiff/loop_ints.sized_per_step: backward computes a step's values of their own"
-    " shape (`sigmoid(h[:, n:])`) again from what they are computed from, kept per step (`h`) where autograd"
-    " keeps the smaller values themselves; next: in codegen/function_loops.py keep them flattened in one"
-    " buffer per value, cut back per step at sizes backward's prelude records from the replayed ints",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        (
-            pytest.param(
-                name,
-                marks=pytest.mark.xfail(strict=True, reason=KEEPS_MORE[name]),
-            )
-            if name in KEEPS_MORE
-            else name
-        )
-        for name in sorted(SPECS)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(SPECS))
 def test_a_slice_of_a_size_varying_per_step_keeps_no_more_than_autograd(name):
     """Bytes kept for backward besides the inputs and parameters (the caller holds them anyway)."""
     ours, plain = _pair(name)
@@ -149,13 +127,27 @@ def test_a_slice_of_a_size_varying_per_step_keeps_no_more_than_autograd(name):
 
 def test_the_backward_computes_the_steps_values_again():
     """The values of a step's own shape are not kept per step (no buffer of them is made): the step of
-    backward computes them again from the carried value kept per step."""
+    backward reads `tanh(h[:, k:])` back from the `cat` it keeps anyway (`loop_backward.read_from_cats`),
+    so the carried `h`, read only for its shape then, is kept as one element expanded (no memory)."""
     source = compile_spec(LAYER.replace("BODY", SPECS["by the variable"]), "varslice_source")["SOURCE"]
     forward = source[source.index("def forward") : source.index("def setup_context")]
     backward = source[source.index("def backward") :]
-    assert "th_steps" not in forward and "h_steps[t - 1] = h" in forward
-    assert "th = torch.tanh(part1)" in backward
-    assert "part1 = h_t[:, k:]" in backward
+    assert "th_steps" not in forward and "h_steps[t - 1] = h" not in forward
+    assert "h_steps = h2.new_zeros(()).expand((n_steps - 1, *h2.shape))  # only its shape is read" in forward
+    assert "th = torch.narrow(cat, 1, mul.shape[1], cat.shape[1] - mul.shape[1])" in backward
+    assert "torch.tanh(" not in backward
+
+
+def test_a_part_not_in_a_kept_cat_is_computed_again():
+    """`sigmoid(h[:, n:])` read by `sigmoid`'s gradient, in no `cat`: backward computes it again from the
+    carried value kept per step (a value of a step's own shape has no buffer)."""
+    body = SPECS["by a carried int"].replace("cat([h[:, :n] * 2.0, sigmoid(h[:, n:])], dim = 1) @ w", "h @ w")
+    body = body.replace("+ x[t]", "+ sum(sigmoid(h[:, n:]), dim = 1, keepdim = true)")
+    source = compile_spec(LAYER.replace("BODY", body), "varslice_again")["SOURCE"]
+    forward = source[source.index("def forward") : source.index("def setup_context")]
+    backward = source[source.index("def backward") :]
+    assert "s_steps" not in forward and "h_steps[t - 1] = h" in forward
+    assert "s = torch.sigmoid(part)" in backward
 
 
 def test_a_value_read_only_for_its_shape_is_not_computed_again():
