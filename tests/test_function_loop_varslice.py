@@ -44,6 +44,13 @@ SPECS = {
             h = tanh(cat([h[:, :n] * 2.0, sigmoid(h[:, n:])], dim = 1) @ w) + x[t]
         }
         return h""",
+    # the carried value's slice read only for its size (`h[:, :n] * 2.0`'s gradient): `h` kept as its shape
+    "a slice read for its size": """n = 0
+        for t in range(T) {
+            n = (n + 1) % d
+            h = tanh(cat([h[:, :n] * 2.0, sigmoid(x[t][:, n:])], dim = 1) @ w) + x[t]
+        }
+        return h""",
     # a window of the step's input at a moving offset, growing: `x[..., a:a + k]`
     "a growing window": """k = 1
         for t in range(T) {
@@ -136,18 +143,6 @@ def test_the_backward_computes_the_steps_values_again():
     assert "h_steps = h2.new_zeros(()).expand((n_steps - 1, *h2.shape))  # only its shape is read" in forward
     assert "th = torch.narrow(cat, 1, mul.shape[1], cat.shape[1] - mul.shape[1])" in backward
     assert "torch.tanh(" not in backward
-
-
-def test_a_part_not_in_a_kept_cat_is_computed_again():
-    """`sigmoid(h[:, n:])` read by `sigmoid`'s gradient, in no `cat`: backward computes it again from the
-    carried value kept per step (a value of a step's own shape has no buffer)."""
-    body = SPECS["by a carried int"].replace("cat([h[:, :n] * 2.0, sigmoid(h[:, n:])], dim = 1) @ w", "h @ w")
-    body = body.replace("+ x[t]", "+ sum(sigmoid(h[:, n:]), dim = 1, keepdim = true)")
-    source = compile_spec(LAYER.replace("BODY", body), "varslice_again")["SOURCE"]
-    forward = source[source.index("def forward") : source.index("def setup_context")]
-    backward = source[source.index("def backward") :]
-    assert "s_steps" not in forward and "h_steps[t - 1] = h" in forward
-    assert "s = torch.sigmoid(part)" in backward
 
 
 def test_a_value_read_only_for_its_shape_is_not_computed_again():
