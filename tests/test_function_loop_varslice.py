@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from layerdsl.diagnostics import SpecError
 from tests.support import compile_spec, function_and_plain, saved_bytes
 
 STEPS = [0, 1, 2, 5]
@@ -152,24 +151,3 @@ def test_a_value_read_only_for_its_shape_is_not_computed_again():
     backward = source[source.index("def backward") :]
     assert "sin = part  # of its shape: only that is read" in backward
     assert "torch.sin(" not in backward
-
-
-def test_a_slice_of_a_size_varying_per_step_in_a_nest_is_refused():
-    """A loop holding a loop does not derive through such a slice yet: refused at the slice, with a hint."""
-    text = LAYER.replace("x: [T, B, d], y: [B, d]", "x: [T, B, d], y: [B, d], z: [L, d]").replace(
-        "BODY",
-        """for j in range(size_at(z, 0)) {
-            for t in range(T) {
-                k = t % 2
-                h = cat([h[:, :k] * 2.0, tanh(h[:, k:])], dim = 1) @ w
-            }
-            h = h + z[j]
-        }
-        return h""",
-    )
-    with pytest.raises(SpecError) as error:
-        compile_spec(text, "varslice_nest")
-    message = str(error.value)
-    assert "varslice_nest.layer:10:31: error: cannot derive through this slice of `h` yet" in message
-    assert "which a loop holding a loop does not derive through yet" in message
-    assert "hint: slice by bounds whose difference is the same in every step" in message

@@ -214,8 +214,6 @@ def _check_nest(loop: N.For) -> None:
     """A loop holding a loop: its loops' slices fixed in size, and each number its body binds bound before
     anything of the step reads it or binds what it reads (the Function computes a step's numbers first)."""
     for at, stmt in enumerate(loop.body):
-        if isinstance(stmt, N.For):  # (its own numbers: `NumberNames.in_order`; a loop in it is refused)
-            _check_slices(stmt)
         if not (isinstance(stmt, N.Assign) and _binds_number(stmt)):
             continue
         for before in loop.body[:at]:
@@ -239,9 +237,7 @@ def _check_slices(loop: N.For) -> None:
     numbers = [(s.target, s.value) for s in statements(loop.body) if isinstance(s, N.Assign) and _binds_number(s)]
     carried = _read_before_bound(loop.body) & {n for n, _ in numbers}
     varying = _varying(loop.var, numbers, carried)
-    for s in statements(loop.body):
-        if isinstance(s, N.For):
-            continue  # its own count (`_check_nest` checks its slices)
+    for s in _own_statements(loop.body):
         for e in walk(s):
             if isinstance(e, N.Subscript):
                 for item in e.items:
@@ -252,11 +248,48 @@ def _check_slices(loop: N.For) -> None:
                             item.span,
                             f"cannot derive through this slice of `{spec_text(e.value)}` yet: its size depends"
                             f" on the loop's variable '{loop.var}'{through}, so the step's values change shape"
-                            " from step to step, which a loop holding a loop does not derive through yet",
-                            "slice by bounds whose difference is the same in every step (`h[:, k:k + 2]`),"
+                            " from step to step, which a loop holding a loop does not derive through yet outside"
+                            " the loop it holds",
+                            "slice by bounds whose difference is the same in every step (`h[:, k:k + 2]`), or"
+                            " slice in the inner loop,"
                             " or write the inner loop's count in the spec (up to 64 steps are unrolled), or"
                             " write a backward block",
                         )
+
+
+def _own_statements(body: list[N.Stmt]):
+    """The statements of `body` and of its `if`s, not those of its loops (nor a loop's count)."""
+    for s in body:
+        if isinstance(s, N.If):
+            yield s.cond
+            yield from _own_statements(s.body)
+            yield from _own_statements(s.orelse)
+        elif not isinstance(s, N.For):
+            yield s
+
+
+def varying_per_step(loop: N.For) -> set[str]:
+    """The numbers of a loop holding a loop that may differ from one of its steps to the next: its variable,
+    those it carries, and those computed from one (an inner loop's values sized by one change size with it)."""
+    numbers = [(s.target, s.value) for s in statements(loop.body) if isinstance(s, N.Assign) and _binds_number(s)]
+    return _varying(loop.var, numbers, _read_before_bound(loop.body) & {n for n, _ in numbers})
+
+
+def check_masks(segments: list) -> None:
+    """NotDerivable at an index by a bool mask in the body of a loop holding a loop, outside its loops
+    (`segments`: the body's): the values stacked over its steps keep one shape."""
+    tapes = [t for seg in segments for t in (seg.sides() if hasattr(seg, "sides") else [seg.tape])]
+    for tape in tapes:
+        for s in tape.steps:
+            if s.by_mask:
+                raise NotDerivable(
+                    s.expr.span,
+                    "cannot derive through this index by a bool mask yet: it is in the body of a loop holding a"
+                    " loop, outside the inner loop, and how many elements it picks may differ from step to step,"
+                    " which the values kept per outer step cannot",
+                    "pick with where(mask, x, 0) (`sum(where(mask, x, 0))` sums what the mask picks), or move it"
+                    " into the inner loop, or write the count in the spec (up to 64 steps are unrolled)",
+                )
 
 
 def sized_per_step(loop: Loop, shapes: dict[str, Shape]) -> set[str]:
@@ -289,7 +322,7 @@ def check_sized_per_step(loop: Loop, shapes: dict[str, Shape]) -> None:
 def _sized(loop: Loop, shapes: dict[str, Shape]) -> tuple[set[str], list[Step]]:
     """`sized_per_step`'s values, and the steps of carried values' next values and appended items that
     would be among them (`check_sized_per_step`)."""
-    varying = _varying(loop.var, loop.numbers, set(loop.carried_numbers))
+    varying = _varying(loop.var, loop.numbers, set(loop.carried_numbers) | loop.varying_outside)
     fixed = set(loop.updates.values()) | {e.id for e in loop.appended.values() if isinstance(e, N.Name)}
     fixed |= {e.id for items in loop.more.values() for e in items if isinstance(e, N.Name)}
     local = dict(shapes) | {c: shapes.get(start) for c, start in loop.carried.items()}

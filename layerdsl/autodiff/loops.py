@@ -101,6 +101,7 @@ class Loop:
     number_starts: dict[str, str] = field(default_factory=dict)
     carried_numbers: list[str] = field(default_factory=list)
     numbers_at: int = 0
+    varying_outside: set[str] = field(default_factory=set)  # in a nest: numbers that differ per outer step
     # a list appended to by loops in a row (a loop split where its `if`s turn, `loop_split`), one Python list:
     # list local -> the bounds of the loops before this one that append to it (its items come after theirs)
     before: dict[str, list[list[N.Expr]]] = field(default_factory=dict)
