@@ -328,18 +328,21 @@ def _sized(loop: Loop, shapes: dict[str, Shape]) -> tuple[set[str], list[Step]]:
     local = dict(shapes) | {c: shapes.get(start) for c, start in loop.carried.items()}
     out: set[str] = set()
     kept_at_one: list[Step] = []
+    masked: set[str] = set()  # of a size an index by a bool mask gives (data): no shape the plan knows
     for s in [*loop.picks.values(), *loop.tape.steps]:
         start, end, by = (s.args.get(k) for k in ("start", "end", "step"))
         sliced = s.op is not None and s.op.name == "slice" and not _fixed_bounds(start, end, by, varying)
-        sliced = sliced or s.by_mask
-        local[s.var] = _slice_shape(s, local) if sliced and not s.by_mask else step_shape(s, local)
+        local[s.var] = _slice_shape(s, local) if sliced else step_shape(s, local)
         shape = local[s.var]
-        own = shape is None or any(set(re.findall(r"[A-Za-z_]\w*", str(d))) & varying for d in shape)
-        if sliced or s.reads & out and own:
-            if s.var not in fixed:
-                out.add(s.var)
-            else:
-                kept_at_one.append(s)
+        named = shape is not None and any(set(re.findall(r"[A-Za-z_]\w*", str(d))) & varying for d in shape)
+        if s.by_mask or s.reads & masked and shape is None:
+            masked.add(s.var)
+        if not (sliced or s.by_mask or s.reads & out and (shape is None or named)):
+            continue
+        if s.var not in fixed:
+            out.add(s.var)
+        elif sliced or s.var in masked or named:  # (one of no shape the plan knows otherwise: as before)
+            kept_at_one.append(s)
     return out, kept_at_one
 
 
