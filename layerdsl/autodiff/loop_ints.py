@@ -20,7 +20,10 @@ A slice whose size varies from step to step (`h[:, :k]` with `k = t % 2`, `x[:, 
 `h[:t]`) gives step values whose shape changes from step to step, which cannot be kept in one buffer per
 value: `sized_per_step` names them (and what the body computes from them), and the Function's backward
 computes them again from what the step keeps (`codegen.loop_backward.BackwardWriter.loop`). Still refused
-here, at the slice: such a slice in a loop holding a loop, or in the loop a loop holds.
+here, at the slice: such a slice in the body of a loop holding a loop outside its inner loop (`check_masks`: an
+index by a bool mask there); in the inner loop one sized by an int of the outer step varies too
+(`varying_per_step`). A carried value or an appended item (kept at one shape) whose shape varies is refused
+(`check_sized_per_step`).
 """
 
 from __future__ import annotations
