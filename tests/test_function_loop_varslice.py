@@ -50,6 +50,13 @@ SPECS = {
             h = tanh(cat([h[:, :n] * 2.0, sigmoid(x[t][:, n:])], dim = 1) @ w) + x[t]
         }
         return h""",
+    # a value of the step's own shape in no `cat`, computed from the carried value: backward computes it again
+    "outside a cat": """n = 0
+        for t in range(T) {
+            n = (n + 1) % d
+            h = tanh(sigmoid(h[:, n:]) @ w[n:, :]) + x[t]
+        }
+        return h""",
     # a window of the step's input at a moving offset, growing: `x[..., a:a + k]`
     "a growing window": """k = 1
         for t in range(T) {
@@ -118,7 +125,26 @@ def test_a_slice_of_a_size_varying_per_step_derives_when_backward_runs_the_forwa
     assert torch.autograd.gradgradcheck(ours, (x, y))
 
 
-@pytest.mark.parametrize("name", sorted(SPECS))
+# where the Function keeps more than autograd, and why
+KEEPS_MORE = {
+    "outside a cat": "codegen/loop_backward.py (BackwardWriter.loop): `sigmoid(h[:, n:])`, of a step's own shape"
+    " and in no kept `cat` (`read_from_cats`), is computed again from `h`, kept per step for it alone, where"
+    " autograd keeps the smaller values themselves (576 B vs 528); next: keep such a value flattened in one"
+    " buffer (codegen/function_loops.py forward_loop), cut back per step at sizes recorded as forward runs",
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        (
+            pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KEEPS_MORE[name]))
+            if name in KEEPS_MORE
+            else name
+        )
+        for name in sorted(SPECS)
+    ],
+)
 def test_a_slice_of_a_size_varying_per_step_keeps_no_more_than_autograd(name):
     """Bytes kept for backward besides the inputs and parameters (the caller holds them anyway)."""
     ours, plain = _pair(name)
