@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from layerdsl.diagnostics import SpecError
 from tests.support import compile_spec, function_and_plain, saved_bytes
 
 STEPS = [0, 1, 2, 5]
@@ -42,6 +41,20 @@ SPECS = {
         for t in range(T) {
             n = (n + 1) % d
             h = tanh(cat([h[:, :n] * 2.0, sigmoid(h[:, n:])], dim = 1) @ w) + x[t]
+        }
+        return h""",
+    # the carried value's slice read only for its size (`h[:, :n] * 2.0`'s gradient): `h` kept as its shape
+    "a slice read for its size": """n = 0
+        for t in range(T) {
+            n = (n + 1) % d
+            h = tanh(cat([h[:, :n] * 2.0, sigmoid(x[t][:, n:])], dim = 1) @ w) + x[t]
+        }
+        return h""",
+    # a value of the step's own shape in no `cat`, computed from the carried value: backward computes it again
+    "outside a cat": """n = 0
+        for t in range(T) {
+            n = (n + 1) % d
+            h = tanh(sigmoid(h[:, n:]) @ w[n:, :]) + x[t]
         }
         return h""",
     # a window of the step's input at a moving offset, growing: `x[..., a:a + k]`
@@ -114,10 +127,10 @@ def test_a_slice_of_a_size_varying_per_step_derives_when_backward_runs_the_forwa
 
 # where the Function keeps more than autograd, and why
 KEEPS_MORE = {
-    "by a carried int": "autodiff/loop_ints.sized_per_step: backward computes a step's values of their own"
-    " shape (`sigmoid(h[:, n:])`) again from what they are computed from, kept per step (`h`) where autograd"
-    " keeps the smaller values themselves; next: in codegen/function_loops.py keep them flattened in one"
-    " buffer per value, cut back per step at sizes backward's prelude records from the replayed ints",
+    "outside a cat": "codegen/loop_backward.py (BackwardWriter.loop): `sigmoid(h[:, n:])`, of a step's own shape"
+    " and in no kept `cat` (`read_from_cats`), is computed again from `h`, kept per step for it alone, where"
+    " autograd keeps the smaller values themselves (576 B vs 528); next: keep such a value flattened in one"
+    " buffer (codegen/function_loops.py forward_loop), cut back per step at sizes recorded as forward runs",
 }
 
 
@@ -125,10 +138,7 @@ KEEPS_MORE = {
     "name",
     [
         (
-            pytest.param(
-                name,
-                marks=pytest.mark.xfail(strict=True, reason=KEEPS_MORE[name]),
-            )
+            pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KEEPS_MORE[name]))
             if name in KEEPS_MORE
             else name
         )
@@ -149,13 +159,15 @@ def test_a_slice_of_a_size_varying_per_step_keeps_no_more_than_autograd(name):
 
 def test_the_backward_computes_the_steps_values_again():
     """The values of a step's own shape are not kept per step (no buffer of them is made): the step of
-    backward computes them again from the carried value kept per step."""
+    backward reads `tanh(h[:, k:])` back from the `cat` it keeps anyway (`loop_backward.read_from_cats`),
+    so the carried `h`, read only for its shape then, is kept as one element expanded (no memory)."""
     source = compile_spec(LAYER.replace("BODY", SPECS["by the variable"]), "varslice_source")["SOURCE"]
     forward = source[source.index("def forward") : source.index("def setup_context")]
     backward = source[source.index("def backward") :]
-    assert "th_steps" not in forward and "h_steps[t - 1] = h" in forward
-    assert "th = torch.tanh(part1)" in backward
-    assert "part1 = h_t[:, k:]" in backward
+    assert "th_steps" not in forward and "h_steps[t - 1] = h" not in forward
+    assert "h_steps = h2.new_zeros(()).expand((n_steps - 1, *h2.shape))  # only its shape is read" in forward
+    assert "th = torch.narrow(cat, 1, mul.shape[1], cat.shape[1] - mul.shape[1])" in backward
+    assert "torch.tanh(" not in backward
 
 
 def test_a_value_read_only_for_its_shape_is_not_computed_again():
@@ -165,24 +177,3 @@ def test_a_value_read_only_for_its_shape_is_not_computed_again():
     backward = source[source.index("def backward") :]
     assert "sin = part  # of its shape: only that is read" in backward
     assert "torch.sin(" not in backward
-
-
-def test_a_slice_of_a_size_varying_per_step_in_a_nest_is_refused():
-    """A loop holding a loop does not derive through such a slice yet: refused at the slice, with a hint."""
-    text = LAYER.replace("x: [T, B, d], y: [B, d]", "x: [T, B, d], y: [B, d], z: [L, d]").replace(
-        "BODY",
-        """for j in range(size_at(z, 0)) {
-            for t in range(T) {
-                k = t % 2
-                h = cat([h[:, :k] * 2.0, tanh(h[:, k:])], dim = 1) @ w
-            }
-            h = h + z[j]
-        }
-        return h""",
-    )
-    with pytest.raises(SpecError) as error:
-        compile_spec(text, "varslice_nest")
-    message = str(error.value)
-    assert "varslice_nest.layer:10:31: error: cannot derive through this slice of `h` yet" in message
-    assert "which a loop holding a loop does not derive through yet" in message
-    assert "hint: slice by bounds whose difference is the same in every step" in message

@@ -20,7 +20,10 @@ A slice whose size varies from step to step (`h[:, :k]` with `k = t % 2`, `x[:, 
 `h[:t]`) gives step values whose shape changes from step to step, which cannot be kept in one buffer per
 value: `sized_per_step` names them (and what the body computes from them), and the Function's backward
 computes them again from what the step keeps (`codegen.loop_backward.BackwardWriter.loop`). Still refused
-here, at the slice: such a slice in a loop holding a loop, or in the loop a loop holds.
+here, at the slice: such a slice in the body of a loop holding a loop outside its inner loop (`check_masks`: an
+index by a bool mask there); in the inner loop one sized by an int of the outer step varies too
+(`varying_per_step`). A carried value or an appended item (kept at one shape) whose shape varies is refused
+(`check_sized_per_step`).
 """
 
 from __future__ import annotations
@@ -214,8 +217,6 @@ def _check_nest(loop: N.For) -> None:
     """A loop holding a loop: its loops' slices fixed in size, and each number its body binds bound before
     anything of the step reads it or binds what it reads (the Function computes a step's numbers first)."""
     for at, stmt in enumerate(loop.body):
-        if isinstance(stmt, N.For):  # (its own numbers: `NumberNames.in_order`; a loop in it is refused)
-            _check_slices(stmt)
         if not (isinstance(stmt, N.Assign) and _binds_number(stmt)):
             continue
         for before in loop.body[:at]:
@@ -239,9 +240,7 @@ def _check_slices(loop: N.For) -> None:
     numbers = [(s.target, s.value) for s in statements(loop.body) if isinstance(s, N.Assign) and _binds_number(s)]
     carried = _read_before_bound(loop.body) & {n for n, _ in numbers}
     varying = _varying(loop.var, numbers, carried)
-    for s in statements(loop.body):
-        if isinstance(s, N.For):
-            continue  # its own count (`_check_nest` checks its slices)
+    for s in _own_statements(loop.body):
         for e in walk(s):
             if isinstance(e, N.Subscript):
                 for item in e.items:
@@ -252,27 +251,102 @@ def _check_slices(loop: N.For) -> None:
                             item.span,
                             f"cannot derive through this slice of `{spec_text(e.value)}` yet: its size depends"
                             f" on the loop's variable '{loop.var}'{through}, so the step's values change shape"
-                            " from step to step, which a loop holding a loop does not derive through yet",
-                            "slice by bounds whose difference is the same in every step (`h[:, k:k + 2]`),"
+                            " from step to step, which a loop holding a loop does not derive through yet outside"
+                            " the loop it holds",
+                            "slice by bounds whose difference is the same in every step (`h[:, k:k + 2]`), or"
+                            " slice in the inner loop,"
                             " or write the inner loop's count in the spec (up to 64 steps are unrolled), or"
                             " write a backward block",
                         )
 
 
+def _own_statements(body: list[N.Stmt]):
+    """The statements of `body` and of its `if`s, not those of its loops (nor a loop's count)."""
+    for s in body:
+        if isinstance(s, N.If):
+            yield s.cond
+            yield from _own_statements(s.body)
+            yield from _own_statements(s.orelse)
+        elif not isinstance(s, N.For):
+            yield s
+
+
+def varying_per_step(loop: N.For) -> set[str]:
+    """The numbers of a loop holding a loop that may differ from one of its steps to the next: its variable,
+    those it carries, and those computed from one (an inner loop's values sized by one change size with it)."""
+    numbers = [(s.target, s.value) for s in statements(loop.body) if isinstance(s, N.Assign) and _binds_number(s)]
+    return _varying(loop.var, numbers, _read_before_bound(loop.body) & {n for n, _ in numbers})
+
+
+def check_masks(segments: list) -> None:
+    """NotDerivable at an index by a bool mask in the body of a loop holding a loop, outside its loops
+    (`segments`: the body's): the values stacked over its steps keep one shape."""
+    tapes = [t for seg in segments for t in (seg.sides() if hasattr(seg, "sides") else [seg.tape])]
+    for tape in tapes:
+        for s in tape.steps:
+            if s.by_mask:
+                raise NotDerivable(
+                    s.expr.span,
+                    "cannot derive through this index by a bool mask yet: it is in the body of a loop holding a"
+                    " loop, outside the inner loop, and how many elements it picks may differ from step to step,"
+                    " which the values kept per outer step cannot",
+                    "pick with where(mask, x, 0) (`sum(where(mask, x, 0))` sums what the mask picks), or move it"
+                    " into the inner loop, or write the count in the spec (up to 64 steps are unrolled)",
+                )
+
+
 def sized_per_step(loop: Loop, shapes: dict[str, Shape]) -> set[str]:
     """The values of `loop`'s body whose shape may change from step to step: a slice whose size varies
-    (`h[:, :k]`, `k = t % 2`), and what the body computes from one, unless its shape, found with each such
-    slice's size as the difference of its bounds, reads no varying number (`cat` of `h[:, :k]` and
-    `h[:, k:]`, `h[:, :k] @ w[:k]`: the clamping of both bounds alike). Not a carried value's next value nor
-    an item appended to a list (the steps keep those at one shape). `shapes`: the plan's."""
-    varying = _varying(loop.var, loop.numbers, set(loop.carried_numbers))
+    (`h[:, :k]`, `k = t % 2`), an index by a bool mask (`x[x > 1]`, as long as the mask has True elements),
+    and what the body computes from one, unless its shape, found with each such slice's size as the
+    difference of its bounds, reads no varying number (`cat` of `h[:, :k]` and `h[:, k:]`, `h[:, :k] @ w[:k]`:
+    the clamping of both bounds alike) or is a reduction's to a scalar (`sum(x[x > 1])`). Not a carried
+    value's next value nor an item appended to a list (the steps keep those at one shape: `check_sized_per_step`
+    refuses one that may not). `shapes`: the plan's."""
+    return _sized(loop, shapes)[0]
+
+
+def check_sized_per_step(loop: Loop, shapes: dict[str, Shape]) -> None:
+    """NotDerivable at a step of `loop` whose value the steps keep at one shape (a carried value's next
+    value, an item appended to a list) but whose shape may change from step to step (`sized_per_step`)."""
+    for s in _sized(loop, shapes)[1]:
+        what = "an item appended to a list" if s.var not in loop.updates.values() else "a value the loop carries"
+        raise NotDerivable(
+            s.expr.span,
+            f"cannot derive through this value yet: it is {what}, and its shape may change from step to step"
+            " (it is computed from a slice whose size varies, or an index by a bool mask), which the Function"
+            " keeps at one shape over the steps",
+            "keep the shape the same in every step (slice by bounds whose difference is the same, or pick with"
+            " where(mask, x, 0)), or write the count in the spec (up to 64 steps are unrolled), or write a"
+            " backward block",
+        )
+
+
+def _sized(loop: Loop, shapes: dict[str, Shape]) -> tuple[set[str], list[Step]]:
+    """`sized_per_step`'s values, and the steps of carried values' next values and appended items that
+    would be among them (`check_sized_per_step`)."""
+    varying = _varying(loop.var, loop.numbers, set(loop.carried_numbers) | loop.varying_outside)
     fixed = set(loop.updates.values()) | {e.id for e in loop.appended.values() if isinstance(e, N.Name)}
+    fixed |= {e.id for items in loop.more.values() for e in items if isinstance(e, N.Name)}
+    local = dict(shapes) | {c: shapes.get(start) for c, start in loop.carried.items()}
     out: set[str] = set()
-    for s, shape, sliced in _step_shapes(loop, shapes, varying):
-        own = shape is None or any(set(re.findall(r"[A-Za-z_]\w*", str(d))) & varying for d in shape)
-        if s.var not in fixed and (sliced or s.reads & out and own):
+    kept_at_one: list[Step] = []
+    masked: set[str] = set()  # of a size an index by a bool mask gives (data): no shape the plan knows
+    for s in [*loop.picks.values(), *loop.tape.steps]:
+        start, end, by = (s.args.get(k) for k in ("start", "end", "step"))
+        sliced = s.op is not None and s.op.name == "slice" and not _fixed_bounds(start, end, by, varying)
+        local[s.var] = _slice_shape(s, local) if sliced else step_shape(s, local)
+        shape = local[s.var]
+        named = shape is not None and any(set(re.findall(r"[A-Za-z_]\w*", str(d))) & varying for d in shape)
+        if s.by_mask or s.reads & masked and shape is None:
+            masked.add(s.var)
+        if not (sliced or s.by_mask or s.reads & out and (shape is None or named)):
+            continue
+        if s.var not in fixed:
             out.add(s.var)
-    return out
+        elif sliced or s.var in masked or named:  # (one of no shape the plan knows otherwise: as before)
+            kept_at_one.append(s)
+    return out, kept_at_one
 
 
 def steady_shape(loop: Loop, name: str, shapes: dict[str, Shape]) -> Shape:

@@ -30,7 +30,13 @@ from typing import Union
 
 from layerdsl.autodiff import nest, step_choices
 from layerdsl.autodiff.loop_choices import chosen_side, self_decided
-from layerdsl.autodiff.loop_ints import NumberNames, check_loop_numbers, steady_carried_shapes, steady_shape
+from layerdsl.autodiff.loop_ints import (
+    NumberNames,
+    check_loop_numbers,
+    check_sized_per_step,
+    steady_carried_shapes,
+    steady_shape,
+)
 from layerdsl.autodiff.loop_lists import (
     alike,
     item_read,
@@ -109,6 +115,7 @@ class Loop:
     number_starts: dict[str, str] = field(default_factory=dict)
     carried_numbers: list[str] = field(default_factory=list)
     numbers_at: int = 0
+    varying_outside: set[str] = field(default_factory=set)  # in a nest: numbers that differ per outer step
     # a list appended to by loops in a row (a loop split where its `if`s turn, `loop_split`), one Python list:
     # list local -> the bounds of the loops before this one that append to it (its items come after theirs)
     before: dict[str, list[list[N.Expr]]] = field(default_factory=dict)
@@ -438,6 +445,7 @@ class Planner:
                     assert isinstance(loop, Loop)
                     loop.number_starts, loop.carried_numbers = numbered.starts, numbered.carried
                     loop.numbers_at = len(self.numbers)
+                    check_sized_per_step(loop, self.shapes)  # (its steps' values of their own shape: recomputed)
                     self.shapes.update(steady_carried_shapes(loop, self.shapes))
                 segments += planned
             elif isinstance(stmt, N.Assign) and isinstance(stmt.value, N.ListExpr) and not stmt.value.items:
@@ -750,15 +758,6 @@ class Planner:
         self.shapes.update(carried_shapes(tape.steps, starts, updates, self.shapes))
         _check_carried_shapes(tape, starts, updates, self.shapes, {c: local for local, c in carried.items()}, stmt.span)
         hoisted, tape = self.hoisted(tape, set(carried.values()) | {stmt.var})
-        masked = next((s for s in tape.steps if s.by_mask), None)
-        if masked is not None:  # its per-step values differ in length: they cannot be stacked for backward
-            raise NotDerivable(
-                masked.expr.span,
-                "cannot derive through this index by a bool mask yet: it is in the body of a loop whose count is"
-                " known only when forward runs, and how many elements it picks may differ from step to step",
-                "pick with where(mask, x, 0) (`sum(where(mask, x, 0))` sums what the mask picks), or write the"
-                " count in the spec (up to 64 steps are unrolled)",
-            )
         picks = self.picks(tape, it, stmt.var)
         tape = dataclasses.replace(tape, steps=[s for s in tape.steps if s.var not in picks])
         # A carried value needs a gradient if it starts as one that does, or a step computes it from one.

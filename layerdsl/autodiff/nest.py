@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from layerdsl.autodiff import loops, step_choices
-from layerdsl.autodiff.loop_ints import carried_by
+from layerdsl.autodiff.loop_ints import carried_by, check_masks, check_sized_per_step, varying_per_step
 from layerdsl.autodiff.loop_split import unsplit_reason
 from layerdsl.autodiff.tape import NotDerivable, Step, Tape
 from layerdsl.autodiff.unroll import lists_renamed
@@ -164,6 +164,8 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
             planned = p.loop(s)
             if isinstance(planned[-1], loops.Loop):  # backward reads its carried numbers as recorded
                 planned[-1].carried_numbers = sorted(carried_by(s))
+                planned[-1].varying_outside = varying_per_step(stmt)  # (its values of a size of their own)
+                check_sized_per_step(planned[-1], p.shapes)
             segments += planned
         elif isinstance(s, N.If):  # on configuration values, holding no loop: an `if` of its own
             if chunk:
@@ -187,6 +189,7 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
             chunk.append(s)
     if chunk:
         segments.append(p.straight(chunk))
+    check_masks([seg for seg in segments if not isinstance(seg, loops.Loop)])
     more: dict[str, list[N.Expr]] = {}
     for name, held in items.items():
         items_held: list[N.Expr] = [_item(p.alias[local], stmt.span) for local in held]

@@ -127,7 +127,18 @@ def step_shape(s: Step, shapes: dict[str, Shape]) -> Shape:
     )
     if shape is None and s.op.name == "slice":
         return _sliced(s, shapes)
+    if shape is None and s.op.shape == "reduce":
+        return _reduced_whole(s)
     return shape
+
+
+def _reduced_whole(s: Step) -> Shape:
+    """A reduction over every dim without keepdim (`sum(x[mask])`): a scalar whatever its input's shape
+    (an index by a bool mask has none the plan knows); None otherwise."""
+    dim, keepdim = s.args.get("dim"), s.args.get("keepdim")
+    every = dim is None or isinstance(dim, N.NoneLit)
+    kept = keepdim is not None and not (isinstance(keepdim, N.Bool) and not keepdim.value)
+    return () if every and not kept else None
 
 
 def carried_shapes(

@@ -495,8 +495,22 @@ class LoopFunction:
             listed = {n.id for item in items for n in walk(item) if isinstance(n, N.Name)}
             shaped = {s.var for s in loop.tape.steps if s.var in kept and not _kept(s)}
             shaped -= reads.by_value.get(k, set()) | moved | listed
-            out[k] = {v for v in shaped if not _read_as_value(v, text)}
+            out[k] = {v for v in shaped if not _read_as_value(v, text)} | self.carried_for_shape(loop, kept, text)
         return out | function_nest.shapes_per_step(self, reads, per_step, text)
+
+    def carried_for_shape(self, loop: Loop, kept: set[str], text: str) -> set[str]:
+        """The carried values of `loop` kept per step (`kept`, its own buffer) whose step value backward
+        (`text`) reads only for its shape, itself or through slices of it read so (`h_t[:, :n]` whose shape
+        a `cat`'s gradient reads, in a loop whose slices vary in size): kept as one element expanded, as the
+        body's values read so are (`shapes_per_step`). Not one a next step's value is read back from."""
+        out: set[str] = set()
+        if loop not in self.plan.segments:  # (a nest's loop: its stacks over the outer steps are its own)
+            return out
+        for c in loop.carried:
+            if c in kept and self.previous_step(loop, c, kept) is None and c not in loop.updates.values():
+                if _read_for_shape(self.name(f"{c}_t"), text):
+                    out.add(c)
+        return out
 
     def placeholders(self) -> set[str]:
         """The buffers of a loop's values read only for their shape (`shapes_per_step`) and their step 0's:
@@ -906,7 +920,7 @@ class LoopFunction:
             body += [f"    {self.stacked(v)} = {self.buffer(loop, v, count)}" for v in kept]
             body += self.widened(loop, kept, index, count)
             body += [f"{self.stacked(v)}[{index}] = {v}" for v in kept if v not in shaped and v not in loop.carried]
-            carried = [v for v in kept if v in loop.carried]
+            carried = [v for v in kept if v in loop.carried and v not in shaped]
             if carried:  # step 0's is its start, which backward reads
                 body += [f"if {index} > 0:", *(f"    {self.stacked(v)}[{index} - 1] = {v}" for v in carried)]
         body += [
@@ -952,6 +966,8 @@ class LoopFunction:
         (`shapes_per_step`), one element expanded to that shape."""
         if v in loop.carried:  # the shape the steps make (the start's may be smaller: `first_broadcast`)
             update = loop.updates.get(v, v)
+            if v in self.step_shapes.get(self.loops.index(loop), set()):
+                return f"{update}.new_zeros(()).expand(({count} - 1, *{update}.shape))  # only its shape is read"
             return f"{update}.new_empty(({count} - 1, *{update}.shape))"
         shape = f"({count}, *{v}.shape)"
         if v in self.step_shapes.get(self.loops.index(loop), set()):
@@ -1348,6 +1364,21 @@ def _read_as_value(v: str, text: str) -> bool:
     the line binding it to its slot."""
     bare = re.compile(rf"(?<![.\w]){re.escape(v)}\b(?!\.shape\b)")
     return any(bare.search(line) for line in text.splitlines() if not line.lstrip().startswith(f"{v} = "))
+
+
+def _read_for_shape(v: str, text: str, depth: int = 0) -> bool:
+    """Whether the backward's `text` reads `v` (bound on a line of its own) only for its shape: as `v.shape`,
+    or on a line binding an alias or a slice of it (`part = v[:, :n]`) whose name it reads only so."""
+    bare = re.compile(rf"(?<![.\w]){re.escape(v)}\b(?!\.shape\b)")
+    view = re.compile(rf"^(\w+) = {re.escape(v)}(\[[\w\s:,+\-*%]*\])?$")
+    for line in text.splitlines():
+        code = line.split("  # ")[0].strip()
+        if code.startswith(f"{v} = ") or not bare.search(code):
+            continue
+        viewed = view.match(code)
+        if viewed is None or depth > 8 or not _read_for_shape(viewed.group(1), text, depth + 1):
+            return False
+    return True
 
 
 def _kept(step: Step) -> bool:

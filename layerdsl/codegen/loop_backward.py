@@ -28,7 +28,7 @@ from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
-from layerdsl.ir.visit import map_children, walk
+from layerdsl.ir.visit import clone, map_children, walk
 from layerdsl.language.ops import shape_args
 
 if TYPE_CHECKING:
@@ -502,6 +502,11 @@ class BackwardWriter:
             self.step_views = {s.var: s for s in loop.tape.steps if s.var in plain_views or s.var in cheap}
             self.current, self.step_by_value, self.step_recomputed = set(), set(), set()
             derived, grads = self.statements(bwd, tape, "t")
+        from_cats = read_from_cats(loop, reshaped, self.step_recomputed, self.step_by_value)
+        if from_cats:  # written again, reading them back from the `cat`s the step keeps anyway
+            self.step_views = {v: from_cats.get(v, s) for v, s in self.step_views.items()}
+            self.current, self.step_by_value, self.step_recomputed = set(), set(), set()
+            derived, grads = self.statements(bwd, tape, "t")
         self.step_loop = None
         views = [s for v, s in self.step_views.items() if v in self.step_recomputed]
         self.step_views = {}
@@ -615,6 +620,50 @@ def recomputable(loop: Loop, read: set[str]) -> set[str]:
             if (args := operands(s)) and args <= read:
                 cheap.add(s.var)
     return cheap
+
+
+def read_from_cats(loop: Loop, reshaped: set[str], recomputed: set[str], by_value: set[str]) -> dict[str, Step]:
+    """The values of a step's own shape (`reshaped`) that backward computes again (`recomputed`), other than
+    views, that are a part of a `cat` of the step that it reads by value (`by_value`, kept per step): each as
+    a step reading it back from there (`narrow(cat, dim, offset, size)`, its offset and size from the other
+    parts' sizes, which are computed before it), so that what it is computed from need not be kept
+    (`sigmoid(h[:, n:])` in `cat([h[:, :n], sigmoid(h[:, n:])], dim = 1) @ w`: `h`, then read only for its
+    shape)."""
+    out: dict[str, Step] = {}
+    order = {s.var: k for k, s in enumerate(loop.tape.steps)}
+    for c in loop.tape.steps:
+        parts = c.args.get("tensors")
+        if c.op is None or c.op.name != "cat" or c.var not in by_value or c.var in reshaped:
+            continue
+        if not isinstance(parts, N.ListExpr) or not all(isinstance(p, N.Name) for p in parts.items):
+            continue
+        names = [p.id for p in parts.items if isinstance(p, N.Name)]
+        dim = c.args.get("dim", B.num(0))
+        for k, v in enumerate(names):
+            step = loop.tape.step(v)
+            if v not in reshaped or v not in recomputed or v in out or names.count(v) > 1 or step is None:
+                continue
+            if step.op is not None and step.op.shape in VIEWS:
+                continue  # (cheap, from what it views)
+            others = names[:k] + names[k + 1 :]
+            if not all(o in order and order[o] < order[v] for o in others):
+                continue  # (their sizes are read before it is bound)
+            sizes = [B.call("reduced_numel", B.name(o), clone(dim)) for o in others]
+            for e in sizes:
+                e.kind = N.Kind.INT
+            offset: N.Expr = B.num(0)
+            for e in sizes[:k]:
+                offset = clone(e) if isinstance(offset, N.Num) else B.binop("+", offset, clone(e))
+                offset.kind = N.Kind.INT
+            size: N.Expr = B.call("reduced_numel", B.name(c.var), clone(dim))
+            size.kind = N.Kind.INT
+            for e in sizes:
+                size = B.binop("-", size, e)
+                size.kind = N.Kind.INT
+            expr = B.call("narrow", B.name(c.var), clone(dim), offset, size, span=step.expr.span)
+            expr.kind = N.Kind.TENSOR
+            out[v] = dataclasses.replace(step, expr=expr, args={"input": B.name(c.var)})
+    return out
 
 
 def operands(step) -> set[str]:
