@@ -164,7 +164,8 @@ def written_plainly(e: N.BinOp) -> bool:
     `scalar_template` (torch's inf and nan where Python raises or gives a complex number): an operation on a
     tensor; one on constants Python computes; `//` and `%` of ints (torch's integer division by zero raises
     too); `/`, `//` and `%` by a count, and `**` of a count (`count`): a zero count there raises Python's
-    ZeroDivisionError, as a negative one under `sqrt` raises math's error."""
+    ZeroDivisionError, as a negative one under `sqrt` raises math's error; `**` to a whole number >= 0
+    (`_natural`); and one whose form, specialised on its constant operands, is the operator (`a / -2.0`)."""
     if e.op not in OPERATOR_ROWS or e.kind not in (N.Kind.INT, N.Kind.FLOAT):
         return True
     try:
