@@ -8,6 +8,7 @@ ceil of a float give an int, and a let that raises names its spec line."""
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 
@@ -18,6 +19,7 @@ from layerdsl.semantics.checker import check_program
 from layerdsl.semantics.evaluate import example_values
 from layerdsl.syntax.parser import parse_file
 from tests.support import compile_spec, function_and_plain
+from tests.test_layout import assert_laid_out_as_black_does
 
 CORNERS = {
     "sqrt": [-1.0, -0.0, 4.0, -math.inf, math.nan],
@@ -266,15 +268,15 @@ layer Counts(n: int, m: int, a: float) {
 
 
 def test_counts_and_constants_are_written_with_pythons_operators():
-    """A count (an int) dividing or raised to a power, ints divided, a float divided by a constant and
-    maximum of ints keep Python's operator: no template where the operands stay in the domain (a float's
-    power may overflow, where Python raises)."""
+    """A count (an int) dividing or raised to a power, ints divided, a float divided by a constant, a float
+    to a whole power >= 0 and maximum of ints keep Python's operator: no template where the operands stay in
+    the domain (a float's square past the largest float raises OverflowError, as in torch's own modules)."""
     source = compile_spec(COUNTS, "counts")["SOURCE"]
     for plain in ("n // m", "n % m", "1 / n", "n**0.5", "max(n, m)", "a / 2 + "):
         assert plain in source.replace("n ** 0.5", "n**0.5"), plain
     assert "n * math.copysign" not in source and "n if n" not in source
     assert "max(a, 1.0) if a == a" in source  # a float argument may be nan
-    assert "math.log(abs(a)) > 709.782712893384" in source  # a float's square may pass the largest float
+    assert "a / 2 + a**2 + " in source and "math.log(abs(a))" not in source
 
 
 # -- floor and ceil of a float give an int (docs/language.md): a size, a count of steps
@@ -351,3 +353,138 @@ def test_a_let_that_raises_names_its_spec_line(decorator, n, m, error, let):
         with pytest.raises(error) as raised:
             ns["bad"](torch.ones(2, 4), n=n, m=m)
         assert _raising_line(raised.value, ns["SOURCE"], "bad.py").endswith(f"  # bad.layer:{line}")
+
+
+# -- constant operands: the template's conditions a constant decides are folded (language/number_forms.py), the
+# module, the function and the checker still giving torch's values
+FOLDED = {
+    "a ** 0.5": [-8.0, -0.0, 0.0, 4.0, math.inf, -math.inf, math.nan],
+    "a ** 2.5": [-8.0, 0.0, 4.0, 1e200, math.inf, -math.inf],
+    "a ** -1": [0.0, -0.0, -2.0, 5e-324, -5e-324, math.inf, -math.inf, math.nan],
+    "a ** -2": [0.0, -0.0, -2.0, 5e-324],
+    "a ** -0.5": [0.0, -0.0, -4.0, 4.0, math.inf],
+    "a ** pi": [-8.0, 0.0, 2.0, 1e200],
+    "a ** 2": [-3.0, -0.0, 1e-200, math.inf, -math.inf, math.nan],
+    "a ** 3.0": [-2.0, -math.inf],
+    "(-8.0) ** a": [0.5, 1 / 3, 3.0, 401.0, -1.0, 0.0, math.inf, -math.inf, math.nan],
+    "0.0 ** a": [1.0, -1.0, -2.5, 0.0],
+    "a / -2.0": [3.0, math.inf, math.nan],
+    "a / 0.0": [1.0, -1.0, 0.0, math.nan],
+    "a // 0.0": [1.0, -2.5, 0.0],
+    "a % 0.0": [1.0, -2.5],
+    "a // 3": [7.5, -7.5, math.inf, -math.inf],
+    "a % -2.0": [7.0, -7.0, math.inf],
+    "maximum(a, 1.0)": [math.nan, 0.0, 2.0, -math.inf],
+    "minimum(inf, a)": [math.nan, 2.0],
+    "log(a * 0.0)": [1.0, -1.0],
+}
+FOLDED_CASES = [(expr, a) for expr, values in FOLDED.items() for a in values]
+FOLDED_IDS = [re.sub(r"\ba\b", repr(a), expr) for expr, a in FOLDED_CASES]
+FOLDED_LAYER = """\
+@function
+layer Folded(a: float) {
+    example(a = EXAMPLE)
+    let s = EXPR
+    forward(x: [n]) -> [n] {
+        if EXPR + 0.0 > 0 {
+            return x * s
+        }
+        return x * s - 1.0
+    }
+}
+"""
+
+
+def _folded_spec(expr: str, a: float) -> str:
+    return FOLDED_LAYER.replace("EXPR", expr).replace("EXAMPLE", _example(a))
+
+
+def _torch_folded(expr: str, a: float) -> float:
+    """`expr` of a float64 tensor `a`, each constant a float64 tensor too."""
+    tensors = {"a": torch.tensor(a, dtype=torch.float64), "pi": torch.tensor(math.pi, dtype=torch.float64)}
+    text = re.sub(r"(?<![\w.])(\d+\.?\d*(?:e-?\d+)?|inf)", r"torch.tensor(\1, dtype=torch.float64)", expr)
+    text = text.replace("tensor(inf,", "tensor(math.inf,").replace("log(", "torch.log(")
+    text = text.replace("maximum(", "torch.maximum(").replace("minimum(", "torch.minimum(")
+    return eval(text, {"torch": torch, "math": math, **tensors}).item()
+
+
+@pytest.mark.parametrize(("expr", "a"), FOLDED_CASES, ids=FOLDED_IDS)
+def test_constant_operands_give_torchs_value_in_the_module_and_the_function(expr, a):
+    ours, plain = function_and_plain(_folded_spec(expr, a), "Folded", a)
+    want = _torch_folded(expr, a)
+    x = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    expected = x * want if want > 0 else x * want - 1.0
+    for layer in (plain, ours):
+        assert _same(layer.s, want)
+        torch.testing.assert_close(layer(x), expected, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    ("expr", "a"),
+    [c for c in FOLDED_CASES if not math.isnan(c[1])],
+    ids=[i for i, c in zip(FOLDED_IDS, FOLDED_CASES) if not math.isnan(c[1])],
+)
+def test_the_checker_computes_torchs_value_with_constant_operands(expr, a):
+    spec = parse_file("folded.layer", _folded_spec(expr, a))
+    check_program([spec])
+    assert _same(example_values(spec.layers[0])["s"], _torch_folded(expr, a))
+
+
+def _undecided(node: ast.expr) -> bool:
+    """Whether a condition reads an argument (a name other than `math` and the builtins)."""
+    return any(isinstance(n, ast.Name) and n.id not in ("math", "abs", "max", "min") for n in ast.walk(node))
+
+
+def test_no_condition_a_constant_decides_is_written():
+    """Each let's conditions read the argument: no `math.isfinite(2)`, `2 % 1`, `not 2 < 0`, `1.0 == 1.0`,
+    `if -2.0`; the branches they ruled out are gone (no dead code); and a power to a whole constant >= 0 is
+    Python's `**`."""
+    lets = [expr for expr in FOLDED if expr != "a ** 2"]
+    body = "".join(f"    let s{k} = {expr}\n" for k, expr in enumerate(lets))
+    spec = f"layer Lets(a: float) {{\n    example(a = 2.0)\n{body}    forward(x: [n]) -> [n] {{ return x * s0 }}\n}}\n"
+    square = "layer Square(a: float) {\n    example(a = 2.0)\n    let s = a ** 2\n    forward(x: [n]) -> [n] { return x * s }\n}\n"
+    source = compile_spec(f"{spec}\n{square}")
+    lines = {m.group(1): m.group(2) for m in re.finditer(r"self\.(s\d*) = (.*?)(?:  # .*)?$", source["SOURCE"], re.M)}
+    assert len(lines) == len(lets) + 1
+    for name, line in lines.items():
+        for node in ast.walk(ast.parse(line, mode="eval")):
+            conditions = [node.test] if isinstance(node, ast.IfExp) else []
+            conditions += node.values if isinstance(node, ast.BoolOp) else []
+            conditions += [node.operand] if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not) else []
+            for cond in conditions:
+                assert _undecided(cond), f"{name} = {line}: {ast.unparse(cond)}"
+        assert "math.isfinite(-" not in line and "math.copysign(math.inf, -8.0)" not in line, line
+    assert lines["s0"] == "math.nan if a < 0 and math.isfinite(a) else a**0.5"
+    assert lines["s"] == "a**2"
+    assert lines[f"s{lets.index('a / -2.0')}"] == "a / -2.0"
+    assert lines[f"s{lets.index('a / 0.0')}"] == "a * math.inf"
+    assert lines[f"s{lets.index('maximum(a, 1.0)')}"] == "max(a, 1.0) if a == a else math.nan"
+    assert lines[f"s{lets.index('log(a * 0.0)')}"].startswith("math.log(a * 0.0) if a * 0.0 > 0")
+    assert_laid_out_as_black_does(source["SOURCE"])  # the short lines too, that gen does not give black
+
+
+SQUARE = """\
+LAYER(a: float) {
+    example(a = 1e200)
+    let sq = a ** 2
+    forward(x: [n]) -> [n] {
+        return x * sq
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("decorator", ["", "@function\n"])
+def test_a_whole_power_past_the_largest_float_raises_naming_its_spec_line(decorator):
+    """`a ** 2` is Python's `**` (torch's own modules write `negative_slope ** 2`): past the largest float it
+    raises OverflowError, naming the let's spec line, where a float64 tensor gives inf; the checker, given
+    that example, computes no value."""
+    text = decorator + SQUARE.replace("LAYER", "layer Square")
+    parsed = parse_file("square.layer", text)
+    check_program([parsed])
+    assert "sq" not in example_values(parsed.layers[0])
+    ns = compile_spec(text, "square")
+    with pytest.raises(OverflowError) as raised:
+        ns["Square"](1e200)
+    line = 1 + text.splitlines().index("    let sq = a ** 2")
+    assert _raising_line(raised.value, ns["SOURCE"], "square.py").endswith(f"  # square.layer:{line}")

@@ -17,7 +17,7 @@ from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import PRECEDENCE
 from layerdsl.language.ops import CALLABLE, OPS, Op, filled
 from layerdsl.language.tables import CONSTANTS
-from layerdsl.semantics.evaluate import OPERATOR_ROWS, written_as_math, written_plainly
+from layerdsl.semantics.evaluate import OPERATOR_ROWS, number_form, written_as_math, written_plainly
 
 # Python's binding strengths: the spec language's, plus the bitwise operators only generated code writes.
 PREC = {**PRECEDENCE, "|": 5, "&": 7}
@@ -58,6 +58,7 @@ class Spelling:
 _NUMBER = r"(?:\d[\d_]*\.?[\d_]*|\.\d[\d_]*)(?:[eE][-+]?\d+)?[jJ]?"
 _SIMPLE_BASE = re.compile(rf"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*|{_NUMBER}")
 _SIMPLE_EXPONENT = re.compile(rf"[-+~]?(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*|{_NUMBER})")
+_TEMPLATE_POWER = re.compile(r"\{(\w+)\^\} \*\* \{(\w+)\^\}")  # `{input^} ** {exponent^}` in a template
 _SIMPLE_BOUND = re.compile(rf"[-+~]*(?:[A-Za-z_]\w*|{_NUMBER})")
 
 
@@ -82,12 +83,30 @@ def _numbers(args: list[N.Expr]) -> bool:
     return len(args) == 2 and all(a.kind in ("int", "float") for a in args) and any(a.kind == "float" for a in args)
 
 
+# Python's operators in a template's form (one specialised on constant operands: `a * math.inf`, `-math.inf`)
+_FORM_OPERATORS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%"}
+
+
 @functools.cache
 def _template_precedence(template: str) -> int:
-    """How strongly the Python form `template` ({param} fields) binds: a conditional's 0, or an atom's."""
+    """How strongly the Python form `template` ({param} fields) binds: a conditional's 0, an operator's, or
+    an atom's."""
     form = ast.parse(re.sub(r"\{(\w+)\^?\}", r"\1", template), mode="eval").body
-    if isinstance(form, ast.IfExp):
-        return 0
+    match form:
+        case ast.IfExp():
+            return 0
+        case ast.BoolOp(op=op):
+            return PREC["and" if isinstance(op, ast.And) else "or"]
+        case ast.UnaryOp(op=ast.Not()):
+            return PREC["not"]
+        case ast.UnaryOp():
+            return PREC["unary"]
+        case ast.Compare():
+            return PREC["compare"]
+        case ast.BinOp(op=ast.Pow()):
+            return PREC["**"]
+        case ast.BinOp(op=op):
+            return PREC[_FORM_OPERATORS[type(op)]]
     assert isinstance(form, ast.Call | ast.Name | ast.Attribute | ast.Subscript), f"a template's form: {template}"
     return PREC["atom"]
 
@@ -122,8 +141,7 @@ class PyExpr:
             case N.Name():
                 return self.sp.name(e), PREC["atom"]
             case N.BinOp(op=op, left=l, right=r) if not written_plainly(e):  # torch's inf and nan on numbers
-                template = OPERATOR_ROWS[op].scalar_template
-                assert template is not None
+                template = number_form(OPERATOR_ROWS[op], [l, r])
                 return self.filled(template, [l, r], OPERATOR_ROWS[op]), _template_precedence(template)
             case N.BinOp(op=op, left=l, right=r):
                 p = PREC[op]
@@ -201,15 +219,25 @@ class PyExpr:
             return None
         if written_as_math(c):
             return None
-        return self.filled(op.scalar_template, c.args, op), _template_precedence(op.scalar_template)
+        template = number_form(op, c.args)
+        return self.filled(template, c.args, op), _template_precedence(template)
 
     def filled(self, template: str, args: list[N.Expr], op: Op) -> str:
         """A `scalar_template` with its operands: `{name}` as a comparison's or a call's, `{name^}` as an
         arithmetic operator's (parenthesized unless an atom)."""
         operands = {p.name: a for p, a in zip(op.params, args)}
-        return filled(
-            template, lambda name, tight: self.wrap(operands[name], PREC["atom"] if tight else PREC["compare"] + 1)
-        )
+
+        def field(name: str, tight: bool) -> str:
+            return self.wrap(operands[name], PREC["atom"] if tight else PREC["compare"] + 1)
+
+        # a power of two fields as the operator is written: `a**0.5`, `a**-1` (black's spelling)
+        pieces = _TEMPLATE_POWER.split(template)
+        for k in range(1, len(pieces), 3):
+            left = self.wrap(operands[pieces[k]], PREC["**"] + 1)
+            right = self.wrap(operands[pieces[k + 1]], PREC["**"] - 1)
+            hugged = _SIMPLE_BASE.fullmatch(left) and _SIMPLE_EXPONENT.fullmatch(right)
+            pieces[k : k + 2] = [f"{left}**{right}" if hugged else f"{left} ** {right}", ""]
+        return "".join(piece if k % 3 else filled(piece, field) for k, piece in enumerate(pieces))
 
     def call(self, c: N.Call) -> str:
         if self.call_hook is not None:

@@ -180,10 +180,12 @@ _FINITE = "math.isfinite({input})"
 # Python raises (a zero base and a negative exponent, a result past the largest float)
 _BY_ZERO = "{{input^}} {op} {{other^}} if {{other}} else {zero}"
 _INF_BY_ZERO = "{input^} * math.copysign(math.inf, {other})"
+# (a zero base needs an exponent >= 0, another base one that passes no float: never one in [0, 1], the conditions
+# ordered so that a constant exponent decides the most, `language/number_forms.py`)
 _POWER = (
     "math.nan if {input} < 0 and math.isfinite({input}) and math.isfinite({exponent}) and {exponent^} % 1"
-    " else {input^} ** {exponent^} if {input} == 0 and not {exponent} < 0"
-    " or {input} != 0 and not {exponent^} * math.log(abs({input})) > 709.782712893384"
+    " else {input^} ** {exponent^} if ({input} != 0 or not {exponent} < 0)"
+    " and ({input} == 0 or 0 <= {exponent} <= 1 or not {exponent^} * math.log(abs({input})) > 709.782712893384)"
     " else math.copysign(math.inf, {input}) if {exponent^} % 2 == 1 else math.inf"
 )
 # torch.maximum and torch.minimum give nan where either operand is (Python's max and min, the first operand)

@@ -19,7 +19,8 @@ from typing import Any
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import walk
-from layerdsl.language.ops import CALLABLE, OPS, filled
+from layerdsl.language.number_forms import specialised
+from layerdsl.language.ops import CALLABLE, OPS, Op, filled
 from layerdsl.language.tables import CONSTANTS
 
 
@@ -56,7 +57,8 @@ def evaluate(expr: N.Expr, env: Mapping[str, Any]) -> Any:
             return evaluate(l, env) or evaluate(r, env)
         case N.BinOp(op=op, left=l, right=r) if op in _BINARY:
             if op in OPERATOR_ROWS and not written_plainly(expr):
-                return _number_function(OPERATOR_ROWS[op].name)(evaluate(l, env), evaluate(r, env))
+                row = OPERATOR_ROWS[op]
+                return _number_function(row.name, number_form(row, [l, r]))(evaluate(l, env), evaluate(r, env))
             try:
                 return _bounded(_BINARY[op](evaluate(l, env), evaluate(r, env)))
             except ZeroDivisionError:
@@ -69,7 +71,7 @@ def evaluate(expr: N.Expr, env: Mapping[str, Any]) -> Any:
         case N.Call(func=f, args=args, kwargs=[], sub=False) if f in CALLABLE and CALLABLE[f].scalar:
             values = [evaluate(a, env) for a in args]
             if CALLABLE[f].scalar_template is not None and not written_as_math(expr):
-                return _number_function(f)(*values)
+                return _number_function(f, number_form(CALLABLE[f], args))(*values)
             try:
                 return _math_function(f)(*values)
             except (ValueError, OverflowError) as e:  # a negative count: the generated code raises too
@@ -162,7 +164,8 @@ def written_plainly(e: N.BinOp) -> bool:
     `scalar_template` (torch's inf and nan where Python raises or gives a complex number): an operation on a
     tensor; one on constants Python computes; `//` and `%` of ints (torch's integer division by zero raises
     too); `/`, `//` and `%` by a count, and `**` of a count (`count`): a zero count there raises Python's
-    ZeroDivisionError, as a negative one under `sqrt` raises math's error."""
+    ZeroDivisionError, as a negative one under `sqrt` raises math's error; `**` to a whole number >= 0
+    (`_natural`); and one whose form, specialised on its constant operands, is the operator (`a / -2.0`)."""
     if e.op not in OPERATOR_ROWS or e.kind not in (N.Kind.INT, N.Kind.FLOAT):
         return True
     try:
@@ -173,7 +176,37 @@ def written_plainly(e: N.BinOp) -> bool:
         return not isinstance(value, complex)
     if e.op in ("//", "%") and e.left.kind == N.Kind.INT and e.right.kind == N.Kind.INT:
         return True
-    return count(e.left if e.op == "**" else e.right)
+    if count(e.left if e.op == "**" else e.right) or (e.op == "**" and _natural(e.right)):
+        return True
+    row = OPERATOR_ROWS[e.op]
+    return number_form(row, [e.left, e.right]) == f"{{{row.params[0].name}^}} {e.op} {{{row.params[1].name}^}}"
+
+
+def _natural(e: N.Expr) -> bool:
+    """Whether `e` is a whole number >= 0: an int (a count), or a constant such as `2` or `2.0`. A power of
+    it never is complex nor divides by zero: it differs from torch's only past the largest float, where
+    Python raises OverflowError (the let's line named) and torch gives inf, as `a ** 2` in torch's own
+    modules raises."""
+    value = _constant(e)
+    if value is None:
+        return e.kind == N.Kind.INT
+    return isinstance(value, int | float) and math.isfinite(value) and value >= 0 and float(value).is_integer()
+
+
+def number_form(op: Op, args: list[N.Expr]) -> str:
+    """The Python form an operation on numbers is written by: its row's `scalar_template` with the conditions
+    its constant operands decide folded (`language/number_forms.py`), the generated code's and the checker's."""
+    assert op.scalar_template is not None, "an operation with a template"
+    values = {p.name: _constant(a) for p, a in zip(op.params, args)}
+    return specialised(op.scalar_template, {name: v for name, v in values.items() if v is not None})
+
+
+def _constant(e: N.Expr) -> Any:
+    """The value of `e` where it is a constant (a literal, `pi`, what operations make of them), else None."""
+    try:
+        return evaluate(e, {})
+    except (NotConstant, ArithmeticError, TypeError, ValueError):
+        return None
 
 
 def count(e: N.Expr) -> bool:
@@ -259,13 +292,11 @@ def _math_function(name: str) -> Callable[..., Any]:
 
 
 @functools.cache
-def _number_function(name: str) -> Callable[..., Any]:
-    """Operation `name` on numbers by its row's `scalar_template`, the Python form the generated code writes
-    (from the constant operation table), made a function once."""
-    op = OPS[name]
-    assert op.scalar_template is not None, "an operation with a template"
-    params = [p.name for p in op.params]
-    form = filled(op.scalar_template, lambda name, tight: name)
+def _number_function(name: str, template: str) -> Callable[..., Any]:
+    """Operation `name` on numbers by `template`, the Python form the generated code writes (`number_form`),
+    made a function once."""
+    params = [p.name for p in OPS[name].params]
+    form = filled(template, lambda name, tight: name)
     function: Callable[..., Any] = eval(f"lambda {', '.join(params)}: {form}", {"math": math, **_BUILTINS})
     return function
 
