@@ -16,7 +16,7 @@ from pygls.uris import from_fs_path
 
 from layerdsl.diagnostics import Span
 from layerdsl.ir import nodes as N
-from layerdsl.tools.lsp.documents import Analysis, LayerServer
+from layerdsl.tools.lsp.documents import Analysis, LayerServer, parse_document
 from layerdsl.tools.lsp.layer_index import VisibleLayers
 from layerdsl.tools.lsp.navigation import Occurrence, layer_occurrences, occurrence_at, resolve_name
 from layerdsl.tools.lsp.positions import from_position, to_range
@@ -237,8 +237,10 @@ def family_rename(ls: LayerServer, params: T.RenameParams) -> T.WorkspaceEdit | 
     if (prefix, suffix) == (family.prefix, family.suffix):
         return T.WorkspaceEdit(changes={})
     _refuse_clash(family, prefix, suffix)
+    uses = family_uses(ls, a, family)
+    _refuse_unchecked(ls, a, [u for u in uses if u.path == a.path], family, (prefix, suffix))
     changes: dict[str, list[T.TextEdit]] = {}
-    for use in family_uses(ls, a, family):
+    for use in uses:
         s = use.span
         line = use.text.split("\n")[s.line - 1] if s.line == s.end_line else ""
         written = line[s.col - 1 : s.end_col - 1]
@@ -252,3 +254,22 @@ def family_rename(ls: LayerServer, params: T.RenameParams) -> T.WorkspaceEdit | 
         if suffix != family.suffix:
             edits.append(T.TextEdit(range=to_range(at_suffix, use.text, ls.codec()), new_text=suffix))
     return T.WorkspaceEdit(changes=changes)
+
+
+def _refuse_unchecked(ls: LayerServer, a: Analysis, uses: list[Use], family: Family, new: tuple[str, str]) -> None:
+    """Refuse a rename after which the document, clean before, would not parse or check (`for{k}`: a
+    keyword), with the first problem."""
+    a = ls.analyze(a.uri, check=True)
+    if a.spec is None or a.diagnostics or a.partial or a.workset is None or not uses:
+        return
+    lines = a.text.split("\n")
+    for use in sorted(uses, key=lambda u: (u.span.line, -u.span.col)):
+        s, line = use.span, lines[use.span.line - 1]
+        middle = line[s.col - 1 + len(family.prefix) : s.end_col - 1 - len(family.suffix)]
+        lines[s.line - 1] = line[: s.col - 1] + new[0] + middle + new[1] + line[s.end_col - 1 :]
+    text = "\n".join(lines)
+    spec, problems, _ = parse_document(a.path, text)
+    if spec is not None and not problems:
+        problems, _, _ = ls.check(a.path, text, spec, a.workset)
+    if problems:
+        raise RenameError(f"renaming to '{new[0]}{{k}}{new[1]}': {problems[0].message}")
