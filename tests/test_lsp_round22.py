@@ -72,11 +72,12 @@ def test_a_family_is_renamed_wherever_it_is_named(stdio_lsp: StdioServer, tmp_pa
             assert _apply(USER, result["changes"][user_uri]) == USER.replace("f.w_l0_rev", "f.v0_fwd")
         stem = s.ask("textDocument/rename", s.at(*where, newName="weight_l"))["result"]
         assert "param weight_l{k}_rev" in _apply(FAMILY, stem["changes"][s.uri])  # a stem keeps the suffix
+    user = OpenDocument(stdio_lsp, folder / "user.layer", USER, IDS)
+    reply = user.ask("textDocument/rename", user.at(*_position(USER, "w_l0"), newName="u_l"))["result"]
+    assert _apply(USER, reply["changes"][user.uri]) == USER.replace("w_l0_rev", "u_l0_rev")  # from the other spec
+    assert "param u_l{k}_rev" in _apply(s.text, reply["changes"][s.uri])
     s.replace_text(_apply(FAMILY, result["changes"][s.uri]))
     assert s.diagnostics(version=2) == []  # the renamed spec checks clean
-    user = OpenDocument(stdio_lsp, folder / "user.layer", USER, IDS)
-    reply = user.ask("textDocument/rename", user.at(*_position(USER, "w_l0"), newName="u_l"))
-    assert "result" in reply, reply  # from the member read through the sub, in the other spec
 
 
 def test_a_family_rename_that_would_clash_is_refused(stdio_lsp: StdioServer, tmp_path: Path):
@@ -88,6 +89,22 @@ def test_a_family_rename_that_would_clash_is_refused(stdio_lsp: StdioServer, tmp
     for new, reason in [("c{k}", "'c0' is already a name"), ("b_l{k}", "the family 'b_l{k}'"), ("1x", "cannot name")]:
         reply = s.ask("textDocument/rename", s.at(*where, newName=new))
         assert "error" in reply and reason in reply["error"]["message"], (new, reply)
+
+
+def test_a_family_rename_waits_for_a_spec_with_a_syntax_error_that_reads_it(stdio_lsp: StdioServer, tmp_path: Path):
+    """A spec of the workspace with a syntax error whose text reads a member (`f.w_l0_rev`) may read it in
+    the lines its repair leaves unread: the rename is refused naming it; one that does not is ignored."""
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    (folder / "other.layer").write_text("layer Other(d: int) {\n    let w_l = d +\n}\n", encoding="utf-8")
+    s = OpenDocument(stdio_lsp, folder / "fam.layer", FAMILY, IDS)
+    assert s.diagnostics(version=1) == []
+    where = _position(FAMILY, "w_l{k}")
+    assert "result" in s.ask("textDocument/rename", s.at(*where, newName="v"))
+    (folder / "broken.layer").write_text(USER.replace("f.w_l0_rev", "(f.w_l0_rev +"), encoding="utf-8")
+    time.sleep(2.1)  # the folder's listing is kept two seconds
+    reply = s.ask("textDocument/rename", s.at(*where, newName="v"))
+    assert "error" in reply and "broken.layer has a syntax error" in reply["error"]["message"], reply
 
 
 def test_a_spec_over_the_token_limit_has_an_outline_definition_and_hover(stdio_lsp: StdioServer, tmp_path: Path):

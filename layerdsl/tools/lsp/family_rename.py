@@ -170,19 +170,24 @@ def family_uses(ls: LayerServer, a: Analysis, family: Family) -> list[Use]:
     uses = _uses_in(family, a, a.path, a.text, layers)
     ws = ls.current_workset(a)
     index = ws.index.reading(ls.readable_spec) if ws.index is not None else None
+    named = _naming(family)
     for path, text in ws.sources.items():
-        if path == a.path or family.prefix not in text:
+        if path == a.path or family.prefix not in text or not named.search(text):  # (`in` first: far faster)
             continue
         spec, repaired = ls.readable(path, text)
-        if spec is None:
-            continue
-        seen = replace(a, layers=VisibleLayers(index, [], seen_from=path))
-        found = _uses_in(family, seen, path, text, spec.layers)
-        if repaired:
+        if repaired or spec is None:
             name = os.path.relpath(path, os.path.dirname(a.path))
-            raise RenameError(f"{name} has a syntax error and names this family's stem: fix it first")
-        uses += found
+            raise RenameError(f"{name} has a syntax error and may name this family: fix it first")
+        seen = replace(a, layers=VisibleLayers(index, [], seen_from=path))
+        uses += _uses_in(family, seen, path, text, spec.layers)
     return uses
+
+
+def _naming(family: Family) -> re.Pattern[str]:
+    """What a spec that names the family has in its text: its declaration (`w_l{`) or a member read
+    through a sub (`blk.w_l0`, also in `init blk.w_l0 = ...`); the only specs parsed."""
+    p, s = re.escape(family.prefix), re.escape(family.suffix)
+    return re.compile(rf"(?<![A-Za-z0-9_]){p}\{{|[A-Za-z0-9_]\.{p}[0-9]+{s}(?![A-Za-z0-9_])")
 
 
 def _new_name(family: Family, new: str) -> tuple[str, str]:
