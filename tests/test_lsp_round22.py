@@ -54,7 +54,8 @@ def _position(text: str, needle: str, nth: int = 0, shift: int = 1) -> tuple[int
 def test_a_family_is_renamed_wherever_it_is_named(stdio_lsp: StdioServer, tmp_path: Path):
     """Renaming `w_l{k}_rev` was refused ('would mean' another name) at its declaration and its reads:
     now its stem and suffix are renamed at the declaration, at each `w_l{j}_rev` read (keeping `{j}`) and
-    at its member read through a sub in another spec (`f.w_l0_rev`), from any of them."""
+    at its member read through a sub in another spec (`f.w_l0_rev`), from any of them; find references
+    lists those uses too."""
     folder = tmp_path / "specs"
     folder.mkdir()
     (folder / "user.layer").write_text(USER, encoding="utf-8")
@@ -72,6 +73,13 @@ def test_a_family_is_renamed_wherever_it_is_named(stdio_lsp: StdioServer, tmp_pa
             assert _apply(USER, result["changes"][user_uri]) == USER.replace("f.w_l0_rev", "f.v0_fwd")
         stem = s.ask("textDocument/rename", s.at(*where, newName="weight_l"))["result"]
         assert "param weight_l{k}_rev" in _apply(FAMILY, stem["changes"][s.uri])  # a stem keeps the suffix
+    refs = s.ask("textDocument/references", s.at(*_position(FAMILY, "w_l{k}"), context={"includeDeclaration": True}))
+    found = {(r["uri"], r["range"]["start"]["line"], r["range"]["start"]["character"]) for r in refs["result"]}
+    assert found == {
+        (s.uri, *_position(FAMILY, "w_l{k}", shift=0)),
+        (s.uri, *_position(FAMILY, "w_l{j}", shift=0)),
+        (user_uri, *_position(USER, "w_l0", shift=0)),
+    }  # the member read through the sub in the other spec too
     user = OpenDocument(stdio_lsp, folder / "user.layer", USER, IDS)
     reply = user.ask("textDocument/rename", user.at(*_position(USER, "w_l0"), newName="u_l"))["result"]
     assert _apply(USER, reply["changes"][user.uri]) == USER.replace("w_l0_rev", "u_l0_rev")  # from the other spec

@@ -65,6 +65,7 @@ class Use:
     path: str
     text: str
     span: Span
+    declaration: bool = False
 
 
 def _families(layer: N.Layer) -> list[N.Tensor]:
@@ -144,7 +145,7 @@ def _uses_in(family: Family, seen: Analysis, path: str, text: str, layers: list[
             continue
         for occ in layer_occurrences(layer):
             if own and occ.kind == "tensor" and occ.node is family.tensor:
-                uses.append(Use(path, text, occ.span))
+                uses.append(Use(path, text, occ.span, declaration=True))
             elif own and occ.kind == "name" and isinstance(occ.node, N.FamilyName) and occ.name == family.tensor.name:
                 uses.append(Use(path, text, occ.span))
             elif own and occ.kind == "name" and family.is_member(occ.name):
@@ -161,13 +162,18 @@ def _uses_in(family: Family, seen: Analysis, path: str, text: str, layers: list[
     return uses
 
 
-def family_uses(ls: LayerServer, a: Analysis, family: Family) -> list[Use]:
-    """Every use of the family: in this document and in the workspace's specs whose text has its stem (only
-    those are parsed). A spec among them that does not parse is refused (its unread lines may name it)."""
+def family_uses(
+    ls: LayerServer, a: Analysis, family: Family, strict: bool = True, everywhere: bool = True
+) -> list[Use]:
+    """Every use of the family: in this document and (when `everywhere`) in the workspace's specs whose
+    text declares it or reads a member through a sub (only those are parsed). When `strict` (a rename), a
+    spec among them with a syntax error is refused (its unread lines may name it)."""
     layers = a.spec.layers if a.spec is not None else []
-    if a.partial:
+    if a.partial and strict:
         raise RenameError("this spec has a syntax error: fix it first, so that every use of the family is renamed")
     uses = _uses_in(family, a, a.path, a.text, layers)
+    if not everywhere:
+        return uses
     ws = ls.current_workset(a)
     index = ws.index.reading(ls.readable_spec) if ws.index is not None else None
     named = _naming(family)
@@ -175,7 +181,9 @@ def family_uses(ls: LayerServer, a: Analysis, family: Family) -> list[Use]:
         if path == a.path or family.prefix not in text or not named.search(text):  # (`in` first: far faster)
             continue
         spec, repaired = ls.readable(path, text)
-        if repaired or spec is None:
+        if spec is None:
+            continue
+        if repaired and strict:
             name = os.path.relpath(path, os.path.dirname(a.path))
             raise RenameError(f"{name} has a syntax error and may name this family: fix it first")
         seen = replace(a, layers=VisibleLayers(index, [], seen_from=path))
@@ -278,3 +286,34 @@ def _refuse_unchecked(ls: LayerServer, a: Analysis, uses: list[Use], family: Fam
         problems, _, _ = ls.check(a.path, text, spec, a.workset)
     if problems:
         raise RenameError(f"renaming to '{new[0]}{{k}}{new[1]}': {problems[0].message}")
+
+
+def family_references(ls: LayerServer, params: T.ReferenceParams) -> list[T.Location] | None:
+    """Every use of the family under the cursor, across the workspace (None: no family there)."""
+    hit = family_at(ls, params.text_document.uri, params.position)
+    if hit is None:
+        return None
+    a, family, _ = hit
+    return [
+        T.Location(
+            uri=a.uri if u.path == a.path else from_fs_path(u.path) or u.path,
+            range=to_range(u.span, u.text, ls.codec()),
+        )
+        for u in family_uses(ls, a, family, strict=False)
+        if params.context.include_declaration or not u.declaration
+    ]
+
+
+def family_highlights(ls: LayerServer, uri: str, position: T.Position) -> list[T.DocumentHighlight] | None:
+    """The family's uses in this document: its declaration (write) and its reads (None: no family there)."""
+    hit = family_at(ls, uri, position)
+    if hit is None:
+        return None
+    a, family, _ = hit
+    return [
+        T.DocumentHighlight(
+            range=to_range(u.span, u.text, ls.codec()),
+            kind=T.DocumentHighlightKind.Write if u.declaration else T.DocumentHighlightKind.Read,
+        )
+        for u in family_uses(ls, a, family, strict=False, everywhere=False)
+    ]

@@ -7,11 +7,12 @@ its folder only those that may define a layer it names are parsed, the others wh
 name up: `layer_index`), then the derivation refusals of a clean document's `@function` layers, planned
 in a worker (`derivation`), hover (`hover`), completion by context, a layer's docstring on resolving its
 item (`completion`), go to definition (`navigation`), find references, rename and document highlight
-(`references`), quick fixes (`actions`), semantic tokens (`semantic_tokens`), inlay hints with inferred
+(`references`; of a family of params, `family_rename`), quick fixes (`actions`), semantic tokens (`semantic_tokens`), inlay hints with inferred
 shapes (`inlay_hints`), signature help (`signature_help`), folding ranges (`folding`), document and
 workspace symbols (`symbols`, `workspace_symbols`), formatting (`layerdsl fmt`'s layout: `formatting`)
 and the `layerdsl.showGenerated` command (`show_generated`). The stdio framing is hardened against
-hostile input (`framing`).
+hostile input (`framing`). A spec over the parser's limits is outlined, navigated and hovered by a
+bounded line scan (`outline_scan`).
 
 Every analysis is cached per document version. No request may crash the server: a half-typed document
 is parsed with its failing lines blanked, so every feature answers from the current text.
@@ -31,7 +32,12 @@ from layerdsl.tools.lsp.actions import code_actions
 from layerdsl.tools.lsp.completion import completion_items, resolve_item
 from layerdsl.tools.lsp.diagnostics import clear, publish_all, republish, schedule
 from layerdsl.tools.lsp.documents import LayerServer
-from layerdsl.tools.lsp.family_rename import family_rename, prepare_family_rename
+from layerdsl.tools.lsp.family_rename import (
+    family_highlights,
+    family_references,
+    family_rename,
+    prepare_family_rename,
+)
 from layerdsl.tools.lsp.folding import folding_ranges
 from layerdsl.tools.lsp.formatting import format_document
 from layerdsl.tools.lsp.framing import serve_stdio
@@ -160,13 +166,15 @@ def formatting(ls: LayerServer, params: T.DocumentFormattingParams):
 @server.feature(T.TEXT_DOCUMENT_REFERENCES)
 @_safe([])
 def find_references(ls: LayerServer, params: T.ReferenceParams):
-    return references(ls, params)
+    family = family_references(ls, params)
+    return family if family is not None else references(ls, params)
 
 
 @server.feature(T.TEXT_DOCUMENT_DOCUMENT_HIGHLIGHT)
 @_safe([])
 def document_highlight(ls: LayerServer, params: T.DocumentHighlightParams):
-    return highlights(ls, params.text_document.uri, params.position)
+    family = family_highlights(ls, params.text_document.uri, params.position)
+    return family if family is not None else highlights(ls, params.text_document.uri, params.position)
 
 
 @server.feature(T.TEXT_DOCUMENT_PREPARE_RENAME)
