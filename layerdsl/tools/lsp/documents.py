@@ -56,14 +56,15 @@ def parse_document(path: str, text: str) -> PartialParse:
 
 def limit_at_start(d: Diagnostic, text: str) -> Diagnostic:
     """The limit's diagnostic on the document's first line, where the user sees it (the first token over
-    the limit may be thousands of lines down), saying that the server reads none of the document."""
+    the limit may be thousands of lines down), saying what the server reads of it
+    (outline_scan.py)."""
     where = f" (the first token over it is at line {d.span.line}, column {d.span.col})" if d.span.line > 1 else ""
     first = text.split("\n", 1)[0].rstrip()
     return replace(
         d,
         span=Span(1, 1, 1, len(first) + 1) if first else Span.point(1, 1),
-        message=f"{d.message}{where}: the language server does not read this spec (no diagnostics, navigation"
-        " or completion) until it is under the limit",
+        message=f"{d.message}{where}: the language server reads only its declarations, line by line (outline,"
+        " go to definition, hover), until it is under the limit (no other diagnostics, no completion)",
     )
 
 

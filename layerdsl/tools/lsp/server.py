@@ -7,11 +7,12 @@ its folder only those that may define a layer it names are parsed, the others wh
 name up: `layer_index`), then the derivation refusals of a clean document's `@function` layers, planned
 in a worker (`derivation`), hover (`hover`), completion by context, a layer's docstring on resolving its
 item (`completion`), go to definition (`navigation`), find references, rename and document highlight
-(`references`), quick fixes (`actions`), semantic tokens (`semantic_tokens`), inlay hints with inferred
+(`references`; of a family of params, `family_rename`), quick fixes (`actions`), semantic tokens (`semantic_tokens`), inlay hints with inferred
 shapes (`inlay_hints`), signature help (`signature_help`), folding ranges (`folding`), document and
 workspace symbols (`symbols`, `workspace_symbols`), formatting (`layerdsl fmt`'s layout: `formatting`)
 and the `layerdsl.showGenerated` command (`show_generated`). The stdio framing is hardened against
-hostile input (`framing`).
+hostile input (`framing`). A spec over the parser's limits is outlined, navigated and hovered by a
+bounded line scan (`outline_scan`).
 
 Every analysis is cached per document version. No request may crash the server: a half-typed document
 is parsed with its failing lines blanked, so every feature answers from the current text.
@@ -31,12 +32,19 @@ from layerdsl.tools.lsp.actions import code_actions
 from layerdsl.tools.lsp.completion import completion_items, resolve_item
 from layerdsl.tools.lsp.diagnostics import clear, publish_all, republish, schedule
 from layerdsl.tools.lsp.documents import LayerServer
+from layerdsl.tools.lsp.family_rename import (
+    family_highlights,
+    family_references,
+    family_rename,
+    prepare_family_rename,
+)
 from layerdsl.tools.lsp.folding import folding_ranges
 from layerdsl.tools.lsp.formatting import format_document
 from layerdsl.tools.lsp.framing import serve_stdio
 from layerdsl.tools.lsp.hover import hover_at
 from layerdsl.tools.lsp.inlay_hints import inlay_hints
 from layerdsl.tools.lsp.navigation import definition_at
+from layerdsl.tools.lsp.outline_scan import scanned_at
 from layerdsl.tools.lsp.references import RenameError, highlights, prepare_rename, references, rename
 from layerdsl.tools.lsp.semantic_tokens import LEGEND, semantic_tokens
 from layerdsl.tools.lsp.show_generated import SHOW_GENERATED, show_generated
@@ -109,6 +117,8 @@ def did_change_watched(ls: LayerServer, params: T.DidChangeWatchedFilesParams):
 @server.feature(T.TEXT_DOCUMENT_HOVER)
 @_safe()
 def hover(ls: LayerServer, params: T.HoverParams):
+    if (scanned := scanned_at(ls, params.text_document.uri)) is not None:  # over the size limit
+        return scanned.hover(params.position)
     return hover_at(ls, params.text_document.uri, params.position)
 
 
@@ -131,12 +141,16 @@ def completion_resolve(ls: LayerServer, item: T.CompletionItem):
 @server.feature(T.TEXT_DOCUMENT_DEFINITION)
 @_safe()
 def definition(ls: LayerServer, params: T.DefinitionParams):
+    if (scanned := scanned_at(ls, params.text_document.uri)) is not None:  # over the size limit
+        return scanned.definition(params.position)
     return definition_at(ls, params.text_document.uri, params.position)
 
 
 @server.feature(T.TEXT_DOCUMENT_DOCUMENT_SYMBOL)
 @_safe()
 def symbols(ls: LayerServer, params: T.DocumentSymbolParams):
+    if (scanned := scanned_at(ls, params.text_document.uri)) is not None:  # over the size limit
+        return scanned.symbols()
     a = ls.usable(params.text_document.uri)
     if a is None:
         return []
@@ -152,19 +166,22 @@ def formatting(ls: LayerServer, params: T.DocumentFormattingParams):
 @server.feature(T.TEXT_DOCUMENT_REFERENCES)
 @_safe([])
 def find_references(ls: LayerServer, params: T.ReferenceParams):
-    return references(ls, params)
+    family = family_references(ls, params)
+    return family if family is not None else references(ls, params)
 
 
 @server.feature(T.TEXT_DOCUMENT_DOCUMENT_HIGHLIGHT)
 @_safe([])
 def document_highlight(ls: LayerServer, params: T.DocumentHighlightParams):
-    return highlights(ls, params.text_document.uri, params.position)
+    family = family_highlights(ls, params.text_document.uri, params.position)
+    return family if family is not None else highlights(ls, params.text_document.uri, params.position)
 
 
 @server.feature(T.TEXT_DOCUMENT_PREPARE_RENAME)
 def prepare_rename_request(ls: LayerServer, params: T.PrepareRenameParams):
     try:
-        return prepare_rename(ls, params.text_document.uri, params.position)
+        family = prepare_family_rename(ls, params.text_document.uri, params.position)
+        return family or prepare_rename(ls, params.text_document.uri, params.position)
     except RenameError as exc:  # a builtin's name: the client shows why
         raise JsonRpcInvalidParams(str(exc)) from None
     except Exception:
@@ -175,7 +192,8 @@ def prepare_rename_request(ls: LayerServer, params: T.PrepareRenameParams):
 @server.feature(T.TEXT_DOCUMENT_RENAME)
 def rename_request(ls: LayerServer, params: T.RenameParams):
     try:
-        return rename(ls, params)
+        family = family_rename(ls, params)
+        return family if family is not None else rename(ls, params)
     except RenameError as exc:
         raise JsonRpcInvalidParams(str(exc)) from None
     except Exception:
