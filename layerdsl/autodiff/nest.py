@@ -11,6 +11,9 @@ after the loop by `stack()` as a loop's items are.
 The Function runs the body once per step, keeping what its backward reads per step (a body's loop's stacks
 too, with a leading dim of the outer steps), and its backward runs the body's backward for k = n - 1, ...,
 0, each step's saved values picked from the stacks, the carried values' gradients carried from step to step.
+
+A loop whose body is one loop holding a loop comes here as one loop over the pairs of their steps
+(`nest_pairs`); one whose body holds more than that loop is refused (`planned_nest`, saying why).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING
 from layerdsl.autodiff import loops
 from layerdsl.autodiff.loop_ints import carried_by
 from layerdsl.autodiff.loop_split import unsplit_reason
+from layerdsl.autodiff.nest_pairs import unpaired_reason
 from layerdsl.autodiff.tape import NotDerivable, Step, Tape
 from layerdsl.autodiff.unroll import lists_renamed
 from layerdsl.diagnostics import Span
@@ -100,12 +104,13 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
     it = stmt.iter
     assert isinstance(it, N.Call)
     for s in stmt.body:
-        if isinstance(s, N.For) and holds_loop(s):
+        if isinstance(s, N.For) and holds_loop(s):  # not paired with the outer loop (`nest_pairs`)
+            why, hint = unpaired_reason(stmt, s)
             raise NotDerivable(
                 s.span,
                 "cannot derive through this loop yet: it holds a loop and is inside another loop, each of a count"
-                " known only when forward runs",
-                "write one of the counts in the spec (up to 64 steps are unrolled), or drop @function",
+                f" known only when forward runs{why}",
+                hint,
             )
         if isinstance(s, N.If) and not (p.conditions is not None and loops.choice_alone(s)):
             why, hint = unsplit_reason(stmt, s.cond) or (
