@@ -104,6 +104,36 @@ layer Passes(d: int, passes: int = 2, layers: int = 2) {
 }
 """
 
+# two carried values (one carried through every loop), and a list made before the loops that each step of
+# the middle loop appends to
+FINALS = """\
+@function
+layer Finals(d: int, passes: int = 2, layers: int = 2) {
+    param w: [layers, d, d] = uniform(-1, 1)
+    param u: [layers, d, d] = uniform(-1, 1)
+    example(d = 3)
+    forward(x: [T, B, d], h0: [B, d]) -> [T, B, d] {
+        y = x
+        c = h0
+        lasts = []
+        for p in range(passes) {
+            for l in range(layers) {
+                h = h0
+                outs = []
+                for t in range(T) {
+                    h = tanh(y[t] @ w[l] + h @ u[l]) + 0.5 * c
+                    c = sigmoid(c) * h
+                    outs.append(h)
+                }
+                y = stack(outs)
+                lasts.append(h + c)
+            }
+        }
+        return y + mean(stack(lasts), dim = 0)
+    }
+}
+"""
+
 SAVE_INPUTS = '@function(save = "inputs")\n'
 
 
@@ -142,6 +172,13 @@ def test_a_stacked_rnn_run_over_several_passes(passes, layers, steps, save):
     text = PASSES.replace("@function\n", save) if save else PASSES
     ours, plain = function_and_plain(text, "Passes", 3, passes, layers)
     compare_with_plain(ours, plain, *_inputs(steps))
+
+
+@pytest.mark.parametrize("passes, layers, steps", [(2, 2, 2), (1, 3, 1), (3, 1, 3)])
+def test_two_carried_values_and_a_list_made_before_the_loops(passes, layers, steps):
+    ours, plain = function_and_plain(FINALS, "Finals", 3, passes, layers)
+    compare_with_plain(ours, plain, *_inputs(steps))
+    _at_most_autograd(ours, plain, *_inputs(steps))
 
 
 def _at_most_autograd(ours: torch.nn.Module, plain: torch.nn.Module, *inputs: torch.Tensor) -> None:
