@@ -242,6 +242,22 @@ def test_an_outer_body_holding_more_than_the_loop_is_refused_saying_so():
     assert "write one of the counts in the spec" in hint
 
 
+def test_a_middle_loop_split_where_its_if_turns_is_refused_saying_so():
+    at, message, _ = _refusal("""        for j in range(passes) {
+            for k in range(layers) {
+                if k == 0 {
+                    h = h * 2.0
+                }
+                for t in range(T) {
+                    h = tanh(h @ w + x[t])
+                }
+            }
+        }
+""")
+    assert at == (8, 13)
+    assert "it is split where its `if`s on its variable turn (loops in a row)" in message
+
+
 def test_a_count_reading_the_outer_loops_variable_is_refused_saying_so():
     at, message, hint = _refusal("""        for j in range(passes) {
             for k in range(j) {

@@ -131,6 +131,13 @@ def with_loops_paired(layer: N.Layer) -> N.Layer:
 def unpaired_reason(outer: N.For, inner: N.For) -> tuple[str, str]:
     """Why `outer`, a loop holding `inner` (a loop holding a loop), was not paired with it: the refusal's
     message's end and its hint."""
+    if sum(isinstance(t, N.For) and t.span == inner.span for t in outer.body) > 1:  # `loop_split`'s pieces
+        return (
+            ", and it is split where its `if`s on its variable turn (loops in a row), so the outer loop's body"
+            " holds more than one loop (a loop over a loop holding a loop is derived where its body is that loop"
+            " alone: not derived yet)",
+            "write one of the counts in the spec (up to 64 steps are unrolled), or drop @function",
+        )
     if len(outer.body) != 1:
         return (
             ", and the outer loop's body holds more than this loop (a loop over a loop holding a loop is derived"
