@@ -311,15 +311,18 @@ layer OnStep(d: int, layers: int = 3) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/nest.py planned_nest refuses an `if` testing the outer loop's variable (`k % 2 == 0`);"
-    " planned as a loops.Choice of the Nest's body (its condition tested again per outer step) it derives"
-    " (gradcheck, gradgradcheck) but stacks h over the outer steps (576 vs autograd's 480 bytes at 3 layers,"
-    " 2 steps); next step: codegen/function_nest.py last_step reading h back from the inner loop's last step"
-    " where the loop starts from a side's value, keeping h only where the inner loop ran no steps",
-)
-def test_an_if_on_the_outer_loops_variable_derives_saving_at_most_what_autograd_does():
-    ours, plain = function_and_plain(ON_STEP, "OnStep", 3, 3)
-    compare_with_plain(ours, plain, *_inputs(2))
-    _at_most_autograd(ours, plain, *_inputs(2))
+@pytest.mark.parametrize("layers, steps", [(3, 2), (1, 1), (4, 0), (0, 2), (2, 3)])
+@pytest.mark.parametrize("save", ["", SAVE_INPUTS])
+def test_an_if_on_the_outer_loops_variable_in_its_body(layers, steps, save):
+    """A `Choice` of the nest's body, its condition tested again at each outer step."""
+    text = ON_STEP.replace("@function\n", save) if save else ON_STEP
+    ours, plain = function_and_plain(text, "OnStep", 3, layers)
+    compare_with_plain(ours, plain, *_inputs(steps))
+
+
+@pytest.mark.parametrize("layers, steps", [(3, 2), (4, 1), (2, 3)])
+def test_an_if_on_the_outer_loops_variable_saves_at_most_what_autograd_does(layers, steps):
+    """h at each outer step is read back from the inner loop's last step before it (or, where the inner loop
+    runs no steps, from the `if`'s value it started from, kept anyway), not stacked."""
+    ours, plain = function_and_plain(ON_STEP, "OnStep", 3, layers)
+    _at_most_autograd(ours, plain, *_inputs(steps))

@@ -112,7 +112,7 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
                 f" known only when forward runs{why}",
                 hint,
             )
-        if isinstance(s, N.If) and not (p.conditions is not None and loops.choice_alone(s)):
+        if isinstance(s, N.If) and not (loops.choice_alone(s) and (p.conditions is not None or _on_step(p, stmt, s))):
             why, hint = unsplit_reason(stmt, s.cond) or (
                 "",
                 "put the `if` inside the inner loop or around the outer one, or drop @function",
@@ -148,11 +148,14 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
                 planned[-1].carried_numbers = sorted(carried_by(s))
             segments += planned
         elif isinstance(s, N.If):  # on configuration values, holding no loop: an `if` of its own
-            assert p.conditions is not None
             if chunk:
                 segments.append(p.straight(chunk))
                 chunk = []
-            segments.append(p.choice(s, p.conditions(s, []), read))
+            cond = s.cond if _on_step(p, stmt, s) else None
+            if cond is None:
+                assert p.conditions is not None
+                cond = p.conditions(s, [])
+            segments.append(p.choice(s, cond, read))
         elif isinstance(s, N.Assign) and isinstance(s.value, N.ListExpr) and not s.value.items:
             if s.target in outer_lists:
                 raise NotDerivable(s.span, "a derived backward collects into a list made before the loop", loops.HINT)
@@ -194,6 +197,13 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
             raise NotDerivable(stmt.span, f"a derived backward collects '{name}' in one loop", loops.HINT)
         p.loops[name] = nest
     return [nest]
+
+
+def _on_step(p: Planner, loop: N.For, s: N.If) -> bool:
+    """Whether `s`'s condition tests the loop's variable (`k % 2 == 0`) and otherwise only arguments: a
+    `Choice` of the body, which the Function tests again at each outer step, in forward and in backward."""
+    names = {n.id for n in walk(s.cond) if isinstance(n, N.Name)}
+    return loop.var in names and names <= {a.name for a in p.layer.args} | {loop.var}
 
 
 def _carried_locals(body: list[N.Stmt], defined: set[str]) -> list[str]:

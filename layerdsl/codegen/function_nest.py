@@ -220,16 +220,20 @@ def previous_update(
 
 
 def last_step(fn: LoopFunction, nest: Nest, carried: str, kept: list[str]) -> tuple[str, Loop] | None:
-    """Where the carried value `carried` at outer step k > 0 is read back from when the body changes it only
-    by a loop of its own that starts from it (`for t { h = tanh(h @ w + x[t]) }`), of a count the outer step
-    does not change, keeping every step's next value (`h2_steps`): the last step's value at step k - 1 of that
-    stack over the outer steps, or its start where the loop runs no steps (then at no outer step: the value
-    never changes). None where there is no such loop."""
+    """Where the carried value `carried` at outer step k > 0 is read back from when the body's last change of
+    it is a loop of its own (`for t { h = tanh(h @ w + x[t]) }`), of a count the outer step does not change,
+    keeping every step's next value (`h2_steps`): the last step's value at step k - 1 of that stack over the
+    outer steps, or where the loop runs no steps (then at no outer step), the value it starts from: `carried`
+    itself (which then never changes: its start) or a value kept per step (an `if`'s, at step k - 1). None
+    where there is no such loop."""
     update = nest.updates.get(carried)
     bound = nest.values() | {nest.var, *(n for n, _ in nest.numbers), *nest.number_starts, *nest.carried_numbers}
     for loop in (seg for seg in nest.segments if isinstance(seg, Loop)):
-        if update not in loop.carried or loop.carried[update] != carried:
+        if update not in loop.carried:
             continue
+        start = loop.carried[update]  # or a value kept per step: read where the loop ran no steps
+        if start != carried and (start not in kept or start in nest.carried or maybe_none(fn, nest, start)):
+            return None
         step = loop.updates.get(update)
         k = fn.loops.index(loop)
         if step is None or not any(s.var == step for s in loop.tape.steps) or fn.stacked(step) not in kept:
@@ -553,8 +557,14 @@ def _read_back(w: BackwardWriter, nest: Nest, kept: list[str]) -> dict[str, str]
             w.read(B.name(nest.carried[c]))
             start = w.ex(B.name(nest.carried[c]))
             value = previous_value(w.fn, nest, source or (c, None), w.ex)
-            ran = f" and {layers(w.fn, source[0])} is not None" if source and isinstance(source[1], Loop) else ""
-            lines[c] = f"{c} = {value} if {nest.var} > 0{ran} else {start}"
+            if source and isinstance(source[1], Loop):  # the loop's start where it ran no steps
+                loop_start = source[1].carried[nest.updates[c]]
+                if loop_start != c:
+                    start = f"{layers(w.fn, loop_start)}[{nest.var} - 1] if {nest.var} > 0 else {start}"
+                value = f"{value} if {nest.var} > 0 and {layers(w.fn, source[0])} is not None"
+                lines[c] = f"{c} = {value} else {start}"
+            else:
+                lines[c] = f"{c} = {value} if {nest.var} > 0 else {start}"
     return lines
 
 
