@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from layerdsl.autodiff import loops
+from layerdsl.autodiff import loops, step_choices
 from layerdsl.autodiff.loop_ints import carried_by
 from layerdsl.autodiff.loop_split import unsplit_reason
 from layerdsl.autodiff.nest_pairs import unpaired_reason
@@ -59,6 +59,11 @@ class Nest:
     number_starts: dict[str, str] = field(default_factory=dict)
     carried_numbers: list[str] = field(default_factory=list)
     numbers_at: int = 0
+    # a list appended to by loops in a row, one of them this (`loops.Loop.before` and the fields after it)
+    before: dict[str, list[list[N.Expr]]] = field(default_factory=dict)
+    before_per: dict[str, list[int]] = field(default_factory=dict)
+    continued: set[str] = field(default_factory=set)
+    later_joins: list[Join] = field(default_factory=list)
 
     def tapes(self) -> list[Tape]:
         out: list[Tape] = []
@@ -98,12 +103,28 @@ def holds_loop(loop: N.For) -> bool:
     return any(isinstance(s, N.For) for s in walk(loop) if s is not loop)
 
 
+def as_nest(loop: N.For) -> bool:
+    """Whether `loop` is planned as a `Nest`: it holds a loop, or an `if` whose side may change from step to
+    step (`step_choices`: a choice per step)."""
+    return holds_loop(loop) or step_choices.steps_choose(loop)
+
+
 def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
     """The segment of a loop whose body holds a loop (`p`: the forward's planner, whose names, shapes and
     aliases the body's segments share)."""
     it = stmt.iter
     assert isinstance(it, N.Call)
     for s in stmt.body:
+        if isinstance(s, N.For) and not holds_loop(s) and step_choices.steps_choose(s):
+            branch = next(b for b in s.body if isinstance(b, N.If))
+            raise NotDerivable(
+                branch.span,
+                "cannot derive through this `if` yet: it is in the body of a loop inside another loop, each of a"
+                " count known only when forward runs, and its side may change from step to step (a choice per"
+                " step is derived in a loop holding no loop only)",
+                "compute both sides and choose with where(cond, a, b), or drop @function (autograd derives the"
+                " loops)",
+            )
         if isinstance(s, N.For) and holds_loop(s):  # not paired with the outer loop (`nest_pairs`)
             why, hint = unpaired_reason(stmt, s)
             raise NotDerivable(
@@ -112,7 +133,11 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
                 f" known only when forward runs{why}",
                 hint,
             )
-        if isinstance(s, N.If) and not (loops.choice_alone(s) and (p.conditions is not None or _on_step(p, stmt, s))):
+        per_step = step_choices.steps_choose(stmt)
+        on_step = isinstance(s, N.If) and loops.choice_alone(s) and _on_step(p, stmt, s)
+        if isinstance(s, N.If) and not (p.conditions is not None and loops.choice_alone(s)) and not per_step:
+            if on_step:  # an `if` of its own, tested at each outer step
+                continue
             why, hint = unsplit_reason(stmt, s.cond) or (
                 "",
                 "put the `if` inside the inner loop or around the outer one, or drop @function",
@@ -123,7 +148,8 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
                 f" counts known only when forward runs{why}",
                 hint,
             )
-    body = _lists_of_its_own(stmt.body, p)
+    per_step = step_choices.steps_choose(stmt)
+    body = _lists_of_its_own(step_choices.tail_joined(stmt).body if per_step else stmt.body, p)
     locals_ = _carried_locals(body, set(p.alias))
     carried = {local: p.fresh(local) for local in locals_}
     starts = {c: p.alias[local] for local, c in carried.items()}
@@ -151,11 +177,13 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
             if chunk:
                 segments.append(p.straight(chunk))
                 chunk = []
-            cond = s.cond if _on_step(p, stmt, s) else None
-            if cond is None:
+            if per_step:  # evaluated at every step (`step_choices`)
+                segments.append(step_choices.merged_as_own(p.choice(s, s.cond, read)))
+            elif _on_step(p, stmt, s) and loops.choice_alone(s):  # tested at each outer step
+                segments.append(p.choice(s, s.cond, read))
+            else:
                 assert p.conditions is not None
-                cond = p.conditions(s, [])
-            segments.append(p.choice(s, cond, read))
+                segments.append(p.choice(s, p.conditions(s, []), read))
         elif isinstance(s, N.Assign) and isinstance(s.value, N.ListExpr) and not s.value.items:
             if s.target in outer_lists:
                 raise NotDerivable(s.span, "a derived backward collects into a list made before the loop", loops.HINT)
@@ -193,8 +221,9 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
         nest.number_starts, nest.carried_numbers = numbered.starts, numbered.carried
     nest.numbers_at = numbers_before
     for name in appended:
-        if name in p.loops:
-            raise NotDerivable(stmt.span, f"a derived backward collects '{name}' in one loop", loops.HINT)
+        if name in p.loops:  # a loop before it appends to the list too: its items after that loop's
+            p.continue_list(nest, name)
+        p.collecting.setdefault(name, []).append(nest)
         p.loops[name] = nest
     return [nest]
 

@@ -156,8 +156,9 @@ class BackwardWriter:
         once = {v for r in reads for v in r.once}
         leaves = [l for l in self.plan.leaves if l in once]
         outputs = [o.id for o in self.plan.outputs if isinstance(o, N.Name) and o.id in once]
-        if self.fn.recomputing:  # nothing but inputs and parameters is saved
-            return leaves
+        if self.fn.recomputing:  # nothing but inputs and parameters is saved (those read for their shape too)
+            shapes = {v for r in reads for v in r.shapes}
+            return [l for l in self.plan.leaves if l in once or l in shapes]
         extra = self.fn.extra_outputs(self.once, self.per_step)
         return leaves + outputs + [x for x in extra if x not in self.fn.shape_only]
 
@@ -277,25 +278,29 @@ class BackwardWriter:
 
     # ---------------------------------------------------------------- segments
 
-    def choice(self, seg: Choice, at: int | None = None) -> list[str]:
+    def choice(self, seg: Choice, at: int | None = None, before: tuple[list[str], list[str]] = ([], [])) -> list[str]:
         """The backward of the side forward ran: the merged locals' gradients given to the values that side
         left in them; a gradient one side gives and the other not is None after the `if` when that ran.
         `at`: its key (by default, its index among the forward's segments; `function_nest.choice_key`)."""
         at = self.plan.segments.index(seg) if at is None else at
         head: list[str] = []
         if self.mode != "main":  # a merged local returned as an extra output: its gradient from there
-            for name in seg.merged:
-                if name in self.once and name not in self.fn.outputs:
+            for name in seg.merged:  # (a side's own under its name: that side's steps give it, `step_choices`)
+                if name in self.once and name not in self.fn.outputs and name not in seg.merged[name]:
                     head += self.accumulate(name, self.fn.grad_out(name), conditional=False)
         start = dict(self.state)
         sides, states = [], []
         for k, tape in enumerate(seg.sides()):
             self.state = dict(start)
             own = {s.var for s in tape.steps}
-            lines: list[str] = []
+            lines: list[str] = list(before[k])  # (a side's rows read, `function_nest.side_rows`)
             for name, values in seg.merged.items():
-                given = start.get(self.acc(name))
-                if given is None or values[k] == UNBOUND:  # None when this side ran: no gradient
+                if self.mode != "main" and name in self.once and name not in self.fn.outputs and values[k] != name:
+                    if name in values and values[k] != UNBOUND:  # the other side's own under its name: this side's
+                        lines += self.accumulate(name, self.fn.grad_out(name), conditional=False)
+                given = (self.state if name in values else start).get(self.acc(name))
+                # (None when this side ran: no gradient; the side's own value under the merged name: its own)
+                if given is None or values[k] in (UNBOUND, name):
                     continue
                 if values[k] in own and self.acc(values[k]) not in self.state:  # two merged names may hold it
                     lines.append(f"{self.acc(values[k])} = {self.acc(name)}")
@@ -306,7 +311,8 @@ class BackwardWriter:
             lines += self.straight(Straight(tape), where=f"{at} {('then', 'else')[k]}")
             self.side = None
             sides.append(lines)
-            states.append({g: st for g, st in self.state.items() if g.removeprefix("grad_") not in own})
+            renamed = {m for m, values in seg.merged.items() if m in values}  # a side's own (`step_choices`)
+            states.append({g: st for g, st in self.state.items() if g.removeprefix("grad_") not in own | renamed})
         self.state = {}
         for g in dict.fromkeys([*states[0], *states[1]]):
             then, orelse = states[0].get(g), states[1].get(g)
@@ -357,17 +363,22 @@ class BackwardWriter:
             lines += body if cond is None else ([f"if {cond}:"] + ["    " + line for line in body] if body else [])
         return lines
 
-    def after_earlier(self, loop: Loop, j: Join, at: str) -> str:
+    def after_earlier(self, loop: Loop | Nest, j: Join, at: str) -> str:
         """Index `at` of `loop`'s items in join `j`'s parts, after those of the loops before it that append
-        to the same list (`loops.Loop.before`): their steps counted, one range where they run in a row."""
+        to the same list (`loops.Loop.before`): their items counted (each step's, `Loop.before_per`; a step's
+        one of a stack of one item of each step's), one range where they run in a row alike."""
         bounds = loop.before.get(j.items, [])
         if not bounds:
             return at
+        pers = loop.before_per.get(j.items, [1] * len(bounds)) if j.of_step is None else [1] * len(bounds)
         starts = [b[0] if len(b) == 2 else B.num(0) for b in bounds]
         stops = [b[-1] for b in bounds]
-        if all(spec_text(stop) == spec_text(start) for stop, start in zip(stops, starts[1:])):
-            bounds = [[starts[0], stops[-1]]]  # a loop split where its `if`s turn: its pieces in a row
-        counts = [f"len(range({', '.join(self.ex(b) for b in each)}))" for each in bounds]
+        if len(set(pers)) == 1 and all(spec_text(stop) == spec_text(start) for stop, start in zip(stops, starts[1:])):
+            bounds, pers = [[starts[0], stops[-1]]], pers[:1]  # a loop split where its `if`s turn: its pieces in a row
+        counts = [
+            f"{f'{per} * ' if per > 1 else ''}len(range({', '.join(self.ex(b) for b in each)}))"
+            for per, each in zip(pers, bounds)
+        ]
         return f"{at} + {' + '.join(counts)}"
 
     def loop(self, loop: Loop) -> list[str]:
@@ -426,9 +437,13 @@ class BackwardWriter:
                     lines += self.accumulate(head, f"{parts}[{i}]", conditional=False)
         for j in loop.later_joins:  # a later loop's join of a list this one appends to first: cut there
             if self.state.get(self.acc(j.name)) is not None:
-                at = f"{step_index} + {len(j.heads)}" if j.heads else step_index
                 parts = self.fn.name(f"grad_{j.name}_parts")
-                items.setdefault((j.items, 0), []).append(f"{parts}[{self.after_earlier(loop, j, at)}]")
+                per = 1 + len(loop.more.get(j.items, []))  # a step's items (`Loop.more`), or its one of a stack's
+                for i in range(per) if j.of_step is None else [j.of_step]:
+                    at = step_index if per == 1 or j.of_step is not None else f"{per} * {step_index}"
+                    at = f"{at} + {i}" if i and j.of_step is None else at
+                    at = f"{at} + {len(j.heads)}" if j.heads else at
+                    items.setdefault((j.items, i), []).append(f"{parts}[{self.after_earlier(loop, j, at)}]")
         outputs: list[tuple[N.Expr, str]] = [(B.name(loop.updates[c]), self.acc(c)) for c in requiring]
         body: list[str] = []
         for (name, i), parts_at in items.items():
