@@ -405,6 +405,8 @@ def test_the_backward_runs_the_layers_in_reverse_with_each_layers_saved_values()
 
 
 def test_a_loop_holding_a_loop_inside_a_third_is_refused_at_the_middle_one():
+    """Where the outer loop's body holds more than the middle loop (`autodiff.nest_pairs` pairs them where
+    it holds that loop alone)."""
     text = """
 @function
 layer ThreeDeep(d: int, n: int) {
@@ -412,6 +414,7 @@ layer ThreeDeep(d: int, n: int) {
     forward(x: [T, d]) -> [T, d] {
         h = x
         for j in range(n) {
+            h = h * 2.0
             for k in range(n) {
                 for t in range(T) {
                     h = tanh(h)
@@ -425,5 +428,5 @@ layer ThreeDeep(d: int, n: int) {
     spec = parse_file("three_deep.layer", text)
     check_program([spec])
     problems = plan_backwards([spec])[1]
-    assert [(p.span.line, p.span.col) for p in problems] == [(8, 13)]
+    assert [(p.span.line, p.span.col) for p in problems] == [(9, 13)]
     assert "holds a loop and is inside another loop" in problems[0].message

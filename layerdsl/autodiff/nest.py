@@ -11,6 +11,9 @@ after the loop by `stack()` as a loop's items are.
 The Function runs the body once per step, keeping what its backward reads per step (a body's loop's stacks
 too, with a leading dim of the outer steps), and its backward runs the body's backward for k = n - 1, ...,
 0, each step's saved values picked from the stacks, the carried values' gradients carried from step to step.
+
+A loop whose body is one loop holding a loop comes here as one loop over the pairs of their steps
+(`nest_pairs`); one whose body holds more than that loop is refused (`planned_nest`, saying why).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING
 from layerdsl.autodiff import loops, step_choices
 from layerdsl.autodiff.loop_ints import carried_by, check_masks, check_sized_per_step, varying_per_step
 from layerdsl.autodiff.loop_split import unsplit_reason
+from layerdsl.autodiff.nest_pairs import unpaired_reason
 from layerdsl.autodiff.tape import NotDerivable, Step, Tape
 from layerdsl.autodiff.unroll import lists_renamed
 from layerdsl.diagnostics import Span
@@ -121,15 +125,19 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
                 "compute both sides and choose with where(cond, a, b), or drop @function (autograd derives the"
                 " loops)",
             )
-        if isinstance(s, N.For) and holds_loop(s):
+        if isinstance(s, N.For) and holds_loop(s):  # not paired with the outer loop (`nest_pairs`)
+            why, hint = unpaired_reason(stmt, s)
             raise NotDerivable(
                 s.span,
                 "cannot derive through this loop yet: it holds a loop and is inside another loop, each of a count"
-                " known only when forward runs",
-                "write one of the counts in the spec (up to 64 steps are unrolled), or drop @function",
+                f" known only when forward runs{why}",
+                hint,
             )
         per_step = step_choices.steps_choose(stmt)
+        on_step = isinstance(s, N.If) and loops.choice_alone(s) and _on_step(p, stmt, s)
         if isinstance(s, N.If) and not (p.conditions is not None and loops.choice_alone(s)) and not per_step:
+            if on_step:  # an `if` of its own, tested at each outer step
+                continue
             why, hint = unsplit_reason(stmt, s.cond) or (
                 "",
                 "put the `if` inside the inner loop or around the outer one, or drop @function",
@@ -173,6 +181,8 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
                 chunk = []
             if per_step:  # evaluated at every step (`step_choices`)
                 segments.append(step_choices.merged_as_own(p.choice(s, s.cond, read)))
+            elif _on_step(p, stmt, s) and loops.choice_alone(s):  # tested at each outer step
+                segments.append(p.choice(s, s.cond, read))
             else:
                 assert p.conditions is not None
                 segments.append(p.choice(s, p.conditions(s, []), read))
@@ -219,6 +229,13 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
         p.collecting.setdefault(name, []).append(nest)
         p.loops[name] = nest
     return [nest]
+
+
+def _on_step(p: Planner, loop: N.For, s: N.If) -> bool:
+    """Whether `s`'s condition tests the loop's variable (`k % 2 == 0`) and otherwise only arguments: a
+    `Choice` of the body, which the Function tests again at each outer step, in forward and in backward."""
+    names = {n.id for n in walk(s.cond) if isinstance(n, N.Name)}
+    return loop.var in names and names <= {a.name for a in p.layer.args} | {loop.var}
 
 
 def _carried_locals(body: list[N.Stmt], defined: set[str]) -> list[str]:

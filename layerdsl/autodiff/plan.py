@@ -41,6 +41,7 @@ from layerdsl.autodiff.loops import (
 )
 from layerdsl.autodiff.member_locals import members_as_locals
 from layerdsl.autodiff.nest import Nest
+from layerdsl.autodiff.nest_pairs import with_loops_paired
 from layerdsl.autodiff.nested_ifs import (
     MAX_SIZE_SIDES,
     flattened,
@@ -312,6 +313,7 @@ def plan_backward(
     if choices and layer.forward is not None:  # `if n > 0 { first step }` holding the loop over the rest (`peel`)
         layer = layer.with_body(rest_under_first(layer.forward.body))
     layer = unswitched(layer, choices)  # an `if` on arguments in a loop's body: around two copies of the loop
+    layer = with_loops_paired(layer)  # a loop over a loop holding a loop: one loop over their pairs of steps
     assert layer.forward is not None
     if choices:  # a size of a local an `if` of its own binds, as the sizes of the inputs on each side
         layer = layer.with_body(sizes_by_side(layer.forward.body, layer, measured))

@@ -7,7 +7,8 @@ list of its own (`h_steps_layers`), stacked after the loop (one more leading dim
 returned as an extra output; one it reads only the shape of is kept as one element expanded to that shape,
 over the steps too (`shapes_per_step`), and holds no memory. A carried value is not stacked as a copy of
 what is kept anyway: it is read back from the stack of its update at the step before (`previous_update`:
-an RNN's `x`, the layer before's stacked outputs), or else stacked from step 1 on (`from_step_one`), and
+an RNN's `x`, the layer before's stacked outputs; a value only the inner loop changes, as that loop's last
+step, `last_step`), or else stacked from step 1 on (`from_step_one`), and
 is its start at step 0. Backward runs the body's backward for
 k = n - 1, ..., 0 with each saved value bound to its step's slice (`h_steps = h_steps_layers[k]`, and its
 gradient as an extra output alike), so that the body's segments' backward is written as the Function's own
@@ -213,7 +214,7 @@ def body_extra(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]]) -> l
 
 def previous_update(
     fn: LoopFunction, nest: Nest, carried: str, kept: list[str], per_step: dict[int, set[str]]
-) -> tuple[str, Join | None] | None:
+) -> tuple[str, Join | Loop | None] | None:
     """Where the carried value `carried` at outer step k > 0 is read back from (its start at 0), as
     `LoopFunction.previous_step` reads a loop's: the stack over the outer steps (of `kept`, the body's values
     kept per step) that holds its update at step k - 1, the body's value itself or the buffer of the loop whose
@@ -232,6 +233,33 @@ def previous_update(
         for j in loop.joins:
             if j.name == update and j.items in buffered and fn.stacked(buffered[j.items]) in kept:
                 return fn.stacked(buffered[j.items]), j
+    return last_step(fn, nest, carried, kept)
+
+
+def last_step(fn: LoopFunction, nest: Nest, carried: str, kept: list[str]) -> tuple[str, Loop] | None:
+    """Where the carried value `carried` at outer step k > 0 is read back from when the body's last change of
+    it is a loop of its own (`for t { h = tanh(h @ w + x[t]) }`), of a count the outer step does not change,
+    keeping every step's next value (`h2_steps`): the last step's value at step k - 1 of that stack over the
+    outer steps, or where the loop runs no steps (then at no outer step), the value it starts from: `carried`
+    itself (which then never changes: its start) or a value kept per step (an `if`'s, at step k - 1). None
+    where there is no such loop."""
+    update = nest.updates.get(carried)
+    bound = nest.values() | {nest.var, *(n for n, _ in nest.numbers), *nest.number_starts, *nest.carried_numbers}
+    for loop in (seg for seg in nest.segments if isinstance(seg, Loop)):
+        if update not in loop.carried:
+            continue
+        start = loop.carried[update]  # or a value kept per step: read where the loop ran no steps
+        if start != carried and (start not in kept or start in nest.carried or maybe_none(fn, nest, start)):
+            return None
+        step = loop.updates.get(update)
+        k = fn.loops.index(loop)
+        if step is None or not any(s.var == step for s in loop.tape.steps) or fn.stacked(step) not in kept:
+            return None
+        if step in fn.step_shapes.get(k, set()) or fn.first_broadcast(loop, update) is not None:
+            return None
+        if {n.id for e in loop.bounds for n in walk(e) if isinstance(n, N.Name)} & bound:
+            return None
+        return fn.stacked(step), loop
     return None
 
 
@@ -243,10 +271,13 @@ def from_step_one(fn: LoopFunction, nest: Nest, kept: list[str]) -> list[str]:
     return [v for v in kept if v in nest.carried and v not in shaped and not maybe_none(fn, nest, v)]
 
 
-def previous_value(fn: LoopFunction, nest: Nest, source: tuple[str, Join | None], ex: PyExpr) -> str:
-    """The update at the outer step before, from its `previous_update` source (as forward views the buffer)."""
+def previous_value(fn: LoopFunction, nest: Nest, source: tuple[str, Join | Loop | None], ex: PyExpr) -> str:
+    """The update at the outer step before, from its `previous_update` source (as forward views the buffer;
+    a loop's last step, `last_step`)."""
     value, join = source
     at = f"{layers(fn, value)}[{step_index(fn, nest)} - 1]"
+    if isinstance(join, Loop):
+        return f"{at}[-1]"
     dim = "0" if join is None else ex(join.dim)
     return at if dim == "0" else f"torch.movedim({at}, 0, {dim})"
 
@@ -625,7 +656,15 @@ def _read_back(w: BackwardWriter, nest: Nest, kept: list[str]) -> dict[str, str]
             w.read(B.name(nest.carried[c]))
             start = w.ex(B.name(nest.carried[c]))
             value = previous_value(w.fn, nest, source or (c, None), w.ex)
-            lines[c] = f"{c} = {value} if {step_index(w.fn, nest)} > 0 else {start}"
+            k = step_index(w.fn, nest)
+            if source and isinstance(source[1], Loop):  # the loop's start where it ran no steps
+                loop_start = source[1].carried[nest.updates[c]]
+                if loop_start != c:
+                    start = f"{layers(w.fn, loop_start)}[{k} - 1] if {k} > 0 else {start}"
+                value = f"{value} if {k} > 0 and {layers(w.fn, source[0])} is not None"
+                lines[c] = f"{c} = {value} else {start}"
+            else:
+                lines[c] = f"{c} = {value} if {k} > 0 else {start}"
     return lines
 
 
