@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from layerdsl.autodiff import nest
+from layerdsl.autodiff.loop_buffers import carried_buffers, updated_in_body
 from layerdsl.autodiff.loop_choices import chosen_side, self_decided
 from layerdsl.autodiff.loop_ints import NumberNames, check_loop_numbers
 from layerdsl.autodiff.loop_members import without_members
@@ -106,6 +107,9 @@ class Loop:
     before: dict[str, list[list[N.Expr]]] = field(default_factory=dict)
     continued: set[str] = field(default_factory=set)  # the lists a later loop appends to after this one
     later_joins: list[Join] = field(default_factory=list)  # joins after a later loop of the lists it continues
+    # buffer -> the carried name holding its value (`update b = ...` in the body, `loop_buffers`): after the
+    # loop, the new value the Function returns
+    buffers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -396,6 +400,7 @@ class Planner:
         self.numbers: list[tuple[str, N.Expr]] = []
         self.heads: dict[str, list[str]] = {}  # list local -> the locals holding what is appended before its loop
         self.number_names = NumberNames(self.fresh)  # number locals a loop binds, named apart (`loop_ints`)
+        self.buffer_values: dict[str, str] = {}  # an updated buffer -> the value holding its new value now
 
     def run(self, grads_for) -> LoopPlan:
         segments: list[Segment] = []
@@ -495,6 +500,7 @@ class Planner:
             self.taken.add(s.var)
         self.numbers += tape.numbers
         self.alias.update(tape.env)
+        self.buffer_values.update(tape.updates)
         read = self.pseudo_leaves(tape)
         tape = self.finished(tape, read, tape.outputs if returns else [])
         return Straight(tape, returns)
@@ -688,10 +694,12 @@ class Planner:
         assigned = {s.target for s in stmt.body if isinstance(s, N.Assign) and s.value.kind == "tensor"}
         assigned |= {t for s in stmt.body if isinstance(s, N.Unpack) for t, _ in s.targets}
         carried = {local: self.fresh(local) for local in self.alias if local in assigned}
+        buffers = {b: self.fresh(b) for b in updated_in_body(stmt)}  # carried too (`loop_buffers`)
         env = dict(self.alias) | carried
         lin = self.linearizer(stmt.body, env, loop_var=stmt.var)
         lin.lists = {name: [] for name in self.lists}
-        tape = lin.run()
+        lin.updates |= buffers  # a step reads the value the step before left
+        tape, next_values = carried_buffers(lin.run(), buffers, self.fresh)
         for s in tape.steps:
             self.taken.add(s.var)
         appended: dict[str, N.Expr] = {}
@@ -703,10 +711,14 @@ class Planner:
                 more[name] = items[1:]
         heads = {name: [self.alias[h] for h in self.heads.pop(name)] for name in appended if name in self.heads}
         updates = {carried[local]: tape.env[local] for local in carried}
-        starts = {name: self.shapes.get(self.alias[local]) for local, name in carried.items()}
+        updates |= {c: next_values[b] for b, c in buffers.items()}
+        firsts = {c: self.alias[local] for local, c in carried.items()}
+        firsts |= {c: self.buffer_values.get(b, b) for b, c in buffers.items()}
+        starts = {name: self.shapes.get(first) for name, first in firsts.items()}
         self.shapes.update(carried_shapes(tape.steps, starts, updates, self.shapes))
-        _check_carried_shapes(tape, starts, updates, self.shapes, {c: local for local, c in carried.items()}, stmt.span)
-        hoisted, tape = self.hoisted(tape, set(carried.values()) | {stmt.var})
+        locals_ = {c: local for local, c in carried.items()} | {c: b for b, c in buffers.items()}
+        _check_carried_shapes(tape, starts, updates, self.shapes, locals_, stmt.span)
+        hoisted, tape = self.hoisted(tape, set(carried.values()) | set(buffers.values()) | {stmt.var})
         masked = next((s for s in tape.steps if s.by_mask), None)
         if masked is not None:  # its per-step values differ in length: they cannot be stacked for backward
             raise NotDerivable(
@@ -726,13 +738,13 @@ class Planner:
         outputs = [B.name(v) for v in updates.values()] + list(appended.values())
         outputs += [item for items in more.values() for item in items]
         read = self.pseudo_leaves(dataclasses.replace(tape, outputs=outputs))  # `h = w`: w's gradient too
-        tape = self.finished(tape, read | set(carried.values()) | set(picks), outputs)
+        tape = self.finished(tape, read | set(carried.values()) | set(buffers.values()) | set(picks), outputs)
         loop = Loop(
             stmt.var,
             list(it.args),
             it.span,
             tape,
-            {c: self.alias[local] for local, c in carried.items()},
+            firsts,
             updates,
             appended,
             numbers=list(tape.numbers),
@@ -740,7 +752,9 @@ class Planner:
             shapes_kept={carried[local]: local for local in stmt.shapes_kept if local in carried},
             heads=heads,
             more=more,
+            buffers=buffers,
         )
+        self.buffer_values |= buffers  # after the loop, the carried name holds the last step's value
         for name in appended:
             if name in self.loops:
                 self.continue_list(loop, name)
@@ -823,6 +837,7 @@ class Planner:
         lin = Linearizer(layer, self.optional - given)
         lin.taken |= self.taken | set(env.values()) | ({loop_var} if loop_var else set())
         lin.env = dict(env)
+        lin.updates = dict(self.buffer_values)  # a buffer updated before: its new value (no gradient)
         return lin
 
     def pseudo_leaves(self, tape: Tape) -> set[str]:
