@@ -110,6 +110,7 @@ class Loop:
     # buffer -> the carried name holding its value (`update b = ...` in the body, `loop_buffers`): after the
     # loop, the new value the Function returns
     buffers: dict[str, str] = field(default_factory=dict)
+    carried_locals: dict[str, str] = field(default_factory=dict)  # carried name -> its spec local (or buffer)
 
 
 @dataclass
@@ -753,6 +754,7 @@ class Planner:
             heads=heads,
             more=more,
             buffers=buffers,
+            carried_locals=locals_,
         )
         self.buffer_values |= buffers  # after the loop, the carried name holds the last step's value
         for name in appended:

@@ -27,6 +27,8 @@ from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen import function_nest
 from layerdsl.codegen.function import VIEWS, FunctionEmitter, returning_second_results, with_second_results
 from layerdsl.codegen.function_branches import chosen_lines
+from layerdsl.codegen.carried_shape_checks import unknown_shape_checks
+from layerdsl.codegen.loop_starts import when_a_step_runs
 from layerdsl.codegen.function_buffers import loop_updates, returned_values, updated_buffers
 from layerdsl.codegen.function_checks import read_vars, segment_check_lines, segment_checks
 from layerdsl.codegen.function_members import held_forward_params, held_params, saved_with_held
@@ -894,6 +896,7 @@ class LoopFunction:
         body += self.steps(Tape(list(loop.picks.values()), [], [], set()), ex)
         body += self.steps(loop.tape, ex, index)
         body += self.shape_checks(loop)
+        body += unknown_shape_checks(loop, self.plan.shapes, self.layer.name, self.e.spec_path, index, self.shape_only)
         if kept:  # a carried value still holds the step's first value here (it moves last)
             body.append(f"if {index} == 0:")
             body += [f"    {self.stacked(v)} = {self.buffer(loop, v, count)}" for v in kept]
@@ -1052,6 +1055,9 @@ class LoopFunction:
         chosen = [f"{v} if {self.saving_test(v)} else None" if v in self.saved_on else v for v in own_extra]
         ends = self.ends_in_buffers(own_extra, self.kept_per_step)
         chosen = [f"{v} if {ends[v]} is None else None" if v in ends else v for v in chosen]
+        # read only by the steps of loops of no steps: not saved (a forward run again reads them all)
+        whole = set(ends) | set(self.held.stacked if self.held is not None else ()) if not self.recomputing else None
+        saved_leaves = saved_leaves if whole is None else when_a_step_runs(saved_leaves, reads, whole)
         tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + chosen
         # no gradient of their own: ATen differentiates through them (one call: torch keeps the last call's)
         groups = [
@@ -1192,6 +1198,9 @@ class LoopFunction:
             reads.sides[name] = main.reads.sides.get(name, set()) | rare.reads.sides.get(name, set())
         for k, v in rare.reads.per_step.items():
             reads.per_step[k] = reads.per_step.get(k, set()) | v
+        reads.outside, reads.trips = main.reads.outside | rare.reads.outside, main.reads.trips | rare.reads.trips
+        for name in main.reads.in_loops.keys() | rare.reads.in_loops.keys():
+            reads.in_loops[name] = main.reads.in_loops.get(name, set()) | rare.reads.in_loops.get(name, set())
         # a bool mask kept per step gets no gradient (autograd gives its stack None)
         masks = {self.stacked(m.name) for ms in self.step_masks.values() for m in ms}
         extra = [x for x in self.extra_outputs(once, per_step) if x not in masks]
