@@ -15,7 +15,18 @@ import sys
 import pytest
 import torch
 
+import layerdsl.optimize.statements as statements_module
+import layerdsl.semantics.shapes as shapes_module
+from layerdsl.ir import build as B
+from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import spec_text
+from layerdsl.ir.visit import walk
+from layerdsl.optimize import pipeline
+from layerdsl.optimize.fusion import aliases_dropped, explicit_sums, fold, narrow_expansions
+from layerdsl.optimize.inplace import update_in_place
 from layerdsl.optimize.saving import Pricing, ReadGraph, chosen_saves
+from layerdsl.optimize.statements import Facts, Stmt
+from layerdsl.optimize.transposes import transposes_cancelled
 from tests.support import compile_spec
 
 
@@ -125,3 +136,107 @@ def test_a_greedy_round_walks_what_the_backward_reads_once():
     chosen = chosen_saves(list(edges), pricing.cost, pricing.each)
     assert chosen == set(hs)  # each h saved in place of its tanh: as many bytes, less recomputed
     assert len(walks) == len(chosen) + 2  # the first choice's price, then one walk per round
+
+
+# ------------------------------------------------------------------ bounded optimisation work per section
+
+FULL = ("B", "n")
+
+
+def _facts(graph: bool) -> Facts:
+    return Facts(
+        shapes={"grad_out": FULL, "x": FULL, "y": FULL},
+        kept={"x", "y", "grad_out", "grad_x", "grad_y"},
+        foldable={"t"},
+        full=[FULL],
+        roots={"grad_out": frozenset({"x"})},
+        incoming={"grad_out"},
+        graph=graph,
+        floating=frozenset({"x", "y", "grad_out"}),
+    )
+
+
+def _product(a: str, b: str) -> N.Expr:
+    return B.binop("*", B.name(a), B.name(b))
+
+
+def _chain(depth: int) -> N.Expr:
+    """`grad_out * x * x * ...`: each product's left operand a fresh temporary the next may update."""
+    e: N.Expr = B.name("grad_out")
+    for _ in range(depth):
+        e = B.binop("*", e, B.name("x"))
+    return e
+
+
+def _update_in_place(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
+    update_in_place(stmts, facts)
+    return stmts
+
+
+def _explicit_sums(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
+    explicit_sums(stmts, facts)
+    return stmts
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [fold, aliases_dropped, transposes_cancelled, narrow_expansions, _explicit_sums, _update_in_place],
+    ids=lambda f: f.__name__.strip("_"),
+)
+def test_a_pass_with_nothing_to_rewrite_keeps_the_statements_nodes(rewrite):
+    # Each pass used to copy every node of every statement (the old in-place pass: a third of a section's
+    # optimisation); a statement a pass leaves as it was keeps its very nodes.
+    for graph in (True, False):
+        stmts = [
+            Stmt("grad_x", _product("grad_out", "x"), {"x"}),
+            Stmt("grad_y", B.call("sigmoid", B.name("y")), {"y"}),
+        ]
+        before = [s.expr for s in stmts]
+        after = rewrite(stmts, _facts(graph))
+        assert [spec_text(s.expr) for s in after] == ["grad_out * x", "sigmoid(y)"]
+        assert all(s.expr is e for s, e in zip(after, before, strict=True)), f"{rewrite.__name__} copied"
+
+
+def test_the_in_place_pass_computes_each_nodes_shape_once(monkeypatch):
+    # Asked at each operation of a statement for the shapes of the operation and its operand, the pass
+    # computed them from scratch: as many steps as the nodes have descendants (quadratic in a product
+    # chain's length). It computes each node's shape once.
+    calls = 0
+    real = shapes_module.expr_shape
+
+    def counted(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shapes_module, "expr_shape", counted)
+    monkeypatch.setattr(statements_module, "expr_shape", counted)
+    depth = 40
+    stmts = [Stmt("t", _chain(depth), {"x"})]
+    nodes = len(list(walk(stmts[0].expr)))
+    update_in_place(stmts, _facts(graph=False))
+    assert spec_text(stmts[0].expr) == "(grad_out * x)" + ".mul_(x)" * (depth - 1)
+    # once for each node read and once for each node the pass builds (its in-place calls): at most twice
+    # the nodes, where computing them afresh took about depth ** 2 (some 3000)
+    assert calls <= 2 * nodes, f"{calls} shape computations for {nodes} nodes"
+
+
+def test_one_schedule_is_finished_when_moving_reductions_early_keeps_the_order(monkeypatch):
+    # Two schedules compete (the derivation's order, and reductions early); when both are the same order,
+    # the second finished the same statements again (twice the in-place pass, in each grad mode).
+    runs = []
+    real = pipeline.update_in_place
+    monkeypatch.setattr(pipeline, "update_in_place", lambda stmts, facts: runs.append(1) or real(stmts, facts))
+    facts = _facts(graph=False)
+    same = [Stmt("t", _product("grad_out", "x"), {"x"}), Stmt("grad_x", _product("t", "x"), {"x"})]
+    stmts, schedule = pipeline.scheduled(same, facts, prefer=1)
+    assert (len(runs), schedule) == (1, 1)
+    assert [spec_text(s.expr) for s in stmts] == ["grad_out * x", "t.mul_(x)"]
+    runs.clear()
+    moved = [  # the sum moves up before `grad_y`: two orders, both finished
+        Stmt("t", _product("grad_out", "x"), {"x", "y"}),
+        Stmt("grad_y", _product("grad_out", "y"), {"y"}),
+        Stmt("grad_x", B.call("sum", B.name("t")), {"x"}),
+    ]
+    pipeline.scheduled(moved, facts)
+    assert len(runs) == 2

@@ -238,29 +238,29 @@ def _problems(text: str) -> list[str]:
     ("body", "why", "hint"),
     [
         (
-            "if t % 2 == 0 {\n                h = tanh(h @ w + x[t])\n            }",
-            "other than by comparing it (==, !=, <, <=, >, >=) with an int the loop does not change, so the loop"
-            " cannot be split where the `if` turns",
-            "compare `t` with an int the loop does not change",
+            "if t % 2 == 0 {\n                if t > k {\n                    h = tanh(h @ w + x[t])\n"
+            "                }\n            }",
+            ": an `if` inside a side of another `if` is not a choice per step yet",
+            "test both conditions in one `if`",
         ),
         (
-            "n = (n + 2) % d\n            if t < n {\n                h = tanh(h @ w + x[t])\n            }",
-            "compares the loop's variable `t` with an int the loop changes, so the loop cannot be split",
-            "compute the bound before the loop",
+            "if t % 2 == 0 {\n                h = tanh(h @ w + x[t])\n                n = n + 1\n            }",
+            ": a side that binds a number is not a choice per step yet",
+            "compute the number outside the `if` by arithmetic on ints",
         ),
         (
-            "".join(f"if t == {k} {{\n                h = h @ w\n            }}\n            " for k in (1, 3, 5, 7)),
-            "(splitting the loop where its `if`s turn would make more than 8 loops)",
-            "test fewer bounds in one loop",
+            "if t % 2 == 0 {\n                hs.append(h)\n            }",
+            ": a side holding a loop, an append or a `return` is not a choice per step yet",
+            "compute both sides and choose with where(cond, a, b)",
         ),
     ],
-    ids=["modulo", "a bound the loop changes", "too many bounds"],
+    ids=["a nested if", "a side binding a number", "an append in a side"],
 )
 def test_another_test_of_the_loop_variable_is_refused_saying_why(body, why, hint):
     loop = f"n = 0\n        hs = []\n        for t in range(T) {{\n            {body}\n        }}\n        return h"
     problems = _problems(LAYER.replace("BODY", loop))
     assert len(problems) == 1
-    line = 12 if "n = (n" in body else 11
+    line = 11
     assert problems[0].startswith(f"{line}:13: cannot derive through this `if` yet: it is in the body of a loop whose")
     assert why in problems[0]
     assert f"(hint: {hint}" in problems[0]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+from layerdsl.autodiff import nest
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
@@ -26,9 +27,9 @@ def updated_in_body(loop: N.For) -> list[str]:
 
 
 def update_in_a_loop_body(stmt: N.Stmt) -> bool:
-    """Whether `stmt` is a loop holding no loop whose body updates a buffer at its top level only (what a
-    loop Function carries, `carried_buffers`)."""
-    if not isinstance(stmt, N.For) or any(isinstance(s, N.For) for s in stmt.body):
+    """Whether `stmt` is a loop holding no loop (nor an `if` chosen per step) whose body updates a buffer at
+    its top level only (what a loop Function carries, `carried_buffers`)."""
+    if not isinstance(stmt, N.For) or nest.as_nest(stmt):  # a `Nest` (a loop or a choice per step inside)
         return False
     return not any(isinstance(s, N.If) and _updates(s) for s in stmt.body)
 

@@ -20,8 +20,9 @@ Several such `if`s (nested, or joined by `and`, `or`, `not`) split at each bound
 loops. A list the loop appends to is appended to by each piece in turn, one list collected over the loops
 in a row (`loops.Loop.before`). A loop holding a loop is split at the `if`s of its body on its variable,
 each piece but the first counted from 0 (`_from_zero`), and the loops in its body are split as well. A
-condition testing the variable another way (`t % 2 == 0`) is left to `loops.Planner.loop`, which refuses
-it saying why (`unsplit_reason`).
+condition testing the variable another way (`t % 2 == 0`), a range with a step, or more than `MAX_PIECES`
+pieces leave the loop whole: a choice per step (`step_choices`) where its `if`s allow, else refused by
+`loops.Planner.loop` saying why (`unsplit_reason`).
 """
 
 from __future__ import annotations

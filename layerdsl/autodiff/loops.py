@@ -28,8 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Union
 
-from layerdsl.autodiff import nest
-from layerdsl.autodiff.loop_buffers import carried_buffers, updated_in_body
+from layerdsl.autodiff import loop_buffers, nest, step_choices
 from layerdsl.autodiff.loop_choices import chosen_side, self_decided
 from layerdsl.autodiff.loop_ints import NumberNames, check_loop_numbers
 from layerdsl.autodiff.loop_members import without_members
@@ -124,6 +123,7 @@ class Choice:
     orelse: Tape
     merged: dict[str, tuple[str, str]]  # the name after the `if` -> the value each side leaves in it
     returned: list[str] = field(default_factory=list)  # the merged names of the outputs, when both sides return
+    per_step: bool = False  # its side may change from step to step of the loop it is in (`step_choices`)
 
     def sides(self) -> tuple[Tape, Tape]:
         return self.then, self.orelse
@@ -407,7 +407,7 @@ class Planner:
         segments: list[Segment] = []
         chunk: list[N.Stmt] = []
         for at, stmt in enumerate(self.forward.body):
-            if isinstance(stmt, N.For) and not nest.holds_loop(stmt):
+            if isinstance(stmt, N.For) and not nest.as_nest(stmt):
                 numbered = self.number_names.loop(stmt, self.forward.body[at + 1 :])
                 stmt = numbered.loop
             else:  # a loop holding a loop: its reads (`loop_ints` refuses numbers it carries or leaves)
@@ -427,7 +427,7 @@ class Planner:
                     segments.append(self.straight(chunk))
                     chunk = []
                 planned = self.loop(stmt)
-                if not nest.holds_loop(stmt):
+                if not nest.as_nest(stmt):
                     loop = planned[-1]
                     assert isinstance(loop, Loop)
                     loop.number_starts, loop.carried_numbers = numbered.starts, numbered.carried
@@ -675,7 +675,7 @@ class Planner:
         it = stmt.iter
         if not (isinstance(it, N.Call) and it.func == "range"):
             raise NotDerivable(it.span, "a derived backward cannot go through a loop over sub-layers", HINT)
-        if nest.holds_loop(stmt):
+        if nest.as_nest(stmt):
             return nest.planned_nest(self, stmt)
         for s in walk_stmts(stmt.body):
             if isinstance(s, N.If):
@@ -695,12 +695,12 @@ class Planner:
         assigned = {s.target for s in stmt.body if isinstance(s, N.Assign) and s.value.kind == "tensor"}
         assigned |= {t for s in stmt.body if isinstance(s, N.Unpack) for t, _ in s.targets}
         carried = {local: self.fresh(local) for local in self.alias if local in assigned}
-        buffers = {b: self.fresh(b) for b in updated_in_body(stmt)}  # carried too (`loop_buffers`)
+        buffers = {b: self.fresh(b) for b in loop_buffers.updated_in_body(stmt)}  # carried too (`loop_buffers`)
         env = dict(self.alias) | carried
         lin = self.linearizer(stmt.body, env, loop_var=stmt.var)
         lin.lists = {name: [] for name in self.lists}
         lin.updates |= buffers  # a step reads the value the step before left
-        tape, next_values = carried_buffers(lin.run(), buffers, self.fresh)
+        tape, next_values = loop_buffers.carried_buffers(lin.run(), buffers, self.fresh)
         for s in tape.steps:
             self.taken.add(s.var)
         appended: dict[str, N.Expr] = {}
@@ -1058,11 +1058,14 @@ def _if_in_loop_refusal(cond: N.Expr, loop: N.For, optional: frozenset[str]) -> 
     copies of the loop, a test of its variable the loop is not split at (`loop_split`), or a condition on
     values that differ from step to step."""
     hint = "choose with where(cond, a, b), or put the `if` around the loop"
+    per_step = step_choices.refusal(loop)
+    if per_step is not None and not on_arguments(cond, optional):
+        return per_step  # not a choice per step (`step_choices`), nor split where it turns (`loop_split`)
     if on_arguments(cond, optional):
         return (
             f" (taking the body's `if`s on arguments out of it would make more than {MAX_BRANCH_PLANS} copies of"
-            " the loop)",
-            hint,
+            f" the loop){per_step[0] if per_step else ''}",
+            per_step[1] if per_step else hint,
         )
     return unsplit_reason(loop, cond) or ("", hint)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from layerdsl.autodiff import loops
+from layerdsl.autodiff import loops, step_choices
 from layerdsl.autodiff.loop_ints import carried_by
 from layerdsl.autodiff.loop_split import unsplit_reason
 from layerdsl.autodiff.tape import NotDerivable, Step, Tape
@@ -94,12 +94,28 @@ def holds_loop(loop: N.For) -> bool:
     return any(isinstance(s, N.For) for s in walk(loop) if s is not loop)
 
 
+def as_nest(loop: N.For) -> bool:
+    """Whether `loop` is planned as a `Nest`: it holds a loop, or an `if` whose side may change from step to
+    step (`step_choices`: a choice per step)."""
+    return holds_loop(loop) or step_choices.steps_choose(loop)
+
+
 def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
     """The segment of a loop whose body holds a loop (`p`: the forward's planner, whose names, shapes and
     aliases the body's segments share)."""
     it = stmt.iter
     assert isinstance(it, N.Call)
     for s in stmt.body:
+        if isinstance(s, N.For) and not holds_loop(s) and step_choices.steps_choose(s):
+            branch = next(b for b in s.body if isinstance(b, N.If))
+            raise NotDerivable(
+                branch.span,
+                "cannot derive through this `if` yet: it is in the body of a loop inside another loop, each of a"
+                " count known only when forward runs, and its side may change from step to step (a choice per"
+                " step is derived in a loop holding no loop only)",
+                "compute both sides and choose with where(cond, a, b), or drop @function (autograd derives the"
+                " loops)",
+            )
         if isinstance(s, N.For) and holds_loop(s):
             raise NotDerivable(
                 s.span,
@@ -107,7 +123,8 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
                 " known only when forward runs",
                 "write one of the counts in the spec (up to 64 steps are unrolled), or drop @function",
             )
-        if isinstance(s, N.If) and not (p.conditions is not None and loops.choice_alone(s)):
+        per_step = step_choices.steps_choose(stmt)
+        if isinstance(s, N.If) and not (p.conditions is not None and loops.choice_alone(s)) and not per_step:
             why, hint = unsplit_reason(stmt, s.cond) or (
                 "",
                 "put the `if` inside the inner loop or around the outer one, or drop @function",
@@ -118,7 +135,8 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
                 f" counts known only when forward runs{why}",
                 hint,
             )
-    body = _lists_of_its_own(stmt.body, p)
+    per_step = step_choices.steps_choose(stmt)
+    body = _lists_of_its_own(step_choices.tail_joined(stmt).body if per_step else stmt.body, p)
     locals_ = _carried_locals(body, set(p.alias))
     carried = {local: p.fresh(local) for local in locals_}
     starts = {c: p.alias[local] for local, c in carried.items()}
@@ -143,11 +161,14 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
                 planned[-1].carried_numbers = sorted(carried_by(s))
             segments += planned
         elif isinstance(s, N.If):  # on configuration values, holding no loop: an `if` of its own
-            assert p.conditions is not None
             if chunk:
                 segments.append(p.straight(chunk))
                 chunk = []
-            segments.append(p.choice(s, p.conditions(s, []), read))
+            if per_step:  # evaluated at every step (`step_choices`)
+                segments.append(step_choices.merged_as_own(p.choice(s, s.cond, read)))
+            else:
+                assert p.conditions is not None
+                segments.append(p.choice(s, p.conditions(s, []), read))
         elif isinstance(s, N.Assign) and isinstance(s.value, N.ListExpr) and not s.value.items:
             if s.target in outer_lists:
                 raise NotDerivable(s.span, "a derived backward collects into a list made before the loop", loops.HINT)

@@ -292,6 +292,8 @@ class LoopFunction:
         self.step_masks: dict[int, list[Mask]] = {}
         self.step_exprs: dict[int, list[N.Expr]] = {}  # loop index -> its step's derived expressions
         self.kept_per_step: dict[int, set[str]] = {}  # loop index -> the values kept per step, once settled
+        # a nest's body value -> where backward reads it by value (`Reads.sides`, `function_nest.side_rows`)
+        self.step_sides: dict[str, set[tuple[int, int] | None]] = {}
         read |= chosen_by  # a flag the branching forward's conditions test (`if run { for ... }`)
         self.flags_tested = [i.name for i in self.layer.forward.inputs if i.flag is not None and i.name in read]
         self.dtype_tested = list(dict.fromkeys(leaf for cond in conds for leaf in dtype_tested(cond)))
@@ -542,8 +544,8 @@ class LoopFunction:
             elif isinstance(seg, Straight):
                 out += [s.var for s in seg.tape.steps if s.var in once]
             elif isinstance(seg, Choice):  # a side's values are None when the other side ran
-                out += [s.var for s in segment_steps(seg) if s.var in once]
-                out += [m for m in seg.merged if m in once]
+                # (a value both sides bind, `step_choices.merged_as_own`, once)
+                out += [v for v in dict.fromkeys([*(s.var for s in segment_steps(seg)), *seg.merged]) if v in once]
             else:
                 k = self.loops.index(seg)
                 order = self.per_step_order(seg, per_step.get(k, set()))
@@ -851,16 +853,21 @@ class LoopFunction:
             lines += with_spec_line([line], 0, self.e.spec_path, s.expr.span.line)
         return lines + segment_check_lines(tape, ex, self.layer, self.e.spec_path, index)
 
-    def forward_choice(self, seg: Choice, extra: set[str], ex: PyExpr) -> list[str]:
+    def forward_choice(
+        self, seg: Choice, extra: set[str], ex: PyExpr, after: tuple[list[str], list[str]] = ([], [])
+    ) -> list[str]:
         """The side the condition picks: its steps, the locals it binds under their merged names, and the
         other side's extra outputs as None."""
         sides = []
         for k, tape in enumerate(seg.sides()):
             lines = self.steps(tape, ex)
-            lines += [f"{name} = {self.not_an_input(values[k])}" for name, values in seg.merged.items()]
-            other = [s.var for s in seg.sides()[1 - k].steps if s.var in extra]
+            lines += [
+                f"{name} = {self.not_an_input(values[k])}" for name, values in seg.merged.items() if name != values[k]
+            ]
+            own = {s.var for s in tape.steps}
+            other = [s.var for s in seg.sides()[1 - k].steps if s.var in extra and s.var not in own | seg.merged.keys()]
             lines += [" = ".join(other) + " = None"] if other else []
-            sides.append(lines)
+            sides.append(lines + after[k])  # (what it keeps in rows, `function_nest.side_rows`)
         head = with_spec_line([f"if {ex(seg.cond)}:"], 0, self.e.spec_path, seg.span.line)
         return if_else(head, sides[0], sides[1])
 

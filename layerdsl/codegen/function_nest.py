@@ -76,6 +76,21 @@ def replay_reads(nest: Nest) -> tuple[set[str], set[str]]:
     return own, read | set(nest.number_starts.values())
 
 
+def step_index(fn: LoopFunction, nest: Nest) -> str:
+    """The index of an outer step in what is kept per step: the loop's variable over `range(n)`, else a count of
+    the steps of its own (a range with a start or a step, `step_choices`)."""
+    return nest.var if len(nest.bounds) == 1 else fn.name("step", key=(id(nest),))
+
+
+def step_head(fn: LoopFunction, nest: Nest, ex: PyExpr, backward: bool = False) -> str:
+    """What `for` runs over for the nest's steps (in reverse in `backward`), binding `step_index` too."""
+    trip = f"range({', '.join(ex(b) for b in nest.bounds)})"
+    if len(nest.bounds) == 1:
+        return f"{nest.var} in reversed({trip})" if backward else f"{nest.var} in {trip}"
+    pairs = f"enumerate({trip})"
+    return f"{step_index(fn, nest)}, {nest.var} in " + (f"reversed(list({pairs}))" if backward else pairs)
+
+
 def number_record(fn: LoopFunction, nest: Nest, number: str) -> str:
     """The list of `number`'s value at the start of each outer step."""
     return fn.name(f"{number}_at", key=(id(nest),))
@@ -107,7 +122,7 @@ def replay(fn: LoopFunction, nest: Nest, ex: PyExpr) -> list[str]:
         body += [f"for {loop.var} in {fn.trip(loop, ex)}:", *("    " + line for line in steps or ["pass"])]
         body += [f"{number_rows(fn, loop, c)}.append({r})" for c, r in rows.items()]
         body += [f"{after_record(fn, nest, k, c)}.append({c})" for c in left.get(k, [])]
-    head = f"for {nest.var} in range({', '.join(ex(b) for b in nest.bounds)}):  # the loop's numbers again"
+    head = f"for {step_head(fn, nest, ex)}:  # the loop's numbers again"
     return lines + [head, *("    " + line for line in body or ["pass"])]
 
 
@@ -150,7 +165,9 @@ def rebound_before(fn: LoopFunction, nest: Nest, index: int, of: N.Node | None =
     done: set[str] = set()
     for k, left in sorted(left_by_loops(nest).items(), reverse=True):
         if k < index:
-            lines += [f"{c} = {after_record(fn, nest, k, c)}[{nest.var}]" for c in left if c in reads - done]
+            lines += [
+                f"{c} = {after_record(fn, nest, k, c)}[{step_index(fn, nest)}]" for c in left if c in reads - done
+            ]
             done |= set(left)
     return lines
 
@@ -158,9 +175,9 @@ def rebound_before(fn: LoopFunction, nest: Nest, index: int, of: N.Node | None =
 def recorded(fn: LoopFunction, nest: Nest) -> list[str]:
     """The head of a backward step of the nest: its carried numbers as the step started with them, and its
     loops' records of this step."""
-    lines = [f"{c} = {number_record(fn, nest, c)}[{nest.var}]" for c in nest.carried_numbers]
+    lines = [f"{c} = {number_record(fn, nest, c)}[{step_index(fn, nest)}]" for c in nest.carried_numbers]
     return lines + [
-        f"{fn.number_record(loop, c)} = {number_rows(fn, loop, c)}[{nest.var}]"
+        f"{fn.number_record(loop, c)} = {number_rows(fn, loop, c)}[{step_index(fn, nest)}]"
         for loop in nest.loops()
         for c in loop.carried_numbers
     ]
@@ -229,7 +246,7 @@ def from_step_one(fn: LoopFunction, nest: Nest, kept: list[str]) -> list[str]:
 def previous_value(fn: LoopFunction, nest: Nest, source: tuple[str, Join | None], ex: PyExpr) -> str:
     """The update at the outer step before, from its `previous_update` source (as forward views the buffer)."""
     value, join = source
-    at = f"{layers(fn, value)}[{nest.var} - 1]"
+    at = f"{layers(fn, value)}[{step_index(fn, nest)} - 1]"
     dim = "0" if join is None else ex(join.dim)
     return at if dim == "0" else f"torch.movedim({at}, 0, {dim})"
 
@@ -285,6 +302,8 @@ def maybe_none(fn: LoopFunction, nest: Nest, value: str) -> bool:
     """Whether a step may leave `value` None: a loop's stack (no steps), a value of its first step, or one of
     a side of an `if` of its own (the other side ran)."""
     for seg in nest.segments:
+        if isinstance(seg, Choice) and value in seg.merged and UNBOUND not in seg.merged[value]:
+            return False  # both sides bind it (`step_choices.merged_as_own`)
         if isinstance(seg, Choice) and value in {s.var for tape in seg.sides() for s in tape.steps}:
             return True
         if isinstance(seg, Choice) and UNBOUND in seg.merged.get(value, ()):
@@ -313,12 +332,17 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
     kept = body_extra(fn, nest, per_step)
     lines += [f"{layers(fn, v)} = []" for v in kept]
     lines += [f"{name} = [{', '.join(nest.heads.get(name, []))}]" for name in nest.appended]
+    rows = side_rows(fn, nest, kept)
     body = [f"{n} = {ex(e)}" for n, e in nest.numbers]
     for seg in nest.segments:
         if isinstance(seg, Straight):
             body += fn.steps(seg.tape, ex)
-        elif isinstance(seg, Choice):
-            body += fn.forward_choice(seg, set(kept), ex)
+        elif isinstance(seg, Choice):  # (a side's rows appended where it runs, `side_rows`)
+            appends = [
+                [f"{layers(fn, v)}.append({v})" for v, (c, side) in rows.items() if c is seg and side == k]
+                for k in (0, 1)
+            ]
+            body += fn.forward_choice(seg, set(kept), ex, (appends[0], appends[1]))
         elif isinstance(seg, Loop):
             body += fn.forward_loop(seg, per_step.get(fn.loops.index(seg), set()), ex)
     shaped, later = stacked_shapes(fn, nest), from_step_one(fn, nest, kept)
@@ -329,10 +353,16 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
             else f"{layers(fn, v)}.append({v})"
         )
         for v in kept
-        if v not in later
+        if v not in later and v not in rows
     ]
+    # a side's value, kept for the steps that ran the side only (`step_choices`)
+
     appended = [f"{layers(fn, v)}.append({v})" for v in later]
-    body += [f"if {nest.var} > 0:  # step 0's is its start", *("    " + line for line in appended)] if later else []
+    body += (
+        [f"if {step_index(fn, nest)} > 0:  # step 0's is its start", *("    " + line for line in appended)]
+        if later
+        else []
+    )
     body += [
         f"{name}.append({ex(item)})"
         for name, first in nest.appended.items()
@@ -348,8 +378,7 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
     moved = [(c, v) for c, v in nest.updates.items() if c != v]
     if moved:
         body.append(f"{', '.join(c for c, _ in moved)} = {', '.join(v for _, v in moved)}")
-    trip = f"range({', '.join(ex(b) for b in nest.bounds)})"
-    lines += with_spec_line([f"for {nest.var} in {trip}:"], 0, fn.e.spec_path, nest.span.line)
+    lines += with_spec_line([f"for {step_head(fn, nest, ex)}:"], 0, fn.e.spec_path, nest.span.line)
     lines += ["    " + line for line in body]
     for v in kept:  # a loop of no steps keeps nothing (and a step's value may be None: so at every step)
         listed = layers(fn, v)
@@ -411,22 +440,31 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
                 w.state[w.acc(leaf)] = "maybe"
                 w.maybe_none.add(w.acc(leaf))
     kept = body_extra(fn, nest, w.per_step)
+    rows = side_rows(fn, nest, kept)
     body = recorded(fn, nest) + [f"{n} = {w.ex(e)}" for n, e in nest.numbers]
     later = from_step_one(fn, nest, kept)
-    body += [f"{v} = {layers(fn, v)}[{nest.var}]" for v in kept if not maybe_none(fn, nest, v) and v not in later]
     body += [
-        f"{v} = None if {layers(fn, v)} is None else {layers(fn, v)}[{nest.var}]"
+        f"{v} = {layers(fn, v)}[{step_index(fn, nest)}]"
         for v in kept
-        if maybe_none(fn, nest, v)
+        if not maybe_none(fn, nest, v) and v not in later | rows.keys()
+    ]
+    body += [
+        f"{v} = None if {layers(fn, v)} is None else {layers(fn, v)}[{step_index(fn, nest)}]"
+        for v in kept
+        if maybe_none(fn, nest, v) and v not in rows
     ]
     outer_once = w.once
     if w.mode != "main":  # each step's share of the extra outputs' gradients
         for v in kept:
+            if v in rows:  # read where its side runs (`rows_read`)
+                continue
             given = fn.grad_out(layers(fn, v))
-            step = f"{given}[{nest.var}]"
+            step = f"{given}[{step_index(fn, nest)}]"
             if v in later:  # step 0's value is the start, given no gradient of its own
                 start = w.ex(B.name(nest.carried[v]))
-                step = f"{given}[{nest.var} - 1] if {nest.var} > 0 else torch.zeros_like({start})"
+                step = (
+                    f"{given}[{step_index(fn, nest)} - 1] if {step_index(fn, nest)} > 0 else torch.zeros_like({start})"
+                )
             body.append(
                 f"{fn.grad_out(v)} = " + (f"None if {given} is None else {step}" if maybe_none(fn, nest, v) else step)
             )
@@ -437,7 +475,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     for name, first in nest.appended.items():
         items = [first, *nest.more.get(name, [])]  # `per` of them each step, after the heads
         for i, item in enumerate(items if name in parts else []):
-            at = f"{len(items)} * {nest.var}" if len(items) > 1 else nest.var
+            at = f"{len(items)} * {step_index(fn, nest)}" if len(items) > 1 else step_index(fn, nest)
             at = f"{at} + {i + len(nest.heads.get(name, []))}" if i + len(nest.heads.get(name, [])) else at
             assert isinstance(item, N.Name)
             body += w.accumulate(item.id, f"{parts[name]}[{at}]", conditional=False)
@@ -462,7 +500,8 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         if isinstance(seg, Straight):
             body += w.straight(seg, where=f"{here}.{index}")
         elif isinstance(seg, Choice):
-            body += w.choice(seg, at=choice_key(fn, nest, index))
+            before = (rows_read(w, nest, seg, 0, rows), rows_read(w, nest, seg, 1, rows))
+            body += w.choice(seg, at=choice_key(fn, nest, index), before=before)
         elif isinstance(seg, Loop):
             body += w.loop(seg)
         w.current = w.reads.once
@@ -491,9 +530,11 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         rebound |= bool(prefix)
         view_lines += prefix + fn.steps(Tape([s], [], [], set()), w.ex)
     if rebound:  # as the step starts again
-        view_lines += [f"{c} = {number_record(fn, nest, c)}[{nest.var}]" for c in nest.carried_numbers]
+        view_lines += [f"{c} = {number_record(fn, nest, c)}[{step_index(fn, nest)}]" for c in nest.carried_numbers]
         view_lines += [f"{n} = {w.ex(e)}" for n, e in nest.numbers]
     body[top_at:top_at] = view_lines
+    for v in inside:  # where each value of the body is read by value (`side_rows`)
+        fn.step_sides.setdefault(v, set()).update(w.reads.sides.get(v, set()))
     read = w.reads.once | (w.reads.shapes & inside)
     w.reads.by_value.setdefault(key(fn, nest), set()).update(w.reads.once & inside)
     w.reads.shapes -= inside
@@ -504,12 +545,64 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     for v in inside:  # the body's values' gradients are the step's own
         if w.acc(v) in w.state and v not in nest.carried:
             del w.state[w.acc(v)]
-    head = f"for {nest.var} in reversed(range({', '.join(w.ex(b) for b in nest.bounds)})):"
+    head = f"for {step_head(fn, nest, w.ex, backward=True)}:"
+    lines += [f"{row_counter(fn, v)} = 0 if {layers(fn, v)} is None else {layers(fn, v)}.shape[0]" for v in rows]
     lines += with_spec_line([head], 0, fn.e.spec_path, nest.span.line)
     lines += ["    " + line for line in body]
     for c in requiring:  # the gradient of the value the carried one starts as
         if nest.carried[c] in w.plan.requires:
             lines += w.accumulate(nest.carried[c], w.acc(c), conditional=False)
+    return lines
+
+
+def side_rows(fn: LoopFunction, nest: Nest, kept: list[str]) -> dict[str, tuple[Choice, int]]:
+    """The values of `kept` that backward reads on one side of a choice per step only (`step_choices`): a value
+    that side binds and the other not, or one computed before it that no other place reads by value; by the
+    choice and the side: kept in rows for the steps that ran that side only."""
+    out: dict[str, tuple[Choice, int]] = {}
+    updates = set(nest.updates.values()) | set(nest.carried)
+    later = set(from_step_one(fn, nest, kept))
+    for index, seg in enumerate(nest.segments):
+        if not (isinstance(seg, Choice) and seg.per_step):
+            continue
+        both = {m for m, values in seg.merged.items() if UNBOUND not in values}
+        for k, tape in enumerate(seg.sides()):
+            out |= {s.var: (seg, k) for s in tape.steps if s.var in kept and s.var not in both}
+        where = {(choice_key(fn, nest, index), k): k for k in (0, 1)}
+        before = {
+            s.var for earlier in nest.segments[:index] if isinstance(earlier, Straight) for s in earlier.tape.steps
+        }
+        shaped = fn.step_shapes.get(key(fn, nest), set())
+        for v in kept:
+            sides = fn.step_sides.get(v, set())
+            if v in before and len(sides) == 1 and None not in sides and v not in updates | later | shaped:
+                side = next(iter(sides))
+                if side in where:
+                    out[v] = (seg, where[side])
+    return out
+
+
+def row_counter(fn: LoopFunction, value: str) -> str:
+    """The rows of `value` (a side's, `side_rows`) not yet read back by backward's steps in reverse."""
+    return fn.name(f"{value}_rows_left", key=("rows",))
+
+
+def rows_read(w: BackwardWriter, nest: Nest, seg: Choice, k: int, rows: dict[str, tuple[Choice, int]]) -> list[str]:
+    """At the start of side `k` of `seg` in backward: each of its values kept in rows read back (the last row not
+    yet read: backward runs the steps in reverse), and its share of the extra outputs' gradients."""
+    lines: list[str] = []
+    own = {s.var for tape in seg.sides() for s in tape.steps}
+    for v, (choice, side) in rows.items():
+        if choice is seg and side != k and v not in own and w.mode != "main":  # not kept at this step: no share
+            given = w.fn.grad_out(layers(w.fn, v))
+            lines.append(f"{w.fn.grad_out(v)} = 0 if {given} is None else {given}.new_zeros({given}.shape[1:])")
+        if choice is not seg or side != k:
+            continue
+        at = row_counter(w.fn, v)
+        lines += [f"{at} -= 1", f"{v} = {layers(w.fn, v)}[{at}]"]
+        if w.mode != "main":
+            given = w.fn.grad_out(layers(w.fn, v))
+            lines.append(f"{w.fn.grad_out(v)} = None if {given} is None else {given}[{at}]")
     return lines
 
 
@@ -526,7 +619,7 @@ def _read_back(w: BackwardWriter, nest: Nest, kept: list[str]) -> dict[str, str]
             w.read(B.name(nest.carried[c]))
             start = w.ex(B.name(nest.carried[c]))
             value = previous_value(w.fn, nest, source or (c, None), w.ex)
-            lines[c] = f"{c} = {value} if {nest.var} > 0 else {start}"
+            lines[c] = f"{c} = {value} if {step_index(w.fn, nest)} > 0 else {start}"
     return lines
 
 

@@ -289,25 +289,29 @@ class BackwardWriter:
 
     # ---------------------------------------------------------------- segments
 
-    def choice(self, seg: Choice, at: int | None = None) -> list[str]:
+    def choice(self, seg: Choice, at: int | None = None, before: tuple[list[str], list[str]] = ([], [])) -> list[str]:
         """The backward of the side forward ran: the merged locals' gradients given to the values that side
         left in them; a gradient one side gives and the other not is None after the `if` when that ran.
         `at`: its key (by default, its index among the forward's segments; `function_nest.choice_key`)."""
         at = self.plan.segments.index(seg) if at is None else at
         head: list[str] = []
         if self.mode != "main":  # a merged local returned as an extra output: its gradient from there
-            for name in seg.merged:
-                if name in self.once and name not in self.fn.outputs:
+            for name in seg.merged:  # (a side's own under its name: that side's steps give it, `step_choices`)
+                if name in self.once and name not in self.fn.outputs and name not in seg.merged[name]:
                     head += self.accumulate(name, self.fn.grad_out(name), conditional=False)
         start = dict(self.state)
         sides, states = [], []
         for k, tape in enumerate(seg.sides()):
             self.state = dict(start)
             own = {s.var for s in tape.steps}
-            lines: list[str] = []
+            lines: list[str] = list(before[k])  # (a side's rows read, `function_nest.side_rows`)
             for name, values in seg.merged.items():
-                given = start.get(self.acc(name))
-                if given is None or values[k] == UNBOUND:  # None when this side ran: no gradient
+                if self.mode != "main" and name in self.once and name not in self.fn.outputs and values[k] != name:
+                    if name in values and values[k] != UNBOUND:  # the other side's own under its name: this side's
+                        lines += self.accumulate(name, self.fn.grad_out(name), conditional=False)
+                given = (self.state if name in values else start).get(self.acc(name))
+                # (None when this side ran: no gradient; the side's own value under the merged name: its own)
+                if given is None or values[k] in (UNBOUND, name):
                     continue
                 if values[k] in own and self.acc(values[k]) not in self.state:  # two merged names may hold it
                     lines.append(f"{self.acc(values[k])} = {self.acc(name)}")
@@ -318,7 +322,8 @@ class BackwardWriter:
             lines += self.straight(Straight(tape), where=f"{at} {('then', 'else')[k]}")
             self.side = None
             sides.append(lines)
-            states.append({g: st for g, st in self.state.items() if g.removeprefix("grad_") not in own})
+            renamed = {m for m, values in seg.merged.items() if m in values}  # a side's own (`step_choices`)
+            states.append({g: st for g, st in self.state.items() if g.removeprefix("grad_") not in own | renamed})
         self.state = {}
         for g in dict.fromkeys([*states[0], *states[1]]):
             then, orelse = states[0].get(g), states[1].get(g)

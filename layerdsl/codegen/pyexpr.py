@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import PRECEDENCE
-from layerdsl.language.ops import CALLABLE, OPS
+from layerdsl.language.ops import CALLABLE, OPS, Op, filled
 from layerdsl.language.tables import CONSTANTS
-from layerdsl.semantics.evaluate import written_as_math
+from layerdsl.semantics.evaluate import OPERATOR_ROWS, written_as_math, written_plainly
 
 # Python's binding strengths: the spec language's, plus the bitwise operators only generated code writes.
 PREC = {**PRECEDENCE, "|": 5, "&": 7}
@@ -85,7 +85,7 @@ def _numbers(args: list[N.Expr]) -> bool:
 @functools.cache
 def _template_precedence(template: str) -> int:
     """How strongly the Python form `template` ({param} fields) binds: a conditional's 0, or an atom's."""
-    form = ast.parse(re.sub(r"\{(\w+)\}", r"\1", template), mode="eval").body
+    form = ast.parse(re.sub(r"\{(\w+)\^?\}", r"\1", template), mode="eval").body
     if isinstance(form, ast.IfExp):
         return 0
     assert isinstance(form, ast.Call | ast.Name | ast.Attribute | ast.Subscript), f"a template's form: {template}"
@@ -121,6 +121,10 @@ class PyExpr:
                 return f"{self.wrap(a, 1)} if {self.wrap(c, 1)} else {self.wrap(b, 0)}", 0
             case N.Name():
                 return self.sp.name(e), PREC["atom"]
+            case N.BinOp(op=op, left=l, right=r) if not written_plainly(e):  # torch's inf and nan on numbers
+                template = OPERATOR_ROWS[op].scalar_template
+                assert template is not None
+                return self.filled(template, [l, r], OPERATOR_ROWS[op]), _template_precedence(template)
             case N.BinOp(op=op, left=l, right=r):
                 p = PREC[op]
                 if op == "**":
@@ -193,10 +197,19 @@ class PyExpr:
         """A call on numbers that its row writes by a `scalar_template`, with the binding strength of that
         form (a conditional's); None for any other call."""
         op = None if c.sub else CALLABLE.get(c.func) or OPS.get(c.func)
-        if op is None or op.scalar_template is None or c.kind == "tensor" or c.kwargs or written_as_math(c):
+        if op is None or op.scalar_template is None or op.operator or c.kind == "tensor" or c.kwargs:
             return None
-        fields = {p.name: self.wrap(a, PREC["compare"] + 1) for p, a in zip(op.params, c.args)}
-        return op.scalar_template.format(**fields), _template_precedence(op.scalar_template)
+        if written_as_math(c):
+            return None
+        return self.filled(op.scalar_template, c.args, op), _template_precedence(op.scalar_template)
+
+    def filled(self, template: str, args: list[N.Expr], op: Op) -> str:
+        """A `scalar_template` with its operands: `{name}` as a comparison's or a call's, `{name^}` as an
+        arithmetic operator's (parenthesized unless an atom)."""
+        operands = {p.name: a for p, a in zip(op.params, args)}
+        return filled(
+            template, lambda name, tight: self.wrap(operands[name], PREC["atom"] if tight else PREC["compare"] + 1)
+        )
 
     def call(self, c: N.Call) -> str:
         if self.call_hook is not None:

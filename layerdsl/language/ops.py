@@ -20,6 +20,8 @@ Shape rules: "elementwise" (broadcasts its tensor inputs), "reduce" (drops or ke
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -172,6 +174,27 @@ def _domain(spelling: str, test: str, outside: str = "math.nan") -> str:
 _EXP_OVERFLOWS = "math.inf if {input} > 709.782712893384 else "
 _FINITE = "math.isfinite({input})"
 
+# The operators' number spellings (a field `{name^}` is an operand an arithmetic operator holds: parenthesized
+# unless an atom): by a zero, `/` and `//` give a float64 tensor's ±inf (nan for 0 or nan divided), `%` nan;
+# `**` gives nan where Python's is complex (a negative base, a finite exponent not an integer), ±inf where
+# Python raises (a zero base and a negative exponent, a result past the largest float)
+_BY_ZERO = "{{input^}} {op} {{other^}} if {{other}} else {zero}"
+_INF_BY_ZERO = "{input^} * math.copysign(math.inf, {other})"
+_POWER = (
+    "math.nan if {input} < 0 and math.isfinite({input}) and math.isfinite({exponent}) and {exponent^} % 1"
+    " else {input^} ** {exponent^} if {input} == 0 and not {exponent} < 0"
+    " or {input} != 0 and not {exponent^} * math.log(abs({input})) > 709.782712893384"
+    " else math.copysign(math.inf, {input}) if {exponent^} % 2 == 1 else math.inf"
+)
+# torch.maximum and torch.minimum give nan where either operand is (Python's max and min, the first operand)
+_NAN_PASSES = "{spelling}({{input}}, {{other}}) if {{input}} == {{input}} and {{other}} == {{other}} else math.nan"
+
+
+def filled(template: str, field: Callable[[str, bool], str]) -> str:
+    """A `scalar_template` with each `{name}` and `{name^}` replaced by `field(name, tight)` (tight for `^`:
+    an operand of an arithmetic operator, where `{name}` is one of a comparison or a call)."""
+    return re.sub(r"\{(\w+)(\^?)\}", lambda m: field(m.group(1), bool(m.group(2))), template)
+
 
 def _reduction(name, torch, doc, grad, extra="", cost="costly", dim_default="none"):
     sig = f"input*, dim = {dim_default}, keepdim = false" + (f", {extra}" if extra else "")
@@ -229,6 +252,7 @@ TABLE: tuple[Op, ...] = (
         {"input": "grad / other", "other": "-grad * input / other ** 2"},
         operator="/",
         inplace="div_",
+        scalar_template=_BY_ZERO.format(op="/", zero=_INF_BY_ZERO),
     ),
     Op(
         "floordiv",
@@ -238,6 +262,7 @@ TABLE: tuple[Op, ...] = (
         "a // b",
         {"input": None, "other": None},
         operator="//",
+        scalar_template=_BY_ZERO.format(op="//", zero=_INF_BY_ZERO),
     ),
     Op(
         "mod",
@@ -247,6 +272,7 @@ TABLE: tuple[Op, ...] = (
         "a % b",
         {"input": "grad", "other": None},
         operator="%",
+        scalar_template=_BY_ZERO.format(op="%", zero="math.nan"),
     ),
     Op("neg", _sig("input*"), "torch.neg", "elementwise", "-a", {"input": "-grad"}, operator="neg", inplace="neg_"),
     Op(
@@ -265,6 +291,7 @@ TABLE: tuple[Op, ...] = (
         },
         operator="**",
         inplace="pow_",
+        scalar_template=_POWER,
     ),
     Op(
         "matmul",
@@ -396,6 +423,7 @@ TABLE: tuple[Op, ...] = (
         },
         scalar="max",
         tensors_only=True,
+        scalar_template=_NAN_PASSES.format(spelling="max"),
     ),
     Op(
         "minimum",
@@ -409,6 +437,7 @@ TABLE: tuple[Op, ...] = (
         },
         scalar="min",
         tensors_only=True,
+        scalar_template=_NAN_PASSES.format(spelling="min"),
     ),
     # -- reductions
     _reduction("sum", "torch.sum", "sum over dim (all dims by default)", _EXPAND),

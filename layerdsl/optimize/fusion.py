@@ -14,7 +14,7 @@ from layerdsl.ir.visit import clone, map_children, walk
 from layerdsl.language.ops import OPS, shape_args
 from layerdsl.optimize.operations import COMPLEX, dtype_sources, is_product
 from layerdsl.optimize.scales import LINEAR
-from layerdsl.optimize.statements import Facts, Shapes, Stmt, reads, use_counts
+from layerdsl.optimize.statements import Facts, Shapes, Stmt, reads, rewritten_children, touches, use_counts
 
 # ------------------------------------------------------------------ folding
 
@@ -28,7 +28,8 @@ def fold(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
     pending: dict[str, N.Expr] = {}
     out = []
     for s in stmts:
-        s.expr = substitute(s.expr, pending)
+        if touches(s.expr, pending):  # else substituting would only copy it
+            s.expr = substitute(s.expr, pending)
         if s.recompute and uses.get(s.target) == 1 and s.target in facts.foldable:
             pending[s.target] = s.expr
             continue
@@ -53,8 +54,10 @@ def aliases_dropped(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
     rename: dict[str, N.Expr] = {}
     out = []
     for s in stmts:
-        s.expr = _renamed(s.expr, rename)
-        s.otherwise = None if s.otherwise is None else _renamed(s.otherwise, rename)
+        if touches(s.expr, rename):  # else renaming would only copy it
+            s.expr = _renamed(s.expr, rename)
+        if s.otherwise is not None and touches(s.otherwise, rename):
+            s.otherwise = _renamed(s.otherwise, rename)
         e = s.expr
         if isinstance(e, N.Name) and not s.guard and s.target not in facts.kept and targets.count(s.target) == 1:
             if e.id not in facts.exact and targets.count(e.id) <= 1 and s.target not in _shape_names(stmts):
@@ -83,7 +86,8 @@ def narrow_expansions(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
     shapes = Shapes(facts)
     narrow: dict[str, N.Expr] = {}  # a statement binding an expanded gradient -> its reduced view
     for s in stmts:
-        s.expr = _narrow(s.expr, narrow, shapes)
+        if touches(s.expr, narrow, ("expand_reduced",)):  # else narrowing would only copy it
+            s.expr = _narrow(s.expr, narrow, shapes)
         if isinstance(s.expr, N.Call) and s.expr.func == "expand_reduced" and not s.guard:
             narrow[s.target] = _reduced_view(s.expr, shapes)
         shapes.learn(s)
@@ -135,7 +139,8 @@ def explicit_sums(stmts: list[Stmt], facts: Facts) -> None:
     work out the dims at run time, which costs about 1 µs a call at small shapes."""
     shapes = Shapes(facts)
     for s in stmts:
-        s.expr = _explicit_sum(s.expr, shapes)
+        if touches(s.expr, funcs=("sum_to",)):  # else it would only be copied
+            s.expr = _explicit_sum(s.expr, shapes)
         shapes.learn(s)
 
 
@@ -216,7 +221,7 @@ def addcmul_form(e: N.Expr) -> N.Expr:
     """`p + q * r` as `addcmul(p, q, r)`: one pass instead of two."""
     if isinstance(e, N.Call) and e.func == "extremum_mask":
         return e  # its input must round as the forward did: it is compared with the saved extremum
-    e = map_children(e, addcmul_form)
+    e = rewritten_children(e, addcmul_form)
     if isinstance(e, N.BinOp) and e.op == "+" and e.kind == "tensor":
         for p, prod in ((e.left, e.right), (e.right, e.left)):
             if is_product(prod) and p.kind == "tensor":

@@ -24,7 +24,7 @@ from layerdsl.optimize.operations import (
     result_saved,
     row,
 )
-from layerdsl.optimize.statements import Facts, Shapes, Stmt, last_reads, names
+from layerdsl.optimize.statements import Facts, MemoShapes, Stmt, last_reads, names, rewritten_children
 from layerdsl.semantics.shapes import Shape
 
 
@@ -65,14 +65,16 @@ class _InPlaceRewriter:
     def __init__(self, stmts: list[Stmt], facts: Facts):
         self.stmts = stmts
         self.facts = facts
-        self.shapes = Shapes(facts)
+        self.shapes = MemoShapes(facts)
         self.roots: dict[str, frozenset[str]] = dict(facts.roots)
+        self.roots_memo: dict[int, tuple] = {}  # each node's dtype sources, for the current statement
         self.fresh: set[str] = set()
         self.updated: set[str] = set()
         self.last_use = last_reads(stmts)
         self.k = 0
         # The statements before the current one that read each name (only they can keep its value), and
-        # how often the current one reads each (rewriting copies nodes: `s.expr` stays as it was).
+        # how often the current one reads each (rewriting copies the nodes it changes: `s.expr` stays as
+        # it was).
         self.readers: dict[str, list[Stmt]] = {}
         self.counts: Counter[str] | None = None
 
@@ -80,6 +82,7 @@ class _InPlaceRewriter:
         for k, s in enumerate(self.stmts):
             self.k = k
             self.counts = None
+            self.roots_memo.clear()  # the roots of the names bound so far changed
             s.expr = self.rewrite(s.expr, s)
             for name in dict.fromkeys(names(s.expr)):
                 self.readers.setdefault(name, []).append(s)
@@ -104,7 +107,7 @@ class _InPlaceRewriter:
     def rewrite(self, e: N.Expr, stmt: Stmt) -> N.Expr:
         if isinstance(e, N.Call) and e.func == "extremum_mask":
             return e  # its Python reads the input twice (`mask / mask.sum(...)`): an update there would run twice
-        e = map_children(e, lambda c: self.rewrite(c, stmt))
+        e = rewritten_children(e, lambda c: self.rewrite(c, stmt))
         op = row(e)
         if isinstance(e, N.InPlace) or op is None or op.inplace is None or isinstance(e, N.Call) and e.kwargs:
             return e
@@ -178,7 +181,7 @@ class _InPlaceRewriter:
         return have is not None and want is not None and have != want
 
     def roots_of(self, e) -> frozenset[str]:
-        return dtype_sources(e, self.roots)
+        return dtype_sources(e, self.roots, self.roots_memo)
 
     def guaranteed_roots(self, s: Stmt) -> frozenset[str]:
         """The roots of `s.target` whether or not its optional member is present."""

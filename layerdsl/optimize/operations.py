@@ -127,10 +127,14 @@ def fresh_node(e) -> bool:
 COMPLEX = "<complex>"  # a dtype source: the value is complex (a Fourier transform's)
 
 
-def dtype_sources(e, known: dict[str, frozenset[str]]) -> frozenset[str]:
+def dtype_sources(e, known: dict[str, frozenset[str]], memo: dict[int, tuple] | None = None) -> frozenset[str]:
     """The tensors a backward starts from whose dtypes `e`'s dtype is promoted from (`known` expands names
     bound on the way). Comparisons, `where`'s condition and arguments read only for their shape add
-    nothing; `extremum_mask` (a count ratio) has torch's default dtype, which nothing dominates."""
+    nothing; `extremum_mask` (a count ratio) has torch's default dtype, which nothing dominates. `memo`,
+    when given, keeps each sub-expression's sources by node identity (valid while `known` and the nodes
+    stay as they are: `optimize.inplace` keeps one per statement)."""
+    if memo is not None and (hit := memo.get(id(e))) is not None:
+        return hit[1]
     out: set[str] = set()
 
     def go(n):
@@ -141,19 +145,26 @@ def dtype_sources(e, known: dict[str, frozenset[str]]) -> frozenset[str]:
         elif isinstance(n, N.Call) and n.func == "extremum_mask":
             out.add("<default dtype>")
         elif isinstance(n, N.Call) and n.func in ("real", "irfft"):  # complex in, real out
-            out.update(dtype_sources(n.args[0], known) - {COMPLEX})
+            out.update(dtype_sources(n.args[0], known, memo) - {COMPLEX})
         elif isinstance(n, N.Call) and n.func in ("fft", "ifft", "rfft"):  # a complex result: nothing real dominates it
-            out.update(dtype_sources(n.args[0], known) | {COMPLEX})
+            out.update(dtype_sources(n.args[0], known, memo) | {COMPLEX})
         elif isinstance(n, N.Call):
             skip = shape_args(n) or ((0,) if n.func == "where" else ())  # where's condition is a mask
             for i, a in enumerate(n.args):
                 if i not in skip:
-                    go(a)
+                    sub(a)
             for k in n.kwargs:
-                go(k.value)
+                sub(k.value)
         else:
             for c in children(n):
-                go(c)
+                sub(c)
 
+    def memoised(n) -> None:
+        out.update(dtype_sources(n, known, memo))
+
+    sub = go if memo is None else memoised
     go(e)
-    return frozenset(out)
+    result = frozenset(out)
+    if memo is not None:
+        memo[id(e)] = (e, result)  # the node kept alive: its id is not reused meanwhile
+    return result

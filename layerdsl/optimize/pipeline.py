@@ -72,10 +72,18 @@ def scheduled(stmts: list[Stmt], facts: Facts, prefer: int = 0) -> tuple[list[St
         stmts = aliases_dropped(common_factors(stmts, facts), facts)
     # Sums first lets a temporary's last full-size reader update it; keeping the derivation's order can
     # instead let a reader that autograd does not record update it (without a graph).
-    schedules = [_fused_in_place(s, facts) for s in (reductions_early(stmts), clone(stmts))]
+    early = reductions_early(stmts)
+    if _same_order(early, stmts):  # both schedules would be the same statements: finish one, cost equal
+        return _fused_in_place(early, facts), prefer if prefer in (0, 1) else 0
+    schedules = [_fused_in_place(s, facts) for s in (early, clone(stmts))]
     cost = [fresh_buffers(s, facts) for s in schedules]
     best = min(range(len(schedules)), key=lambda k: (cost[k], k != prefer, k))
     return schedules[best], best
+
+
+def _same_order(a: list[Stmt], b: list[Stmt]) -> bool:
+    """Whether two orders of the same statements are one."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
 def _fused_in_place(stmts: list[Stmt], facts: Facts) -> list[Stmt]:

@@ -3,11 +3,13 @@ and shapes they read."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
+from typing import Any
 
 from layerdsl.diagnostics import Span
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import walk
+from layerdsl.ir.visit import children, map_children, walk
 from layerdsl.semantics.shapes import Shape, expr_shape
 
 
@@ -51,6 +53,24 @@ def names(e: N.Expr) -> list[str]:
     return [n.id for n in walk(e) if isinstance(n, N.Name)]
 
 
+def touches(e: N.Expr, names: Container[str] = (), funcs: Container[str] = ()) -> bool:
+    """Whether `e` reads one of `names` or calls one of `funcs`: a pass that rewrites only those leaves
+    the other statements as they are, uncopied."""
+    return any(isinstance(n, N.Name) and n.id in names or isinstance(n, N.Call) and n.func in funcs for n in walk(e))
+
+
+def rewritten_children(e: N.Expr, fn: Callable[[Any], Any]) -> N.Expr:
+    """`map_children(e, fn)`, but `e` itself when `fn` changes no child: a pass copies only the nodes on the
+    way to what it rewrites (a statement's nodes belong to it alone, so nothing else sees them shared).
+    `fn` runs on each child once, in the order `map_children` runs it."""
+    kids = children(e)
+    new = [fn(c) for c in kids]
+    if all(a is b for a, b in zip(kids, new, strict=True)):
+        return e
+    replaced = iter(new)
+    return map_children(e, lambda _: next(replaced))
+
+
 def reads(s: Stmt) -> list[str]:
     """Every name statement `s` reads, its guard and its value without the member included."""
     return names(s.expr) + ([s.guard] if s.guard else []) + (names(s.otherwise) if s.otherwise else [])
@@ -84,3 +104,28 @@ class Shapes:
     def learn(self, s: Stmt) -> None:
         shape = self.of(s.expr)
         self.env[s.target] = shape if shape is not None else self.facts.shapes.get(s.target)
+
+
+class MemoShapes(Shapes):
+    """`Shapes` that computes each node's shape once between two `learn`s (by node identity), for the passes
+    that ask for the shapes of an expression and of its parts while leaving the nodes as they are
+    (`inplace`, `schedule.fresh_buffers`): a statement's shapes cost as many steps as it has nodes, not
+    as many as its nodes have descendants. `computed` counts the shapes computed (a test bounds it)."""
+
+    def __init__(self, facts: Facts):
+        super().__init__(facts)
+        self.memo: dict[int, tuple[N.Expr, Shape]] = {}
+        self.computed = 0
+
+    def of(self, e: N.Expr) -> Shape:
+        hit = self.memo.get(id(e))
+        if hit is not None:
+            return hit[1]
+        self.computed += 1
+        shape = expr_shape(e, self.env, self.of)
+        self.memo[id(e)] = (e, shape)  # the node kept alive: its id is not reused meanwhile
+        return shape
+
+    def learn(self, s: Stmt) -> None:
+        super().learn(s)
+        self.memo.clear()  # a name's shape may have changed (or become known)

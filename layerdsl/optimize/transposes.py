@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import map_children
-from layerdsl.optimize.statements import Facts, Shapes, Stmt, use_counts
+from layerdsl.optimize.statements import Facts, Shapes, Stmt, rewritten_children, touches, use_counts
 
 
 def transposes_cancelled(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
@@ -23,7 +22,8 @@ def transposes_cancelled(stmts: list[Stmt], facts: Facts) -> list[Stmt]:
     bound: dict[str, Stmt] = {}
     merged: set[int] = set()
     for s in stmts:
-        s.expr = _cancelled(s.expr, shapes)
+        if touches(s.expr, funcs=("transpose",)):  # else cancelling would only copy it
+            s.expr = _cancelled(s.expr, shapes)
         src = _transposed_product(s.expr, bound, uses, facts, shapes)
         if src is not None and not s.guard:
             product = src.expr
@@ -77,7 +77,7 @@ def _int(e: N.Expr) -> int | None:
 
 
 def _cancelled(e: N.Expr, shapes: Shapes) -> N.Expr:
-    e = map_children(e, lambda c: _cancelled(c, shapes))
+    e = rewritten_children(e, lambda c: _cancelled(c, shapes))
     outer = _dims(e)
     if outer is None:
         return e

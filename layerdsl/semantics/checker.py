@@ -1968,7 +1968,9 @@ class LayerChecker:
                 "apply it to a tensor input or parameter",
             )
             return Kind.TENSOR
-        if op.scalar.startswith("math.") and op.name not in ("floor", "ceil"):
+        if op.name in ("floor", "ceil"):  # math.floor's int, as docs/language.md states (inf and nan kept)
+            return Kind.INT
+        if op.scalar.startswith("math."):
             return Kind.FLOAT
         return _promote(kinds[0], kinds[1], "+") if len(kinds) > 1 else (kinds[0] if kinds else Kind.FLOAT)
 

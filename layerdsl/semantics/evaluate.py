@@ -18,7 +18,8 @@ from typing import Any
 
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
-from layerdsl.language.ops import CALLABLE
+from layerdsl.ir.visit import walk
+from layerdsl.language.ops import CALLABLE, OPS, filled
 from layerdsl.language.tables import CONSTANTS
 
 
@@ -54,6 +55,8 @@ def evaluate(expr: N.Expr, env: Mapping[str, Any]) -> Any:
         case N.BoolOp(op="or", left=l, right=r):
             return evaluate(l, env) or evaluate(r, env)
         case N.BinOp(op=op, left=l, right=r) if op in _BINARY:
+            if op in OPERATOR_ROWS and not written_plainly(expr):
+                return _number_function(OPERATOR_ROWS[op].name)(evaluate(l, env), evaluate(r, env))
             try:
                 return _bounded(_BINARY[op](evaluate(l, env), evaluate(r, env)))
             except ZeroDivisionError:
@@ -137,6 +140,8 @@ def written_as_math(call: N.Call) -> bool:
     `math` spelling: where the operand is in that function's domain whatever values the arguments take (a
     constant this computes; an int is a count or a size, never negative), as torch's own modules write
     `1 / math.sqrt(fan_in)`. Elsewhere the template gives torch's nan and inf where `math` raises."""
+    if call.func in ("maximum", "minimum"):  # Python's max and min, where no operand can be nan
+        return all(_never_nan(a) for a in call.args)
     if len(call.args) != 1 or call.func not in CALLABLE:
         return False
     operand = call.args[0]
@@ -150,6 +155,56 @@ def written_as_math(call: N.Call) -> bool:
     except (ValueError, OverflowError, TypeError):
         return False
     return True
+
+
+def written_plainly(e: N.BinOp) -> bool:
+    """Whether the generated code writes an operation on numbers by its Python operator, not its row's
+    `scalar_template` (torch's inf and nan where Python raises or gives a complex number): an operation on a
+    tensor; one on constants Python computes; `//` and `%` of ints (torch's integer division by zero raises
+    too); `/`, `//` and `%` by a count, and `**` of a count (`count`): a zero count there raises Python's
+    ZeroDivisionError, as a negative one under `sqrt` raises math's error."""
+    if e.op not in OPERATOR_ROWS or e.kind not in (N.Kind.INT, N.Kind.FLOAT):
+        return True
+    try:
+        value = _BINARY[e.op](evaluate(e.left, {}), evaluate(e.right, {}))
+    except (NotConstant, ArithmeticError, TypeError, ValueError):
+        pass
+    else:
+        return not isinstance(value, complex)
+    if e.op in ("//", "%") and e.left.kind == N.Kind.INT and e.right.kind == N.Kind.INT:
+        return True
+    return count(e.left if e.op == "**" else e.right)
+
+
+def count(e: N.Expr) -> bool:
+    """Whether `e` is a count or a size (an int: never negative), a number > 0, or what `sqrt`, `abs`, `+`,
+    `*`, `/` and `**` make of those: a number that is zero only where a count is."""
+    match e:
+        case N.Num(value=v):
+            return v > 0
+        case N.Name(id=i) if i in CONSTANTS and e.ref in (N.Ref.CONST, N.Ref.UNRESOLVED):
+            return True
+        case N.BinOp(op="+" | "*" | "/" | "**", left=l, right=r):
+            return count(l) and count(r)
+        case N.Call(func="sqrt" | "abs" | "floor" | "ceil", args=[a]):  # floor of a float: an int, not a count
+            return count(a)
+    return e.kind == N.Kind.INT
+
+
+def may_raise(e: N.Expr) -> bool:
+    """Whether the Python form of a number expression may raise for some values of the arguments (a zero
+    count dividing, math's error at a negative count): where it divides, takes a power or calls an operation.
+    Sums, differences, products, comparisons and conditionals of numbers never raise."""
+    return any(isinstance(n, N.Call) or isinstance(n, N.BinOp) and n.op in OPERATOR_ROWS for n in walk(e))
+
+
+def _never_nan(e: N.Expr) -> bool:
+    """Whether `e` is never nan: an int, a number that is not, `_finite`'s."""
+    try:
+        value = evaluate(e, {})
+    except (NotConstant, ArithmeticError, TypeError, ValueError):
+        return e.kind == N.Kind.INT or _finite(e)
+    return value == value
 
 
 def _nonnegative(e: N.Expr) -> bool:
@@ -207,10 +262,10 @@ def _math_function(name: str) -> Callable[..., Any]:
 def _number_function(name: str) -> Callable[..., Any]:
     """Operation `name` on numbers by its row's `scalar_template`, the Python form the generated code writes
     (from the constant operation table), made a function once."""
-    op = CALLABLE[name]
+    op = OPS[name]
     assert op.scalar_template is not None, "an operation with a template"
     params = [p.name for p in op.params]
-    form = op.scalar_template.format(**{p: p for p in params})
+    form = filled(op.scalar_template, lambda name, tight: name)
     function: Callable[..., Any] = eval(f"lambda {', '.join(params)}: {form}", {"math": math, **_BUILTINS})
     return function
 
@@ -246,6 +301,9 @@ _BINARY: dict[str, Callable[[Any, Any], Any]] = {
     "**": _power,
 }
 
+
+# the operators whose operations on numbers have a `scalar_template`: their rows
+OPERATOR_ROWS = {op.operator: op for op in OPS.values() if op.operator and op.scalar_template is not None}
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "==": operator.eq,

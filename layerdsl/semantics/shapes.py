@@ -1105,12 +1105,13 @@ def _at_most(bound: Poly, dim: Dim) -> bool:
     return head in (dim, f"({dim})") and divisor.isdigit() and int(divisor) >= 1
 
 
-def expr_shape(e: N.Expr, env: Mapping[str, Shape]) -> Shape:
+def expr_shape(e: N.Expr, env: Mapping[str, Shape], sub: Callable[[N.Expr], Shape] | None = None) -> Shape:
     """The shape of IR expression `e`, given the shapes of the tensors it names (a name missing from `env`
-    has an unknown shape). Numbers have the shape `()`."""
+    has an unknown shape). Numbers have the shape `()`. `sub`, when given, gives the shapes of `e`'s
+    sub-expressions (a memo of them: `optimize.statements.MemoShapes`)."""
 
     def shape_of(x: N.Expr) -> Shape:
-        return expr_shape(x, env)
+        return expr_shape(x, env) if sub is None else sub(x)
 
     if e.kind in ("int", "float", "bool"):
         return ()
