@@ -429,7 +429,7 @@ def _loop_plan(
         raise NotDerivable(
             update.span,
             "a forward that keeps a loop updates a buffer under @function between its loops and in the bodies of"
-            " loops holding no loop only, outside the `if`s of those bodies and the `if`s taken on their own"
+            " loops holding no loop nor an `if` chosen per step only, outside the `if`s of those bodies and the `if`s taken on their own"
             " (not derived yet)",
             "update the buffer after the inner loop, from what it computes, or drop @function",
         )
