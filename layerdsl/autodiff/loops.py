@@ -31,6 +31,14 @@ from typing import Union
 from layerdsl.autodiff import loop_buffers, nest, step_choices
 from layerdsl.autodiff.loop_choices import chosen_side, self_decided
 from layerdsl.autodiff.loop_ints import NumberNames, check_loop_numbers
+from layerdsl.autodiff.loop_lists import (
+    alike,
+    item_read,
+    nonnegative_int,
+    refuse_items_in_loop,
+    uneven_steps,
+    unit_slices,
+)
 from layerdsl.autodiff.loop_members import without_members
 from layerdsl.autodiff.loop_split import split_loops, unsplit_reason
 from layerdsl.autodiff.reverse import derive
@@ -104,6 +112,8 @@ class Loop:
     # a list appended to by loops in a row (a loop split where its `if`s turn, `loop_split`), one Python list:
     # list local -> the bounds of the loops before this one that append to it (its items come after theirs)
     before: dict[str, list[list[N.Expr]]] = field(default_factory=dict)
+    # list local -> the items a step appends to it, of each loop of `before` (1 but for `more`)
+    before_per: dict[str, list[int]] = field(default_factory=dict)
     continued: set[str] = field(default_factory=set)  # the lists a later loop appends to after this one
     later_joins: list[Join] = field(default_factory=list)  # joins after a later loop of the lists it continues
     # buffer -> the carried name holding its value (`update b = ...` in the body, `loop_buffers`): after the
@@ -385,7 +395,7 @@ class Planner:
         self.alias: dict[str, str] = {}  # spec local -> the value name holding it now
         self.lists: set[str] = set()
         self.loops: dict[str, Loop | nest.Nest] = {}  # list local -> the loop appending to it
-        self.collecting: dict[str, list[Loop]] = {}  # list local -> the loops in a row appending to it
+        self.collecting: dict[str, list[Loop | nest.Nest]] = {}  # list local -> the loops in a row appending to it
         # the loop variables and lists are Python names of the Function too
         self.taken: set[str] = reserved_names(layer)
         self.taken |= {s.var for s in walk_stmts(self.forward.body) if isinstance(s, N.For)}
@@ -510,7 +520,7 @@ class Planner:
         """`stmt` with `stack(L, dim = d)` / `cat(L, dim = d)` of a loop's list as the value they join."""
 
         def go(e):
-            e = map_children(e, go)
+            e = map_children(item_read(e, set(self.loops), self.item_shapes, self.heads_read), go)
             if isinstance(e, N.Call) and e.func in ("stack", "cat") and e.args:
                 listed = e.args[0]
                 if isinstance(listed, N.Name) and listed.id in self.heads and listed.id not in self.loops:
@@ -520,7 +530,7 @@ class Planner:
                     dim = e.args[1] if len(e.args) > 1 else next((k.value for k in e.kwargs if k.name == "dim"), None)
                     heads = self.loops[listed.id].heads.get(listed.id, [])
                     owner = self.loops[listed.id]
-                    several = listed.id in owner.more or isinstance(owner, Loop) and listed.id in owner.before
+                    several = listed.id in owner.more or listed.id in owner.before
                     if (heads or several) and e.func == "cat":
                         return self.cat_of_steps(e, listed, dim or B.num(0), heads)
                     join = Join(self.fresh(f"{e.func}ed_{listed.id}"), e.func, dim or B.num(0), listed.id, heads)
@@ -529,13 +539,28 @@ class Planner:
 
         return go(stmt)
 
+    def heads_read(self, name: str) -> list[str]:
+        """The values appended to the list `name` before its loops, read by their own names."""
+        heads = self.loops[name].heads.get(name, [])
+        self.alias.update({h: h for h in heads})
+        return heads
+
+    def item_shapes(self, name: str) -> list[Shape]:
+        """The shapes of every item the list `name` may hold after its loops: appended before them, and each
+        step's of each loop in a row appending to it (`loop_lists.item_read`)."""
+        owner = self.loops[name]
+        items: list[N.Expr] = [B.name(h) for h in owner.heads.get(name, [])]
+        for loop in self.collecting.get(name) or [owner]:
+            items += [loop.appended[name], *loop.more.get(name, [])]
+        return [self.shapes.get(v.id) if isinstance(v, N.Name) else None for v in items]
+
     def join_name(self, join: Join, span: Span) -> N.Name:
         """`join` recorded on its loop, as the name of the value it is."""
         self.loops[join.items].joins.append(join)
         collecting = self.collecting.get(join.items, [])
         for earlier in collecting[:-1] if collecting and collecting[-1] is self.loops[join.items] else []:
             earlier.later_joins.append(join)  # theirs are its first items
-            join.earlier.append(earlier.appended[join.items])
+            join.earlier += [earlier.appended[join.items], *earlier.more.get(join.items, [])]
         self.shapes[join.name] = _joined_shape(join, self.loops[join.items], self.shapes)
         self.requires.add(join.name)
         self.alias[join.name] = join.name
@@ -548,6 +573,9 @@ class Planner:
         heads' is the cat's own."""
         loop, d = self.loops[listed.id], _int_value(dim)
         why = _not_stacked(loop, listed.id, self.shapes) or (None if d is not None else "its dim is not a number")
+        why = why or uneven_steps(self.collecting.get(listed.id, []), listed.id, self.shapes)
+        if why is not None and d is not None and alike(self.item_shapes(listed.id)):
+            return self.cat_as_stack(e, listed, d, heads)  # every item of one shape (`loop_lists.alike`)
         if why is not None or d is None:
             raise NotDerivable(
                 e.span,
@@ -566,6 +594,16 @@ class Planner:
             return steps
         self.alias.update({h: h for h in heads})
         return _cat([*_items(heads, listed).items, steps], dim, e)
+
+    def cat_as_stack(self, e: N.Call, listed: N.Name, d: int, heads: list[str]) -> N.Expr:
+        """`cat(L, dim = d)` of a list whose items all have one shape, as `flatten(stack(L, dim = d), d, d + 1)`
+        (`d - 1` and `d` for a d < 0): a stack's join, whose gradient each loop appending to L cuts its
+        items' of (however many a step, a loop holding a loop among them)."""
+        at = d if d >= 0 else d - 1
+        self.alias.update({h: h for h in heads})
+        join = Join(self.fresh(f"stacked_{listed.id}"), "stack", B.num(at), listed.id, heads)
+        stacked = self.join_name(join, e.span)
+        return B.call("flatten", stacked, B.num(at), B.num(at + 1), span=e.span)
 
     # ---------------------------------------------------------------- `if`s on configuration values
 
@@ -697,7 +735,8 @@ class Planner:
         carried = {local: self.fresh(local) for local in self.alias if local in assigned}
         buffers = {b: self.fresh(b) for b in loop_buffers.updated_in_body(stmt)}  # carried too (`loop_buffers`)
         env = dict(self.alias) | carried
-        lin = self.linearizer(stmt.body, env, loop_var=stmt.var)
+        refuse_items_in_loop(stmt, set(self.loops))  # `outs[-1]` of an earlier loop's list (`loop_lists`)
+        lin = self.linearizer(self.unit_sliced(stmt), env, loop_var=stmt.var)
         lin.lists = {name: [] for name in self.lists}
         lin.updates |= buffers  # a step reads the value the step before left
         tape, next_values = loop_buffers.carried_buffers(lin.run(), buffers, self.fresh)
@@ -766,20 +805,21 @@ class Planner:
             self.alias[local] = c  # after the loop, the carried name holds the last step's value
         return [hoisted, loop] if hoisted is not None else [loop]
 
-    def continue_list(self, loop: Loop, name: str) -> None:
-        """`loop` appending to the list `name` after an earlier loop did: the same list, its items after the
-        earlier loops' (the heads first); NotDerivable where a loop holding a loop or several items a step
-        make the steps' places in it unknown."""
+    def unit_sliced(self, stmt: N.For) -> list[N.Stmt]:
+        """`stmt`'s body with `x[t:t + 1]` over the loop's count as `unsqueeze(x[t], 0)` (`loop_lists`)."""
+        return unit_slices(
+            stmt,
+            lambda name: self.shapes.get(self.alias.get(name, name)),
+            lambda e: nonnegative_int(e, self.forward.body),
+        )
+
+    def continue_list(self, loop: Loop | nest.Nest, name: str) -> None:
+        """`loop` appending to the list `name` after an earlier loop did (either may hold a loop): the same
+        list, its items after the earlier loops' (the heads first), each loop's items a step recorded."""
         earlier = self.loops[name]
-        if isinstance(earlier, nest.Nest) or name in earlier.more or name in loop.more:
-            raise NotDerivable(
-                loop.span,
-                f"a derived backward collects '{name}' over loops in a row (as written, or one loop split where"
-                " its `if`s on its variable turn) only when each appends one item a step and holds no loop",
-                "append one item a step (cat a step's items into one), or drop @function",
-            )
         loop.heads[name] = list(earlier.heads.get(name, []))
         loop.before[name] = [*earlier.before.get(name, []), list(earlier.bounds)]
+        loop.before_per[name] = [*earlier.before_per.get(name, []), 1 + len(earlier.more.get(name, []))]
         earlier.continued.add(name)
 
     def hoisted(self, tape: Tape, variant: set[str]) -> tuple[Straight | None, Tape]:
@@ -1007,7 +1047,7 @@ def _joined_shape(join: Join, loop: Loop | nest.Nest, shapes: dict[str, Shape]) 
         return None
     count = _count_dim(loop.bounds) or "_steps"  # `range(T)`: T items (a later loop over T picks them)
     # items before the loop's (appended before it, or by loops before it), or several per step: a count of its own
-    if join.heads or join.items in loop.more or isinstance(loop, Loop) and join.items in loop.before:
+    if join.heads or join.items in loop.more or join.items in loop.before:
         count = f"_steps_{join.name}"
     return (*shape[:at], count, *shape[at:]) if 0 <= at <= len(shape) else None
 

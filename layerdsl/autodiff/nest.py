@@ -55,6 +55,11 @@ class Nest:
     number_starts: dict[str, str] = field(default_factory=dict)
     carried_numbers: list[str] = field(default_factory=list)
     numbers_at: int = 0
+    # a list appended to by loops in a row, one of them this (`loops.Loop.before` and the fields after it)
+    before: dict[str, list[list[N.Expr]]] = field(default_factory=dict)
+    before_per: dict[str, list[int]] = field(default_factory=dict)
+    continued: set[str] = field(default_factory=set)
+    later_joins: list[Join] = field(default_factory=list)
 
     def tapes(self) -> list[Tape]:
         out: list[Tape] = []
@@ -206,8 +211,9 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
         nest.number_starts, nest.carried_numbers = numbered.starts, numbered.carried
     nest.numbers_at = numbers_before
     for name in appended:
-        if name in p.loops:
-            raise NotDerivable(stmt.span, f"a derived backward collects '{name}' in one loop", loops.HINT)
+        if name in p.loops:  # a loop before it appends to the list too: its items after that loop's
+            p.continue_list(nest, name)
+        p.collecting.setdefault(name, []).append(nest)
         p.loops[name] = nest
     return [nest]
 

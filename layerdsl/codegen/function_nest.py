@@ -331,7 +331,7 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
     lines += [f"{new} = {start}" for new, start in nest.number_starts.items()]  # as a loop of no steps leaves it
     kept = body_extra(fn, nest, per_step)
     lines += [f"{layers(fn, v)} = []" for v in kept]
-    lines += [f"{name} = [{', '.join(nest.heads.get(name, []))}]" for name in nest.appended]
+    lines += [f"{name} = [{', '.join(nest.heads.get(name, []))}]" for name in nest.appended if name not in nest.before]
     rows = side_rows(fn, nest, kept)
     body = [f"{n} = {ex(e)}" for n, e in nest.numbers]
     for seg in nest.segments:
@@ -411,7 +411,10 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
             g, zeros = w.acc(c), _last_zeros(w, nest, c)
             lines.append(f"{g} = {zeros}" if st is None else f"{g} = {zeros} if {g} is None else {g}")
             w.state[g] = "set"
-    parts: dict[str, str] = {}  # list -> the gradients of its items (its heads' first)
+    parts: dict[str, list[Join]] = {}  # list -> the joins of it whose gradients give its items' (heads' first)
+    for j in nest.later_joins:  # a later loop's join of a list this one appends to first: cut there
+        if w.state.get(w.acc(j.name)) is not None:
+            parts.setdefault(j.items, []).append(j)
     for j in nest.joins:
         if w.state.get(w.acc(j.name)) is None:
             continue
@@ -420,15 +423,16 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
             g = w.acc(j.name)
             lines.append(f"{g} = torch.zeros_like({j.name}) if {g} is None else {g}")
             w.state[g] = "set"
-        parts[j.items] = fn.name(f"grad_{j.name}_parts")
+        parts.setdefault(j.items, []).append(j)
+        cut_at = fn.name(f"grad_{j.name}_parts")
         # cat(): one part per outer step (a cat of a list with heads or several items per step is refused,
         # `loops.Planner.cat_of_steps`)
         count = f"len(range({', '.join(w.ex(b) for b in nest.bounds)}))"
         cut = f"unbind({w.ex(j.dim)})" if j.func == "stack" else f"tensor_split({count}, {w.ex(j.dim)})"
-        lines.append(f"{parts[j.items]} = {w.acc(j.name)}.{cut}")
+        lines.append(f"{cut_at} = {w.acc(j.name)}.{cut}")
         for i, head in enumerate(j.heads):
             if head in w.plan.requires:
-                lines += w.accumulate(head, f"{parts[j.items]}[{i}]", conditional=False)
+                lines += w.accumulate(head, f"{cut_at}[{i}]", conditional=False)
     # what the body accumulates into from outside it: None until a step gives it (there may be none)
     inside = nest.values()
     # a carried value whose shape a segment after the loop reads (a side of an `if` of its own): its last
@@ -478,7 +482,9 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
             at = f"{len(items)} * {step_index(fn, nest)}" if len(items) > 1 else step_index(fn, nest)
             at = f"{at} + {i + len(nest.heads.get(name, []))}" if i + len(nest.heads.get(name, [])) else at
             assert isinstance(item, N.Name)
-            body += w.accumulate(item.id, f"{parts[name]}[{at}]", conditional=False)
+            for j in parts[name]:  # after the items of the loops before it (`Nest.before`)
+                cut_at = fn.name(f"grad_{j.name}_parts")
+                body += w.accumulate(item.id, f"{cut_at}[{w.after_earlier(nest, j, at)}]", conditional=False)
     if requiring:
         body.append(" = ".join(w.acc(c) for c in requiring) + " = None")
     for c in requiring:

@@ -164,8 +164,9 @@ class BackwardWriter:
         once = {v for r in reads for v in r.once}
         leaves = [l for l in self.plan.leaves if l in once]
         outputs = [o.id for o in self.plan.outputs if isinstance(o, N.Name) and o.id in once]
-        if self.fn.recomputing:  # nothing but inputs and parameters is saved
-            return leaves
+        if self.fn.recomputing:  # nothing but inputs and parameters is saved (those read for their shape too)
+            shapes = {v for r in reads for v in r.shapes}
+            return [l for l in self.plan.leaves if l in once or l in shapes]
         extra = self.fn.extra_outputs(self.once, self.per_step)
         return leaves + outputs + [x for x in extra if x not in self.fn.shape_only]
 
@@ -374,17 +375,22 @@ class BackwardWriter:
             lines += body if cond is None else ([f"if {cond}:"] + ["    " + line for line in body] if body else [])
         return lines
 
-    def after_earlier(self, loop: Loop, j: Join, at: str) -> str:
+    def after_earlier(self, loop: Loop | Nest, j: Join, at: str) -> str:
         """Index `at` of `loop`'s items in join `j`'s parts, after those of the loops before it that append
-        to the same list (`loops.Loop.before`): their steps counted, one range where they run in a row."""
+        to the same list (`loops.Loop.before`): their items counted (each step's, `Loop.before_per`; a step's
+        one of a stack of one item of each step's), one range where they run in a row alike."""
         bounds = loop.before.get(j.items, [])
         if not bounds:
             return at
+        pers = loop.before_per.get(j.items, [1] * len(bounds)) if j.of_step is None else [1] * len(bounds)
         starts = [b[0] if len(b) == 2 else B.num(0) for b in bounds]
         stops = [b[-1] for b in bounds]
-        if all(spec_text(stop) == spec_text(start) for stop, start in zip(stops, starts[1:])):
-            bounds = [[starts[0], stops[-1]]]  # a loop split where its `if`s turn: its pieces in a row
-        counts = [f"len(range({', '.join(self.ex(b) for b in each)}))" for each in bounds]
+        if len(set(pers)) == 1 and all(spec_text(stop) == spec_text(start) for stop, start in zip(stops, starts[1:])):
+            bounds, pers = [[starts[0], stops[-1]]], pers[:1]  # a loop split where its `if`s turn: its pieces in a row
+        counts = [
+            f"{f'{per} * ' if per > 1 else ''}len(range({', '.join(self.ex(b) for b in each)}))"
+            for per, each in zip(pers, bounds)
+        ]
         return f"{at} + {' + '.join(counts)}"
 
     def loop(self, loop: Loop) -> list[str]:
@@ -443,9 +449,13 @@ class BackwardWriter:
                     lines += self.accumulate(head, f"{parts}[{i}]", conditional=False)
         for j in loop.later_joins:  # a later loop's join of a list this one appends to first: cut there
             if self.state.get(self.acc(j.name)) is not None:
-                at = f"{step_index} + {len(j.heads)}" if j.heads else step_index
                 parts = self.fn.name(f"grad_{j.name}_parts")
-                items.setdefault((j.items, 0), []).append(f"{parts}[{self.after_earlier(loop, j, at)}]")
+                per = 1 + len(loop.more.get(j.items, []))  # a step's items (`Loop.more`), or its one of a stack's
+                for i in range(per) if j.of_step is None else [j.of_step]:
+                    at = step_index if per == 1 or j.of_step is not None else f"{per} * {step_index}"
+                    at = f"{at} + {i}" if i and j.of_step is None else at
+                    at = f"{at} + {len(j.heads)}" if j.heads else at
+                    items.setdefault((j.items, i), []).append(f"{parts}[{self.after_earlier(loop, j, at)}]")
         outputs: list[tuple[N.Expr, str]] = [(B.name(loop.updates[c]), self.acc(c)) for c in requiring]
         body: list[str] = []
         for (name, i), parts_at in items.items():

@@ -1,0 +1,194 @@
+"""Lists a loop of a run-time count appends to, in the forms `loops.Planner` derives once rewritten here.
+
+- `x[t:t + 1]` in the loop's body, of a value from outside it whose dim there is the loop's count (`x: [T,
+  B, d]` in `for t in range(T)`), is `unsqueeze(x[t], 0)`: the same item, of size 1 at that dim at every
+  step, which the planner then knows (a slice bounded by the loop's variable has a size it cannot prove), so
+  what each step appends to a list is stacked step by step (`unit_slices`).
+- `L[i]` of a list after the loop appending to it, an int `i` (`outs[-1]`, `outs[0]`), is `stack(L, dim =
+  0)[i]`, when every item of the list has one known shape: a join as `stack(L)` is, whose gradient is cut
+  back into the steps' items (`item_read`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from layerdsl.autodiff.tape import NotDerivable
+from layerdsl.ir import build as B
+from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import spec_text
+from layerdsl.ir.visit import clone, map_children, names_bound, walk
+from layerdsl.semantics.shapes import GROUP, Shape, dim_text
+
+
+def unit_slices(loop: N.For, shape_of: Callable[[str], Shape], nonnegative: Callable[[N.Expr], bool]) -> list[N.Stmt]:
+    """`loop`'s body with each `x[..., t:t + 1, ...]` of a value x from outside it, whose dim there is the
+    loop's stop (`for t in range(T)`, `range(a, T)` of an `a` that `nonnegative` proves >= 0), written as
+    `unsqueeze(x[..., t, ...], k)` (k: the dims the result keeps before it). `shape_of`: a name's shape
+    before the loop (None where unknown)."""
+    it = loop.iter
+    if not (isinstance(it, N.Call) and it.func == "range" and len(it.args) in (1, 2)):
+        return loop.body
+    if len(it.args) == 2 and not nonnegative(it.args[0]):
+        return loop.body
+    stop = dim_text(it.args[-1])
+    bound = names_bound(loop.body) | {loop.var}
+
+    def go(e):
+        e = map_children(e, go)
+        if not isinstance(e, N.Subscript) or not isinstance(e.value, N.Name) or e.value.id in bound:
+            return e
+        shape = shape_of(e.value.id)
+        for p, item in enumerate(e.items):
+            if _unit(item, loop.var) and _plain_before(e.items[:p]) and shape is not None and p < len(shape):
+                if shape[p] != stop or GROUP in shape[:p]:  # counted from the front: no `...` before it
+                    continue
+                var = N.Name(item.span, loop.var)
+                var.ref = N.Ref.LOCAL
+                index = B.int_valued(var)
+                picked = N.Subscript(e.span, e.value, [*e.items[:p], index, *e.items[p + 1 :]])
+                picked.kind = e.kind
+                kept = sum(isinstance(i, N.Slice) for i in e.items[:p])
+                out = B.call("unsqueeze", picked, B.num(kept), span=e.span)
+                return out
+        return e
+
+    out = [go(s) for s in loop.body]
+    return out if any(a is not b for a, b in zip(out, loop.body)) else loop.body
+
+
+def _unit(item: N.SubscriptItem, var: str) -> bool:
+    """`t:t + 1` of the loop's variable `t`."""
+    if not isinstance(item, N.Slice) or item.step is not None or item.lower is None or item.upper is None:
+        return False
+    lower, upper = item.lower, item.upper
+    return (
+        isinstance(lower, N.Name)
+        and lower.id == var
+        and isinstance(upper, N.BinOp)
+        and upper.op == "+"
+        and isinstance(upper.left, N.Name)
+        and upper.left.id == var
+        and isinstance(upper.right, N.Num)
+        and upper.right.value == 1
+    )
+
+
+def _plain_before(items: list[N.SubscriptItem]) -> bool:
+    """Whether each item is a slice or an int index (each takes one dim of the value, in order)."""
+    return all(isinstance(i, N.Slice) or isinstance(i, N.Expr) and i.kind == N.Kind.INT for i in items)
+
+
+def nonnegative_int(e: N.Expr, body: list[N.Stmt]) -> bool:
+    """Whether the int `e` is proven >= 0: a number >= 0, a dim, or a local `body` binds once to such (a
+    split loop's `t_at = minimum(1, T)`), `minimum` of such, `maximum` of one such."""
+    if isinstance(e, N.Num):
+        return isinstance(e.value, int) and e.value >= 0
+    if isinstance(e, N.Name) and e.ref == N.Ref.DIM:
+        return True
+    if isinstance(e, N.Name):
+        values = [s.value for s in _statements(body) if isinstance(s, N.Assign) and s.target == e.id]
+        return len(values) == 1 and nonnegative_int(values[0], body)
+    if isinstance(e, N.Call) and e.func in ("minimum", "maximum") and len(e.args) == 2:
+        proven = [nonnegative_int(a, body) for a in e.args]
+        return all(proven) if e.func == "minimum" else any(proven)
+    return False
+
+
+def _statements(body: list[N.Stmt]):
+    for s in body:
+        yield s
+        if isinstance(s, N.For):
+            yield from _statements(s.body)
+        elif isinstance(s, N.If):
+            yield from _statements(s.body)
+            yield from _statements(s.orelse)
+
+
+def item_read(
+    e: N.Expr, lists: set[str], shapes_of: Callable[[str], list[Shape] | None], heads_of: Callable[[str], list[str]]
+) -> N.Expr:
+    """`L[i]` (an int `i`) of a list of `lists` as the value appended before its loops there (`heads_of(L)`,
+    in order), or else as `stack(L, dim = 0)[i]`; NotDerivable where the list's items may differ in shape
+    (`stack` would raise where the list reads), and for another read of the list. `shapes_of(L)`: the
+    shapes of every item L may hold (before its loops, each step's), None where one is unknown."""
+    if not (isinstance(e, N.Subscript) and isinstance(e.value, N.Name) and e.value.id in lists):
+        return e
+    name = e.value.id
+    at = _int_literal(e.items[0]) if len(e.items) == 1 else None
+    heads = heads_of(name)
+    if at is not None and 0 <= at < len(heads):  # appended before the loop: that value itself
+        return B.name(heads[at], e.span)
+    if at is None:
+        raise NotDerivable(
+            e.span,
+            f"a derived backward reads an item of the list '{name}', which a loop whose count is known only when"
+            f" forward runs appends to, at an int written in the spec only (`{name}[-1]`, `{name}[0]`)",
+            f"stack({name}, dim = ...) and index that",
+        )
+    shapes = shapes_of(name)
+    if not shapes or any(s is None or s != shapes[0] for s in shapes):
+        seen = sorted({"?" if s is None else f"[{', '.join(map(str, s))}]" for s in shapes or [None]})
+        raise NotDerivable(
+            e.span,
+            f"a derived backward reads '{spec_text(e)}' as an item of the stack of '{name}', so its items must"
+            f" have one shape known before forward runs (not derived yet: they are {', '.join(seen)})",
+            f"stack({name}, dim = ...) and index that, or give its items one shape",
+        )
+    listed = B.name(name, e.value.span)
+    listed.kind = N.Kind.LIST
+    stacked = N.Call(e.span, "stack", e.span, [listed], [N.Keyword("dim", B.num(0), e.span)])
+    stacked.kind = N.Kind.TENSOR
+    out = N.Subscript(e.span, stacked, [clone(e.items[0])])
+    out.kind = e.kind
+    return out
+
+
+def uneven_steps(loops: list, name: str, shapes: dict[str, Shape]) -> str | None:
+    """Why the steps of `loops` in a row appending to the list `name` cannot be stacked item by item for a
+    `cat` of it (`loops.Planner.cat_of_steps`): they append a different number of items a step, or items
+    of different shapes at one place of a step; None when they can."""
+    per = {1 + len(loop.more.get(name, [])) for loop in loops}
+    if len(per) > 1:
+        return (
+            f"the loops in a row appending to it append {' and '.join(map(str, sorted(per)))} items a step (not"
+            " derived yet)"
+        )
+    for i in range(per.pop() if per else 0):
+        items = [[loop.appended[name], *loop.more.get(name, [])][i] for loop in loops]
+        seen = {shapes.get(v.id) if isinstance(v, N.Name) else None for v in items}
+        if len(seen) > 1:
+            return "the loops in a row appending to it append items of different shapes (not derived yet)"
+    return None
+
+
+def refuse_items_in_loop(loop: N.For, lists: set[str]) -> None:
+    """NotDerivable at `L[i]` (an int `i` written in the spec) in `loop`'s body of a list of `lists`, which
+    loops before it filled (a loop's body picks from such a list at its variable only); one it appends to
+    itself reads the step's items."""
+    lists = lists - {s.target for s in _statements(loop.body) if isinstance(s, N.Append)}
+    for e in walk(loop):
+        if isinstance(e, N.Subscript) and isinstance(e.value, N.Name) and e.value.id in lists:
+            if len(e.items) == 1 and _int_literal(e.items[0]) is not None:
+                name = e.value.id
+                raise NotDerivable(
+                    e.span,
+                    f"a derived backward reads an item of the list '{name}' at an int in the body of a later loop"
+                    " (not derived yet)",
+                    f"bind it before the loop (`last = {spec_text(e)}`) and read that in the loop",
+                )
+
+
+def alike(shapes: list[Shape]) -> bool:
+    """Whether `shapes` (a list's items') are one shape, known and without a `...` group."""
+    return bool(shapes) and shapes[0] is not None and GROUP not in shapes[0] and all(s == shapes[0] for s in shapes)
+
+
+def _int_literal(item: N.SubscriptItem) -> int | None:
+    if isinstance(item, N.UnaryOp) and item.op == "-" and (inner := _int_literal(item.operand)) is not None:
+        return -inner
+    return item.value if isinstance(item, N.Num) and type(item.value) is int else None
+
+
+def reads_list(e: N.Node, lists: set[str]) -> bool:
+    return any(isinstance(n, N.Name) and n.id in lists for n in walk(e))
