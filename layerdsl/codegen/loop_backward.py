@@ -237,6 +237,8 @@ class BackwardWriter:
         return lines, {leaf: renamed.get(g, g) for leaf, g in bwd.leaf_grads.items()}
 
     def read(self, expr: N.Expr) -> None:
+        if self.own_loop is None:  # outside the loops' steps, by value or for a shape (`w.shape[-2]`)
+            self.reads.outside |= {n.id for n in walk(expr) if isinstance(n, N.Name)}
         shaped = {
             id(a)
             for c in walk(expr)
@@ -260,12 +262,12 @@ class BackwardWriter:
                 self.read(self.step_views[n.id].expr)
             elif isinstance(n, N.Name) and n.id in self.views:  # recomputed from the leaves it views
                 self.recomputed.add(n.id)
+                own, self.own_loop = self.own_loop, None  # at the head of backward: outside the loops
                 self.read(self.views[n.id].expr)
+                self.own_loop = own
             elif isinstance(n, N.Name) and n.id in self.values:
                 self.current.add(n.id)
-                if self.own_loop is None:
-                    self.reads.outside.add(n.id)
-                else:
+                if self.own_loop is not None:
                     self.reads.in_loops.setdefault(n.id, set()).add(self.own_loop)
                 if self.current is self.reads.once:
                     self.reads.sides.setdefault(n.id, set()).add(self.side)
