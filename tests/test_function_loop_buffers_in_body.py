@@ -298,7 +298,7 @@ def test_a_loop_of_no_steps_saves_nothing_gradcheck(steps):
     assert torch.autograd.gradgradcheck(ours, _inputs(steps))
 
 
-@pytest.mark.parametrize("steps", [1, 2, 3])
+@pytest.mark.parametrize("steps", [2, 3])
 def test_a_carried_value_of_unknown_shape_that_changes_raises_a_located_error(steps):
     ours, plain = function_and_plain(GROW, "Grow", 3)
     inputs = _inputs(steps)
@@ -307,7 +307,8 @@ def test_a_carried_value_of_unknown_shape_that_changes_raises_a_located_error(st
         ours(*inputs)
     message = str(caught.value)
     assert message.startswith("Grow: under @function, each step of the loop at grow_0.layer:8 keeps the shape of 'h'")
-    assert "grow_0.layer:9 made it (3, 3) from (2, 3) at step 0" in message
+    assert "after the first (a derived backward keeps its steps at one shape)" in message
+    assert "grow_0.layer:9 made it (4, 3) from (3, 3) at step 1" in message
 
 
 def test_a_carried_value_of_unknown_shape_is_checked_only_there():

@@ -5,9 +5,8 @@ A derived backward keeps a carried value's steps at one shape: its own stacks ar
 and it reads the value's shape as the one the loop left it with. Where the shapes prove a step changes it
 again (`h = tanh(h[:, 1:])`), planning refuses the loop (`autodiff.loops`); where an operation's shape rule
 gives none (`cat([h, reshape(x, [-1, d])[:k]], dim = 0)`), the Function's forward compares, at each step
-after the first (whose start may be smaller: `h = new_zeros(x, [H])` then `[B, H]`; from the first where
-backward reads the value's shape as the loop left it), the step's new value's shape with the value it
-started from, and raises a ValueError naming the layer, the value and the spec
+after the first (whose start may be smaller: `h = new_zeros(x, [H])` then `[B, H]`), the step's new
+value's shape with the value it started from (`shape_read`: those checked from the first step on), and raises a ValueError naming the layer, the value and the spec
 line, before torch's own error in backward.
 """
 

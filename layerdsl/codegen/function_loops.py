@@ -911,7 +911,7 @@ class LoopFunction:
         body += self.steps(Tape(list(loop.picks.values()), [], [], set()), ex)
         body += self.steps(loop.tape, ex, index)
         body += self.shape_checks(loop)
-        body += unknown_shape_checks(loop, self.plan.shapes, self.layer.name, self.e.spec_path, index, self.shape_only)
+        body += unknown_shape_checks(loop, self.plan.shapes, self.layer.name, self.e.spec_path, index, set())
         if kept:  # a carried value still holds the step's first value here (it moves last)
             body.append(f"if {index} == 0:")
             body += [f"    {self.stacked(v)} = {self.buffer(loop, v, count)}" for v in kept]
