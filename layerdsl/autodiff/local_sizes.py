@@ -38,6 +38,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 from typing import cast
 
+from layerdsl.autodiff.slice_sizes import slice_length, sliced_dim
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import clone, map_children, names_bound, walk
@@ -344,6 +345,9 @@ class _Walker:
             return self.op_size(e, k, env, use) or self.engine_size(e, k, env)
         if isinstance(e, N.Subscript) and (j := _indexed_dim(e.items, k)) is not None:
             return self.size(e.value, j, env, use)
+        if isinstance(e, N.Subscript) and (sliced := sliced_dim(e.items, k)) is not None:  # `h[:, a:b]`
+            sizes = self.size(e.value, sliced[0], env, use)
+            return None if sizes is None else [slice_length(sliced[1], size) for size in sizes]
         return None
 
     # ------------------------------------------------------------------ the shape engine's answer

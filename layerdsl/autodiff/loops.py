@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Union
 
-from layerdsl.autodiff import nest, step_choices
+from layerdsl.autodiff import loop_buffers, nest, step_choices
 from layerdsl.autodiff.loop_choices import chosen_side, self_decided
 from layerdsl.autodiff.loop_ints import (
     NumberNames,
@@ -123,6 +123,10 @@ class Loop:
     before_per: dict[str, list[int]] = field(default_factory=dict)
     continued: set[str] = field(default_factory=set)  # the lists a later loop appends to after this one
     later_joins: list[Join] = field(default_factory=list)  # joins after a later loop of the lists it continues
+    # buffer -> the carried name holding its value (`update b = ...` in the body, `loop_buffers`): after the
+    # loop, the new value the Function returns
+    buffers: dict[str, str] = field(default_factory=dict)
+    carried_locals: dict[str, str] = field(default_factory=dict)  # carried name -> its spec local (or buffer)
 
 
 @dataclass
@@ -415,6 +419,7 @@ class Planner:
         self.heads: dict[str, list[str]] = {}  # list local -> the locals holding what is appended before its loop
         self.buffer_updates: dict[str, str] = {}  # a buffer -> the var of its new value (a straight segment's)
         self.number_names = NumberNames(self.fresh)  # number locals a loop binds, named apart (`loop_ints`)
+        self.buffer_values: dict[str, str] = {}  # an updated buffer -> the value holding its new value now
 
     def run(self, grads_for) -> LoopPlan:
         segments: list[Segment] = []
@@ -517,6 +522,7 @@ class Planner:
             self.taken.add(s.var)
         self.numbers += tape.numbers
         self.alias.update(tape.env)
+        self.buffer_values.update(tape.updates)
         read = self.pseudo_leaves(tape)
         tape = self.finished(tape, read, tape.outputs if returns else [])
         return Straight(tape, returns)
@@ -738,11 +744,13 @@ class Planner:
         assigned = {s.target for s in stmt.body if isinstance(s, N.Assign) and s.value.kind == "tensor"}
         assigned |= {t for s in stmt.body if isinstance(s, N.Unpack) for t, _ in s.targets}
         carried = {local: self.fresh(local) for local in self.alias if local in assigned}
+        buffers = {b: self.fresh(b) for b in loop_buffers.updated_in_body(stmt)}  # carried too (`loop_buffers`)
         env = dict(self.alias) | carried
         refuse_items_in_loop(stmt, set(self.loops))  # `outs[-1]` of an earlier loop's list (`loop_lists`)
         lin = self.linearizer(self.unit_sliced(stmt), env, loop_var=stmt.var)
         lin.lists = {name: [] for name in self.lists}
-        tape = lin.run()
+        lin.updates |= buffers  # a step reads the value the step before left
+        tape, next_values = loop_buffers.carried_buffers(lin.run(), buffers, self.fresh)
         for s in tape.steps:
             self.taken.add(s.var)
         appended: dict[str, N.Expr] = {}
@@ -754,10 +762,14 @@ class Planner:
                 more[name] = items[1:]
         heads = {name: [self.alias[h] for h in self.heads.pop(name)] for name in appended if name in self.heads}
         updates = {carried[local]: tape.env[local] for local in carried}
-        starts = {name: self.shapes.get(self.alias[local]) for local, name in carried.items()}
+        updates |= {c: next_values[b] for b, c in buffers.items()}
+        firsts = {c: self.alias[local] for local, c in carried.items()}
+        firsts |= {c: self.buffer_values.get(b, b) for b, c in buffers.items()}
+        starts = {name: self.shapes.get(first) for name, first in firsts.items()}
         self.shapes.update(carried_shapes(tape.steps, starts, updates, self.shapes))
-        _check_carried_shapes(tape, starts, updates, self.shapes, {c: local for local, c in carried.items()}, stmt.span)
-        hoisted, tape = self.hoisted(tape, set(carried.values()) | {stmt.var})
+        locals_ = {c: local for local, c in carried.items()} | {c: b for b, c in buffers.items()}
+        _check_carried_shapes(tape, starts, updates, self.shapes, locals_, stmt.span)
+        hoisted, tape = self.hoisted(tape, set(carried.values()) | set(buffers.values()) | {stmt.var})
         picks = self.picks(tape, it, stmt.var)
         tape = dataclasses.replace(tape, steps=[s for s in tape.steps if s.var not in picks])
         # A carried value needs a gradient if it starts as one that does, or a step computes it from one.
@@ -768,13 +780,13 @@ class Planner:
         outputs = [B.name(v) for v in updates.values()] + list(appended.values())
         outputs += [item for items in more.values() for item in items]
         read = self.pseudo_leaves(dataclasses.replace(tape, outputs=outputs))  # `h = w`: w's gradient too
-        tape = self.finished(tape, read | set(carried.values()) | set(picks), outputs)
+        tape = self.finished(tape, read | set(carried.values()) | set(buffers.values()) | set(picks), outputs)
         loop = Loop(
             stmt.var,
             list(it.args),
             it.span,
             tape,
-            {c: self.alias[local] for local, c in carried.items()},
+            firsts,
             updates,
             appended,
             numbers=list(tape.numbers),
@@ -782,7 +794,10 @@ class Planner:
             shapes_kept={carried[local]: local for local in stmt.shapes_kept if local in carried},
             heads=heads,
             more=more,
+            buffers=buffers,
+            carried_locals=locals_,
         )
+        self.buffer_values |= buffers  # after the loop, the carried name holds the last step's value
         for name in appended:
             if name in self.loops:
                 self.continue_list(loop, name)
@@ -867,6 +882,7 @@ class Planner:
         lin.earlier = dict(self.buffer_updates)  # a buffer an earlier segment updated: later reads see the new value
         lin.taken |= self.taken | set(env.values()) | ({loop_var} if loop_var else set())
         lin.env = dict(env)
+        lin.updates = dict(self.buffer_values)  # a buffer updated before: its new value (no gradient)
         return lin
 
     def pseudo_leaves(self, tape: Tape) -> set[str]:

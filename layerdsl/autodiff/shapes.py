@@ -116,8 +116,8 @@ def step_shape(s: Step, shapes: dict[str, Shape]) -> Shape:
     """The shape of a step's result, from the shapes of the names it reads."""
     if s.op is None and isinstance(s.expr, N.Compare) and not s.by_mask:
         return expr_shape(s.expr, shapes)  # a comparison broadcasts as an elementwise operation does
-    if s.op is None and isinstance(s.expr, N.Name) and s.expr.ref == "local":
-        return shapes.get(s.expr.id)  # an updated buffer's new value, read after the update (its var's)
+    if s.op is None and isinstance(s.expr, N.Name) and not s.by_mask:
+        return shapes.get(s.expr.id)  # a value read again, no gradient flowing back (a buffer's new value)
     if s.op is None or s.by_mask:
         return None  # kept as written, or as long as a mask has True elements
     if s.op.name == "index_many":

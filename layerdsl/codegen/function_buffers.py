@@ -10,7 +10,7 @@ without touching the module's state, and the buffers end with the values the pla
 
 from __future__ import annotations
 
-from layerdsl.autodiff.loops import LoopPlan, Straight
+from layerdsl.autodiff.loops import Loop, LoopPlan, Straight
 from layerdsl.autodiff.plan import BranchPlan, Plan, straight_plans
 from layerdsl.language.naming import fresh_name
 
@@ -32,8 +32,15 @@ def side_updates(plan: Plan) -> list[dict[str, str]]:
 
 
 def loop_updates(plan: LoopPlan) -> dict[str, str]:
-    """The buffers a forward with loops updates, by the var holding each one's new value."""
-    return {b: v for seg in plan.segments if isinstance(seg, Straight) for b, v in seg.tape.updates.items()}
+    """The buffers a forward with loops updates, by the var holding each one's new value (a loop's body's:
+    the name carrying it, `autodiff.loop_buffers`; the last segment's to update one is the one it keeps)."""
+    updates: dict[str, str] = {}
+    for seg in plan.segments:
+        if isinstance(seg, Straight):
+            updates |= seg.tape.updates
+        elif isinstance(seg, Loop):
+            updates |= seg.buffers
+    return updates
 
 
 def returned_values(updates: dict[str, str], buffers: list[str], leaves: list[str]) -> list[str]:

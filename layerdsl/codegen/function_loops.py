@@ -17,6 +17,7 @@ the side its condition picks, in forward and again in backward. The backward's l
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 
 from layerdsl.autodiff.loops import UNBOUND, Choice, Join, Loop, LoopPlan, Straight, presence, segment_steps
@@ -25,6 +26,7 @@ from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, dtype_tested
 from layerdsl.autodiff.shapes import step_shape
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen import function_nest
+from layerdsl.codegen.carried_shape_checks import unknown_shape_checks
 from layerdsl.codegen.function import VIEWS, FunctionEmitter, returning_second_results, with_second_results
 from layerdsl.codegen.function_branches import chosen_lines
 from layerdsl.codegen.function_buffers import loop_updates, returned_values, updated_buffers
@@ -37,6 +39,7 @@ from layerdsl.codegen.loop_backward import (
     if_else,
     plain_range,
 )
+from layerdsl.codegen.loop_starts import unread_buffer_chains, when_a_step_runs
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.random_replay import STATE_TYPE, check_replayed, replayed
 from layerdsl.codegen.spec_lines import with_spec_line
@@ -694,7 +697,7 @@ class LoopFunction:
         `read`: the values backward reads after forward (outputs and views of inputs among them)."""
         plain = {p: self.names.ctx_value(p) for p in self.helper.plain_inputs}  # a flag: kept on ctx
         ex = self.helper.python(dataclasses.replace(spelling, names=spelling.names | plain))
-        self.left_out = self.unread(once | read)
+        self.left_out = self.unread(once | read, {v for values in per_step.values() for v in values})
         lines = self.segments_forward(set(self.extra_outputs(once, per_step)), per_step, ex)
         self.left_out = set()
         check_replayed(self.plan, self.state is not None)
@@ -703,10 +706,12 @@ class LoopFunction:
             lines = replayed(lines, kept, self.name("drawn"), self.name("cuda"))
         return ['# forward again (save = "inputs"), keeping what backward reads', *lines]
 
-    def unread(self, once: set[str]) -> set[str]:
+    def unread(self, once: set[str], per_step: set[str] | None = None) -> set[str]:
         """What the forward run again (`recompute`) leaves out: the values of its straight segments and the
-        joins of its loops (`stack(ys)`) that neither backward (`once`) nor what it keeps reads: the outputs'
-        own. A call's results (`with_second_results`) are kept together."""
+        joins of its loops (`stack(ys)`) that neither backward (`once`, and `per_step`: what it keeps of the
+        loops' steps) nor what it keeps reads: the outputs' own; and a buffer a loop's body updates that
+        nothing backward reads computes from, with the body's steps computing it (`loop_buffers`). A call's
+        results (`with_second_results`) are kept together."""
         paired = {
             v
             for s in self.plan.segments
@@ -727,6 +732,10 @@ class LoopFunction:
             unread |= {
                 j.name for seg in self.plan.segments if isinstance(seg, Loop) for j in seg.joins if j.name not in read
             }
+            kept = set(once) | (per_step or set())
+            unread |= unread_buffer_chains(
+                self.plan.segments, kept, functools.partial(_read_by, left_out=set(left_out))
+            )
             if unread <= left_out:
                 return left_out
             left_out |= unread
@@ -894,7 +903,8 @@ class LoopFunction:
         return f"range({', '.join(ex(b) for b in loop.bounds)})"
 
     def forward_loop(self, loop: Loop, per_step: set[str], ex: PyExpr) -> list[str]:
-        lines = [f"{c} = {self.not_an_input(start)}" for c, start in loop.carried.items() if c != start]
+        starts = {c: start for c, start in loop.carried.items() if c not in self.left_out}  # (`unread`)
+        lines = [f"{c} = {self.not_an_input(start)}" for c, start in starts.items() if c != start]
         lines += [f"{new} = {start}" for new, start in loop.number_starts.items()]  # as a loop of no steps leaves it
         kept = self.per_step_order(loop, per_step)
         shaped = self.step_shapes.get(self.loops.index(loop), set())
@@ -915,6 +925,7 @@ class LoopFunction:
         body += self.steps(Tape(list(loop.picks.values()), [], [], set()), ex)
         body += self.steps(loop.tape, ex, index)
         body += self.shape_checks(loop)
+        body += unknown_shape_checks(loop, self.plan.shapes, self.layer.name, self.e.spec_path, index, set())
         if kept:  # a carried value still holds the step's first value here (it moves last)
             body.append(f"if {index} == 0:")
             body += [f"    {self.stacked(v)} = {self.buffer(loop, v, count)}" for v in kept]
@@ -928,7 +939,7 @@ class LoopFunction:
             for name, first in appended.items()
             for item in [first, *loop.more.get(name, [])]
         ]
-        moved = [(c, v) for c, v in loop.updates.items() if c != v]
+        moved = [(c, v) for c, v in loop.updates.items() if c != v and c not in self.left_out]
         if moved:
             body.append(f"{', '.join(c for c, _ in moved)} = {', '.join(self.not_an_input(v) for _, v in moved)}")
         each = loop.var if index == loop.var else f"{index}, {loop.var}"
@@ -1075,6 +1086,9 @@ class LoopFunction:
         chosen = [f"{v} if {self.saving_test(v)} else None" if v in self.saved_on else v for v in own_extra]
         ends = self.ends_in_buffers(own_extra, self.kept_per_step)
         chosen = [f"{v} if {ends[v]} is None else None" if v in ends else v for v in chosen]
+        # read only by the steps of loops of no steps: not saved (a forward run again reads them all)
+        whole = set(ends) | set(self.held.stacked if self.held is not None else ()) if not self.recomputing else None
+        saved_leaves = saved_leaves if whole is None else when_a_step_runs(saved_leaves, reads, whole)
         tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + chosen
         # no gradient of their own: ATen differentiates through them (one call: torch keeps the last call's)
         groups = [
@@ -1215,6 +1229,9 @@ class LoopFunction:
             reads.sides[name] = main.reads.sides.get(name, set()) | rare.reads.sides.get(name, set())
         for k, v in rare.reads.per_step.items():
             reads.per_step[k] = reads.per_step.get(k, set()) | v
+        reads.outside, reads.trips = main.reads.outside | rare.reads.outside, main.reads.trips | rare.reads.trips
+        for name in main.reads.in_loops.keys() | rare.reads.in_loops.keys():
+            reads.in_loops[name] = main.reads.in_loops.get(name, set()) | rare.reads.in_loops.get(name, set())
         # a bool mask kept per step gets no gradient (autograd gives its stack None)
         masks = {self.stacked(m.name) for ms in self.step_masks.values() for m in ms}
         extra = [x for x in self.extra_outputs(once, per_step) if x not in masks]
@@ -1271,7 +1288,7 @@ def _read_by(seg, left_out: set[str]) -> set[str]:
     those of the values and joins in `left_out` aside."""
     if isinstance(seg, Straight):
         return {n for s in seg.tape.steps if s.var not in left_out for n in s.reads}
-    names = {n for s in segment_steps(seg) for n in s.reads}
+    names = {n for s in segment_steps(seg) if s.var not in left_out for n in s.reads}
     exprs: list[N.Expr] = []
     if isinstance(seg, Choice):
         exprs.append(seg.cond)
@@ -1280,7 +1297,8 @@ def _read_by(seg, left_out: set[str]) -> set[str]:
         joins = [j for j in seg.joins if j.name not in left_out]
         exprs += [*seg.bounds, *(e for _, e in seg.numbers), *seg.appended.values(), *(j.dim for j in joins)]
         exprs += [e for more in seg.more.values() for e in more]
-        names |= {*seg.carried.values(), *seg.updates.values(), *(h for j in joins for h in j.heads)}
+        names |= {start for c, start in seg.carried.items() if c not in left_out}
+        names |= {v for c, v in seg.updates.items() if c not in left_out} | {h for j in joins for h in j.heads}
         names |= {h for heads in seg.heads.values() for h in heads}
         if isinstance(seg, Loop):
             names |= {n for p in seg.picks.values() for n in p.reads}

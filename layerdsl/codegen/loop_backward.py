@@ -47,6 +47,11 @@ class Reads:
     # loop index -> the body values of `per_step` read by value (the others only for their shape)
     by_value: dict[int, set[str]] = dataclasses.field(default_factory=dict)
     output_shapes: set[str] = dataclasses.field(default_factory=set)  # outputs whose zeros are made (their shape)
+    # values read by value outside the steps of the forward's own loops, and inside them, by loop index; and
+    # each such loop's range as backward writes it (`loop_starts`: saved only where a step runs)
+    outside: set[str] = dataclasses.field(default_factory=set)
+    in_loops: dict[str, set[int]] = dataclasses.field(default_factory=dict)
+    trips: dict[int, str] = dataclasses.field(default_factory=dict)
 
 
 class BackwardWriter:
@@ -89,6 +94,7 @@ class BackwardWriter:
         self.step_views: dict[str, Step] = {}
         self.step_recomputed: set[str] = set()
         self.step_loop: int | None = None  # the index of the loop whose step's statements are being derived
+        self.own_loop: int | None = None  # the index of the forward's own loop being written (not a nest's)
         differentiable = [l for l in self.plan.leaves if l in self.plan.differentiable]
         self.needs = {l: f"ctx.needs_input_grad[{self.plan.leaves.index(l)}]" for l in differentiable}
 
@@ -116,7 +122,9 @@ class BackwardWriter:
             elif isinstance(seg, Nest):
                 lines += function_nest.backward(self, seg)
             else:
+                self.own_loop = self.fn.loops.index(seg)
                 lines += self.loop(seg)
+                self.own_loop = None
         return lines
 
     def leaf_grads(self) -> list[str]:
@@ -229,6 +237,8 @@ class BackwardWriter:
         return lines, {leaf: renamed.get(g, g) for leaf, g in bwd.leaf_grads.items()}
 
     def read(self, expr: N.Expr) -> None:
+        if self.own_loop is None:  # outside the loops' steps, by value or for a shape (`w.shape[-2]`)
+            self.reads.outside |= {n.id for n in walk(expr) if isinstance(n, N.Name)}
         shaped = {
             id(a)
             for c in walk(expr)
@@ -252,9 +262,13 @@ class BackwardWriter:
                 self.read(self.step_views[n.id].expr)
             elif isinstance(n, N.Name) and n.id in self.views:  # recomputed from the leaves it views
                 self.recomputed.add(n.id)
+                own, self.own_loop = self.own_loop, None  # at the head of backward: outside the loops
                 self.read(self.views[n.id].expr)
+                self.own_loop = own
             elif isinstance(n, N.Name) and n.id in self.values:
                 self.current.add(n.id)
+                if self.own_loop is not None:
+                    self.reads.in_loops.setdefault(n.id, set()).add(self.own_loop)
                 if self.current is self.reads.once:
                     self.reads.sides.setdefault(n.id, set()).add(self.side)
                 elif id(n) not in shaped:
@@ -533,6 +547,7 @@ class BackwardWriter:
         new = [(t, g if guard is None else f"{g} if {guard} else {t}") for t, g, guard in before if t != g]
         if new:
             body.append(f"{', '.join(t for t, _ in new)} = {', '.join(g for _, g in new)}")
+        self.reads.trips[k] = self.fn.trip(loop, self.ex)
         if plain_range(loop):
             head = f"for {loop.var} in reversed({self.fn.trip(loop, self.ex)}):"
         else:
