@@ -584,7 +584,8 @@ class Planner:
         heads' is the cat's own."""
         loop, d = self.loops[listed.id], _int_value(dim)
         why = _not_stacked(loop, listed.id, self.shapes) or (None if d is not None else "its dim is not a number")
-        why = why or uneven_steps(self.collecting.get(listed.id, []), listed.id, self.shapes)
+        collecting = self.collecting.get(listed.id, [])
+        why = why or uneven_steps(collecting, listed.id, _with_steady_items(collecting, listed.id, self.shapes))
         if why is not None and d is not None and alike(self.item_shapes(listed.id)):
             return self.cat_as_stack(e, listed, d, heads)  # every item of one shape (`loop_lists.alike`)
         if why is not None or d is None:
@@ -1089,6 +1090,17 @@ def _not_stacked(loop: Loop | nest.Nest, items: str, shapes: dict[str, Shape]) -
     if any(not isinstance(v, N.Name) or (shapes.get(v.id) or steady_shape(loop, v.id, shapes)) is None for v in each):
         return "the size of what a step appends to it is known only when forward runs (it may differ from step to step)"
     return None
+
+
+def _with_steady_items(loops: list, items: str, shapes: dict[str, Shape]) -> dict[str, Shape]:
+    """`shapes`, with the shape of each item `loops` append to `items` that the plan does not know but that
+    is the same at every step (`loop_ints.steady_shape`: a step summing a slice of a varying size)."""
+    out = dict(shapes)
+    for loop in loops:
+        for v in [loop.appended[items], *loop.more.get(items, [])] if isinstance(loop, Loop) else []:
+            if isinstance(v, N.Name) and out.get(v.id) is None:
+                out[v.id] = steady_shape(loop, v.id, shapes)
+    return out
 
 
 def _count_dim(bounds: list[N.Expr]) -> str | None:
