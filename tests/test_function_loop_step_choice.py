@@ -9,9 +9,12 @@ inputs and parameters), passes gradcheck and gradgradcheck in float64 over 0, 1,
 from __future__ import annotations
 
 import functools
+from collections import Counter
 
 import pytest
 import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.support import compile_spec, saved_bytes
 
@@ -94,6 +97,16 @@ SPECS = {
             hs.append(h * y)
         }
         return sum(stack(hs, dim = 0), dim = 0) + h""",
+    # x's rows in reverse (`x[T - 1 - t]`), picked at every step
+    "reversed": """for t in range(T) {
+            r = x[T - 1 - t]
+            if t % 2 == 1 {
+                h = tanh(h @ w + r)
+            } else {
+                h = h * r
+            }
+        }
+        return h""",
     # more bounds than a split makes loops (more than 8 pieces)
     "many bounds": """for t in range(T) {
             if t == 1 or t == 3 or t == 5 or t == 7 or t == k {
@@ -202,16 +215,20 @@ MORE_THAN_AUTOGRAD = pytest.mark.xfail(
 )
 
 
-@pytest.mark.parametrize("steps", [6, 7])
+MORE = {"appends", "many bounds", "range step", "t % 3 != 1 rows", "t > n carried"}
+MORE_AT = {("reversed", 7)}  # its last step's update (read by no side)
+
+
 @pytest.mark.parametrize(
-    "name",
+    "name, steps",
     [
         (
-            pytest.param(name, marks=MORE_THAN_AUTOGRAD)
-            if name in ("appends", "many bounds", "range step", "t % 3 != 1 rows", "t > n carried")
-            else name
+            pytest.param(name, steps, marks=MORE_THAN_AUTOGRAD)
+            if name in MORE or (name, steps) in MORE_AT
+            else (name, steps)
         )
         for name in sorted(SPECS)
+        for steps in (6, 7)
     ],
 )
 def test_backward_keeps_no_more_than_autograd(name, steps):
@@ -286,3 +303,40 @@ def test_ifs_on_arguments_past_the_copies_are_a_choice_per_step(steps, flags):
         torch.testing.assert_close(g, p)
     assert torch.autograd.gradcheck(ours, (x,))
     assert torch.autograd.gradgradcheck(ours, (x,))
+
+
+class _BackwardWork(TorchDispatchMode):
+    """The ATen ops run under it: how many of each, and the elements of every tensor they give."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+        self.elements = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.calls[func.overloadpacket.__name__] += 1
+        self.elements += sum(t.numel() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor))
+        return out
+
+
+def _backward_work(module: torch.nn.Module, steps: int) -> _BackwardWork:
+    x, y = _inputs(steps)
+    out = module(x, y)
+    with _BackwardWork() as work:
+        torch.autograd.grad(out.sum(), [x, y, *module.parameters()])
+    return work
+
+
+@pytest.mark.parametrize("save", sorted(DECORATORS))
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_x_t_is_picked_as_in_a_plain_loop(name, save):
+    """`x[t]` in a loop of choices per step is picked as a plain loop picks it (`codegen/step_picks.py`): each
+    step's gradient of it is one row of x's, written into one gradient after the loop; no `select_backward` of
+    x's whole shape added at every step (O(T²) elements). The elements the backward's ATen ops give grow
+    linearly with the steps: 16 steps more add about twice what 8 more add (four times, quadratic; autograd's
+    own backward of the plain loop adds `select_backward`'s whole shape at every step)."""
+    ours, _ = _pair(name, save)
+    work = {steps: _backward_work(ours, steps) for steps in (8, 16, 32)}
+    assert work[32].calls["select_backward"] == 0
+    assert work[32].elements - work[16].elements < 3 * (work[16].elements - work[8].elements)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from layerdsl.autodiff.loops import UNBOUND, Choice, Join, Loop, Straight
 from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.tape import Step, Tape
-from layerdsl.codegen import loop_backward
+from layerdsl.codegen import loop_backward, step_picks
 from layerdsl.codegen.function import VIEWS
 from layerdsl.codegen.pyexpr import PyExpr
 from layerdsl.codegen.spec_lines import with_spec_line
@@ -486,7 +486,10 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         if c in w.once and w.mode != "main":  # its value at the step, returned: that extra output's gradient
             body += w.accumulate(c, fn.grad_out(c), conditional=False)
     # views of the inputs and parameters (`transpose(w_l[k], 0, 1)`): recomputed at each step, not kept
-    views = {v: step for v, (step, _) in _leaf_views(nest, set(w.plan.leaves)).items()}
+    located = _leaf_views(nest, set(w.plan.leaves))
+    views = {v: step for v, (step, _) in located.items()}
+    # `x[t]`: a row of x's gradient per step (a side's, read by value, kept in its rows as its other values)
+    picks = step_picks.step_picks(nest, set(w.plan.leaves), w.plan.shapes)
     w.views.update(views)
     w.kept_whole |= set(views)
     # what the body reads, by step (the values after the loop are read as themselves, outside it)
@@ -498,13 +501,17 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     for index, seg in reversed(list(enumerate(nest.segments))):
         body += rebound_before(fn, nest, index)
         if isinstance(seg, Straight):
-            body += w.straight(seg, where=f"{here}.{index}")
+            body += w.straight(step_picks.picked_out(w, seg, picks), where=f"{here}.{index}")
         elif isinstance(seg, Choice):
             before = (rows_read(w, nest, seg, 0, rows), rows_read(w, nest, seg, 1, rows))
-            body += w.choice(seg, at=choice_key(fn, nest, index), before=before)
+            body += w.choice(step_picks.picked_out(w, seg, picks), at=choice_key(fn, nest, index), before=before)
         elif isinstance(seg, Loop):
             body += w.loop(seg)
+        w.picked.clear()
         w.current = w.reads.once
+    picked_rows = step_picks.rows_lists(w, picks)
+    appended_rows, every_step = step_picks.step_rows(w, picks, picked_rows)
+    body += appended_rows
     for c in requiring:  # every step gives the step before a gradient of its carried value
         if w.state.get(w.acc(c)) != "set":
             g = w.acc(c)
@@ -526,7 +533,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     view_lines: list[str] = []
     rebound = False
     for s in recomputed:  # a view reading a number a loop before it binds: as that loop left it
-        prefix = rebound_before(fn, nest, _leaf_views(nest, set(w.plan.leaves))[s.var][1], s.expr)
+        prefix = rebound_before(fn, nest, located[s.var][1], s.expr)
         rebound |= bool(prefix)
         view_lines += prefix + fn.steps(Tape([s], [], [], set()), w.ex)
     if rebound:  # as the step starts again
@@ -547,8 +554,10 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
             del w.state[w.acc(v)]
     head = f"for {step_head(fn, nest, w.ex, backward=True)}:"
     lines += [f"{row_counter(fn, v)} = 0 if {layers(fn, v)} is None else {layers(fn, v)}.shape[0]" for v in rows]
+    lines += [f"{r} = []" for pair in picked_rows.values() for r in pair]
     lines += with_spec_line([head], 0, fn.e.spec_path, nest.span.line)
     lines += ["    " + line for line in body]
+    lines += step_picks.joined_rows(w, nest, picks, picked_rows, every_step)
     for c in requiring:  # the gradient of the value the carried one starts as
         if nest.carried[c] in w.plan.requires:
             lines += w.accumulate(nest.carried[c], w.acc(c), conditional=False)
