@@ -211,7 +211,11 @@ MORE_THAN_AUTOGRAD = pytest.mark.xfail(
     strict=True,
     reason="codegen/function_nest.py keeps a carried value's updates at every step of a choice per step; next:"
     " rows of them kept where the step's side reads its update or the next step's side reads the carried value"
-    " (read back by a counter, as `side_rows`)",
+    " (read back by a counter, as `side_rows`): forward appends the carried value at a step whose side reads it"
+    " when the step before kept no row (a flag), and the update where the side reads it; backward, in reverse,"
+    " takes a row for the update where its side reads it or the step after read the carried value (a flag"
+    " set by that step), the carried value from the row before (its start at step 0), each row's extra-output"
+    " gradient at the step whose update it holds; not `ends_in_buffers` (its last row is not the last value)",
 )
 
 
