@@ -220,17 +220,12 @@ MORE_THAN_AUTOGRAD = pytest.mark.xfail(
 
 
 MORE = {"appends", "many bounds", "range step", "t % 3 != 1 rows", "t > n carried"}
-MORE_AT = {("reversed", 7)}  # its last step's update (read by no side)
 
 
 @pytest.mark.parametrize(
     "name, steps",
     [
-        (
-            pytest.param(name, steps, marks=MORE_THAN_AUTOGRAD)
-            if name in MORE or (name, steps) in MORE_AT
-            else (name, steps)
-        )
+        (pytest.param(name, steps, marks=MORE_THAN_AUTOGRAD) if name in MORE else (name, steps))
         for name in sorted(SPECS)
         for steps in (6, 7)
     ],
