@@ -500,7 +500,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     # what the body reads, by step (the values after the loop are read as themselves, outside it)
     once, current = w.reads.once, w.current
     w.reads.once = w.current = set()
-    read_back = {c: line for c, line in _read_back(w, nest, kept).items() if c not in lazily}
+    read_back = _read_back(w, nest, kept, lazily)
     body += list(read_back.values())
     here = fn.plan.segments.index(nest)
     for index, seg in reversed(list(enumerate(nest.segments))):
@@ -568,6 +568,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     lines += with_spec_line([head], 0, fn.e.spec_path, nest.span.line)
     lines += ["    " + line for line in body]
     lines += step_picks.joined_rows(w, nest, picks, picked_rows, every_step)
+    lines += step_rows.start_rows(w, nest, lazy)
     for c in requiring:  # the gradient of the value the carried one starts as
         if nest.carried[c] in w.plan.requires:
             lines += w.accumulate(nest.carried[c], w.acc(c), conditional=False)
@@ -625,12 +626,13 @@ def rows_read(w: BackwardWriter, nest: Nest, seg: Choice, k: int, rows: dict[str
     return lines
 
 
-def _read_back(w: BackwardWriter, nest: Nest, kept: list[str]) -> dict[str, str]:
+def _read_back(w: BackwardWriter, nest: Nest, kept: list[str], lazily: set[str]) -> dict[str, str]:
     """Each carried value the body reads per step that is not kept itself, by name: the line binding it to its
-    update at the step before, read back from what holds it (`previous_update`), its start at step 0."""
+    update at the step before, read back from what holds it (`previous_update`), its start at step 0. Not one
+    kept lazily (`step_rows`: read where a side runs)."""
     lines = {}
     later = from_step_one(w.fn, nest, kept)
-    for c in nest.carried:
+    for c in (c for c in nest.carried if c not in lazily):
         source = None
         if c in w.per_step.get(key(w.fn, nest), set()) and c not in kept:
             source = previous_update(w.fn, nest, c, kept, w.per_step)

@@ -3,12 +3,13 @@ the merged name, `step_choices.merged_as_own`) or passes through, kept lazily, a
 update only where that step's side reads it or the next step's side reads the carried value.
 
 Forward appends, at the end of the side taken, the carried value where the side reads it and the step before
-kept no row of its update (a flag), then the update where the side reads it (the flag set, else cleared): the
+kept no row of its update (a flag; at step 0 its start, copied only where step 0's side reads it, as autograd
+keeps it only then), then the update where the side reads it (the flag set, else cleared): the
 rows are the kept updates in the order of the steps. Backward runs the steps in reverse with a counter of the
 rows not yet passed and a flag saying whether the step after read the carried value: at the start of a side,
 it takes the update's row where the side reads it (or passes it where only the step after read it), and the
-carried value from the row before (its start at step 0). A row's extra-output gradient (double backward) is
-given at the step whose update it holds.
+carried value from the row before. A row's extra-output gradient (double backward) is given at the step whose
+update it holds (the start's row's to the start, after the loop, `start_rows`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from layerdsl.autodiff.loops import Choice
-from layerdsl.ir import build as B
 
 if TYPE_CHECKING:
     from layerdsl.autodiff.nest import Nest
@@ -76,7 +76,7 @@ def forward_side(fn: LoopFunction, nest: Nest, lazy: dict[str, Lazy], seg: Choic
             continue
         listed = F.layers(fn, v.update)
         if v.reads_carried[k]:
-            lines += [f"if {F.step_index(fn, nest)} > 0 and not {flag(fn, v)}:", f"    {listed}.append({v.carried})"]
+            lines += [f"if not {flag(fn, v)}:", f"    {listed}.append({v.carried})"]
         if v.reads_update[k]:
             lines.append(f"{listed}.append({v.update})")
         lines.append(f"{flag(fn, v)} = {v.reads_update[k]}")
@@ -123,8 +123,24 @@ def backward_side(w: BackwardWriter, nest: Nest, lazy: dict[str, Lazy], seg: Cho
                 row = f"({given}[{at}] if {next_read(fn, v)} else {zeros})"
                 lines.append(f"{fn.grad_out(v.update)} = 0 if {given} is None else {row}")
         if v.reads_carried[k]:
-            w.read(B.name(nest.carried[v.carried]))
-            start = w.ex(B.name(nest.carried[v.carried]))
-            lines.append(f"{v.carried} = {listed}[{at} - 1] if {F.step_index(fn, nest)} > 0 else {start}")
+            lines.append(f"{v.carried} = {listed}[{at} - 1]")
         lines.append(f"{next_read(fn, v)} = {v.reads_carried[k]}")
+    return lines
+
+
+def start_rows(w: BackwardWriter, nest: Nest, lazy: dict[str, Lazy]) -> list[str]:
+    """After the loop, in the double backward: the gradient of the row of the start (kept where step 0's side
+    read the carried value, the first row) given to the start."""
+    from layerdsl.codegen import function_nest as F
+
+    lines: list[str] = []
+    if w.mode == "main":
+        return lines
+    for v in lazy.values():
+        start = nest.carried[v.carried]
+        if start not in w.plan.requires:
+            continue
+        given = w.fn.grad_out(F.layers(w.fn, v.update))
+        taken = w.accumulate(start, f"{given}[0]", conditional=True)
+        lines += [f"if {next_read(w.fn, v)} and {given} is not None:", *("    " + t for t in taken)]
     return lines
