@@ -205,17 +205,14 @@ def test_the_condition_is_evaluated_at_every_step():
     assert "for t in reversed(range(" in backward and "if t % 2 == 1:" in backward
 
 
-# where the Function keeps more than autograd: a carried value's updates (and its start) are kept at every step,
-# where autograd keeps a step's value only when that step's side or the next step's side reads it
+# where the Function keeps more than autograd (see the reason)
 MORE_THAN_AUTOGRAD = pytest.mark.xfail(
     strict=True,
-    reason="codegen/function_nest.py keeps a carried value's updates at every step of a choice per step; next:"
-    " rows of them kept where the step's side reads its update or the next step's side reads the carried value"
-    " (read back by a counter, as `side_rows`): forward appends the carried value at a step whose side reads it"
-    " when the step before kept no row (a flag), and the update where the side reads it; backward, in reverse,"
-    " takes a row for the update where its side reads it or the step after read the carried value (a flag"
-    " set by that step), the carried value from the row before (its start at step 0), each row's extra-output"
-    " gradient at the step whose update it holds; not `ends_in_buffers` (its last row is not the last value)",
+    reason="codegen/step_rows.py keeps a carried value's updates lazily only where its update and the carried"
+    " value are read on the sides of one choice per step (fn.step_sides); here one is read outside them (a"
+    " straight segment reading h at every step, `hs.append(h * y)` after the `if`, the carried value read"
+    " outside the sides of `range step`, a start kept once): next, a read outside the sides counted as every"
+    " step's (a row at every step where it is, lazily elsewhere), and `tail_joined` for an append after the `if`",
 )
 
 
