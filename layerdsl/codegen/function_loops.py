@@ -294,6 +294,7 @@ class LoopFunction:
         self.kept_per_step: dict[int, set[str]] = {}  # loop index -> the values kept per step, once settled
         # a nest's body value -> where backward reads it by value (`Reads.sides`, `function_nest.side_rows`)
         self.step_sides: dict[str, set[tuple[int, int] | None]] = {}
+        self.step_shape_reads: set[str] = set()  # a nest's body values read for their shape (`step_rows`)
         read |= chosen_by  # a flag the branching forward's conditions test (`if run { for ... }`)
         self.flags_tested = [i.name for i in self.layer.forward.inputs if i.flag is not None and i.name in read]
         self.dtype_tested = list(dict.fromkeys(leaf for cond in conds for leaf in dtype_tested(cond)))

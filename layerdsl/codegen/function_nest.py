@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from layerdsl.autodiff.loops import UNBOUND, Choice, Join, Loop, Straight
 from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.tape import Step, Tape
-from layerdsl.codegen import loop_backward
+from layerdsl.codegen import loop_backward, step_picks, step_rows
 from layerdsl.codegen.function import VIEWS
 from layerdsl.codegen.pyexpr import PyExpr
 from layerdsl.codegen.spec_lines import with_spec_line
@@ -364,6 +364,8 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
     lines += [f"{layers(fn, v)} = []" for v in kept]
     lines += [f"{name} = [{', '.join(nest.heads.get(name, []))}]" for name in nest.appended if name not in nest.before]
     rows = side_rows(fn, nest, kept)
+    lazy = step_rows.lazy_updates(fn, nest, kept, rows)
+    lines += [f"{step_rows.flag(fn, v)} = False" for v in lazy.values()]
     body = [f"{n} = {ex(e)}" for n, e in nest.numbers]
     for seg in nest.segments:
         if isinstance(seg, Straight):
@@ -371,6 +373,7 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
         elif isinstance(seg, Choice):  # (a side's rows appended where it runs, `side_rows`)
             appends = [
                 [f"{layers(fn, v)}.append({v})" for v, (c, side) in rows.items() if c is seg and side == k]
+                + step_rows.forward_side(fn, nest, lazy, seg, k)
                 for k in (0, 1)
             ]
             body += fn.forward_choice(seg, set(kept), ex, (appends[0], appends[1]))
@@ -384,7 +387,7 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
             else f"{layers(fn, v)}.append({v})"
         )
         for v in kept
-        if v not in later and v not in rows
+        if v not in later and v not in rows and v not in lazy
     ]
     # a side's value, kept for the steps that ran the side only (`step_choices`)
 
@@ -476,12 +479,14 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
                 w.maybe_none.add(w.acc(leaf))
     kept = body_extra(fn, nest, w.per_step)
     rows = side_rows(fn, nest, kept)
+    lazy = step_rows.lazy_updates(fn, nest, kept, rows)
+    lazily = {v.carried for v in lazy.values()}
     body = recorded(fn, nest) + [f"{n} = {w.ex(e)}" for n, e in nest.numbers]
     later = from_step_one(fn, nest, kept)
     body += [
         f"{v} = {layers(fn, v)}[{step_index(fn, nest)}]"
         for v in kept
-        if not maybe_none(fn, nest, v) and v not in later | rows.keys()
+        if not maybe_none(fn, nest, v) and v not in later | rows.keys() | lazy.keys()
     ]
     body += [
         f"{v} = None if {layers(fn, v)} is None else {layers(fn, v)}[{step_index(fn, nest)}]"
@@ -491,7 +496,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     outer_once = w.once
     if w.mode != "main":  # each step's share of the extra outputs' gradients
         for v in kept:
-            if v in rows:  # read where its side runs (`rows_read`)
+            if v in rows or v in lazy:  # read where its side runs (`rows_read`, `step_rows`)
                 continue
             given = fn.grad_out(layers(fn, v))
             step = f"{given}[{step_index(fn, nest)}]"
@@ -523,30 +528,40 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         if c in w.once and w.mode != "main":  # its value at the step, returned: that extra output's gradient
             body += w.accumulate(c, fn.grad_out(c), conditional=False)
     # views of the inputs and parameters (`transpose(w_l[k], 0, 1)`): recomputed at each step, not kept
-    views = {v: step for v, (step, _) in _leaf_views(nest, set(w.plan.leaves)).items()}
+    located = _leaf_views(nest, set(w.plan.leaves))
+    views = {v: step for v, (step, _) in located.items()}
+    # `x[t]`: a row of x's gradient per step (a side's, read by value, kept in its rows as its other values)
+    picks = step_picks.step_picks(nest, set(w.plan.leaves), w.plan.shapes)
     w.views.update(views)
     w.kept_whole |= set(views)
     # what the body reads, by step (the values after the loop are read as themselves, outside it)
     once, current = w.reads.once, w.current
     w.reads.once = w.current = set()
-    read_back = _read_back(w, nest, kept)
+    read_back = _read_back(w, nest, kept, lazily)
     body += list(read_back.values())
     here = fn.plan.segments.index(nest)
     for index, seg in reversed(list(enumerate(nest.segments))):
         body += rebound_before(fn, nest, index)
         if isinstance(seg, Straight):
-            body += w.straight(seg, where=f"{here}.{index}")
+            body += w.straight(step_picks.picked_out(w, seg, picks), where=f"{here}.{index}")
         elif isinstance(seg, Choice):
-            before = (rows_read(w, nest, seg, 0, rows), rows_read(w, nest, seg, 1, rows))
-            body += w.choice(seg, at=choice_key(fn, nest, index), before=before)
+            before = (
+                rows_read(w, nest, seg, 0, rows) + step_rows.backward_side(w, nest, lazy, seg, 0),
+                rows_read(w, nest, seg, 1, rows) + step_rows.backward_side(w, nest, lazy, seg, 1),
+            )
+            body += w.choice(step_picks.picked_out(w, seg, picks), at=choice_key(fn, nest, index), before=before)
         elif isinstance(seg, Loop):
             body += w.loop(seg)
+        w.picked.clear()
         w.current = w.reads.once
+    picked_rows = step_picks.rows_lists(w, picks)
+    appended_rows, every_step = step_picks.step_rows(w, picks, picked_rows)
+    body += appended_rows
     for c in requiring:  # every step gives the step before a gradient of its carried value
         if w.state.get(w.acc(c)) != "set":
             g = w.acc(c)
             # read back, of its update's gradient in the double backward (read as a value, it would be kept)
-            back = c in read_back and w.mode != "main"
+            back = (c in read_back or c in lazily) and w.mode != "main"
             zeros = f"torch.zeros_like({w.acc(nest.updates[c])})" if back else _zeros(w, c)
             body.append(f"{g} = {zeros}" if w.state.get(g) is None else f"{g} = {zeros} if {g} is None else {g}")
             w.state[g] = "set"
@@ -563,7 +578,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     view_lines: list[str] = []
     rebound = False
     for s in recomputed:  # a view reading a number a loop before it binds: as that loop left it
-        prefix = rebound_before(fn, nest, _leaf_views(nest, set(w.plan.leaves))[s.var][1], s.expr)
+        prefix = rebound_before(fn, nest, located[s.var][1], s.expr)
         rebound |= bool(prefix)
         view_lines += prefix + fn.steps(Tape([s], [], [], set()), w.ex)
     if rebound:  # as the step starts again
@@ -573,6 +588,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     for v in inside:  # where each value of the body is read by value (`side_rows`)
         fn.step_sides.setdefault(v, set()).update(w.reads.sides.get(v, set()))
     read = w.reads.once | (w.reads.shapes & inside)
+    fn.step_shape_reads |= w.reads.shapes & inside
     w.reads.by_value.setdefault(key(fn, nest), set()).update(w.reads.once & inside)
     w.reads.shapes -= inside
     w.reads.once, w.current = once, current
@@ -584,8 +600,12 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
             del w.state[w.acc(v)]
     head = f"for {step_head(fn, nest, w.ex, backward=True)}:"
     lines += [f"{row_counter(fn, v)} = 0 if {layers(fn, v)} is None else {layers(fn, v)}.shape[0]" for v in rows]
+    lines += [f"{r} = []" for pair in picked_rows.values() for r in pair]
+    lines += step_rows.backward_start(fn, lazy)
     lines += with_spec_line([head], 0, fn.e.spec_path, nest.span.line)
     lines += ["    " + line for line in body]
+    lines += step_picks.joined_rows(w, nest, picks, picked_rows, every_step)
+    lines += step_rows.start_rows(w, nest, lazy)
     for c in requiring:  # the gradient of the value the carried one starts as
         if nest.carried[c] in w.plan.requires:
             lines += w.accumulate(nest.carried[c], w.acc(c), conditional=False)
@@ -643,12 +663,13 @@ def rows_read(w: BackwardWriter, nest: Nest, seg: Choice, k: int, rows: dict[str
     return lines
 
 
-def _read_back(w: BackwardWriter, nest: Nest, kept: list[str]) -> dict[str, str]:
+def _read_back(w: BackwardWriter, nest: Nest, kept: list[str], lazily: set[str]) -> dict[str, str]:
     """Each carried value the body reads per step that is not kept itself, by name: the line binding it to its
-    update at the step before, read back from what holds it (`previous_update`), its start at step 0."""
+    update at the step before, read back from what holds it (`previous_update`), its start at step 0. Not one
+    kept lazily (`step_rows`: read where a side runs)."""
     lines = {}
     later = from_step_one(w.fn, nest, kept)
-    for c in nest.carried:
+    for c in (c for c in nest.carried if c not in lazily):
         source = None
         if c in w.per_step.get(key(w.fn, nest), set()) and c not in kept:
             source = previous_update(w.fn, nest, c, kept, w.per_step)

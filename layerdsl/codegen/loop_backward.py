@@ -89,6 +89,7 @@ class BackwardWriter:
         self.recomputed: set[str] = set()
         self.kept_whole = fn.outputs | set(self.views)  # read as themselves even for a shape
         self.side: tuple[int, int] | None = None  # the side of a Choice being written
+        self.picked: dict[int, set[str]] = {}  # id of a tape -> the picks taken out of it (`step_picks`)
         # Views of inputs, parameters and picked slices in the loop being written (`transpose(w_l[k], 0, 1)`):
         # recomputed at each step of backward, not kept per step
         self.step_views: dict[str, Step] = {}
@@ -363,7 +364,9 @@ class BackwardWriter:
             kept = self.fn.name(f"{g}_from_later")
             lines.append(f"{kept} = {g}")
             maybe[k] = (var, kept)
-        extra = {v: self.fn.grad_out(v) for v in own if v in self.once and v not in self.fn.outputs}
+        # (and a nest's `x[t]` taken out of this tape as a leaf, `step_picks`: its kept value's gradient here)
+        mine = own | self.picked.get(id(tape), set())
+        extra = {v: self.fn.grad_out(v) for v in mine if v in self.once and v not in self.fn.outputs}
         extra = {} if self.mode == "main" else extra
         for group, cond in [(sure, None)] + [([m], f"{m[1]} is not None") for m in maybe]:
             outs = dataclasses.replace(tape, outputs=[o for o, _ in group])

@@ -1,0 +1,161 @@
+"""`x[t]` of an input in the body of a loop planned as a choice per step (`autodiff.step_choices`: a `Nest` of
+no inner loop): picked as a plain loop picks it (`loops.Planner.picks`), not derived through `select`.
+
+Derived through `select`, each step's gradient of `x[t]` is `select_backward` of x's whole shape, added to x's
+gradient: O(T) elements a step, O(T²) a backward. Picked, the body's backward derives `x[t]` as a leaf of its
+own (read again as `x[t]` where a step reads its value, kept nowhere), each step appends its gradient (one row)
+and the row's index to lists, and after the loop they are written into one gradient of x's shape
+(`index_add` into zeros; a `range(T)` whose every step gives one row of `x[t]` or `x[T - 1 - t]`: the rows
+stacked, as a plain loop's). A row only one side reads is appended at the steps that ran that side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from layerdsl.autodiff.loops import Choice, Straight, picked_backward, picked_forward
+from layerdsl.autodiff.tape import Step, Tape
+from layerdsl.codegen import loop_backward
+from layerdsl.ir import build as B
+from layerdsl.ir import nodes as N
+from layerdsl.semantics.shapes import dim_text
+
+if TYPE_CHECKING:
+    from layerdsl.autodiff.nest import Nest
+    from layerdsl.codegen.loop_backward import BackwardWriter
+
+
+def step_picks(nest: Nest, leaves: set[str], shapes: dict) -> dict[str, tuple[Step, int]]:
+    """The `x[t]` (or `x[T - 1 - t]`) of an input or parameter `x` in the straight segments and the sides of a
+    nest of choices per step, whose dim the loop's range stays within (`range(T)`, `range(0, T, 2)` over x's
+    dim of size T: the pick is valid at every step, so backward may take it again at a step's top), by var;
+    with the index of its segment. Not a value a side leaves in a merged local, nor one a step appends."""
+    if nest.loops() or not any(isinstance(seg, Choice) and seg.per_step for seg in nest.segments):
+        return {}
+    start = nest.bounds[0] if len(nest.bounds) > 1 else B.num(0)
+    stop = nest.bounds[1] if len(nest.bounds) > 1 else nest.bounds[0]
+    step = nest.bounds[2] if len(nest.bounds) > 2 else B.num(1)
+    if not all(isinstance(b, N.Num) and int(b.value) >= k for b, k in ((start, 0), (step, 1))):
+        return {}
+    count = dim_text(stop)
+    held = set(nest.updates.values()) | set(nest.carried)
+    for seg in nest.segments:
+        if isinstance(seg, Choice):
+            held |= set(seg.merged) | {v for values in seg.merged.values() for v in values}
+    items = [*nest.appended.values(), *(i for more in nest.more.values() for i in more)]
+    held |= {i.id for i in items if isinstance(i, N.Name)}
+    out: dict[str, tuple[Step, int]] = {}
+    for index, seg in enumerate(nest.segments):
+        tapes = [seg.tape] if isinstance(seg, Straight) else list(seg.sides()) if isinstance(seg, Choice) else []
+        for s in (s for tape in tapes for s in tape.steps):
+            if s.op is None or s.op.name != "select" or s.var in held:
+                continue
+            src, dim, at = s.args["input"], s.args["dim"], s.args["index"]
+            if not (isinstance(src, N.Name) and src.id in leaves and isinstance(dim, N.Num)):
+                continue
+            if not (picked_forward(at, nest.var) or picked_backward(at, nest.var, count)):
+                continue
+            shape = shapes.get(src.id)
+            d = int(dim.value)
+            if shape is None or "..." in shape or not -len(shape) <= d < len(shape) or shape[d] != count:
+                continue
+            out[s.var] = (s, index)
+    return out
+
+
+def picked_out(w: BackwardWriter, seg, picks: dict[str, tuple[Step, int]]):
+    """`seg` (a straight segment or a choice) with its picks as leaves of its tapes, not steps: backward derives
+    each step's gradient of `x[t]`, not of x (a pick kept per step is given its extra output's gradient where
+    it was taken out, `BackwardWriter.picked`)."""
+    if isinstance(seg, Straight):
+        return dataclasses.replace(seg, tape=_without(w, seg.tape, picks))
+    if isinstance(seg, Choice):
+        return dataclasses.replace(seg, then=_without(w, seg.then, picks), orelse=_without(w, seg.orelse, picks))
+    return seg
+
+
+def _without(w: BackwardWriter, tape: Tape, picks: dict[str, tuple[Step, int]]) -> Tape:
+    own = [s.var for s in tape.steps if s.var in picks]
+    if not own:
+        return tape
+    differentiable = {p for p in own if _source(picks[p][0]) in tape.differentiable}
+    out = dataclasses.replace(
+        tape,
+        steps=[s for s in tape.steps if s.var not in picks],
+        leaves=[*tape.leaves, *own],
+        differentiable=tape.differentiable | differentiable,
+    )
+    w.picked[id(out)] = set(own)
+    return out
+
+
+def _source(step: Step) -> str:
+    src = step.args["input"]
+    assert isinstance(src, N.Name)
+    return src.id
+
+
+def _group(step: Step) -> tuple[str, int]:
+    dim = step.args["dim"]
+    assert isinstance(dim, N.Num)
+    return _source(step), int(dim.value)
+
+
+def rows_lists(w: BackwardWriter, picks: dict[str, tuple[Step, int]]) -> dict[tuple[str, int], tuple[str, str]]:
+    """By picked value and dim: the lists of its gradient's rows and of their indices."""
+    out: dict[tuple[str, int], tuple[str, str]] = {}
+    for step, _ in picks.values():
+        src, _dim = group = _group(step)
+        if group not in out:
+            out[group] = (w.fn.name(f"grad_{src}_rows"), w.fn.name(f"{src}_rows_at"))
+    return out
+
+
+def step_rows(
+    w: BackwardWriter, picks: dict[str, tuple[Step, int]], lists: dict[tuple[str, int], tuple[str, str]]
+) -> tuple[list[str], bool]:
+    """The end of a backward step: each pick's gradient the step gave appended as a row (and its index); and
+    whether every pick gave one at every step."""
+    by_guard: dict[str | None, list[str]] = {}
+    always = True
+    for p, (step, _) in picks.items():
+        st = w.state.get(w.acc(p))
+        if st is None:
+            always = False
+            continue
+        rows, at = lists[_group(step)]
+        append = [f"{rows}.append({w.acc(p)})", f"{at}.append({w.ex(step.args['index'])})"]
+        if st == "maybe":
+            always = False
+            append = [f"if {w.acc(p)} is not None:", *("    " + line for line in append)]
+        by_guard.setdefault(w.guard([p]), []).extend(append)
+    return [line for guard, append in by_guard.items() for line in loop_backward.under(guard, append)], always
+
+
+def joined_rows(
+    w: BackwardWriter,
+    nest: Nest,
+    picks: dict[str, tuple[Step, int]],
+    lists: dict[tuple[str, int], tuple[str, str]],
+    always: bool,
+) -> list[str]:
+    """After the loop: each picked value's rows written into one gradient of its shape, added to its gradient.
+    A `range(T)` whose every step gives one row of each `x[t]` (or `x[T - 1 - t]`): the rows stacked in the
+    steps' order, as a plain loop's; else added at their indices into zeros."""
+    lines: list[str] = []
+    for (src, dim), (rows, at) in lists.items():
+        group = [s for s, _ in picks.values() if _group(s) == (src, dim)]
+        whole = w.acc(src) if w.state.get(w.acc(src)) is None else w.fn.name(f"grad_{src}_picked")
+        if always and len(nest.bounds) == 1 and len(group) == 1:
+            in_order = f"{rows}[::-1]" if isinstance(group[0].args["index"], N.Name) else rows
+            value = f"torch.stack({in_order}, dim={dim})"
+        else:
+            shape = B.call("shape_of", B.name(src))
+            w.read(shape)
+            zeros = f"{rows}[0].new_zeros({w.ex(shape)})"
+            index = f"torch.tensor({at}, dtype=torch.long, device={rows}[0].device)"
+            value = f"{zeros}.index_add({dim}, {index}, torch.stack({rows}, dim={dim}))"
+        taken = w.accumulate(src, whole, conditional=True)
+        lines += [f"if {rows}:", f"    {whole} = {value}", *("    " + t for t in taken)]
+    return lines
