@@ -5,6 +5,9 @@ code before its fix, or is a strict xfail naming a problem still open."""
 
 from __future__ import annotations
 
+import functools
+import re
+
 import pytest
 import torch
 
@@ -290,13 +293,13 @@ def test_a_cat_of_no_items_raises_as_the_plain_modules():
     assert str(ours_error.value) == str(plain_error.value)
 
 
-# ---------------------------------------------------------------- still open
-
 # A loop holding a loop split at two bounds of its variable (`if l == 0` in the inner loop, `if l < L - 1`
-# after it: three loops in a row): the third loop's `l`, bound by `l = l_step + l_at`, is named apart as an
-# int bound before it (`l1 = l`), which reads the earlier loop's Python variable: unbound after a first loop
-# of no steps (L = 0: forward raises UnboundLocalError where the plain module returns x) and always unbound
-# in backward's prelude, which replays only the later loops' numbers.
+# after it: loops in a row): a later piece's `l`, bound by `l = l_step + l_at`, was named apart and started as
+# the value before (`l1 = l`), which read the earlier piece's Python variable: unbound after a first piece of
+# no steps (L = 0: forward raised UnboundLocalError where the plain module returns x) and always unbound in
+# backward's prelude, which replayed the later pieces' numbers in dead `for t in range(ctx.T): pass` loops. A
+# number each step binds before reading, and that nothing after the loop reads, now takes no start
+# (autodiff/loop_ints.fresh_each_step), and the prelude replays nothing.
 THREE_PIECES = """\
 @function
 layer Pieces(d: int, p: float = 0.0) {
@@ -327,16 +330,55 @@ layer Pieces(d: int, p: float = 0.0) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnboundLocalError,
-    reason="autodiff/loop_split.py with autodiff/loop_ints.py: the loop variable a later piece of a split"
-    " loop holding a loop rebinds (`l = l_step + l_at`) is named apart as an int bound before it (`l1 = l`);"
-    " next: leave a split piece's variable out of NumberNames' starts (each piece binds it before reading it)",
-)
-@pytest.mark.parametrize("layers", [0, 3])
-def test_a_nest_split_into_three_loops_derives(layers):
-    ours, plain = function_and_plain(THREE_PIECES, "Pieces", 3, 0.0)
-    x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
+@functools.cache
+def _pieces(policy: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    return function_and_plain(THREE_PIECES.replace("@function", DECORATORS[policy]), "Pieces", 3, 0.0)
+
+
+def _agree_twice(ours: torch.nn.Module, plain: torch.nn.Module, *inputs: torch.Tensor) -> None:
+    """Same output, gradients of the inputs and parameters, and second derivatives (of the squared gradients)."""
+    unused = {"allow_unused": True, "materialize_grads": True}
+    got, want = ours(*inputs), plain(*inputs)
+    torch.testing.assert_close(got, want)
+    weights = torch.linspace(-1, 2, got.numel(), dtype=got.dtype).reshape(got.shape)
+    firsts, seconds = [], []
+    for module, value in ((ours, got), (plain, want)):
+        wrt = [*inputs, *module.parameters()]
+        first = torch.autograd.grad((value * weights).sum(), wrt, create_graph=True, **unused)
+        square = sum((g * g).sum() for g in first)
+        firsts.append(first)
+        seconds.append(
+            torch.autograd.grad(square, wrt, **unused) if square.requires_grad else [torch.zeros_like(t) for t in wrt]
+        )
+    for g, w in zip(*firsts, strict=True):
+        torch.testing.assert_close(g, w)
+    for g, w in zip(*seconds, strict=True):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("steps", [0, 1, 3])
+@pytest.mark.parametrize("layers", [0, 1, 2, 3])
+@pytest.mark.parametrize("policy", sorted(DECORATORS))
+def test_a_nest_split_into_loops_in_a_row_derives(policy, layers, steps):
+    ours, plain = _pieces(policy)
+    torch.manual_seed(layers * 10 + steps)
+    x = torch.randn(steps, 2, 3, dtype=torch.float64, requires_grad=True)
     z = torch.randn(layers, 3, dtype=torch.float64, requires_grad=True)
-    _agree(ours, plain, x, z)
+    if steps == 0 and layers > 0:  # an inner loop of no steps: stack() of no items raises, alike
+        with pytest.raises(RuntimeError) as plain_error:
+            plain(x, z)
+        with pytest.raises(type(plain_error.value)):
+            ours(x, z)
+        return
+    _agree_twice(ours, plain, x, z)
+    assert torch.autograd.gradcheck(ours, (x, z))
+    assert torch.autograd.gradgradcheck(ours, (x, z))
+
+
+@pytest.mark.parametrize("policy", sorted(DECORATORS))
+def test_a_nest_split_into_loops_in_a_row_replays_no_dead_loop(policy):
+    """Backward's prelude ran the later pieces' numbers again, binding nothing it reads (`for ...: pass`)."""
+    source = compile_spec(THREE_PIECES.replace("@function", DECORATORS[policy]), f"pieces_{policy}")["SOURCE"]
+    assert "l_at_2 = " in source  # (split where its `if`s turn, one piece counted from l_at_2)
+    assert not re.search(r"^( *)for [^\n]*:\n\1    pass$", source, re.M)
+    assert not re.search(r"^ *l\d* = l\d*$", source, re.M)  # no start read from an earlier piece

@@ -11,7 +11,8 @@ and reads step t's record where it runs step t. Numbers the forward binds after 
 leaves (`m = n1 * 2`) are `late`: forward computes them where they stand, not before its first segment.
 
 A loop holding a loop (a `Nest`) is named alike (`NumberNames.nest`): a number it binds that was bound
-before takes a name of its own, started as the value before; backward's prelude runs its numbers again,
+before takes a name of its own, started as the value before (not where none reads that value,
+`fresh_each_step`: a split piece's variable, `l = l_step + l_at`); backward's prelude runs its numbers again,
 recording the carried ones at the start of each outer step and of each step of its loops
 (`codegen.function_nest.replay`). Its body's numbers are computed at the start of each outer step: one bound
 after a statement of the body that reads it, or binds what it reads, is refused (`_check_nest`).
@@ -70,11 +71,12 @@ class NumberNames:
         self.late: set[str] = set()  # names a loop binds, and numbers computed after it from them
         self.nests: dict[int, LoopNumbers] = {}  # id of a loop holding a loop as renamed -> its numbers
 
-    def statement(self, stmt: N.Stmt) -> N.Stmt:
+    def statement(self, stmt: N.Stmt, after: set[str] | None = None) -> N.Stmt:
         """A top-level statement other than a kept loop: its reads renamed; a number rebinding a renamed
-        one bound anew under a fresh name."""
+        one bound anew under a fresh name. `after`: the names the statements after it may read before
+        binding them (a loop holding a loop's: `nest`), None where not known."""
         if isinstance(stmt, N.For):
-            return self.nest(stmt)
+            return self.nest(stmt, after)
         out = renamed(stmt, self.names)
         if isinstance(stmt, N.Assign) and isinstance(out, N.Assign) and out.value.kind in N.NUMBERS:
             if stmt.target in self.names or stmt.target in self.late:  # (forward computes a late one in place)
@@ -105,17 +107,19 @@ class NumberNames:
         self.late |= set(own.values())
         return LoopNumbers(inner, starts, [own[b] for b in dict.fromkeys(body_numbers) if b in carried])
 
-    def nest(self, loop: N.For) -> N.For:
+    def nest(self, loop: N.For, after: set[str] | None = None) -> N.For:
         """A loop holding a loop, with each number it binds that was bound before named apart (started as the
-        value before, `nests`), and each inner loop's body in order (`in_order`). What it binds is `late`:
-        the numbers after it computed from them are computed where they stand."""
+        value before, `nests`, unless `fresh_each_step`: none reads the value before), and each inner loop's
+        body in order (`in_order`). What it binds is `late`: the numbers after it computed from them are
+        computed where they stand. `after`: the names the statements after it may read before binding them
+        (None: any)."""
         bound_here = [s.target for s in statements(loop.body) if isinstance(s, N.Assign) and _binds_number(s)]
         own = {b: self.fresh(b) for b in dict.fromkeys(bound_here) if b in self.bound or b in self.names}
         names = {b: new for b, new in self.names.items() if b not in bound_here}
         out = copy.copy(renamed(loop, {**names, **own}))
         assert isinstance(out, N.For)
         out.body = [self.inner_in_order(s) for s in out.body]
-        starts = {new: self.names.get(b, b) for b, new in own.items()}
+        starts = {new: self.names.get(b, b) for b, new in own.items() if not fresh_each_step(loop, b, after)}
         self.nests[id(out)] = LoopNumbers(out, starts, sorted(carried_by(out)))
         self.names.update(own)
         self.bound |= set(bound_here)
@@ -177,6 +181,21 @@ def renamed(node, names: dict[str, str]):
         return e
 
     return go(node)
+
+
+def fresh_each_step(loop: N.For, number: str, after: set[str] | None) -> bool:
+    """Whether no one reads the value `number` had before `loop` (a loop holding a loop): each step binds it
+    at its top level before anything of the step reads or binds it, and the statements after the loop do
+    not read it before binding it (`after`; None: they may). So a split piece's variable (`l = l_step +
+    l_at`, `loop_split._from_zero`) needs no start: the loop variable is seen in its body only."""
+    if after is None or number in after:
+        return False
+    for s in loop.body:
+        if isinstance(s, N.Assign) and s.target == number and _binds_number(s):
+            return number not in _names(s.value)
+        if number in _names(s) or number in {b.target for b in statements([s]) if isinstance(b, N.Assign)}:
+            return False
+    return False
 
 
 def carried_by(loop: N.For) -> set[str]:

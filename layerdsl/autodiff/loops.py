@@ -429,7 +429,8 @@ class Planner:
                 numbered = self.number_names.loop(stmt, self.forward.body[at + 1 :])
                 stmt = numbered.loop
             else:  # a loop holding a loop: its reads (`loop_ints` refuses numbers it carries or leaves)
-                stmt = self.number_names.statement(stmt)
+                after = read_before_bound(self.forward.body[at + 1 :]) if isinstance(stmt, N.For) else None
+                stmt = self.number_names.statement(stmt, after)
             if isinstance(stmt, N.If) and self.conditions is not None:
                 if chunk:
                     segments.append(self.straight(chunk))
