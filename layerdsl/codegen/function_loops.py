@@ -694,13 +694,14 @@ class LoopFunction:
         and dims), keeping per step what backward reads: the values forward returns as extra outputs under
         the default policy, at hand as locals. In torch operations, so double backward goes through them.
         `read`: the values backward reads after forward (outputs and views of inputs among them)."""
+        self.replaying = True
         plain = {p: self.names.ctx_value(p) for p in self.helper.plain_inputs}  # a flag: kept on ctx
         ex = self.helper.python(dataclasses.replace(spelling, names=spelling.names | plain))
         self.left_out = self.unread(once | read)
-        self.replaying = True
         lines = self.segments_forward(set(self.extra_outputs(once, per_step)), per_step, ex)
-        self.left_out, self.replaying = set(), False
+        self.left_out = set()
         check_replayed(self.plan, self.state is not None)
+        self.replaying = False
         if self.state is not None:  # it draws at random: as forward drew
             kept = self.names.ctx_value(self.state)
             lines = replayed(lines, kept, self.name("drawn"), self.name("cuda"))
