@@ -272,3 +272,30 @@ def test_a_buffers_new_value_read_in_a_forward_without_loops_has_no_second_deriv
         seconds.append(torch.autograd.grad(sum((g * g).sum() for g in first), [y, *module.parameters()]))
     for g, p in zip(*seconds, strict=True):
         torch.testing.assert_close(g, p)
+
+
+LAST_ITEM = """for t in range(T) {
+            if t % 3 == 1 {
+                h = tanh(h @ w + x[t])
+            } else {
+                h = sin(h) + x[t]
+            }
+            outs.append(h)
+        }
+        return outs[0] * outs[-1]"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="autodiff/loop_lists.item_read reads `outs[-1]` as `stack(outs, dim = 0)[-1]`: over a loop of no steps "
+    "torch.stack raises RuntimeError ('stack expects a non-empty TensorList') from the generated code, where the "
+    "plain module raises IndexError ('list index out of range'); next: a check of the list's length before the "
+    "stack raising IndexError with the layer and the spec line (codegen/function_checks)",
+)
+def test_an_item_of_an_empty_list_raises_as_the_plain_modules():
+    ours, plain = function_and_plain(_spec("outs = []\n        " + LAST_ITEM), "Steps", 3)
+    x, y = _inputs(0)
+    with pytest.raises(IndexError):
+        plain(x, y)
+    with pytest.raises(IndexError, match=r"^Steps: .*list index out of range"):
+        ours(x, y)
