@@ -232,9 +232,10 @@ def check_loop_numbers(body: list[N.Stmt]) -> None:
             check_loop_numbers(stmt.orelse)
 
 
-def _check_nest(loop: N.For) -> None:
-    """A loop holding a loop: its loops' slices fixed in size, and each number its body binds bound before
-    anything of the step reads it or binds what it reads (the Function computes a step's numbers first)."""
+def _check_nest(loop: N.For, per_step: bool = False) -> None:
+    """A loop holding a loop (or `per_step`: one with a choice per step): its loops' slices fixed in size, and
+    each number its body binds bound before anything of the step reads it or binds what it reads (the Function
+    computes a step's numbers first)."""
     for at, stmt in enumerate(loop.body):
         if not (isinstance(stmt, N.Assign) and _binds_number(stmt)):
             continue
@@ -245,17 +246,23 @@ def _check_nest(loop: N.For) -> None:
             if isinstance(before, N.For):
                 binds.add(before.var)
             if stmt.target in _names(before) or binds & _names(stmt.value):
+                # (per step, the number is named apart already: `NumberNames.loop`)
+                what = "picks a side of its `if` at each step" if per_step else "holds a loop"
+                number = "this number" if per_step else f"the number '{stmt.target}'"
                 raise NotDerivable(
                     stmt.span,
-                    f"cannot derive through the number '{stmt.target}' yet: the loop over '{loop.var}' holds a"
-                    " loop, and the Function computes the numbers its body binds at the start of each step, but"
+                    f"cannot derive through {number} yet: the loop over '{loop.var}' {what},"
+                    " and the Function computes the numbers its body binds at the start of each step, but"
                     " a statement before this one reads it or binds what it reads",
-                    "bind it at the start of the loop's body (or in the inner loop), or write a backward block",
+                    "bind it at the start of the loop's body"
+                    + (" (before the `if`)" if per_step else " (or in the inner loop)")
+                    + ", or write a backward block",
                 )
 
 
-def _check_slices(loop: N.For) -> None:
-    """NotDerivable at a slice in `loop`'s body (a loop holding a loop) whose size varies from step to step."""
+def _check_slices(loop: N.For, per_step: bool = False) -> None:
+    """NotDerivable at a slice in `loop`'s body (a loop holding a loop, or `per_step`: one with a choice per
+    step, `step_choices`) whose size varies from step to step."""
     numbers = [(s.target, s.value) for s in statements(loop.body) if isinstance(s, N.Assign) and _binds_number(s)]
     carried = _read_before_bound(loop.body) & {n for n, _ in numbers}
     varying = _varying(loop.var, numbers, carried)
@@ -266,6 +273,8 @@ def _check_slices(loop: N.For) -> None:
                     if isinstance(item, N.Slice) and not _fixed_size(item, varying):
                         by = sorted(_names_of(item) & varying)[0]
                         through = "" if by == loop.var else f" through '{by}'"
+                        if per_step:
+                            raise _varying_in_a_choice(item.span, spec_text(e.value), loop.var, through)
                         raise NotDerivable(
                             item.span,
                             f"cannot derive through this slice of `{spec_text(e.value)}` yet: its size depends"
@@ -277,6 +286,26 @@ def _check_slices(loop: N.For) -> None:
                             " or write the inner loop's count in the spec (up to 64 steps are unrolled), or"
                             " write a backward block",
                         )
+
+
+def check_choice_loop(loop: N.For) -> None:
+    """NotDerivable in the body of `loop`, a loop with a choice per step (`step_choices`, planned as a nest of no
+    inner loop), at a slice whose size varies from step to step (the values its steps keep are stacked at one
+    shape: `sized_per_step`'s recomputing is a plain loop's only), or at a number bound after a statement that
+    reads it (`if t > n` before `n = n + 1`: the Function computes a step's numbers first)."""
+    _check_slices(loop, per_step=True)
+    _check_nest(loop, per_step=True)
+
+
+def _varying_in_a_choice(span, sliced: str, var: str, through: str) -> NotDerivable:
+    return NotDerivable(
+        span,
+        f"cannot derive through this slice of `{sliced}` yet: its size depends on the loop's variable"
+        f" '{var}'{through}, so the step's values change shape from step to step, which a loop whose `if`"
+        " picks a side at each step does not derive through yet",
+        "slice by bounds whose difference is the same in every step (`h[:, k:k + 2]`), or compute both sides"
+        " and choose with where(cond, a, b), or write a backward block, or drop @function",
+    )
 
 
 def _own_statements(body: list[N.Stmt]):
@@ -297,12 +326,22 @@ def varying_per_step(loop: N.For) -> set[str]:
     return _varying(loop.var, numbers, _read_before_bound(loop.body) & {n for n, _ in numbers})
 
 
-def check_masks(segments: list) -> None:
-    """NotDerivable at an index by a bool mask in the body of a loop holding a loop, outside its loops
-    (`segments`: the body's): the values stacked over its steps keep one shape."""
+def check_masks(segments: list, per_step: bool = False) -> None:
+    """NotDerivable at an index by a bool mask in the body of a loop holding a loop, outside its loops, or of
+    one with a choice per step (`per_step`) (`segments`: the body's): the values stacked over its steps keep
+    one shape."""
     tapes = [t for seg in segments for t in (seg.sides() if hasattr(seg, "sides") else [seg.tape])]
     for tape in tapes:
         for s in tape.steps:
+            if s.by_mask and per_step:
+                raise NotDerivable(
+                    s.expr.span,
+                    "cannot derive through this index by a bool mask yet: it is in the body of a loop whose `if`"
+                    " picks a side at each step, and how many elements it picks may differ from step to step,"
+                    " which the values kept per step cannot",
+                    "pick with where(mask, x, 0) (`sum(where(mask, x, 0))` sums what the mask picks), or compute"
+                    " both sides and choose with where(cond, a, b), or drop @function",
+                )
             if s.by_mask:
                 raise NotDerivable(
                     s.expr.span,

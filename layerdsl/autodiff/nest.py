@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from layerdsl.autodiff import loops, step_choices
-from layerdsl.autodiff.loop_ints import carried_by, check_masks, check_sized_per_step, varying_per_step
+from layerdsl.autodiff.loop_ints import (
+    carried_by,
+    check_choice_loop,
+    check_masks,
+    check_sized_per_step,
+    varying_per_step,
+)
 from layerdsl.autodiff.loop_split import unsplit_reason
 from layerdsl.autodiff.nest_pairs import unpaired_reason
 from layerdsl.autodiff.tape import NotDerivable, Step, Tape
@@ -149,6 +155,8 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
                 hint,
             )
     per_step = step_choices.steps_choose(stmt)
+    if per_step:
+        check_choice_loop(stmt)
     body = _lists_of_its_own(step_choices.tail_joined(stmt).body if per_step else stmt.body, p)
     locals_ = _carried_locals(body, set(p.alias))
     carried = {local: p.fresh(local) for local in locals_}
@@ -199,7 +207,7 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
             chunk.append(s)
     if chunk:
         segments.append(p.straight(chunk))
-    check_masks([seg for seg in segments if not isinstance(seg, loops.Loop)])
+    check_masks([seg for seg in segments if not isinstance(seg, loops.Loop)], per_step)
     more: dict[str, list[N.Expr]] = {}
     for name, held in items.items():
         items_held: list[N.Expr] = [_item(p.alias[local], stmt.span) for local in held]

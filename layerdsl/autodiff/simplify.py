@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import math
+import operator
 
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
@@ -20,18 +22,9 @@ def simplify(e: N.Expr) -> N.Expr:
         case N.BinOp(op=op, left=l, right=r):
             l, r = simplify(l), simplify(r)
             if isinstance(l, N.Num) and isinstance(r, N.Num) and op in ("+", "-", "*", "/", "**"):
-                try:
-                    return B.num(
-                        {
-                            "+": l.value + r.value,
-                            "-": l.value - r.value,
-                            "*": l.value * r.value,
-                            "/": l.value / r.value,
-                            "**": l.value**r.value,
-                        }[op]
-                    )
-                except ZeroDivisionError:
-                    pass
+                folded = _folded(op, l.value, r.value)
+                if folded is not None:
+                    return B.num(folded)
             if op == "*" and _is(l, 1) or op in ("+",) and _is(l, 0):
                 return r
             if op in ("*", "/") and _is(r, 1) or op in ("+", "-") and _is(r, 0) or op == "**" and _is(r, 1):
@@ -58,6 +51,20 @@ def simplify(e: N.Expr) -> N.Expr:
             c.kwargs = [N.Keyword(k.name, simplify(k.value), k.span) for k in e.kwargs]
             return c
     return e
+
+
+_OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "**": operator.pow}
+
+
+def _folded(op: str, left, right):
+    """`left op right` where Python's value is torch's; None where Python raises (`1.0 / 0`, `10.0 ** 400`) or
+    gives a complex number (`(-8.0) ** 0.5`) or inf (`1e200 * 1e200`): the generated code then writes the operation by its number form,
+    torch's inf or nan (`language/number_forms.py`), as the forward writes it."""
+    try:
+        value = _OPERATORS[op](left, right)
+    except (ZeroDivisionError, OverflowError):
+        return None
+    return value if isinstance(value, int) or isinstance(value, float) and math.isfinite(value) else None
 
 
 def _neg(o: N.Expr) -> N.Expr:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from layerdsl.autodiff.loops import Loop, LoopPlan, Straight
 from layerdsl.autodiff.plan import BranchPlan, Plan, straight_plans
+from layerdsl.autodiff.tape import Step
+from layerdsl.ir import nodes as N
 from layerdsl.language.naming import fresh_name
 
 
@@ -79,3 +81,12 @@ def unpacked_call(
         else:
             lines += [f"    if {value} is not None:", f"        self.{b}.copy_({value})"]
     return lines, outputs
+
+
+def reads_a_new_value(step: Step, plan: LoopPlan) -> bool:
+    """Whether `step` is a read of a buffer after its `update` (`Recorder.updated_buffer`: a step no gradient
+    flows back through, binding the var that holds the new value): the forward run again in backward under
+    `save = "inputs"` binds it detached, as the plain module reads it from the buffer it wrote under no_grad,
+    so that a double backward does not differentiate through the update either."""
+    updated = {v for seg in plan.segments if isinstance(seg, Straight) for v in seg.tape.updates.values()}
+    return step.op is None and isinstance(step.expr, N.Name) and step.expr.id in updated

@@ -29,7 +29,7 @@ from layerdsl.codegen import function_nest
 from layerdsl.codegen.carried_shape_checks import unknown_shape_checks
 from layerdsl.codegen.function import VIEWS, FunctionEmitter, returning_second_results, with_second_results
 from layerdsl.codegen.function_branches import chosen_lines
-from layerdsl.codegen.function_buffers import loop_updates, returned_values, updated_buffers
+from layerdsl.codegen.function_buffers import loop_updates, reads_a_new_value, returned_values, updated_buffers
 from layerdsl.codegen.function_checks import read_vars, segment_check_lines, segment_checks, segment_count_lines
 from layerdsl.codegen.function_members import held_forward_params, held_params, saved_with_held
 from layerdsl.codegen.loop_backward import (
@@ -263,7 +263,9 @@ class LoopFunction:
         self.unpacked: list[str] = []  # the inputs and parameters that backward unpacks from ctx.saved_tensors
         self.recomputed_plain: set[str] = set()  # the flags and int-tuple inputs backward reads (on ctx)
         self.left_out: set[str] = set()  # the values and joins the forward run again leaves out (`unread`)
-        self.helper.mask_when_dropping = not self.loops  # no mask kept per step (a stack takes no None)
+        self.replaying = False  # the forward run again (`recompute`) being written
+        # no mask kept per step (a stack takes no None), nor in a choice per step's loop (`step_choices`)
+        self.helper.mask_when_dropping = not self.loops and not function_nest.nests(plan.segments)
         self.own: dict[tuple, str] = {} if shared is None else shared  # names it introduces, by what they hold
         self.outputs = {o.id for o in plan.outputs if isinstance(o, N.Name)}
         self.updates = loop_updates(plan)  # `update b = ...`: the new values, returned for the module to write
@@ -696,12 +698,14 @@ class LoopFunction:
         and dims), keeping per step what backward reads: the values forward returns as extra outputs under
         the default policy, at hand as locals. In torch operations, so double backward goes through them.
         `read`: the values backward reads after forward (outputs and views of inputs among them)."""
+        self.replaying = True
         plain = {p: self.names.ctx_value(p) for p in self.helper.plain_inputs}  # a flag: kept on ctx
         ex = self.helper.python(dataclasses.replace(spelling, names=spelling.names | plain))
         self.left_out = self.unread(once | read, {v for values in per_step.values() for v in values})
         lines = self.segments_forward(set(self.extra_outputs(once, per_step)), per_step, ex)
         self.left_out = set()
         check_replayed(self.plan, self.state is not None)
+        self.replaying = False
         if self.state is not None:  # it draws at random: as forward drew
             kept = self.names.ctx_value(self.state)
             lines = replayed(lines, kept, self.name("drawn"), self.name("cuda"))
@@ -865,6 +869,8 @@ class LoopFunction:
                 line = f"{', '.join([first.var, *seconds])} = {ex(returning_second_results(first, {}))}"
             else:
                 line = f"{s.var} = {ex(s.expr)}"
+            if self.replaying and reads_a_new_value(s, self.plan):
+                line += ".detach()"  # (`save = "inputs"`: the forward run again in backward)
             lines += with_spec_line([line], 0, self.e.spec_path, s.expr.span.line)
         return lines + segment_check_lines(tape, ex, self.layer, self.e.spec_path, index)
 
