@@ -236,8 +236,11 @@ def test_a_constant_python_gives_no_real_value_for_derives_as_torchs(constant, p
         torch.testing.assert_close(g, p, equal_nan=True)
 
 
-# ---------------------------------------------------------------- still open
+# ---------------------------------------------------------------- still open (the first one fixed since)
 
+# A buffer's new value read after its `update` in a forward without loops, under save = "inputs": the backward
+# computed it again differentiably (`0.9 * avg + 0.1 * mean(h)`), so a double backward differentiated through
+# mean(h). Now computed again detached (codegen/function_buffers.recomputed_read, the internal op `detached`).
 STRAIGHT = """\
 @function(save = "inputs")
 layer Straight(d: int) {
@@ -255,13 +258,6 @@ layer Straight(d: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codegen/function.py (`_recompute_stmts`) recomputes a buffer's new value read after its update "
-    "differentiably under save = 'inputs' in a forward without loops (the gradient reads `0.9 * avg + "
-    "mean(h) * 0.1`, so double backward differentiates through mean(h)); next: an internal `detached` "
-    "operation on the Recorder.updated_buffer step, written `.detach()` when recomputed",
-)
 def test_a_buffers_new_value_read_in_a_forward_without_loops_has_no_second_derivative():
     ours, plain = function_and_plain(STRAIGHT, "Straight", 3)
     y = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)

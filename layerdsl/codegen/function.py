@@ -24,7 +24,7 @@ from layerdsl.autodiff.sub_calls import CallPlan
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.autodiff.unroll import measured_sizes
 from layerdsl.codegen.function_branches import chosen_lines
-from layerdsl.codegen.function_buffers import always_updated, returned_values, updated_buffers
+from layerdsl.codegen.function_buffers import always_updated, recomputed_read, returned_values, updated_buffers
 from layerdsl.codegen.function_checks import check_lines, checks_by_step, read_vars
 from layerdsl.codegen.function_sub_calls import emit_composed_function
 from layerdsl.codegen.joint_gradients import joint_calls
@@ -950,7 +950,10 @@ class FunctionEmitter:
 
     def _section(self, tape: Tape, sec: Section, ex: PyExpr, saved: set[str], depth: int) -> list[str]:
         stmts = [
-            t for s in tape.steps if s.var in sec.recompute for t in self._recompute_stmts(s, sec.recompute[s.var])
+            t
+            for s in tape.steps
+            if s.var in sec.recompute
+            for t in self._recompute_stmts(s, sec.recompute[s.var], tape)
         ]
         stmts += [Stmt(target, expr, leaves, span=span) for leaves, target, expr, span in sec.items]
         facts = self._facts(tape, sec.incoming, saved | set(sec.accumulate.values()))
@@ -971,7 +974,7 @@ class FunctionEmitter:
             parts.append(({leaf}, [Accumulate(leaf, part)]))
         return self._guarded(parts, tape), schedule
 
-    def _recompute_stmts(self, s: Step, leaves: set[str]) -> list[Stmt]:
+    def _recompute_stmts(self, s: Step, leaves: set[str], tape: Tape) -> list[Stmt]:
         if s.guard:  # `var = base`, then `var = var + member` when the optional member is present
             assert s.base is not None  # a step on an optional member always has a base (Linearizer.add)
             return [
@@ -980,7 +983,7 @@ class FunctionEmitter:
                     s.var, _replace_name(s.expr, s.base, s.var), leaves, recompute=True, guard=s.guard, span=s.expr.span
                 ),
             ]
-        return [Stmt(s.var, _squares(s.expr), leaves, recompute=True, span=s.expr.span)]
+        return [Stmt(s.var, _squares(recomputed_read(s, tape)), leaves, recompute=True, span=s.expr.span)]
 
     def _facts(self, tape: Tape, incoming: dict[str, str], kept: set[str]) -> Facts:
         """What the fusion pass may assume about the names a backward starts with."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from layerdsl.autodiff.loops import Loop, LoopPlan, Straight
 from layerdsl.autodiff.plan import BranchPlan, Plan, straight_plans
-from layerdsl.autodiff.tape import Step
+from layerdsl.autodiff.tape import Step, Tape
+from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.language.naming import fresh_name
 
@@ -90,3 +91,12 @@ def reads_a_new_value(step: Step, plan: LoopPlan) -> bool:
     so that a double backward does not differentiate through the update either."""
     updated = {v for seg in plan.segments if isinstance(seg, Straight) for v in seg.tape.updates.values()}
     return step.op is None and isinstance(step.expr, N.Name) and step.expr.id in updated
+
+
+def recomputed_read(step: Step, tape: Tape) -> N.Expr:
+    """The expression a backward computes `step` again with (`save = "inputs"`, a forward without loops):
+    a read of a buffer's new value after its `update` (`Tape.updates`) detached, as `reads_a_new_value` has
+    it in a loop's forward, so that a double backward does not differentiate through the update."""
+    if step.op is None and isinstance(step.expr, N.Name) and step.expr.id in tape.updates.values():
+        return B.call("detached", step.expr, span=step.expr.span)
+    return step.expr

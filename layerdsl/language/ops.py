@@ -1259,6 +1259,17 @@ TABLE: tuple[Op, ...] = (
         "split dim into sizes (one of them may be -1)",
         {"input": "reshape(grad, shape_of(input))"},
     ),
+    # -- a buffer's new value read after its `update`, computed again in a backward (`save = "inputs"`): no
+    # gradient flows through it, as the plain module reads it from the buffer it wrote under no_grad
+    Op(
+        "detached",
+        _sig("input*"),
+        "torch.detach",
+        "elementwise",
+        "input, with no gradient recorded through it",
+        {"input": None},
+        internal=True,
+    ),
     Op(
         "embedding",
         _sig("input*, weight*, padding_idx = none, max_norm = none, norm_type = 2.0, scale_grad_by_freq = false"),
