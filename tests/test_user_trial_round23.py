@@ -281,13 +281,6 @@ LAST_ITEM = """for t in range(T) {
         return outs[0] * outs[-1]"""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/loop_lists.item_read reads `outs[-1]` as `stack(outs, dim = 0)[-1]`: over a loop of no steps "
-    "torch.stack raises RuntimeError ('stack expects a non-empty TensorList') from the generated code, where the "
-    "plain module raises IndexError ('list index out of range'); next: a check of the list's length before the "
-    "stack raising IndexError with the layer and the spec line (codegen/function_checks)",
-)
 def test_an_item_of_an_empty_list_raises_as_the_plain_modules():
     ours, plain = function_and_plain(_spec("outs = []\n        " + LAST_ITEM), "Steps", 3)
     x, y = _inputs(0)

@@ -6,12 +6,16 @@
   what each step appends to a list is stacked step by step (`unit_slices`).
 - `L[i]` of a list after the loop appending to it, an int `i` (`outs[-1]`, `outs[0]`), is `stack(L, dim =
   0)[i]`, when every item of the list has one known shape: a join as `stack(L)` is, whose gradient is cut
-  back into the steps' items (`item_read`).
+  back into the steps' items (`item_read`). Where the list may hold too few items for `i` (none appended
+  before the loop for `outs[0]`), the join records the read (`ItemRead`, `mark_item_read`): the Function
+  checks the list's length before the stack, raising the plain module's IndexError (`codegen.function_checks`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.ir import build as B
@@ -142,6 +146,32 @@ def item_read(
     out = N.Subscript(e.span, stacked, [clone(e.items[0])])
     out.kind = e.kind
     return out
+
+
+@dataclass
+class ItemRead:
+    """`L[at]` of a list a loop appends to, read as an item of a join (`stack(L, dim = 0)`, `item_read`)
+    where the list may hold too few items for `at`: its spec text and line, for the length check."""
+
+    at: int
+    text: str
+    line: int
+
+
+def mark_item_read(spec: N.Expr, read: N.Expr, out: N.Expr, joins_of: Callable[[str], list[Any]]) -> None:
+    """Record on its join (`joins_of(L)`: the joins of the list L, each with `name` and `item`) that `spec`
+    (`L[i]`) is read as `read` (`item_read`'s, `stack(L, dim = 0)[i]`), become `out` (`join[i]`), where the
+    list may hold too few items: none of the items appended before the loop is `L[i]` itself."""
+    if read is spec or not isinstance(read, N.Subscript) or not isinstance(out, N.Subscript):
+        return
+    if not (isinstance(spec, N.Subscript) and isinstance(spec.value, N.Name) and isinstance(out.value, N.Name)):
+        return
+    at = _int_literal(spec.items[0])
+    if at is None:
+        return
+    for join in joins_of(spec.value.id):
+        if join.name == out.value.id:
+            join.item = ItemRead(at, spec_text(spec), spec.span.line)
 
 
 def uneven_steps(loops: list, name: str, shapes: dict[str, Shape]) -> str | None:

@@ -38,8 +38,10 @@ from layerdsl.autodiff.loop_ints import (
     steady_shape,
 )
 from layerdsl.autodiff.loop_lists import (
+    ItemRead,
     alike,
     item_read,
+    mark_item_read,
     nonnegative_int,
     refuse_items_in_loop,
     uneven_steps,
@@ -80,6 +82,8 @@ class Join:
     of_step: int | None = None
     # what the loops before its own that append to the list append each step (`Loop.before`)
     earlier: list[N.Expr] = field(default_factory=list)
+    # `L[i]` read as an item of it where the list may hold too few items (`loop_lists.mark_item_read`)
+    item: ItemRead | None = None
 
 
 @dataclass
@@ -532,7 +536,9 @@ class Planner:
         """`stmt` with `stack(L, dim = d)` / `cat(L, dim = d)` of a loop's list as the value they join."""
 
         def go(e):
-            e = map_children(item_read(e, set(self.loops), self.item_shapes, self.heads_read), go)
+            read = item_read(e, set(self.loops), self.item_shapes, self.heads_read)
+            e, spec = map_children(read, go), e
+            mark_item_read(spec, read, e, lambda name: self.loops[name].joins)
             if isinstance(e, N.Call) and e.func in ("stack", "cat") and e.args:
                 listed = e.args[0]
                 if isinstance(listed, N.Name) and listed.id in self.heads and listed.id not in self.loops:

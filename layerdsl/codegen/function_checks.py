@@ -5,11 +5,13 @@ is bound, raising the plain module's ValueError (the sub's layer, its message an
 body, one reading a value of the loop (a step's, or one it carries) runs each step; one reading only sizes the
 forward measured before the loop, once, at its first step. The tape's checks also hold how many parts an
 unpacked `chunk`/`split` gives where only forward knows the size it cuts (`autodiff.unpack_checks`).
+An item of a list a loop appends to, read as an item of its stack (`autodiff.loop_lists.item_read`), has its
+list's length checked before the stack (`item_check_lines`), raising the plain module's IndexError.
 """
 
 from __future__ import annotations
 
-from layerdsl.autodiff.loops import Choice, LoopPlan
+from layerdsl.autodiff.loops import Choice, Join, LoopPlan
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, Plan
 from layerdsl.autodiff.sub_requires import decided
 from layerdsl.autodiff.tape import Tape
@@ -122,3 +124,22 @@ def plan_checks(plan: Plan | None) -> list[N.Require]:
     if isinstance(plan, LoopPlan):
         return segment_checks(plan.segments)
     return plan.tape.checks if isinstance(plan, BackwardPlan) else []
+
+
+def item_check_lines(j: Join, heads: int, buffer: str | None, layer: N.Layer, spec_path: str | None) -> list[str]:
+    """The check that the list `j.items` holds the item `j.item` reads (`L[-1]`, `L[0]`) before its stack
+    (`heads` items appended before the loop), raising the plain module's IndexError naming the layer, the
+    read and its spec line; none where the items before the loop hold it. `buffer`: the per-step buffer the
+    list is a view of (no heads: empty where a loop of no steps left it None), else the list is made."""
+    item = j.item
+    if item is None or (item.at < heads if item.at >= 0 else -item.at <= heads):
+        return []
+    where = f"{layer.name}: {item.text} at {layer.path}:{item.line}: list index out of range"
+    if buffer is not None:
+        said = f"{where} (the loop appending to '{j.items}' ran no steps)"
+        check = [f"if {buffer} is None:", f"    raise IndexError({said!r})"]
+    else:
+        test = f"len({j.items}) <= {item.at}" if item.at >= 0 else f"len({j.items}) < {-item.at}"
+        said = f"{where} ('{j.items}' holds {{len({j.items})}} items)"
+        check = [f"if {test}:", f"    raise IndexError(f{said!r})"]
+    return with_spec_line(check, 1, spec_path, item.line)

@@ -30,7 +30,13 @@ from layerdsl.codegen.carried_shape_checks import unknown_shape_checks
 from layerdsl.codegen.function import VIEWS, FunctionEmitter, returning_second_results, with_second_results
 from layerdsl.codegen.function_branches import chosen_lines
 from layerdsl.codegen.function_buffers import loop_updates, reads_a_new_value, returned_values, updated_buffers
-from layerdsl.codegen.function_checks import read_vars, segment_check_lines, segment_checks, segment_count_lines
+from layerdsl.codegen.function_checks import (
+    item_check_lines,
+    read_vars,
+    segment_check_lines,
+    segment_checks,
+    segment_count_lines,
+)
 from layerdsl.codegen.function_members import held_forward_params, held_params, saved_with_held
 from layerdsl.codegen.loop_backward import (
     MAX_SAVING_SIDES,
@@ -957,9 +963,11 @@ class LoopFunction:
             if j.items in buffered:  # a view of the buffer (an output of its own: not the buffer itself)
                 buffer, dim = self.stacked(buffered[j.items]), ex(j.dim)
                 view = f"{buffer}.view_as({buffer})" if dim == "0" else f"torch.movedim({buffer}, 0, {dim})"
+                lines += item_check_lines(j, 0, buffer, self.layer, self.e.spec_path)
                 lines += self.no_steps_check(loop, buffer, j.items)
                 lines.append(f"{j.name} = {view}")
             else:
+                lines += item_check_lines(j, len(loop.heads.get(j.items, [])), None, self.layer, self.e.spec_path)
                 lines.append(f"{j.name} = {self.joined(loop, j, ex)}")
         return lines
 

@@ -27,6 +27,7 @@ from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen import loop_backward, step_picks, step_rows
 from layerdsl.codegen.function import VIEWS
+from layerdsl.codegen.function_checks import item_check_lines
 from layerdsl.codegen.pyexpr import PyExpr
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.ir import build as B
@@ -423,6 +424,7 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
         else:
             lines.append(f"{listed} = torch.stack({listed}) if {test} else None")
     for j in nest.joins:
+        lines += item_check_lines(j, len(nest.heads.get(j.items, [])), None, fn.layer, fn.e.spec_path)
         lines.append(f"{j.name} = torch.{j.func}({j.items}, dim={ex(j.dim)})")
     return lines
 
