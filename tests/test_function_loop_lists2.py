@@ -332,7 +332,6 @@ KEEPS_MORE = {
     "a choice per step, then a loop": CHOICE_KEEPS,
     "nest, then a loop": NEST_KEEPS,
     "nest, then a loop, cat": NEST_KEEPS,
-    "items of a nest's list": NEST_KEEPS,
     "a loop, then a nest": NEST_KEEPS,
     "first and last items": "autodiff/loop_lists.item_read: `outs[-1]` of a list with items before its loop is"
     " an item of `stack(outs, dim = 0)`, a copy of every item, kept whole where backward reads the item (`h0 *"

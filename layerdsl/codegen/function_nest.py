@@ -527,7 +527,9 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         body.append(" = ".join(w.acc(c) for c in requiring) + " = None")
     for c in requiring:
         del w.state[w.acc(c)]
-        if c in w.once and w.mode != "main":  # its value at the step, returned: that extra output's gradient
+        # its value at the step, kept and returned: that extra output's gradient (not a value of the same name
+        # returned once after the loop, whose gradient the loop's start took)
+        if c in kept and w.mode != "main":
             body += w.accumulate(c, fn.grad_out(c), conditional=False)
     # views of the inputs and parameters (`transpose(w_l[k], 0, 1)`): recomputed at each step, not kept
     located = _leaf_views(nest, set(w.plan.leaves))
