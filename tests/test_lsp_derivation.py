@@ -21,7 +21,7 @@ from tests.test_sub_function_hint import _block, _stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-REFUSED = _block(False) + _stack(True)  # six `if`s on arguments in a loop over copies: refused in Stack
+REFUSED = _block(False) + _stack(True)  # six `if`s on arguments, one nested, in a loop over copies: refused in Stack
 PLAIN = _block(False) + _stack(False)
 
 

@@ -186,21 +186,38 @@ def _problems(text: str) -> list[str]:
     return [f"{p.span.line}:{p.span.col}: {p.message} (hint: {p.hint})" for p in problems]
 
 
-@pytest.mark.parametrize(
-    ("body", "why"),
-    [
-        (
-            "for t in range(0, T, 2) {\n            if t == 0 { h = h @ w } else { h = tanh(h @ w + x[t]) }\n        }",
-            "8:13: cannot derive through this `if` yet: it is in the body of a loop whose count is known only when"
-            " forward runs, and its range has a step",
-        ),
-    ],
-    ids=["a step"],
-)
-def test_an_if_on_the_variable_of_a_loop_not_split_says_why(body, why):
+STEP_RANGE = "for t in range(0, T, 2) {\n            if t == 0 { h = h @ w } else { h = tanh(h @ w + x[t]) }\n        }"
+
+
+@pytest.mark.parametrize("steps", [0, 1, 2, 3, 5])
+def test_an_if_on_the_variable_of_a_loop_over_a_range_with_a_step_derives(steps):
+    """Refused once (its range has a step, so it is not split where the `if` turns); now a choice per step
+    (`step_choices`), decided again in backward."""
+    text = LOOP_IF.replace("BODY", STEP_RANGE)
+    assert _problems(text) == []
+    ours, plain = function_and_plain(text, "LoopIf", 3)
+    x = torch.randn(steps, 2, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(ours(x, y), plain(x, y))
+    wrt = [x, y, *ours.parameters()]
+    got = torch.autograd.grad(ours(x, y).sum(), wrt, allow_unused=True, materialize_grads=True)
+    want = torch.autograd.grad(
+        plain(x, y).sum(), [x, y, *plain.parameters()], allow_unused=True, materialize_grads=True
+    )
+    for g, p in zip(got, want, strict=True):
+        torch.testing.assert_close(g, p)
+    assert torch.autograd.gradgradcheck(ours, (x, y))
+
+
+def test_an_if_in_a_side_of_a_choice_per_step_says_why():
+    body = STEP_RANGE.replace(
+        "if t == 0 { h = h @ w }",
+        "if t == 0 {\n                h = h @ w\n                if t < k { h = h * 2.0 }\n            }",
+    )
     problems = _problems(LOOP_IF.replace("BODY", body))
     assert len(problems) == 1
-    assert problems[0].startswith(why)
+    assert problems[0].startswith("8:13: cannot derive through this `if` yet")
+    assert "an `if` inside a side of another `if` is not a choice per step yet" in problems[0]
     assert "more than 8 loops" not in problems[0]
 
 
