@@ -21,7 +21,7 @@ from layerdsl.autodiff.tape import NotDerivable
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
-from layerdsl.ir.visit import clone, map_children, names_bound, walk
+from layerdsl.ir.visit import clone, map_children, names_bound, statements, walk
 from layerdsl.semantics.shapes import GROUP, Shape, dim_text
 
 
@@ -91,22 +91,12 @@ def nonnegative_int(e: N.Expr, body: list[N.Stmt]) -> bool:
     if isinstance(e, N.Name) and e.ref == N.Ref.DIM:
         return True
     if isinstance(e, N.Name):
-        values = [s.value for s in _statements(body) if isinstance(s, N.Assign) and s.target == e.id]
+        values = [s.value for s in statements(body) if isinstance(s, N.Assign) and s.target == e.id]
         return len(values) == 1 and nonnegative_int(values[0], body)
     if isinstance(e, N.Call) and e.func in ("minimum", "maximum") and len(e.args) == 2:
         proven = [nonnegative_int(a, body) for a in e.args]
         return all(proven) if e.func == "minimum" else any(proven)
     return False
-
-
-def _statements(body: list[N.Stmt]):
-    for s in body:
-        yield s
-        if isinstance(s, N.For):
-            yield from _statements(s.body)
-        elif isinstance(s, N.If):
-            yield from _statements(s.body)
-            yield from _statements(s.orelse)
 
 
 def item_read(
@@ -196,7 +186,7 @@ def refuse_items_in_loop(loop: N.For, lists: set[str]) -> None:
     """NotDerivable at `L[i]` (an int `i` written in the spec) in `loop`'s body of a list of `lists`, which
     loops before it filled (a loop's body picks from such a list at its variable only); one it appends to
     itself reads the step's items."""
-    lists = lists - {s.target for s in _statements(loop.body) if isinstance(s, N.Append)}
+    lists = lists - {s.target for s in statements(loop.body) if isinstance(s, N.Append)}
     for e in walk(loop):
         if isinstance(e, N.Subscript) and isinstance(e.value, N.Name) and e.value.id in lists:
             if len(e.items) == 1 and _int_literal(e.items[0]) is not None:

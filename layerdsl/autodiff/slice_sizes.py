@@ -79,12 +79,8 @@ def _int(v: int) -> N.Expr:
 
 
 def _minus(a: N.Expr, b: N.Expr) -> N.Expr:
-    e = N.BinOp(a.span, "-", a, b)
-    e.kind = N.Kind.INT
-    return e
+    return B.int_valued(N.BinOp(a.span, "-", a, b))
 
 
 def _plus(a: N.Expr, b: N.Expr) -> N.Expr:
-    e = N.BinOp(a.span, "+", a, b)
-    e.kind = N.Kind.INT
-    return e
+    return B.int_valued(N.BinOp(a.span, "+", a, b))
