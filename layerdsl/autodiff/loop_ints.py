@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from layerdsl.autodiff.shapes import step_shape
-from layerdsl.autodiff.tape import NotDerivable, Step
+from layerdsl.autodiff.tape import NotDerivable, Step, Tape
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
 from layerdsl.ir.visit import map_children, statements, walk
@@ -326,11 +326,10 @@ def varying_per_step(loop: N.For) -> set[str]:
     return _varying(loop.var, numbers, _read_before_bound(loop.body) & {n for n, _ in numbers})
 
 
-def check_masks(segments: list, per_step: bool = False) -> None:
+def check_masks(tapes: list[Tape], per_step: bool = False) -> None:
     """NotDerivable at an index by a bool mask in the body of a loop holding a loop, outside its loops, or of
-    one with a choice per step (`per_step`) (`segments`: the body's): the values stacked over its steps keep
-    one shape."""
-    tapes = [t for seg in segments for t in (seg.sides() if hasattr(seg, "sides") else [seg.tape])]
+    one with a choice per step (`per_step`) (`tapes`: the body's straight code and choices' sides): the
+    values stacked over its steps keep one shape."""
     for tape in tapes:
         for s in tape.steps:
             if s.by_mask and per_step:

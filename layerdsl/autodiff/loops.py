@@ -421,7 +421,6 @@ class Planner:
         self.requires = set(self.differentiable)
         self.numbers: list[tuple[str, N.Expr]] = []
         self.heads: dict[str, list[str]] = {}  # list local -> the locals holding what is appended before its loop
-        self.buffer_updates: dict[str, str] = {}  # a buffer -> the var of its new value (a straight segment's)
         self.number_names = NumberNames(self.fresh)  # number locals a loop binds, named apart (`loop_ints`)
         self.buffer_values: dict[str, str] = {}  # an updated buffer -> the value holding its new value now
 
@@ -521,7 +520,6 @@ class Planner:
                 )
         lin = self.linearizer(stmts, dict(self.alias))
         tape = lin.run()
-        self.buffer_updates.update(tape.updates)
         self.optional_unread(tape, self.optional)
         for s in tape.steps:
             self.taken.add(s.var)
@@ -887,7 +885,6 @@ class Planner:
         forward = dataclasses.replace(self.forward, body=stmts)
         layer = dataclasses.replace(self.layer, forward=forward, backward=None)
         lin = Linearizer(layer, self.optional - given)
-        lin.earlier = dict(self.buffer_updates)  # a buffer an earlier segment updated: later reads see the new value
         lin.taken |= self.taken | set(env.values()) | ({loop_var} if loop_var else set())
         lin.env = dict(env)
         lin.updates = dict(self.buffer_values)  # a buffer updated before: its new value (no gradient)

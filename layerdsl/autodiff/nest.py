@@ -72,14 +72,7 @@ class Nest:
     later_joins: list[Join] = field(default_factory=list)
 
     def tapes(self) -> list[Tape]:
-        out: list[Tape] = []
-        for seg in self.segments:
-            out += (
-                seg.tapes()
-                if isinstance(seg, Nest)
-                else list(seg.sides()) if isinstance(seg, loops.Choice) else [seg.tape]
-            )
-        return out
+        return segment_tapes(self.segments)
 
     def steps(self) -> list[Step]:
         return [s for t in self.tapes() for s in t.steps]
@@ -103,6 +96,16 @@ class Nest:
             if isinstance(seg, Nest):
                 out |= seg.values()
         return out
+
+
+def segment_tapes(segments: list) -> list[Tape]:
+    """The tapes of `segments`: a straight run's or a loop's, each side of a choice, a nest's own."""
+    out: list[Tape] = []
+    for seg in segments:
+        out += (
+            seg.tapes() if isinstance(seg, Nest) else list(seg.sides()) if isinstance(seg, loops.Choice) else [seg.tape]
+        )
+    return out
 
 
 def holds_loop(loop: N.For) -> bool:
@@ -207,7 +210,7 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
             chunk.append(s)
     if chunk:
         segments.append(p.straight(chunk))
-    check_masks([seg for seg in segments if not isinstance(seg, loops.Loop)], per_step)
+    check_masks(segment_tapes([seg for seg in segments if not isinstance(seg, loops.Loop)]), per_step)
     more: dict[str, list[N.Expr]] = {}
     for name, held in items.items():
         items_held: list[N.Expr] = [_item(p.alias[local], stmt.span) for local in held]

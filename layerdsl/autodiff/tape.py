@@ -156,7 +156,6 @@ class Linearizer:
         self.lists: dict[str, list[N.Expr]] = {}  # a list local (`outputs = []`) -> the vars appended to it
         self.updates: dict[str, str] = {}  # a buffer -> the var holding the value `update` gave it
         self.detached: dict[str, str] = {}  # a buffer -> its new value as later reads see it (no gradient)
-        self.earlier: dict[str, str] = {}  # a buffer -> the var an earlier segment's `update` gave it (loops.py)
         self.problems: list[NotDerivable] = []  # what could not be derived; its values went on as opaque
         self.checks: list[N.Require] = []  # the subs' `require`s on computed values (`Tape.checks`)
 
@@ -245,7 +244,7 @@ class Linearizer:
         var = self.detached.get(buffer)
         if var is None:
             var = self.fresh(buffer)
-            self.steps.append(Step(var, None, {}, B.name(self.updates.get(buffer) or self.earlier[buffer], span)))
+            self.steps.append(Step(var, None, {}, B.name(self.updates[buffer], span)))
             self.detached[buffer] = var
         return B.name(var, span)
 
@@ -282,7 +281,9 @@ class Linearizer:
             case N.Name(id=i, ref=ref):
                 if ref == "local":
                     return B.name(self.env[i], e.span)
-                if ref == "buffer" and (i in self.updates or i in self.earlier):  # read after its update: the new value
+                if (
+                    ref == "buffer" and i in self.updates
+                ):  # read after its update (or an earlier segment's): the new value
                     return self.updated_buffer(i, e.span)
                 return B.name(i, e.span, ref)
             case N.BinOp(op=op, left=l, right=r):
