@@ -1534,12 +1534,25 @@ class LayerChecker:
             return
         tensor = next((t for t in target.tensors if t.name == member), None)
         if tensor is None:
-            hint = did_you_mean(member, [t.name for t in target.tensors])
-            self.r.error(node.span, f"layer '{target.name}' (the sub '{base}') has no param or buffer '{member}'", hint)
+            self.unknown_sub_member(node, base, member, target)
             return
         node.ref, node.kind = Ref.SUB_MEMBER, Kind.TENSOR
         if tensor.cond is not None:
             self.optional.add(node.id)
+
+    def unknown_sub_member(self, node: N.Name, base: str, member: str, target: N.Layer) -> None:
+        """`sub.w_l0` names no member of the sub's layer: a family's member is read in that layer alone."""
+        family = next((t for t in target.tensors if t.repeat is not None and _in_family(member, t)), None)
+        if family is not None:
+            self.r.error(
+                node.span,
+                f"'{member}' is a member of the family '{family.written}' of layer '{target.name}' (the sub"
+                f" '{base}'): a family is read in its own layer's forward only",
+                f"return what you need from '{target.name}', or declare the param in this layer",
+            )
+            return
+        hint = did_you_mean(member, [t.name for t in target.tensors if t.repeat is None])
+        self.r.error(node.span, f"layer '{target.name}' (the sub '{base}') has no param or buffer '{member}'", hint)
 
     def check_optional_uses(self, expr: N.Expr, parent: N.Expr | None) -> None:
         if (
