@@ -495,7 +495,7 @@ def test_a_middle_count_reading_the_outer_loops_variable_is_refused_saying_so():
         }
 """)
     assert at == (8, 22)
-    assert "its count reads `j`, which may change from one outer step to the next" in message
+    assert "reads `j`, which may change from one outer step to the next" in message
     assert "loop over a count the outer loop does not change" in hint
 
 
@@ -509,4 +509,20 @@ def test_a_count_reading_the_outer_loops_variable_in_two_loops_is_refused_saying
         }
 """)
     assert at == (8, 22)
-    assert "its count reads `j`, which may change from one outer step to the next" in message
+    assert "reads `j`, which may change from one outer step to the next" in message
+
+
+def test_a_loop_split_at_the_outer_loops_variable_is_refused_saying_so():
+    """`if t < k` splits the inner loop at a bound that changes per outer step (forward failed stacking its
+    values before)."""
+    at, message, _ = _refusal("""        for k in range(layers) {
+            for t in range(T) {
+                if t < k {
+                    h = h * 0.5
+                }
+                h = tanh(h @ w + x[t])
+            }
+        }
+""")
+    assert at == (8, 22)
+    assert "or a bound where an `if` on its variable splits it) reads" in message

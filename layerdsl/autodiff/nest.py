@@ -255,9 +255,10 @@ def _check_count_fixed(nest: N.For, loop: N.For) -> None:
     if varying:
         raise NotDerivable(
             loop.iter.span,
-            "cannot derive through this loop yet: it is in the body of a loop holding a loop, and its count reads"
-            f" `{sorted(varying)[0]}`, which may change from one outer step to the next, while the values its"
-            " steps keep are stacked over the outer steps, one count of steps each",
+            "cannot derive through this loop yet: it is in the body of a loop holding a loop, and its count (or a"
+            f" bound where an `if` on its variable splits it) reads `{sorted(varying)[0]}`, which may change from"
+            " one outer step to the next, while the values its steps keep are stacked over the outer steps, one"
+            " count of steps each",
             "loop over a count the outer loop does not change and skip the steps past the bound with"
             " where(t < n, next, h), or write the counts in the spec (up to 64 steps are unrolled), or drop"
             " @function",
