@@ -3,7 +3,9 @@ outer loop whose body is the middle loop alone is one loop over their pairs of s
 a loop holding a loop again (`autodiff.nest.Nest`). Each spec against the plain module (outputs, gradients,
 gradcheck and gradgradcheck in float64) at counts 0 to 3 of each loop, under `save = "inputs"` too, and the
 bytes kept for backward against autograd's (the carried value at each outer step read back from the inner
-loop's last step, `codegen.function_nest.last_step`, not stacked again). What is still refused says why."""
+loop's last step, `codegen.function_nest.last_step`, not stacked again). Where the outer loop's body holds
+more than the middle loop, whose body is the inner loop alone, the middle and inner loops are one loop over
+their pairs of steps instead (`nest_pairs.flattenable`). What is still refused says why."""
 
 from __future__ import annotations
 
@@ -231,6 +233,7 @@ def test_an_outer_body_holding_more_than_the_loop_is_refused_saying_so():
     at, message, hint = _refusal("""        for j in range(passes) {
             h = h * 2.0
             for k in range(layers) {
+                h = h + 1.0
                 for t in range(T) {
                     h = tanh(h @ w + x[t])
                 }
@@ -239,6 +242,7 @@ def test_an_outer_body_holding_more_than_the_loop_is_refused_saying_so():
 """)
     assert at == (9, 13)
     assert "the outer loop's body holds more than this loop" in message
+    assert "nor is this loop's body one loop holding none" in message
     assert "write one of the counts in the spec" in hint
 
 
@@ -261,6 +265,7 @@ def test_a_middle_loop_split_where_its_if_turns_is_refused_saying_so():
 def test_a_count_reading_the_outer_loops_variable_is_refused_saying_so():
     at, message, hint = _refusal("""        for j in range(passes) {
             for k in range(j) {
+                h = h + 1.0
                 for t in range(T) {
                     h = tanh(h @ w + x[t])
                 }
@@ -270,20 +275,6 @@ def test_a_count_reading_the_outer_loops_variable_is_refused_saying_so():
     assert at == (8, 13)
     assert "this loop's count reads what the outer loop binds (`j`" in message
     assert "compute this loop's count before the outer loop" in hint
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/nest.py planned_nest refuses a Nest inside a Nest whose outer body holds more than the"
-    " loop; next step: plan the body's loop holding a loop as a Nest of its own (recursion) and teach"
-    " codegen/function_nest.py to stack an inner Nest's per-step stacks over the outer steps",
-)
-def test_a_nest_inside_a_loop_whose_body_holds_more_derives():
-    text = THREE.replace(
-        "            for k in range(layers) {", "            h = h * 0.5\n            for k in range(layers) {"
-    )
-    ours, plain = function_and_plain(text, "Three", 3, 2, 2)
-    compare_with_plain(ours, plain, *_inputs(2))
 
 
 # an `if` in a loop holding a loop, outside its inner loop, on the loop's variable other than compared with
@@ -325,4 +316,248 @@ def test_an_if_on_the_outer_loops_variable_saves_at_most_what_autograd_does(laye
     """h at each outer step is read back from the inner loop's last step before it (or, where the inner loop
     runs no steps, from the `if`'s value it started from, kept anyway), not stacked."""
     ours, plain = function_and_plain(ON_STEP, "OnStep", 3, layers)
+    _at_most_autograd(ours, plain, *_inputs(steps))
+
+
+# the outer loop's body holds more than the loop holding a loop (a statement before it, one after it, an
+# append), whose body is one loop holding none: that loop and its inner one written as one loop over the pairs
+# of their steps (`nest_pairs.flattenable`), the outer loop a loop holding loops (`autodiff.nest.Nest`)
+BEFORE = """\
+@function
+layer Before(d: int, passes: int = 2, layers: int = 2) {
+    param w: [d, d] = uniform(-1, 1)
+    example(d = 3)
+    forward(x: [T, B, d], h0: [B, d]) -> [B, d] {
+        h = h0 * 1.5
+        for j in range(passes) {
+            h = h * 0.5
+            for k in range(layers) {
+                for t in range(T) {
+                    h = tanh(h @ w + x[t])
+                }
+            }
+        }
+        return h
+    }
+}
+"""
+
+AROUND = """\
+@function
+layer Around(d: int, passes: int = 2, layers: int = 2) {
+    param w: [layers, d, d] = uniform(-1, 1)
+    param v: [d, d] = uniform(-1, 1)
+    example(d = 3)
+    forward(x: [T, B, d], h0: [B, d], z: [P, d]) -> [B, d] {
+        h = h0
+        lasts = []
+        for j in range(passes) {
+            g = sigmoid(h @ v) * z[j]
+            h = h * g + 0.1 * j
+            for k in range(1, layers) {
+                for t in range(T) {
+                    h = tanh(h @ w[k] + x[t] * z[k]) + 0.2 * t
+                }
+            }
+            h = sin(h) + g
+            lasts.append(h * h)
+        }
+        return h + sum(stack(lasts), dim = 0)
+    }
+}
+"""
+
+# four levels, a statement before the three inner ones: the middle two paired, then flattened with the last
+FOUR_BEFORE = """\
+@function
+layer FourBefore(d: int, a: int = 2, b: int = 2, c: int = 2) {
+    param w: [d, d] = uniform(-1, 1)
+    example(d = 3)
+    forward(x: [T, B, d], h0: [B, d]) -> [B, d] {
+        h = h0
+        for i in range(a) {
+            h = h * 0.9 + 0.1
+            for j in range(b) {
+                for k in range(c) {
+                    for t in range(T) {
+                        h = tanh(h @ w + x[t]) + 0.1 * k
+                    }
+                }
+            }
+        }
+        return h
+    }
+}
+"""
+
+COUNTS_MORE = [(0, 2, 2), (2, 0, 2), (2, 2, 0), (1, 1, 1), (2, 3, 1), (3, 1, 2), (2, 2, 3), (1, 0, 0)]
+
+
+@pytest.mark.parametrize("passes, layers, steps", COUNTS_MORE)
+@pytest.mark.parametrize("save", ["", SAVE_INPUTS])
+def test_a_statement_before_a_loop_holding_a_loop_in_a_loop(passes, layers, steps, save):
+    text = BEFORE.replace("@function\n", save) if save else BEFORE
+    ours, plain = function_and_plain(text, "Before", 3, passes, layers)
+    compare_with_plain(ours, plain, *_inputs(steps))
+
+
+@pytest.mark.parametrize(
+    "passes, layers, steps", [(2, 3, 2), (1, 1, 1), (1, 3, 2), (3, 0, 1), (2, 2, 0), (2, 4, 1), (3, 2, 3)]
+)
+def test_statements_around_a_loop_holding_a_loop_and_an_append(passes, layers, steps):
+    """The middle loop a range from 1 (no steps at layers 0 and 1), the loops' variables read (at least one
+    pass: `stack(lasts)` of no items fails in the plain module too)."""
+    ours, plain = function_and_plain(AROUND, "Around", 3, passes, layers)
+    compare_with_plain(ours, plain, *_inputs(steps, (max(passes, layers), 3)))
+
+
+@pytest.mark.parametrize("a, b, c, steps", [(2, 2, 2, 2), (1, 3, 0, 1), (2, 1, 3, 1), (0, 2, 2, 2), (2, 0, 1, 1)])
+def test_four_loops_a_statement_before_the_three_inner_ones(a, b, c, steps):
+    ours, plain = function_and_plain(FOUR_BEFORE, "FourBefore", 3, a, b, c)
+    compare_with_plain(ours, plain, *_inputs(steps))
+
+
+@pytest.mark.parametrize(
+    "name, text, args, more",
+    [
+        ("Before", BEFORE, (3, 3, 2), ()),
+        ("Around", AROUND, (3, 3, 3), ((3, 3),)),
+        ("FourBefore", FOUR_BEFORE, (3, 2, 2, 2), ()),
+    ],
+    ids=["Before", "Around", "FourBefore"],
+)
+def test_the_flattened_loops_save_at_most_what_autograd_does(name, text, args, more):
+    ours, plain = function_and_plain(text, name, *args)
+    _at_most_autograd(ours, plain, *_inputs(4, *more))
+
+
+# the loop holding a loop holds more than its loop (a stacked RNN's layer) and is in a loop whose body holds
+# more: a Nest inside a Nest
+NEST_IN_NEST = PASSES.replace(
+    "        for p in range(passes) {\n", "        for p in range(passes) {\n            y = y * 0.5\n"
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="autodiff/nest.py planned_nest refuses a loop holding a loop whose body holds more than that loop"
+    " (a Nest inside a Nest) inside a loop whose body holds more than it; next step: plan it as a Nest of its"
+    " own (recursion) and teach codegen/function_nest.py to stack an inner Nest's per-step stacks over the"
+    " outer steps",
+)
+def test_a_nest_inside_a_loop_whose_body_holds_more_derives():
+    ours, plain = function_and_plain(NEST_IN_NEST, "Passes", 3, 2, 2)
+    compare_with_plain(ours, plain, *_inputs(2))
+
+
+# the middle loop's count reads the outer loop's variable: not paired with it, written as one loop with the
+# inner one, of `j * T` steps, whose count changes from one outer step to the next
+READS_OUTER = """\
+@function
+layer ReadsOuter(d: int, passes: int = 2) {
+    param w: [d, d] = uniform(-1, 1)
+    example(d = 3)
+    forward(x: [T, B, d], h0: [B, d]) -> [B, d] {
+        h = h0
+        for j in range(passes) {
+            for k in range(j) {
+                for t in range(T) {
+                    h = tanh(h @ w + x[t]) * (1.0 + 0.1 * k)
+                }
+            }
+        }
+        return h
+    }
+}
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="autodiff/nest.py _check_count_fixed refuses a loop in a nest's body whose count changes from one outer"
+    " step to the next (here the middle and inner loops as one, of `j * T` steps); next step: keep its per-step"
+    " values in one buffer over all outer steps at each outer step's offset (codegen/function_nest.py), not"
+    " stacked by outer step",
+)
+@pytest.mark.parametrize("passes, steps", [(3, 2), (4, 1)])
+def test_a_middle_count_reading_the_outer_loops_variable_derives(passes, steps):
+    ours, plain = function_and_plain(READS_OUTER, "ReadsOuter", 3, passes)
+    compare_with_plain(ours, plain, *_inputs(steps))
+
+
+def test_a_middle_count_reading_the_outer_loops_variable_is_refused_saying_so():
+    at, message, hint = _refusal("""        for j in range(passes) {
+            for k in range(j) {
+                for t in range(T) {
+                    h = tanh(h @ w + x[t])
+                }
+            }
+        }
+""")
+    assert at == (8, 22)
+    assert "reads `j`, which may change from one outer step to the next" in message
+    assert "loop over a count the outer loop does not change" in hint
+
+
+def test_a_count_reading_the_outer_loops_variable_in_two_loops_is_refused_saying_so():
+    """Two levels: the values its steps keep would be stacked over the outer steps at one count each (its
+    backward failed on them before)."""
+    at, message, _ = _refusal("""        for j in range(passes) {
+            for t in range(j) {
+                h = tanh(h @ w + x[0])
+            }
+        }
+""")
+    assert at == (8, 22)
+    assert "reads `j`, which may change from one outer step to the next" in message
+
+
+def test_a_loop_split_at_the_outer_loops_variable_is_refused_saying_so():
+    """`if t < k` splits the inner loop at a bound that changes per outer step (forward failed stacking its
+    values before)."""
+    at, message, _ = _refusal("""        for k in range(layers) {
+            for t in range(T) {
+                if t < k {
+                    h = h * 0.5
+                }
+                h = tanh(h @ w + x[t])
+            }
+        }
+""")
+    assert at == (8, 22)
+    assert "or a bound where an `if` on its variable splits it) reads" in message
+
+
+STEPPED = THREE.replace("for j in range(passes)", "for j in range(1, passes, 2)")
+
+
+@pytest.mark.parametrize("passes, layers, steps", [(4, 2, 2), (5, 1, 1), (1, 2, 2), (6, 0, 3), (0, 2, 1), (5, 3, 3)])
+def test_an_outer_range_with_a_step_over_two_loops(passes, layers, steps):
+    """Not paired with the middle loop (a range with a step): the middle and inner loops are one loop instead,
+    the outer one a loop holding it (its steps enumerated)."""
+    ours, plain = function_and_plain(STEPPED, "Three", 3, passes, layers)
+    compare_with_plain(ours, plain, *_inputs(steps))
+    if passes > 1 and layers and steps:  # (no inner steps: `test_no_inner_steps_save_at_most_what_autograd_does`)
+        _at_most_autograd(ours, plain, *_inputs(steps))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="codegen/function_nest.py keeps the value a nest's inner loop starts from (`h * 0.5`, per outer step,"
+    " or `h0 * 1.5`) where that loop runs no steps (a count of 0), which autograd does not keep (a product by a"
+    " number saves nothing); next step: keep it only for the outer steps whose inner loop runs steps, or read"
+    " it back from the outer step before (THREE keeps its start alike at counts of 0, on main too)",
+)
+@pytest.mark.parametrize(
+    "name, text, args, steps",
+    [
+        ("Before", BEFORE, (3, 2, 0), 2),
+        ("Before", BEFORE, (3, 2, 2), 0),
+        ("Three", STEPPED, (3, 4, 0), 2),
+        ("Three", STEPPED, (3, 0, 2), 2),
+    ],
+    ids=["Before-no-layers", "Before-no-steps", "Stepped-no-layers", "Stepped-no-passes"],
+)
+def test_no_inner_steps_save_at_most_what_autograd_does(name, text, args, steps):
+    ours, plain = function_and_plain(text, name, *args)
     _at_most_autograd(ours, plain, *_inputs(steps))

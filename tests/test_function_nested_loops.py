@@ -406,7 +406,7 @@ def test_the_backward_runs_the_layers_in_reverse_with_each_layers_saved_values()
 
 def test_a_loop_holding_a_loop_inside_a_third_is_refused_at_the_middle_one():
     """Where the outer loop's body holds more than the middle loop (`autodiff.nest_pairs` pairs them where
-    it holds that loop alone)."""
+    it holds that loop alone), and the middle loop's body more than the inner loop (else those two are paired)."""
     text = """
 @function
 layer ThreeDeep(d: int, n: int) {
@@ -416,6 +416,7 @@ layer ThreeDeep(d: int, n: int) {
         for j in range(n) {
             h = h * 2.0
             for k in range(n) {
+                h = h + 1.0
                 for t in range(T) {
                     h = tanh(h)
                 }

@@ -134,6 +134,8 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
                 "compute both sides and choose with where(cond, a, b), or drop @function (autograd derives the"
                 " loops)",
             )
+        if isinstance(s, N.For) and not holds_loop(s):
+            _check_count_fixed(stmt, s)
         if isinstance(s, N.For) and holds_loop(s):  # not paired with the outer loop (`nest_pairs`)
             why, hint = unpaired_reason(stmt, s)
             raise NotDerivable(
@@ -240,6 +242,27 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
         p.collecting.setdefault(name, []).append(nest)
         p.loops[name] = nest
     return [nest]
+
+
+def _check_count_fixed(nest: N.For, loop: N.For) -> None:
+    """NotDerivable at `loop`, a loop of the body of `nest`, whose count reads a number that may differ from one
+    outer step to the next (`loop_ints.varying_per_step`): its values kept per step are stacked over the outer
+    steps, one count of steps each."""
+    it = loop.iter
+    bounds = it.args if isinstance(it, N.Call) and it.func == "range" else [it]
+    read = {n.id for e in bounds for n in walk(e) if isinstance(n, N.Name)}
+    varying = read & varying_per_step(nest)
+    if varying:
+        raise NotDerivable(
+            loop.iter.span,
+            "cannot derive through this loop yet: it is in the body of a loop holding a loop, and its count (or a"
+            f" bound where an `if` on its variable splits it) reads `{sorted(varying)[0]}`, which may change from"
+            " one outer step to the next, while the values its steps keep are stacked over the outer steps, one"
+            " count of steps each",
+            "loop over a count the outer loop does not change and skip the steps past the bound with"
+            " where(t < n, next, h), or write the counts in the spec (up to 64 steps are unrolled), or drop"
+            " @function",
+        )
 
 
 def _on_step(p: Planner, loop: N.For, s: N.If) -> bool:

@@ -15,8 +15,20 @@ runs `body` for each k of each j in order, so it is written
 reads them, a range's start added back). The body runs the same steps in the same order, carrying the same
 values, so its backward is the nest's. The inner loop's count must not depend on the outer loop's step (it
 reads nothing the outer loop binds); a loop of more levels is paired from the inside out (`for a { for b {
-for c { for t { ... } } } }`: b with c, then a with the pair). A loop holding a loop whose body holds more
-than that loop (a statement run once per outer step) stays as it is: `nest.planned_nest` refuses it.
+for c { for t { ... } } } }`: b with c, then a with the pair).
+
+A loop whose body holds more than such a loop (a statement run once per outer step) is not paired with it;
+where that loop's body is one loop holding none (after ints computed from its variable alone, a pair's
+`j = j_k // K`, computed again at each inner step), those two are paired instead (`flattenable`):
+
+    for j in range(passes) { h = h * 0.5; for k in range(layers) { for t in range(T) { body } } }
+
+is `for j in range(passes) { h = h * 0.5; for k_t in range(...) { k = ...; t = ...; body } }`, a loop
+holding a loop (`nest.Nest`) whose body is a straight run and a loop. The same steps run in the same order,
+so the backward is the same; the pair's count must not change from one outer step to the next, or
+`nest.planned_nest` refuses it (its per-step values are stacked over the outer steps). A loop holding a loop
+whose body holds more than that loop, inside a loop whose body holds more than it, stays as it is:
+`nest.planned_nest` refuses it (a Nest inside a Nest).
 """
 
 from __future__ import annotations
@@ -61,10 +73,59 @@ def _paired(s: N.Stmt, taken: set[str]) -> N.Stmt:
     inner_body = paired_loops(s.body, taken)  # from the inside out
     loop = s if inner_body is s.body else dataclasses.replace(s, body=inner_body)
     if len(loop.body) != 1 or not pairable(loop, loop.body[0]):
-        return loop
+        return _flattened_in(loop, taken)
     inner = loop.body[0]
     assert isinstance(inner, N.For)
     return _pair(loop, inner, taken)
+
+
+def flattenable(loop: N.For) -> bool:
+    """Whether `loop`, a loop holding a loop in the body of a loop it is not paired with, is written as one
+    loop over the pairs of its steps and its body's: its body is one loop holding no loop (after ints it
+    computes from its variable alone, a pair's `j = j_k // n`: computed again at each inner step), both over
+    ranges, the inner one's count reading nothing `loop` binds."""
+    split = _head_and_loop(loop)
+    if split is None:
+        return False
+    inner = split[1]
+    if holds_loop(inner) or _bounds(loop) is None or _bounds(inner) is None:
+        return False
+    read = {n.id for e in _bounds(inner) or () for n in walk(e) if isinstance(n, N.Name)}
+    return not read & names_bound([loop])
+
+
+def _head_and_loop(loop: N.For) -> tuple[list[N.Stmt], N.For] | None:
+    """`loop`'s body as ints computed from its variable (and the ints before them) and one loop after them."""
+    if not loop.body or not isinstance(loop.body[-1], N.For):
+        return None
+    *head, inner = loop.body
+    assert isinstance(inner, N.For)
+    bound = names_bound(loop.body)
+    known = {loop.var}
+    for s in head:
+        if not (isinstance(s, N.Assign) and s.value.kind == N.Kind.INT):
+            return None
+        read = {n.id for n in walk(s.value) if isinstance(n, N.Name)}
+        if read & bound - known or s.target in known or s.target in names_bound([inner]):
+            return None
+        known.add(s.target)
+    return head, inner
+
+
+def _flattened_in(loop: N.For, taken: set[str]) -> N.For:
+    """`loop` with each loop of its body holding one loop alone (`flattenable`) written as one loop over the
+    pairs of their steps: a loop holding no loop, so that `loop` is a loop holding loops (`nest.Nest`)."""
+    body = [_flattened(s, taken) if isinstance(s, N.For) and flattenable(s) else s for s in loop.body]
+    if all(a is b for a, b in zip(body, loop.body)):
+        return loop
+    return dataclasses.replace(loop, body=body)
+
+
+def _flattened(loop: N.For, taken: set[str]) -> N.For:
+    split = _head_and_loop(loop)
+    assert split is not None
+    head, inner = split
+    return _pair(loop, inner, taken, head)
 
 
 def _bounds(loop: N.For) -> tuple[N.Expr, N.Expr] | None:
@@ -95,7 +156,9 @@ def _index(var: str, span) -> N.Name:
     return index
 
 
-def _pair(outer: N.For, inner: N.For, taken: set[str]) -> N.For:
+def _pair(outer: N.For, inner: N.For, taken: set[str], head: list[N.Stmt] | None = None) -> N.For:
+    """`outer` over `inner` (its body, after `head`: ints computed from its variable) as one loop over the pairs
+    of their steps."""
     span = outer.iter.span
     var = fresh_name(f"{outer.var}_{inner.var}", taken | names_bound([outer]))
     taken.add(var)
@@ -104,7 +167,8 @@ def _pair(outer: N.For, inner: N.For, taken: set[str]) -> N.For:
     assert isinstance(it, N.Call)
     iter_ = B.int_valued(N.Call(span, "range", it.func_span, [count], []))
     iter_.kind = it.kind
-    read = {n.id for n in walk(inner) if isinstance(n, N.Name)}
+    head = head or []
+    read = {n.id for s in [*head, inner] for n in walk(s) if isinstance(n, N.Name)}
     body: list[N.Stmt] = []
     for loop, op in ((outer, "//"), (inner, "%")):
         if loop.var not in read:
@@ -116,7 +180,7 @@ def _pair(outer: N.For, inner: N.For, taken: set[str]) -> N.For:
             value = B.int_valued(N.BinOp(span, "+", value, clone(start)))
         body.append(N.Assign(loop.span, loop.var, loop.var_span, value))
     kept = tuple(sorted({*outer.shapes_kept, *inner.shapes_kept}))
-    return dataclasses.replace(outer, var=var, iter=iter_, body=[*body, *inner.body], shapes_kept=kept)
+    return dataclasses.replace(outer, var=var, iter=iter_, body=[*body, *head, *inner.body], shapes_kept=kept)
 
 
 def with_loops_paired(layer: N.Layer) -> N.Layer:
@@ -140,8 +204,9 @@ def unpaired_reason(outer: N.For, inner: N.For) -> tuple[str, str]:
         )
     if len(outer.body) != 1:
         return (
-            ", and the outer loop's body holds more than this loop (a loop over a loop holding a loop is derived"
-            " where its body is that loop alone: not derived yet)",
+            ", and the outer loop's body holds more than this loop, nor is this loop's body one loop holding none"
+            " (a loop over a loop holding a loop is derived where its body is that loop alone, or where that"
+            " loop's body is one loop holding none: not derived yet)",
             "write one of the counts in the spec (up to 64 steps are unrolled), or drop @function",
         )
     if _bounds(outer) is None or _bounds(inner) is None:
@@ -151,6 +216,7 @@ def unpaired_reason(outer: N.For, inner: N.For) -> tuple[str, str]:
         )
     return (
         f", and this loop's count reads what the outer loop binds (`{outer.var}` or a local of its body), so"
-        " the two loops are not one loop over their pairs of steps (not derived yet)",
+        " the two loops are not one loop over their pairs of steps, nor is this loop's body one loop holding"
+        " none (not derived yet)",
         "compute this loop's count before the outer loop, or drop @function",
     )
