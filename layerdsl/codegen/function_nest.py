@@ -9,7 +9,10 @@ over the steps too (`shapes_per_step`), and holds no memory. A carried value is 
 what is kept anyway: it is read back from the stack of its update at the step before (`previous_update`:
 an RNN's `x`, the layer before's stacked outputs; a value only the inner loop changes, as that loop's last
 step, `last_step`), or else stacked from step 1 on (`from_step_one`), and
-is its start at step 0. Backward runs the body's backward for
+is its start at step 0. After the nest, its last value is the inner loop's last step at the last outer step
+(`ends_in_layers`: saved only where that stack is None); an inner loop's last value the body reads is not
+stacked but read back as that loop's last step (`inner_ends`); what only an inner loop's steps read is saved
+only where a step of both loops runs (`inner_loop`, `starts_read`). Backward runs the body's backward for
 k = n - 1, ..., 0 with each saved value bound to its step's slice (`h_steps = h_steps_layers[k]`, and its
 gradient as an extra output alike), so that the body's segments' backward is written as the Function's own
 is; the carried values' gradients go from step to step, and a list's items' gradients are cut from what it
