@@ -314,13 +314,6 @@ def test_the_list_derives(name, steps, decorator):
 
 
 # where the Function keeps more than autograd, and why
-NEST_KEEPS = (
-    "codegen/function_nest.py: a loop holding a loop keeps its carried value at every outer step beside what its"
-    " inner loop keeps per step, also with a list of its own (not this list's doing: `return stack(outs)` of"
-    " the nest alone keeps 2304 bytes to autograd's 2064); next: read an outer step's start back from the"
-    " inner loop's steps kept at the step before (`h_steps[-1]`), as codegen/function_loops does for loops in a"
-    " row"
-)
 CHOICE_KEEPS = (
     "autodiff/step_choices (codegen/function_nest.py): a loop whose `if` picks a side per step keeps more than"
     " autograd on its own (432 bytes to 288 for that loop alone with a list of its own; a loop, then it: 1008"
@@ -330,9 +323,6 @@ CHOICE_KEEPS = (
 KEEPS_MORE = {
     "a loop, then a choice per step": CHOICE_KEEPS,
     "a choice per step, then a loop": CHOICE_KEEPS,
-    "nest, then a loop": NEST_KEEPS,
-    "nest, then a loop, cat": NEST_KEEPS,
-    "a loop, then a nest": NEST_KEEPS,
     "first and last items": "autodiff/loop_lists.item_read: `outs[-1]` of a list with items before its loop is"
     " an item of `stack(outs, dim = 0)`, a copy of every item, kept whole where backward reads the item (`h0 *"
     " outs[-1]`); next: in codegen/function_loops.py spell such an item as the loop's per-step buffer's"

@@ -1172,7 +1172,7 @@ class LoopFunction:
                     and any(s.var == update for s in loop.tape.steps)
                 ):
                     ends[carried] = buffer
-        return ends
+        return ends | function_nest.ends_in_layers(self, saved, per_step)
 
     def saving_test(self, value: str) -> str:
         """The test under which setup_context saves `value`: one of the sides reading it ran."""

@@ -9,7 +9,10 @@ over the steps too (`shapes_per_step`), and holds no memory. A carried value is 
 what is kept anyway: it is read back from the stack of its update at the step before (`previous_update`:
 an RNN's `x`, the layer before's stacked outputs; a value only the inner loop changes, as that loop's last
 step, `last_step`), or else stacked from step 1 on (`from_step_one`), and
-is its start at step 0. Backward runs the body's backward for
+is its start at step 0. After the nest, its last value is the inner loop's last step at the last outer step
+(`ends_in_layers`: saved only where that stack is None); an inner loop's last value the body reads is not
+stacked but read back as that loop's last step (`inner_ends`); what only an inner loop's steps read is saved
+only where a step of both loops runs (`inner_loop`, `starts_read`). Backward runs the body's backward for
 k = n - 1, ..., 0 with each saved value bound to its step's slice (`h_steps = h_steps_layers[k]`, and its
 gradient as an extra output alike), so that the body's segments' backward is written as the Function's own
 is; the carried values' gradients go from step to step, and a list's items' gradients are cut from what it
@@ -209,8 +212,49 @@ def body_extra(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]]) -> l
     carried value read back from what its update views (`previous_update`)."""
     read = per_step.get(key(fn, nest), set())
     rest = fn.extra_outputs(read, per_step, nest.segments)
+    ends = inner_ends(fn, nest, rest)
+    rest = [v for v in rest if v not in ends]
     moved = {c for c in nest.carried if previous_update(fn, nest, c, rest, per_step) is not None}
     return [c for c in nest.carried if c in read and c not in moved] + rest
+
+
+def inner_ends(fn: LoopFunction, nest: Nest, kept: list[str]) -> dict[str, tuple[str, str]]:
+    """The carried values of the body's loops that `kept` (the body's values kept per step) holds, whose last
+    value is the last row of their loop's steps kept per step (`g1` of `for t { g = tanh(g @ u) }`, in
+    `g3_steps`), by that stack and the value the loop starts from: not kept per outer step, read back at each
+    as the stack's last row, or as the start where the loop ran no steps (`end_lines`). The start is one
+    `kept` holds (bound before) or a value from before the nest; the loop's count is one the outer step does
+    not change, so its stack is None at every outer step or at none."""
+    out: dict[str, tuple[str, str]] = {}
+    bound = nest.values() | {nest.var, *(n for n, _ in nest.numbers), *nest.number_starts, *nest.carried_numbers}
+    shaped = fn.step_shapes.get(key(fn, nest), set())
+    for loop in (seg for seg in nest.segments if isinstance(seg, Loop)):
+        if {n.id for e in loop.bounds for n in walk(e) if isinstance(n, N.Name)} & bound:
+            continue
+        k = fn.loops.index(loop)
+        for v, start in loop.carried.items():
+            step = loop.updates.get(v)
+            if v not in kept or v in shaped or step is None or not any(s.var == step for s in loop.tape.steps):
+                continue
+            if fn.stacked(step) not in kept or step in fn.step_shapes.get(k, set()):
+                continue
+            if fn.first_broadcast(loop, v) is not None:
+                continue
+            if start in bound and (start not in kept or start in nest.carried or maybe_none(fn, nest, start)):
+                continue
+            out[v] = (fn.stacked(step), start)
+    return out
+
+
+def end_lines(w: BackwardWriter, nest: Nest) -> list[str]:
+    """Backward's lines binding each of the body's loops' carried values not kept per outer step
+    (`inner_ends`) at the head of a step: its loop's last step at this outer step, or its start."""
+    lines = []
+    rest = w.fn.extra_outputs(w.per_step.get(key(w.fn, nest), set()), w.per_step, nest.segments)
+    for v, (steps, start) in inner_ends(w.fn, nest, rest).items():
+        w.read(B.name(start))
+        lines.append(f"{v} = {steps}[-1] if {steps} is not None else {w.ex(B.name(start))}")
+    return lines
 
 
 def previous_update(
@@ -262,6 +306,35 @@ def last_step(fn: LoopFunction, nest: Nest, carried: str, kept: list[str]) -> tu
             return None
         return fn.stacked(step), loop
     return None
+
+
+def ends_in_layers(fn: LoopFunction, saved: list[str], per_step: dict[int, set[str]]) -> dict[str, str]:
+    """The nests' carried values of `saved` whose last value is the last step of an inner loop at the last
+    outer step (`last_step`: `h2_steps_layers[-1][-1]`), by that stack over the outer steps (saved too), as
+    `LoopFunction.ends_in_buffers` reads a loop's: setup_context saves the value only where that stack is
+    None (no outer step, or an inner loop of no steps) and backward reads the row (`end_row`)."""
+    from layerdsl.codegen.function_loops import _maybe_unbound
+
+    ends: dict[str, str] = {}
+    unbound = _maybe_unbound(fn.plan)
+    for nest in nests(fn.plan.segments):
+        kept = body_extra(fn, nest, per_step)
+        for c, start in nest.carried.items():
+            if c not in saved or c in fn.saved_on or start in unbound or c in nest.shapes_checked:
+                continue
+            source = last_step(fn, nest, c, kept)
+            buffer = None if source is None else layers(fn, source[0])
+            if buffer is not None and buffer in saved and buffer not in fn.saved_on:
+                ends[c] = buffer
+    return ends
+
+
+def end_row(fn: LoopFunction, value: str, buffer: str) -> str:
+    """How backward reads the last value of `value` back from `buffer` (`ends_in_buffers`): a loop's carried
+    value as its buffer's last row, a nest's as the last row of its inner loop's steps at the last outer
+    step (`ends_in_layers`)."""
+    carried = {c for nest in nests(fn.plan.segments) for c in nest.carried}
+    return f"{buffer}[-1][-1]" if value in carried else f"{buffer}[-1]"
 
 
 def from_step_one(fn: LoopFunction, nest: Nest, kept: list[str]) -> list[str]:
@@ -541,8 +614,10 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     # what the body reads, by step (the values after the loop are read as themselves, outside it)
     once, current = w.reads.once, w.current
     w.reads.once = w.current = set()
-    read_back = _read_back(w, nest, kept, lazily)
+    starts: dict[str, str] = {}
+    read_back = _read_back(w, nest, kept, lazily, starts)
     body += list(read_back.values())
+    body += end_lines(w, nest)
     here = fn.plan.segments.index(nest)
     for index, seg in reversed(list(enumerate(nest.segments))):
         body += rebound_before(fn, nest, index)
@@ -555,7 +630,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
             )
             body += w.choice(step_picks.picked_out(w, seg, picks), at=choice_key(fn, nest, index), before=before)
         elif isinstance(seg, Loop):
-            body += w.loop(seg)
+            body += inner_loop(w, nest, seg)
         w.picked.clear()
         w.current = w.reads.once
     picked_rows = step_picks.rows_lists(w, picks)
@@ -569,6 +644,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
             zeros = f"torch.zeros_like({w.acc(nest.updates[c])})" if back else _zeros(w, c)
             body.append(f"{g} = {zeros}" if w.state.get(g) is None else f"{g} = {zeros} if {g} is None else {g}")
             w.state[g] = "set"
+    starts_read(w, starts)
     # a value of the body whose gradient its loops sum (a member read at every step): summed anew each step
     summed = sorted(w.acc(v) for v in inside if w.acc(v) in w.maybe_none and v not in nest.carried)
     segments_at = body.index(" = ".join(w.acc(c) for c in requiring) + " = None") if requiring else len(body)
@@ -613,6 +689,19 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     for c in requiring:  # the gradient of the value the carried one starts as
         if nest.carried[c] in w.plan.requires:
             lines += w.accumulate(nest.carried[c], w.acc(c), conditional=False)
+    return lines
+
+
+def inner_loop(w: BackwardWriter, nest: Nest, loop: Loop) -> list[str]:
+    """The backward of a loop of the nest's body, what its steps read marked as read in that loop's steps
+    (`Reads.in_loops`), a step of which runs only where an outer step runs too: setup_context saves a value
+    read only there under the test that both loops run a step (`loop_starts.when_a_step_runs`)."""
+    k = w.fn.loops.index(loop)
+    own, w.own_loop = w.own_loop, k
+    lines = w.loop(loop)
+    w.own_loop = own
+    outer = f"range({', '.join(w.ex(b) for b in nest.bounds)})"
+    w.reads.trips[k] = f"{outer} and {w.reads.trips[k]}"  # empty where either is
     return lines
 
 
@@ -667,10 +756,13 @@ def rows_read(w: BackwardWriter, nest: Nest, seg: Choice, k: int, rows: dict[str
     return lines
 
 
-def _read_back(w: BackwardWriter, nest: Nest, kept: list[str], lazily: set[str]) -> dict[str, str]:
+def _read_back(
+    w: BackwardWriter, nest: Nest, kept: list[str], lazily: set[str], starts: dict[str, str]
+) -> dict[str, str]:
     """Each carried value the body reads per step that is not kept itself, by name: the line binding it to its
     update at the step before, read back from what holds it (`previous_update`), its start at step 0. Not one
-    kept lazily (`step_rows`: read where a side runs)."""
+    kept lazily (`step_rows`: read where a side runs). The start of one read back from what holds it is read
+    once the body is written (`starts`: by the carried value, `starts_read`)."""
     lines = {}
     later = from_step_one(w.fn, nest, kept)
     for c in (c for c in nest.carried if c not in lazily):
@@ -678,7 +770,10 @@ def _read_back(w: BackwardWriter, nest: Nest, kept: list[str], lazily: set[str])
         if c in w.per_step.get(key(w.fn, nest), set()) and c not in kept:
             source = previous_update(w.fn, nest, c, kept, w.per_step)
         if source is not None or c in later:
-            w.read(B.name(nest.carried[c]))
+            if c in later:
+                w.read(B.name(nest.carried[c]))
+            else:
+                starts[c] = nest.carried[c]
             start = w.ex(B.name(nest.carried[c]))
             value = previous_value(w.fn, nest, source or (c, None), w.ex)
             k = step_index(w.fn, nest)
@@ -691,6 +786,20 @@ def _read_back(w: BackwardWriter, nest: Nest, kept: list[str], lazily: set[str])
             else:
                 lines[c] = f"{c} = {value} if {k} > 0 else {start}"
     return lines
+
+
+def starts_read(w: BackwardWriter, starts: dict[str, str]) -> None:
+    """The starts of the carried values read back (`_read_back`, by carried value), read as the carried value
+    is: where the body reads it only in its loops' steps (an RNN's `h` at t = 0), as read there (saved only
+    where a step of them runs: `inner_loop`), else at the outer step."""
+    own = w.own_loop
+    for c, start in starts.items():
+        loops = [] if c in w.reads.outside else sorted(w.reads.in_loops.get(c, set()))
+        at: list[int | None] = [*loops] if loops else [None]
+        for k in at:
+            w.own_loop = k
+            w.read(B.name(start))
+    w.own_loop = own
 
 
 def _last_zeros(w: BackwardWriter, nest: Nest, c: str) -> str:

@@ -150,7 +150,10 @@ class BackwardWriter:
         if saved:
             head += unpacked_with_held(saved, self.fn.held)
             ends = self.fn.ends_in_buffers(saved, self.per_step)
-            head += [f"{v} = {buffer}[-1] if {v} is None else {v}" for v, buffer in ends.items()]
+            head += [
+                f"{v} = {function_nest.end_row(self.fn, v, buffer)} if {v} is None else {v}"
+                for v, buffer in ends.items()
+            ]
         head += [] if again else self.fn.placeholders_again()  # the forward run again binds them
         head += self.fn.prelude(self.ex, lambda d: self.fn.names.ctx_value(d))
         if again:  # it binds the views of the inputs too
