@@ -212,3 +212,75 @@ def _int_literal(item: N.SubscriptItem) -> int | None:
 
 def reads_list(e: N.Node, lists: set[str]) -> bool:
     return any(isinstance(n, N.Name) and n.id in lists for n in walk(e))
+
+
+@dataclass
+class ListedItems:
+    """A list forward makes, whose stack at dim 0 an item is read of (`item_of_list`)."""
+
+    name: str
+    heads: int  # the items appended before its loop
+    rows: list[str | None]  # each item a step appends: the buffer holding it at every step (None where none)
+    earlier: bool  # loops before its own append to it too (their items come first)
+
+
+def item_of_list(e: N.Expr, lists: dict[str, ListedItems]) -> str | None:
+    """`J[i]` (an int `i`) of a join J of `lists` (`stack(L, dim = 0)` of a list forward makes, `item_read`'s),
+    as the list's item itself, not a view of the stack (a copy of every item, which backward would keep whole
+    where it reads the item): a row of the buffer holding that item of each step where there is one (kept
+    anyway; after a loop of too few steps `L[i]` counted from the end is an item before it), else the item
+    in the list (a view: an output of its own). None for another expression."""
+    if not (isinstance(e, N.Subscript) and isinstance(e.value, N.Name) and e.value.id in lists):
+        return None
+    at = _int_literal(e.items[0]) if len(e.items) == 1 else None
+    if at is None:
+        return None
+    listed = lists[e.value.id]
+    item, per = f"{listed.name}[{at}]", len(listed.rows)
+    as_is = f"{item}.view_as({item})"
+    if at >= 0:  # (`item_read` read the heads as themselves; the length is checked before: `ItemRead`)
+        row = listed.rows[(at - listed.heads) % per] if not listed.earlier and at >= listed.heads else None
+        return as_is if row is None else f"{row}[{(at - listed.heads) // per}]"
+    back = -at - 1  # items after it in the list
+    row = listed.rows[per - 1 - back % per]
+    if row is None:
+        return as_is
+    step = back // per
+    enough = f"{row} is not None" + (f" and len({row}) > {step}" if step else "")
+    return f"{row}[{-step - 1}] if {enough} else {as_is}"
+
+
+def stacked_shape(shape: Shape, at: int, count: str) -> Shape:
+    """The shape of a stack at `at` of items of `shape`, `count` of them (None where unknown, or with a `...`
+    group)."""
+    if shape is None or GROUP in shape:
+        return None
+    place = at if at >= 0 else len(shape) + 1 + at
+    return (*shape[:place], count, *shape[place:]) if 0 <= place <= len(shape) else None
+
+
+def stacked_alone(loop: Any, j: Any, ex: Callable[[N.Expr], str]) -> str:
+    """Forward's `Join.alone` stack (`loops.Planner.cat_by_loops`), after `loop`, the last of the loops in a
+    row appending to the list: the `j.of_step`-th items of the steps of the `j.alone`-th of them, cut out
+    of the list after the heads and the items of the loops before it (their counts, times their items a
+    step, `Loop.before_per`). After a loop of no steps, an item of the list with an empty dim at `j.dim`,
+    and where the list is empty the spec's cat() raising (torch's)."""
+    name, dim = j.items, ex(j.dim)
+    bounds = [*loop.before.get(name, []), list(loop.bounds)]
+    pers = [*loop.before_per.get(name, []), 1 + len(loop.more.get(name, []))]
+
+    def count(k: int) -> str:
+        return f"len(range({', '.join(ex(b) for b in bounds[k])}))"
+
+    start = [str(len(loop.heads.get(name, [])) + j.of_step)]
+    start += [f"{pers[k]} * {count(k)}" if pers[k] > 1 else count(k) for k in range(j.alone)]
+    first, per = " + ".join(start), pers[j.alone]
+    steps = f"{name}[{first}:{first} + {f'{per} * ' if per > 1 else ''}{count(j.alone)}{f':{per}' if per > 1 else ''}]"
+    empty = f"({name}[0].unsqueeze({dim}).narrow({dim}, 0, 0) if {name} else torch.cat({name}, dim={dim}))"
+    return f"torch.stack({steps}, dim={dim}) if {count(j.alone)} else {empty}"
+
+
+def not_of_this_loop(loop: Any, j: Any) -> bool:
+    """Whether `j` is a `Join.alone` stack of the items of another loop than `loop` of those in a row
+    appending to its list (the place of `loop` among them: the loops before it, `Loop.before`)."""
+    return j.alone is not None and j.alone != len(loop.before.get(j.items, []))
