@@ -297,6 +297,30 @@ SPECS = {
             outs.append(h[1:2] * h[0:1])
         }
         return cat(outs, dim = 0)""",
+    # the last item at an index computed from the loop's count (`loop_lists.last_by_count`: `outs[-1]`)
+    "last item by the count": """outs = []
+        for t in range(T) {
+            h = tanh(x[t] @ w + h @ u)
+            outs.append(h)
+        }
+        return sin(outs[T - 1]) * h0""",
+    "last item by the count, head": """outs = [h0 * 2.0]
+        for t in range(T) {
+            h = tanh(x[t] @ w + h @ u)
+            outs.append(h * 3.0)
+        }
+        return outs[T] * outs[0]""",
+    # the pieces of a split loop: their count is the spec's loop's
+    "last item by the count, split loop": """outs = [h0]
+        for t in range(T) {
+            if t == 0 {
+                h = tanh(x[t] @ w)
+            } else {
+                h = tanh(x[t] @ w + h @ u)
+            }
+            outs.append(h)
+        }
+        return outs[T] * outs[-1]""",
     # an item of a list of a split loop, counted from the front
     "item of a split loop's list": """outs = [h0]
         for t in range(T) {
@@ -458,8 +482,24 @@ def test_an_item_of_items_of_several_shapes_is_refused_saying_why():
 
 
 def test_an_item_at_a_computed_index_is_refused_saying_why():
+    """`outs[T - 1]` (its last item) derives; `outs[T - 2]` is the last where the list holds one item only."""
     problems = _problems("""outs = []
         for t in range(T) {
+            h = tanh(x[t] @ w + h @ u)
+            outs.append(h)
+        }
+        return outs[T - 2]""")
+    assert [(p.span.line, p.span.col) for p in problems] == [(13, 16)]
+    assert (
+        "reads 'outs[T - 2]'" in problems[0].message and "as its last item only (`outs[T - 1]`)" in problems[0].message
+    )
+    assert "outs[-2]" in (problems[0].hint or "")
+
+
+def test_an_item_of_a_loop_from_one_at_a_computed_index_is_refused_saying_why():
+    """`range(1, T)` appends T - 1 items: `outs[T - 1]` is out of range, not counted."""
+    problems = _problems("""outs = []
+        for t in range(1, T) {
             h = tanh(x[t] @ w + h @ u)
             outs.append(h)
         }

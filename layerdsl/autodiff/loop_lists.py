@@ -100,17 +100,25 @@ def nonnegative_int(e: N.Expr, body: list[N.Stmt]) -> bool:
 
 
 def item_read(
-    e: N.Expr, lists: set[str], shapes_of: Callable[[str], list[Shape] | None], heads_of: Callable[[str], list[str]]
+    e: N.Expr,
+    lists: set[str],
+    shapes_of: Callable[[str], list[Shape] | None],
+    heads_of: Callable[[str], list[str]],
+    count_of: Callable[[str], N.Expr | None] = lambda name: None,
 ) -> N.Expr:
     """`L[i]` (an int `i`) of a list of `lists` as the value appended before its loops there (`heads_of(L)`,
     in order), or else as `stack(L, dim = 0)[i]`; NotDerivable where the list's items may differ in shape
     (`stack` would raise where the list reads), and for another read of the list. `shapes_of(L)`: the
-    shapes of every item L may hold (before its loops, each step's), None where one is unknown."""
+    shapes of every item L may hold (before its loops, each step's), None where one is unknown. An index
+    computed from the count of L's loops' steps (`count_of(L)`, where each step appends one item) is read
+    where it is the last item (`L[T - 1]` of a loop over `range(T)`: `L[-1]`, `last_by_count`)."""
     if not (isinstance(e, N.Subscript) and isinstance(e.value, N.Name) and e.value.id in lists):
         return e
     name = e.value.id
     at = _int_literal(e.items[0]) if len(e.items) == 1 else None
     heads = heads_of(name)
+    if at is None and len(e.items) == 1 and isinstance(e.items[0], N.Expr):
+        at = last_by_count(e, e.items[0], count_of(name), len(heads))
     if at is not None and 0 <= at < len(heads):  # appended before the loop: that value itself
         return B.name(heads[at], e.span)
     if at is None:
@@ -133,9 +141,37 @@ def item_read(
     listed.kind = N.Kind.LIST
     stacked = N.Call(e.span, "stack", e.span, [listed], [N.Keyword("dim", B.num(0), e.span)])
     stacked.kind = N.Kind.TENSOR
-    out = N.Subscript(e.span, stacked, [clone(e.items[0])])
+    index = clone(e.items[0]) if _int_literal(e.items[0]) is not None else B.num(at)
+    out = N.Subscript(e.span, stacked, [index])
     out.kind = e.kind
     return out
+
+
+def last_by_count(e: N.Subscript, index: N.Expr, count: N.Expr | None, heads: int) -> int | None:
+    """-1 where `index` (of `e`, `L[index]`) is `count + k` (`T - 1`, `T`) of the count of items the
+    loops append to L after its `heads`, that is its last item (k = heads - 1: another k may count from
+    the end where the list is short, and from the front where it is long); None for another index that
+    does not read the count. NotDerivable for another `count + k`."""
+    if count is None:
+        return None
+    said = spec_text(count)
+    if spec_text(index) == said:
+        k: int | None = 0
+    elif isinstance(index, N.BinOp) and index.op in "+-" and spec_text(index.left) == said:
+        k = _int_literal(index.right)
+        k = None if k is None else k if index.op == "+" else -k
+    else:
+        return None
+    if k == heads - 1:
+        return -1
+    last = f"{said} - 1" if heads == 0 else f"{said} + {heads - 1}" if heads > 1 else said
+    raise NotDerivable(
+        e.span,
+        f"a derived backward reads '{spec_text(e)}' of the list '{spec_text(e.value)}', at an index computed from"
+        f" the count of the loop appending to it, as its last item only (`{spec_text(e.value)}[{last}]`)",
+        f"index it by an int written in the spec counted from the end (`{spec_text(e.value)}[-1]`,"
+        f" `{spec_text(e.value)}[-2]`)",
+    )
 
 
 @dataclass
@@ -156,7 +192,7 @@ def mark_item_read(spec: N.Expr, read: N.Expr, out: N.Expr, joins_of: Callable[[
         return
     if not (isinstance(spec, N.Subscript) and isinstance(spec.value, N.Name) and isinstance(out.value, N.Name)):
         return
-    at = _int_literal(spec.items[0])
+    at = _int_literal(read.items[0])  # (`last_by_count`'s -1 for an index computed from the count)
     if at is None:
         return
     for join in joins_of(spec.value.id):
@@ -284,3 +320,38 @@ def not_of_this_loop(loop: Any, j: Any) -> bool:
     """Whether `j` is a `Join.alone` stack of the items of another loop than `loop` of those in a row
     appending to its list (the place of `loop` among them: the loops before it, `Loop.before`)."""
     return j.alone is not None and j.alone != len(loop.before.get(j.items, []))
+
+
+def counted_items(loops: list, name: str, body: list[N.Stmt]) -> N.Expr | None:
+    """The count of the items `loops` (in a row, of the forward `body`) append to the list `name`, where
+    each appends one a step: S of a lone loop over `range(S)` or `range(0, S)`, or of pieces of one loop
+    split where its `if`s turn (`range(0, a)`, `range(a, b)`, ..., `range(z, S)`, each bound between
+    `minimum(k, S)` of ints k in order, `loop_split`); an S `nonnegative_int` proves >= 0. None otherwise."""
+    if not loops or any(not hasattr(loop, "tape") or loop.more.get(name) for loop in loops):
+        return None  # (a loop holding a loop, or several items a step)
+    bounds = [loop.bounds for loop in loops]
+    if any(len(b) > 2 for b in bounds) or len(bounds[0]) == 2 and _int_literal(bounds[0][0]) != 0:
+        return None
+    stop = bounds[-1][-1]
+    if not nonnegative_int(stop, body):
+        return None
+    ks = []
+    for before, after in zip(bounds, bounds[1:]):
+        if len(after) != 2 or spec_text(before[-1]) != spec_text(after[0]):
+            return None
+        value = _bound_value(after[0], body)
+        if not (isinstance(value, N.Call) and value.func == "minimum" and len(value.args) == 2):
+            return None
+        k = _int_literal(value.args[0])
+        if k is None or k < 0 or spec_text(value.args[1]) != spec_text(stop):
+            return None
+        ks.append(k)
+    return stop if ks == sorted(ks) else None
+
+
+def _bound_value(e: N.Expr, body: list[N.Stmt]) -> N.Expr | None:
+    """The value a local `e` is bound to once in `body` (None where another expression, or bound again)."""
+    if not isinstance(e, N.Name):
+        return None
+    values = [s.value for s in statements(body) if isinstance(s, N.Assign) and s.target == e.id]
+    return values[0] if len(values) == 1 else None

@@ -40,6 +40,7 @@ from layerdsl.autodiff.loop_ints import (
 from layerdsl.autodiff.loop_lists import (
     ItemRead,
     alike,
+    counted_items,
     item_read,
     mark_item_read,
     nonnegative_int,
@@ -538,7 +539,7 @@ class Planner:
         """`stmt` with `stack(L, dim = d)` / `cat(L, dim = d)` of a loop's list as the value they join."""
 
         def go(e):
-            read = item_read(e, set(self.loops), self.item_shapes, self.heads_read)
+            read = item_read(e, set(self.loops), self.item_shapes, self.heads_read, self.items_count)
             e, spec = map_children(read, go), e
             mark_item_read(spec, read, e, lambda name: self.loops[name].joins)
             if isinstance(e, N.Call) and e.func in ("stack", "cat") and e.args:
@@ -564,6 +565,13 @@ class Planner:
         heads = self.loops[name].heads.get(name, [])
         self.alias.update({h: h for h in heads})
         return heads
+
+    def items_count(self, name: str) -> N.Expr | None:
+        """The count of the items the loops in a row append to the list `name`, one a step each: the stop of
+        a loop over `range(S)` or `range(0, S)`, or of the last of a loop's pieces split where its `if`s turn
+        (`loop_split`: `range(0, t_at)`, `range(t_at, S)` of `t_at = minimum(1, S)`), an S proven >= 0
+        (`loop_lists.counted_items`); None otherwise."""
+        return counted_items(self.collecting.get(name) or [self.loops[name]], name, self.forward.body)
 
     def item_shapes(self, name: str) -> list[Shape]:
         """The shapes of every item the list `name` may hold after its loops: appended before them, and each
