@@ -323,12 +323,12 @@ def not_of_this_loop(loop: Any, j: Any) -> bool:
 
 
 def counted_items(loops: list, name: str, body: list[N.Stmt]) -> N.Expr | None:
-    """The count of the items `loops` (in a row, of the forward `body`) append to the list `name`, where
-    each appends one a step: S of a lone loop over `range(S)` or `range(0, S)`, or of pieces of one loop
+    """The count of the items `loops` (in a row, of the forward `body`, none holding a loop) append to the list
+    `name`, where each appends one a step: S of a lone loop over `range(S)` or `range(0, S)`, or of pieces of one loop
     split where its `if`s turn (`range(0, a)`, `range(a, b)`, ..., `range(z, S)`, each bound between
     `minimum(k, S)` of ints k in order, `loop_split`); an S `nonnegative_int` proves >= 0. None otherwise."""
-    if not loops or any(not hasattr(loop, "tape") or loop.more.get(name) for loop in loops):
-        return None  # (a loop holding a loop, or several items a step)
+    if not loops or any(loop.more.get(name) for loop in loops):
+        return None  # (several items a step)
     bounds = [loop.bounds for loop in loops]
     if any(len(b) > 2 for b in bounds) or len(bounds[0]) == 2 and _int_literal(bounds[0][0]) != 0:
         return None

@@ -571,7 +571,10 @@ class Planner:
         a loop over `range(S)` or `range(0, S)`, or of the last of a loop's pieces split where its `if`s turn
         (`loop_split`: `range(0, t_at)`, `range(t_at, S)` of `t_at = minimum(1, S)`), an S proven >= 0
         (`loop_lists.counted_items`); None otherwise."""
-        return counted_items(self.collecting.get(name) or [self.loops[name]], name, self.forward.body)
+        loops = self.collecting.get(name) or [self.loops[name]]
+        if any(isinstance(loop, nest.Nest) for loop in loops):
+            return None
+        return counted_items(loops, name, self.forward.body)
 
     def item_shapes(self, name: str) -> list[Shape]:
         """The shapes of every item the list `name` may hold after its loops: appended before them, and each
