@@ -38,6 +38,18 @@ layer Steps(d: int) {
 }
 """
 
+UNEVEN_CAT = """outs = []
+        for t in range(T) {
+            h = tanh(x[t] @ w + h @ u)
+            if t == 0 {
+                outs.append(h)
+            } else {
+                outs.append(h)
+                outs.append(h[:, 0:1])
+            }
+        }
+        return cat(outs, dim = 1)"""
+
 SPECS = {
     # issue 15's form: a head, then `x[t:t + 1]` each step, cat along the steps' dim
     "unit slice, head, cat 0": """outs = [unsqueeze(h0, 0)]
@@ -224,6 +236,91 @@ SPECS = {
             outs.append(h)
         }
         return outs[0] * outs[-1] + sum(stack(outs, dim = 0), dim = 0)""",
+    # the last item, which backward reads, of a list with a head: a value the loop keeps not per step
+    "last item not kept per step, head": """outs = [h0]
+        for t in range(T) {
+            h = tanh(x[t] @ w + h @ u)
+            outs.append(h * 2.0)
+        }
+        return outs[-1] * h0 + sum(stack(outs, dim = 0), dim = 0)""",
+    # an item after the head, counted from the front, which backward reads
+    "second item read by backward": """outs = [h0]
+        for t in range(T) {
+            h = tanh(x[t] @ w + h @ u)
+            outs.append(h)
+        }
+        return outs[1] * outs[0] + sin(outs[-1])""",
+    # the last item of loops in a row appending to one list (the later one's last step's, or the earlier's)
+    "last item of loops in a row": """outs = [h0]
+        for t in range(T) {
+            h = tanh(x[t] @ w + h @ u)
+            outs.append(h)
+        }
+        for s in range(1, T) {
+            h = sin(h @ u) * x[s]
+            outs.append(h)
+        }
+        return h0 * outs[-1] + sum(stack(outs, dim = 0), dim = 0)""",
+    # several items a step: the last is the step's second
+    "last item, two a step": """outs = [h0]
+        for t in range(T) {
+            h = tanh(x[t] @ w + h @ u)
+            outs.append(sin(h))
+            outs.append(h)
+        }
+        return h0 * outs[-1] + outs[-2]""",
+    # pieces of a split loop appending one item a step, then two of unlike shapes, joined by cat: each piece's
+    # items cut out of the list by its own count (`loops.Planner.cat_by_loops`)
+    "split, unlike counts and shapes, cat": UNEVEN_CAT,
+    # the same with a head, at the last dim
+    "split, unlike counts and shapes, head, cat -1": """outs = [h0[:, 0:2]]
+        for t in range(T) {
+            h = tanh(x[t] @ w + h @ u)
+            if t < 2 {
+                outs.append(h[:, 1:3] * 2.0)
+                outs.append(h)
+            } else {
+                outs.append(h[:, 0:1] * 3.0)
+            }
+        }
+        return cat(outs, dim = -1)""",
+    # loops written in a row, unlike counts of items of unlike shapes, at dim 0 of the items
+    "two loops in a row, unlike counts, cat 0": """outs = [h0]
+        for t in range(T) {
+            h = tanh(x[t] @ w + h @ u)
+            outs.append(h)
+        }
+        for s in range(1, T) {
+            h = sin(h @ u) * x[s]
+            outs.append(h[0:1])
+            outs.append(h * 2.0)
+            outs.append(h[1:2] * h[0:1])
+        }
+        return cat(outs, dim = 0)""",
+    # the last item at an index computed from the loop's count (`loop_lists.last_by_count`: `outs[-1]`)
+    "last item by the count": """outs = []
+        for t in range(T) {
+            h = tanh(x[t] @ w + h @ u)
+            outs.append(h)
+        }
+        return sin(outs[T - 1]) * h0""",
+    "last item by the count, head": """outs = [h0 * 2.0]
+        for t in range(T) {
+            h = tanh(x[t] @ w + h @ u)
+            outs.append(h * 3.0)
+        }
+        return outs[T] * outs[0]""",
+    # the pieces of a split loop: their count is the spec's loop's
+    "last item by the count, split loop": """outs = [h0]
+        for t in range(T) {
+            if t == 0 {
+                h = tanh(x[t] @ w)
+            } else {
+                h = tanh(x[t] @ w + h @ u)
+            }
+            outs.append(h)
+        }
+        return outs[T] * outs[-1]""",
     # an item of a list of a split loop, counted from the front
     "item of a split loop's list": """outs = [h0]
         for t in range(T) {
@@ -323,10 +420,6 @@ CHOICE_KEEPS = (
 KEEPS_MORE = {
     "a loop, then a choice per step": CHOICE_KEEPS,
     "a choice per step, then a loop": CHOICE_KEEPS,
-    "first and last items": "autodiff/loop_lists.item_read: `outs[-1]` of a list with items before its loop is"
-    " an item of `stack(outs, dim = 0)`, a copy of every item, kept whole where backward reads the item (`h0 *"
-    " outs[-1]`); next: in codegen/function_loops.py spell such an item as the loop's per-step buffer's"
-    " (`h2_steps[-1]`, the head after a loop of no steps), not a view of the stack",
 }
 
 
@@ -379,8 +472,24 @@ def test_an_item_of_items_of_several_shapes_is_refused_saying_why():
 
 
 def test_an_item_at_a_computed_index_is_refused_saying_why():
+    """`outs[T - 1]` (its last item) derives; `outs[T - 2]` is the last where the list holds one item only."""
     problems = _problems("""outs = []
         for t in range(T) {
+            h = tanh(x[t] @ w + h @ u)
+            outs.append(h)
+        }
+        return outs[T - 2]""")
+    assert [(p.span.line, p.span.col) for p in problems] == [(13, 16)]
+    assert (
+        "reads 'outs[T - 2]'" in problems[0].message and "as its last item only (`outs[T - 1]`)" in problems[0].message
+    )
+    assert "outs[-2]" in (problems[0].hint or "")
+
+
+def test_an_item_of_a_loop_from_one_at_a_computed_index_is_refused_saying_why():
+    """`range(1, T)` appends T - 1 items: `outs[T - 1]` is out of range, not counted."""
+    problems = _problems("""outs = []
+        for t in range(1, T) {
             h = tanh(x[t] @ w + h @ u)
             outs.append(h)
         }
@@ -389,35 +498,30 @@ def test_an_item_at_a_computed_index_is_refused_saying_why():
     assert "at an int written in the spec only" in problems[0].message
 
 
-UNEVEN_CAT = """outs = []
-        for t in range(T) {
-            h = tanh(x[t] @ w + h @ u)
-            if t == 0 {
-                outs.append(h)
-            } else {
-                outs.append(h)
-                outs.append(h[:, 0:1])
+def test_a_cat_over_a_nest_and_a_loop_appending_unlike_counts_is_refused_saying_why():
+    """Loops in a row appending unlike counts a step derive (`loops.Planner.cat_by_loops`), but not where one
+    of them holds a loop."""
+    problems = _problems("""outs = []
+        for l in range(T) {
+            for t in range(T) {
+                h = tanh(x[t] @ w + h @ u)
             }
+            outs.append(h)
         }
-        return cat(outs, dim = 1)"""
-
-
-def test_a_cat_over_pieces_appending_unlike_counts_is_refused_saying_why():
-    problems = _problems(UNEVEN_CAT)
-    assert [(p.span.line, p.span.col) for p in problems] == [(18, 16)]
+        for s in range(T) {
+            h = sin(h @ u)
+            outs.append(h)
+            outs.append(h[:, 0:1])
+        }
+        return cat(outs, dim = 1)""")
+    assert [(p.span.line, p.span.col) for p in problems] == [(20, 16)]
     assert "cannot derive through this cat() yet" in problems[0].message
     assert "append 1 and 2 items a step" in problems[0].message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/loops.Planner.cat_of_steps stacks the i-th item of every step over the loops in a row"
-    " (`L[start::per]`), and a flattened stack (`cat_as_stack`) needs items of one shape, so pieces appending"
-    " unlike counts of items of several shapes a step are refused; next: cut each loop's items out of the"
-    " list by its own count and per (`Loop.before_per`) in codegen/function_loops.joined, and stack each"
-    " loop's i-th items on their own",
-)
 def test_a_cat_over_pieces_appending_unlike_counts_derives():
+    """It was refused before ("append 1 and 2 items a step"); `test_the_list_derives` compares it with the
+    plain module."""
     assert not _problems(UNEVEN_CAT)
 
 

@@ -100,17 +100,25 @@ def nonnegative_int(e: N.Expr, body: list[N.Stmt]) -> bool:
 
 
 def item_read(
-    e: N.Expr, lists: set[str], shapes_of: Callable[[str], list[Shape] | None], heads_of: Callable[[str], list[str]]
+    e: N.Expr,
+    lists: set[str],
+    shapes_of: Callable[[str], list[Shape] | None],
+    heads_of: Callable[[str], list[str]],
+    count_of: Callable[[str], N.Expr | None] = lambda name: None,
 ) -> N.Expr:
     """`L[i]` (an int `i`) of a list of `lists` as the value appended before its loops there (`heads_of(L)`,
     in order), or else as `stack(L, dim = 0)[i]`; NotDerivable where the list's items may differ in shape
     (`stack` would raise where the list reads), and for another read of the list. `shapes_of(L)`: the
-    shapes of every item L may hold (before its loops, each step's), None where one is unknown."""
+    shapes of every item L may hold (before its loops, each step's), None where one is unknown. An index
+    computed from the count of L's loops' steps (`count_of(L)`, where each step appends one item) is read
+    where it is the last item (`L[T - 1]` of a loop over `range(T)`: `L[-1]`, `last_by_count`)."""
     if not (isinstance(e, N.Subscript) and isinstance(e.value, N.Name) and e.value.id in lists):
         return e
     name = e.value.id
     at = _int_literal(e.items[0]) if len(e.items) == 1 else None
     heads = heads_of(name)
+    if at is None and len(e.items) == 1 and isinstance(e.items[0], N.Expr):
+        at = last_by_count(e, e.items[0], count_of(name), len(heads))
     if at is not None and 0 <= at < len(heads):  # appended before the loop: that value itself
         return B.name(heads[at], e.span)
     if at is None:
@@ -133,9 +141,37 @@ def item_read(
     listed.kind = N.Kind.LIST
     stacked = N.Call(e.span, "stack", e.span, [listed], [N.Keyword("dim", B.num(0), e.span)])
     stacked.kind = N.Kind.TENSOR
-    out = N.Subscript(e.span, stacked, [clone(e.items[0])])
+    index = clone(e.items[0]) if _int_literal(e.items[0]) is not None else B.num(at)
+    out = N.Subscript(e.span, stacked, [index])
     out.kind = e.kind
     return out
+
+
+def last_by_count(e: N.Subscript, index: N.Expr, count: N.Expr | None, heads: int) -> int | None:
+    """-1 where `index` (of `e`, `L[index]`) is `count + k` (`T - 1`, `T`) of the count of items the
+    loops append to L after its `heads`, that is its last item (k = heads - 1: another k may count from
+    the end where the list is short, and from the front where it is long); None for another index that
+    does not read the count. NotDerivable for another `count + k`."""
+    if count is None:
+        return None
+    said = spec_text(count)
+    if spec_text(index) == said:
+        k: int | None = 0
+    elif isinstance(index, N.BinOp) and index.op in "+-" and spec_text(index.left) == said:
+        k = _int_literal(index.right)
+        k = None if k is None else k if index.op == "+" else -k
+    else:
+        return None
+    if k == heads - 1:
+        return -1
+    last = f"{said} - 1" if heads == 0 else f"{said} + {heads - 1}" if heads > 1 else said
+    raise NotDerivable(
+        e.span,
+        f"a derived backward reads '{spec_text(e)}' of the list '{spec_text(e.value)}', at an index computed from"
+        f" the count of the loop appending to it, as its last item only (`{spec_text(e.value)}[{last}]`)",
+        f"index it by an int written in the spec counted from the end (`{spec_text(e.value)}[-1]`,"
+        f" `{spec_text(e.value)}[-2]`)",
+    )
 
 
 @dataclass
@@ -156,7 +192,7 @@ def mark_item_read(spec: N.Expr, read: N.Expr, out: N.Expr, joins_of: Callable[[
         return
     if not (isinstance(spec, N.Subscript) and isinstance(spec.value, N.Name) and isinstance(out.value, N.Name)):
         return
-    at = _int_literal(spec.items[0])
+    at = _int_literal(read.items[0])  # (`last_by_count`'s -1 for an index computed from the count)
     if at is None:
         return
     for join in joins_of(spec.value.id):
@@ -212,3 +248,110 @@ def _int_literal(item: N.SubscriptItem) -> int | None:
 
 def reads_list(e: N.Node, lists: set[str]) -> bool:
     return any(isinstance(n, N.Name) and n.id in lists for n in walk(e))
+
+
+@dataclass
+class ListedItems:
+    """A list forward makes, whose stack at dim 0 an item is read of (`item_of_list`)."""
+
+    name: str
+    heads: int  # the items appended before its loop
+    rows: list[str | None]  # each item a step appends: the buffer holding it at every step (None where none)
+    earlier: bool  # loops before its own append to it too (their items come first)
+
+
+def item_of_list(e: N.Expr, lists: dict[str, ListedItems]) -> str | None:
+    """`J[i]` (an int `i`) of a join J of `lists` (`stack(L, dim = 0)` of a list forward makes, `item_read`'s),
+    as the list's item itself, not a view of the stack (a copy of every item, which backward would keep whole
+    where it reads the item): a row of the buffer holding that item of each step where there is one (kept
+    anyway; after a loop of too few steps `L[i]` counted from the end is an item before it), else the item
+    in the list (a view: an output of its own). None for another expression."""
+    if not (isinstance(e, N.Subscript) and isinstance(e.value, N.Name) and e.value.id in lists):
+        return None
+    at = _int_literal(e.items[0]) if len(e.items) == 1 else None
+    if at is None:
+        return None
+    listed = lists[e.value.id]
+    item, per = f"{listed.name}[{at}]", len(listed.rows)
+    as_is = f"{item}.view_as({item})"
+    if at >= 0:  # (`item_read` read the heads as themselves; the length is checked before: `ItemRead`)
+        row = listed.rows[(at - listed.heads) % per] if not listed.earlier and at >= listed.heads else None
+        return as_is if row is None else f"{row}[{(at - listed.heads) // per}]"
+    back = -at - 1  # items after it in the list
+    row = listed.rows[per - 1 - back % per]
+    if row is None:
+        return as_is
+    step = back // per
+    enough = f"{row} is not None" + (f" and len({row}) > {step}" if step else "")
+    return f"{row}[{-step - 1}] if {enough} else {as_is}"
+
+
+def stacked_shape(shape: Shape, at: int, count: str) -> Shape:
+    """The shape of a stack at `at` of items of `shape`, `count` of them (None where unknown, or with a `...`
+    group)."""
+    if shape is None or GROUP in shape:
+        return None
+    place = at if at >= 0 else len(shape) + 1 + at
+    return (*shape[:place], count, *shape[place:]) if 0 <= place <= len(shape) else None
+
+
+def stacked_alone(loop: Any, j: Any, ex: Callable[[N.Expr], str]) -> str:
+    """Forward's `Join.alone` stack (`loops.Planner.cat_by_loops`), after `loop`, the last of the loops in a
+    row appending to the list: the `j.of_step`-th items of the steps of the `j.alone`-th of them, cut out
+    of the list after the heads and the items of the loops before it (their counts, times their items a
+    step, `Loop.before_per`). After a loop of no steps, an item of the list with an empty dim at `j.dim`,
+    and where the list is empty the spec's cat() raising (torch's)."""
+    name, dim = j.items, ex(j.dim)
+    bounds = [*loop.before.get(name, []), list(loop.bounds)]
+    pers = [*loop.before_per.get(name, []), 1 + len(loop.more.get(name, []))]
+
+    def count(k: int) -> str:
+        return f"len(range({', '.join(ex(b) for b in bounds[k])}))"
+
+    start = [str(len(loop.heads.get(name, [])) + j.of_step)]
+    start += [f"{pers[k]} * {count(k)}" if pers[k] > 1 else count(k) for k in range(j.alone)]
+    first, per = " + ".join(start), pers[j.alone]
+    steps = f"{name}[{first}:{first} + {f'{per} * ' if per > 1 else ''}{count(j.alone)}{f':{per}' if per > 1 else ''}]"
+    empty = f"({name}[0].unsqueeze({dim}).narrow({dim}, 0, 0) if {name} else torch.cat({name}, dim={dim}))"
+    return f"torch.stack({steps}, dim={dim}) if {count(j.alone)} else {empty}"
+
+
+def not_of_this_loop(loop: Any, j: Any) -> bool:
+    """Whether `j` is a `Join.alone` stack of the items of another loop than `loop` of those in a row
+    appending to its list (the place of `loop` among them: the loops before it, `Loop.before`)."""
+    return j.alone is not None and j.alone != len(loop.before.get(j.items, []))
+
+
+def counted_items(loops: list, name: str, body: list[N.Stmt]) -> N.Expr | None:
+    """The count of the items `loops` (in a row, of the forward `body`, none holding a loop) append to the list
+    `name`, where each appends one a step: S of a lone loop over `range(S)` or `range(0, S)`, or of pieces of one loop
+    split where its `if`s turn (`range(0, a)`, `range(a, b)`, ..., `range(z, S)`, each bound between
+    `minimum(k, S)` of ints k in order, `loop_split`); an S `nonnegative_int` proves >= 0. None otherwise."""
+    if not loops or any(loop.more.get(name) for loop in loops):
+        return None  # (several items a step)
+    bounds = [loop.bounds for loop in loops]
+    if any(len(b) > 2 for b in bounds) or len(bounds[0]) == 2 and _int_literal(bounds[0][0]) != 0:
+        return None
+    stop = bounds[-1][-1]
+    if not nonnegative_int(stop, body):
+        return None
+    ks = []
+    for before, after in zip(bounds, bounds[1:]):
+        if len(after) != 2 or spec_text(before[-1]) != spec_text(after[0]):
+            return None
+        value = _bound_value(after[0], body)
+        if not (isinstance(value, N.Call) and value.func == "minimum" and len(value.args) == 2):
+            return None
+        k = _int_literal(value.args[0])
+        if k is None or k < 0 or spec_text(value.args[1]) != spec_text(stop):
+            return None
+        ks.append(k)
+    return stop if ks == sorted(ks) else None
+
+
+def _bound_value(e: N.Expr, body: list[N.Stmt]) -> N.Expr | None:
+    """The value a local `e` is bound to once in `body` (None where another expression, or bound again)."""
+    if not isinstance(e, N.Name):
+        return None
+    values = [s.value for s in statements(body) if isinstance(s, N.Assign) and s.target == e.id]
+    return values[0] if len(values) == 1 else None

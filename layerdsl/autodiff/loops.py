@@ -40,10 +40,12 @@ from layerdsl.autodiff.loop_ints import (
 from layerdsl.autodiff.loop_lists import (
     ItemRead,
     alike,
+    counted_items,
     item_read,
     mark_item_read,
     nonnegative_int,
     refuse_items_in_loop,
+    stacked_shape,
     uneven_steps,
     unit_slices,
 )
@@ -84,6 +86,9 @@ class Join:
     earlier: list[N.Expr] = field(default_factory=list)
     # `L[i]` read as an item of it where the list may hold too few items (`loop_lists.mark_item_read`)
     item: ItemRead | None = None
+    # a stack of the `of_step`-th items of one loop of those in a row appending to the list only, not of the
+    # loops before or after it: its place among them (`Planner.cat_by_loops`)
+    alone: int | None = None
 
 
 @dataclass
@@ -534,7 +539,7 @@ class Planner:
         """`stmt` with `stack(L, dim = d)` / `cat(L, dim = d)` of a loop's list as the value they join."""
 
         def go(e):
-            read = item_read(e, set(self.loops), self.item_shapes, self.heads_read)
+            read = item_read(e, set(self.loops), self.item_shapes, self.heads_read, self.items_count)
             e, spec = map_children(read, go), e
             mark_item_read(spec, read, e, lambda name: self.loops[name].joins)
             if isinstance(e, N.Call) and e.func in ("stack", "cat") and e.args:
@@ -560,6 +565,16 @@ class Planner:
         heads = self.loops[name].heads.get(name, [])
         self.alias.update({h: h for h in heads})
         return heads
+
+    def items_count(self, name: str) -> N.Expr | None:
+        """The count of the items the loops in a row append to the list `name`, one a step each: the stop of
+        a loop over `range(S)` or `range(0, S)`, or of the last of a loop's pieces split where its `if`s turn
+        (`loop_split`: `range(0, t_at)`, `range(t_at, S)` of `t_at = minimum(1, S)`), an S proven >= 0
+        (`loop_lists.counted_items`); None otherwise."""
+        loops = self.collecting.get(name) or [self.loops[name]]
+        if any(isinstance(loop, nest.Nest) for loop in loops):
+            return None
+        return counted_items(loops, name, self.forward.body)
 
     def item_shapes(self, name: str) -> list[Shape]:
         """The shapes of every item the list `name` may hold after its loops: appended before them, and each
@@ -593,6 +608,8 @@ class Planner:
         why = why or uneven_steps(collecting, listed.id, _with_steady_items(collecting, listed.id, self.shapes))
         if why is not None and d is not None and alike(self.item_shapes(listed.id)):
             return self.cat_as_stack(e, listed, d, heads)  # every item of one shape (`loop_lists.alike`)
+        if why is not None and d is not None and (by_loops := self.cat_by_loops(e, listed, d, heads)) is not None:
+            return by_loops
         if why is not None or d is None:
             raise NotDerivable(
                 e.span,
@@ -611,6 +628,35 @@ class Planner:
             return steps
         self.alias.update({h: h for h in heads})
         return _cat([*_items(heads, listed).items, steps], dim, e)
+
+    def cat_by_loops(self, e: N.Call, listed: N.Name, d: int, heads: list[str]) -> N.Expr | None:
+        """`cat(L, dim = d)` of a list loops in a row append to, unlike counts of items a step or items of
+        unlike shapes at one place of a step, as `cat([heads..., P0, P1, ...], dim = d)` of Pk, the items of the
+        k-th loop: `flatten(cat([S0, S1, ...], dim = d + 1), d, d + 1)` of Si, the i-th item of each of its steps
+        stacked at d (`d - 1` for a d < 0, `Join.alone`), cut out of the list by the counts of the loops
+        before it and their items a step (`Loop.before_per`). None where a loop holds a loop, or what a step
+        appends has a shape known only when forward runs."""
+        name = listed.id
+        collecting = self.collecting.get(name, [])
+        if not collecting or collecting[-1] is not self.loops[name]:
+            return None
+        shapes = _with_steady_items(collecting, name, self.shapes)
+        if any(isinstance(loop, nest.Nest) or _not_stacked(loop, name, shapes) for loop in collecting):
+            return None
+        at = d if d >= 0 else d - 1
+        pieces: list[N.Expr] = []
+        for k, loop in enumerate(collecting):
+            assert isinstance(loop, Loop)
+            stacks: list[N.Expr] = []
+            for i, item in enumerate([loop.appended[name], *loop.more.get(name, [])]):
+                join = Join(self.fresh(f"stacked_{name}"), "stack", B.num(at), name, of_step=i, alone=k)
+                stacks.append(self.join_name(join, e.span))
+                assert isinstance(item, N.Name)  # (`_not_stacked`)
+                self.shapes[join.name] = stacked_shape(shapes.get(item.id), at, f"_steps_{join.name}")
+            steps = stacks[0] if len(stacks) == 1 else _cat(stacks, B.num(at + 1), e)
+            pieces.append(B.call("flatten", steps, B.num(at), B.num(at + 1), span=e.span))
+        self.alias.update({h: h for h in heads})
+        return _cat([*_items(heads, listed).items, *pieces], B.num(d), e)
 
     def cat_as_stack(self, e: N.Call, listed: N.Name, d: int, heads: list[str]) -> N.Expr:
         """`cat(L, dim = d)` of a list whose items all have one shape, as `flatten(stack(L, dim = d), d, d + 1)`

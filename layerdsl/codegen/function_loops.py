@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import re
 
+from layerdsl.autodiff.loop_lists import ListedItems, item_of_list, stacked_alone
 from layerdsl.autodiff.loops import UNBOUND, Choice, Join, Loop, LoopPlan, Straight, presence, segment_steps
 from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, dtype_tested
@@ -270,6 +271,8 @@ class LoopFunction:
         self.recomputed_plain: set[str] = set()  # the flags and int-tuple inputs backward reads (on ctx)
         self.left_out: set[str] = set()  # the values and joins the forward run again leaves out (`unread`)
         self.replaying = False  # the forward run again (`recompute`) being written
+        # a stack of a loop's list (`loop_lists.item_read`'s) -> the list, and the buffer of its last item
+        self.item_lists: dict[str, ListedItems] = {}
         # no mask kept per step (a stack takes no None), nor in a choice per step's loop (`step_choices`)
         self.helper.mask_when_dropping = not self.loops and not function_nest.nests(plan.segments)
         self.own: dict[tuple, str] = {} if shared is None else shared  # names it introduces, by what they hold
@@ -686,6 +689,7 @@ class LoopFunction:
         """The segments run in order, keeping per step the values of `per_step`; the other side's values of
         `extra` None after a `Choice`."""
         lines = []
+        self.item_lists = {}
         for seg in self.plan.segments:
             if isinstance(seg, Straight):
                 late = [(n, e) for n, e in seg.tape.numbers if n in self.plan.late]
@@ -874,7 +878,7 @@ class LoopFunction:
                 first = next(t for t in tape.steps if t.var == paired[s.var])
                 line = f"{', '.join([first.var, *seconds])} = {ex(returning_second_results(first, {}))}"
             else:
-                line = f"{s.var} = {ex(s.expr)}"
+                line = f"{s.var} = {item_of_list(s.expr, self.item_lists) or ex(s.expr)}"
             if self.replaying and reads_a_new_value(s, self.plan):
                 line += ".detach()"  # (`save = "inputs"`: the forward run again in backward)
             lines += with_spec_line([line], 0, self.e.spec_path, s.expr.span.line)
@@ -969,7 +973,25 @@ class LoopFunction:
             else:
                 lines += item_check_lines(j, len(loop.heads.get(j.items, [])), None, self.layer, self.e.spec_path)
                 lines.append(f"{j.name} = {self.joined(loop, j, ex)}")
+        self.item_lists.update(self.listed_items(loop, joins, kept, buffered, ex))
         return lines
+
+    def listed_items(
+        self, loop: Loop, joins: list[Join], kept: list[str], buffered: dict[str, str], ex: PyExpr
+    ) -> dict[str, ListedItems]:
+        """The whole stacks at dim 0 of the lists forward makes (`joins` of `loop`), by the list, its heads and
+        the buffers holding each item a step appends (None where none does), for `loop_lists.item_of_list`."""
+        shaped = self.step_shapes.get(self.loops.index(loop), set())
+        rows = set(kept) - shaped - set(loop.carried) - set(self.widenable(loop, kept))
+        out: dict[str, ListedItems] = {}
+        for j in joins:
+            if j.func != "stack" or j.of_step is not None or ex(j.dim) != "0" or j.items in buffered:
+                continue
+            items = [loop.appended[j.items], *loop.more.get(j.items, [])]
+            kept_rows = [self.stacked(v.id) if isinstance(v, N.Name) and v.id in rows else None for v in items]
+            heads = len(loop.heads.get(j.items, []))
+            out[j.name] = ListedItems(j.items, heads, kept_rows, j.items in loop.before)
+        return out
 
     @staticmethod
     def joined(loop: Loop, j: Join, ex: PyExpr) -> str:
@@ -977,6 +999,8 @@ class LoopFunction:
         and the step's other items out, and after a loop of no steps is its first head with an empty dim at
         `j.dim` (what cat() of it adds)."""
         heads, dim = loop.heads.get(j.items, []), ex(j.dim)
+        if j.alone is not None:  # of one of the loops in a row only
+            return stacked_alone(loop, j, ex)
         if j.of_step is None:
             return f"torch.{j.func}({j.items}, dim={dim})"
         per = 1 + len(loop.more.get(j.items, []))

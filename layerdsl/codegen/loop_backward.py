@@ -14,6 +14,7 @@ import re
 from typing import TYPE_CHECKING
 
 from layerdsl.autodiff.loop_ints import sized_per_step
+from layerdsl.autodiff.loop_lists import not_of_this_loop
 from layerdsl.autodiff.loops import UNBOUND, Choice, Join, Loop, Straight
 from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.plan import dtype_tested
@@ -388,7 +389,7 @@ class BackwardWriter:
         to the same list (`loops.Loop.before`): their items counted (each step's, `Loop.before_per`; a step's
         one of a stack of one item of each step's), one range where they run in a row alike."""
         bounds = loop.before.get(j.items, [])
-        if not bounds:
+        if not bounds or j.alone is not None:  # (a stack of its own items only)
             return at
         pers = loop.before_per.get(j.items, [1] * len(bounds)) if j.of_step is None else [1] * len(bounds)
         starts = [b[0] if len(b) == 2 else B.num(0) for b in bounds]
@@ -447,7 +448,7 @@ class BackwardWriter:
             # the items appended before the loop come first (`loops.Join.heads`): theirs, then the steps',
             # `per` of them each step (`loops.Loop.more`)
             per = 1 + len(loop.more.get(j.items, []))
-            for i in range(per) if j.of_step is None else [j.of_step]:  # a stack of one item of each step's
+            for i in [] if not_of_this_loop(loop, j) else range(per) if j.of_step is None else [j.of_step]:
                 at = step_index if per == 1 else f"{per} * {step_index} + {i}" if i else f"{per} * {step_index}"
                 at = step_index if j.of_step is not None else at
                 at = f"{at} + {len(j.heads)}" if j.heads else at
@@ -456,7 +457,7 @@ class BackwardWriter:
                 if head in self.plan.requires:
                     lines += self.accumulate(head, f"{parts}[{i}]", conditional=False)
         for j in loop.later_joins:  # a later loop's join of a list this one appends to first: cut there
-            if self.state.get(self.acc(j.name)) is not None:
+            if self.state.get(self.acc(j.name)) is not None and not not_of_this_loop(loop, j):
                 parts = self.fn.name(f"grad_{j.name}_parts")
                 per = 1 + len(loop.more.get(j.items, []))  # a step's items (`Loop.more`), or its one of a stack's
                 for i in range(per) if j.of_step is None else [j.of_step]:
