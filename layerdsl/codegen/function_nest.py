@@ -366,7 +366,7 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
     lines += [f"{name} = [{', '.join(nest.heads.get(name, []))}]" for name in nest.appended if name not in nest.before]
     rows = side_rows(fn, nest, kept)
     lazy = step_rows.lazy_updates(fn, nest, kept, rows)
-    lines += [f"{step_rows.flag(fn, v)} = False" for v in lazy.values()]
+    lines += step_rows.initially(fn, lazy)
     body = [f"{n} = {ex(e)}" for n, e in nest.numbers]
     for seg in nest.segments:
         if isinstance(seg, Straight):
@@ -565,7 +565,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         if w.state.get(w.acc(c)) != "set":
             g = w.acc(c)
             # read back, of its update's gradient in the double backward (read as a value, it would be kept)
-            back = (c in read_back or c in lazily) and w.mode != "main"
+            back = c in read_back and w.mode != "main" or c in lazily
             zeros = f"torch.zeros_like({w.acc(nest.updates[c])})" if back else _zeros(w, c)
             body.append(f"{g} = {zeros}" if w.state.get(g) is None else f"{g} = {zeros} if {g} is None else {g}")
             w.state[g] = "set"
