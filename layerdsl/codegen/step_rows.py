@@ -18,13 +18,13 @@ copied start's to the start, after the loop, `start_rows`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from layerdsl.autodiff.loops import Choice
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import walk
 
 if TYPE_CHECKING:
     from layerdsl.autodiff.nest import Nest
@@ -92,9 +92,17 @@ def lazy_updates(fn: LoopFunction, nest: Nest, kept: list[str], rows: dict) -> d
 
 
 def _read_by_body(nest: Nest) -> set[str]:
-    """The names the steps of the nest's body read (a leaf one reads is kept for backward where it is an
-    operand whose derivative reads it: the start of a carried value is then read as itself, not copied)."""
-    return {n.id for s in nest.steps() for a in s.args.values() for n in walk(a) if isinstance(n, N.Name)}
+    """The names the derivatives of the nest's body's steps read (`y` of `y @ w`, not of `x[t] + y`): a leaf
+    such is kept for backward anyway, so a carried value's start that is one is read as itself, not copied."""
+    out: set[str] = set()
+    for s in nest.steps():
+        if s.op is None:
+            continue
+        formulas = " ".join(f for f in s.op.grads.values() if f) + " " + repr(s.op.rank_grads)
+        for param, arg in s.args.items():
+            if isinstance(arg, N.Name) and re.search(rf"\b{re.escape(param)}\b", formulas):
+                out.add(arg.id)
+    return out
 
 
 def initially(fn: LoopFunction, lazy: dict[str, Lazy]) -> list[str]:
