@@ -88,6 +88,15 @@ SPECS = {
             }
         }
         return h""",
+    # the start read by step 0's side through an add only (autograd keeps no `y` for it: not read as itself)
+    "range step, y added": """for t in range(0, T, 2) {
+            if t == 0 {
+                h = tanh(x[t] + y)
+            } else {
+                h = tanh(h @ w + x[t]) + h
+            }
+        }
+        return h""",
     # a list each step appends to, stacked after the loop
     "appends": """hs = []
         for t in range(T) {

@@ -564,8 +564,9 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     for c in requiring:  # every step gives the step before a gradient of its carried value
         if w.state.get(w.acc(c)) != "set":
             g = w.acc(c)
-            # read back, of its update's gradient in the double backward (read as a value, it would be kept)
-            back = c in read_back and w.mode != "main" or c in lazily
+            # read back, of its update's gradient in the double backward (read as a value, it would be kept); in
+            # a loop of choices per step, of its update's gradient (`step_rows.chosen_per_step`)
+            back = c in read_back and w.mode != "main" or c in lazily or step_rows.chosen_per_step(nest)
             zeros = f"torch.zeros_like({w.acc(nest.updates[c])})" if back else _zeros(w, c)
             body.append(f"{g} = {zeros}" if w.state.get(g) is None else f"{g} = {zeros} if {g} is None else {g}")
             w.state[g] = "set"

@@ -91,6 +91,13 @@ def lazy_updates(fn: LoopFunction, nest: Nest, kept: list[str], rows: dict) -> d
     return out
 
 
+def chosen_per_step(nest: Nest) -> bool:
+    """Whether `nest` is a loop of choices per step: its carried values keep one shape (checked at each step),
+    so a carried value's zeros are its update's gradient's shape (not read of the carried value, which the
+    sides may not read: read there, it would be counted as read at every step)."""
+    return not nest.loops() and any(isinstance(seg, Choice) and seg.per_step for seg in nest.segments)
+
+
 def _read_by_body(nest: Nest) -> set[str]:
     """The names the derivatives of the nest's body's steps read (`y` of `y @ w`, not of `x[t] + y`): a leaf
     such is kept for backward anyway, so a carried value's start that is one is read as itself, not copied."""
