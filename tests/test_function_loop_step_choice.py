@@ -88,6 +88,15 @@ SPECS = {
             }
         }
         return h""",
+    # the start read by step 0's side through an add only (autograd keeps no `y` for it: not read as itself)
+    "range step, y added": """for t in range(0, T, 2) {
+            if t == 0 {
+                h = tanh(x[t] + y)
+            } else {
+                h = tanh(h @ w + x[t]) + h
+            }
+        }
+        return h""",
     # a list each step appends to, stacked after the loop
     "appends": """hs = []
         for t in range(T) {
@@ -205,33 +214,61 @@ def test_the_condition_is_evaluated_at_every_step():
     assert "for t in reversed(range(" in backward and "if t % 2 == 1:" in backward
 
 
-# where the Function keeps more than autograd (see the reason)
-MORE_THAN_AUTOGRAD = pytest.mark.xfail(
-    strict=True,
-    reason="codegen/step_rows.py keeps a carried value's updates lazily only where its update and the carried"
-    " value are read on the sides of one choice per step (fn.step_sides); here one is read outside them (a"
-    " straight segment reading h at every step, `hs.append(h * y)` after the `if`, the carried value read"
-    " outside the sides of `range step`, a start kept once): next, a read outside the sides counted as every"
-    " step's (a row at every step where it is, lazily elsewhere), and `tail_joined` for an append after the `if`",
-)
-
-
-MORE = {"appends", "range step", "t % 3 != 1 rows"}
-
-
-@pytest.mark.parametrize(
-    "name, steps",
-    [
-        (pytest.param(name, steps, marks=MORE_THAN_AUTOGRAD) if name in MORE else (name, steps))
-        for name in sorted(SPECS)
-        for steps in (6, 7)
-    ],
-)
+@pytest.mark.parametrize("steps", (6, 7))
+@pytest.mark.parametrize("name", sorted(SPECS))
 def test_backward_keeps_no_more_than_autograd(name, steps):
     """A side's values are kept for the steps that ran it only; a value either side leaves in the carried one
     is kept once per step (and read back as the carried value's)."""
     ours, plain = _pair(name)
     x, y = _inputs(steps)
+    assert saved_bytes(lambda: ours(x, y), ours) <= saved_bytes(lambda: plain(x, y), plain)
+
+
+APPENDS_AFTER = """\
+DECORATOR
+layer Steps(d: int) {
+    param w: [d, d] = uniform(-1, 1)
+    example(d = 3)
+    forward(x: [T, B, d], y: [B, d]) -> [B, d] {
+        h = y
+        hs_appended = y * 2.0
+        hs = []
+        for t in range(T) {
+            if t % 2 == 1 {
+                h = tanh(h @ w + x[t])
+            }
+            hs.append(h * y)
+            g = h * 3.0
+            hs.append(g)
+        }
+        return sum(stack(hs, dim = 0), dim = 0) + h + hs_appended
+    }
+}
+"""
+
+
+@functools.cache
+def _appends_after() -> tuple[dict, dict]:
+    return compile_spec(APPENDS_AFTER.replace("DECORATOR", "@function"), "step_choice_appends_after_f"), compile_spec(
+        APPENDS_AFTER.replace("DECORATOR\n", ""), "step_choice_appends_after_p"
+    )
+
+
+@pytest.mark.parametrize("steps", [1, 2, 6, 7])
+def test_appends_after_the_if_are_items_bound_on_each_side(steps):
+    """`hs.append(h * y)` after the `if`: its item bound on each side to a local of its own (not the
+    `hs_appended` the spec binds before the loop), appended after the `if` (`step_choices.tail_joined`), so
+    the carried value is kept lazily (`codegen/step_rows.py`); `hs.append(g)` of a name appended as it is."""
+    modules = []
+    for namespace in _appends_after():
+        torch.manual_seed(0)
+        modules.append(namespace["Steps"](3).double())
+    ours, plain = modules
+    plain.load_state_dict(ours.state_dict())
+    x, y = _inputs(steps)
+    _agree(ours, plain, x, y)
+    assert torch.autograd.gradcheck(ours, (x, y))
+    assert torch.autograd.gradgradcheck(ours, (x, y))
     assert saved_bytes(lambda: ours(x, y), ours) <= saved_bytes(lambda: plain(x, y), plain)
 
 

@@ -162,7 +162,7 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
     per_step = step_choices.steps_choose(stmt)
     if per_step:
         check_choice_loop(stmt)
-    body = _lists_of_its_own(step_choices.tail_joined(stmt).body if per_step else stmt.body, p)
+    body = _lists_of_its_own(step_choices.tail_joined(stmt, p.forward).body if per_step else stmt.body, p)
     locals_ = _carried_locals(body, set(p.alias))
     carried = {local: p.fresh(local) for local in locals_}
     starts = {c: p.alias[local] for local, c in carried.items()}

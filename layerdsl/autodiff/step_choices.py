@@ -12,10 +12,12 @@ forward, and again in backward's loop (the ints a step reads are those backward'
 What it keeps is what autograd keeps:
 
 - the statements after a lone `if` are written on each side (`tail_joined`: `if c { a } ; r` is `if c { a; r }
-  else { r }`), so no value the `if` merges (a side's or the value before it) is read after it: a step keeps
-  only its side's values and the carried values' updates;
+  else { r }`; an append among them, `hs.append(h * y)`, its item bound on each side to a local of its own and
+  appended after the `if`), so no value the `if` merges (a side's or the value before it) is read after it: a
+  step keeps only its side's values and the carried values' updates;
 - a value a side leaves in a merged local takes the merged local's name on that side (`merged_as_own`): every
-  step binds it, one row per step, which backward reads back as the carried value's value (the update) too;
+  step binds it, which backward reads back as the carried value's value (the update) too, kept lazily
+  (`codegen.step_rows`: only the steps' updates a side or the next step reads);
 - a value only one side binds and backward reads is kept in rows for the steps that took that side only
   (`codegen.function_nest`: appended where not None, read in backward at a counter of that side's rows).
 """
@@ -89,19 +91,67 @@ def _binds_number(stmt: N.If) -> bool:
     return any(isinstance(s, N.Assign) and s.value.kind in N.NUMBERS for s in stmt.body + stmt.orelse)
 
 
-def tail_joined(loop: N.For) -> N.For:
+def tail_joined(loop: N.For, around: N.Node | None = None) -> N.For:
     """`loop` whose body holds one `if` (not on arguments) followed by plain tensor statements, with those
-    statements written at the end of each side: no value merged by the `if` is read after it."""
+    statements written at the end of each side: no value merged by the `if` is read after it. An append after
+    it (`hs.append(h * y)`) is an item bound on each side (a local no statement of `around` reads or binds),
+    appended after the `if`."""
     ifs = [k for k, s in enumerate(loop.body) if isinstance(s, N.If)]
     if len(ifs) != 1:
         return loop
     at = ifs[0]
     branch, rest = loop.body[at], loop.body[at + 1 :]
     assert isinstance(branch, N.If)
-    if not rest or not all(isinstance(s, N.Assign | N.Unpack) and _binds_tensor(s) for s in rest):
+    if not rest or not all(_binds_tensor(s) or _appends_tensor(s) for s in rest):
         return loop
+    appends: list[N.Stmt] = []
+    if any(isinstance(s, N.Append) for s in rest):
+        if _rebound_after(rest):
+            return loop
+        rest, appends = _items_bound(rest, around if around is not None else loop)
     joined = dataclasses.replace(branch, body=[*branch.body, *rest], orelse=[*branch.orelse, *rest])
-    return dataclasses.replace(loop, body=[*loop.body[:at], joined])
+    return dataclasses.replace(loop, body=[*loop.body[:at], joined, *appends])
+
+
+def _appends_tensor(s: N.Stmt) -> bool:
+    return isinstance(s, N.Append) and s.value.kind == N.Kind.TENSOR
+
+
+def _rebound_after(rest: list[N.Stmt]) -> bool:
+    """Whether a statement of `rest` binds a name an append before it appends (`outs.append(h)`, then `h = ...`)."""
+    for k, s in enumerate(rest):
+        if isinstance(s, N.Append) and isinstance(s.value, N.Name):
+            if s.value.id in {t for later in rest[k + 1 :] for t in _targets(later)}:
+                return True
+    return False
+
+
+def _targets(s: N.Stmt) -> list[str]:
+    return [t for t, _ in s.targets] if isinstance(s, N.Unpack) else [s.target] if isinstance(s, N.Assign) else []
+
+
+def _items_bound(rest: list[N.Stmt], around: N.Node) -> tuple[list[N.Stmt], list[N.Stmt]]:
+    """`rest` with each append's item bound to a local of its own (`hs.append(h * y)`: `hs_appended = h * y`; a
+    name appended as it is), and the appends of those locals."""
+    taken = {n.id for n in walk(around) if isinstance(n, N.Name)}
+    taken |= {s.target for s in walk(around) if isinstance(s, N.Assign | N.Append)}
+    taken |= {t for s in walk(around) if isinstance(s, N.Unpack) for t, _ in s.targets}
+    bound: list[N.Stmt] = []
+    appends: list[N.Stmt] = []
+    for s in rest:
+        if isinstance(s, N.Append) and isinstance(s.value, N.Name):  # read as it is after the `if` (not rebound)
+            appends.append(s)
+            continue
+        if not isinstance(s, N.Append):
+            bound.append(s)
+            continue
+        local = next(n for k in range(len(taken) + 1) if (n := f"{s.target}_appended{k or ''}") not in taken)
+        taken.add(local)
+        bound.append(N.Assign(s.span, local, s.target_span, s.value))
+        item = N.Name(s.value.span, local)
+        item.kind, item.ref = N.Kind.TENSOR, N.Ref.LOCAL
+        appends.append(dataclasses.replace(s, value=item))
+    return bound, appends
 
 
 def _binds_tensor(s: N.Stmt) -> bool:

@@ -439,7 +439,7 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
     lines += [f"{name} = [{', '.join(nest.heads.get(name, []))}]" for name in nest.appended if name not in nest.before]
     rows = side_rows(fn, nest, kept)
     lazy = step_rows.lazy_updates(fn, nest, kept, rows)
-    lines += [f"{step_rows.flag(fn, v)} = False" for v in lazy.values()]
+    lines += step_rows.initially(fn, lazy)
     body = [f"{n} = {ex(e)}" for n, e in nest.numbers]
     for seg in nest.segments:
         if isinstance(seg, Straight):
@@ -639,8 +639,9 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     for c in requiring:  # every step gives the step before a gradient of its carried value
         if w.state.get(w.acc(c)) != "set":
             g = w.acc(c)
-            # read back, of its update's gradient in the double backward (read as a value, it would be kept)
-            back = (c in read_back or c in lazily) and w.mode != "main"
+            # read back, of its update's gradient in the double backward (read as a value, it would be kept); in
+            # a loop of choices per step, of its update's gradient (`step_rows.chosen_per_step`)
+            back = c in read_back and w.mode != "main" or c in lazily or step_rows.chosen_per_step(nest)
             zeros = f"torch.zeros_like({w.acc(nest.updates[c])})" if back else _zeros(w, c)
             body.append(f"{g} = {zeros}" if w.state.get(g) is None else f"{g} = {zeros} if {g} is None else {g}")
             w.state[g] = "set"

@@ -1,23 +1,30 @@
 """A carried value of a loop of choices per step (`autodiff.step_choices`) whose update each side binds (under
 the merged name, `step_choices.merged_as_own`) or passes through, kept lazily, as autograd keeps it: a step's
-update only where that step's side reads it or the next step's side reads the carried value.
+update only where that step's side reads it or the next step reads the carried value. A read of the carried
+value outside the sides (a statement before the `if`: `g = h * x[t]`) is every step's, on either side.
 
-Forward appends, at the end of the side taken, the carried value where the side reads it and the step before
-kept no row of its update (a flag; at step 0 its start, copied only where step 0's side reads it, as autograd
-keeps it only then), then the update where the side reads it (the flag set, else cleared): the
-rows are the kept updates in the order of the steps. Backward runs the steps in reverse with a counter of the
-rows not yet passed and a flag saying whether the step after read the carried value: at the start of a side,
-it takes the update's row where the side reads it (or passes it where only the step after read it), and the
-carried value from the row before. A row's extra-output gradient (double backward) is given at the step whose
-update it holds (the start's row's to the start, after the loop, `start_rows`).
+Forward appends, at the end of the side taken, the carried value where the step reads it and the step before
+kept no row of its update (a flag), then the update where the side reads it (the flag set, else cleared); a
+side passing the carried value on appends no update (its update is the carried value: the flag set where the
+step read it, the row it has). The rows are the kept updates in the order of the steps. The start: an input
+the body reads anyway (`y @ w` on a side) is read as itself, no row (the flag set before step 0: the row
+before the first is the start); else copied as a row where a step reads it, as autograd keeps it only then.
+Backward runs the steps in reverse with a counter of the rows not yet passed and a flag saying whether the
+step after read the carried value: at the start of a side, it takes the update's row where the side reads it
+(or passes it where only the step after read it), and the carried value from the row before (the start where
+none is). A row's extra-output gradient (double backward) is given at the step whose update it holds (a
+copied start's to the start, after the loop, `start_rows`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from layerdsl.autodiff.loops import Choice
+from layerdsl.ir import build as B
+from layerdsl.ir import nodes as N
 
 if TYPE_CHECKING:
     from layerdsl.autodiff.nest import Nest
@@ -32,6 +39,8 @@ class Lazy:
     choice: Choice
     reads_update: tuple[bool, bool]  # by side
     reads_carried: tuple[bool, bool]
+    start: str | None = None  # the start, read as itself where the body reads it anyway (not copied as a row)
+    passes: tuple[bool, bool] = (False, False)  # by side: the side binds no update (the update is the carried)
 
 
 def lazy_updates(fn: LoopFunction, nest: Nest, kept: list[str], rows: dict) -> dict[str, Lazy]:
@@ -48,19 +57,65 @@ def lazy_updates(fn: LoopFunction, nest: Nest, kept: list[str], rows: dict) -> d
     shaped = fn.step_shapes.get(F.key(fn, nest), set())
     out: dict[str, Lazy] = {}
     for c, u in nest.updates.items():
-        values = seg.merged.get(u, ())
-        if u not in values or not set(values) <= {u, c} or u not in kept or u in rows or u in shaped or c in kept:
+        values = seg.merged.get(u)
+        if (
+            values is None
+            or u not in values
+            or not set(values) <= {u, c}
+            or u not in kept
+            or u in rows
+            or u in shaped
+            or c in kept
+        ):
             continue
         if u in fn.step_shape_reads or c in fn.step_shape_reads:
             continue
         where_u, where_c = fn.step_sides.get(u, set()), fn.step_sides.get(c, set())
+        if None in where_c:  # read outside the sides (before the choice: the update takes c's name after it)
+            where_c = (where_c - {None}) | sides
         if not where_u <= sides or not where_c <= sides:
             continue
         items = [*nest.appended.values(), *(i for more in nest.more.values() for i in more)]
         if any(getattr(i, "id", None) in (u, c) for i in items) or u in fn.outputs:
             continue
-        out[u] = Lazy(c, u, seg, ((at, 0) in where_u, (at, 1) in where_u), ((at, 0) in where_c, (at, 1) in where_c))
+        passes = (values[0] == c, values[1] == c)
+        # a side passing the carried value on reads the update as the carried value
+        reads_u = ((at, 0) in where_u and not passes[0], (at, 1) in where_u and not passes[1])
+        reads_c = (
+            (at, 0) in where_c | (where_u if passes[0] else set()),
+            (at, 1) in where_c | (where_u if passes[1] else set()),
+        )
+        start = nest.carried[c]
+        itself = start if start in fn.plan.leaves and start in _read_by_body(nest) else None
+        out[u] = Lazy(c, u, seg, reads_u, reads_c, itself, passes)
     return out
+
+
+def chosen_per_step(nest: Nest) -> bool:
+    """Whether `nest` is a loop of choices per step: its carried values keep one shape (checked at each step),
+    so a carried value's zeros are its update's gradient's shape (not read of the carried value, which the
+    sides may not read: read there, it would be counted as read at every step)."""
+    return not nest.loops() and any(isinstance(seg, Choice) and seg.per_step for seg in nest.segments)
+
+
+def _read_by_body(nest: Nest) -> set[str]:
+    """The names the derivatives of the nest's body's steps read (`y` of `y @ w`, not of `x[t] + y`): a leaf
+    such is kept for backward anyway, so a carried value's start that is one is read as itself, not copied."""
+    out: set[str] = set()
+    for s in nest.steps():
+        if s.op is None:
+            continue
+        formulas = " ".join(f for f in s.op.grads.values() if f) + " " + repr(s.op.rank_grads)
+        for param, arg in s.args.items():
+            if isinstance(arg, N.Name) and re.search(rf"\b{re.escape(param)}\b", formulas):
+                out.add(arg.id)
+    return out
+
+
+def initially(fn: LoopFunction, lazy: dict[str, Lazy]) -> list[str]:
+    """Forward's lines before the loop: each flag saying the carried value is the last row (the start is,
+    where it is read as itself)."""
+    return [f"{flag(fn, v)} = {v.start is not None}" for v in lazy.values()]
 
 
 def flag(fn: LoopFunction, lazy: Lazy) -> str:
@@ -79,7 +134,8 @@ def forward_side(fn: LoopFunction, nest: Nest, lazy: dict[str, Lazy], seg: Choic
             lines += [f"if not {flag(fn, v)}:", f"    {listed}.append({v.carried})"]
         if v.reads_update[k]:
             lines.append(f"{listed}.append({v.update})")
-        lines.append(f"{flag(fn, v)} = {v.reads_update[k]}")
+        # a side passing the carried value on, reading it: its row (the last) is the update's
+        lines.append(f"{flag(fn, v)} = {v.reads_update[k] or v.passes[k] and v.reads_carried[k]}")
     return lines
 
 
@@ -112,7 +168,10 @@ def backward_side(w: BackwardWriter, nest: Nest, lazy: dict[str, Lazy], seg: Cho
         listed, at = F.layers(fn, v.update), counter(fn, v)
         given = fn.grad_out(listed)
         rare = w.mode != "main"
-        if v.reads_update[k]:
+        if v.passes[k] and v.reads_carried[k]:  # its row is the carried value's (kept here, or before)
+            if rare:  # given where it was kept (the step before, or the step that computed it)
+                lines.append(f"{fn.grad_out(v.update)} = 0")
+        elif v.reads_update[k]:
             lines += [f"{at} -= 1", f"{v.update} = {listed}[{at}]"]
             if rare:
                 lines.append(f"{fn.grad_out(v.update)} = None if {given} is None else {given}[{at}]")
@@ -122,8 +181,13 @@ def backward_side(w: BackwardWriter, nest: Nest, lazy: dict[str, Lazy], seg: Cho
                 zeros = f"{given}.new_zeros({given}.shape[1:])"
                 row = f"({given}[{at}] if {next_read(fn, v)} else {zeros})"
                 lines.append(f"{fn.grad_out(v.update)} = 0 if {given} is None else {row}")
-        if v.reads_carried[k]:
+        if v.reads_carried[k] and v.start is not None:  # no row before the first: the start
+            w.read(B.name(v.start))
+            lines.append(f"{v.carried} = {listed}[{at} - 1] if {at} > 0 else {w.ex(B.name(v.start))}")
+        elif v.reads_carried[k]:
             lines.append(f"{v.carried} = {listed}[{at} - 1]")
+        if v.passes[k] and v.reads_carried[k]:
+            lines.append(f"{v.update} = {v.carried}")
         lines.append(f"{next_read(fn, v)} = {v.reads_carried[k]}")
     return lines
 
@@ -138,7 +202,7 @@ def start_rows(w: BackwardWriter, nest: Nest, lazy: dict[str, Lazy]) -> list[str
         return lines
     for v in lazy.values():
         start = nest.carried[v.carried]
-        if start not in w.plan.requires:
+        if start not in w.plan.requires or v.start is not None:
             continue
         given = w.fn.grad_out(F.layers(w.fn, v.update))
         taken = w.accumulate(start, f"{given}[0]", conditional=True)
