@@ -166,10 +166,14 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
     locals_ = _carried_locals(body, set(p.alias))
     carried = {local: p.fresh(local) for local in locals_}
     starts = {c: p.alias[local] for local, c in carried.items()}
+    no_gradient = _buffer_locals(p)
     for local, c in carried.items():
         p.alias[local] = c
         p.shapes[c] = p.shapes.get(starts[c])
-        p.requires.add(c)  # the body's tapes derive its gradient (it starts as, or becomes, one that needs it)
+        if (
+            local not in no_gradient
+        ):  # the body's tapes derive its gradient (it starts as, or becomes, one that needs it)
+            p.requires.add(c)
     outer_lists = set(p.lists)
     numbers_before = len(p.numbers)
     appended: dict[str, N.Expr] = {}
@@ -263,6 +267,13 @@ def _check_count_fixed(nest: N.For, loop: N.For) -> None:
             " where(t < n, next, h), or write the counts in the spec (up to 64 steps are unrolled), or drop"
             " @function",
         )
+
+
+def _buffer_locals(p: Planner) -> set[str]:
+    """The locals that carry a buffer's value (`loop_buffers.as_carried_locals`): no gradient flows into them."""
+    from layerdsl.autodiff.loop_buffers import buffer_locals
+
+    return buffer_locals(p.forward)
 
 
 def _on_step(p: Planner, loop: N.For, s: N.If) -> bool:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from layerdsl.autodiff.inline import Inlined, LayerNotGiven, counted_inlining
 from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
 from layerdsl.autodiff.local_sizes import sub_requires_dropped
-from layerdsl.autodiff.loop_buffers import update_in_a_loop_body
+from layerdsl.autodiff.loop_buffers import carries_its_updates, with_carried_locals
 from layerdsl.autodiff.loop_members import members_to_choose, read_outside_ifs
 from layerdsl.autodiff.loops import (
     CHOICE_HINT,
@@ -427,13 +427,16 @@ def _loop_plan(
             " or a dim says (not derived yet)",
             "drop @function (autograd derives the loop)",
         )
-    if (update := _update_in_a_loop_or_choice(body)) is not None:  # one between loops: the Function returns it
+    layer = with_carried_locals(layer)  # a nest's or a choice per step's updates: carried as locals
+    assert layer.forward is not None
+    body = layer.forward.body
+    if (update := _update_in_a_loop_or_choice(body, layer)) is not None:  # one between loops: the Function returns it
         raise NotDerivable(
             update.span,
-            "a forward that keeps a loop updates a buffer under @function between its loops and in the bodies of"
-            " loops holding no loop nor an `if` chosen per step only, outside the `if`s of those bodies and the `if`s taken on their own"
-            " (not derived yet)",
-            "update the buffer after the inner loop, from what it computes, or drop @function",
+            "a forward that keeps a loop updates a buffer under @function outside the `if`s taken on their own,"
+            " and an optional buffer only between its loops and at the top level of the body of a loop holding no"
+            " loop nor an `if` chosen per step (not derived yet)",
+            "update the buffer after the loop, from what it computes, or drop @function",
         )
     if choices and any(isinstance(s, N.If) for s in body):  # each an `if` of its own (`_first_if`)
         body = flattened(body)  # a number a side binds: a statement of its own (`k = 2 if a else k`)
@@ -444,11 +447,11 @@ def _loop_plan(
     return plan_loops(layer, optional, incoming_names)
 
 
-def _update_in_a_loop_or_choice(body: list[N.Stmt]) -> N.Update | None:
+def _update_in_a_loop_or_choice(body: list[N.Stmt], layer: N.Layer) -> N.Update | None:
     """The first `update` of a forward with loops that is in a loop holding a loop, an `if` of a loop's body
     or an `if`'s side (at this point, an `if` taken on its own, `loops.Choice`): a straight segment's
     updates are the Function's to return, and a loop's body's it carries (`loop_buffers`)."""
-    kept = (s for s in body if not update_in_a_loop_body(s))
+    kept = (s for s in body if not carries_its_updates(s, layer))  # (`loop_buffers`)
     nested = [s for stmt in kept if isinstance(stmt, N.For | N.If) for s in statements([stmt])]
     return next((s for s in nested if isinstance(s, N.Update)), None)
 

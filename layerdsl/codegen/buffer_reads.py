@@ -40,14 +40,29 @@ def cloned_buffers(forward: N.Forward | None) -> frozenset[str]:
     return frozenset(name.id for name in _cloned(forward))
 
 
-def cloned_in_training_only(forward: N.Forward | None) -> frozenset[str]:
-    """The cloned buffers whose every update runs only in training: their clones are taken only then."""
+def cloned_in_training_only(forward: N.Forward | None, also: frozenset[str] = frozenset()) -> frozenset[str]:
+    """The cloned buffers (those `also` names too) whose every update runs only in training: their clones
+    are taken only then."""
     if forward is None:
         return frozenset()
     updates: dict[str, list[Path]] = {}
     _collect(forward.body, (), updates, [])
-    cloned = cloned_buffers(forward)
+    cloned = cloned_buffers(forward) | also
     return frozenset(b for b, paths in updates.items() if b in cloned and all(map(_requires_training, paths)))
+
+
+def saved_with_the_inputs(layer: N.Layer) -> frozenset[str]:
+    """Under `@function(save = "inputs")`, the buffers the forward updates: the Function saves every input it
+    is passed for the forward it runs again in backward, so each of them goes through a clone (as a read
+    autograd keeps does), or the update written in place would change what backward reads."""
+    dec = layer.decorator("function")
+    if layer.forward is None or dec is None:
+        return frozenset()
+    if not any(k.name == "save" and isinstance(k.value, N.Str) and k.value.value == "inputs" for k in dec.kwargs):
+        return frozenset()
+    updates: dict[str, list[Path]] = {}
+    _collect(layer.forward.body, (), updates, [])
+    return frozenset(updates)
 
 
 def _requires_training(path: Path) -> bool:

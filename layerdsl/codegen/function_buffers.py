@@ -10,6 +10,7 @@ without touching the module's state, and the buffers end with the values the pla
 
 from __future__ import annotations
 
+from layerdsl.autodiff.loop_buffers import new_values
 from layerdsl.autodiff.loops import Loop, LoopPlan, Straight
 from layerdsl.autodiff.plan import BranchPlan, Plan, straight_plans
 from layerdsl.autodiff.tape import Step, Tape
@@ -89,8 +90,7 @@ def reads_a_new_value(step: Step, plan: LoopPlan) -> bool:
     flows back through, binding the var that holds the new value): the forward run again in backward under
     `save = "inputs"` binds it detached, as the plain module reads it from the buffer it wrote under no_grad,
     so that a double backward does not differentiate through the update either."""
-    updated = {v for seg in plan.segments if isinstance(seg, Straight) for v in seg.tape.updates.values()}
-    return step.op is None and isinstance(step.expr, N.Name) and step.expr.id in updated
+    return step.op is None and isinstance(step.expr, N.Name) and step.expr.id in new_values(plan.segments)
 
 
 def recomputed_read(step: Step, tape: Tape) -> N.Expr:

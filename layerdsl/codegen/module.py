@@ -21,7 +21,12 @@ from layerdsl.autodiff.plan import Plan, plan_backwards, plan_inlined
 from layerdsl.autodiff.sub_calls import CallPlan, function_name
 from layerdsl.autodiff.sub_requires import checked_before_apply, origin
 from layerdsl.autodiff.tape import NotDerivable
-from layerdsl.codegen.buffer_reads import cloned_buffer_reads, cloned_buffers, cloned_in_training_only
+from layerdsl.codegen.buffer_reads import (
+    cloned_buffer_reads,
+    cloned_buffers,
+    cloned_in_training_only,
+    saved_with_the_inputs,
+)
 from layerdsl.codegen.function_arity import arities, returned_by_arity
 from layerdsl.codegen.function_buffers import unpacked_call
 from layerdsl.codegen.function_checks import plan_checks, read_vars
@@ -714,8 +719,9 @@ class LayerEmitter:
         inlined = self.inlined
         tensors = [i for i in self.forward.inputs if i.dtype == "float" and not i.optional and i.name not in parts]
         like = tensors[0].name if tensors else None  # no items: an empty tensor like it
-        cloned = cloned_buffers(self.forward)  # read where autograd keeps them, and updated in place
-        in_training = cloned_in_training_only(self.forward)  # eval skips the copy
+        saved = saved_with_the_inputs(self.layer)  # save = "inputs": every updated buffer (`buffer_reads`)
+        cloned = cloned_buffers(self.forward) | saved  # read where autograd keeps them, and updated in place
+        in_training = cloned_in_training_only(self.forward, saved)  # eval skips the copy
         for t in self.layer.tensors:
             arg = member_argument(inlined, t.name, module, like) if inlined else f"self.{t.name}"
             if t.name in cloned:
