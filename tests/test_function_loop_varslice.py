@@ -57,6 +57,13 @@ SPECS = {
             h = tanh(sigmoid(h[:, n:]) @ w[n:, :]) + x[t]
         }
         return h""",
+    # the same, of two views of the carried value (its shape their broadcast): kept flattened too
+    "outside a cat, of two views": """n = 0
+        for t in range(T) {
+            n = (n + 1) % d
+            h = tanh(exp(h[:, n:] - h[:, :1]) @ w[n:, :]) + x[t]
+        }
+        return h""",
     # a window of the step's input at a moving offset, growing: `x[..., a:a + k]`
     "a growing window": """k = 1
         for t in range(T) {
@@ -125,26 +132,7 @@ def test_a_slice_of_a_size_varying_per_step_derives_when_backward_runs_the_forwa
     assert torch.autograd.gradgradcheck(ours, (x, y))
 
 
-# where the Function keeps more than autograd, and why
-KEEPS_MORE = {
-    "outside a cat": "codegen/loop_backward.py (BackwardWriter.loop): `sigmoid(h[:, n:])`, of a step's own shape"
-    " and in no kept `cat` (`read_from_cats`), is computed again from `h`, kept per step for it alone, where"
-    " autograd keeps the smaller values themselves (576 B vs 528); next: keep such a value flattened in one"
-    " buffer (codegen/function_loops.py forward_loop), cut back per step at sizes recorded as forward runs",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        (
-            pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KEEPS_MORE[name]))
-            if name in KEEPS_MORE
-            else name
-        )
-        for name in sorted(SPECS)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(SPECS))
 def test_a_slice_of_a_size_varying_per_step_keeps_no_more_than_autograd(name):
     """Bytes kept for backward besides the inputs and parameters (the caller holds them anyway)."""
     ours, plain = _pair(name)
@@ -177,3 +165,18 @@ def test_a_value_read_only_for_its_shape_is_not_computed_again():
     backward = source[source.index("def backward") :]
     assert "sin = part  # of its shape: only that is read" in backward
     assert "torch.sin(" not in backward
+
+
+@pytest.mark.parametrize("name", ["outside a cat", "outside a cat, of two views"])
+def test_a_value_computed_from_the_carried_one_is_kept_flattened(name):
+    """`sigmoid(h[:, n:])`, in no `cat`: computed again, it would keep `h` per step for it alone; it is kept
+    instead, each step's flattened into one buffer (`codegen/flat_steps.py`), which backward cuts back from
+    its end at its operands' shape, so `h` is kept as its shape alone (one element expanded)."""
+    source = compile_spec(LAYER.replace("BODY", SPECS[name]), "varslice_flat")["SOURCE"]
+    forward = source[source.index("def forward") : source.index("def setup_context")]
+    backward = source[source.index("def backward") :]
+    value = "s" if name == "outside a cat" else "sub"  # (`exp` of it computed again)
+    assert f"{value}_parts.append({value}.reshape(-1))" in forward
+    assert f"{value}_steps = torch.cat({value}_parts) if {value}_parts else None" in forward
+    assert "h_steps = h" in forward and "# only its shape is read" in forward and "h_steps[t - 1] = h" not in forward
+    assert f"{value} = {value}_steps[{value}_end:{value}_end + {value}_shape.numel()].view({value}_shape)" in backward
