@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from layerdsl.autodiff import choice_slices
 from layerdsl.autodiff.loops import UNBOUND, Choice, Join, Loop, Straight
 from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.tape import Step, Tape
@@ -538,11 +539,16 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     picks = step_picks.step_picks(nest, set(w.plan.leaves), w.plan.shapes)
     w.views.update(views)
     w.kept_whole |= set(views)
+    # a slice of a carried value whose size varies per step (`choice_slices`): computed again, after it is read
+    again = choice_slices.carried_views(nest, w.plan.shapes, set(w.plan.leaves))
+    w.views.update(again)
+    w.kept_whole |= set(again)
     # what the body reads, by step (the values after the loop are read as themselves, outside it)
     once, current = w.reads.once, w.current
     w.reads.once = w.current = set()
     read_back = _read_back(w, nest, kept, lazily)
     body += list(read_back.values())
+    again_at = len(body)
     here = fn.plan.segments.index(nest)
     for index, seg in reversed(list(enumerate(nest.segments))):
         body += rebound_before(fn, nest, index)
@@ -558,6 +564,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
             body += w.loop(seg)
         w.picked.clear()
         w.current = w.reads.once
+    body[again_at:again_at] = choice_slices_again(w, again)
     picked_rows = step_picks.rows_lists(w, picks)
     appended_rows, every_step = step_picks.step_rows(w, picks, picked_rows)
     body += appended_rows
@@ -613,6 +620,17 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     for c in requiring:  # the gradient of the value the carried one starts as
         if nest.carried[c] in w.plan.requires:
             lines += w.accumulate(nest.carried[c], w.acc(c), conditional=False)
+    return lines
+
+
+def choice_slices_again(w: BackwardWriter, again: dict[str, Step]) -> list[str]:
+    """The lines computing again the slices of `again` (`choice_slices.carried_views`) the step read, once the
+    carried values are read back; they leave `w.views`."""
+    lines = [line for v, s in again.items() if v in w.recomputed for line in w.fn.steps(Tape([s], [], [], set()), w.ex)]
+    for v in again:
+        del w.views[v]
+    w.recomputed -= set(again)
+    w.kept_whole -= set(again)
     return lines
 
 
