@@ -328,3 +328,64 @@ def test_a_value_of_a_steps_own_shape_in_a_nest_is_refused_outside_its_inner_loo
     text = str(error.value)
     assert f"varsize_nest.layer:{where}: error: {message}" in text
     assert hint in text
+
+
+# Outside the inner loop of a loop holding a loop, a slice of an input whose size varies per outer step, of
+# which nothing computed there varies in shape, derives (`autodiff/choice_slices.check_nest`, once the nest is
+# planned): backward computes views of the inputs again at each outer step (`codegen/function_nest._leaf_views`).
+# Refused before ("cannot derive through this slice of `z` yet").
+NEST_OPEN = {
+    "a prefix of an input summed in the outer body": """for j in range(size_at(z, 0)) {
+            h = h * sum(z[:j + 1], dim = 0)
+            for t in range(T) {
+                h = tanh(h @ w) + x[t]
+            }
+        }
+        return h""",
+    "after the inner loop": """for j in range(size_at(z, 0)) {
+            for t in range(T) {
+                h = tanh(h @ w) + x[t]
+            }
+            h = h + sum(z[:j + 1], dim = 0)
+        }
+        return h""",
+}
+
+
+@pytest.mark.parametrize("steps,layers", NEST_STEPS)
+@pytest.mark.parametrize("name", sorted(NEST_OPEN))
+def test_a_slice_of_an_input_in_a_nests_outer_body_derives(name, steps, layers):
+    ours, plain = function_and_plain(NEST.replace("BODY", NEST_OPEN[name]), "Nested", 4)
+    inputs = _nest_inputs(steps, layers)
+    torch.testing.assert_close(ours(*inputs), plain(*inputs))
+    given = [t for t in inputs if t.requires_grad]
+    wrt, plain_wrt = [*given, *ours.parameters()], [*given, *plain.parameters()]
+    unused = {"allow_unused": True, "materialize_grads": True}
+    grads = torch.autograd.grad(ours(*inputs).sin().sum(), wrt, create_graph=True, **unused)
+    plain_grads = torch.autograd.grad(plain(*inputs).sin().sum(), plain_wrt, create_graph=True, **unused)
+    for g, p in zip(grads, plain_grads, strict=True):
+        torch.testing.assert_close(g, p)
+    assert torch.autograd.gradcheck(ours, inputs)
+    assert torch.autograd.gradgradcheck(ours, inputs)
+
+
+@pytest.mark.parametrize("name", sorted(NEST_OPEN))
+def test_a_slice_of_an_input_in_a_nests_outer_body_derives_running_the_forward_again(name):
+    text = NEST.replace("BODY", NEST_OPEN[name]).replace("@function", '@function(save = "inputs")')
+    ours, plain = function_and_plain(text, "Nested", 4)
+    inputs = _nest_inputs(3, 2)
+    torch.testing.assert_close(ours(*inputs), plain(*inputs))
+    assert torch.autograd.gradcheck(ours, inputs)
+    assert torch.autograd.gradgradcheck(ours, inputs)
+
+
+@pytest.mark.parametrize("name", sorted(NEST_OPEN))
+def test_a_slice_of_an_input_in_a_nests_outer_body_keeps_no_more_than_autograd(name):
+    ours, plain = function_and_plain(NEST.replace("BODY", NEST_OPEN[name]), "Nested", 4)
+    inputs = _nest_inputs(5, 3)
+
+    def beyond_inputs(module: torch.nn.Module) -> SimpleNamespace:
+        return SimpleNamespace(parameters=lambda: [*inputs, *module.parameters()])
+
+    ours_bytes = saved_bytes(lambda: ours(*inputs), beyond_inputs(ours))  # type: ignore[arg-type]
+    assert ours_bytes <= saved_bytes(lambda: plain(*inputs), beyond_inputs(plain))  # type: ignore[arg-type]

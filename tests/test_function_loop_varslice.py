@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from layerdsl.diagnostics import SpecError
 from tests.support import compile_spec, function_and_plain, saved_bytes
 
 STEPS = [0, 1, 2, 5]
@@ -55,6 +56,13 @@ SPECS = {
         for t in range(T) {
             n = (n + 1) % d
             h = tanh(sigmoid(h[:, n:]) @ w[n:, :]) + x[t]
+        }
+        return h""",
+    # the same, of two views of the carried value (its shape their broadcast): kept flattened too
+    "outside a cat, of two views": """n = 0
+        for t in range(T) {
+            n = (n + 1) % d
+            h = tanh(exp(h[:, n:] - h[:, :1]) @ w[n:, :]) + x[t]
         }
         return h""",
     # a window of the step's input at a moving offset, growing: `x[..., a:a + k]`
@@ -125,26 +133,7 @@ def test_a_slice_of_a_size_varying_per_step_derives_when_backward_runs_the_forwa
     assert torch.autograd.gradgradcheck(ours, (x, y))
 
 
-# where the Function keeps more than autograd, and why
-KEEPS_MORE = {
-    "outside a cat": "codegen/loop_backward.py (BackwardWriter.loop): `sigmoid(h[:, n:])`, of a step's own shape"
-    " and in no kept `cat` (`read_from_cats`), is computed again from `h`, kept per step for it alone, where"
-    " autograd keeps the smaller values themselves (576 B vs 528); next: keep such a value flattened in one"
-    " buffer (codegen/function_loops.py forward_loop), cut back per step at sizes recorded as forward runs",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        (
-            pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KEEPS_MORE[name]))
-            if name in KEEPS_MORE
-            else name
-        )
-        for name in sorted(SPECS)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(SPECS))
 def test_a_slice_of_a_size_varying_per_step_keeps_no_more_than_autograd(name):
     """Bytes kept for backward besides the inputs and parameters (the caller holds them anyway)."""
     ours, plain = _pair(name)
@@ -177,3 +166,189 @@ def test_a_value_read_only_for_its_shape_is_not_computed_again():
     backward = source[source.index("def backward") :]
     assert "sin = part  # of its shape: only that is read" in backward
     assert "torch.sin(" not in backward
+
+
+@pytest.mark.parametrize("name", ["outside a cat", "outside a cat, of two views"])
+def test_a_value_computed_from_the_carried_one_is_kept_flattened(name):
+    """`sigmoid(h[:, n:])`, in no `cat`: computed again, it would keep `h` per step for it alone; it is kept
+    instead, each step's flattened into one buffer (`codegen/flat_steps.py`), which backward cuts back from
+    its end at its operands' shape, so `h` is kept as its shape alone (one element expanded)."""
+    source = compile_spec(LAYER.replace("BODY", SPECS[name]), "varslice_flat")["SOURCE"]
+    forward = source[source.index("def forward") : source.index("def setup_context")]
+    backward = source[source.index("def backward") :]
+    value = "s" if name == "outside a cat" else "sub"  # (`exp` of it computed again)
+    assert f"{value}_parts.append({value}.reshape(-1))" in forward
+    assert f"{value}_steps = torch.cat({value}_parts) if {value}_parts else None" in forward
+    assert "h_steps = h" in forward and "# only its shape is read" in forward and "h_steps[t - 1] = h" not in forward
+    assert f"{value} = {value}_steps[{value}_end:{value}_end + {value}_shape.numel()].view({value}_shape)" in backward
+
+
+# A loop whose `if` picks its side at each step (`autodiff/step_choices.py`, planned as a loop holding a loop of
+# none): a slice of the carried value or of an input outside the `if`, of which nothing computed varies in shape,
+# derives (`autodiff/choice_slices.py`): backward computes the slice again from the carried value at each step.
+CHOICE_SPECS = {
+    # refused before (tests/test_user_trial_round23.py): a size from the loop's variable
+    "by the variable": """for t in range(T) {
+            m = t % 3
+            p = sum(h[:, :m])
+            if t % 2 == 0 {
+                h = tanh(h @ w) * p
+            } else {
+                h = h * x[t]
+            }
+        }
+        return h""",
+    # a size from an int the loop carries, the slice reduced to the step's shape
+    "by a carried int": """n = 0
+        for t in range(T) {
+            n = (n + 1) % d
+            s = sum(h[:, n:], dim = 1, keepdim = true)
+            if t % 2 == 1 {
+                h = tanh(h @ w) + s * x[t]
+            } else {
+                h = h * sigmoid(s)
+            }
+        }
+        return h""",
+    # a prefix of the input, longer at each step, beside a slice of the carried value
+    "a growing prefix": """for t in range(T) {
+            q = sum(x[:t + 1], dim = 0) + sum(h[:, t % 2:], dim = 1, keepdim = true)
+            if t % 3 == 0 {
+                h = tanh(h @ w + q)
+            } else {
+                h = h + q * 0.5
+            }
+        }
+        return h""",
+    # a prefix of the input alone (its gradient's slices, `slice_backward` into x's shape)
+    "a growing prefix of the input": """for t in range(T) {
+            q = sum(x[:t + 1], dim = 0)
+            if t % 3 == 0 {
+                h = tanh(h @ w) * q
+            } else {
+                h = h * sigmoid(q)
+            }
+        }
+        return h""",
+}
+
+# where the Function keeps more than autograd, and why (as without a slice: a loop of choices per step's own)
+CHOICE_KEEPS_MORE = (
+    "codegen/step_rows.py keeps the carried value's updates lazily only where they and the carried value are read"
+    " on the sides of the choice per step (fn.step_sides); the sum of `h`'s slice before the `if` reads `h` at"
+    " every step, and a side's values read only for their shape are kept by value (`mm`, `mul`), as in"
+    " tests/test_function_loop_step_choice.py's MORE_THAN_AUTOGRAD (the slice of a fixed size keeps as much):"
+    " next, a read outside the sides counted as every step's, and a side's rows read for their shape kept as shapes"
+)
+CHOICE_MORE = {"by the variable", "by a carried int", "a growing prefix"}
+
+
+def _choice_pair(name: str, save: str = "") -> tuple[torch.nn.Module, torch.nn.Module]:
+    text = LAYER.replace("BODY", CHOICE_SPECS[name])
+    if save:
+        text = text.replace("@function", f'@function(save = "{save}")')
+    return function_and_plain(text, "Sliced", 4)
+
+
+@pytest.mark.parametrize("steps", STEPS)
+@pytest.mark.parametrize("name", sorted(CHOICE_SPECS))
+def test_a_slice_of_a_size_varying_per_step_derives_in_a_loop_with_a_choice_per_step(name, steps):
+    ours, plain = _choice_pair(name)
+    x, y = _inputs(steps)
+    torch.testing.assert_close(ours(x, y), plain(x, y))
+    given = [t for t in (x, y) if t.requires_grad]
+    wrt, plain_wrt = [*given, *ours.parameters()], [*given, *plain.parameters()]
+    unused = {"allow_unused": True, "materialize_grads": True}
+    grads = torch.autograd.grad(ours(x, y).sin().sum(), wrt, create_graph=True, **unused)
+    plain_grads = torch.autograd.grad(plain(x, y).sin().sum(), plain_wrt, create_graph=True, **unused)
+    for g, p in zip(grads, plain_grads, strict=True):
+        torch.testing.assert_close(g, p)
+    second = torch.autograd.grad(sum((g * g).sum() for g in grads), wrt, **unused)
+    plain_second = torch.autograd.grad(sum((g * g).sum() for g in plain_grads), plain_wrt, **unused)
+    for g, p in zip(second, plain_second, strict=True):
+        torch.testing.assert_close(g, p)
+    assert torch.autograd.gradcheck(ours, (x, y))
+    assert torch.autograd.gradgradcheck(ours, (x, y))
+
+
+@pytest.mark.parametrize("steps", [0, 3])
+@pytest.mark.parametrize("name", sorted(CHOICE_SPECS))
+def test_a_slice_of_a_size_varying_per_step_in_a_loop_with_a_choice_derives_running_the_forward_again(name, steps):
+    ours, plain = _choice_pair(name, save="inputs")
+    x, y = _inputs(steps)
+    torch.testing.assert_close(ours(x, y), plain(x, y))
+    assert torch.autograd.gradcheck(ours, (x, y))
+    assert torch.autograd.gradgradcheck(ours, (x, y))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        (
+            pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=CHOICE_KEEPS_MORE))
+            if name in CHOICE_MORE
+            else name
+        )
+        for name in sorted(CHOICE_SPECS)
+    ],
+)
+def test_a_slice_of_a_size_varying_per_step_in_a_loop_with_a_choice_keeps_no_more_than_autograd(name):
+    ours, plain = _choice_pair(name)
+    x, y = _inputs(5)
+
+    def beyond_inputs(module: torch.nn.Module) -> SimpleNamespace:
+        return SimpleNamespace(parameters=lambda: [x, y, *module.parameters()])
+
+    ours_bytes = saved_bytes(lambda: ours(x, y), beyond_inputs(ours))  # type: ignore[arg-type]
+    assert ours_bytes <= saved_bytes(lambda: plain(x, y), beyond_inputs(plain))  # type: ignore[arg-type]
+
+
+def test_the_slice_is_computed_again_in_a_loop_with_a_choice_per_step():
+    """`h[:, :m]` is not kept per step (its shape varies): backward slices the carried value read back again."""
+    source = compile_spec(LAYER.replace("BODY", CHOICE_SPECS["by the variable"]), "varslice_choice")["SOURCE"]
+    forward = source[source.index("def forward") : source.index("def setup_context")]
+    backward = source[source.index("def backward") :]
+    assert "part_layers" not in forward
+    assert "h = h_layers[t - 1] if t > 0 else y\n                part = h[:, :m]" in backward
+
+
+CHOICE_REFUSED = {
+    # a value computed from the slice whose shape varies (kept per step, it would be stacked at one shape)
+    "computed from the slice": (
+        """for t in range(T) {
+            m = t % 3
+            p = tanh(h[:, m:]) @ w[m:, :]
+            if t % 2 == 0 {
+                h = tanh(h @ w) * p
+            } else {
+                h = h * x[t]
+            }
+        }
+        return h""",
+        "9:27",
+        "cannot derive through this slice of `h` yet: its size depends on the loop's variable 't' through 'm'",
+    ),
+    # a slice of the carried value on a side
+    "on a side": (
+        """for t in range(T) {
+            m = t % 3
+            if t % 2 == 0 {
+                h = tanh(h @ w) + sum(h[:, :m])
+            } else {
+                h = h * x[t]
+            }
+        }
+        return h""",
+        "10:44",
+        "which a loop whose `if` picks a side at each step does not derive through yet",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHOICE_REFUSED))
+def test_a_slice_of_a_size_varying_per_step_in_a_loop_with_a_choice_is_refused_where_it_varies(name):
+    body, where, message = CHOICE_REFUSED[name]
+    with pytest.raises(SpecError) as error:
+        compile_spec(LAYER.replace("BODY", body), "varslice_choice_refused")
+    assert f"varslice_choice_refused.layer:{where}: error: " in str(error.value)
+    assert message in str(error.value)

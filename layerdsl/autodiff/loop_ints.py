@@ -20,9 +20,10 @@ after a statement of the body that reads it, or binds what it reads, is refused 
 A slice whose size varies from step to step (`h[:, :k]` with `k = t % 2`, `x[:, a:a + k]` of a growing `k`,
 `h[:t]`) gives step values whose shape changes from step to step, which cannot be kept in one buffer per
 value: `sized_per_step` names them (and what the body computes from them), and the Function's backward
-computes them again from what the step keeps (`codegen.loop_backward.BackwardWriter.loop`). Still refused
-here, at the slice: such a slice in the body of a loop holding a loop outside its inner loop (`check_masks`: an
-index by a bool mask there); in the inner loop one sized by an int of the outer step varies too
+computes them again from what the step keeps (`codegen.loop_backward.BackwardWriter.loop`). Such a slice
+in the body of a loop holding a loop outside its inner loop, or in a loop with a choice per step, is checked
+once the loop is planned (`autodiff/choice_slices.py`: refused here, at the slice, unless backward can slice
+again; `check_masks`: an index by a bool mask there); in the inner loop one sized by an int of the outer step varies too
 (`varying_per_step`). A carried value or an appended item (kept at one shape) whose shape varies is refused
 (`check_sized_per_step`).
 """
@@ -222,11 +223,11 @@ def _read_before_bound(body: list[N.Stmt]) -> set[str]:
 
 def check_loop_numbers(body: list[N.Stmt]) -> None:
     """NotDerivable at a number a loop holding a loop binds after a statement of its body that reads it
-    (`_check_nest`), or at a slice in such a loop whose size varies from step to step."""
+    (`_check_nest`). (A slice in such a loop whose size varies from step to step: `choice_slices.check_nest`,
+    once the loop is planned.)"""
     for stmt in body:
         if isinstance(stmt, N.For) and any(isinstance(s, N.For) for s in statements(stmt.body)):
-            _check_slices(stmt)
-            _check_nest(stmt)
+            _check_nest(stmt)  # (its slices once planned: `choice_slices.check_nest`)
         elif isinstance(stmt, N.If):
             check_loop_numbers(stmt.body)
             check_loop_numbers(stmt.orelse)

@@ -21,10 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from layerdsl.autodiff import loops, step_choices
+from layerdsl.autodiff import choice_slices, loops, step_choices
 from layerdsl.autodiff.loop_ints import (
     carried_by,
-    check_choice_loop,
     check_masks,
     check_sized_per_step,
     varying_per_step,
@@ -161,7 +160,7 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
             )
     per_step = step_choices.steps_choose(stmt)
     if per_step:
-        check_choice_loop(stmt)
+        choice_slices.check_numbers(stmt)  # (its slices once planned: `choice_slices.check`)
     body = _lists_of_its_own(step_choices.tail_joined(stmt, p.forward).body if per_step else stmt.body, p)
     locals_ = _carried_locals(body, set(p.alias))
     carried = {local: p.fresh(local) for local in locals_}
@@ -240,6 +239,10 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
     if numbered is not None:
         nest.number_starts, nest.carried_numbers = numbered.starts, numbered.carried
     nest.numbers_at = numbers_before
+    if per_step:
+        choice_slices.check(stmt, nest, p.shapes, set(p.leaves))
+    else:
+        choice_slices.check_nest(stmt, nest, p.shapes, set(p.leaves))
     for name in appended:
         if name in p.loops:  # a loop before it appends to the list too: its items after that loop's
             p.continue_list(nest, name)

@@ -26,7 +26,7 @@ from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.plan import BackwardPlan, BranchPlan, dtype_tested
 from layerdsl.autodiff.shapes import step_shape
 from layerdsl.autodiff.tape import Step, Tape
-from layerdsl.codegen import function_nest
+from layerdsl.codegen import flat_steps, function_nest
 from layerdsl.codegen.carried_shape_checks import unknown_shape_checks
 from layerdsl.codegen.function import VIEWS, FunctionEmitter, returning_second_results, with_second_results
 from layerdsl.codegen.function_branches import chosen_lines
@@ -303,6 +303,7 @@ class LoopFunction:
         self.step_masks: dict[int, list[Mask]] = {}
         self.step_exprs: dict[int, list[N.Expr]] = {}  # loop index -> its step's derived expressions
         self.kept_per_step: dict[int, set[str]] = {}  # loop index -> the values kept per step, once settled
+        self.flat_steps: dict[int, set[str]] = {}  # loop index -> values kept per step flattened (`flat_steps`)
         # a nest's body value -> where backward reads it by value (`Reads.sides`, `function_nest.side_rows`)
         self.step_sides: dict[str, set[tuple[int, int] | None]] = {}
         self.step_shape_reads: set[str] = set()  # a nest's body values read for their shape (`step_rows`)
@@ -635,7 +636,7 @@ class LoopFunction:
         is [B, d] after the first step, `first_broadcast`), any but the carried ones (whose buffer takes the
         broadcast shape) and a kernel's second results. Its buffer is made anew at step 1, step 0's value kept
         on its own (`first`)."""
-        smaller = self.smaller_at_first_step(loop)
+        smaller = self.smaller_at_first_step(loop) - flat_steps.kept_flat(self, loop)  # (flattened: any shape)
         return [v for v in values if v in smaller]
 
     def smaller_at_first_step(self, loop: Loop) -> set[str]:
@@ -924,6 +925,10 @@ class LoopFunction:
         lines = [f"{c} = {self.not_an_input(start)}" for c, start in starts.items() if c != start]
         lines += [f"{new} = {start}" for new, start in loop.number_starts.items()]  # as a loop of no steps leaves it
         kept = self.per_step_order(loop, per_step)
+        flat = [v for v in kept if v in flat_steps.kept_flat(self, loop)]  # (one buffer, flattened)
+        kept = [v for v in kept if v not in flat]
+        flat_before, flat_body, flat_after = flat_steps.forward_lines(self, loop, flat)
+        lines += flat_before
         shaped = self.step_shapes.get(self.loops.index(loop), set())
         buffered = self.buffered_lists(loop, [v for v in kept if v not in shaped and v not in loop.carried])
         joins = [j for j in loop.joins if j.name not in self.left_out]
@@ -956,13 +961,14 @@ class LoopFunction:
             for name, first in appended.items()
             for item in [first, *loop.more.get(name, [])]
         ]
+        body += flat_body
         moved = [(c, v) for c, v in loop.updates.items() if c != v and c not in self.left_out]
         if moved:
             body.append(f"{', '.join(c for c, _ in moved)} = {', '.join(self.not_an_input(v) for _, v in moved)}")
         each = loop.var if index == loop.var else f"{index}, {loop.var}"
         trip = trip if index == loop.var else f"enumerate({trip})"
         head = with_spec_line([f"for {each} in {trip}:"], 0, self.e.spec_path, loop.span.line)
-        lines += head + ["    " + line for line in body or ["pass"]]
+        lines += head + ["    " + line for line in body or ["pass"]] + flat_after
         for j in joins:
             if j.items in buffered:  # a view of the buffer (an output of its own: not the buffer itself)
                 buffer, dim = self.stacked(buffered[j.items]), ex(j.dim)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from layerdsl.autodiff import choice_slices
 from layerdsl.autodiff.loops import UNBOUND, Choice, Join, Loop, Straight
 from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.tape import Step, Tape
@@ -611,6 +612,10 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     picks = step_picks.step_picks(nest, set(w.plan.leaves), w.plan.shapes)
     w.views.update(views)
     w.kept_whole |= set(views)
+    # a slice of a carried value whose size varies per step (`choice_slices`): computed again, after it is read
+    again = choice_slices.carried_views(nest, w.plan.shapes, set(w.plan.leaves))
+    w.views.update(again)
+    w.kept_whole |= set(again)
     # what the body reads, by step (the values after the loop are read as themselves, outside it)
     once, current = w.reads.once, w.current
     w.reads.once = w.current = set()
@@ -618,6 +623,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     read_back = _read_back(w, nest, kept, lazily, starts)
     body += list(read_back.values())
     body += end_lines(w, nest)
+    again_at = len(body)
     here = fn.plan.segments.index(nest)
     for index, seg in reversed(list(enumerate(nest.segments))):
         body += rebound_before(fn, nest, index)
@@ -633,6 +639,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
             body += inner_loop(w, nest, seg)
         w.picked.clear()
         w.current = w.reads.once
+    body[again_at:again_at] = choice_slices_again(w, again)
     picked_rows = step_picks.rows_lists(w, picks)
     appended_rows, every_step = step_picks.step_rows(w, picks, picked_rows)
     body += appended_rows
@@ -703,6 +710,17 @@ def inner_loop(w: BackwardWriter, nest: Nest, loop: Loop) -> list[str]:
     w.own_loop = own
     outer = f"range({', '.join(w.ex(b) for b in nest.bounds)})"
     w.reads.trips[k] = f"{outer} and {w.reads.trips[k]}"  # empty where either is
+    return lines
+
+
+def choice_slices_again(w: BackwardWriter, again: dict[str, Step]) -> list[str]:
+    """The lines computing again the slices of `again` (`choice_slices.carried_views`) the step read, once the
+    carried values are read back; they leave `w.views`."""
+    lines = [line for v, s in again.items() if v in w.recomputed for line in w.fn.steps(Tape([s], [], [], set()), w.ex)]
+    for v in again:
+        del w.views[v]
+    w.recomputed -= set(again)
+    w.kept_whole -= set(again)
     return lines
 
 

@@ -20,7 +20,7 @@ from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.plan import dtype_tested
 from layerdsl.autodiff.reverse import Backward, derive
 from layerdsl.autodiff.tape import Step, Tape
-from layerdsl.codegen import function_nest
+from layerdsl.codegen import flat_steps, function_nest
 from layerdsl.codegen.function import VIEWS
 from layerdsl.codegen.function_members import unpacked_with_held
 from layerdsl.codegen.loop_steps import sized_leaves, step_statements
@@ -279,13 +279,26 @@ class BackwardWriter:
                 elif id(n) not in shaped:
                     self.step_by_value.add(n.id)
 
-    def computed_again(self, views: list[Step], reshaped: set[str], derived: list[str]) -> list[str]:
+    def computed_again(
+        self,
+        views: list[Step],
+        reshaped: set[str],
+        derived: list[str],
+        flat: dict[str, list[str]] | None = None,
+        loop: Loop | None = None,
+    ) -> list[str]:
         """The lines of a step of backward computing `views` again, before its `derived` lines. A value of the
         step's own shape (`reshaped`) that they read only for its shape (`sum`'s gradient expanded to it),
-        computed elementwise from one tensor (`sin(x[:t + 1])`), is bound to that tensor, of its shape."""
+        computed elementwise from one tensor (`sin(x[:t + 1])`), is bound to that tensor, of its shape.
+        `flat`: the lines binding the values of `loop`'s step kept flattened (`flat_read`), in the step's
+        order among them (`exp(s)` computed again after `s` is read back)."""
         lines = {v.var: self.fn.steps(Tape([v], [], [], set()), self.ex) for v in views}
         out: list[str] = []
+        order = {s.var: k for k, s in enumerate(loop.tape.steps)} if loop is not None else {}
+        waiting = dict(flat or {})
         for v in views:
+            for u in [u for u in waiting if order.get(u, -1) < order.get(v.var, -1)]:
+                out += waiting.pop(u)
             args = operands(v)
             if v.var in reshaped and v.op is not None and v.op.shape == "elementwise" and len(args) == 1:
                 others = [line for u, written in lines.items() if u != v.var for line in written]
@@ -293,7 +306,7 @@ class BackwardWriter:
                     (arg,) = args
                     lines[v.var] = [f"{v.var} = {self.ex(B.name(arg))}  # of its shape: only that is read"]
             out += lines[v.var]
-        return out
+        return out + [line for u in waiting for line in waiting[u]]
 
     # ---------------------------------------------------------------- segments
 
@@ -476,7 +489,18 @@ class BackwardWriter:
         body = recorded + [f"{n} = {self.ex(e)}" for n, e in loop.numbers] + body
         extra_grads: dict[str, str] = {}
         per_step_names = {c: self.fn.name(f"{c}_t") for c in loop.carried}
+        reshaped = sized_per_step(loop, self.plan.shapes)  # of a step's own shape: computed again, not kept
+        # (or kept flattened, where computing them again would keep what they are computed from: `flat_steps`)
+        flat = flat_steps.flat_values(loop, reshaped, set(self.plan.leaves)) if self.own_loop is not None else set()
+        if self.own_loop is not None:
+            self.fn.flat_steps[k] = flat
+        flat_kept = [v for v in self.fn.per_step_order(loop, kept) if v in flat]
+        for v in flat_kept:
+            if v in self.plan.requires and self.mode != "main":
+                extra_grads[v] = self.fn.name(f"grad_{v}_step")
         for v in self.fn.per_step_order(loop, kept):
+            if v in flat:
+                continue
             slot = f"{self.fn.stacked(v)}[{step_index}]"
             given = f"{self.fn.grad_out(self.fn.stacked(v))}[{step_index}]"
             if v in loop.carried:  # step 0's: the start itself (the buffer holds the later steps')
@@ -506,11 +530,10 @@ class BackwardWriter:
         self.current, self.step_by_value, self.step_body = set(), set(), body_values | set(loop.picks)
         sources = set(self.plan.leaves) | set(loop.picks)
         self.step_views = {}
-        reshaped = sized_per_step(loop, self.plan.shapes)  # of a step's own shape: computed again, not kept
         for s in loop.tape.steps:  # in order: a view of a view of a leaf is one too
             if s.op is not None and s.op.shape in VIEWS and operands(s) <= sources | set(self.step_views):
                 self.step_views[s.var] = s
-            elif s.var in reshaped:
+            elif s.var in reshaped and s.var not in flat:
                 self.step_views[s.var] = s
         self.step_recomputed = set()
         after_loop = self.ex  # a carried value read per step by a name of its own (its own holds the last)
@@ -528,6 +551,7 @@ class BackwardWriter:
             self.step_views = {v: from_cats.get(v, s) for v, s in self.step_views.items()}
             self.current, self.step_by_value, self.step_recomputed = set(), set(), set()
             derived, grads = self.statements(bwd, tape, "t")
+        flat_read = self.flat_read(loop, flat_kept)
         self.step_loop = None
         views = [s for v, s in self.step_views.items() if v in self.step_recomputed]
         self.step_views = {}
@@ -535,7 +559,7 @@ class BackwardWriter:
         for p in picked:
             self.read(loop.picks[p].expr)
         body += [f"{p} = {self.ex(loop.picks[p].expr)}" for p in picked]
-        body += self.computed_again(views, reshaped, derived) + derived
+        body += self.computed_again(views, reshaped, derived, flat_read, loop) + derived
         self.ex = after_loop
         self.step_body = set()
         self.reads.per_step.setdefault(k, set()).update(self.current & body_values)
@@ -560,6 +584,9 @@ class BackwardWriter:
         else:
             head = f"for {step_index}, {loop.var} in reversed(list(enumerate({self.fn.trip(loop, self.ex)}))):"
         lines += [f"{r} = []" for r in rows.values()]
+        for v in flat_kept:  # each step's value cut back from the end (`flat_read`), as the steps run in reverse
+            buffer = self.fn.stacked(v)
+            lines.append(f"{self.fn.name(f'{v}_end')} = 0 if {buffer} is None else {buffer}.shape[0]")
         lines += with_spec_line([head], 0, self.fn.e.spec_path, loop.span.line)
         lines += ["    " + line for line in body or ["pass"]]
         for p, r in rows.items():  # the slices in order: the value's gradient, when the loop took a step
@@ -577,6 +604,25 @@ class BackwardWriter:
             if loop.carried[c] in self.plan.requires:
                 lines += self.accumulate(loop.carried[c], self.to_start(loop, c, c in grads), conditional=False)
         return lines
+
+    def flat_read(self, loop: Loop, flat: list[str]) -> dict[str, list[str]]:
+        """A step's lines binding the values kept flattened (`flat_steps`), and their extra outputs' gradients
+        (`extra_grads`), cut back from the end of their buffers at the shape of their operands (views read
+        only for their shape, computed again). Each step moves the end back by its value's size."""
+        out: dict[str, list[str]] = {}
+        for v in flat:
+            lines = out[v] = []
+            args = flat_steps.operands(loop, v)
+            for a in args:
+                self.read(B.call("shape_of", B.name(a)))
+            shape, end = self.fn.name(f"{v}_shape"), self.fn.name(f"{v}_end")
+            lines += [f"{shape} = {flat_steps.shape_of([self.ex(B.name(a)) for a in args])}"]
+            lines += [f"{end} = {end} - {shape}.numel()"]
+            lines += [f"{v} = {self.fn.stacked(v)}[{end}:{end} + {shape}.numel()].view({shape})"]
+            if v in self.plan.requires and self.mode != "main":
+                grad = self.fn.grad_out(self.fn.stacked(v))
+                lines += [f"{self.fn.name(f'grad_{v}_step')} = {grad}[{end}:{end} + {shape}.numel()].view({shape})"]
+        return out
 
     def to_start(self, loop: Loop, c: str, read: bool) -> str:
         """The gradient of the value carried value `c` starts as: `c`'s, summed to the start's shape where

@@ -1,0 +1,124 @@
+"""A slice whose size varies from step to step in a loop whose `if` picks its side at each step.
+
+Such a loop is planned as a loop holding a loop of none (`step_choices`), whose values are kept per step
+stacked at one shape (`codegen.function_nest`), so a value whose shape varies cannot be kept. A slice of the
+value the loop carries, or of an input, outside the `if` (`p = sum(h[:, :m])` with `m = t % 3`), of which
+nothing computed has a shape that varies (found with the slice's size as the difference of its bounds, as
+`loop_ints.sized_per_step` finds a plain loop's), is not kept: backward computes the slice again at each step
+from the carried value (`carried_views`) or the input. Any other value whose shape varies (`tanh(h[:, :m])`)
+is refused, located at the slice (`loop_ints.check_choice_loop`'s message), as is an index by a bool mask
+(`loop_ints.check_masks`). In the body of a loop holding a loop, outside the loops it holds (`check_nest`), a
+slice of an input of which nothing computed there varies in shape (`sum(z[:j + 1], dim = 0)`) derives alike:
+backward computes views of the inputs again at each outer step (`codegen.function_nest._leaf_views`); any other
+is refused at the slice, as before.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
+
+from layerdsl.autodiff import loop_ints
+from layerdsl.autodiff.tape import NotDerivable, Step
+from layerdsl.ir import nodes as N
+
+if TYPE_CHECKING:
+    from layerdsl.autodiff.nest import Nest
+    from layerdsl.autodiff.shapes import Shape
+
+
+def check_numbers(loop: N.For) -> None:
+    """`loop_ints.check_choice_loop` but its slices' sizes (`check` tests those once the body is planned)."""
+    loop_ints._check_nest(loop, per_step=True)
+
+
+def _sized(nest: Nest, shapes: dict[str, Shape]) -> tuple[set[str], list[Step]]:
+    """`loop_ints.sized_per_step`'s values of the body outside its loops (and the steps kept at one shape)."""
+    from layerdsl.autodiff import loops
+
+    steps = [
+        s for seg in nest.segments if isinstance(seg, (loops.Straight, loops.Choice)) for s in loops.segment_steps(seg)
+    ]
+    probe = SimpleNamespace(
+        var=nest.var,
+        numbers=nest.numbers,
+        carried_numbers=list(nest.carried_numbers),
+        varying_outside=set(),
+        updates=nest.updates,
+        appended=nest.appended,
+        more=nest.more,
+        picks={},
+        tape=SimpleNamespace(steps=steps),
+        carried=nest.carried,
+    )
+    return loop_ints._sized(probe, shapes)  # type: ignore[arg-type]
+
+
+def _slices_of_starts(nest: Nest, leaves: set[str]) -> dict[str, Step]:
+    """The slices in the body's straight code of a carried value (at the step's start) or an input."""
+    from layerdsl.autodiff import loops
+
+    out: dict[str, Step] = {}
+    for seg in nest.segments:
+        for s in seg.tape.steps if isinstance(seg, loops.Straight) else []:
+            source = s.args.get("input")
+            if s.op is not None and s.op.name == "slice" and isinstance(source, N.Name):
+                if source.id in nest.carried or source.id in leaves:
+                    out[s.var] = s
+    return out
+
+
+def check(stmt: N.For, nest: Nest, shapes: dict[str, Shape], leaves: set[str]) -> None:
+    """NotDerivable at a slice of `stmt`'s body (a loop with a choice per step, planned as `nest`) whose size
+    varies from step to step, unless it is a slice of a carried value or an input outside the `if` of which
+    nothing computed has a shape that varies (backward computes it again)."""
+    sized, kept_at_one = _sized(nest, shapes)
+    if not kept_at_one and sized <= set(_slices_of_starts(nest, leaves)):
+        return
+    loop_ints._check_slices(stmt, per_step=True)  # (the slice, located, as before)
+    at = next(iter(kept_at_one), None) or next(s for s in nest.steps() if s.var in sized)
+    raise NotDerivable(
+        at.expr.span,
+        "cannot derive through this value yet: its shape may change from step to step, in a loop whose `if`"
+        " picks a side at each step",
+        "keep the shape the same in every step, or compute both sides and choose with where(cond, a, b), or"
+        " write a backward block, or drop @function",
+    )
+
+
+def check_nest(stmt: N.For, nest: Nest, shapes: dict[str, Shape], leaves: set[str]) -> None:
+    """NotDerivable at a slice whose size varies from step to step in the body of `stmt`, a loop holding a
+    loop (planned as `nest`), outside its loops, unless it is a slice of an input of which nothing computed
+    there varies in shape (backward computes views of the inputs again at each step:
+    `codegen.function_nest._leaf_views`)."""
+    sized, kept_at_one = _sized(nest, shapes)
+    of_inputs = {v for v, s in _slices_of_starts(nest, leaves).items() if _sliced(s) in leaves}
+    if not kept_at_one and sized <= of_inputs:
+        return
+    loop_ints._check_slices(stmt)  # (the slice, located, as before)
+    at = next(iter(kept_at_one), None) or next(s for s in nest.steps() if s.var in sized)
+    raise NotDerivable(
+        at.expr.span,
+        "cannot derive through this value yet: its shape may change from step to step, in the body of a loop"
+        " holding a loop, outside the loop it holds",
+        "keep the shape the same in every step, or move it into the inner loop, or write a backward block",
+    )
+
+
+def carried_views(nest: Nest, shapes: dict[str, Shape], leaves: set[str]) -> dict[str, Step]:
+    """The slices of the carried values whose size varies from step to step (`check` let them through):
+    computed again at each step of backward, from the carried value, rather than kept."""
+    from layerdsl.autodiff import loops
+
+    if not nest.carried or any(isinstance(seg, (loops.Loop, type(nest))) for seg in nest.segments):
+        return {}  # (a loop holding a loop: such a slice outside its loops is refused)
+    sized = _sized(nest, shapes)[0]
+    views = _slices_of_starts(nest, leaves)
+    return {v: s for v, s in views.items() if v in sized and _sliced(s) in nest.carried}
+
+
+def _sliced(step: Step) -> str:
+    """The name a slice of `_slices_of_starts` slices."""
+    source = step.args["input"]
+    assert isinstance(source, N.Name)
+    return source.id
