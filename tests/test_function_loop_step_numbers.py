@@ -18,6 +18,7 @@ import functools
 import pytest
 import torch
 
+from layerdsl.diagnostics import SpecError
 from tests.support import compile_spec, saved_bytes
 
 STEPS = [0, 1, 2, 5]
@@ -86,6 +87,19 @@ SPECS = {
             } else {
                 h = h * x[t]
             }
+        }
+        return h""",
+    # a number bound before the loop on both sides of an `if`, which one side in the loop binds again
+    "a number bound before on both sides": """if k > 1 {
+            m = 1
+        } else {
+            m = 2
+        }
+        for t in range(T) {
+            if t % 2 == 0 {
+                m = t + 1
+            }
+            h = tanh(h @ w + x[t]) * m
         }
         return h""",
     # an `if` nested in a side, of tensor statements
@@ -281,3 +295,22 @@ def test_both_sides_binding_a_number_of_an_if_taken_on_its_own(a):
     torch.testing.assert_close(modules[0](x), modules[1](x))
     assert torch.autograd.gradcheck(modules[0], (x,))
     assert torch.autograd.gradgradcheck(modules[0], (x,))
+
+
+def test_a_number_a_side_binds_after_reading_it_is_refused_where_it_is_bound():
+    """`h = ... * (n + 1)` then `n = n + 1` on one side: computed before the `if`, the number would be read
+    new by the statement before it; it stays in place, and the Function (which computes a step's numbers
+    first) refuses it at the number, located."""
+    body = """for t in range(T) {
+            if t % 2 == 1 {
+                h = tanh(h @ w + x[t]) * (n + 1)
+                n = n + 1
+            }
+        }
+        return h"""
+    text = LAYER.replace("BODY", body).replace("DECORATOR", "@function")
+    with pytest.raises(SpecError) as error:
+        compile_spec(text, "step_numbers_read_before")
+    message = str(error.value)
+    assert message.startswith("step_numbers_read_before.layer:11:17: error: cannot derive through this number yet")
+    assert "a statement before this one reads it" in message

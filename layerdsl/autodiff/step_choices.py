@@ -172,14 +172,36 @@ def with_sides_flattened(layer: N.Layer) -> N.Layer:
     taken |= {s.target for s in loops.walk_stmts(body) if isinstance(s, N.Assign)}
     out: list[N.Stmt] = []
     for stmt in body:
-        bound = frozenset(s.target for s in out if isinstance(s, N.Assign) and s.value.kind in N.NUMBERS)
-        if isinstance(stmt, N.For) and _flattens(stmt):
+        bound = frozenset(_bound_on_every_path(out))
+        maybe = {s.target for s in loops.walk_stmts(out) if isinstance(s, N.Assign) and s.value.kind in N.NUMBERS}
+        maybe -= bound
+        if isinstance(stmt, N.For) and maybe & _side_numbers(stmt):
+            pass  # a number bound before the loop on some paths only: left as written (refused)
+        elif isinstance(stmt, N.For) and _flattens(stmt):
             flat = sides_flattened(stmt, bound, taken)
             stmt = flat if flat is not None else stmt
         elif isinstance(stmt, N.For) and _hoists(stmt):  # a loop holding a loop: its `if`s taken on their own
             stmt = dataclasses.replace(stmt, body=_numbers_hoisted(_conditions_bound(stmt.body, taken), bound))
         out.append(stmt)
     return layer.with_body(out)
+
+
+def _bound_on_every_path(stmts: list[N.Stmt]) -> set[str]:
+    """The number locals `stmts` bind on every path through them (not in a loop, which may run no step)."""
+    out: set[str] = set()
+    for s in stmts:
+        if isinstance(s, N.Assign) and s.value.kind in N.NUMBERS:
+            out.add(s.target)
+        elif isinstance(s, N.If):
+            out |= _bound_on_every_path(s.body) & _bound_on_every_path(s.orelse)
+    return out
+
+
+def _side_numbers(loop: N.For) -> set[str]:
+    """The numbers the sides of the `if`s of `loop`'s body bind."""
+    ifs = [s for s in loop.body if isinstance(s, N.If)]
+    sides = [a for i in ifs for a in loops.walk_stmts(i.body + i.orelse)]
+    return {a.target for a in sides if isinstance(a, N.Assign) and a.value.kind in N.NUMBERS}
 
 
 def _flattens(loop: N.For) -> bool:
@@ -261,7 +283,7 @@ def _numbers_hoisted(body: list[N.Stmt], bound: frozenset[str]) -> list[N.Stmt]:
     for s in body:
         if isinstance(s, N.If) and _plain_sides(s):
             numbers: list[tuple[N.Assign, N.Expr]] = []
-            rest = _pulled(s, None, numbers, set())
+            rest = _pulled(s, None, numbers, set(), set())
             if numbers and rest is not None:
                 for stmt, cond in numbers:
                     kept: N.Expr = N.NoneLit(stmt.span)
@@ -282,10 +304,12 @@ def _numbers_hoisted(body: list[N.Stmt], bound: frozenset[str]) -> list[N.Stmt]:
     return out
 
 
-def _pulled(stmt: N.If, outer: N.Expr | None, numbers: list[tuple[N.Assign, N.Expr]], tensors: set[str]) -> N.If | None:
+def _pulled(
+    stmt: N.If, outer: N.Expr | None, numbers: list[tuple[N.Assign, N.Expr]], tensors: set[str], read: set[str]
+) -> N.If | None:
     """`stmt` (taken where `outer` holds, None: always) without the numbers its sides bind, added to `numbers`
-    with the condition leading to each; `tensors`: what the statements before bind other than numbers. None
-    where a number reads one of those (it stays where it is)."""
+    with the condition leading to each; `tensors` and `read`: what the statements before bind and read, other
+    than numbers. None where a number reads one of those or is read by them (it stays where it is)."""
     from layerdsl.autodiff.nested_ifs import _both, _negated
 
     then = stmt.cond if outer is None else _both(outer, stmt.cond)
@@ -295,18 +319,19 @@ def _pulled(stmt: N.If, outer: N.Expr | None, numbers: list[tuple[N.Assign, N.Ex
         kept: list[N.Stmt] = []
         for s in side:
             if isinstance(s, N.Assign) and s.value.kind in N.NUMBERS:
-                if tensors & {n.id for n in walk(s.value) if isinstance(n, N.Name)}:
-                    return None
+                if tensors & {n.id for n in walk(s.value) if isinstance(n, N.Name)} or s.target in read:
+                    return None  # (a statement before reads the value it had, or binds what it reads)
                 numbers.append((s, cond))
                 continue
             if isinstance(s, N.If):
-                nested = _pulled(s, cond, numbers, tensors)
+                nested = _pulled(s, cond, numbers, tensors, read)
                 if nested is None:
                     return None
                 if not (nested.body or nested.orelse):  # it bound numbers only
                     continue
                 s = nested
             else:
+                read |= {n.id for n in walk(s) if isinstance(n, N.Name)}
                 tensors |= {a.target for a in loops.walk_stmts([s]) if isinstance(a, N.Assign)}
                 tensors |= {t for a in loops.walk_stmts([s]) if isinstance(a, N.Unpack) for t, _ in a.targets}
                 tensors |= {a.target for a in loops.walk_stmts([s]) if isinstance(a, N.IndexAssign)}
