@@ -9,6 +9,13 @@ its body as segments, each such `if` a `loops.Choice` whose condition the Functi
 forward, and again in backward's loop (the ints a step reads are those backward's prelude runs again,
 `loop_ints`), running the derived backward of the side taken.
 
+Before planning (`with_sides_flattened`, from `loops.plan_loops`), a side's numbers are computed before its
+`if`, each choosing its value per step (`n = n + 1 if took else n`, `took` the condition bound first where the
+`if` binds what it reads), and an `if` nested in a side is written at the top of the body testing both
+conditions (`nested_ifs.flattened`): the sides left bind tensors only. A number a statement of its side before
+it reads (or binds what it reads) stays in place, refused located (`loop_ints`). In a loop holding a loop, its
+body's `if`s taken on their own have their numbers computed before them the same way.
+
 What it keeps is what autograd keeps:
 
 - the statements after a lone `if` are written on each side (`tail_joined`: `if c { a } ; r` is `if c { a; r }
