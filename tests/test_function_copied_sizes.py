@@ -168,12 +168,15 @@ def plan_problems(text: str) -> list[str]:
     return [f"{p.span.line}:{p.span.col}: {p.message}" for p in problems]
 
 
-@pytest.mark.parametrize("nested", [False, True])
+@pytest.mark.parametrize("nested", [False, True, "appending"])
 def test_a_loop_whose_ifs_on_arguments_would_make_too_many_copies_keeps_them_and_is_planned_at_once(nested):
-    """Past 32 copies, each `if` is a choice per step (`step_choices`), planned at once; one nested in another
-    `if`'s side is not such a choice yet, and is refused at once."""
+    """Past 32 copies, each `if` is a choice per step (`step_choices`), planned at once, one nested in another
+    `if`'s side too (written at the top of the body, `step_choices.sides_flattened`); one nested whose side
+    appends is not such a choice yet, and is refused at once."""
     flags = [f"f{k}" for k in range(6)]  # 64 copies of the loop
     inner = "                if f0 {\n                    h = h * 2.0\n                }\n" if nested else ""
+    if nested == "appending":
+        inner = "                if f0 {\n                    hs.append(h)\n                }\n"
     ifs = "".join(f"            if {f} {{\n                h = tanh(h)\n{inner}            }}\n" for f in flags)
     args = ", ".join(f"{f}: bool = false" for f in flags)
     text = f"""
@@ -183,6 +186,7 @@ layer ManyIfs(d: int, n: int, {args}) {{
     example(d = 4, n = 2)
     forward(x: [B, d]) -> [B, d] {{
         h = x
+        hs = []
         for t in range(n) {{
             h = h @ w
 {ifs}        }}
@@ -193,14 +197,14 @@ layer ManyIfs(d: int, n: int, {args}) {{
     start = time.perf_counter()
     problems = plan_problems(text)
     assert time.perf_counter() - start < 20
-    if not nested:
+    if nested != "appending":
         assert problems == []
         flags_on = {f: k % 2 == 0 for k, f in enumerate(flags)}  # f0, f2, f4 taken
         _, a, b = pair(text, "many_ifs", lambda ns: ns["ManyIfs"](4, 3, **flags_on))
         compare_with_plain(a, b, torch.randn(2, 4, dtype=torch.float64, requires_grad=True))
         return
     assert len(problems) == 1
-    assert problems[0].startswith("10:13: cannot derive through this `if` yet")
+    assert problems[0].startswith("11:13: cannot derive through this `if` yet")
     assert "would make more than 32 copies of the loop" in problems[0]
     assert "an `if` inside a side of another `if` is not a choice per step yet" in problems[0]
 

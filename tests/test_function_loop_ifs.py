@@ -237,16 +237,16 @@ def _problems(text: str) -> list[str]:
 @pytest.mark.parametrize(
     ("body", "why", "hint"),
     [
-        (
-            "if t % 2 == 0 {\n                if t > k {\n                    h = tanh(h @ w + x[t])\n"
+        (  # (a nested `if` of tensor statements derives: tests/test_function_loop_step_numbers.py)
+            "if t % 2 == 0 {\n                if t > k {\n                    hs.append(h)\n"
             "                }\n            }",
             ": an `if` inside a side of another `if` is not a choice per step yet",
             "test both conditions in one `if`",
         ),
-        (
-            "if t % 2 == 0 {\n                h = tanh(h @ w + x[t])\n                n = n + 1\n            }",
-            ": a side that binds a number is not a choice per step yet",
-            "compute the number outside the `if` by arithmetic on ints",
+        (  # (a side binding a number derives: tests/test_function_loop_step_numbers.py)
+            "if t % 2 == 0 {\n                n = n + 1\n                hs.append(h)\n            }",
+            ": a side holding a loop, an append or a `return` is not a choice per step yet",
+            "compute both sides and choose with where(cond, a, b)",
         ),
         (
             "if t % 2 == 0 {\n                hs.append(h)\n            }",
@@ -254,7 +254,7 @@ def _problems(text: str) -> list[str]:
             "compute both sides and choose with where(cond, a, b)",
         ),
     ],
-    ids=["a nested if", "a side binding a number", "an append in a side"],
+    ids=["a nested if appending", "a side binding a number and appending", "an append in a side"],
 )
 def test_another_test_of_the_loop_variable_is_refused_saying_why(body, why, hint):
     loop = f"n = 0\n        hs = []\n        for t in range(T) {{\n            {body}\n        }}\n        return h"

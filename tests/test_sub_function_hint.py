@@ -17,8 +17,9 @@ FLAGS = ["a", "b", "c", "e", "f", "g"]
 
 def _block(function: bool, body_extra: str = "") -> str:
     args = ", ".join(f"{f}: bool = true" for f in FLAGS)
-    # `if b` nested in `if a`'s side: in a loop over copies, not a choice per step (`step_choices`) yet
-    nested = {"a": "            if b {\n                h = h * 0.5\n            }\n"}
+    # `k` read in `if a`'s side and bound after the `if`s: in a loop over copies, whose `if`s are choices per
+    # step (`step_choices`), a number bound after a statement that reads it is refused (`loop_ints`)
+    nested = {"a": "            h = h * k\n"}
     ifs = "".join(
         f"        if {f} {{\n            h = h * 0.5\n{nested.get(f, '')}        }} else {{\n            h = tanh(h)\n        }}\n"
         for f in FLAGS
@@ -30,7 +31,9 @@ layer Block(d: int, {args}) {{
     example(d = 3)
     forward(x: [..., d]) -> [..., d] {{
         h = x @ transpose(w, 0, 1){body_extra}
-{ifs}        return x + h
+        k = 2
+{ifs}        k = k + 1
+        return x + h * k
     }}
 }}
 """
@@ -61,15 +64,15 @@ def _problems(text: str) -> list:
 
 def test_a_refusal_inside_a_sub_whose_layer_derives_names_that_layer():
     problems = _problems(_block(False) + _stack(True))
-    assert problems, "six `if`s on arguments in a loop over copies, one nested, are refused (64 copies of the loop)"
+    assert problems, "six `if`s on arguments in a loop over copies, a number bound after one reads it, are refused"
     assert all("inlined into 'Stack'" in p.message for p in problems)
     assert any("put @function on Block instead of Stack" in p.hint for p in problems)
 
 
 def test_no_such_hint_when_the_sub_does_not_derive_either():
-    loop = (
-        "\n        for t in range(size_at(x, 0)) {\n            if t % 2 == 1 {\n                if t % 3 == 0 {\n"
-        "                    h = h * 0.5\n                }\n            }\n        }"
+    loop = (  # a number bound after the `if` that reads it (`loop_ints`), in Block's own loop
+        "\n        n = 0\n        for t in range(size_at(x, 0)) {\n            if t > n {\n"
+        "                h = h * 0.5\n            }\n            n = (n + t) % 4\n        }"
     )
     problems = _problems(_block(False, body_extra=loop) + _stack(True))
     assert problems

@@ -394,6 +394,7 @@ def plan_loops(
     the names of the incoming gradients of a tape's outputs (around the names of its values).
     `conditions(if_stmt, before)`: an `if`'s condition as the Function evaluates it, when the forward's
     `if`s on configuration values are segments of their own (`Choice`)."""
+    layer = step_choices.with_sides_flattened(layer)  # a side's numbers and nested `if`s at the body's top
     assert layer.forward is not None
     check_loop_numbers(layer.forward.body)
     return Planner(layer, optional, conditions).run(grads_for)

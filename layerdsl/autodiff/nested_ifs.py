@@ -65,7 +65,8 @@ def flattened(body: list[N.Stmt], numbers: frozenset[str] = frozenset()) -> list
             orelse, else_rest = _straight_start(stmt.orelse)
             if then or orelse:
                 out.append(dataclasses.replace(stmt, body=then, orelse=orelse))
-            out += _guarded(stmt.cond, then_rest, set(bound)) + _guarded(_negated(stmt.cond), else_rest, set(bound))
+            seen = set(bound)  # a number the first side binds is bound for the second (`s = 1 if not c else s`)
+            out += _guarded(stmt.cond, then_rest, seen) + _guarded(_negated(stmt.cond), else_rest, seen)
         else:
             out.append(stmt)
     return out

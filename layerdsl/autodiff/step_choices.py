@@ -9,6 +9,13 @@ its body as segments, each such `if` a `loops.Choice` whose condition the Functi
 forward, and again in backward's loop (the ints a step reads are those backward's prelude runs again,
 `loop_ints`), running the derived backward of the side taken.
 
+Before planning (`with_sides_flattened`, from `loops.plan_loops`), a side's numbers are computed before its
+`if`, each choosing its value per step (`n = n + 1 if took else n`, `took` the condition bound first where the
+`if` binds what it reads), and an `if` nested in a side is written at the top of the body testing both
+conditions (`nested_ifs.flattened`): the sides left bind tensors only. A number a statement of its side before
+it reads (or binds what it reads) stays in place, refused located (`loop_ints`). In a loop holding a loop, its
+body's `if`s taken on their own have their numbers computed before them the same way.
+
 What it keeps is what autograd keeps:
 
 - the statements after a lone `if` are written on each side (`tail_joined`: `if c { a } ; r` is `if c { a; r }
@@ -29,9 +36,11 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from layerdsl.autodiff import loops
-from layerdsl.autodiff.tape import Tape
+from layerdsl.autodiff.tape import Tape, reserved_names
+from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.visit import map_children, walk
+from layerdsl.language.naming import fresh_name
 
 if TYPE_CHECKING:
     from layerdsl.autodiff.loops import Choice
@@ -70,6 +79,7 @@ def _refused(loop: N.For) -> tuple[str, str] | None:
             return ": a side holding a loop, an append or a `return` is not a choice per step yet", _HINT
         if not _on_ints(s.cond):
             return ": a condition that reads a tensor or tests an optional input is not a choice per step", _HINT
+    for s in ifs:  # (where another `if` is refused, `with_sides_flattened` leaves the loop as written)
         if _binds_number(s):
             return (
                 ": a side that binds a number is not a choice per step yet",
@@ -206,3 +216,182 @@ def _renamed_tape(tape: Tape, names: dict[str, str]) -> Tape:
         env={local: names.get(v, v) for local, v in tape.env.items()},
         shapes={names.get(v, v): shape for v, shape in tape.shapes.items()},
     )
+
+
+def with_sides_flattened(layer: N.Layer) -> N.Layer:
+    """`layer` with each loop of its forward's top holding no loop, whose `if`s are not choices per step only
+    for a side binding a number or nesting an `if`, written with its `if`s flattened (`sides_flattened`)."""
+    assert layer.forward is not None
+    body = layer.forward.body
+    if not any(isinstance(s, N.For) and (_flattens(s) or _hoists(s)) for s in body):
+        return layer
+    taken = reserved_names(layer) | {n.id for s in body for n in walk(s) if isinstance(n, N.Name)}
+    taken |= {s.target for s in loops.walk_stmts(body) if isinstance(s, N.Assign)}
+    out: list[N.Stmt] = []
+    for stmt in body:
+        bound = frozenset(_bound_on_every_path(out))
+        maybe = {s.target for s in loops.walk_stmts(out) if isinstance(s, N.Assign) and s.value.kind in N.NUMBERS}
+        maybe -= bound
+        if isinstance(stmt, N.For) and maybe & _side_numbers(stmt):
+            pass  # a number bound before the loop on some paths only: left as written (refused)
+        elif isinstance(stmt, N.For) and _flattens(stmt):
+            flat = sides_flattened(stmt, bound, taken)
+            stmt = flat if flat is not None else stmt
+        elif isinstance(stmt, N.For) and _hoists(stmt):  # a loop holding a loop: its `if`s taken on their own
+            stmt = dataclasses.replace(stmt, body=_numbers_hoisted(_conditions_bound(stmt.body, taken), bound))
+        out.append(stmt)
+    return layer.with_body(out)
+
+
+def _bound_on_every_path(stmts: list[N.Stmt]) -> set[str]:
+    """The number locals `stmts` bind on every path through them (not in a loop, which may run no step)."""
+    out: set[str] = set()
+    for s in stmts:
+        if isinstance(s, N.Assign) and s.value.kind in N.NUMBERS:
+            out.add(s.target)
+        elif isinstance(s, N.If):
+            out |= _bound_on_every_path(s.body) & _bound_on_every_path(s.orelse)
+    return out
+
+
+def _side_numbers(loop: N.For) -> set[str]:
+    """The numbers the sides of the `if`s of `loop`'s body bind."""
+    ifs = [s for s in loop.body if isinstance(s, N.If)]
+    sides = [a for i in ifs for a in loops.walk_stmts(i.body + i.orelse)]
+    return {a.target for a in sides if isinstance(a, N.Assign) and a.value.kind in N.NUMBERS}
+
+
+def _flattens(loop: N.For) -> bool:
+    """Whether `loop` holds no loop and an `if` of its body is refused as a choice per step only for a side
+    that binds a number or nests an `if`."""
+    if any(isinstance(s, N.For) for s in walk(loop) if s is not loop):
+        return False
+    ifs = [s for s in loop.body if isinstance(s, N.If)]
+    return any(_binds_number(s) or _nests_if(s) for s in ifs) and not any(
+        isinstance(s, N.For | N.Append | N.Return) for i in ifs for s in loops.walk_stmts(i.body + i.orelse)
+    )
+
+
+def _hoists(loop: N.For) -> bool:
+    """Whether `loop` holds a loop and an `if` at the top of its body binds a number on a side holding no loop,
+    append or `return` (a `Choice` of the `Nest`, whose sides' tapes hold tensors only)."""
+    if not any(isinstance(s, N.For) for s in walk(loop) if s is not loop):
+        return False
+    return any(isinstance(s, N.If) and _plain_sides(s) and _binds_number_within(s) for s in loop.body)
+
+
+def _plain_sides(stmt: N.If) -> bool:
+    return not any(isinstance(s, N.For | N.Append | N.Return) for s in loops.walk_stmts(stmt.body + stmt.orelse))
+
+
+def _binds_number_within(stmt: N.If) -> bool:
+    return any(isinstance(s, N.Assign) and s.value.kind in N.NUMBERS for s in loops.walk_stmts(stmt.body + stmt.orelse))
+
+
+def _nests_if(stmt: N.If) -> bool:
+    return any(isinstance(s, N.If) for s in loops.walk_stmts(stmt.body + stmt.orelse))
+
+
+def sides_flattened(loop: N.For, bound: frozenset[str], taken: set[str]) -> N.For | None:
+    """`loop` with each `if` of its body that nests an `if` or binds a number on a side written as `if`s at
+    the top of the body nesting none, and each number a side binds a statement of its own choosing its value
+    per step (`nested_ifs.flattened`: `if c { s = 2.0 } else { s = 0.5 }` is `s = 2.0 if c else None; s = 0.5
+    if not c else s`), where that makes each a choice per step (or leaves none); None where it does not.
+    `bound`: the number locals bound before the loop (a side's number is theirs where the `if` does not bind
+    it). A condition reading a number the `if` binds is a number of its own first (`took = t > n`), so every
+    statement the `if` becomes reads the value it had before the `if`, as the plain module tests it once."""
+    from layerdsl.autodiff.nested_ifs import flattened
+
+    body = flattened(_numbers_hoisted(_conditions_bound(loop.body, taken), bound), bound)
+    flat = dataclasses.replace(loop, body=body)
+    if any(isinstance(s, N.If) for s in body) and _refused(flat) is not None:
+        return None
+    return flat
+
+
+def _conditions_bound(stmts: list[N.Stmt], taken: set[str], outer: frozenset[str] = frozenset()) -> list[N.Stmt]:
+    """`stmts` with the condition of each `if` reading a number that the `if` (or one it is in, `outer`) binds
+    bound first to a local, where it is tested: the numbers may be computed before the `if`
+    (`_numbers_hoisted`)."""
+    out: list[N.Stmt] = []
+    for s in stmts:
+        if isinstance(s, N.If) and _plain_sides(s):
+            binds = outer | {a.target for a in loops.walk_stmts(s.body + s.orelse) if isinstance(a, N.Assign)}
+            body, orelse = _conditions_bound(s.body, taken, binds), _conditions_bound(s.orelse, taken, binds)
+            cond = s.cond
+            if binds & {n.id for n in walk(cond) if isinstance(n, N.Name)}:
+                name = fresh_name("took", taken)
+                taken.add(name)
+                out.append(N.Assign(s.span, name, cond.span, cond))
+                cond = B.name(name, cond.span)
+                cond.ref, cond.kind = N.Ref.LOCAL, N.Kind.BOOL
+            s = dataclasses.replace(s, cond=cond, body=body, orelse=orelse)
+        out.append(s)
+    return out
+
+
+def _numbers_hoisted(body: list[N.Stmt], bound: frozenset[str]) -> list[N.Stmt]:
+    """`body` with the numbers each `if` of it binds on its sides (in `if`s nested in them too) computed before
+    it, in order, each choosing its value by the conditions that lead to it (`m = t + 1 if c else m`; None
+    where no value was `bound` before), where none reads a value the `if` binds by a tensor's statement: the
+    sides then bind tensors only, and the `if` stays one choice per step."""
+    out: list[N.Stmt] = []
+    known = set(bound)
+    for s in body:
+        if isinstance(s, N.If) and _plain_sides(s):
+            numbers: list[tuple[N.Assign, N.Expr]] = []
+            rest = _pulled(s, None, numbers, set(), set())
+            if numbers and rest is not None:
+                for stmt, cond in numbers:
+                    kept: N.Expr = N.NoneLit(stmt.span)
+                    kept.kind = N.Kind.NONE
+                    if stmt.target in known:
+                        kept = B.name(stmt.target, stmt.target_span)
+                        kept.kind = stmt.value.kind
+                    chosen = N.IfExp(stmt.value.span, cond, stmt.value, kept)
+                    chosen.kind = stmt.value.kind
+                    out.append(dataclasses.replace(stmt, value=chosen))
+                    known.add(stmt.target)
+                if not (rest.body or rest.orelse):  # it bound numbers only
+                    continue
+                s = rest
+        elif isinstance(s, N.Assign) and s.value.kind in N.NUMBERS:
+            known.add(s.target)
+        out.append(s)
+    return out
+
+
+def _pulled(
+    stmt: N.If, outer: N.Expr | None, numbers: list[tuple[N.Assign, N.Expr]], tensors: set[str], read: set[str]
+) -> N.If | None:
+    """`stmt` (taken where `outer` holds, None: always) without the numbers its sides bind, added to `numbers`
+    with the condition leading to each; `tensors` and `read`: what the statements before bind and read, other
+    than numbers. None where a number reads one of those or is read by them (it stays where it is)."""
+    from layerdsl.autodiff.nested_ifs import _both, _negated
+
+    then = stmt.cond if outer is None else _both(outer, stmt.cond)
+    orelse = _negated(stmt.cond) if outer is None else _both(outer, _negated(stmt.cond))
+    sides: list[list[N.Stmt]] = []
+    for side, cond in ((stmt.body, then), (stmt.orelse, orelse)):
+        kept: list[N.Stmt] = []
+        for s in side:
+            if isinstance(s, N.Assign) and s.value.kind in N.NUMBERS:
+                if tensors & {n.id for n in walk(s.value) if isinstance(n, N.Name)} or s.target in read:
+                    return None  # (a statement before reads the value it had, or binds what it reads)
+                numbers.append((s, cond))
+                continue
+            if isinstance(s, N.If):
+                nested = _pulled(s, cond, numbers, tensors, read)
+                if nested is None:
+                    return None
+                if not (nested.body or nested.orelse):  # it bound numbers only
+                    continue
+                s = nested
+            else:
+                read |= {n.id for n in walk(s) if isinstance(n, N.Name)}
+                tensors |= {a.target for a in loops.walk_stmts([s]) if isinstance(a, N.Assign)}
+                tensors |= {t for a in loops.walk_stmts([s]) if isinstance(a, N.Unpack) for t, _ in a.targets}
+                tensors |= {a.target for a in loops.walk_stmts([s]) if isinstance(a, N.IndexAssign)}
+            kept.append(s)
+        sides.append(kept)
+    return dataclasses.replace(stmt, body=sides[0], orelse=sides[1])
