@@ -117,6 +117,12 @@ def carried_views(nest: Nest, shapes: dict[str, Shape], leaves: set[str]) -> dic
     return {v: s for v, s in views.items() if v in sized and _sliced(s) in nest.carried}
 
 
+def sliced_carried(nest: Nest, shapes: dict[str, Shape], leaves: set[str]) -> set[str]:
+    """The carried values `carried_views` slices: read back at the head of each step of backward, where the
+    slices are computed again (not kept lazily on the sides, `codegen.step_rows`)."""
+    return {_sliced(s) for s in carried_views(nest, shapes, leaves).values()}
+
+
 def _sliced(step: Step) -> str:
     """The name a slice of `_slices_of_starts` slices."""
     source = step.args["input"]

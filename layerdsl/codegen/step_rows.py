@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from layerdsl.autodiff import choice_slices
 from layerdsl.autodiff.loops import Choice
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
@@ -55,8 +56,11 @@ def lazy_updates(fn: LoopFunction, nest: Nest, kept: list[str], rows: dict) -> d
     at = F.choice_key(fn, nest, index)
     sides = {(at, 0), (at, 1)}
     shaped = fn.step_shapes.get(F.key(fn, nest), set())
+    sliced = choice_slices.sliced_carried(nest, fn.plan.shapes, set(fn.plan.leaves))
     out: dict[str, Lazy] = {}
     for c, u in nest.updates.items():
+        if c in sliced:  # read at the head of the step, for its slices computed again there
+            continue
         values = seg.merged.get(u)
         if (
             values is None
