@@ -24,7 +24,13 @@ from layerdsl.autodiff.sub_calls import CallPlan
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.autodiff.unroll import measured_sizes
 from layerdsl.codegen.function_branches import chosen_lines
-from layerdsl.codegen.function_buffers import always_updated, recomputed_read, returned_values, updated_buffers
+from layerdsl.codegen.function_buffers import (
+    always_updated,
+    cloned_buffers,
+    recomputed_read,
+    returned_values,
+    updated_buffers,
+)
 from layerdsl.codegen.function_checks import check_lines, checks_by_step, read_vars
 from layerdsl.codegen.function_sub_calls import emit_composed_function
 from layerdsl.codegen.joint_gradients import joint_calls
@@ -596,7 +602,7 @@ class FunctionEmitter:
                 else:
                     items.append(var if cond is None else f"{var} if {cond} else None")
             lines += self._why_saved(tape, saved)
-            lines.append(f"ctx.save_for_backward({', '.join(items)})")
+            lines.append(f"ctx.save_for_backward({', '.join(cloned_buffers(items, set(tape.updates)))})")
         return lines
 
     def _why_saved(self, tape: Tape, saved) -> list[str]:

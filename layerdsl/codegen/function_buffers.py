@@ -118,3 +118,15 @@ def recomputed_read(step: Step, tape: Tape) -> N.Expr:
     if step.op is None and isinstance(step.expr, N.Name) and step.expr.id in tape.updates.values():
         return B.call("detached", step.expr, span=step.expr.span)
     return step.expr
+
+
+def cloned_buffers(items: list[str], updated: set[str]) -> list[str]:
+    """What setup_context saves, a buffer this side updates saved as a copy (`running_mean.clone()`): the
+    module writes the new value into the buffer in place after the Function runs (`copy_`), so the buffer
+    itself, saved, would be at a later version when backward reads it (torch's "modified by an inplace
+    operation" error); the copy holds the value forward read."""
+    out = []
+    for item in items:
+        name, _, rest = item.partition(" ")
+        out.append(f"{name}.clone(){' ' + rest if rest else ''}" if name in updated else item)
+    return out

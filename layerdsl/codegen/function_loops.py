@@ -29,7 +29,13 @@ from layerdsl.codegen import function_nest
 from layerdsl.codegen.carried_shape_checks import unknown_shape_checks
 from layerdsl.codegen.function import VIEWS, FunctionEmitter, returning_second_results, with_second_results
 from layerdsl.codegen.function_branches import chosen_lines
-from layerdsl.codegen.function_buffers import loop_updates, reads_a_new_value, returned_values, updated_buffers
+from layerdsl.codegen.function_buffers import (
+    cloned_buffers,
+    loop_updates,
+    reads_a_new_value,
+    returned_values,
+    updated_buffers,
+)
 from layerdsl.codegen.function_checks import (
     item_check_lines,
     read_vars,
@@ -1125,7 +1131,8 @@ class LoopFunction:
             every = ", ".join(name for _, names in groups for name in names)
             lines.append(f"ctx.mark_non_differentiable(*[t for t in ({every}) if t is not None])")
         if tensors:
-            lines.append(f"ctx.save_for_backward({', '.join(saved_with_held(tensors, self.held))})")
+            saving = cloned_buffers(saved_with_held(tensors, self.held), set(self.updates))
+            lines.append(f"ctx.save_for_backward({', '.join(saving)})")
         return lines
 
     def kept_kwargs(self) -> list[str]:
