@@ -10,6 +10,8 @@ without touching the module's state, and the buffers end with the values the pla
 
 from __future__ import annotations
 
+import copy
+
 from layerdsl.autodiff.loops import Loop, LoopPlan, Straight
 from layerdsl.autodiff.plan import BranchPlan, Plan, straight_plans
 from layerdsl.autodiff.tape import Step, Tape
@@ -117,7 +119,21 @@ def recomputed_read(step: Step, tape: Tape) -> N.Expr:
     it in a loop's forward, so that a double backward does not differentiate through the update."""
     if step.op is None and isinstance(step.expr, N.Name) and step.expr.id in tape.updates.values():
         return B.call("detached", step.expr, span=step.expr.span)
-    return step.expr
+    return _renormalised_once(step)
+
+
+def _renormalised_once(step: Step) -> N.Expr:
+    """`embedding(..., max_norm = m)` computed again in backward without its `max_norm`: forward renormalised
+    the rows it picks in place already (as torch does), so doing it again would write into the saved weight
+    (torch's "modified by an inplace operation" error in backward) for the same rows."""
+    e = step.expr
+    if step.op is None or step.op.name != "embedding" or not isinstance(e, N.Call):
+        return e
+    if not any(k.name == "max_norm" for k in e.kwargs):
+        return e
+    again = copy.copy(e)
+    again.kwargs = [k for k in e.kwargs if k.name not in ("max_norm", "norm_type")]
+    return again
 
 
 def cloned_buffers(items: list[str], updated: set[str]) -> list[str]:
