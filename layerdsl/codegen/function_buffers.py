@@ -10,6 +10,8 @@ without touching the module's state, and the buffers end with the values the pla
 
 from __future__ import annotations
 
+import copy
+
 from layerdsl.autodiff.loop_buffers import new_values
 from layerdsl.autodiff.loops import Loop, LoopPlan, Straight
 from layerdsl.autodiff.plan import BranchPlan, Plan, straight_plans
@@ -90,7 +92,25 @@ def reads_a_new_value(step: Step, plan: LoopPlan) -> bool:
     flows back through, binding the var that holds the new value): the forward run again in backward under
     `save = "inputs"` binds it detached, as the plain module reads it from the buffer it wrote under no_grad,
     so that a double backward does not differentiate through the update either."""
-    return step.op is None and isinstance(step.expr, N.Name) and step.expr.id in new_values(plan.segments)
+    updated = new_values(plan.segments) | _updated_in_loops(plan)
+    return step.op is None and isinstance(step.expr, N.Name) and step.expr.id in updated
+
+
+def _updated_in_loops(plan: LoopPlan) -> set[str]:
+    """The vars holding a buffer's new value that a loop's body `update`s at each step: a later read of it in
+    the same step reads that value (`h = h + avg` after `update avg = ...`), bound detached when run again."""
+    updated: set[str] = set()
+    for seg in plan.segments:
+        if not isinstance(seg, Loop):
+            continue
+        for carried in seg.buffers.values():
+            var: str | None = seg.updates.get(carried)
+            while var is not None and var not in updated:  # through the renames to the update's own value
+                updated.add(var)
+                step = next((s for s in seg.tape.steps if s.var == var), None)
+                renamed = step.expr if step is not None and step.op is None else None
+                var = renamed.id if isinstance(renamed, N.Name) else None
+    return updated
 
 
 def recomputed_read(step: Step, tape: Tape) -> N.Expr:
@@ -99,4 +119,18 @@ def recomputed_read(step: Step, tape: Tape) -> N.Expr:
     it in a loop's forward, so that a double backward does not differentiate through the update."""
     if step.op is None and isinstance(step.expr, N.Name) and step.expr.id in tape.updates.values():
         return B.call("detached", step.expr, span=step.expr.span)
-    return step.expr
+    return _renormalised_once(step)
+
+
+def _renormalised_once(step: Step) -> N.Expr:
+    """`embedding(..., max_norm = m)` computed again in backward without its `max_norm`: forward renormalised
+    the rows it picks in place already (as torch does), so doing it again would write into the saved weight
+    (torch's "modified by an inplace operation" error in backward) for the same rows."""
+    e = step.expr
+    if step.op is None or step.op.name != "embedding" or not isinstance(e, N.Call):
+        return e
+    if not any(k.name == "max_norm" for k in e.kwargs):
+        return e
+    again = copy.copy(e)
+    again.kwargs = [k for k in e.kwargs if k.name not in ("max_norm", "norm_type")]
+    return again

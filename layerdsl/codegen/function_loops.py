@@ -30,7 +30,12 @@ from layerdsl.codegen import flat_steps, function_nest
 from layerdsl.codegen.carried_shape_checks import unknown_shape_checks
 from layerdsl.codegen.function import VIEWS, FunctionEmitter, returning_second_results, with_second_results
 from layerdsl.codegen.function_branches import chosen_lines
-from layerdsl.codegen.function_buffers import loop_updates, reads_a_new_value, returned_values, updated_buffers
+from layerdsl.codegen.function_buffers import (
+    loop_updates,
+    reads_a_new_value,
+    returned_values,
+    updated_buffers,
+)
 from layerdsl.codegen.function_checks import (
     item_check_lines,
     read_vars,
@@ -1295,6 +1300,7 @@ class LoopFunction:
         any_given = self.name("given")  # the zeros of a value kept as its shape: of a given gradient's dtype
         by_shape = self.shape_only | set(self.saved_on)  # not saved, or saved only where a side runs
         zeros = [f"{any_given} = [g for g in ({', '.join(given)},) if g is not None][0]"]
+        zeros += _real_given(any_given)
         zeros = zeros if by_shape or rare.reads.output_shapes else []
         zeros += [  # a stack is None after a loop of no steps (whose backward runs no step)
             (
@@ -1452,3 +1458,10 @@ def _kept(step: Step) -> bool:
 def _is_comparison(loop: Loop, v: str) -> bool:
     step = loop.tape.step(v)
     return step is not None and isinstance(step.expr, N.Compare)
+
+
+def _real_given(given: str) -> list[str]:
+    """The zeros made from a given gradient's dtype are those of a real value (a carried value, an output)
+    even where the first gradient given is a complex one's (an `rfft` kept per step): its real part's dtype,
+    so that the backward's `torch.fft.rfft` of them takes a real tensor."""
+    return [f"{given} = {given}.real if {given}.is_complex() else {given}"]

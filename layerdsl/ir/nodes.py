@@ -109,6 +109,9 @@ class Name(Expr):
     id: str
     # Filled in by the checker.
     ref: Ref = field(default=Ref.UNRESOLVED, init=False, repr=False, compare=False)
+    # An int let or local whose every definition is a count (never negative, inf nor nan): `semantics/evaluate.py`'s
+    # `mark_counts`. Int arguments and dims are counts by their ref.
+    count: bool = field(default=False, init=False, repr=False, compare=False)
 
 
 @dataclass(eq=False)

@@ -40,6 +40,7 @@ from layerdsl.semantics.evaluate import (
     example_choices,
     example_seeds,
     example_values,
+    mark_counts,
     seed_differences,
 )
 from layerdsl.semantics.scopes import CONSTRUCTION, Namespace, Scope, folder_of, is_new_dim, merge_branches
@@ -317,10 +318,12 @@ class LayerChecker:
         self.check_decorators()
         self.check_args()
         self.check_members()
+        mark_counts(layer)  # the int lets that are counts, before examples compute with them
         self.mark_sub_calls()
         forward_locals = self.check_forward(layer.forward) if layer.forward is not None else None
         if layer.backward is not None:
             self.check_backward(layer.backward, forward_locals)
+        mark_counts(layer)  # and the int locals
         self.check_examples()
         layer.symbolic_dims = list(self.dims)
 

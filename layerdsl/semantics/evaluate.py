@@ -18,7 +18,7 @@ from typing import Any
 
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
-from layerdsl.ir.visit import walk
+from layerdsl.ir.visit import statements, walk
 from layerdsl.language.number_forms import specialised
 from layerdsl.language.ops import CALLABLE, OPS, Op, filled
 from layerdsl.language.tables import CONSTANTS
@@ -174,7 +174,7 @@ def written_plainly(e: N.BinOp) -> bool:
         pass
     else:
         return not isinstance(value, complex)
-    if e.op in ("//", "%") and e.left.kind == N.Kind.INT and e.right.kind == N.Kind.INT:
+    if e.op in ("//", "%") and _whole(e.left) and _whole(e.right):  # ints never inf nor nan: Python's int division
         return True
     if count(e.left if e.op == "**" else e.right) or (e.op == "**" and _natural(e.right)):
         return True
@@ -189,7 +189,7 @@ def _natural(e: N.Expr) -> bool:
     modules raises."""
     value = _constant(e)
     if value is None:
-        return e.kind == N.Kind.INT
+        return counted_int(e)
     return isinstance(value, int | float) and math.isfinite(value) and value >= 0 and float(value).is_integer()
 
 
@@ -221,7 +221,85 @@ def count(e: N.Expr) -> bool:
             return count(l) and count(r)
         case N.Call(func="sqrt" | "abs" | "floor" | "ceil", args=[a]):  # floor of a float: an int, not a count
             return count(a)
-    return e.kind == N.Kind.INT
+    return counted_int(e)
+
+
+def counted_int(e: N.Expr) -> bool:
+    """Whether `e` is an int that is a count or a size: never negative, inf nor nan. Int arguments and dims are
+    (torch's own modules take an int argument for a count: `nn.Linear(-3, 2)` raises), int literals >= 0, an
+    int let or local whose every definition is one (`mark_counts`), `size(...)`, and what `+`, `*`, `//`, `%`,
+    `**`, `abs`, `maximum`, `minimum` and a conditional make of counts, and `floor`, `ceil` and `round` of a
+    finite number >= 0. Not a difference or a negation (`n - m`, `-n`), nor `floor(a)` of a float argument
+    (negative, or inf and nan kept as they are)."""
+    match e:
+        case N.Num(value=v):
+            return isinstance(v, int) and v >= 0
+        case N.Name():
+            return e.kind == N.Kind.INT and (e.ref in (N.Ref.ARG, N.Ref.DIM) or e.count)
+        case N.BinOp(op="+" | "*" | "//" | "%" | "**", left=l, right=r):
+            return counted_int(l) and counted_int(r)
+        case N.IfExp(then=a, orelse=b):
+            return counted_int(a) and counted_int(b)
+        case N.Call(func="abs", args=[a]):
+            return _whole(a)
+        case N.Call(func="maximum" | "minimum", args=args):
+            return all(counted_int(a) for a in args)
+        case N.Call(func="floor" | "ceil" | "round", args=[a]):
+            return _finite(a) and _nonnegative(a)
+        case N.Call(func="reduced_numel"):  # a derivation's count of the elements a reduction combined
+            return True
+        case N.Call(func=f):
+            return f in CALLABLE and CALLABLE[f].shape == "size"
+    return False
+
+
+def _whole(e: N.Expr) -> bool:
+    """Whether `e` is an int that is never inf nor nan (it may be negative): `_finite`'s, of kind int."""
+    return e.kind == N.Kind.INT and _finite(e)
+
+
+def mark_counts(layer: N.Layer) -> None:
+    """Marks each int let and local whose every definition is a count (`counted_int`; a `for` variable of a
+    `range` whose start and stop are counts) on its names (`N.Name.count`), for the predicates above: an int made
+    otherwise (`floor(a)` of a float, `n - m`, `-n`) may be negative, zero where it divides, inf or nan. Run by
+    the checker after the lets (before the examples are computed) and after forward and backward."""
+    defs: dict[str, list[N.Expr | None]] = {}
+    for let in layer.lets:
+        defs.setdefault(let.name, []).append(let.value)
+    for t in layer.tensors:
+        if t.repeat is not None:
+            defs.setdefault(t.repeat.var.id, []).append(t.repeat.iter)
+    for block in (layer.forward, layer.backward):
+        if block is None:
+            continue
+        for stmt in statements(block.body):
+            match stmt:
+                case N.Assign(target=target, value=value):
+                    defs.setdefault(target, []).append(value)
+                case N.For(var=var, iter=it):
+                    defs.setdefault(var, []).append(it if isinstance(it, N.Call) and it.func == "range" else None)
+                case N.Unpack(targets=targets):
+                    for target, _ in targets:
+                        defs.setdefault(target, []).append(None)
+                case N.IndexAssign(target=target):
+                    defs.setdefault(target, []).append(None)
+    names = [n for n in walk(layer) if isinstance(n, N.Name) and n.ref in (N.Ref.LET, N.Ref.LOCAL)]
+    counted = set(defs)
+    while True:  # the largest set whose definitions are counts given it (a local may be defined by itself)
+        for n in names:
+            n.count = n.id in counted
+        kept = {name for name in counted if all(_defines_count(d) for d in defs[name])}
+        if kept == counted:
+            return
+        counted = kept
+
+
+def _defines_count(value: N.Expr | None) -> bool:
+    """Whether a definition gives a count: an int value that is one, or a `range(...)` (its variable lies
+    between start and stop, or from 0)."""
+    if isinstance(value, N.Call) and value.func == "range":
+        return len(value.args) == 1 or all(counted_int(a) for a in value.args[:2])
+    return value is not None and value.kind == N.Kind.INT and counted_int(value)
 
 
 def may_raise(e: N.Expr) -> bool:
@@ -236,7 +314,7 @@ def _never_nan(e: N.Expr) -> bool:
     try:
         value = evaluate(e, {})
     except (NotConstant, ArithmeticError, TypeError, ValueError):
-        return e.kind == N.Kind.INT or _finite(e)
+        return _finite(e)
     return value == value
 
 
@@ -247,7 +325,7 @@ def _nonnegative(e: N.Expr) -> bool:
         case N.Num(value=v):
             return v >= 0
         case N.Name(id=i):
-            return e.kind == N.Kind.INT or (i in CONSTANTS and e.ref in (N.Ref.CONST, N.Ref.UNRESOLVED))
+            return counted_int(e) or (i in CONSTANTS and e.ref in (N.Ref.CONST, N.Ref.UNRESOLVED))
         case N.BinOp(op="+" | "*" | "/" | "//" | "%" | "**", left=l, right=r):
             return _nonnegative(l) and _nonnegative(r)
         case N.Call(func=f):
@@ -262,11 +340,19 @@ def _finite(e: N.Expr) -> bool:
         case N.Num(value=v):
             return math.isfinite(v)
         case N.Name(id=i):
-            return e.kind == N.Kind.INT or (i == "pi" and e.ref in (N.Ref.CONST, N.Ref.UNRESOLVED))
+            return counted_int(e) or (i == "pi" and e.ref in (N.Ref.CONST, N.Ref.UNRESOLVED))
         case N.UnaryOp(operand=o):
             return _finite(o)
-        case N.BinOp(op="+" | "-" | "*" | "/" | "//" | "%", left=l, right=r):
+        case N.BinOp(op="+" | "-" | "*", left=l, right=r):
             return _finite(l) and _finite(r)
+        case N.BinOp(op="/" | "//" | "%", left=l, right=r):  # by zero: raises where written plainly, else inf or nan
+            return _finite(l) and _finite(r) and written_plainly(e)
+        case N.IfExp(then=a, orelse=b):
+            return _finite(a) and _finite(b)
+        case N.Call(func="abs", args=[a]):
+            return _finite(a)
+        case N.Call(func="floor" | "ceil" | "round", args=[a]):
+            return _finite(a)
         case N.Call(func=f):
             return f in CALLABLE and CALLABLE[f].shape == "size"
     return False
