@@ -25,11 +25,17 @@ from layerdsl.ir.visit import clone, map_children, names_bound, statements, walk
 from layerdsl.semantics.shapes import GROUP, Shape, dim_text
 
 
-def unit_slices(loop: N.For, shape_of: Callable[[str], Shape], nonnegative: Callable[[N.Expr], bool]) -> list[N.Stmt]:
+def unit_slices(
+    loop: N.For,
+    shape_of: Callable[[str], Shape],
+    nonnegative: Callable[[N.Expr], bool],
+    at_most: Callable[[N.Expr, str], bool] | None = None,
+) -> list[N.Stmt]:
     """`loop`'s body with each `x[..., t:t + 1, ...]` of a value x from outside it, whose dim there is the
-    loop's stop (`for t in range(T)`, `range(a, T)` of an `a` that `nonnegative` proves >= 0), written as
-    `unsqueeze(x[..., t, ...], k)` (k: the dims the result keeps before it). `shape_of`: a name's shape
-    before the loop (None where unknown)."""
+    loop's stop (`for t in range(T)`, `range(a, T)` of an `a` that `nonnegative` proves >= 0), or a stop that
+    `at_most(stop, dim)` proves no more than it (a split loop's `range(0, t_at)`, `loop_split.stop_at_most`),
+    written as `unsqueeze(x[..., t, ...], k)` (k: the dims the result keeps before it). `shape_of`: a name's
+    shape before the loop (None where unknown)."""
     it = loop.iter
     if not (isinstance(it, N.Call) and it.func == "range" and len(it.args) in (1, 2)):
         return loop.body
@@ -45,7 +51,8 @@ def unit_slices(loop: N.For, shape_of: Callable[[str], Shape], nonnegative: Call
         shape = shape_of(e.value.id)
         for p, item in enumerate(e.items):
             if _unit(item, loop.var) and _plain_before(e.items[:p]) and shape is not None and p < len(shape):
-                if shape[p] != stop or GROUP in shape[:p]:  # counted from the front: no `...` before it
+                within = shape[p] == stop or at_most is not None and at_most(it.args[-1], shape[p])
+                if not within or GROUP in shape[:p]:  # counted from the front: no `...` before it
                     continue
                 var = N.Name(item.span, loop.var)
                 var.ref = N.Ref.LOCAL

@@ -19,10 +19,13 @@ their order. The values the loop carries flow from one piece to the next, as bet
 Several such `if`s (nested, or joined by `and`, `or`, `not`) split at each bound, up to `MAX_PIECES`
 loops. A list the loop appends to is appended to by each piece in turn, one list collected over the loops
 in a row (`loops.Loop.before`). A loop holding a loop is split at the `if`s of its body on its variable,
-each piece but the first counted from 0 (`_from_zero`), and the loops in its body are split as well. A
-condition testing the variable another way (`t % 2 == 0`), a range with a step, or more than `MAX_PIECES`
-pieces leave the loop whole: a choice per step (`step_choices`) where its `if`s allow, else refused by
-`loops.Planner.loop` saying why (`unsplit_reason`).
+each piece but the first counted from 0 (`_from_zero`), and the loops in its body are split as well; there
+a loop over `range(start, stop, n)` of a number n > 0 (holding no loop) is split too, into ranges of that
+step, each after a turn starting at the first step at or after it (`Splitting.start_after`). A condition
+testing the variable another way (`t % 2 == 0`), another range with a step (one at the forward's top level
+is a choice per step), or more than `MAX_PIECES` pieces leave the loop whole: a choice per step
+(`step_choices`) where its `if`s allow, else refused by `loops.Planner.loop` or `nest` saying why
+(`unsplit_reason`). `stop_at_most` proves a piece's stop no more than a dim, for `loop_lists.unit_slices`.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from dataclasses import dataclass
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
-from layerdsl.ir.visit import clone, names_bound, walk
+from layerdsl.ir.visit import clone, names_bound, statements, walk
 from layerdsl.language.naming import fresh_name
+from layerdsl.semantics.shapes import dim_text
 
 # loops one loop may be split into; each `==` bound splits twice
 MAX_PIECES = 8
@@ -78,18 +82,19 @@ class Unsplit(Exception):
     """The loop is kept as written: an `if` tests its variable another way, or it would make too many loops."""
 
 
-def split_loops(body: list[N.Stmt], taken: set[str]) -> list[N.Stmt]:
+def split_loops(body: list[N.Stmt], taken: set[str], nested: bool = False) -> list[N.Stmt]:
     """`body` with each loop (and each loop in a loop's body) whose `if`s compare its variable with bounds the
     loop does not change written as loops in a row, each `if` decided in each; `body` itself where none is. `taken`: the
-    names in use, to which the locals holding where the loops turn (`t_at = minimum(1, T)`) are added."""
+    names in use, to which the locals holding where the loops turn (`t_at = minimum(1, T)`) are added. `nested`:
+    `body` is that of a loop holding a loop, where a loop over a range with a step is split too (`_aligned`)."""
     out: list[N.Stmt] = []
     changed = False
     for stmt in body:
         new: list[N.Stmt] = [stmt]
         if isinstance(stmt, N.For):
-            new = [_inner_split(s, taken) for s in split_loop(stmt, taken)]
+            new = [_inner_split(s, taken) for s in split_loop(stmt, taken, nested and not _holds_loop(stmt))]
         elif isinstance(stmt, N.If):
-            then, orelse = split_loops(stmt.body, taken), split_loops(stmt.orelse, taken)
+            then, orelse = split_loops(stmt.body, taken, nested), split_loops(stmt.orelse, taken, nested)
             if then is not stmt.body or orelse is not stmt.orelse:
                 new = [dataclasses.replace(stmt, body=then, orelse=orelse)]
         changed |= new != [stmt]
@@ -97,11 +102,11 @@ def split_loops(body: list[N.Stmt], taken: set[str]) -> list[N.Stmt]:
     return out if changed else body
 
 
-def split_loop(loop: N.For, taken: set[str]) -> list[N.Stmt]:
+def split_loop(loop: N.For, taken: set[str], stepped: bool = False) -> list[N.Stmt]:
     """`loop` as the locals holding where it turns and loops in a row, its `if`s on its variable decided in
-    each; `[loop]` where it cannot be split."""
+    each; `[loop]` where it cannot be split. `stepped`: a range with a step of a number > 0 is split too."""
     try:
-        return _pieces_of(loop, taken)
+        return _pieces_of(loop, taken, stepped)
     except Unsplit:
         return [loop]
 
@@ -110,7 +115,7 @@ def _inner_split(stmt: N.Stmt, taken: set[str]) -> N.Stmt:
     """`stmt`, a loop holding a loop (a nest) with the loops of its body split."""
     if not (isinstance(stmt, N.For) and _holds_loop(stmt)):
         return stmt
-    inner = split_loops(stmt.body, taken)
+    inner = split_loops(stmt.body, taken, nested=True)
     return stmt if inner is stmt.body else dataclasses.replace(stmt, body=inner)
 
 
@@ -137,8 +142,8 @@ def unsplit_reason(loop: N.For, cond: N.Expr) -> tuple[str, str] | None:
         )
     if isinstance(loop.iter, N.Call) and len(loop.iter.args) == 3:
         return (
-            ", and its range has a step: a loop is split where its `if`s turn over range(stop) or range(start,"
-            " stop) only (not derived yet)",
+            ", and its range has a step: a loop is split where its `if`s turn over range(stop), range(start,"
+            " stop), or in a loop holding a loop range(start, stop, n) of a number n > 0 only (not derived yet)",
             f"loop over range(n) and compute the index from `{loop.var}` (`x[2 * {loop.var}]`), or drop @function",
         )
     try:
@@ -155,9 +160,12 @@ def unsplit_reason(loop: N.For, cond: N.Expr) -> tuple[str, str] | None:
     )
 
 
-def _pieces_of(loop: N.For, taken: set[str]) -> list[N.Stmt]:
+def _pieces_of(loop: N.For, taken: set[str], stepped: bool = False) -> list[N.Stmt]:
     it = loop.iter
-    if not (isinstance(it, N.Call) and it.func == "range" and len(it.args) in (1, 2)):
+    if not (isinstance(it, N.Call) and it.func == "range" and len(it.args) in (1, 2, 3)):
+        raise Unsplit
+    step = _positive_step(it) if len(it.args) == 3 else None
+    if len(it.args) == 3 and (step is None or not stepped):
         raise Unsplit
     tests = [s for s in walk(loop) if isinstance(s, N.If) and loop.var in _names(s.cond)]
     if not tests:
@@ -166,16 +174,17 @@ def _pieces_of(loop: N.For, taken: set[str]) -> list[N.Stmt]:
     for s in tests:
         if any(_atom(a, loop.var, variant) is None for a in _var_atoms(s.cond, loop.var)):
             raise Unsplit
-    lo = it.args[0] if len(it.args) == 2 else B.int_valued(N.Num(it.span, 0, "0"))
-    hi = it.args[-1]
+    lo = it.args[0] if len(it.args) >= 2 else B.int_valued(N.Num(it.span, 0, "0"))
+    hi = it.args[1] if len(it.args) == 3 else it.args[-1]
     facts = (Fact(_bound(lo), False), Fact(_bound(hi), True))
     pieces: list[tuple[N.Expr, N.Expr, list[N.Stmt]]] = []
     turns: list[N.Assign] = []
-    _split(Splitting(loop, variant, set(taken), turns), loop.body, lo, hi, facts, pieces)
+    _split(Splitting(loop, variant, set(taken), turns, step), loop.body, lo, hi, facts, pieces)
     taken |= {a.target for a in turns}
     out: list[N.Stmt] = list(turns)
     for start, stop, body in pieces:
-        iter_ = B.int_valued(N.Call(it.span, "range", it.func_span, [start, stop], []))
+        args = [start, stop] if step is None else [start, stop, clone(it.args[2])]
+        iter_ = B.int_valued(N.Call(it.span, "range", it.func_span, args, []))
         iter_.kind = it.kind
         piece = dataclasses.replace(loop, iter=iter_, body=clone(body))
         out.append(_from_zero(piece, taken) if _holds_loop(loop) else piece)
@@ -210,17 +219,37 @@ class Splitting:
     variant: set[str]
     taken: set[str]
     turns: list[N.Assign]
+    step: int | None = None  # of a range with a step
 
-    def turn(self, value: N.Expr) -> N.Expr:
-        """`value` (where a loop turns), as a local of its own bound before the loops when it is a call."""
-        if not isinstance(value, N.Call):
+    def turn(self, value: N.Expr, local: bool = False) -> N.Expr:
+        """`value` (where a loop turns), as a local of its own bound before the loops when it is a call (or
+        `local`)."""
+        if not isinstance(value, N.Call) and not local:
             return value
         name = fresh_name(f"{self.loop.var}_at", self.taken)
         self.taken.add(name)
         self.turns.append(N.Assign(self.loop.iter.span, name, self.loop.var_span, value))
-        local = N.Name(self.loop.iter.span, name)
-        local.ref = N.Ref.LOCAL
-        return B.int_valued(local)
+        ref = N.Name(self.loop.iter.span, name)
+        ref.ref = N.Ref.LOCAL
+        return B.int_valued(ref)
+
+    def start_after(self, at: N.Expr) -> N.Expr:
+        """Where the piece after a turn at `at` starts: `at`, or in a range with a step the first step at or
+        after it, `start + (at - start + step - 1) // step * step` (`at` may be before `start`)."""
+        if self.step is None:
+            return clone(at)
+        it = self.loop.iter
+        assert isinstance(it, N.Call)
+        span, start = it.span, it.args[0]
+
+        def num(k: int) -> N.Expr:
+            return B.int_valued(N.Num(span, k, str(k)))
+
+        def op(o: str, a: N.Expr, b: N.Expr) -> N.Expr:
+            return B.int_valued(N.BinOp(span, o, a, b))
+
+        ahead = op("+", op("-", clone(at), clone(start)), num(self.step - 1))
+        return self.turn(op("+", clone(start), op("*", op("//", ahead, num(self.step)), num(self.step))), local=True)
 
 
 def _split(
@@ -252,7 +281,13 @@ def _split(
         return
     at = s.turn(_clamped(bound, lo, hi, s.loop.iter.span))
     _split(s, body, lo, at, (*facts, Fact(bound, True)), pieces)
-    _split(s, body, clone(at), hi, (*facts, Fact(bound, False)), pieces)
+    _split(s, body, s.start_after(at), hi, (*facts, Fact(bound, False)), pieces)
+
+
+def _positive_step(it: N.Call) -> int | None:
+    """The step of `range(start, stop, step)`, a number > 0; None for another step."""
+    step = it.args[2]
+    return step.value if isinstance(step, N.Num) and isinstance(step.value, int) and step.value > 0 else None
 
 
 def walk_ifs(body: list[N.Stmt]):
@@ -398,6 +433,19 @@ def _bound(e: N.Expr) -> Bound:
 def _variant(loop: N.For) -> set[str]:
     """The names `loop`'s body binds (and its variable)."""
     return names_bound([loop])
+
+
+def stop_at_most(stop: N.Expr, dim: str, body: list[N.Stmt]) -> bool:
+    """Whether the int `stop` is proven no more than the dim `dim` (its canonical text): that dim, `minimum`
+    of such, or a local `body` binds once to such (where a split loop turns, `t_at = minimum(1, T)`)."""
+    if dim_text(stop) == dim:
+        return True
+    if isinstance(stop, N.Name) and stop.ref == N.Ref.LOCAL:
+        values = [s.value for s in statements(body) if isinstance(s, N.Assign) and s.target == stop.id]
+        return len(values) == 1 and stop_at_most(values[0], dim, body)
+    if isinstance(stop, N.Call) and stop.func == "minimum" and len(stop.args) == 2:
+        return any(stop_at_most(a, dim, body) for a in stop.args)
+    return False
 
 
 def _holds_loop(loop: N.For) -> bool:

@@ -50,7 +50,7 @@ from layerdsl.autodiff.loop_lists import (
     unit_slices,
 )
 from layerdsl.autodiff.loop_members import without_members
-from layerdsl.autodiff.loop_split import split_loops, unsplit_reason
+from layerdsl.autodiff.loop_split import split_loops, stop_at_most, unsplit_reason
 from layerdsl.autodiff.reverse import derive
 from layerdsl.autodiff.shapes import carried_shapes, reshaped_after_first_step, step_shape
 from layerdsl.autodiff.tape import Linearizer, NotDerivable, Step, Tape, reserved_names
@@ -866,6 +866,7 @@ class Planner:
             stmt,
             lambda name: self.shapes.get(self.alias.get(name, name)),
             lambda e: nonnegative_int(e, self.forward.body),
+            lambda stop, dim: stop_at_most(stop, dim, self.forward.body),
         )
 
     def continue_list(self, loop: Loop | nest.Nest, name: str) -> None:

@@ -407,7 +407,8 @@ class BackwardWriter:
         pers = loop.before_per.get(j.items, [1] * len(bounds)) if j.of_step is None else [1] * len(bounds)
         starts = [b[0] if len(b) == 2 else B.num(0) for b in bounds]
         stops = [b[-1] for b in bounds]
-        if len(set(pers)) == 1 and all(spec_text(stop) == spec_text(start) for stop, start in zip(stops, starts[1:])):
+        in_row = all(spec_text(stop) == spec_text(start) for stop, start in zip(stops, starts[1:]))
+        if len(set(pers)) == 1 and in_row and all(len(b) <= 2 for b in bounds):  # (a range with a step: counted)
             bounds, pers = [[starts[0], stops[-1]]], pers[:1]  # a loop split where its `if`s turn: its pieces in a row
         counts = [
             f"{f'{per} * ' if per > 1 else ''}len(range({', '.join(self.ex(b) for b in each)}))"
