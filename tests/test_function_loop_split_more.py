@@ -257,3 +257,52 @@ def test_a_list_appended_to_after_a_loop_over_a_range_with_a_step_derives(steps)
     h0 = h0[0].detach().requires_grad_()
     _agree(ours, plain, x, h0)
     assert torch.autograd.gradcheck(ours, (x, h0))
+
+
+OUTER_LIST = """\
+@function
+layer P(d: int) {
+    param w: [d, d] = uniform(-1, 1)
+    param u: [d, d] = uniform(-1, 1)
+    example(d = 3)
+    forward(x: [T, B, d], h0: [L, B, d]) -> [...] {
+        h = h0[0]
+        outs = []
+        for j in range(L) {
+            BODY
+        }
+        return cat(outs, dim = 0)
+    }
+}
+"""
+INNER_APPENDS = """for t in range(RANGE) {
+                h = tanh(x[t] @ w + h @ u)
+                outs.append(unsqueeze(h, 0))
+            }"""
+STACKED_ONCE = """inner = []
+            for t in range(RANGE) {
+                if t == 0 { h = tanh(x[t] @ w + h) } else { h = tanh(x[t] @ w + h @ u) }
+                inner.append(h)
+            }
+            outs.append(stack(inner, dim = 0))"""
+
+
+@pytest.mark.parametrize("bounds", ["T", "0, T, 2"])
+def test_an_inner_loop_appending_to_a_list_made_before_the_nest_is_refused(bounds):
+    """The Function returned the last outer step's items only (T items where the plain module has L * T):
+    now a located refusal (`nest._no_outer_items`)."""
+    problems = _problems(OUTER_LIST.replace("BODY", INNER_APPENDS.replace("RANGE", bounds)))
+    assert len(problems) == 1
+    assert problems[0].startswith("12:17: cannot derive through this append yet: it appends to the list 'outs',")
+    assert "make a list in the outer loop's body, and append its stack to 'outs' there" in problems[0]
+
+
+@pytest.mark.parametrize("steps,layers", [(1, 1), (2, 2), (5, 3)])
+def test_a_list_of_the_outer_body_appended_as_a_stack_derives(steps, layers):
+    """The refusal's hint, of an inner loop over a range with a step split where its `if` turns."""
+    text = OUTER_LIST.replace("BODY", STACKED_ONCE.replace("RANGE", "0, T, 2"))
+    assert _problems(text) == []
+    ours, plain = function_and_plain(text, "P", 3)
+    x, h0 = _inputs(steps, layers)
+    _agree(ours, plain, x, h0)
+    assert torch.autograd.gradcheck(ours, (x, h0))

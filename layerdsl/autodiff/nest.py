@@ -185,6 +185,7 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
             if chunk:
                 segments.append(p.straight(chunk))
                 chunk = []
+            _no_outer_items(s, outer_lists)
             planned = p.loop(s)
             if isinstance(planned[-1], loops.Loop):  # backward reads its carried numbers as recorded
                 planned[-1].carried_numbers = sorted(carried_by(s))
@@ -313,6 +314,21 @@ def _item(var: str, span: Span) -> N.Name:
     item = B.name(var, span)
     item.ref, item.kind = N.Ref.LOCAL, N.Kind.TENSOR
     return item
+
+
+def _no_outer_items(inner: N.For, outer_lists: set[str]) -> None:
+    """Refuse `inner`, a loop in a nest's body, appending to a list made before the nest: its join after the
+    nest was planned as of one run of `inner` (the last outer step's items only, a silently short list)."""
+    for s in walk(inner):
+        if isinstance(s, N.Append) and s.target in outer_lists:
+            raise NotDerivable(
+                s.span,
+                f"cannot derive through this append yet: it appends to the list '{s.target}', made before the loop"
+                " holding this loop, each of a count known only when forward runs (the items of every outer step"
+                " in one list: not derived yet)",
+                f"make a list in the outer loop's body, and append its stack to '{s.target}' there, or drop"
+                " @function",
+            )
 
 
 def _lists_of_its_own(body: list[N.Stmt], p: Planner) -> list[N.Stmt]:
