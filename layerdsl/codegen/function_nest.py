@@ -181,10 +181,13 @@ def rebound_before(fn: LoopFunction, nest: Nest, index: int, of: N.Node | None =
     return lines
 
 
-def recorded(fn: LoopFunction, nest: Nest) -> list[str]:
-    """The head of a backward step of the nest: its carried numbers as the step started with them, and its
-    loops' records of this step."""
-    lines = [f"{c} = {number_record(fn, nest, c)}[{step_index(fn, nest)}]" for c in nest.carried_numbers]
+def recorded(fn: LoopFunction, nest: Nest, names: dict[str, str] | None = None) -> list[str]:
+    """The head of a backward step of the nest: its carried numbers as the step started with them (by their
+    `names` there, `step_spelling`), and its loops' records of this step."""
+    spelt_as = names or {}
+    lines = [
+        f"{spelt_as.get(c, c)} = {number_record(fn, nest, c)}[{step_index(fn, nest)}]" for c in nest.carried_numbers
+    ]
     return lines + [
         f"{fn.number_record(loop, c)} = {number_rows(fn, loop, c)}[{step_index(fn, nest)}]"
         for loop in nest.loops()
@@ -563,7 +566,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     lazily = {v.carried for v in lazy.values()}
     after_nest = w.ex, w.spelling
     step_spelling(w, nest)
-    body = recorded(fn, nest) + [f"{n} = {w.ex(e)}" for n, e in nest.numbers]
+    body = recorded(fn, nest, w.spelling.names) + [f"{spelt(w, n)} = {w.ex(e)}" for n, e in nest.numbers]
     later = from_step_one(fn, nest, kept)
     in_steps = {v for v in kept if layers(fn, v) in fn.saved_in_steps}  # None where no step runs
     body += [
@@ -671,8 +674,8 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         rebound |= bool(prefix)
         view_lines += prefix + fn.steps(Tape([s], [], [], set()), w.ex)
     if rebound:  # as the step starts again
-        view_lines += [f"{c} = {number_record(fn, nest, c)}[{step_index(fn, nest)}]" for c in nest.carried_numbers]
-        view_lines += [f"{n} = {w.ex(e)}" for n, e in nest.numbers]
+        view_lines += recorded(fn, nest, w.spelling.names)[: len(nest.carried_numbers)]
+        view_lines += [f"{spelt(w, n)} = {w.ex(e)}" for n, e in nest.numbers]
     body[top_at:top_at] = view_lines
     for v in inside:  # where each value of the body is read by value (`side_rows`)
         fn.step_sides.setdefault(v, set()).update(w.reads.sides.get(v, set()))
@@ -907,11 +910,16 @@ def _zeros(w: BackwardWriter, c: str, last: bool = False) -> str:
 
 
 def step_spelling(w: BackwardWriter, nest: Nest) -> None:
-    """Backward's spelling in a step of the nest: each carried value under a name of its own (`h_at`), bound
-    per outer step, as a loop's step binds `h_t`; its own name keeps the last value, which the backward
-    written after the nest's reads (the double backward's section after the main one's: `2 * grad_y_out * h`
+    """Backward's spelling in a step of the nest: each carried value under a name of its own (`h_at`; a number,
+    `n_now`), bound per outer step, as a loop's step binds `h_t`; its own name keeps the last value, which the
+    backward written after the nest's reads (the double backward's section after the main one's: `2 * grad_y_out * h`
     of `y = h * h` read the start otherwise)."""
     names = {c: step_name(w.fn, nest, c) for c in nest.carried}
+    # a number of its own (recorded per step, `recorded`), not one its loops bind too (bound there as itself)
+    numbers = {*nest.carried_numbers, *(n for n, _ in nest.numbers)}
+    for loop in nest.loops():
+        numbers -= {*loop.carried_numbers, *(n for n, _ in loop.numbers), *_segment_reads(loop)}
+    names |= {n: w.fn.name(f"{n}_now", key=("nest step", id(nest))) for n in sorted(numbers)}
     w.spelling = dataclasses.replace(w.spelling, names=w.spelling.names | names)
     w.ex = w.fn.helper.python(w.spelling)
 
