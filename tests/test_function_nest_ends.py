@@ -7,7 +7,8 @@ gradcheck and gradgradcheck over inputs and parameters):
 - an inner loop's last value read in the body (`g * h`) is not stacked over the outer steps: read back at
   each as the last row of that loop's steps, or its start where the loop ran no steps
   (`function_nest.inner_ends`);
-- a start read only by the inner loop's steps (`h0`) is not saved where the inner loop runs no steps."""
+- a start read only by the inner loop's steps (`h0`) is not saved where the inner loop runs no steps, its
+  gradient's zeros made of its shape on ctx (`function_nest.start_zeros`)."""
 
 from __future__ import annotations
 
@@ -80,27 +81,9 @@ def _raises(plain: torch.nn.Module, *inputs: torch.Tensor) -> bool:
     return False
 
 
-# where the Function keeps more than autograd, and why
-START_SHAPE = (
-    "codegen/function_nest.py _last_zeros: with an inner loop of no steps, the start h0 (read by value only in"
-    " the inner loop's steps, `inner_loop`) is still saved for the shape of its gradient's zeros"
-    " (`grad_out.new_zeros(h0.shape)`, 48 bytes to autograd's 0); next: keep that shape on ctx (as"
-    " `LoopFunction.leaf_shapes` does) where the start is read by value only in the steps of loops"
-)
-KEEPS_MORE = {("stack of the outer steps", (0, 1)): START_SHAPE, ("stack of the outer steps", (0, 3)): START_SHAPE}
-
-
 @pytest.mark.parametrize(
     "name, counts",
-    [
-        (
-            pytest.param(name, counts, marks=pytest.mark.xfail(strict=True, reason=KEEPS_MORE[name, counts]))
-            if (name, counts) in KEEPS_MORE
-            else (name, counts)
-        )
-        for name in sorted(SPECS)
-        for counts in COUNTS
-    ],
+    [(name, counts) for name in sorted(SPECS) for counts in COUNTS],
     ids=lambda v: f"T{v[0]}-L{v[1]}" if isinstance(v, tuple) else v,
 )
 def test_the_nest_keeps_no_more_than_autograd(name, counts):

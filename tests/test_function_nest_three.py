@@ -541,13 +541,6 @@ def test_an_outer_range_with_a_step_over_two_loops(passes, layers, steps):
         _at_most_autograd(ours, plain, *_inputs(steps))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codegen/function_nest.py keeps the value a nest's inner loop starts from (`h * 0.5`, per outer step,"
-    " or `h0 * 1.5`) where that loop runs no steps (a count of 0), which autograd does not keep (a product by a"
-    " number saves nothing); next step: keep it only for the outer steps whose inner loop runs steps, or read"
-    " it back from the outer step before (THREE keeps its start alike at counts of 0, on main too)",
-)
 @pytest.mark.parametrize(
     "name, text, args, steps",
     [
@@ -559,5 +552,7 @@ def test_an_outer_range_with_a_step_over_two_loops(passes, layers, steps):
     ids=["Before-no-layers", "Before-no-steps", "Stepped-no-layers", "Stepped-no-passes"],
 )
 def test_no_inner_steps_save_at_most_what_autograd_does(name, text, args, steps):
+    """The value the inner loop starts from (`h * 0.5` per outer step, `h0 * 1.5`) is saved only where a step of
+    it runs (`function_nest.saved_in_steps`)."""
     ours, plain = function_and_plain(text, name, *args)
     _at_most_autograd(ours, plain, *_inputs(steps))

@@ -296,6 +296,8 @@ class LoopFunction:
         self.saved_on: dict[str, list[tuple[int, int]]] = {}
         self.leaf_shapes: set[str] = set()  # inputs and members backward reads only the shape of
         self.meta_leaves: set[str] = set()  # of those, read through views (`x[t]`): made on the meta device
+        self.start_shapes: set[str] = set()  # leaves whose shape backward reads on ctx (`function_nest.start_zeros`)
+        self.saved_in_steps: dict[str, str] = {}  # saved only where a step runs, by the test (`function_nest`)
         self.side_tests: dict[tuple[int, int], str] = {}  # each side's condition, as backward spells it
         # `if m != none` of an optional input, an `if` of its own: backward tests m's shape, kept on ctx
         conds = [seg.cond for seg in function_nest.choices(plan.segments)]  # a nest's body's too
@@ -456,10 +458,12 @@ class LoopFunction:
         candidates = (reads.shapes - reads.once) & once | self.unread_last_values(reads, once)
         self.leaf_shapes = (reads.shapes - reads.once) & set(self.plan.leaves)
         self.saved_on = {v: sides for v in once & reads.once if (sides := _only_sides(reads.sides.get(v, set())))}
-        if not candidates and not self.saved_on and not self.leaf_shapes:
+        self.saved_in_steps = function_nest.saved_in_steps(self, reads, once)
+        if not candidates and not self.saved_on and not self.leaf_shapes and not self.saved_in_steps:
             return body, reads
         self.shape_only = candidates
-        self.helper.shape_on_ctx = {v: set() for v in candidates | set(self.saved_on) | self.leaf_shapes}
+        on_ctx = candidates | set(self.saved_on) | self.leaf_shapes | set(self.saved_in_steps)
+        self.helper.shape_on_ctx = {v: set() for v in on_ctx}
         body, reads = self.backward(once, per_step)
         text = "\n".join(body)
         spelled = {
@@ -470,7 +474,8 @@ class LoopFunction:
         if spelled:  # saved after all (a leaf: read as itself)
             self.shape_only = candidates - spelled
             self.leaf_shapes -= spelled
-            self.helper.shape_on_ctx = {v: set() for v in self.shape_only | set(self.saved_on) | self.leaf_shapes}
+            on_ctx = self.shape_only | set(self.saved_on) | self.leaf_shapes | set(self.saved_in_steps)
+            self.helper.shape_on_ctx = {v: set() for v in on_ctx}
             body, reads = self.backward(once, per_step)
             reads.once |= spelled & set(self.plan.leaves)
         return body, reads
@@ -1085,7 +1090,7 @@ class LoopFunction:
         kwargs = self.kept_kwargs()
         used = set(saved_leaves) | set(kwargs) | {self.helper.dim_source[d].split(".")[0] for d in dims}
         used |= set(self.presence_tested) | set(self.flags_tested) | set(self.dtype_tested) | self.leaf_shapes
-        used |= self.recomputed_plain
+        used |= self.recomputed_plain | self.start_shapes
         lines = []
         if used:
             names = [u if u in used else "_" for u in unpack] + held_params(self.held)
@@ -1113,6 +1118,7 @@ class LoopFunction:
             for l in self.plan.leaves
             if l in self.leaf_shapes and l not in self.presence_tested
         ]
+        lines += function_nest.start_shape_lines(self)
         flags = self.flags_tested + [p for p in self.helper.plain_inputs if p in self.recomputed_plain]
         lines += [f"{self.names.ctx_value(f)} = {f}" for f in dict.fromkeys(flags)]
         lines += [f"{self.names.ctx_shape(o)} = {o}.shape" for o in dict.fromkeys(shaped)]
@@ -1130,10 +1136,11 @@ class LoopFunction:
                 else f"{self.names.ctx_shape(v)} = None if {v} is None else {v}.shape"
             )
             for v in own_extra
-            if v in self.shape_only or v in self.saved_on and self.reads_shape(v)
+            if v in self.shape_only or v in self.saved_on and self.reads_shape(v) or v in self.saved_in_steps
         ]
         own_extra = [v for v in own_extra if v not in self.shape_only]
         chosen = [f"{v} if {self.saving_test(v)} else None" if v in self.saved_on else v for v in own_extra]
+        chosen = [f"{v} if {self.saved_in_steps[v]} else None" if v in self.saved_in_steps else v for v in chosen]
         ends = self.ends_in_buffers(own_extra, self.kept_per_step)
         chosen = [f"{v} if {ends[v]} is None else None" if v in ends else v for v in chosen]
         # read only by the steps of loops of no steps: not saved (a forward run again reads them all)
@@ -1298,10 +1305,10 @@ class LoopFunction:
         }
         stacks |= {s.var for s in self.plan_steps() if s.op is not None and s.op.name == "dropout_mask"}
         any_given = self.name("given")  # the zeros of a value kept as its shape: of a given gradient's dtype
-        by_shape = self.shape_only | set(self.saved_on)  # not saved, or saved only where a side runs
+        by_shape = self.shape_only | set(self.saved_on) | set(self.saved_in_steps)  # (or a step)
         zeros = [f"{any_given} = [g for g in ({', '.join(given)},) if g is not None][0]"]
         zeros += _real_given(any_given)
-        zeros = zeros if by_shape or rare.reads.output_shapes else []
+        zeros = zeros if by_shape or rare.reads.output_shapes or self.start_shapes else []
         zeros += [  # a stack is None after a loop of no steps (whose backward runs no step)
             (
                 f"{g} = {any_given}.new_zeros({self.names.ctx_shape(x)}) if {g} is None "

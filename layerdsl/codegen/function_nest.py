@@ -12,8 +12,11 @@ step, `last_step`), or else stacked from step 1 on (`from_step_one`), and
 is its start at step 0. After the nest, its last value is the inner loop's last step at the last outer step
 (`ends_in_layers`: saved only where that stack is None); an inner loop's last value the body reads is not
 stacked but read back as that loop's last step (`inner_ends`); what only an inner loop's steps read is saved
-only where a step of both loops runs (`inner_loop`, `starts_read`). Backward runs the body's backward for
-k = n - 1, ..., 0 with each saved value bound to its step's slice (`h_steps = h_steps_layers[k]`, and its
+only where a step of both loops runs (`inner_loop`, `starts_read`; an extra output, `saved_in_steps`), an
+input's shape for its zeros kept on ctx (`start_zeros`). Backward runs the body's backward for
+k = n - 1, ..., 0, each carried value under a name of its own (`step_spelling`: its own name keeps the last
+value, which the backward written after the nest's reads), each saved value bound to its step's slice
+(`h_steps = h_steps_layers[k]`, and its
 gradient as an extra output alike), so that the body's segments' backward is written as the Function's own
 is; the carried values' gradients go from step to step, and a list's items' gradients are cut from what it
 is joined into. Numbers the nest carries (`autodiff.loop_ints`) are run again in backward's prelude
@@ -23,6 +26,7 @@ later segment of the body reads what it leaves; backward binds each as recorded 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from layerdsl.autodiff import choice_slices
@@ -178,10 +182,13 @@ def rebound_before(fn: LoopFunction, nest: Nest, index: int, of: N.Node | None =
     return lines
 
 
-def recorded(fn: LoopFunction, nest: Nest) -> list[str]:
-    """The head of a backward step of the nest: its carried numbers as the step started with them, and its
-    loops' records of this step."""
-    lines = [f"{c} = {number_record(fn, nest, c)}[{step_index(fn, nest)}]" for c in nest.carried_numbers]
+def recorded(fn: LoopFunction, nest: Nest, names: dict[str, str] | None = None) -> list[str]:
+    """The head of a backward step of the nest: its carried numbers as the step started with them (by their
+    `names` there, `step_spelling`), and its loops' records of this step."""
+    spelt_as = names or {}
+    lines = [
+        f"{spelt_as.get(c, c)} = {number_record(fn, nest, c)}[{step_index(fn, nest)}]" for c in nest.carried_numbers
+    ]
     return lines + [
         f"{fn.number_record(loop, c)} = {number_rows(fn, loop, c)}[{step_index(fn, nest)}]"
         for loop in nest.loops()
@@ -380,7 +387,8 @@ def shapes_per_step(fn: LoopFunction, reads: Reads, per_step: dict[int, set[str]
         carried = [*nest.carried, *(c for loop in nest.loops() for c in loop.carried)]
         shaped |= {c for c in carried if c in per_step.get(at, set())}
         shaped -= set(nest.updates.values()) | listed
-        out[at] = {v for v in shaped if not _read_as_value(v, text)}
+        spelt_as = {c: step_name(fn, nest, c) for c in nest.carried}  # (`step_spelling`)
+        out[at] = {v for v in shaped if not any(_read_as_value(n, text) for n in {v, spelt_as.get(v, v)})}
     return out
 
 
@@ -557,17 +565,20 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     rows = side_rows(fn, nest, kept)
     lazy = step_rows.lazy_updates(fn, nest, kept, rows)
     lazily = {v.carried for v in lazy.values()}
-    body = recorded(fn, nest) + [f"{n} = {w.ex(e)}" for n, e in nest.numbers]
+    after_nest = w.ex, w.spelling
+    step_spelling(w, nest)
+    body = recorded(fn, nest, w.spelling.names) + [f"{spelt(w, n)} = {w.ex(e)}" for n, e in nest.numbers]
     later = from_step_one(fn, nest, kept)
+    in_steps = {v for v in kept if layers(fn, v) in fn.saved_in_steps}  # None where no step runs
     body += [
-        f"{v} = {layers(fn, v)}[{step_index(fn, nest)}]"
+        f"{spelt(w, v)} = {layers(fn, v)}[{step_index(fn, nest)}]"
         for v in kept
-        if not maybe_none(fn, nest, v) and v not in later | rows.keys() | lazy.keys()
+        if not maybe_none(fn, nest, v) and v not in later | rows.keys() | lazy.keys() | in_steps
     ]
     body += [
-        f"{v} = None if {layers(fn, v)} is None else {layers(fn, v)}[{step_index(fn, nest)}]"
+        f"{spelt(w, v)} = None if {layers(fn, v)} is None else {layers(fn, v)}[{step_index(fn, nest)}]"
         for v in kept
-        if maybe_none(fn, nest, v) and v not in rows
+        if (maybe_none(fn, nest, v) or v in in_steps) and v not in rows
     ]
     outer_once = w.once
     if w.mode != "main":  # each step's share of the extra outputs' gradients
@@ -670,8 +681,8 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         rebound |= bool(prefix)
         view_lines += prefix + fn.steps(Tape([s], [], [], set()), w.ex)
     if rebound:  # as the step starts again
-        view_lines += [f"{c} = {number_record(fn, nest, c)}[{step_index(fn, nest)}]" for c in nest.carried_numbers]
-        view_lines += [f"{n} = {w.ex(e)}" for n, e in nest.numbers]
+        view_lines += recorded(fn, nest, w.spelling.names)[: len(nest.carried_numbers)]
+        view_lines += [f"{spelt(w, n)} = {w.ex(e)}" for n, e in nest.numbers]
     body[top_at:top_at] = view_lines
     for v in inside:  # where each value of the body is read by value (`side_rows`)
         fn.step_sides.setdefault(v, set()).update(w.reads.sides.get(v, set()))
@@ -683,6 +694,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     once |= (read - inside) | read_after
     w.reads.per_step.setdefault(key(fn, nest), set()).update(read & inside)
     w.once = outer_once
+    w.ex, w.spelling = after_nest
     for v in inside:  # the body's values' gradients are the step's own
         if w.acc(v) in w.state and v not in nest.carried:
             del w.state[w.acc(v)]
@@ -698,6 +710,45 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         if nest.carried[c] in w.plan.requires:
             lines += w.accumulate(nest.carried[c], w.acc(c), conditional=False)
     return lines
+
+
+def saved_in_steps(fn: LoopFunction, reads: Reads, once: set[str]) -> dict[str, str]:
+    """The extra outputs (of `once`) that backward reads by value only in the steps of a nest's loops, by the
+    test under which setup_context saves them (`loop_starts.when_a_step_runs`, as for the inputs): a value a
+    nest's carried value starts as (`h0 * 1.5`), or the stack over the outer steps of a value of its body
+    (`h * 0.5`) that its inner loop starts from, read at its step 0. At an inner loop of no steps autograd
+    keeps nothing of them; their extra outputs' zeros are made of their shapes on ctx. Not a value a loop
+    carries (saved otherwise, `ends_in_buffers`), one kept as a leaf's, nor a start a carried value is read
+    back from at the outer step after (`_read_back`)."""
+    from layerdsl.codegen.loop_starts import _on_ctx
+
+    if fn.recomputing:
+        return {}
+    carried = {c for seg in fn.plan.segments if isinstance(seg, (Loop, Nest)) for c in seg.carried}
+    read: dict[str, str] = {}  # the stack or value saved -> the value backward reads
+    for nest in nests(fn.plan.segments):
+        read |= {start: start for start in nest.carried.values()}
+        kept = body_extra(fn, nest, fn.kept_per_step)
+        rows = side_rows(fn, nest, kept)
+        plain = set(kept) - set(nest.carried) - set(from_step_one(fn, nest, kept)) - rows.keys()
+        plain -= set(step_rows.lazy_updates(fn, nest, kept, rows)) | stacked_shapes(fn, nest)
+        for c in nest.carried:  # a start a carried value is read back from at the step after (`_read_back`)
+            if c not in fn.kept_per_step.get(key(fn, nest), set()) or c in kept:
+                continue
+            source = previous_update(fn, nest, c, kept, fn.kept_per_step)
+            if source is not None and isinstance(source[1], Loop):
+                plain.discard(source[1].carried[nest.updates[c]])
+        read |= {layers(fn, v): v for v in plain if not maybe_none(fn, nest, v)}
+    out: dict[str, str] = {}
+    for saved, value in read.items():
+        if saved == value and saved not in once or saved in carried or saved in fn.plan.leaves:
+            continue
+        if value in reads.outside:
+            continue
+        trips = [reads.trips.get(k) for k in sorted(reads.in_loops.get(value, set()))]
+        if trips and all(t and _on_ctx(t) for t in trips):
+            out[saved] = " or ".join(f"len({t})" for t in trips)
+    return out
 
 
 def inner_loop(w: BackwardWriter, nest: Nest, loop: Loop) -> list[str]:
@@ -801,9 +852,9 @@ def _read_back(
                 if loop_start != c:
                     start = f"{layers(w.fn, loop_start)}[{k} - 1] if {k} > 0 else {start}"
                 value = f"{value} if {k} > 0 and {layers(w.fn, source[0])} is not None"
-                lines[c] = f"{c} = {value} else {start}"
+                lines[c] = f"{spelt(w, c)} = {value} else {start}"
             else:
-                lines[c] = f"{c} = {value} if {k} > 0 else {start}"
+                lines[c] = f"{spelt(w, c)} = {value} if {k} > 0 else {start}"
     return lines
 
 
@@ -829,12 +880,36 @@ def _last_zeros(w: BackwardWriter, nest: Nest, c: str) -> str:
     if c in w.fn.outputs or c in w.reads.once | w.reads.shapes:
         return _zeros(w, c, last=True)
     start = B.name(nest.carried[c])
+    if (zeros := start_zeros(w, start.id)) is not None:
+        return zeros
     if w.mode == "main":
         shape = B.call("shape_of", start)
         w.read(shape)
         return f"{w.plan.grads[0]}.new_zeros({w.ex(shape)})"
     w.read(start)
     return f"torch.zeros_like({w.ex(start)})"
+
+
+def start_zeros(w: BackwardWriter, start: str) -> str | None:
+    """Zeros of the shape of `start`, an input or member a nest's carried value starts as (`_last_zeros`), by
+    its shape on ctx (`LoopFunction.start_shapes`, written by `start_shape_lines`): not saved for that alone,
+    where backward reads it by value only in the steps of loops (saved only where one runs, as autograd keeps
+    nothing at an inner loop of no steps). None in a backward of both gradients at once, or where it may be
+    absent."""
+    fn = w.fn
+    if w.mode not in ("main", "rare") or start not in fn.plan.leaves or start in fn.helper.maybe_absent:
+        return None
+    if start in fn.meta_leaves:
+        return None
+    fn.start_shapes.add(start)
+    given = w.plan.grads[0] if w.mode == "main" else fn.name("given")
+    return f"{given}.new_zeros({fn.names.ctx_shape(start)})"
+
+
+def start_shape_lines(fn: LoopFunction) -> list[str]:
+    """setup_context's lines keeping the shapes of `start_zeros`'s leaves on ctx (not one kept already)."""
+    kept = fn.leaf_shapes | set(fn.presence_tested)
+    return [f"{fn.names.ctx_shape(l)} = {l}.shape" for l in fn.plan.leaves if l in fn.start_shapes - kept]
 
 
 def _zeros(w: BackwardWriter, c: str, last: bool = False) -> str:
@@ -849,7 +924,32 @@ def _zeros(w: BackwardWriter, c: str, last: bool = False) -> str:
         w.read(shape)
         return f"{w.plan.grads[0]}.new_zeros({w.ex(shape)})"
     w.read(B.name(c))
-    return f"torch.zeros_like({c})"
+    return f"torch.zeros_like({spelt(w, c)})"
+
+
+def step_spelling(w: BackwardWriter, nest: Nest) -> None:
+    """Backward's spelling in a step of the nest: each carried value under a name of its own (`h_at`; a number,
+    `n_now`), bound per outer step, as a loop's step binds `h_t`; its own name keeps the last value, which the
+    backward written after the nest's reads (the double backward's section after the main one's: `2 * grad_y_out * h`
+    of `y = h * h` read the start otherwise)."""
+    names = {c: step_name(w.fn, nest, c) for c in nest.carried}
+    # a number of its own (recorded per step, `recorded`), not one its loops bind too (bound there as itself)
+    numbers = {*nest.carried_numbers, *(n for n, _ in nest.numbers)}
+    for loop in nest.loops():
+        numbers -= {*loop.carried_numbers, *(n for n, _ in loop.numbers), *_segment_reads(loop)}
+    names |= {n: w.fn.name(f"{n}_now", key=("nest step", id(nest))) for n in sorted(numbers)}
+    w.spelling = dataclasses.replace(w.spelling, names=w.spelling.names | names)
+    w.ex = w.fn.helper.python(w.spelling)
+
+
+def step_name(fn: LoopFunction, nest: Nest, carried: str) -> str:
+    """The name of the carried value `carried` in a step of the nest's backward (`step_spelling`)."""
+    return fn.name(f"{carried}_at", key=("nest step", id(nest)))
+
+
+def spelt(w: BackwardWriter, value: str) -> str:
+    """How backward writes `value` here (a nest's carried value in its step: `step_spelling`)."""
+    return w.spelling.names.get(value, value)
 
 
 def _leaf_views(nest: Nest, leaves: set[str]) -> dict[str, tuple[Step, int]]:

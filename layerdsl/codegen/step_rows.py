@@ -185,13 +185,14 @@ def backward_side(w: BackwardWriter, nest: Nest, lazy: dict[str, Lazy], seg: Cho
                 zeros = f"{given}.new_zeros({given}.shape[1:])"
                 row = f"({given}[{at}] if {next_read(fn, v)} else {zeros})"
                 lines.append(f"{fn.grad_out(v.update)} = 0 if {given} is None else {row}")
+        carried = F.spelt(w, v.carried)  # (the nest's step's own name for it, `function_nest.step_spelling`)
         if v.reads_carried[k] and v.start is not None:  # no row before the first: the start
             w.read(B.name(v.start))
-            lines.append(f"{v.carried} = {listed}[{at} - 1] if {at} > 0 else {w.ex(B.name(v.start))}")
+            lines.append(f"{carried} = {listed}[{at} - 1] if {at} > 0 else {w.ex(B.name(v.start))}")
         elif v.reads_carried[k]:
-            lines.append(f"{v.carried} = {listed}[{at} - 1]")
+            lines.append(f"{carried} = {listed}[{at} - 1]")
         if v.passes[k] and v.reads_carried[k]:
-            lines.append(f"{v.update} = {v.carried}")
+            lines.append(f"{v.update} = {carried}")
         lines.append(f"{next_read(fn, v)} = {v.reads_carried[k]}")
     return lines
 
