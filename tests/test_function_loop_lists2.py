@@ -410,33 +410,20 @@ def test_the_list_derives(name, steps, decorator):
     assert torch.autograd.gradgradcheck(ours, (x, h0))
 
 
-# where the Function keeps more than autograd, and why
-CHOICE_KEEPS = (
-    "autodiff/step_choices (codegen/function_nest.py): a loop whose `if` picks a side per step keeps more than"
-    " autograd on its own (432 bytes to 288 for that loop alone with a list of its own; a loop, then it: 1008"
-    " to 912 with one list or with two); next: keep a side's carried value once, read back from the rows of"
-    " the step before"
-)
-KEEPS_MORE = {
-    "a loop, then a choice per step": CHOICE_KEEPS,
-    "a choice per step, then a loop": CHOICE_KEEPS,
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        (
-            pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KEEPS_MORE[name]))
-            if name in KEEPS_MORE
-            else name
-        )
-        for name in sorted(SPECS)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(SPECS))
 def test_backward_keeps_no_more_than_autograd(name):
     ours, plain = _pair(name)
     x, h0 = _inputs(6)
+    assert saved_bytes(lambda: ours(x, h0), ours) <= saved_bytes(lambda: plain(x, h0), plain)
+
+
+# a loop of choices per step beside a plain loop: the carried value kept on the steps whose side reads it only
+# (`codegen/step_rows.Lazy.own`), as autograd keeps it
+@pytest.mark.parametrize("steps", [1, 2, 5, 6])
+@pytest.mark.parametrize("name", ["a loop, then a choice per step", "a choice per step, then a loop"])
+def test_a_choice_per_step_beside_a_loop_keeps_no_more_than_autograd(name, steps):
+    ours, plain = _pair(name)
+    x, h0 = _inputs(steps)
     assert saved_bytes(lambda: ours(x, h0), ours) <= saved_bytes(lambda: plain(x, h0), plain)
 
 
@@ -539,3 +526,18 @@ def test_an_item_of_an_earlier_loops_list_in_a_later_loop_is_refused_saying_why(
     assert [(p.span.line, p.span.col) for p in problems] == [(14, 21)]
     assert "reads an item of the list 'outs' at an int in the body of a later loop" in problems[0].message
     assert "last = outs[-1]" in (problems[0].hint or "")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "codegen/function_loops.py (ends_in_buffers): where the loop before runs no steps, its end (`h`, h0's"
+        " view) is saved for a later loop's start (`h if h2_steps is None else None`) though a loop of no steps"
+        " reads it for its shape only (48 bytes to autograd's 0; alike in 11 more specs of this file at 0"
+        " steps); next: keep that shape on ctx where the later loop runs no steps"
+    ),
+)
+def test_a_loop_then_a_choice_per_step_of_no_steps_keeps_no_more_than_autograd():
+    ours, plain = _pair("a loop, then a choice per step")
+    x, h0 = _inputs(0)
+    assert saved_bytes(lambda: ours(x, h0), ours) <= saved_bytes(lambda: plain(x, h0), plain)

@@ -474,10 +474,10 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
     ]
     # a side's value, kept for the steps that ran the side only (`step_choices`)
 
-    appended = [f"{layers(fn, v)}.append({v})" for v in later]
+    appended = [f"{layers(fn, v)}.append({v})" for v in later if v not in lazy]
     body += (
         [f"if {step_index(fn, nest)} > 0:  # step 0's is its start", *("    " + line for line in appended)]
-        if later
+        if appended
         else []
     )
     body += [
@@ -614,7 +614,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         del w.state[w.acc(c)]
         # its value at the step, kept and returned: that extra output's gradient (not a value of the same name
         # returned once after the loop, whose gradient the loop's start took)
-        if c in kept and w.mode != "main":
+        if c in kept and c not in lazy and w.mode != "main":
             body += w.accumulate(c, fn.grad_out(c), conditional=False)
     # views of the inputs and parameters (`transpose(w_l[k], 0, 1)`): recomputed at each step, not kept
     located = _leaf_views(nest, set(w.plan.leaves))
@@ -630,6 +630,8 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     # what the body reads, by step (the values after the loop are read as themselves, outside it)
     once, current = w.reads.once, w.current
     w.reads.once = w.current = set()
+    # where the body's values are read by value, by its sides (a read after the loop is not a step's)
+    sides_read, w.reads.sides = w.reads.sides, {}
     starts: dict[str, str] = {}
     read_back = _read_back(w, nest, kept, lazily, starts)
     body += list(read_back.values())
@@ -663,6 +665,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
             zeros = f"torch.zeros_like({w.acc(nest.updates[c])})" if back else _zeros(w, c)
             body.append(f"{g} = {zeros}" if w.state.get(g) is None else f"{g} = {zeros} if {g} is None else {g}")
             w.state[g] = "set"
+    body += step_rows.own_rows_given(w, lazy)
     starts_read(w, starts)
     # a value of the body whose gradient its loops sum (a member read at every step): summed anew each step
     summed = sorted(w.acc(v) for v in inside if w.acc(v) in w.maybe_none and v not in nest.carried)
@@ -686,6 +689,9 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     body[top_at:top_at] = view_lines
     for v in inside:  # where each value of the body is read by value (`side_rows`)
         fn.step_sides.setdefault(v, set()).update(w.reads.sides.get(v, set()))
+    for v, where in w.reads.sides.items():
+        sides_read.setdefault(v, set()).update(where)
+    w.reads.sides = sides_read
     read = w.reads.once | (w.reads.shapes & inside)
     fn.step_shape_reads |= w.reads.shapes & inside
     w.reads.by_value.setdefault(key(fn, nest), set()).update(w.reads.once & inside)

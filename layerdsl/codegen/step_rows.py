@@ -14,6 +14,13 @@ step after read the carried value: at the start of a side, it takes the update's
 (or passes it where only the step after read it), and the carried value from the row before (the start where
 none is). A row's extra-output gradient (double backward) is given at the step whose update it holds (a
 copied start's to the start, after the loop, `start_rows`).
+
+Where no side reads the update and both bind it (an item appended, `outs.append(h)`: the carried value is kept
+from step 1 on, `function_nest.from_step_one`), the rows are the carried value's own (`Lazy.own`, in its stack
+over the steps): each step whose side reads it appends it, backward takes the last row not yet read where the
+side reads it and gives that row's extra-output gradient to the carried value at that step (`own_rows_given`).
+A read of the carried value's name after the loop (a later loop's start) is not a step's (`function_nest`
+counts a nest's reads by side apart from the rest).
 """
 
 from __future__ import annotations
@@ -42,11 +49,20 @@ class Lazy:
     reads_carried: tuple[bool, bool]
     start: str | None = None  # the start, read as itself where the body reads it anyway (not copied as a row)
     passes: tuple[bool, bool] = (False, False)  # by side: the side binds no update (the update is the carried)
+    kept_as: str = ""  # the value of the body kept per step whose rows these are: the update, or the carried
+
+    @property
+    def own(self) -> bool:
+        """Whether the rows are the carried value's own (kept from step 1 on, `function_nest.from_step_one`:
+        no side reads the update, each step reading the carried value appends it, its row given its gradient
+        there)."""
+        return self.kept_as == self.carried
 
 
 def lazy_updates(fn: LoopFunction, nest: Nest, kept: list[str], rows: dict) -> dict[str, Lazy]:
-    """By update: the carried values kept lazily (see the module's docstring); a nest of one choice per step,
-    whose backward reads the update and the carried value by value on its sides only."""
+    """By the value kept per step (the update, or the carried value where it is kept from step 1 on: `own`):
+    the carried values kept lazily (see the module's docstring); a nest of one choice per step, whose backward
+    reads the update and the carried value by value on its sides only."""
     from layerdsl.codegen import function_nest as F
 
     choices = [(k, seg) for k, seg in enumerate(nest.segments) if isinstance(seg, Choice) and seg.per_step]
@@ -57,19 +73,20 @@ def lazy_updates(fn: LoopFunction, nest: Nest, kept: list[str], rows: dict) -> d
     sides = {(at, 0), (at, 1)}
     shaped = fn.step_shapes.get(F.key(fn, nest), set())
     sliced = choice_slices.sliced_carried(nest, fn.plan.shapes, set(fn.plan.leaves))
+    later = F.from_step_one(fn, nest, kept)
     out: dict[str, Lazy] = {}
     for c, u in nest.updates.items():
         if c in sliced:  # read at the head of the step, for its slices computed again there
             continue
         values = seg.merged.get(u)
+        # the carried value kept from step 1 on, the update read by no side (each side binds it)
+        own = c in later and u not in kept and values is not None and c not in values
         if (
             values is None
             or u not in values
             or not set(values) <= {u, c}
-            or u not in kept
-            or u in rows
-            or u in shaped
-            or c in kept
+            or (u not in kept or u in rows or u in shaped or c in kept)
+            and not own
         ):
             continue
         if u in fn.step_shape_reads or c in fn.step_shape_reads:
@@ -80,7 +97,8 @@ def lazy_updates(fn: LoopFunction, nest: Nest, kept: list[str], rows: dict) -> d
         if not where_u <= sides or not where_c <= sides:
             continue
         items = [*nest.appended.values(), *(i for more in nest.more.values() for i in more)]
-        if any(getattr(i, "id", None) in (u, c) for i in items) or u in fn.outputs:
+        appended = {getattr(i, "id", None) for i in items}
+        if c in appended or u in appended and not own or u in fn.outputs:
             continue
         passes = (values[0] == c, values[1] == c)
         # a side passing the carried value on reads the update as the carried value
@@ -91,7 +109,9 @@ def lazy_updates(fn: LoopFunction, nest: Nest, kept: list[str], rows: dict) -> d
         )
         start = nest.carried[c]
         itself = start if start in fn.plan.leaves and start in _read_by_body(nest) else None
-        out[u] = Lazy(c, u, seg, reads_u, reads_c, itself, passes)
+        if own and any(reads_u):
+            continue
+        out[c if own else u] = Lazy(c, u, seg, reads_u, reads_c, itself, passes, c if own else u)
     return out
 
 
@@ -133,7 +153,7 @@ def forward_side(fn: LoopFunction, nest: Nest, lazy: dict[str, Lazy], seg: Choic
     for v in lazy.values():
         if v.choice is not seg:
             continue
-        listed = F.layers(fn, v.update)
+        listed = F.layers(fn, v.kept_as)
         if v.reads_carried[k]:
             lines += [f"if not {flag(fn, v)}:", f"    {listed}.append({v.carried})"]
         if v.reads_update[k]:
@@ -156,8 +176,9 @@ def backward_start(fn: LoopFunction, lazy: dict[str, Lazy]) -> list[str]:
 
     lines: list[str] = []
     for v in lazy.values():
-        listed = F.layers(fn, v.update)
-        lines += [f"{counter(fn, v)} = 0 if {listed} is None else {listed}.shape[0]", f"{next_read(fn, v)} = False"]
+        listed = F.layers(fn, v.kept_as)
+        lines.append(f"{counter(fn, v)} = 0 if {listed} is None else {listed}.shape[0]")
+        lines += [] if v.own else [f"{next_read(fn, v)} = False"]
     return lines
 
 
@@ -169,9 +190,12 @@ def backward_side(w: BackwardWriter, nest: Nest, lazy: dict[str, Lazy], seg: Cho
     for v in lazy.values():
         if v.choice is not seg:
             continue
-        listed, at = F.layers(fn, v.update), counter(fn, v)
+        listed, at = F.layers(fn, v.kept_as), counter(fn, v)
         given = fn.grad_out(listed)
         rare = w.mode != "main"
+        if v.own:
+            lines += _own_side(w, v, k)
+            continue
         if v.passes[k] and v.reads_carried[k]:  # its row is the carried value's (kept here, or before)
             if rare:  # given where it was kept (the step before, or the step that computed it)
                 lines.append(f"{fn.grad_out(v.update)} = 0")
@@ -207,9 +231,48 @@ def start_rows(w: BackwardWriter, nest: Nest, lazy: dict[str, Lazy]) -> list[str
         return lines
     for v in lazy.values():
         start = nest.carried[v.carried]
-        if start not in w.plan.requires or v.start is not None:
+        if start not in w.plan.requires or v.start is not None or v.own:  # (an own row's given at its step)
             continue
-        given = w.fn.grad_out(F.layers(w.fn, v.update))
+        given = w.fn.grad_out(F.layers(w.fn, v.kept_as))
         taken = w.accumulate(start, f"{given}[0]", conditional=True)
         lines += [f"if {next_read(w.fn, v)} and {given} is not None:", *("    " + t for t in taken)]
+    return lines
+
+
+def _own_side(w: BackwardWriter, v: Lazy, k: int) -> list[str]:
+    """At the start of side `k` in backward, the carried value's own rows (`Lazy.own`): where the side reads
+    it, the last row not yet read (the start read as itself where no row is left: step 0's), its extra
+    output's gradient given to the carried value after the step's segments (`own_rows_given`)."""
+    from layerdsl.codegen import function_nest as F
+
+    fn = w.fn
+    listed, at = F.layers(fn, v.kept_as), counter(fn, v)
+    given = fn.grad_out(listed)
+    rare = w.mode != "main"
+    if not v.reads_carried[k]:
+        return [f"{fn.grad_out(v.carried)} = None"] if rare else []
+    lines = [f"{at} -= 1"]
+    row = f"{listed}[{at}]"
+    if v.start is not None:
+        w.read(B.name(v.start))
+        lines.append(f"{v.carried} = {row} if {at} >= 0 else {w.ex(B.name(v.start))}")
+        if rare:
+            lines.append(f"{fn.grad_out(v.carried)} = None if {given} is None or {at} < 0 else {given}[{at}]")
+    else:
+        lines.append(f"{v.carried} = {row}")
+        if rare:
+            lines.append(f"{fn.grad_out(v.carried)} = None if {given} is None else {given}[{at}]")
+    return lines
+
+
+def own_rows_given(w: BackwardWriter, lazy: dict[str, Lazy]) -> list[str]:
+    """After a step's segments, in the double backward: the gradient of the carried value's own row read at the
+    step (`_own_side`; None where its side read none) added to the carried value's."""
+    lines: list[str] = []
+    if w.mode == "main":
+        return lines
+    for v in lazy.values():
+        if v.own and v.carried in w.plan.requires:
+            g, given = w.acc(v.carried), w.fn.grad_out(v.carried)
+            lines += [f"if {given} is not None:", f"    {g} = {g} + {given}"]
     return lines
