@@ -65,11 +65,19 @@ def always_updated(plan: Plan, buffer: str) -> bool:
 
 
 def unpacked_call(
-    call: str, n_outputs: int, n_extra: int, buffers: list[str], plan: Plan, taken: set[str]
+    call: str,
+    n_outputs: int,
+    n_extra: int,
+    buffers: list[str],
+    plan: Plan,
+    taken: set[str],
+    training_only: frozenset[str] = frozenset(),
 ) -> tuple[list[str], list[str]]:
     """The module's `Function.apply` call unpacked into its outputs and the new buffer values, each new value
     written into its buffer under no_grad (the intermediates the Function saves are dropped); and the
-    names of the outputs."""
+    names of the outputs. A buffer of `training_only` (every update under `if training`) is written in
+    training only: in eval a loop returns the buffer it carried unchanged, a view of the buffer itself, and
+    writing it into itself would bump its version under what the Function saved (round 25)."""
     outputs = [fresh_name("output" if n_outputs == 1 else f"output{k}", taken) for k in range(n_outputs)]
     taken = taken | set(outputs)
     new = {}
@@ -80,7 +88,9 @@ def unpacked_call(
     if new:
         lines += ["# the new values the Function computed (no gradient flows into a buffer)", "with torch.no_grad():"]
     for b, value in new.items():
-        if always_updated(plan, b):
+        if always_updated(plan, b) and b in training_only:
+            lines += ["    if self.training:", f"        self.{b}.copy_({value})"]
+        elif always_updated(plan, b):
             lines.append(f"    self.{b}.copy_({value})")
         else:
             lines += [f"    if {value} is not None:", f"        self.{b}.copy_({value})"]

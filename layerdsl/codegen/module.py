@@ -599,8 +599,15 @@ class LayerEmitter:
             if function_class["updates"] or several:  # and the new buffer values, written here
                 n_extra = len(function_class["extra"])
                 taken = self.taken_names() | {i.name for i in fwd.inputs}
+                training_only = cloned_in_training_only(fwd, frozenset(function_class["updates"]))
                 unpacking, outputs = unpacked_call(
-                    call, function_class["n_outputs"], n_extra, function_class["updates"], self.plan, taken
+                    call,
+                    function_class["n_outputs"],
+                    n_extra,
+                    function_class["updates"],
+                    self.plan,
+                    taken,
+                    training_only,
                 )
                 call = ", ".join(outputs)
             elif function_class["extra"]:  # the Function also returns intermediates it saves
