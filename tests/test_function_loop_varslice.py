@@ -309,7 +309,7 @@ def test_the_slice_is_computed_again_in_a_loop_with_a_choice_per_step():
     forward = source[source.index("def forward") : source.index("def setup_context")]
     backward = source[source.index("def backward") :]
     assert "part_layers" not in forward
-    assert "h = h_layers[t - 1] if t > 0 else y\n                part = h[:, :m]" in backward
+    assert "h_at = h_layers[t - 1] if t > 0 else y\n                part = h_at[:, :m_now]" in backward
 
 
 CHOICE_REFUSED = {
