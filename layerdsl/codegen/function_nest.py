@@ -789,7 +789,7 @@ def side_rows(fn: LoopFunction, nest: Nest, kept: list[str]) -> dict[str, tuple[
     updates = set(nest.updates.values()) | set(nest.carried)
     later = set(from_step_one(fn, nest, kept))
     for index, seg in enumerate(nest.segments):
-        if not (isinstance(seg, Choice) and seg.per_step):
+        if not (isinstance(seg, Choice) and (seg.per_step or _on_step(nest, seg))):
             continue
         both = {m for m, values in seg.merged.items() if UNBOUND not in values}
         for k, tape in enumerate(seg.sides()):
@@ -806,6 +806,13 @@ def side_rows(fn: LoopFunction, nest: Nest, kept: list[str]) -> dict[str, tuple[
                 if side in where:
                     out[v] = (seg, where[side])
     return out
+
+
+def _on_step(nest: Nest, seg: Choice) -> bool:
+    """Whether `seg`, an `if` of the nest's body, is tested at each outer step (its condition reads the outer
+    loop's variable, `nest._on_step`): its sides' own values are kept in rows too (`side_rows`), not stacked
+    with None at the steps that ran the other side."""
+    return nest.var in {n.id for n in walk(seg.cond) if isinstance(n, N.Name)}
 
 
 def row_counter(fn: LoopFunction, value: str) -> str:
