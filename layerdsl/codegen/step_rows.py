@@ -255,11 +255,11 @@ def _own_side(w: BackwardWriter, v: Lazy, k: int) -> list[str]:
     row = f"{listed}[{at}]"
     if v.start is not None:
         w.read(B.name(v.start))
-        lines.append(f"{v.carried} = {row} if {at} >= 0 else {w.ex(B.name(v.start))}")
+        lines.append(f"{F.spelt(w, v.carried)} = {row} if {at} >= 0 else {w.ex(B.name(v.start))}")
         if rare:
             lines.append(f"{fn.grad_out(v.carried)} = None if {given} is None or {at} < 0 else {given}[{at}]")
     else:
-        lines.append(f"{v.carried} = {row}")
+        lines.append(f"{F.spelt(w, v.carried)} = {row}")
         if rare:
             lines.append(f"{fn.grad_out(v.carried)} = None if {given} is None else {given}[{at}]")
     return lines
