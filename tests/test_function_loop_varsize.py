@@ -304,15 +304,16 @@ NEST_REFUSED = {
         "hint: pick with where(mask, x, 0)",
     ),
     "an item of a varying size appended in the inner loop": (
-        """outs = []
-        for j in range(size_at(z, 0)) {
+        """for j in range(size_at(z, 0)) {
+            outs = []
             for t in range(T) {
                 k = t % 2
                 h = tanh(h @ w)
                 outs.append(h[:, :k + 1])
             }
+            h = h + sum(cat(outs, dim = 1))
         }
-        return h + sum(cat(outs, dim = 1))""",
+        return h""",
         "12:29",
         "cannot derive through this value yet: it is an item appended to a list",
         "hint: keep the shape the same in every step",

@@ -492,8 +492,10 @@ class BackwardWriter:
         per_step_names = {c: self.fn.name(f"{c}_t") for c in loop.carried}
         reshaped = sized_per_step(loop, self.plan.shapes)  # of a step's own shape: computed again, not kept
         # (or kept flattened, where computing them again would keep what they are computed from: `flat_steps`)
-        flat = flat_steps.flat_values(loop, reshaped, set(self.plan.leaves)) if self.own_loop is not None else set()
-        if self.own_loop is not None:
+        # (a loop of the forward's own: a nest's inner loop's steps are stacked over the outer steps, one shape)
+        top = self.own_loop is not None and any(seg is loop for seg in self.plan.segments)
+        flat = flat_steps.flat_values(loop, reshaped, set(self.plan.leaves)) if top else set()
+        if top:
             self.fn.flat_steps[k] = flat
         flat_kept = [v for v in self.fn.per_step_order(loop, kept) if v in flat]
         for v in flat_kept:
