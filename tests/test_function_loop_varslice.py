@@ -240,12 +240,12 @@ CHOICE_KEEPS_MORE = (
     " tests/test_function_loop_step_choice.py's MORE_THAN_AUTOGRAD (the slice of a fixed size keeps as much):"
     " next, a read outside the sides counted as every step's, and a side's rows read for their shape kept as shapes"
 )
-# kept more since this session's last merges (768 bytes to autograd's 704 at five steps; it kept 704 before)
+# kept more since this session's choice-row merges (768 bytes to autograd's 704 at five steps; it kept 704 before)
 PREFIX_KEEPS_MORE = (
-    "codegen/step_rows.py or codegen/function_nest.py: `sum(x[:t + 1], dim = 0)` of the input alone, in a loop"
-    " choosing per step, keeps one [B, d] value more than autograd since the per-step choice rows changed"
-    " (choicekeeps' own rows, nestif's side rows); next: diff the saved tensors against the run before those"
-    " merges and keep that value lazily again"
+    "codegen/step_rows.py lazy_updates: the carried value is kept as its own rows (`Lazy.own`, both sides read"
+    " it), and its start y, an input the body does not read, is copied as step 0's row (`itself` is None),"
+    " where the rows from step 1 on kept y itself (768 bytes to 704); next: read a start that is an input as"
+    " itself for own rows too (`itself` where `own`)"
 )
 CHOICE_MORE = {"by the variable", "by a carried int", "a growing prefix"}
 
