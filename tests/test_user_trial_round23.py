@@ -138,7 +138,7 @@ def test_a_buffers_new_value_read_after_a_loop_has_no_second_derivative(body, st
 # A slice whose size varies from step to step (`h[:, :m]`, `m = t % 3`) in a loop with a choice per step:
 # the Function stacked the step's values at one shape, a RuntimeError from the generated code ("stack expects
 # each tensor to be equal size") at the third step. Now refused where the slice is written
-# (autodiff/loop_ints.check_choice_loop); an index by a bool mask there is refused as before, its message no
+# (autodiff/choice_slices.check); an index by a bool mask there is refused as before, its message no
 # longer saying the loop holds a loop. A slice of the carried value outside the `if` of which nothing computed
 # varies in shape (`sum(h[:, :m])`) derives now (tests/test_function_loop_varslice.py, `autodiff/choice_slices`):
 # what is computed from it here (`tanh(h[:, :m])`) varies, and stays refused.

@@ -6,7 +6,7 @@ value the loop carries, or of an input, outside the `if` (`p = sum(h[:, :m])` wi
 nothing computed has a shape that varies (found with the slice's size as the difference of its bounds, as
 `loop_ints.sized_per_step` finds a plain loop's), is not kept: backward computes the slice again at each step
 from the carried value (`carried_views`) or the input. Any other value whose shape varies (`tanh(h[:, :m])`)
-is refused, located at the slice (`loop_ints.check_choice_loop`'s message), as is an index by a bool mask
+is refused, located at the slice (`loop_ints.check_varying_slices`' message), as is an index by a bool mask
 (`loop_ints.check_masks`). In the body of a loop holding a loop, outside the loops it holds (`check_nest`), a
 slice of an input of which nothing computed there varies in shape (`sum(z[:j + 1], dim = 0)`) derives alike:
 backward computes views of the inputs again at each outer step (`codegen.function_nest._leaf_views`); any other
@@ -25,11 +25,6 @@ from layerdsl.ir import nodes as N
 if TYPE_CHECKING:
     from layerdsl.autodiff.nest import Nest
     from layerdsl.autodiff.shapes import Shape
-
-
-def check_numbers(loop: N.For) -> None:
-    """`loop_ints.check_choice_loop` but its slices' sizes (`check` tests those once the body is planned)."""
-    loop_ints._check_nest(loop, per_step=True)
 
 
 def _sized(nest: Nest, shapes: dict[str, Shape]) -> tuple[set[str], list[Step]]:
@@ -51,7 +46,7 @@ def _sized(nest: Nest, shapes: dict[str, Shape]) -> tuple[set[str], list[Step]]:
         tape=SimpleNamespace(steps=steps),
         carried=nest.carried,
     )
-    return loop_ints._sized(probe, shapes)  # type: ignore[arg-type]
+    return loop_ints.sized_and_fixed(probe, shapes)  # type: ignore[arg-type]
 
 
 def _slices_of_starts(nest: Nest, leaves: set[str]) -> dict[str, Step]:
@@ -75,7 +70,7 @@ def check(stmt: N.For, nest: Nest, shapes: dict[str, Shape], leaves: set[str]) -
     sized, kept_at_one = _sized(nest, shapes)
     if not kept_at_one and sized <= set(_slices_of_starts(nest, leaves)):
         return
-    loop_ints._check_slices(stmt, per_step=True)  # (the slice, located, as before)
+    loop_ints.check_varying_slices(stmt, per_step=True)  # (the slice, located, as before)
     at = next(iter(kept_at_one), None) or next(s for s in nest.steps() if s.var in sized)
     raise NotDerivable(
         at.expr.span,
@@ -95,7 +90,7 @@ def check_nest(stmt: N.For, nest: Nest, shapes: dict[str, Shape], leaves: set[st
     of_inputs = {v for v, s in _slices_of_starts(nest, leaves).items() if _sliced(s) in leaves}
     if not kept_at_one and sized <= of_inputs:
         return
-    loop_ints._check_slices(stmt)  # (the slice, located, as before)
+    loop_ints.check_varying_slices(stmt)  # (the slice, located, as before)
     at = next(iter(kept_at_one), None) or next(s for s in nest.steps() if s.var in sized)
     raise NotDerivable(
         at.expr.span,

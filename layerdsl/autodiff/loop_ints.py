@@ -261,7 +261,7 @@ def _check_nest(loop: N.For, per_step: bool = False) -> None:
                 )
 
 
-def _check_slices(loop: N.For, per_step: bool = False) -> None:
+def check_varying_slices(loop: N.For, per_step: bool = False) -> None:
     """NotDerivable at a slice in `loop`'s body (a loop holding a loop, or `per_step`: one with a choice per
     step, `step_choices`) whose size varies from step to step."""
     numbers = [(s.target, s.value) for s in statements(loop.body) if isinstance(s, N.Assign) and _binds_number(s)]
@@ -289,12 +289,11 @@ def _check_slices(loop: N.For, per_step: bool = False) -> None:
                         )
 
 
-def check_choice_loop(loop: N.For) -> None:
+def check_choice_numbers(loop: N.For) -> None:
     """NotDerivable in the body of `loop`, a loop with a choice per step (`step_choices`, planned as a nest of no
-    inner loop), at a slice whose size varies from step to step (the values its steps keep are stacked at one
-    shape: `sized_per_step`'s recomputing is a plain loop's only), or at a number bound after a statement that
-    reads it (`if t > n` before `n = n + 1`: the Function computes a step's numbers first)."""
-    _check_slices(loop, per_step=True)
+    inner loop), at a number bound after a statement that reads it (`if t > n` before `n = n + 1`: the
+    Function computes a step's numbers first). Its slices are checked once the body is planned
+    (`choice_slices.check`)."""
     _check_nest(loop, per_step=True)
 
 
@@ -361,13 +360,13 @@ def sized_per_step(loop: Loop, shapes: dict[str, Shape]) -> set[str]:
     the clamping of both bounds alike) or is a reduction's to a scalar (`sum(x[x > 1])`). Not a carried
     value's next value nor an item appended to a list (the steps keep those at one shape: `check_sized_per_step`
     refuses one that may not). `shapes`: the plan's."""
-    return _sized(loop, shapes)[0]
+    return sized_and_fixed(loop, shapes)[0]
 
 
 def check_sized_per_step(loop: Loop, shapes: dict[str, Shape]) -> None:
     """NotDerivable at a step of `loop` whose value the steps keep at one shape (a carried value's next
     value, an item appended to a list) but whose shape may change from step to step (`sized_per_step`)."""
-    for s in _sized(loop, shapes)[1]:
+    for s in sized_and_fixed(loop, shapes)[1]:
         what = "an item appended to a list" if s.var not in loop.updates.values() else "a value the loop carries"
         raise NotDerivable(
             s.expr.span,
@@ -380,7 +379,7 @@ def check_sized_per_step(loop: Loop, shapes: dict[str, Shape]) -> None:
         )
 
 
-def _sized(loop: Loop, shapes: dict[str, Shape]) -> tuple[set[str], list[Step]]:
+def sized_and_fixed(loop: Loop, shapes: dict[str, Shape]) -> tuple[set[str], list[Step]]:
     """`sized_per_step`'s values, and the steps of carried values' next values and appended items that
     would be among them (`check_sized_per_step`)."""
     varying = _varying(loop.var, loop.numbers, set(loop.carried_numbers) | loop.varying_outside)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from layerdsl.autodiff import choice_slices, loops, step_choices
 from layerdsl.autodiff.loop_ints import (
     carried_by,
+    check_choice_numbers,
     check_masks,
     check_sized_per_step,
     varying_per_step,
@@ -160,7 +161,7 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
             )
     per_step = step_choices.steps_choose(stmt)
     if per_step:
-        choice_slices.check_numbers(stmt)  # (its slices once planned: `choice_slices.check`)
+        check_choice_numbers(stmt)  # (its slices once planned: `choice_slices.check`)
     body = _lists_of_its_own(step_choices.tail_joined(stmt, p.forward).body if per_step else stmt.body, p)
     locals_ = _carried_locals(body, set(p.alias))
     carried = {local: p.fresh(local) for local in locals_}
