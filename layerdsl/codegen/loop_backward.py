@@ -250,7 +250,7 @@ class BackwardWriter:
             if isinstance(c, N.Call)
             for i in shape_args(c)
             if isinstance(a := c.args[i], N.Name)
-        } | _sized(expr)
+        }
         for n in walk(expr):
             if isinstance(n, N.Name) and n.id in self.fn.meta_leaves:  # on the meta device: its shape alone
                 self.reads.shapes.add(n.id)
@@ -740,12 +740,3 @@ def read_from_cats(loop: Loop, reshaped: set[str], recomputed: set[str], by_valu
 def operands(step) -> set[str]:
     """The names of the tensors a step reads."""
     return {n.id for a in step.args.values() for n in walk(a) if isinstance(n, N.Name) and n.kind == N.Kind.TENSOR}
-
-
-def _sized(expr: N.Expr) -> set[int]:
-    """The ids of the names `expr` reads only a size of (`size_at(mm, -1)`: a chunk's cut, `_part_slices`)."""
-    return {
-        id(c.args[0])
-        for c in walk(expr)
-        if isinstance(c, N.Call) and c.func == "size_at" and c.args and isinstance(c.args[0], N.Name)
-    }
