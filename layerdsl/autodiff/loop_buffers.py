@@ -27,7 +27,7 @@ from layerdsl.autodiff import nest
 from layerdsl.autodiff.tape import Step, Tape, reserved_names
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
-from layerdsl.ir.visit import map_children, names_bound, walk
+from layerdsl.ir.visit import map_children, names_bound, statements, walk
 from layerdsl.language.naming import fresh_name
 
 
@@ -88,7 +88,7 @@ def as_carried_locals(body: list[N.Stmt], taken: set[str], optional: set[str]) -
         if update_in_a_loop_body(stmt) or not carried_as_locals(stmt, optional):
             out.append(stmt)
             continue
-        updated = [s.target for s in _statements([stmt]) if isinstance(s, N.Update)]
+        updated = [s.target for s in statements([stmt]) if isinstance(s, N.Update)]
         names: dict[str, str] = {}
         for buffer in dict.fromkeys(updated):
             names[buffer] = fresh_name(f"{buffer}_value", taken)
@@ -102,17 +102,6 @@ def as_carried_locals(body: list[N.Stmt], taken: set[str], optional: set[str]) -
     return out
 
 
-def _statements(body: list[N.Stmt]) -> list[N.Stmt]:
-    out: list[N.Stmt] = []
-    for s in body:
-        out.append(s)
-        if isinstance(s, N.If):
-            out += _statements(s.body + s.orelse)
-        elif isinstance(s, N.For):
-            out += _statements(s.body)
-    return out
-
-
 def _renamed(node, names: dict[str, str]):
     """`node` with each read of a buffer of `names` a read of its local, each `update` of one followed by
     the local bound to the buffer's new value."""
@@ -121,9 +110,10 @@ def _renamed(node, names: dict[str, str]):
         if isinstance(n, N.Name) and n.ref == N.Ref.BUFFER and n.id in names:
             return B.name(names[n.id], n.span)
         n = map_children(n, go)
-        for field in ("body", "orelse"):
-            if isinstance(n, N.If | N.For) and hasattr(n, field):
-                setattr(n, field, [t for s in getattr(n, field) for t in _rebound(s, names)])
+        if isinstance(n, N.If):
+            n.orelse = [t for s in n.orelse for t in _rebound(s, names)]
+        if isinstance(n, N.If | N.For):
+            n.body = [t for s in n.body for t in _rebound(s, names)]
         return n
 
     return go(node)
@@ -141,7 +131,7 @@ def carried_as_locals(stmt: N.Stmt, optional: set[str]) -> bool:
     one it updates is a buffer given at every call (not one of `optional`), read in the loop as itself only."""
     if not isinstance(stmt, N.For) or not _updates(stmt):
         return False
-    updated = {s.target for s in _statements([stmt]) if isinstance(s, N.Update)}
+    updated = {s.target for s in statements([stmt]) if isinstance(s, N.Update)}
     if updated & optional:
         return False
     return all(n.ref == N.Ref.BUFFER for n in walk(stmt) if isinstance(n, N.Name) and n.id in updated)
@@ -174,7 +164,7 @@ def buffer_locals(forward: N.Forward) -> set[str]:
     """The locals of `forward` bound only to a buffer's value (`avg_value = avg`, `as_carried_locals`): no
     gradient flows into one (a buffer gets none, and a read of its new value passes none back)."""
     bound: dict[str, bool] = {}
-    for s in _statements(forward.body):
+    for s in statements(forward.body):
         if isinstance(s, N.Assign):
             read = isinstance(s.value, N.Name) and s.value.ref == N.Ref.BUFFER
             bound[s.target] = bound.get(s.target, True) and read
@@ -185,17 +175,30 @@ def buffer_locals(forward: N.Forward) -> set[str]:
 
 def new_values(segments: list) -> set[str]:
     """The values of a forward's `segments` (those inside loops, nests and the sides of `if`s too) that hold a
-    buffer's new value: an `update`'s, or the name a loop carries a buffer by. A step reading one (a read of
+    buffer's new value: an `update`'s, the name a loop carries a buffer by, and a loop step's next value of
+    it through its renames (`h = h + avg` after `update avg = ...` reads it). A step reading one (a read of
     the buffer after its update) passes no gradient back, so the forward run again in backward binds it
     detached (`codegen.function_buffers.reads_a_new_value`)."""
+    from layerdsl.autodiff.loops import Loop
+
     out: set[str] = set()
     for tape in nest.segment_tapes(segments):
         out |= set(tape.updates.values())
     for seg in segments:
         if isinstance(seg, nest.Nest):
             out |= new_values(seg.segments)
-        elif carried := getattr(seg, "buffers", {}):  # a loop's (`loops.Loop.buffers`), and its steps' updates
-            out |= set(carried.values())
-            nexts = {seg.updates[c] for c in carried.values()}
-            out |= {s.expr.id for s in seg.tape.steps if s.var in nexts and isinstance(s.expr, N.Name)}
+        elif isinstance(seg, Loop):
+            for carried in seg.buffers.values():
+                out.add(carried)
+                out |= _renames(seg.tape, seg.updates.get(carried))
+    return out
+
+
+def _renames(tape: Tape, var: str | None) -> set[str]:
+    """`var` and the names it is a rename of, through the tape's plain reads (`new = avg2`, `avg2 = avg1`)."""
+    out: set[str] = set()
+    while var is not None and var not in out:
+        out.add(var)
+        step = tape.step(var)
+        var = step.expr.id if step is not None and step.op is None and isinstance(step.expr, N.Name) else None
     return out

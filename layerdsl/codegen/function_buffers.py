@@ -102,25 +102,7 @@ def reads_a_new_value(step: Step, plan: LoopPlan) -> bool:
     flows back through, binding the var that holds the new value): the forward run again in backward under
     `save = "inputs"` binds it detached, as the plain module reads it from the buffer it wrote under no_grad,
     so that a double backward does not differentiate through the update either."""
-    updated = new_values(plan.segments) | _updated_in_loops(plan)
-    return step.op is None and isinstance(step.expr, N.Name) and step.expr.id in updated
-
-
-def _updated_in_loops(plan: LoopPlan) -> set[str]:
-    """The vars holding a buffer's new value that a loop's body `update`s at each step: a later read of it in
-    the same step reads that value (`h = h + avg` after `update avg = ...`), bound detached when run again."""
-    updated: set[str] = set()
-    for seg in plan.segments:
-        if not isinstance(seg, Loop):
-            continue
-        for carried in seg.buffers.values():
-            var: str | None = seg.updates.get(carried)
-            while var is not None and var not in updated:  # through the renames to the update's own value
-                updated.add(var)
-                step = next((s for s in seg.tape.steps if s.var == var), None)
-                renamed = step.expr if step is not None and step.op is None else None
-                var = renamed.id if isinstance(renamed, N.Name) else None
-    return updated
+    return step.op is None and isinstance(step.expr, N.Name) and step.expr.id in new_values(plan.segments)
 
 
 def recomputed_read(step: Step, tape: Tape) -> N.Expr:
