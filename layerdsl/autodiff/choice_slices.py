@@ -15,7 +15,6 @@ is refused at the slice, as before.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from layerdsl.autodiff import loop_ints
@@ -34,19 +33,15 @@ def _sized(nest: Nest, shapes: dict[str, Shape]) -> tuple[set[str], list[Step]]:
     steps = [
         s for seg in nest.segments if isinstance(seg, (loops.Straight, loops.Choice)) for s in loops.segment_steps(seg)
     ]
-    probe = SimpleNamespace(
+    facts = loop_ints.BodyFacts(
         var=nest.var,
         numbers=nest.numbers,
-        carried_numbers=list(nest.carried_numbers),
-        varying_outside=set(),
-        updates=nest.updates,
-        appended=nest.appended,
-        more=nest.more,
-        picks={},
-        tape=SimpleNamespace(steps=steps),
+        varying_numbers=set(nest.carried_numbers),
+        kept=loop_ints.kept_at_one_shape(nest.updates, nest.appended, nest.more),
         carried=nest.carried,
+        steps=steps,
     )
-    return loop_ints.sized_and_fixed(probe, shapes)  # type: ignore[arg-type]
+    return loop_ints.sized_steps(facts, shapes)
 
 
 def _slices_of_starts(nest: Nest, leaves: set[str]) -> dict[str, Step]:

@@ -382,14 +382,48 @@ def check_sized_per_step(loop: Loop, shapes: dict[str, Shape]) -> None:
 def sized_and_fixed(loop: Loop, shapes: dict[str, Shape]) -> tuple[set[str], list[Step]]:
     """`sized_per_step`'s values, and the steps of carried values' next values and appended items that
     would be among them (`check_sized_per_step`)."""
-    varying = _varying(loop.var, loop.numbers, set(loop.carried_numbers) | loop.varying_outside)
-    fixed = set(loop.updates.values()) | {e.id for e in loop.appended.values() if isinstance(e, N.Name)}
-    fixed |= {e.id for items in loop.more.values() for e in items if isinstance(e, N.Name)}
-    local = dict(shapes) | {c: shapes.get(start) for c, start in loop.carried.items()}
+    return sized_steps(
+        BodyFacts(
+            var=loop.var,
+            numbers=loop.numbers,
+            varying_numbers=set(loop.carried_numbers) | loop.varying_outside,
+            kept=kept_at_one_shape(loop.updates, loop.appended, loop.more),
+            carried=loop.carried,
+            steps=[*loop.picks.values(), *loop.tape.steps],
+        ),
+        shapes,
+    )
+
+
+@dataclass(frozen=True)
+class BodyFacts:
+    """What `sized_steps` reads of a loop's body: its variable, its numbers (and those it carries or that
+    vary for another reason), the values kept at one shape over the steps, its carried values (name to
+    start) and its steps in order."""
+
+    var: str
+    numbers: list[tuple[str, N.Expr]]
+    varying_numbers: set[str]
+    kept: set[str]
+    carried: dict[str, str]
+    steps: list[Step]
+
+
+def kept_at_one_shape(updates: dict[str, str], appended: dict[str, N.Expr], more: dict[str, list[N.Expr]]) -> set[str]:
+    """The values a loop's steps keep at one shape: carried values' next values and appended items."""
+    kept = set(updates.values()) | {e.id for e in appended.values() if isinstance(e, N.Name)}
+    return kept | {e.id for items in more.values() for e in items if isinstance(e, N.Name)}
+
+
+def sized_steps(body: BodyFacts, shapes: dict[str, Shape]) -> tuple[set[str], list[Step]]:
+    """The values of `body` whose shape may change from step to step (`sized_per_step`), and the steps kept
+    at one shape that would be among them."""
+    varying = _varying(body.var, body.numbers, body.varying_numbers)
+    local = dict(shapes) | {c: shapes.get(start) for c, start in body.carried.items()}
     out: set[str] = set()
     kept_at_one: list[Step] = []
     masked: set[str] = set()  # of a size an index by a bool mask gives (data): no shape the plan knows
-    for s in [*loop.picks.values(), *loop.tape.steps]:
+    for s in body.steps:
         start, end, by = (s.args.get(k) for k in ("start", "end", "step"))
         sliced = s.op is not None and s.op.name == "slice" and not _fixed_bounds(start, end, by, varying)
         local[s.var] = _slice_shape(s, local) if sliced else step_shape(s, local)
@@ -399,7 +433,7 @@ def sized_and_fixed(loop: Loop, shapes: dict[str, Shape]) -> tuple[set[str], lis
             masked.add(s.var)
         if not (sliced or s.by_mask or s.reads & out and (shape is None or named)):
             continue
-        if s.var not in fixed:
+        if s.var not in body.kept:
             out.add(s.var)
         elif sliced or s.var in masked or named:  # (one of no shape the plan knows otherwise: as before)
             kept_at_one.append(s)
