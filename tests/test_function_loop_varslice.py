@@ -232,23 +232,17 @@ CHOICE_SPECS = {
         return h""",
 }
 
-# where the Function keeps more than autograd, and why (as without a slice: a loop of choices per step's own)
+# where the Function keeps more than autograd, and why (320 bytes to autograd's 192 at five steps)
 CHOICE_KEEPS_MORE = (
-    "codegen/step_rows.py keeps the carried value's updates lazily only where they and the carried value are read"
-    " on the sides of the choice per step (fn.step_sides); the sum of `h`'s slice before the `if` reads `h` at"
-    " every step, and a side's values read only for their shape are kept by value (`mm`, `mul`), as in"
-    " tests/test_function_loop_step_choice.py's MORE_THAN_AUTOGRAD (the slice of a fixed size keeps as much):"
-    " next, a read outside the sides counted as every step's, and a side's rows read for their shape kept as shapes"
+    "codegen/step_rows.py lazy_updates: a carried value sliced by a slice of varying size (choice_slices."
+    "sliced_carried: `h[:, t % 2:]` before the `if`) is read back at the head of every step of backward, where"
+    " the slice is computed again (function_nest.choice_slices_again), so `h` is kept at every step, though the"
+    " slice is read only for its shape (`sum`'s gradient, and `slice_backward`'s `h_at.shape`) and the sides read"
+    " `h` at the `tanh` steps only: next, where the slice and the carried value are read only for their shapes"
+    " outside the sides, bind them from the carried value's shape (every step's is its start's, checked in"
+    " forward) and keep the carried value lazily (step_rows.Lazy)"
 )
-# kept more since this session's choice-row merges (768 bytes to autograd's 704 at five steps; it kept 704 before)
-PREFIX_KEEPS_MORE = (
-    "codegen/step_rows.py lazy_updates: the carried value is kept as its own rows (`Lazy.own`, both sides read"
-    " it), and its start y, an input the body does not read, is copied as step 0's row (`itself` is None),"
-    " where the rows from step 1 on kept y itself (768 bytes to 704); reading every input start as itself for"
-    " own rows costs 48 bytes in test_function_loop_lists2's 'a choice per step, then a loop' (h0 otherwise"
-    " unsaved); next: read it as itself where autograd keeps that input anyway (y of `h @ w` at step 0)"
-)
-CHOICE_MORE = {"by the variable", "by a carried int", "a growing prefix"}
+CHOICE_MORE = {"a growing prefix"}
 
 
 def _choice_pair(name: str, save: str = "") -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -295,11 +289,7 @@ def test_a_slice_of_a_size_varying_per_step_in_a_loop_with_a_choice_derives_runn
         (
             pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=CHOICE_KEEPS_MORE))
             if name in CHOICE_MORE
-            else (
-                pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=PREFIX_KEEPS_MORE))
-                if name == "a growing prefix of the input"
-                else name
-            )
+            else name
         )
         for name in sorted(CHOICE_SPECS)
     ],
@@ -322,6 +312,17 @@ def test_the_slice_is_computed_again_in_a_loop_with_a_choice_per_step():
     backward = source[source.index("def backward") :]
     assert "part_layers" not in forward
     assert "h_at = h_layers[t - 1] if t > 0 else y\n                part = h_at[:, :m_now]" in backward
+
+
+def test_a_sides_pick_of_the_input_is_picked_again_from_it():
+    """`x[t]` of the side taken at odd steps is not copied into rows per step: backward picks it again from x,
+    which setup_context saves only where a step from step 1 on runs (at one step none reads it, as autograd's)."""
+    source = compile_spec(LAYER.replace("BODY", CHOICE_SPECS["by the variable"]), "varslice_pick")["SOURCE"]
+    forward = source[source.index("def forward") : source.index("def setup_context")]
+    backward = source[source.index("def backward") :]
+    assert "part1_layers" not in forward
+    assert "ctx.save_for_backward(x if len(range(1, ctx.T)) else None, " in source
+    assert "part1 = x[t]" in backward
 
 
 CHOICE_REFUSED = {

@@ -573,7 +573,7 @@ class Planner:
         (`loop_split`: `range(0, t_at)`, `range(t_at, S)` of `t_at = minimum(1, S)`), an S proven >= 0
         (`loop_lists.counted_items`); None otherwise."""
         loops = self.collecting.get(name) or [self.loops[name]]
-        if any(isinstance(loop, nest.Nest) for loop in loops):
+        if any(isinstance(loop, nest.Nest) and not _choices_per_step(loop) for loop in loops):
             return None
         return counted_items(loops, name, self.forward.body)
 
@@ -1029,6 +1029,12 @@ def _check_derivable(plan: LoopPlan) -> None:
             seg.sides() if isinstance(seg, Choice) else seg.tapes() if isinstance(seg, nest.Nest) else [seg.tape]
         ):
             derive(tape, [f"_g{k}" for k in range(len(tape.outputs))])
+
+
+def _choices_per_step(loop: nest.Nest) -> bool:
+    """Whether the nest `loop` is a loop choosing a side per step (`step_choices`: a nest of no inner loop),
+    whose steps append one item each as a loop's do."""
+    return not any(isinstance(seg, (Loop, nest.Nest)) for seg in loop.segments)
 
 
 def _items(locals_: list[str], listed: N.Name) -> N.ListExpr:

@@ -5,7 +5,8 @@ Forward runs the body once per step, its segments written as the Function's own 
 backward reads (a straight segment's, a loop's carried value or stack of per-step values) is appended to a
 list of its own (`h_steps_layers`), stacked after the loop (one more leading dim: the outer steps) and
 returned as an extra output; one it reads only the shape of is kept as one element expanded to that shape,
-over the steps too (`shapes_per_step`), and holds no memory. A carried value is not stacked as a copy of
+over the steps too (`shapes_per_step`; a side's row alike), and holds no memory. An `x[t]` of an input
+(`step_picks`) is picked again from x at the top of a backward step, not kept. A carried value is not stacked as a copy of
 what is kept anyway: it is read back from the stack of its update at the step before (`previous_update`:
 an RNN's `x`, the layer before's stacked outputs; a value only the inner loop changes, as that loop's last
 step, `last_step`), or else stacked from step 1 on (`from_step_one`), and
@@ -380,8 +381,7 @@ def shapes_per_step(fn: LoopFunction, reads: Reads, per_step: dict[int, set[str]
         at = key(fn, nest)
         items = [*nest.appended.values(), *(i for more in nest.more.values() for i in more)]
         listed = {n.id for item in items for n in walk(item) if isinstance(n, N.Name)}
-        steps = [s for seg in nest.segments if isinstance(seg, Straight) for s in seg.tape.steps]
-        shaped = {s.var for s in steps if s.var in per_step.get(at, set()) and not _kept(s)}
+        shaped = {s.var for s in _straight_or_side_steps(nest) if s.var in per_step.get(at, set()) and not _kept(s)}
         shaped -= reads.by_value.get(at, set())
         # a carried value is bound per step under its own name only: the text tells whether it is read
         carried = [*nest.carried, *(c for loop in nest.loops() for c in loop.carried)]
@@ -390,6 +390,26 @@ def shapes_per_step(fn: LoopFunction, reads: Reads, per_step: dict[int, set[str]
         spelt_as = {c: step_name(fn, nest, c) for c in nest.carried}  # (`step_spelling`)
         out[at] = {v for v in shaped if not any(_read_as_value(n, text) for n in {v, spelt_as.get(v, v)})}
     return out
+
+
+def _straight_or_side_steps(nest: Nest) -> list[Step]:
+    """The steps of the nest's straight segments and of the sides of its choices per step (kept in rows for the
+    steps that ran the side, `side_rows`: a row read only for its shape holds one element expanded too)."""
+    out: list[Step] = []
+    for seg in nest.segments:
+        if isinstance(seg, Straight):
+            out += seg.tape.steps
+        elif isinstance(seg, Choice) and (seg.per_step or _on_step(nest, seg)):
+            out += [s for tape in seg.sides() for s in tape.steps]
+    return out
+
+
+def row_append(fn: LoopFunction, nest: Nest, v: str) -> str:
+    """Forward's line appending `v`'s row where its side runs (`side_rows`): one element expanded to its shape
+    where backward reads only that (`shapes_per_step`)."""
+    if v in fn.step_shapes.get(key(fn, nest), set()):
+        return f"{layers(fn, v)}.append({v}.new_zeros(()).expand({v}.shape))  # only its shape is read"
+    return f"{layers(fn, v)}.append({v})"
 
 
 def stacked_shapes(fn: LoopFunction, nest: Nest) -> set[str]:
@@ -455,7 +475,7 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
             body += fn.steps(seg.tape, ex)
         elif isinstance(seg, Choice):  # (a side's rows appended where it runs, `side_rows`)
             appends = [
-                [f"{layers(fn, v)}.append({v})" for v, (c, side) in rows.items() if c is seg and side == k]
+                [row_append(fn, nest, v) for v, (c, side) in rows.items() if c is seg and side == k]
                 + step_rows.forward_side(fn, nest, lazy, seg, k)
                 for k in (0, 1)
             ]
@@ -617,10 +637,11 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         if c in kept and c not in lazy and w.mode != "main":
             body += w.accumulate(c, fn.grad_out(c), conditional=False)
     # views of the inputs and parameters (`transpose(w_l[k], 0, 1)`): recomputed at each step, not kept
-    located = _leaf_views(nest, set(w.plan.leaves))
-    views = {v: step for v, (step, _) in located.items()}
-    # `x[t]`: a row of x's gradient per step (a side's, read by value, kept in its rows as its other values)
+    # `x[t]`: a row of x's gradient per step; read by value, picked again from x at the step's top, as a view
     picks = step_picks.step_picks(nest, set(w.plan.leaves), w.plan.shapes)
+    located = _leaf_views(nest, set(w.plan.leaves)) | picks
+    views = {v: step for v, (step, _) in located.items()}
+    w.view_loops |= step_picks.read_in_steps(w, nest, picks)
     w.views.update(views)
     w.kept_whole |= set(views)
     # a slice of a carried value whose size varies per step (`choice_slices`): computed again, after it is read
@@ -674,6 +695,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     recomputed = [s for v, s in views.items() if v in w.recomputed]
     for v in views:
         del w.views[v]
+        w.view_loops.pop(v, None)
     w.recomputed -= set(views)
     w.kept_whole -= set(views)
     top_at = len(recorded(fn, nest)) + len(nest.numbers)
@@ -682,7 +704,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     for s in recomputed:  # a view reading a number a loop before it binds: as that loop left it
         prefix = rebound_before(fn, nest, located[s.var][1], s.expr)
         rebound |= bool(prefix)
-        view_lines += prefix + fn.steps(Tape([s], [], [], set()), w.ex)
+        view_lines += prefix + step_picks.picked_again(w, nest, picks, s)
     if rebound:  # as the step starts again
         view_lines += recorded(fn, nest, w.spelling.names)[: len(nest.carried_numbers)]
         view_lines += [f"{spelt(w, n)} = {w.ex(e)}" for n, e in nest.numbers]

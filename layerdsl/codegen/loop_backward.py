@@ -95,6 +95,8 @@ class BackwardWriter:
         # recomputed at each step of backward, not kept per step
         self.step_views: dict[str, Step] = {}
         self.step_recomputed: set[str] = set()
+        # a view read in a nest's steps only (`x[t]`, `step_picks`): the key its leaves' reads count under there
+        self.view_loops: dict[str, int] = {}
         self.step_loop: int | None = None  # the index of the loop whose step's statements are being derived
         self.own_loop: int | None = None  # the index of the forward's own loop being written (not a nest's)
         differentiable = [l for l in self.plan.leaves if l in self.plan.differentiable]
@@ -267,7 +269,7 @@ class BackwardWriter:
                 self.read(self.step_views[n.id].expr)
             elif isinstance(n, N.Name) and n.id in self.views:  # recomputed from the leaves it views
                 self.recomputed.add(n.id)
-                own, self.own_loop = self.own_loop, None  # at the head of backward: outside the loops
+                own, self.own_loop = self.own_loop, self.view_loops.get(n.id)  # (else outside the loops)
                 self.read(self.views[n.id].expr)
                 self.own_loop = own
             elif isinstance(n, N.Name) and n.id in self.values:

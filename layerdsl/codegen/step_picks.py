@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from layerdsl.autodiff.loops import Choice, Straight, picked_backward, picked_forward
 from layerdsl.autodiff.tape import Step, Tape
 from layerdsl.codegen import loop_backward
+from layerdsl.codegen.step_rows import side_at
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.semantics.shapes import dim_text
@@ -62,6 +63,72 @@ def step_picks(nest: Nest, leaves: set[str], shapes: dict) -> dict[str, tuple[St
                 continue
             out[s.var] = (s, index)
     return out
+
+
+def read_in_steps(w: BackwardWriter, nest: Nest, picks: dict[str, tuple[Step, int]]) -> dict[str, int]:
+    """By pick: the key under which backward's reads of it (of x, where the step reads its value, picked again
+    from x) count as the nest's steps', whose trip (`Reads.trips`) is the steps from the first that runs a
+    segment holding a pick (a side's, found from the condition at each step where that is known: `t % 2 ==
+    1` from step 1): setup_context saves x only where such a step runs (`loop_starts.when_a_step_runs`), as
+    autograd keeps nothing of it otherwise."""
+    if not picks:
+        return {}
+    step = _int_bound(nest, 2, 1)  # (an int, `step_picks`)
+    stop = nest.bounds[1] if len(nest.bounds) > 1 else nest.bounds[0]
+    first = _first_of(nest, picks)
+    at = steps_key(w.fn, nest)
+    w.reads.trips[at] = f"range({first}, {w.ex(stop)}{f', {step}' if step != 1 else ''})"
+    return dict.fromkeys(picks, at)
+
+
+def picked_again(w: BackwardWriter, nest: Nest, picks: dict[str, tuple[Step, int]], view: Step) -> list[str]:
+    """The line binding `view` again at the top of a step of backward: a pick of `picks` (`x[t]`) None where x
+    is (saved only from the first step reading it on, `read_in_steps`: a step before it takes a side that does
+    not read it); any other view as itself."""
+    lines = w.fn.steps(Tape([view], [], [], set()), w.ex)
+    if view.var not in picks or _first_of(nest, picks) == _int_bound(nest, 0, 0):
+        return lines
+    source = w.ex(B.name(_source(view)))
+    code, _, comment = lines[-1].partition("  # ")
+    return [*lines[:-1], f"{code} if {source} is not None else None" + (f"  # {comment}" if comment else "")]
+
+
+def _first_of(nest: Nest, picks: dict[str, tuple[Step, int]]) -> int:
+    """The first step that runs a segment holding one of `picks` (`_first_step`)."""
+    start, step = _int_bound(nest, 0, 0), _int_bound(nest, 2, 1)  # (ints, `step_picks`)
+    return min(_first_step(nest, s, index, start, step) for s, index in picks.values())
+
+
+def _int_bound(nest: Nest, at: int, otherwise: int) -> int:
+    """The int the nest's range has at `at` of its three bounds (start, stop, step), or `otherwise` unwritten."""
+    if len(nest.bounds) <= at or len(nest.bounds) == 1 and at == 0:
+        return otherwise
+    bound = nest.bounds[at]
+    assert isinstance(bound, N.Num)
+    return int(bound.value)
+
+
+def steps_key(fn, nest: Nest) -> int:
+    """The key of `read_in_steps`' reads (apart from the loops', 0 on, and the nests', -1 down)."""
+    from layerdsl.codegen import function_nest as F
+
+    return -(1 << 20) + F.key(fn, nest)
+
+
+def _first_step(nest: Nest, pick: Step, index: int, start: int, step: int, tries: int = 16) -> int:
+    """The variable's value at the first step that runs the segment at `index` holding `pick`: a side of a
+    choice per step as `side_at` finds it (the first value where unknown, or not found soon)."""
+    seg = nest.segments[index]
+    if not isinstance(seg, Choice):
+        return start
+    side = 0 if pick in seg.then.steps else 1
+    for t in range(start, start + step * tries, step):
+        taken = side_at(nest, seg, t)
+        if taken is None:
+            return start
+        if taken == side:
+            return t
+    return start
 
 
 def picked_out(w: BackwardWriter, seg, picks: dict[str, tuple[Step, int]]):
@@ -152,7 +219,9 @@ def joined_rows(
             value = f"torch.stack({in_order}, dim={dim})"
         else:
             shape = B.call("shape_of", B.name(src))
+            own, w.own_loop = w.own_loop, steps_key(w.fn, nest)  # (only where a step gave a row)
             w.read(shape)
+            w.own_loop = own
             zeros = f"{rows}[0].new_zeros({w.ex(shape)})"
             index = f"torch.tensor({at}, dtype=torch.long, device={rows}[0].device)"
             value = f"{zeros}.index_add({dim}, {index}, torch.stack({rows}, dim={dim}))"

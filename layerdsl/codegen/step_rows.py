@@ -7,7 +7,8 @@ Forward appends, at the end of the side taken, the carried value where the step 
 kept no row of its update (a flag), then the update where the side reads it (the flag set, else cleared); a
 side passing the carried value on appends no update (its update is the carried value: the flag set where the
 step read it, the row it has). The rows are the kept updates in the order of the steps. The start: an input
-the body reads anyway (`y @ w` on a side) is read as itself, no row (the flag set before step 0: the row
+the body reads anyway (`y @ w` on a side), or one step 0's side reads (its condition known at the loop's first
+value, `read_at_step_zero`), is read as itself, no row (the flag set before step 0: the row
 before the first is the start); else copied as a row where a step reads it, as autograd keeps it only then.
 Backward runs the steps in reverse with a counter of the rows not yet passed and a flag saying whether the
 step after read the carried value: at the start of a side, it takes the update's row where the side reads it
@@ -33,6 +34,7 @@ from layerdsl.autodiff import choice_slices
 from layerdsl.autodiff.loops import Choice
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
+from layerdsl.semantics.evaluate import NotConstant, evaluate
 
 if TYPE_CHECKING:
     from layerdsl.autodiff.nest import Nest
@@ -108,7 +110,8 @@ def lazy_updates(fn: LoopFunction, nest: Nest, kept: list[str], rows: dict) -> d
             (at, 1) in where_c | (where_u if passes[1] else set()),
         )
         start = nest.carried[c]
-        itself = start if start in fn.plan.leaves and start in _read_by_body(nest) else None
+        read_anyway = start in _read_by_body(nest) or read_at_step_zero(nest, seg, reads_c)
+        itself = start if start in fn.plan.leaves and read_anyway else None
         if own and any(reads_u):
             continue
         out[c if own else u] = Lazy(c, u, seg, reads_u, reads_c, itself, passes, c if own else u)
@@ -134,6 +137,32 @@ def _read_by_body(nest: Nest) -> set[str]:
             if isinstance(arg, N.Name) and re.search(rf"\b{re.escape(param)}\b", formulas):
                 out.add(arg.id)
     return out
+
+
+def read_at_step_zero(nest: Nest, seg: Choice, reads_carried: tuple[bool, bool]) -> bool:
+    """Whether step 0 (known from the loop's first value of its variable and the numbers the body binds from
+    it) takes a side of `seg` reading the carried value (`reads_carried`, by side): its start, an input, is
+    then read as itself (autograd keeps that input at step 0 too), not copied as a row."""
+    first = nest.bounds[0] if len(nest.bounds) > 1 else B.num(0)
+    if not (isinstance(first, N.Num) and isinstance(first.value, int)):
+        return False
+    taken = side_at(nest, seg, first.value)
+    return taken is not None and reads_carried[taken]
+
+
+def side_at(nest: Nest, seg: Choice, t: int) -> int | None:
+    """The side of `seg` (0: its condition holds) that the step whose variable is `t` takes, where that is known
+    from `t` and the numbers the body binds from it alone; else None."""
+    env: dict[str, object] = {nest.var: t}
+    for name, value in nest.numbers:  # (a number not known from t alone: unknown, and so is what reads it)
+        try:
+            env[name] = evaluate(value, env)
+        except NotConstant:
+            env.pop(name, None)
+    try:
+        return 0 if evaluate(seg.cond, env) else 1
+    except NotConstant:
+        return None
 
 
 def initially(fn: LoopFunction, lazy: dict[str, Lazy]) -> list[str]:
@@ -194,7 +223,7 @@ def backward_side(w: BackwardWriter, nest: Nest, lazy: dict[str, Lazy], seg: Cho
         given = fn.grad_out(listed)
         rare = w.mode != "main"
         if v.own:
-            lines += _own_side(w, v, k)
+            lines += _own_side(w, nest, v, k)
             continue
         if v.passes[k] and v.reads_carried[k]:  # its row is the carried value's (kept here, or before)
             if rare:  # given where it was kept (the step before, or the step that computed it)
@@ -211,14 +240,27 @@ def backward_side(w: BackwardWriter, nest: Nest, lazy: dict[str, Lazy], seg: Cho
                 lines.append(f"{fn.grad_out(v.update)} = 0 if {given} is None else {row}")
         carried = F.spelt(w, v.carried)  # (the nest's step's own name for it, `function_nest.step_spelling`)
         if v.reads_carried[k] and v.start is not None:  # no row before the first: the start
-            w.read(B.name(v.start))
-            lines.append(f"{carried} = {listed}[{at} - 1] if {at} > 0 else {w.ex(B.name(v.start))}")
+            lines.append(f"{carried} = {listed}[{at} - 1] if {at} > 0 else {read_start(w, nest, v.start)}")
         elif v.reads_carried[k]:
             lines.append(f"{carried} = {listed}[{at} - 1]")
         if v.passes[k] and v.reads_carried[k]:
             lines.append(f"{v.update} = {carried}")
         lines.append(f"{next_read(fn, v)} = {v.reads_carried[k]}")
     return lines
+
+
+def read_start(w: BackwardWriter, nest: Nest, start: str) -> str:
+    """`start`, an input a carried value starts as, read as itself at a step of the nest's backward (its
+    spelling): as read in the nest's steps only, so that setup_context saves it only where a step runs
+    (`loop_starts.when_a_step_runs`: autograd keeps nothing of it at a loop of no steps)."""
+    from layerdsl.codegen import function_nest as F
+
+    at = F.key(w.fn, nest)
+    w.reads.trips[at] = f"range({', '.join(w.ex(b) for b in nest.bounds)})"
+    own, w.own_loop = w.own_loop, at
+    w.read(B.name(start))
+    w.own_loop = own
+    return w.ex(B.name(start))
 
 
 def start_rows(w: BackwardWriter, nest: Nest, lazy: dict[str, Lazy]) -> list[str]:
@@ -239,7 +281,7 @@ def start_rows(w: BackwardWriter, nest: Nest, lazy: dict[str, Lazy]) -> list[str
     return lines
 
 
-def _own_side(w: BackwardWriter, v: Lazy, k: int) -> list[str]:
+def _own_side(w: BackwardWriter, nest: Nest, v: Lazy, k: int) -> list[str]:
     """At the start of side `k` in backward, the carried value's own rows (`Lazy.own`): where the side reads
     it, the last row not yet read (the start read as itself where no row is left: step 0's), its extra
     output's gradient given to the carried value after the step's segments (`own_rows_given`)."""
@@ -254,8 +296,7 @@ def _own_side(w: BackwardWriter, v: Lazy, k: int) -> list[str]:
     lines = [f"{at} -= 1"]
     row = f"{listed}[{at}]"
     if v.start is not None:
-        w.read(B.name(v.start))
-        lines.append(f"{F.spelt(w, v.carried)} = {row} if {at} >= 0 else {w.ex(B.name(v.start))}")
+        lines.append(f"{F.spelt(w, v.carried)} = {row} if {at} >= 0 else {read_start(w, nest, v.start)}")
         if rare:
             lines.append(f"{fn.grad_out(v.carried)} = None if {given} is None or {at} < 0 else {given}[{at}]")
     else:
