@@ -82,12 +82,19 @@ def test_the_shared_product_keeps_every_gradient_subset_and_double_backward(gen,
         torch.testing.assert_close(torch.autograd.grad(got, inputs, seed, create_graph=True), want)
 
 
+def test_the_derived_rms_norm_saves_its_statistic_without_detaching_it(gen):
+    """`rsqr` is saved as a non-differentiable output (`codegen.recorded_recompute`): autograd neither detaches
+    it on saving nor on unpacking, as for the hand-written Function's `rstd`."""
+    assert "detach" not in _ops(_generated(gen, "rms_norm_function").RMSNormFunctional(64))
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="codegen.function: saving rsqr as a differentiable output (needed so that double backward sees "
-    "rsqr depend on x) costs a detach in forward and one in backward, and the forward's norm is one call "
-    "more than mean(x * x); next: mark it non-differentiable and recompute it from x in the recorded "
-    "(create_graph) backward only",
+    reason="optimize.fusion: 17 ops against 16 (the two detaches are gone: rsqr is non-differentiable, "
+    "codegen.recorded_recompute); the forward's norm is one call more than mean(x * x) (norm, pow_, div_ "
+    "against mul, mean), and the backward divides the [..., 1] sum by -n in a call of its own; next: fold "
+    "that factor into addcmul_'s `value=` (InPlace nodes taking number keywords), which needs a spelling of "
+    "`-1 / n` that does not raise ZeroDivisionError for an empty dim (the tensor division gives nan there)",
 )
 def test_the_derived_rms_norm_dispatches_no_more_ops_than_the_hand_written_one(gen):
     derived = _generated(gen, "rms_norm_function").RMSNormFunctional(64)

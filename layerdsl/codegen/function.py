@@ -31,6 +31,7 @@ from layerdsl.codegen.joint_gradients import joint_calls
 from layerdsl.codegen.names import FunctionNames
 from layerdsl.codegen.norm_loss_grads import norm_loss_grad, read_for_class_dim
 from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling, float_like
+from layerdsl.codegen.recorded_recompute import recomputable_when_recorded, recomputation
 from layerdsl.codegen.spec_lines import with_spec_line
 from layerdsl.codegen.spelling_reads import Read, Recording
 from layerdsl.diagnostics import Span
@@ -138,6 +139,8 @@ class FunctionEmitter:
         self.in_training = False  # a side of `if training`: dropout needs no mode check of its own
         self.mask_when_dropping = True  # dropout's mask drawn only in training with p > 0 (else None)
         self.saved_cheap: frozenset[str] | None = None  # cheap intermediates saved, not recomputed (`_backward`)
+        # those returned non-differentiable, computed again in a recorded backward (`codegen.recorded_recompute`)
+        self.recorded_recompute: frozenset[str] | None = None
         self.named: dict[tuple[str, ...], str] = {}  # the gradients this emitter names, by what they are of
         self.masks: dict[str, Mask] = {}  # comparisons and signs saved small, by name
         self.mask_values: dict[str, N.Expr] = {}  # each mask as setup_context computes it
@@ -354,7 +357,8 @@ class FunctionEmitter:
         self.split = self.unmaterialised = False
         if not extra:
             return self.derived_backward(tape, self.plan.derived, incoming)
-        extra_grads = {v: self.gradient_name(f"grad_{v}_out", v) for v in extra if v not in self.mask_sources}
+        undifferentiated = self.mask_sources | (self.recorded_recompute or frozenset())
+        extra_grads = {v: self.gradient_name(f"grad_{v}_out", v) for v in extra if v not in undifferentiated}
         if len(tape.outputs) == 1:
             # Those gradients are None (grads are not materialised) except in double backward: the main
             # derivation ignores them, and each has its own section, run when it is given.
@@ -364,7 +368,7 @@ class FunctionEmitter:
             # Indices and masks (int64, bool) never get a gradient: not materialising theirs (zeros) leaves
             # grad_out, the only one there can be, defined whenever backward runs.
             self.unmaterialised = not rare and all(
-                self._never_differentiable(v, tape) or v in self.mask_sources for v in extra
+                self._never_differentiable(v, tape) or v in undifferentiated for v in extra
             )
             return self.derived_backward(tape, self.plan.derived, incoming, rare)
         incoming.update({g: v for v, g in extra_grads.items()})
@@ -554,10 +558,14 @@ class FunctionEmitter:
                 f"{outs[0]} = {self.names.output}" if len(outs) == 1 else f"{', '.join(outs)} = {self.names.output}"
             )
         seconds = [
-            e for e in extra if e in saved_names and (step := tape.step(e)) and step.op and step.op.cost == "kept"
+            e
+            for e in extra
+            if e in saved_names
+            and ((step := tape.step(e)) and step.op and step.op.cost == "kept" or e in (self.recorded_recompute or ()))
         ]
-        # indices, statistics: no gradient of their own (ATen's kernels differentiate through them); no
-        # gradient flows into a buffer. One call: each call replaces the set the one before marked.
+        # indices, statistics: no gradient of their own (ATen's kernels differentiate through them; a recorded
+        # backward computes a saved cheap value again); no gradient flows into a buffer. One call: each call
+        # replaces the set the one before marked.
         seconds = list(dict.fromkeys(indices + seconds + updated))
         if seconds:
             lines.append(f"ctx.mark_non_differentiable({', '.join(seconds)})")
@@ -618,6 +626,8 @@ class FunctionEmitter:
                     what = f"{var} (drawn at random, as {drawn}: never recomputed)"
                 elif step is not None and step.op is not None and step.op.cost == "kept":
                     what = f"{var} ({_KEPT.get(step.op.name.rsplit('_', 1)[-1], step.op.doc)})"
+                elif var in (self.recorded_recompute or ()):
+                    what = f"{var} (saved, not differentiable: a recorded backward computes it again)"
                 elif var in (self.saved_cheap or ()):
                     what = f"{var} (saved: recomputing it would keep as many bytes or more)"
                 else:
@@ -662,6 +672,8 @@ class FunctionEmitter:
         if self.saved_cheap is None:  # chosen once, by the first derivation: later ones save alike
             self.saved_cheap = self._chosen_saves(tape, sections)
         reads = self._reads(tape, sections, self.masks)
+        if self.recorded_recompute is None:  # found with the first derivation's reads, as the saves are
+            self.recorded_recompute = self._recomputable_when_recorded(tape, reads)
         recomputed = {v for sec in sections for v in sec.recompute}
         ctx = self.names.ctx_value
         kept = {k: ctx(k) for k in [*self.kwargs, *self.plain_inputs]}
@@ -678,6 +690,7 @@ class FunctionEmitter:
             lines.append(
                 f"({saved[0]},) = ctx.saved_tensors" if len(saved) == 1 else f"{', '.join(saved)} = ctx.saved_tensors"
             )
+        lines += self._recorded_recompute_lines(tape, reads, ex)
         grads = [f"grad_{l}" for l in tape.leaves if l in tape.differentiable]
         always = {t for lv, t, _, _ in sections[0].items if self.needs(lv, tape) is None}
         guarded = [g for g in grads if g not in always or len(sections) > 1 or sections[0].cond]
@@ -692,6 +705,51 @@ class FunctionEmitter:
         )
         lines.append(f"return {', '.join(returns)}")
         return lines, reads
+
+    def _never_recomputed(self, tape: Tape, var: str) -> bool:
+        """A mask, a value drawn at random or a kernel's second result, or a step of no op."""
+        step = tape.step(var)
+        return var in self.masks or step is not None and (step.op is None or step.op.cost in ("random", "kept"))
+
+    def _recomputable_when_recorded(self, tape: Tape, reads: dict[str, set[str]]) -> frozenset[str]:
+        names = _ExprNames()
+        return recomputable_when_recorded(
+            tape,
+            self.saved_cheap or (),
+            reads,
+            lambda var: self._recompute_reads(tape, var, names),
+            lambda var: self._never_recomputed(tape, var),
+        )
+
+    def _recorded_recompute_lines(self, tape: Tape, reads: dict[str, set[str]], ex: PyExpr) -> list[str]:
+        """The saved cheap values marked non-differentiable, computed again from what is saved when autograd
+        records the backward, so that double backward differentiates through them."""
+        again = [v for v in reads if v in (self.recorded_recompute or ())]
+        if not again:
+            return []
+        names = _ExprNames()
+        steps: dict[int, Step] = {}
+        for v in again:
+            chain = recomputation(
+                tape,
+                v,
+                self.saved_cheap or (),
+                reads,
+                lambda var: self._recompute_reads(tape, var, names),
+                lambda var: self._never_recomputed(tape, var),
+            )
+            assert chain is not None  # recomputable_when_recorded found it so, on the same reads
+            steps.update({id(s): s for s in chain})
+        leaves = set().union(*(reads[v] for v in again))
+        stmts = [t for s in tape.steps if id(s) in steps for t in self._recompute_stmts(s, leaves, tape)]
+        facts = self._facts(tape, {}, set(reads))  # the saved values the sections read after: never deleted
+        stmts = prepared(stmts, facts)
+        for s in stmts:  # no full-size `x * x` for a mean of squares (the forward's norm, left unchanged)
+            s.expr = mean_of_squares_as_norm(s.expr, facts.roots, graph=True)
+        stmts, _ = scheduled(stmts, facts)
+        body = [code for s in stmts for code in _code(s, self.e.spec_path)]
+        why = Comment(f"recorded (create_graph=True): {', '.join(again)} again, for double backward to differentiate")
+        return If("torch.is_grad_enabled()", [why, *body]).lines(ex)
 
     def _chosen_saves(self, tape: Tape, sections: list[Section]) -> frozenset[str]:
         """The cheap intermediates worth saving (`optimize.saving`): each is returned as an extra output, as

@@ -32,6 +32,7 @@ from layerdsl.codegen.function_buffers import unpacked_call
 from layerdsl.codegen.function_checks import plan_checks, read_vars
 from layerdsl.codegen.function_members import HeldMembers, held_argument_value, held_members, member_argument
 from layerdsl.codegen.function_sub_calls import SUB_CALL, composed_forward
+from layerdsl.codegen.member_reads import read_once
 from layerdsl.codegen.optional_members import IsPresent, hoist_optionals
 from layerdsl.codegen.pyexpr import PREC, PyExpr, Spelling, float_like
 from layerdsl.codegen.random_replay import replays_draws, state_argument, state_name
@@ -621,7 +622,10 @@ class LayerEmitter:
                 body += returned_by_arity(self.plan, outputs, PyExpr(spelling))
                 return Func("forward", params, returns, doc, self.callable_fallback(functional) + body)
             body += self.output_checks([call], spelling, on_self=True, bind=bind) or [f"return {call}"]
-            return Func("forward", params, returns, doc, self.callable_fallback(functional) + body)
+            fallback = self.callable_fallback(functional)
+            if not unpacking:  # (a forward that writes buffers back reads them as it is)
+                body = read_once(body, [t.name for t in self.layer.tensors], fallback)
+            return Func("forward", params, returns, doc, fallback + body)
         return Func("forward", params, returns, doc, self.plain_forward(functional))
 
     def checks_before_apply(self, spelling: Spelling) -> tuple[list[str], bool]:

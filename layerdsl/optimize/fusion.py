@@ -259,13 +259,14 @@ def guarded_addcmul(value: N.Expr, update: N.Expr, name: str, member: str) -> N.
 # ------------------------------------------------------------------ a mean of squares without the squares
 
 
-def mean_of_squares_as_norm(e: N.Expr, known: dict[str, frozenset[str]]) -> N.Expr:
+def mean_of_squares_as_norm(e: N.Expr, known: dict[str, frozenset[str]], graph: bool = False) -> N.Expr:
     """For a forward (no graph): `mean(x * x, dim, keepdim)` as `norm(x, dim, keepdim).pow_(2).div_(n)`,
     `n` the number of elements reduced. ATen's norm kernel squares as it sums, where `x * x` writes a full-size
     temporary that the mean then reads again (RMSNorm's forward at 4096x1024 spends most of its reduction there);
     it costs one call more, about 1 µs at small shapes. Not for a complex `x` (`x * x` is not `|x|^2` there);
-    `known`: the dtype sources of the names bound so far (`dtype_sources`)."""
-    e = map_children(e, lambda c: mean_of_squares_as_norm(c, known))
+    `known`: the dtype sources of the names bound so far (`dtype_sources`). `graph`: autograd records it
+    (a backward's recomputation for double backward), so the norm it keeps is not updated: `norm(x) ** 2 / n`."""
+    e = map_children(e, lambda c: mean_of_squares_as_norm(c, known, graph))
     if not (isinstance(e, N.Call) and e.func == "mean" and len(e.args) == 1):
         return e
     square = e.args[0]
@@ -285,6 +286,8 @@ def mean_of_squares_as_norm(e: N.Expr, known: dict[str, frozenset[str]]) -> N.Ex
     for c in counts[1:]:
         count = N.BinOp(e.span, "*", count, c)
         count.kind = N.Kind.INT
+    if graph:
+        return B.binop("/", B.binop("**", norm, _two(e)), count)
     return _in_place("div_", _in_place("pow_", norm, [_two(e)]), [count])
 
 
