@@ -443,7 +443,9 @@ NEST_IN_NEST = PASSES.replace(
     reason="autodiff/nest.py planned_nest refuses a loop holding a loop whose body holds more than that loop"
     " (a Nest inside a Nest) inside a loop whose body holds more than it; next step: plan it as a Nest of its"
     " own (recursion) and teach codegen/function_nest.py to stack an inner Nest's per-step stacks over the"
-    " outer steps",
+    " outer steps (not flattening the middle and inner loops with the middle body's statements as guarded first"
+    " and last steps: at 0 inner steps those still run once per middle step, and a nest's inner loop's `if` per"
+    " step is refused)",
 )
 def test_a_nest_inside_a_loop_whose_body_holds_more_derives():
     ours, plain = function_and_plain(NEST_IN_NEST, "Passes", 3, 2, 2)

@@ -72,6 +72,8 @@ class Nest:
     before_per: dict[str, list[int]] = field(default_factory=dict)
     continued: set[str] = field(default_factory=set)
     later_joins: list[Join] = field(default_factory=list)
+    # the index in `segments` of the loop whose count changes from one outer step to the next (`ragged_steps`)
+    ragged: list[int] = field(default_factory=list)
 
     def tapes(self) -> list[Tape]:
         return segment_tapes(self.segments)
@@ -181,6 +183,7 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
     numbers_before = len(p.numbers)
     appended: dict[str, N.Expr] = {}
     segments: list[Segment] = []
+    ragged: list[int] = []
     chunk: list[N.Stmt] = []
     items: dict[str, list[str]] = {}  # outer list -> the locals holding what a step appends to it
     read = {n.id for n in walk(p.forward) if isinstance(n, N.Name)}  # what merged locals may be read by
@@ -196,6 +199,8 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
                 planned[-1].varying_outside = varying_per_step(stmt)  # (its values of a size of their own)
                 check_sized_per_step(planned[-1], p.shapes)
                 _check_ragged_shapes(p, stmt, s, planned[-1])
+            if isinstance(planned[-1], loops.Loop) and _count_varying(stmt, s):
+                ragged.append(len(segments) + len(planned) - 1)
             segments += planned
         elif isinstance(s, N.If):  # on configuration values, holding no loop: an `if` of its own
             if chunk:
@@ -241,6 +246,7 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
     heads = {name: [p.alias[h] for h in p.heads.pop(name)] for name in appended if name in p.heads}
     nest = Nest(stmt.var, list(it.args), it.span, segments, starts, updates, appended, numbers)
     nest.heads, nest.more, nest.shapes_checked = heads, more, shapes_checked
+    nest.ragged = ragged
     numbered = p.number_names.nests.get(id(stmt))
     if numbered is not None:
         nest.number_starts, nest.carried_numbers = numbered.starts, numbered.carried

@@ -28,19 +28,9 @@ if TYPE_CHECKING:
     from layerdsl.codegen.loop_backward import BackwardWriter
 
 
-def bound_per_step(nest: Nest) -> set[str]:
-    """What the nest binds at each outer step: its variable, numbers and values."""
-    return nest.values() | {nest.var, *(n for n, _ in nest.numbers), *nest.number_starts, *nest.carried_numbers}
-
-
 def ragged_loops(nest: Nest) -> list[Loop]:
-    """The loops of the nest's body whose count reads what an outer step binds."""
-    bound = bound_per_step(nest)
-    return [
-        seg
-        for seg in nest.segments
-        if isinstance(seg, Loop) and {n.id for e in seg.bounds for n in walk(e) if isinstance(n, N.Name)} & bound
-    ]
+    """The loops of the nest's body whose count may change from one outer step to the next (`Nest.ragged`)."""
+    return [seg for k, seg in enumerate(nest.segments) if k in nest.ragged and isinstance(seg, Loop)]
 
 
 def ragged_stacks(fn: LoopFunction, nest: Nest, kept: list[str]) -> dict[str, tuple[Loop, int]]:
