@@ -4,7 +4,9 @@ of counts known only when forward runs: a `Nest` segment, whose body is segments
 The outer loop's body is planned as a forward is (`loops.Planner`): straight runs of statements and the
 loops inside it, each on its own tape. What it carries from one step to the next (an RNN's `x`, the layer's
 input, then its output) has a name of its own, as a loop's carried value has, and keeps its shape from step
-to step (the values each step keeps for backward are stacked over the steps, `codegen.function_nest`). What
+to step (the values each step keeps for backward are stacked over the steps, `codegen.function_nest`; a body's
+loop whose count changes from one outer step to the next keeps its own joined end to end instead,
+`codegen.ragged_steps`: one such loop in the body, its count known as the outer step starts). What
 each step appends to a list made before the loop (an RNN's `finals.append(h)`) is one item per step, joined
 after the loop by `stack()` as a loop's items are.
 
@@ -70,6 +72,8 @@ class Nest:
     before_per: dict[str, list[int]] = field(default_factory=dict)
     continued: set[str] = field(default_factory=set)
     later_joins: list[Join] = field(default_factory=list)
+    # the index in `segments` of the loop whose count changes from one outer step to the next (`ragged_steps`)
+    ragged: list[int] = field(default_factory=list)
 
     def tapes(self) -> list[Tape]:
         return segment_tapes(self.segments)
@@ -123,6 +127,7 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
     aliases the body's segments share)."""
     it = stmt.iter
     assert isinstance(it, N.Call)
+    _check_one_ragged(stmt)
     for s in stmt.body:
         if isinstance(s, N.For) and not holds_loop(s) and step_choices.steps_choose(s):
             branch = next(b for b in s.body if isinstance(b, N.If))
@@ -178,6 +183,7 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
     numbers_before = len(p.numbers)
     appended: dict[str, N.Expr] = {}
     segments: list[Segment] = []
+    ragged: list[int] = []
     chunk: list[N.Stmt] = []
     items: dict[str, list[str]] = {}  # outer list -> the locals holding what a step appends to it
     read = {n.id for n in walk(p.forward) if isinstance(n, N.Name)}  # what merged locals may be read by
@@ -192,6 +198,9 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
                 planned[-1].carried_numbers = sorted(carried_by(s))
                 planned[-1].varying_outside = varying_per_step(stmt)  # (its values of a size of their own)
                 check_sized_per_step(planned[-1], p.shapes)
+                _check_ragged_shapes(p, stmt, s, planned[-1])
+            if isinstance(planned[-1], loops.Loop) and _count_varying(stmt, s):
+                ragged.append(len(segments) + len(planned) - 1)
             segments += planned
         elif isinstance(s, N.If):  # on configuration values, holding no loop: an `if` of its own
             if chunk:
@@ -237,6 +246,7 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
     heads = {name: [p.alias[h] for h in p.heads.pop(name)] for name in appended if name in p.heads}
     nest = Nest(stmt.var, list(it.args), it.span, segments, starts, updates, appended, numbers)
     nest.heads, nest.more, nest.shapes_checked = heads, more, shapes_checked
+    nest.ragged = ragged
     numbered = p.number_names.nests.get(id(stmt))
     if numbered is not None:
         nest.number_starts, nest.carried_numbers = numbered.starts, numbered.carried
@@ -253,25 +263,89 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
     return [nest]
 
 
-def _check_count_fixed(nest: N.For, loop: N.For) -> None:
-    """NotDerivable at `loop`, a loop of the body of `nest`, whose count reads a number that may differ from one
-    outer step to the next (`loop_ints.varying_per_step`): its values kept per step are stacked over the outer
-    steps, one count of steps each."""
+def _count_varying(nest: N.For, loop: N.For) -> set[str]:
+    """The numbers that `loop`'s count, a loop of the body of `nest`, reads that may differ from one outer step
+    to the next (`loop_ints.varying_per_step`)."""
     it = loop.iter
     bounds = it.args if isinstance(it, N.Call) and it.func == "range" else [it]
     read = {n.id for e in bounds for n in walk(e) if isinstance(n, N.Name)}
-    varying = read & varying_per_step(nest)
+    return read & varying_per_step(nest)
+
+
+def _check_count_fixed(nest: N.For, loop: N.For) -> None:
+    """NotDerivable at `loop`, a loop of the body of `nest`, whose count reads a number that may differ from one
+    outer step to the next (`_count_varying`), other than one known at the outer step's start
+    (`_known_at_step_start`): backward counts the loop's steps again there, to cut the step's rows from the
+    buffers of its values kept per step over all the outer steps (`codegen.ragged_steps`)."""
+    varying = _count_varying(nest, loop) - _known_at_step_start(nest, loop)
     if varying:
         raise NotDerivable(
             loop.iter.span,
             "cannot derive through this loop yet: it is in the body of a loop holding a loop, and its count (or a"
             f" bound where an `if` on its variable splits it) reads `{sorted(varying)[0]}`, which may change from"
-            " one outer step to the next, while the values its steps keep are stacked over the outer steps, one"
-            " count of steps each",
+            " one outer step to the next and is not known as the outer step starts (a number the outer loop"
+            " carries, or one bound by a loop of its body or after this loop), where backward counts this loop's"
+            " steps again to find the values they kept",
             "loop over a count the outer loop does not change and skip the steps past the bound with"
             " where(t < n, next, h), or write the counts in the spec (up to 64 steps are unrolled), or drop"
             " @function",
         )
+
+
+def _check_one_ragged(nest: N.For) -> None:
+    """NotDerivable at the second loop of the body of `nest` whose count may change from one outer step to the
+    next (`_count_varying`; the pieces of a loop split where its `if` on its variable turns, `loop_split`): what
+    such loops in a row start from at each outer step is kept per step, more than autograd keeps."""
+    ragged = [s for s in nest.body if isinstance(s, N.For) and not holds_loop(s) and _count_varying(nest, s)]
+    if len(ragged) > 1:
+        varying = sorted(_count_varying(nest, ragged[1]))[0]
+        raise NotDerivable(
+            ragged[1].iter.span,
+            "cannot derive through this loop yet: it is in the body of a loop holding a loop, and its count (or a"
+            f" bound where an `if` on its variable splits it) reads `{varying}`, which may change from one outer"
+            " step to the next, as another loop's of the body does (loops in a row: what each starts from would"
+            " be kept at every outer step, more than autograd keeps)",
+            "loop over a count the outer loop does not change and skip the steps past the bound with"
+            " where(t < n, next, h), or write the counts in the spec (up to 64 steps are unrolled), or drop"
+            " @function",
+        )
+
+
+def _known_at_step_start(nest: N.For, loop: N.For) -> set[str]:
+    """The numbers whose value at `loop` (a loop of the body of `nest`) backward knows at the head of an outer
+    step: the outer loop's variable, and the ints its body binds once, at its top level before `loop`, from
+    those, from what the body does not bind, and from nothing it binds after (not a number it carries)."""
+    rebound = [t for s in loops.walk_stmts(nest.body) if isinstance(s, (N.Assign, N.Unpack)) for t in _targets(s)]
+    known = {nest.var} - set(rebound)
+    bound = set(rebound) | {nest.var}
+    for s in nest.body:
+        if s is loop:
+            break
+        if isinstance(s, N.Assign) and s.value.kind == N.Kind.INT and rebound.count(s.target) == 1:
+            read = {n.id for n in walk(s.value) if isinstance(n, N.Name)}
+            if read & bound <= known:
+                known.add(s.target)
+    return known
+
+
+def _check_ragged_shapes(p: Planner, nest: N.For, stmt: N.For, loop: Loop) -> None:
+    """NotDerivable at `stmt` (planned as `loop`), a loop of the body of `nest` whose count changes from one
+    outer step to the next, where a value it carries may have another shape at its start than the steps make
+    of it: its per-step values are joined over the outer steps (`codegen.ragged_steps`), at one shape."""
+    if not _count_varying(nest, stmt):
+        return
+    for c, update in loop.updates.items():
+        start, after = p.shapes.get(c), p.shapes.get(update)
+        if start is None or start != after:
+            raise NotDerivable(
+                stmt.iter.span,
+                "cannot derive through this loop yet: it is in the body of a loop holding a loop, its count may"
+                " change from one outer step to the next, and a value it carries may change shape at its first"
+                " step (its values kept per step are joined over the outer steps, at one shape)",
+                "give the carried value its shape before the loop (`h = expand(h0, [B, d])`), or loop over a count"
+                " the outer loop does not change and skip the steps past the bound with where(t < n, next, h), or"
+                " drop @function",
+            )
 
 
 def _buffer_locals(p: Planner) -> set[str]:

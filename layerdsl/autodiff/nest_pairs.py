@@ -25,8 +25,9 @@ where that loop's body is one loop holding none (after ints computed from its va
 
 is `for j in range(passes) { h = h * 0.5; for k_t in range(...) { k = ...; t = ...; body } }`, a loop
 holding a loop (`nest.Nest`) whose body is a straight run and a loop. The same steps run in the same order,
-so the backward is the same; the pair's count must not change from one outer step to the next, or
-`nest.planned_nest` refuses it (its per-step values are stacked over the outer steps). A loop holding a loop
+so the backward is the same. Where the pair's count changes from one outer step to the next (`for j { for k
+in range(j) { for t { ... } } }`: `j * T` steps), its per-step values are joined over the outer steps
+(`codegen.ragged_steps`); `nest.planned_nest` refuses a count not known as the outer step starts. A loop holding a loop
 whose body holds more than that loop, inside a loop whose body holds more than it, stays as it is:
 `nest.planned_nest` refuses it (a Nest inside a Nest).
 """

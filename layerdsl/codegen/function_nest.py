@@ -34,7 +34,7 @@ from layerdsl.autodiff import choice_slices
 from layerdsl.autodiff.loops import UNBOUND, Choice, Join, Loop, Straight
 from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.tape import Step, Tape
-from layerdsl.codegen import loop_backward, step_picks, step_rows
+from layerdsl.codegen import loop_backward, ragged_steps, step_picks, step_rows
 from layerdsl.codegen.function import VIEWS
 from layerdsl.codegen.function_checks import item_check_lines
 from layerdsl.codegen.pyexpr import PyExpr
@@ -137,7 +137,7 @@ def replay(fn: LoopFunction, nest: Nest, ex: PyExpr) -> list[str]:
     return lines + [head, *("    " + line for line in body or ["pass"])]
 
 
-def _segment_reads(seg) -> set[str]:
+def segment_reads(seg) -> set[str]:
     """The names a segment of a nest's body reads (its steps', its numbers', its count's, its condition's)."""
     exprs: list[N.Node] = []
     if isinstance(seg, Straight):
@@ -156,7 +156,7 @@ def left_by_loops(nest: Nest) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {}
     for k, seg in enumerate(nest.segments):
         if isinstance(seg, Loop):
-            later = set().union(*(_segment_reads(s) for s in nest.segments[k + 1 :]))
+            later = set().union(*(segment_reads(s) for s in nest.segments[k + 1 :]))
             left = [n for n in dict.fromkeys(n for n, _ in seg.numbers) if n in later]
             if left:
                 out[k] = left
@@ -171,7 +171,7 @@ def after_record(fn: LoopFunction, nest: Nest, index: int, number: str) -> str:
 def rebound_before(fn: LoopFunction, nest: Nest, index: int, of: N.Node | None = None) -> list[str]:
     """Backward's lines before the segment at `index` of a nest's body (or `of`, an expression in it): each
     number it reads that a loop before it binds, as the last such loop left it at this outer step."""
-    reads = _segment_reads(nest.segments[index]) if of is None else {n.id for n in walk(of) if isinstance(n, N.Name)}
+    reads = segment_reads(nest.segments[index]) if of is None else {n.id for n in walk(of) if isinstance(n, N.Name)}
     lines: list[str] = []
     done: set[str] = set()
     for k, left in sorted(left_by_loops(nest).items(), reverse=True):
@@ -224,6 +224,7 @@ def body_extra(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]]) -> l
     ends = inner_ends(fn, nest, rest)
     rest = [v for v in rest if v not in ends]
     moved = {c for c in nest.carried if previous_update(fn, nest, c, rest, per_step) is not None}
+    moved |= set(ragged_steps.read_back(fn, nest, rest))  # (read back from a ragged loop's stack)
     return [c for c in nest.carried if c in read and c not in moved] + rest
 
 
@@ -280,6 +281,8 @@ def previous_update(
     if update in kept and not maybe_none(fn, nest, update):
         return update, None
     for loop in (seg for seg in nest.segments if isinstance(seg, Loop)):
+        if loop in ragged_steps.ragged_loops(nest):  # its buffer's rows are not by outer step
+            continue
         k = fn.loops.index(loop)
         shaped = fn.step_shapes.get(k, set())
         order = [v for v in fn.per_step_order(loop, per_step.get(k, set())) if v not in shaped | set(loop.carried)]
@@ -483,6 +486,7 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
         elif isinstance(seg, Loop):
             body += fn.forward_loop(seg, per_step.get(fn.loops.index(seg), set()), ex)
     shaped, later = stacked_shapes(fn, nest), from_step_one(fn, nest, kept)
+    starts = ragged_steps.gated_starts(fn, nest, kept)
     body += [
         (
             f"{layers(fn, v)}.append({v}.new_zeros(()).expand({v}.shape))  # only its shape is read"
@@ -490,16 +494,18 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
             else f"{layers(fn, v)}.append({v})"
         )
         for v in kept
-        if v not in later and v not in rows and v not in lazy
+        if v not in later and v not in rows and v not in lazy and v not in starts
     ]
     # a side's value, kept for the steps that ran the side only (`step_choices`)
 
-    appended = [f"{layers(fn, v)}.append({v})" for v in later if v not in lazy]
+    gated = ragged_steps.gated(fn, nest, kept)
+    appended = [f"{layers(fn, v)}.append({v})" for v in later if v not in lazy and v not in gated]
     body += (
         [f"if {step_index(fn, nest)} > 0:  # step 0's is its start", *("    " + line for line in appended)]
         if appended
         else []
     )
+    body += ragged_steps.gated_appends(fn, nest, gated | starts, ex)
     body += [
         f"{name}.append({ex(item)})"
         for name, first in nest.appended.items()
@@ -515,10 +521,15 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
     moved = [(c, v) for c, v in nest.updates.items() if c != v]
     if moved:
         body.append(f"{', '.join(c for c, _ in moved)} = {', '.join(v for _, v in moved)}")
+    lines += [f"{ragged_steps.ran(fn, v)} = False" for v in gated]
     lines += with_spec_line([f"for {step_head(fn, nest, ex)}:"], 0, fn.e.spec_path, nest.span.line)
     lines += ["    " + line for line in body]
+    ragged = ragged_steps.ragged_stacks(fn, nest, kept)
     for v in kept:  # a loop of no steps keeps nothing (and a step's value may be None: so at every step)
         listed = layers(fn, v)
+        if v in ragged:  # of a different length at each outer step: joined end to end
+            lines += ragged_steps.joined(listed, v in shaped)
+            continue
         test = f"{listed} and {listed}[0] is not None" if maybe_none(fn, nest, v) else listed
         if v in shaped:  # one element expanded: the outer steps' dim is one more
             whole = f"{listed}[0].expand(len({listed}), *{listed}[0].shape)"
@@ -590,16 +601,19 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     body = recorded(fn, nest, w.spelling.names) + [f"{spelt(w, n)} = {w.ex(e)}" for n, e in nest.numbers]
     later = from_step_one(fn, nest, kept)
     in_steps = {v for v in kept if layers(fn, v) in fn.saved_in_steps}  # None where no step runs
+    gated_starts = ragged_steps.gated_starts(fn, nest, kept)  # (bound where its loop runs: `ragged_steps`)
     body += [
         f"{spelt(w, v)} = {layers(fn, v)}[{step_index(fn, nest)}]"
         for v in kept
-        if not maybe_none(fn, nest, v) and v not in later | rows.keys() | lazy.keys() | in_steps
+        if not maybe_none(fn, nest, v) and v not in later | rows.keys() | lazy.keys() | in_steps | gated_starts.keys()
     ]
+    ragged = ragged_steps.ragged_stacks(fn, nest, kept)
     body += [
         f"{spelt(w, v)} = None if {layers(fn, v)} is None else {layers(fn, v)}[{step_index(fn, nest)}]"
         for v in kept
-        if (maybe_none(fn, nest, v) or v in in_steps) and v not in rows
+        if (maybe_none(fn, nest, v) or v in in_steps) and v not in rows and v not in ragged | gated_starts.keys()
     ]
+    body += ragged_steps.step_lines(w, nest, kept)
     outer_once = w.once
     if w.mode != "main":  # each step's share of the extra outputs' gradients
         for v in kept:
@@ -607,6 +621,9 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
                 continue
             given = fn.grad_out(layers(fn, v))
             step = f"{given}[{step_index(fn, nest)}]"
+            if v in ragged or v in ragged_steps.gated(fn, nest, kept) or v in gated_starts:  # its rows here
+                body.append(ragged_steps.grad_out_line(w, nest, v, given))
+                continue
             if v in later:  # step 0's value is the start, given no gradient of its own
                 start = w.ex(B.name(nest.carried[v]))
                 step = (
@@ -729,6 +746,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     head = f"for {step_head(fn, nest, w.ex, backward=True)}:"
     lines += [f"{row_counter(fn, v)} = 0 if {layers(fn, v)} is None else {layers(fn, v)}.shape[0]" for v in rows]
     lines += [f"{r} = []" for pair in picked_rows.values() for r in pair]
+    lines += ragged_steps.counters(fn, nest, kept)
     lines += step_rows.backward_start(fn, lazy)
     lines += with_spec_line([head], 0, fn.e.spec_path, nest.span.line)
     lines += ["    " + line for line in body]
@@ -788,7 +806,10 @@ def inner_loop(w: BackwardWriter, nest: Nest, loop: Loop) -> list[str]:
     lines = w.loop(loop)
     w.own_loop = own
     outer = f"range({', '.join(w.ex(b) for b in nest.bounds)})"
-    w.reads.trips[k] = f"{outer} and {w.reads.trips[k]}"  # empty where either is
+    if loop in ragged_steps.ragged_loops(nest):  # its count read at each outer step
+        w.reads.trips[k] = ragged_steps.steps_running(nest, outer, w.reads.trips[k])
+    else:
+        w.reads.trips[k] = f"{outer} and {w.reads.trips[k]}"  # empty where either is
     return lines
 
 
@@ -870,7 +891,12 @@ def _read_back(
     once the body is written (`starts`: by the carried value, `starts_read`)."""
     lines = {}
     later = from_step_one(w.fn, nest, kept)
+    gated = [*ragged_steps.gated(w.fn, nest, kept), *ragged_steps.read_back(w.fn, nest, kept)]
     for c in (c for c in nest.carried if c not in lazily):
+        if c in gated:  # kept at the outer steps its ragged loop reads it at only (`ragged_steps.gated`)
+            starts[c] = nest.carried[c]
+            lines[c] = ragged_steps.read_back_line(w, nest, c)
+            continue
         source = None
         if c in w.per_step.get(key(w.fn, nest), set()) and c not in kept:
             source = previous_update(w.fn, nest, c, kept, w.per_step)
@@ -971,7 +997,7 @@ def step_spelling(w: BackwardWriter, nest: Nest) -> None:
     # a number of its own (recorded per step, `recorded`), not one its loops bind too (bound there as itself)
     numbers = {*nest.carried_numbers, *(n for n, _ in nest.numbers)}
     for loop in nest.loops():
-        numbers -= {*loop.carried_numbers, *(n for n, _ in loop.numbers), *_segment_reads(loop)}
+        numbers -= {*loop.carried_numbers, *(n for n, _ in loop.numbers), *segment_reads(loop)}
     names |= {n: w.fn.name(f"{n}_now", key=("nest step", id(nest))) for n in sorted(numbers)}
     w.spelling = dataclasses.replace(w.spelling, names=w.spelling.names | names)
     w.ex = w.fn.helper.python(w.spelling)

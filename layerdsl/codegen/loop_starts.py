@@ -54,7 +54,15 @@ def _on_ctx(text: str) -> bool:
         tree = ast.parse(text, mode="eval")
     except SyntaxError:
         return False
-    return all(n.id in _BUILTINS for n in ast.walk(tree) if isinstance(n, ast.Name))
+    # a comprehension's own variables (a loop's count at each step of the loop holding it: `ragged_steps`)
+    own = {
+        n.id
+        for c in ast.walk(tree)
+        if isinstance(c, ast.comprehension)
+        for n in ast.walk(c.target)
+        if isinstance(n, ast.Name)
+    }
+    return all(n.id in _BUILTINS | own for n in ast.walk(tree) if isinstance(n, ast.Name))
 
 
 def unread_buffer_chains(segments: list[Segment], kept: set[str], read_by: Callable[[Segment], set[str]]) -> set[str]:
