@@ -201,10 +201,9 @@ KEEPS_VIEWS = pytest.mark.xfail(
 KEEPS_BETWEEN = pytest.mark.xfail(
     strict=True,
     reason="codegen/function_nest.py (a nest's saved values): the middle loop of three runs no steps, and the"
-    " value it leaves (`h4_layers`, a copy of its start, the first loop's last step) is stacked at every outer"
-    " step, as is the carried value (`h1_layers`: `loop_chain` stops at a loop whose last value is in no"
-    " stack); next step: keep that value only where its loop ran steps, read as its start elsewhere, and let"
-    " `loop_chain` end at it",
+    " value it leaves (`h4_layers`, 96 bytes: a copy of its start, the first loop's last step) is stacked at"
+    " every outer step; next step: keep that value only where its loop ran steps (its last value is in no"
+    " stack), read as its start elsewhere, as `kept_where_none` keeps one only where its loop ran none",
 )
 KEEPS_JOIN = pytest.mark.xfail(
     strict=True,
