@@ -9,7 +9,9 @@ from the carried value (`carried_views`) or the input. Any other value whose sha
 is refused, located at the slice (`loop_ints.check_varying_slices`' message), as is an index by a bool mask
 (`loop_ints.check_masks`). In the body of a loop holding a loop, outside the loops it holds (`check_nest`), a
 slice of an input of which nothing computed there varies in shape (`sum(z[:j + 1], dim = 0)`) derives alike:
-backward computes views of the inputs again at each outer step (`codegen.function_nest._leaf_views`); any other
+backward computes views of the inputs again at each outer step (`codegen.function_nest._leaf_views`), and what
+the body computes from it at one shape at every step (`sum(z[:j + 1], dim = 0)` is [B, d]) has that shape in
+the plan (`steady_outer_shapes`: a loop after it then knows its carried value keeps its shape); any other
 is refused at the slice, as before.
 """
 
@@ -22,6 +24,7 @@ from layerdsl.autodiff.tape import NotDerivable, Step
 from layerdsl.ir import nodes as N
 
 if TYPE_CHECKING:
+    from layerdsl.autodiff.loops import Straight
     from layerdsl.autodiff.nest import Nest
     from layerdsl.autodiff.shapes import Shape
 
@@ -93,6 +96,15 @@ def check_nest(stmt: N.For, nest: Nest, shapes: dict[str, Shape], leaves: set[st
         " holding a loop, outside the loop it holds",
         "keep the shape the same in every step, or move it into the inner loop, or write a backward block",
     )
+
+
+def steady_outer_shapes(stmt: N.For, straight: Straight, shapes: dict[str, Shape]) -> dict[str, Shape]:
+    """The shapes of the values of `straight`, a straight segment of the body of `stmt` (a loop holding a loop,
+    or of choices per step), computed from a slice whose size varies from step to step, that are the same at
+    every step (`sum(x[:i + 1], dim = 0)` is [B, d]: `loop_ints.steady_step_shapes`): the plan knows them, so
+    that a loop after it knows its carried value keeps its shape (its last step read back as the carried value
+    at the next outer step, `codegen.function_nest.last_step`, not stacked as a copy)."""
+    return loop_ints.steady_step_shapes(straight.tape.steps, shapes, loop_ints.varying_per_step(stmt))
 
 
 def carried_views(nest: Nest, shapes: dict[str, Shape], leaves: set[str]) -> dict[str, Step]:

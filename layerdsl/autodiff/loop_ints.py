@@ -464,6 +464,24 @@ def steady_carried_shapes(loop: Loop, shapes: dict[str, Shape]) -> dict[str, Sha
     return out
 
 
+def steady_step_shapes(steps: list[Step], shapes: dict[str, Shape], varying: set[str]) -> dict[str, Shape]:
+    """The shapes of `steps` (straight code of a loop's body) that the plan does not know because a step
+    slices by bounds whose difference reads a number of `varying` (`sum(x[:i + 1], dim = 0)` is [B, d]), found
+    with each such slice's size the difference of its bounds, where the shape reads no number of `varying`
+    (the same at every step)."""
+    local = dict(shapes)
+    out: dict[str, Shape] = {}
+    for s in steps:
+        start, end, by = (s.args.get(k) for k in ("start", "end", "step"))
+        sliced = s.op is not None and s.op.name == "slice" and not _fixed_bounds(start, end, by, varying)
+        local[s.var] = _slice_shape(s, local) if sliced else step_shape(s, local)
+        shape = local[s.var]
+        if shapes.get(s.var) is None and shape is not None:
+            if not any(set(re.findall(r"[A-Za-z_]\w*", str(d))) & varying for d in shape):
+                out[s.var] = shape
+    return out
+
+
 def _step_shapes(loop: Loop, shapes: dict[str, Shape], varying: set[str]):
     """Each step of `loop`'s body (its picks first), its shape with a slice's size the difference of its
     bounds, and whether it is a slice whose size varies from step to step."""

@@ -190,7 +190,9 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
     for s in body:
         if isinstance(s, N.For):
             if chunk:
-                segments.append(p.straight(chunk))
+                straight = p.straight(chunk)
+                segments.append(straight)  # (a slice of varying size there: what it keeps steady, known)
+                p.shapes.update(choice_slices.steady_outer_shapes(stmt, straight, p.shapes))
                 chunk = []
             _no_outer_items(s, outer_lists)
             planned = p.loop(s)

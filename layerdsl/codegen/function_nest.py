@@ -10,7 +10,12 @@ over the steps too (`shapes_per_step`; a side's row alike), and holds no memory.
 what is kept anyway: it is read back from the stack of its update at the step before (`previous_update`:
 an RNN's `x`, the layer before's stacked outputs; a value only the inner loop changes, as that loop's last
 step, `last_step`), or else stacked from step 1 on (`from_step_one`), and
-is its start at step 0. After the nest, its last value is the inner loop's last step at the last outer step
+is its start at step 0; where the body's loops in a row carry it, from the last step of the latest that ran
+steps (`loop_chain`: each loop's count the same at every outer step). A loop's carried value that a later loop
+starts from, starting from the nest's carried value, is kept only where the loop ran no steps, read as its
+last step elsewhere (`kept_where_none`); a merged value after an `if` tested at each outer step whose other
+side passes the carried value on is kept in rows for the steps of the side computing it, read as the carried
+value elsewhere (`merged_rows`). After the nest, its last value is the inner loop's last step at the last outer step
 (`ends_in_layers`: saved only where that stack is None); an inner loop's last value the body reads is not
 stacked but read back as that loop's last step (`inner_ends`); what only an inner loop's steps read is saved
 only where a step of both loops runs (`inner_loop`, `starts_read`; an extra output, `saved_in_steps`), an
@@ -239,7 +244,7 @@ def inner_ends(fn: LoopFunction, nest: Nest, kept: list[str]) -> dict[str, tuple
     bound = nest.values() | {nest.var, *(n for n, _ in nest.numbers), *nest.number_starts, *nest.carried_numbers}
     shaped = fn.step_shapes.get(key(fn, nest), set())
     for loop in (seg for seg in nest.segments if isinstance(seg, Loop)):
-        if {n.id for e in loop.bounds for n in walk(e) if isinstance(n, N.Name)} & bound:
+        if not _count_steady(nest, loop):
             continue
         k = fn.loops.index(loop)
         for v, start in loop.carried.items():
@@ -254,6 +259,42 @@ def inner_ends(fn: LoopFunction, nest: Nest, kept: list[str]) -> dict[str, tuple
                 continue
             out[v] = (fn.stacked(step), start)
     return out
+
+
+def kept_where_none(fn: LoopFunction, nest: Nest, kept: list[str]) -> dict[str, str]:
+    """The carried values of the body's loops that `kept` (the body's values kept per step) holds, that
+    `inner_ends` leaves kept because their loop starts from a carried value of the nest (`h2` of a loop
+    starting from `h`, whose value a later loop starts from): by the stack of their loop's steps. Such a loop's
+    count is one the outer step does not change: forward keeps the value per outer step only where the loop
+    ran no steps (the stack over the outer steps is None where it ran some), and backward reads it as its
+    loop's last step elsewhere, as autograd keeps that step's value only."""
+    out: dict[str, str] = {}
+    shaped = fn.step_shapes.get(key(fn, nest), set())
+    for loop in (seg for seg in nest.segments if isinstance(seg, Loop)):
+        if not _count_steady(nest, loop):
+            continue
+        k = fn.loops.index(loop)
+        for v, start in loop.carried.items():
+            step = loop.updates.get(v)
+            if v not in kept or v in shaped or start not in nest.carried or step is None:
+                continue
+            if not any(s.var == step for s in loop.tape.steps) or fn.stacked(step) not in kept:
+                continue
+            if step in fn.step_shapes.get(k, set()) or fn.first_broadcast(loop, v) is not None:
+                continue
+            out[v] = fn.stacked(step)
+    return out
+
+
+def where_none_lines(w: BackwardWriter, nest: Nest, where_none: dict[str, str]) -> list[str]:
+    """Backward's lines binding each value `kept_where_none` at the head of a step: its loop's last step at
+    this outer step, or its row where the loop ran none (bound after the stacks of the steps)."""
+    k = step_index(w.fn, nest)
+    return [
+        f"{spelt(w, v)} = {steps}[-1] if {steps} is not None else None if {layers(w.fn, v)} is None else"
+        f" {layers(w.fn, v)}[{k}]"
+        for v, steps in where_none.items()
+    ]
 
 
 def end_lines(w: BackwardWriter, nest: Nest) -> list[str]:
@@ -298,26 +339,82 @@ def last_step(fn: LoopFunction, nest: Nest, carried: str, kept: list[str]) -> tu
     it is a loop of its own (`for t { h = tanh(h @ w + x[t]) }`), of a count the outer step does not change,
     keeping every step's next value (`h2_steps`): the last step's value at step k - 1 of that stack over the
     outer steps, or where the loop runs no steps (then at no outer step), the value it starts from: `carried`
-    itself (which then never changes: its start) or a value kept per step (an `if`'s, at step k - 1). None
-    where there is no such loop."""
-    update = nest.updates.get(carried)
-    bound = nest.values() | {nest.var, *(n for n, _ in nest.numbers), *nest.number_starts, *nest.carried_numbers}
-    for loop in (seg for seg in nest.segments if isinstance(seg, Loop)):
-        if update not in loop.carried:
+    itself (which then never changes: its start), a value kept per step (an `if`'s, at step k - 1), or the
+    value a loop before it leaves (`loop_chain`). None where there is no such loop."""
+    chain = loop_chain(fn, nest, carried, kept)
+    return None if chain is None else chain[0][0]
+
+
+def loop_chain(
+    fn: LoopFunction, nest: Nest, carried: str, kept: list[str]
+) -> tuple[list[tuple[str, Loop]], str] | None:
+    """The loops in a row of the body that carry `carried` through to its update (the last first, each by the
+    stack over its steps of its carried value's next value: `last_step`'s), the first starting from `carried`
+    or a value of `kept` (the body's values kept per step), and that value. Each loop's count is one the outer
+    step does not change (`_count_steady`), so each runs steps at every outer step or at none; where a loop
+    runs none, its carried value is the value the loop before it left (`chain_start`): not kept per step."""
+    value = nest.updates.get(carried)
+    chain: list[tuple[str, Loop]] = []
+    for loop in reversed([seg for seg in nest.segments if isinstance(seg, Loop)]):
+        if value not in loop.carried:
             continue
-        start = loop.carried[update]  # or a value kept per step: read where the loop ran no steps
-        if start != carried and (start not in kept or start in nest.carried or maybe_none(fn, nest, start)):
-            return None
-        step = loop.updates.get(update)
+        step = loop.updates.get(value)
         k = fn.loops.index(loop)
         if step is None or not any(s.var == step for s in loop.tape.steps) or fn.stacked(step) not in kept:
             return None
-        if step in fn.step_shapes.get(k, set()) or fn.first_broadcast(loop, update) is not None:
+        if step in fn.step_shapes.get(k, set()) or fn.first_broadcast(loop, value) is not None:
             return None
-        if {n.id for e in loop.bounds for n in walk(e) if isinstance(n, N.Name)} & bound:
+        if not _count_steady(nest, loop):
             return None
-        return fn.stacked(step), loop
+        chain.append((fn.stacked(step), loop))
+        value = loop.carried[value]
+        if value == carried:
+            return chain, value
+        if value in kept_where_none(fn, nest, kept) or value not in kept and _left_by_a_loop(nest, loop, value):
+            continue  # (the value a loop before it leaves)
+        if value not in kept or value in nest.carried or maybe_none(fn, nest, value):
+            return None
+        return chain, value
     return None
+
+
+def chain_reads(fn: LoopFunction, nest: Nest, carried: str, kept: list[str]) -> set[str]:
+    """The value of `kept` that `chain_start` reads at the step after where no loop of `carried`'s
+    `loop_chain` runs steps (the first loop's start, kept per step): saved whatever the steps run."""
+    chain = loop_chain(fn, nest, carried, kept)
+    return set() if chain is None or chain[1] == carried else {chain[1]}
+
+
+def _left_by_a_loop(nest: Nest, loop: Loop, value: str) -> bool:
+    """Whether `value` is the carried value of a loop of the nest's body before `loop`."""
+    return any(value in seg.carried for seg in nest.segments[: nest.segments.index(loop)] if isinstance(seg, Loop))
+
+
+def _count_steady(nest: Nest, loop: Loop) -> bool:
+    """Whether `loop`, a loop of the nest's body, runs as many steps at every outer step: its count reads no
+    number that may differ from one outer step to the next (the outer loop's variable, a number it carries,
+    one a loop of the body binds, or one computed from such: not `t_at = min(1, T)` of a split loop)."""
+    varying = {nest.var, *nest.carried_numbers}
+    for inner in nest.loops():
+        varying |= {inner.var, *(n for n, _ in inner.numbers), *inner.carried_numbers}
+    for _ in range(len(nest.numbers) + 1):
+        varying |= {n for n, e in nest.numbers if {m.id for m in walk(e) if isinstance(m, N.Name)} & varying}
+    return not {n.id for e in loop.bounds for n in walk(e) if isinstance(n, N.Name)} & varying
+
+
+def chain_start(w: BackwardWriter, nest: Nest, carried: str, kept: list[str], start: str) -> str:
+    """The carried value `carried` at outer step k where the last loop of its `loop_chain` ran no steps: the
+    last step's value at step k - 1 of the latest loop before it in the chain that runs steps, else the
+    value the first loop starts from (at step k - 1 where it is one kept per step; else `start`, `carried`'s
+    at step k, which it is at every step as no loop changes it)."""
+    chain = loop_chain(w.fn, nest, carried, kept)
+    assert chain is not None
+    loops_, first = chain
+    k = step_index(w.fn, nest)
+    value = start if first == carried else f"{layers(w.fn, first)}[{k} - 1] if {k} > 0 else {start}"
+    for steps, _ in reversed(loops_[1:]):
+        value = f"{layers(w.fn, steps)}[{k} - 1][-1] if {k} > 0 and {layers(w.fn, steps)} is not None else {value}"
+    return value
 
 
 def ends_in_layers(fn: LoopFunction, saved: list[str], per_step: dict[int, set[str]]) -> dict[str, str]:
@@ -472,6 +569,7 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
     rows = side_rows(fn, nest, kept)
     lazy = step_rows.lazy_updates(fn, nest, kept, rows)
     lines += step_rows.initially(fn, lazy)
+    merged = merged_rows(fn, nest, kept)
     body = [f"{n} = {ex(e)}" for n, e in nest.numbers]
     for seg in nest.segments:
         if isinstance(seg, Straight):
@@ -480,6 +578,7 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
             appends = [
                 [row_append(fn, nest, v) for v, (c, side) in rows.items() if c is seg and side == k]
                 + step_rows.forward_side(fn, nest, lazy, seg, k)
+                + merged_side_lines(fn, merged, seg, k)
                 for k in (0, 1)
             ]
             body += fn.forward_choice(seg, set(kept), ex, (appends[0], appends[1]))
@@ -487,15 +586,22 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
             body += fn.forward_loop(seg, per_step.get(fn.loops.index(seg), set()), ex)
     shaped, later = stacked_shapes(fn, nest), from_step_one(fn, nest, kept)
     starts = ragged_steps.gated_starts(fn, nest, kept)
+    where_none = kept_where_none(fn, nest, kept)
     body += [
         (
             f"{layers(fn, v)}.append({v}.new_zeros(()).expand({v}.shape))  # only its shape is read"
             if v in fn.step_shapes.get(key(fn, nest), set())
-            else f"{layers(fn, v)}.append({v})"
+            else (
+                f"{layers(fn, v)}.append({v} if {where_none[v]} is None else None)  # (its loop's last step)"
+                if v in where_none
+                else f"{layers(fn, v)}.append({v})"
+            )
         )
         for v in kept
-        if v not in later and v not in rows and v not in lazy and v not in starts
+        if v not in later and v not in rows and v not in lazy and v not in starts and v not in merged
     ]
+    for v in merged:  # (its side's steps, and those whose loops ran none: `merged_rows`)
+        body += [f"if {merged_kept(fn, nest, v, kept)}:", f"    {layers(fn, v)}.append({v})"]
     # a side's value, kept for the steps that ran the side only (`step_choices`)
 
     gated = ragged_steps.gated(fn, nest, kept)
@@ -530,7 +636,7 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
         if v in ragged:  # of a different length at each outer step: joined end to end
             lines += ragged_steps.joined(listed, v in shaped)
             continue
-        test = f"{listed} and {listed}[0] is not None" if maybe_none(fn, nest, v) else listed
+        test = f"{listed} and {listed}[0] is not None" if maybe_none(fn, nest, v) or v in where_none else listed
         if v in shaped:  # one element expanded: the outer steps' dim is one more
             whole = f"{listed}[0].expand(len({listed}), *{listed}[0].shape)"
             lines.append(f"{listed} = {whole} if {test} else None  # only its shape is read")
@@ -602,22 +708,29 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     later = from_step_one(fn, nest, kept)
     in_steps = {v for v in kept if layers(fn, v) in fn.saved_in_steps}  # None where no step runs
     gated_starts = ragged_steps.gated_starts(fn, nest, kept)  # (bound where its loop runs: `ragged_steps`)
+    where_none = kept_where_none(fn, nest, kept)
+    merged = merged_rows(fn, nest, kept)
     body += [
         f"{spelt(w, v)} = {layers(fn, v)}[{step_index(fn, nest)}]"
         for v in kept
-        if not maybe_none(fn, nest, v) and v not in later | rows.keys() | lazy.keys() | in_steps | gated_starts.keys()
+        if not maybe_none(fn, nest, v)
+        and v not in later | rows.keys() | lazy.keys() | in_steps | gated_starts.keys() | where_none.keys()
+        and v not in merged
     ]
     ragged = ragged_steps.ragged_stacks(fn, nest, kept)
     body += [
         f"{spelt(w, v)} = None if {layers(fn, v)} is None else {layers(fn, v)}[{step_index(fn, nest)}]"
         for v in kept
-        if (maybe_none(fn, nest, v) or v in in_steps) and v not in rows and v not in ragged | gated_starts.keys()
+        if (maybe_none(fn, nest, v) or v in in_steps)
+        and v not in rows
+        and v not in ragged | gated_starts.keys() | where_none.keys()
     ]
     body += ragged_steps.step_lines(w, nest, kept)
+    body += where_none_lines(w, nest, where_none)
     outer_once = w.once
     if w.mode != "main":  # each step's share of the extra outputs' gradients
         for v in kept:
-            if v in rows or v in lazy:  # read where its side runs (`rows_read`, `step_rows`)
+            if v in rows or v in lazy or v in merged:  # read where its side runs (`rows_read`, `step_rows`)
                 continue
             given = fn.grad_out(layers(fn, v))
             step = f"{given}[{step_index(fn, nest)}]"
@@ -629,6 +742,8 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
                 step = (
                     f"{given}[{step_index(fn, nest)} - 1] if {step_index(fn, nest)} > 0 else torch.zeros_like({start})"
                 )
+            if v in where_none:  # none where its loop ran steps: its last step's row is given it
+                step = f"0 if {given} is None else {step}"
             body.append(
                 f"{fn.grad_out(v)} = " + (f"None if {given} is None else {step}" if maybe_none(fn, nest, v) else step)
             )
@@ -674,6 +789,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     read_back = _read_back(w, nest, kept, lazily, starts)
     body += list(read_back.values())
     body += end_lines(w, nest)
+    body += merged_lines(w, nest, kept)
     again_at = len(body)
     here = fn.plan.segments.index(nest)
     for index, seg in reversed(list(enumerate(nest.segments))):
@@ -745,6 +861,9 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
             del w.state[w.acc(v)]
     head = f"for {step_head(fn, nest, w.ex, backward=True)}:"
     lines += [f"{row_counter(fn, v)} = 0 if {layers(fn, v)} is None else {layers(fn, v)}.shape[0]" for v in rows]
+    lines += [
+        f"{merged_row_counter(fn, v)} = 0 if {layers(fn, v)} is None else {layers(fn, v)}.shape[0]" for v in merged
+    ]
     lines += [f"{r} = []" for pair in picked_rows.values() for r in pair]
     lines += ragged_steps.counters(fn, nest, kept)
     lines += step_rows.backward_start(fn, lazy)
@@ -784,6 +903,7 @@ def saved_in_steps(fn: LoopFunction, reads: Reads, once: set[str]) -> dict[str, 
             source = previous_update(fn, nest, c, kept, fn.kept_per_step)
             if source is not None and isinstance(source[1], Loop):
                 plain.discard(source[1].carried[nest.updates[c]])
+                plain -= chain_reads(fn, nest, c, kept)
         read |= {layers(fn, v): v for v in plain if not maybe_none(fn, nest, v)}
     out: dict[str, str] = {}
     for saved, value in read.items():
@@ -851,6 +971,87 @@ def side_rows(fn: LoopFunction, nest: Nest, kept: list[str]) -> dict[str, tuple[
     return out
 
 
+def merged_rows(fn: LoopFunction, nest: Nest, kept: list[str]) -> dict[str, tuple[Choice, int, str]]:
+    """The merged values of `kept` after an `if` tested at each outer step (`_on_step`) that one side computes
+    and the other passes the nest's carried value on as (`h2` of `if k % 2 == 1 { h = h * s }`), where that
+    carried value is read back at each outer step from the last steps of the loops that carry it
+    (`loop_chain`): by the `if`, the side computing it and the carried value. Forward keeps the value in rows
+    for the steps that ran that side (autograd keeps the carried value itself at the others), and at every
+    step where those loops run no steps (the carried value at the step after is then read back from the
+    rows, `chain_start`); backward reads it back as the carried value elsewhere (`merged_lines`)."""
+    out: dict[str, tuple[Choice, int, str]] = {}
+    names = {nest.var, *(n for n, _ in nest.numbers)}
+    for loop in nest.loops():  # (a number a loop rebinds: not tested again after it)
+        names -= {*loop.carried_numbers, *(n for n, _ in loop.numbers)}
+    for seg in nest.segments:
+        if not isinstance(seg, Choice) or seg.per_step or not _on_step(nest, seg):
+            continue
+        if not {n.id for n in walk(seg.cond) if isinstance(n, N.Name)} <= names:
+            continue
+        for v, values in seg.merged.items():
+            passed = [c for c in values if c in nest.carried]
+            if v not in kept or len(passed) != 1 or UNBOUND in values or values[0] == values[1]:
+                continue
+            c = passed[0]
+            if c in kept or loop_chain(fn, nest, c, kept) is None:
+                continue
+            out[v] = (seg, 1 - values.index(c), c)
+    return out
+
+
+def merged_flag(fn: LoopFunction, value: str) -> str:
+    """Forward's flag that this step's side computed `value` (`merged_rows`)."""
+    return fn.name(f"{value}_computed", key=("merged rows",))
+
+
+def merged_kept(fn: LoopFunction, nest: Nest, value: str, kept: list[str], ex: PyExpr | None = None) -> str:
+    """The test that a step keeps a row of `value` (`merged_rows`): its side computed it (in backward, the
+    `if`'s condition, spelt by `ex`), or the loops carrying the value its carried value passes on ran no
+    steps."""
+    seg, side, c = merged_rows(fn, nest, kept)[value]
+    chain = loop_chain(fn, nest, c, kept)
+    assert chain is not None
+    stacks = " and ".join(f"{steps} is None" for steps, _ in chain[0])
+    if ex is None:
+        return f"{merged_flag(fn, value)} or {stacks}"
+    test = ex(seg.cond)
+    computed = test if side == 0 else f"not ({test})"
+    none = " and ".join(f"{layers(fn, steps)} is None" for steps, _ in chain[0])
+    return f"{computed} or {none}"
+
+
+def merged_side_lines(fn: LoopFunction, merged: dict[str, tuple[Choice, int, str]], seg: Choice, k: int) -> list[str]:
+    """Forward's lines at the end of side `k` of `seg`: whether it computed each merged value kept in rows."""
+    return [f"{merged_flag(fn, v)} = {side == k}" for v, (choice, side, _) in merged.items() if choice is seg]
+
+
+def merged_row_counter(fn: LoopFunction, value: str) -> str:
+    """The rows of a merged value (`merged_rows`) not yet read back by backward's steps in reverse."""
+    return fn.name(f"{value}_rows_left", key=("merged rows",))
+
+
+def merged_lines(w: BackwardWriter, nest: Nest, kept: list[str]) -> list[str]:
+    """Backward's lines at the head of a step binding each merged value kept in rows (`merged_rows`): its row
+    where the step kept one (the last not yet read), else the carried value it passed on, read back; in the
+    double backward, its share of the extra outputs' gradients (none where no row is kept)."""
+    fn = w.fn
+    lines: list[str] = []
+    for v, (_, _, c) in merged_rows(fn, nest, kept).items():
+        w.read(B.name(c))
+        at, listed = merged_row_counter(fn, v), layers(fn, v)
+        lines += [
+            f"if {merged_kept(fn, nest, v, kept, w.ex)}:",
+            f"    {at} -= 1",
+            f"    {spelt(w, v)} = {listed}[{at}]",
+        ]
+        lines += ["else:", f"    {spelt(w, v)} = {spelt(w, c)}"]
+        if w.mode != "main":
+            given = fn.grad_out(listed)
+            lines[-3:-2] = [lines[-3], f"    {fn.grad_out(v)} = 0 if {given} is None else {given}[{at}]"]
+            lines.append(f"    {fn.grad_out(v)} = 0")
+    return lines
+
+
 def _on_step(nest: Nest, seg: Choice) -> bool:
     """Whether `seg`, an `if` of the nest's body, is tested at each outer step (its condition reads the outer
     loop's variable, `nest._on_step`): its sides' own values are kept in rows too (`side_rows`), not stacked
@@ -909,9 +1110,7 @@ def _read_back(
             value = previous_value(w.fn, nest, source or (c, None), w.ex)
             k = step_index(w.fn, nest)
             if source and isinstance(source[1], Loop):  # the loop's start where it ran no steps
-                loop_start = source[1].carried[nest.updates[c]]
-                if loop_start != c:
-                    start = f"{layers(w.fn, loop_start)}[{k} - 1] if {k} > 0 else {start}"
+                start = chain_start(w, nest, c, kept, start)
                 value = f"{value} if {k} > 0 and {layers(w.fn, source[0])} is not None"
                 lines[c] = f"{spelt(w, c)} = {value} else {start}"
             else:
