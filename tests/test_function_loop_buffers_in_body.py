@@ -278,13 +278,6 @@ def test_a_loop_of_no_steps_saves_nothing(steps):
         assert mine == 8 * 6 * (1 + steps)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codegen/function_loops.py `recompute`: under save = 'inputs' the forward run again reads h0 even at no"
-    " steps (`h = h0.view_as(h0)`), so h0 is saved; next step: save the inputs only the loops read as"
-    " `loop_starts.when_a_step_runs` does, and bind their carried starts in the forward run again only where"
-    " a step runs",
-)
 def test_a_loop_of_no_steps_saves_nothing_under_save_inputs():
     ours, plain = function_and_plain(RNN.replace("@function", SAVES[1]), "Rnn", 3)
     inputs = _inputs(0)

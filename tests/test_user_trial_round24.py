@@ -271,12 +271,6 @@ layer Strided(d: int) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codegen/function_loops.py: a loop's computed start is saved even where the loop takes no step "
-    "(only inputs are left out, `loop_starts.when_a_step_runs`); next: save it as `h if len(range(1, ctx.T, "
-    "2)) else None` too",
-)
 def test_a_strided_loop_of_no_steps_keeps_no_more_than_autograd():
     ours, plain = function_and_plain(STRIDED, "Strided", 3)
     x = _double(1, 2, 3)

@@ -51,7 +51,12 @@ from layerdsl.codegen.loop_backward import (
     if_else,
     plain_range,
 )
-from layerdsl.codegen.loop_starts import unread_buffer_chains, when_a_step_runs
+from layerdsl.codegen.loop_starts import (
+    again_when_a_step_runs,
+    computed_starts,
+    unread_buffer_chains,
+    when_a_step_runs,
+)
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.random_replay import STATE_TYPE, check_replayed, replayed
 from layerdsl.codegen.spec_lines import with_spec_line
@@ -298,6 +303,7 @@ class LoopFunction:
         self.meta_leaves: set[str] = set()  # of those, read through views (`x[t]`): made on the meta device
         self.start_shapes: set[str] = set()  # leaves whose shape backward reads on ctx (`function_nest.start_zeros`)
         self.saved_in_steps: dict[str, str] = {}  # saved only where a step runs, by the test (`function_nest`)
+        self.saved_again: dict[str, str] = {}  # alike under `save = "inputs"` (`loop_starts`)
         self.side_tests: dict[tuple[int, int], str] = {}  # each side's condition, as backward spells it
         # `if m != none` of an optional input, an `if` of its own: backward tests m's shape, kept on ctx
         conds = [seg.cond for seg in function_nest.choices(plan.segments)]  # a nest's body's too
@@ -415,6 +421,8 @@ class LoopFunction:
             self.recomputing = True
             body, reads = self.backward(once, per_step)
             extra, returned, per_step, saved_leaves = [], [], {}, self.unpacked
+            left = set(self.helper.maybe_absent) | set(self.held.stacked if self.held is not None else ())
+            self.saved_again, body = again_when_a_step_runs(body, saved_leaves, left)
         layer, plan = self.layer, self.plan
         n_out = len(plan.outputs)
         leaves = plan.leaves
@@ -458,7 +466,7 @@ class LoopFunction:
         candidates = (reads.shapes - reads.once) & once | self.unread_last_values(reads, once)
         self.leaf_shapes = (reads.shapes - reads.once) & set(self.plan.leaves)
         self.saved_on = {v: sides for v in once & reads.once if (sides := _only_sides(reads.sides.get(v, set())))}
-        self.saved_in_steps = function_nest.saved_in_steps(self, reads, once)
+        self.saved_in_steps = function_nest.saved_in_steps(self, reads, once) | self.computed_starts(reads, once)
         if not candidates and not self.saved_on and not self.leaf_shapes and not self.saved_in_steps:
             return body, reads
         self.shape_only = candidates
@@ -479,6 +487,10 @@ class LoopFunction:
             body, reads = self.backward(once, per_step)
             reads.once |= spelled & set(self.plan.leaves)
         return body, reads
+
+    def computed_starts(self, reads: Reads, once: set[str]) -> dict[str, str]:
+        """The loops' starts forward computes, saved only where a step reads them (`loop_starts`)."""
+        return computed_starts(self.plan.segments, set(self.plan.leaves), once, reads)
 
     def unread_last_values(self, reads: Reads, once: set[str]) -> set[str]:
         """The loops' last carried values (of `once`) returned only for the gradient the double backward gives
@@ -1146,6 +1158,7 @@ class LoopFunction:
         # read only by the steps of loops of no steps: not saved (a forward run again reads them all)
         whole = set(ends) | set(self.held.stacked if self.held is not None else ()) if not self.recomputing else None
         saved_leaves = saved_leaves if whole is None else when_a_step_runs(saved_leaves, reads, whole)
+        saved_leaves = [f"{l} if {self.saved_again[l]} else None" if l in self.saved_again else l for l in saved_leaves]
         tensors = saved_leaves + [o for o in saved_outputs if o != "_"] + chosen
         # no gradient of their own: ATen differentiates through them (one call: torch keeps the last call's)
         groups = [
@@ -1306,9 +1319,10 @@ class LoopFunction:
         stacks |= {s.var for s in self.plan_steps() if s.op is not None and s.op.name == "dropout_mask"}
         any_given = self.name("given")  # the zeros of a value kept as its shape: of a given gradient's dtype
         by_shape = self.shape_only | set(self.saved_on) | set(self.saved_in_steps)  # (or a step)
-        zeros = [f"{any_given} = [g for g in ({', '.join(given)},) if g is not None][0]"]
+        g = self.name("g")  # (not a value's name: `shapes_kept` looks for those spelt)
+        zeros = [f"{any_given} = [{g} for {g} in ({', '.join(given)},) if {g} is not None][0]"]
         zeros += _real_given(any_given)
-        zeros = zeros if by_shape or rare.reads.output_shapes or self.start_shapes else []
+        zeros = zeros if by_shape or rare.reads.output_shapes or rare.reads.given_shapes or self.start_shapes else []
         zeros += [  # a stack is None after a loop of no steps (whose backward runs no step)
             (
                 f"{g} = {any_given}.new_zeros({self.names.ctx_shape(x)}) if {g} is None "

@@ -39,7 +39,7 @@ from layerdsl.autodiff import choice_slices
 from layerdsl.autodiff.loops import UNBOUND, Choice, Join, Loop, Straight
 from layerdsl.autodiff.nest import Nest
 from layerdsl.autodiff.tape import Step, Tape
-from layerdsl.codegen import loop_backward, ragged_steps, step_picks, step_rows
+from layerdsl.codegen import loop_backward, loop_starts, ragged_steps, step_picks, step_rows
 from layerdsl.codegen.function import VIEWS
 from layerdsl.codegen.function_checks import item_check_lines
 from layerdsl.codegen.pyexpr import PyExpr
@@ -706,7 +706,8 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     step_spelling(w, nest)
     body = recorded(fn, nest, w.spelling.names) + [f"{spelt(w, n)} = {w.ex(e)}" for n, e in nest.numbers]
     later = from_step_one(fn, nest, kept)
-    in_steps = {v for v in kept if layers(fn, v) in fn.saved_in_steps}  # None where no step runs
+    # None where no step runs (one stacked from step 1 on: read back, `_read_back`)
+    in_steps = {v for v in kept if layers(fn, v) in fn.saved_in_steps} - set(later)
     gated_starts = ragged_steps.gated_starts(fn, nest, kept)  # (bound where its loop runs: `ragged_steps`)
     where_none = kept_where_none(fn, nest, kept)
     merged = merged_rows(fn, nest, kept)
@@ -738,10 +739,8 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
                 body.append(ragged_steps.grad_out_line(w, nest, v, given))
                 continue
             if v in later:  # step 0's value is the start, given no gradient of its own
-                start = w.ex(B.name(nest.carried[v]))
-                step = (
-                    f"{given}[{step_index(fn, nest)} - 1] if {step_index(fn, nest)} > 0 else torch.zeros_like({start})"
-                )
+                start = _given_start_zeros(w, nest.carried[v])
+                step = f"{given}[{step_index(fn, nest)} - 1] if {step_index(fn, nest)} > 0 else {start}"
             if v in where_none:  # none where its loop ran steps: its last step's row is given it
                 step = f"0 if {given} is None else {step}"
             body.append(
@@ -885,8 +884,6 @@ def saved_in_steps(fn: LoopFunction, reads: Reads, once: set[str]) -> dict[str, 
     keeps nothing of them; their extra outputs' zeros are made of their shapes on ctx. Not a value a loop
     carries (saved otherwise, `ends_in_buffers`), one kept as a leaf's, nor a start a carried value is read
     back from at the outer step after (`_read_back`)."""
-    from layerdsl.codegen.loop_starts import _on_ctx
-
     if fn.recomputing:
         return {}
     carried = {c for seg in fn.plan.segments if isinstance(seg, (Loop, Nest)) for c in seg.carried}
@@ -905,15 +902,14 @@ def saved_in_steps(fn: LoopFunction, reads: Reads, once: set[str]) -> dict[str, 
                 plain.discard(source[1].carried[nest.updates[c]])
                 plain -= chain_reads(fn, nest, c, kept)
         read |= {layers(fn, v): v for v in plain if not maybe_none(fn, nest, v)}
+        # a carried value stacked from step 1 on, read at an inner loop's step 0 (`_read_back`)
+        read |= {layers(fn, c): c for c in from_step_one(fn, nest, kept)}
     out: dict[str, str] = {}
     for saved, value in read.items():
         if saved == value and saved not in once or saved in carried or saved in fn.plan.leaves:
             continue
-        if value in reads.outside:
-            continue
-        trips = [reads.trips.get(k) for k in sorted(reads.in_loops.get(value, set()))]
-        if trips and all(t and _on_ctx(t) for t in trips):
-            out[saved] = " or ".join(f"len({t})" for t in trips)
+        if (runs := loop_starts.step_test(value, reads)) is not None:
+            out[saved] = runs
     return out
 
 
@@ -1102,10 +1098,7 @@ def _read_back(
         if c in w.per_step.get(key(w.fn, nest), set()) and c not in kept:
             source = previous_update(w.fn, nest, c, kept, w.per_step)
         if source is not None or c in later:
-            if c in later:
-                w.read(B.name(nest.carried[c]))
-            else:
-                starts[c] = nest.carried[c]
+            starts[c] = nest.carried[c]
             start = w.ex(B.name(nest.carried[c]))
             value = previous_value(w.fn, nest, source or (c, None), w.ex)
             k = step_index(w.fn, nest)
@@ -1113,6 +1106,8 @@ def _read_back(
                 start = chain_start(w, nest, c, kept, start)
                 value = f"{value} if {k} > 0 and {layers(w.fn, source[0])} is not None"
                 lines[c] = f"{spelt(w, c)} = {value} else {start}"
+            elif layers(w.fn, c) in w.fn.saved_in_steps:  # None where no inner step runs
+                lines[c] = f"{spelt(w, c)} = {value} if {k} > 0 and {layers(w.fn, c)} is not None else {start}"
             else:
                 lines[c] = f"{spelt(w, c)} = {value} if {k} > 0 else {start}"
     return lines
@@ -1146,6 +1141,11 @@ def _last_zeros(w: BackwardWriter, nest: Nest, c: str) -> str:
         shape = B.call("shape_of", start)
         w.read(shape)
         return f"{w.plan.grads[0]}.new_zeros({w.ex(shape)})"
+    if w.mode == "rare":  # of its shape too (kept on ctx where nothing reads it by value)
+        shape = B.call("shape_of", start)
+        w.read(shape)
+        w.reads.given_shapes.add(start.id)
+        return f"{w.fn.name('given')}.new_zeros({w.ex(shape)})"
     w.read(start)
     return f"torch.zeros_like({w.ex(start)})"
 
@@ -1164,6 +1164,17 @@ def start_zeros(w: BackwardWriter, start: str) -> str | None:
     fn.start_shapes.add(start)
     given = w.plan.grads[0] if w.mode == "main" else fn.name("given")
     return f"{given}.new_zeros({fn.names.ctx_shape(start)})"
+
+
+def _given_start_zeros(w: BackwardWriter, start: str) -> str:
+    """Zeros of the shape of `start`, the start of a carried value stacked from step 1 on, for the gradient
+    given its step 0 (none: it is not returned): by its shape on ctx where setup_context saves it only where
+    an inner step runs (`saved_in_steps`, `start_zeros`), else of it."""
+    if start in w.fn.saved_in_steps and w.mode == "rare":
+        return f"{w.fn.name('given')}.new_zeros({w.fn.names.ctx_shape(start)})"
+    if (zeros := start_zeros(w, start)) is not None:
+        return zeros
+    return f"torch.zeros_like({w.ex(B.name(start))})"
 
 
 def start_shape_lines(fn: LoopFunction) -> list[str]:

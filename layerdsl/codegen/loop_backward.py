@@ -48,6 +48,8 @@ class Reads:
     # loop index -> the body values of `per_step` read by value (the others only for their shape)
     by_value: dict[int, set[str]] = dataclasses.field(default_factory=dict)
     output_shapes: set[str] = dataclasses.field(default_factory=set)  # outputs whose zeros are made (their shape)
+    # values whose zeros the double backward makes of their shape, with a given gradient's dtype
+    given_shapes: set[str] = dataclasses.field(default_factory=set)
     # values read by value outside the steps of the forward's own loops, and inside them, by loop index; and
     # each such loop's range as backward writes it (`loop_starts`: saved only where a step runs)
     outside: set[str] = dataclasses.field(default_factory=set)
