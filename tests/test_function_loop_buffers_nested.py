@@ -332,24 +332,11 @@ _EXCESS = pytest.mark.xfail(
     " per-outer-step values only where an inner step runs (`loop_starts.when_a_step_runs`)",
 )
 _EXCESS_AT_NO_STEPS = {"nest inner", "nest if", "twice"}
-# one value of `avg`'s shape more than autograd at one step (24 bytes): the choice-per-step loop after the nest,
-# whose carried value is kept from step 1 on (`step_rows.lazy_updates`' `own`), keeps a value twice
-_TWICE_AT_ONE_STEP = pytest.mark.xfail(
-    strict=True,
-    reason="codegen/step_rows.py: in Twice at T = 1, the loop choosing per step after the nest keeps one [d] value"
-    " more than autograd (432 bytes to 408) since the carried value is kept from step 1 on where no side reads"
-    " the update (`lazy_updates`' `own`) beside a buffer update on a side; next: find which [d] value is kept"
-    " twice (perhaps `avg`'s new value, read by `g * avg` after the loop)",
-)
 _SAVING = [
     pytest.param(
         key,
         steps,
-        marks=(
-            [_EXCESS]
-            if steps == 0 and key in _EXCESS_AT_NO_STEPS
-            else [_TWICE_AT_ONE_STEP] if (key, steps) == ("twice", 1) else []
-        ),
+        marks=[_EXCESS] if steps == 0 and key in _EXCESS_AT_NO_STEPS else [],
     )
     for key in SPECS
     for steps in STEPS

@@ -297,6 +297,7 @@ class LoopFunction:
         self.leaf_shapes: set[str] = set()  # inputs and members backward reads only the shape of
         self.meta_leaves: set[str] = set()  # of those, read through views (`x[t]`): made on the meta device
         self.start_shapes: set[str] = set()  # leaves whose shape backward reads on ctx (`function_nest.start_zeros`)
+        self.zeros_given = False  # the double backward makes zeros of a given gradient's dtype (`function_nest`)
         self.saved_in_steps: dict[str, str] = {}  # saved only where a step runs, by the test (`function_nest`)
         self.side_tests: dict[tuple[int, int], str] = {}  # each side's condition, as backward spells it
         # `if m != none` of an optional input, an `if` of its own: backward tests m's shape, kept on ctx
@@ -1306,9 +1307,10 @@ class LoopFunction:
         stacks |= {s.var for s in self.plan_steps() if s.op is not None and s.op.name == "dropout_mask"}
         any_given = self.name("given")  # the zeros of a value kept as its shape: of a given gradient's dtype
         by_shape = self.shape_only | set(self.saved_on) | set(self.saved_in_steps)  # (or a step)
-        zeros = [f"{any_given} = [g for g in ({', '.join(given)},) if g is not None][0]"]
+        each = self.name("g")  # (a value of the forward named `g` is not spelt here: `shapes_kept`)
+        zeros = [f"{any_given} = [{each} for {each} in ({', '.join(given)},) if {each} is not None][0]"]
         zeros += _real_given(any_given)
-        zeros = zeros if by_shape or rare.reads.output_shapes or self.start_shapes else []
+        zeros = zeros if by_shape or rare.reads.output_shapes or self.start_shapes or self.zeros_given else []
         zeros += [  # a stack is None after a loop of no steps (whose backward runs no step)
             (
                 f"{g} = {any_given}.new_zeros({self.names.ctx_shape(x)}) if {g} is None "

@@ -381,6 +381,8 @@ def shapes_per_step(fn: LoopFunction, reads: Reads, per_step: dict[int, set[str]
         items = [*nest.appended.values(), *(i for more in nest.more.values() for i in more)]
         listed = {n.id for item in items for n in walk(item) if isinstance(n, N.Name)}
         steps = [s for seg in nest.segments if isinstance(seg, Straight) for s in seg.tape.steps]
+        # a side's of a choice per step too (kept in rows where it ran, `side_rows`: one element each)
+        steps += [s for seg in choices(nest.segments) if seg.per_step for tape in seg.sides() for s in tape.steps]
         shaped = {s.var for s in steps if s.var in per_step.get(at, set()) and not _kept(s)}
         shaped -= reads.by_value.get(at, set())
         # a carried value is bound per step under its own name only: the text tells whether it is read
@@ -455,7 +457,7 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
             body += fn.steps(seg.tape, ex)
         elif isinstance(seg, Choice):  # (a side's rows appended where it runs, `side_rows`)
             appends = [
-                [f"{layers(fn, v)}.append({v})" for v, (c, side) in rows.items() if c is seg and side == k]
+                [_appended(fn, nest, v) for v, (c, side) in rows.items() if c is seg and side == k]
                 + step_rows.forward_side(fn, nest, lazy, seg, k)
                 for k in (0, 1)
             ]
@@ -463,15 +465,7 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
         elif isinstance(seg, Loop):
             body += fn.forward_loop(seg, per_step.get(fn.loops.index(seg), set()), ex)
     shaped, later = stacked_shapes(fn, nest), from_step_one(fn, nest, kept)
-    body += [
-        (
-            f"{layers(fn, v)}.append({v}.new_zeros(()).expand({v}.shape))  # only its shape is read"
-            if v in fn.step_shapes.get(key(fn, nest), set())
-            else f"{layers(fn, v)}.append({v})"
-        )
-        for v in kept
-        if v not in later and v not in rows and v not in lazy
-    ]
+    body += [_appended(fn, nest, v) for v in kept if v not in later and v not in rows and v not in lazy]
     # a side's value, kept for the steps that ran the side only (`step_choices`)
 
     appended = [f"{layers(fn, v)}.append({v})" for v in later if v not in lazy]
@@ -509,6 +503,14 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
         lines += item_check_lines(j, len(nest.heads.get(j.items, [])), None, fn.layer, fn.e.spec_path)
         lines.append(f"{j.name} = torch.{j.func}({j.items}, dim={ex(j.dim)})")
     return lines
+
+
+def _appended(fn: LoopFunction, nest: Nest, v: str) -> str:
+    """Forward's line keeping the body's value `v` at a step: one element expanded where only its shape is
+    read (`shapes_per_step`)."""
+    if v in fn.step_shapes.get(key(fn, nest), set()):
+        return f"{layers(fn, v)}.append({v}.new_zeros(()).expand({v}.shape))  # only its shape is read"
+    return f"{layers(fn, v)}.append({v})"
 
 
 def backward(w: BackwardWriter, nest: Nest) -> list[str]:
@@ -794,6 +796,7 @@ def side_rows(fn: LoopFunction, nest: Nest, kept: list[str]) -> dict[str, tuple[
         both = {m for m, values in seg.merged.items() if UNBOUND not in values}
         for k, tape in enumerate(seg.sides()):
             out |= {s.var: (seg, k) for s in tape.steps if s.var in kept and s.var not in both}
+        out |= {v: (seg, k) for v, k in step_rows.merged_rows(fn, nest, kept, index).items()}
         where = {(choice_key(fn, nest, index), k): k for k in (0, 1)}
         before = {
             s.var for earlier in nest.segments[:index] if isinstance(earlier, Straight) for s in earlier.tape.steps
@@ -824,9 +827,13 @@ def rows_read(w: BackwardWriter, nest: Nest, seg: Choice, k: int, rows: dict[str
     """At the start of side `k` of `seg` in backward: each of its values kept in rows read back (the last row not
     yet read: backward runs the steps in reverse), and its share of the extra outputs' gradients."""
     lines: list[str] = []
-    own = {s.var for tape in seg.sides() for s in tape.steps}
+    # a value only the other side binds, which this side does not pass on under its name either (its gradient's
+    # share is read nowhere here, `BackwardWriter.choice`)
+    passed = {name for name, values in seg.merged.items() if values[k] != UNBOUND}
+    theirs = {s.var for s in seg.sides()[1 - k].steps} - {s.var for s in seg.sides()[k].steps} - passed
     for v, (choice, side) in rows.items():
-        if choice is seg and side != k and v not in own and w.mode != "main":  # not kept at this step: no share
+        # not kept at this step: no share (but for one of `theirs`)
+        if choice is seg and side != k and v not in theirs and w.mode != "main":
             given = w.fn.grad_out(layers(w.fn, v))
             lines.append(f"{w.fn.grad_out(v)} = 0 if {given} is None else {given}.new_zeros({given}.shape[1:])")
         if choice is not seg or side != k:
@@ -889,16 +896,20 @@ def _last_zeros(w: BackwardWriter, nest: Nest, c: str) -> str:
     """Zeros of the carried value `c`'s last value's shape, for the gradient nothing after the loop gives it:
     where nothing after the loop reads that value (nor is it an output), of its start's shape (every step's
     value has it; backward reads the start at outer step 0 where it does not keep it per step), not saving
-    the last value for its shape alone."""
+    the last value for its shape alone; the start read for its shape too (in the double backward, of a given
+    gradient's dtype: not kept for it beside a copy of it, `step_rows`' row of the start)."""
     if c in w.fn.outputs or c in w.reads.once | w.reads.shapes:
         return _zeros(w, c, last=True)
     start = B.name(nest.carried[c])
     if (zeros := start_zeros(w, start.id)) is not None:
         return zeros
-    if w.mode == "main":
+    if w.mode in ("main", "rare"):
         shape = B.call("shape_of", start)
         w.read(shape)
-        return f"{w.plan.grads[0]}.new_zeros({w.ex(shape)})"
+        if w.mode == "rare":
+            w.fn.zeros_given = True
+        given = w.plan.grads[0] if w.mode == "main" else w.fn.name("given")
+        return f"{given}.new_zeros({w.ex(shape)})"
     w.read(start)
     return f"torch.zeros_like({w.ex(start)})"
 
