@@ -528,6 +528,9 @@ def test_an_item_of_an_earlier_loops_list_in_a_later_loop_is_refused_saying_why(
     assert "last = outs[-1]" in (problems[0].hint or "")
 
 
+# where the loop before runs no steps, its end (`h`, h0's view) was saved for the double backward's zeros of the
+# later loop's carried gradient (`torch.zeros_like(h)`; 48 bytes to autograd's 0): made of its shape now
+# (function_nest._last_zeros)
 def test_a_loop_then_a_choice_per_step_of_no_steps_keeps_no_more_than_autograd():
     ours, plain = _pair("a loop, then a choice per step")
     x, h0 = _inputs(0)

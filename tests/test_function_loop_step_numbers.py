@@ -116,6 +116,20 @@ SPECS = {
             }
         }
         return h""",
+    # an `if` nested in the else side, reading the value the outer `if` merges (kept where its side runs only)
+    "a nested if on the else side": """for t in range(T) {
+            if t % 2 == 1 {
+                h = h * x[t]
+            } else {
+                h = tanh(h @ w + x[t]) * 2.0
+                if t % 3 == 1 {
+                    h = sin(h)
+                } else {
+                    h = h * 0.5
+                }
+            }
+        }
+        return h""",
     # an `if` nested in a side, binding a number
     "a nested if binding a number": """for t in range(T) {
             if t % 2 == 1 {
@@ -227,26 +241,7 @@ def test_the_numbers_are_chosen_per_step_in_forward_and_again_in_backward():
         assert f"if {took}:" in text
 
 
-# where the Function keeps more than autograd (see the reasons)
-MORE = {
-    "a nested if": pytest.mark.xfail(
-        strict=True,
-        reason="codegen/step_rows.py keeps a carried value's updates lazily only on the sides of one choice per"
-        " step (fn.step_sides); a nested `if` is written as several `if`s at the top of the body"
-        " (step_choices.sides_flattened), each of whose merged values is kept at every step: next, a merged"
-        " value read only by the next choice's sides kept lazily, as the sides of one are",
-    ),
-}
-
-
-@pytest.mark.parametrize(
-    "name, steps",
-    [
-        (pytest.param(name, steps, marks=MORE[name]) if name in MORE else (name, steps))
-        for name in sorted(SPECS)
-        for steps in (6, 7)
-    ],
-)
+@pytest.mark.parametrize("name, steps", [(name, steps) for name in sorted(SPECS) for steps in (6, 7)])
 def test_backward_keeps_no_more_than_autograd(name, steps):
     ours, plain = _pair(name)
     x, y = _inputs(steps)

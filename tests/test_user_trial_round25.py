@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.support import function_and_plain, saved_bytes
+from tests.support import compile_spec, function_and_plain, saved_bytes
 
 DECORATORS = {"saved": "@function", "replayed": '@function(save = "inputs")'}
 
@@ -125,8 +125,10 @@ def test_the_last_item_by_count_of_a_loop_choosing_per_step_derives(steps):
 # An `if` choosing a side per step whose other side keeps nothing (`h * 0.5`), in a layer whose inputs have
 # batch dims of any rank (`[T, ..., d]`): the Function kept per step the side's `h @ w` and `x[t]` (stacked: a
 # copy of the input's rows) besides h and tanh's result, which are all autograd keeps: twice its bytes at
-# three steps (384 to 192). A side's row read only for its shape is one element expanded now, and `x[t]` is
-# picked again from x in backward (codegen/function_nest.row_append, step_picks.read_in_steps).
+# three steps. `x[t]` had no shape (dim 0 of `[T, ..., d]`, before its `...`, was taken to fall in it:
+# semantics/shapes._position), so it was not picked (codegen/step_picks); and `mm + x[t]`'s gradient, summed
+# to each operand's shape (x's `...` may broadcast against y's), read their shapes, for which a side's values
+# were kept whole: now one element expanded, of which setup_context keeps the shape (function_nest).
 CHOICE = """\
 @function
 layer Choice(d: int) {
@@ -147,11 +149,22 @@ layer Choice(d: int) {
 """
 
 
-def test_a_side_chosen_per_step_keeps_no_more_than_autograd():
+@pytest.mark.parametrize("batch", [(2,), (4, 2), ()], ids=["same", "broadcast", "none"])
+def test_a_side_chosen_per_step_keeps_no_more_than_autograd(batch):
+    """x's `...` is (2,); y's the same, larger (x's rows broadcast against it), or none."""
     ours, plain = function_and_plain(CHOICE, "Choice", 3)
-    x, y = _double(3, 2, 3), _double(2, 3)
+    x, y = _double(3, 2, 3), _double(*batch, 3)
+    if not batch:
+        x = _double(3, 3)
     _agree(ours, plain, x, y)
     assert saved_bytes(lambda: ours(x, y), ours) <= saved_bytes(lambda: plain(x, y), plain)
+
+
+def test_a_row_of_an_input_of_batch_dims_is_picked():
+    """`x[t]` of `x: [T, ..., d]` is picked as of `[T, B, d]` (its gradient a row a step, written into x's once
+    after the loop), not derived through `select` (`select_backward` of x's whole shape at each step)."""
+    backward = compile_spec(CHOICE, "round25_picked")["SOURCE"].split("def backward(ctx", 1)[1]
+    assert "select_backward" not in backward and "index_add" in backward
 
 
 # The same loop (inputs `[T, B, d]`) with its carried value read after it by a product (`h * 2.0`, not

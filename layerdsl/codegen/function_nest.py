@@ -953,6 +953,7 @@ def side_rows(fn: LoopFunction, nest: Nest, kept: list[str]) -> dict[str, tuple[
         both = {m for m, values in seg.merged.items() if UNBOUND not in values}
         for k, tape in enumerate(seg.sides()):
             out |= {s.var: (seg, k) for s in tape.steps if s.var in kept and s.var not in both}
+        out |= {v: (seg, k) for v, k in step_rows.merged_rows(fn, nest, kept, index).items()}
         where = {(choice_key(fn, nest, index), k): k for k in (0, 1)}
         before = {
             s.var for earlier in nest.segments[:index] if isinstance(earlier, Straight) for s in earlier.tape.steps
@@ -1064,9 +1065,13 @@ def rows_read(w: BackwardWriter, nest: Nest, seg: Choice, k: int, rows: dict[str
     """At the start of side `k` of `seg` in backward: each of its values kept in rows read back (the last row not
     yet read: backward runs the steps in reverse), and its share of the extra outputs' gradients."""
     lines: list[str] = []
-    own = {s.var for tape in seg.sides() for s in tape.steps}
+    # a value only the other side binds, which this side does not pass on under its name either (its gradient's
+    # share is read nowhere here, `BackwardWriter.choice`)
+    passed = {name for name, values in seg.merged.items() if values[k] != UNBOUND}
+    theirs = {s.var for s in seg.sides()[1 - k].steps} - {s.var for s in seg.sides()[k].steps} - passed
     for v, (choice, side) in rows.items():
-        if choice is seg and side != k and v not in own and w.mode != "main":  # not kept at this step: no share
+        # not kept at this step: no share (but for one of `theirs`)
+        if choice is seg and side != k and v not in theirs and w.mode != "main":
             given = w.fn.grad_out(layers(w.fn, v))
             lines.append(f"{w.fn.grad_out(v)} = 0 if {given} is None else {given}.new_zeros({given}.shape[1:])")
         if choice is not seg or side != k:
@@ -1131,7 +1136,8 @@ def _last_zeros(w: BackwardWriter, nest: Nest, c: str) -> str:
     """Zeros of the carried value `c`'s last value's shape, for the gradient nothing after the loop gives it:
     where nothing after the loop reads that value (nor is it an output), of its start's shape (every step's
     value has it; backward reads the start at outer step 0 where it does not keep it per step), not saving
-    the last value for its shape alone."""
+    the last value for its shape alone; the start read for its shape too (in the double backward, of a given
+    gradient's dtype: not kept for it beside a copy of it, `step_rows`' row of the start)."""
     if c in w.fn.outputs or c in w.reads.once | w.reads.shapes:
         return _zeros(w, c, last=True)
     start = B.name(nest.carried[c])

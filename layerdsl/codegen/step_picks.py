@@ -20,7 +20,7 @@ from layerdsl.codegen import loop_backward
 from layerdsl.codegen.step_rows import side_at
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
-from layerdsl.semantics.shapes import dim_text
+from layerdsl.semantics.shapes import dim_text, position
 
 if TYPE_CHECKING:
     from layerdsl.autodiff.nest import Nest
@@ -57,9 +57,9 @@ def step_picks(nest: Nest, leaves: set[str], shapes: dict) -> dict[str, tuple[St
                 continue
             if not (picked_forward(at, nest.var) or picked_backward(at, nest.var, count)):
                 continue
-            shape = shapes.get(src.id)
-            d = int(dim.value)
-            if shape is None or "..." in shape or not -len(shape) <= d < len(shape) or shape[d] != count:
+            # (a dim before an input's `...` counted from the start: 0 of `[T, ..., d]` is T)
+            p = position(shapes.get(src.id), int(dim.value))
+            if p is None or shapes[src.id][p] != count:
                 continue
             out[s.var] = (s, index)
     return out

@@ -22,6 +22,11 @@ over the steps): each step whose side reads it appends it, backward takes the la
 side reads it and gives that row's extra-output gradient to the carried value at that step (`own_rows_given`).
 A read of the carried value's name after the loop (a later loop's start) is not a step's (`function_nest`
 counts a nest's reads by side apart from the rest).
+
+A value every step binds that is not carried (a choice's merged local: `tanh`'s result on one side, `h * x[t]`
+on the other; a nested `if`'s, flattened into `if`s in a row whose sides pass the value before them on) and
+that backward reads on one side of one choice only (`sin(h)` of the nested `if`'s side) is kept in rows for the
+steps that ran that side (`merged_rows`, by `function_nest.side_rows`), as a value only one side binds is.
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from layerdsl.autodiff import choice_slices
-from layerdsl.autodiff.loops import Choice
+from layerdsl.autodiff.loops import UNBOUND, Choice
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
+from layerdsl.ir.visit import walk
 from layerdsl.semantics.evaluate import NotConstant, evaluate
 
 if TYPE_CHECKING:
@@ -115,6 +121,37 @@ def lazy_updates(fn: LoopFunction, nest: Nest, kept: list[str], rows: dict) -> d
         if own and any(reads_u):
             continue
         out[c if own else u] = Lazy(c, u, seg, reads_u, reads_c, itself, passes, c if own else u)
+    return out
+
+
+def merged_rows(fn: LoopFunction, nest: Nest, kept: list[str], index: int) -> dict[str, int]:
+    """The values of `kept` every step binds (both sides of a choice per step leave them in its merged local,
+    `step_choices.merged_as_own`, or one side passes the value before it on: a nested `if` flattened,
+    `step_choices.sides_flattened`) that backward reads by value on one side of the choice per step at `index`
+    only: that choice's own merged values, and those of the choices before it; by the side (`side_rows` keeps
+    them in rows for the steps that ran it). Not a carried value nor its update (`lazy_updates`), nor one a
+    list is appended, nor one kept for its shape alone."""
+    from layerdsl.codegen import function_nest as F
+
+    seg = nest.segments[index]
+    if not (isinstance(seg, Choice) and seg.per_step):
+        return {}
+    every = {
+        v
+        for earlier in nest.segments[: index + 1]
+        if isinstance(earlier, Choice) and earlier.per_step
+        for v, values in earlier.merged.items()
+        if UNBOUND not in values
+    }
+    items = [*nest.appended.values(), *(i for more in nest.more.values() for i in more)]
+    listed = {n.id for item in items for n in walk(item) if isinstance(n, N.Name)}
+    held = set(nest.updates.values()) | set(nest.carried) | listed | F.stacked_shapes(fn, nest)
+    at = F.choice_key(fn, nest, index)
+    out: dict[str, int] = {}
+    for v in kept:
+        sides = fn.step_sides.get(v, set())
+        if v in every - held and len(sides) == 1 and next(iter(sides)) in {(at, 0), (at, 1)}:
+            out[v] = next(iter(sides))[1]  # type: ignore[index]
     return out
 
 

@@ -319,9 +319,11 @@ def reduce(shape: Shape, dims: Sequence[int] | None, keepdim: bool) -> Shape:
 
 
 def _position(shape: tuple[Dim, ...], dim: int) -> int | None:
-    """Where `dim` (negative counts from the end) is in `shape`; None when it may fall in a `...` group."""
-    if GROUP in shape and (dim >= 0 or -dim > len(shape) - 1):
-        return None
+    """Where `dim` (negative counts from the end) is in `shape`; None when it may fall in a `...` group. The
+    dims before a group are counted from the start (`0` of `[T, ..., d]` is T), those after it from the end."""
+    if GROUP in shape:
+        group = shape.index(GROUP)
+        return dim if 0 <= dim < group else len(shape) + dim if -(len(shape) - group) < dim < 0 else None
     if not -len(shape) <= dim < len(shape):
         return None
     return dim % len(shape)

@@ -67,6 +67,8 @@ def test_matmul(a, b, expected):
         (("...", "n"), [-1], True, ("...", "1")),
         (("...", "n"), [0], False, None),  # dim 0 lies in the `...` group
         (("...", "n"), [-2], False, None),  # so does -2
+        (("T", "...", "n"), [0], False, ("...", "n")),  # a dim before the group counts from the start
+        (("T", "...", "n"), [-2], False, None),  # -2 lies in the group (or is T, where it is empty)
         (("B", "n"), [2], False, None),  # out of range
         (None, [0], False, None),
     ],
