@@ -59,7 +59,7 @@ from layerdsl.codegen.loop_starts import (
 )
 from layerdsl.codegen.pyexpr import PyExpr, Spelling
 from layerdsl.codegen.random_replay import STATE_TYPE, check_replayed, replayed
-from layerdsl.codegen.spec_lines import with_spec_line
+from layerdsl.codegen.spec_lines import with_spec_line, without_spec_lines
 from layerdsl.codegen.spelling_reads import Read, Recording
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
@@ -473,7 +473,7 @@ class LoopFunction:
         on_ctx = candidates | set(self.saved_on) | self.leaf_shapes | set(self.saved_in_steps)
         self.helper.shape_on_ctx = {v: set() for v in on_ctx}
         body, reads = self.backward(once, per_step)
-        text = "\n".join(body)
+        text = without_spec_lines("\n".join(body))
         spelled = {
             v
             for v in candidates | self.leaf_shapes - self.meta_leaves
@@ -509,7 +509,7 @@ class LoopFunction:
         optional = set(self.helper.maybe_absent) | set(self.presence_tested)
         for leaf in sorted(reads.once & set(self.plan.leaves) - optional):
             bare = re.compile(rf"(?<![.\w]){re.escape(leaf)}\b(?!\.shape\b)")
-            code = [line.split("  # ")[0].strip() for line in text.splitlines()]  # not the spec's lines
+            code = [line.strip() for line in without_spec_lines(text).splitlines()]
             lines = [line for line in code if bare.search(line) and "ctx.saved_tensors" not in line]
             binders = {line.split(" = ", 1)[0] for line in lines}
             if lines and all(
@@ -1196,7 +1196,8 @@ class LoopFunction:
     def reads_shape(self, value: str) -> bool:
         """Whether the backward last written reads the shape of `value` kept on ctx: a value saved only
         where a side runs has its zeros made from it where that side did not (`BackwardWriter`)."""
-        return re.search(rf"{re.escape(self.names.ctx_shape(value))}\b", self.backward_text) is not None
+        shape = re.escape(self.names.ctx_shape(value))
+        return re.search(rf"{shape}\b", without_spec_lines(self.backward_text)) is not None
 
     def plan_steps(self) -> list[Step]:
         return [s for seg in self.plan.segments for s in segment_steps(seg)]
@@ -1453,7 +1454,8 @@ def _read_as_value(v: str, text: str) -> bool:
     """Whether the backward's `text` reads the value `v` otherwise than for its shape (`v.shape`), besides
     the line binding it to its slot."""
     bare = re.compile(rf"(?<![.\w]){re.escape(v)}\b(?!\.shape\b)")
-    return any(bare.search(line) for line in text.splitlines() if not line.lstrip().startswith(f"{v} = "))
+    lines = without_spec_lines(text).splitlines()
+    return any(bare.search(line) for line in lines if not line.lstrip().startswith(f"{v} = "))
 
 
 def _read_for_shape(v: str, text: str, depth: int = 0) -> bool:
@@ -1461,8 +1463,8 @@ def _read_for_shape(v: str, text: str, depth: int = 0) -> bool:
     or on a line binding an alias or a slice of it (`part = v[:, :n]`) whose name it reads only so."""
     bare = re.compile(rf"(?<![.\w]){re.escape(v)}\b(?!\.shape\b)")
     view = re.compile(rf"^(\w+) = {re.escape(v)}(\[[\w\s:,+\-*%]*\])?$")
-    for line in text.splitlines():
-        code = line.split("  # ")[0].strip()
+    for line in without_spec_lines(text).splitlines():
+        code = line.strip()
         if code.startswith(f"{v} = ") or not bare.search(code):
             continue
         viewed = view.match(code)

@@ -25,7 +25,7 @@ from layerdsl.codegen.function import VIEWS
 from layerdsl.codegen.function_members import unpacked_with_held
 from layerdsl.codegen.loop_steps import sized_leaves, step_statements
 from layerdsl.codegen.pyexpr import Spelling
-from layerdsl.codegen.spec_lines import with_spec_line
+from layerdsl.codegen.spec_lines import with_spec_line, without_spec_lines
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
 from layerdsl.ir.printer import spec_text
@@ -149,7 +149,7 @@ class BackwardWriter:
         if self.fn.recomputing:  # save = "inputs": the inputs and parameters the forward run again reads
             read = {v for w in writers for v in w.reads.once | w.reads.shapes | w.recomputed}
             again = self.fn.recompute(self.once, self.per_step, self.spelling, read)
-            text = "\n".join(again)
+            text = without_spec_lines("\n".join(again))
             spelled = [l for l in self.plan.leaves if re.search(rf"(?<![.\w]){re.escape(l)}\b", text)]
             saved = self.fn.unpacked = [l for l in self.plan.leaves if l in saved or l in spelled]
         if saved:
@@ -306,7 +306,9 @@ class BackwardWriter:
             args = operands(v)
             if v.var in reshaped and v.op is not None and v.op.shape == "elementwise" and len(args) == 1:
                 others = [line for u, written in lines.items() if u != v.var for line in written]
-                if not re.search(rf"(?<![.\w]){re.escape(v.var)}\b(?!\.shape\b)", "\n".join(others + derived)):
+                if not re.search(
+                    rf"(?<![.\w]){re.escape(v.var)}\b(?!\.shape\b)", without_spec_lines("\n".join(others + derived))
+                ):
                     (arg,) = args
                     lines[v.var] = [f"{v.var} = {self.ex(B.name(arg))}  # of its shape: only that is read"]
             out += lines[v.var]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Sequence
 
+from layerdsl.codegen.spec_lines import without_spec_lines
 from layerdsl.language.naming import fresh_name
 
 _NAME = re.compile(r"(?<![\w.])[A-Za-z_]\w*")  # a name, not an attribute
@@ -20,7 +21,7 @@ def read_once(lines: Sequence[str], members: Sequence[str], around: Collection[s
     """`lines` (a forward's body) with each member `self.NAME` they read more than once bound to a local
     first, named apart from every name `lines` and `around` (the forward's other lines) hold. A member the
     lines assign is read as it is."""
-    text = "\n".join([*lines, *around])
+    text = without_spec_lines("\n".join([*lines, *around]))
     taken = set(_NAME.findall(text))
     bindings: list[str] = []
     out = list(lines)
@@ -28,10 +29,16 @@ def read_once(lines: Sequence[str], members: Sequence[str], around: Collection[s
         read = re.compile(rf"\bself\.{re.escape(name)}\b")
         if re.search(rf"\bself\.{re.escape(name)}\s*(\[[^\]]*\]\s*)?=(?!=)", text):
             continue
-        if sum(len(read.findall(line)) for line in out) < 2:
+        if sum(len(read.findall(without_spec_lines(line))) for line in out) < 2:
             continue
         var = fresh_name(name, taken)
         taken.add(var)
         bindings.append(f"{var} = self.{name}")
-        out = [read.sub(var, line) for line in out]
+        out = [_in_code(read, var, line) for line in out]
     return bindings + out
+
+
+def _in_code(read: re.Pattern[str], var: str, line: str) -> str:
+    """`line` with each member read `read` finds in its code (not its `# file.layer:LINE`) spelt `var`."""
+    code = without_spec_lines(line)
+    return read.sub(var, code) + line[len(code) :]

@@ -21,3 +21,10 @@ def with_spec_line(lines: list[str], at: int, path: str | None, line: int) -> li
         return lines
     where = f"# {printable(PurePosixPath(path).name)}:{line}"  # a file name is no code: escaped
     return [*lines[:at], f"{lines[at]}  {where}", *lines[at + 1 :]]
+
+
+def without_spec_lines(text: str) -> str:
+    """`text` (generated lines) without their `# file.layer:LINE` comments: what reads the code for the names
+    it spells reads no file name (`x.layer` spells no `x`). A comment starts at the line's first `  # `:
+    generated code writes none before it (`with_spec_line`)."""
+    return "\n".join(line.split("  # ", 1)[0] for line in text.split("\n"))
