@@ -597,7 +597,8 @@ class LoopFunction:
         they are kept per step (one buffer each), and their names as extra outputs."""
         groups = []
         for seg in self.plan.segments:
-            if isinstance(seg, Nest):  # a kernel's second results in its body: saved as any value
+            if isinstance(seg, Nest):  # a kernel's second results in its body: their stacks over the outer steps
+                groups.append((True, function_nest.second_results(self, seg)))
                 continue
             if isinstance(seg, Choice):  # each side's: None when the other side ran
                 groups += [(True, [s.var for s in tape.steps if _kept(s)]) for tape in seg.sides()]
