@@ -132,6 +132,38 @@ def test_group_norms_in_a_nest_have_second_derivatives(policy, layers, outer):
     assert torch.autograd.gradgradcheck(ours, (x,))
 
 
+# A group norm on the side of an `if` chosen per step (`t % 2 == 0`: a nest of no inner loop): its statistics'
+# rows were unmarked extra outputs too (codegen/function_nest.second_results, a `Choice`'s sides).
+CHOSEN_GROUP_NORM = """\
+DECORATOR
+layer ChosenNorm(c: int) {
+    param gamma: [c] = ones
+    example(c = 4)
+    forward(x: [T, N, c, L]) {
+        h = x[0]
+        for t in range(T) {
+            if t % 2 == 0 {
+                h = tanh(group_norm(h + x[t], 2, weight = gamma))
+            } else {
+                h = h * 0.5
+            }
+        }
+        return h
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("policy", sorted(DECORATORS))
+def test_a_group_norm_on_a_side_chosen_per_step_has_second_derivatives(policy, steps):
+    ours, plain = function_and_plain(CHOSEN_GROUP_NORM.replace("DECORATOR", DECORATORS[policy]), "ChosenNorm", 4)
+    torch.manual_seed(steps)
+    x = _double(steps, 2, 4, 3)
+    _agree(ours, plain, x)
+    assert torch.autograd.gradgradcheck(ours, (x,))
+
+
 # A list read in the body of the loop that appends to it: `outs[t]` (the previous step's state, as a user
 # of a list of states writes it) derived silently wrong first derivatives (the list taken as the items before
 # the loop, its gradient never reaching the steps' `h`); `stack(keys)` (attention over the states so far) was

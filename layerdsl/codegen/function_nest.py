@@ -371,11 +371,14 @@ def layers(fn: LoopFunction, value: str) -> str:
 
 def second_results(fn: LoopFunction, nest: Nest) -> list[str]:
     """The stacks over the outer steps of a kernel's second results in `nest`'s body (group norm's `mean`,
-    `rstd`, kept per step of its loops too): not differentiable, as a loop's are (double backward would
+    `rstd`; kept per step of its loops too, or on a side of its `if`s: a loop choosing a side per step): not differentiable, as a loop's are (double backward would
     otherwise go through `native_layer_norm_backward`'s mean, which has no derivative)."""
     from layerdsl.codegen.function_loops import _kept
 
     straight = [s.var for seg in nest.segments if isinstance(seg, Straight) for s in seg.tape.steps if _kept(s)]
+    straight += [
+        s.var for seg in nest.segments if isinstance(seg, Choice) for t in seg.sides() for s in t.steps if _kept(s)
+    ]
     looped = [fn.stacked(s.var) for loop in nest.loops() for s in loop.tape.steps if _kept(s)]
     return [layers(fn, v) for v in straight + looped]
 
