@@ -242,6 +242,27 @@ def refuse_items_in_loop(loop: N.For, lists: set[str]) -> None:
                 )
 
 
+def refuse_lists_read_while_growing(body: list[N.Stmt]) -> None:
+    """NotDerivable at a read, in a kept loop's body, of a list made before the loop that the body appends to
+    (`stack(keys)`, `outs[-1]`, `outs[t]` while `outs.append(h)`): the tape takes such a list as the items
+    appended before the loop, so each step would read the same (or no) items and their gradient would not
+    reach the steps that appended them. A list made in the body (a nest's per-layer `outputs = []`) is new
+    each step: its reads there are the inner loop's."""
+    for loop in (s for s in statements(body) if isinstance(s, N.For)):
+        inner = list(statements(loop.body))
+        made = {s.target for s in inner if isinstance(s, N.Assign) and isinstance(s.value, N.ListExpr)}
+        growing = {s.target for s in inner if isinstance(s, N.Append)} - made
+        for stmt in loop.body:
+            read = next((n for n in walk(stmt) if isinstance(n, N.Name) and n.id in growing), None)
+            if read is not None:
+                raise NotDerivable(
+                    read.span,
+                    f"a derived backward cannot read the list '{read.id}' in the body of the loop that appends"
+                    " to it (it grows each step; not derived yet)",
+                    "carry what a step reads in a local bound before the loop (`last = h`), or drop @function",
+                )
+
+
 def alike(shapes: list[Shape]) -> bool:
     """Whether `shapes` (a list's items') are one shape, known and without a `...` group."""
     return bool(shapes) and shapes[0] is not None and GROUP not in shapes[0] and all(s == shapes[0] for s in shapes)

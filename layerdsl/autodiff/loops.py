@@ -45,6 +45,7 @@ from layerdsl.autodiff.loop_lists import (
     mark_item_read,
     nonnegative_int,
     refuse_items_in_loop,
+    refuse_lists_read_while_growing,
     stacked_shape,
     uneven_steps,
     unit_slices,
@@ -397,6 +398,7 @@ def plan_loops(
     layer = step_choices.with_sides_flattened(layer)  # a side's numbers and nested `if`s at the body's top
     assert layer.forward is not None
     check_loop_numbers(layer.forward.body)
+    refuse_lists_read_while_growing(layer.forward.body)
     return Planner(layer, optional, conditions).run(grads_for)
 
 

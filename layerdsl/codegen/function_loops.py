@@ -501,7 +501,8 @@ class LoopFunction:
 
     def viewed_for_shape(self, reads: Reads, text: str) -> set[str]:
         """The inputs and members the backward (`text`) reads only through views of them read for their shape
-        alone (`x[t]` recomputed in a step, then `x_t.shape`): each kept as its shape on ctx (`leaf_shapes`)
+        alone (`x[t]` recomputed in a step, then `x_t.shape`, or a slice of it read so: `x[:, t][:, 1:]`'s shape
+        in the gradient of a sum): each kept as its shape on ctx (`leaf_shapes`)
         and made on the meta device (`placeholders_again`), as autograd keeps nothing of them."""
         views = {s.var: s for s in self.plan_steps() if s.op is not None and s.op.shape in VIEWS}
         views |= {p: s for loop in self.loops for p, s in loop.picks.items()}  # `x[t]` of each step
@@ -513,7 +514,7 @@ class LoopFunction:
             lines = [line for line in code if bare.search(line) and "ctx.saved_tensors" not in line]
             binders = {line.split(" = ", 1)[0] for line in lines}
             if lines and all(
-                b in views and leaf in _names(views[b].expr) and not _read_as_value(b, text) for b in binders
+                b in views and leaf in _names(views[b].expr) and _read_for_shape(b, text) for b in binders
             ):
                 out.add(leaf)
         return out
@@ -608,7 +609,8 @@ class LoopFunction:
         they are kept per step (one buffer each), and their names as extra outputs."""
         groups = []
         for seg in self.plan.segments:
-            if isinstance(seg, Nest):  # a kernel's second results in its body: saved as any value
+            if isinstance(seg, Nest):  # a kernel's second results in its body: their stacks over the outer steps
+                groups.append((True, function_nest.second_results(self, seg)))
                 continue
             if isinstance(seg, Choice):  # each side's: None when the other side ran
                 groups += [(True, [s.var for s in tape.steps if _kept(s)]) for tape in seg.sides()]
@@ -904,7 +906,8 @@ class LoopFunction:
                 line = f"{s.var} = {item_of_list(s.expr, self.item_lists) or ex(s.expr)}"
             if self.replaying and reads_a_new_value(s, self.plan):
                 line += ".detach()"  # (`save = "inputs"`: the forward run again in backward)
-            lines += with_spec_line([line], 0, self.e.spec_path, s.expr.span.line)
+            run = [line] + (_detached(seconds) if seconds and self.replaying else [])
+            lines += with_spec_line(run, 0, self.e.spec_path, s.expr.span.line)
         return lines + segment_check_lines(tape, ex, self.layer, self.e.spec_path, index)
 
     def forward_choice(
@@ -1347,6 +1350,13 @@ class LoopFunction:
     def returns(self) -> list[str]:
         grads = [f"grad_{l}" if l in self.plan.differentiable else "None" for l in self.plan.leaves]
         return [f"return {', '.join(grads + ['None'] * (len(self.kwargs) + len(held_params(self.held))))}"]
+
+
+def _detached(seconds: list[str]) -> list[str]:
+    """A call's second results (statistics, indices) run again in backward, detached as forward marks them
+    non-differentiable: ATen's backward kernels take them as constants (double backward through
+    `native_layer_norm_backward` has no derivative for its mean, the input's formula covering it)."""
+    return [f"{', '.join(seconds)} = {', '.join(f'{v}.detach()' for v in seconds)}"]
 
 
 def _under_given(writer: BackwardWriter, lines: list[str]) -> list[str]:

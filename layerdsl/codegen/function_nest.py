@@ -470,6 +470,20 @@ def layers(fn: LoopFunction, value: str) -> str:
     return fn.name(f"{value}_layers")
 
 
+def second_results(fn: LoopFunction, nest: Nest) -> list[str]:
+    """The stacks over the outer steps of a kernel's second results in `nest`'s body (group norm's `mean`,
+    `rstd`; kept per step of its loops too, or on a side of its `if`s: a loop choosing a side per step): not differentiable, as a loop's are (double backward would
+    otherwise go through `native_layer_norm_backward`'s mean, which has no derivative)."""
+    from layerdsl.codegen.function_loops import _kept
+
+    straight = [s.var for seg in nest.segments if isinstance(seg, Straight) for s in seg.tape.steps if _kept(s)]
+    straight += [
+        s.var for seg in nest.segments if isinstance(seg, Choice) for t in seg.sides() for s in t.steps if _kept(s)
+    ]
+    looped = [fn.stacked(s.var) for loop in nest.loops() for s in loop.tape.steps if _kept(s)]
+    return [layers(fn, v) for v in straight + looped]
+
+
 def shapes_per_step(fn: LoopFunction, reads: Reads, per_step: dict[int, set[str]], text: str) -> dict[int, set[str]]:
     """The values of each nest's straight segments, those it carries and those its loops leave, kept per outer
     step, that backward (`text`) reads only for their shape (`sum_to_size(mm.shape)` in the gradient of `mm + b`, `select_backward(g, gi.shape, 0, t)`),
