@@ -186,14 +186,6 @@ def test_the_split_loop_agrees_with_autograd(name, steps, k):
             assert torch.autograd.gradgradcheck(ours, (x, h0))
 
 
-# a kept loop stacks each step's views (`unsqueeze(xs[:, t], 1)` of a value from before the loop, `unsqueeze(h,
-# 1)` of a stacked step value) as copies where autograd keeps their base once; so does the loop unsplit
-KEEPS_VIEWS = pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/loops.py (a kept loop's saved step values): a view of a value from before the loop or of"
-    " another saved step value is stacked as a copy; next step: save it as the view, recomputed in backward",
-)
-
 # a loop holding loops in a row stacks, each outer step, the value carried between them (`h2_layers`), a copy
 # of the earlier loop's last step value it keeps too; so does a nest of two loops written in a row
 KEEPS_BETWEEN = pytest.mark.xfail(
@@ -205,8 +197,6 @@ KEEPS_BETWEEN = pytest.mark.xfail(
 
 
 def _kept_marks(name: str) -> list:
-    if name == "t < k, carried, cat dim 1":
-        return [KEEPS_VIEWS]
     return [KEEPS_BETWEEN] if name in NESTED and name != "t < k, range(1, T, 2)" else []
 
 

@@ -19,6 +19,7 @@ import functools
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 
+from layerdsl.autodiff.eval_dropout import split_on_training, training
 from layerdsl.autodiff.inline import Inlined, LayerNotGiven, counted_inlining
 from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
 from layerdsl.autodiff.local_sizes import sub_requires_dropped
@@ -315,6 +316,7 @@ def plan_backward(
         layer = layer.with_body(rest_under_first(layer.forward.body))
     layer = unswitched(layer, choices)  # an `if` on arguments in a loop's body: around two copies of the loop
     layer = with_loops_paired(layer)  # a loop over a loop holding a loop: one loop over their pairs of steps
+    layer = _split_on_training(layer, known, choices)  # a loop's dropouts: none in eval (`eval_dropout`)
     assert layer.forward is not None
     if choices:  # a size of a local an `if` of its own binds, as the sizes of the inputs on each side
         layer = layer.with_body(sizes_by_side(layer.forward.body, layer, measured))
@@ -327,6 +329,18 @@ def plan_backward(
     if has_loop(layer.forward.body):  # a member the `if`s around this side prove built is no loop's choice
         given |= {t.name for t in layer.tensors if t.cond is not None and _truth(t.cond, known) is True}
     return _straight_plan(layer, given, choices, measured)
+
+
+def _split_on_training(layer: N.Layer, known: Facts, choices: bool) -> N.Layer:
+    """`layer` with each loop that calls `dropout` on either side of an `if training` (`eval_dropout`),
+    where the `if`s around this side leave `training` open and the sides stay at most MAX_BRANCH_PLANS."""
+    assert layer.forward is not None
+    body = split_on_training(layer.forward.body)
+    if body is layer.forward.body or _truth(training(layer.forward.span), known) is not None:
+        return layer
+    if side_count(body, known, MAX_BRANCH_PLANS, choices) > MAX_BRANCH_PLANS:
+        return layer
+    return layer.with_body(body)
 
 
 def _too_long(layer: N.Layer, tape: Tape) -> NotDerivable:
