@@ -1,7 +1,8 @@
 """A kept loop whose body calls `dropout`, written `if training { the loop } else { the loop, each
 `dropout(x, p)` as x }`: torch's dropout is the identity in eval, where the loop then draws no mask, keeps
 none per step, and its backward reads a dropped value back as its input (a carried value's row), as
-autograd keeps it (`plan.plan_backward`, before the forward branches on its `if`s)."""
+autograd keeps it (`plan.plan_backward`, before the forward branches on its `if`s; tried where the forward as
+written derives)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ def split_on_training(body: list[N.Stmt]) -> list[N.Stmt]:
         changed |= new is not stmt
         out.append(new)
     return out if changed else body
+
+
+def calls_dropout_in_a_loop(body: list[N.Stmt]) -> bool:
+    """Whether a loop of `body` (or of its `if`s) calls `dropout`."""
+    return any(isinstance(s, N.For) and _drops(s) for stmt in body for s in walk(stmt))
 
 
 def _drops(loop: N.For) -> bool:
