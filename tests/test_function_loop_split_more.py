@@ -186,14 +186,6 @@ def test_the_split_loop_agrees_with_autograd(name, steps, k):
             assert torch.autograd.gradgradcheck(ours, (x, h0))
 
 
-# a kept loop stacks each step's views (`unsqueeze(xs[:, t], 1)` of a value from before the loop, `unsqueeze(h,
-# 1)` of a stacked step value) as copies where autograd keeps their base once; so does the loop unsplit
-KEEPS_VIEWS = pytest.mark.xfail(
-    strict=True,
-    reason="autodiff/loops.py (a kept loop's saved step values): a view of a value from before the loop or of"
-    " another saved step value is stacked as a copy; next step: save it as the view, recomputed in backward",
-)
-
 # a loop holding loops in a row stacked, each outer step, the value carried from one inner loop to the next
 # (`h2_layers` of "t == 0, step 2": 816 bytes to autograd's 720), a copy of the first loop's last step value it
 # keeps too: now kept only where that loop ran no steps, read as its last step elsewhere
@@ -215,8 +207,6 @@ KEEPS_JOIN = pytest.mark.xfail(
 
 
 def _kept_marks(name: str) -> list:
-    if name == "t < k, carried, cat dim 1":
-        return [KEEPS_VIEWS]
     return {"t == k, range(1, T, 3)": [KEEPS_BETWEEN], "t >= T - 1, step 4, stack": [KEEPS_JOIN]}.get(name, [])
 
 

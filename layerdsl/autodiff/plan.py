@@ -19,6 +19,7 @@ import functools
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 
+from layerdsl.autodiff.eval_dropout import calls_dropout_in_a_loop, split_on_training, training
 from layerdsl.autodiff.inline import Inlined, LayerNotGiven, counted_inlining
 from layerdsl.autodiff.inputs import with_tuples_split, without_callable_sides
 from layerdsl.autodiff.local_sizes import sub_requires_dropped
@@ -181,6 +182,7 @@ def _fewest_ways(layer: N.Layer) -> Plan:
     try:
         plan = plan_backward(layer)
         _check_nest_copies(plan)
+        plan = _with_eval_side(layer, plan)
     except NotDerivable as exc:
         assert layer.forward is not None
         stmts = list(walk_stmts(layer.forward.body))
@@ -298,6 +300,7 @@ def plan_backward(
     measured: Measured | None = None,
     room: int = MAX_NEST_COPIES,
     choices: bool = False,
+    eval_side: bool = False,
 ) -> Plan:
     """One `@function` layer's plan; raises NotDerivable for what the derivation cannot go through (the
     first problem, carrying the others: `NotDerivable.every`). `given`: the optional inputs and members that the `if`s
@@ -305,7 +308,8 @@ def plan_backward(
     side only); `measured`: the sizes the whole forward measures, by name (`unroll.prepared_forward`);
     `room`: how many loops holding loops its ways may hold (TooManyNests past it, `_check_nest_copies`);
     `choices`: a forward with loops branches only on the `if`s holding a loop (or an append, a `return`, an
-    `if`), each other `if` a segment of its own (`loops.Choice`)."""
+    `if`), each other `if` a segment of its own (`loops.Choice`); `eval_side`: a loop calling `dropout` on
+    either side of an `if training` (`eval_dropout`)."""
     assert layer.forward is not None, "the parser reports a layer without forward"
     # tuple inputs as tensors, sides calling a callable argument dropped, loops unrolled, sizes named
     layer = without_callable_sides(with_tuples_split(layer))
@@ -315,6 +319,8 @@ def plan_backward(
         layer = layer.with_body(rest_under_first(layer.forward.body))
     layer = unswitched(layer, choices)  # an `if` on arguments in a loop's body: around two copies of the loop
     layer = with_loops_paired(layer)  # a loop over a loop holding a loop: one loop over their pairs of steps
+    if eval_side:  # a loop's dropouts: none in eval
+        layer = _split_on_training(layer, known, choices)
     assert layer.forward is not None
     if choices:  # a size of a local an `if` of its own binds, as the sizes of the inputs on each side
         layer = layer.with_body(sizes_by_side(layer.forward.body, layer, measured))
@@ -327,6 +333,32 @@ def plan_backward(
     if has_loop(layer.forward.body):  # a member the `if`s around this side prove built is no loop's choice
         given |= {t.name for t in layer.tensors if t.cond is not None and _truth(t.cond, known) is True}
     return _straight_plan(layer, given, choices, measured)
+
+
+def _with_eval_side(layer: N.Layer, plan: Plan) -> Plan:
+    """The plan of `layer` whose loops calling `dropout` are split on `training` (`eval_dropout`), where it
+    derives; else `plan`. Tried only once the forward as written derives: a refused one is not planned twice."""
+    assert layer.forward is not None
+    if not calls_dropout_in_a_loop(layer.forward.body):
+        return plan
+    try:
+        split = plan_backward(layer, eval_side=True)
+        _check_nest_copies(split)
+    except NotDerivable:
+        return plan
+    return split
+
+
+def _split_on_training(layer: N.Layer, known: Facts, choices: bool) -> N.Layer:
+    """`layer` with each loop that calls `dropout` on either side of an `if training` (`eval_dropout`),
+    where the `if`s around this side leave `training` open and the sides stay at most MAX_BRANCH_PLANS."""
+    assert layer.forward is not None
+    body = split_on_training(layer.forward.body)
+    if body is layer.forward.body or _truth(training(layer.forward.span), known) is not None:
+        return layer
+    if side_count(body, known, MAX_BRANCH_PLANS, choices) > MAX_BRANCH_PLANS:
+        return layer
+    return layer.with_body(body)
 
 
 def _too_long(layer: N.Layer, tape: Tape) -> NotDerivable:

@@ -304,6 +304,7 @@ class LoopFunction:
         self.start_shapes: set[str] = set()  # leaves whose shape backward reads on ctx (`function_nest.start_zeros`)
         self.saved_in_steps: dict[str, str] = {}  # saved only where a step runs, by the test (`function_nest`)
         self.saved_again: dict[str, str] = {}  # alike under `save = "inputs"` (`loop_starts`)
+        self.like_leaves: set[str] = set()  # of those, read for their dtype and device too (`x.new_zeros`)
         self.side_tests: dict[tuple[int, int], str] = {}  # each side's condition, as backward spells it
         # `if m != none` of an optional input, an `if` of its own: backward tests m's shape, kept on ctx
         conds = [seg.cond for seg in function_nest.choices(plan.segments)]  # a nest's body's too
@@ -460,6 +461,7 @@ class LoopFunction:
         is returned (for setup_context to take its shape) but not saved, its shape kept on ctx; a value only
         one side of an `if` reads (`gelu`'s input) is saved only when that side runs. Their gradients, as
         extra outputs', are unchanged. A value the written code still spells itself stays saved."""
+        self.like_leaves = set()
         self.meta_leaves = self.viewed_for_shape(reads, "\n".join(body))
         if self.meta_leaves:  # their shapes read, not they (`BackwardWriter.read`)
             body, reads = self.backward(once, per_step)
@@ -513,10 +515,13 @@ class LoopFunction:
             code = [line.strip() for line in without_spec_lines(text).splitlines()]
             lines = [line for line in code if bare.search(line) and "ctx.saved_tensors" not in line]
             binders = {line.split(" = ", 1)[0] for line in lines}
+            made = {b for b in binders if b in views and _made_like(views[b], leaf)}
             if lines and all(
-                b in views and leaf in _names(views[b].expr) and _read_for_shape(b, text) for b in binders
+                b in made or b in views and leaf in _names(views[b].expr) and _read_for_shape(b, text) for b in binders
             ):
                 out.add(leaf)
+                if made:
+                    self.like_leaves.add(leaf)
         return out
 
     def shapes_per_step(self, reads: Reads, per_step: dict[int, set[str]], body: list[str]) -> dict[int, set[str]]:
@@ -568,7 +573,15 @@ class LoopFunction:
         for p in sorted(self.placeholders() & self.shape_only):
             shape = self.names.ctx_shape(p)
             made.append(f'{p} = None if {shape} is None else torch.empty({shape}, device="meta")')
-        made += [f'{l} = torch.empty({self.names.ctx_shape(l)}, device="meta")' for l in sorted(self.meta_leaves)]
+        made += [
+            (
+                f"{l} = torch.zeros((), dtype={self.names.ctx_value(l + '_dtype')}, "
+                f"device={self.names.ctx_value(l + '_device')}).expand({self.names.ctx_shape(l)})"
+                if l in self.like_leaves
+                else f'{l} = torch.empty({self.names.ctx_shape(l)}, device="meta")'
+            )
+            for l in sorted(self.meta_leaves)
+        ]
         return made
 
     def _tensor_type(self, leaf: str) -> str:
@@ -1134,6 +1147,9 @@ class LoopFunction:
             if l in self.leaf_shapes and l not in self.presence_tested
         ]
         lines += function_nest.start_shape_lines(self)
+        for l in sorted(self.like_leaves & self.meta_leaves):  # (`x.new_zeros(...)` of its placeholder)
+            lines += [f"{self.names.ctx_value(l + '_dtype')} = {l}.dtype"]
+            lines += [f"{self.names.ctx_value(l + '_device')} = {l}.device"]
         flags = self.flags_tested + [p for p in self.helper.plain_inputs if p in self.recomputed_plain]
         lines += [f"{self.names.ctx_value(f)} = {f}" for f in dict.fromkeys(flags)]
         lines += [f"{self.names.ctx_shape(o)} = {o}.shape" for o in dict.fromkeys(shaped)]
@@ -1463,7 +1479,7 @@ def _names(expr: N.Expr) -> set[str]:
 def _read_as_value(v: str, text: str) -> bool:
     """Whether the backward's `text` reads the value `v` otherwise than for its shape (`v.shape`), besides
     the line binding it to its slot."""
-    bare = re.compile(rf"(?<![.\w]){re.escape(v)}\b(?!\.shape\b)")
+    bare = re.compile(rf"(?<![.\w]){re.escape(v)}\b(?!\.shape\b|\.size\()")
     lines = without_spec_lines(text).splitlines()
     return any(bare.search(line) for line in lines if not line.lstrip().startswith(f"{v} = "))
 
@@ -1481,6 +1497,20 @@ def _read_for_shape(v: str, text: str, depth: int = 0) -> bool:
         if viewed is None or depth > 8 or not _read_for_shape(viewed.group(1), text, depth + 1):
             return False
     return True
+
+
+def _made_like(step: Step, leaf: str) -> bool:
+    """Whether `step` makes a tensor reading of `leaf` only its dtype and device (`x.new_zeros([B, d])`)."""
+    e = step.expr
+    return (
+        isinstance(e, N.Call)
+        and e.func in ("new_zeros", "new_ones", "new_full", "new_empty")
+        and bool(e.args)
+        and isinstance(e.args[0], N.Name)
+        and e.args[0].id == leaf
+        and leaf
+        not in {n.id for a in [*e.args[1:], *(k.value for k in e.kwargs)] for n in walk(a) if isinstance(n, N.Name)}
+    )
 
 
 def _kept(step: Step) -> bool:

@@ -255,6 +255,7 @@ class BackwardWriter:
             for i in shape_args(c)
             if isinstance(a := c.args[i], N.Name)
         }
+        sized = _sized(expr)
         for n in walk(expr):
             if isinstance(n, N.Name) and n.id in self.fn.meta_leaves:  # on the meta device: its shape alone
                 self.reads.shapes.add(n.id)
@@ -280,7 +281,7 @@ class BackwardWriter:
                     self.reads.in_loops.setdefault(n.id, set()).add(self.own_loop)
                 if self.current is self.reads.once:
                     self.reads.sides.setdefault(n.id, set()).add(self.side)
-                elif id(n) not in shaped:
+                elif id(n) not in shaped | sized:  # (a step's value kept of its shape alone: `size` of it works)
                     self.step_by_value.add(n.id)
 
     def computed_again(
@@ -537,7 +538,7 @@ class BackwardWriter:
         bwd = derive(tape, [g for _, g in outputs], extra_grads)
         body_values = set(loop.carried) | {s.var for s in loop.tape.steps}
         self.current, self.step_by_value, self.step_body = set(), set(), body_values | set(loop.picks)
-        sources = set(self.plan.leaves) | set(loop.picks)
+        sources = set(self.plan.leaves) | set(loop.picks) | (from_before(loop) if top else set())
         self.step_views = {}
         for s in loop.tape.steps:  # in order: a view of a view of a leaf is one too
             if s.op is not None and s.op.shape in VIEWS and operands(s) <= sources | set(self.step_views):
@@ -549,7 +550,7 @@ class BackwardWriter:
         self.ex = self.fn.helper.python(dataclasses.replace(self.spelling, names=self.spelling.names | per_step_names))
         self.step_loop = k
         derived, grads = self.statements(bwd, tape, "t")
-        cheap = recomputable(loop, self.step_by_value & body_values)
+        cheap = recomputable(loop, self.step_by_value & body_values) | views_of_read(loop, self.step_by_value)
         if cheap:  # written again, recomputing them from what the step keeps anyway
             plain_views = self.step_views
             self.step_views = {s.var: s for s in loop.tape.steps if s.var in plain_views or s.var in cheap}
@@ -699,6 +700,33 @@ def recomputable(loop: Loop, read: set[str]) -> set[str]:
     return cheap
 
 
+def from_before(loop: Loop) -> set[str]:
+    """The values a loop's body reads from before the loop, the same at every step (not the carried ones): a
+    view of one in a step (`unsqueeze(xs[:, t], 1)`) is computed again from it in backward, where it is kept
+    once, as autograd keeps a view's base, rather than kept per step as a copy."""
+    return set(loop.tape.leaves) - set(loop.carried)
+
+
+def views_of_read(loop: Loop, read: set[str]) -> set[str]:
+    """The body values that are views (`unsqueeze(h, 1)`) of a value a step of backward reads by value
+    (`read`, kept per step anyway): computed again from it, rather than each step's view kept as a copy
+    beside it (autograd keeps their base once). Not a carried value's next value nor an appended item
+    (read back from their buffers), as in `recomputable`."""
+    fixed = set(loop.updates.values())
+    fixed |= {e.id for e in [*loop.appended.values(), *sum(loop.more.values(), [])] if isinstance(e, N.Name)}
+    return {
+        s.var
+        for s in loop.tape.steps
+        if s.op is not None
+        and s.op.shape in VIEWS
+        and s.var not in fixed
+        and not s.guard
+        and not s.by_mask
+        and (args := operands(s))
+        and args <= read
+    }
+
+
 def read_from_cats(loop: Loop, reshaped: set[str], recomputed: set[str], by_value: set[str]) -> dict[str, Step]:
     """The values of a step's own shape (`reshaped`) that backward computes again (`recomputed`), other than
     views, that are a part of a `cat` of the step that it reads by value (`by_value`, kept per step): each as
@@ -746,3 +774,12 @@ def read_from_cats(loop: Loop, reshaped: set[str], recomputed: set[str], by_valu
 def operands(step) -> set[str]:
     """The names of the tensors a step reads."""
     return {n.id for a in step.args.values() for n in walk(a) if isinstance(n, N.Name) and n.kind == N.Kind.TENSOR}
+
+
+def _sized(expr: N.Expr) -> set[int]:
+    """The ids of the names `expr` reads only a size of (`size_at(mm, -1)`: a chunk's cut, `tape._part_slices`)."""
+    return {
+        id(c.args[0])
+        for c in walk(expr)
+        if isinstance(c, N.Call) and c.func == "size_at" and c.args and isinstance(c.args[0], N.Name)
+    }
