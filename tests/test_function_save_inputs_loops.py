@@ -142,7 +142,9 @@ def test_only_the_inputs_are_saved_and_the_gradients_agree(name, config):
     read = torch.autograd.grad(inputs(x).sum(), list(inputs.parameters()), allow_unused=True)
     given = sum(t.numel() * t.element_size() for t, g in zip([x, *inputs.parameters()], [x, *read]) if g is not None)
     assert saved_bytes(lambda: inputs(x)) == given
-    assert saved_bytes(lambda: default(x)) > given  # what it stands against
+    # the default policy keeps what autograd keeps or less (which may be less than the inputs: a loop's
+    # steps keep values smaller than x, or x's views)
+    assert saved_bytes(lambda: default(x)) <= saved_bytes(lambda: plain(x))
     # and what backward computes again is what the default Function saves: the same outputs and gradients,
     # the plain module's (double backward too)
     compare_with_plain(inputs, plain, x)
