@@ -471,8 +471,8 @@ def layers(fn: LoopFunction, value: str) -> str:
 
 
 def shapes_per_step(fn: LoopFunction, reads: Reads, per_step: dict[int, set[str]], text: str) -> dict[int, set[str]]:
-    """The values of each nest's straight segments, those it carries and those its loops leave, kept per outer
-    step, that backward (`text`) reads only for their shape (`sum_to_size(mm.shape)` in the gradient of `mm + b`, `select_backward(g, gi.shape, 0, t)`),
+    """The values of each nest's straight segments, those it carries, those its loops leave and their joins
+    (`stack(outs)`), kept per outer step, that backward (`text`) reads only for their shape (`sum_to_size(mm.shape)` in the gradient of `mm + b`, `select_backward(g, gi.shape, 0, t)`),
     by `key`: each step keeps one element expanded to the value's shape (`stacked_shapes`)."""
     from layerdsl.codegen.function_loops import _kept, _read_as_value
 
@@ -486,6 +486,9 @@ def shapes_per_step(fn: LoopFunction, reads: Reads, per_step: dict[int, set[str]
         # a carried value is bound per step under its own name only: the text tells whether it is read
         carried = [*nest.carried, *(c for loop in nest.loops() for c in loop.carried)]
         shaped |= {c for c in carried if c in per_step.get(at, set())}
+        # a join of its loops' lists (`stack(outs)` read only for the shape of `sum`'s gradient)
+        joined = {j.name for loop in nest.loops() for j in loop.joins}
+        shaped |= {v for v in joined if v in per_step.get(at, set())} - reads.by_value.get(at, set())
         shaped -= set(nest.updates.values()) | listed
         spelt_as = {c: step_name(fn, nest, c) for c in nest.carried}  # (`step_spelling`)
         out[at] = {v for v in shaped if not any(_read_as_value(n, text) for n in {v, spelt_as.get(v, v)})}
