@@ -198,20 +198,15 @@ KEEPS_VIEWS = pytest.mark.xfail(
 # (`h2_layers` of "t == 0, step 2": 816 bytes to autograd's 720), a copy of the first loop's last step value it
 # keeps too: now kept only where that loop ran no steps, read as its last step elsewhere
 # (`function_nest.kept_where_none`); `stack(outs)` of each outer step, read only for its shape, is kept one
-# element expanded (`function_nest.shapes_per_step`: 864 bytes to autograd's 672 before). One spec keeps more:
-KEEPS_BETWEEN = pytest.mark.xfail(
-    strict=True,
-    reason="codegen/function_nest.py (a nest's saved values): the middle loop of three runs no steps, and the"
-    " value it leaves (`h4_layers`, 96 bytes: a copy of its start, the first loop's last step) is stacked at"
-    " every outer step; next step: keep that value only where its loop ran steps (its last value is in no"
-    " stack), read as its start elsewhere, as `kept_where_none` keeps one only where its loop ran none",
-)
+# element expanded (`function_nest.shapes_per_step`: 864 bytes to autograd's 672 before); the value a middle
+# loop of three leaves, a copy of its start where it runs no steps, is kept only where it ran steps, read as
+# its start elsewhere (`function_nest.kept_where_steps`: 720 bytes to autograd's 624 before).
 
 
 def _kept_marks(name: str) -> list:
     if name == "t < k, carried, cat dim 1":
         return [KEEPS_VIEWS]
-    return {"t == k, range(1, T, 3)": [KEEPS_BETWEEN]}.get(name, [])
+    return []
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=_kept_marks(n)) for n in sorted(SPECS)])
