@@ -189,28 +189,13 @@ def test_the_split_loop_agrees_with_autograd(name, steps, k):
 # a loop holding loops in a row stacked, each outer step, the value carried from one inner loop to the next
 # (`h2_layers` of "t == 0, step 2": 816 bytes to autograd's 720), a copy of the first loop's last step value it
 # keeps too: now kept only where that loop ran no steps, read as its last step elsewhere
-# (`function_nest.kept_where_none`). Two specs keep more for other causes:
-KEEPS_BETWEEN = pytest.mark.xfail(
-    strict=True,
-    reason="codegen/function_nest.py (a nest's saved values): the middle loop of three runs no steps, and the"
-    " value it leaves (`h4_layers`, 96 bytes: a copy of its start, the first loop's last step) is stacked at"
-    " every outer step; next step: keep that value only where its loop ran steps (its last value is in no"
-    " stack), read as its start elsewhere, as `kept_where_none` keeps one only where its loop ran none",
-)
-KEEPS_JOIN = pytest.mark.xfail(
-    strict=True,
-    reason="codegen/function_nest.py (a nest's saved values): `stack(outs, dim = 0)` of each outer step, read"
-    " in backward only for its shape (`expand(stacked_outs.shape)` of `sum`'s gradient), is stacked whole over"
-    " the outer steps (`stacked_outs_layers`, 192 bytes); next step: keep it one element expanded, as"
-    " `shapes_per_step` keeps the body's other values read for their shape (it leaves out listed values)",
-)
-
-
-def _kept_marks(name: str) -> list:
-    return {"t == k, range(1, T, 3)": [KEEPS_BETWEEN], "t >= T - 1, step 4, stack": [KEEPS_JOIN]}.get(name, [])
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_kept_marks(n)) for n in sorted(SPECS)])
+# (`function_nest.kept_where_none`); `stack(outs)` of each outer step, read only for its shape, is kept one
+# element expanded (`function_nest.shapes_per_step`: 864 bytes to autograd's 672 before); the value a middle
+# loop of three leaves, a copy of its start where it runs no steps, is kept only where it ran steps, read as
+# its start elsewhere (`function_nest.kept_where_steps`: 720 bytes to autograd's 624 before); a view in a
+# step of a value from before the loop is computed again in backward, not stacked as a copy
+# (`loop_backward.from_before`, `views_of_read`: 1152 bytes to autograd's 816 before).
+@pytest.mark.parametrize("name", sorted(SPECS))
 def test_backward_keeps_no_more_than_autograd(name):
     ours, plain = _pair(name, 3)
     x, h0 = _inputs(7, 2)

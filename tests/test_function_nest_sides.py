@@ -109,8 +109,10 @@ def test_a_side_passing_the_carried_value_on_saves_no_more_than_autograd() -> No
                 strict=True,
                 reason="codegen/function_nest.py: the carried h's start (h0) is saved because one side reads h at"
                 " some outer steps (`starts_read` reads it at every step), though outer step 0 runs the side"
-                " that does not (autograd keeps nothing of h0); next step: read the start only where a side"
-                " reading the carried value runs at step 0",
+                " that does not (autograd keeps nothing of h0); `starts_read` reads it outside the loops' steps,"
+                " so `loop_starts.step_test` is None and `when_a_step_runs` saves h0 whole; next step: read the"
+                " start only where a side reading the carried value runs at step 0 (the `if`'s condition at the"
+                " nest's first step, spelt on ctx, as a test `when_a_step_runs` saves it under)",
             ),
         ),
     ],

@@ -13,7 +13,8 @@ step, `last_step`), or else stacked from step 1 on (`from_step_one`), and
 is its start at step 0; where the body's loops in a row carry it, from the last step of the latest that ran
 steps (`loop_chain`: each loop's count the same at every outer step). A loop's carried value that a later loop
 starts from, starting from the nest's carried value, is kept only where the loop ran no steps, read as its
-last step elsewhere (`kept_where_none`); a merged value after an `if` tested at each outer step whose other
+last step elsewhere (`kept_where_none`); one a loop leaves whose last value is in no stack, only where the loop
+ran steps, read as its start elsewhere (`kept_where_steps`); a merged value after an `if` tested at each outer step whose other
 side passes the carried value on is kept in rows for the steps of the side computing it, read as the carried
 value elsewhere (`merged_rows`). After the nest, its last value is the inner loop's last step at the last outer step
 (`ends_in_layers`: saved only where that stack is None); an inner loop's last value the body reads is not
@@ -297,6 +298,60 @@ def where_none_lines(w: BackwardWriter, nest: Nest, where_none: dict[str, str]) 
     ]
 
 
+def kept_where_steps(fn: LoopFunction, nest: Nest, kept: list[str]) -> dict[str, tuple[str, str]]:
+    """The carried values of the body's loops that `kept` (the body's values kept per step) holds, left by a
+    loop whose last value is in no stack (`h4` of a loop whose steps keep `h4_steps` before each step), that
+    starts from a value backward binds before them (one `kept_where_none`):
+    by a stack of their loop's steps (None where it ran none) and that start. Such a loop's count is one the
+    outer step does not change: forward keeps the value per outer step only where the loop ran steps (the
+    stack over the outer steps is None where it ran none), and backward reads it as its start elsewhere, as
+    autograd keeps nothing of a copy (`where_steps_lines`)."""
+    out: dict[str, tuple[str, str]] = {}
+    shaped = stacked_shapes(fn, nest)
+    where_none = kept_where_none(fn, nest, kept)
+    special = {*from_step_one(fn, nest, kept), *nest.carried, *where_none}
+    for loop in (seg for seg in nest.segments if isinstance(seg, Loop)):
+        if not _count_steady(nest, loop) or loop in ragged_steps.ragged_loops(nest):
+            continue
+        stacks = [fn.stacked(v) for v in [*loop.carried, *_vars(loop)]]
+        ran = next((st for st in stacks if st in kept and st not in shaped), None)
+        if ran is None:
+            continue
+        for v, start in loop.carried.items():
+            if v not in kept or v in shaped | special or maybe_none(fn, nest, v):
+                continue
+            if start in where_none:  # (one kept as it is may be saved only where a step runs: `saved_in_steps`)
+                out[v] = (ran, start)
+    return out
+
+
+def where_steps_lines(w: BackwardWriter, nest: Nest, where_steps: dict[str, tuple[str, str]]) -> list[str]:
+    """Backward's lines binding each value `kept_where_steps` at the head of a step (after the values
+    `kept_where_none`): its row where its loop ran steps, else its start."""
+    k = step_index(w.fn, nest)
+    return [
+        f"{spelt(w, v)} = {spelt(w, start)} if {layers(w.fn, v)} is None else {layers(w.fn, v)}[{k}]"
+        for v, (_, start) in where_steps.items()
+    ]
+
+
+def kept_before(fn: LoopFunction, nest: Nest, value: str, kept: list[str]) -> str:
+    """`value`, one of `kept` (the body's values kept per step), at the outer step before this one (k > 0), as
+    backward reads it back from what holds it: its row, or where it is kept only where its loop ran steps
+    (`kept_where_steps`) and that loop ran none, its start at that step; one `kept_where_none`, its loop's
+    last step there, where it ran some."""
+    k = step_index(fn, nest)
+    where_none = kept_where_none(fn, nest, kept)
+    if value in where_none:
+        steps = layers(fn, where_none[value])
+        return f"({steps}[{k} - 1][-1] if {steps} is not None else {layers(fn, value)}[{k} - 1])"
+    where_steps = kept_where_steps(fn, nest, kept)
+    if value in where_steps:
+        start = kept_before(fn, nest, where_steps[value][1], kept)
+        return f"({layers(fn, value)}[{k} - 1] if {layers(fn, value)} is not None else {start})"
+    return f"{layers(fn, value)}[{k} - 1]"
+
+
 def end_lines(w: BackwardWriter, nest: Nest) -> list[str]:
     """Backward's lines binding each of the body's loops' carried values not kept per outer step
     (`inner_ends`) at the head of a step: its loop's last step at this outer step, or its start."""
@@ -411,7 +466,7 @@ def chain_start(w: BackwardWriter, nest: Nest, carried: str, kept: list[str], st
     assert chain is not None
     loops_, first = chain
     k = step_index(w.fn, nest)
-    value = start if first == carried else f"{layers(w.fn, first)}[{k} - 1] if {k} > 0 else {start}"
+    value = start if first == carried else f"{kept_before(w.fn, nest, first, kept)} if {k} > 0 else {start}"
     for steps, _ in reversed(loops_[1:]):
         value = f"{layers(w.fn, steps)}[{k} - 1][-1] if {k} > 0 and {layers(w.fn, steps)} is not None else {value}"
     return value
@@ -485,8 +540,8 @@ def second_results(fn: LoopFunction, nest: Nest) -> list[str]:
 
 
 def shapes_per_step(fn: LoopFunction, reads: Reads, per_step: dict[int, set[str]], text: str) -> dict[int, set[str]]:
-    """The values of each nest's straight segments, those it carries and those its loops leave, kept per outer
-    step, that backward (`text`) reads only for their shape (`sum_to_size(mm.shape)` in the gradient of `mm + b`, `select_backward(g, gi.shape, 0, t)`),
+    """The values of each nest's straight segments, those it carries, those its loops leave and their joins
+    (`stack(outs)`), kept per outer step, that backward (`text`) reads only for their shape (`sum_to_size(mm.shape)` in the gradient of `mm + b`, `select_backward(g, gi.shape, 0, t)`),
     by `key`: each step keeps one element expanded to the value's shape (`stacked_shapes`)."""
     from layerdsl.codegen.function_loops import _kept, _read_as_value
 
@@ -500,6 +555,9 @@ def shapes_per_step(fn: LoopFunction, reads: Reads, per_step: dict[int, set[str]
         # a carried value is bound per step under its own name only: the text tells whether it is read
         carried = [*nest.carried, *(c for loop in nest.loops() for c in loop.carried)]
         shaped |= {c for c in carried if c in per_step.get(at, set())}
+        # a join of its loops' lists (`stack(outs)` read only for the shape of `sum`'s gradient)
+        joined = {j.name for loop in nest.loops() for j in loop.joins}
+        shaped |= {v for v in joined if v in per_step.get(at, set())} - reads.by_value.get(at, set())
         shaped -= set(nest.updates.values()) | listed
         spelt_as = {c: step_name(fn, nest, c) for c in nest.carried}  # (`step_spelling`)
         out[at] = {v for v in shaped if not any(_read_as_value(n, text) for n in {v, spelt_as.get(v, v)})}
@@ -601,6 +659,7 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
     shaped, later = stacked_shapes(fn, nest), from_step_one(fn, nest, kept)
     starts = ragged_steps.gated_starts(fn, nest, kept)
     where_none = kept_where_none(fn, nest, kept)
+    where_steps = kept_where_steps(fn, nest, kept)
     body += [
         (
             f"{layers(fn, v)}.append({v}.new_zeros(()).expand({v}.shape))  # only its shape is read"
@@ -608,7 +667,11 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
             else (
                 f"{layers(fn, v)}.append({v} if {where_none[v]} is None else None)  # (its loop's last step)"
                 if v in where_none
-                else f"{layers(fn, v)}.append({v})"
+                else (
+                    f"{layers(fn, v)}.append(None if {where_steps[v][0]} is None else {v})  # (else its start)"
+                    if v in where_steps
+                    else f"{layers(fn, v)}.append({v})"
+                )
             )
         )
         for v in kept
@@ -650,7 +713,8 @@ def forward(fn: LoopFunction, nest: Nest, per_step: dict[int, set[str]], ex: PyE
         if v in ragged:  # of a different length at each outer step: joined end to end
             lines += ragged_steps.joined(listed, v in shaped)
             continue
-        test = f"{listed} and {listed}[0] is not None" if maybe_none(fn, nest, v) or v in where_none else listed
+        none = maybe_none(fn, nest, v) or v in where_none or v in where_steps
+        test = f"{listed} and {listed}[0] is not None" if none else listed
         if v in shaped:  # one element expanded: the outer steps' dim is one more
             whole = f"{listed}[0].expand(len({listed}), *{listed}[0].shape)"
             lines.append(f"{listed} = {whole} if {test} else None  # only its shape is read")
@@ -724,13 +788,14 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     in_steps = {v for v in kept if layers(fn, v) in fn.saved_in_steps} - set(later)
     gated_starts = ragged_steps.gated_starts(fn, nest, kept)  # (bound where its loop runs: `ragged_steps`)
     where_none = kept_where_none(fn, nest, kept)
+    where_steps = kept_where_steps(fn, nest, kept)
     merged = merged_rows(fn, nest, kept)
     body += [
         f"{spelt(w, v)} = {layers(fn, v)}[{step_index(fn, nest)}]"
         for v in kept
         if not maybe_none(fn, nest, v)
         and v not in later | rows.keys() | lazy.keys() | in_steps | gated_starts.keys() | where_none.keys()
-        and v not in merged
+        and v not in merged | where_steps.keys()
     ]
     ragged = ragged_steps.ragged_stacks(fn, nest, kept)
     body += [
@@ -738,10 +803,11 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         for v in kept
         if (maybe_none(fn, nest, v) or v in in_steps)
         and v not in rows
-        and v not in ragged | gated_starts.keys() | where_none.keys()
+        and v not in ragged | gated_starts.keys() | where_none.keys() | where_steps.keys()
     ]
     body += ragged_steps.step_lines(w, nest, kept)
     body += where_none_lines(w, nest, where_none)
+    body += where_steps_lines(w, nest, where_steps)
     outer_once = w.once
     if w.mode != "main":  # each step's share of the extra outputs' gradients
         for v in kept:
@@ -755,7 +821,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
             if v in later:  # step 0's value is the start, given no gradient of its own
                 start = _given_start_zeros(w, nest.carried[v])
                 step = f"{given}[{step_index(fn, nest)} - 1] if {step_index(fn, nest)} > 0 else {start}"
-            if v in where_none:  # none where its loop ran steps: its last step's row is given it
+            if v in where_none or v in where_steps:  # none where its loop ran steps (none): given its row's
                 step = f"0 if {given} is None else {step}"
             body.append(
                 f"{fn.grad_out(v)} = " + (f"None if {given} is None else {step}" if maybe_none(fn, nest, v) else step)
@@ -908,6 +974,7 @@ def saved_in_steps(fn: LoopFunction, reads: Reads, once: set[str]) -> dict[str, 
         rows = side_rows(fn, nest, kept)
         plain = set(kept) - set(nest.carried) - set(from_step_one(fn, nest, kept)) - rows.keys()
         plain -= set(step_rows.lazy_updates(fn, nest, kept, rows)) | stacked_shapes(fn, nest)
+        plain -= set(kept_where_steps(fn, nest, kept))
         for c in nest.carried:  # a start a carried value is read back from at the step after (`_read_back`)
             if c not in fn.kept_per_step.get(key(fn, nest), set()) or c in kept:
                 continue
