@@ -4,8 +4,9 @@ range(T) { if t % 2 == 1 { ... } else { ... } } }`): refused before ("a choice p
 holding no loop only"), now written as one loop over their pairs of steps (`autodiff/nest_pairs.py`,
 `choice_pairable`), a choice per step whose `if` reads the inner variable computed from the pair's. Against
 the plain module, in float64: outputs, first and second derivatives, gradcheck and gradgradcheck at L, T in
-0..3, with and without `save = "inputs"`; and no more bytes kept than autograd (not yet where a side reads a
-row of an input at the outer variable, `z[l]`: see the xfail)."""
+0..3, with and without `save = "inputs"`; and no more bytes kept than autograd (a row of an input at either
+variable, `x[t]` or `z[l]`, is picked again in backward, `codegen/step_picks.py`; see the xfails for what still
+keeps more)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,12 @@ BODIES = {
     "l % 2": """for l in range(L) {
             for t in range(T) {
                 if l % 2 == 0 { h = tanh(h @ w + x[t]) } else { h = sin(h) * z[l] }
+            }
+        }""",
+    # a row of an input at each variable (`x[t]`, `z[l]`), read again in backward, not kept per step
+    "rows": """for l in range(L) {
+            for t in range(T) {
+                if t % 2 == 1 { h = tanh(h @ w + x[t]) } else { h = h * z[l] }
             }
         }""",
     # ranges from a start, the condition on both variables
@@ -103,26 +110,23 @@ def test_a_choice_per_step_in_a_loop_holding_it_derives(body: str, decorator: st
         torch.testing.assert_close(*(second_derivatives(m, args) for m in (ours, plain)))
 
 
-# a side reads `z[l]` (or `x[t - 1]`), kept per step, not picked again in backward as autograd does
-ROWS_KEPT = {"l % 2", "starts", "three levels"}
+# saving more than autograd at some counts, and why (the next step in the module named)
+MORE_KEPT = {
+    "l % 2": "codegen/step_picks.py: the nest's picks share one trip from the first step reading any of them"
+    " (x[t], at step 0), so z is saved at L = 1, where no step reads z[l] (l % 2 == 1 from step T on); next"
+    " step: a trip per picked input, its first step found from the pair's outer variable (`j0 * K`)",
+    "starts": "codegen/step_picks.py: `x[t - 1]`, `z[l - 1]` of ranges from 1 are not picked (a pair's"
+    " variables from 0 only) and are kept per step; next step: pick an index offset by the range's start",
+    "three levels": "codegen/step_rows.py: the outer loop of count 2 is unrolled into two pair loops in a row,"
+    " and the second keeps its carried start again (the first's last row); next step: read it back from the"
+    " loop before it, as beside a plain loop",
+}
 
 
 @pytest.mark.parametrize(
     "body",
     [
-        (
-            pytest.param(
-                body,
-                marks=pytest.mark.xfail(
-                    strict=True,
-                    reason="codegen/step_picks.py picks `x[t]` of the loop's variable only: `z[l]` of the pair's outer"
-                    " variable (`l = l_t // T`) is kept per step; next step: pick a row at an int the step computes"
-                    " from the loop's variable alone, within the dim (`nest_pairs`' `l`, `t`), read again in backward",
-                ),
-            )
-            if body in ROWS_KEPT
-            else body
-        )
+        pytest.param(body, marks=pytest.mark.xfail(strict=True, reason=MORE_KEPT[body])) if body in MORE_KEPT else body
         for body in sorted(BODIES)
     ],
 )

@@ -6,7 +6,9 @@ gradient: O(T) elements a step, O(T²) a backward. Picked, the body's backward d
 own (read again as `x[t]` where a step reads its value, kept nowhere), each step appends its gradient (one row)
 and the row's index to lists, and after the loop they are written into one gradient of x's shape
 (`index_add` into zeros; a `range(T)` whose every step gives one row of `x[t]` or `x[T - 1 - t]`: the rows
-stacked, as a plain loop's). A row only one side reads is appended at the steps that ran that side.
+stacked, as a plain loop's). A row only one side reads is appended at the steps that ran that side. In a loop
+over pairs of steps (`autodiff.nest_pairs`), a row at either variable computed from the pair's (`z[j]`, `x[k]`)
+is picked too (`pair_index_within`), its rows added at their indices.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from layerdsl.codegen import loop_backward
 from layerdsl.codegen.step_rows import side_at
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
+from layerdsl.ir.printer import spec_text
 from layerdsl.semantics.shapes import dim_text
 
 if TYPE_CHECKING:
@@ -55,14 +58,47 @@ def step_picks(nest: Nest, leaves: set[str], shapes: dict) -> dict[str, tuple[St
             src, dim, at = s.args["input"], s.args["dim"], s.args["index"]
             if not (isinstance(src, N.Name) and src.id in leaves and isinstance(dim, N.Num)):
                 continue
-            if not (picked_forward(at, nest.var) or picked_backward(at, nest.var, count)):
+            within = count if picked_forward(at, nest.var) or picked_backward(at, nest.var, count) else None
+            within = within or pair_index_within(nest, at)
+            if within is None:
                 continue
             shape = shapes.get(src.id)
             d = int(dim.value)
-            if shape is None or "..." in shape or not -len(shape) <= d < len(shape) or shape[d] != count:
+            if shape is None or "..." in shape or not -len(shape) <= d < len(shape) or shape[d] != within:
                 continue
             out[s.var] = (s, index)
     return out
+
+
+def pair_index_within(nest: Nest, at: N.Expr) -> str | None:
+    """The dim `at` stays within where it is a variable of a loop over pairs of steps (`autodiff.nest_pairs`:
+    `j = j_k // maximum(K, 0)` over `range(maximum(J, 0) * maximum(K, 0))`, J's; `k = j_k % maximum(K, 0)`,
+    K's), each range from 0; None for another index."""
+    if not (isinstance(at, N.Name) and len(nest.bounds) == 1):
+        return None
+    counts = _clamped_counts(nest.bounds[0])
+    value = dict(nest.numbers).get(at.id)
+    if counts is None or not (isinstance(value, N.BinOp) and value.op in ("//", "%")):
+        return None
+    left, right = value.left, value.right
+    if not (isinstance(left, N.Name) and left.id == nest.var and spec_text(right) == spec_text(counts[1])):
+        return None
+    picked = counts[0] if value.op == "//" else counts[1]
+    assert isinstance(picked, N.Call)
+    return dim_text(picked.args[0])
+
+
+def _clamped_counts(stop: N.Expr) -> tuple[N.Expr, N.Expr] | None:
+    """`maximum(J, 0)` and `maximum(K, 0)` of a stop `maximum(J, 0) * maximum(K, 0)`; None for another."""
+    if not (isinstance(stop, N.BinOp) and stop.op == "*"):
+        return None
+    for count in (stop.left, stop.right):
+        if not (isinstance(count, N.Call) and count.func == "maximum" and len(count.args) == 2):
+            return None
+        zero = count.args[1]
+        if not (isinstance(zero, N.Num) and zero.value == 0):
+            return None
+    return stop.left, stop.right
 
 
 def read_in_steps(w: BackwardWriter, nest: Nest, picks: dict[str, tuple[Step, int]]) -> dict[str, int]:
@@ -214,7 +250,8 @@ def joined_rows(
     for (src, dim), (rows, at) in lists.items():
         group = [s for s, _ in picks.values() if _group(s) == (src, dim)]
         whole = w.acc(src) if w.state.get(w.acc(src)) is None else w.fn.name(f"grad_{src}_picked")
-        if always and len(nest.bounds) == 1 and len(group) == 1:
+        one_a_step = len(group) == 1 and pair_index_within(nest, group[0].args["index"]) is None  # (not `j`)
+        if always and len(nest.bounds) == 1 and one_a_step:
             in_order = f"{rows}[::-1]" if isinstance(group[0].args["index"], N.Name) else rows
             value = f"torch.stack({in_order}, dim={dim})"
         else:
