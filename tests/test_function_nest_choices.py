@@ -112,9 +112,6 @@ def test_a_choice_per_step_in_a_loop_holding_it_derives(body: str, decorator: st
 
 # saving more than autograd at some counts, and why (the next step in the module named)
 MORE_KEPT = {
-    "l % 2": "codegen/step_picks.py: the nest's picks share one trip from the first step reading any of them"
-    " (x[t], at step 0), so z is saved at L = 1, where no step reads z[l] (l % 2 == 1 from step T on); next"
-    " step: a trip per picked input, its first step found from the pair's outer variable (`j0 * K`)",
     "starts": "codegen/step_picks.py: `x[t - 1]`, `z[l - 1]` of ranges from 1 are not picked (a pair's"
     " variables from 0 only) and are kept per step; next step: pick an index offset by the range's start",
     "three levels": "codegen/step_rows.py: the outer loop of count 2 is unrolled into two pair loops in a row,"
