@@ -14,8 +14,9 @@ The Function runs the body once per step, keeping what its backward reads per st
 too, with a leading dim of the outer steps), and its backward runs the body's backward for k = n - 1, ...,
 0, each step's saved values picked from the stacks, the carried values' gradients carried from step to step.
 
-A loop whose body is one loop holding a loop comes here as one loop over the pairs of their steps
-(`nest_pairs`); one whose body holds more than that loop is refused (`planned_nest`, saying why).
+A loop whose body is one loop holding a loop, or one loop of a choice per step, comes here as one loop over
+the pairs of their steps (`nest_pairs`); one whose body holds more than that loop is refused (`planned_nest`,
+saying why).
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
                 branch.span,
                 "cannot derive through this `if` yet: it is in the body of a loop inside another loop, each of a"
                 " count known only when forward runs, and its side may change from step to step (a choice per"
-                " step is derived in a loop holding no loop only)",
+                " step is derived in a loop holding no loop, or in the body of a loop whose body is that loop"
+                " alone, only)",
                 "compute both sides and choose with where(cond, a, b), or drop @function (autograd derives the"
                 " loops)",
             )

@@ -17,6 +17,11 @@ values, so its backward is the nest's. The inner loop's count must not depend on
 reads nothing the outer loop binds); a loop of more levels is paired from the inside out (`for a { for b {
 for c { for t { ... } } } }`: b with c, then a with the pair).
 
+A loop whose body is one loop holding no loop whose `if`s pick a side at each step (a choice per step,
+`step_choices`, planned as a `nest.Nest` of its own) is paired with it the same way (`choice_pairable`): the
+pair's loop is a choice per step again, its `if`s reading `j` and `k` as computed from `j_k`. One that
+`loop_split` splits where its `if`s turn is left to be split (loops in a row in the outer loop's body).
+
 A loop whose body holds more than such a loop (a statement run once per outer step) is not paired with it;
 where that loop's body is one loop holding none (after ints computed from its variable alone, a pair's
 `j = j_k // K`, computed again at each inner step), those two are paired instead (`flattenable`):
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from layerdsl.autodiff.loop_split import split_loop
 from layerdsl.autodiff.tape import reserved_names
 from layerdsl.ir import build as B
 from layerdsl.ir import nodes as N
@@ -61,6 +67,19 @@ def pairable(outer: N.For, inner: N.Stmt) -> bool:
     return not read & names_bound([outer])
 
 
+def choice_pairable(outer: N.For, inner: N.Stmt, taken: set[str]) -> bool:
+    """Whether `outer`, whose body is `inner` alone, a loop holding no loop whose `if`s pick a side at each
+    step (a choice per step, `step_choices`: a `Nest` of its own, which a `Nest` does not hold), is written as
+    one loop over their pairs of steps: a choice per step again, its `if`s reading the inner variable computed
+    from the pair's. A loop `loop_split` splits where its `if`s turn stays as it is (loops in a row: a nest)."""
+    if not (isinstance(inner, N.For) and not holds_loop(inner) and _bounds(outer) and _bounds(inner)):
+        return False
+    if not any(isinstance(s, N.If) for s in inner.body) or split_loop(inner, set(taken), stepped=True) != [inner]:
+        return False
+    read = {n.id for e in _bounds(inner) or () for n in walk(e) if isinstance(n, N.Name)}
+    return not read & names_bound([outer])
+
+
 def holds_loop(loop: N.For) -> bool:
     return any(isinstance(s, N.For) for s in walk(loop) if s is not loop)
 
@@ -73,7 +92,7 @@ def _paired(s: N.Stmt, taken: set[str]) -> N.Stmt:
         return s
     inner_body = paired_loops(s.body, taken)  # from the inside out
     loop = s if inner_body is s.body else dataclasses.replace(s, body=inner_body)
-    if len(loop.body) != 1 or not pairable(loop, loop.body[0]):
+    if len(loop.body) != 1 or not (pairable(loop, loop.body[0]) or choice_pairable(loop, loop.body[0], taken)):
         return _flattened_in(loop, taken)
     inner = loop.body[0]
     assert isinstance(inner, N.For)

@@ -202,6 +202,23 @@ def side_at(nest: Nest, seg: Choice, t: int) -> int | None:
         return None
 
 
+def pair_side_at(nest: Nest, seg: Choice, outer: str, j: int) -> int | None:
+    """As `side_at`, at the steps of a loop over pairs of steps (`autodiff.nest_pairs`) whose outer variable
+    `outer` (bound from the pair's, `j = j_k // K`) is `j`: None where the side is not known from `j` alone."""
+    env: dict[str, object] = {outer: j}
+    for name, value in nest.numbers:
+        if name == outer:
+            continue
+        try:
+            env[name] = evaluate(value, env)
+        except NotConstant:
+            env.pop(name, None)
+    try:
+        return 0 if evaluate(seg.cond, env) else 1
+    except NotConstant:
+        return None
+
+
 def initially(fn: LoopFunction, lazy: dict[str, Lazy]) -> list[str]:
     """Forward's lines before the loop: each flag saying the carried value is the last row (the start is,
     where it is read as itself)."""
