@@ -6,9 +6,10 @@ it again at each step from its input and its mask (`autodiff/choice_slices.masks
 Each spec here was refused before ("cannot derive through this index by a bool mask yet"); each now agrees with
 the plain module: outputs, first and second derivatives, gradcheck and gradgradcheck in float64, at 0, 1 and 3
 steps, with masks picking a different count at each step (none at step 1 where the mask reads the input, made
-negative there), also under `save = "inputs"`, and keeps no more bytes for backward than autograd does. A value
-computed from the index whose shape varies too (`exp(x[t][x[t] > 0])`), or an index in a side of the `if`,
-stays refused, located at the mask (in a nest: tests/test_function_loop_varsize.py)."""
+negative there), also under `save = "inputs"`, and keeps no more bytes for backward than autograd does. What is
+computed there from the index and varies in shape too (`exp(x[t][m]) * 0.5`) is computed again alike. An
+index in a side of the `if`, or one whose value (or one computed from it) the steps keep at one shape (an item
+appended to a list), stays refused, located at the mask."""
 
 from __future__ import annotations
 
@@ -64,6 +65,24 @@ CHOICE = {
             }
         }
         return h""",
+    "an elementwise value of a masked row": """for t in range(T) {
+            s = sum(exp(x[t][x[t] > 0]) * 0.5)
+            if t % 2 == 0 {
+                h = tanh(h @ w) + s
+            } else {
+                h = h * s
+            }
+        }
+        return h""",
+    "a mask of the carried value through sigmoid": """for t in range(T) {
+            s = sum(sigmoid(h[h > 0.1]))
+            if t % 2 == 0 {
+                h = tanh(h @ w) * s
+            } else {
+                h = h * x[t]
+            }
+        }
+        return h""",
     "one side summing what the mask picks": """for t in range(T) {
             p = h[x[t] > 0]
             if t % 2 == 0 {
@@ -98,6 +117,14 @@ NEST = {
             s = sum(z[j][z[j] > 0])
             for t in range(T) {
                 h = tanh(h @ w) * s + x[t]
+            }
+        }
+        return h""",
+    # refused before in tests/test_function_loop_varsize.py ("a mask in the outer body")
+    "an elementwise value of an input's masked row": """for j in range(size_at(z, 0)) {
+            h = h + sum(sigmoid(z[j][z[j] > 0]))
+            for t in range(T) {
+                h = tanh(h @ w) + x[t]
             }
         }
         return h""",
@@ -196,18 +223,19 @@ def test_the_index_is_computed_again_not_kept():
 
 
 REFUSED = {
-    # a value computed from the index whose shape varies too: it would be kept per step
-    "an elementwise value of the index, in a choice loop": (
-        """for t in range(T) {
-            s = sum(exp(x[t][x[t] > 0]))
+    # an item of varying shape appended to a list (kept at one shape over the steps)
+    "an item appended to a list": (
+        """outs = []
+        for t in range(T) {
+            outs.append(x[t][x[t] > 0])
             if t % 2 == 0 {
-                h = tanh(h @ w) + s
+                h = tanh(h @ w)
             } else {
-                h = h * s
+                h = h * x[t]
             }
         }
-        return h""",
-        "8:25",
+        return h + sum(cat(outs, dim = 0))""",
+        "9:25",
         "cannot derive through this index by a bool mask yet: it is in the body of a loop whose `if` picks a side",
     ),
     "an index in a side of the `if`": (

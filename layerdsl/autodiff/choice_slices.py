@@ -11,11 +11,12 @@ loop, outside the loops it holds (`check_nest`), a slice of an input of which no
 shape (`sum(z[:j + 1], dim = 0)`) derives alike: backward computes views of the inputs again at each outer step
 (`codegen.function_nest._leaf_views`); any other is refused at the slice, as before.
 
-An index by a bool mask in the straight code of either (`sum(h[h > 0])`, `mean(x[t][m])`), of which nothing
-computed has a shape that varies, is not kept either (`masks_again`): backward indexes again at each step, by
-the mask and from the input, each of one shape (kept per step, or computed again themselves), as with the
-slices above (`carried_views`). One on a side of an `if`, or one a value of varying shape is computed from, is
-refused at the mask (`loop_ints.check_masks`).
+An index by a bool mask in the straight code of either (`sum(h[h > 0])`, `mean(x[t][m])`) is not kept either,
+nor what that code computes from it of a varying shape (`exp(x[t][m]) * 0.5`) (`masks_again`): backward
+computes them again at each step, from the mask and the input, each of one shape (kept per step, or computed
+again themselves), as with the slices above (`carried_views`). One on a side of an `if`, or one whose value
+(or one computed from it) the steps keep at one shape (a carried value, an appended item), is refused at the
+mask (`loop_ints.check_masks`).
 """
 
 from __future__ import annotations
@@ -63,11 +64,17 @@ def _slices_of_starts(nest: Nest, leaves: set[str]) -> dict[str, Step]:
     return out
 
 
-def masks_again(nest: Nest) -> dict[str, Step]:
-    """The indexes by a bool mask in the body's straight code (`sum(h[h > 0])`, `x[t][m]`): backward computes
-    one again from its input and its mask (kept per step, or computed again themselves) where nothing
-    computed from it varies in shape (`check`). (One in a side of an `if` is refused: `loop_ints.check_masks`.)"""
-    return {s.var: s for s in _straight_steps(nest) if s.by_mask}
+def masks_again(nest: Nest, sized: set[str]) -> dict[str, Step]:
+    """The indexes by a bool mask in the body's straight code (`sum(h[h > 0])`, `x[t][m]`), and the values
+    of varying shape (of `sized`) it computes from them there (`exp(x[t][m]) * 0.5`): backward computes each
+    again from its operands (the mask and the input kept per step, or computed again themselves) where
+    nothing else computed from them varies in shape (`check`). (One in a side of an `if` is refused:
+    `loop_ints.check_masks`.)"""
+    out: dict[str, Step] = {}
+    for s in _straight_steps(nest):
+        if s.by_mask or s.var in sized and s.reads & set(out):
+            out[s.var] = s
+    return out
 
 
 def _straight_steps(nest: Nest) -> list[Step]:
@@ -76,10 +83,10 @@ def _straight_steps(nest: Nest) -> list[Step]:
     return [s for seg in nest.segments if isinstance(seg, loops.Straight) for s in seg.tape.steps]
 
 
-def _again(nest: Nest, leaves: set[str]) -> set[str]:
+def _again(nest: Nest, leaves: set[str], sized: set[str]) -> set[str]:
     """The values whose shape varies that backward computes again rather than keeps: slices of a carried
-    value or an input, and indexes by a bool mask (`masks_again`)."""
-    return set(_slices_of_starts(nest, leaves)) | set(masks_again(nest))
+    value or an input, and indexes by a bool mask and what is computed from them (`masks_again`)."""
+    return set(_slices_of_starts(nest, leaves)) | set(masks_again(nest, sized))
 
 
 def check(stmt: N.For, nest: Nest, shapes: dict[str, Shape], leaves: set[str]) -> None:
@@ -88,7 +95,7 @@ def check(stmt: N.For, nest: Nest, shapes: dict[str, Shape], leaves: set[str]) -
     nothing computed has a shape that varies (backward computes it again), and at an index by a bool mask
     there unless it is outside the `if` and nothing computed from it varies in shape (`masks_again`)."""
     sized, kept_at_one = _sized(nest, shapes)
-    if not kept_at_one and sized <= _again(nest, leaves):
+    if not kept_at_one and sized <= _again(nest, leaves, sized):
         return
     loop_ints.check_varying_slices(stmt, per_step=True)  # (the slice, located, as before)
     loop_ints.check_masks([Tape(_straight_steps(nest), [], [], set())], per_step=True)  # (the mask, as before)
@@ -109,7 +116,7 @@ def check_nest(stmt: N.For, nest: Nest, shapes: dict[str, Shape], leaves: set[st
     `codegen.function_nest._leaf_views`)."""
     sized, kept_at_one = _sized(nest, shapes)
     of_inputs = {v for v, s in _slices_of_starts(nest, leaves).items() if _sliced(s) in leaves}
-    if not kept_at_one and sized <= of_inputs | set(masks_again(nest)):
+    if not kept_at_one and sized <= of_inputs | set(masks_again(nest, sized)):
         return
     loop_ints.check_varying_slices(stmt)  # (the slice, located, as before)
     loop_ints.check_masks([Tape(_straight_steps(nest), [], [], set())])  # (the mask, as before)
@@ -129,7 +136,7 @@ def carried_views(nest: Nest, shapes: dict[str, Shape], leaves: set[str]) -> dic
     from layerdsl.autodiff import loops
 
     sized = _sized(nest, shapes)[0]
-    masks = {v: s for v, s in masks_again(nest).items() if v in sized}
+    masks = {v: s for v, s in masks_again(nest, sized).items() if v in sized}
     if any(isinstance(seg, (loops.Loop, type(nest))) for seg in nest.segments):
         return masks  # (a loop holding a loop: a slice of an input is a view of its own, `_leaf_views`)
     views = _slices_of_starts(nest, leaves)
