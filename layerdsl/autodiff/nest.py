@@ -217,8 +217,8 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
             chunk.append(s)
     if chunk:
         segments.append(p.straight(chunk))
-    # (one in the body's straight code, once planned: `choice_slices.check` and `check_nest`)
-    outside = [seg for seg in segments if not isinstance(seg, loops.Loop | loops.Straight)]
+    # (one in the body's straight code or sides, once planned: `choice_slices.check` and `check_nest`)
+    outside = [seg for seg in segments if not isinstance(seg, loops.Loop | loops.Straight | loops.Choice)]
     check_masks(segment_tapes(outside), per_step)
     more: dict[str, list[N.Expr]] = {}
     for name, held in items.items():
