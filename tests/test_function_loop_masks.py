@@ -91,6 +91,15 @@ CHOICE = {
             }
         }
         return h""",
+    # refused before in tests/test_user_trial_round23.py ("a bool mask on a side")
+    "a masked row on a side of the `if`": """for t in range(T) {
+            if t % 2 == 0 {
+                h = tanh(h @ w) + sum(x[t][x[t] > 0.0])
+            } else {
+                h = h * x[t]
+            }
+        }
+        return h""",
     "a mask after the `if` (on both sides)": """for t in range(T) {
             if t % 2 == 0 {
                 h = tanh(h @ w)
