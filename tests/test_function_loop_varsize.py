@@ -290,19 +290,6 @@ NEST_REFUSED = {
         "cannot derive through this slice of `z` yet: its size depends on the loop's variable 'j'",
         "which a loop holding a loop does not derive through yet outside the loop it holds",
     ),
-    "a mask in the outer body": (
-        """for j in range(size_at(z, 0)) {
-            h = h + sum(sigmoid(z[j][z[j] > 0]))
-            for t in range(T) {
-                h = tanh(h @ w) + x[t]
-            }
-        }
-        return h""",
-        "8:33",
-        "cannot derive through this index by a bool mask yet: it is in the body of a loop holding a loop,"
-        " outside the inner loop",
-        "hint: pick with where(mask, x, 0)",
-    ),
     "an item of a varying size appended in the inner loop": (
         """for j in range(size_at(z, 0)) {
             outs = []

@@ -170,18 +170,6 @@ REFUSED = {
         (10, 31),
         "which a loop whose `if` picks a side at each step does not derive through yet",
     ),
-    "a bool mask on a side": (
-        """for t in range(T) {
-            if t % 2 == 0 {
-                h = tanh(h @ w) + sum(x[t][x[t] > 0.0])
-            } else {
-                h = h * x[t]
-            }
-        }
-        return h""",
-        (10, 39),
-        "in the body of a loop whose `if` picks a side at each step",
-    ),
     # the number the `if` reads bound after it: the Function computed the step's numbers first, so the `if`
     # read the new value where the plain module reads the step before's: a silently different output
     "a number bound after the if that reads it": (

@@ -23,7 +23,8 @@ value: `sized_per_step` names them (and what the body computes from them), and t
 computes them again from what the step keeps (`codegen.loop_backward.BackwardWriter.loop`). Such a slice
 in the body of a loop holding a loop outside its inner loop, or in a loop with a choice per step, is checked
 once the loop is planned (`autodiff/choice_slices.py`: refused here, at the slice, unless backward can slice
-again; `check_masks`: an index by a bool mask there); in the inner loop one sized by an int of the outer step varies too
+again; `check_masks`: an index by a bool mask there where backward cannot index again,
+`choice_slices.masks_again`); in the inner loop one sized by an int of the outer step varies too
 (`varying_per_step`). A carried value or an appended item (kept at one shape) whose shape varies is refused
 (`check_sized_per_step`).
 """
@@ -328,8 +329,8 @@ def varying_per_step(loop: N.For) -> set[str]:
 
 def check_masks(tapes: list[Tape], per_step: bool = False) -> None:
     """NotDerivable at an index by a bool mask in the body of a loop holding a loop, outside its loops, or of
-    one with a choice per step (`per_step`) (`tapes`: the body's straight code and choices' sides): the
-    values stacked over its steps keep one shape."""
+    one with a choice per step (`per_step`) (`tapes`: where backward cannot index again,
+    `choice_slices.masks_again`): the values stacked over its steps keep one shape."""
     for tape in tapes:
         for s in tape.steps:
             if s.by_mask and per_step:

@@ -230,7 +230,9 @@ def planned_nest(p: Planner, stmt: N.For) -> list[Segment]:
             chunk.append(s)
     if chunk:
         segments.append(p.straight(chunk))
-    check_masks(segment_tapes([seg for seg in segments if not isinstance(seg, loops.Loop)]), per_step)
+    # (one in the body's straight code or sides, once planned: `choice_slices.check` and `check_nest`)
+    outside = [seg for seg in segments if not isinstance(seg, loops.Loop | loops.Straight | loops.Choice)]
+    check_masks(segment_tapes(outside), per_step)
     more: dict[str, list[N.Expr]] = {}
     for name, held in items.items():
         items_held: list[N.Expr] = [_item(p.alias[local], stmt.span) for local in held]

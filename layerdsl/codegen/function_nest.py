@@ -859,6 +859,7 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
     again = choice_slices.carried_views(nest, w.plan.shapes, set(w.plan.leaves))
     w.views.update(again)
     w.kept_whole |= set(again)
+    on_sides = side_views(w, nest)  # (computed again at the start of their side: `BackwardWriter.side_again`)
     # what the body reads, by step (the values after the loop are read as themselves, outside it)
     once, current = w.reads.once, w.current
     w.reads.once = w.current = set()
@@ -886,6 +887,11 @@ def backward(w: BackwardWriter, nest: Nest) -> list[str]:
         w.picked.clear()
         w.current = w.reads.once
     body[again_at:again_at] = choice_slices_again(w, again)
+    for v in on_sides:
+        del w.views[v]
+    w.recomputed -= set(on_sides)
+    w.kept_whole -= set(on_sides)
+    w.side_views = {}
     picked_rows = step_picks.rows_lists(w, picks)
     appended_rows, every_step = step_picks.step_rows(w, picks, picked_rows)
     body += appended_rows
@@ -1019,6 +1025,19 @@ def choice_slices_again(w: BackwardWriter, again: dict[str, Step]) -> list[str]:
     w.recomputed -= set(again)
     w.kept_whole -= set(again)
     return lines
+
+
+def side_views(w: BackwardWriter, nest: Nest) -> dict[str, Step]:
+    """The indexes by a bool mask on the sides of the nest's `Choice`s, and what the sides compute from them
+    of varying shape (`choice_slices.side_masks`): views of `w` computed again at the start of their side
+    where read (`BackwardWriter.side_again`); all of them."""
+    sized = choice_slices.sized_outside_loops(nest, w.plan.shapes)
+    by_side = choice_slices.side_masks(nest, sized)
+    w.side_views = {(choice_key(w.fn, nest, index), k): chain for (index, k), chain in by_side.items()}
+    out = {v: s for chain in by_side.values() for v, s in chain.items()}
+    w.views.update(out)
+    w.kept_whole |= set(out)
+    return out
 
 
 def side_rows(fn: LoopFunction, nest: Nest, kept: list[str]) -> dict[str, tuple[Choice, int]]:

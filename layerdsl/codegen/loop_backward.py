@@ -92,6 +92,8 @@ class BackwardWriter:
         self.recomputed: set[str] = set()
         self.kept_whole = fn.outputs | set(self.views)  # read as themselves even for a shape
         self.side: tuple[int, int] | None = None  # the side of a Choice being written
+        # by side of a Choice: its values computed again there where read, not kept (`choice_slices.side_masks`)
+        self.side_views: dict[tuple[int, int], dict[str, Step]] = {}
         self.picked: dict[int, set[str]] = {}  # id of a tape -> the picks taken out of it (`step_picks`)
         # Views of inputs, parameters and picked slices in the loop being written (`transpose(w_l[k], 0, 1)`):
         # recomputed at each step of backward, not kept per step
@@ -347,7 +349,8 @@ class BackwardWriter:
                 else:
                     lines += self.accumulate(values[k], self.acc(name), conditional=given == "maybe")
             self.side = (at, k)
-            lines += self.straight(Straight(tape), where=f"{at} {('then', 'else')[k]}")
+            derived = self.straight(Straight(tape), where=f"{at} {('then', 'else')[k]}")
+            lines += self.side_again((at, k)) + derived
             self.side = None
             sides.append(lines)
             renamed = {m for m, values in seg.merged.items() if m in values}  # a side's own (`step_choices`)
@@ -366,6 +369,11 @@ class BackwardWriter:
         negated = f"not {test}" if re.fullmatch(r"[\w.]+", test) else f"not ({test})"
         self.fn.side_tests |= {(at, 0): test, (at, 1): negated}
         return head + if_else([f"if {test}:"], sides[0], sides[1])
+
+    def side_again(self, side: tuple[int, int]) -> list[str]:
+        """The lines computing again, at the start of a side's backward, its values of `side_views` it read."""
+        again = [s for v, s in self.side_views.get(side, {}).items() if v in self.recomputed]
+        return [line for s in again for line in self.fn.steps(Tape([s], [], [], set()), self.ex)]
 
     def straight(self, seg: Straight, where: str | None = None) -> list[str]:
         """`where`: the key of the names it introduces (by default, the segment's index)."""
