@@ -57,3 +57,36 @@ def compare_with_plain(a: torch.nn.Module, b: torch.nn.Module, *inputs: torch.Te
 
     assert torch.autograd.gradcheck(run, (*inputs, *params))
     assert torch.autograd.gradgradcheck(run, (*inputs, *params))
+
+
+def agree_with_plain(ours: torch.nn.Module, plain: torch.nn.Module, *inputs: torch.Tensor) -> None:
+    """A `@function` module `ours` against its plain module `plain` (same state): same output, buffers, first
+    and second derivatives of the inputs that require them and of the parameters, each run from one random
+    state (a dropout draws the same mask in both)."""
+    unused = {"allow_unused": True, "materialize_grads": True}
+    wrt = [t for t in inputs if t.requires_grad]  # (not the int ones)
+    torch.manual_seed(7)
+    got = ours(*inputs)
+    torch.manual_seed(7)
+    want = plain(*inputs)
+    torch.testing.assert_close(got, want)
+    for (name, mine), (_, theirs) in zip(ours.named_buffers(), plain.named_buffers(), strict=True):
+        torch.testing.assert_close(mine, theirs, msg=lambda m, name=name: f"buffer {name}: {m}")
+    weights = torch.linspace(-1, 2, got.numel(), dtype=got.dtype).reshape(got.shape)
+    firsts = [
+        torch.autograd.grad((value * weights).sum(), [*wrt, *m.parameters()], create_graph=True, **unused)
+        for m, value in ((ours, got), (plain, want))
+    ]
+    for g, p in zip(*firsts, strict=True):
+        torch.testing.assert_close(g, p)
+    seconds = [
+        torch.autograd.grad(sum((g * g).sum() for g in first), [*wrt, *m.parameters()], **unused)
+        for m, first in zip((ours, plain), firsts)
+    ]
+    for g, p in zip(*seconds, strict=True):
+        torch.testing.assert_close(g, p)
+
+
+def half_normal(*shape: int) -> torch.Tensor:
+    """A float64 leaf of `shape`, normal with deviation 0.5, that requires grad."""
+    return (0.5 * torch.randn(*shape, dtype=torch.float64)).requires_grad_()

@@ -8,36 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.function_agreement import agree_with_plain, half_normal
 from tests.support import function_and_plain, saved_bytes
 
 DECORATORS = {"saved": "@function", "replayed": '@function(save = "inputs")'}
-
-
-def _agree(ours: torch.nn.Module, plain: torch.nn.Module, *inputs: torch.Tensor) -> None:
-    """Same output, buffers, first and second derivatives of the inputs and parameters."""
-    unused = {"allow_unused": True, "materialize_grads": True}
-    wrt = [t for t in inputs if t.requires_grad]  # (not the int ones)
-    got, want = ours(*inputs), plain(*inputs)
-    torch.testing.assert_close(got, want)
-    for (name, mine), (_, theirs) in zip(ours.named_buffers(), plain.named_buffers(), strict=True):
-        torch.testing.assert_close(mine, theirs, msg=lambda m, name=name: f"buffer {name}: {m}")
-    weights = torch.linspace(-1, 2, got.numel(), dtype=got.dtype).reshape(got.shape)
-    firsts = [
-        torch.autograd.grad((value * weights).sum(), [*wrt, *m.parameters()], create_graph=True, **unused)
-        for m, value in ((ours, got), (plain, want))
-    ]
-    for g, p in zip(*firsts, strict=True):
-        torch.testing.assert_close(g, p)
-    seconds = [
-        torch.autograd.grad(sum((g * g).sum() for g in first), [*wrt, *m.parameters()], **unused)
-        for m, first in zip((ours, plain), firsts)
-    ]
-    for g, p in zip(*seconds, strict=True):
-        torch.testing.assert_close(g, p)
-
-
-def _double(*shape: int) -> torch.Tensor:
-    return (0.5 * torch.randn(*shape, dtype=torch.float64)).requires_grad_()
 
 
 # ---------------------------------------------------------------- fixed here
@@ -69,8 +43,8 @@ layer Fourier(d: int) {
 def test_a_fourier_filter_in_a_loop_has_second_derivatives(policy, steps, d):
     ours, plain = function_and_plain(FOURIER.replace("DECORATOR", DECORATORS[policy]), "Fourier", d)
     torch.manual_seed(steps)
-    x = _double(steps, 2, d)
-    _agree(ours, plain, x)
+    x = half_normal(steps, 2, d)
+    agree_with_plain(ours, plain, x)
     assert torch.autograd.gradgradcheck(ours, (x,))
 
 
@@ -107,7 +81,7 @@ def test_a_buffer_read_after_its_update_in_the_same_step_has_no_second_derivativ
     for training in (True, False, True):
         ours.train(training), plain.train(training)
         torch.manual_seed(steps)
-        _agree(ours, plain, _double(steps, 2, 3))
+        agree_with_plain(ours, plain, half_normal(steps, 2, 3))
 
 
 # Under save = "inputs", a buffer that the forward updates and the backward reads (to compute its new value
@@ -163,7 +137,7 @@ def test_a_buffer_the_backward_reads_is_saved_as_it_was_before_its_update(layer,
     shape = (4, 3) if layer == "Normalised" else (3, 2, 3)
     for training in (True, True, False, True):
         ours.train(training), plain.train(training)
-        _agree(ours, plain, _double(*shape))
+        agree_with_plain(ours, plain, half_normal(*shape))
 
 
 # `embedding(tokens, emb, max_norm = 1.0)` whose result the backward computes again (default policy: the
@@ -188,7 +162,7 @@ layer Renormalised(n: int, d: int) {
 def test_an_embedding_with_max_norm_computed_again_renormalises_nothing(policy):
     ours, plain = function_and_plain(RENORMALISED.replace("DECORATOR", DECORATORS[policy]), "Renormalised", 5, 3)
     for tokens in (torch.tensor([[4, 4, 1], [0, 2, 4]]), torch.tensor([[3]])):
-        _agree(ours, plain, tokens)
+        agree_with_plain(ours, plain, tokens)
         torch.testing.assert_close(ours.emb, plain.emb)
 
 
@@ -239,16 +213,16 @@ layer Gated(d: int) {
 
 def test_an_item_of_a_list_after_the_loop_keeps_no_more_than_autograd():
     ours, plain = function_and_plain(LAST, "Last", 3)
-    x, h0 = _double(4, 2, 3), _double(2, 3)
-    _agree(ours, plain, x, h0)
+    x, h0 = half_normal(4, 2, 3), half_normal(2, 3)
+    agree_with_plain(ours, plain, x, h0)
     assert saved_bytes(lambda: ours(x, h0), ours) <= saved_bytes(lambda: plain(x, h0), plain)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3])  # (at 0 the output reads no input: nothing to differentiate)
 def test_a_chunk_in_a_recurrence_keeps_no_more_than_autograd(steps):
     ours, plain = function_and_plain(CHUNKED, "Gated", 3)
-    x = _double(steps, 2, 3)
-    _agree(ours, plain, x)
+    x = half_normal(steps, 2, 3)
+    agree_with_plain(ours, plain, x)
     assert torch.autograd.gradgradcheck(ours, (x,))
     assert saved_bytes(lambda: ours(x), ours) <= saved_bytes(lambda: plain(x), plain)
 
@@ -273,8 +247,8 @@ layer Strided(d: int) {
 
 def test_a_strided_loop_of_no_steps_keeps_no_more_than_autograd():
     ours, plain = function_and_plain(STRIDED, "Strided", 3)
-    x = _double(1, 2, 3)
-    _agree(ours, plain, x)
+    x = half_normal(1, 2, 3)
+    agree_with_plain(ours, plain, x)
     assert saved_bytes(lambda: ours(x), ours) <= saved_bytes(lambda: plain(x), plain)
 
 
@@ -303,6 +277,6 @@ layer Dropped(d: int, p: float = 0.3) {
 def test_dropout_of_a_carried_value_in_eval_keeps_no_more_than_autograd():
     ours, plain = function_and_plain(DROPPED, "Dropped", 3)
     ours.eval(), plain.eval()
-    x = _double(3, 2, 3)
-    _agree(ours, plain, x)
+    x = half_normal(3, 2, 3)
+    agree_with_plain(ours, plain, x)
     assert saved_bytes(lambda: ours(x), ours) <= saved_bytes(lambda: plain(x), plain)

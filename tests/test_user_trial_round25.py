@@ -8,36 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.function_agreement import agree_with_plain, half_normal
 from tests.support import compile_spec, function_and_plain, saved_bytes
 
 DECORATORS = {"saved": "@function", "replayed": '@function(save = "inputs")'}
-
-
-def _agree(ours: torch.nn.Module, plain: torch.nn.Module, *inputs: torch.Tensor) -> None:
-    """Same output, buffers, first and second derivatives of the inputs and parameters."""
-    unused = {"allow_unused": True, "materialize_grads": True}
-    wrt = [t for t in inputs if t.requires_grad]
-    got, want = ours(*inputs), plain(*inputs)
-    torch.testing.assert_close(got, want)
-    for (name, mine), (_, theirs) in zip(ours.named_buffers(), plain.named_buffers(), strict=True):
-        torch.testing.assert_close(mine, theirs, msg=lambda m, name=name: f"buffer {name}: {m}")
-    weights = torch.linspace(-1, 2, got.numel(), dtype=got.dtype).reshape(got.shape)
-    firsts = [
-        torch.autograd.grad((value * weights).sum(), [*wrt, *m.parameters()], create_graph=True, **unused)
-        for m, value in ((ours, got), (plain, want))
-    ]
-    for g, p in zip(*firsts, strict=True):
-        torch.testing.assert_close(g, p)
-    seconds = [
-        torch.autograd.grad(sum((g * g).sum() for g in first), [*wrt, *m.parameters()], **unused)
-        for m, first in zip((ours, plain), firsts)
-    ]
-    for g, p in zip(*seconds, strict=True):
-        torch.testing.assert_close(g, p)
-
-
-def _double(*shape: int) -> torch.Tensor:
-    return (0.5 * torch.randn(*shape, dtype=torch.float64)).requires_grad_()
 
 
 # ---------------------------------------------------------------- fixed here
@@ -80,8 +54,8 @@ def test_a_buffer_updated_in_training_only_is_left_alone_in_eval(policy, steps):
     for training in (True, False, True, False):
         ours.train(training), plain.train(training)
         torch.manual_seed(steps)
-        x, y = _double(steps, 2, 3), _double(2, 3)
-        _agree(ours, plain, x, y)
+        x, y = half_normal(steps, 2, 3), half_normal(2, 3)
+        agree_with_plain(ours, plain, x, y)
     before = ours.avg.clone()
     assert torch.autograd.gradcheck(ours, (x, y))
     assert torch.autograd.gradgradcheck(ours, (x, y))
@@ -115,8 +89,8 @@ layer LastOfChoices(d: int) {
 @pytest.mark.parametrize("steps", [0, 1, 3])
 def test_the_last_item_by_count_of_a_loop_choosing_per_step_derives(steps):
     ours, plain = function_and_plain(LAST_OF_CHOICES, "LastOfChoices", 3)
-    x, y = _double(steps, 2, 3), _double(2, 3)
-    _agree(ours, plain, x, y)
+    x, y = half_normal(steps, 2, 3), half_normal(2, 3)
+    agree_with_plain(ours, plain, x, y)
     assert torch.autograd.gradcheck(ours, (x, y))
     assert torch.autograd.gradgradcheck(ours, (x, y))
     assert saved_bytes(lambda: ours(x, y), ours) <= saved_bytes(lambda: plain(x, y), plain)
@@ -153,10 +127,10 @@ layer Choice(d: int) {
 def test_a_side_chosen_per_step_keeps_no_more_than_autograd(batch):
     """x's `...` is (2,); y's the same, larger (x's rows broadcast against it), or none."""
     ours, plain = function_and_plain(CHOICE, "Choice", 3)
-    x, y = _double(3, 2, 3), _double(*batch, 3)
+    x, y = half_normal(3, 2, 3), half_normal(*batch, 3)
     if not batch:
-        x = _double(3, 3)
-    _agree(ours, plain, x, y)
+        x = half_normal(3, 3)
+    agree_with_plain(ours, plain, x, y)
     assert saved_bytes(lambda: ours(x, y), ours) <= saved_bytes(lambda: plain(x, y), plain)
 
 
@@ -178,8 +152,8 @@ SCALED = CHOICE.replace("[T, ..., d], y: [..., d]) -> [..., d]", "[T, B, d], y: 
 @pytest.mark.parametrize("steps", [0, 3])
 def test_a_side_chosen_per_step_read_after_the_loop_keeps_no_more_than_autograd(steps):
     ours, plain = function_and_plain(SCALED, "Choice", 3)
-    x, y = _double(steps, 2, 3), _double(2, 3)
-    _agree(ours, plain, x, y)
+    x, y = half_normal(steps, 2, 3), half_normal(2, 3)
+    agree_with_plain(ours, plain, x, y)
     assert saved_bytes(lambda: ours(x, y), ours) <= saved_bytes(lambda: plain(x, y), plain)
 
 
@@ -212,14 +186,14 @@ layer OuterSlice(d: int, a: int = 2) {
 @pytest.mark.parametrize("steps", [1, 3])
 def test_a_varying_slice_in_a_nests_outer_body_derives(steps):
     ours, plain = function_and_plain(OUTER_SLICE, "OuterSlice", 3)
-    x, y = _double(steps, 2, 3), _double(2, 3)
-    _agree(ours, plain, x, y)
+    x, y = half_normal(steps, 2, 3), half_normal(2, 3)
+    agree_with_plain(ours, plain, x, y)
     assert torch.autograd.gradcheck(ours, (x, y))
     assert torch.autograd.gradgradcheck(ours, (x, y))
 
 
 def test_a_varying_slice_in_a_nests_outer_body_keeps_no_more_than_autograd():
     ours, plain = function_and_plain(OUTER_SLICE, "OuterSlice", 3)
-    x, y = _double(3, 2, 3), _double(2, 3)
-    _agree(ours, plain, x, y)
+    x, y = half_normal(3, 2, 3), half_normal(2, 3)
+    agree_with_plain(ours, plain, x, y)
     assert saved_bytes(lambda: ours(x, y), ours) <= saved_bytes(lambda: plain(x, y), plain)

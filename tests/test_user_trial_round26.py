@@ -12,40 +12,10 @@ import torch
 from layerdsl.autodiff import plan
 from layerdsl.semantics.checker import check_program
 from layerdsl.syntax.parser import parse_file
+from tests.function_agreement import agree_with_plain, half_normal
 from tests.support import function_and_plain, saved_bytes
 
 DECORATORS = {"saved": "@function", "replayed": '@function(save = "inputs")'}
-
-
-def _agree(ours: torch.nn.Module, plain: torch.nn.Module, *inputs: torch.Tensor) -> None:
-    """Same output, buffers, first and second derivatives of the inputs and parameters (each run from one
-    random state: a dropout draws the same mask)."""
-    unused = {"allow_unused": True, "materialize_grads": True}
-    wrt = [t for t in inputs if t.requires_grad]
-    torch.manual_seed(7)
-    got = ours(*inputs)
-    torch.manual_seed(7)
-    want = plain(*inputs)
-    torch.testing.assert_close(got, want)
-    for (name, mine), (_, theirs) in zip(ours.named_buffers(), plain.named_buffers(), strict=True):
-        torch.testing.assert_close(mine, theirs, msg=lambda m, name=name: f"buffer {name}: {m}")
-    weights = torch.linspace(-1, 2, got.numel(), dtype=got.dtype).reshape(got.shape)
-    firsts = [
-        torch.autograd.grad((value * weights).sum(), [*wrt, *m.parameters()], create_graph=True, **unused)
-        for m, value in ((ours, got), (plain, want))
-    ]
-    for g, p in zip(*firsts, strict=True):
-        torch.testing.assert_close(g, p)
-    seconds = [
-        torch.autograd.grad(sum((g * g).sum() for g in first), [*wrt, *m.parameters()], **unused)
-        for m, first in zip((ours, plain), firsts)
-    ]
-    for g, p in zip(*seconds, strict=True):
-        torch.testing.assert_close(g, p)
-
-
-def _double(*shape: int) -> torch.Tensor:
-    return (0.5 * torch.randn(*shape, dtype=torch.float64)).requires_grad_()
 
 
 def _refusal(text: str, name: str) -> str:
@@ -88,8 +58,8 @@ def test_a_group_norm_in_a_loop_has_second_derivatives(policy, steps):
     text = GROUP_NORMED.replace("DECORATOR", DECORATORS[policy])
     ours, plain = function_and_plain(text, "Residual", 4, steps)
     torch.manual_seed(steps)
-    x = _double(2, 4, 3)
-    _agree(ours, plain, x)
+    x = half_normal(2, 4, 3)
+    agree_with_plain(ours, plain, x)
     assert torch.autograd.gradgradcheck(ours, (x,))
 
 
@@ -127,8 +97,8 @@ def test_group_norms_in_a_nest_have_second_derivatives(policy, layers, outer):
     text = STACKED_GROUP_NORMS.replace("DECORATOR", DECORATORS[policy]).replace("OUTER", outer)
     ours, plain = function_and_plain(text, "StackedNorms", 4, layers)
     torch.manual_seed(layers)
-    x = _double(2, 2, 4, 3)
-    _agree(ours, plain, x)
+    x = half_normal(2, 2, 4, 3)
+    agree_with_plain(ours, plain, x)
     assert torch.autograd.gradgradcheck(ours, (x,))
 
 
@@ -159,8 +129,8 @@ layer ChosenNorm(c: int) {
 def test_a_group_norm_on_a_side_chosen_per_step_has_second_derivatives(policy, steps):
     ours, plain = function_and_plain(CHOSEN_GROUP_NORM.replace("DECORATOR", DECORATORS[policy]), "ChosenNorm", 4)
     torch.manual_seed(steps)
-    x = _double(steps, 2, 4, 3)
-    _agree(ours, plain, x)
+    x = half_normal(steps, 2, 4, 3)
+    agree_with_plain(ours, plain, x)
     assert torch.autograd.gradgradcheck(ours, (x,))
 
 
@@ -225,7 +195,7 @@ layer Layers(d: int, n: int) {
 }
 """
     ours, plain = function_and_plain(text, "Layers", 3, 2)
-    _agree(ours, plain, _double(3, 2, 3))
+    agree_with_plain(ours, plain, half_normal(3, 2, 3))
 
 
 # A slice of a step's input read only for its shape (`sum(x[:, t, 1:], dim = -1, keepdim = true)`: the sum's
@@ -253,8 +223,8 @@ layer Sliced(d: int) {
 @pytest.mark.parametrize("part", ["1:", "::2", "1::2"])
 def test_a_slice_of_a_steps_input_read_for_its_shape_keeps_no_more_than_autograd(part, steps):
     ours, plain = function_and_plain(SLICED.replace("SLICE", part), "Sliced", 4)
-    x, h0 = _double(2, steps, 4), _double(2, 4)
-    _agree(ours, plain, x, h0)
+    x, h0 = half_normal(2, steps, 4), half_normal(2, 4)
+    agree_with_plain(ours, plain, x, h0)
     assert torch.autograd.gradcheck(ours, (x, h0))
     assert saved_bytes(lambda: ours(x, h0), ours) <= saved_bytes(lambda: plain(x, h0), plain)
 
@@ -285,8 +255,8 @@ layer Attention(d: int, heads: int) {
 
 def test_attention_with_heads_unflattened_derives():
     ours, plain = function_and_plain(ATTENTION, "Attention", 4, 2)
-    x, mask = _double(2, 3, 4), torch.tril(torch.ones(3, 3, dtype=torch.bool))
-    _agree(ours, plain, x, mask)
+    x, mask = half_normal(2, 3, 4), torch.tril(torch.ones(3, 3, dtype=torch.bool))
+    agree_with_plain(ours, plain, x, mask)
     assert torch.autograd.gradgradcheck(lambda x: ours(x, mask), (x,))
 
 
@@ -299,8 +269,8 @@ def test_attention_with_heads_unflattened_derives():
 )
 def test_attention_with_heads_unflattened_keeps_no_more_than_autograd():
     ours, plain = function_and_plain(ATTENTION, "Attention", 4, 2)
-    x, mask = _double(2, 3, 4), torch.tril(torch.ones(3, 3, dtype=torch.bool))
-    _agree(ours, plain, x, mask)
+    x, mask = half_normal(2, 3, 4), torch.tril(torch.ones(3, 3, dtype=torch.bool))
+    agree_with_plain(ours, plain, x, mask)
     assert saved_bytes(lambda: ours(x, mask), ours) <= saved_bytes(lambda: plain(x, mask), plain)
 
 
@@ -330,8 +300,8 @@ layer NormedSteps(steps: int) {
 )
 def test_a_replayed_loop_of_no_steps_keeps_no_more_than_autograd():
     ours, plain = function_and_plain(NORMED_STEPS, "NormedSteps", 0)
-    x = _double(2, 4, 3)
-    _agree(ours, plain, x)
+    x = half_normal(2, 4, 3)
+    agree_with_plain(ours, plain, x)
     assert saved_bytes(lambda: ours(x), ours) <= saved_bytes(lambda: plain(x), plain)
 
 
@@ -361,8 +331,8 @@ layer ClampedOnOddSteps(d: int) {
 @pytest.mark.parametrize("steps", [1, 4])
 def test_a_side_chosen_per_step_derives(steps):
     ours, plain = function_and_plain(CLAMPED_ON_ODD_STEPS, "ClampedOnOddSteps", 3)
-    x = _double(steps, 2, 3)
-    _agree(ours, plain, x)
+    x = half_normal(steps, 2, 3)
+    agree_with_plain(ours, plain, x)
     assert torch.autograd.gradgradcheck(ours, (x,))
 
 
@@ -376,6 +346,6 @@ def test_a_side_chosen_per_step_derives(steps):
 @pytest.mark.parametrize("steps", [1, 4])
 def test_a_side_chosen_per_step_keeps_no_more_than_autograd(steps):
     ours, plain = function_and_plain(CLAMPED_ON_ODD_STEPS, "ClampedOnOddSteps", 3)
-    x = _double(steps, 2, 3)
-    _agree(ours, plain, x)
+    x = half_normal(steps, 2, 3)
+    agree_with_plain(ours, plain, x)
     assert saved_bytes(lambda: ours(x), ours) <= saved_bytes(lambda: plain(x), plain)
