@@ -155,7 +155,7 @@ def test_require_in_a_function_layer_is_checked_before_apply(tmp_path):
         module.scaled_exp(torch.randn(1, 4), layer.weight, training=True)
     assert module.scaled_exp(torch.randn(1, 4), layer.weight).shape == (1, 4)
     source = Path(module.__file__).read_text(encoding="utf-8")
-    assert "ScaledExpFunction.apply(x, self.weight)" in source  # `training` is not passed to the Function
+    assert "ScaledExpFunction.apply(x, weight)" in source  # `training` is not passed to the Function
 
 
 def test_require_in_the_canonical_layout(tmp_path, capsys):

@@ -536,6 +536,8 @@ class Input(Node):
     takes_ints: bool = False
     # `need_weights: bool = true`: a flag, a plain bool rather than a tensor (then `shape` is None); its default.
     flag: Bool | None = None
+    # `n: int`: a type an input cannot have, reported by the parser (its uses then get no follow-on errors).
+    mistyped: bool = False
 
 
 @dataclass(eq=False)

@@ -992,6 +992,8 @@ class LayerChecker:
                 continue
             seen_inputs.add(inp.name)
             kind = Kind.BOOL if inp.flag is not None else Kind.TUPLE if inp.parts else Kind.TENSOR
+            if inp.mistyped:
+                kind = Kind.UNKNOWN  # (its type the parser reported: no follow-on errors at its uses)
             self.declare(inp.name, inp.span, Ref.INPUT, kind, inp)
             self.check_input_kind(inp, fwd)
             if inp.alternatives:  # each alternative's new dims are its own: they bind nothing
@@ -1237,7 +1239,8 @@ class LayerChecker:
                 self.r.error(it.span, "range takes 1 to 3 ints (stop; start, stop; start, stop, step)")
             for bound in it.args:
                 self.check_expr(bound, scope, in_forward)
-                if bound.kind not in (Kind.INT, Kind.UNKNOWN):
+                reported = isinstance(bound, N.Name) and bound.ref == Ref.UNKNOWN  # (an unknown name: said)
+                if bound.kind not in (Kind.INT, Kind.UNKNOWN) and not reported:
                     self.r.error(
                         bound.span,
                         f"range takes ints, this is {_a(bound.kind)}",
@@ -1486,6 +1489,8 @@ class LayerChecker:
         elif ref is not None:
             node.ref = ref
             node.kind = self.kinds.get(name, Kind.TENSOR)
+            if ref == Ref.INPUT and name in self.kinds and not self.kinds[name]:
+                node.ref = Ref.UNKNOWN  # (an input of a type the parser reported: no follow-on errors)
             if node.ref == Ref.SUB and name not in self.maybe_none:  # (an optional one is compared with none)
                 self.r.error(node.span, f"the sub '{name}' can only be called", f"write `{name}(x)`")
         elif name in ("True", "False", "None"):

@@ -442,12 +442,20 @@ class IRBuilder(Transformer):
         """`need_weights: bool = true`: a plain bool input with its default, as torch's forwards take flags."""
         flag = default if isinstance(default, N.Bool) else N.Bool(_tspan(type_tok), False)
         if str(type_tok) != "bool" or maybe_none is not None:
+            number = str(type_tok) in ("int", "float") and maybe_none is None
             self.r.error(
                 _tspan(type_tok),
                 f"an input is a tensor (`{name}: [B, n]`) or a bool flag (`{name}: bool = true`), not '{type_tok}'"
                 + ("?" if maybe_none is not None else ""),
-                "give a tensor input its shape, e.g. `x: [B, n]`",
+                (
+                    f"a number the layer is built with is an argument: `layer ...(..., {name}: {type_tok})`; or give"
+                    f" a tensor input its shape, e.g. `{name}: [B, n]`"
+                    if number
+                    else "give a tensor input its shape, e.g. `x: [B, n]`"
+                ),
             )
+            # (reported here: of no kind the checker knows, so it reports no follow-on error at its uses)
+            return N.Input(str(name), _tspan(name), "float", None, mistyped=True)
         elif not isinstance(default, N.Bool):
             self.r.error(
                 default.span if default is not None else _tspan(type_tok),
