@@ -28,11 +28,17 @@ def recomputable_when_recorded(
     several, a non-differentiable one would get a materialised zero gradient)."""
     if len(tape.outputs) != 1:
         return frozenset()
-    return frozenset(
-        v
-        for v in saved_cheap
-        if v in reads and recomputation(tape, v, saved_cheap, reads, edges, never_recomputed) is not None
-    )
+    numbers = {n for n, _ in tape.numbers}
+    out = set()
+    for v in saved_cheap:
+        steps = recomputation(tape, v, saved_cheap, reads, edges, never_recomputed) if v in reads else None
+        # (one reading a number local, `x[:, k:k + 1]` of an unrolled loop, is left differentiable: the backward
+        # computing it again does not bind the numbers each copy read)
+        if steps is not None and not any(s.reads & numbers for s in steps):
+            out.add(v)
+    # (one only: where several are, one's recomputation inlines another that backward then reads saved, not
+    # differentiable, and double backward is wrong; RMSNorm's rsqr is one)
+    return frozenset(out) if len(out) == 1 else frozenset()
 
 
 def recomputation(
