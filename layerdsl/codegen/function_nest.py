@@ -243,6 +243,18 @@ def inner_ends(fn: LoopFunction, nest: Nest, kept: list[str]) -> dict[str, tuple
     not change, so its stack is None at every outer step or at none."""
     out: dict[str, tuple[str, str]] = {}
     bound = nest.values() | {nest.var, *(n for n, _ in nest.numbers), *nest.number_starts, *nest.carried_numbers}
+    for v, start, steps in _stacked_carried(fn, nest, kept):
+        if start in bound and (start not in kept or start in nest.carried or maybe_none(fn, nest, start)):
+            continue
+        out[v] = (steps, start)
+    return out
+
+
+def _stacked_carried(fn: LoopFunction, nest: Nest, kept: list[str]):
+    """Each carried value of the body's loops of a count the outer step does not change that `kept` holds
+    (not for its shape alone), its start, and the stack of its loop's steps that `kept` holds too (its update
+    a step of the loop, of the value's shape at every step): what `inner_ends` and `kept_where_none` read
+    back from that stack."""
     shaped = fn.step_shapes.get(key(fn, nest), set())
     for loop in (seg for seg in nest.segments if isinstance(seg, Loop)):
         if not _count_steady(nest, loop):
@@ -254,12 +266,8 @@ def inner_ends(fn: LoopFunction, nest: Nest, kept: list[str]) -> dict[str, tuple
                 continue
             if fn.stacked(step) not in kept or step in fn.step_shapes.get(k, set()):
                 continue
-            if fn.first_broadcast(loop, v) is not None:
-                continue
-            if start in bound and (start not in kept or start in nest.carried or maybe_none(fn, nest, start)):
-                continue
-            out[v] = (fn.stacked(step), start)
-    return out
+            if fn.first_broadcast(loop, v) is None:
+                yield v, start, fn.stacked(step)
 
 
 def kept_where_none(fn: LoopFunction, nest: Nest, kept: list[str]) -> dict[str, str]:
@@ -269,22 +277,7 @@ def kept_where_none(fn: LoopFunction, nest: Nest, kept: list[str]) -> dict[str, 
     count is one the outer step does not change: forward keeps the value per outer step only where the loop
     ran no steps (the stack over the outer steps is None where it ran some), and backward reads it as its
     loop's last step elsewhere, as autograd keeps that step's value only."""
-    out: dict[str, str] = {}
-    shaped = fn.step_shapes.get(key(fn, nest), set())
-    for loop in (seg for seg in nest.segments if isinstance(seg, Loop)):
-        if not _count_steady(nest, loop):
-            continue
-        k = fn.loops.index(loop)
-        for v, start in loop.carried.items():
-            step = loop.updates.get(v)
-            if v not in kept or v in shaped or start not in nest.carried or step is None:
-                continue
-            if not any(s.var == step for s in loop.tape.steps) or fn.stacked(step) not in kept:
-                continue
-            if step in fn.step_shapes.get(k, set()) or fn.first_broadcast(loop, v) is not None:
-                continue
-            out[v] = fn.stacked(step)
-    return out
+    return {v: steps for v, start, steps in _stacked_carried(fn, nest, kept) if start in nest.carried}
 
 
 def where_none_lines(w: BackwardWriter, nest: Nest, where_none: dict[str, str]) -> list[str]:

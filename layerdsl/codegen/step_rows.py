@@ -190,27 +190,24 @@ def read_at_step_zero(nest: Nest, seg: Choice, reads_carried: tuple[bool, bool])
 def side_at(nest: Nest, seg: Choice, t: int) -> int | None:
     """The side of `seg` (0: its condition holds) that the step whose variable is `t` takes, where that is known
     from `t` and the numbers the body binds from it alone; else None."""
-    env: dict[str, object] = {nest.var: t}
-    for name, value in nest.numbers:  # (a number not known from t alone: unknown, and so is what reads it)
-        try:
-            env[name] = evaluate(value, env)
-        except NotConstant:
-            env.pop(name, None)
-    try:
-        return 0 if evaluate(seg.cond, env) else 1
-    except NotConstant:
-        return None
+    return _side_given(nest, seg, nest.var, t)
 
 
 def pair_side_at(nest: Nest, seg: Choice, outer: str, j: int) -> int | None:
     """As `side_at`, at the steps of a loop over pairs of steps (`autodiff.nest_pairs`) whose outer variable
     `outer` (bound from the pair's, `j = j_k // K`) is `j`: None where the side is not known from `j` alone."""
-    env: dict[str, object] = {outer: j}
-    for name, value in nest.numbers:
-        if name == outer:
+    return _side_given(nest, seg, outer, j)
+
+
+def _side_given(nest: Nest, seg: Choice, var: str, value: int) -> int | None:
+    """The side of `seg` taken where the number `var` is `value`, from the numbers the body binds from it alone
+    (`var` itself not bound again); None where not known from it."""
+    env: dict[str, object] = {var: value}
+    for name, expr in nest.numbers:  # (a number not known from `var` alone: unknown, and so is what reads it)
+        if name == var:
             continue
         try:
-            env[name] = evaluate(value, env)
+            env[name] = evaluate(expr, env)
         except NotConstant:
             env.pop(name, None)
     try:
